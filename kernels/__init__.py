@@ -1,0 +1,19 @@
+"""archdsl.kernels — the recurrences of non-Transformer models, one op per folder.
+
+Every op has a naive sequential reference (`naive.py`, float64-capable), a chunked
+PyTorch path (the CPU path) and Triton forward + backward kernels (the CUDA path),
+all with one signature; see _dispatch for how one is chosen.
+"""
+from .conv1d import causal_conv1d, causal_conv1d_update
+from .selective_scan import selective_scan, selective_state_update
+from .ssd import ssd_scan, ssd_step
+from .wkv4 import wkv4, wkv4_step
+from .wkv6 import wkv6, wkv6_step
+
+__all__ = [
+    "causal_conv1d", "causal_conv1d_update",
+    "selective_scan", "selective_state_update",
+    "ssd_scan", "ssd_step",
+    "wkv4", "wkv4_step",
+    "wkv6", "wkv6_step",
+]

@@ -1,0 +1,33 @@
+"""Argument checks shared by the public ops: a ValueError naming the argument, before any launch."""
+from __future__ import annotations
+
+import torch
+
+
+def expect_shape(name: str, t: torch.Tensor | None, shape: tuple, *, optional: bool = False) -> None:
+    """Raise unless `t` has exactly `shape` (None entries match any size)."""
+    if t is None:
+        if optional:
+            return
+        raise ValueError(f"{name}: expected a tensor of shape {_fmt(shape)}, got None")
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor of shape {_fmt(shape)}, got {type(t).__name__}")
+    if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+        raise ValueError(f"{name}: expected shape {_fmt(shape)}, got {list(t.shape)}")
+
+
+def expect_same_device(**tensors: torch.Tensor | None) -> None:
+    devices = {n: t.device for n, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"inputs must be on one device: {listing}")
+
+
+def expect_float(**tensors: torch.Tensor | None) -> None:
+    for n, t in tensors.items():
+        if t is not None and not t.is_floating_point():
+            raise ValueError(f"{n}: expected a floating-point tensor, got {t.dtype}")
+
+
+def _fmt(shape: tuple) -> str:
+    return "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
