@@ -1,0 +1,84 @@
+"""What every block config is: a typed, validated, frozen dataclass that knows its own costs.
+
+A config never imports torch: the analyses (parameters, FLOPs, cache bytes) run from
+configs alone, before anything is allocated. The nn.Module that realises a config is
+found through the registry in archdsl/blocks/__init__.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+MIXER, FFN, INJECT = "mixer", "ffn", "inject"
+
+
+class ConfigError(ValueError):
+    """A bad block argument; `field` names it so the caller can point at it in the source."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlockConfig:
+    """Base of every block config. Subclasses set `kind`, `role` and their own fields,
+    and check them in `check()` (called from __post_init__)."""
+
+    kind: ClassVar[str] = ""
+    role: ClassVar[str] = MIXER
+
+    d_model: int
+
+    zero_ok: ClassVar[tuple[str, ...]] = ()  # int fields that may be 0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                floor = 0 if f.name in self.zero_ok else 1
+                if value < floor:
+                    raise ConfigError(f.name, f"{self.kind}: {f.name} must be {'>= 0' if floor == 0 else 'positive'}, got {value}")
+        self.check()
+
+    def check(self) -> None:
+        """Ranges and divisibility; raise ConfigError(field, message)."""
+
+    # --- costs, per instance ----------------------------------------------------------
+    def params(self) -> int:
+        """Parameters of one instance (for a shared block: the shared set, counted once)."""
+        raise NotImplementedError
+
+    def per_use_params(self) -> int:
+        """Parameters each use owns even when the block is shared (LoRA adapters, projections)."""
+        return 0
+
+    def active_params(self) -> int:
+        """Parameters touched by one token (MoE: router + top-k experts)."""
+        return self.params()
+
+    def flops_per_token(self, n: int) -> int:
+        """Forward FLOPs (2 per multiply-add) for one token, averaged over a sequence of length n."""
+        raise NotImplementedError
+
+    def cache_bytes(self, batch: int, n: int, dtype_bytes: int) -> int:
+        """Inference cache (KV, SSM state, conv window) at batch `batch` and context `n`."""
+        return 0
+
+    def shape_key(self) -> tuple:
+        """Two configs can share parameters only when these are equal."""
+        return dataclasses.astuple(self)
+
+    def to_args(self) -> dict:
+        """Fields that differ from the defaults, for writing the config back as text/YAML."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name == "d_model":
+                continue
+            value = getattr(self, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+            if value != default:
+                out[f.name] = value
+        return out

@@ -1,0 +1,80 @@
+"""ArchDSLError: every bad input ends here, with a place and a picture of it.
+
+    specs/jamba.yaml:6:24: unknown block 'mamab'; did you mean 'mamba', 'mamba2'?
+      layout: 32×mamab, attn every 8 offset 4
+                 ^~~~~
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Source:
+    """Text that errors point into. `line0`/`col0` place `text` inside a larger file
+    (a layout string inside a YAML file), so positions are reported in the file's terms."""
+
+    text: str
+    file: str = "<layout>"
+    line0: int = 0  # 0-based line of text[0] in the file
+    col0: int = 0  # 0-based column of text[0] in the file
+    file_text: str | None = None
+
+    def locate(self, offset: int) -> tuple[int, int]:
+        """1-based (line, col) in the file of character `offset` of `text`."""
+        offset = max(0, min(offset, len(self.text)))
+        before = self.text[:offset]
+        line = before.count("\n")
+        col = offset - (before.rfind("\n") + 1)
+        if line == 0:
+            col += self.col0
+        return self.line0 + line + 1, col + 1
+
+    def line_text(self, line: int) -> str:
+        lines = (self.file_text if self.file_text is not None else self._padded()).splitlines()
+        return lines[line - 1] if 0 < line <= len(lines) else ""
+
+    def _padded(self) -> str:
+        return "\n" * self.line0 + " " * self.col0 + self.text
+
+
+class ArchDSLError(Exception):
+    """A bad layout, spec, argument or checkpoint: says where and what.
+
+    Attributes: message, file, line, col (1-based, or None), excerpt (source line + caret),
+    hint (closest valid names)."""
+
+    def __init__(self, message: str, *, source: Source | None = None, start: int | None = None,
+                 end: int | None = None, file: str | None = None, line: int | None = None,
+                 col: int | None = None, width: int = 1, hint: str = ""):
+        self.message, self.hint = message, hint
+        self.file = source.file if source is not None else file
+        self.line, self.col, self.excerpt = line, col, ""
+        if source is not None and start is not None:
+            self.line, self.col = source.locate(start)
+            end_line, end_col = source.locate(end if end is not None else start + 1)
+            width = max(1, end_col - self.col) if end_line == self.line else 1
+            text = source.line_text(self.line)
+            self.excerpt = f"  {text}\n  {' ' * (self.col - 1)}^{'~' * (width - 1)}"
+        elif source is None and line is not None and file is not None and width:
+            self.excerpt = ""
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = self.file or ""
+        if self.line is not None:
+            where += f":{self.line}" + (f":{self.col}" if self.col is not None else "")
+        head = f"{where}: {self.message}" if where else self.message
+        if self.hint:
+            head += f"; {self.hint}"
+        return head + ("\n" + self.excerpt if self.excerpt else "")
+
+
+def did_you_mean(name: str, valid) -> str:
+    """'did you mean 'a', 'b'?' for the closest valid names, else the list of valid names."""
+    valid = sorted(set(valid))
+    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    if close:
+        return "did you mean " + ", ".join(repr(c) for c in close) + "?"
+    return "valid names: " + ", ".join(valid)
