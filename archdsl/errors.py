@@ -20,6 +20,7 @@ class Source:
     line0: int = 0  # 0-based line of text[0] in the file
     col0: int = 0  # 0-based column of text[0] in the file
     file_text: str | None = None
+    indent: int = 0  # columns before every later line of text (a YAML literal block)
 
     def locate(self, offset: int) -> tuple[int, int]:
         """1-based (line, col) in the file of character `offset` of `text`."""
@@ -27,8 +28,7 @@ class Source:
         before = self.text[:offset]
         line = before.count("\n")
         col = offset - (before.rfind("\n") + 1)
-        if line == 0:
-            col += self.col0
+        col += self.col0 if line == 0 else self.indent
         return self.line0 + line + 1, col + 1
 
     def line_text(self, line: int) -> str:
@@ -36,7 +36,8 @@ class Source:
         return lines[line - 1] if 0 < line <= len(lines) else ""
 
     def _padded(self) -> str:
-        return "\n" * self.line0 + " " * self.col0 + self.text
+        pad = "\n" + " " * self.indent
+        return "\n" * self.line0 + " " * self.col0 + self.text.replace("\n", pad)
 
 
 class ArchDSLError(Exception):

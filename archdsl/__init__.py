@@ -1,0 +1,36 @@
+"""archdsl: a declarative language and compiler for hybrid and non-Transformer sequence models.
+
+    import archdsl
+    spec = archdsl.parse("4×(7×mamba2, attn(shared)), moe every 2")
+    rep = archdsl.analyze(spec, seq_len=65536)
+    model = archdsl.compile(spec, device="cuda", dtype=torch.bfloat16)
+
+The core import is light: torch is imported only by compile / load / from_hf.
+"""
+from .errors import ArchDSLError
+from .spec import Spec, load_spec, parse
+from .analysis import analyze
+
+__version__ = "0.1.0"
+__all__ = ["ArchDSLError", "Spec", "parse", "load_spec", "analyze", "compile", "load", "from_hf", "__version__"]
+
+
+def compile(spec, **kwargs):  # noqa: A001 - the verb the field uses
+    """Build the PyTorch model of a spec: see archdsl.model.compile."""
+    from .model import compile as _compile
+
+    return _compile(spec, **kwargs)
+
+
+def load(path, **kwargs):
+    """Load a model saved with ArchModel.save(dir)."""
+    from .model import load as _load
+
+    return _load(path, **kwargs)
+
+
+def from_hf(path, **kwargs):
+    """Open a local Hugging Face model directory as a spec (and weights)."""
+    from .convert.hf import from_hf as _from_hf
+
+    return _from_hf(path, **kwargs)

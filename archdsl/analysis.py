@@ -1,0 +1,109 @@
+"""Analyses from the layer graph alone: nothing is allocated.
+
+    rep = analyze(spec, seq_len=65536, batch=1, dtype="bfloat16")
+    rep.params, rep.active_params, rep.flops_per_token, rep.cache_bytes, rep.layers[i]
+
+Parameters count a shared group once (its per-use adapters at every use) and tied
+embeddings once. FLOPs are forward FLOPs per token (2 per multiply-add) averaged over a
+sequence of `seq_len` tokens, LM head included. Cache bytes are what decoding keeps at
+(batch, seq_len): attention's KV grows with the context, SSM / RWKV / conv state does not.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .blocks import norm_params
+from .blocks.base import FFN, INJECT, MIXER
+from .errors import ArchDSLError, did_you_mean
+from .graph import layers, role_of
+
+DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2,
+               "float8": 1, "fp8": 1, "float64": 8, "fp64": 8}
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    index: int
+    mixer: str
+    ffn: str
+    inject: str
+    shared: str
+    params: int  # parameters this layer adds (a shared group's set counted at its first use)
+    active_params: int
+    flops_per_token: int
+    cache_bytes: int
+
+
+@dataclass(frozen=True)
+class Report:
+    name: str
+    seq_len: int
+    batch: int
+    dtype: str
+    params: int
+    active_params: int
+    embedding_params: int
+    flops_per_token: int
+    cache_bytes: int
+    layers: list[LayerReport] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def dtype_bytes(dtype: str) -> int:
+    key = str(dtype).replace("torch.", "")
+    if key not in DTYPE_BYTES:
+        raise ArchDSLError(f"unknown dtype {dtype!r}", hint=did_you_mean(key, DTYPE_BYTES))
+    return DTYPE_BYTES[key]
+
+
+def analyze(spec, seq_len: int = 2048, batch: int = 1, dtype: str = "bfloat16") -> Report:
+    """Parameters, active parameters, FLOPs per token and cache bytes, per layer and in total."""
+    from .spec import MAX_PARAMS, load_spec
+
+    spec = load_spec(spec)
+    if seq_len <= 0 or batch <= 0:
+        raise ArchDSLError(f"seq_len and batch must be positive, got seq_len={seq_len}, batch={batch}")
+    nbytes = dtype_bytes(dtype)
+    d, norm = spec.d_model, spec.norm
+    seen: set[str] = set()
+    rows = []
+    for i, subs in enumerate(layers(spec.graph)):
+        params = active = flops = cache = 0
+        for s in subs:
+            cfg = s.config
+            own = cfg.params() if s.group is None or s.group not in seen else 0
+            if s.group is not None:
+                seen.add(s.group)
+            pre_norm = norm_params(norm, d) if s.role in (MIXER, FFN) else 0
+            params += own + cfg.per_use_params() + pre_norm
+            active += cfg.active_params() + cfg.per_use_params() + pre_norm
+            flops += cfg.flops_per_token(seq_len)
+            cache += cfg.cache_bytes(batch, seq_len, nbytes)
+        name = lambda role: (lambda s: s.name if s else "")(role_of(subs, role))  # noqa: E731
+        rows.append(LayerReport(i, name(MIXER), name(FFN), name(INJECT),
+                                ",".join(sorted({s.group for s in subs if s.group})),
+                                params, active, flops, cache))
+    embedding = spec.vocab_size * d * (1 if spec.tie_embeddings else 2)
+    outer = embedding + norm_params(norm, d) * (2 if spec.embed_norm else 1)
+    total = outer + sum(r.params for r in rows)
+    # The active count adds a shared block at each use: compute reads it every time.
+    active_total = outer + sum(r.active_params for r in rows)
+    active_total -= sum(_shared_surplus(spec))
+    if total > MAX_PARAMS:
+        raise spec.error(f"absurd size: the spec has {total:.3e} parameters (over 10^13)", ("d_model",))
+    head_flops = 2 * d * spec.vocab_size
+    return Report(spec.name, seq_len, batch, str(dtype), total, active_total, embedding,
+                  sum(r.flops_per_token for r in rows) + head_flops, sum(r.cache_bytes for r in rows), rows)
+
+
+def _shared_surplus(spec):
+    """Active parameters count a shared group's set once too: it is one set of weights."""
+    counted: dict[str, int] = {}
+    for subs in layers(spec.graph):
+        for s in subs:
+            if s.group is not None:
+                counted[s.group] = counted.get(s.group, -1) + 1
+                if counted[s.group] > 0:
+                    yield s.config.active_params()

@@ -1,0 +1,89 @@
+"""Mamba-2 (SSD) mixer (Dao & Gu 2024), as HF `Mamba2Mixer` (and Bamba's, Zamba2's, NemotronH's)
+lay out their parameters.
+
+    x [B, L, d] ─in_proj─▶ z [E], xBC [E + 2·G·N], dt [H]
+    xBC ─conv1d─silu─▶ x [B, L, H, P], B, C [B, L, G, N]
+    y = ssd_scan(x, dt + dt_bias, A=-exp(A_log) [H], B, C, D [H]) ─RMSNormGated(·, z)─▶ out_proj
+
+E = expand·d_model = heads·headdim; heads defaults to E / headdim. The gated RMSNorm
+normalises per group of E / ngroups channels (mamba_ssm, HF) and has E weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .base import MIXER, BlockConfig, ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mamba2Config(BlockConfig):
+    kind: ClassVar[str] = "mamba2"
+    role: ClassVar[str] = MIXER
+    zero_ok: ClassVar[tuple[str, ...]] = ("heads",)
+
+    d_state: int = 128
+    d_conv: int = 4
+    expand: int = 2
+    headdim: int = 64
+    heads: int = 0  # 0 = expand·d_model / headdim
+    ngroups: int = 1
+    conv_bias: bool = True
+    bias: bool = False  # in_proj / out_proj bias
+    gated_norm: bool = True
+    norm_eps: float = 1e-5
+    chunk_size: int = 256
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+
+    def check(self) -> None:
+        if not 2 <= self.d_conv <= 4:
+            raise ConfigError("d_conv", f"mamba2: d_conv must be in 2..4, got {self.d_conv}")
+        E = self.inner
+        if self.heads == 0 and E % self.headdim:
+            raise ConfigError("headdim", f"mamba2: headdim {self.headdim} must divide expand·d_model = {E}")
+        if self.heads and self.heads * self.headdim != E:
+            raise ConfigError("heads", f"mamba2: heads·headdim = {self.heads}·{self.headdim} must equal expand·d_model = {E}")
+        if self.nheads % self.ngroups:
+            raise ConfigError("ngroups", f"mamba2: ngroups {self.ngroups} must divide heads {self.nheads}")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ConfigError("dt_min", f"mamba2: need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+
+    @property
+    def inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def nheads(self) -> int:
+        return self.heads or self.inner // self.headdim
+
+    @property
+    def conv_dim(self) -> int:
+        return self.inner + 2 * self.ngroups * self.d_state
+
+    @property
+    def proj_dim(self) -> int:
+        return self.inner + self.conv_dim + self.nheads
+
+    def params(self) -> int:
+        d, E, H, K, C = self.d_model, self.inner, self.nheads, self.d_conv, self.conv_dim
+        p = d * self.proj_dim + C * K + 3 * H + E * d
+        if self.conv_bias:
+            p += C
+        if self.bias:
+            p += self.proj_dim + d
+        if self.gated_norm:
+            p += E
+        return p
+
+    def flops_per_token(self, n: int) -> int:
+        """2·(in_proj + out_proj MACs) + 2·conv_dim·d_conv + 6·E·N: the recurrent-equivalent
+        scan cost (state update h = exp(dt·A)·h + dt·x⊗B and y = C·h, three multiply-adds per
+        state element of [H, P, N]); the chunked SSD form costs about the same at chunk ≪ n."""
+        d, E, N = self.d_model, self.inner, self.d_state
+        return 2 * (d * self.proj_dim + E * d) + 2 * self.conv_dim * self.d_conv + 6 * E * N
+
+    def cache_bytes(self, batch: int, n: int, dtype_bytes: int) -> int:
+        """Conv window [B, conv_dim, d_conv-1] in the model dtype + SSM state [B, H, P, N] in
+        fp32 (4 bytes). Independent of n."""
+        return batch * self.conv_dim * (self.d_conv - 1) * dtype_bytes + batch * self.inner * self.d_state * 4

@@ -1,0 +1,68 @@
+"""Mixture-of-experts FFN: a linear router picks top_k of `experts` FFNs per token (Jamba,
+Mixtral); an optional always-on shared expert (DeepSeek / NemotronH style).
+
+    x [B, L, d] ─router─▶ logits [B, L, experts] ─top_k─▶ Σ_k w_k·expert_k(x) (+ shared(x))
+
+Each expert is an `mlp` with `act` and `hidden`. Jamba's router has no bias.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .base import FFN, BlockConfig, ConfigError
+from .mlp import ACTS, ffn_params
+
+
+@dataclass(frozen=True, kw_only=True)
+class MoeConfig(BlockConfig):
+    kind: ClassVar[str] = "moe"
+    role: ClassVar[str] = FFN
+    zero_ok: ClassVar[tuple[str, ...]] = ("hidden", "shared_hidden")
+    choices: ClassVar[dict] = {"act": ACTS, "router": ("softmax", "sigmoid")}
+
+    experts: int = 8
+    top_k: int = 2
+    hidden: int = 0  # per expert; 0 = 4·d_model
+    act: str = "swiglu"
+    shared_hidden: int = 0  # hidden size of the shared expert; 0 = none
+    router: str = "softmax"  # gate scores: softmax (Jamba, Mixtral) or sigmoid
+    router_bias: bool = False
+    bias: bool = False  # expert linear biases
+    aux_loss_coef: float = 0.01
+
+    def check(self) -> None:
+        if self.top_k > self.experts:
+            raise ConfigError("top_k", f"moe: top_k {self.top_k} exceeds experts {self.experts}")
+        if self.act not in ACTS:
+            raise ConfigError("act", f"moe: act must be one of {', '.join(ACTS)}; got {self.act!r}")
+        if self.router not in self.choices["router"]:
+            raise ConfigError("router", f"moe: router must be softmax or sigmoid; got {self.router!r}")
+        if self.aux_loss_coef < 0:
+            raise ConfigError("aux_loss_coef", "moe: aux_loss_coef must be >= 0")
+
+    @property
+    def width(self) -> int:
+        return self.hidden or 4 * self.d_model
+
+    def _router(self) -> int:
+        return self.d_model * self.experts + (self.experts if self.router_bias else 0)
+
+    def _expert(self) -> int:
+        return ffn_params(self.d_model, self.width, self.act, self.bias)
+
+    def _shared(self) -> int:
+        return ffn_params(self.d_model, self.shared_hidden, self.act, self.bias) if self.shared_hidden else 0
+
+    def params(self) -> int:
+        return self._router() + self.experts * self._expert() + self._shared()
+
+    def active_params(self) -> int:
+        return self._router() + self.top_k * self._expert() + self._shared()
+
+    def flops_per_token(self, n: int) -> int:
+        """Router + top_k experts + shared expert, 2 FLOPs per multiply-add (biases ignored)."""
+        d = self.d_model
+        e = ffn_params(d, self.width, self.act, False)
+        s = ffn_params(d, self.shared_hidden, self.act, False) if self.shared_hidden else 0
+        return 2 * (d * self.experts + self.top_k * e + s)

@@ -1,0 +1,250 @@
+"""The archdsl command line. Every subcommand has --help; bad input exits 2 with the
+error's place and picture, never a traceback.
+
+    archdsl check SPEC                 archdsl show SPEC [--seq-len N] [--json]
+    archdsl fmt SPEC                   archdsl graph SPEC -o layout.svg
+    archdsl memory SPEC... --seq-lens 1k,8k,64k [-o plot.png]
+    archdsl convert --from megatron PATTERN | --from hf config.json [-o spec.yaml]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import ArchDSLError
+
+COMMANDS = {}
+
+
+def command(name: str, help: str):
+    def register(fn):
+        COMMANDS[name] = (fn, help, fn.__doc__ or help)
+        return fn
+    return register
+
+
+# --- small helpers ---------------------------------------------------------------------
+def parse_count(text: str) -> int:
+    """'4096', '8k', '64K', '1m', '1_000' → int."""
+    t = text.strip().lower().replace("_", "")
+    mult = {"k": 1024, "m": 1024**2, "g": 1024**3}.get(t[-1:], 1)
+    try:
+        value = int(t[:-1] if mult > 1 else t) * mult
+    except ValueError:
+        raise ArchDSLError(f"not a count: {text!r} (write 4096, 8k or 1m)") from None
+    if value <= 0:
+        raise ArchDSLError(f"not a positive count: {text!r}")
+    return value
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 → '1.23M'; bytes with unit='B' use binary prefixes."""
+    if unit == "B":
+        for p in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+            if abs(n) < 1024 or p == "PiB":
+                return f"{n:.0f} {p}" if p == "B" else f"{n:.2f} {p}"
+            n /= 1024
+    for p in ("", "K", "M", "G", "T", "P"):
+        if abs(n) < 1000 or p == "P":
+            return f"{n:.0f}{p}" if p == "" else f"{n:.2f}{p}"
+        n /= 1000
+    return str(n)
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "  ".join(c.rjust(w) if c[:1].isdigit() else c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
+
+
+def _spec(text: str):
+    from .spec import load_spec
+
+    return load_spec(text)
+
+
+# --- commands --------------------------------------------------------------------------
+@command("check", "validate a spec file or layout string")
+def cmd_check(args):
+    """Parse and verify SPEC (a YAML file, a saved model directory or a layout string)."""
+    spec = _spec(args.spec)
+    _ = spec.graph
+    from .graph import num_layers
+
+    print(f"ok: {spec.name}: {num_layers(spec.graph)} layers")
+
+
+def _add_check(p):
+    p.add_argument("spec", help="a YAML spec file, a saved model directory, or a layout string")
+
+
+@command("show", "per-layer table and totals: params, active params, FLOPs/token, cache bytes")
+def cmd_show(args):
+    """Print each layer (index, mixer, ffn, sharing group, params) and the totals."""
+    from .analysis import analyze
+
+    rep = analyze(_spec(args.spec), seq_len=args.seq_len, batch=args.batch, dtype=args.dtype)
+    if args.json:
+        layers = [{"index": r.index, "mixer": r.mixer or None, "ffn": r.ffn or None, "inject": r.inject or None,
+                   "shared": r.shared or None, "params": r.params, "active_params": r.active_params,
+                   "flops_per_token": r.flops_per_token, "cache_bytes": r.cache_bytes} for r in rep.layers]
+        print(json.dumps({"name": rep.name, "seq_len": rep.seq_len, "batch": rep.batch, "dtype": rep.dtype,
+                          "layers": layers, "params": rep.params, "active_params": rep.active_params,
+                          "embedding_params": rep.embedding_params, "flops_per_token": rep.flops_per_token,
+                          "cache_bytes": rep.cache_bytes}, indent=2))
+        return
+    rows = [[r.index, (r.inject + " → " if r.inject else "") + (r.mixer or "-"), r.ffn or "-", r.shared or "-",
+             f"{r.params:,}", human(r.flops_per_token), human(r.cache_bytes, "B")] for r in rep.layers]
+    print(table(rows, ["layer", "mixer", "ffn", "shared", "params", "FLOPs/tok", "cache"]))
+    print()
+    print(f"{rep.name}: {len(rep.layers)} layers")
+    print(f"  params          {rep.params:>18,}  ({human(rep.params)})")
+    print(f"  active params   {rep.active_params:>18,}  ({human(rep.active_params)})")
+    print(f"  embedding       {rep.embedding_params:>18,}")
+    print(f"  FLOPs/token     {rep.flops_per_token:>18,}  ({human(rep.flops_per_token)}, at context {rep.seq_len:,})")
+    print(f"  cache           {rep.cache_bytes:>18,}  ({human(rep.cache_bytes, 'B')} at batch {rep.batch}, "
+          f"context {rep.seq_len:,}, {rep.dtype})")
+
+
+def _add_show(p):
+    _add_check(p)
+    p.add_argument("--seq-len", type=parse_count, default=2048, help="context length n (default 2048; 8k, 1m ok)")
+    p.add_argument("--batch", type=parse_count, default=1)
+    p.add_argument("--dtype", default="bfloat16", help="cache dtype: bfloat16, float16, float32")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+@command("fmt", "print the canonical text of the layout")
+def cmd_fmt(args):
+    """Print the layout in canonical form: fmt(fmt(x)) == fmt(x)."""
+    print(_spec(args.spec).layout_text)
+
+
+@command("graph", "draw the layout (.svg, .png, .dot, .mmd)")
+def cmd_graph(args):
+    """Draw the layers as a strip coloured by kind, sharing shown."""
+    from .draw import draw
+
+    spec = _spec(args.spec)
+    draw(spec, args.output)
+    print(f"wrote {args.output}")
+
+
+def _add_graph(p):
+    _add_check(p)
+    p.add_argument("-o", "--output", required=True, help="output file: .svg, .png, .dot or .mmd")
+
+
+@command("memory", "inference cache bytes against context length")
+def cmd_memory(args):
+    """Cache bytes of one or several specs at each context length, as a table and a plot."""
+    from .analysis import analyze
+
+    specs = [_spec(s) for s in args.specs]
+    lens = [parse_count(x) for x in args.seq_lens.split(",") if x.strip()]
+    if not lens:
+        raise ArchDSLError("--seq-lens: give at least one length, e.g. 1k,8k,64k")
+    data = {s.name: [analyze(s, seq_len=n, batch=args.batch, dtype=args.dtype).cache_bytes for n in lens] for s in specs}
+    if args.json:
+        print(json.dumps({"seq_lens": lens, "batch": args.batch, "dtype": args.dtype, "cache_bytes": data}, indent=2))
+    else:
+        rows = [[name] + [human(b, "B") for b in values] for name, values in data.items()]
+        print(table(rows, ["spec"] + [human(n).replace(".00", "") for n in lens]))
+    if args.output:
+        from .draw import plot_memory
+
+        plot_memory(lens, data, args.output, batch=args.batch, dtype=args.dtype)
+        print(f"wrote {args.output}", file=sys.stderr if args.json else sys.stdout)
+
+
+def _add_memory(p):
+    p.add_argument("specs", nargs="+", help="spec files or layout strings")
+    p.add_argument("--seq-lens", default="1k,8k,64k,512k", help="comma-separated context lengths")
+    p.add_argument("--batch", type=parse_count, default=1)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("-o", "--output", help="write a plot (.png or .svg)")
+    p.add_argument("--json", action="store_true")
+
+
+@command("convert", "a Megatron hybrid pattern or a Hugging Face config.json → a spec")
+def cmd_convert(args):
+    """Write the spec YAML that reproduces the source (to stdout, or -o FILE)."""
+    import yaml
+
+    if args.source == "megatron":
+        from .convert.megatron import pattern_to_layout
+
+        data = {"name": args.name or "megatron-hybrid", "layout": pattern_to_layout(args.input)}
+    else:
+        from .convert.hf import hf_config_to_spec, read_hf_config
+
+        data = hf_config_to_spec(read_hf_config(args.input), args.name)
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    from .spec import spec_from_yaml
+
+    spec_from_yaml(text, file="<converted>").graph  # refuse to write what would not load
+    if args.output:
+        _write_atomic(args.output, text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+def _add_convert(p):
+    p.add_argument("--from", dest="source", required=True, choices=["megatron", "hf"])
+    p.add_argument("input", help="the Megatron pattern (e.g. 'M-M*-') or a config.json / model directory")
+    p.add_argument("--name", help="the spec's name")
+    p.add_argument("-o", "--output", help="write the spec here instead of stdout")
+
+
+def _write_atomic(path: str, text: str) -> None:
+    import os
+    import tempfile
+
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".archdsl-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+ARGS = {"check": _add_check, "show": _add_show, "fmt": _add_check, "graph": _add_graph,
+        "memory": _add_memory, "convert": _add_convert}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="archdsl", description=__doc__.split("\n\n")[0])
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"archdsl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (fn, help, doc) in COMMANDS.items():
+        p = sub.add_parser(name, help=help, description=doc)
+        ARGS.get(name, lambda p: None)(p)
+        p.set_defaults(fn=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "fn", None):
+            parser.print_help()
+            return 2
+        args.fn(args)
+        return 0
+    except ArchDSLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

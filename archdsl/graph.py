@@ -1,0 +1,281 @@
+"""The layer graph: named passes from a Spec's AST to a verified networkx.DiGraph.
+
+    expand_repeats ─▶ apply_modifiers ─▶ resolve_blocks ─▶ resolve_sharing
+         each followed by verify(graph)
+
+Nodes: "embed", "L0" … "L{n-1}", "norm", "head". Edges carry `flow`: "residual" along
+the stream, "embedding" from "embed" to every layer whose INJECT block reads the
+original embedding (Zamba). A layer node holds `index` and `sublayers`, a tuple of
+Sublayer in order (INJECT, MIXER, FFN — each optional, at least one). Graph attributes:
+`spec`, `groups` ({group: [layer indices]}) and `stage` (the last pass run).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import networkx as nx
+
+from .blocks import BLOCKS, make_config
+from .blocks.base import FFN, INJECT, MIXER, BlockConfig, ConfigError
+from .errors import ArchDSLError, did_you_mean
+from .language.ast import Block, Group, Layer, Layout, Repeat, Span
+
+MAX_LAYERS = 100_000
+ROLE_ORDER = {INJECT: 0, MIXER: 1, FFN: 2}
+
+
+@dataclass(frozen=True)
+class Sublayer:
+    """One block of a layer. `name` is what the text says (a kind or an alias), `kind`
+    the registered block it resolves to; `config` is filled by resolve_blocks."""
+
+    name: str
+    block: Block
+    kind: str = ""
+    role: str = ""
+    config: BlockConfig | None = None
+    group: str | None = None
+    span: Span = field(default=Span(0, 0), compare=False)
+
+
+def layer_id(i: int) -> str:
+    return f"L{i}"
+
+
+# --- pass 1 -------------------------------------------------------------------------
+def expand_repeats(spec) -> nx.DiGraph:
+    """Unroll repeats and groups into a chain of layer nodes."""
+    layers: list[Layer] = []
+
+    def walk(node, depth=0):
+        if isinstance(node, Layer):
+            layers.append(node)
+        elif isinstance(node, Group):
+            for item in node.items:
+                walk(item, depth)
+        elif isinstance(node, Repeat):
+            if node.count * _size(node.body) + len(layers) > MAX_LAYERS:
+                raise ArchDSLError(f"the layout expands to more than {MAX_LAYERS} layers",
+                                   source=spec.source, start=node.span.start, end=node.span.end)
+            for _ in range(node.count):
+                walk(node.body, depth)
+
+    for item in spec.layout.items:
+        walk(item)
+    if not layers:
+        raise ArchDSLError("the layout has no layers", source=spec.source, start=0)
+    g = nx.DiGraph(spec=spec, groups={}, stage="expand_repeats")
+    g.add_node("embed")
+    prev = "embed"
+    for i, layer in enumerate(layers):
+        subs = tuple(Sublayer(name=b.name, block=b, span=b.span) for b in layer.blocks)
+        g.add_node(layer_id(i), index=i, sublayers=subs, span=layer.span)
+        g.add_edge(prev, layer_id(i), flow="residual")
+        prev = layer_id(i)
+    g.add_edge(prev, "norm", flow="residual")
+    g.add_edge("norm", "head", flow="residual")
+    return g
+
+
+def _size(node) -> int:
+    if isinstance(node, Layer):
+        return 1
+    if isinstance(node, Group):
+        return sum(_size(n) for n in node.items)
+    return node.count * _size(node.body)
+
+
+# --- pass 2 -------------------------------------------------------------------------
+def apply_modifiers(g: nx.DiGraph) -> nx.DiGraph:
+    """`KIND every N [offset K]` / `KIND at i j`: an FFN kind sets the FFN of the selected
+    layers, a mixer kind replaces their mixer, an inject kind goes in front; in order."""
+    spec = g.graph["spec"]
+    g = g.copy()
+    n = num_layers(g)
+    for mod in spec.layout.modifiers:
+        if mod.at is not None and max(mod.at) >= n:
+            bad = max(mod.at)
+            raise ArchDSLError(f"`at {bad}`: the layout has only {n} layers (indices 0..{n - 1})",
+                               source=spec.source, start=mod.span.start, end=mod.span.end)
+        kind, role = _resolve_kind(spec, mod.block)
+        new = Sublayer(name=mod.block.name, block=mod.block, span=mod.block.span)
+        for i in range(n):
+            if mod.selects(i):
+                node = g.nodes[layer_id(i)]
+                kept = [s for s in node["sublayers"] if _resolve_kind(spec, s.block)[1] != role]
+                node["sublayers"] = tuple(kept + [new])
+    g.graph["stage"] = "apply_modifiers"
+    return g
+
+
+# --- pass 3 -------------------------------------------------------------------------
+def resolve_blocks(g: nx.DiGraph) -> nx.DiGraph:
+    """Name → kind (aliases from `blocks:`), role order, the default FFN, typed configs."""
+    spec = g.graph["spec"]
+    g = g.copy()
+    default_ffn = None
+    if spec.ffn:
+        default_ffn = Block(spec.ffn)
+        if _resolve_kind(spec, default_ffn, key=("ffn",))[1] != FFN:
+            raise spec.error(f"ffn: {spec.ffn!r} is not a channel block (mlp, moe, cmix or an alias of one)", ("ffn",))
+    for i in range(num_layers(g)):
+        node = g.nodes[layer_id(i)]
+        subs = []
+        for s in node["sublayers"]:
+            kind, role = _resolve_kind(spec, s.block)
+            subs.append(replace(s, kind=kind, role=role, config=_config(spec, s.block, kind)))
+        roles = [s.role for s in subs]
+        for role in set(roles):
+            if roles.count(role) > 1:
+                s = [x for x in subs if x.role == role][1]
+                raise ArchDSLError(f"a layer can hold one {role} block, this one has {roles.count(role)}",
+                                   source=spec.source, start=s.span.start, end=s.span.end)
+        if default_ffn is not None and MIXER in roles and FFN not in roles:
+            kind, _ = _resolve_kind(spec, default_ffn)
+            subs.append(Sublayer(name=spec.ffn, block=default_ffn, kind=kind, role=FFN,
+                                 config=_config(spec, default_ffn, kind)))
+        subs.sort(key=lambda s: ROLE_ORDER[s.role])
+        if [s.role for s in subs] == [INJECT]:
+            s = subs[0]
+            raise ArchDSLError(f"{s.name!r} feeds a mixer and cannot stand alone in a layer",
+                               source=spec.source, start=s.span.start, end=s.span.end)
+        node["sublayers"] = tuple(subs)
+    g.graph["stage"] = "resolve_blocks"
+    return g
+
+
+def _resolve_kind(spec, block: Block, key: tuple | None = None) -> tuple[str, str]:
+    name, seen = block.name, []
+    while name not in BLOCKS:
+        alias = spec.blocks.get(name)
+        if alias is None or "kind" not in alias or name in seen:
+            valid = set(BLOCKS) | {a for a, v in spec.blocks.items() if "kind" in v}
+            msg = f"alias cycle through {name!r}" if name in seen else f"unknown block {name!r}"
+            if key is not None:
+                raise spec.error(msg, key, did_you_mean(name, valid))
+            raise ArchDSLError(msg, source=spec.source, start=block.span.start, end=block.span.end,
+                               hint=did_you_mean(name, valid))
+        seen.append(name)
+        name = str(alias["kind"])
+    return name, BLOCKS[name].role
+
+
+def _config(spec, block: Block, kind: str) -> BlockConfig:
+    """Defaults of the kind, then each alias on the way, then the item's own arguments."""
+    args: dict[str, Any] = {}
+    origin: dict[str, tuple] = {}
+    chain, name = [], block.name
+    while name != kind:
+        chain.append(name)
+        name = spec.blocks[name]["kind"]
+    for src in [kind] + chain[::-1]:
+        for k, v in spec.blocks.get(src, {}).items():
+            if k != "kind":
+                args[k], origin[k] = v, ("blocks", src, k)
+    spans = {}
+    for a in block.args:
+        if a.name != "shared":
+            args[a.name] = a.value
+            spans[a.name] = a.span
+            origin.pop(a.name, None)
+    try:
+        return make_config(kind, args, spec.d_model)
+    except ConfigError as e:
+        where = e.field if e.field in spans or e.field in origin else None
+        if where in origin:
+            raise spec.error(str(e), origin[where]) from None
+        span = spans.get(where, block.span)
+        raise ArchDSLError(str(e), source=spec.source, start=span.start, end=span.end) from None
+
+
+# --- pass 4 -------------------------------------------------------------------------
+def resolve_sharing(g: nx.DiGraph) -> nx.DiGraph:
+    """Join `shared` uses into groups (one parameter set; equal shapes required) and add
+    the embedding edges of blocks that read the original embedding."""
+    spec = g.graph["spec"]
+    g = g.copy()
+    groups: dict[str, list[int]] = {}
+    first: dict[str, Sublayer] = {}
+    for i in range(num_layers(g)):
+        node = g.nodes[layer_id(i)]
+        subs = []
+        for s in node["sublayers"]:
+            group = s.block.shared
+            if group is not None:
+                if group in first and first[group].config.shape_key() != s.config.shape_key():
+                    f = first[group]
+                    raise ArchDSLError(
+                        f"shared group {group!r} joins blocks of different shapes: {f.kind}{_args(f.config)} "
+                        f"and {s.kind}{_args(s.config)}", source=spec.source, start=s.span.start, end=s.span.end)
+                first.setdefault(group, s)
+                groups.setdefault(group, []).append(i)
+                s = replace(s, group=group)
+            if s.role == INJECT:
+                g.add_edge("embed", layer_id(i), flow="embedding")
+            subs.append(s)
+        node["sublayers"] = tuple(subs)
+    g.graph["groups"] = groups
+    g.graph["stage"] = "resolve_sharing"
+    return g
+
+
+def _args(config: BlockConfig) -> str:
+    args = config.to_args()
+    return "(" + ", ".join(f"{k}={v}" for k, v in args.items()) + ")" if args else ""
+
+
+# --- the invariants -------------------------------------------------------------------
+def verify(g: nx.DiGraph) -> nx.DiGraph:
+    """The graph's invariants, stated once; raises AssertionError (a compiler bug) if broken."""
+    stage = g.graph["stage"]
+    n = num_layers(g)
+    assert n >= 1, "no layers"
+    chain = ["embed"] + [layer_id(i) for i in range(n)] + ["norm", "head"]
+    assert set(g.nodes) == set(chain), f"unexpected nodes: {set(g.nodes) ^ set(chain)}"
+    residual = [(u, v) for u, v, f in g.edges(data="flow") if f == "residual"]
+    assert residual == list(zip(chain, chain[1:])) or sorted(residual) == sorted(zip(chain, chain[1:])), \
+        "the residual stream must run embed → L0 → … → norm → head"
+    assert nx.is_directed_acyclic_graph(g)
+    for i in range(n):
+        subs = g.nodes[layer_id(i)]["sublayers"]
+        assert subs, f"layer {i} is empty"
+        if stage in ("resolve_blocks", "resolve_sharing"):
+            roles = [s.role for s in subs]
+            assert roles == sorted(roles, key=ROLE_ORDER.get) and len(set(roles)) == len(roles), \
+                f"layer {i}: sublayers {roles} out of order"
+            assert all(s.config is not None for s in subs), f"layer {i}: unresolved block"
+            has_embed = g.has_edge("embed", layer_id(i)) and g.edges["embed", layer_id(i)]["flow"] == "embedding"
+            if stage == "resolve_sharing":
+                assert has_embed == (INJECT in roles), f"layer {i}: embedding edge and inject block disagree"
+    for group, members in g.graph["groups"].items():
+        keys = {s.config.shape_key() for i in members for s in g.nodes[layer_id(i)]["sublayers"] if s.group == group}
+        assert len(keys) == 1, f"group {group}: members differ in shape"
+    return g
+
+
+PASSES = (expand_repeats, apply_modifiers, resolve_blocks, resolve_sharing)
+
+
+def build_graph(spec, until: str | None = None) -> nx.DiGraph:
+    """Run the passes (up to and including `until`), verifying after each."""
+    g = None
+    for p in PASSES:
+        g = verify(p(spec) if g is None else p(g))
+        if p.__name__ == until:
+            break
+    return g
+
+
+# --- reading the graph ----------------------------------------------------------------
+def num_layers(g: nx.DiGraph) -> int:
+    return sum(1 for n in g.nodes if n.startswith("L"))
+
+
+def layers(g: nx.DiGraph) -> list[tuple[Sublayer, ...]]:
+    """The sublayers of each layer, in order."""
+    return [g.nodes[layer_id(i)]["sublayers"] for i in range(num_layers(g))]
+
+
+def role_of(subs: tuple[Sublayer, ...], role: str) -> Sublayer | None:
+    return next((s for s in subs if s.role == role), None)

@@ -1,0 +1,219 @@
+"""Spec: a layout plus the model-level sizes around it, from a YAML file or a bare layout.
+
+YAML is turned into a typed Spec at this boundary only; positions are kept so that
+an error in the file points into the file — inside the layout string when it is there.
+
+    name: jamba-v0.1
+    d_model: 4096
+    vocab_size: 65536
+    tie_embeddings: false
+    ffn: mlp
+    layout: 32×mamba, attn every 8 offset 4, moe every 2
+    blocks:
+      mamba: {d_state: 16, dt_rank: 256, inner_norms: weighted}
+      attn:  {heads: 32, kv_heads: 8, rope: false}
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import ArchDSLError, Source, did_you_mean
+from .language import Layout, format_layout, parse_layout
+
+NORMS = ("rmsnorm", "layernorm")
+MAX_PARAMS = 10**13
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spec:
+    """A whole model: sizes, default FFN, the layout and per-kind block defaults / aliases."""
+
+    name: str = "model"
+    d_model: int = 768
+    vocab_size: int = 50280
+    tie_embeddings: bool = True
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    embed_norm: bool = False
+    ffn: str | None = None
+    layout: Layout
+    blocks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    source: Source = field(default=Source(""), compare=False, repr=False)
+    # where each YAML key stood: ("blocks", "attn", "heads") -> offset into source.file_text
+    positions: Mapping[tuple, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", MappingProxyType({k: MappingProxyType(dict(v)) for k, v in self.blocks.items()}))
+
+    @cached_property
+    def graph(self):
+        """The verified layer graph (networkx.DiGraph); built on first use."""
+        from .graph import build_graph
+
+        return build_graph(self)
+
+    @property
+    def layout_text(self) -> str:
+        return format_layout(self.layout)
+
+    def error(self, message: str, key: tuple = (), hint: str = "") -> ArchDSLError:
+        """An ArchDSLError pointing at YAML key `key` (or at the file when unknown)."""
+        offset = self.positions.get(key)
+        if offset is None or self.source.file_text is None:
+            return ArchDSLError(message, file=self.source.file, hint=hint)
+        whole = Source(self.source.file_text, self.source.file, file_text=self.source.file_text)
+        return ArchDSLError(message, source=whole, start=offset, hint=hint)
+
+    def to_dict(self) -> dict:
+        """Plain data for yaml.safe_dump: the spec written back as a file."""
+        out: dict[str, Any] = {"name": self.name, "d_model": self.d_model, "vocab_size": self.vocab_size,
+                               "tie_embeddings": self.tie_embeddings, "norm": self.norm}
+        if self.norm_eps != 1e-5:
+            out["norm_eps"] = self.norm_eps
+        if self.embed_norm:
+            out["embed_norm"] = True
+        if self.ffn:
+            out["ffn"] = self.ffn
+        out["layout"] = self.layout_text
+        if self.blocks:
+            out["blocks"] = {k: dict(v) for k, v in self.blocks.items()}
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+SPEC_KEYS = {f.name for f in fields(Spec)} - {"source", "positions"}
+
+
+def parse(text: str, **sizes) -> Spec:
+    """A Spec from a bare layout string, with default sizes (override with keywords)."""
+    source = Source(text)
+    spec = Spec(layout=parse_layout(text, source), source=source, **sizes)
+    return _checked(spec)
+
+
+def load_spec(spec: str | os.PathLike) -> Spec:
+    """A Spec from a YAML file, a saved-model directory (its spec.yaml), or a layout string."""
+    if isinstance(spec, Spec):
+        return spec
+    text = os.fspath(spec)
+    if os.path.isdir(text) and os.path.exists(os.path.join(text, "spec.yaml")):
+        text = os.path.join(text, "spec.yaml")
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as f:
+            return spec_from_yaml(f.read(), file=text)
+    if text.endswith((".yaml", ".yml")):
+        raise ArchDSLError(f"no such spec file: {text}")
+    return parse(text)
+
+
+def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
+    whole = Source(text, file, file_text=text)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        problem = getattr(e, "problem", None) or str(e)
+        if mark is None:
+            raise ArchDSLError(f"invalid YAML: {problem}", file=file) from None
+        raise ArchDSLError(f"invalid YAML: {problem}", source=whole, start=mark.index) from None
+    if isinstance(data, str):  # a file holding a bare layout string
+        return parse(data)
+    if not isinstance(data, dict):
+        raise ArchDSLError("a spec file must be a mapping of keys (name, d_model, layout, ...)"
+                           f" or a layout string, not {type(data).__name__}", file=file, line=1, col=1)
+    positions = _positions(root)
+
+    def err(message, key, hint=""):
+        start = positions.get(key, 0)
+        return ArchDSLError(message, source=whole, start=start, hint=hint)
+
+    for key in data:
+        if key not in SPEC_KEYS:
+            raise err(f"unknown spec key {key!r}", (str(key),), did_you_mean(str(key), SPEC_KEYS))
+    if "layout" not in data:
+        raise ArchDSLError("the spec has no 'layout' key", file=file, line=1, col=1)
+    layout_text = data["layout"]
+    if not isinstance(layout_text, str):
+        raise err(f"layout must be a string, not {type(layout_text).__name__}", ("layout",))
+    layout_source = _layout_source(text, file, root, layout_text)
+    layout = parse_layout(layout_text, layout_source)
+
+    values = {}
+    for key, typ in (("name", str), ("d_model", int), ("vocab_size", int), ("tie_embeddings", bool),
+                     ("norm", str), ("norm_eps", float), ("embed_norm", bool), ("ffn", str)):
+        if key not in data:
+            continue
+        value = data[key]
+        if key == "ffn" and value in (None, "none"):
+            values[key] = None
+            continue
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise err(f"{key} must be {typ.__name__}, got {value!r}", (key,))
+        values[key] = value
+    blocks = data.get("blocks") or {}
+    if not isinstance(blocks, dict) or not all(isinstance(v, dict) for v in blocks.values()):
+        raise err("blocks must map a block kind or alias to a mapping of arguments", ("blocks",))
+    spec = Spec(layout=layout, blocks={str(k): v for k, v in blocks.items()},
+                source=layout_source, positions=positions, **values)
+    return _checked(spec)
+
+
+def _checked(spec: Spec) -> Spec:
+    """Model-level checks; the block-level ones run when the graph is built."""
+    if spec.d_model <= 0:
+        raise spec.error(f"d_model must be positive, got {spec.d_model}", ("d_model",))
+    if spec.vocab_size <= 0:
+        raise spec.error(f"vocab_size must be positive, got {spec.vocab_size}", ("vocab_size",))
+    if spec.norm not in NORMS:
+        raise spec.error(f"unknown norm {spec.norm!r}", ("norm",), did_you_mean(spec.norm, NORMS))
+    if not 0 < spec.norm_eps < 1:
+        raise spec.error(f"norm_eps must be in (0, 1), got {spec.norm_eps}", ("norm_eps",))
+    if spec.d_model > 10**6 or spec.vocab_size > 10**8:
+        raise spec.error("absurd size: d_model over 10^6 or vocab_size over 10^8",
+                         ("d_model",) if spec.d_model > 10**6 else ("vocab_size",))
+    return spec
+
+
+def with_sizes(spec: Spec, **changes) -> Spec:
+    """A copy with other model-level sizes (the graph is rebuilt on use)."""
+    return _checked(replace(spec, **changes))
+
+
+def _positions(node, path: tuple = ()) -> dict[tuple, int]:
+    """Offsets of every mapping value (and key) in the composed YAML tree, by key path."""
+    out: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = path + (str(key_node.value),)
+            out[key] = value_node.start_mark.index
+            out[key + ("<key>",)] = key_node.start_mark.index
+            out.update(_positions(value_node, key))
+    return out
+
+
+def _layout_source(text: str, file: str, root, layout_text: str) -> Source:
+    """Where the layout string's characters stand in the file, so errors point inside it."""
+    node = next((v for k, v in root.value if k.value == "layout"), None)
+    mark = node.start_mark
+    style = node.style
+    if style in ("'", '"') and "\n" not in layout_text and "\\" not in text[mark.index:node.end_mark.index]:
+        return Source(layout_text, file, mark.line, mark.column + 1, text)
+    if style is None and "\n" not in layout_text:
+        return Source(layout_text, file, mark.line, mark.column, text)
+    if style == "|":  # literal block: each line stands indented below the key
+        first = text.index("\n", mark.index) + 1
+        body_line = text[first:].split("\n", 1)[0]
+        indent = len(body_line) - len(body_line.lstrip(" "))
+        return Source(layout_text, file, mark.line + 1, indent, text, indent=indent)
+    return Source(layout_text, file, mark.line, mark.column, text)
