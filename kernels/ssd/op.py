@@ -1,0 +1,116 @@
+"""Public Mamba-2 SSD: `ssd_scan` (parallel, training / prefill) and `ssd_step` (one decode token)."""
+from __future__ import annotations
+
+import torch
+
+from .._checks import expect_float, expect_same_device, expect_shape
+from .._dispatch import backend_for
+from .chunked import ssd_scan_chunked
+from .naive import ssd_scan_naive, ssd_step_naive
+
+
+def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
+             initial_states=None, seq_idx=None, return_final_states=False):
+    """Mamba-2 state-space duality scan, as mamba_ssm's `mamba_chunk_scan_combined`.
+
+    x [B, L, H, P], dt [B, L, H], A [H] (negative), B, C [B, L, G, N] with G dividing H
+    (head h reads group h // (H // G)), D [H] or [H, P], z [B, L, H, P], dt_bias [H],
+    initial_states [B, H, P, N], seq_idx [B, L] integer, non-decreasing along L.
+
+        dt' = softplus(dt + dt_bias) (or dt + dt_bias);  h_t = exp(dt'_t A) h_{t-1} + dt'_t x_t ⊗ B_t
+        y_t = (C_t · h_t + D x_t) * silu(z_t)
+
+    With seq_idx the state restarts from zero where seq_idx changes; initial_states belong to
+    seq_idx 0. chunk_size is the chunk of the torch path; the Triton path picks its own (the
+    result is the same function). Returns y [B, L, H, P] in x's dtype, and with
+    return_final_states also the final state [B, H, P, N] (float32 for 16-bit inputs).
+    """
+    _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx)
+    backend = backend_for(x)
+    kw = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_states=initial_states,
+              seq_idx=seq_idx, return_final_states=return_final_states)
+    if backend == "naive":
+        out = ssd_scan_naive(x, dt, A, B, C, **kw)
+        return (out[0].to(x.dtype), out[1]) if return_final_states else out.to(x.dtype)
+    if backend == "torch":
+        return ssd_scan_chunked(x, dt, A, B, C, chunk_size, **kw)
+    return _triton_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_states, seq_idx, return_final_states)
+
+
+def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One decode token of ssd_scan: state [B, H, P, N] is updated in place; returns y [B, H, P].
+
+    x [B, H, P], dt [B, H], A [H], B, C [B, G, N], D [H] or [H, P], z [B, H, P], dt_bias [H].
+    """
+    _check_step(state, x, dt, A, B, C, D, z, dt_bias)
+    if backend_for(x) == "triton":
+        from .triton_ssd import ssd_step_triton
+        if x.dtype != torch.float64:
+            return ssd_step_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    ct = torch.float64 if state.dtype == torch.float64 or x.dtype == torch.float64 else torch.float32
+    y, new = ssd_step_naive(state.to(ct), x.to(ct), dt.to(ct), A.to(ct), B.to(ct), C.to(ct),
+                            *(None if t is None else t.to(ct) for t in (D, z, dt_bias)), dt_softplus)
+    state.copy_(new)
+    return y.to(x.dtype)
+
+
+def _triton_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq_idx, return_final_states):
+    from .triton_ssd import SSDScanFn
+    wide = x.dtype == torch.float64  # the kernels compute in float32; float64 is for the interpreter
+    if wide:
+        x, dt, A, B, C, D, z, dt_bias, h0 = (None if t is None else t.float()
+                                             for t in (x, dt, A, B, C, D, z, dt_bias, h0))
+    y, hT = SSDScanFn.apply(x, dt, A, B, C, D, z, dt_bias, h0, seq_idx, bool(dt_softplus), None)
+    if wide:
+        y, hT = y.double(), hT.double()
+    return (y, hT) if return_final_states else y
+
+
+def _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx):
+    expect_shape("x", x, (None, None, None, None))
+    batch, L, H, P = x.shape
+    expect_shape("B", B, (batch, L, None, None))
+    G, N = B.shape[2:]
+    if G == 0 or H % G:
+        raise ValueError(f"B: the group count G={G} must divide the head count H={H}")
+    if L == 0:
+        raise ValueError("x: expected a sequence of at least one token, got L=0")
+    expect_shape("dt", dt, (batch, L, H))
+    expect_shape("A", A, (H,))
+    expect_shape("C", C, (batch, L, G, N))
+    _check_D(D, H, P)
+    expect_shape("z", z, (batch, L, H, P), optional=True)
+    expect_shape("dt_bias", dt_bias, (H,), optional=True)
+    expect_shape("initial_states", initial_states, (batch, H, P, N), optional=True)
+    expect_shape("seq_idx", seq_idx, (batch, L), optional=True)
+    if seq_idx is not None and (seq_idx.is_floating_point() or seq_idx.is_complex()):
+        raise ValueError(f"seq_idx: expected an integer tensor, got {seq_idx.dtype}")
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    expect_float(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
+    expect_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
+                       initial_states=initial_states, seq_idx=seq_idx)
+
+
+def _check_step(state, x, dt, A, B, C, D, z, dt_bias):
+    expect_shape("state", state, (None, None, None, None))
+    batch, H, P, N = state.shape
+    expect_shape("x", x, (batch, H, P))
+    expect_shape("B", B, (batch, None, N))
+    G = B.shape[1]
+    if G == 0 or H % G:
+        raise ValueError(f"B: the group count G={G} must divide the head count H={H}")
+    expect_shape("dt", dt, (batch, H))
+    expect_shape("A", A, (H,))
+    expect_shape("C", C, (batch, G, N))
+    _check_D(D, H, P)
+    expect_shape("z", z, (batch, H, P), optional=True)
+    expect_shape("dt_bias", dt_bias, (H,), optional=True)
+    expect_float(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    expect_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+
+
+def _check_D(D, H, P):
+    if D is not None and not (isinstance(D, torch.Tensor) and tuple(D.shape) in ((H,), (H, P))):
+        got = list(D.shape) if isinstance(D, torch.Tensor) else type(D).__name__
+        raise ValueError(f"D: expected shape [{H}] or [{H}, {P}], got {got}")

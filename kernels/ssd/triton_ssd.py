@@ -1,0 +1,420 @@
+"""Mamba-2 SSD in Triton: one fused forward kernel, one fused backward kernel, one decode-step kernel.
+
+Forward: one program per (batch, head, P block) walks the chunks in order, holding the
+[P, N] state in registers: intra-chunk output by masked matrix products, the carried state's
+contribution, then the state update -- chunk states never go through HBM (mamba_ssm's
+chunk-state / state-passing / chunk-scan stages, fused). For the backward, the state entering
+each chunk is stored in float32 [B, H, NC, P, N].
+Backward: one program per (batch, head) walks the chunks in reverse, carrying dL/dstate
+[P, N] in registers and recomputing the chunk's products; it writes dx, dz, d(dt) and
+per-head dB, dC (summed over the heads of a group afterwards).
+Offsets into [B, L, ...] tensors are int64 so that sequences of millions of tokens work.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _chunk_dt(dt_ptr, bias_ptr, rows, h, H, mask_t, A,
+              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Effective dt of a chunk ([Q], 0 past the end), the raw pre-softplus value, cumsum of dt A."""
+    raw = tl.load(dt_ptr + rows * H + h, mask=mask_t, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw += tl.load(bias_ptr + h).to(tl.float32)
+    dt = raw
+    if SOFTPLUS:
+        dt = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0))))
+    dt = tl.where(mask_t, dt, 0.0)
+    s = tl.cumsum(dt * A, axis=0)
+    return dt, raw, s
+
+
+@triton.jit
+def _seq_masks(seq_ptr, rows, row0, c, Q: tl.constexpr, L, mask_t, seq_prev, HAS_SEQ: tl.constexpr):
+    """Masks of a chunk under packed sequences: in (token sees the carried state), out (token reaches
+    the chunk's final state), same (token pairs of one sequence), carry (state crosses the chunk)."""
+    if HAS_SEQ:
+        seq = tl.load(seq_ptr + rows, mask=mask_t, other=-1)
+        last_row = row0 + tl.minimum(c * Q + Q, L) - 1
+        seq_last = tl.load(seq_ptr + last_row)
+        m_in = seq == seq_prev
+        m_out = seq == seq_last
+        same = seq[:, None] == seq[None, :]
+        carry = seq_last == seq_prev
+    else:
+        seq_last = seq_prev
+        m_in = mask_t | True
+        m_out = m_in
+        same = m_in[:, None] | True
+        carry = seq_prev == seq_prev
+    return m_in, m_out, same, carry, seq_last
+
+
+@triton.jit
+def _ssd_fwd_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seq_ptr,
+    y_ptr, ypre_ptr, states_ptr, hT_ptr,
+    L, H, G, P, N, NC,
+    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr,
+    STORE_YPRE: tl.constexpr, STORE_STATES: tl.constexpr,
+    Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    b = pid_bh // H
+    h = pid_bh % H
+    g = h // (H // G)
+    offs_q = tl.arange(0, Q)
+    offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    mask_p = offs_p < P
+    mask_n = offs_n < N
+    mask_pn = mask_p[:, None] & mask_n[None, :]
+    A = tl.load(A_ptr + h).to(tl.float32)
+    if HAS_D:
+        if D_PER_P:
+            Dv = tl.load(D_ptr + h * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+        else:
+            Dv = tl.load(D_ptr + h).to(tl.float32)
+    row0 = b.to(tl.int64) * L
+    bh64 = pid_bh.to(tl.int64)
+    pn_offs = offs_p[:, None] * N + offs_n[None, :]
+    if HAS_H0:
+        state = tl.load(h0_ptr + bh64 * P * N + pn_offs, mask=mask_pn, other=0.0).to(tl.float32)
+    else:
+        state = tl.zeros((BP, BN), dtype=tl.float32)
+    causal = offs_q[:, None] >= offs_q[None, :]
+    seq_prev = 0
+    if HAS_SEQ:
+        seq_prev = tl.load(seq_ptr + row0) * 0
+    for c in range(NC):
+        t = c * Q + offs_q
+        mask_t = t < L
+        rows = row0 + t
+        dt, raw, s = _chunk_dt(dt_ptr, bias_ptr, rows, h, H, mask_t, A, HAS_BIAS, SOFTPLUS)
+        m_in, m_out, same, carry, seq_last = _seq_masks(seq_ptr, rows, row0, c, Q, L, mask_t, seq_prev, HAS_SEQ)
+        xo = (rows * H + h)[:, None] * P + offs_p[None, :]
+        mask_tp = mask_t[:, None] & mask_p[None, :]
+        x = tl.load(x_ptr + xo, mask=mask_tp, other=0.0)
+        bo = (rows * G + g)[:, None] * N + offs_n[None, :]
+        mask_tn = mask_t[:, None] & mask_n[None, :]
+        Bm = tl.load(B_ptr + bo, mask=mask_tn, other=0.0)
+        Cm = tl.load(C_ptr + bo, mask=mask_tn, other=0.0)
+        if STORE_STATES:
+            tl.store(states_ptr + (bh64 * NC + c) * P * N + pn_offs, state, mask=mask_pn)
+
+        CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)
+        keep = causal & same
+        decay = tl.where(keep, tl.exp(tl.minimum(s[:, None] - s[None, :], 0.0)), 0.0)
+        W = (CB * decay * dt[None, :]).to(x.dtype)
+        y = tl.dot(W, x, input_precision=PREC)
+        y_state = tl.dot(Cm, tl.trans(state.to(x.dtype)), input_precision=PREC)
+        y += tl.where(m_in, tl.exp(s), 0.0)[:, None] * y_state
+        xf = x.to(tl.float32)
+        if HAS_D:
+            if D_PER_P:
+                y += Dv[None, :] * xf
+            else:
+                y += Dv * xf
+        if STORE_YPRE:
+            tl.store(ypre_ptr + xo, y.to(ypre_ptr.dtype.element_ty), mask=mask_tp)
+        if HAS_Z:
+            zv = tl.load(z_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
+            y = y * zv * tl.sigmoid(zv)
+        tl.store(y_ptr + xo, y.to(y_ptr.dtype.element_ty), mask=mask_tp)
+
+        sT = tl.sum(dt * A, axis=0)
+        w_out = tl.where(m_out, tl.exp(tl.minimum(sT - s, 0.0)) * dt, 0.0)
+        Bw = (Bm.to(tl.float32) * w_out[:, None]).to(x.dtype)
+        state = state * tl.where(carry, tl.exp(sT), 0.0) + tl.dot(tl.trans(x), Bw, input_precision=PREC)
+        seq_prev = seq_last
+    tl.store(hT_ptr + bh64 * P * N + pn_offs, state, mask=mask_pn)
+
+
+@triton.jit
+def _ssd_bwd_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, ypre_ptr, states_ptr,
+    dy_ptr, dhT_ptr,
+    dx_ptr, dz_ptr, ddt_ptr, dBh_ptr, dCh_ptr, dh0_ptr, dA_ptr, dD_ptr,
+    L, H, G, P, N, NC,
+    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_DHT: tl.constexpr,
+    Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    b = pid_bh // H
+    h = pid_bh % H
+    g = h // (H // G)
+    offs_q = tl.arange(0, Q)
+    offs_p = tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    mask_p = offs_p < P
+    mask_n = offs_n < N
+    mask_pn = mask_p[:, None] & mask_n[None, :]
+    A = tl.load(A_ptr + h).to(tl.float32)
+    if HAS_D:
+        if D_PER_P:
+            Dv = tl.load(D_ptr + h * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+        else:
+            Dv = tl.load(D_ptr + h).to(tl.float32)
+    row0 = b.to(tl.int64) * L
+    bh64 = pid_bh.to(tl.int64)
+    pn_offs = offs_p[:, None] * N + offs_n[None, :]
+    if HAS_DHT:
+        dstate = tl.load(dhT_ptr + bh64 * P * N + pn_offs, mask=mask_pn, other=0.0).to(tl.float32)
+    else:
+        dstate = tl.zeros((BP, BN), dtype=tl.float32)
+    causal = offs_q[:, None] >= offs_q[None, :]
+    is_last = offs_q == Q - 1
+    dA_acc = tl.zeros((Q,), dtype=tl.float32)
+    dD_acc = tl.zeros((BP,), dtype=tl.float32)
+    for cc in range(NC):
+        c = NC - 1 - cc
+        t = c * Q + offs_q
+        mask_t = t < L
+        rows = row0 + t
+        dt, raw, s = _chunk_dt(dt_ptr, bias_ptr, rows, h, H, mask_t, A, HAS_BIAS, SOFTPLUS)
+        seq_prev = 0
+        if HAS_SEQ:
+            seq_prev = tl.load(seq_ptr + tl.maximum(row0 + c * Q - 1, row0)) * (c > 0)
+        m_in, m_out, same, carry, seq_last = _seq_masks(seq_ptr, rows, row0, c, Q, L, mask_t, seq_prev, HAS_SEQ)
+        xo = (rows * H + h)[:, None] * P + offs_p[None, :]
+        mask_tp = mask_t[:, None] & mask_p[None, :]
+        x = tl.load(x_ptr + xo, mask=mask_tp, other=0.0)
+        xf = x.to(tl.float32)
+        bo = (rows * G + g)[:, None] * N + offs_n[None, :]
+        mask_tn = mask_t[:, None] & mask_n[None, :]
+        Bm = tl.load(B_ptr + bo, mask=mask_tn, other=0.0)
+        Cm = tl.load(C_ptr + bo, mask=mask_tn, other=0.0)
+        state = tl.load(states_ptr + (bh64 * NC + c) * P * N + pn_offs, mask=mask_pn, other=0.0)
+        gy = tl.load(dy_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zv = tl.load(z_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
+            yp = tl.load(ypre_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(zv)
+            tl.store(dz_ptr + xo, (gy * yp * sz * (1.0 + zv * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=mask_tp)
+            gy = gy * zv * sz
+        g_lo = gy.to(x.dtype)
+
+        # intra-chunk terms: M[t, u] = (C_t.B_u) decay[t, u] dt_u (g_t.x_u)
+        CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)
+        gx = tl.dot(g_lo, tl.trans(x), input_precision=PREC)
+        keep = causal & same
+        decay = tl.where(keep, tl.exp(tl.minimum(s[:, None] - s[None, :], 0.0)), 0.0)
+        Ld = decay * dt[None, :]
+        R = Ld * gx
+        M = R * CB
+        ds = tl.sum(M, axis=1) - tl.sum(M, axis=0)
+        ddt = tl.sum(decay * gx * CB, axis=0)
+        dx = tl.dot(tl.trans((Ld * CB).to(x.dtype)), g_lo, input_precision=PREC)
+        R_lo = R.to(x.dtype)
+        dC = tl.dot(R_lo, Bm, input_precision=PREC)
+        dB = tl.dot(tl.trans(R_lo), Cm, input_precision=PREC)
+
+        # the carried state's contribution to y
+        state_lo = state.to(x.dtype)
+        e_in = tl.where(m_in, tl.exp(s), 0.0)
+        y_state = tl.dot(Cm, tl.trans(state_lo), input_precision=PREC)
+        ds += e_in * tl.sum(gy * y_state, axis=1)
+        dC += e_in[:, None] * tl.dot(g_lo, state_lo, input_precision=PREC)
+
+        # the chunk's contribution to the state it hands on
+        sT = tl.sum(dt * A, axis=0)
+        w_out = tl.where(m_out, tl.exp(tl.minimum(sT - s, 0.0)), 0.0)
+        dstate_lo = dstate.to(x.dtype)
+        dHB = tl.dot(Bm, tl.trans(dstate_lo), input_precision=PREC)
+        dx += (w_out * dt)[:, None] * dHB
+        xdHB = tl.sum(xf * dHB, axis=1)
+        ddt += w_out * xdHB
+        w = w_out * dt * xdHB
+        e_carry = tl.where(carry, tl.exp(sT), 0.0)
+        ds_T = tl.sum(w, axis=0) + e_carry * tl.sum(tl.sum(dstate * state, axis=1), axis=0)
+        ds = ds - w + tl.where(is_last, ds_T, 0.0)
+        dB += (w_out * dt)[:, None] * tl.dot(x, dstate_lo, input_precision=PREC)
+
+        if HAS_D:
+            if D_PER_P:
+                dx += Dv[None, :] * gy
+            else:
+                dx += Dv * gy
+            dD_acc += tl.sum(gy * xf, axis=0)
+        da = tl.sum(ds, axis=0) - tl.cumsum(ds, axis=0) + ds
+        ddt += A * da
+        dA_acc += da * dt
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(raw)
+        tl.store(dx_ptr + xo, dx.to(dx_ptr.dtype.element_ty), mask=mask_tp)
+        tl.store(ddt_ptr + rows * H + h, ddt, mask=mask_t)
+        ho = (rows * H + h)[:, None] * N + offs_n[None, :]
+        tl.store(dBh_ptr + ho, dB, mask=mask_tn)
+        tl.store(dCh_ptr + ho, dC, mask=mask_tn)
+        gs = (gy * e_in[:, None]).to(x.dtype)
+        dstate = dstate * e_carry + tl.dot(tl.trans(gs), Cm, input_precision=PREC)
+    tl.store(dh0_ptr + bh64 * P * N + pn_offs, dstate, mask=mask_pn)
+    tl.store(dA_ptr + pid_bh, tl.sum(dA_acc, axis=0))
+    if HAS_D:
+        tl.store(dD_ptr + bh64 * P + offs_p, dD_acc, mask=mask_p)
+
+
+@triton.jit
+def _ssd_step_kernel(
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
+    s_b, s_h, s_p, s_n, H, G, P, N,
+    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    b = pid_bh // H
+    h = pid_bh % H
+    g = h // (H // G)
+    offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    mask_p = offs_p < P
+    mask_n = offs_n < N
+    mask_pn = mask_p[:, None] & mask_n[None, :]
+    dt = tl.load(dt_ptr + pid_bh).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + h).to(tl.float32)
+    if SOFTPLUS:
+        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
+    decay = tl.exp(dt * tl.load(A_ptr + h).to(tl.float32))
+    so = b.to(tl.int64) * s_b + h * s_h + offs_p[:, None] * s_p + offs_n[None, :] * s_n
+    st = tl.load(state_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + pid_bh * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+    Bv = tl.load(B_ptr + (b * G + g) * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + (b * G + g) * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    st = st * decay + (dt * x)[:, None] * Bv[None, :]
+    tl.store(state_ptr + so, st.to(state_ptr.dtype.element_ty), mask=mask_pn)
+    y = tl.sum(st * Cv[None, :], axis=1)
+    if HAS_D:
+        if D_PER_P:
+            y += tl.load(D_ptr + h * P + offs_p, mask=mask_p, other=0.0).to(tl.float32) * x
+        else:
+            y += tl.load(D_ptr + h).to(tl.float32) * x
+    if HAS_Z:
+        zv = tl.load(z_ptr + pid_bh * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+        y = y * zv * tl.sigmoid(zv)
+    tl.store(y_ptr + pid_bh * P + offs_p, y.to(y_ptr.dtype.element_ty), mask=mask_p)
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(n))
+
+
+def _flags(D, z, dt_bias, dt_softplus):
+    return dict(HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
+                HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus))
+
+
+def _prec(x):
+    # fp32 inputs are compared with a float64 reference at 1e-4: keep their products in full fp32.
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def pick_chunk(L: int, chunk: int | None) -> int:
+    if chunk is not None:
+        return chunk
+    return min(64, _pow2(L))
+
+
+def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None,
+            block_p=None, num_warps=None, num_stages=2):
+    """Returns y [B, L, H, P], final state [B, H, P, N] fp32 and, for the backward, the
+    float32 state entering every chunk [B, H, NC, P, N] and y before the gate (only with z)."""
+    batch, L, H, P = x.shape
+    G, N = B.shape[2:]
+    Q = pick_chunk(L, chunk)
+    NC = triton.cdiv(L, Q)
+    BN = _pow2(N)
+    BP = block_p or _pow2(P)
+    y = torch.empty_like(x)
+    hT = torch.empty(batch, H, P, N, device=x.device, dtype=torch.float32)
+    states = torch.empty(batch, H, NC, P, N, device=x.device, dtype=torch.float32) if for_backward else hT
+    ypre = torch.empty_like(x) if (for_backward and z is not None) else y
+    grid = (batch * H, triton.cdiv(P, BP))
+    _ssd_fwd_kernel[grid](
+        x, dt, A, B, C, D, z, dt_bias, h0, seq, y, ypre, states, hT,
+        L, H, G, P, N, NC, **_flags(D, z, dt_bias, dt_softplus),
+        HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
+        STORE_YPRE=for_backward and z is not None, STORE_STATES=for_backward,
+        Q=Q, BP=BP, BN=BN, PREC=_prec(x),
+        num_warps=num_warps or (8 if BP * BN >= 8192 else 4), num_stages=num_stages)
+    return y, hT, states, ypre
+
+
+def ssd_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, states, ypre, *, chunk=None,
+            num_warps=8, num_stages=1):
+    """Gradients of x, dt, A, B, C, D, z, dt_bias and the initial state (float32 except dx, dz)."""
+    batch, L, H, P = x.shape
+    G, N = B.shape[2:]
+    Q = pick_chunk(L, chunk)
+    NC = triton.cdiv(L, Q)
+    dx = torch.empty_like(x)
+    dz = torch.empty_like(z) if z is not None else None
+    f32 = dict(device=x.device, dtype=torch.float32)
+    ddt = torch.empty(batch, L, H, **f32)
+    dBh = torch.empty(batch, L, H, N, **f32)
+    dCh = torch.empty(batch, L, H, N, **f32)
+    dh0 = torch.empty(batch, H, P, N, **f32)
+    dA = torch.empty(batch, H, **f32)
+    dD = torch.empty(batch, H, P, **f32) if D is not None else None
+    _ssd_bwd_kernel[(batch * H,)](
+        x, dt, A, B, C, D, z, dt_bias, seq, ypre, states, dy, dhT,
+        dx, dz, ddt, dBh, dCh, dh0, dA, dD,
+        L, H, G, P, N, NC, **_flags(D, z, dt_bias, dt_softplus),
+        HAS_SEQ=seq is not None, HAS_DHT=dhT is not None,
+        Q=Q, BP=_pow2(P), BN=_pow2(N), PREC=_prec(x), num_warps=num_warps, num_stages=num_stages)
+    dB = dBh.view(batch, L, G, H // G, N).sum(3)
+    dC = dCh.view(batch, L, G, H // G, N).sum(3)
+    if dD is not None:
+        dD = dD.sum(0) if D.dim() == 2 else dD.sum((0, 2))
+    ddt_bias = ddt.sum((0, 1)) if dt_bias is not None else None
+    return dx, ddt, dA.sum(0), dB, dC, dD, dz, ddt_bias, dh0
+
+
+def _c(t):
+    return None if t is None else t.contiguous()
+
+
+class SSDScanFn(torch.autograd.Function):
+    """(y, final state) of the scan; every tensor input but seq_idx is differentiable."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, h0, seq, dt_softplus, chunk):
+        x, dt, A, B, C, D, z, dt_bias, h0 = map(_c, (x, dt, A, B, C, D, z, dt_bias, h0))
+        seq = None if seq is None else seq.to(torch.int32).contiguous()
+        grad = any(ctx.needs_input_grad)
+        y, hT, states, ypre = ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq,
+                                      for_backward=grad, chunk=chunk)
+        if grad:
+            ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, seq, states, ypre if z is not None else None)
+            ctx.dt_softplus, ctx.chunk = dt_softplus, chunk
+            ctx.h0_dtype = None if h0 is None else h0.dtype
+        return y, hT
+
+    @staticmethod
+    def backward(ctx, dy, dhT):
+        x, dt, A, B, C, D, z, dt_bias, seq, states, ypre = ctx.saved_tensors
+        grads = ssd_bwd(dy.contiguous(), _c(dhT), x, dt, A, B, C, D, z, dt_bias, ctx.dt_softplus, seq,
+                        states, ypre, chunk=ctx.chunk)
+        dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dh0 = grads
+        cast = lambda g, ref: None if g is None or ref is None else g.to(ref.dtype)
+        return (dx, cast(ddt, dt), cast(dA, A), cast(dB, B), cast(dC, C), cast(dD, D), dz,
+                cast(ddt_bias, dt_bias), None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype), None, None, None)
+
+
+def ssd_step_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+    """One decode token; updates state [B, H, P, N] in place, returns y [B, H, P]."""
+    batch, H, P, N = state.shape
+    G = B.shape[1]
+    x, dt, B, C, z = map(_c, (x, dt, B, C, z))
+    y = torch.empty_like(x)
+    BN = triton.next_power_of_2(N)
+    BP = min(triton.next_power_of_2(P), max(1, 2048 // BN))
+    _ssd_step_kernel[(batch * H, triton.cdiv(P, BP))](
+        state, x, dt, A, B, C, D, z, dt_bias, y, *state.stride(), H, G, P, N,
+        **_flags(D, z, dt_bias, dt_softplus), BP=BP, BN=BN, num_warps=4)
+    return y
