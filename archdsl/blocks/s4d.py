@@ -1,0 +1,53 @@
+"""S4D: diagonal linear time-invariant SSM with HiPPO-LegS-derived initialisation
+(Gu et al. 2022, "On the Parameterization and Initialization of Diagonal State Space
+Models"; the standalone `s4d.py` of state-spaces/s4), one independent SSM per channel.
+
+Per channel h (d_model of them), N/2 complex modes (conjugate pairs give the real N):
+    log_dt [d]                        step size, log-uniform in [dt_min, dt_max]
+    log_A_real, A_imag [d, N/2]       A = -exp(log_A_real) + i·A_imag; S4D-Lin init
+                                      A_n = -1/2 + iπn (the diagonal approximation of HiPPO-LegS)
+    C [d, N/2] complex = [d, N] real  (B is fixed to 1 and absorbed into C)
+    D [d]                             skip
+    output: Conv1d(d, 2d, 1) + GLU (glu=True, as s4d.py) or Linear(d, d) (glu=False)
+Training: y = K * u with K = Re(C·(exp(dt·A) - 1)/A · exp(dt·A·l)) (an FFT convolution);
+decoding: the discretised recurrence, O(1) per token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .base import MIXER, BlockConfig, ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class S4dConfig(BlockConfig):
+    kind: ClassVar[str] = "s4d"
+    role: ClassVar[str] = MIXER
+
+    d_state: int = 64  # real state size N: N/2 complex modes
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    glu: bool = True
+
+    def check(self) -> None:
+        if self.d_state % 2:
+            raise ConfigError("d_state", f"s4d: d_state must be even (N/2 complex modes), got {self.d_state}")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ConfigError("dt_min", f"s4d: need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+
+    def params(self) -> int:
+        d, N = self.d_model, self.d_state
+        ssm = d + N * d + d * N // 2 * 2 + d  # log_dt, C (complex), log_A_real + A_imag, D
+        out = 2 * d * d + 2 * d if self.glu else d * d + d
+        return ssm + out
+
+    def flops_per_token(self, n: int) -> int:
+        """Recurrent form: per complex mode a complex multiply-add of the state (8 FLOPs) and
+        the real part of C·h (4 FLOPs) → 6·d·N, + 2·d for D, + 2·(output MACs)."""
+        d, N = self.d_model, self.d_state
+        return 6 * d * N + 2 * d + 2 * (2 * d * d if self.glu else d * d)
+
+    def cache_bytes(self, batch: int, n: int, dtype_bytes: int) -> int:
+        """Complex state [B, d, N/2] in fp32 (8 bytes per mode)."""
+        return batch * self.d_model * self.d_state // 2 * 8
