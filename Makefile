@@ -1,0 +1,47 @@
+# archdsl — one entry point for setting up, the demo job, the tests and the benchmarks.
+#   make demo    set up .venv, then compile a demo spec, show its table, run a forward pass and a generation (CPU)
+#   make test    set up .venv, then run the test suite (CPU; GPU tests are skipped without CUDA)
+#   make wheel   build the wheel and check it from a fresh venv
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+SPEC ?= specs/demo-jamba.yaml
+PYTEST_ARGS ?= -q -m "not gpu" -n 2
+
+.PHONY: setup demo test gpu-test bench wheel clean
+
+setup: $(VENV)/.ready
+
+$(VENV)/.ready: pyproject.toml setup.py
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+demo: setup
+	$(BIN)/archdsl show $(SPEC)
+	$(BIN)/archdsl compile $(SPEC) -o out/demo --seed 0
+	$(BIN)/archdsl run out/demo --prompt-len 32 --gen 32
+
+test: setup
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as a failure"; exit 1; fi; exit $$rc
+
+gpu-test: setup
+	$(BIN)/python -m pytest -q -m gpu
+
+bench:
+	$(PY) benchmarks/kernels.py
+
+wheel: setup
+	rm -rf dist build $(CURDIR)/.venv-wheel
+	$(BIN)/pip wheel -q --no-deps -w dist .
+	$(PY) -m venv $(CURDIR)/.venv-wheel
+	$(CURDIR)/.venv-wheel/bin/pip install -q "$(TORCH)"
+	$(CURDIR)/.venv-wheel/bin/pip install -q dist/archdsl-*.whl
+	cd dist && $(CURDIR)/.venv-wheel/bin/archdsl show "4×(7×mamba2, attn(shared)), moe every 2" | tail -5
+	cd dist && $(CURDIR)/.venv-wheel/bin/python -m archdsl check "7×mamba2, 1×attn(shared), moe every 2"
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info out
