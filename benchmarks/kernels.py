@@ -1,0 +1,58 @@
+"""Time every archdsl kernel against its peer in one run (H200, bf16) and print one table.
+
+    python benchmarks/kernels.py [--quick] [--json out.json]
+
+Each op's script (benchmarks/kernels_<op>.py) measures ours and the peer with
+triton.testing.do_bench (median) in the same process and gives rows
+{op, shape, mode, ours_ms, peer, peer_ms, floor_ms, floor_note}. Ratios are ours/peer:
+below 1 is faster than the peer.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+OPS = ["kernels_ssd", "kernels_wkv6", "kernels_selective_scan"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="the smaller shapes only")
+    ap.add_argument("--only", help="comma-separated op scripts, e.g. kernels_ssd")
+    ap.add_argument("--json", help="also write the rows here")
+    args = ap.parse_args()
+    import torch
+
+    rows = []
+    for name in (args.only.split(",") if args.only else OPS):
+        try:
+            rows += importlib.import_module(name).rows(quick=args.quick)
+        except Exception:  # one op's failure must not hide the others' figures
+            traceback.print_exc()
+            rows.append({"op": name, "shape": "-", "mode": "FAILED", "ours_ms": float("nan")})
+    print(f"\n{torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, "
+          f"torch {torch.__version__}")
+    head = f"{'op':<22} {'shape':<34} {'mode':<8} {'ours ms':>9} {'peer':<22} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} {'%floor':>7}"
+    print(head + "\n" + "-" * len(head))
+    for r in rows:
+        ours, peer, floor = r.get("ours_ms"), r.get("peer_ms"), r.get("floor_ms")
+        ratio = f"{ours / peer:.2f}" if ours and peer else "-"
+        pct = f"{100 * floor / ours:.0f}%" if ours and floor else "-"
+        print(f"{r['op']:<22} {str(r['shape']):<34} {r['mode']:<8} {_ms(ours)} {str(r.get('peer') or '-'):<22} "
+              f"{_ms(peer)} {ratio:>6} {_ms(floor)} {pct:>7}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+def _ms(x) -> str:
+    return f"{x:9.3f}" if isinstance(x, (int, float)) and x == x else f"{'-':>9}"
+
+
+if __name__ == "__main__":
+    main()
