@@ -1,0 +1,45 @@
+"""Sequential reference for RWKV-6's WKV: a plain loop over time, float64-capable.
+
+    o_t = scale * r_t · (S_{t-1} + (u ⊙ k_t) ⊗ v_t)
+    S_t = diag(exp(w_t)) S_{t-1} + k_t ⊗ v_t
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def wkv6_naive(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False):
+    """r, k, w `[B, T, H, K]`, v `[B, T, H, V]`, u `[H, K]`, initial_state `[B, H, K, V]`.
+
+    Returns (o `[B, T, H, V]` in r's dtype, final state `[B, H, K, V]` (float32 or float64) or None).
+    """
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    ct = _compute_dtype(r)
+    scale = K ** -0.5 if scale is None else scale
+    S = torch.zeros(B, H, K, V, dtype=ct, device=r.device)
+    if initial_state is not None:
+        S = S + initial_state.to(ct)
+    o = torch.empty(B, T, H, V, dtype=ct, device=r.device)
+    for t in range(T):
+        o[:, t] = wkv6_step_naive(S, r[:, t], k[:, t], v[:, t], w[:, t], u, scale)
+    return o.to(r.dtype), (S if output_final_state else None)
+
+
+def wkv6_step_naive(state, r, k, v, w, u, scale=None):
+    """One token: state `[B, H, K, V]` updated in place; r, k, w `[B, H, K]`, v `[B, H, V]`.
+
+    Returns o `[B, H, V]` in r's dtype.
+    """
+    ct = state.dtype
+    K = r.shape[-1]
+    scale = K ** -0.5 if scale is None else scale
+    r, k, v, w, u = (t.to(ct) for t in (r, k, v, w, u))
+    kv = k[..., :, None] * v[..., None, :]
+    o = scale * torch.einsum("bhk,bhkv->bhv", r, state + u[None, :, :, None] * kv)
+    state.mul_(torch.exp(w)[..., None]).add_(kv)
+    return o.to(r.dtype)
