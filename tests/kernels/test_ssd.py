@@ -1,0 +1,211 @@
+"""Mamba-2 SSD: Triton (interpreted on CPU) and chunked torch against the float64 loop."""
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from archdsl.kernels.ssd import ssd_scan, ssd_step
+from archdsl.kernels.ssd.chunked import ssd_scan_chunked
+from archdsl.kernels.ssd.naive import ssd_scan_naive
+
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+
+
+def make(b, L, H, P, G, N, *, D=None, z=False, bias=False, h0=False, seq=False, dtype=torch.float32,
+         device="cpu", seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    t = dict(x=r(b, L, H, P), dt=torch.rand(b, L, H, generator=g, dtype=torch.float64) * 0.4 - 0.5,
+             A=-torch.rand(H, generator=g, dtype=torch.float64) * 2 - 0.05,
+             B=r(b, L, G, N) / N ** 0.5, C=r(b, L, G, N) / N ** 0.5)
+    t["D"] = None if D is None else (r(H) if D == 1 else r(H, P))
+    t["z"] = r(b, L, H, P) if z else None
+    t["dt_bias"] = r(H) * 0.3 if bias else None
+    t["initial_states"] = r(b, H, P, N) if h0 else None
+    t = {k: None if v is None else v.to(device=device, dtype=dtype) for k, v in t.items()}
+    if not bias:  # without softplus, dt itself must be positive
+        t["dt"] = t["dt"].abs() + 0.01
+    cut = torch.sort(torch.randint(0, L + 1, (b, 2), generator=g), dim=1).values
+    pos = torch.arange(L)
+    t["seq_idx"] = ((pos >= cut[:, :1]).long() + (pos >= cut[:, 1:]).long()).to(device) if seq else None
+    t["dt_softplus"] = bool(bias)
+    return t
+
+
+def run(fn, t, grads=True, **kw):
+    """Outputs and gradients (of a fixed random projection) of every tensor input."""
+    leaves = {k: t[k].detach().clone().requires_grad_() for k in NAMES if t[k] is not None}
+    args = {**t, **leaves}
+    y, hT = fn(args["x"], args["dt"], args["A"], args["B"], args["C"], D=args["D"], z=args["z"],
+               dt_bias=args["dt_bias"], dt_softplus=t["dt_softplus"], initial_states=args["initial_states"],
+               seq_idx=t["seq_idx"], return_final_states=True, **kw)
+    if not grads:
+        return [y, hT]
+    g = torch.Generator(device="cpu").manual_seed(1)
+    wy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.device)
+    wh = torch.randn(hT.shape, generator=g, dtype=torch.float64).to(y.device)
+    loss = (y.double() * wy).sum() + (hT.double() * wh).sum()
+    return [y, hT] + list(torch.autograd.grad(loss, list(leaves.values())))
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-6)).item()
+
+
+def assert_close(got, want, tol):
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert torch.isfinite(a).all(), f"output {i} not finite"
+        assert rel(a, b) < tol, f"output {i}: relative error {rel(a, b):.2e} > {tol}"
+
+
+def triton_scan(*a, **k):
+    os.environ["ARCHDSL_KERNELS"] = "triton"
+    try:
+        return ssd_scan(*a, **k)
+    finally:
+        del os.environ["ARCHDSL_KERNELS"]
+
+
+shapes = st.tuples(st.sampled_from([1, 2]), st.sampled_from([1, 2, 7, 17, 31, 40, 67]),
+                   st.sampled_from([(1, 1), (2, 1), (4, 2), (3, 3)]), st.sampled_from([3, 5, 16]),
+                   st.sampled_from([4, 7, 16]))
+options = st.fixed_dictionaries(dict(D=st.sampled_from([None, 1, 2]), z=st.booleans(), bias=st.booleans(),
+                                     h0=st.booleans(), seq=st.booleans()))
+
+
+@settings(max_examples=14, deadline=None)
+@given(shapes, options)
+def test_triton_matches_naive(shape, opts):
+    b, L, (H, G), P, N = shape
+    t = make(b, L, H, P, G, N, **opts)
+    assert_close(run(triton_scan, t), run(ssd_scan_naive, t), 2e-5)
+
+
+@settings(max_examples=10, deadline=None)
+@given(shapes, options, st.sampled_from([1, 4, 16]))
+def test_chunked_matches_naive(shape, opts, chunk):
+    b, L, (H, G), P, N = shape
+    t = make(b, L, H, P, G, N, dtype=torch.float64, **opts)
+    got = run(lambda *a, **k: ssd_scan_chunked(*a, chunk_size=chunk, **k), t)
+    assert_close(got, run(ssd_scan_naive, t), 1e-8)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_split_scan_equals_whole(impl, monkeypatch):
+    monkeypatch.setenv("ARCHDSL_KERNELS", impl)
+    t = make(2, 45, 2, 5, 1, 7, D=2, z=True, bias=True, h0=True)
+    kw = dict(D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True)
+    y, h = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size=16, z=t["z"],
+                    initial_states=t["initial_states"], return_final_states=True, **kw)
+    part = lambda k, s: t[k][:, s]
+    y1, h1 = ssd_scan(*(part(k, slice(0, 20)) for k in ("x", "dt")), t["A"],
+                      *(part(k, slice(0, 20)) for k in ("B", "C")), chunk_size=16, z=part("z", slice(0, 20)),
+                      initial_states=t["initial_states"], return_final_states=True, **kw)
+    y2, h2 = ssd_scan(*(part(k, slice(20, None)) for k in ("x", "dt")), t["A"],
+                      *(part(k, slice(20, None)) for k in ("B", "C")), chunk_size=16,
+                      z=part("z", slice(20, None)), initial_states=h1, return_final_states=True, **kw)
+    assert_close([torch.cat([y1, y2], 1), h2], [y, h], 1e-5)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_step_matches_scan(impl, monkeypatch):
+    monkeypatch.setenv("ARCHDSL_KERNELS", impl)
+    t = make(2, 19, 4, 5, 2, 6, D=1, z=True, bias=True, h0=True)
+    y, h = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"], dt_bias=t["dt_bias"],
+                    dt_softplus=True, initial_states=t["initial_states"], return_final_states=True)
+    state = t["initial_states"].clone()
+    ys = [ssd_step(state, t["x"][:, i], t["dt"][:, i], t["A"], t["B"][:, i], t["C"][:, i], D=t["D"],
+                   z=t["z"][:, i], dt_bias=t["dt_bias"], dt_softplus=True) for i in range(19)]
+    assert_close([torch.stack(ys, 1), state], [y, h], 1e-5)
+
+
+def test_seq_idx_isolates_sequences():
+    t = make(1, 30, 2, 4, 1, 5, seq=False)
+    seq = torch.tensor([[0] * 12 + [1] * 18])
+    y = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], seq_idx=seq)
+    y2 = ssd_scan(*(t[k][:, 12:] for k in ("x", "dt")), t["A"], *(t[k][:, 12:] for k in ("B", "C")))
+    assert_close([y[:, 12:]], [y2], 1e-6)
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (dict(x=torch.zeros(2, 8, 4)), "x"), (dict(dt=torch.zeros(2, 8, 3)), "dt"), (dict(A=torch.zeros(5)), "A"),
+    (dict(B=torch.zeros(2, 8, 3, 6), C=torch.zeros(2, 8, 3, 6)), "B"), (dict(C=torch.zeros(2, 8, 2, 5)), "C"),
+    (dict(D=torch.zeros(4, 3)), "D"), (dict(z=torch.zeros(2, 8, 4)), "z"), (dict(dt_bias=torch.zeros(3)), "dt_bias"),
+    (dict(initial_states=torch.zeros(2, 4, 5, 7)), "initial_states"), (dict(seq_idx=torch.zeros(2, 8)), "seq_idx"),
+    (dict(seq_idx=torch.zeros(2, 7, dtype=torch.long)), "seq_idx"), (dict(chunk_size=0), "chunk_size"),
+])
+def test_bad_input_raises(bad, msg):
+    args = dict(x=torch.zeros(2, 8, 4, 5), dt=torch.zeros(2, 8, 4), A=torch.zeros(4), B=torch.zeros(2, 8, 2, 6),
+                C=torch.zeros(2, 8, 2, 6))
+    args.update(bad)
+    with pytest.raises(ValueError, match=msg):
+        ssd_scan(**args)
+
+
+def test_bad_step_input_raises():
+    with pytest.raises(ValueError, match="state"):
+        ssd_step(torch.zeros(2, 4, 5), torch.zeros(2, 4, 5), torch.zeros(2, 4), torch.zeros(4),
+                 torch.zeros(2, 1, 6), torch.zeros(2, 1, 6))
+    with pytest.raises(ValueError, match="C"):
+        ssd_step(torch.zeros(2, 4, 5, 6), torch.zeros(2, 4, 5), torch.zeros(2, 4), torch.zeros(4),
+                 torch.zeros(2, 1, 6), torch.zeros(2, 2, 6))
+
+
+# ---------------------------------------------------------------- full sizes on the GPU
+gpu = pytest.mark.skipif(not CUDA, reason="needs CUDA")
+
+
+def reference(t, chunk=128):
+    """chunked torch in float64 on the GPU: the naive loop is too slow at these sizes."""
+    t64 = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t.items()}
+    return run(lambda *a, **k: ssd_scan_chunked(*a, chunk_size=chunk, **k), t64)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 3e-2), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("L", [4096, 1000])
+def test_gpu_full_size(dtype, tol, L):
+    t = make(4, L, 32, 64, 1, 128, D=1, bias=True, h0=True, z=L == 1000, seq=L == 1000, dtype=dtype, device=DEV)
+    got = run(ssd_scan, t)
+    want = reference(t)
+    for name, a, b in zip(["y", "final"] + [k for k in NAMES if t[k] is not None], got, want):
+        print(f"{name}: {rel(a, b):.2e}")
+    assert_close(got, want, tol)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("L, grads", [(131072, True), (1 << 20, False)])
+def test_gpu_long_sequences(L, grads):
+    t = make(1, L, 2, 64, 1, 128, D=1, bias=True, h0=True, dtype=torch.bfloat16, device=DEV)
+    got = run(ssd_scan, t, grads=grads)
+    want = reference(t, chunk=256) if grads else run(
+        lambda *a, **k: ssd_scan_chunked(*a, chunk_size=256, **k),
+        {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t.items()},
+        grads=False)
+    print(L, [f"{rel(a, b):.2e}" for a, b in zip(got, want)])
+    assert_close(got, want, 3e-2)
+    if not grads:  # the backward still runs and stays finite at 1M tokens
+        leaves = [t[k].detach().requires_grad_() for k in ("x", "dt", "A", "B", "C")]
+        y = ssd_scan(*leaves, D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True)
+        assert all(torch.isfinite(g).all() for g in torch.autograd.grad(y.float().square().sum(), leaves))
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_step_matches_scan_bf16():
+    t = make(2, 4096, 8, 64, 1, 128, D=1, z=True, bias=True, dtype=torch.bfloat16, device=DEV)
+    y = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"], dt_bias=t["dt_bias"],
+                 dt_softplus=True)
+    state = torch.zeros(2, 8, 64, 128, device=DEV, dtype=torch.float32)
+    ys = [ssd_step(state, t["x"][:, i], t["dt"][:, i], t["A"], t["B"][:, i], t["C"][:, i], D=t["D"],
+                   z=t["z"][:, i], dt_bias=t["dt_bias"], dt_softplus=True) for i in range(4096)]
+    want = reference(t)[0]
+    print("step", rel(torch.stack(ys, 1), want), "scan", rel(y, want))
+    assert_close([torch.stack(ys, 1), y], [want, want], 2e-2)
