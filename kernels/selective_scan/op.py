@@ -1,0 +1,99 @@
+"""Public selective scan (Mamba-1) and its decode step, with mamba_ssm's conventions."""
+from __future__ import annotations
+
+import torch
+
+from .._checks import expect_float, expect_same_device, expect_shape
+from .._dispatch import backend_for
+from .chunked import selective_scan_chunked
+from .naive import selective_scan_naive, selective_state_update_naive
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, initial_state=None):
+    """Mamba-1 selective scan, the semantics of mamba_ssm's `selective_scan_fn`.
+
+    h_t = exp(delta_t * A) * h_{t-1} + delta_t * u_t * B_t ;  y_t = <h_t, C_t> + D * u_t ;  out = y * silu(z)
+    (delta is first shifted by delta_bias and passed through softplus when asked).
+
+    u, delta, z: `[B, D, L]`; A: `[D, N]` (real); B, C: `[B, N, L]`, `[B, G, N, L]` with G | D,
+    or `[D, N]` (time-invariant); D, delta_bias: `[D]`; initial_state: `[B, D, N]`.
+    Returns out `[B, D, L]` in u's dtype, and with return_last_state also the last state
+    `[B, D, N]` (float32, float64 for float64 input off the Triton path).
+    """
+    batch, dim, seqlen, N = _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    backend = backend_for(u)
+    if backend == "triton":
+        from .triton_selective_scan import selective_scan_triton
+        B4, C4 = (_as_groups(M, batch, dim, seqlen) for M in (B, C))
+        if B4.shape[1] != C4.shape[1]:
+            B4, C4 = (M.repeat_interleave(dim // M.shape[1], dim=1) for M in (B4, C4))
+        y, last = selective_scan_triton(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, initial_state)
+        return (y, last) if return_last_state else y
+    fn = selective_scan_naive if backend == "naive" else selective_scan_chunked
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One decode step of the selective scan (mamba_ssm's `selective_state_update`).
+
+    state: `[B, D, N]`, updated in place; x, dt, z: `[B, D]`; A: `[D, N]`; B, C: `[B, N]` or
+    `[B, G, N]`; D, dt_bias: `[D]`. Returns y `[B, D]` in x's dtype.
+    """
+    expect_shape("state", state, (None, None, None))
+    batch, dim, N = state.shape
+    for name, t in (("x", x), ("dt", dt), ("z", z)):
+        expect_shape(name, t, (batch, dim), optional=name == "z")
+    expect_shape("A", A, (dim, N))
+    for name, t in (("B", B), ("C", C)):
+        if not isinstance(t, torch.Tensor) or t.dim() not in (2, 3):
+            raise ValueError(f"{name}: expected shape [{batch}, {N}] or [{batch}, G, {N}], got "
+                             f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        expect_shape(name, t, (batch, N) if t.dim() == 2 else (batch, None, N))
+        if dim % (t.shape[1] if t.dim() == 3 else 1):
+            raise ValueError(f"{name}: groups G={t.shape[1]} must divide D={dim}")
+    expect_shape("D", D, (dim,), optional=True)
+    expect_shape("dt_bias", dt_bias, (dim,), optional=True)
+    expect_float(state=state, x=x, dt=dt, A=A, B=B, C=C)
+    expect_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    B3, C3 = (t if t.dim() == 3 else t[:, None] for t in (B, C))
+    if backend_for(state) == "triton" and state.stride(2) == 1:
+        from .triton_selective_scan import selective_state_update_triton
+        xs, dts, zs = (t.contiguous() if t is not None else None for t in (x, dt, z))
+        return selective_state_update_triton(state, xs, dts, A, B3, C3, D, zs, dt_bias, dt_softplus)
+    return selective_state_update_naive(state, x, dt, A, B3, C3, D, z, dt_bias, dt_softplus)
+
+
+def _as_groups(M, batch, dim, seqlen):
+    """B or C as `[B, G, N, L]` (a view where possible)."""
+    if M.dim() == 2:
+        return M[None, :, :, None].expand(batch, dim, M.shape[1], seqlen)
+    return M[:, None] if M.dim() == 3 else M
+
+
+def _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state):
+    expect_shape("u", u, (None, None, None))
+    batch, dim, seqlen = u.shape
+    if seqlen < 1:
+        raise ValueError(f"u: expected at least one time step, got shape {list(u.shape)}")
+    expect_shape("delta", delta, (batch, dim, seqlen))
+    expect_shape("A", A, (dim, None))
+    N = A.shape[1]
+    if A.is_complex():
+        raise ValueError("A: complex A is not supported; expected a real [D, N] tensor")
+    for name, M in (("B", B), ("C", C)):
+        if not isinstance(M, torch.Tensor) or M.dim() not in (2, 3, 4):
+            raise ValueError(f"{name}: expected shape [{batch}, {N}, {seqlen}], [{batch}, G, {N}, {seqlen}] "
+                             f"or [{dim}, {N}], got {list(M.shape) if isinstance(M, torch.Tensor) else M!r}")
+        shape = {2: (dim, N), 3: (batch, N, seqlen), 4: (batch, None, N, seqlen)}[M.dim()]
+        expect_shape(name, M, shape)
+        if M.dim() == 4 and (M.shape[1] == 0 or dim % M.shape[1]):
+            raise ValueError(f"{name}: groups G={M.shape[1]} must divide D={dim}")
+    expect_shape("D", D, (dim,), optional=True)
+    expect_shape("z", z, (batch, dim, seqlen), optional=True)
+    expect_shape("delta_bias", delta_bias, (dim,), optional=True)
+    expect_shape("initial_state", initial_state, (batch, dim, N), optional=True)
+    expect_float(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state)
+    expect_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                       initial_state=initial_state)
+    return batch, dim, seqlen, N

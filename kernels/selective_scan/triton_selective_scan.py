@@ -1,0 +1,367 @@
+"""Triton selective scan (Mamba-1): forward and backward kernels, launchers, autograd.Function.
+
+A program owns one batch row and BLOCK_D channels with all N states in registers, and
+walks the sequence in chunks of T steps. Inside a chunk the recurrence
+h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t is a parallel scan (tl.associative_scan)
+over (decay, input) pairs, and the carried state enters through the scanned decay
+product; the state never leaves the chip except at checkpoints (every CK steps, only
+when gradients are wanted). The backward walks the chunks in reverse, recomputes the
+states of a chunk from its checkpoint, and runs the adjoint recurrence
+k_t = C_t dy_t + exp(delta_{t+1} A) k_{t+1} as a reversed scan. B/C gradients are
+sums over channels and go out through fp32 atomics; A, D and delta_bias gradients
+are per-(batch, block) partials summed by torch.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._dispatch import interpreting
+
+LOG2E = 1.4426950408889634
+# Checkpoint interval = backward chunk; the interpreter runs small tiles so CI stays fast.
+CK = 8 if interpreting() else 64
+
+
+@triton.jit
+def _lin_combine(a1, b1, a2, b2):
+    return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def _load_dt(ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """delta after bias and softplus, and the pre-softplus value (for the backward); 0 where masked."""
+    raw = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw = raw + bias[:, None]
+    dt = raw
+    if SOFTPLUS:
+        dt = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(raw)))
+    return tl.where(mask, dt, 0.0), raw
+
+
+@triton.jit
+def _ss_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+                   y_ptr, hT_ptr, ck_ptr,
+                   L, DIM, N, CPG, NCK,
+                   sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+                   BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T: tl.constexpr, CKI: tl.constexpr,
+                   HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                   HAS_H0: tl.constexpr, STORE_CK: tl.constexpr):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    t = tl.arange(0, T)
+    dmask, nmask = d < DIM, n < N
+    dn_mask = dmask[:, None] & nmask[None, :]
+    g = ((pid_d * BLOCK_D) // CPG).to(tl.int64)
+    row = (pid_b * DIM + d.to(tl.int64)) * L
+    state_off = (pid_b * DIM + d.to(tl.int64))[:, None] * N + n[None, :]
+    A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=dn_mask, other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32) if HAS_BIAS else None
+    Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32) if HAS_D else None
+    h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    if HAS_H0:
+        h = tl.load(h0_ptr + state_off, mask=dn_mask, other=0.0).to(tl.float32)
+    B_base = B_ptr + pid_b * sB_b + g * sB_g
+    C_base = C_ptr + pid_b * sC_b + g * sC_g
+    for c in range(0, tl.cdiv(L, T)):
+        tt = c * T + t
+        tmask = tt < L
+        m2 = dmask[:, None] & tmask[None, :]
+        off = row[:, None] + tt[None, :]
+        if STORE_CK:
+            if (c * T) % CKI == 0:
+                ck_off = ((pid_b * DIM + d.to(tl.int64)) * NCK + (c * T) // CKI)[:, None] * N + n[None, :]
+                tl.store(ck_ptr + ck_off, h, mask=dn_mask)
+        u = tl.load(u_ptr + off, mask=m2, other=0.0).to(tl.float32)
+        dt, _ = _load_dt(dt_ptr + off, m2, bias, HAS_BIAS, SOFTPLUS)
+        bn_mask = nmask[:, None] & tmask[None, :]
+        Bt = tl.load(B_base + n[:, None] * sB_n + tt[None, :].to(tl.int64) * sB_l, mask=bn_mask, other=0.0).to(tl.float32)
+        Ct = tl.load(C_base + n[:, None] * sC_n + tt[None, :].to(tl.int64) * sC_l, mask=bn_mask, other=0.0).to(tl.float32)
+        dA = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        dBu = (dt * u)[:, None, :] * Bt[None, :, :]
+        aP, hS = tl.associative_scan((dA, dBu), 2, _lin_combine)
+        hs = hS + aP * h[:, :, None]
+        y = tl.sum(hs * Ct[None, :, :], axis=1)
+        h = tl.sum(tl.where(t[None, None, :] == T - 1, hs, 0.0), axis=2)
+        if HAS_D:
+            y += Dv[:, None] * u
+        if HAS_Z:
+            zz = tl.load(z_ptr + off, mask=m2, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=m2)
+    tl.store(hT_ptr + state_off, h, mask=dn_mask)
+
+
+@triton.jit
+def _ss_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr,
+                   du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+                   L, DIM, N, CPG, NCK,
+                   sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sdB_b, sdB_g, sdC_b, sdC_g,
+                   BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T: tl.constexpr,
+                   HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                   HAS_DHT: tl.constexpr):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    t = tl.arange(0, T)
+    dmask, nmask = d < DIM, n < N
+    dn_mask = dmask[:, None] & nmask[None, :]
+    g = ((pid_d * BLOCK_D) // CPG).to(tl.int64)
+    row = (pid_b * DIM + d.to(tl.int64)) * L
+    state_off = (pid_b * DIM + d.to(tl.int64))[:, None] * N + n[None, :]
+    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32) if HAS_BIAS else None
+    Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32) if HAS_D else None
+    kc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    if HAS_DHT:
+        kc = tl.load(dhT_ptr + state_off, mask=dn_mask, other=0.0).to(tl.float32)
+    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    B_base = B_ptr + pid_b * sB_b + g * sB_g
+    C_base = C_ptr + pid_b * sC_b + g * sC_g
+    dB_base = dB_ptr + pid_b * sdB_b + g * sdB_g
+    dC_base = dC_ptr + pid_b * sdC_b + g * sdC_g
+    for cr in range(0, tl.cdiv(L, T)):
+        c = tl.cdiv(L, T) - 1 - cr
+        tt = c * T + t
+        tmask = tt < L
+        m2 = dmask[:, None] & tmask[None, :]
+        off = row[:, None] + tt[None, :]
+        bn_mask = nmask[:, None] & tmask[None, :]
+        u = tl.load(u_ptr + off, mask=m2, other=0.0).to(tl.float32)
+        dt, raw = _load_dt(dt_ptr + off, m2, bias, HAS_BIAS, SOFTPLUS)
+        dtn, _ = _load_dt(dt_ptr + off + 1, dmask[:, None] & (tt + 1 < L)[None, :], bias, HAS_BIAS, SOFTPLUS)
+        Bt = tl.load(B_base + n[:, None] * sB_n + tt[None, :].to(tl.int64) * sB_l, mask=bn_mask, other=0.0).to(tl.float32)
+        Ct = tl.load(C_base + n[:, None] * sC_n + tt[None, :].to(tl.int64) * sC_l, mask=bn_mask, other=0.0).to(tl.float32)
+        ck_off = ((pid_b * DIM + d.to(tl.int64)) * NCK + c)[:, None] * N + n[None, :]
+        h0 = tl.load(ck_ptr + ck_off, mask=dn_mask, other=0.0)
+        dA = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        dtu = dt * u
+        dBu = dtu[:, None, :] * Bt[None, :, :]
+        aP, hS = tl.associative_scan((dA, dBu), 2, _lin_combine)
+        hs = hS + aP * h0[:, :, None]
+        gy = tl.load(dy_ptr + off, mask=m2, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + off, mask=m2, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(zz)
+            ypre = tl.sum(hs * Ct[None, :, :], axis=1)
+            if HAS_D:
+                ypre += Dv[:, None] * u
+            dz = gy * ypre * sz * (1.0 + zz * (1.0 - sz))
+            tl.store(dz_ptr + off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
+            gy = gy * zz * sz
+        an = tl.exp2(dtn[:, None, :] * A2[:, :, None])
+        P, K = tl.associative_scan((an, Ct[None, :, :] * gy[:, None, :]), 2, _lin_combine, reverse=True)
+        k = K + P * kc[:, :, None]
+        kc = tl.sum(tl.where(t[None, None, :] == 0, k, 0.0), axis=2)
+        G = k * (hs - dBu)
+        kB = tl.sum(k * Bt[None, :, :], axis=1)
+        ddt = tl.sum(G * A[:, :, None], axis=1) + kB * u
+        du = kB * dt
+        if HAS_D:
+            du += Dv[:, None] * gy
+            dD_acc += tl.sum(u * gy, axis=1)
+        dA_acc += tl.sum(G * dt[:, None, :], axis=2)
+        tl.atomic_add(dB_base + n[:, None] * L + tt[None, :],
+                      tl.sum(k * dtu[:, None, :], axis=0), mask=bn_mask, sem="relaxed")
+        tl.atomic_add(dC_base + n[:, None] * L + tt[None, :],
+                      tl.sum(hs * gy[:, None, :], axis=0), mask=bn_mask, sem="relaxed")
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(raw)
+        ddt = tl.where(m2, ddt, 0.0)
+        dbias_acc += tl.sum(ddt, axis=1)
+        tl.store(du_ptr + off, du.to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddt_ptr + off, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
+    dt0, _ = _load_dt(dt_ptr + row[:, None] + t[None, :], dmask[:, None] & (t == 0)[None, :], bias, HAS_BIAS, SOFTPLUS)
+    dt0 = tl.sum(dt0, axis=1)
+    tl.store(dh0_ptr + state_off, tl.exp2(dt0[:, None] * A2) * kc, mask=dn_mask)
+    part = pid_b * DIM + d
+    tl.store(dA_ptr + part[:, None] * N + n[None, :], dA_acc, mask=dn_mask)
+    if HAS_D:
+        tl.store(dD_ptr + part, dD_acc, mask=dmask)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + part, dbias_acc, mask=dmask)
+
+
+# ---------------------------------------------------------------------------------------
+# Launchers. Tile choices are timed once per problem key on the GPU (the best tile
+# depends on D, L and the GPU); the interpreter always runs the smallest tile.
+_FWD_CONFIGS = [(4, 64, 4), (8, 32, 4), (8, 64, 8), (16, 32, 8), (16, 16, 4), (4, 32, 2)]
+_BWD_CONFIGS = [(2, 2), (4, 4), (8, 4), (8, 8)]
+_INTERP_FWD, _INTERP_BWD = (2, CK, 1), (2, 1)
+_best: dict = {}
+
+
+def _block_d(bd: int, cpg: int) -> int:
+    """Largest power of two <= bd dividing the channels per B/C group, so a tile never straddles groups."""
+    while cpg % bd:
+        bd //= 2
+    return bd
+
+
+def _pick(key, configs, launch):
+    if interpreting() or len(configs) == 1:
+        return configs[0]
+    if key not in _best:
+        timed = []
+        for cfg in configs:
+            try:
+                timed.append((triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20), cfg))
+            except triton.runtime.errors.OutOfResources:
+                continue
+        _best[key] = min(timed)[1]
+    return _best[key]
+
+
+def _flags(D, z, bias, softplus):
+    return dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus))
+
+
+def ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck):
+    """Launch the forward. B4/C4 `[B, G, N, L]` (any strides). Returns y, last state (fp32), checkpoints."""
+    batch, dim, L = u.shape
+    N, cpg = A.shape[1], dim // B4.shape[1]
+    y = torch.empty_like(u)
+    hT = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
+    nck = triton.cdiv(L, CK)
+    ck = torch.empty(batch, dim, nck, N, device=u.device, dtype=torch.float32) if store_ck else hT
+    flags = _flags(D, z, bias, softplus)
+
+    def launch(cfg):
+        bd, T, nw = cfg
+        bd = _block_d(bd, cpg)
+        _ss_fwd_kernel[(triton.cdiv(dim, bd), batch)](
+            u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), _or(h0, u), y, hT, ck,
+            L, dim, N, cpg, nck, *B4.stride(), *C4.stride(),
+            BLOCK_D=bd, BLOCK_N=triton.next_power_of_2(N), T=T, CKI=CK,
+            HAS_H0=h0 is not None, STORE_CK=store_ck, num_warps=nw, **flags)
+
+    key = ("fwd", batch, dim, L, N, cpg, u.dtype, tuple(flags.values()), h0 is not None, store_ck)
+    launch(_pick(key, [_INTERP_FWD] if interpreting() else _FWD_CONFIGS, launch))
+    return y, hT, ck
+
+
+def ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
+    """Launch the backward; returns grads of (u, delta, A, B4, C4, D, z, bias, initial state)."""
+    batch, dim, L = u.shape
+    N, G = A.shape[1], B4.shape[1]
+    cpg = dim // G
+    du, ddt = torch.empty_like(u), torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else None
+    dB = torch.zeros(batch, G, N, L, device=u.device, dtype=torch.float32)
+    dC = torch.zeros_like(dB)
+    dA = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
+    dD = torch.empty(batch, dim, device=u.device, dtype=torch.float32)
+    dbias, dh0 = torch.empty_like(dD), torch.empty_like(dA)
+    flags = _flags(D, z, bias, softplus)
+
+    def launch(cfg):
+        bd, nw = cfg
+        bd = _block_d(bd, cpg)
+        _ss_bwd_kernel[(triton.cdiv(dim, bd), batch)](
+            u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), ck, dy, _or(dhT, dA),
+            du, ddt, _or(dz, du), dA, dB, dC, dD, dbias, dh0,
+            L, dim, N, cpg, ck.shape[2], *B4.stride(), *C4.stride(),
+            dB.stride(0), dB.stride(1), dC.stride(0), dC.stride(1),
+            BLOCK_D=bd, BLOCK_N=triton.next_power_of_2(N), T=CK, HAS_DHT=dhT is not None,
+            num_warps=nw, **flags)
+
+    key = ("bwd", batch, dim, L, N, cpg, u.dtype, tuple(flags.values()), dhT is not None)
+    cfg = _pick(key, [_INTERP_BWD] if interpreting() else _BWD_CONFIGS, launch)
+    dB.zero_(), dC.zero_()
+    launch(cfg)
+    return (du, ddt, dA.sum(0).to(A.dtype), dB.to(B4.dtype), dC.to(C4.dtype),
+            dD.sum(0).to(D.dtype) if D is not None else None, dz,
+            dbias.sum(0).to(bias.dtype) if bias is not None else None, dh0)
+
+
+def _or(t, fallback):
+    """Kernels take a real pointer for absent optional tensors; a constexpr flag keeps it unread."""
+    return t if t is not None else fallback
+
+
+class SelectiveScanFn(torch.autograd.Function):
+    """(u, delta, A, B4, C4, D, z, delta_bias, initial_state, softplus) -> (y, last_state fp32)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B4, C4, D, z, bias, h0, softplus):
+        u, delta = u.contiguous(), delta.contiguous()
+        z = z.contiguous() if z is not None else None
+        h0c = h0.contiguous() if h0 is not None else None
+        need = any(ctx.needs_input_grad)
+        y, hT, ck = ss_fwd(u, delta, A.contiguous(), B4, C4, D, z, bias, h0c, softplus, store_ck=need)
+        if need:
+            ctx.save_for_backward(u, delta, A.contiguous(), B4, C4, D, z, bias, ck)
+            ctx.softplus, ctx.h0_dtype = softplus, (h0.dtype if h0 is not None else None)
+        return y, hT
+
+    @staticmethod
+    def backward(ctx, dy, dhT):
+        u, delta, A, B4, C4, D, z, bias, ck = ctx.saved_tensors
+        dy = torch.zeros_like(u) if dy is None else dy.contiguous()
+        dhT = dhT.contiguous() if dhT is not None else None
+        du, ddt, dA, dB, dC, dD, dz, dbias, dh0 = ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, ctx.softplus)
+        dh0 = dh0.to(ctx.h0_dtype) if ctx.h0_dtype is not None else None
+        return du, ddt, dA, dB, dC, dD, dz, dbias, dh0, None
+
+
+def selective_scan_triton(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, initial_state):
+    return SelectiveScanFn.apply(u, delta, A, B4, C4, D, z, delta_bias, initial_state, delta_softplus)
+
+
+# ---------------------------------------------------------------------------------------
+# Decode step: one token, state updated in place.
+@triton.jit
+def _ss_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
+                    DIM, N, CPG, s_sb, s_sd, s_xb, s_dtb, s_zb, s_yb, s_Bb, s_Bg, s_Cb, s_Cg,
+                    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    pid_d = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    dmask, nmask = d < DIM, n < N
+    m = dmask[:, None] & nmask[None, :]
+    s_ptrs = state_ptr + b * s_sb + d[:, None].to(tl.int64) * s_sd + n[None, :]
+    h = tl.load(s_ptrs, mask=m, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + b * s_xb + d, mask=dmask, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + b * s_dtb + d, mask=dmask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    if SOFTPLUS:
+        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))
+    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=m, other=0.0).to(tl.float32)
+    g = (d // CPG).to(tl.int64)
+    Bv = tl.load(B_ptr + b * s_Bb + g[:, None] * s_Bg + n[None, :], mask=m, other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + b * s_Cb + g[:, None] * s_Cg + n[None, :], mask=m, other=0.0).to(tl.float32)
+    h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bv
+    tl.store(s_ptrs, h.to(state_ptr.dtype.element_ty), mask=m)
+    y = tl.sum(h * Cv, axis=1)
+    if HAS_D:
+        y += tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32) * x
+    if HAS_Z:
+        zz = tl.load(z_ptr + b * s_zb + d, mask=dmask, other=0.0).to(tl.float32)
+        y = y * zz * tl.sigmoid(zz)
+    tl.store(y_ptr + b * s_yb + d, y.to(y_ptr.dtype.element_ty), mask=dmask)
+
+
+def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """state `[B, D, N]` (last dim contiguous) updated in place; B, C `[B, G, N]`; returns y `[B, D]`."""
+    batch, dim, N = state.shape
+    assert state.stride(2) == 1, "state's last dimension must be contiguous"
+    y = torch.empty_like(x)
+    Bc, Cc = B.contiguous(), C.contiguous()
+    bd = 32 if N <= 32 else 8
+    _ss_step_kernel[(triton.cdiv(dim, bd), batch)](
+        state, x, dt, A.contiguous(), Bc, Cc, _or(D, x), _or(z, x), _or(dt_bias, x), y,
+        dim, N, dim // B.shape[1], state.stride(0), state.stride(1), x.stride(0), dt.stride(0),
+        z.stride(0) if z is not None else 0, y.stride(0), Bc.stride(0), Bc.stride(1), Cc.stride(0), Cc.stride(1),
+        BLOCK_D=bd, BLOCK_N=triton.next_power_of_2(N), num_warps=4, **_flags(D, z, dt_bias, dt_softplus))
+    return y
