@@ -1,0 +1,426 @@
+"""Layout text → AST (archdsl/language/ast.py), with every failure an ArchDSLError.
+
+    >>> parse_layout("7×mamba2, 1×attn(shared), moe every 2")
+    Layout(items=(Repeat(count=7, ...), Repeat(count=1, ...)), modifiers=(Modifier(...),))
+
+The grammar (grammar/layout.lark, shipped as the package `archdsl.grammar`) holds no
+logic. This module adds what a context-free grammar cannot say:
+
+- newlines separate entries like commas, but only between two entries (a newline after
+  ',' or '(' or before ')' is plain whitespace) — a post-lexer filter decides;
+- nesting is bounded (MAX_NESTING) so deep input is refused, never a RecursionError;
+- semantic checks: counts >= 1, `every N` with N >= 1 and 0 <= offset < N, no repeated
+  argument, no empty group or layout, modifiers after all layers, `at` indices >= 0 and
+  distinct;
+- lark's exceptions become messages in plain words with the position and a caret.
+
+The parse is LALR(1) with the AST built by callbacks during the parse (no parse tree,
+no recursion), so a 1000-layer layout parses in milliseconds.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import re
+from importlib import resources
+from pathlib import Path
+
+from lark import Lark, Token, Transformer
+from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from ..errors import ArchDSLError, Source
+from .ast import Arg, Block, Group, Layer, Layout, Modifier, Repeat, Span
+
+__all__ = ["parse_layout", "MAX_NESTING"]
+
+MAX_NESTING = 64  # groups and repeats inside one another
+MAX_DIGITS = 30   # longest number accepted
+
+# tokens that can end an entry / begin one: a newline between them is a separator
+_ENDS = frozenset({"NAME", "RPAR", "INT", "FLOAT", "STRING"})
+_STARTS = frozenset({"NAME", "REPEAT", "LPAR"})
+
+
+class _Semantic(Exception):
+    """Raised inside the parse; turned into ArchDSLError by parse_layout."""
+
+    def __init__(self, message: str, start: int, end: int | None = None, hint: str = ""):
+        super().__init__(message)
+        self.message, self.start, self.end, self.hint = message, start, end, hint
+
+
+# --- loading the grammar ------------------------------------------------------------
+def _grammar_text() -> str:
+    try:
+        return resources.files("archdsl.grammar").joinpath("layout.lark").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError):
+        # running from a source checkout that is not installed: grammar/ sits at the top
+        return (Path(__file__).resolve().parents[2] / "grammar" / "layout.lark").read_text(encoding="utf-8")
+
+
+class _Newlines:
+    """Post-lexer: keep a newline only where it separates two entries; bound nesting."""
+
+    always_accept = ()
+
+    def process(self, stream):
+        prev = None
+        newline = None
+        base, chain, stack = 0, 0, []  # nesting depth of the enclosing group, repeats since
+        for tok in stream:
+            kind = tok.type
+            if kind == "NL":
+                if newline is None:
+                    newline = tok
+                continue
+            if newline is not None:
+                if prev is not None and prev.type in _ENDS and kind in _STARTS:
+                    yield newline
+                    prev = newline
+                newline = None
+            if kind == "REPEAT":
+                chain += 1
+                if base + chain > MAX_NESTING:
+                    raise _Semantic(f"the layout nests repeats and groups more than {MAX_NESTING} deep",
+                                    tok.start_pos, tok.end_pos)
+            elif kind == "LPAR":
+                if prev is not None and prev.type == "NAME":  # an argument list
+                    stack.append(base)
+                else:
+                    stack.append(base)
+                    base += chain + 1
+                    if base > MAX_NESTING:
+                        raise _Semantic(f"the layout nests repeats and groups more than {MAX_NESTING} deep",
+                                        tok.start_pos, tok.end_pos)
+                chain = 0
+            elif kind == "RPAR":
+                base = stack.pop() if stack else 0
+                chain = 0
+            else:
+                chain = 0
+            yield tok
+            prev = tok
+
+
+# --- building the AST -------------------------------------------------------------
+def _start(x) -> int:
+    return x.start_pos if isinstance(x, Token) else x.span.start
+
+
+def _end(x) -> int:
+    return x.end_pos if isinstance(x, Token) else x.span.end
+
+
+def _span(children) -> Span:
+    return Span(_start(children[0]), _end(children[-1]))
+
+
+def _int(tok: Token) -> int:
+    digits = re.sub(r"[^0-9]", "", tok.value)
+    if len(digits) > MAX_DIGITS:
+        raise _Semantic(f"number too large: {tok.value.strip()}", tok.start_pos, tok.end_pos)
+    text = re.match(r"[+-]?[0-9_]+", tok.value.strip()).group(0)
+    return int(text)
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
+
+
+def _unquote(text: str) -> str:
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), text[1:-1], flags=re.S)
+
+
+class _Val:
+    __slots__ = ("value", "span")
+
+    def __init__(self, value, span):
+        self.value, self.span = value, span
+
+
+class _Build(Transformer):
+    """Callbacks run by the LALR parser as it reduces each rule."""
+
+    def start(self, children):
+        items, modifiers = [], []
+        for c in children:
+            if isinstance(c, Token):
+                continue
+            if isinstance(c, Modifier):
+                modifiers.append(c)
+            elif modifiers:
+                raise _Semantic("layers must come before the modifiers; move this item in front of "
+                                f"'{_text_of(modifiers[0])}'", c.span.start, c.span.end)
+            else:
+                items.append(c)
+        if not items:
+            if modifiers:
+                m = modifiers[0]
+                raise _Semantic("the layout has a modifier but no layers to apply it to; "
+                                "write the layers first, as in 8×mamba2, moe every 2", m.span.start, m.span.end)
+            raise _Semantic("empty layout: expected at least one layer, as in 4×mamba2", 0, 0)
+        nodes = [c for c in children if not isinstance(c, Token)]
+        return Layout(tuple(items), tuple(modifiers), _span(nodes))
+
+    def layer(self, children):
+        blocks = tuple(c for c in children if isinstance(c, Block))
+        return Layer(blocks, _span(children))
+
+    def group(self, children):
+        items = tuple(c for c in children if not isinstance(c, Token))
+        if not items:
+            raise _Semantic("empty group '()': a group needs at least one layer", _start(children[0]),
+                            _end(children[-1]))
+        return Group(items, _span(children))
+
+    def repeat(self, children):
+        tok, body = children
+        count = _int(tok)
+        if count < 1:
+            raise _Semantic(f"repeat count must be at least 1, not {count}", tok.start_pos, tok.end_pos)
+        return Repeat(count, body, _span(children))
+
+    def block(self, children):
+        name = children[0]
+        args = [c for c in children[1:] if isinstance(c, Arg)]
+        seen = set()
+        for a in args:
+            if a.name in seen:
+                raise _Semantic(f"argument '{a.name}' given twice to '{name.value}'", a.span.start, a.span.end)
+            seen.add(a.name)
+        return Block(name.value, tuple(args), _span(children))
+
+    def arg(self, children):
+        name = children[0].value
+        value = children[2].value if len(children) == 3 else True
+        return Arg(name, value, _span(children))
+
+    def value(self, children):
+        (tok,) = children
+        return _Val(self._value(tok), Span(tok.start_pos, tok.end_pos))
+
+    @staticmethod
+    def _value(tok):
+        kind = tok.type
+        if kind == "INT":
+            return _int(tok)
+        if kind == "FLOAT":
+            value = float(tok.value.replace("_", ""))
+            if not math.isfinite(value):
+                raise _Semantic(f"number out of range: {tok.value}", tok.start_pos, tok.end_pos)
+            return value
+        if kind == "STRING":
+            return _unquote(tok.value)
+        if tok.value == "true":
+            return True
+        if tok.value == "false":
+            return False
+        return tok.value
+
+    def modifier(self, children):
+        block, keyword = children[0], children[1]
+        numbers = [c for c in children[2:] if c.type == "INT"]
+        if keyword.type == "EVERY":
+            period = _int(numbers[0])
+            if period < 1:
+                raise _Semantic(f"'every' needs a period of at least 1, not {period}", numbers[0].start_pos,
+                                numbers[0].end_pos)
+            offset = None
+            if len(numbers) == 2:
+                offset = _int(numbers[1])
+                if not 0 <= offset < period:
+                    allowed = "0" if period == 1 else f"between 0 and {period - 1}"
+                    raise _Semantic(f"offset {offset} is out of range for 'every {period}': it must be {allowed} "
+                                    "(layers are counted from 0)", numbers[1].start_pos, numbers[1].end_pos)
+                if offset == period - 1:  # the default, written out
+                    offset = None
+            return Modifier(block, every=period, offset=offset, span=_span(children))
+        seen = {}
+        for tok in numbers:
+            i = _int(tok)
+            if i < 0:
+                raise _Semantic(f"'at' takes 0-based layer indices, which cannot be negative: {i}",
+                                tok.start_pos, tok.end_pos)
+            if i in seen:
+                raise _Semantic(f"index {i} is listed twice after 'at'", tok.start_pos, tok.end_pos)
+            seen[i] = tok
+        return Modifier(block, at=tuple(sorted(seen)), span=_span(children))
+
+
+def _text_of(mod: Modifier) -> str:
+    from .fmt import format_modifier
+    return format_modifier(mod)
+
+
+@functools.lru_cache(maxsize=1)
+def _lark() -> Lark:
+    return Lark(_grammar_text(), parser="lalr", lexer="basic", transformer=_Build(), postlex=_Newlines(),
+                maybe_placeholders=False, propagate_positions=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _lexer_only() -> Lark:
+    """The same grammar without callbacks: used to explain errors."""
+    return Lark(_grammar_text(), parser="lalr", lexer="basic", postlex=_Newlines(), maybe_placeholders=False)
+
+
+# --- the entry point ---------------------------------------------------------------
+def parse_layout(text: str, source: Source | None = None) -> Layout:
+    """Parse layout text into a Layout. `source` places the text inside a file (a layout
+    string inside a YAML spec) so errors point there. Raises ArchDSLError, only."""
+    if not isinstance(text, str):
+        raise ArchDSLError(f"a layout must be text, not {type(text).__name__}",
+                           source=source, start=0 if source is not None else None)
+    if source is None:
+        source = Source(text)
+    try:
+        return _lark().parse(text)
+    except _Semantic as e:
+        raise ArchDSLError(e.message, source=source, start=e.start, end=e.end, hint=e.hint) from None
+    except UnexpectedInput as e:
+        message, start, end = _explain(text, e)
+        raise ArchDSLError(message, source=source, start=start, end=end) from None
+    except (LarkError, RecursionError, ValueError) as e:  # should not happen; never leak them
+        raise ArchDSLError(f"cannot parse the layout ({type(e).__name__}: {e})", source=source, start=0) from None
+
+
+# --- explaining syntax errors in plain words ---------------------------------------------
+_PUNCT = {"LPAR": "'('", "RPAR": "')'", "COMMA": "','", "PLUS": "'+'", "EQUAL": "'='",
+          "EVERY": "'every'", "OFFSET": "'offset'", "AT": "'at'"}
+_ORDER = ["NAME", "REPEAT", "INT", "VALUE", "LPAR", "PLUS", "EQUAL", "COMMA", "RPAR", "EVERY", "AT", "OFFSET",
+          "$END"]
+
+
+def _prefix_tokens(text: str, offset: int) -> list[Token]:
+    """Tokens (after newline filtering) that start before `offset`."""
+    out = []
+    try:
+        for tok in _lexer_only().lex(text[:offset]):
+            out.append(tok)
+    except Exception:  # noqa: BLE001 - the prefix was fine up to the error; keep what we have
+        pass
+    return out
+
+
+def _accepts(tokens: list[Token]) -> set[str]:
+    try:
+        ip = _lexer_only().parse_interactive("")
+        for tok in tokens:
+            ip.feed_token(tok)
+        return set(ip.accepts())
+    except Exception:  # noqa: BLE001
+        return set()
+
+
+def _describe_expected(expected: set[str], prev: Token | None) -> str:
+    words = []
+    value_context = "FLOAT" in expected or "STRING" in expected
+    for kind in _ORDER:
+        if kind == "VALUE":
+            if value_context:
+                words.append("a value (a number, true, false, a name or a quoted string)")
+            continue
+        if kind not in expected or (value_context and kind in ("NAME", "INT")):
+            continue
+        if kind == "NAME":
+            block_context = "REPEAT" in expected or (prev is not None and prev.type == "PLUS")
+            words.append("a block name" if block_context else "an argument name")
+        elif kind in ("REPEAT", "INT"):
+            if "a number" not in words:
+                words.append("a number")
+        elif kind == "$END":
+            words.append("the end of the layout")
+        elif kind in ("EVERY", "AT", "OFFSET") and "NAME" in expected and "REPEAT" not in expected \
+                and not (prev is not None and prev.type == "PLUS"):
+            continue  # keywords allowed as argument names: covered by "an argument name"
+        else:
+            words.append(_PUNCT[kind])
+    if not words:
+        return ""
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _describe_token(tok: Token) -> str:
+    kind = tok.type
+    if kind == "$END":
+        return "end of the layout"
+    if kind == "NL":
+        return "line break"
+    if kind == "NAME":
+        return f"name '{tok.value}'"
+    if kind in ("INT", "FLOAT"):
+        return f"number {tok.value}"
+    if kind == "STRING":
+        return f"string {tok.value}"
+    if kind == "REPEAT":
+        return f"repetition '{tok.value}'"
+    return f"'{tok.value}'"
+
+
+def _after(prev: Token | None) -> str:
+    if prev is None:
+        return ""
+    if prev.type == "NL":
+        return " after the line break"
+    return f" after '{prev.value.strip()}'"
+
+
+def _explain(text: str, e: UnexpectedInput) -> tuple[str, int, int]:
+    """(message, start, end) for a lark syntax error."""
+    if isinstance(e, UnexpectedCharacters):
+        pos = e.pos_in_stream
+        char = text[pos] if pos < len(text) else ""
+        prefix = _prefix_tokens(text, pos)
+        prev = prefix[-1] if prefix else None
+        if char in "×*" and (prev is None or prev.type in ("COMMA", "NL", "LPAR", "PLUS")):
+            return (f"'{char}' needs a count before it, as in 4{char}mamba2", pos, pos + 1)
+        expected = _describe_expected(_accepts(prefix), prev)
+        shown = repr(char) if char.isprintable() and char not in "'\\" else repr(char)
+        message = f"unexpected character {shown}"
+        if char == '"' or char == "'":
+            message = "unterminated string: a quoted string must end on the same line"
+        elif expected:
+            message += f"; expected {expected}{_after(prev)}"
+        return message, pos, pos + 1
+    if isinstance(e, UnexpectedToken):
+        tok = e.token
+        at_end = tok.type == "$END"
+        pos = len(text) if at_end else tok.start_pos
+        prefix = _prefix_tokens(text, pos)
+        prev = prefix[-1] if prefix else None
+        # the parser's own `expected` merges contexts (LALR); replaying the prefix is exact
+        expected_set = _accepts(prefix) or set(e.expected or ())
+        expected = _describe_expected(expected_set, prev)
+        if at_end:
+            open_parens = _unclosed(prefix)
+            if open_parens and "RPAR" in expected_set:
+                p = open_parens[-1]
+                return (f"unclosed '(': expected {expected} before the end of the layout",
+                        p.start_pos, p.end_pos)
+            if not prefix:
+                return ("empty layout: expected at least one layer, as in 4×mamba2", 0, 0)
+            return (f"unexpected end of the layout; expected {expected}{_after(prev)}", pos, pos)
+        message = f"unexpected {_describe_token(tok)}"
+        if tok.type == "NAME" and prev is not None and prev.type == "NAME" and prev.value in ("x", "X"):
+            return (f"'{prev.value}' needs a count before it, as in 4×{tok.value}", prev.start_pos, prev.end_pos)
+        if expected:
+            message += f"; expected {expected}{_after(prev)}"
+        end = tok.end_pos if tok.end_pos is not None else pos + 1
+        return message, pos, max(end, pos + 1)
+    if isinstance(e, UnexpectedEOF):
+        prefix = _prefix_tokens(text, len(text))
+        prev = prefix[-1] if prefix else None
+        expected = _describe_expected(set(e.expected or ()), prev)
+        return (f"unexpected end of the layout; expected {expected}{_after(prev)}", len(text), len(text))
+    return (f"cannot parse the layout: {e}", 0, 1)
+
+
+def _unclosed(tokens: list[Token]) -> list[Token]:
+    stack = []
+    for tok in tokens:
+        if tok.type == "LPAR":
+            stack.append(tok)
+        elif tok.type == "RPAR" and stack:
+            stack.pop()
+    return stack
