@@ -1,0 +1,67 @@
+"""RWKV-4 WKV with the bonus u: the public op and its decoding step, dispatched by device."""
+from __future__ import annotations
+
+import torch
+
+from .._checks import expect_float, expect_same_device, expect_shape
+from .._dispatch import backend_for
+from .chunked import wkv4_torch
+from .naive import wkv4_naive, wkv4_step_naive
+
+
+def wkv4(w, u, k, v, state=None):
+    """RWKV-4's WKV, transformers' `rwkv_linear_attention_cpu` formula for formula.
+
+    w `[C]` the time decay parameter (the per-step decay is exp(-exp(w))), u `[C]` the
+    bonus ("time_first"), k, v `[B, T, C]`. state is HF's: a tuple (num, den, max), each
+    `[B, C]` float32, meaning the decayed sums num·e^max = Σ e^k·v and den·e^max = Σ e^k
+    (a fresh state is (0, 0, -1e38)); a `[B, C, 3]` tensor is accepted too.
+
+        wkv_t = (num' + e^{u+k_t} v_t) / (den' + e^{u+k_t}) with num', den' the state before t
+
+    Returns (wkv `[B, T, C]` in k's dtype, (num, den, max) after the last token). Stable in
+    bf16/fp16 for any length (running max). Differentiable in w, u, k, v and the state;
+    the outgoing state's gradient is taken as acting on num·e^max and den·e^max (true
+    whenever it feeds another wkv4 call).
+    """
+    state = _check(w, u, k, v, state)
+    backend = backend_for(k)
+    if backend == "triton":
+        from .triton_wkv4 import wkv4_triton
+        return wkv4_triton(w, u, k, v, state)
+    return (wkv4_torch if backend == "torch" else wkv4_naive)(w, u, k, v, state)
+
+
+def wkv4_step(w, u, k, v, state):
+    """One token: k, v `[B, C]`, state (num, den, max) `[B, C]` each (or `[B, C, 3]`).
+
+    Returns (wkv `[B, C]` in k's dtype, new state tuple).
+    """
+    expect_shape("k", k, (None, None))
+    B, C = k.shape
+    state = _check(w, u, k[:, None], v[:, None] if v.dim() == 2 else v, state)
+    if state is None:
+        raise ValueError("state: expected (num, den, max) of shape [B, C] each, got None")
+    return wkv4_step_naive(w, u, k, v, state)
+
+
+def _check(w, u, k, v, state):
+    expect_shape("k", k, (None, None, None))
+    B, T, C = k.shape
+    expect_shape("v", v, (B, T, C))
+    expect_shape("w", w, (C,))
+    expect_shape("u", u, (C,))
+    expect_float(w=w, u=u, k=k, v=v)
+    expect_same_device(w=w, u=u, k=k, v=v)
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        expect_shape("state", state, (B, C, 3))
+        state = tuple(state.unbind(-1))
+    if not isinstance(state, (tuple, list)) or len(state) != 3:
+        raise ValueError("state: expected (num, den, max), each of shape [B, C]")
+    for name, s in zip(("state[0] (num)", "state[1] (den)", "state[2] (max)"), state):
+        expect_shape(name, s, (B, C))
+        expect_float(**{name: s})
+        expect_same_device(k=k, **{name: s})
+    return tuple(state)

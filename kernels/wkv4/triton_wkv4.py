@@ -1,0 +1,185 @@
+"""Triton kernels for RWKV-4's WKV: one program per (batch, block of channels), a loop over T.
+
+The state is (num, den, max) with num·e^max and den·e^max the decayed sums of
+e^k·v and e^k — transformers' convention. Forward is HF's recurrence. Backward:
+  * sweep 1 (forward in time) recomputes the state and accumulates d/dw' in forward mode
+    (the derivative of num, den with respect to the log-decay w' rides along with them,
+    scaled by the same e^max), and writes y and ln(denominator) per token;
+  * sweep 2 (backward in time) carries the adjoints of (num, den) with their own running
+    exponent R and gives dk, dv, du and the gradient of the incoming state. Every exp
+    it takes, exp(R + k) and exp(u + k - lnD), has an exponent ≤ ~0.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+NEG = -1e38
+
+
+@triton.jit
+def _fwd_kernel(w, u, k, v, y, s_in, s_out, T, C, BC: tl.constexpr, HAS_STATE: tl.constexpr):
+    i_c, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    oc = i_c * BC + tl.arange(0, BC)
+    mc = oc < C
+    wd = -tl.exp(tl.load(w + oc, mask=mc, other=0.0).to(tl.float32))
+    b_u = tl.load(u + oc, mask=mc, other=0.0).to(tl.float32)
+    aa, bb, pp = _load_state(s_in, i_b * 3 * C + oc, C, mc, HAS_STATE, BC)
+    base = i_b * T * C + oc
+    for t in range(0, T):
+        kk = tl.load(k + base + t * C, mask=mc, other=0.0).to(tl.float32)
+        vv = tl.load(v + base + t * C, mask=mc, other=0.0).to(tl.float32)
+        p = tl.maximum(pp, b_u + kk)
+        e1, e2 = tl.exp(pp - p), tl.exp(b_u + kk - p)
+        tl.store(y + base + t * C, ((e1 * aa + e2 * vv) / (e1 * bb + e2)).to(y.dtype.element_ty), mask=mc)
+        p = tl.maximum(pp + wd, kk)
+        e1, e2 = tl.exp(pp + wd - p), tl.exp(kk - p)
+        aa, bb, pp = e1 * aa + e2 * vv, e1 * bb + e2, p
+    p_s = i_b * 3 * C + oc
+    tl.store(s_out + p_s, aa, mask=mc)
+    tl.store(s_out + p_s + C, bb, mask=mc)
+    tl.store(s_out + p_s + 2 * C, pp, mask=mc)
+
+
+@triton.jit
+def _load_state(s, p_s, C, mc, HAS_STATE: tl.constexpr, BC: tl.constexpr):
+    if HAS_STATE:
+        aa = tl.load(s + p_s, mask=mc, other=0.0)
+        bb = tl.load(s + p_s + C, mask=mc, other=0.0)
+        pp = tl.load(s + p_s + 2 * C, mask=mc, other=-1e38)
+    else:
+        aa = tl.zeros([BC], dtype=tl.float32)
+        bb = tl.zeros([BC], dtype=tl.float32)
+        pp = tl.zeros([BC], dtype=tl.float32) - 1e38
+    return aa, bb, pp
+
+
+@triton.jit
+def _bwd_fwd_sweep(w, u, k, v, gy, s_in, s_out, g_s, y32, lnd, gw_part, T, C, BC: tl.constexpr,
+                   HAS_STATE: tl.constexpr, HAS_GS: tl.constexpr):
+    i_c, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    oc = i_c * BC + tl.arange(0, BC)
+    mc = oc < C
+    wd = -tl.exp(tl.load(w + oc, mask=mc, other=0.0).to(tl.float32))
+    b_u = tl.load(u + oc, mask=mc, other=0.0).to(tl.float32)
+    aa, bb, pp = _load_state(s_in, i_b * 3 * C + oc, C, mc, HAS_STATE, BC)
+    ga = tl.zeros([BC], dtype=tl.float32)
+    gb = tl.zeros([BC], dtype=tl.float32)
+    gwd = tl.zeros([BC], dtype=tl.float32)
+    base = i_b * T * C + oc
+    for t in range(0, T):
+        kk = tl.load(k + base + t * C, mask=mc, other=0.0).to(tl.float32)
+        vv = tl.load(v + base + t * C, mask=mc, other=0.0).to(tl.float32)
+        gg = tl.load(gy + base + t * C, mask=mc, other=0.0).to(tl.float32)
+        p = tl.maximum(pp, b_u + kk)
+        e1, e2 = tl.exp(pp - p), tl.exp(b_u + kk - p)
+        den = e1 * bb + e2
+        yy = (e1 * aa + e2 * vv) / den
+        gwd += (ga - gb * yy) * e1 * gg / den
+        tl.store(y32 + base + t * C, yy, mask=mc)
+        tl.store(lnd + base + t * C, p + tl.log(den), mask=mc)
+        p = tl.maximum(pp + wd, kk)
+        e1, e2 = tl.exp(pp + wd - p), tl.exp(kk - p)
+        ga, gb = e1 * (aa + ga), e1 * (bb + gb)
+        aa, bb, pp = e1 * aa + e2 * vv, e1 * bb + e2, p
+    if HAS_GS:  # the outgoing state's adjoint, as d/d(num·e^max) = g_num·e^-max
+        p_s = i_b * 3 * C + oc
+        gwd += tl.load(g_s + p_s, mask=mc, other=0.0) * ga + tl.load(g_s + p_s + C, mask=mc, other=0.0) * gb
+    tl.store(gw_part + i_b * C + oc, gwd * wd, mask=mc)
+
+
+@triton.jit
+def _bwd_rev_sweep(u, w, k, v, gy, s_in, s_out, g_s, y32, lnd, gk, gv, gu_part, g_s_in, T, C,
+                   BC: tl.constexpr, HAS_STATE: tl.constexpr, HAS_GS: tl.constexpr):
+    i_c, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    oc = i_c * BC + tl.arange(0, BC)
+    mc = oc < C
+    wd = -tl.exp(tl.load(w + oc, mask=mc, other=0.0).to(tl.float32))
+    b_u = tl.load(u + oc, mask=mc, other=0.0).to(tl.float32)
+    p_s = i_b * 3 * C + oc
+    ga = tl.zeros([BC], dtype=tl.float32)
+    gb = tl.zeros([BC], dtype=tl.float32)
+    R = tl.zeros([BC], dtype=tl.float32) - 1e38
+    if HAS_GS:
+        ga += tl.load(g_s + p_s, mask=mc, other=0.0)
+        gb += tl.load(g_s + p_s + C, mask=mc, other=0.0)
+        R = -tl.load(s_out + p_s + 2 * C, mask=mc, other=0.0)
+    gu = tl.zeros([BC], dtype=tl.float32)
+    base = i_b * T * C + oc
+    for i in range(0, T):
+        off = base + (T - 1 - i) * C
+        kk = tl.load(k + off, mask=mc, other=0.0).to(tl.float32)
+        vv = tl.load(v + off, mask=mc, other=0.0).to(tl.float32)
+        gg = tl.load(gy + off, mask=mc, other=0.0).to(tl.float32)
+        yy = tl.load(y32 + off, mask=mc, other=0.0)
+        ld = tl.load(lnd + off, mask=mc, other=0.0)
+        ek = tl.exp(R + kk)
+        cq = gg * tl.exp(b_u + kk - ld)
+        tl.store(gk + off, (ek * (ga * vv + gb) + cq * (vv - yy)).to(gk.dtype.element_ty), mask=mc)
+        tl.store(gv + off, (ek * ga + cq).to(gv.dtype.element_ty), mask=mc)
+        gu += cq * (vv - yy)
+        r1, r2 = R + wd, -ld
+        rn = tl.maximum(r1, r2)
+        f1, f2 = tl.exp(r1 - rn), tl.exp(r2 - rn)
+        ga, gb, R = f1 * ga + f2 * gg, f1 * gb - f2 * gg * yy, rn
+    tl.store(gu_part + i_b * C + oc, gu, mask=mc)
+    if HAS_STATE:
+        a0 = tl.load(s_in + p_s, mask=mc, other=0.0)
+        b0 = tl.load(s_in + p_s + C, mask=mc, other=0.0)
+        scale = tl.exp(R + tl.load(s_in + p_s + 2 * C, mask=mc, other=0.0))
+        tl.store(g_s_in + p_s, ga * scale, mask=mc)
+        tl.store(g_s_in + p_s + C, gb * scale, mask=mc)
+        tl.store(g_s_in + p_s + 2 * C, (ga * a0 + gb * b0) * scale, mask=mc)
+
+
+def _grid(B, C, BC):
+    return (triton.cdiv(C, BC), B)
+
+
+def _block(C):
+    return min(128, max(16, triton.next_power_of_2(C)))
+
+
+class WKV4Function(torch.autograd.Function):
+    """State travels as one float32 tensor `[B, 3, C]` (num, den, max) inside."""
+
+    @staticmethod
+    def forward(ctx, w, u, k, v, s_in):
+        B, T, C = k.shape
+        k, v = k.contiguous(), v.contiguous()
+        y = torch.empty_like(k)
+        s_out = torch.empty(B, 3, C, dtype=torch.float32, device=k.device)
+        BC = _block(C)
+        _fwd_kernel[_grid(B, C, BC)](w, u, k, v, y, s_in, s_out, T, C, BC, s_in is not None, num_warps=4)
+        ctx.save_for_backward(w, u, k, v, s_in, s_out)
+        return y, s_out
+
+    @staticmethod
+    def backward(ctx, gy, g_s):
+        w, u, k, v, s_in, s_out = ctx.saved_tensors
+        B, T, C = k.shape
+        BC = _block(C)
+        gy = gy.contiguous()
+        g_s = g_s.contiguous() if g_s is not None else None
+        y32, lnd = (torch.empty(B, T, C, dtype=torch.float32, device=k.device) for _ in range(2))
+        gw, gu = (torch.empty(B, C, dtype=torch.float32, device=k.device) for _ in range(2))
+        has = (s_in is not None, g_s is not None)
+        _bwd_fwd_sweep[_grid(B, C, BC)](w, u, k, v, gy, s_in, s_out, g_s, y32, lnd, gw, T, C, BC, *has)
+        gk, gv = torch.empty_like(k), torch.empty_like(v)
+        g_in = torch.empty_like(s_in) if s_in is not None else None
+        _bwd_rev_sweep[_grid(B, C, BC)](u, w, k, v, gy, s_in, s_out, g_s, y32, lnd, gk, gv, gu, g_in,
+                                        T, C, BC, *has)
+        return gw.sum(0).to(w.dtype), gu.sum(0).to(u.dtype), gk, gv, g_in
+
+
+def wkv4_triton(w, u, k, v, state=None):
+    """Same contract as `wkv4_torch`; the state (num, den, max) comes back float32."""
+    s_in = None
+    if state is not None:
+        s_in = torch.stack([s.float() for s in state], dim=1).contiguous()
+    ct = k.dtype
+    if ct == torch.float64:  # the interpreter's float64 escape hatch: compute in float32
+        w, u, k, v = (x.float() for x in (w, u, k, v))
+    y, s_out = WKV4Function.apply(w.contiguous(), u.contiguous(), k, v, s_in)
+    return y.to(ct), tuple(s_out.unbind(1))
