@@ -78,7 +78,7 @@ options = st.fixed_dictionaries(dict(D=st.sampled_from([None, 1, 2]), z=st.boole
                                      h0=st.booleans(), seq=st.booleans()))
 
 
-@settings(max_examples=14, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(shapes, options)
 def test_triton_matches_naive(shape, opts):
     b, L, (H, G), P, N = shape
@@ -86,7 +86,7 @@ def test_triton_matches_naive(shape, opts):
     assert_close(run(triton_scan, t), run(ssd_scan_naive, t), 2e-5)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(shapes, options, st.sampled_from([1, 4, 16]))
 def test_chunked_matches_naive(shape, opts, chunk):
     b, L, (H, G), P, N = shape

@@ -1,0 +1,110 @@
+"""Mamba-2 SSD: ours against mamba_ssm's mamba_chunk_scan_combined, bf16 on one GPU.
+
+Floor (H200: 4.2 TB/s, ~680 TFLOP/s bf16), shape B=4, H=32, P=64, N=128, G=1, per L tokens:
+  forward bytes  = x + y (2·B·L·H·P·2) + dt (B·L·H·2) + B, C (2·B·L·G·N·2)        ≈ 35 KB/token
+  forward FLOPs  ≈ B·L·H·(2·Q·P + 4·P·N) with Q = 64 (intra-chunk + state in/out) ≈ 5.2 MFLOP/token
+  fwd+bwd bytes  = forward + dy, dx read/written, ddt, dB, dC                       ≈ 70 KB/token
+  fwd+bwd FLOPs  ≈ 3.5 × forward                                                   ≈ 18 MFLOP/token
+At L=4096 that is ~34 µs forward (bytes-bound, FLOPs ≈ 32 µs) and ~110 µs fwd+bwd (FLOPs-bound).
+The decode step reads and writes the [B, H, P, N] fp32 state: 2·4·B·H·P·N bytes.
+"""
+from __future__ import annotations
+
+import torch
+
+BW, FLOPS = 4.2e12, 680e12
+
+
+def _inputs(batch, L, H=32, P=64, N=128, G=1, grad=False):
+    dev, bf = "cuda", torch.bfloat16
+    t = dict(x=torch.randn(batch, L, H, P, device=dev, dtype=bf),
+             dt=torch.randn(batch, L, H, device=dev, dtype=bf) * 0.5 - 1.0,
+             A=-torch.rand(H, device=dev) * 4 - 0.5,
+             B=torch.randn(batch, L, G, N, device=dev, dtype=bf),
+             C=torch.randn(batch, L, G, N, device=dev, dtype=bf),
+             D=torch.randn(H, device=dev), dt_bias=torch.randn(H, device=dev) * 0.1)
+    if grad:
+        t = {k: v.requires_grad_() for k, v in t.items()}
+    return t
+
+
+def _floor(batch, L, H=32, P=64, N=128, G=1, Q=64, bwd=False):
+    nbytes = 2 * batch * L * H * P * 2 + batch * L * H * 2 + 2 * batch * L * G * N * 2
+    flops = batch * L * H * (2 * Q * P + 4 * P * N)
+    if bwd:
+        nbytes, flops = 2 * nbytes, 3.5 * flops
+    ms = max(nbytes / BW, flops / FLOPS) * 1e3
+    return ms, f"{nbytes / 1e6:.0f} MB, {flops / 1e9:.1f} GFLOP"
+
+
+def _peer():
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        return mamba_chunk_scan_combined
+    except Exception:  # the peer is optional: its rows then carry no figure
+        return None
+
+
+def _scan_fn(fn, t, bwd):
+    def call():
+        y = fn(t["x"], t["dt"], t["A"], t["B"], t["C"], 256, D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True)
+        if bwd:
+            y.backward(dy)
+    dy = torch.randn_like(t["x"])
+    return call
+
+
+def _time(fn):
+    from triton.testing import do_bench
+    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def rows(quick: bool = False) -> list[dict]:
+    from archdsl.kernels.ssd import ssd_scan
+    peer = _peer()
+    out = []
+    for L in ([4096] if quick else [4096, 16384]):
+        for bwd in (False, True):
+            t = _inputs(4, L, grad=bwd)
+            ours = _time(_scan_fn(lambda *a, **k: ssd_scan(*a[:5], chunk_size=a[5], **k), t, bwd))
+            theirs = _time(_scan_fn(peer, t, bwd)) if peer else None
+            floor, note = _floor(4, L, bwd=bwd)
+            out.append(dict(op="ssd_scan", shape=f"B=4 L={L} H=32 P=64 N=128 G=1",
+                            mode="fwd+bwd" if bwd else "fwd", ours_ms=ours, peer="mamba_ssm", peer_ms=theirs,
+                            floor_ms=floor, floor_note=note))
+    out.append(_step_row())
+    return out
+
+
+def _step_row():
+    from archdsl.kernels.ssd import ssd_step
+    batch, H, P, N = 4, 32, 64, 128
+    dev, bf = "cuda", torch.bfloat16
+    state = torch.zeros(batch, H, P, N, device=dev)
+    x, z = torch.randn(batch, H, P, device=dev, dtype=bf), torch.randn(batch, H, P, device=dev, dtype=bf)
+    dt = torch.randn(batch, H, device=dev, dtype=bf)
+    A, D, bias = -torch.rand(H, device=dev), torch.randn(H, device=dev), torch.randn(H, device=dev)
+    B, C = torch.randn(batch, 1, N, device=dev, dtype=bf), torch.randn(batch, 1, N, device=dev, dtype=bf)
+    ours = _time(lambda: ssd_step(state, x, dt, A, B, C, D=D, z=z, dt_bias=bias, dt_softplus=True))
+    try:
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+        rep = lambda v, *s: v[..., None].expand(*s)
+        args = (state, x, rep(dt, batch, H, P), rep(rep(A, H, P), H, P, N), B, C)
+        theirs = _time(lambda: selective_state_update(*args, D=rep(D, H, P), z=z, dt_bias=rep(bias, H, P),
+                                                      dt_softplus=True))
+    except Exception:
+        theirs = None
+    nbytes = 2 * 4 * batch * H * P * N
+    return dict(op="ssd_step", shape=f"B={batch} H={H} P={P} N={N}", mode="fwd", ours_ms=ours,
+                peer="mamba_ssm selective_state_update", peer_ms=theirs, floor_ms=nbytes / BW * 1e3,
+                floor_note=f"{nbytes / 1e6:.1f} MB state read+write")
+
+
+if __name__ == "__main__":
+    print(f"{'op':9} {'mode':8} {'shape':34} {'ours ms':>9} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} {'% floor':>8}")
+    for r in rows():
+        peer = r["peer_ms"]
+        ratio = f"{r['ours_ms'] / peer:.2f}" if peer else "-"
+        print(f"{r['op']:9} {r['mode']:8} {r['shape']:34} {r['ours_ms']:9.4f} "
+              f"{peer if peer is None else round(peer, 4)!s:>9} {ratio:>6} {r['floor_ms']:9.4f} "
+              f"{100 * r['floor_ms'] / r['ours_ms']:7.1f}%")
