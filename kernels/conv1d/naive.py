@@ -1,0 +1,46 @@
+"""Sequential reference for the depthwise causal conv1d and its decode step (loops over time)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _act(y, activation):
+    return F.silu(y) if activation in ("silu", "swish") else y
+
+
+def causal_conv1d_naive(x, weight, bias=None, activation=None, initial_states=None, return_final_states=False):
+    """Same contract as `archdsl.kernels.causal_conv1d`; computes in float64 for float64 input, else float32."""
+    wd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    batch, dim, seqlen = x.shape
+    W = weight.shape[1]
+    init = x.new_zeros(batch, dim, W - 1, dtype=wd) if initial_states is None else initial_states.to(wd)
+    window = init
+    w = weight.to(wd)
+    ys = []
+    for t in range(seqlen):
+        window = torch.cat([window, x[:, :, t:t + 1].to(wd)], dim=-1)[:, :, -(W - 1) - 1:]
+        y = (window * w).sum(-1)
+        ys.append(y + bias.to(wd) if bias is not None else y)
+        window = window[:, :, 1:]
+    out = _act(torch.stack(ys, dim=-1), activation).to(x.dtype)
+    if not return_final_states:
+        return out
+    final = torch.cat([init, x.to(wd)], dim=-1)[:, :, -(W - 1):] if W > 1 else init
+    return out, final.to(x.dtype)
+
+
+def causal_conv1d_update_naive(x, conv_state, weight, bias=None, activation=None):
+    """Decode step(s): x `[B, D]` or `[B, D, T]`; conv_state `[B, D, S]` (S >= W-1) shifted in place."""
+    squeeze = x.dim() == 2
+    xs = x[:, :, None] if squeeze else x
+    wd = torch.float64 if conv_state.dtype == torch.float64 else torch.float32
+    W, S = weight.shape[1], conv_state.shape[-1]
+    outs = []
+    for t in range(xs.shape[-1]):
+        full = torch.cat([conv_state.to(wd), xs[:, :, t:t + 1].to(wd)], dim=-1)
+        y = (full[:, :, -W:] * weight.to(wd)).sum(-1)
+        outs.append(_act(y + bias.to(wd) if bias is not None else y, activation))
+        conv_state.copy_(full[:, :, -S:])
+    out = torch.stack(outs, dim=-1).to(x.dtype)
+    return out[:, :, 0] if squeeze else out

@@ -1,0 +1,76 @@
+"""Public depthwise causal conv1d and its decode step, with the causal-conv1d package's conventions."""
+from __future__ import annotations
+
+import torch
+
+from .._checks import expect_float, expect_same_device, expect_shape
+from .._dispatch import backend_for
+from .chunked import causal_conv1d_torch
+from .naive import causal_conv1d_naive, causal_conv1d_update_naive
+
+_ACTIVATIONS = (None, "silu", "swish")
+
+
+def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, return_final_states=False):
+    """Depthwise causal convolution: y[b, d, t] = act(bias[d] + sum_k weight[d, k] * x[b, d, t - W + 1 + k]).
+
+    x: `[B, D, L]`; weight: `[D, W]` with W in 2..4; bias: `[D]`; activation: None, "silu" or "swish";
+    initial_states: `[B, D, W-1]`, the W-1 inputs before x (zeros when None).
+    Returns y `[B, D, L]` in x's dtype, and with return_final_states also the last W-1 inputs
+    `[B, D, W-1]` (the initial_states of a continuation; model prefill keeps them).
+    """
+    expect_shape("x", x, (None, None, None))
+    batch, dim, seqlen = x.shape
+    if seqlen < 1:
+        raise ValueError(f"x: expected at least one time step, got shape {list(x.shape)}")
+    _check_weight(weight, bias, dim, activation)
+    W = weight.shape[1]
+    expect_shape("initial_states", initial_states, (batch, dim, W - 1), optional=True)
+    expect_float(x=x, weight=weight, bias=bias, initial_states=initial_states)
+    expect_same_device(x=x, weight=weight, bias=bias, initial_states=initial_states)
+    backend = backend_for(x)
+    if backend == "triton":
+        from .triton_conv1d import causal_conv1d_triton
+        y = causal_conv1d_triton(x, weight, bias, activation, initial_states)
+        if not return_final_states:
+            return y
+        init = initial_states if initial_states is not None else x.new_zeros(batch, dim, W - 1)
+        return y, torch.cat([init.to(x.dtype), x[:, :, -(W - 1):]], dim=-1)[:, :, -(W - 1):]
+    fn = causal_conv1d_naive if backend == "naive" else causal_conv1d_torch
+    return fn(x, weight, bias, activation, initial_states, return_final_states)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
+    """Decode step (causal-conv1d's `causal_conv1d_update`): conv_state is shifted left in place.
+
+    x: `[B, D]` (or `[B, D, T]` for T steps); conv_state: `[B, D, S]` with S >= W-1 (mamba_ssm keeps
+    S = W); weight `[D, W]`; bias `[D]`. Returns `[B, D]` (or `[B, D, T]`) in x's dtype.
+    """
+    expect_shape("conv_state", conv_state, (None, None, None))
+    batch, dim, S = conv_state.shape
+    if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
+        raise ValueError(f"x: expected shape [{batch}, {dim}] or [{batch}, {dim}, T], got "
+                         f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    expect_shape("x", x, (batch, dim) if x.dim() == 2 else (batch, dim, None))
+    _check_weight(weight, bias, dim, activation)
+    if S < weight.shape[1] - 1:
+        raise ValueError(f"conv_state: expected at least W-1={weight.shape[1] - 1} entries in the last dim, got {S}")
+    expect_float(x=x, conv_state=conv_state, weight=weight, bias=bias)
+    expect_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias)
+    if backend_for(x) == "triton" and conv_state.stride(2) == 1:
+        from .triton_conv1d import causal_conv1d_update_triton
+        if x.dim() == 2:
+            return causal_conv1d_update_triton(x.contiguous(), conv_state, weight, bias, activation)
+        steps = [causal_conv1d_update_triton(x[:, :, t].contiguous(), conv_state, weight, bias, activation)
+                 for t in range(x.shape[-1])]
+        return torch.stack(steps, dim=-1)
+    return causal_conv1d_update_naive(x, conv_state, weight, bias, activation)
+
+
+def _check_weight(weight, bias, dim, activation):
+    expect_shape("weight", weight, (dim, None))
+    if not 2 <= weight.shape[1] <= 4:
+        raise ValueError(f"weight: expected width W in 2..4, got shape {list(weight.shape)}")
+    expect_shape("bias", bias, (dim,), optional=True)
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation: expected one of None, 'silu', 'swish', got {activation!r}")
