@@ -31,6 +31,7 @@ class AttnConfig(BlockConfig):
     head_dim: int = 0  # 0 = d_model / heads
     rope: bool = True
     rope_theta: float = 10000.0
+    rope_fraction: float = 1.0  # share of head_dim that is rotated (Bamba: 0.5)
     window: int | None = None  # sliding window (keys per query), None = full causal
     bias: bool = False  # q/k/v projection bias
     out_bias: bool = False
@@ -44,6 +45,8 @@ class AttnConfig(BlockConfig):
             raise ConfigError("window", f"attn: window must be positive, got {self.window}")
         if self.rope and self.hdim % 2:
             raise ConfigError("head_dim", f"attn: RoPE needs an even head_dim, got {self.hdim}")
+        if not 0 < self.rope_fraction <= 1:
+            raise ConfigError("rope_fraction", f"attn: rope_fraction must be in (0, 1], got {self.rope_fraction}")
         if self.rope_theta <= 0:
             raise ConfigError("rope_theta", f"attn: rope_theta must be positive, got {self.rope_theta}")
 

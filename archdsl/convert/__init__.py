@@ -1,0 +1,1 @@
+"""Converters into archdsl specs: Megatron-Core hybrid patterns and Hugging Face configs."""

@@ -1,0 +1,347 @@
+"""Hugging Face config.json → archdsl spec, for the families of the reference architectures.
+
+    hf_config_to_spec(json.load(open("config.json")), "zamba2-2.7b")  →  {name, d_model, ..., layout, blocks}
+
+The spec reports the parameter count of the HF model the config describes (tests/test_convert.py
+checks that against transformers for every family). Missing keys take the HF config-class
+defaults (transformers 5.x); settings we cannot express are refused with an ArchDSLError
+naming the config field.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from ..errors import ArchDSLError, did_you_mean
+from .megatron import _text
+
+ACT_GATED = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu", "gelu_new": "geglu"}
+
+
+def read_hf_config(path: str | os.PathLike) -> dict:
+    """A config.json (or the directory holding one) as a dict."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ArchDSLError(f"cannot read Hugging Face config: {e.strerror}", file=path) from None
+    except json.JSONDecodeError as e:
+        raise ArchDSLError(f"not valid JSON: {e.msg}", file=path, line=e.lineno, col=e.colno) from None
+    if not isinstance(data, dict):
+        raise ArchDSLError("a Hugging Face config.json holds one JSON object", file=path)
+    return data
+
+
+def _refuse(field: str, value, why: str) -> ArchDSLError:
+    return ArchDSLError(f"unsupported value {value!r} of config field '{field}': {why}", file="<hf config>")
+
+
+class _Cfg:
+    """config dict with HF defaults and the names of the fields read, for error messages."""
+
+    def __init__(self, config: dict):
+        self.c = config
+
+    def __call__(self, key, default=None):
+        value = self.c.get(key)
+        return default if value is None else value
+
+    def require(self, key, allowed, default=None):
+        value = self(key, default)
+        if value not in allowed:
+            raise _refuse(key, value, f"supported: {', '.join(map(repr, allowed))}")
+        return value
+
+
+def _spec(c: _Cfg, name, d_model, vocab, tie, layout, blocks, *, norm="rmsnorm", eps=1e-5,
+          embed_norm=False, ffn=None) -> dict:
+    out = {"name": name, "d_model": int(d_model), "vocab_size": int(vocab), "tie_embeddings": bool(tie),
+           "norm": norm, "norm_eps": float(eps)}
+    if embed_norm:
+        out["embed_norm"] = True
+    if ffn:
+        out["ffn"] = ffn
+    out["layout"] = layout
+    out["blocks"] = {k: v for k, v in blocks.items() if v is not None}
+    return out
+
+
+def _rope_theta(c: _Cfg, default=10000.0) -> float:
+    rp = c("rope_parameters") or c("rope_scaling") or {}
+    if isinstance(rp, dict) and rp.get("rope_type", "default") not in ("default", None):
+        raise _refuse("rope_parameters.rope_type", rp.get("rope_type"), "only plain RoPE is supported")
+    return float(rp.get("rope_theta") or c("rope_theta", default))
+
+
+def _gated_act(c: _Cfg, key: str, default: str) -> str:
+    act = c(key, default)
+    if act not in ACT_GATED:
+        raise _refuse(key, act, f"supported: {', '.join(ACT_GATED)}")
+    return ACT_GATED[act]
+
+
+# --- families -----------------------------------------------------------------------------
+
+def _mamba(c: _Cfg, name: str, falcon: bool) -> dict:
+    d = c("hidden_size", 768 if not falcon else 4096)
+    expand = c("expand", 2)
+    inner = c("intermediate_size", expand * d)
+    if inner != expand * d:
+        raise _refuse("intermediate_size", inner, f"must be expand·hidden_size = {expand * d}")
+    rank = c("time_step_rank", "auto")
+    if rank == "auto" or rank == math.ceil(d / 16):
+        rank = "auto"
+    mamba = {"d_state": c("state_size", 16), "d_conv": c("conv_kernel", 4), "expand": expand, "dt_rank": rank,
+             "conv_bias": bool(c("use_conv_bias", True)), "bias": bool(c("use_bias", False)),
+             "dt_min": float(c("time_step_min", 0.001)), "dt_max": float(c("time_step_max", 0.1))}
+    if falcon:
+        mamba["inner_norms"] = "unweighted"
+        mamba["inner_norm_eps"] = float(c("mixer_rms_eps", 1e-6))
+    return _spec(c, name, d, c("vocab_size", 50280 if not falcon else 65024), c("tie_word_embeddings", not falcon),
+                 f"{c('num_hidden_layers', 32 if not falcon else 64)}×mamba", {"mamba": mamba},
+                 eps=c("layer_norm_epsilon", 1e-5))
+
+
+def _mamba2_block(c: _Cfg, d, *, d_state, d_conv, expand, heads, headdim, ngroups, chunk, conv_bias, bias,
+                  field="num_heads") -> dict:
+    if heads * headdim != expand * d:
+        raise _refuse(field, heads, f"heads·head_dim = {heads * headdim} must equal expand·hidden_size = {expand * d}")
+    return {"d_state": d_state, "d_conv": d_conv, "expand": expand, "heads": heads, "headdim": headdim,
+            "ngroups": ngroups, "chunk_size": chunk, "conv_bias": bool(conv_bias), "bias": bool(bias)}
+
+
+def _mamba2(c: _Cfg, name: str) -> dict:
+    d = c("hidden_size", 2048)
+    if not c("rmsnorm", True):
+        raise _refuse("rmsnorm", False, "the gated RMSNorm is always present")
+    m = _mamba2_block(c, d, d_state=c("state_size", 128), d_conv=c("conv_kernel", 4), expand=c("expand", 2),
+                      heads=c("num_heads", 128), headdim=c("head_dim", 64), ngroups=c("n_groups", 8),
+                      chunk=c("chunk_size", 256), conv_bias=c("use_conv_bias", True), bias=c("use_bias", False))
+    return _spec(c, name, d, c("vocab_size", 32768), c("tie_word_embeddings", True),
+                 f"{c('num_hidden_layers', 64)}×mamba2", {"mamba2": m}, eps=c("layer_norm_epsilon", 1e-5))
+
+
+def _jamba(c: _Cfg, name: str) -> dict:
+    d, L = c("hidden_size", 4096), c("num_hidden_layers", 32)
+    rank = c("mamba_dt_rank", "auto")
+    heads = c("num_attention_heads", 32)
+    experts = c("num_experts", 16)
+    act = _gated_act(c, "hidden_act", "silu")
+    ap, ao = c("attn_layer_period", 8), c("attn_layer_offset", 4)
+    ep, eo = c("expert_layer_period", 2), c("expert_layer_offset", 1)
+    layout = f"{L}×mamba, attn every {ap} offset {ao}"
+    if experts > 1:
+        layout += f", moe every {ep} offset {eo}"
+    blocks = {
+        "mamba": {"d_state": c("mamba_d_state", 16), "d_conv": c("mamba_d_conv", 4), "expand": c("mamba_expand", 2),
+                  "dt_rank": "auto" if rank in ("auto", math.ceil(d / 16)) else rank, "inner_norms": "weighted",
+                  "inner_norm_eps": float(c("rms_norm_eps", 1e-6)), "conv_bias": bool(c("mamba_conv_bias", True)),
+                  "bias": bool(c("mamba_proj_bias", False))},
+        "attn": {"heads": heads, "kv_heads": c("num_key_value_heads", 8), "rope": False},
+        "mlp": {"act": act, "hidden": c("intermediate_size", 14336)},
+        "moe": {"experts": experts, "top_k": c("num_experts_per_tok", 2), "hidden": c("intermediate_size", 14336),
+                "act": act} if experts > 1 else None,
+    }
+    if c("head_dim") not in (None, d // heads):
+        blocks["attn"]["head_dim"] = c("head_dim")
+    return _spec(c, name, d, c("vocab_size", 65536), c("tie_word_embeddings", False), layout, blocks,
+                 eps=c("rms_norm_eps", 1e-6), ffn="mlp")
+
+
+def _layer_types(c: _Cfg, key: str, default: list[str]) -> list[str]:
+    types = c(key) or c("layer_types") or default
+    legacy = {"mamba": "linear_attention", "attention": "full_attention"}
+    return [legacy.get(t, t) for t in types]
+
+
+def _zamba2(c: _Cfg, name: str) -> dict:
+    d, L = c("hidden_size", 2560), c("num_hidden_layers", 54)
+    if c("add_bias_linear", False):
+        raise _refuse("add_bias_linear", True, "biased linears in the shared block are not supported")
+    if c("hidden_act", "gelu") not in ("gelu", "silu"):
+        raise _refuse("hidden_act", c("hidden_act"), "supported: 'gelu', 'silu'")
+    default = ["mamba"] * L
+    for i in range(6, L, 6):  # Zamba2Config's default: hybrid every 6th layer
+        default[i] = "hybrid"
+    types = c("layers_block_type") or c("layer_types") or default
+    hybrid = [i for i, t in enumerate(types) if t == "hybrid"]
+    other = {t for t in types if t not in ("hybrid", "mamba", "linear_attention")}
+    if other:
+        raise _refuse("layers_block_type", sorted(other)[0], "supported: 'mamba', 'hybrid'")
+    heads, n_heads = c("num_attention_heads", 32), c("n_mamba_heads", 8)
+    expand = c("mamba_expand", 2)
+    if (expand * d) % n_heads:
+        raise _refuse("n_mamba_heads", n_heads, f"must divide mamba_expand·hidden_size = {expand * d}")
+    rank = c("adapter_rank", 128)
+    mem = c("num_mem_blocks", 1)
+    uses = []
+    for b in range(mem):
+        ids = hybrid[b::mem]
+        if ids:
+            group = "shared" if mem == 1 else f"shared=z{b}"
+            uses.append(f"zamba({group}, lora={rank}) at " + " ".join(map(str, ids)))
+    layout = ", ".join([f"{len(types)}×mamba2"] + uses)
+    zamba = {"heads": heads, "hidden": c("intermediate_size", 4 * d), "act": c("hidden_act", "gelu"),
+             "rope": bool(c("use_mem_rope", False)), "attn_lora": bool(c("use_shared_attention_adapter", False)),
+             "norm_eps": float(c("rms_norm_eps", 1e-5))}
+    if c("num_key_value_heads") not in (None, heads):
+        zamba["kv_heads"] = c("num_key_value_heads")
+    if zamba["rope"]:
+        zamba["rope_theta"] = _rope_theta(c)
+    blocks = {"mamba2": _mamba2_block(c, d, d_state=c("mamba_d_state", 64), d_conv=c("mamba_d_conv", 4),
+                                      expand=expand, heads=n_heads, headdim=expand * d // n_heads,
+                                      ngroups=c("mamba_ngroups", 1), chunk=c("chunk_size", 256),
+                                      conv_bias=c("use_conv_bias", True), bias=False, field="n_mamba_heads"),
+              "zamba": zamba}
+    return _spec(c, name, d, c("vocab_size", 32000), c("tie_word_embeddings", True), layout, blocks,
+                 eps=c("rms_norm_eps", 1e-5))
+
+
+def _bamba(c: _Cfg, name: str) -> dict:
+    d, L = c("hidden_size", 4096), c("num_hidden_layers", 32)
+    heads, expand = c("mamba_n_heads", 128), c("mamba_expand", 2)
+    headdim = c("mamba_d_head", "auto")
+    if headdim == "auto":
+        headdim = expand * d // heads
+    attn_ids = sorted(c("attn_layer_indices") or [])
+    layout = f"{L}×mamba2" + (", attn at " + " ".join(map(str, attn_ids)) if attn_ids else "")
+    rope_frac = float((c("rope_parameters") or {}).get("partial_rotary_factor", c("partial_rotary_factor", 0.5)))
+    ab = bool(c("attention_bias", False))
+    blocks = {
+        "mamba2": _mamba2_block(c, d, d_state=c("mamba_d_state", 256), d_conv=c("mamba_d_conv", 4), expand=expand,
+                                heads=heads, headdim=headdim, ngroups=c("mamba_n_groups", 1),
+                                chunk=c("mamba_chunk_size", 256), conv_bias=c("mamba_conv_bias", True),
+                                bias=c("mamba_proj_bias", False), field="mamba_n_heads"),
+        "attn": {"heads": c("num_attention_heads", 32), "kv_heads": c("num_key_value_heads", 8), "rope": True,
+                 "rope_theta": _rope_theta(c), "rope_fraction": rope_frac, "bias": ab, "out_bias": ab}
+        if attn_ids else None,
+        "mlp": {"act": _gated_act(c, "hidden_act", "silu"), "hidden": c("intermediate_size", 14336),
+                "bias": bool(c("mlp_bias", False))},
+    }
+    return _spec(c, name, d, c("vocab_size", 128000), c("tie_word_embeddings", False), layout, blocks,
+                 eps=c("rms_norm_eps", 1e-5), ffn="mlp")
+
+
+def _nemotron_h(c: _Cfg, name: str) -> dict:
+    d = c("hidden_size", 4096)
+    pattern = c("hybrid_override_pattern")
+    symbols = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}
+    if pattern and not (c("layers_block_type") or c("layer_types")):
+        bad = [ch for ch in pattern if ch not in symbols]
+        if bad:
+            raise _refuse("hybrid_override_pattern", bad[0], "valid characters: M, *, -, E")
+        types = [symbols[ch] for ch in pattern]
+    else:
+        types = _layer_types(c, "layers_block_type", ["linear_attention", "moe", "full_attention", "mlp"])
+    kinds = {"linear_attention": "mamba2", "full_attention": "attn", "mlp": "mlp", "moe": "moe"}
+    for t in types:
+        if t not in kinds:
+            raise _refuse("layers_block_type", t, f"supported: {', '.join(kinds)}")
+    if c("moe_latent_size") and "moe" in types:
+        raise _refuse("moe_latent_size", c("moe_latent_size"), "latent MoE projections are not supported")
+    act = c("mlp_hidden_act", "relu2")
+    if act not in ("relu2", "relu", "gelu", "silu"):
+        raise _refuse("mlp_hidden_act", act, "supported: relu2, relu, gelu, silu")
+    heads = c("num_attention_heads", 32)
+    blocks = {
+        "mamba2": _mamba2_block(c, d, d_state=c("ssm_state_size", 128), d_conv=c("conv_kernel", 4),
+                                expand=c("expand", 2), heads=c("mamba_num_heads", 128),
+                                headdim=c("mamba_head_dim", 64), ngroups=c("n_groups", 8),
+                                chunk=c("chunk_size", 128), conv_bias=c("use_conv_bias", True),
+                                bias=c("use_bias", False), field="mamba_num_heads"),
+        "attn": {"heads": heads, "kv_heads": c("num_key_value_heads", 8), "head_dim": c("head_dim", d // heads),
+                 "rope": False, "bias": bool(c("attention_bias", False)), "out_bias": bool(c("attention_bias", False))},
+        "mlp": {"act": act, "hidden": c("intermediate_size", 21504), "bias": bool(c("mlp_bias", False))},
+        "moe": {"experts": c("n_routed_experts", c("num_local_experts", 8)), "top_k": c("num_experts_per_tok", 2),
+                "hidden": c("moe_intermediate_size", 7688), "act": act, "router": "sigmoid",
+                "shared_hidden": c("moe_shared_expert_intermediate_size", 7688)},
+    }
+    used = {kinds[t] for t in types}
+    blocks = {k: v for k, v in blocks.items() if k in used}
+    layout = ", ".join(_text([kinds[t] for t in types]))
+    return _spec(c, name, d, c("vocab_size", 131072), c("tie_word_embeddings", False), layout, blocks,
+                 eps=c("layer_norm_epsilon", 1e-5))
+
+
+def _rwkv(c: _Cfg, name: str) -> dict:
+    d = c("hidden_size", 4096)
+    att = c("attention_hidden_size", d)
+    blocks = {"rwkv4": {"attn_dim": att} if att != d else None,
+              "cmix": {"version": 4, "hidden": c("intermediate_size", 4 * d)}}
+    return _spec(c, name, d, c("vocab_size", 50277), c("tie_word_embeddings", False),
+                 f"{c('num_hidden_layers', 32)}×rwkv4", blocks, norm="layernorm",
+                 eps=c("layer_norm_epsilon", 1e-5), embed_norm=True, ffn="cmix")
+
+
+def _rwkv6(c: _Cfg, name: str) -> dict:
+    d = c("hidden_size", 2048)
+    att = c("attention_hidden_size", d)
+    big = d == 4096  # the HF-hub Rwkv6 code widens its LoRAs at 4096 (7B)
+    blocks = {"rwkv6": {"head_size": c("head_size", 64), "attn_dim": att if att != d else None,
+                        "mix_lora": 64 if big else 32, "decay_lora": 128 if big else 64,
+                        "head_size_divisor": c("head_size_divisor", 8)},
+              "cmix": {"version": 6, "hidden": c("intermediate_size", int(d * 3.5) // 32 * 32)}}
+    blocks["rwkv6"] = {k: v for k, v in blocks["rwkv6"].items() if v is not None}
+    return _spec(c, name, d, c("vocab_size", 65536), c("tie_word_embeddings", False),
+                 f"{c('num_hidden_layers', 24)}×rwkv6", blocks, norm="layernorm",
+                 eps=c("layer_norm_epsilon", 1e-5), embed_norm=True, ffn="cmix")
+
+
+def _llama(c: _Cfg, name: str) -> dict:
+    d, heads = c("hidden_size", 4096), c("num_attention_heads", 32)
+    ab = bool(c("attention_bias", False))
+    attn = {"heads": heads, "kv_heads": c("num_key_value_heads", heads), "rope": True,
+            "rope_theta": _rope_theta(c), "bias": ab, "out_bias": ab}
+    if c("head_dim") not in (None, d // heads):
+        attn["head_dim"] = c("head_dim")
+    blocks = {"attn": attn, "mlp": {"act": _gated_act(c, "hidden_act", "silu"),
+                                    "hidden": c("intermediate_size", 11008), "bias": bool(c("mlp_bias", False))}}
+    return _spec(c, name, d, c("vocab_size", 32000), c("tie_word_embeddings", False),
+                 f"{c('num_hidden_layers', 32)}×attn", blocks, eps=c("rms_norm_eps", 1e-6), ffn="mlp")
+
+
+FAMILIES = {
+    "mamba": lambda c, n: _mamba(c, n, falcon=False),
+    "falcon_mamba": lambda c, n: _mamba(c, n, falcon=True),
+    "mamba2": _mamba2,
+    "jamba": _jamba,
+    "zamba2": _zamba2,
+    "bamba": _bamba,
+    "nemotron_h": _nemotron_h,
+    "rwkv": _rwkv,
+    "rwkv6": _rwkv6,
+    "llama": _llama,
+}
+ARCHITECTURES = {"MambaForCausalLM": "mamba", "FalconMambaForCausalLM": "falcon_mamba",
+                 "Mamba2ForCausalLM": "mamba2", "JambaForCausalLM": "jamba", "Zamba2ForCausalLM": "zamba2",
+                 "BambaForCausalLM": "bamba", "NemotronHForCausalLM": "nemotron_h", "RwkvForCausalLM": "rwkv",
+                 "Rwkv6ForCausalLM": "rwkv6", "LlamaForCausalLM": "llama"}
+
+
+def hf_config_to_spec(config: dict, source_name: str | None = None) -> dict:
+    """A spec dict (ready for yaml.safe_dump) describing the model of an HF config.json."""
+    model_type = config.get("model_type")
+    if model_type is None:
+        for arch in config.get("architectures") or []:
+            model_type = ARCHITECTURES.get(arch)
+            if model_type:
+                break
+    if model_type not in FAMILIES:
+        raise ArchDSLError(f"unsupported model_type {model_type!r} of config field 'model_type'",
+                           file="<hf config>", hint=did_you_mean(str(model_type), FAMILIES))
+    name = source_name or config.get("_name_or_path") or model_type
+    name = os.path.basename(str(name).rstrip("/")) or model_type
+    return FAMILIES[model_type](_Cfg(config), name)
+
+
+def from_hf(path: str | os.PathLike, **kwargs):
+    """The Spec of a local Hugging Face model directory (its config.json)."""
+    from ..spec import spec_from_yaml
+    import yaml
+
+    data = hf_config_to_spec(read_hf_config(path), kwargs.get("name") or os.path.basename(os.fspath(path).rstrip("/")))
+    return spec_from_yaml(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), file="<converted>")
