@@ -1,0 +1,198 @@
+"""Mamba-1 selective scan: Triton (interpreted on CPU) and chunked torch against the float64 loop."""
+import os
+from contextlib import contextmanager
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from archdsl.kernels.selective_scan import selective_scan, selective_state_update
+from archdsl.kernels.selective_scan.chunked import selective_scan_chunked
+from archdsl.kernels.selective_scan.naive import selective_scan_naive
+
+CUDA = torch.cuda.is_available()
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+
+
+@contextmanager
+def backend(name):
+    old = os.environ.get("ARCHDSL_KERNELS")
+    os.environ["ARCHDSL_KERNELS"] = name
+    try:
+        yield
+    finally:
+        os.environ.pop("ARCHDSL_KERNELS") if old is None else os.environ.__setitem__("ARCHDSL_KERNELS", old)
+
+
+def make(b, D, N, L, *, G=0, z=False, Dskip=False, bias=False, h0=False, dtype=torch.float32, device="cpu", seed=0):
+    """G=0: B, C [B, N, L]; G=-1: time-invariant [D, N]; G>0: [B, G, N, L]."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    bc = (D, N) if G == -1 else (b, N, L) if G == 0 else (b, G, N, L)
+    t = dict(u=r(b, D, L), delta=torch.rand(b, D, L, generator=g, dtype=torch.float64) * 0.5 + 0.01,
+             A=-torch.rand(D, N, generator=g, dtype=torch.float64) * 2 - 0.05, B=r(*bc), C=r(*bc),
+             D=r(D) if Dskip else None, z=r(b, D, L) if z else None,
+             delta_bias=r(D) * 0.5 if bias else None, initial_state=r(b, D, N) if h0 else None)
+    t = {k: None if v is None else v.to(device=device, dtype=dtype) for k, v in t.items()}
+    t["delta_softplus"] = bool(bias)
+    return t
+
+
+def run(fn, t, grads=True, **kw):
+    """Output, last state and gradients (of a fixed random projection) of every tensor input."""
+    leaves = {k: t[k].detach().clone().requires_grad_() for k in NAMES if t[k] is not None}
+    a = {**t, **leaves}
+    y, hT = fn(a["u"], a["delta"], a["A"], a["B"], a["C"], D=a["D"], z=a["z"], delta_bias=a["delta_bias"],
+               delta_softplus=t["delta_softplus"], return_last_state=True, initial_state=a["initial_state"], **kw)
+    if not grads:
+        return [y, hT]
+    g = torch.Generator().manual_seed(1)
+    wy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.device)
+    wh = torch.randn(hT.shape, generator=g, dtype=torch.float64).to(y.device)
+    loss = (y.double() * wy).sum() + (hT.double() * wh).sum()
+    return [y, hT] + list(torch.autograd.grad(loss, list(leaves.values())))
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-6)).item()
+
+
+def assert_close(got, want, tol):
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.shape == b.shape, (i, a.shape, b.shape)
+        assert torch.isfinite(a).all(), i
+        assert rel(a, b) < tol, (i, rel(a, b))
+
+
+shapes = dict(b=st.integers(1, 2), D=st.sampled_from([1, 2, 3, 4, 6]), N=st.sampled_from([1, 3, 5, 8]),
+              L=st.sampled_from([1, 2, 7, 8, 9, 13, 17]), gsel=st.integers(0, 2),
+              z=st.booleans(), Dskip=st.booleans(), bias=st.booleans(), h0=st.booleans())
+
+
+def _groups(D, gsel):
+    divisors = [g for g in range(1, D + 1) if D % g == 0]
+    return [0, 1, divisors[-1] if len(divisors) > 1 else 1][gsel]
+
+
+@settings(max_examples=25, deadline=None)
+@given(**shapes)
+def test_triton_matches_naive(b, D, N, L, gsel, z, Dskip, bias, h0):
+    t = make(b, D, N, L, G=_groups(D, gsel), z=z, Dskip=Dskip, bias=bias, h0=h0)
+    want = run(selective_scan_naive, {**t, **{k: v.double() for k, v in t.items() if torch.is_tensor(v)}})
+    with backend("triton"):
+        got = run(selective_scan, t)
+    assert_close(got, want, 2e-4)
+
+
+@settings(max_examples=20, deadline=None)
+@given(**shapes, chunk=st.sampled_from([1, 3, 4, 16]))
+def test_chunked_matches_naive(b, D, N, L, gsel, z, Dskip, bias, h0, chunk):
+    t = make(b, D, N, L, G=_groups(D, gsel), z=z, Dskip=Dskip, bias=bias, h0=h0, dtype=torch.float64)
+    assert_close(run(selective_scan_chunked, t, chunk_size=chunk), run(selective_scan_naive, t), 1e-10)
+
+
+@pytest.mark.parametrize("name", ["triton", "torch"])
+def test_time_invariant_bc(name):
+    t = make(2, 3, 4, 9, G=-1, z=True, Dskip=True)
+    want = run(selective_scan_naive, {k: v.double() if torch.is_tensor(v) else v for k, v in t.items()})
+    with backend(name):
+        assert_close(run(selective_scan, t), want, 2e-4)
+
+
+@pytest.mark.parametrize("name", ["triton", "torch"])
+def test_split_scan_continues_from_state(name):
+    t = make(2, 4, 5, 21, G=2, z=True, Dskip=True, bias=True, h0=True)
+    cut = 10
+    with backend(name):
+        y, hT = run(selective_scan, t, grads=False)
+        part = lambda k, sl: t[k][..., sl] if t[k] is not None and t[k].dim() >= 3 and k != "initial_state" else t[k]
+        first = {**t, **{k: part(k, slice(0, cut)) for k in NAMES}}
+        y1, h1 = run(selective_scan, first, grads=False)
+        second = {**t, **{k: part(k, slice(cut, None)) for k in NAMES}, "initial_state": h1}
+        y2, h2 = run(selective_scan, second, grads=False)
+    assert_close([torch.cat([y1, y2], -1), h2], [y, hT], 1e-5)
+
+
+@pytest.mark.parametrize("name", ["triton", "torch"])
+@pytest.mark.parametrize("G", [0, 2])
+def test_step_matches_scan(name, G):
+    t = make(2, 4, 3, 6, G=G, z=True, Dskip=True, bias=True, h0=True)
+    with backend(name):
+        y, hT = run(selective_scan, t, grads=False)
+        state = t["initial_state"].clone()
+        ys = [selective_state_update(state, t["u"][..., i], t["delta"][..., i], t["A"], t["B"][..., i],
+                                     t["C"][..., i], D=t["D"], z=t["z"][..., i], dt_bias=t["delta_bias"],
+                                     dt_softplus=True) for i in range(6)]
+    assert_close([torch.stack(ys, -1), state], [y, hT], 1e-5)
+
+
+def test_bad_input():
+    t = make(2, 4, 3, 5)
+    u, dl, A, B, C = (t[k] for k in ("u", "delta", "A", "B", "C"))
+    with pytest.raises(ValueError, match="delta"):
+        selective_scan(u, dl[:, :, :4], A, B, C)
+    with pytest.raises(ValueError, match="A"):
+        selective_scan(u, dl, A[:3], B, C)
+    with pytest.raises(ValueError, match="B"):
+        selective_scan(u, dl, A, B[:, :2], C)
+    with pytest.raises(ValueError, match="groups"):
+        selective_scan(u, dl, A, torch.randn(2, 3, 3, 5), C)
+    with pytest.raises(ValueError, match="initial_state"):
+        selective_scan(u, dl, A, B, C, initial_state=torch.randn(2, 4, 2))
+    with pytest.raises(ValueError, match="u"):
+        selective_scan(u[:, :, :0], dl[:, :, :0], A, B[..., :0], C[..., :0])
+    with pytest.raises(ValueError, match="C"):
+        selective_state_update(torch.zeros(2, 4, 3), u[..., 0], dl[..., 0], A, B[..., 0], C[:, :2, 0])
+    with pytest.raises(ValueError, match="x"):
+        selective_state_update(torch.zeros(2, 4, 3), u[:1, :, 0], dl[..., 0], A, B[..., 0], C[..., 0])
+
+
+# ------------------------------------------------------------------ GPU, full size (H200)
+gpu = pytest.mark.skipif(not CUDA, reason="needs CUDA")
+
+
+def _ref64(t, grads, chunk=16):
+    return run(selective_scan_chunked, {k: v.double() if torch.is_tensor(v) else v for k, v in t.items()},
+               grads=grads, chunk_size=chunk)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("L", [4096, 16384])
+def test_gpu_full_size_forward(dtype, tol, L):
+    """A Mamba-1 layer of mamba-2.8b: B=4, D=5120, N=16."""
+    t = make(4, 5120, 16, L, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
+    assert_close(run(selective_scan, t, grads=False), _ref64(t, grads=False), tol)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+def test_gpu_gradients(dtype, tol):
+    t = make(2, 512, 16, 2048, G=2, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
+    assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=32), tol)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("L", [131072, 1 << 20])
+def test_gpu_long_sequences(L):
+    t = make(1, 16, 16, L, z=True, Dskip=True, bias=True, h0=True, device="cuda")
+    assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=256), 1e-3)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_step_matches_scan_bf16():
+    L = 4096
+    t = make(2, 256, 16, L, z=True, Dskip=True, bias=True, h0=True, dtype=torch.bfloat16, device="cuda")
+    y, hT = run(selective_scan, t, grads=False)
+    state = t["initial_state"].float().clone()
+    ys = [selective_state_update(state, t["u"][..., i], t["delta"][..., i], t["A"], t["B"][..., i], t["C"][..., i],
+                                 D=t["D"], z=t["z"][..., i], dt_bias=t["delta_bias"], dt_softplus=True)
+          for i in range(L)]
+    assert_close([torch.stack(ys, -1), state], [y, hT], 2e-2)
