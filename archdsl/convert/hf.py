@@ -164,9 +164,9 @@ def _zamba2(c: _Cfg, name: str) -> dict:
         raise _refuse("add_bias_linear", True, "biased linears in the shared block are not supported")
     if c("hidden_act", "gelu") not in ("gelu", "silu"):
         raise _refuse("hidden_act", c("hidden_act"), "supported: 'gelu', 'silu'")
-    default = ["mamba"] * L
-    for i in range(6, L, 6):  # Zamba2Config's default: hybrid every 6th layer
-        default[i] = "hybrid"
+    # Zamba2Config's default (the 54-layer 2.7B pattern; it ignores num_hidden_layers)
+    default = (["mamba"] + (["mamba"] * 5 + ["hybrid"]) * 7 + ["mamba"] * 4 + ["hybrid"] + ["mamba"] * 3
+               + ["hybrid"] + ["mamba"] * 2)
     types = c("layers_block_type") or c("layer_types") or default
     hybrid = [i for i, t in enumerate(types) if t == "hybrid"]
     other = {t for t in types if t not in ("hybrid", "mamba", "linear_attention")}

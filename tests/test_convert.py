@@ -1,0 +1,128 @@
+"""HF config → spec converters and the Megatron pattern converter.
+
+For every family: a tiny HF config → our spec → our parameter count == transformers' count of
+that tiny model (built for real on the CPU); the reference configs likewise on the meta device.
+"""
+from __future__ import annotations
+
+import pytest
+
+from archdsl.convert.hf import hf_config_to_spec
+from archdsl.convert.megatron import pattern_layers, pattern_to_layout
+from archdsl.errors import ArchDSLError
+from hf_util import spec_params, transformers
+from test_reference_counts import NEMOTRON_PATTERN, REFERENCES
+
+TINY = {
+    "mamba": ("MambaConfig", "MambaForCausalLM",
+              dict(hidden_size=64, num_hidden_layers=2, vocab_size=100, state_size=8, expand=2, conv_kernel=4)),
+    "mamba-bias-rank": ("MambaConfig", "MambaForCausalLM",
+                        dict(hidden_size=64, num_hidden_layers=2, vocab_size=100, state_size=8, time_step_rank=7,
+                             use_bias=True, use_conv_bias=False, tie_word_embeddings=False)),
+    "falcon_mamba": ("FalconMambaConfig", "FalconMambaForCausalLM",
+                     dict(hidden_size=64, num_hidden_layers=2, vocab_size=100, state_size=8, expand=2)),
+    "mamba2": ("Mamba2Config", "Mamba2ForCausalLM",
+               dict(hidden_size=64, num_hidden_layers=2, vocab_size=100, state_size=16, expand=2, head_dim=16,
+                    num_heads=8, n_groups=2, tie_word_embeddings=False)),
+    "jamba": ("JambaConfig", "JambaForCausalLM",
+              dict(hidden_size=64, num_hidden_layers=4, vocab_size=100, intermediate_size=96, num_attention_heads=4,
+                   num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, attn_layer_period=4,
+                   attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1, mamba_d_state=8,
+                   mamba_dt_rank=8)),
+    "zamba2": ("Zamba2Config", "Zamba2ForCausalLM",
+               dict(hidden_size=64, num_hidden_layers=6, vocab_size=100, mamba_d_state=8, n_mamba_heads=4,
+                    num_attention_heads=4, intermediate_size=128, adapter_rank=8,
+                    layers_block_type=["mamba", "hybrid", "mamba", "hybrid", "mamba", "hybrid"])),
+    "zamba2-abab": ("Zamba2Config", "Zamba2ForCausalLM",
+                    dict(hidden_size=64, num_hidden_layers=6, vocab_size=100, mamba_d_state=8, n_mamba_heads=4,
+                         num_attention_heads=4, intermediate_size=128, adapter_rank=8, num_mem_blocks=2,
+                         use_shared_attention_adapter=True,
+                         layers_block_type=["mamba", "hybrid", "mamba", "hybrid", "mamba", "hybrid"])),
+    "bamba": ("BambaConfig", "BambaForCausalLM",
+              dict(hidden_size=64, num_hidden_layers=4, vocab_size=100, intermediate_size=96, num_attention_heads=4,
+                   num_key_value_heads=2, mamba_n_heads=8, mamba_d_state=16, attn_layer_indices=[1])),
+    "nemotron_h": ("NemotronHConfig", "NemotronHForCausalLM",
+                   dict(hidden_size=64, vocab_size=100, intermediate_size=96, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=16, mamba_num_heads=8, mamba_head_dim=16, n_groups=2,
+                        ssm_state_size=16, hybrid_override_pattern="M-*-ME", n_routed_experts=4,
+                        moe_intermediate_size=32, moe_shared_expert_intermediate_size=48)),
+    "rwkv": ("RwkvConfig", "RwkvForCausalLM",
+             dict(hidden_size=64, num_hidden_layers=2, vocab_size=100)),
+    "llama": ("LlamaConfig", "LlamaForCausalLM",
+              dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, vocab_size=100)),
+    "llama-tied-bias": ("LlamaConfig", "LlamaForCausalLM",
+                        dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                             vocab_size=100, tie_word_embeddings=True, attention_bias=True, mlp_bias=True)),
+}
+
+
+def _hf(config_cls, model_cls, kwargs, meta):
+    import torch
+
+    tf = transformers()
+    config = getattr(tf, config_cls)(**kwargs)
+    if meta:
+        with torch.device("meta"):
+            model = getattr(tf, model_cls)(config)
+    else:
+        model = getattr(tf, model_cls)(config)
+    return config.to_dict(), sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_tiny_family(family):
+    config, count = _hf(*TINY[family], meta=False)
+    spec = hf_config_to_spec(config, f"tiny-{family}")
+    assert spec["name"] == f"tiny-{family}"
+    assert spec_params(spec) == count
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_reference_config(name):
+    config_cls, model_cls, kwargs, expected = REFERENCES[name]
+    config, count = _hf(config_cls, model_cls, kwargs, meta=True)
+    assert count == expected
+    assert spec_params(hf_config_to_spec(config, name)) == expected
+
+
+def test_unsupported_family_and_field():
+    with pytest.raises(ArchDSLError, match="model_type"):
+        hf_config_to_spec({"model_type": "gpt2"})
+    with pytest.raises(ArchDSLError, match="intermediate_size"):
+        hf_config_to_spec({"model_type": "mamba", "hidden_size": 64, "expand": 2, "intermediate_size": 100})
+    with pytest.raises(ArchDSLError, match="hidden_act"):
+        hf_config_to_spec({"model_type": "llama", "hidden_act": "tanh"})
+    with pytest.raises(ArchDSLError, match="moe_latent_size"):
+        hf_config_to_spec({"model_type": "nemotron_h", "hybrid_override_pattern": "ME", "moe_latent_size": 64})
+
+
+def test_architectures_dispatch():
+    spec = hf_config_to_spec({"architectures": ["MambaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2})
+    assert spec["layout"] == "2×mamba"
+
+
+def test_megatron_pattern():
+    layout = pattern_to_layout(NEMOTRON_PATTERN)
+    assert layout == "4×(3×(mamba2, mlp), mamba2, attn, mlp, mamba2, mlp), 4×(mamba2, mlp)"
+    assert pattern_to_layout("*-*-") == "2×(attn, mlp)"
+    assert pattern_to_layout("MME") == "2×mamba2, moe"
+    assert pattern_layers("M*-E") == ["mamba2", "attn", "mlp", "moe"]
+
+
+def test_megatron_pattern_layers_roundtrip():
+    import archdsl
+    from archdsl.graph import layers
+
+    spec = archdsl.parse(pattern_to_layout(NEMOTRON_PATTERN))
+    kinds = [next(s.name for s in subs) for subs in layers(spec.graph)]
+    assert kinds == pattern_layers(NEMOTRON_PATTERN)
+
+
+def test_megatron_bad_character():
+    with pytest.raises(ArchDSLError) as e:
+        pattern_to_layout("MM-x*")
+    assert "position 3" in str(e.value) and "valid characters" in str(e.value)
+    assert e.value.col == 4
+    with pytest.raises(ArchDSLError):
+        pattern_to_layout("")
