@@ -396,8 +396,7 @@ def _explain(text: str, e: UnexpectedInput) -> tuple[str, int, int]:
             open_parens = _unclosed(prefix)
             if open_parens and "RPAR" in expected_set:
                 p = open_parens[-1]
-                return (f"unclosed '(': expected {expected} before the end of the layout",
-                        p.start_pos, p.end_pos)
+                return ("unclosed '(': the layout ends before its ')'", p.start_pos, p.end_pos)
             if not prefix:
                 return ("empty layout: expected at least one layer, as in 4×mamba2", 0, 0)
             return (f"unexpected end of the layout; expected {expected}{_after(prev)}", pos, pos)

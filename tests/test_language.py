@@ -1,0 +1,459 @@
+"""The layout language: parser, formatter, errors (grammar/layout.lark, archdsl/language/)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from strategies import BLOCK_NAMES, layer_count, layouts, small_layouts
+
+from archdsl.errors import ArchDSLError, Source
+from archdsl.language import (MAX_NESTING, Arg, Block, Group, Layer, Layout, Modifier, Repeat, format_block,
+                              format_layout, format_modifier, format_node, parse_layout)
+
+PROPERTY = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+
+
+def expand(layout: Layout) -> list[Layer]:
+    """The layers in order (a local stand-in for the graph's expand pass)."""
+    out: list[Layer] = []
+
+    def walk(node):
+        if isinstance(node, Layer):
+            out.append(node)
+        elif isinstance(node, Repeat):
+            for _ in range(node.count):
+                walk(node.body)
+        else:
+            for item in node.items:
+                walk(item)
+
+    for item in layout.items:
+        walk(item)
+    return out
+
+
+def error(text: str, source: Source | None = None) -> str:
+    with pytest.raises(ArchDSLError) as info:
+        parse_layout(text, source)
+    return str(info.value)
+
+
+# --- the design card and the reference layouts ------------------------------------------
+def test_design_example():
+    layout = parse_layout("7×mamba2, 1×attn(shared), moe every 2")
+    assert layout == Layout(
+        items=(Repeat(7, Layer((Block("mamba2"),))),
+               Repeat(1, Layer((Block("attn", (Arg("shared", True),)),)))),
+        modifiers=(Modifier(Block("moe"), every=2),))
+    layers = expand(layout)
+    assert len(layers) == 8
+    assert [layer.blocks[0].name for layer in layers] == ["mamba2"] * 7 + ["attn"]
+    assert layers[7].blocks[0].shared == "attn"
+    moe = layout.modifiers[0]
+    assert [i for i in range(8) if moe.selects(i)] == [1, 3, 5, 7]
+
+
+def test_ast_docstring_example():
+    layout = parse_layout("4×(7×mamba2, attn(shared)), moe every 2")
+    assert layout == Layout(
+        items=(Repeat(4, Group((Repeat(7, Layer((Block("mamba2"),))),
+                                Layer((Block("attn", (Arg("shared", True),)),)),))),),
+        modifiers=(Modifier(Block("moe"), every=2),))
+    assert len(expand(layout)) == 32
+
+
+def test_jamba_and_zamba():
+    jamba = parse_layout("32×mamba, attn every 8 offset 4, moe every 2")
+    attn, moe = jamba.modifiers
+    assert [i for i in range(32) if attn.selects(i)] == [4, 12, 20, 28]
+    assert [i for i in range(32) if moe.selects(i)] == list(range(1, 32, 2))
+    zamba = parse_layout("54×mamba2, zamba(shared, lora=128) at 6 12 18 24 30 36 42 47 51")
+    (mod,) = zamba.modifiers
+    assert mod.at == (6, 12, 18, 24, 30, 36, 42, 47, 51)
+    assert mod.block == Block("zamba", (Arg("shared", True), Arg("lora", 128)))
+    assert mod.block.shared == "zamba"
+
+
+def test_nemotron_pattern_one_layer_per_character():
+    pattern = "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-"
+    names = {"M": "mamba2", "*": "attn", "-": "mlp"}
+    layout = parse_layout(", ".join(names[c] for c in pattern))
+    assert [layer.blocks[0].name for layer in expand(layout)] == [names[c] for c in pattern]
+    assert len(expand(layout)) == 52
+
+
+# --- lexing corners ---------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["7×mamba2", "7xmamba2", "7Xmamba2", "7*mamba2", "7 × mamba2", "7 x mamba2",
+                                  "7\t*\tmamba2", "  7×mamba2  # seven", "7_×mamba2".replace("_", "")])
+def test_repetition_signs(text):
+    assert parse_layout(text) == Layout((Repeat(7, Layer((Block("mamba2"),))),))
+
+
+def test_names_starting_with_x_stay_names():
+    assert parse_layout("xattn") == Layout((Layer((Block("xattn"),)),))
+    assert parse_layout("x") == Layout((Layer((Block("x"),)),))
+    assert parse_layout("2xxattn") == Layout((Repeat(2, Layer((Block("xattn"),))),))
+    assert parse_layout("2×xattn, xmlp") == Layout((Repeat(2, Layer((Block("xattn"),))), Layer((Block("xmlp"),))))
+    assert parse_layout("attn(act=x)").items[0].blocks[0].args == (Arg("act", "x"),)
+
+
+def test_argument_values():
+    layout = parse_layout("attn(heads=16, window=4_096, rope=false, act=swiglu, eps=1e-5, scale=0.5, "
+                          "name='a b', q=\"x\\\"y\", neg=-3, on=true, shared=a)")
+    args = dict((a.name, a.value) for a in layout.items[0].blocks[0].args)
+    assert args == {"heads": 16, "window": 4096, "rope": False, "act": "swiglu", "eps": 1e-5, "scale": 0.5,
+                    "name": "a b", "q": 'x"y', "neg": -3, "on": True, "shared": "a"}
+    assert type(args["heads"]) is int and type(args["eps"]) is float and args["rope"] is False
+    assert layout.items[0].blocks[0].shared == "a"
+    assert parse_layout("attn(shared)").items[0].blocks[0].shared == "attn"
+    # keywords may be argument names; `attn()` is attn
+    assert parse_layout("attn(every=1, offset=2, at=3)").items[0].blocks[0].config_args() == \
+        {"every": 1, "offset": 2, "at": 3}
+    assert parse_layout("attn()") == parse_layout("attn")
+
+
+def test_sublayers_and_nesting():
+    layout = parse_layout("zamba(shared)+mamba2, mamba2+mlp, 2×(3×(mamba, mlp), 2×attn+moe)")
+    assert [b.name for b in layout.items[0].blocks] == ["zamba", "mamba2"]
+    assert [b.name for b in layout.items[1].blocks] == ["mamba2", "mlp"]
+    assert len(expand(layout)) == 2 + 2 * (3 * 2 + 2)
+    assert format_layout(layout) == "zamba(shared)+mamba2, mamba2+mlp, 2×(3×(mamba, mlp), 2×attn+moe)"
+
+
+def test_newlines_and_comments_separate_like_commas():
+    text = """
+    # Jamba-style hybrid
+    4×(
+        3×mamba,          # three SSM layers
+        attn(heads=32,
+             kv_heads=8)
+        mamba
+    )
+    moe every 2           # MoE FFN on odd layers
+    attn every 8 offset 4
+    """
+    layout = parse_layout(text)
+    assert format_layout(layout) == \
+        "4×(3×mamba, attn(heads=32, kv_heads=8), mamba), moe every 2, attn every 8 offset 4"
+    assert parse_layout("a\nb") == parse_layout("a, b")
+    assert parse_layout("a,\n\n b") == parse_layout("a, b")
+    assert parse_layout("a +\n b") == parse_layout("a+b")
+
+
+def test_modifier_canonical_forms():
+    assert parse_layout("m, moe every 4 offset 3") == parse_layout("m, moe every 4")
+    assert parse_layout("m, moe every 4 offset 3").modifiers[0].offset is None
+    assert parse_layout("m, z at 18 6 12").modifiers[0].at == (6, 12, 18)
+    assert format_layout(parse_layout("m, z at 18 6 12, moe every 4 offset 3, attn every 8 offset 4")) == \
+        "m, z at 6 12 18, moe every 4, attn every 8 offset 4"
+    assert parse_layout("m, moe(experts=16, top_k=2) every 2").modifiers[0].block.config_args() == \
+        {"experts": 16, "top_k": 2}
+
+
+# --- spans ----------------------------------------------------------------------------
+def test_spans_point_at_the_text():
+    text = "4×(7×mamba2, attn(shared)), moe every 2"
+    layout = parse_layout(text)
+    assert layout.span.start == 0 and layout.span.end == len(text)
+    rep = layout.items[0]
+    assert text[rep.span.start:rep.span.end] == "4×(7×mamba2, attn(shared))"
+    group = rep.body
+    assert text[group.span.start:group.span.end] == "(7×mamba2, attn(shared))"
+    attn = group.items[1].blocks[0]
+    assert text[attn.span.start:attn.span.end] == "attn(shared)"
+    assert text[attn.args[0].span.start:attn.args[0].span.end] == "shared"
+    mod = layout.modifiers[0]
+    assert text[mod.span.start:mod.span.end] == "moe every 2"
+
+
+@PROPERTY
+@given(small_layouts(max_layers=40))
+def test_spans_of_canonical_text(layout):
+    text = format_layout(layout)
+    parsed = parse_layout(text)
+
+    def check(node):
+        assert text[node.span.start:node.span.end] == format_node(node)
+        if isinstance(node, Layer):
+            for b in node.blocks:
+                assert text[b.span.start:b.span.end] == format_block(b)
+        elif isinstance(node, Repeat):
+            check(node.body)
+        else:
+            for item in node.items:
+                check(item)
+
+    for item in parsed.items:
+        check(item)
+    for mod in parsed.modifiers:
+        assert text[mod.span.start:mod.span.end] == format_modifier(mod)
+
+
+# --- properties -------------------------------------------------------------------------
+@PROPERTY
+@given(layouts())
+def test_round_trip_ast_text_ast(layout):
+    text = format_layout(layout)
+    assert parse_layout(text) == layout
+
+
+@PROPERTY
+@given(layouts())
+def test_format_is_idempotent(layout):
+    text = format_layout(layout)
+    assert format_layout(parse_layout(text)) == text
+
+
+@PROPERTY
+@given(small_layouts(max_layers=64, semantic=True))
+def test_semantic_layouts_round_trip(layout):
+    assert parse_layout(format_layout(layout)) == layout
+    assert 1 <= len(expand(layout)) <= 64
+
+
+SIGNS = st.sampled_from(["×", "x", "X", "*", " × ", " x ", "\t*"])
+
+
+@st.composite
+def counted_text(draw, depth=3):
+    """(layout text, expected number of layers), written with assorted spellings."""
+    if depth == 0 or draw(st.integers(0, 2)) == 0:
+        name = draw(st.sampled_from(BLOCK_NAMES))
+        return (name + draw(st.sampled_from(["", "+mlp", "(shared)", "(heads=4)+moe"])), 1)
+    if draw(st.booleans()):
+        count = draw(st.integers(1, 12))
+        body, n = draw(counted_text(depth - 1))
+        if "," in body or "+" in body or "\n" in body or draw(st.booleans()):
+            body = f"({body})"
+        return (f"{count}{draw(SIGNS)}{body}", count * n)
+    parts = draw(st.lists(counted_text(depth - 1), min_size=1, max_size=4))
+    sep = draw(st.sampled_from([", ", ",", "\n", " ,\n  "]))
+    return (sep.join(p for p, _ in parts), sum(n for _, n in parts))
+
+
+@PROPERTY
+@given(counted_text())
+def test_expanded_count_matches_repetition_arithmetic(case):
+    text, n = case
+    layout = parse_layout(text)
+    assert len(expand(layout)) == n == layer_count(layout)
+
+
+LAYOUT_CHARS = "mamba2attnmlpxX×*+()=,#\n\t 0123456789_-.'\"e"
+MUTATION = st.tuples(st.sampled_from(["insert", "delete", "replace"]), st.integers(0, 10**6),
+                     st.one_of(st.sampled_from(list(LAYOUT_CHARS)), st.characters()))
+
+
+def only_archdsl_errors(text: str):
+    try:
+        layout = parse_layout(text)
+    except ArchDSLError as e:
+        assert e.line is not None and e.col is not None and "^" in e.excerpt
+        return
+    canonical = format_layout(layout)  # whatever parses has a canonical form that parses the same
+    assert parse_layout(canonical) == layout
+    assert format_layout(parse_layout(canonical)) == canonical
+
+
+@settings(max_examples=300, deadline=2000)
+@given(st.text(max_size=80))
+def test_random_text_only_raises_archdsl_error(text):
+    only_archdsl_errors(text)
+
+
+@settings(max_examples=300, deadline=2000)
+@given(st.text(alphabet=LAYOUT_CHARS, max_size=60))
+def test_random_layoutish_text_only_raises_archdsl_error(text):
+    only_archdsl_errors(text)
+
+
+@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(small_layouts(max_layers=30), st.lists(MUTATION, min_size=1, max_size=4))
+def test_mutated_text_only_raises_archdsl_error(layout, mutations):
+    text = format_layout(layout)
+    for op, where, char in mutations:
+        i = where % (len(text) + 1)
+        if op == "insert":
+            text = text[:i] + char + text[i:]
+        elif op == "delete":
+            text = text[:i] + text[i + 1:]
+        else:
+            text = text[:i] + char + text[i + 1:]
+    only_archdsl_errors(text)
+
+
+@pytest.mark.parametrize("text", ["(" * 200, "(" * 200 + "a" + ")" * 200, "2×" * 200 + "a",
+                                  "2×(" * 40 + "a" + ")" * 40, "a(" * 200, "(" * 10_000])
+def test_deep_nesting_is_refused_not_a_crash(text):
+    message = error(text)
+    assert "nests" in message or "unexpected" in message or "unclosed" in message
+
+
+def test_nesting_limit_is_exact():
+    ok = "(" * MAX_NESTING + "a" + ")" * MAX_NESTING
+    assert len(expand(parse_layout(ok))) == 1
+    assert f"more than {MAX_NESTING} deep" in error("(" + ok + ")")
+
+
+def test_non_text_is_refused():
+    with pytest.raises(ArchDSLError, match="must be text"):
+        parse_layout(42)
+
+
+# --- golden error messages ------------------------------------------------------------------
+GOLDEN = {
+    "7×mamba2, %attn":
+        "<layout>:1:11: unexpected character '%'; expected a block name, a number or '(' after ','\n"
+        "  7×mamba2, %attn\n"
+        "            ^",
+    "4×(7×mamba2, attn":
+        "<layout>:1:3: unclosed '(': the layout ends before its ')'\n"
+        "  4×(7×mamba2, attn\n"
+        "    ^",
+    "×mamba2, attn":
+        "<layout>:1:1: '×' needs a count before it, as in 4×mamba2\n"
+        "  ×mamba2, attn\n"
+        "  ^",
+    "x mamba2":
+        "<layout>:1:1: 'x' needs a count before it, as in 4×mamba2\n"
+        "  x mamba2\n"
+        "  ^",
+    "8×mamba, moe every 0":
+        "<layout>:1:20: 'every' needs a period of at least 1, not 0\n"
+        "  8×mamba, moe every 0\n"
+        "                     ^",
+    "32×mamba, attn every 8 offset 8":
+        "<layout>:1:31: offset 8 is out of range for 'every 8': it must be between 0 and 7 "
+        "(layers are counted from 0)\n"
+        "  32×mamba, attn every 8 offset 8\n"
+        "                                ^",
+    "":
+        "<layout>:1:1: empty layout: expected at least one layer, as in 4×mamba2\n"
+        "  \n"
+        "  ^",
+    "   # only a comment":
+        "<layout>:1:1: empty layout: expected at least one layer, as in 4×mamba2\n"
+        "     # only a comment\n"
+        "  ^",
+    "0×mamba2":
+        "<layout>:1:1: repeat count must be at least 1, not 0\n"
+        "  0×mamba2\n"
+        "  ^~",
+    "mamba2, -3×attn":
+        "<layout>:1:9: repeat count must be at least 1, not -3\n"
+        "  mamba2, -3×attn\n"
+        "          ^~~",
+    "attn(heads=8, heads=16)":
+        "<layout>:1:15: argument 'heads' given twice to 'attn'\n"
+        "  attn(heads=8, heads=16)\n"
+        "                ^~~~~~~~",
+    "mamba, ()":
+        "<layout>:1:8: empty group '()': a group needs at least one layer\n"
+        "  mamba, ()\n"
+        "         ^~",
+    "54×mamba2, zamba at 6 12 6":
+        "<layout>:1:26: index 6 is listed twice after 'at'\n"
+        "  54×mamba2, zamba at 6 12 6\n"
+        "                           ^",
+    "moe every 2":
+        "<layout>:1:1: the layout has a modifier but no layers to apply it to; write the layers first, "
+        "as in 8×mamba2, moe every 2\n"
+        "  moe every 2\n"
+        "  ^~~~~~~~~~~",
+    "8×mamba, moe every 2, attn":
+        "<layout>:1:23: layers must come before the modifiers; move this item in front of 'moe every 2'\n"
+        "  8×mamba, moe every 2, attn\n"
+        "                        ^~~~",
+    "mamba2, , attn":
+        "<layout>:1:9: unexpected ','; expected a block name, a number or '(' after ','\n"
+        "  mamba2, , attn\n"
+        "          ^",
+    "mamba2,":
+        "<layout>:1:8: unexpected end of the layout; expected a block name, a number or '(' after ','\n"
+        "  mamba2,\n"
+        "         ^",
+    "mamba2 attn":
+        "<layout>:1:8: unexpected name 'attn'; expected '(', '+', ',', 'every', 'at' or the end of the layout "
+        "after 'mamba2'\n"
+        "  mamba2 attn\n"
+        "         ^~~~",
+    "attn(heads=)":
+        "<layout>:1:12: unexpected ')'; expected a value (a number, true, false, a name or a quoted string) "
+        "after '='\n"
+        "  attn(heads=)\n"
+        "             ^",
+    "attn(16)":
+        "<layout>:1:6: unexpected number 16; expected an argument name or ')' after '('\n"
+        "  attn(16)\n"
+        "       ^~",
+    "mamba2+":
+        "<layout>:1:8: unexpected end of the layout; expected a block name after '+'\n"
+        "  mamba2+\n"
+        "         ^",
+    "8×mamba, moe every":
+        "<layout>:1:19: unexpected end of the layout; expected a number after 'every'\n"
+        "  8×mamba, moe every\n"
+        "                    ^",
+    "8×mamba, moe every 2 3":
+        "<layout>:1:22: unexpected number 3; expected ',', 'offset' or the end of the layout after '2'\n"
+        "  8×mamba, moe every 2 3\n"
+        "                       ^",
+    "attn(act='swiglu)":
+        "<layout>:1:10: unterminated string: a quoted string must end on the same line\n"
+        "  attn(act='swiglu)\n"
+        "           ^",
+    "(" * 70 + "a" + ")" * 70:
+        f"<layout>:1:{MAX_NESTING + 1}: the layout nests repeats and groups more than {MAX_NESTING} deep\n"
+        "  " + "(" * 70 + "a" + ")" * 70 + "\n"
+        "  " + " " * MAX_NESTING + "^",
+}
+
+
+@pytest.mark.parametrize("text", list(GOLDEN))
+def test_golden_error_messages(text):
+    assert error(text) == GOLDEN[text]
+
+
+def test_error_positions_on_later_lines():
+    assert error("mamba2\nattn(heads=8,\n     heads=16)") == (
+        "<layout>:3:6: argument 'heads' given twice to 'attn'\n"
+        "       heads=16)\n"
+        "       ^~~~~~~~")
+    assert error("4×(mamba2,\n   attn") == (
+        "<layout>:1:3: unclosed '(': the layout ends before its ')'\n"
+        "  4×(mamba2,\n"
+        "    ^")
+
+
+def test_errors_point_into_the_yaml_file():
+    file_text = "name: demo\nd_model: 256\nlayout: 8×mamba2, moe every 0\n"
+    col = file_text.splitlines()[2].index("8")
+    source = Source("8×mamba2, moe every 0", file="demo.yaml", line0=2, col0=col, file_text=file_text)
+    assert error(source.text, source) == (
+        "demo.yaml:3:29: 'every' needs a period of at least 1, not 0\n"
+        "  layout: 8×mamba2, moe every 0\n"
+        "                              ^")
+
+
+def test_lark_names_never_leak():
+    texts = ["a b", "a(", "a(b c)", "(", ")", "a,,", "a every x", "a at", "4×", "a+(", "a=1", "a(b=(", "'",
+             "a(b='x)", "a@", "1.5×a", "a every 2 offset", "zamba at 1 2 3 ×"]
+    for text in texts:
+        message = error(text)
+        for internal in ("NAME", "REPEAT", "LPAR", "RPAR", "COMMA", "$END", "Token", "NL", "__ANON", "EQUAL"):
+            assert internal not in message, (text, message)
+
+
+# --- performance ------------------------------------------------------------------------------
+def test_parsing_a_1000_layer_layout_is_fast():
+    text = ", ".join(["mamba2+mlp", "attn(heads=32, kv_heads=8, window=4096)+moe(experts=16, top_k=2)"] * 500)
+    text += ", moe every 2, attn every 8 offset 4"
+    parse_layout("mamba2")  # build the parser once
+    t0 = time.perf_counter()
+    layout = parse_layout(text)
+    elapsed = time.perf_counter() - t0
+    assert len(expand(layout)) == 1000
+    assert elapsed < 0.5, f"{elapsed:.3f} s"
+    assert format_layout(parse_layout(format_layout(layout))) == format_layout(layout)
