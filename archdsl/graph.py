@@ -11,7 +11,7 @@ Sublayer in order (INJECT, MIXER, FFN — each optional, at least one). Graph at
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import networkx as nx
@@ -184,7 +184,8 @@ def _config(spec, block: Block, kind: str) -> BlockConfig:
     except ConfigError as e:
         where = e.field if e.field in spans or e.field in origin else None
         if where in origin:
-            raise spec.error(str(e), origin[where]) from None
+            unknown = where not in {f.name for f in fields(BLOCKS[kind])}
+            raise spec.error(str(e), origin[where] + (("<key>",) if unknown else ())) from None
         span = spans.get(where, block.span)
         raise ArchDSLError(str(e), source=spec.source, start=span.start, end=span.end) from None
 

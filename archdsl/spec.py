@@ -138,7 +138,7 @@ def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
 
     for key in data:
         if key not in SPEC_KEYS:
-            raise err(f"unknown spec key {key!r}", (str(key),), did_you_mean(str(key), SPEC_KEYS))
+            raise err(f"unknown spec key {key!r}", (str(key), "<key>"), did_you_mean(str(key), SPEC_KEYS))
     if "layout" not in data:
         raise ArchDSLError("the spec has no 'layout' key", file=file, line=1, col=1)
     layout_text = data["layout"]

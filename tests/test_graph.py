@@ -1,0 +1,127 @@
+"""The layer graph and the analyses: pass by pass, against hand counts and the design card."""
+from __future__ import annotations
+
+import networkx as nx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import archdsl
+from archdsl.blocks.base import FFN, INJECT, MIXER
+from archdsl.graph import PASSES, build_graph, layers, role_of
+
+from strategies import small_layouts
+
+
+def kinds(spec, role):
+    return [(role_of(s, role).name if role_of(s, role) else None) for s in layers(spec.graph)]
+
+
+def test_design_card_example():
+    spec = archdsl.parse("7×mamba2, 1×attn(shared), moe every 2")
+    assert kinds(spec, MIXER) == ["mamba2"] * 7 + ["attn"]
+    assert [i for i, f in enumerate(kinds(spec, FFN)) if f == "moe"] == [1, 3, 5, 7]
+    assert spec.graph.graph["groups"] == {"attn": [7]}
+
+
+def test_jamba_periods_are_zero_based():
+    spec = archdsl.load_spec("specs/jamba-v0.1.yaml")
+    mixers, ffns = kinds(spec, MIXER), kinds(spec, FFN)
+    assert [i for i, m in enumerate(mixers) if m == "attn"] == [4, 12, 20, 28]
+    assert all(f == ("moe" if i % 2 == 1 else "mlp") for i, f in enumerate(ffns))
+
+
+def test_sharing_groups_and_nested_repeats():
+    spec = archdsl.parse("4×(7×mamba2, attn(shared)), moe every 2")
+    assert len(layers(spec.graph)) == 32
+    assert spec.graph.graph["groups"] == {"attn": [7, 15, 23, 31]}
+    spec = archdsl.parse("2×(mamba2, attn(shared=a), mamba2, attn(shared=b))")
+    assert spec.graph.graph["groups"] == {"a": [1, 5], "b": [3, 7]}
+
+
+def test_shared_parameters_counted_once():
+    block = archdsl.analyze("mamba2, attn").params - archdsl.analyze("mamba2").params  # attn + its norm
+    assert archdsl.analyze("4×(mamba2, attn)").params - archdsl.analyze("4×(mamba2, attn(shared))").params == 3 * (block - 768)
+
+
+def test_tied_embeddings_counted_once():
+    tied = archdsl.parse("2×mamba2", tie_embeddings=True)
+    untied = archdsl.parse("2×mamba2", tie_embeddings=False)
+    assert archdsl.analyze(untied).params - archdsl.analyze(tied).params == tied.vocab_size * tied.d_model
+
+
+def test_zamba_embedding_edges():
+    spec = archdsl.load_spec("specs/zamba2-2.7b.yaml")
+    g = spec.graph
+    hybrid = [i for i, s in enumerate(layers(g)) if role_of(s, INJECT)]
+    assert hybrid == [6, 12, 18, 24, 30, 36, 42, 47, 51]
+    assert sorted(v for u, v, f in g.edges(data="flow") if f == "embedding") == sorted(f"L{i}" for i in hybrid)
+    assert nx.is_directed_acyclic_graph(g)
+
+
+def test_every_pass_is_verified_and_named():
+    spec = archdsl.parse("3×(mamba2+mlp), attn(shared) every 2")
+    for p in PASSES:
+        g = build_graph(spec, until=p.__name__)
+        assert g.graph["stage"] == p.__name__
+
+
+def test_moe_active_params():
+    rep = archdsl.load_spec("specs/jamba-v0.1.yaml")
+    r = archdsl.analyze(rep)
+    assert r.params == 51_570_323_328
+    assert 11.5e9 < r.active_params < 12.5e9  # "about 12B active"
+
+
+def test_cache_fixed_for_ssm_and_linear_for_attention():
+    ssm = [archdsl.analyze("4×mamba2", seq_len=n).cache_bytes for n in (16, 4096, 65536)]
+    assert ssm[0] == ssm[1] == ssm[2] > 0
+    att = [archdsl.analyze("4×attn", seq_len=n).cache_bytes for n in (1024, 2048, 4096)]
+    assert att[1] == 2 * att[0] and att[2] == 2 * att[1]
+    win = [archdsl.analyze("attn(window=512)", seq_len=n).cache_bytes for n in (512, 4096)]
+    assert win[0] == win[1]
+    assert archdsl.analyze("attn", seq_len=1024, batch=4).cache_bytes == 4 * att[0] // 4
+
+
+def test_flops_grow_with_context_only_for_attention():
+    assert archdsl.analyze("mamba2", seq_len=16).flops_per_token == archdsl.analyze("mamba2", seq_len=65536).flops_per_token
+    assert archdsl.analyze("attn", seq_len=65536).flops_per_token > archdsl.analyze("attn", seq_len=16).flops_per_token
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_layouts(max_layers=24))
+def test_random_layouts_give_verified_graphs_or_clean_errors(layout):
+    from archdsl.language import format_layout
+
+    text = format_layout(layout)
+    try:
+        spec = archdsl.parse(text)
+        rep = archdsl.analyze(spec)
+    except archdsl.ArchDSLError:
+        return
+    assert len(rep.layers) == len(layers(spec.graph)) >= 1
+    assert rep.params == rep.embedding_params + spec.d_model + sum(r.params for r in rep.layers)
+    assert rep.active_params <= rep.params
+
+
+@pytest.mark.parametrize("text, message", [
+    ("4×(mamba2, attn(shared)), attn(shared, heads=4) every 3", "shared group 'attn' joins blocks of different shapes"),
+    ("32×mamab", "unknown block 'mamab'; did you mean 'mamba'"),
+    ("4×mamba2, zamba at 9", "`at 9`: the layout has only 4 layers"),
+    ("zamba", "cannot stand alone"),
+    ("mamba2+attn", "a layer can hold one mixer block"),
+    ("4×attn(heads=7)", "attn: heads 7 must divide d_model 768"),
+    ("4×attn(heads=0)", "heads must be positive"),
+    ("4×attn(head=8)", "unknown argument 'head'"),
+    ("100000×(mamba2, mamba2)", "more than 100000 layers"),
+])
+def test_semantic_errors(text, message):
+    with pytest.raises(archdsl.ArchDSLError, match=None) as e:
+        archdsl.analyze(text)
+    assert message in str(e.value)
+    assert str(e.value).startswith("<layout>:1:")
+
+
+def test_absurd_sizes_refused():
+    with pytest.raises(archdsl.ArchDSLError, match="absurd size"):
+        archdsl.analyze(archdsl.parse("10000×(mamba2+mlp(hidden=1000000))", d_model=100000))
