@@ -1,0 +1,134 @@
+"""Mamba-1 selective scan and causal conv1d: ours against the chunked torch path / F.conv1d, bf16, one GPU.
+
+Floor (H200: 4.2 TB/s, ~680 TFLOP/s bf16). Selective scan, a Mamba-1 layer of mamba-2.8b:
+B=4, D=5120, N=16, G=1, per L tokens:
+  forward bytes  = u, delta, z read + y written (4·B·D·L·2) + B, C (2·B·N·L·2)       ≈ 164 KB/token
+  forward FLOPs  ≈ 8·B·D·N·L (scan, output contraction)                              ≈ 2.6 MFLOP/token (≪ bytes)
+  fwd+bwd bytes  = forward + u, delta, z, dy read + du, ddelta, dz written + B, C, dB, dC ≈ 451 KB/token
+At L=4096: forward floor 0.16 ms, fwd+bwd 0.44 ms. Not in the floor, but binding in practice:
+one exp per (b, d, n, t) element (two in the backward), B·D·N·L = 1.34e9 at L=4096; the H200's
+special-function units do ~4.2e12 exp/s, so 0.32 ms forward is an exp-throughput bound (50% of the floor).
+Causal conv1d (B=4, D=5120, W=4, silu): forward bytes = x read + y written (2·B·D·L·2);
+fwd+bwd = forward + x, dy read, dx written (5·B·D·L·2). FLOPs negligible.
+Decode step: the [B, D, N] fp32 state read and written, 2·4·B·D·N bytes.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+BW, FLOPS = 4.2e12, 680e12
+BATCH, DIM, N = 4, 5120, 16
+
+
+def _time(fn):
+    from triton.testing import do_bench
+    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def _scan_inputs(L, grad):
+    dev, bf = "cuda", torch.bfloat16
+    t = dict(u=torch.randn(BATCH, DIM, L, device=dev, dtype=bf),
+             delta=torch.randn(BATCH, DIM, L, device=dev, dtype=bf) * 0.5 - 2.0,
+             A=-torch.rand(DIM, N, device=dev) * 8 - 0.5,
+             B=torch.randn(BATCH, N, L, device=dev, dtype=bf), C=torch.randn(BATCH, N, L, device=dev, dtype=bf),
+             D=torch.randn(DIM, device=dev), z=torch.randn(BATCH, DIM, L, device=dev, dtype=bf),
+             delta_bias=torch.randn(DIM, device=dev) * 0.1)
+    return {k: v.requires_grad_() for k, v in t.items()} if grad else t
+
+
+def _scan_call(fn, t, bwd):
+    dy = torch.randn_like(t["u"])
+
+    def call():
+        y = fn(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"], delta_bias=t["delta_bias"],
+               delta_softplus=True)
+        if bwd:
+            y.backward(dy)
+    return call
+
+
+def _scan_floor(L, bwd):
+    big, small = BATCH * DIM * L * 2, BATCH * N * L * 2
+    nbytes = 11 * big + 6 * small if bwd else 4 * big + 2 * small
+    flops = 8 * BATCH * DIM * N * L * (3 if bwd else 1)
+    return max(nbytes / BW, flops / FLOPS) * 1e3, f"{nbytes / 1e6:.0f} MB, {flops / 1e9:.0f} GFLOP"
+
+
+def scan_rows(Ls, peer_Ls):
+    from archdsl.kernels.selective_scan import selective_scan
+    from archdsl.kernels.selective_scan.chunked import selective_scan_chunked
+    out = []
+    for L in Ls:
+        for bwd in (False, True):
+            t = _scan_inputs(L, bwd)
+            ours = _time(_scan_call(selective_scan, t, bwd))
+            # the torch path keeps [B, D, N, T, T] per chunk for autograd: its fwd+bwd does not fit at this size
+            theirs = _time(_scan_call(selective_scan_chunked, t, bwd)) if (L in peer_Ls and not bwd) else None
+            floor, note = _scan_floor(L, bwd)
+            out.append(dict(op="selective_scan", shape=f"B={BATCH} L={L} D={DIM} N={N}", mode="fwd+bwd" if bwd else "fwd",
+                            ours_ms=ours, peer="chunked torch (GPU)", peer_ms=theirs, floor_ms=floor, floor_note=note))
+            del t
+            torch.cuda.empty_cache()
+    return out
+
+
+def conv_rows(Ls):
+    from archdsl.kernels.conv1d import causal_conv1d
+    out = []
+    for L in Ls:
+        for bwd in (False, True):
+            dev, bf = "cuda", torch.bfloat16
+            x = torch.randn(BATCH, DIM, L, device=dev, dtype=bf, requires_grad=bwd)
+            w = torch.randn(DIM, 4, device=dev, dtype=bf, requires_grad=bwd)
+            b = torch.randn(DIM, device=dev, dtype=bf, requires_grad=bwd)
+            dy = torch.randn_like(x)
+            ref = lambda x, w, b, activation: F.silu(F.conv1d(x, w[:, None], b, padding=3, groups=DIM)[..., :L])
+
+            def call(fn):
+                def go():
+                    y = fn(x, w, b, activation="silu")
+                    if bwd:
+                        y.backward(dy)
+                return go
+            nbytes = (5 if bwd else 2) * BATCH * DIM * L * 2
+            out.append(dict(op="causal_conv1d", shape=f"B={BATCH} L={L} D={DIM} W=4", mode="fwd+bwd" if bwd else "fwd",
+                            ours_ms=_time(call(causal_conv1d)), peer="torch F.conv1d", peer_ms=_time(call(ref)),
+                            floor_ms=nbytes / BW * 1e3, floor_note=f"{nbytes / 1e6:.0f} MB"))
+    return out
+
+
+def step_row():
+    from archdsl.kernels.selective_scan import selective_state_update
+    dev, bf = "cuda", torch.bfloat16
+    state = torch.zeros(BATCH, DIM, N, device=dev)
+    x, z, dt = (torch.randn(BATCH, DIM, device=dev, dtype=bf) for _ in range(3))
+    A, D, bias = -torch.rand(DIM, N, device=dev), torch.randn(DIM, device=dev), torch.randn(DIM, device=dev)
+    B, C = torch.randn(BATCH, N, device=dev, dtype=bf), torch.randn(BATCH, N, device=dev, dtype=bf)
+    args = (state, x, dt, A, B, C)
+    kw = dict(D=D, z=z, dt_bias=bias, dt_softplus=True)
+    ours = _time(lambda: selective_state_update(*args, **kw))
+    try:
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update as theirs_fn
+        theirs = _time(lambda: theirs_fn(*args, **kw))
+    except Exception:  # the peer is optional
+        theirs = None
+    nbytes = 2 * 4 * BATCH * DIM * N
+    return dict(op="selective_state_update", shape=f"B={BATCH} D={DIM} N={N}", mode="fwd", ours_ms=ours,
+                peer="mamba_ssm selective_state_update", peer_ms=theirs, floor_ms=nbytes / BW * 1e3,
+                floor_note=f"{nbytes / 1e6:.1f} MB state read+write")
+
+
+def rows(quick: bool = False) -> list[dict]:
+    Ls = [4096] if quick else [4096, 16384]
+    return scan_rows(Ls, peer_Ls=[4096]) + conv_rows(Ls) + [step_row()]
+
+
+if __name__ == "__main__":
+    print(f"{'op':22} {'mode':8} {'shape':30} {'ours ms':>9} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} {'% floor':>8}")
+    for r in rows():
+        peer = r["peer_ms"]
+        ratio = f"{r['ours_ms'] / peer:.2f}" if peer else "-"
+        print(f"{r['op']:22} {r['mode']:8} {r['shape']:30} {r['ours_ms']:9.4f} "
+              f"{peer if peer is None else round(peer, 4)!s:>9} {ratio:>6} {r['floor_ms']:9.4f} "
+              f"{100 * r['floor_ms'] / r['ours_ms']:7.1f}%", flush=True)
