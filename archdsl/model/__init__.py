@@ -1,0 +1,123 @@
+"""Lowering: a spec's layer graph → ArchModel (nn.Module), and saved models back.
+
+    model = compile(spec, device="cuda", dtype=torch.bfloat16, seed=0, cuda_graph=False, fuse=True)
+    model.save("out/"); model = load("out/")
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..errors import ArchDSLError
+from .model import ArchModel, Cache
+
+__all__ = ["compile", "load", "ArchModel", "Cache", "resolve_dtype", "check_device"]
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "float64": torch.float64,
+          "fp64": torch.float64, "double": torch.float64, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).replace("torch.", "").lower()
+    if key not in DTYPES:
+        from ..errors import did_you_mean
+
+        raise ArchDSLError(f"unknown dtype {dtype!r}", hint=did_you_mean(key, DTYPES))
+    return DTYPES[key]
+
+
+def check_device(device, dtype: torch.dtype) -> torch.device:
+    """The device, if it exists and can compute in `dtype` (else ArchDSLError)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ArchDSLError(f"unknown device {device!r}: {e}") from None
+    if dev.type == "meta":
+        return dev
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ArchDSLError(f"device {device!r}: CUDA is not available on this machine")
+    try:
+        a = torch.ones(2, 2, device=dev, dtype=dtype)
+        (a @ a).sum().item()
+    except (RuntimeError, TypeError) as e:
+        raise ArchDSLError(f"device {dev} cannot compute in {str(dtype).replace('torch.', '')}: "
+                           f"{str(e).splitlines()[0]}") from None
+    return dev
+
+
+def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: bool = False,  # noqa: A001
+            fuse: bool = True) -> ArchModel:
+    """Build the model of `spec` (a Spec, YAML file, saved-model directory or layout string).
+
+    Parameters are initialised on the CPU from `seed` (the same weights on every device), then
+    moved to `device` in `dtype`; device="meta" allocates nothing. `fuse` switches the fusions
+    (add+RMSNorm kernel on CUDA, one q/k/v GEMM); `cuda_graph` makes generate() replay the decode
+    step from a CUDA graph.
+    """
+    from ..spec import load_spec
+
+    spec = load_spec(spec)
+    dtype = resolve_dtype(dtype)
+    dev = check_device(device, dtype)
+    _ = spec.graph  # spec errors first, as ArchDSLError
+    if dev.type == "meta":
+        with torch.device("meta"):
+            model = ArchModel(spec)
+        model = model.to(dtype)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = ArchModel(spec)
+        model = model.to(device=dev, dtype=dtype)
+    model.set_fuse(fuse)
+    model.cuda_graph = bool(cuda_graph)
+    if cuda_graph and dev.type != "cuda":
+        raise ArchDSLError(f"cuda_graph=True needs a CUDA device, got {dev}")
+    return model.eval()
+
+
+def load(path, device="cpu", dtype=None, **kwargs) -> ArchModel:
+    """A model saved with ArchModel.save(path): its spec, weights and (unless given) dtype."""
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    weights = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(os.path.join(path, "spec.yaml")) or not os.path.isfile(weights):
+        raise ArchDSLError(f"{path}: not a saved model (expected spec.yaml and model.safetensors)")
+    with safe_open(weights, framework="pt") as f:
+        saved_dtype = (f.metadata() or {}).get("dtype", "float32")
+        names = list(f.keys())
+        tensors = {n: f.get_tensor(n) for n in names}
+    model = compile(os.path.join(path, "spec.yaml"), device="cpu", dtype=resolve_dtype(dtype or saved_dtype), **kwargs)
+    load_weights(model, tensors, source=weights)
+    return model.to(check_device(device, model.dtype)) if str(device) != "cpu" else model
+
+
+def load_weights(model: ArchModel, tensors: dict, source: str = "checkpoint") -> None:
+    """Copy `tensors` (name → tensor) into the model; every parameter must be given once (an alias of
+    a shared or tied tensor counts), with the model's shape; else ArchDSLError naming the tensor."""
+    expected = dict(model.named_parameters(remove_duplicate=False))
+    expected.update(dict(model.named_buffers(remove_duplicate=False)))
+    for name, t in tensors.items():
+        if name not in expected:
+            from ..errors import did_you_mean
+
+            raise ArchDSLError(f"{source}: tensor {name!r} is not in the model of this spec",
+                               hint=did_you_mean(name, expected))
+        want = tuple(expected[name].shape)
+        if tuple(t.shape) != want:
+            raise ArchDSLError(f"{source}: tensor {name!r} has shape {list(t.shape)}, the spec's model has {list(want)}")
+    loaded = set()
+    with torch.no_grad():
+        for name, t in tensors.items():
+            p = expected[name]
+            p.copy_(t.to(p.dtype))
+            loaded.add(id(p))
+    missing = [n for n, p in expected.items() if id(p) not in loaded]
+    if missing:
+        raise ArchDSLError(f"{source}: missing tensor {missing[0]!r} (shape {list(expected[missing[0]].shape)})"
+                           + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))

@@ -1,0 +1,98 @@
+"""A layer of the model: optional INJECT, then pre-norm + residual MIXER and FFN sublayers.
+
+    h ─(+ pending)─▶ x = norm(h) ─mixer─▶ Δ₁ ;  h += Δ₁ ─▶ x = ffn_norm(h) ─ffn─▶ Δ₂ ; pending = Δ₂
+
+Each residual add is kept "pending" and done by the next norm, so that on CUDA the add and the
+RMSNorm run as one kernel (archdsl.kernels.add_rmsnorm; fuse=False runs them apart). With an
+INJECT block (Zamba2, HF semantics) the mixer reads norm(h + inject(h, emb)) while the residual
+stream skips the injection.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..blocks.base import FFN, INJECT, MIXER
+
+
+class Norm(nn.Module):
+    """RMSNorm (weight, computed in float32 as HF) or LayerNorm (weight and bias)."""
+
+    def __init__(self, kind: str, d: int, eps: float):
+        super().__init__()
+        self.kind, self.eps = kind, eps
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d)) if kind == "layernorm" else None
+        self.fuse = True
+
+    def forward(self, x):
+        if self.kind == "layernorm":
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        dtype = x.dtype
+        h = x if dtype == torch.float64 else x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+    def add_norm(self, h, delta):
+        """(h + delta, norm(h + delta)); one fused kernel on CUDA for RMSNorm."""
+        if delta is None:
+            return h, self(h)
+        if self.fuse and self.kind == "rmsnorm" and h.is_cuda:
+            from archdsl.kernels import add_rmsnorm
+
+            out, h = add_rmsnorm(delta, h, self.weight, self.eps)
+            return h, out
+        h = h + delta
+        return h, self(h)
+
+
+class Layer(nn.Module):
+    """One graph node. `blocks` maps role → module (a shared group's module is the same object in
+    every layer of the group); `inject_use` is the per-use module of a shared INJECT block."""
+
+    def __init__(self, index: int, blocks: dict, norm: str, d: int, eps: float, inject_use=None):
+        super().__init__()
+        self.index = index
+        self.inject = blocks.get(INJECT)
+        self.inject_use = inject_use
+        self.mixer = blocks.get(MIXER)
+        self.ffn = blocks.get(FFN)
+        self.norm = Norm(norm, d, eps) if self.mixer is not None else None
+        self.ffn_norm = Norm(norm, d, eps) if self.ffn is not None else None
+        self.aux_loss = None
+
+    def init_state(self, batch, device, dtype, max_len=None, static=False):
+        states = {}
+        for role, m in ((INJECT, self.inject), (MIXER, self.mixer), (FFN, self.ffn)):
+            if m is None:
+                continue
+            kw = {}
+            params = m.init_state.__code__.co_varnames[:m.init_state.__code__.co_argcount]
+            if "max_len" in params:
+                kw["max_len"] = max_len
+            if "static" in params:
+                kw["static"] = static
+            states[role] = m.init_state(batch, device, dtype, **kw)
+        return states
+
+    def forward(self, h, delta, states=None, emb=None, step=False):
+        """h [B, L, d] (or [B, d] with step=True), the pending residual delta (or None) →
+        (h, delta) for the next layer."""
+        states = states or {}
+        call = (lambda m, x, s, **kw: m.step(x, s, **kw)) if step else (lambda m, x, s, **kw: m(x, s, **kw))
+        if self.mixer is not None:
+            if self.inject is not None:
+                if delta is not None:
+                    h, delta = h + delta, None
+                inj = call(self.inject, h, states.get(INJECT), emb=emb, use=self.inject_use)
+                x = self.norm(h + inj)
+            else:
+                h, x = self.norm.add_norm(h, delta)
+            delta = call(self.mixer, x, states.get(MIXER), emb=emb)
+        if self.ffn is not None:
+            h, x = self.ffn_norm.add_norm(h, delta)
+            delta = call(self.ffn, x, states.get(FFN), emb=emb)
+            if not step:
+                self.aux_loss = getattr(self.ffn, "aux_loss", None)
+        return h, delta

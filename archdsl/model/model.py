@@ -1,0 +1,257 @@
+"""ArchModel: embedding → layers → final norm → LM head, built from a spec's layer graph.
+
+    model(input_ids [B, L], cache=None) → logits [B, L, V]     (a fresh cache is filled: prefill)
+    model.init_cache(batch) → Cache ; model.step(tokens [B], cache) → logits [B, V]
+    model.generate(input_ids, max_new_tokens, temperature, top_k, seed)
+    model.save(dir) → spec.yaml + model.safetensors (written aside, then renamed into place)
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import torch
+import torch.nn as nn
+
+from ..blocks.base import INJECT
+from ..errors import ArchDSLError
+from ..graph import layers as graph_layers
+from .layer import Layer, Norm
+
+
+class Cache:
+    """Every layer's decode state (states[i][role] = the block's state dict) and the position."""
+
+    def __init__(self, states: list, batch: int, static: bool = False, max_len: int | None = None):
+        self.states, self.batch, self.static, self.max_len = states, batch, static, max_len
+        self.pos = 0
+
+    def tensors(self):
+        for layer in self.states:
+            for s in layer.values():
+                if s:
+                    yield from (t for t in s.values() if isinstance(t, torch.Tensor))
+
+    def nbytes(self) -> int:
+        """Bytes held by the cache tensors (KV buffers as allocated, SSM / conv / shift states)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def reset(self):
+        """Back to position 0 in place (static buffers keep their addresses)."""
+        for t in self.tensors():
+            t.zero_()
+        for layer in self.states:
+            for s in layer.values():
+                if s and "n" in s:
+                    s["n"] = 0
+        self.pos = 0
+
+
+class ArchModel(nn.Module):
+    def __init__(self, spec, modules: dict | None = None):
+        super().__init__()
+        from .modules import MODULES
+
+        self.spec = spec
+        d = spec.d_model
+        self.embeddings = nn.Embedding(spec.vocab_size, d)
+        self.embed_norm = Norm(spec.norm, d, spec.norm_eps) if spec.embed_norm else None
+        shared: dict[str, nn.Module] = {}
+        built = []
+        for i, subs in enumerate(graph_layers(spec.graph)):
+            blocks, inject_use = {}, None
+            for s in subs:
+                if s.kind not in MODULES:
+                    raise ArchDSLError(f"layer {i}: block {s.kind!r} has no module yet (have: {', '.join(sorted(MODULES))})")
+                cls = MODULES[s.kind]
+                if s.group is not None:
+                    if s.group not in shared:
+                        shared[s.group] = _build(cls, s.config, i)
+                    m = shared[s.group]
+                else:
+                    m = _build(cls, s.config, i)
+                blocks[s.role] = m
+                if s.role == INJECT and hasattr(cls, "per_use"):
+                    inject_use = cls.per_use(s.config)
+            built.append(Layer(i, blocks, spec.norm, d, spec.norm_eps, inject_use))
+        self.layers = nn.ModuleList(built)
+        self.norm_f = Norm(spec.norm, d, spec.norm_eps)
+        self.lm_head = nn.Linear(d, spec.vocab_size, bias=False)
+        if spec.tie_embeddings:
+            self.lm_head.weight = self.embeddings.weight
+        if self.embeddings.weight.device.type != "meta":
+            nn.init.normal_(self.embeddings.weight, std=0.02)
+            if not spec.tie_embeddings:
+                nn.init.normal_(self.lm_head.weight, std=0.02)
+        self.aux_loss = torch.zeros(())
+        self.cuda_graph = False
+        self._graphs = {}
+
+    # --- info ----------------------------------------------------------------------------
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def device(self):
+        return self.embeddings.weight.device
+
+    @property
+    def dtype(self):
+        return self.embeddings.weight.dtype
+
+    def set_fuse(self, fuse: bool):
+        """Switch the fusions (add+RMSNorm kernel, one q/k/v GEMM) on or off."""
+        for m in self.modules():
+            if hasattr(m, "fuse"):
+                m.fuse = fuse
+        return self
+
+    # --- running ---------------------------------------------------------------------------
+    def init_cache(self, batch: int, max_len: int | None = None, static: bool = False) -> Cache:
+        """Empty decode state for `batch` sequences. `max_len` preallocates the attention KV
+        buffers (else they grow by doubling); `static` fixes every buffer for CUDA graphs."""
+        states = [layer.init_state(batch, self.device, self.dtype, max_len=max_len, static=static)
+                  for layer in self.layers]
+        return Cache(states, batch, static, max_len)
+
+    def forward(self, input_ids: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        """input_ids [B, L] → logits [B, L, V]; sets self.aux_loss (sum of MoE balancing losses)."""
+        emb = self.embeddings(input_ids)
+        h = self.embed_norm(emb) if self.embed_norm is not None else emb
+        delta = None
+        aux = []
+        for i, layer in enumerate(self.layers):
+            h, delta = layer(h, delta, None if cache is None else cache.states[i], emb=emb)
+            if layer.aux_loss is not None:
+                aux.append(layer.aux_loss)
+        _, x = self.norm_f.add_norm(h, delta)
+        self.aux_loss = torch.stack(aux).sum() if aux else torch.zeros((), device=h.device)
+        if cache is not None:
+            cache.pos += input_ids.shape[1]
+        return self.lm_head(x)
+
+    def _step(self, tokens, cache):
+        emb = self.embeddings(tokens)
+        h = self.embed_norm(emb) if self.embed_norm is not None else emb
+        delta = None
+        for i, layer in enumerate(self.layers):
+            h, delta = layer(h, delta, cache.states[i], emb=emb, step=True)
+        _, x = self.norm_f.add_norm(h, delta)
+        return self.lm_head(x)
+
+    def step(self, tokens: torch.Tensor, cache: Cache) -> torch.Tensor:
+        """tokens [B] → logits [B, V]; advances the cache by one token."""
+        if cache.max_len is not None and cache.pos >= cache.max_len and cache.static:
+            raise ArchDSLError(f"the cache is full: max_len {cache.max_len}")
+        out = self._step(tokens, cache)
+        cache.pos += 1
+        return out
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 seed: int | None = None):
+        """Prefill through the parallel path, then decode step by step. temperature 0 = greedy.
+        Returns [B, L + max_new_tokens]. With compile(cuda_graph=True) on CUDA the step is replayed
+        from a captured CUDA graph."""
+        B, L = input_ids.shape
+        if max_new_tokens <= 0:
+            return input_ids
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=input_ids.device).manual_seed(seed)
+        graphed = self.cuda_graph and input_ids.is_cuda
+        if graphed:
+            runner = self._graph_runner(B, L + max_new_tokens)
+            cache = runner.cache
+            cache.reset()
+        else:
+            cache = self.init_cache(B, max_len=L + max_new_tokens)
+        logits = self(input_ids, cache)[:, -1]
+        out = [input_ids]
+        for i in range(max_new_tokens):
+            tok = sample(logits, temperature, top_k, gen)
+            out.append(tok[:, None])
+            if i + 1 < max_new_tokens:
+                logits = runner(tok) if graphed else self.step(tok, cache)
+        return torch.cat(out, dim=1)
+
+    def _graph_runner(self, batch, max_len):
+        key = (batch, max_len)
+        if key not in self._graphs:
+            self._graphs = {key: GraphedStep(self, batch, max_len)}  # one at a time: buffers are big
+        return self._graphs[key]
+
+    # --- saving ----------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write spec.yaml + model.safetensors into `path`: first into a temporary directory
+        beside it, then renamed into place, so a failed save never replaces a good one."""
+        from safetensors.torch import save_model
+
+        path = os.path.abspath(os.fspath(path))
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
+        try:
+            with open(os.path.join(tmp, "spec.yaml"), "w", encoding="utf-8") as f:
+                f.write(self.spec.to_yaml())
+            save_model(self, os.path.join(tmp, "model.safetensors"),
+                       metadata={"format": "pt", "dtype": str(self.dtype).replace("torch.", "")})
+            old = None
+            if os.path.exists(path):
+                old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.old-")
+                os.rmdir(old)
+                os.rename(path, old)
+            os.rename(tmp, path)
+            if old:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _build(cls, cfg, index):
+    try:
+        return cls(cfg)
+    except (ValueError, RuntimeError) as e:
+        raise ArchDSLError(f"layer {index}: cannot build {cfg.kind}: {e}") from None
+
+
+def sample(logits, temperature=1.0, top_k=None, generator=None):
+    """logits [B, V] → tokens [B]: greedy at temperature 0, else softmax sampling (top_k optional)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        v, _ = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
+        logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+class GraphedStep:
+    """The decode step captured in a CUDA graph over a static cache (fixed buffers, position in
+    tensors); each call copies the tokens in, replays, and returns the logits."""
+
+    def __init__(self, model: ArchModel, batch: int, max_len: int):
+        self.model = model
+        self.cache = model.init_cache(batch, max_len=max_len, static=True)
+        self.tokens = torch.zeros(batch, dtype=torch.long, device=model.device)
+        snapshot = [t.clone() for t in self.cache.tensors()]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.no_grad():
+            for _ in range(2):  # warm up: allocator pools, fused weights, Triton autotuning
+                model._step(self.tokens, self.cache)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.no_grad():
+            self.logits = model._step(self.tokens, self.cache)
+        for t, s in zip(self.cache.tensors(), snapshot):
+            t.copy_(s)
+
+    def __call__(self, tokens):
+        self.tokens.copy_(tokens)
+        self.graph.replay()
+        self.cache.pos += 1
+        return self.logits.clone()

@@ -1,0 +1,19 @@
+"""Block modules: kind → nn.Module class (a plain dict; configs live in archdsl/blocks/).
+
+Every module: __init__(cfg); forward(x [B, L, d], state=None, **ctx) → [B, L, d] (a given state
+is left holding the state after the last token); step(x [B, d], state, **ctx) → [B, d] (state
+updated in place); init_state(batch, device, dtype) → dict of tensors or None.
+"""
+from .attn import Attention
+from .mamba import Mamba
+from .mamba2 import Mamba2
+from .mlp import Mlp
+from .moe import Moe
+
+MODULES = {
+    "mamba": Mamba,
+    "mamba2": Mamba2,
+    "attn": Attention,
+    "mlp": Mlp,
+    "moe": Moe,
+}

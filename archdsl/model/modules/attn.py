@@ -1,0 +1,181 @@
+"""Causal multi-head / grouped-query attention, laid out as HF Llama (q_proj, k_proj, v_proj, o_proj).
+
+    x [B, L, d] ─q_proj─▶ [B, H, L, hd], k_proj / v_proj ─▶ [B, Hkv, L, hd]
+    RoPE (rotate_half convention, HF Llama) on q and k when cfg.rope
+    causal softmax(q·kᵀ/√hd) (keys within `window` when set) ─o_proj─▶ [B, L, d]
+
+The parallel path is F.scaled_dot_product_attention. The decode cache holds keys and values
+after RoPE: [B, Hkv, capacity, hd]. Without a window the capacity grows by doubling (or is
+fixed by `max_len`); with a window it is a ring of `window` slots written at pos % window —
+attention over a set of keys does not care about their order once RoPE is applied.
+`static=True` (CUDA graphs) keeps everything in tensors: the position lives in state["pos"]
+and a step attends over the whole buffer with a mask, so no shape depends on the position.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rope_cos_sin(pos: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos, sin [..., hd] at integer positions `pos` [...], as HF's rotary embedding (in float32,
+    float64 for float64 models)."""
+    wd = torch.float64 if dtype == torch.float64 else torch.float32
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=pos.device, dtype=wd) / head_dim))
+    freqs = pos.to(wd)[..., None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    return x * cos + rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg, in_dim: int | None = None, out_dim: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        d_in = in_dim or cfg.d_model
+        self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.kv, cfg.hdim
+        self.q_proj = nn.Linear(d_in, self.heads * self.head_dim, bias=cfg.bias)
+        self.k_proj = nn.Linear(d_in, self.kv_heads * self.head_dim, bias=cfg.bias)
+        self.v_proj = nn.Linear(d_in, self.kv_heads * self.head_dim, bias=cfg.bias)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, out_dim or cfg.d_model, bias=cfg.out_bias)
+        self.fuse = True  # one GEMM for q, k, v at inference (compile(fuse=...))
+        self._fused = None
+
+    # --- projections -------------------------------------------------------------------
+    def _qkv(self, x):
+        """q [..., H·hd], k, v [..., Hkv·hd]; one GEMM when fused (a cached concatenated weight,
+        rebuilt when any of the three weights changes; training uses the three Linears)."""
+        if self.fuse and not torch.is_grad_enabled():
+            ps = [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]
+            key = tuple((p.data_ptr(), p._version) for p in ps) + (x.dtype,)
+            if self._fused is None or self._fused[0] != key:
+                bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]) if self.cfg.bias else None
+                self._fused = (key, torch.cat(ps), bias)
+            out = F.linear(x, self._fused[1], self._fused[2])
+            q = self.heads * self.head_dim
+            return out.split([q, (out.shape[-1] - q) // 2, (out.shape[-1] - q) // 2], dim=-1)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
+    def _rope(self, q, k, pos):
+        """RoPE on the first rope_fraction·head_dim channels (HF partial_rotary_factor)."""
+        if not self.cfg.rope:
+            return q, k
+        rot = int(self.head_dim * getattr(self.cfg, "rope_fraction", 1.0)) // 2 * 2
+        cos, sin = rope_cos_sin(pos, rot, self.cfg.rope_theta, q.dtype)
+        if rot == self.head_dim:
+            return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return (torch.cat([apply_rope(q[..., :rot], cos, sin), q[..., rot:]], dim=-1),
+                torch.cat([apply_rope(k[..., :rot], cos, sin), k[..., rot:]], dim=-1))
+
+    # --- cache -------------------------------------------------------------------------
+    def init_state(self, batch, device, dtype, max_len=None, static=False):
+        w = self.cfg.window
+        cap = max_len if max_len else 0
+        if w is not None:
+            cap = min(cap, w) if cap else 0
+        if static:
+            if not max_len:
+                raise ValueError("a static attention cache needs max_len")
+        shape = (batch, self.kv_heads, cap, self.head_dim)
+        return {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype),
+                "pos": torch.zeros((), device=device, dtype=torch.long), "n": 0, "static": static}
+
+    def _ensure(self, state, need):
+        """Grow a dynamic (unwindowed) cache to hold `need` positions, doubling."""
+        k = state["k"]
+        if k.shape[2] >= need:
+            return
+        if state["static"]:
+            raise RuntimeError(f"attention cache full: capacity {k.shape[2]}, position {need - 1}")
+        cap = max(need, 2 * k.shape[2], 16)
+        for name in ("k", "v"):
+            old = state[name]
+            new = old.new_zeros(old.shape[0], old.shape[1], cap, old.shape[3])
+            new[:, :, :old.shape[2]] = old
+            state[name] = new
+
+    # --- parallel ----------------------------------------------------------------------
+    def forward(self, x, state=None, **ctx):
+        """x [B, L, d] → [B, L, d]; with a fresh `state`, leaves the keys and values in it."""
+        if state is not None and state["n"] > 0:  # continuing a cache: token by token
+            return torch.stack([self.step(x[:, t], state) for t in range(x.shape[1])], dim=1)
+        Bsz, L, _ = x.shape
+        q, k, v = self._qkv(x)
+        q = q.view(Bsz, L, self.heads, self.head_dim).transpose(1, 2)
+        k = k.view(Bsz, L, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(Bsz, L, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self._rope(q, k, torch.arange(L, device=x.device))
+        w = self.cfg.window
+        gqa = self.heads != self.kv_heads
+        if w is None or w >= L:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            i = torch.arange(L, device=x.device)
+            mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < w)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        if state is not None:
+            self._store_prefill(state, k, v, L)
+        return self.o_proj(o.transpose(1, 2).reshape(Bsz, L, -1))
+
+    def _store_prefill(self, state, k, v, L):
+        w = self.cfg.window
+        if w is None:
+            self._ensure(state, L)
+            state["k"][:, :, :L].copy_(k)
+            state["v"][:, :, :L].copy_(v)
+        else:
+            if state["k"].shape[2] == 0:  # a dynamic window ring is allocated at first use
+                for name in ("k", "v"):
+                    state[name] = k.new_zeros(k.shape[0], k.shape[1], w, k.shape[3])
+            cap = state["k"].shape[2]
+            keep = min(L, cap)
+            slots = torch.arange(L - keep, L, device=k.device) % cap
+            state["k"].index_copy_(2, slots, k[:, :, L - keep:])
+            state["v"].index_copy_(2, slots, v[:, :, L - keep:])
+        state["n"] = L
+        state["pos"].fill_(L)
+
+    # --- recurrent ---------------------------------------------------------------------
+    def step(self, x, state, **ctx):
+        """x [B, d] → [B, d]; appends this token's key and value to the cache."""
+        Bsz = x.shape[0]
+        q, k, v = self._qkv(x)
+        q = q.view(Bsz, self.heads, 1, self.head_dim)
+        k = k.view(Bsz, self.kv_heads, 1, self.head_dim)
+        v = v.view(Bsz, self.kv_heads, 1, self.head_dim)
+        pos = state["pos"]
+        q, k = self._rope(q, k, pos.view(1))
+        w = self.cfg.window
+        if state["static"]:
+            cap = state["k"].shape[2]
+            slot = (pos % cap).view(1)
+            state["k"].index_copy_(2, slot, k)
+            state["v"].index_copy_(2, slot, v)
+            valid = torch.arange(cap, device=x.device) <= torch.clamp(pos, max=cap - 1)
+            keys, vals, mask = state["k"], state["v"], valid.view(1, 1, 1, cap)
+        else:
+            n = state["n"]
+            if w is None:
+                self._ensure(state, n + 1)
+                slot, used = n, n + 1
+            else:
+                if state["k"].shape[2] == 0:
+                    for name in ("k", "v"):
+                        state[name] = k.new_zeros(Bsz, self.kv_heads, w, self.head_dim)
+                slot, used = n % w, min(n + 1, w)
+            state["k"][:, :, slot:slot + 1] = k
+            state["v"][:, :, slot:slot + 1] = v
+            keys, vals, mask = state["k"][:, :, :used], state["v"][:, :, :used], None
+            state["n"] = n + 1
+        state["pos"].add_(1)
+        o = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, enable_gqa=self.heads != self.kv_heads)
+        return self.o_proj(o.reshape(Bsz, -1))

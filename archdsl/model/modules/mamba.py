@@ -1,0 +1,128 @@
+"""Mamba-1 selective SSM mixer, laid out as HF MambaMixer / JambaMambaMixer / FalconMambaMixer.
+
+    in_proj [2E, d] → (x, z); conv1d (depthwise, K taps) + silu on x; x_proj [R + 2N, E] → (dt, B, C)
+    inner_norms: "weighted" RMSNorms dt_layernorm [R], b_layernorm [N], c_layernorm [N] (Jamba),
+                 "unweighted" the same without weights (Falcon Mamba)
+    dt = dt_proj.weight · dt (+ dt_proj.bias and softplus inside the scan)
+    y = selective_scan(x, dt, A = -exp(A_log) [E, N], B, C, D [E], z) ─out_proj─▶ [B, L, d]
+
+The decode state: conv window [B, E, K-1] (model dtype) and SSM state [B, E, N] (float32 for 16-bit
+models, else the model dtype).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .conv import conv_forward, conv_step
+
+
+def rms(x, weight, eps):
+    """RMSNorm computed in float32 (float64 stays float64), as HF's RMSNorm classes."""
+    dtype = x.dtype
+    h = x.float() if dtype != torch.float64 else x
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    h = h.to(dtype)
+    return h if weight is None else weight * h
+
+
+def state_dtype(dtype):
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def init_dt_bias(n, dt_min, dt_max, floor=1e-4):
+    """mamba_ssm's dt init: dt log-uniform in [dt_min, dt_max], bias = softplus⁻¹(dt)."""
+    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+class Mamba(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        d, E, N, R, K = cfg.d_model, cfg.inner, cfg.d_state, cfg.rank, cfg.d_conv
+        self.E, self.N, self.R, self.K = E, N, R, K
+        self.in_proj = nn.Linear(d, 2 * E, bias=cfg.bias)
+        self.conv1d = nn.Conv1d(E, E, K, groups=E, padding=K - 1, bias=cfg.conv_bias)
+        self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
+        self.dt_proj = nn.Linear(R, E, bias=True)
+        self.A_log = nn.Parameter(torch.empty(E, N))
+        self.D = nn.Parameter(torch.empty(E))
+        self.out_proj = nn.Linear(E, d, bias=cfg.bias)
+        if cfg.inner_norms == "weighted":
+            self.dt_layernorm = nn.Parameter(torch.ones(R))
+            self.b_layernorm = nn.Parameter(torch.ones(N))
+            self.c_layernorm = nn.Parameter(torch.ones(N))
+        self.dt_proj._keep_init = True
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        if self.A_log.device.type == "meta":
+            return
+        cfg = self.cfg
+        with torch.no_grad():
+            std = self.R ** -0.5
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+            self.dt_proj.bias.copy_(init_dt_bias(self.E, cfg.dt_min, cfg.dt_max))
+            A = torch.arange(1, self.N + 1, dtype=torch.float32).repeat(self.E, 1)
+            self.A_log.copy_(torch.log(A))
+            self.D.fill_(1.0)
+
+    # --- shared pieces -----------------------------------------------------------------
+    def _ssm_params(self, xc):
+        """xc [..., E] → dt [..., E] (before bias / softplus), B, C [..., N]."""
+        dt, B, C = self.x_proj(xc).split([self.R, self.N, self.N], dim=-1)
+        mode, eps = self.cfg.inner_norms, self.cfg.inner_norm_eps
+        if mode != "none":
+            w = mode == "weighted"
+            dt = rms(dt, self.dt_layernorm if w else None, eps)
+            B = rms(B, self.b_layernorm if w else None, eps)
+            C = rms(C, self.c_layernorm if w else None, eps)
+        return F.linear(dt, self.dt_proj.weight), B, C
+
+    def _A(self):
+        A_log = self.A_log if self.A_log.dtype == torch.float64 else self.A_log.float()
+        return -torch.exp(A_log)
+
+    def _f(self, p):
+        return p if p.dtype == torch.float64 else p.float()
+
+    # --- parallel ----------------------------------------------------------------------
+    def forward(self, x, state=None, **ctx):
+        """x [B, L, d] → [B, L, d]; a given state is continued and left after the last token."""
+        from archdsl.kernels import selective_scan
+
+        xz = self.in_proj(x).transpose(1, 2)  # [B, 2E, L]
+        u, z = xz.chunk(2, dim=1)
+        w, b = self.conv1d.weight[:, 0], self.conv1d.bias
+        u = conv_forward(u.contiguous(), w, b, None if state is None else state["conv"])
+        dt, B, C = self._ssm_params(u.transpose(1, 2))
+        kw = dict(D=self._f(self.D), z=z.contiguous(), delta_bias=self._f(self.dt_proj.bias), delta_softplus=True)
+        if state is None:
+            y = selective_scan(u, dt.transpose(1, 2).contiguous(), self._A(), B.transpose(1, 2).contiguous(),
+                               C.transpose(1, 2).contiguous(), **kw)
+        else:
+            y, last = selective_scan(u, dt.transpose(1, 2).contiguous(), self._A(), B.transpose(1, 2).contiguous(),
+                                     C.transpose(1, 2).contiguous(), return_last_state=True,
+                                     initial_state=state["ssm"], **kw)
+            state["ssm"].copy_(last)
+        return self.out_proj(y.transpose(1, 2))
+
+    # --- recurrent ---------------------------------------------------------------------
+    def step(self, x, state, **ctx):
+        """x [B, d] → [B, d]; updates state in place."""
+        from archdsl.kernels import selective_state_update
+
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        u = conv_step(u, self.conv1d.weight[:, 0], self.conv1d.bias, state["conv"])
+        dt, B, C = self._ssm_params(u)
+        y = selective_state_update(state["ssm"], u, dt, self._A(), B, C, D=self._f(self.D), z=z,
+                                   dt_bias=self._f(self.dt_proj.bias), dt_softplus=True)
+        return self.out_proj(y)
+
+    def init_state(self, batch, device, dtype):
+        return {"conv": torch.zeros(batch, self.E, self.K - 1, device=device, dtype=dtype),
+                "ssm": torch.zeros(batch, self.E, self.N, device=device, dtype=state_dtype(dtype))}

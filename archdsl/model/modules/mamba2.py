@@ -1,0 +1,112 @@
+"""Mamba-2 (SSD) mixer, laid out as HF Mamba2Mixer (Bamba, Zamba2, NemotronH use the same).
+
+    in_proj [E + conv_dim + H, d] → z [E], xBC [conv_dim = E + 2·G·N], dt [H]   (one GEMM)
+    conv1d (depthwise over xBC, K taps) + silu → x [B, L, H, P], B, C [B, L, G, N]
+    y = ssd_scan(x, dt, A = -exp(A_log) [H], B, C, D [H], dt_bias [H], dt_softplus)
+    gated_norm: y = norm(y · silu(z)) per group of E/G channels, weight [E] (HF MambaRMSNormGated);
+    else the gate z goes into the scan's epilogue: y = y · silu(z)
+    ─out_proj─▶ [B, L, d]
+
+The decode state: conv window [B, conv_dim, K-1] (model dtype), SSM state [B, H, P, N] (float32 for
+16-bit models, else the model dtype).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .conv import conv_forward, conv_step
+from .mamba import init_dt_bias, state_dtype
+
+
+class GatedRMSNorm(nn.Module):
+    """HF MambaRMSNormGated: norm(x · silu(z)) over groups of E / G channels, times weight [E]."""
+
+    def __init__(self, dim, groups, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.groups, self.eps = groups, eps
+
+    def forward(self, x, z):
+        dtype = x.dtype
+        wd = torch.float64 if dtype == torch.float64 else torch.float32
+        h = x.to(wd) * F.silu(z.to(wd))
+        g = h.view(*h.shape[:-1], self.groups, -1)
+        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * g.view_as(h).to(dtype)
+
+
+class Mamba2(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        d, E, H, G, N, K = cfg.d_model, cfg.inner, cfg.nheads, cfg.ngroups, cfg.d_state, cfg.d_conv
+        self.E, self.H, self.P, self.G, self.N, self.K = E, H, E // H, G, N, K
+        self.conv_dim = cfg.conv_dim
+        self.in_proj = nn.Linear(d, cfg.proj_dim, bias=cfg.bias)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, K, groups=self.conv_dim, padding=K - 1,
+                                bias=cfg.conv_bias)
+        self.dt_bias = nn.Parameter(torch.empty(H))
+        self.A_log = nn.Parameter(torch.empty(H))
+        self.D = nn.Parameter(torch.empty(H))
+        self.norm = GatedRMSNorm(E, G, cfg.norm_eps) if cfg.gated_norm else None
+        self.out_proj = nn.Linear(E, d, bias=cfg.bias)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        if self.A_log.device.type == "meta":
+            return
+        with torch.no_grad():
+            self.dt_bias.copy_(init_dt_bias(self.H, self.cfg.dt_min, self.cfg.dt_max))
+            self.A_log.copy_(torch.log(torch.arange(1, self.H + 1, dtype=torch.float32)))
+            self.D.fill_(1.0)
+
+    def _f(self, p):
+        return p if p.dtype == torch.float64 else p.float()
+
+    def _split(self, zxbcdt):
+        return zxbcdt.split([self.E, self.conv_dim, self.H], dim=-1)
+
+    def _out(self, y, z):
+        if self.norm is not None:
+            y = self.norm(y, z)
+        return self.out_proj(y)
+
+    def forward(self, x, state=None, **ctx):
+        """x [B, L, d] → [B, L, d]; a given state is continued and left after the last token."""
+        from archdsl.kernels import ssd_scan
+
+        Bsz, L, _ = x.shape
+        z, xBC, dt = self._split(self.in_proj(x))
+        xBC = conv_forward(xBC.transpose(1, 2).contiguous(), self.conv1d.weight[:, 0], self.conv1d.bias,
+                           None if state is None else state["conv"]).transpose(1, 2)
+        u, B, C = xBC.split([self.E, self.G * self.N, self.G * self.N], dim=-1)
+        gate = None if self.norm is not None else z.reshape(Bsz, L, self.H, self.P)
+        out = ssd_scan(u.reshape(Bsz, L, self.H, self.P), dt.contiguous(), -torch.exp(self._f(self.A_log)),
+                       B.reshape(Bsz, L, self.G, self.N), C.reshape(Bsz, L, self.G, self.N),
+                       chunk_size=self.cfg.chunk_size, D=self._f(self.D), z=gate, dt_bias=self._f(self.dt_bias),
+                       dt_softplus=True, initial_states=None if state is None else state["ssm"],
+                       return_final_states=state is not None)
+        if state is not None:
+            out, final = out
+            state["ssm"].copy_(final)
+        return self._out(out.reshape(Bsz, L, self.E), z)
+
+    def step(self, x, state, **ctx):
+        """x [B, d] → [B, d]; updates state in place."""
+        from archdsl.kernels import ssd_step
+
+        Bsz = x.shape[0]
+        z, xBC, dt = self._split(self.in_proj(x))
+        xBC = conv_step(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, state["conv"])
+        u, B, C = xBC.split([self.E, self.G * self.N, self.G * self.N], dim=-1)
+        gate = None if self.norm is not None else z.reshape(Bsz, self.H, self.P)
+        y = ssd_step(state["ssm"], u.reshape(Bsz, self.H, self.P), dt, -torch.exp(self._f(self.A_log)),
+                     B.reshape(Bsz, self.G, self.N), C.reshape(Bsz, self.G, self.N), D=self._f(self.D), z=gate,
+                     dt_bias=self._f(self.dt_bias), dt_softplus=True)
+        return self._out(y.reshape(Bsz, self.E), z)
+
+    def init_state(self, batch, device, dtype):
+        return {"conv": torch.zeros(batch, self.conv_dim, self.K - 1, device=device, dtype=dtype),
+                "ssm": torch.zeros(batch, self.H, self.P, self.N, device=device, dtype=state_dtype(dtype))}

@@ -1,0 +1,154 @@
+"""Mixture-of-experts FFN, laid out as HF (transformers 5) Jamba / Mixtral:
+
+    router.weight [E, d]  (router.bias [E] with router_bias)
+    experts.gate_up_proj [E, 2·I, d] (gated acts; [E, I, d] named up_proj otherwise), experts.down_proj [E, d, I]
+    shared_expert: an Mlp (gate_proj, up_proj, down_proj) when shared_hidden > 0
+
+Routing (Jamba): p = softmax(router(x)) in float32, the top_k experts by p, each weighted by its
+p (not renormalised). With router="sigmoid": s = σ(router(x)), top_k, weights renormalised to sum 1.
+Load balancing (Switch / Mixtral): aux = coef · E · Σ_e f_e · P_e with f_e the fraction of
+top-k assignments to e per token and P_e the mean router probability; kept in self.aux_loss.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .mlp import ACT_FNS, Mlp
+
+
+class Experts(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        E, d, I = cfg.experts, cfg.d_model, cfg.width
+        self.gated = cfg.act in ("swiglu", "geglu")
+        self.act = ACT_FNS[cfg.act]
+        self.I = I
+        first = torch.empty(E, (2 if self.gated else 1) * I, d)
+        if self.gated:
+            self.gate_up_proj = nn.Parameter(first)
+        else:
+            self.up_proj = nn.Parameter(first)
+        self.down_proj = nn.Parameter(torch.empty(E, d, I))
+        if cfg.bias:
+            self.up_bias = nn.Parameter(torch.zeros(E, first.shape[1]))
+            self.down_bias = nn.Parameter(torch.zeros(E, d))
+        else:
+            self.up_bias = self.down_bias = None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for w in (self.first, self.down_proj):
+            if w.device.type != "meta":
+                nn.init.kaiming_uniform_(w.view(-1, w.shape[-1]), a=math.sqrt(5))  # as nn.Linear, per row
+
+    @property
+    def first(self):
+        return self.gate_up_proj if self.gated else self.up_proj
+
+    def expert(self, e, x):
+        """Expert e on tokens x [T, d] → [T, d]."""
+        h = F.linear(x, self.first[e], None if self.up_bias is None else self.up_bias[e])
+        if self.gated:
+            g, u = h.chunk(2, dim=-1)
+            h = self.act(g) * u
+        else:
+            h = self.act(h)
+        return F.linear(h, self.down_proj[e], None if self.down_bias is None else self.down_bias[e])
+
+    def gathered(self, x, idx, w):
+        """Static-shape form for decoding / CUDA graphs: x [T, d], idx, w [T, k] → [T, d], by
+        gathering each token's k expert matrices (no data-dependent shapes)."""
+        W1 = self.first[idx]  # [T, k, 2I|I, d]
+        h = torch.einsum("td,tkfd->tkf", x, W1)
+        if self.up_bias is not None:
+            h = h + self.up_bias[idx]
+        if self.gated:
+            g, u = h.chunk(2, dim=-1)
+            h = self.act(g) * u
+        else:
+            h = self.act(h)
+        y = torch.einsum("tkf,tkdf->tkd", h, self.down_proj[idx])
+        if self.down_bias is not None:
+            y = y + self.down_bias[idx]
+        return (y * w[..., None]).sum(1)
+
+
+class Router(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(cfg.experts, cfg.d_model))
+        self.bias = nn.Parameter(torch.zeros(cfg.experts)) if cfg.router_bias else None
+        if self.weight.device.type != "meta":
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+
+class Moe(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.router = Router(cfg)
+        self.experts = Experts(cfg)
+        self.shared_expert = None
+        if cfg.shared_hidden:
+            from archdsl.blocks.mlp import MlpConfig
+
+            self.shared_expert = Mlp(MlpConfig(d_model=cfg.d_model, act=cfg.act, hidden=cfg.shared_hidden, bias=cfg.bias))
+        self.aux_loss = torch.zeros(())
+
+    def route(self, x):
+        """x [T, d] → (probs [T, E] float, top_k weights [T, k] in x's dtype, indices [T, k])."""
+        logits = self.router(x)
+        wd = torch.float64 if x.dtype == torch.float64 else torch.float32
+        if self.cfg.router == "softmax":
+            probs = F.softmax(logits, dim=-1, dtype=wd)
+            w, idx = probs.topk(self.cfg.top_k, dim=-1)
+        else:
+            scores = torch.sigmoid(logits.to(wd))
+            w, idx = scores.topk(self.cfg.top_k, dim=-1)
+            w = w / w.sum(-1, keepdim=True)
+            probs = scores / scores.sum(-1, keepdim=True)
+        return probs, w.to(x.dtype), idx
+
+    def forward(self, x, state=None, **ctx):
+        """x [B, L, d] → [B, L, d]; sets self.aux_loss (a scalar)."""
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        probs, w, idx = self.route(x)
+        out = torch.zeros_like(x)
+        for e in range(self.cfg.experts):
+            tok, slot = torch.where(idx == e)
+            if tok.numel() == 0:
+                continue
+            y = self.experts.expert(e, x.index_select(0, tok)) * w[tok, slot, None]
+            out.index_add_(0, tok, y)
+        if self.shared_expert is not None:
+            out = out + self.shared_expert(x)
+        E = self.cfg.experts
+        f = torch.zeros(E, dtype=probs.dtype, device=x.device).scatter_add_(
+            0, idx.reshape(-1), torch.ones(idx.numel(), dtype=probs.dtype, device=x.device)) / x.shape[0]
+        self.aux_loss = self.cfg.aux_loss_coef * E * (f * probs.mean(0)).sum()
+        return out.view(shape)
+
+    def step(self, x, state=None, **ctx):
+        """x [B, d] → [B, d]. While a CUDA graph is being captured, the gathered static-shape form;
+        otherwise the expert loop of forward (it reads only the chosen experts' weights)."""
+        if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+            aux = self.aux_loss
+            y = self.forward(x[:, None])[:, 0]
+            self.aux_loss = aux
+            return y
+        probs, w, idx = self.route(x)
+        out = self.experts.gathered(x, idx, w)
+        if self.shared_expert is not None:
+            out = out + self.shared_expert(x)
+        return out
+
+    def init_state(self, batch, device, dtype):
+        return None
