@@ -1,0 +1,157 @@
+"""wkv4: HF's CPU formula, the O(T²) reference, the time loop and Triton (interpreted) agree."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from archdsl.kernels.wkv4 import wkv4, wkv4_step
+from archdsl.kernels.wkv4.chunked import wkv4_torch
+from archdsl.kernels.wkv4.naive import wkv4_naive
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def triton_wkv4(*a):
+    from archdsl.kernels.wkv4.triton_wkv4 import wkv4_triton
+    return wkv4_triton(*a)
+
+
+def make(B, T, C, seed, dtype=torch.float64, device="cpu", kscale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    xs = [rnd(C), rnd(C), kscale * rnd(B, T, C), rnd(B, T, C)]
+    state = (rnd(B, C), torch.rand(B, C, generator=g, dtype=torch.float64) + 0.5, rnd(B, C))
+    return [x.to(device=device, dtype=dtype) for x in xs], tuple(s.to(device) for s in state)
+
+
+def canonical(state):
+    """(num/den, max + log den): equal for equal states whatever max each path chose."""
+    num, den, mx = (s.double() for s in state)
+    return num / den, mx + den.log()
+
+
+def run(fn, xs, state, seed=1):
+    """Outputs, state and gradients; the state is used by a second wkv4 call, as a model does."""
+    xs = [x.detach().clone().requires_grad_() for x in xs]
+    st_in = tuple(s.detach().clone().requires_grad_() for s in state) if state is not None else None
+    y, s = fn(*xs, st_in)
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda t: torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device)
+    y2, _ = wkv4_torch(xs[0].double(), xs[1].double(), xs[2][:, :3].double() * 0.5, xs[3][:, :3].double(),
+                       tuple(x.double() for x in s))
+    loss = (y.double() * rnd(y)).sum() + (y2 * rnd(y2)).sum()
+    grads = torch.autograd.grad(loss, xs + (list(st_in) if st_in else []))
+    return [y, *canonical(s), *grads]
+
+
+def close(got, want, rtol, what=""):
+    for i, (a, b) in enumerate(zip(got, want)):
+        err = (a.double() - b.double()).abs().max().item() / max(b.double().abs().max().item(), 1e-2)
+        assert err < rtol, f"{what} item {i}: rel err {err:.2e}"
+
+
+cases = st.tuples(st.integers(1, 2), st.sampled_from([1, 2, 5, 13, 31]), st.sampled_from([1, 7, 16, 40]),
+                  st.booleans(), st.integers(0, 10_000))
+
+
+def test_matches_transformers_cpu_formula():
+    modeling = pytest.importorskip("transformers.models.rwkv.modeling_rwkv")
+    (w, u, k, v), state = make(2, 17, 24, 0, dtype=torch.float32)
+    want_y, want_s = modeling.rwkv_linear_attention_cpu(w, u, k, v, state=list(state), return_state=True)
+    for fn in (wkv4, wkv4_naive, triton_wkv4):
+        y, s = fn(w, u, k, v, state)
+        close([y, *canonical(s)], [want_y, *canonical(want_s)], 1e-5, fn.__name__)
+    want_y, want_s = modeling.rwkv_linear_attention_cpu(w, u, k, v, return_state=True)
+    y, s = wkv4(w, u, k, v)
+    close([y, *s[:2]], [want_y, *want_s[:2]], 1e-6, "fresh state")
+
+
+@settings(max_examples=10, deadline=None)
+@given(cases)
+def test_torch_loop_matches_reference(case):
+    B, T, C, with_state, seed = case
+    xs, state = make(B, T, C, seed)
+    state = state if with_state else None
+    close(run(wkv4_torch, xs, state), run(wkv4_naive, xs, state), 1e-9, "torch")
+
+
+@settings(max_examples=10, deadline=None)
+@given(cases)
+def test_triton_matches_reference(case):
+    B, T, C, with_state, seed = case
+    xs, state = make(B, T, C, seed)
+    state = state if with_state else None
+    got = run(triton_wkv4, [x.float() for x in xs], state)
+    close(got, run(wkv4_naive, xs, state), 2e-4, "triton")
+
+
+@pytest.mark.parametrize("fn", [wkv4_torch, triton_wkv4])
+def test_large_keys_stay_finite_in_bf16(fn):
+    (w, u, k, v), _ = make(1, 64, 16, 2, dtype=torch.bfloat16, kscale=60.0)
+    y, s = fn(w, u, k, v, None)
+    ref, _ = wkv4_naive(*(x.double() for x in (w, u, k, v)))
+    assert torch.isfinite(y).all() and all(torch.isfinite(x).all() for x in s)
+    close([y], [ref], 2e-2, "bf16")
+
+
+@pytest.mark.parametrize("fn", [wkv4_torch, triton_wkv4])
+def test_split_scan_equals_full(fn):
+    (w, u, k, v), state = make(2, 30, 20, 4, dtype=torch.float32)
+    y, s = fn(w, u, k, v, state)
+    y1, s1 = fn(w, u, k[:, :11], v[:, :11], state)
+    y2, s2 = fn(w, u, k[:, 11:], v[:, 11:], s1)
+    close([torch.cat([y1, y2], 1), *canonical(s2)], [y, *canonical(s)], 1e-5)
+
+
+def test_step_matches_parallel():
+    (w, u, k, v), state = make(2, 19, 9, 5)
+    y, s = wkv4(w, u, k, v, state)
+    steps, cur = [], state
+    for t in range(19):
+        o, cur = wkv4_step(w, u, k[:, t], v[:, t], cur)
+        steps.append(o)
+    close([torch.stack(steps, 1), *canonical(cur)], [y, *canonical(s)], 1e-12)
+
+
+def test_state_as_hf_tensor_layout():
+    (w, u, k, v), state = make(1, 6, 8, 6)
+    y, _ = wkv4(w, u, k, v, torch.stack(state, -1))
+    close([y], [wkv4(w, u, k, v, state)[0]], 1e-14)
+
+
+def test_bad_inputs_raise_value_error():
+    (w, u, k, v), state = make(1, 4, 8, 0)
+    with pytest.raises(ValueError, match="v"):
+        wkv4(w, u, k, v[:, :3])
+    with pytest.raises(ValueError, match="w"):
+        wkv4(w[:3], u, k, v)
+    with pytest.raises(ValueError, match="state"):
+        wkv4(w, u, k, v, state[:2])
+    with pytest.raises(ValueError, match="state"):
+        wkv4_step(w, u, k[:, 0], v[:, 0], None)
+
+
+# ---------------------------------------------------------------- GPU
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 3e-2), (torch.float32, 1e-4)])
+def test_gpu_full_size_vs_float64(dtype, tol):
+    xs, state = make(4, 4096, 2048, 0, dtype=dtype, device="cuda")
+    want = run(wkv4_torch, [x.double() for x in xs], state)
+    close(run(triton_wkv4, xs, state), want, tol, f"full {dtype}")
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [131072, 1 << 20])
+def test_gpu_long_sequences(T):
+    xs, _ = make(1, T, 64, 1, dtype=torch.bfloat16, device="cuda")
+    y, s = triton_wkv4(*xs, None)
+    assert torch.isfinite(y).all() and all(torch.isfinite(x).all() for x in s)
+    y32, s32 = triton_wkv4(*(x.float() for x in xs), None)  # fp32 Triton == float64 loop on the tail
+    tail = 2048
+    _, s_pre = triton_wkv4(xs[0].float(), xs[1].float(), xs[2][:, :-tail].float(), xs[3][:, :-tail].float(), None)
+    ref, _ = wkv4_torch(*(x.double() for x in xs[:2]), xs[2][:, -tail:].double(), xs[3][:, -tail:].double(),
+                        tuple(x.double() for x in s_pre))
+    close([y32[:, -tail:]], [ref], 1e-4, "tail fp32")
+    close([y], [y32], 3e-2, "bf16 vs fp32")

@@ -1,0 +1,152 @@
+"""wkv6: chunked torch and Triton (interpreted on CPU) against the naive loop; GPU checks marked gpu."""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from archdsl.kernels.wkv6 import wkv6, wkv6_step
+from archdsl.kernels.wkv6.chunked import wkv6_chunked
+from archdsl.kernels.wkv6.naive import wkv6_naive
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+NAMES = ("r", "k", "v", "w", "u", "h0")
+
+
+def make(B, T, H, K, V, seed, dtype=torch.float64, device="cpu", decay=1.0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    xs = [rnd(B, T, H, K), rnd(B, T, H, K), rnd(B, T, H, V), decay * F.logsigmoid(rnd(B, T, H, K)),
+          rnd(H, K), rnd(B, H, K, V)]
+    return [x.to(device=device, dtype=dtype) for x in xs]
+
+
+def triton_wkv6(*a, **kw):
+    from archdsl.kernels.wkv6.triton_wkv6 import wkv6_triton
+    return wkv6_triton(*a, **kw)
+
+
+def run(fn, xs, with_h0, seed=1):
+    """Outputs, final state and gradients of every differentiable input for a random loss."""
+    xs = [x.detach().clone().requires_grad_() for x in xs]
+    h0 = xs[5] if with_h0 else None
+    o, ht = fn(*xs[:5], xs[0].shape[-1] ** -0.5, h0, True)
+    g = torch.Generator().manual_seed(seed)
+    loss = (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.device)).sum()
+    loss = loss + (ht.double() * torch.randn(ht.shape, generator=g, dtype=torch.float64).to(o.device)).sum()
+    grads = torch.autograd.grad(loss, xs[:6] if with_h0 else xs[:5])
+    return [o, ht, *grads]
+
+
+def close(got, want, rtol, what=""):
+    for i, (a, b) in enumerate(zip(got, want)):
+        err = (a.double() - b.double()).abs().max().item() / max(b.double().abs().max().item(), 1e-2)
+        assert err < rtol, f"{what} item {i} ({(['o', 'ht'] + list(NAMES))[i]}): rel err {err:.2e}"
+
+
+shapes = st.tuples(st.integers(1, 2), st.sampled_from([1, 2, 7, 16, 17, 31, 37]), st.integers(1, 2),
+                   st.sampled_from([4, 16, 20, 33]), st.sampled_from([5, 16, 24]), st.booleans(),
+                   st.integers(0, 10_000))
+
+
+@settings(max_examples=12, deadline=None)
+@given(shapes)
+def test_chunked_matches_naive(case):
+    B, T, H, K, V, with_h0, seed = case
+    xs = make(B, T, H, K, V, seed)
+    close(run(wkv6_chunked, xs, with_h0), run(wkv6_naive, xs, with_h0), 1e-10, "chunked")
+
+
+@settings(max_examples=10, deadline=None)
+@given(shapes)
+def test_triton_matches_naive(case):
+    B, T, H, K, V, with_h0, seed = case
+    xs = make(B, T, H, K, V, seed)
+    want = run(wkv6_naive, xs, with_h0)
+    close(run(triton_wkv6, [x.float() for x in xs], with_h0), want, 2e-4, "triton")
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+def test_fast_decay_never_overflows(impl):
+    """Per-step log-decays down to -60: a chunk-wide exp(-cumsum) would be inf."""
+    xs = make(1, 40, 2, 16, 16, 3, decay=20.0)
+    fn = wkv6_chunked if impl == "chunked" else triton_wkv6
+    got = run(fn, [x.float() for x in xs], True)
+    assert all(torch.isfinite(t).all() for t in got)
+    close(got, run(wkv6_naive, xs, True), 2e-4, impl)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+def test_split_scan_equals_full(impl):
+    fn = wkv6_chunked if impl == "chunked" else triton_wkv6
+    r, k, v, w, u, h0 = make(2, 35, 2, 16, 16, 5, dtype=torch.float32)
+    o, ht = fn(r, k, v, w, u, 0.25, h0, True)
+    o1, h1 = fn(r[:, :19], k[:, :19], v[:, :19], w[:, :19], u, 0.25, h0, True)
+    o2, h2 = fn(r[:, 19:], k[:, 19:], v[:, 19:], w[:, 19:], u, 0.25, h1, True)
+    close([torch.cat([o1, o2], 1), h2], [o, ht], 1e-5, impl)
+
+
+def test_step_matches_parallel():
+    r, k, v, w, u, h0 = make(2, 23, 3, 12, 10, 7)
+    o, ht = wkv6(r, k, v, w, u, initial_state=h0, output_final_state=True)
+    state = h0.clone()
+    steps = [wkv6_step(state, r[:, t], k[:, t], v[:, t], w[:, t], u) for t in range(23)]
+    close([torch.stack(steps, 1), state], [o, ht], 1e-12, "step")
+
+
+def test_public_op_dispatches_and_defaults_scale():
+    r, k, v, w, u, _ = make(1, 9, 2, 16, 8, 9)
+    o, ht = wkv6(r, k, v, w, u)
+    assert ht is None and o.shape == v.shape and o.dtype == r.dtype
+    close([o], [wkv6_naive(r, k, v, w, u, 16 ** -0.5)[0]], 1e-12)
+
+
+def test_bad_inputs_raise_value_error():
+    r, k, v, w, u, h0 = make(1, 5, 2, 8, 8, 0)
+    with pytest.raises(ValueError, match="k"):
+        wkv6(r, k[:, :4], v, w, u)
+    with pytest.raises(ValueError, match="u"):
+        wkv6(r, k, v, w, u[:1])
+    with pytest.raises(ValueError, match="initial_state"):
+        wkv6(r, k, v, w, u, initial_state=h0[..., :3])
+    with pytest.raises(ValueError, match="v"):
+        wkv6_step(h0.clone(), r[:, 0], k[:, 0], v[:, 0, :, :3], w[:, 0], u)
+
+
+# ---------------------------------------------------------------- GPU, full size
+def gpu_case(B, T, H, K, V, dtype, seed=0):
+    return make(B, T, H, K, V, seed, dtype=dtype, device="cuda")
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 3e-2), (torch.float32, 1e-3)])
+def test_gpu_full_size_vs_float64(dtype, tol):
+    xs = gpu_case(4, 4096, 32, 64, 64, dtype)
+    want = run(wkv6_chunked, [x.double() for x in xs], True)
+    close(run(triton_wkv6, xs, True), want, tol, f"full {dtype}")
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [131072, 1 << 20])
+def test_gpu_long_sequences(T):
+    xs = gpu_case(1, T, 2, 64, 64, torch.bfloat16)
+    o, ht = triton_wkv6(*xs[:5], 0.125, xs[5], True)
+    assert torch.isfinite(o).all() and torch.isfinite(ht).all()
+    ro, rh = wkv6_chunked(*[x.double() for x in xs[:5]], 0.125, xs[5].double(), True)
+    close([o, ht], [ro, rh], 3e-2, f"T={T}")
+    if T == 131072:
+        close(run(triton_wkv6, xs, True)[2:], run(wkv6_chunked, [x.double() for x in xs], True)[2:], 5e-2, "grads")
+
+
+@cuda
+@pytest.mark.gpu
+def test_gpu_step_matches_parallel_bf16():
+    r, k, v, w, u, h0 = gpu_case(2, 4096, 4, 64, 64, torch.bfloat16)
+    o, ht = wkv6(r, k, v, w, u, initial_state=h0.float(), output_final_state=True)
+    state = h0.float().clone()
+    steps = torch.stack([wkv6_step(state, r[:, t], k[:, t], v[:, t], w[:, t], u) for t in range(4096)], 1)
+    close([steps, state], [o, ht], 2e-2, "step bf16")
