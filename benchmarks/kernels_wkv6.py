@@ -1,0 +1,92 @@
+"""Benchmark: wkv6 (ours, Triton) vs fla's chunk_rwkv6, and wkv4 (ours, Triton) vs the torch time loop.
+
+Floor (H200: 4.2 TB/s, ~680 TFLOP/s bf16), per (batch, head, token), K = V = 64, bf16:
+  wkv6 fwd      bytes: read r, k, w (3·K) + v (V), write o (V)          = 2·(3K + 2V)  = 640 B
+                FLOPs: state read r·S and write k⊗v (2·2·K·V) + the 16-token
+                       in-chunk pairs (2·16·(K + V))                       ≈ 20.5 kFLOP
+  wkv6 fwd+bwd  bytes: forward + read r, k, v, w, do + write dr, dk, dv, dw = 2·(3K+2V) + 2·(7K+3V) ≈ 2.2 kB
+                FLOPs: ≈ 3× forward
+  B=4, T=4096, H=32 → 524k (b, h, t): fwd ≥ 80 µs (memory), fwd+bwd ≥ 280 µs; compute ≤ 50 µs.
+  wkv4 fwd      bytes: read k, v, write y = 6 B per (b, t, c); fwd+bwd ≈ 3× (reads k, v, gy twice,
+                writes gk, gv, and an fp32 y and log-denominator between the sweeps: 30 B).
+"""
+from __future__ import annotations
+
+import torch
+
+HBM, PEAK = 4.2e12, 680e12
+
+
+def _floor_ms(bytes_, flops):
+    return 1e3 * max(bytes_ / HBM, flops / PEAK)
+
+
+def _wkv6_inputs(B, T, H, K, dtype=torch.bfloat16):
+    g = lambda: torch.randn(B, T, H, K, device="cuda", dtype=dtype)
+    w = torch.nn.functional.logsigmoid(g().float()).to(dtype)
+    return [g(), g(), g(), w, torch.randn(H, K, device="cuda", dtype=dtype)]
+
+
+def _bench(fn):
+    from triton.testing import do_bench
+    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def _fwd_bwd(fn, xs):
+    xs = [x.detach().requires_grad_() for x in xs]
+
+    def go():
+        o = fn(*xs)[0]
+        o.backward(torch.ones_like(o))
+    return go
+
+
+def wkv6_rows(quick=False):
+    from archdsl.kernels.wkv6 import wkv6
+    try:
+        from fla.ops.rwkv6 import chunk_rwkv6
+    except ImportError:
+        chunk_rwkv6 = None
+    rows, B, H, K = [], 4, 32, 64
+    for T in ([4096] if quick else [4096, 16384]):
+        xs = _wkv6_inputs(B, T, H, K)
+        n = B * T * H
+        for mode, nbytes, flops in (("fwd", 640, 20.5e3), ("fwd+bwd", 2240, 61.5e3)):
+            ours = (lambda: wkv6(*xs)) if mode == "fwd" else _fwd_bwd(wkv6, xs)
+            peer = None
+            if chunk_rwkv6 is not None:
+                peer = (lambda: chunk_rwkv6(*xs)) if mode == "fwd" else _fwd_bwd(chunk_rwkv6, xs)
+            rows.append(dict(op="wkv6", shape=f"B={B} T={T} H={H} K=V={K}", mode=mode, ours_ms=_bench(ours),
+                             peer="fla chunk_rwkv6", peer_ms=_bench(peer) if peer else None,
+                             floor_ms=_floor_ms(n * nbytes, n * flops), floor_note="HBM bytes"))
+    return rows
+
+
+def wkv4_rows(quick=False):
+    from archdsl.kernels.wkv4 import wkv4
+    from archdsl.kernels.wkv4.chunked import wkv4_torch
+    B, T, C = 4, 1024 if quick else 4096, 2048
+    w, u = (torch.randn(C, device="cuda") for _ in range(2))
+    k, v = (torch.randn(B, T, C, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    n = B * T * C
+    rows = [dict(op="wkv4", shape=f"B={B} T={T} C={C}", mode="fwd", ours_ms=_bench(lambda: wkv4(w, u, k, v)),
+                 peer="torch time loop", peer_ms=_bench(lambda: wkv4_torch(w, u, k, v)),
+                 floor_ms=_floor_ms(6 * n, 0), floor_note="HBM bytes")]
+    rows.append(dict(op="wkv4", shape=rows[0]["shape"], mode="fwd+bwd",
+                     ours_ms=_bench(_fwd_bwd(lambda *a: wkv4(*a), [w, u, k, v])), peer="torch time loop",
+                     peer_ms=None, floor_ms=_floor_ms(30 * n, 0), floor_note="HBM bytes"))
+    return rows
+
+
+def rows(quick: bool = False) -> list[dict]:
+    return wkv6_rows(quick) + wkv4_rows(quick)
+
+
+if __name__ == "__main__":
+    import sys
+    print(f"{'op':6} {'shape':28} {'mode':8} {'ours ms':>9} {'peer ms':>9} {'ours/peer':>9} {'floor ms':>9} {'%floor':>7}  peer")
+    for r in rows(quick="--quick" in sys.argv):
+        ratio = f"{r['ours_ms'] / r['peer_ms']:.2f}" if r["peer_ms"] else "-"
+        peer_ms = f"{r['peer_ms']:.3f}" if r["peer_ms"] else "-"
+        print(f"{r['op']:6} {r['shape']:28} {r['mode']:8} {r['ours_ms']:9.3f} {peer_ms:>9} {ratio:>9} "
+              f"{r['floor_ms']:9.3f} {100 * r['floor_ms'] / r['ours_ms']:6.1f}%  {r['peer']}")
