@@ -180,7 +180,7 @@ def _config(spec, block: Block, kind: str) -> BlockConfig:
             spans[a.name] = a.span
             origin.pop(a.name, None)
     try:
-        return make_config(kind, args, spec.d_model)
+        return _make_config(kind, args, spec.d_model)
     except ConfigError as e:
         where = e.field if e.field in spans or e.field in origin else None
         if where in origin:
@@ -188,6 +188,23 @@ def _config(spec, block: Block, kind: str) -> BlockConfig:
             raise spec.error(str(e), origin[where] + (("<key>",) if unknown else ())) from None
         span = spans.get(where, block.span)
         raise ArchDSLError(str(e), source=spec.source, start=span.start, end=span.end) from None
+
+
+_CONFIGS: dict[tuple, BlockConfig] = {}
+
+
+def _make_config(kind: str, args: dict, d_model: int) -> BlockConfig:
+    """make_config, memoised: a 1000-layer layout repeats a handful of configs."""
+    try:
+        key = (kind, d_model, tuple(sorted((k, type(v).__name__, v) for k, v in args.items())))
+        hash(key)
+    except TypeError:  # an unhashable argument value: let make_config say what is wrong
+        return make_config(kind, args, d_model)
+    if key not in _CONFIGS:
+        if len(_CONFIGS) > 4096:
+            _CONFIGS.clear()
+        _CONFIGS[key] = make_config(kind, args, d_model)
+    return _CONFIGS[key]
 
 
 # --- pass 4 -------------------------------------------------------------------------

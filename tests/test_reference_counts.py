@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+import archdsl
+from archdsl.spec import spec_from_yaml
 from hf_util import hf_count, spec_params
 
 SPECS = os.path.join(os.path.dirname(__file__), "..", "specs")
@@ -53,6 +55,10 @@ def test_bamba():
     assert hf_count("BambaConfig", "BambaForCausalLM") == BAMBA_DEFAULTS
     assert hf_count("BambaConfig", "BambaForCausalLM", attn_layer_indices=[9, 18, 27]) == BAMBA_WITH_ATTENTION
     assert spec_params(os.path.join(SPECS, "bamba-9b.yaml")) == BAMBA_WITH_ATTENTION
+    # ... and the quoted figure is the same spec with every layer a mamba2 layer
+    with open(os.path.join(SPECS, "bamba-9b.yaml"), encoding="utf-8") as f:
+        text = f.read().replace("layout: 32×mamba2, attn at 9 18 27", "layout: 32×mamba2")
+    assert archdsl.analyze(spec_from_yaml(text)).params == BAMBA_DEFAULTS
 
 
 def test_rwkv6_about_1_6b():
