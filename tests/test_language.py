@@ -12,7 +12,7 @@ from archdsl.errors import ArchDSLError, Source
 from archdsl.language import (MAX_NESTING, Arg, Block, Group, Layer, Layout, Modifier, Repeat, format_block,
                               format_layout, format_modifier, format_node, parse_layout)
 
-PROPERTY = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=100, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 
 
 def expand(layout: Layout) -> list[Layer]:
