@@ -13,6 +13,10 @@ from .mamba import Mamba
 from .mamba2 import Mamba2
 from .mlp import Mlp
 from .moe import Moe
+from .rwkv4 import ChannelMix, Rwkv4TimeMix
+from .rwkv6 import Rwkv6TimeMix
+from .s4d import S4D
+from .zamba import Zamba
 
 MODULES = {
     "mamba": Mamba,
@@ -20,4 +24,9 @@ MODULES = {
     "attn": Attention,
     "mlp": Mlp,
     "moe": Moe,
+    "rwkv6": Rwkv6TimeMix,
+    "rwkv4": Rwkv4TimeMix,
+    "cmix": ChannelMix,
+    "s4d": S4D,
+    "zamba": Zamba,
 }

@@ -1,0 +1,169 @@
+"""S4D: a diagonal linear time-invariant SSM per channel, the standalone block of state-spaces/s4
+(`models/s4/s4d.py`; Gu, Gupta, Goel, Ré 2022, "On the Parameterization and Initialization of
+Diagonal State Space Models").
+
+Per channel h and complex mode n (N/2 modes; their conjugates make the real state size N):
+    A = -exp(log_A_real) + i·A_imag,  dt = exp(log_dt),  Ā = exp(dt·A),  B̄ = (Ā - 1)/A  (ZOH, B = 1)
+    recurrence (decoding):  s_t = Ā·s_{t-1} + B̄·u_t,   y_t = 2·Re(Σ_n C_n s_t,n) + D·u_t
+    convolution (training): y = K * u + D·u,  K_l = 2·Re(Σ_n C_n B̄_n Ā_n^l), by FFT of length 2L
+    then GELU and the output layer: Conv1d(d, 2d, 1) + GLU (glu=True), else Conv1d(d, d, 1).
+
+Initialisation — S4D-LegS (the paper's §4 / Table 4; state-spaces `hippo.nplr("legs")`): A is the
+diagonal of the normal part of HiPPO-LegS. HiPPO-LegS (Gu et al. 2020) has
+    A_nk = -√(2n+1)·√(2k+1) (n > k),  -(n+1) (n = k),  0 (n < k);   B_n = √(2n+1)
+and A + PPᵀ with P_n = √(n + 1/2) is -½·I + S, S skew-symmetric. So its eigenvalues are
+-½ + iλ; we keep the N/2 with λ > 0 (the others are their conjugates) and project B onto the
+eigenvectors, B̃ = V*·B (imaginary part clipped to ±2, as state-spaces does). This block has
+no separate B (s4d.py fixes B = 1), so B̃ is folded into C's init: C = 𝒩_ℂ(0, 1)·B̃.
+S4D-Lin (A_n = -½ + iπn, C = 𝒩_ℂ(0, 1), the s4d.py default and an approximation of S4D-LegS)
+is available through `init="lin"` when the config offers that field.
+Decode state: "s" [B, d, N/2] complex64 (complex128 for float64 models).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+_VANDERMONDE_ELEMENTS = 1 << 24  # bounds the [d, N/2, chunk] complex tensor of powers Ā^l
+
+
+def hippo_legs(N: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """HiPPO-LegS transition A [N, N] and input B [N], float64."""
+    r = torch.sqrt(2 * torch.arange(N, dtype=torch.float64) + 1)
+    A = -torch.tril(r[:, None] * r[None, :], diagonal=-1) - torch.diag(torch.arange(1, N + 1, dtype=torch.float64))
+    return A, r.clone()
+
+
+def s4d_legs(N: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """S4D-LegS: the N/2 eigenvalues -½ + iλ (λ > 0, ascending) of the normal part of HiPPO-LegS
+    and B projected on their eigenvectors, both complex128 [N/2] (B unclipped)."""
+    A, B = hippo_legs(N)
+    P = torch.sqrt(torch.arange(N, dtype=torch.float64) + 0.5)
+    S = A + P[:, None] * P[None, :] + 0.5 * torch.eye(N, dtype=torch.float64)  # skew-symmetric
+    lam, V = torch.linalg.eigh(-1j * S.to(torch.complex128))  # -iS is Hermitian: S = V·diag(iλ)·V*
+    keep = lam > 0
+    lam, V = lam[keep], V[:, keep]
+    Bt = V.conj().T @ B.to(torch.complex128)
+    return torch.complex(torch.full_like(lam, -0.5), lam), Bt
+
+
+def s4d_lin(N: int) -> torch.Tensor:
+    """S4D-Lin: A_n = -½ + iπn, n < N/2, complex128."""
+    n = torch.arange(N // 2, dtype=torch.float64)
+    return torch.complex(torch.full_like(n, -0.5), math.pi * n)
+
+
+def _complex_dtype(dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
+    real = torch.float64 if dtype == torch.float64 else torch.float32
+    return real, (torch.complex128 if real == torch.float64 else torch.complex64)
+
+
+class S4D(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        d, N = cfg.d_model, cfg.d_state
+        self.init = getattr(cfg, "init", "legs")
+        self.log_dt = nn.Parameter(torch.empty(d))
+        self.C = nn.Parameter(torch.empty(d, N // 2, 2))  # view_as_real of the complex C
+        self.log_A_real = nn.Parameter(torch.empty(d, N // 2))
+        self.A_imag = nn.Parameter(torch.empty(d, N // 2))
+        self.D = nn.Parameter(torch.empty(d))
+        self.output_linear = nn.Sequential(nn.Conv1d(d, 2 * d if cfg.glu else d, kernel_size=1))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        if self.D.is_meta:
+            return
+        d, N, cfg = self.cfg.d_model, self.cfg.d_state, self.cfg
+        lo, hi = math.log(cfg.dt_min), math.log(cfg.dt_max)
+        self.log_dt.copy_(torch.rand(d, dtype=torch.float64) * (hi - lo) + lo)
+        C = torch.randn(d, N // 2, dtype=torch.complex128)
+        if self.init == "legs":
+            A, Bt = s4d_legs(N)
+            C = C * torch.complex(Bt.real, Bt.imag.clamp(-2.0, 2.0))
+        else:
+            A = s4d_lin(N)
+        self.log_A_real.copy_(torch.log(-A.real).expand(d, -1))
+        self.A_imag.copy_(A.imag.expand(d, -1))
+        self.C.copy_(torch.view_as_real(C))
+        self.D.copy_(torch.randn(d, dtype=torch.float64))
+        self.output_linear[0].reset_parameters()
+
+    # --- discretisation ------------------------------------------------------------------
+    def _discrete(self, dtype):
+        """Ā, B̄·C folded, C [d, N/2] complex (dt·A too), in the working precision for `dtype`."""
+        real, cplx = _complex_dtype(dtype)
+        dt = torch.exp(self.log_dt.to(real))
+        A = torch.complex(-torch.exp(self.log_A_real.to(real)), self.A_imag.to(real))
+        dtA = A * dt[:, None]
+        C = torch.view_as_complex(self.C.to(real).contiguous())
+        Bbar = (torch.exp(dtA) - 1.0) / A
+        return dtA, Bbar, C
+
+    @staticmethod
+    def _powers(dtA, start: int, stop: int):
+        """Ā^l = exp(dt·A·l) for l in [start, stop), in chunks: yields (l0, [d, N/2, chunk])."""
+        chunk = max(1, _VANDERMONDE_ELEMENTS // max(1, dtA.numel()))
+        for l0 in range(start, stop, chunk):
+            l = torch.arange(l0, min(stop, l0 + chunk), device=dtA.device, dtype=dtA.real.dtype)
+            yield l0, torch.exp(dtA[..., None] * l)
+
+    def kernel(self, L: int, dtype=torch.float32) -> torch.Tensor:
+        """K [d, L]: K_l = 2·Re(Σ_n C_n B̄_n Ā_n^l)."""
+        dtA, Bbar, C = self._discrete(dtype)
+        CB = C * Bbar
+        parts = [2 * torch.einsum("dn,dnl->dl", CB, P).real for _, P in self._powers(dtA, 0, L)]
+        return torch.cat(parts, dim=-1) if parts else dtA.real.new_zeros(dtA.shape[0], 0)
+
+    # --- parallel ------------------------------------------------------------------------
+    def forward(self, x, state=None, **ctx):
+        """x [B, L, d] → [B, L, d]; with `state`, continues from state["s"] and leaves the final one."""
+        Bsz, L, d = x.shape
+        real, _ = _complex_dtype(x.dtype)
+        u = x.transpose(1, 2).to(real)  # [B, d, L]
+        K = self.kernel(L, x.dtype)
+        n = 2 * L
+        y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(K, n=n), n=n)[..., :L]
+        if state is not None:
+            y = y + self._carry(u, state)
+        y = y + u * self.D.to(real)[:, None]
+        return self._output(F.gelu(y).to(x.dtype)).transpose(1, 2)
+
+    def _carry(self, u, state):
+        """Output contribution of the incoming state, 2·Re(C·Ā^{t+1}·s₀) [B, d, L]; leaves the state
+        after the last token, Ā^L·s₀ + B̄·Σ_j Ā^j·u_{L-1-j}, in state["s"]."""
+        dtA, Bbar, C = self._discrete(u.dtype)
+        L = u.shape[-1]
+        s0 = state["s"].to(dtA.dtype)
+        parts = [2 * torch.einsum("dn,bdn,dnl->bdl", C, s0, P).real for _, P in self._powers(dtA, 1, L + 1)]
+        acc = s0.new_zeros(s0.shape)
+        for j0, P in self._powers(dtA, 0, L):
+            back = L - 1 - torch.arange(j0, j0 + P.shape[-1], device=u.device)
+            acc = acc + torch.einsum("bdl,dnl->bdn", u[:, :, back].to(dtA.dtype), P)
+        state["s"].copy_(s0 * torch.exp(dtA * L) + acc * Bbar)
+        return torch.cat(parts, dim=-1) if parts else u.new_zeros(u.shape)
+
+    def _output(self, y):
+        """y [B, d, L] → the output layer (1×1 conv, GLU over channels when cfg.glu)."""
+        y = self.output_linear(y)
+        return F.glu(y, dim=-2) if self.cfg.glu else y
+
+    # --- recurrent -----------------------------------------------------------------------
+    def step(self, x, state, **ctx):
+        """x [B, d] → [B, d]; updates state["s"] in place."""
+        real, _ = _complex_dtype(x.dtype)
+        dtA, Bbar, C = self._discrete(x.dtype)
+        u = x.to(real)
+        s = torch.exp(dtA) * state["s"] + Bbar * u[..., None]
+        state["s"].copy_(s)
+        y = 2 * torch.einsum("dn,bdn->bd", C, s).real + self.D.to(real) * u
+        return self._output(F.gelu(y).to(x.dtype)[..., None])[..., 0]
+
+    def init_state(self, batch, device, dtype):
+        _, cplx = _complex_dtype(dtype)
+        return {"s": torch.zeros(batch, self.cfg.d_model, self.cfg.d_state // 2, device=device, dtype=cplx)}
