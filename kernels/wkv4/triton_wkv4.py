@@ -28,11 +28,11 @@ def _fwd_kernel(w, u, k, v, y, s_in, s_out, T, C, BC: tl.constexpr, HAS_STATE: t
     aa, bb, pp = _load_state(s_in, i_b * 3 * C + oc, C, mc, HAS_STATE, BC)
     base = i_b * T * C + oc
     for t in range(0, T):
-        kk = tl.load(k + base + t * C, mask=mc, other=0.0).to(tl.float32)
-        vv = tl.load(v + base + t * C, mask=mc, other=0.0).to(tl.float32)
+        kk = tl.load(k + base + t.to(tl.int64) * C, mask=mc, other=0.0).to(tl.float32)
+        vv = tl.load(v + base + t.to(tl.int64) * C, mask=mc, other=0.0).to(tl.float32)
         p = tl.maximum(pp, b_u + kk)
         e1, e2 = tl.exp(pp - p), tl.exp(b_u + kk - p)
-        tl.store(y + base + t * C, ((e1 * aa + e2 * vv) / (e1 * bb + e2)).to(y.dtype.element_ty), mask=mc)
+        tl.store(y + base + t.to(tl.int64) * C, ((e1 * aa + e2 * vv) / (e1 * bb + e2)).to(y.dtype.element_ty), mask=mc)
         p = tl.maximum(pp + wd, kk)
         e1, e2 = tl.exp(pp + wd - p), tl.exp(kk - p)
         aa, bb, pp = e1 * aa + e2 * vv, e1 * bb + e2, p
@@ -69,16 +69,16 @@ def _bwd_fwd_sweep(w, u, k, v, gy, s_in, s_out, g_s, y32, lnd, gw_part, T, C, BC
     gwd = tl.zeros([BC], dtype=tl.float32)
     base = i_b * T * C + oc
     for t in range(0, T):
-        kk = tl.load(k + base + t * C, mask=mc, other=0.0).to(tl.float32)
-        vv = tl.load(v + base + t * C, mask=mc, other=0.0).to(tl.float32)
-        gg = tl.load(gy + base + t * C, mask=mc, other=0.0).to(tl.float32)
+        kk = tl.load(k + base + t.to(tl.int64) * C, mask=mc, other=0.0).to(tl.float32)
+        vv = tl.load(v + base + t.to(tl.int64) * C, mask=mc, other=0.0).to(tl.float32)
+        gg = tl.load(gy + base + t.to(tl.int64) * C, mask=mc, other=0.0).to(tl.float32)
         p = tl.maximum(pp, b_u + kk)
         e1, e2 = tl.exp(pp - p), tl.exp(b_u + kk - p)
         den = e1 * bb + e2
         yy = (e1 * aa + e2 * vv) / den
         gwd += (ga - gb * yy) * e1 * gg / den
-        tl.store(y32 + base + t * C, yy, mask=mc)
-        tl.store(lnd + base + t * C, p + tl.log(den), mask=mc)
+        tl.store(y32 + base + t.to(tl.int64) * C, yy, mask=mc)
+        tl.store(lnd + base + t.to(tl.int64) * C, p + tl.log(den), mask=mc)
         p = tl.maximum(pp + wd, kk)
         e1, e2 = tl.exp(pp + wd - p), tl.exp(kk - p)
         ga, gb = e1 * (aa + ga), e1 * (bb + gb)
@@ -108,7 +108,7 @@ def _bwd_rev_sweep(u, w, k, v, gy, s_in, s_out, g_s, y32, lnd, gk, gv, gu_part, 
     gu = tl.zeros([BC], dtype=tl.float32)
     base = i_b * T * C + oc
     for i in range(0, T):
-        off = base + (T - 1 - i) * C
+        off = base + (T - 1 - i).to(tl.int64) * C
         kk = tl.load(k + off, mask=mc, other=0.0).to(tl.float32)
         vv = tl.load(v + off, mask=mc, other=0.0).to(tl.float32)
         gg = tl.load(gy + off, mask=mc, other=0.0).to(tl.float32)
