@@ -126,7 +126,10 @@ def rows(quick: bool = False) -> list[dict]:
 
 if __name__ == "__main__":
     print(f"{'op':22} {'mode':8} {'shape':30} {'ours ms':>9} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} {'% floor':>8}")
-    for r in rows():
+    # printed stage by stage so that a run cut short still reports what it measured
+    stages = [lambda: scan_rows([4096], [4096]), lambda: conv_rows([4096]), lambda: [step_row()],
+              lambda: scan_rows([16384], []), lambda: conv_rows([16384])]
+    for r in (r for stage in stages for r in stage()):
         peer = r["peer_ms"]
         ratio = f"{r['ours_ms'] / peer:.2f}" if peer else "-"
         print(f"{r['op']:22} {r['mode']:8} {r['shape']:30} {r['ours_ms']:9.4f} "

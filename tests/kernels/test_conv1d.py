@@ -25,8 +25,8 @@ def backend(name):
 
 
 def make(b, D, L, W, *, bias=True, init=False, dtype=torch.float32, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    g = torch.Generator(device=device).manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, device=device).to(dtype)
     return dict(x=r(b, D, L), weight=r(D, W) / W ** 0.5, bias=r(D) if bias else None,
                 initial_states=r(b, D, W - 1) if init else None)
 
