@@ -135,3 +135,5 @@ if __name__ == "__main__":
         print(f"{r['op']:22} {r['mode']:8} {r['shape']:30} {r['ours_ms']:9.4f} "
               f"{peer if peer is None else round(peer, 4)!s:>9} {ratio:>6} {r['floor_ms']:9.4f} "
               f"{100 * r['floor_ms'] / r['ours_ms']:7.1f}%", flush=True)
+    from archdsl.kernels.selective_scan import triton_selective_scan
+    print("tiles chosen (BLOCK_D, T, warps) / (BLOCK_D, warps):", triton_selective_scan._best)
