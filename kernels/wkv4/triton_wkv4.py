@@ -26,13 +26,14 @@ def _fwd_kernel(w, u, k, v, y, s_in, s_out, T, C, BC: tl.constexpr, HAS_STATE: t
     wd = -tl.exp(tl.load(w + oc, mask=mc, other=0.0).to(tl.float32))
     b_u = tl.load(u + oc, mask=mc, other=0.0).to(tl.float32)
     aa, bb, pp = _load_state(s_in, i_b * 3 * C + oc, C, mc, HAS_STATE, BC)
+    c64 = tl.zeros([BC], dtype=tl.int64) + C  # time stride, 64-bit: T·C passes 2^31
     base = i_b * T * C + oc
     for t in range(0, T):
-        kk = tl.load(k + base + t.to(tl.int64) * C, mask=mc, other=0.0).to(tl.float32)
-        vv = tl.load(v + base + t.to(tl.int64) * C, mask=mc, other=0.0).to(tl.float32)
+        kk = tl.load(k + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
+        vv = tl.load(v + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
         p = tl.maximum(pp, b_u + kk)
         e1, e2 = tl.exp(pp - p), tl.exp(b_u + kk - p)
-        tl.store(y + base + t.to(tl.int64) * C, ((e1 * aa + e2 * vv) / (e1 * bb + e2)).to(y.dtype.element_ty), mask=mc)
+        tl.store(y + base + c64 * t, ((e1 * aa + e2 * vv) / (e1 * bb + e2)).to(y.dtype.element_ty), mask=mc)
         p = tl.maximum(pp + wd, kk)
         e1, e2 = tl.exp(pp + wd - p), tl.exp(kk - p)
         aa, bb, pp = e1 * aa + e2 * vv, e1 * bb + e2, p
@@ -67,18 +68,19 @@ def _bwd_fwd_sweep(w, u, k, v, gy, s_in, s_out, g_s, y32, lnd, gw_part, T, C, BC
     ga = tl.zeros([BC], dtype=tl.float32)
     gb = tl.zeros([BC], dtype=tl.float32)
     gwd = tl.zeros([BC], dtype=tl.float32)
+    c64 = tl.zeros([BC], dtype=tl.int64) + C  # time stride, 64-bit: T·C passes 2^31
     base = i_b * T * C + oc
     for t in range(0, T):
-        kk = tl.load(k + base + t.to(tl.int64) * C, mask=mc, other=0.0).to(tl.float32)
-        vv = tl.load(v + base + t.to(tl.int64) * C, mask=mc, other=0.0).to(tl.float32)
-        gg = tl.load(gy + base + t.to(tl.int64) * C, mask=mc, other=0.0).to(tl.float32)
+        kk = tl.load(k + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
+        vv = tl.load(v + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
+        gg = tl.load(gy + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
         p = tl.maximum(pp, b_u + kk)
         e1, e2 = tl.exp(pp - p), tl.exp(b_u + kk - p)
         den = e1 * bb + e2
         yy = (e1 * aa + e2 * vv) / den
         gwd += (ga - gb * yy) * e1 * gg / den
-        tl.store(y32 + base + t.to(tl.int64) * C, yy, mask=mc)
-        tl.store(lnd + base + t.to(tl.int64) * C, p + tl.log(den), mask=mc)
+        tl.store(y32 + base + c64 * t, yy, mask=mc)
+        tl.store(lnd + base + c64 * t, p + tl.log(den), mask=mc)
         p = tl.maximum(pp + wd, kk)
         e1, e2 = tl.exp(pp + wd - p), tl.exp(kk - p)
         ga, gb = e1 * (aa + ga), e1 * (bb + gb)
@@ -106,9 +108,10 @@ def _bwd_rev_sweep(u, w, k, v, gy, s_in, s_out, g_s, y32, lnd, gk, gv, gu_part, 
         gb += tl.load(g_s + p_s + C, mask=mc, other=0.0)
         R = -tl.load(s_out + p_s + 2 * C, mask=mc, other=0.0)
     gu = tl.zeros([BC], dtype=tl.float32)
+    c64 = tl.zeros([BC], dtype=tl.int64) + C  # time stride, 64-bit: T·C passes 2^31
     base = i_b * T * C + oc
     for i in range(0, T):
-        off = base + (T - 1 - i).to(tl.int64) * C
+        off = base + c64 * (T - 1 - i)
         kk = tl.load(k + off, mask=mc, other=0.0).to(tl.float32)
         vv = tl.load(v + off, mask=mc, other=0.0).to(tl.float32)
         gg = tl.load(gy + off, mask=mc, other=0.0).to(tl.float32)
