@@ -1,7 +1,6 @@
 """The layout language: parser, formatter, errors (grammar/layout.lark, archdsl/language/)."""
 from __future__ import annotations
 
-import time
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -446,14 +445,10 @@ def test_lark_names_never_leak():
             assert internal not in message, (text, message)
 
 
-# --- performance ------------------------------------------------------------------------------
-def test_parsing_a_1000_layer_layout_is_fast():
+# --- a large layout (its speed is measured in benchmarks/language.py) ----------------------------
+def test_a_1000_layer_layout_round_trips():
     text = ", ".join(["mamba2+mlp", "attn(heads=32, kv_heads=8, window=4096)+moe(experts=16, top_k=2)"] * 500)
     text += ", moe every 2, attn every 8 offset 4"
-    parse_layout("mamba2")  # build the parser once
-    t0 = time.perf_counter()
     layout = parse_layout(text)
-    elapsed = time.perf_counter() - t0
     assert len(expand(layout)) == 1000
-    assert elapsed < 0.5, f"{elapsed:.3f} s"
     assert format_layout(parse_layout(format_layout(layout))) == format_layout(layout)
