@@ -34,8 +34,9 @@ class Cache:
                     yield from (t for t in s.values() if isinstance(t, torch.Tensor))
 
     def nbytes(self) -> int:
-        """Bytes held by the cache tensors (KV buffers as allocated, SSM / conv / shift states)."""
-        return sum(t.numel() * t.element_size() for t in self.tensors())
+        """Bytes held by the cache tensors (KV buffers as allocated, SSM / conv / shift states;
+        integer position counters left out)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors() if t.is_floating_point())
 
     def reset(self):
         """Back to position 0 in place (static buffers keep their addresses)."""

@@ -1,0 +1,233 @@
+"""Whole models from random small specs (float64): parallel == decoding, prefill + decode, gradients,
+sharing, save → load, cache sizes; every shipped spec builds on meta with the analyzer's count."""
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import archdsl
+from archdsl.errors import ArchDSLError
+from archdsl.model.modules import MODULES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SPECS = sorted(glob.glob(os.path.join(ROOT, "specs", "*.yaml")))
+SMALL = {
+    "mamba": {"d_state": 4},
+    "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 4},
+    "attn": {"heads": 4, "kv_heads": 2},
+    "swa": {"kind": "attn", "heads": 2, "window": 3, "rope": False},
+    "mlp": {"hidden": 24},
+    "moe": {"experts": 3, "top_k": 2, "hidden": 8},
+    "rwkv6": {"head_size": 8, "mix_lora": 4, "decay_lora": 4},
+    "cmix": {"hidden": 24},
+    "s4d": {"d_state": 8},
+    "zamba": {"heads": 4, "lora": 4, "hidden": 24},
+}
+MIXERS = [k for k in ("mamba", "mamba2", "attn", "swa", "rwkv6", "rwkv4", "s4d") if SMALL.get(k, {}).get("kind", k) in MODULES]
+FFNS = [k for k in ("mlp", "moe", "cmix") if k in MODULES]
+RTOL = 1e-9
+
+
+@st.composite
+def small_specs(draw):
+    """A layout text over every kind, with sharing, an optional zamba inject and `every` modifiers."""
+    items = []
+    for _ in range(draw(st.integers(1, 4))):
+        mixer = draw(st.sampled_from(MIXERS + [None]))
+        ffn = draw(st.sampled_from(FFNS + [None])) if mixer else draw(st.sampled_from(FFNS))
+        shared = mixer and draw(st.integers(0, 3)) == 0
+        text = (mixer + ("(shared)" if shared else "")) if mixer else ""
+        if ffn:
+            text = f"{text}+{ffn}" if text else ffn
+        items.append(text)
+    layout = ", ".join(items)
+    # not layer 0: the graph keeps one edge embed → L0, residual or embedding (a graph.py bug, reported)
+    mixer_layers = [i for i, t in enumerate(items) if t.split("+")[0].split("(")[0] in MIXERS and i > 0]
+    if "zamba" in MODULES and mixer_layers and draw(st.booleans()):
+        at = draw(st.lists(st.sampled_from(mixer_layers), min_size=1, max_size=2, unique=True))
+        layout += ", zamba(shared) at " + " ".join(map(str, sorted(at)))
+    if draw(st.booleans()) and "moe" in MODULES:
+        layout += f", moe every {draw(st.integers(1, 3))}"
+    tie = draw(st.booleans())
+    norm = draw(st.sampled_from(["rmsnorm", "layernorm"]))
+    return archdsl.parse(layout, d_model=16, vocab_size=37, tie_embeddings=tie, norm=norm, blocks=SMALL)
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=small_specs(), length=st.integers(1, 7), split=st.integers(1, 7), seed=st.integers(0, 2**16))
+def test_parallel_equals_decoding(spec, length, split, seed):
+    split = min(split, length)
+    model = archdsl.compile(spec, dtype=torch.float64, seed=seed)
+    assert model.num_params() == archdsl.analyze(spec).params
+    ids = torch.randint(0, 37, (2, length), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.init_cache(2)
+        steps = torch.stack([model.step(ids[:, t], cache) for t in range(length)], dim=1)
+        assert rel(steps, full) < RTOL
+        cache = model.init_cache(2)
+        pre = model(ids[:, :split], cache)
+        rest = [model.step(ids[:, t], cache)[:, None] for t in range(split, length)]
+        assert rel(torch.cat([pre] + rest, dim=1), full) < RTOL
+        assert cache.pos == length
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=small_specs(), seed=st.integers(0, 2**16))
+def test_gradients_and_sharing(spec, seed):
+    model = archdsl.compile(spec, dtype=torch.float64, seed=seed).train()
+    ids = torch.randint(0, 37, (2, 6), generator=torch.Generator().manual_seed(seed))
+    logits = model(ids)
+    (logits.logsumexp(-1).mean() + model.aux_loss).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"no gradient reaches {name}"
+        if ".experts." not in name:  # an expert no token chose has a zero gradient
+            assert p.grad.abs().sum() > 0, f"zero gradient at {name}"
+    g = spec.graph
+    for group, members in g.graph["groups"].items():
+        mods = {id(m) for i in members for m in (model.layers[i].mixer, model.layers[i].inject)
+                if m is not None and any(s.group == group for s in g.nodes[f"L{i}"]["sublayers"])}
+        assert len(mods) >= 1
+    for group, members in g.graph["groups"].items():
+        roles = [s.role for s in g.nodes[f"L{members[0]}"]["sublayers"] if s.group == group]
+        attr = {"mixer": "mixer", "inject": "inject", "ffn": "ffn"}[roles[0]]
+        assert len({id(getattr(model.layers[i], attr)) for i in members}) == 1, f"group {group} is not one module"
+    if spec.tie_embeddings:
+        assert model.lm_head.weight is model.embeddings.weight
+
+
+def test_moe_aux_loss_is_returned():
+    spec = archdsl.parse("mamba, attn, moe every 1", d_model=16, vocab_size=37, blocks=SMALL)
+    model = archdsl.compile(spec, dtype=torch.float64)
+    model(torch.randint(0, 37, (2, 5)))
+    assert model.aux_loss.requires_grad and model.aux_loss > 0
+
+
+def test_save_load_bitwise(tmp_path):
+    spec = archdsl.parse("mamba2, attn(shared)+moe, mamba, attn(shared)", d_model=16, vocab_size=37, blocks=SMALL)
+    model = archdsl.compile(spec, dtype=torch.float32, seed=3)
+    ids = torch.randint(0, 37, (2, 9))
+    model.save(tmp_path / "m")
+    model.save(tmp_path / "m")  # overwriting a good save
+    assert sorted(os.listdir(tmp_path)) == ["m"] and sorted(os.listdir(tmp_path / "m")) == ["model.safetensors", "spec.yaml"]
+    back = archdsl.load(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(model(ids), back(ids))
+    assert back.layers[1].mixer is back.layers[3].mixer
+    assert back.lm_head.weight is back.embeddings.weight
+
+
+def test_load_rejects_mismatched_checkpoint(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    archdsl.compile(archdsl.parse("mamba, attn", d_model=16, vocab_size=37, blocks=SMALL)).save(tmp_path / "m")
+    path = str(tmp_path / "m" / "model.safetensors")
+    tensors = load_file(path)
+    tensors["layers.0.mixer.A_log"] = torch.zeros(32, 5)
+    save_file(tensors, path)
+    with pytest.raises(ArchDSLError, match=r"layers\.0\.mixer\.A_log.*\[32, 5\].*\[32, 4\]"):
+        archdsl.load(tmp_path / "m")
+    del tensors["layers.0.mixer.A_log"]
+    save_file(tensors, path)
+    with pytest.raises(ArchDSLError, match="missing tensor 'layers.0.mixer.A_log'"):
+        archdsl.load(tmp_path / "m")
+
+
+def test_bad_builds_are_archdsl_errors():
+    with pytest.raises(ArchDSLError):
+        archdsl.compile(archdsl.parse("mamba2(headdim=7)", d_model=16))
+    with pytest.raises(ArchDSLError, match="dtype"):
+        archdsl.compile("mamba", dtype="float7")
+    if not torch.cuda.is_available():
+        with pytest.raises(ArchDSLError, match="CUDA"):
+            archdsl.compile("mamba", device="cuda")
+    with pytest.raises(ArchDSLError, match="not a saved model"):
+        archdsl.load(ROOT)
+
+
+def test_cache_bytes():
+    """Pure SSM: the same at 16 and 4096 tokens (and as the analyzer says); attention: linear."""
+    spec = archdsl.parse("mamba, mamba2", d_model=16, vocab_size=37, blocks=SMALL)
+    model = archdsl.compile(spec)
+    sizes = []
+    for n in (16, 4096):
+        cache = model.init_cache(1)
+        with torch.no_grad():
+            model(torch.randint(0, 37, (1, n)), cache)
+            model.step(torch.tensor([1]), cache)
+        sizes.append(cache.nbytes())
+    assert sizes[0] == sizes[1] == archdsl.analyze(spec, seq_len=4096, dtype="float32").cache_bytes
+    spec = archdsl.parse("mamba, attn", d_model=16, vocab_size=37, blocks=SMALL)
+    model = archdsl.compile(spec)
+    sizes = {}
+    for n in (16, 64):
+        cache = model.init_cache(1)
+        with torch.no_grad():
+            model(torch.randint(0, 37, (1, n)), cache)
+        sizes[n] = cache.nbytes() - model.layers[0].mixer.cfg.cache_bytes(1, n, 4)
+        assert cache.nbytes() == archdsl.analyze(spec, seq_len=n, dtype="float32").cache_bytes
+    assert sizes[64] == 4 * sizes[16]
+
+
+def test_generate():
+    model = archdsl.compile(archdsl.parse("mamba2, attn+mlp", d_model=16, vocab_size=37, blocks=SMALL))
+    ids = torch.randint(0, 37, (2, 4))
+    a = model.generate(ids, 6, temperature=0)
+    assert a.shape == (2, 10) and torch.equal(a[:, :4], ids)
+    with torch.no_grad():  # greedy decoding == argmax of the parallel pass over the output
+        assert torch.equal(model(a[:, :-1])[:, 3:].argmax(-1), a[:, 4:])
+    b = model.generate(ids, 6, temperature=0.8, top_k=5, seed=1)
+    assert torch.equal(b, model.generate(ids, 6, temperature=0.8, top_k=5, seed=1))
+
+
+def test_fuse_switch_is_same_function():
+    spec = archdsl.parse("attn+mlp, mamba2", d_model=16, vocab_size=37, blocks=SMALL)
+    ids = torch.randint(0, 37, (2, 5))
+    with torch.no_grad():
+        a = archdsl.compile(spec, fuse=True)(ids)
+        b = archdsl.compile(spec, fuse=False)(ids)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[os.path.basename(p) for p in SPECS])
+def test_shipped_specs_build_on_meta_with_analyzer_count(path):
+    spec = archdsl.load_spec(path)
+    model = archdsl.compile(spec, device="meta", dtype=torch.bfloat16)
+    assert model.num_params() == archdsl.analyze(spec).params
+    assert all(p.device.type == "meta" for p in model.parameters())
+
+
+def test_jamba_on_meta():
+    path = os.path.join(ROOT, "specs", "jamba-v0.1.yaml")
+    model = archdsl.compile(path, device="meta")
+    assert model.num_params() == 51_570_323_328
+
+
+def _compiled_matches(backend):
+    spec = archdsl.parse("mamba2, attn+mlp, mamba+moe", d_model=16, vocab_size=37, blocks=SMALL)
+    model = archdsl.compile(spec)
+    ids = torch.randint(0, 37, (1, 8))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend)
+    with torch.no_grad():
+        assert torch.allclose(compiled(ids), model(ids), rtol=1e-4, atol=1e-5)
+
+
+def test_torch_compile_cpu():
+    """The model traces under torch.compile (dynamo + AOT autograd, CPU, float32): same logits."""
+    _compiled_matches("aot_eager")
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_cpu():
+    """The same through Inductor's generated C++ (about a minute on 2 cores)."""
+    _compiled_matches("inductor")
