@@ -1,0 +1,319 @@
+"""Enumerate a Space, prune by budget before building anything, rank on a Pareto front.
+
+    cons = [parse_constraint("params", "1.5B"), parse_constraint("cache_bytes", "2GiB@64k")]
+    result = explore(space, cons, objectives=("params", "cache_bytes"))
+    result.candidates   # survivors with their figures, ranked
+    result.front        # the non-dominated ones
+
+Figures come from archdsl.analyze (exact, nothing allocated). A *frame* (everything but
+where the attention layers sit) has one set of figures, so a frame over budget is
+removed with all its placements after one analysis; every survivor is then analysed on
+its own, and that analysis is what the budget is checked against.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from ..analysis import analyze
+from ..errors import ArchDSLError, did_you_mean
+from .space import Space
+
+METRICS = {"params": "params", "active_params": "active_params", "active": "active_params",
+           "flops": "flops_per_token", "flops_per_token": "flops_per_token", "cache": "cache_bytes",
+           "cache_bytes": "cache_bytes", "accuracy": "accuracy", "loss": "loss", "depth": "depth",
+           "attn_fraction": "attn_fraction", "wall_time": "wall_time"}
+MAXIMISE = {"accuracy"}
+ANALYTIC = ("params", "active_params", "flops_per_token", "cache_bytes")
+UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9, "t": 10**12,
+         "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+
+
+def parse_amount(text: str | int | float) -> float:
+    """'1.5B' → 1.5e9, '2GiB' → 2**31, '300M' → 3e8, '4096' → 4096."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    t = str(text).strip().lower().replace("_", "").replace(",", "")
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)", t)
+    if not m or m.group(2) not in UNITS:
+        raise ArchDSLError(f"not an amount: {text!r} (write 1.5B, 300M, 2GiB or 4096)")
+    return float(m.group(1)) * UNITS[m.group(2)]
+
+
+def parse_context(text: str) -> int:
+    """'64k' → 65536 (binary k, as `archdsl memory`), '4096' → 4096."""
+    from ..cli import parse_count
+
+    return parse_count(str(text))
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """metric ≤ max (and ≥ min), measured at (batch, seq_len) when given, else at the run's context."""
+
+    metric: str
+    max: float | None = None
+    min: float | None = None
+    seq_len: int | None = None
+    batch: int | None = None
+
+    @property
+    def label(self) -> str:
+        from ..cli import human
+
+        unit = "B" if self.metric == "cache_bytes" else ""
+        parts = []
+        if self.min is not None:
+            parts.append(f"{self.metric} ≥ {human(self.min, unit)}")
+        if self.max is not None:
+            parts.append(f"{self.metric} ≤ {human(self.max, unit)}")
+        at = f" @ batch {self.batch or 1}, context {self.seq_len}" if self.seq_len else ""
+        return " and ".join(parts) + at
+
+    def check(self, value: float) -> bool:
+        return (self.max is None or value <= self.max) and (self.min is None or value >= self.min)
+
+
+def parse_constraint(metric: str, text: str, bound: str = "max") -> Constraint:
+    """'2GiB@64k' (cache at context 64k), '2GiB@64kx8' (batch 8), '1.5B' → a Constraint."""
+    key = METRICS.get(metric.replace("-", "_"))
+    if key not in ANALYTIC:
+        raise ArchDSLError(f"unknown constraint metric {metric!r}", hint=did_you_mean(metric, ANALYTIC))
+    amount, _, at = str(text).partition("@")
+    seq_len = batch = None
+    if at:
+        ctx, _, b = at.lower().partition("x")
+        seq_len = parse_context(ctx)
+        batch = parse_context(b) if b else None
+    value = parse_amount(amount)
+    if value < 0:
+        raise ArchDSLError(f"{metric}: a budget cannot be negative: {text!r}")
+    return Constraint(key, **{bound: value}, seq_len=seq_len, batch=batch)
+
+
+@dataclass
+class Candidate:
+    """One point of the space: its knobs, layout text, Spec, figures and (later) probe result."""
+
+    id: str
+    knobs: dict
+    layout: str
+    spec: Any
+    figures: dict = field(default_factory=dict)
+    probe: dict | None = None
+    rank: int | None = None  # 0 = on the Pareto front
+    on_front: bool = False
+
+    def value(self, metric: str):
+        if metric in self.figures:
+            return self.figures[metric]
+        if metric in ("accuracy", "loss", "wall_time"):
+            return None if self.probe is None else self.probe.get({"loss": "final_loss"}.get(metric, metric))
+        return self.knobs.get(metric)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "layout": self.layout, "knobs": dict(self.knobs), "figures": dict(self.figures),
+                "probe": self.probe, "rank": self.rank, "on_front": self.on_front}
+
+
+@dataclass
+class Exploration:
+    candidates: list[Candidate]  # survivors, ranked
+    front: list[Candidate]
+    enumerated: int
+    removed: dict[str, int]  # constraint label → candidates it removed (first failing)
+    violated: dict[str, int]  # constraint label → candidates violating it (any)
+    objectives: tuple[str, ...]
+    context: int
+    batch: int
+
+
+def norm_objectives(objectives: Iterable[str]) -> tuple[str, ...]:
+    out = []
+    for o in objectives:
+        key = METRICS.get(o.strip().replace("-", "_"))
+        if key is None:
+            raise ArchDSLError(f"unknown objective {o!r}", hint=did_you_mean(o, METRICS))
+        if key not in out:
+            out.append(key)
+    if not out:
+        raise ArchDSLError("give at least one objective (params, active_params, flops, cache, accuracy, loss)")
+    return tuple(out)
+
+
+def check_constraints(constraints: Sequence[Constraint]) -> None:
+    """Contradictions that need no candidate: min above max on one metric."""
+    for c in constraints:
+        if c.min is not None and c.max is not None and c.min > c.max:
+            raise ArchDSLError(f"contradictory constraints: {c.metric} ≥ {c.min:g} and ≤ {c.max:g}")
+    by_metric: dict[tuple, list[Constraint]] = {}
+    for c in constraints:
+        by_metric.setdefault((c.metric, c.seq_len, c.batch), []).append(c)
+    for (metric, _, _), cs in by_metric.items():
+        lo = max((c.min for c in cs if c.min is not None), default=None)
+        hi = min((c.max for c in cs if c.max is not None), default=None)
+        if lo is not None and hi is not None and lo > hi:
+            raise ArchDSLError(f"contradictory constraints: {metric} ≥ {lo:g} and {metric} ≤ {hi:g}")
+
+
+def figures_of(spec, constraints: Sequence[Constraint], context: int, batch: int, dtype: str) -> dict:
+    """params, active_params, flops_per_token, cache_bytes at (batch, context), plus each
+    constraint's own measurement under `at[label]`."""
+    reps = {}
+
+    def rep(n, b):
+        if (n, b) not in reps:
+            reps[(n, b)] = analyze(spec, seq_len=n, batch=b, dtype=dtype)
+        return reps[(n, b)]
+
+    r = rep(context, batch)
+    out = {"params": r.params, "active_params": r.active_params, "flops_per_token": r.flops_per_token,
+           "cache_bytes": r.cache_bytes, "layers": len(r.layers)}
+    at = {}
+    for c in constraints:
+        at[c.label] = getattr(rep(c.seq_len or context, c.batch or batch), c.metric)
+    out["at"] = at
+    return out
+
+
+def failing(figs: dict, constraints: Sequence[Constraint]) -> list[Constraint]:
+    return [c for c in constraints if not c.check(figs["at"][c.label])]
+
+
+def enumerate_space(space: Space, constraints: Sequence[Constraint] = (), context: int = 4096, batch: int = 1,
+                    dtype: str = "bfloat16", progress=None):
+    """Generate, prune and analyse. Returns (survivors, enumerated, removed, violated, best):
+    best[label] is the smallest (largest, for min bounds) value seen, for error messages."""
+    check_constraints(constraints)
+    seen: set[str] = set()
+    survivors: list[Candidate] = []
+    removed: dict[str, int] = {}
+    violated: dict[str, int] = {}
+    best: dict[str, float] = {}
+    invalid: list[str] = []
+    n = 0
+    for fi, frame in enumerate(space.frames()):
+        placements = []
+        for pname, idx in space.placements_of(frame):
+            layout = space.layout_text(frame, pname, idx)
+            key = repr((sorted(frame.items()), idx))  # the same layers by two placements: keep the first
+            if key in seen:
+                continue
+            seen.add(key)
+            placements.append((pname, idx, layout))
+        if not placements:
+            continue
+        n0 = n
+        n += len(placements)
+        if progress is not None:
+            progress.update(len(placements))
+        # one analysis for the frame: placement moves no parameter, FLOP or cache byte
+        first = placements[0]
+        try:
+            spec = space.spec(frame, first[2], f"{space.name}-c{n0:04d}")
+            figs = figures_of(spec, constraints, context, batch, dtype)
+        except ArchDSLError as e:
+            label = "invalid block configuration"
+            removed[label] = removed.get(label, 0) + len(placements)
+            invalid.append(f"{first[2]} at d_model {frame['d_model']}: {e.message}")
+            continue
+        for c in constraints:
+            v = figs["at"][c.label]
+            if c.max is not None:
+                best[c.label] = min(best.get(c.label, v), v)
+            elif c.min is not None:
+                best[c.label] = max(best.get(c.label, v), v)
+        bad = failing(figs, constraints)
+        if bad:
+            removed[bad[0].label] = removed.get(bad[0].label, 0) + len(placements)
+            for c in bad:
+                violated[c.label] = violated.get(c.label, 0) + len(placements)
+            continue
+        for j, (pname, idx, layout) in enumerate(placements):
+            cid = f"c{n0 + j:04d}"
+            spec = space.spec(frame, layout, f"{space.name}-{cid}")
+            own = figures_of(spec, constraints, context, batch, dtype) if j else figs
+            assert not failing(own, constraints), f"{layout}: figures depend on placement"
+            knobs = dict(frame, placement=pname, attn_layers=list(idx))
+            survivors.append(Candidate(cid, knobs, spec.layout_text, spec, own))
+    return survivors, n, removed, violated, best, invalid
+
+
+def empty_error(space: Space, n: int, removed: dict, violated: dict, best: dict, invalid: list) -> ArchDSLError:
+    if n == 0:
+        depths = ", ".join(str(d) for d in space.depth)
+        rng = (f"attn_count {list(space.attn_count)}" if space.attn_count is not None
+               else f"attn_fraction {list(space.attn_fraction or (0, 0.5))}")
+        return ArchDSLError(f"the space is empty: {rng} allows no attention-layer count (or placement) "
+                            f"at depth {depths}")
+    lines = [f"no candidate satisfies the constraints: {n} enumerated, all removed"]
+    for label, count in sorted(removed.items(), key=lambda kv: -kv[1]):
+        extra = ""
+        if label in best:
+            from ..cli import human
+
+            unit = "B" if label.startswith("cache") else ""
+            extra = f" (best seen: {human(best[label], unit)})"
+        lines.append(f"  {label}: removed {count}, violated by {violated.get(label, count)}{extra}")
+    if invalid:
+        lines.append(f"  first invalid: {invalid[0]}")
+    return ArchDSLError("\n".join(lines))
+
+
+# --- Pareto ---------------------------------------------------------------------------------
+def _key(c: Candidate, objectives) -> tuple:
+    vals = []
+    for o in objectives:
+        v = c.value(o)
+        v = float("inf") if v is None else float(v)
+        vals.append(-v if o in MAXIMISE and v != float("inf") else v)
+    return tuple(vals)
+
+
+def dominates(a: tuple, b: tuple) -> bool:
+    """a is no worse anywhere and better somewhere (all minimised)."""
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def pareto_ranks(cands: Sequence[Candidate], objectives: Sequence[str]) -> list[int]:
+    """Non-dominated sorting: rank 0 is the front, rank 1 the front of the rest, ..."""
+    keys = [_key(c, objectives) for c in cands]
+    ranks = [-1] * len(cands)
+    left = set(range(len(cands)))
+    r = 0
+    while left:
+        layer = {i for i in left if not any(dominates(keys[j], keys[i]) for j in left if j != i)}
+        for i in layer:
+            ranks[i] = r
+        left -= layer
+        r += 1
+    return ranks
+
+
+def rank(cands: list[Candidate], objectives: Sequence[str], eligible=None) -> list[Candidate]:
+    """Set rank / on_front in place over the `eligible` ones (default: all); return all sorted:
+    by rank, then objectives in order, then id. Ineligible ones (not probed) come last."""
+    pool = [c for c in cands if eligible is None or eligible(c)]
+    rest = [c for c in cands if not (eligible is None or eligible(c))]
+    for c, r in zip(pool, pareto_ranks(pool, objectives)):
+        c.rank, c.on_front = r, r == 0
+    for c in rest:
+        c.rank, c.on_front = None, False
+    pool.sort(key=lambda c: (c.rank, _key(c, objectives), c.id))
+    rest.sort(key=lambda c: (_key(c, [o for o in objectives if o in ANALYTIC] or ["params"]), c.id))
+    return pool + rest
+
+
+def explore(space: Space, constraints: Sequence[Constraint] = (), objectives: Sequence[str] = ("params", "cache_bytes"),
+            context: int = 4096, batch: int = 1, dtype: str = "bfloat16", progress=None) -> Exploration:
+    """Enumerate `space`, keep what meets every constraint, rank on the Pareto front of `objectives`
+    (analytic ones: params, active_params, flops_per_token, cache_bytes, depth, attn_fraction).
+    Raises ArchDSLError naming the constraint that removed everything."""
+    objectives = norm_objectives(objectives)
+    survivors, n, removed, violated, best, invalid = enumerate_space(space, constraints, context, batch, dtype, progress)
+    if not survivors:
+        raise empty_error(space, n, removed, violated, best, invalid)
+    analytic = tuple(o for o in objectives if o not in ("accuracy", "loss", "wall_time"))
+    ranked = rank(survivors, analytic or ("params",))
+    return Exploration(ranked, [c for c in ranked if c.on_front], n, removed, violated, objectives, context, batch)

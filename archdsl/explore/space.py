@@ -1,0 +1,372 @@
+"""A design space of hybrid layouts, from YAML or Python, and its candidates as real Specs.
+
+    name: recall-hybrids
+    base: {vocab_size: 32000, ffn: mlp, blocks: {attn: {heads: 8}}}   # or a spec file path
+    mixers: [mamba2, mamba]           # the non-attention mixer of the stack
+    attention: attn                   # the attention block (a kind or an alias in base.blocks)
+    attn_fraction: [0, 0.25]          # or attn_count: [0, 4] (or one number)
+    placements: [even, every, front, back, sandwich]
+    every: {periods: [4, 8], offsets: [last]}    # for the `every` placement
+    shared: [false, true]             # one parameter set for all attention layers
+    moe: {every: [0, 2], experts: [8], top_k: [2], hidden: [0]}   # every 0 = no MoE
+    d_model: [512, 1024]
+    depth: [16, 24]
+
+A candidate is one point of the product: its layout is written in the layout language
+(`3×(3×mamba2, attn), moe(experts=8) every 2`) and wrapped in a Spec with the base's fixed
+parts (vocabulary, norm, default FFN, per-kind block defaults). Placements of k attention
+layers among D:
+  even      centres of k equal segments: i = floor((j + ½)·D/k)
+  every     i % N == K for each period N and offset K of `every` (count from the layout)
+  front     0 .. k-1             back   D-k .. D-1
+  sandwich  ceil(k/2) at the front, floor(k/2) at the back
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator
+
+import yaml
+
+from ..blocks import BLOCKS, MIXER
+from ..errors import ArchDSLError, Source, did_you_mean
+from ..spec import Spec, _positions, load_spec, spec_from_yaml
+
+PLACEMENTS = ("even", "every", "front", "back", "sandwich")
+OFFSET_NAMES = ("first", "mid", "last")
+BASE_KEYS = ("name", "vocab_size", "tie_embeddings", "norm", "norm_eps", "embed_norm", "ffn", "blocks", "d_model")
+SPACE_KEYS = ("name", "base", "mixers", "attention", "attn_count", "attn_fraction", "placements", "every",
+              "shared", "moe", "d_model", "depth", "probe")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Space:
+    """The product of these knobs, less what the constraints remove."""
+
+    name: str = "space"
+    base: Spec | None = None  # fixed parts: sizes, norm, default FFN, block defaults (its layout is unused)
+    mixers: tuple[str, ...] = ("mamba2",)
+    attention: str = "attn"
+    attn_count: tuple[int, int] | None = None  # inclusive range of attention layers
+    attn_fraction: tuple[float, float] | None = None  # inclusive range of attention layers / depth
+    placements: tuple[str, ...] = ("even",)
+    every_periods: tuple[int, ...] = ()  # empty: every period 2..depth
+    every_offsets: tuple[int | str, ...] = ("last",)  # ints, or first / mid / last of the period
+    shared: tuple[bool, ...] = (False,)
+    moe_every: tuple[int, ...] = (0,)  # 0: no MoE
+    moe_experts: tuple[int, ...] = (8,)
+    moe_top_k: tuple[int, ...] = (2,)
+    moe_hidden: tuple[int, ...] = (0,)  # 0: the moe block's default
+    d_model: tuple[int, ...] = ()  # empty: the base's d_model
+    depth: tuple[int, ...] = (8,)
+    probe: dict = field(default_factory=dict)  # defaults for probing (see probes.ProbeConfig)
+
+    def __post_init__(self):
+        for name in ("mixers", "placements", "every_periods", "every_offsets", "shared", "moe_every",
+                     "moe_experts", "moe_top_k", "moe_hidden", "d_model", "depth"):
+            value = getattr(self, name)
+            if isinstance(value, (str, int, bool)):
+                value = (value,)
+            object.__setattr__(self, name, tuple(value))
+        for name in ("attn_count", "attn_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = (value, value)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+        self.check()
+
+    # --- validation ---------------------------------------------------------------------
+    def check(self) -> None:
+        base = self.base_spec
+        for name in ("mixers", "placements", "shared", "moe_every", "moe_experts", "moe_top_k", "moe_hidden", "depth"):
+            if not getattr(self, name):
+                raise ArchDSLError(f"the space is empty: `{name}` lists no values")
+        for kind in self.mixers + (self.attention,):
+            resolved = resolve_kind(base, kind)
+            if BLOCKS[resolved].role != MIXER:
+                raise ArchDSLError(f"{kind!r} is a {BLOCKS[resolved].role} block, not a mixer",
+                                   hint="mixers and attention take mixer kinds: "
+                                        + ", ".join(k for k, c in BLOCKS.items() if c.role == MIXER))
+        if resolve_kind(base, self.attention) != "attn":
+            raise ArchDSLError(f"attention {self.attention!r} is not an attention block (kind attn)")
+        for p in self.placements:
+            if p not in PLACEMENTS:
+                raise ArchDSLError(f"unknown placement {p!r}", hint=did_you_mean(p, PLACEMENTS))
+        if self.attn_count is not None and self.attn_fraction is not None:
+            raise ArchDSLError("give attn_count or attn_fraction, not both")
+        for name, rng, top in (("attn_count", self.attn_count, None), ("attn_fraction", self.attn_fraction, 1)):
+            if rng is None:
+                continue
+            if len(rng) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in rng):
+                raise ArchDSLError(f"{name} must be a number or a [min, max] pair, got {list(rng)}")
+            lo, hi = rng
+            if lo < 0 or (top is not None and hi > top):
+                raise ArchDSLError(f"{name} [{lo}, {hi}] is out of range" + (" [0, 1]" if top else " (>= 0)"))
+            if lo > hi:
+                raise ArchDSLError(f"contradictory {name}: min {lo} > max {hi}")
+        for name in ("depth", "moe_experts", "moe_top_k") + (("d_model",) if self.d_model else ()):
+            for v in getattr(self, name):
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ArchDSLError(f"{name} values must be positive integers, got {v!r}")
+        for name in ("moe_every", "moe_hidden") + (("every_periods",) if self.every_periods else ()):
+            for v in getattr(self, name):
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise ArchDSLError(f"{name} values must be integers >= 0, got {v!r}")
+        for v in self.every_offsets:
+            if not (v in OFFSET_NAMES or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)):
+                raise ArchDSLError(f"every offset must be an integer >= 0 or one of {', '.join(OFFSET_NAMES)};"
+                                   f" got {v!r}")
+        if any(not isinstance(v, bool) for v in self.shared):
+            raise ArchDSLError(f"shared takes true / false, got {list(self.shared)}")
+        if max(self.moe_every) > 0 and not any(k <= e for k in self.moe_top_k for e in self.moe_experts):
+            raise ArchDSLError(f"contradictory moe: every top_k {list(self.moe_top_k)} exceeds every expert "
+                               f"count {list(self.moe_experts)}")
+
+    @property
+    def base_spec(self) -> Spec:
+        return self.base if self.base is not None else Spec(layout=_EMPTY_LAYOUT)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return self.d_model or (self.base_spec.d_model,)
+
+    def counts(self, depth: int) -> list[int]:
+        """Attention-layer counts allowed at this depth."""
+        if self.attn_count is not None:
+            lo, hi = self.attn_count
+            return [k for k in range(depth + 1) if lo <= k <= hi]
+        lo, hi = self.attn_fraction if self.attn_fraction is not None else (0.0, 0.5)
+        return [k for k in range(depth + 1) if lo - 1e-9 <= k / depth <= hi + 1e-9]
+
+    # --- enumeration ----------------------------------------------------------------------
+    def frames(self) -> Iterator[dict]:
+        """Everything but the placement: the figures (params, FLOPs, cache) depend on nothing
+        else, so constraints can prune a frame before any of its placements is built."""
+        moes = [(0, None, None, None)]
+        if any(p > 0 for p in self.moe_every):
+            moes = [(0, None, None, None)] if 0 in self.moe_every else []
+            moes += [(p, e, k, h) for p in self.moe_every if p > 0 for e in self.moe_experts
+                     for k in self.moe_top_k if k <= e for h in self.moe_hidden]
+        for d, depth, mixer, moe, shared in itertools.product(self.widths, self.depth, self.mixers, moes, self.shared):
+            for k in self.counts(depth):
+                if shared and k < 2:
+                    continue  # sharing one layer (or none) is no sharing: the unshared frame has it
+                yield {"mixer": mixer if k < depth else self.attention, "d_model": d, "depth": depth,
+                       "attn_count": k, "attn_fraction": round(k / depth, 6), "shared": shared,
+                       "moe_every": moe[0], "moe_experts": moe[1], "moe_top_k": moe[2], "moe_hidden": moe[3]}
+
+    def placements_of(self, frame: dict) -> Iterator[tuple[str, tuple[int, ...]]]:
+        """(placement name, attention indices) for a frame; every-N placements may give another
+        count than the frame's, so they are returned only when the count matches."""
+        D, k = frame["depth"], frame["attn_count"]
+        if k == 0 or k == D:
+            yield ("none" if k == 0 else "all"), tuple(range(k)) if k else ()
+            return
+        for p in self.placements:
+            if p == "even":
+                yield p, tuple(sorted({int((j + 0.5) * D / k) for j in range(k)}))
+            elif p == "front":
+                yield p, tuple(range(k))
+            elif p == "back":
+                yield p, tuple(range(D - k, D))
+            elif p == "sandwich":
+                yield p, tuple(range((k + 1) // 2)) + tuple(range(D - k // 2, D))
+            elif p == "every":
+                for N in self.every_periods or range(2, D + 1):
+                    if N < 2 or N > D:
+                        continue
+                    for off in self.every_offsets:
+                        K = {"first": 0, "mid": N // 2, "last": N - 1}.get(off, off)
+                        if K >= N:
+                            continue
+                        idx = tuple(i for i in range(D) if i % N == K)
+                        if len(idx) == k:
+                            yield f"every {N} offset {K}", idx
+
+    def layout_text(self, frame: dict, placement: str, idx: tuple[int, ...]) -> str:
+        """The candidate's layout in the layout language."""
+        D = frame["depth"]
+        attn = self.attention + ("(shared)" if frame["shared"] and len(idx) > 1 else "")
+        if placement.startswith("every "):
+            N, K = placement.split()[1], placement.split()[3]
+            text = f"{D}×{frame['mixer']}, {attn} every {N} offset {K}"
+        else:
+            kinds = [attn if i in idx else frame["mixer"] for i in range(D)]
+            text = _compress(kinds)
+        if frame["moe_every"]:
+            args = [f"experts={frame['moe_experts']}", f"top_k={frame['moe_top_k']}"]
+            if frame["moe_hidden"]:
+                args.append(f"hidden={frame['moe_hidden']}")
+            text += f", moe({', '.join(args)}) every {frame['moe_every']}"
+        return text
+
+    def spec(self, frame: dict, layout: str, name: str) -> Spec:
+        """The candidate as a Spec with the base's fixed parts (block errors surface on .graph)."""
+        base = self.base_spec
+        data = {k: v for k, v in base.to_dict().items() if k != "layout"}
+        data.update(name=name, d_model=frame["d_model"], layout=layout)
+        return spec_from_yaml(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), file=f"<{name}>")
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"name": self.name}
+        if self.base is not None:
+            out["base"] = {k: v for k, v in self.base.to_dict().items() if k != "layout"}
+        out.update(mixers=list(self.mixers), attention=self.attention)
+        if self.attn_count is not None:
+            out["attn_count"] = list(self.attn_count)
+        if self.attn_fraction is not None:
+            out["attn_fraction"] = list(self.attn_fraction)
+        out.update(placements=list(self.placements),
+                   every={"periods": list(self.every_periods), "offsets": list(self.every_offsets)},
+                   shared=list(self.shared),
+                   moe={"every": list(self.moe_every), "experts": list(self.moe_experts),
+                        "top_k": list(self.moe_top_k), "hidden": list(self.moe_hidden)},
+                   d_model=list(self.widths), depth=list(self.depth))
+        if self.probe:
+            out["probe"] = dict(self.probe)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+_EMPTY_LAYOUT = None  # set below (a parsed one-layer layout; the base's layout is never used)
+
+
+def resolve_kind(base: Spec, name: str) -> str:
+    """A block kind from a kind or an alias of the base's `blocks:`; ArchDSLError if unknown."""
+    seen = []
+    kind = name
+    while kind not in BLOCKS:
+        alias = base.blocks.get(kind)
+        if alias is None or "kind" not in alias or kind in seen:
+            valid = set(BLOCKS) | {a for a, v in base.blocks.items() if "kind" in v}
+            raise ArchDSLError(f"unknown block kind {name!r}", hint=did_you_mean(name, valid))
+        seen.append(kind)
+        kind = str(alias["kind"])
+    return kind
+
+
+def _compress(kinds: list[str]) -> str:
+    """['m','m','a','m','m','a'] → '2×(2×m, a)': the shortest period, then run lengths."""
+    D = len(kinds)
+    period = next(p for p in range(1, D + 1) if D % p == 0 and kinds == kinds[:p] * (D // p))
+    unit = kinds[:period]
+    runs = [(len(list(g)), k) for k, g in itertools.groupby(unit)]
+    body = ", ".join(k if n == 1 else f"{n}×{k}" for n, k in runs)
+    if period == D:
+        return body
+    return f"{D // period}×{body}" if len(runs) == 1 else f"{D // period}×({body})"
+
+
+# --- YAML -------------------------------------------------------------------------------
+def load_space(path_or_text: str | os.PathLike | dict) -> Space:
+    """A Space from a YAML file, YAML text, or a mapping (the keys of the module docstring)."""
+    if isinstance(path_or_text, Space):
+        return path_or_text
+    if isinstance(path_or_text, dict):
+        return space_from_dict(path_or_text)
+    text = os.fspath(path_or_text)
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as f:
+            return space_from_yaml(f.read(), file=text)
+    if text.endswith((".yaml", ".yml")):
+        raise ArchDSLError(f"no such space file: {text}")
+    return space_from_yaml(text)
+
+
+def space_from_yaml(text: str, file: str = "<space>") -> Space:
+    whole = Source(text, file, file_text=text)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ArchDSLError(f"invalid YAML: {getattr(e, 'problem', None) or e}", source=whole if mark else None,
+                           start=mark.index if mark else None, file=file) from None
+    if not isinstance(data, dict):
+        raise ArchDSLError("a space file must be a mapping (mixers, attn_fraction, placements, depth, ...)",
+                           file=file, line=1, col=1)
+    positions = _positions(root)
+    try:
+        return space_from_dict(data, here=os.path.dirname(os.path.abspath(file)) if os.path.isfile(file) else None)
+    except ArchDSLError as e:
+        key = getattr(e, "space_key", None)
+        if key is not None and key in positions and e.line is None:
+            raise ArchDSLError(e.message, source=whole, start=positions[key], hint=e.hint) from None
+        raise
+
+
+def _keyed(message: str, key: tuple, hint: str = "") -> ArchDSLError:
+    e = ArchDSLError(message, hint=hint)
+    e.space_key = key
+    return e
+
+
+def space_from_dict(data: dict, here: str | None = None) -> Space:
+    """A Space from plain data (YAML's shape); `here` resolves a relative base path."""
+    for key in data:
+        if key not in SPACE_KEYS:
+            raise _keyed(f"unknown space key {key!r}", (str(key), "<key>"), did_you_mean(str(key), SPACE_KEYS))
+    kw: dict[str, Any] = {}
+    base = data.get("base")
+    if isinstance(base, str):
+        path = base if os.path.isabs(base) or here is None else os.path.join(here, base)
+        kw["base"] = load_spec(path if os.path.exists(path) else base)
+    elif isinstance(base, dict):
+        for key in base:
+            if key not in BASE_KEYS:
+                raise _keyed(f"unknown base key {key!r}", ("base", str(key), "<key>"), did_you_mean(str(key), BASE_KEYS))
+        kw["base"] = spec_from_yaml(yaml.safe_dump({**base, "layout": "mamba2"}, sort_keys=False), file="<base>")
+    elif base is not None:
+        raise _keyed("base must be a spec file path or a mapping of spec keys", ("base",))
+    for key in ("name", "attention", "mixers", "placements", "shared", "d_model", "depth", "attn_count",
+                "attn_fraction", "probe"):
+        if key in data:
+            kw[key] = data[key]
+    if "mixers" in kw and isinstance(kw["mixers"], str):
+        kw["mixers"] = [kw["mixers"]]
+    every = data.get("every") or {}
+    if not isinstance(every, dict):
+        raise _keyed("every must be a mapping {periods: [...], offsets: [...]}", ("every",))
+    for k in every:
+        if k not in ("periods", "offsets"):
+            raise _keyed(f"unknown every key {k!r}", ("every", str(k), "<key>"), did_you_mean(str(k), ("periods", "offsets")))
+    if "periods" in every:
+        kw["every_periods"] = _listed(every["periods"])
+    if "offsets" in every:
+        kw["every_offsets"] = _listed(every["offsets"])
+    moe = data.get("moe") or {}
+    if not isinstance(moe, dict):
+        raise _keyed("moe must be a mapping {every: [...], experts: [...], top_k: [...], hidden: [...]}", ("moe",))
+    for k, v in moe.items():
+        if k not in ("every", "experts", "top_k", "hidden"):
+            raise _keyed(f"unknown moe key {k!r}", ("moe", str(k), "<key>"), did_you_mean(str(k), ("every", "experts", "top_k", "hidden")))
+        kw[f"moe_{k}"] = _listed(v)
+    for key in ("d_model", "depth", "shared", "placements"):
+        if key in kw:
+            kw[key] = _listed(kw[key])
+    if "probe" in kw and not isinstance(kw["probe"], dict):
+        raise _keyed("probe must be a mapping (task, steps, d_model, ...)", ("probe",))
+    try:
+        return Space(**kw)
+    except TypeError as e:
+        raise ArchDSLError(f"bad space: {e}") from None
+
+
+def _listed(v) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _init():
+    global _EMPTY_LAYOUT
+    from ..language import parse_layout
+
+    _EMPTY_LAYOUT = parse_layout("mamba2", Source("mamba2"))
+
+
+_init()
