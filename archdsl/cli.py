@@ -210,8 +210,93 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+@command("compile", "build a spec's model and save it (spec.yaml + model.safetensors)")
+def cmd_compile(args):
+    """Build the PyTorch model of SPEC with random weights from --seed and save it to DIR."""
+    from .model import compile as build
+
+    model = build(_spec(args.spec), device=args.device, dtype=args.dtype, seed=args.seed)
+    model.save(args.output)
+    print(f"wrote {args.output}: {model.spec.name}, {model.num_params():,} parameters, "
+          f"{str(model.dtype).replace('torch.', '')}")
+
+
+def _add_compile(p):
+    _add_check(p)
+    p.add_argument("-o", "--output", required=True, help="directory to write (replaced atomically)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, float64")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("run", "time prefill and decoding of a spec or a saved model on random tokens")
+def cmd_run(args):
+    """Prefill --prompt-len random tokens, decode --gen more one at a time; print tokens/s and cache bytes."""
+    import os
+    import time
+
+    import torch
+
+    from .model import compile as build
+    from .model import load as load_model
+    from .model import resolve_dtype
+    from .model.model import sample
+
+    if os.path.isdir(args.spec) and os.path.isfile(os.path.join(args.spec, "model.safetensors")):
+        model = load_model(args.spec, device=args.device, dtype=args.dtype)
+    else:
+        model = build(_spec(args.spec), device=args.device, dtype=resolve_dtype(args.dtype or "float32"),
+                      seed=args.seed, cuda_graph=args.cuda_graph)
+    dev = model.device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    ids = torch.randint(0, model.spec.vocab_size, (args.batch, args.prompt_len), generator=gen).to(dev)
+    with torch.no_grad():
+        cache = model.init_cache(args.batch, max_len=args.prompt_len + args.gen)
+        sync()
+        t0 = time.perf_counter()
+        logits = model(ids, cache)[:, -1]
+        sync()
+        t_prefill = time.perf_counter() - t0
+        steps = range(args.gen)
+        if args.gen >= 64 and not args.json:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc="decode", unit="tok", leave=False)
+        t0 = time.perf_counter()
+        for _ in steps:
+            logits = model.step(sample(logits, 0), cache)
+        sync()
+        t_decode = time.perf_counter() - t0
+    result = {"name": model.spec.name, "device": str(dev), "dtype": str(model.dtype).replace("torch.", ""),
+              "batch": args.batch, "prompt_len": args.prompt_len, "gen": args.gen,
+              "prefill_tokens_per_s": args.batch * args.prompt_len / t_prefill,
+              "decode_tokens_per_s": args.batch * args.gen / t_decode if args.gen else None,
+              "cache_bytes": cache.nbytes(), "params": model.num_params()}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{result['name']}: {result['params']:,} parameters on {result['device']} ({result['dtype']}), batch {args.batch}")
+    print(f"  prefill  {args.prompt_len:>8,} tokens   {result['prefill_tokens_per_s']:>14,.1f} tokens/s")
+    if args.gen:
+        print(f"  decode   {args.gen:>8,} tokens   {result['decode_tokens_per_s']:>14,.1f} tokens/s")
+    print(f"  cache    {cache.nbytes():>18,} bytes ({human(cache.nbytes(), 'B')}) at {args.prompt_len + args.gen:,} tokens")
+
+
+def _add_run(p):
+    p.add_argument("spec", help="a YAML spec file, a layout string, or a saved model directory")
+    p.add_argument("--prompt-len", type=parse_count, default=128)
+    p.add_argument("--gen", type=int, default=128, help="tokens to decode after the prompt")
+    p.add_argument("--batch", type=parse_count, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, help="float32 (default; a saved model keeps its own), bfloat16, ...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cuda-graph", action="store_true", help="(spec only) build with cuda_graph=True")
+    p.add_argument("--json", action="store_true")
+
+
 ARGS = {"check": _add_check, "show": _add_show, "fmt": _add_check, "graph": _add_graph,
-        "memory": _add_memory, "convert": _add_convert}
+        "memory": _add_memory, "convert": _add_convert, "compile": _add_compile, "run": _add_run}
 
 
 def build_parser() -> argparse.ArgumentParser:

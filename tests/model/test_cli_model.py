@@ -1,0 +1,37 @@
+"""`archdsl compile` and `archdsl run`: save, reload, timings printed, bad input exits 2."""
+import json
+
+import torch
+
+import archdsl
+from archdsl.cli import main
+
+LAYOUT = "mamba2(d_state=8, headdim=8), attn(heads=2)+mlp(hidden=32)"
+
+
+def test_compile_then_run(tmp_path, capsys):
+    out = tmp_path / "model"
+    assert main(["compile", LAYOUT, "-o", str(out), "--seed", "3"]) == 0
+    assert (out / "spec.yaml").exists() and (out / "model.safetensors").exists()
+    a = archdsl.load(out)
+    b = archdsl.compile(LAYOUT, seed=3)
+    ids = torch.randint(0, 100, (1, 4))
+    with torch.no_grad():
+        assert torch.equal(a(ids), b(ids))
+    capsys.readouterr()
+    assert main(["run", str(out), "--prompt-len", "8", "--gen", "3", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["prefill_tokens_per_s"] > 0 and rep["decode_tokens_per_s"] > 0 and rep["cache_bytes"] > 0
+    assert main(["run", LAYOUT, "--prompt-len", "4", "--gen", "2", "--dtype", "float64"]) == 0
+    text = capsys.readouterr().out
+    assert "prefill" in text and "decode" in text and "tokens/s" in text and "cache" in text
+
+
+def test_bad_input_exits_2(tmp_path, capsys):
+    assert main(["run", LAYOUT, "--dtype", "float7"]) == 2
+    assert "unknown dtype" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["run", LAYOUT, "--device", "cuda"]) == 2
+        assert "CUDA" in capsys.readouterr().err
+    assert main(["compile", "mamba2(headdim=7)", "-o", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
