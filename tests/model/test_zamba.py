@@ -105,7 +105,7 @@ def test_compiled_model_shares_one_set():
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-def _hf_block(cfg, n_uses, use_index, attn_adapter):
+def _hf_block(cfg, n_uses, use_index, attn_adapter, rope=False):
     tf = transformers()
     from transformers.models.zamba2.modeling_zamba2 import Zamba2AttentionDecoderLayer
 
@@ -113,20 +113,21 @@ def _hf_block(cfg, n_uses, use_index, attn_adapter):
     hybrid = list(range(0, 2 * n_uses, 2))
     config = tf.Zamba2Config(hidden_size=d, num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv,
                              intermediate_size=cfg.width, adapter_rank=cfg.lora, num_mem_blocks=1,
-                             use_shared_attention_adapter=attn_adapter, use_mem_rope=False, rms_norm_eps=cfg.norm_eps,
+                             use_shared_attention_adapter=attn_adapter, use_mem_rope=rope,
+                             rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, rms_norm_eps=cfg.norm_eps,
                              hidden_act=cfg.act, num_hidden_layers=2 * n_uses,
                              layers_block_type=["hybrid" if i in hybrid else "mamba" for i in range(2 * n_uses)])
     config._attn_implementation = "eager"
     hf = Zamba2AttentionDecoderLayer(config, block_id=0).double()
-    return hf, hybrid[use_index]
+    return hf, hybrid[use_index], config
 
 
-@pytest.mark.parametrize("attn_adapter", [False, True])
-def test_matches_transformers_zamba2(attn_adapter):
+@pytest.mark.parametrize("attn_adapter,rope", [(False, False), (True, False), (False, True)])
+def test_matches_transformers_zamba2(attn_adapter, rope):
     """Weights copied by name (HF's per-use list entry i → the use's module), same output."""
-    args = {"heads": 4, "lora": 3, "hidden": 40, "attn_lora": attn_adapter}
+    args = {"heads": 4, "lora": 3, "hidden": 40, "attn_lora": attn_adapter, "rope": rope, "rope_theta": 50.0}
     m = one_use(args, length=9)
-    hf, layer_idx = _hf_block(m.cfg, n_uses=3, use_index=1, attn_adapter=attn_adapter)
+    hf, layer_idx, config = _hf_block(m.cfg, n_uses=3, use_index=1, attn_adapter=attn_adapter, rope=rope)
     with torch.no_grad():
         for p in m.parameters():  # RMSNorm weights start at 1: move everything
             p.add_(0.1 * torch.randn_like(p))
@@ -145,5 +146,11 @@ def test_matches_transformers_zamba2(attn_adapter):
         x = torch.randn(2, 9, 16, dtype=torch.float64)
         e = m.emb[:, :9]
         mask = torch.full((9, 9), float("-inf"), dtype=torch.float64).triu(1)[None, None]
-        ref = m.use.linear(hf(x, original_hidden_states=e, layer_idx=layer_idx, attention_mask=mask))
+        pos = None
+        if rope:
+            from transformers.models.zamba2.modeling_zamba2 import Zamba2RotaryEmbedding
+
+            pos = Zamba2RotaryEmbedding(config)(x, torch.arange(9)[None])
+        ref = m.use.linear(hf(x, original_hidden_states=e, layer_idx=layer_idx, attention_mask=mask,
+                              position_embeddings=pos))
         assert rel_err(m(x), ref) < 1e-5  # HF normalises and softmaxes in float32
