@@ -1,0 +1,3 @@
+from .op import add_rmsnorm
+
+__all__ = ["add_rmsnorm"]

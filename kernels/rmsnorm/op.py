@@ -1,0 +1,34 @@
+"""Public fused residual add + RMSNorm (the pre-norm of the next sublayer, mamba_ssm's
+`rms_norm_fn(..., residual=, prenorm=True)`)."""
+from __future__ import annotations
+
+import torch
+
+from .._checks import expect_float, expect_same_device, expect_shape
+from .._dispatch import backend_for
+from .naive import add_rmsnorm_naive
+
+
+def add_rmsnorm(x, residual, weight, eps=1e-5):
+    """h = x + residual, out = weight · h / sqrt(mean(h²) + eps) over the last dim; returns (out, h).
+
+    x, residual: `[..., N]` (residual may be None: plain RMSNorm); weight: `[N]`. Statistics in
+    float32 (float64 for float64 inputs); h in x's dtype. One Triton kernel on CUDA (and under
+    TRITON_INTERPRET=1), plain torch on the CPU.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise ValueError("x: expected a tensor [..., N]")
+    N = x.shape[-1]
+    expect_shape("weight", weight, (N,))
+    if residual is not None:
+        expect_shape("residual", residual, tuple(x.shape))
+    expect_float(x=x, residual=residual, weight=weight)
+    expect_same_device(x=x, residual=residual, weight=weight)
+    if not eps > 0:
+        raise ValueError(f"eps: expected a positive float, got {eps!r}")
+    backend = backend_for(x)
+    if backend == "triton":
+        from .triton_rmsnorm import AddRMSNormFn
+        if x.dtype != torch.float64:
+            return AddRMSNormFn.apply(x, residual, weight, float(eps))
+    return add_rmsnorm_naive(x, residual, weight, eps)
