@@ -32,6 +32,10 @@ def make(b, D, L, W, *, bias=True, init=False, dtype=torch.float32, device="cpu"
 
 
 def run(fn, t, activation, grads=True):
+    if not grads:
+        with torch.no_grad():
+            return list(fn(t["x"], t["weight"], t["bias"], activation, initial_states=t["initial_states"],
+                           return_final_states=True))
     leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items() if v is not None}
     a = {**t, **leaves}
     y, fin = fn(a["x"], a["weight"], a["bias"], activation, initial_states=a["initial_states"],
