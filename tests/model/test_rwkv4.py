@@ -110,3 +110,18 @@ def test_attn_dim_matches_transformers():
     x = torch.randn(1, 6, 16, dtype=torch.float64)
     with torch.no_grad():
         assert rel_err(ours(x), hf_att(x)[0]) < HF_TOL
+
+
+def test_zeroed_state_is_a_fresh_state():
+    """A cache reset by zeroing its tensors (max = 0, not -1e38) still decodes exactly, even with
+    keys so negative that e^(k+u) underflows against a max of 0."""
+    m = build("rwkv4", {}, d_model=8)
+    with torch.no_grad():
+        m.key.weight.mul_(0).add_(-0.0)
+        m.time_first.fill_(-800.0)
+        x = torch.randn(1, 4, 8, dtype=torch.float64)
+        fresh, zeroed = m.init_state(1, x.device, x.dtype), m.init_state(1, x.device, x.dtype)
+        for t in zeroed.values():
+            t.zero_()
+        a, b = m(x, fresh), m(x, zeroed)
+        assert torch.isfinite(b).all() and torch.equal(a, b)

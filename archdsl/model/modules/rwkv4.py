@@ -43,6 +43,14 @@ def channel_ramp(d: int) -> torch.Tensor:
     return (torch.arange(d, dtype=torch.float64) / d).view(1, 1, d)
 
 
+def _wkv_state(state: dict) -> tuple:
+    """(num, den, max) for the wkv4 op. An empty state (den = 0) gets max = -1e38 whatever its
+    buffer holds, so a cache reset by zeroing its tensors stays exact (a max of 0 would make
+    e^(k+u-max) underflow for very negative keys)."""
+    mx = torch.where(state["den"] > 0, state["max"], torch.full_like(state["max"], -1e38))
+    return state["num"], state["den"], mx
+
+
 class Rwkv4TimeMix(nn.Module):
     """RWKV-4 time-mix; parameter names and shapes of transformers' RwkvSelfAttention."""
 
@@ -91,8 +99,7 @@ class Rwkv4TimeMix(nn.Module):
         from archdsl.kernels import wkv4
 
         r, k, v = self._rkv(x, token_shift(x, state))
-        wkv_state = (state["num"], state["den"], state["max"]) if state is not None else None
-        wkv, new = wkv4(self.time_decay, self.time_first, k, v, wkv_state)
+        wkv, new = wkv4(self.time_decay, self.time_first, k, v, _wkv_state(state) if state is not None else None)
         if state is not None:
             for name, t in zip(("num", "den", "max"), new):
                 state[name].copy_(t)
@@ -105,7 +112,7 @@ class Rwkv4TimeMix(nn.Module):
         shifted = state["shift"].to(x.dtype, copy=True)
         state["shift"].copy_(x)
         r, k, v = self._rkv(x, shifted)
-        wkv, new = wkv4_step(self.time_decay, self.time_first, k, v, (state["num"], state["den"], state["max"]))
+        wkv, new = wkv4_step(self.time_decay, self.time_first, k, v, _wkv_state(state))
         for name, t in zip(("num", "den", "max"), new):
             state[name].copy_(t)
         return self.output(r * wkv.to(r.dtype))
