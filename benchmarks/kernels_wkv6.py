@@ -42,12 +42,16 @@ def _fwd_bwd(fn, xs):
 
 
 def wkv6_rows(quick=False):
+    return list(_wkv6_rows(quick))
+
+
+def _wkv6_rows(quick):
     from archdsl.kernels.wkv6 import wkv6
     try:
         from fla.ops.rwkv6 import chunk_rwkv6
     except ImportError:
         chunk_rwkv6 = None
-    rows, B, H, K = [], 4, 32, 64
+    B, H, K = 4, 32, 64
     for T in ([4096] if quick else [4096, 16384]):
         xs = _wkv6_inputs(B, T, H, K)
         n = B * T * H
@@ -56,16 +60,15 @@ def wkv6_rows(quick=False):
             peer = None
             if chunk_rwkv6 is not None:
                 peer = (lambda: chunk_rwkv6(*xs)) if mode == "fwd" else _fwd_bwd(chunk_rwkv6, xs)
-            rows.append(dict(op="wkv6", shape=f"B={B} T={T} H={H} K=V={K}", mode=mode, ours_ms=_bench(ours),
+            yield (dict(op="wkv6", shape=f"B={B} T={T} H={H} K=V={K}", mode=mode, ours_ms=_bench(ours),
                              peer="fla chunk_rwkv6", peer_ms=_bench(peer) if peer else None,
                              floor_ms=_floor_ms(n * nbytes, n * flops), floor_note="HBM bytes"))
-    return rows
 
 
 def wkv4_rows(quick=False):
     from archdsl.kernels.wkv4 import wkv4
     from archdsl.kernels.wkv4.chunked import wkv4_torch
-    B, T, C = 4, 1024 if quick else 4096, 2048
+    B, T, C = 4, 1024, 2048  # the torch loop launches ~12 kernels a token
     w, u = (torch.randn(C, device="cuda") for _ in range(2))
     k, v = (torch.randn(B, T, C, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     n = B * T * C
@@ -83,9 +86,13 @@ def rows(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
+    import itertools
     import sys
+
+    sys.stdout.reconfigure(line_buffering=True)
     print(f"{'op':6} {'shape':28} {'mode':8} {'ours ms':>9} {'peer ms':>9} {'ours/peer':>9} {'floor ms':>9} {'%floor':>7}  peer")
-    for r in rows(quick="--quick" in sys.argv):
+    quick = "--quick" in sys.argv
+    for r in itertools.chain(_wkv6_rows(quick), itertools.chain.from_iterable(map(wkv4_rows, [quick]))):
         ratio = f"{r['ours_ms'] / r['peer_ms']:.2f}" if r["peer_ms"] else "-"
         peer_ms = f"{r['peer_ms']:.3f}" if r["peer_ms"] else "-"
         print(f"{r['op']:6} {r['shape']:28} {r['mode']:8} {r['ours_ms']:9.3f} {peer_ms:>9} {ratio:>9} "
