@@ -1,0 +1,245 @@
+"""Jamba (transformers' JambaForCausalLM) ⇄ archdsl: a mamba / attn mixer and an mlp / moe FFN per layer.
+
+    model.embed_tokens.weight                       embeddings.weight
+    model.layers.{i}.input_layernorm.weight         layers.{i}.norm.weight
+    model.layers.{i}.mamba.{in_proj,conv1d,x_proj,dt_proj,out_proj}.*, A_log, D
+                                                    layers.{i}.mixer.<same>
+    model.layers.{i}.mamba.{dt,b,c}_layernorm.weight layers.{i}.mixer.{dt,b,c}_layernorm
+    model.layers.{i}.self_attn.{q,k,v,o}_proj.weight layers.{i}.mixer.{q,k,v,o}_proj.weight
+    model.layers.{i}.pre_ff_layernorm.weight        layers.{i}.ffn_norm.weight
+    model.layers.{i}.feed_forward.{gate,up,down}_proj.weight   layers.{i}.ffn.<same>      (dense layers)
+    model.layers.{i}.feed_forward.router.weight     layers.{i}.ffn.router.weight           (MoE layers)
+    model.layers.{i}.feed_forward.experts.{e}.{gate,up}_proj.weight
+                                                    layers.{i}.ffn.experts.gate_up_proj[e] = [gate; up]
+    model.layers.{i}.feed_forward.experts.{e}.down_proj.weight  layers.{i}.ffn.experts.down_proj[e]
+    model.final_layernorm.weight                    norm_f.weight
+    lm_head.weight                                  lm_head.weight
+
+Checkpoints hold the experts one by one (the hub layout, and what transformers' save_pretrained
+writes); transformers 5's fused `experts.gate_up_proj` / `experts.down_proj` are read as well.
+Export writes the per-expert layout.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...errors import ArchDSLError
+from ...graph import layers as graph_layers
+
+MODEL_TYPES = ("jamba",)
+ARCHITECTURE = "JambaForCausalLM"
+
+MAMBA = ("in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight",
+         "dt_proj.bias", "A_log", "D", "out_proj.weight", "out_proj.bias")
+ATTN = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")
+MLP = ("gate_proj.weight", "up_proj.weight", "down_proj.weight")
+
+
+class Source:
+    """The HF tensors, taken by name; what is missing or left over is an ArchDSLError."""
+
+    def __init__(self, state: dict, family: str):
+        self.state, self.family, self.used = state, family, set()
+
+    def __contains__(self, name):
+        return name in self.state
+
+    def take(self, name: str) -> torch.Tensor:
+        if name not in self.state:
+            raise ArchDSLError(f"{self.family} checkpoint: missing tensor {name!r}")
+        self.used.add(name)
+        return self.state[name]
+
+    def finish(self) -> None:
+        extra = sorted(set(self.state) - self.used)
+        if extra:
+            raise ArchDSLError(f"{self.family} checkpoint: unexpected tensor {extra[0]!r}"
+                               + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
+                               + " (not part of the model its config.json describes)")
+
+
+def _mixer_keys(layer) -> tuple[str, tuple[str, ...]]:
+    """(HF sub-module name, its tensor names) for our layer's mixer."""
+    kind = layer.mixer.cfg.kind
+    if kind == "attn":
+        return "self_attn", ATTN
+    names = [n for n in MAMBA if _has(layer.mixer, n)]
+    return "mamba", tuple(names)
+
+
+def _has(module, dotted: str) -> bool:
+    *path, leaf = dotted.split(".")
+    for p in path:
+        module = getattr(module, p)
+    return getattr(module, leaf, None) is not None
+
+
+def to_archdsl(hf_state: dict, spec, model) -> dict:
+    src = Source(hf_state, "Jamba")
+    out = {"embeddings.weight": src.take("model.embed_tokens.weight")}
+    for i, layer in enumerate(model.layers):
+        p, q = f"model.layers.{i}.", f"layers.{i}."
+        out[q + "norm.weight"] = src.take(p + "input_layernorm.weight")
+        out[q + "ffn_norm.weight"] = src.take(p + "pre_ff_layernorm.weight")
+        hf_mixer, names = _mixer_keys(layer)
+        for n in names:
+            out[q + "mixer." + n] = src.take(p + f"{hf_mixer}.{n}")
+        if hf_mixer == "mamba":
+            for n in ("dt", "b", "c"):
+                out[q + f"mixer.{n}_layernorm"] = src.take(p + f"mamba.{n}_layernorm.weight")
+        f = p + "feed_forward."
+        if layer.ffn.cfg.kind == "mlp":
+            for n in MLP:
+                out[q + "ffn." + n] = src.take(f + n)
+        else:
+            out[q + "ffn.router.weight"] = src.take(f + "router.weight")
+            if f + "experts.gate_up_proj" in src:  # transformers 5's fused layout
+                out[q + "ffn.experts.gate_up_proj"] = src.take(f + "experts.gate_up_proj")
+                out[q + "ffn.experts.down_proj"] = src.take(f + "experts.down_proj")
+            else:
+                E = layer.ffn.cfg.experts
+                e = f + "experts.{}."
+                out[q + "ffn.experts.gate_up_proj"] = torch.stack(
+                    [torch.cat([src.take(e.format(j) + "gate_proj.weight"), src.take(e.format(j) + "up_proj.weight")])
+                     for j in range(E)])
+                out[q + "ffn.experts.down_proj"] = torch.stack([src.take(e.format(j) + "down_proj.weight")
+                                                                for j in range(E)])
+    out["norm_f.weight"] = src.take("model.final_layernorm.weight")
+    if spec.tie_embeddings:
+        if "lm_head.weight" in src:
+            src.take("lm_head.weight")
+        out["lm_head.weight"] = out["embeddings.weight"]
+    else:
+        out["lm_head.weight"] = src.take("lm_head.weight")
+    src.finish()
+    return out
+
+
+def to_hf(state: dict, spec, hf_config: dict) -> dict:
+    out = {"model.embed_tokens.weight": state["embeddings.weight"]}
+    for i, subs in enumerate(graph_layers(spec.graph)):
+        mixer = next(s for s in subs if s.kind in ("mamba", "attn"))
+        ffn = next(s for s in subs if s.kind in ("mlp", "moe"))
+        p, q = f"model.layers.{i}.", f"layers.{i}."
+        out[p + "input_layernorm.weight"] = state[q + "norm.weight"]
+        out[p + "pre_ff_layernorm.weight"] = state[q + "ffn_norm.weight"]
+        if mixer.kind == "attn":
+            for n in ATTN:
+                out[p + "self_attn." + n] = state[q + "mixer." + n]
+        else:
+            for n in MAMBA:
+                if q + "mixer." + n in state:
+                    out[p + "mamba." + n] = state[q + "mixer." + n]
+            for n in ("dt", "b", "c"):
+                out[p + f"mamba.{n}_layernorm.weight"] = state[q + f"mixer.{n}_layernorm"]
+        f = p + "feed_forward."
+        if ffn.kind == "mlp":
+            for n in MLP:
+                out[f + n] = state[q + "ffn." + n]
+        else:
+            out[f + "router.weight"] = state[q + "ffn.router.weight"]
+            gate_up, down = state[q + "ffn.experts.gate_up_proj"], state[q + "ffn.experts.down_proj"]
+            for j in range(gate_up.shape[0]):
+                g, u = gate_up[j].chunk(2, dim=0)
+                out[f + f"experts.{j}.gate_proj.weight"] = g.contiguous()
+                out[f + f"experts.{j}.up_proj.weight"] = u.contiguous()
+                out[f + f"experts.{j}.down_proj.weight"] = down[j].contiguous()
+    out["model.final_layernorm.weight"] = state["norm_f.weight"]
+    if not spec.tie_embeddings:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    return out
+
+
+# --- config.json ---------------------------------------------------------------------------
+
+def _refuse(what: str, why: str) -> ArchDSLError:
+    return ArchDSLError(f"cannot export to Hugging Face Jamba: {what}: {why}")
+
+
+def _periodic(ids: list[int], n: int, what: str) -> tuple[int, int]:
+    """(period, offset) with {i < n : i % period == offset} == ids (Jamba's only layout rule)."""
+    want = set(ids)
+    if not want:
+        return n + 1, n  # no layer matches
+    for period in range(1, n + 1):
+        offset = ids[0] % period
+        if {i for i in range(n) if i % period == offset} == want:
+            return period, offset
+    raise _refuse(f"{what} at layers {ids}", "Jamba places them every `period` layers from `offset`")
+
+
+def _one(configs: list, what: str):
+    first = configs[0]
+    for c in configs[1:]:
+        if c != first:
+            raise _refuse(what, "all of them must have the same settings (one config.json field set)")
+    return first
+
+
+def hf_config(spec) -> dict:
+    subs = graph_layers(spec.graph)
+    n = len(subs)
+    if spec.norm != "rmsnorm" or spec.embed_norm:
+        raise _refuse(f"norm {spec.norm!r}" + (" with embed_norm" if spec.embed_norm else ""), "Jamba uses RMSNorm")
+    mamba, attn, mlp, moe = [], [], [], []
+    attn_ids, moe_ids = [], []
+    for i, layer in enumerate(subs):
+        kinds = sorted(s.kind for s in layer)
+        mixers = [s for s in layer if s.kind in ("mamba", "attn")]
+        ffns = [s for s in layer if s.kind in ("mlp", "moe")]
+        if len(mixers) != 1 or len(ffns) != 1 or len(layer) != 2:
+            raise _refuse(f"layer {i} ({' + '.join(kinds)})", "every Jamba layer is a mamba or attn mixer "
+                          "followed by an mlp or moe FFN")
+        if any(s.group is not None for s in layer):
+            raise _refuse(f"layer {i}", "shared blocks have no Jamba equivalent")
+        m, f = mixers[0], ffns[0]
+        (attn if m.kind == "attn" else mamba).append(m.config)
+        (moe if f.kind == "moe" else mlp).append(f.config)
+        if m.kind == "attn":
+            attn_ids.append(i)
+        if f.kind == "moe":
+            moe_ids.append(i)
+    d = spec.d_model
+    ap, ao = _periodic(attn_ids, n, "attention layers")
+    ep, eo = _periodic(moe_ids, n, "MoE layers")
+    cfg = {"model_type": "jamba", "architectures": [ARCHITECTURE], "vocab_size": spec.vocab_size, "hidden_size": d,
+           "num_hidden_layers": n, "rms_norm_eps": spec.norm_eps, "tie_word_embeddings": spec.tie_embeddings,
+           "hidden_act": "silu", "attn_layer_period": ap, "attn_layer_offset": ao,
+           "expert_layer_period": ep, "expert_layer_offset": eo}
+    hidden = None
+    if mlp:
+        c = _one(mlp, "mlp blocks")
+        if c.act != "swiglu" or c.bias:
+            raise _refuse(f"mlp act {c.act!r}" + (" with bias" if c.bias else ""),
+                          "Jamba's MLP is SwiGLU without biases (its hidden_act also drives the mamba conv)")
+        hidden = c.width
+    if moe:
+        c = _one(moe, "moe blocks")
+        if c.act != "swiglu" or c.bias or c.router != "softmax" or c.router_bias or c.shared_hidden:
+            raise _refuse("moe", "Jamba's experts are SwiGLU without biases, softmax-routed, no shared expert")
+        if hidden is not None and c.width != hidden:
+            raise _refuse(f"moe hidden {c.width} vs mlp hidden {hidden}", "Jamba has one intermediate_size")
+        hidden = c.width
+        cfg.update(num_experts=c.experts, num_experts_per_tok=c.top_k)
+    else:
+        cfg.update(num_experts=1, num_experts_per_tok=1)
+    cfg["intermediate_size"] = hidden
+    if mamba:
+        c = _one(mamba, "mamba blocks")
+        if c.inner_norms != "weighted" or not math.isclose(c.inner_norm_eps, spec.norm_eps):
+            raise _refuse(f"mamba inner_norms {c.inner_norms!r} (eps {c.inner_norm_eps})",
+                          "Jamba's mamba has weighted dt/B/C RMSNorms with the model's rms_norm_eps")
+        cfg.update(mamba_d_state=c.d_state, mamba_d_conv=c.d_conv, mamba_expand=c.expand, mamba_dt_rank=c.rank,
+                   mamba_conv_bias=c.conv_bias, mamba_proj_bias=c.bias)
+    if attn:
+        c = _one(attn, "attn blocks")
+        if c.rope or c.window is not None or c.bias or c.out_bias:
+            raise _refuse("attn", "Jamba's attention has no RoPE, no window and no biases")
+        cfg.update(num_attention_heads=c.heads, num_key_value_heads=c.kv)
+        if c.hdim != d // c.heads:
+            cfg["head_dim"] = c.hdim
+    else:
+        cfg.update(num_attention_heads=1, num_key_value_heads=1)
+    return cfg
