@@ -338,10 +338,15 @@ def hf_config_to_spec(config: dict, source_name: str | None = None) -> dict:
     return FAMILIES[model_type](_Cfg(config), name)
 
 
-def from_hf(path: str | os.PathLike, **kwargs):
-    """The Spec of a local Hugging Face model directory (its config.json)."""
+def from_hf(path: str | os.PathLike, weights: bool = False, device="cpu", dtype=None, name: str | None = None):
+    """The Spec of a local Hugging Face model directory (its config.json); with weights=True,
+    (spec, model) holding the checkpoint's weights (see archdsl.convert.hf_io)."""
     from ..spec import spec_from_yaml
     import yaml
 
-    data = hf_config_to_spec(read_hf_config(path), kwargs.get("name") or os.path.basename(os.fspath(path).rstrip("/")))
+    if weights:
+        from .hf_io import from_hf as from_hf_weights
+
+        return from_hf_weights(path, weights=True, device=device, dtype=dtype, name=name)
+    data = hf_config_to_spec(read_hf_config(path), name or os.path.basename(os.fspath(path).rstrip("/")))
     return spec_from_yaml(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), file="<converted>")

@@ -1,0 +1,237 @@
+"""Hugging Face checkpoints in and out: safetensors reading with checks, import, export.
+
+    spec, model = from_hf("dir", weights=True)        # config.json + model.safetensors (or an index + shards)
+    export_hf(model_or_saved_dir, "out/")              # config.json + model.safetensors that transformers loads
+
+Only local files and only safetensors are read (never the network, never pickle: a directory holding
+only pytorch_model.bin is refused). A checkpoint whose tensors do not match the model its config
+describes (missing, unexpected, wrong shape) or whose files are damaged gives an ArchDSLError naming
+the tensor or the file. Outputs are written into a temporary directory beside the target and renamed
+into place, so a failure leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+
+from ..errors import ArchDSLError, did_you_mean
+
+SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+
+
+# --- reading -------------------------------------------------------------------------------
+
+def _check_file(path: str) -> dict:
+    """Validate a safetensors file's header against its size; → {name: (dtype, shape)}."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ArchDSLError("not a safetensors file: shorter than its 8-byte header length", file=path)
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise ArchDSLError(f"truncated or not a safetensors file: header of {n} bytes, file of {size}",
+                                   file=path)
+            header = json.loads(f.read(n).decode("utf-8"))
+    except OSError as e:
+        raise ArchDSLError(f"cannot read checkpoint file: {e.strerror}", file=path) from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ArchDSLError("malformed safetensors file: its header is not JSON", file=path) from None
+    if not isinstance(header, dict):
+        raise ArchDSLError("malformed safetensors file: its header is not a JSON object", file=path)
+    data = size - 8 - n
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
+            want = SAFETENSORS_DTYPES[dtype]
+            for s in shape:
+                want *= int(s)
+        except (KeyError, TypeError, ValueError):
+            raise ArchDSLError(f"malformed safetensors file: bad header entry for tensor {name!r}", file=path) from None
+        if end > data:
+            raise ArchDSLError(f"truncated safetensors file: tensor {name!r} ends at byte {end} of the data, "
+                               f"the file holds {data}", file=path)
+        if end - start != want:
+            raise ArchDSLError(f"malformed safetensors file: tensor {name!r} takes {end - start} bytes, its "
+                               f"shape {shape} and dtype {dtype} need {want}", file=path)
+        out[name] = (dtype, shape)
+    return out
+
+
+def checkpoint_files(path: str) -> list[str]:
+    """The safetensors files of an HF model directory (an index's shards, or model.safetensors)."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    single = os.path.join(path, "model.safetensors")
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise ArchDSLError("malformed safetensors index: expected {\"weight_map\": {tensor: shard}}",
+                               file=index) from None
+        files = []
+        for s in shards:
+            if not isinstance(s, str) or os.path.basename(s) != s:
+                raise ArchDSLError(f"malformed safetensors index: bad shard name {s!r}", file=index)
+            f = os.path.join(path, s)
+            if not os.path.isfile(f):
+                raise ArchDSLError(f"missing shard {s!r} named by the index", file=index)
+            files.append(f)
+        return files
+    if os.path.isfile(single):
+        return [single]
+    others = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    if others:
+        return [os.path.join(path, f) for f in others]
+    pickled = [f for f in ("pytorch_model.bin", "pytorch_model.bin.index.json") if os.path.exists(os.path.join(path, f))]
+    if pickled:
+        raise ArchDSLError(f"{pickled[0]} is a pickle, which archdsl does not load (it can run code); convert "
+                           "the checkpoint to safetensors first (transformers: save_pretrained(..., "
+                           "safe_serialization=True))", file=path)
+    raise ArchDSLError("no weights: expected model.safetensors or model.safetensors.index.json", file=path)
+
+
+def read_safetensors(path) -> dict:
+    """name → tensor (CPU) for every tensor of an HF model directory's safetensors files."""
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ArchDSLError("not a directory: expected a Hugging Face model directory", file=path)
+    tensors, where = {}, {}
+    for file in checkpoint_files(path):
+        names = _check_file(file)
+        try:
+            with safe_open(file, framework="pt") as f:
+                for name in names:
+                    if name in where:
+                        raise ArchDSLError(f"tensor {name!r} is in two files: {os.path.basename(where[name])} "
+                                           f"and {os.path.basename(file)}", file=path)
+                    tensors[name] = f.get_tensor(name)
+                    where[name] = file
+        except ArchDSLError:
+            raise
+        except Exception as e:  # safetensors raises its own error types on damaged files
+            raise ArchDSLError(f"malformed safetensors file: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                               file=file) from None
+    return tensors
+
+
+# --- import ----------------------------------------------------------------------------------
+
+def family(model_type: str):
+    from .weights import FAMILIES
+
+    if model_type not in FAMILIES:
+        raise ArchDSLError(f"weights of model_type {model_type!r} are not supported (config field 'model_type')",
+                           hint=did_you_mean(str(model_type), FAMILIES) or f"supported: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[model_type]
+
+
+def model_type_of(config: dict) -> str:
+    from .hf import ARCHITECTURES
+
+    mt = config.get("model_type")
+    if mt is None:
+        mt = next((ARCHITECTURES[a] for a in config.get("architectures") or [] if a in ARCHITECTURES), None)
+    return mt
+
+
+def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | None = None):
+    """A local HF model directory → its Spec, or with weights=True → (spec, model) with its weights.
+
+    dtype: the model's dtype (default: the checkpoint's floating dtype)."""
+    import torch
+    from . import hf
+    from ..model import check_device, compile as compile_model, load_weights, resolve_dtype
+
+    path = os.fspath(path)
+    spec = hf.from_hf(path, name=name)
+    if not weights:
+        return spec
+    config = hf.read_hf_config(path)
+    fam = family(model_type_of(config))
+    tensors = read_safetensors(path)
+    if dtype is None:
+        dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
+    dtype = resolve_dtype(dtype)
+    model = compile_model(spec, device="cpu", dtype=dtype)
+    state = fam.to_archdsl(tensors, spec, model)
+    load_weights(model, state, source=path)
+    dev = check_device(device, dtype)
+    return spec, (model.to(dev) if dev.type != "cpu" else model)
+
+
+# --- export ----------------------------------------------------------------------------------
+
+def hf_model_type(spec, model_type: str | None = None) -> str:
+    """The HF family a spec exports as: `model_type` if given, else the first family that accepts it."""
+    from .weights import FAMILIES
+
+    if model_type is not None:
+        family(model_type)
+        return model_type
+    for mt, fam in FAMILIES.items():
+        accepts = getattr(fam, "accepts", None)
+        got = accepts(spec) if accepts else None
+        if got:
+            return got if isinstance(got, str) else mt
+    raise ArchDSLError(f"spec {spec.name!r} is not one of the Hugging Face families archdsl exports "
+                       f"({', '.join(sorted(FAMILIES))})")
+
+
+def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
+    """Write config.json + model.safetensors for transformers into out_dir (atomically); → out_dir."""
+    from safetensors.torch import save_file
+    from ..model import ArchModel, load
+
+    model = model_or_dir if isinstance(model_or_dir, ArchModel) else load(os.fspath(model_or_dir))
+    spec = model.spec
+    mt = hf_model_type(spec, model_type)
+    fam = family(mt)
+    config = dict(fam.hf_config(spec))
+    config["model_type"] = mt
+    config["dtype"] = str(model.dtype).replace("torch.", "")
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    hf_state = {k: v.contiguous() for k, v in fam.to_hf(state, spec, config).items()}
+    seen = {}
+    for k, v in list(hf_state.items()):  # save_file refuses tensors sharing memory
+        key = (v.data_ptr(), v.numel(), v.dtype)
+        if key in seen:
+            hf_state[k] = v.clone()
+        seen[key] = k
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
+    try:
+        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+            f.write("\n")
+        save_file(hf_state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        _replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _replace(tmp: str, path: str) -> None:
+    """Rename tmp to path; an existing path is moved aside first and removed after."""
+    old = None
+    if os.path.exists(path):
+        old = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.old-")
+        os.rmdir(old)
+        os.rename(path, old)
+    os.rename(tmp, path)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)

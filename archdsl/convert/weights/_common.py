@@ -1,0 +1,96 @@
+"""Pieces the family modules share: per-layer kinds, renaming with checks, config lookup.
+
+Most families are a renaming: `pairs(spec)` lists (HF name, archdsl name) for every tensor, and
+`rename` / `unrename` turn one state dict into the other, naming the HF tensor in every error.
+"""
+from __future__ import annotations
+
+from ...blocks.base import FFN, INJECT, MIXER
+from ...errors import ArchDSLError, did_you_mean
+from ...graph import layers as graph_layers
+
+PARAMS = {  # a block kind → its tensors (archdsl names = HF names inside the block)
+    "mamba": ("in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight",
+              "dt_proj.bias", "A_log", "D", "out_proj.weight", "out_proj.bias", "dt_layernorm", "b_layernorm",
+              "c_layernorm"),
+    "mamba2": ("in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "dt_bias", "A_log", "D",
+               "norm.weight", "out_proj.weight", "out_proj.bias"),
+    "attn": ("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias", "v_proj.weight", "v_proj.bias",
+             "o_proj.weight", "o_proj.bias"),
+    "mlp": ("gate_proj.weight", "gate_proj.bias", "up_proj.weight", "up_proj.bias", "down_proj.weight",
+            "down_proj.bias"),
+}
+
+
+def layer_kinds(spec) -> list[dict[str, object]]:
+    """For each layer, role → its Sublayer (kind, config, group)."""
+    return [{s.role: s for s in subs} for subs in graph_layers(spec.graph)]
+
+
+def block_params(kind: str, model_names: set[str], prefix: str) -> list[str]:
+    """The tensors of one block that the built model has (bias etc. only when configured)."""
+    return [n for n in PARAMS[kind] if f"{prefix}.{n}" in model_names]
+
+
+def first_config(spec, kind: str):
+    for layer in layer_kinds(spec):
+        for s in layer.values():
+            if s.kind == kind:
+                return s.config
+    return None
+
+
+def kinds_used(spec) -> set[str]:
+    return {s.kind for layer in layer_kinds(spec) for s in layer.values()}
+
+
+def rename(hf_state: dict, pairs: list[tuple[str, str]], model, tied: bool, lm_head: str = "lm_head.weight",
+           optional: tuple[str, ...] = ()) -> dict:
+    """HF state → archdsl state by `pairs` [(hf, ours)], checking names and shapes against `model`.
+
+    Missing HF tensors, HF tensors no pair names and shape mismatches raise ArchDSLError naming the
+    HF tensor. With tied embeddings an lm_head tensor in the checkpoint is accepted and dropped.
+    `optional` HF names (buffers such as a zero routing bias) may be absent.
+    """
+    ours = {n: tuple(t.shape) for n, t in model.state_dict(keep_vars=True).items()}
+    want = dict(pairs)
+    out = {}
+    for name, t in hf_state.items():
+        if name not in want:
+            if tied and name == lm_head:
+                continue
+            raise ArchDSLError(f"unexpected tensor {name!r} in the checkpoint: the model of its config has no such "
+                               "tensor", hint=did_you_mean(name, want))
+        target = want[name]
+        if target is None:  # read by the family itself (e.g. a checked buffer)
+            continue
+        if tuple(t.shape) != ours[target]:
+            raise ArchDSLError(f"tensor {name!r} has shape {list(t.shape)}, the config implies {list(ours[target])}")
+        out[target] = t
+    missing = [h for h in want if h not in hf_state and h not in optional]
+    if missing:
+        hint = f"and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ArchDSLError(f"missing tensor {missing[0]!r} in the checkpoint", hint=hint)
+    return out
+
+
+def unrename(state: dict, pairs: list[tuple[str, str]], tied: bool) -> dict:
+    """archdsl state → HF state by `pairs` (tensors made contiguous, tied lm_head left out)."""
+    out = {}
+    for hf, ours in pairs:
+        if ours is None:
+            continue
+        if tied and hf.endswith("lm_head.weight"):
+            continue
+        out[hf] = state[ours].detach().contiguous()
+    return out
+
+
+def check_zero(hf_state: dict, name: str, why: str) -> None:
+    t = hf_state.get(name)
+    if t is not None and bool(t.ne(0).any()):
+        raise ArchDSLError(f"tensor {name!r} is not zero: {why}")
+
+
+__all__ = ["FFN", "INJECT", "MIXER", "PARAMS", "layer_kinds", "block_params", "first_config", "kinds_used",
+           "rename", "unrename", "check_zero"]

@@ -1,0 +1,65 @@
+"""Mamba (MambaForCausalLM) and Falcon Mamba (FalconMambaForCausalLM) weights.
+
+    backbone.embeddings.weight            ↔ embeddings.weight
+    backbone.layers.{i}.norm.weight       ↔ layers.{i}.norm.weight
+    backbone.layers.{i}.mixer.{t}         ↔ layers.{i}.mixer.{t}   (in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj)
+    backbone.norm_f.weight                ↔ norm_f.weight
+    lm_head.weight                        ↔ lm_head.weight (absent when tied)
+
+Falcon Mamba is Mamba with weightless RMSNorms on dt, B and C (inner_norms: unweighted).
+"""
+from __future__ import annotations
+
+from ...errors import ArchDSLError
+from ._common import MIXER, block_params, first_config, kinds_used, layer_kinds, rename, unrename
+
+MODEL_TYPES = ("mamba", "falcon_mamba")
+ARCHITECTURES = {"mamba": "MambaForCausalLM", "falcon_mamba": "FalconMambaForCausalLM"}
+
+
+def accepts(spec) -> str | None:
+    """The model type a spec exports as, or None."""
+    if kinds_used(spec) != {"mamba"} or spec.norm != "rmsnorm" or spec.embed_norm:
+        return None
+    mode = first_config(spec, "mamba").inner_norms
+    return {"none": "mamba", "unweighted": "falcon_mamba"}.get(mode)
+
+
+def pairs(spec, names) -> list[tuple[str, str]]:
+    out = [("backbone.embeddings.weight", "embeddings.weight")]
+    for i, layer in enumerate(layer_kinds(spec)):
+        if set(layer) != {MIXER} or layer[MIXER].kind != "mamba":
+            raise ArchDSLError(f"layer {i}: a Mamba checkpoint has a mamba mixer alone in every layer")
+        out.append((f"backbone.layers.{i}.norm.weight", f"layers.{i}.norm.weight"))
+        out += [(f"backbone.layers.{i}.mixer.{n}", f"layers.{i}.mixer.{n}")
+                for n in block_params("mamba", names, f"layers.{i}.mixer")]
+    out.append(("backbone.norm_f.weight", "norm_f.weight"))
+    if not spec.tie_embeddings:
+        out.append(("lm_head.weight", "lm_head.weight"))
+    return out
+
+
+def to_archdsl(hf_state, spec, model):
+    return rename(hf_state, pairs(spec, set(model.state_dict())), model, spec.tie_embeddings)
+
+
+def to_hf(state, spec, hf_config):
+    return unrename(state, pairs(spec, set(state)), spec.tie_embeddings)
+
+
+def hf_config(spec) -> dict:
+    model_type = accepts(spec)
+    if model_type is None:
+        raise ArchDSLError("not a Mamba / Falcon Mamba model: every layer must be a mamba mixer without FFN "
+                           "(inner_norms none or unweighted), rmsnorm, no embed_norm")
+    m = first_config(spec, "mamba")
+    cfg = {"model_type": model_type, "architectures": [ARCHITECTURES[model_type]],
+           "hidden_size": spec.d_model, "vocab_size": spec.vocab_size,
+           "num_hidden_layers": len(layer_kinds(spec)), "state_size": m.d_state, "conv_kernel": m.d_conv,
+           "expand": m.expand, "intermediate_size": m.inner, "time_step_rank": m.rank,
+           "use_conv_bias": m.conv_bias, "use_bias": m.bias, "layer_norm_epsilon": spec.norm_eps,
+           "tie_word_embeddings": spec.tie_embeddings, "time_step_min": m.dt_min, "time_step_max": m.dt_max,
+           "residual_in_fp32": True}
+    if model_type == "falcon_mamba":
+        cfg["mixer_rms_eps"] = m.inner_norm_eps
+    return cfg
