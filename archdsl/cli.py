@@ -246,13 +246,19 @@ def cmd_run(args):
         model = load_model(args.spec, device=args.device, dtype=args.dtype)
     else:
         model = build(_spec(args.spec), device=args.device, dtype=resolve_dtype(args.dtype or "float32"),
-                      seed=args.seed, cuda_graph=args.cuda_graph)
+                      seed=args.seed, cuda_graph=args.cuda_graph, fuse=not args.no_fuse)
     dev = model.device
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     ids = torch.randint(0, model.spec.vocab_size, (args.batch, args.prompt_len), generator=gen).to(dev)
     with torch.no_grad():
-        cache = model.init_cache(args.batch, max_len=args.prompt_len + args.gen)
+        graphed = args.cuda_graph and dev.type == "cuda"
+        if graphed:  # capture once (outside the timings), then replay per token
+            runner = model._graph_runner(args.batch, args.prompt_len + args.gen)
+            cache = runner.cache
+            cache.reset()
+        else:
+            cache = model.init_cache(args.batch, max_len=args.prompt_len + args.gen)
         sync()
         t0 = time.perf_counter()
         logits = model(ids, cache)[:, -1]
@@ -265,7 +271,8 @@ def cmd_run(args):
             steps = tqdm(steps, desc="decode", unit="tok", leave=False)
         t0 = time.perf_counter()
         for _ in steps:
-            logits = model.step(sample(logits, 0), cache)
+            tok = sample(logits, 0)
+            logits = runner(tok) if graphed else model.step(tok, cache)
         sync()
         t_decode = time.perf_counter() - t0
     result = {"name": model.spec.name, "device": str(dev), "dtype": str(model.dtype).replace("torch.", ""),
@@ -291,12 +298,30 @@ def _add_run(p):
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="float32 (default; a saved model keeps its own), bfloat16, ...")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cuda-graph", action="store_true", help="(spec only) build with cuda_graph=True")
+    p.add_argument("--cuda-graph", action="store_true", help="replay the decode step from a CUDA graph (spec only)")
+    p.add_argument("--no-fuse", action="store_true", help="switch off the fusions (add+RMSNorm kernel, q/k/v GEMM)")
     p.add_argument("--json", action="store_true")
+
+
+@command("explore", "enumerate hybrid layouts under budgets: Pareto front, recall probes, plots")
+def cmd_explore(args):
+    """Enumerate the layouts of a design space, cost them exactly, keep those within the budgets,
+    rank them on a Pareto front, optionally train the best on a recall probe (MQAR, ...), and write
+    results.json, results.csv, every candidate's spec and plots into OUTDIR. See docs/explore.md."""
+    from .explore.command import explore_command
+
+    explore_command(args)
+
+
+def _add_explore(p):
+    from .explore.command import add_arguments
+
+    add_arguments(p)
 
 
 ARGS = {"check": _add_check, "show": _add_show, "fmt": _add_check, "graph": _add_graph,
         "memory": _add_memory, "convert": _add_convert, "compile": _add_compile, "run": _add_run}
+ARGS["explore"] = _add_explore
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,6 +64,8 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
     dtype = resolve_dtype(dtype)
     dev = check_device(device, dtype)
     _ = spec.graph  # spec errors first, as ArchDSLError
+    if cuda_graph and dev.type != "cuda":
+        raise ArchDSLError(f"cuda_graph=True needs a CUDA device, got {dev}")
     if dev.type == "meta":
         with torch.device("meta"):
             model = ArchModel(spec)
@@ -75,8 +77,6 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
         model = model.to(device=dev, dtype=dtype)
     model.set_fuse(fuse)
     model.cuda_graph = bool(cuda_graph)
-    if cuda_graph and dev.type != "cuda":
-        raise ArchDSLError(f"cuda_graph=True needs a CUDA device, got {dev}")
     return model.eval()
 
 

@@ -7,14 +7,17 @@ import archdsl
 from archdsl.cli import main
 
 LAYOUT = "mamba2(d_state=8, headdim=8), attn(heads=2)+mlp(hidden=32)"
+YAML = f"name: tiny\nd_model: 32\nvocab_size: 100\nlayout: {LAYOUT}\n"
 
 
 def test_compile_then_run(tmp_path, capsys):
+    (tmp_path / "tiny.yaml").write_text(YAML)
+    spec = str(tmp_path / "tiny.yaml")
     out = tmp_path / "model"
-    assert main(["compile", LAYOUT, "-o", str(out), "--seed", "3"]) == 0
+    assert main(["compile", spec, "-o", str(out), "--seed", "3"]) == 0
     assert (out / "spec.yaml").exists() and (out / "model.safetensors").exists()
     a = archdsl.load(out)
-    b = archdsl.compile(LAYOUT, seed=3)
+    b = archdsl.compile(spec, seed=3)
     ids = torch.randint(0, 100, (1, 4))
     with torch.no_grad():
         assert torch.equal(a(ids), b(ids))
@@ -22,7 +25,7 @@ def test_compile_then_run(tmp_path, capsys):
     assert main(["run", str(out), "--prompt-len", "8", "--gen", "3", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["prefill_tokens_per_s"] > 0 and rep["decode_tokens_per_s"] > 0 and rep["cache_bytes"] > 0
-    assert main(["run", LAYOUT, "--prompt-len", "4", "--gen", "2", "--dtype", "float64"]) == 0
+    assert main(["run", spec, "--prompt-len", "4", "--gen", "2", "--dtype", "float64"]) == 0
     text = capsys.readouterr().out
     assert "prefill" in text and "decode" in text and "tokens/s" in text and "cache" in text
 
