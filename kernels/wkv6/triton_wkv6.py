@@ -181,7 +181,7 @@ def wkv6_fwd(r, k, v, w, u, scale, h0, store_ht, bv=None):
     B, T, H, K = r.shape
     V = v.shape[-1]
     BK = _pow2(K)
-    BV = min(_pow2(V), bv or 32)
+    BV = min(_pow2(V), bv or 64)  # H200, K=V=64 bf16: BV 64 1.29 ms, 32 2.17 ms, 16 4.14 ms (T=4096, B=4, H=32)
     o = torch.empty_like(v, dtype=r.dtype)
     ht = torch.empty(B, H, K, V, dtype=torch.float32, device=r.device) if store_ht else None
     grid = (triton.cdiv(V, BV), B * H)
