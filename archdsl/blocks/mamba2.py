@@ -35,6 +35,7 @@ class Mamba2Config(BlockConfig):
     chunk_size: int = 256
     dt_min: float = 0.001
     dt_max: float = 0.1
+    dt_floor: float = 0.0  # dt = max(softplus(dt + dt_bias), dt_floor) (HF time_step_limit; NemotronH: time_step_min)
 
     def check(self) -> None:
         if not 2 <= self.d_conv <= 4:
@@ -46,6 +47,8 @@ class Mamba2Config(BlockConfig):
             raise ConfigError("heads", f"mamba2: heads·headdim = {self.heads}·{self.headdim} must equal expand·d_model = {E}")
         if self.nheads % self.ngroups:
             raise ConfigError("ngroups", f"mamba2: ngroups {self.ngroups} must divide heads {self.nheads}")
+        if self.dt_floor < 0:
+            raise ConfigError("dt_floor", f"mamba2: dt_floor must be >= 0, got {self.dt_floor}")
         if not 0 < self.dt_min <= self.dt_max:
             raise ConfigError("dt_min", f"mamba2: need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
 

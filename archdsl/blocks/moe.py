@@ -28,6 +28,7 @@ class MoeConfig(BlockConfig):
     shared_hidden: int = 0  # hidden size of the shared expert; 0 = none
     router: str = "softmax"  # gate scores: softmax (Jamba, Mixtral) or sigmoid
     router_bias: bool = False
+    score_bias: bool = False  # sigmoid router: a bias buffer added to the scores for choosing only (DeepSeek-V3, NemotronH)
     bias: bool = False  # expert linear biases
     aux_loss_coef: float = 0.01
 
@@ -38,6 +39,8 @@ class MoeConfig(BlockConfig):
             raise ConfigError("act", f"moe: act must be one of {', '.join(ACTS)}; got {self.act!r}")
         if self.router not in self.choices["router"]:
             raise ConfigError("router", f"moe: router must be softmax or sigmoid; got {self.router!r}")
+        if self.score_bias and self.router != "sigmoid":
+            raise ConfigError("score_bias", "moe: score_bias needs router: sigmoid")
         if self.aux_loss_coef < 0:
             raise ConfigError("aux_loss_coef", "moe: aux_loss_coef must be >= 0")
 

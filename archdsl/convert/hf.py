@@ -107,11 +107,28 @@ def _mamba(c: _Cfg, name: str, falcon: bool) -> dict:
 
 
 def _mamba2_block(c: _Cfg, d, *, d_state, d_conv, expand, heads, headdim, ngroups, chunk, conv_bias, bias,
-                  field="num_heads") -> dict:
+                  field="num_heads", norm_eps=None, dt_floor=None) -> dict:
     if heads * headdim != expand * d:
         raise _refuse(field, heads, f"heads·head_dim = {heads * headdim} must equal expand·hidden_size = {expand * d}")
-    return {"d_state": d_state, "d_conv": d_conv, "expand": expand, "heads": heads, "headdim": headdim,
-            "ngroups": ngroups, "chunk_size": chunk, "conv_bias": bool(conv_bias), "bias": bool(bias)}
+    out = {"d_state": d_state, "d_conv": d_conv, "expand": expand, "heads": heads, "headdim": headdim,
+           "ngroups": ngroups, "chunk_size": chunk, "conv_bias": bool(conv_bias), "bias": bool(bias)}
+    if norm_eps is not None and float(norm_eps) != 1e-5:
+        out["norm_eps"] = float(norm_eps)
+    if dt_floor:
+        out["dt_floor"] = float(dt_floor)
+    return out
+
+
+def _dt_limit(c: _Cfg) -> float:
+    """The lower dt clamp of HF's time_step_limit (lo, hi); an upper bound is not supported."""
+    lim = c("time_step_limit", (0.0, float("inf")))
+    try:  # transformers writes infinity as {"__float__": "Infinity"}
+        lo, hi = (float(v["__float__"]) if isinstance(v, dict) else float(v) for v in lim)
+    except (TypeError, ValueError, KeyError):
+        raise _refuse("time_step_limit", lim, "expected [lo, hi]") from None
+    if hi != float("inf") or lo < 0:
+        raise _refuse("time_step_limit", lim, "only (lo, inf) with lo >= 0 is supported")
+    return lo
 
 
 def _mamba2(c: _Cfg, name: str) -> dict:
@@ -120,7 +137,8 @@ def _mamba2(c: _Cfg, name: str) -> dict:
         raise _refuse("rmsnorm", False, "the gated RMSNorm is always present")
     m = _mamba2_block(c, d, d_state=c("state_size", 128), d_conv=c("conv_kernel", 4), expand=c("expand", 2),
                       heads=c("num_heads", 128), headdim=c("head_dim", 64), ngroups=c("n_groups", 8),
-                      chunk=c("chunk_size", 256), conv_bias=c("use_conv_bias", True), bias=c("use_bias", False))
+                      chunk=c("chunk_size", 256), conv_bias=c("use_conv_bias", True), bias=c("use_bias", False),
+                      norm_eps=c("layer_norm_epsilon", 1e-5), dt_floor=_dt_limit(c))
     return _spec(c, name, d, c("vocab_size", 32768), c("tie_word_embeddings", True),
                  f"{c('num_hidden_layers', 64)}×mamba2", {"mamba2": m}, eps=c("layer_norm_epsilon", 1e-5))
 
@@ -215,7 +233,8 @@ def _bamba(c: _Cfg, name: str) -> dict:
         "mamba2": _mamba2_block(c, d, d_state=c("mamba_d_state", 256), d_conv=c("mamba_d_conv", 4), expand=expand,
                                 heads=heads, headdim=headdim, ngroups=c("mamba_n_groups", 1),
                                 chunk=c("mamba_chunk_size", 256), conv_bias=c("mamba_conv_bias", True),
-                                bias=c("mamba_proj_bias", False), field="mamba_n_heads"),
+                                bias=c("mamba_proj_bias", False), field="mamba_n_heads",
+                                norm_eps=c("rms_norm_eps", 1e-5), dt_floor=_dt_limit(c)),
         "attn": {"heads": c("num_attention_heads", 32), "kv_heads": c("num_key_value_heads", 8), "rope": True,
                  "rope_theta": _rope_theta(c), "rope_fraction": rope_frac, "bias": ab, "out_bias": ab}
         if attn_ids else None,
@@ -243,6 +262,15 @@ def _nemotron_h(c: _Cfg, name: str) -> dict:
             raise _refuse("layers_block_type", t, f"supported: {', '.join(kinds)}")
     if c("moe_latent_size") and "moe" in types:
         raise _refuse("moe_latent_size", c("moe_latent_size"), "latent MoE projections are not supported")
+    if c("mamba_hidden_act", "silu") != "silu":
+        raise _refuse("mamba_hidden_act", c("mamba_hidden_act"), "supported: 'silu'")
+    if "moe" in types:
+        if c("topk_group", 1) < c("n_group", 1):
+            raise _refuse("topk_group", c("topk_group"), "group-limited routing (topk_group < n_group) is not supported")
+        if float(c("routed_scaling_factor", 1.0)) != 1.0:
+            raise _refuse("routed_scaling_factor", c("routed_scaling_factor"), "supported: 1.0")
+        if not c("norm_topk_prob", True):
+            raise _refuse("norm_topk_prob", False, "the top-k weights are always renormalised")
     act = c("mlp_hidden_act", "relu2")
     if act not in ("relu2", "relu", "gelu", "silu"):
         raise _refuse("mlp_hidden_act", act, "supported: relu2, relu, gelu, silu")
@@ -252,12 +280,13 @@ def _nemotron_h(c: _Cfg, name: str) -> dict:
                                 expand=c("expand", 2), heads=c("mamba_num_heads", 128),
                                 headdim=c("mamba_head_dim", 64), ngroups=c("n_groups", 8),
                                 chunk=c("chunk_size", 128), conv_bias=c("use_conv_bias", True),
-                                bias=c("use_bias", False), field="mamba_num_heads"),
+                                bias=c("use_bias", False), field="mamba_num_heads",
+                                norm_eps=c("layer_norm_epsilon", 1e-5), dt_floor=c("time_step_min", 0.001)),
         "attn": {"heads": heads, "kv_heads": c("num_key_value_heads", 8), "head_dim": c("head_dim", d // heads),
                  "rope": False, "bias": bool(c("attention_bias", False)), "out_bias": bool(c("attention_bias", False))},
         "mlp": {"act": act, "hidden": c("intermediate_size", 21504), "bias": bool(c("mlp_bias", False))},
         "moe": {"experts": c("n_routed_experts", c("num_local_experts", 8)), "top_k": c("num_experts_per_tok", 2),
-                "hidden": c("moe_intermediate_size", 7688), "act": act, "router": "sigmoid",
+                "hidden": c("moe_intermediate_size", 7688), "act": act, "router": "sigmoid", "score_bias": True,
                 "shared_hidden": c("moe_shared_expert_intermediate_size", 7688)},
     }
     used = {kinds[t] for t in types}

@@ -38,8 +38,8 @@ def hf_logits(model, ids):
 
 def hf_greedy(model, ids, n):
     with torch.no_grad():
-        return model.generate(ids, max_new_tokens=n, do_sample=False, min_new_tokens=n, pad_token_id=0,
-                              eos_token_id=None)
+        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                              min_new_tokens=n, pad_token_id=0, eos_token_id=None)
 
 
 def check_family(tmp_path, hf_model, vocab: int, batch: int = 2, length: int = 21, new: int = 32, seed: int = 0,

@@ -68,6 +68,13 @@ class Mamba2(nn.Module):
     def _split(self, zxbcdt):
         return zxbcdt.split([self.E, self.conv_dim, self.H], dim=-1)
 
+    def _dt(self, dt):
+        """(dt, dt_bias, dt_softplus) for the scan: with a dt_floor, softplus and clamp done here."""
+        if not self.cfg.dt_floor:
+            return dt, self._f(self.dt_bias), True
+        dt = F.softplus(self._f(dt) + self._f(self.dt_bias)).clamp(min=self.cfg.dt_floor)
+        return dt, None, False
+
     def _out(self, y, z):
         if self.norm is not None:
             y = self.norm(y, z)
@@ -83,10 +90,11 @@ class Mamba2(nn.Module):
                            None if state is None else state["conv"]).transpose(1, 2)
         u, B, C = xBC.split([self.E, self.G * self.N, self.G * self.N], dim=-1)
         gate = None if self.norm is not None else z.reshape(Bsz, L, self.H, self.P)
+        dt, dt_bias, softplus = self._dt(dt)
         out = ssd_scan(u.reshape(Bsz, L, self.H, self.P), dt.contiguous(), -torch.exp(self._f(self.A_log)),
                        B.reshape(Bsz, L, self.G, self.N), C.reshape(Bsz, L, self.G, self.N),
-                       chunk_size=self.cfg.chunk_size, D=self._f(self.D), z=gate, dt_bias=self._f(self.dt_bias),
-                       dt_softplus=True, initial_states=None if state is None else state["ssm"],
+                       chunk_size=self.cfg.chunk_size, D=self._f(self.D), z=gate, dt_bias=dt_bias,
+                       dt_softplus=softplus, initial_states=None if state is None else state["ssm"],
                        return_final_states=state is not None)
         if state is not None:
             out, final = out
@@ -102,9 +110,10 @@ class Mamba2(nn.Module):
         xBC = conv_step(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, state["conv"])
         u, B, C = xBC.split([self.E, self.G * self.N, self.G * self.N], dim=-1)
         gate = None if self.norm is not None else z.reshape(Bsz, self.H, self.P)
+        dt, dt_bias, softplus = self._dt(dt)
         y = ssd_step(state["ssm"], u.reshape(Bsz, self.H, self.P), dt, -torch.exp(self._f(self.A_log)),
                      B.reshape(Bsz, self.G, self.N), C.reshape(Bsz, self.G, self.N), D=self._f(self.D), z=gate,
-                     dt_bias=self._f(self.dt_bias), dt_softplus=True)
+                     dt_bias=dt_bias, dt_softplus=softplus)
         return self._out(y.reshape(Bsz, self.E), z)
 
     def init_state(self, batch, device, dtype):

@@ -82,6 +82,8 @@ class Router(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(cfg.experts, cfg.d_model))
         self.bias = nn.Parameter(torch.zeros(cfg.experts)) if cfg.router_bias else None
+        if cfg.score_bias:  # a buffer (HF: e_score_correction_bias), not a parameter
+            self.register_buffer("e_score_correction_bias", torch.zeros(cfg.experts, dtype=torch.float32))
         if self.weight.device.type != "meta":
             nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
@@ -111,7 +113,11 @@ class Moe(nn.Module):
             w, idx = probs.topk(self.cfg.top_k, dim=-1)
         else:
             scores = torch.sigmoid(logits.to(wd))
-            w, idx = scores.topk(self.cfg.top_k, dim=-1)
+            if self.cfg.score_bias:  # the bias steers the choice; the weights are the plain scores
+                _, idx = (scores + self.router.e_score_correction_bias.to(wd)).topk(self.cfg.top_k, dim=-1)
+                w = scores.gather(-1, idx)
+            else:
+                w, idx = scores.topk(self.cfg.top_k, dim=-1)
             w = w / w.sum(-1, keepdim=True)
             probs = scores / scores.sum(-1, keepdim=True)
         return probs, w.to(x.dtype), idx
