@@ -113,8 +113,9 @@ def to_dot(spec) -> str:
         out.append(f'  L{i} [label="{i}: {_label(subs)}", fillcolor="{_color(main.kind)}"];')
     out.append('  norm [label="final norm", fillcolor="#EEEEEE"];')
     out.append(f'  head [label="LM head{" (tied)" if spec.tie_embeddings else ""}", fillcolor="#EEEEEE"];')
-    for u, v, flow in g.edges(data="flow"):
-        style = ' [style=dashed, label="embedding"]' if flow == "embedding" else ""
+    for u, v, data in g.edges(data=True):
+        style = ' [style=dashed, label="embedding"]' if data["flow"] == "embedding" else (
+            ' [label="+ embedding"]' if data.get("embedding") else "")
         out.append(f"  {u} -> {v}{style};")
     for group, members in g.graph["groups"].items():
         for a, b in zip(members, members[1:]):
@@ -132,8 +133,8 @@ def to_mermaid(spec) -> str:
         classes.setdefault(main.kind, []).append(f"L{i}")
         out.append(f'  L{i}["{i}: {_label(subs)}"]')
     out += ['  norm["final norm"]', '  head["LM head"]']
-    for u, v, flow in g.edges(data="flow"):
-        out.append(f"  {u} -.-> {v}" if flow == "embedding" else f"  {u} --> {v}")
+    for u, v, data in g.edges(data=True):
+        out.append(f"  {u} -.-> {v}" if data["flow"] == "embedding" else f"  {u} --> {v}")
     for group, members in g.graph["groups"].items():
         for a, b in zip(members, members[1:]):
             out.append(f"  L{a} -. {group} .- L{b}")

@@ -3,9 +3,10 @@
     expand_repeats ─▶ apply_modifiers ─▶ resolve_blocks ─▶ resolve_sharing
          each followed by verify(graph)
 
-Nodes: "embed", "L0" … "L{n-1}", "norm", "head". Edges carry `flow`: "residual" along
-the stream, "embedding" from "embed" to every layer whose INJECT block reads the
-original embedding (Zamba). A layer node holds `index` and `sublayers`, a tuple of
+Nodes: "embed", "L0" … "L{n-1}", "norm", "head". Edges carry `flow` ("residual" along
+the stream, "embedding" from "embed" to a layer whose INJECT block reads the original
+embedding, Zamba) and `embedding=True` wherever the original embedding is read — also on
+embed → L0, which is both. A layer node holds `index` and `sublayers`, a tuple of
 Sublayer in order (INJECT, MIXER, FFN — each optional, at least one). Graph attributes:
 `spec`, `groups` ({group: [layer indices]}) and `stage` (the last pass run).
 """
@@ -230,7 +231,10 @@ def resolve_sharing(g: nx.DiGraph) -> nx.DiGraph:
                 groups.setdefault(group, []).append(i)
                 s = replace(s, group=group)
             if s.role == INJECT:
-                g.add_edge("embed", layer_id(i), flow="embedding")
+                if g.has_edge("embed", layer_id(i)):  # L0: the residual edge carries it too
+                    g.edges["embed", layer_id(i)]["embedding"] = True
+                else:
+                    g.add_edge("embed", layer_id(i), flow="embedding", embedding=True)
             subs.append(s)
         node["sublayers"] = tuple(subs)
     g.graph["groups"] = groups
@@ -263,7 +267,7 @@ def verify(g: nx.DiGraph) -> nx.DiGraph:
             assert roles == sorted(roles, key=ROLE_ORDER.get) and len(set(roles)) == len(roles), \
                 f"layer {i}: sublayers {roles} out of order"
             assert all(s.config is not None for s in subs), f"layer {i}: unresolved block"
-            has_embed = g.has_edge("embed", layer_id(i)) and g.edges["embed", layer_id(i)]["flow"] == "embedding"
+            has_embed = g.has_edge("embed", layer_id(i)) and g.edges["embed", layer_id(i)].get("embedding", False)
             if stage == "resolve_sharing":
                 assert has_embed == (INJECT in roles), f"layer {i}: embedding edge and inject block disagree"
     for group, members in g.graph["groups"].items():

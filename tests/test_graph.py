@@ -55,7 +55,9 @@ def test_zamba_embedding_edges():
     g = spec.graph
     hybrid = [i for i, s in enumerate(layers(g)) if role_of(s, INJECT)]
     assert hybrid == [6, 12, 18, 24, 30, 36, 42, 47, 51]
-    assert sorted(v for u, v, f in g.edges(data="flow") if f == "embedding") == sorted(f"L{i}" for i in hybrid)
+    assert sorted(v for u, v, e in g.edges(data="embedding") if e) == sorted(f"L{i}" for i in hybrid)
+    spec = archdsl.parse("4×mamba2, zamba(shared) at 0 2")
+    assert [v for u, v, e in spec.graph.edges(data="embedding") if e] == ["L0", "L2"]
     assert nx.is_directed_acyclic_graph(g)
 
 
