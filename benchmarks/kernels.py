@@ -28,26 +28,30 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    print(f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, torch {torch.__version__}")
+    head = f"{'op':<22} {'shape':<34} {'mode':<8} {'ours ms':>9} {'peer':<22} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} {'%floor':>7}"
+    print(head + "\n" + "-" * len(head), flush=True)
     rows = []
     for name in (args.only.split(",") if args.only else OPS):
         try:
-            rows += importlib.import_module(name).rows(quick=args.quick)
+            new = importlib.import_module(name).rows(quick=args.quick)
         except Exception:  # one op's failure must not hide the others' figures
             traceback.print_exc()
-            rows.append({"op": name, "shape": "-", "mode": "FAILED", "ours_ms": float("nan")})
-    print(f"\n{torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, "
-          f"torch {torch.__version__}")
-    head = f"{'op':<22} {'shape':<34} {'mode':<8} {'ours ms':>9} {'peer':<22} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} {'%floor':>7}"
-    print(head + "\n" + "-" * len(head))
-    for r in rows:
-        ours, peer, floor = r.get("ours_ms"), r.get("peer_ms"), r.get("floor_ms")
-        ratio = f"{ours / peer:.2f}" if ours and peer else "-"
-        pct = f"{100 * floor / ours:.0f}%" if ours and floor else "-"
-        print(f"{r['op']:<22} {str(r['shape']):<34} {r['mode']:<8} {_ms(ours)} {str(r.get('peer') or '-'):<22} "
-              f"{_ms(peer)} {ratio:>6} {_ms(floor)} {pct:>7}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            new = [{"op": name, "shape": "-", "mode": "FAILED", "ours_ms": float("nan")}]
+        for r in new:
+            print(_line(r), flush=True)
+        rows += new
+        if args.json:  # after every op, so a run cut short keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+
+
+def _line(r: dict) -> str:
+    ours, peer, floor = r.get("ours_ms"), r.get("peer_ms"), r.get("floor_ms")
+    ratio = f"{ours / peer:.2f}" if ours and peer else "-"
+    pct = f"{100 * floor / ours:.0f}%" if ours and floor else "-"
+    return (f"{r['op']:<22} {str(r['shape']):<34} {r['mode']:<8} {_ms(ours)} {str(r.get('peer') or '-'):<22} "
+            f"{_ms(peer)} {ratio:>6} {_ms(floor)} {pct:>7}")
 
 
 def _ms(x) -> str:
