@@ -149,6 +149,8 @@ def _jamba(c: _Cfg, name: str) -> dict:
     heads = c("num_attention_heads", 32)
     experts = c("num_experts", 16)
     act = _gated_act(c, "hidden_act", "silu")
+    if act != "swiglu":  # HF uses hidden_act for the mamba conv too; ours is SiLU
+        raise _refuse("hidden_act", c("hidden_act"), "supported: 'silu' (it is also the mamba conv activation)")
     ap, ao = c("attn_layer_period", 8), c("attn_layer_offset", 4)
     ep, eo = c("expert_layer_period", 2), c("expert_layer_offset", 1)
     layout = f"{L}×mamba, attn every {ap} offset {ao}"
@@ -213,7 +215,8 @@ def _zamba2(c: _Cfg, name: str) -> dict:
     blocks = {"mamba2": _mamba2_block(c, d, d_state=c("mamba_d_state", 64), d_conv=c("mamba_d_conv", 4),
                                       expand=expand, heads=n_heads, headdim=expand * d // n_heads,
                                       ngroups=c("mamba_ngroups", 1), chunk=c("chunk_size", 256),
-                                      conv_bias=c("use_conv_bias", True), bias=False, field="n_mamba_heads"),
+                                      conv_bias=True, bias=False, field="n_mamba_heads",  # HF: conv bias always
+                                      dt_floor=c("time_step_min", 0.001)),  # HF: time_step_limit[0]
               "zamba": zamba}
     return _spec(c, name, d, c("vocab_size", 32000), c("tie_word_embeddings", True), layout, blocks,
                  eps=c("rms_norm_eps", 1e-5))

@@ -172,7 +172,8 @@ def hf_config(spec) -> dict:
            "num_hidden_layers": len(subs), "layers_block_type": types, "rms_norm_eps": spec.norm_eps,
            "tie_word_embeddings": spec.tie_embeddings, "mamba_d_state": m.d_state, "mamba_d_conv": m.d_conv,
            "mamba_expand": m.expand, "mamba_ngroups": m.ngroups, "n_mamba_heads": m.nheads,
-           "chunk_size": m.chunk_size, "use_conv_bias": True, "add_bias_linear": False}
+           "chunk_size": m.chunk_size, "use_conv_bias": True, "add_bias_linear": False,
+           "time_step_min": m.dt_floor}  # HF clamps dt at time_step_min (also its dt init's low end)
     uses = _uses(spec)
     if not uses:
         cfg.update(num_mem_blocks=1, num_attention_heads=max(1, 2 * d // 64))
