@@ -33,17 +33,17 @@ def make_hf(config_cls: str, model_cls: str, seed: int = 0, init=None, **kwargs)
 
 def hf_logits(model, ids):
     with torch.no_grad():
-        return model(ids).logits
+        return model(ids, use_cache=False).logits
 
 
-def hf_greedy(model, ids, n):
+def hf_greedy(model, ids, n, use_cache=True):
     with torch.no_grad():
         return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                              min_new_tokens=n, pad_token_id=0, eos_token_id=None)
+                              min_new_tokens=n, pad_token_id=0, eos_token_id=None, use_cache=use_cache)
 
 
 def check_family(tmp_path, hf_model, vocab: int, batch: int = 2, length: int = 21, new: int = 32, seed: int = 0,
-                 greedy_hf: bool = True):
+                 hf_cache: bool = True):
     """→ dict of figures; asserts every property of the interop contract."""
     import archdsl
     from archdsl.convert.hf_io import export_hf
@@ -62,9 +62,8 @@ def check_family(tmp_path, hf_model, vocab: int, batch: int = 2, length: int = 2
     # greedy continuation: ours decodes through step(); HF through its cache
     prompt = ids[:1, :8]
     out = model.generate(prompt, new, temperature=0)
-    if greedy_hf:
-        ref_out = hf_greedy(hf_model, prompt, new)
-        assert torch.equal(out, ref_out), f"greedy differs:\n{out}\n{ref_out}"
+    ref_out = hf_greedy(hf_model, prompt, new, use_cache=hf_cache)
+    assert torch.equal(out, ref_out), f"greedy differs:\n{out}\n{ref_out}"
     # export → transformers' own class → the same logits
     dst = tmp_path / "export"
     export_hf(model, dst)

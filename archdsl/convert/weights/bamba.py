@@ -1,0 +1,86 @@
+"""Bamba (BambaForCausalLM) weights: Mamba-2 layers with attention at attn_layer_indices, a gated MLP in
+every layer.
+
+    model.embed_tokens.weight                         ↔ embeddings.weight
+    model.layers.{i}.input_layernorm.weight           ↔ layers.{i}.norm.weight
+    model.layers.{i}.mamba.{t} | .self_attn.{t}       ↔ layers.{i}.mixer.{t}
+    model.layers.{i}.pre_ff_layernorm.weight          ↔ layers.{i}.ffn_norm.weight
+    model.layers.{i}.feed_forward.{gate,up,down}_proj ↔ layers.{i}.ffn.{gate,up,down}_proj
+    model.final_layernorm.weight                      ↔ norm_f.weight
+    lm_head.weight                                    ↔ lm_head.weight (absent when tied)
+"""
+from __future__ import annotations
+
+from ...errors import ArchDSLError
+from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds, rename, unrename
+
+MODEL_TYPES = ("bamba",)
+ACTS = {"swiglu": "silu", "geglu": "gelu"}
+
+
+def accepts(spec) -> str | None:
+    layers = layer_kinds(spec)
+    ok = (kinds_used(spec) <= {"mamba2", "attn", "mlp"} and spec.norm == "rmsnorm" and not spec.embed_norm
+          and all(set(l) == {MIXER, FFN} and l[FFN].kind == "mlp" for l in layers)
+          and "mamba2" in kinds_used(spec))
+    if ok and "attn" in kinds_used(spec):
+        a = first_config(spec, "attn")
+        ok = a.rope and a.window is None and a.bias == a.out_bias
+    return "bamba" if ok else None
+
+
+def pairs(spec, names) -> list[tuple[str, str]]:
+    out = [("model.embed_tokens.weight", "embeddings.weight")]
+    for i, layer in enumerate(layer_kinds(spec)):
+        if set(layer) != {MIXER, FFN} or layer[FFN].kind != "mlp" or layer[MIXER].kind not in ("mamba2", "attn"):
+            raise ArchDSLError(f"layer {i}: a Bamba layer is a mamba2 or attn mixer with an mlp")
+        kind = layer[MIXER].kind
+        hf = f"model.layers.{i}"
+        sub = "mamba" if kind == "mamba2" else "self_attn"
+        out.append((f"{hf}.input_layernorm.weight", f"layers.{i}.norm.weight"))
+        out += [(f"{hf}.{sub}.{n}", f"layers.{i}.mixer.{n}") for n in block_params(kind, names, f"layers.{i}.mixer")]
+        out.append((f"{hf}.pre_ff_layernorm.weight", f"layers.{i}.ffn_norm.weight"))
+        out += [(f"{hf}.feed_forward.{n}", f"layers.{i}.ffn.{n}") for n in block_params("mlp", names, f"layers.{i}.ffn")]
+    out.append(("model.final_layernorm.weight", "norm_f.weight"))
+    if not spec.tie_embeddings:
+        out.append(("lm_head.weight", "lm_head.weight"))
+    return out
+
+
+def to_archdsl(hf_state, spec, model):
+    return rename(hf_state, pairs(spec, set(model.state_dict())), model, spec.tie_embeddings)
+
+
+def to_hf(state, spec, hf_config):
+    return unrename(state, pairs(spec, set(state)), spec.tie_embeddings)
+
+
+def hf_config(spec) -> dict:
+    if not accepts(spec):
+        raise ArchDSLError("not a Bamba model: every layer must be a mamba2 or attn (RoPE, no window) mixer with "
+                           "an mlp FFN, rmsnorm, no embed_norm")
+    layers = layer_kinds(spec)
+    m, mlp = first_config(spec, "mamba2"), first_config(spec, "mlp")
+    if mlp.act not in ACTS:
+        raise ArchDSLError(f"Bamba's MLP is gated (swiglu or geglu), not {mlp.act!r}")
+    if m.norm_eps != spec.norm_eps:
+        raise ArchDSLError(f"Bamba has one epsilon (rms_norm_eps): mamba2 norm_eps {m.norm_eps} differs from "
+                           f"norm_eps {spec.norm_eps}")
+    cfg = {"model_type": "bamba", "architectures": ["BambaForCausalLM"], "hidden_size": spec.d_model,
+           "vocab_size": spec.vocab_size, "num_hidden_layers": len(layers),
+           "attn_layer_indices": [i for i, l in enumerate(layers) if l[MIXER].kind == "attn"],
+           "intermediate_size": mlp.width, "hidden_act": ACTS[mlp.act], "mlp_bias": mlp.bias,
+           "mamba_n_heads": m.nheads, "mamba_d_head": m.inner // m.nheads, "mamba_n_groups": m.ngroups,
+           "mamba_d_state": m.d_state, "mamba_d_conv": m.d_conv, "mamba_expand": m.expand,
+           "mamba_chunk_size": m.chunk_size, "mamba_conv_bias": m.conv_bias, "mamba_proj_bias": m.bias,
+           "time_step_limit": [m.dt_floor, {"__float__": "Infinity"}], "rms_norm_eps": spec.norm_eps,
+           "tie_word_embeddings": spec.tie_embeddings}
+    a = first_config(spec, "attn")
+    if a is not None:
+        if a.hdim != spec.d_model // a.heads:
+            raise ArchDSLError(f"Bamba's head_dim is hidden_size / heads = {spec.d_model // a.heads}, not {a.hdim}")
+        cfg.update({"num_attention_heads": a.heads, "num_key_value_heads": a.kv, "attention_bias": a.bias,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": a.rope_theta,
+                                        "partial_rotary_factor": a.rope_fraction},
+                    "partial_rotary_factor": a.rope_fraction})
+    return cfg
