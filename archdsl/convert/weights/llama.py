@@ -1,0 +1,65 @@
+"""Llama (LlamaForCausalLM) weights.
+
+    model.embed_tokens.weight                       ↔ embeddings.weight
+    model.layers.{i}.input_layernorm.weight         ↔ layers.{i}.norm.weight
+    model.layers.{i}.self_attn.{q,k,v,o}_proj       ↔ layers.{i}.mixer.{q,k,v,o}_proj
+    model.layers.{i}.post_attention_layernorm       ↔ layers.{i}.ffn_norm.weight
+    model.layers.{i}.mlp.{gate,up,down}_proj        ↔ layers.{i}.ffn.{gate,up,down}_proj
+    model.norm.weight                               ↔ norm_f.weight
+    lm_head.weight                                  ↔ lm_head.weight (absent when tied)
+"""
+from __future__ import annotations
+
+from ...errors import ArchDSLError
+from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds, rename, unrename
+
+MODEL_TYPES = ("llama",)
+ACTS = {"swiglu": "silu", "geglu": "gelu"}
+
+
+def accepts(spec) -> str | None:
+    if kinds_used(spec) != {"attn", "mlp"} or spec.norm != "rmsnorm" or spec.embed_norm:
+        return None
+    if not all(set(l) == {MIXER, FFN} and l[MIXER].kind == "attn" for l in layer_kinds(spec)):
+        return None
+    a = first_config(spec, "attn")
+    return "llama" if a.rope and a.rope_fraction == 1.0 and a.window is None and a.bias == a.out_bias else None
+
+
+def pairs(spec, names) -> list[tuple[str, str]]:
+    out = [("model.embed_tokens.weight", "embeddings.weight")]
+    for i, layer in enumerate(layer_kinds(spec)):
+        if set(layer) != {MIXER, FFN} or layer[MIXER].kind != "attn" or layer[FFN].kind != "mlp":
+            raise ArchDSLError(f"layer {i}: a Llama layer is attn with an mlp")
+        hf = f"model.layers.{i}"
+        out.append((f"{hf}.input_layernorm.weight", f"layers.{i}.norm.weight"))
+        out += [(f"{hf}.self_attn.{n}", f"layers.{i}.mixer.{n}") for n in block_params("attn", names, f"layers.{i}.mixer")]
+        out.append((f"{hf}.post_attention_layernorm.weight", f"layers.{i}.ffn_norm.weight"))
+        out += [(f"{hf}.mlp.{n}", f"layers.{i}.ffn.{n}") for n in block_params("mlp", names, f"layers.{i}.ffn")]
+    out.append(("model.norm.weight", "norm_f.weight"))
+    if not spec.tie_embeddings:
+        out.append(("lm_head.weight", "lm_head.weight"))
+    return out
+
+
+def to_archdsl(hf_state, spec, model):
+    return rename(hf_state, pairs(spec, set(model.state_dict())), model, spec.tie_embeddings)
+
+
+def to_hf(state, spec, hf_config):
+    return unrename(state, pairs(spec, set(state)), spec.tie_embeddings)
+
+
+def hf_config(spec) -> dict:
+    if not accepts(spec):
+        raise ArchDSLError("not a Llama model: every layer must be attn (full RoPE, no window) with an mlp, "
+                           "rmsnorm, no embed_norm")
+    a, mlp = first_config(spec, "attn"), first_config(spec, "mlp")
+    if mlp.act not in ACTS:
+        raise ArchDSLError(f"Llama's MLP is gated (swiglu or geglu), not {mlp.act!r}")
+    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": spec.d_model,
+            "vocab_size": spec.vocab_size, "num_hidden_layers": len(layer_kinds(spec)),
+            "num_attention_heads": a.heads, "num_key_value_heads": a.kv, "head_dim": a.hdim,
+            "intermediate_size": mlp.width, "hidden_act": ACTS[mlp.act], "mlp_bias": mlp.bias,
+            "attention_bias": a.bias, "rms_norm_eps": spec.norm_eps, "tie_word_embeddings": spec.tie_embeddings,
+            "rope_parameters": {"rope_type": "default", "rope_theta": a.rope_theta}}
