@@ -38,10 +38,12 @@ MLP = ("gate_proj.weight", "up_proj.weight", "down_proj.weight")
 
 
 class Source:
-    """The HF tensors, taken by name; what is missing or left over is an ArchDSLError."""
+    """The HF tensors, taken by name; what is missing or left over, and shapes the model does not
+    have, are ArchDSLErrors naming the HF tensor."""
 
     def __init__(self, state: dict, family: str):
         self.state, self.family, self.used = state, family, set()
+        self.origin: dict[str, str] = {}  # our name → the HF tensor(s) it was made of
 
     def __contains__(self, name):
         return name in self.state
@@ -52,12 +54,24 @@ class Source:
         self.used.add(name)
         return self.state[name]
 
-    def finish(self) -> None:
+    def finish(self, out: dict, model) -> dict:
+        """Check `out` (our name → tensor) against the model's shapes and that every HF tensor was used."""
         extra = sorted(set(self.state) - self.used)
         if extra:
             raise ArchDSLError(f"{self.family} checkpoint: unexpected tensor {extra[0]!r}"
                                + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
                                + " (not part of the model its config.json describes)")
+        shapes = {n: tuple(t.shape) for n, t in model.state_dict(keep_vars=True).items()}
+        for ours, t in out.items():
+            if ours in shapes and tuple(t.shape) != shapes[ours]:
+                raise ArchDSLError(f"{self.family} checkpoint: tensor {self.origin.get(ours, ours)!r} has shape "
+                                   f"{list(t.shape)}, the config implies {list(shapes[ours])}")
+        return out
+
+    def put(self, out: dict, ours: str, name: str) -> None:
+        """out[ours] = the HF tensor `name`."""
+        out[ours] = self.take(name)
+        self.origin[ours] = name
 
 
 def _mixer_keys(layer) -> tuple[str, tuple[str, ...]]:
@@ -78,26 +92,27 @@ def _has(module, dotted: str) -> bool:
 
 def to_archdsl(hf_state: dict, spec, model) -> dict:
     src = Source(hf_state, "Jamba")
-    out = {"embeddings.weight": src.take("model.embed_tokens.weight")}
+    out = {}
+    src.put(out, "embeddings.weight", "model.embed_tokens.weight")
     for i, layer in enumerate(model.layers):
         p, q = f"model.layers.{i}.", f"layers.{i}."
-        out[q + "norm.weight"] = src.take(p + "input_layernorm.weight")
-        out[q + "ffn_norm.weight"] = src.take(p + "pre_ff_layernorm.weight")
+        src.put(out, q + "norm.weight", p + "input_layernorm.weight")
+        src.put(out, q + "ffn_norm.weight", p + "pre_ff_layernorm.weight")
         hf_mixer, names = _mixer_keys(layer)
         for n in names:
-            out[q + "mixer." + n] = src.take(p + f"{hf_mixer}.{n}")
+            src.put(out, q + "mixer." + n, p + f"{hf_mixer}.{n}")
         if hf_mixer == "mamba":
             for n in ("dt", "b", "c"):
-                out[q + f"mixer.{n}_layernorm"] = src.take(p + f"mamba.{n}_layernorm.weight")
+                src.put(out, q + f"mixer.{n}_layernorm", p + f"mamba.{n}_layernorm.weight")
         f = p + "feed_forward."
         if layer.ffn.cfg.kind == "mlp":
             for n in MLP:
-                out[q + "ffn." + n] = src.take(f + n)
+                src.put(out, q + "ffn." + n, f + n)
         else:
-            out[q + "ffn.router.weight"] = src.take(f + "router.weight")
+            src.put(out, q + "ffn.router.weight", f + "router.weight")
             if f + "experts.gate_up_proj" in src:  # transformers 5's fused layout
-                out[q + "ffn.experts.gate_up_proj"] = src.take(f + "experts.gate_up_proj")
-                out[q + "ffn.experts.down_proj"] = src.take(f + "experts.down_proj")
+                src.put(out, q + "ffn.experts.gate_up_proj", f + "experts.gate_up_proj")
+                src.put(out, q + "ffn.experts.down_proj", f + "experts.down_proj")
             else:
                 E = layer.ffn.cfg.experts
                 e = f + "experts.{}."
@@ -106,15 +121,16 @@ def to_archdsl(hf_state: dict, spec, model) -> dict:
                      for j in range(E)])
                 out[q + "ffn.experts.down_proj"] = torch.stack([src.take(e.format(j) + "down_proj.weight")
                                                                 for j in range(E)])
-    out["norm_f.weight"] = src.take("model.final_layernorm.weight")
+                src.origin[q + "ffn.experts.gate_up_proj"] = e.format("*") + "{gate,up}_proj.weight (stacked)"
+                src.origin[q + "ffn.experts.down_proj"] = e.format("*") + "down_proj.weight (stacked)"
+    src.put(out, "norm_f.weight", "model.final_layernorm.weight")
     if spec.tie_embeddings:
         if "lm_head.weight" in src:
             src.take("lm_head.weight")
         out["lm_head.weight"] = out["embeddings.weight"]
     else:
-        out["lm_head.weight"] = src.take("lm_head.weight")
-    src.finish()
-    return out
+        src.put(out, "lm_head.weight", "lm_head.weight")
+    return src.finish(out, model)
 
 
 def to_hf(state: dict, spec, hf_config: dict) -> dict:
@@ -176,6 +192,15 @@ def _one(configs: list, what: str):
         if c != first:
             raise _refuse(what, "all of them must have the same settings (one config.json field set)")
     return first
+
+
+def accepts(spec) -> str | None:
+    """"jamba" when the spec exports as a jamba checkpoint (hf_config accepts it), else None."""
+    try:
+        hf_config(spec)
+    except ArchDSLError:
+        return None
+    return "jamba"
 
 
 def hf_config(spec) -> dict:

@@ -52,15 +52,16 @@ def _pairs(n_layers: int):
 
 def to_archdsl(hf_state: dict, spec, model) -> dict:
     src = Source(hf_state, "RWKV")
-    out = {ours: src.take(theirs) for theirs, ours in _pairs(len(model.layers))}
+    out = {}
+    for theirs, ours in _pairs(len(model.layers)):
+        src.put(out, ours, theirs)
     if spec.tie_embeddings:
         if "head.weight" in src:
             src.take("head.weight")
         out["lm_head.weight"] = out["embeddings.weight"]
     else:
-        out["lm_head.weight"] = src.take("head.weight")
-    src.finish()
-    return out
+        src.put(out, "lm_head.weight", "head.weight")
+    return src.finish(out, model)
 
 
 def to_hf(state: dict, spec, hf_config: dict) -> dict:
@@ -72,6 +73,15 @@ def to_hf(state: dict, spec, hf_config: dict) -> dict:
 
 def _refuse(what: str, why: str) -> ArchDSLError:
     return ArchDSLError(f"cannot export to Hugging Face RWKV: {what}: {why}")
+
+
+def accepts(spec) -> str | None:
+    """"rwkv" when the spec exports as a rwkv checkpoint (hf_config accepts it), else None."""
+    try:
+        hf_config(spec)
+    except ArchDSLError:
+        return None
+    return "rwkv"
 
 
 def hf_config(spec) -> dict:

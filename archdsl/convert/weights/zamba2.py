@@ -52,49 +52,47 @@ def _hybrid_groups(model) -> list[tuple[int, list[int]]]:
     return [(i, by_block[id(layer.inject)]) for i, layer in enumerate(model.layers) if layer.inject is not None]
 
 
-def _take_any(src: Source, names: list[str]):
-    """The first of `names` the checkpoint holds (tied copies of one tensor); every copy is used up."""
-    found = [n for n in names if n in src]
-    if not found:
-        return src.take(names[0])  # raises, naming the first layer's copy
-    for n in found:
+def _put_any(src: Source, out: dict, ours: str, names: list[str]) -> None:
+    """out[ours] = the first of `names` the checkpoint holds (tied copies of one tensor, all used up)."""
+    found = [n for n in names if n in src] or names[:1]  # none: take() names the first layer's copy
+    for n in found[1:]:
         src.take(n)
-    return src.take(found[0])
+    src.put(out, ours, found[0])
 
 
 def to_archdsl(hf_state: dict, spec, model) -> dict:
     src = Source(hf_state, "Zamba2")
-    out = {"embeddings.weight": src.take("model.embed_tokens.weight")}
+    out = {}
+    src.put(out, "embeddings.weight", "model.embed_tokens.weight")
     hybrid = dict(_hybrid_groups(model))
     ordinal = {i: j for j, i in enumerate(hybrid)}
     for i, layer in enumerate(model.layers):
         q = f"layers.{i}."
         p = f"model.layers.{i}." + ("mamba_decoder." if i in hybrid else "")
-        out[q + "norm.weight"] = src.take(p + "input_layernorm.weight")
+        src.put(out, q + "norm.weight", p + "input_layernorm.weight")
         for n in MAMBA2:
             if _has(layer.mixer, n):
-                out[q + "mixer." + n] = src.take(p + "mamba." + n)
+                src.put(out, q + "mixer." + n, p + "mamba." + n)
         if i not in hybrid:
             continue
         owners = [f"model.layers.{k}.shared_transformer." for k in hybrid[i]]
         for n in SHARED:
-            out[q + "inject." + n] = _take_any(src, [o + n for o in owners])
-        out[q + "inject_use.linear.weight"] = src.take(f"model.layers.{i}.linear.weight")
+            _put_any(src, out, q + "inject." + n, [o + n for o in owners])
+        src.put(out, q + "inject_use.linear.weight", f"model.layers.{i}.linear.weight")
         j = ordinal[i]
         for ours, theirs in ADAPTERS.items():
             if hasattr(layer.inject_use, ours):
                 for k in (0, 1):
-                    out[q + f"inject_use.{ours}.{k}.weight"] = _take_any(
-                        src, [o + f"{theirs}.{j}.{k}.weight" for o in owners])
-    out["norm_f.weight"] = src.take("model.final_layernorm.weight")
+                    _put_any(src, out, q + f"inject_use.{ours}.{k}.weight",
+                             [o + f"{theirs}.{j}.{k}.weight" for o in owners])
+    src.put(out, "norm_f.weight", "model.final_layernorm.weight")
     if spec.tie_embeddings:
         if "lm_head.weight" in src:
             src.take("lm_head.weight")
         out["lm_head.weight"] = out["embeddings.weight"]
     else:
-        out["lm_head.weight"] = src.take("lm_head.weight")
-    src.finish()
-    return out
+        src.put(out, "lm_head.weight", "lm_head.weight")
+    return src.finish(out, model)
 
 
 def _has(module, dotted: str) -> bool:
@@ -145,6 +143,17 @@ def to_hf(state: dict, spec, hf_config: dict) -> dict:
 
 def _refuse(what: str, why: str) -> ArchDSLError:
     return ArchDSLError(f"cannot export to Hugging Face Zamba2: {what}: {why}")
+
+
+def accepts(spec) -> str | None:
+    """"zamba2" when the spec exports as a zamba2 checkpoint (hf_config accepts it), else None."""
+    if not _uses(spec):
+        return None
+    try:
+        hf_config(spec)
+    except ArchDSLError:
+        return None
+    return "zamba2"
 
 
 def hf_config(spec) -> dict:
