@@ -295,8 +295,8 @@ def _nemotron_h(c: _Cfg, name: str) -> dict:
     used = {kinds[t] for t in types}
     blocks = {k: v for k, v in blocks.items() if k in used}
     layout = ", ".join(_text([kinds[t] for t in types]))
-    return _spec(c, name, d, c("vocab_size", 131072), c("tie_word_embeddings", False), layout, blocks,
-                 eps=c("layer_norm_epsilon", 1e-5))
+    # transformers' NemotronH has no tied-weights keys: its lm_head is its own even with tie_word_embeddings
+    return _spec(c, name, d, c("vocab_size", 131072), False, layout, blocks, eps=c("layer_norm_epsilon", 1e-5))
 
 
 def _rwkv(c: _Cfg, name: str) -> dict:

@@ -1,0 +1,156 @@
+"""NemotronH (NemotronHForCausalLM) weights: one block per layer (M mamba2, * attention, - mlp, E moe).
+
+    backbone.embeddings.weight                        ↔ embeddings.weight
+    backbone.layers.{i}.norm.weight                   ↔ layers.{i}.norm.weight (mixers) / ffn_norm.weight (mlp, moe)
+    backbone.layers.{i}.mixer.{t}                     ↔ layers.{i}.mixer.{t} (mamba2, attn) / ffn.{t} (mlp)
+    backbone.layers.{i}.mixer.gate.weight             ↔ layers.{i}.ffn.router.weight
+    backbone.layers.{i}.mixer.gate.e_score_correction_bias ↔ layers.{i}.ffn.router.e_score_correction_bias
+    backbone.layers.{i}.mixer.experts.{e}.up_proj.weight   ↔ layers.{i}.ffn.experts.up_proj[e]   (stacked)
+    backbone.layers.{i}.mixer.experts.{e}.down_proj.weight ↔ layers.{i}.ffn.experts.down_proj[e]
+    backbone.layers.{i}.mixer.shared_experts.{t}      ↔ layers.{i}.ffn.shared_expert.{t}
+    backbone.norm_f.weight                            ↔ norm_f.weight
+    lm_head.weight                                    ↔ lm_head.weight (absent when tied)
+
+The "model." prefix of transformers' in-memory names and fused experts (experts.up_proj [E, I, d]) are
+read too; export writes the checkpoint convention above.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ...errors import ArchDSLError
+from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds, rename, unrename
+
+MODEL_TYPES = ("nemotron_h",)
+SYMBOL = {"mamba2": "M", "attn": "*", "mlp": "-", "moe": "E"}
+ACTS = ("relu2", "relu", "gelu", "silu")
+
+
+def _kind(layer, i):
+    if set(layer) == {MIXER} and layer[MIXER].kind in ("mamba2", "attn"):
+        return layer[MIXER].kind
+    if set(layer) == {FFN} and layer[FFN].kind in ("mlp", "moe"):
+        return layer[FFN].kind
+    if i is None:
+        return None
+    raise ArchDSLError(f"layer {i}: a NemotronH layer is one block: a mamba2 or attn mixer, or an mlp or moe alone")
+
+
+def accepts(spec) -> str | None:
+    layers = layer_kinds(spec)
+    if spec.norm != "rmsnorm" or spec.embed_norm or any(_kind(l, None) is None for l in layers):
+        return None
+    a, moe = first_config(spec, "attn"), first_config(spec, "moe")
+    if a is not None and (a.rope or a.window is not None or a.bias != a.out_bias):
+        return None
+    if moe is not None and (moe.router != "sigmoid" or not moe.shared_hidden or moe.router_bias or moe.bias):
+        return None
+    if first_config(spec, "mlp") is not None and first_config(spec, "mlp").gated:
+        return None
+    return "nemotron_h" if kinds_used(spec) & {"mamba2", "moe"} else None
+
+
+def pairs(spec, names) -> list[tuple[str, str]]:
+    out = [("backbone.embeddings.weight", "embeddings.weight")]
+    for i, layer in enumerate(layer_kinds(spec)):
+        kind, hf = _kind(layer, i), f"backbone.layers.{i}"
+        if kind in ("mamba2", "attn"):
+            out.append((f"{hf}.norm.weight", f"layers.{i}.norm.weight"))
+            out += [(f"{hf}.mixer.{n}", f"layers.{i}.mixer.{n}") for n in block_params(kind, names, f"layers.{i}.mixer")]
+        elif kind == "mlp":
+            out.append((f"{hf}.norm.weight", f"layers.{i}.ffn_norm.weight"))
+            out += [(f"{hf}.mixer.{n}", f"layers.{i}.ffn.{n}") for n in block_params("mlp", names, f"layers.{i}.ffn")]
+        else:
+            out.append((f"{hf}.norm.weight", f"layers.{i}.ffn_norm.weight"))
+            out.append((f"{hf}.mixer.gate.weight", f"layers.{i}.ffn.router.weight"))
+            out.append((f"{hf}.mixer.gate.e_score_correction_bias", f"layers.{i}.ffn.router.e_score_correction_bias"))
+            out += [(f"{hf}.mixer.experts.{n}", f"layers.{i}.ffn.experts.{n}") for n in ("up_proj", "down_proj")]
+            out += [(f"{hf}.mixer.shared_experts.{n}", f"layers.{i}.ffn.shared_expert.{n}")
+                    for n in block_params("mlp", names, f"layers.{i}.ffn.shared_expert")]
+    out.append(("backbone.norm_f.weight", "norm_f.weight"))
+    out.append(("lm_head.weight", "lm_head.weight"))  # transformers' NemotronH never ties: always written
+    return out
+
+
+_EXPERT = re.compile(r"^(.*\.mixer\.experts)\.(\d+)\.(up_proj|down_proj)\.weight$")
+
+
+def _stack_experts(hf_state: dict, spec) -> dict:
+    """Per-expert Linear weights → the stacked [E, out, in] tensors (every expert must be there)."""
+    out, groups = {}, {}
+    for name, t in hf_state.items():
+        name = "backbone." + name[len("model."):] if name.startswith("model.") else name
+        m = _EXPERT.match(name)
+        if m:
+            groups.setdefault((m[1], m[3]), {})[int(m[2])] = (name, t)
+        else:
+            out[name] = t
+    for (prefix, proj), experts in groups.items():
+        n = max(experts) + 1
+        missing = [e for e in range(n) if e not in experts]
+        if missing:
+            raise ArchDSLError(f"missing tensor '{prefix}.{missing[0]}.{proj}.weight' in the checkpoint")
+        shapes = {tuple(t.shape) for _, t in experts.values()}
+        if len(shapes) > 1:
+            name, t = next((nt for nt in experts.values() if tuple(nt[1].shape) != tuple(experts[0][1].shape)))
+            raise ArchDSLError(f"tensor {name!r} has shape {list(t.shape)}, expert 0 has {list(experts[0][1].shape)}")
+        out[f"{prefix}.{proj}"] = torch.stack([experts[e][1] for e in range(n)])
+    return out
+
+
+def to_archdsl(hf_state, spec, model):
+    names = set(model.state_dict())
+    return rename(_stack_experts(hf_state, spec), pairs(spec, names), model, False)
+
+
+def to_hf(state, spec, hf_config):
+    out = unrename(state, pairs(spec, set(state)), False)
+    for name in [n for n in out if n.endswith((".experts.up_proj", ".experts.down_proj"))]:
+        t = out.pop(name)
+        prefix, proj = name.rsplit(".", 1)
+        for e in range(t.shape[0]):
+            out[f"{prefix}.{e}.{proj}.weight"] = t[e].contiguous()
+    return out
+
+
+def hf_config(spec) -> dict:
+    if not accepts(spec):
+        raise ArchDSLError("not a NemotronH model: one block per layer (mamba2; attn without RoPE; plain mlp; "
+                           "sigmoid moe with a shared expert), rmsnorm, no embed_norm")
+    layers = layer_kinds(spec)
+    pattern = "".join(SYMBOL[_kind(l, i)] for i, l in enumerate(layers))
+    cfg = {"model_type": "nemotron_h", "architectures": ["NemotronHForCausalLM"], "hidden_size": spec.d_model,
+           "vocab_size": spec.vocab_size, "num_hidden_layers": len(layers), "hybrid_override_pattern": pattern,
+           "layer_norm_epsilon": spec.norm_eps, "tie_word_embeddings": False,
+           "num_nextn_predict_layers": 0, "mtp_layers_block_type": []}
+    m = first_config(spec, "mamba2")
+    if m is not None:
+        if m.norm_eps != spec.norm_eps:
+            raise ArchDSLError(f"NemotronH has one epsilon (layer_norm_epsilon): mamba2 norm_eps {m.norm_eps} "
+                               f"differs from norm_eps {spec.norm_eps}")
+        cfg.update({"ssm_state_size": m.d_state, "conv_kernel": m.d_conv, "expand": m.expand,
+                    "mamba_num_heads": m.nheads, "mamba_head_dim": m.inner // m.nheads, "n_groups": m.ngroups,
+                    "chunk_size": m.chunk_size, "use_conv_bias": m.conv_bias, "use_bias": m.bias,
+                    # HF clamps dt below at time_step_min (also its init range's low end)
+                    "mamba_hidden_act": "silu", "time_step_min": m.dt_floor or m.dt_min,
+                    "time_step_max": m.dt_max})
+    a = first_config(spec, "attn")
+    if a is not None:
+        cfg.update({"num_attention_heads": a.heads, "num_key_value_heads": a.kv, "head_dim": a.hdim,
+                    "attention_bias": a.bias})
+    acts = {c.act for c in (first_config(spec, "mlp"), first_config(spec, "moe")) if c is not None}
+    if len(acts) > 1 or not acts <= set(ACTS):
+        raise ArchDSLError(f"NemotronH has one activation (mlp_hidden_act) of {', '.join(ACTS)}; got {sorted(acts)}")
+    cfg["mlp_hidden_act"] = acts.pop() if acts else "relu2"
+    mlp = first_config(spec, "mlp")
+    if mlp is not None:
+        cfg.update({"intermediate_size": mlp.width, "mlp_bias": mlp.bias})
+    moe = first_config(spec, "moe")
+    if moe is not None:
+        cfg.update({"n_routed_experts": moe.experts, "num_experts_per_tok": moe.top_k,
+                    "moe_intermediate_size": moe.width, "moe_shared_expert_intermediate_size": moe.shared_hidden,
+                    "n_shared_experts": 1, "n_group": 1, "topk_group": 1, "routed_scaling_factor": 1.0,
+                    "norm_topk_prob": True})
+    return cfg
