@@ -4,7 +4,8 @@ error's place and picture, never a traceback.
     archdsl check SPEC                 archdsl show SPEC [--seq-len N] [--json]
     archdsl fmt SPEC                   archdsl graph SPEC -o layout.svg
     archdsl memory SPEC... --seq-lens 1k,8k,64k [-o plot.png]
-    archdsl convert --from megatron PATTERN | --from hf config.json [-o spec.yaml]
+    archdsl convert --from megatron PATTERN | --from hf config.json [-o spec.yaml] | --from hf DIR -o OUT --weights
+    archdsl export DIR --to hf -o OUT
 """
 from __future__ import annotations
 
@@ -173,6 +174,17 @@ def cmd_convert(args):
     """Write the spec YAML that reproduces the source (to stdout, or -o FILE)."""
     import yaml
 
+    if args.weights:
+        if args.source != "hf":
+            raise ArchDSLError("--weights needs --from hf (a model directory with safetensors)")
+        if not args.output:
+            raise ArchDSLError("--weights needs -o DIR: where to save the archdsl model")
+        from .convert.hf_io import from_hf
+
+        _, model = from_hf(args.input, weights=True, dtype=args.dtype, name=args.name)
+        model.save(args.output)
+        print(f"wrote {args.output} ({model.num_params():,} parameters)", file=sys.stderr)
+        return
     if args.source == "megatron":
         from .convert.megatron import pattern_to_layout
 
@@ -196,7 +208,27 @@ def _add_convert(p):
     p.add_argument("--from", dest="source", required=True, choices=["megatron", "hf"])
     p.add_argument("input", help="the Megatron pattern (e.g. 'M-M*-') or a config.json / model directory")
     p.add_argument("--name", help="the spec's name")
-    p.add_argument("-o", "--output", help="write the spec here instead of stdout")
+    p.add_argument("-o", "--output", help="write the spec here instead of stdout (with --weights: the model directory)")
+    p.add_argument("--weights", action="store_true",
+                   help="also import the safetensors weights and save an archdsl model (spec.yaml + model.safetensors)")
+    p.add_argument("--dtype", default=None, help="with --weights: the saved model's dtype (default: the checkpoint's)")
+
+
+@command("export", "a saved archdsl model → a Hugging Face model directory (config.json + safetensors)")
+def cmd_export(args):
+    """Write DIR's model (spec.yaml + model.safetensors) as a Hugging Face checkpoint that transformers
+    loads with its own class (Mamba, FalconMamba, Mamba2, Bamba, NemotronH, Llama, ...)."""
+    from .convert.hf_io import export_hf
+
+    out = export_hf(args.input, args.output, model_type=args.model_type)
+    print(f"wrote {out}", file=sys.stderr)
+
+
+def _add_export(p):
+    p.add_argument("input", help="a saved archdsl model directory")
+    p.add_argument("--to", dest="target", required=True, choices=["hf"])
+    p.add_argument("-o", "--output", required=True, help="the directory to write")
+    p.add_argument("--model-type", default=None, help="the HF model_type (default: inferred from the spec)")
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -322,6 +354,7 @@ def _add_explore(p):
 ARGS = {"check": _add_check, "show": _add_show, "fmt": _add_check, "graph": _add_graph,
         "memory": _add_memory, "convert": _add_convert, "compile": _add_compile, "run": _add_run}
 ARGS["explore"] = _add_explore
+ARGS["export"] = _add_export
 
 
 def build_parser() -> argparse.ArgumentParser:
