@@ -1,0 +1,113 @@
+"""`archdsl explore SPACE.yaml`: the command line of the explorer (wired in archdsl/cli.py)."""
+from __future__ import annotations
+
+import sys
+
+from ..errors import ArchDSLError
+
+
+def add_arguments(p) -> None:
+    p.add_argument("space", help="a design-space YAML file (see docs/explore.md)")
+    p.add_argument("-o", "--output", help="output directory (results.json, results.csv, specs/, plots)")
+    p.add_argument("--resume", metavar="OUTDIR", help="continue an interrupted run in OUTDIR (same settings)")
+    g = p.add_argument_group("budgets (AMOUNT[@CONTEXT[xBATCH]]: 1.5B, 300M, 2GiB@64k, 8GiB@128kx4)")
+    for name, help in (("params", "total parameters"), ("active", "active parameters per token (MoE)"),
+                       ("flops", "forward FLOPs per token"), ("cache", "decode cache bytes (KV + states)")):
+        g.add_argument(f"--max-{name}", metavar="AMOUNT", help=f"at most this many {help}")
+        g.add_argument(f"--min-{name}", metavar="AMOUNT", help=f"at least this many {help}")
+    p.add_argument("--objective", default=None,
+                   help="comma-separated, minimised (accuracy maximised): params, active, flops, cache, accuracy, "
+                        "loss, depth, attn_fraction (default params,cache; accuracy is added with --probe)")
+    p.add_argument("--context", default=None, help="context length for FLOPs and cache figures (default: the "
+                   "--max-cache context, else 4k)")
+    p.add_argument("--batch", default="1", help="batch for cache figures (default 1)")
+    p.add_argument("--dtype", default="bfloat16", help="cache dtype (default bfloat16)")
+    q = p.add_argument_group("probes")
+    q.add_argument("--probe", nargs="?", const="", metavar="TASK",
+                   help="train candidates on a probe: mqar, selective_copying, noisy_recall, fuzzy_recall "
+                        "(bare --probe: the space file's probe: section)")
+    q.add_argument("--steps", type=int, help="training steps per candidate")
+    q.add_argument("--probe-d-model", type=int, help="train at this width instead of each candidate's own")
+    q.add_argument("--probe-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a task argument, e.g. seq_len=256, num_kv_pairs=16, vocab_size=8192 (repeatable)")
+    q.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    q.add_argument("--batch-size", type=int, help="training batch (default 32)")
+    q.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--top", type=int, help="probe (and print) the K best by the analytic ranking (default: "
+                   "probe all, print 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _value(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def explore_command(args) -> None:
+    from ..cli import parse_count
+    from .runner import ProbeSpec, run
+    from .search import parse_constraint
+    from .space import load_space
+
+    outdir = args.resume or args.output
+    if not outdir:
+        raise ArchDSLError("explore: give -o OUTDIR (or --resume OUTDIR)")
+    if args.resume and args.output and args.output != args.resume:
+        raise ArchDSLError("explore: --resume OUTDIR and -o name different directories")
+    space = load_space(args.space)
+    constraints = []
+    for name in ("params", "active", "flops", "cache"):
+        for bound in ("min", "max"):
+            text = getattr(args, f"{bound}_{name}")
+            if text:
+                constraints.append(parse_constraint(name, text, bound))
+    if args.context:
+        context = parse_count(args.context)
+    else:
+        context = next((c.seq_len for c in constraints if c.metric == "cache_bytes" and c.seq_len), 4096)
+    pdef = dict(space.probe or {})
+    task = None
+    if args.probe is not None:
+        task = args.probe or pdef.get("task")
+        if not task:
+            raise ArchDSLError("--probe: name a task (mqar, selective_copying, noisy_recall, fuzzy_recall); "
+                               "the space file has no probe: task")
+        if args.probe and pdef.get("task") not in (None, args.probe):
+            pdef = {}  # the space's probe settings belong to its own task
+    pdef.pop("task", None)
+    probe = None
+    if task:
+        train = dict(pdef.pop("train", {}) or {})
+        d_model = args.probe_d_model or pdef.pop("d_model", None)
+        pdef.pop("d_model", None)
+        task_args = dict(pdef.pop("args", {}) or {})
+        for kv in args.probe_arg:
+            k, eq, v = kv.partition("=")
+            if not eq:
+                raise ArchDSLError(f"--probe-arg wants KEY=VALUE, got {kv!r}")
+            task_args[k.strip()] = _value(v)
+        for key, flag in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size),
+                          ("device", args.device)):
+            if flag is not None:
+                train[key] = flag
+        if pdef:
+            raise ArchDSLError(f"space probe: unknown keys {', '.join(map(repr, pdef))}; "
+                               "valid: task, args, d_model, train")
+        probe = ProbeSpec(task=task, task_args=task_args, d_model=d_model, train=train)
+        from .probes import make_task
+
+        make_task(task, **task_args)  # bad task arguments before any work
+    elif args.steps is not None:
+        raise ArchDSLError("--steps needs --probe (e.g. --probe mqar)")
+    objectives = (args.objective or "params,cache").split(",")
+    try:
+        run(space, constraints, objectives, outdir, probe=probe, top=args.top, seed=args.seed, context=context,
+            batch=parse_count(args.batch), dtype=args.dtype, resume=bool(args.resume),
+            progress=not args.no_progress and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        raise

@@ -1,0 +1,186 @@
+"""What an exploration leaves behind: results.json, results.csv, the plots, the ranked table.
+
+Every file is written aside and renamed into place, so an interrupted run never leaves a
+half-written results file (the runner rewrites them after each probed candidate).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+
+from .search import Candidate
+
+CSV_FIELDS = ["id", "rank", "on_front", "layout", "mixer", "d_model", "depth", "attn_count", "attn_fraction",
+              "placement", "shared", "moe_every", "moe_experts", "moe_top_k", "params", "active_params",
+              "flops_per_token", "cache_bytes", "accuracy", "best_accuracy", "final_loss", "steps", "wall_time"]
+
+
+def write_atomic(path: str, data: str | bytes) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".archdsl-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def csv_row(c: Candidate) -> dict:
+    row = {"id": c.id, "rank": c.rank, "on_front": c.on_front, "layout": c.layout}
+    row.update({k: c.knobs.get(k) for k in CSV_FIELDS if k in c.knobs})
+    row.update({k: c.figures.get(k) for k in ("params", "active_params", "flops_per_token", "cache_bytes")})
+    if c.probe:
+        row.update({k: c.probe.get(k) for k in ("accuracy", "best_accuracy", "final_loss", "steps", "wall_time")})
+    return row
+
+
+def write_results(outdir: str, config: dict, cands: list[Candidate], status: str, summary: dict) -> None:
+    """results.json (config, summary, every candidate) and results.csv (one row each)."""
+    doc = {"status": status, "config": config, "summary": summary, "candidates": [c.to_dict() for c in cands]}
+    write_atomic(os.path.join(outdir, "results.json"), json.dumps(doc, indent=1, default=_plain) + "\n")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for c in cands:
+        w.writerow(csv_row(c))
+    write_atomic(os.path.join(outdir, "results.csv"), buf.getvalue())
+
+
+def _plain(o):
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON: {type(o).__name__}")
+
+
+def table_text(cands: list[Candidate], top: int | None, context: int, probed: bool) -> str:
+    from ..cli import human
+
+    rows = []
+    for c in cands[:top] if top else cands:
+        row = ["*" if c.on_front else "", "-" if c.rank is None else c.rank, c.id, _short(c.layout, 56),
+               human(c.figures["params"]), human(c.figures["active_params"]), human(c.figures["flops_per_token"]),
+               human(c.figures["cache_bytes"], "B")]
+        if probed:
+            row.append("-" if not c.probe else f"{c.probe['accuracy']:.3f}")
+        rows.append(row)
+    head = ["", "rank", "id", "layout", "params", "active", "FLOPs/tok", f"cache@{human(context).replace('.00', '')}"]
+    if probed:
+        head.append("accuracy")
+    return _table(rows, head, left={0, 3})
+
+
+def _table(rows, head, left) -> str:
+    cells = [head] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    line = lambda r: "  ".join(c.ljust(w) if i in left else c.rjust(w)  # noqa: E731
+                               for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+# --- plots -------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+LABELS = {"params": "parameters", "active_params": "active parameters", "flops_per_token": "FLOPs / token",
+          "cache_bytes": "cache bytes", "accuracy": "probe accuracy", "loss": "probe loss", "depth": "depth",
+          "attn_fraction": "attention fraction", "wall_time": "probe wall time (s)"}
+
+
+def plot_pareto(cands: list[Candidate], objectives, path: str, title: str = "") -> None:
+    """The first two objectives (or the first against params): every candidate, the front joined."""
+    plt = _plt()
+    xo = objectives[0]
+    yo = objectives[1] if len(objectives) > 1 else ("params" if xo != "params" else "cache_bytes")
+    pts = [(c.value(xo), c.value(yo), c) for c in cands if c.value(xo) is not None and c.value(yo) is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    ax.scatter([p[0] for p in pts if not p[2].on_front], [p[1] for p in pts if not p[2].on_front],
+               s=14, c="#9aa5b1", label="candidates", zorder=2)
+    front = sorted([p for p in pts if p[2].on_front], key=lambda p: (p[0], p[1]))
+    ax.plot([p[0] for p in front], [p[1] for p in front], "o-", c="#d1495b", ms=5, lw=1.2,
+            label="Pareto front", zorder=3)
+    for x, y, c in front[:12]:
+        ax.annotate(c.id, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for axis, o in (("x", xo), ("y", yo)):
+        vals = [p[0 if axis == "x" else 1] for p in pts]
+        if vals and min(vals) > 0 and max(vals) / min(vals) > 20 and o not in ("accuracy", "attn_fraction"):
+            (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    ax.set_xlabel(LABELS.get(xo, xo))
+    ax.set_ylabel(LABELS.get(yo, yo))
+    ax.set_title(title or f"{len(pts)} candidates, {len(front)} on the front", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_cache(cands: list[Candidate], path: str, batch: int = 1, dtype: str = "bfloat16", most: int = 8) -> None:
+    """Cache bytes against context length (1k … 1M) for the front (at most `most` lines)."""
+    from ..analysis import analyze
+
+    plt = _plt()
+    lens = [2**k for k in range(10, 21)]
+    chosen = [c for c in cands if c.on_front][:most] or cands[:most]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    for c in chosen:
+        ys = [analyze(c.spec, seq_len=n, batch=batch, dtype=dtype).cache_bytes for n in lens]
+        ax.plot(lens, ys, marker=".", lw=1.2, label=f"{c.id}: {_short(c.layout, 40)}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel(f"cache bytes (batch {batch}, {dtype})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6.5, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_accuracy(cands: list[Candidate], path: str, task: str = "probe") -> None:
+    """Probe accuracy against attention fraction, one colour per placement."""
+    plt = _plt()
+    probed = [c for c in cands if c.probe]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    groups: dict[str, list] = {}
+    for c in probed:
+        p = c.knobs.get("placement", "")
+        groups.setdefault("every" if p.startswith("every") else p, []).append(c)
+    for name, cs in sorted(groups.items()):
+        ax.scatter([c.knobs["attn_fraction"] for c in cs], [c.probe["accuracy"] for c in cs], s=22, label=name,
+                   alpha=0.85, zorder=3)
+    ax.set_xlabel("attention fraction (attention layers / depth)")
+    ax.set_ylabel(f"{task} accuracy")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    if groups:
+        ax.legend(fontsize=8, title="placement", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_plots(outdir: str, cands: list[Candidate], objectives, batch: int, dtype: str, task: str | None) -> list[str]:
+    paths = [os.path.join(outdir, "pareto.png"), os.path.join(outdir, "cache_vs_context.png")]
+    plot_pareto(cands, objectives, paths[0])
+    plot_cache(cands, paths[1], batch=batch, dtype=dtype)
+    if task:
+        paths.append(os.path.join(outdir, "accuracy_vs_attention.png"))
+        plot_accuracy(cands, paths[-1], task)
+    return paths

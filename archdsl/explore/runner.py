@@ -1,0 +1,156 @@
+"""An exploration on disk: enumerate and cost, write every candidate's spec, probe the best
+K, keep results.json / results.csv current after each candidate, plot at the end.
+
+    res = run(space, constraints, ("params", "cache"), "out/", probe=ProbeSpec("mqar", steps=200), top=8)
+
+`resume=True` reads OUTDIR/results.json, refuses if it was made with other settings, and
+probes only what is missing; with the same seed the final results equal an uninterrupted
+run's (wall times aside). Ctrl-C writes what is done, then re-raises.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from ..errors import ArchDSLError
+from .report import table_text, write_atomic, write_plots, write_results
+from .search import ANALYTIC, Constraint, explore, norm_objectives, rank
+from .space import Space
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeSpec:
+    """Which task, at which width, trained how. d_model None: each candidate's own width."""
+
+    task: str = "mqar"
+    task_args: dict = field(default_factory=dict)
+    d_model: int | None = None
+    train: dict = field(default_factory=dict)  # TrainConfig fields
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _config(space, constraints, objectives, probe, top, seed, context, batch, dtype) -> dict:
+    return {"space": space.to_dict(), "constraints": [asdict(c) for c in constraints], "objectives": list(objectives),
+            "probe": probe.to_dict() if probe else None, "top": top, "seed": seed, "context": context,
+            "batch": batch, "dtype": dtype}
+
+
+def _norm(x):
+    return json.loads(json.dumps(x, default=list))
+
+
+def run(space: Space, constraints: list[Constraint], objectives, outdir: str, probe: ProbeSpec | None = None,
+        top: int | None = None, seed: int = 0, context: int = 4096, batch: int = 1, dtype: str = "bfloat16",
+        resume: bool = False, progress: bool = True, log=print):
+    """Explore, write the spec files, probe the `top` best by the analytic ranking (all when None),
+    re-rank with accuracy, write results and plots. Returns the Exploration."""
+    objectives = norm_objectives(objectives)
+    if probe is not None and "accuracy" not in objectives:
+        objectives = objectives + ("accuracy",)
+    if probe is None and any(o not in ANALYTIC + ("depth", "attn_fraction") for o in objectives):
+        raise ArchDSLError(f"objective {', '.join(o for o in objectives if o not in ANALYTIC)} needs a probe "
+                           "(--probe mqar --steps N)")
+    config = _config(space, constraints, objectives, probe, top, seed, context, batch, dtype)
+    done = _resumed(outdir, config) if resume else {}
+    os.makedirs(outdir, exist_ok=True)
+
+    bar = _bar(progress, "enumerate", None)
+    try:
+        res = explore(space, constraints, objectives, context=context, batch=batch, dtype=dtype, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    cands = res.candidates
+    for c in cands:
+        path = os.path.join(outdir, "specs", f"{c.id}.yaml")
+        text = c.spec.to_yaml()
+        if not (os.path.exists(path) and open(path, encoding="utf-8").read() == text):
+            write_atomic(path, text)
+    summary = {"enumerated": res.enumerated, "survivors": len(cands), "removed": res.removed,
+               "violated": res.violated, "probed": 0}
+    chosen = cands[:top] if (probe is not None and top) else (cands if probe is not None else [])
+    for c in chosen:
+        if c.id in done and done[c.id]["layout"] == c.layout:
+            c.probe = done[c.id]["probe"]
+    status = "running" if any(c.probe is None for c in chosen) else "complete"
+    write_results(outdir, config, cands, status, summary)
+    if chosen and status == "running":
+        _probe_all(chosen, cands, probe, seed, config, outdir, summary, progress, log)
+    if probe is not None:
+        cands = rank(cands, objectives, eligible=lambda c: c.probe is not None)
+    summary["probed"] = sum(c.probe is not None for c in cands)
+    write_results(outdir, config, cands, "complete", summary)
+    plots = write_plots(outdir, cands, objectives, batch, dtype, probe.task if probe else None)
+    res.candidates, res.front = cands, [c for c in cands if c.on_front]
+    res.objectives = objectives
+    log(table_text(cands, top or 20, context, probe is not None))
+    log(f"\n{res.enumerated} enumerated, {len(cands)} within budget, {len(res.front)} on the Pareto front of "
+        f"{', '.join(objectives)}" + (f"; {summary['probed']} probed on {probe.task}" if probe else ""))
+    for label, n in res.removed.items():
+        log(f"  removed by {label}: {n}")
+    log(f"wrote {os.path.join(outdir, 'results.json')}, results.csv, specs/, " + ", ".join(os.path.basename(p) for p in plots))
+    return res
+
+
+def _probe_all(chosen, cands, probe, seed, config, outdir, summary, progress, log):
+    from .probes import make_task
+    from .train import TrainConfig, train_probe
+    from ..spec import with_sizes
+
+    task = make_task(probe.task, **probe.task_args)
+    try:
+        cfg = TrainConfig(**{**probe.train, "seed": seed})
+    except TypeError as e:
+        raise ArchDSLError(f"probe: bad training setting: {e}") from None
+    todo = [c for c in chosen if c.probe is None]
+    bar = _bar(progress, f"probe {task.name}", len(chosen))
+    if bar is not None:
+        bar.update(len(chosen) - len(todo))
+    try:
+        for c in todo:
+            spec = c.spec if probe.d_model is None else with_sizes(c.spec, d_model=probe.d_model)
+            if bar is not None:
+                bar.set_postfix_str(c.id)
+            c.probe = train_probe(spec, task, cfg).to_dict()
+            summary["probed"] = sum(x.probe is not None for x in cands)
+            write_results(outdir, config, cands, "running", summary)
+            if bar is not None:
+                bar.update(1)
+    except KeyboardInterrupt:
+        summary["probed"] = sum(x.probe is not None for x in cands)
+        write_results(outdir, config, cands, "interrupted", summary)
+        log(f"interrupted: {summary['probed']} of {len(chosen)} probed; results so far in {outdir}; "
+            f"continue with --resume {outdir}")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _resumed(outdir: str, config: dict) -> dict:
+    path = os.path.join(outdir, "results.json")
+    if not os.path.isfile(path):
+        raise ArchDSLError(f"--resume: {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ArchDSLError(f"--resume: cannot read {path}: {e}") from None
+    old = _norm(doc.get("config"))
+    new = _norm(config)
+    if old != new:
+        diff = sorted(k for k in set(old or {}) | set(new) if (old or {}).get(k) != new.get(k))
+        raise ArchDSLError(f"--resume: {outdir} was made with other settings ({', '.join(diff)} differ); "
+                           "give the same space, constraints, objectives, probe, --top and --seed")
+    return {c["id"]: c for c in doc.get("candidates", []) if c.get("probe")}
+
+
+def _bar(enabled: bool, desc: str, total):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="cand", leave=False, dynamic_ncols=True)
