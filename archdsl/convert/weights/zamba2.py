@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from ...errors import ArchDSLError
 from ...graph import layers as graph_layers
 from .jamba import Source
@@ -55,9 +57,12 @@ def _hybrid_groups(model) -> list[tuple[int, list[int]]]:
 def _put_any(src: Source, out: dict, ours: str, names: list[str]) -> None:
     """out[ours] = the first of `names` the checkpoint holds (tied copies of one tensor, all used up)."""
     found = [n for n in names if n in src] or names[:1]  # none: take() names the first layer's copy
-    for n in found[1:]:
-        src.take(n)
     src.put(out, ours, found[0])
+    for n in found[1:]:
+        if not torch.equal(src.take(n), out[ours]):
+            raise ArchDSLError(f"Zamba2 checkpoint: {n!r} differs from {found[0]!r}, but both layers use one shared "
+                               "block (transformers leaves Zamba2's shared blocks untied when tie_word_embeddings "
+                               "is false, so such a model is not the Zamba2 its config describes)")
 
 
 def to_archdsl(hf_state: dict, spec, model) -> dict:
@@ -111,9 +116,6 @@ def to_hf(state: dict, spec, hf_config: dict) -> dict:
     out = {"model.embed_tokens.weight": state["embeddings.weight"]}
     uses = _uses(spec)
     hybrid = {i for i, _ in uses}
-    first: dict = {}  # group → first layer using it
-    for i, s in uses:
-        first.setdefault(s.group if s.group is not None else ("layer", i), i)
     for i, subs in enumerate(graph_layers(spec.graph)):
         q = f"layers.{i}."
         p = f"model.layers.{i}." + ("mamba_decoder." if i in hybrid else "")
@@ -121,18 +123,23 @@ def to_hf(state: dict, spec, hf_config: dict) -> dict:
         for n in MAMBA2:
             if q + "mixer." + n in state:
                 out[p + "mamba." + n] = state[q + "mixer." + n]
+    # transformers ties each shared block's copies only when it ties the embeddings too: then the
+    # first layer of a group holds the block (as save_pretrained writes it), else every layer does
+    group_of = {i: s.group if s.group is not None else ("layer", i) for i, s in uses}
     for j, (i, s) in enumerate(uses):
         q = f"layers.{i}."
-        owner = f"model.layers.{first[s.group if s.group is not None else ('layer', i)]}.shared_transformer."
-        if owner == f"model.layers.{i}.shared_transformer.":
-            for n in SHARED:
-                out[owner + n] = state[q + "inject." + n]
+        owners = [k for k, _ in uses if group_of[k] == group_of[i]]
+        for owner in owners[:1] if spec.tie_embeddings else owners:
+            o = f"model.layers.{owner}.shared_transformer."
+            if i == owners[0]:
+                for n in SHARED:
+                    out[o + n] = state[q + "inject." + n]
+            for ours, theirs in ADAPTERS.items():
+                for k in (0, 1):
+                    name = q + f"inject_use.{ours}.{k}.weight"
+                    if name in state:
+                        out[o + f"{theirs}.{j}.{k}.weight"] = state[name]
         out[f"model.layers.{i}.linear.weight"] = state[q + "inject_use.linear.weight"]
-        for ours, theirs in ADAPTERS.items():
-            for k in (0, 1):
-                name = q + f"inject_use.{ours}.{k}.weight"
-                if name in state:
-                    out[owner + f"{theirs}.{j}.{k}.weight"] = state[name]
     out["model.final_layernorm.weight"] = state["norm_f.weight"]
     if not spec.tie_embeddings:
         out["lm_head.weight"] = state["lm_head.weight"]
