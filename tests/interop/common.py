@@ -75,4 +75,7 @@ def check_family(tmp_path, hf_model, vocab: int, batch: int = 2, length: int = 2
     saved = tmp_path / "ours"
     model.save(saved)
     export_hf(saved, tmp_path / "export2")
-    return {"err": err, "err_export": err_back, "params": model.num_params()}
+    figures = {"err": err, "err_export": err_back, "params": model.num_params()}
+    print(f"{type(hf_model).__name__}: logits rel err {err:.1e}, after export {err_back:.1e}, "
+          f"params {figures['params']:,}, greedy {new} tokens equal")
+    return figures
