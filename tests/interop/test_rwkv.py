@@ -1,0 +1,53 @@
+"""RWKV-4: rwkv4 time-mix + cmix v4, LayerNorms and the embedding LayerNorm, against transformers'
+RwkvForCausalLM."""
+import pytest
+import torch
+
+from tests.interop.common import check_family, make_hf
+
+SMALL = dict(hidden_size=32, attention_hidden_size=32, intermediate_size=64, context_length=64)
+
+
+def _jitter(model):
+    """HF's init sets time_first to ones and time_mix to ramps; move them so the check sees them."""
+    g = torch.Generator().manual_seed(5)
+    for name, p in model.named_parameters():
+        if "time_" in name:
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+
+
+def test_rwkv(tmp_path):
+    hf = make_hf("RwkvConfig", "RwkvForCausalLM", vocab_size=128, num_hidden_layers=3, rescale_every=0,
+                 init=_jitter, **SMALL)
+    check_family(tmp_path, hf, 128, hf_cache=True)
+
+
+def test_rwkv_tied_eps(tmp_path):
+    hf = make_hf("RwkvConfig", "RwkvForCausalLM", vocab_size=90, num_hidden_layers=2, rescale_every=0,
+                 tie_word_embeddings=True, layer_norm_epsilon=1e-6, init=_jitter, **SMALL)
+    check_family(tmp_path, hf, 90)
+
+
+def test_rwkv_rescale_every_is_the_same_function(tmp_path):
+    """transformers halves the residual stream every `rescale_every` layers at inference (weights
+    divided to match): the same function up to the LayerNorm eps, which we leave out."""
+    import archdsl
+    from tests.interop.common import hf_logits, rel
+
+    hf = make_hf("RwkvConfig", "RwkvForCausalLM", vocab_size=64, num_hidden_layers=4, rescale_every=2,
+                 init=_jitter, **SMALL)
+    hf.save_pretrained(tmp_path / "hf")  # before any eval forward: the weights on disk are unscaled
+    _, model = archdsl.from_hf(tmp_path / "hf", weights=True)
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert rel(model(ids), hf_logits(hf, ids)) < 1e-3
+
+
+def test_rwkv_export_refuses_other_specs():
+    import archdsl
+    from archdsl.convert.weights import rwkv
+    from archdsl.errors import ArchDSLError
+
+    spec = archdsl.parse("2×rwkv4+cmix(version=6)")  # RMSNorm, no embed_norm, v6 channel-mix
+    with pytest.raises(ArchDSLError):
+        rwkv.hf_config(spec)
