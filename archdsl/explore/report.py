@@ -70,7 +70,7 @@ def table_text(cands: list[Candidate], top: int | None, context: int, probed: bo
         if probed:
             row.append("-" if not c.probe else f"{c.probe['accuracy']:.3f}")
         rows.append(row)
-    head = ["", "rank", "id", "layout", "params", "active", "FLOPs/tok", f"cache@{human(context).replace('.00', '')}"]
+    head = ["", "rank", "id", "layout", "params", "active", "FLOPs/tok", f"cache@{_ctx(context)}"]
     if probed:
         head.append("accuracy")
     return _table(rows, head, left={0, 3})
@@ -184,3 +184,11 @@ def write_plots(outdir: str, cands: list[Candidate], objectives, batch: int, dty
         paths.append(os.path.join(outdir, "accuracy_vs_attention.png"))
         plot_accuracy(cands, paths[-1], task)
     return paths
+
+
+def _ctx(n: int) -> str:
+    """4096 → '4k', 65536 → '64k', 1000 → '1000' (binary k, as the CLI reads them)."""
+    for unit, size in (("m", 2**20), ("k", 2**10)):
+        if n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)

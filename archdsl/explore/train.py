@@ -42,6 +42,7 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA when present, else CPU
     dtype: str = "float32"  # compute dtype of the weights; on CUDA "bfloat16" autocasts instead
     curve_points: int = 200  # the loss curve is kept at most this long (means over windows)
+    cpu_threads: int | None = 1  # tiny models run several times faster on one thread than on a shared pool
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.eval_size < 1:
@@ -117,6 +118,16 @@ def train_probe(model, task: Task, cfg: TrainConfig = TrainConfig(), progress=No
     """Train `model` on `task` and report accuracy, loss curve and wall time. `progress`, if
     given, is called as progress(step, loss, accuracy_or_None) after each step."""
     device = pick_device(cfg.device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    try:
+        return _train(model, task, cfg, device, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model, task, cfg, device, progress) -> ProbeResult:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ArchDSLError("train: CUDA is not available on this machine")
     use_bf16 = device.type == "cuda" and cfg.dtype in ("bfloat16", "bf16")

@@ -1,0 +1,230 @@
+"""The explorer: budgets hold, the Pareto front is right, probes run and resume exactly, bad input is named."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from archdsl import analyze
+from archdsl.cli import main
+from archdsl.errors import ArchDSLError
+from archdsl.explore import Space, dominates, explore, parse_constraint, pareto_ranks, space_from_yaml
+from archdsl.explore.probes import make_task
+from archdsl.explore.search import Candidate, _key
+
+BASE = {"vocab_size": 256, "blocks": {"mamba2": {"d_state": 16, "headdim": 16, "chunk_size": 32},
+                                      "attn": {"heads": 2}, "mlp": {"hidden": 64}}}
+
+TINY = """
+name: t
+base:
+  vocab_size: 128
+  blocks:
+    mamba2: {d_state: 8, headdim: 8, chunk_size: 32}
+    attn: {heads: 2}
+mixers: [mamba2]
+attn_count: [0, 1]
+placements: [back]
+d_model: [16]
+depth: [2]
+probe:
+  task: mqar
+  args: {vocab_size: 128, seq_len: 32, num_kv_pairs: 4}
+  train: {batch_size: 8, eval_every: 25, eval_size: 32}
+"""
+
+
+def small_space(data) -> Space:
+    return Space(base=space_from_yaml(f"base: {json.dumps(BASE)}").base, **data)
+
+
+spaces = st.fixed_dictionaries({
+    "mixers": st.sampled_from([("mamba2",), ("mamba2", "mamba")]),
+    "attn_fraction": st.tuples(st.sampled_from([0, 0.1, 0.25]), st.sampled_from([0.25, 0.5, 1.0])),
+    "placements": st.lists(st.sampled_from(["even", "every", "front", "back", "sandwich"]), min_size=1,
+                           max_size=3, unique=True).map(tuple),
+    "shared": st.sampled_from([(False,), (False, True)]),
+    "moe_every": st.sampled_from([(0,), (0, 2)]),
+    "moe_experts": st.just((4,)),
+    "d_model": st.lists(st.sampled_from([32, 64]), min_size=1, max_size=2, unique=True).map(tuple),
+    "depth": st.lists(st.integers(2, 6), min_size=1, max_size=2, unique=True).map(tuple),
+})
+budgets = st.fixed_dictionaries({
+    "params": st.sampled_from([None, "60k", "150k", "400k"]),
+    "active": st.sampled_from([None, "100k", "300k"]),
+    "flops": st.sampled_from([None, "200k", "1M"]),
+    "cache": st.sampled_from([None, "64KiB@1k", "1MiB@8k", "4MiB@64kx2"]),
+})
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spaces, budgets)
+def test_every_candidate_meets_its_budget(data, budget):
+    space = small_space(data)
+    cons = [parse_constraint(k, v) for k, v in budget.items() if v]
+    try:
+        res = explore(space, cons, objectives=("params", "cache", "flops"), context=2048)
+    except ArchDSLError as e:
+        assert "removed" in str(e) or "empty" in str(e)
+        return
+    for c in res.candidates:
+        for con in cons:
+            rep = analyze(c.spec, seq_len=con.seq_len or 2048, batch=con.batch or 1)
+            assert getattr(rep, con.metric) <= con.max, (c.layout, con.label)
+        assert analyze(c.spec, seq_len=2048).params == c.figures["params"]
+    check_front(res.candidates, res.objectives)
+
+
+def check_front(cands, objectives):
+    keys = {c.id: _key(c, objectives) for c in cands}
+    front = [c for c in cands if c.on_front]
+    assert front
+    for a in front:
+        assert not any(dominates(keys[b.id], keys[a.id]) for b in cands)
+    for c in cands:
+        if not c.on_front:
+            assert any(dominates(keys[f.id], keys[c.id]) for f in front)
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5), st.floats(0, 1)), min_size=1, max_size=30))
+def test_pareto_ranks_on_random_points(points):
+    cands = [Candidate(f"c{i}", {}, "", None, {"params": a, "cache_bytes": b}, probe={"accuracy": acc})
+             for i, (a, b, acc) in enumerate(points)]
+    objectives = ("params", "cache_bytes", "accuracy")
+    for c, r in zip(cands, pareto_ranks(cands, objectives)):
+        c.on_front = r == 0
+    check_front(cands, objectives)
+
+
+def test_layouts_are_the_language():
+    space = small_space({"attn_count": (2, 2), "placements": ("even", "every", "front", "back", "sandwich"),
+                         "every_periods": (4,), "every_offsets": ("mid", 0), "shared": (True,),
+                         "moe_every": (2,), "moe_experts": (4,), "moe_top_k": (1,), "d_model": (32,), "depth": (8,)})
+    res = explore(space, objectives=("params",))
+    layouts = {c.knobs["placement"]: c.layout for c in res.candidates}
+    assert layouts["front"] == "2×attn(shared), 6×mamba2, moe(experts=4, top_k=1) every 2"
+    assert layouts["sandwich"] == "attn(shared), 6×mamba2, attn(shared), moe(experts=4, top_k=1) every 2"
+    assert layouts["even"] == "2×(2×mamba2, attn(shared), mamba2), moe(experts=4, top_k=1) every 2"
+    assert layouts["every 4 offset 0"] == "8×mamba2, attn(shared) every 4 offset 0, moe(experts=4, top_k=1) every 2"
+    assert "every 4 offset 2" not in layouts  # i % 4 == 2 are the layers of `even`: kept once
+    for c in res.candidates:
+        assert [r.mixer for r in analyze(c.spec).layers].count("attn") == 2
+
+
+def test_mqar_is_zoology_shaped():
+    task = make_task("mqar", seq_len=128, num_kv_pairs=8)
+    x, y = task.batch(16, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (16, 128) and x.max() < 8192
+    assert ((y != -100).sum(1) == 8).all()
+    for b in range(16):
+        kv = {int(x[b, 2 * i]): int(x[b, 2 * i + 1]) for i in range(8)}
+        assert all(k < 4096 <= v for k, v in kv.items())
+        for p in (y[b] != -100).nonzero()[:, 0]:
+            assert p >= 16 and kv[int(x[b, p])] == int(y[b, p])
+    x2, _ = task.batch(16, torch.Generator().manual_seed(0))
+    assert torch.equal(x, x2)
+
+
+@pytest.mark.parametrize("name", ["selective_copying", "noisy_recall", "fuzzy_recall"])
+def test_mad_tasks_generate(name):
+    task = make_task(name, seq_len=64)
+    for train in (True, False):
+        x, y = task.batch(4, torch.Generator().manual_seed(1), train=train)
+        assert x.shape == y.shape and (y != -100).any() and x.max() < task.vocab_size
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_tiny_probe_run_writes_everything(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY)
+    out = tmp_path / "out"
+    code, stdout, err = _run(["explore", str(space), "--probe", "--steps", "50", "-o", str(out), "--no-progress"], capsys)
+    assert code == 0, err
+    for f in ("results.json", "results.csv", "pareto.png", "cache_vs_context.png", "accuracy_vs_attention.png"):
+        assert (out / f).stat().st_size > 0, f
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["status"] == "complete" and len(doc["candidates"]) == 2
+    for c in doc["candidates"]:
+        assert (out / "specs" / f"{c['id']}.yaml").exists()
+        assert c["probe"]["steps"] == 50 and 0 <= c["probe"]["accuracy"] <= 1 and c["probe"]["loss_curve"]
+    assert "accuracy" in stdout and "2×mamba2" in stdout
+
+
+def test_resume_equals_uninterrupted(tmp_path, capsys, monkeypatch):
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY.replace("attn_count: [0, 1]", "attn_count: [0, 2]").replace("[back]", "[back, front]"))
+    args = ["--probe", "--steps", "20", "--seed", "3", "--no-progress"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert _run(["explore", str(space), "-o", str(full)] + args, capsys)[0] == 0
+
+    import archdsl.explore.train as train
+
+    real, calls = train.train_probe, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "train_probe", flaky)
+    code, _, err = _run(["explore", str(space), "-o", str(part)] + args, capsys)
+    assert code == 130
+    doc = json.loads((part / "results.json").read_text())
+    assert doc["status"] == "interrupted" and sum(c["probe"] is not None for c in doc["candidates"]) == 1
+    monkeypatch.setattr(train, "train_probe", real)
+    assert _run(["explore", str(space), "--resume", str(part)] + args, capsys)[0] == 0
+
+    def strip(path):
+        doc = json.loads((path / "results.json").read_text())
+        for c in doc["candidates"]:
+            c["probe"].pop("wall_time")
+        return doc
+
+    a, b = strip(full), strip(part)
+    assert a == b and len(a["candidates"]) == 4
+    code, _, err = _run(["explore", str(space), "--resume", str(part), "--probe", "--steps", "21", "--seed", "3",
+                         "--no-progress"], capsys)
+    assert code == 2 and "other settings" in err
+
+
+@pytest.mark.parametrize("text, flags, message", [
+    ("mixers: [mamab2]", [], "unknown block kind 'mamab2'; did you mean 'mamba2'"),
+    ("mixers: [mlp]", [], "not a mixer"),
+    ("placements: [evenly]", [], "unknown placement 'evenly'"),
+    ("depth: []", [], "the space is empty: `depth` lists no values"),
+    ("attn_fraction: [0.5, 0.2]", [], "contradictory attn_fraction"),
+    ("attn_count: [3, 3]\ndepth: [2]", [], "the space is empty"),
+    ("depth: [4]\nplacemnts: [even]", [], "unknown space key 'placemnts'"),
+    ("depth: [4]", ["--max-params", "1k"], "params ≤ 1.00K: removed"),
+    ("depth: [4]", ["--min-params", "2M", "--max-params", "1M"], "contradictory constraints"),
+    ("depth: [4]", ["--max-cache", "1KiB@64k", "--max-params", "10M"], "cache_bytes ≤ 1.00 KiB @ batch 1, context 65536"),
+    ("depth: [4]", ["--objective", "params,speed"], "unknown objective 'speed'"),
+    ("depth: [4]", ["--probe", "mqarr"], "unknown probe 'mqarr'"),
+])
+def test_bad_input_says_what(tmp_path, capsys, text, flags, message):
+    space = tmp_path / "space.yaml"
+    space.write_text(f"base: {json.dumps(BASE)}\nd_model: [32]\n{text}\n")
+    code, out, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"] + flags, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert message in err, err
+
+
+def test_unsatisfiable_budget_counts_per_constraint():
+    space = small_space({"attn_fraction": (0, 0.5), "placements": ("even", "back"), "d_model": (32, 64), "depth": (4,)})
+    with pytest.raises(ArchDSLError) as e:
+        explore(space, [parse_constraint("params", "20k"), parse_constraint("cache", "1KiB@8k")])
+    msg = str(e.value)
+    assert "no candidate satisfies the constraints" in msg and "removed" in msg and "best seen" in msg
+    n = int(msg.split(":")[1].split()[0])
+    counts = [int(part.split("removed ")[1].split(",")[0]) for part in msg.splitlines()[1:] if "removed " in part]
+    assert sum(counts) == n
