@@ -1,0 +1,134 @@
+"""The Zoology MQAR table: attention-only vs pure Mamba-2 vs one attention layer in a Mamba-2 stack.
+
+    python benchmarks/zoology_mqar.py                       # the GPU evidence (~6 min on one H200)
+    python benchmarks/zoology_mqar.py --steps 20 --seq-len 64 --pairs 4 --d-models 16 --layers 2 \\
+        --batch-size 8 --eval-size 32 --device cpu          # a CPU smoke run
+
+MQAR as Zoology defines it (archdsl.explore.probes.MQAR: vocabulary 8192, keys then values,
+queries at power-law gaps, loss on the answers only), sequence 256, 16 pairs; models of
+d_model 64 and 128 with 2 and 4 layers, each layer a mixer + MLP. Architectures:
+  attention   L×attn
+  mamba2      L×mamba2
+  hybrid      (L-1)×mamba2 with one attn at layer L//2
+Every run trains on fresh batches from the same seeded stream and is scored on the same
+held-out set (token accuracy on the answers); training stops early at 99%. For each
+(architecture, width, depth) the best accuracy over --lrs is reported, as Zoology does.
+Prints the table and writes JSON (--out). Steps and everything else are flags.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import archdsl  # noqa: E402
+from archdsl.explore.probes import make_task  # noqa: E402
+from archdsl.explore.train import TrainConfig, train_probe  # noqa: E402
+
+ARCHS = ("attention", "mamba2", "hybrid")
+
+
+def layout(arch: str, layers: int, heads: int) -> str:
+    attn = f"attn(heads={heads})"
+    if arch == "attention":
+        return f"{layers}×{attn}"
+    if arch == "mamba2":
+        return f"{layers}×mamba2"
+    kinds = ["mamba2"] * layers
+    kinds[layers // 2] = attn
+    return ", ".join(kinds)
+
+
+def spec_for(arch: str, d_model: int, layers: int, args) -> archdsl.Spec:
+    heads = max(1, d_model // args.head_dim)
+    return archdsl.parse(layout(arch, layers, heads), d_model=d_model, vocab_size=args.vocab, ffn="mlp",
+                         blocks={"mamba2": {"d_state": args.d_state, "headdim": min(args.head_dim, 2 * d_model),
+                                            "expand": 2, "chunk_size": 64},
+                                 "attn": {"rope": True}, "mlp": {"act": "gelu", "hidden": 2 * d_model}})
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--archs", default=",".join(ARCHS))
+    p.add_argument("--d-models", default="64,128")
+    p.add_argument("--layers", default="2,4")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--pairs", type=int, default=16)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--steps", type=int, default=1500, help="training steps per run (early stop at 99%%)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lrs", default="2e-3", help="comma-separated peak learning rates; the best is reported")
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-size", type=int, default=1024)
+    p.add_argument("--head-dim", type=int, default=32)
+    p.add_argument("--d-state", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", help="float32, or bfloat16 (autocast on CUDA)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="zoology_mqar.json")
+    args = p.parse_args(argv)
+
+    task = make_task("mqar", vocab_size=args.vocab, seq_len=args.seq_len, num_kv_pairs=args.pairs)
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    for a in archs:
+        if a not in ARCHS:
+            p.error(f"unknown architecture {a!r}; valid: {', '.join(ARCHS)}")
+    widths = [int(x) for x in args.d_models.split(",")]
+    depths = [int(x) for x in args.layers.split(",")]
+    lrs = [float(x) for x in args.lrs.split(",")]
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    card = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    print(f"MQAR: seq {args.seq_len}, {args.pairs} pairs, vocab {args.vocab}; {args.steps} steps × batch "
+          f"{args.batch_size}; lrs {lrs}; {card}", flush=True)
+    rows = []
+    t_all = time.perf_counter()
+    for d in widths:
+        for L in depths:
+            for arch in archs:
+                spec = spec_for(arch, d, L, args)
+                best = None
+                for lr in lrs:
+                    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, eval_every=args.eval_every,
+                                      eval_size=args.eval_size, seed=args.seed, device=device, dtype=args.dtype,
+                                      warmup=0.05)
+                    r = train_probe(spec, task, cfg)
+                    run = {"arch": arch, "d_model": d, "layers": L, "layout": spec.layout_text, "lr": lr,
+                           **{k: v for k, v in r.to_dict().items() if k != "loss_curve"},
+                           "loss_curve": r.loss_curve[:: max(1, len(r.loss_curve) // 50)]}
+                    print(f"  {arch:9s} d={d:<4d} L={L}  lr={lr:g}  acc={r.accuracy:.4f} (best {r.best_accuracy:.4f})"
+                          f"  steps={r.steps}  loss={r.final_loss:.3f}  {r.wall_time:.1f}s", flush=True)
+                    if best is None or r.best_accuracy > best["best_accuracy"]:
+                        best = run
+                    if r.best_accuracy >= 0.99:
+                        break
+                rows.append(best)
+    total = time.perf_counter() - t_all
+
+    print(f"\nMQAR accuracy (best over lrs; seq {args.seq_len}, {args.pairs} pairs), {card}, {total:.0f} s total")
+    head = f"{'d_model':>7}  {'layers':>6}  " + "  ".join(f"{a:>10}" for a in archs)
+    print(head)
+    print("-" * len(head))
+    for d in widths:
+        for L in depths:
+            cells = []
+            for a in archs:
+                r = next(x for x in rows if x["arch"] == a and x["d_model"] == d and x["layers"] == L)
+                cells.append(f"{100 * r['best_accuracy']:9.1f}%")
+            print(f"{d:>7}  {L:>6}  " + "  ".join(cells))
+    doc = {"benchmark": "zoology_mqar", "date": time.strftime("%Y-%m-%d"), "device": card, "settings": vars(args),
+           "total_seconds": total, "runs": rows}
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
