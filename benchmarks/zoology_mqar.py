@@ -10,7 +10,9 @@ d_model 64 and 128 with 2 and 4 layers, each layer a mixer + MLP. Architectures:
   attention   L×attn
   mamba2      L×mamba2
   hybrid      (L-1)×mamba2 with one attn at layer L//2
-Every run trains on fresh batches from the same seeded stream and is scored on the same
+Each run stops at --steps or at its share of --budget-s (default 330 s for the whole
+table, so it fits in about six minutes with start-up), whichever comes first; the steps
+actually run are printed and saved. Every run trains on fresh batches from the same seeded stream and is scored on the same
 held-out set (token accuracy on the answers); training stops early at 99%. For each
 (architecture, width, depth) the best accuracy over --lrs is reported, as Zoology does.
 Prints the table and writes JSON (--out). Steps and everything else are flags.
@@ -63,6 +65,8 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", type=int, default=16)
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--steps", type=int, default=1500, help="training steps per run (early stop at 99%%)")
+    p.add_argument("--budget-s", type=float, default=330,
+                   help="wall-time budget of the whole table: each run stops after its share (0: none)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lrs", default="2e-3", help="comma-separated peak learning rates; the best is reported")
     p.add_argument("--eval-every", type=int, default=100)
@@ -88,6 +92,7 @@ def main(argv=None) -> int:
     print(f"MQAR: seq {args.seq_len}, {args.pairs} pairs, vocab {args.vocab}; {args.steps} steps × batch "
           f"{args.batch_size}; lrs {lrs}; {card}", flush=True)
     rows = []
+    share = args.budget_s / (len(widths) * len(depths) * len(archs) * len(lrs)) if args.budget_s else None
     t_all = time.perf_counter()
     for d in widths:
         for L in depths:
@@ -97,7 +102,7 @@ def main(argv=None) -> int:
                 for lr in lrs:
                     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, eval_every=args.eval_every,
                                       eval_size=args.eval_size, seed=args.seed, device=device, dtype=args.dtype,
-                                      warmup=0.05)
+                                      warmup=0.05, time_limit=share)
                     r = train_probe(spec, task, cfg)
                     run = {"arch": arch, "d_model": d, "layers": L, "layout": spec.layout_text, "lr": lr,
                            **{k: v for k, v in r.to_dict().items() if k != "loss_curve"},

@@ -42,6 +42,7 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA when present, else CPU
     dtype: str = "float32"  # compute dtype of the weights; on CUDA "bfloat16" autocasts instead
     curve_points: int = 200  # the loss curve is kept at most this long (means over windows)
+    time_limit: float | None = None  # seconds: stop (after an evaluation) once training has run this long
     cpu_threads: int | None = 1  # tiny models run several times faster on one thread than on a shared pool
 
     def __post_init__(self):
@@ -180,7 +181,8 @@ def _train(model, task, cfg, device, progress) -> ProbeResult:
                 curve.append([step, float(torch.stack(losses).mean())])
                 losses = []
             done_eval = None
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            out_of_time = cfg.time_limit is not None and time.perf_counter() - t0 > cfg.time_limit
+            if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
                 acc = evaluate(net, eval_data, device, autocast)
                 best = max(best, acc)
                 evals.append([step, acc])
@@ -189,6 +191,8 @@ def _train(model, task, cfg, device, progress) -> ProbeResult:
                 progress(step, float(loss) if done_eval is not None else None, done_eval)
             if done_eval is not None and cfg.target_accuracy is not None and acc >= cfg.target_accuracy:
                 stopped = step < cfg.steps
+                break
+            if out_of_time:
                 break
         if losses:
             curve.append([step, float(torch.stack(losses).mean())])
