@@ -42,3 +42,23 @@ def test_jamba_refuses_gelu():
 
     with pytest.raises(ArchDSLError, match="hidden_act"):
         hf_config_to_spec({"model_type": "jamba", "hidden_act": "gelu"})
+
+
+def test_jamba_export_of_a_native_spec(tmp_path):
+    """A spec written in archdsl exports as Jamba (attention every 2, MoE on the others)."""
+    import archdsl
+    import torch
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.spec import spec_from_yaml
+    from tests.interop.common import rel, transformers
+
+    spec = spec_from_yaml("d_model: 32\nvocab_size: 100\nnorm_eps: 1.0e-5\nffn: mlp\nlayout: 4×mamba(inner_norms=weighted, "
+                          "d_state=8, inner_norm_eps=1.0e-5), attn(heads=4, rope=false) every 2, "
+                          "moe(experts=3, top_k=2, hidden=48) every 2 offset 0\nblocks:\n  mlp: {hidden: 48}")
+    model = archdsl.compile(spec)
+    back = transformers().AutoModelForCausalLM.from_pretrained(export_hf(model, tmp_path / "x")).eval()
+    assert type(back).__name__ == "JambaForCausalLM"
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert rel(back(ids).logits, model(ids)) <= 1e-5
+    assert model.num_params() == sum(p.numel() for p in back.parameters())

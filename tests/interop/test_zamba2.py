@@ -114,3 +114,20 @@ def test_zamba2_export_refuses_non_cycling_groups():
     with pytest.raises(ArchDSLError, match="ABAB"):
         zamba2.hf_config(spec)
     assert zamba2.accepts(spec) is None
+
+
+def test_zamba2_export_of_a_native_spec(tmp_path):
+    """A spec written in archdsl (mamba2 without a dt floor) exports, and transformers computes the same."""
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.spec import spec_from_yaml
+    from tests.interop.common import hf_logits, rel, transformers
+
+    spec = spec_from_yaml("d_model: 32\nvocab_size: 100\n"
+                          "layout: 4×mamba2(headdim=16, d_state=8), zamba(shared, lora=4, heads=4, hidden=48) at 1 3")
+    model = archdsl.compile(spec)
+    back = transformers().AutoModelForCausalLM.from_pretrained(export_hf(model, tmp_path / "x")).eval()
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert rel(hf_logits(back, ids), model(ids)) <= 1e-5
+    assert model.num_params() == sum(p.numel() for p in back.parameters())

@@ -189,7 +189,9 @@ def hf_config(spec) -> dict:
            "tie_word_embeddings": spec.tie_embeddings, "mamba_d_state": m.d_state, "mamba_d_conv": m.d_conv,
            "mamba_expand": m.expand, "mamba_ngroups": m.ngroups, "n_mamba_heads": m.nheads,
            "chunk_size": m.chunk_size, "use_conv_bias": True, "add_bias_linear": False,
-           "time_step_min": m.dt_floor}  # HF clamps dt at time_step_min (also its dt init's low end)
+           # HF clamps dt at time_step_min; 0 (no clamp) would crash its dt init (log 0), and a floor of
+           # 1e-9 only touches softplus inputs below -20.7, where dt·A and dt·B·x vanish in float32
+           "time_step_min": m.dt_floor or 1e-9}
     uses = _uses(spec)
     if not uses:
         cfg.update(num_mem_blocks=1, num_attention_heads=max(1, 2 * d // 64))
