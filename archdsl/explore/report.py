@@ -115,8 +115,12 @@ def plot_pareto(cands: list[Candidate], objectives, path: str, title: str = "") 
     front = sorted([p for p in pts if p[2].on_front], key=lambda p: (p[0], p[1]))
     ax.plot([p[0] for p in front], [p[1] for p in front], "o-", c="#d1495b", ms=5, lw=1.2,
             label="Pareto front", zorder=3)
-    for x, y, c in front[:12]:
-        ax.annotate(c.id, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ties: dict[tuple, list] = {}
+    for x, y, c in front:
+        ties.setdefault((x, y), []).append(c.id)
+    for (x, y), ids in list(ties.items())[:12]:
+        ax.annotate(ids[0] + (f" (+{len(ids) - 1} placements)" if len(ids) > 1 else ""), (x, y), fontsize=7,
+                    xytext=(4, 2), textcoords="offset points")
     for axis, o in (("x", xo), ("y", yo)):
         vals = [p[0 if axis == "x" else 1] for p in pts]
         if vals and min(vals) > 0 and max(vals) / min(vals) > 20 and o not in ("accuracy", "attn_fraction"):
@@ -137,13 +141,26 @@ def plot_cache(cands: list[Candidate], path: str, batch: int = 1, dtype: str = "
 
     plt = _plt()
     lens = [2**k for k in range(10, 21)]
-    chosen = [c for c in cands if c.on_front][:most] or cands[:most]
+    from ..cli import human
+
+    pool = [c for c in cands if c.on_front] or cands
+    distinct: dict[tuple, Candidate] = {}
+    for c in pool:  # placements of one frame have one curve: draw it once
+        distinct.setdefault((c.knobs.get("attn_count"), c.knobs.get("d_model"), c.knobs.get("depth"),
+                             c.knobs.get("shared"), c.knobs.get("mixer")), c)
+    pool = sorted(distinct.values(), key=lambda c: c.figures["cache_bytes"])
+    step = max(1, len(pool) / most)
+    chosen = [pool[int(i * step)] for i in range(min(most, len(pool)))]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
     for c in chosen:
         ys = [analyze(c.spec, seq_len=n, batch=batch, dtype=dtype).cache_bytes for n in lens]
         ax.plot(lens, ys, marker=".", lw=1.2, label=f"{c.id}: {_short(c.layout, 40)}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _ctx(int(v)) if v >= 1 else ""))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human(v, "B").replace(".00", "")))
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel(f"cache bytes (batch {batch}, {dtype})")
     ax.grid(alpha=0.3, which="both")
