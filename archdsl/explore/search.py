@@ -248,7 +248,8 @@ def empty_error(space: Space, n: int, removed: dict, violated: dict, best: dict,
         return ArchDSLError(f"the space is empty: {rng} allows no attention-layer count (or placement) "
                             f"at depth {depths}")
     lines = [f"no candidate satisfies the constraints: {n} enumerated, all removed"]
-    for label, count in sorted(removed.items(), key=lambda kv: -kv[1]):
+    labels = list(removed) + [k for k in violated if k not in removed]
+    for label, count in sorted(((k, removed.get(k, 0)) for k in labels), key=lambda kv: -kv[1]):
         extra = ""
         if label in best:
             from ..cli import human

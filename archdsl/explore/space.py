@@ -86,7 +86,10 @@ class Space:
             if not getattr(self, name):
                 raise ArchDSLError(f"the space is empty: `{name}` lists no values")
         for kind in self.mixers + (self.attention,):
-            resolved = resolve_kind(base, kind)
+            try:
+                resolved = resolve_kind(base, kind)
+            except ArchDSLError as e:
+                raise _keyed(e.message, ("mixers" if kind in self.mixers else "attention",), e.hint) from None
             if BLOCKS[resolved].role != MIXER:
                 raise ArchDSLError(f"{kind!r} is a {BLOCKS[resolved].role} block, not a mixer",
                                    hint="mixers and attention take mixer kinds: "
@@ -95,7 +98,7 @@ class Space:
             raise ArchDSLError(f"attention {self.attention!r} is not an attention block (kind attn)")
         for p in self.placements:
             if p not in PLACEMENTS:
-                raise ArchDSLError(f"unknown placement {p!r}", hint=did_you_mean(p, PLACEMENTS))
+                raise _keyed(f"unknown placement {p!r}", ("placements",), did_you_mean(p, PLACEMENTS))
         if self.attn_count is not None and self.attn_fraction is not None:
             raise ArchDSLError("give attn_count or attn_fraction, not both")
         for name, rng, top in (("attn_count", self.attn_count, None), ("attn_fraction", self.attn_fraction, 1)):
@@ -107,7 +110,7 @@ class Space:
             if lo < 0 or (top is not None and hi > top):
                 raise ArchDSLError(f"{name} [{lo}, {hi}] is out of range" + (" [0, 1]" if top else " (>= 0)"))
             if lo > hi:
-                raise ArchDSLError(f"contradictory {name}: min {lo} > max {hi}")
+                raise _keyed(f"contradictory {name}: min {lo} > max {hi}", (name,))
         for name in ("depth", "moe_experts", "moe_top_k") + (("d_model",) if self.d_model else ()):
             for v in getattr(self, name):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
