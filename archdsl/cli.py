@@ -351,10 +351,71 @@ def _add_explore(p):
     add_arguments(p)
 
 
+@command("train", "train a spec on 1..N processes (torchrun): FSDP2, DCP checkpoints, metrics")
+def cmd_train(args):
+    """Train SPEC (a spec file, layout string, or saved model directory) on DATA for --steps steps,
+    alone or under `torchrun --nproc-per-node G archdsl train ...` (FSDP2 per layer). --batch is the
+    global batch. Writes RUNDIR/run.json, metrics.jsonl and checkpoints/. See docs/training.md."""
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(spec=args.spec, data=args.data, steps=args.steps, rundir=args.output, batch=args.batch,
+                      seq_len=args.seq_len, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
+                      grad_clip=args.grad_clip, bf16=args.bf16, grad_ckpt=args.grad_ckpt, compile=args.compile,
+                      save_every=args.save_every, resume=args.resume, seed=args.seed, device=args.device,
+                      peak_tflops=args.peak_tflops, progress=not args.no_progress, cpu_threads=args.threads)
+    out = train(cfg)
+    if out.get("losses") and int(__import__("os").environ.get("RANK", 0)) == 0:
+        last = max(out["losses"])
+        print(f"{args.output}: step {last}, loss {out['losses'][last]:.4f}, {out['wall_s']:.1f} s "
+              f"on {out['world_size']} process(es)")
+
+
+def _add_train(p):
+    p.add_argument("spec", help="a YAML spec file, a layout string, or a saved model directory (its weights)")
+    p.add_argument("--data", required=True, help="mqar:seq=256,pairs=16 (a probe task) or PATH.bin[:uint16|uint32]")
+    p.add_argument("--steps", type=int, required=True, help="optimizer steps in all (a resumed run continues)")
+    p.add_argument("-o", "--output", required=True, metavar="RUNDIR", help="run directory")
+    p.add_argument("--batch", type=int, default=32, help="global batch in sequences, split over the processes")
+    p.add_argument("--seq-len", type=parse_count, default=None, help="sequence length (token files; default 1024)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine after warmup)")
+    p.add_argument("--warmup", type=float, default=0.1, help="warmup steps, or a share of --steps if < 1")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="0: no clipping")
+    p.add_argument("--bf16", action="store_true", help="bf16 compute (FSDP2 mixed precision), fp32 master weights")
+    p.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing per layer")
+    p.add_argument("--compile", action="store_true", help="torch.compile each layer")
+    p.add_argument("--save-every", type=int, default=0, metavar="K", help="checkpoint every K steps (and at the end)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUNDIR")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (one GPU per process)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="per-device peak for MFU (default: H100/H200 989)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--no-progress", action="store_true")
+
+
+@command("export-checkpoint", "a training run's checkpoint → an ordinary archdsl save (spec.yaml + model.safetensors)")
+def cmd_export_checkpoint(args):
+    """Load the newest checkpoint of RUNDIR (or --step K), whatever number of processes wrote it,
+    and save the model to DIR as `archdsl compile` would."""
+    from .train import export_checkpoint
+
+    model, step = export_checkpoint(args.rundir, args.output, step=args.step, dtype=args.dtype)
+    print(f"wrote {args.output}: {model.spec.name} at step {step}, {model.num_params():,} parameters")
+
+
+def _add_export_checkpoint(p):
+    p.add_argument("rundir", help="a directory written by archdsl train")
+    p.add_argument("-o", "--output", required=True, help="directory to write (replaced atomically)")
+    p.add_argument("--step", type=int, default=None, help="the checkpoint at this step (default: the newest)")
+    p.add_argument("--dtype", default="float32", help="dtype of the saved weights")
+
+
 ARGS = {"check": _add_check, "show": _add_show, "fmt": _add_check, "graph": _add_graph,
         "memory": _add_memory, "convert": _add_convert, "compile": _add_compile, "run": _add_run}
 ARGS["explore"] = _add_explore
 ARGS["export"] = _add_export
+ARGS["train"] = _add_train
+ARGS["export-checkpoint"] = _add_export_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,151 @@
+"""Sharded checkpoints with torch.distributed.checkpoint (DCP), and export to an archdsl save.
+
+    RUNDIR/run.json                       the spec (YAML text and its sha256), data, settings
+    RUNDIR/metrics.jsonl                  one JSON object per step
+    RUNDIR/checkpoints/step_00000100/     a DCP checkpoint: model + optimizer (each rank its shards),
+                                          step and the data generator's state, + meta.json
+
+DCP stores each tensor with its global shape, so a checkpoint written by W processes loads on any
+other number (FSDP2's DTensor shards are re-cut on load), and on none: `export_checkpoint` loads it
+into a plain CPU model and writes spec.yaml + model.safetensors (ArchModel.save).
+A checkpoint directory is written under a temporary name and renamed when every rank is done.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+
+import torch
+import torch.distributed as tdist
+
+from ..errors import ArchDSLError
+
+CKPT_DIR = "checkpoints"
+STEP_RE = re.compile(r"^step_(\d{8})$")
+
+
+def spec_sha(spec_yaml: str) -> str:
+    return hashlib.sha256(spec_yaml.encode("utf-8")).hexdigest()
+
+
+def checkpoints(rundir: str) -> list[tuple[int, str]]:
+    """(step, path) of the complete checkpoints in rundir, oldest first."""
+    root = os.path.join(rundir, CKPT_DIR)
+    if not os.path.isdir(root):
+        return []
+    out = []
+    for name in os.listdir(root):
+        m = STEP_RE.match(name)
+        if m and os.path.isfile(os.path.join(root, name, "meta.json")):
+            out.append((int(m.group(1)), os.path.join(root, name)))
+    return sorted(out)
+
+
+def read_meta(path: str) -> dict:
+    try:
+        with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        meta["spec_sha256"], meta["step"]  # noqa: B018 - present or KeyError
+        return meta
+    except (OSError, ValueError, KeyError) as e:
+        raise ArchDSLError(f"{path}: not a readable archdsl checkpoint ({type(e).__name__}: {e})") from None
+
+
+def latest(rundir: str, step: int | None = None) -> tuple[int, str, dict]:
+    """The newest checkpoint (or the one at `step`) with its meta; ArchDSLError when there is none."""
+    found = checkpoints(rundir)
+    if step is not None:
+        found = [c for c in found if c[0] == step]
+    if not found:
+        what = f"at step {step}" if step is not None else "at all"
+        raise ArchDSLError(f"{rundir}: no checkpoint {what} (expected {CKPT_DIR}/step_NNNNNNNN/ from archdsl train)")
+    s, path = found[-1]
+    return s, path, read_meta(path)
+
+
+def check_spec(meta: dict, spec_yaml: str, path: str) -> None:
+    if meta["spec_sha256"] != spec_sha(spec_yaml):
+        old = meta.get("spec_name", "?")
+        raise ArchDSLError(f"{path}: the checkpoint is of another spec ({old!r}, sha256 "
+                           f"{meta['spec_sha256'][:12]}…) than this run's (sha256 {spec_sha(spec_yaml)[:12]}…)",
+                           hint="resume with the spec the run was started with, or start a new RUNDIR")
+
+
+def _state(model, opt, step: int, gen: torch.Generator):
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    msd, osd = get_state_dict(model, opt)
+    return {"model": msd, "optim": osd,
+            "extra": {"step": torch.tensor(step, dtype=torch.int64), "data_rng": gen.get_state()}}
+
+
+def save_checkpoint(rundir: str, step: int, model, opt, gen: torch.Generator, meta: dict, rank: int) -> str:
+    """Every rank calls this; returns the checkpoint's path."""
+    import torch.distributed.checkpoint as dcp
+
+    root = os.path.join(rundir, CKPT_DIR)
+    final = os.path.join(root, f"step_{step:08d}")
+    tmp = os.path.join(root, f".tmp_step_{step:08d}")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    tdist.barrier()
+    dcp.save(_state(model, opt, step, gen), checkpoint_id=tmp)
+    tdist.barrier()
+    if rank == 0:
+        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+            json.dump({**meta, "step": step}, f, indent=2)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    tdist.barrier()
+    return final
+
+
+def load_checkpoint(path: str, model, opt, gen: torch.Generator) -> int:
+    """Load model + optimizer + data generator state in place (any world size); returns the step."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    state = _state(model, opt, 0, gen)
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    gen.set_state(state["extra"]["data_rng"])
+    return int(state["extra"]["step"])
+
+
+def read_run(rundir: str) -> dict:
+    try:
+        with open(os.path.join(rundir, "run.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ArchDSLError(f"{rundir}: not an archdsl train run directory (run.json: {e})") from None
+
+
+def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str = "float32"):
+    """A run's checkpoint (newest, or at `step`) → an ordinary archdsl save in `out`; returns (model, step)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    from ..model import compile as build
+    from ..spec import spec_from_yaml
+
+    run = read_run(rundir)
+    s, path, meta = latest(rundir, step)
+    check_spec(meta, run["spec_yaml"], path)
+    spec = spec_from_yaml(run["spec_yaml"], file=os.path.join(rundir, "run.json"))
+    model = build(spec, device="cpu", dtype="float32", seed=0)
+    msd = get_model_state_dict(model)
+    try:
+        dcp.load({"model": msd}, checkpoint_id=path)
+    except Exception as e:  # noqa: BLE001 - DCP raises many kinds; the user needs the path and the reason
+        raise ArchDSLError(f"{path}: cannot read the checkpoint: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    set_model_state_dict(model, msd)
+    if dtype != "float32":
+        from ..model import resolve_dtype
+
+        model = model.to(resolve_dtype(dtype))
+    model.save(out)
+    return model, s

@@ -1,0 +1,152 @@
+"""DATA for `archdsl train`: a synthetic task from the explore probes or a flat binary token file.
+
+    mqar:seq=256,pairs=16          (any archdsl.explore.probes task; short names: seq, pairs, vocab, tokens)
+    data/train.bin                 (uint16 tokens, as nanoGPT's prepare.py writes them)
+    data/train.bin:uint32          (uint32 tokens, for vocabularies over 65536)
+
+Every source draws the GLOBAL batch from one seeded CPU generator on every process; each process
+keeps its rows (rank·B/W ... (rank+1)·B/W). The stream is therefore the same on any number of
+processes, and its position is the generator's state (saved in checkpoints).
+Files are checked (exists, size a multiple of the token width, long enough, every token below
+the model's vocabulary) before any work starts.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import ArchDSLError, did_you_mean
+
+SHORT = {"seq": "seq_len", "pairs": "num_kv_pairs", "vocab": "vocab_size", "tokens": "num_tokens_to_copy",
+         "noise": "frac_noise"}
+TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+DEFAULT_SEQ_LEN = 1024
+
+
+@dataclass
+class TaskData:
+    """A synthetic probe (archdsl.explore.probes.Task)."""
+    task: object
+    text: str
+
+    @property
+    def seq_len(self) -> int:
+        return self.task.seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.task.vocab_size
+
+    def batch(self, n: int, gen: torch.Generator):
+        """(inputs [n, L], labels [n, L]) int64; labels -100 where nothing is scored."""
+        return self.task.batch(n, gen, train=True)
+
+    def describe(self) -> str:
+        return f"{self.task.name} {self.task.to_dict()}"
+
+
+@dataclass
+class TokenFile:
+    """A flat memmapped token file; windows of seq_len + 1 at uniformly drawn offsets (nanoGPT)."""
+    path: str
+    dtype: str
+    seq_len: int
+    tokens: np.ndarray
+    max_token: int
+    text: str
+
+    @property
+    def vocab_size(self) -> int:
+        return self.max_token + 1
+
+    def batch(self, n: int, gen: torch.Generator):
+        L = self.seq_len
+        starts = torch.randint(len(self.tokens) - L, (n,), generator=gen).tolist()
+        rows = np.stack([np.asarray(self.tokens[s:s + L + 1], dtype=np.int64) for s in starts])
+        t = torch.from_numpy(rows)
+        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+
+    def describe(self) -> str:
+        return f"{self.path}: {len(self.tokens):,} {self.dtype} tokens, max {self.max_token}"
+
+
+def _value(text: str):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _task(text: str, seq_len: int | None, vocab_size: int):
+    from ..explore.probes import ALIASES, TASKS, make_task
+
+    name, _, rest = text.partition(":")
+    kwargs = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise ArchDSLError(f"--data {text!r}: expected KEY=VALUE, got {item!r}")
+        kwargs[SHORT.get(key.strip(), key.strip())] = _value(val.strip())
+    if seq_len is not None:
+        if "seq_len" in kwargs and kwargs["seq_len"] != seq_len:
+            raise ArchDSLError(f"--data {text!r} has seq={kwargs['seq_len']} but --seq-len is {seq_len}")
+        kwargs["seq_len"] = seq_len
+    cls = TASKS[ALIASES.get(name, name)]
+    kwargs.setdefault("vocab_size", min(vocab_size, cls.vocab_size) if name != "mqar" else min(vocab_size, 8192))
+    task = make_task(name, **kwargs)
+    if task.vocab_size > vocab_size:
+        raise ArchDSLError(f"--data {text!r}: the task's vocabulary ({task.vocab_size}) exceeds the model's "
+                           f"vocab_size ({vocab_size})", hint="give vocab=N in the task or a larger vocab_size")
+    return TaskData(task, text)
+
+
+def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
+    path, dtype = text, "uint16"
+    head, sep, tail = text.rpartition(":")
+    if sep and tail in TOKEN_DTYPES:
+        path, dtype = head, tail
+    elif sep and tail and not os.path.exists(text) and "/" not in tail and "." not in tail:
+        raise ArchDSLError(f"--data {text!r}: unknown token dtype {tail!r}", hint=did_you_mean(tail, TOKEN_DTYPES))
+    if not os.path.isfile(path):
+        raise ArchDSLError(f"--data: no such data file: {path}")
+    width = np.dtype(TOKEN_DTYPES[dtype]).itemsize
+    size = os.path.getsize(path)
+    if size % width:
+        raise ArchDSLError(f"--data {path}: {size} bytes is not a whole number of {dtype} tokens "
+                           f"({width} bytes each): truncated or not a {dtype} token file")
+    L = seq_len or DEFAULT_SEQ_LEN
+    n = size // width
+    if n < L + 2:
+        raise ArchDSLError(f"--data {path}: {n} tokens, fewer than one sequence of {L} + 1")
+    tokens = np.memmap(path, dtype=TOKEN_DTYPES[dtype], mode="r")
+    top = 0
+    for i in range(0, n, 1 << 26):  # chunked: a file of many GB is scanned without loading it
+        top = max(top, int(tokens[i:i + (1 << 26)].max()))
+    if top >= vocab_size:
+        raise ArchDSLError(f"--data {path}: token {top} is outside the model's vocabulary ({vocab_size})",
+                           hint="wrong dtype (uint16 vs uint32)?" if dtype == "uint32" or top > 65535
+                           else "a larger vocab_size in the spec")
+    return TokenFile(path, dtype, L, tokens, top, text)
+
+
+def parse_data(text: str, vocab_size: int, seq_len: int | None = None):
+    """A data source for DATA text (see the module docstring); ArchDSLError for anything wrong."""
+    from ..explore.probes import ALIASES, TASKS
+
+    name = text.partition(":")[0]
+    if ALIASES.get(name, name) in TASKS and not os.path.exists(text):
+        return _task(text, seq_len, vocab_size)
+    looks_like_file = os.path.exists(text) or "/" in text or "." in name or os.sep in text
+    if not looks_like_file:
+        raise ArchDSLError(f"--data {text!r}: neither a probe task nor a token file",
+                           hint=did_you_mean(name, list(TASKS) + list(ALIASES)) or
+                           "tasks: " + ", ".join(TASKS) + "; files: PATH.bin[:uint16|uint32]")
+    return _file(text, seq_len, vocab_size)

@@ -1,0 +1,225 @@
+"""The training loop of `archdsl train`: AdamW, linear warmup then cosine, FSDP2 on 1..N processes.
+
+    summary = train(TrainConfig(spec=..., data="mqar:seq=64,pairs=4", steps=200, batch=32, rundir="runs/a"))
+
+Order of events on every rank: every check (spec, data file, world size divides the batch,
+checkpoint of the same spec) → process group → model built on the CPU from the seed (the same
+weights on any number of processes) → sharded → optimizer → checkpoint loaded → steps.
+The loss of a step is the mean cross entropy over every scored token of the GLOBAL batch: each
+rank sums its rows' losses and divides by the global count (known on every rank, as every rank
+draws the whole batch), times W because FSDP averages gradients over ranks. So W processes compute
+the gradient of one process up to the order of the sums. The MoE balancing loss is each rank's own
+(its mean over ranks is what is optimised; not bit-equal across world sizes).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ArchDSLError
+from .checkpoint import checkpoints, check_spec, latest, load_checkpoint, save_checkpoint, spec_sha
+from .config import TrainConfig
+from .data import parse_data
+from .parallel import all_reduce_sum, init_distributed, pick_device, shard_model, shutdown, world_from_env
+
+IGNORE = -100
+PEAK_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0}  # dense bf16 tensor-core peaks per GPU
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of 0-based step `step`: linear warmup, cosine down to lr · min_lr_ratio."""
+    warm = cfg.warmup_steps()
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
+    if cfg.peak_tflops:
+        return cfg.peak_tflops * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tf in PEAK_TFLOPS.items():
+            if key in name:
+                return tf * 1e12
+    return None
+
+
+def prepare(cfg: TrainConfig):
+    """Every check that can fail on bad input, with no side effects; the same answer on every rank."""
+    from ..spec import load_spec
+
+    env = world_from_env()
+    spec = load_spec(cfg.spec)
+    _ = spec.graph
+    data = parse_data(cfg.data, spec.vocab_size, cfg.seq_len)
+    if cfg.batch % env.world:
+        raise ArchDSLError(f"train: the global batch {cfg.batch} is not divisible by the world size {env.world}",
+                           hint=f"use a batch that is a multiple of {env.world}, or another number of processes")
+    spec_yaml = spec.to_yaml()
+    resume_from = None
+    if cfg.resume:
+        s, path, meta = latest(cfg.rundir)
+        check_spec(meta, spec_yaml, path)
+        if s >= cfg.steps:
+            raise ArchDSLError(f"{path}: the run is already at step {s}; ask for more --steps than that to continue")
+        resume_from = path
+    elif checkpoints(cfg.rundir):
+        raise ArchDSLError(f"{cfg.rundir}: holds checkpoints of an earlier run",
+                           hint="pass --resume to continue it, or write to another -o RUNDIR")
+    device = pick_device(env, cfg.device)
+    if cfg.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ArchDSLError(f"--bf16: {torch.cuda.get_device_name(device)} has no bfloat16")
+    return env, spec, spec_yaml, data, device, resume_from
+
+
+def build(cfg: TrainConfig, spec, dist):
+    """The model (CPU, fp32, from the seed or from a saved model's weights), sharded."""
+    from ..model import compile as compile_model
+    from ..model import load as load_model
+
+    saved = os.path.isdir(cfg.spec) and os.path.isfile(os.path.join(cfg.spec, "model.safetensors"))
+    model = load_model(cfg.spec, dtype="float32") if saved else compile_model(spec, device="cpu", seed=cfg.seed)
+    model.train()
+    return shard_model(model, dist, bf16=cfg.bf16, grad_ckpt=cfg.grad_ckpt, compile=cfg.compile)
+
+
+def make_optimizer(cfg: TrainConfig, model, device):
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas,
+                             foreach=device.type == "cuda")
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or continue) a training run; returns rank 0's summary (losses per step, timings)."""
+    env, spec, spec_yaml, data, device, resume_from = prepare(cfg)
+    threads = torch.get_num_threads()
+    if cfg.cpu_threads and device.type == "cpu":
+        torch.set_num_threads(cfg.cpu_threads)
+    dist = init_distributed(env, device)
+    try:
+        return _run(cfg, spec, spec_yaml, data, dist, resume_from)
+    finally:
+        shutdown()
+        torch.set_num_threads(threads)
+
+
+def _grad_norm(params, clip: float) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def _metrics_file(cfg, start: int):
+    path = os.path.join(cfg.rundir, "metrics.jsonl")
+    kept = []
+    if start and os.path.isfile(path):  # a resumed run drops what came after its checkpoint
+        with open(path, encoding="utf-8") as f:
+            kept = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= start]
+    f = open(path, "w", encoding="utf-8")
+    f.writelines(kept)
+    f.flush()
+    return f
+
+
+def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
+    from ..analysis import analyze
+
+    import warnings
+
+    # Layer returns (h, pending residual) views; nothing downstream writes into them in place
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    torch.manual_seed(cfg.seed)
+    model = build(cfg, spec, dist)
+    opt = make_optimizer(cfg, model, dist.device)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    start = load_checkpoint(resume_from, model, opt, gen) if resume_from else 0
+    meta = {"spec_name": spec.name, "spec_sha256": spec_sha(spec_yaml), "data": cfg.data, "batch": cfg.batch,
+            "world_size": dist.world}
+    L = data.seq_len
+    flops_tok = 3 * analyze(spec, seq_len=L).flops_per_token  # forward + backward ≈ 3 forwards
+    peak = peak_flops(cfg, dist.device)
+    metrics = None
+    if dist.is_main:
+        os.makedirs(cfg.rundir, exist_ok=True)
+        if not resume_from:
+            with open(os.path.join(cfg.rundir, "run.json"), "w", encoding="utf-8") as f:
+                json.dump({"spec_yaml": spec_yaml, "spec_sha256": meta["spec_sha256"], "spec_name": spec.name,
+                           "data": data.describe(), "config": cfg.to_dict(), "world_size": dist.world}, f, indent=2)
+        metrics = _metrics_file(cfg, start)
+    per_rank = cfg.batch // dist.world
+    lo = dist.rank * per_rank
+    V = spec.vocab_size
+    bar = None
+    if dist.is_main and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"train {spec.name} ×{dist.world}", unit="step")
+    sync = (lambda: torch.cuda.synchronize(dist.device)) if dist.device.type == "cuda" else (lambda: None)
+    losses = {}
+    t_run = time.perf_counter()
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            t0 = time.perf_counter()
+            lr = lr_at(cfg, step - 1)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, y = data.batch(cfg.batch, gen)
+            count = int((y != IGNORE).sum())
+            if count == 0:
+                raise ArchDSLError(f"step {step}: the batch has no scored tokens")
+            x, y = x[lo:lo + per_rank].to(dist.device), y[lo:lo + per_rank].to(dist.device)
+            logits = model(x)
+            ce = F.cross_entropy(logits.float().reshape(-1, V), y.reshape(-1), ignore_index=IGNORE, reduction="sum")
+            loss = ce * (dist.world / count)
+            aux = model.aux_loss
+            if isinstance(aux, torch.Tensor) and aux.requires_grad:
+                loss = loss + aux
+            loss.backward()
+            gnorm = _grad_norm(model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                mask = y != IGNORE
+                correct = (logits.argmax(-1)[mask] == y[mask]).sum()
+            ce_sum, n_correct = all_reduce_sum([float(ce.detach()), float(correct)], dist)
+            sync()
+            dt = time.perf_counter() - t0
+            tok_s = cfg.batch * L / dt
+            rec = {"step": step, "loss": ce_sum / count, "acc": n_correct / count, "lr": lr, "grad_norm": gnorm,
+                   "tokens_per_s": tok_s, "tokens_per_s_per_device": tok_s / dist.world,
+                   "mfu": flops_tok * tok_s / dist.world / peak if peak else None, "step_s": dt,
+                   "world_size": dist.world}
+            if isinstance(aux, torch.Tensor) and aux.requires_grad:
+                rec["aux_loss"] = float(aux.detach())
+            losses[step] = rec["loss"]
+            if metrics is not None:
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
+            if bar is not None:
+                post = {"loss": f"{rec['loss']:.4f}", "tok/s": f"{tok_s:,.0f}"}
+                if rec["mfu"] is not None:
+                    post["MFU"] = f"{100 * rec['mfu']:.1f}%"
+                bar.set_postfix(post, refresh=False)
+                bar.update(1)
+            if not math.isfinite(rec["loss"]):
+                raise ArchDSLError(f"step {step}: the loss is {rec['loss']} (lower --lr, or --grad-clip)")
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+                save_checkpoint(cfg.rundir, step, model, opt, gen, meta, dist.rank)
+    finally:
+        if bar is not None:
+            bar.close()
+        if metrics is not None:
+            metrics.close()
+    return {"losses": losses, "start": start, "steps": cfg.steps, "world_size": dist.world,
+            "wall_s": time.perf_counter() - t_run, "params": sum(p.numel() for p in model.parameters()),
+            "rundir": cfg.rundir}
