@@ -7,6 +7,9 @@ Each family module defines
     to_hf(state, spec, hf_config) -> dict[str, Tensor]      # the inverse
     hf_config(spec) -> dict                                 # config.json for export
 
+A family whose mapping is a pure renaming defines `pairs(spec, names) -> [(hf, ours), ...]`
+instead of the two functions, and `renaming()` derives them.
+
 and is registered in FAMILIES under each of its model types. archdsl/convert/hf_io.py drives them:
 it reads the safetensors, checks names and shapes, and writes models and exports atomically.
 """
@@ -17,7 +20,22 @@ from types import ModuleType
 FAMILIES: dict[str, ModuleType] = {}
 
 
+def renaming(module: ModuleType) -> None:
+    """to_archdsl / to_hf of a family that is a renaming by `module.pairs`."""
+    from ._common import rename, unrename
+
+    def to_archdsl(hf_state, spec, model):
+        return rename(hf_state, module.pairs(spec, set(model.state_dict())), model, spec.tie_embeddings)
+
+    def to_hf(state, spec, hf_config):
+        return unrename(state, module.pairs(spec, set(state)), spec.tie_embeddings)
+
+    module.to_archdsl, module.to_hf = to_archdsl, to_hf
+
+
 def register(module: ModuleType) -> ModuleType:
+    if not hasattr(module, "to_archdsl"):
+        renaming(module)
     for model_type in module.MODEL_TYPES:
         FAMILIES[model_type] = module
     return module

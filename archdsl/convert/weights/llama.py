@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from ...errors import ArchDSLError
-from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds, rename, unrename
+from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds
 
 MODEL_TYPES = ("llama",)
 ACTS = {"swiglu": "silu", "geglu": "gelu"}
@@ -40,14 +40,6 @@ def pairs(spec, names) -> list[tuple[str, str]]:
     if not spec.tie_embeddings:
         out.append(("lm_head.weight", "lm_head.weight"))
     return out
-
-
-def to_archdsl(hf_state, spec, model):
-    return rename(hf_state, pairs(spec, set(model.state_dict())), model, spec.tie_embeddings)
-
-
-def to_hf(state, spec, hf_config):
-    return unrename(state, pairs(spec, set(state)), spec.tie_embeddings)
 
 
 def hf_config(spec) -> dict:
