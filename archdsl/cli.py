@@ -361,7 +361,7 @@ def cmd_train(args):
     cfg = TrainConfig(spec=args.spec, data=args.data, steps=args.steps, rundir=args.output, batch=args.batch,
                       seq_len=args.seq_len, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
                       grad_clip=args.grad_clip, bf16=args.bf16, grad_ckpt=args.grad_ckpt, compile=args.compile,
-                      save_every=args.save_every, resume=args.resume, seed=args.seed, device=args.device,
+                      save_every=args.save_every, resume=args.resume, stop_after=args.stop_after, seed=args.seed, device=args.device,
                       peak_tflops=args.peak_tflops, progress=not args.no_progress, cpu_threads=args.threads)
     out = train(cfg)
     if out.get("losses") and int(__import__("os").environ.get("RANK", 0)) == 0:
@@ -386,6 +386,8 @@ def _add_train(p):
     p.add_argument("--compile", action="store_true", help="torch.compile each layer")
     p.add_argument("--save-every", type=int, default=0, metavar="K", help="checkpoint every K steps (and at the end)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUNDIR")
+    p.add_argument("--stop-after", type=int, default=None, metavar="K",
+                   help="stop after step K with a checkpoint (the schedule stays that of --steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (one GPU per process)")
     p.add_argument("--peak-tflops", type=float, default=None, help="per-device peak for MFU (default: H100/H200 989)")

@@ -138,8 +138,12 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
     spec = spec_from_yaml(run["spec_yaml"], file=os.path.join(rundir, "run.json"))
     model = build(spec, device="cpu", dtype="float32", seed=0)
     msd = get_model_state_dict(model)
+    import warnings
+
     try:
-        dcp.load({"model": msd}, checkpoint_id=path)
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load({"model": msd}, checkpoint_id=path)
     except Exception as e:  # noqa: BLE001 - DCP raises many kinds; the user needs the path and the reason
         raise ArchDSLError(f"{path}: cannot read the checkpoint: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     set_model_state_dict(model, msd)

@@ -32,6 +32,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile each layer
     save_every: int = 0  # DCP checkpoint every K steps (0: only at the end)
     resume: bool = False  # continue from the newest checkpoint in rundir
+    stop_after: int | None = None  # stop (with a checkpoint) after this step, as if interrupted; the
+    #                                schedule is still that of `steps`
     seed: int = 0
     device: str = "auto"  # auto: CUDA when present (one GPU per process: LOCAL_RANK), else CPU
     peak_tflops: float | None = None  # per device, for MFU; None: known GPUs (H100/H200 bf16 dense 989)
@@ -49,6 +51,8 @@ class TrainConfig:
             raise ArchDSLError(f"train: --lr must be positive, got {self.lr}")
         if self.save_every < 0:
             raise ArchDSLError(f"train: --save-every must be >= 0, got {self.save_every}")
+        if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
+            raise ArchDSLError(f"train: --stop-after must be in 1..--steps, got {self.stop_after}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ArchDSLError(f"train: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.warmup < 0:

@@ -67,7 +67,7 @@ def prepare(cfg: TrainConfig):
     if cfg.resume:
         s, path, meta = latest(cfg.rundir)
         check_spec(meta, spec_yaml, path)
-        if s >= cfg.steps:
+        if s >= (cfg.stop_after or cfg.steps):
             raise ArchDSLError(f"{path}: the run is already at step {s}; ask for more --steps than that to continue")
         resume_from = path
     elif checkpoints(cfg.rundir):
@@ -168,7 +168,8 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
     losses = {}
     t_run = time.perf_counter()
     try:
-        for step in range(start + 1, cfg.steps + 1):
+        last = cfg.stop_after or cfg.steps
+        for step in range(start + 1, last + 1):
             t0 = time.perf_counter()
             lr = lr_at(cfg, step - 1)
             for g in opt.param_groups:
@@ -213,7 +214,7 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
                 bar.update(1)
             if not math.isfinite(rec["loss"]):
                 raise ArchDSLError(f"step {step}: the loss is {rec['loss']} (lower --lr, or --grad-clip)")
-            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+            if (cfg.save_every and step % cfg.save_every == 0) or step == last:
                 save_checkpoint(cfg.rundir, step, model, opt, gen, meta, dist.rank)
     finally:
         if bar is not None:
