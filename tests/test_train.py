@@ -173,6 +173,12 @@ def test_token_file_and_bad_inputs(tmp_path, capsys):
     bad(["train", other, "--data", str(good), *args, "-o", str(tmp_path / "ok"), "--resume"], "another spec")
     bad(["train", spec, "--data", str(good), *args, "-o", str(tmp_path / "ok")], "--resume")
     bad(["export-checkpoint", str(tmp_path / "nothing"), "-o", str(tmp_path / "e")], "run.json")
+    dmg = tmp_path / "dmg"
+    shutil.copytree(tmp_path / "ok", dmg)
+    os.remove(dmg / "checkpoints" / "step_00000003" / "__0_0.distcp")
+    resume = ["train", spec, "--data", str(good), *args, "-o", str(dmg), "--resume"]
+    bad([a if a != "3" else "5" for a in resume], "cannot load the checkpoint", "__0_0.distcp")
+    bad(["export-checkpoint", str(dmg), "-o", str(tmp_path / "e")], "cannot read the checkpoint")
     assert not os.path.exists(tmp_path / "x")  # nothing was written by the failed runs
 
 

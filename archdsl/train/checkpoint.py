@@ -23,8 +23,22 @@ import torch.distributed as tdist
 
 from ..errors import ArchDSLError
 
+try:
+    from torch.distributed.checkpoint.api import CheckpointException
+except ImportError:  # pragma: no cover - older torch
+    CheckpointException = RuntimeError
+
 CKPT_DIR = "checkpoints"
 STEP_RE = re.compile(r"^step_(\d{8})$")
+
+
+def _reason(e: BaseException) -> str:
+    failures = getattr(e, "failures", None)  # CheckpointException: rank → the exception it raised
+    if failures:
+        e = next(iter(failures.values()))
+        e = e[0] if isinstance(e, tuple) else e
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 def spec_sha(spec_yaml: str) -> str:
@@ -110,7 +124,11 @@ def load_checkpoint(path: str, model, opt, gen: torch.Generator) -> int:
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     state = _state(model, opt, 0, gen)
-    dcp.load(state, checkpoint_id=path)
+    try:
+        dcp.load(state, checkpoint_id=path)
+    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException  # noqa: BLE001 - a damaged checkpoint: name it rather than show DCP's internals
+        raise ArchDSLError(f"{path}: cannot load the checkpoint ({_reason(e)})",
+                           hint="a file of it is missing or damaged; resume from an earlier one") from None
     set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
     gen.set_state(state["extra"]["data_rng"])
     return int(state["extra"]["step"])
@@ -144,8 +162,8 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
             dcp.load({"model": msd}, checkpoint_id=path)
-    except Exception as e:  # noqa: BLE001 - DCP raises many kinds; the user needs the path and the reason
-        raise ArchDSLError(f"{path}: cannot read the checkpoint: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP raises many kinds; the user needs the path and the reason
+        raise ArchDSLError(f"{path}: cannot read the checkpoint ({_reason(e)})") from None
     set_model_state_dict(model, msd)
     if dtype != "float32":
         from ..model import resolve_dtype
