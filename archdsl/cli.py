@@ -302,16 +302,19 @@ def cmd_run(args):
 
             steps = tqdm(steps, desc="decode", unit="tok", leave=False)
         t0 = time.perf_counter()
+        generated = []
         for _ in steps:
             tok = sample(logits, 0)
+            generated.append(tok)
             logits = runner(tok) if graphed else model.step(tok, cache)
         sync()
         t_decode = time.perf_counter() - t0
+    first = [int(t[0]) for t in generated]
     result = {"name": model.spec.name, "device": str(dev), "dtype": str(model.dtype).replace("torch.", ""),
               "batch": args.batch, "prompt_len": args.prompt_len, "gen": args.gen,
               "prefill_tokens_per_s": args.batch * args.prompt_len / t_prefill,
               "decode_tokens_per_s": args.batch * args.gen / t_decode if args.gen else None,
-              "cache_bytes": cache.nbytes(), "params": model.num_params()}
+              "cache_bytes": cache.nbytes(), "params": model.num_params(), "generated": first}
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -319,6 +322,8 @@ def cmd_run(args):
     print(f"  prefill  {args.prompt_len:>8,} tokens   {result['prefill_tokens_per_s']:>14,.1f} tokens/s")
     if args.gen:
         print(f"  decode   {args.gen:>8,} tokens   {result['decode_tokens_per_s']:>14,.1f} tokens/s")
+        shown = " ".join(map(str, first[:16])) + (" …" if len(first) > 16 else "")
+        print(f"  greedy continuation of sequence 0: {shown}")
     print(f"  cache    {cache.nbytes():>18,} bytes ({human(cache.nbytes(), 'B')}) at {args.prompt_len + args.gen:,} tokens")
 
 
