@@ -4,9 +4,11 @@ Models"; the standalone `s4d.py` of state-spaces/s4), one independent SSM per ch
 
 Per channel h (d_model of them), N/2 complex modes (conjugate pairs give the real N):
     log_dt [d]                        step size, log-uniform in [dt_min, dt_max]
-    log_A_real, A_imag [d, N/2]       A = -exp(log_A_real) + i·A_imag; S4D-Lin init
-                                      A_n = -1/2 + iπn (the diagonal approximation of HiPPO-LegS)
-    C [d, N/2] complex = [d, N] real  (B is fixed to 1 and absorbed into C)
+    log_A_real, A_imag [d, N/2]       A = -exp(log_A_real) + i·A_imag; `init: legs` (default,
+                                      S4D-LegS): the eigenvalues -1/2 + iλ of the normal part of
+                                      HiPPO-LegS; `init: lin` (S4D-Lin): A_n = -1/2 + iπn
+    C [d, N/2] complex = [d, N] real  (B is fixed to 1; with LegS, B's projection onto the
+                                      eigenvectors is folded into C's init)
     D [d]                             skip
     output: Conv1d(d, 2d, 1) + GLU (glu=True, as s4d.py) or Linear(d, d) (glu=False)
 Training: y = K * u with K = Re(C·(exp(dt·A) - 1)/A · exp(dt·A·l)) (an FFT convolution);
@@ -24,13 +26,17 @@ from .base import MIXER, BlockConfig, ConfigError
 class S4dConfig(BlockConfig):
     kind: ClassVar[str] = "s4d"
     role: ClassVar[str] = MIXER
+    choices: ClassVar[dict] = {"init": ("legs", "lin")}
 
     d_state: int = 64  # real state size N: N/2 complex modes
     dt_min: float = 0.001
     dt_max: float = 0.1
     glu: bool = True
+    init: str = "legs"
 
     def check(self) -> None:
+        if self.init not in self.choices["init"]:
+            raise ConfigError("init", f"s4d: init must be legs or lin, got {self.init!r}")
         if self.d_state % 2:
             raise ConfigError("d_state", f"s4d: d_state must be even (N/2 complex modes), got {self.d_state}")
         if not 0 < self.dt_min <= self.dt_max:

@@ -47,6 +47,9 @@ class ZambaConfig(BlockConfig):
             raise ConfigError("kv_heads", f"zamba: kv_heads {self.kv_heads} must divide heads {self.heads}")
         if self.attn_lora and not self.lora:
             raise ConfigError("attn_lora", "zamba: attn_lora needs lora > 0 (its rank)")
+        if self.attn_lora and (self.heads * self.hdim != 2 * self.d_model or self.kv != self.heads):
+            raise ConfigError("attn_lora", "zamba: attn_lora (HF's shared attention adapters) needs "
+                              "heads·head_dim = 2·d_model and kv_heads = heads")
         if self.act not in self.choices["act"]:
             raise ConfigError("act", f"zamba: act must be gelu or silu; got {self.act!r}")
 

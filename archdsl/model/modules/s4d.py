@@ -16,7 +16,7 @@ and A + PPᵀ with P_n = √(n + 1/2) is -½·I + S, S skew-symmetric. So its ei
 eigenvectors, B̃ = V*·B (imaginary part clipped to ±2, as state-spaces does). This block has
 no separate B (s4d.py fixes B = 1), so B̃ is folded into C's init: C = 𝒩_ℂ(0, 1)·B̃.
 S4D-Lin (A_n = -½ + iπn, C = 𝒩_ℂ(0, 1), the s4d.py default and an approximation of S4D-LegS)
-is available through `init="lin"` when the config offers that field.
+is available through `init="lin"`.
 Decode state: "s" [B, d, N/2] complex64 (complex128 for float64 models).
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ class S4D(nn.Module):
         super().__init__()
         self.cfg = cfg
         d, N = cfg.d_model, cfg.d_state
-        self.init = getattr(cfg, "init", "legs")
+        self.init = cfg.init
         self.log_dt = nn.Parameter(torch.empty(d))
         self.C = nn.Parameter(torch.empty(d, N // 2, 2))  # view_as_real of the complex C
         self.log_A_real = nn.Parameter(torch.empty(d, N // 2))
