@@ -114,17 +114,22 @@ def load_spec(spec: str | os.PathLike) -> Spec:
     return parse(text)
 
 
-def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
-    whole = Source(text, file, file_text=text)
+def read_yaml(text: str, file: str):
+    """(composed node tree, plain data) of YAML text, safely; a syntax error points into the file."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        return yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or str(e)
         if mark is None:
             raise ArchDSLError(f"invalid YAML: {problem}", file=file) from None
-        raise ArchDSLError(f"invalid YAML: {problem}", source=whole, start=mark.index) from None
+        raise ArchDSLError(f"invalid YAML: {problem}", source=Source(text, file, file_text=text),
+                           start=mark.index) from None
+
+
+def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
+    whole = Source(text, file, file_text=text)
+    root, data = read_yaml(text, file)
     if isinstance(data, str):  # a file holding a bare layout string
         return parse(data)
     if not isinstance(data, dict):

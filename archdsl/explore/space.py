@@ -33,7 +33,7 @@ import yaml
 
 from ..blocks import BLOCKS, MIXER
 from ..errors import ArchDSLError, Source, did_you_mean
-from ..spec import Spec, _positions, load_spec, spec_from_yaml
+from ..spec import Spec, _positions, load_spec, read_yaml, spec_from_yaml
 
 PLACEMENTS = ("even", "every", "front", "back", "sandwich")
 OFFSET_NAMES = ("first", "mid", "last")
@@ -284,13 +284,7 @@ def load_space(path_or_text: str | os.PathLike | dict) -> Space:
 
 def space_from_yaml(text: str, file: str = "<space>") -> Space:
     whole = Source(text, file, file_text=text)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ArchDSLError(f"invalid YAML: {getattr(e, 'problem', None) or e}", source=whole if mark else None,
-                           start=mark.index if mark else None, file=file) from None
+    root, data = read_yaml(text, file)
     if not isinstance(data, dict):
         raise ArchDSLError("a space file must be a mapping (mixers, attn_fraction, placements, depth, ...)",
                            file=file, line=1, col=1)
