@@ -33,6 +33,18 @@ def state_dtype(dtype):
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
+def fused_step_ok(mod, x):
+    """Whether a Mamba mixer's decode step takes its fused Triton path: `mod.fuse` on, no autograd
+    wanted, not float64, and the Triton backend chosen for x (CUDA, or the interpreter when forced)."""
+    if not mod.fuse or x.dtype == torch.float64:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in mod.parameters())):
+        return False
+    from archdsl.kernels._dispatch import backend_for
+
+    return backend_for(x) == "triton"
+
+
 def init_dt_bias(n, dt_min, dt_max, floor=1e-4):
     """mamba_ssm's dt init: dt log-uniform in [dt_min, dt_max], bias = softplus⁻¹(dt)."""
     dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
@@ -57,6 +69,7 @@ class Mamba(nn.Module):
             self.b_layernorm = nn.Parameter(torch.ones(N))
             self.c_layernorm = nn.Parameter(torch.ones(N))
         self.dt_proj._keep_init = True
+        self.fuse = True  # decode step: two Triton kernels around the x_proj GEMM (set_fuse)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -116,11 +129,29 @@ class Mamba(nn.Module):
         """x [B, d] → [B, d]; updates state in place."""
         from archdsl.kernels import selective_state_update
 
+        if fused_step_ok(self, x):
+            return self._step_fused(x, state)
         u, z = self.in_proj(x).chunk(2, dim=-1)
         u = conv_step(u, self.conv1d.weight[:, 0], self.conv1d.bias, state["conv"])
         dt, B, C = self._ssm_params(u)
         y = selective_state_update(state["ssm"], u, dt, self._A(), B, C, D=self._f(self.D), z=z,
                                    dt_bias=self._f(self.dt_proj.bias), dt_softplus=True)
+        return self.out_proj(y)
+
+    def _step_fused(self, x, state):
+        """in_proj → conv update + silu (one kernel) → x_proj → inner norms, dt_proj, softplus,
+        state update, D, gate (one kernel) → out_proj."""
+        from archdsl.kernels.fused_step import mamba_conv_step, mamba_ssm_step_fused
+
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        u = mamba_conv_step(u, state["conv"], self.conv1d.weight[:, 0], self.conv1d.bias)
+        w = self.cfg.inner_norms == "weighted"
+        y = mamba_ssm_step_fused(state["ssm"], u, self.x_proj(u), self.dt_proj.weight, self.A_log,
+                                 dt_bias=self.dt_proj.bias, D=self.D, z=z, inner_norms=self.cfg.inner_norms,
+                                 dt_norm_weight=self.dt_layernorm if w else None,
+                                 b_norm_weight=self.b_layernorm if w else None,
+                                 c_norm_weight=self.c_layernorm if w else None,
+                                 inner_norm_eps=self.cfg.inner_norm_eps)
         return self.out_proj(y)
 
     def init_state(self, batch, device, dtype):

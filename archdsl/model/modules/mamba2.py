@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .conv import conv_forward, conv_step
-from .mamba import init_dt_bias, state_dtype
+from .mamba import fused_step_ok, init_dt_bias, state_dtype
 
 
 class GatedRMSNorm(nn.Module):
@@ -52,6 +52,7 @@ class Mamba2(nn.Module):
         self.D = nn.Parameter(torch.empty(H))
         self.norm = GatedRMSNorm(E, G, cfg.norm_eps) if cfg.gated_norm else None
         self.out_proj = nn.Linear(E, d, bias=cfg.bias)
+        self.fuse = True  # decode step: one Triton kernel between in_proj and out_proj (set_fuse)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -105,6 +106,8 @@ class Mamba2(nn.Module):
         """x [B, d] → [B, d]; updates state in place."""
         from archdsl.kernels import ssd_step
 
+        if fused_step_ok(self, x):
+            return self._step_fused(x, state)
         Bsz = x.shape[0]
         z, xBC, dt = self._split(self.in_proj(x))
         xBC = conv_step(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, state["conv"])
@@ -115,6 +118,18 @@ class Mamba2(nn.Module):
                      B.reshape(Bsz, self.G, self.N), C.reshape(Bsz, self.G, self.N), D=self._f(self.D), z=gate,
                      dt_bias=dt_bias, dt_softplus=softplus)
         return self._out(y.reshape(Bsz, self.E), z)
+
+    def _step_fused(self, x, state):
+        """in_proj → one kernel (conv update, silu, SSD step, D, gate / gated norm) → out_proj."""
+        from archdsl.kernels.fused_step import mamba2_step_fused
+
+        norm = self.norm
+        y = mamba2_step_fused(self.in_proj(x), state["conv"], self.conv1d.weight[:, 0], self.conv1d.bias,
+                              state["ssm"], self.A_log, D=self.D, dt_bias=self.dt_bias,
+                              norm_weight=None if norm is None else norm.weight,
+                              gate="silu" if norm is None else "norm",
+                              norm_eps=self.cfg.norm_eps, dt_floor=self.cfg.dt_floor)
+        return self.out_proj(y)
 
     def init_state(self, batch, device, dtype):
         return {"conv": torch.zeros(batch, self.conv_dim, self.K - 1, device=device, dtype=dtype),

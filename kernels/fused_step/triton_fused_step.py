@@ -1,0 +1,267 @@
+"""Fused decode steps in Triton: the Mamba-2 step in one kernel, the Mamba-1 step in two.
+
+Mamba-2 (`_mamba2_step_kernel`): one program per (batch, head, block of the head dim). It
+convolves its own x channels and its group's B, C channels (conv state shifted in place), updates
+its [BP, N] slice of the SSM state (softplus dt, dt_bias, optional dt floor), forms
+y = C·h + D·x and the gate y·silu(z). The gated RMSNorm needs the whole group, and the B, C conv
+state is read by every program of the group, so the last program of each (batch, group) to
+finish -- an atomic arrival counter -- shifts the B, C conv state and normalises the group from
+the fp32 scratch the others wrote; it then resets the counter to 0 for the next launch (so the
+kernel is CUDA-graph safe: the counters are zero between launches).
+
+Mamba-1: `_conv_step_kernel` (conv update + silu), then after the x_proj GEMM `_mamba_ssm_kernel`
+(inner RMSNorms of dt/B/C, dt_proj as a per-program mat-vec, softplus, state update, D, gate).
+All arithmetic in float32; batch offsets in int64.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _silu_conv(xrow, crow, w_ptr, b_ptr, chan, mask, cs_c, cs_k, K: tl.constexpr, HAS_CB: tl.constexpr):
+    """silu(bias + Σ_k w[k]·window[k]) over window = [conv state (K-1), new input] of `chan`."""
+    acc = tl.load(xrow + chan, mask=mask, other=0.0).to(tl.float32) * \
+        tl.load(w_ptr + chan * K + (K - 1), mask=mask, other=0.0).to(tl.float32)
+    for k in tl.static_range(K - 1):
+        s = tl.load(crow + chan * cs_c + k * cs_k, mask=mask, other=0.0).to(tl.float32)
+        acc += s * tl.load(w_ptr + chan * K + k, mask=mask, other=0.0).to(tl.float32)
+    if HAS_CB:
+        acc += tl.load(b_ptr + chan, mask=mask, other=0.0).to(tl.float32)
+    return acc * tl.sigmoid(acc)
+
+
+@triton.jit
+def _shift(xrow, crow, chan, mask, cs_c, cs_k, K: tl.constexpr):
+    """conv state of `chan` ← [state[1:], new input]."""
+    for k in tl.static_range(K - 2):
+        s = tl.load(crow + chan * cs_c + (k + 1) * cs_k, mask=mask)
+        tl.store(crow + chan * cs_c + k * cs_k, s, mask=mask)
+    xn = tl.load(xrow + chan, mask=mask)
+    tl.store(crow + chan * cs_c + (K - 2) * cs_k, xn.to(crow.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _softplus(x):
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+
+
+@triton.jit
+def _mamba2_step_kernel(
+    zx_ptr, cst_ptr, cw_ptr, cb_ptr, st_ptr, alog_ptr, D_ptr, dtb_ptr, nw_ptr,
+    out_ptr, hbuf_ptr, part_ptr, cnt_ptr,
+    s_zx, cs_b, cs_c, cs_k, s_b, s_h, s_p, s_n,
+    E, CONV, H, G, P, N, dt_floor, eps,
+    K: tl.constexpr, HAS_CB: tl.constexpr, HAS_D: tl.constexpr, HAS_DTB: tl.constexpr,
+    FLOOR: tl.constexpr, GATE: tl.constexpr, NORM: tl.constexpr,
+    BP: tl.constexpr, BN: tl.constexpr, BPART: tl.constexpr, BNORM: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pb = tl.program_id(1)
+    npb = tl.num_programs(1)
+    b = pid // H
+    h = pid % H
+    HG = H // G
+    g = h // HG
+    b64 = b.to(tl.int64)
+    row = zx_ptr + b64 * s_zx
+    xbc = row + E
+    crow = cst_ptr + b64 * cs_b
+
+    offs_n = tl.arange(0, BN)
+    mask_n = offs_n < N
+    chB = E + g * N + offs_n
+    chC = E + G * N + g * N + offs_n
+    Bv = _silu_conv(xbc, crow, cw_ptr, cb_ptr, chB, mask_n, cs_c, cs_k, K, HAS_CB)
+    Cv = _silu_conv(xbc, crow, cw_ptr, cb_ptr, chC, mask_n, cs_c, cs_k, K, HAS_CB)
+
+    dt = tl.load(row + E + CONV + h).to(tl.float32)
+    if HAS_DTB:
+        dt += tl.load(dtb_ptr + h).to(tl.float32)
+    dt = _softplus(dt)
+    if FLOOR:
+        dt = tl.maximum(dt, dt_floor)
+    decay = tl.exp(-dt * tl.exp(tl.load(alog_ptr + h).to(tl.float32)))
+
+    offs_p = pb * BP + tl.arange(0, BP)
+    mask_p = offs_p < P
+    chx = h * P + offs_p
+    x = _silu_conv(xbc, crow, cw_ptr, cb_ptr, chx, mask_p, cs_c, cs_k, K, HAS_CB)
+    _shift(xbc, crow, chx, mask_p, cs_c, cs_k, K)
+    so = b64 * s_b + h * s_h + offs_p[:, None] * s_p + offs_n[None, :] * s_n
+    mask_pn = mask_p[:, None] & mask_n[None, :]
+    st = tl.load(st_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
+    st = st * decay + (dt * x)[:, None] * Bv[None, :]
+    tl.store(st_ptr + so, st.to(st_ptr.dtype.element_ty), mask=mask_pn)
+    y = tl.sum(st * Cv[None, :], axis=1)
+    if HAS_D:
+        y += tl.load(D_ptr + h).to(tl.float32) * x
+    if GATE:
+        zv = tl.load(row + chx, mask=mask_p, other=0.0).to(tl.float32)
+        y = y * zv * tl.sigmoid(zv)
+    if NORM:
+        tl.store(hbuf_ptr + b64 * E + chx, y, mask=mask_p)
+        tl.store(part_ptr + pid * npb + pb, tl.sum(tl.where(mask_p, y * y, 0.0), axis=0))
+    else:
+        tl.store(out_ptr + b64 * E + chx, y.to(out_ptr.dtype.element_ty), mask=mask_p)
+
+    # Arrival: every program of the group has read the B, C conv state (and written its part of
+    # the scratch) before it counts in; the last one in finishes the group.
+    tl.debug_barrier()
+    arrived = tl.atomic_add(cnt_ptr + b * G + g, 1)
+    if arrived == HG * npb - 1:
+        _shift(xbc, crow, chB, mask_n, cs_c, cs_k, K)
+        _shift(xbc, crow, chC, mask_n, cs_c, cs_k, K)
+        if NORM:
+            GP = HG * P
+            offs_q = tl.arange(0, BPART)
+            parts = tl.load(part_ptr + (b * H + g * HG) * npb + offs_q, mask=offs_q < HG * npb, other=0.0,
+                            cache_modifier=".cg")
+            rstd = 1.0 / tl.sqrt(tl.sum(parts, axis=0) / GP + eps)
+            for c0 in range(0, GP, BNORM):
+                offs = c0 + tl.arange(0, BNORM)
+                m = offs < GP
+                ch = g * GP + offs
+                v = tl.load(hbuf_ptr + b64 * E + ch, mask=m, other=0.0, cache_modifier=".cg")
+                w = tl.load(nw_ptr + ch, mask=m, other=0.0).to(tl.float32)
+                tl.store(out_ptr + b64 * E + ch, (v * rstd * w).to(out_ptr.dtype.element_ty), mask=m)
+        tl.atomic_xchg(cnt_ptr + b * G + g, 0)
+
+
+_COUNTERS: dict = {}
+
+
+def _counters(device, n):
+    """Zeroed int32 arrival counters, kept per device (each launch leaves them at zero)."""
+    key = (str(device), n)
+    if key not in _COUNTERS:
+        _COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
+    return _COUNTERS[key]
+
+
+def mamba2_step_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias,
+                       norm_weight, gate, norm_eps, dt_floor, block_p=None):
+    batch, H, P, N = ssm_state.shape
+    E = H * P
+    conv_dim, K1 = conv_state.shape[1:]
+    G = (conv_dim - E) // (2 * N)
+    zx = zxbcdt if zxbcdt.stride(-1) == 1 else zxbcdt.contiguous()
+    w = conv_weight.contiguous()
+    out = torch.empty(batch, E, device=zx.device, dtype=zx.dtype)
+    BN = triton.next_power_of_2(N)
+    BP = block_p or min(triton.next_power_of_2(P), max(1, 2048 // BN))
+    npb = triton.cdiv(P, BP)
+    norm = gate == "norm"
+    hbuf = torch.empty(batch, E, device=zx.device, dtype=torch.float32) if norm else out
+    part = torch.empty(batch * H * npb, device=zx.device, dtype=torch.float32) if norm else out
+    cnt = _counters(zx.device, batch * G)
+    _mamba2_step_kernel[(batch * H, npb)](
+        zx, conv_state, w, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight,
+        out, hbuf, part, cnt,
+        zx.stride(0), *conv_state.stride(), *ssm_state.stride(),
+        E, conv_dim, H, G, P, N, float(dt_floor), float(norm_eps),
+        K=K1 + 1, HAS_CB=conv_bias is not None, HAS_D=D is not None, HAS_DTB=dt_bias is not None,
+        FLOOR=bool(dt_floor), GATE=gate is not None, NORM=norm,
+        BP=BP, BN=BN, BPART=max(2, triton.next_power_of_2(H // G * npb)),
+        BNORM=min(1024, triton.next_power_of_2(E // G)), num_warps=4)
+    return out
+
+
+@triton.jit
+def _conv_step_kernel(x_ptr, cst_ptr, w_ptr, b_ptr, y_ptr, s_x, cs_b, cs_c, cs_k, D,
+                      K: tl.constexpr, HAS_CB: tl.constexpr, BLOCK: tl.constexpr):
+    b64 = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < D
+    xrow = x_ptr + b64 * s_x
+    crow = cst_ptr + b64 * cs_b
+    y = _silu_conv(xrow, crow, w_ptr, b_ptr, offs, mask, cs_c, cs_k, K, HAS_CB)
+    _shift(xrow, crow, offs, mask, cs_c, cs_k, K)
+    tl.store(y_ptr + b64 * D + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def conv_step_triton(x, conv_state, weight, bias):
+    batch, D = x.shape
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    y = torch.empty(batch, D, device=x.device, dtype=x.dtype)
+    BLOCK = min(1024, triton.next_power_of_2(D))
+    _conv_step_kernel[(batch, triton.cdiv(D, BLOCK))](
+        x, conv_state, weight.contiguous(), bias, y, x.stride(0), *conv_state.stride(), D,
+        K=conv_state.shape[2] + 1, HAS_CB=bias is not None, BLOCK=BLOCK, num_warps=4)
+    return y
+
+
+@triton.jit
+def _rms(v, mask, n, eps):
+    v = tl.where(mask, v, 0.0)
+    return v / tl.sqrt(tl.sum(v * v, axis=0) / n + eps)
+
+
+@triton.jit
+def _mamba_ssm_kernel(
+    u_ptr, z_ptr, xd_ptr, W_ptr, dtb_ptr, dtw_ptr, bw_ptr, cw_ptr, alog_ptr, D_ptr, st_ptr, y_ptr,
+    s_u, s_z, s_xd, s_b, s_d, s_n, E, R, N, eps,
+    INNER: tl.constexpr, HAS_DTB: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    BE: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr,
+):
+    b64 = tl.program_id(0).to(tl.int64)
+    offs_e = tl.program_id(1) * BE + tl.arange(0, BE)
+    mask_e = offs_e < E
+    offs_r = tl.arange(0, BR)
+    mask_r = offs_r < R
+    offs_n = tl.arange(0, BN)
+    mask_n = offs_n < N
+    xd = xd_ptr + b64 * s_xd
+    dl = tl.load(xd + offs_r, mask=mask_r, other=0.0).to(tl.float32)
+    Bv = tl.load(xd + R + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    Cv = tl.load(xd + R + N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    if INNER > 0:  # 1: RMSNorm without weights (Falcon Mamba), 2: with weights (Jamba)
+        dl = _rms(dl, mask_r, R, eps)
+        Bv = _rms(Bv, mask_n, N, eps)
+        Cv = _rms(Cv, mask_n, N, eps)
+        if INNER == 2:
+            dl *= tl.load(dtw_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
+            Bv *= tl.load(bw_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            Cv *= tl.load(cw_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    W = tl.load(W_ptr + offs_e[:, None] * R + offs_r[None, :], mask=mask_e[:, None] & mask_r[None, :],
+                other=0.0).to(tl.float32)
+    dt = tl.sum(W * dl[None, :], axis=1)
+    if HAS_DTB:
+        dt += tl.load(dtb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    dt = _softplus(dt)
+    mask_en = mask_e[:, None] & mask_n[None, :]
+    A = -tl.exp(tl.load(alog_ptr + offs_e[:, None] * N + offs_n[None, :], mask=mask_en, other=0.0).to(tl.float32))
+    u = tl.load(u_ptr + b64 * s_u + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    so = b64 * s_b + offs_e[:, None] * s_d + offs_n[None, :] * s_n
+    st = tl.load(st_ptr + so, mask=mask_en, other=0.0).to(tl.float32)
+    st = st * tl.exp(dt[:, None] * A) + (dt * u)[:, None] * Bv[None, :]
+    tl.store(st_ptr + so, st.to(st_ptr.dtype.element_ty), mask=mask_en)
+    y = tl.sum(st * Cv[None, :], axis=1)
+    if HAS_D:
+        y += tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32) * u
+    if HAS_Z:
+        zv = tl.load(z_ptr + b64 * s_z + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+        y = y * zv * tl.sigmoid(zv)
+    tl.store(y_ptr + b64 * E + offs_e, y.to(y_ptr.dtype.element_ty), mask=mask_e)
+
+
+_INNER = {"none": 0, "unweighted": 1, "weighted": 2}
+
+
+def mamba_ssm_step_triton(state, u, x_dbl, dt_proj_weight, A_log, dt_bias, D, z, inner_norms,
+                          dt_norm_weight, b_norm_weight, c_norm_weight, inner_norm_eps):
+    batch, E, N = state.shape
+    R = dt_proj_weight.shape[1]
+    u, x_dbl, z = (t if t is None or t.stride(-1) == 1 else t.contiguous() for t in (u, x_dbl, z))
+    y = torch.empty(batch, E, device=u.device, dtype=u.dtype)
+    BR, BN = triton.next_power_of_2(R), triton.next_power_of_2(N)
+    BE = max(16, min(128, 4096 // max(BR, BN), triton.next_power_of_2(E)))
+    _mamba_ssm_kernel[(batch, triton.cdiv(E, BE))](
+        u, z, x_dbl, dt_proj_weight.contiguous(), dt_bias, dt_norm_weight, b_norm_weight, c_norm_weight,
+        A_log.contiguous(), D, state, y,
+        u.stride(0), 0 if z is None else z.stride(0), x_dbl.stride(0), *state.stride(), E, R, N,
+        float(inner_norm_eps), INNER=_INNER[inner_norms], HAS_DTB=dt_bias is not None, HAS_D=D is not None,
+        HAS_Z=z is not None, BE=BE, BR=BR, BN=BN, num_warps=4)
+    return y

@@ -1,0 +1,153 @@
+"""The fused Mamba decode steps (kernels/fused_step) against the unfused path, float32.
+
+On a CPU the Triton kernels run in Triton's interpreter (TRITON_INTERPRET=1, ARCHDSL_KERNELS=triton);
+with a GPU the same checks run the compiled kernels on CUDA tensors, where the arrival counter of the
+Mamba-2 kernel (last program of a group shifts the B/C conv state and normalises) is really concurrent.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import archdsl  # noqa: E402
+from archdsl.kernels.fused_step import mamba2_step_fused, mamba_conv_step, mamba_ssm_step_fused  # noqa: E402
+from archdsl.kernels.fused_step import naive  # noqa: E402
+from archdsl.kernels.fused_step.triton_fused_step import mamba2_step_triton  # noqa: E402
+from archdsl.model.modules.mamba import fused_step_ok  # noqa: E402
+from blockcheck import build  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(autouse=True)
+def _triton_backend(monkeypatch):
+    monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+
+
+def _close(a, b):
+    assert torch.allclose(a, b, **TOL), f"max abs err {(a - b).abs().max().item():.3g}"
+
+
+@settings(max_examples=14, deadline=None)
+@given(batch=st.integers(1, 2), G=st.sampled_from([1, 2, 3]), hpg=st.integers(1, 3), P=st.integers(1, 13),
+       N=st.integers(1, 11), K=st.integers(2, 4), gate=st.sampled_from([None, "silu", "norm"]),
+       flags=st.tuples(st.booleans(), st.booleans(), st.booleans()), floor=st.sampled_from([0.0, 0.3]),
+       block_p=st.sampled_from([None, 2, 4]), seed=st.integers(0, 2**16))
+def test_mamba2_kernel_matches_reference(batch, G, hpg, P, N, K, gate, flags, floor, block_p, seed):
+    g = torch.Generator().manual_seed(seed)
+    H = G * hpg
+    E, C = H * P, H * P + 2 * G * N
+    r = lambda *s: torch.randn(*s, generator=g).to(DEV)  # noqa: E731
+    has_d, has_bias, has_cb = flags
+    args = dict(conv_weight=r(C, K), conv_bias=r(C) if has_cb else None, A_log=r(H) * 0.5,
+                D=r(H) if has_d else None, dt_bias=r(H) if has_bias else None, norm_weight=r(E))
+    conv, ssm = r(batch, C, K - 1), r(batch, H, P, N)
+    conv2, ssm2 = conv.clone(), ssm.clone()
+    for _ in range(2):  # twice: the arrival counters must be back at zero after a launch
+        zx = r(batch, E + C + H)
+        y = mamba2_step_triton(zx, conv, args["conv_weight"], args["conv_bias"], ssm, args["A_log"], args["D"],
+                               args["dt_bias"], args["norm_weight"] if gate == "norm" else None, gate, 1e-5,
+                               floor, block_p=block_p)
+        ref = naive.mamba2_step_naive(zx, conv2, args["conv_weight"], args["conv_bias"], ssm2, args["A_log"],
+                                      args["D"], args["dt_bias"], args["norm_weight"], gate, 1e-5, floor)
+        _close(y, ref)
+        _close(ssm, ssm2)
+        assert torch.equal(conv, conv2)
+
+
+@pytest.mark.parametrize("inner", ["none", "unweighted", "weighted"])
+def test_mamba_kernels_match_reference(inner):
+    g = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=g).to(DEV)  # noqa: E731
+    batch, E, N, R, K = 2, 37, 5, 3, 3
+    xz = r(batch, 2 * E)
+    conv = r(batch, E, K - 1)
+    conv2 = conv.clone()
+    w, b = r(E, K), r(E)
+    u = mamba_conv_step(xz[:, :E], conv, w, b)  # a strided view, as in the module
+    _close(u, naive.conv_step_naive(xz[:, :E], conv2, w, b))
+    assert torch.equal(conv, conv2)
+    state = r(batch, E, N)
+    state2 = state.clone()
+    norms = (r(R), r(N), r(N)) if inner == "weighted" else (None, None, None)
+    a = (r(batch, R + 2 * N), r(E, R), r(E, N) * 0.5, r(E), r(E), xz[:, E:], inner, *norms, 1e-6)
+    y = mamba_ssm_step_fused(state, u, *a)
+    _close(y, naive.mamba_ssm_step_naive(state2, u, *a))
+    _close(state, state2)
+
+
+MAMBA2 = {"d_state": 8, "headdim": 8, "chunk_size": 4}
+
+
+@pytest.mark.parametrize("kind,args", [
+    ("mamba2", {"d_state": 5, "headdim": 6}),  # d_model 15: 5 heads of 6, nothing a power of two
+    ("mamba2", {"d_state": 8, "headdim": 10, "ngroups": 3, "bias": True}),
+    ("mamba2", {"d_state": 7, "headdim": 3, "ngroups": 5, "conv_bias": False, "d_conv": 2}),
+    ("mamba2", {"d_state": 8, "headdim": 5, "ngroups": 2, "gated_norm": False, "dt_floor": 0.05}),
+    ("mamba", {"d_state": 5}),
+    ("mamba", {"d_state": 4, "inner_norms": "weighted", "conv_bias": False, "d_conv": 2}),
+    ("mamba", {"d_state": 6, "inner_norms": "unweighted", "bias": True, "dt_rank": 3}),
+])
+def test_module_fused_step_equals_unfused(kind, args):
+    m = build(kind, args, d_model=15).float().to(DEV)
+    with torch.no_grad():  # parameters away from their inits, so every term matters
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())).to(DEV))
+    x = torch.randn(2, 4, 15, generator=torch.Generator().manual_seed(1)).to(DEV)
+    states = [m.init_state(2, DEV, torch.float32) for _ in range(2)]
+    with torch.no_grad():
+        assert fused_step_ok(m, x[:, 0])
+        for t in range(x.shape[1]):
+            outs = []
+            for fuse, s in zip((True, False), states):
+                m.fuse = fuse
+                outs.append(m.step(x[:, t], s))
+            _close(*outs)
+            for k in states[0]:
+                _close(states[0][k], states[1][k])
+
+
+def test_model_decodes_same_tokens_fused_or_not():
+    blocks = {"mamba2": {"d_state": 6, "headdim": 6, "ngroups": 2, "chunk_size": 4}, "mamba": {"d_state": 4}}
+    spec = archdsl.parse("2×mamba2, mamba", d_model=24, vocab_size=41, blocks=blocks)
+    model = archdsl.compile(spec, device=DEV, seed=0)
+    ids = torch.randint(0, 41, (2, 3), generator=torch.Generator().manual_seed(0)).to(DEV)
+    fused = model.set_fuse(True).generate(ids, 5, temperature=0)
+    plain = model.set_fuse(False).generate(ids, 5, temperature=0)
+    assert torch.equal(fused, plain)
+    cache_a, cache_b = model.init_cache(2), model.init_cache(2)
+    with torch.no_grad():
+        model(ids, cache_a), model(ids, cache_b)
+        a = model.set_fuse(True).step(fused[:, 3], cache_a)
+        b = model.set_fuse(False).step(fused[:, 3], cache_b)
+    _close(a, b)
+
+
+def test_fused_step_waits_for_no_grad():
+    """With autograd on, the step keeps the differentiable unfused path."""
+    m = build("mamba2", MAMBA2).float().to(DEV)
+    x = torch.randn(1, 16, device=DEV, requires_grad=True)
+    m.step(x, m.init_state(1, DEV, torch.float32)).sum().backward()
+    assert x.grad is not None
+
+
+def test_bad_input_names_the_argument():
+    ssm, conv = torch.zeros(1, 4, 3, 5), torch.zeros(1, 12 + 10, 3)
+    with pytest.raises(ValueError, match="zxbcdt"):
+        mamba2_step_fused(torch.zeros(1, 7), conv, torch.zeros(22, 4), None, ssm, torch.zeros(4))
+    with pytest.raises(ValueError, match="conv_state"):
+        mamba2_step_fused(torch.zeros(1, 40), torch.zeros(1, 13, 3), torch.zeros(13, 4), None, ssm, torch.zeros(4))
+    with pytest.raises(ValueError, match="gate"):
+        mamba2_step_fused(torch.zeros(1, 38), conv, torch.zeros(22, 4), None, ssm, torch.zeros(4), gate="relu")
+    with pytest.raises(ValueError, match="x_dbl"):
+        mamba_ssm_step_fused(torch.zeros(1, 4, 2), torch.zeros(1, 4), torch.zeros(1, 3), torch.zeros(4, 2),
+                             torch.zeros(4, 2))
