@@ -1,6 +1,8 @@
 """RWKV-6 (Finch) WKV: the public op and its decoding step, dispatched by device."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .._checks import expect_float, expect_same_device, expect_shape
@@ -26,8 +28,8 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
     scale = r.shape[-1] ** -0.5 if scale is None else float(scale)
     backend = backend_for(r)
     if backend == "triton":
-        from .triton_wkv6 import wkv6_triton
-        return wkv6_triton(r, k, v, w, u, scale, initial_state, output_final_state)
+        impl = _TRITON[_triton_impl(r, k, v, w, u, scale, initial_state, output_final_state)]()
+        return impl(r, k, v, w, u, scale, initial_state, output_final_state)
     impl = wkv6_chunked if backend == "torch" else wkv6_naive
     return impl(r, k, v, w, u, scale, initial_state, output_final_state)
 
@@ -46,6 +48,59 @@ def wkv6_step(state, r, k, v, w, u, scale=None):
     expect_float(state=state, r=r, k=k, v=v, w=w, u=u)
     expect_same_device(state=state, r=r, k=k, v=v, w=w, u=u)
     return wkv6_step_naive(state, r, k, v, w, u, scale)
+
+
+def _serial():
+    from .triton_wkv6 import wkv6_triton
+    return wkv6_triton
+
+
+def _chunked():
+    from .triton_wkv6_chunked import wkv6_triton_chunked
+    return wkv6_triton_chunked
+
+
+_TRITON = {"serial": _serial, "chunked": _chunked}
+_CHOICE: dict[tuple, str] = {}
+
+
+def _triton_impl(r, k, v, w, u, scale, h0, output_final_state) -> str:
+    """`ARCHDSL_WKV6_IMPL=serial|chunked` if set; on CUDA the faster of the two, timed once per case.
+
+    Which one wins depends on B·H against the chip's size and on T, so it is measured, not guessed;
+    the timing costs a fraction of a second once per (shapes, dtype, grad, initial state).
+    """
+    forced = os.environ.get("ARCHDSL_WKV6_IMPL", "").strip().lower()
+    if forced:
+        if forced not in _TRITON:
+            raise ValueError(f"ARCHDSL_WKV6_IMPL={forced!r}: expected one of {', '.join(_TRITON)}")
+        return forced
+    if r.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return "serial"
+    xs = (r, k, v, w, u) + ((h0,) if h0 is not None else ())
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in xs)
+    key = (r.shape, v.shape[-1], r.dtype, r.device, grad, h0 is not None, output_final_state)
+    if key not in _CHOICE:
+        _CHOICE[key] = min(_TRITON, key=lambda name: _time(_TRITON[name](), xs, scale, output_final_state, grad))
+    return _CHOICE[key]
+
+
+def _time(impl, xs, scale, output_final_state, grad) -> float:
+    from triton.testing import do_bench
+
+    xs = [x.detach().requires_grad_(grad and x.requires_grad) for x in xs]
+    leaves = [x for x in xs if x.requires_grad]
+    h0 = xs[5] if len(xs) > 5 else None
+
+    def go():
+        o, _ = impl(*xs[:5], scale, h0, output_final_state)
+        if leaves:
+            torch.autograd.grad(o, leaves, torch.ones_like(o))
+    try:
+        with torch.enable_grad():
+            return do_bench(go, warmup=5, rep=20, return_mode="median")
+    except Exception:  # a kernel that fails to build on this Triton must not break the op: the other one runs
+        return float("inf")
 
 
 def _check(r, k, v, w, u, initial_state):

@@ -28,6 +28,14 @@ def triton_wkv6(*a, **kw):
     return wkv6_triton(*a, **kw)
 
 
+def triton_chunked(*a, **kw):
+    from archdsl.kernels.wkv6.triton_wkv6_chunked import wkv6_triton_chunked
+    return wkv6_triton_chunked(*a, **kw)
+
+
+IMPLS = {"chunked": wkv6_chunked, "triton": triton_wkv6, "triton_chunked": triton_chunked}
+
+
 def run(fn, xs, with_h0, seed=1):
     """Outputs, final state and gradients of every differentiable input for a random loss."""
     xs = [x.detach().clone().requires_grad_() for x in xs]
@@ -68,19 +76,41 @@ def test_triton_matches_naive(case):
     close(run(triton_wkv6, [x.float() for x in xs], with_h0), want, 2e-4, "triton")
 
 
-@pytest.mark.parametrize("impl", ["chunked", "triton"])
-def test_fast_decay_never_overflows(impl):
-    """Per-step log-decays down to -60: a chunk-wide exp(-cumsum) would be inf."""
-    xs = make(1, 40, 2, 16, 16, 3, decay=20.0)
-    fn = wkv6_chunked if impl == "chunked" else triton_wkv6
-    got = run(fn, [x.float() for x in xs], True)
+# T = 131 spans three 64-token chunks of triton_chunked and ends inside its third sub-chunk
+fixed = [(1, 1, 1, 16, 16, True), (2, 37, 2, 20, 24, False), (1, 131, 1, 33, 5, True), (2, 64, 1, 16, 16, True),
+         (1, 67, 2, 24, 40, False)]
+
+
+@pytest.mark.parametrize("impl", ["triton", "triton_chunked"])
+@pytest.mark.parametrize("case", fixed, ids=str)
+def test_triton_fixed_shapes_match_naive(impl, case):
+    B, T, H, K, V, with_h0 = case
+    xs = make(B, T, H, K, V, T)
+    close(run(IMPLS[impl], [x.float() for x in xs], with_h0), run(wkv6_naive, xs, with_h0), 2e-4, impl)
+
+
+@settings(max_examples=6, deadline=None)
+@given(shapes, st.sampled_from([0, 64, 113]))
+def test_triton_chunked_matches_naive(case, extra):
+    B, T, H, K, V, with_h0, seed = case
+    xs = make(B, T + extra, H, K, V, seed)
+    close(run(triton_chunked, [x.float() for x in xs], with_h0), run(wkv6_naive, xs, with_h0), 2e-4, "chunked")
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton", "triton_chunked"])
+@pytest.mark.parametrize("decay", [20.0, 60.0])
+def test_fast_decay_never_overflows(impl, decay):
+    """Per-step log-decays down to -60 and below: a chunk-wide exp(-cumsum) would be inf."""
+    xs = make(1, 70, 2, 16, 16, 3, decay=decay)
+    assert xs[3].min() < -60
+    got = run(IMPLS[impl], [x.float() for x in xs], True)
     assert all(torch.isfinite(t).all() for t in got)
     close(got, run(wkv6_naive, xs, True), 2e-4, impl)
 
 
-@pytest.mark.parametrize("impl", ["chunked", "triton"])
+@pytest.mark.parametrize("impl", ["chunked", "triton", "triton_chunked"])
 def test_split_scan_equals_full(impl):
-    fn = wkv6_chunked if impl == "chunked" else triton_wkv6
+    fn = IMPLS[impl]
     r, k, v, w, u, h0 = make(2, 35, 2, 16, 16, 5, dtype=torch.float32)
     o, ht = fn(r, k, v, w, u, 0.25, h0, True)
     o1, h1 = fn(r[:, :19], k[:, :19], v[:, :19], w[:, :19], u, 0.25, h0, True)
@@ -94,6 +124,26 @@ def test_step_matches_parallel():
     state = h0.clone()
     steps = [wkv6_step(state, r[:, t], k[:, t], v[:, t], w[:, t], u) for t in range(23)]
     close([torch.stack(steps, 1), state], [o, ht], 1e-12, "step")
+
+
+@pytest.mark.parametrize("which", ["serial", "chunked"])
+def test_public_op_runs_the_forced_triton_implementation(which, monkeypatch):
+    from archdsl.kernels.wkv6 import op
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or the Triton interpreter")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ran = []
+    for name, load in list(op._TRITON.items()):
+        monkeypatch.setitem(op._TRITON, name, lambda name=name, load=load: ran.append(name) or load())
+    monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+    monkeypatch.setenv("ARCHDSL_WKV6_IMPL", which)
+    r, k, v, w, u, h0 = make(1, 70, 2, 16, 8, 4, dtype=torch.float32, device=device)
+    o, ht = wkv6(r, k, v, w, u, initial_state=h0, output_final_state=True)
+    assert ran == [which]
+    close([o, ht], list(wkv6_naive(r, k, v, w, u, 0.25, h0, True)), 2e-4, which)
+    monkeypatch.setenv("ARCHDSL_WKV6_IMPL", "fast")
+    with pytest.raises(ValueError, match="ARCHDSL_WKV6_IMPL"):
+        wkv6(r, k, v, w, u)
 
 
 def test_public_op_dispatches_and_defaults_scale():
@@ -122,17 +172,20 @@ def gpu_case(B, T, H, K, V, dtype, seed=0):
 
 @cuda
 @pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["triton", "triton_chunked"])
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 3e-2), (torch.float32, 1e-3)])
-def test_gpu_full_size_vs_float64(dtype, tol):
+def test_gpu_full_size_vs_float64(dtype, tol, impl):
     xs = gpu_case(4, 4096, 32, 64, 64, dtype)
     want = run(wkv6_chunked, [x.double() for x in xs], True)
-    close(run(triton_wkv6, xs, True), want, tol, f"full {dtype}")
+    close(run(IMPLS[impl], xs, True), want, tol, f"{impl} full {dtype}")
 
 
 @cuda
 @pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["triton", "triton_chunked"])
 @pytest.mark.parametrize("T", [131072, 1 << 20])
-def test_gpu_long_sequences(T):
+def test_gpu_long_sequences(T, impl):
+    triton_wkv6 = IMPLS[impl]
     xs = gpu_case(1, T, 2, 64, 64, torch.bfloat16)
     o, ht = triton_wkv6(*xs[:5], 0.125, xs[5], True)
     assert torch.isfinite(o).all() and torch.isfinite(ht).all()
@@ -150,3 +203,16 @@ def test_gpu_step_matches_parallel_bf16():
     state = h0.float().clone()
     steps = torch.stack([wkv6_step(state, r[:, t], k[:, t], v[:, t], w[:, t], u) for t in range(4096)], 1)
     close([steps, state], [o, ht], 2e-2, "step bf16")
+
+
+@cuda
+@pytest.mark.gpu
+def test_gpu_choice_is_timed_once_and_cached(monkeypatch):
+    from archdsl.kernels.wkv6 import op
+    monkeypatch.delenv("ARCHDSL_WKV6_IMPL", raising=False)
+    monkeypatch.setattr(op, "_CHOICE", {})
+    r, k, v, w, u, h0 = gpu_case(2, 1000, 4, 64, 64, torch.bfloat16)
+    o1, _ = wkv6(r, k, v, w, u, initial_state=h0)
+    (choice,) = op._CHOICE.values()
+    o2, _ = wkv6(r, k, v, w, u, initial_state=h0)
+    assert choice in ("serial", "chunked") and len(op._CHOICE) == 1 and torch.equal(o1, o2)
