@@ -115,7 +115,9 @@ def train(name, batch, seq, steps):
 
 
 @torch.no_grad()
-def decode(name, contexts, steps=64):
+def decode(name, contexts, steps=64, fuses=(True,)):
+    """Per-token decode times; one row per (context, fuse) -- fuse=False is the unfused step
+    (per-op kernels, no add+RMSNorm kernel, no fused Mamba step kernels)."""
     spec = build_spec(name)
     cuda = DEVICE == "cuda"
     model = archdsl.compile(spec, device=DEVICE, dtype=torch.bfloat16 if cuda else torch.float32, seed=0,
@@ -123,22 +125,25 @@ def decode(name, contexts, steps=64):
     rows = []
     for ctx in contexts:
         prompt = torch.randint(0, spec.vocab_size, (1, ctx), device=DEVICE)
-        graph_ms = float("nan")
-        if cuda:
-            runner = model._graph_runner(1, ctx + steps + 8)
-            runner.cache.reset()
-            tok = model(prompt, runner.cache)[:, -1].argmax(-1)
-            graph_ms = median_ms(lambda: runner(tok), steps)
-            del runner
-            model._graphs = {}
-        eager_cache = model.init_cache(1, max_len=ctx + steps + 8)
-        tok = model(prompt, eager_cache)[:, -1].argmax(-1)
-        eager_ms = median_ms(lambda: model.step(tok, eager_cache), min(steps, 32))
-        rows.append(dict(model=name, ctx=ctx, graph_ms=graph_ms, eager_ms=eager_ms,
-                         cache_mib=archdsl.analyze(spec, seq_len=ctx).cache_bytes / 2**20))
-        del eager_cache
-        if cuda:
-            torch.cuda.empty_cache()
+        for fuse in fuses:
+            model.set_fuse(fuse)
+            graph_ms = float("nan")
+            if cuda:
+                model._graphs = {}  # captured with the fuse setting of the moment
+                runner = model._graph_runner(1, ctx + steps + 8)
+                runner.cache.reset()
+                tok = model(prompt, runner.cache)[:, -1].argmax(-1)
+                graph_ms = median_ms(lambda: runner(tok), steps)
+                del runner
+                model._graphs = {}
+            eager_cache = model.init_cache(1, max_len=ctx + steps + 8)
+            tok = model(prompt, eager_cache)[:, -1].argmax(-1)
+            eager_ms = median_ms(lambda: model.step(tok, eager_cache), min(steps, 32))
+            rows.append(dict(model=name, ctx=ctx, fuse=fuse, graph_ms=graph_ms, eager_ms=eager_ms,
+                             cache_mib=archdsl.analyze(spec, seq_len=ctx).cache_bytes / 2**20))
+            del eager_cache
+            if cuda:
+                torch.cuda.empty_cache()
     return rows
 
 
@@ -157,6 +162,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json")
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=None,
+                    help="decode only fused (--fuse) or only unfused (--no-fuse); default: both, printed side by side")
     ap.add_argument("--device", default="cuda", help="cpu runs a smoke test of this script at tiny sizes")
     args = ap.parse_args()
     global DEVICE
@@ -175,15 +182,26 @@ def main():
             print(f"train {r['model']:<12} {r['params'] / 1e9:5.2f}B ({r['active'] / 1e9:.2f}B active)  "
                   f"{r['tokens_per_s']:>9,.0f} tok/s  MFU {100 * r['mfu']:5.1f}%  "
                   f"loss {r['loss_first']:.2f} → {r['loss_last']:.2f}  peak {r['peak_gib']:.1f} GiB", flush=True)
+    fuses = (True, False) if args.fuse is None else (args.fuse,)
     for name in MODELS:
-        for r in decode(name, contexts):
+        for r in decode(name, contexts, fuses=fuses):
             out["decode"].append(r)
-            print(f"decode {r['model']:<12} ctx {r['ctx']:>6}  graph {r['graph_ms']:7.3f} ms/token  "
+            print(f"decode {r['model']:<12} ctx {r['ctx']:>6}  {'fused  ' if r['fuse'] else 'unfused'}  graph {r['graph_ms']:7.3f} ms/token  "
                   f"eager {r['eager_ms']:7.3f} ms/token  cache {r['cache_mib']:8.1f} MiB", flush=True)
-    by = {(r["model"], r["ctx"]): r["graph_ms"] for r in out["decode"]}
-    m2 = by[("mamba2-1.3b", 65536)] / by[("mamba2-1.3b", 1024)]
-    vs = by[("llama-1.3b", 65536)] / by[("mamba2-1.3b", 65536)]
-    print(f"mamba2 decode 64K/1K = {m2:.3f} (target ≤ 1.05); llama/mamba2 per-token time at 64K = {vs:.2f}× (target ≥ 4)")
+    hi, lo = contexts[-1], contexts[0]
+    for fuse in fuses:
+        by = {(r["model"], r["ctx"]): r["graph_ms"] for r in out["decode"] if r["fuse"] == fuse}
+        m2 = by[("mamba2-1.3b", hi)] / by[("mamba2-1.3b", lo)]
+        vs = by[("llama-1.3b", hi)] / by[("mamba2-1.3b", hi)]
+        print(f"{'fused' if fuse else 'unfused'}: mamba2 decode {hi}/{lo} = {m2:.3f} (target ≤ 1.05); "
+              f"llama/mamba2 per-token time at {hi} = {vs:.2f}× (target ≥ 4)")
+    if len(fuses) == 2:
+        for r in out["decode"]:
+            if r["fuse"] and r["model"] != "llama-1.3b":
+                plain = next(q for q in out["decode"] if q["model"] == r["model"] and q["ctx"] == r["ctx"]
+                             and not q["fuse"])
+                print(f"fusion gain {r['model']:<12} ctx {r['ctx']:>6}: graph {plain['graph_ms'] / r['graph_ms']:.2f}×  "
+                      f"eager {plain['eager_ms'] / r['eager_ms']:.2f}×")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
