@@ -12,6 +12,8 @@ Floor (H200: 4.2 TB/s, ~680 TFLOP/s bf16), per (batch, head, token), K = V = 64,
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 HBM, PEAK = 4.2e12, 680e12
@@ -45,7 +47,31 @@ def wkv6_rows(quick=False):
     return list(_wkv6_rows(quick))
 
 
+def _forced(impl, fn):
+    """fn run with ARCHDSL_WKV6_IMPL=impl (the op reads it at every call)."""
+    def go():
+        old = os.environ.get("ARCHDSL_WKV6_IMPL")
+        os.environ["ARCHDSL_WKV6_IMPL"] = impl
+        try:
+            fn()
+        finally:
+            if old is None:
+                del os.environ["ARCHDSL_WKV6_IMPL"]
+            else:
+                os.environ["ARCHDSL_WKV6_IMPL"] = old
+    return go
+
+
+def _bench_or_nan(fn):
+    try:
+        return _bench(fn)
+    except Exception as e:  # one implementation failing to build must not hide the other's figures
+        print(f"# failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        return float("nan")
+
+
 def _wkv6_rows(quick):
+    """Both Triton implementations, each forced, against fla; rows come out as they are measured."""
     from archdsl.kernels.wkv6 import wkv6
     try:
         from fla.ops.rwkv6 import chunk_rwkv6
@@ -56,13 +82,14 @@ def _wkv6_rows(quick):
         xs = _wkv6_inputs(B, T, H, K)
         n = B * T * H
         for mode, nbytes, flops in (("fwd", 640, 20.5e3), ("fwd+bwd", 2240, 61.5e3)):
-            ours = (lambda: wkv6(*xs)) if mode == "fwd" else _fwd_bwd(wkv6, xs)
-            peer = None
+            peer_ms = None
             if chunk_rwkv6 is not None:
-                peer = (lambda: chunk_rwkv6(*xs)) if mode == "fwd" else _fwd_bwd(chunk_rwkv6, xs)
-            yield (dict(op="wkv6", shape=f"B={B} T={T} H={H} K=V={K}", mode=mode, ours_ms=_bench(ours),
-                             peer="fla chunk_rwkv6", peer_ms=_bench(peer) if peer else None,
-                             floor_ms=_floor_ms(n * nbytes, n * flops), floor_note="HBM bytes"))
+                peer_ms = _bench_or_nan((lambda: chunk_rwkv6(*xs)) if mode == "fwd" else _fwd_bwd(chunk_rwkv6, xs))
+            for impl in ("serial", "chunked"):
+                ours = (lambda: wkv6(*xs)) if mode == "fwd" else _fwd_bwd(wkv6, xs)
+                yield dict(op=f"wkv6 {impl}", shape=f"B={B} T={T} H={H} K=V={K}", mode=mode,
+                           ours_ms=_bench_or_nan(_forced(impl, ours)), peer="fla chunk_rwkv6", peer_ms=peer_ms,
+                           floor_ms=_floor_ms(n * nbytes, n * flops), floor_note="HBM bytes")
 
 
 def wkv4_rows(quick=False):
@@ -90,10 +117,10 @@ if __name__ == "__main__":
     import sys
 
     sys.stdout.reconfigure(line_buffering=True)
-    print(f"{'op':6} {'shape':28} {'mode':8} {'ours ms':>9} {'peer ms':>9} {'ours/peer':>9} {'floor ms':>9} {'%floor':>7}  peer")
+    print(f"{'op':13} {'shape':28} {'mode':8} {'ours ms':>9} {'peer ms':>9} {'ours/peer':>9} {'floor ms':>9} {'%floor':>7}  peer")
     quick = "--quick" in sys.argv
     for r in itertools.chain(_wkv6_rows(quick), itertools.chain.from_iterable(map(wkv4_rows, [quick]))):
         ratio = f"{r['ours_ms'] / r['peer_ms']:.2f}" if r["peer_ms"] else "-"
         peer_ms = f"{r['peer_ms']:.3f}" if r["peer_ms"] else "-"
-        print(f"{r['op']:6} {r['shape']:28} {r['mode']:8} {r['ours_ms']:9.3f} {peer_ms:>9} {ratio:>9} "
+        print(f"{r['op']:13} {r['shape']:28} {r['mode']:8} {r['ours_ms']:9.3f} {peer_ms:>9} {ratio:>9} "
               f"{r['floor_ms']:9.3f} {100 * r['floor_ms'] / r['ours_ms']:6.1f}%  {r['peer']}")

@@ -133,7 +133,9 @@ def _carry(hs, glast, s0, s_end, T, K: tl.constexpr, V: tl.constexpr, BK: tl.con
     if HAS_S0:
         S += tl.load(s0 + p0, mask=m, other=0.0).to(tl.float32)
     for i in range(0, N):
-        n = (N - 1 - i) if REVERSE else i
+        n = i
+        if REVERSE:
+            n = N - 1 - i
         p = p0 + (i_bh * (N - 1) + n) * K * V  # row i_bh·N + n of the [B·H·N, K, V] buffer
         d = tl.load(hs + p, mask=m, other=0.0)
         g = tl.load(glast + (i_bh * N + n) * K + ok, mask=ok < K, other=0.0)
