@@ -65,15 +65,16 @@ _CHOICE: dict[tuple, str] = {}
 
 
 def _triton_impl(r, k, v, w, u, scale, h0, output_final_state) -> str:
-    """`ARCHDSL_WKV6_IMPL=serial|chunked` if set; on CUDA the faster of the two, timed once per case.
+    """`ARCHDSL_WKV6_IMPL=serial|chunked|auto`; auto: on CUDA the faster of the two, timed once per case.
 
     Which one wins depends on B·H against the chip's size and on T, so it is measured, not guessed;
     the timing costs a fraction of a second once per (shapes, dtype, grad, initial state).
+    The default is serial until the chunked kernels' GPU tests have passed on a real card.
     """
-    forced = os.environ.get("ARCHDSL_WKV6_IMPL", "").strip().lower()
-    if forced:
+    forced = os.environ.get("ARCHDSL_WKV6_IMPL", "serial").strip().lower()
+    if forced != "auto":
         if forced not in _TRITON:
-            raise ValueError(f"ARCHDSL_WKV6_IMPL={forced!r}: expected one of {', '.join(_TRITON)}")
+            raise ValueError(f"ARCHDSL_WKV6_IMPL={forced!r}: expected one of {', '.join(_TRITON)}, auto")
         return forced
     if r.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return "serial"

@@ -209,7 +209,7 @@ def test_gpu_step_matches_parallel_bf16():
 @pytest.mark.gpu
 def test_gpu_choice_is_timed_once_and_cached(monkeypatch):
     from archdsl.kernels.wkv6 import op
-    monkeypatch.delenv("ARCHDSL_WKV6_IMPL", raising=False)
+    monkeypatch.setenv("ARCHDSL_WKV6_IMPL", "auto")
     monkeypatch.setattr(op, "_CHOICE", {})
     r, k, v, w, u, h0 = gpu_case(2, 1000, 4, 64, 64, torch.bfloat16)
     o1, _ = wkv6(r, k, v, w, u, initial_state=h0)
