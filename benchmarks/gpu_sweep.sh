@@ -28,8 +28,8 @@ stage() {  # stage NAME SECONDS COMMAND...
     echo "rc=$? after $((SECONDS - t0))s" | tee -a "$OUTDIR/$name.log"
     tail -n "${TAIL:-25}" "$OUTDIR/$name.log"
 }
-TESTS=${TESTS:-tests/kernels/test_ssd.py tests/kernels/test_selective_scan.py tests/kernels/test_conv1d.py tests/model/test_model.py}
-stage gpu_tests "${T_TESTS:-130}" python3 -P -m pytest -q -m gpu -p no:cacheprovider --timeout 60 $TESTS
+TESTS=${TESTS:-tests/model/test_fused_step.py tests/kernels/test_wkv6.py tests/kernels/test_ssd.py tests/kernels/test_selective_scan.py tests/kernels/test_conv1d.py tests/model/test_model.py}
+stage gpu_tests "${T_TESTS:-240}" python3 -P -m pytest -v -m gpu -p no:cacheprovider --timeout 60 $TESTS
 stage bench_ssd "${T_SSD:-110}" python3 -P benchmarks/kernels.py --only kernels_ssd --json "$OUTDIR/ssd.json"
 stage bench_wkv6 "${T_WKV:-80}" python3 -P benchmarks/kernels.py --only kernels_wkv6 --json "$OUTDIR/wkv6.json"
 stage bench_scan "${T_SCAN:-60}" python3 -P benchmarks/kernels.py --only kernels_selective_scan --quick --json "$OUTDIR/scan.json"
