@@ -251,8 +251,10 @@ def test_static_cache_decoding(spec, seed):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graph_generate_matches_eager():
-    spec = archdsl.parse("mamba2, attn+moe, mamba+mlp, attn(window=4)", d_model=64, vocab_size=101,
+@pytest.mark.parametrize("layout", ["mamba2, attn+moe, mamba+mlp, attn(window=4)",
+                                    "3×mamba2, zamba(shared, heads=4, lora=4) at 0 2"])
+def test_cuda_graph_generate_matches_eager(layout):
+    spec = archdsl.parse(layout, d_model=64, vocab_size=101,
                          blocks={**SMALL, "mamba2": {"d_state": 16, "headdim": 16}})
     ids = torch.randint(0, 101, (2, 5), device="cuda")
     eager = archdsl.compile(spec, device="cuda", dtype=torch.float32)

@@ -129,6 +129,8 @@ class Zamba(nn.Module):
         """x [B, L, d], ctx emb [B, L, d] and use → [B, L, d]; with `state`, attends over its
         cache too and appends this chunk's keys and values."""
         emb, use = self._ctx(ctx)
+        if state is not None and state["static"] and state["n"] > 0 and x.shape[1] > 1:
+            return torch.stack([self.step(x[:, t], state, emb=emb[:, t], use=use) for t in range(x.shape[1])], dim=1)
         at = self.self_attn
         Bsz, L, _ = x.shape
         z = self.input_layernorm(torch.cat([x, emb.to(x.dtype)], dim=-1))
@@ -136,6 +138,8 @@ class Zamba(nn.Module):
         q = q.view(Bsz, L, at.heads, at.head_dim).transpose(1, 2)
         k = k.view(Bsz, L, at.kv_heads, at.head_dim).transpose(1, 2)
         v = v.view(Bsz, L, at.kv_heads, at.head_dim).transpose(1, 2)
+        if state is not None and state["static"] and L == 1:  # one decode token, fixed buffers
+            return self._ffn(at.o_proj(self._static_step(q, k, v, state).reshape(Bsz, -1))[:, None], use)
         n0 = state["n"] if state is not None else 0
         q, k = self._rope(q, k, torch.arange(n0, n0 + L, device=x.device))
         mask, causal = None, True
@@ -152,6 +156,21 @@ class Zamba(nn.Module):
             self._append(state, k, v)
         return self._ffn(at.o_proj(o.transpose(1, 2).reshape(Bsz, L, -1)), use)
 
+    def _static_step(self, q, k, v, state):
+        """q, k, v [B, heads|kv, 1, hd] of one token → attention output [B, heads, 1, hd], with the
+        position in a tensor and the buffers never reallocated, so a CUDA graph can replay it."""
+        at = self.self_attn
+        pos = state["pos"]
+        q, k = self._rope(q, k, pos.view(1))
+        state["k"].index_copy_(2, pos.view(1), k)
+        state["v"].index_copy_(2, pos.view(1), v)
+        cap = state["k"].shape[2]
+        valid = (torch.arange(cap, device=q.device) <= pos).view(1, 1, 1, cap)
+        pos.add_(1)
+        state["n"] += 1
+        return F.scaled_dot_product_attention(q, state["k"], state["v"], attn_mask=valid,
+                                              scale=(at.head_dim / 2) ** -0.5, enable_gqa=at.heads != at.kv_heads)
+
     def _rope(self, q, k, pos):
         if not self.cfg.rope:
             return q, k
@@ -160,9 +179,12 @@ class Zamba(nn.Module):
 
     @staticmethod
     def _append(state, k, v):
-        """Write k, v [B, kv, L, hd] after the cache's n tokens, growing its capacity by doubling."""
+        """Write k, v [B, kv, L, hd] after the cache's n tokens, growing its capacity by doubling
+        (a static cache only fills, and refuses to outgrow its max_len)."""
         n, L = state["n"], k.shape[2]
         if state["k"].shape[2] < n + L:
+            if state["static"]:
+                raise RuntimeError(f"zamba cache full: capacity {state['k'].shape[2]}, need {n + L}")
             cap = max(n + L, 2 * state["k"].shape[2], 16)
             for name in ("k", "v"):
                 old = state[name]
@@ -172,6 +194,7 @@ class Zamba(nn.Module):
         state["k"][:, :, n:n + L] = k
         state["v"][:, :, n:n + L] = v
         state["n"] = n + L
+        state["pos"].fill_(n + L)
 
     # --- recurrent -----------------------------------------------------------------------
     def step(self, x, state, **ctx):
@@ -179,8 +202,12 @@ class Zamba(nn.Module):
         emb, use = self._ctx(ctx)
         return self.forward(x[:, None], state, emb=emb[:, None], use=use)[:, 0]
 
-    def init_state(self, batch, device, dtype):
+    def init_state(self, batch, device, dtype, max_len=None, static=False):
+        """KV cache [B, kv_heads, capacity, head_dim]: grows by doubling, or with `static` is
+        allocated at max_len once and addressed through the position tensor (CUDA graphs)."""
         at = self.self_attn
-        shape = (batch, at.kv_heads, 0, at.head_dim)
-        return {"k": torch.zeros(shape, device=device, dtype=dtype),
-                "v": torch.zeros(shape, device=device, dtype=dtype), "n": 0}
+        if static and not max_len:
+            raise ValueError("a static zamba cache needs max_len")
+        shape = (batch, at.kv_heads, max_len if static else 0, at.head_dim)
+        return {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype),
+                "pos": torch.zeros((), device=device, dtype=torch.long), "n": 0, "static": static}
