@@ -63,18 +63,10 @@ class Layer(nn.Module):
         self.aux_loss = None
 
     def init_state(self, batch, device, dtype, max_len=None, static=False):
-        states = {}
-        for role, m in ((INJECT, self.inject), (MIXER, self.mixer), (FFN, self.ffn)):
-            if m is None:
-                continue
-            kw = {}
-            params = m.init_state.__code__.co_varnames[:m.init_state.__code__.co_argcount]
-            if "max_len" in params:
-                kw["max_len"] = max_len
-            if "static" in params:
-                kw["static"] = static
-            states[role] = m.init_state(batch, device, dtype, **kw)
-        return states
+        """Each block's decode state by role. `max_len` / `static` matter to caches that grow
+        (attention, zamba); fixed-size states (SSM, conv, shift) ignore them."""
+        return {role: m.init_state(batch, device, dtype, max_len=max_len, static=static)
+                for role, m in ((INJECT, self.inject), (MIXER, self.mixer), (FFN, self.ffn)) if m is not None}
 
     def forward(self, h, delta, states=None, emb=None, step=False):
         """h [B, L, d] (or [B, d] with step=True), the pending residual delta (or None) →

@@ -158,6 +158,6 @@ class Mamba(nn.Module):
                                  inner_norm_eps=self.cfg.inner_norm_eps)
         return self.out_proj(y)
 
-    def init_state(self, batch, device, dtype):
+    def init_state(self, batch, device, dtype, max_len=None, static=False):
         return {"conv": torch.zeros(batch, self.E, self.K - 1, device=device, dtype=dtype),
                 "ssm": torch.zeros(batch, self.E, self.N, device=device, dtype=state_dtype(dtype))}

@@ -131,6 +131,6 @@ class Mamba2(nn.Module):
                               norm_eps=self.cfg.norm_eps, dt_floor=self.cfg.dt_floor)
         return self.out_proj(y)
 
-    def init_state(self, batch, device, dtype):
+    def init_state(self, batch, device, dtype, max_len=None, static=False):
         return {"conv": torch.zeros(batch, self.conv_dim, self.K - 1, device=device, dtype=dtype),
                 "ssm": torch.zeros(batch, self.H, self.P, self.N, device=device, dtype=state_dtype(dtype))}

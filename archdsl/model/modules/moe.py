@@ -156,5 +156,5 @@ class Moe(nn.Module):
             out = out + self.shared_expert(x)
         return out
 
-    def init_state(self, batch, device, dtype):
+    def init_state(self, batch, device, dtype, max_len=None, static=False):
         return None
