@@ -104,14 +104,29 @@ def load_spec(spec: str | os.PathLike) -> Spec:
     if isinstance(spec, Spec):
         return spec
     text = os.fspath(spec)
-    if os.path.isdir(text) and os.path.exists(os.path.join(text, "spec.yaml")):
+    if os.path.isdir(text):
+        if not os.path.exists(os.path.join(text, "spec.yaml")):
+            raise ArchDSLError(f"{text} is a directory without spec.yaml (not a saved archdsl model)")
         text = os.path.join(text, "spec.yaml")
     if os.path.isfile(text):
-        with open(text, encoding="utf-8") as f:
-            return spec_from_yaml(f.read(), file=text)
+        return spec_from_yaml(read_text(text), file=text)
     if text.endswith((".yaml", ".yml")):
         raise ArchDSLError(f"no such spec file: {text}")
     return parse(text)
+
+
+def read_text(path: str) -> str:
+    """A file's text as UTF-8; unreadable or binary files end in ArchDSLError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ArchDSLError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ArchDSLError(f"not a UTF-8 text file (byte {e.start}: 0x{data[e.start]:02x})", file=path, line=line) from None
 
 
 def read_yaml(text: str, file: str):

@@ -92,3 +92,12 @@ def test_python_dash_m_and_help():
         assert cmd in r.stdout
     r = subprocess.run([sys.executable, "-m", "archdsl", "show", "4×nope"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_binary_files_and_bare_directories_are_refused(tmp_path, capsys):
+    f = tmp_path / "bin.yaml"
+    f.write_bytes(b"layout: 4\x9f\xff mamba2\n")
+    code, _, err = run("check", str(f), capsys=capsys)
+    assert code == 2 and "not a UTF-8 text file" in err and "Traceback" not in err
+    code, _, err = run("check", str(tmp_path), capsys=capsys)
+    assert code == 2 and "directory without spec.yaml" in err

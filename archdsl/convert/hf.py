@@ -24,11 +24,10 @@ def read_hf_config(path: str | os.PathLike) -> dict:
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
+    from ..spec import read_text
+
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise ArchDSLError(f"cannot read Hugging Face config: {e.strerror}", file=path) from None
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise ArchDSLError(f"not valid JSON: {e.msg}", file=path, line=e.lineno, col=e.colno) from None
     if not isinstance(data, dict):

@@ -75,7 +75,7 @@ def checkpoint_files(path: str) -> list[str]:
             with open(index, encoding="utf-8") as f:
                 weight_map = json.load(f)["weight_map"]
             shards = sorted(set(weight_map.values()))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # ValueError: bad JSON or UTF-8
             raise ArchDSLError("malformed safetensors index: expected {\"weight_map\": {tensor: shard}}",
                                file=index) from None
         files = []

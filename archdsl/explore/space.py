@@ -33,7 +33,7 @@ import yaml
 
 from ..blocks import BLOCKS, MIXER
 from ..errors import ArchDSLError, Source, did_you_mean
-from ..spec import Spec, _positions, load_spec, read_yaml, spec_from_yaml
+from ..spec import Spec, _positions, load_spec, read_text, read_yaml, spec_from_yaml
 
 PLACEMENTS = ("even", "every", "front", "back", "sandwich")
 OFFSET_NAMES = ("first", "mid", "last")
@@ -275,8 +275,7 @@ def load_space(path_or_text: str | os.PathLike | dict) -> Space:
         return space_from_dict(path_or_text)
     text = os.fspath(path_or_text)
     if os.path.isfile(text):
-        with open(text, encoding="utf-8") as f:
-            return space_from_yaml(f.read(), file=text)
+        return space_from_yaml(read_text(text), file=text)
     if text.endswith((".yaml", ".yml")):
         raise ArchDSLError(f"no such space file: {text}")
     return space_from_yaml(text)
