@@ -184,6 +184,11 @@ def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
     blocks = data.get("blocks") or {}
     if not isinstance(blocks, dict) or not all(isinstance(v, dict) for v in blocks.values()):
         raise err("blocks must map a block kind or alias to a mapping of arguments", ("blocks",))
+    for kind, args in blocks.items():
+        for name in [kind, *args]:
+            if not isinstance(name, str):
+                where = ("blocks", str(kind)) + ((str(name),) if name is not kind else ()) + ("<key>",)
+                raise err(f"blocks: {name!r} is not a name (block kinds and arguments are words)", where)
     spec = Spec(layout=layout, blocks={str(k): v for k, v in blocks.items()},
                 source=layout_source, positions=positions, **values)
     return _checked(spec)
