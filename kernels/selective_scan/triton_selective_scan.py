@@ -10,8 +10,15 @@ states of a chunk from its checkpoint, and runs the adjoint recurrence
 k_t = C_t dy_t + exp(delta_{t+1} A) k_{t+1} as a reversed scan. B/C gradients are
 sums over channels and go out through fp32 atomics; A, D and delta_bias gradients
 are per-(batch, block) partials summed by torch.
+
+A second backward (`ss_bwd_lanes`, chosen by ARCHDSL_SCAN_BWD=lanes) uses the lanes
+forward's layout: a channel per thread, its adjoint run in reverse over time from the
+same checkpoints, two exps per element (one per recompute pass, no shifted exp), and
+dB/dC as per-program partials instead of atomics.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -251,6 +258,141 @@ def _ss_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
         tl.store(dbias_ptr + part, dbias_acc, mask=dmask)
 
 
+
+@triton.jit
+def _adj_combine(a1, b1, c1, d1, a2, b2, c2, d2):
+    """Reverse-scan composition of affine maps x -> (a x + b, c x + d): the (a, b) part carries the
+    gradient m_t = exp(delta_t A) k_t into the earlier step, the (c, d) part reads k_t off the same
+    carry, so the decay of step t+1 is never needed at step t (no shifted exp)."""
+    return a1 * a2, b1 * a2 + b2, c2 * a1, c2 * b1 + d2
+
+
+@triton.jit(do_not_specialize=["s_l", "sB_l", "sC_l"])
+def _ss_bwd_lanes_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr,
+                         scr_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBp_ptr, dCp_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+                         L, DIM, N, CPG, NCK, s_l,
+                         sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+                         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T: tl.constexpr, CKI: tl.constexpr,
+                         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                         HAS_DHT: tl.constexpr):
+    """The backward in the forward's lanes layout ([N, T, D] tiles, a channel per thread). Chunks of
+    CKI steps are walked in reverse from the forward's checkpoints: a first pass recomputes the
+    state at every T-step sub-tile boundary into a per-program scratch, a second walks the sub-tiles
+    in reverse, recomputes their states in registers and runs the adjoint scan. dB/dC leave as
+    per-program partials over the channel block ([B, G, blocks, N, L]), summed by torch."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    t = tl.arange(0, T)
+    NSUB = CKI // T
+    dmask, nmask = d < DIM, n < N
+    nd_mask = nmask[:, None] & dmask[None, :]
+    g = ((pid_d * BLOCK_D) // CPG).to(tl.int64)
+    nblk = CPG // BLOCK_D
+    blk = (pid_d % nblk).to(tl.int64)
+    dch = (pid_b * DIM + d.to(tl.int64))
+    row = dch * L
+    state_off = dch[None, :] * N + n[:, None]
+    A = tl.load(A_ptr + d[None, :] * N + n[:, None], mask=nd_mask, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    q = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    if HAS_DHT:
+        q = tl.load(dhT_ptr + state_off, mask=nd_mask, other=0.0).to(tl.float32)
+    dA_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    B_base = B_ptr + pid_b * sB_b + g * sB_g
+    C_base = C_ptr + pid_b * sC_b + g * sC_g
+    part_base = ((pid_b * (DIM // CPG) + g) * nblk + blk) * N * L
+    for cr in range(0, tl.cdiv(L, CKI)):
+        c = tl.cdiv(L, CKI) - 1 - cr
+        h = tl.load(ck_ptr + (dch * NCK + c)[None, :] * N + n[:, None], mask=nd_mask, other=0.0)
+        for j in range(0, NSUB):
+            tl.store(scr_ptr + (dch * NSUB + j)[None, :] * N + n[:, None], h, mask=nd_mask)
+            tt = c * CKI + j * T + t
+            dt, _, u, m2, Bt, _ = _lanes_tile(u_ptr, dt_ptr, bias_ptr, B_base, C_base, row, d, n, tt, dmask, nmask,
+                                              L, s_l, sB_n, sB_l, sC_n, sC_l, HAS_BIAS, SOFTPLUS)
+            aP, hS = tl.associative_scan((tl.exp2(dt[None, :, :] * A2[:, None, :]),
+                                          (dt * u)[None, :, :] * Bt[:, :, None]), 1, _lin_combine)
+            h = tl.sum(tl.where(t[None, :, None] == T - 1, hS + aP * h[:, None, :], 0.0), axis=1)
+        tl.debug_barrier()  # the scratch is read back by other threads than wrote it
+        for jr in range(0, NSUB):
+            j = NSUB - 1 - jr
+            tt = c * CKI + j * T + t
+            dt, raw, u, m2, Bt, Ct = _lanes_tile(u_ptr, dt_ptr, bias_ptr, B_base, C_base, row, d, n, tt, dmask, nmask,
+                                                 L, s_l, sB_n, sB_l, sC_n, sC_l, HAS_BIAS, SOFTPLUS)
+            off = row[None, :] + tt[:, None].to(tl.int64) * s_l
+            h0 = tl.load(scr_ptr + (dch * NSUB + j)[None, :] * N + n[:, None], mask=nd_mask, other=0.0)
+            dA = tl.exp2(dt[None, :, :] * A2[:, None, :])
+            dtu = dt * u
+            dBu = dtu[None, :, :] * Bt[:, :, None]
+            aP, hS = tl.associative_scan((dA, dBu), 1, _lin_combine)
+            hs = hS + aP * h0[:, None, :]
+            gy = tl.load(dy_ptr + off, mask=m2, other=0.0).to(tl.float32)
+            if HAS_D:
+                Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+            if HAS_Z:
+                zz = tl.load(z_ptr + off, mask=m2, other=0.0).to(tl.float32)
+                sz = tl.sigmoid(zz)
+                ypre = tl.sum(hs * Ct[:, :, None], axis=0)
+                if HAS_D:
+                    ypre += Dv[None, :] * u
+                tl.store(dz_ptr + off, (gy * ypre * sz * (1.0 + zz * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=m2)
+                gy = gy * zz * sz
+            Cgy = Ct[:, :, None] * gy[None, :, :]
+            P, M, Q, K = tl.associative_scan((dA, dA * Cgy, tl.full([BLOCK_N, T, BLOCK_D], 1.0, tl.float32), Cgy), 1,
+                                             _adj_combine, reverse=True)
+            k = K + Q * q[:, None, :]
+            q = tl.sum(tl.where(t[None, :, None] == 0, M + P * q[:, None, :], 0.0), axis=1)
+            G = k * (hs - dBu)
+            kB = tl.sum(k * Bt[:, :, None], axis=0)
+            ddt = tl.sum(G * A[:, None, :], axis=0) + kB * u
+            du = kB * dt
+            if HAS_D:
+                du += Dv[None, :] * gy
+                dD_acc += tl.sum(u * gy, axis=0)
+            dA_acc += tl.sum(G * dt[None, :, :], axis=1)
+            bn_mask = nmask[:, None] & (tt < L)[None, :]
+            part = part_base + n[:, None] * L + tt[None, :].to(tl.int64)
+            tl.store(dBp_ptr + part, tl.sum(k * dtu[None, :, :], axis=2), mask=bn_mask)
+            tl.store(dCp_ptr + part, tl.sum(hs * gy[None, :, :], axis=2), mask=bn_mask)
+            if SOFTPLUS:
+                ddt = ddt * tl.sigmoid(raw)
+            ddt = tl.where(m2, ddt, 0.0)
+            dbias_acc += tl.sum(ddt, axis=0)
+            tl.store(du_ptr + off, du.to(du_ptr.dtype.element_ty), mask=m2)
+            tl.store(ddt_ptr + off, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
+        tl.debug_barrier()  # the next chunk's first pass overwrites the scratch
+    tl.store(dh0_ptr + state_off, q, mask=nd_mask)
+    tl.store(dA_ptr + state_off, dA_acc, mask=nd_mask)
+    if HAS_D:
+        tl.store(dD_ptr + dch, dD_acc, mask=dmask)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + dch, dbias_acc, mask=dmask)
+
+
+@triton.jit
+def _lanes_tile(u_ptr, dt_ptr, bias_ptr, B_base, C_base, row, d, n, tt, dmask, nmask,
+                L, s_l, sB_n, sB_l, sC_n, sC_l, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """One [T, D] tile of delta (after bias and softplus; 0 past L), pre-softplus delta, u, the mask,
+    and the [N, T] tiles of B and C."""
+    tmask = tt < L
+    m2 = tmask[:, None] & dmask[None, :]
+    off = row[None, :] + tt[:, None].to(tl.int64) * s_l
+    u = tl.load(u_ptr + off, mask=m2, other=0.0).to(tl.float32)
+    raw = tl.load(dt_ptr + off, mask=m2, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw += tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    dt = raw
+    if SOFTPLUS:
+        dt = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(raw)))
+    dt = tl.where(m2, dt, 0.0)
+    bn_mask = nmask[:, None] & tmask[None, :]
+    Bt = tl.load(B_base + n[:, None] * sB_n + tt[None, :].to(tl.int64) * sB_l, mask=bn_mask, other=0.0).to(tl.float32)
+    Ct = tl.load(C_base + n[:, None] * sC_n + tt[None, :].to(tl.int64) * sC_l, mask=bn_mask, other=0.0).to(tl.float32)
+    return dt, raw, u, m2, Bt, Ct
+
 # ---------------------------------------------------------------------------------------
 # Launchers. Tile choices are timed once per problem key on the GPU (the best tile
 # depends on D, L and the GPU); the interpreter always runs the smallest tile.
@@ -258,7 +400,9 @@ def _ss_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
 _FWD_CONFIGS = [(4, 64, 4), (8, 32, 4), (8, 64, 8), (16, 32, 8),
                 ("lanes", 64, 2, 2), ("lanes", 128, 2, 4), ("lanes", 128, 4, 4), ("lanes", 32, 4, 1)]
 _BWD_CONFIGS = [(2, 2), (4, 4), (8, 8)]
-_INTERP_FWD, _INTERP_BWD = (2, CK, 1), (2, 1)
+# lanes backward: (BLOCK_D, sub-tile steps T, warps); T divides CK
+_BWD_LANES_CONFIGS = [(64, 2, 2), (128, 2, 4), (64, 4, 2), (128, 4, 4), (32, 2, 1), (64, 1, 2), (128, 1, 4)]
+_INTERP_FWD, _INTERP_BWD, _INTERP_BWD_LANES = (2, CK, 1), (2, 1), (2, 2, 1)
 _best: dict = {}
 FWD_OVERRIDE = None  # a forward tile to use instead of timing (tests run both kernels with it)
 
@@ -348,6 +492,46 @@ def ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
             dbias.sum(0).to(bias.dtype) if bias is not None else None, dh0)
 
 
+def ss_bwd_lanes(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
+    """The lanes backward; same contract as `ss_bwd`."""
+    batch, dim, L = u.shape
+    N, G = A.shape[1], B4.shape[1]
+    cpg = dim // G
+    du, ddt = torch.empty_like(u), torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else None
+    dA = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
+    dD = torch.empty(batch, dim, device=u.device, dtype=torch.float32)
+    dbias, dh0 = torch.empty_like(dD), torch.empty_like(dA)
+    flags = _flags(D, z, bias, softplus)
+    parts = {}
+
+    def launch(cfg):
+        bd, T, nw = cfg
+        bd = _block_d(bd, cpg)
+        # written over every step < L by the kernel, so no zeroing
+        dBp = torch.empty(batch, G, cpg // bd, N, L, device=u.device, dtype=torch.float32)
+        dCp = torch.empty_like(dBp)
+        scratch = torch.empty(batch, dim, CK // T, N, device=u.device, dtype=torch.float32)
+        _ss_bwd_lanes_kernel[(triton.cdiv(dim, bd), batch)](
+            u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), ck, dy, _or(dhT, dA),
+            scratch, du, ddt, _or(dz, du), dA, dBp, dCp, dD, dbias, dh0,
+            L, dim, N, cpg, ck.shape[2], 1, *B4.stride(), *C4.stride(),
+            BLOCK_D=bd, BLOCK_N=triton.next_power_of_2(N), T=T, CKI=CK, HAS_DHT=dhT is not None,
+            num_warps=nw, **flags)
+        parts["dB"], parts["dC"] = dBp, dCp
+
+    key = ("bwd_lanes", batch, dim, L, N, cpg, u.dtype, tuple(flags.values()), dhT is not None)
+    launch(_pick(key, [_INTERP_BWD_LANES] if interpreting() else _BWD_LANES_CONFIGS, launch))
+    return (du, ddt, dA.sum(0).to(A.dtype), parts["dB"].sum(2).to(B4.dtype), parts["dC"].sum(2).to(C4.dtype),
+            dD.sum(0).to(D.dtype) if D is not None else None, dz,
+            dbias.sum(0).to(bias.dtype) if bias is not None else None, dh0)
+
+
+def _bwd_impl():
+    """ARCHDSL_SCAN_BWD=lanes picks the lanes backward; anything else the time-across-threads one."""
+    return ss_bwd_lanes if os.environ.get("ARCHDSL_SCAN_BWD", "").strip().lower() == "lanes" else ss_bwd
+
+
 def _or(t, fallback):
     """Kernels take a real pointer for absent optional tensors; a constexpr flag keeps it unread."""
     return t if t is not None else fallback
@@ -373,7 +557,7 @@ class SelectiveScanFn(torch.autograd.Function):
         u, delta, A, B4, C4, D, z, bias, ck = ctx.saved_tensors
         dy = torch.zeros_like(u) if dy is None else dy.contiguous()
         dhT = dhT.contiguous() if dhT is not None else None
-        du, ddt, dA, dB, dC, dD, dz, dbias, dh0 = ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, ctx.softplus)
+        du, ddt, dA, dB, dC, dD, dz, dbias, dh0 = _bwd_impl()(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, ctx.softplus)
         dh0 = dh0.to(ctx.h0_dtype) if ctx.h0_dtype is not None else None
         return du, ddt, dA, dB, dC, dD, dz, dbias, dh0, None
 

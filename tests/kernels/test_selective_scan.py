@@ -16,13 +16,32 @@ NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 
 @contextmanager
-def backend(name):
-    old = os.environ.get("ARCHDSL_KERNELS")
-    os.environ["ARCHDSL_KERNELS"] = name
+def env(var, value):
+    old = os.environ.get(var)
+    os.environ[var] = value
     try:
         yield
     finally:
-        os.environ.pop("ARCHDSL_KERNELS") if old is None else os.environ.__setitem__("ARCHDSL_KERNELS", old)
+        os.environ.pop(var) if old is None else os.environ.__setitem__(var, old)
+
+
+def backend(name):
+    return env("ARCHDSL_KERNELS", name)
+
+
+@contextmanager
+def lanes_backward():
+    """ARCHDSL_SCAN_BWD=lanes, with the other backward made to fail so a test cannot pass through it."""
+    from archdsl.kernels.selective_scan import triton_selective_scan as tss
+
+    def refuse(*args):
+        raise AssertionError("the time-across-threads backward ran instead of the lanes one")
+    old, tss.ss_bwd = tss.ss_bwd, refuse
+    try:
+        with env("ARCHDSL_SCAN_BWD", "lanes"):
+            yield
+    finally:
+        tss.ss_bwd = old
 
 
 def make(b, D, N, L, *, G=0, z=False, Dskip=False, bias=False, h0=False, dtype=torch.float32, device="cpu", seed=0):
@@ -110,6 +129,31 @@ def test_triton_lanes_forward_matches_naive(b, D, N, L, gsel, z, Dskip, bias, h0
 
 
 @settings(max_examples=20, deadline=None)
+@given(**{**shapes, "L": st.sampled_from([1, 2, 7, 8, 9, 13, 16, 17, 31])}, lanes_fwd=st.booleans())
+def test_triton_lanes_backward_matches_naive(b, D, N, L, gsel, z, Dskip, bias, h0, lanes_fwd):
+    """ARCHDSL_SCAN_BWD=lanes: every gradient, after either forward kernel (both store the same checkpoints)."""
+    from archdsl.kernels.selective_scan import triton_selective_scan as tss
+    t = make(b, D, N, L, G=_groups(D, gsel), z=z, Dskip=Dskip, bias=bias, h0=h0)
+    want = run(selective_scan_naive, {**t, **{k: v.double() for k, v in t.items() if torch.is_tensor(v)}})
+    tss.FWD_OVERRIDE = ("lanes", 4, 4, 1) if lanes_fwd else None
+    try:
+        with backend("triton"), lanes_backward():
+            got = run(selective_scan, t)
+    finally:
+        tss.FWD_OVERRIDE = None
+    assert_close(got, want, 2e-4)
+
+
+@pytest.mark.parametrize("G", [-1, 0, 3])
+def test_triton_lanes_backward_blocks_and_groups(G):
+    """Several channel blocks per group (partial dB/dC summed), time-invariant B/C, three chunks."""
+    t = make(2, 12, 5, 23, G=G, z=True, Dskip=True, bias=True, h0=True)
+    want = run(selective_scan_naive, {k: v.double() if torch.is_tensor(v) else v for k, v in t.items()})
+    with backend("triton"), lanes_backward():
+        assert_close(run(selective_scan, t), want, 2e-4)
+
+
+@settings(max_examples=20, deadline=None)
 @given(**shapes, chunk=st.sampled_from([1, 3, 4, 16]))
 def test_chunked_matches_naive(b, D, N, L, gsel, z, Dskip, bias, h0, chunk):
     t = make(b, D, N, L, G=_groups(D, gsel), z=z, Dskip=Dskip, bias=bias, h0=h0, dtype=torch.float64)
@@ -193,17 +237,40 @@ def test_gpu_full_size_forward(dtype, tol, L):
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("bwd", ["threads", "lanes"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
-def test_gpu_gradients(dtype, tol):
+def test_gpu_gradients(dtype, tol, bwd):
     t = make(2, 512, 16, 2048, G=2, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
-    assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=32), tol)
+    with env("ARCHDSL_SCAN_BWD", bwd):
+        assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=32), tol)
 
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_128k_tokens_with_gradients():
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+def test_gpu_lanes_gradients_full_size(dtype, tol):
+    """The lanes backward at a Mamba-1 layer of mamba-2.8b (B=4, L=4096, N=16): against the float64
+    chunked reference on 128 channels (autograd through the reference at D=5120 would not fit), and at
+    the full D=5120 against the other backward (gradients finite, the two agree)."""
+    t = make(4, 128, 16, 4096, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
+    with env("ARCHDSL_SCAN_BWD", "lanes"):
+        assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=16), tol)
+    del t
+    t = make(4, 5120, 16, 4096, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
+    with env("ARCHDSL_SCAN_BWD", "lanes"):
+        got = run(selective_scan, t)
+    with env("ARCHDSL_SCAN_BWD", "threads"):
+        want = run(selective_scan, t)
+    assert_close(got, want, tol)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("bwd", ["threads", "lanes"])
+def test_gpu_128k_tokens_with_gradients(bwd):
     t = make(1, 8, 16, 131072, z=True, Dskip=True, bias=True, h0=True, device="cuda")
-    assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=64), 1e-3)
+    with env("ARCHDSL_SCAN_BWD", bwd):
+        assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=64), 1e-3)
 
 
 @pytest.mark.gpu
