@@ -5,7 +5,10 @@ B=4, D=5120, N=16, G=1, per L tokens:
   forward bytes  = u, delta, z read + y written (4·B·D·L·2) + B, C (2·B·N·L·2)       ≈ 164 KB/token
   forward FLOPs  ≈ 8·B·D·N·L (scan, output contraction)                              ≈ 2.6 MFLOP/token (≪ bytes)
   fwd+bwd bytes  = forward + u, delta, z, dy read + du, ddelta, dz written + B, C, dB, dC ≈ 451 KB/token
-At L=4096: forward floor 0.16 ms, fwd+bwd 0.44 ms. Not in the floor, but binding in practice:
+At L=4096: forward floor 0.16 ms, fwd+bwd 0.44 ms. The fwd+bwd rows are timed once per backward
+variant (ARCHDSL_SCAN_BWD=threads|lanes); beyond the floor's bytes both read the fp32 checkpoints
+(4·B·D·N·L/64 ≈ 84 MB at L=4096) and the lanes one writes and re-reads its dB/dC partials
+(2·4·B·(D/BLOCK_D)·N·L, 84–336 MB) and a per-program scratch of sub-tile states that stays near L2. Not in the floor, but binding in practice:
 one exp per (b, d, n, t) element (two in the backward), B·D·N·L = 1.34e9 at L=4096; the H200's
 special-function units do ~4.2e12 exp/s, so 0.32 ms forward is an exp-throughput bound (50% of the floor).
 Causal conv1d (B=4, D=5120, W=4, silu): forward bytes = x read + y written (2·B·D·L·2);
@@ -13,6 +16,9 @@ fwd+bwd = forward + x, dy read, dx written (5·B·D·L·2). FLOPs negligible.
 Decode step: the [B, D, N] fp32 state read and written, 2·4·B·D·N bytes.
 """
 from __future__ import annotations
+
+import os
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -55,22 +61,37 @@ def _scan_floor(L, bwd):
     return max(nbytes / BW, flops / FLOPS) * 1e3, f"{nbytes / 1e6:.0f} MB, {flops / 1e9:.0f} GFLOP"
 
 
-def scan_rows(Ls, peer_Ls):
+@contextmanager
+def _scan_bwd(variant):
+    old = os.environ.get("ARCHDSL_SCAN_BWD")
+    os.environ["ARCHDSL_SCAN_BWD"] = variant
+    try:
+        yield
+    finally:
+        os.environ.pop("ARCHDSL_SCAN_BWD") if old is None else os.environ.__setitem__("ARCHDSL_SCAN_BWD", old)
+
+
+def iter_scan_rows(Ls, peer_Ls):
+    """Rows one at a time (forward, then fwd+bwd with each backward variant), so a caller can print them."""
     from archdsl.kernels.selective_scan import selective_scan
     from archdsl.kernels.selective_scan.chunked import selective_scan_chunked
-    out = []
     for L in Ls:
-        for bwd in (False, True):
+        for bwd, variant in ((False, None), (True, "threads"), (True, "lanes")):
             t = _scan_inputs(L, bwd)
-            ours = _time(_scan_call(selective_scan, t, bwd))
+            with _scan_bwd(variant or "threads"):
+                ours = _time(_scan_call(selective_scan, t, bwd))
             # the torch path keeps [B, D, N, T, T] per chunk for autograd: its fwd+bwd does not fit at this size
             theirs = _time(_scan_call(selective_scan_chunked, t, bwd)) if (L in peer_Ls and not bwd) else None
             floor, note = _scan_floor(L, bwd)
-            out.append(dict(op="selective_scan", shape=f"B={BATCH} L={L} D={DIM} N={N}", mode="fwd+bwd" if bwd else "fwd",
-                            ours_ms=ours, peer="chunked torch (GPU)", peer_ms=theirs, floor_ms=floor, floor_note=note))
+            shape = f"B={BATCH} L={L} D={DIM} N={N}" + (f" bwd={variant}" if bwd else "")
             del t
             torch.cuda.empty_cache()
-    return out
+            yield dict(op="selective_scan", shape=shape, mode="fwd+bwd" if bwd else "fwd", ours_ms=ours,
+                       peer="chunked torch (GPU)", peer_ms=theirs, floor_ms=floor, floor_note=note)
+
+
+def scan_rows(Ls, peer_Ls):
+    return list(iter_scan_rows(Ls, peer_Ls))
 
 
 def conv_rows(Ls):
@@ -125,15 +146,15 @@ def rows(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    print(f"{'op':22} {'mode':8} {'shape':30} {'ours ms':>9} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} {'% floor':>8}")
+    print(f"{'op':22} {'mode':8} {'shape':36} {'ours ms':>9} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} {'% floor':>8}")
     # printed stage by stage so that a run cut short still reports what it measured
-    stages = [lambda: scan_rows([4096], [4096]), lambda: conv_rows([4096]), lambda: [step_row()],
-              lambda: scan_rows([16384], []), lambda: conv_rows([16384])]
+    stages = [lambda: iter_scan_rows([4096], [4096]), lambda: conv_rows([4096]), lambda: [step_row()],
+              lambda: iter_scan_rows([16384], []), lambda: conv_rows([16384])]
     for r in (r for stage in stages for r in stage()):
         peer = r["peer_ms"]
         ratio = f"{r['ours_ms'] / peer:.2f}" if peer else "-"
-        print(f"{r['op']:22} {r['mode']:8} {r['shape']:30} {r['ours_ms']:9.4f} "
+        print(f"{r['op']:22} {r['mode']:8} {r['shape']:36} {r['ours_ms']:9.4f} "
               f"{peer if peer is None else round(peer, 4)!s:>9} {ratio:>6} {r['floor_ms']:9.4f} "
               f"{100 * r['floor_ms'] / r['ours_ms']:7.1f}%", flush=True)
     from archdsl.kernels.selective_scan import triton_selective_scan
-    print("tiles chosen (BLOCK_D, T, warps) / (BLOCK_D, warps):", triton_selective_scan._best)
+    print("tiles chosen (BLOCK_D, T, warps) / (BLOCK_D, warps) / lanes bwd (BLOCK_D, T, warps):", triton_selective_scan._best)

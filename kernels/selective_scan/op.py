@@ -20,6 +20,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     or `[D, N]` (time-invariant); D, delta_bias: `[D]`; initial_state: `[B, D, N]`.
     Returns out `[B, D, L]` in u's dtype, and with return_last_state also the last state
     `[B, D, N]` (float32, float64 for float64 input off the Triton path).
+
+    On the Triton path `ARCHDSL_SCAN_BWD=lanes` selects the backward laid out like the forward
+    (a channel per thread, the adjoint run in reverse over time, dB/dC as per-block partials
+    instead of atomics); it is checked against the naive loop under the interpreter but not yet
+    timed on a GPU, so the default stays the time-across-threads backward.
     """
     batch, dim, seqlen, N = _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
     backend = backend_for(u)
