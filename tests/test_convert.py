@@ -126,3 +126,30 @@ def test_megatron_bad_character():
     assert e.value.col == 4
     with pytest.raises(ArchDSLError):
         pattern_to_layout("")
+
+
+def test_garbage_config_fields_only_raise_archdsl_error():
+    """Each family's default config with one to three fields replaced by values of the wrong
+    kind (lists, strings, NaN, 10^12, ...) converts or ends in ArchDSLError, never anything else."""
+    import random
+
+    import yaml
+
+    import archdsl
+    from archdsl.convert.hf import hf_config_to_spec
+    from archdsl.spec import spec_from_yaml
+
+    t = pytest.importorskip("transformers")
+    names = ["MambaConfig", "FalconMambaConfig", "Mamba2Config", "JambaConfig", "Zamba2Config", "BambaConfig",
+             "NemotronHConfig", "RwkvConfig", "LlamaConfig"]
+    configs = [getattr(t, n)().to_dict() for n in names]
+    values = [None, 0, -1, 3, 2.5, "x", True, [], {}, [1, 2], 10**12, float("nan"), float("inf")]
+    rng = random.Random(0)
+    for _ in range(600):
+        c = dict(rng.choice(configs))
+        for _ in range(rng.randint(1, 3)):
+            c[rng.choice(list(c))] = rng.choice(values)
+        try:
+            archdsl.analyze(spec_from_yaml(yaml.safe_dump(hf_config_to_spec(c, "fuzz"), allow_unicode=True)))
+        except archdsl.ArchDSLError:
+            pass

@@ -46,8 +46,21 @@ class _Cfg:
         self.c = config
 
     def __call__(self, key, default=None):
+        """The field, or `default` when absent. A number or flag default fixes the field's kind
+        (fields such as time_step_rank = 'auto' | int keep any type)."""
         value = self.c.get(key)
-        return default if value is None else value
+        if value is None:
+            return default
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise _refuse(key, value, "expected true or false")
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and not number:
+            raise _refuse(key, value, f"expected a number, like the default {default!r}")
+        if number and not math.isfinite(value):
+            raise _refuse(key, value, "expected a finite number")
+        if isinstance(default, int) and not isinstance(default, bool) and abs(value) > 10**9:
+            raise _refuse(key, value, "absurd size (over 10^9)")
+        return float(value) if isinstance(default, float) else value
 
     def require(self, key, allowed, default=None):
         value = self(key, default)
@@ -358,15 +371,19 @@ def hf_config_to_spec(config: dict, source_name: str | None = None) -> dict:
     model_type = config.get("model_type")
     if model_type is None:
         for arch in config.get("architectures") or []:
-            model_type = ARCHITECTURES.get(arch)
+            model_type = ARCHITECTURES.get(arch) if isinstance(arch, str) else None
             if model_type:
                 break
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise ArchDSLError(f"unsupported model_type {model_type!r} of config field 'model_type'",
                            file="<hf config>", hint=did_you_mean(str(model_type), FAMILIES))
     name = source_name or config.get("_name_or_path") or model_type
     name = os.path.basename(str(name).rstrip("/")) or model_type
-    return FAMILIES[model_type](_Cfg(config), name)
+    try:
+        return FAMILIES[model_type](_Cfg(config), name)
+    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, AttributeError, OverflowError) as e:
+        # a field of the wrong type or shape that no check above named
+        raise ArchDSLError(f"malformed {model_type} config: {type(e).__name__}: {e}", file="<hf config>") from None
 
 
 def from_hf(path: str | os.PathLike, weights: bool = False, device="cpu", dtype=None, name: str | None = None):
