@@ -63,6 +63,18 @@ def assert_close(got, want, tol):
         assert rel(a, b) < tol, f"output {i}: relative error {rel(a, b):.2e} > {tol}"
 
 
+def assert_matches_float64(fn, t, tol=2e-5, reduced_tol=3e-4):
+    """fn on the float32 inputs t against the naive loop on the same values in float64. The
+    gradients of A, D and dt_bias are sums over the whole sequence whose terms cancel, so float32
+    rounding shows in them more (seen: 9e-5 on dA of a single head): they get `reduced_tol`."""
+    t64 = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t.items()}
+    names = ["y", "final"] + [k for k in NAMES if t[k] is not None]
+    for name, a, b in zip(names, run(fn, t), run(ssd_scan_naive, t64)):
+        limit = reduced_tol if name in ("A", "D", "dt_bias") else tol
+        assert torch.isfinite(a).all(), f"{name} not finite"
+        assert rel(a, b) < limit, f"{name}: relative error {rel(a, b):.2e} > {limit}"
+
+
 def triton_scan(*a, **k):
     os.environ["ARCHDSL_KERNELS"] = "triton"
     try:
@@ -83,7 +95,7 @@ options = st.fixed_dictionaries(dict(D=st.sampled_from([None, 1, 2]), z=st.boole
 def test_triton_matches_naive(shape, opts):
     b, L, (H, G), P, N = shape
     t = make(b, L, H, P, G, N, **opts)
-    assert_close(run(triton_scan, t), run(ssd_scan_naive, t), 2e-5)
+    assert_matches_float64(triton_scan, t)
 
 
 @pytest.mark.parametrize("opts", [dict(D=2, z=True, bias=True, h0=True), dict(seq=True, D=1)])
@@ -93,7 +105,7 @@ def test_triton_blocks_of_P(opts, monkeypatch):
     monkeypatch.setattr(triton_ssd, "FWD_BLOCK_P", 16)
     monkeypatch.setattr(triton_ssd, "BWD_BLOCK_P", 16)
     t = make(2, 45, 4, 40, 2, 12, **opts)
-    assert_close(run(triton_scan, t), run(ssd_scan_naive, t), 2e-5)
+    assert_matches_float64(triton_scan, t)
 
 
 @settings(max_examples=20, deadline=None)
