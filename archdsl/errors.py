@@ -58,8 +58,6 @@ class ArchDSLError(Exception):
             width = max(1, end_col - self.col) if end_line == self.line else 1
             text = source.line_text(self.line)
             self.excerpt = f"  {text}\n  {' ' * (self.col - 1)}^{'~' * (width - 1)}"
-        elif source is None and line is not None and file is not None and width:
-            self.excerpt = ""
         super().__init__(self.render())
 
     def render(self) -> str:
