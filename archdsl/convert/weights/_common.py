@@ -44,6 +44,22 @@ def kinds_used(spec) -> set[str]:
     return {s.kind for layer in layer_kinds(spec) for s in layer.values()}
 
 
+def backbone_pairs(spec, names, kind: str, family: str) -> list[tuple[str, str]]:
+    """The (HF, ours) names of a `backbone.*` checkpoint whose every layer is one `kind` mixer
+    (Mamba, Falcon Mamba, Mamba-2)."""
+    out = [("backbone.embeddings.weight", "embeddings.weight")]
+    for i, layer in enumerate(layer_kinds(spec)):
+        if set(layer) != {MIXER} or layer[MIXER].kind != kind:
+            raise ArchDSLError(f"layer {i}: a {family} checkpoint has a {kind} mixer alone in every layer")
+        out.append((f"backbone.layers.{i}.norm.weight", f"layers.{i}.norm.weight"))
+        out += [(f"backbone.layers.{i}.mixer.{n}", f"layers.{i}.mixer.{n}")
+                for n in block_params(kind, names, f"layers.{i}.mixer")]
+    out.append(("backbone.norm_f.weight", "norm_f.weight"))
+    if not spec.tie_embeddings:
+        out.append(("lm_head.weight", "lm_head.weight"))
+    return out
+
+
 def rename(hf_state: dict, pairs: list[tuple[str, str]], model, tied: bool, lm_head: str = "lm_head.weight",
            optional: tuple[str, ...] = ()) -> dict:
     """HF state → archdsl state by `pairs` [(hf, ours)], checking names and shapes against `model`.

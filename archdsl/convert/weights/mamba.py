@@ -11,7 +11,7 @@ Falcon Mamba is Mamba with weightless RMSNorms on dt, B and C (inner_norms: unwe
 from __future__ import annotations
 
 from ...errors import ArchDSLError
-from ._common import MIXER, block_params, first_config, kinds_used, layer_kinds
+from ._common import backbone_pairs, first_config, kinds_used, layer_kinds
 
 MODEL_TYPES = ("mamba", "falcon_mamba")
 ARCHITECTURES = {"mamba": "MambaForCausalLM", "falcon_mamba": "FalconMambaForCausalLM"}
@@ -26,17 +26,7 @@ def accepts(spec) -> str | None:
 
 
 def pairs(spec, names) -> list[tuple[str, str]]:
-    out = [("backbone.embeddings.weight", "embeddings.weight")]
-    for i, layer in enumerate(layer_kinds(spec)):
-        if set(layer) != {MIXER} or layer[MIXER].kind != "mamba":
-            raise ArchDSLError(f"layer {i}: a Mamba checkpoint has a mamba mixer alone in every layer")
-        out.append((f"backbone.layers.{i}.norm.weight", f"layers.{i}.norm.weight"))
-        out += [(f"backbone.layers.{i}.mixer.{n}", f"layers.{i}.mixer.{n}")
-                for n in block_params("mamba", names, f"layers.{i}.mixer")]
-    out.append(("backbone.norm_f.weight", "norm_f.weight"))
-    if not spec.tie_embeddings:
-        out.append(("lm_head.weight", "lm_head.weight"))
-    return out
+    return backbone_pairs(spec, names, "mamba", "Mamba")
 
 
 def hf_config(spec) -> dict:
