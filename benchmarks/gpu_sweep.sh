@@ -9,14 +9,7 @@ set -u
 WHEELS=${1:-.whl}
 OUTDIR=${2:-gpu-results}
 mkdir -p "$OUTDIR"
-SITE=$(mktemp -d)
-PKG=$(mktemp -d)
-python3 -m pip install -q --no-index --no-deps --target "$SITE" "$WHEELS"/*.whl
-tar xzf "$WHEELS"/mamba_ssm-*.tar.gz -C "$SITE" --strip-components=1 --wildcards '*/mamba_ssm/*'
-: > "$SITE/mamba_ssm/__init__.py"  # its own __init__ imports CUDA extensions that are not built
-# archdsl as the wheel lays it out: grammar/ and kernels/ inside the package
-mkdir -p "$PKG/archdsl" && cp -r archdsl/. "$PKG/archdsl/" && cp -r kernels "$PKG/archdsl/kernels" && cp -r grammar "$PKG/archdsl/grammar"
-export PYTHONPATH="$PKG:$SITE:$PWD/benchmarks" PYTHONUNBUFFERED=1
+. "$(dirname "$0")/device_env.sh" "$WHEELS"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv | tee "$OUTDIR/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUTDIR/gpu.txt"
 
@@ -29,8 +22,20 @@ stage() {  # stage NAME SECONDS COMMAND...
     tail -n "${TAIL:-25}" "$OUTDIR/$name.log"
 }
 TESTS=${TESTS:-tests/model/test_fused_step.py tests/kernels/test_wkv6.py tests/kernels/test_ssd.py tests/kernels/test_selective_scan.py tests/kernels/test_conv1d.py tests/model/test_model.py}
-stage gpu_tests "${T_TESTS:-240}" python3 -P -m pytest -v -m gpu -p no:cacheprovider --timeout 60 $TESTS
-stage bench_ssd "${T_SSD:-110}" python3 -P benchmarks/kernels.py --only kernels_ssd --json "$OUTDIR/ssd.json"
-stage bench_wkv6 "${T_WKV:-80}" python3 -P benchmarks/kernels.py --only kernels_wkv6 --json "$OUTDIR/wkv6.json"
-stage bench_scan "${T_SCAN:-60}" python3 -P benchmarks/kernels.py --only kernels_selective_scan --quick --json "$OUTDIR/scan.json"
-stage bench_model "${T_MODEL:-150}" python3 -P benchmarks/model.py --quick --json "$OUTDIR/model.json"
+lane_kernels() {  # correctness at full size, then the SSD and selective-scan timings
+    stage gpu_tests "${T_TESTS:-210}" python3 -m pytest -v -m gpu -p no:cacheprovider --timeout 90 $TESTS
+    stage bench_ssd "${T_SSD:-200}" python3 benchmarks/kernels.py --only kernels_ssd --json "$OUTDIR/ssd.json"
+    stage bench_scan "${T_SCAN:-90}" python3 benchmarks/kernels.py --only kernels_selective_scan --quick --json "$OUTDIR/scan.json"
+}
+lane_models() {  # whole models, WKV6, then the Zoology MQAR table
+    stage bench_model "${T_MODEL:-190}" python3 benchmarks/model.py --quick --json "$OUTDIR/model.json"
+    stage bench_wkv6 "${T_WKV:-110}" python3 benchmarks/kernels.py --only kernels_wkv6 --json "$OUTDIR/wkv6.json"
+    stage zoology "${T_ZOO:-240}" python3 benchmarks/zoology_mqar.py --steps 4000 --budget-s "${ZOO_BUDGET:-200}" --out "$OUTDIR/zoology.json"
+}
+# With two GPUs the lanes run side by side, one per card (each timing has its card to itself);
+# with one, one after the other.
+if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+    CUDA_VISIBLE_DEVICES=0 lane_kernels & CUDA_VISIBLE_DEVICES=1 lane_models & wait
+else
+    lane_kernels; lane_models
+fi

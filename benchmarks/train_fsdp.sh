@@ -9,16 +9,20 @@
 #   4. jamba-v0.1 (52B) on the meta device sharded over all GPUs: per-GPU memory arithmetic, and one
 #      step at sequence 512 where it fits (peak memory per GPU);
 #   5. report: markdown tables for docs/benchmarks.md and OUT/report.json (exit 1 if a match fails).
-# usage: benchmarks/train_fsdp.sh [OUT]      (default OUT: bench_out/train_fsdp)
+# usage: benchmarks/train_fsdp.sh [OUT] [WHEELS]   (default OUT: bench_out/train_fsdp)
+# With WHEELS (a folder of wheels, see benchmarks/device_env.sh), archdsl runs from the checkout
+# without being installed, on a machine without network.
 set -euo pipefail
 OUT=${1:-bench_out/train_fsdp}
-G=$(python -c "import torch; print(torch.cuda.device_count())")
+if [ -n "${2:-}" ]; then . "$(dirname "$0")/device_env.sh" "$2"; fi
+PY=${PY:-python3}
+G=$($PY -c "import torch; print(torch.cuda.device_count())")
 if [ "$G" -lt 2 ]; then echo "need 2 or more GPUs, found $G" >&2; exit 2; fi
 mkdir -p "$OUT"
 SPEC=benchmarks/specs/hybrid-1b.yaml
 DATA="mqar:seq=1024,pairs=64,vocab=8192"
 COMMON=(--data "$DATA" --steps 20 --batch 16 --lr 3e-4 --warmup 5 --seed 0)
-run() { local n=$1; shift; torchrun --standalone --nproc-per-node "$n" -m archdsl train "$@"; }
+run() { local n=$1; shift; echo "--- $n GPU(s): train $*"; torchrun --standalone --nproc-per-node "$n" -m archdsl train "$@"; }
 
 # 1. fp32 loss curves: 1 vs 2 (vs 4) GPUs; the 2-GPU run checkpoints at step 10 for the resume
 rm -rf "$OUT"/fp32_g* "$OUT"/bf16_g* "$OUT"/resume_*
@@ -44,10 +48,10 @@ if [ "$G" -ge 4 ]; then
 fi
 
 # export the final 2-GPU checkpoint to an ordinary save
-archdsl export-checkpoint "$OUT/fp32_g2" -o "$OUT/export_g2"
+$PY -m archdsl export-checkpoint "$OUT/fp32_g2" -o "$OUT/export_g2"
 
 # 4. jamba-v0.1 on meta, sharded over every GPU
 torchrun --standalone --nproc-per-node "$G" benchmarks/train_fsdp.py jamba --out "$OUT/jamba" || true
 
 # 5. the tables
-python benchmarks/train_fsdp.py report "$OUT"
+$PY benchmarks/train_fsdp.py report "$OUT"
