@@ -27,28 +27,31 @@ run() { local n=$1; shift; echo "--- $n GPU(s): train $*"; torchrun --standalone
 # 1. fp32 loss curves: 1 vs 2 (vs 4) GPUs; the 2-GPU run checkpoints at step 10 for the resume
 rm -rf "$OUT"/fp32_g* "$OUT"/bf16_g* "$OUT"/resume_*
 run 1 "$SPEC" "${COMMON[@]}" -o "$OUT/fp32_g1"
+rm -rf "$OUT/fp32_g1/checkpoints"  # each fp32 checkpoint of this 1.3B spec is ~22 GB (weights + AdamW)
 run 2 "$SPEC" "${COMMON[@]}" --save-every 10 -o "$OUT/fp32_g2"
 if [ "$G" -ge 4 ]; then run 4 "$SPEC" "${COMMON[@]}" --save-every 10 -o "$OUT/fp32_g4"; fi
 
 # 2. bf16 throughput (MFU against the dense bf16 peak, 989 TFLOP/s on H100/H200)
 for n in 1 2 4; do
-  if [ "$G" -ge "$n" ]; then run "$n" "$SPEC" "${COMMON[@]}" --bf16 --batch 32 -o "$OUT/bf16_g$n"; fi
+  if [ "$G" -ge "$n" ]; then run "$n" "$SPEC" "${COMMON[@]}" --bf16 --batch 32 -o "$OUT/bf16_g$n"; rm -rf "$OUT/bf16_g$n/checkpoints"; fi
 done
 
 # 3. resume on another GPU count: the 2-GPU run's step-10 checkpoint continued on 1 GPU (4 → 2 too)
 mkdir -p "$OUT/resume_2to1/checkpoints"
 cp "$OUT/fp32_g2/run.json" "$OUT/fp32_g2/metrics.jsonl" "$OUT/resume_2to1/"
-cp -r "$OUT/fp32_g2/checkpoints/step_00000010" "$OUT/resume_2to1/checkpoints/"
+mv "$OUT/fp32_g2/checkpoints/step_00000010" "$OUT/resume_2to1/checkpoints/"
 run 1 "$SPEC" "${COMMON[@]}" --resume -o "$OUT/resume_2to1"
+rm -rf "$OUT/resume_2to1/checkpoints"
 if [ "$G" -ge 4 ]; then
   mkdir -p "$OUT/resume_4to2/checkpoints"
   cp "$OUT/fp32_g4/run.json" "$OUT/fp32_g4/metrics.jsonl" "$OUT/resume_4to2/"
-  cp -r "$OUT/fp32_g4/checkpoints/step_00000010" "$OUT/resume_4to2/checkpoints/"
+  mv "$OUT/fp32_g4/checkpoints/step_00000010" "$OUT/resume_4to2/checkpoints/"
   run 2 "$SPEC" "${COMMON[@]}" --resume -o "$OUT/resume_4to2"
 fi
 
 # export the final 2-GPU checkpoint to an ordinary save
 $PY -m archdsl export-checkpoint "$OUT/fp32_g2" -o "$OUT/export_g2"
+rm -rf "$OUT"/fp32_g*/checkpoints "$OUT"/resume_*/checkpoints
 
 # 4. jamba-v0.1 on meta, sharded over every GPU
 torchrun --standalone --nproc-per-node "$G" benchmarks/train_fsdp.py jamba --out "$OUT/jamba" || true
