@@ -19,23 +19,23 @@ stage() {  # stage NAME SECONDS COMMAND...
     local t0=$SECONDS
     timeout "$limit" "$@" > "$OUTDIR/$name.log" 2>&1
     echo "rc=$? after $((SECONDS - t0))s" | tee -a "$OUTDIR/$name.log"
-    tail -n "${TAIL:-25}" "$OUTDIR/$name.log"
+    tail -n "${TAIL:-25}" "$OUTDIR/$name.log" | grep -v "it/s\]\|s/it\]"
 }
-TESTS=${TESTS:-tests/model/test_fused_step.py tests/kernels/test_wkv6.py tests/kernels/test_ssd.py tests/kernels/test_selective_scan.py tests/kernels/test_conv1d.py tests/model/test_model.py}
-lane_kernels() {  # correctness at full size, then the SSD and selective-scan timings
-    stage gpu_tests "${T_TESTS:-210}" python3 -m pytest -v -m gpu -p no:cacheprovider --timeout 90 $TESTS
-    stage bench_ssd "${T_SSD:-200}" python3 benchmarks/kernels.py --only kernels_ssd --json "$OUTDIR/ssd.json"
-    stage bench_scan "${T_SCAN:-90}" python3 benchmarks/kernels.py --only kernels_selective_scan --quick --json "$OUTDIR/scan.json"
-}
-lane_models() {  # whole models, WKV6, then the Zoology MQAR table
-    stage bench_model "${T_MODEL:-190}" python3 benchmarks/model.py --quick --json "$OUTDIR/model.json"
-    stage bench_wkv6 "${T_WKV:-110}" python3 benchmarks/kernels.py --only kernels_wkv6 --json "$OUTDIR/wkv6.json"
-    stage zoology "${T_ZOO:-240}" python3 benchmarks/zoology_mqar.py --steps 4000 --budget-s "${ZOO_BUDGET:-200}" --out "$OUTDIR/zoology.json"
-}
+TESTS=${TESTS:-tests/model/test_fused_step.py tests/kernels/test_selective_scan.py tests/kernels/test_conv1d.py tests/model/test_model.py tests/kernels/test_wkv6.py tests/kernels/test_ssd.py}
+gpu_tests() { stage gpu_tests "${T_TESTS:-210}" python3 -m pytest -v -m gpu -p no:cacheprovider --timeout 90 $TESTS; }
+bench_ssd() { stage bench_ssd "${T_SSD:-200}" python3 benchmarks/kernels.py --only kernels_ssd --json "$OUTDIR/ssd.json"; }
+bench_scan() { stage bench_scan "${T_SCAN:-90}" python3 benchmarks/kernels.py --only kernels_selective_scan --quick --json "$OUTDIR/scan.json"; }
+bench_wkv6() { stage bench_wkv6 "${T_WKV:-200}" python3 benchmarks/kernels.py --only kernels_wkv6 --json "$OUTDIR/wkv6.json"; }
+bench_model() { stage bench_model "${T_MODEL:-190}" python3 benchmarks/model.py --quick --json "$OUTDIR/model.json" $MODEL_ARGS; }
+zoology() { stage zoology "${T_ZOO:-240}" python3 benchmarks/zoology_mqar.py --steps 4000 --budget-s "${ZOO_BUDGET:-200}" --out "$OUTDIR/zoology.json"; }
+MODEL_ARGS=${MODEL_ARGS:-}
+LANE_KERNELS=${LANE_KERNELS:-gpu_tests bench_ssd bench_scan}  # correctness at full size, kernel timings
+LANE_MODELS=${LANE_MODELS:-bench_model bench_wkv6 zoology}    # whole models, WKV6, the Zoology MQAR table
+lane() { for s in $1; do "$s"; done; }
 # With two GPUs the lanes run side by side, one per card (each timing has its card to itself);
 # with one, one after the other.
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
-    CUDA_VISIBLE_DEVICES=0 lane_kernels & CUDA_VISIBLE_DEVICES=1 lane_models & wait
+    CUDA_VISIBLE_DEVICES=0 lane "$LANE_KERNELS" & CUDA_VISIBLE_DEVICES=1 lane "$LANE_MODELS" & wait
 else
-    lane_kernels; lane_models
+    lane "$LANE_KERNELS"; lane "$LANE_MODELS"
 fi

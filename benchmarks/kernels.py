@@ -34,16 +34,21 @@ def main() -> None:
     rows = []
     for name in (args.only.split(",") if args.only else OPS):
         try:
-            new = importlib.import_module(name).rows(quick=args.quick)
+            for r in importlib.import_module(name).rows(quick=args.quick):  # rows print as they are measured
+                print(_line(r), flush=True)
+                rows.append(r)
+                _dump(args.json, rows)
         except Exception:  # one op's failure must not hide the others' figures
             traceback.print_exc()
-            new = [{"op": name, "shape": "-", "mode": "FAILED", "ours_ms": float("nan")}]
-        for r in new:
-            print(_line(r), flush=True)
-        rows += new
-        if args.json:  # after every op, so a run cut short keeps what it measured
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1)
+            rows.append({"op": name, "shape": "-", "mode": "FAILED", "ours_ms": float("nan")})
+            _dump(args.json, rows)
+
+
+def _dump(path, rows):
+    """After every row, so a run cut short keeps what it measured."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(rows, f, indent=1)
 
 
 def _line(r: dict) -> str:

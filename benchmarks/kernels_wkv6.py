@@ -44,7 +44,7 @@ def _fwd_bwd(fn, xs):
 
 
 def wkv6_rows(quick=False):
-    return list(_wkv6_rows(quick))
+    return _wkv6_rows(quick)
 
 
 def _forced(impl, fn):
@@ -108,8 +108,10 @@ def wkv4_rows(quick=False):
     return rows
 
 
-def rows(quick: bool = False) -> list[dict]:
-    return wkv6_rows(quick) + wkv4_rows(quick)
+def rows(quick: bool = False):
+    """Rows as they are measured (a generator): the peer's autotuning is slow, a cut run keeps the rest."""
+    yield from wkv6_rows(quick)
+    yield from wkv4_rows(quick)
 
 
 if __name__ == "__main__":

@@ -25,15 +25,21 @@ COMMON=(--data "$DATA" --steps 20 --batch 16 --lr 3e-4 --warmup 5 --seed 0)
 run() { local n=$1; shift; echo "--- $n GPU(s): train $*"; torchrun --standalone --nproc-per-node "$n" -m archdsl train "$@"; }
 
 # 1. fp32 loss curves: 1 vs 2 (vs 4) GPUs; the 2-GPU run checkpoints at step 10 for the resume
-rm -rf "$OUT"/fp32_g* "$OUT"/bf16_g* "$OUT"/resume_*
-run 1 "$SPEC" "${COMMON[@]}" -o "$OUT/fp32_g1"
-rm -rf "$OUT/fp32_g1/checkpoints"  # each fp32 checkpoint of this 1.3B spec is ~22 GB (weights + AdamW)
+# KEEP_G1=1 keeps an earlier 1-GPU fp32 run in OUT/fp32_g1 (the same command; ~3 min of fp32 on one H200)
+if [ "${KEEP_G1:-0}" = 1 ] && [ -f "$OUT/fp32_g1/metrics.jsonl" ]; then
+  rm -rf "$OUT"/fp32_g[2-9] "$OUT"/bf16_g* "$OUT"/resume_*
+else
+  rm -rf "$OUT"/fp32_g* "$OUT"/bf16_g* "$OUT"/resume_*
+  run 1 "$SPEC" "${COMMON[@]}" -o "$OUT/fp32_g1"
+  rm -rf "$OUT/fp32_g1/checkpoints"  # each fp32 checkpoint of this 1.3B spec is ~22 GB (weights + AdamW)
+fi
 run 2 "$SPEC" "${COMMON[@]}" --save-every 10 -o "$OUT/fp32_g2"
 if [ "$G" -ge 4 ]; then run 4 "$SPEC" "${COMMON[@]}" --save-every 10 -o "$OUT/fp32_g4"; fi
 
-# 2. bf16 throughput (MFU against the dense bf16 peak, 989 TFLOP/s on H100/H200)
+# 2. bf16 throughput (MFU against the dense bf16 peak, 989 TFLOP/s on H100/H200), the same global
+#    batch (16 × 1024 tokens: 32 × 1024 without activation checkpointing outgrows one 141 GB card)
 for n in 1 2 4; do
-  if [ "$G" -ge "$n" ]; then run "$n" "$SPEC" "${COMMON[@]}" --bf16 --batch 32 -o "$OUT/bf16_g$n"; rm -rf "$OUT/bf16_g$n/checkpoints"; fi
+  if [ "$G" -ge "$n" ]; then run "$n" "$SPEC" "${COMMON[@]}" --bf16 -o "$OUT/bf16_g$n"; rm -rf "$OUT/bf16_g$n/checkpoints"; fi
 done
 
 # 3. resume on another GPU count: the 2-GPU run's step-10 checkpoint continued on 1 GPU (4 → 2 too)

@@ -27,10 +27,11 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import archdsl  # noqa: E402
+try:
+    import archdsl
+except ImportError:  # run from a checkout that is not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import archdsl
 from archdsl.explore.probes import make_task  # noqa: E402
 from archdsl.explore.train import TrainConfig, train_probe  # noqa: E402
 
