@@ -187,7 +187,7 @@ class ArchModel(nn.Module):
     def save(self, path) -> None:
         """Write spec.yaml + model.safetensors into `path`: first into a temporary directory
         beside it, then renamed into place, so a failed save never replaces a good one."""
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
         path = os.path.abspath(os.fspath(path))
         parent = os.path.dirname(path)
@@ -196,8 +196,8 @@ class ArchModel(nn.Module):
         try:
             with open(os.path.join(tmp, "spec.yaml"), "w", encoding="utf-8") as f:
                 f.write(self.spec.to_yaml())
-            save_model(self, os.path.join(tmp, "model.safetensors"),
-                       metadata={"format": "pt", "dtype": str(self.dtype).replace("torch.", "")})
+            save_file(self._tensors_to_save(), os.path.join(tmp, "model.safetensors"),
+                      metadata={"format": "pt", "dtype": str(self.dtype).replace("torch.", "")})
             old = None
             if os.path.exists(path):
                 old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.old-")
@@ -209,6 +209,19 @@ class ArchModel(nn.Module):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def _tensors_to_save(self) -> dict:
+        """name → tensor, each parameter once (a tied or shared one under its first name, as
+        load_weights accepts any alias); views into a larger storage (the packed q/k/v) copied out."""
+        out, seen = {}, set()
+        for name, t in self.state_dict(keep_vars=True).items():
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            t = t.detach()
+            whole = t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+            out[name] = t if whole else t.contiguous().clone()
+        return out
 
 
 def _build(cls, cfg, index):

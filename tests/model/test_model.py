@@ -263,3 +263,23 @@ def test_cuda_graph_generate_matches_eager(layout):
     b = graphed.generate(ids, 12, temperature=0)
     assert torch.equal(a, b)
     assert torch.equal(graphed.generate(ids, 12, temperature=0), b)  # the captured graph is reused
+
+
+def test_fused_qkv_sees_in_place_updates_without_version_bumps():
+    """The one-GEMM q/k/v path reads the live weights: fused AdamW updates them in place without
+    bumping version counters (a cached concatenation went stale under it), nor does .data.copy_."""
+    spec = archdsl.parse("mamba2, attn(heads=4, kv_heads=2, bias=true)", d_model=32, vocab_size=50)
+    model = archdsl.compile(spec, seed=0)
+    x = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(x)  # the fused path runs once before the update
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    model.train()
+    model(x).float().pow(2).mean().backward()
+    opt.step()
+    with torch.no_grad():
+        model.layers[1].mixer.k_proj.weight.data.mul_(1.5)
+        fused = model.set_fuse(True)(x)
+        plain = model.set_fuse(False)(x)
+    assert torch.allclose(fused, plain, rtol=1e-6, atol=1e-6)
+    assert model.layers[1].mixer._packed("weight") is not None  # and it was the one-GEMM path

@@ -48,21 +48,57 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d_in, self.kv_heads * self.head_dim, bias=cfg.bias)
         self.o_proj = nn.Linear(self.heads * self.head_dim, out_dim or cfg.d_model, bias=cfg.out_bias)
         self.fuse = True  # one GEMM for q, k, v at inference (compile(fuse=...))
-        self._fused = None
+        self._pack()
 
     # --- projections -------------------------------------------------------------------
+    def _apply(self, fn, recurse=True):
+        """.to() / .cuda() / to_empty() convert each parameter on its own: pack them again."""
+        super()._apply(fn, recurse)
+        self._pack()
+        return self
+
+    @torch.no_grad()
+    def _pack(self):
+        """Lay the q, k, v weights (and biases) back to back in one storage, so that one GEMM
+        can read them through a view (`_packed`). The Parameters stay the same objects."""
+        for name in ("weight", "bias"):
+            ps = [getattr(m, name) for m in (self.q_proj, self.k_proj, self.v_proj)]
+            if ps[0] is None or type(ps[0].data) is not torch.Tensor:  # FSDP's DTensors: left alone
+                continue
+            buf = torch.cat([p.data for p in ps])
+            at = 0
+            for p in ps:
+                p.data = buf[at:at + p.shape[0]]
+                at += p.shape[0]
+
+    def _packed(self, name):
+        """The q, k, v `name` tensors as one [(H + 2·Hkv)·hd, ...] view when they still lie back to
+        back in one storage, else None. A view, never a copy, so it can never go stale (an
+        optimizer that updates in place without bumping version counters, as fused AdamW does,
+        is seen at once)."""
+        ps = [getattr(m, name) for m in (self.q_proj, self.k_proj, self.v_proj)]
+        if ps[0] is None or any(type(p.data) is not torch.Tensor or not p.is_contiguous() for p in ps):
+            return None
+        store = ps[0].untyped_storage()
+        if any(p.untyped_storage().data_ptr() != store.data_ptr() for p in ps[1:]):
+            return None
+        off = ps[0].storage_offset()
+        for a, b in zip(ps, ps[1:]):
+            if b.storage_offset() != a.storage_offset() + a.numel():
+                return None
+        rows = sum(p.shape[0] for p in ps)
+        return ps[0].new_empty(0).set_(store, off, (rows, *ps[0].shape[1:]))
+
     def _qkv(self, x):
-        """q [..., H·hd], k, v [..., Hkv·hd]; one GEMM when fused (a cached concatenated weight,
-        rebuilt when any of the three weights changes; training uses the three Linears)."""
+        """q [..., H·hd], k, v [..., Hkv·hd]; at inference one GEMM over the packed weights
+        (fuse on, no autograd); training uses the three Linears."""
         if self.fuse and not torch.is_grad_enabled():
-            ps = [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]
-            key = tuple((p.data_ptr(), p._version) for p in ps) + (x.dtype,)
-            if self._fused is None or self._fused[0] != key:
-                bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]) if self.cfg.bias else None
-                self._fused = (key, torch.cat(ps), bias)
-            out = F.linear(x, self._fused[1], self._fused[2])
-            q = self.heads * self.head_dim
-            return out.split([q, (out.shape[-1] - q) // 2, (out.shape[-1] - q) // 2], dim=-1)
+            w = self._packed("weight")
+            bias = self._packed("bias") if self.cfg.bias else None
+            if w is not None and (bias is not None or not self.cfg.bias):
+                out = F.linear(x, w, bias)
+                q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+                return out.split([q, kv, kv], dim=-1)
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def _rope(self, q, k, pos):
