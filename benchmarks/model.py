@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import textwrap
 import time
@@ -26,8 +25,6 @@ import torch
 
 import archdsl
 
-# The fused decode step is opt-in on CUDA until its GPU test has passed; here we measure it.
-os.environ.setdefault("ARCHDSL_FUSED_STEP", "1")
 from archdsl.spec import spec_from_yaml
 
 PEAK = 989e12

@@ -37,11 +37,11 @@ def state_dtype(dtype):
 def fused_step_ok(mod, x):
     """Whether a Mamba mixer's decode step takes its fused Triton path: `mod.fuse` on, no autograd
     wanted, not float64, and the Triton backend chosen for x (CUDA, or the interpreter when forced).
-    On CUDA it is opt-in (ARCHDSL_FUSED_STEP=1) until tests/model/test_fused_step.py has passed on a GPU."""
+    ARCHDSL_FUSED_STEP=0 turns it off (the unfused step, for comparison)."""
     if not mod.fuse or x.dtype == torch.float64:
         return False
-    if x.is_cuda and os.environ.get("ARCHDSL_FUSED_STEP", "0") != "1":
-        return False  # its cross-program group sync is not yet verified on a GPU: opt in until it is
+    if os.environ.get("ARCHDSL_FUSED_STEP", "1") == "0":
+        return False
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in mod.parameters())):
         return False
     from archdsl.kernels._dispatch import backend_for
