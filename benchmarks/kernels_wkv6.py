@@ -92,6 +92,21 @@ def _wkv6_rows(quick):
                            floor_ms=_floor_ms(n * nbytes, n * flops), floor_note="HBM bytes")
 
 
+def wkv6_chunked_breakdown_rows():
+    """Where the chunked forward's time goes (B4 T4096): its first two launches (parallel chunk
+    states + serial carry) alone; the rest of the forward is the parallel output kernel."""
+    from archdsl.kernels.wkv6.triton_wkv6_chunked import CHUNK, _entering_states
+    B, T, H, K = 4, 4096, 32, 64
+    r, k, v, w, u = _wkv6_inputs(B, T, H, K)
+    n = B * T * H
+    nchunks = B * H * (T // CHUNK)
+    state_bytes = nchunks * K * K * 4 * 2  # fp32 chunk states written by the first launch, read by the carry
+    ms = _bench_or_nan(lambda: _entering_states(k, v, w, None, False, CHUNK))
+    yield dict(op="wkv6 chunked: states+carry", shape=f"B={B} T={T} H={H} K=V={K}", mode="fwd part",
+               ours_ms=ms, peer=None, peer_ms=None, floor_ms=_floor_ms(n * 3 * K * 2 + state_bytes, 0),
+               floor_note="k, v, w read + fp32 chunk states written and read")
+
+
 def wkv4_rows(quick=False):
     from archdsl.kernels.wkv4 import wkv4
     from archdsl.kernels.wkv4.chunked import wkv4_torch
@@ -111,6 +126,7 @@ def wkv4_rows(quick=False):
 def rows(quick: bool = False):
     """Rows as they are measured (a generator): the peer's autotuning is slow, a cut run keeps the rest."""
     yield from wkv6_rows(quick)
+    yield from wkv6_chunked_breakdown_rows()
     yield from wkv4_rows(quick)
 
 
