@@ -1,6 +1,8 @@
 """Public Mamba-2 SSD: `ssd_scan` (parallel, training / prefill) and `ssd_step` (one decode token)."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .._checks import expect_float, expect_same_device, expect_shape
@@ -55,15 +57,71 @@ def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=Fa
 
 
 def _triton_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq_idx, return_final_states):
-    from .triton_ssd import SSDScanFn
     wide = x.dtype == torch.float64  # the kernels compute in float32; float64 is for the interpreter
     if wide:
         x, dt, A, B, C, D, z, dt_bias, h0 = (None if t is None else t.float()
                                              for t in (x, dt, A, B, C, D, z, dt_bias, h0))
-    y, hT = SSDScanFn.apply(x, dt, A, B, C, D, z, dt_bias, h0, seq_idx, bool(dt_softplus), None)
+    args = (x, dt, A, B, C, D, z, dt_bias, h0, seq_idx, bool(dt_softplus), None)
+    y, hT = _TRITON[_triton_impl(args)]().apply(*args)
     if wide:
         y, hT = y.double(), hT.double()
     return (y, hT) if return_final_states else y
+
+
+def _fused():
+    from .triton_ssd import SSDScanFn
+    return SSDScanFn
+
+
+def _chunked():
+    from .triton_ssd_chunked import SSDChunkedFn
+    return SSDChunkedFn
+
+
+_TRITON = {"fused": _fused, "chunked": _chunked}
+_CHOICE: dict[tuple, str] = {}
+
+
+def _triton_impl(args) -> str:
+    """`ARCHDSL_SSD_IMPL=fused|chunked|auto`; auto: on CUDA the faster of the two, timed once per case.
+
+    fused walks the chunks of a (batch, head) in one program; chunked runs the chunks in parallel
+    and carries only the [P, N] state serially (mamba_ssm's layout). Which wins depends on B·H·L
+    against the chip's size, so auto measures it once per (shapes, dtype, options, grad). The
+    default is fused until the chunked kernels' GPU tests have passed on a real card.
+    """
+    forced = os.environ.get("ARCHDSL_SSD_IMPL", "fused").strip().lower()
+    if forced != "auto":
+        if forced not in _TRITON:
+            raise ValueError(f"ARCHDSL_SSD_IMPL={forced!r}: expected one of {', '.join(_TRITON)}, auto")
+        return forced
+    x = args[0]
+    if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return "fused"
+    tensors = args[:9]
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    key = (x.shape, args[3].shape, x.dtype, x.device, grad, args[10], args[9] is not None,
+           tuple(None if t is None else tuple(t.shape) for t in tensors[5:9]))
+    if key not in _CHOICE:
+        _CHOICE[key] = min(_TRITON, key=lambda name: _time(_TRITON[name](), args, grad))
+    return _CHOICE[key]
+
+
+def _time(fn, args, grad) -> float:
+    from triton.testing import do_bench
+
+    tensors = [None if t is None else t.detach().requires_grad_(grad and t.requires_grad) for t in args[:9]]
+    leaves = [t for t in tensors if t is not None and t.requires_grad]
+
+    def go():
+        y, _ = fn.apply(*tensors, *args[9:])
+        if leaves:
+            torch.autograd.grad(y, leaves, torch.ones_like(y))
+    try:
+        with torch.enable_grad():
+            return do_bench(go, warmup=5, rep=20, return_mode="median")
+    except Exception:  # a kernel that fails to build on this Triton must not break the op: the other one runs
+        return float("inf")
 
 
 def _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx):

@@ -1,0 +1,494 @@
+"""Mamba-2 SSD in Triton in mamba_ssm's layout: parallel chunk kernels, a light serial state pass.
+
+The fused kernels of triton_ssd.py walk all chunks of a (batch, head, P block) in one program:
+B·H·P/BP programs, each a latency-bound serial loop. Here only the [P, N] state carry is serial;
+everything that touches the tokens runs in programs over (batch, chunk, head, P block):
+
+    forward   _chunk_cumsum  (parallel)  dt' = softplus(dt + dt_bias) and s = cumsum(dt' A) in each chunk
+              _chunk_state   (parallel)  each chunk's own state  Σ_t exp(s_end - s_t) dt'_t x_t ⊗ B_t
+              _state_pass    (serial over chunks, parallel over batch, head, P·N blocks)
+                                         the state entering every chunk, and the final state
+              _chunk_scan    (parallel)  y = (C Bᵀ ∘ decay ∘ dt') x + exp(s) C · h_in + D x, times silu(z)
+    backward  _chunk_dstate  (parallel)  each chunk's own gradient of its entering state Σ_t exp(s_t) gy_t ⊗ C_t
+              _dstate_pass   (serial, reverse) the gradient of the state leaving every chunk, and of h0
+              _chunk_grads   (parallel)  dx, dz, d(dt'), per-head dB, dC, per-chunk dA, dD
+
+Buffers (NC = ceil(L / Q) chunks of Q tokens): dt' and s [B, H, NC, Q] float32; the chunks' own
+states [B, H, NC, P, N] float32; the entering states [B, H, NC, P, N] in the state dtype (the
+input's for 16-bit inputs -- the products read them in that precision anyway -- else float32,
+then written in place over the chunks' own states). Under packed sequences (seq_idx) no state
+crosses a boundary: a chunk's state passes on only if its first and last token's sequences
+match the previous chunk's last one, exactly as in the fused kernels, whose masks are reused.
+Offsets into [B, L, ...] and [B, H, NC, ...] tensors are int64 so that 1M-token sequences work.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._dispatch import interpreting
+from .triton_ssd import _c, _flags, _pow2, _prec, _seq_masks
+
+# H200 choices (not yet tuned on the card): 64-token chunks keep every tile of a chunk in registers.
+CHUNK, BLOCK_P, BLOCK_PN, BLOCK_H = 64, 64, 512, 32
+SCAN_WARPS, GRAD_WARPS, PASS_WARPS = 4, 8, 4
+# Under the interpreter small chunks keep the tests fast and still cross several chunks.
+INTERPRET_CHUNK = 16
+
+
+@triton.jit
+def _chunk_ids(pid, H, NC, G):
+    """Program id over (batch, chunk, head) -- head fastest, so the heads of a group share B, C in L2."""
+    h = pid % H
+    c = (pid // H) % NC
+    b = pid // (H * NC)
+    return b, c, h, h // (H // G), (b * H + h).to(tl.int64)
+
+
+@triton.jit
+def _prev_seq(seq_ptr, row0, c, Q: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """Sequence index of the token before chunk c (0 before the first chunk: h0 belongs to sequence 0)."""
+    seq_prev = 0
+    if HAS_SEQ:
+        seq_prev = tl.load(seq_ptr + tl.maximum(row0 + c * Q - 1, row0)) * (c > 0)
+    return seq_prev
+
+
+@triton.jit
+def _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, L, H, NC,
+                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, Q: tl.constexpr, BH: tl.constexpr):
+    """dt [B, L, H] -> dt' and s = cumsum(dt' A) within each chunk, [B, H, NC, Q] (0 / constant past L)."""
+    pid = tl.program_id(0)
+    b = pid // NC
+    c = pid % NC
+    offs_q = tl.arange(0, Q)
+    offs_h = tl.program_id(1) * BH + tl.arange(0, BH)
+    mask_h = offs_h < H
+    t = c * Q + offs_q
+    m = (t < L)[:, None] & mask_h[None, :]
+    rows = b.to(tl.int64) * L + t
+    raw = tl.load(dt_ptr + rows[:, None] * H + offs_h[None, :], mask=m, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw += tl.load(bias_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+    dt = raw
+    if SOFTPLUS:
+        dt = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0))))
+    dt = tl.where(m, dt, 0.0)
+    A = tl.load(A_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    s = tl.cumsum(dt * A[None, :], axis=0)
+    out = ((b * H + offs_h).to(tl.int64) * NC + c)[None, :] * Q + offs_q[:, None]
+    keep = mask_h[None, :] & (offs_q[:, None] < Q)
+    tl.store(dtc_ptr + out, dt, mask=keep)
+    tl.store(s_ptr + out, s, mask=keep)
+
+
+@triton.jit
+def _chunk_state(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, local_ptr, L, H, G, P, N, NC,
+                 HAS_SEQ: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                 PREC: tl.constexpr):
+    """One chunk's own final state Σ_t exp(s_end - s_t) dt'_t x_t ⊗ B_t, [P block, N] float32."""
+    b, c, h, g, bh64 = _chunk_ids(tl.program_id(0), H, NC, G)
+    offs_q = tl.arange(0, Q)
+    offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    mask_p = offs_p < P
+    mask_n = offs_n < N
+    t = c * Q + offs_q
+    mask_t = t < L
+    row0 = b.to(tl.int64) * L
+    rows = row0 + t
+    cq = (bh64 * NC + c) * Q
+    dt = tl.load(dtc_ptr + cq + offs_q)
+    s = tl.load(s_ptr + cq + offs_q)
+    sT = tl.load(s_ptr + cq + Q - 1)
+    _, m_out, _, _, _ = _seq_masks(seq_ptr, rows, row0, c, Q, L, mask_t,
+                                   _prev_seq(seq_ptr, row0, c, Q, HAS_SEQ), HAS_SEQ)
+    x = tl.load(x_ptr + (rows * H + h)[:, None] * P + offs_p[None, :],
+                mask=mask_t[:, None] & mask_p[None, :], other=0.0)
+    Bm = tl.load(B_ptr + (rows * G + g)[:, None] * N + offs_n[None, :],
+                 mask=mask_t[:, None] & mask_n[None, :], other=0.0)
+    w = tl.where(m_out, tl.exp(tl.minimum(sT - s, 0.0)) * dt, 0.0)
+    Bw = (Bm.to(tl.float32) * w[:, None]).to(x.dtype)
+    st = tl.dot(tl.trans(x), Bw, input_precision=PREC)
+    so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
+    tl.store(local_ptr + so, st, mask=mask_p[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _chunk_carry(s_ptr, seq_ptr, bh64, row0, c, seq_prev, L, NC, Q: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """Factor of the state entering chunk c in the state leaving it: exp(s_end), 0 across a sequence
+    boundary; and the sequence index of the chunk's last token."""
+    carry = tl.exp(tl.load(s_ptr + (bh64 * NC + c) * Q + Q - 1))
+    seq_last = seq_prev
+    if HAS_SEQ:
+        seq_last = tl.load(seq_ptr + row0 + tl.minimum(c * Q + Q, L) - 1)
+        carry = tl.where(seq_last == seq_prev, carry, 0.0)
+    return carry, seq_last
+
+
+@triton.jit
+def _state_pass(local_ptr, hin_ptr, h0_ptr, hT_ptr, s_ptr, seq_ptr, L, H, PN, NC,
+                HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BS: tl.constexpr):
+    """h_in[c] = h_in[c-1] · carry[c-1] + local[c-1] from h0, over [BS] elements of one (batch, head)'s
+    [P·N] state; hin may be local itself (each chunk is read before it is overwritten)."""
+    pid = tl.program_id(0)
+    bh64 = pid.to(tl.int64)
+    row0 = (pid // H).to(tl.int64) * L
+    offs = tl.program_id(1) * BS + tl.arange(0, BS)
+    mask = offs < PN
+    if HAS_H0:
+        h = tl.load(h0_ptr + bh64 * PN + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BS,), dtype=tl.float32)
+    seq_prev = 0
+    if HAS_SEQ:
+        seq_prev = tl.load(seq_ptr + row0) * 0
+    for c in range(NC):
+        base = (bh64 * NC + c) * PN + offs
+        loc = tl.load(local_ptr + base, mask=mask, other=0.0)
+        tl.store(hin_ptr + base, h.to(hin_ptr.dtype.element_ty), mask=mask)
+        carry, seq_prev = _chunk_carry(s_ptr, seq_ptr, bh64, row0, c, seq_prev, L, NC, Q, HAS_SEQ)
+        h = h * carry + loc
+    tl.store(hT_ptr + bh64 * PN + offs, h, mask=mask)
+
+
+@triton.jit
+def _chunk_scan(x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, y_ptr, ypre_ptr,
+                L, H, G, P, N, NC,
+                HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
+                STORE_YPRE: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                PREC: tl.constexpr):
+    """y of one chunk, [Q, P block]: intra-chunk masked products plus the entering state's part."""
+    b, c, h, g, bh64 = _chunk_ids(tl.program_id(0), H, NC, G)
+    offs_q = tl.arange(0, Q)
+    offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    mask_p = offs_p < P
+    mask_n = offs_n < N
+    t = c * Q + offs_q
+    mask_t = t < L
+    row0 = b.to(tl.int64) * L
+    rows = row0 + t
+    cq = (bh64 * NC + c) * Q
+    dt = tl.load(dtc_ptr + cq + offs_q)
+    s = tl.load(s_ptr + cq + offs_q)
+    m_in, _, same, _, _ = _seq_masks(seq_ptr, rows, row0, c, Q, L, mask_t,
+                                     _prev_seq(seq_ptr, row0, c, Q, HAS_SEQ), HAS_SEQ)
+    xo = (rows * H + h)[:, None] * P + offs_p[None, :]
+    mask_tp = mask_t[:, None] & mask_p[None, :]
+    x = tl.load(x_ptr + xo, mask=mask_tp, other=0.0)
+    bo = (rows * G + g)[:, None] * N + offs_n[None, :]
+    mask_tn = mask_t[:, None] & mask_n[None, :]
+    Bm = tl.load(B_ptr + bo, mask=mask_tn, other=0.0)
+    Cm = tl.load(C_ptr + bo, mask=mask_tn, other=0.0)
+    so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
+    state = tl.load(hin_ptr + so, mask=mask_p[:, None] & mask_n[None, :], other=0.0)
+
+    CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)
+    keep = (offs_q[:, None] >= offs_q[None, :]) & same
+    decay = tl.where(keep, tl.exp(tl.minimum(s[:, None] - s[None, :], 0.0)), 0.0)
+    W = (CB * decay * dt[None, :]).to(x.dtype)
+    y = tl.dot(W, x, input_precision=PREC)
+    y_state = tl.dot(Cm, tl.trans(state.to(x.dtype)), input_precision=PREC)
+    y += tl.where(m_in, tl.exp(s), 0.0)[:, None] * y_state
+    xf = x.to(tl.float32)
+    if HAS_D:
+        if D_PER_P:
+            y += tl.load(D_ptr + h * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)[None, :] * xf
+        else:
+            y += tl.load(D_ptr + h).to(tl.float32) * xf
+    if STORE_YPRE:
+        tl.store(ypre_ptr + xo, y.to(ypre_ptr.dtype.element_ty), mask=mask_tp)
+    if HAS_Z:
+        zv = tl.load(z_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
+        y = y * zv * tl.sigmoid(zv)
+    tl.store(y_ptr + xo, y.to(y_ptr.dtype.element_ty), mask=mask_tp)
+
+
+@triton.jit
+def _gated_grad(dy_ptr, z_ptr, ypre_ptr, dz_ptr, xo, mask_tp, HAS_Z: tl.constexpr, STORE_DZ: tl.constexpr):
+    """dL/d(y before the gate), [Q, P block] float32; stores dz when asked."""
+    gy = tl.load(dy_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
+    if HAS_Z:
+        zv = tl.load(z_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
+        sz = tl.sigmoid(zv)
+        if STORE_DZ:
+            yp = tl.load(ypre_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
+            tl.store(dz_ptr + xo, (gy * yp * sz * (1.0 + zv * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
+                     mask=mask_tp)
+        gy = gy * zv * sz
+    return gy
+
+
+@triton.jit
+def _chunk_dstate(C_ptr, z_ptr, seq_ptr, s_ptr, ypre_ptr, dy_ptr, direct_ptr, L, H, G, P, N, NC,
+                  HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr,
+                  BN: tl.constexpr, PREC: tl.constexpr):
+    """A chunk's own gradient of the state entering it, Σ_t exp(s_t) gy_t ⊗ C_t, [P block, N] float32."""
+    b, c, h, g, bh64 = _chunk_ids(tl.program_id(0), H, NC, G)
+    offs_q = tl.arange(0, Q)
+    offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    mask_p = offs_p < P
+    mask_n = offs_n < N
+    t = c * Q + offs_q
+    mask_t = t < L
+    row0 = b.to(tl.int64) * L
+    rows = row0 + t
+    s = tl.load(s_ptr + (bh64 * NC + c) * Q + offs_q)
+    m_in, _, _, _, _ = _seq_masks(seq_ptr, rows, row0, c, Q, L, mask_t,
+                                  _prev_seq(seq_ptr, row0, c, Q, HAS_SEQ), HAS_SEQ)
+    xo = (rows * H + h)[:, None] * P + offs_p[None, :]
+    gy = _gated_grad(dy_ptr, z_ptr, ypre_ptr, ypre_ptr, xo, mask_t[:, None] & mask_p[None, :], HAS_Z, False)
+    Cm = tl.load(C_ptr + (rows * G + g)[:, None] * N + offs_n[None, :],
+                 mask=mask_t[:, None] & mask_n[None, :], other=0.0)
+    gs = (gy * tl.where(m_in, tl.exp(s), 0.0)[:, None]).to(Cm.dtype)
+    d = tl.dot(tl.trans(gs), Cm, input_precision=PREC)
+    so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
+    tl.store(direct_ptr + so, d, mask=mask_p[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _dstate_pass(direct_ptr, dout_ptr, dhT_ptr, dh0_ptr, s_ptr, seq_ptr, L, H, PN, NC,
+                 HAS_DHT: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BS: tl.constexpr):
+    """Reverse of _state_pass: dout[c] = dL/d(state leaving chunk c) = dout[c+1] · carry[c+1] + direct[c+1],
+    from dL/dhT; dh0 = dout[0] · carry[0] + direct[0]. dout may be direct itself."""
+    pid = tl.program_id(0)
+    bh64 = pid.to(tl.int64)
+    row0 = (pid // H).to(tl.int64) * L
+    offs = tl.program_id(1) * BS + tl.arange(0, BS)
+    mask = offs < PN
+    if HAS_DHT:
+        gh = tl.load(dhT_ptr + bh64 * PN + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        gh = tl.zeros((BS,), dtype=tl.float32)
+    for cc in range(NC):
+        c = NC - 1 - cc
+        base = (bh64 * NC + c) * PN + offs
+        d = tl.load(direct_ptr + base, mask=mask, other=0.0)
+        tl.store(dout_ptr + base, gh.to(dout_ptr.dtype.element_ty), mask=mask)
+        carry, _ = _chunk_carry(s_ptr, seq_ptr, bh64, row0, c, _prev_seq(seq_ptr, row0, c, Q, HAS_SEQ),
+                                L, NC, Q, HAS_SEQ)
+        gh = gh * carry + d
+    tl.store(dh0_ptr + bh64 * PN + offs, gh, mask=mask)
+
+
+@triton.jit
+def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, dtc_ptr, s_ptr,
+                 ypre_ptr, hin_ptr, dout_ptr, dy_ptr,
+                 dx_ptr, dz_ptr, ddt_ptr, dBh_ptr, dCh_ptr, dA_ptr, dD_ptr,
+                 L, H, G, P, N, NC, NPB, BLH,
+                 HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr,
+                 Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """Every gradient of one chunk and P block, given the state entering it (hin) and the gradient of the
+    state leaving it (dout). The per-token gradients that sum over P (d(dt'), dB, dC) and dA, dD are
+    written per P block / chunk and summed by the caller."""
+    pid = tl.program_id(0)
+    b, c, h, g, bh64 = _chunk_ids(pid, H, NC, G)
+    pb = tl.program_id(1)
+    offs_q = tl.arange(0, Q)
+    offs_p = pb * BP + tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    mask_p = offs_p < P
+    mask_n = offs_n < N
+    mask_pn = mask_p[:, None] & mask_n[None, :]
+    t = c * Q + offs_q
+    mask_t = t < L
+    row0 = b.to(tl.int64) * L
+    rows = row0 + t
+    A = tl.load(A_ptr + h).to(tl.float32)
+    cq = (bh64 * NC + c) * Q
+    dt = tl.load(dtc_ptr + cq + offs_q)
+    s = tl.load(s_ptr + cq + offs_q)
+    sT = tl.load(s_ptr + cq + Q - 1)
+    m_in, m_out, same, carry, _ = _seq_masks(seq_ptr, rows, row0, c, Q, L, mask_t,
+                                             _prev_seq(seq_ptr, row0, c, Q, HAS_SEQ), HAS_SEQ)
+    xo = (rows * H + h)[:, None] * P + offs_p[None, :]
+    mask_tp = mask_t[:, None] & mask_p[None, :]
+    x = tl.load(x_ptr + xo, mask=mask_tp, other=0.0)
+    xf = x.to(tl.float32)
+    bo = (rows * G + g)[:, None] * N + offs_n[None, :]
+    mask_tn = mask_t[:, None] & mask_n[None, :]
+    Bm = tl.load(B_ptr + bo, mask=mask_tn, other=0.0)
+    Cm = tl.load(C_ptr + bo, mask=mask_tn, other=0.0)
+    so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
+    state = tl.load(hin_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
+    dstate = tl.load(dout_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
+    gy = _gated_grad(dy_ptr, z_ptr, ypre_ptr, dz_ptr, xo, mask_tp, HAS_Z, True)
+    g_lo = gy.to(x.dtype)
+
+    # intra-chunk terms: M[t, u] = (C_t . B_u) decay[t, u] dt'_u (g_t . x_u)
+    CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)
+    gx = tl.dot(g_lo, tl.trans(x), input_precision=PREC)
+    keep = (offs_q[:, None] >= offs_q[None, :]) & same
+    decay = tl.where(keep, tl.exp(tl.minimum(s[:, None] - s[None, :], 0.0)), 0.0)
+    Ld = decay * dt[None, :]
+    R = Ld * gx
+    M = R * CB
+    ds = tl.sum(M, axis=1) - tl.sum(M, axis=0)
+    ddt = tl.sum(decay * gx * CB, axis=0)
+    dx = tl.dot(tl.trans((Ld * CB).to(x.dtype)), g_lo, input_precision=PREC)
+    R_lo = R.to(x.dtype)
+    dC = tl.dot(R_lo, Bm, input_precision=PREC)
+    dB = tl.dot(tl.trans(R_lo), Cm, input_precision=PREC)
+
+    # the entering state's contribution to y
+    state_lo = state.to(x.dtype)
+    e_in = tl.where(m_in, tl.exp(s), 0.0)
+    y_state = tl.dot(Cm, tl.trans(state_lo), input_precision=PREC)
+    ds += e_in * tl.sum(gy * y_state, axis=1)
+    dC += e_in[:, None] * tl.dot(g_lo, state_lo, input_precision=PREC)
+
+    # the chunk's contribution to the state it hands on: w_out dt' x ⊗ B, and carry · h_in
+    w_out = tl.where(m_out, tl.exp(tl.minimum(sT - s, 0.0)), 0.0)
+    dstate_lo = dstate.to(x.dtype)
+    dHB = tl.dot(Bm, tl.trans(dstate_lo), input_precision=PREC)
+    dx += (w_out * dt)[:, None] * dHB
+    xdHB = tl.sum(xf * dHB, axis=1)
+    ddt += w_out * xdHB
+    w = w_out * dt * xdHB
+    e_carry = tl.where(carry, tl.exp(sT), 0.0)
+    ds_T = tl.sum(w, axis=0) + e_carry * tl.sum(tl.sum(dstate * state, axis=1), axis=0)
+    ds = ds - w + tl.where(offs_q == Q - 1, ds_T, 0.0)
+    dB += (w_out * dt)[:, None] * tl.dot(x, dstate_lo, input_precision=PREC)
+
+    if HAS_D:
+        if D_PER_P:
+            dx += tl.load(D_ptr + h * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)[None, :] * gy
+        else:
+            dx += tl.load(D_ptr + h).to(tl.float32) * gy
+        tl.store(dD_ptr + (bh64 * NC + c) * P + offs_p, tl.sum(gy * xf, axis=0), mask=mask_p)
+    # s_t = Σ_{u<=t} dt'_u A: ds reaches dt'_u through every t >= u of the chunk
+    da = tl.sum(ds, axis=0) - tl.cumsum(ds, axis=0) + ds
+    ddt += A * da
+    tl.store(dA_ptr + pb.to(tl.int64) * tl.num_programs(0) + pid, tl.sum(da * dt, axis=0))
+    if SOFTPLUS:
+        raw = tl.load(dt_ptr + rows * H + h, mask=mask_t, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            raw += tl.load(bias_ptr + h).to(tl.float32)
+        ddt = ddt * tl.sigmoid(raw)
+    tl.store(dx_ptr + xo, dx.to(dx_ptr.dtype.element_ty), mask=mask_tp)
+    tl.store(ddt_ptr + pb.to(tl.int64) * BLH + rows * H + h, ddt, mask=mask_t)
+    ho = ((rows * H + h) * NPB + pb)[:, None] * N + offs_n[None, :]
+    tl.store(dBh_ptr + ho, dB.to(dBh_ptr.dtype.element_ty), mask=mask_tn)
+    tl.store(dCh_ptr + ho, dC.to(dCh_ptr.dtype.element_ty), mask=mask_tn)
+
+
+def pick_chunk(x, L: int, chunk: int | None) -> int:
+    if chunk is not None:
+        return chunk
+    return min(INTERPRET_CHUNK if interpreting() and x.device.type != "cuda" else CHUNK, _pow2(L))
+
+
+def _sizes(x, B, chunk):
+    batch, L, H, P = x.shape
+    G, N = B.shape[2:]
+    Q = pick_chunk(x, L, chunk)
+    BP = min(_pow2(P), BLOCK_P)
+    return batch, L, H, P, G, N, Q, triton.cdiv(L, Q), BP, triton.cdiv(P, BP), _pow2(N)
+
+
+def _state_dtype(x):
+    """The entering states and their gradients are read in the input's precision by the products:
+    16-bit inputs store them 16-bit (half the bytes of the largest buffers), others in float32."""
+    return x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.float32
+
+
+def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None):
+    """y [B, L, H, P], final state [B, H, P, N] float32 and what the backward needs:
+    (dt' [B, H, NC, Q], s [B, H, NC, Q], entering states [B, H, NC, P, N], y before the gate or None)."""
+    batch, L, H, P, G, N, Q, NC, BP, NPB, BN = _sizes(x, B, chunk)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    dtc = torch.empty(batch, H, NC, Q, **f32)
+    s = torch.empty_like(dtc)
+    BH = min(_pow2(H, 1), BLOCK_H)
+    _chunk_cumsum[(batch * NC, triton.cdiv(H, BH))](
+        dt, A, dt_bias, dtc, s, L, H, NC, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
+        Q=Q, BH=BH, num_warps=PASS_WARPS)
+    local = torch.empty(batch, H, NC, P, N, **f32)
+    grid = (batch * NC * H, NPB)
+    _chunk_state[grid](x, B, seq, dtc, s, local, L, H, G, P, N, NC, HAS_SEQ=seq is not None,
+                       Q=Q, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS)
+    sdt = _state_dtype(x)
+    hin = local if sdt == torch.float32 else torch.empty(batch, H, NC, P, N, device=x.device, dtype=sdt)
+    hT = torch.empty(batch, H, P, N, **f32)
+    BS = min(_pow2(P * N), BLOCK_PN)
+    _state_pass[(batch * H, triton.cdiv(P * N, BS))](
+        local, hin, h0, hT, s, seq, L, H, P * N, NC, HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
+        Q=Q, BS=BS, num_warps=PASS_WARPS)
+    del local
+    y = torch.empty_like(x)
+    store_ypre = for_backward and z is not None
+    ypre = torch.empty_like(x) if store_ypre else y
+    fl = _flags(D, z, dt_bias, dt_softplus)
+    _chunk_scan[grid](x, B, C, D, z, seq, dtc, s, hin, y, ypre, L, H, G, P, N, NC,
+                      HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None,
+                      STORE_YPRE=store_ypre, Q=Q, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS)
+    return y, hT, (dtc, s, hin, ypre if store_ypre else None)
+
+
+def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s, hin, ypre, *, chunk=None):
+    """Gradients of x, dt, A, B, C, D, z, dt_bias and the initial state (float32 except dx, dz)."""
+    batch, L, H, P, G, N, Q, NC, BP, NPB, BN = _sizes(x, B, chunk)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    grid = (batch * NC * H, NPB)
+    direct = torch.empty(batch, H, NC, P, N, **f32)
+    _chunk_dstate[grid](C, z, seq, s, ypre, dy, direct, L, H, G, P, N, NC, HAS_Z=z is not None,
+                        HAS_SEQ=seq is not None, Q=Q, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS)
+    dout = direct if hin.dtype == torch.float32 else torch.empty_like(hin)
+    dh0 = torch.empty(batch, H, P, N, **f32)
+    BS = min(_pow2(P * N), BLOCK_PN)
+    _dstate_pass[(batch * H, triton.cdiv(P * N, BS))](
+        direct, dout, dhT, dh0, s, seq, L, H, P * N, NC, HAS_DHT=dhT is not None, HAS_SEQ=seq is not None,
+        Q=Q, BS=BS, num_warps=PASS_WARPS)
+    del direct
+    dx = torch.empty_like(x)
+    dz = torch.empty_like(z) if z is not None else None
+    ddt = torch.empty(NPB, batch, L, H, **f32)
+    # per-head dB, dC parts in the input's precision when 16-bit: they are summed in fp32 below
+    dBh = torch.empty(batch, L, H * NPB, N, device=x.device, dtype=x.dtype)
+    dCh = torch.empty_like(dBh)
+    dA = torch.empty(NPB, batch * NC * H, **f32)
+    dD = torch.empty(batch, H, NC, P, **f32) if D is not None else None
+    _chunk_grads[grid](
+        x, dt, A, B, C, D, z, dt_bias, seq, dtc, s, ypre, hin, dout, dy,
+        dx, dz, ddt, dBh, dCh, dA, dD, L, H, G, P, N, NC, NPB, batch * L * H,
+        **_flags(D, z, dt_bias, dt_softplus), HAS_SEQ=seq is not None,
+        Q=Q, BP=BP, BN=BN, PREC=_prec(x), num_warps=GRAD_WARPS)
+    dB = dBh.view(batch, L, G, H // G * NPB, N).sum(3, dtype=torch.float32)
+    dC = dCh.view(batch, L, G, H // G * NPB, N).sum(3, dtype=torch.float32)
+    ddt = ddt.sum(0) if NPB > 1 else ddt[0]
+    if dD is not None:
+        dD = dD.sum((0, 2)) if D.dim() == 2 else dD.sum((0, 2, 3))
+    dA = dA.view(NPB * batch * NC, H).sum(0)
+    ddt_bias = ddt.sum((0, 1)) if dt_bias is not None else None
+    return dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dh0
+
+
+class SSDChunkedFn(torch.autograd.Function):
+    """(y, final state) of the scan in the chunked layout; same arguments and gradients as SSDScanFn."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, h0, seq, dt_softplus, chunk):
+        x, dt, A, B, C, D, z, dt_bias, h0 = map(_c, (x, dt, A, B, C, D, z, dt_bias, h0))
+        seq = None if seq is None else seq.to(torch.int32).contiguous()
+        grad = any(ctx.needs_input_grad)
+        y, hT, (dtc, s, hin, ypre) = chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq,
+                                                 for_backward=grad, chunk=chunk)
+        if grad:
+            ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, seq, dtc, s, hin, ypre)
+            ctx.dt_softplus, ctx.chunk = dt_softplus, chunk
+            ctx.h0_dtype = None if h0 is None else h0.dtype
+        return y, hT
+
+    @staticmethod
+    def backward(ctx, dy, dhT):
+        x, dt, A, B, C, D, z, dt_bias, seq, dtc, s, hin, ypre = ctx.saved_tensors
+        grads = chunked_bwd(dy.contiguous(), _c(dhT), x, dt, A, B, C, D, z, dt_bias, ctx.dt_softplus, seq,
+                            dtc, s, hin, ypre, chunk=ctx.chunk)
+        dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dh0 = grads
+        cast = lambda g, ref: None if g is None or ref is None else g.to(ref.dtype)
+        return (dx, cast(ddt, dt), cast(dA, A), cast(dB, B), cast(dC, C), cast(dD, D), dz,
+                cast(ddt_bias, dt_bias), None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype), None, None, None)
