@@ -2,6 +2,8 @@
 
     model = compile(spec, device="cuda", dtype=torch.bfloat16, seed=0, cuda_graph=False, fuse=True)
     model.save("out/"); model = load("out/")
+
+`fuse` takes True (every fusion), False (none) or a set of names from FUSIONS (fusions.py).
 """
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ import os
 import torch
 
 from ..errors import ArchDSLError
+from .fusions import FUSIONS, Fuse, resolve_fuse
 from .model import ArchModel, Cache
 
-__all__ = ["compile", "load", "ArchModel", "Cache", "resolve_dtype", "check_device"]
+__all__ = ["compile", "load", "ArchModel", "Cache", "FUSIONS", "resolve_dtype", "check_device"]
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "float64": torch.float64,
           "fp64": torch.float64, "double": torch.float64, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -50,16 +53,21 @@ def check_device(device, dtype: torch.dtype) -> torch.device:
 
 
 def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: bool = False,  # noqa: A001
-            fuse: bool = True) -> ArchModel:
+            fuse: Fuse = True) -> ArchModel:
     """Build the model of `spec` (a Spec, YAML file, saved-model directory or layout string).
 
     Parameters are initialised on the CPU from `seed` (the same weights on every device), then
-    moved to `device` in `dtype`; device="meta" allocates nothing. `fuse` switches the fusions
-    (add+RMSNorm kernel on CUDA, one q/k/v GEMM); `cuda_graph` makes generate() replay the decode
-    step from a CUDA graph.
+    moved to `device` in `dtype`; device="meta" allocates nothing. `fuse` picks the fusions:
+    True (the default) all, False none, or a set of names from FUSIONS, exactly those —
+    "add_norm" (residual add + RMSNorm in one Triton kernel), "qkv" (one q/k/v GEMM at inference),
+    "epilogue" (D skip and silu gate inside the Mamba scan kernels), "step" (the fused Mamba /
+    Mamba-2 decode-step kernels); an unknown name raises ArchDSLError. Each is the same function
+    on or off; model.set_fuse(...) switches them later. `cuda_graph` makes generate() replay the
+    decode step from a CUDA graph.
     """
     from ..spec import load_spec
 
+    resolve_fuse(fuse)  # a bad name first, before anything is built
     spec = load_spec(spec)
     dtype = resolve_dtype(dtype)
     dev = check_device(device, dtype)

@@ -3,7 +3,8 @@
     h ─(+ pending)─▶ x = norm(h) ─mixer─▶ Δ₁ ;  h += Δ₁ ─▶ x = ffn_norm(h) ─ffn─▶ Δ₂ ; pending = Δ₂
 
 Each residual add is kept "pending" and done by the next norm, so that on CUDA the add and the
-RMSNorm run as one kernel (archdsl.kernels.add_rmsnorm; fuse=False runs them apart). With an
+RMSNorm run as one kernel (archdsl.kernels.add_rmsnorm; without the "add_norm" fusion they run
+apart). With an
 INJECT block (Zamba2, HF semantics) the mixer reads norm(h + inject(h, emb)) while the residual
 stream skips the injection.
 """
@@ -14,10 +15,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..blocks.base import FFN, INJECT, MIXER
+from .fusions import Fusable
 
 
-class Norm(nn.Module):
+class Norm(nn.Module, Fusable):
     """RMSNorm (weight, computed in float32 as HF) or LayerNorm (weight and bias)."""
+
+    FUSES = ("add_norm",)
 
     def __init__(self, kind: str, d: int, eps: float):
         super().__init__()
@@ -35,16 +39,23 @@ class Norm(nn.Module):
         return self.weight * h.to(dtype)
 
     def add_norm(self, h, delta):
-        """(h + delta, norm(h + delta)); one fused kernel on CUDA for RMSNorm."""
+        """(h + delta, norm(h + delta)), h, delta [..., d]; with the "add_norm" fusion one Triton
+        kernel for RMSNorm (on CUDA, or the CPU under the interpreter with ARCHDSL_KERNELS=triton)."""
         if delta is None:
             return h, self(h)
-        if self.fuse and self.kind == "rmsnorm" and h.is_cuda:
+        if "add_norm" in self.fused and self.kind == "rmsnorm" and h.dtype != torch.float64 and _triton(h):
             from archdsl.kernels import add_rmsnorm
 
             out, h = add_rmsnorm(delta, h, self.weight, self.eps)
             return h, out
         h = h + delta
         return h, self(h)
+
+
+def _triton(x: torch.Tensor) -> bool:
+    from archdsl.kernels._dispatch import backend_for
+
+    return backend_for(x) == "triton"
 
 
 class Layer(nn.Module):

@@ -17,6 +17,7 @@ import torch.nn as nn
 from ..blocks.base import INJECT
 from ..errors import ArchDSLError
 from ..graph import layers as graph_layers
+from .fusions import Fusable, Fuse, resolve_fuse
 from .layer import Layer, Norm
 
 
@@ -101,12 +102,21 @@ class ArchModel(nn.Module):
     def dtype(self):
         return self.embeddings.weight.dtype
 
-    def set_fuse(self, fuse: bool):
-        """Switch the fusions (add+RMSNorm kernel, one q/k/v GEMM) on or off."""
+    def set_fuse(self, fuse: Fuse = True) -> "ArchModel":
+        """Switch the fusions (archdsl.model.fusions.FUSIONS): True all, False none, a set of names
+        exactly those (an unknown name raises ArchDSLError). Drops a captured decode graph, which
+        holds the fusions of its capture. Returns the model."""
+        names = resolve_fuse(fuse)
         for m in self.modules():
-            if hasattr(m, "fuse"):
-                m.fuse = fuse
+            if isinstance(m, Fusable):
+                m.fused = names & frozenset(m.FUSES)
+        self._graphs = {}
         return self
+
+    @property
+    def fusions(self) -> frozenset[str]:
+        """The fusions switched on in this model's modules (those it has no module for are left out)."""
+        return frozenset().union(*(m.fused for m in self.modules() if isinstance(m, Fusable)))
 
     # --- running ---------------------------------------------------------------------------
     def init_cache(self, batch: int, max_len: int | None = None, static: bool = False) -> Cache:

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..fusions import Fusable
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
@@ -37,7 +39,9 @@ def apply_rope(x, cos, sin):
     return x * cos + rotate_half(x) * sin
 
 
-class Attention(nn.Module):
+class Attention(nn.Module, Fusable):
+    FUSES = ("qkv",)
+
     def __init__(self, cfg, in_dim: int | None = None, out_dim: int | None = None):
         super().__init__()
         self.cfg = cfg
@@ -47,7 +51,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d_in, self.kv_heads * self.head_dim, bias=cfg.bias)
         self.v_proj = nn.Linear(d_in, self.kv_heads * self.head_dim, bias=cfg.bias)
         self.o_proj = nn.Linear(self.heads * self.head_dim, out_dim or cfg.d_model, bias=cfg.out_bias)
-        self.fuse = True  # one GEMM for q, k, v at inference (compile(fuse=...))
+        self.fuse = True  # "qkv": one GEMM for q, k, v at inference (compile(fuse=...))
         self._pack()
 
     # --- projections -------------------------------------------------------------------
@@ -91,8 +95,8 @@ class Attention(nn.Module):
 
     def _qkv(self, x):
         """q [..., H·hd], k, v [..., Hkv·hd]; at inference one GEMM over the packed weights
-        (fuse on, no autograd); training uses the three Linears."""
-        if self.fuse and not torch.is_grad_enabled():
+        (the "qkv" fusion on, no autograd); training uses the three Linears."""
+        if "qkv" in self.fused and not torch.is_grad_enabled():
             w = self._packed("weight")
             bias = self._packed("bias") if self.cfg.bias else None
             if w is not None and (bias is not None or not self.cfg.bias):

@@ -5,6 +5,7 @@
                  "unweighted" the same without weights (Falcon Mamba)
     dt = dt_proj.weight · dt (+ dt_proj.bias and softplus inside the scan)
     y = selective_scan(x, dt, A = -exp(A_log) [E, N], B, C, D [E], z) ─out_proj─▶ [B, L, d]
+    (the "epilogue" fusion: D and the gate z inside the scan; off, y = (y + D·x) · silu(z) after it)
 
 The decode state: conv window [B, E, K-1] (model dtype) and SSM state [B, E, N] (float32 for 16-bit
 models, else the model dtype).
@@ -18,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..fusions import Fusable
 from .conv import conv_forward, conv_step
 
 
@@ -34,11 +36,22 @@ def state_dtype(dtype):
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
+def skip_gate(y: torch.Tensor, x: torch.Tensor, D: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+    """The scan's epilogue in torch (the "epilogue" fusion off): (y + D·x) · silu(z), or y + D·x
+    without z. y, x, z of one shape ([B, E, L], [B, L, H, P], [B, E], ...), D broadcast against
+    them ([E, 1], [H, 1], [E]); computed in float32 (float64 stays float64), returned in y's dtype."""
+    wd = torch.float64 if y.dtype == torch.float64 else torch.float32
+    out = y.to(wd) + D.to(wd) * x.to(wd)
+    if z is not None:
+        out = out * F.silu(z.to(wd))
+    return out.to(y.dtype)
+
+
 def fused_step_ok(mod, x):
-    """Whether a Mamba mixer's decode step takes its fused Triton path: `mod.fuse` on, no autograd
-    wanted, not float64, and the Triton backend chosen for x (CUDA, or the interpreter when forced).
-    ARCHDSL_FUSED_STEP=0 turns it off (the unfused step, for comparison)."""
-    if not mod.fuse or x.dtype == torch.float64:
+    """Whether a Mamba mixer's decode step takes its fused Triton path: the "step" fusion on, no
+    autograd wanted, not float64, and the Triton backend chosen for x (CUDA, or the interpreter when
+    forced). ARCHDSL_FUSED_STEP=0 turns it off (the unfused step, for comparison)."""
+    if "step" not in mod.fused or x.dtype == torch.float64:
         return False
     if os.environ.get("ARCHDSL_FUSED_STEP", "1") == "0":
         return False
@@ -55,7 +68,9 @@ def init_dt_bias(n, dt_min, dt_max, floor=1e-4):
     return dt + torch.log(-torch.expm1(-dt))
 
 
-class Mamba(nn.Module):
+class Mamba(nn.Module, Fusable):
+    FUSES = ("epilogue", "step")
+
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
@@ -73,7 +88,7 @@ class Mamba(nn.Module):
             self.b_layernorm = nn.Parameter(torch.ones(N))
             self.c_layernorm = nn.Parameter(torch.ones(N))
         self.dt_proj._keep_init = True
-        self.fuse = True  # decode step: two Triton kernels around the x_proj GEMM (set_fuse)
+        self.fuse = True  # "epilogue"; "step": two Triton kernels around the x_proj GEMM (set_fuse)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -117,7 +132,9 @@ class Mamba(nn.Module):
         w, b = self.conv1d.weight[:, 0], self.conv1d.bias
         u = conv_forward(u.contiguous(), w, b, None if state is None else state["conv"])
         dt, B, C = self._ssm_params(u.transpose(1, 2))
-        kw = dict(D=self._f(self.D), z=z.contiguous(), delta_bias=self._f(self.dt_proj.bias), delta_softplus=True)
+        epi = "epilogue" in self.fused
+        kw = dict(D=self._f(self.D) if epi else None, z=z.contiguous() if epi else None,
+                  delta_bias=self._f(self.dt_proj.bias), delta_softplus=True)
         if state is None:
             y = selective_scan(u, dt.transpose(1, 2).contiguous(), self._A(), B.transpose(1, 2).contiguous(),
                                C.transpose(1, 2).contiguous(), **kw)
@@ -126,6 +143,8 @@ class Mamba(nn.Module):
                                      C.transpose(1, 2).contiguous(), return_last_state=True,
                                      initial_state=state["ssm"], **kw)
             state["ssm"].copy_(last)
+        if not epi:
+            y = skip_gate(y, u, self._f(self.D)[:, None], z)
         return self.out_proj(y.transpose(1, 2))
 
     # --- recurrent ---------------------------------------------------------------------
@@ -138,8 +157,11 @@ class Mamba(nn.Module):
         u, z = self.in_proj(x).chunk(2, dim=-1)
         u = conv_step(u, self.conv1d.weight[:, 0], self.conv1d.bias, state["conv"])
         dt, B, C = self._ssm_params(u)
-        y = selective_state_update(state["ssm"], u, dt, self._A(), B, C, D=self._f(self.D), z=z,
-                                   dt_bias=self._f(self.dt_proj.bias), dt_softplus=True)
+        epi = "epilogue" in self.fused
+        y = selective_state_update(state["ssm"], u, dt, self._A(), B, C, D=self._f(self.D) if epi else None,
+                                   z=z if epi else None, dt_bias=self._f(self.dt_proj.bias), dt_softplus=True)
+        if not epi:
+            y = skip_gate(y, u, self._f(self.D), z)
         return self.out_proj(y)
 
     def _step_fused(self, x, state):

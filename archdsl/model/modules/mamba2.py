@@ -5,6 +5,7 @@
     y = ssd_scan(x, dt, A = -exp(A_log) [H], B, C, D [H], dt_bias [H], dt_softplus)
     gated_norm: y = norm(y · silu(z)) per group of E/G channels, weight [E] (HF MambaRMSNormGated);
     else the gate z goes into the scan's epilogue: y = y · silu(z)
+    (the "epilogue" fusion: D and that gate inside the scan; off, they are applied after it in torch)
     ─out_proj─▶ [B, L, d]
 
 The decode state: conv window [B, conv_dim, K-1] (model dtype), SSM state [B, H, P, N] (float32 for
@@ -16,8 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..fusions import Fusable
 from .conv import conv_forward, conv_step
-from .mamba import fused_step_ok, init_dt_bias, state_dtype
+from .mamba import fused_step_ok, init_dt_bias, skip_gate, state_dtype
 
 
 class GatedRMSNorm(nn.Module):
@@ -37,7 +39,9 @@ class GatedRMSNorm(nn.Module):
         return self.weight * g.view_as(h).to(dtype)
 
 
-class Mamba2(nn.Module):
+class Mamba2(nn.Module, Fusable):
+    FUSES = ("epilogue", "step")
+
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
@@ -52,7 +56,7 @@ class Mamba2(nn.Module):
         self.D = nn.Parameter(torch.empty(H))
         self.norm = GatedRMSNorm(E, G, cfg.norm_eps) if cfg.gated_norm else None
         self.out_proj = nn.Linear(E, d, bias=cfg.bias)
-        self.fuse = True  # decode step: one Triton kernel between in_proj and out_proj (set_fuse)
+        self.fuse = True  # "epilogue"; "step": one Triton kernel between in_proj and out_proj (set_fuse)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -92,14 +96,18 @@ class Mamba2(nn.Module):
         u, B, C = xBC.split([self.E, self.G * self.N, self.G * self.N], dim=-1)
         gate = None if self.norm is not None else z.reshape(Bsz, L, self.H, self.P)
         dt, dt_bias, softplus = self._dt(dt)
-        out = ssd_scan(u.reshape(Bsz, L, self.H, self.P), dt.contiguous(), -torch.exp(self._f(self.A_log)),
+        u = u.reshape(Bsz, L, self.H, self.P)
+        epi = "epilogue" in self.fused
+        out = ssd_scan(u, dt.contiguous(), -torch.exp(self._f(self.A_log)),
                        B.reshape(Bsz, L, self.G, self.N), C.reshape(Bsz, L, self.G, self.N),
-                       chunk_size=self.cfg.chunk_size, D=self._f(self.D), z=gate, dt_bias=dt_bias,
-                       dt_softplus=softplus, initial_states=None if state is None else state["ssm"],
+                       chunk_size=self.cfg.chunk_size, D=self._f(self.D) if epi else None, z=gate if epi else None,
+                       dt_bias=dt_bias, dt_softplus=softplus, initial_states=None if state is None else state["ssm"],
                        return_final_states=state is not None)
         if state is not None:
             out, final = out
             state["ssm"].copy_(final)
+        if not epi:
+            out = skip_gate(out, u, self._f(self.D)[:, None], gate)
         return self._out(out.reshape(Bsz, L, self.E), z)
 
     def step(self, x, state, **ctx):
@@ -114,9 +122,13 @@ class Mamba2(nn.Module):
         u, B, C = xBC.split([self.E, self.G * self.N, self.G * self.N], dim=-1)
         gate = None if self.norm is not None else z.reshape(Bsz, self.H, self.P)
         dt, dt_bias, softplus = self._dt(dt)
-        y = ssd_step(state["ssm"], u.reshape(Bsz, self.H, self.P), dt, -torch.exp(self._f(self.A_log)),
-                     B.reshape(Bsz, self.G, self.N), C.reshape(Bsz, self.G, self.N), D=self._f(self.D), z=gate,
+        u = u.reshape(Bsz, self.H, self.P)
+        epi = "epilogue" in self.fused
+        y = ssd_step(state["ssm"], u, dt, -torch.exp(self._f(self.A_log)), B.reshape(Bsz, self.G, self.N),
+                     C.reshape(Bsz, self.G, self.N), D=self._f(self.D) if epi else None, z=gate if epi else None,
                      dt_bias=dt_bias, dt_softplus=softplus)
+        if not epi:
+            y = skip_gate(y, u, self._f(self.D)[:, None], gate)
         return self._out(y.reshape(Bsz, self.E), z)
 
     def _step_fused(self, x, state):

@@ -1,0 +1,64 @@
+"""The compiler's fusions, each with a name, switched on or off per model.
+
+    compile(spec, fuse=True)                 every fusion (the default)
+    compile(spec, fuse=False)                none: every op on its own
+    compile(spec, fuse={"qkv", "step"})      exactly those (also "qkv,step")
+    model.set_fuse(...)                      the same values, later
+
+Every fusion computes the same function on or off (tests/model/test_fusions.py);
+benchmarks/fusions.py times each on against off. Two more speed-ups are whole-model switches
+outside `fuse`: compile(..., cuda_graph=True) replays the decode step from a CUDA graph, and the
+model runs under torch.compile(model).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Union
+
+from ..errors import ArchDSLError, did_you_mean
+
+FUSIONS: dict[str, str] = {
+    "add_norm": "the residual add and the next RMSNorm as one Triton kernel (where the Triton kernels run)",
+    "qkv": "attention's q, k and v projections as one GEMM over their packed weights (inference)",
+    "epilogue": "Mamba / Mamba-2: the D skip and the silu(z) gate inside the scan kernel, not after it in torch",
+    "step": "Mamba / Mamba-2 decode step as one or two Triton kernels between the projections (Triton only)",
+}
+
+Fuse = Union[bool, str, Iterable[str]]
+
+
+def resolve_fuse(fuse: Fuse) -> frozenset[str]:
+    """The fusion names that `fuse` switches on: True → all of FUSIONS, False → none, a set (or
+    any iterable) of names → exactly those, a string → its comma-separated names. An unknown name
+    or another type raises ArchDSLError listing the valid names."""
+    if isinstance(fuse, bool):
+        return frozenset(FUSIONS) if fuse else frozenset()
+    if isinstance(fuse, str):
+        names = [n.strip() for n in fuse.split(",") if n.strip()]
+    elif isinstance(fuse, Iterable):
+        names = list(fuse)
+    else:
+        raise ArchDSLError(f"fuse: expected True, False or a set of fusion names, got {fuse!r}",
+                           hint=f"fusions: {', '.join(FUSIONS)}")
+    for n in names:
+        if not isinstance(n, str) or n not in FUSIONS:
+            hint = did_you_mean(n, FUSIONS) if isinstance(n, str) else ""
+            raise ArchDSLError(f"fuse: unknown fusion {n!r} (valid: {', '.join(FUSIONS)})", hint=hint)
+    return frozenset(names)
+
+
+class Fusable:
+    """Mixin of a module with fusions: FUSES names the ones it has, `fused` holds those switched
+    on (set by ArchModel.set_fuse). `module.fuse = value` takes what compile(fuse=) takes."""
+
+    FUSES: tuple[str, ...] = ()
+    fused: frozenset[str] = frozenset()
+
+    @property
+    def fuse(self) -> bool:
+        """Whether any of this module's fusions is on."""
+        return bool(self.fused)
+
+    @fuse.setter
+    def fuse(self, value: Fuse) -> None:
+        self.fused = resolve_fuse(value) & frozenset(self.FUSES)
