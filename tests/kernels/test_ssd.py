@@ -1,4 +1,8 @@
-"""Mamba-2 SSD: Triton (interpreted on CPU) and chunked torch against the float64 loop."""
+"""Mamba-2 SSD: Triton (interpreted on CPU) and chunked torch against the float64 loop.
+
+Both Triton implementations run every Triton test: `fused` (one program walks all chunks of a
+(batch, head)) and `chunked` (parallel chunk kernels and a serial state pass), chosen by
+ARCHDSL_SSD_IMPL."""
 import os
 
 import pytest
@@ -13,6 +17,7 @@ from archdsl.kernels.ssd.naive import ssd_scan_naive
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
 NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+IMPLS = ("fused", "chunked")
 
 
 def make(b, L, H, P, G, N, *, D=None, z=False, bias=False, h0=False, seq=False, dtype=torch.float32,
@@ -75,12 +80,29 @@ def assert_matches_float64(fn, t, tol=2e-5, reduced_tol=3e-4):
         assert rel(a, b) < limit, f"{name}: relative error {rel(a, b):.2e} > {limit}"
 
 
-def triton_scan(*a, **k):
-    os.environ["ARCHDSL_KERNELS"] = "triton"
-    try:
-        return ssd_scan(*a, **k)
-    finally:
-        del os.environ["ARCHDSL_KERNELS"]
+def triton_scan(*a, impl="fused", **k):
+    """ssd_scan forced onto the Triton implementation `impl` (the backward runs what the forward chose)."""
+    return scan_of(impl)(*a, **k)
+
+
+def scan_of(impl):
+    """ssd_scan forced onto `impl`: "torch" (the chunked torch path), or a Triton implementation
+    ("fused", "chunked")."""
+    env = dict(ARCHDSL_KERNELS="torch") if impl == "torch" else dict(ARCHDSL_KERNELS="triton",
+                                                                     ARCHDSL_SSD_IMPL=impl)
+
+    def scan(*a, **k):
+        old = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)
+        try:
+            return ssd_scan(*a, **k)
+        finally:
+            for name, value in old.items():
+                if value is None:
+                    del os.environ[name]
+                else:
+                    os.environ[name] = value
+    return scan
 
 
 shapes = st.tuples(st.sampled_from([1, 2]), st.sampled_from([1, 2, 7, 17, 31, 40, 67]),
@@ -90,22 +112,44 @@ options = st.fixed_dictionaries(dict(D=st.sampled_from([None, 1, 2]), z=st.boole
                                      h0=st.booleans(), seq=st.booleans()))
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @settings(max_examples=30, deadline=None)
-@given(shapes, options)
-def test_triton_matches_naive(shape, opts):
+@given(shape=shapes, opts=options)
+def test_triton_matches_naive(impl, shape, opts):
     b, L, (H, G), P, N = shape
     t = make(b, L, H, P, G, N, **opts)
-    assert_matches_float64(triton_scan, t)
+    assert_matches_float64(scan_of(impl), t)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("opts", [dict(D=2, z=True, bias=True, h0=True), dict(seq=True, D=1)])
-def test_triton_blocks_of_P(opts, monkeypatch):
+def test_triton_blocks_of_P(opts, impl, monkeypatch):
     """Head dims split across programs: the per-token gradients are sums of the blocks' parts."""
-    from archdsl.kernels.ssd import triton_ssd
+    from archdsl.kernels.ssd import triton_ssd, triton_ssd_chunked
     monkeypatch.setattr(triton_ssd, "FWD_BLOCK_P", 16)
     monkeypatch.setattr(triton_ssd, "BWD_BLOCK_P", 16)
+    monkeypatch.setattr(triton_ssd_chunked, "BLOCK_P", 16)
+    monkeypatch.setattr(triton_ssd_chunked, "BLOCK_PN", 64)  # several P·N blocks in the state passes
     t = make(2, 45, 4, 40, 2, 12, **opts)
-    assert_matches_float64(triton_scan, t)
+    assert_matches_float64(scan_of(impl), t)
+
+
+def test_chunked_states_in_16_bit():
+    """16-bit inputs: the chunked kernels keep the entering states and their gradients in the input's
+    dtype (separate buffers from the float32 chunk states). float16, since the interpreter mishandles
+    bfloat16; against the float64 loop to half precision."""
+    t = make(2, 50, 4, 16, 2, 16, D=1, z=True, bias=True, h0=True, seq=True)
+    t64 = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t.items()}
+    t16 = {k: v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t.items()}
+    assert_close(run(scan_of("chunked"), t16), run(ssd_scan_naive, t64), 3e-3)
+
+
+def test_auto_is_fused_off_cuda(monkeypatch):
+    """auto times the two only on CUDA; elsewhere (the interpreter) it is the default, fused."""
+    from archdsl.kernels.ssd import op
+    monkeypatch.setenv("ARCHDSL_SSD_IMPL", "auto")
+    t = make(1, 5, 2, 4, 1, 4)
+    assert op._triton_impl((t["x"], t["dt"], t["A"], t["B"], t["C"]) + (None,) * 5 + (False, None)) == "fused"
 
 
 @settings(max_examples=20, deadline=None)
@@ -117,9 +161,10 @@ def test_chunked_matches_naive(shape, opts, chunk):
     assert_close(got, run(ssd_scan_naive, t), 1e-8)
 
 
-@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("impl", ["torch", "triton", "triton-chunked"])
 def test_split_scan_equals_whole(impl, monkeypatch):
-    monkeypatch.setenv("ARCHDSL_KERNELS", impl)
+    monkeypatch.setenv("ARCHDSL_KERNELS", impl.split("-")[0])
+    monkeypatch.setenv("ARCHDSL_SSD_IMPL", "chunked" if impl.endswith("chunked") else "fused")
     t = make(2, 45, 2, 5, 1, 7, D=2, z=True, bias=True, h0=True)
     kw = dict(D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True)
     y, h = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size=16, z=t["z"],
@@ -134,9 +179,10 @@ def test_split_scan_equals_whole(impl, monkeypatch):
     assert_close([torch.cat([y1, y2], 1), h2], [y, h], 1e-5)
 
 
-@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("impl", ["torch", "triton", "triton-chunked"])
 def test_step_matches_scan(impl, monkeypatch):
-    monkeypatch.setenv("ARCHDSL_KERNELS", impl)
+    monkeypatch.setenv("ARCHDSL_KERNELS", impl.split("-")[0])
+    monkeypatch.setenv("ARCHDSL_SSD_IMPL", "chunked" if impl.endswith("chunked") else "fused")
     t = make(2, 19, 4, 5, 2, 6, D=1, z=True, bias=True, h0=True)
     y, h = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"], dt_bias=t["dt_bias"],
                     dt_softplus=True, initial_states=t["initial_states"], return_final_states=True)
@@ -146,11 +192,13 @@ def test_step_matches_scan(impl, monkeypatch):
     assert_close([torch.stack(ys, 1), state], [y, h], 1e-5)
 
 
-def test_seq_idx_isolates_sequences():
+@pytest.mark.parametrize("impl", ["torch", "fused", "chunked"])
+def test_seq_idx_isolates_sequences(impl):
+    scan = scan_of(impl)
     t = make(1, 30, 2, 4, 1, 5, seq=False)
     seq = torch.tensor([[0] * 12 + [1] * 18])
-    y = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], seq_idx=seq)
-    y2 = ssd_scan(*(t[k][:, 12:] for k in ("x", "dt")), t["A"], *(t[k][:, 12:] for k in ("B", "C")))
+    y = scan(t["x"], t["dt"], t["A"], t["B"], t["C"], seq_idx=seq)
+    y2 = scan(*(t[k][:, 12:] for k in ("x", "dt")), t["A"], *(t[k][:, 12:] for k in ("B", "C")))
     assert_close([y[:, 12:]], [y2], 1e-6)
 
 
@@ -190,9 +238,11 @@ def reference(t, chunk=128):
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype, tol, L", [(torch.bfloat16, 3e-2, 4096), (torch.float32, 1e-4, 1000),
                                            (torch.bfloat16, 3e-2, 1000)])
-def test_gpu_full_size(dtype, tol, L):
+def test_gpu_full_size(dtype, tol, L, impl, monkeypatch):
+    monkeypatch.setenv("ARCHDSL_SSD_IMPL", impl)
     t = make(4, L, 32, 64, 1, 128, D=1, bias=True, h0=True, z=L == 1000, seq=L == 1000, dtype=dtype, device=DEV)
     got = run(ssd_scan, t)
     want = reference(t)
@@ -203,7 +253,9 @@ def test_gpu_full_size(dtype, tol, L):
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_step_matches_scan_bf16():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gpu_step_matches_scan_bf16(impl, monkeypatch):
+    monkeypatch.setenv("ARCHDSL_SSD_IMPL", impl)
     t = make(2, 4096, 8, 64, 1, 128, D=1, z=True, bias=True, dtype=torch.bfloat16, device=DEV)
     y = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"], dt_bias=t["dt_bias"],
                  dt_softplus=True)
@@ -217,8 +269,10 @@ def test_gpu_step_matches_scan_bf16():
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("L, grads", [(131072, True), (1 << 20, False)])
-def test_gpu_long_sequences(L, grads):
+def test_gpu_long_sequences(L, grads, impl, monkeypatch):
+    monkeypatch.setenv("ARCHDSL_SSD_IMPL", impl)
     t = make(1, L, 2, 64, 1, 128, D=1, bias=True, h0=True, dtype=torch.bfloat16, device=DEV)
     got = run(ssd_scan, t, grads=grads)
     want = reference(t, chunk=256) if grads else run(
