@@ -10,6 +10,8 @@ The decode step reads and writes the [B, H, P, N] fp32 state: 2·4·B·H·P·N b
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 BW, FLOPS = 4.2e12, 680e12
@@ -59,21 +61,45 @@ def _time(fn):
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def rows(quick: bool = False) -> list[dict]:
+def _forced(impl, fn):
+    """fn run with ARCHDSL_SSD_IMPL=impl (the op reads it at every call)."""
+    def go():
+        old = os.environ.get("ARCHDSL_SSD_IMPL")
+        os.environ["ARCHDSL_SSD_IMPL"] = impl
+        try:
+            fn()
+        finally:
+            if old is None:
+                del os.environ["ARCHDSL_SSD_IMPL"]
+            else:
+                os.environ["ARCHDSL_SSD_IMPL"] = old
+    return go
+
+
+def _time_or_nan(fn):
+    try:
+        return _time(fn)
+    except Exception as e:  # one implementation failing to build must not hide the other's figures
+        print(f"# failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        return float("nan")
+
+
+def rows(quick: bool = False):
+    """Both Triton implementations (ARCHDSL_SSD_IMPL=fused, chunked) against the peer, yielded as measured."""
     from archdsl.kernels.ssd import ssd_scan
     peer = _peer()
-    out = []
     for L in ([4096] if quick else [4096, 16384]):
         for bwd in (False, True):
             t = _inputs(4, L, grad=bwd)
-            ours = _time(_scan_fn(lambda *a, **k: ssd_scan(*a[:5], chunk_size=a[5], **k), t, bwd))
-            theirs = _time(_scan_fn(peer, t, bwd)) if peer else None
+            theirs = _time_or_nan(_scan_fn(peer, t, bwd)) if peer else None
             floor, note = _floor(4, L, bwd=bwd)
-            out.append(dict(op="ssd_scan", shape=f"B=4 L={L} H=32 P=64 N=128 G=1",
-                            mode="fwd+bwd" if bwd else "fwd", ours_ms=ours, peer="mamba_ssm", peer_ms=theirs,
-                            floor_ms=floor, floor_note=note))
-    out.append(_step_row())
-    return out
+            for impl in ("fused", "chunked"):
+                ours = _time_or_nan(_forced(impl, _scan_fn(lambda *a, **k: ssd_scan(*a[:5], chunk_size=a[5], **k),
+                                                           t, bwd)))
+                yield dict(op=f"ssd_scan {impl}", shape=f"B=4 L={L} H=32 P=64 N=128 G=1",
+                           mode="fwd+bwd" if bwd else "fwd", ours_ms=ours, peer="mamba_ssm", peer_ms=theirs,
+                           floor_ms=floor, floor_note=note)
+    yield _step_row()
 
 
 def _step_row():
@@ -101,10 +127,10 @@ def _step_row():
 
 
 if __name__ == "__main__":
-    print(f"{'op':9} {'mode':8} {'shape':34} {'ours ms':>9} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} {'% floor':>8}")
+    print(f"{'op':16} {'mode':8} {'shape':34} {'ours ms':>9} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} {'% floor':>8}")
     for r in rows():
         peer = r["peer_ms"]
         ratio = f"{r['ours_ms'] / peer:.2f}" if peer else "-"
-        print(f"{r['op']:9} {r['mode']:8} {r['shape']:34} {r['ours_ms']:9.4f} "
+        print(f"{r['op']:16} {r['mode']:8} {r['shape']:34} {r['ours_ms']:9.4f} "
               f"{peer if peer is None else round(peer, 4)!s:>9} {ratio:>6} {r['floor_ms']:9.4f} "
               f"{100 * r['floor_ms'] / r['ours_ms']:7.1f}%")
