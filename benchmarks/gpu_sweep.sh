@@ -27,10 +27,11 @@ bench_ssd() { stage bench_ssd "${T_SSD:-200}" python3 benchmarks/kernels.py --on
 bench_scan() { stage bench_scan "${T_SCAN:-90}" python3 benchmarks/kernels.py --only kernels_selective_scan --quick --json "$OUTDIR/scan.json"; }
 bench_wkv6() { stage bench_wkv6 "${T_WKV:-200}" python3 benchmarks/kernels.py --only kernels_wkv6 --json "$OUTDIR/wkv6.json"; }
 bench_model() { stage bench_model "${T_MODEL:-190}" python3 benchmarks/model.py --quick --json "$OUTDIR/model.json" $MODEL_ARGS; }
+bench_fusions() { stage bench_fusions "${T_FUSIONS:-150}" python3 benchmarks/fusions.py --json "$OUTDIR/fusions.json"; }
 zoology() { stage zoology "${T_ZOO:-480}" python3 benchmarks/zoology_mqar.py --jobs 12 --steps 20000 --lrs 2e-3,6e-4 --budget-s "${ZOO_BUDGET:-400}" --out "$OUTDIR/zoology.json"; }
 MODEL_ARGS=${MODEL_ARGS:-}
 LANE_KERNELS=${LANE_KERNELS:-gpu_tests bench_ssd bench_scan}  # correctness at full size, kernel timings
-LANE_MODELS=${LANE_MODELS:-bench_model bench_wkv6 zoology}    # whole models, WKV6, the Zoology MQAR table
+LANE_MODELS=${LANE_MODELS:-bench_model bench_wkv6 zoology bench_fusions}  # whole models, WKV6, Zoology MQAR, each fusion on/off
 lane() { for s in $1; do "$s"; done; }
 # With two GPUs the lanes run side by side, one per card (each timing has its card to itself);
 # with one, one after the other.
