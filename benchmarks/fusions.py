@@ -153,9 +153,9 @@ def epilogue(kind: str, bwd: bool) -> dict:
     off, on = _on_off(model, "epilogue", run)
     E = mixer.E
     nbytes = 4 * B * L * E * 2
-    return dict(timed=f"{'Mamba-1' if kind == 'mamba' else 'Mamba-2 (no gated norm)'} layer {'fwd+bwd' if bwd else 'fwd'}",
-                shape=f"B={B} L={L} d={d} E={E}", off_ms=off, on_ms=on,
-                saved_floor_ms=None if bwd else nbytes / BW * 1e3)
+    name = "Mamba-1" if kind == "mamba" else "Mamba-2 (no gated norm)"
+    return dict(timed=f"{name} layer {'fwd+bwd' if bwd else 'fwd'}", shape=f"B={B} L={L} d={d} E={E}",
+                off_ms=off, on_ms=on, saved_floor_ms=None if bwd else nbytes / BW * 1e3)
 
 
 def add_norm(bwd: bool) -> dict:

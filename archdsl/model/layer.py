@@ -4,9 +4,8 @@
 
 Each residual add is kept "pending" and done by the next norm, so that on CUDA the add and the
 RMSNorm run as one kernel (archdsl.kernels.add_rmsnorm; without the "add_norm" fusion they run
-apart). With an
-INJECT block (Zamba2, HF semantics) the mixer reads norm(h + inject(h, emb)) while the residual
-stream skips the injection.
+apart). With an INJECT block (Zamba2, HF semantics) the mixer reads norm(h + inject(h, emb)) while
+the residual stream skips the injection.
 """
 from __future__ import annotations
 
