@@ -278,7 +278,7 @@ def cmd_run(args):
         model = load_model(args.spec, device=args.device, dtype=args.dtype)
     else:
         model = build(_spec(args.spec), device=args.device, dtype=resolve_dtype(args.dtype or "float32"),
-                      seed=args.seed, cuda_graph=args.cuda_graph, fuse=not args.no_fuse)
+                      seed=args.seed, cuda_graph=args.cuda_graph, fuse=False if args.no_fuse else args.fuse)
     dev = model.device
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
@@ -336,7 +336,9 @@ def _add_run(p):
     p.add_argument("--dtype", default=None, help="float32 (default; a saved model keeps its own), bfloat16, ...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cuda-graph", action="store_true", help="replay the decode step from a CUDA graph (spec only)")
-    p.add_argument("--no-fuse", action="store_true", help="switch off the fusions (add+RMSNorm kernel, q/k/v GEMM)")
+    p.add_argument("--fuse", default=True, metavar="NAMES",
+                   help="only these fusions, comma-separated (add_norm, qkv, epilogue, step; default: all)")
+    p.add_argument("--no-fuse", action="store_true", help="switch every fusion off")
     p.add_argument("--json", action="store_true")
 
 
