@@ -30,11 +30,13 @@ import triton.language as tl
 from .._dispatch import interpreting
 from .triton_ssd import _c, _flags, _pow2, _prec, _seq_masks
 
-# H200 choices (not yet tuned on the card): 64-token chunks keep every tile of a chunk in registers.
-CHUNK, BLOCK_P, BLOCK_PN, BLOCK_H = 64, 64, 512, 32
+# H200 choices (not yet timed on the card): 128-token chunks (the [P, N] states per token, the
+# largest traffic, halve from 64) worked through in sub-blocks of 64 tokens, whose [64, 64] and
+# [64, 128] tiles stay in registers; a whole head dim P = 64 per program.
+CHUNK, SUB, BLOCK_P, BLOCK_PN, BLOCK_H = 128, 64, 64, 512, 32
 SCAN_WARPS, GRAD_WARPS, PASS_WARPS = 4, 8, 4
-# Under the interpreter small chunks keep the tests fast and still cross several chunks.
-INTERPRET_CHUNK = 16
+# Under the interpreter small chunks and sub-blocks keep the tests fast and still cross several of each.
+INTERPRET_CHUNK, INTERPRET_SUB = 32, 16
 
 
 @triton.jit
@@ -47,12 +49,61 @@ def _chunk_ids(pid, H, NC, G):
 
 
 @triton.jit
-def _prev_seq(seq_ptr, row0, c, Q: tl.constexpr, HAS_SEQ: tl.constexpr):
-    """Sequence index of the token before chunk c (0 before the first chunk: h0 belongs to sequence 0)."""
+def _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q: tl.constexpr, BT: tl.constexpr,
+                HAS_SEQ: tl.constexpr):
+    """Chunk-level facts: the number of sub-blocks holding tokens, s at the chunk's end, the sequence
+    index before the chunk (0 before the first: h0 belongs to sequence 0) and of its last token
+    (both 0 without seq_idx), and the factor exp(s_end) of the entering state in the leaving one
+    (0 when a sequence boundary lies in between)."""
+    nb = tl.cdiv(tl.minimum(L - c * Q, Q), BT)
+    sT = tl.load(s_ptr + (bh64 * NC + c) * Q + Q - 1)
+    carry = tl.exp(sT)
     seq_prev = 0
+    seq_last = 0
     if HAS_SEQ:
         seq_prev = tl.load(seq_ptr + tl.maximum(row0 + c * Q - 1, row0)) * (c > 0)
-    return seq_prev
+        seq_last = tl.load(seq_ptr + row0 + tl.minimum(c * Q + Q, L) - 1)
+        carry = tl.where(seq_last == seq_prev, carry, 0.0)
+    return nb, sT, carry, seq_prev, seq_last
+
+
+@triton.jit
+def _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, k, L, NC, Q: tl.constexpr, BT: tl.constexpr,
+           HAS_SEQ: tl.constexpr):
+    """Sub-block k of chunk c, [BT] each: position in the chunk, token rows (int64), mask, dt', s,
+    sequence index (-1 past the end; 0 without seq_idx)."""
+    offs = k * BT + tl.arange(0, BT)
+    t = c * Q + offs
+    mask_t = t < L
+    rows = row0 + t
+    cq = (bh64 * NC + c) * Q + offs
+    dt = tl.load(dtc_ptr + cq)
+    s = tl.load(s_ptr + cq)
+    if HAS_SEQ:
+        seq = tl.load(seq_ptr + rows, mask=mask_t, other=-1)
+    else:
+        seq = offs * 0
+    return offs, rows, mask_t, dt, s, seq
+
+
+@triton.jit
+def _tile(ptr, rows, mask_t, stride_row, col, width, offs, mask_c):
+    """[BT, block] tile of a [B, L, stride_row, width] tensor at token rows, index col, columns offs."""
+    return tl.load(ptr + ((rows * stride_row + col) * width)[:, None] + offs[None, :],
+                   mask=mask_t[:, None] & mask_c[None, :], other=0.0)
+
+
+@triton.jit
+def _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j):
+    """exp(s_t - s_u) for targets t (rows) and sources u (columns) of one sequence with t >= u, else 0."""
+    keep = (offs_i[:, None] >= offs_j[None, :]) & (seq_i[:, None] == seq_j[None, :])
+    return tl.where(keep, tl.exp(tl.minimum(s_i[:, None] - s_j[None, :], 0.0)), 0.0)
+
+
+@triton.jit
+def _scatter(full, part, offs_q, offs_blk):
+    """full [Q] + part [BT] placed at the positions offs_blk."""
+    return full + tl.sum(tl.where(offs_q[:, None] == offs_blk[None, :], part[None, :], 0.0), axis=1)
 
 
 @triton.jit
@@ -85,46 +136,25 @@ def _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, L, H, NC,
 
 @triton.jit
 def _chunk_state(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, local_ptr, L, H, G, P, N, NC,
-                 HAS_SEQ: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                 PREC: tl.constexpr):
+                 HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
+                 BN: tl.constexpr, PREC: tl.constexpr):
     """One chunk's own final state Σ_t exp(s_end - s_t) dt'_t x_t ⊗ B_t, [P block, N] float32."""
     b, c, h, g, bh64 = _chunk_ids(tl.program_id(0), H, NC, G)
-    offs_q = tl.arange(0, Q)
     offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
     offs_n = tl.arange(0, BN)
     mask_p = offs_p < P
     mask_n = offs_n < N
-    t = c * Q + offs_q
-    mask_t = t < L
     row0 = b.to(tl.int64) * L
-    rows = row0 + t
-    cq = (bh64 * NC + c) * Q
-    dt = tl.load(dtc_ptr + cq + offs_q)
-    s = tl.load(s_ptr + cq + offs_q)
-    sT = tl.load(s_ptr + cq + Q - 1)
-    _, m_out, _, _, _ = _seq_masks(seq_ptr, rows, row0, c, Q, L, mask_t,
-                                   _prev_seq(seq_ptr, row0, c, Q, HAS_SEQ), HAS_SEQ)
-    x = tl.load(x_ptr + (rows * H + h)[:, None] * P + offs_p[None, :],
-                mask=mask_t[:, None] & mask_p[None, :], other=0.0)
-    Bm = tl.load(B_ptr + (rows * G + g)[:, None] * N + offs_n[None, :],
-                 mask=mask_t[:, None] & mask_n[None, :], other=0.0)
-    w = tl.where(m_out, tl.exp(tl.minimum(sT - s, 0.0)) * dt, 0.0)
-    Bw = (Bm.to(tl.float32) * w[:, None]).to(x.dtype)
-    st = tl.dot(tl.trans(x), Bw, input_precision=PREC)
+    nb, sT, _, _, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
+    acc = tl.zeros((BP, BN), dtype=tl.float32)
+    for k in range(nb):
+        _, rows, mask_t, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, k, L, NC, Q, BT, HAS_SEQ)
+        x = _tile(x_ptr, rows, mask_t, H, h, P, offs_p, mask_p)
+        Bm = _tile(B_ptr, rows, mask_t, G, g, N, offs_n, mask_n)
+        w = tl.where(seq == seq_last, tl.exp(tl.minimum(sT - s, 0.0)) * dt, 0.0)
+        acc += tl.dot(tl.trans(x), (Bm.to(tl.float32) * w[:, None]).to(x.dtype), input_precision=PREC)
     so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
-    tl.store(local_ptr + so, st, mask=mask_p[:, None] & mask_n[None, :])
-
-
-@triton.jit
-def _chunk_carry(s_ptr, seq_ptr, bh64, row0, c, seq_prev, L, NC, Q: tl.constexpr, HAS_SEQ: tl.constexpr):
-    """Factor of the state entering chunk c in the state leaving it: exp(s_end), 0 across a sequence
-    boundary; and the sequence index of the chunk's last token."""
-    carry = tl.exp(tl.load(s_ptr + (bh64 * NC + c) * Q + Q - 1))
-    seq_last = seq_prev
-    if HAS_SEQ:
-        seq_last = tl.load(seq_ptr + row0 + tl.minimum(c * Q + Q, L) - 1)
-        carry = tl.where(seq_last == seq_prev, carry, 0.0)
-    return carry, seq_last
+    tl.store(local_ptr + so, acc, mask=mask_p[:, None] & mask_n[None, :])
 
 
 @triton.jit
@@ -141,14 +171,11 @@ def _state_pass(local_ptr, hin_ptr, h0_ptr, hT_ptr, s_ptr, seq_ptr, L, H, PN, NC
         h = tl.load(h0_ptr + bh64 * PN + offs, mask=mask, other=0.0).to(tl.float32)
     else:
         h = tl.zeros((BS,), dtype=tl.float32)
-    seq_prev = 0
-    if HAS_SEQ:
-        seq_prev = tl.load(seq_ptr + row0) * 0
     for c in range(NC):
         base = (bh64 * NC + c) * PN + offs
         loc = tl.load(local_ptr + base, mask=mask, other=0.0)
         tl.store(hin_ptr + base, h.to(hin_ptr.dtype.element_ty), mask=mask)
-        carry, seq_prev = _chunk_carry(s_ptr, seq_ptr, bh64, row0, c, seq_prev, L, NC, Q, HAS_SEQ)
+        _, _, carry, _, _ = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
         h = h * carry + loc
     tl.store(hT_ptr + bh64 * PN + offs, h, mask=mask)
 
@@ -157,58 +184,57 @@ def _state_pass(local_ptr, hin_ptr, h0_ptr, hT_ptr, s_ptr, seq_ptr, L, H, PN, NC
 def _chunk_scan(x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, y_ptr, ypre_ptr,
                 L, H, G, P, N, NC,
                 HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
-                STORE_YPRE: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                PREC: tl.constexpr):
-    """y of one chunk, [Q, P block]: intra-chunk masked products plus the entering state's part."""
+                STORE_YPRE: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
+                BN: tl.constexpr, PREC: tl.constexpr):
+    """y of one chunk and P block, sub-block by sub-block: masked products with the sub-blocks before
+    (C_t Bᵀ_u ∘ decay ∘ dt'_u) x_u, plus the entering state's part exp(s_t) C_t · h_in."""
     b, c, h, g, bh64 = _chunk_ids(tl.program_id(0), H, NC, G)
-    offs_q = tl.arange(0, Q)
     offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
     offs_n = tl.arange(0, BN)
     mask_p = offs_p < P
     mask_n = offs_n < N
-    t = c * Q + offs_q
-    mask_t = t < L
     row0 = b.to(tl.int64) * L
-    rows = row0 + t
-    cq = (bh64 * NC + c) * Q
-    dt = tl.load(dtc_ptr + cq + offs_q)
-    s = tl.load(s_ptr + cq + offs_q)
-    m_in, _, same, _, _ = _seq_masks(seq_ptr, rows, row0, c, Q, L, mask_t,
-                                     _prev_seq(seq_ptr, row0, c, Q, HAS_SEQ), HAS_SEQ)
-    xo = (rows * H + h)[:, None] * P + offs_p[None, :]
-    mask_tp = mask_t[:, None] & mask_p[None, :]
-    x = tl.load(x_ptr + xo, mask=mask_tp, other=0.0)
-    bo = (rows * G + g)[:, None] * N + offs_n[None, :]
-    mask_tn = mask_t[:, None] & mask_n[None, :]
-    Bm = tl.load(B_ptr + bo, mask=mask_tn, other=0.0)
-    Cm = tl.load(C_ptr + bo, mask=mask_tn, other=0.0)
+    nb, _, _, seq_prev, _ = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
     so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
     state = tl.load(hin_ptr + so, mask=mask_p[:, None] & mask_n[None, :], other=0.0)
-
-    CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)
-    keep = (offs_q[:, None] >= offs_q[None, :]) & same
-    decay = tl.where(keep, tl.exp(tl.minimum(s[:, None] - s[None, :], 0.0)), 0.0)
-    W = (CB * decay * dt[None, :]).to(x.dtype)
-    y = tl.dot(W, x, input_precision=PREC)
-    y_state = tl.dot(Cm, tl.trans(state.to(x.dtype)), input_precision=PREC)
-    y += tl.where(m_in, tl.exp(s), 0.0)[:, None] * y_state
-    xf = x.to(tl.float32)
+    state = state.to(x_ptr.dtype.element_ty)
     if HAS_D:
         if D_PER_P:
-            y += tl.load(D_ptr + h * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)[None, :] * xf
+            Dv = tl.load(D_ptr + h * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)[None, :]
         else:
-            y += tl.load(D_ptr + h).to(tl.float32) * xf
-    if STORE_YPRE:
-        tl.store(ypre_ptr + xo, y.to(ypre_ptr.dtype.element_ty), mask=mask_tp)
-    if HAS_Z:
-        zv = tl.load(z_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
-        y = y * zv * tl.sigmoid(zv)
-    tl.store(y_ptr + xo, y.to(y_ptr.dtype.element_ty), mask=mask_tp)
+            Dv = tl.load(D_ptr + h).to(tl.float32)
+    for i in range(nb):
+        offs_i, rows_i, mask_i, _, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
+                                                       HAS_SEQ)
+        Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
+        y = tl.dot(Ci, tl.trans(state), input_precision=PREC)
+        y = tl.where(seq_i == seq_prev, tl.exp(s_i), 0.0)[:, None] * y
+        for j in range(i + 1):
+            offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC,
+                                                              Q, BT, HAS_SEQ)
+            xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
+            Bj = _tile(B_ptr, rows_j, mask_j, G, g, N, offs_n, mask_n)
+            CB = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)
+            W = CB * _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j) * dt_j[None, :]
+            y += tl.dot(W.to(xj.dtype), xj, input_precision=PREC)
+        xo = (rows_i * H + h)[:, None] * P + offs_p[None, :]
+        mask_tp = mask_i[:, None] & mask_p[None, :]
+        if HAS_D:
+            y += Dv * tl.load(x_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
+        if STORE_YPRE:
+            tl.store(ypre_ptr + xo, y.to(ypre_ptr.dtype.element_ty), mask=mask_tp)
+        if HAS_Z:
+            zv = tl.load(z_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
+            y = y * zv * tl.sigmoid(zv)
+        tl.store(y_ptr + xo, y.to(y_ptr.dtype.element_ty), mask=mask_tp)
 
 
 @triton.jit
-def _gated_grad(dy_ptr, z_ptr, ypre_ptr, dz_ptr, xo, mask_tp, HAS_Z: tl.constexpr, STORE_DZ: tl.constexpr):
-    """dL/d(y before the gate), [Q, P block] float32; stores dz when asked."""
+def _gated_grad(dy_ptr, z_ptr, ypre_ptr, dz_ptr, rows, h, H, P, offs_p, mask_t, mask_p,
+                HAS_Z: tl.constexpr, STORE_DZ: tl.constexpr):
+    """dL/d(y before the gate) of a sub-block, [BT, P block] float32; stores dz when asked."""
+    xo = (rows * H + h)[:, None] * P + offs_p[None, :]
+    mask_tp = mask_t[:, None] & mask_p[None, :]
     gy = tl.load(dy_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
     if HAS_Z:
         zv = tl.load(z_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
@@ -222,31 +248,26 @@ def _gated_grad(dy_ptr, z_ptr, ypre_ptr, dz_ptr, xo, mask_tp, HAS_Z: tl.constexp
 
 
 @triton.jit
-def _chunk_dstate(C_ptr, z_ptr, seq_ptr, s_ptr, ypre_ptr, dy_ptr, direct_ptr, L, H, G, P, N, NC,
-                  HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr,
-                  BN: tl.constexpr, PREC: tl.constexpr):
+def _chunk_dstate(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, ypre_ptr, dy_ptr, direct_ptr, L, H, G, P, N, NC,
+                  HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
+                  BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """A chunk's own gradient of the state entering it, Σ_t exp(s_t) gy_t ⊗ C_t, [P block, N] float32."""
     b, c, h, g, bh64 = _chunk_ids(tl.program_id(0), H, NC, G)
-    offs_q = tl.arange(0, Q)
     offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
     offs_n = tl.arange(0, BN)
     mask_p = offs_p < P
     mask_n = offs_n < N
-    t = c * Q + offs_q
-    mask_t = t < L
     row0 = b.to(tl.int64) * L
-    rows = row0 + t
-    s = tl.load(s_ptr + (bh64 * NC + c) * Q + offs_q)
-    m_in, _, _, _, _ = _seq_masks(seq_ptr, rows, row0, c, Q, L, mask_t,
-                                  _prev_seq(seq_ptr, row0, c, Q, HAS_SEQ), HAS_SEQ)
-    xo = (rows * H + h)[:, None] * P + offs_p[None, :]
-    gy = _gated_grad(dy_ptr, z_ptr, ypre_ptr, ypre_ptr, xo, mask_t[:, None] & mask_p[None, :], HAS_Z, False)
-    Cm = tl.load(C_ptr + (rows * G + g)[:, None] * N + offs_n[None, :],
-                 mask=mask_t[:, None] & mask_n[None, :], other=0.0)
-    gs = (gy * tl.where(m_in, tl.exp(s), 0.0)[:, None]).to(Cm.dtype)
-    d = tl.dot(tl.trans(gs), Cm, input_precision=PREC)
+    nb, _, _, seq_prev, _ = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
+    acc = tl.zeros((BP, BN), dtype=tl.float32)
+    for k in range(nb):
+        _, rows, mask_t, _, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, k, L, NC, Q, BT, HAS_SEQ)
+        gy = _gated_grad(dy_ptr, z_ptr, ypre_ptr, ypre_ptr, rows, h, H, P, offs_p, mask_t, mask_p, HAS_Z, False)
+        Cm = _tile(C_ptr, rows, mask_t, G, g, N, offs_n, mask_n)
+        gs = (gy * tl.where(seq == seq_prev, tl.exp(s), 0.0)[:, None]).to(Cm.dtype)
+        acc += tl.dot(tl.trans(gs), Cm, input_precision=PREC)
     so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
-    tl.store(direct_ptr + so, d, mask=mask_p[:, None] & mask_n[None, :])
+    tl.store(direct_ptr + so, acc, mask=mask_p[:, None] & mask_n[None, :])
 
 
 @triton.jit
@@ -268,8 +289,7 @@ def _dstate_pass(direct_ptr, dout_ptr, dhT_ptr, dh0_ptr, s_ptr, seq_ptr, L, H, P
         base = (bh64 * NC + c) * PN + offs
         d = tl.load(direct_ptr + base, mask=mask, other=0.0)
         tl.store(dout_ptr + base, gh.to(dout_ptr.dtype.element_ty), mask=mask)
-        carry, _ = _chunk_carry(s_ptr, seq_ptr, bh64, row0, c, _prev_seq(seq_ptr, row0, c, Q, HAS_SEQ),
-                                L, NC, Q, HAS_SEQ)
+        _, _, carry, _, _ = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
         gh = gh * carry + d
     tl.store(dh0_ptr + bh64 * PN + offs, gh, mask=mask)
 
@@ -281,10 +301,13 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq
                  L, H, G, P, N, NC, NPB, BLH,
                  HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                  SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr,
-                 Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+                 Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """Every gradient of one chunk and P block, given the state entering it (hin) and the gradient of the
-    state leaving it (dout). The per-token gradients that sum over P (d(dt'), dB, dC) and dA, dD are
-    written per P block / chunk and summed by the caller."""
+    state leaving it (dout). With M[t, u] = (C_t . B_u) decay[t, u] dt'_u (g_t . x_u) over token pairs
+    t >= u: a pass over source sub-blocks u gives dx, dB and d(dt'); a pass over target sub-blocks t
+    gives dC and dz. ds = dL/ds (s the in-chunk cumsum of dt' A) is gathered over the whole chunk in
+    [Q] registers, then d(dt') += A · (reverse cumsum of ds). The gradients that sum over P (d(dt'),
+    dB, dC) and dA, dD are written per P block / chunk and summed by the caller."""
     pid = tl.program_id(0)
     b, c, h, g, bh64 = _chunk_ids(pid, H, NC, G)
     pb = tl.program_id(1)
@@ -294,100 +317,132 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq
     mask_p = offs_p < P
     mask_n = offs_n < N
     mask_pn = mask_p[:, None] & mask_n[None, :]
-    t = c * Q + offs_q
-    mask_t = t < L
     row0 = b.to(tl.int64) * L
-    rows = row0 + t
+    xdt = x_ptr.dtype.element_ty
     A = tl.load(A_ptr + h).to(tl.float32)
-    cq = (bh64 * NC + c) * Q
-    dt = tl.load(dtc_ptr + cq + offs_q)
-    s = tl.load(s_ptr + cq + offs_q)
-    sT = tl.load(s_ptr + cq + Q - 1)
-    m_in, m_out, same, carry, _ = _seq_masks(seq_ptr, rows, row0, c, Q, L, mask_t,
-                                             _prev_seq(seq_ptr, row0, c, Q, HAS_SEQ), HAS_SEQ)
-    xo = (rows * H + h)[:, None] * P + offs_p[None, :]
-    mask_tp = mask_t[:, None] & mask_p[None, :]
-    x = tl.load(x_ptr + xo, mask=mask_tp, other=0.0)
-    xf = x.to(tl.float32)
-    bo = (rows * G + g)[:, None] * N + offs_n[None, :]
-    mask_tn = mask_t[:, None] & mask_n[None, :]
-    Bm = tl.load(B_ptr + bo, mask=mask_tn, other=0.0)
-    Cm = tl.load(C_ptr + bo, mask=mask_tn, other=0.0)
+    nb, sT, e_carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
     so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
     state = tl.load(hin_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
     dstate = tl.load(dout_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
-    gy = _gated_grad(dy_ptr, z_ptr, ypre_ptr, dz_ptr, xo, mask_tp, HAS_Z, True)
-    g_lo = gy.to(x.dtype)
-
-    # intra-chunk terms: M[t, u] = (C_t . B_u) decay[t, u] dt'_u (g_t . x_u)
-    CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)
-    gx = tl.dot(g_lo, tl.trans(x), input_precision=PREC)
-    keep = (offs_q[:, None] >= offs_q[None, :]) & same
-    decay = tl.where(keep, tl.exp(tl.minimum(s[:, None] - s[None, :], 0.0)), 0.0)
-    Ld = decay * dt[None, :]
-    R = Ld * gx
-    M = R * CB
-    ds = tl.sum(M, axis=1) - tl.sum(M, axis=0)
-    ddt = tl.sum(decay * gx * CB, axis=0)
-    dx = tl.dot(tl.trans((Ld * CB).to(x.dtype)), g_lo, input_precision=PREC)
-    R_lo = R.to(x.dtype)
-    dC = tl.dot(R_lo, Bm, input_precision=PREC)
-    dB = tl.dot(tl.trans(R_lo), Cm, input_precision=PREC)
-
-    # the entering state's contribution to y
-    state_lo = state.to(x.dtype)
-    e_in = tl.where(m_in, tl.exp(s), 0.0)
-    y_state = tl.dot(Cm, tl.trans(state_lo), input_precision=PREC)
-    ds += e_in * tl.sum(gy * y_state, axis=1)
-    dC += e_in[:, None] * tl.dot(g_lo, state_lo, input_precision=PREC)
-
-    # the chunk's contribution to the state it hands on: w_out dt' x ⊗ B, and carry · h_in
-    w_out = tl.where(m_out, tl.exp(tl.minimum(sT - s, 0.0)), 0.0)
-    dstate_lo = dstate.to(x.dtype)
-    dHB = tl.dot(Bm, tl.trans(dstate_lo), input_precision=PREC)
-    dx += (w_out * dt)[:, None] * dHB
-    xdHB = tl.sum(xf * dHB, axis=1)
-    ddt += w_out * xdHB
-    w = w_out * dt * xdHB
-    e_carry = tl.where(carry, tl.exp(sT), 0.0)
-    ds_T = tl.sum(w, axis=0) + e_carry * tl.sum(tl.sum(dstate * state, axis=1), axis=0)
-    ds = ds - w + tl.where(offs_q == Q - 1, ds_T, 0.0)
-    dB += (w_out * dt)[:, None] * tl.dot(x, dstate_lo, input_precision=PREC)
-
+    state_lo = state.to(xdt)
+    dstate_lo = dstate.to(xdt)
     if HAS_D:
         if D_PER_P:
-            dx += tl.load(D_ptr + h * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)[None, :] * gy
+            Dv = tl.load(D_ptr + h * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)[None, :]
         else:
-            dx += tl.load(D_ptr + h).to(tl.float32) * gy
-        tl.store(dD_ptr + (bh64 * NC + c) * P + offs_p, tl.sum(gy * xf, axis=0), mask=mask_p)
+            Dv = tl.load(D_ptr + h).to(tl.float32)
+    ds_full = tl.zeros((Q,), dtype=tl.float32)
+    ddt_full = tl.zeros((Q,), dtype=tl.float32)
+    # the entering state scaled by exp(s_end) reaches the leaving one
+    ds_T = e_carry * tl.sum(tl.sum(dstate * state, axis=1), axis=0)
+    dD_acc = tl.zeros((BP,), dtype=tl.float32)
+
+    # sources u: dx, dB, d(dt') and the -colsum(M) and rowsum(M) parts of ds
+    for j in range(nb):
+        offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC, Q, BT,
+                                                          HAS_SEQ)
+        xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
+        Bj = _tile(B_ptr, rows_j, mask_j, G, g, N, offs_n, mask_n)
+        dx = tl.zeros((BT, BP), dtype=tl.float32)
+        dB = tl.zeros((BT, BN), dtype=tl.float32)
+        ddt = tl.zeros((BT,), dtype=tl.float32)
+        ds = tl.zeros((BT,), dtype=tl.float32)
+        for i in range(j, nb):
+            offs_i, rows_i, mask_i, _, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
+                                                           HAS_SEQ)
+            Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
+            gi = _gated_grad(dy_ptr, z_ptr, ypre_ptr, ypre_ptr, rows_i, h, H, P, offs_p, mask_i, mask_p,
+                             HAS_Z, False).to(xdt)
+            CB = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)
+            gx = tl.dot(gi, tl.trans(xj), input_precision=PREC)
+            decay = _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j)
+            Ld = decay * dt_j[None, :]
+            R = Ld * gx
+            M = R * CB
+            # rowsum(M) lands on the targets; on the diagonal block they are the sources' own
+            # positions, where rowsum - colsum is formed first (exactly 0 for a single token, as the
+            # float64 reference has it)
+            ds_full = _scatter(ds_full, tl.where(i == j, 0.0, tl.sum(M, axis=1)), offs_q, offs_i)
+            ds += tl.where(i == j, tl.sum(M, axis=1), 0.0) - tl.sum(M, axis=0)
+            ddt += tl.sum(decay * gx * CB, axis=0)
+            dx += tl.dot(tl.trans((Ld * CB).to(xdt)), gi, input_precision=PREC)
+            dB += tl.dot(tl.trans(R.to(xdt)), Ci, input_precision=PREC)
+        # the sub-block's contribution to the state the chunk hands on: w_out dt' x ⊗ B
+        w_out = tl.where(seq_j == seq_last, tl.exp(tl.minimum(sT - s_j, 0.0)), 0.0)
+        dHB = tl.dot(Bj, tl.trans(dstate_lo), input_precision=PREC)
+        dx += (w_out * dt_j)[:, None] * dHB
+        xdHB = tl.sum(xj.to(tl.float32) * dHB, axis=1)
+        ddt += w_out * xdHB
+        w = w_out * dt_j * xdHB
+        ds -= w
+        ds_T += tl.sum(w, axis=0)
+        dB += (w_out * dt_j)[:, None] * tl.dot(xj, dstate_lo, input_precision=PREC)
+        if HAS_D:
+            gj = _gated_grad(dy_ptr, z_ptr, ypre_ptr, ypre_ptr, rows_j, h, H, P, offs_p, mask_j, mask_p,
+                             HAS_Z, False)
+            dx += Dv * gj
+            dD_acc += tl.sum(gj * xj.to(tl.float32), axis=0)
+        xo = (rows_j * H + h)[:, None] * P + offs_p[None, :]
+        tl.store(dx_ptr + xo, dx.to(dx_ptr.dtype.element_ty), mask=mask_j[:, None] & mask_p[None, :])
+        ho = ((rows_j * H + h) * NPB + pb)[:, None] * N + offs_n[None, :]
+        tl.store(dBh_ptr + ho, dB.to(dBh_ptr.dtype.element_ty), mask=mask_j[:, None] & mask_n[None, :])
+        ds_full = _scatter(ds_full, ds, offs_q, offs_j)
+        ddt_full = _scatter(ddt_full, ddt, offs_q, offs_j)
+
+    # targets t: dC, dz and the entering state's part of ds
+    for i in range(nb):
+        offs_i, rows_i, mask_i, _, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
+                                                       HAS_SEQ)
+        Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
+        gy = _gated_grad(dy_ptr, z_ptr, ypre_ptr, dz_ptr, rows_i, h, H, P, offs_p, mask_i, mask_p, HAS_Z, True)
+        gi = gy.to(xdt)
+        e_in = tl.where(seq_i == seq_prev, tl.exp(s_i), 0.0)
+        y_state = tl.dot(Ci, tl.trans(state_lo), input_precision=PREC)
+        ds_full = _scatter(ds_full, e_in * tl.sum(gy * y_state, axis=1), offs_q, offs_i)
+        dC = e_in[:, None] * tl.dot(gi, state_lo, input_precision=PREC)
+        for j in range(i + 1):
+            offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC,
+                                                              Q, BT, HAS_SEQ)
+            xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
+            Bj = _tile(B_ptr, rows_j, mask_j, G, g, N, offs_n, mask_n)
+            gx = tl.dot(gi, tl.trans(xj), input_precision=PREC)
+            R = _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j) * dt_j[None, :] * gx
+            dC += tl.dot(R.to(xdt), Bj, input_precision=PREC)
+        ho = ((rows_i * H + h) * NPB + pb)[:, None] * N + offs_n[None, :]
+        tl.store(dCh_ptr + ho, dC.to(dCh_ptr.dtype.element_ty), mask=mask_i[:, None] & mask_n[None, :])
+
     # s_t = Σ_{u<=t} dt'_u A: ds reaches dt'_u through every t >= u of the chunk
-    da = tl.sum(ds, axis=0) - tl.cumsum(ds, axis=0) + ds
-    ddt += A * da
-    tl.store(dA_ptr + pb.to(tl.int64) * tl.num_programs(0) + pid, tl.sum(da * dt, axis=0))
+    ds_full += tl.where(offs_q == Q - 1, ds_T, 0.0)
+    da = tl.sum(ds_full, axis=0) - tl.cumsum(ds_full, axis=0) + ds_full
+    cq = (bh64 * NC + c) * Q + offs_q
+    ddt_full += A * da
+    tl.store(dA_ptr + pb.to(tl.int64) * tl.num_programs(0) + pid, tl.sum(da * tl.load(dtc_ptr + cq), axis=0))
+    t = c * Q + offs_q
+    mask_t = t < L
+    rows = row0 + t
     if SOFTPLUS:
         raw = tl.load(dt_ptr + rows * H + h, mask=mask_t, other=0.0).to(tl.float32)
         if HAS_BIAS:
             raw += tl.load(bias_ptr + h).to(tl.float32)
-        ddt = ddt * tl.sigmoid(raw)
-    tl.store(dx_ptr + xo, dx.to(dx_ptr.dtype.element_ty), mask=mask_tp)
-    tl.store(ddt_ptr + pb.to(tl.int64) * BLH + rows * H + h, ddt, mask=mask_t)
-    ho = ((rows * H + h) * NPB + pb)[:, None] * N + offs_n[None, :]
-    tl.store(dBh_ptr + ho, dB.to(dBh_ptr.dtype.element_ty), mask=mask_tn)
-    tl.store(dCh_ptr + ho, dC.to(dCh_ptr.dtype.element_ty), mask=mask_tn)
+        ddt_full = ddt_full * tl.sigmoid(raw)
+    tl.store(ddt_ptr + pb.to(tl.int64) * BLH + rows * H + h, ddt_full, mask=mask_t)
+    if HAS_D:
+        tl.store(dD_ptr + (bh64 * NC + c) * P + offs_p, dD_acc, mask=mask_p)
 
 
-def pick_chunk(x, L: int, chunk: int | None) -> int:
-    if chunk is not None:
-        return chunk
-    return min(INTERPRET_CHUNK if interpreting() and x.device.type != "cuda" else CHUNK, _pow2(L))
+def pick_chunk(x, L: int, chunk: int | None) -> tuple[int, int]:
+    """(chunk Q, sub-block BT), powers of two with BT dividing Q; chunk forces Q."""
+    small = interpreting() and x.device.type != "cuda"
+    Q = chunk or min(INTERPRET_CHUNK if small else CHUNK, _pow2(L))
+    return Q, min(INTERPRET_SUB if small else SUB, Q)
 
 
 def _sizes(x, B, chunk):
     batch, L, H, P = x.shape
     G, N = B.shape[2:]
-    Q = pick_chunk(x, L, chunk)
+    Q, BT = pick_chunk(x, L, chunk)
     BP = min(_pow2(P), BLOCK_P)
-    return batch, L, H, P, G, N, Q, triton.cdiv(L, Q), BP, triton.cdiv(P, BP), _pow2(N)
+    return batch, L, H, P, G, N, Q, BT, triton.cdiv(L, Q), BP, triton.cdiv(P, BP), _pow2(N)
 
 
 def _state_dtype(x):
@@ -399,7 +454,7 @@ def _state_dtype(x):
 def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None):
     """y [B, L, H, P], final state [B, H, P, N] float32 and what the backward needs:
     (dt' [B, H, NC, Q], s [B, H, NC, Q], entering states [B, H, NC, P, N], y before the gate or None)."""
-    batch, L, H, P, G, N, Q, NC, BP, NPB, BN = _sizes(x, B, chunk)
+    batch, L, H, P, G, N, Q, BT, NC, BP, NPB, BN = _sizes(x, B, chunk)
     f32 = dict(device=x.device, dtype=torch.float32)
     dtc = torch.empty(batch, H, NC, Q, **f32)
     s = torch.empty_like(dtc)
@@ -410,7 +465,7 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     local = torch.empty(batch, H, NC, P, N, **f32)
     grid = (batch * NC * H, NPB)
     _chunk_state[grid](x, B, seq, dtc, s, local, L, H, G, P, N, NC, HAS_SEQ=seq is not None,
-                       Q=Q, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS)
+                       Q=Q, BT=BT, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS)
     sdt = _state_dtype(x)
     hin = local if sdt == torch.float32 else torch.empty(batch, H, NC, P, N, device=x.device, dtype=sdt)
     hT = torch.empty(batch, H, P, N, **f32)
@@ -425,18 +480,18 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     fl = _flags(D, z, dt_bias, dt_softplus)
     _chunk_scan[grid](x, B, C, D, z, seq, dtc, s, hin, y, ypre, L, H, G, P, N, NC,
                       HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None,
-                      STORE_YPRE=store_ypre, Q=Q, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS)
+                      STORE_YPRE=store_ypre, Q=Q, BT=BT, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS)
     return y, hT, (dtc, s, hin, ypre if store_ypre else None)
 
 
 def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s, hin, ypre, *, chunk=None):
     """Gradients of x, dt, A, B, C, D, z, dt_bias and the initial state (float32 except dx, dz)."""
-    batch, L, H, P, G, N, Q, NC, BP, NPB, BN = _sizes(x, B, chunk)
+    batch, L, H, P, G, N, Q, BT, NC, BP, NPB, BN = _sizes(x, B, chunk)
     f32 = dict(device=x.device, dtype=torch.float32)
     grid = (batch * NC * H, NPB)
     direct = torch.empty(batch, H, NC, P, N, **f32)
-    _chunk_dstate[grid](C, z, seq, s, ypre, dy, direct, L, H, G, P, N, NC, HAS_Z=z is not None,
-                        HAS_SEQ=seq is not None, Q=Q, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS)
+    _chunk_dstate[grid](C, z, seq, dtc, s, ypre, dy, direct, L, H, G, P, N, NC, HAS_Z=z is not None,
+                        HAS_SEQ=seq is not None, Q=Q, BT=BT, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS)
     dout = direct if hin.dtype == torch.float32 else torch.empty_like(hin)
     dh0 = torch.empty(batch, H, P, N, **f32)
     BS = min(_pow2(P * N), BLOCK_PN)
@@ -456,7 +511,7 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
         x, dt, A, B, C, D, z, dt_bias, seq, dtc, s, ypre, hin, dout, dy,
         dx, dz, ddt, dBh, dCh, dA, dD, L, H, G, P, N, NC, NPB, batch * L * H,
         **_flags(D, z, dt_bias, dt_softplus), HAS_SEQ=seq is not None,
-        Q=Q, BP=BP, BN=BN, PREC=_prec(x), num_warps=GRAD_WARPS)
+        Q=Q, BT=BT, BP=BP, BN=BN, PREC=_prec(x), num_warps=GRAD_WARPS)
     dB = dBh.view(batch, L, G, H // G * NPB, N).sum(3, dtype=torch.float32)
     dC = dCh.view(batch, L, G, H // G * NPB, N).sum(3, dtype=torch.float32)
     ddt = ddt.sum(0) if NPB > 1 else ddt[0]

@@ -134,6 +134,16 @@ def test_triton_blocks_of_P(opts, impl, monkeypatch):
     assert_matches_float64(scan_of(impl), t)
 
 
+@pytest.mark.parametrize("chunk, sub", [(64, 16), (16, 16)])
+def test_chunked_sub_blocks(chunk, sub, monkeypatch):
+    """The chunked kernels work a chunk through in sub-blocks: four per chunk, and one."""
+    from archdsl.kernels.ssd import triton_ssd_chunked
+    monkeypatch.setattr(triton_ssd_chunked, "INTERPRET_CHUNK", chunk)
+    monkeypatch.setattr(triton_ssd_chunked, "INTERPRET_SUB", sub)
+    t = make(2, 100, 3, 5, 3, 7, D=1, z=True, bias=True, h0=True, seq=True)
+    assert_matches_float64(scan_of("chunked"), t)
+
+
 def test_chunked_states_in_16_bit():
     """16-bit inputs: the chunked kernels keep the entering states and their gradients in the input's
     dtype (separate buffers from the float32 chunk states). float16, since the interpreter mishandles
