@@ -13,12 +13,17 @@ everything that touches the tokens runs in programs over (batch, chunk, head, P 
               _dstate_pass   (serial, reverse) the gradient of the state leaving every chunk, and of h0
               _chunk_grads   (parallel)  dx, dz, d(dt'), per-head dB, dC, per-chunk dA, dD
 
-Buffers (NC = ceil(L / Q) chunks of Q tokens): dt' and s [B, H, NC, Q] float32; the chunks' own
-states [B, H, NC, P, N] float32; the entering states [B, H, NC, P, N] in the state dtype (the
-input's for 16-bit inputs -- the products read them in that precision anyway -- else float32,
-then written in place over the chunks' own states). Under packed sequences (seq_idx) no state
-crosses a boundary: a chunk's state passes on only if its first and last token's sequences
-match the previous chunk's last one, exactly as in the fused kernels, whose masks are reused.
+A chunk of Q tokens is worked through in sub-blocks of BT tokens: a program holds [BT, BT] and
+[BT, N] tiles, never [Q, Q]; the intra-chunk products run over the sub-block pairs t >= u.
+
+Buffers (NC = ceil(L / Q) chunks): dt' and s [B, H, NC, Q] float32; the chunks' own states
+[B, H, NC, P, N] float32; the entering states [B, H, NC, P, N] in the state dtype (the input's
+for 16-bit inputs -- the products read them in that precision anyway -- else float32, then
+written in place over the chunks' own states); the backward's state gradients likewise.
+Packed sequences (seq_idx), as in the fused kernels: a token sees the entering state only if it
+belongs to the sequence of the token before the chunk, reaches the leaving state only if it
+belongs to the chunk's last token's, and the entering state passes through the chunk only if
+those two sequences are one; within a chunk only pairs of one sequence interact.
 Offsets into [B, L, ...] and [B, H, NC, ...] tensors are int64 so that 1M-token sequences work.
 """
 from __future__ import annotations
@@ -28,7 +33,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import interpreting
-from .triton_ssd import _c, _flags, _pow2, _prec, _seq_masks
+from .triton_ssd import _c, _flags, _pow2, _prec
 
 # H200 choices (not yet timed on the card): 128-token chunks (the [P, N] states per token, the
 # largest traffic, halve from 64) worked through in sub-blocks of 64 tokens, whose [64, 64] and
