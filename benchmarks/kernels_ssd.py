@@ -127,7 +127,11 @@ def _step_row():
 
 
 if __name__ == "__main__":
-    print(f"{'op':16} {'mode':8} {'shape':34} {'ours ms':>9} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} {'% floor':>8}")
+    import sys
+
+    sys.stdout.reconfigure(line_buffering=True)
+    print(f"{'op':16} {'mode':8} {'shape':34} {'ours ms':>9} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} "
+          f"{'% floor':>8}")
     for r in rows():
         peer = r["peer_ms"]
         ratio = f"{r['ours_ms'] / peer:.2f}" if peer else "-"

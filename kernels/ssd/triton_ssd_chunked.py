@@ -40,6 +40,9 @@ from .triton_ssd import _c, _flags, _pow2, _prec
 # [64, 128] tiles stay in registers; a whole head dim P = 64 per program.
 CHUNK, SUB, BLOCK_P, BLOCK_PN, BLOCK_H = 128, 64, 64, 512, 32
 SCAN_WARPS, GRAD_WARPS, PASS_WARPS = 4, 8, 4
+# Software pipelining keeps copies of a loop's loads in shared memory per stage: the backward's
+# chunk kernel loads five tiles per inner step, so it runs unpipelined (occupancy hides latency).
+SCAN_STAGES, GRAD_STAGES = 2, 1
 # Under the interpreter small chunks and sub-blocks keep the tests fast and still cross several of each.
 INTERPRET_CHUNK, INTERPRET_SUB = 32, 16
 
@@ -470,7 +473,8 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     local = torch.empty(batch, H, NC, P, N, **f32)
     grid = (batch * NC * H, NPB)
     _chunk_state[grid](x, B, seq, dtc, s, local, L, H, G, P, N, NC, HAS_SEQ=seq is not None,
-                       Q=Q, BT=BT, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS)
+                       Q=Q, BT=BT, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS,
+                       num_stages=SCAN_STAGES)
     sdt = _state_dtype(x)
     hin = local if sdt == torch.float32 else torch.empty(batch, H, NC, P, N, device=x.device, dtype=sdt)
     hT = torch.empty(batch, H, P, N, **f32)
@@ -485,7 +489,8 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     fl = _flags(D, z, dt_bias, dt_softplus)
     _chunk_scan[grid](x, B, C, D, z, seq, dtc, s, hin, y, ypre, L, H, G, P, N, NC,
                       HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None,
-                      STORE_YPRE=store_ypre, Q=Q, BT=BT, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS)
+                      STORE_YPRE=store_ypre, Q=Q, BT=BT, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS,
+                      num_stages=SCAN_STAGES)
     return y, hT, (dtc, s, hin, ypre if store_ypre else None)
 
 
@@ -496,7 +501,8 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
     grid = (batch * NC * H, NPB)
     direct = torch.empty(batch, H, NC, P, N, **f32)
     _chunk_dstate[grid](C, z, seq, dtc, s, ypre, dy, direct, L, H, G, P, N, NC, HAS_Z=z is not None,
-                        HAS_SEQ=seq is not None, Q=Q, BT=BT, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS)
+                        HAS_SEQ=seq is not None, Q=Q, BT=BT, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS,
+                        num_stages=SCAN_STAGES)
     dout = direct if hin.dtype == torch.float32 else torch.empty_like(hin)
     dh0 = torch.empty(batch, H, P, N, **f32)
     BS = min(_pow2(P * N), BLOCK_PN)
@@ -516,7 +522,8 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
         x, dt, A, B, C, D, z, dt_bias, seq, dtc, s, ypre, hin, dout, dy,
         dx, dz, ddt, dBh, dCh, dA, dD, L, H, G, P, N, NC, NPB, batch * L * H,
         **_flags(D, z, dt_bias, dt_softplus), HAS_SEQ=seq is not None,
-        Q=Q, BT=BT, BP=BP, BN=BN, PREC=_prec(x), num_warps=GRAD_WARPS)
+        Q=Q, BT=BT, BP=BP, BN=BN, PREC=_prec(x), num_warps=GRAD_WARPS,
+        num_stages=GRAD_STAGES)
     dB = dBh.view(batch, L, G, H // G * NPB, N).sum(3, dtype=torch.float32)
     dC = dCh.view(batch, L, G, H // G * NPB, N).sum(3, dtype=torch.float32)
     ddt = ddt.sum(0) if NPB > 1 else ddt[0]
