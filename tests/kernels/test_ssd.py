@@ -80,14 +80,9 @@ def assert_matches_float64(fn, t, tol=2e-5, reduced_tol=3e-4):
         assert rel(a, b) < limit, f"{name}: relative error {rel(a, b):.2e} > {limit}"
 
 
-def triton_scan(*a, impl="fused", **k):
-    """ssd_scan forced onto the Triton implementation `impl` (the backward runs what the forward chose)."""
-    return scan_of(impl)(*a, **k)
-
-
 def scan_of(impl):
     """ssd_scan forced onto `impl`: "torch" (the chunked torch path), or a Triton implementation
-    ("fused", "chunked")."""
+    ("fused", "chunked"); the backward runs what the forward chose."""
     env = dict(ARCHDSL_KERNELS="torch") if impl == "torch" else dict(ARCHDSL_KERNELS="triton",
                                                                      ARCHDSL_SSD_IMPL=impl)
 
