@@ -1,5 +1,8 @@
 """Mamba-2 SSD: ours against mamba_ssm's mamba_chunk_scan_combined, bf16 on one GPU.
 
+Both Triton implementations get rows, each forced with ARCHDSL_SSD_IMPL: `ssd_scan fused` (one
+program walks all chunks of a (batch, head)) and `ssd_scan chunked` (mamba_ssm's layout).
+
 Floor (H200: 4.2 TB/s, ~680 TFLOP/s bf16), shape B=4, H=32, P=64, N=128, G=1, per L tokens:
   forward bytes  = x + y (2·B·L·H·P·2) + dt (B·L·H·2) + B, C (2·B·L·G·N·2)        ≈ 35 KB/token
   forward FLOPs  ≈ B·L·H·(2·Q·P + 4·P·N) with Q = 64 (intra-chunk + state in/out) ≈ 5.2 MFLOP/token
