@@ -27,3 +27,35 @@ def backend_for(x: torch.Tensor) -> str:
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_CHOICE: dict[tuple, str] = {}  # (variable, case) → the implementation auto picked
+
+
+def pick_impl(var: str, impls, default: str, x: torch.Tensor, case: tuple, timed) -> str:
+    """Which of an op's Triton implementations runs: `var=NAME` forces one of `impls`, unset is
+    `default`, `auto` times each once per `case` on CUDA (`timed(name)` → ms, inf if it fails to
+    build) and keeps the fastest. Off CUDA, or while a CUDA graph is being captured, auto is the default."""
+    forced = os.environ.get(var, default).strip().lower()
+    if forced != "auto":
+        if forced not in impls:
+            raise ValueError(f"{var}={forced!r}: expected one of {', '.join(impls)}, auto")
+        return forced
+    if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return default
+    key = (var, case)
+    if key not in _CHOICE:
+        _CHOICE[key] = min(impls, key=timed)
+    return _CHOICE[key]
+
+
+def time_or_inf(go) -> float:
+    """Median ms of go() (triton.testing.do_bench, autograd on), or inf when it fails: a kernel that
+    does not build on this Triton must not break the op while the other implementation runs."""
+    from triton.testing import do_bench
+
+    try:
+        with torch.enable_grad():
+            return do_bench(go, warmup=5, rep=20, return_mode="median")
+    except Exception:
+        return float("inf")

@@ -1,12 +1,10 @@
 """Public Mamba-2 SSD: `ssd_scan` (parallel, training / prefill) and `ssd_step` (one decode token)."""
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .._checks import expect_float, expect_same_device, expect_shape
-from .._dispatch import backend_for
+from .._dispatch import backend_for, pick_impl, time_or_inf
 from .chunked import ssd_scan_chunked
 from .naive import ssd_scan_naive, ssd_step_naive
 
@@ -79,7 +77,6 @@ def _chunked():
 
 
 _TRITON = {"fused": _fused, "chunked": _chunked}
-_CHOICE: dict[tuple, str] = {}
 
 
 def _triton_impl(args) -> str:
@@ -90,26 +87,14 @@ def _triton_impl(args) -> str:
     against the chip's size, so auto measures it once per (shapes, dtype, options, grad). The
     default is fused until the chunked kernels' GPU tests have passed on a real card.
     """
-    forced = os.environ.get("ARCHDSL_SSD_IMPL", "fused").strip().lower()
-    if forced != "auto":
-        if forced not in _TRITON:
-            raise ValueError(f"ARCHDSL_SSD_IMPL={forced!r}: expected one of {', '.join(_TRITON)}, auto")
-        return forced
-    x = args[0]
-    if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
-        return "fused"
-    tensors = args[:9]
+    x, tensors = args[0], args[:9]
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    key = (x.shape, args[3].shape, x.dtype, x.device, grad, args[10], args[9] is not None,
-           tuple(None if t is None else tuple(t.shape) for t in tensors[5:9]))
-    if key not in _CHOICE:
-        _CHOICE[key] = min(_TRITON, key=lambda name: _time(_TRITON[name](), args, grad))
-    return _CHOICE[key]
+    case = (x.shape, args[3].shape, x.dtype, x.device, grad, args[10], args[9] is not None,
+            tuple(None if t is None else tuple(t.shape) for t in tensors[5:9]))
+    return pick_impl("ARCHDSL_SSD_IMPL", _TRITON, "fused", x, case, lambda name: _time(_TRITON[name](), args, grad))
 
 
 def _time(fn, args, grad) -> float:
-    from triton.testing import do_bench
-
     tensors = [None if t is None else t.detach().requires_grad_(grad and t.requires_grad) for t in args[:9]]
     leaves = [t for t in tensors if t is not None and t.requires_grad]
 
@@ -117,11 +102,7 @@ def _time(fn, args, grad) -> float:
         y, _ = fn.apply(*tensors, *args[9:])
         if leaves:
             torch.autograd.grad(y, leaves, torch.ones_like(y))
-    try:
-        with torch.enable_grad():
-            return do_bench(go, warmup=5, rep=20, return_mode="median")
-    except Exception:  # a kernel that fails to build on this Triton must not break the op: the other one runs
-        return float("inf")
+    return time_or_inf(go)
 
 
 def _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx):

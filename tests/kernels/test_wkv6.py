@@ -208,11 +208,11 @@ def test_gpu_step_matches_parallel_bf16():
 @cuda
 @pytest.mark.gpu
 def test_gpu_choice_is_timed_once_and_cached(monkeypatch):
-    from archdsl.kernels.wkv6 import op
+    from archdsl.kernels import _dispatch
     monkeypatch.setenv("ARCHDSL_WKV6_IMPL", "auto")
-    monkeypatch.setattr(op, "_CHOICE", {})
+    monkeypatch.setattr(_dispatch, "_CHOICE", {})
     r, k, v, w, u, h0 = gpu_case(2, 1000, 4, 64, 64, torch.bfloat16)
     o1, _ = wkv6(r, k, v, w, u, initial_state=h0)
-    (choice,) = op._CHOICE.values()
+    (choice,) = _dispatch._CHOICE.values()
     o2, _ = wkv6(r, k, v, w, u, initial_state=h0)
-    assert choice in ("serial", "chunked") and len(op._CHOICE) == 1 and torch.equal(o1, o2)
+    assert choice in ("serial", "chunked") and len(_dispatch._CHOICE) == 1 and torch.equal(o1, o2)
