@@ -13,9 +13,8 @@ The decode step reads and writes the [B, H, P, N] fp32 state: 2·4·B·H·P·N b
 """
 from __future__ import annotations
 
-import os
-
 import torch
+from _bench import bench_ms, bench_or_nan, with_env
 
 BW, FLOPS = 4.2e12, 680e12
 
@@ -59,34 +58,6 @@ def _scan_fn(fn, t, bwd):
     return call
 
 
-def _time(fn):
-    from triton.testing import do_bench
-    return do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-
-def _forced(impl, fn):
-    """fn run with ARCHDSL_SSD_IMPL=impl (the op reads it at every call)."""
-    def go():
-        old = os.environ.get("ARCHDSL_SSD_IMPL")
-        os.environ["ARCHDSL_SSD_IMPL"] = impl
-        try:
-            fn()
-        finally:
-            if old is None:
-                del os.environ["ARCHDSL_SSD_IMPL"]
-            else:
-                os.environ["ARCHDSL_SSD_IMPL"] = old
-    return go
-
-
-def _time_or_nan(fn):
-    try:
-        return _time(fn)
-    except Exception as e:  # one implementation failing to build must not hide the other's figures
-        print(f"# failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
-        return float("nan")
-
-
 def rows(quick: bool = False):
     """Both Triton implementations (ARCHDSL_SSD_IMPL=fused, chunked) against the peer, yielded as measured."""
     from archdsl.kernels.ssd import ssd_scan
@@ -94,11 +65,11 @@ def rows(quick: bool = False):
     for L in ([4096] if quick else [4096, 16384]):
         for bwd in (False, True):
             t = _inputs(4, L, grad=bwd)
-            theirs = _time_or_nan(_scan_fn(peer, t, bwd)) if peer else None
+            theirs = bench_or_nan(_scan_fn(peer, t, bwd)) if peer else None
             floor, note = _floor(4, L, bwd=bwd)
+            scan = _scan_fn(lambda *a, **k: ssd_scan(*a[:5], chunk_size=a[5], **k), t, bwd)
             for impl in ("fused", "chunked"):
-                ours = _time_or_nan(_forced(impl, _scan_fn(lambda *a, **k: ssd_scan(*a[:5], chunk_size=a[5], **k),
-                                                           t, bwd)))
+                ours = bench_or_nan(with_env("ARCHDSL_SSD_IMPL", impl, scan))
                 yield dict(op=f"ssd_scan {impl}", shape=f"B=4 L={L} H=32 P=64 N=128 G=1",
                            mode="fwd+bwd" if bwd else "fwd", ours_ms=ours, peer="mamba_ssm", peer_ms=theirs,
                            floor_ms=floor, floor_note=note)
@@ -114,12 +85,12 @@ def _step_row():
     dt = torch.randn(batch, H, device=dev, dtype=bf)
     A, D, bias = -torch.rand(H, device=dev), torch.randn(H, device=dev), torch.randn(H, device=dev)
     B, C = torch.randn(batch, 1, N, device=dev, dtype=bf), torch.randn(batch, 1, N, device=dev, dtype=bf)
-    ours = _time(lambda: ssd_step(state, x, dt, A, B, C, D=D, z=z, dt_bias=bias, dt_softplus=True))
+    ours = bench_ms(lambda: ssd_step(state, x, dt, A, B, C, D=D, z=z, dt_bias=bias, dt_softplus=True))
     try:
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update
         rep = lambda v, *s: v[..., None].expand(*s)
         args = (state, x, rep(dt, batch, H, P), rep(rep(A, H, P), H, P, N), B, C)
-        theirs = _time(lambda: selective_state_update(*args, D=rep(D, H, P), z=z, dt_bias=rep(bias, H, P),
+        theirs = bench_ms(lambda: selective_state_update(*args, D=rep(D, H, P), z=z, dt_bias=rep(bias, H, P),
                                                       dt_softplus=True))
     except Exception:
         theirs = None

@@ -12,9 +12,8 @@ Floor (H200: 4.2 TB/s, ~680 TFLOP/s bf16), per (batch, head, token), K = V = 64,
 """
 from __future__ import annotations
 
-import os
-
 import torch
+from _bench import bench_ms, bench_or_nan, with_env
 
 HBM, PEAK = 4.2e12, 680e12
 
@@ -29,11 +28,6 @@ def _wkv6_inputs(B, T, H, K, dtype=torch.bfloat16):
     return [g(), g(), g(), w, torch.randn(H, K, device="cuda", dtype=dtype)]
 
 
-def _bench(fn):
-    from triton.testing import do_bench
-    return do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-
 def _fwd_bwd(fn, xs):
     xs = [x.detach().requires_grad_() for x in xs]
 
@@ -45,29 +39,6 @@ def _fwd_bwd(fn, xs):
 
 def wkv6_rows(quick=False):
     return _wkv6_rows(quick)
-
-
-def _forced(impl, fn):
-    """fn run with ARCHDSL_WKV6_IMPL=impl (the op reads it at every call)."""
-    def go():
-        old = os.environ.get("ARCHDSL_WKV6_IMPL")
-        os.environ["ARCHDSL_WKV6_IMPL"] = impl
-        try:
-            fn()
-        finally:
-            if old is None:
-                del os.environ["ARCHDSL_WKV6_IMPL"]
-            else:
-                os.environ["ARCHDSL_WKV6_IMPL"] = old
-    return go
-
-
-def _bench_or_nan(fn):
-    try:
-        return _bench(fn)
-    except Exception as e:  # one implementation failing to build must not hide the other's figures
-        print(f"# failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
-        return float("nan")
 
 
 def _wkv6_rows(quick):
@@ -84,11 +55,11 @@ def _wkv6_rows(quick):
         for mode, nbytes, flops in (("fwd", 640, 20.5e3), ("fwd+bwd", 2240, 61.5e3)):
             peer_ms = None
             if chunk_rwkv6 is not None:
-                peer_ms = _bench_or_nan((lambda: chunk_rwkv6(*xs)) if mode == "fwd" else _fwd_bwd(chunk_rwkv6, xs))
+                peer_ms = bench_or_nan((lambda: chunk_rwkv6(*xs)) if mode == "fwd" else _fwd_bwd(chunk_rwkv6, xs))
             for impl in ("serial", "chunked"):
-                ours = (lambda: wkv6(*xs)) if mode == "fwd" else _fwd_bwd(wkv6, xs)
+                ours = with_env("ARCHDSL_WKV6_IMPL", impl, (lambda: wkv6(*xs)) if mode == "fwd" else _fwd_bwd(wkv6, xs))
                 yield dict(op=f"wkv6 {impl}", shape=f"B={B} T={T} H={H} K=V={K}", mode=mode,
-                           ours_ms=_bench_or_nan(_forced(impl, ours)), peer="fla chunk_rwkv6", peer_ms=peer_ms,
+                           ours_ms=bench_or_nan(ours), peer="fla chunk_rwkv6", peer_ms=peer_ms,
                            floor_ms=_floor_ms(n * nbytes, n * flops), floor_note="HBM bytes")
 
 
@@ -101,7 +72,7 @@ def wkv6_chunked_breakdown_rows():
     n = B * T * H
     nchunks = B * H * (T // CHUNK)
     state_bytes = nchunks * K * K * 4 * 2  # fp32 chunk states written by the first launch, read by the carry
-    ms = _bench_or_nan(lambda: _entering_states(k, v, w, None, False, CHUNK))
+    ms = bench_or_nan(lambda: _entering_states(k, v, w, None, False, CHUNK))
     yield dict(op="wkv6 chunked: states+carry", shape=f"B={B} T={T} H={H} K=V={K}", mode="fwd part",
                ours_ms=ms, peer=None, peer_ms=None, floor_ms=_floor_ms(n * 3 * K * 2 + state_bytes, 0),
                floor_note="k, v, w read + fp32 chunk states written and read")
@@ -114,11 +85,11 @@ def wkv4_rows(quick=False):
     w, u = (torch.randn(C, device="cuda") for _ in range(2))
     k, v = (torch.randn(B, T, C, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     n = B * T * C
-    rows = [dict(op="wkv4", shape=f"B={B} T={T} C={C}", mode="fwd", ours_ms=_bench(lambda: wkv4(w, u, k, v)),
-                 peer="torch time loop", peer_ms=_bench(lambda: wkv4_torch(w, u, k, v)),
+    rows = [dict(op="wkv4", shape=f"B={B} T={T} C={C}", mode="fwd", ours_ms=bench_ms(lambda: wkv4(w, u, k, v)),
+                 peer="torch time loop", peer_ms=bench_ms(lambda: wkv4_torch(w, u, k, v)),
                  floor_ms=_floor_ms(6 * n, 0), floor_note="HBM bytes")]
     rows.append(dict(op="wkv4", shape=rows[0]["shape"], mode="fwd+bwd",
-                     ours_ms=_bench(_fwd_bwd(lambda *a: wkv4(*a), [w, u, k, v])), peer="torch time loop",
+                     ours_ms=bench_ms(_fwd_bwd(lambda *a: wkv4(*a), [w, u, k, v])), peer="torch time loop",
                      peer_ms=None, floor_ms=_floor_ms(30 * n, 0), floor_note="HBM bytes"))
     return rows
 

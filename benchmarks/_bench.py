@@ -1,0 +1,36 @@
+"""Timing helpers shared by the kernel benchmark scripts."""
+from __future__ import annotations
+
+import os
+
+
+def bench_ms(fn) -> float:
+    """Median ms of fn() by triton.testing.do_bench (warmup 25 ms, rep 100 ms)."""
+    from triton.testing import do_bench
+    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def bench_or_nan(fn) -> float:
+    """bench_ms, or nan after printing why: one implementation failing to build must not hide the
+    other figures of the run."""
+    try:
+        return bench_ms(fn)
+    except Exception as e:
+        print(f"# failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        return float("nan")
+
+
+def with_env(var: str, value: str, fn):
+    """fn wrapped to run with the environment variable var=value (the ops read their
+    implementation switches at every call), restoring it after."""
+    def go():
+        old = os.environ.get(var)
+        os.environ[var] = value
+        try:
+            fn()
+        finally:
+            if old is None:
+                del os.environ[var]
+            else:
+                os.environ[var] = old
+    return go
