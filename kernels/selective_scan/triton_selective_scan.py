@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._dispatch import interpreting
+from .._dispatch import interpreting, pick_impl, time_or_inf
 
 LOG2E = 1.4426950408889634
 # Checkpoint interval = backward chunk; the interpreter runs small tiles so CI stays fast.
@@ -532,6 +532,19 @@ def _bwd_impl():
     return ss_bwd_lanes if os.environ.get("ARCHDSL_SCAN_BWD", "").strip().lower() == "lanes" else ss_bwd
 
 
+def _fwd_impl(args):
+    """`ARCHDSL_SCAN_FWD=serial|segments|auto`: the forward walking all L steps per channel (`ss_fwd`,
+    the default), the time-segmented one (`ss_fwd_segments`: B·D·S threads, u/delta/B read twice), or
+    on CUDA the faster of the two, timed once per case. Both store the same checkpoints."""
+    from .triton_selective_scan_segments import ss_fwd_segments
+    impls = {"serial": ss_fwd, "segments": ss_fwd_segments}
+    u, A, B4, h0, store_ck = args[0], args[2], args[3], args[8], args[10]
+    case = (tuple(u.shape), A.shape[1], B4.shape[1], u.dtype, tuple(_flags(*args[5:8], args[9]).values()),
+            h0 is not None, store_ck)
+    return impls[pick_impl("ARCHDSL_SCAN_FWD", impls, "serial", u, case,
+                           lambda name: time_or_inf(lambda: impls[name](*args)))]
+
+
 def _or(t, fallback):
     """Kernels take a real pointer for absent optional tensors; a constexpr flag keeps it unread."""
     return t if t is not None else fallback
@@ -546,7 +559,8 @@ class SelectiveScanFn(torch.autograd.Function):
         z = z.contiguous() if z is not None else None
         h0c = h0.contiguous() if h0 is not None else None
         need = any(ctx.needs_input_grad)
-        y, hT, ck = ss_fwd(u, delta, A.contiguous(), B4, C4, D, z, bias, h0c, softplus, store_ck=need)
+        args = (u, delta, A.contiguous(), B4, C4, D, z, bias, h0c, softplus, need)
+        y, hT, ck = _fwd_impl(args)(*args)
         if need:
             ctx.save_for_backward(u, delta, A.contiguous(), B4, C4, D, z, bias, ck)
             ctx.softplus, ctx.h0_dtype = softplus, (h0.dtype if h0 is not None else None)
