@@ -4,7 +4,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from archdsl.kernels.selective_scan import selective_scan, selective_state_update
@@ -42,6 +42,20 @@ def lanes_backward():
             yield
     finally:
         tss.ss_bwd = old
+
+
+@pytest.fixture(params=["serial", "segments"])
+def scan_fwd(request, monkeypatch):
+    """Each test once per forward (ARCHDSL_SCAN_FWD); under `segments` the serial forward is made to
+    fail, so a test cannot pass through it. The interpreter's segments are CK = 8 steps long, so
+    test sizes run several."""
+    from archdsl.kernels.selective_scan import triton_selective_scan as tss
+    monkeypatch.setenv("ARCHDSL_SCAN_FWD", request.param)
+    if request.param == "segments":
+        def refuse(*args):
+            raise AssertionError("the serial forward ran instead of the segmented one")
+        monkeypatch.setattr(tss, "ss_fwd", refuse)
+    return request.param
 
 
 def make(b, D, N, L, *, G=0, z=False, Dskip=False, bias=False, h0=False, dtype=torch.float32, device="cpu", seed=0):
@@ -102,9 +116,9 @@ def _groups(D, gsel):
     return [0, 1, divisors[-1] if len(divisors) > 1 else 1][gsel]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(**shapes)
-def test_triton_matches_naive(b, D, N, L, gsel, z, Dskip, bias, h0):
+def test_triton_matches_naive(scan_fwd, b, D, N, L, gsel, z, Dskip, bias, h0):
     t = make(b, D, N, L, G=_groups(D, gsel), z=z, Dskip=Dskip, bias=bias, h0=h0)
     want = run(selective_scan_naive, {**t, **{k: v.double() for k, v in t.items() if torch.is_tensor(v)}})
     with backend("triton"):
@@ -145,7 +159,7 @@ def test_triton_lanes_backward_matches_naive(b, D, N, L, gsel, z, Dskip, bias, h
 
 
 @pytest.mark.parametrize("G", [-1, 0, 3])
-def test_triton_lanes_backward_blocks_and_groups(G):
+def test_triton_lanes_backward_blocks_and_groups(G, scan_fwd):
     """Several channel blocks per group (partial dB/dC summed), time-invariant B/C, three chunks."""
     t = make(2, 12, 5, 23, G=G, z=True, Dskip=True, bias=True, h0=True)
     want = run(selective_scan_naive, {k: v.double() if torch.is_tensor(v) else v for k, v in t.items()})
@@ -161,7 +175,7 @@ def test_chunked_matches_naive(b, D, N, L, gsel, z, Dskip, bias, h0, chunk):
 
 
 @pytest.mark.parametrize("name", ["triton", "torch"])
-def test_time_invariant_bc(name):
+def test_time_invariant_bc(name, scan_fwd):
     t = make(2, 3, 4, 9, G=-1, z=True, Dskip=True)
     want = run(selective_scan_naive, {k: v.double() if torch.is_tensor(v) else v for k, v in t.items()})
     with backend(name):
@@ -169,7 +183,7 @@ def test_time_invariant_bc(name):
 
 
 @pytest.mark.parametrize("name", ["triton", "torch"])
-def test_split_scan_continues_from_state(name):
+def test_split_scan_continues_from_state(name, scan_fwd):
     t = make(2, 4, 5, 21, G=2, z=True, Dskip=True, bias=True, h0=True)
     cut = 10
     with backend(name):
@@ -184,7 +198,7 @@ def test_split_scan_continues_from_state(name):
 
 @pytest.mark.parametrize("name", ["triton", "torch"])
 @pytest.mark.parametrize("G", [0, 2])
-def test_step_matches_scan(name, G):
+def test_step_matches_scan(name, G, scan_fwd):
     t = make(2, 4, 3, 6, G=G, z=True, Dskip=True, bias=True, h0=True)
     with backend(name):
         y, hT = run(selective_scan, t, grads=False)
@@ -193,6 +207,23 @@ def test_step_matches_scan(name, G):
                                      t["C"][..., i], D=t["D"], z=t["z"][..., i], dt_bias=t["delta_bias"],
                                      dt_softplus=True) for i in range(6)]
     assert_close([torch.stack(ys, -1), state], [y, hT], 1e-5)
+
+
+@pytest.mark.parametrize("L", [1, 13, 31])
+def test_segments_match_one_segment_and_serial(L):
+    """S segments of CK steps == one segment of all L steps == the serial forward: outputs, last
+    state and the backward's checkpoints, with every option on."""
+    from archdsl.kernels.selective_scan import triton_selective_scan as tss
+    from archdsl.kernels.selective_scan.triton_selective_scan_segments import ss_fwd_segments
+    t = make(2, 6, 5, L, G=3, z=True, Dskip=True, bias=True, h0=True)
+    args = (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], t["initial_state"], True, True)
+    with backend("triton"):
+        many = ss_fwd_segments(*args, seg=tss.CK)
+        one = ss_fwd_segments(*args, seg=-(-L // tss.CK) * tss.CK)
+        serial = tss.ss_fwd(*args)
+    assert -(-L // tss.CK) == many[2].shape[2]  # L=31: four segments, four checkpoints
+    assert_close(many, one, 1e-5)
+    assert_close(many, serial, 1e-5)
 
 
 def test_bad_input():
@@ -229,7 +260,7 @@ def _ref64(t, grads, chunk=16):
 @gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("L", [4096, 16384])
-def test_gpu_full_size_forward(dtype, tol, L):
+def test_gpu_full_size_forward(dtype, tol, L, scan_fwd):
     """A Mamba-1 layer of mamba-2.8b: B=4, D=5120, N=16."""
     t = make(4, 5120, 16, L, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
     assert_close(run(selective_scan, t, grads=False), _ref64(t, grads=False), tol)
@@ -239,7 +270,7 @@ def test_gpu_full_size_forward(dtype, tol, L):
 @gpu
 @pytest.mark.parametrize("bwd", ["threads", "lanes"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
-def test_gpu_gradients(dtype, tol, bwd):
+def test_gpu_gradients(dtype, tol, bwd, scan_fwd):
     t = make(2, 512, 16, 2048, G=2, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
     with env("ARCHDSL_SCAN_BWD", bwd):
         assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=32), tol)
@@ -248,7 +279,7 @@ def test_gpu_gradients(dtype, tol, bwd):
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
-def test_gpu_lanes_gradients_full_size(dtype, tol):
+def test_gpu_lanes_gradients_full_size(dtype, tol, scan_fwd):
     """The lanes backward at a Mamba-1 layer of mamba-2.8b (B=4, L=4096, N=16): against the float64
     chunked reference on 128 channels (autograd through the reference at D=5120 would not fit), and at
     the full D=5120 against the other backward (gradients finite, the two agree)."""
@@ -267,7 +298,7 @@ def test_gpu_lanes_gradients_full_size(dtype, tol):
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("bwd", ["threads", "lanes"])
-def test_gpu_128k_tokens_with_gradients(bwd):
+def test_gpu_128k_tokens_with_gradients(bwd, scan_fwd):
     t = make(1, 8, 16, 131072, z=True, Dskip=True, bias=True, h0=True, device="cuda")
     with env("ARCHDSL_SCAN_BWD", bwd):
         assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=64), 1e-3)
@@ -275,7 +306,7 @@ def test_gpu_128k_tokens_with_gradients(bwd):
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_1m_tokens():
+def test_gpu_1m_tokens(scan_fwd):
     """Forward against the float64 reference; gradients finite (the reference cannot keep 1M steps of autograd)."""
     t = make(1, 16, 16, 1 << 20, z=True, Dskip=True, bias=True, h0=True, device="cuda")
     got = run(selective_scan, t)
@@ -285,7 +316,7 @@ def test_gpu_1m_tokens():
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_step_matches_scan_bf16():
+def test_gpu_step_matches_scan_bf16(scan_fwd):
     L = 4096
     t = make(2, 256, 16, L, z=True, Dskip=True, bias=True, h0=True, dtype=torch.bfloat16, device="cuda")
     y, hT = run(selective_scan, t, grads=False)
