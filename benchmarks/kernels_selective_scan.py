@@ -5,7 +5,10 @@ B=4, D=5120, N=16, G=1, per L tokens:
   forward bytes  = u, delta, z read + y written (4·B·D·L·2) + B, C (2·B·N·L·2)       ≈ 164 KB/token
   forward FLOPs  ≈ 8·B·D·N·L (scan, output contraction)                              ≈ 2.6 MFLOP/token (≪ bytes)
   fwd+bwd bytes  = forward + u, delta, z, dy read + du, ddelta, dz written + B, C, dB, dC ≈ 451 KB/token
-At L=4096: forward floor 0.16 ms, fwd+bwd 0.44 ms. The fwd+bwd rows are timed once per backward
+At L=4096: forward floor 0.16 ms, fwd+bwd 0.44 ms. The forward rows are timed once per forward
+(ARCHDSL_SCAN_FWD=serial|segments|auto; `shape … fwd=…`): the segmented one reads u, delta and B
+twice and moves its fp32 segment states ([B, S, D, N], S ≈ 13 at L=4096: ≈ 3×21 MB) besides the
+floor's bytes, ≈ 1.1 GB in all, and computes the scan twice (two exps per element). The fwd+bwd rows are timed once per backward
 variant (ARCHDSL_SCAN_BWD=threads|lanes); beyond the floor's bytes both read the fp32 checkpoints
 (4·B·D·N·L/64 ≈ 84 MB at L=4096) and the lanes one writes and re-reads its dB/dC partials
 (2·4·B·(D/BLOCK_D)·N·L, 84–336 MB) and a per-program scratch of sub-tile states that stays near L2. Not in the floor, but binding in practice:
@@ -22,6 +25,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+from _bench import bench_or_nan, with_env
 
 BW, FLOPS = 4.2e12, 680e12
 BATCH, DIM, N = 4, 5120, 16
@@ -71,23 +75,34 @@ def _scan_bwd(variant):
         os.environ.pop("ARCHDSL_SCAN_BWD") if old is None else os.environ.__setitem__("ARCHDSL_SCAN_BWD", old)
 
 
+FWD_VARIANTS = ("serial", "segments", "auto")
+
+
 def iter_scan_rows(Ls, peer_Ls):
-    """Rows one at a time (forward, then fwd+bwd with each backward variant), so a caller can print them."""
+    """Rows one at a time (the forward with each ARCHDSL_SCAN_FWD value, then fwd+bwd with each
+    backward variant after the default forward), so a caller can print them."""
     from archdsl.kernels.selective_scan import selective_scan
     from archdsl.kernels.selective_scan.chunked import selective_scan_chunked
     for L in Ls:
-        for bwd, variant in ((False, None), (True, "threads"), (True, "lanes")):
-            t = _scan_inputs(L, bwd)
-            with _scan_bwd(variant or "threads"):
-                ours = _time(_scan_call(selective_scan, t, bwd))
-            # the torch path keeps [B, D, N, T, T] per chunk for autograd: its fwd+bwd does not fit at this size
-            theirs = _time(_scan_call(selective_scan_chunked, t, bwd)) if (L in peer_Ls and not bwd) else None
-            floor, note = _scan_floor(L, bwd)
-            shape = f"B={BATCH} L={L} D={DIM} N={N}" + (f" bwd={variant}" if bwd else "")
+        t = _scan_inputs(L, False)
+        # the torch path keeps [B, D, N, T, T] per chunk for autograd: its fwd+bwd does not fit at this size
+        theirs = _time(_scan_call(selective_scan_chunked, t, False)) if L in peer_Ls else None
+        floor, note = _scan_floor(L, False)
+        for fwd in FWD_VARIANTS:
+            ours = bench_or_nan(with_env("ARCHDSL_SCAN_FWD", fwd, _scan_call(selective_scan, t, False)))
+            yield dict(op="selective_scan", shape=f"B={BATCH} L={L} D={DIM} N={N} fwd={fwd}", mode="fwd",
+                       ours_ms=ours, peer="chunked torch (GPU)", peer_ms=theirs, floor_ms=floor, floor_note=note)
+        del t
+        torch.cuda.empty_cache()
+        for variant in ("threads", "lanes"):
+            t = _scan_inputs(L, True)
+            with _scan_bwd(variant):
+                ours = _time(_scan_call(selective_scan, t, True))
+            floor, note = _scan_floor(L, True)
             del t
             torch.cuda.empty_cache()
-            yield dict(op="selective_scan", shape=shape, mode="fwd+bwd" if bwd else "fwd", ours_ms=ours,
-                       peer="chunked torch (GPU)", peer_ms=theirs, floor_ms=floor, floor_note=note)
+            yield dict(op="selective_scan", shape=f"B={BATCH} L={L} D={DIM} N={N} bwd={variant}", mode="fwd+bwd",
+                       ours_ms=ours, peer="chunked torch (GPU)", peer_ms=None, floor_ms=floor, floor_note=note)
 
 
 def scan_rows(Ls, peer_Ls):
@@ -140,9 +155,12 @@ def step_row():
                 floor_note=f"{nbytes / 1e6:.1f} MB state read+write")
 
 
-def rows(quick: bool = False) -> list[dict]:
+def rows(quick: bool = False):
+    """All rows, yielded as measured."""
     Ls = [4096] if quick else [4096, 16384]
-    return scan_rows(Ls, peer_Ls=[4096]) + conv_rows(Ls) + [step_row()]
+    yield from iter_scan_rows(Ls, peer_Ls=[4096])
+    yield from conv_rows(Ls)
+    yield step_row()
 
 
 if __name__ == "__main__":
@@ -157,4 +175,5 @@ if __name__ == "__main__":
               f"{peer if peer is None else round(peer, 4)!s:>9} {ratio:>6} {r['floor_ms']:9.4f} "
               f"{100 * r['floor_ms'] / r['ours_ms']:7.1f}%", flush=True)
     from archdsl.kernels.selective_scan import triton_selective_scan
-    print("tiles chosen (BLOCK_D, T, warps) / (BLOCK_D, warps) / lanes bwd (BLOCK_D, T, warps):", triton_selective_scan._best)
+    print("tiles chosen (BLOCK_D, T, warps) / (BLOCK_D, warps) / lanes bwd and segments (BLOCK_D, T, warps):",
+          triton_selective_scan._best)
