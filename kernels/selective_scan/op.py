@@ -25,6 +25,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     (a channel per thread, the adjoint run in reverse over time, dB/dC as per-block partials
     instead of atomics); it is checked against the naive loop under the interpreter but not yet
     timed on a GPU, so the default stays the time-across-threads backward.
+    `ARCHDSL_SCAN_FWD=segments` selects the time-segmented forward (the sequence cut into segments
+    run in parallel, their entering states carried by a light serial pass; same checkpoints, so
+    either backward follows it), `auto` the faster of it and the serial one, timed once per case on
+    CUDA; the default stays `serial` until a GPU run times it.
     """
     batch, dim, seqlen, N = _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
     backend = backend_for(u)

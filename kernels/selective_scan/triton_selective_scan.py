@@ -15,6 +15,10 @@ A second backward (`ss_bwd_lanes`, chosen by ARCHDSL_SCAN_BWD=lanes) uses the la
 forward's layout: a channel per thread, its adjoint run in reverse over time from the
 same checkpoints, two exps per element (one per recompute pass, no shifted exp), and
 dB/dC as per-program partials instead of atomics.
+
+A second forward (`ss_fwd_segments` in triton_selective_scan_segments.py, chosen by
+ARCHDSL_SCAN_FWD=segments) cuts the sequence into segments run in parallel and stores the same
+checkpoints, so either backward follows it.
 """
 from __future__ import annotations
 
