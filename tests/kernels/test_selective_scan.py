@@ -158,7 +158,8 @@ def test_triton_lanes_backward_matches_naive(b, D, N, L, gsel, z, Dskip, bias, h
     assert_close(got, want, 2e-4)
 
 
-@pytest.mark.parametrize("G", [-1, 0, 3])
+@pytest.mark.parametrize("G,scan_fwd", [(-1, "serial"), (0, "serial"), (3, "serial"), (3, "segments")],
+                         indirect=["scan_fwd"])
 def test_triton_lanes_backward_blocks_and_groups(G, scan_fwd):
     """Several channel blocks per group (partial dB/dC summed), time-invariant B/C, three chunks."""
     t = make(2, 12, 5, 23, G=G, z=True, Dskip=True, bias=True, h0=True)
