@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# One GPU session, everything that needs the card: full-size kernel checks (pytest -m gpu),
-# kernel timings against the peers in the same process, and the whole-model figures.
-#   bash benchmarks/gpu_sweep.sh WHEELS OUTDIR
+# Everything that needs the card: full-size kernel checks (pytest -m gpu), kernel timings against
+# the peers in the same process, the whole-model figures, each fusion on/off, the Zoology table.
+#   SWEEP=1 bash benchmarks/gpu_sweep.sh WHEELS OUTDIR    # GPU tests | Zoology MQAR      (~9 min)
+#   SWEEP=2 bash benchmarks/gpu_sweep.sh WHEELS OUTDIR    # kernels | models, WKV6, fusions (~9 min)
+# Each part fits one 10-minute call on a 2-GPU machine (the two lanes side by side); on one GPU
+# the lanes run one after the other. LANE_KERNELS / LANE_MODELS name the stages to run instead.
 # WHEELS holds the peers as files (the fla-core wheel and the mamba-ssm sdist, whose Triton
 # code runs without its CUDA extensions). Each stage has its own time limit, and every
 # stage's log lands in OUTDIR even if a later one is cut short.
@@ -30,8 +33,12 @@ bench_model() { stage bench_model "${T_MODEL:-190}" python3 benchmarks/model.py 
 bench_fusions() { stage bench_fusions "${T_FUSIONS:-150}" python3 benchmarks/fusions.py --json "$OUTDIR/fusions.json"; }
 zoology() { stage zoology "${T_ZOO:-480}" python3 benchmarks/zoology_mqar.py --jobs 12 --steps 20000 --lrs 2e-3,6e-4 --budget-s "${ZOO_BUDGET:-400}" --out "$OUTDIR/zoology.json"; }
 MODEL_ARGS=${MODEL_ARGS:-}
-LANE_KERNELS=${LANE_KERNELS:-gpu_tests bench_ssd bench_scan}  # correctness at full size, kernel timings
-LANE_MODELS=${LANE_MODELS:-bench_model bench_wkv6 zoology bench_fusions}  # whole models, WKV6, Zoology MQAR, each fusion on/off
+case "${SWEEP:-1}" in
+    1) : "${T_TESTS:=540}"; LANE_KERNELS=${LANE_KERNELS:-gpu_tests}; LANE_MODELS=${LANE_MODELS:-zoology} ;;
+    2) : "${T_SSD:=330}" "${T_SCAN:=200}"; LANE_KERNELS=${LANE_KERNELS:-bench_ssd bench_scan}
+       LANE_MODELS=${LANE_MODELS:-bench_model bench_wkv6 bench_fusions} ;;
+    *) echo "SWEEP must be 1 or 2" >&2; exit 2 ;;
+esac
 lane() { for s in $1; do "$s"; done; }
 # With two GPUs the lanes run side by side, one per card (each timing has its card to itself);
 # with one, one after the other.
