@@ -26,7 +26,7 @@ blocks:
   mamba2: {d_state: 8, expand: 2, headdim: 16, ngroups: 1, chunk_size: 16}
   zamba: {heads: 2, hidden: 64}
 """
-# MoE balancing loss off: it is each rank's own (see archdsl/train/loop.py), the rest is exact
+# MoE with its balancing loss on (f_e over the global batch: 2 processes == 1)
 JAMBA = """name: tiny-jamba
 d_model: 32
 vocab_size: 64
@@ -37,7 +37,7 @@ blocks:
   mamba: {d_state: 8, d_conv: 4, expand: 2}
   attn: {heads: 2, kv_heads: 1, rope: false}
   mlp: {act: swiglu, hidden: 64}
-  moe: {experts: 4, top_k: 2, hidden: 64, aux_loss_coef: 0.0}
+  moe: {experts: 4, top_k: 2, hidden: 64, aux_loss_coef: 0.1}
 """
 HYBRID = """name: tiny-hybrid
 d_model: 64

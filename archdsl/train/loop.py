@@ -8,8 +8,8 @@ weights on any number of processes) → sharded → optimizer → checkpoint loa
 The loss of a step is the mean cross entropy over every scored token of the GLOBAL batch: each
 rank sums its rows' losses and divides by the global count (known on every rank, as every rank
 draws the whole batch), times W because FSDP averages gradients over ranks. So W processes compute
-the gradient of one process up to the order of the sums. The MoE balancing loss is each rank's own
-(its mean over ranks is what is optimised; not bit-equal across world sizes).
+the gradient of one process up to the order of the sums. The MoE balancing loss counts expert
+assignments over the global batch too (archdsl/model/modules/moe.py), so it matches as well.
 """
 from __future__ import annotations
 

@@ -8,6 +8,9 @@ Routing (Jamba): p = softmax(router(x)) in float32, the top_k experts by p, each
 p (not renormalised). With router="sigmoid": s = σ(router(x)), top_k, weights renormalised to sum 1.
 Load balancing (Switch / Mixtral): aux = coef · E · Σ_e f_e · P_e with f_e the fraction of
 top-k assignments to e per token and P_e the mean router probability; kept in self.aux_loss.
+Training under torch.distributed (data parallel, equal tokens per rank), f_e counts the assignments
+of the whole global batch (one all-reduce of E numbers), so the mean over ranks of the ranks' losses,
+which FSDP's gradient averaging optimises, is the balancing loss of one process on the whole batch.
 """
 from __future__ import annotations
 
@@ -137,10 +140,25 @@ class Moe(nn.Module):
         if self.shared_expert is not None:
             out = out + self.shared_expert(x)
         E = self.cfg.experts
-        f = torch.zeros(E, dtype=probs.dtype, device=x.device).scatter_add_(
-            0, idx.reshape(-1), torch.ones(idx.numel(), dtype=probs.dtype, device=x.device)) / x.shape[0]
+        counts = torch.zeros(E, dtype=probs.dtype, device=x.device).scatter_add_(
+            0, idx.reshape(-1), torch.ones(idx.numel(), dtype=probs.dtype, device=x.device))
+        f = self._global(counts, x.shape[0])
         self.aux_loss = self.cfg.aux_loss_coef * E * (f * probs.mean(0)).sum()
         return out.view(shape)
+
+    def _global(self, counts, tokens: int):
+        """Assignments per expert [E] as a fraction of the tokens: of the whole data-parallel batch when
+        training with more than one process (every rank runs the same layers, so the all-reduces pair
+        up), else of this batch. Not differentiable either way: the gradient flows through P_e."""
+        import torch.distributed as dist
+
+        if self.training and torch.is_grad_enabled() and dist.is_available() and dist.is_initialized():
+            world = dist.get_world_size()
+            if world > 1:
+                counts = counts.detach().clone()
+                dist.all_reduce(counts)
+                return counts / (tokens * world)
+        return counts / tokens
 
     def step(self, x, state=None, **ctx):
         """x [B, d] → [B, d]. While a CUDA graph is being captured, the gathered static-shape form;
