@@ -31,7 +31,6 @@ TOL = dict(rtol=1e-4, atol=1e-5)
 @pytest.fixture(autouse=True)
 def _triton_backend(monkeypatch):
     monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
-    monkeypatch.setenv("ARCHDSL_FUSED_STEP", "1")
 
 
 def _close(a, b):

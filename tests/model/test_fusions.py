@@ -122,7 +122,6 @@ def test_triton_paths_all_on_equal_all_off(monkeypatch):
     """Through the Triton kernels (the interpreter on a CPU): the add+RMSNorm kernel, the fused
     decode steps and the scan epilogues against all of them off, float32."""
     monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
-    monkeypatch.setenv("ARCHDSL_FUSED_STEP", "1")
     model = _model(torch.float32, DEV)
     ids = torch.randint(0, 37, (2, 4), generator=torch.Generator().manual_seed(3)).to(DEV)
     off_full, off_steps = _run(model, False, ids)

@@ -13,7 +13,6 @@ models, else the model dtype).
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn as nn
@@ -50,10 +49,8 @@ def skip_gate(y: torch.Tensor, x: torch.Tensor, D: torch.Tensor, z: torch.Tensor
 def fused_step_ok(mod, x):
     """Whether a Mamba mixer's decode step takes its fused Triton path: the "step" fusion on, no
     autograd wanted, not float64, and the Triton backend chosen for x (CUDA, or the interpreter when
-    forced). ARCHDSL_FUSED_STEP=0 turns it off (the unfused step, for comparison)."""
+    forced). set_fuse / compile(fuse=) without "step" gives the unfused step."""
     if "step" not in mod.fused or x.dtype == torch.float64:
-        return False
-    if os.environ.get("ARCHDSL_FUSED_STEP", "1") == "0":
         return False
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in mod.parameters())):
         return False
