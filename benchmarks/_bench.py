@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import statistics
+import time
 
 
 def bench_ms(fn) -> float:
@@ -34,3 +36,19 @@ def with_env(var: str, value: str, fn):
             else:
                 os.environ[var] = old
     return go
+
+
+def wall_ms(fn, iters: int, sync=lambda: None, warmup: int = 0) -> float:
+    """Median wall time of fn() in ms over `iters` calls, `sync()` (e.g. torch.cuda.synchronize)
+    around each, after `warmup` untimed calls: for work do_bench cannot time (a CPU run, or a
+    decode step whose launch overhead must count)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)

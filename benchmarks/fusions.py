@@ -46,6 +46,7 @@ import traceback
 from collections.abc import Callable
 
 import torch
+from _bench import bench_ms, wall_ms
 
 import archdsl
 from archdsl.model.fusions import FUSIONS
@@ -70,18 +71,14 @@ def _sync() -> None:
 
 def time_pass(fn: Callable[[], object]) -> float:
     """Median ms of one call of fn: do_bench on the GPU, wall time on the CPU."""
-    if DEVICE == "cuda":
-        from triton.testing import do_bench
-
-        return do_bench(fn, warmup=25, rep=100, return_mode="median")
-    return _wall(fn, iters=5)
+    return bench_ms(fn) if DEVICE == "cuda" else wall_ms(fn, 5, warmup=1)
 
 
 def time_step(fn: Callable[[], object], iters: int = 100) -> float:
     """Median ms of a decode step: CUDA events around each call, the GPU idle before it (so the
     launch overhead of an eager step counts); wall time on the CPU."""
     if DEVICE != "cuda":
-        return _wall(fn, iters=10)
+        return wall_ms(fn, 10, warmup=1)
     for _ in range(5):
         fn()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -93,18 +90,6 @@ def time_step(fn: Callable[[], object], iters: int = 100) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def _wall(fn, iters):
-    fn()
-    times = []
-    for _ in range(iters):
-        _sync()
-        t = time.perf_counter()
-        fn()
-        _sync()
-        times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
 
 

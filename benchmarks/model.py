@@ -22,6 +22,7 @@ import textwrap
 import time
 
 import torch
+from _bench import wall_ms
 
 import archdsl
 
@@ -74,14 +75,7 @@ def sync():
 
 def median_ms(fn, iters):
     """Median wall time of fn() in ms, synchronised around each call (one decode token each)."""
-    times = []
-    for _ in range(iters):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    return wall_ms(fn, iters, sync)
 
 
 def train(name, batch, seq, steps):
