@@ -198,7 +198,9 @@ def cmd_convert(args):
 
     spec_from_yaml(text, file="<converted>").graph  # refuse to write what would not load
     if args.output:
-        _write_atomic(args.output, text)
+        from .atomic import write_atomic
+
+        write_atomic(args.output, text)
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -229,17 +231,6 @@ def _add_export(p):
     p.add_argument("--to", dest="target", required=True, choices=["hf"])
     p.add_argument("-o", "--output", required=True, help="the directory to write")
     p.add_argument("--model-type", default=None, help="the HF model_type (default: inferred from the spec)")
-
-
-def _write_atomic(path: str, text: str) -> None:
-    import os
-    import tempfile
-
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".archdsl-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 @command("compile", "build a spec's model and save it (spec.yaml + model.safetensors)")

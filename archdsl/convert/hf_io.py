@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
-import tempfile
 
+from ..atomic import atomic_dir
 from ..errors import ArchDSLError, did_you_mean
 
 SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -210,28 +209,9 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
             hf_state[k] = v.clone()
         seen[key] = k
     out_dir = os.path.abspath(os.fspath(out_dir))
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
-    try:
+    with atomic_dir(out_dir) as tmp:
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
             f.write("\n")
         save_file(hf_state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        _replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
-
-
-def _replace(tmp: str, path: str) -> None:
-    """Rename tmp to path; an existing path is moved aside first and removed after."""
-    old = None
-    if os.path.exists(path):
-        old = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.old-")
-        os.rmdir(old)
-        os.rename(path, old)
-    os.rename(tmp, path)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)

@@ -9,27 +9,13 @@ import csv
 import io
 import json
 import os
-import tempfile
 
+from ..atomic import write_atomic
 from .search import Candidate
 
 CSV_FIELDS = ["id", "rank", "on_front", "layout", "mixer", "d_model", "depth", "attn_count", "attn_fraction",
               "placement", "shared", "moe_every", "moe_experts", "moe_top_k", "params", "active_params",
               "flops_per_token", "cache_bytes", "accuracy", "best_accuracy", "final_loss", "steps", "wall_time"]
-
-
-def write_atomic(path: str, data: str | bytes) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".archdsl-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def csv_row(c: Candidate) -> dict:

@@ -14,7 +14,8 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from ..errors import ArchDSLError
-from .report import table_text, write_atomic, write_plots, write_results
+from ..atomic import write_atomic
+from .report import table_text, write_plots, write_results
 from .search import ANALYTIC, Constraint, explore, norm_objectives, rank
 from .space import Space
 

@@ -8,12 +8,11 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import torch
 import torch.nn as nn
 
+from ..atomic import atomic_dir
 from ..blocks.base import INJECT
 from ..errors import ArchDSLError
 from ..graph import layers as graph_layers
@@ -199,26 +198,11 @@ class ArchModel(nn.Module):
         beside it, then renamed into place, so a failed save never replaces a good one."""
         from safetensors.torch import save_file
 
-        path = os.path.abspath(os.fspath(path))
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
-        try:
+        with atomic_dir(path) as tmp:
             with open(os.path.join(tmp, "spec.yaml"), "w", encoding="utf-8") as f:
                 f.write(self.spec.to_yaml())
             save_file(self._tensors_to_save(), os.path.join(tmp, "model.safetensors"),
                       metadata={"format": "pt", "dtype": str(self.dtype).replace("torch.", "")})
-            old = None
-            if os.path.exists(path):
-                old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.old-")
-                os.rmdir(old)
-                os.rename(path, old)
-            os.rename(tmp, path)
-            if old:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def _tensors_to_save(self) -> dict:
         """name → tensor, each parameter once (a tied or shared one under its first name, as
