@@ -1,6 +1,7 @@
 # archdsl — one entry point for setting up, the demo job, the tests and the benchmarks.
 #   make demo    set up .venv, then compile a demo spec, show its table, run a forward pass and a generation (CPU)
 #   make test    set up .venv, then run the test suite (CPU; GPU tests are skipped without CUDA)
+#   make sm90-check  compile every kernel the CPU tests launch for the H100/H200 (sm_90), no GPU needed
 #   make wheel   build the wheel and check it from a fresh venv
 PY ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ TORCH ?= torch==2.13.0
 SPEC ?= specs/demo-jamba.yaml
 PYTEST_ARGS ?= -q -m "not gpu" -n 2
 
-.PHONY: setup demo test gpu-test bench wheel clean
+.PHONY: setup demo test gpu-test sm90-check bench wheel clean
 
 setup: $(VENV)/.ready
 
@@ -30,6 +31,13 @@ test: setup
 
 gpu-test: setup
 	$(BIN)/python -m pytest -q -m gpu
+
+# every Triton kernel the interpreted kernel tests launch, compiled for sm_90 (catches what the
+# interpreter accepts and the compiler rejects; no GPU needed)
+sm90-check: setup
+	rm -f out/launches.jsonl; mkdir -p out
+	ARCHDSL_RECORD_LAUNCHES=$(CURDIR)/out/launches.jsonl $(BIN)/python -m pytest -q -m "not gpu" -n 2 tests/kernels
+	$(BIN)/python tests/kernels/sm90.py out/launches.jsonl
 
 bench:
 	$(PY) benchmarks/kernels.py

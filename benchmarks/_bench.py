@@ -29,7 +29,7 @@ def with_env(var: str, value: str, fn):
         old = os.environ.get(var)
         os.environ[var] = value
         try:
-            fn()
+            return fn()
         finally:
             if old is None:
                 del os.environ[var]

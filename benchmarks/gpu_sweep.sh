@@ -31,7 +31,7 @@ bench_scan() { stage bench_scan "${T_SCAN:-90}" python3 benchmarks/kernels.py --
 bench_wkv6() { stage bench_wkv6 "${T_WKV:-200}" python3 benchmarks/kernels.py --only kernels_wkv6 --json "$OUTDIR/wkv6.json"; }
 bench_model() { stage bench_model "${T_MODEL:-190}" python3 benchmarks/model.py --quick --json "$OUTDIR/model.json" $MODEL_ARGS; }
 bench_fusions() { stage bench_fusions "${T_FUSIONS:-150}" python3 benchmarks/fusions.py --json "$OUTDIR/fusions.json"; }
-zoology() { stage zoology "${T_ZOO:-480}" python3 benchmarks/zoology_mqar.py --jobs 12 --steps 20000 --lrs 2e-3,6e-4 --budget-s "${ZOO_BUDGET:-400}" --out "$OUTDIR/zoology.json"; }
+zoology() { stage zoology "${T_ZOO:-500}" python3 benchmarks/zoology_mqar.py --jobs 12 --steps 20000 --lrs 2e-3 --budget-s "${ZOO_BUDGET:-420}" --out "$OUTDIR/zoology.json"; }
 MODEL_ARGS=${MODEL_ARGS:-}
 case "${SWEEP:-1}" in
     1) : "${T_TESTS:=540}"; LANE_KERNELS=${LANE_KERNELS:-gpu_tests}; LANE_MODELS=${LANE_MODELS:-zoology} ;;

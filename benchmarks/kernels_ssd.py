@@ -58,6 +58,17 @@ def _scan_fn(fn, t, bwd):
     return call
 
 
+def _y(fn, t):
+    with torch.no_grad():
+        return fn(t["x"], t["dt"], t["A"], t["B"], t["C"], 256, D=t["D"], dt_bias=t["dt_bias"],
+                  dt_softplus=True).float()
+
+
+def _rel_diff(a, b) -> float:
+    """max |a - b| / max |b|."""
+    return float((a - b).abs().max() / b.abs().max())
+
+
 def rows(quick: bool = False):
     """Both Triton implementations (ARCHDSL_SSD_IMPL=fused, chunked) against the peer, yielded as measured."""
     from archdsl.kernels.ssd import ssd_scan
@@ -70,9 +81,13 @@ def rows(quick: bool = False):
             scan = _scan_fn(lambda *a, **k: ssd_scan(*a[:5], chunk_size=a[5], **k), t, bwd)
             for impl in ("fused", "chunked"):
                 ours = bench_or_nan(with_env("ARCHDSL_SSD_IMPL", impl, scan))
-                yield dict(op=f"ssd_scan {impl}", shape=f"B=4 L={L} H=32 P=64 N=128 G=1",
+                row = dict(op=f"ssd_scan {impl}", shape=f"B=4 L={L} H=32 P=64 N=128 G=1",
                            mode="fwd+bwd" if bwd else "fwd", ours_ms=ours, peer="mamba_ssm", peer_ms=theirs,
                            floor_ms=floor, floor_note=note)
+                if peer and not bwd:  # the timed outputs agree with the peer's (bf16 rounding apart)
+                    row["rel_diff"] = _rel_diff(with_env("ARCHDSL_SSD_IMPL", impl, lambda: _y(ssd_scan, t))(),
+                                                _y(peer, t))
+                yield row
     yield _step_row()
 
 

@@ -1,6 +1,6 @@
 """The Zoology MQAR table: attention-only vs pure Mamba-2 vs one attention layer in a Mamba-2 stack.
 
-    python benchmarks/zoology_mqar.py --jobs 12 --budget-s 400 --steps 20000 --lrs 2e-3,6e-4
+    python benchmarks/zoology_mqar.py --jobs 12 --budget-s 420 --steps 20000 --lrs 2e-3
                                                             # the GPU evidence (~7 min on one H200)
     python benchmarks/zoology_mqar.py --steps 20 --seq-len 64 --pairs 4 --d-models 16 --layers 2 \\
         --batch-size 8 --eval-size 32 --device cpu          # a CPU smoke run
@@ -11,8 +11,9 @@ d_model 64 and 128 with 2 and 4 layers, each layer a mixer + MLP. Architectures:
   attention   L×attn
   mamba2      L×mamba2
   hybrid      (L-1)×mamba2 with one attn at layer L//2
-Each run stops at --steps or at its share of --budget-s (default 330 s for the whole
-table), whichever comes first; the steps actually run are printed and saved. With --jobs N,
+Each run trains for --steps or for as many as fit in its share of --budget-s (default 330 s
+for the whole table), measured on the run's own pace first, so that its learning-rate schedule
+(5% warmup, cosine) completes; the steps actually run are printed and saved. With --jobs N,
 N runs train at once in separate processes sharing the device (these models leave an H200
 mostly idle), and each run's share grows N-fold. The first GPU table (15 s a run) was too
 short for attention alone to learn the task: give each run minutes, not seconds. Every run trains on fresh batches from the same seeded stream and is scored on the same
@@ -27,6 +28,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
@@ -60,6 +62,16 @@ def spec_for(arch: str, d_model: int, layers: int, args) -> archdsl.Spec:
                                  "attn": {"rope": True}, "mlp": {"act": "gelu", "hidden": 2 * d_model}})
 
 
+def planned_steps(spec, task, cfg: TrainConfig, share: float, timed: int = 40) -> int:
+    """The steps that fit in `share` seconds at this run's measured pace (after a warm-up run that
+    compiles the kernels), so that the warmup and cosine schedule end where the run ends; a
+    schedule sized for more steps than the time allows would stop the run while still warming up."""
+    probe = replace(cfg, eval_every=10**9, target_accuracy=None, time_limit=None)
+    train_probe(spec, task, replace(probe, steps=5))
+    r = train_probe(spec, task, replace(probe, steps=timed))
+    return max(timed, min(cfg.steps, int(0.9 * share * r.steps / r.wall_time)))
+
+
 def run_one(job):
     """Train one (architecture, width, depth) at every lr (best kept; stops at 99%); returns its row."""
     arch, d, L, args, device, share = job
@@ -71,6 +83,8 @@ def run_one(job):
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, eval_every=args.eval_every,
                           eval_size=args.eval_size, seed=args.seed, device=device, dtype=args.dtype,
                           warmup=0.05, time_limit=share)
+        if share:
+            cfg = replace(cfg, steps=planned_steps(spec, task, cfg, share))
         r = train_probe(spec, task, cfg)
         run = {"arch": arch, "d_model": d, "layers": L, "layout": spec.layout_text, "lr": lr,
                **{k: v for k, v in r.to_dict().items() if k != "loss_curve"},

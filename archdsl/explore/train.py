@@ -104,12 +104,24 @@ def build_model(model, task: Task, cfg: TrainConfig, device: torch.device):
     return archdsl.compile(spec, device=device, dtype=dtype, seed=cfg.seed)
 
 
+def scored_logits(model, x, y):
+    """(logits, labels) at the scored positions only: [n, V], [n] for an ArchModel (the head runs on
+    those n rows alone: MQAR scores 16 of 256), [B, L, V], [B, L] for any other module."""
+    from ..model.model import ArchModel
+
+    if isinstance(model, ArchModel):
+        mask = y != IGNORE
+        return model(x, logits_mask=mask), y[mask]
+    return model(x), y
+
+
 def evaluate(model, data, device, autocast) -> float:
     correct = total = 0
     model.eval()
     with torch.no_grad(), autocast():
         for x, y in data:
-            c, t = accuracy(model(x.to(device)).float(), y.to(device))
+            logits, labels = scored_logits(model, x.to(device), y.to(device))
+            c, t = accuracy(logits.float(), labels)
             correct, total = correct + c, total + t
     model.train()
     return correct / max(1, total)
@@ -165,8 +177,8 @@ def _train(model, task, cfg, device, progress) -> ProbeResult:
             x, y = task.batch(cfg.batch_size, train_gen, train=True)
             x, y = x.to(device), y.to(device)
             with autocast():
-                logits = net(x)
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
+                logits, labels = scored_logits(net, x, y)
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                        ignore_index=IGNORE)
                 aux = getattr(net, "aux_loss", None)
                 total = loss + aux if isinstance(aux, torch.Tensor) and aux.requires_grad else loss

@@ -125,8 +125,14 @@ class ArchModel(nn.Module):
                   for layer in self.layers]
         return Cache(states, batch, static, max_len)
 
-    def forward(self, input_ids: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        """input_ids [B, L] → logits [B, L, V]; sets self.aux_loss (sum of MoE balancing losses)."""
+    def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
+                logits_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, L] → logits [B, L, V]; sets self.aux_loss (sum of MoE balancing losses).
+        logits_mask [B, L] bool: only the logits of the True positions, [n, V] in row-major order
+        (a loss that scores a few positions skips the head's [B, L, V] product and its memory)."""
+        if logits_mask is not None and logits_mask.shape != input_ids.shape:
+            raise ArchDSLError(f"forward: logits_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                               f"got {tuple(logits_mask.shape)}")
         emb = self.embeddings(input_ids)
         h = self.embed_norm(emb) if self.embed_norm is not None else emb
         delta = None
@@ -139,6 +145,8 @@ class ArchModel(nn.Module):
         self.aux_loss = torch.stack(aux).sum() if aux else torch.zeros((), device=h.device)
         if cache is not None:
             cache.pos += input_ids.shape[1]
+        if logits_mask is not None:
+            x = x[logits_mask]
         return self.lm_head(x)
 
     def _step(self, tokens, cache):

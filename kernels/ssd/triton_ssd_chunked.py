@@ -153,10 +153,10 @@ def _chunk_state(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, local_ptr, L, H, G, P, N
     mask_p = offs_p < P
     mask_n = offs_n < N
     row0 = b.to(tl.int64) * L
-    nb, sT, _, _, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
+    nb, sT, carry_c, seq_prev_c, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
     acc = tl.zeros((BP, BN), dtype=tl.float32)
     for k in range(nb):
-        _, rows, mask_t, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, k, L, NC, Q, BT, HAS_SEQ)
+        offs_k, rows, mask_t, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, k, L, NC, Q, BT, HAS_SEQ)
         x = _tile(x_ptr, rows, mask_t, H, h, P, offs_p, mask_p)
         Bm = _tile(B_ptr, rows, mask_t, G, g, N, offs_n, mask_n)
         w = tl.where(seq == seq_last, tl.exp(tl.minimum(sT - s, 0.0)) * dt, 0.0)
@@ -183,7 +183,7 @@ def _state_pass(local_ptr, hin_ptr, h0_ptr, hT_ptr, s_ptr, seq_ptr, L, H, PN, NC
         base = (bh64 * NC + c) * PN + offs
         loc = tl.load(local_ptr + base, mask=mask, other=0.0)
         tl.store(hin_ptr + base, h.to(hin_ptr.dtype.element_ty), mask=mask)
-        _, _, carry, _, _ = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
+        nb_c, sT_c, carry, seq_prev_c, seq_last_c = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
         h = h * carry + loc
     tl.store(hT_ptr + bh64 * PN + offs, h, mask=mask)
 
@@ -202,7 +202,7 @@ def _chunk_scan(x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_
     mask_p = offs_p < P
     mask_n = offs_n < N
     row0 = b.to(tl.int64) * L
-    nb, _, _, seq_prev, _ = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
+    nb, sT, carry_c, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
     so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
     state = tl.load(hin_ptr + so, mask=mask_p[:, None] & mask_n[None, :], other=0.0)
     state = state.to(x_ptr.dtype.element_ty)
@@ -212,7 +212,7 @@ def _chunk_scan(x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_
         else:
             Dv = tl.load(D_ptr + h).to(tl.float32)
     for i in range(nb):
-        offs_i, rows_i, mask_i, _, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
+        offs_i, rows_i, mask_i, dt_i, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
                                                        HAS_SEQ)
         Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
         y = tl.dot(Ci, tl.trans(state), input_precision=PREC)
@@ -266,10 +266,10 @@ def _chunk_dstate(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, ypre_ptr, dy_ptr, direc
     mask_p = offs_p < P
     mask_n = offs_n < N
     row0 = b.to(tl.int64) * L
-    nb, _, _, seq_prev, _ = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
+    nb, sT, carry_c, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
     acc = tl.zeros((BP, BN), dtype=tl.float32)
     for k in range(nb):
-        _, rows, mask_t, _, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, k, L, NC, Q, BT, HAS_SEQ)
+        offs_k, rows, mask_t, dt_k, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, k, L, NC, Q, BT, HAS_SEQ)
         gy = _gated_grad(dy_ptr, z_ptr, ypre_ptr, ypre_ptr, rows, h, H, P, offs_p, mask_t, mask_p, HAS_Z, False)
         Cm = _tile(C_ptr, rows, mask_t, G, g, N, offs_n, mask_n)
         gs = (gy * tl.where(seq == seq_prev, tl.exp(s), 0.0)[:, None]).to(Cm.dtype)
@@ -297,7 +297,7 @@ def _dstate_pass(direct_ptr, dout_ptr, dhT_ptr, dh0_ptr, s_ptr, seq_ptr, L, H, P
         base = (bh64 * NC + c) * PN + offs
         d = tl.load(direct_ptr + base, mask=mask, other=0.0)
         tl.store(dout_ptr + base, gh.to(dout_ptr.dtype.element_ty), mask=mask)
-        _, _, carry, _, _ = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
+        nb_c, sT_c, carry, seq_prev_c, seq_last_c = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
         gh = gh * carry + d
     tl.store(dh0_ptr + bh64 * PN + offs, gh, mask=mask)
 
@@ -356,7 +356,7 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq
         ddt = tl.zeros((BT,), dtype=tl.float32)
         ds = tl.zeros((BT,), dtype=tl.float32)
         for i in range(j, nb):
-            offs_i, rows_i, mask_i, _, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
+            offs_i, rows_i, mask_i, dt_i, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
                                                            HAS_SEQ)
             Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
             gi = _gated_grad(dy_ptr, z_ptr, ypre_ptr, ypre_ptr, rows_i, h, H, P, offs_p, mask_i, mask_p,
@@ -399,7 +399,7 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq
 
     # targets t: dC, dz and the entering state's part of ds
     for i in range(nb):
-        offs_i, rows_i, mask_i, _, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
+        offs_i, rows_i, mask_i, dt_i, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
                                                        HAS_SEQ)
         Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
         gy = _gated_grad(dy_ptr, z_ptr, ypre_ptr, dz_ptr, rows_i, h, H, P, offs_p, mask_i, mask_p, HAS_Z, True)

@@ -112,6 +112,17 @@ def test_moe_aux_loss_is_returned():
     assert model.aux_loss.requires_grad and model.aux_loss > 0
 
 
+def test_logits_mask_gives_the_masked_rows():
+    m = archdsl.compile(archdsl.parse("mamba, attn, moe every 1", d_model=16, vocab_size=64, blocks=SMALL),
+                        dtype=torch.float64, seed=0)
+    x = torch.randint(64, (3, 11))
+    mask = torch.rand(3, 11, generator=torch.Generator().manual_seed(1)) < 0.3
+    full = m(x)
+    torch.testing.assert_close(m(x, logits_mask=mask), full[mask], rtol=1e-12, atol=1e-12)  # GEMM blocking differs
+    with pytest.raises(ArchDSLError, match="logits_mask"):
+        m(x, logits_mask=mask[:, :5])
+
+
 def test_save_load_bitwise(tmp_path):
     spec = archdsl.parse("mamba2, attn(shared)+moe, mamba, attn(shared)", d_model=16, vocab_size=37, blocks=SMALL)
     model = archdsl.compile(spec, dtype=torch.float32, seed=3)

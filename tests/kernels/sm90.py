@@ -1,0 +1,108 @@
+"""Compile every Triton kernel the interpreted tests launch for a Hopper GPU (sm_90), without one.
+
+The interpreter runs kernels as Python: it accepts code that Triton's compiler rejects (a loop
+variable whose type changes between iterations, say). This closes that gap on the CPU:
+
+  1. record: with ARCHDSL_RECORD_LAUNCHES=FILE set, tests/kernels/conftest.py makes every interpreted
+     launch append one JSON line to FILE: the kernel (module, name), each argument's Triton type or
+     constexpr value, num_warps and num_stages;
+  2. compile: `python tests/kernels/sm90.py FILE` compiles each distinct launch to a cubin for
+     GPUTarget("cuda", 90, 32) (Triton ships ptxas) and lists the ones that fail, with the error.
+
+  make sm90-check    # both steps over the kernel tests
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+
+_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64", "int64": "i64",
+           "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "i1"}
+_OPTIONS = ("num_warps", "num_stages")
+
+
+def _type(value):
+    """Triton's type of one runtime argument, or None for a value it would fold as a constant."""
+    import torch
+    if isinstance(value, torch.Tensor):
+        return "*" + _DTYPES[str(value.dtype).removeprefix("torch.")]
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i64" if not -2**31 <= value < 2**31 else "i32"
+    if isinstance(value, float):
+        return "fp32"
+    return None
+
+
+def record_launches(path: str) -> None:
+    """Make every interpreted kernel launch append its description to `path` (JSON lines)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    run = InterpretedFunction.run
+
+    def recording_run(self, *args, grid, warmup, **kwargs):
+        names = self.arg_names
+        bound = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
+        constexprs = {p.name for p in _constexpr_params(self.fn)}
+        arguments = {}
+        for name in names:
+            value = bound.get(name, _default(self.fn, name))
+            if name in constexprs or value is None or _type(value) is None:
+                arguments[name] = {"constexpr": value if isinstance(value, (int, float, str, bool)) else None}
+            else:
+                arguments[name] = {"type": _type(value)}
+        entry = {"module": self.fn.__module__, "name": self.fn.__name__, "args": arguments,
+                 "options": {k: kwargs[k] for k in _OPTIONS if k in kwargs}}
+        with open(path, "a") as f:
+            f.write(json.dumps(entry, sort_keys=True) + "\n")
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    InterpretedFunction.run = recording_run
+
+
+def _constexpr_params(fn):
+    import inspect
+    return [p for p in inspect.signature(fn).parameters.values() if "constexpr" in str(p.annotation)]
+
+
+def _default(fn, name):
+    import inspect
+    default = inspect.signature(fn).parameters[name].default
+    return None if default is inspect.Parameter.empty else default
+
+
+def compile_launches(path: str) -> int:
+    """Compile each distinct launch recorded in `path` for sm_90; print failures; return their count."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    entries = sorted({line.strip() for line in open(path) if line.strip()})
+    failures = 0
+    for i, line in enumerate(entries, 1):
+        e = json.loads(line)
+        kernel = getattr(importlib.import_module(e["module"]), e["name"])
+        names = kernel.arg_names  # the recorded arguments are sorted by name
+        signature = {n: e["args"][n].get("type", "constexpr") for n in names}
+        constants = {(i,): e["args"][n]["constexpr"] for i, n in enumerate(names) if "type" not in e["args"][n]}
+        try:
+            triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+                           options=e["options"])
+            status = "ok"
+        except Exception as err:  # report every failing launch, then fail
+            failures += 1
+            status = "FAILED: " + " ".join(str(err).split())[:2000]
+        consts = {n: a["constexpr"] for n, a in e["args"].items() if "type" not in a and a["constexpr"] is not None}
+        print(f"[{i}/{len(entries)}] {e['module']}.{e['name']} {consts} {e['options']}: {status}", flush=True)
+    print(f"{len(entries)} distinct launches, {failures} failed to compile for sm_90")
+    return failures
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python tests/kernels/sm90.py LAUNCHES.jsonl")
+    os.environ.pop("TRITON_INTERPRET", None)
+    sys.exit(1 if compile_launches(sys.argv[1]) else 0)
