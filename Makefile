@@ -1,7 +1,8 @@
 # archdsl — one entry point for setting up, the demo job, the tests and the benchmarks.
 #   make demo    set up .venv, then compile a demo spec, show its table, run a forward pass and a generation (CPU)
-#   make test    set up .venv, then run the test suite (CPU; GPU tests are skipped without CUDA)
-#   make sm90-check  compile every kernel the CPU tests launch for the H100/H200 (sm_90), no GPU needed
+#   make test    set up .venv, then run the test suite (CPU; GPU tests are skipped without CUDA) and
+#                compile every Triton kernel it ran in the interpreter for sm_90
+#   make sm90-check  the kernel tests alone, each launch then compiled for sm_90 (no GPU needed)
 #   make wheel   build the wheel and check it from a fresh venv
 PY ?= python3
 VENV ?= .venv
@@ -25,9 +26,13 @@ demo: setup
 	$(BIN)/archdsl compile $(SPEC) -o out/demo --seed 0
 	$(BIN)/archdsl run out/demo --prompt-len 32 --gen 32
 
+# the suite, recording every interpreted Triton launch; then each distinct launch compiled for sm_90
 test: setup
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as a failure"; exit 1; fi; exit $$rc
+	@rm -f out/launches.jsonl; mkdir -p out
+	@ARCHDSL_RECORD_LAUNCHES=$(CURDIR)/out/launches.jsonl $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as a failure"; exit 1; fi; \
+	if [ $$rc -ne 0 ]; then exit $$rc; fi
+	$(BIN)/python tests/kernels/sm90.py out/launches.jsonl --jobs 2
 
 gpu-test: setup
 	$(BIN)/python -m pytest -q -m gpu

@@ -1,0 +1,75 @@
+"""The sm_90 compile check (tests/kernels/sm90.py) records interpreted launches and catches what
+Triton's compiler rejects but its interpreter runs: here, a value whose type changes in a loop."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+KERNELS = '''
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _pair(x):
+    return x, x * 2
+
+
+@triton.jit
+def good(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i in range(n):
+        a, b = _pair(tl.load(x_ptr + offs))
+        acc += b
+    tl.store(y_ptr + offs, acc)
+
+
+@triton.jit
+def bad(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    _, acc = _pair(n)             # _ is a scalar here ...
+    for i in range(n):
+        _, b = _pair(tl.load(x_ptr + offs))  # ... and a block here: the compiler refuses
+        acc += b
+    tl.store(y_ptr + offs, acc)
+'''
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="records interpreted launches")
+def test_records_launches_and_catches_what_the_compiler_rejects(tmp_path, monkeypatch):
+    from triton.runtime.interpreter import InterpretedFunction
+
+    (tmp_path / "sm90_samples.py").write_text(KERNELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(HERE)
+    monkeypatch.setattr(InterpretedFunction, "run", InterpretedFunction.run)  # restored afterwards
+    import sm90
+    import sm90_samples
+
+    log = tmp_path / "launches.jsonl"
+    sm90.record_launches(str(log))
+    x, y = torch.ones(16), torch.empty(16)
+    for kernel, want in ((sm90_samples.good, 6.0), (sm90_samples.bad, 12.0)):  # the interpreter runs both
+        kernel[(1,)](x, y, 3, BLOCK=16, num_warps=1)
+        assert torch.equal(y, torch.full((16,), want))
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["name"] for e in entries] == ["good", "bad"]
+    assert entries[0]["args"] == {"x_ptr": {"type": "*fp32"}, "y_ptr": {"type": "*fp32"}, "n": {"type": "i32"},
+                                  "BLOCK": {"constexpr": 16}}
+    assert entries[0]["options"] == {"num_warps": 1}
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, os.path.join(HERE, "sm90.py"), str(log), "--jobs", "1"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "sm90_samples.good {'BLOCK': 16} {'num_warps': 1}: ok" in run.stdout
+    assert "sm90_samples.bad {'BLOCK': 16} {'num_warps': 1}: FAILED" in run.stdout
+    assert "Loop-carried variable _" in run.stdout
+    assert "2 distinct launches, 1 failed to compile for sm_90" in run.stdout
