@@ -18,9 +18,11 @@ from typing import Union
 from ..errors import ArchDSLError, did_you_mean
 
 FUSIONS: dict[str, str] = {
-    "add_norm": "the residual add and the next RMSNorm as one Triton kernel (where the Triton kernels run)",
+    "add_norm": "the residual add and the next RMSNorm as one Triton kernel (where the Triton kernels run; "
+                "inference: with autograd the separate ops measured faster, 0.87 vs 1.13 ms on the H200)",
     "qkv": "attention's q, k and v projections as one GEMM over their packed weights (inference)",
-    "epilogue": "Mamba / Mamba-2: the D skip and the silu(z) gate inside the scan kernel, not after it in torch",
+    "epilogue": "Mamba / Mamba-2: the D skip and the silu(z) gate inside the scan kernel, not after it in torch "
+                "(Mamba-2: inference only; its forward+backward measured faster without, 10.0 vs 11.4 ms)",
     "step": "Mamba / Mamba-2 decode step as one or two Triton kernels between the projections (Triton only)",
 }
 

@@ -84,14 +84,17 @@ def _triton_impl(args) -> str:
 
     fused walks the chunks of a (batch, head) in one program; chunked runs the chunks in parallel
     and carries only the [P, N] state serially (mamba_ssm's layout). Which wins depends on B·H·L
-    against the chip's size, so auto measures it once per (shapes, dtype, options, grad). The
-    default is fused until the chunked kernels' GPU tests have passed on a real card.
+    against the chip's size, so auto measures it once per (shapes, dtype, options, grad). Unset,
+    each pass takes the one measured faster on the H200 (docs/benchmarks.md, B4 H32 P64 N128):
+    chunked without gradients (forward 0.318 vs 0.330 ms at L 4K, 1.18 vs 1.30 at 16K), fused with
+    them (forward+backward 2.40 vs 2.57 ms at 4K, 9.48 vs 9.78 at 16K).
     """
     x, tensors = args[0], args[:9]
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     case = (x.shape, args[3].shape, x.dtype, x.device, grad, args[10], args[9] is not None,
             tuple(None if t is None else tuple(t.shape) for t in tensors[5:9]))
-    return pick_impl("ARCHDSL_SSD_IMPL", _TRITON, "fused", x, case, lambda name: _time(_TRITON[name](), args, grad))
+    return pick_impl("ARCHDSL_SSD_IMPL", _TRITON, "fused" if grad else "chunked", x, case,
+                     lambda name: _time(_TRITON[name](), args, grad))
 
 
 def _time(fn, args, grad) -> float:

@@ -149,12 +149,20 @@ def test_chunked_states_in_16_bit():
     assert_close(run(scan_of("chunked"), t16), run(ssd_scan_naive, t64), 3e-3)
 
 
-def test_auto_is_fused_off_cuda(monkeypatch):
-    """auto times the two only on CUDA; elsewhere (the interpreter) it is the default, fused."""
+@pytest.mark.parametrize("env", ["auto", None])
+def test_default_is_chunked_without_grad_fused_with(env, monkeypatch):
+    """Unset (and auto off CUDA, where nothing is timed): chunked for a forward alone, fused when
+    gradients are wanted, the faster of each on the H200."""
     from archdsl.kernels.ssd import op
-    monkeypatch.setenv("ARCHDSL_SSD_IMPL", "auto")
+    if env:
+        monkeypatch.setenv("ARCHDSL_SSD_IMPL", env)
+    else:
+        monkeypatch.delenv("ARCHDSL_SSD_IMPL", raising=False)
     t = make(1, 5, 2, 4, 1, 4)
-    assert op._triton_impl((t["x"], t["dt"], t["A"], t["B"], t["C"]) + (None,) * 5 + (False, None)) == "fused"
+    args = (t["x"], t["dt"], t["A"], t["B"], t["C"]) + (None,) * 5 + (False, None)
+    assert op._triton_impl(args) == "chunked"
+    args = (t["x"].requires_grad_(),) + args[1:]
+    assert op._triton_impl(args) == "fused"
 
 
 @settings(max_examples=20, deadline=None)
