@@ -282,6 +282,10 @@ def cmd_run(args):
             cache.reset()
         else:
             cache = model.init_cache(args.batch, max_len=args.prompt_len + args.gen)
+        if args.warmup:  # the first calls compile the Triton kernels and fill the allocator: not timed
+            spare = model.init_cache(args.batch, max_len=args.prompt_len + 2)
+            model.step(sample(model(ids, spare)[:, -1], 0), spare)
+            del spare
         sync()
         t0 = time.perf_counter()
         logits = model(ids, cache)[:, -1]
@@ -302,7 +306,7 @@ def cmd_run(args):
         t_decode = time.perf_counter() - t0
     first = [int(t[0]) for t in generated]
     result = {"name": model.spec.name, "device": str(dev), "dtype": str(model.dtype).replace("torch.", ""),
-              "batch": args.batch, "prompt_len": args.prompt_len, "gen": args.gen,
+              "batch": args.batch, "prompt_len": args.prompt_len, "gen": args.gen, "warmup": args.warmup,
               "prefill_tokens_per_s": args.batch * args.prompt_len / t_prefill,
               "decode_tokens_per_s": args.batch * args.gen / t_decode if args.gen else None,
               "cache_bytes": cache.nbytes(), "params": model.num_params(), "generated": first}
@@ -330,6 +334,8 @@ def _add_run(p):
     p.add_argument("--fuse", default=True, metavar="NAMES",
                    help="only these fusions, comma-separated (add_norm, qkv, epilogue, step; default: all)")
     p.add_argument("--no-fuse", action="store_true", help="switch every fusion off")
+    p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help="run one untimed prefill and decode step first (kernel compilation, allocator); default on")
     p.add_argument("--json", action="store_true")
 
 

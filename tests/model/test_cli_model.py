@@ -38,3 +38,14 @@ def test_bad_input_exits_2(tmp_path, capsys):
         assert "CUDA" in capsys.readouterr().err
     assert main(["compile", "mamba2(headdim=7)", "-o", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_run_warmup_leaves_the_timed_run_unchanged(capsys):
+    """The untimed warm-up pass uses a cache of its own: the same tokens come out with and without it."""
+    reports = []
+    for flag in ("--warmup", "--no-warmup"):
+        assert main(["run", LAYOUT, "--prompt-len", "6", "--gen", "5", "--dtype", "float64", flag, "--json"]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    assert [r["warmup"] for r in reports] == [True, False]
+    assert reports[0]["generated"] == reports[1]["generated"] and len(reports[0]["generated"]) == 5
+    assert reports[0]["cache_bytes"] == reports[1]["cache_bytes"]
