@@ -1,23 +1,21 @@
 """Chunked PyTorch selective scan: the CPU path, differentiable by autograd.
 
-Inside a chunk of T steps the state is a weighted sum of the inputs with weights
-exp(sum of delta*A between two steps); those sums are built by a masked cumulative
-sum (never as a difference of two long cumulative sums), so every exponent is <= 0
-for A <= 0 and nothing overflows. Chunks are chained through the carried state.
-Memory per chunk is [B, D, N, T, T].
+The sequence is cut into chunks of T steps. In each chunk the per-step factors are computed for
+all T steps at once, exp(delta·A) and delta·u·B as [B, D, N, T] tensors, and the recurrence
+h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t then runs step by step on [B, D, N] states (one
+fused multiply-add each); the outputs C_t · h_t follow for the whole chunk in one product.
+Every factor is exp(x) with x <= 0 for A <= 0, so nothing overflows, and the result is the naive
+recurrence's, term for term. Memory per chunk is a few [B, D, N, T].
+
+Why not the quadratic form of a chunk (all T×T decays at once, as the SSD path does): Mamba-1's
+A is per channel and per state, so that form has no matrix product to gain and costs T times
+the work in [B, D, N, T, T] tensors: on 2 CPU cores, at B1 D512 N16 L1024, 2.1 s forward and
+4.8 s forward+backward, against tens of ms for the stepwise chunk.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-
-def _segsum(x: torch.Tensor) -> torch.Tensor:
-    """[..., T] -> [..., T, T] with out[t, s] = sum_{s < r <= t} x[r], -inf above the diagonal."""
-    T = x.shape[-1]
-    strict = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(-1)
-    acc = torch.cumsum(x[..., :, None].expand(*x.shape, T).masked_fill(~strict, 0), dim=-2)
-    return acc.masked_fill(~strict.logical_or(torch.eye(T, dtype=torch.bool, device=x.device)), float("-inf"))
 
 
 def _grouped_bc(M: torch.Tensor, dim: int) -> torch.Tensor:
@@ -28,7 +26,7 @@ def _grouped_bc(M: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                           return_last_state=False, initial_state=None, chunk_size=32):
+                           return_last_state=False, initial_state=None, chunk_size=128):
     """Same contract as `archdsl.kernels.selective_scan`; works in float32 (float64 for float64 input)."""
     wd = torch.float64 if u.dtype == torch.float64 else torch.float32
     batch, dim, seqlen = u.shape
@@ -48,14 +46,15 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     ys = []
     for t0 in range(0, seqlen, chunk_size):
         sl = slice(t0, min(t0 + chunk_size, seqlen))
-        x = dt4[..., None, sl] * Ag[..., None]                              # [B, G, H, N, T]
         Bc = Bg[..., sl] if Bg.shape[-1] > 1 else Bg
         Cc = Cg[..., sl] if Cg.shape[-1] > 1 else Cg
-        dBu = dtu[..., None, sl] * Bc[:, :, None]                           # [B, G, H, N, T]
-        hs = torch.einsum("bghnts,bghns->bghnt", torch.exp(_segsum(x)), dBu)
-        hs = hs + torch.exp(torch.cumsum(x, dim=-1)) * h[..., None]
-        ys.append((hs * Cc[:, :, None]).sum(3))                             # [B, G, H, T]
-        h = hs[..., -1]
+        decay = torch.exp(dt4[..., None, sl] * Ag[..., None])               # [B, G, H, N, T]
+        dBu = (dtu[..., None, sl] * Bc[:, :, None]).expand_as(decay)        # [B, G, H, N, T]
+        hs = []
+        for a, b in zip(decay.unbind(-1), dBu.unbind(-1)):  # unbind: one backward op, not T slices
+            h = torch.addcmul(b, a, h)                                      # [B, G, H, N]
+            hs.append(h)
+        ys.append((torch.stack(hs, dim=-1) * Cc[:, :, None]).sum(3))        # [B, G, H, T]
     y = torch.cat(ys, dim=-1).reshape(batch, dim, seqlen) if ys else uf.new_zeros(batch, dim, 0)
     if D is not None:
         y = y + uf * D.to(wd)[:, None]

@@ -27,7 +27,38 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-_VANDERMONDE_ELEMENTS = 1 << 24  # bounds the [d, N/2, chunk] complex tensor of powers Ā^l
+
+
+def _blocks(dtA, start: int, L: int):
+    """Powers Ā^l for l = start + J·k + j (0 <= j < J, 0 <= k < K, J·K >= L) as two factors:
+    base [d, N/2, J] = Ā^j and stride [d, N/2, K] = Ā^(start + J·k), each an exp of its own
+    exponent. J ≈ √L: J + K complex exps per mode rather than L (a complex exp costs several
+    multiplies), and the sums over l or n become batched matrix products."""
+    J = 1 << max(0, round(math.log2(math.sqrt(max(1, L)))))
+    K = -(-L // J)
+    real = dtA.real.dtype
+    base = torch.exp(dtA[..., None] * torch.arange(J, device=dtA.device, dtype=real))
+    stride = torch.exp(dtA[..., None] * (start + J * torch.arange(K, device=dtA.device, dtype=real)))
+    return base, stride, J, K
+
+
+def vandermonde(coef, dtA, L: int, start: int = 0) -> torch.Tensor:
+    """2·Re(Σ_n coef_n · Ā_n^l) for l in [start, start + L): coef [..., d, N/2] complex, dtA [d, N/2]
+    → [..., d, L] real. Ā^(start + Jk + j) = stride_k · base_j, so out[.., k, j] = (coef ∘ stride)ᵀ_k · base_j."""
+    base, stride, J, K = _blocks(dtA, start, L)
+    lhs = coef[..., :, None, :] * stride.transpose(-1, -2)                    # [..., d, K, N/2]
+    out = torch.matmul(lhs, base)                                              # [..., d, K, J]
+    return 2 * out.real.flatten(-2)[..., :L]
+
+
+def vandermonde_t(u, dtA) -> torch.Tensor:
+    """Σ_l u_l · Ā_n^l for u [B, d, L] real, dtA [d, N/2] → [B, d, N/2] complex (the transpose of
+    vandermonde's sum, over l): Σ_k stride_k · (Σ_j u_{Jk+j} base_j)."""
+    L = u.shape[-1]
+    base, stride, J, K = _blocks(dtA, 0, L)
+    U = F.pad(u, (0, J * K - L)).unflatten(-1, (K, J)).to(dtA.dtype)             # [B, d, K, J]
+    inner = torch.matmul(U, base.transpose(-1, -2))                            # [B, d, K, N/2]
+    return (inner * stride.transpose(-1, -2)).sum(-2)
 
 
 def hippo_legs(N: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,20 +136,10 @@ class S4D(nn.Module):
         Bbar = (torch.exp(dtA) - 1.0) / A
         return dtA, Bbar, C
 
-    @staticmethod
-    def _powers(dtA, start: int, stop: int):
-        """Ā^l = exp(dt·A·l) for l in [start, stop), in chunks: yields (l0, [d, N/2, chunk])."""
-        chunk = max(1, _VANDERMONDE_ELEMENTS // max(1, dtA.numel()))
-        for l0 in range(start, stop, chunk):
-            l = torch.arange(l0, min(stop, l0 + chunk), device=dtA.device, dtype=dtA.real.dtype)
-            yield l0, torch.exp(dtA[..., None] * l)
-
     def kernel(self, L: int, dtype=torch.float32) -> torch.Tensor:
         """K [d, L]: K_l = 2·Re(Σ_n C_n B̄_n Ā_n^l)."""
         dtA, Bbar, C = self._discrete(dtype)
-        CB = C * Bbar
-        parts = [2 * torch.einsum("dn,dnl->dl", CB, P).real for _, P in self._powers(dtA, 0, L)]
-        return torch.cat(parts, dim=-1) if parts else dtA.real.new_zeros(dtA.shape[0], 0)
+        return vandermonde(C * Bbar, dtA, L)
 
     # --- parallel ------------------------------------------------------------------------
     def forward(self, x, state=None, **ctx):
@@ -140,13 +161,10 @@ class S4D(nn.Module):
         dtA, Bbar, C = self._discrete(u.dtype)
         L = u.shape[-1]
         s0 = state["s"].to(dtA.dtype)
-        parts = [2 * torch.einsum("dn,bdn,dnl->bdl", C, s0, P).real for _, P in self._powers(dtA, 1, L + 1)]
-        acc = s0.new_zeros(s0.shape)
-        for j0, P in self._powers(dtA, 0, L):
-            back = L - 1 - torch.arange(j0, j0 + P.shape[-1], device=u.device)
-            acc = acc + torch.einsum("bdl,dnl->bdn", u[:, :, back].to(dtA.dtype), P)
+        carried = vandermonde(C * s0, dtA, L, start=1)                         # [B, d, L]
+        acc = vandermonde_t(u.flip(-1), dtA)                                   # Σ_j Ā^j u_{L-1-j}
         state["s"].copy_(s0 * torch.exp(dtA * L) + acc * Bbar)
-        return torch.cat(parts, dim=-1) if parts else u.new_zeros(u.shape)
+        return carried
 
     def _output(self, y):
         """y [B, d, L] → the output layer (1×1 conv, GLU over channels when cfg.glu)."""
