@@ -87,14 +87,30 @@ def _triton_impl(args) -> str:
     against the chip's size, so auto measures it once per (shapes, dtype, options, grad). Unset,
     each pass takes the one measured faster on the H200 (docs/benchmarks.md, B4 H32 P64 N128):
     chunked without gradients (forward 0.318 vs 0.330 ms at L 4K, 1.18 vs 1.30 at 16K), fused with
-    them (forward+backward 2.40 vs 2.57 ms at 4K, 9.48 vs 9.78 at 16K).
+    them (forward+backward 2.40 vs 2.57 ms at 4K, 9.48 vs 9.78 at 16K) -- and fused whenever the
+    chunked layout's per-chunk states would pass CHUNKED_STATE_BYTES (a 4-9% gain is not worth
+    gigabytes: a 1M-token prefill of 80 heads keeps ~32 GB of them).
     """
     x, tensors = args[0], args[:9]
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     case = (x.shape, args[3].shape, x.dtype, x.device, grad, args[10], args[9] is not None,
             tuple(None if t is None else tuple(t.shape) for t in tensors[5:9]))
-    return pick_impl("ARCHDSL_SSD_IMPL", _TRITON, "fused" if grad else "chunked", x, case,
-                     lambda name: _time(_TRITON[name](), args, grad))
+    default = "fused" if grad or chunked_state_bytes(x, args[3]) > CHUNKED_STATE_BYTES else "chunked"
+    return pick_impl("ARCHDSL_SSD_IMPL", _TRITON, default, x, case, lambda name: _time(_TRITON[name](), args, grad))
+
+
+CHUNKED_STATE_BYTES = 2 << 30
+
+
+def chunked_state_bytes(x, B) -> int:
+    """Bytes of the chunked forward's state buffers: each chunk's own state [B, H, NC, P, N] float32
+    and the entering states (16-bit for 16-bit inputs, else written over the first)."""
+    from .triton_ssd_chunked import pick_chunk
+
+    batch, L, H, P = x.shape
+    Q, _ = pick_chunk(x, L, None)
+    n = batch * H * -(-L // Q) * P * B.shape[-1]
+    return n * (6 if x.dtype in (torch.bfloat16, torch.float16) else 4)
 
 
 def _time(fn, args, grad) -> float:

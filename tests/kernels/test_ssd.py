@@ -165,6 +165,16 @@ def test_default_is_chunked_without_grad_fused_with(env, monkeypatch):
     assert op._triton_impl(args) == "fused"
 
 
+def test_default_is_fused_when_chunked_states_would_be_large(monkeypatch):
+    from archdsl.kernels.ssd import op
+    monkeypatch.delenv("ARCHDSL_SSD_IMPL", raising=False)
+    t = make(1, 40, 2, 4, 1, 4)
+    args = (t["x"], t["dt"], t["A"], t["B"], t["C"]) + (None,) * 5 + (False, None)
+    assert op._triton_impl(args) == "chunked"
+    monkeypatch.setattr(op, "CHUNKED_STATE_BYTES", op.chunked_state_bytes(t["x"], t["B"]) - 1)
+    assert op._triton_impl(args) == "fused"
+
+
 @settings(max_examples=20, deadline=None)
 @given(shapes, options, st.sampled_from([1, 4, 16]))
 def test_chunked_matches_naive(shape, opts, chunk):
