@@ -130,9 +130,9 @@ class ArchModel(nn.Module):
         """input_ids [B, L] → logits [B, L, V]; sets self.aux_loss (sum of MoE balancing losses).
         logits_mask [B, L] bool: only the logits of the True positions, [n, V] in row-major order
         (a loss that scores a few positions skips the head's [B, L, V] product and its memory)."""
-        if logits_mask is not None and logits_mask.shape != input_ids.shape:
-            raise ArchDSLError(f"forward: logits_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
-                               f"got {tuple(logits_mask.shape)}")
+        if logits_mask is not None and (logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool):
+            raise ArchDSLError(f"forward: logits_mask must be a bool tensor of the shape of input_ids "
+                               f"{tuple(input_ids.shape)}, got {logits_mask.dtype} {tuple(logits_mask.shape)}")
         emb = self.embeddings(input_ids)
         h = self.embed_norm(emb) if self.embed_norm is not None else emb
         delta = None

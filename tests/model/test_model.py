@@ -119,8 +119,9 @@ def test_logits_mask_gives_the_masked_rows():
     mask = torch.rand(3, 11, generator=torch.Generator().manual_seed(1)) < 0.3
     full = m(x)
     torch.testing.assert_close(m(x, logits_mask=mask), full[mask], rtol=1e-12, atol=1e-12)  # GEMM blocking differs
-    with pytest.raises(ArchDSLError, match="logits_mask"):
-        m(x, logits_mask=mask[:, :5])
+    for bad in (mask[:, :5], mask.long()):
+        with pytest.raises(ArchDSLError, match="logits_mask"):
+            m(x, logits_mask=bad)
 
 
 def test_save_load_bitwise(tmp_path):
