@@ -76,6 +76,20 @@ def _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q: tl.constexpr, BT: tl.co
 
 
 @triton.jit
+def _program(s_ptr, seq_ptr, L, H, G, P, N, NC, Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
+             BN: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """What a (batch·chunk·head, P block) program of the chunk kernels starts from: chunk c, head h,
+    group g, (batch, head) as int64, the P and N offsets and masks, the batch's first token row,
+    and _chunk_info's sub-block count, s at the chunk's end and the sequence indices around it."""
+    b, c, h, g, bh64 = _chunk_ids(tl.program_id(0), H, NC, G)
+    offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    row0 = b.to(tl.int64) * L
+    nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
+    return c, h, g, bh64, offs_p, offs_n, offs_p < P, offs_n < N, row0, nb, sT, seq_prev, seq_last
+
+
+@triton.jit
 def _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, k, L, NC, Q: tl.constexpr, BT: tl.constexpr,
            HAS_SEQ: tl.constexpr):
     """Sub-block k of chunk c, [BT] each: position in the chunk, token rows (int64), mask, dt', s,
@@ -147,13 +161,8 @@ def _chunk_state(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, local_ptr, L, H, G, P, N
                  HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
                  BN: tl.constexpr, PREC: tl.constexpr):
     """One chunk's own final state Σ_t exp(s_end - s_t) dt'_t x_t ⊗ B_t, [P block, N] float32."""
-    b, c, h, g, bh64 = _chunk_ids(tl.program_id(0), H, NC, G)
-    offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
-    offs_n = tl.arange(0, BN)
-    mask_p = offs_p < P
-    mask_n = offs_n < N
-    row0 = b.to(tl.int64) * L
-    nb, sT, carry_c, seq_prev_c, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
+    c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, seq_prev, seq_last = _program(
+        s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
     acc = tl.zeros((BP, BN), dtype=tl.float32)
     for k in range(nb):
         offs_k, rows, mask_t, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, k, L, NC, Q, BT, HAS_SEQ)
@@ -196,13 +205,8 @@ def _chunk_scan(x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_
                 BN: tl.constexpr, PREC: tl.constexpr):
     """y of one chunk and P block, sub-block by sub-block: masked products with the sub-blocks before
     (C_t Bᵀ_u ∘ decay ∘ dt'_u) x_u, plus the entering state's part exp(s_t) C_t · h_in."""
-    b, c, h, g, bh64 = _chunk_ids(tl.program_id(0), H, NC, G)
-    offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
-    offs_n = tl.arange(0, BN)
-    mask_p = offs_p < P
-    mask_n = offs_n < N
-    row0 = b.to(tl.int64) * L
-    nb, sT, carry_c, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
+    c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, seq_prev, seq_last = _program(
+        s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
     so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
     state = tl.load(hin_ptr + so, mask=mask_p[:, None] & mask_n[None, :], other=0.0)
     state = state.to(x_ptr.dtype.element_ty)
@@ -260,13 +264,8 @@ def _chunk_dstate(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, ypre_ptr, dy_ptr, direc
                   HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
                   BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """A chunk's own gradient of the state entering it, Σ_t exp(s_t) gy_t ⊗ C_t, [P block, N] float32."""
-    b, c, h, g, bh64 = _chunk_ids(tl.program_id(0), H, NC, G)
-    offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
-    offs_n = tl.arange(0, BN)
-    mask_p = offs_p < P
-    mask_n = offs_n < N
-    row0 = b.to(tl.int64) * L
-    nb, sT, carry_c, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
+    c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, seq_prev, seq_last = _program(
+        s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
     acc = tl.zeros((BP, BN), dtype=tl.float32)
     for k in range(nb):
         offs_k, rows, mask_t, dt_k, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, k, L, NC, Q, BT, HAS_SEQ)
