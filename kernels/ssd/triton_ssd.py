@@ -12,6 +12,8 @@ Offsets into [B, L, ...] tensors are int64 so that sequences of millions of toke
 """
 from __future__ import annotations
 
+import types
+
 import torch
 import triton
 import triton.language as tl
@@ -329,8 +331,8 @@ def pick_chunk(L: int, chunk: int | None) -> int:
 
 def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None,
             block_p=None, num_warps=FWD_WARPS, num_stages=FWD_STAGES):
-    """Returns y [B, L, H, P], final state [B, H, P, N] fp32 and, for the backward, the
-    float32 state entering every chunk [B, H, NC, P, N] and y before the gate (only with z)."""
+    """Returns y [B, L, H, P], final state [B, H, P, N] fp32 and what the backward needs: (the
+    float32 state entering every chunk [B, H, NC, P, N], y before the gate or None without z)."""
     batch, L, H, P = x.shape
     G, N = B.shape[2:]
     Q = pick_chunk(L, chunk)
@@ -349,7 +351,7 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward
         STORE_YPRE=for_backward and z is not None, STORE_STATES=for_backward,
         Q=Q, BP=BP, BN=BN, PREC=_prec(x),
         num_warps=num_warps, num_stages=num_stages)
-    return y, hT, states, ypre
+    return y, hT, (states, ypre if z is not None else None)
 
 
 def ssd_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, states, ypre, *, chunk=None,
@@ -390,31 +392,42 @@ def _c(t):
     return None if t is None else t.contiguous()
 
 
-class SSDScanFn(torch.autograd.Function):
-    """(y, final state) of the scan; every tensor input but seq_idx is differentiable."""
+def scan_function(name: str, fwd, bwd, doc: str) -> type:
+    """The autograd.Function of one Triton implementation of the scan, arguments (x, dt, A, B, C, D,
+    z, dt_bias, h0, seq, dt_softplus, chunk) -> (y, final state); every tensor input but seq is
+    differentiable.
+      fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, for_backward=, chunk=)
+          -> (y, final state, the tensors its backward needs)
+      bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, *those tensors, chunk=)
+          -> the gradients of x, dt, A, B, C, D, z, dt_bias and h0"""
 
-    @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, h0, seq, dt_softplus, chunk):
         x, dt, A, B, C, D, z, dt_bias, h0 = map(_c, (x, dt, A, B, C, D, z, dt_bias, h0))
         seq = None if seq is None else seq.to(torch.int32).contiguous()
         grad = any(ctx.needs_input_grad)
-        y, hT, states, ypre = ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq,
-                                      for_backward=grad, chunk=chunk)
+        y, hT, saved = fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, for_backward=grad, chunk=chunk)
         if grad:
-            ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, seq, states, ypre if z is not None else None)
+            ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, seq, *saved)
             ctx.dt_softplus, ctx.chunk = dt_softplus, chunk
             ctx.h0_dtype = None if h0 is None else h0.dtype
         return y, hT
 
-    @staticmethod
     def backward(ctx, dy, dhT):
-        x, dt, A, B, C, D, z, dt_bias, seq, states, ypre = ctx.saved_tensors
-        grads = ssd_bwd(dy.contiguous(), _c(dhT), x, dt, A, B, C, D, z, dt_bias, ctx.dt_softplus, seq,
-                        states, ypre, chunk=ctx.chunk)
+        x, dt, A, B, C, D, z, dt_bias, seq, *saved = ctx.saved_tensors
+        grads = bwd(dy.contiguous(), _c(dhT), x, dt, A, B, C, D, z, dt_bias, ctx.dt_softplus, seq, *saved,
+                    chunk=ctx.chunk)
         dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dh0 = grads
         cast = lambda g, ref: None if g is None or ref is None else g.to(ref.dtype)
         return (dx, cast(ddt, dt), cast(dA, A), cast(dB, B), cast(dC, C), cast(dD, D), dz,
                 cast(ddt_bias, dt_bias), None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype), None, None, None)
+
+    body = {"__doc__": doc, "__module__": fwd.__module__, "forward": staticmethod(forward),
+            "backward": staticmethod(backward)}
+    return types.new_class(name, (torch.autograd.Function,), exec_body=lambda ns: ns.update(body))
+
+
+SSDScanFn = scan_function("SSDScanFn", ssd_fwd, ssd_bwd,
+                          "(y, final state) of the scan, one program walking all chunks of a (batch, head).")
 
 
 def ssd_step_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):

@@ -6,11 +6,11 @@ everything that touches the tokens runs in programs over (batch, chunk, head, P 
 
     forward   _chunk_cumsum  (parallel)  dt' = softplus(dt + dt_bias) and s = cumsum(dt' A) in each chunk
               _chunk_state   (parallel)  each chunk's own state  Σ_t exp(s_end - s_t) dt'_t x_t ⊗ B_t
-              _state_pass    (serial over chunks, parallel over batch, head, P·N blocks)
+              _carry_pass    (serial over chunks, parallel over batch, head, P·N blocks)
                                          the state entering every chunk, and the final state
               _chunk_scan    (parallel)  y = (C Bᵀ ∘ decay ∘ dt') x + exp(s) C · h_in + D x, times silu(z)
     backward  _chunk_dstate  (parallel)  each chunk's own gradient of its entering state Σ_t exp(s_t) gy_t ⊗ C_t
-              _dstate_pass   (serial, reverse) the gradient of the state leaving every chunk, and of h0
+              _carry_pass    (serial, REVERSE) the gradient of the state leaving every chunk, and of h0
               _chunk_grads   (parallel)  dx, dz, d(dt'), per-head dB, dC, per-chunk dA, dD
 
 A chunk of Q tokens is worked through in sub-blocks of BT tokens: a program holds [BT, BT] and
@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import interpreting
-from .triton_ssd import _c, _flags, _pow2, _prec
+from .triton_ssd import _flags, _pow2, _prec, scan_function
 
 # H200 choices (not yet timed on the card): 128-token chunks (the [P, N] states per token, the
 # largest traffic, halve from 64) worked through in sub-blocks of 64 tokens, whose [64, 64] and
@@ -175,26 +175,33 @@ def _chunk_state(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, local_ptr, L, H, G, P, N
 
 
 @triton.jit
-def _state_pass(local_ptr, hin_ptr, h0_ptr, hT_ptr, s_ptr, seq_ptr, L, H, PN, NC,
-                HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BS: tl.constexpr):
-    """h_in[c] = h_in[c-1] · carry[c-1] + local[c-1] from h0, over [BS] elements of one (batch, head)'s
-    [P·N] state; hin may be local itself (each chunk is read before it is overwritten)."""
+def _carry_pass(src_ptr, dst_ptr, first_ptr, last_ptr, s_ptr, seq_ptr, L, H, PN, NC,
+                HAS_FIRST: tl.constexpr, REVERSE: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr,
+                BS: tl.constexpr):
+    """The serial part of the chunked scan, over [BS] elements of one (batch, head)'s [P·N] state:
+    walking the chunks c (in reverse with REVERSE), dst[c] = v, then v = v · carry[c] + src[c],
+    from v = first (or 0); the last v goes to last_ptr. dst may be src itself (each chunk is read
+    before it is overwritten).
+      forward   src = the chunks' own states, first = h0:        dst = the entering states, last = hT
+      backward  src = their own state gradients, first = dL/dhT: dst = the leaving states' gradients,
+                last = dL/dh0"""
     pid = tl.program_id(0)
     bh64 = pid.to(tl.int64)
     row0 = (pid // H).to(tl.int64) * L
     offs = tl.program_id(1) * BS + tl.arange(0, BS)
     mask = offs < PN
-    if HAS_H0:
-        h = tl.load(h0_ptr + bh64 * PN + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_FIRST:
+        v = tl.load(first_ptr + bh64 * PN + offs, mask=mask, other=0.0).to(tl.float32)
     else:
-        h = tl.zeros((BS,), dtype=tl.float32)
-    for c in range(NC):
+        v = tl.zeros((BS,), dtype=tl.float32)
+    for i in range(NC):
+        c = NC - 1 - i if REVERSE else i
         base = (bh64 * NC + c) * PN + offs
-        loc = tl.load(local_ptr + base, mask=mask, other=0.0)
-        tl.store(hin_ptr + base, h.to(hin_ptr.dtype.element_ty), mask=mask)
+        add = tl.load(src_ptr + base, mask=mask, other=0.0)
+        tl.store(dst_ptr + base, v.to(dst_ptr.dtype.element_ty), mask=mask)
         nb_c, sT_c, carry, seq_prev_c, seq_last_c = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
-        h = h * carry + loc
-    tl.store(hT_ptr + bh64 * PN + offs, h, mask=mask)
+        v = v * carry + add
+    tl.store(last_ptr + bh64 * PN + offs, v, mask=mask)
 
 
 @triton.jit
@@ -275,30 +282,6 @@ def _chunk_dstate(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, ypre_ptr, dy_ptr, direc
         acc += tl.dot(tl.trans(gs), Cm, input_precision=PREC)
     so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
     tl.store(direct_ptr + so, acc, mask=mask_p[:, None] & mask_n[None, :])
-
-
-@triton.jit
-def _dstate_pass(direct_ptr, dout_ptr, dhT_ptr, dh0_ptr, s_ptr, seq_ptr, L, H, PN, NC,
-                 HAS_DHT: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BS: tl.constexpr):
-    """Reverse of _state_pass: dout[c] = dL/d(state leaving chunk c) = dout[c+1] · carry[c+1] + direct[c+1],
-    from dL/dhT; dh0 = dout[0] · carry[0] + direct[0]. dout may be direct itself."""
-    pid = tl.program_id(0)
-    bh64 = pid.to(tl.int64)
-    row0 = (pid // H).to(tl.int64) * L
-    offs = tl.program_id(1) * BS + tl.arange(0, BS)
-    mask = offs < PN
-    if HAS_DHT:
-        gh = tl.load(dhT_ptr + bh64 * PN + offs, mask=mask, other=0.0).to(tl.float32)
-    else:
-        gh = tl.zeros((BS,), dtype=tl.float32)
-    for cc in range(NC):
-        c = NC - 1 - cc
-        base = (bh64 * NC + c) * PN + offs
-        d = tl.load(direct_ptr + base, mask=mask, other=0.0)
-        tl.store(dout_ptr + base, gh.to(dout_ptr.dtype.element_ty), mask=mask)
-        nb_c, sT_c, carry, seq_prev_c, seq_last_c = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
-        gh = gh * carry + d
-    tl.store(dh0_ptr + bh64 * PN + offs, gh, mask=mask)
 
 
 @triton.jit
@@ -478,9 +461,9 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     hin = local if sdt == torch.float32 else torch.empty(batch, H, NC, P, N, device=x.device, dtype=sdt)
     hT = torch.empty(batch, H, P, N, **f32)
     BS = min(_pow2(P * N), BLOCK_PN)
-    _state_pass[(batch * H, triton.cdiv(P * N, BS))](
-        local, hin, h0, hT, s, seq, L, H, P * N, NC, HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
-        Q=Q, BS=BS, num_warps=PASS_WARPS)
+    _carry_pass[(batch * H, triton.cdiv(P * N, BS))](
+        local, hin, h0, hT, s, seq, L, H, P * N, NC, HAS_FIRST=h0 is not None, REVERSE=False,
+        HAS_SEQ=seq is not None, Q=Q, BS=BS, num_warps=PASS_WARPS)
     del local
     y = torch.empty_like(x)
     store_ypre = for_backward and z is not None
@@ -505,9 +488,9 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
     dout = direct if hin.dtype == torch.float32 else torch.empty_like(hin)
     dh0 = torch.empty(batch, H, P, N, **f32)
     BS = min(_pow2(P * N), BLOCK_PN)
-    _dstate_pass[(batch * H, triton.cdiv(P * N, BS))](
-        direct, dout, dhT, dh0, s, seq, L, H, P * N, NC, HAS_DHT=dhT is not None, HAS_SEQ=seq is not None,
-        Q=Q, BS=BS, num_warps=PASS_WARPS)
+    _carry_pass[(batch * H, triton.cdiv(P * N, BS))](
+        direct, dout, dhT, dh0, s, seq, L, H, P * N, NC, HAS_FIRST=dhT is not None, REVERSE=True,
+        HAS_SEQ=seq is not None, Q=Q, BS=BS, num_warps=PASS_WARPS)
     del direct
     dx = torch.empty_like(x)
     dz = torch.empty_like(z) if z is not None else None
@@ -533,28 +516,5 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
     return dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dh0
 
 
-class SSDChunkedFn(torch.autograd.Function):
-    """(y, final state) of the scan in the chunked layout; same arguments and gradients as SSDScanFn."""
-
-    @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, h0, seq, dt_softplus, chunk):
-        x, dt, A, B, C, D, z, dt_bias, h0 = map(_c, (x, dt, A, B, C, D, z, dt_bias, h0))
-        seq = None if seq is None else seq.to(torch.int32).contiguous()
-        grad = any(ctx.needs_input_grad)
-        y, hT, (dtc, s, hin, ypre) = chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq,
-                                                 for_backward=grad, chunk=chunk)
-        if grad:
-            ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, seq, dtc, s, hin, ypre)
-            ctx.dt_softplus, ctx.chunk = dt_softplus, chunk
-            ctx.h0_dtype = None if h0 is None else h0.dtype
-        return y, hT
-
-    @staticmethod
-    def backward(ctx, dy, dhT):
-        x, dt, A, B, C, D, z, dt_bias, seq, dtc, s, hin, ypre = ctx.saved_tensors
-        grads = chunked_bwd(dy.contiguous(), _c(dhT), x, dt, A, B, C, D, z, dt_bias, ctx.dt_softplus, seq,
-                            dtc, s, hin, ypre, chunk=ctx.chunk)
-        dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dh0 = grads
-        cast = lambda g, ref: None if g is None or ref is None else g.to(ref.dtype)
-        return (dx, cast(ddt, dt), cast(dA, A), cast(dB, B), cast(dC, C), cast(dD, D), dz,
-                cast(ddt_bias, dt_bias), None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype), None, None, None)
+SSDChunkedFn = scan_function("SSDChunkedFn", chunked_fwd, chunked_bwd,
+                             "(y, final state) of the scan in the chunked layout (mamba_ssm's).")
