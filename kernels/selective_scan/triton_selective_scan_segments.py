@@ -45,6 +45,24 @@ def segment_length(batch: int, dim: int, L: int) -> int:
     return max(seg, triton.cdiv(triton.cdiv(L, MAX_SEGMENTS), CK) * CK)
 
 
+@triton.jit
+def _seg_program(A_ptr, B_ptr, C_ptr, DIM, N, CPG, sB_b, sB_g, sC_b, sC_g,
+                 BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T: tl.constexpr):
+    """What a (channel block, batch, segment) program of passes 1 and 3 starts from: batch (int64),
+    segment, channel / state / step offsets and masks, the channels' rows (b·DIM + d, int64),
+    A·log2(e) [BLOCK_N, BLOCK_D], and the B and C bases of the channels' group."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    dmask, nmask = d < DIM, n < N
+    nd_mask = nmask[:, None] & dmask[None, :]
+    g = ((pid_d * BLOCK_D) // CPG).to(tl.int64)
+    A2 = tl.load(A_ptr + d[None, :] * N + n[:, None], mask=nd_mask, other=0.0).to(tl.float32) * 1.4426950408889634
+    return (pid_b, tl.program_id(2), d, n, tl.arange(0, T), dmask, nmask, nd_mask, pid_b * DIM + d.to(tl.int64),
+            A2, B_ptr + pid_b * sB_b + g * sB_g, C_ptr + pid_b * sC_b + g * sC_g)
+
+
 @triton.jit(do_not_specialize=["s_l", "sB_l", "sC_l"])
 def _seg_local_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, bias_ptr, loc_ptr, dts_ptr,
                       L, DIM, N, CPG, NSEG, SEG, s_l,
@@ -53,19 +71,9 @@ def _seg_local_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, bias_ptr, loc_ptr, dts
                       HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Pass 1. u, delta `[B, D, L]`; B `[B, G, N, L]` (strides given). Writes loc `[B, S, D, N]`,
     the segment's final state from a zero start, and dts `[B, S, D]`, its summed delta (fp32)."""
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    seg = tl.program_id(2)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
-    t = tl.arange(0, T)
-    dmask, nmask = d < DIM, n < N
-    nd_mask = nmask[:, None] & dmask[None, :]
-    g = ((pid_d * BLOCK_D) // CPG).to(tl.int64)
-    row = (pid_b * DIM + d.to(tl.int64)) * L
-    A2 = tl.load(A_ptr + d[None, :] * N + n[:, None], mask=nd_mask, other=0.0).to(tl.float32) * 1.4426950408889634
-    B_base = B_ptr + pid_b * sB_b + g * sB_g
-    C_base = C_ptr + pid_b * sC_b + g * sC_g
+    pid_b, seg, d, n, t, dmask, nmask, nd_mask, dch, A2, B_base, C_base = _seg_program(
+        A_ptr, B_ptr, C_ptr, DIM, N, CPG, sB_b, sB_g, sC_b, sC_g, BLOCK_D, BLOCK_N, T)
+    row = dch * L
     h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dt_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
     start = seg * SEG
@@ -112,20 +120,9 @@ def _seg_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     STORE_CK: tl.constexpr):
     """Pass 3. Each segment from its entering state hin `[B, S, D, N]`: y `[B, D, L]` and, with
     STORE_CK, the checkpoints ck `[B, D, NCK, N]` (state entering every CKI-th step)."""
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    seg = tl.program_id(2)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
-    t = tl.arange(0, T)
-    dmask, nmask = d < DIM, n < N
-    nd_mask = nmask[:, None] & dmask[None, :]
-    g = ((pid_d * BLOCK_D) // CPG).to(tl.int64)
-    dch = pid_b * DIM + d.to(tl.int64)
+    pid_b, seg, d, n, t, dmask, nmask, nd_mask, dch, A2, B_base, C_base = _seg_program(
+        A_ptr, B_ptr, C_ptr, DIM, N, CPG, sB_b, sB_g, sC_b, sC_g, BLOCK_D, BLOCK_N, T)
     row = dch * L
-    A2 = tl.load(A_ptr + d[None, :] * N + n[:, None], mask=nd_mask, other=0.0).to(tl.float32) * 1.4426950408889634
-    B_base = B_ptr + pid_b * sB_b + g * sB_g
-    C_base = C_ptr + pid_b * sC_b + g * sC_g
     hin = ((pid_b * NSEG + seg) * DIM + d.to(tl.int64))[None, :] * N + n[:, None]
     h = tl.load(hin_ptr + hin, mask=nd_mask, other=0.0)
     start = seg * SEG
