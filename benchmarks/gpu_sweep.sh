@@ -5,7 +5,7 @@
 #   SWEEP=2 bash benchmarks/gpu_sweep.sh WHEELS OUTDIR    # kernels | models, WKV6, fusions (~9 min)
 # Each part fits one 10-minute call on a 2-GPU machine (the two lanes side by side); on one GPU
 # the lanes run one after the other. LANE_KERNELS / LANE_MODELS name the stages to run instead
-# (gpu_tests bench_ssd bench_scan bench_wkv6 bench_model bench_fusions profile zoology; a lane
+# (gpu_tests bench_ssd bench_scan bench_wkv6 bench_model bench_fusions profile ssd_configs zoology; a lane
 # set to "-" runs nothing).
 # WHEELS holds the peers as files (the fla-core wheel and the mamba-ssm sdist, whose Triton
 # code runs without its CUDA extensions). Each stage has its own time limit, and every
@@ -33,8 +33,11 @@ bench_scan() { stage bench_scan "${T_SCAN:-90}" python3 benchmarks/kernels.py --
 bench_wkv6() { stage bench_wkv6 "${T_WKV:-200}" python3 benchmarks/kernels.py --only kernels_wkv6 --json "$OUTDIR/wkv6.json"; }
 bench_model() { stage bench_model "${T_MODEL:-190}" python3 benchmarks/model.py --quick --json "$OUTDIR/model.json" $MODEL_ARGS; }
 bench_fusions() { stage bench_fusions "${T_FUSIONS:-150}" python3 benchmarks/fusions.py --json "$OUTDIR/fusions.json"; }
-profile() { stage profile_decode "${T_PROFILE:-150}" python3 benchmarks/profile.py decode --json "$OUTDIR/profile_decode.json"
-            stage profile_ssd "${T_PROFILE:-150}" python3 benchmarks/profile.py ssd --json "$OUTDIR/profile_ssd.json"; }
+profile() { for m in ${PROFILE_MODELS:-llama-1.3b}; do
+                stage "profile_decode_$m" "${T_PROFILE:-150}" python3 benchmarks/breakdown.py decode --model "$m" \
+                    --json "$OUTDIR/profile_decode_$m.json"; done
+            stage profile_ssd "${T_PROFILE:-150}" python3 benchmarks/breakdown.py ssd --json "$OUTDIR/profile_ssd.json"; }
+ssd_configs() { stage ssd_configs "${T_CONFIGS:-330}" python3 benchmarks/ssd_configs.py --json "$OUTDIR/ssd_configs.json"; }
 zoology() { stage zoology "${T_ZOO:-500}" python3 benchmarks/zoology_mqar.py --jobs 12 --steps 20000 --lrs 2e-3 --budget-s "${ZOO_BUDGET:-420}" --out "$OUTDIR/zoology.json"; }
 MODEL_ARGS=${MODEL_ARGS:-}
 case "${SWEEP:-1}" in

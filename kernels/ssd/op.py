@@ -108,7 +108,7 @@ def chunked_state_bytes(x, B) -> int:
     from .triton_ssd_chunked import pick_chunk
 
     batch, L, H, P = x.shape
-    Q, _ = pick_chunk(x, L, None)
+    Q = pick_chunk(x, L, None)
     n = batch * H * -(-L // Q) * P * B.shape[-1]
     return n * (6 if x.dtype in (torch.bfloat16, torch.float16) else 4)
 

@@ -330,7 +330,7 @@ def pick_chunk(L: int, chunk: int | None) -> int:
 
 
 def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None,
-            block_p=None, num_warps=FWD_WARPS, num_stages=FWD_STAGES):
+            block_p=None, num_warps=None, num_stages=None):
     """Returns y [B, L, H, P], final state [B, H, P, N] fp32 and what the backward needs: (the
     float32 state entering every chunk [B, H, NC, P, N], y before the gate or None without z)."""
     batch, L, H, P = x.shape
@@ -350,12 +350,12 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward
         HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
         STORE_YPRE=for_backward and z is not None, STORE_STATES=for_backward,
         Q=Q, BP=BP, BN=BN, PREC=_prec(x),
-        num_warps=num_warps, num_stages=num_stages)
+        num_warps=num_warps or FWD_WARPS, num_stages=num_stages or FWD_STAGES)
     return y, hT, (states, ypre if z is not None else None)
 
 
 def ssd_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, states, ypre, *, chunk=None,
-            block_p=None, num_warps=BWD_WARPS, num_stages=BWD_STAGES):
+            block_p=None, num_warps=None, num_stages=None):
     """Gradients of x, dt, A, B, C, D, z, dt_bias and the initial state (float32 except dx, dz)."""
     batch, L, H, P = x.shape
     G, N = B.shape[2:]
@@ -378,7 +378,8 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, states, yp
         dx, dz, ddt, dBh, dCh, dh0, dA, dD,
         L, H, G, P, N, NC, NPB, **_flags(D, z, dt_bias, dt_softplus),
         HAS_SEQ=seq is not None, HAS_DHT=dhT is not None,
-        Q=Q, BP=BP, BN=_pow2(N), PREC=_prec(x), num_warps=num_warps, num_stages=num_stages)
+        Q=Q, BP=BP, BN=_pow2(N), PREC=_prec(x), num_warps=num_warps or BWD_WARPS,
+        num_stages=num_stages or BWD_STAGES)
     dB = dBh.view(batch, L, G, H // G * NPB, N).sum(3, dtype=torch.float32)
     dC = dCh.view(batch, L, G, H // G * NPB, N).sum(3, dtype=torch.float32)
     ddt = ddt.sum(0) if NPB > 1 else ddt[0]

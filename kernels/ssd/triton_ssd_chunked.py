@@ -35,16 +35,30 @@ import triton.language as tl
 from .._dispatch import interpreting
 from .triton_ssd import _flags, _pow2, _prec, scan_function
 
-# H200 choices (not yet timed on the card): 128-token chunks (the [P, N] states per token, the
-# largest traffic, halve from 64) worked through in sub-blocks of 64 tokens, whose [64, 64] and
-# [64, 128] tiles stay in registers; a whole head dim P = 64 per program.
-CHUNK, SUB, BLOCK_P, BLOCK_PN, BLOCK_H = 128, 64, 64, 512, 32
-SCAN_WARPS, GRAD_WARPS, PASS_WARPS = 4, 8, 4
-# Software pipelining keeps copies of a loop's loads in shared memory per stage: the backward's
-# chunk kernel loads five tiles per inner step, so it runs unpipelined (occupancy hides latency).
-SCAN_STAGES, GRAD_STAGES = 2, 1
+# Launch choices per chunk kernel: BT tokens per sub-block, BP head channels per program, warps,
+# software-pipelining stages. One chunk length for all (the buffers' layout depends on it): 128
+# tokens (the [P, N] states per token, the largest traffic, halve from 64). The sub-blocks' tiles
+# must fit the registers: ptxas on sm_90 reports every chunk kernel at 255 registers and spilling
+# with BT = 64 (the backward's _chunk_grads 1.6 KB a thread), none but _chunk_grads at BT = 32.
+# benchmarks/ssd_configs.py times the alternatives on the card.
+CHUNK, BLOCK_PN, BLOCK_H, PASS_WARPS = 128, 512, 32, 4
+CONFIG = {  # kernel: (BT, BP, num_warps, num_stages)
+    "state": (64, 64, 4, 2),
+    "scan": (64, 64, 4, 2),
+    "dstate": (64, 64, 4, 2),
+    "grads": (64, 64, 8, 1),
+}
 # Under the interpreter small chunks and sub-blocks keep the tests fast and still cross several of each.
 INTERPRET_CHUNK, INTERPRET_SUB = 32, 16
+
+
+def _launch(kernel: str, x, Q: int, P: int) -> dict:
+    """The sizes and launch options of one chunk kernel: BT, BP, NPB (P blocks), num_warps, num_stages."""
+    bt, bp, warps, stages = CONFIG[kernel]
+    small = interpreting() and x.device.type != "cuda"
+    BP = min(_pow2(P), bp)
+    return dict(BT=min(INTERPRET_SUB if small else bt, Q), BP=BP, NPB=triton.cdiv(P, BP), num_warps=warps,
+                num_stages=stages)
 
 
 @triton.jit
@@ -420,19 +434,25 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq
         tl.store(dD_ptr + (bh64 * NC + c) * P + offs_p, dD_acc, mask=mask_p)
 
 
-def pick_chunk(x, L: int, chunk: int | None) -> tuple[int, int]:
-    """(chunk Q, sub-block BT), powers of two with BT dividing Q; chunk forces Q."""
+def pick_chunk(x, L: int, chunk: int | None) -> int:
+    """The chunk length Q, a power of two; chunk forces it."""
     small = interpreting() and x.device.type != "cuda"
-    Q = chunk or min(INTERPRET_CHUNK if small else CHUNK, _pow2(L))
-    return Q, min(INTERPRET_SUB if small else SUB, Q)
+    return chunk or min(INTERPRET_CHUNK if small else CHUNK, _pow2(L))
 
 
 def _sizes(x, B, chunk):
     batch, L, H, P = x.shape
     G, N = B.shape[2:]
-    Q, BT = pick_chunk(x, L, chunk)
-    BP = min(_pow2(P), BLOCK_P)
-    return batch, L, H, P, G, N, Q, BT, triton.cdiv(L, Q), BP, triton.cdiv(P, BP), _pow2(N)
+    Q = pick_chunk(x, L, chunk)
+    return batch, L, H, P, G, N, Q, triton.cdiv(L, Q), _pow2(N)
+
+
+def _run(kernel_fn, name: str, x, programs: int, *args, **kw):
+    """Launch chunk kernel `name` over (batch · chunk · head = programs, P block) with its CONFIG
+    (x [B, L, H, P] gives P; kw["Q"] the chunk length)."""
+    cfg = _launch(name, x, kw["Q"], x.shape[3])
+    npb = cfg.pop("NPB")
+    kernel_fn[(programs, npb)](*args, **kw, **cfg)
 
 
 def _state_dtype(x):
@@ -444,7 +464,7 @@ def _state_dtype(x):
 def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None):
     """y [B, L, H, P], final state [B, H, P, N] float32 and what the backward needs:
     (dt' [B, H, NC, Q], s [B, H, NC, Q], entering states [B, H, NC, P, N], y before the gate or None)."""
-    batch, L, H, P, G, N, Q, BT, NC, BP, NPB, BN = _sizes(x, B, chunk)
+    batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, chunk)
     f32 = dict(device=x.device, dtype=torch.float32)
     dtc = torch.empty(batch, H, NC, Q, **f32)
     s = torch.empty_like(dtc)
@@ -453,10 +473,8 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
         dt, A, dt_bias, dtc, s, L, H, NC, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
         Q=Q, BH=BH, num_warps=PASS_WARPS)
     local = torch.empty(batch, H, NC, P, N, **f32)
-    grid = (batch * NC * H, NPB)
-    _chunk_state[grid](x, B, seq, dtc, s, local, L, H, G, P, N, NC, HAS_SEQ=seq is not None,
-                       Q=Q, BT=BT, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS,
-                       num_stages=SCAN_STAGES)
+    _run(_chunk_state, "state", x, batch * NC * H, x, B, seq, dtc, s, local, L, H, G, P, N, NC,
+         HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x))
     sdt = _state_dtype(x)
     hin = local if sdt == torch.float32 else torch.empty(batch, H, NC, P, N, device=x.device, dtype=sdt)
     hT = torch.empty(batch, H, P, N, **f32)
@@ -469,22 +487,19 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     store_ypre = for_backward and z is not None
     ypre = torch.empty_like(x) if store_ypre else y
     fl = _flags(D, z, dt_bias, dt_softplus)
-    _chunk_scan[grid](x, B, C, D, z, seq, dtc, s, hin, y, ypre, L, H, G, P, N, NC,
-                      HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None,
-                      STORE_YPRE=store_ypre, Q=Q, BT=BT, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS,
-                      num_stages=SCAN_STAGES)
+    _run(_chunk_scan, "scan", x, batch * NC * H, x, B, C, D, z, seq, dtc, s, hin, y, ypre, L, H, G, P, N, NC,
+         HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None,
+         STORE_YPRE=store_ypre, Q=Q, BN=BN, PREC=_prec(x))
     return y, hT, (dtc, s, hin, ypre if store_ypre else None)
 
 
 def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s, hin, ypre, *, chunk=None):
     """Gradients of x, dt, A, B, C, D, z, dt_bias and the initial state (float32 except dx, dz)."""
-    batch, L, H, P, G, N, Q, BT, NC, BP, NPB, BN = _sizes(x, B, chunk)
+    batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, chunk)
     f32 = dict(device=x.device, dtype=torch.float32)
-    grid = (batch * NC * H, NPB)
     direct = torch.empty(batch, H, NC, P, N, **f32)
-    _chunk_dstate[grid](C, z, seq, dtc, s, ypre, dy, direct, L, H, G, P, N, NC, HAS_Z=z is not None,
-                        HAS_SEQ=seq is not None, Q=Q, BT=BT, BP=BP, BN=BN, PREC=_prec(x), num_warps=SCAN_WARPS,
-                        num_stages=SCAN_STAGES)
+    _run(_chunk_dstate, "dstate", x, batch * NC * H, C, z, seq, dtc, s, ypre, dy, direct, L, H, G, P, N, NC,
+         HAS_Z=z is not None, HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x))
     dout = direct if hin.dtype == torch.float32 else torch.empty_like(hin)
     dh0 = torch.empty(batch, H, P, N, **f32)
     BS = min(_pow2(P * N), BLOCK_PN)
@@ -494,18 +509,17 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
     del direct
     dx = torch.empty_like(x)
     dz = torch.empty_like(z) if z is not None else None
+    NPB = _launch("grads", x, Q, P)["NPB"]
     ddt = torch.empty(NPB, batch, L, H, **f32)
     # per-head dB, dC parts in the input's precision when 16-bit: they are summed in fp32 below
     dBh = torch.empty(batch, L, H * NPB, N, device=x.device, dtype=x.dtype)
     dCh = torch.empty_like(dBh)
     dA = torch.empty(NPB, batch * NC * H, **f32)
     dD = torch.empty(batch, H, NC, P, **f32) if D is not None else None
-    _chunk_grads[grid](
-        x, dt, A, B, C, D, z, dt_bias, seq, dtc, s, ypre, hin, dout, dy,
-        dx, dz, ddt, dBh, dCh, dA, dD, L, H, G, P, N, NC, NPB, batch * L * H,
-        **_flags(D, z, dt_bias, dt_softplus), HAS_SEQ=seq is not None,
-        Q=Q, BT=BT, BP=BP, BN=BN, PREC=_prec(x), num_warps=GRAD_WARPS,
-        num_stages=GRAD_STAGES)
+    _run(_chunk_grads, "grads", x, batch * NC * H,
+         x, dt, A, B, C, D, z, dt_bias, seq, dtc, s, ypre, hin, dout, dy,
+         dx, dz, ddt, dBh, dCh, dA, dD, L, H, G, P, N, NC, NPB, batch * L * H,
+         **_flags(D, z, dt_bias, dt_softplus), HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x))
     dB = dBh.view(batch, L, G, H // G * NPB, N).sum(3, dtype=torch.float32)
     dC = dCh.view(batch, L, G, H // G * NPB, N).sum(3, dtype=torch.float32)
     ddt = ddt.sum(0) if NPB > 1 else ddt[0]

@@ -10,6 +10,7 @@ variable whose type changes between iterations, say). This closes that gap on th
      GPUTarget("cuda", 90, 32) (Triton ships ptxas) and lists the ones that fail, with the error.
 
   make test          # the whole suite, then step 2 over what it launched (CI does this)
+  python tests/kernels/sm90.py FILE --regs   # also each kernel's registers and spill (stack) bytes
   make sm90-check    # the same over the kernel tests alone
 """
 from __future__ import annotations
@@ -77,8 +78,25 @@ def _default(fn, name):
     return None if default is inspect.Parameter.empty else default
 
 
-def compile_one(line: str) -> str:
-    """Compile one recorded launch for sm_90: "ok" or "FAILED: <the compiler's message>"."""
+def _resources(cubin: bytes) -> str:
+    """Registers per thread and stack bytes (spills live there) of a cubin, by Triton's cuobjdump."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return f"{m.group(1)} registers, {m.group(2)} bytes of stack" if m else "resources unknown"
+
+
+def compile_one(line: str, regs: bool = False) -> str:
+    """Compile one recorded launch for sm_90: "ok" (with regs: and its registers and stack bytes,
+    which ptxas fills with spills past 255 registers) or "FAILED: <the compiler's message>"."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -89,16 +107,16 @@ def compile_one(line: str) -> str:
     signature = {n: e["args"][n].get("type", "constexpr") for n in names}
     constants = {(i,): e["args"][n]["constexpr"] for i, n in enumerate(names) if "type" not in e["args"][n]}
     try:
-        triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
-                       options=e["options"])
-        return "ok"
+        compiled = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+                                  options=e["options"])
+        return "ok" + (f" ({_resources(compiled.asm['cubin'])})" if regs else "")
     except Exception as err:  # every failing launch is reported
         return "FAILED: " + " ".join(str(err).split())[:2000]
 
 
-def compile_launches(path: str, jobs: int = 1) -> int:
+def compile_launches(path: str, jobs: int = 1, regs: bool = False) -> int:
     """Compile each distinct launch recorded in `path` for sm_90 (in `jobs` processes); print each
-    result; return the number that failed."""
+    result (with regs: registers and stack bytes too); return the number that failed."""
     import concurrent.futures
     import multiprocessing
 
@@ -109,9 +127,9 @@ def compile_launches(path: str, jobs: int = 1) -> int:
     pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
     failures = 0
     with pool:
-        for i, (line, status) in enumerate(zip(entries, pool.map(compile_one, entries)), 1):
+        for i, (line, status) in enumerate(zip(entries, pool.map(compile_one, entries, [regs] * len(entries))), 1):
             e = json.loads(line)
-            failures += status != "ok"
+            failures += not status.startswith("ok")
             consts = {n: a["constexpr"] for n, a in e["args"].items()
                       if "type" not in a and a["constexpr"] is not None}
             print(f"[{i}/{len(entries)}] {e['module']}.{e['name']} {consts} {e['options']}: {status}", flush=True)
@@ -125,7 +143,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="compile recorded Triton launches for sm_90")
     ap.add_argument("launches", help="the JSON-lines file written under ARCHDSL_RECORD_LAUNCHES")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--regs", action="store_true", help="print each kernel's registers and stack (spill) bytes")
     args = ap.parse_args()
     os.environ.pop("TRITON_INTERPRET", None)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton's own default; set to quiet its warning
-    sys.exit(1 if compile_launches(args.launches, args.jobs) else 0)
+    sys.exit(1 if compile_launches(args.launches, args.jobs, args.regs) else 0)

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attn import apply_rope, rope_cos_sin
+from .attn import apply_rope, rope_cos_sin, sdpa
 
 ACTS = {"gelu": F.gelu, "silu": F.silu}
 
@@ -150,8 +150,8 @@ class Zamba(nn.Module):
             mask, causal = torch.arange(n0 + L, device=x.device)[None, :] <= i, False
         else:
             k_all, v_all = k, v
-        o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, is_causal=causal and L > 1,
-                                           scale=(at.head_dim / 2) ** -0.5, enable_gqa=at.heads != at.kv_heads)
+        o = sdpa(q, k_all, v_all, mask=mask, causal=causal and L > 1, scale=(at.head_dim / 2) ** -0.5,
+                 gqa=at.heads != at.kv_heads, fixed_shape=torch.is_grad_enabled())
         if state is not None:
             self._append(state, k, v)
         return self._ffn(at.o_proj(o.transpose(1, 2).reshape(Bsz, L, -1)), use)
@@ -168,8 +168,8 @@ class Zamba(nn.Module):
         valid = (torch.arange(cap, device=q.device) <= pos).view(1, 1, 1, cap)
         pos.add_(1)
         state["n"] += 1
-        return F.scaled_dot_product_attention(q, state["k"], state["v"], attn_mask=valid,
-                                              scale=(at.head_dim / 2) ** -0.5, enable_gqa=at.heads != at.kv_heads)
+        return sdpa(q, state["k"], state["v"], mask=valid, scale=(at.head_dim / 2) ** -0.5,
+                    gqa=at.heads != at.kv_heads)
 
     def _rope(self, q, k, pos):
         if not self.cfg.rope:

@@ -1,13 +1,15 @@
 """Where the time goes: torch.profiler tables for the two open performance questions.
 
-    python benchmarks/profile.py decode [--model llama-1.3b] [--ctx 16384]   # eager decode, fused vs unfused
-    python benchmarks/profile.py ssd [--L 16384]                             # ssd_scan fwd+bwd, each kernel
-    python benchmarks/profile.py decode --device cpu                         # a smoke test at toy sizes
+    python benchmarks/breakdown.py decode [--model llama-1.3b] [--ctx 16384]   # eager decode, fused vs unfused
+    python benchmarks/breakdown.py ssd [--L 16384]                             # ssd_scan fwd+bwd, each kernel
+    python benchmarks/breakdown.py decode --device cpu                         # a smoke test at toy sizes
 
 decode: the eager (ungraphed) decode step of a benchmarks/model.py model, fusions on then off,
 8 profiled steps each after 8 warm-up steps. Prints the ops by self CPU time and by self CUDA time
-and the number of launches per step. (Measured 2026-11-28: with attention, the eager step is 2–5×
-slower with fusions on; graphed, it is faster. This says which op.)
+and the number of launches per step. Each setting decodes at key lengths the other has not seen,
+as real decoding does: a per-shape cache (cuDNN attention's execution plans) must not favour the
+second. (This found why eager decode of attention models looked 2–5× slower with fusions on: the
+fused run went first and paid cuDNN's plan for every new length, 2.1 ms per call.)
 ssd: one ssd_scan forward+backward at B4 L H32 P64 N128 G1 bf16 per implementation; prints each
 Triton kernel's CUDA time, to show which of the backward's kernels lose to mamba_ssm at 16K.
 --json writes the tables' rows.
@@ -70,10 +72,11 @@ def decode(args) -> dict:
     ctx = args.ctx if args.device == "cuda" else 64
     prompt = torch.randint(0, spec.vocab_size, (1, ctx), device=args.device)
     out = {}
-    for fuse in (True, False):
+    for i, fuse in enumerate((True, False)):
         m.set_fuse(fuse)
-        cache = m.init_cache(1, max_len=ctx + 64)
-        tok = m(prompt, cache)[:, -1].argmax(-1)
+        n = ctx + 32 * i  # lengths n+1 .. n+16 differ between the settings
+        cache = m.init_cache(1, max_len=n + 64)
+        tok = m(prompt[:, :n] if n <= ctx else torch.cat([prompt, prompt[:, :n - ctx]], 1), cache)[:, -1].argmax(-1)
         for _ in range(8):
             m.step(tok, cache)
         ev, launches = _profile(lambda: m.step(tok, cache), args.device, 8)

@@ -1,0 +1,145 @@
+"""Launch choices of the SSD Triton kernels, timed on the card: which sub-block, P block, warps and
+stages each kernel should run with.
+
+    python benchmarks/ssd_configs.py [--L 16384] [--json FILE]
+
+Shape B=4, L, H=32, P=64, N=128, G=1, bf16, D and dt_bias with softplus (benchmarks/kernels_ssd.py's).
+Chunked layout: each kernel of triton_ssd_chunked.CONFIG is swept alone with the others at their
+current choice, forward (no autograd) for the forward kernels, forward+backward for the backward ones;
+then every kernel's best together. Fused layout: the forward and the backward kernel's P block,
+warps and stages. Each row is the median of triton.testing.do_bench; ptxas register use is not
+shown (python tests/kernels/sm90.py --regs prints it without a GPU). The best is printed as the
+CONFIG to paste; nothing is changed on disk.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _bench import bench_ms  # noqa: E402
+from kernels_ssd import _inputs  # noqa: E402
+
+try:
+    import archdsl  # noqa: F401
+except ImportError:  # run from a checkout that is not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from archdsl.kernels.ssd import ssd_scan  # noqa: E402
+from archdsl.kernels.ssd import triton_ssd as fused  # noqa: E402
+from archdsl.kernels.ssd import triton_ssd_chunked as chunked  # noqa: E402
+
+CHUNKED_CHOICES = {  # kernel: candidate (BT, BP, num_warps, num_stages)
+    "state": list(itertools.product((32, 64), (32, 64), (4, 8), (2, 3))),
+    "scan": list(itertools.product((32, 64), (32, 64), (4, 8), (2, 3))),
+    "dstate": list(itertools.product((32, 64), (32, 64), (4, 8), (2,))),
+    "grads": list(itertools.product((16, 32, 64), (32, 64), (4, 8), (1, 2))),
+}
+FUSED_CHOICES = {  # module constants: candidates
+    ("FWD_BLOCK_P", "FWD_WARPS", "FWD_STAGES"): list(itertools.product((16, 32, 64), (4, 8), (1, 2))),
+    ("BWD_BLOCK_P", "BWD_WARPS", "BWD_STAGES"): list(itertools.product((16, 32, 64), (4, 8), (1, 2))),
+}
+
+
+def _timer(L, grad):
+    t = _inputs(4, L, grad=grad)
+    dy = torch.randn_like(t["x"])
+
+    def call():
+        y = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True)
+        if grad:
+            y.backward(dy)
+
+    def ms():
+        try:
+            with torch.set_grad_enabled(grad):
+                return bench_ms(call)
+        except Exception as err:  # a choice that does not compile (shared memory) is a row, not the end
+            print(f"    failed: {' '.join(str(err).split())[:160]}")
+            return float("nan")
+    return ms
+
+
+def _best(rows):
+    ok = [r for r in rows if r["ms"] == r["ms"]]
+    return min(ok, key=lambda r: r["ms"]) if ok else None
+
+
+def sweep_chunked(L):
+    os.environ["ARCHDSL_SSD_IMPL"] = "chunked"
+    timers = {False: _timer(L, False), True: _timer(L, True)}
+    start = dict(chunked.CONFIG)
+    rows, best = [], {}
+    for kernel, choices in CHUNKED_CHOICES.items():
+        grad = kernel in ("dstate", "grads")
+        print(f"== chunked {kernel} ({'fwd+bwd' if grad else 'fwd'}, L{L}); now {start[kernel]}", flush=True)
+        mine = []
+        for choice in choices:
+            chunked.CONFIG = dict(start, **{kernel: choice})
+            ms = timers[grad]()
+            mine.append(dict(layout="chunked", kernel=kernel, choice=list(choice), grad=grad, ms=ms))
+            print(f"  {kernel} BT,BP,warps,stages={choice}: {ms:.3f} ms", flush=True)
+        rows += mine
+        b = _best(mine)
+        best[kernel] = tuple(b["choice"]) if b else start[kernel]
+    chunked.CONFIG = best
+    together = {g: timers[g]() for g in (False, True)}
+    chunked.CONFIG = start
+    before = {g: timers[g]() for g in (False, True)}
+    print(f"== chunked: now fwd {before[False]:.3f} fwd+bwd {before[True]:.3f} ms; "
+          f"best together fwd {together[False]:.3f} fwd+bwd {together[True]:.3f} ms")
+    print(f"CONFIG = {best}")
+    return rows, dict(best={k: list(v) for k, v in best.items()}, now_ms=before, best_ms=together)
+
+
+def sweep_fused(L):
+    os.environ["ARCHDSL_SSD_IMPL"] = "fused"
+    timers = {False: _timer(L, False), True: _timer(L, True)}
+    rows, best = [], {}
+    for names, choices in FUSED_CHOICES.items():
+        grad = names[0].startswith("BWD")
+        start = tuple(getattr(fused, n) for n in names)
+        print(f"== fused {names} ({'fwd+bwd' if grad else 'fwd'}, L{L}); now {start}", flush=True)
+        mine = []
+        for choice in choices:
+            for n, v in zip(names, choice):
+                setattr(fused, n, v)
+            ms = timers[grad]()
+            mine.append(dict(layout="fused", kernel="+".join(names), choice=list(choice), grad=grad, ms=ms))
+            print(f"  {choice}: {ms:.3f} ms", flush=True)
+        for n, v in zip(names, start):
+            setattr(fused, n, v)
+        rows += mine
+        b = _best(mine)
+        best.update(zip(names, b["choice"] if b else start))
+    print(f"== fused best: {best}")
+    return rows, best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--L", type=int, default=16384)
+    ap.add_argument("--only", choices=["chunked", "fused"])
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("ssd_configs: needs a CUDA GPU")
+        return 0
+    out = {"L": args.L, "card": torch.cuda.get_device_name()}
+    if args.only in (None, "chunked"):
+        out["chunked_rows"], out["chunked"] = sweep_chunked(args.L)
+    if args.only in (None, "fused"):
+        out["fused_rows"], out["fused"] = sweep_fused(args.L)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
