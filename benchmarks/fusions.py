@@ -29,6 +29,8 @@ Rows, shapes and floors (H200: 4.2 TB/s, ~680 TFLOP/s bf16):
   step           one decode step (batch 1) of 48×mamba2 at d 2048 (mamba2-1.3b, vocab 50288) replayed
                  from a CUDA graph, the fused step kernels on / off. Floor: the weights read once,
                  about 1.35 G params · 2 bytes ≈ 0.64 ms, plus the fp32 SSM states read and written.
+  norm_gemv      the same step, the RMSNorms inside the in_proj / out_proj GEMVs on / off (off:
+                 add+RMSNorm kernel, cuBLAS GEMV, the gated norm in the step kernel's last program).
   cuda_graph     the same step, eager against graphed (every fusion on).
   torch.compile  the forward of a 4-layer hybrid (mamba2, attn, mamba2, an MLP layer; d 2048, 16
                  heads, SwiGLU 5504, vocab 4096) at B=4, L=2048, eager against Inductor.
@@ -190,7 +192,7 @@ def qkv_prefill() -> dict:
 
 
 @torch.no_grad()
-def step() -> dict:
+def step(fusion: str = "step") -> dict:
     model = _decode_model()
     tok = torch.zeros(1, dtype=torch.long, device=DEVICE)
 
@@ -202,7 +204,7 @@ def step() -> dict:
         runner.cache.reset()
         return time_step(lambda: runner(tok))
 
-    off, on = _on_off(model, "step", run)
+    off, on = _on_off(model, fusion, run)
     return dict(timed="decode step, CUDA graph" if DEVICE == "cuda" else "decode step, eager",
                 shape=_step_shape(), off_ms=off, on_ms=on, floor_ms=_step_floor(model),
                 note="" if DEVICE == "cuda" else "no fused step on cpu: unfused both ways")
@@ -264,6 +266,7 @@ ROWS: list[tuple[str, Callable[[], dict]]] = [
     ("qkv", qkv_step),
     ("qkv", qkv_prefill),
     ("step", step),
+    ("norm_gemv", lambda: step("norm_gemv")),
     ("cuda_graph", cuda_graph),
     ("torch.compile", compiled),
 ]

@@ -17,7 +17,7 @@ import sys
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-OPS = ["kernels_ssd", "kernels_wkv6", "kernels_selective_scan"]
+OPS = ["kernels_ssd", "kernels_wkv6", "kernels_selective_scan", "kernels_norm_gemv"]
 
 
 def main() -> None:

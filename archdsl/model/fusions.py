@@ -24,6 +24,8 @@ FUSIONS: dict[str, str] = {
     "epilogue": "Mamba / Mamba-2: the D skip and the silu(z) gate inside the scan kernel, not after it in torch "
                 "(Mamba-2: inference only; its forward+backward measured faster without, 10.0 vs 11.4 ms)",
     "step": "Mamba / Mamba-2 decode step as one or two Triton kernels between the projections (Triton only)",
+    "norm_gemv": "Mamba-2 decode (a few rows, with \"step\"): the residual add and RMSNorm inside in_proj's GEMV "
+                 "and the gated RMSNorm inside out_proj's, one Triton kernel each (Triton only)",
 }
 
 Fuse = Union[bool, str, Iterable[str]]

@@ -91,10 +91,12 @@ class Layer(nn.Module):
                 if delta is not None:
                     h, delta = h + delta, None
                 inj = call(self.inject, h, states.get(INJECT), emb=emb, use=self.inject_use)
-                x = self.norm(h + inj)
+                delta = call(self.mixer, self.norm(h + inj), states.get(MIXER), emb=emb)
+            elif step and hasattr(self.mixer, "folds_norm") and self.mixer.folds_norm(self.norm, h):
+                h, delta = self.mixer.step_with_norm(h, delta, self.norm, states[MIXER])  # "norm_gemv"
             else:
                 h, x = self.norm.add_norm(h, delta)
-            delta = call(self.mixer, x, states.get(MIXER), emb=emb)
+                delta = call(self.mixer, x, states.get(MIXER), emb=emb)
         if self.ffn is not None:
             h, x = self.ffn_norm.add_norm(h, delta)
             delta = call(self.ffn, x, states.get(FFN), emb=emb)

@@ -47,6 +47,8 @@ def mamba2_step_naive(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_l
     y = y.reshape(batch, E)
     if gate is not None:
         y = y * F.silu(z)
+    if gate == "pre_norm":
+        return y
     if gate == "norm":
         g = y.view(batch, G, -1)
         y = (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + norm_eps)).view(batch, E) * norm_weight.to(ct)

@@ -11,7 +11,7 @@ from .._checks import expect_float, expect_same_device, expect_shape
 from .._dispatch import backend_for
 from .naive import conv_step_naive, mamba2_step_naive, mamba_ssm_step_naive
 
-_GATES = (None, "silu", "norm")
+_GATES = (None, "silu", "norm", "pre_norm")
 
 
 def _triton(x):
@@ -27,7 +27,9 @@ def mamba2_step_fused(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_l
     `[conv_dim]`; A_log, D, dt_bias `[H]`; E = H·P, conv_dim = E + 2·G·N.
     dt = max(softplus(dt + dt_bias), dt_floor); h = exp(-dt·exp(A_log))·h + dt·x·B; y = C·h + D·x;
     gate None: y; "silu": y·silu(z); "norm": RMSNorm over each group of E/G channels of y·silu(z),
-    times norm_weight `[E]`. Returns `[B, E]` in zxbcdt's dtype.
+    times norm_weight `[E]`; "pre_norm": y·silu(z) before that norm, in float32 (float64 for float64),
+    for a caller that folds the norm into out_proj (norm_gemv.rms_linear). Returns `[B, E]` in
+    zxbcdt's dtype (float32 for "pre_norm").
     """
     expect_shape("ssm_state", ssm_state, (None, None, None, None))
     batch, H, P, N = ssm_state.shape
@@ -47,7 +49,9 @@ def mamba2_step_fused(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_l
         expect_shape(name, t, (H,), optional=name != "A_log")
     if gate not in _GATES:
         raise ValueError(f"gate: expected one of {_GATES}, got {gate!r}")
-    expect_shape("norm_weight", norm_weight, (E,), optional=gate != "norm")
+    expect_shape("norm_weight", norm_weight, (E,), optional=True)
+    if gate == "norm" and norm_weight is None:
+        raise ValueError(f"norm_weight: expected a tensor of shape [{E}] with gate='norm', got None")
     expect_float(zxbcdt=zxbcdt, conv_state=conv_state, ssm_state=ssm_state, A_log=A_log)
     expect_same_device(zxbcdt=zxbcdt, conv_state=conv_state, conv_weight=conv_weight, conv_bias=conv_bias,
                        ssm_state=ssm_state, A_log=A_log, D=D, dt_bias=dt_bias, norm_weight=norm_weight)

@@ -39,7 +39,7 @@ def _close(a, b):
 
 @settings(max_examples=14, deadline=None)
 @given(batch=st.integers(1, 2), G=st.sampled_from([1, 2, 3]), hpg=st.integers(1, 3), P=st.integers(1, 13),
-       N=st.integers(1, 11), K=st.integers(2, 4), gate=st.sampled_from([None, "silu", "norm"]),
+       N=st.integers(1, 11), K=st.integers(2, 4), gate=st.sampled_from([None, "silu", "norm", "pre_norm"]),
        flags=st.tuples(st.booleans(), st.booleans(), st.booleans()), floor=st.sampled_from([0.0, 0.3]),
        block_p=st.sampled_from([None, 2, 4]), seed=st.integers(0, 2**16))
 def test_mamba2_kernel_matches_reference(batch, G, hpg, P, N, K, gate, flags, floor, block_p, seed):

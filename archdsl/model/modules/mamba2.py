@@ -22,6 +22,12 @@ from .conv import conv_forward, conv_step
 from .mamba import fused_step_ok, init_dt_bias, skip_gate, state_dtype
 
 
+def _gemv_rows() -> int:
+    """Up to how many rows the decode GEMVs with a folded norm run (kernels/norm_gemv)."""
+    from archdsl.kernels.norm_gemv.op import MAX_ROWS
+    return MAX_ROWS
+
+
 class GatedRMSNorm(nn.Module):
     """HF MambaRMSNormGated: norm(x · silu(z)) over groups of E / G channels, times weight [E]."""
 
@@ -40,7 +46,7 @@ class GatedRMSNorm(nn.Module):
 
 
 class Mamba2(nn.Module, Fusable):
-    FUSES = ("epilogue", "step")
+    FUSES = ("epilogue", "step", "norm_gemv")
 
     def __init__(self, cfg):
         super().__init__()
@@ -133,17 +139,39 @@ class Mamba2(nn.Module, Fusable):
             y = skip_gate(y, u, self._f(self.D)[:, None], gate)
         return self._out(y.reshape(Bsz, self.E), z)
 
-    def _step_fused(self, x, state):
-        """in_proj → one kernel (conv update, silu, SSD step, D, gate / gated norm) → out_proj."""
+    def _step_fused(self, x, state, zxbcdt=None):
+        """in_proj → one kernel (conv update, silu, SSD step, D, gate / gated norm) → out_proj. With
+        "norm_gemv" the gated norm runs inside out_proj's GEMV; zxbcdt: in_proj's output, given."""
         from archdsl.kernels.fused_step import mamba2_step_fused
 
         norm = self.norm
-        y = mamba2_step_fused(self.in_proj(x), state["conv"], self.conv1d.weight[:, 0], self.conv1d.bias,
+        fold = norm is not None and "norm_gemv" in self.fused and x.shape[0] <= _gemv_rows()
+        y = mamba2_step_fused(self.in_proj(x) if zxbcdt is None else zxbcdt, state["conv"],
+                              self.conv1d.weight[:, 0], self.conv1d.bias,
                               state["ssm"], self.A_log, D=self.D, dt_bias=self.dt_bias,
                               norm_weight=None if norm is None else norm.weight,
-                              gate="silu" if norm is None else "norm",
+                              gate="silu" if norm is None else "pre_norm" if fold else "norm",
                               norm_eps=self.cfg.norm_eps, dt_floor=self.cfg.dt_floor)
+        if fold:
+            from archdsl.kernels import rms_linear
+            return rms_linear(y, self.out_proj.weight, norm.weight, norm.eps, groups=self.G,
+                              bias=self.out_proj.bias)[0]
         return self.out_proj(y)
+
+    def folds_norm(self, norm, h) -> bool:
+        """Whether a decode step of residual stream h [B, d] can fold the layer's `norm` into in_proj
+        (step_with_norm): "norm_gemv" and the fused step on, an RMSNorm, a few rows."""
+        return ("norm_gemv" in self.fused and norm.kind == "rmsnorm" and h.shape[0] <= _gemv_rows()
+                and fused_step_ok(self, h))
+
+    def step_with_norm(self, h, delta, norm, state):
+        """One decode token from the residual stream: h, delta [B, d] → (h + delta, mixer output
+        [B, d]), norm(h + delta) computed inside in_proj's GEMV (one kernel for add, norm, GEMV)."""
+        from archdsl.kernels import rms_linear
+
+        zxbcdt, h = rms_linear(h, self.in_proj.weight, norm.weight, norm.eps, residual=delta,
+                               bias=self.in_proj.bias)
+        return h, self._step_fused(h, state, zxbcdt)
 
     def init_state(self, batch, device, dtype, max_len=None, static=False):
         return {"conv": torch.zeros(batch, self.conv_dim, self.K - 1, device=device, dtype=dtype),

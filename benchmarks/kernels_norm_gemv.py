@@ -1,0 +1,72 @@
+"""Decode GEMV with the RMSNorm folded in (rms_linear) against the separate ops, bf16, batch 1.
+
+Shapes of mamba2-1.3b's decode step: in_proj after the layer's add + RMSNorm (K 2048 → R 8512,
+residual) and out_proj after the gated RMSNorm (K 4096 → R 2048, the gated output in float32).
+The peer is what runs with the fusion off: add_rmsnorm (our kernel) or the torch gated norm, then
+F.linear (cuBLAS). "F.linear alone" is cuBLAS's GEMV without any norm, for context.
+Floor: the weight read once, R·K·2 bytes (17.4 MB → 4.1 µs, 16.8 MB → 4.0 µs at 4.2 TB/s); the
+vectors are a few KB.
+First a sweep of (rows per program, K block, warps) per shape; the rows use the best for each shape.
+    python benchmarks/kernels.py --only kernels_norm_gemv
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from _bench import bench_ms
+
+BW = 4.2e12
+SHAPES = [("in_proj", 2048, 8512, True), ("out_proj", 4096, 2048, False)]
+CHOICES = list(itertools.product((2, 4, 8, 16, 32), (256, 512, 1024, 2048), (2, 4, 8)))
+
+
+def _inputs(K, R, residual):
+    dev, bf = "cuda", torch.bfloat16
+    return dict(x=torch.randn(1, K, device=dev, dtype=bf if residual else torch.float32),
+                residual=torch.randn(1, K, device=dev, dtype=bf) if residual else None,
+                weight=torch.randn(R, K, device=dev, dtype=bf) / K ** 0.5,
+                norm_weight=torch.ones(K, device=dev, dtype=bf))
+
+
+def _unfused(a):
+    from archdsl.kernels import add_rmsnorm
+    if a["residual"] is not None:
+        n, _ = add_rmsnorm(a["x"], a["residual"], a["norm_weight"])
+    else:  # Mamba-2's gated norm as GatedRMSNorm computes it, after the gate
+        v = a["x"]
+        n = a["norm_weight"] * (v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-5)).to(torch.bfloat16)
+    return F.linear(n, a["weight"])
+
+
+def rows(quick=False):
+    from archdsl.kernels.norm_gemv import triton_norm_gemv as tg
+    out = []
+    for name, K, R, res in SHAPES:
+        a = _inputs(K, R, res)
+        args = (a["x"], a["weight"], a["norm_weight"], 1e-5, a["residual"], 1, None)
+        timed = []
+        for br, bk, w in CHOICES[: 12 if quick else None]:
+            try:
+                ms = bench_ms(lambda: tg.rms_linear_triton(*args, block_r=br, block_k=bk, num_warps=w))
+            except Exception as e:  # a choice that does not build is skipped, not fatal
+                print(f"# {name} BR={br} BK={bk} warps={w}: {type(e).__name__}", flush=True)
+                continue
+            timed.append((ms, br, bk, w))
+        timed.sort()
+        print(f"# {name}: best (ms, BR, BK, warps) {timed[:4]}; worst {timed[-1]}", flush=True)
+        _, br, bk, w = timed[0]
+        ours = bench_ms(lambda: tg.rms_linear_triton(*args, block_r=br, block_k=bk, num_warps=w))
+        ref = _unfused(a)
+        got = tg.rms_linear_triton(*args, block_r=br, block_k=bk, num_warps=w)[0]
+        rel = ((got.float() - ref.float()).norm() / ref.float().norm()).item()
+        floor = R * K * 2 / BW * 1e3
+        shape = f"{name} K{K}→R{R} B1"
+        out.append(dict(op="rms_linear", shape=shape, mode=f"BR{br} BK{bk} w{w}", ours_ms=ours,
+                        peer="norm + F.linear", peer_ms=bench_ms(lambda: _unfused(a)), floor_ms=floor,
+                        floor_note=f"{R * K * 2 / 1e6:.1f} MB of weight", rel_diff=rel))
+        n = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
+        out.append(dict(op="F.linear alone", shape=shape, mode="context", ours_ms=bench_ms(lambda: F.linear(n, a["weight"])),
+                        floor_ms=floor))
+    return out

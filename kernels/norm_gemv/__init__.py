@@ -1,0 +1,3 @@
+from .op import rms_linear
+
+__all__ = ["rms_linear"]

@@ -1,0 +1,44 @@
+"""Public decode GEMV with its RMSNorm folded in (inference only: no autograd).
+
+The projection after a pre-norm at decode, as one kernel: the residual add, the RMSNorm (over the
+whole vector, or per group as Mamba-2's gated norm) and the matrix-vector product. The compiler
+uses it for Mamba-2's in_proj (after the layer's add + RMSNorm) and out_proj (after the gated
+norm) when decoding a few rows ("norm_gemv" in archdsl.model.fusions).
+"""
+from __future__ import annotations
+
+import torch
+
+from .._checks import expect_float, expect_same_device, expect_shape
+from .._dispatch import backend_for
+from .naive import rms_linear_naive
+
+MAX_ROWS = 16  # past a few rows a GEMM (cuBLAS) reads the weight as few times and computes faster
+
+
+def rms_linear(x, weight, norm_weight, eps=1e-5, *, residual=None, groups=1, bias=None):
+    """y = Linear(weight, bias)(norm_weight · RMSNorm(x + residual)) and h = x + residual.
+
+    x, residual `[B, K]`; weight `[R, K]`; norm_weight `[K]`; bias `[R]` or None. The RMSNorm runs
+    over each of `groups` equal groups of K channels, statistics in float32 (float64 for float64
+    inputs), its output rounded to weight's dtype before the product, as separate ops would.
+    Returns (y `[B, R]` in weight's dtype, h `[B, K]` in x's dtype; h is x when residual is None).
+    """
+    expect_shape("x", x, (None, None))
+    batch, K = x.shape
+    expect_shape("weight", weight, (None, K))
+    expect_shape("norm_weight", norm_weight, (K,))
+    expect_shape("residual", residual, (batch, K), optional=True)
+    expect_shape("bias", bias, (weight.shape[0],), optional=True)
+    if not isinstance(groups, int) or groups < 1 or K % groups:
+        raise ValueError(f"groups: expected a positive int dividing K = {K}, got {groups!r}")
+    if not eps > 0:
+        raise ValueError(f"eps: expected a positive float, got {eps!r}")
+    expect_float(x=x, weight=weight, norm_weight=norm_weight, residual=residual, bias=bias)
+    expect_same_device(x=x, weight=weight, norm_weight=norm_weight, residual=residual, bias=bias)
+    if (backend_for(x) == "triton" and x.dtype != torch.float64 and weight.dtype != torch.float64
+            and batch <= MAX_ROWS):
+        from .triton_norm_gemv import rms_linear_triton
+        with torch.no_grad():
+            return rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias)
+    return rms_linear_naive(x, weight, norm_weight, eps, residual, groups, bias)

@@ -1,0 +1,100 @@
+"""Decode GEMV with its RMSNorm folded in: the Triton kernel (interpreted on CPU) == the naive twin
+(add, norm, Linear as separate torch ops) over random widths, groups, batch rows, residual and bias;
+bfloat16 at Mamba-2 1.3B's sizes on the GPU."""
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from archdsl.kernels import rms_linear
+from archdsl.kernels.norm_gemv import triton_norm_gemv
+from archdsl.kernels.norm_gemv.naive import rms_linear_naive
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _needs_triton(monkeypatch):
+    monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+    if DEV == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+
+
+def _inputs(batch, K, R, groups, residual, bias, dtype, x_dtype=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return dict(x=t(batch, K).to(DEV, x_dtype or dtype), weight=(t(R, K) / K ** 0.5).to(DEV, dtype),
+                norm_weight=(1 + 0.2 * t(K)).to(DEV, dtype), groups=groups,
+                residual=t(batch, K).to(DEV, dtype) if residual else None,
+                bias=t(R).to(DEV, dtype) if bias else None)
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 3), kg=st.integers(1, 40), groups=st.sampled_from([1, 2, 3]), R=st.integers(1, 50),
+       residual=st.booleans(), bias=st.booleans(), block=st.sampled_from([(4, 16), (8, 64), (16, 1024)]))
+def test_triton_matches_naive(batch, kg, groups, R, residual, bias, block):
+    """K = groups · kg channels, not a power of two in general; the K loop crosses several blocks."""
+    os.environ["ARCHDSL_KERNELS"] = "triton"
+    try:
+        if DEV == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+        a = _inputs(batch, groups * kg, R, groups, residual, bias, torch.float32)
+        y, h = triton_norm_gemv.rms_linear_triton(a["x"], a["weight"], a["norm_weight"], 1e-5, a["residual"],
+                                                  groups, a["bias"], block_r=block[0], block_k=block[1])
+        ref_y, ref_h = rms_linear_naive(a["x"], a["weight"], a["norm_weight"], 1e-5, a["residual"], groups, a["bias"])
+        torch.testing.assert_close(y, ref_y, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(h, ref_h, rtol=0, atol=0)
+    finally:
+        os.environ.pop("ARCHDSL_KERNELS", None)
+
+
+def test_float32_input_rounded_to_half_weights(monkeypatch):
+    """Mamba-2's out_proj case: the gated output in float32, the weight in 16 bits: the normalised
+    vector is rounded to the weight's dtype before the product, as the separate ops round it."""
+    _needs_triton(monkeypatch)
+    a = _inputs(2, 48, 24, 2, False, True, torch.float16, x_dtype=torch.float32)
+    y, h = rms_linear(**a)
+    ref, _ = rms_linear_naive(**a)
+    assert y.dtype == torch.float16 and h is a["x"]
+    torch.testing.assert_close(y.float(), ref.float(), rtol=2e-3, atol=2e-3)
+
+
+def test_many_rows_and_float64_take_the_torch_path(monkeypatch):
+    _needs_triton(monkeypatch)
+    a = _inputs(17, 32, 8, 1, True, False, torch.float32)  # past MAX_ROWS
+    y, h = rms_linear(**a)
+    ref_y, ref_h = rms_linear_naive(**a)
+    assert torch.equal(y, ref_y) and torch.equal(h, ref_h)
+    b = _inputs(2, 32, 8, 4, True, True, torch.float64)
+    assert torch.equal(rms_linear(**b)[0], rms_linear_naive(**b)[0])
+
+
+def test_argument_errors():
+    a = _inputs(2, 16, 8, 1, True, True, torch.float32)
+    with pytest.raises(ValueError, match="weight"):
+        rms_linear(a["x"], a["weight"][:, :8], a["norm_weight"])
+    with pytest.raises(ValueError, match="norm_weight"):
+        rms_linear(a["x"], a["weight"], a["norm_weight"][:4])
+    with pytest.raises(ValueError, match="residual"):
+        rms_linear(a["x"], a["weight"], a["norm_weight"], residual=a["residual"][:1])
+    with pytest.raises(ValueError, match="groups"):
+        rms_linear(a["x"], a["weight"], a["norm_weight"], groups=3)
+    with pytest.raises(ValueError, match="bias"):
+        rms_linear(a["x"], a["weight"], a["norm_weight"], bias=a["bias"][:2])
+    with pytest.raises(ValueError, match="x"):
+        rms_linear(a["x"][0], a["weight"], a["norm_weight"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("K, R, groups, residual", [(2048, 8512, 1, True), (4096, 2048, 1, False),
+                                                   (4096, 2048, 8, False)])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_gpu_bf16_mamba2_sizes(K, R, groups, residual, batch):
+    """Mamba-2 1.3B's in_proj (after add + RMSNorm) and out_proj (after the gated norm, x float32)."""
+    a = _inputs(batch, K, R, groups, residual, False, torch.bfloat16, x_dtype=None if residual else torch.float32)
+    y, h = rms_linear(**a)
+    a64 = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in a.items()}
+    ref, _ = rms_linear_naive(**a64)
+    assert (y.double() - ref).abs().max().item() <= 2e-2 * ref.abs().max().item()
