@@ -19,7 +19,7 @@ from _bench import bench_ms
 
 BW = 4.2e12
 SHAPES = [("in_proj", 2048, 8512, True), ("out_proj", 4096, 2048, False)]
-CHOICES = list(itertools.product((2, 4, 8, 16, 32), (256, 512, 1024, 2048), (2, 4, 8)))
+CHOICES = list(itertools.product((1, 2, 4, 8, 16), (512, 1024, 2048, 4096), (2, 4, 8)))
 
 
 def _inputs(K, R, residual):

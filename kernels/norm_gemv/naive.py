@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 def rms_linear_naive(x, weight, norm_weight, eps=1e-5, residual=None, groups=1, bias=None):
     """h = x + residual; n = norm_weight · (h / rms(h)) per group of K / groups channels, rounded to
-    weight's dtype as HF's RMSNorm rounds its output; y = n Wᵀ + bias → (y [B, R], h [B, K])."""
+    weight's dtype as HF's RMSNorm rounds its output; y = n Wᵀ + bias → (y [B, R], h [B, K]).
+    The Triton kernel does not round n (it scales the accumulated sums): it agrees to that rounding."""
     h = x if residual is None else x + residual
     wd = torch.float64 if h.dtype == torch.float64 else torch.float32
     v = h.to(wd).view(h.shape[0], groups, -1)

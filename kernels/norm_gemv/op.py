@@ -21,7 +21,8 @@ def rms_linear(x, weight, norm_weight, eps=1e-5, *, residual=None, groups=1, bia
 
     x, residual `[B, K]`; weight `[R, K]`; norm_weight `[K]`; bias `[R]` or None. The RMSNorm runs
     over each of `groups` equal groups of K channels, statistics in float32 (float64 for float64
-    inputs), its output rounded to weight's dtype before the product, as separate ops would.
+    inputs). The Triton kernel applies 1/rms to the accumulated products, so it skips the rounding
+    of the normalised vector to weight's dtype that separate ops (the torch path) do.
     Returns (y `[B, R]` in weight's dtype, h `[B, K]` in x's dtype; h is x when residual is None).
     """
     expect_shape("x", x, (None, None))

@@ -1,12 +1,17 @@
 """Triton decode GEMV with the RMSNorm before it folded in: one kernel instead of add, norm, GEMV.
 
 At decode (a few rows) a projection is a matrix-vector product bound by reading its weight, and the
-norm before it is a reduction over one vector. Every program reads the whole input vector (a few
-KB, from L2), forms the per-group 1/rms itself, and streams its BR rows of the weight once:
+norm before it is a reduction over one vector. The norm's scale 1/rms is one number per group of
+channels, so it can wait: each program streams its BR rows of the weight once, block by block of
+BK channels, and accumulates for each group g
 
-    pass 1   v = x (+ residual), [K] in blocks of BK: the per-group sums of v²; program 0 of each
-             batch row writes h = v
-    pass 2   acc[BR] += W[rows, k-block] · (norm_weight · round(v · rstd))
+    acc[r, g] += Σ_k∈block W[r, k] · norm_weight[k] · v[k],   ss[g] += Σ_k∈block v[k]²
+
+with v = x (+ residual) read from L2 (a few KB); at the end y[r] = Σ_g acc[r, g] / rms_g. The weight
+block's load is issued first in each step and nothing waits on a statistic of the whole vector, so
+the weight streams as in a plain GEMV. Program 0 of each batch row writes h = v. A block lies in one
+group (BK divides K / groups). The normalised vector is never rounded to the weight's dtype, as
+separate ops round it: the two agree to that rounding.
 
 Grid (batch, row blocks) with the batch fastest: the programs that read one block of rows run
 together, so a batch of a few rows reads the weight from memory once. Offsets are int64.
@@ -17,17 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-# (rows per program, K block, warps): timed on the H200 by benchmarks/kernels_norm_gemv.py.
-BLOCK_R, BLOCK_K, WARPS = 8, 1024, 4
-
-
-@triton.jit
-def _input(x_ptr, res_ptr, offs, m, HAS_RES: tl.constexpr):
-    """x (+ residual) at offs, float32, rounded to x's dtype after the add as torch's add rounds."""
-    v = tl.load(x_ptr + offs, mask=m, other=0.0)
-    if HAS_RES:
-        v = (v.to(tl.float32) + tl.load(res_ptr + offs, mask=m, other=0.0).to(tl.float32)).to(v.dtype)
-    return v.to(tl.float32)
+# (rows per program, K block, warps) per K: timed on the H200 by benchmarks/kernels_norm_gemv.py
+# (in_proj K 2048 → 8512 rows, out_proj K 4096 → 2048 rows of mamba2-1.3b).
+BLOCK_R, BLOCK_K, WARPS = 4, 2048, 4
 
 
 @triton.jit
@@ -36,35 +33,39 @@ def _rms_gemv_kernel(x_ptr, res_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, h_ptr, K, R, K
                      BR: tl.constexpr, BK: tl.constexpr, BG: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     pr = tl.program_id(1)
+    rows = pr * BR + tl.arange(0, BR)
+    mask_r = rows < R
+    wrow = w_ptr + rows.to(tl.int64)[:, None] * K
     offs_g = tl.arange(0, BG)
-    wdt = w_ptr.dtype.element_ty
-
+    acc = tl.zeros((BR, BG), dtype=tl.float32)
     ss = tl.zeros((BG,), dtype=tl.float32)
     for k0 in range(0, K, BK):
         offs = k0 + tl.arange(0, BK)
         m = offs < K
-        v = _input(x_ptr, res_ptr, b * K + offs, m, HAS_RES)
-        if HAS_RES:
+        w = tl.load(wrow + offs[None, :], mask=mask_r[:, None] & m[None, :], other=0.0)
+        v = tl.load(x_ptr + b * K + offs, mask=m, other=0.0)
+        if HAS_RES:  # rounded to x's dtype after the add, as torch's add rounds
+            v = (v.to(tl.float32) + tl.load(res_ptr + b * K + offs, mask=m, other=0.0).to(tl.float32)).to(v.dtype)
             if pr == 0:
-                tl.store(h_ptr + b * K + offs, v.to(h_ptr.dtype.element_ty), mask=m)
-        ss += tl.sum(tl.where((offs // KG)[:, None] == offs_g[None, :], (v * v)[:, None], 0.0), axis=0)
-    rstd_g = 1.0 / tl.sqrt(ss / KG + eps)
-
-    rows = (pr * BR + tl.arange(0, BR)).to(tl.int64)
-    mask_r = rows < R
-    acc = tl.zeros((BR,), dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        offs = k0 + tl.arange(0, BK)
-        m = offs < K
-        v = _input(x_ptr, res_ptr, b * K + offs, m, HAS_RES)
-        rstd = tl.sum(tl.where((offs // KG)[:, None] == offs_g[None, :], rstd_g[None, :], 0.0), axis=1)
-        n = (v * rstd).to(wdt).to(tl.float32)
-        p = (tl.load(nw_ptr + offs, mask=m, other=0.0).to(wdt).to(tl.float32) * n).to(wdt).to(tl.float32)
-        w = tl.load(w_ptr + rows[:, None] * K + offs[None, :], mask=mask_r[:, None] & m[None, :], other=0.0)
-        acc += tl.sum(w.to(tl.float32) * p[None, :], axis=1)
+                tl.store(h_ptr + b * K + offs, v, mask=m)
+        v = v.to(tl.float32)
+        p = tl.load(nw_ptr + offs, mask=m, other=0.0).to(tl.float32) * v
+        here = offs_g == k0 // KG  # the block's group
+        ss += tl.where(here, tl.sum(v * v, axis=0), 0.0)
+        acc += tl.where(here[None, :], tl.sum(w.to(tl.float32) * p[None, :], axis=1)[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(ss / KG + eps)
+    y = tl.sum(acc * rstd[None, :], axis=1)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + rows, mask=mask_r, other=0.0).to(tl.float32)
-    tl.store(y_ptr + b * R + rows, acc.to(y_ptr.dtype.element_ty), mask=mask_r)
+        y += tl.load(b_ptr + rows, mask=mask_r, other=0.0).to(tl.float32)
+    tl.store(y_ptr + b * R + rows, y.to(y_ptr.dtype.element_ty), mask=mask_r)
+
+
+def _block_k(K: int, groups: int, cap: int) -> int:
+    """The K block: a power of two up to cap; with several groups the largest that divides K / groups."""
+    if groups == 1:
+        return min(cap, triton.next_power_of_2(K))
+    kg = K // groups
+    return min(cap, kg & -kg)
 
 
 def rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias, block_r=None, block_k=None,
@@ -75,10 +76,9 @@ def rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias, block
     res = residual.contiguous() if residual is not None else None
     h = torch.empty_like(x) if res is not None else x
     y = torch.empty(batch, R, device=x.device, dtype=weight.dtype)
-    BK = min(block_k or BLOCK_K, triton.next_power_of_2(K))
     BR = block_r or BLOCK_R
     _rms_gemv_kernel[(batch, triton.cdiv(R, BR))](
         x, res, norm_weight, weight.contiguous(), bias, y, h, K, R, K // groups, float(eps),
-        HAS_RES=res is not None, HAS_BIAS=bias is not None, BR=BR, BK=BK,
+        HAS_RES=res is not None, HAS_BIAS=bias is not None, BR=BR, BK=_block_k(K, groups, block_k or BLOCK_K),
         BG=max(1, triton.next_power_of_2(groups)), num_warps=num_warps or WARPS)
     return y, h

@@ -31,7 +31,8 @@ def _inputs(batch, K, R, groups, residual, bias, dtype, x_dtype=None, seed=0):
 
 
 @settings(max_examples=25, deadline=None)
-@given(batch=st.integers(1, 3), kg=st.integers(1, 40), groups=st.sampled_from([1, 2, 3]), R=st.integers(1, 50),
+@given(batch=st.integers(1, 3), kg=st.sampled_from([1, 5, 12, 32, 40]), groups=st.sampled_from([1, 2, 3]),
+       R=st.integers(1, 50),
        residual=st.booleans(), bias=st.booleans(), block=st.sampled_from([(4, 16), (8, 64), (16, 1024)]))
 def test_triton_matches_naive(batch, kg, groups, R, residual, bias, block):
     """K = groups · kg channels, not a power of two in general; the K loop crosses several blocks."""
@@ -50,8 +51,8 @@ def test_triton_matches_naive(batch, kg, groups, R, residual, bias, block):
 
 
 def test_float32_input_rounded_to_half_weights(monkeypatch):
-    """Mamba-2's out_proj case: the gated output in float32, the weight in 16 bits: the normalised
-    vector is rounded to the weight's dtype before the product, as the separate ops round it."""
+    """Mamba-2's out_proj case: the gated output in float32, the weight in 16 bits: the kernel agrees
+    with the separate ops up to their rounding of the normalised vector to 16 bits."""
     _needs_triton(monkeypatch)
     a = _inputs(2, 48, 24, 2, False, True, torch.float16, x_dtype=torch.float32)
     y, h = rms_linear(**a)
