@@ -49,14 +49,12 @@ def mamba2_step_fused(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_l
         expect_shape(name, t, (H,), optional=name != "A_log")
     if gate not in _GATES:
         raise ValueError(f"gate: expected one of {_GATES}, got {gate!r}")
-    expect_shape("norm_weight", norm_weight, (E,), optional=True)
-    if gate == "norm" and norm_weight is None:
-        raise ValueError(f"norm_weight: expected a tensor of shape [{E}] with gate='norm', got None")
+    expect_shape("norm_weight", norm_weight, (E,), optional=gate not in ("norm", "pre_norm"))
     expect_float(zxbcdt=zxbcdt, conv_state=conv_state, ssm_state=ssm_state, A_log=A_log)
     expect_same_device(zxbcdt=zxbcdt, conv_state=conv_state, conv_weight=conv_weight, conv_bias=conv_bias,
                        ssm_state=ssm_state, A_log=A_log, D=D, dt_bias=dt_bias, norm_weight=norm_weight)
     args = (zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias,
-            norm_weight if gate == "norm" else None, gate, norm_eps, dt_floor)
+            norm_weight if gate in ("norm", "pre_norm") else None, gate, norm_eps, dt_floor)
     if _triton(zxbcdt):
         from .triton_fused_step import mamba2_step_triton
         return mamba2_step_triton(*args)

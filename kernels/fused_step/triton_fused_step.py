@@ -6,9 +6,12 @@ its [BP, N] slice of the SSM state (softplus dt, dt_bias, optional dt floor), fo
 y = C·h + D·x and the gate y·silu(z). The gated RMSNorm needs the whole group, and the B, C conv
 state is read by every program of the group, so the last program of each (batch, group) to
 finish -- an atomic arrival counter -- shifts the B, C conv state and normalises the group from
-the fp32 scratch the others wrote (gate "pre_norm" returns that scratch: the norm is folded into
-out_proj's GEMV, kernels/norm_gemv); it then resets the counter to 0 for the next launch (so the
-kernel is CUDA-graph safe: the counters are zero between launches).
+the fp32 scratch the others wrote; it then resets the counter to 0 for the next launch (so the
+kernel is CUDA-graph safe: the counters are zero between launches). Gate "pre_norm" returns that
+scratch, y·silu(z) before the norm, for out_proj's GEMV to normalise (kernels/norm_gemv); the last
+program still normalises into its own buffer: compiled without that block (Triton 3.6, H200) the
+kernel left wrong SSM states, 6 runs of 6, for a reason not found (tests/model/test_fused_step.py,
+test_gpu_mamba2_kernel_full_size, would show it again).
 
 Mamba-1: `_conv_step_kernel` (conv update + silu), then after the x_proj GEMM `_mamba_ssm_kernel`
 (inner RMSNorms of dt/B/C, dt_proj as a per-program mat-vec, softplus, state update, D, gate).
@@ -56,7 +59,7 @@ def _mamba2_step_kernel(
     s_zx, cs_b, cs_c, cs_k, s_b, s_h, s_p, s_n,
     E, CONV, H, G, P, N, dt_floor, eps,
     K: tl.constexpr, HAS_CB: tl.constexpr, HAS_D: tl.constexpr, HAS_DTB: tl.constexpr,
-    FLOOR: tl.constexpr, GATE: tl.constexpr, NORM: tl.constexpr, DEFER: tl.constexpr,
+    FLOOR: tl.constexpr, GATE: tl.constexpr, NORM: tl.constexpr,
     BP: tl.constexpr, BN: tl.constexpr, BPART: tl.constexpr, BNORM: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -73,12 +76,6 @@ def _mamba2_step_kernel(
 
     offs_n = tl.arange(0, BN)
     mask_n = offs_n < N
-    offs_p = pb * BP + tl.arange(0, BP)
-    mask_p = offs_p < P
-    # the state slice first: its load (the step's largest) is in flight while the conv is formed
-    so = b64 * s_b + h * s_h + offs_p[:, None] * s_p + offs_n[None, :] * s_n
-    mask_pn = mask_p[:, None] & mask_n[None, :]
-    st = tl.load(st_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
     chB = E + g * N + offs_n
     chC = E + G * N + g * N + offs_n
     Bv = _silu_conv(xbc, crow, cw_ptr, cb_ptr, chB, mask_n, cs_c, cs_k, K, HAS_CB)
@@ -92,17 +89,23 @@ def _mamba2_step_kernel(
         dt = tl.maximum(dt, dt_floor)
     decay = tl.exp(-dt * tl.exp(tl.load(alog_ptr + h).to(tl.float32)))
 
+    offs_p = pb * BP + tl.arange(0, BP)
+    mask_p = offs_p < P
     chx = h * P + offs_p
     x = _silu_conv(xbc, crow, cw_ptr, cb_ptr, chx, mask_p, cs_c, cs_k, K, HAS_CB)
-    if GATE:  # loaded before the stores below, which the compiler cannot move loads across
-        zv = tl.load(row + chx, mask=mask_p, other=0.0).to(tl.float32)
     _shift(xbc, crow, chx, mask_p, cs_c, cs_k, K)
+    # (the state loaded before the conv, to overlap its latency, gave wrong states with the gated
+    # norm at full size on the H200 -- a race this ordering does not show; kept here, measured)
+    so = b64 * s_b + h * s_h + offs_p[:, None] * s_p + offs_n[None, :] * s_n
+    mask_pn = mask_p[:, None] & mask_n[None, :]
+    st = tl.load(st_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
     st = st * decay + (dt * x)[:, None] * Bv[None, :]
     tl.store(st_ptr + so, st.to(st_ptr.dtype.element_ty), mask=mask_pn)
     y = tl.sum(st * Cv[None, :], axis=1)
     if HAS_D:
         y += tl.load(D_ptr + h).to(tl.float32) * x
     if GATE:
+        zv = tl.load(row + chx, mask=mask_p, other=0.0).to(tl.float32)
         y = y * zv * tl.sigmoid(zv)
     if NORM:
         tl.store(hbuf_ptr + b64 * E + chx, y, mask=mask_p)
@@ -117,7 +120,7 @@ def _mamba2_step_kernel(
     if arrived == HG * npb - 1:
         _shift(xbc, crow, chB, mask_n, cs_c, cs_k, K)
         _shift(xbc, crow, chC, mask_n, cs_c, cs_k, K)
-        if NORM and not DEFER:
+        if NORM:
             GP = HG * P
             offs_q = tl.arange(0, BPART)
             parts = tl.load(part_ptr + (b * H + g * HG) * npb + offs_q, mask=offs_q < HG * npb, other=0.0,
@@ -166,7 +169,7 @@ def mamba2_step_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_
         zx.stride(0), *conv_state.stride(), *ssm_state.stride(),
         E, conv_dim, H, G, P, N, float(dt_floor), float(norm_eps),
         K=K1 + 1, HAS_CB=conv_bias is not None, HAS_D=D is not None, HAS_DTB=dt_bias is not None,
-        FLOOR=bool(dt_floor), GATE=gate is not None, NORM=norm, DEFER=gate == "pre_norm",
+        FLOOR=bool(dt_floor), GATE=gate is not None, NORM=norm,
         BP=BP, BN=BN, BPART=max(2, triton.next_power_of_2(H // G * npb)),
         BNORM=min(1024, triton.next_power_of_2(E // G)), num_warps=4)
     return hbuf if gate == "pre_norm" else out

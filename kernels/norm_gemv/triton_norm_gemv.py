@@ -22,9 +22,14 @@ import torch
 import triton
 import triton.language as tl
 
-# (rows per program, K block, warps) per K: timed on the H200 by benchmarks/kernels_norm_gemv.py
-# (in_proj K 2048 → 8512 rows, out_proj K 4096 → 2048 rows of mamba2-1.3b).
-BLOCK_R, BLOCK_K, WARPS = 4, 2048, 4
+# (rows per program, K block, warps), the fastest of 60 on the H200 (benchmarks/kernels_norm_gemv.py,
+# 2026-11-29): mamba2-1.3b's in_proj (K 2048 → 8512 rows) 2, 2048, 4 and out_proj (K 4096 → 2048
+# rows) 2, 1024, 4, each within 3% of the next choices and of cuBLAS's GEMV without the norm.
+BLOCK_R, WARPS = 2, 4
+
+
+def _block_k_cap(K: int) -> int:
+    return 2048 if K <= 2048 else 1024
 
 
 @triton.jit
@@ -79,6 +84,6 @@ def rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias, block
     BR = block_r or BLOCK_R
     _rms_gemv_kernel[(batch, triton.cdiv(R, BR))](
         x, res, norm_weight, weight.contiguous(), bias, y, h, K, R, K // groups, float(eps),
-        HAS_RES=res is not None, HAS_BIAS=bias is not None, BR=BR, BK=_block_k(K, groups, block_k or BLOCK_K),
+        HAS_RES=res is not None, HAS_BIAS=bias is not None, BR=BR, BK=_block_k(K, groups, block_k or _block_k_cap(K)),
         BG=max(1, triton.next_power_of_2(groups)), num_warps=num_warps or WARPS)
     return y, h
