@@ -38,7 +38,8 @@ CHUNKED_CHOICES = {  # kernel: candidate (BT, BP, num_warps, num_stages)
     "state": list(itertools.product((32, 64), (32, 64), (4, 8), (2, 3))),
     "scan": list(itertools.product((32, 64), (32, 64), (4, 8), (2, 3))),
     "dstate": list(itertools.product((32, 64), (32, 64), (4, 8), (2,))),
-    "grads": list(itertools.product((16, 32, 64), (32, 64), (4, 8), (1, 2))),
+    "grads_targets": list(itertools.product((32, 64), (32, 64), (4, 8), (1, 2))),
+    "grads_sources": list(itertools.product((32, 64), (32, 64), (4, 8), (1, 2))),
 }
 FUSED_CHOICES = {  # module constants: candidates
     ("FWD_BLOCK_P", "FWD_WARPS", "FWD_STAGES"): list(itertools.product((16, 32, 64), (4, 8), (1, 2))),
@@ -76,7 +77,7 @@ def sweep_chunked(L):
     start = dict(chunked.CONFIG)
     rows, best = [], {}
     for kernel, choices in CHUNKED_CHOICES.items():
-        grad = kernel in ("dstate", "grads")
+        grad = kernel in ("dstate", "grads_targets", "grads_sources")
         print(f"== chunked {kernel} ({'fwd+bwd' if grad else 'fwd'}, L{L}); now {start[kernel]}", flush=True)
         mine = []
         for choice in choices:

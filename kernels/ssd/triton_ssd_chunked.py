@@ -11,7 +11,8 @@ everything that touches the tokens runs in programs over (batch, chunk, head, P 
               _chunk_scan    (parallel)  y = (C Bᵀ ∘ decay ∘ dt') x + exp(s) C · h_in + D x, times silu(z)
     backward  _chunk_dstate  (parallel)  each chunk's own gradient of its entering state Σ_t exp(s_t) gy_t ⊗ C_t
               _carry_pass    (serial, REVERSE) the gradient of the state leaving every chunk, and of h0
-              _chunk_grads   (parallel)  dx, dz, d(dt'), per-head dB, dC, per-chunk dA, dD
+              _chunk_grads_targets (parallel)  dz, per-head dC and the targets' part of dL/ds per token
+              _chunk_grads_sources (parallel)  dx, per-head dB, the rest of dL/ds, d(dt'), per-chunk dA, dD
 
 A chunk of Q tokens is worked through in sub-blocks of BT tokens: a program holds [BT, BT] and
 [BT, N] tiles, never [Q, Q]; the intra-chunk products run over the sub-block pairs t >= u.
@@ -19,7 +20,8 @@ A chunk of Q tokens is worked through in sub-blocks of BT tokens: a program hold
 Buffers (NC = ceil(L / Q) chunks): dt' and s [B, H, NC, Q] float32; the chunks' own states
 [B, H, NC, P, N] float32; the entering states [B, H, NC, P, N] in the state dtype (the input's
 for 16-bit inputs -- the products read them in that precision anyway -- else float32, then
-written in place over the chunks' own states); the backward's state gradients likewise.
+written in place over the chunks' own states); the backward's state gradients likewise, and
+the targets' part of dL/ds [NPB, B, H, NC, Q] float32 (per P block of _chunk_grads_targets).
 Packed sequences (seq_idx), as in the fused kernels: a token sees the entering state only if it
 belongs to the sequence of the token before the chunk, reaches the leaving state only if it
 belongs to the chunk's last token's, and the entering state passes through the chunk only if
@@ -38,15 +40,19 @@ from .triton_ssd import _flags, _pow2, _prec, scan_function
 # Launch choices per chunk kernel: BT tokens per sub-block, BP head channels per program, warps,
 # software-pipelining stages. One chunk length for all (the buffers' layout depends on it): 128
 # tokens (the [P, N] states per token, the largest traffic, halve from 64). The sub-blocks' tiles
-# must fit the registers: ptxas on sm_90 reports every chunk kernel at 255 registers and spilling
-# with BT = 64 (the backward's _chunk_grads 1.6 KB a thread), none but _chunk_grads at BT = 32.
+# must fit the registers: ptxas on sm_90 (tests/kernels/sm90.py --regs) reports every chunk kernel at
+# 255 registers and spilling with BT = 64; at BT = 32 and 4 warps the gradient kernels spill 0.2 and
+# 0.6 KB a thread, with 8 warps and 1 stage none. That compile is not told the arguments' 16-byte
+# alignment, so all its loads are scalar: as launched (aligned pointers and sizes) the gradient kernels
+# take 216 and 236 registers at BT = 32, 4 warps, 1 stage; with 2 stages _chunk_grads_sources spills 32 bytes.
 # benchmarks/ssd_configs.py times the alternatives on the card.
 CHUNK, BLOCK_PN, BLOCK_H, PASS_WARPS = 128, 512, 32, 4
 CONFIG = {  # kernel: (BT, BP, num_warps, num_stages)
     "state": (64, 64, 4, 2),
     "scan": (64, 64, 4, 2),
     "dstate": (64, 64, 4, 2),
-    "grads": (64, 64, 8, 1),
+    "grads_targets": (32, 64, 4, 2),
+    "grads_sources": (32, 64, 4, 2),
 }
 # Under the interpreter small chunks and sub-blocks keep the tests fast and still cross several of each.
 INTERPRET_CHUNK, INTERPRET_SUB = 32, 16
@@ -94,13 +100,14 @@ def _program(s_ptr, seq_ptr, L, H, G, P, N, NC, Q: tl.constexpr, BT: tl.constexp
              BN: tl.constexpr, HAS_SEQ: tl.constexpr):
     """What a (batch·chunk·head, P block) program of the chunk kernels starts from: chunk c, head h,
     group g, (batch, head) as int64, the P and N offsets and masks, the batch's first token row,
-    and _chunk_info's sub-block count, s at the chunk's end and the sequence indices around it."""
+    and _chunk_info's sub-block count, s at the chunk's end, carry factor and the sequence indices
+    around it."""
     b, c, h, g, bh64 = _chunk_ids(tl.program_id(0), H, NC, G)
     offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
     offs_n = tl.arange(0, BN)
     row0 = b.to(tl.int64) * L
     nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
-    return c, h, g, bh64, offs_p, offs_n, offs_p < P, offs_n < N, row0, nb, sT, seq_prev, seq_last
+    return c, h, g, bh64, offs_p, offs_n, offs_p < P, offs_n < N, row0, nb, sT, carry, seq_prev, seq_last
 
 
 @triton.jit
@@ -137,12 +144,6 @@ def _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j):
 
 
 @triton.jit
-def _scatter(full, part, offs_q, offs_blk):
-    """full [Q] + part [BT] placed at the positions offs_blk."""
-    return full + tl.sum(tl.where(offs_q[:, None] == offs_blk[None, :], part[None, :], 0.0), axis=1)
-
-
-@triton.jit
 def _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, L, H, NC,
                   HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, Q: tl.constexpr, BH: tl.constexpr):
     """dt [B, L, H] -> dt' and s = cumsum(dt' A) within each chunk, [B, H, NC, Q] (0 / constant past L)."""
@@ -175,7 +176,7 @@ def _chunk_state(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, local_ptr, L, H, G, P, N
                  HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
                  BN: tl.constexpr, PREC: tl.constexpr):
     """One chunk's own final state Σ_t exp(s_end - s_t) dt'_t x_t ⊗ B_t, [P block, N] float32."""
-    c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, seq_prev, seq_last = _program(
+    c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
         s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
     acc = tl.zeros((BP, BN), dtype=tl.float32)
     for k in range(nb):
@@ -226,7 +227,7 @@ def _chunk_scan(x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_
                 BN: tl.constexpr, PREC: tl.constexpr):
     """y of one chunk and P block, sub-block by sub-block: masked products with the sub-blocks before
     (C_t Bᵀ_u ∘ decay ∘ dt'_u) x_u, plus the entering state's part exp(s_t) C_t · h_in."""
-    c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, seq_prev, seq_last = _program(
+    c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
         s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
     so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
     state = tl.load(hin_ptr + so, mask=mask_p[:, None] & mask_n[None, :], other=0.0)
@@ -285,7 +286,7 @@ def _chunk_dstate(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, ypre_ptr, dy_ptr, direc
                   HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
                   BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """A chunk's own gradient of the state entering it, Σ_t exp(s_t) gy_t ⊗ C_t, [P block, N] float32."""
-    c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, seq_prev, seq_last = _program(
+    c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
         s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
     acc = tl.zeros((BP, BN), dtype=tl.float32)
     for k in range(nb):
@@ -298,138 +299,163 @@ def _chunk_dstate(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, ypre_ptr, dy_ptr, direc
     tl.store(direct_ptr + so, acc, mask=mask_p[:, None] & mask_n[None, :])
 
 
+# The backward of a chunk, with g = dL/dy before the gate and M[t, u] = (C_t . B_u) decay[t, u] dt'_u
+# (g_t . x_u) over the token pairs t >= u: a pass over target sub-blocks t gives dC and dz, one over
+# source sub-blocks u gives dx, dB and d(dt'). ds = dL/ds (s the in-chunk cumsum of dt' A) takes parts
+# from both: each pair t > u adds M[t, u] to ds_t and takes it from ds_u (the pairs t = u, decay 1
+# whatever s, are left out rather than added and taken away: dA comes out exactly 0 where it is, as in
+# the float64 reference), the entering state's terms exp(s_t) C_t . h_in add to ds_t, and the leaving
+# state's terms exp(s_end - s_u) dt'_u x_u ⊗ B_u move from ds_u to ds at the chunk's end.
+# _chunk_grads_targets runs first and writes its part of ds per token; _chunk_grads_sources adds it to
+# its own, then d(dt'_u) += A Σ_{t>=u} ds_t.
+
+
 @triton.jit
-def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, dtc_ptr, s_ptr,
-                 ypre_ptr, hin_ptr, dout_ptr, dy_ptr,
-                 dx_ptr, dz_ptr, ddt_ptr, dBh_ptr, dCh_ptr, dA_ptr, dD_ptr,
-                 L, H, G, P, N, NC, NPB, BLH,
-                 HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr,
-                 Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
-    """Every gradient of one chunk and P block, given the state entering it (hin) and the gradient of the
-    state leaving it (dout). With M[t, u] = (C_t . B_u) decay[t, u] dt'_u (g_t . x_u) over token pairs
-    t >= u: a pass over source sub-blocks u gives dx, dB and d(dt'); a pass over target sub-blocks t
-    gives dC and dz. ds = dL/ds (s the in-chunk cumsum of dt' A) is gathered over the whole chunk in
-    [Q] registers, then d(dt') += A · (reverse cumsum of ds). The gradients that sum over P (d(dt'),
-    dB, dC) and dA, dD are written per P block / chunk and summed by the caller."""
-    pid = tl.program_id(0)
-    b, c, h, g, bh64 = _chunk_ids(pid, H, NC, G)
+def _pair(gi, Ci, xj, Bj, offs_i, s_i, seq_i, offs_j, s_j, seq_j, dt_j, PREC: tl.constexpr):
+    """The products of target sub-block i (rows t; gi its gradient of y [BT, P block] in the inputs'
+    dtype, Ci [BT, N]) and source sub-block j (columns u; xj [BT, P block], Bj [BT, N]), each [BT, BT]:
+    decay, CB = C_t . B_u, R = decay dt'_u (g_t . x_u) and M = R CB for t > u, else 0 (on t = u the
+    decay is 1, independent of s). Both backward kernels form M here, so that the ds terms one adds
+    and the other takes away are the same numbers."""
+    decay = _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j)
+    CB = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)
+    R = decay * dt_j[None, :] * tl.dot(gi, tl.trans(xj), input_precision=PREC)
+    return decay, CB, R, tl.where(offs_i[:, None] > offs_j[None, :], R * CB, 0.0)
+
+
+@triton.jit
+def _put(rows, part, k):
+    """rows [Q / BT, BT] (a chunk's [Q] values, a sub-block a row) with row k replaced by part [BT]."""
+    return tl.where(tl.arange(0, rows.shape[0])[:, None] == k, part[None, :], rows)
+
+
+@triton.jit
+def _chunk_grads_targets(x_ptr, B_ptr, C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, ypre_ptr, hin_ptr, dy_ptr,
+                         dz_ptr, dCh_ptr, ds_ptr, L, H, G, P, N, NC, NPB,
+                         HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
+                         BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """The target side of one chunk's backward, for one P block: dz [B, L, H, P], the per-head dC part
+    [B, L, H·NPB, N] and the targets' part of ds [NPB, B, H, NC, Q] float32 (of the sub-blocks holding
+    tokens), dC_t = exp(s_t) g_t h_in + Σ_u R[t, u] B_u and ds_t = Σ_{u<t} M[t, u] + exp(s_t) g_t . C_t h_in."""
+    c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
+        s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
     pb = tl.program_id(1)
-    offs_q = tl.arange(0, Q)
-    offs_p = pb * BP + tl.arange(0, BP)
-    offs_n = tl.arange(0, BN)
-    mask_p = offs_p < P
-    mask_n = offs_n < N
-    mask_pn = mask_p[:, None] & mask_n[None, :]
-    row0 = b.to(tl.int64) * L
     xdt = x_ptr.dtype.element_ty
-    A = tl.load(A_ptr + h).to(tl.float32)
-    nb, sT, e_carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
     so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
-    state = tl.load(hin_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
-    dstate = tl.load(dout_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
-    state_lo = state.to(xdt)
-    dstate_lo = dstate.to(xdt)
-    if HAS_D:
-        if D_PER_P:
-            Dv = tl.load(D_ptr + h * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)[None, :]
-        else:
-            Dv = tl.load(D_ptr + h).to(tl.float32)
-    ds_full = tl.zeros((Q,), dtype=tl.float32)
-    ddt_full = tl.zeros((Q,), dtype=tl.float32)
-    # the entering state scaled by exp(s_end) reaches the leaving one
-    ds_T = e_carry * tl.sum(tl.sum(dstate * state, axis=1), axis=0)
-    dD_acc = tl.zeros((BP,), dtype=tl.float32)
-
-    # sources u: dx, dB, d(dt') and the -colsum(M) and rowsum(M) parts of ds
-    for j in range(nb):
-        offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC, Q, BT,
-                                                          HAS_SEQ)
-        xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
-        Bj = _tile(B_ptr, rows_j, mask_j, G, g, N, offs_n, mask_n)
-        dx = tl.zeros((BT, BP), dtype=tl.float32)
-        dB = tl.zeros((BT, BN), dtype=tl.float32)
-        ddt = tl.zeros((BT,), dtype=tl.float32)
-        ds = tl.zeros((BT,), dtype=tl.float32)
-        for i in range(j, nb):
-            offs_i, rows_i, mask_i, dt_i, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
-                                                           HAS_SEQ)
-            Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
-            gi = _gated_grad(dy_ptr, z_ptr, ypre_ptr, ypre_ptr, rows_i, h, H, P, offs_p, mask_i, mask_p,
-                             HAS_Z, False).to(xdt)
-            CB = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)
-            gx = tl.dot(gi, tl.trans(xj), input_precision=PREC)
-            decay = _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j)
-            Ld = decay * dt_j[None, :]
-            R = Ld * gx
-            M = R * CB
-            # rowsum(M) lands on the targets; on the diagonal block they are the sources' own
-            # positions, where rowsum - colsum is formed first (exactly 0 for a single token, as the
-            # float64 reference has it)
-            ds_full = _scatter(ds_full, tl.where(i == j, 0.0, tl.sum(M, axis=1)), offs_q, offs_i)
-            ds += tl.where(i == j, tl.sum(M, axis=1), 0.0) - tl.sum(M, axis=0)
-            ddt += tl.sum(decay * gx * CB, axis=0)
-            dx += tl.dot(tl.trans((Ld * CB).to(xdt)), gi, input_precision=PREC)
-            dB += tl.dot(tl.trans(R.to(xdt)), Ci, input_precision=PREC)
-        # the sub-block's contribution to the state the chunk hands on: w_out dt' x ⊗ B
-        w_out = tl.where(seq_j == seq_last, tl.exp(tl.minimum(sT - s_j, 0.0)), 0.0)
-        dHB = tl.dot(Bj, tl.trans(dstate_lo), input_precision=PREC)
-        dx += (w_out * dt_j)[:, None] * dHB
-        xdHB = tl.sum(xj.to(tl.float32) * dHB, axis=1)
-        ddt += w_out * xdHB
-        w = w_out * dt_j * xdHB
-        ds -= w
-        ds_T += tl.sum(w, axis=0)
-        dB += (w_out * dt_j)[:, None] * tl.dot(xj, dstate_lo, input_precision=PREC)
-        if HAS_D:
-            gj = _gated_grad(dy_ptr, z_ptr, ypre_ptr, ypre_ptr, rows_j, h, H, P, offs_p, mask_j, mask_p,
-                             HAS_Z, False)
-            dx += Dv * gj
-            dD_acc += tl.sum(gj * xj.to(tl.float32), axis=0)
-        xo = (rows_j * H + h)[:, None] * P + offs_p[None, :]
-        tl.store(dx_ptr + xo, dx.to(dx_ptr.dtype.element_ty), mask=mask_j[:, None] & mask_p[None, :])
-        ho = ((rows_j * H + h) * NPB + pb)[:, None] * N + offs_n[None, :]
-        tl.store(dBh_ptr + ho, dB.to(dBh_ptr.dtype.element_ty), mask=mask_j[:, None] & mask_n[None, :])
-        ds_full = _scatter(ds_full, ds, offs_q, offs_j)
-        ddt_full = _scatter(ddt_full, ddt, offs_q, offs_j)
-
-    # targets t: dC, dz and the entering state's part of ds
+    state = tl.load(hin_ptr + so, mask=mask_p[:, None] & mask_n[None, :], other=0.0).to(xdt)
     for i in range(nb):
         offs_i, rows_i, mask_i, dt_i, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
                                                        HAS_SEQ)
-        Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
-        gy = _gated_grad(dy_ptr, z_ptr, ypre_ptr, dz_ptr, rows_i, h, H, P, offs_p, mask_i, mask_p, HAS_Z, True)
-        gi = gy.to(xdt)
+        gi = _gated_grad(dy_ptr, z_ptr, ypre_ptr, dz_ptr, rows_i, h, H, P, offs_p, mask_i, mask_p,
+                         HAS_Z, True).to(xdt)
         e_in = tl.where(seq_i == seq_prev, tl.exp(s_i), 0.0)
-        y_state = tl.dot(Ci, tl.trans(state_lo), input_precision=PREC)
-        ds_full = _scatter(ds_full, e_in * tl.sum(gy * y_state, axis=1), offs_q, offs_i)
-        dC = e_in[:, None] * tl.dot(gi, state_lo, input_precision=PREC)
+        Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
+        dC = e_in[:, None] * tl.dot(gi, state, input_precision=PREC)
+        ds = tl.sum(Ci.to(tl.float32) * dC, axis=1)
         for j in range(i + 1):
             offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC,
                                                               Q, BT, HAS_SEQ)
             xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
             Bj = _tile(B_ptr, rows_j, mask_j, G, g, N, offs_n, mask_n)
-            gx = tl.dot(gi, tl.trans(xj), input_precision=PREC)
-            R = _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j) * dt_j[None, :] * gx
+            _, _, R, M = _pair(gi, Ci, xj, Bj, offs_i, s_i, seq_i, offs_j, s_j, seq_j, dt_j, PREC)
+            ds += tl.sum(M, axis=1)
             dC += tl.dot(R.to(xdt), Bj, input_precision=PREC)
+        tl.store(ds_ptr + (pb.to(tl.int64) * tl.num_programs(0) + bh64 * NC + c) * Q + offs_i, ds)
         ho = ((rows_i * H + h) * NPB + pb)[:, None] * N + offs_n[None, :]
         tl.store(dCh_ptr + ho, dC.to(dCh_ptr.dtype.element_ty), mask=mask_i[:, None] & mask_n[None, :])
 
+
+@triton.jit
+def _chunk_grads_sources(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, dtc_ptr, s_ptr,
+                         hin_ptr, dout_ptr, dy_ptr, ds_ptr,
+                         dx_ptr, ddt_ptr, dBh_ptr, dA_ptr, dD_ptr,
+                         L, H, G, P, N, NC, NPB, BLH,
+                         HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
+                         BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """The source side of one chunk's backward, for one P block, given the state entering it (hin), the
+    gradient of the state leaving it (dout) and the targets' part of ds summed over P ([B, H, NC, Q],
+    added by P block 0): dx [B, L, H, P], the per-head dB part [B, L, H·NPB, N], d(dt') [NPB, B, L, H]
+    (through the softplus), dA [NPB, B·NC·H] and dD [B, H, NC, P] per chunk. ds_u of the sources is
+    -Σ_{t>u} M[t, u] and minus their parts in the leaving state; then d(dt'_u) += A Σ_{t>=u} ds_t."""
+    c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
+        s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
+    pb = tl.program_id(1)
+    xdt = x_ptr.dtype.element_ty
+    mask_pn = mask_p[:, None] & mask_n[None, :]
+    so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
+    dstate = tl.load(dout_ptr + so, mask=mask_pn, other=0.0)
+    # ds at the chunk's end: exp(s_end) scales the entering state in the leaving one (the sources'
+    # parts in it are added below)
+    state = tl.load(hin_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
+    ds_T = carry * tl.sum(tl.sum(dstate.to(tl.float32) * state, axis=1), axis=0)
+    dstate = dstate.to(xdt)
+    if HAS_D:
+        if D_PER_P:
+            Dv = tl.load(D_ptr + h * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)[None, :]
+        else:
+            Dv = tl.load(D_ptr + h).to(tl.float32)
+    dD_acc = tl.zeros((BP,), dtype=tl.float32)
+    # the sources' ds and d(dt') over the chunk, a sub-block a row
+    ds_c = tl.zeros((Q // BT, BT), dtype=tl.float32)
+    ddt_c = tl.zeros((Q // BT, BT), dtype=tl.float32)
+    for j in range(nb):
+        offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC, Q, BT,
+                                                          HAS_SEQ)
+        xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
+        Bj = _tile(B_ptr, rows_j, mask_j, G, g, N, offs_n, mask_n)
+        dxs = tl.zeros((BT, BP), dtype=tl.float32)  # dx / dt'
+        dB = tl.zeros((BT, BN), dtype=tl.float32)
+        ds = tl.zeros((BT,), dtype=tl.float32)
+        for i in range(j, nb):
+            offs_i, rows_i, mask_i, dt_i, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
+                                                           HAS_SEQ)
+            gi = _gated_grad(dy_ptr, z_ptr, None, None, rows_i, h, H, P, offs_p, mask_i, mask_p,
+                             HAS_Z, False).to(xdt)
+            Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
+            decay, CB, R, M = _pair(gi, Ci, xj, Bj, offs_i, s_i, seq_i, offs_j, s_j, seq_j, dt_j, PREC)
+            ds -= tl.sum(M, axis=0)  # what the targets add to their ds
+            dxs += tl.dot(tl.trans((decay * CB).to(xdt)), gi, input_precision=PREC)
+            dB += tl.dot(tl.trans(R.to(xdt)), Ci, input_precision=PREC)
+        # the sub-block's part in the state the chunk hands on: w_out dt' x ⊗ B, with exp(-s_u) in w_out
+        w_out = tl.where(seq_j == seq_last, tl.exp(tl.minimum(sT - s_j, 0.0)), 0.0)
+        dHB = w_out[:, None] * tl.dot(Bj, tl.trans(dstate), input_precision=PREC)
+        w = dt_j * tl.sum(xj.to(tl.float32) * dHB, axis=1)
+        ds_T += tl.sum(w, axis=0)
+        ds_c = _put(ds_c, ds - w, j)
+        dB += (w_out * dt_j)[:, None] * tl.dot(xj, dstate, input_precision=PREC)
+        dxs += dHB
+        ddt_c = _put(ddt_c, tl.sum(xj.to(tl.float32) * dxs, axis=1), j)
+        dx = dt_j[:, None] * dxs
+        if HAS_D:
+            gy = _gated_grad(dy_ptr, z_ptr, None, None, rows_j, h, H, P, offs_p, mask_j, mask_p, HAS_Z, False)
+            dx += Dv * gy
+            dD_acc += tl.sum(gy * xj.to(tl.float32), axis=0)
+        xo = (rows_j * H + h)[:, None] * P + offs_p[None, :]
+        tl.store(dx_ptr + xo, dx.to(dx_ptr.dtype.element_ty), mask=mask_j[:, None] & mask_p[None, :])
+        ho = ((rows_j * H + h) * NPB + pb)[:, None] * N + offs_n[None, :]
+        tl.store(dBh_ptr + ho, dB.to(dBh_ptr.dtype.element_ty), mask=mask_j[:, None] & mask_n[None, :])
+
     # s_t = Σ_{u<=t} dt'_u A: ds reaches dt'_u through every t >= u of the chunk
-    ds_full += tl.where(offs_q == Q - 1, ds_T, 0.0)
-    da = tl.sum(ds_full, axis=0) - tl.cumsum(ds_full, axis=0) + ds_full
-    cq = (bh64 * NC + c) * Q + offs_q
-    ddt_full += A * da
-    tl.store(dA_ptr + pb.to(tl.int64) * tl.num_programs(0) + pid, tl.sum(da * tl.load(dtc_ptr + cq), axis=0))
+    offs_q = tl.arange(0, Q)
     t = c * Q + offs_q
     mask_t = t < L
     rows = row0 + t
+    cq = (bh64 * NC + c) * Q + offs_q
+    ds = tl.reshape(ds_c, (Q,))
+    if pb == 0:  # the targets' part, summed over P
+        ds += tl.load(ds_ptr + cq, mask=mask_t, other=0.0)
+    da = ds_T + tl.sum(ds, axis=0) - tl.cumsum(ds, axis=0) + ds
+    tl.store(dA_ptr + pb.to(tl.int64) * tl.num_programs(0) + tl.program_id(0),
+             tl.sum(da * tl.load(dtc_ptr + cq), axis=0))
+    A = tl.load(A_ptr + h).to(tl.float32)
+    ddt = tl.reshape(ddt_c, (Q,)) + A * da
     if SOFTPLUS:
         raw = tl.load(dt_ptr + rows * H + h, mask=mask_t, other=0.0).to(tl.float32)
         if HAS_BIAS:
             raw += tl.load(bias_ptr + h).to(tl.float32)
-        ddt_full = ddt_full * tl.sigmoid(raw)
-    tl.store(ddt_ptr + pb.to(tl.int64) * BLH + rows * H + h, ddt_full, mask=mask_t)
+        ddt = ddt * tl.sigmoid(raw)
+    tl.store(ddt_ptr + pb.to(tl.int64) * BLH + rows * H + h, ddt, mask=mask_t)
     if HAS_D:
         tl.store(dD_ptr + (bh64 * NC + c) * P + offs_p, dD_acc, mask=mask_p)
 
@@ -507,25 +533,33 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
         direct, dout, dhT, dh0, s, seq, L, H, P * N, NC, HAS_FIRST=dhT is not None, REVERSE=True,
         HAS_SEQ=seq is not None, Q=Q, BS=BS, num_warps=PASS_WARPS)
     del direct
-    dx = torch.empty_like(x)
+    # the targets first: their part of ds, summed here over their P blocks (each kernel has its own P
+    # block), is added by the sources' first one
+    NPT = _launch("grads_targets", x, Q, P)["NPB"]
+    # per-head dC, dB parts in the input's precision when 16-bit: they are summed in fp32 below
+    dCh = torch.empty(batch, L, H * NPT, N, device=x.device, dtype=x.dtype)
     dz = torch.empty_like(z) if z is not None else None
-    NPB = _launch("grads", x, Q, P)["NPB"]
-    ddt = torch.empty(NPB, batch, L, H, **f32)
-    # per-head dB, dC parts in the input's precision when 16-bit: they are summed in fp32 below
-    dBh = torch.empty(batch, L, H * NPB, N, device=x.device, dtype=x.dtype)
-    dCh = torch.empty_like(dBh)
-    dA = torch.empty(NPB, batch * NC * H, **f32)
+    ds_tgt = torch.empty(NPT, batch, H, NC, Q, **f32)
+    _run(_chunk_grads_targets, "grads_targets", x, batch * NC * H,
+         x, B, C, z, seq, dtc, s, ypre, hin, dy, dz, dCh, ds_tgt, L, H, G, P, N, NC, NPT,
+         HAS_Z=z is not None, HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x))
+    ds_tgt = ds_tgt.sum(0) if NPT > 1 else ds_tgt[0]
+    NPS = _launch("grads_sources", x, Q, P)["NPB"]
+    dBh = torch.empty(batch, L, H * NPS, N, device=x.device, dtype=x.dtype)
+    dx = torch.empty_like(x)
+    ddt = torch.empty(NPS, batch, L, H, **f32)
+    dA = torch.empty(NPS, batch * NC * H, **f32)
     dD = torch.empty(batch, H, NC, P, **f32) if D is not None else None
-    _run(_chunk_grads, "grads", x, batch * NC * H,
-         x, dt, A, B, C, D, z, dt_bias, seq, dtc, s, ypre, hin, dout, dy,
-         dx, dz, ddt, dBh, dCh, dA, dD, L, H, G, P, N, NC, NPB, batch * L * H,
+    _run(_chunk_grads_sources, "grads_sources", x, batch * NC * H,
+         x, dt, A, B, C, D, z, dt_bias, seq, dtc, s, hin, dout, dy, ds_tgt,
+         dx, ddt, dBh, dA, dD, L, H, G, P, N, NC, NPS, batch * L * H,
          **_flags(D, z, dt_bias, dt_softplus), HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x))
-    dB = dBh.view(batch, L, G, H // G * NPB, N).sum(3, dtype=torch.float32)
-    dC = dCh.view(batch, L, G, H // G * NPB, N).sum(3, dtype=torch.float32)
-    ddt = ddt.sum(0) if NPB > 1 else ddt[0]
+    dB = dBh.view(batch, L, G, H // G * NPS, N).sum(3, dtype=torch.float32)
+    dC = dCh.view(batch, L, G, H // G * NPT, N).sum(3, dtype=torch.float32)
+    ddt = ddt.sum(0) if NPS > 1 else ddt[0]
     if dD is not None:
         dD = dD.sum((0, 2)) if D.dim() == 2 else dD.sum((0, 2, 3))
-    dA = dA.view(NPB * batch * NC, H).sum(0)
+    dA = dA.view(NPS * batch * NC, H).sum(0)
     ddt_bias = ddt.sum((0, 1)) if dt_bias is not None else None
     return dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dh0
 

@@ -73,7 +73,9 @@ def test_triton_matches_naive(case):
     B, T, H, K, V, with_h0, seed = case
     xs = make(B, T, H, K, V, seed)
     want = run(wkv6_naive, xs, with_h0)
-    close(run(triton_wkv6, [x.float() for x in xs], with_h0), want, 2e-4, "triton")
+    # float32 against float64: the decay's gradient sums products over the whole sequence; a random
+    # example reached 2.9e-4 of its largest entry (seen 2026-11-29), so 5e-4
+    close(run(triton_wkv6, [x.float() for x in xs], with_h0), want, 5e-4, "triton")
 
 
 # T = 131 spans three 64-token chunks of triton_chunked and ends inside its third sub-chunk
