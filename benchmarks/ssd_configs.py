@@ -1,7 +1,7 @@
 """Launch choices of the SSD Triton kernels, timed on the card: which sub-block, P block, warps and
 stages each kernel should run with.
 
-    python benchmarks/ssd_configs.py [--L 16384] [--json FILE]
+    python benchmarks/ssd_configs.py [--L 16384] [--only chunked|fused] [--kernels grads_targets,...] [--json FILE]
 
 Shape B=4, L, H=32, P=64, N=128, G=1, bf16, D and dt_bias with softplus (benchmarks/kernels_ssd.py's).
 Chunked layout: each kernel of triton_ssd_chunked.CONFIG is swept alone with the others at their
@@ -71,12 +71,14 @@ def _best(rows):
     return min(ok, key=lambda r: r["ms"]) if ok else None
 
 
-def sweep_chunked(L):
+def sweep_chunked(L, kernels=None):
     os.environ["ARCHDSL_SSD_IMPL"] = "chunked"
     timers = {False: _timer(L, False), True: _timer(L, True)}
     start = dict(chunked.CONFIG)
-    rows, best = [], {}
+    rows, best = [], dict(start)
     for kernel, choices in CHUNKED_CHOICES.items():
+        if kernels and kernel not in kernels:
+            continue
         grad = kernel in ("dstate", "grads_targets", "grads_sources")
         print(f"== chunked {kernel} ({'fwd+bwd' if grad else 'fwd'}, L{L}); now {start[kernel]}", flush=True)
         mine = []
@@ -126,6 +128,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--L", type=int, default=16384)
     ap.add_argument("--only", choices=["chunked", "fused"])
+    ap.add_argument("--kernels", help=f"comma-separated chunk kernels to sweep ({', '.join(CHUNKED_CHOICES)}); default all")
     ap.add_argument("--json")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -133,7 +136,7 @@ def main() -> int:
         return 0
     out = {"L": args.L, "card": torch.cuda.get_device_name()}
     if args.only in (None, "chunked"):
-        out["chunked_rows"], out["chunked"] = sweep_chunked(args.L)
+        out["chunked_rows"], out["chunked"] = sweep_chunked(args.L, args.kernels.split(",") if args.kernels else None)
     if args.only in (None, "fused"):
         out["fused_rows"], out["fused"] = sweep_fused(args.L)
     if args.json:
