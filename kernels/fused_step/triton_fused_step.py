@@ -10,8 +10,12 @@ the fp32 scratch the others wrote; it then resets the counter to 0 for the next 
 kernel is CUDA-graph safe: the counters are zero between launches). Gate "pre_norm" returns that
 scratch, y·silu(z) before the norm, for out_proj's GEMV to normalise (kernels/norm_gemv); the last
 program still normalises into its own buffer: compiled without that block (Triton 3.6, H200) the
-kernel left wrong SSM states, 6 runs of 6, for a reason not found (tests/model/test_fused_step.py,
-test_gpu_mamba2_kernel_full_size, would show it again).
+kernel left wrong SSM states, 6 runs of 6 (tests/model/test_fused_step.py,
+test_gpu_mamba2_kernel_full_size). The likely cause, found after the device time ran out: a
+program's BP channels are copied across its 128 threads, every copy reads the conv window and one
+thread writes the shifted window, with no barrier in between -- a lagging warp could read the
+shifted window and carry a wrong x into its rows of the state. The barrier below closes that; not
+yet run on a GPU, so the norm block stays until test_gpu_mamba2_kernel_full_size passes without it.
 
 Mamba-1: `_conv_step_kernel` (conv update + silu), then after the x_proj GEMM `_mamba_ssm_kernel`
 (inner RMSNorms of dt/B/C, dt_proj as a per-program mat-vec, softplus, state update, D, gate).
@@ -93,6 +97,10 @@ def _mamba2_step_kernel(
     mask_p = offs_p < P
     chx = h * P + offs_p
     x = _silu_conv(xbc, crow, cw_ptr, cb_ptr, chx, mask_p, cs_c, cs_k, K, HAS_CB)
+    # Threads holding copies of a channel all read its conv window; one of them writes the shift.
+    # Every read must be done before that write: a barrier (without it a lagging warp can read a
+    # window already shifted).
+    tl.debug_barrier()
     _shift(xbc, crow, chx, mask_p, cs_c, cs_k, K)
     # (the state loaded before the conv, to overlap its latency, gave wrong states with the gated
     # norm at full size on the H200 -- a race this ordering does not show; kept here, measured)
