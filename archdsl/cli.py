@@ -332,7 +332,7 @@ def _add_run(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cuda-graph", action="store_true", help="replay the decode step from a CUDA graph (spec only)")
     p.add_argument("--fuse", default=True, metavar="NAMES",
-                   help="only these fusions, comma-separated (add_norm, qkv, epilogue, step, norm_gemv; default: all)")
+                   help="only these fusions, comma-separated (add_norm, qkv, epilogue, step, norm_gemv, pdl; default: all)")
     p.add_argument("--no-fuse", action="store_true", help="switch every fusion off")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="run one untimed prefill and decode step first (kernel compilation, allocator); default on")

@@ -31,6 +31,8 @@ Rows, shapes and floors (H200: 4.2 TB/s, ~680 TFLOP/s bf16):
                  about 1.35 G params · 2 bytes ≈ 0.64 ms, plus the fp32 SSM states read and written.
   norm_gemv      the same step, the RMSNorms inside the in_proj / out_proj GEMVs on / off (off:
                  add+RMSNorm kernel, cuBLAS GEMV, the gated norm in the step kernel's last program).
+  pdl            the same step, the Mamba-2 kernels launched with programmatic dependent launch on / off
+                 (on: each reads its weights, and the step its states, while the kernel before ends).
   cuda_graph     the same step, eager against graphed (every fusion on).
   torch.compile  the forward of a 4-layer hybrid (mamba2, attn, mamba2, an MLP layer; d 2048, 16
                  heads, SwiGLU 5504, vocab 4096) at B=4, L=2048, eager against Inductor.
@@ -267,6 +269,7 @@ ROWS: list[tuple[str, Callable[[], dict]]] = [
     ("qkv", qkv_prefill),
     ("step", step),
     ("norm_gemv", lambda: step("norm_gemv")),
+    ("pdl", lambda: step("pdl")),
     ("step", lambda: step("step", layers=64)),  # issue #3's figure: a 64-layer stack under 2 ms
     ("cuda_graph", cuda_graph),
     ("torch.compile", compiled),

@@ -26,6 +26,8 @@ FUSIONS: dict[str, str] = {
     "step": "Mamba / Mamba-2 decode step as one or two Triton kernels between the projections (Triton only)",
     "norm_gemv": "Mamba-2 decode (a few rows, with \"step\"): the residual add and RMSNorm inside in_proj's GEMV "
                  "and the gated RMSNorm inside out_proj's, one Triton kernel each (Triton only)",
+    "pdl": "Mamba-2 decode: its Triton kernels launched with programmatic dependent launch, each reading its "
+           "weights (and the step its states) while the kernel before it ends (sm_90 and later)",
 }
 
 Fuse = Union[bool, str, Iterable[str]]

@@ -19,7 +19,7 @@ def _triton(x):
 
 
 def mamba2_step_fused(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D=None, dt_bias=None,
-                      norm_weight=None, gate="norm", norm_eps=1e-5, dt_floor=0.0):
+                      norm_weight=None, gate="norm", norm_eps=1e-5, dt_floor=0.0, pdl=False):
     """One Mamba-2 decode token from the in_proj output to the out_proj input.
 
     zxbcdt `[B, E + conv_dim + H]` (z, xBC, dt, HF Mamba2Mixer order); conv_state `[B, conv_dim, K-1]`
@@ -29,7 +29,9 @@ def mamba2_step_fused(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_l
     gate None: y; "silu": y·silu(z); "norm": RMSNorm over each group of E/G channels of y·silu(z),
     times norm_weight `[E]`; "pre_norm": y·silu(z) before that norm, in float32 (float64 for float64),
     for a caller that folds the norm into out_proj (norm_gemv.rms_linear). Returns `[B, E]` in
-    zxbcdt's dtype (float32 for "pre_norm").
+    zxbcdt's dtype (float32 for "pre_norm"). pdl: launch the Triton kernel with programmatic
+    dependent launch (kernels/_pdl.py): the weights and both states are read before waiting for the
+    kernel before it, which must not write them (a no-op off sm_90+ and off Triton).
     """
     expect_shape("ssm_state", ssm_state, (None, None, None, None))
     batch, H, P, N = ssm_state.shape
@@ -57,7 +59,7 @@ def mamba2_step_fused(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_l
             norm_weight if gate in ("norm", "pre_norm") else None, gate, norm_eps, dt_floor)
     if _triton(zxbcdt):
         from .triton_fused_step import mamba2_step_triton
-        return mamba2_step_triton(*args)
+        return mamba2_step_triton(*args, pdl=pdl)
     return mamba2_step_naive(*args)
 
 

@@ -8,14 +8,13 @@ state is read by every program of the group, so the last program of each (batch,
 finish -- an atomic arrival counter -- shifts the B, C conv state and normalises the group from
 the fp32 scratch the others wrote; it then resets the counter to 0 for the next launch (so the
 kernel is CUDA-graph safe: the counters are zero between launches). Gate "pre_norm" returns that
-scratch, y·silu(z) before the norm, for out_proj's GEMV to normalise (kernels/norm_gemv); the last
-program still normalises into its own buffer: compiled without that block (Triton 3.6, H200) the
-kernel left wrong SSM states, 6 runs of 6 (tests/model/test_fused_step.py,
-test_gpu_mamba2_kernel_full_size). The likely cause, found after the device time ran out: a
-program's BP channels are copied across its 128 threads, every copy reads the conv window and one
-thread writes the shifted window, with no barrier in between -- a lagging warp could read the
-shifted window and carry a wrong x into its rows of the state. The barrier below closes that; not
-yet run on a GPU, so the norm block stays until test_gpu_mamba2_kernel_full_size passes without it.
+scratch, y·silu(z) before the norm, for out_proj's GEMV to normalise (kernels/norm_gemv), and the
+last program only shifts. A barrier separates the threads' reads of the x channels' conv windows
+from the one write of each shifted window: without it, a lagging warp read shifted windows and
+left wrong SSM states at full size on the H200 (6 runs of 6 once the last program's norm block was
+gone; test_gpu_mamba2_kernel_full_size), with it every variant agrees with the float32 reference.
+With `pdl` (kernels/_pdl.py) the weights, the conv state's part of each convolution and the SSM
+state slice are read before waiting for in_proj.
 
 Mamba-1: `_conv_step_kernel` (conv update + silu), then after the x_proj GEMM `_mamba_ssm_kernel`
 (inner RMSNorms of dt/B/C, dt_proj as a per-program mat-vec, softplus, state update, D, gate).
@@ -27,18 +26,34 @@ import torch
 import triton
 import triton.language as tl
 
+from .._pdl import gdc_launch_dependents, gdc_wait, pdl_ok
+
 
 @triton.jit
-def _silu_conv(xrow, crow, w_ptr, b_ptr, chan, mask, cs_c, cs_k, K: tl.constexpr, HAS_CB: tl.constexpr):
-    """silu(bias + Σ_k w[k]·window[k]) over window = [conv state (K-1), new input] of `chan`."""
-    acc = tl.load(xrow + chan, mask=mask, other=0.0).to(tl.float32) * \
-        tl.load(w_ptr + chan * K + (K - 1), mask=mask, other=0.0).to(tl.float32)
+def _conv_window(crow, w_ptr, b_ptr, chan, mask, cs_c, cs_k, K: tl.constexpr, HAS_CB: tl.constexpr):
+    """bias + Σ_k<K-1 w[k]·state[k] of `chan`: the conv over its state, without the new input."""
+    acc = tl.zeros(chan.shape, dtype=tl.float32)
     for k in tl.static_range(K - 1):
         s = tl.load(crow + chan * cs_c + k * cs_k, mask=mask, other=0.0).to(tl.float32)
         acc += s * tl.load(w_ptr + chan * K + k, mask=mask, other=0.0).to(tl.float32)
     if HAS_CB:
         acc += tl.load(b_ptr + chan, mask=mask, other=0.0).to(tl.float32)
+    return acc
+
+
+@triton.jit
+def _conv_input(acc, xrow, w_ptr, chan, mask, K: tl.constexpr):
+    """silu(acc + w[K-1]·x): the conv finished with the new input x of `chan`."""
+    acc += tl.load(xrow + chan, mask=mask, other=0.0).to(tl.float32) * \
+        tl.load(w_ptr + chan * K + (K - 1), mask=mask, other=0.0).to(tl.float32)
     return acc * tl.sigmoid(acc)
+
+
+@triton.jit
+def _silu_conv(xrow, crow, w_ptr, b_ptr, chan, mask, cs_c, cs_k, K: tl.constexpr, HAS_CB: tl.constexpr):
+    """silu(bias + Σ_k w[k]·window[k]) over window = [conv state (K-1), new input] of `chan`."""
+    return _conv_input(_conv_window(crow, w_ptr, b_ptr, chan, mask, cs_c, cs_k, K, HAS_CB), xrow, w_ptr, chan,
+                       mask, K)
 
 
 @triton.jit
@@ -63,9 +78,11 @@ def _mamba2_step_kernel(
     s_zx, cs_b, cs_c, cs_k, s_b, s_h, s_p, s_n,
     E, CONV, H, G, P, N, dt_floor, eps,
     K: tl.constexpr, HAS_CB: tl.constexpr, HAS_D: tl.constexpr, HAS_DTB: tl.constexpr,
-    FLOOR: tl.constexpr, GATE: tl.constexpr, NORM: tl.constexpr,
-    BP: tl.constexpr, BN: tl.constexpr, BPART: tl.constexpr, BNORM: tl.constexpr,
+    FLOOR: tl.constexpr, GATE: tl.constexpr, NORM: tl.constexpr, TAIL_NORM: tl.constexpr,
+    PDL: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BPART: tl.constexpr, BNORM: tl.constexpr,
 ):
+    if PDL:
+        gdc_launch_dependents()
     pid = tl.program_id(0)
     pb = tl.program_id(1)
     npb = tl.num_programs(1)
@@ -77,37 +94,40 @@ def _mamba2_step_kernel(
     row = zx_ptr + b64 * s_zx
     xbc = row + E
     crow = cst_ptr + b64 * cs_b
-
     offs_n = tl.arange(0, BN)
     mask_n = offs_n < N
     chB = E + g * N + offs_n
     chC = E + G * N + g * N + offs_n
-    Bv = _silu_conv(xbc, crow, cw_ptr, cb_ptr, chB, mask_n, cs_c, cs_k, K, HAS_CB)
-    Cv = _silu_conv(xbc, crow, cw_ptr, cb_ptr, chC, mask_n, cs_c, cs_k, K, HAS_CB)
+    offs_p = pb * BP + tl.arange(0, BP)
+    mask_p = offs_p < P
+    chx = h * P + offs_p
 
+    # First what no kernel just before this one writes (PDL may run this during that kernel): the
+    # weights, the conv state's part of the convolutions, this head's slice of the SSM state.
+    Bv = _conv_window(crow, cw_ptr, cb_ptr, chB, mask_n, cs_c, cs_k, K, HAS_CB)
+    Cv = _conv_window(crow, cw_ptr, cb_ptr, chC, mask_n, cs_c, cs_k, K, HAS_CB)
+    x = _conv_window(crow, cw_ptr, cb_ptr, chx, mask_p, cs_c, cs_k, K, HAS_CB)
+    so = b64 * s_b + h * s_h + offs_p[:, None] * s_p + offs_n[None, :] * s_n
+    mask_pn = mask_p[:, None] & mask_n[None, :]
+    st = tl.load(st_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
+    A = tl.exp(tl.load(alog_ptr + h).to(tl.float32))
+    if PDL:
+        gdc_wait()  # in_proj's output (zx) is now written
+    Bv = _conv_input(Bv, xbc, cw_ptr, chB, mask_n, K)
+    Cv = _conv_input(Cv, xbc, cw_ptr, chC, mask_n, K)
+    x = _conv_input(x, xbc, cw_ptr, chx, mask_p, K)
     dt = tl.load(row + E + CONV + h).to(tl.float32)
     if HAS_DTB:
         dt += tl.load(dtb_ptr + h).to(tl.float32)
     dt = _softplus(dt)
     if FLOOR:
         dt = tl.maximum(dt, dt_floor)
-    decay = tl.exp(-dt * tl.exp(tl.load(alog_ptr + h).to(tl.float32)))
-
-    offs_p = pb * BP + tl.arange(0, BP)
-    mask_p = offs_p < P
-    chx = h * P + offs_p
-    x = _silu_conv(xbc, crow, cw_ptr, cb_ptr, chx, mask_p, cs_c, cs_k, K, HAS_CB)
-    # Threads holding copies of a channel all read its conv window; one of them writes the shift.
-    # Every read must be done before that write: a barrier (without it a lagging warp can read a
-    # window already shifted).
+    # The BP channels are copied across the program's threads: all copies read a channel's conv
+    # window above, one writes the shifted window. The barrier keeps every read before that write
+    # (without it a lagging warp read shifted windows: wrong states on the H200, 2026-11-28/29).
     tl.debug_barrier()
     _shift(xbc, crow, chx, mask_p, cs_c, cs_k, K)
-    # (the state loaded before the conv, to overlap its latency, gave wrong states with the gated
-    # norm at full size on the H200 -- a race this ordering does not show; kept here, measured)
-    so = b64 * s_b + h * s_h + offs_p[:, None] * s_p + offs_n[None, :] * s_n
-    mask_pn = mask_p[:, None] & mask_n[None, :]
-    st = tl.load(st_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
-    st = st * decay + (dt * x)[:, None] * Bv[None, :]
+    st = st * tl.exp(-dt * A) + (dt * x)[:, None] * Bv[None, :]
     tl.store(st_ptr + so, st.to(st_ptr.dtype.element_ty), mask=mask_pn)
     y = tl.sum(st * Cv[None, :], axis=1)
     if HAS_D:
@@ -122,13 +142,14 @@ def _mamba2_step_kernel(
         tl.store(out_ptr + b64 * E + chx, y.to(out_ptr.dtype.element_ty), mask=mask_p)
 
     # Arrival: every program of the group has read the B, C conv state (and written its part of
-    # the scratch) before it counts in; the last one in finishes the group.
+    # the scratch) before it counts in; the last one in shifts the group's B, C conv state and,
+    # for gate "norm", normalises the group from the scratch.
     tl.debug_barrier()
     arrived = tl.atomic_add(cnt_ptr + b * G + g, 1)
     if arrived == HG * npb - 1:
         _shift(xbc, crow, chB, mask_n, cs_c, cs_k, K)
         _shift(xbc, crow, chC, mask_n, cs_c, cs_k, K)
-        if NORM:
+        if TAIL_NORM:
             GP = HG * P
             offs_q = tl.arange(0, BPART)
             parts = tl.load(part_ptr + (b * H + g * HG) * npb + offs_q, mask=offs_q < HG * npb, other=0.0,
@@ -155,8 +176,11 @@ def _counters(device, n):
     return _COUNTERS[key]
 
 
+BLOCK_P, WARPS = None, 4  # head-dim channels per program (None: up to 2048 state elements), warps
+
+
 def mamba2_step_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias,
-                       norm_weight, gate, norm_eps, dt_floor, block_p=None):
+                       norm_weight, gate, norm_eps, dt_floor, pdl=False, block_p=None):
     batch, H, P, N = ssm_state.shape
     E = H * P
     conv_dim, K1 = conv_state.shape[1:]
@@ -165,21 +189,22 @@ def mamba2_step_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_
     w = conv_weight.contiguous()
     out = torch.empty(batch, E, device=zx.device, dtype=zx.dtype)
     BN = triton.next_power_of_2(N)
-    BP = block_p or min(triton.next_power_of_2(P), max(1, 2048 // BN))
+    BP = block_p or BLOCK_P or min(triton.next_power_of_2(P), max(1, 2048 // BN))
     npb = triton.cdiv(P, BP)
     norm = gate in ("norm", "pre_norm")
     hbuf = torch.empty(batch, E, device=zx.device, dtype=torch.float32) if norm else out
     part = torch.empty(batch * H * npb, device=zx.device, dtype=torch.float32) if norm else out
     cnt = _counters(zx.device, batch * G)
+    pdl = pdl_ok(zx, pdl)
     _mamba2_step_kernel[(batch * H, npb)](
         zx, conv_state, w, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight,
         out, hbuf, part, cnt,
         zx.stride(0), *conv_state.stride(), *ssm_state.stride(),
         E, conv_dim, H, G, P, N, float(dt_floor), float(norm_eps),
         K=K1 + 1, HAS_CB=conv_bias is not None, HAS_D=D is not None, HAS_DTB=dt_bias is not None,
-        FLOOR=bool(dt_floor), GATE=gate is not None, NORM=norm,
+        FLOOR=bool(dt_floor), GATE=gate is not None, NORM=norm, TAIL_NORM=gate == "norm", PDL=pdl,
         BP=BP, BN=BN, BPART=max(2, triton.next_power_of_2(H // G * npb)),
-        BNORM=min(1024, triton.next_power_of_2(E // G)), num_warps=4)
+        BNORM=min(1024, triton.next_power_of_2(E // G)), num_warps=WARPS, **({"launch_pdl": True} if pdl else {}))
     return hbuf if gate == "pre_norm" else out
 
 

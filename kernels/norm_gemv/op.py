@@ -16,7 +16,7 @@ from .naive import rms_linear_naive
 MAX_ROWS = 16  # past a few rows a GEMM (cuBLAS) reads the weight as few times and computes faster
 
 
-def rms_linear(x, weight, norm_weight, eps=1e-5, *, residual=None, groups=1, bias=None):
+def rms_linear(x, weight, norm_weight, eps=1e-5, *, residual=None, groups=1, bias=None, pdl=False):
     """y = Linear(weight, bias)(norm_weight · RMSNorm(x + residual)) and h = x + residual.
 
     x, residual `[B, K]`; weight `[R, K]`; norm_weight `[K]`; bias `[R]` or None. The RMSNorm runs
@@ -24,6 +24,8 @@ def rms_linear(x, weight, norm_weight, eps=1e-5, *, residual=None, groups=1, bia
     inputs). The Triton kernel applies 1/rms to the accumulated products, so it skips the rounding
     of the normalised vector to weight's dtype that separate ops (the torch path) do.
     Returns (y `[B, R]` in weight's dtype, h `[B, K]` in x's dtype; h is x when residual is None).
+    pdl: launch the Triton kernel with programmatic dependent launch (kernels/_pdl.py): it reads
+    weight's first block before waiting for the kernel before it, which must not write weight.
     """
     expect_shape("x", x, (None, None))
     batch, K = x.shape
@@ -41,5 +43,5 @@ def rms_linear(x, weight, norm_weight, eps=1e-5, *, residual=None, groups=1, bia
             and batch <= MAX_ROWS):
         from .triton_norm_gemv import rms_linear_triton
         with torch.no_grad():
-            return rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias)
+            return rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias, pdl=pdl)
     return rms_linear_naive(x, weight, norm_weight, eps, residual, groups, bias)

@@ -14,13 +14,16 @@ group (BK divides K / groups). The normalised vector is never rounded to the wei
 separate ops round it: the two agree to that rounding.
 
 Grid (batch, row blocks) with the batch fastest: the programs that read one block of rows run
-together, so a batch of a few rows reads the weight from memory once. Offsets are int64.
+together, so a batch of a few rows reads the weight from memory once. Offsets are int64. With
+`pdl` (kernels/_pdl.py) the first weight block is read before waiting for the kernel before.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from .._pdl import gdc_launch_dependents, gdc_wait, pdl_ok
 
 # (rows per program, K block, warps), the fastest of 60 on the H200 (benchmarks/kernels_norm_gemv.py,
 # 2026-11-29): mamba2-1.3b's in_proj (K 2048 → 8512 rows) 2, 2048, 4 and out_proj (K 4096 → 2048
@@ -33,9 +36,30 @@ def _block_k_cap(K: int) -> int:
 
 
 @triton.jit
+def _accumulate(acc, ss, w, k0, x_ptr, res_ptr, nw_ptr, h_ptr, b, pr, K, KG, offs_g,
+                HAS_RES: tl.constexpr, BK: tl.constexpr):
+    """Adds the K block at k0 (weight block w [BR, BK]) to acc [BR, BG] and ss [BG]."""
+    offs = k0 + tl.arange(0, BK)
+    m = offs < K
+    v = tl.load(x_ptr + b * K + offs, mask=m, other=0.0)
+    if HAS_RES:  # rounded to x's dtype after the add, as torch's add rounds
+        v = (v.to(tl.float32) + tl.load(res_ptr + b * K + offs, mask=m, other=0.0).to(tl.float32)).to(v.dtype)
+        if pr == 0:
+            tl.store(h_ptr + b * K + offs, v, mask=m)
+    v = v.to(tl.float32)
+    p = tl.load(nw_ptr + offs, mask=m, other=0.0).to(tl.float32) * v
+    here = offs_g == k0 // KG  # the block's group
+    ss += tl.where(here, tl.sum(v * v, axis=0), 0.0)
+    acc += tl.where(here[None, :], tl.sum(w.to(tl.float32) * p[None, :], axis=1)[:, None], 0.0)
+    return acc, ss
+
+
+@triton.jit
 def _rms_gemv_kernel(x_ptr, res_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, h_ptr, K, R, KG, eps,
-                     HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
                      BR: tl.constexpr, BK: tl.constexpr, BG: tl.constexpr):
+    if PDL:
+        gdc_launch_dependents()
     b = tl.program_id(0).to(tl.int64)
     pr = tl.program_id(1)
     rows = pr * BR + tl.arange(0, BR)
@@ -44,20 +68,15 @@ def _rms_gemv_kernel(x_ptr, res_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, h_ptr, K, R, K
     offs_g = tl.arange(0, BG)
     acc = tl.zeros((BR, BG), dtype=tl.float32)
     ss = tl.zeros((BG,), dtype=tl.float32)
-    for k0 in range(0, K, BK):
+    offs = tl.arange(0, BK)
+    w = tl.load(wrow + offs[None, :], mask=mask_r[:, None] & (offs < K)[None, :], other=0.0)
+    if PDL:
+        gdc_wait()  # the first weight block is on its way; x and residual are now written
+    acc, ss = _accumulate(acc, ss, w, 0, x_ptr, res_ptr, nw_ptr, h_ptr, b, pr, K, KG, offs_g, HAS_RES, BK)
+    for k0 in range(BK, K, BK):
         offs = k0 + tl.arange(0, BK)
-        m = offs < K
-        w = tl.load(wrow + offs[None, :], mask=mask_r[:, None] & m[None, :], other=0.0)
-        v = tl.load(x_ptr + b * K + offs, mask=m, other=0.0)
-        if HAS_RES:  # rounded to x's dtype after the add, as torch's add rounds
-            v = (v.to(tl.float32) + tl.load(res_ptr + b * K + offs, mask=m, other=0.0).to(tl.float32)).to(v.dtype)
-            if pr == 0:
-                tl.store(h_ptr + b * K + offs, v, mask=m)
-        v = v.to(tl.float32)
-        p = tl.load(nw_ptr + offs, mask=m, other=0.0).to(tl.float32) * v
-        here = offs_g == k0 // KG  # the block's group
-        ss += tl.where(here, tl.sum(v * v, axis=0), 0.0)
-        acc += tl.where(here[None, :], tl.sum(w.to(tl.float32) * p[None, :], axis=1)[:, None], 0.0)
+        w = tl.load(wrow + offs[None, :], mask=mask_r[:, None] & (offs < K)[None, :], other=0.0)
+        acc, ss = _accumulate(acc, ss, w, k0, x_ptr, res_ptr, nw_ptr, h_ptr, b, pr, K, KG, offs_g, HAS_RES, BK)
     rstd = 1.0 / tl.sqrt(ss / KG + eps)
     y = tl.sum(acc * rstd[None, :], axis=1)
     if HAS_BIAS:
@@ -74,7 +93,7 @@ def _block_k(K: int, groups: int, cap: int) -> int:
 
 
 def rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias, block_r=None, block_k=None,
-                      num_warps=None):
+                      num_warps=None, pdl=False):
     batch, K = x.shape
     R = weight.shape[0]
     x = x.contiguous()
@@ -82,8 +101,10 @@ def rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias, block
     h = torch.empty_like(x) if res is not None else x
     y = torch.empty(batch, R, device=x.device, dtype=weight.dtype)
     BR = block_r or BLOCK_R
+    pdl = pdl_ok(x, pdl)
     _rms_gemv_kernel[(batch, triton.cdiv(R, BR))](
         x, res, norm_weight, weight.contiguous(), bias, y, h, K, R, K // groups, float(eps),
-        HAS_RES=res is not None, HAS_BIAS=bias is not None, BR=BR, BK=_block_k(K, groups, block_k or _block_k_cap(K)),
-        BG=max(1, triton.next_power_of_2(groups)), num_warps=num_warps or WARPS)
+        HAS_RES=res is not None, HAS_BIAS=bias is not None, PDL=pdl, BR=BR, BK=_block_k(K, groups, block_k or _block_k_cap(K)),
+        BG=max(1, triton.next_power_of_2(groups)), num_warps=num_warps or WARPS,
+        **({"launch_pdl": True} if pdl else {}))
     return y, h

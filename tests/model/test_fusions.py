@@ -105,7 +105,7 @@ def test_bad_fusion_names_are_refused(bad):
     spec = archdsl.parse("attn", d_model=16, vocab_size=37, blocks=BLOCKS)
     with pytest.raises(ArchDSLError) as e:
         archdsl.compile(spec, fuse=bad)
-    assert "add_norm, qkv, epilogue, step, norm_gemv" in str(e.value)
+    assert "add_norm, qkv, epilogue, step, norm_gemv, pdl" in str(e.value)
     model = archdsl.compile(spec)
     with pytest.raises(ArchDSLError):
         model.set_fuse(bad)

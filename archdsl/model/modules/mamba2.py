@@ -46,7 +46,7 @@ class GatedRMSNorm(nn.Module):
 
 
 class Mamba2(nn.Module, Fusable):
-    FUSES = ("epilogue", "step", "norm_gemv")
+    FUSES = ("epilogue", "step", "norm_gemv", "pdl")
 
     def __init__(self, cfg):
         super().__init__()
@@ -151,11 +151,11 @@ class Mamba2(nn.Module, Fusable):
                               state["ssm"], self.A_log, D=self.D, dt_bias=self.dt_bias,
                               norm_weight=None if norm is None else norm.weight,
                               gate="silu" if norm is None else "pre_norm" if fold else "norm",
-                              norm_eps=self.cfg.norm_eps, dt_floor=self.cfg.dt_floor)
+                              norm_eps=self.cfg.norm_eps, dt_floor=self.cfg.dt_floor, pdl="pdl" in self.fused)
         if fold:
             from archdsl.kernels import rms_linear
             return rms_linear(y, self.out_proj.weight, norm.weight, norm.eps, groups=self.G,
-                              bias=self.out_proj.bias)[0]
+                              bias=self.out_proj.bias, pdl="pdl" in self.fused)[0]
         return self.out_proj(y)
 
     def folds_norm(self, norm, h) -> bool:
@@ -170,7 +170,7 @@ class Mamba2(nn.Module, Fusable):
         from archdsl.kernels import rms_linear
 
         zxbcdt, h = rms_linear(h, self.in_proj.weight, norm.weight, norm.eps, residual=delta,
-                               bias=self.in_proj.bias)
+                               bias=self.in_proj.bias, pdl="pdl" in self.fused)
         return h, self._step_fused(h, state, zxbcdt)
 
     def init_state(self, batch, device, dtype, max_len=None, static=False):
