@@ -2,6 +2,7 @@
 stages each kernel should run with.
 
     python benchmarks/ssd_configs.py [--L 16384] [--only chunked|fused] [--kernels grads_targets,...] [--json FILE]
+    python benchmarks/ssd_configs.py --chunks 64,128,256 [--L 16384]   # the chunk length alone
 
 Shape B=4, L, H=32, P=64, N=128, G=1, bf16, D and dt_bias with softplus (benchmarks/kernels_ssd.py's).
 Chunked layout: each kernel of triton_ssd_chunked.CONFIG is swept alone with the others at their
@@ -100,6 +101,21 @@ def sweep_chunked(L, kernels=None):
     return rows, dict(best={k: list(v) for k, v in best.items()}, now_ms=before, best_ms=together)
 
 
+def sweep_chunk_length(L, chunks):
+    """The chunked layout forward and forward+backward at each chunk length (CHUNK), CONFIG as it is:
+    a longer chunk halves the per-chunk states (the largest traffic) and doubles the work within."""
+    os.environ["ARCHDSL_SSD_IMPL"] = "chunked"
+    timers = {False: _timer(L, False), True: _timer(L, True)}
+    start, rows = chunked.CHUNK, []
+    for q in chunks:
+        chunked.CHUNK = q
+        row = dict(layout="chunked", kernel="CHUNK", choice=q, fwd_ms=timers[False](), fwd_bwd_ms=timers[True]())
+        print(f"  CHUNK {q}: fwd {row['fwd_ms']:.3f} ms, fwd+bwd {row['fwd_bwd_ms']:.3f} ms", flush=True)
+        rows.append(row)
+    chunked.CHUNK = start
+    return rows
+
+
 def sweep_fused(L):
     os.environ["ARCHDSL_SSD_IMPL"] = "fused"
     timers = {False: _timer(L, False), True: _timer(L, True)}
@@ -129,12 +145,16 @@ def main() -> int:
     ap.add_argument("--L", type=int, default=16384)
     ap.add_argument("--only", choices=["chunked", "fused"])
     ap.add_argument("--kernels", help=f"comma-separated chunk kernels to sweep ({', '.join(CHUNKED_CHOICES)}); default all")
+    ap.add_argument("--chunks", help="comma-separated chunk lengths: time only those (chunked layout)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("ssd_configs: needs a CUDA GPU")
         return 0
     out = {"L": args.L, "card": torch.cuda.get_device_name()}
+    if args.chunks:
+        out["chunk_rows"] = sweep_chunk_length(args.L, [int(q) for q in args.chunks.split(",")])
+        args.only = "none"
     if args.only in (None, "chunked"):
         out["chunked_rows"], out["chunked"] = sweep_chunked(args.L, args.kernels.split(",") if args.kernels else None)
     if args.only in (None, "fused"):

@@ -86,16 +86,16 @@ def _triton_impl(args) -> str:
     and carries only the [P, N] state serially (mamba_ssm's layout). Which wins depends on B·H·L
     against the chip's size, so auto measures it once per (shapes, dtype, options, grad). Unset,
     each pass takes the one measured faster on the H200 (docs/benchmarks.md, B4 H32 P64 N128):
-    chunked without gradients (forward 0.318 vs 0.330 ms at L 4K, 1.18 vs 1.30 at 16K), fused with
-    them (forward+backward 2.40 vs 2.57 ms at 4K, 9.48 vs 9.78 at 16K) -- and fused whenever the
-    chunked layout's per-chunk states would pass CHUNKED_STATE_BYTES (a 4-9% gain is not worth
-    gigabytes: a 1M-token prefill of 80 heads keeps ~32 GB of them).
+    chunked (forward 0.318 vs 0.330 ms at L 4K, 1.18 vs 1.30 at 16K; forward+backward at 16K,
+    after its gradient kernel was split in two, 5.95 ms of GPU time against the fused layout's 9.5)
+    -- and fused whenever the chunked layout's per-chunk states would pass CHUNKED_STATE_BYTES (a
+    gain of a few percent is not worth gigabytes: a 1M-token prefill of 80 heads keeps ~32 GB of them).
     """
     x, tensors = args[0], args[:9]
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     case = (x.shape, args[3].shape, x.dtype, x.device, grad, args[10], args[9] is not None,
             tuple(None if t is None else tuple(t.shape) for t in tensors[5:9]))
-    default = "fused" if grad or chunked_state_bytes(x, args[3]) > CHUNKED_STATE_BYTES else "chunked"
+    default = "fused" if chunked_state_bytes(x, args[3]) > CHUNKED_STATE_BYTES else "chunked"
     return pick_impl("ARCHDSL_SSD_IMPL", _TRITON, default, x, case, lambda name: _time(_TRITON[name](), args, grad))
 
 
