@@ -2,6 +2,7 @@
 
     python benchmarks/breakdown.py decode [--model llama-1.3b] [--ctx 16384]   # eager decode, fused vs unfused
     python benchmarks/breakdown.py ssd [--L 16384]                             # ssd_scan fwd+bwd, each kernel
+    python benchmarks/breakdown.py wkv6 [--L 4096]                             # wkv6 and fla's, each kernel
     python benchmarks/breakdown.py decode --device cpu                         # a smoke test at toy sizes
 
 decode: the eager (ungraphed) decode step of a benchmarks/model.py model, fusions on then off,
@@ -12,6 +13,8 @@ second. (This found why eager decode of attention models looked 2–5× slower w
 fused run went first and paid cuDNN's plan for every new length, 2.1 ms per call.)
 ssd: one ssd_scan forward+backward at B4 L H32 P64 N128 G1 bf16 per implementation; prints each
 Triton kernel's CUDA time, to show which of the backward's kernels lose to mamba_ssm at 16K.
+wkv6: the forward, then the forward+backward, of wkv6 at B4 T H32 K=V=64 bf16 per implementation
+(serial, chunked) and of fla's chunk_rwkv6 (when installed), in one process: each kernel's CUDA time.
 --json writes the tables' rows.
 """
 from __future__ import annotations
@@ -121,17 +124,55 @@ def ssd(args) -> dict:
     return out
 
 
+def wkv6(args) -> dict:
+    from archdsl.kernels.wkv6 import wkv6 as ours
+
+    dev = args.device
+    T, H, K = (args.L, 32, 64) if dev == "cuda" else (64, 2, 8)
+    dt_ = torch.bfloat16 if dev == "cuda" else torch.float32
+    g = lambda: torch.randn(4, T, H, K, device=dev, dtype=dt_)  # noqa: E731
+    xs = [g(), g(), g(), torch.nn.functional.logsigmoid(g().float()).to(dt_), torch.randn(H, K, device=dev, dtype=dt_)]
+    xs = [x.requires_grad_() for x in xs]
+    fns = {"serial": ours, "chunked": ours}
+    try:
+        from fla.ops.rwkv6 import chunk_rwkv6
+        fns["fla"] = chunk_rwkv6
+    except ImportError:
+        pass
+    out = {}
+    for name, fn in fns.items():
+        if name != "fla":
+            os.environ["ARCHDSL_WKV6_IMPL"] = name
+        for mode in ("fwd", "fwd+bwd"):
+            def run():
+                with torch.set_grad_enabled(mode != "fwd"):
+                    o = fn(*xs)[0]
+                    if mode != "fwd":
+                        o.backward(torch.ones_like(o))
+            for _ in range(3):
+                run()
+            ev, launches = _profile(run, dev, 5)
+            rows = _rows(ev, "self_device_time_total" if dev == "cuda" else "self_cpu_time_total", args.top)
+            print(f"\n=== wkv6 {mode} {name}, B4 T{T} H{H} K=V={K}: {launches:.0f} launches per pass")
+            _print(f"{name} {mode}: kernels", rows, 5)
+            out[f"{name} {mode}"] = {"launches": launches, "rows": rows}
+    os.environ.pop("ARCHDSL_WKV6_IMPL", None)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["decode", "ssd"])
+    ap.add_argument("what", choices=["decode", "ssd", "wkv6"])
     ap.add_argument("--model", default="llama-1.3b", help="a model of benchmarks/model.py")
     ap.add_argument("--ctx", type=int, default=16384)
-    ap.add_argument("--L", type=int, default=16384)
+    ap.add_argument("--L", type=int, default=None, help="sequence length (ssd: 16384, wkv6: 4096)")
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json")
     args = ap.parse_args()
-    result = {"decode": decode, "ssd": ssd}[args.what](args)
+    if args.L is None:
+        args.L = 4096 if args.what == "wkv6" else 16384
+    result = {"decode": decode, "ssd": ssd, "wkv6": wkv6}[args.what](args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
