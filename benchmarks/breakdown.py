@@ -93,6 +93,17 @@ def decode(args) -> dict:
     return out
 
 
+def _kernels(run, device, title, label, top) -> dict:
+    """run() 3 times untimed, then profiled 5 times: its ops by self device time (CPU time on a CPU)."""
+    for _ in range(3):
+        run()
+    ev, launches = _profile(run, device, 5)
+    rows = _rows(ev, "self_device_time_total" if device == "cuda" else "self_cpu_time_total", top)
+    print(f"\n=== {title}: {launches:.0f} launches per pass")
+    _print(f"{label}: kernels", rows, 5)
+    return {"launches": launches, "rows": rows}
+
+
 def ssd(args) -> dict:
     from archdsl.kernels.ssd import ssd_scan
 
@@ -113,13 +124,7 @@ def ssd(args) -> dict:
     out = {}
     for impl in ("fused", "chunked"):
         os.environ["ARCHDSL_SSD_IMPL"] = impl
-        for _ in range(3):
-            fwd_bwd()
-        ev, launches = _profile(fwd_bwd, dev, 5)
-        rows = _rows(ev, "self_device_time_total" if dev == "cuda" else "self_cpu_time_total", args.top)
-        print(f"\n=== ssd_scan fwd+bwd {impl}, B4 L{L} H{H} P{P} N{N}: {launches:.0f} launches per pass")
-        _print(f"{impl}: kernels", rows, 5)
-        out[impl] = {"launches": launches, "rows": rows}
+        out[impl] = _kernels(fwd_bwd, dev, f"ssd_scan fwd+bwd {impl}, B4 L{L} H{H} P{P} N{N}", impl, args.top)
     os.environ.pop("ARCHDSL_SSD_IMPL", None)
     return out
 
@@ -149,13 +154,8 @@ def wkv6(args) -> dict:
                     o = fn(*xs)[0]
                     if mode != "fwd":
                         o.backward(torch.ones_like(o))
-            for _ in range(3):
-                run()
-            ev, launches = _profile(run, dev, 5)
-            rows = _rows(ev, "self_device_time_total" if dev == "cuda" else "self_cpu_time_total", args.top)
-            print(f"\n=== wkv6 {mode} {name}, B4 T{T} H{H} K=V={K}: {launches:.0f} launches per pass")
-            _print(f"{name} {mode}: kernels", rows, 5)
-            out[f"{name} {mode}"] = {"launches": launches, "rows": rows}
+            out[f"{name} {mode}"] = _kernels(run, dev, f"wkv6 {mode} {name}, B4 T{T} H{H} K=V={K}", f"{name} {mode}",
+                                             args.top)
     os.environ.pop("ARCHDSL_WKV6_IMPL", None)
     return out
 
