@@ -56,7 +56,9 @@ class ArchModel(nn.Module):
 
         self.spec = spec
         d = spec.d_model
-        self.embeddings = nn.Embedding(spec.vocab_size, d)
+        # its own init is skipped (_weight): the one below replaces it, and on the meta device torch's
+        # normal_ imports torch._dynamo (1.5 s, most of a meta build of jamba-v0.1)
+        self.embeddings = nn.Embedding(spec.vocab_size, d, _weight=torch.empty(spec.vocab_size, d))
         self.embed_norm = Norm(spec.norm, d, spec.norm_eps) if spec.embed_norm else None
         shared: dict[str, nn.Module] = {}
         built = []

@@ -89,6 +89,8 @@ class Attention(nn.Module, Fusable):
             ps = [getattr(m, name) for m in (self.q_proj, self.k_proj, self.v_proj)]
             if ps[0] is None or type(ps[0].data) is not torch.Tensor:  # FSDP's DTensors: left alone
                 continue
+            if ps[0].device.type == "meta":  # no storage to share (and torch.cat on meta imports dynamo)
+                continue
             buf = torch.cat([p.data for p in ps])
             at = 0
             for p in ps:
