@@ -61,7 +61,9 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
     True (the default) all, False none, or a set of names from FUSIONS, exactly those —
     "add_norm" (residual add + RMSNorm in one Triton kernel), "qkv" (one q/k/v GEMM at inference),
     "epilogue" (D skip and silu gate inside the Mamba scan kernels), "step" (the fused Mamba /
-    Mamba-2 decode-step kernels); an unknown name raises ArchDSLError. Each is the same function
+    Mamba-2 decode-step kernels), "norm_gemv" (Mamba-2 decode: the RMSNorms inside the
+    projections' GEMVs), "pdl" (Mamba-2 decode: its kernels under programmatic dependent launch);
+    an unknown name raises ArchDSLError. Each is the same function
     on or off; model.set_fuse(...) switches them later. `cuda_graph` makes generate() replay the
     decode step from a CUDA graph.
     """
