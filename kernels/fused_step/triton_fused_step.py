@@ -217,6 +217,7 @@ def _conv_step_kernel(x_ptr, cst_ptr, w_ptr, b_ptr, y_ptr, s_x, cs_b, cs_c, cs_k
     xrow = x_ptr + b64 * s_x
     crow = cst_ptr + b64 * cs_b
     y = _silu_conv(xrow, crow, w_ptr, b_ptr, offs, mask, cs_c, cs_k, K, HAS_CB)
+    tl.debug_barrier()  # a BLOCK smaller than the threads copies channels: all reads before the shift
     _shift(xrow, crow, offs, mask, cs_c, cs_k, K)
     tl.store(y_ptr + b64 * D + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
