@@ -154,11 +154,11 @@ def main() -> int:
     out = {"L": args.L, "card": torch.cuda.get_device_name()}
     if args.chunks:
         out["chunk_rows"] = sweep_chunk_length(args.L, [int(q) for q in args.chunks.split(",")])
-        args.only = "none"
-    if args.only in (None, "chunked"):
-        out["chunked_rows"], out["chunked"] = sweep_chunked(args.L, args.kernels.split(",") if args.kernels else None)
-    if args.only in (None, "fused"):
-        out["fused_rows"], out["fused"] = sweep_fused(args.L)
+    else:
+        if args.only in (None, "chunked"):
+            out["chunked_rows"], out["chunked"] = sweep_chunked(args.L, args.kernels.split(",") if args.kernels else None)
+        if args.only in (None, "fused"):
+            out["fused_rows"], out["fused"] = sweep_fused(args.L)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
