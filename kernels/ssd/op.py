@@ -86,9 +86,9 @@ def _triton_impl(args) -> str:
     and carries only the [P, N] state serially (mamba_ssm's layout). Which wins depends on B·H·L
     against the chip's size, so auto measures it once per (shapes, dtype, options, grad). Unset,
     each pass takes the one measured faster on the H200 (docs/benchmarks.md, B4 H32 P64 N128):
-    chunked (forward 0.318 vs 0.330 ms at L 4K, 1.18 vs 1.30 at 16K; forward+backward at 16K,
-    after its gradient kernel was split in two, 5.95 ms of GPU time against the fused layout's 9.5)
-    -- and fused whenever the chunked layout's per-chunk states would pass CHUNKED_STATE_BYTES (a
+    chunked (forward 0.318 vs 0.330 ms at L 4K, 1.18 vs 1.27 at 16K; forward+backward, since its
+    gradient kernel was split in two, 1.50 vs 2.41 ms at 4K and 5.46 vs 9.50 at 16K; mamba2-1.3b
+    trains 7.5% faster with it) -- and fused whenever the chunked layout's per-chunk states would pass CHUNKED_STATE_BYTES (a
     gain of a few percent is not worth gigabytes: a 1M-token prefill of 80 heads keeps ~32 GB of them).
     """
     x, tensors = args[0], args[:9]
