@@ -14,6 +14,8 @@ that is False under the interpreter and on cards before sm_90 (`pdl_ok`).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 
@@ -38,5 +40,9 @@ __all__ = ["gdc_wait", "gdc_launch_dependents", "pdl_ok"]
 
 def pdl_ok(x: torch.Tensor, pdl: bool) -> bool:
     """Whether a launch on x's device can use PDL when the caller asks for it (pdl)."""
-    return (bool(pdl) and HAVE_GDC and x.is_cuda and not interpreting()
-            and torch.cuda.get_device_capability(x.device)[0] >= 9)
+    return bool(pdl) and HAVE_GDC and x.is_cuda and not interpreting() and _hopper_or_later(x.device.index)
+
+
+@functools.lru_cache(maxsize=None)
+def _hopper_or_later(index) -> bool:  # asked three times a Mamba-2 layer per eager decode step
+    return torch.cuda.get_device_capability(index)[0] >= 9
