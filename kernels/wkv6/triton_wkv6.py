@@ -1,16 +1,25 @@
-"""Triton kernels for RWKV-6's WKV: forward, and a two-sweep backward.
+"""Triton kernels for RWKV-6's WKV: forward, and a two-sweep backward, over segments of the sequence.
 
-One program owns one (batch, head) (and a block of V or K) and walks the sequence in
-chunks of BT=16 tokens, carrying the [K, V] state in registers in float32. Inside a
-chunk the pairwise decay exp(E_i - B_j) is formed as a [BT, BT, K] tensor whose
-exponent is masked to j < i *before* the exp2, so every exp2 we take has an exponent
-≤ 0 and nothing overflows however fast w decays (see chunked.py). Log-decays are
-converted to base 2 once so the hot loop uses exp2.
+One program owns one (segment, batch, head) (and a block of V or K) and walks its segment in
+sub-chunks of BT = 16 tokens, carrying the [K, V] state in registers in float32 from the state
+given for the segment's start. The serial layout (this file's `wkv6_triton`) has one segment, the
+whole sequence; the chunked layout (triton_wkv6_chunked.py) first computes the state entering
+every 64-token segment with a light serial pass, then runs these same kernels on all segments at
+once.
 
-Backward: sweep 1 runs forward in time and produces dr (it needs the state before
-each chunk); sweep 2 runs backward in time carrying dS, the adjoint of the state, and
-produces dk, dv, dw (a reverse cumulative sum of r·dr - k·dk), du and the gradient of
-the initial state.
+Inside a sub-chunk the pairwise decay X_ij = 2^(e_i - b_j) (j < i; b the inclusive and e the
+exclusive cumulative base-2 log-decay from the sub-chunk's start) enters three sums (`_pairs`).
+When every column of the sub-chunk decays by at most 2^FAST_SPAN, X factors as 2^e_i · 2^-b_j with
+both factors inside float32's range and the sums are tensor-core dots; otherwise they are formed a
+column j at a time from exponents masked to j < i *before* the exp2, so nothing overflows however
+fast w decays. Log-decays are converted to base 2 once so the hot loop uses exp2.
+
+Backward: sweep 1 runs forward in time and produces dr (it needs the state before each
+sub-chunk); sweep 2 runs backward in time carrying dS, the adjoint of the state, and produces
+dk, dv, dw (a reverse cumulative sum of r·dr - k·dk), du and the gradient of the initial state.
+What dw's reverse sum collects beyond a segment equals Σ_V(S_exit ⊙ dS_exit) at its end (scaling
+the state there by e^δ touches exactly those terms), so a segment starts it from its exit state
+and the gradient leaving it.
 """
 from __future__ import annotations
 
@@ -22,133 +31,202 @@ from .._dispatch import interpreting
 
 BT = 16
 LOG2E = 1.4426950408889634
+# Largest base-2 decay one sub-chunk may span in every column and still take the factored path:
+# its factors then lie in [2^-80, 2^80] times the inputs, far inside float32's (and tf32's) range.
+FAST_SPAN = tl.constexpr(80.0)
 
 
 @triton.jit
-def _chunk_decays(w_ptr, p_k, mask):
-    """Base-2 inclusive (Bc) and exclusive (E) cumulative log-decay of a chunk, and its total."""
-    w = tl.load(w_ptr + p_k, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
+def _dot(a, b, PREC: tl.constexpr):
+    """a @ b of float32 tiles on tensor cores: operands rounded to bfloat16 ("bf16", for bfloat16
+    inputs: half the operand registers), or as tf32 or full float32 ("tf32", "ieee")."""
+    if PREC == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    else:
+        return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _rows(i_b, i_h, t0, t_end, T, H: tl.constexpr, BT: tl.constexpr):
+    """int64 row indices into [B, T, H, ·] of tokens t0 .. t0+BT of one (batch, head), and their mask."""
+    t = t0 + tl.arange(0, BT)
+    return (i_b * T + t).to(tl.int64) * H + i_h, t < t_end
+
+
+@triton.jit
+def _tile(x, rows, mt, oc, mc, D: tl.constexpr):
+    """[BT, BD] tile of x `[B, T, H, D]` at the rows and columns given, in x's dtype (0 outside)."""
+    return tl.load(x + rows[:, None] * D + oc[None, :], mask=mt[:, None] & mc[None, :], other=0.0)
+
+
+@triton.jit
+def _chunk_decays(w):
+    """Base-2 inclusive (b) and exclusive (e) cumulative log-decay of a sub-chunk's w tile, and its total."""
+    w = w.to(tl.float32) * 1.4426950408889634
     bc = tl.cumsum(w, axis=0)
     return bc, bc - w, tl.sum(w, axis=0)
 
 
 @triton.jit
-def _pair_decay(e, bc, BT: tl.constexpr):
-    """[BT, BT, K] tensor exp2(E_i - B_j) for j < i, else 0 (masked before exp2: no overflow)."""
-    o = tl.arange(0, BT)
-    strict = (o[:, None] > o[None, :])[:, :, None]
-    return tl.exp2(tl.where(strict, e[:, None, :] - bc[None, :, :], float("-inf")))
+def _pairs(b_r, b_k, dA, e, bc, last, BT: tl.constexpr, PREC: tl.constexpr):
+    """The in-sub-chunk sums through X_ij = 2^(e_i - b_j), j < i (rows are tokens, columns K):
+
+        A  [BT, BT] = Σ_k r_ik k_jk X_ijk      dr [BT, K] = Σ_j dA_ij k_j X_ij
+        dk [BT, K]  = Σ_i dA_ij r_i X_ij       (dA [BT, BT] must be 0 outside j < i)
+
+    Unused results cost nothing: the compiler drops what a caller does not read.
+    """
+    ot = tl.arange(0, BT)
+    if tl.min(last, axis=0) >= -FAST_SPAN:
+        # X_ij = 2^e_i · 2^-b_j: 2^e ≤ 1 and 2^-b ≤ 2^FAST_SPAN
+        rq, kq = b_r * tl.exp2(e), b_k * tl.exp2(-bc)
+        A = _dot(rq, tl.trans(kq), PREC)
+        dr = tl.exp2(e) * _dot(dA, kq, PREC)
+        dk = tl.exp2(-bc) * _dot(tl.trans(dA), rq, PREC)
+    else:
+        A = tl.zeros([BT, BT], dtype=tl.float32)
+        dr, dk = tl.zeros_like(b_r), tl.zeros_like(b_r)
+        for j in range(BT):
+            row = ot[:, None] == j
+            k_j, b_j = tl.sum(tl.where(row, b_k, 0.0), axis=0), tl.sum(tl.where(row, bc, 0.0), axis=0)
+            X = tl.exp2(tl.where(ot[:, None] > j, e - b_j[None, :], float("-inf")))
+            A = tl.where(ot[None, :] == j, tl.sum(b_r * k_j[None, :] * X, axis=1)[:, None], A)
+            dA_j = tl.sum(tl.where(ot[None, :] == j, dA, 0.0), axis=1)
+            dr += dA_j[:, None] * k_j[None, :] * X
+            dk = tl.where(row, tl.sum(dA_j[:, None] * b_r * X, axis=0)[None, :], dk)
+    return tl.where(ot[:, None] > ot[None, :], A, 0.0), dr, dk
 
 
 @triton.jit
-def _fwd_kernel(r, k, v, w, u, h0, o, ht, scale, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-                HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr):
-    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+def _segment(T, seg, i_n):
+    """First token of segment i_n and the end of its tokens."""
+    t_start = i_n * seg
+    return t_start, tl.minimum(T, t_start + seg)
+
+
+@triton.jit
+def _fwd_kernel(r, k, v, w, u, s_in, o, s_out, scale, T, seg, s_in_stride, H: tl.constexpr, K: tl.constexpr,
+                V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+                HAS_S_IN: tl.constexpr, STORE_S_OUT: tl.constexpr, PREC: tl.constexpr):
+    """o for one segment's tokens; s_in[(bh·s_in_stride + n)] is the state entering segment n."""
+    i_n, i_bh, i_v = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     ot, ok, ov = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     mk, mv = ok < K, ov < V
-    p_s = i_bh * K * V + ok[:, None] * V + ov[None, :]
+    p_s, m_s = ok[:, None] * V + ov[None, :], mk[:, None] & mv[None, :]
     S = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        S += tl.load(h0 + p_s, mask=mk[:, None] & mv[None, :], other=0.0).to(tl.float32)
+    if HAS_S_IN:
+        S += tl.load(s_in + (i_bh * s_in_stride + i_n) * K * V + p_s, mask=m_s, other=0.0).to(tl.float32)
     b_u = tl.load(u + i_h * K + ok, mask=mk, other=0.0).to(tl.float32)
     diag = ot[:, None] == ot[None, :]
-    for t0 in range(0, T, BT):
-        rows = t0 + ot
-        mt = rows < T
-        rows64 = (i_b * T + rows).to(tl.int64) * H + i_h
-        p_k, m_k = rows64[:, None] * K + ok[None, :], mt[:, None] & mk[None, :]
-        p_v, m_v = rows64[:, None] * V + ov[None, :], mt[:, None] & mv[None, :]
-        b_r = tl.load(r + p_k, mask=m_k, other=0.0).to(tl.float32)
-        b_k = tl.load(k + p_k, mask=m_k, other=0.0).to(tl.float32)
-        b_v = tl.load(v + p_v, mask=m_v, other=0.0).to(tl.float32)
-        bc, e, last = _chunk_decays(w, p_k, m_k)
-        X = _pair_decay(e, bc, BT)
-        A = tl.sum(b_r[:, None, :] * b_k[None, :, :] * X, axis=2)
+    t_start, t_end = _segment(T, seg, i_n)
+    # each sub-chunk's tiles are loaded one step ahead, so their latency hides behind the step before
+    rows, mt = _rows(i_b, i_h, t_start, t_end, T, H, BT)
+    n_r, n_k, n_v, n_w = _tile(r, rows, mt, ok, mk, K), _tile(k, rows, mt, ok, mk, K), \
+        _tile(v, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
+    for t0 in range(t_start, t_end, BT):
+        b_r, b_k, b_v, b_w = n_r.to(tl.float32), n_k.to(tl.float32), n_v.to(tl.float32), n_w
+        p_v, m_v = rows[:, None] * V + ov[None, :], mt[:, None] & mv[None, :]
+        rows, mt = _rows(i_b, i_h, t0 + BT, t_end, T, H, BT)
+        n_r, n_k, n_v, n_w = _tile(r, rows, mt, ok, mk, K), _tile(k, rows, mt, ok, mk, K), \
+            _tile(v, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
+        bc, e, last = _chunk_decays(b_w)
+        A, _, _ = _pairs(b_r, b_k, tl.zeros([BT, BT], dtype=tl.float32), e, bc, last, BT, PREC)
         A += tl.where(diag, tl.sum(b_r * b_k * b_u[None, :], axis=1)[:, None], 0.0)
-        b_o = tl.dot(b_r * tl.exp2(e), S, input_precision=PREC) + tl.dot(A, b_v, input_precision=PREC)
+        b_o = _dot(b_r * tl.exp2(e), S, PREC) + _dot(A, b_v, PREC)
         tl.store(o + p_v, (scale * b_o).to(o.dtype.element_ty), mask=m_v)
         k_out = b_k * tl.exp2(last[None, :] - bc)
-        S = S * tl.exp2(last)[:, None] + tl.dot(tl.trans(k_out), b_v, input_precision=PREC)
-    if STORE_HT:
-        tl.store(ht + p_s, S, mask=mk[:, None] & mv[None, :])
+        S = S * tl.exp2(last)[:, None] + _dot(tl.trans(k_out), b_v, PREC)
+    if STORE_S_OUT:
+        tl.store(s_out + i_bh * K * V + p_s, S, mask=m_s)
 
 
 @triton.jit
-def _bwd_dr_kernel(k, v, w, u, h0, do, dr, scale, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                   BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, HAS_H0: tl.constexpr,
+def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, scale, T, seg, s_in_stride, H: tl.constexpr, K: tl.constexpr,
+                   V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, HAS_S_IN: tl.constexpr,
                    PREC: tl.constexpr):
-    i_k, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    """dr (float32) for one segment's tokens and one block of K, from the state entering the segment."""
+    i_n, i_bh, i_k = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     ot, ok, ov = tl.arange(0, BT), i_k * BK + tl.arange(0, BK), tl.arange(0, BV)
     mk, mv = ok < K, ov < V
     S = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        p_s = i_bh * K * V + ok[:, None] * V + ov[None, :]
-        S += tl.load(h0 + p_s, mask=mk[:, None] & mv[None, :], other=0.0).to(tl.float32)
+    if HAS_S_IN:
+        p_s = (i_bh * s_in_stride + i_n) * K * V + ok[:, None] * V + ov[None, :]
+        S += tl.load(s_in + p_s, mask=mk[:, None] & mv[None, :], other=0.0).to(tl.float32)
     b_u = tl.load(u + i_h * K + ok, mask=mk, other=0.0).to(tl.float32)
     strict = ot[:, None] > ot[None, :]
-    for t0 in range(0, T, BT):
-        rows = t0 + ot
-        mt = rows < T
-        rows64 = (i_b * T + rows).to(tl.int64) * H + i_h
-        p_k, m_k = rows64[:, None] * K + ok[None, :], mt[:, None] & mk[None, :]
-        p_v, m_v = rows64[:, None] * V + ov[None, :], mt[:, None] & mv[None, :]
-        b_k = tl.load(k + p_k, mask=m_k, other=0.0).to(tl.float32)
-        b_v = tl.load(v + p_v, mask=m_v, other=0.0).to(tl.float32)
-        b_do = tl.load(do + p_v, mask=m_v, other=0.0).to(tl.float32)
-        bc, e, last = _chunk_decays(w, p_k, m_k)
-        X = _pair_decay(e, bc, BT)
-        dA = tl.where(strict, tl.dot(b_do, tl.trans(b_v), input_precision=PREC), 0.0)
-        b_dr = tl.sum(dA[:, :, None] * b_k[None, :, :] * X, axis=1)
-        b_dr += tl.exp2(e) * tl.dot(b_do, tl.trans(S), input_precision=PREC)
+    t_start, t_end = _segment(T, seg, i_n)
+    rows, mt = _rows(i_b, i_h, t_start, t_end, T, H, BT)
+    n_k, n_v, n_do, n_w = _tile(k, rows, mt, ok, mk, K), _tile(v, rows, mt, ov, mv, V), \
+        _tile(do, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
+    for t0 in range(t_start, t_end, BT):
+        b_k, b_v, b_do, b_w = n_k.to(tl.float32), n_v.to(tl.float32), n_do.to(tl.float32), n_w
+        p_k, m_k = rows[:, None] * K + ok[None, :], mt[:, None] & mk[None, :]
+        rows, mt = _rows(i_b, i_h, t0 + BT, t_end, T, H, BT)
+        n_k, n_v, n_do, n_w = _tile(k, rows, mt, ok, mk, K), _tile(v, rows, mt, ov, mv, V), \
+            _tile(do, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
+        bc, e, last = _chunk_decays(b_w)
+        dA = tl.where(strict, _dot(b_do, tl.trans(b_v), PREC), 0.0)
+        _, b_dr, _ = _pairs(b_k, b_k, dA, e, bc, last, BT, PREC)  # (its first argument, r, is not read for dr)
+        b_dr += tl.exp2(e) * _dot(b_do, tl.trans(S), PREC)
         b_dr += b_u[None, :] * b_k * tl.sum(b_v * b_do, axis=1)[:, None]
         tl.store(dr + p_k, scale * b_dr, mask=m_k)
         k_out = b_k * tl.exp2(last[None, :] - bc)
-        S = S * tl.exp2(last)[:, None] + tl.dot(tl.trans(k_out), b_v, input_precision=PREC)
+        S = S * tl.exp2(last)[:, None] + _dot(tl.trans(k_out), b_v, PREC)
 
 
 @triton.jit
-def _bwd_rev_kernel(r, k, v, w, u, do, dr, ht, dht, dk, dv, dw, du, dh0, scale, T,
-                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                    BT: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr):
-    i_bh = tl.program_id(0).to(tl.int64)
+def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, scale, T, seg, s_exit_stride,
+                    ds_in_stride, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                    BV: tl.constexpr, BT: tl.constexpr, HAS_DS_IN: tl.constexpr, STORE_DH0: tl.constexpr,
+                    PREC: tl.constexpr):
+    """dk, dv, dw and a du partial for one segment, walking it backward from the gradient leaving it.
+
+    ds_in[(bh·ds_in_stride + n)] is d loss / d(state leaving segment n), s_exit[...] that state.
+    """
+    i_n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    nseg = tl.num_programs(0)
     ot, ok, ov = tl.arange(0, BT), tl.arange(0, BK), tl.arange(0, BV)
     mk, mv = ok < K, ov < V
-    p_s, m_s = i_bh * K * V + ok[:, None] * V + ov[None, :], mk[:, None] & mv[None, :]
+    p_s, m_s = ok[:, None] * V + ov[None, :], mk[:, None] & mv[None, :]
     dS = tl.zeros([BK, BV], dtype=tl.float32)
     carry = tl.zeros([BK], dtype=tl.float32)  # d loss / d (log-decay) summed over later tokens
-    if HAS_DHT:
-        dS += tl.load(dht + p_s, mask=m_s, other=0.0).to(tl.float32)
-        carry += tl.sum(dS * tl.load(ht + p_s, mask=m_s, other=0.0), axis=1)
+    if HAS_DS_IN:
+        dS += tl.load(ds_in + (i_bh * ds_in_stride + i_n) * K * V + p_s, mask=m_s, other=0.0).to(tl.float32)
+        S_exit = tl.load(s_exit + (i_bh * s_exit_stride + i_n) * K * V + p_s, mask=m_s, other=0.0)
+        carry += tl.sum(dS * S_exit, axis=1)
     b_u = tl.load(u + i_h * K + ok, mask=mk, other=0.0).to(tl.float32)
     b_du = tl.zeros([BK], dtype=tl.float32)
     strict = ot[:, None] > ot[None, :]
-    n_chunks = tl.cdiv(T, BT)
-    for i in range(0, n_chunks):
-        rows = (n_chunks - 1 - i) * BT + ot
-        mt = rows < T
-        rows64 = (i_b * T + rows).to(tl.int64) * H + i_h
-        p_k, m_k = rows64[:, None] * K + ok[None, :], mt[:, None] & mk[None, :]
-        p_v, m_v = rows64[:, None] * V + ov[None, :], mt[:, None] & mv[None, :]
-        b_r = tl.load(r + p_k, mask=m_k, other=0.0).to(tl.float32)
-        b_k = tl.load(k + p_k, mask=m_k, other=0.0).to(tl.float32)
-        b_v = tl.load(v + p_v, mask=m_v, other=0.0).to(tl.float32)
-        b_do = tl.load(do + p_v, mask=m_v, other=0.0).to(tl.float32)
-        b_dr = tl.load(dr + p_k, mask=m_k, other=0.0)
-        bc, e, last = _chunk_decays(w, p_k, m_k)
-        X = _pair_decay(e, bc, BT)
-        A = tl.sum(b_r[:, None, :] * b_k[None, :, :] * X, axis=2)
-        dA = tl.where(strict, tl.dot(b_do, tl.trans(b_v), input_precision=PREC), 0.0)
+    t_start, t_end = _segment(T, seg, i_n)
+    n_sub = tl.cdiv(t_end - t_start, BT)
+    rows, mt = _rows(i_b, i_h, t_start + (n_sub - 1) * BT, t_end, T, H, BT)
+    n_r, n_k, n_v, n_do = _tile(r, rows, mt, ok, mk, K), _tile(k, rows, mt, ok, mk, K), \
+        _tile(v, rows, mt, ov, mv, V), _tile(do, rows, mt, ov, mv, V)
+    n_dr, n_w = _tile(dr, rows, mt, ok, mk, K), _tile(w, rows, mt, ok, mk, K)
+    for i in range(0, n_sub):
+        b_r, b_k, b_v, b_do = n_r.to(tl.float32), n_k.to(tl.float32), n_v.to(tl.float32), n_do.to(tl.float32)
+        b_dr, b_w = n_dr, n_w
+        p_k, m_k = rows[:, None] * K + ok[None, :], mt[:, None] & mk[None, :]
+        p_v, m_v = rows[:, None] * V + ov[None, :], mt[:, None] & mv[None, :]
+        # the sub-chunk before: rows below t_start (i = n_sub - 1) are masked off and read nothing
+        t_prev = t_start + (n_sub - 2 - i) * BT
+        rows, mt = _rows(i_b, i_h, t_prev, t_end, T, H, BT)
+        mt = mt & (t_prev + ot >= t_start)
+        n_r, n_k, n_v, n_do = _tile(r, rows, mt, ok, mk, K), _tile(k, rows, mt, ok, mk, K), \
+            _tile(v, rows, mt, ov, mv, V), _tile(do, rows, mt, ov, mv, V)
+        n_dr, n_w = _tile(dr, rows, mt, ok, mk, K), _tile(w, rows, mt, ok, mk, K)
+        bc, e, last = _chunk_decays(b_w)
+        dA = tl.where(strict, _dot(b_do, tl.trans(b_v), PREC), 0.0)
+        A, _, dk_in = _pairs(b_r, b_k, dA, e, bc, last, BT, PREC)
         to_end = tl.exp2(last[None, :] - bc)
-        dk_s = scale * tl.sum(dA[:, :, None] * b_r[:, None, :] * X, axis=0)
-        dk_s += to_end * tl.dot(b_v, tl.trans(dS), input_precision=PREC)
+        dk_s = scale * dk_in + to_end * _dot(b_v, tl.trans(dS), PREC)
         vdo = tl.sum(b_v * b_do, axis=1)[:, None]
         ruk = tl.sum(b_r * b_u[None, :] * b_k, axis=1)[:, None]
-        b_dv = scale * tl.dot(tl.trans(A), b_do, input_precision=PREC) + scale * ruk * b_do
-        b_dv += tl.dot(b_k * to_end, dS, input_precision=PREC)
+        b_dv = scale * _dot(tl.trans(A), b_do, PREC) + scale * ruk * b_do
+        b_dv += _dot(b_k * to_end, dS, PREC)
         b_du += scale * tl.sum(b_r * b_k * vdo, axis=0)
         g_r = b_r * (b_dr - scale * b_u[None, :] * b_k * vdo)
         g_k = b_k * dk_s
@@ -158,10 +236,10 @@ def _bwd_rev_kernel(r, k, v, w, u, do, dr, ht, dht, dk, dv, dw, du, dh0, scale, 
         tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_v)
         tl.store(dw + p_k, b_dw.to(dw.dtype.element_ty), mask=m_k)
         r_in = b_r * tl.exp2(e)
-        dS = dS * tl.exp2(last)[:, None] + scale * tl.dot(tl.trans(r_in), b_do, input_precision=PREC)
-    tl.store(du + i_bh * K + ok, b_du, mask=mk)
+        dS = dS * tl.exp2(last)[:, None] + scale * _dot(tl.trans(r_in), b_do, PREC)
+    tl.store(du + (i_bh * nseg + i_n) * K + ok, b_du, mask=mk)
     if STORE_DH0:
-        tl.store(dh0 + p_s, dS, mask=m_s)
+        tl.store(dh0 + i_bh * K * V + p_s, dS, mask=m_s)
 
 
 def _pow2(n: int) -> int:
@@ -169,42 +247,65 @@ def _pow2(n: int) -> int:
 
 
 def _prec(x: torch.Tensor) -> str:
-    return "ieee" if x.dtype in (torch.float32, torch.float64) else "tf32"
+    """How the kernels' dots take their float32 operands for inputs of x's dtype (see `_dot`)."""
+    return {torch.float32: "ieee", torch.float64: "ieee", torch.bfloat16: "bf16"}.get(x.dtype, "tf32")
 
 
 def _num_warps(bk: int, bv: int) -> int:
     return 4 if bk * bv <= 64 * 32 else 8
 
 
-def wkv6_fwd(r, k, v, w, u, scale, h0, store_ht, bv=None):
-    """Launch the forward kernel; returns (o, ht or None) with ht in float32."""
+def segments_fwd(r, k, v, w, u, scale, s_in, s_in_stride, seg, s_out=None, bv=None, num_warps=None):
+    """o `[B, T, H, V]` (r's dtype) over segments of `seg` tokens, each from its entering state in
+    s_in (entry bh·s_in_stride + n; None: zeros); s_out, with one segment, receives the final state."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     BK = _pow2(K)
-    BV = min(_pow2(V), bv or 64)  # H200, K=V=64 bf16: BV 64 1.29 ms, 32 2.17 ms, 16 4.14 ms (T=4096, B=4, H=32)
+    BV = min(_pow2(V), bv or 64)  # H200, serial, K=V=64 bf16: BV 64 1.29 ms, 32 2.17 ms, 16 4.14 ms (T=4096, B=4, H=32)
     o = torch.empty_like(v, dtype=r.dtype)
-    ht = torch.empty(B, H, K, V, dtype=torch.float32, device=r.device) if store_ht else None
-    grid = (triton.cdiv(V, BV), B * H)
-    _fwd_kernel[grid](r, k, v, w, u, h0, o, ht, scale, T, H, K, V, BK, BV, BT,
-                      h0 is not None, store_ht, _prec(r), num_warps=_num_warps(BK, BV))
-    return o, ht
+    grid = (max(1, triton.cdiv(T, seg)), B * H, triton.cdiv(V, BV))
+    _fwd_kernel[grid](r, k, v, w, u, s_in, o, s_out, scale, T, seg, s_in_stride, H, K, V, BK, BV, BT,
+                      s_in is not None, s_out is not None, _prec(r), num_warps=num_warps or _num_warps(BK, BV))
+    return o
 
 
-def wkv6_bwd(r, k, v, w, u, scale, h0, ht, do, dht):
-    """Launch both backward sweeps; returns (dr, dk, dv, dw, du, dh0 or None)."""
+def segments_bwd(r, k, v, w, u, scale, do, s_in, s_in_stride, s_exit, ds_in, exit_strides, seg, store_dh0,
+                 rev_warps=8):
+    """dr, dk, dv, dw, du and (one segment, store_dh0) dh0 over segments of `seg` tokens.
+
+    s_in as for segments_fwd; ds_in (None: zeros) is d loss / d(state leaving each segment) and s_exit
+    that state, at entries bh·stride + n with exit_strides = (s_exit's stride, ds_in's stride).
+    """
     B, T, H, K = r.shape
     V = v.shape[-1]
     BKF, BVF = _pow2(K), _pow2(V)
     BK = min(BKF, 32)
+    nseg = max(1, triton.cdiv(T, seg))
     dr32 = torch.empty(B, T, H, K, dtype=torch.float32, device=r.device)
-    _bwd_dr_kernel[(triton.cdiv(K, BK), B * H)](k, v, w, u, h0, do, dr32, scale, T, H, K, V, BK, BVF, BT,
-                                                 h0 is not None, _prec(r), num_warps=_num_warps(BK, BVF))
+    _bwd_dr_kernel[(nseg, B * H, triton.cdiv(K, BK))](k, v, w, u, s_in, do, dr32, scale, T, seg, s_in_stride, H, K,
+                                                      V, BK, BVF, BT, s_in is not None, _prec(r),
+                                                      num_warps=_num_warps(BK, BVF))
     dk, dw, dv = torch.empty_like(k), torch.empty_like(w), torch.empty_like(v)
-    du = torch.empty(B, H, K, dtype=torch.float32, device=r.device)
-    dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=r.device) if h0 is not None else None
-    _bwd_rev_kernel[(B * H,)](r, k, v, w, u, do, dr32, ht, dht, dk, dv, dw, du, dh0, scale, T, H, K, V,
-                              BKF, BVF, BT, dht is not None, h0 is not None, _prec(r), num_warps=8)
-    return dr32.to(r.dtype), dk, dv, dw, du.sum(0).to(u.dtype), dh0
+    du = torch.empty(B, H, nseg, K, dtype=torch.float32, device=r.device)
+    dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=r.device) if store_dh0 else None
+    _bwd_rev_kernel[(nseg, B * H)](r, k, v, w, u, do, dr32, s_exit, ds_in, dk, dv, dw, du, dh0, scale, T, seg,
+                                   *exit_strides, H, K, V, BKF, BVF, BT, ds_in is not None, store_dh0, _prec(r),
+                                   num_warps=rev_warps)
+    return dr32.to(r.dtype), dk, dv, dw, du.sum((0, 2)).to(u.dtype), dh0
+
+
+def wkv6_fwd(r, k, v, w, u, scale, h0, store_ht, bv=None):
+    """The serial layout's forward: one segment; returns (o, ht float32 or None)."""
+    B, T, H, K = r.shape
+    ht = torch.empty(B, H, K, v.shape[-1], dtype=torch.float32, device=r.device) if store_ht else None
+    o = segments_fwd(r, k, v, w, u, scale, h0, 1, max(T, 1), s_out=ht, bv=bv)
+    return o, ht
+
+
+def wkv6_bwd(r, k, v, w, u, scale, h0, ht, do, dht):
+    """Both backward sweeps over one segment; returns (dr, dk, dv, dw, du, dh0 or None)."""
+    T = r.shape[1]
+    return segments_bwd(r, k, v, w, u, scale, do, h0, 1, ht, dht, (1, 1), max(T, 1), h0 is not None)
 
 
 class WKV6Function(torch.autograd.Function):
