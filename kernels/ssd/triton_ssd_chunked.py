@@ -5,9 +5,9 @@ B·H·P/BP programs, each a latency-bound serial loop. Here only the [P, N] stat
 everything that touches the tokens runs in programs over (batch, chunk, head, P block):
 
     forward   _chunk_cumsum  (parallel)  dt' = softplus(dt + dt_bias) and s = cumsum(dt' A) in each chunk
-              _chunk_state   (parallel)  each chunk's own state  Σ_t exp(s_end - s_t) dt'_t x_t ⊗ B_t
-              _carry_pass    (serial over chunks, parallel over batch, head, P·N blocks)
-                                         the state entering every chunk, and the final state
+              _state_pass    (serial over chunks, parallel over batch, head, P and N blocks)
+                                         each chunk's own state Σ_t exp(s_end - s_t) dt'_t x_t ⊗ B_t, added
+                                         to the carried one: the state entering every chunk, the final state
               _chunk_scan    (parallel)  y = (C Bᵀ ∘ decay ∘ dt') x + exp(s) C · h_in + D x, times silu(z)
     backward  _chunk_dstate  (parallel)  each chunk's own gradient of its entering state Σ_t exp(s_t) gy_t ⊗ C_t
               _carry_pass    (serial, REVERSE) the gradient of the state leaving every chunk, and of h0
@@ -18,9 +18,9 @@ A chunk of Q tokens is worked through in sub-blocks of BT tokens: a program hold
 [BT, N] tiles, never [Q, Q]; the intra-chunk products run over the sub-block pairs t >= u.
 
 Buffers (NC = ceil(L / Q) chunks): dt' and s [B, H, NC, Q] float32; the chunks' own states
-[B, H, NC, P, N] float32; the entering states [B, H, NC, P, N] in the state dtype (the input's
-for 16-bit inputs -- the products read them in that precision anyway -- else float32, then
-written in place over the chunks' own states); the backward's state gradients likewise, and
+[B, H, NC, P, N] float32 (backward only); the entering states [B, H, NC, P, N] in the state dtype
+(the input's for 16-bit inputs -- the products read them in that precision anyway -- else
+float32); the backward's state gradients likewise, and
 the targets' part of dL/ds [NPB, B, H, NC, Q] float32 (per P block of _chunk_grads_targets).
 Packed sequences (seq_idx), as in the fused kernels: a token sees the entering state only if it
 belongs to the sequence of the token before the chunk, reaches the leaving state only if it
@@ -49,12 +49,16 @@ from .triton_ssd import _flags, _pow2, _prec, scan_function
 # (2026-11-29, L 16K) _chunk_grads_targets at BT 64, 1 stage took fwd+bwd from 6.01 to 5.45-5.48 ms.
 CHUNK, BLOCK_PN, BLOCK_H, PASS_WARPS = 128, 512, 32, 4
 CONFIG = {  # kernel: (BT, BP, num_warps, num_stages)
-    "state": (64, 64, 4, 2),
     "scan": (64, 64, 4, 2),
     "dstate": (64, 64, 4, 2),
     "grads_targets": (64, 64, 4, 1),
     "grads_sources": (32, 64, 4, 2),
 }
+# The forward's state pass (BP, BN, warps): it forms each chunk's own state as it walks the chunks.
+# H200, B4 H32 P64 N128 bf16, 2026-11-29, one process: replacing a parallel chunk-state kernel
+# (fp32 states written and read back by a carry pass) took the forward at L 16K from 1.184 to 0.958 ms
+# and fwd+bwd from 5.485 to 5.233; BN 128 or 8 warps were slower at 16K (1.09-1.37 ms).
+STATE_PASS = (64, 64, 4)
 # Under the interpreter small chunks and sub-blocks keep the tests fast and still cross several of each.
 INTERPRET_CHUNK, INTERPRET_SUB = 32, 16
 
@@ -173,34 +177,14 @@ def _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, L, H, NC,
 
 
 @triton.jit
-def _chunk_state(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, local_ptr, L, H, G, P, N, NC,
-                 HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
-                 BN: tl.constexpr, PREC: tl.constexpr):
-    """One chunk's own final state Σ_t exp(s_end - s_t) dt'_t x_t ⊗ B_t, [P block, N] float32."""
-    c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
-        s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
-    acc = tl.zeros((BP, BN), dtype=tl.float32)
-    for k in range(nb):
-        offs_k, rows, mask_t, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, k, L, NC, Q, BT, HAS_SEQ)
-        x = _tile(x_ptr, rows, mask_t, H, h, P, offs_p, mask_p)
-        Bm = _tile(B_ptr, rows, mask_t, G, g, N, offs_n, mask_n)
-        w = tl.where(seq == seq_last, tl.exp(tl.minimum(sT - s, 0.0)) * dt, 0.0)
-        acc += tl.dot(tl.trans(x), (Bm.to(tl.float32) * w[:, None]).to(x.dtype), input_precision=PREC)
-    so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
-    tl.store(local_ptr + so, acc, mask=mask_p[:, None] & mask_n[None, :])
-
-
-@triton.jit
 def _carry_pass(src_ptr, dst_ptr, first_ptr, last_ptr, s_ptr, seq_ptr, L, H, PN, NC,
                 HAS_FIRST: tl.constexpr, REVERSE: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr,
                 BS: tl.constexpr):
-    """The serial part of the chunked scan, over [BS] elements of one (batch, head)'s [P·N] state:
-    walking the chunks c (in reverse with REVERSE), dst[c] = v, then v = v · carry[c] + src[c],
-    from v = first (or 0); the last v goes to last_ptr. dst may be src itself (each chunk is read
-    before it is overwritten).
-      forward   src = the chunks' own states, first = h0:        dst = the entering states, last = hT
-      backward  src = their own state gradients, first = dL/dhT: dst = the leaving states' gradients,
-                last = dL/dh0"""
+    """The backward's serial pass, over [BS] elements of one (batch, head)'s [P·N] state: walking the
+    chunks c (in reverse with REVERSE), dst[c] = v, then v = v · carry[c] + src[c], from v = first
+    (or 0); the last v goes to last_ptr. dst may be src itself (each chunk is read before it is
+    overwritten). src = the chunks' own state gradients, first = dL/dhT: dst = the leaving states'
+    gradients, last = dL/dh0."""
     pid = tl.program_id(0)
     bh64 = pid.to(tl.int64)
     row0 = (pid // H).to(tl.int64) * L
@@ -218,6 +202,42 @@ def _carry_pass(src_ptr, dst_ptr, first_ptr, last_ptr, s_ptr, seq_ptr, L, H, PN,
         nb_c, sT_c, carry, seq_prev_c, seq_last_c = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
         v = v * carry + add
     tl.store(last_ptr + bh64 * PN + offs, v, mask=mask)
+
+
+@triton.jit
+def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, L, H, G, P, N, NC,
+                HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                PREC: tl.constexpr):
+    """The forward's serial pass with each chunk's own state formed in it, over one (batch, head)'s
+    [P block, N block]: walking the chunks c, hin[c] = h, then h = h · carry[c] + Σ_t exp(s_end - s_t)
+    dt'_t x_t ⊗ B_t (one [BP, Q]·[Q, BN] dot); the last h is the final state. Each chunk's x and B
+    tiles are loaded one step ahead, so their latency hides behind the step before."""
+    bh64 = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(0) % H
+    g = h // (H // G)
+    row0 = (tl.program_id(0) // H).to(tl.int64) * L
+    offs_p, offs_n = tl.program_id(1) * BP + tl.arange(0, BP), tl.program_id(2) * BN + tl.arange(0, BN)
+    mask_p, mask_n = offs_p < P, offs_n < N
+    so = offs_p[:, None] * N + offs_n[None, :]
+    mask_s = mask_p[:, None] & mask_n[None, :]
+    state = tl.zeros((BP, BN), dtype=tl.float32)
+    if HAS_H0:
+        state += tl.load(h0_ptr + bh64 * P * N + so, mask=mask_s, other=0.0).to(tl.float32)
+    offs_q = tl.arange(0, Q)
+    x_next = _tile(x_ptr, row0 + offs_q, offs_q < L, H, h, P, offs_p, mask_p)
+    B_next = _tile(B_ptr, row0 + offs_q, offs_q < L, G, g, N, offs_n, mask_n)
+    for c in range(NC):
+        tl.store(hin_ptr + (bh64 * NC + c) * P * N + so, state.to(hin_ptr.dtype.element_ty), mask=mask_s)
+        x, Bm = x_next, B_next
+        t_next = (c + 1) * Q + offs_q
+        x_next = _tile(x_ptr, row0 + t_next, t_next < L, H, h, P, offs_p, mask_p)
+        B_next = _tile(B_ptr, row0 + t_next, t_next < L, G, g, N, offs_n, mask_n)
+        nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
+        offs, rows, mask_t, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, 0, L, NC, Q, Q, HAS_SEQ)
+        w = tl.where(seq == seq_last, tl.exp(tl.minimum(sT - s, 0.0)) * dt, 0.0)
+        state = state * carry + tl.dot(tl.trans(x), (Bm.to(tl.float32) * w[:, None]).to(x.dtype),
+                                       input_precision=PREC)
+    tl.store(hT_ptr + bh64 * P * N + so, state, mask=mask_s)
 
 
 @triton.jit
@@ -499,17 +519,14 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     _chunk_cumsum[(batch * NC, triton.cdiv(H, BH))](
         dt, A, dt_bias, dtc, s, L, H, NC, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
         Q=Q, BH=BH, num_warps=PASS_WARPS)
-    local = torch.empty(batch, H, NC, P, N, **f32)
-    _run(_chunk_state, "state", x, batch * NC * H, x, B, seq, dtc, s, local, L, H, G, P, N, NC,
-         HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x))
     sdt = _state_dtype(x)
-    hin = local if sdt == torch.float32 else torch.empty(batch, H, NC, P, N, device=x.device, dtype=sdt)
     hT = torch.empty(batch, H, P, N, **f32)
-    BS = min(_pow2(P * N), BLOCK_PN)
-    _carry_pass[(batch * H, triton.cdiv(P * N, BS))](
-        local, hin, h0, hT, s, seq, L, H, P * N, NC, HAS_FIRST=h0 is not None, REVERSE=False,
-        HAS_SEQ=seq is not None, Q=Q, BS=BS, num_warps=PASS_WARPS)
-    del local
+    hin = torch.empty(batch, H, NC, P, N, device=x.device, dtype=sdt)
+    bp, bn, warps = STATE_PASS
+    BP, BNP = min(_pow2(P), bp), min(BN, bn)
+    _state_pass[(batch * H, triton.cdiv(P, BP), triton.cdiv(N, BNP))](
+        x, B, seq, dtc, s, h0, hin, hT, L, H, G, P, N, NC, HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
+        Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps)
     y = torch.empty_like(x)
     store_ypre = for_backward and z is not None
     ypre = torch.empty_like(x) if store_ypre else y

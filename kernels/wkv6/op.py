@@ -66,9 +66,9 @@ def _triton_impl(r, k, v, w, u, scale, h0, output_final_state) -> str:
 
     Which one wins depends on B·H against the chip's size and on T, so it is measured, not guessed;
     the timing costs a fraction of a second once per (shapes, dtype, grad, initial state).
-    On the H200 (2026-11-29, B4 H32 K=V=64 bf16) chunked came out slower: forward 0.73 vs 0.57 ms
-    and forward+backward 3.15 vs 2.45 ms at T 4096, 2.85 vs 2.25 and 12.3 vs 9.5 ms at T 16384;
-    serial is the default.
+    On the H200 (2026-11-29, B4 H32 K=V=64 bf16) chunked came out slower: forward 0.73 vs 0.56 ms
+    at T 4096, 2.85 vs 2.24 at T 16384; forward+backward 3.17 vs 2.46 and 12.3 vs 9.6 ms (timed
+    with bfloat16 dots in the backward, before it went to tf32); serial is the default.
     """
     xs = (r, k, v, w, u) + ((h0,) if h0 is not None else ())
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in xs)

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import interpreting
-from .triton_wkv6 import _dot, _pow2, _prec, _rows, _tile, segments_bwd, segments_fwd
+from .triton_wkv6 import _dot, _pow2, _prec, _prec_bwd, _rows, _tile, segments_bwd, segments_fwd
 
 CHUNK = 64
 BLOCK_K, BLOCK_V = 32, 32  # blocks of the boundary passes: at K = V = 64, 4 programs per (batch, head)
@@ -122,7 +122,7 @@ def wkv6_bwd(r, k, v, w, u, scale, h0, do, dht, chunk=CHUNK):
     dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=r.device) if h0 is not None else None
     grid, BK, BV = _grid(K, V, B * H)
     _states_bwd[grid](r, w, do, dht, gs, dh0, scale, T, chunk, H, K, V, BK, BV, dht is not None, h0 is not None,
-                      _prec(r), num_warps=4)
+                      _prec_bwd(r), num_warps=4)
     dr, dk, dv, dw, du, _ = segments_bwd(r, k, v, w, u, scale, do, hs, N + 1, hs[1:], gs, (N + 1, N), chunk,
                                          False, rev_warps=4)
     return dr, dk, dv, dw, du, dh0

@@ -125,7 +125,8 @@ def test_triton_blocks_of_P(opts, impl, monkeypatch):
     from archdsl.kernels.ssd import triton_ssd, triton_ssd_chunked
     monkeypatch.setattr(triton_ssd, "FWD_BLOCK_P", 16)
     monkeypatch.setattr(triton_ssd, "BWD_BLOCK_P", 16)
-    monkeypatch.setattr(triton_ssd_chunked, "CONFIG", {"state": (64, 16, 4, 2), "scan": (64, 32, 4, 2),
+    monkeypatch.setattr(triton_ssd_chunked, "STATE_PASS", (16, 16, 4))  # several P and N blocks
+    monkeypatch.setattr(triton_ssd_chunked, "CONFIG", {"scan": (64, 32, 4, 2),
                                                        "dstate": (64, 64, 4, 2), "grads_targets": (64, 32, 4, 2),
                                                        "grads_sources": (64, 16, 4, 2)})
     monkeypatch.setattr(triton_ssd_chunked, "BLOCK_PN", 64)  # several P·N blocks in the state passes
