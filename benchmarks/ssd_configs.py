@@ -5,9 +5,9 @@ stages each kernel should run with.
     python benchmarks/ssd_configs.py --chunks 64,128,256 [--L 16384]   # the chunk length alone
 
 Shape B=4, L, H=32, P=64, N=128, G=1, bf16, D and dt_bias with softplus (benchmarks/kernels_ssd.py's).
-Chunked layout: each kernel of triton_ssd_chunked.CONFIG is swept alone with the others at their
-current choice, forward (no autograd) for the forward kernels, forward+backward for the backward ones;
-then every kernel's best together. Fused layout: the forward and the backward kernel's P block,
+Chunked layout: the forward's state pass (STATE_PASS), then each kernel of triton_ssd_chunked.CONFIG,
+is swept alone with the others at their current choice, forward (no autograd) for the forward
+kernels, forward+backward for the backward ones; then every CONFIG kernel's best together. Fused layout: the forward and the backward kernel's P block,
 warps and stages. Each row is the median of triton.testing.do_bench; ptxas register use is not
 shown (python tests/kernels/sm90.py --regs prints it without a GPU). The best is printed as the
 CONFIG to paste; nothing is changed on disk.
@@ -41,6 +41,7 @@ CHUNKED_CHOICES = {  # kernel: candidate (BT, BP, num_warps, num_stages)
     "grads_targets": list(itertools.product((32, 64), (32, 64), (4, 8), (1, 2))),
     "grads_sources": list(itertools.product((32, 64), (32, 64), (4, 8), (1, 2))),
 }
+STATE_PASS_CHOICES = list(itertools.product((32, 64), (64, 128), (4, 8)))  # the forward's state pass: BP, BN, warps
 FUSED_CHOICES = {  # module constants: candidates
     ("FWD_BLOCK_P", "FWD_WARPS", "FWD_STAGES"): list(itertools.product((16, 32, 64), (4, 8), (1, 2))),
     ("BWD_BLOCK_P", "BWD_WARPS", "BWD_STAGES"): list(itertools.product((16, 32, 64), (4, 8), (1, 2))),
@@ -76,6 +77,8 @@ def sweep_chunked(L, kernels=None):
     timers = {False: _timer(L, False), True: _timer(L, True)}
     start = dict(chunked.CONFIG)
     rows, best = [], dict(start)
+    if not kernels or "state_pass" in kernels:
+        rows += _sweep_state_pass(L, timers[False])
     for kernel, choices in CHUNKED_CHOICES.items():
         if kernels and kernel not in kernels:
             continue
@@ -98,6 +101,22 @@ def sweep_chunked(L, kernels=None):
           f"best together fwd {together[False]:.3f} fwd+bwd {together[True]:.3f} ms")
     print(f"CONFIG = {best}")
     return rows, dict(best={k: list(v) for k, v in best.items()}, now_ms=before, best_ms=together)
+
+
+def _sweep_state_pass(L, timer):
+    """chunked.STATE_PASS (BP, BN, warps of the forward's serial state pass), forward alone; the best is
+    printed, STATE_PASS is left as it was."""
+    start, mine = chunked.STATE_PASS, []
+    print(f"== chunked state_pass (fwd, L{L}); now {start}", flush=True)
+    for choice in STATE_PASS_CHOICES:
+        chunked.STATE_PASS = choice
+        ms = timer()
+        mine.append(dict(layout="chunked", kernel="state_pass", choice=list(choice), grad=False, ms=ms))
+        print(f"  state_pass BP,BN,warps={choice}: {ms:.3f} ms", flush=True)
+    chunked.STATE_PASS = start
+    b = _best(mine)
+    print(f"STATE_PASS = {tuple(b['choice']) if b else start}")
+    return mine
 
 
 def sweep_chunk_length(L, chunks):
@@ -143,7 +162,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--L", type=int, default=16384)
     ap.add_argument("--only", choices=["chunked", "fused"])
-    ap.add_argument("--kernels", help=f"comma-separated chunk kernels to sweep ({', '.join(CHUNKED_CHOICES)}); default all")
+    ap.add_argument("--kernels", help=f"comma-separated chunk kernels to sweep (state_pass, {', '.join(CHUNKED_CHOICES)}); "
+                    "default all")
     ap.add_argument("--chunks", help="comma-separated chunk lengths: time only those (chunked layout)")
     ap.add_argument("--json")
     args = ap.parse_args()
