@@ -26,7 +26,10 @@ from .._dispatch import interpreting
 from .triton_wkv6 import _dot, _pow2, _prec, _prec_bwd, _rows, _tile, segments_bwd, segments_fwd
 
 CHUNK = 64
-BLOCK_K, BLOCK_V = 32, 32  # blocks of the boundary passes: at K = V = 64, 4 programs per (batch, head)
+# Blocks of the boundary passes: at K = V = 64, 2 programs per (batch, head). H200, B4 H32 bf16
+# (benchmarks/wkv6_configs.py, 2026-11-29): the forward pass took 0.302 ms at 64×32, 0.396 at 32×32
+# and 0.370 at 64×64 (T 4096); 1.162, 1.559, 1.447 ms at T 16384.
+BLOCK_K, BLOCK_V = 64, 32
 
 
 @triton.jit
