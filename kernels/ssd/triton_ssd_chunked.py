@@ -10,7 +10,7 @@ everything that touches the tokens runs in programs over (batch, chunk, head, P 
                                          to the carried one: the state entering every chunk, the final state
               _chunk_scan    (parallel)  y = (C Bᵀ ∘ decay ∘ dt') x + exp(s) C · h_in + D x, times silu(z)
     backward  _chunk_dstate  (parallel)  each chunk's own gradient of its entering state Σ_t exp(s_t) gy_t ⊗ C_t
-              _carry_pass    (serial, REVERSE) the gradient of the state leaving every chunk, and of h0
+              _carry_pass    (serial, last chunk first) the gradient of the state leaving every chunk, and of h0
               _chunk_grads_targets (parallel)  dz, per-head dC and the targets' part of dL/ds per token
               _chunk_grads_sources (parallel)  dx, per-head dB, the rest of dL/ds, d(dt'), per-chunk dA, dD
 
@@ -178,10 +178,10 @@ def _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, L, H, NC,
 
 @triton.jit
 def _carry_pass(src_ptr, dst_ptr, first_ptr, last_ptr, s_ptr, seq_ptr, L, H, PN, NC,
-                HAS_FIRST: tl.constexpr, REVERSE: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr,
+                HAS_FIRST: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr,
                 BS: tl.constexpr):
     """The backward's serial pass, over [BS] elements of one (batch, head)'s [P·N] state: walking the
-    chunks c (in reverse with REVERSE), dst[c] = v, then v = v · carry[c] + src[c], from v = first
+    chunks c from the last, dst[c] = v, then v = v · carry[c] + src[c], from v = first
     (or 0); the last v goes to last_ptr. dst may be src itself (each chunk is read before it is
     overwritten). src = the chunks' own state gradients, first = dL/dhT: dst = the leaving states'
     gradients, last = dL/dh0."""
@@ -195,7 +195,7 @@ def _carry_pass(src_ptr, dst_ptr, first_ptr, last_ptr, s_ptr, seq_ptr, L, H, PN,
     else:
         v = tl.zeros((BS,), dtype=tl.float32)
     for i in range(NC):
-        c = NC - 1 - i if REVERSE else i
+        c = NC - 1 - i
         base = (bh64 * NC + c) * PN + offs
         add = tl.load(src_ptr + base, mask=mask, other=0.0)
         tl.store(dst_ptr + base, v.to(dst_ptr.dtype.element_ty), mask=mask)
@@ -548,7 +548,7 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
     dh0 = torch.empty(batch, H, P, N, **f32)
     BS = min(_pow2(P * N), BLOCK_PN)
     _carry_pass[(batch * H, triton.cdiv(P * N, BS))](
-        direct, dout, dhT, dh0, s, seq, L, H, P * N, NC, HAS_FIRST=dhT is not None, REVERSE=True,
+        direct, dout, dhT, dh0, s, seq, L, H, P * N, NC, HAS_FIRST=dhT is not None,
         HAS_SEQ=seq is not None, Q=Q, BS=BS, num_warps=PASS_WARPS)
     del direct
     # the targets first: their part of ds, summed here over their P blocks (each kernel has its own P

@@ -68,8 +68,9 @@ def _chunk_decays(w):
 
 
 @triton.jit
-def _pairs(b_r, b_k, dA, e, bc, last, BT: tl.constexpr, PREC: tl.constexpr):
-    """The in-sub-chunk sums through X_ij = 2^(e_i - b_j), j < i (rows are tokens, columns K):
+def _pairs(b_r, b_k, dA, e, ee, bc, last, BT: tl.constexpr, PREC: tl.constexpr):
+    """The in-sub-chunk sums through X_ij = 2^(e_i - b_j), j < i (rows are tokens, columns K; ee = 2^e,
+    which every caller also needs for the state):
 
         A  [BT, BT] = Σ_k r_ik k_jk X_ijk      dr [BT, K] = Σ_j dA_ij k_j X_ij
         dk [BT, K]  = Σ_i dA_ij r_i X_ij       (dA [BT, BT] must be 0 outside j < i)
@@ -80,9 +81,9 @@ def _pairs(b_r, b_k, dA, e, bc, last, BT: tl.constexpr, PREC: tl.constexpr):
     ot = tl.arange(0, BT)
     if tl.min(last, axis=0) >= -FAST_SPAN:
         # X_ij = 2^e_i · 2^-b_j: 2^e ≤ 1 and 2^-b ≤ 2^FAST_SPAN
-        rq, kq = b_r * tl.exp2(e), b_k * tl.exp2(-bc)
+        rq, kq = b_r * ee, b_k * tl.exp2(-bc)
         A = _dot(rq, tl.trans(kq), PREC)
-        dr = tl.exp2(e) * _dot(dA, kq, PREC)
+        dr = ee * _dot(dA, kq, PREC)
         dk = tl.exp2(-bc) * _dot(tl.trans(dA), rq, PREC)
     else:
         A = tl.zeros([BT, BT], dtype=tl.float32)
@@ -132,9 +133,10 @@ def _fwd_kernel(r, k, v, w, u, s_in, o, s_out, scale, T, seg, s_in_stride, H: tl
         n_r, n_k, n_v, n_w = _tile(r, rows, mt, ok, mk, K), _tile(k, rows, mt, ok, mk, K), \
             _tile(v, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
         bc, e, last = _chunk_decays(b_w)
-        A, _, _ = _pairs(b_r, b_k, tl.zeros([BT, BT], dtype=tl.float32), e, bc, last, BT, PREC)
+        ee = tl.exp2(e)
+        A, _, _ = _pairs(b_r, b_k, tl.zeros([BT, BT], dtype=tl.float32), e, ee, bc, last, BT, PREC)
         A += tl.where(diag, tl.sum(b_r * b_k * b_u[None, :], axis=1)[:, None], 0.0)
-        b_o = _dot(b_r * tl.exp2(e), S, PREC) + _dot(A, b_v, PREC)
+        b_o = _dot(b_r * ee, S, PREC) + _dot(A, b_v, PREC)
         tl.store(o + p_v, (scale * b_o).to(o.dtype.element_ty), mask=m_v)
         k_out = b_k * tl.exp2(last[None, :] - bc)
         S = S * tl.exp2(last)[:, None] + _dot(tl.trans(k_out), b_v, PREC)
@@ -169,8 +171,9 @@ def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, scale, T, seg, s_in_stride, H: tl.c
             _tile(do, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
         bc, e, last = _chunk_decays(b_w)
         dA = tl.where(strict, _dot(b_do, tl.trans(b_v), PREC), 0.0)
-        _, b_dr, _ = _pairs(b_k, b_k, dA, e, bc, last, BT, PREC)  # (its first argument, r, is not read for dr)
-        b_dr += tl.exp2(e) * _dot(b_do, tl.trans(S), PREC)
+        ee = tl.exp2(e)
+        _, b_dr, _ = _pairs(b_k, b_k, dA, e, ee, bc, last, BT, PREC)  # (its first argument, r, is not read for dr)
+        b_dr += ee * _dot(b_do, tl.trans(S), PREC)
         b_dr += b_u[None, :] * b_k * tl.sum(b_v * b_do, axis=1)[:, None]
         tl.store(dr + p_k, scale * b_dr, mask=m_k)
         k_out = b_k * tl.exp2(last[None, :] - bc)
@@ -221,7 +224,8 @@ def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, s
         n_dr, n_w = _tile(dr, rows, mt, ok, mk, K), _tile(w, rows, mt, ok, mk, K)
         bc, e, last = _chunk_decays(b_w)
         dA = tl.where(strict, _dot(b_do, tl.trans(b_v), PREC), 0.0)
-        A, _, dk_in = _pairs(b_r, b_k, dA, e, bc, last, BT, PREC)
+        ee = tl.exp2(e)
+        A, _, dk_in = _pairs(b_r, b_k, dA, e, ee, bc, last, BT, PREC)
         to_end = tl.exp2(last[None, :] - bc)
         dk_s = scale * dk_in + to_end * _dot(b_v, tl.trans(dS), PREC)
         vdo = tl.sum(b_v * b_do, axis=1)[:, None]
@@ -236,7 +240,7 @@ def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, s
         tl.store(dk + p_k, (dk_s + scale * b_u[None, :] * b_r * vdo).to(dk.dtype.element_ty), mask=m_k)
         tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_v)
         tl.store(dw + p_k, b_dw.to(dw.dtype.element_ty), mask=m_k)
-        r_in = b_r * tl.exp2(e)
+        r_in = b_r * ee
         dS = dS * tl.exp2(last)[:, None] + scale * _dot(tl.trans(r_in), b_do, PREC)
     tl.store(du + (i_bh * nseg + i_n) * K + ok, b_du, mask=mk)
     if STORE_DH0:
