@@ -168,6 +168,107 @@ def _ss_fwd_lanes_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
     tl.store(hT_ptr + state_off, h, mask=nd_mask)
 
 
+@triton.jit(do_not_specialize=["s_l", "sB_l", "sC_l"])
+def _ss_fwd_groups_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+                          y_ptr, hT_ptr, ck_ptr,
+                          L, DIM, N, CPG, NCK, s_l,
+                          sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+                          BLOCK_D: tl.constexpr, NS: tl.constexpr, NPT: tl.constexpr, T: tl.constexpr,
+                          CKI: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, STORE_CK: tl.constexpr,
+                          FAST_LOG: tl.constexpr):
+    """The forward with a channel's N states split over NS neighbouring threads, NPT = N / NS each:
+    tiles [NPT, T, BLOCK_D, NS], T steps of a channel in one thread's registers. At B·D = 20K
+    channels a channel per thread leaves most of the GPU idle; NS threads a channel multiply the
+    warps by NS, and y's sum over the NS groups is a warp shuffle. The next T steps' tiles are
+    loaded before this tile is scanned, so their latency hides behind it. The carried state enters
+    through the first step's input (h_0 = a_0 h + b_0), so the scan needs no decay products.
+    FAST_LOG (compiled only) takes softplus's log on the special-function unit (see _softplus)."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    t = tl.arange(0, T)
+    n3 = tl.arange(0, NS)[None, None, :] * NPT + tl.arange(0, NPT)[:, None, None]  # [NPT, 1, NS]
+    d3 = d[None, :, None]
+    dmask = d < DIM
+    s_mask = (d3 < DIM) & (n3 < N)  # [NPT, BLOCK_D, NS]
+    g = ((pid_d * BLOCK_D) // CPG).to(tl.int64)
+    ch = pid_b * DIM + d.to(tl.int64)
+    row = ch * L
+    state_off = ch[None, :, None] * N + n3
+    A2 = tl.load(A_ptr + d3 * N + n3, mask=s_mask, other=0.0).to(tl.float32) * 1.4426950408889634
+    h = tl.zeros([NPT, BLOCK_D, NS], dtype=tl.float32)
+    if HAS_H0:
+        h = tl.load(h0_ptr + state_off, mask=s_mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    B_base = B_ptr + pid_b * sB_b + g * sB_g
+    C_base = C_ptr + pid_b * sC_b + g * sC_g
+    u_n, dt_n, z_n, B_n, C_n = _groups_tile(u_ptr, dt_ptr, z_ptr, B_base, C_base, row, t, n3, dmask, L, N, s_l,
+                                            sB_n, sB_l, sC_n, sC_l, HAS_Z)
+    for c in range(0, tl.cdiv(L, T)):
+        u, raw, zz, Bt, Ct = u_n, dt_n, z_n, B_n, C_n
+        u_n, dt_n, z_n, B_n, C_n = _groups_tile(u_ptr, dt_ptr, z_ptr, B_base, C_base, row, (c + 1) * T + t, n3,
+                                                dmask, L, N, s_l, sB_n, sB_l, sC_n, sC_l, HAS_Z)
+        if STORE_CK:
+            if (c * T) % CKI == 0:
+                ck_off = (ch[None, :, None] * NCK + (c * T) // CKI) * N + n3
+                tl.store(ck_ptr + ck_off, h, mask=s_mask)
+        tt = c * T + t
+        m2 = (tt < L)[:, None] & dmask[None, :]
+        if HAS_BIAS:
+            raw += bias
+        dt = raw
+        if SOFTPLUS:
+            dt = _softplus(raw, FAST_LOG)
+        dt = tl.where(m2, dt, 0.0)
+        dA = tl.exp2(dt[None, :, :, None] * A2[:, None, :, :])
+        dBu = (dt * u)[None, :, :, None] * Bt[:, :, None, :]
+        dBu = tl.where((t == 0)[None, :, None, None], dBu + dA * h[:, None, :, :], dBu)
+        _, hs = tl.associative_scan((dA, dBu), 1, _lin_combine)
+        y = tl.sum(tl.sum(hs * Ct[:, :, None, :], axis=0), axis=2)
+        h = tl.sum(tl.where((t == T - 1)[None, :, None, None], hs, 0.0), axis=1)
+        if HAS_D:
+            y += Dv * u
+        if HAS_Z:
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(y_ptr + row[None, :] + tt[:, None].to(tl.int64) * s_l, y.to(y_ptr.dtype.element_ty), mask=m2)
+    tl.store(hT_ptr + state_off, h, mask=s_mask)
+
+
+@triton.jit
+def _softplus(x, FAST_LOG: tl.constexpr):
+    """log(1 + e^x), x itself past 20. FAST_LOG: lg2.approx (one special-function op, relative error
+    ~2^-22) instead of libdevice's log, a ~20-instruction polynomial that cost a tenth of the groups
+    forward's instructions; inline PTX, so not under the interpreter."""
+    if FAST_LOG:
+        lg = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [1.0 + tl.exp2(x * 1.4426950408889634)],
+                                       dtype=tl.float32, is_pure=True, pack=1)
+        sp = lg * 0.6931471805599453
+    else:
+        sp = tl.log(1.0 + tl.exp(x))
+    return tl.where(x > 20.0, x, sp)
+
+
+@triton.jit
+def _groups_tile(u_ptr, dt_ptr, z_ptr, B_base, C_base, row, tt, n3, dmask, L, N, s_l,
+                 sB_n, sB_l, sC_n, sC_l, HAS_Z: tl.constexpr):
+    """The groups forward's inputs at steps tt, float32, 0 past L: u, delta (before bias and softplus),
+    z `[T, BLOCK_D]` (z is None without HAS_Z), and B, C `[NPT, T, NS]`."""
+    m2 = (tt < L)[:, None] & dmask[None, :]
+    off = row[None, :] + tt[:, None].to(tl.int64) * s_l
+    u = tl.load(u_ptr + off, mask=m2, other=0.0).to(tl.float32)
+    raw = tl.load(dt_ptr + off, mask=m2, other=0.0).to(tl.float32)
+    zz = tl.load(z_ptr + off, mask=m2, other=0.0).to(tl.float32) if HAS_Z else None
+    t3 = tt[None, :, None].to(tl.int64)
+    bn_mask = (n3 < N) & (t3 < L)
+    Bt = tl.load(B_base + n3 * sB_n + t3 * sB_l, mask=bn_mask, other=0.0).to(tl.float32)
+    Ct = tl.load(C_base + n3 * sC_n + t3 * sC_l, mask=bn_mask, other=0.0).to(tl.float32)
+    return u, raw, zz, Bt, Ct
+
+
 @triton.jit
 def _ss_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr,
                    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
@@ -400,9 +501,15 @@ def _lanes_tile(u_ptr, dt_ptr, bias_ptr, B_base, C_base, row, d, n, tt, dmask, n
 # ---------------------------------------------------------------------------------------
 # Launchers. Tile choices are timed once per problem key on the GPU (the best tile
 # depends on D, L and the GPU); the interpreter always runs the smallest tile.
-# 3-tuples (BLOCK_D, T, warps) run the [D, N, T] kernel; "lanes" tiles (BLOCK_D = 32 x warps) the [N, T, D] one.
+# 3-tuples (BLOCK_D, T, warps) run the [D, N, T] kernel; "lanes" tiles (BLOCK_D = 32 x warps) the [N, T, D] one;
+# "groups" tiles (BLOCK_D, NS, T, warps, register cap or None) the [N/NS, T, BLOCK_D, NS] one (BLOCK_D·NS =
+# 32 x warps; T divides CK). At B4 D5120 N16 and NS 4 there are 19.4 warps a card's SM: the cap of 96
+# registers lets them all be resident at once (at ~110, a second wave runs a fifth of the blocks).
 _FWD_CONFIGS = [(4, 64, 4), (8, 32, 4), (8, 64, 8), (16, 32, 8),
-                ("lanes", 64, 2, 2), ("lanes", 128, 2, 4), ("lanes", 128, 4, 4), ("lanes", 32, 4, 1)]
+                ("lanes", 64, 2, 2), ("lanes", 128, 2, 4), ("lanes", 128, 4, 4), ("lanes", 32, 4, 1),
+                ("groups", 32, 4, 8, 4, None), ("groups", 16, 4, 8, 2, None), ("groups", 32, 4, 8, 4, 96),
+                ("groups", 16, 4, 8, 2, 96), ("groups", 8, 4, 8, 1, 96), ("groups", 32, 4, 8, 4, 80),
+                ("groups", 16, 8, 8, 4, 96), ("groups", 32, 4, 16, 4, 128)]
 _BWD_CONFIGS = [(2, 2), (4, 4), (8, 8)]
 # lanes backward: (BLOCK_D, sub-tile steps T, warps); T divides CK
 _BWD_LANES_CONFIGS = [(64, 2, 2), (128, 2, 4), (64, 4, 2), (128, 4, 4), (32, 2, 1), (64, 1, 2), (128, 1, 4)]
@@ -447,6 +554,19 @@ def ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck):
     flags = _flags(D, z, bias, softplus)
 
     def launch(cfg):
+        if cfg[0] == "groups":
+            _, bd, ns, T, nw, maxnreg = cfg
+            block_n = triton.next_power_of_2(N)
+            ns = min(ns, block_n)
+            bd = _block_d(bd, cpg)
+            compiled = not interpreting()
+            _ss_fwd_groups_kernel[(triton.cdiv(dim, bd), batch)](
+                u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), _or(h0, u), y, hT, ck,
+                L, dim, N, cpg, nck, 1, *B4.stride(), *C4.stride(),
+                BLOCK_D=bd, NS=ns, NPT=block_n // ns, T=T, CKI=CK,
+                HAS_H0=h0 is not None, STORE_CK=store_ck, FAST_LOG=compiled, num_warps=nw,
+                **({"maxnreg": maxnreg} if maxnreg and compiled else {}), **flags)
+            return
         lanes = cfg[0] == "lanes"
         bd, T, nw = cfg[1:] if lanes else cfg
         bd = _block_d(bd, cpg)

@@ -126,14 +126,17 @@ def test_triton_matches_naive(scan_fwd, b, D, N, L, gsel, z, Dskip, bias, h0):
     assert_close(got, want, 2e-4)
 
 
+@pytest.mark.parametrize("tile", [("lanes", 4, 4, 1), ("groups", 4, 2, 4, 1, None), ("groups", 2, 4, 8, 1, 96)],
+                         ids=["lanes", "groups2", "groups4"])
 @settings(max_examples=10, deadline=None)
 @given(**shapes)
-def test_triton_lanes_forward_matches_naive(b, D, N, L, gsel, z, Dskip, bias, h0):
-    """The second forward kernel (channels across lanes), with the shared backward."""
+def test_triton_tile_forward_matches_naive(tile, b, D, N, L, gsel, z, Dskip, bias, h0):
+    """The other forward kernels: channels across lanes, and a channel's states split over 2 or 4
+    threads (NS larger than the padded N included), with the shared backward."""
     from archdsl.kernels.selective_scan import triton_selective_scan as tss
     t = make(b, D, N, L, G=_groups(D, gsel), z=z, Dskip=Dskip, bias=bias, h0=h0)
     want = run(selective_scan_naive, {**t, **{k: v.double() for k, v in t.items() if torch.is_tensor(v)}})
-    tss.FWD_OVERRIDE = ("lanes", 4, 4, 1)
+    tss.FWD_OVERRIDE = tile
     try:
         with backend("triton"):
             got = run(selective_scan, t)
@@ -265,6 +268,30 @@ def test_gpu_full_size_forward(dtype, tol, L, scan_fwd):
     """A Mamba-1 layer of mamba-2.8b: B=4, D=5120, N=16."""
     t = make(4, 5120, 16, L, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
     assert_close(run(selective_scan, t, grads=False), _ref64(t, grads=False), tol)
+
+
+def _gpu_tiles():
+    from archdsl.kernels.selective_scan import triton_selective_scan as tss
+    return [c for c in tss._FWD_CONFIGS if c[0] == "groups"]
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("tile", _gpu_tiles(), ids=str)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+def test_gpu_groups_forward_tiles(tile, dtype, tol):
+    """Each tile of the states-over-threads forward, chosen by hand rather than timed: full size
+    (B=4, D=5120, N=16, L=4096) against float64, then gradients through its checkpoints."""
+    from archdsl.kernels.selective_scan import triton_selective_scan as tss
+    tss.FWD_OVERRIDE = tile
+    try:
+        t = make(4, 5120, 16, 4096, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
+        assert_close(run(selective_scan, t, grads=False), _ref64(t, grads=False), tol)
+        del t
+        t = make(2, 512, 16, 2048, G=2, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
+        assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=32), 1.5 * tol)
+    finally:
+        tss.FWD_OVERRIDE = None
 
 
 @pytest.mark.gpu
