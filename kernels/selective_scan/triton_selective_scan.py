@@ -1,11 +1,15 @@
 """Triton selective scan (Mamba-1): forward and backward kernels, launchers, autograd.Function.
 
-A program owns one batch row and BLOCK_D channels with all N states in registers, and
-walks the sequence in chunks of T steps. Inside a chunk the recurrence
-h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t is a parallel scan (tl.associative_scan)
-over (decay, input) pairs, and the carried state enters through the scanned decay
-product; the state never leaves the chip except at checkpoints (every CK steps, only
-when gradients are wanted). The backward walks the chunks in reverse, recomputes the
+The forward (`_ss_fwd_groups_kernel`) gives each channel's N states to NS neighbouring threads
+(N/NS states each) and walks the sequence in tiles of T steps held in registers: inside a tile
+the recurrence h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t is a scan along the thread's own
+registers (tl.associative_scan over (decay, input) pairs), y's sum over the states a warp
+shuffle, and the next tile's inputs are loaded before this one is scanned. The state never
+leaves the chip except at checkpoints (every CK steps, only when gradients are wanted). A
+second forward layout (`_ss_fwd_lanes_kernel`, a channel and all its states per thread) is
+among the tiles timed on the card and wins when there are channels enough to fill it.
+
+The backward walks the chunks in reverse, recomputes the
 states of a chunk from its checkpoint, and runs the adjoint recurrence
 k_t = C_t dy_t + exp(delta_{t+1} A) k_{t+1} as a reversed scan. B/C gradients are
 sums over channels and go out through fp32 atomics; A, D and delta_bias gradients
@@ -50,61 +54,6 @@ def _load_dt(ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     if SOFTPLUS:
         dt = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(raw)))
     return tl.where(mask, dt, 0.0), raw
-
-
-@triton.jit
-def _ss_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-                   y_ptr, hT_ptr, ck_ptr,
-                   L, DIM, N, CPG, NCK,
-                   sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
-                   BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T: tl.constexpr, CKI: tl.constexpr,
-                   HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                   HAS_H0: tl.constexpr, STORE_CK: tl.constexpr):
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
-    t = tl.arange(0, T)
-    dmask, nmask = d < DIM, n < N
-    dn_mask = dmask[:, None] & nmask[None, :]
-    g = ((pid_d * BLOCK_D) // CPG).to(tl.int64)
-    row = (pid_b * DIM + d.to(tl.int64)) * L
-    state_off = (pid_b * DIM + d.to(tl.int64))[:, None] * N + n[None, :]
-    A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=dn_mask, other=0.0).to(tl.float32) * 1.4426950408889634
-    bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32) if HAS_BIAS else None
-    Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32) if HAS_D else None
-    h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    if HAS_H0:
-        h = tl.load(h0_ptr + state_off, mask=dn_mask, other=0.0).to(tl.float32)
-    B_base = B_ptr + pid_b * sB_b + g * sB_g
-    C_base = C_ptr + pid_b * sC_b + g * sC_g
-    for c in range(0, tl.cdiv(L, T)):
-        tt = c * T + t
-        tmask = tt < L
-        m2 = dmask[:, None] & tmask[None, :]
-        off = row[:, None] + tt[None, :]
-        if STORE_CK:
-            if (c * T) % CKI == 0:
-                ck_off = ((pid_b * DIM + d.to(tl.int64)) * NCK + (c * T) // CKI)[:, None] * N + n[None, :]
-                tl.store(ck_ptr + ck_off, h, mask=dn_mask)
-        u = tl.load(u_ptr + off, mask=m2, other=0.0).to(tl.float32)
-        dt, _ = _load_dt(dt_ptr + off, m2, bias, HAS_BIAS, SOFTPLUS)
-        bn_mask = nmask[:, None] & tmask[None, :]
-        Bt = tl.load(B_base + n[:, None] * sB_n + tt[None, :].to(tl.int64) * sB_l, mask=bn_mask, other=0.0).to(tl.float32)
-        Ct = tl.load(C_base + n[:, None] * sC_n + tt[None, :].to(tl.int64) * sC_l, mask=bn_mask, other=0.0).to(tl.float32)
-        dA = tl.exp2(dt[:, None, :] * A2[:, :, None])
-        dBu = (dt * u)[:, None, :] * Bt[None, :, :]
-        aP, hS = tl.associative_scan((dA, dBu), 2, _lin_combine)
-        hs = hS + aP * h[:, :, None]
-        y = tl.sum(hs * Ct[None, :, :], axis=1)
-        h = tl.sum(tl.where(t[None, None, :] == T - 1, hs, 0.0), axis=2)
-        if HAS_D:
-            y += Dv[:, None] * u
-        if HAS_Z:
-            zz = tl.load(z_ptr + off, mask=m2, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=m2)
-    tl.store(hT_ptr + state_off, h, mask=dn_mask)
 
 
 @triton.jit(do_not_specialize=["s_l", "sB_l", "sC_l"])
@@ -501,19 +450,18 @@ def _lanes_tile(u_ptr, dt_ptr, bias_ptr, B_base, C_base, row, d, n, tt, dmask, n
 # ---------------------------------------------------------------------------------------
 # Launchers. Tile choices are timed once per problem key on the GPU (the best tile
 # depends on D, L and the GPU); the interpreter always runs the smallest tile.
-# 3-tuples (BLOCK_D, T, warps) run the [D, N, T] kernel; "lanes" tiles (BLOCK_D = 32 x warps) the [N, T, D] one;
-# "groups" tiles (BLOCK_D, NS, T, warps, register cap or None) the [N/NS, T, BLOCK_D, NS] one (BLOCK_D·NS =
-# 32 x warps; T divides CK). At B4 D5120 N16 and NS 4 there are 19.4 warps a card's SM: the cap of 96
-# registers lets them all be resident at once (at ~110, a second wave runs a fifth of the blocks).
-_FWD_CONFIGS = [(4, 64, 4), (8, 32, 4), (8, 64, 8), (16, 32, 8),
-                ("lanes", 64, 2, 2), ("lanes", 128, 2, 4), ("lanes", 128, 4, 4), ("lanes", 32, 4, 1),
-                ("groups", 32, 4, 8, 4, None), ("groups", 16, 4, 8, 2, None), ("groups", 32, 4, 8, 4, 96),
-                ("groups", 16, 4, 8, 2, 96), ("groups", 8, 4, 8, 1, 96), ("groups", 32, 4, 8, 4, 80),
-                ("groups", 16, 8, 8, 4, 96), ("groups", 32, 4, 16, 4, 128)]
+# "groups" tiles (BLOCK_D, NS, T, warps, register cap or None) run the [N/NS, T, BLOCK_D, NS] forward
+# (BLOCK_D·NS = 32 x warps; T divides CK), "lanes" tiles (BLOCK_D = 32 x warps, T, warps) the [N, T, D] one.
+# At B4 D5120 N16 and NS 4 there are 19.4 warps a card's SM: the cap of 96 registers lets them all be
+# resident at once (at ~110, a second wave runs a fifth of the blocks). H200, bf16, L 4096
+# (benchmarks/scan_configs.py, 2026-11-29): the four groups tiles 0.883 / 0.980 / 0.954 / 1.188 ms, the
+# lanes tile 1.93 ms; a [D, N, T] forward (time across threads) took 6.7-12 ms and was removed.
+_FWD_CONFIGS = [("groups", 32, 4, 8, 4, 96), ("groups", 16, 4, 8, 2, 96), ("groups", 32, 4, 8, 4, None),
+                ("groups", 16, 8, 8, 4, 96), ("lanes", 32, 4, 1)]
 _BWD_CONFIGS = [(2, 2), (4, 4), (8, 8)]
 # lanes backward: (BLOCK_D, sub-tile steps T, warps); T divides CK
 _BWD_LANES_CONFIGS = [(64, 2, 2), (128, 2, 4), (64, 4, 2), (128, 4, 4), (32, 2, 1), (64, 1, 2), (128, 1, 4)]
-_INTERP_FWD, _INTERP_BWD, _INTERP_BWD_LANES = (2, CK, 1), (2, 1), (2, 2, 1)
+_INTERP_FWD, _INTERP_BWD, _INTERP_BWD_LANES = ("groups", 2, 2, 4, 1, None), (2, 1), (2, 2, 1)
 _best: dict = {}
 FWD_OVERRIDE = None  # a forward tile to use instead of timing (tests run both kernels with it)
 
@@ -567,13 +515,11 @@ def ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck):
                 HAS_H0=h0 is not None, STORE_CK=store_ck, FAST_LOG=compiled, num_warps=nw,
                 **({"maxnreg": maxnreg} if maxnreg and compiled else {}), **flags)
             return
-        lanes = cfg[0] == "lanes"
-        bd, T, nw = cfg[1:] if lanes else cfg
+        _, bd, T, nw = cfg
         bd = _block_d(bd, cpg)
-        kernel, extra = (_ss_fwd_lanes_kernel, (1,)) if lanes else (_ss_fwd_kernel, ())
-        kernel[(triton.cdiv(dim, bd), batch)](
+        _ss_fwd_lanes_kernel[(triton.cdiv(dim, bd), batch)](
             u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), _or(h0, u), y, hT, ck,
-            L, dim, N, cpg, nck, *extra, *B4.stride(), *C4.stride(),
+            L, dim, N, cpg, nck, 1, *B4.stride(), *C4.stride(),
             BLOCK_D=bd, BLOCK_N=triton.next_power_of_2(N), T=T, CKI=CK,
             HAS_H0=h0 is not None, STORE_CK=store_ck, num_warps=nw, **flags)
 

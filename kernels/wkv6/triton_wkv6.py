@@ -147,8 +147,10 @@ def _fwd_kernel(r, k, v, w, u, s_in, o, s_out, scale, T, seg, s_in_stride, H: tl
 @triton.jit
 def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, scale, T, seg, s_in_stride, H: tl.constexpr, K: tl.constexpr,
                    V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, HAS_S_IN: tl.constexpr,
-                   PREC: tl.constexpr):
-    """dr (float32) for one segment's tokens and one block of K, from the state entering the segment."""
+                   PREC: tl.constexpr, PREC_IN: tl.constexpr):
+    """dr (float32) for one segment's tokens and one block of K, from the state entering the segment.
+    PREC (_prec_bwd) for the dots, but PREC_IN (the inputs' own, _prec) for do·vᵀ, whose operands are
+    inputs: exact in bfloat16 too."""
     i_n, i_bh, i_k = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     ot, ok, ov = tl.arange(0, BT), i_k * BK + tl.arange(0, BK), tl.arange(0, BV)
@@ -170,7 +172,7 @@ def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, scale, T, seg, s_in_stride, H: tl.c
         n_k, n_v, n_do, n_w = _tile(k, rows, mt, ok, mk, K), _tile(v, rows, mt, ov, mv, V), \
             _tile(do, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
         bc, e, last = _chunk_decays(b_w)
-        dA = tl.where(strict, _dot(b_do, tl.trans(b_v), PREC), 0.0)
+        dA = tl.where(strict, _dot(b_do, tl.trans(b_v), PREC_IN), 0.0)
         ee = tl.exp2(e)
         _, b_dr, _ = _pairs(b_k, b_k, dA, e, ee, bc, last, BT, PREC)  # (its first argument, r, is not read for dr)
         b_dr += ee * _dot(b_do, tl.trans(S), PREC)
@@ -184,7 +186,7 @@ def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, scale, T, seg, s_in_stride, H: tl.c
 def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, scale, T, seg, s_exit_stride,
                     ds_in_stride, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                     BV: tl.constexpr, BT: tl.constexpr, HAS_DS_IN: tl.constexpr, STORE_DH0: tl.constexpr,
-                    PREC: tl.constexpr):
+                    PREC: tl.constexpr, PREC_IN: tl.constexpr):
     """dk, dv, dw and a du partial for one segment, walking it backward from the gradient leaving it.
 
     ds_in[(bh·ds_in_stride + n)] is d loss / d(state leaving segment n), s_exit[...] that state.
@@ -223,7 +225,7 @@ def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, s
             _tile(v, rows, mt, ov, mv, V), _tile(do, rows, mt, ov, mv, V)
         n_dr, n_w = _tile(dr, rows, mt, ok, mk, K), _tile(w, rows, mt, ok, mk, K)
         bc, e, last = _chunk_decays(b_w)
-        dA = tl.where(strict, _dot(b_do, tl.trans(b_v), PREC), 0.0)
+        dA = tl.where(strict, _dot(b_do, tl.trans(b_v), PREC_IN), 0.0)
         ee = tl.exp2(e)
         A, _, dk_in = _pairs(b_r, b_k, dA, e, ee, bc, last, BT, PREC)
         to_end = tl.exp2(last[None, :] - bc)
@@ -257,10 +259,12 @@ def _prec(x: torch.Tensor) -> str:
 
 
 def _prec_bwd(x: torch.Tensor) -> str:
-    """The backward's dots keep tf32 for bfloat16 inputs. With bfloat16 operands there (the carried
-    state and its gradient rounded too) the GPU test of gradients at T = 128K against float64 failed
-    its 5% bound, and passes with tf32; that costs forward+backward 2.45 -> 2.77 ms at B4 T4096 H32
-    K=V=64 (H200, 2026-11-29)."""
+    """The backward's dots keep tf32 for bfloat16 inputs, except do·vᵀ (PREC_IN: its operands are the
+    inputs themselves, exact in bfloat16). With bfloat16 operands everywhere (the carried state and its
+    gradient rounded too) the GPU test of gradients at T = 128K against float64 failed its 5% bound, and
+    passes with tf32; that cost forward+backward 2.45 -> 2.77 ms at B4 T4096 H32 K=V=64 (H200,
+    2026-11-29). bfloat16 for the other products inside a sub-chunk (the pairs, Aᵀ·do) took it to
+    2.71 ms and 16K from 10.97 to 10.54 ms, and failed the same test (2026-11-29): not kept."""
     return "tf32" if _prec(x) == "bf16" else _prec(x)
 
 
@@ -296,14 +300,14 @@ def segments_bwd(r, k, v, w, u, scale, do, s_in, s_in_stride, s_exit, ds_in, exi
     nseg = max(1, triton.cdiv(T, seg))
     dr32 = torch.empty(B, T, H, K, dtype=torch.float32, device=r.device)
     _bwd_dr_kernel[(nseg, B * H, triton.cdiv(K, BK))](k, v, w, u, s_in, do, dr32, scale, T, seg, s_in_stride, H, K,
-                                                      V, BK, BVF, BT, s_in is not None, _prec_bwd(r),
+                                                      V, BK, BVF, BT, s_in is not None, _prec_bwd(r), _prec(r),
                                                       num_warps=_num_warps(BK, BVF))
     dk, dw, dv = torch.empty_like(k), torch.empty_like(w), torch.empty_like(v)
     du = torch.empty(B, H, nseg, K, dtype=torch.float32, device=r.device)
     dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=r.device) if store_dh0 else None
     _bwd_rev_kernel[(nseg, B * H)](r, k, v, w, u, do, dr32, s_exit, ds_in, dk, dv, dw, du, dh0, scale, T, seg,
                                    *exit_strides, H, K, V, BKF, BVF, BT, ds_in is not None, store_dh0, _prec_bwd(r),
-                                   num_warps=rev_warps)
+                                   _prec(r), num_warps=rev_warps)
     return dr32.to(r.dtype), dk, dv, dw, du.sum((0, 2)).to(u.dtype), dh0
 
 
