@@ -205,12 +205,13 @@ def _softplus(x, FAST_LOG: tl.constexpr):
 def _groups_tile(u_ptr, dt_ptr, z_ptr, B_base, C_base, row, tt, n3, dmask, L, N, s_l,
                  sB_n, sB_l, sC_n, sC_l, HAS_Z: tl.constexpr):
     """The groups forward's inputs at steps tt, float32, 0 past L: u, delta (before bias and softplus),
-    z `[T, BLOCK_D]` (z is None without HAS_Z), and B, C `[NPT, T, NS]`."""
+    z `[T, BLOCK_D]` (u again without HAS_Z: a compiled function cannot return None), and B, C
+    `[NPT, T, NS]`."""
     m2 = (tt < L)[:, None] & dmask[None, :]
     off = row[None, :] + tt[:, None].to(tl.int64) * s_l
     u = tl.load(u_ptr + off, mask=m2, other=0.0).to(tl.float32)
     raw = tl.load(dt_ptr + off, mask=m2, other=0.0).to(tl.float32)
-    zz = tl.load(z_ptr + off, mask=m2, other=0.0).to(tl.float32) if HAS_Z else None
+    zz = tl.load(z_ptr + off, mask=m2, other=0.0).to(tl.float32) if HAS_Z else u  # unread without z
     t3 = tt[None, :, None].to(tl.int64)
     bn_mask = (n3 < N) & (t3 < L)
     Bt = tl.load(B_base + n3 * sB_n + t3 * sB_l, mask=bn_mask, other=0.0).to(tl.float32)

@@ -296,6 +296,21 @@ def test_gpu_groups_forward_tiles(tile, dtype, tol):
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("tile", _gpu_tiles()[:1], ids=str)
+def test_gpu_without_z_d_bias(tile):
+    """The plain scan (no D, z, delta_bias or softplus: how a Mamba layer calls it with the epilogue
+    fusion off), forward and gradients, against float64."""
+    from archdsl.kernels.selective_scan import triton_selective_scan as tss
+    tss.FWD_OVERRIDE = tile
+    try:
+        t = make(2, 512, 16, 2048, G=2, h0=True, device="cuda")
+        assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=32), 1e-4)
+    finally:
+        tss.FWD_OVERRIDE = None
+
+
+@pytest.mark.gpu
+@gpu
 @pytest.mark.parametrize("bwd", ["threads", "lanes"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 def test_gpu_gradients(dtype, tol, bwd, scan_fwd):
