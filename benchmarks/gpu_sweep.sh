@@ -5,7 +5,7 @@
 #   SWEEP=2 bash benchmarks/gpu_sweep.sh WHEELS OUTDIR    # kernels | models, WKV6, fusions (~9 min)
 # Each part fits one 10-minute call on a 2-GPU machine (the two lanes side by side); on one GPU
 # the lanes run one after the other. LANE_KERNELS / LANE_MODELS name the stages to run instead
-# (gpu_tests bench_ssd bench_scan bench_wkv6 bench_model bench_fusions bench_gemv step_configs profile ssd_configs wkv6_configs zoology; a lane
+# (gpu_tests bench_ssd bench_scan bench_wkv6 bench_model bench_fusions bench_gemv step_configs profile ssd_configs wkv6_configs scan_configs zoology; a lane
 # set to "-" runs nothing).
 # WHEELS holds the peers as files (the fla-core wheel and the mamba-ssm sdist, whose Triton
 # code runs without its CUDA extensions). Each stage has its own time limit, and every
@@ -41,6 +41,7 @@ bench_gemv() { stage bench_gemv "${T_GEMV:-150}" python3 benchmarks/kernels.py -
 step_configs() { stage step_configs "${T_STEPCFG:-200}" python3 benchmarks/step_configs.py --json "$OUTDIR/step_configs.json"; }
 ssd_configs() { stage ssd_configs "${T_CONFIGS:-330}" python3 benchmarks/ssd_configs.py --json "$OUTDIR/ssd_configs.json"; }
 wkv6_configs() { stage wkv6_configs "${T_WKVCFG:-300}" python3 benchmarks/wkv6_configs.py --json "$OUTDIR/wkv6_configs.json"; }
+scan_configs() { stage scan_configs "${T_SCANCFG:-150}" python3 benchmarks/scan_configs.py --json "$OUTDIR/scan_configs.json"; }
 zoology() { stage zoology "${T_ZOO:-500}" python3 benchmarks/zoology_mqar.py --jobs 12 --steps 20000 --lrs 2e-3 --budget-s "${ZOO_BUDGET:-420}" --out "$OUTDIR/zoology.json"; }
 MODEL_ARGS=${MODEL_ARGS:-}
 case "${SWEEP:-1}" in
