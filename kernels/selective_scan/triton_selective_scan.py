@@ -53,7 +53,7 @@ def _load_dt(ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
         raw = raw + bias[:, None]
     dt = raw
     if SOFTPLUS:
-        dt = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(raw)))
+        dt = _softplus(raw, False)
     return tl.where(mask, dt, 0.0), raw
 
 
@@ -98,7 +98,7 @@ def _ss_fwd_lanes_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
         if HAS_BIAS:
             dt += tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
         if SOFTPLUS:
-            dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))
+            dt = _softplus(dt, False)
         dt = tl.where(m2, dt, 0.0)
         bn_mask = nmask[:, None] & tmask[None, :]
         Bt = tl.load(B_base + n[:, None] * sB_n + tt[None, :].to(tl.int64) * sB_l, mask=bn_mask, other=0.0).to(tl.float32)
@@ -442,7 +442,7 @@ def _lanes_tile(u_ptr, dt_ptr, bias_ptr, B_base, C_base, row, d, n, tt, dmask, n
         raw += tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
     dt = raw
     if SOFTPLUS:
-        dt = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(raw)))
+        dt = _softplus(raw, False)
     dt = tl.where(m2, dt, 0.0)
     bn_mask = nmask[:, None] & tmask[None, :]
     Bt = tl.load(B_base + n[:, None] * sB_n + tt[None, :].to(tl.int64) * sB_l, mask=bn_mask, other=0.0).to(tl.float32)
@@ -672,7 +672,7 @@ def _ss_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr,
     if HAS_BIAS:
         dt += tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)
     if SOFTPLUS:
-        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))
+        dt = _softplus(dt, False)
     A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=m, other=0.0).to(tl.float32)
     g = (d // CPG).to(tl.int64)
     Bv = tl.load(B_ptr + b * s_Bb + g[:, None] * s_Bg + n[None, :], mask=m, other=0.0).to(tl.float32)
