@@ -122,7 +122,7 @@ def ssd(args) -> dict:
         y.backward(dy)
 
     out = {}
-    for impl in ("fused", "chunked"):
+    for impl in args.impl.split(","):
         os.environ["ARCHDSL_SSD_IMPL"] = impl
         out[impl] = _kernels(fwd_bwd, dev, f"ssd_scan fwd+bwd {impl}, B4 L{L} H{H} P{P} N{N}", impl, args.top)
     os.environ.pop("ARCHDSL_SSD_IMPL", None)
@@ -167,6 +167,7 @@ def main() -> int:
     ap.add_argument("--ctx", type=int, default=16384)
     ap.add_argument("--L", type=int, default=None, help="sequence length (ssd: 16384, wkv6: 4096)")
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--impl", default="fused,chunked", help="ssd: the implementations to profile (ARCHDSL_SSD_IMPL)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json")
     args = ap.parse_args()

@@ -36,7 +36,7 @@ from archdsl.kernels.ssd import triton_ssd as fused  # noqa: E402
 from archdsl.kernels.ssd import triton_ssd_chunked as chunked  # noqa: E402
 
 CHUNKED_CHOICES = {  # kernel: candidate (BT, BP, num_warps, num_stages)
-    "scan": list(itertools.product((32, 64), (32, 64), (4, 8), (2, 3))),
+    "scan": list(itertools.product((32, 64), (64,), (4, 8), (1, 2, 3))),
     "dstate": list(itertools.product((32, 64), (32, 64), (4, 8), (2,))),
     "grads_targets": list(itertools.product((32, 64), (32, 64), (4, 8), (1, 2))),
     "grads_sources": list(itertools.product((32, 64), (32, 64), (4, 8), (1, 2))),

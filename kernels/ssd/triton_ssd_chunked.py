@@ -47,6 +47,8 @@ from .triton_ssd import _flags, _pow2, _prec, scan_function
 # take 216 and 236 registers at BT = 32, 4 warps, 1 stage; with 2 stages _chunk_grads_sources spills 32 bytes.
 # benchmarks/ssd_configs.py times the alternatives on the card: after the split of the gradient kernel
 # (2026-11-29, L 16K) _chunk_grads_targets at BT 64, 1 stage took fwd+bwd from 6.01 to 5.45-5.48 ms.
+# _chunk_scan runs its sub-block pairs in one loop (2026-11-29, L 16K, one process): forward 0.952 ->
+# 0.859 ms at BT 64, 4 warps, 2 stages (1 stage 0.968, 3 stages 1.141; BT 32 1.18-1.28; 8 warps 1.27-2.54).
 CHUNK, BLOCK_PN, BLOCK_H, PASS_WARPS = 128, 512, 32, 4
 CONFIG = {  # kernel: (BT, BP, num_warps, num_stages)
     "scan": (64, 64, 4, 2),
@@ -205,13 +207,24 @@ def _carry_pass(src_ptr, dst_ptr, first_ptr, last_ptr, s_ptr, seq_ptr, L, H, PN,
 
 
 @triton.jit
+def _state_weights(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, L, NC, Q: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """What chunk c's own state needs besides its x and B tiles: each token's weight in it,
+    exp(s_end - s_t) dt'_t ([Q], 0 for tokens of another sequence than the chunk's last), and the
+    factor carry of the entering state."""
+    nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
+    offs, rows, mask_t, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, 0, L, NC, Q, Q, HAS_SEQ)
+    return tl.where(seq == seq_last, tl.exp(tl.minimum(sT - s, 0.0)) * dt, 0.0), carry
+
+
+@triton.jit
 def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, L, H, G, P, N, NC,
                 HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                 PREC: tl.constexpr):
     """The forward's serial pass with each chunk's own state formed in it, over one (batch, head)'s
     [P block, N block]: walking the chunks c, hin[c] = h, then h = h · carry[c] + Σ_t exp(s_end - s_t)
     dt'_t x_t ⊗ B_t (one [BP, Q]·[Q, BN] dot); the last h is the final state. Each chunk's x and B
-    tiles are loaded one step ahead, so their latency hides behind the step before."""
+    tiles and its tokens' weights are loaded one step ahead, so their latency hides behind the step
+    before."""
     bh64 = tl.program_id(0).to(tl.int64)
     h = tl.program_id(0) % H
     g = h // (H // G)
@@ -226,18 +239,26 @@ def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, 
     offs_q = tl.arange(0, Q)
     x_next = _tile(x_ptr, row0 + offs_q, offs_q < L, H, h, P, offs_p, mask_p)
     B_next = _tile(B_ptr, row0 + offs_q, offs_q < L, G, g, N, offs_n, mask_n)
+    w_next, carry_next = _state_weights(dtc_ptr, s_ptr, seq_ptr, bh64, row0, 0, L, NC, Q, HAS_SEQ)
     for c in range(NC):
         tl.store(hin_ptr + (bh64 * NC + c) * P * N + so, state.to(hin_ptr.dtype.element_ty), mask=mask_s)
-        x, Bm = x_next, B_next
+        x, Bm, w, carry = x_next, B_next, w_next, carry_next
         t_next = (c + 1) * Q + offs_q
         x_next = _tile(x_ptr, row0 + t_next, t_next < L, H, h, P, offs_p, mask_p)
         B_next = _tile(B_ptr, row0 + t_next, t_next < L, G, g, N, offs_n, mask_n)
-        nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
-        offs, rows, mask_t, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, 0, L, NC, Q, Q, HAS_SEQ)
-        w = tl.where(seq == seq_last, tl.exp(tl.minimum(sT - s, 0.0)) * dt, 0.0)
+        w_next, carry_next = _state_weights(dtc_ptr, s_ptr, seq_ptr, bh64, row0, tl.minimum(c + 1, NC - 1), L, NC, Q,
+                                            HAS_SEQ)
         state = state * carry + tl.dot(tl.trans(x), (Bm.to(tl.float32) * w[:, None]).to(x.dtype),
                                        input_precision=PREC)
     tl.store(hT_ptr + bh64 * P * N + so, state, mask=mask_s)
+
+
+@triton.jit
+def _pair_ij(p):
+    """The p-th pair (target i, source j <= i) of sub-blocks, in the order (0, 0), (1, 0), (1, 1),
+    (2, 0), ...: i = floor((sqrt(8p + 1) - 1) / 2), exact in float32 for any chunk's count of pairs."""
+    i = ((tl.sqrt_rn(tl.cast(8 * p + 1, tl.float32)) - 1.0) * 0.5).to(tl.int32)
+    return i, p - i * (i + 1) // 2
 
 
 @triton.jit
@@ -246,8 +267,10 @@ def _chunk_scan(x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_
                 HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
                 STORE_YPRE: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
                 BN: tl.constexpr, PREC: tl.constexpr):
-    """y of one chunk and P block, sub-block by sub-block: masked products with the sub-blocks before
-    (C_t Bᵀ_u ∘ decay ∘ dt'_u) x_u, plus the entering state's part exp(s_t) C_t · h_in."""
+    """y of one chunk and P block, in one loop over the sub-block pairs t >= u (so that the compiler's
+    pipelining loads each pair's tiles while the pair before computes, across target sub-blocks too):
+    a target sub-block's y starts, at its first pair, as the entering state's part exp(s_t) C_t · h_in,
+    takes (C_t Bᵀ_u ∘ decay ∘ dt'_u) x_u from each pair, and is stored at its last."""
     c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
         s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
     so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
@@ -258,30 +281,34 @@ def _chunk_scan(x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_
             Dv = tl.load(D_ptr + h * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)[None, :]
         else:
             Dv = tl.load(D_ptr + h).to(tl.float32)
-    for i in range(nb):
+    y = tl.zeros((BT, BP), dtype=tl.float32)
+    for p in range(nb * (nb + 1) // 2):
+        i, j = _pair_ij(p)
         offs_i, rows_i, mask_i, dt_i, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
                                                        HAS_SEQ)
+        offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC, Q, BT,
+                                                          HAS_SEQ)
         Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
-        y = tl.dot(Ci, tl.trans(state), input_precision=PREC)
-        y = tl.where(seq_i == seq_prev, tl.exp(s_i), 0.0)[:, None] * y
-        for j in range(i + 1):
-            offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC,
-                                                              Q, BT, HAS_SEQ)
-            xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
-            Bj = _tile(B_ptr, rows_j, mask_j, G, g, N, offs_n, mask_n)
-            CB = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)
-            W = CB * _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j) * dt_j[None, :]
-            y += tl.dot(W.to(xj.dtype), xj, input_precision=PREC)
-        xo = (rows_i * H + h)[:, None] * P + offs_p[None, :]
-        mask_tp = mask_i[:, None] & mask_p[None, :]
-        if HAS_D:
-            y += Dv * tl.load(x_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
-        if STORE_YPRE:
-            tl.store(ypre_ptr + xo, y.to(ypre_ptr.dtype.element_ty), mask=mask_tp)
-        if HAS_Z:
-            zv = tl.load(z_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
-            y = y * zv * tl.sigmoid(zv)
-        tl.store(y_ptr + xo, y.to(y_ptr.dtype.element_ty), mask=mask_tp)
+        xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
+        Bj = _tile(B_ptr, rows_j, mask_j, G, g, N, offs_n, mask_n)
+        if j == 0:
+            y = tl.dot(Ci, tl.trans(state), input_precision=PREC)
+            y = tl.where(seq_i == seq_prev, tl.exp(s_i), 0.0)[:, None] * y
+        CB = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)
+        W = CB * _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j) * dt_j[None, :]
+        y += tl.dot(W.to(xj.dtype), xj, input_precision=PREC)
+        if j == i:  # the target's last pair: xj is its own x
+            xo = (rows_i * H + h)[:, None] * P + offs_p[None, :]
+            mask_tp = mask_i[:, None] & mask_p[None, :]
+            out = y
+            if HAS_D:
+                out += Dv * xj.to(tl.float32)
+            if STORE_YPRE:
+                tl.store(ypre_ptr + xo, out.to(ypre_ptr.dtype.element_ty), mask=mask_tp)
+            if HAS_Z:
+                zv = tl.load(z_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
+                out = out * zv * tl.sigmoid(zv)
+            tl.store(y_ptr + xo, out.to(y_ptr.dtype.element_ty), mask=mask_tp)
 
 
 @triton.jit
