@@ -85,10 +85,9 @@ def _triton_impl(args) -> str:
     fused walks the chunks of a (batch, head) in one program; chunked runs the chunks in parallel
     and carries only the [P, N] state serially (mamba_ssm's layout). Which wins depends on B·H·L
     against the chip's size, so auto measures it once per (shapes, dtype, options, grad). Unset,
-    each pass takes the one measured faster on the H200 (docs/benchmarks.md, B4 H32 P64 N128):
-    chunked (forward 0.318 vs 0.330 ms at L 4K, 1.18 vs 1.27 at 16K; forward+backward, since its
-    gradient kernel was split in two, 1.50 vs 2.41 ms at 4K and 5.46 vs 9.50 at 16K; mamba2-1.3b
-    trains 7.5% faster with it) -- and fused whenever the chunked layout's per-chunk states would pass CHUNKED_STATE_BYTES (a
+    each pass takes the one measured faster on the H200 (docs/benchmarks.md, B4 H32 P64 N128, one
+    process): chunked (forward 0.236 vs 0.328 ms at L 4K, 0.863 vs 1.328 at 16K; forward+backward
+    1.41 vs 2.41 ms at 4K and 5.15 vs 9.45 at 16K; mamba2-1.3b trained 7.5% faster with it) -- and fused whenever the chunked layout's per-chunk states would pass CHUNKED_STATE_BYTES (a
     gain of a few percent is not worth gigabytes: a 1M-token prefill of 80 heads keeps ~32 GB of them).
     """
     x, tensors = args[0], args[:9]
