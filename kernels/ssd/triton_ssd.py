@@ -20,6 +20,34 @@ import triton.language as tl
 
 
 @triton.jit
+def _skip_D(D_ptr, h, P, offs_p, mask_p, HAS_D: tl.constexpr, D_PER_P: tl.constexpr):
+    """Head h's D as a factor of [T, P block] tiles: [1, P block] for D [H, P], a scalar for D [H]
+    (0 without D)."""
+    Dv = 0.0
+    if HAS_D:
+        if D_PER_P:
+            Dv = tl.load(D_ptr + h * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)[None, :]
+        else:
+            Dv = tl.load(D_ptr + h).to(tl.float32)
+    return Dv
+
+
+@triton.jit
+def _finish_y(y, xf, Dv, z_ptr, y_ptr, ypre_ptr, xo, mask_tp, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+              STORE_YPRE: tl.constexpr):
+    """Store a [T, P block] tile of y at offsets xo: y + D x (xf: x in float32), kept before the gate
+    when asked (the backward's dz needs it), times silu(z)."""
+    if HAS_D:
+        y += Dv * xf
+    if STORE_YPRE:
+        tl.store(ypre_ptr + xo, y.to(ypre_ptr.dtype.element_ty), mask=mask_tp)
+    if HAS_Z:
+        zv = tl.load(z_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
+        y = y * zv * tl.sigmoid(zv)
+    tl.store(y_ptr + xo, y.to(y_ptr.dtype.element_ty), mask=mask_tp)
+
+
+@triton.jit
 def _chunk_dt(dt_ptr, bias_ptr, rows, h, H, mask_t, A,
               HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Effective dt of a chunk ([Q], 0 past the end), the raw pre-softplus value, cumsum of dt A."""
@@ -76,11 +104,7 @@ def _ssd_fwd_kernel(
     mask_n = offs_n < N
     mask_pn = mask_p[:, None] & mask_n[None, :]
     A = tl.load(A_ptr + h).to(tl.float32)
-    if HAS_D:
-        if D_PER_P:
-            Dv = tl.load(D_ptr + h * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
-        else:
-            Dv = tl.load(D_ptr + h).to(tl.float32)
+    Dv = _skip_D(D_ptr, h, P, offs_p, mask_p, HAS_D, D_PER_P)
     row0 = b.to(tl.int64) * L
     bh64 = pid_bh.to(tl.int64)
     pn_offs = offs_p[:, None] * N + offs_n[None, :]
@@ -116,17 +140,7 @@ def _ssd_fwd_kernel(
         y_state = tl.dot(Cm, tl.trans(state.to(x.dtype)), input_precision=PREC)
         y += tl.where(m_in, tl.exp(s), 0.0)[:, None] * y_state
         xf = x.to(tl.float32)
-        if HAS_D:
-            if D_PER_P:
-                y += Dv[None, :] * xf
-            else:
-                y += Dv * xf
-        if STORE_YPRE:
-            tl.store(ypre_ptr + xo, y.to(ypre_ptr.dtype.element_ty), mask=mask_tp)
-        if HAS_Z:
-            zv = tl.load(z_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
-            y = y * zv * tl.sigmoid(zv)
-        tl.store(y_ptr + xo, y.to(y_ptr.dtype.element_ty), mask=mask_tp)
+        _finish_y(y, xf, Dv, z_ptr, y_ptr, ypre_ptr, xo, mask_tp, HAS_D, HAS_Z, STORE_YPRE)
 
         sT = tl.sum(dt * A, axis=0)
         w_out = tl.where(m_out, tl.exp(tl.minimum(sT - s, 0.0)) * dt, 0.0)
@@ -158,11 +172,7 @@ def _ssd_bwd_kernel(
     mask_n = offs_n < N
     mask_pn = mask_p[:, None] & mask_n[None, :]
     A = tl.load(A_ptr + h).to(tl.float32)
-    if HAS_D:
-        if D_PER_P:
-            Dv = tl.load(D_ptr + h * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
-        else:
-            Dv = tl.load(D_ptr + h).to(tl.float32)
+    Dv = _skip_D(D_ptr, h, P, offs_p, mask_p, HAS_D, D_PER_P)
     row0 = b.to(tl.int64) * L
     bh64 = pid_bh.to(tl.int64)
     # every per-token gradient but dx is a sum over P: each P block writes its own part
@@ -241,10 +251,7 @@ def _ssd_bwd_kernel(
         dB += (w_out * dt)[:, None] * tl.dot(x, dstate_lo, input_precision=PREC)
 
         if HAS_D:
-            if D_PER_P:
-                dx += Dv[None, :] * gy
-            else:
-                dx += Dv * gy
+            dx += Dv * gy
             dD_acc += tl.sum(gy * xf, axis=0)
         da = tl.sum(ds, axis=0) - tl.cumsum(ds, axis=0) + ds
         ddt += A * da

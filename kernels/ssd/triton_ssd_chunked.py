@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import interpreting
-from .triton_ssd import _flags, _pow2, _prec, scan_function
+from .triton_ssd import _finish_y, _flags, _pow2, _prec, _skip_D, scan_function
 
 # Launch choices per chunk kernel: BT tokens per sub-block, BP head channels per program, warps,
 # software-pipelining stages. One chunk length for all (the buffers' layout depends on it): 128
@@ -276,11 +276,7 @@ def _chunk_scan(x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_
     so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
     state = tl.load(hin_ptr + so, mask=mask_p[:, None] & mask_n[None, :], other=0.0)
     state = state.to(x_ptr.dtype.element_ty)
-    if HAS_D:
-        if D_PER_P:
-            Dv = tl.load(D_ptr + h * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)[None, :]
-        else:
-            Dv = tl.load(D_ptr + h).to(tl.float32)
+    Dv = _skip_D(D_ptr, h, P, offs_p, mask_p, HAS_D, D_PER_P)
     y = tl.zeros((BT, BP), dtype=tl.float32)
     for p in range(nb * (nb + 1) // 2):
         i, j = _pair_ij(p)
@@ -299,16 +295,8 @@ def _chunk_scan(x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_
         y += tl.dot(W.to(xj.dtype), xj, input_precision=PREC)
         if j == i:  # the target's last pair: xj is its own x
             xo = (rows_i * H + h)[:, None] * P + offs_p[None, :]
-            mask_tp = mask_i[:, None] & mask_p[None, :]
-            out = y
-            if HAS_D:
-                out += Dv * xj.to(tl.float32)
-            if STORE_YPRE:
-                tl.store(ypre_ptr + xo, out.to(ypre_ptr.dtype.element_ty), mask=mask_tp)
-            if HAS_Z:
-                zv = tl.load(z_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
-                out = out * zv * tl.sigmoid(zv)
-            tl.store(y_ptr + xo, out.to(y_ptr.dtype.element_ty), mask=mask_tp)
+            _finish_y(y, xj.to(tl.float32), Dv, z_ptr, y_ptr, ypre_ptr, xo, mask_i[:, None] & mask_p[None, :],
+                      HAS_D, HAS_Z, STORE_YPRE)
 
 
 @triton.jit
@@ -438,11 +426,7 @@ def _chunk_grads_sources(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
     state = tl.load(hin_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
     ds_T = carry * tl.sum(tl.sum(dstate.to(tl.float32) * state, axis=1), axis=0)
     dstate = dstate.to(xdt)
-    if HAS_D:
-        if D_PER_P:
-            Dv = tl.load(D_ptr + h * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)[None, :]
-        else:
-            Dv = tl.load(D_ptr + h).to(tl.float32)
+    Dv = _skip_D(D_ptr, h, P, offs_p, mask_p, HAS_D, D_PER_P)
     dD_acc = tl.zeros((BP,), dtype=tl.float32)
     # the sources' ds and d(dt') over the chunk, a sub-block a row
     ds_c = tl.zeros((Q // BT, BT), dtype=tl.float32)
