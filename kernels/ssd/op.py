@@ -87,8 +87,9 @@ def _triton_impl(args) -> str:
     against the chip's size, so auto measures it once per (shapes, dtype, options, grad). Unset,
     each pass takes the one measured faster on the H200 (docs/benchmarks.md, B4 H32 P64 N128, one
     process): chunked (forward 0.236 vs 0.328 ms at L 4K, 0.863 vs 1.328 at 16K; forward+backward
-    1.41 vs 2.41 ms at 4K and 5.15 vs 9.45 at 16K; mamba2-1.3b trained 7.5% faster with it) -- and fused whenever the chunked layout's per-chunk states would pass CHUNKED_STATE_BYTES (a
-    gain of a few percent is not worth gigabytes: a 1M-token prefill of 80 heads keeps ~32 GB of them).
+    1.41 vs 2.41 ms at 4K and 5.15 vs 9.45 at 16K; mamba2-1.3b trained 7.5% faster with it) -- and
+    fused whenever the chunked layout's per-chunk states would pass CHUNKED_STATE_BYTES (a gain of a
+    few percent is not worth gigabytes: a 1M-token prefill of 80 heads keeps ~32 GB of them).
     """
     x, tensors = args[0], args[:9]
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
