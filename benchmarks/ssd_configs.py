@@ -1,5 +1,5 @@
 """Launch choices of the SSD Triton kernels, timed on the card: which sub-block, P block, warps and
-stages each kernel should run with.
+stages and register cap each kernel should run with.
 
     python benchmarks/ssd_configs.py [--L 16384] [--only chunked|fused] [--kernels grads_targets,...] [--json FILE]
     python benchmarks/ssd_configs.py --chunks 64,128,256 [--L 16384]   # the chunk length alone
@@ -35,11 +35,12 @@ from archdsl.kernels.ssd import ssd_scan  # noqa: E402
 from archdsl.kernels.ssd import triton_ssd as fused  # noqa: E402
 from archdsl.kernels.ssd import triton_ssd_chunked as chunked  # noqa: E402
 
-CHUNKED_CHOICES = {  # kernel: candidate (BT, BP, num_warps, num_stages)
-    "scan": list(itertools.product((32, 64), (64,), (4, 8), (1, 2, 3))),
-    "dstate": list(itertools.product((32, 64), (32, 64), (4, 8), (2,))),
-    "grads_targets": list(itertools.product((32, 64), (32, 64), (4, 8), (1, 2))),
-    "grads_sources": list(itertools.product((32, 64), (32, 64), (4, 8), (1, 2))),
+CHUNKED_CHOICES = {  # kernel: candidate (BT, BP, num_warps, num_stages, maxnreg)
+    "scan": list(itertools.product((32, 64), (64,), (4, 8), (1, 2, 3), (None,)))
+    + list(itertools.product((64,), (64,), (4,), (1, 2), (128, 168))),
+    "dstate": list(itertools.product((32, 64), (32, 64), (4, 8), (2,), (None,))),
+    "grads_targets": list(itertools.product((32, 64), (32, 64), (4, 8), (1, 2), (None,))),
+    "grads_sources": list(itertools.product((32, 64), (32, 64), (4, 8), (1, 2), (None,))),
 }
 STATE_PASS_CHOICES = list(itertools.product((32, 64), (64, 128), (4, 8)))  # the forward's state pass: BP, BN, warps
 FUSED_CHOICES = {  # module constants: candidates
@@ -89,7 +90,7 @@ def sweep_chunked(L, kernels=None):
             chunked.CONFIG = dict(start, **{kernel: choice})
             ms = timers[grad]()
             mine.append(dict(layout="chunked", kernel=kernel, choice=list(choice), grad=grad, ms=ms))
-            print(f"  {kernel} BT,BP,warps,stages={choice}: {ms:.3f} ms", flush=True)
+            print(f"  {kernel} BT,BP,warps,stages,maxnreg={choice}: {ms:.3f} ms", flush=True)
         rows += mine
         b = _best(mine)
         best[kernel] = tuple(b["choice"]) if b else start[kernel]

@@ -8,7 +8,8 @@ everything that touches the tokens runs in programs over (batch, chunk, head, P 
               _state_pass    (serial over chunks, parallel over batch, head, P and N blocks)
                                          each chunk's own state Σ_t exp(s_end - s_t) dt'_t x_t ⊗ B_t, added
                                          to the carried one: the state entering every chunk, the final state
-              _chunk_scan    (parallel)  y = (C Bᵀ ∘ decay ∘ dt') x + exp(s) C · h_in + D x, times silu(z)
+              _chunk_cb      (parallel)  CB = C Bᵀ of each chunk and group, once for all the group's heads
+              _chunk_scan    (parallel)  y = (CB ∘ decay ∘ dt') x + exp(s) C · h_in + D x, times silu(z)
     backward  _chunk_dstate  (parallel)  each chunk's own gradient of its entering state Σ_t exp(s_t) gy_t ⊗ C_t
               _carry_pass    (serial, last chunk first) the gradient of the state leaving every chunk, and of h0
               _chunk_grads_targets (parallel)  dz, per-head dC and the targets' part of dL/ds per token
@@ -17,7 +18,9 @@ everything that touches the tokens runs in programs over (batch, chunk, head, P 
 A chunk of Q tokens is worked through in sub-blocks of BT tokens: a program holds [BT, BT] and
 [BT, N] tiles, never [Q, Q]; the intra-chunk products run over the sub-block pairs t >= u.
 
-Buffers (NC = ceil(L / Q) chunks): dt' and s [B, H, NC, Q] float32; the chunks' own states
+Buffers (NC = ceil(L / Q) chunks): dt' and s [B, H, NC, Q] float32; CB [B, NC, G, Q, Q] float32
+(forward only: the gradient kernels form their [BT, BT] tiles of it, which measured faster than
+reading them); the chunks' own states
 [B, H, NC, P, N] float32 (backward only); the entering states [B, H, NC, P, N] in the state dtype
 (the input's for 16-bit inputs -- the products read them in that precision anyway -- else
 float32); the backward's state gradients likewise, and
@@ -49,12 +52,14 @@ from .triton_ssd import _finish_y, _flags, _pow2, _prec, _skip_D, scan_function
 # (2026-11-29, L 16K) _chunk_grads_targets at BT 64, 1 stage took fwd+bwd from 6.01 to 5.45-5.48 ms.
 # _chunk_scan runs its sub-block pairs in one loop (2026-11-29, L 16K, one process): forward 0.952 ->
 # 0.859 ms at BT 64, 4 warps, 2 stages (1 stage 0.968, 3 stages 1.141; BT 32 1.18-1.28; 8 warps 1.27-2.54).
+# Reading CB from _chunk_cb and C only at a target's first pair (2026-11-29): 0.865 -> 0.835 ms; capped at
+# 168 registers (ptxas: no stack; 3 blocks an SM instead of 2), 1 stage: 0.811 (2 stages 0.827, cap 128 0.832-0.875).
 CHUNK, BLOCK_PN, BLOCK_H, PASS_WARPS = 128, 512, 32, 4
-CONFIG = {  # kernel: (BT, BP, num_warps, num_stages)
-    "scan": (64, 64, 4, 2),
-    "dstate": (64, 64, 4, 2),
-    "grads_targets": (64, 64, 4, 1),
-    "grads_sources": (32, 64, 4, 2),
+CONFIG = {  # kernel: (BT, BP, num_warps, num_stages, maxnreg: ptxas's register cap or None)
+    "scan": (64, 64, 4, 1, 168),
+    "dstate": (64, 64, 4, 2, None),
+    "grads_targets": (64, 64, 4, 1, None),
+    "grads_sources": (32, 64, 4, 2, None),
 }
 # The forward's state pass (BP, BN, warps): it forms each chunk's own state as it walks the chunks.
 # H200, B4 H32 P64 N128 bf16, 2026-11-29, one process: replacing a parallel chunk-state kernel
@@ -66,12 +71,14 @@ INTERPRET_CHUNK, INTERPRET_SUB = 32, 16
 
 
 def _launch(kernel: str, x, Q: int, P: int) -> dict:
-    """The sizes and launch options of one chunk kernel: BT, BP, NPB (P blocks), num_warps, num_stages."""
-    bt, bp, warps, stages = CONFIG[kernel]
+    """The sizes and launch options of one chunk kernel: BT, BP, NPB (P blocks), num_warps, num_stages
+    and, when CONFIG caps them, maxnreg."""
+    bt, bp, warps, stages, maxnreg = CONFIG[kernel]
     small = interpreting() and x.device.type != "cuda"
     BP = min(_pow2(P), bp)
+    cap = {} if maxnreg is None or small else dict(maxnreg=maxnreg)
     return dict(BT=min(INTERPRET_SUB if small else bt, Q), BP=BP, NPB=triton.cdiv(P, BP), num_warps=warps,
-                num_stages=stages)
+                num_stages=stages, **cap)
 
 
 @triton.jit
@@ -254,6 +261,33 @@ def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, 
 
 
 @triton.jit
+def _chunk_cb(B_ptr, C_ptr, cb_ptr, L, G, N, NC, Q: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr,
+              PREC: tl.constexpr):
+    """C_t · B_u of one chunk and group, sub-block (i, j) [BT, BT] of cb [B, NC, G, Q, Q] float32:
+    every head of the group reads it rather than forming it (zero past L)."""
+    pid = tl.program_id(0)
+    g = pid % G
+    c = (pid // G) % NC
+    row0 = (pid // (G * NC)).to(tl.int64) * L
+    offs_i = (tl.program_id(1) // (Q // BT)) * BT + tl.arange(0, BT)
+    offs_j = (tl.program_id(1) % (Q // BT)) * BT + tl.arange(0, BT)
+    offs_n = tl.arange(0, BN)
+    mask_n = offs_n < N
+    Ci = _tile(C_ptr, row0 + c * Q + offs_i, c * Q + offs_i < L, G, g, N, offs_n, mask_n)
+    Bj = _tile(B_ptr, row0 + c * Q + offs_j, c * Q + offs_j < L, G, g, N, offs_n, mask_n)
+    cb = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)
+    tl.store(cb_ptr + pid.to(tl.int64) * Q * Q + offs_i[:, None] * Q + offs_j[None, :], cb)
+
+
+@triton.jit
+def _cb_tile(cb_ptr, H, NC, G, c, g, offs_i, offs_j, Q: tl.constexpr):
+    """CB[t, u] of the program's chunk and group for targets offs_i, sources offs_j (chunk positions),
+    [BT, BT] float32 from _chunk_cb's buffer."""
+    base = ((tl.program_id(0) // (H * NC)).to(tl.int64) * NC * G + c * G + g) * Q * Q
+    return tl.load(cb_ptr + base + offs_i[:, None] * Q + offs_j[None, :])
+
+
+@triton.jit
 def _pair_ij(p):
     """The p-th pair (target i, source j <= i) of sub-blocks, in the order (0, 0), (1, 0), (1, 1),
     (2, 0), ...: i = floor((sqrt(8p + 1) - 1) / 2), exact in float32 for any chunk's count of pairs."""
@@ -262,7 +296,7 @@ def _pair_ij(p):
 
 
 @triton.jit
-def _chunk_scan(x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, y_ptr, ypre_ptr,
+def _chunk_scan(x_ptr, C_ptr, cb_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, y_ptr, ypre_ptr,
                 L, H, G, P, N, NC,
                 HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
                 STORE_YPRE: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
@@ -270,7 +304,7 @@ def _chunk_scan(x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_
     """y of one chunk and P block, in one loop over the sub-block pairs t >= u (so that the compiler's
     pipelining loads each pair's tiles while the pair before computes, across target sub-blocks too):
     a target sub-block's y starts, at its first pair, as the entering state's part exp(s_t) C_t · h_in,
-    takes (C_t Bᵀ_u ∘ decay ∘ dt'_u) x_u from each pair, and is stored at its last."""
+    takes (CB[t, u] ∘ decay ∘ dt'_u) x_u from each pair (CB from _chunk_cb), and is stored at its last."""
     c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
         s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
     so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
@@ -284,13 +318,12 @@ def _chunk_scan(x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_
                                                        HAS_SEQ)
         offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC, Q, BT,
                                                           HAS_SEQ)
-        Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
         xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
-        Bj = _tile(B_ptr, rows_j, mask_j, G, g, N, offs_n, mask_n)
-        if j == 0:
+        CB = _cb_tile(cb_ptr, H, NC, G, c, g, offs_i, offs_j, Q)
+        if j == 0:  # the target's first pair
+            Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
             y = tl.dot(Ci, tl.trans(state), input_precision=PREC)
             y = tl.where(seq_i == seq_prev, tl.exp(s_i), 0.0)[:, None] * y
-        CB = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)
         W = CB * _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j) * dt_j[None, :]
         y += tl.dot(W.to(xj.dtype), xj, input_precision=PREC)
         if j == i:  # the target's last pair: xj is its own x
@@ -538,11 +571,15 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     _state_pass[(batch * H, triton.cdiv(P, BP), triton.cdiv(N, BNP))](
         x, B, seq, dtc, s, h0, hin, hT, L, H, G, P, N, NC, HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
         Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps)
+    cb = torch.empty(batch, NC, G, Q, Q, **f32)
+    cbt = _launch("scan", x, Q, P)["BT"]
+    _chunk_cb[(batch * NC * G, (Q // cbt) ** 2)](B, C, cb, L, G, N, NC, Q=Q, BT=cbt, BN=BN, PREC=_prec(x),
+                                                  num_warps=PASS_WARPS)
     y = torch.empty_like(x)
     store_ypre = for_backward and z is not None
     ypre = torch.empty_like(x) if store_ypre else y
     fl = _flags(D, z, dt_bias, dt_softplus)
-    _run(_chunk_scan, "scan", x, batch * NC * H, x, B, C, D, z, seq, dtc, s, hin, y, ypre, L, H, G, P, N, NC,
+    _run(_chunk_scan, "scan", x, batch * NC * H, x, C, cb, D, z, seq, dtc, s, hin, y, ypre, L, H, G, P, N, NC,
          HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None,
          STORE_YPRE=store_ypre, Q=Q, BN=BN, PREC=_prec(x))
     return y, hT, (dtc, s, hin, ypre if store_ypre else None)
