@@ -1,7 +1,7 @@
 """Launch choices of the SSD Triton kernels, timed on the card: which sub-block, P block, warps and
 stages and register cap each kernel should run with.
 
-    python benchmarks/ssd_configs.py [--L 16384] [--only chunked|fused] [--kernels grads_targets,...] [--json FILE]
+    python benchmarks/ssd_configs.py [--L 16384] [--only chunked|fused] [--kernels grads,group,...] [--json FILE]
     python benchmarks/ssd_configs.py --chunks 64,128,256 [--L 16384]   # the chunk length alone
 
 Shape B=4, L, H=32, P=64, N=128, G=1, bf16, D and dt_bias with softplus (benchmarks/kernels_ssd.py's).
@@ -39,8 +39,8 @@ CHUNKED_CHOICES = {  # kernel: candidate (BT, BP, num_warps, num_stages, maxnreg
     "scan": list(itertools.product((32, 64), (64,), (4, 8), (1, 2, 3), (None,)))
     + list(itertools.product((64,), (64,), (4,), (1, 2), (128, 168))),
     "dstate": list(itertools.product((32, 64), (32, 64), (4, 8), (2,), (None,))),
-    "grads_targets": list(itertools.product((32, 64), (32, 64), (4, 8), (1, 2), (None,))),
-    "grads_sources": list(itertools.product((32, 64), (32, 64), (4, 8), (1, 2), (None,))),
+    "grads": list(itertools.product((32, 64), (32, 64), (4, 8), (1, 2), (None,))),
+    "group": list(itertools.product((32, 64), (64,), (4, 8), (1, 2), (None,))),
 }
 STATE_PASS_CHOICES = list(itertools.product((32, 64), (64, 128), (4, 8)))  # the forward's state pass: BP, BN, warps
 FUSED_CHOICES = {  # module constants: candidates
@@ -83,7 +83,7 @@ def sweep_chunked(L, kernels=None):
     for kernel, choices in CHUNKED_CHOICES.items():
         if kernels and kernel not in kernels:
             continue
-        grad = kernel in ("dstate", "grads_targets", "grads_sources")
+        grad = kernel in ("dstate", "grads", "group")
         print(f"== chunked {kernel} ({'fwd+bwd' if grad else 'fwd'}, L{L}); now {start[kernel]}", flush=True)
         mine = []
         for choice in choices:

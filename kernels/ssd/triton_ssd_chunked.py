@@ -12,19 +12,18 @@ everything that touches the tokens runs in programs over (batch, chunk, head, P 
               _chunk_scan    (parallel)  y = (CB ∘ decay ∘ dt') x + exp(s) C · h_in + D x, times silu(z)
     backward  _chunk_dstate  (parallel)  each chunk's own gradient of its entering state Σ_t exp(s_t) gy_t ⊗ C_t
               _carry_pass    (serial, last chunk first) the gradient of the state leaving every chunk, and of h0
-              _chunk_grads_targets (parallel)  dz, per-head dC and the targets' part of dL/ds per token
-              _chunk_grads_sources (parallel)  dx, per-head dB, the rest of dL/ds, d(dt'), per-chunk dA, dD
+              _chunk_grads   (parallel)  a head's own: dx, dz, dL/ds and d(dt'), per-chunk dA and dD
+              _group_dC      (parallel over batch, chunk, group; walks the group's heads)
+                                         dC, and dCB = Σ_heads dL/d(CB) of each chunk
+              _group_dB      (the same)  dB, with dCB
 
 A chunk of Q tokens is worked through in sub-blocks of BT tokens: a program holds [BT, BT] and
 [BT, N] tiles, never [Q, Q]; the intra-chunk products run over the sub-block pairs t >= u.
 
-Buffers (NC = ceil(L / Q) chunks): dt' and s [B, H, NC, Q] float32; CB [B, NC, G, Q, Q] float32
-(forward only: the gradient kernels form their [BT, BT] tiles of it, which measured faster than
-reading them); the chunks' own states
-[B, H, NC, P, N] float32 (backward only); the entering states [B, H, NC, P, N] in the state dtype
-(the input's for 16-bit inputs -- the products read them in that precision anyway -- else
-float32); the backward's state gradients likewise, and
-the targets' part of dL/ds [NPB, B, H, NC, Q] float32 (per P block of _chunk_grads_targets).
+Buffers (NC = ceil(L / Q) chunks): dt' and s [B, H, NC, Q] float32; CB and dCB [B, NC, G, Q, Q]
+float32; the chunks' own states [B, H, NC, P, N] float32 (backward only); the entering states
+[B, H, NC, P, N] in the state dtype (the input's for 16-bit inputs -- the products read them in that
+precision anyway -- else float32); the backward's state gradients likewise.
 Packed sequences (seq_idx), as in the fused kernels: a token sees the entering state only if it
 belongs to the sequence of the token before the chunk, reaches the leaving state only if it
 belongs to the chunk's last token's, and the entering state passes through the chunk only if
@@ -43,13 +42,12 @@ from .triton_ssd import _finish_y, _flags, _pow2, _prec, _skip_D, scan_function
 # Launch choices per chunk kernel: BT tokens per sub-block, BP head channels per program, warps,
 # software-pipelining stages. One chunk length for all (the buffers' layout depends on it): 128
 # tokens (the [P, N] states per token, the largest traffic, halve from 64). The sub-blocks' tiles
-# must fit the registers: ptxas on sm_90 (tests/kernels/sm90.py --regs) reports every chunk kernel at
-# 255 registers and spilling with BT = 64; at BT = 32 and 4 warps the gradient kernels spill 0.2 and
-# 0.6 KB a thread, with 8 warps and 1 stage none. That compile is not told the arguments' 16-byte
-# alignment, so all its loads are scalar: as launched (aligned pointers and sizes) the gradient kernels
-# take 216 and 236 registers at BT = 32, 4 warps, 1 stage; with 2 stages _chunk_grads_sources spills 32 bytes.
-# benchmarks/ssd_configs.py times the alternatives on the card: after the split of the gradient kernel
-# (2026-11-29, L 16K) _chunk_grads_targets at BT 64, 1 stage took fwd+bwd from 6.01 to 5.45-5.48 ms.
+# must fit the registers: ptxas for sm_90, the arguments 16-byte aligned as launched, gives _chunk_grads
+# 213 registers at BT 32, 4 warps, 2 stages (255 and 0.7-0.8 KB of stack at BT 64, 4 warps), _group_dC
+# 232 and _group_dB 128 at BT 64, 8 warps, 2 stages (both spill at 4 warps).
+# benchmarks/ssd_configs.py times the alternatives on the card. The group kernels of dB and dC
+# (2026-11-29, L 16K, one process): forward+backward 5.16 -> 4.61 ms at BT 64, 8 warps, 2 stages
+# (1 stage 5.50, 4 warps 5.31-5.48, BT 32 5.26-6.07); _chunk_grads at BT 32, BP 64, 4 warps (5.50-7.66 else).
 # _chunk_scan runs its sub-block pairs in one loop (2026-11-29, L 16K, one process): forward 0.952 ->
 # 0.859 ms at BT 64, 4 warps, 2 stages (1 stage 0.968, 3 stages 1.141; BT 32 1.18-1.28; 8 warps 1.27-2.54).
 # Reading CB from _chunk_cb and C only at a target's first pair (2026-11-29): 0.865 -> 0.835 ms; capped at
@@ -58,8 +56,8 @@ CHUNK, BLOCK_PN, BLOCK_H, PASS_WARPS = 128, 512, 32, 4
 CONFIG = {  # kernel: (BT, BP, num_warps, num_stages, maxnreg: ptxas's register cap or None)
     "scan": (64, 64, 4, 1, 168),
     "dstate": (64, 64, 4, 2, None),
-    "grads_targets": (64, 64, 4, 1, None),
-    "grads_sources": (32, 64, 4, 2, None),
+    "grads": (32, 64, 4, 2, None),
+    "group": (64, 64, 8, 2, None),
 }
 # The forward's state pass (BP, BN, warps): it forms each chunk's own state as it walks the chunks.
 # H200, B4 H32 P64 N128 bf16, 2026-11-29, one process: replacing a parallel chunk-state kernel
@@ -368,85 +366,48 @@ def _chunk_dstate(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, ypre_ptr, dy_ptr, direc
     tl.store(direct_ptr + so, acc, mask=mask_p[:, None] & mask_n[None, :])
 
 
-# The backward of a chunk, with g = dL/dy before the gate and M[t, u] = (C_t . B_u) decay[t, u] dt'_u
-# (g_t . x_u) over the token pairs t >= u: a pass over target sub-blocks t gives dC and dz, one over
-# source sub-blocks u gives dx, dB and d(dt'). ds = dL/ds (s the in-chunk cumsum of dt' A) takes parts
-# from both: each pair t > u adds M[t, u] to ds_t and takes it from ds_u (the pairs t = u, decay 1
-# whatever s, are left out rather than added and taken away: dA comes out exactly 0 where it is, as in
-# the float64 reference), the entering state's terms exp(s_t) C_t . h_in add to ds_t, and the leaving
-# state's terms exp(s_end - s_u) dt'_u x_u ⊗ B_u move from ds_u to ds at the chunk's end.
-# _chunk_grads_targets runs first and writes its part of ds per token; _chunk_grads_sources adds it to
-# its own, then d(dt'_u) += A Σ_{t>=u} ds_t.
+# The backward of a chunk, with g = dL/dy before the gate, R[t, u] = decay[t, u] dt'_u (g_t . x_u) and
+# M[t, u] = CB[t, u] R[t, u] over the token pairs t >= u:
+#   dx_u = dt'_u (Σ_t decay CB[t, u] g_t + w_out(u) dL/dh_out · B_u) + D g_u,   d(dt'_u) = x_u . dx_u / dt'_u
+#   dC_t = Σ_u R[t, u] B_u + exp(s_t) g_t · h_in,     dB_u = Σ_t R[t, u] C_t + w_out(u) dt'_u x_u · dL/dh_out
+# ds = dL/ds (s the in-chunk cumsum of dt' A): each pair t > u adds M[t, u] to ds_t and takes it from
+# ds_u (the pairs t = u, decay 1 whatever s, are left out rather than added and taken away: dA comes out
+# exactly 0 where it is, as in the float64 reference), the entering state's terms exp(s_t) g_t . C_t h_in
+# add to ds_t, and the leaving state's terms w_out(u) dt'_u x_u ⊗ B_u move from ds_u to ds at the chunk's
+# end; then d(dt'_u) += A Σ_{t>=u} ds_t. Everything but dB and dC is a head's own: _chunk_grads works
+# it out per (batch, chunk, head, P block). dB and dC are sums over the group's heads: _group_dC sums
+# dCB = Σ_h R_h and the entering-state terms over the heads in its loop, and hands dCB to _group_dB,
+# so that dC = dCB B and dB = dCBᵀ C are formed once a group rather than once a head.
 
 
 @triton.jit
-def _pair(gi, Ci, xj, Bj, offs_i, s_i, seq_i, offs_j, s_j, seq_j, dt_j, PREC: tl.constexpr):
+def _pair(gi, xj, CB, offs_i, s_i, seq_i, offs_j, s_j, seq_j, dt_j, PREC: tl.constexpr):
     """The products of target sub-block i (rows t; gi its gradient of y [BT, P block] in the inputs'
-    dtype, Ci [BT, N]) and source sub-block j (columns u; xj [BT, P block], Bj [BT, N]), each [BT, BT]:
-    decay, CB = C_t . B_u, R = decay dt'_u (g_t . x_u) and M = R CB for t > u, else 0 (on t = u the
-    decay is 1, independent of s). Both backward kernels form M here, so that the ds terms one adds
-    and the other takes away are the same numbers."""
+    dtype) and source sub-block j (columns u; xj [BT, P block]) given their CB [BT, BT]: decay and
+    M = CB R for t > u, else 0 (on t = u the decay is 1, independent of s)."""
     decay = _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j)
-    CB = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)
     R = decay * dt_j[None, :] * tl.dot(gi, tl.trans(xj), input_precision=PREC)
-    return decay, CB, R, tl.where(offs_i[:, None] > offs_j[None, :], R * CB, 0.0)
+    return decay, tl.where(offs_i[:, None] > offs_j[None, :], R * CB, 0.0)
 
 
 @triton.jit
-def _put(rows, part, k):
-    """rows [Q / BT, BT] (a chunk's [Q] values, a sub-block a row) with row k replaced by part [BT]."""
-    return tl.where(tl.arange(0, rows.shape[0])[:, None] == k, part[None, :], rows)
+def _add_row(rows, part, k):
+    """rows [Q / BT, BT] (a chunk's [Q] values, a sub-block a row) with part [BT] added to row k."""
+    return rows + tl.where(tl.arange(0, rows.shape[0])[:, None] == k, part[None, :], 0.0)
 
 
 @triton.jit
-def _chunk_grads_targets(x_ptr, B_ptr, C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, ypre_ptr, hin_ptr, dy_ptr,
-                         dz_ptr, dCh_ptr, ds_ptr, L, H, G, P, N, NC, NPB,
-                         HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
-                         BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
-    """The target side of one chunk's backward, for one P block: dz [B, L, H, P], the per-head dC part
-    [B, L, H·NPB, N] and the targets' part of ds [NPB, B, H, NC, Q] float32 (of the sub-blocks holding
-    tokens), dC_t = exp(s_t) g_t h_in + Σ_u R[t, u] B_u and ds_t = Σ_{u<t} M[t, u] + exp(s_t) g_t . C_t h_in."""
-    c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
-        s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
-    pb = tl.program_id(1)
-    xdt = x_ptr.dtype.element_ty
-    so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
-    state = tl.load(hin_ptr + so, mask=mask_p[:, None] & mask_n[None, :], other=0.0).to(xdt)
-    for i in range(nb):
-        offs_i, rows_i, mask_i, dt_i, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
-                                                       HAS_SEQ)
-        gi = _gated_grad(dy_ptr, z_ptr, ypre_ptr, dz_ptr, rows_i, h, H, P, offs_p, mask_i, mask_p,
-                         HAS_Z, True).to(xdt)
-        e_in = tl.where(seq_i == seq_prev, tl.exp(s_i), 0.0)
-        Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
-        dC = e_in[:, None] * tl.dot(gi, state, input_precision=PREC)
-        ds = tl.sum(Ci.to(tl.float32) * dC, axis=1)
-        for j in range(i + 1):
-            offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC,
-                                                              Q, BT, HAS_SEQ)
-            xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
-            Bj = _tile(B_ptr, rows_j, mask_j, G, g, N, offs_n, mask_n)
-            _, _, R, M = _pair(gi, Ci, xj, Bj, offs_i, s_i, seq_i, offs_j, s_j, seq_j, dt_j, PREC)
-            ds += tl.sum(M, axis=1)
-            dC += tl.dot(R.to(xdt), Bj, input_precision=PREC)
-        tl.store(ds_ptr + (pb.to(tl.int64) * tl.num_programs(0) + bh64 * NC + c) * Q + offs_i, ds)
-        ho = ((rows_i * H + h) * NPB + pb)[:, None] * N + offs_n[None, :]
-        tl.store(dCh_ptr + ho, dC.to(dCh_ptr.dtype.element_ty), mask=mask_i[:, None] & mask_n[None, :])
-
-
-@triton.jit
-def _chunk_grads_sources(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, dtc_ptr, s_ptr,
-                         hin_ptr, dout_ptr, dy_ptr, ds_ptr,
-                         dx_ptr, ddt_ptr, dBh_ptr, dA_ptr, dD_ptr,
-                         L, H, G, P, N, NC, NPB, BLH,
-                         HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-                         SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
-                         BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
-    """The source side of one chunk's backward, for one P block, given the state entering it (hin), the
-    gradient of the state leaving it (dout) and the targets' part of ds summed over P ([B, H, NC, Q],
-    added by P block 0): dx [B, L, H, P], the per-head dB part [B, L, H·NPB, N], d(dt') [NPB, B, L, H]
-    (through the softplus), dA [NPB, B·NC·H] and dD [B, H, NC, P] per chunk. ds_u of the sources is
-    -Σ_{t>u} M[t, u] and minus their parts in the leaving state; then d(dt'_u) += A Σ_{t>=u} ds_t."""
+def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, dtc_ptr, s_ptr,
+                 hin_ptr, dout_ptr, dy_ptr, ypre_ptr, dx_ptr, dz_ptr, ddt_ptr, dA_ptr, dD_ptr,
+                 L, H, G, P, N, NC, BLH,
+                 HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
+                 BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """A head's backward of one chunk and P block, given the state entering it (hin) and the gradient
+    of the one leaving it (dout): dx, dz [B, L, H, P], and this P block's parts of d(dt') [NPB, B, L, H]
+    (through the softplus), dA [NPB, B·NC·H] and dD [B, H, NC, P] per chunk. Walks the source
+    sub-blocks j and, for each, the targets i >= j: dx_j sums over the targets, each pair's M goes to
+    ds_i and from ds_j; sub-block j's own target terms (dz, the entering state's ds) come with it."""
     c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
         s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
     pb = tl.program_id(1)
@@ -454,52 +415,50 @@ def _chunk_grads_sources(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
     mask_pn = mask_p[:, None] & mask_n[None, :]
     so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
     dstate = tl.load(dout_ptr + so, mask=mask_pn, other=0.0)
+    state = tl.load(hin_ptr + so, mask=mask_pn, other=0.0)
     # ds at the chunk's end: exp(s_end) scales the entering state in the leaving one (the sources'
     # parts in it are added below)
-    state = tl.load(hin_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
-    ds_T = carry * tl.sum(tl.sum(dstate.to(tl.float32) * state, axis=1), axis=0)
-    dstate = dstate.to(xdt)
+    ds_T = carry * tl.sum(tl.sum(dstate.to(tl.float32) * state.to(tl.float32), axis=1), axis=0)
+    dstate, state = dstate.to(xdt), state.to(xdt)
     Dv = _skip_D(D_ptr, h, P, offs_p, mask_p, HAS_D, D_PER_P)
     dD_acc = tl.zeros((BP,), dtype=tl.float32)
-    # the sources' ds and d(dt') over the chunk, a sub-block a row
-    ds_c = tl.zeros((Q // BT, BT), dtype=tl.float32)
+    ds_c = tl.zeros((Q // BT, BT), dtype=tl.float32)  # ds and d(dt') over the chunk, a sub-block a row
     ddt_c = tl.zeros((Q // BT, BT), dtype=tl.float32)
     for j in range(nb):
         offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC, Q, BT,
                                                           HAS_SEQ)
         xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
         Bj = _tile(B_ptr, rows_j, mask_j, G, g, N, offs_n, mask_n)
+        Cj = _tile(C_ptr, rows_j, mask_j, G, g, N, offs_n, mask_n)
+        gj = _gated_grad(dy_ptr, z_ptr, ypre_ptr, dz_ptr, rows_j, h, H, P, offs_p, mask_j, mask_p, HAS_Z, True)
+        # as a target: the entering state's term exp(s_t) g_t . C_t h_in
+        e_in = tl.where(seq_j == seq_prev, tl.exp(s_j), 0.0)
+        ds_j = e_in * tl.sum(gj * tl.dot(Cj, tl.trans(state), input_precision=PREC), axis=1)
         dxs = tl.zeros((BT, BP), dtype=tl.float32)  # dx / dt'
-        dB = tl.zeros((BT, BN), dtype=tl.float32)
-        ds = tl.zeros((BT,), dtype=tl.float32)
         for i in range(j, nb):
             offs_i, rows_i, mask_i, dt_i, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
                                                            HAS_SEQ)
             gi = _gated_grad(dy_ptr, z_ptr, None, None, rows_i, h, H, P, offs_p, mask_i, mask_p,
                              HAS_Z, False).to(xdt)
-            Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
-            decay, CB, R, M = _pair(gi, Ci, xj, Bj, offs_i, s_i, seq_i, offs_j, s_j, seq_j, dt_j, PREC)
-            ds -= tl.sum(M, axis=0)  # what the targets add to their ds
+            CB = _cb_tile(cb_ptr, H, NC, G, c, g, offs_i, offs_j, Q)
+            decay, M = _pair(gi, xj, CB, offs_i, s_i, seq_i, offs_j, s_j, seq_j, dt_j, PREC)
+            ds_j -= tl.sum(M, axis=0)
+            ds_c = _add_row(ds_c, tl.sum(M, axis=1), i)
             dxs += tl.dot(tl.trans((decay * CB).to(xdt)), gi, input_precision=PREC)
-            dB += tl.dot(tl.trans(R.to(xdt)), Ci, input_precision=PREC)
         # the sub-block's part in the state the chunk hands on: w_out dt' x ⊗ B, with exp(-s_u) in w_out
         w_out = tl.where(seq_j == seq_last, tl.exp(tl.minimum(sT - s_j, 0.0)), 0.0)
         dHB = w_out[:, None] * tl.dot(Bj, tl.trans(dstate), input_precision=PREC)
         w = dt_j * tl.sum(xj.to(tl.float32) * dHB, axis=1)
         ds_T += tl.sum(w, axis=0)
-        ds_c = _put(ds_c, ds - w, j)
-        dB += (w_out * dt_j)[:, None] * tl.dot(xj, dstate, input_precision=PREC)
+        ds_c = _add_row(ds_c, ds_j - w, j)
         dxs += dHB
-        ddt_c = _put(ddt_c, tl.sum(xj.to(tl.float32) * dxs, axis=1), j)
+        ddt_c = _add_row(ddt_c, tl.sum(xj.to(tl.float32) * dxs, axis=1), j)
         dx = dt_j[:, None] * dxs
         if HAS_D:
-            gy = _gated_grad(dy_ptr, z_ptr, None, None, rows_j, h, H, P, offs_p, mask_j, mask_p, HAS_Z, False)
-            dx += Dv * gy
-            dD_acc += tl.sum(gy * xj.to(tl.float32), axis=0)
+            dx += Dv * gj
+            dD_acc += tl.sum(gj * xj.to(tl.float32), axis=0)
         xo = (rows_j * H + h)[:, None] * P + offs_p[None, :]
         tl.store(dx_ptr + xo, dx.to(dx_ptr.dtype.element_ty), mask=mask_j[:, None] & mask_p[None, :])
-        ho = ((rows_j * H + h) * NPB + pb)[:, None] * N + offs_n[None, :]
-        tl.store(dBh_ptr + ho, dB.to(dBh_ptr.dtype.element_ty), mask=mask_j[:, None] & mask_n[None, :])
 
     # s_t = Σ_{u<=t} dt'_u A: ds reaches dt'_u through every t >= u of the chunk
     offs_q = tl.arange(0, Q)
@@ -508,8 +467,6 @@ def _chunk_grads_sources(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
     rows = row0 + t
     cq = (bh64 * NC + c) * Q + offs_q
     ds = tl.reshape(ds_c, (Q,))
-    if pb == 0:  # the targets' part, summed over P
-        ds += tl.load(ds_ptr + cq, mask=mask_t, other=0.0)
     da = ds_T + tl.sum(ds, axis=0) - tl.cumsum(ds, axis=0) + ds
     tl.store(dA_ptr + pb.to(tl.int64) * tl.num_programs(0) + tl.program_id(0),
              tl.sum(da * tl.load(dtc_ptr + cq), axis=0))
@@ -523,6 +480,92 @@ def _chunk_grads_sources(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
     tl.store(ddt_ptr + pb.to(tl.int64) * BLH + rows * H + h, ddt, mask=mask_t)
     if HAS_D:
         tl.store(dD_ptr + (bh64 * NC + c) * P + offs_p, dD_acc, mask=mask_p)
+
+
+@triton.jit
+def _group_head(k, b, g, H, G, P, NPB, BP: tl.constexpr):
+    """The k-th (head, P block) of group g's loop: head h, (batch, head) as int64, P offsets and mask."""
+    h = g * (H // G) + k // NPB
+    offs_p = (k % NPB) * BP + tl.arange(0, BP)
+    return h, (b * H + h).to(tl.int64), offs_p, offs_p < P
+
+
+@triton.jit
+def _group_dC(x_ptr, B_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, dy_ptr, dC_ptr, dcb_ptr,
+              L, H, G, P, N, NC, NPB, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr,
+              BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """dC [B, L, G, N] float32 of target sub-block i of one chunk and group, summed over the group's
+    heads: dCB[t, :] = Σ_h R_h[t, :] and Σ_h exp(s_t) g_t · h_in in the loop, then dC = that + dCB B.
+    dCB's rows [BT, Q] go to dcb [B, NC, G, Q, Q] float32 for _group_dB."""
+    pid = tl.program_id(0)
+    g = pid % G
+    c = (pid // G) % NC
+    b = pid // (G * NC)
+    i = tl.program_id(1)
+    row0 = b.to(tl.int64) * L
+    offs_n = tl.arange(0, BN)
+    mask_n = offs_n < N
+    dcb = tl.zeros((BT, Q), dtype=tl.float32)
+    dC = tl.zeros((BT, BN), dtype=tl.float32)
+    for k in range(H // G * NPB):
+        h, bh64, offs_p, mask_p = _group_head(k, b, g, H, G, P, NPB, BP)
+        nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
+        offs_i, rows_i, mask_i, dt_i, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
+                                                       HAS_SEQ)
+        offs_q, rows_q, mask_q, dt_q, s_q, seq_q = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, 0, L, NC, Q, Q,
+                                                          HAS_SEQ)
+        xq = _tile(x_ptr, rows_q, mask_q, H, h, P, offs_p, mask_p)
+        gi = _gated_grad(dy_ptr, z_ptr, None, None, rows_i, h, H, P, offs_p, mask_i, mask_p, HAS_Z, False)
+        gi = gi.to(xq.dtype)
+        dcb += _decay(offs_i, s_i, seq_i, offs_q, s_q, seq_q) * dt_q[None, :] * tl.dot(
+            gi, tl.trans(xq), input_precision=PREC)
+        hin = tl.load(hin_ptr + (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :],
+                      mask=mask_p[:, None] & mask_n[None, :], other=0.0).to(xq.dtype)
+        e_in = tl.where(seq_i == seq_prev, tl.exp(s_i), 0.0)
+        dC += e_in[:, None] * tl.dot(gi, hin, input_precision=PREC)
+    offs_q = tl.arange(0, Q)
+    offs_i = i * BT + tl.arange(0, BT)
+    t_q, t_i = c * Q + offs_q, c * Q + offs_i
+    Bq = _tile(B_ptr, row0 + t_q, t_q < L, G, g, N, offs_n, mask_n)
+    dC += tl.dot(dcb.to(Bq.dtype), Bq, input_precision=PREC)
+    tl.store(dC_ptr + ((row0 + t_i) * G + g)[:, None] * N + offs_n[None, :], dC,
+             mask=(t_i < L)[:, None] & mask_n[None, :])
+    tl.store(dcb_ptr + pid.to(tl.int64) * Q * Q + offs_i[:, None] * Q + offs_q[None, :], dcb)
+
+
+@triton.jit
+def _group_dB(x_ptr, C_ptr, seq_ptr, dtc_ptr, s_ptr, dout_ptr, dcb_ptr, dB_ptr,
+              L, H, G, P, N, NC, NPB, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
+              BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """dB [B, L, G, N] float32 of source sub-block j of one chunk and group, summed over the group's
+    heads: Σ_h w_out(u) dt'_u x_u · dL/dh_out in the loop, then + dCBᵀ C with _group_dC's dCB."""
+    pid = tl.program_id(0)
+    g = pid % G
+    c = (pid // G) % NC
+    b = pid // (G * NC)
+    j = tl.program_id(1)
+    row0 = b.to(tl.int64) * L
+    offs_n = tl.arange(0, BN)
+    mask_n = offs_n < N
+    dB = tl.zeros((BT, BN), dtype=tl.float32)
+    for k in range(H // G * NPB):
+        h, bh64, offs_p, mask_p = _group_head(k, b, g, H, G, P, NPB, BP)
+        nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
+        offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC, Q, BT,
+                                                          HAS_SEQ)
+        xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
+        dstate = tl.load(dout_ptr + (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :],
+                         mask=mask_p[:, None] & mask_n[None, :], other=0.0).to(xj.dtype)
+        w_out = tl.where(seq_j == seq_last, tl.exp(tl.minimum(sT - s_j, 0.0)), 0.0)
+        dB += (w_out * dt_j)[:, None] * tl.dot(xj, dstate, input_precision=PREC)
+    offs_q = tl.arange(0, Q)
+    offs_j = j * BT + tl.arange(0, BT)
+    t_q, t_j = c * Q + offs_q, c * Q + offs_j
+    Cq = _tile(C_ptr, row0 + t_q, t_q < L, G, g, N, offs_n, mask_n)
+    dcb = tl.load(dcb_ptr + pid.to(tl.int64) * Q * Q + offs_q[:, None] * Q + offs_j[None, :])
+    dB += tl.dot(tl.trans(dcb.to(Cq.dtype)), Cq, input_precision=PREC)
+    tl.store(dB_ptr + ((row0 + t_j) * G + g)[:, None] * N + offs_n[None, :], dB,
+             mask=(t_j < L)[:, None] & mask_n[None, :])
 
 
 def pick_chunk(x, L: int, chunk: int | None) -> int:
@@ -582,10 +625,10 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     _run(_chunk_scan, "scan", x, batch * NC * H, x, C, cb, D, z, seq, dtc, s, hin, y, ypre, L, H, G, P, N, NC,
          HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None,
          STORE_YPRE=store_ypre, Q=Q, BN=BN, PREC=_prec(x))
-    return y, hT, (dtc, s, hin, ypre if store_ypre else None)
+    return y, hT, (dtc, s, hin, ypre if store_ypre else None, cb)
 
 
-def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s, hin, ypre, *, chunk=None):
+def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s, hin, ypre, cb, *, chunk=None):
     """Gradients of x, dt, A, B, C, D, z, dt_bias and the initial state (float32 except dx, dz)."""
     batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, chunk)
     f32 = dict(device=x.device, dtype=torch.float32)
@@ -599,33 +642,29 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
         direct, dout, dhT, dh0, s, seq, L, H, P * N, NC, HAS_FIRST=dhT is not None,
         HAS_SEQ=seq is not None, Q=Q, BS=BS, num_warps=PASS_WARPS)
     del direct
-    # the targets first: their part of ds, summed here over their P blocks (each kernel has its own P
-    # block), is added by the sources' first one
-    NPT = _launch("grads_targets", x, Q, P)["NPB"]
-    # per-head dC, dB parts in the input's precision when 16-bit: they are summed in fp32 below
-    dCh = torch.empty(batch, L, H * NPT, N, device=x.device, dtype=x.dtype)
     dz = torch.empty_like(z) if z is not None else None
-    ds_tgt = torch.empty(NPT, batch, H, NC, Q, **f32)
-    _run(_chunk_grads_targets, "grads_targets", x, batch * NC * H,
-         x, B, C, z, seq, dtc, s, ypre, hin, dy, dz, dCh, ds_tgt, L, H, G, P, N, NC, NPT,
-         HAS_Z=z is not None, HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x))
-    ds_tgt = ds_tgt.sum(0) if NPT > 1 else ds_tgt[0]
-    NPS = _launch("grads_sources", x, Q, P)["NPB"]
-    dBh = torch.empty(batch, L, H * NPS, N, device=x.device, dtype=x.dtype)
+    NPB = _launch("grads", x, Q, P)["NPB"]
     dx = torch.empty_like(x)
-    ddt = torch.empty(NPS, batch, L, H, **f32)
-    dA = torch.empty(NPS, batch * NC * H, **f32)
+    ddt = torch.empty(NPB, batch, L, H, **f32)
+    dA = torch.empty(NPB, batch * NC * H, **f32)
     dD = torch.empty(batch, H, NC, P, **f32) if D is not None else None
-    _run(_chunk_grads_sources, "grads_sources", x, batch * NC * H,
-         x, dt, A, B, C, D, z, dt_bias, seq, dtc, s, hin, dout, dy, ds_tgt,
-         dx, ddt, dBh, dA, dD, L, H, G, P, N, NC, NPS, batch * L * H,
-         **_flags(D, z, dt_bias, dt_softplus), HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x))
-    dB = dBh.view(batch, L, G, H // G * NPS, N).sum(3, dtype=torch.float32)
-    dC = dCh.view(batch, L, G, H // G * NPT, N).sum(3, dtype=torch.float32)
-    ddt = ddt.sum(0) if NPS > 1 else ddt[0]
+    _run(_chunk_grads, "grads", x, batch * NC * H,
+         x, dt, A, B, C, cb, D, z, dt_bias, seq, dtc, s, hin, dout, dy, ypre, dx, dz, ddt, dA, dD,
+         L, H, G, P, N, NC, batch * L * H, **_flags(D, z, dt_bias, dt_softplus), HAS_SEQ=seq is not None, Q=Q,
+         BN=BN, PREC=_prec(x))
+    # dC, dB: programs over (batch, chunk, group) and sub-blocks, each walking the group's heads
+    cfg = _launch("group", x, Q, P)
+    grid, npb = (batch * NC * G, Q // cfg["BT"]), cfg.pop("NPB")
+    dC, dB = torch.empty(batch, L, G, N, **f32), torch.empty(batch, L, G, N, **f32)
+    dcb = torch.empty(batch, NC, G, Q, Q, **f32)
+    _group_dC[grid](x, B, z, seq, dtc, s, hin, dy, dC, dcb, L, H, G, P, N, NC, npb, HAS_Z=z is not None,
+                    HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x), **cfg)
+    _group_dB[grid](x, C, seq, dtc, s, dout, dcb, dB, L, H, G, P, N, NC, npb, HAS_SEQ=seq is not None, Q=Q,
+                    BN=BN, PREC=_prec(x), **cfg)
+    ddt = ddt.sum(0) if NPB > 1 else ddt[0]
     if dD is not None:
         dD = dD.sum((0, 2)) if D.dim() == 2 else dD.sum((0, 2, 3))
-    dA = dA.view(NPS * batch * NC, H).sum(0)
+    dA = dA.view(NPB * batch * NC, H).sum(0)
     ddt_bias = ddt.sum((0, 1)) if dt_bias is not None else None
     return dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dh0
 

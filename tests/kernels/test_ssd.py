@@ -121,16 +121,16 @@ def test_triton_matches_naive(impl, shape, opts):
 @pytest.mark.parametrize("opts", [dict(D=2, z=True, bias=True, h0=True), dict(seq=True, D=1)])
 def test_triton_blocks_of_P(opts, impl, monkeypatch):
     """Head dims split across programs: the per-token gradients are sums of the blocks' parts. The
-    chunked kernels each choose their own P block: here three different ones, and the two gradient
-    kernels unlike (the sources add the targets' part of ds summed over the targets' blocks)."""
+    chunked kernels each choose their own P block: here three different ones; the group kernels of
+    dB and dC walk two P blocks of each head."""
     from archdsl.kernels.ssd import triton_ssd, triton_ssd_chunked
     monkeypatch.setattr(triton_ssd, "FWD_BLOCK_P", 16)
     monkeypatch.setattr(triton_ssd, "BWD_BLOCK_P", 16)
     monkeypatch.setattr(triton_ssd_chunked, "STATE_PASS", (16, 16, 4))  # several P and N blocks
     monkeypatch.setattr(triton_ssd_chunked, "CONFIG", {"scan": (64, 32, 4, 2, None),
                                                        "dstate": (64, 64, 4, 2, None),
-                                                       "grads_targets": (64, 32, 4, 2, None),
-                                                       "grads_sources": (64, 16, 4, 2, None)})
+                                                       "grads": (64, 16, 4, 2, None),
+                                                       "group": (64, 32, 4, 1, None)})
     monkeypatch.setattr(triton_ssd_chunked, "BLOCK_PN", 64)  # several P·N blocks in the state passes
     t = make(2, 45, 4, 40, 2, 12, **opts)
     assert_matches_float64(scan_of(impl), t)
