@@ -38,7 +38,6 @@ from archdsl.kernels.ssd import triton_ssd_chunked as chunked  # noqa: E402
 CHUNKED_CHOICES = {  # kernel: candidate (BT, BP, num_warps, num_stages, maxnreg)
     "scan": list(itertools.product((32, 64), (64,), (4, 8), (1, 2, 3), (None,)))
     + list(itertools.product((64,), (64,), (4,), (1, 2), (128, 168))),
-    "dstate": list(itertools.product((32, 64), (32, 64), (4, 8), (2,), (None,))),
     "grads": list(itertools.product((32, 64), (32, 64), (4, 8), (1, 2), (None,))),
     "group": list(itertools.product((32, 64), (64,), (4, 8), (1, 2), (None,))),
 }
@@ -83,7 +82,7 @@ def sweep_chunked(L, kernels=None):
     for kernel, choices in CHUNKED_CHOICES.items():
         if kernels and kernel not in kernels:
             continue
-        grad = kernel in ("dstate", "grads", "group")
+        grad = kernel in ("grads", "group")
         print(f"== chunked {kernel} ({'fwd+bwd' if grad else 'fwd'}, L{L}); now {start[kernel]}", flush=True)
         mine = []
         for choice in choices:

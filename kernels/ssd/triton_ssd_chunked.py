@@ -10,8 +10,10 @@ everything that touches the tokens runs in programs over (batch, chunk, head, P 
                                          to the carried one: the state entering every chunk, the final state
               _chunk_cb      (parallel)  CB = C Bᵀ of each chunk and group, once for all the group's heads
               _chunk_scan    (parallel)  y = (CB ∘ decay ∘ dt') x + exp(s) C · h_in + D x, times silu(z)
-    backward  _chunk_dstate  (parallel)  each chunk's own gradient of its entering state Σ_t exp(s_t) gy_t ⊗ C_t
-              _carry_pass    (serial, last chunk first) the gradient of the state leaving every chunk, and of h0
+    backward  _dstate_pass   (serial over chunks, last first; parallel over batch, head, P and N blocks)
+                                         each chunk's own gradient of its entering state Σ_t exp(s_t) g_t ⊗ C_t,
+                                         added to the carried one: the gradient of the state leaving every
+                                         chunk, and of h0
               _chunk_grads   (parallel)  a head's own: dx, dz, dL/ds and d(dt'), per-chunk dA and dD
               _group_dC      (parallel over batch, chunk, group; walks the group's heads)
                                          dC, and dCB = Σ_heads dL/d(CB) of each chunk
@@ -48,18 +50,20 @@ from .triton_ssd import _finish_y, _flags, _pow2, _prec, _skip_D, scan_function
 # benchmarks/ssd_configs.py times the alternatives on the card. The group kernels of dB and dC
 # (2026-11-29, L 16K, one process): forward+backward 5.16 -> 4.61 ms at BT 64, 8 warps, 2 stages
 # (1 stage 5.50, 4 warps 5.31-5.48, BT 32 5.26-6.07); _chunk_grads at BT 32, BP 64, 4 warps (5.50-7.66 else).
+# _chunk_grads is latency-bound: capped at 128 registers (ptxas: 248 bytes of stack) 4 blocks share an SM
+# instead of 2, and forward+backward went from 4.43 to 3.97-3.99 ms (cap 168: 4.05-4.12).
 # _chunk_scan runs its sub-block pairs in one loop (2026-11-29, L 16K, one process): forward 0.952 ->
 # 0.859 ms at BT 64, 4 warps, 2 stages (1 stage 0.968, 3 stages 1.141; BT 32 1.18-1.28; 8 warps 1.27-2.54).
 # Reading CB from _chunk_cb and C only at a target's first pair (2026-11-29): 0.865 -> 0.835 ms; capped at
 # 168 registers (ptxas: no stack; 3 blocks an SM instead of 2), 1 stage: 0.811 (2 stages 0.827, cap 128 0.832-0.875).
-CHUNK, BLOCK_PN, BLOCK_H, PASS_WARPS = 128, 512, 32, 4
+CHUNK, BLOCK_H, PASS_WARPS = 128, 32, 4
 CONFIG = {  # kernel: (BT, BP, num_warps, num_stages, maxnreg: ptxas's register cap or None)
     "scan": (64, 64, 4, 1, 168),
-    "dstate": (64, 64, 4, 2, None),
-    "grads": (32, 64, 4, 2, None),
+    "grads": (32, 64, 4, 1, 128),
     "group": (64, 64, 8, 2, None),
 }
-# The forward's state pass (BP, BN, warps): it forms each chunk's own state as it walks the chunks.
+# The serial passes (BP, BN, warps), the forward's state pass and the backward's _dstate_pass: each
+# forms every chunk's own state (or gradient of it) as it walks the chunks.
 # H200, B4 H32 P64 N128 bf16, 2026-11-29, one process: replacing a parallel chunk-state kernel
 # (fp32 states written and read back by a carry pass) took the forward at L 16K from 1.184 to 0.958 ms
 # and fwd+bwd from 5.485 to 5.233; BN 128 or 8 warps were slower at 16K (1.09-1.37 ms).
@@ -184,34 +188,6 @@ def _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, L, H, NC,
 
 
 @triton.jit
-def _carry_pass(src_ptr, dst_ptr, first_ptr, last_ptr, s_ptr, seq_ptr, L, H, PN, NC,
-                HAS_FIRST: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr,
-                BS: tl.constexpr):
-    """The backward's serial pass, over [BS] elements of one (batch, head)'s [P·N] state: walking the
-    chunks c from the last, dst[c] = v, then v = v · carry[c] + src[c], from v = first
-    (or 0); the last v goes to last_ptr. dst may be src itself (each chunk is read before it is
-    overwritten). src = the chunks' own state gradients, first = dL/dhT: dst = the leaving states'
-    gradients, last = dL/dh0."""
-    pid = tl.program_id(0)
-    bh64 = pid.to(tl.int64)
-    row0 = (pid // H).to(tl.int64) * L
-    offs = tl.program_id(1) * BS + tl.arange(0, BS)
-    mask = offs < PN
-    if HAS_FIRST:
-        v = tl.load(first_ptr + bh64 * PN + offs, mask=mask, other=0.0).to(tl.float32)
-    else:
-        v = tl.zeros((BS,), dtype=tl.float32)
-    for i in range(NC):
-        c = NC - 1 - i
-        base = (bh64 * NC + c) * PN + offs
-        add = tl.load(src_ptr + base, mask=mask, other=0.0)
-        tl.store(dst_ptr + base, v.to(dst_ptr.dtype.element_ty), mask=mask)
-        nb_c, sT_c, carry, seq_prev_c, seq_last_c = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
-        v = v * carry + add
-    tl.store(last_ptr + bh64 * PN + offs, v, mask=mask)
-
-
-@triton.jit
 def _state_weights(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, L, NC, Q: tl.constexpr, HAS_SEQ: tl.constexpr):
     """What chunk c's own state needs besides its x and B tiles: each token's weight in it,
     exp(s_end - s_t) dt'_t ([Q], 0 for tokens of another sequence than the chunk's last), and the
@@ -256,6 +232,54 @@ def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, 
         state = state * carry + tl.dot(tl.trans(x), (Bm.to(tl.float32) * w[:, None]).to(x.dtype),
                                        input_precision=PREC)
     tl.store(hT_ptr + bh64 * P * N + so, state, mask=mask_s)
+
+
+@triton.jit
+def _entry_tiles(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g, c, L, H, G, P, N, NC,
+                 offs_q, offs_p, offs_n, mask_p, mask_n, Q: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """What chunk c's own gradient of its entering state, Σ_t exp(s_t) g_t ⊗ C_t, takes: exp(s_t) g_t
+    [Q, P block] in C's dtype (0 for tokens of another sequence than the one before the chunk), the
+    C tile [Q, N block], and the factor carry of the entering state in the leaving one."""
+    nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
+    offs, rows, mask_t, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, 0, L, NC, Q, Q, HAS_SEQ)
+    Cm = _tile(C_ptr, rows, mask_t, G, g, N, offs_n, mask_n)
+    gy = _gated_grad(dy_ptr, z_ptr, None, None, rows, h, H, P, offs_p, mask_t, mask_p, HAS_Z, False)
+    return (gy * tl.where(seq == seq_prev, tl.exp(s), 0.0)[:, None]).to(Cm.dtype), Cm, carry
+
+
+@triton.jit
+def _dstate_pass(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, dhT_ptr, dout_ptr, dh0_ptr, L, H, G, P, N, NC,
+                 HAS_FIRST: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr,
+                 BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """The backward's serial pass, the state pass reversed, over one (batch, head)'s [P block, N block]:
+    walking the chunks c from the last, dout[c] = v (the gradient of the state leaving c), then
+    v = v · carry[c] + Σ_t exp(s_t) g_t ⊗ C_t (c's own gradient of its entering state, one
+    [BP, Q]·[Q, BN] dot), from v = dL/dhT (or 0); the last v is dL/dh0. Each chunk's g and C tiles
+    are loaded (and g weighted) one step ahead."""
+    bh64 = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(0) % H
+    g = h // (H // G)
+    row0 = (tl.program_id(0) // H).to(tl.int64) * L
+    offs_p, offs_n = tl.program_id(1) * BP + tl.arange(0, BP), tl.program_id(2) * BN + tl.arange(0, BN)
+    mask_p, mask_n = offs_p < P, offs_n < N
+    so = offs_p[:, None] * N + offs_n[None, :]
+    mask_s = mask_p[:, None] & mask_n[None, :]
+    v = tl.zeros((BP, BN), dtype=tl.float32)
+    if HAS_FIRST:
+        v += tl.load(dhT_ptr + bh64 * P * N + so, mask=mask_s, other=0.0).to(tl.float32)
+    offs_q = tl.arange(0, Q)
+    gs_next, C_next, carry_next = _entry_tiles(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g,
+                                               NC - 1, L, H, G, P, N, NC, offs_q, offs_p, offs_n, mask_p, mask_n,
+                                               Q, HAS_Z, HAS_SEQ)
+    for i in range(NC):
+        c = NC - 1 - i
+        tl.store(dout_ptr + (bh64 * NC + c) * P * N + so, v.to(dout_ptr.dtype.element_ty), mask=mask_s)
+        gs, Cm, carry = gs_next, C_next, carry_next
+        gs_next, C_next, carry_next = _entry_tiles(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g,
+                                                   tl.maximum(c - 1, 0), L, H, G, P, N, NC, offs_q, offs_p, offs_n,
+                                                   mask_p, mask_n, Q, HAS_Z, HAS_SEQ)
+        v = v * carry + tl.dot(tl.trans(gs), Cm, input_precision=PREC)
+    tl.store(dh0_ptr + bh64 * P * N + so, v, mask=mask_s)
 
 
 @triton.jit
@@ -346,24 +370,6 @@ def _gated_grad(dy_ptr, z_ptr, ypre_ptr, dz_ptr, rows, h, H, P, offs_p, mask_t, 
                      mask=mask_tp)
         gy = gy * zv * sz
     return gy
-
-
-@triton.jit
-def _chunk_dstate(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, ypre_ptr, dy_ptr, direct_ptr, L, H, G, P, N, NC,
-                  HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
-                  BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
-    """A chunk's own gradient of the state entering it, Σ_t exp(s_t) gy_t ⊗ C_t, [P block, N] float32."""
-    c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
-        s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
-    acc = tl.zeros((BP, BN), dtype=tl.float32)
-    for k in range(nb):
-        offs_k, rows, mask_t, dt_k, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, k, L, NC, Q, BT, HAS_SEQ)
-        gy = _gated_grad(dy_ptr, z_ptr, ypre_ptr, ypre_ptr, rows, h, H, P, offs_p, mask_t, mask_p, HAS_Z, False)
-        Cm = _tile(C_ptr, rows, mask_t, G, g, N, offs_n, mask_n)
-        gs = (gy * tl.where(seq == seq_prev, tl.exp(s), 0.0)[:, None]).to(Cm.dtype)
-        acc += tl.dot(tl.trans(gs), Cm, input_precision=PREC)
-    so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
-    tl.store(direct_ptr + so, acc, mask=mask_p[:, None] & mask_n[None, :])
 
 
 # The backward of a chunk, with g = dL/dy before the gate, R[t, u] = decay[t, u] dt'_u (g_t . x_u) and
@@ -632,16 +638,13 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
     """Gradients of x, dt, A, B, C, D, z, dt_bias and the initial state (float32 except dx, dz)."""
     batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, chunk)
     f32 = dict(device=x.device, dtype=torch.float32)
-    direct = torch.empty(batch, H, NC, P, N, **f32)
-    _run(_chunk_dstate, "dstate", x, batch * NC * H, C, z, seq, dtc, s, ypre, dy, direct, L, H, G, P, N, NC,
-         HAS_Z=z is not None, HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x))
-    dout = direct if hin.dtype == torch.float32 else torch.empty_like(hin)
+    dout = torch.empty_like(hin)
     dh0 = torch.empty(batch, H, P, N, **f32)
-    BS = min(_pow2(P * N), BLOCK_PN)
-    _carry_pass[(batch * H, triton.cdiv(P * N, BS))](
-        direct, dout, dhT, dh0, s, seq, L, H, P * N, NC, HAS_FIRST=dhT is not None,
-        HAS_SEQ=seq is not None, Q=Q, BS=BS, num_warps=PASS_WARPS)
-    del direct
+    bp, bn, warps = STATE_PASS
+    BP, BNP = min(_pow2(P), bp), min(BN, bn)
+    _dstate_pass[(batch * H, triton.cdiv(P, BP), triton.cdiv(N, BNP))](
+        C, z, seq, dtc, s, dy, dhT, dout, dh0, L, H, G, P, N, NC, HAS_FIRST=dhT is not None, HAS_Z=z is not None,
+        HAS_SEQ=seq is not None, Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps)
     dz = torch.empty_like(z) if z is not None else None
     NPB = _launch("grads", x, Q, P)["NPB"]
     dx = torch.empty_like(x)

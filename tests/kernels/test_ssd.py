@@ -126,12 +126,10 @@ def test_triton_blocks_of_P(opts, impl, monkeypatch):
     from archdsl.kernels.ssd import triton_ssd, triton_ssd_chunked
     monkeypatch.setattr(triton_ssd, "FWD_BLOCK_P", 16)
     monkeypatch.setattr(triton_ssd, "BWD_BLOCK_P", 16)
-    monkeypatch.setattr(triton_ssd_chunked, "STATE_PASS", (16, 16, 4))  # several P and N blocks
+    monkeypatch.setattr(triton_ssd_chunked, "STATE_PASS", (16, 16, 4))  # several P and N blocks, both ways
     monkeypatch.setattr(triton_ssd_chunked, "CONFIG", {"scan": (64, 32, 4, 2, None),
-                                                       "dstate": (64, 64, 4, 2, None),
                                                        "grads": (64, 16, 4, 2, None),
                                                        "group": (64, 32, 4, 1, None)})
-    monkeypatch.setattr(triton_ssd_chunked, "BLOCK_PN", 64)  # several P·N blocks in the state passes
     t = make(2, 45, 4, 40, 2, 12, **opts)
     assert_matches_float64(scan_of(impl), t)
 
