@@ -1,11 +1,11 @@
-"""Launch choices of the SSD Triton kernels, timed on the card: which sub-block, P block, warps and
+"""Launch choices of the SSD Triton kernels, timed on the card: which sub-block, P block, warps,
 stages and register cap each kernel should run with.
 
     python benchmarks/ssd_configs.py [--L 16384] [--only chunked|fused] [--kernels grads,group,...] [--json FILE]
     python benchmarks/ssd_configs.py --chunks 64,128,256 [--L 16384]   # the chunk length alone
 
 Shape B=4, L, H=32, P=64, N=128, G=1, bf16, D and dt_bias with softplus (benchmarks/kernels_ssd.py's).
-Chunked layout: the forward's state pass (STATE_PASS), then each kernel of triton_ssd_chunked.CONFIG,
+Chunked layout: the serial passes (STATE_PASS, timed forward), then each kernel of triton_ssd_chunked.CONFIG,
 is swept alone with the others at their current choice, forward (no autograd) for the forward
 kernels, forward+backward for the backward ones; then every CONFIG kernel's best together. Fused layout: the forward and the backward kernel's P block,
 warps and stages. Each row is the median of triton.testing.do_bench; ptxas register use is not

@@ -86,10 +86,11 @@ def _triton_impl(args) -> str:
     and carries only the [P, N] state serially (mamba_ssm's layout). Which wins depends on B·H·L
     against the chip's size, so auto measures it once per (shapes, dtype, options, grad). Unset,
     each pass takes the one measured faster on the H200 (docs/benchmarks.md, B4 H32 P64 N128, one
-    process): chunked (forward 0.236 vs 0.328 ms at L 4K, 0.863 vs 1.328 at 16K; forward+backward
-    1.41 vs 2.41 ms at 4K and 5.15 vs 9.45 at 16K; mamba2-1.3b trained 7.5% faster with it) -- and
-    fused whenever the chunked layout's per-chunk states would pass CHUNKED_STATE_BYTES (a gain of a
-    few percent is not worth gigabytes: a 1M-token prefill of 80 heads keeps ~32 GB of them).
+    process): chunked (forward 0.822 vs 1.290 ms at L 16K, at 4K 0.23-0.34 vs 0.33, launch-bound;
+    forward+backward 1.36 vs 2.40 ms at 4K and 3.99 vs 9.50 at 16K; mamba2-1.3b trained 7.5% faster
+    with it, measured before the backward's group kernels) -- and fused whenever the chunked
+    layout's per-chunk buffers would pass CHUNKED_STATE_BYTES (a 1M-token bf16 prefill of 80 heads
+    keeps ~11 GB of them; the fused layout keeps none).
     """
     x, tensors = args[0], args[:9]
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -103,14 +104,17 @@ CHUNKED_STATE_BYTES = 2 << 30
 
 
 def chunked_state_bytes(x, B) -> int:
-    """Bytes of the chunked forward's state buffers: each chunk's own state [B, H, NC, P, N] float32
-    and the entering states (16-bit for 16-bit inputs, else written over the first)."""
+    """Bytes of the chunked layout's per-chunk buffers that grow with L·H: the entering states
+    [B, H, NC, P, N] (16-bit for 16-bit inputs, else float32) and, kept for the backward, C·Bᵀ
+    [B, NC, G, Q, Q] float32."""
     from .triton_ssd_chunked import pick_chunk
 
     batch, L, H, P = x.shape
+    G, N = B.shape[-2:]
     Q = pick_chunk(x, L, None)
-    n = batch * H * -(-L // Q) * P * B.shape[-1]
-    return n * (6 if x.dtype in (torch.bfloat16, torch.float16) else 4)
+    NC = -(-L // Q)
+    states = batch * H * NC * P * N * (2 if x.dtype in (torch.bfloat16, torch.float16) else 4)
+    return states + batch * NC * G * Q * Q * 4
 
 
 def _time(fn, args, grad) -> float:
