@@ -198,6 +198,25 @@ def _state_weights(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, L, NC, Q: tl.constexp
 
 
 @triton.jit
+def _pass_program(first_ptr, L, H, G, P, N, BP: tl.constexpr, BN: tl.constexpr, HAS_FIRST: tl.constexpr):
+    """What a (batch·head, P block, N block) program of the serial passes starts from: (batch, head) as
+    int64, head, group, the batch's first token row, the P and N offsets and masks, the [P, N] offsets
+    and mask of its block, and the carried value [BP, BN] float32: first_ptr's block (h0 or dL/dhT)
+    or 0."""
+    bh64 = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(0) % H
+    offs_p, offs_n = tl.program_id(1) * BP + tl.arange(0, BP), tl.program_id(2) * BN + tl.arange(0, BN)
+    mask_p, mask_n = offs_p < P, offs_n < N
+    so = offs_p[:, None] * N + offs_n[None, :]
+    mask_s = mask_p[:, None] & mask_n[None, :]
+    v = tl.zeros((BP, BN), dtype=tl.float32)
+    if HAS_FIRST:
+        v += tl.load(first_ptr + bh64 * P * N + so, mask=mask_s, other=0.0).to(tl.float32)
+    return (bh64, h, h // (H // G), (tl.program_id(0) // H).to(tl.int64) * L, offs_p, offs_n, mask_p, mask_n, so,
+            mask_s, v)
+
+
+@triton.jit
 def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, L, H, G, P, N, NC,
                 HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                 PREC: tl.constexpr):
@@ -206,17 +225,8 @@ def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, 
     dt'_t x_t ⊗ B_t (one [BP, Q]·[Q, BN] dot); the last h is the final state. Each chunk's x and B
     tiles and its tokens' weights are loaded one step ahead, so their latency hides behind the step
     before."""
-    bh64 = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(0) % H
-    g = h // (H // G)
-    row0 = (tl.program_id(0) // H).to(tl.int64) * L
-    offs_p, offs_n = tl.program_id(1) * BP + tl.arange(0, BP), tl.program_id(2) * BN + tl.arange(0, BN)
-    mask_p, mask_n = offs_p < P, offs_n < N
-    so = offs_p[:, None] * N + offs_n[None, :]
-    mask_s = mask_p[:, None] & mask_n[None, :]
-    state = tl.zeros((BP, BN), dtype=tl.float32)
-    if HAS_H0:
-        state += tl.load(h0_ptr + bh64 * P * N + so, mask=mask_s, other=0.0).to(tl.float32)
+    bh64, h, g, row0, offs_p, offs_n, mask_p, mask_n, so, mask_s, state = _pass_program(
+        h0_ptr, L, H, G, P, N, BP, BN, HAS_H0)
     offs_q = tl.arange(0, Q)
     x_next = _tile(x_ptr, row0 + offs_q, offs_q < L, H, h, P, offs_p, mask_p)
     B_next = _tile(B_ptr, row0 + offs_q, offs_q < L, G, g, N, offs_n, mask_n)
@@ -256,17 +266,8 @@ def _dstate_pass(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, dhT_ptr, dout_pt
     v = v · carry[c] + Σ_t exp(s_t) g_t ⊗ C_t (c's own gradient of its entering state, one
     [BP, Q]·[Q, BN] dot), from v = dL/dhT (or 0); the last v is dL/dh0. Each chunk's g and C tiles
     are loaded (and g weighted) one step ahead."""
-    bh64 = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(0) % H
-    g = h // (H // G)
-    row0 = (tl.program_id(0) // H).to(tl.int64) * L
-    offs_p, offs_n = tl.program_id(1) * BP + tl.arange(0, BP), tl.program_id(2) * BN + tl.arange(0, BN)
-    mask_p, mask_n = offs_p < P, offs_n < N
-    so = offs_p[:, None] * N + offs_n[None, :]
-    mask_s = mask_p[:, None] & mask_n[None, :]
-    v = tl.zeros((BP, BN), dtype=tl.float32)
-    if HAS_FIRST:
-        v += tl.load(dhT_ptr + bh64 * P * N + so, mask=mask_s, other=0.0).to(tl.float32)
+    bh64, h, g, row0, offs_p, offs_n, mask_p, mask_n, so, mask_s, v = _pass_program(
+        dhT_ptr, L, H, G, P, N, BP, BN, HAS_FIRST)
     offs_q = tl.arange(0, Q)
     gs_next, C_next, carry_next = _entry_tiles(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g,
                                                NC - 1, L, H, G, P, N, NC, offs_q, offs_p, offs_n, mask_p, mask_n,
@@ -489,11 +490,27 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, z_ptr, bias_
 
 
 @triton.jit
-def _group_head(k, b, g, H, G, P, NPB, BP: tl.constexpr):
-    """The k-th (head, P block) of group g's loop: head h, (batch, head) as int64, P offsets and mask."""
+def _group_program(L, G, NC, N, BN: tl.constexpr):
+    """What a (batch·chunk·group, sub-block) program of the group kernels starts from: group g, chunk c,
+    batch b, the sub-block, the batch's first token row, the N offsets and mask."""
+    pid = tl.program_id(0)
+    b = pid // (G * NC)
+    offs_n = tl.arange(0, BN)
+    return pid % G, (pid // G) % NC, b, tl.program_id(1), b.to(tl.int64) * L, offs_n, offs_n < N
+
+
+@triton.jit
+def _group_head(k, b, g, c, sub, row0, dtc_ptr, s_ptr, seq_ptr, L, H, G, P, NC, NPB, Q: tl.constexpr,
+                BT: tl.constexpr, BP: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """The k-th (head, P block) of group g's loop: head h, (batch, head) as int64, P offsets and mask,
+    s at the chunk's end, the sequence indices before the chunk and of its last token, and _block's
+    sub-block sub of this head (positions, rows, mask, dt', s, sequence index)."""
     h = g * (H // G) + k // NPB
+    bh64 = (b * H + h).to(tl.int64)
     offs_p = (k % NPB) * BP + tl.arange(0, BP)
-    return h, (b * H + h).to(tl.int64), offs_p, offs_p < P
+    nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
+    offs, rows, mask, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, sub, L, NC, Q, BT, HAS_SEQ)
+    return h, bh64, offs_p, offs_p < P, sT, seq_prev, seq_last, offs, rows, mask, dt, s, seq
 
 
 @triton.jit
@@ -503,21 +520,12 @@ def _group_dC(x_ptr, B_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, dy_ptr, dC_
     """dC [B, L, G, N] float32 of target sub-block i of one chunk and group, summed over the group's
     heads: dCB[t, :] = Σ_h R_h[t, :] and Σ_h exp(s_t) g_t · h_in in the loop, then dC = that + dCB B.
     dCB's rows [BT, Q] go to dcb [B, NC, G, Q, Q] float32 for _group_dB."""
-    pid = tl.program_id(0)
-    g = pid % G
-    c = (pid // G) % NC
-    b = pid // (G * NC)
-    i = tl.program_id(1)
-    row0 = b.to(tl.int64) * L
-    offs_n = tl.arange(0, BN)
-    mask_n = offs_n < N
+    g, c, b, i, row0, offs_n, mask_n = _group_program(L, G, NC, N, BN)
     dcb = tl.zeros((BT, Q), dtype=tl.float32)
     dC = tl.zeros((BT, BN), dtype=tl.float32)
     for k in range(H // G * NPB):
-        h, bh64, offs_p, mask_p = _group_head(k, b, g, H, G, P, NPB, BP)
-        nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
-        offs_i, rows_i, mask_i, dt_i, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
-                                                       HAS_SEQ)
+        h, bh64, offs_p, mask_p, sT, seq_prev, seq_last, offs_i, rows_i, mask_i, dt_i, s_i, seq_i = _group_head(
+            k, b, g, c, i, row0, dtc_ptr, s_ptr, seq_ptr, L, H, G, P, NC, NPB, Q, BT, BP, HAS_SEQ)
         offs_q, rows_q, mask_q, dt_q, s_q, seq_q = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, 0, L, NC, Q, Q,
                                                           HAS_SEQ)
         xq = _tile(x_ptr, rows_q, mask_q, H, h, P, offs_p, mask_p)
@@ -536,7 +544,7 @@ def _group_dC(x_ptr, B_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, dy_ptr, dC_
     dC += tl.dot(dcb.to(Bq.dtype), Bq, input_precision=PREC)
     tl.store(dC_ptr + ((row0 + t_i) * G + g)[:, None] * N + offs_n[None, :], dC,
              mask=(t_i < L)[:, None] & mask_n[None, :])
-    tl.store(dcb_ptr + pid.to(tl.int64) * Q * Q + offs_i[:, None] * Q + offs_q[None, :], dcb)
+    tl.store(dcb_ptr + tl.program_id(0).to(tl.int64) * Q * Q + offs_i[:, None] * Q + offs_q[None, :], dcb)
 
 
 @triton.jit
@@ -545,20 +553,11 @@ def _group_dB(x_ptr, C_ptr, seq_ptr, dtc_ptr, s_ptr, dout_ptr, dcb_ptr, dB_ptr,
               BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """dB [B, L, G, N] float32 of source sub-block j of one chunk and group, summed over the group's
     heads: Σ_h w_out(u) dt'_u x_u · dL/dh_out in the loop, then + dCBᵀ C with _group_dC's dCB."""
-    pid = tl.program_id(0)
-    g = pid % G
-    c = (pid // G) % NC
-    b = pid // (G * NC)
-    j = tl.program_id(1)
-    row0 = b.to(tl.int64) * L
-    offs_n = tl.arange(0, BN)
-    mask_n = offs_n < N
+    g, c, b, j, row0, offs_n, mask_n = _group_program(L, G, NC, N, BN)
     dB = tl.zeros((BT, BN), dtype=tl.float32)
     for k in range(H // G * NPB):
-        h, bh64, offs_p, mask_p = _group_head(k, b, g, H, G, P, NPB, BP)
-        nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, BT, HAS_SEQ)
-        offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC, Q, BT,
-                                                          HAS_SEQ)
+        h, bh64, offs_p, mask_p, sT, seq_prev, seq_last, offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _group_head(
+            k, b, g, c, j, row0, dtc_ptr, s_ptr, seq_ptr, L, H, G, P, NC, NPB, Q, BT, BP, HAS_SEQ)
         xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
         dstate = tl.load(dout_ptr + (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :],
                          mask=mask_p[:, None] & mask_n[None, :], other=0.0).to(xj.dtype)
@@ -568,7 +567,7 @@ def _group_dB(x_ptr, C_ptr, seq_ptr, dtc_ptr, s_ptr, dout_ptr, dcb_ptr, dB_ptr,
     offs_j = j * BT + tl.arange(0, BT)
     t_q, t_j = c * Q + offs_q, c * Q + offs_j
     Cq = _tile(C_ptr, row0 + t_q, t_q < L, G, g, N, offs_n, mask_n)
-    dcb = tl.load(dcb_ptr + pid.to(tl.int64) * Q * Q + offs_q[:, None] * Q + offs_j[None, :])
+    dcb = tl.load(dcb_ptr + tl.program_id(0).to(tl.int64) * Q * Q + offs_q[:, None] * Q + offs_j[None, :])
     dB += tl.dot(tl.trans(dcb.to(Cq.dtype)), Cq, input_precision=PREC)
     tl.store(dB_ptr + ((row0 + t_j) * G + g)[:, None] * N + offs_n[None, :], dB,
              mask=(t_j < L)[:, None] & mask_n[None, :])
