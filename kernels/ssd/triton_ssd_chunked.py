@@ -19,13 +19,14 @@ everything that touches the tokens runs in programs over (batch, chunk, head, P 
                                          dC, and dCB = Σ_heads dL/d(CB) of each chunk
               _group_dB      (the same)  dB, with dCB
 
-A chunk of Q tokens is worked through in sub-blocks of BT tokens: a program holds [BT, BT] and
-[BT, N] tiles, never [Q, Q]; the intra-chunk products run over the sub-block pairs t >= u.
+A chunk of Q tokens is worked through in sub-blocks of BT tokens: a head's program holds [BT, BT]
+and [BT, N] tiles, never [Q, Q], and runs the intra-chunk products over the sub-block pairs t >= u;
+a group kernel's program holds one sub-block's [BT, Q] row of dCB.
 
 Buffers (NC = ceil(L / Q) chunks): dt' and s [B, H, NC, Q] float32; CB and dCB [B, NC, G, Q, Q]
-float32; the chunks' own states [B, H, NC, P, N] float32 (backward only); the entering states
-[B, H, NC, P, N] in the state dtype (the input's for 16-bit inputs -- the products read them in that
-precision anyway -- else float32); the backward's state gradients likewise.
+float32; the entering states [B, H, NC, P, N] in the state dtype (the input's for 16-bit inputs --
+the products read them in that precision anyway -- else float32); the gradients of the leaving
+states likewise.
 Packed sequences (seq_idx), as in the fused kernels: a token sees the entering state only if it
 belongs to the sequence of the token before the chunk, reaches the leaving state only if it
 belongs to the chunk's last token's, and the entering state passes through the chunk only if
@@ -42,7 +43,7 @@ from .._dispatch import interpreting
 from .triton_ssd import _finish_y, _flags, _pow2, _prec, _skip_D, scan_function
 
 # Launch choices per chunk kernel: BT tokens per sub-block, BP head channels per program, warps,
-# software-pipelining stages. One chunk length for all (the buffers' layout depends on it): 128
+# software-pipelining stages, ptxas's register cap. One chunk length for all (the buffers' layout depends on it): 128
 # tokens (the [P, N] states per token, the largest traffic, halve from 64). The sub-blocks' tiles
 # must fit the registers: ptxas for sm_90, the arguments 16-byte aligned as launched, gives _chunk_grads
 # 213 registers at BT 32, 4 warps, 2 stages (255 and 0.7-0.8 KB of stack at BT 64, 4 warps), _group_dC
@@ -66,7 +67,8 @@ CONFIG = {  # kernel: (BT, BP, num_warps, num_stages, maxnreg: ptxas's register 
 # forms every chunk's own state (or gradient of it) as it walks the chunks.
 # H200, B4 H32 P64 N128 bf16, 2026-11-29, one process: replacing a parallel chunk-state kernel
 # (fp32 states written and read back by a carry pass) took the forward at L 16K from 1.184 to 0.958 ms
-# and fwd+bwd from 5.485 to 5.233; BN 128 or 8 warps were slower at 16K (1.09-1.37 ms).
+# and fwd+bwd from 5.485 to 5.233; BN 128 or 8 warps were slower at 16K (1.09-1.37 ms). Its backward twin
+# replacing a parallel dstate kernel and a carry pass (fp32 states again): fwd+bwd 4.58 -> 4.43 ms.
 STATE_PASS = (64, 64, 4)
 # Under the interpreter small chunks and sub-blocks keep the tests fast and still cross several of each.
 INTERPRET_CHUNK, INTERPRET_SUB = 32, 16
