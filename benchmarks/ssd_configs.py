@@ -5,10 +5,11 @@ stages and register cap each kernel should run with.
     python benchmarks/ssd_configs.py --chunks 64,128,256 [--L 16384]   # the chunk length alone
 
 Shape B=4, L, H=32, P=64, N=128, G=1, bf16, D and dt_bias with softplus (benchmarks/kernels_ssd.py's).
-Chunked layout: the serial passes (STATE_PASS, timed forward), then each kernel of triton_ssd_chunked.CONFIG,
-is swept alone with the others at their current choice, forward (no autograd) for the forward
-kernels, forward+backward for the backward ones; then every CONFIG kernel's best together. Fused layout: the forward and the backward kernel's P block,
-warps and stages. Each row is the median of triton.testing.do_bench; ptxas register use is not
+Chunked layout: the serial passes (STATE_PASS timed forward, DSTATE_PASS forward+backward), then
+each kernel of triton_ssd_chunked.CONFIG, is swept alone with the others at their current choice,
+forward (no autograd) for the forward kernels, forward+backward for the backward ones; then every
+CONFIG kernel's best together. Fused layout: the forward and the backward kernel's P block, warps
+and stages. Each row is the median of triton.testing.do_bench; ptxas register use is not
 shown (python tests/kernels/sm90.py --regs prints it without a GPU). The best is printed as the
 CONFIG to paste; nothing is changed on disk.
 """
@@ -41,7 +42,7 @@ CHUNKED_CHOICES = {  # kernel: candidate (BT, BP, num_warps, num_stages, maxnreg
     "grads": list(itertools.product((32, 64), (32, 64), (4, 8), (1, 2), (None,))),
     "group": list(itertools.product((32, 64), (64,), (4, 8), (1, 2), (None,))),
 }
-STATE_PASS_CHOICES = list(itertools.product((32, 64), (64, 128), (4, 8)))  # the forward's state pass: BP, BN, warps
+PASS_CHOICES = list(itertools.product((32, 64), (64, 128), (4, 8), (2, 3, 4)))  # the serial passes: BP, BN, warps, stages
 FUSED_CHOICES = {  # module constants: candidates
     ("FWD_BLOCK_P", "FWD_WARPS", "FWD_STAGES"): list(itertools.product((16, 32, 64), (4, 8), (1, 2))),
     ("BWD_BLOCK_P", "BWD_WARPS", "BWD_STAGES"): list(itertools.product((16, 32, 64), (4, 8), (1, 2))),
@@ -53,6 +54,8 @@ def _timer(L, grad):
     dy = torch.randn_like(t["x"])
 
     def call():
+        for v in t.values() if grad else ():  # as kernels_ssd.py: no .grad summed across calls
+            v.grad = None
         y = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True)
         if grad:
             y.backward(dy)
@@ -77,8 +80,9 @@ def sweep_chunked(L, kernels=None):
     timers = {False: _timer(L, False), True: _timer(L, True)}
     start = dict(chunked.CONFIG)
     rows, best = [], dict(start)
-    if not kernels or "state_pass" in kernels:
-        rows += _sweep_state_pass(L, timers[False])
+    for name in ("state_pass", "dstate_pass"):
+        if not kernels or name in kernels:
+            rows += _sweep_pass(L, name, timers[name == "dstate_pass"])
     for kernel, choices in CHUNKED_CHOICES.items():
         if kernels and kernel not in kernels:
             continue
@@ -103,19 +107,21 @@ def sweep_chunked(L, kernels=None):
     return rows, dict(best={k: list(v) for k, v in best.items()}, now_ms=before, best_ms=together)
 
 
-def _sweep_state_pass(L, timer):
-    """chunked.STATE_PASS (BP, BN, warps of the forward's serial state pass), forward alone; the best is
-    printed, STATE_PASS is left as it was."""
-    start, mine = chunked.STATE_PASS, []
-    print(f"== chunked state_pass (fwd, L{L}); now {start}", flush=True)
-    for choice in STATE_PASS_CHOICES:
-        chunked.STATE_PASS = choice
+def _sweep_pass(L, name, timer):
+    """chunked.STATE_PASS or DSTATE_PASS (BP, BN, warps, stages of a serial pass), timed forward for the
+    state pass and forward+backward for the dstate pass; the best is printed, the constant is left as
+    it was."""
+    const = name.upper()
+    start, mine = getattr(chunked, const), []
+    print(f"== chunked {name} (L{L}); now {start}", flush=True)
+    for choice in PASS_CHOICES:
+        setattr(chunked, const, choice)
         ms = timer()
-        mine.append(dict(layout="chunked", kernel="state_pass", choice=list(choice), grad=False, ms=ms))
-        print(f"  state_pass BP,BN,warps={choice}: {ms:.3f} ms", flush=True)
-    chunked.STATE_PASS = start
+        mine.append(dict(layout="chunked", kernel=name, choice=list(choice), grad=name == "dstate_pass", ms=ms))
+        print(f"  {name} BP,BN,warps,stages={choice}: {ms:.3f} ms", flush=True)
+    setattr(chunked, const, start)
     b = _best(mine)
-    print(f"STATE_PASS = {tuple(b['choice']) if b else start}")
+    print(f"{const} = {tuple(b['choice']) if b else start}")
     return mine
 
 
@@ -162,7 +168,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--L", type=int, default=16384)
     ap.add_argument("--only", choices=["chunked", "fused"])
-    ap.add_argument("--kernels", help=f"comma-separated chunk kernels to sweep (state_pass, {', '.join(CHUNKED_CHOICES)}); "
+    ap.add_argument("--kernels", help=f"comma-separated chunk kernels to sweep (state_pass, dstate_pass, {', '.join(CHUNKED_CHOICES)}); "
                     "default all")
     ap.add_argument("--chunks", help="comma-separated chunk lengths: time only those (chunked layout)")
     ap.add_argument("--json")

@@ -63,13 +63,22 @@ CONFIG = {  # kernel: (BT, BP, num_warps, num_stages, maxnreg: ptxas's register 
     "grads": (32, 64, 4, 1, 128),
     "group": (64, 64, 8, 2, None),
 }
-# The serial passes (BP, BN, warps), the forward's state pass and the backward's _dstate_pass: each
-# forms every chunk's own state (or gradient of it) as it walks the chunks.
+# The serial passes (BP, BN, warps, stages), the forward's state pass and the backward's _dstate_pass:
+# each forms every chunk's own state (or gradient of it) as it walks the chunks.
 # H200, B4 H32 P64 N128 bf16, 2026-11-29, one process: replacing a parallel chunk-state kernel
 # (fp32 states written and read back by a carry pass) took the forward at L 16K from 1.184 to 0.958 ms
 # and fwd+bwd from 5.485 to 5.233; BN 128 or 8 warps were slower at 16K (1.09-1.37 ms). Its backward twin
 # replacing a parallel dstate kernel and a carry pass (fp32 states again): fwd+bwd 4.58 -> 4.43 ms.
-STATE_PASS = (64, 64, 4)
+# Their tiles prefetched one chunk ahead by hand, into registers, until the tenth run (2026-11-29, L 16K,
+# one process): loaded in the loop and pipelined by the compiler (cp.async into shared memory), the state
+# pass went from 0.295 to 0.262 ms (forward 0.819-0.823 -> 0.779-0.784 ms at 8 warps, BN 128, 3 stages;
+# 2 stages 0.819-0.823, 4 stages 0.787-0.794, 4 warps BN 64 0.794-0.834) and forward+backward from
+# 3.764-3.770 to 3.684-3.692 ms with the dstate pass at 4 warps, BN 64, 2 stages (3 stages 3.722).
+STATE_PASS = (64, 128, 8, 3)
+DSTATE_PASS = (64, 64, 4, 2)
+# Both passes with float32 inputs (twice the bytes and registers a tile; ptxas for sm_90: 107-108 registers
+# where the 16-bit choices above would spill and pass shared memory).
+PASS_FP32 = (64, 64, 8, 2)
 # Under the interpreter small chunks and sub-blocks keep the tests fast and still cross several of each.
 INTERPRET_CHUNK, INTERPRET_SUB = 32, 16
 
@@ -224,25 +233,21 @@ def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, 
                 PREC: tl.constexpr):
     """The forward's serial pass with each chunk's own state formed in it, over one (batch, head)'s
     [P block, N block]: walking the chunks c, hin[c] = h, then h = h · carry[c] + Σ_t exp(s_end - s_t)
-    dt'_t x_t ⊗ B_t (one [BP, Q]·[Q, BN] dot); the last h is the final state. Each chunk's x and B
-    tiles and its tokens' weights are loaded one step ahead, so their latency hides behind the step
-    before."""
+    dt'_t x_t ⊗ B_t (one [BP, Q]·[Q, BN] dot, the weights on x's side so that B goes from shared
+    memory to the tensor cores as loaded); the last h is the final state. The loads are left to the
+    compiler's pipelining: with num_stages > 1 each chunk's tiles are copied into shared memory
+    stages ahead, while the steps before compute."""
     bh64, h, g, row0, offs_p, offs_n, mask_p, mask_n, so, mask_s, state = _pass_program(
         h0_ptr, L, H, G, P, N, BP, BN, HAS_H0)
     offs_q = tl.arange(0, Q)
-    x_next = _tile(x_ptr, row0 + offs_q, offs_q < L, H, h, P, offs_p, mask_p)
-    B_next = _tile(B_ptr, row0 + offs_q, offs_q < L, G, g, N, offs_n, mask_n)
-    w_next, carry_next = _state_weights(dtc_ptr, s_ptr, seq_ptr, bh64, row0, 0, L, NC, Q, HAS_SEQ)
     for c in range(NC):
         tl.store(hin_ptr + (bh64 * NC + c) * P * N + so, state.to(hin_ptr.dtype.element_ty), mask=mask_s)
-        x, Bm, w, carry = x_next, B_next, w_next, carry_next
-        t_next = (c + 1) * Q + offs_q
-        x_next = _tile(x_ptr, row0 + t_next, t_next < L, H, h, P, offs_p, mask_p)
-        B_next = _tile(B_ptr, row0 + t_next, t_next < L, G, g, N, offs_n, mask_n)
-        w_next, carry_next = _state_weights(dtc_ptr, s_ptr, seq_ptr, bh64, row0, tl.minimum(c + 1, NC - 1), L, NC, Q,
-                                            HAS_SEQ)
-        state = state * carry + tl.dot(tl.trans(x), (Bm.to(tl.float32) * w[:, None]).to(x.dtype),
-                                       input_precision=PREC)
+        t = c * Q + offs_q
+        x = _tile(x_ptr, row0 + t, t < L, H, h, P, offs_p, mask_p)
+        Bm = _tile(B_ptr, row0 + t, t < L, G, g, N, offs_n, mask_n)
+        w, carry = _state_weights(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, HAS_SEQ)
+        xw = (x.to(tl.float32) * w[:, None]).to(x.dtype)
+        state = state * carry + tl.dot(tl.trans(xw), Bm, input_precision=PREC)
     tl.store(hT_ptr + bh64 * P * N + so, state, mask=mask_s)
 
 
@@ -266,21 +271,15 @@ def _dstate_pass(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, dhT_ptr, dout_pt
     """The backward's serial pass, the state pass reversed, over one (batch, head)'s [P block, N block]:
     walking the chunks c from the last, dout[c] = v (the gradient of the state leaving c), then
     v = v · carry[c] + Σ_t exp(s_t) g_t ⊗ C_t (c's own gradient of its entering state, one
-    [BP, Q]·[Q, BN] dot), from v = dL/dhT (or 0); the last v is dL/dh0. Each chunk's g and C tiles
-    are loaded (and g weighted) one step ahead."""
+    [BP, Q]·[Q, BN] dot), from v = dL/dhT (or 0); the last v is dL/dh0. Pipelined as the state pass."""
     bh64, h, g, row0, offs_p, offs_n, mask_p, mask_n, so, mask_s, v = _pass_program(
         dhT_ptr, L, H, G, P, N, BP, BN, HAS_FIRST)
     offs_q = tl.arange(0, Q)
-    gs_next, C_next, carry_next = _entry_tiles(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g,
-                                               NC - 1, L, H, G, P, N, NC, offs_q, offs_p, offs_n, mask_p, mask_n,
-                                               Q, HAS_Z, HAS_SEQ)
     for i in range(NC):
         c = NC - 1 - i
         tl.store(dout_ptr + (bh64 * NC + c) * P * N + so, v.to(dout_ptr.dtype.element_ty), mask=mask_s)
-        gs, Cm, carry = gs_next, C_next, carry_next
-        gs_next, C_next, carry_next = _entry_tiles(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g,
-                                                   tl.maximum(c - 1, 0), L, H, G, P, N, NC, offs_q, offs_p, offs_n,
-                                                   mask_p, mask_n, Q, HAS_Z, HAS_SEQ)
+        gs, Cm, carry = _entry_tiles(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g, c, L, H, G, P,
+                                     N, NC, offs_q, offs_p, offs_n, mask_p, mask_n, Q, HAS_Z, HAS_SEQ)
         v = v * carry + tl.dot(tl.trans(gs), Cm, input_precision=PREC)
     tl.store(dh0_ptr + bh64 * P * N + so, v, mask=mask_s)
 
@@ -519,7 +518,7 @@ def _group_head(k, b, g, c, sub, row0, dtc_ptr, s_ptr, seq_ptr, L, H, G, P, NC, 
 def _group_dC(x_ptr, B_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, dy_ptr, dC_ptr, dcb_ptr,
               L, H, G, P, N, NC, NPB, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr,
               BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
-    """dC [B, L, G, N] float32 of target sub-block i of one chunk and group, summed over the group's
+    """dC [B, L, G, N] (C's dtype; summed in float32) of target sub-block i of one chunk and group, summed over the group's
     heads: dCB[t, :] = Σ_h R_h[t, :] and Σ_h exp(s_t) g_t · h_in in the loop, then dC = that + dCB B.
     dCB's rows [BT, Q] go to dcb [B, NC, G, Q, Q] float32 for _group_dB."""
     g, c, b, i, row0, offs_n, mask_n = _group_program(L, G, NC, N, BN)
@@ -544,7 +543,7 @@ def _group_dC(x_ptr, B_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, dy_ptr, dC_
     t_q, t_i = c * Q + offs_q, c * Q + offs_i
     Bq = _tile(B_ptr, row0 + t_q, t_q < L, G, g, N, offs_n, mask_n)
     dC += tl.dot(dcb.to(Bq.dtype), Bq, input_precision=PREC)
-    tl.store(dC_ptr + ((row0 + t_i) * G + g)[:, None] * N + offs_n[None, :], dC,
+    tl.store(dC_ptr + ((row0 + t_i) * G + g)[:, None] * N + offs_n[None, :], dC.to(dC_ptr.dtype.element_ty),
              mask=(t_i < L)[:, None] & mask_n[None, :])
     tl.store(dcb_ptr + tl.program_id(0).to(tl.int64) * Q * Q + offs_i[:, None] * Q + offs_q[None, :], dcb)
 
@@ -553,7 +552,7 @@ def _group_dC(x_ptr, B_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, dy_ptr, dC_
 def _group_dB(x_ptr, C_ptr, seq_ptr, dtc_ptr, s_ptr, dout_ptr, dcb_ptr, dB_ptr,
               L, H, G, P, N, NC, NPB, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
               BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
-    """dB [B, L, G, N] float32 of source sub-block j of one chunk and group, summed over the group's
+    """dB [B, L, G, N] (B's dtype; summed in float32) of source sub-block j of one chunk and group, summed over the group's
     heads: Σ_h w_out(u) dt'_u x_u · dL/dh_out in the loop, then + dCBᵀ C with _group_dC's dCB."""
     g, c, b, j, row0, offs_n, mask_n = _group_program(L, G, NC, N, BN)
     dB = tl.zeros((BT, BN), dtype=tl.float32)
@@ -571,7 +570,7 @@ def _group_dB(x_ptr, C_ptr, seq_ptr, dtc_ptr, s_ptr, dout_ptr, dcb_ptr, dB_ptr,
     Cq = _tile(C_ptr, row0 + t_q, t_q < L, G, g, N, offs_n, mask_n)
     dcb = tl.load(dcb_ptr + tl.program_id(0).to(tl.int64) * Q * Q + offs_q[:, None] * Q + offs_j[None, :])
     dB += tl.dot(tl.trans(dcb.to(Cq.dtype)), Cq, input_precision=PREC)
-    tl.store(dB_ptr + ((row0 + t_j) * G + g)[:, None] * N + offs_n[None, :], dB,
+    tl.store(dB_ptr + ((row0 + t_j) * G + g)[:, None] * N + offs_n[None, :], dB.to(dB_ptr.dtype.element_ty),
              mask=(t_j < L)[:, None] & mask_n[None, :])
 
 
@@ -596,6 +595,13 @@ def _run(kernel_fn, name: str, x, programs: int, *args, **kw):
     kernel_fn[(programs, npb)](*args, **kw, **cfg)
 
 
+def _pass_launch(x, choice, P: int, BN: int) -> tuple:
+    """(BP, BN, num_warps, num_stages) of a serial pass: its choice (STATE_PASS or DSTATE_PASS; PASS_FP32
+    for 32-bit inputs), the blocks clamped to P and N."""
+    bp, bn, warps, stages = choice if x.element_size() <= 2 else PASS_FP32
+    return min(_pow2(P), bp), min(BN, bn), warps, stages
+
+
 def _state_dtype(x):
     """The entering states and their gradients are read in the input's precision by the products:
     16-bit inputs store them 16-bit (half the bytes of the largest buffers), others in float32."""
@@ -616,11 +622,10 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     sdt = _state_dtype(x)
     hT = torch.empty(batch, H, P, N, **f32)
     hin = torch.empty(batch, H, NC, P, N, device=x.device, dtype=sdt)
-    bp, bn, warps = STATE_PASS
-    BP, BNP = min(_pow2(P), bp), min(BN, bn)
+    BP, BNP, warps, stages = _pass_launch(x, STATE_PASS, P, BN)
     _state_pass[(batch * H, triton.cdiv(P, BP), triton.cdiv(N, BNP))](
         x, B, seq, dtc, s, h0, hin, hT, L, H, G, P, N, NC, HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
-        Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps)
+        Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages)
     cb = torch.empty(batch, NC, G, Q, Q, **f32)
     cbt = _launch("scan", x, Q, P)["BT"]
     _chunk_cb[(batch * NC * G, (Q // cbt) ** 2)](B, C, cb, L, G, N, NC, Q=Q, BT=cbt, BN=BN, PREC=_prec(x),
@@ -636,16 +641,16 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
 
 
 def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s, hin, ypre, cb, *, chunk=None):
-    """Gradients of x, dt, A, B, C, D, z, dt_bias and the initial state (float32 except dx, dz)."""
+    """Gradients of x, dt, A, B, C, D, z, dt_bias and the initial state (float32 except dx, dz, dB, dC:
+    their inputs' dtype)."""
     batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, chunk)
     f32 = dict(device=x.device, dtype=torch.float32)
     dout = torch.empty_like(hin)
     dh0 = torch.empty(batch, H, P, N, **f32)
-    bp, bn, warps = STATE_PASS
-    BP, BNP = min(_pow2(P), bp), min(BN, bn)
+    BP, BNP, warps, stages = _pass_launch(x, DSTATE_PASS, P, BN)
     _dstate_pass[(batch * H, triton.cdiv(P, BP), triton.cdiv(N, BNP))](
         C, z, seq, dtc, s, dy, dhT, dout, dh0, L, H, G, P, N, NC, HAS_FIRST=dhT is not None, HAS_Z=z is not None,
-        HAS_SEQ=seq is not None, Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps)
+        HAS_SEQ=seq is not None, Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages)
     dz = torch.empty_like(z) if z is not None else None
     NPB = _launch("grads", x, Q, P)["NPB"]
     dx = torch.empty_like(x)
@@ -659,7 +664,7 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
     # dC, dB: programs over (batch, chunk, group) and sub-blocks, each walking the group's heads
     cfg = _launch("group", x, Q, P)
     grid, npb = (batch * NC * G, Q // cfg["BT"]), cfg.pop("NPB")
-    dC, dB = torch.empty(batch, L, G, N, **f32), torch.empty(batch, L, G, N, **f32)
+    dC, dB = torch.empty_like(C), torch.empty_like(B)  # stored as the kernels' float32 sums round
     dcb = torch.empty(batch, NC, G, Q, Q, **f32)
     _group_dC[grid](x, B, z, seq, dtc, s, hin, dy, dC, dcb, L, H, G, P, N, NC, npb, HAS_Z=z is not None,
                     HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x), **cfg)

@@ -126,7 +126,8 @@ def test_triton_blocks_of_P(opts, impl, monkeypatch):
     from archdsl.kernels.ssd import triton_ssd, triton_ssd_chunked
     monkeypatch.setattr(triton_ssd, "FWD_BLOCK_P", 16)
     monkeypatch.setattr(triton_ssd, "BWD_BLOCK_P", 16)
-    monkeypatch.setattr(triton_ssd_chunked, "STATE_PASS", (16, 16, 4))  # several P and N blocks, both ways
+    for name in ("STATE_PASS", "DSTATE_PASS", "PASS_FP32"):  # several P and N blocks, both ways, any dtype
+        monkeypatch.setattr(triton_ssd_chunked, name, (16, 16, 4, 2))
     monkeypatch.setattr(triton_ssd_chunked, "CONFIG", {"scan": (64, 32, 4, 2, None),
                                                        "grads": (64, 16, 4, 2, None),
                                                        "group": (64, 32, 4, 1, None)})
