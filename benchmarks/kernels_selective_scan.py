@@ -51,6 +51,9 @@ def _scan_call(fn, t, bwd):
     dy = torch.randn_like(t["u"])
 
     def call():
+        if bwd:  # activations in a model: their gradients are not summed into .grad across calls
+            for v in t.values():
+                v.grad = None
         y = fn(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"], delta_bias=t["delta_bias"],
                delta_softplus=True)
         if bwd:
@@ -124,6 +127,8 @@ def conv_rows(Ls):
 
             def call(fn):
                 def go():
+                    for v in (x, w, b) if bwd else ():  # no .grad summed across calls
+                        v.grad = None
                     y = fn(x, w, b, activation="silu")
                     if bwd:
                         y.backward(dy)

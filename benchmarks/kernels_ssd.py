@@ -51,6 +51,9 @@ def _peer():
 
 def _scan_fn(fn, t, bwd):
     def call():
+        if bwd:  # inputs are activations in a model: their gradients are not summed into .grad across calls
+            for v in t.values():
+                v.grad = None
         y = fn(t["x"], t["dt"], t["A"], t["B"], t["C"], 256, D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True)
         if bwd:
             y.backward(dy)

@@ -32,6 +32,8 @@ def _fwd_bwd(fn, xs):
     xs = [x.detach().requires_grad_() for x in xs]
 
     def go():
+        for x in xs:  # activations in a model: their gradients are not summed into .grad across calls
+            x.grad = None
         o = fn(*xs)[0]
         o.backward(torch.ones_like(o))
     return go
