@@ -69,7 +69,7 @@ CONFIG = {  # kernel: (BT, BP, num_warps, num_stages, maxnreg: ptxas's register 
 # (fp32 states written and read back by a carry pass) took the forward at L 16K from 1.184 to 0.958 ms
 # and fwd+bwd from 5.485 to 5.233; BN 128 or 8 warps were slower at 16K (1.09-1.37 ms). Its backward twin
 # replacing a parallel dstate kernel and a carry pass (fp32 states again): fwd+bwd 4.58 -> 4.43 ms.
-# Their tiles prefetched one chunk ahead by hand, into registers, until the tenth run (2026-11-29, L 16K,
+# Their tiles prefetched one chunk ahead by hand, into registers, until the eleventh run (2026-11-29, L 16K,
 # one process): loaded in the loop and pipelined by the compiler (cp.async into shared memory), the state
 # pass went from 0.295 to 0.262 ms (forward 0.819-0.823 -> 0.779-0.784 ms at 8 warps, BN 128, 3 stages;
 # 2 stages 0.819-0.823, 4 stages 0.787-0.794, 4 warps BN 64 0.794-0.834) and forward+backward from
@@ -518,9 +518,9 @@ def _group_head(k, b, g, c, sub, row0, dtc_ptr, s_ptr, seq_ptr, L, H, G, P, NC, 
 def _group_dC(x_ptr, B_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, dy_ptr, dC_ptr, dcb_ptr,
               L, H, G, P, N, NC, NPB, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr,
               BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
-    """dC [B, L, G, N] (C's dtype; summed in float32) of target sub-block i of one chunk and group, summed over the group's
-    heads: dCB[t, :] = Σ_h R_h[t, :] and Σ_h exp(s_t) g_t · h_in in the loop, then dC = that + dCB B.
-    dCB's rows [BT, Q] go to dcb [B, NC, G, Q, Q] float32 for _group_dB."""
+    """dC [B, L, G, N] (C's dtype, summed in float32) of target sub-block i of one chunk and group,
+    summed over the group's heads: dCB[t, :] = Σ_h R_h[t, :] and Σ_h exp(s_t) g_t · h_in in the loop,
+    then dC = that + dCB B. dCB's rows [BT, Q] go to dcb [B, NC, G, Q, Q] float32 for _group_dB."""
     g, c, b, i, row0, offs_n, mask_n = _group_program(L, G, NC, N, BN)
     dcb = tl.zeros((BT, Q), dtype=tl.float32)
     dC = tl.zeros((BT, BN), dtype=tl.float32)
@@ -552,8 +552,9 @@ def _group_dC(x_ptr, B_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, dy_ptr, dC_
 def _group_dB(x_ptr, C_ptr, seq_ptr, dtc_ptr, s_ptr, dout_ptr, dcb_ptr, dB_ptr,
               L, H, G, P, N, NC, NPB, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
               BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
-    """dB [B, L, G, N] (B's dtype; summed in float32) of source sub-block j of one chunk and group, summed over the group's
-    heads: Σ_h w_out(u) dt'_u x_u · dL/dh_out in the loop, then + dCBᵀ C with _group_dC's dCB."""
+    """dB [B, L, G, N] (B's dtype, summed in float32) of source sub-block j of one chunk and group,
+    summed over the group's heads: Σ_h w_out(u) dt'_u x_u · dL/dh_out in the loop, then + dCBᵀ C with
+    _group_dC's dCB."""
     g, c, b, j, row0, offs_n, mask_n = _group_program(L, G, NC, N, BN)
     dB = tl.zeros((BT, BN), dtype=tl.float32)
     for k in range(H // G * NPB):
