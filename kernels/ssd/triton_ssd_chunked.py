@@ -67,7 +67,7 @@ CONFIG = {  # kernel: (BT, BP, num_warps, num_stages, maxnreg: ptxas's register 
 # each forms every chunk's own state (or gradient of it) as it walks the chunks.
 # H200, B4 H32 P64 N128 bf16, 2026-11-29, one process: replacing a parallel chunk-state kernel
 # (fp32 states written and read back by a carry pass) took the forward at L 16K from 1.184 to 0.958 ms
-# and fwd+bwd from 5.485 to 5.233; BN 128 or 8 warps were slower at 16K (1.09-1.37 ms). Its backward twin
+# and fwd+bwd from 5.485 to 5.233; BN 128 or 8 warps were slower then (1.09-1.37 ms). Its backward twin
 # replacing a parallel dstate kernel and a carry pass (fp32 states again): fwd+bwd 4.58 -> 4.43 ms.
 # Their tiles prefetched one chunk ahead by hand, into registers, until the eleventh run (2026-11-29, L 16K,
 # one process): loaded in the loop and pipelined by the compiler (cp.async into shared memory), the state
