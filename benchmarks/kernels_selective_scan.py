@@ -9,9 +9,10 @@ At L=4096: forward floor 0.16 ms, fwd+bwd 0.44 ms. The forward rows are timed on
 (ARCHDSL_SCAN_FWD=serial|segments|auto; `shape … fwd=…`): the segmented one reads u, delta and B
 twice and moves its fp32 segment states ([B, S, D, N], S ≈ 13 at L=4096: ≈ 3×21 MB) besides the
 floor's bytes, ≈ 1.1 GB in all, and computes the scan twice (two exps per element). The fwd+bwd rows are timed once per backward
-variant (ARCHDSL_SCAN_BWD=threads|lanes); beyond the floor's bytes both read the fp32 checkpoints
-(4·B·D·N·L/64 ≈ 84 MB at L=4096) and the lanes one writes and re-reads its dB/dC partials
-(2·4·B·(D/BLOCK_D)·N·L, 84–336 MB) and a per-program scratch of sub-tile states that stays near L2. Not in the floor, but binding in practice:
+variant (ARCHDSL_SCAN_BWD=groups|threads); beyond the floor's bytes both read the fp32 checkpoints
+(4·B·D·N·L/64 ≈ 84 MB at L=4096) and add dB/dC into fp32 buffers through atomics (D/BLOCK_D adds per
+element), and the groups one keeps a per-program scratch of sub-tile states that stays near L2. Not in the
+floor, but binding in practice:
 one exp per (b, d, n, t) element (two in the backward), B·D·N·L = 1.34e9 at L=4096; the H200's
 special-function units do ~4.2e12 exp/s, so 0.32 ms forward is an exp-throughput bound (50% of the floor).
 Causal conv1d (B=4, D=5120, W=4, silu): forward bytes = x read + y written (2·B·D·L·2);
@@ -98,7 +99,7 @@ def iter_scan_rows(Ls, peer_Ls):
                        ours_ms=ours, peer="chunked torch (GPU)", peer_ms=theirs, floor_ms=floor, floor_note=note)
         del t
         torch.cuda.empty_cache()
-        for variant in ("threads", "lanes"):
+        for variant in ("groups", "threads"):
             t = _scan_inputs(L, True)
             with _scan_bwd(variant):
                 ours = _time(_scan_call(selective_scan, t, True))
@@ -181,5 +182,6 @@ if __name__ == "__main__":
               f"{peer if peer is None else round(peer, 4)!s:>9} {ratio:>6} {r['floor_ms']:9.4f} "
               f"{100 * r['floor_ms'] / r['ours_ms']:7.1f}%", flush=True)
     from archdsl.kernels.selective_scan import triton_selective_scan
-    print("tiles chosen (BLOCK_D, T, warps) / (BLOCK_D, warps) / lanes bwd and segments (BLOCK_D, T, warps):",
+    print("tiles chosen (forward, groups backward (BLOCK_D, NS, T, warps, cap), threads backward (BLOCK_D, warps),"
+          " segments):",
           triton_selective_scan._best)

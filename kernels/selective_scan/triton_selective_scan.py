@@ -10,16 +10,13 @@ second forward layout (`_ss_fwd_lanes_kernel`, a channel and all its states per 
 among the tiles timed once per shape on the card (at B4 D5120 N16 it is the slower, 1.9 ms
 against 0.88).
 
-The backward walks the chunks in reverse, recomputes the
-states of a chunk from its checkpoint, and runs the adjoint recurrence
-k_t = C_t dy_t + exp(delta_{t+1} A) k_{t+1} as a reversed scan. B/C gradients are
-sums over channels and go out through fp32 atomics; A, D and delta_bias gradients
-are per-(batch, block) partials summed by torch.
-
-A second backward (`ss_bwd_lanes`, chosen by ARCHDSL_SCAN_BWD=lanes) uses the lanes
-forward's layout: a channel per thread, its adjoint run in reverse over time from the
-same checkpoints, two exps per element (one per recompute pass, no shifted exp), and
-dB/dC as per-program partials instead of atomics.
+The backward (`_ss_bwd_groups_kernel`) keeps the forward's layout and walks the checkpoint
+chunks last first: it recomputes the states of a chunk from its checkpoint and runs the adjoint
+recurrence k_t = C_t dy_t + exp(delta_{t+1} A) k_{t+1} backwards along each thread's registers.
+B/C gradients are sums over channels and go out through fp32 atomics; A, D and delta_bias
+gradients are per-(batch, channel) partials summed by torch. A second backward (`ss_bwd`,
+ARCHDSL_SCAN_BWD=threads) lays time across a program's threads; it is the slower (16.8 against
+7.1-7.5 ms forward+backward at B4 L4096 D5120 N16 bf16 on the H200) and stays as a cross-check.
 
 A second forward (`ss_fwd_segments` in triton_selective_scan_segments.py, chosen by
 ARCHDSL_SCAN_FWD=segments) cuts the sequence into segments run in parallel and stores the same
@@ -315,104 +312,131 @@ def _ss_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
 
 
 
-@triton.jit
-def _adj_combine(a1, b1, c1, d1, a2, b2, c2, d2):
-    """Reverse-scan composition of affine maps x -> (a x + b, c x + d): the (a, b) part carries the
-    gradient m_t = exp(delta_t A) k_t into the earlier step, the (c, d) part reads k_t off the same
-    carry, so the decay of step t+1 is never needed at step t (no shifted exp)."""
-    return a1 * a2, b1 * a2 + b2, c2 * a1, c2 * b1 + d2
-
-
 @triton.jit(do_not_specialize=["s_l", "sB_l", "sC_l"])
-def _ss_bwd_lanes_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr,
-                         scr_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBp_ptr, dCp_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-                         L, DIM, N, CPG, NCK, s_l,
-                         sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
-                         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T: tl.constexpr, CKI: tl.constexpr,
-                         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                         HAS_DHT: tl.constexpr):
-    """The backward in the forward's lanes layout ([N, T, D] tiles, a channel per thread). Chunks of
-    CKI steps are walked in reverse from the forward's checkpoints: a first pass recomputes the
-    state at every T-step sub-tile boundary into a per-program scratch, a second walks the sub-tiles
-    in reverse, recomputes their states in registers and runs the adjoint scan. dB/dC leave as
-    per-program partials over the channel block ([B, G, blocks, N, L]), summed by torch."""
+def _ss_bwd_groups_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr,
+                          scr_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+                          L, DIM, N, CPG, NCK, s_l,
+                          sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sdB_b, sdB_g,
+                          BLOCK_D: tl.constexpr, NS: tl.constexpr, NPT: tl.constexpr, T: tl.constexpr,
+                          CKI: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr, FAST_LOG: tl.constexpr):
+    """The backward in the groups forward's layout: [NPT, T, BLOCK_D, NS] tiles, a channel's N states over
+    NS neighbouring threads, T steps of a channel in one thread's registers. The checkpoint chunks of
+    CKI steps are walked last first: a first pass recomputes the state entering each T-step sub-tile
+    into a per-program scratch (re-read by the thread that wrote it), a second walks the sub-tiles in
+    reverse (each sub-tile's inputs loaded while the one after it is worked through), recomputes their
+    states and runs the adjoint k_t = C_t gy_t + exp(delta_{t+1} A) k_{t+1} one step at a time along
+    the registers. Sums over the states (du, d delta, y for dz) are in-thread adds and a warp shuffle;
+    dB and dC, sums over the block's channels, go out through fp32 atomics; dA, dD and d delta_bias
+    are per-(batch, channel) partials summed by torch. One-warp blocks are the fastest: their sums
+    over channels need no shared memory or barriers."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
     t = tl.arange(0, T)
+    t4 = t[None, :, None, None]
     NSUB = CKI // T
-    dmask, nmask = d < DIM, n < N
-    nd_mask = nmask[:, None] & dmask[None, :]
+    n3 = tl.arange(0, NS)[None, None, :] * NPT + tl.arange(0, NPT)[:, None, None]  # [NPT, 1, NS]
+    d3 = d[None, :, None]
+    dmask = d < DIM
+    s_mask = (d3 < DIM) & (n3 < N)  # [NPT, BLOCK_D, NS]
     g = ((pid_d * BLOCK_D) // CPG).to(tl.int64)
-    nblk = CPG // BLOCK_D
-    blk = (pid_d % nblk).to(tl.int64)
-    dch = (pid_b * DIM + d.to(tl.int64))
-    row = dch * L
-    state_off = dch[None, :] * N + n[:, None]
-    A = tl.load(A_ptr + d[None, :] * N + n[:, None], mask=nd_mask, other=0.0).to(tl.float32)
+    ch = pid_b * DIM + d.to(tl.int64)
+    row = ch * L
+    state_off = ch[None, :, None] * N + n3
+    A = tl.load(A_ptr + d3 * N + n3, mask=s_mask, other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
-    q = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    Dv = 0.0
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    q = tl.zeros([NPT, BLOCK_D, NS], dtype=tl.float32)  # dL/d(the state entering the sub-tile after this one)
     if HAS_DHT:
-        q = tl.load(dhT_ptr + state_off, mask=nd_mask, other=0.0).to(tl.float32)
-    dA_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        q = tl.load(dhT_ptr + state_off, mask=s_mask, other=0.0).to(tl.float32)
+    dA_acc = tl.zeros([NPT, BLOCK_D, NS], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     B_base = B_ptr + pid_b * sB_b + g * sB_g
     C_base = C_ptr + pid_b * sC_b + g * sC_g
-    part_base = ((pid_b * (DIM // CPG) + g) * nblk + blk) * N * L
+    dB_base = dB_ptr + pid_b * sdB_b + g * sdB_g
+    dC_base = dC_ptr + pid_b * sdB_b + g * sdB_g  # dB and dC: one shape and strides
+    scr = scr_ptr + (ch[None, :, None] * NSUB) * N + n3
     for cr in range(0, tl.cdiv(L, CKI)):
         c = tl.cdiv(L, CKI) - 1 - cr
-        h = tl.load(ck_ptr + (dch * NCK + c)[None, :] * N + n[:, None], mask=nd_mask, other=0.0)
-        for j in range(0, NSUB):
-            tl.store(scr_ptr + (dch * NSUB + j)[None, :] * N + n[:, None], h, mask=nd_mask)
-            tt = c * CKI + j * T + t
-            dt, _, u, m2, Bt, _ = _lanes_tile(u_ptr, dt_ptr, bias_ptr, B_base, C_base, row, d, n, tt, dmask, nmask,
-                                              L, s_l, sB_n, sB_l, sC_n, sC_l, HAS_BIAS, SOFTPLUS)
-            aP, hS = tl.associative_scan((tl.exp2(dt[None, :, :] * A2[:, None, :]),
-                                          (dt * u)[None, :, :] * Bt[:, :, None]), 1, _lin_combine)
-            h = tl.sum(tl.where(t[None, :, None] == T - 1, hS + aP * h[:, None, :], 0.0), axis=1)
-        tl.debug_barrier()  # the scratch is read back by other threads than wrote it
+        h = tl.load(ck_ptr + (ch[None, :, None] * NCK + c) * N + n3, mask=s_mask, other=0.0)
+        base = c * CKI
+        nxt = _groups_tile(u_ptr, dt_ptr, z_ptr, B_base, C_base, row, base + t, n3, dmask, L, N, s_l,
+                           sB_n, sB_l, sC_n, sC_l, False)
+        for j in range(0, NSUB):  # the state entering each sub-tile, into the scratch; the next tile loaded ahead
+            tl.store(scr + j * N, h, mask=s_mask)
+            tt = base + j * T + t
+            u, raw, zz, Bt, Ct = nxt
+            nxt = _groups_tile(u_ptr, dt_ptr, z_ptr, B_base, C_base, row, base + tl.minimum(j + 1, NSUB - 1) * T + t,
+                               n3, dmask, L, N, s_l, sB_n, sB_l, sC_n, sC_l, False)
+            dt = _groups_dt(raw + bias, tt, dmask, L, SOFTPLUS, FAST_LOG)
+            dA = tl.exp2(dt[None, :, :, None] * A2[:, None, :, :])
+            dBu = (dt * u)[None, :, :, None] * Bt[:, :, None, :]
+            _, hs = tl.associative_scan((dA, tl.where(t4 == 0, dBu + dA * h[:, None, :, :], dBu)), 1, _lin_combine)
+            h = tl.sum(tl.where(t4 == T - 1, hs, 0.0), axis=1)
+        tl.debug_barrier()
+        tt = base + (NSUB - 1) * T + t
+        nxt = _groups_tile(u_ptr, dt_ptr, z_ptr, B_base, C_base, row, tt, n3, dmask, L, N, s_l,
+                           sB_n, sB_l, sC_n, sC_l, HAS_Z)
+        gy_n = tl.load(dy_ptr + row[None, :] + tt[:, None].to(tl.int64) * s_l,
+                       mask=(tt < L)[:, None] & dmask[None, :], other=0.0)
         for jr in range(0, NSUB):
             j = NSUB - 1 - jr
-            tt = c * CKI + j * T + t
-            dt, raw, u, m2, Bt, Ct = _lanes_tile(u_ptr, dt_ptr, bias_ptr, B_base, C_base, row, d, n, tt, dmask, nmask,
-                                                 L, s_l, sB_n, sB_l, sC_n, sC_l, HAS_BIAS, SOFTPLUS)
+            tt = base + j * T + t
+            h0 = tl.load(scr + j * N, mask=s_mask, other=0.0)
+            u, raw, zz, Bt, Ct = nxt
+            gy = gy_n.to(tl.float32)
+            tp = base + tl.maximum(j - 1, 0) * T + t
+            nxt = _groups_tile(u_ptr, dt_ptr, z_ptr, B_base, C_base, row, tp, n3, dmask, L, N, s_l,
+                               sB_n, sB_l, sC_n, sC_l, HAS_Z)
+            gy_n = tl.load(dy_ptr + row[None, :] + tp[:, None].to(tl.int64) * s_l,
+                           mask=(tp < L)[:, None] & dmask[None, :], other=0.0)
+            m2 = (tt < L)[:, None] & dmask[None, :]
             off = row[None, :] + tt[:, None].to(tl.int64) * s_l
-            h0 = tl.load(scr_ptr + (dch * NSUB + j)[None, :] * N + n[:, None], mask=nd_mask, other=0.0)
-            dA = tl.exp2(dt[None, :, :] * A2[:, None, :])
+            raw = raw + bias
+            dt = _groups_dt(raw, tt, dmask, L, SOFTPLUS, FAST_LOG)
+            dA = tl.exp2(dt[None, :, :, None] * A2[:, None, :, :])
             dtu = dt * u
-            dBu = dtu[None, :, :] * Bt[:, :, None]
-            aP, hS = tl.associative_scan((dA, dBu), 1, _lin_combine)
-            hs = hS + aP * h0[:, None, :]
-            gy = tl.load(dy_ptr + off, mask=m2, other=0.0).to(tl.float32)
-            if HAS_D:
-                Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+            dBu = dtu[None, :, :, None] * Bt[:, :, None, :]
+            _, hs = tl.associative_scan((dA, tl.where(t4 == 0, dBu + dA * h0[:, None, :, :], dBu)), 1, _lin_combine)
             if HAS_Z:
-                zz = tl.load(z_ptr + off, mask=m2, other=0.0).to(tl.float32)
-                sz = tl.sigmoid(zz)
-                ypre = tl.sum(hs * Ct[:, :, None], axis=0)
+                ypre = tl.sum(tl.sum(hs * Ct[:, :, None, :], axis=0), axis=2)
                 if HAS_D:
-                    ypre += Dv[None, :] * u
-                tl.store(dz_ptr + off, (gy * ypre * sz * (1.0 + zz * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=m2)
+                    ypre += Dv * u
+                sz = tl.sigmoid(zz)
+                tl.store(dz_ptr + off, (gy * ypre * sz * (1.0 + zz * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
+                         mask=m2)
                 gy = gy * zz * sz
-            Cgy = Ct[:, :, None] * gy[None, :, :]
-            P, M, Q, K = tl.associative_scan((dA, dA * Cgy, tl.full([BLOCK_N, T, BLOCK_D], 1.0, tl.float32), Cgy), 1,
-                                             _adj_combine, reverse=True)
-            k = K + Q * q[:, None, :]
-            q = tl.sum(tl.where(t[None, :, None] == 0, M + P * q[:, None, :], 0.0), axis=1)
-            G = k * (hs - dBu)
-            kB = tl.sum(k * Bt[:, :, None], axis=0)
-            ddt = tl.sum(G * A[:, None, :], axis=0) + kB * u
+            Cgy = Ct[:, :, None, :] * gy[None, :, :, None]
+            # the adjoint, last step first: k_t = C_t gy_t + q, then q = exp(delta_t A) k_t flows to step t - 1;
+            # T is in each thread's registers, so the selects fold away (a reversed tl.associative_scan
+            # would shuffle every value across the warp and back)
+            k = tl.zeros([NPT, T, BLOCK_D, NS], dtype=tl.float32)
+            for i in tl.static_range(T):
+                at = t4 == T - 1 - i
+                kt = tl.sum(tl.where(at, Cgy, 0.0), axis=1) + q
+                k = tl.where(at, kt[:, None, :, :], k)
+                q = tl.sum(tl.where(at, dA, 0.0), axis=1) * kt
+            G = k * (hs - dBu)  # dL/d(exp(delta A)) times exp(delta A) h_{t-1}
+            kB = tl.sum(tl.sum(k * Bt[:, :, None, :], axis=0), axis=2)
+            ddt = tl.sum(tl.sum(G * A[:, None, :, :], axis=0), axis=2) + kB * u
             du = kB * dt
             if HAS_D:
-                du += Dv[None, :] * gy
+                du += Dv * gy
                 dD_acc += tl.sum(u * gy, axis=0)
-            dA_acc += tl.sum(G * dt[None, :, :], axis=1)
-            bn_mask = nmask[:, None] & (tt < L)[None, :]
-            part = part_base + n[:, None] * L + tt[None, :].to(tl.int64)
-            tl.store(dBp_ptr + part, tl.sum(k * dtu[None, :, :], axis=2), mask=bn_mask)
-            tl.store(dCp_ptr + part, tl.sum(hs * gy[None, :, :], axis=2), mask=bn_mask)
+            dA_acc += tl.sum(G * dt[None, :, :, None], axis=1)
+            t3 = tt[None, :, None]
+            bn_mask = (n3 < N) & (t3 < L)
+            tl.atomic_add(dB_base + n3 * L + t3, tl.sum(k * dtu[None, :, :, None], axis=2), mask=bn_mask,
+                          sem="relaxed")
+            tl.atomic_add(dC_base + n3 * L + t3, tl.sum(hs * gy[None, :, :, None], axis=2), mask=bn_mask,
+                          sem="relaxed")
             if SOFTPLUS:
                 ddt = ddt * tl.sigmoid(raw)
             ddt = tl.where(m2, ddt, 0.0)
@@ -420,12 +444,21 @@ def _ss_bwd_lanes_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
             tl.store(du_ptr + off, du.to(du_ptr.dtype.element_ty), mask=m2)
             tl.store(ddt_ptr + off, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
         tl.debug_barrier()  # the next chunk's first pass overwrites the scratch
-    tl.store(dh0_ptr + state_off, q, mask=nd_mask)
-    tl.store(dA_ptr + state_off, dA_acc, mask=nd_mask)
+    tl.store(dh0_ptr + state_off, q, mask=s_mask)
+    tl.store(dA_ptr + state_off, dA_acc, mask=s_mask)
     if HAS_D:
-        tl.store(dD_ptr + dch, dD_acc, mask=dmask)
+        tl.store(dD_ptr + ch, dD_acc, mask=dmask)
     if HAS_BIAS:
-        tl.store(dbias_ptr + dch, dbias_acc, mask=dmask)
+        tl.store(dbias_ptr + ch, dbias_acc, mask=dmask)
+
+
+@triton.jit
+def _groups_dt(raw, tt, dmask, L, SOFTPLUS: tl.constexpr, FAST_LOG: tl.constexpr):
+    """delta [T, BLOCK_D] from its tile after the bias: through softplus when asked, 0 past L."""
+    dt = raw
+    if SOFTPLUS:
+        dt = _softplus(dt, FAST_LOG)
+    return tl.where((tt < L)[:, None] & dmask[None, :], dt, 0.0)
 
 
 @triton.jit
@@ -460,10 +493,13 @@ def _lanes_tile(u_ptr, dt_ptr, bias_ptr, B_base, C_base, row, d, n, tt, dmask, n
 # lanes tile 1.93 ms; a [D, N, T] forward (time across threads) took 6.7-12 ms and was removed.
 _FWD_CONFIGS = [("groups", 32, 4, 8, 4, 96), ("groups", 16, 4, 8, 2, 96), ("groups", 32, 4, 8, 4, None),
                 ("groups", 16, 8, 8, 4, 96), ("lanes", 32, 4, 1)]
-_BWD_CONFIGS = [(2, 2), (4, 4), (8, 8)]
-# lanes backward: (BLOCK_D, sub-tile steps T, warps); T divides CK
-_BWD_LANES_CONFIGS = [(64, 2, 2), (128, 2, 4), (64, 4, 2), (128, 4, 4), (32, 2, 1), (64, 1, 2), (128, 1, 4)]
-_INTERP_FWD, _INTERP_BWD, _INTERP_BWD_LANES = ("groups", 2, 2, 4, 1, None), (2, 1), (2, 2, 1)
+# The groups backward's tiles: (BLOCK_D, NS, T, warps, register cap or None), T dividing CK. H200, bf16,
+# B4 L4096 D5120 N16, fwd+bwd (2026-11-29, one process): one warp 7.12 ms at T 8 (255 registers, 248 bytes of
+# stack), 7.51 at T 4 (228 registers); two warps 10.0-10.4, four 12.9-13.5 (their channel sums cross warps
+# through shared memory); caps of 104-128 registers 9.2-16.3 (spills); T 2 12.2. The threads backward: 16.8.
+_BWD_GROUPS_CONFIGS = [(8, 4, 8, 1, None), (8, 4, 4, 1, None), (4, 8, 8, 1, None)]
+_BWD_THREADS_CONFIGS = [(2, 2), (4, 4), (8, 8)]  # the threads backward: (BLOCK_D, warps)
+_INTERP_FWD, _INTERP_BWD_GROUPS, _INTERP_BWD_THREADS = ("groups", 2, 2, 4, 1, None), (2, 2, 4, 1, None), (2, 1)
 _best: dict = {}
 FWD_OVERRIDE = None  # a forward tile to use instead of timing (tests run both kernels with it)
 
@@ -530,18 +566,61 @@ def ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck):
     return y, hT, ck
 
 
-def ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
-    """Launch the backward; returns grads of (u, delta, A, B4, C4, D, z, bias, initial state)."""
+def _bwd_outputs(u, delta, A, B4, z):
+    """The backward's buffers: du, d delta, dz (None without z) like their inputs; dB, dC [B, G, N, L] float32
+    zeros (the kernels add into them); per-batch partials dA [B, D, N], dD, d delta_bias [B, D]; dh0."""
     batch, dim, L = u.shape
-    N, G = A.shape[1], B4.shape[1]
-    cpg = dim // G
-    du, ddt = torch.empty_like(u), torch.empty_like(delta)
-    dz = torch.empty_like(z) if z is not None else None
-    dB = torch.zeros(batch, G, N, L, device=u.device, dtype=torch.float32)
-    dC = torch.zeros_like(dB)
-    dA = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
+    dB = torch.zeros(batch, B4.shape[1], A.shape[1], L, device=u.device, dtype=torch.float32)
+    dA = torch.empty(batch, dim, A.shape[1], device=u.device, dtype=torch.float32)
     dD = torch.empty(batch, dim, device=u.device, dtype=torch.float32)
-    dbias, dh0 = torch.empty_like(dD), torch.empty_like(dA)
+    return (torch.empty_like(u), torch.empty_like(delta), torch.empty_like(z) if z is not None else None,
+            dB, torch.zeros_like(dB), dA, dD, torch.empty_like(dD), torch.empty_like(dA))
+
+
+def _bwd_run(key, configs, interp, launch, out, A, B4, C4, D, bias):
+    """Pick a tile (timed once per key), launch it on zeroed dB and dC, and return the gradients of
+    (u, delta, A, B4, C4, D, z, bias, initial state) from the buffers `out` (_bwd_outputs)."""
+    du, ddt, dz, dB, dC, dA, dD, dbias, dh0 = out
+    cfg = _pick(key, [interp] if interpreting() else configs, launch)
+    dB.zero_(), dC.zero_()  # the timing runs added into them
+    launch(cfg)
+    return (du, ddt, dA.sum(0).to(A.dtype), dB.to(B4.dtype), dC.to(C4.dtype),
+            dD.sum(0).to(D.dtype) if D is not None else None, dz,
+            dbias.sum(0).to(bias.dtype) if bias is not None else None, dh0)
+
+
+def ss_bwd_groups(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
+    """Launch the backward (the groups layout); returns grads of (u, delta, A, B4, C4, D, z, bias, initial state)."""
+    batch, dim, L = u.shape
+    N, cpg = A.shape[1], dim // B4.shape[1]
+    out = _bwd_outputs(u, delta, A, B4, z)
+    du, ddt, dz, dB, dC, dA, dD, dbias, dh0 = out
+    flags = _flags(D, z, bias, softplus)
+    block_n = triton.next_power_of_2(N)
+
+    def launch(cfg):
+        bd, ns, T, nw, maxnreg = cfg
+        ns = min(ns, block_n)
+        bd = _block_d(bd, cpg)
+        compiled = not interpreting()
+        scratch = torch.empty(batch, dim, CK // T, N, device=u.device, dtype=torch.float32)
+        _ss_bwd_groups_kernel[(triton.cdiv(dim, bd), batch)](
+            u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), ck, dy, _or(dhT, dA),
+            scratch, du, ddt, _or(dz, du), dA, dB, dC, dD, dbias, dh0,
+            L, dim, N, cpg, ck.shape[2], 1, *B4.stride(), *C4.stride(), dB.stride(0), dB.stride(1),
+            BLOCK_D=bd, NS=ns, NPT=block_n // ns, T=T, CKI=CK, HAS_DHT=dhT is not None, FAST_LOG=compiled,
+            num_warps=nw, **({"maxnreg": maxnreg} if maxnreg and compiled else {}), **flags)
+
+    key = ("bwd_groups", batch, dim, L, N, cpg, u.dtype, tuple(flags.values()), dhT is not None)
+    return _bwd_run(key, _BWD_GROUPS_CONFIGS, _INTERP_BWD_GROUPS, launch, out, A, B4, C4, D, bias)
+
+
+def ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
+    """The threads backward (time across a program's threads); same contract as `ss_bwd_groups`."""
+    batch, dim, L = u.shape
+    N, cpg = A.shape[1], dim // B4.shape[1]
+    out = _bwd_outputs(u, delta, A, B4, z)
+    du, ddt, dz, dB, dC, dA, dD, dbias, dh0 = out
     flags = _flags(D, z, bias, softplus)
 
     def launch(cfg):
@@ -556,52 +635,12 @@ def ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
             num_warps=nw, **flags)
 
     key = ("bwd", batch, dim, L, N, cpg, u.dtype, tuple(flags.values()), dhT is not None)
-    cfg = _pick(key, [_INTERP_BWD] if interpreting() else _BWD_CONFIGS, launch)
-    dB.zero_(), dC.zero_()
-    launch(cfg)
-    return (du, ddt, dA.sum(0).to(A.dtype), dB.to(B4.dtype), dC.to(C4.dtype),
-            dD.sum(0).to(D.dtype) if D is not None else None, dz,
-            dbias.sum(0).to(bias.dtype) if bias is not None else None, dh0)
-
-
-def ss_bwd_lanes(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
-    """The lanes backward; same contract as `ss_bwd`."""
-    batch, dim, L = u.shape
-    N, G = A.shape[1], B4.shape[1]
-    cpg = dim // G
-    du, ddt = torch.empty_like(u), torch.empty_like(delta)
-    dz = torch.empty_like(z) if z is not None else None
-    dA = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
-    dD = torch.empty(batch, dim, device=u.device, dtype=torch.float32)
-    dbias, dh0 = torch.empty_like(dD), torch.empty_like(dA)
-    flags = _flags(D, z, bias, softplus)
-    parts = {}
-
-    def launch(cfg):
-        bd, T, nw = cfg
-        bd = _block_d(bd, cpg)
-        # written over every step < L by the kernel, so no zeroing
-        dBp = torch.empty(batch, G, cpg // bd, N, L, device=u.device, dtype=torch.float32)
-        dCp = torch.empty_like(dBp)
-        scratch = torch.empty(batch, dim, CK // T, N, device=u.device, dtype=torch.float32)
-        _ss_bwd_lanes_kernel[(triton.cdiv(dim, bd), batch)](
-            u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), ck, dy, _or(dhT, dA),
-            scratch, du, ddt, _or(dz, du), dA, dBp, dCp, dD, dbias, dh0,
-            L, dim, N, cpg, ck.shape[2], 1, *B4.stride(), *C4.stride(),
-            BLOCK_D=bd, BLOCK_N=triton.next_power_of_2(N), T=T, CKI=CK, HAS_DHT=dhT is not None,
-            num_warps=nw, **flags)
-        parts["dB"], parts["dC"] = dBp, dCp
-
-    key = ("bwd_lanes", batch, dim, L, N, cpg, u.dtype, tuple(flags.values()), dhT is not None)
-    launch(_pick(key, [_INTERP_BWD_LANES] if interpreting() else _BWD_LANES_CONFIGS, launch))
-    return (du, ddt, dA.sum(0).to(A.dtype), parts["dB"].sum(2).to(B4.dtype), parts["dC"].sum(2).to(C4.dtype),
-            dD.sum(0).to(D.dtype) if D is not None else None, dz,
-            dbias.sum(0).to(bias.dtype) if bias is not None else None, dh0)
+    return _bwd_run(key, _BWD_THREADS_CONFIGS, _INTERP_BWD_THREADS, launch, out, A, B4, C4, D, bias)
 
 
 def _bwd_impl():
-    """ARCHDSL_SCAN_BWD=lanes picks the lanes backward; anything else the time-across-threads one."""
-    return ss_bwd_lanes if os.environ.get("ARCHDSL_SCAN_BWD", "").strip().lower() == "lanes" else ss_bwd
+    """ARCHDSL_SCAN_BWD=threads picks the threads backward; anything else (`groups`, the default) the groups one."""
+    return ss_bwd if os.environ.get("ARCHDSL_SCAN_BWD", "").strip().lower() == "threads" else ss_bwd_groups
 
 
 def _fwd_impl(args):

@@ -30,18 +30,19 @@ def backend(name):
 
 
 @contextmanager
-def lanes_backward():
-    """ARCHDSL_SCAN_BWD=lanes, with the other backward made to fail so a test cannot pass through it."""
+def threads_backward():
+    """ARCHDSL_SCAN_BWD=threads, with the default (groups) backward made to fail so a test cannot pass
+    through it."""
     from archdsl.kernels.selective_scan import triton_selective_scan as tss
 
     def refuse(*args):
-        raise AssertionError("the time-across-threads backward ran instead of the lanes one")
-    old, tss.ss_bwd = tss.ss_bwd, refuse
+        raise AssertionError("the groups backward ran instead of the threads one")
+    old, tss.ss_bwd_groups = tss.ss_bwd_groups, refuse
     try:
-        with env("ARCHDSL_SCAN_BWD", "lanes"):
+        with env("ARCHDSL_SCAN_BWD", "threads"):
             yield
     finally:
-        tss.ss_bwd = old
+        tss.ss_bwd_groups = old
 
 
 @pytest.fixture(params=["serial", "segments"])
@@ -147,27 +148,28 @@ def test_triton_tile_forward_matches_naive(tile, b, D, N, L, gsel, z, Dskip, bia
 
 @settings(max_examples=20, deadline=None)
 @given(**{**shapes, "L": st.sampled_from([1, 2, 7, 8, 9, 13, 16, 17, 31])}, lanes_fwd=st.booleans())
-def test_triton_lanes_backward_matches_naive(b, D, N, L, gsel, z, Dskip, bias, h0, lanes_fwd):
-    """ARCHDSL_SCAN_BWD=lanes: every gradient, after either forward kernel (both store the same checkpoints)."""
+def test_triton_threads_backward_matches_naive(b, D, N, L, gsel, z, Dskip, bias, h0, lanes_fwd):
+    """ARCHDSL_SCAN_BWD=threads: every gradient, after either forward kernel (both store the same checkpoints)."""
     from archdsl.kernels.selective_scan import triton_selective_scan as tss
     t = make(b, D, N, L, G=_groups(D, gsel), z=z, Dskip=Dskip, bias=bias, h0=h0)
     want = run(selective_scan_naive, {**t, **{k: v.double() for k, v in t.items() if torch.is_tensor(v)}})
     tss.FWD_OVERRIDE = ("lanes", 4, 4, 1) if lanes_fwd else None
     try:
-        with backend("triton"), lanes_backward():
+        with backend("triton"), threads_backward():
             got = run(selective_scan, t)
     finally:
         tss.FWD_OVERRIDE = None
     assert_close(got, want, 2e-4)
 
 
+@pytest.mark.parametrize("bwd", ["groups", "threads"])
 @pytest.mark.parametrize("G,scan_fwd", [(-1, "serial"), (0, "serial"), (3, "serial"), (3, "segments")],
                          indirect=["scan_fwd"])
-def test_triton_lanes_backward_blocks_and_groups(G, scan_fwd):
-    """Several channel blocks per group (partial dB/dC summed), time-invariant B/C, three chunks."""
+def test_triton_backward_blocks_and_groups(G, scan_fwd, bwd):
+    """Several channel blocks per group (dB/dC summed over them), time-invariant B/C, three chunks."""
     t = make(2, 12, 5, 23, G=G, z=True, Dskip=True, bias=True, h0=True)
     want = run(selective_scan_naive, {k: v.double() if torch.is_tensor(v) else v for k, v in t.items()})
-    with backend("triton"), lanes_backward():
+    with backend("triton"), (threads_backward() if bwd == "threads" else env("ARCHDSL_SCAN_BWD", "groups")):
         assert_close(run(selective_scan, t), want, 2e-4)
 
 
@@ -294,6 +296,27 @@ def test_gpu_groups_forward_tiles(tile, dtype, tol):
         tss.FWD_OVERRIDE = None
 
 
+def _bwd_tiles():
+    from archdsl.kernels.selective_scan import triton_selective_scan as tss
+    return tss._BWD_GROUPS_CONFIGS
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("tile", _bwd_tiles(), ids=str)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+def test_gpu_groups_backward_tiles(tile, dtype, tol, monkeypatch):
+    """Each tile of the groups backward, chosen by hand rather than timed: gradients against float64."""
+    from archdsl.kernels.selective_scan import triton_selective_scan as tss
+    monkeypatch.setattr(tss, "_BWD_GROUPS_CONFIGS", [tile])
+    tss._best.clear()
+    try:
+        t = make(2, 512, 16, 2048, G=2, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
+        assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=32), tol)
+    finally:
+        tss._best.clear()
+
+
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("tile", _gpu_tiles()[:1], ids=str)
@@ -311,7 +334,7 @@ def test_gpu_without_z_d_bias(tile):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("bwd", ["threads", "lanes"])
+@pytest.mark.parametrize("bwd", ["groups", "threads"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 def test_gpu_gradients(dtype, tol, bwd, scan_fwd):
     t = make(2, 512, 16, 2048, G=2, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
@@ -322,16 +345,16 @@ def test_gpu_gradients(dtype, tol, bwd, scan_fwd):
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
-def test_gpu_lanes_gradients_full_size(dtype, tol, scan_fwd):
-    """The lanes backward at a Mamba-1 layer of mamba-2.8b (B=4, L=4096, N=16): against the float64
+def test_gpu_gradients_full_size(dtype, tol, scan_fwd):
+    """The groups backward at a Mamba-1 layer of mamba-2.8b (B=4, L=4096, N=16): against the float64
     chunked reference on 128 channels (autograd through the reference at D=5120 would not fit), and at
-    the full D=5120 against the other backward (gradients finite, the two agree)."""
+    the full D=5120 against the threads backward (gradients finite, the two agree)."""
     t = make(4, 128, 16, 4096, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
-    with env("ARCHDSL_SCAN_BWD", "lanes"):
+    with env("ARCHDSL_SCAN_BWD", "groups"):
         assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=16), tol)
     del t
     t = make(4, 5120, 16, 4096, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
-    with env("ARCHDSL_SCAN_BWD", "lanes"):
+    with env("ARCHDSL_SCAN_BWD", "groups"):
         got = run(selective_scan, t)
     with env("ARCHDSL_SCAN_BWD", "threads"):
         want = run(selective_scan, t)
@@ -340,7 +363,7 @@ def test_gpu_lanes_gradients_full_size(dtype, tol, scan_fwd):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("bwd", ["threads", "lanes"])
+@pytest.mark.parametrize("bwd", ["groups", "threads"])
 def test_gpu_128k_tokens_with_gradients(bwd, scan_fwd):
     t = make(1, 8, 16, 131072, z=True, Dskip=True, bias=True, h0=True, device="cuda")
     with env("ARCHDSL_SCAN_BWD", bwd):
