@@ -323,7 +323,7 @@ def _ss_bwd_groups_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     """The backward in the groups forward's layout: [NPT, T, BLOCK_D, NS] tiles, a channel's N states over
     NS neighbouring threads, T steps of a channel in one thread's registers. The checkpoint chunks of
     CKI steps are walked last first: a first pass recomputes the state entering each T-step sub-tile
-    into a per-program scratch (re-read by the thread that wrote it), a second walks the sub-tiles in
+    into a per-program scratch (read back after a barrier), a second walks the sub-tiles in
     reverse (each sub-tile's inputs loaded while the one after it is worked through), recomputes their
     states and runs the adjoint k_t = C_t gy_t + exp(delta_{t+1} A) k_{t+1} one step at a time along
     the registers. Sums over the states (du, d delta, y for dz) are in-thread adds and a warp shuffle;
