@@ -319,7 +319,8 @@ def _ss_bwd_groups_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
                           sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sdB_b, sdB_g,
                           BLOCK_D: tl.constexpr, NS: tl.constexpr, NPT: tl.constexpr, T: tl.constexpr,
                           CKI: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-                          SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr, FAST_LOG: tl.constexpr):
+                          SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr, FAST_LOG: tl.constexpr,
+                          SUMC: tl.constexpr):
     """The backward in the groups forward's layout: [NPT, T, BLOCK_D, NS] tiles, a channel's N states over
     NS neighbouring threads, T steps of a channel in one thread's registers. The checkpoint chunks of
     CKI steps are walked last first: a first pass recomputes the state entering each T-step sub-tile
@@ -327,7 +328,8 @@ def _ss_bwd_groups_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     reverse (each sub-tile's inputs loaded while the one after it is worked through), recomputes their
     states and runs the adjoint k_t = C_t gy_t + exp(delta_{t+1} A) k_{t+1} one step at a time along
     the registers. Sums over the states (du, d delta, y for dz) are in-thread adds and a warp shuffle;
-    dB and dC, sums over the block's channels, go out through fp32 atomics; dA, dD and d delta_bias
+    dB and dC, sums over the block's channels, go out through fp32 atomic adds, each of SUMC channels'
+    sum (a warp shuffle); dA, dD and d delta_bias
     are per-(batch, channel) partials summed by torch. One-warp blocks are the fastest: their sums
     over channels need no shared memory or barriers."""
     pid_d = tl.program_id(0)
@@ -431,12 +433,13 @@ def _ss_bwd_groups_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
                 du += Dv * gy
                 dD_acc += tl.sum(u * gy, axis=0)
             dA_acc += tl.sum(G * dt[None, :, :, None], axis=1)
-            t3 = tt[None, :, None]
-            bn_mask = (n3 < N) & (t3 < L)
-            tl.atomic_add(dB_base + n3 * L + t3, tl.sum(k * dtu[None, :, :, None], axis=2), mask=bn_mask,
-                          sem="relaxed")
-            tl.atomic_add(dC_base + n3 * L + t3, tl.sum(hs * gy[None, :, :, None], axis=2), mask=bn_mask,
-                          sem="relaxed")
+            # dB, dC: sums over the block's channels, SUMC at a time in the warp, the rest by atomic adds
+            o4 = n3[:, :, None, :] * L + tt[None, :, None, None] + tl.zeros([1, 1, BLOCK_D // SUMC, 1], tl.int32)
+            m4 = (n3[:, :, None, :] < N) & (tt[None, :, None, None] < L)
+            kd = tl.sum(tl.reshape(k * dtu[None, :, :, None], [NPT, T, BLOCK_D // SUMC, SUMC, NS]), axis=3)
+            hg = tl.sum(tl.reshape(hs * gy[None, :, :, None], [NPT, T, BLOCK_D // SUMC, SUMC, NS]), axis=3)
+            tl.atomic_add(dB_base + o4, kd, mask=m4, sem="relaxed")
+            tl.atomic_add(dC_base + o4, hg, mask=m4, sem="relaxed")
             if SOFTPLUS:
                 ddt = ddt * tl.sigmoid(raw)
             ddt = tl.where(m2, ddt, 0.0)
@@ -493,13 +496,15 @@ def _lanes_tile(u_ptr, dt_ptr, bias_ptr, B_base, C_base, row, d, n, tt, dmask, n
 # lanes tile 1.93 ms; a [D, N, T] forward (time across threads) took 6.7-12 ms and was removed.
 _FWD_CONFIGS = [("groups", 32, 4, 8, 4, 96), ("groups", 16, 4, 8, 2, 96), ("groups", 32, 4, 8, 4, None),
                 ("groups", 16, 8, 8, 4, 96), ("lanes", 32, 4, 1)]
-# The groups backward's tiles: (BLOCK_D, NS, T, warps, register cap or None), T dividing CK. H200, bf16,
-# B4 L4096 D5120 N16, fwd+bwd (2026-11-29, one process): one warp 7.12 ms at T 8 (255 registers, 248 bytes of
-# stack), 7.51 at T 4 (228 registers); two warps 10.0-10.4, four 12.9-13.5 (their channel sums cross warps
-# through shared memory); caps of 104-128 registers 9.2-16.3 (spills); T 2 12.2. The threads backward: 16.8.
-_BWD_GROUPS_CONFIGS = [(8, 4, 8, 1, None), (8, 4, 4, 1, None), (4, 8, 8, 1, None)]
+# The groups backward's tiles: (BLOCK_D, NS, T, warps, register cap or None, SUMC: channels summed in the warp
+# before each atomic add of dB and dC), T dividing CK. H200, bf16, B4 L4096 D5120 N16, fwd+bwd (2026-11-29, one
+# process): one warp 7.10-7.12 ms at T 8 (255 registers, 248 bytes of stack) summing all 8 channels, 6.66 summing
+# 4 (two atomic adds, 64 fewer shuffles a sub-tile), 7.52 summing 2, 10.9 none; 7.51 at T 4 (228 registers);
+# two warps 10.0-10.4, four 12.9-13.5 (their channel sums cross warps through shared memory); caps of 104-128
+# registers 9.2-16.3 (spills); T 2 12.2. The threads backward: 16.8.
+_BWD_GROUPS_CONFIGS = [(8, 4, 8, 1, None, 4), (8, 4, 4, 1, None, 8), (4, 8, 8, 1, None, 4)]
 _BWD_THREADS_CONFIGS = [(2, 2), (4, 4), (8, 8)]  # the threads backward: (BLOCK_D, warps)
-_INTERP_FWD, _INTERP_BWD_GROUPS, _INTERP_BWD_THREADS = ("groups", 2, 2, 4, 1, None), (2, 2, 4, 1, None), (2, 1)
+_INTERP_FWD, _INTERP_BWD_GROUPS, _INTERP_BWD_THREADS = ("groups", 2, 2, 4, 1, None), (2, 2, 4, 1, None, 1), (2, 1)
 _best: dict = {}
 FWD_OVERRIDE = None  # a forward tile to use instead of timing (tests run both kernels with it)
 
@@ -599,7 +604,7 @@ def ss_bwd_groups(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
     block_n = triton.next_power_of_2(N)
 
     def launch(cfg):
-        bd, ns, T, nw, maxnreg = cfg
+        bd, ns, T, nw, maxnreg, sumc = cfg
         ns = min(ns, block_n)
         bd = _block_d(bd, cpg)
         compiled = not interpreting()
@@ -609,7 +614,7 @@ def ss_bwd_groups(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
             scratch, du, ddt, _or(dz, du), dA, dB, dC, dD, dbias, dh0,
             L, dim, N, cpg, ck.shape[2], 1, *B4.stride(), *C4.stride(), dB.stride(0), dB.stride(1),
             BLOCK_D=bd, NS=ns, NPT=block_n // ns, T=T, CKI=CK, HAS_DHT=dhT is not None, FAST_LOG=compiled,
-            num_warps=nw, **({"maxnreg": maxnreg} if maxnreg and compiled else {}), **flags)
+            SUMC=min(sumc, bd), num_warps=nw, **({"maxnreg": maxnreg} if maxnreg and compiled else {}), **flags)
 
     key = ("bwd_groups", batch, dim, L, N, cpg, u.dtype, tuple(flags.values()), dhT is not None)
     return _bwd_run(key, _BWD_GROUPS_CONFIGS, _INTERP_BWD_GROUPS, launch, out, A, B4, C4, D, bias)
