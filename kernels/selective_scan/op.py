@@ -22,7 +22,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     `[B, D, N]` (float32, float64 for float64 input off the Triton path).
 
     On the Triton path the backward keeps the forward's layout (a channel's states over a few
-    threads, time in registers; 7.1 ms forward+backward at B4 L4096 D5120 N16 bf16 on the H200);
+    threads, time in registers; 6.7-6.9 ms forward+backward at B4 L4096 D5120 N16 bf16 on the H200);
     `ARCHDSL_SCAN_BWD=threads` selects the older one with time across a program's threads (16.8 ms),
     kept as a cross-check. `ARCHDSL_SCAN_FWD=segments` selects the time-segmented forward (the sequence cut into
     segments run in parallel, their entering states carried by a light serial pass; same

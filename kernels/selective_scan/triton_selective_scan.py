@@ -16,7 +16,7 @@ recurrence k_t = C_t dy_t + exp(delta_{t+1} A) k_{t+1} backwards along each thre
 B/C gradients are sums over channels and go out through fp32 atomics; A, D and delta_bias
 gradients are per-(batch, channel) partials summed by torch. A second backward (`ss_bwd`,
 ARCHDSL_SCAN_BWD=threads) lays time across a program's threads; it is the slower (16.8 against
-7.1-7.5 ms forward+backward at B4 L4096 D5120 N16 bf16 on the H200) and stays as a cross-check.
+6.7-6.9 ms forward+backward at B4 L4096 D5120 N16 bf16 on the H200) and stays as a cross-check.
 
 A second forward (`ss_fwd_segments` in triton_selective_scan_segments.py, chosen by
 ARCHDSL_SCAN_FWD=segments) cuts the sequence into segments run in parallel and stores the same
