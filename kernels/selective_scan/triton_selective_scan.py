@@ -327,11 +327,10 @@ def _ss_bwd_groups_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     into a per-program scratch (read back after a barrier), a second walks the sub-tiles in
     reverse (each sub-tile's inputs loaded while the one after it is worked through), recomputes their
     states and runs the adjoint k_t = C_t gy_t + exp(delta_{t+1} A) k_{t+1} one step at a time along
-    the registers. Sums over the states (du, d delta, y for dz) are in-thread adds and a warp shuffle;
-    dB and dC, sums over the block's channels, go out through fp32 atomic adds, each of SUMC channels'
-    sum (a warp shuffle); dA, dD and d delta_bias
-    are per-(batch, channel) partials summed by torch. One-warp blocks are the fastest: their sums
-    over channels need no shared memory or barriers."""
+    the registers. Sums over the states (du, d delta, y for dz) are in-thread adds and a warp shuffle.
+    dB and dC are sums over the block's channels: SUMC channels at a time in a warp shuffle, then fp32
+    atomic adds. dA, dD and d delta_bias are per-(batch, channel) partials summed by torch. One-warp
+    blocks are the fastest: their sums over channels need no shared memory or barriers."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
