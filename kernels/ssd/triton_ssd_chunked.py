@@ -23,10 +23,11 @@ A chunk of Q tokens is worked through in sub-blocks of BT tokens: a head's progr
 and [BT, N] tiles, never [Q, Q], and runs the intra-chunk products over the sub-block pairs t >= u;
 a group kernel's program holds one sub-block's [BT, Q] row of dCB.
 
-Buffers (NC = ceil(L / Q) chunks): dt' and s [B, H, NC, Q] float32; CB and dCB [B, NC, G, Q, Q]
-float32; the entering states [B, H, NC, P, N] in the state dtype (the input's for 16-bit inputs --
-the products read them in that precision anyway -- else float32); the gradients of the leaving
-states likewise.
+Buffers (NC = ceil(L / Q) chunks): dt' and s [B, H, NC, Q] float32; CB [B, NC, G, Q, Q] for the chunk
+scan in float16 for 16-bit inputs (each row scaled by a power of two, kept in a [B, NC, G, Q] float32
+buffer), else float32, and in float32 for the backward; dCB [B, NC, G, Q, Q] float32; the entering
+states [B, H, NC, P, N] in the state dtype (the input's for 16-bit inputs -- the products read them in
+that precision anyway -- else float32); the gradients of the leaving states likewise.
 Packed sequences (seq_idx), as in the fused kernels: a token sees the entering state only if it
 belongs to the sequence of the token before the chunk, reaches the leaving state only if it
 belongs to the chunk's last token's, and the entering state passes through the chunk only if
@@ -57,6 +58,8 @@ from .triton_ssd import _finish_y, _flags, _pow2, _prec, _skip_D, scan_function
 # 0.859 ms at BT 64, 4 warps, 2 stages (1 stage 0.968, 3 stages 1.141; BT 32 1.18-1.28; 8 warps 1.27-2.54).
 # Reading CB from _chunk_cb and C only at a target's first pair (2026-11-29): 0.865 -> 0.835 ms; capped at
 # 168 registers (ptxas: no stack; 3 blocks an SM instead of 2), 1 stage: 0.811 (2 stages 0.827, cap 128 0.832-0.875).
+# Reading CB in float16, scaled row by row (2026-11-29, L 16K, one process): forward 0.784 -> 0.727 ms, _chunk_scan
+# 482 -> 431 µs; still best at 1 stage, cap 168 (2 stages 0.758, cap 128 0.780, 2 stages cap 128 0.723-0.733).
 CHUNK, BLOCK_H, PASS_WARPS = 128, 32, 4
 CONFIG = {  # kernel: (BT, BP, num_warps, num_stages, maxnreg: ptxas's register cap or None)
     "scan": (64, 64, 4, 1, 168),
@@ -285,30 +288,47 @@ def _dstate_pass(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, dhT_ptr, dout_pt
 
 
 @triton.jit
-def _chunk_cb(B_ptr, C_ptr, cb_ptr, L, G, N, NC, Q: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr,
-              PREC: tl.constexpr):
-    """C_t · B_u of one chunk and group, sub-block (i, j) [BT, BT] of cb [B, NC, G, Q, Q] float32:
-    every head of the group reads it rather than forming it (zero past L)."""
+def _chunk_cb(B_ptr, C_ptr, cb16_ptr, sc_ptr, cb32_ptr, L, G, N, NC, Q: tl.constexpr, BT: tl.constexpr,
+              BN: tl.constexpr, PREC: tl.constexpr, STORE16: tl.constexpr, STORE32: tl.constexpr):
+    """C_t · B_u of one chunk and group, target rows t of sub-block program_id(1) [BT, Q]: every head of
+    the group reads it rather than forming it (zero past L). Into [B, NC, G, Q, Q] buffers:
+      STORE16: cb16 float16, each row scaled by a power of two (its scale in sc [B, NC, G, Q] float32)
+               that puts the row's largest |CB| in [2^13, 2^14): float16 keeps 11 bits of every entry
+               whatever the magnitude of B and C, and the scaling is exact;
+      STORE32: cb32 float32 as it is."""
     pid = tl.program_id(0)
     g = pid % G
     c = (pid // G) % NC
     row0 = (pid // (G * NC)).to(tl.int64) * L
-    offs_i = (tl.program_id(1) // (Q // BT)) * BT + tl.arange(0, BT)
-    offs_j = (tl.program_id(1) % (Q // BT)) * BT + tl.arange(0, BT)
+    offs_i = tl.program_id(1) * BT + tl.arange(0, BT)
+    offs_q = tl.arange(0, Q)
     offs_n = tl.arange(0, BN)
     mask_n = offs_n < N
     Ci = _tile(C_ptr, row0 + c * Q + offs_i, c * Q + offs_i < L, G, g, N, offs_n, mask_n)
-    Bj = _tile(B_ptr, row0 + c * Q + offs_j, c * Q + offs_j < L, G, g, N, offs_n, mask_n)
-    cb = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)
-    tl.store(cb_ptr + pid.to(tl.int64) * Q * Q + offs_i[:, None] * Q + offs_j[None, :], cb)
+    Bq = _tile(B_ptr, row0 + c * Q + offs_q, c * Q + offs_q < L, G, g, N, offs_n, mask_n)
+    cb = tl.dot(Ci, tl.trans(Bq), input_precision=PREC)
+    out = pid.to(tl.int64) * Q * Q + offs_i[:, None] * Q + offs_q[None, :]
+    if STORE32:
+        tl.store(cb32_ptr + out, cb)
+    if STORE16:
+        # the biased exponent e of the row's max |CB| (0 for a row of zeros, 255 for inf or nan): scale
+        # 2^(e - 127 - 13), clamped to normal numbers; 1 / scale is exact too
+        e = (tl.max(tl.abs(cb), axis=1).to(tl.int32, bitcast=True) >> 23) & 255
+        e = tl.minimum(tl.maximum(e - 13, 1), 253)
+        tl.store(sc_ptr + pid.to(tl.int64) * Q + offs_i, (e << 23).to(tl.float32, bitcast=True))
+        tl.store(cb16_ptr + out, (cb * ((254 - e) << 23).to(tl.float32, bitcast=True)[:, None]).to(tl.float16))
 
 
 @triton.jit
-def _cb_tile(cb_ptr, H, NC, G, c, g, offs_i, offs_j, Q: tl.constexpr):
+def _cb_tile(cb_ptr, sc_ptr, H, NC, G, c, g, offs_i, offs_j, Q: tl.constexpr, SCALED: tl.constexpr):
     """CB[t, u] of the program's chunk and group for targets offs_i, sources offs_j (chunk positions),
-    [BT, BT] float32 from _chunk_cb's buffer."""
-    base = ((tl.program_id(0) // (H * NC)).to(tl.int64) * NC * G + c * G + g) * Q * Q
-    return tl.load(cb_ptr + base + offs_i[:, None] * Q + offs_j[None, :])
+    [BT, BT] float32 from one of _chunk_cb's buffers: float32 as it is, or (SCALED) float16 times the
+    scales of its rows."""
+    base = (tl.program_id(0) // (H * NC)).to(tl.int64) * NC * G + c * G + g
+    cb = tl.load(cb_ptr + base * Q * Q + offs_i[:, None] * Q + offs_j[None, :]).to(tl.float32)
+    if SCALED:
+        cb = cb * tl.load(sc_ptr + base * Q + offs_i)[:, None]
+    return cb
 
 
 @triton.jit
@@ -320,15 +340,16 @@ def _pair_ij(p):
 
 
 @triton.jit
-def _chunk_scan(x_ptr, C_ptr, cb_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, y_ptr, ypre_ptr,
+def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, y_ptr, ypre_ptr,
                 L, H, G, P, N, NC,
                 HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
-                STORE_YPRE: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
-                BN: tl.constexpr, PREC: tl.constexpr):
+                STORE_YPRE: tl.constexpr, SCALED: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
+                BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """y of one chunk and P block, in one loop over the sub-block pairs t >= u (so that the compiler's
     pipelining loads each pair's tiles while the pair before computes, across target sub-blocks too):
     a target sub-block's y starts, at its first pair, as the entering state's part exp(s_t) C_t · h_in,
-    takes (CB[t, u] ∘ decay ∘ dt'_u) x_u from each pair (CB from _chunk_cb), and is stored at its last."""
+    takes (CB[t, u] ∘ decay ∘ dt'_u) x_u from each pair (CB from _chunk_cb: SCALED, float16 with its rows'
+    scales in sc), and is stored at its last."""
     c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
         s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
     so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
@@ -343,7 +364,7 @@ def _chunk_scan(x_ptr, C_ptr, cb_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin
         offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC, Q, BT,
                                                           HAS_SEQ)
         xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
-        CB = _cb_tile(cb_ptr, H, NC, G, c, g, offs_i, offs_j, Q)
+        CB = _cb_tile(cb_ptr, sc_ptr, H, NC, G, c, g, offs_i, offs_j, Q, SCALED)
         if j == 0:  # the target's first pair
             Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
             y = tl.dot(Ci, tl.trans(state), input_precision=PREC)
@@ -448,7 +469,7 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, z_ptr, bias_
                                                            HAS_SEQ)
             gi = _gated_grad(dy_ptr, z_ptr, None, None, rows_i, h, H, P, offs_p, mask_i, mask_p,
                              HAS_Z, False).to(xdt)
-            CB = _cb_tile(cb_ptr, H, NC, G, c, g, offs_i, offs_j, Q)
+            CB = _cb_tile(cb_ptr, None, H, NC, G, c, g, offs_i, offs_j, Q, False)
             decay, M = _pair(gi, xj, CB, offs_i, s_i, seq_i, offs_j, s_j, seq_j, dt_j, PREC)
             ds_j -= tl.sum(M, axis=0)
             ds_c = _add_row(ds_c, tl.sum(M, axis=1), i)
@@ -611,7 +632,12 @@ def _state_dtype(x):
 
 def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None):
     """y [B, L, H, P], final state [B, H, P, N] float32 and what the backward needs:
-    (dt' [B, H, NC, Q], s [B, H, NC, Q], entering states [B, H, NC, P, N], y before the gate or None)."""
+    (dt' [B, H, NC, Q], s [B, H, NC, Q], entering states [B, H, NC, P, N], y before the gate or None,
+    C·Bᵀ [B, NC, G, Q, Q] float32).
+    The chunk scan reads C·Bᵀ in float16, scaled row by row (see _chunk_cb), for 16-bit inputs: its
+    products round CB ∘ decay ∘ dt' to the inputs' dtype anyway, and it halves the scan's largest
+    reads. The backward reads it in float32: _chunk_grads, at its register cap, spills more and is
+    slower with the float16 tiles and their scales."""
     batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, chunk)
     f32 = dict(device=x.device, dtype=torch.float32)
     dtc = torch.empty(batch, H, NC, Q, **f32)
@@ -627,18 +653,21 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     _state_pass[(batch * H, triton.cdiv(P, BP), triton.cdiv(N, BNP))](
         x, B, seq, dtc, s, h0, hin, hT, L, H, G, P, N, NC, HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
         Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages)
-    cb = torch.empty(batch, NC, G, Q, Q, **f32)
+    scaled = x.element_size() <= 2
+    cb16 = torch.empty(batch, NC, G, Q, Q, device=x.device, dtype=torch.float16) if scaled else None
+    sc = torch.empty(batch, NC, G, Q, **f32) if scaled else None
+    cb32 = torch.empty(batch, NC, G, Q, Q, **f32) if for_backward or not scaled else None
     cbt = _launch("scan", x, Q, P)["BT"]
-    _chunk_cb[(batch * NC * G, (Q // cbt) ** 2)](B, C, cb, L, G, N, NC, Q=Q, BT=cbt, BN=BN, PREC=_prec(x),
-                                                  num_warps=PASS_WARPS)
+    _chunk_cb[(batch * NC * G, Q // cbt)](B, C, cb16, sc, cb32, L, G, N, NC, Q=Q, BT=cbt, BN=BN, PREC=_prec(x),
+                                          STORE16=scaled, STORE32=cb32 is not None, num_warps=PASS_WARPS)
     y = torch.empty_like(x)
     store_ypre = for_backward and z is not None
     ypre = torch.empty_like(x) if store_ypre else y
     fl = _flags(D, z, dt_bias, dt_softplus)
-    _run(_chunk_scan, "scan", x, batch * NC * H, x, C, cb, D, z, seq, dtc, s, hin, y, ypre, L, H, G, P, N, NC,
-         HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None,
-         STORE_YPRE=store_ypre, Q=Q, BN=BN, PREC=_prec(x))
-    return y, hT, (dtc, s, hin, ypre if store_ypre else None, cb)
+    _run(_chunk_scan, "scan", x, batch * NC * H, x, C, cb16 if scaled else cb32, sc, D, z, seq, dtc, s, hin, y,
+         ypre, L, H, G, P, N, NC, HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"],
+         HAS_SEQ=seq is not None, STORE_YPRE=store_ypre, SCALED=scaled, Q=Q, BN=BN, PREC=_prec(x))
+    return y, hT, (dtc, s, hin, ypre if store_ypre else None, cb32)
 
 
 def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s, hin, ypre, cb, *, chunk=None):

@@ -155,6 +155,18 @@ def test_chunked_states_in_16_bit():
     assert_close(run(scan_of("chunked"), t16), run(ssd_scan_naive, t64), 3e-3)
 
 
+def test_chunked_cb_past_float16_range():
+    """16-bit inputs keep C·Bᵀ in float16, each row scaled by a power of two: entries past float16's
+    largest number (|CB| ~ 9e4 here) neither overflow nor lose bits. x and dt are scaled down so that
+    CB ∘ dt' (rounded to the inputs' dtype for the tensor cores) and y stay in range; the float64
+    loop runs on the float16 values."""
+    t = make(2, 50, 4, 16, 2, 16)
+    t.update(B=t["B"] * 300, C=t["C"] * 300, x=t["x"] / 300, dt=t["dt"] * 0.1)
+    t16 = {k: v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t.items()}
+    t64 = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t16.items()}
+    assert_close(run(scan_of("chunked"), t16, grads=False), run(ssd_scan_naive, t64, grads=False), 2e-3)
+
+
 @pytest.mark.parametrize("env", ["auto", None])
 def test_default_is_chunked_with_and_without_grad(env, monkeypatch):
     """Unset (and auto off CUDA, where nothing is timed): chunked, for a forward alone and with
@@ -278,6 +290,22 @@ def test_gpu_full_size(dtype, tol, L, impl, monkeypatch):
     for name, a, b in zip(["y", "final"] + [k for k in NAMES if t[k] is not None], got, want):
         print(f"{name}: {rel(a, b):.2e}")
     assert_close(got, want, tol)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("bc", [1e-3, 1e3])
+def test_gpu_cb_scaling_bf16(bc):
+    """bf16 inputs whose C·Bᵀ lies far outside float16's range (|CB| ~ 1e-6 and ~ 1e6; the chunked
+    kernels keep it in float16, each row scaled by a power of two) give the float64 result: an
+    unscaled float16 buffer would flush the first to zero and overflow on the second."""
+    t = make(2, 4096, 8, 64, 1, 128, D=None, bias=True, dtype=torch.bfloat16, device=DEV)
+    t.update(B=t["B"] * bc, C=t["C"] * bc, x=t["x"] / bc ** 2)
+    got = run(scan_of("chunked"), t)
+    want = reference(t)
+    for name, a, b in zip(["y", "final"] + [k for k in NAMES if t[k] is not None], got, want):
+        print(f"{name}: {rel(a, b):.2e}")
+    assert_close(got, want, 3e-2)
 
 
 @pytest.mark.gpu
