@@ -320,12 +320,19 @@ def _chunk_cb(B_ptr, C_ptr, cb16_ptr, sc_ptr, cb32_ptr, L, G, N, NC, Q: tl.const
 
 
 @triton.jit
-def _cb_tile(cb_ptr, sc_ptr, H, NC, G, c, g, offs_i, offs_j, Q: tl.constexpr, SCALED: tl.constexpr):
+def _cb_tile(cb_ptr, sc_ptr, H, NC, G, c, g, offs_i, offs_j, Q: tl.constexpr, SCALED: tl.constexpr,
+             LOWER: tl.constexpr):
     """CB[t, u] of the program's chunk and group for targets offs_i, sources offs_j (chunk positions),
     [BT, BT] float32 from one of _chunk_cb's buffers: float32 as it is, or (SCALED) float16 times the
-    scales of its rows."""
+    scales of its rows. Only t >= u is ever used: LOWER skips the groups of 8 columns wholly above the
+    diagonal (zeros there). H200, L 16K, one process: _chunk_grads 1795 -> 1752 µs with it, _chunk_scan
+    432 -> 442 µs."""
     base = (tl.program_id(0) // (H * NC)).to(tl.int64) * NC * G + c * G + g
-    cb = tl.load(cb_ptr + base * Q * Q + offs_i[:, None] * Q + offs_j[None, :]).to(tl.float32)
+    ptrs = cb_ptr + base * Q * Q + offs_i[:, None] * Q + offs_j[None, :]
+    if LOWER:
+        cb = tl.load(ptrs, mask=(offs_i // 8)[:, None] >= (offs_j // 8)[None, :], other=0.0).to(tl.float32)
+    else:
+        cb = tl.load(ptrs).to(tl.float32)
     if SCALED:
         cb = cb * tl.load(sc_ptr + base * Q + offs_i)[:, None]
     return cb
@@ -364,7 +371,7 @@ def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_
         offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC, Q, BT,
                                                           HAS_SEQ)
         xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
-        CB = _cb_tile(cb_ptr, sc_ptr, H, NC, G, c, g, offs_i, offs_j, Q, SCALED)
+        CB = _cb_tile(cb_ptr, sc_ptr, H, NC, G, c, g, offs_i, offs_j, Q, SCALED, False)
         if j == 0:  # the target's first pair
             Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
             y = tl.dot(Ci, tl.trans(state), input_precision=PREC)
@@ -469,7 +476,7 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, z_ptr, bias_
                                                            HAS_SEQ)
             gi = _gated_grad(dy_ptr, z_ptr, None, None, rows_i, h, H, P, offs_p, mask_i, mask_p,
                              HAS_Z, False).to(xdt)
-            CB = _cb_tile(cb_ptr, None, H, NC, G, c, g, offs_i, offs_j, Q, False)
+            CB = _cb_tile(cb_ptr, None, H, NC, G, c, g, offs_i, offs_j, Q, False, True)
             decay, M = _pair(gi, xj, CB, offs_i, s_i, seq_i, offs_j, s_j, seq_j, dt_j, PREC)
             ds_j -= tl.sum(M, axis=0)
             ds_c = _add_row(ds_c, tl.sum(M, axis=1), i)
