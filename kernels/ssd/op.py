@@ -106,15 +106,15 @@ CHUNKED_STATE_BYTES = 2 << 30
 def chunked_state_bytes(x, B) -> int:
     """Bytes of the chunked layout's per-chunk buffers that grow with L·H: the entering states
     [B, H, NC, P, N] (16-bit for 16-bit inputs, else float32) and C·Bᵀ [B, NC, G, Q, Q]: float32, kept
-    for the backward, and for 16-bit inputs also the chunk scan's float16 copy."""
+    for the backward, and for bf16 inputs also the chunk scan's float16 copy."""
     from .triton_ssd_chunked import pick_chunk
 
     batch, L, H, P = x.shape
     G, N = B.shape[-2:]
     Q = pick_chunk(x, L, None)
     NC = -(-L // Q)
-    half = x.dtype in (torch.bfloat16, torch.float16)
-    return batch * H * NC * P * N * (2 if half else 4) + batch * NC * G * Q * Q * (6 if half else 4)
+    states = batch * H * NC * P * N * (2 if x.dtype in (torch.bfloat16, torch.float16) else 4)
+    return states + batch * NC * G * Q * Q * (6 if x.dtype == torch.bfloat16 else 4)
 
 
 def _time(fn, args, grad) -> float:

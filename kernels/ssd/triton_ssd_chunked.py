@@ -24,7 +24,7 @@ and [BT, N] tiles, never [Q, Q], and runs the intra-chunk products over the sub-
 a group kernel's program holds one sub-block's [BT, Q] row of dCB.
 
 Buffers (NC = ceil(L / Q) chunks): dt' and s [B, H, NC, Q] float32; CB [B, NC, G, Q, Q] for the chunk
-scan in float16 for 16-bit inputs (each row scaled by a power of two, kept in a [B, NC, G, Q] float32
+scan in float16 for bf16 inputs (each row scaled by a power of two, kept in a [B, NC, G, Q] float32
 buffer), else float32, and in float32 for the backward; dCB [B, NC, G, Q, Q] float32; the entering
 states [B, H, NC, P, N] in the state dtype (the input's for 16-bit inputs -- the products read them in
 that precision anyway -- else float32); the gradients of the leaving states likewise.
@@ -58,8 +58,9 @@ from .triton_ssd import _finish_y, _flags, _pow2, _prec, _skip_D, scan_function
 # 0.859 ms at BT 64, 4 warps, 2 stages (1 stage 0.968, 3 stages 1.141; BT 32 1.18-1.28; 8 warps 1.27-2.54).
 # Reading CB from _chunk_cb and C only at a target's first pair (2026-11-29): 0.865 -> 0.835 ms; capped at
 # 168 registers (ptxas: no stack; 3 blocks an SM instead of 2), 1 stage: 0.811 (2 stages 0.827, cap 128 0.832-0.875).
-# Reading CB in float16, scaled row by row (2026-11-29, L 16K, one process): forward 0.784 -> 0.727 ms, _chunk_scan
-# 482 -> 431 µs; still best at 1 stage, cap 168 (2 stages 0.758, cap 128 0.780, 2 stages cap 128 0.723-0.733).
+# Reading CB in float16, scaled row by row (2026-11-29, L 16K, bf16, one process): forward 0.784 -> 0.727 ms,
+# _chunk_scan 482 -> 431 µs; still best at 1 stage, cap 168 (2 stages 0.758, cap 128 0.780, 2 stages cap 128
+# 0.723-0.733).
 CHUNK, BLOCK_H, PASS_WARPS = 128, 32, 4
 CONFIG = {  # kernel: (BT, BP, num_warps, num_stages, maxnreg: ptxas's register cap or None)
     "scan": (64, 64, 4, 1, 168),
@@ -637,14 +638,21 @@ def _state_dtype(x):
     return x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
+def _cb16(x) -> bool:
+    """Whether the chunk scan reads C·Bᵀ in float16, each row scaled by a power of two (_chunk_cb): half
+    its largest reads (H200, L 16K: forward 0.784 -> 0.727 ms). For bf16 inputs, whose products round
+    CB ∘ decay ∘ dt' to bf16's 8 bits anyway: float16's 11 bits add under 1% to that rounding. float16
+    inputs round to 11 bits themselves, and storing CB in float16 too raised y's error by a fifth
+    (L 512, interpreter: 2.9e-4 -> 3.5e-4 of its norm), so they keep float32, as float32 inputs do."""
+    return x.dtype == torch.bfloat16
+
+
 def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None):
     """y [B, L, H, P], final state [B, H, P, N] float32 and what the backward needs:
     (dt' [B, H, NC, Q], s [B, H, NC, Q], entering states [B, H, NC, P, N], y before the gate or None,
     C·Bᵀ [B, NC, G, Q, Q] float32).
-    The chunk scan reads C·Bᵀ in float16, scaled row by row (see _chunk_cb), for 16-bit inputs: its
-    products round CB ∘ decay ∘ dt' to the inputs' dtype anyway, and it halves the scan's largest
-    reads. The backward reads it in float32: _chunk_grads, at its register cap, spills more and is
-    slower with the float16 tiles and their scales."""
+    The chunk scan reads C·Bᵀ in float16 for bf16 inputs (see _cb16); the backward reads it in float32:
+    _chunk_grads, at its register cap, spills more and is slower with the float16 tiles and their scales."""
     batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, chunk)
     f32 = dict(device=x.device, dtype=torch.float32)
     dtc = torch.empty(batch, H, NC, Q, **f32)
@@ -660,7 +668,7 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     _state_pass[(batch * H, triton.cdiv(P, BP), triton.cdiv(N, BNP))](
         x, B, seq, dtc, s, h0, hin, hT, L, H, G, P, N, NC, HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
         Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages)
-    scaled = x.element_size() <= 2
+    scaled = _cb16(x)
     cb16 = torch.empty(batch, NC, G, Q, Q, device=x.device, dtype=torch.float16) if scaled else None
     sc = torch.empty(batch, NC, G, Q, **f32) if scaled else None
     cb32 = torch.empty(batch, NC, G, Q, Q, **f32) if for_backward or not scaled else None
