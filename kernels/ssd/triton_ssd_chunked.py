@@ -641,11 +641,11 @@ def _state_dtype(x):
 def _cb16(x) -> bool:
     """Whether the chunk scan reads C·Bᵀ in float16, each row scaled by a power of two (_chunk_cb): half
     its largest reads (H200, L 16K: forward 0.784 -> 0.727 ms). For bf16 inputs, whose products round
-    CB ∘ decay ∘ dt' to bf16's 8 bits anyway; y's largest error against float64 (B2 L4096, H200) stayed
-    4.62e-3 of its largest entry, as mamba_ssm's, and went 3.00e-3 -> 3.19e-3 with slow decay (A in
-    [-0.06, -0.01]; mamba_ssm 2.81e-3). float16 inputs round to 11 bits themselves, and storing CB in
-    float16 too raised y's error by a fifth (L 512, interpreter: 2.9e-4 -> 3.5e-4 of its norm), so they
-    keep float32, as float32 inputs do."""
+    CB ∘ decay ∘ dt' to bf16's 8 bits anyway: on the H200, y's error against float64 (of its norm) went
+    2.325e-3 -> 2.333e-3 at B2 L4096, 2.551e-3 -> 2.556e-3 with slow decay (A in [-0.06, -0.01]) and
+    2.328e-3 -> 2.337e-3 at B4 L16K (mamba_ssm: 2.324e-3, 2.461e-3, 2.326e-3). float16 inputs round to
+    11 bits themselves, and storing CB in float16 too raised y's error by a fifth (L 512, interpreter:
+    2.9e-4 -> 3.5e-4 of its norm), so they keep float32, as float32 inputs do."""
     return x.dtype == torch.bfloat16
 
 
