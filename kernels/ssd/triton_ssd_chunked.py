@@ -78,6 +78,10 @@ CONFIG = {  # kernel: (BT, BP, num_warps, num_stages, maxnreg: ptxas's register 
 # pass went from 0.295 to 0.262 ms (forward 0.819-0.823 -> 0.779-0.784 ms at 8 warps, BN 128, 3 stages;
 # 2 stages 0.819-0.823, 4 stages 0.787-0.794, 4 warps BN 64 0.794-0.834) and forward+backward from
 # 3.764-3.770 to 3.684-3.692 ms with the dstate pass at 4 warps, BN 64, 2 stages (3 stages 3.722).
+# The passes put each chunk's first token row on the tile's base pointer (a scalar) and keep the rows within
+# the chunk as loop-invariant int32 offsets (fifteenth run, 2026-11-29, L 16K, one process): rebuilding
+# 64-bit addresses every step made the state pass 601 instructions a thread and step, now 469 (ptxas,
+# sm_90); the state pass went 262 -> 198 µs (forward 0.722 -> 0.657 ms), the dstate pass 299 -> 259 µs.
 STATE_PASS = (64, 128, 8, 3)
 DSTATE_PASS = (64, 64, 4, 2)
 # Both passes with float32 inputs (twice the bytes and registers a tile; ptxas for sm_90: 107-108 registers
@@ -246,9 +250,9 @@ def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, 
     offs_q = tl.arange(0, Q)
     for c in range(NC):
         tl.store(hin_ptr + (bh64 * NC + c) * P * N + so, state.to(hin_ptr.dtype.element_ty), mask=mask_s)
-        t = c * Q + offs_q
-        x = _tile(x_ptr, row0 + t, t < L, H, h, P, offs_p, mask_p)
-        Bm = _tile(B_ptr, row0 + t, t < L, G, g, N, offs_n, mask_n)
+        mask_t = c * Q + offs_q < L
+        x = _tile(x_ptr + (row0 + c * Q) * H * P, offs_q, mask_t, H, h, P, offs_p, mask_p)
+        Bm = _tile(B_ptr + (row0 + c * Q) * G * N, offs_q, mask_t, G, g, N, offs_n, mask_n)
         w, carry = _state_weights(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, HAS_SEQ)
         xw = (x.to(tl.float32) * w[:, None]).to(x.dtype)
         state = state * carry + tl.dot(tl.trans(xw), Bm, input_precision=PREC)
@@ -263,8 +267,11 @@ def _entry_tiles(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g
     C tile [Q, N block], and the factor carry of the entering state in the leaving one."""
     nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
     offs, rows, mask_t, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, 0, L, NC, Q, Q, HAS_SEQ)
-    Cm = _tile(C_ptr, rows, mask_t, G, g, N, offs_n, mask_n)
-    gy = _gated_grad(dy_ptr, z_ptr, None, None, rows, h, H, P, offs_p, mask_t, mask_p, HAS_Z, False)
+    Cm = _tile(C_ptr + (row0 + c * Q) * G * N, offs_q, mask_t, G, g, N, offs_n, mask_n)
+    if HAS_Z:
+        z_ptr += (row0 + c * Q) * H * P
+    gy = _gated_grad(dy_ptr + (row0 + c * Q) * H * P, z_ptr, None, None, offs_q, h, H, P, offs_p, mask_t, mask_p,
+                     HAS_Z, False)
     return (gy * tl.where(seq == seq_prev, tl.exp(s), 0.0)[:, None]).to(Cm.dtype), Cm, carry
 
 
