@@ -61,9 +61,13 @@ from .triton_ssd import _finish_y, _flags, _pow2, _prec, _skip_D, scan_function
 # Reading CB in float16, scaled row by row (2026-11-29, L 16K, bf16, one process): forward 0.784 -> 0.727 ms,
 # _chunk_scan 482 -> 431 µs; still best at 1 stage, cap 168 (2 stages 0.758, cap 128 0.780, 2 stages cap 128
 # 0.723-0.733).
+# The chunk's first token row on the scan's base pointers, the rows within it int32 (fifteenth run,
+# 2026-11-29, L 16K, one process): 1376 -> 1296 instructions (ptxas), 164 registers; 2 stages now win:
+# _chunk_scan 420 -> 393-401 µs (1 stage 420, 3 stages 449, no cap 444, cap 144-160 399-402), forward
+# 0.651 -> 0.632-0.638 ms. A chunk of 256 is slower (forward 0.740 at best: the scan 497 µs).
 CHUNK, BLOCK_H, PASS_WARPS = 128, 32, 4
 CONFIG = {  # kernel: (BT, BP, num_warps, num_stages, maxnreg: ptxas's register cap or None)
-    "scan": (64, 64, 4, 1, 168),
+    "scan": (64, 64, 4, 2, 168),
     "grads": (32, 64, 4, 1, 128),
     "group": (64, 64, 8, 2, None),
 }
@@ -154,9 +158,9 @@ def _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, k, L, NC, Q: tl.constexpr, BT
     t = c * Q + offs
     mask_t = t < L
     rows = row0 + t
-    cq = (bh64 * NC + c) * Q + offs
-    dt = tl.load(dtc_ptr + cq)
-    s = tl.load(s_ptr + cq)
+    cq = (bh64 * NC + c) * Q
+    dt = tl.load(dtc_ptr + cq + offs)
+    s = tl.load(s_ptr + cq + offs)
     if HAS_SEQ:
         seq = tl.load(seq_ptr + rows, mask=mask_t, other=-1)
     else:
@@ -336,7 +340,7 @@ def _cb_tile(cb_ptr, sc_ptr, H, NC, G, c, g, offs_i, offs_j, Q: tl.constexpr, SC
     diagonal (zeros there). H200, L 16K, one process: _chunk_grads 1795 -> 1752 µs with it, _chunk_scan
     432 -> 442 µs."""
     base = (tl.program_id(0) // (H * NC)).to(tl.int64) * NC * G + c * G + g
-    ptrs = cb_ptr + base * Q * Q + offs_i[:, None] * Q + offs_j[None, :]
+    ptrs = cb_ptr + base * Q * Q + (offs_i[:, None] * Q + offs_j[None, :])
     if LOWER:
         cb = tl.load(ptrs, mask=(offs_i // 8)[:, None] >= (offs_j // 8)[None, :], other=0.0).to(tl.float32)
     else:
@@ -371,6 +375,15 @@ def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_
     state = tl.load(hin_ptr + so, mask=mask_p[:, None] & mask_n[None, :], other=0.0)
     state = state.to(x_ptr.dtype.element_ty)
     Dv = _skip_D(D_ptr, h, P, offs_p, mask_p, HAS_D, D_PER_P)
+    # the chunk's first token row on the base pointers: the tiles' rows within it are int32 offsets
+    at = (row0 + c * Q) * H * P
+    x_ptr += at
+    y_ptr += at
+    if HAS_Z:
+        z_ptr += at
+    if STORE_YPRE:
+        ypre_ptr += at
+    C_ptr += (row0 + c * Q) * G * N
     y = tl.zeros((BT, BP), dtype=tl.float32)
     for p in range(nb * (nb + 1) // 2):
         i, j = _pair_ij(p)
@@ -378,16 +391,16 @@ def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_
                                                        HAS_SEQ)
         offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC, Q, BT,
                                                           HAS_SEQ)
-        xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
+        xj = _tile(x_ptr, offs_j, mask_j, H, h, P, offs_p, mask_p)
         CB = _cb_tile(cb_ptr, sc_ptr, H, NC, G, c, g, offs_i, offs_j, Q, SCALED, False)
         if j == 0:  # the target's first pair
-            Ci = _tile(C_ptr, rows_i, mask_i, G, g, N, offs_n, mask_n)
+            Ci = _tile(C_ptr, offs_i, mask_i, G, g, N, offs_n, mask_n)
             y = tl.dot(Ci, tl.trans(state), input_precision=PREC)
             y = tl.where(seq_i == seq_prev, tl.exp(s_i), 0.0)[:, None] * y
         W = CB * _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j) * dt_j[None, :]
         y += tl.dot(W.to(xj.dtype), xj, input_precision=PREC)
         if j == i:  # the target's last pair: xj is its own x
-            xo = (rows_i * H + h)[:, None] * P + offs_p[None, :]
+            xo = (offs_i * H + h)[:, None] * P + offs_p[None, :]
             _finish_y(y, xj.to(tl.float32), Dv, z_ptr, y_ptr, ypre_ptr, xo, mask_i[:, None] & mask_p[None, :],
                       HAS_D, HAS_Z, STORE_YPRE)
 
