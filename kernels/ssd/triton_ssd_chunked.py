@@ -10,11 +10,13 @@ everything that touches the tokens runs in programs over (batch, chunk, head, P 
                                          to the carried one: the state entering every chunk, the final state
               _chunk_cb      (parallel)  CB = C Bᵀ of each chunk and group, once for all the group's heads
               _chunk_scan    (parallel)  y = (CB ∘ decay ∘ dt') x + exp(s) C · h_in + D x, times silu(z)
-    backward  _dstate_pass   (serial over chunks, last first; parallel over batch, head, P and N blocks)
+    backward  _gate_grads    (parallel, with z only)  dz, and gy = dL/d(y before the gate), which the
+                                         kernels below take for dy; dD from gy in float32
+              _dstate_pass   (serial over chunks, last first; parallel over batch, head, P and N blocks)
                                          each chunk's own gradient of its entering state Σ_t exp(s_t) g_t ⊗ C_t,
                                          added to the carried one: the gradient of the state leaving every
                                          chunk, and of h0
-              _chunk_grads   (parallel)  a head's own: dx, dz, dL/ds and d(dt'), per-chunk dA and dD
+              _chunk_grads   (parallel)  a head's own: dx, dL/ds and d(dt'), per-chunk dA (and dD without z)
               _group_dC      (parallel over batch, chunk, group; walks the group's heads)
                                          dC, and dCB = Σ_heads dL/d(CB) of each chunk
               _group_dB      (the same)  dB, with dCB
@@ -91,6 +93,8 @@ DSTATE_PASS = (64, 64, 4, 2)
 # Both passes with float32 inputs (twice the bytes and registers a tile; ptxas for sm_90: 107-108 registers
 # where the 16-bit choices above would spill and pass shared memory).
 PASS_FP32 = (64, 64, 8, 2)
+# _gate_grads's tile [rows, columns] and warps.
+GATE_BLOCK, GATE_WARPS = (64, 128), 8
 # Under the interpreter small chunks and sub-blocks keep the tests fast and still cross several of each.
 INTERPRET_CHUNK, INTERPRET_SUB = 32, 16
 
@@ -264,24 +268,21 @@ def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, 
 
 
 @triton.jit
-def _entry_tiles(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g, c, L, H, G, P, N, NC,
-                 offs_q, offs_p, offs_n, mask_p, mask_n, Q: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr):
+def _entry_tiles(C_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g, c, L, H, G, P, N, NC,
+                 offs_q, offs_p, offs_n, mask_p, mask_n, Q: tl.constexpr, HAS_SEQ: tl.constexpr):
     """What chunk c's own gradient of its entering state, Σ_t exp(s_t) g_t ⊗ C_t, takes: exp(s_t) g_t
     [Q, P block] in C's dtype (0 for tokens of another sequence than the one before the chunk), the
     C tile [Q, N block], and the factor carry of the entering state in the leaving one."""
     nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
     offs, rows, mask_t, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, 0, L, NC, Q, Q, HAS_SEQ)
     Cm = _tile(C_ptr + (row0 + c * Q) * G * N, offs_q, mask_t, G, g, N, offs_n, mask_n)
-    if HAS_Z:
-        z_ptr += (row0 + c * Q) * H * P
-    gy = _gated_grad(dy_ptr + (row0 + c * Q) * H * P, z_ptr, None, None, offs_q, h, H, P, offs_p, mask_t, mask_p,
-                     HAS_Z, False)
+    gy = _tile(dy_ptr + (row0 + c * Q) * H * P, offs_q, mask_t, H, h, P, offs_p, mask_p).to(tl.float32)
     return (gy * tl.where(seq == seq_prev, tl.exp(s), 0.0)[:, None]).to(Cm.dtype), Cm, carry
 
 
 @triton.jit
-def _dstate_pass(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, dhT_ptr, dout_ptr, dh0_ptr, L, H, G, P, N, NC,
-                 HAS_FIRST: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr,
+def _dstate_pass(C_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, dhT_ptr, dout_ptr, dh0_ptr, L, H, G, P, N, NC,
+                 HAS_FIRST: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr,
                  BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """The backward's serial pass, the state pass reversed, over one (batch, head)'s [P block, N block]:
     walking the chunks c from the last, dout[c] = v (the gradient of the state leaving c), then
@@ -293,8 +294,8 @@ def _dstate_pass(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, dhT_ptr, dout_pt
     for i in range(NC):
         c = NC - 1 - i
         tl.store(dout_ptr + (bh64 * NC + c) * P * N + so, v.to(dout_ptr.dtype.element_ty), mask=mask_s)
-        gs, Cm, carry = _entry_tiles(C_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g, c, L, H, G, P,
-                                     N, NC, offs_q, offs_p, offs_n, mask_p, mask_n, Q, HAS_Z, HAS_SEQ)
+        gs, Cm, carry = _entry_tiles(C_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g, c, L, H, G, P, N,
+                                     NC, offs_q, offs_p, offs_n, mask_p, mask_n, Q, HAS_SEQ)
         v = v * carry + tl.dot(tl.trans(gs), Cm, input_precision=PREC)
     tl.store(dh0_ptr + bh64 * P * N + so, v, mask=mask_s)
 
@@ -406,21 +407,26 @@ def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_
 
 
 @triton.jit
-def _gated_grad(dy_ptr, z_ptr, ypre_ptr, dz_ptr, rows, h, H, P, offs_p, mask_t, mask_p,
-                HAS_Z: tl.constexpr, STORE_DZ: tl.constexpr):
-    """dL/d(y before the gate) of a sub-block, [BT, P block] float32; stores dz when asked."""
-    xo = (rows * H + h)[:, None] * P + offs_p[None, :]
-    mask_tp = mask_t[:, None] & mask_p[None, :]
-    gy = tl.load(dy_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
-    if HAS_Z:
-        zv = tl.load(z_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
-        sz = tl.sigmoid(zv)
-        if STORE_DZ:
-            yp = tl.load(ypre_ptr + xo, mask=mask_tp, other=0.0).to(tl.float32)
-            tl.store(dz_ptr + xo, (gy * yp * sz * (1.0 + zv * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
-                     mask=mask_tp)
-        gy = gy * zv * sz
-    return gy
+def _gate_grads(dy_ptr, z_ptr, ypre_ptr, x_ptr, gy_ptr, dz_ptr, dD_ptr, R, HP,
+                HAS_D: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    """Back through the gate y = y_pre silu(z), over [R = B·L rows, HP = H·P columns] in [BR, BC] tiles:
+    gy = dL/dy_pre = dy silu(z) (in dy's dtype: the kernels after it take gy for dy), dz = dy y_pre σ(z)
+    (1 + z (1 - σ(z))) and, HAS_D, the tile's column sums of gy x [cdiv(R, BR), HP] float32 (dD's parts,
+    from gy before its rounding)."""
+    rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    m = (rows < R)[:, None] & (cols < HP)[None, :]
+    o = rows[:, None] * HP + cols[None, :]
+    g = tl.load(dy_ptr + o, mask=m, other=0.0).to(tl.float32)
+    zv = tl.load(z_ptr + o, mask=m, other=0.0).to(tl.float32)
+    yp = tl.load(ypre_ptr + o, mask=m, other=0.0).to(tl.float32)
+    sz = tl.sigmoid(zv)
+    gy = g * zv * sz
+    tl.store(gy_ptr + o, gy.to(gy_ptr.dtype.element_ty), mask=m)
+    tl.store(dz_ptr + o, (g * yp * sz * (1.0 + zv * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=m)
+    if HAS_D:
+        xv = tl.load(x_ptr + o, mask=m, other=0.0).to(tl.float32)
+        tl.store(dD_ptr + tl.program_id(0).to(tl.int64) * HP + cols, tl.sum(gy * xv, axis=0), mask=cols < HP)
 
 
 # The backward of a chunk, with g = dL/dy before the gate, R[t, u] = decay[t, u] dt'_u (g_t . x_u) and
@@ -454,17 +460,18 @@ def _add_row(rows, part, k):
 
 
 @triton.jit
-def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, dtc_ptr, s_ptr,
-                 hin_ptr, dout_ptr, dy_ptr, ypre_ptr, dx_ptr, dz_ptr, ddt_ptr, dA_ptr, dD_ptr,
+def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, bias_ptr, seq_ptr, dtc_ptr, s_ptr,
+                 hin_ptr, dout_ptr, dy_ptr, dx_ptr, ddt_ptr, dA_ptr, dD_ptr,
                  L, H, G, P, N, NC, BLH,
-                 HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 HAS_D: tl.constexpr, D_PER_P: tl.constexpr, SUM_DD: tl.constexpr, HAS_BIAS: tl.constexpr,
                  SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
                  BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
-    """A head's backward of one chunk and P block, given the state entering it (hin) and the gradient
-    of the one leaving it (dout): dx, dz [B, L, H, P], and this P block's parts of d(dt') [NPB, B, L, H]
-    (through the softplus), dA [NPB, B·NC·H] and dD [B, H, NC, P] per chunk. Walks the source
-    sub-blocks j and, for each, the targets i >= j: dx_j sums over the targets, each pair's M goes to
-    ds_i and from ds_j; sub-block j's own target terms (dz, the entering state's ds) come with it."""
+    """A head's backward of one chunk and P block, given dy (dL/dy before the gate: _gate_grads's gy
+    when there is one), the state entering the chunk (hin) and the gradient of the one leaving it (dout):
+    dx [B, L, H, P], and this P block's parts of d(dt') [NPB, B, L, H] (through the softplus),
+    dA [NPB, B·NC·H] and, SUM_DD, dD [B, H, NC, P] per chunk. Walks the source sub-blocks j and, for
+    each, the targets i >= j: dx_j sums over the targets, each pair's M goes to ds_i and from ds_j;
+    sub-block j's own target term (the entering state's ds) comes with it."""
     c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
         s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
     pb = tl.program_id(1)
@@ -487,7 +494,7 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, z_ptr, bias_
         xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
         Bj = _tile(B_ptr, rows_j, mask_j, G, g, N, offs_n, mask_n)
         Cj = _tile(C_ptr, rows_j, mask_j, G, g, N, offs_n, mask_n)
-        gj = _gated_grad(dy_ptr, z_ptr, ypre_ptr, dz_ptr, rows_j, h, H, P, offs_p, mask_j, mask_p, HAS_Z, True)
+        gj = _tile(dy_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p).to(tl.float32)
         # as a target: the entering state's term exp(s_t) g_t . C_t h_in
         e_in = tl.where(seq_j == seq_prev, tl.exp(s_j), 0.0)
         ds_j = e_in * tl.sum(gj * tl.dot(Cj, tl.trans(state), input_precision=PREC), axis=1)
@@ -495,8 +502,7 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, z_ptr, bias_
         for i in range(j, nb):
             offs_i, rows_i, mask_i, dt_i, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
                                                            HAS_SEQ)
-            gi = _gated_grad(dy_ptr, z_ptr, None, None, rows_i, h, H, P, offs_p, mask_i, mask_p,
-                             HAS_Z, False).to(xdt)
+            gi = _tile(dy_ptr, rows_i, mask_i, H, h, P, offs_p, mask_p).to(xdt)
             CB = _cb_tile(cb_ptr, None, H, NC, G, c, g, offs_i, offs_j, Q, False, True)
             decay, M = _pair(gi, xj, CB, offs_i, s_i, seq_i, offs_j, s_j, seq_j, dt_j, PREC)
             ds_j -= tl.sum(M, axis=0)
@@ -513,6 +519,7 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, z_ptr, bias_
         dx = dt_j[:, None] * dxs
         if HAS_D:
             dx += Dv * gj
+        if SUM_DD:
             dD_acc += tl.sum(gj * xj.to(tl.float32), axis=0)
         xo = (rows_j * H + h)[:, None] * P + offs_p[None, :]
         tl.store(dx_ptr + xo, dx.to(dx_ptr.dtype.element_ty), mask=mask_j[:, None] & mask_p[None, :])
@@ -535,7 +542,7 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, z_ptr, bias_
             raw += tl.load(bias_ptr + h).to(tl.float32)
         ddt = ddt * tl.sigmoid(raw)
     tl.store(ddt_ptr + pb.to(tl.int64) * BLH + rows * H + h, ddt, mask=mask_t)
-    if HAS_D:
+    if SUM_DD:
         tl.store(dD_ptr + (bh64 * NC + c) * P + offs_p, dD_acc, mask=mask_p)
 
 
@@ -564,8 +571,8 @@ def _group_head(k, b, g, c, sub, row0, dtc_ptr, s_ptr, seq_ptr, L, H, G, P, NC, 
 
 
 @triton.jit
-def _group_dC(x_ptr, B_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, dy_ptr, dC_ptr, dcb_ptr,
-              L, H, G, P, N, NC, NPB, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr,
+def _group_dC(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, dy_ptr, dC_ptr, dcb_ptr,
+              L, H, G, P, N, NC, NPB, HAS_SEQ: tl.constexpr, Q: tl.constexpr,
               BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """dC [B, L, G, N] (C's dtype, summed in float32) of target sub-block i of one chunk and group,
     summed over the group's heads: dCB[t, :] = Σ_h R_h[t, :] and Σ_h exp(s_t) g_t · h_in in the loop,
@@ -579,8 +586,7 @@ def _group_dC(x_ptr, B_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, dy_ptr, dC_
         offs_q, rows_q, mask_q, dt_q, s_q, seq_q = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, 0, L, NC, Q, Q,
                                                           HAS_SEQ)
         xq = _tile(x_ptr, rows_q, mask_q, H, h, P, offs_p, mask_p)
-        gi = _gated_grad(dy_ptr, z_ptr, None, None, rows_i, h, H, P, offs_p, mask_i, mask_p, HAS_Z, False)
-        gi = gi.to(xq.dtype)
+        gi = _tile(dy_ptr, rows_i, mask_i, H, h, P, offs_p, mask_p).to(xq.dtype)
         dcb += _decay(offs_i, s_i, seq_i, offs_q, s_q, seq_q) * dt_q[None, :] * tl.dot(
             gi, tl.trans(xq), input_precision=PREC)
         hin = tl.load(hin_ptr + (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :],
@@ -712,34 +718,45 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
     their inputs' dtype)."""
     batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, chunk)
     f32 = dict(device=x.device, dtype=torch.float32)
+    dz = dD = None
+    if z is not None:  # back through the gate first: the kernels below take gy = dL/d(y before it) for dy
+        gy, dz = torch.empty_like(dy), torch.empty_like(z)
+        R, HP = batch * L, H * P
+        if D is not None:
+            dD = torch.empty(triton.cdiv(R, GATE_BLOCK[0]), HP, **f32)
+        _gate_grads[(triton.cdiv(R, GATE_BLOCK[0]), triton.cdiv(HP, GATE_BLOCK[1]))](
+            dy, z, ypre, x, gy, dz, dD, R, HP, HAS_D=D is not None, BR=GATE_BLOCK[0], BC=GATE_BLOCK[1],
+            num_warps=GATE_WARPS)
+        dy = gy
     dout = torch.empty_like(hin)
     dh0 = torch.empty(batch, H, P, N, **f32)
     BP, BNP, warps, stages = _pass_launch(x, DSTATE_PASS, P, BN)
     _dstate_pass[(batch * H, triton.cdiv(P, BP), triton.cdiv(N, BNP))](
-        C, z, seq, dtc, s, dy, dhT, dout, dh0, L, H, G, P, N, NC, HAS_FIRST=dhT is not None, HAS_Z=z is not None,
-        HAS_SEQ=seq is not None, Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages)
-    dz = torch.empty_like(z) if z is not None else None
+        C, seq, dtc, s, dy, dhT, dout, dh0, L, H, G, P, N, NC, HAS_FIRST=dhT is not None, HAS_SEQ=seq is not None, Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages)
     NPB = _launch("grads", x, Q, P)["NPB"]
     dx = torch.empty_like(x)
     ddt = torch.empty(NPB, batch, L, H, **f32)
     dA = torch.empty(NPB, batch * NC * H, **f32)
-    dD = torch.empty(batch, H, NC, P, **f32) if D is not None else None
+    sum_dd = D is not None and z is None
+    if sum_dd:
+        dD = torch.empty(batch, H, NC, P, **f32)
     _run(_chunk_grads, "grads", x, batch * NC * H,
-         x, dt, A, B, C, cb, D, z, dt_bias, seq, dtc, s, hin, dout, dy, ypre, dx, dz, ddt, dA, dD,
-         L, H, G, P, N, NC, batch * L * H, **_flags(D, z, dt_bias, dt_softplus), HAS_SEQ=seq is not None, Q=Q,
+         x, dt, A, B, C, cb, D, dt_bias, seq, dtc, s, hin, dout, dy, dx, ddt, dA, dD if sum_dd else None,
+         L, H, G, P, N, NC, batch * L * H, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+         SUM_DD=sum_dd, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_SEQ=seq is not None, Q=Q,
          BN=BN, PREC=_prec(x))
     # dC, dB: programs over (batch, chunk, group) and sub-blocks, each walking the group's heads
     cfg = _launch("group", x, Q, P)
     grid, npb = (batch * NC * G, Q // cfg["BT"]), cfg.pop("NPB")
     dC, dB = torch.empty_like(C), torch.empty_like(B)  # stored as the kernels' float32 sums round
     dcb = torch.empty(batch, NC, G, Q, Q, **f32)
-    _group_dC[grid](x, B, z, seq, dtc, s, hin, dy, dC, dcb, L, H, G, P, N, NC, npb, HAS_Z=z is not None,
-                    HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x), **cfg)
+    _group_dC[grid](x, B, seq, dtc, s, hin, dy, dC, dcb, L, H, G, P, N, NC, npb, HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x), **cfg)
     _group_dB[grid](x, C, seq, dtc, s, dout, dcb, dB, L, H, G, P, N, NC, npb, HAS_SEQ=seq is not None, Q=Q,
                     BN=BN, PREC=_prec(x), **cfg)
     ddt = ddt.sum(0) if NPB > 1 else ddt[0]
-    if dD is not None:
-        dD = dD.sum((0, 2)) if D.dim() == 2 else dD.sum((0, 2, 3))
+    if dD is not None:  # [B, H, NC, P] from _chunk_grads, [row blocks, H·P] from _gate_grads
+        dD = dD.sum((0, 2)) if sum_dd else dD.sum(0).view(H, P)
+        dD = dD if D.dim() == 2 else dD.sum(1)
     dA = dA.view(NPB * batch * NC, H).sum(0)
     ddt_bias = ddt.sum((0, 1)) if dt_bias is not None else None
     return dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dh0
