@@ -19,7 +19,7 @@ from _bench import bench_ms, bench_or_nan, with_env
 BW, FLOPS = 4.2e12, 680e12
 
 
-def _inputs(batch, L, H=32, P=64, N=128, G=1, grad=False):
+def _inputs(batch, L, H=32, P=64, N=128, G=1, grad=False, z=False):
     dev, bf = "cuda", torch.bfloat16
     t = dict(x=torch.randn(batch, L, H, P, device=dev, dtype=bf),
              dt=torch.randn(batch, L, H, device=dev, dtype=bf) * 0.5 - 1.0,
@@ -27,13 +27,15 @@ def _inputs(batch, L, H=32, P=64, N=128, G=1, grad=False):
              B=torch.randn(batch, L, G, N, device=dev, dtype=bf),
              C=torch.randn(batch, L, G, N, device=dev, dtype=bf),
              D=torch.randn(H, device=dev), dt_bias=torch.randn(H, device=dev) * 0.1)
+    if z:
+        t["z"] = torch.randn(batch, L, H, P, device=dev, dtype=bf)
     if grad:
         t = {k: v.requires_grad_() for k, v in t.items()}
     return t
 
 
-def _floor(batch, L, H=32, P=64, N=128, G=1, Q=64, bwd=False):
-    nbytes = 2 * batch * L * H * P * 2 + batch * L * H * 2 + 2 * batch * L * G * N * 2
+def _floor(batch, L, H=32, P=64, N=128, G=1, Q=64, bwd=False, z=False):
+    nbytes = (3 if z else 2) * batch * L * H * P * 2 + batch * L * H * 2 + 2 * batch * L * G * N * 2
     flops = batch * L * H * (2 * Q * P + 4 * P * N)
     if bwd:
         nbytes, flops = 2 * nbytes, 3.5 * flops
@@ -54,7 +56,8 @@ def _scan_fn(fn, t, bwd):
         if bwd:  # inputs are activations in a model: their gradients are not summed into .grad across calls
             for v in t.values():
                 v.grad = None
-        y = fn(t["x"], t["dt"], t["A"], t["B"], t["C"], 256, D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True)
+        y = fn(t["x"], t["dt"], t["A"], t["B"], t["C"], 256, D=t["D"], z=t.get("z"), dt_bias=t["dt_bias"],
+               dt_softplus=True)
         if bwd:
             y.backward(dy)
     dy = torch.randn_like(t["x"])
@@ -63,7 +66,7 @@ def _scan_fn(fn, t, bwd):
 
 def _y(fn, t):
     with torch.no_grad():
-        return fn(t["x"], t["dt"], t["A"], t["B"], t["C"], 256, D=t["D"], dt_bias=t["dt_bias"],
+        return fn(t["x"], t["dt"], t["A"], t["B"], t["C"], 256, D=t["D"], z=t.get("z"), dt_bias=t["dt_bias"],
                   dt_softplus=True).float()
 
 
@@ -73,28 +76,47 @@ def _rel_diff(a, b) -> float:
 
 
 def rows(quick: bool = False):
-    """Both Triton implementations (ARCHDSL_SSD_IMPL=fused, chunked) against the peer, yielded as measured."""
+    """Both Triton implementations (ARCHDSL_SSD_IMPL=fused, chunked) against the peer, yielded as measured;
+    then the chunked one with the gate z at the longest L."""
     from archdsl.kernels.ssd import ssd_scan
     peer = _peer()
-    for L in ([4096] if quick else [4096, 16384]):
-        for bwd in (False, True):
-            t = _inputs(4, L, grad=bwd)
-            theirs = bench_or_nan(_scan_fn(peer, t, bwd)) if peer else None
-            floor, note = _floor(4, L, bwd=bwd)
-            scan = _scan_fn(lambda *a, **k: ssd_scan(*a[:5], chunk_size=a[5], **k), t, bwd)
-            for impl in ("fused", "chunked"):
-                ours = bench_or_nan(with_env("ARCHDSL_SSD_IMPL", impl, scan))
-                row = dict(op=f"ssd_scan {impl}", shape=f"B=4 L={L} H=32 P=64 N=128 G=1",
-                           mode="fwd+bwd" if bwd else "fwd", ours_ms=ours, peer="mamba_ssm", peer_ms=theirs,
-                           floor_ms=floor, floor_note=note)
-                if peer and not bwd:  # the timed outputs agree with the peer's (bf16 rounding apart)
-                    row["rel_diff"] = _rel_diff(with_env("ARCHDSL_SSD_IMPL", impl, lambda: _y(ssd_scan, t))(),
-                                                _y(peer, t))
-                yield row
-    yield _step_row()
+    lengths = [4096] if quick else [4096, 16384]
+    cases = [(L, bwd, False, ("fused", "chunked")) for L in lengths for bwd in (False, True)]
+    cases += [] if quick else [(16384, bwd, True, ("chunked",)) for bwd in (False, True)]
+    for L, bwd, z, impls in cases:
+        t = _inputs(4, L, grad=bwd, z=z)
+        theirs = bench_or_nan(_scan_fn(peer, t, bwd)) if peer else None
+        floor, note = _floor(4, L, bwd=bwd, z=z)
+        scan = _scan_fn(lambda *a, **k: ssd_scan(*a[:5], chunk_size=a[5], **k), t, bwd)
+        for impl in impls:
+            ours = bench_or_nan(with_env("ARCHDSL_SSD_IMPL", impl, scan))
+            row = dict(op=f"ssd_scan {impl}" + (" +z" if z else ""), shape=f"B=4 L={L} H=32 P=64 N=128 G=1",
+                       mode="fwd+bwd" if bwd else "fwd", ours_ms=ours, peer="mamba_ssm", peer_ms=theirs,
+                       floor_ms=floor, floor_note=note)
+            if peer and not bwd:  # the timed outputs agree with the peer's (bf16 rounding apart)
+                row["rel_diff"] = _rel_diff(with_env("ARCHDSL_SSD_IMPL", impl, lambda: _y(ssd_scan, t))(),
+                                            _y(peer, t))
+            yield row
+    yield from _step_rows()
 
 
-def _step_row():
+def _graphed(fn):
+    """fn captured once in a CUDA graph, as a decode loop runs it: its replay times the kernel without
+    Python's launch cost."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # compile and warm up off the capturing stream
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def _step_rows():
+    """ssd_step against mamba_ssm's selective_state_update, called from Python (launch-bound: the
+    kernel is a few µs) and replayed from a CUDA graph."""
     from archdsl.kernels.ssd import ssd_step
     batch, H, P, N = 4, 32, 64, 128
     dev, bf = "cuda", torch.bfloat16
@@ -103,19 +125,21 @@ def _step_row():
     dt = torch.randn(batch, H, device=dev, dtype=bf)
     A, D, bias = -torch.rand(H, device=dev), torch.randn(H, device=dev), torch.randn(H, device=dev)
     B, C = torch.randn(batch, 1, N, device=dev, dtype=bf), torch.randn(batch, 1, N, device=dev, dtype=bf)
-    ours = bench_ms(lambda: ssd_step(state, x, dt, A, B, C, D=D, z=z, dt_bias=bias, dt_softplus=True))
+    ours = lambda: ssd_step(state, x, dt, A, B, C, D=D, z=z, dt_bias=bias, dt_softplus=True)
     try:
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update
         rep = lambda v, *s: v[..., None].expand(*s)
         args = (state, x, rep(dt, batch, H, P), rep(rep(A, H, P), H, P, N), B, C)
-        theirs = bench_ms(lambda: selective_state_update(*args, D=rep(D, H, P), z=z, dt_bias=rep(bias, H, P),
-                                                      dt_softplus=True))
+        theirs = lambda: selective_state_update(*args, D=rep(D, H, P), z=z, dt_bias=rep(bias, H, P),
+                                                dt_softplus=True)
     except Exception:
         theirs = None
     nbytes = 2 * 4 * batch * H * P * N
-    return dict(op="ssd_step", shape=f"B={batch} H={H} P={P} N={N}", mode="fwd", ours_ms=ours,
-                peer="mamba_ssm selective_state_update", peer_ms=theirs, floor_ms=nbytes / BW * 1e3,
-                floor_note=f"{nbytes / 1e6:.1f} MB state read+write")
+    for how, wrap in (("", lambda f: f), (" graph", _graphed)):
+        yield dict(op="ssd_step" + how, shape=f"B={batch} H={H} P={P} N={N}", mode="fwd",
+                   ours_ms=bench_ms(wrap(ours)), peer="mamba_ssm selective_state_update",
+                   peer_ms=bench_ms(wrap(theirs)) if theirs else None, floor_ms=nbytes / BW * 1e3,
+                   floor_note=f"{nbytes / 1e6:.1f} MB state read+write")
 
 
 if __name__ == "__main__":
