@@ -86,8 +86,8 @@ def _triton_impl(args) -> str:
     and carries only the [P, N] state serially (mamba_ssm's layout). Which wins depends on B·H·L
     against the chip's size, so auto measures it once per (shapes, dtype, options, grad). Unset,
     each pass takes the one measured faster on the H200 (docs/benchmarks.md, B4 H32 P64 N128, one
-    process): chunked (forward 0.722 vs 1.308 ms at L 16K, at 4K 0.20-0.61 vs 0.33, launch-bound;
-    forward+backward 1.51 vs 2.29 ms at 4K and 3.52 vs 9.01 at 16K; mamba2-1.3b trained 7.5% faster
+    process): chunked (forward 0.639 vs 1.293 ms at L 16K, at 4K 0.21 vs 0.33;
+    forward+backward 1.38 vs 2.33 ms at 4K and 3.40 vs 9.20 at 16K; mamba2-1.3b trained 7.5% faster
     with it, measured before the backward's group kernels) -- and fused whenever the chunked
     layout's per-chunk buffers would pass CHUNKED_STATE_BYTES (a 1M-token bf16 prefill of 80 heads
     keeps ~11 GB of them; the fused layout keeps none).
