@@ -720,30 +720,30 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
     their inputs' dtype)."""
     batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, chunk)
     f32 = dict(device=x.device, dtype=torch.float32)
-    dz = dD = None
+    dz = dD_gate = None
     if z is not None:  # back through the gate first: the kernels below take gy = dL/d(y before it) for dy
         gy, dz = torch.empty_like(dy), torch.empty_like(z)
         R, HP = batch * L, H * P
         if D is not None:
-            dD = torch.empty(triton.cdiv(R, GATE_BLOCK[0]), HP, **f32)
+            dD_gate = torch.empty(triton.cdiv(R, GATE_BLOCK[0]), HP, **f32)
         _gate_grads[(triton.cdiv(R, GATE_BLOCK[0]), triton.cdiv(HP, GATE_BLOCK[1]))](
-            dy, z, ypre, x, gy, dz, dD, R, HP, HAS_D=D is not None, BR=GATE_BLOCK[0], BC=GATE_BLOCK[1],
+            dy, z, ypre, x, gy, dz, dD_gate, R, HP, HAS_D=D is not None, BR=GATE_BLOCK[0], BC=GATE_BLOCK[1],
             num_warps=GATE_WARPS)
         dy = gy
     dout = torch.empty_like(hin)
     dh0 = torch.empty(batch, H, P, N, **f32)
     BP, BNP, warps, stages = _pass_launch(x, DSTATE_PASS, P, BN)
     _dstate_pass[(batch * H, triton.cdiv(P, BP), triton.cdiv(N, BNP))](
-        C, seq, dtc, s, dy, dhT, dout, dh0, L, H, G, P, N, NC, HAS_FIRST=dhT is not None, HAS_SEQ=seq is not None, Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages)
+        C, seq, dtc, s, dy, dhT, dout, dh0, L, H, G, P, N, NC, HAS_FIRST=dhT is not None, HAS_SEQ=seq is not None,
+        Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages)
     NPB = _launch("grads", x, Q, P)["NPB"]
     dx = torch.empty_like(x)
     ddt = torch.empty(NPB, batch, L, H, **f32)
     dA = torch.empty(NPB, batch * NC * H, **f32)
     sum_dd = D is not None and z is None
-    if sum_dd:
-        dD = torch.empty(batch, H, NC, P, **f32)
+    dD_chunks = torch.empty(batch, H, NC, P, **f32) if sum_dd else None
     _run(_chunk_grads, "grads", x, batch * NC * H,
-         x, dt, A, B, C, cb, D, dt_bias, seq, dtc, s, hin, dout, dy, dx, ddt, dA, dD if sum_dd else None,
+         x, dt, A, B, C, cb, D, dt_bias, seq, dtc, s, hin, dout, dy, dx, ddt, dA, dD_chunks,
          L, H, G, P, N, NC, batch * L * H, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
          SUM_DD=sum_dd, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_SEQ=seq is not None, Q=Q,
          BN=BN, PREC=_prec(x))
@@ -752,12 +752,14 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
     grid, npb = (batch * NC * G, Q // cfg["BT"]), cfg.pop("NPB")
     dC, dB = torch.empty_like(C), torch.empty_like(B)  # stored as the kernels' float32 sums round
     dcb = torch.empty(batch, NC, G, Q, Q, **f32)
-    _group_dC[grid](x, B, seq, dtc, s, hin, dy, dC, dcb, L, H, G, P, N, NC, npb, HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x), **cfg)
+    _group_dC[grid](x, B, seq, dtc, s, hin, dy, dC, dcb, L, H, G, P, N, NC, npb, HAS_SEQ=seq is not None, Q=Q,
+                    BN=BN, PREC=_prec(x), **cfg)
     _group_dB[grid](x, C, seq, dtc, s, dout, dcb, dB, L, H, G, P, N, NC, npb, HAS_SEQ=seq is not None, Q=Q,
                     BN=BN, PREC=_prec(x), **cfg)
     ddt = ddt.sum(0) if NPB > 1 else ddt[0]
-    if dD is not None:  # [B, H, NC, P] from _chunk_grads, [row blocks, H·P] from _gate_grads
-        dD = dD.sum((0, 2)) if sum_dd else dD.sum(0).view(H, P)
+    dD = None
+    if D is not None:  # [B, H, NC, P] from _chunk_grads or [row blocks, H·P] from _gate_grads, to [H, P]
+        dD = dD_chunks.sum((0, 2)) if sum_dd else dD_gate.sum(0).view(H, P)
         dD = dD if D.dim() == 2 else dD.sum(1)
     dA = dA.view(NPB * batch * NC, H).sum(0)
     ddt_bias = ddt.sum((0, 1)) if dt_bias is not None else None
