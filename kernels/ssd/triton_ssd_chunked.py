@@ -34,7 +34,9 @@ Packed sequences (seq_idx), as in the fused kernels: a token sees the entering s
 belongs to the sequence of the token before the chunk, reaches the leaving state only if it
 belongs to the chunk's last token's, and the entering state passes through the chunk only if
 those two sequences are one; within a chunk only pairs of one sequence interact.
-Offsets into [B, L, ...] and [B, H, NC, ...] tensors are int64 so that 1M-token sequences work.
+Offsets into [B, L, ...] and [B, H, NC, ...] tensors are int64 so that 1M-token sequences work; the tiles
+of a chunk take its first token row on their base pointer and the rows within it as int32 offsets
+(Q·H·P below 2^31).
 """
 from __future__ import annotations
 
