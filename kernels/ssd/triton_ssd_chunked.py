@@ -644,6 +644,9 @@ def _sizes(x, B, chunk):
     batch, L, H, P = x.shape
     G, N = B.shape[2:]
     Q = pick_chunk(x, L, chunk)
+    if Q * max(H * P, G * N) >= 2**31:  # the offsets within a chunk are int32
+        raise ValueError(f"x: [H, P] = [{H}, {P}] (B: [G, N] = [{G}, {N}]) over a chunk of {Q} tokens passes "
+                         f"2^31 elements, past the chunked kernels' int32 offsets within a chunk")
     return batch, L, H, P, G, N, Q, triton.cdiv(L, Q), _pow2(N)
 
 

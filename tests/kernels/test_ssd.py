@@ -273,6 +273,16 @@ def test_bad_step_input_raises():
                  torch.zeros(2, 1, 6), torch.zeros(2, 2, 6))
 
 
+def test_chunked_refuses_int32_overflow_within_a_chunk():
+    """The chunked kernels' offsets within a chunk are int32: a chunk past 2^31 elements is refused
+    before any launch (meta tensors: nothing is allocated)."""
+    from archdsl.kernels.ssd.triton_ssd_chunked import chunked_fwd
+    x = torch.empty(1, 256, 1 << 16, 1 << 9, device="meta")
+    B = torch.empty(1, 256, 1, 16, device="meta")
+    with pytest.raises(ValueError, match=r"x: \[H, P\] = \[65536, 512\]"):
+        chunked_fwd(x, None, None, B, B, None, None, None, False, None, None, for_backward=False, chunk=128)
+
+
 # ---------------------------------------------------------------- full sizes on the GPU
 gpu = pytest.mark.skipif(not CUDA, reason="needs CUDA")
 
