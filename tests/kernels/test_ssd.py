@@ -297,7 +297,7 @@ def reference(t, chunk=128):
 @gpu
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype, tol, L", [(torch.bfloat16, 3e-2, 4096), (torch.float32, 1e-4, 1000),
-                                           (torch.bfloat16, 3e-2, 1000)])
+                                           (torch.bfloat16, 3e-2, 1000), (torch.float16, 1e-2, 4096)])
 def test_gpu_full_size(dtype, tol, L, impl, monkeypatch):
     monkeypatch.setenv("ARCHDSL_SSD_IMPL", impl)
     t = make(4, L, 32, 64, 1, 128, D=1, bias=True, h0=True, z=L == 1000, seq=L == 1000, dtype=dtype, device=DEV)
