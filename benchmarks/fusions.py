@@ -16,8 +16,9 @@ Rows, shapes and floors (H200: 4.2 TB/s, ~680 TFLOP/s bf16):
                  forward and forward+backward. Off, D and the gate run after the scan: at least one
                  more pass reading y, x, z and writing y, 4·B·L·E·2 bytes = 336 MB ≈ 80 µs per forward
                  (the torch epilogue computes in float32, so it moves more).
-                 Since the 2026-11-28 run (Mamba-2 fwd+bwd 11.4 ms on vs 10.0 off) the Mamba-2
-                 epilogue runs at inference only, so its forward+backward row times one path twice.
+                 From the 2026-11-28 run (Mamba-2 fwd+bwd 11.4 ms on vs 10.0 off) to the 2026-11-29
+                 one (6.12 on vs 8.11 off, once the scan's backward took the gate first) the Mamba-2
+                 epilogue ran at inference only; it runs with autograd again.
   add_norm       h + Δ and RMSNorm of [B·L, d] = [8192, 2048] bf16, forward (and forward+backward);
                  the kernel reads h, Δ and writes h, out: 4·8192·2048·2 = 134 MB ≈ 32 µs floor.
                  Inference only since the same run (fwd+bwd 1.13 ms on vs 0.87 off): the

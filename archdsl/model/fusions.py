@@ -21,8 +21,7 @@ FUSIONS: dict[str, str] = {
     "add_norm": "the residual add and the next RMSNorm as one Triton kernel (where the Triton kernels run; "
                 "inference: with autograd the separate ops measured faster, 0.87 vs 1.13 ms on the H200)",
     "qkv": "attention's q, k and v projections as one GEMM over their packed weights (inference)",
-    "epilogue": "Mamba / Mamba-2: the D skip and the silu(z) gate inside the scan kernel, not after it in torch "
-                "(Mamba-2: inference only; its forward+backward measured faster without, 10.0 vs 11.4 ms)",
+    "epilogue": "Mamba / Mamba-2: the D skip and the silu(z) gate inside the scan kernel, not after it in torch",
     "step": "Mamba / Mamba-2 decode step as one or two Triton kernels between the projections (Triton only)",
     "norm_gemv": "Mamba-2 decode (a few rows, with \"step\"): the residual add and RMSNorm inside in_proj's GEMV "
                  "and the gated RMSNorm inside out_proj's, one Triton kernel each (Triton only)",
