@@ -11,6 +11,9 @@ the ops take `pdl=True` only from callers that keep it (archdsl.model, fusion "p
 
 Inside a kernel: `if PDL: gdc_launch_dependents()` ... `if PDL: gdc_wait()`, PDL a constexpr
 that is False under the interpreter and on cards before sm_90 (`pdl_ok`).
+
+The chunked SSD forward (ssd/triton_ssd_chunked.py) uses PDL the other way round: each of its kernels
+waits first and only then signals. Nothing overlaps but the launch, and no promise is needed.
 """
 from __future__ import annotations
 
