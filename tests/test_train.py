@@ -183,9 +183,19 @@ def test_token_file_and_bad_inputs(tmp_path, capsys):
 
 
 def test_world_size_must_divide_batch_on_every_rank(tmp_path):
+    """Every rank refuses a batch that the world size does not divide before it joins the process group,
+    so no rank waits for another. Under torchrun the job fails; the first rank to exit gets the other
+    stopped, printed or not, so each rank is also run alone in its torchrun environment, with no peer
+    to meet: it must fail the same way, at once."""
     spec = write(tmp_path, "z.yaml", ZAMBA)
-    r = torchrun([spec, "--data", DATA, "--steps", "2", "--batch", "7", "--no-progress", "-o", str(tmp_path / "w")],
-                 check=False)
-    assert r.returncode != 0
-    assert r.stderr.count("global batch 7 is not divisible by the world size 2") == 2, r.stderr
+    args = [spec, "--data", DATA, "--steps", "2", "--batch", "7", "--no-progress", "-o", str(tmp_path / "w")]
+    msg = "global batch 7 is not divisible by the world size 2"
+    r = torchrun(args, check=False)
+    assert r.returncode != 0 and msg in r.stderr, r.stderr
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+        one = subprocess.run([sys.executable, "-m", "archdsl", "train", *args], capture_output=True, text=True,
+                             env=env, timeout=120)
+        assert one.returncode != 0 and one.stderr.count(msg) == 1, one.stderr
     assert not os.path.exists(tmp_path / "w")
