@@ -717,7 +717,7 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     dtc = torch.empty(batch, H, NC, Q, **f32)
     s = torch.empty_like(dtc)
     BH = min(_pow2(H, 1), BLOCK_H)
-    pdl = CHAIN and pdl_ok(x, True)
+    pdl = pdl_ok(x, CHAIN)
     chain = dict(PDL=pdl, **({"launch_pdl": True} if pdl else {}))
     _chunk_cumsum[(batch * NC, triton.cdiv(H, BH))](
         dt, A, dt_bias, dtc, s, L, H, NC, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
