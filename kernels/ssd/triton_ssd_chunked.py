@@ -49,7 +49,6 @@ import triton
 import triton.language as tl
 
 from .._dispatch import interpreting
-from .._fastmath import exp_ftz
 from .._pdl import gdc_launch_dependents, gdc_wait, pdl_ok
 from .triton_ssd import _finish_y, _flags, _pow2, _prec, _skip_D, scan_function
 
@@ -142,7 +141,7 @@ def _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q: tl.constexpr, BT: tl.co
     (0 when a sequence boundary lies in between)."""
     nb = tl.cdiv(tl.minimum(L - c * Q, Q), BT)
     sT = tl.load(s_ptr + (bh64 * NC + c) * Q + Q - 1)
-    carry = exp_ftz(sT)
+    carry = _exp(sT)
     seq_prev = 0
     seq_last = 0
     if HAS_SEQ:
@@ -194,10 +193,19 @@ def _tile(ptr, rows, mask_t, stride_row, col, width, offs, mask_c):
 
 
 @triton.jit
+def _exp(x):
+    """e^x as 2^(x log2 e): Triton compiles exp2 to PTX's ex2.approx.ftz.f32, one MUFU.EX2, where tl.exp's
+    ex2.approx.f32 takes three more for subnormal results (a compare and two predicated multiplies).
+    Results below 2^-126 are 0. H200, L 16K, one process: _chunk_scan 400 -> 389 µs, forward+backward
+    3.39 -> 3.29 ms; outputs and gradients bit-identical."""
+    return tl.exp2(x * 1.4426950408889634)
+
+
+@triton.jit
 def _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j):
     """exp(s_t - s_u) for targets t (rows) and sources u (columns) of one sequence with t >= u, else 0."""
     keep = (offs_i[:, None] >= offs_j[None, :]) & (seq_i[:, None] == seq_j[None, :])
-    return tl.where(keep, exp_ftz(tl.minimum(s_i[:, None] - s_j[None, :], 0.0)), 0.0)
+    return tl.where(keep, _exp(tl.minimum(s_i[:, None] - s_j[None, :], 0.0)), 0.0)
 
 
 @triton.jit
@@ -246,7 +254,7 @@ def _state_weights(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, L, NC, Q: tl.constexp
     factor carry of the entering state."""
     nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
     offs, rows, mask_t, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, 0, L, NC, Q, Q, HAS_SEQ)
-    return tl.where(seq == seq_last, exp_ftz(tl.minimum(sT - s, 0.0)) * dt, 0.0), carry
+    return tl.where(seq == seq_last, _exp(tl.minimum(sT - s, 0.0)) * dt, 0.0), carry
 
 
 @triton.jit
@@ -303,7 +311,7 @@ def _entry_tiles(C_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g, c, L,
     offs, rows, mask_t, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, 0, L, NC, Q, Q, HAS_SEQ)
     Cm = _tile(C_ptr + (row0 + c * Q) * G * N, offs_q, mask_t, G, g, N, offs_n, mask_n)
     gy = _tile(dy_ptr + (row0 + c * Q) * H * P, offs_q, mask_t, H, h, P, offs_p, mask_p).to(tl.float32)
-    return (gy * tl.where(seq == seq_prev, exp_ftz(s), 0.0)[:, None]).to(Cm.dtype), Cm, carry
+    return (gy * tl.where(seq == seq_prev, _exp(s), 0.0)[:, None]).to(Cm.dtype), Cm, carry
 
 
 @triton.jit
@@ -426,7 +434,7 @@ def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_
         if j == 0:  # the target's first pair
             Ci = _tile(C_ptr, offs_i, mask_i, G, g, N, offs_n, mask_n)
             y = tl.dot(Ci, tl.trans(state), input_precision=PREC)
-            y = tl.where(seq_i == seq_prev, exp_ftz(s_i), 0.0)[:, None] * y
+            y = tl.where(seq_i == seq_prev, _exp(s_i), 0.0)[:, None] * y
         W = CB * _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j) * dt_j[None, :]
         y += tl.dot(W.to(xj.dtype), xj, input_precision=PREC)
         if j == i:  # the target's last pair: xj is its own x
@@ -525,7 +533,7 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, bias_ptr, se
         Cj = _tile(C_ptr, rows_j, mask_j, G, g, N, offs_n, mask_n)
         gj = _tile(dy_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p).to(tl.float32)
         # as a target: the entering state's term exp(s_t) g_t . C_t h_in
-        e_in = tl.where(seq_j == seq_prev, exp_ftz(s_j), 0.0)
+        e_in = tl.where(seq_j == seq_prev, _exp(s_j), 0.0)
         ds_j = e_in * tl.sum(gj * tl.dot(Cj, tl.trans(state), input_precision=PREC), axis=1)
         dxs = tl.zeros((BT, BP), dtype=tl.float32)  # dx / dt'
         for i in range(j, nb):
@@ -538,7 +546,7 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, bias_ptr, se
             ds_c = _add_row(ds_c, tl.sum(M, axis=1), i)
             dxs += tl.dot(tl.trans((decay * CB).to(xdt)), gi, input_precision=PREC)
         # the sub-block's part in the state the chunk hands on: w_out dt' x ⊗ B, with exp(-s_u) in w_out
-        w_out = tl.where(seq_j == seq_last, exp_ftz(tl.minimum(sT - s_j, 0.0)), 0.0)
+        w_out = tl.where(seq_j == seq_last, _exp(tl.minimum(sT - s_j, 0.0)), 0.0)
         dHB = w_out[:, None] * tl.dot(Bj, tl.trans(dstate), input_precision=PREC)
         w = dt_j * tl.sum(xj.to(tl.float32) * dHB, axis=1)
         ds_T += tl.sum(w, axis=0)
@@ -620,7 +628,7 @@ def _group_dC(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, dy_ptr, dC_ptr, dc
             gi, tl.trans(xq), input_precision=PREC)
         hin = tl.load(hin_ptr + (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :],
                       mask=mask_p[:, None] & mask_n[None, :], other=0.0).to(xq.dtype)
-        e_in = tl.where(seq_i == seq_prev, exp_ftz(s_i), 0.0)
+        e_in = tl.where(seq_i == seq_prev, _exp(s_i), 0.0)
         dC += e_in[:, None] * tl.dot(gi, hin, input_precision=PREC)
     offs_q = tl.arange(0, Q)
     offs_i = i * BT + tl.arange(0, BT)
@@ -647,7 +655,7 @@ def _group_dB(x_ptr, C_ptr, seq_ptr, dtc_ptr, s_ptr, dout_ptr, dcb_ptr, dB_ptr,
         xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
         dstate = tl.load(dout_ptr + (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :],
                          mask=mask_p[:, None] & mask_n[None, :], other=0.0).to(xj.dtype)
-        w_out = tl.where(seq_j == seq_last, exp_ftz(tl.minimum(sT - s_j, 0.0)), 0.0)
+        w_out = tl.where(seq_j == seq_last, _exp(tl.minimum(sT - s_j, 0.0)), 0.0)
         dB += (w_out * dt_j)[:, None] * tl.dot(xj, dstate, input_precision=PREC)
     offs_q = tl.arange(0, Q)
     offs_j = j * BT + tl.arange(0, BT)
