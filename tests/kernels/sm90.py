@@ -8,6 +8,7 @@ variable whose type changes between iterations, say). This closes that gap on th
      constexpr value, num_warps and num_stages;
   2. compile: `python tests/kernels/sm90.py FILE` compiles each distinct launch to a cubin for
      GPUTarget("cuda", 90, 32) (Triton ships ptxas) and lists the ones that fail, with the error.
+     A launch with PDL off (always, interpreted) is also compiled with it on, as the GPU runs it.
 
   make test          # the whole suite, then step 2 over what it launched (CI does this)
   python tests/kernels/sm90.py FILE --regs   # also each kernel's registers and spill (stack) bytes
@@ -114,16 +115,28 @@ def compile_one(line: str, regs: bool = False) -> str:
         return "FAILED: " + " ".join(str(err).split())[:2000]
 
 
+def with_pdl(line: str) -> str | None:
+    """The recorded launch with PDL on, for a kernel that takes it (a PDL constexpr, kernels/_pdl.py),
+    else None: the interpreter always runs them with it off, and the GPU with it on."""
+    e = json.loads(line)
+    if e["args"].get("PDL") != {"constexpr": False}:
+        return None
+    e["args"]["PDL"] = {"constexpr": True}
+    return json.dumps(e, sort_keys=True)
+
+
 def compile_launches(path: str, jobs: int = 1, regs: bool = False) -> int:
-    """Compile each distinct launch recorded in `path` for sm_90 (in `jobs` processes); print each
-    result (with regs: registers and stack bytes too); return the number that failed."""
+    """Compile each distinct launch recorded in `path` for sm_90, and its PDL form (with_pdl), in `jobs`
+    processes; print each result (with regs: registers and stack bytes too); return the number that
+    failed."""
     import concurrent.futures
     import multiprocessing
 
     if not os.path.exists(path):  # on a GPU machine the kernels run compiled: nothing was interpreted
         print(f"{path}: no interpreted launches were recorded; nothing to compile")
         return 0
-    entries = sorted({line.strip() for line in open(path) if line.strip()})
+    recorded = {line.strip() for line in open(path) if line.strip()}
+    entries = sorted(recorded | {pdl for pdl in map(with_pdl, recorded) if pdl})
     pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
     failures = 0
     with pool:

@@ -73,3 +73,17 @@ def test_records_launches_and_catches_what_the_compiler_rejects(tmp_path, monkey
     assert "sm90_samples.bad {'BLOCK': 16} {'num_warps': 1}: FAILED" in run.stdout
     assert "Loop-carried variable _" in run.stdout
     assert "2 distinct launches, 1 failed to compile for sm_90" in run.stdout
+
+
+def test_pdl_launches_are_also_compiled_with_pdl_on():
+    """The interpreter runs every kernel with PDL off; the GPU with it on. The check compiles both."""
+    sys.path.insert(0, HERE)
+    import sm90
+
+    def line(**args):
+        return json.dumps({"module": "m", "name": "k", "args": args, "options": {}}, sort_keys=True)
+
+    off = line(x_ptr={"type": "*fp32"}, PDL={"constexpr": False})
+    assert json.loads(sm90.with_pdl(off))["args"] == {"x_ptr": {"type": "*fp32"}, "PDL": {"constexpr": True}}
+    assert sm90.with_pdl(line(x_ptr={"type": "*fp32"}, PDL={"constexpr": True})) is None
+    assert sm90.with_pdl(line(x_ptr={"type": "*fp32"})) is None
