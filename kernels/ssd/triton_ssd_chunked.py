@@ -31,7 +31,7 @@ scan in float16 for bf16 inputs (each row scaled by a power of two, kept in a [B
 buffer), else float32, and in float32 for the backward; dCB [B, NC, G, Q, Q] float32; the entering
 states transposed, [B, H, NC, N, P] (see _state_pass), in the state dtype (the input's for 16-bit
 inputs -- the products read them in that precision anyway -- else float32); the gradients of the
-leaving states [B, H, NC, P, N] in the same dtype.
+leaving states, transposed too, [B, H, NC, N, P] (see _dstate_pass), in the same dtype.
 Packed sequences (seq_idx), as in the fused kernels: a token sees the entering state only if it
 belongs to the sequence of the token before the chunk, reaches the leaving state only if it
 belongs to the chunk's last token's, and the entering state passes through the chunk only if
@@ -323,20 +323,25 @@ def _entry_tiles(C_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g, c, L,
 def _dstate_pass(C_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, dhT_ptr, dout_ptr, dh0_ptr, L, H, G, P, N, NC,
                  HAS_FIRST: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr,
                  BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
-    """The backward's serial pass, the state pass reversed, over one (batch, head)'s [P block, N block]:
-    walking the chunks c from the last, dout[c] = v (the gradient of the state leaving c), then
-    v = v · carry[c] + Σ_t exp(s_t) g_t ⊗ C_t (c's own gradient of its entering state, one
-    [BP, Q]·[Q, BN] dot), from v = dL/dhT (or 0); the last v is dL/dh0. Pipelined as the state pass."""
+    """The backward's serial pass, the state pass reversed, over one (batch, head)'s [P block, N block],
+    held transposed as the state pass holds its state, vᵀ [BN, BP]: walking the chunks c from the last,
+    dout[c] = vᵀ (the gradient of the state leaving c, stored [N, P]), then
+    vᵀ = vᵀ · carry[c] + Σ_t exp(s_t) C_t ⊗ g_t (c's own gradient of its entering state, one
+    [BN, Q]·[Q, BP] dot: Cᵀ straight from the pipelining's shared memory, the weighted g stored there
+    once), from v = dL/dhT (or 0); the last v is dL/dh0. Pipelined as the state pass."""
     bh64, h, g, row0, offs_p, offs_n, mask_p, mask_n, so, mask_s, v = _pass_program(
         dhT_ptr, L, H, G, P, N, BP, BN, HAS_FIRST)
+    v = tl.trans(v)
+    st = offs_n[:, None] * P + offs_p[None, :]  # [BN, BP] offsets into a chunk's [N, P] gradient
+    mask_st = mask_n[:, None] & mask_p[None, :]
     offs_q = tl.arange(0, Q)
     for i in range(NC):
         c = NC - 1 - i
-        tl.store(dout_ptr + (bh64 * NC + c) * P * N + so, v.to(dout_ptr.dtype.element_ty), mask=mask_s)
+        tl.store(dout_ptr + (bh64 * NC + c) * P * N + st, v.to(dout_ptr.dtype.element_ty), mask=mask_st)
         gs, Cm, carry = _entry_tiles(C_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g, c, L, H, G, P, N,
                                      NC, offs_q, offs_p, offs_n, mask_p, mask_n, Q, HAS_SEQ)
-        v = v * carry + tl.dot(tl.trans(gs), Cm, input_precision=PREC)
-    tl.store(dh0_ptr + bh64 * P * N + so, v, mask=mask_s)
+        v = v * carry + tl.dot(tl.trans(Cm), gs, input_precision=PREC)
+    tl.store(dh0_ptr + bh64 * P * N + so, tl.trans(v), mask=mask_s)
 
 
 @triton.jit
@@ -537,10 +542,9 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, bias_ptr, se
     pb = tl.program_id(1)
     xdt = x_ptr.dtype.element_ty
     mask_pn = mask_p[:, None] & mask_n[None, :]
-    so = (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
-    dstate = tl.load(dout_ptr + so, mask=mask_pn, other=0.0)
-    state = tl.load(hin_ptr + (bh64 * NC + c) * P * N + offs_p[:, None] + offs_n[None, :] * P, mask=mask_pn,
-                    other=0.0)  # hin[c] is [N, P]
+    sn = (bh64 * NC + c) * P * N + offs_p[:, None] + offs_n[None, :] * P  # hin[c] and dout[c] are [N, P]
+    dstate = tl.load(dout_ptr + sn, mask=mask_pn, other=0.0)
+    state = tl.load(hin_ptr + sn, mask=mask_pn, other=0.0)
     # ds at the chunk's end: exp(s_end) scales the entering state in the leaving one (the sources'
     # parts in it are added below)
     ds_T = carry * tl.sum(tl.sum(dstate.to(tl.float32) * state.to(tl.float32), axis=1), axis=0)
@@ -677,8 +681,8 @@ def _group_dB(x_ptr, C_ptr, seq_ptr, dtc_ptr, s_ptr, dout_ptr, dcb_ptr, dB_ptr,
         h, bh64, offs_p, mask_p, sT, seq_prev, seq_last, offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _group_head(
             k, b, g, c, j, row0, dtc_ptr, s_ptr, seq_ptr, L, H, G, P, NC, NPB, Q, BT, BP, HAS_SEQ)
         xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
-        dstate = tl.load(dout_ptr + (bh64 * NC + c) * P * N + offs_p[:, None] * N + offs_n[None, :],
-                         mask=mask_p[:, None] & mask_n[None, :], other=0.0).to(xj.dtype)
+        dstate = tl.load(dout_ptr + (bh64 * NC + c) * P * N + offs_p[:, None] + offs_n[None, :] * P,
+                         mask=mask_p[:, None] & mask_n[None, :], other=0.0).to(xj.dtype)  # dout[c] is [N, P]
         w_out = tl.where(seq_j == seq_last, _exp(tl.minimum(sT - s_j, 0.0)), 0.0)
         dB += (w_out * dt_j)[:, None] * tl.dot(xj, dstate, input_precision=PREC)
     offs_q = tl.arange(0, Q)
@@ -793,7 +797,7 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
             dy, z, ypre, x, gy, dz, dD_gate, R, HP, HAS_D=D is not None, BR=GATE_BLOCK[0], BC=GATE_BLOCK[1],
             num_warps=GATE_WARPS)
         dy = gy
-    dout = torch.empty(batch, H, NC, P, N, device=x.device, dtype=hin.dtype)
+    dout = torch.empty(batch, H, NC, N, P, device=x.device, dtype=hin.dtype)  # transposed: see _dstate_pass
     dh0 = torch.empty(batch, H, P, N, **f32)
     BP, BNP, warps, stages = _pass_launch(x, DSTATE_PASS, P, BN)
     _dstate_pass[(batch * H, triton.cdiv(P, BP), triton.cdiv(N, BNP))](
