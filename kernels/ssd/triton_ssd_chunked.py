@@ -97,10 +97,10 @@ CONFIG = {  # kernel: (BT, BP, num_warps, num_stages, maxnreg: ptxas's register 
 # the chunk as loop-invariant int32 offsets (fifteenth run, 2026-11-29, L 16K, one process): rebuilding
 # 64-bit addresses every step made the state pass 601 instructions a thread and step, now 469 (ptxas,
 # sm_90); the state pass went 262 -> 198 µs (forward 0.722 -> 0.657 ms), the dstate pass 299 -> 259 µs.
-# Both passes hold their carry transposed (nineteenth run, L 16K, one process, bit-identical): transposed, the
-# dstate pass took 272 µs at its old choice (64, 64, 4, 2; 255 before) and 199 at the state pass's (64, 64, 4, 3:
-# 217; BN 128 at 4 warps 247-250; 8 warps at BN 64 276); forward+backward 3.387 -> 3.310 ms. Its readers took
-# dout [N, P] faster too: _group_dB 314 -> 221 µs.
+# Both passes hold their carry transposed (nineteenth run, L 16K, one process, bit-identical). Transposed, the
+# dstate pass took 272 µs at its old choice (64, 64, 4, 2), where it took 255 before, and 199 at the state pass's
+# choice, now its own (64, 64, 4, 3: 217; BN 128 at 4 warps: 247-250; BN 64 at 8 warps: 276); forward+backward
+# 3.387 -> 3.310 ms. _group_dB reads dout [N, P] faster too: 314 -> 221 µs.
 STATE_PASS = (64, 128, 8, 3)
 DSTATE_PASS = (64, 128, 8, 3)
 # Both passes with float32 inputs (twice the bytes and registers a tile; ptxas for sm_90: 107-108 registers
