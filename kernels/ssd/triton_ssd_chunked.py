@@ -262,20 +262,22 @@ def _state_weights(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, L, NC, Q: tl.constexp
 @triton.jit
 def _pass_program(first_ptr, L, H, G, P, N, BP: tl.constexpr, BN: tl.constexpr, HAS_FIRST: tl.constexpr):
     """What a (batch·head, P block, N block) program of the serial passes starts from: (batch, head) as
-    int64, head, group, the batch's first token row, the P and N offsets and masks, the [P, N] offsets
-    and mask of its block, and the carried value [BP, BN] float32: first_ptr's block (h0 or dL/dhT)
-    or 0."""
+    int64, head, group, the batch's first token row, the P and N offsets and masks, and, for the carry
+    held transposed [BN, BP], its offsets into a [P, N] state (so: h0, hT, dL/dhT, dL/dh0) and into a
+    chunk's [N, P] one (st: the entering states and their gradients), their mask, and the carry itself,
+    float32: first_ptr's block (h0 or dL/dhT) or 0."""
     bh64 = tl.program_id(0).to(tl.int64)
     h = tl.program_id(0) % H
     offs_p, offs_n = tl.program_id(1) * BP + tl.arange(0, BP), tl.program_id(2) * BN + tl.arange(0, BN)
     mask_p, mask_n = offs_p < P, offs_n < N
-    so = offs_p[:, None] * N + offs_n[None, :]
-    mask_s = mask_p[:, None] & mask_n[None, :]
-    v = tl.zeros((BP, BN), dtype=tl.float32)
+    so = offs_n[:, None] + offs_p[None, :] * N
+    st = offs_n[:, None] * P + offs_p[None, :]
+    mask_s = mask_n[:, None] & mask_p[None, :]
+    v = tl.zeros((BN, BP), dtype=tl.float32)
     if HAS_FIRST:
         v += tl.load(first_ptr + bh64 * P * N + so, mask=mask_s, other=0.0).to(tl.float32)
     return (bh64, h, h // (H // G), (tl.program_id(0) // H).to(tl.int64) * L, offs_p, offs_n, mask_p, mask_n, so,
-            mask_s, v)
+            st, mask_s, v)
 
 
 @triton.jit
@@ -293,21 +295,18 @@ def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, 
     memory and read back by each of the two warp groups. H200, L 16K, one process (eighteenth run):
     the pass 206 -> 189 µs, outputs and gradients bit-identical."""
     _after_previous(PDL)
-    bh64, h, g, row0, offs_p, offs_n, mask_p, mask_n, so, mask_s, state = _pass_program(
+    bh64, h, g, row0, offs_p, offs_n, mask_p, mask_n, so, st, mask_s, state = _pass_program(
         h0_ptr, L, H, G, P, N, BP, BN, HAS_H0)
-    state = tl.trans(state)
-    st = offs_n[:, None] * P + offs_p[None, :]  # [BN, BP] offsets into a chunk's [N, P] entering state
-    mask_st = mask_n[:, None] & mask_p[None, :]
     offs_q = tl.arange(0, Q)
     for c in range(NC):
-        tl.store(hin_ptr + (bh64 * NC + c) * P * N + st, state.to(hin_ptr.dtype.element_ty), mask=mask_st)
+        tl.store(hin_ptr + (bh64 * NC + c) * P * N + st, state.to(hin_ptr.dtype.element_ty), mask=mask_s)
         mask_t = c * Q + offs_q < L
         x = _tile(x_ptr + (row0 + c * Q) * H * P, offs_q, mask_t, H, h, P, offs_p, mask_p)
         Bm = _tile(B_ptr + (row0 + c * Q) * G * N, offs_q, mask_t, G, g, N, offs_n, mask_n)
         w, carry = _state_weights(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, HAS_SEQ)
         xw = (x.to(tl.float32) * w[:, None]).to(x.dtype)
         state = state * carry + tl.dot(tl.trans(Bm), xw, input_precision=PREC)
-    tl.store(hT_ptr + bh64 * P * N + so, tl.trans(state), mask=mask_s)
+    tl.store(hT_ptr + bh64 * P * N + so, state, mask=mask_s)
 
 
 @triton.jit
@@ -333,19 +332,16 @@ def _dstate_pass(C_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, dhT_ptr, dout_ptr, dh0_
     vᵀ = vᵀ · carry[c] + Σ_t exp(s_t) C_t ⊗ g_t (c's own gradient of its entering state, one
     [BN, Q]·[Q, BP] dot: Cᵀ straight from the pipelining's shared memory, the weighted g stored there
     once), from v = dL/dhT (or 0); the last v is dL/dh0. Pipelined as the state pass."""
-    bh64, h, g, row0, offs_p, offs_n, mask_p, mask_n, so, mask_s, v = _pass_program(
+    bh64, h, g, row0, offs_p, offs_n, mask_p, mask_n, so, st, mask_s, v = _pass_program(
         dhT_ptr, L, H, G, P, N, BP, BN, HAS_FIRST)
-    v = tl.trans(v)
-    st = offs_n[:, None] * P + offs_p[None, :]  # [BN, BP] offsets into a chunk's [N, P] gradient
-    mask_st = mask_n[:, None] & mask_p[None, :]
     offs_q = tl.arange(0, Q)
     for i in range(NC):
         c = NC - 1 - i
-        tl.store(dout_ptr + (bh64 * NC + c) * P * N + st, v.to(dout_ptr.dtype.element_ty), mask=mask_st)
+        tl.store(dout_ptr + (bh64 * NC + c) * P * N + st, v.to(dout_ptr.dtype.element_ty), mask=mask_s)
         gs, Cm, carry = _entry_tiles(C_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g, c, L, H, G, P, N,
                                      NC, offs_q, offs_p, offs_n, mask_p, mask_n, Q, HAS_SEQ)
         v = v * carry + tl.dot(tl.trans(Cm), gs, input_precision=PREC)
-    tl.store(dh0_ptr + bh64 * P * N + so, tl.trans(v), mask=mask_s)
+    tl.store(dh0_ptr + bh64 * P * N + so, v, mask=mask_s)
 
 
 @triton.jit
