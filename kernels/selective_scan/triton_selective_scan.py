@@ -493,8 +493,12 @@ def _lanes_tile(u_ptr, dt_ptr, bias_ptr, B_base, C_base, row, d, n, tt, dmask, n
 # resident at once (at ~110, a second wave runs a fifth of the blocks). H200, bf16, L 4096
 # (benchmarks/scan_configs.py, 2026-11-29): the four groups tiles 0.883 / 0.980 / 0.954 / 1.188 ms, the
 # lanes tile 1.93 ms; a [D, N, T] forward (time across threads) took 6.7-12 ms and was removed.
-_FWD_CONFIGS = [("groups", 32, 4, 8, 4, 96), ("groups", 16, 4, 8, 2, 96), ("groups", 32, 4, 8, 4, None),
-                ("groups", 16, 8, 8, 4, 96), ("lanes", 32, 4, 1)]
+# With the time stride specialized (twentieth run, 2026-11-29, one process, L 4096 / 16384): (32, 4, 8, 4, 96)
+# 0.848 / 3.377 ms; NS 2 at 2 warps, (32, 2, 8, 2, None), 0.804 / 3.200 (NPT 8: one shuffle level of y's sum
+# over the states, not two); (64, 2, 8, 4) 0.826 / 3.273 (caps 168 / 128: 0.843 / 0.867 at 4K); two channels a thread
+# (BLOCK_D 64 at NS 4, T 8) 0.893; T 4 at BLOCK_D 64-128 1.9-3.3 ms.
+_FWD_CONFIGS = [("groups", 32, 2, 8, 2, None), ("groups", 32, 4, 8, 4, 96), ("groups", 16, 4, 8, 2, 96),
+                ("groups", 32, 4, 8, 4, None), ("groups", 16, 8, 8, 4, 96), ("lanes", 32, 4, 1)]
 # The groups backward's tiles: (BLOCK_D, NS, T, warps, register cap or None, SUMC: channels summed in the warp
 # before each atomic add of dB and dC), T dividing CK. H200, bf16, B4 L4096 D5120 N16, fwd+bwd (2026-11-29, one
 # process): one warp 7.10-7.12 ms at T 8 (255 registers, 248 bytes of stack) summing all 8 channels, 6.66 summing
