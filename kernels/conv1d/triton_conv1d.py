@@ -14,6 +14,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .._host import cdiv, next_pow2
+
 TAPS = 4
 
 
@@ -154,7 +156,7 @@ def conv_fwd(x, weight, bias, init, silu):
     batch, dim, L = x.shape
     w4, i4 = _pad(weight, init)
     y = torch.empty_like(x)
-    grid = (triton.cdiv(L, _BLOCK_L), triton.cdiv(dim, _BLOCK_D), batch)
+    grid = (cdiv(L, _BLOCK_L), cdiv(dim, _BLOCK_D), batch)
     _conv_fwd_kernel[grid](x, w4, bias if bias is not None else w4, i4 if i4 is not None else x, y, L, dim,
                            BLOCK_D=_BLOCK_D, BLOCK_L=_BLOCK_L, HAS_BIAS=bias is not None,
                            HAS_INIT=init is not None, SILU=silu, num_warps=4)
@@ -165,12 +167,12 @@ def conv_bwd(x, weight, bias, init, dy, silu):
     batch, dim, L = x.shape
     W = weight.shape[1]
     w4, i4 = _pad(weight, init)
-    nblk = triton.cdiv(L + 3, _BLOCK_L)
+    nblk = cdiv(L + 3, _BLOCK_L)
     dx = torch.empty_like(x)
     dinit4 = torch.empty(batch, dim, TAPS - 1, device=x.device, dtype=init.dtype) if init is not None else None
     dw = torch.empty(batch, nblk, dim, TAPS, device=x.device, dtype=torch.float32)
     db = torch.empty(batch, nblk, dim, device=x.device, dtype=torch.float32)
-    _conv_bwd_kernel[(nblk, triton.cdiv(dim, _BLOCK_D), batch)](
+    _conv_bwd_kernel[(nblk, cdiv(dim, _BLOCK_D), batch)](
         x, w4, bias if bias is not None else w4, i4 if i4 is not None else x, dy, dx,
         dinit4 if dinit4 is not None else dx, dw, db, L, dim, nblk,
         BLOCK_D=_BLOCK_D, BLOCK_L=_BLOCK_L, HAS_BIAS=bias is not None, HAS_INIT=init is not None,
@@ -208,9 +210,9 @@ def causal_conv1d_update_triton(x, conv_state, weight, bias, activation):
     batch, dim, S = conv_state.shape
     y = torch.empty_like(x)
     bd = 32
-    _conv_update_kernel[(triton.cdiv(dim, bd), batch)](
+    _conv_update_kernel[(cdiv(dim, bd), batch)](
         x, conv_state, weight.contiguous(), bias if bias is not None else x, y, dim, S, weight.shape[1],
         conv_state.stride(0), conv_state.stride(1), x.stride(0), y.stride(0),
-        BLOCK_D=bd, BLOCK_S=triton.next_power_of_2(S), HAS_BIAS=bias is not None,
+        BLOCK_D=bd, BLOCK_S=next_pow2(S), HAS_BIAS=bias is not None,
         SILU=activation in ("silu", "swish"), OLD_TAP=S < weight.shape[1], num_warps=4)
     return y

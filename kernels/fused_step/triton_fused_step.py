@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._host import cdiv, next_pow2
 from .._pdl import gdc_launch_dependents, gdc_wait, pdl_ok
 
 
@@ -188,9 +189,9 @@ def mamba2_step_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_
     zx = zxbcdt if zxbcdt.stride(-1) == 1 else zxbcdt.contiguous()
     w = conv_weight.contiguous()
     out = torch.empty(batch, E, device=zx.device, dtype=zx.dtype)
-    BN = triton.next_power_of_2(N)
-    BP = block_p or BLOCK_P or min(triton.next_power_of_2(P), max(1, 2048 // BN))
-    npb = triton.cdiv(P, BP)
+    BN = next_pow2(N)
+    BP = block_p or BLOCK_P or min(next_pow2(P), max(1, 2048 // BN))
+    npb = cdiv(P, BP)
     norm = gate in ("norm", "pre_norm")
     hbuf = torch.empty(batch, E, device=zx.device, dtype=torch.float32) if norm else out
     part = torch.empty(batch * H * npb, device=zx.device, dtype=torch.float32) if norm else out
@@ -203,8 +204,8 @@ def mamba2_step_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_
         E, conv_dim, H, G, P, N, float(dt_floor), float(norm_eps),
         K=K1 + 1, HAS_CB=conv_bias is not None, HAS_D=D is not None, HAS_DTB=dt_bias is not None,
         FLOOR=bool(dt_floor), GATE=gate is not None, NORM=norm, TAIL_NORM=gate == "norm", PDL=pdl,
-        BP=BP, BN=BN, BPART=max(2, triton.next_power_of_2(H // G * npb)),
-        BNORM=min(1024, triton.next_power_of_2(E // G)), num_warps=WARPS, **({"launch_pdl": True} if pdl else {}))
+        BP=BP, BN=BN, BPART=max(2, next_pow2(H // G * npb)),
+        BNORM=min(1024, next_pow2(E // G)), num_warps=WARPS, **({"launch_pdl": True} if pdl else {}))
     return hbuf if gate == "pre_norm" else out
 
 
@@ -226,8 +227,8 @@ def conv_step_triton(x, conv_state, weight, bias):
     batch, D = x.shape
     x = x if x.stride(-1) == 1 else x.contiguous()
     y = torch.empty(batch, D, device=x.device, dtype=x.dtype)
-    BLOCK = min(1024, triton.next_power_of_2(D))
-    _conv_step_kernel[(batch, triton.cdiv(D, BLOCK))](
+    BLOCK = min(1024, next_pow2(D))
+    _conv_step_kernel[(batch, cdiv(D, BLOCK))](
         x, conv_state, weight.contiguous(), bias, y, x.stride(0), *conv_state.stride(), D,
         K=conv_state.shape[2] + 1, HAS_CB=bias is not None, BLOCK=BLOCK, num_warps=4)
     return y
@@ -296,9 +297,9 @@ def mamba_ssm_step_triton(state, u, x_dbl, dt_proj_weight, A_log, dt_bias, D, z,
     R = dt_proj_weight.shape[1]
     u, x_dbl, z = (t if t is None or t.stride(-1) == 1 else t.contiguous() for t in (u, x_dbl, z))
     y = torch.empty(batch, E, device=u.device, dtype=u.dtype)
-    BR, BN = triton.next_power_of_2(R), triton.next_power_of_2(N)
-    BE = max(16, min(128, 4096 // max(BR, BN), triton.next_power_of_2(E)))
-    _mamba_ssm_kernel[(batch, triton.cdiv(E, BE))](
+    BR, BN = next_pow2(R), next_pow2(N)
+    BE = max(16, min(128, 4096 // max(BR, BN), next_pow2(E)))
+    _mamba_ssm_kernel[(batch, cdiv(E, BE))](
         u, z, x_dbl, dt_proj_weight.contiguous(), dt_bias, dt_norm_weight, b_norm_weight, c_norm_weight,
         A_log.contiguous(), D, state, y,
         u.stride(0), 0 if z is None else z.stride(0), x_dbl.stride(0), *state.stride(), E, R, N,

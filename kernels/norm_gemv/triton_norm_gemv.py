@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._host import cdiv, next_pow2
 from .._pdl import gdc_launch_dependents, gdc_wait, pdl_ok
 
 # (rows per program, K block, warps), the fastest of 60 on the H200 (benchmarks/kernels_norm_gemv.py,
@@ -87,7 +88,7 @@ def _rms_gemv_kernel(x_ptr, res_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, h_ptr, K, R, K
 def _block_k(K: int, groups: int, cap: int) -> int:
     """The K block: a power of two up to cap; with several groups the largest that divides K / groups."""
     if groups == 1:
-        return min(cap, triton.next_power_of_2(K))
+        return min(cap, next_pow2(K))
     kg = K // groups
     return min(cap, kg & -kg)
 
@@ -102,9 +103,9 @@ def rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias, block
     y = torch.empty(batch, R, device=x.device, dtype=weight.dtype)
     BR = block_r or BLOCK_R
     pdl = pdl_ok(x, pdl)
-    _rms_gemv_kernel[(batch, triton.cdiv(R, BR))](
+    _rms_gemv_kernel[(batch, cdiv(R, BR))](
         x, res, norm_weight, weight.contiguous(), bias, y, h, K, R, K // groups, float(eps),
         HAS_RES=res is not None, HAS_BIAS=bias is not None, PDL=pdl, BR=BR, BK=_block_k(K, groups, block_k or _block_k_cap(K)),
-        BG=max(1, triton.next_power_of_2(groups)), num_warps=num_warps or WARPS,
+        BG=max(1, next_pow2(groups)), num_warps=num_warps or WARPS,
         **({"launch_pdl": True} if pdl else {}))
     return y, h

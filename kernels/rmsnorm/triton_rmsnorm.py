@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._host import next_pow2
+
 
 @triton.jit
 def _add_rmsnorm_fwd(X, R, W, OUT, H, RSTD, N, eps, stride_x, stride_r, stride_o, stride_h,
@@ -40,7 +42,7 @@ def add_rmsnorm_fwd(x, residual, weight, eps):
     h = torch.empty_like(x2)
     out = torch.empty(rows, N, device=x.device, dtype=torch.promote_types(x.dtype, weight.dtype))
     rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
-    BLOCK = triton.next_power_of_2(N)
+    BLOCK = next_pow2(N)
     if rows:
         _add_rmsnorm_fwd[(rows,)](x2, r2, weight.contiguous(), out, h, rstd, N, eps, x2.stride(0), r2.stride(0),
                                   out.stride(0), h.stride(0), HAS_R=residual is not None, BLOCK=BLOCK,

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import interpreting, pick_impl, time_or_inf
+from .._host import cdiv, next_pow2
 
 LOG2E = 1.4426950408889634
 # Checkpoint interval = backward chunk; the interpreter runs small tiles so CI stays fast.
@@ -552,18 +553,18 @@ def ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck):
     N, cpg = A.shape[1], dim // B4.shape[1]
     y = torch.empty_like(u)
     hT = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
-    nck = triton.cdiv(L, CK)
+    nck = cdiv(L, CK)
     ck = torch.empty(batch, dim, nck, N, device=u.device, dtype=torch.float32) if store_ck else hT
     flags = _flags(D, z, bias, softplus)
 
     def launch(cfg):
         if cfg[0] == "groups":
             _, bd, ns, T, nw, maxnreg = cfg
-            block_n = triton.next_power_of_2(N)
+            block_n = next_pow2(N)
             ns = min(ns, block_n)
             bd = _block_d(bd, cpg)
             compiled = not interpreting()
-            _ss_fwd_groups_kernel[(triton.cdiv(dim, bd), batch)](
+            _ss_fwd_groups_kernel[(cdiv(dim, bd), batch)](
                 u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), _or(h0, u), y, hT, ck,
                 L, dim, N, cpg, nck, 1, *B4.stride(), *C4.stride(),
                 BLOCK_D=bd, NS=ns, NPT=block_n // ns, T=T, CKI=CK,
@@ -572,10 +573,10 @@ def ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck):
             return
         _, bd, T, nw = cfg
         bd = _block_d(bd, cpg)
-        _ss_fwd_lanes_kernel[(triton.cdiv(dim, bd), batch)](
+        _ss_fwd_lanes_kernel[(cdiv(dim, bd), batch)](
             u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), _or(h0, u), y, hT, ck,
             L, dim, N, cpg, nck, 1, *B4.stride(), *C4.stride(),
-            BLOCK_D=bd, BLOCK_N=triton.next_power_of_2(N), T=T, CKI=CK,
+            BLOCK_D=bd, BLOCK_N=next_pow2(N), T=T, CKI=CK,
             HAS_H0=h0 is not None, STORE_CK=store_ck, num_warps=nw, **flags)
 
     key = ("fwd", batch, dim, L, N, cpg, u.dtype, tuple(flags.values()), h0 is not None, store_ck)
@@ -613,7 +614,7 @@ def ss_bwd_groups(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
     out = _bwd_outputs(u, delta, A, B4, z)
     du, ddt, dz, dB, dC, dA, dD, dbias, dh0 = out
     flags = _flags(D, z, bias, softplus)
-    block_n = triton.next_power_of_2(N)
+    block_n = next_pow2(N)
 
     def launch(cfg):
         bd, ns, T, nw, maxnreg, sumc = cfg
@@ -621,7 +622,7 @@ def ss_bwd_groups(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
         bd = _block_d(bd, cpg)
         compiled = not interpreting()
         scratch = torch.empty(batch, dim, CK // T, N, device=u.device, dtype=torch.float32)
-        _ss_bwd_groups_kernel[(triton.cdiv(dim, bd), batch)](
+        _ss_bwd_groups_kernel[(cdiv(dim, bd), batch)](
             u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), ck, dy, _or(dhT, dA),
             scratch, du, ddt, _or(dz, du), dA, dB, dC, dD, dbias, dh0,
             L, dim, N, cpg, ck.shape[2], 1, *B4.stride(), *C4.stride(), dB.stride(0), dB.stride(1),
@@ -643,12 +644,12 @@ def ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
     def launch(cfg):
         bd, nw = cfg
         bd = _block_d(bd, cpg)
-        _ss_bwd_kernel[(triton.cdiv(dim, bd), batch)](
+        _ss_bwd_kernel[(cdiv(dim, bd), batch)](
             u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), ck, dy, _or(dhT, dA),
             du, ddt, _or(dz, du), dA, dB, dC, dD, dbias, dh0,
             L, dim, N, cpg, ck.shape[2], *B4.stride(), *C4.stride(),
             dB.stride(0), dB.stride(1), dC.stride(0), dC.stride(1),
-            BLOCK_D=bd, BLOCK_N=triton.next_power_of_2(N), T=CK, HAS_DHT=dhT is not None,
+            BLOCK_D=bd, BLOCK_N=next_pow2(N), T=CK, HAS_DHT=dhT is not None,
             num_warps=nw, **flags)
 
     key = ("bwd", batch, dim, L, N, cpg, u.dtype, tuple(flags.values()), dhT is not None)
@@ -751,9 +752,9 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
     y = torch.empty_like(x)
     Bc, Cc = B.contiguous(), C.contiguous()
     bd = 32 if N <= 32 else 8
-    _ss_step_kernel[(triton.cdiv(dim, bd), batch)](
+    _ss_step_kernel[(cdiv(dim, bd), batch)](
         state, x, dt, A.contiguous(), Bc, Cc, _or(D, x), _or(z, x), _or(dt_bias, x), y,
         dim, N, dim // B.shape[1], state.stride(0), state.stride(1), x.stride(0), dt.stride(0),
         z.stride(0) if z is not None else 0, y.stride(0), Bc.stride(0), Bc.stride(1), Cc.stride(0), Cc.stride(1),
-        BLOCK_D=bd, BLOCK_N=triton.next_power_of_2(N), num_warps=4, **_flags(D, z, dt_bias, dt_softplus))
+        BLOCK_D=bd, BLOCK_N=next_pow2(N), num_warps=4, **_flags(D, z, dt_bias, dt_softplus))
     return y

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import interpreting
+from .._host import cdiv, next_pow2
 from .triton_selective_scan import CK, _block_d, _flags, _lanes_tile, _lin_combine, _or, _pick
 
 # ~ resident threads of an H200 (132 SMs x 2048): segments are added until B·D·S reaches it
@@ -40,9 +41,9 @@ _CARRY_BLOCK = 256
 def segment_length(batch: int, dim: int, L: int) -> int:
     """Steps per segment: a multiple of CK, short enough that batch·dim·S threads fill the chip
     (under the interpreter: CK, so test sizes run several segments), at most MAX_SEGMENTS segments."""
-    want = min(max(1, triton.cdiv(FILL_THREADS, batch * dim)), MAX_SEGMENTS)
-    seg = triton.cdiv(triton.cdiv(L, want), CK) * CK
-    return max(seg, triton.cdiv(triton.cdiv(L, MAX_SEGMENTS), CK) * CK)
+    want = min(max(1, cdiv(FILL_THREADS, batch * dim)), MAX_SEGMENTS)
+    seg = cdiv(cdiv(L, want), CK) * CK
+    return max(seg, cdiv(cdiv(L, MAX_SEGMENTS), CK) * CK)
 
 
 @triton.jit
@@ -156,36 +157,36 @@ def ss_fwd_segments(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, seg
     N, cpg = A.shape[1], dim // B4.shape[1]
     seg = seg or segment_length(batch, dim, L)
     assert seg % CK == 0, f"segment length {seg} must be a multiple of CK={CK}"
-    nseg = triton.cdiv(L, seg)
+    nseg = cdiv(L, seg)
     A = A.contiguous()
     y = torch.empty_like(u)
     hT = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
     loc = torch.empty(batch, nseg, dim, N, device=u.device, dtype=torch.float32)  # becomes the entering states
     dts = torch.empty(batch, nseg, dim, device=u.device, dtype=torch.float32)
-    nck = triton.cdiv(L, CK)
+    nck = cdiv(L, CK)
     ck = torch.empty(batch, dim, nck, N, device=u.device, dtype=torch.float32) if store_ck else hT
     flags = _flags(D, z, bias, softplus)
-    BN = triton.next_power_of_2(N)
+    BN = next_pow2(N)
     configs = [_INTERP_SEG] if interpreting() else _SEG_CONFIGS
     key = (batch, dim, L, N, cpg, u.dtype, tuple(flags.values()), seg)
 
     def local(cfg):
         bd, T, nw = cfg
         bd = _block_d(bd, cpg)
-        _seg_local_kernel[(triton.cdiv(dim, bd), batch, nseg)](
+        _seg_local_kernel[(cdiv(dim, bd), batch, nseg)](
             u, delta, A, B4, C4, _or(bias, u), loc, dts, L, dim, N, cpg, nseg, seg, 1, *B4.stride(), *C4.stride(),
             BLOCK_D=bd, BLOCK_N=BN, T=T, HAS_BIAS=flags["HAS_BIAS"], SOFTPLUS=flags["SOFTPLUS"], num_warps=nw)
 
     def out(cfg):
         bd, T, nw = cfg
         bd = _block_d(bd, cpg)
-        _seg_out_kernel[(triton.cdiv(dim, bd), batch, nseg)](
+        _seg_out_kernel[(cdiv(dim, bd), batch, nseg)](
             u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), loc, y, ck,
             L, dim, N, cpg, nseg, seg, nck, 1, *B4.stride(), *C4.stride(),
             BLOCK_D=bd, BLOCK_N=BN, T=T, CKI=CK, STORE_CK=store_ck, num_warps=nw, **flags)
 
     local(_pick(("seg_local",) + key, configs, local))
-    _seg_carry_kernel[(triton.cdiv(dim * N, _CARRY_BLOCK), batch)](
+    _seg_carry_kernel[(cdiv(dim * N, _CARRY_BLOCK), batch)](
         loc, dts, A, _or(h0, hT), hT, dim, N, nseg, BLOCK=_CARRY_BLOCK, HAS_H0=h0 is not None, num_warps=4)
     out(_pick(("seg_out",) + key + (store_ck,), configs, out))
     return y, hT, ck

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._host import cdiv, next_pow2
+
 
 @triton.jit
 def _skip_D(D_ptr, h, P, offs_p, mask_p, HAS_D: tl.constexpr, D_PER_P: tl.constexpr):
@@ -313,7 +315,7 @@ def _ssd_step_kernel(
 
 
 def _pow2(n: int, lo: int = 16) -> int:
-    return max(lo, triton.next_power_of_2(n))
+    return max(lo, next_pow2(n))
 
 
 def _flags(D, z, dt_bias, dt_softplus):
@@ -343,14 +345,14 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward
     batch, L, H, P = x.shape
     G, N = B.shape[2:]
     Q = pick_chunk(L, chunk)
-    NC = triton.cdiv(L, Q)
+    NC = cdiv(L, Q)
     BN = _pow2(N)
     BP = block_p or min(_pow2(P), FWD_BLOCK_P)
     y = torch.empty_like(x)
     hT = torch.empty(batch, H, P, N, device=x.device, dtype=torch.float32)
     states = torch.empty(batch, H, NC, P, N, device=x.device, dtype=torch.float32) if for_backward else hT
     ypre = torch.empty_like(x) if (for_backward and z is not None) else y
-    grid = (batch * H, triton.cdiv(P, BP))
+    grid = (batch * H, cdiv(P, BP))
     _ssd_fwd_kernel[grid](
         x, dt, A, B, C, D, z, dt_bias, h0, seq, y, ypre, states, hT,
         L, H, G, P, N, NC, **_flags(D, z, dt_bias, dt_softplus),
@@ -367,11 +369,11 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, states, yp
     batch, L, H, P = x.shape
     G, N = B.shape[2:]
     Q = pick_chunk(L, chunk)
-    NC = triton.cdiv(L, Q)
+    NC = cdiv(L, Q)
     dx = torch.empty_like(x)
     dz = torch.empty_like(z) if z is not None else None
     BP = block_p or min(_pow2(P), BWD_BLOCK_P)
-    NPB = triton.cdiv(P, BP)
+    NPB = cdiv(P, BP)
     f32 = dict(device=x.device, dtype=torch.float32)
     ddt = torch.empty(NPB, batch, L, H, **f32)
     # per-head dB, dC parts in the input's precision when 16-bit: they are summed in fp32 below
@@ -444,9 +446,9 @@ def ssd_step_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
     G = B.shape[1]
     x, dt, B, C, z = map(_c, (x, dt, B, C, z))
     y = torch.empty_like(x)
-    BN = triton.next_power_of_2(N)
-    BP = min(triton.next_power_of_2(P), max(1, 2048 // BN))
-    _ssd_step_kernel[(batch * H, triton.cdiv(P, BP))](
+    BN = next_pow2(N)
+    BP = min(next_pow2(P), max(1, 2048 // BN))
+    _ssd_step_kernel[(batch * H, cdiv(P, BP))](
         state, x, dt, A, B, C, D, z, dt_bias, y, *state.stride(), H, G, P, N,
         **_flags(D, z, dt_bias, dt_softplus), BP=BP, BN=BN, num_warps=4)
     return y

@@ -51,6 +51,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import interpreting
+from .._host import cdiv
 from .._pdl import gdc_launch_dependents, gdc_wait, pdl_ok
 from .triton_ssd import _finish_y, _flags, _pow2, _prec, _skip_D, scan_function
 
@@ -125,7 +126,7 @@ def _launch(kernel: str, x, Q: int, P: int) -> dict:
     small = interpreting() and x.device.type != "cuda"
     BP = min(_pow2(P), bp)
     cap = {} if maxnreg is None or small else dict(maxnreg=maxnreg)
-    return dict(BT=min(INTERPRET_SUB if small else bt, Q), BP=BP, NPB=triton.cdiv(P, BP), num_warps=warps,
+    return dict(BT=min(INTERPRET_SUB if small else bt, Q), BP=BP, NPB=cdiv(P, BP), num_warps=warps,
                 num_stages=stages, **cap)
 
 
@@ -708,7 +709,7 @@ def _sizes(x, B, chunk):
     if Q * max(H * P, G * N) >= 2**31:  # the offsets within a chunk are int32
         raise ValueError(f"x: [H, P] = [{H}, {P}] (B: [G, N] = [{G}, {N}]) over a chunk of {Q} tokens passes "
                          f"2^31 elements, past the chunked kernels' int32 offsets within a chunk")
-    return batch, L, H, P, G, N, Q, triton.cdiv(L, Q), _pow2(N)
+    return batch, L, H, P, G, N, Q, cdiv(L, Q), _pow2(N)
 
 
 def _run(kernel_fn, name: str, x, programs: int, *args, **kw):
@@ -760,7 +761,7 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     sc = torch.empty(batch, NC, G, Q, **f32) if scaled else None
     cb32 = torch.empty(batch, NC, G, Q, Q, **f32) if for_backward or not scaled else None
     BH, cbt = min(_pow2(H, 1), BLOCK_H), _launch("scan", x, Q, P)["BT"]
-    NHB = triton.cdiv(H, BH)
+    NHB = cdiv(H, BH)
     _chunk_prep[(batch * NC, NHB + G * (Q // cbt))](
         dt, A, dt_bias, dtc, s, B, C, cb16, sc, cb32, L, H, G, N, NC, NHB, HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), Q=Q, BH=BH, BT=cbt, BN=BN, PREC=_prec(x), STORE16=scaled,
@@ -769,7 +770,7 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     hT = torch.empty(batch, H, P, N, **f32)
     hin = torch.empty(batch, H, NC, N, P, device=x.device, dtype=sdt)  # transposed: see _state_pass
     BP, BNP, warps, stages = _pass_launch(x, STATE_PASS, P, BN)
-    _state_pass[(batch * H, triton.cdiv(P, BP), triton.cdiv(N, BNP))](
+    _state_pass[(batch * H, cdiv(P, BP), cdiv(N, BNP))](
         x, B, seq, dtc, s, h0, hin, hT, L, H, G, P, N, NC, HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
         Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages, **chain)
     y = torch.empty_like(x)
@@ -792,15 +793,15 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
         gy, dz = torch.empty_like(dy), torch.empty_like(z)
         R, HP = batch * L, H * P
         if D is not None:
-            dD_gate = torch.empty(triton.cdiv(R, GATE_BLOCK[0]), HP, **f32)
-        _gate_grads[(triton.cdiv(R, GATE_BLOCK[0]), triton.cdiv(HP, GATE_BLOCK[1]))](
+            dD_gate = torch.empty(cdiv(R, GATE_BLOCK[0]), HP, **f32)
+        _gate_grads[(cdiv(R, GATE_BLOCK[0]), cdiv(HP, GATE_BLOCK[1]))](
             dy, z, ypre, x, gy, dz, dD_gate, R, HP, HAS_D=D is not None, BR=GATE_BLOCK[0], BC=GATE_BLOCK[1],
             num_warps=GATE_WARPS)
         dy = gy
     dout = torch.empty(batch, H, NC, N, P, device=x.device, dtype=hin.dtype)  # transposed: see _dstate_pass
     dh0 = torch.empty(batch, H, P, N, **f32)
     BP, BNP, warps, stages = _pass_launch(x, DSTATE_PASS, P, BN)
-    _dstate_pass[(batch * H, triton.cdiv(P, BP), triton.cdiv(N, BNP))](
+    _dstate_pass[(batch * H, cdiv(P, BP), cdiv(N, BNP))](
         C, seq, dtc, s, dy, dhT, dout, dh0, L, H, G, P, N, NC, HAS_FIRST=dhT is not None, HAS_SEQ=seq is not None,
         Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages)
     NPB = _launch("grads", x, Q, P)["NPB"]

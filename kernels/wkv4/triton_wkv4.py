@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._host import cdiv, next_pow2
+
 NEG = -1e38
 
 
@@ -137,11 +139,11 @@ def _bwd_rev_sweep(u, w, k, v, gy, s_in, s_out, g_s, y32, lnd, gk, gv, gu_part, 
 
 
 def _grid(B, C, BC):
-    return (triton.cdiv(C, BC), B)
+    return (cdiv(C, BC), B)
 
 
 def _block(C):
-    return min(128, max(16, triton.next_power_of_2(C)))
+    return min(128, max(16, next_pow2(C)))
 
 
 class WKV4Function(torch.autograd.Function):

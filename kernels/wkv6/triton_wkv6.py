@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import interpreting
+from .._host import cdiv, next_pow2
 
 BT = 16
 LOG2E = 1.4426950408889634
@@ -250,7 +251,7 @@ def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, s
 
 
 def _pow2(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
+    return max(16, next_pow2(n))
 
 
 def _prec(x: torch.Tensor) -> str:
@@ -280,7 +281,7 @@ def segments_fwd(r, k, v, w, u, scale, s_in, s_in_stride, seg, s_out=None, bv=No
     BK = _pow2(K)
     BV = min(_pow2(V), bv or 64)  # H200, serial, K=V=64 bf16: BV 64 1.29 ms, 32 2.17 ms, 16 4.14 ms (T=4096, B=4, H=32)
     o = torch.empty_like(v, dtype=r.dtype)
-    grid = (max(1, triton.cdiv(T, seg)), B * H, triton.cdiv(V, BV))
+    grid = (max(1, cdiv(T, seg)), B * H, cdiv(V, BV))
     _fwd_kernel[grid](r, k, v, w, u, s_in, o, s_out, scale, T, seg, s_in_stride, H, K, V, BK, BV, BT,
                       s_in is not None, s_out is not None, _prec(r), num_warps=num_warps or _num_warps(BK, BV))
     return o
@@ -297,9 +298,9 @@ def segments_bwd(r, k, v, w, u, scale, do, s_in, s_in_stride, s_exit, ds_in, exi
     V = v.shape[-1]
     BKF, BVF = _pow2(K), _pow2(V)
     BK = min(BKF, 32)
-    nseg = max(1, triton.cdiv(T, seg))
+    nseg = max(1, cdiv(T, seg))
     dr32 = torch.empty(B, T, H, K, dtype=torch.float32, device=r.device)
-    _bwd_dr_kernel[(nseg, B * H, triton.cdiv(K, BK))](k, v, w, u, s_in, do, dr32, scale, T, seg, s_in_stride, H, K,
+    _bwd_dr_kernel[(nseg, B * H, cdiv(K, BK))](k, v, w, u, s_in, do, dr32, scale, T, seg, s_in_stride, H, K,
                                                       V, BK, BVF, BT, s_in is not None, _prec_bwd(r), _prec(r),
                                                       num_warps=_num_warps(BK, BVF))
     dk, dw, dv = torch.empty_like(k), torch.empty_like(w), torch.empty_like(v)

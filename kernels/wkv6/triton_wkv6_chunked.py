@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import interpreting
+from .._host import cdiv
 from .triton_wkv6 import _dot, _pow2, _prec, _prec_bwd, _rows, _tile, segments_bwd, segments_fwd
 
 CHUNK = 64
@@ -93,13 +94,13 @@ def _states_bwd(r, w, do, dht, gs, dh0, scale, T, C: tl.constexpr, H: tl.constex
 
 def _grid(K, V, BH):
     BK, BV = min(_pow2(K), BLOCK_K), min(_pow2(V), BLOCK_V)
-    return (triton.cdiv(K, BK), triton.cdiv(V, BV), BH), BK, BV
+    return (cdiv(K, BK), cdiv(V, BV), BH), BK, BV
 
 
 def segment_states(k, v, w, h0, store_ht, chunk=CHUNK):
     """([B·H·(N+1), K, V] float32 states entering each segment, then the final one; ht or None)."""
     B, T, H, K = k.shape
-    V, N = v.shape[-1], max(1, triton.cdiv(T, chunk))
+    V, N = v.shape[-1], max(1, cdiv(T, chunk))
     hs = torch.empty(B * H * (N + 1), K, V, dtype=torch.float32, device=k.device)
     ht = torch.empty(B, H, K, V, dtype=torch.float32, device=k.device) if store_ht else None
     grid, BK, BV = _grid(K, V, B * H)
@@ -111,7 +112,7 @@ def segment_states(k, v, w, h0, store_ht, chunk=CHUNK):
 def wkv6_fwd(r, k, v, w, u, scale, h0, store_ht, chunk=CHUNK):
     """Forward; returns (o `[B, T, H, V]` in r's dtype, ht `[B, H, K, V]` float32 or None)."""
     B, T, H, K = r.shape
-    N = max(1, triton.cdiv(T, chunk))
+    N = max(1, cdiv(T, chunk))
     hs, ht = segment_states(k, v, w, h0, store_ht, chunk)
     return segments_fwd(r, k, v, w, u, scale, hs, N + 1, chunk, num_warps=4), ht
 
@@ -119,7 +120,7 @@ def wkv6_fwd(r, k, v, w, u, scale, h0, store_ht, chunk=CHUNK):
 def wkv6_bwd(r, k, v, w, u, scale, h0, do, dht, chunk=CHUNK):
     """Backward, recomputing the boundary states; returns (dr, dk, dv, dw, du, dh0 or None)."""
     B, T, H, K = r.shape
-    V, N = v.shape[-1], max(1, triton.cdiv(T, chunk))
+    V, N = v.shape[-1], max(1, cdiv(T, chunk))
     hs, _ = segment_states(k, v, w, h0, False, chunk)
     gs = torch.empty(B * H * N, K, V, dtype=torch.float32, device=r.device)
     dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=r.device) if h0 is not None else None

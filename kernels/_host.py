@@ -1,0 +1,17 @@
+"""Integer helpers for the launchers, in plain Python.
+
+`triton.cdiv` and `triton.next_power_of_2` are Triton constexpr functions: called from the host they first
+unwrap their arguments through Triton's machinery, a few microseconds a call, and a launcher makes several
+(the chunked SSD forward made 13 a call). These compute the same values directly.
+"""
+from __future__ import annotations
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for b > 0, as triton.cdiv."""
+    return (a + b - 1) // b
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (0 for n <= 0), as triton.next_power_of_2."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
