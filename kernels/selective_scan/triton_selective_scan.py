@@ -116,7 +116,7 @@ def _ss_fwd_lanes_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
     tl.store(hT_ptr + state_off, h, mask=nd_mask)
 
 
-@triton.jit(do_not_specialize=["sB_l", "sC_l"])  # s_l = 1 specialized: see GROUPS_TIME_STRIDE
+@triton.jit(do_not_specialize=["sB_l", "sC_l"])  # s_l = 1 specialized: see the launchers' notes
 def _ss_fwd_groups_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
                           y_ptr, hT_ptr, ck_ptr,
                           L, DIM, N, CPG, NCK, s_l,
@@ -313,7 +313,7 @@ def _ss_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
 
 
 
-@triton.jit(do_not_specialize=["sB_l", "sC_l"])  # s_l = 1 specialized: see GROUPS_TIME_STRIDE
+@triton.jit(do_not_specialize=["sB_l", "sC_l"])  # s_l = 1 specialized: see the launchers' notes
 def _ss_bwd_groups_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr,
                           scr_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
                           L, DIM, N, CPG, NCK, s_l,
@@ -494,10 +494,18 @@ def _lanes_tile(u_ptr, dt_ptr, bias_ptr, B_base, C_base, row, d, n, tt, dmask, n
 # resident at once (at ~110, a second wave runs a fifth of the blocks). H200, bf16, L 4096
 # (benchmarks/scan_configs.py, 2026-11-29): the four groups tiles 0.883 / 0.980 / 0.954 / 1.188 ms, the
 # lanes tile 1.93 ms; a [D, N, T] forward (time across threads) took 6.7-12 ms and was removed.
-# With the time stride specialized (twentieth run, 2026-11-29, one process, L 4096 / 16384): (32, 4, 8, 4, 96)
-# 0.848 / 3.377 ms; NS 2 at 2 warps, (32, 2, 8, 2, None), 0.804 / 3.200 (NPT 8: one shuffle level of y's sum
-# over the states, not two); (64, 2, 8, 4) 0.826 / 3.273 (caps 168 / 128: 0.843 / 0.867 at 4K); two channels a thread
-# (BLOCK_D 64 at NS 4, T 8) 0.893; T 4 at BLOCK_D 64-128 1.9-3.3 ms.
+# The time stride: the groups kernels take s_l (always 1) as a specialized value, where the lanes kernel keeps
+# it a runtime one. Knowing it, the compiler loads u, delta, z (and stores y) a warp on 8 steps of 8 channels,
+# 2 contiguous steps a thread; with a runtime stride the 32 lanes of a warp went across 32 channels, 2 bytes
+# each from its own row (Triton's layouts, read offline). H200, bf16, B4 D5120 N16, one process, outputs
+# bit-identical: forward 0.883 -> 0.848 ms at L 4096 and 3.507 -> 3.367 at 16K; forward+backward at L 4096
+# with each backward tile fixed 6.99 -> 6.64 ms (8, 4, 8, 1), 7.45 -> 7.36 (8, 4, 4, 1), 7.06 -> 7.00
+# (4, 8, 8, 1). The forward stays bound by the L1 data pipe (88% busy per Nsight Compute, 72% of its
+# wavefronts shared memory: the layout conversions of B, C, delta and delta u into the tile).
+# The tiles again with the stride specialized (twentieth run, 2026-11-29, one process, L 4096 / 16384):
+# (32, 4, 8, 4, 96) 0.848 / 3.377 ms; NS 2 at 2 warps, (32, 2, 8, 2, None), 0.804 / 3.200 (NPT 8: one
+# shuffle level of y's sum over the states, not two); (64, 2, 8, 4) 0.826 / 3.273 (caps 168 / 128: 0.843 /
+# 0.867 at 4K); two channels a thread (BLOCK_D 64 at NS 4, T 8) 0.893; T 4 at BLOCK_D 64-128 1.9-3.3 ms.
 _FWD_CONFIGS = [("groups", 32, 2, 8, 2, None), ("groups", 32, 4, 8, 4, 96), ("groups", 16, 4, 8, 2, 96),
                 ("groups", 32, 4, 8, 4, None), ("groups", 16, 8, 8, 4, 96), ("lanes", 32, 4, 1)]
 # The groups backward's tiles: (BLOCK_D, NS, T, warps, register cap or None, SUMC: channels summed in the warp
@@ -508,15 +516,6 @@ _FWD_CONFIGS = [("groups", 32, 2, 8, 2, None), ("groups", 32, 4, 8, 4, 96), ("gr
 # registers 9.2-16.3 (spills); T 2 12.2. The threads backward: 16.8.
 _BWD_GROUPS_CONFIGS = [(8, 4, 8, 1, None, 4), (8, 4, 4, 1, None, 8), (4, 8, 8, 1, None, 4)]
 _BWD_THREADS_CONFIGS = [(2, 2), (4, 4), (8, 8)]  # the threads backward: (BLOCK_D, warps)
-# GROUPS_TIME_STRIDE: the groups kernels take the time stride s_l (always 1) as a specialized value, where the
-# lanes kernel keeps it a runtime one. Knowing it, the compiler loads u, delta, z (and stores y) a warp on 8
-# steps of 8 channels, 2 contiguous steps a thread; with a runtime stride the 32 lanes of a warp went across
-# 32 channels, 2 bytes each from its own row (Triton's layouts, read offline). H200, bf16, B4 D5120 N16, one
-# process, outputs bit-identical: forward 0.883 -> 0.848 ms at L 4096 and 3.507 -> 3.367 at 16K;
-# forward+backward at L 4096 with each backward tile fixed 6.99 -> 6.64 ms (8, 4, 8, 1), 7.45 -> 7.36 (8, 4, 4, 1),
-# 7.06 -> 7.00 (4, 8, 8, 1). The forward stays bound by the L1 data pipe (88% busy per
-# Nsight Compute, 72% of its wavefronts shared memory: the layout conversions of B, C, delta and delta u into
-# the [N/NS, T, BLOCK_D, NS] tile).
 _INTERP_FWD, _INTERP_BWD_GROUPS, _INTERP_BWD_THREADS = ("groups", 2, 2, 4, 1, None), (2, 2, 4, 1, None, 1), (2, 1)
 _best: dict = {}
 FWD_OVERRIDE = None  # a forward tile to use instead of timing (tests run both kernels with it)
