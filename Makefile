@@ -5,6 +5,7 @@
 #   make sm90-check  the kernel tests alone, each launch then compiled for sm_90 (no GPU needed)
 #   make wheel   build the wheel and check it from a fresh venv
 PY ?= python3
+# --no-cache-dir: downloaded wheels go into the venv only, not also into pip's cache (CI disks are small)
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
@@ -17,8 +18,8 @@ setup: $(VENV)/.ready
 
 $(VENV)/.ready: pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-cache-dir "$(TORCH)"
+	$(BIN)/pip install -q --no-cache-dir -e ".[test]"
 	touch $@
 
 demo: setup
@@ -51,8 +52,8 @@ wheel: setup
 	rm -rf dist build $(CURDIR)/.venv-wheel
 	$(BIN)/pip wheel -q --no-deps -w dist .
 	$(PY) -m venv $(CURDIR)/.venv-wheel
-	$(CURDIR)/.venv-wheel/bin/pip install -q "$(TORCH)"
-	$(CURDIR)/.venv-wheel/bin/pip install -q dist/archdsl-*.whl
+	$(CURDIR)/.venv-wheel/bin/pip install -q --no-cache-dir "$(TORCH)"
+	$(CURDIR)/.venv-wheel/bin/pip install -q --no-cache-dir dist/archdsl-*.whl
 	cd dist && $(CURDIR)/.venv-wheel/bin/archdsl show "4×(7×mamba2, attn(shared)), moe every 2" | tail -5
 	cd dist && $(CURDIR)/.venv-wheel/bin/python -m archdsl check "7×mamba2, 1×attn(shared), moe every 2"
 
