@@ -55,14 +55,18 @@ def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=Fa
 
 
 def _triton_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq_idx, return_final_states):
-    wide = x.dtype == torch.float64  # the kernels compute in float32; float64 is for the interpreter
+    y_dtype = x.dtype
+    # The kernels' products take x, B and C in one dtype: mixed ones meet in the wider of them.
+    common = torch.promote_types(torch.promote_types(x.dtype, B.dtype), C.dtype)
+    wide = common == torch.float64  # the kernels compute in float32; float64 is for the interpreter
     if wide:
         x, dt, A, B, C, D, z, dt_bias, h0 = (None if t is None else t.float()
                                              for t in (x, dt, A, B, C, D, z, dt_bias, h0))
+    else:
+        x, B, C = x.to(common), B.to(common), C.to(common)
     args = (x, dt, A, B, C, D, z, dt_bias, h0, seq_idx, bool(dt_softplus), None)
     y, hT = _TRITON[_triton_impl(args)]().apply(*args)
-    if wide:
-        y, hT = y.double(), hT.double()
+    y, hT = y.to(y_dtype), hT.double() if wide else hT
     return (y, hT) if return_final_states else y
 
 

@@ -179,7 +179,8 @@ class WKV4Function(torch.autograd.Function):
 
 
 def wkv4_triton(w, u, k, v, state=None):
-    """Same contract as `wkv4_torch`; the state (num, den, max) comes back float32."""
+    """Same contract as `wkv4_torch`: the state (num, den, max) comes back float32 (float64 for float64 k,
+    computed in float32)."""
     s_in = None
     if state is not None:
         s_in = torch.stack([s.float() for s in state], dim=1).contiguous()
@@ -187,4 +188,4 @@ def wkv4_triton(w, u, k, v, state=None):
     if ct == torch.float64:  # the interpreter's float64 escape hatch: compute in float32
         w, u, k, v = (x.float() for x in (w, u, k, v))
     y, s_out = WKV4Function.apply(w.contiguous(), u.contiguous(), k, v, s_in)
-    return y.to(ct), tuple(s_out.unbind(1))
+    return y.to(ct), tuple(s.to(ct if ct == torch.float64 else torch.float32) for s in s_out.unbind(1))
