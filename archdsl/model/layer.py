@@ -48,7 +48,7 @@ class Norm(nn.Module, Fusable):
                 and not torch.is_grad_enabled() and _triton(h)):
             from archdsl.kernels import add_rmsnorm
 
-            out, h = add_rmsnorm(delta, h, self.weight, self.eps)
+            out, h = add_rmsnorm(h, delta, self.weight, self.eps)  # h keeps the residual stream's dtype
             return h, out
         h = h + delta
         return h, self(h)

@@ -6,8 +6,8 @@ A kernel's products need their operands in one dtype; the ops convert before lau
 import pytest
 import torch
 
-from archdsl.kernels import (causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update,
-                             ssd_scan, ssd_step, wkv4, wkv4_step, wkv6, wkv6_step)
+from archdsl.kernels import (add_rmsnorm, causal_conv1d, causal_conv1d_update, rms_linear, selective_scan,
+                             selective_state_update, ssd_scan, ssd_step, wkv4, wkv4_step, wkv6, wkv6_step)
 
 b, L, H, P, N, D = 1, 12, 2, 4, 6, 3
 
@@ -43,6 +43,9 @@ ARGS = {  # op: (function, its arguments: float64 tensors, which a call rounds t
     "causal_conv1d": (causal_conv1d, lambda: dict(x=_r(b, D, L), weight=_r(D, 4), bias=_r(D))),
     "causal_conv1d_update": (causal_conv1d_update, lambda: dict(x=_r(b, D), conv_state=_r(b, D, 3),
                                                                 weight=_r(D, 4), bias=_r(D))),
+    "add_rmsnorm": (add_rmsnorm, lambda: dict(x=_r(b, L, D), residual=_r(b, L, D), weight=_r(D))),
+    "rms_linear": (rms_linear, lambda: dict(x=_r(2, 8), weight=_r(5, 8), norm_weight=_r(8), residual=_r(2, 8),
+                                            bias=_r(5))),
 }
 CASES = [(op, arg) for op, (_, make) in ARGS.items() for arg, v in make().items() if not isinstance(v, bool)]
 
