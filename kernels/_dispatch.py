@@ -13,16 +13,21 @@ import torch
 BACKENDS = ("triton", "torch", "naive")
 
 
-def backend_for(x: torch.Tensor) -> str:
-    """The backend an op should use for tensor `x`."""
+def backend_for(x: torch.Tensor, *sized: torch.Tensor | None) -> str:
+    """The backend an op should use for tensor `x`. Work with no elements (x or any of `sized`
+    empty: a zero batch, head, state or channel count) never goes to Triton: it takes the torch path,
+    whose result is then the op's."""
     forced = os.environ.get("ARCHDSL_KERNELS", "").strip().lower()
     if forced:
         if forced not in BACKENDS:
             raise ValueError(f"ARCHDSL_KERNELS={forced!r}: expected one of {', '.join(BACKENDS)}")
         if forced == "triton" and x.device.type != "cuda" and not interpreting():
             raise ValueError("ARCHDSL_KERNELS=triton on a CPU tensor needs TRITON_INTERPRET=1")
-        return forced
-    return "triton" if x.device.type == "cuda" else "torch"
+    else:
+        forced = "triton" if x.device.type == "cuda" else "torch"
+    if forced == "triton" and (x.numel() == 0 or any(t is not None and t.numel() == 0 for t in sized)):
+        return "torch"
+    return forced
 
 
 def interpreting() -> bool:

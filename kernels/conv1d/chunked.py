@@ -14,5 +14,8 @@ def causal_conv1d_torch(x, weight, bias=None, activation=None, initial_states=No
     init = x.new_zeros(batch, dim, W - 1) if initial_states is None else initial_states.to(x.dtype)
     xe = torch.cat([init, x], dim=-1)
     w = weight.to(x.dtype)[:, None, :]
-    out = _act(F.conv1d(xe, w, bias.to(x.dtype) if bias is not None else None, groups=dim), activation)
+    if dim == 0:  # no channels: F.conv1d refuses groups=0
+        out = xe[:, :, W - 1:]
+    else:
+        out = _act(F.conv1d(xe, w, bias.to(x.dtype) if bias is not None else None, groups=dim), activation)
     return (out, xe[:, :, xe.shape[-1] - (W - 1):]) if return_final_states else out

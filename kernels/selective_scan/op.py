@@ -31,7 +31,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     on the H200).
     """
     batch, dim, seqlen, N = _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    backend = backend_for(u)
+    backend = backend_for(u, A)
     if backend == "triton":
         from .triton_selective_scan import selective_scan_triton
         B4, C4 = (_as_groups(M, batch, dim, seqlen) for M in (B, C))
@@ -66,7 +66,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     expect_float(state=state, x=x, dt=dt, A=A, B=B, C=C)
     expect_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     B3, C3 = (t if t.dim() == 3 else t[:, None] for t in (B, C))
-    if backend_for(state) == "triton" and state.stride(2) == 1:
+    if backend_for(state, x) == "triton" and state.stride(2) == 1:
         from .triton_selective_scan import selective_state_update_triton
         xs, dts, zs = (t.contiguous() if t is not None else None for t in (x, dt, z))
         return selective_state_update_triton(state, xs, dts, A, B3, C3, D, zs, dt_bias, dt_softplus)

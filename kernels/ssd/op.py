@@ -26,7 +26,7 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     return_final_states also the final state [B, H, P, N] (float32 for 16-bit inputs).
     """
     _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx)
-    backend = backend_for(x)
+    backend = backend_for(x, B)
     kw = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_states=initial_states,
               seq_idx=seq_idx, return_final_states=return_final_states)
     if backend == "naive":
@@ -43,7 +43,7 @@ def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=Fa
     x [B, H, P], dt [B, H], A [H], B, C [B, G, N], D [H] or [H, P], z [B, H, P], dt_bias [H].
     """
     _check_step(state, x, dt, A, B, C, D, z, dt_bias)
-    if backend_for(x) == "triton":
+    if backend_for(x, B) == "triton":
         from .triton_ssd import ssd_step_triton
         if x.dtype != torch.float64:
             return ssd_step_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

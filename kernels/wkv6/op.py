@@ -48,6 +48,7 @@ def wkv6_step(state, r, k, v, w, u, scale=None):
         expect_shape(name, t, (B, H, K))
     expect_shape("v", v, (B, H, V))
     expect_shape("u", u, (H, K))
+    _check_K(K)
     expect_float(state=state, r=r, k=k, v=v, w=w, u=u)
     expect_same_device(state=state, r=r, k=k, v=v, w=w, u=u)
     return wkv6_step_naive(state, r, k, v, w, u, scale)
@@ -101,6 +102,12 @@ def _check(r, k, v, w, u, initial_state):
     expect_shape("w", w, (B, T, H, K))
     expect_shape("v", v, (B, T, H, None))
     expect_shape("u", u, (H, K))
+    _check_K(K)
     expect_shape("initial_state", initial_state, (B, H, K, v.shape[-1]), optional=True)
     expect_float(r=r, k=k, v=v, w=w, u=u, initial_state=initial_state)
     expect_same_device(r=r, k=k, v=v, w=w, u=u, initial_state=initial_state)
+
+
+def _check_K(K):
+    if K == 0:
+        raise ValueError("r: expected a key size K of at least 1 (the scale is K^-0.5), got K=0")

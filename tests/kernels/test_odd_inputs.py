@@ -1,0 +1,102 @@
+"""Odd inputs to every op: each floating argument alone in another dtype; a size of zero.
+
+The Triton path (interpreted on the CPU) must give what the torch path gives for the same
+inputs -- the same output shapes, dtypes and values -- or raise the ValueError both raise.
+A kernel's products need their operands in one dtype, so the ops convert mixed ones before
+launching; work with no elements never reaches a launch."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from archdsl.kernels import (add_rmsnorm, causal_conv1d, causal_conv1d_update, rms_linear, selective_scan,
+                             selective_state_update, ssd_scan, ssd_step, wkv4, wkv4_step, wkv6, wkv6_step)
+
+def _r(*shape):
+    return torch.randn(*shape, dtype=torch.float64)
+
+
+def _pos(*shape):
+    return torch.rand(*shape, dtype=torch.float64) * 0.5 + 0.05
+
+
+ARGS = {  # op: (function, sizes -> its arguments: float64 tensors, which a call rounds to its dtypes, and flags)
+    "ssd_scan": (ssd_scan, lambda s: dict(
+        x=_r(s.b, s.L, s.H, s.P), dt=_pos(s.b, s.L, s.H), A=-_pos(s.H), B=_r(s.b, s.L, 1, s.N), C=_r(s.b, s.L, 1, s.N),
+        D=_r(s.H), z=_r(s.b, s.L, s.H, s.P), dt_bias=_r(s.H) * 0.3, initial_states=_r(s.b, s.H, s.P, s.N),
+        dt_softplus=True)),
+    "ssd_step": (ssd_step, lambda s: dict(
+        state=_r(s.b, s.H, s.P, s.N), x=_r(s.b, s.H, s.P), dt=_pos(s.b, s.H), A=-_pos(s.H), B=_r(s.b, 1, s.N),
+        C=_r(s.b, 1, s.N), D=_r(s.H), z=_r(s.b, s.H, s.P), dt_bias=_r(s.H), dt_softplus=True)),
+    "selective_scan": (selective_scan, lambda s: dict(
+        u=_r(s.b, s.D, s.L), delta=_pos(s.b, s.D, s.L), A=-_pos(s.D, s.N), B=_r(s.b, s.N, s.L), C=_r(s.b, s.N, s.L),
+        D=_r(s.D), z=_r(s.b, s.D, s.L), delta_bias=_r(s.D), delta_softplus=True)),
+    "selective_state_update": (selective_state_update, lambda s: dict(
+        state=_r(s.b, s.D, s.N), x=_r(s.b, s.D), dt=_pos(s.b, s.D), A=-_pos(s.D, s.N), B=_r(s.b, s.N), C=_r(s.b, s.N),
+        D=_r(s.D), z=_r(s.b, s.D), dt_bias=_r(s.D), dt_softplus=True)),
+    "wkv6": (wkv6, lambda s: dict(
+        r=_r(s.b, s.L, s.H, s.P), k=_r(s.b, s.L, s.H, s.P), v=_r(s.b, s.L, s.H, s.P), w=-_pos(s.b, s.L, s.H, s.P),
+        u=_r(s.H, s.P), initial_state=_r(s.b, s.H, s.P, s.P))),
+    "wkv6_step": (wkv6_step, lambda s: dict(
+        state=_r(s.b, s.H, s.P, s.P), r=_r(s.b, s.H, s.P), k=_r(s.b, s.H, s.P), v=_r(s.b, s.H, s.P),
+        w=-_pos(s.b, s.H, s.P), u=_r(s.H, s.P))),
+    "wkv4": (wkv4, lambda s: dict(w=-_pos(s.D), u=_r(s.D), k=_r(s.b, s.L, s.D), v=_r(s.b, s.L, s.D))),
+    "wkv4_step": (wkv4_step, lambda s: dict(w=-_pos(s.D), u=_r(s.D), k=_r(s.b, s.D), v=_r(s.b, s.D),
+                                            state=(_r(s.b, s.D), _pos(s.b, s.D), _r(s.b, s.D)))),
+    "causal_conv1d": (causal_conv1d, lambda s: dict(x=_r(s.b, s.D, s.L), weight=_r(s.D, 4), bias=_r(s.D))),
+    "causal_conv1d_update": (causal_conv1d_update, lambda s: dict(x=_r(s.b, s.D), conv_state=_r(s.b, s.D, 3),
+                                                                  weight=_r(s.D, 4), bias=_r(s.D))),
+    "add_rmsnorm": (add_rmsnorm, lambda s: dict(x=_r(s.b, s.L, s.D), residual=_r(s.b, s.L, s.D), weight=_r(s.D))),
+    "rms_linear": (rms_linear, lambda s: dict(x=_r(s.b, s.D), weight=_r(5, s.D), norm_weight=_r(s.D),
+                                              residual=_r(s.b, s.D), bias=_r(5))),
+}
+SIZES = dict(b=1, L=12, H=2, P=4, N=6, D=8)
+CASES = [(op, arg) for op, (_, make) in ARGS.items()
+         for arg, v in make(SimpleNamespace(**SIZES)).items() if not isinstance(v, bool)]
+
+
+def _cast(v, dtype):
+    if isinstance(v, bool):
+        return v
+    return tuple(t.to(dtype) for t in v) if isinstance(v, tuple) else v.to(dtype)
+
+
+def _call(op, backend, monkeypatch, dtypes=None, **sizes):
+    """The op on float32 inputs (an argument in `dtypes` in its dtype there) at SIZES changed by `sizes`:
+    its outputs and the step ops' states as a list, or the message of the ValueError it raised."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", backend)
+    fn, make = ARGS[op]
+    torch.manual_seed(0)
+    inputs = {k: _cast(v, (dtypes or {}).get(k, torch.float32))
+              for k, v in make(SimpleNamespace(**{**SIZES, **sizes})).items()}
+    try:
+        out = fn(**inputs)
+    except ValueError as e:
+        return str(e)
+    flat = list(out) if isinstance(out, tuple) else [out]
+    states = [inputs[k] for k in ("state", "conv_state") if k in inputs]
+    return [t for s in flat + states for t in (s if isinstance(s, tuple) else (s,)) if t is not None]
+
+
+def _same(ours, ref, what):
+    if isinstance(ref, str) or isinstance(ours, str):
+        assert ours == ref, f"{what}: one path raised, the other did not (or with another message)"
+        return
+    assert [(t.shape, t.dtype) for t in ours] == [(t.shape, t.dtype) for t in ref], what
+    for a, r in zip(ours, ref):
+        if r.numel():
+            scale = r.double().abs().max().clamp_min(1.0)
+            assert ((a.double() - r.double()).abs().max() / scale) < 2e-2, what
+
+
+@pytest.mark.parametrize("odd", [torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("op, arg", CASES)
+def test_one_argument_in_another_dtype(op, arg, odd, monkeypatch):
+    _same(*(_call(op, backend, monkeypatch, {arg: odd}) for backend in ("triton", "torch")), f"{op}: {arg} in {odd}")
+
+
+@pytest.mark.parametrize("size", ["b", "L", "H", "P", "N", "D"])
+@pytest.mark.parametrize("op", list(ARGS))
+def test_a_size_of_zero(op, size, monkeypatch):
+    """An empty batch, sequence, head, state or channel count: both paths agree (no launch fails)."""
+    _same(*(_call(op, backend, monkeypatch, **{size: 0}) for backend in ("triton", "torch")), f"{op}: {size} = 0")
