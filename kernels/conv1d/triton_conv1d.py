@@ -189,7 +189,7 @@ class CausalConv1dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, init, silu):
         x = x.contiguous()
-        init = init.contiguous() if init is not None else None
+        bias, init = (t.contiguous() if t is not None else None for t in (bias, init))
         ctx.save_for_backward(x, weight, bias, init)
         ctx.silu = silu
         return conv_fwd(x, weight, bias, init, silu)
@@ -211,7 +211,7 @@ def causal_conv1d_update_triton(x, conv_state, weight, bias, activation):
     y = torch.empty_like(x)
     bd = 32
     _conv_update_kernel[(cdiv(dim, bd), batch)](
-        x, conv_state, weight.contiguous(), bias if bias is not None else x, y, dim, S, weight.shape[1],
+        x, conv_state, weight.contiguous(), bias.contiguous() if bias is not None else x, y, dim, S, weight.shape[1],
         conv_state.stride(0), conv_state.stride(1), x.stride(0), y.stride(0),
         BLOCK_D=bd, BLOCK_S=next_pow2(S), HAS_BIAS=bias is not None,
         SILU=activation in ("silu", "swish"), OLD_TAP=S < weight.shape[1], num_warps=4)

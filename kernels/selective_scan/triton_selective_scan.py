@@ -684,7 +684,7 @@ class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B4, C4, D, z, bias, h0, softplus):
         u, delta = u.contiguous(), delta.contiguous()
-        z = z.contiguous() if z is not None else None
+        z, D, bias = (t.contiguous() if t is not None else None for t in (z, D, bias))
         h0c = h0.contiguous() if h0 is not None else None
         need = any(ctx.needs_input_grad)
         args = (u, delta, A.contiguous(), B4, C4, D, z, bias, h0c, softplus, need)
@@ -752,7 +752,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
     Bc, Cc = B.contiguous(), C.contiguous()
     bd = 32 if N <= 32 else 8
     _ss_step_kernel[(cdiv(dim, bd), batch)](
-        state, x, dt, A.contiguous(), Bc, Cc, _or(D, x), _or(z, x), _or(dt_bias, x), y,
+        state, x, dt, A.contiguous(), Bc, Cc, _or(D, x).contiguous(), _or(z, x), _or(dt_bias, x).contiguous(), y,
         dim, N, dim // B.shape[1], state.stride(0), state.stride(1), x.stride(0), dt.stride(0),
         z.stride(0) if z is not None else 0, y.stride(0), Bc.stride(0), Bc.stride(1), Cc.stride(0), Cc.stride(1),
         BLOCK_D=bd, BLOCK_N=next_pow2(N), num_warps=4, **_flags(D, z, dt_bias, dt_softplus))

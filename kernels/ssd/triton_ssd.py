@@ -444,7 +444,7 @@ def ssd_step_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
     """One decode token; updates state [B, H, P, N] in place, returns y [B, H, P]."""
     batch, H, P, N = state.shape
     G = B.shape[1]
-    x, dt, B, C, z = map(_c, (x, dt, B, C, z))
+    x, dt, A, B, C, D, z, dt_bias = map(_c, (x, dt, A, B, C, D, z, dt_bias))
     y = torch.empty_like(x)
     BN = next_pow2(N)
     BP = min(next_pow2(P), max(1, 2048 // BN))

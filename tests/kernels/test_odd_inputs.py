@@ -100,3 +100,35 @@ def test_one_argument_in_another_dtype(op, arg, odd, monkeypatch):
 def test_a_size_of_zero(op, size, monkeypatch):
     """An empty batch, sequence, head, state or channel count: both paths agree (no launch fails)."""
     _same(*(_call(op, backend, monkeypatch, **{size: 0}) for backend in ("triton", "torch")), f"{op}: {size} = 0")
+
+
+def _strided(v):
+    """v's values in a non-contiguous view (every other element of a wider last dim)."""
+    if isinstance(v, tuple):
+        return tuple(_strided(t) for t in v)
+    if isinstance(v, bool) or v.dim() == 0:
+        return v
+    wide = torch.zeros(*v.shape[:-1], 2 * v.shape[-1], dtype=v.dtype)
+    wide[..., ::2] = v
+    return wide[..., ::2]
+
+
+@pytest.mark.parametrize("op, arg", CASES)
+def test_one_argument_not_contiguous(op, arg, monkeypatch):
+    """The Triton path on an argument that is a strided view gives what it gives on a contiguous copy;
+    a step's state, updated in place, is updated in the caller's view."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+    fn, make = ARGS[op]
+    torch.manual_seed(0)
+    plain = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**SIZES)).items()}
+    odd = {k: _strided(v) if k == arg else _cast(v, torch.float32) for k, v in plain.items()}
+    odd = {k: v.clone() if isinstance(v, torch.Tensor) and k != arg else v for k, v in odd.items()}
+    outs = []
+    for inputs in (plain, odd):
+        out = fn(**inputs)
+        flat = list(out) if isinstance(out, tuple) else [out]
+        states = [inputs[k] for k in ("state", "conv_state") if k in inputs]
+        outs.append([t for s in flat + states for t in (s if isinstance(s, tuple) else (s,)) if t is not None])
+    assert len(outs[0]) == len(outs[1])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=f"{op}: {arg} strided")
