@@ -20,12 +20,13 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
         dt' = softplus(dt + dt_bias) (or dt + dt_bias);  h_t = exp(dt'_t A) h_{t-1} + dt'_t x_t ⊗ B_t
         y_t = (C_t · h_t + D x_t) * silu(z_t)
 
-    With seq_idx the state restarts from zero where seq_idx changes; initial_states belong to
-    seq_idx 0. chunk_size is the chunk of the torch path; the Triton path picks its own (the
+    With seq_idx the state restarts from zero wherever seq_idx changes (any integers; packed
+    sequences usually number 0, 1, 2, ...); initial_states belong to seq_idx 0. chunk_size is the chunk of the torch path; the Triton path picks its own (the
     result is the same function). Returns y [B, L, H, P] in x's dtype, and with
     return_final_states also the final state [B, H, P, N] (float32 for 16-bit inputs).
     """
     _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx)
+    seq_idx = None if seq_idx is None else _runs(seq_idx)
     backend = backend_for(x, B)
     kw = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_states=initial_states,
               seq_idx=seq_idx, return_final_states=return_final_states)
@@ -35,6 +36,14 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     if backend == "torch":
         return ssd_scan_chunked(x, dt, A, B, C, chunk_size, **kw)
     return _triton_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_states, seq_idx, return_final_states)
+
+
+def _runs(seq_idx):
+    """seq_idx [B, L] of any integers as every path reads it: runs of equal values numbered 0, 1, 2, ...
+    (from 1 when the first token's seq_idx is not 0: the initial state belongs to seq_idx 0), int32.
+    The kernels compare seq_idx of tokens far apart; numbered runs make equal mean unbroken, and fit 32 bits."""
+    s = seq_idx.long()
+    return torch.cat([s[:, :1] != 0, s[:, 1:] != s[:, :-1]], dim=1).cumsum(1, dtype=torch.int32)
 
 
 def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):

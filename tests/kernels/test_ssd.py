@@ -249,6 +249,17 @@ def test_seq_idx_isolates_sequences(impl):
     assert_close([y[:, 12:]], [y2], 1e-6)
 
 
+@pytest.mark.parametrize("impl", ["torch", "fused", "chunked"])
+@settings(max_examples=15, deadline=None)
+@given(seq=st.lists(st.sampled_from([-3, 0, 1, 2, 7, 2**40]), min_size=23, max_size=23))
+def test_seq_idx_of_any_integers(impl, seq):
+    """Any integers, in any order: the state restarts wherever seq_idx changes and the initial state
+    continues only into a first run of 0s (the naive loop's definition, run on seq_idx as given)."""
+    t = make(1, 23, 2, 4, 1, 5, h0=True)
+    t["seq_idx"] = torch.tensor([seq])
+    assert_matches_float64(scan_of(impl), t)
+
+
 @pytest.mark.parametrize("bad, msg", [
     (dict(x=torch.zeros(2, 8, 4)), "x"), (dict(dt=torch.zeros(2, 8, 3)), "dt"), (dict(A=torch.zeros(5)), "A"),
     (dict(B=torch.zeros(2, 8, 3, 6), C=torch.zeros(2, 8, 3, 6)), "B"), (dict(C=torch.zeros(2, 8, 2, 5)), "C"),
