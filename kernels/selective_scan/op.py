@@ -63,7 +63,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
             raise ValueError(f"{name}: groups G={t.shape[1]} must divide D={dim}")
     expect_shape("D", D, (dim,), optional=True)
     expect_shape("dt_bias", dt_bias, (dim,), optional=True)
-    expect_float(state=state, x=x, dt=dt, A=A, B=B, C=C)
+    expect_float(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     expect_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     B3, C3 = (t if t.dim() == 3 else t[:, None] for t in (B, C))
     if backend_for(state, x) == "triton" and state.stride(2) == 1:

@@ -39,7 +39,8 @@ def wkv4_step(w, u, k, v, state):
     """
     expect_shape("k", k, (None, None))
     B, C = k.shape
-    state = _check(w, u, k[:, None], v[:, None] if v.dim() == 2 else v, state)
+    expect_shape("v", v, (B, C))
+    state = _check(w, u, k[:, None], v[:, None], state)
     if state is None:
         raise ValueError("state: expected (num, den, max) of shape [B, C] each, got None")
     return wkv4_step_naive(w, u, k, v, state)

@@ -1,9 +1,10 @@
-"""Odd inputs to every op: each floating argument alone in another dtype; a size of zero.
+"""Odd inputs to every op: each argument alone in another dtype, strided, or garbage; a size of zero.
 
 The Triton path (interpreted on the CPU) must give what the torch path gives for the same
 inputs -- the same output shapes, dtypes and values -- or raise the ValueError both raise.
 A kernel's products need their operands in one dtype, so the ops convert mixed ones before
 launching; work with no elements never reaches a launch."""
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -132,3 +133,42 @@ def test_one_argument_not_contiguous(op, arg, monkeypatch):
     assert len(outs[0]) == len(outs[1])
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=f"{op}: {arg} strided")
+
+
+def _garbage(v):
+    """(what, value): things that are not the tensor (or state tuple) v."""
+    yield from (("None", None), ("a float", 1.5), ("a list", [1.0, 2.0]))
+    if isinstance(v, tuple):
+        yield from (("a short tuple", v[:2]), ("a tuple of wrong shapes", tuple(t[None] for t in v)))
+        return
+    yield from (("a numpy array", v.numpy()), ("complex", v.to(torch.complex64)), ("int64", v.long()),
+                ("one more dim", v[None]), ("on the meta device", v.to("meta")))
+    if v.dim():
+        yield "one dim less", v[0]
+        for d in (0, -1):
+            shape = list(v.shape)
+            shape[d] += 1
+            yield f"dim {d} one longer", torch.zeros(shape)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("op", list(ARGS))
+def test_garbage_in_any_argument_is_a_value_error(op, backend, monkeypatch):
+    """Each argument alone replaced by garbage (None, a float, a list, a numpy array, complex or int64, a
+    wrong rank or size, the meta device): a ValueError that names an argument of the op, or the op runs
+    where the value is usable (None for an optional argument)."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", backend)
+    fn, make = ARGS[op]
+    torch.manual_seed(0)
+    base = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**SIZES)).items()}
+    for arg, value in base.items():
+        if isinstance(value, bool):
+            continue
+        for what, bad in _garbage(value):
+            inputs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in base.items()}
+            inputs[arg] = bad
+            try:
+                fn(**inputs)
+            except ValueError as e:
+                named = any(re.match(rf"{name}\b", str(e)) for name in base) or "one device" in str(e)
+                assert named, f"{op}: {arg} as {what}: the message names no argument: {e}"
