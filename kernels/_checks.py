@@ -1,6 +1,9 @@
 """Argument checks shared by the public ops: a ValueError naming the argument, before any launch."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 
@@ -27,6 +30,16 @@ def expect_float(**tensors: torch.Tensor | None) -> None:
     for n, t in tensors.items():
         if t is not None and not t.is_floating_point():
             raise ValueError(f"{n}: expected a floating-point tensor, got {t.dtype}")
+
+
+def expect_number(name: str, value, *, positive: bool = False) -> float:
+    """`value` as a float: a finite real number (a one-element tensor too), > 0 if `positive`."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or (
+            positive and value <= 0):
+        raise ValueError(f"{name}: expected a finite{' positive' if positive else ''} number, got {value!r}")
+    return float(value)
 
 
 def _fmt(shape: tuple) -> str:

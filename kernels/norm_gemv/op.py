@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_float, expect_same_device, expect_shape
+from .._checks import expect_float, expect_number, expect_same_device, expect_shape
 from .._dispatch import backend_for
 from .naive import rms_linear_naive
 
@@ -33,10 +33,9 @@ def rms_linear(x, weight, norm_weight, eps=1e-5, *, residual=None, groups=1, bia
     expect_shape("norm_weight", norm_weight, (K,))
     expect_shape("residual", residual, (batch, K), optional=True)
     expect_shape("bias", bias, (weight.shape[0],), optional=True)
-    if not isinstance(groups, int) or groups < 1 or K % groups:
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 or K % groups:
         raise ValueError(f"groups: expected a positive int dividing K = {K}, got {groups!r}")
-    if not eps > 0:
-        raise ValueError(f"eps: expected a positive float, got {eps!r}")
+    eps = expect_number("eps", eps, positive=True)
     expect_float(x=x, weight=weight, norm_weight=norm_weight, residual=residual, bias=bias)
     expect_same_device(x=x, weight=weight, norm_weight=norm_weight, residual=residual, bias=bias)
     if (backend_for(x) == "triton" and x.dtype != torch.float64 and weight.dtype != torch.float64

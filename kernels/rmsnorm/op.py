@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_float, expect_same_device, expect_shape
+from .._checks import expect_float, expect_number, expect_same_device, expect_shape
 from .._dispatch import backend_for
 from .naive import add_rmsnorm_naive
 
@@ -24,8 +24,7 @@ def add_rmsnorm(x, residual, weight, eps=1e-5):
         expect_shape("residual", residual, tuple(x.shape))
     expect_float(x=x, residual=residual, weight=weight)
     expect_same_device(x=x, residual=residual, weight=weight)
-    if not eps > 0:
-        raise ValueError(f"eps: expected a positive float, got {eps!r}")
+    eps = expect_number("eps", eps, positive=True)
     backend = backend_for(x)
     if backend == "triton":
         from .triton_rmsnorm import AddRMSNormFn

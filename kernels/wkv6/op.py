@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_float, expect_same_device, expect_shape
+from .._checks import expect_float, expect_number, expect_same_device, expect_shape
 from .._dispatch import backend_for, pick_impl, time_or_inf
 from .chunked import wkv6_chunked
 from .naive import wkv6_naive, wkv6_step_naive
@@ -23,7 +23,7 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
     w, u and initial_state.
     """
     _check(r, k, v, w, u, initial_state)
-    scale = r.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = r.shape[-1] ** -0.5 if scale is None else expect_number("scale", scale)
     backend = backend_for(r)
     if backend == "triton":
         # The kernels round their products' operands as r's dtype says: mixed inputs meet in the widest
@@ -51,7 +51,7 @@ def wkv6_step(state, r, k, v, w, u, scale=None):
     _check_K(K)
     expect_float(state=state, r=r, k=k, v=v, w=w, u=u)
     expect_same_device(state=state, r=r, k=k, v=v, w=w, u=u)
-    return wkv6_step_naive(state, r, k, v, w, u, scale)
+    return wkv6_step_naive(state, r, k, v, w, u, None if scale is None else expect_number("scale", scale))
 
 
 def _serial():

@@ -172,3 +172,20 @@ def test_garbage_in_any_argument_is_a_value_error(op, backend, monkeypatch):
             except ValueError as e:
                 named = any(re.match(rf"{name}\b", str(e)) for name in base) or "one device" in str(e)
                 assert named, f"{op}: {arg} as {what}: the message names no argument: {e}"
+
+
+BAD_OPTIONS = [("ssd_scan", "chunk_size", v) for v in (0, -1, 2.5, "8", None, True)] + [
+    (op, "scale", v) for op in ("wkv6", "wkv6_step") for v in ("0.5", torch.ones(2), float("nan"), True)] + [
+    (op, "activation", v) for op in ("causal_conv1d", "causal_conv1d_update") for v in ("relu", 3)] + [
+    (op, "eps", v) for op in ("add_rmsnorm", "rms_linear") for v in (0, -1e-5, "1e-5", None, float("inf"))] + [
+    ("rms_linear", "groups", v) for v in (0, 3, 2.0, True)]
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("op, option, value", BAD_OPTIONS)
+def test_a_bad_option_is_a_value_error(op, option, value, backend, monkeypatch):
+    monkeypatch.setenv("ARCHDSL_KERNELS", backend)
+    fn, make = ARGS[op]
+    inputs = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**SIZES)).items()}
+    with pytest.raises(ValueError, match=f"^{option}: "):
+        fn(**inputs, **{option: value})
