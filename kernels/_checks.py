@@ -15,8 +15,12 @@ def expect_shape(name: str, t: torch.Tensor | None, shape: tuple, *, optional: b
         raise ValueError(f"{name}: expected a tensor of shape {_fmt(shape)}, got None")
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor of shape {_fmt(shape)}, got {type(t).__name__}")
-    if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
-        raise ValueError(f"{name}: expected shape {_fmt(shape)}, got {list(t.shape)}")
+    got = t.shape
+    if len(got) != len(shape):
+        raise ValueError(f"{name}: expected shape {_fmt(shape)}, got {list(got)}")
+    for s, d in zip(shape, got):  # a loop, not any(...): every op call checks ~10 shapes
+        if s is not None and s != d:
+            raise ValueError(f"{name}: expected shape {_fmt(shape)}, got {list(got)}")
 
 
 def expect_same_device(**tensors: torch.Tensor | None) -> None:

@@ -37,10 +37,11 @@ def interpreting() -> bool:
 _CHOICE: dict[tuple, str] = {}  # (variable, case) → the implementation auto picked
 
 
-def pick_impl(var: str, impls, default: str, x: torch.Tensor, case: tuple, timed) -> str:
+def pick_impl(var: str, impls, default: str, x: torch.Tensor, case, timed) -> str:
     """Which of an op's Triton implementations runs: `var=NAME` forces one of `impls`, unset is
-    `default`, `auto` times each once per `case` on CUDA (`timed(name)` → ms, inf if it fails to
-    build) and keeps the fastest. Off CUDA, or while a CUDA graph is being captured, auto is the default."""
+    `default`, `auto` times each once per case on CUDA (`case()` → a hashable key, `timed(name)` → ms,
+    inf if it fails to build) and keeps the fastest. Off CUDA, or while a CUDA graph is being
+    captured, auto is the default. `case` is called only for auto: every op call goes through here."""
     forced = os.environ.get(var, default).strip().lower()
     if forced != "auto":
         if forced not in impls:
@@ -48,7 +49,7 @@ def pick_impl(var: str, impls, default: str, x: torch.Tensor, case: tuple, timed
         return forced
     if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return default
-    key = (var, case)
+    key = (var, case())
     if key not in _CHOICE:
         _CHOICE[key] = min(impls, key=timed)
     return _CHOICE[key]

@@ -667,8 +667,8 @@ def _fwd_impl(args):
     from .triton_selective_scan_segments import ss_fwd_segments
     impls = {"serial": ss_fwd, "segments": ss_fwd_segments}
     u, A, B4, h0, store_ck = args[0], args[2], args[3], args[8], args[10]
-    case = (tuple(u.shape), A.shape[1], B4.shape[1], u.dtype, tuple(_flags(*args[5:8], args[9]).values()),
-            h0 is not None, store_ck)
+    case = lambda: (tuple(u.shape), A.shape[1], B4.shape[1], u.dtype, tuple(_flags(*args[5:8], args[9]).values()),
+                    h0 is not None, store_ck)
     return impls[pick_impl("ARCHDSL_SCAN_FWD", impls, "serial", u, case,
                            lambda name: time_or_inf(lambda: impls[name](*args)))]
 

@@ -15,15 +15,16 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
 
     x [B, L, H, P], dt [B, L, H], A [H] (negative), B, C [B, L, G, N] with G dividing H
     (head h reads group h // (H // G)), D [H] or [H, P], z [B, L, H, P], dt_bias [H],
-    initial_states [B, H, P, N], seq_idx [B, L] integer, non-decreasing along L.
+    initial_states [B, H, P, N], seq_idx [B, L] integer.
 
         dt' = softplus(dt + dt_bias) (or dt + dt_bias);  h_t = exp(dt'_t A) h_{t-1} + dt'_t x_t ⊗ B_t
         y_t = (C_t · h_t + D x_t) * silu(z_t)
 
     With seq_idx the state restarts from zero wherever seq_idx changes (any integers; packed
-    sequences usually number 0, 1, 2, ...); initial_states belong to seq_idx 0. chunk_size is the chunk of the torch path; the Triton path picks its own (the
-    result is the same function). Returns y [B, L, H, P] in x's dtype, and with
-    return_final_states also the final state [B, H, P, N] (float32 for 16-bit inputs).
+    sequences usually number 0, 1, 2, ...); initial_states belong to seq_idx 0. chunk_size is the
+    chunk of the torch path; the Triton path picks its own (the result is the same function).
+    Returns y [B, L, H, P] in x's dtype, and with return_final_states also the final state
+    [B, H, P, N] (float32 for 16-bit inputs).
     """
     _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx)
     seq_idx = None if seq_idx is None else _runs(seq_idx)
@@ -71,11 +72,14 @@ def _triton_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq_idx, return
     if wide:
         x, dt, A, B, C, D, z, dt_bias, h0 = (None if t is None else t.float()
                                              for t in (x, dt, A, B, C, D, z, dt_bias, h0))
-    else:
+    elif not x.dtype == B.dtype == C.dtype:
         x, B, C = x.to(common), B.to(common), C.to(common)
     args = (x, dt, A, B, C, D, z, dt_bias, h0, seq_idx, bool(dt_softplus), None)
-    y, hT = _TRITON[_triton_impl(args)]().apply(*args)
-    y, hT = y.to(y_dtype), hT.double() if wide else hT
+    y, hT = _TRITON[_triton_impl(args)]().call(*args)
+    if y.dtype != y_dtype:
+        y = y.to(y_dtype)
+    if wide:
+        hT = hT.double()
     return (y, hT) if return_final_states else y
 
 
@@ -107,8 +111,8 @@ def _triton_impl(args) -> str:
     """
     x, tensors = args[0], args[:9]
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    case = (x.shape, args[3].shape, x.dtype, x.device, grad, args[10], args[9] is not None,
-            tuple(None if t is None else tuple(t.shape) for t in tensors[5:9]))
+    case = lambda: (x.shape, args[3].shape, x.dtype, x.device, grad, args[10], args[9] is not None,
+                    tuple(None if t is None else tuple(t.shape) for t in tensors[5:9]))
     default = "fused" if chunked_state_bytes(x, args[3]) > CHUNKED_STATE_BYTES else "chunked"
     return pick_impl("ARCHDSL_SSD_IMPL", _TRITON, default, x, case, lambda name: _time(_TRITON[name](), args, grad))
 

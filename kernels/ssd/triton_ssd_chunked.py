@@ -760,7 +760,8 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     cb16 = torch.empty(batch, NC, G, Q, Q, device=x.device, dtype=torch.float16) if scaled else None
     sc = torch.empty(batch, NC, G, Q, **f32) if scaled else None
     cb32 = torch.empty(batch, NC, G, Q, Q, **f32) if for_backward or not scaled else None
-    BH, cbt = min(_pow2(H, 1), BLOCK_H), _launch("scan", x, Q, P)["BT"]
+    scan = _launch("scan", x, Q, P)
+    BH, cbt = min(_pow2(H, 1), BLOCK_H), scan["BT"]
     NHB = cdiv(H, BH)
     _chunk_prep[(batch * NC, NHB + G * (Q // cbt))](
         dt, A, dt_bias, dtc, s, B, C, cb16, sc, cb32, L, H, G, N, NC, NHB, HAS_BIAS=dt_bias is not None,
@@ -777,9 +778,10 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     store_ypre = for_backward and z is not None
     ypre = torch.empty_like(x) if store_ypre else y
     fl = _flags(D, z, dt_bias, dt_softplus)
-    _run(_chunk_scan, "scan", x, batch * NC * H, x, C, cb16 if scaled else cb32, sc, D, z, seq, dtc, s, hin, y,
-         ypre, L, H, G, P, N, NC, HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"],
-         HAS_SEQ=seq is not None, STORE_YPRE=store_ypre, SCALED=scaled, Q=Q, BN=BN, PREC=_prec(x), **chain)
+    _chunk_scan[(batch * NC * H, scan.pop("NPB"))](
+        x, C, cb16 if scaled else cb32, sc, D, z, seq, dtc, s, hin, y, ypre, L, H, G, P, N, NC, HAS_D=fl["HAS_D"],
+        D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None, STORE_YPRE=store_ypre, SCALED=scaled,
+        Q=Q, BN=BN, PREC=_prec(x), **chain, **scan)
     return y, hT, (dtc, s, hin, ypre if store_ypre else None, cb32)
 
 

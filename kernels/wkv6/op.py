@@ -78,7 +78,7 @@ def _triton_impl(r, k, v, w, u, scale, h0, output_final_state) -> str:
     """
     xs = (r, k, v, w, u) + ((h0,) if h0 is not None else ())
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in xs)
-    case = (r.shape, v.shape[-1], r.dtype, r.device, grad, h0 is not None, output_final_state)
+    case = lambda: (r.shape, v.shape[-1], r.dtype, r.device, grad, h0 is not None, output_final_state)
     return pick_impl("ARCHDSL_WKV6_IMPL", _TRITON, "serial", r, case,
                      lambda name: _time(_TRITON[name](), xs, scale, output_final_state, grad))
 
