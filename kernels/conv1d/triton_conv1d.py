@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .._dispatch import apply
 from .._host import cdiv, next_pow2
 
 TAPS = 4
@@ -202,7 +203,7 @@ class CausalConv1dFn(torch.autograd.Function):
 
 
 def causal_conv1d_triton(x, weight, bias, activation, initial_states):
-    return CausalConv1dFn.apply(x, weight, bias, initial_states, activation in ("silu", "swish"))
+    return apply(CausalConv1dFn, x, weight, bias, initial_states, activation in ("silu", "swish"))
 
 
 def causal_conv1d_update_triton(x, conv_state, weight, bias, activation):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_float, expect_number, expect_same_device, expect_shape
-from .._dispatch import backend_for
+from .._dispatch import apply, backend_for
 from .naive import add_rmsnorm_naive
 
 
@@ -29,5 +29,5 @@ def add_rmsnorm(x, residual, weight, eps=1e-5):
     if backend == "triton":
         from .triton_rmsnorm import AddRMSNormFn
         if x.dtype != torch.float64:
-            return AddRMSNormFn.apply(x, residual, weight, float(eps))
+            return apply(AddRMSNormFn, x, residual, weight, float(eps))
     return add_rmsnorm_naive(x, residual, weight, eps)

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._dispatch import interpreting, pick_impl, time_or_inf
+from .._dispatch import apply, interpreting, pick_impl, time_or_inf
 from .._host import cdiv, next_pow2
 
 LOG2E = 1.4426950408889634
@@ -705,7 +705,7 @@ class SelectiveScanFn(torch.autograd.Function):
 
 
 def selective_scan_triton(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, initial_state):
-    return SelectiveScanFn.apply(u, delta, A, B4, C4, D, z, delta_bias, initial_state, delta_softplus)
+    return apply(SelectiveScanFn, u, delta, A, B4, C4, D, z, delta_bias, initial_state, delta_softplus)
 
 
 # ---------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_float, expect_same_device, expect_shape
-from .._dispatch import backend_for, pick_impl, time_or_inf
+from .._dispatch import apply, backend_for, pick_impl, time_or_inf
 from .chunked import ssd_scan_chunked
 from .naive import ssd_scan_naive, ssd_step_naive
 
@@ -75,7 +75,7 @@ def _triton_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq_idx, return
     elif not x.dtype == B.dtype == C.dtype:
         x, B, C = x.to(common), B.to(common), C.to(common)
     args = (x, dt, A, B, C, D, z, dt_bias, h0, seq_idx, bool(dt_softplus), None)
-    y, hT = _TRITON[_triton_impl(args)]().call(*args)
+    y, hT = apply(_TRITON[_triton_impl(args)](), *args)
     if y.dtype != y_dtype:
         y = y.to(y_dtype)
     if wide:

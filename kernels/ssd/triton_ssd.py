@@ -409,24 +409,11 @@ def scan_function(name: str, fwd, bwd, doc: str) -> type:
       fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, for_backward=, chunk=)
           -> (y, final state, the tensors its backward needs)
       bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, *those tensors, chunk=)
-          -> the gradients of x, dt, A, B, C, D, z, dt_bias and h0
-    `call` (the same arguments) is `apply`, or the forward alone when no input needs a gradient:
-    inference skips autograd's bookkeeping."""
-
-    def prepare(x, dt, A, B, C, D, z, dt_bias, h0, seq):
-        """The inputs as the kernels read them: contiguous, seq in int32."""
-        return (*map(_c, (x, dt, A, B, C, D, z, dt_bias, h0)),
-                None if seq is None else seq.to(torch.int32).contiguous())
-
-    def call(x, dt, A, B, C, D, z, dt_bias, h0, seq, dt_softplus, chunk):
-        tensors = (x, dt, A, B, C, D, z, dt_bias, h0)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            return fn.apply(*tensors, seq, dt_softplus, chunk)
-        x, dt, A, B, C, D, z, dt_bias, h0, seq = prepare(x, dt, A, B, C, D, z, dt_bias, h0, seq)
-        return fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, for_backward=False, chunk=chunk)[:2]
+          -> the gradients of x, dt, A, B, C, D, z, dt_bias and h0"""
 
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, h0, seq, dt_softplus, chunk):
-        x, dt, A, B, C, D, z, dt_bias, h0, seq = prepare(x, dt, A, B, C, D, z, dt_bias, h0, seq)
+        x, dt, A, B, C, D, z, dt_bias, h0 = map(_c, (x, dt, A, B, C, D, z, dt_bias, h0))
+        seq = None if seq is None else seq.to(torch.int32).contiguous()
         grad = any(ctx.needs_input_grad)
         y, hT, saved = fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, for_backward=grad, chunk=chunk)
         if grad:
@@ -445,9 +432,8 @@ def scan_function(name: str, fwd, bwd, doc: str) -> type:
                 cast(ddt_bias, dt_bias), None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype), None, None, None)
 
     body = {"__doc__": doc, "__module__": fwd.__module__, "forward": staticmethod(forward),
-            "backward": staticmethod(backward), "call": staticmethod(call)}
-    fn = types.new_class(name, (torch.autograd.Function,), exec_body=lambda ns: ns.update(body))
-    return fn
+            "backward": staticmethod(backward)}
+    return types.new_class(name, (torch.autograd.Function,), exec_body=lambda ns: ns.update(body))
 
 
 SSDScanFn = scan_function("SSDScanFn", ssd_fwd, ssd_bwd,

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._dispatch import apply
 from .._host import cdiv, next_pow2
 
 NEG = -1e38
@@ -187,5 +188,5 @@ def wkv4_triton(w, u, k, v, state=None):
     ct = k.dtype
     if ct == torch.float64:  # the interpreter's float64 escape hatch: compute in float32
         w, u, k, v = (x.float() for x in (w, u, k, v))
-    y, s_out = WKV4Function.apply(w.contiguous(), u.contiguous(), k, v, s_in)
+    y, s_out = apply(WKV4Function, w.contiguous(), u.contiguous(), k, v, s_in)
     return y.to(ct), tuple(s.to(ct if ct == torch.float64 else torch.float32) for s in s_out.unbind(1))

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._dispatch import interpreting
+from .._dispatch import apply, interpreting
 from .._host import cdiv, next_pow2
 
 BT = 16
@@ -349,6 +349,6 @@ class WKV6Function(torch.autograd.Function):
 def wkv6_triton(r, k, v, w, u, scale, initial_state=None, output_final_state=False):
     if interpreting() and r.dtype == torch.float64:
         args = [x.float() if x is not None else None for x in (r, k, v, w, u, initial_state)]
-        o, ht = WKV6Function.apply(*args[:5], scale, args[5], output_final_state)
+        o, ht = apply(WKV6Function, *args[:5], scale, args[5], output_final_state)
         return o.double(), (ht.double() if ht is not None else None)
-    return WKV6Function.apply(r, k, v, w, u, scale, initial_state, output_final_state)
+    return apply(WKV6Function, r, k, v, w, u, scale, initial_state, output_final_state)

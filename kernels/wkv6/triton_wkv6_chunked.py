@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._dispatch import interpreting
+from .._dispatch import apply, interpreting
 from .._host import cdiv
 from .triton_wkv6 import _dot, _pow2, _prec, _prec_bwd, _rows, _tile, segments_bwd, segments_fwd
 
@@ -156,6 +156,6 @@ def wkv6_triton_chunked(r, k, v, w, u, scale, initial_state=None, output_final_s
     """Same contract as triton_wkv6.wkv6_triton."""
     if interpreting() and r.dtype == torch.float64:
         args = [x.float() if x is not None else None for x in (r, k, v, w, u, initial_state)]
-        o, ht = WKV6ChunkedFunction.apply(*args[:5], scale, args[5], output_final_state)
+        o, ht = apply(WKV6ChunkedFunction, *args[:5], scale, args[5], output_final_state)
         return o.double(), (ht.double() if ht is not None else None)
-    return WKV6ChunkedFunction.apply(r, k, v, w, u, scale, initial_state, output_final_state)
+    return apply(WKV6ChunkedFunction, r, k, v, w, u, scale, initial_state, output_final_state)
