@@ -28,11 +28,13 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
     if backend == "triton":
         # The kernels round their products' operands as r's dtype says: mixed inputs meet in the widest
         # of r, k, v and w first, as the torch path computes them.
-        common = torch.promote_types(torch.promote_types(r.dtype, k.dtype), torch.promote_types(v.dtype, w.dtype))
-        o_dtype, (r, k, v, w) = r.dtype, (t.to(common) for t in (r, k, v, w))
+        o_dtype = r.dtype
+        if not r.dtype == k.dtype == v.dtype == w.dtype:
+            common = torch.promote_types(torch.promote_types(r.dtype, k.dtype), torch.promote_types(v.dtype, w.dtype))
+            r, k, v, w = (t.to(common) for t in (r, k, v, w))
         impl = _TRITON[_triton_impl(r, k, v, w, u, scale, initial_state, output_final_state)]()
         o, state = impl(r, k, v, w, u, scale, initial_state, output_final_state)
-        return o.to(o_dtype), state
+        return (o if o.dtype == o_dtype else o.to(o_dtype)), state
     impl = wkv6_chunked if backend == "torch" else wkv6_naive
     return impl(r, k, v, w, u, scale, initial_state, output_final_state)
 
