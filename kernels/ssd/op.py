@@ -24,7 +24,7 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     sequences usually number 0, 1, 2, ...); initial_states belong to seq_idx 0. chunk_size is the
     chunk of the torch path; the Triton path picks its own (the result is the same function).
     Returns y [B, L, H, P] in x's dtype, and with return_final_states also the final state
-    [B, H, P, N] (float32 for 16-bit inputs).
+    [B, H, P, N] (float32, float64 for float64 x).
     """
     _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx)
     seq_idx = None if seq_idx is None else _runs(seq_idx)
@@ -78,7 +78,7 @@ def _triton_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq_idx, return
     y, hT = apply(_TRITON[_triton_impl(args)](), *args)
     if y.dtype != y_dtype:
         y = y.to(y_dtype)
-    if wide:
+    if y_dtype == torch.float64:
         hT = hT.double()
     return (y, hT) if return_final_states else y
 

@@ -19,7 +19,7 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
         o_t = scale * r_t · (S_{t-1} + (u ⊙ k_t) ⊗ v_t),   S_t = diag(exp(w_t)) S_{t-1} + k_t ⊗ v_t
 
     Returns (o `[B, T, H, V]` in r's dtype, final state `[B, H, K, V]` in float32 (float64
-    for float64 inputs) when output_final_state, else None). Differentiable in r, k, v,
+    for float64 r) when output_final_state, else None). Differentiable in r, k, v,
     w, u and initial_state.
     """
     _check(r, k, v, w, u, initial_state)
@@ -34,6 +34,9 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
             r, k, v, w = (t.to(common) for t in (r, k, v, w))
         impl = _TRITON[_triton_impl(r, k, v, w, u, scale, initial_state, output_final_state)]()
         o, state = impl(r, k, v, w, u, scale, initial_state, output_final_state)
+        state_dtype = torch.float64 if o_dtype == torch.float64 else torch.float32
+        if state is not None and state.dtype != state_dtype:
+            state = state.to(state_dtype)
         return (o if o.dtype == o_dtype else o.to(o_dtype)), state
     impl = wkv6_chunked if backend == "torch" else wkv6_naive
     return impl(r, k, v, w, u, scale, initial_state, output_final_state)

@@ -25,26 +25,28 @@ ARGS = {  # op: (function, sizes -> its arguments: float64 tensors, which a call
     "ssd_scan": (ssd_scan, lambda s: dict(
         x=_r(s.b, s.L, s.H, s.P), dt=_pos(s.b, s.L, s.H), A=-_pos(s.H), B=_r(s.b, s.L, 1, s.N), C=_r(s.b, s.L, 1, s.N),
         D=_r(s.H), z=_r(s.b, s.L, s.H, s.P), dt_bias=_r(s.H) * 0.3, initial_states=_r(s.b, s.H, s.P, s.N),
-        dt_softplus=True)),
+        dt_softplus=True, return_final_states=True)),
     "ssd_step": (ssd_step, lambda s: dict(
         state=_r(s.b, s.H, s.P, s.N), x=_r(s.b, s.H, s.P), dt=_pos(s.b, s.H), A=-_pos(s.H), B=_r(s.b, 1, s.N),
         C=_r(s.b, 1, s.N), D=_r(s.H), z=_r(s.b, s.H, s.P), dt_bias=_r(s.H), dt_softplus=True)),
     "selective_scan": (selective_scan, lambda s: dict(
         u=_r(s.b, s.D, s.L), delta=_pos(s.b, s.D, s.L), A=-_pos(s.D, s.N), B=_r(s.b, s.N, s.L), C=_r(s.b, s.N, s.L),
-        D=_r(s.D), z=_r(s.b, s.D, s.L), delta_bias=_r(s.D), delta_softplus=True)),
+        D=_r(s.D), z=_r(s.b, s.D, s.L), delta_bias=_r(s.D), initial_state=_r(s.b, s.D, s.N), delta_softplus=True,
+        return_last_state=True)),
     "selective_state_update": (selective_state_update, lambda s: dict(
         state=_r(s.b, s.D, s.N), x=_r(s.b, s.D), dt=_pos(s.b, s.D), A=-_pos(s.D, s.N), B=_r(s.b, s.N), C=_r(s.b, s.N),
         D=_r(s.D), z=_r(s.b, s.D), dt_bias=_r(s.D), dt_softplus=True)),
     "wkv6": (wkv6, lambda s: dict(
         r=_r(s.b, s.L, s.H, s.P), k=_r(s.b, s.L, s.H, s.P), v=_r(s.b, s.L, s.H, s.P), w=-_pos(s.b, s.L, s.H, s.P),
-        u=_r(s.H, s.P), initial_state=_r(s.b, s.H, s.P, s.P))),
+        u=_r(s.H, s.P), initial_state=_r(s.b, s.H, s.P, s.P), output_final_state=True)),
     "wkv6_step": (wkv6_step, lambda s: dict(
         state=_r(s.b, s.H, s.P, s.P), r=_r(s.b, s.H, s.P), k=_r(s.b, s.H, s.P), v=_r(s.b, s.H, s.P),
         w=-_pos(s.b, s.H, s.P), u=_r(s.H, s.P))),
     "wkv4": (wkv4, lambda s: dict(w=-_pos(s.D), u=_r(s.D), k=_r(s.b, s.L, s.D), v=_r(s.b, s.L, s.D))),
     "wkv4_step": (wkv4_step, lambda s: dict(w=-_pos(s.D), u=_r(s.D), k=_r(s.b, s.D), v=_r(s.b, s.D),
                                             state=(_r(s.b, s.D), _pos(s.b, s.D), _r(s.b, s.D)))),
-    "causal_conv1d": (causal_conv1d, lambda s: dict(x=_r(s.b, s.D, s.L), weight=_r(s.D, 4), bias=_r(s.D))),
+    "causal_conv1d": (causal_conv1d, lambda s: dict(x=_r(s.b, s.D, s.L), weight=_r(s.D, 4), bias=_r(s.D),
+                                                    initial_states=_r(s.b, s.D, 3), return_final_states=True)),
     "causal_conv1d_update": (causal_conv1d_update, lambda s: dict(x=_r(s.b, s.D), conv_state=_r(s.b, s.D, 3),
                                                                   weight=_r(s.D, 4), bias=_r(s.D))),
     "add_rmsnorm": (add_rmsnorm, lambda s: dict(x=_r(s.b, s.L, s.D), residual=_r(s.b, s.L, s.D), weight=_r(s.D))),
