@@ -99,12 +99,13 @@ def rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias, block
     R = weight.shape[0]
     x = x.contiguous()
     res = residual.contiguous() if residual is not None else None
+    norm_weight, bias = norm_weight.contiguous(), bias.contiguous() if bias is not None else None
     h = torch.empty_like(x) if res is not None else x
     y = torch.empty(batch, R, device=x.device, dtype=weight.dtype)
     BR = block_r or BLOCK_R
     pdl = pdl_ok(x, pdl)
     _rms_gemv_kernel[(batch, cdiv(R, BR))](
-        x, res, norm_weight.contiguous(), weight.contiguous(), bias if bias is None else bias.contiguous(), y, h, K, R, K // groups, float(eps),
+        x, res, norm_weight, weight.contiguous(), bias, y, h, K, R, K // groups, float(eps),
         HAS_RES=res is not None, HAS_BIAS=bias is not None, PDL=pdl, BR=BR, BK=_block_k(K, groups, block_k or _block_k_cap(K)),
         BG=max(1, next_pow2(groups)), num_warps=num_warps or WARPS,
         **({"launch_pdl": True} if pdl else {}))
