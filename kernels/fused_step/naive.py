@@ -50,7 +50,7 @@ def mamba2_step_naive(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_l
     if gate == "pre_norm":
         return y
     if gate == "norm":
-        g = y.view(batch, G, -1)
+        g = y.view(batch, G, E // G)
         y = (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + norm_eps)).view(batch, E) * norm_weight.to(ct)
     return y.to(zxbcdt.dtype)
 

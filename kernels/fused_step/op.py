@@ -14,8 +14,8 @@ from .naive import conv_step_naive, mamba2_step_naive, mamba_ssm_step_naive
 _GATES = (None, "silu", "norm", "pre_norm")
 
 
-def _triton(x):
-    return backend_for(x) == "triton" and x.dtype != torch.float64
+def _triton(x, *sized):
+    return backend_for(x, *sized) == "triton" and x.dtype != torch.float64
 
 
 def mamba2_step_fused(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D=None, dt_bias=None,
@@ -52,12 +52,13 @@ def mamba2_step_fused(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_l
     if gate not in _GATES:
         raise ValueError(f"gate: expected one of {_GATES}, got {gate!r}")
     expect_shape("norm_weight", norm_weight, (E,), optional=gate not in ("norm", "pre_norm"))
-    expect_float(zxbcdt=zxbcdt, conv_state=conv_state, ssm_state=ssm_state, A_log=A_log)
+    expect_float(zxbcdt=zxbcdt, conv_state=conv_state, conv_weight=conv_weight, conv_bias=conv_bias,
+                 ssm_state=ssm_state, A_log=A_log, D=D, dt_bias=dt_bias, norm_weight=norm_weight)
     expect_same_device(zxbcdt=zxbcdt, conv_state=conv_state, conv_weight=conv_weight, conv_bias=conv_bias,
                        ssm_state=ssm_state, A_log=A_log, D=D, dt_bias=dt_bias, norm_weight=norm_weight)
     args = (zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias,
             norm_weight if gate in ("norm", "pre_norm") else None, gate, norm_eps, dt_floor)
-    if _triton(zxbcdt):
+    if _triton(zxbcdt, ssm_state):
         from .triton_fused_step import mamba2_step_triton
         return mamba2_step_triton(*args, pdl=pdl)
     return mamba2_step_naive(*args)
@@ -104,11 +105,13 @@ def mamba_ssm_step_fused(state, u, x_dbl, dt_proj_weight, A_log, dt_bias=None, D
     for name, t, n in (("dt_norm_weight", dt_norm_weight, R), ("b_norm_weight", b_norm_weight, N),
                        ("c_norm_weight", c_norm_weight, N)):
         expect_shape(name, t, (n,), optional=not w)
-    expect_float(state=state, u=u, x_dbl=x_dbl, dt_proj_weight=dt_proj_weight, A_log=A_log)
-    expect_same_device(state=state, u=u, x_dbl=x_dbl, dt_proj_weight=dt_proj_weight, A_log=A_log, z=z)
+    tensors = dict(state=state, u=u, x_dbl=x_dbl, dt_proj_weight=dt_proj_weight, A_log=A_log, dt_bias=dt_bias, D=D,
+                   z=z, dt_norm_weight=dt_norm_weight, b_norm_weight=b_norm_weight, c_norm_weight=c_norm_weight)
+    expect_float(**tensors)
+    expect_same_device(**tensors)
     norms = (dt_norm_weight, b_norm_weight, c_norm_weight) if w else (None, None, None)
     args = (state, u, x_dbl, dt_proj_weight, A_log, dt_bias, D, z, inner_norms, *norms, inner_norm_eps)
-    if _triton(u):
+    if _triton(u, state):
         from .triton_fused_step import mamba_ssm_step_triton
         return mamba_ssm_step_triton(*args)
     return mamba_ssm_step_naive(*args)

@@ -12,6 +12,7 @@ import torch
 
 from archdsl.kernels import (add_rmsnorm, causal_conv1d, causal_conv1d_update, rms_linear, selective_scan,
                              selective_state_update, ssd_scan, ssd_step, wkv4, wkv4_step, wkv6, wkv6_step)
+from archdsl.kernels.fused_step.op import mamba2_step_fused, mamba_conv_step, mamba_ssm_step_fused
 
 def _r(*shape):
     return torch.randn(*shape, dtype=torch.float64)
@@ -52,14 +53,24 @@ ARGS = {  # op: (function, sizes -> its arguments: float64 tensors, which a call
     "add_rmsnorm": (add_rmsnorm, lambda s: dict(x=_r(s.b, s.L, s.D), residual=_r(s.b, s.L, s.D), weight=_r(s.D))),
     "rms_linear": (rms_linear, lambda s: dict(x=_r(s.b, s.D), weight=_r(5, s.D), norm_weight=_r(s.D),
                                               residual=_r(s.b, s.D), bias=_r(5))),
+    "mamba2_step_fused": (mamba2_step_fused, lambda s: dict(
+        zxbcdt=_r(s.b, 2 * s.H * s.P + 2 * s.N + s.H), conv_state=_r(s.b, s.H * s.P + 2 * s.N, 3),
+        conv_weight=_r(s.H * s.P + 2 * s.N, 4), conv_bias=_r(s.H * s.P + 2 * s.N), ssm_state=_r(s.b, s.H, s.P, s.N),
+        A_log=_r(s.H), D=_r(s.H), dt_bias=_r(s.H), norm_weight=_r(s.H * s.P))),
+    "mamba_conv_step": (mamba_conv_step, lambda s: dict(x=_r(s.b, s.D), conv_state=_r(s.b, s.D, 3),
+                                                        weight=_r(s.D, 4), bias=_r(s.D))),
+    "mamba_ssm_step_fused": (mamba_ssm_step_fused, lambda s: dict(
+        state=_r(s.b, s.D, s.N), u=_r(s.b, s.D), x_dbl=_r(s.b, 3 + 2 * s.N), dt_proj_weight=_r(s.D, 3),
+        A_log=_r(s.D, s.N), dt_bias=_r(s.D), D=_r(s.D), z=_r(s.b, s.D), inner_norms="weighted",
+        dt_norm_weight=_r(3), b_norm_weight=_r(s.N), c_norm_weight=_r(s.N))),
 }
 SIZES = dict(b=1, L=12, H=2, P=4, N=6, D=8)
 CASES = [(op, arg) for op, (_, make) in ARGS.items()
-         for arg, v in make(SimpleNamespace(**SIZES)).items() if not isinstance(v, bool)]
+         for arg, v in make(SimpleNamespace(**SIZES)).items() if isinstance(v, (torch.Tensor, tuple))]
 
 
 def _cast(v, dtype):
-    if isinstance(v, bool):
+    if not isinstance(v, (torch.Tensor, tuple)):  # a flag
         return v
     return tuple(t.to(dtype) for t in v) if isinstance(v, tuple) else v.to(dtype)
 
@@ -109,7 +120,7 @@ def _strided(v):
     """v's values in a non-contiguous view (every other element of a wider last dim)."""
     if isinstance(v, tuple):
         return tuple(_strided(t) for t in v)
-    if isinstance(v, bool) or v.dim() == 0:
+    if not isinstance(v, torch.Tensor) or v.dim() == 0:
         return v
     wide = torch.zeros(*v.shape[:-1], 2 * v.shape[-1], dtype=v.dtype)
     wide[..., ::2] = v
@@ -164,7 +175,7 @@ def test_garbage_in_any_argument_is_a_value_error(op, backend, monkeypatch):
     torch.manual_seed(0)
     base = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**SIZES)).items()}
     for arg, value in base.items():
-        if isinstance(value, bool):
+        if not isinstance(value, (torch.Tensor, tuple)):
             continue
         for what, bad in _garbage(value):
             inputs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in base.items()}
