@@ -1,10 +1,12 @@
-"""Integer helpers for the launchers, in plain Python.
+"""Host helpers for the launchers, in plain Python.
 
 `triton.cdiv` and `triton.next_power_of_2` are Triton constexpr functions: called from the host they first
 unwrap their arguments through Triton's machinery, a few microseconds a call, and a launcher makes several
 (the chunked SSD forward made 13 a call). These compute the same values directly.
 """
 from __future__ import annotations
+
+import torch
 
 
 def cdiv(a: int, b: int) -> int:
@@ -15,3 +17,8 @@ def cdiv(a: int, b: int) -> int:
 def next_pow2(n: int) -> int:
     """The smallest power of two >= n (0 for n <= 0), as triton.next_power_of_2."""
     return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
+def dense(t: torch.Tensor | None) -> torch.Tensor | None:
+    """t as the kernels index it: contiguous (a strided view is copied); None stays None."""
+    return None if t is None else t.contiguous()

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import apply
-from .._host import cdiv, next_pow2
+from .._host import cdiv, dense, next_pow2
 
 TAPS = 4
 
@@ -190,7 +190,7 @@ class CausalConv1dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, init, silu):
         x = x.contiguous()
-        bias, init = (t.contiguous() if t is not None else None for t in (bias, init))
+        bias, init = map(dense, (bias, init))
         ctx.save_for_backward(x, weight, bias, init)
         ctx.silu = silu
         return conv_fwd(x, weight, bias, init, silu)

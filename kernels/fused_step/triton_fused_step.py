@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._host import cdiv, next_pow2
+from .._host import cdiv, dense, next_pow2
 from .._pdl import gdc_launch_dependents, gdc_wait, pdl_ok
 
 
@@ -180,11 +180,6 @@ def _counters(device, n):
 BLOCK_P, WARPS = None, 4  # head-dim channels per program (None: up to 2048 state elements), warps
 
 
-def _dense(*params):
-    """The parameters as the kernels index them: contiguous (a strided view is copied; None stays None)."""
-    return tuple(None if t is None else t.contiguous() for t in params)
-
-
 def mamba2_step_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias,
                        norm_weight, gate, norm_eps, dt_floor, pdl=False, block_p=None):
     batch, H, P, N = ssm_state.shape
@@ -192,7 +187,7 @@ def mamba2_step_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_
     conv_dim, K1 = conv_state.shape[1:]
     G = (conv_dim - E) // (2 * N)
     zx = zxbcdt if zxbcdt.stride(-1) == 1 else zxbcdt.contiguous()
-    w, conv_bias, A_log, D, dt_bias, norm_weight = _dense(conv_weight, conv_bias, A_log, D, dt_bias, norm_weight)
+    w, conv_bias, A_log, D, dt_bias, norm_weight = map(dense, (conv_weight, conv_bias, A_log, D, dt_bias, norm_weight))
     out = torch.empty(batch, E, device=zx.device, dtype=zx.dtype)
     BN = next_pow2(N)
     BP = block_p or BLOCK_P or min(next_pow2(P), max(1, 2048 // BN))
@@ -231,7 +226,7 @@ def _conv_step_kernel(x_ptr, cst_ptr, w_ptr, b_ptr, y_ptr, s_x, cs_b, cs_c, cs_k
 def conv_step_triton(x, conv_state, weight, bias):
     batch, D = x.shape
     x = x if x.stride(-1) == 1 else x.contiguous()
-    weight, bias = _dense(weight, bias)
+    weight, bias = map(dense, (weight, bias))
     y = torch.empty(batch, D, device=x.device, dtype=x.dtype)
     BLOCK = min(1024, next_pow2(D))
     _conv_step_kernel[(batch, cdiv(D, BLOCK))](
@@ -302,8 +297,8 @@ def mamba_ssm_step_triton(state, u, x_dbl, dt_proj_weight, A_log, dt_bias, D, z,
     batch, E, N = state.shape
     R = dt_proj_weight.shape[1]
     u, x_dbl, z = (t if t is None or t.stride(-1) == 1 else t.contiguous() for t in (u, x_dbl, z))
-    dt_proj_weight, A_log, dt_bias, D, dt_norm_weight, b_norm_weight, c_norm_weight = _dense(
-        dt_proj_weight, A_log, dt_bias, D, dt_norm_weight, b_norm_weight, c_norm_weight)
+    dt_proj_weight, A_log, dt_bias, D, dt_norm_weight, b_norm_weight, c_norm_weight = map(dense, (
+        dt_proj_weight, A_log, dt_bias, D, dt_norm_weight, b_norm_weight, c_norm_weight))
     y = torch.empty(batch, E, device=u.device, dtype=u.dtype)
     BR, BN = next_pow2(R), next_pow2(N)
     BE = max(16, min(128, 4096 // max(BR, BN), next_pow2(E)))

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._host import cdiv, next_pow2
+from .._host import cdiv, dense, next_pow2
 from .._pdl import gdc_launch_dependents, gdc_wait, pdl_ok
 
 # (rows per program, K block, warps), the fastest of 60 on the H200 (benchmarks/kernels_norm_gemv.py,
@@ -98,8 +98,7 @@ def rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias, block
     batch, K = x.shape
     R = weight.shape[0]
     x = x.contiguous()
-    res = residual.contiguous() if residual is not None else None
-    norm_weight, bias = norm_weight.contiguous(), bias.contiguous() if bias is not None else None
+    res, norm_weight, bias = map(dense, (residual, norm_weight, bias))
     h = torch.empty_like(x) if res is not None else x
     y = torch.empty(batch, R, device=x.device, dtype=weight.dtype)
     BR = block_r or BLOCK_R

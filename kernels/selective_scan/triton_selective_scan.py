@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import apply, interpreting, pick_impl, time_or_inf
-from .._host import cdiv, next_pow2
+from .._host import cdiv, dense, next_pow2
 
 LOG2E = 1.4426950408889634
 # Checkpoint interval = backward chunk; the interpreter runs small tiles so CI stays fast.
@@ -684,8 +684,7 @@ class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B4, C4, D, z, bias, h0, softplus):
         u, delta = u.contiguous(), delta.contiguous()
-        z, D, bias = (t.contiguous() if t is not None else None for t in (z, D, bias))
-        h0c = h0.contiguous() if h0 is not None else None
+        z, D, bias, h0c = map(dense, (z, D, bias, h0))
         need = any(ctx.needs_input_grad)
         args = (u, delta, A.contiguous(), B4, C4, D, z, bias, h0c, softplus, need)
         y, hT, ck = _fwd_impl(args)(*args)

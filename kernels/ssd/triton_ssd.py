@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._host import cdiv, next_pow2
+from .._host import cdiv, dense, next_pow2
 
 
 @triton.jit
@@ -398,10 +398,6 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, states, yp
     return dx, ddt, dA.sum((0, 1)), dB, dC, dD, dz, ddt_bias, dh0
 
 
-def _c(t):
-    return None if t is None else t.contiguous()
-
-
 def scan_function(name: str, fwd, bwd, doc: str) -> type:
     """The autograd.Function of one Triton implementation of the scan, arguments (x, dt, A, B, C, D,
     z, dt_bias, h0, seq, dt_softplus, chunk) -> (y, final state); every tensor input but seq is
@@ -412,7 +408,7 @@ def scan_function(name: str, fwd, bwd, doc: str) -> type:
           -> the gradients of x, dt, A, B, C, D, z, dt_bias and h0"""
 
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, h0, seq, dt_softplus, chunk):
-        x, dt, A, B, C, D, z, dt_bias, h0 = map(_c, (x, dt, A, B, C, D, z, dt_bias, h0))
+        x, dt, A, B, C, D, z, dt_bias, h0 = map(dense, (x, dt, A, B, C, D, z, dt_bias, h0))
         seq = None if seq is None else seq.to(torch.int32).contiguous()
         grad = any(ctx.needs_input_grad)
         y, hT, saved = fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, for_backward=grad, chunk=chunk)
@@ -424,7 +420,7 @@ def scan_function(name: str, fwd, bwd, doc: str) -> type:
 
     def backward(ctx, dy, dhT):
         x, dt, A, B, C, D, z, dt_bias, seq, *saved = ctx.saved_tensors
-        grads = bwd(dy.contiguous(), _c(dhT), x, dt, A, B, C, D, z, dt_bias, ctx.dt_softplus, seq, *saved,
+        grads = bwd(dy.contiguous(), dense(dhT), x, dt, A, B, C, D, z, dt_bias, ctx.dt_softplus, seq, *saved,
                     chunk=ctx.chunk)
         dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dh0 = grads
         cast = lambda g, ref: None if g is None or ref is None else g.to(ref.dtype)
@@ -444,7 +440,7 @@ def ssd_step_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
     """One decode token; updates state [B, H, P, N] in place, returns y [B, H, P]."""
     batch, H, P, N = state.shape
     G = B.shape[1]
-    x, dt, A, B, C, D, z, dt_bias = map(_c, (x, dt, A, B, C, D, z, dt_bias))
+    x, dt, A, B, C, D, z, dt_bias = map(dense, (x, dt, A, B, C, D, z, dt_bias))
     y = torch.empty_like(x)
     BN = next_pow2(N)
     BP = min(next_pow2(P), max(1, 2048 // BN))

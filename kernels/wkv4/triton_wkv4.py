@@ -189,4 +189,4 @@ def wkv4_triton(w, u, k, v, state=None):
     if ct == torch.float64:  # the interpreter's float64 escape hatch: compute in float32
         w, u, k, v = (x.float() for x in (w, u, k, v))
     y, s_out = apply(WKV4Function, w.contiguous(), u.contiguous(), k, v, s_in)
-    return y.to(ct), tuple(s.to(ct if ct == torch.float64 else torch.float32) for s in s_out.unbind(1))
+    return y.to(ct), tuple((s_out.double() if ct == torch.float64 else s_out).unbind(1))
