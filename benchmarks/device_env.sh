@@ -11,6 +11,9 @@ PKG=$(mktemp -d)
 python3 -m pip install -q --no-index --no-deps --target "$SITE" "$_WHEELS"/*.whl
 tar xzf "$_WHEELS"/mamba_ssm-*.tar.gz -C "$SITE" --strip-components=1 --wildcards '*/mamba_ssm/*'
 : > "$SITE/mamba_ssm/__init__.py"  # its own __init__ imports CUDA extensions that are not built
+# its CUDA selective scan's sources, which benchmarks/mamba_cuda.py builds (the forward alone) as a peer
+tar xzf "$_WHEELS"/mamba_ssm-*.tar.gz -C "$SITE" --strip-components=1 --wildcards '*/csrc/selective_scan/*'
+export MAMBA_SSM_CSRC="$SITE/csrc/selective_scan" TORCH_EXTENSIONS_DIR="$SITE/torch_extensions"
 mkdir -p "$PKG/archdsl" && cp -r archdsl/. "$PKG/archdsl/" && cp -r kernels "$PKG/archdsl/kernels" \
     && cp -r grammar "$PKG/archdsl/grammar"
 export PYTHONPATH="$PKG:$SITE:$PWD/benchmarks" PYTHONUNBUFFERED=1 PYTHONSAFEPATH=1

@@ -5,7 +5,7 @@
 #   SWEEP=2 bash benchmarks/gpu_sweep.sh WHEELS OUTDIR    # kernels | models, WKV6, fusions (~9 min)
 # Each part fits one 10-minute call on a 2-GPU machine (the two lanes side by side); on one GPU
 # the lanes run one after the other. LANE_KERNELS / LANE_MODELS name the stages to run instead
-# (gpu_tests bench_ssd bench_scan bench_wkv6 bench_model bench_fusions bench_gemv step_configs profile ssd_configs wkv6_configs scan_configs zoology; a lane
+# (gpu_tests odd_inputs build_mamba_cuda bench_ssd bench_scan bench_wkv6 bench_model bench_fusions bench_gemv step_configs profile ssd_configs wkv6_configs scan_configs zoology; a lane
 # set to "-" runs nothing).
 # WHEELS holds the peers as files (the fla-core wheel and the mamba-ssm sdist, whose Triton
 # code runs without its CUDA extensions). Each stage has its own time limit, and every
@@ -26,9 +26,14 @@ stage() {  # stage NAME SECONDS COMMAND...
     echo "rc=$? after $((SECONDS - t0))s" | tee -a "$OUTDIR/$name.log"
     tail -n "${TAIL:-25}" "$OUTDIR/$name.log" | grep -v "it/s\]\|s/it\]"
 }
-TESTS=${TESTS:-tests/model/test_fused_step.py tests/kernels/test_selective_scan.py tests/kernels/test_conv1d.py tests/model/test_model.py tests/kernels/test_wkv6.py tests/kernels/test_ssd.py}
-gpu_tests() { stage gpu_tests "${T_TESTS:-210}" python3 -m pytest -v -m gpu -p no:cacheprovider --timeout 90 $TESTS; }
+TESTS=${TESTS:-tests/model/test_fused_step.py tests/kernels/test_selective_scan.py tests/kernels/test_conv1d.py tests/kernels/test_wkv4.py tests/kernels/test_norm_gemv.py tests/model/test_model.py tests/kernels/test_wkv6.py tests/kernels/test_ssd.py}
+gpu_tests() { stage gpu_tests "${T_TESTS:-210}" python3 -m pytest -v -m gpu -p no:cacheprovider --timeout "${T_TEST:-90}" ${PYTEST_ARGS:-} $TESTS; }
+# every op on odd inputs (mixed dtypes, strided views, zero sizes, garbage), compiled for the card
+odd_inputs() { stage odd_inputs "${T_ODD:-180}" python3 -m pytest -q -p no:cacheprovider -n "${ODD_JOBS:-4}" tests/kernels/test_odd_inputs.py; }
 bench_ssd() { stage bench_ssd "${T_SSD:-200}" python3 benchmarks/kernels.py --only kernels_ssd --json "$OUTDIR/ssd.json"; }
+# mamba_ssm's CUDA selective-scan forward, built from the sdist for bench_scan's peer row (a stage of its own, so
+# that its compile is not charged to the timing stage's limit)
+build_mamba_cuda() { stage build_mamba_cuda "${T_BUILD:-300}" python3 benchmarks/mamba_cuda.py; }
 bench_scan() { stage bench_scan "${T_SCAN:-90}" python3 benchmarks/kernels.py --only kernels_selective_scan --quick --json "$OUTDIR/scan.json"; }
 bench_wkv6() { stage bench_wkv6 "${T_WKV:-200}" python3 benchmarks/kernels.py --only kernels_wkv6 --json "$OUTDIR/wkv6.json"; }
 bench_model() { stage bench_model "${T_MODEL:-190}" python3 benchmarks/model.py --quick --json "$OUTDIR/model.json" $MODEL_ARGS; }

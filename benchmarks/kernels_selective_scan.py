@@ -48,7 +48,7 @@ def _scan_inputs(L, grad):
     return {k: v.requires_grad_() for k, v in t.items()} if grad else t
 
 
-def _scan_call(fn, t, bwd):
+def _scan_call(fn, t, bwd, keep=False):
     dy = torch.randn_like(t["u"])
 
     def call():
@@ -59,7 +59,14 @@ def _scan_call(fn, t, bwd):
                delta_softplus=True)
         if bwd:
             y.backward(dy)
+        return y if keep else None
     return call
+
+
+def _mamba_cuda():
+    """mamba_ssm's CUDA selective-scan forward, built from its sdist (benchmarks/mamba_cuda.py), or None."""
+    from mamba_cuda import load
+    return load()
 
 
 def _scan_floor(L, bwd):
@@ -97,6 +104,16 @@ def iter_scan_rows(Ls, peer_Ls):
             ours = bench_or_nan(with_env("ARCHDSL_SCAN_FWD", fwd, _scan_call(selective_scan, t, False)))
             yield dict(op="selective_scan", shape=f"B={BATCH} L={L} D={DIM} N={N} fwd={fwd}", mode="fwd",
                        ours_ms=ours, peer="chunked torch (GPU)", peer_ms=theirs, floor_ms=floor, floor_note=note)
+        cuda = _mamba_cuda()
+        if cuda is not None:  # the same forward against mamba_ssm's CUDA kernel, outputs compared
+            def theirs_call():
+                return cuda.fwd(t["u"], t["delta"], t["A"], t["B"][:, None], t["C"][:, None], t["D"], t["z"],
+                                t["delta_bias"], True)[2]
+            y_ours, y_theirs = _scan_call(selective_scan, t, False, keep=True)(), theirs_call()
+            diff = ((y_ours.float() - y_theirs.float()).norm() / y_theirs.float().norm()).item()
+            yield dict(op="selective_scan", shape=f"B={BATCH} L={L} D={DIM} N={N} fwd=auto", mode="fwd",
+                       ours_ms=bench_or_nan(_scan_call(selective_scan, t, False)), peer="mamba_ssm CUDA",
+                       peer_ms=bench_or_nan(theirs_call), floor_ms=floor, floor_note=note, rel_diff=diff)
         del t
         torch.cuda.empty_cache()
         for variant in ("groups", "threads"):

@@ -1,7 +1,9 @@
 """Odd inputs to every op: each argument alone in another dtype, strided, or garbage; a size of zero.
 
 The Triton path (interpreted on the CPU) must give what the torch path gives for the same
-inputs -- the same output shapes, dtypes and values -- or raise the ValueError both raise.
+inputs -- the same output shapes, dtypes and values -- or raise the ValueError both raise. On a
+machine with a GPU the inputs live there, so the compiled kernels meet the same odd inputs
+(`pytest tests/kernels/test_odd_inputs.py`, as benchmarks/gpu_sweep.sh runs it).
 A kernel's products need their operands in one dtype, so the ops convert mixed ones before
 launching; work with no elements never reaches a launch."""
 import re
@@ -13,6 +15,9 @@ import torch
 from archdsl.kernels import (add_rmsnorm, causal_conv1d, causal_conv1d_update, rms_linear, selective_scan,
                              selective_state_update, ssd_scan, ssd_step, wkv4, wkv4_step, wkv6, wkv6_step)
 from archdsl.kernels.fused_step.op import mamba2_step_fused, mamba_conv_step, mamba_ssm_step_fused
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 
 def _r(*shape):
     return torch.randn(*shape, dtype=torch.float64)
@@ -72,7 +77,7 @@ CASES = [(op, arg) for op, (_, make) in ARGS.items()
 def _cast(v, dtype):
     if not isinstance(v, (torch.Tensor, tuple)):  # a flag
         return v
-    return tuple(t.to(dtype) for t in v) if isinstance(v, tuple) else v.to(dtype)
+    return tuple(t.to(DEVICE, dtype) for t in v) if isinstance(v, tuple) else v.to(DEVICE, dtype)
 
 
 def _call(op, backend, monkeypatch, dtypes=None, **sizes):
@@ -122,7 +127,7 @@ def _strided(v):
         return tuple(_strided(t) for t in v)
     if not isinstance(v, torch.Tensor) or v.dim() == 0:
         return v
-    wide = torch.zeros(*v.shape[:-1], 2 * v.shape[-1], dtype=v.dtype)
+    wide = torch.zeros(*v.shape[:-1], 2 * v.shape[-1], dtype=v.dtype, device=v.device)
     wide[..., ::2] = v
     return wide[..., ::2]
 
@@ -154,14 +159,14 @@ def _garbage(v):
     if isinstance(v, tuple):
         yield from (("a short tuple", v[:2]), ("a tuple of wrong shapes", tuple(t[None] for t in v)))
         return
-    yield from (("a numpy array", v.numpy()), ("complex", v.to(torch.complex64)), ("int64", v.long()),
+    yield from (("a numpy array", v.cpu().numpy()), ("complex", v.to(torch.complex64)), ("int64", v.long()),
                 ("one more dim", v[None]), ("on the meta device", v.to("meta")))
     if v.dim():
         yield "one dim less", v[0]
         for d in (0, -1):
             shape = list(v.shape)
             shape[d] += 1
-            yield f"dim {d} one longer", torch.zeros(shape)
+            yield f"dim {d} one longer", torch.zeros(shape, device=v.device)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])

@@ -1,0 +1,55 @@
+"""mamba_ssm's CUDA selective-scan forward, built from its sdist on the GPU machine, as a peer.
+
+The sdist's csrc/selective_scan holds the CUDA kernels behind mamba_ssm's `selective_scan_fn`. Built
+whole, with its backward for every dtype, it takes far longer than a timing run can spare; this
+builds the extension from its C++ binding and the bf16 forward alone, for this card only, and loads
+it with lazy binding, so that the backward and the other dtypes' symbols it leaves out are only
+missed if called (they never are here). The build is cached by torch (TORCH_EXTENSIONS_DIR).
+
+    python3 benchmarks/mamba_cuda.py          # build now (the benchmark then only loads it)
+
+MAMBA_SSM_CSRC names the sdist's csrc/selective_scan folder (benchmarks/device_env.sh sets it).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+FLAGS = ["-O3", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
+         "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+         "-U__CUDA_NO_BFLOAT162_OPERATORS__", "-U__CUDA_NO_BFLOAT162_CONVERSIONS__",
+         "--expt-relaxed-constexpr", "--expt-extended-lambda", "--use_fast_math"]  # as mamba_ssm's setup.py
+
+
+def load(verbose: bool = False):
+    """The built module (its `fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)` takes B, C as
+    [batch, groups, N, L]), or None with the reason printed: no sdist, no compiler, a failed build."""
+    src = os.environ.get("MAMBA_SSM_CSRC")
+    if not src or not os.path.isdir(src):
+        print("# mamba_ssm CUDA selective scan: MAMBA_SSM_CSRC names no folder", flush=True)
+        return None
+    import torch
+    from torch.utils.cpp_extension import load as build
+    major, minor = torch.cuda.get_device_capability()
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
+    os.environ.setdefault("MAX_JOBS", "4")
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(os.RTLD_LAZY)
+    try:
+        return build("selective_scan_cuda_fwd_bf16",
+                     [os.path.join(src, "selective_scan.cpp"), os.path.join(src, "selective_scan_fwd_bf16.cu")],
+                     extra_cflags=["-O3"], extra_cuda_cflags=FLAGS, extra_include_paths=[src],
+                     extra_ldflags=["-Wl,-z,lazy"], verbose=verbose)
+    except Exception as e:  # a peer that does not build must not stop the run
+        print(f"# mamba_ssm CUDA selective scan did not build: {type(e).__name__}: {str(e)[-600:]}", flush=True)
+        return None
+    finally:
+        sys.setdlopenflags(flags)
+
+
+if __name__ == "__main__":
+    import time
+    t = time.perf_counter()
+    ok = load(verbose=True) is not None
+    print(f"built: {ok} in {time.perf_counter() - t:.0f} s", flush=True)
+    sys.exit(0 if ok else 1)
