@@ -117,9 +117,6 @@ INTERPRET_CHUNK, INTERPRET_SUB = 32, 16
 # and gradients bit-identical): forward at L 16K 0.633-0.643 -> 0.630-0.640 ms, at L 4K 0.181 -> 0.178 ms,
 # forward+backward at L 16K 3.417-3.420 -> 3.388-3.392 ms.
 CHAIN = True
-# The chunk scan runs beside the state pass, each of its programs waiting for its chunk's entering state
-# (_chunk_scan's WAIT), rather than after the whole pass. Under PDL only.
-OVERLAP = True
 
 
 def _launch(kernel: str, x, Q: int, P: int) -> dict:
@@ -134,16 +131,11 @@ def _launch(kernel: str, x, Q: int, P: int) -> dict:
 
 
 @triton.jit
-def _chunk_ids(pid, H, NC, G, B, CHUNK_MAJOR: tl.constexpr):
-    """Program id over (batch, chunk, head) -- head fastest, so the heads of a group share B, C in L2 --
-    or, CHUNK_MAJOR, over (chunk, batch, head): the first programs take the first chunks."""
+def _chunk_ids(pid, H, NC, G):
+    """Program id over (batch, chunk, head) -- head fastest, so the heads of a group share B, C in L2."""
     h = pid % H
-    if CHUNK_MAJOR:
-        b = (pid // H) % B
-        c = pid // (H * B)
-    else:
-        c = (pid // H) % NC
-        b = pid // (H * NC)
+    c = (pid // H) % NC
+    b = pid // (H * NC)
     return b, c, h, h // (H // G), (b * H + h).to(tl.int64)
 
 
@@ -168,12 +160,12 @@ def _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q: tl.constexpr, BT: tl.co
 
 @triton.jit
 def _program(s_ptr, seq_ptr, L, H, G, P, N, NC, Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
-             BN: tl.constexpr, HAS_SEQ: tl.constexpr, CHUNK_MAJOR: tl.constexpr):
-    """What a (batch·chunk·head, P block) program of the chunk kernels (in _chunk_ids's order) starts from: chunk c, head h,
+             BN: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """What a (batch·chunk·head, P block) program of the chunk kernels starts from: chunk c, head h,
     group g, (batch, head) as int64, the P and N offsets and masks, the batch's first token row,
     and _chunk_info's sub-block count, s at the chunk's end, carry factor and the sequence indices
     around it."""
-    b, c, h, g, bh64 = _chunk_ids(tl.program_id(0), H, NC, G, tl.num_programs(0) // (H * NC), CHUNK_MAJOR)
+    b, c, h, g, bh64 = _chunk_ids(tl.program_id(0), H, NC, G)
     offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
     offs_n = tl.arange(0, BN)
     row0 = b.to(tl.int64) * L
@@ -290,9 +282,9 @@ def _pass_program(first_ptr, L, H, G, P, N, BP: tl.constexpr, BN: tl.constexpr, 
 
 
 @triton.jit
-def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, done_ptr, L, H, G, P, N, NC,
+def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, L, H, G, P, N, NC,
                 HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                PREC: tl.constexpr, PDL: tl.constexpr, SIGNAL: tl.constexpr, PTX: tl.constexpr):
+                PREC: tl.constexpr, PDL: tl.constexpr):
     """The forward's serial pass with each chunk's own state formed in it, over one (batch, head)'s
     [P block, N block], the state held transposed, hᵀ [BN, BP]: walking the chunks c, hin[c] = hᵀ, then
     hᵀ = hᵀ · carry[c] + Σ_t exp(s_end - s_t) dt'_t B_t ⊗ x_t (one [BN, Q]·[Q, BP] dot); the last h is
@@ -302,20 +294,13 @@ def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, 
     it into, and the weighted x, formed in registers, is stored there once as the second. In the other
     order, h = (x ∘ w)ᵀ B, the weighted x was the first operand, taken in registers: stored to shared
     memory and read back by each of the two warp groups. H200, L 16K, one process (eighteenth run):
-    the pass 206 -> 189 µs, outputs and gradients bit-identical.
-    SIGNAL: the program counts what it has stored in done [B·H, P blocks · N blocks] int32 (zeroed by the
-    caller): c + 1 once hin[c] is stored, NC + 1 once hT is (see _wait_for_state)."""
+    the pass 206 -> 189 µs, outputs and gradients bit-identical."""
     _after_previous(PDL)
     bh64, h, g, row0, offs_p, offs_n, mask_p, mask_n, so, st, mask_s, state = _pass_program(
         h0_ptr, L, H, G, P, N, BP, BN, HAS_H0)
-    if SIGNAL:  # this program's count
-        done_ptr += bh64 * tl.num_programs(1) * tl.num_programs(2) + tl.program_id(1) * tl.num_programs(2) \
-            + tl.program_id(2)
     offs_q = tl.arange(0, Q)
     for c in range(NC):
         tl.store(hin_ptr + (bh64 * NC + c) * P * N + st, state.to(hin_ptr.dtype.element_ty), mask=mask_s)
-        if SIGNAL:
-            _signal(done_ptr, c + 1, PTX)
         mask_t = c * Q + offs_q < L
         x = _tile(x_ptr + (row0 + c * Q) * H * P, offs_q, mask_t, H, h, P, offs_p, mask_p)
         Bm = _tile(B_ptr + (row0 + c * Q) * G * N, offs_q, mask_t, G, g, N, offs_n, mask_n)
@@ -323,37 +308,6 @@ def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, 
         xw = (x.to(tl.float32) * w[:, None]).to(x.dtype)
         state = state * carry + tl.dot(tl.trans(Bm), xw, input_precision=PREC)
     tl.store(hT_ptr + bh64 * P * N + so, state, mask=mask_s)
-    if SIGNAL:
-        _signal(done_ptr, NC + 1, PTX)
-
-
-@triton.jit
-def _signal(done_ptr, count, PTX: tl.constexpr):
-    """The program's stores so far made visible to the GPU, then *done_ptr = count: all threads meet at a
-    barrier, and the release orders their stores before the write (the release pattern of a semaphore).
-    PTX: the barrier as inline PTX, which the interpreter cannot run. Triton's own (tl.debug_barrier)
-    keeps the compiler from pipelining the loop it stands in (ptxas, Triton 3.6, sm_90: the state pass's
-    shared memory 149 -> 49 KB, its loads no longer stages ahead)."""
-    if PTX:  # the barrier's output feeds the write, which so follows it
-        count = tl.inline_asm_elementwise("bar.sync 0;\n mov.b32 $0, $1;", "=r,r", [count], dtype=tl.int32,
-                                          is_pure=False, pack=1)
-    else:
-        tl.debug_barrier()
-    tl.atomic_xchg(done_ptr, count, sem="release", scope="gpu")
-
-
-@triton.jit
-def _wait_for_state(done_ptr, bh64, c, NC, PASSES):
-    """Spin until the state pass has stored the state entering chunk c of (batch, head) bh64 (each of its
-    PASSES programs over P and N blocks has counted past c in done [B·H, PASSES]), and, for the last chunk,
-    the final state too: once the chunk scan's last programs are through, nothing of the state pass is
-    left unwritten. The acquire orders the tile loads after, the barrier brings every thread along."""
-    need = tl.where(c == NC - 1, NC + 1, c + 1)
-    for f in range(PASSES):
-        seen = tl.atomic_add(done_ptr + bh64 * PASSES + f, 0, sem="acquire", scope="gpu")
-        while seen < need:
-            seen = tl.atomic_add(done_ptr + bh64 * PASSES + f, 0, sem="acquire", scope="gpu")
-    tl.debug_barrier()
 
 
 @triton.jit
@@ -444,14 +398,14 @@ def _chunk_prep(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, B_ptr, C_ptr, cb16_ptr,
 
 
 @triton.jit
-def _cb_tile(cb_ptr, sc_ptr, bh64, H, NC, G, c, g, offs_i, offs_j, Q: tl.constexpr, SCALED: tl.constexpr,
+def _cb_tile(cb_ptr, sc_ptr, H, NC, G, c, g, offs_i, offs_j, Q: tl.constexpr, SCALED: tl.constexpr,
              LOWER: tl.constexpr):
     """CB[t, u] of the program's chunk and group for targets offs_i, sources offs_j (chunk positions),
     [BT, BT] float32 from one of _chunk_cb's buffers: float32 as it is, or (SCALED) float16 times the
     scales of its rows. Only t >= u is ever used: LOWER skips the groups of 8 columns wholly above the
     diagonal (zeros there). H200, L 16K, one process: _chunk_grads 1795 -> 1752 µs with it, _chunk_scan
     432 -> 442 µs."""
-    base = (bh64 // H) * NC * G + c * G + g
+    base = (tl.program_id(0) // (H * NC)).to(tl.int64) * NC * G + c * G + g
     ptrs = cb_ptr + base * Q * Q + (offs_i[:, None] * Q + offs_j[None, :])
     if LOWER:
         cb = tl.load(ptrs, mask=(offs_i // 8)[:, None] >= (offs_j // 8)[None, :], other=0.0).to(tl.float32)
@@ -472,30 +426,20 @@ def _pair_ij(p):
 
 @triton.jit
 def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, y_ptr, ypre_ptr,
-                done_ptr, L, H, G, P, N, NC, PASSES,
+                L, H, G, P, N, NC,
                 HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
                 STORE_YPRE: tl.constexpr, SCALED: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
-                BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr, WAIT: tl.constexpr):
+                BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr):
     """y of one chunk and P block, in one loop over the sub-block pairs t >= u (so that the compiler's
     pipelining loads each pair's tiles while the pair before computes, across target sub-blocks too):
     a target sub-block's y starts, at its first pair, as the entering state's part exp(s_t) C_t · h_in,
     takes (CB[t, u] ∘ decay ∘ dt'_u) x_u from each pair (CB from _chunk_cb: SCALED, float16 with its rows'
-    scales in sc), and is stored at its last.
-    WAIT (the state pass SIGNALs, and this kernel is launched with PDL): the programs run chunk by chunk
-    (CHUNK_MAJOR) beside the state pass rather than after it, each waiting only for its own entering state
-    (_wait_for_state). PDL starts this kernel once every program of the state pass has started, so the
-    ones waited for are running: the wait always ends. The kernels before the state pass are finished by
-    then (it waited for them before letting this one start)."""
-    if PDL:
-        if not WAIT:
-            gdc_wait()
-        gdc_launch_dependents()
+    scales in sc), and is stored at its last."""
+    _after_previous(PDL)
     c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
-        s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ, WAIT)
+        s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
     st = (bh64 * NC + c) * P * N + offs_n[:, None] * P + offs_p[None, :]  # hin[c] is [N, P]
-    if WAIT:
-        _wait_for_state(done_ptr, bh64, c, NC, PASSES)
-    stateT = tl.load(hin_ptr + st, mask=mask_n[:, None] & mask_p[None, :], other=0.0, cache_modifier=".cg")
+    stateT = tl.load(hin_ptr + st, mask=mask_n[:, None] & mask_p[None, :], other=0.0)
     stateT = stateT.to(x_ptr.dtype.element_ty)
     Dv = _skip_D(D_ptr, h, P, offs_p, mask_p, HAS_D, D_PER_P)
     # the chunk's first token row on the base pointers: the tiles' rows within it are int32 offsets
@@ -515,7 +459,7 @@ def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_
         offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC, Q, BT,
                                                           HAS_SEQ)
         xj = _tile(x_ptr, offs_j, mask_j, H, h, P, offs_p, mask_p)
-        CB = _cb_tile(cb_ptr, sc_ptr, bh64, H, NC, G, c, g, offs_i, offs_j, Q, SCALED, False)
+        CB = _cb_tile(cb_ptr, sc_ptr, H, NC, G, c, g, offs_i, offs_j, Q, SCALED, False)
         if j == 0:  # the target's first pair
             Ci = _tile(C_ptr, offs_i, mask_i, G, g, N, offs_n, mask_n)
             y = tl.dot(Ci, stateT, input_precision=PREC)
@@ -595,7 +539,7 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, bias_ptr, se
     each, the targets i >= j: dx_j sums over the targets, each pair's M goes to ds_i and from ds_j;
     sub-block j's own target term (the entering state's ds) comes with it."""
     c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
-        s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ, False)
+        s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
     pb = tl.program_id(1)
     xdt = x_ptr.dtype.element_ty
     mask_pn = mask_p[:, None] & mask_n[None, :]
@@ -625,7 +569,7 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, bias_ptr, se
             offs_i, rows_i, mask_i, dt_i, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
                                                            HAS_SEQ)
             gi = _tile(dy_ptr, rows_i, mask_i, H, h, P, offs_p, mask_p).to(xdt)
-            CB = _cb_tile(cb_ptr, None, bh64, H, NC, G, c, g, offs_i, offs_j, Q, False, True)
+            CB = _cb_tile(cb_ptr, None, H, NC, G, c, g, offs_i, offs_j, Q, False, True)
             decay, M = _pair(gi, xj, CB, offs_i, s_i, seq_i, offs_j, s_j, seq_j, dt_j, PREC)
             ds_j -= tl.sum(M, axis=0)
             ds_c = _add_row(ds_c, tl.sum(M, axis=1), i)
@@ -827,23 +771,17 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     hT = torch.empty(batch, H, P, N, **f32)
     hin = torch.empty(batch, H, NC, N, P, device=x.device, dtype=sdt)  # transposed: see _state_pass
     BP, BNP, warps, stages = _pass_launch(x, STATE_PASS, P, BN)
-    passes = cdiv(P, BP) * cdiv(N, BNP)
-    # the chunk scan beside the state pass (_chunk_scan's WAIT): needs PDL's start; the interpreter, which
-    # runs one kernel after the other, checks the counting
-    overlap = OVERLAP and (pdl or (interpreting() and x.device.type != "cuda"))
-    done = torch.zeros(batch * H * passes, device=x.device, dtype=torch.int32) if overlap else None
     _state_pass[(batch * H, cdiv(P, BP), cdiv(N, BNP))](
-        x, B, seq, dtc, s, h0, hin, hT, done, L, H, G, P, N, NC, HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
-        Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages, SIGNAL=overlap,
-        PTX=not interpreting(), **chain)
+        x, B, seq, dtc, s, h0, hin, hT, L, H, G, P, N, NC, HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
+        Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages, **chain)
     y = torch.empty_like(x)
     store_ypre = for_backward and z is not None
     ypre = torch.empty_like(x) if store_ypre else y
     fl = _flags(D, z, dt_bias, dt_softplus)
     _chunk_scan[(batch * NC * H, scan.pop("NPB"))](
-        x, C, cb16 if scaled else cb32, sc, D, z, seq, dtc, s, hin, y, ypre, done, L, H, G, P, N, NC, passes,
-        HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None, STORE_YPRE=store_ypre,
-        SCALED=scaled, Q=Q, BN=BN, PREC=_prec(x), WAIT=overlap, **chain, **scan)
+        x, C, cb16 if scaled else cb32, sc, D, z, seq, dtc, s, hin, y, ypre, L, H, G, P, N, NC, HAS_D=fl["HAS_D"],
+        D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None, STORE_YPRE=store_ypre, SCALED=scaled,
+        Q=Q, BN=BN, PREC=_prec(x), **chain, **scan)
     return y, hT, (dtc, s, hin, ypre if store_ypre else None, cb32)
 
 
