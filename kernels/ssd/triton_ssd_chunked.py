@@ -117,9 +117,6 @@ INTERPRET_CHUNK, INTERPRET_SUB = 32, 16
 # and gradients bit-identical): forward at L 16K 0.633-0.643 -> 0.630-0.640 ms, at L 4K 0.181 -> 0.178 ms,
 # forward+backward at L 16K 3.417-3.420 -> 3.388-3.392 ms.
 CHAIN = True
-# The chunk scan's decay from 2·BT exponentials per sub-block pair rather than BT² (_decay_factored), for
-# 16-bit inputs with dt' >= 0 (dt_softplus) where A <= 0 and the source sub-block spans at most this much of s.
-FACTORED_SPAN = 32.0
 
 
 def _launch(kernel: str, x, Q: int, P: int) -> dict:
@@ -216,16 +213,6 @@ def _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j):
     """exp(s_t - s_u) for targets t (rows) and sources u (columns) of one sequence with t >= u, else 0."""
     keep = (offs_i[:, None] >= offs_j[None, :]) & (seq_i[:, None] == seq_j[None, :])
     return tl.where(keep, _exp(tl.minimum(s_i[:, None] - s_j[None, :], 0.0)), 0.0)
-
-
-@triton.jit
-def _decay_factored(offs_i, s_i, seq_i, offs_j, s_j, seq_j, dt_j, r):
-    """_decay times dt'_u from 2·BT exponentials rather than BT²: exp(s_t - r) · exp(r - s_u) dt'_u, r the
-    source sub-block's first s. For the caller to use only where s does not rise and r - s_u stays small
-    (FACTORED_SPAN): then exp(s_t - r) <= 1, exp(r - s_u) is finite, and a product that underflows is below
-    e^-87 · e^span of the pair's weights."""
-    keep = (offs_i[:, None] >= offs_j[None, :]) & (seq_i[:, None] == seq_j[None, :])
-    return tl.where(keep, _exp(s_i - r)[:, None] * (_exp(r - s_j) * dt_j)[None, :], 0.0)
 
 
 @triton.jit
@@ -439,19 +426,15 @@ def _pair_ij(p):
 
 @triton.jit
 def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, y_ptr, ypre_ptr,
-                A_ptr, L, H, G, P, N, NC,
+                L, H, G, P, N, NC,
                 HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
                 STORE_YPRE: tl.constexpr, SCALED: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
-                BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
-                FACTORED: tl.constexpr):
+                BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr):
     """y of one chunk and P block, in one loop over the sub-block pairs t >= u (so that the compiler's
     pipelining loads each pair's tiles while the pair before computes, across target sub-blocks too):
     a target sub-block's y starts, at its first pair, as the entering state's part exp(s_t) C_t · h_in,
     takes (CB[t, u] ∘ decay ∘ dt'_u) x_u from each pair (CB from _chunk_cb: SCALED, float16 with its rows'
-    scales in sc), and is stored at its last.
-    FACTORED (a span of s, or 0 for off; for dt' >= 0 and 16-bit inputs): where the head's A <= 0, s does not
-    rise, and a pair whose source sub-block spans at most FACTORED of s takes its decay from _decay_factored,
-    2·BT exponentials instead of BT²."""
+    scales in sc), and is stored at its last."""
     _after_previous(PDL)
     c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
         s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
@@ -468,10 +451,6 @@ def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_
     if STORE_YPRE:
         ypre_ptr += at
     C_ptr += (row0 + c * Q) * G * N
-    cq = (bh64 * NC + c) * Q
-    falling = False
-    if FACTORED > 0:
-        falling = tl.load(A_ptr + h) <= 0.0
     y = tl.zeros((BT, BP), dtype=tl.float32)
     for p in range(nb * (nb + 1) // 2):
         i, j = _pair_ij(p)
@@ -485,14 +464,7 @@ def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_
             Ci = _tile(C_ptr, offs_i, mask_i, G, g, N, offs_n, mask_n)
             y = tl.dot(Ci, stateT, input_precision=PREC)
             y = tl.where(seq_i == seq_prev, _exp(s_i), 0.0)[:, None] * y
-        if FACTORED > 0:
-            r = tl.load(s_ptr + cq + j * BT)
-            if falling & (r - tl.load(s_ptr + cq + j * BT + BT - 1) <= FACTORED):
-                W = CB * _decay_factored(offs_i, s_i, seq_i, offs_j, s_j, seq_j, dt_j, r)
-            else:
-                W = CB * _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j) * dt_j[None, :]
-        else:
-            W = CB * _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j) * dt_j[None, :]
+        W = CB * _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j) * dt_j[None, :]
         y += tl.dot(W.to(xj.dtype), xj, input_precision=PREC)
         if j == i:  # the target's last pair: xj is its own x
             xo = (offs_i * H + h)[:, None] * P + offs_p[None, :]
@@ -807,9 +779,9 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     ypre = torch.empty_like(x) if store_ypre else y
     fl = _flags(D, z, dt_bias, dt_softplus)
     _chunk_scan[(batch * NC * H, scan.pop("NPB"))](
-        x, C, cb16 if scaled else cb32, sc, D, z, seq, dtc, s, hin, y, ypre, A, L, H, G, P, N, NC, HAS_D=fl["HAS_D"],
+        x, C, cb16 if scaled else cb32, sc, D, z, seq, dtc, s, hin, y, ypre, L, H, G, P, N, NC, HAS_D=fl["HAS_D"],
         D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None, STORE_YPRE=store_ypre, SCALED=scaled,
-        Q=Q, BN=BN, PREC=_prec(x), FACTORED=FACTORED_SPAN if dt_softplus and x.element_size() <= 2 else 0.0, **chain, **scan)
+        Q=Q, BN=BN, PREC=_prec(x), **chain, **scan)
     return y, hT, (dtc, s, hin, ypre if store_ypre else None, cb32)
 
 
