@@ -6,7 +6,7 @@ B=4, D=5120, N=16, G=1, per L tokens:
   forward FLOPs  ≈ 8·B·D·N·L (scan, output contraction)                              ≈ 2.6 MFLOP/token (≪ bytes)
   fwd+bwd bytes  = forward + u, delta, z, dy read + du, ddelta, dz written + B, C, dB, dC ≈ 451 KB/token
 At L=4096: forward floor 0.16 ms, fwd+bwd 0.44 ms. The forward rows are timed once per forward
-(ARCHDSL_SCAN_FWD=serial|segments|auto; `shape … fwd=…`): the segmented one reads u, delta and B
+(ARCHDSL_SCAN_FWD=serial|segments|gluon|auto; `shape … fwd=…`): the segmented one reads u, delta and B
 twice and moves its fp32 segment states ([B, S, D, N], S ≈ 13 at L=4096: ≈ 3×21 MB) besides the
 floor's bytes, ≈ 1.1 GB in all, and computes the scan twice (two exps per element). The fwd+bwd rows are timed once per backward
 variant (ARCHDSL_SCAN_BWD=groups|threads); beyond the floor's bytes both read the fp32 checkpoints
@@ -86,7 +86,7 @@ def _scan_bwd(variant):
         os.environ.pop("ARCHDSL_SCAN_BWD") if old is None else os.environ.__setitem__("ARCHDSL_SCAN_BWD", old)
 
 
-FWD_VARIANTS = ("serial", "segments", "auto")
+FWD_VARIANTS = ("serial", "segments", "gluon", "auto")
 
 
 def iter_scan_rows(Ls, peer_Ls):

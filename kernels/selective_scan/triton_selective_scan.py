@@ -661,11 +661,15 @@ def _bwd_impl():
 
 
 def _fwd_impl(args):
-    """`ARCHDSL_SCAN_FWD=serial|segments|auto`: the forward walking all L steps per channel (`ss_fwd`,
-    the default), the time-segmented one (`ss_fwd_segments`: B·D·S threads, u/delta/B read twice), or
-    on CUDA the faster of the two, timed once per case. Both store the same checkpoints."""
+    """`ARCHDSL_SCAN_FWD=serial|segments|gluon|auto`: the forward walking all L steps per channel (`ss_fwd`,
+    the default), the time-segmented one (`ss_fwd_segments`: B·D·S threads, u/delta/B read twice), the
+    serial one with hand-set layouts (`ss_fwd_gluon`, CUDA only: Gluon is compiled, never interpreted), or
+    on CUDA the fastest, timed once per case. All store the same checkpoints."""
+    from .gluon_selective_scan import HAVE_GLUON, ss_fwd_gluon
     from .triton_selective_scan_segments import ss_fwd_segments
     impls = {"serial": ss_fwd, "segments": ss_fwd_segments}
+    if HAVE_GLUON and args[0].is_cuda:
+        impls["gluon"] = lambda *a: ss_fwd_gluon(*a, CK=CK)
     u, A, B4, h0, store_ck = args[0], args[2], args[3], args[8], args[10]
     case = lambda: (tuple(u.shape), A.shape[1], B4.shape[1], u.dtype, tuple(_flags(*args[5:8], args[9]).values()),
                     h0 is not None, store_ck)

@@ -272,6 +272,21 @@ def test_gpu_full_size_forward(dtype, tol, L, scan_fwd):
     assert_close(run(selective_scan, t, grads=False), _ref64(t, grads=False), tol)
 
 
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("L, D", [(4096, 5120), (1000, 5100)])
+def test_gpu_gluon_forward(dtype, tol, L, D, monkeypatch):
+    """The Gluon forward (ARCHDSL_SCAN_FWD=gluon) against float64: a Mamba-1 layer of mamba-2.8b (no masks),
+    and L, D off its tile (masked); then gradients through its checkpoints, B/C in two groups."""
+    monkeypatch.setenv("ARCHDSL_SCAN_FWD", "gluon")
+    t = make(4, D, 16, L, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
+    assert_close(run(selective_scan, t, grads=False), _ref64(t, grads=False), tol)
+    del t
+    t = make(2, 512, 16, 2048, G=2, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
+    assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=32), 3e-2 if dtype == torch.bfloat16 else tol)
+
+
 def _gpu_tiles():
     from archdsl.kernels.selective_scan import triton_selective_scan as tss
     return [c for c in tss._FWD_CONFIGS if c[0] == "groups"]
