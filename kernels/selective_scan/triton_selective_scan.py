@@ -670,6 +670,9 @@ def _fwd_impl(args):
     impls = {"serial": ss_fwd, "segments": ss_fwd_segments}
     if HAVE_GLUON and args[0].is_cuda:
         impls["gluon"] = lambda *a: ss_fwd_gluon(*a, CK=CK)
+    elif os.environ.get("ARCHDSL_SCAN_FWD", "").strip().lower() == "gluon":
+        raise ValueError("ARCHDSL_SCAN_FWD=gluon: the Gluon forward runs on CUDA tensors only (Gluon is compiled, "
+                         "never interpreted)" + ("" if HAVE_GLUON else ", with a Triton that has Gluon"))
     u, A, B4, h0, store_ck = args[0], args[2], args[3], args[8], args[10]
     case = lambda: (tuple(u.shape), A.shape[1], B4.shape[1], u.dtype, tuple(_flags(*args[5:8], args[9]).values()),
                     h0 is not None, store_ck)

@@ -272,6 +272,14 @@ def test_gpu_full_size_forward(dtype, tol, L, scan_fwd):
     assert_close(run(selective_scan, t, grads=False), _ref64(t, grads=False), tol)
 
 
+@pytest.mark.skipif(CUDA, reason="the Gluon forward runs on CUDA")
+def test_gluon_forward_off_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("ARCHDSL_SCAN_FWD", "gluon")
+    t = make(1, 4, 2, 5)
+    with backend("triton"), pytest.raises(ValueError, match="ARCHDSL_SCAN_FWD=gluon: .* CUDA tensors only"):
+        run(selective_scan, t, grads=False)
+
+
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
