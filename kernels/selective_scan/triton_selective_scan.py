@@ -665,14 +665,16 @@ def _fwd_impl(args):
     the default), the time-segmented one (`ss_fwd_segments`: B·D·S threads, u/delta/B read twice), the
     serial one with hand-set layouts (`ss_fwd_gluon`, CUDA only: Gluon is compiled, never interpreted), or
     on CUDA the fastest, timed once per case. All store the same checkpoints."""
-    from .gluon_selective_scan import HAVE_GLUON, ss_fwd_gluon
     from .triton_selective_scan_segments import ss_fwd_segments
     impls = {"serial": ss_fwd, "segments": ss_fwd_segments}
-    if HAVE_GLUON and args[0].is_cuda:
-        impls["gluon"] = lambda *a: ss_fwd_gluon(*a, CK=CK)
-    elif os.environ.get("ARCHDSL_SCAN_FWD", "").strip().lower() == "gluon":
-        raise ValueError("ARCHDSL_SCAN_FWD=gluon: the Gluon forward runs on CUDA tensors only (Gluon is compiled, "
-                         "never interpreted)" + ("" if HAVE_GLUON else ", with a Triton that has Gluon"))
+    wants_gluon = os.environ.get("ARCHDSL_SCAN_FWD", "").strip().lower() == "gluon"
+    if args[0].is_cuda or wants_gluon:  # Gluon's import (~75 ms) only where it may run
+        from .gluon_selective_scan import HAVE_GLUON, ss_fwd_gluon
+        if HAVE_GLUON and args[0].is_cuda:
+            impls["gluon"] = lambda *a: ss_fwd_gluon(*a, CK=CK)
+        elif wants_gluon:
+            raise ValueError("ARCHDSL_SCAN_FWD=gluon: the Gluon forward runs on CUDA tensors only (Gluon is "
+                             "compiled, never interpreted)" + ("" if HAVE_GLUON else ", with a Triton that has Gluon"))
     u, A, B4, h0, store_ck = args[0], args[2], args[3], args[8], args[10]
     case = lambda: (tuple(u.shape), A.shape[1], B4.shape[1], u.dtype, tuple(_flags(*args[5:8], args[9]).values()),
                     h0 is not None, store_ck)
