@@ -188,10 +188,10 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
     hT = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
     nck = cdiv(L, CK)
     ck = torch.empty(batch, dim, nck, N, device=u.device, dtype=torch.float32) if store_ck else hT
-    _or = lambda t: t if t is not None else u  # noqa: E731  (a constexpr flag keeps it unread)
+    from .triton_selective_scan import _or
     even = L % T == 0 and dim % bd == 0 and block_n == N
     _ss_fwd_gluon_kernel[(cdiv(dim, bd), batch)](
-        u, delta, A, B4, C4, _or(D), _or(z), _or(bias), _or(h0), y, hT, ck, L, dim, N, cpg, nck,
+        u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), _or(h0, u), y, hT, ck, L, dim, N, cpg, nck,
         *B4.stride(), *C4.stride(), BLOCK_D=bd, NS=ns, NPT=block_n // ns, T=T, WARPS=warps, CKI=CK,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
         HAS_H0=h0 is not None, STORE_CK=store_ck, EVEN=even, num_warps=warps)
