@@ -40,7 +40,8 @@ def _stub_launches():
 
 
 def cases():
-    """op -> a zero-argument call, bf16, B1 L256 (SSD: H8 P64 N128; selective scan: D512 N16; WKV6: H8 K64)."""
+    """op -> a zero-argument call, bf16, B1 L256 (SSD: H8 P64 N128; selective scan: D512 N16, its step's
+    inputs rows of wider projections, as a layer's are; WKV6: H8 K64)."""
     bf = dict(dtype=torch.bfloat16)
     b, L, H, P, N, D = 1, 256, 8, 64, 128, 512
     x, dt = torch.randn(b, L, H, P, **bf), torch.rand(b, L, H, **bf)
@@ -51,11 +52,16 @@ def cases():
     Bs, Dd, dbias = torch.randn(b, 16, L, **bf), torch.randn(D), torch.randn(D)
     r, w, bonus = torch.randn(b, L, H, 64, **bf), -torch.rand(b, L, H, 64, **bf), torch.randn(H, 64)
     weight, cbias = torch.randn(D, 4), torch.randn(D)
+    sstate, xz, dt_s, x_dbl = torch.zeros(b, D, 16), torch.randn(b, 2 * D, **bf), torch.rand(b, D, **bf), torch.randn(
+        b, 5 + 2 * 16, **bf)  # the step's inputs as a layer slices them from its projections
     return {
         "ssd_scan": lambda: K.ssd_scan(x, dt, A, B, C, D=Dh, dt_bias=bias, dt_softplus=True),
         "ssd_step": lambda: K.ssd_step(state, x1, dt1, A, B1, C1, D=Dh, dt_bias=bias, dt_softplus=True),
         "selective_scan": lambda: K.selective_scan(u, delta, A1, Bs, Bs, D=Dd, z=u, delta_bias=dbias,
                                                    delta_softplus=True),
+        "selective_state_update": lambda: K.selective_state_update(sstate, xz[:, :D], dt_s, A1, x_dbl[:, 5:21],
+                                                                   x_dbl[:, 21:], D=Dd, z=xz[:, D:], dt_bias=dbias,
+                                                                   dt_softplus=True),
         "wkv6": lambda: K.wkv6(r, r, r, w, bonus, scale=1.0),
         "causal_conv1d": lambda: K.causal_conv1d(u, weight, cbias, activation="silu"),
     }
@@ -70,10 +76,10 @@ def main(argv):
     for _ in range(rounds):  # the ops alternate, so a slow spell of the machine hits them all
         for op, fn in calls.items():
             times[op].append(min(timeit.repeat(fn, number=300, repeat=3)) / 300 * 1e6)
-    print(f"{'op':16s} {'min µs':>8s} {'median µs':>10s}")
+    print(f"{'op':24s} {'min µs':>8s} {'median µs':>10s}")
     for op, ts in times.items():
         ts.sort()
-        print(f"{op:16s} {ts[0]:8.1f} {ts[len(ts) // 2]:10.1f}")
+        print(f"{op:24s} {ts[0]:8.1f} {ts[len(ts) // 2]:10.1f}")
 
 
 if __name__ == "__main__":

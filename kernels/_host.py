@@ -22,3 +22,10 @@ def next_pow2(n: int) -> int:
 def dense(t: torch.Tensor | None) -> torch.Tensor | None:
     """t as the kernels index it: contiguous (a strided view is copied); None stays None."""
     return None if t is None else t.contiguous()
+
+
+def unit_last(t: torch.Tensor | None) -> torch.Tensor | None:
+    """t as kernels that take its leading strides index it: as it is when its last dimension is contiguous
+    (rows of a wider tensor, as a layer's projections slice them, are not copied), else a contiguous copy;
+    None stays None."""
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()

@@ -5,6 +5,7 @@ import torch
 
 from .._checks import expect_float, expect_same_device, expect_shape
 from .._dispatch import backend_for
+from .._host import unit_last
 from .chunked import selective_scan_chunked
 from .naive import selective_scan_naive, selective_state_update_naive
 
@@ -68,8 +69,8 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     B3, C3 = (t if t.dim() == 3 else t[:, None] for t in (B, C))
     if backend_for(state, x) == "triton" and state.stride(2) == 1:
         from .triton_selective_scan import selective_state_update_triton
-        xs, dts, zs = (t.contiguous() if t is not None else None for t in (x, dt, z))
-        return selective_state_update_triton(state, xs, dts, A, B3, C3, D, zs, dt_bias, dt_softplus)
+        return selective_state_update_triton(state, unit_last(x), unit_last(dt), A, B3, C3, D, unit_last(z), dt_bias,
+                                             dt_softplus)
     return selective_state_update_naive(state, x, dt, A, B3, C3, D, z, dt_bias, dt_softplus)
 
 

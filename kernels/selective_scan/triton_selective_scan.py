@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import apply, interpreting, pick_impl, time_or_inf
-from .._host import cdiv, dense, next_pow2
+from .._host import cdiv, dense, next_pow2, unit_last
 
 LOG2E = 1.4426950408889634
 # Checkpoint interval = backward chunk; the interpreter runs small tiles so CI stays fast.
@@ -753,11 +753,12 @@ def _ss_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr,
 
 
 def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
-    """state `[B, D, N]` (last dim contiguous) updated in place; B, C `[B, G, N]`; returns y `[B, D]`."""
+    """state `[B, D, N]` updated in place; x, dt, z `[B, D]`; B, C `[B, G, N]`: each read at its leading strides,
+    its last dimension contiguous; returns y `[B, D]`."""
     batch, dim, N = state.shape
     assert state.stride(2) == 1, "state's last dimension must be contiguous"
     y = torch.empty_like(x)
-    Bc, Cc = B.contiguous(), C.contiguous()
+    Bc, Cc = unit_last(B), unit_last(C)
     bd = 32 if N <= 32 else 8
     _ss_step_kernel[(cdiv(dim, bd), batch)](
         state, x, dt, A.contiguous(), Bc, Cc, _or(D, x).contiguous(), _or(z, x), _or(dt_bias, x).contiguous(), y,

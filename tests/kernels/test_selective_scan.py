@@ -272,6 +272,25 @@ def test_gpu_full_size_forward(dtype, tol, L, scan_fwd):
     assert_close(run(selective_scan, t, grads=False), _ref64(t, grads=False), tol)
 
 
+def test_step_reads_rows_of_wider_tensors():
+    """x, dt, z, B and C sliced from wider projections (rows at a stride, the last dimension contiguous), as a
+    Mamba layer's decode step has them: read in place at their strides, the same y and state as contiguous
+    copies give."""
+    g = torch.Generator().manual_seed(0)
+    batch, dim, N = 3, 40, 16
+    xz, dt_w, x_dbl = (torch.randn(batch, w, generator=g) for w in (2 * dim, dim + 7, 5 + 2 * N))
+    x, z, dt, B, C = xz[:, :dim], xz[:, dim:], dt_w[:, 7:], x_dbl[:, 5:5 + N], x_dbl[:, 5 + N:]
+    A, D, bias = -torch.rand(dim, N, generator=g), torch.randn(dim, generator=g), torch.randn(dim, generator=g)
+    state = torch.randn(batch, dim, N, generator=g)
+    got_state, want_state = state.clone(), state.clone()
+    with backend("triton"):
+        got = selective_state_update(got_state, x, dt, A, B, C, D=D, z=z, dt_bias=bias, dt_softplus=True)
+        want = selective_state_update(want_state, *(t.contiguous() for t in (x, dt, A, B, C)), D=D, z=z.contiguous(),
+                                      dt_bias=bias, dt_softplus=True)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(got_state, want_state, rtol=0, atol=0)
+
+
 @pytest.mark.skipif(CUDA, reason="the Gluon forward runs on CUDA")
 def test_gluon_forward_off_cuda_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("ARCHDSL_SCAN_FWD", "gluon")
