@@ -48,9 +48,10 @@ def run(fn, xs, with_h0, seed=1):
     return [o, ht, *grads]
 
 
-def close(got, want, rtol, what=""):
+def close(got, want, rtol, what="", floor=1e-2):
+    """Each item's largest error against its largest entry, or against `floor` where the entries are smaller."""
     for i, (a, b) in enumerate(zip(got, want)):
-        err = (a.double() - b.double()).abs().max().item() / max(b.double().abs().max().item(), 1e-2)
+        err = (a.double() - b.double()).abs().max().item() / max(b.double().abs().max().item(), floor)
         assert err < rtol, f"{what} item {i} ({(['o', 'ht'] + list(NAMES))[i]}): rel err {err:.2e}"
 
 
@@ -74,8 +75,10 @@ def test_triton_matches_naive(case):
     xs = make(B, T, H, K, V, seed)
     want = run(wkv6_naive, xs, with_h0)
     # float32 against float64: the decay's gradient sums products over the whole sequence; a random
-    # example reached 2.9e-4 of its largest entry (seen 2026-11-29), so 5e-4
-    close(run(triton_wkv6, [x.float() for x in xs], with_h0), want, 5e-4, "triton")
+    # example reached 2.9e-4 of its largest entry (seen 2026-11-29), so 5e-4. Where w has no effect (T=1,
+    # no h0: dw is 0) the kernels' dw is a difference of sums that cancel, and float32 leaves ~50 eps of
+    # those O(1) terms (5.7e-6 at B1 T1 H2 K33 V16): errors are measured against entries of at least 0.1
+    close(run(triton_wkv6, [x.float() for x in xs], with_h0), want, 5e-4, "triton", floor=0.1)
 
 
 # T = 131 spans three 64-token chunks of triton_chunked and ends inside its third sub-chunk
