@@ -21,6 +21,7 @@ Decode step: the [B, D, N] fp32 state read and written, 2·4·B·D·N bytes.
 """
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
 
@@ -63,8 +64,10 @@ def _scan_call(fn, t, bwd, keep=False):
     return call
 
 
+@functools.lru_cache(maxsize=None)
 def _mamba_cuda():
-    """mamba_ssm's CUDA selective-scan forward, built from its sdist (benchmarks/mamba_cuda.py), or None."""
+    """mamba_ssm's CUDA selective-scan forward, built from its sdist (benchmarks/mamba_cuda.py), or None;
+    built or loaded once a run."""
     from mamba_cuda import load
     return load()
 

@@ -761,7 +761,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
     Bc, Cc = unit_last(B), unit_last(C)
     bd = 32 if N <= 32 else 8
     _ss_step_kernel[(cdiv(dim, bd), batch)](
-        state, x, dt, A.contiguous(), Bc, Cc, _or(D, x).contiguous(), _or(z, x), _or(dt_bias, x).contiguous(), y,
+        state, x, dt, A.contiguous(), Bc, Cc, _or(dense(D), x), _or(z, x), _or(dense(dt_bias), x), y,
         dim, N, dim // B.shape[1], state.stride(0), state.stride(1), x.stride(0), dt.stride(0),
         z.stride(0) if z is not None else 0, y.stride(0), Bc.stride(0), Bc.stride(1), Cc.stride(0), Cc.stride(1),
         BLOCK_D=bd, BLOCK_N=next_pow2(N), num_warps=4, **_flags(D, z, dt_bias, dt_softplus))
