@@ -1,19 +1,24 @@
-"""A/B of one module constant of the chunked SSD kernels on the card, against mamba_ssm in the same process.
+"""A/B of module constants of the chunked SSD kernels on the card, against mamba_ssm in the same process.
 
-    python benchmarks/ssd_ab.py CHAIN=True,False [--L 4096,16384] [--rounds 3] [--json FILE]
+    python benchmarks/ssd_ab.py VARIANT [VARIANT ...] [--L 4096,16384] [--rounds 3] [--bwd] [--json FILE]
+    e.g.  ssd_ab.py CHAIN=False CHAIN=True
+          ssd_ab.py "CHAIN=True" "CONFIG['scan']=(64, 64, 4, 2, 128)" "STATE_PASS=(64, 128, 8, 2); CHAIN=False"
 
-Shape B=4, L, H=32, P=64, N=128, G=1, bf16, D and dt_bias with softplus (benchmarks/kernels_ssd.py's).
-Each value of the constant (a Python literal) is set on archdsl.kernels.ssd.triton_ssd_chunked in turn
-and the forward replayed from a CUDA graph (the GPU's time alone), the values alternated over rounds and
-mamba_ssm timed once a round; each value's best round is printed with its ratio to the peer's best, and
-its y against the first value's (max |difference| / max |y|) and against the peer's.
+A variant is one or more assignments NAME=LITERAL or NAME[KEY]=LITERAL (a dict entry), separated by ';',
+to constants of archdsl.kernels.ssd.triton_ssd_chunked, set for that variant only. Shape B=4, L, H=32,
+P=64, N=128, G=1, bf16, D and dt_bias with softplus (benchmarks/kernels_ssd.py's). Each variant's forward
+(with --bwd also its forward+backward) is replayed from a CUDA graph (the GPU's time alone), the variants
+alternated over rounds and mamba_ssm timed once a round; each variant's best round is printed with its
+ratio to the peer's best, and its y against the first variant's (max |difference| / max |y|) and the peer's.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
+import re
 import sys
 
 import torch
@@ -25,51 +30,90 @@ from kernels_ssd import _graphed, _inputs, _peer, _rel_diff, _scan_fn, _y  # noq
 from archdsl.kernels.ssd import ssd_scan  # noqa: E402
 from archdsl.kernels.ssd import triton_ssd_chunked as chunked  # noqa: E402
 
+_ASSIGN = re.compile(r"\s*(\w+)\s*(?:\[(.+)\])?\s*=(.+)")
 
-def ab(name: str, values: list, L: int, rounds: int) -> dict:
-    t = _inputs(4, L)
+
+def parse(variant: str) -> list[tuple[str, object, object]]:
+    """'A=1; B[k]=(2, 3)' -> [(A, None, 1), (B, k, (2, 3))], each name checked to be a module constant."""
+    out = []
+    for part in filter(str.strip, variant.split(";")):
+        m = _ASSIGN.fullmatch(part)
+        if not m or not hasattr(chunked, m[1]):
+            raise SystemExit(f"{part!r}: expected NAME=LITERAL or NAME[KEY]=LITERAL, NAME a constant of "
+                             f"triton_ssd_chunked")
+        out.append((m[1], ast.literal_eval(m[2]) if m[2] else None, ast.literal_eval(m[3].strip())))
+    return out
+
+
+@contextlib.contextmanager
+def applied(assignments):
+    """The module's constants set as assignments say, restored afterwards."""
+    saved = []
+    try:
+        for name, key, value in assignments:
+            target = getattr(chunked, name)
+            if key is None:
+                saved.append((name, None, target))
+                setattr(chunked, name, value)
+            else:
+                saved.append((name, key, target.get(key, KeyError)))
+                target[key] = value
+        yield
+    finally:
+        for name, key, old in reversed(saved):
+            if key is None:
+                setattr(chunked, name, old)
+            elif old is KeyError:
+                del getattr(chunked, name)[key]
+            else:
+                getattr(chunked, name)[key] = old
+
+
+def ab(variants: list[str], L: int, rounds: int, bwd: bool) -> dict:
+    t, tg = _inputs(4, L), (_inputs(4, L, grad=True) if bwd else None)
     peer = _peer()
     ours = lambda *a, **k: ssd_scan(*a[:5], chunk_size=a[5], **k)  # noqa: E731
-    old = getattr(chunked, name)
-    times = {repr(v): [] for v in values}
-    peer_ms, ys = [], {}
-    try:
-        for _ in range(rounds):
-            peer_ms.append(bench_ms(_graphed(_scan_fn(peer, t, False))) if peer else float("nan"))
-            for v in values:
-                setattr(chunked, name, v)
-                times[repr(v)].append(bench_ms(_graphed(_scan_fn(ours, t, False))))
-                ys.setdefault(repr(v), _y(ours, t))
-    finally:
-        setattr(chunked, name, old)
+    passes = [("fwd", t, False)] + ([("fwd+bwd", tg, True)] if bwd else [])
+    times = {(v, p): [] for v in variants for p, _, _ in passes}
+    peer_ms = {p: [] for p, _, _ in passes}
+    ys = {}
+    for _ in range(rounds):
+        for p, inputs, back in passes:
+            peer_ms[p].append(bench_ms(_graphed(_scan_fn(peer, inputs, back))) if peer else float("nan"))
+        for v in variants:
+            with applied(parse(v)):
+                for p, inputs, back in passes:
+                    times[v, p].append(bench_ms(_graphed(_scan_fn(ours, inputs, back))))
+                ys.setdefault(v, _y(ours, t))
     y_peer = _y(peer, t) if peer else None
-    first = ys[repr(values[0])]
-    return {k: dict(ms=min(v), rounds=v, ratio=min(v) / min(peer_ms), vs_first=_rel_diff(ys[k], first),
-                    vs_peer=_rel_diff(ys[k], y_peer) if peer else None)
-            for k, v in times.items()} | {"peer": dict(ms=min(peer_ms), rounds=peer_ms)}
+    first = ys[variants[0]]
+    out = {p: dict(ms=min(v), rounds=v) for p, v in peer_ms.items()}
+    return {"peer": out, "variants": [
+        dict(variant=v, vs_first=_rel_diff(ys[v], first), vs_peer=_rel_diff(ys[v], y_peer) if peer else None,
+             **{p: dict(ms=min(times[v, p]), rounds=times[v, p], ratio=min(times[v, p]) / out[p]["ms"])
+                for p, _, _ in passes})
+        for v in variants]}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("setting", help="NAME=V1,V2,...: a module constant of triton_ssd_chunked and its values")
+    ap.add_argument("variants", nargs="+", help="NAME=LITERAL[; NAME[KEY]=LITERAL ...], one argument a variant")
     ap.add_argument("--L", default="4096,16384")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--bwd", action="store_true", help="also time forward+backward")
     ap.add_argument("--json")
     args = ap.parse_args()
-    name, _, vals = args.setting.partition("=")
-    if not hasattr(chunked, name):
-        ap.error(f"{name}: triton_ssd_chunked has no such constant")
-    values = [ast.literal_eval(v) for v in vals.split(",")]
+    for v in args.variants:
+        parse(v)
     out = {}
     for L in map(int, args.L.split(",")):
-        out[L] = r = ab(name, values, L, args.rounds)
-        print(f"L {L}: mamba_ssm {r['peer']['ms']:.4f} ms (rounds {[round(v, 4) for v in r['peer']['rounds']]})",
-              flush=True)
-        for k, v in r.items():
-            if k != "peer":
-                print(f"  {name}={k:10} {v['ms']:.4f} ms  ratio {v['ratio']:.3f}  rounds "
-                      f"{[round(x, 4) for x in v['rounds']]}  y vs first {v['vs_first']:.1e}  vs peer "
-                      f"{v['vs_peer']:.1e}", flush=True)
+        out[L] = r = ab(args.variants, L, args.rounds, args.bwd)
+        for p, pr in r["peer"].items():
+            print(f"L {L} {p}: mamba_ssm {pr['ms']:.4f} ms (rounds {[round(x, 4) for x in pr['rounds']]})", flush=True)
+            for v in r["variants"]:
+                print(f"  {v['variant']:40} {v[p]['ms']:.4f} ms  ratio {v[p]['ratio']:.3f}  rounds "
+                      f"{[round(x, 4) for x in v[p]['rounds']]}  y vs first {v['vs_first']:.1e}  vs peer "
+                      f"{v['vs_peer'] if v['vs_peer'] is None else format(v['vs_peer'], '.1e')}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
