@@ -80,7 +80,6 @@ from .triton_ssd import _finish_y, _flags, _pow2, _prec, _skip_D, scan_function
 CHUNK, BLOCK_H, PASS_WARPS = 128, 32, 4
 CONFIG = {  # kernel: (BT, BP, num_warps, num_stages, maxnreg: ptxas's register cap or None)
     "scan": (64, 64, 4, 2, 168),
-    "scan_y_in": (64, 64, 4, 2, 168),  # the scan when the state pass has formed the entering states' part (Y_IN)
     "grads": (32, 64, 4, 1, 128),
     "group": (64, 64, 8, 2, None),
 }
@@ -104,13 +103,7 @@ CONFIG = {  # kernel: (BT, BP, num_warps, num_stages, maxnreg: ptxas's register 
 # choice, now its own (64, 64, 4, 3: 217; BN 128 at 4 warps: 247-250; BN 64 at 8 warps: 276); forward+backward
 # 3.387 -> 3.310 ms. _group_dB reads dout [N, P] faster too: 314 -> 221 µs.
 STATE_PASS = (64, 128, 8, 3)
-# The state pass forms the entering states' part of y itself where it holds whole states (see _state_pass),
-# at most Y_IN_STAGES stages (C's tiles join x's and B's in each: three would pass the shared memory).
-Y_IN, Y_IN_STAGES = True, 2
 DSTATE_PASS = (64, 128, 8, 3)
-# The state pass forms the entering states' part of y itself where it holds whole states (see _state_pass),
-# at most Y_IN_STAGES stages (C's tiles join x's and B's in each: three would pass the shared memory).
-Y_IN, Y_IN_STAGES = True, 2
 # Both passes with float32 inputs (twice the bytes and registers a tile; ptxas for sm_90: 107-108 registers
 # where the 16-bit choices above would spill and pass shared memory).
 PASS_FP32 = (64, 64, 8, 2)
@@ -258,6 +251,16 @@ def _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, b, c, hb, L, H, NC,
 
 
 @triton.jit
+def _state_weights(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, L, NC, Q: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """What chunk c's own state needs besides its x and B tiles: each token's weight in it,
+    exp(s_end - s_t) dt'_t ([Q], 0 for tokens of another sequence than the chunk's last), and the
+    factor carry of the entering state."""
+    nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
+    offs, rows, mask_t, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, 0, L, NC, Q, Q, HAS_SEQ)
+    return tl.where(seq == seq_last, _exp(tl.minimum(sT - s, 0.0)) * dt, 0.0), carry
+
+
+@triton.jit
 def _pass_program(first_ptr, L, H, G, P, N, BP: tl.constexpr, BN: tl.constexpr, HAS_FIRST: tl.constexpr):
     """What a (batch·head, P block, N block) program of the serial passes starts from: (batch, head) as
     int64, head, group, the batch's first token row, the P and N offsets and masks, and, for the carry
@@ -279,9 +282,9 @@ def _pass_program(first_ptr, L, H, G, P, N, BP: tl.constexpr, BN: tl.constexpr, 
 
 
 @triton.jit
-def _state_pass(x_ptr, B_ptr, C_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, y_ptr, L, H, G, P, N, NC,
-                HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr, STORE_HIN: tl.constexpr, Y_IN: tl.constexpr,
-                Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr):
+def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, L, H, G, P, N, NC,
+                HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                PREC: tl.constexpr, PDL: tl.constexpr):
     """The forward's serial pass with each chunk's own state formed in it, over one (batch, head)'s
     [P block, N block], the state held transposed, hᵀ [BN, BP]: walking the chunks c, hin[c] = hᵀ, then
     hᵀ = hᵀ · carry[c] + Σ_t exp(s_end - s_t) dt'_t B_t ⊗ x_t (one [BN, Q]·[Q, BP] dot); the last h is
@@ -291,29 +294,17 @@ def _state_pass(x_ptr, B_ptr, C_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, h
     it into, and the weighted x, formed in registers, is stored there once as the second. In the other
     order, h = (x ∘ w)ᵀ B, the weighted x was the first operand, taken in registers: stored to shared
     memory and read back by each of the two warp groups. H200, L 16K, one process (eighteenth run):
-    the pass 206 -> 189 µs, outputs and gradients bit-identical.
-    Y_IN (the program holds all N): the entering state's part of y, exp(s_t) C_t · hin[c] ([Q, BN]·[BN, BP]),
-    is formed here, where hᵀ already is, and stored into y for the chunk scan to start from; hin itself
-    is stored only for the backward (STORE_HIN)."""
+    the pass 206 -> 189 µs, outputs and gradients bit-identical."""
     _after_previous(PDL)
     bh64, h, g, row0, offs_p, offs_n, mask_p, mask_n, so, st, mask_s, state = _pass_program(
         h0_ptr, L, H, G, P, N, BP, BN, HAS_H0)
+    offs_q = tl.arange(0, Q)
     for c in range(NC):
-        if STORE_HIN:
-            tl.store(hin_ptr + (bh64 * NC + c) * P * N + st, state.to(hin_ptr.dtype.element_ty), mask=mask_s)
-        # the chunk's facts (_chunk_info) and its tokens (one sub-block of Q): positions, mask, dt', s, sequence
-        nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
-        offs_q, rows, mask_t, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, 0, L, NC, Q, Q, HAS_SEQ)
+        tl.store(hin_ptr + (bh64 * NC + c) * P * N + st, state.to(hin_ptr.dtype.element_ty), mask=mask_s)
+        mask_t = c * Q + offs_q < L
         x = _tile(x_ptr + (row0 + c * Q) * H * P, offs_q, mask_t, H, h, P, offs_p, mask_p)
         Bm = _tile(B_ptr + (row0 + c * Q) * G * N, offs_q, mask_t, G, g, N, offs_n, mask_n)
-        if Y_IN:
-            Cm = _tile(C_ptr + (row0 + c * Q) * G * N, offs_q, mask_t, G, g, N, offs_n, mask_n)
-            y_in = tl.dot(Cm, state.to(x.dtype), input_precision=PREC)
-            y_in = tl.where(seq == seq_prev, _exp(s), 0.0)[:, None] * y_in
-            tl.store(y_ptr + (row0 + c * Q) * H * P + ((offs_q * H + h) * P)[:, None] + offs_p[None, :],
-                     y_in.to(y_ptr.dtype.element_ty), mask=mask_t[:, None] & mask_p[None, :])
-        # each token's weight in the chunk's own state: exp(s_end - s_t) dt'_t, 0 for another sequence than the last's
-        w = tl.where(seq == seq_last, _exp(tl.minimum(sT - s, 0.0)) * dt, 0.0)
+        w, carry = _state_weights(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, HAS_SEQ)
         xw = (x.to(tl.float32) * w[:, None]).to(x.dtype)
         state = state * carry + tl.dot(tl.trans(Bm), xw, input_precision=PREC)
     tl.store(hT_ptr + bh64 * P * N + so, state, mask=mask_s)
@@ -437,21 +428,19 @@ def _pair_ij(p):
 def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, y_ptr, ypre_ptr,
                 L, H, G, P, N, NC,
                 HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
-                STORE_YPRE: tl.constexpr, SCALED: tl.constexpr, Y_IN: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
+                STORE_YPRE: tl.constexpr, SCALED: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
                 BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr):
     """y of one chunk and P block, in one loop over the sub-block pairs t >= u (so that the compiler's
     pipelining loads each pair's tiles while the pair before computes, across target sub-blocks too):
     a target sub-block's y starts, at its first pair, as the entering state's part exp(s_t) C_t · h_in,
     takes (CB[t, u] ∘ decay ∘ dt'_u) x_u from each pair (CB from _chunk_cb: SCALED, float16 with its rows'
-    scales in sc), and is stored at its last. With Y_IN the state pass has formed the entering state's part
-    and stored it in y: the target starts from that instead."""
+    scales in sc), and is stored at its last."""
     _after_previous(PDL)
     c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
         s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
-    if not Y_IN:
-        st = (bh64 * NC + c) * P * N + offs_n[:, None] * P + offs_p[None, :]  # hin[c] is [N, P]
-        stateT = tl.load(hin_ptr + st, mask=mask_n[:, None] & mask_p[None, :], other=0.0)
-        stateT = stateT.to(x_ptr.dtype.element_ty)
+    st = (bh64 * NC + c) * P * N + offs_n[:, None] * P + offs_p[None, :]  # hin[c] is [N, P]
+    stateT = tl.load(hin_ptr + st, mask=mask_n[:, None] & mask_p[None, :], other=0.0)
+    stateT = stateT.to(x_ptr.dtype.element_ty)
     Dv = _skip_D(D_ptr, h, P, offs_p, mask_p, HAS_D, D_PER_P)
     # the chunk's first token row on the base pointers: the tiles' rows within it are int32 offsets
     at = (row0 + c * Q) * H * P
@@ -472,12 +461,9 @@ def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_
         xj = _tile(x_ptr, offs_j, mask_j, H, h, P, offs_p, mask_p)
         CB = _cb_tile(cb_ptr, sc_ptr, H, NC, G, c, g, offs_i, offs_j, Q, SCALED, False)
         if j == 0:  # the target's first pair
-            if Y_IN:
-                y = _tile(y_ptr, offs_i, mask_i, H, h, P, offs_p, mask_p).to(tl.float32)
-            else:
-                Ci = _tile(C_ptr, offs_i, mask_i, G, g, N, offs_n, mask_n)
-                y = tl.dot(Ci, stateT, input_precision=PREC)
-                y = tl.where(seq_i == seq_prev, _exp(s_i), 0.0)[:, None] * y
+            Ci = _tile(C_ptr, offs_i, mask_i, G, g, N, offs_n, mask_n)
+            y = tl.dot(Ci, stateT, input_precision=PREC)
+            y = tl.where(seq_i == seq_prev, _exp(s_i), 0.0)[:, None] * y
         W = CB * _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j) * dt_j[None, :]
         y += tl.dot(W.to(xj.dtype), xj, input_precision=PREC)
         if j == i:  # the target's last pair: xj is its own x
@@ -774,31 +760,28 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     cb16 = torch.empty(batch, NC, G, Q, Q, device=x.device, dtype=torch.float16) if scaled else None
     sc = torch.empty(batch, NC, G, Q, **f32) if scaled else None
     cb32 = torch.empty(batch, NC, G, Q, Q, **f32) if for_backward or not scaled else None
-    BP, BNP, warps, stages = _pass_launch(x, STATE_PASS, P, BN)
-    y_in = Y_IN and BNP >= N and x.element_size() <= 2  # the pass holds whole states: it forms their part of y
-    scan = _launch("scan_y_in" if y_in else "scan", x, Q, P)
+    scan = _launch("scan", x, Q, P)
     BH, cbt = min(_pow2(H, 1), BLOCK_H), scan["BT"]
     NHB = cdiv(H, BH)
     _chunk_prep[(batch * NC, NHB + G * (Q // cbt))](
         dt, A, dt_bias, dtc, s, B, C, cb16, sc, cb32, L, H, G, N, NC, NHB, HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), Q=Q, BH=BH, BT=cbt, BN=BN, PREC=_prec(x), STORE16=scaled,
         STORE32=cb32 is not None, num_warps=PASS_WARPS, **chain)
+    sdt = _state_dtype(x)
     hT = torch.empty(batch, H, P, N, **f32)
-    if y_in:
-        stages = min(stages, Y_IN_STAGES)
-    hin = torch.empty(batch, H, NC, N, P, device=x.device, dtype=_state_dtype(x)) if for_backward or not y_in else None
-    y = torch.empty_like(x)
+    hin = torch.empty(batch, H, NC, N, P, device=x.device, dtype=sdt)  # transposed: see _state_pass
+    BP, BNP, warps, stages = _pass_launch(x, STATE_PASS, P, BN)
     _state_pass[(batch * H, cdiv(P, BP), cdiv(N, BNP))](
-        x, B, C, seq, dtc, s, h0, hin, hT, y, L, H, G, P, N, NC, HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
-        STORE_HIN=hin is not None, Y_IN=y_in, Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps,
-        num_stages=stages, **chain)
+        x, B, seq, dtc, s, h0, hin, hT, L, H, G, P, N, NC, HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
+        Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages, **chain)
+    y = torch.empty_like(x)
     store_ypre = for_backward and z is not None
     ypre = torch.empty_like(x) if store_ypre else y
     fl = _flags(D, z, dt_bias, dt_softplus)
     _chunk_scan[(batch * NC * H, scan.pop("NPB"))](
         x, C, cb16 if scaled else cb32, sc, D, z, seq, dtc, s, hin, y, ypre, L, H, G, P, N, NC, HAS_D=fl["HAS_D"],
         D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None, STORE_YPRE=store_ypre, SCALED=scaled,
-        Y_IN=y_in, Q=Q, BN=BN, PREC=_prec(x), **chain, **scan)
+        Q=Q, BN=BN, PREC=_prec(x), **chain, **scan)
     return y, hT, (dtc, s, hin, ypre if store_ypre else None, cb32)
 
 
