@@ -1,13 +1,14 @@
 """A/B of module constants of the chunked SSD kernels on the card, against mamba_ssm in the same process.
 
-    python benchmarks/ssd_ab.py VARIANT [VARIANT ...] [--L 4096,16384] [--rounds 3] [--bwd] [--json FILE]
+    python benchmarks/ssd_ab.py VARIANT [VARIANT ...] [--L 4096,16384] [--rounds 3] [--bwd] [--plain] [--json FILE]
     e.g.  ssd_ab.py CHAIN=False CHAIN=True
           ssd_ab.py "CHAIN=True" "CONFIG['scan']=(64, 64, 4, 2, 128)" "STATE_PASS=(64, 128, 8, 2); CHAIN=False"
 
 A variant is one or more assignments NAME=LITERAL or NAME[KEY]=LITERAL (a dict entry), separated by ';',
 to constants of archdsl.kernels.ssd.triton_ssd_chunked, set for that variant only. Shape B=4, L, H=32,
 P=64, N=128, G=1, bf16, D and dt_bias with softplus (benchmarks/kernels_ssd.py's). Each variant's forward
-(with --bwd also its forward+backward) is replayed from a CUDA graph (the GPU's time alone), the variants
+(with --bwd also its forward+backward) is replayed from a CUDA graph (the GPU's time alone; --plain adds the
+forward called plainly and the host's time a call at a small shape), the variants
 alternated over rounds and mamba_ssm timed once a round; each variant's best round is printed with its
 ratio to the peer's best, and its y against the first variant's (max |difference| / max |y|) and the peer's.
 """
@@ -20,6 +21,7 @@ import json
 import os
 import re
 import sys
+import time
 
 import torch
 
@@ -69,21 +71,37 @@ def applied(assignments):
                 getattr(chunked, name)[key] = old
 
 
-def ab(variants: list[str], L: int, rounds: int, bwd: bool) -> dict:
+def host_ms(fn, calls: int = 200) -> float:
+    """Mean ms a call of fn over `calls` calls in a row, synchronized once at the end: at a small shape, the
+    time the host takes to launch the forward."""
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / calls * 1e3
+
+
+def ab(variants: list[str], L: int, rounds: int, bwd: bool, plain: bool) -> dict:
     t, tg = _inputs(4, L), (_inputs(4, L, grad=True) if bwd else None)
+    small = _inputs(1, 256, H=8)
     peer = _peer()
     ours = lambda *a, **k: ssd_scan(*a[:5], chunk_size=a[5], **k)  # noqa: E731
-    passes = [("fwd", t, False)] + ([("fwd+bwd", tg, True)] if bwd else [])
-    times = {(v, p): [] for v in variants for p, _, _ in passes}
-    peer_ms = {p: [] for p, _, _ in passes}
+    timed = [("fwd", lambda f: bench_ms(_graphed(_scan_fn(f, t, False))))]
+    timed += [("fwd+bwd", lambda f: bench_ms(_graphed(_scan_fn(f, tg, True))))] if bwd else []
+    timed += [("fwd plain", lambda f: bench_ms(_scan_fn(f, t, False))),
+              ("host B1 L256 H8", lambda f: host_ms(_scan_fn(f, small, False)))] if plain else []
+    times = {(v, p): [] for v in variants for p, _ in timed}
+    peer_ms = {p: [] for p, _ in timed}
     ys = {}
     for _ in range(rounds):
-        for p, inputs, back in passes:
-            peer_ms[p].append(bench_ms(_graphed(_scan_fn(peer, inputs, back))) if peer else float("nan"))
+        for p, run in timed:
+            peer_ms[p].append(run(peer) if peer else float("nan"))
         for v in variants:
             with applied(parse(v)):
-                for p, inputs, back in passes:
-                    times[v, p].append(bench_ms(_graphed(_scan_fn(ours, inputs, back))))
+                for p, run in timed:
+                    times[v, p].append(run(ours))
                 ys.setdefault(v, _y(ours, t))
     y_peer = _y(peer, t) if peer else None
     first = ys[variants[0]]
@@ -91,7 +109,7 @@ def ab(variants: list[str], L: int, rounds: int, bwd: bool) -> dict:
     return {"peer": out, "variants": [
         dict(variant=v, vs_first=_rel_diff(ys[v], first), vs_peer=_rel_diff(ys[v], y_peer) if peer else None,
              **{p: dict(ms=min(times[v, p]), rounds=times[v, p], ratio=min(times[v, p]) / out[p]["ms"])
-                for p, _, _ in passes})
+                for p, _ in timed})
         for v in variants]}
 
 
@@ -101,13 +119,15 @@ def main() -> int:
     ap.add_argument("--L", default="4096,16384")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bwd", action="store_true", help="also time forward+backward")
+    ap.add_argument("--plain", action="store_true", help="also time the forward called plainly (with its launches) "
+                    "and the host's time a call at B1 L256 H8")
     ap.add_argument("--json")
     args = ap.parse_args()
     for v in args.variants:
         parse(v)
     out = {}
     for L in map(int, args.L.split(",")):
-        out[L] = r = ab(args.variants, L, args.rounds, args.bwd)
+        out[L] = r = ab(args.variants, L, args.rounds, args.bwd, args.plain)
         for p, pr in r["peer"].items():
             print(f"L {L} {p}: mamba_ssm {pr['ms']:.4f} ms (rounds {[round(x, 4) for x in pr['rounds']]})", flush=True)
             for v in r["variants"]:
