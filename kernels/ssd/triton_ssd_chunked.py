@@ -46,12 +46,9 @@ this safe after any kernel of the caller's.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
-from triton.runtime import _allocation
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .._dispatch import interpreting
@@ -84,6 +81,7 @@ from .triton_ssd import _finish_y, _flags, _pow2, _prec, _skip_D, scan_function
 CHUNK, BLOCK_H, PASS_WARPS = 128, 32, 4
 CONFIG = {  # kernel: (BT, BP, num_warps, num_stages, maxnreg: ptxas's register cap or None)
     "scan": (64, 64, 4, 2, 168),
+    "scan_tma": (64, 64, 4, 2, 128),  # the scan with descriptors: 148 registers uncapped, 3 blocks an SM, not 4
     "grads": (32, 64, 4, 1, 128),
     "group": (64, 64, 8, 2, None),
 }
@@ -121,9 +119,11 @@ INTERPRET_CHUNK, INTERPRET_SUB = 32, 16
 # and gradients bit-identical): forward at L 16K 0.633-0.643 -> 0.630-0.640 ms, at L 4K 0.181 -> 0.178 ms,
 # forward+backward at L 16K 3.417-3.420 -> 3.388-3.392 ms.
 CHAIN = True
-# The chunk scan and the state pass read their tiles through tensor descriptors where they can (see _descriptors):
-# TMA "host" (made on the host, passed in), "device" (made by each program) or None; TMA_PASS True (host) or False.
-TMA, TMA_PASS = "host", False
+# The chunk scan reads tiles through TMA tensor descriptors (see _descriptors and _chunk_scan): "pair", a pair's
+# x and CB; "in", a target's C and the entering state. Each descriptor costs ~10 µs of host time a launch
+# (Triton encodes it there), so only scans of TMA_MIN_PROGRAMS (batch · chunk · head) programs or more use them,
+# and only 16-bit inputs (at the register cap below, float32 tiles spill).
+TMA, TMA_MIN_PROGRAMS = ("pair", "in"), 8192
 
 
 def _launch(kernel: str, x, Q: int, P: int) -> dict:
@@ -289,9 +289,9 @@ def _pass_program(first_ptr, L, H, G, P, N, BP: tl.constexpr, BN: tl.constexpr, 
 
 
 @triton.jit
-def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, x_desc, B_desc, L, H, G, P, N, NC,
-                HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr, TMA: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr,
-                BN: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr):
+def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, L, H, G, P, N, NC,
+                HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                PREC: tl.constexpr, PDL: tl.constexpr):
     """The forward's serial pass with each chunk's own state formed in it, over one (batch, head)'s
     [P block, N block], the state held transposed, hᵀ [BN, BP]: walking the chunks c, hin[c] = hᵀ, then
     hᵀ = hᵀ · carry[c] + Σ_t exp(s_end - s_t) dt'_t B_t ⊗ x_t (one [BN, Q]·[Q, BP] dot); the last h is
@@ -301,22 +301,16 @@ def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, 
     it into, and the weighted x, formed in registers, is stored there once as the second. In the other
     order, h = (x ∘ w)ᵀ B, the weighted x was the first operand, taken in registers: stored to shared
     memory and read back by each of the two warp groups. H200, L 16K, one process (eighteenth run):
-    the pass 206 -> 189 µs, outputs and gradients bit-identical.
-    TMA: x and B read through tensor descriptors (x [B, L, H, P], B [B, L, G, N]; see _chunk_scan)."""
+    the pass 206 -> 189 µs, outputs and gradients bit-identical."""
     _after_previous(PDL)
     bh64, h, g, row0, offs_p, offs_n, mask_p, mask_n, so, st, mask_s, state = _pass_program(
         h0_ptr, L, H, G, P, N, BP, BN, HAS_H0)
     offs_q = tl.arange(0, Q)
-    b, p0, n0 = tl.program_id(0) // H, tl.program_id(1) * BP, tl.program_id(2) * BN
     for c in range(NC):
         tl.store(hin_ptr + (bh64 * NC + c) * P * N + st, state.to(hin_ptr.dtype.element_ty), mask=mask_s)
-        if TMA:
-            x = x_desc.load([b, c * Q, h, p0]).reshape(Q, BP)
-            Bm = B_desc.load([b, c * Q, g, n0]).reshape(Q, BN)
-        else:
-            mask_t = c * Q + offs_q < L
-            x = _tile(x_ptr + (row0 + c * Q) * H * P, offs_q, mask_t, H, h, P, offs_p, mask_p)
-            Bm = _tile(B_ptr + (row0 + c * Q) * G * N, offs_q, mask_t, G, g, N, offs_n, mask_n)
+        mask_t = c * Q + offs_q < L
+        x = _tile(x_ptr + (row0 + c * Q) * H * P, offs_q, mask_t, H, h, P, offs_p, mask_p)
+        Bm = _tile(B_ptr + (row0 + c * Q) * G * N, offs_q, mask_t, G, g, N, offs_n, mask_n)
         w, carry = _state_weights(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, HAS_SEQ)
         xw = (x.to(tl.float32) * w[:, None]).to(x.dtype)
         state = state * carry + tl.dot(tl.trans(Bm), xw, input_precision=PREC)
@@ -439,31 +433,26 @@ def _pair_ij(p):
 
 @triton.jit
 def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, y_ptr, ypre_ptr,
-                x_desc, C_desc, cb_desc, hin_desc, L, H, G, P, N, NC,
+                x_desc, cb_desc, C_desc, hin_desc, L, H, G, P, N, NC,
                 HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
-                STORE_YPRE: tl.constexpr, SCALED: tl.constexpr, TMA: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
+                STORE_YPRE: tl.constexpr, SCALED: tl.constexpr, TMA_PAIR: tl.constexpr, TMA_IN: tl.constexpr,
+                Q: tl.constexpr, BT: tl.constexpr,
                 BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr):
     """y of one chunk and P block, in one loop over the sub-block pairs t >= u (so that the compiler's
     pipelining loads each pair's tiles while the pair before computes, across target sub-blocks too):
     a target sub-block's y starts, at its first pair, as the entering state's part exp(s_t) C_t · h_in,
     takes (CB[t, u] ∘ decay ∘ dt'_u) x_u from each pair (CB from _chunk_cb: SCALED, float16 with its rows'
     scales in sc), and is stored at its last.
-    TMA: x, C, CB and the entering state are read through tensor descriptors (_descriptors: x [B, L, H, P],
-    C [B, L, G, N], CB [B·NC·G·Q, Q], hin [B·H·NC, N, P]; what lies past L, P or N reads as 0, as the masks
-    give), which on sm_90 the copy engine moves into shared memory rather than the threads' copies."""
+    TMA_PAIR / TMA_IN: a pair's x and CB tiles / a target's C tile and the entering state are read through
+    tensor descriptors (see _descriptors: x [B, L, H, P], CB [B·NC·G·Q, Q], C [B, L, G, N], hin [B·H·NC, N, P];
+    what lies past L, P or N reads as 0, as the masks give), which the copy engine (TMA) moves into
+    shared memory.
+    """
     _after_previous(PDL)
     c, h, g, bh64, offs_p, offs_n, mask_p, mask_n, row0, nb, sT, carry, seq_prev, seq_last = _program(
         s_ptr, seq_ptr, L, H, G, P, N, NC, Q, BT, BP, BN, HAS_SEQ)
     b, p0 = tl.program_id(0) // (H * NC), tl.program_id(1) * BP
-    if TMA == 2:  # descriptors made here, each program its own (in the launch's global scratch)
-        nbat = tl.num_programs(0) // (H * NC)
-        x_desc = tl.make_tensor_descriptor(x_ptr, [nbat, L, H, P], [L.to(tl.int64) * H * P, H * P, P, 1],
-                                           [1, BT, 1, BP])
-        C_desc = tl.make_tensor_descriptor(C_ptr, [nbat, L, G, N], [L.to(tl.int64) * G * N, G * N, N, 1],
-                                           [1, BT, 1, BN])
-        cb_desc = tl.make_tensor_descriptor(cb_ptr, [nbat * NC * G * Q, Q], [Q, 1], [BT, BT])
-        hin_desc = tl.make_tensor_descriptor(hin_ptr, [nbat * H * NC, N, P], [N * P, P, 1], [1, BN, BP])
-    if TMA:
+    if TMA_IN:
         stateT = hin_desc.load([(bh64 * NC + c).to(tl.int32), 0, p0]).reshape(BN, BP)
     else:
         st = (bh64 * NC + c) * P * N + offs_n[:, None] * P + offs_p[None, :]  # hin[c] is [N, P]
@@ -486,7 +475,7 @@ def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_
                                                        HAS_SEQ)
         offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC, Q, BT,
                                                           HAS_SEQ)
-        if TMA:
+        if TMA_PAIR:
             xj = x_desc.load([b, c * Q + j * BT, h, p0]).reshape(BT, BP)
             CB = cb_desc.load([((b * NC + c) * G + g) * Q + i * BT, j * BT]).to(tl.float32)
             if SCALED:
@@ -495,7 +484,7 @@ def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_
             xj = _tile(x_ptr, offs_j, mask_j, H, h, P, offs_p, mask_p)
             CB = _cb_tile(cb_ptr, sc_ptr, H, NC, G, c, g, offs_i, offs_j, Q, SCALED, False)
         if j == 0:  # the target's first pair
-            if TMA:
+            if TMA_IN:
                 Ci = C_desc.load([b, c * Q + i * BT, g, 0]).reshape(BT, BN)
             else:
                 Ci = _tile(C_ptr, offs_i, mask_i, G, g, N, offs_n, mask_n)
@@ -781,29 +770,12 @@ def _cb16(x) -> bool:
     return x.dtype == torch.bfloat16
 
 
-@contextlib.contextmanager
-def _scratch():
-    """Kernels that make tensor descriptors write them into global scratch, which Triton asks its
-    allocator for at launch: torch's, for the launches inside, unless the caller has set one."""
-    if not isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
-        yield
-        return
-    token = _allocation._allocator.set(_torch_scratch)
-    try:
-        yield
-    finally:
-        _allocation._allocator.reset(token)
-
-
-def _torch_scratch(size: int, alignment: int, stream):
-    return torch.empty(size, dtype=torch.int8, device="cuda")
-
-
 def _descriptors(on: bool, *views):
     """Tensor descriptors of contiguous tensors, one a (tensor, block shape) pair, for the copy engine
     (TMA) of sm_90 and later; None when on is False, before sm_90, or where a base or row is not 16-byte
     aligned. What a block holds past a tensor's end reads as 0."""
-    if not on or (views[0][0].device.type == "cuda" and torch.cuda.get_device_capability(views[0][0].device)[0] < 9):
+    t0 = views[0][0]
+    if not on or (t0.device.type == "cuda" and torch.cuda.get_device_capability(t0.device)[0] < 9):
         return None
     if any(t.data_ptr() % 16 or t.shape[-1] * t.element_size() % 16 for t, _ in views):
         return None
@@ -837,24 +809,25 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     hT = torch.empty(batch, H, P, N, **f32)
     hin = torch.empty(batch, H, NC, N, P, device=x.device, dtype=sdt)  # transposed: see _state_pass
     BP, BNP, warps, stages = _pass_launch(x, STATE_PASS, P, BN)
-    pass_descs = _descriptors(TMA_PASS, (x, [1, Q, 1, BP]), (B, [1, Q, 1, BNP]))
     _state_pass[(batch * H, cdiv(P, BP), cdiv(N, BNP))](
-        x, B, seq, dtc, s, h0, hin, hT, *(pass_descs or (None,) * 2), L, H, G, P, N, NC, HAS_H0=h0 is not None,
-        HAS_SEQ=seq is not None, TMA=pass_descs is not None, Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages, **chain)
+        x, B, seq, dtc, s, h0, hin, hT, L, H, G, P, N, NC, HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
+        Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages, **chain)
     y = torch.empty_like(x)
     store_ypre = for_backward and z is not None
     ypre = torch.empty_like(x) if store_ypre else y
     fl = _flags(D, z, dt_bias, dt_softplus)
     cb = cb16 if scaled else cb32
     cbt, bp = scan["BT"], scan["BP"]
-    views = (x, [1, cbt, 1, bp]), (C, [1, cbt, 1, BN]), (cb.view(-1, Q), [cbt, cbt]), (hin.view(-1, N, P), [1, BN, bp])
-    descs = _descriptors(TMA == "host", *views)
-    tma = 1 if descs else 2 if TMA == "device" and _descriptors(True, *views) else 0
-    with _scratch() if tma == 2 else contextlib.nullcontext():
-        _chunk_scan[(batch * NC * H, scan.pop("NPB"))](
-            x, C, cb, sc, D, z, seq, dtc, s, hin, y, ypre, *(descs or (None,) * 4), L, H, G, P, N, NC,
-            HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None,
-            STORE_YPRE=store_ypre, SCALED=scaled, TMA=tma, Q=Q, BN=BN, PREC=_prec(x), **chain, **scan)
+    tma = TMA if batch * NC * H >= TMA_MIN_PROGRAMS and x.element_size() <= 2 else ()
+    pair = _descriptors("pair" in tma, (x, [1, cbt, 1, bp]), (cb.view(-1, Q), [cbt, cbt]))
+    enter = _descriptors("in" in tma, (C, [1, cbt, 1, BN]), (hin.view(-1, N, P), [1, BN, bp]))
+    if pair or enter:
+        scan.update(_launch("scan_tma", x, Q, P))
+    _chunk_scan[(batch * NC * H, scan.pop("NPB"))](
+        x, C, cb, sc, D, z, seq, dtc, s, hin, y, ypre, *(pair or (None,) * 2), *(enter or (None,) * 2), L, H, G, P, N,
+        NC, HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None,
+        STORE_YPRE=store_ypre, SCALED=scaled, TMA_PAIR=pair is not None, TMA_IN=enter is not None, Q=Q, BN=BN,
+        PREC=_prec(x), **chain, **scan)
     return y, hT, (dtc, s, hin, ypre if store_ypre else None, cb32)
 
 

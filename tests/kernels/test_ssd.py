@@ -155,6 +155,23 @@ def test_chunked_states_in_16_bit():
     assert_close(run(scan_of("chunked"), t16), run(ssd_scan_naive, t64), 3e-3)
 
 
+@pytest.mark.parametrize("tma, P", [(("pair", "in"), 24), (("pair",), 24), (("in",), 24), (("pair", "in"), 6)])
+def test_chunked_tma_reads_equal_pointer_reads(tma, P, monkeypatch):
+    """The chunk scan's tiles read through tensor descriptors (a pair's x and CB, a target's C and entering
+    state) give exactly what its masked pointer loads give, outputs and gradients: P 24 reads a block of 32
+    columns past the tensor's end (zeros), L 77 a last chunk past the sequence's, seq_idx and z on. float16
+    (the interpreter mishandles bfloat16); P 6 (12-byte rows) cannot take descriptors and reads by pointers."""
+    from archdsl.kernels.ssd import triton_ssd_chunked
+    t = make(2, 77, 4, P, 2, 16, D=1, z=True, bias=True, h0=True, seq=True)
+    t16 = {k: v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t.items()}
+    monkeypatch.setattr(triton_ssd_chunked, "TMA_MIN_PROGRAMS", 0)
+    monkeypatch.setattr(triton_ssd_chunked, "TMA", ())
+    want = run(scan_of("chunked"), t16)
+    monkeypatch.setattr(triton_ssd_chunked, "TMA", tma)
+    for a, b in zip(run(scan_of("chunked"), t16), want):
+        assert torch.equal(a, b)
+
+
 def test_chunked_cb_past_float16_range(monkeypatch):
     """bf16 inputs keep C·Bᵀ in float16, each row scaled by a power of two: entries past float16's
     largest number (|CB| ~ 9e4 here) neither overflow nor lose bits. Forced for float16 inputs, since
@@ -333,6 +350,29 @@ def test_gpu_cb_scaling_bf16(bc):
     for name, a, b in zip(["y", "final"] + [k for k in NAMES if t[k] is not None], got, want):
         print(f"{name}: {rel(a, b):.2e}")
     assert_close(got, want, 3e-2)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("P, offset", [(64, 0), (48, 0), (64, 1)])
+def test_gpu_chunked_tma_reads(P, offset, monkeypatch):
+    """On the card the chunk scan's descriptor reads (TMA) give exactly the pointer reads' outputs and
+    gradients, and the float64 result: bf16 with z, seq_idx and a last chunk past the sequence; P 48 reads
+    16 columns past each row (zeros); x stored one element into its buffer (not 16-byte aligned) reads by
+    pointers."""
+    from archdsl.kernels.ssd import triton_ssd_chunked
+    t = make(2, 4000, 8, P, 1, 128, D=1, z=True, bias=True, h0=True, seq=True, dtype=torch.bfloat16, device=DEV)
+    if offset:
+        t["x"] = torch.empty(t["x"].numel() + offset, device=DEV, dtype=t["x"].dtype)[offset:].view_as(
+            t["x"]).copy_(t["x"])
+    monkeypatch.setattr(triton_ssd_chunked, "TMA_MIN_PROGRAMS", 0)
+    monkeypatch.setattr(triton_ssd_chunked, "TMA", ())
+    want = run(scan_of("chunked"), t)
+    monkeypatch.setattr(triton_ssd_chunked, "TMA", ("pair", "in"))
+    got = run(scan_of("chunked"), t)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    assert_close(got, reference(t), 3e-2)
 
 
 @pytest.mark.gpu
