@@ -49,7 +49,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # an older Triton: the chunk scan reads by pointers only
+    TensorDescriptor = None
 
 from .._dispatch import interpreting
 from .._host import cdiv
@@ -772,10 +775,10 @@ def _cb16(x) -> bool:
 
 def _descriptors(on: bool, *views):
     """Tensor descriptors of contiguous tensors, one a (tensor, block shape) pair, for the copy engine
-    (TMA) of sm_90 and later; None when on is False, before sm_90, or where a base or row is not 16-byte
-    aligned. What a block holds past a tensor's end reads as 0."""
+    (TMA) of sm_90 and later; None when on is False, before sm_90 or Triton's host descriptors, or where a
+    base or row is not 16-byte aligned. What a block holds past a tensor's end reads as 0."""
     t0 = views[0][0]
-    if not on or (t0.device.type == "cuda" and torch.cuda.get_device_capability(t0.device)[0] < 9):
+    if not on or TensorDescriptor is None or (t0.is_cuda and torch.cuda.get_device_capability(t0.device)[0] < 9):
         return None
     if any(t.data_ptr() % 16 or t.shape[-1] * t.element_size() % 16 for t, _ in views):
         return None
