@@ -155,7 +155,8 @@ def test_chunked_states_in_16_bit():
     assert_close(run(scan_of("chunked"), t16), run(ssd_scan_naive, t64), 3e-3)
 
 
-@pytest.mark.parametrize("tma, P", [(("pair", "in"), 24), (("pair",), 24), (("in",), 24), (("pair", "in"), 6)])
+@pytest.mark.parametrize("tma, P", [(("pair", "in"), 24), (("pair",), 24), (("in",), 24), (("pair", "in"), 6)],
+                         ids=["both", "pair", "in", "rows-unaligned"])
 def test_chunked_tma_reads_equal_pointer_reads(tma, P, monkeypatch):
     """The chunk scan's tiles read through tensor descriptors (a pair's x and CB, a target's C and entering
     state) give exactly what its masked pointer loads give, outputs and gradients: P 24 reads a block of 32
