@@ -39,6 +39,9 @@ those two sequences are one; within a chunk only pairs of one sequence interact.
 Offsets into [B, L, ...] and [B, H, NC, ...] tensors are int64 so that 1M-token sequences work; the tiles
 of a chunk take its first token row on their base pointer and the rows within it as int32 offsets
 (Q·H·P below 2^31).
+On sm_90 the chunk scan of a long enough 16-bit forward reads its x, CB, C and entering-state tiles through
+TMA tensor descriptors made on the host (TMA, TMA_MIN_PROGRAMS, _descriptors): the copy engine moves them
+into shared memory, bit-identical to the pointer loads.
 On sm_90 and later the forward's three kernels are chained with programmatic dependent launch (CHAIN,
 kernels/_pdl.py): each waits for the kernel before it at its start and then lets the next one launch,
 so that the next kernel's programs wait on the SMs rather than in the launch queue. Waiting first keeps
