@@ -823,12 +823,13 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     ypre = torch.empty_like(x) if store_ypre else y
     fl = _flags(D, z, dt_bias, dt_softplus)
     cb = cb16 if scaled else cb32
-    cbt, bp = scan["BT"], scan["BP"]
-    tma = TMA if batch * NC * H >= TMA_MIN_PROGRAMS and x.element_size() <= 2 else ()
-    pair = _descriptors("pair" in tma, (x, [1, cbt, 1, bp]), (cb.view(-1, Q), [cbt, cbt]))
-    enter = _descriptors("in" in tma, (C, [1, cbt, 1, BN]), (hin.view(-1, N, P), [1, BN, bp]))
-    if pair or enter:
-        scan.update(_launch("scan_tma", x, Q, P))
+    pair = enter = None
+    if batch * NC * H >= TMA_MIN_PROGRAMS and x.element_size() <= 2:  # else the descriptors' host time shows
+        cbt, bp = scan["BT"], scan["BP"]
+        pair = _descriptors("pair" in TMA, (x, [1, cbt, 1, bp]), (cb.view(-1, Q), [cbt, cbt]))
+        enter = _descriptors("in" in TMA, (C, [1, cbt, 1, BN]), (hin.view(-1, N, P), [1, BN, bp]))
+        if pair or enter:
+            scan.update(_launch("scan_tma", x, Q, P))
     _chunk_scan[(batch * NC * H, scan.pop("NPB"))](
         x, C, cb, sc, D, z, seq, dtc, s, hin, y, ypre, *(pair or (None,) * 2), *(enter or (None,) * 2), L, H, G, P, N,
         NC, HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None,
