@@ -32,7 +32,8 @@ def _type(value):
     if isinstance(value, torch.Tensor):
         return "*" + _DTYPES[str(value.dtype).removeprefix("torch.")]
     if type(value).__name__ == "TensorDescriptor":  # a host descriptor: its dtype and block shape
-        return f"tensordesc<{_DTYPES[str(value.base.dtype).removeprefix('torch.')]}[{','.join(map(str, value.block_shape))}]>"
+        dtype = _DTYPES[str(value.base.dtype).removeprefix("torch.")]
+        return f"tensordesc<{dtype}[{','.join(map(str, value.block_shape))}]>"
     if isinstance(value, bool):
         return "i1"
     if isinstance(value, int):
