@@ -1,26 +1,26 @@
-"""Mamba-1 selective-scan forward in Gluon: the groups forward's tile with its layouts set by hand.
+"""Mamba-1 selective-scan forward in Gluon: a channel's states in one thread, time walked step by step.
 
-The Triton groups forward (`_ss_fwd_groups_kernel`) holds [NPT, T, BLOCK_D, NS] tiles: T steps of a
-channel's NPT states in each thread, NS threads a channel. Triton loads B and C ([NPT, T, NS] a tile) and
-u, delta, z ([T, BLOCK_D]) in layouts of its own choosing and converts them into the tile's through shared
-memory, and those conversions bind it: on the H200 the L1 data pipe ran 88-93% busy, most of its wavefronts
-shared memory. Here every tensor is created in a slice of the tile's one layout
+The Triton groups forward (`_ss_fwd_groups_kernel`) scans [NPT, T, BLOCK_D, NS] tiles and leaves Triton to
+place B and C: it loads them in layouts of its own and converts them through shared memory, and on the H200
+those conversions bound it (the L1 data pipe 88-93% busy, most of it shared memory; 0.80 ms at B4 L4096
+D5120 N16 bf16 against an ex2 bound of 0.32 ms). Here the layouts are set by hand so that no value crosses
+threads at all:
 
-    L4 = BlockedLayout(size_per_thread [NPT, T, 1, 1], threads_per_warp [1, 1, 32/NS, NS],
-                       warps_per_cta [1, 1, WARPS, 1], order [1, 3, 2, 0])
+  - each thread owns one channel and all its N states (`[BLOCK_D, NB]` tiles, NB = N rounded up to a power
+    of two), so y's sum over the states stays in its registers;
+  - u, delta, z and y move as `[BLOCK_D, T]` tiles, T consecutive steps of the thread's channel in one
+    vector load or store; softplus, delta·u, D·u and the gate are computed on those tiles;
+  - the recurrence walks the T steps one at a time (unrolled): step t's delta and delta·u are read out of
+    the tiles (a select on a register index known at compile time, so no instruction), then for the N
+    states  h = exp2(delta·A·log2 e)·h + (delta·u)·B_t,  y_t = Σ_n h·C_t  (one ex2, two multiplies and
+    two multiply-adds a state);
+  - B_t and C_t are the same for every channel of a program: they are read from a float32 copy laid out
+    [B, G, L, 2, NB] (made by the launcher; 2 MB at B4 L4096 N16), so each thread fetches a step's 2·NB
+    values with a few 16-byte loads of one address the whole warp shares, no widening, no conversion.
 
-so each thread loads the very values it uses (B and C: the T steps of its NPT states, the same addresses
-for the channels of a warp; u, delta, z: the T steps of its channel) and nothing passes through shared
-memory but y's sum over the NS threads of a channel (a warp shuffle). The scan, the checkpoints and the
-outputs are the Triton forward's: see triton_selective_scan.py. Gluon is compiled only (the interpreter
-does not run it), so this forward is CUDA's alone; its tests run on the GPU.
-
-As written it is correct and slower (H200, bf16, B4 L4096 D5120 N16, 2026-11-29: 1.19 ms against the
-Triton forward's 0.80; `ARCHDSL_SCAN_FWD=auto` keeps the faster). ptxas (Triton 3.6, sm_90): no shared
-memory, 190 registers (10 warps an SM), 933 instructions a tile of 64 elements, 14.6 an element: B and C
-widened from bf16 by two instructions each (PRMT, then a shift), every load's 64-bit address rebuilt each
-tile, the scan's unused decay products kept. The ways down: B and C read as 32-bit pairs and widened by a
-shift or a mask (one instruction a value), pointers carried across tiles, fewer registers for occupancy.
+Gluon is compiled only (the interpreter does not run it), so this forward is CUDA's alone; its tests run on
+the GPU. The backward follows it unchanged: the checkpoints are the Triton forward's ([B, D, NCK, N], the
+state before every CKI-th step).
 """
 from __future__ import annotations
 
@@ -35,13 +35,12 @@ try:
 except ImportError:  # an older Triton: the forward is not offered
     HAVE_GLUON = False
 
-# (BLOCK_D, NS, T, warps): BLOCK_D = warps · 32 / NS channels a program.
-TILE = (32, 2, 8, 2)
+# (NS, T, warps): NS threads a channel, T steps a tile; BLOCK_D = warps · 32 / NS channels a program.
+TILE = (2, 16, 1)
+MAX_N = 32  # the most states a channel compiled and timed here (168 registers); the Triton forward takes more
 
 if HAVE_GLUON:
-    @gluon.jit
-    def _combine(a1, b1, a2, b2):
-        return a1 * a2, b1 * a2 + b2
+    _sync = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier  # renamed after Triton 3.6
 
     @gluon.jit
     def _softplus(x):
@@ -51,148 +50,160 @@ if HAVE_GLUON:
         return gl.where(x > 20.0, x, lg * 0.6931471805599453)
 
     @gluon.jit
-    def _inputs(u_ptr, dt_ptr, z_ptr, B_base, C_base, off, m2, bc_off, bc_mask, HAS_Z: gl.constexpr,
-                EVEN: gl.constexpr):
-        """One tile's inputs in float32: u, delta (before bias and softplus), z [T, BLOCK_D] (u again without
-        z) and B, C [NPT, T, NS], each straight in its slice of the tile's layout."""
-        if EVEN:
-            u = gl.load(u_ptr + off).to(gl.float32)
-            raw = gl.load(dt_ptr + off).to(gl.float32)
-            zz = gl.load(z_ptr + off).to(gl.float32) if HAS_Z else u
-            Bt = gl.load(B_base + bc_off).to(gl.float32)
-            Ct = gl.load(C_base + bc_off).to(gl.float32)
-        else:
-            u = gl.load(u_ptr + off, mask=m2, other=0.0).to(gl.float32)
-            raw = gl.load(dt_ptr + off, mask=m2, other=0.0).to(gl.float32)
-            zz = gl.load(z_ptr + off, mask=m2, other=0.0).to(gl.float32) if HAS_Z else u
-            Bt = gl.load(B_base + bc_off, mask=bc_mask, other=0.0).to(gl.float32)
-            Ct = gl.load(C_base + bc_off, mask=bc_mask, other=0.0).to(gl.float32)
-        return u, raw, zz, Bt, Ct
+    def _at(tile, t_idx, t: gl.constexpr, layout: gl.constexpr):
+        """Step t of a [BLOCK_D, T] tile as a [BLOCK_D, 1] column of the states' layout. T lies in each
+        thread's registers, so the select and the sum fold away (adding -0.0 is exact)."""
+        col = gl.sum(gl.where(t_idx == t, tile, -0.0), axis=1)
+        return gl.expand_dims(gl.convert_layout(col, layout, assert_trivial=True), 1)
 
     @gluon.jit
-    def _ss_fwd_gluon_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-                             y_ptr, hT_ptr, ck_ptr,
-                             L, DIM, N, CPG, NCK,
-                             sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
-                             BLOCK_D: gl.constexpr, NS: gl.constexpr, NPT: gl.constexpr, T: gl.constexpr,
-                             WARPS: gl.constexpr, CKI: gl.constexpr, HAS_D: gl.constexpr, HAS_Z: gl.constexpr,
-                             HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr, HAS_H0: gl.constexpr,
-                             STORE_CK: gl.constexpr, EVEN: gl.constexpr):
-        """Program (channel block, batch): the channels' scan over all L steps, T at a time. u, delta, z, y
-        [B, D, L] contiguous; B, C [B, G, N, L] at their strides; A [D, N]; h0, hT [B, D, N]; checkpoints ck
-        [B, D, NCK, N] (the state before every CKI-th step). EVEN: L divides by T, DIM by BLOCK_D and N is
-        NPT·NS, so no load or store needs a mask."""
-        L4: gl.constexpr = gl.BlockedLayout([NPT, T, 1, 1], [1, 1, 32 // NS, NS], [1, 1, WARPS, 1], [1, 3, 2, 0])
-        S_st: gl.constexpr = gl.SliceLayout(1, L4)  # [NPT, BLOCK_D, NS]: states
-        S_bc: gl.constexpr = gl.SliceLayout(2, L4)  # [NPT, T, NS]: B, C
-        S_tdn: gl.constexpr = gl.SliceLayout(0, L4)
-        S_td: gl.constexpr = gl.SliceLayout(2, S_tdn)  # [T, BLOCK_D]: u, delta, z, y
+    def _tile(u_ptr, dt_ptr, z_ptr, off, mask, HAS_Z: gl.constexpr, EVEN: gl.constexpr):
+        """u, delta (before bias and softplus), z of one [BLOCK_D, T] tile, as stored (z is u without z)."""
+        if EVEN:
+            u = gl.load(u_ptr + off)
+            raw = gl.load(dt_ptr + off)
+            zz = gl.load(z_ptr + off) if HAS_Z else u
+        else:
+            u = gl.load(u_ptr + off, mask=mask, other=0.0)
+            raw = gl.load(dt_ptr + off, mask=mask, other=0.0)
+            zz = gl.load(z_ptr + off, mask=mask, other=0.0) if HAS_Z else u
+        return u, raw, zz
+
+    @gluon.jit
+    def _ss_fwd_rows_kernel(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+                            y_ptr, hT_ptr, ck_ptr,
+                            L, DIM, N, CPG, NCK, G, LP,
+                            BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr,
+                            WARPS: gl.constexpr,
+                            BC_V: gl.constexpr, BC_TC: gl.constexpr,
+                            CKI: gl.constexpr, HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
+                            SOFTPLUS: gl.constexpr, HAS_H0: gl.constexpr, STORE_CK: gl.constexpr,
+                            EVEN: gl.constexpr):
+        """Program (channel block, batch): BLOCK_D channels over all L steps. u, delta, z, y [B, D, L]
+        contiguous; BC [B, G, LP, 2, NB] float32 (B then C of each step, zero past N and past L; LP a
+        multiple of T); A [D, N]; h0, hT [B, D, N]; checkpoints ck [B, D, NCK, N]. The program's channels
+        share one B/C group. EVEN: L divides by T and DIM by BLOCK_D, so u, delta, z, y need no mask."""
+        LT: gl.constexpr = gl.BlockedLayout([1, T // NS], [32 // NS, NS], [WARPS, 1], [1, 0])  # [BLOCK_D, T]
+        LS: gl.constexpr = gl.BlockedLayout([1, NB // NS], [32 // NS, NS], [WARPS, 1], [1, 0])  # [BLOCK_D, NB]
+        SD: gl.constexpr = gl.SliceLayout(1, LS)  # [BLOCK_D] of the states
         pid_d = gl.program_id(0)
         pid_b = gl.program_id(1).to(gl.int64)
-        # [T, BLOCK_D] indices
-        t_td = gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(1, S_td)), 1)
-        d_td = gl.expand_dims(pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, S_td)), 0)
-        # state [NPT, BLOCK_D, NS] indices: n = ns · NPT + i
-        i_st = gl.expand_dims(gl.expand_dims(gl.arange(0, NPT, layout=gl.SliceLayout(1, gl.SliceLayout(2, S_st))),
-                                             1), 2)
-        d_st = gl.expand_dims(gl.expand_dims(
-            pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, gl.SliceLayout(2, S_st))), 0), 2)
-        ns_st = gl.expand_dims(gl.expand_dims(gl.arange(0, NS, layout=gl.SliceLayout(0, gl.SliceLayout(1, S_st))),
-                                              0), 1)
-        n_st = ns_st * NPT + i_st
-        # B, C [NPT, T, NS] indices
-        i_bc = gl.expand_dims(gl.expand_dims(gl.arange(0, NPT, layout=gl.SliceLayout(1, gl.SliceLayout(2, S_bc))),
-                                             1), 2)
-        t_bc = gl.expand_dims(gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(0, gl.SliceLayout(2, S_bc))),
-                                             0), 2)
-        ns_bc = gl.expand_dims(gl.expand_dims(gl.arange(0, NS, layout=gl.SliceLayout(0, gl.SliceLayout(1, S_bc))),
-                                              0), 1)
-        n_bc = ns_bc * NPT + i_bc
-        # t as [1, T, 1, 1] of the tile, for the first and last steps
-        t4 = gl.expand_dims(gl.expand_dims(t_td, 2), 0)
+        t_idx = gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(0, LT)), 0)  # [1, T]
+        d_t = gl.expand_dims(pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LT)), 1)
+        n_s = gl.expand_dims(gl.arange(0, NB, layout=gl.SliceLayout(0, LS)), 0)  # [1, NB]
+        d_s = gl.expand_dims(pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=SD), 1)  # [BLOCK_D, 1]
+        # B and C: a tile's [T, 2·NB] float32 block is read one tile ahead by the whole program (BC_V values a
+        # thread and load) and kept in shared memory, two buffers; each step reads its row from there, the
+        # same address for every thread.
+        LBC: gl.constexpr = gl.BlockedLayout([1, BC_V], [32 // BC_TC, BC_TC], [WARPS, 1], [1, 0])
+        SBC: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        bc_smem = gl.allocate_shared_memory(gl.float32, [2, T, 2 * NB], SBC)
+        bc_tile = (gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(1, LBC)), 1) * (2 * NB)
+                   + gl.expand_dims(gl.arange(0, 2 * NB, layout=gl.SliceLayout(0, LBC)), 0))
 
-        dmask = d_td < DIM
-        s_mask = (d_st < DIM) & (n_st < N)
-        g = ((pid_d * BLOCK_D) // CPG).to(gl.int64)
-        ch_td = pid_b * DIM + d_td.to(gl.int64)  # [1, BLOCK_D]
-        ch_st = pid_b * DIM + d_st.to(gl.int64)
-        state_off = ch_st * N + n_st
-        if EVEN:
-            A2 = gl.load(A_ptr + d_st * N + n_st).to(gl.float32) * 1.4426950408889634
-        else:
-            A2 = gl.load(A_ptr + d_st * N + n_st, mask=s_mask, other=0.0).to(gl.float32) * 1.4426950408889634
-        h = gl.zeros([NPT, BLOCK_D, NS], gl.float32, layout=S_st)
+        dmask = d_t < DIM
+        s_mask = (d_s < DIM) & (n_s < N)
+        ch_s = pid_b * DIM + d_s.to(gl.int64)
+        state_off = ch_s * N + n_s
+        A2 = gl.load(A_ptr + d_s * N + n_s, mask=s_mask, other=0.0).to(gl.float32) * 1.4426950408889634
+        h = gl.zeros([BLOCK_D, NB], gl.float32, layout=LS)
         if HAS_H0:
             h = gl.load(h0_ptr + state_off, mask=s_mask, other=0.0).to(gl.float32)
         if HAS_BIAS:
-            bias = gl.load(bias_ptr + d_td, mask=dmask, other=0.0).to(gl.float32)
+            bias = gl.load(bias_ptr + d_t, mask=dmask, other=0.0).to(gl.float32)
         if HAS_D:
-            Dv = gl.load(D_ptr + d_td, mask=dmask, other=0.0).to(gl.float32)
-        B_base = B_ptr + pid_b * sB_b + g * sB_g
-        C_base = C_ptr + pid_b * sC_b + g * sC_g
-        row = ch_td * L
-        off = row + t_td
-        u_n, dt_n, z_n, B_n, C_n = _inputs(u_ptr, dt_ptr, z_ptr, B_base, C_base, off, (t_td < L) & dmask,
-                                           n_bc * sB_n + t_bc.to(gl.int64) * sB_l, (n_bc < N) & (t_bc < L),
-                                           HAS_Z, EVEN)
-        for c in range(0, gl.cdiv(L, T)):
-            u, raw, zz, Bt, Ct = u_n, dt_n, z_n, B_n, C_n
-            tn = (c + 1) * T
-            if EVEN:  # the last tile's prefetch reads the last tile again rather than past the end
+            Dv = gl.load(D_ptr + d_t, mask=dmask, other=0.0).to(gl.float32)
+        g = (pid_d * BLOCK_D) // CPG
+        bc_base = BC_ptr + ((pid_b * G + g) * LP) * (2 * NB) + bc_tile
+        NT = gl.cdiv(L, T)
+        bc_smem.index(0).store(gl.load(bc_base))
+        bc_n = gl.load(bc_base + gl.minimum(1, NT - 1) * (T * 2 * NB))
+        _sync()
+        off = (pid_b * DIM + d_t.to(gl.int64)) * L + t_idx  # [BLOCK_D, T]
+        # u, delta, z are read two tiles ahead: ptxas sinks a tile's loads to the end of the loop body, so
+        # one tile ahead would leave their latency exposed at the start of each tile.
+        u_n, raw_n, z_n = _tile(u_ptr, dt_ptr, z_ptr, off, (t_idx < L) & dmask, HAS_Z, EVEN)
+        t1 = gl.minimum(T, L - T) if EVEN else T
+        u_nn, raw_nn, z_nn = _tile(u_ptr, dt_ptr, z_ptr, off + t1, (t_idx + t1 < L) & dmask, HAS_Z, EVEN)
+        for c in range(0, NT):
+            u, raw, zz = u_n.to(gl.float32), raw_n.to(gl.float32), z_n.to(gl.float32)
+            u_n, raw_n, z_n = u_nn, raw_nn, z_nn
+            tn = (c + 2) * T
+            if EVEN:  # the last tiles' prefetches read the last tile again rather than past the end
                 tn = gl.minimum(tn, L - T)
-            u_n, dt_n, z_n, B_n, C_n = _inputs(u_ptr, dt_ptr, z_ptr, B_base, C_base, off + tn,
-                                               (t_td + tn < L) & dmask,
-                                               n_bc * sB_n + (t_bc + tn).to(gl.int64) * sB_l,
-                                               (n_bc < N) & (t_bc + tn < L), HAS_Z, EVEN)
+            u_nn, raw_nn, z_nn = _tile(u_ptr, dt_ptr, z_ptr, off + tn, (t_idx + tn < L) & dmask, HAS_Z, EVEN)
             if STORE_CK:
                 if (c * T) % CKI == 0:
-                    gl.store(ck_ptr + (ch_st * NCK + (c * T) // CKI) * N + n_st, h, mask=s_mask)
-            m2 = (t_td + c * T < L) & dmask
+                    gl.store(ck_ptr + (ch_s * NCK + (c * T) // CKI) * N + n_s, h, mask=s_mask)
             if HAS_BIAS:
                 raw += bias
             dt = raw
             if SOFTPLUS:
                 dt = _softplus(raw)
             if not EVEN:
-                dt = gl.where(m2, dt, 0.0)
-            dt4 = gl.expand_dims(gl.expand_dims(dt, 2), 0)
-            dA = gl.exp2(dt4 * gl.expand_dims(A2, 1))
-            dBu = gl.expand_dims(gl.expand_dims(dt * u, 2), 0) * gl.expand_dims(Bt, 2)
-            dBu = gl.where(t4 == 0, dBu + dA * gl.expand_dims(h, 1), dBu)
-            _, hs = gl.associative_scan((dA, dBu), 1, _combine)
-            y = gl.sum(gl.sum(hs * gl.expand_dims(Ct, 2), axis=0), axis=2)
-            h = gl.sum(gl.where(t4 == T - 1, hs, 0.0), axis=1)
+                dt = gl.where((t_idx + c * T < L) & dmask, dt, 0.0)  # a masked step leaves h as it is
+            dtu = dt * u
+            y = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
+            rows = bc_smem.index(c % 2)
+            for t in gl.static_range(T):
+                Bt = rows.slice(t, 1).slice(0, NB, dim=1).load(LS)  # [1, NB]
+                Ct = rows.slice(t, 1).slice(NB, NB, dim=1).load(LS)
+                h = gl.exp2(_at(dt, t_idx, t, SD) * A2) * h + _at(dtu, t_idx, t, SD) * Bt
+                y_t = gl.convert_layout(gl.sum(h * Ct, axis=1), gl.SliceLayout(1, LT), assert_trivial=True)
+                y = gl.where(t_idx == t, gl.expand_dims(y_t, 1), y)
             if HAS_D:
                 y += Dv * u
             if HAS_Z:
-                y = y * zz / (1.0 + gl.exp(-zz))
+                y = y * zz / (1.0 + gl.exp2(-zz * 1.4426950408889634))
             if EVEN:
                 gl.store(y_ptr + off + c * T, y.to(y_ptr.dtype.element_ty))
             else:
-                gl.store(y_ptr + off + c * T, y.to(y_ptr.dtype.element_ty), mask=m2)
+                gl.store(y_ptr + off + c * T, y.to(y_ptr.dtype.element_ty), mask=(t_idx + c * T < L) & dmask)
+            bc_smem.index((c + 1) % 2).store(bc_n)  # its last reads were the tile before this one
+            bc_n = gl.load(bc_base + gl.minimum(c + 2, NT - 1) * (T * 2 * NB))
+            _sync()
         gl.store(hT_ptr + state_off, h, mask=s_mask)
+
+
+def _tile_for(N: int):
+    """(NS, T, warps, BLOCK_D) for N states a channel."""
+    ns, T, warps = TILE
+    ns = min(ns, next_pow2(N))
+    return ns, T, warps, 32 * warps // ns
+
+
+def fits(dim: int, groups: int, N: int, CK: int) -> bool:
+    """Whether this forward takes the case: a program's BLOCK_D channels share one B/C group (it reads one
+    group's B and C), N is at most MAX_N, and T divides the checkpoint interval CK."""
+    _, T, _, bd = _tile_for(N)
+    return (groups == 1 or (dim // groups) % bd == 0) and N <= MAX_N and CK % T == 0
 
 
 def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: int):
     """The forward of triton_selective_scan.ss_fwd on this kernel: y, last state (float32), checkpoints
-    every CK steps [B, D, NCK, N] float32 (hT again when not stored). u, delta contiguous [B, D, L]."""
+    every CK steps [B, D, NCK, N] float32 (hT again when not stored). u, delta contiguous [B, D, L];
+    B4, C4 [B, G, N, L] at any strides."""
     batch, dim, L = u.shape
-    N, cpg = A.shape[1], dim // B4.shape[1]
-    bd, ns, T, warps = TILE
-    block_n = next_pow2(N)
-    ns = min(ns, block_n)
-    if (B4.shape[1] > 1 and cpg % bd) or CK % T:  # a tile never straddles two B/C groups
-        raise ValueError(f"the Gluon forward needs a multiple of {bd} channels a B/C group (got {cpg}) and a "
-                         f"checkpoint interval that {T} divides (got {CK})")
+    N, groups = A.shape[1], B4.shape[1]
+    ns, T, warps, bd = _tile_for(N)
+    nb = next_pow2(N)
+    if not fits(dim, groups, N, CK):
+        raise ValueError(f"the Gluon forward needs a multiple of {bd} channels a B/C group (got {dim // groups}), "
+                         f"at most {MAX_N} states (got {N}) and a checkpoint interval that {T} divides (got {CK})")
+    lp = cdiv(L, T) * T
+    bc = torch.zeros(batch, groups, lp, 2, nb, device=u.device, dtype=torch.float32)
+    bc[:, :, :L, 0, :N] = B4.transpose(2, 3)
+    bc[:, :, :L, 1, :N] = C4.transpose(2, 3)
     y = torch.empty_like(u)
     hT = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
     nck = cdiv(L, CK)
     ck = torch.empty(batch, dim, nck, N, device=u.device, dtype=torch.float32) if store_ck else hT
     from .triton_selective_scan import _or
-    even = L % T == 0 and dim % bd == 0 and block_n == N
-    _ss_fwd_gluon_kernel[(cdiv(dim, bd), batch)](
-        u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), _or(h0, u), y, hT, ck, L, dim, N, cpg, nck,
-        *B4.stride(), *C4.stride(), BLOCK_D=bd, NS=ns, NPT=block_n // ns, T=T, WARPS=warps, CKI=CK,
+    even = L % T == 0 and dim % bd == 0
+    _ss_fwd_rows_kernel[(cdiv(dim, bd), batch)](
+        u, delta, A, bc, _or(D, u), _or(z, u), _or(bias, u), _or(h0, u), y, hT, ck,
+        L, dim, N, dim // groups, nck, groups, lp,
+        BLOCK_D=bd, NB=nb, NS=ns, T=T, WARPS=warps, BC_V=min(4, 2 * nb), BC_TC=min(32, max(1, 2 * nb // 4)), CKI=CK,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
         HAS_H0=h0 is not None, STORE_CK=store_ck, EVEN=even, num_warps=warps)
     return y, hT, ck

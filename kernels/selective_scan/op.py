@@ -22,14 +22,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Returns out `[B, D, L]` in u's dtype, and with return_last_state also the last state
     `[B, D, N]` (float32, float64 for float64 u).
 
-    On the Triton path the backward keeps the forward's layout (a channel's states over a few
-    threads, time in registers; 6.7-6.9 ms forward+backward at B4 L4096 D5120 N16 bf16 on the H200);
-    `ARCHDSL_SCAN_BWD=threads` selects the older one with time across a program's threads (16.8 ms),
-    kept as a cross-check. `ARCHDSL_SCAN_FWD=segments` selects the time-segmented forward (the sequence cut into
-    segments run in parallel, their entering states carried by a light serial pass; same
-    checkpoints, so either backward follows it), `auto` the faster of it and the serial one, timed
-    once per case on CUDA; the default is `serial` (0.88 ms against 2.06 at B4 L4096 D5120 N16 bf16
-    on the H200).
+    On CUDA the forward is a Gluon kernel with hand-set layouts where it takes the case (G = 1 or a
+    multiple of 16 channels a group, N <= 32; 0.68 ms at B4 L4096 D5120 N16 bf16 on the H200, mamba_ssm's
+    CUDA kernel 1.45), else a Triton one; `ARCHDSL_SCAN_FWD=gluon|serial|segments|auto` forces one (`auto`
+    times them once per case). The backward keeps the Triton forward's layout (a channel's states over a
+    few threads, time in registers; ~6 ms forward+backward at that shape); `ARCHDSL_SCAN_BWD=threads`
+    selects the older one with time across a program's threads, kept as a cross-check.
     """
     batch, dim, seqlen, N = _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
     backend = backend_for(u, A)

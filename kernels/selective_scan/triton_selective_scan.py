@@ -1,6 +1,11 @@
 """Triton selective scan (Mamba-1): forward and backward kernels, launchers, autograd.Function.
 
-The forward (`_ss_fwd_groups_kernel`) gives each channel's N states to NS neighbouring threads
+On CUDA the default forward is the Gluon one (gluon_selective_scan.py: layouts set by hand, a channel's
+states in two threads, B and C read from shared memory; 0.68 against 0.80 ms here at B4 L4096 D5120 N16
+bf16 on the H200) wherever it takes the case; this module's Triton forwards run elsewhere, under the
+interpreter and on request (ARCHDSL_SCAN_FWD, see `_fwd_impl`).
+
+The Triton forward (`_ss_fwd_groups_kernel`) gives each channel's N states to NS neighbouring threads
 (N/NS states each) and walks the sequence in tiles of T steps held in registers: inside a tile
 the recurrence h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t is a scan along the thread's own
 registers (tl.associative_scan over (decay, input) pairs), y's sum over the states a warp
@@ -18,9 +23,9 @@ gradients are per-(batch, channel) partials summed by torch. A second backward (
 ARCHDSL_SCAN_BWD=threads) lays time across a program's threads; it is the slower (16.8 against
 6.7-6.9 ms forward+backward at B4 L4096 D5120 N16 bf16 on the H200) and stays as a cross-check.
 
-A second forward (`ss_fwd_segments` in triton_selective_scan_segments.py, chosen by
+A third forward (`ss_fwd_segments` in triton_selective_scan_segments.py, chosen by
 ARCHDSL_SCAN_FWD=segments) cuts the sequence into segments run in parallel and stores the same
-checkpoints, so either backward follows it.
+checkpoints, so either backward follows any of them.
 """
 from __future__ import annotations
 
@@ -661,24 +666,29 @@ def _bwd_impl():
 
 
 def _fwd_impl(args):
-    """`ARCHDSL_SCAN_FWD=serial|segments|gluon|auto`: the forward walking all L steps per channel (`ss_fwd`,
-    the default), the time-segmented one (`ss_fwd_segments`: B·D·S threads, u/delta/B read twice), the
-    serial one with hand-set layouts (`ss_fwd_gluon`, CUDA only: Gluon is compiled, never interpreted), or
-    on CUDA the fastest, timed once per case. All store the same checkpoints."""
+    """`ARCHDSL_SCAN_FWD=gluon|serial|segments|auto`: the forward with hand-set layouts (`ss_fwd_gluon`: a
+    channel's states in two threads, B and C from shared memory; CUDA only, since Gluon is compiled, never
+    interpreted), the Triton one walking all L steps per channel (`ss_fwd`), the time-segmented one
+    (`ss_fwd_segments`: B·D·S threads, u/delta/B read twice), or on CUDA the fastest, timed once per case.
+    The default is the Gluon one on CUDA where it takes the case (`gluon_selective_scan.fits`: G = 1 or a
+    multiple of 16 channels a group, N <= 32), else the serial one. All store the same checkpoints."""
     from .triton_selective_scan_segments import ss_fwd_segments
     impls = {"serial": ss_fwd, "segments": ss_fwd_segments}
+    default = "serial"
     wants_gluon = os.environ.get("ARCHDSL_SCAN_FWD", "").strip().lower() == "gluon"
-    if args[0].is_cuda or wants_gluon:  # Gluon's import (~75 ms) only where it may run
-        from .gluon_selective_scan import HAVE_GLUON, ss_fwd_gluon
-        if HAVE_GLUON and args[0].is_cuda:
+    u, A, B4, h0, store_ck = args[0], args[2], args[3], args[8], args[10]
+    if u.is_cuda or wants_gluon:  # Gluon's import (~75 ms) only where it may run
+        from .gluon_selective_scan import HAVE_GLUON, fits, ss_fwd_gluon
+        if HAVE_GLUON and u.is_cuda:
             impls["gluon"] = lambda *a: ss_fwd_gluon(*a, CK=CK)
+            if fits(u.shape[1], B4.shape[1], A.shape[1], CK) and torch.version.hip is None:  # 32-lane warps
+                default = "gluon"
         elif wants_gluon:
             raise ValueError("ARCHDSL_SCAN_FWD=gluon: the Gluon forward runs on CUDA tensors only (Gluon is "
                              "compiled, never interpreted)" + ("" if HAVE_GLUON else ", with a Triton that has Gluon"))
-    u, A, B4, h0, store_ck = args[0], args[2], args[3], args[8], args[10]
     case = lambda: (tuple(u.shape), A.shape[1], B4.shape[1], u.dtype, tuple(_flags(*args[5:8], args[9]).values()),
                     h0 is not None, store_ck)
-    return impls[pick_impl("ARCHDSL_SCAN_FWD", impls, "serial", u, case,
+    return impls[pick_impl("ARCHDSL_SCAN_FWD", impls, default, u, case,
                            lambda name: time_or_inf(lambda: impls[name](*args)))]
 
 

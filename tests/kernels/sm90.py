@@ -9,6 +9,8 @@ variable whose type changes between iterations, say). This closes that gap on th
   2. compile: `python tests/kernels/sm90.py FILE` compiles each distinct launch to a cubin for
      GPUTarget("cuda", 90, 32) (Triton ships ptxas) and lists the ones that fail, with the error.
      A launch with PDL off (always, interpreted) is also compiled with it on, as the GPU runs it.
+     Gluon kernels are never interpreted: tests capture their launchers' launches with `launch_entry`
+     (test_selective_scan.py's Gluon forward) and compile them the same way.
 
   make test          # the whole suite, then step 2 over what it launched (CI does this)
   python tests/kernels/sm90.py FILE --regs   # also each kernel's registers and spill (stack) bytes
@@ -43,6 +45,24 @@ def _type(value):
     return None
 
 
+def launch_entry(kernel, args, kwargs) -> str:
+    """One launch of a Triton or Gluon kernel as the JSON line the compile step reads: the kernel (module,
+    name), each argument's Triton type or constexpr value, num_warps and num_stages."""
+    names = kernel.arg_names
+    bound = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
+    constexprs = {p.name for p in _constexpr_params(kernel.fn)}
+    arguments = {}
+    for name in names:
+        value = bound.get(name, _default(kernel.fn, name))
+        if name in constexprs or value is None or _type(value) is None:
+            arguments[name] = {"constexpr": value if isinstance(value, (int, float, str, bool)) else None}
+        else:
+            arguments[name] = {"type": _type(value)}
+    entry = {"module": kernel.fn.__module__, "name": kernel.fn.__name__, "args": arguments,
+             "options": {k: kwargs[k] for k in _OPTIONS if k in kwargs}}
+    return json.dumps(entry, sort_keys=True)
+
+
 def record_launches(path: str) -> None:
     """Make every interpreted kernel launch append its description to `path` (JSON lines)."""
     from triton.runtime.interpreter import InterpretedFunction
@@ -52,20 +72,8 @@ def record_launches(path: str) -> None:
                                                         InterpretedFunction.run)
 
     def recording_run(self, *args, grid, warmup, **kwargs):
-        names = self.arg_names
-        bound = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
-        constexprs = {p.name for p in _constexpr_params(self.fn)}
-        arguments = {}
-        for name in names:
-            value = bound.get(name, _default(self.fn, name))
-            if name in constexprs or value is None or _type(value) is None:
-                arguments[name] = {"constexpr": value if isinstance(value, (int, float, str, bool)) else None}
-            else:
-                arguments[name] = {"type": _type(value)}
-        entry = {"module": self.fn.__module__, "name": self.fn.__name__, "args": arguments,
-                 "options": {k: kwargs[k] for k in _OPTIONS if k in kwargs}}
         with open(path, "a") as f:
-            f.write(json.dumps(entry, sort_keys=True) + "\n")
+            f.write(launch_entry(self, args, kwargs) + "\n")
         return run(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     InterpretedFunction.run = recording_run
@@ -110,8 +118,11 @@ def compile_one(line: str, regs: bool = False) -> str:
     names = kernel.arg_names  # the recorded arguments are sorted by name
     signature = {n: e["args"][n].get("type", "constexpr") for n in names}
     constants = {(i,): e["args"][n]["constexpr"] for i, n in enumerate(names) if "type" not in e["args"][n]}
+    source = ASTSource
+    if type(kernel).__name__ == "GluonJITFunction":  # Gluon kernels (compiled only, never interpreted)
+        from triton.experimental.gluon._runtime import GluonASTSource as source
     try:
-        compiled = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+        compiled = triton.compile(source(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
                                   options=e["options"])
         return "ok" + (f" ({_resources(compiled.asm['cubin'])})" if regs else "")
     except Exception as err:  # every failing launch is reported

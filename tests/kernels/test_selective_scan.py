@@ -1,5 +1,7 @@
 """Mamba-1 selective scan: Triton (interpreted on CPU) and chunked torch against the float64 loop."""
 import os
+import subprocess
+import sys
 from contextlib import contextmanager
 
 import pytest
@@ -12,6 +14,7 @@ from archdsl.kernels.selective_scan.chunked import selective_scan_chunked
 from archdsl.kernels.selective_scan.naive import selective_scan_naive
 
 CUDA = torch.cuda.is_available()
+HERE = os.path.dirname(os.path.abspath(__file__))
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 
@@ -45,16 +48,16 @@ def threads_backward():
         tss.ss_bwd_groups = old
 
 
-@pytest.fixture(params=["serial", "segments"])
+@pytest.fixture(params=["serial", "segments"] + (["gluon"] if CUDA else []))
 def scan_fwd(request, monkeypatch):
-    """Each test once per forward (ARCHDSL_SCAN_FWD); under `segments` the serial forward is made to
-    fail, so a test cannot pass through it. The interpreter's segments are CK = 8 steps long, so
-    test sizes run several."""
+    """Each test once per forward (ARCHDSL_SCAN_FWD; the Gluon one on CUDA only); under `segments` and
+    `gluon` the serial forward is made to fail, so a test cannot pass through it. The interpreter's
+    segments are CK = 8 steps long, so test sizes run several."""
     from archdsl.kernels.selective_scan import triton_selective_scan as tss
     monkeypatch.setenv("ARCHDSL_SCAN_FWD", request.param)
-    if request.param == "segments":
+    if request.param != "serial":
         def refuse(*args):
-            raise AssertionError("the serial forward ran instead of the segmented one")
+            raise AssertionError(f"the serial forward ran instead of the {request.param} one")
         monkeypatch.setattr(tss, "ss_fwd", refuse)
     return request.param
 
@@ -302,16 +305,75 @@ def test_gluon_forward_off_cuda_is_a_clear_error(monkeypatch):
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
-@pytest.mark.parametrize("L, D", [(4096, 5120), (1000, 5100)])
-def test_gpu_gluon_forward(dtype, tol, L, D, monkeypatch):
-    """The Gluon forward (ARCHDSL_SCAN_FWD=gluon) against float64: a Mamba-1 layer of mamba-2.8b (no masks),
-    and L, D off its tile (masked); then gradients through its checkpoints, B/C in two groups."""
+@pytest.mark.parametrize("L, D, N", [(4096, 5120, 16), (1000, 5100, 16), (333, 200, 5), (70, 48, 1), (300, 64, 32)])
+def test_gpu_gluon_forward(dtype, tol, L, D, N, monkeypatch):
+    """The Gluon forward (ARCHDSL_SCAN_FWD=gluon) against float64: a Mamba-1 layer of mamba-2.8b (no masks);
+    L, D off its tile (masked) and N below, off and at the top of its power-of-two padding; then gradients
+    through its checkpoints, B/C in two groups."""
     monkeypatch.setenv("ARCHDSL_SCAN_FWD", "gluon")
-    t = make(4, D, 16, L, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
+    t = make(4, D, N, L, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
     assert_close(run(selective_scan, t, grads=False), _ref64(t, grads=False), tol)
     del t
-    t = make(2, 512, 16, 2048, G=2, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
+    t = make(2, 512, N, 2048, G=2, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
     assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=32), 3e-2 if dtype == torch.bfloat16 else tol)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_gluon_forward_is_the_default_where_it_fits(monkeypatch):
+    """Unset ARCHDSL_SCAN_FWD on CUDA: the Gluon forward where it takes the case (G = 1, N = 16), the Triton
+    one where it does not (8 channels a B/C group, time-invariant B and C, N = 64); both right. Forcing
+    the Gluon one on a case it does not take is a clear error."""
+    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
+    from archdsl.kernels.selective_scan import triton_selective_scan as tss
+    monkeypatch.delenv("ARCHDSL_SCAN_FWD", raising=False)
+    ran = []
+    for name, mod in (("gluon", gss), ("serial", tss)):
+        real = getattr(mod, "ss_fwd_gluon" if name == "gluon" else "ss_fwd")
+        monkeypatch.setattr(mod, real.__name__, lambda *a, _real=real, _name=name, **k: ran.append(_name) or _real(*a, **k))
+    for kw, want in ((dict(N=16, G=0), "gluon"), (dict(N=16, G=8), "serial"), (dict(N=16, G=-1), "serial"),
+                     (dict(N=64, G=0), "serial")):
+        ran.clear()
+        t = make(2, 64, kw["N"], 100, G=kw["G"], z=True, Dskip=True, bias=True, h0=True, device="cuda")
+        assert_close(run(selective_scan, t, grads=False), _ref64(t, grads=False), 1e-4)
+        assert ran == [want], (kw, ran)
+    monkeypatch.setenv("ARCHDSL_SCAN_FWD", "gluon")
+    with pytest.raises(ValueError, match="Gluon forward needs a multiple of 16 channels a B/C group \\(got 8\\)"):
+        run(selective_scan, make(2, 64, 16, 100, G=8, device="cuda"), grads=False)
+
+
+@pytest.mark.skipif(CUDA, reason="the GPU runs the Gluon forward itself")
+@pytest.mark.parametrize("L, D, N, opts, store_ck", [(4096, 64, 16, dict(z=True, Dskip=True, bias=True), True),
+                                                     (1000, 50, 5, dict(h0=True), False), (40, 32, 1, dict(z=True), False),
+                                                     (64, 32, 32, dict(bias=True), True)],
+                         ids=["even-train", "masked", "N1", "N32-train"])
+def test_gluon_forward_compiles_for_sm90(L, D, N, opts, store_ck, monkeypatch, tmp_path):
+    """Gluon kernels never run under the interpreter, so CI compiles them instead: the Gluon forward's
+    launcher runs on CPU tensors with its kernel launch captured, and each launch is compiled for sm_90
+    by tests/kernels/sm90.py (bf16 inputs, as a model calls it)."""
+    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
+    if not gss.HAVE_GLUON:
+        pytest.skip("this Triton has no Gluon")
+    monkeypatch.syspath_prepend(HERE)
+    import sm90
+    kernel, launches = gss._ss_fwd_rows_kernel, []
+
+    class Capture:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(sm90.launch_entry(kernel, args, kwargs))
+    monkeypatch.setattr(gss, "_ss_fwd_rows_kernel", Capture())
+    t = {k: v.to(torch.bfloat16) if torch.is_tensor(v) and k not in ("A", "D", "delta_bias") else v
+         for k, v in make(2, D, N, L, **opts).items()}
+    B4, C4 = t["B"][:, None], t["C"][:, None]
+    gss.ss_fwd_gluon(t["u"], t["delta"], t["A"].float(), B4, C4, t["D"], t["z"], t["delta_bias"], t["initial_state"],
+                     True, store_ck, CK=64)
+    assert len(launches) == 1
+    log = tmp_path / "gluon.jsonl"
+    log.write_text("\n".join(launches) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, os.path.join(HERE, "sm90.py"), str(log), "--jobs", "1"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0 and "1 distinct launches, 0 failed" in done.stdout, done.stdout + done.stderr
 
 
 def _gpu_tiles():
@@ -323,10 +385,11 @@ def _gpu_tiles():
 @gpu
 @pytest.mark.parametrize("tile", _gpu_tiles(), ids=str)
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
-def test_gpu_groups_forward_tiles(tile, dtype, tol):
-    """Each tile of the states-over-threads forward, chosen by hand rather than timed: full size
+def test_gpu_groups_forward_tiles(tile, dtype, tol, monkeypatch):
+    """Each tile of the Triton states-over-threads forward, chosen by hand rather than timed: full size
     (B=4, D=5120, N=16, L=4096) against float64, then gradients through its checkpoints."""
     from archdsl.kernels.selective_scan import triton_selective_scan as tss
+    monkeypatch.setenv("ARCHDSL_SCAN_FWD", "serial")  # on CUDA the default is the Gluon forward
     tss.FWD_OVERRIDE = tile
     try:
         t = make(4, 5120, 16, 4096, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
@@ -362,10 +425,12 @@ def test_gpu_groups_backward_tiles(tile, dtype, tol, monkeypatch):
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("tile", _gpu_tiles()[:1], ids=str)
-def test_gpu_without_z_d_bias(tile):
+@pytest.mark.parametrize("fwd", ["serial", "gluon"])
+def test_gpu_without_z_d_bias(tile, fwd, monkeypatch):
     """The plain scan (no D, z, delta_bias or softplus: how a Mamba layer calls it with the epilogue
-    fusion off), forward and gradients, against float64."""
+    fusion off), forward and gradients, against float64, after either forward."""
     from archdsl.kernels.selective_scan import triton_selective_scan as tss
+    monkeypatch.setenv("ARCHDSL_SCAN_FWD", fwd)
     tss.FWD_OVERRIDE = tile
     try:
         t = make(2, 512, 16, 2048, G=2, h0=True, device="cuda")
