@@ -1,26 +1,33 @@
-"""Mamba-1 selective-scan forward in Gluon: a channel's states in one thread, time walked step by step.
+"""Mamba-1 selective-scan forward in Gluon: a channel's states in two threads, time walked step by step.
 
 The Triton groups forward (`_ss_fwd_groups_kernel`) scans [NPT, T, BLOCK_D, NS] tiles and leaves Triton to
 place B and C: it loads them in layouts of its own and converts them through shared memory, and on the H200
 those conversions bound it (the L1 data pipe 88-93% busy, most of it shared memory; 0.80 ms at B4 L4096
-D5120 N16 bf16 against an ex2 bound of 0.32 ms). Here the layouts are set by hand so that no value crosses
-threads at all:
+D5120 N16 bf16 against an ex2 bound of 0.32 ms). Here the layouts are set by hand so that values cross
+threads only in shuffles, three a step:
 
-  - each thread owns one channel and all its N states (`[BLOCK_D, NB]` tiles, NB = N rounded up to a power
-    of two), so y's sum over the states stays in its registers;
-  - u, delta, z and y move as `[BLOCK_D, T]` tiles, T consecutive steps of the thread's channel in one
-    vector load or store; softplus, delta·u, D·u and the gate are computed on those tiles;
+  - NS threads (2) share a channel, each with NB/NS of its states (`[BLOCK_D, NB]` tiles, NB = N rounded
+    up to a power of two), so y's sum over the states is one shuffle;
+  - u, delta, z and y move as `[BLOCK_D, T]` tiles, each of a channel's NS threads holding T/NS consecutive
+    steps (one 16-byte load a tensor); softplus, delta·u, D·u and the gate are computed on those tiles,
+    each step by one thread;
   - the recurrence walks the T steps one at a time (unrolled): step t's delta and delta·u are read out of
-    the tiles (a select on a register index known at compile time, so no instruction), then for the N
-    states  h = exp2(delta·A·log2 e)·h + (delta·u)·B_t,  y_t = Σ_n h·C_t  (one ex2, two multiplies and
-    two multiply-adds a state);
+    the tiles (a select on a register index known at compile time, then one shuffle from the thread that
+    holds step t), then for the thread's states  h = exp2(delta·A·log2 e)·h + (delta·u)·B_t,
+    y_t = Σ_n h·C_t  (one ex2, two multiplies and two multiply-adds a state);
   - B_t and C_t are the same for every channel of a program: they are read from a float32 copy laid out
     [B, G, L, 2, NB] (made by the launcher; 2 MB at B4 L4096 N16), so each thread fetches a step's 2·NB
     values with a few 16-byte loads of one address the whole warp shares, no widening, no conversion.
 
+On the H200 (B4 L4096 D5120 N16 bf16, 2026-11-30): 0.679 ms against the Triton forward's 0.802 and
+mamba_ssm's CUDA kernel's 1.443, 24% of the bandwidth floor. Nsight Compute finds the busiest schedulers
+issuing ~80% of cycles: 1280 one-warp programs land 2 or 3 to a scheduler, and the ones with 3 set the time
+(docs/benchmarks.md, twenty-fourth run).
+
 Gluon is compiled only (the interpreter does not run it), so this forward is CUDA's alone; its tests run on
-the GPU. The backward follows it unchanged: the checkpoints are the Triton forward's ([B, D, NCK, N], the
-state before every CKI-th step).
+the GPU, and CI compiles its launches for sm_90 (tests/kernels/test_selective_scan.py). The backward
+follows it unchanged: the checkpoints are the Triton forward's ([B, D, NCK, N], the state before every
+CKI-th step).
 """
 from __future__ import annotations
 
@@ -51,8 +58,8 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _at(tile, t_idx, t: gl.constexpr, layout: gl.constexpr):
-        """Step t of a [BLOCK_D, T] tile as a [BLOCK_D, 1] column of the states' layout. T lies in each
-        thread's registers, so the select and the sum fold away (adding -0.0 is exact)."""
+        """Step t of a [BLOCK_D, T] tile as a [BLOCK_D, 1] column of the states' layout. Within a thread the
+        select folds away (adding -0.0 is exact); across a channel's NS threads the sum is a shuffle."""
         col = gl.sum(gl.where(t_idx == t, tile, -0.0), axis=1)
         return gl.expand_dims(gl.convert_layout(col, layout, assert_trivial=True), 1)
 
