@@ -127,18 +127,13 @@ if HAVE_GLUON:
         bc_n = gl.load(bc_base + gl.minimum(1, NT - 1) * (T * 2 * NB))
         _sync()
         off = (pid_b * DIM + d_t.to(gl.int64)) * L + t_idx  # [BLOCK_D, T]
-        # u, delta, z are read two tiles ahead: ptxas sinks a tile's loads to the end of the loop body, so
-        # one tile ahead would leave their latency exposed at the start of each tile.
         u_n, raw_n, z_n = _tile(u_ptr, dt_ptr, z_ptr, off, (t_idx < L) & dmask, HAS_Z, EVEN)
-        t1 = gl.minimum(T, L - T) if EVEN else T
-        u_nn, raw_nn, z_nn = _tile(u_ptr, dt_ptr, z_ptr, off + t1, (t_idx + t1 < L) & dmask, HAS_Z, EVEN)
         for c in range(0, NT):
             u, raw, zz = u_n.to(gl.float32), raw_n.to(gl.float32), z_n.to(gl.float32)
-            u_n, raw_n, z_n = u_nn, raw_nn, z_nn
-            tn = (c + 2) * T
-            if EVEN:  # the last tiles' prefetches read the last tile again rather than past the end
+            tn = (c + 1) * T
+            if EVEN:  # the last tile's prefetch reads the last tile again rather than past the end
                 tn = gl.minimum(tn, L - T)
-            u_nn, raw_nn, z_nn = _tile(u_ptr, dt_ptr, z_ptr, off + tn, (t_idx + tn < L) & dmask, HAS_Z, EVEN)
+            u_n, raw_n, z_n = _tile(u_ptr, dt_ptr, z_ptr, off + tn, (t_idx + tn < L) & dmask, HAS_Z, EVEN)
             if STORE_CK:
                 if (c * T) % CKI == 0:
                     gl.store(ck_ptr + (ch_s * NCK + (c * T) // CKI) * N + n_s, h, mask=s_mask)
