@@ -9,7 +9,7 @@ At L=4096: forward floor 0.16 ms, fwd+bwd 0.44 ms. The forward rows are timed on
 (ARCHDSL_SCAN_FWD=serial|segments|gluon|auto; `shape … fwd=…`): the segmented one reads u, delta and B
 twice and moves its fp32 segment states ([B, S, D, N], S ≈ 13 at L=4096: ≈ 3×21 MB) besides the
 floor's bytes, ≈ 1.1 GB in all, and computes the scan twice (two exps per element). The fwd+bwd rows are timed once per backward
-variant (ARCHDSL_SCAN_BWD=groups|threads); beyond the floor's bytes both read the fp32 checkpoints
+variant (ARCHDSL_SCAN_BWD=gluon|groups|threads); beyond the floor's bytes both read the fp32 checkpoints
 (4·B·D·N·L/64 ≈ 84 MB at L=4096) and add dB/dC into fp32 buffers through atomics (D/BLOCK_D adds per
 element), and the groups one keeps a per-program scratch of sub-tile states that stays near L2. Not in the
 floor, but binding in practice:
@@ -119,10 +119,10 @@ def iter_scan_rows(Ls, peer_Ls):
                        peer_ms=bench_or_nan(theirs_call), floor_ms=floor, floor_note=note, rel_diff=diff)
         del t
         torch.cuda.empty_cache()
-        for variant in ("groups", "threads"):
+        for variant in ("gluon", "groups", "threads"):
             t = _scan_inputs(L, True)
             with _scan_bwd(variant):
-                ours = _time(_scan_call(selective_scan, t, True))
+                ours = bench_or_nan(_scan_call(selective_scan, t, True))
             floor, note = _scan_floor(L, True)
             del t
             torch.cuda.empty_cache()

@@ -1,4 +1,5 @@
-"""Mamba-1 selective-scan forward in Gluon: a channel's states in two threads, time walked step by step.
+"""Mamba-1 selective scan in Gluon, forward and backward: a channel's states in a few threads, time walked
+step by step.
 
 The Triton groups forward (`_ss_fwd_groups_kernel`) scans [NPT, T, BLOCK_D, NS] tiles and leaves Triton to
 place B and C: it loads them in layouts of its own and converts them through shared memory, and on the H200
@@ -24,10 +25,16 @@ mamba_ssm's CUDA kernel's 1.443, 24% of the bandwidth floor. Nsight Compute find
 issuing ~80% of cycles: 1280 one-warp programs land 2 or 3 to a scheduler, and the ones with 3 set the time
 (docs/benchmarks.md, twenty-fourth run).
 
-Gluon is compiled only (the interpreter does not run it), so this forward is CUDA's alone; its tests run on
-the GPU, and CI compiles its launches for sm_90 (tests/kernels/test_selective_scan.py). The backward
-follows it unchanged: the checkpoints are the Triton forward's ([B, D, NCK, N], the state before every
-CKI-th step).
+The backward (`_ss_bwd_rows_kernel`) takes the same checkpoints as the Triton backwards ([B, D, NCK, N],
+the state before every CKI-th step), so it follows any forward. It keeps the forward's layout with four
+threads a channel and walks each checkpoint chunk twice: up, to recompute the state entering each 8-step
+sub-tile, then down, recomputing a sub-tile's states into registers and running the adjoint along them.
+dB and dC, sums over channels, are added across the warp's channels in shared memory and leave through
+4-wide float32 atomics. On the H200 (same shapes): forward+backward 4.11 ms against 5.92 with the Triton
+groups backward (docs/benchmarks.md, twenty-fifth run).
+
+Gluon is compiled only (the interpreter does not run it), so these kernels are CUDA's alone; their tests run
+on the GPU, and CI compiles their launches for sm_90 (tests/kernels/test_selective_scan.py).
 """
 from __future__ import annotations
 
@@ -110,6 +117,7 @@ if HAVE_GLUON:
 
         dmask = d_t < DIM
         s_mask = (d_s < DIM) & (n_s < N)
+        scr_mask = (d_s < DIM) & (n_s < NB)
         ch_s = pid_b * DIM + d_s.to(gl.int64)
         state_off = ch_s * N + n_s
         A2 = gl.load(A_ptr + d_s * N + n_s, mask=s_mask, other=0.0).to(gl.float32) * 1.4426950408889634
@@ -167,6 +175,242 @@ if HAVE_GLUON:
         gl.store(hT_ptr + state_off, h, mask=s_mask)
 
 
+    @gluon.jit
+    def _col(x3, t3, t: gl.constexpr):
+        """Step t of a [BLOCK_D, T, K] tile whose T steps are all in each thread: [BLOCK_D, K] (the select
+        folds away: the register holding step t is known at compile time)."""
+        return gl.sum(gl.where(t3 == t, x3, -0.0), axis=1)
+
+    @gluon.jit
+    def _put(x3, t3, t: gl.constexpr, v):
+        """The tile x3 [BLOCK_D, T, K] with step t set to v [BLOCK_D, K] (a move, as in `_col`)."""
+        return gl.where(t3 == t, gl.expand_dims(v, 1), x3)
+
+    @gluon.jit
+    def _step(tile, t_lt, t: gl.constexpr, LS: gl.constexpr):
+        """Step t of a [BLOCK_D, T] I/O tile as [BLOCK_D, 1] of the states' layout LS: a select that folds away,
+        then one shuffle from the thread holding step t."""
+        col = gl.sum(gl.where(t_lt == t, tile, -0.0), axis=1)
+        return gl.expand_dims(gl.convert_layout(col, gl.SliceLayout(1, LS), assert_trivial=True), 1)
+
+    @gluon.jit
+    def _set(tile, t_lt, t: gl.constexpr, v, LT: gl.constexpr):
+        """The [BLOCK_D, T] I/O tile with step t set to v [BLOCK_D] (a per-channel sum over the states)."""
+        v = gl.convert_layout(v, gl.SliceLayout(1, LT), assert_trivial=True)
+        return gl.where(t_lt == t, gl.expand_dims(v, 1), tile)
+
+    @gluon.jit
+    def _bwd_load(u_ptr, dt_ptr, z_ptr, dy_ptr, bc_ptrs, off, mask, HAS_Z: gl.constexpr):
+        """A sub-tile's inputs as stored: u, delta, z (u without z), dy [BLOCK_D, T] and its B/C block."""
+        u = gl.load(u_ptr + off, mask=mask, other=0.0)
+        raw = gl.load(dt_ptr + off, mask=mask, other=0.0)
+        dy = gl.load(dy_ptr + off, mask=mask, other=0.0)
+        zz = u
+        if HAS_Z:
+            zz = gl.load(z_ptr + off, mask=mask, other=0.0)
+        return u, raw, zz, dy, gl.load(bc_ptrs)
+
+    @gluon.jit
+    def _bwd_delta(raw, bias, mask, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr):
+        """delta (bias and softplus applied, 0 where masked) and delta before softplus, float32."""
+        raw = raw.to(gl.float32)
+        if HAS_BIAS:
+            raw += bias
+        dt = raw
+        if SOFTPLUS:
+            dt = _softplus(raw)
+        return gl.where(mask, dt, 0.0), raw
+
+    @gluon.jit
+    def _ss_bwd_rows_kernel(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr,
+                            scr_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+                            L, DIM, N, CPG, NCK, G, LP,
+                            BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr,
+                            BC_V: gl.constexpr, BC_TC: gl.constexpr, CKI: gl.constexpr,
+                            HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
+                            SOFTPLUS: gl.constexpr, HAS_DHT: gl.constexpr):
+        """The backward in the forward's layout, one warp a program (channel block, batch). u, delta, z, dy,
+        du, d delta, dz [B, D, L] contiguous; BC [B, G, LP, 2, NB] float32 as the forward's; checkpoints ck
+        [B, D, NCK, N] (the state before every CKI-th step); dhT, dh0, dA [B, D, N] (dA per batch); dD,
+        d delta_bias [B, D] per batch; dBC [B, G, LP, NB, 2] float32 zeros (dB then dC of each state, summed
+        into); scr [B, D, CKI / T, NB] float32 scratch.
+
+        Checkpoint chunks are walked last first. A first pass recomputes the state entering each T-step
+        sub-tile into the scratch (each thread reads back only what it wrote). A second walks the sub-tiles
+        in reverse: it recomputes their T states into registers ([BLOCK_D, T, NB]: all T steps of a state in
+        its thread, so a step is a select at a compile-time register index), then runs the adjoint
+        k_t = C_t g_t + exp(delta_{t+1} A) k_{t+1} last step first. Sums over the states (du, d delta, y for
+        dz) are in-thread adds and one shuffle. dB and dC, sums over channels, go through shared memory:
+        each step's [BLOCK_D, NB, 2] partials are stored there (XOR-swizzled, no bank conflicts), then each
+        thread adds one step's four (state, kind) columns over the BLOCK_D channels and sends them with a
+        4-wide float32 atomic add."""
+        # lanes: channel fastest (lane = channel + BLOCK_D · half), so a quarter warp is 8 channels
+        L3: gl.constexpr = gl.BlockedLayout([1, T, NB // NS], [BLOCK_D, 1, NS], [1, 1, 1], [0, 2, 1])
+        LS: gl.constexpr = gl.SliceLayout(1, L3)  # [BLOCK_D, NB]: a step's states
+        LT: gl.constexpr = gl.BlockedLayout([1, T // NS], [BLOCK_D, NS], [1, 1], [0, 1])  # [BLOCK_D, T] I/O
+        LBC: gl.constexpr = gl.BlockedLayout([1, BC_V], [32 // BC_TC, BC_TC], [1, 1], [1, 0])
+        SBC: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        RC: gl.constexpr = 2 * NB // 4  # 4-wide column blocks of a step's dB/dC row
+        TR: gl.constexpr = 32 // RC  # steps whose sums the warp makes at once
+        RL: gl.constexpr = gl.BlockedLayout([BLOCK_D, 4], [TR, RC], [1, 1], [1, 0])  # [TR·BLOCK_D, 2·NB]
+        SRED: gl.constexpr = gl.SwizzledSharedLayout(4, 1, RC, [1, 0])
+        LOG2E: gl.constexpr = 1.4426950408889634
+        NSUB: gl.constexpr = CKI // T
+        pid_d = gl.program_id(0)
+        pid_b = gl.program_id(1).to(gl.int64)
+
+        t_lt = gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(0, LT)), 0)  # [1, T]
+        d1 = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LT))  # [BLOCK_D]
+        d_lt = gl.expand_dims(d1, 1)
+        t3 = gl.expand_dims(gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(0, gl.SliceLayout(2, L3))), 0), 2)
+        n_s = gl.expand_dims(gl.arange(0, NB, layout=gl.SliceLayout(0, LS)), 0)  # [1, NB]
+        d_s = gl.expand_dims(pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LS)), 1)
+        dmask = d_lt < DIM
+        s_mask = (d_s < DIM) & (n_s < N)
+        scr_mask = (d_s < DIM) & (n_s < NB)
+        ch_s = pid_b * DIM + d_s.to(gl.int64)
+        state_off = ch_s * N + n_s
+        scr = scr_ptr + ch_s * (NSUB * NB) + n_s
+        A2 = gl.load(A_ptr + d_s * N + n_s, mask=s_mask, other=0.0).to(gl.float32) * LOG2E
+        bias = 0.0
+        if HAS_BIAS:
+            bias = gl.load(bias_ptr + d_lt, mask=dmask, other=0.0).to(gl.float32)
+        Dv = 0.0
+        if HAS_D:
+            Dv = gl.load(D_ptr + d_lt, mask=dmask, other=0.0).to(gl.float32)
+        q = gl.zeros([BLOCK_D, NB], gl.float32, layout=LS)  # dL/d(the state entering the step after)
+        if HAS_DHT:
+            q = gl.load(dhT_ptr + state_off, mask=s_mask, other=0.0).to(gl.float32)
+        dA_acc = gl.zeros([BLOCK_D, NB], gl.float32, layout=LS)
+        dD_acc = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
+        dbias_acc = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
+
+        bc_smem = gl.allocate_shared_memory(gl.float32, [T, 2 * NB], SBC)
+        red = gl.allocate_shared_memory(gl.float32, [T * BLOCK_D, 2 * NB], SRED)
+        bc_tile = (gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(1, LBC)), 1) * (2 * NB)
+                   + gl.expand_dims(gl.arange(0, 2 * NB, layout=gl.SliceLayout(0, LBC)), 0))
+        g = (pid_d * BLOCK_D) // CPG
+        bc_base = BC_ptr + ((pid_b * G + g) * LP) * (2 * NB) + bc_tile
+        RS: gl.constexpr = gl.BlockedLayout([1, 4], [TR, RC], [1, 1], [1, 0])  # [TR, 2·NB] their sums
+        r_t = gl.arange(0, TR, layout=gl.SliceLayout(1, RS))
+        r_c = gl.arange(0, 2 * NB, layout=gl.SliceLayout(0, RS))
+        dbc_base = dBC_ptr + ((pid_b * G + g) * LP) * (2 * NB) + gl.expand_dims(r_t, 1) * (2 * NB) + gl.expand_dims(r_c, 0)
+        row = (pid_b * DIM + d_lt.to(gl.int64)) * L + t_lt  # [BLOCK_D, T]
+
+        # each sub-tile's inputs are read one visit ahead (pass 1 walks a chunk's sub-tiles up, pass 2 down)
+        NC = gl.cdiv(L, CKI)
+        sn = (NC - 1) * CKI
+        u_n, raw_n, z_n, dy_n, bc_n = _bwd_load(u_ptr, dt_ptr, z_ptr, dy_ptr, bc_base + sn * (2 * NB), row + sn,
+                                                (t_lt + sn < L) & dmask, HAS_Z)
+        bc_smem.store(bc_n)
+        _sync()
+        for cr in range(0, NC):
+            c = NC - 1 - cr
+            base = c * CKI
+            nsub = gl.minimum(NSUB, gl.cdiv(L - base, T))
+            # pass 1: the state entering each sub-tile of the chunk, from its checkpoint
+            h = gl.load(ck_ptr + (ch_s * NCK + c) * N + n_s, mask=s_mask, other=0.0)
+            for j in range(0, nsub):
+                s0 = base + j * T
+                gl.store(scr + j * NB, h, mask=scr_mask)
+                u = u_n.to(gl.float32)
+                dt, raw = _bwd_delta(raw_n, bias, (t_lt + s0 < L) & dmask, HAS_BIAS, SOFTPLUS)
+                sn = base + gl.minimum(j + 1, nsub - 1) * T  # the last reads pass 2's first again
+                u_n, raw_n, z_n, dy_n, bc_n = _bwd_load(u_ptr, dt_ptr, z_ptr, dy_ptr, bc_base + sn * (2 * NB),
+                                                        row + sn, (t_lt + sn < L) & dmask, HAS_Z)
+                dtu = dt * u
+                for t in gl.static_range(T):
+                    Bt = bc_smem.slice(t, 1).slice(0, NB, dim=1).load(LS)
+                    h = gl.exp2(_step(dt, t_lt, t, LS) * A2) * h + _step(dtu, t_lt, t, LS) * Bt
+                _sync()
+                bc_smem.store(bc_n)
+                _sync()
+            # pass 2: the sub-tiles last first
+            for jr in range(0, nsub):
+                j = nsub - 1 - jr
+                s0 = base + j * T
+                m2 = (t_lt + s0 < L) & dmask
+                u = u_n.to(gl.float32)
+                dt, raw = _bwd_delta(raw_n, bias, m2, HAS_BIAS, SOFTPLUS)
+                zz = z_n.to(gl.float32)
+                gy = dy_n.to(gl.float32)
+                sn = s0 - T
+                if j == 0:  # then the next chunk's pass 1 begins at its first sub-tile
+                    sn = gl.maximum(base - CKI, 0)
+                u_n, raw_n, z_n, dy_n, bc_n = _bwd_load(u_ptr, dt_ptr, z_ptr, dy_ptr, bc_base + sn * (2 * NB),
+                                                        row + sn, (t_lt + sn < L) & dmask, HAS_Z)
+                h = gl.load(scr + j * NB, mask=scr_mask, other=0.0)
+                dtu = dt * u
+                hs = gl.zeros([BLOCK_D, T, NB], gl.float32, layout=L3)
+                ypre = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
+                for t in gl.static_range(T):
+                    Bt = bc_smem.slice(t, 1).slice(0, NB, dim=1).load(LS)
+                    h = gl.exp2(_step(dt, t_lt, t, LS) * A2) * h + _step(dtu, t_lt, t, LS) * Bt
+                    hs = _put(hs, t3, t, h)
+                    if HAS_Z:
+                        Ct = bc_smem.slice(t, 1).slice(NB, NB, dim=1).load(LS)
+                        ypre = _set(ypre, t_lt, t, gl.sum(h * Ct, axis=1), LT)
+                if HAS_Z:
+                    if HAS_D:
+                        ypre += Dv * u
+                    sz = 1.0 / (1.0 + gl.exp2(-zz * LOG2E))
+                    gl.store(dz_ptr + row + s0, (gy * ypre * sz * (1.0 + zz * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
+                             mask=m2)
+                    gy = gy * zz * sz
+                kB = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
+                dds = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
+                for i in gl.static_range(T):  # step T - 1 - i
+                    Bt = bc_smem.slice(T - 1 - i, 1).slice(0, NB, dim=1).load(LS)
+                    Ct = bc_smem.slice(T - 1 - i, 1).slice(NB, NB, dim=1).load(LS)
+                    h_t = _col(hs, t3, T - 1 - i)
+                    d_t = _step(dt, t_lt, T - 1 - i, LS)
+                    du_t = _step(dtu, t_lt, T - 1 - i, LS)
+                    g_t = _step(gy, t_lt, T - 1 - i, LS)
+                    k = Ct * g_t + q
+                    Gm = k * (h_t - du_t * Bt)  # dL/d(exp(delta A)) · exp(delta A) h_{t-1}
+                    dA_acc += Gm * d_t
+                    dds = _set(dds, t_lt, T - 1 - i, gl.sum(Gm * A2, axis=1), LT)
+                    kB = _set(kB, t_lt, T - 1 - i, gl.sum(k * Bt, axis=1), LT)
+                    red.slice((T - 1 - i) * BLOCK_D, BLOCK_D).store(
+                        gl.reshape(gl.join(k * du_t, h_t * g_t), [BLOCK_D, 2 * NB]))
+                    q = gl.exp2(d_t * A2) * k
+                _sync()
+                # dB, dC of the sub-tile's steps: the sum over the program's channels, then one atomic add each
+                for r in gl.static_range(T // TR):
+                    part = gl.reshape(red.slice(r * TR * BLOCK_D, TR * BLOCK_D).load(RL), [TR, BLOCK_D, 2 * NB])
+                    gl.atomic_add(dbc_base + (s0 + r * TR) * (2 * NB), gl.convert_layout(gl.sum(part, axis=1), RS),
+                                  sem="relaxed")
+                bc_smem.store(bc_n)  # this sub-tile's last reads of it were before the barrier
+                ddt = dds * 0.6931471805599453 + kB * u  # A2 is A·log2 e
+                du = kB * dt
+                if HAS_D:
+                    du += Dv * gy
+                    dD_acc += u * gy
+                if SOFTPLUS:
+                    ddt = ddt / (1.0 + gl.exp2(-raw * LOG2E))
+                ddt = gl.where(m2, ddt, 0.0)
+                dbias_acc += ddt
+                gl.store(du_ptr + row + s0, du.to(du_ptr.dtype.element_ty), mask=m2)
+                gl.store(ddt_ptr + row + s0, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
+                _sync()  # the next sub-tile's B/C are in place; this one's dB/dC partials read
+        gl.store(dh0_ptr + state_off, q, mask=s_mask)
+        gl.store(dA_ptr + state_off, dA_acc, mask=s_mask)
+        if HAS_D:
+            gl.store(dD_ptr + pid_b * DIM + d1, gl.sum(dD_acc, axis=1), mask=d1 < DIM)
+        if HAS_BIAS:
+            gl.store(dbias_ptr + pid_b * DIM + d1, gl.sum(dbias_acc, axis=1), mask=d1 < DIM)
+
+
+def _pack_bc(B4, C4, T: int, nb: int):
+    """B4, C4 [B, G, N, L] (any strides) as one float32 [B, G, LP, 2, NB]: each step's B then C row, zero past N
+    and past L (LP = L rounded up to T)."""
+    batch, groups, N, L = B4.shape
+    bc = torch.zeros(batch, groups, cdiv(L, T) * T, 2, nb, device=B4.device, dtype=torch.float32)
+    bc[:, :, :L, 0, :N] = B4.transpose(2, 3)
+    bc[:, :, :L, 1, :N] = C4.transpose(2, 3)
+    return bc
+
+
 def _tile_for(N: int):
     """(NS, T, warps, BLOCK_D) for N states a channel."""
     ns, T, warps = TILE
@@ -192,10 +436,8 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
     if not fits(dim, groups, N, CK):
         raise ValueError(f"the Gluon forward needs a multiple of {bd} channels a B/C group (got {dim // groups}), "
                          f"at most {MAX_N} states (got {N}) and a checkpoint interval that {T} divides (got {CK})")
-    lp = cdiv(L, T) * T
-    bc = torch.zeros(batch, groups, lp, 2, nb, device=u.device, dtype=torch.float32)
-    bc[:, :, :L, 0, :N] = B4.transpose(2, 3)
-    bc[:, :, :L, 1, :N] = C4.transpose(2, 3)
+    bc = _pack_bc(B4, C4, T, nb)
+    lp = bc.shape[2]
     y = torch.empty_like(u)
     hT = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
     nck = cdiv(L, CK)
@@ -209,3 +451,58 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
         HAS_H0=h0 is not None, STORE_CK=store_ck, EVEN=even, num_warps=warps)
     return y, hT, ck
+
+
+# The backward's tile: T steps a sub-tile (their states stay in registers, [T, NB / NS] a thread), NS threads a
+# channel (BLOCK_D = 32 / NS channels a one-warp program), a register cap. H200, B4 L4096 D5120 N16 bf16, fwd+bwd
+# after the Gluon forward (2026-11-30, one process; the Triton groups backward 5.90 ms): NS 2 4.93 ms (255
+# registers: 8 warps an SM, 1280 programs in 1.2 waves; capped at 200 it spills, 7.57); T 4 5.27; NS 4 4.32,
+# capped at 168 registers **4.12**, at 152 / 128 4.29 / 5.53 (spills).
+BWD_T, BWD_NS, BWD_MAXNREG = 8, 4, 168
+
+
+def _bwd_tile_for(N: int):
+    """(NS, BLOCK_D) of the backward for N states a channel."""
+    ns = min(BWD_NS, next_pow2(N))
+    return ns, 32 // ns
+
+
+def fits_bwd(dim: int, groups: int, N: int, CK: int) -> bool:
+    """Whether the Gluon backward takes the case: as the forward, with 5 to 16 states a channel (a step's
+    dB/dC row of 2·NB floats spans 4-wide column blocks over a whole quarter warp or more)."""
+    _, bd = _bwd_tile_for(N)
+    return (groups == 1 or (dim // groups) % bd == 0) and 5 <= N <= 16 and CK % BWD_T == 0
+
+
+def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int):
+    """The backward of triton_selective_scan.ss_bwd_groups on this kernel, same contract: the gradients of
+    (u, delta, A, B4, C4, D, z, delta_bias, initial state); dB and dC [B, G, N, L] in B4's and C4's dtype."""
+    batch, dim, L = u.shape
+    N, groups = A.shape[1], B4.shape[1]
+    ns, bd = _bwd_tile_for(N)
+    nb, T = next_pow2(N), BWD_T
+    if not fits_bwd(dim, groups, N, CK):
+        raise ValueError(f"the Gluon backward needs a multiple of {bd} channels a B/C group (got {dim // groups}), "
+                         f"5 to 16 states (got {N}) and a checkpoint interval that {T} divides (got {CK})")
+    bc = _pack_bc(B4, C4, T, nb)
+    lp = bc.shape[2]
+    dbc = torch.zeros(batch, groups, lp, nb, 2, device=u.device, dtype=torch.float32)
+    du, ddt = torch.empty_like(u), torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else None
+    dA = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
+    dD = torch.empty(batch, dim, device=u.device, dtype=torch.float32)
+    dbias = torch.empty_like(dD)
+    dh0 = torch.empty_like(dA)
+    scratch = torch.empty(batch, dim, CK // T, nb, device=u.device, dtype=torch.float32)
+    from .triton_selective_scan import _or
+    _ss_bwd_rows_kernel[(cdiv(dim, bd), batch)](
+        u, delta, A, bc, _or(D, u), _or(z, u), _or(bias, u), ck, dy, _or(dhT, dA), scratch,
+        du, ddt, _or(dz, du), dA, dbc, dD, dbias, dh0,
+        L, dim, N, dim // groups, ck.shape[2], groups, lp,
+        BLOCK_D=bd, NB=nb, NS=ns, T=T, BC_V=min(4, 2 * nb), BC_TC=min(32, max(1, 2 * nb // 4)), CKI=CK,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
+        HAS_DHT=dhT is not None, num_warps=1, **({"maxnreg": BWD_MAXNREG} if BWD_MAXNREG else {}))
+    dB = dbc[:, :, :L, :N, 0].transpose(2, 3).to(B4.dtype)
+    dC = dbc[:, :, :L, :N, 1].transpose(2, 3).to(C4.dtype)
+    return (du, ddt, dA.sum(0).to(A.dtype), dB, dC, dD.sum(0).to(D.dtype) if D is not None else None, dz,
+            dbias.sum(0).to(bias.dtype) if bias is not None else None, dh0)

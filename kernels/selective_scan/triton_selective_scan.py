@@ -1,9 +1,10 @@
 """Triton selective scan (Mamba-1): forward and backward kernels, launchers, autograd.Function.
 
-On CUDA the default forward is the Gluon one (gluon_selective_scan.py: layouts set by hand, a channel's
-states in two threads, B and C read from shared memory; 0.68 against 0.80 ms here at B4 L4096 D5120 N16
-bf16 on the H200) wherever it takes the case; this module's Triton forwards run elsewhere, under the
-interpreter and on request (ARCHDSL_SCAN_FWD, see `_fwd_impl`).
+On CUDA the default forward and backward are the Gluon ones (gluon_selective_scan.py: layouts set by hand,
+a channel's states in two or four threads, B and C read from shared memory; forward 0.68 against 0.80 ms,
+forward+backward 4.11 against 5.92 ms here at B4 L4096 D5120 N16 bf16 on the H200) wherever they take the
+case; this module's Triton kernels run elsewhere, under the interpreter and on request (ARCHDSL_SCAN_FWD,
+ARCHDSL_SCAN_BWD; see `_fwd_impl`, `_bwd_impl`).
 
 The Triton forward (`_ss_fwd_groups_kernel`) gives each channel's N states to NS neighbouring threads
 (N/NS states each) and walks the sequence in tiles of T steps held in registers: inside a tile
@@ -660,9 +661,21 @@ def ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
     return _bwd_run(key, _BWD_THREADS_CONFIGS, _INTERP_BWD_THREADS, launch, out, A, B4, C4, D, bias)
 
 
-def _bwd_impl():
-    """ARCHDSL_SCAN_BWD=threads picks the threads backward; anything else (`groups`, the default) the groups one."""
-    return ss_bwd if os.environ.get("ARCHDSL_SCAN_BWD", "").strip().lower() == "threads" else ss_bwd_groups
+def _bwd_impl(u, A, B4):
+    """`ARCHDSL_SCAN_BWD=gluon|groups|threads`: the backward in the Gluon forward's layout (CUDA only; the
+    default there where it takes the case, `gluon_selective_scan.fits_bwd`), the Triton groups one (the
+    default elsewhere) or the threads one."""
+    want = os.environ.get("ARCHDSL_SCAN_BWD", "").strip().lower()
+    if want == "threads":
+        return ss_bwd
+    if want in ("", "gluon") and u.is_cuda and torch.version.hip is None:
+        from .gluon_selective_scan import HAVE_GLUON, fits_bwd, ss_bwd_gluon
+        if HAVE_GLUON and (want == "gluon" or fits_bwd(u.shape[1], B4.shape[1], A.shape[1], CK)):
+            return lambda *a: ss_bwd_gluon(*a, CK=CK)
+    if want == "gluon":
+        raise ValueError("ARCHDSL_SCAN_BWD=gluon: the Gluon backward runs on CUDA tensors only (Gluon is compiled, "
+                         "never interpreted), with a Triton that has Gluon")
+    return ss_bwd_groups
 
 
 def _fwd_impl(args):
@@ -717,7 +730,8 @@ class SelectiveScanFn(torch.autograd.Function):
         u, delta, A, B4, C4, D, z, bias, ck = ctx.saved_tensors
         dy = torch.zeros_like(u) if dy is None else dy.contiguous()
         dhT = dhT.contiguous() if dhT is not None else None
-        du, ddt, dA, dB, dC, dD, dz, dbias, dh0 = _bwd_impl()(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, ctx.softplus)
+        bwd = _bwd_impl(u, A, B4)
+        du, ddt, dA, dB, dC, dD, dz, dbias, dh0 = bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, ctx.softplus)
         dh0 = dh0.to(ctx.h0_dtype) if ctx.h0_dtype is not None else None
         return du, ddt, dA, dB, dC, dD, dz, dbias, dh0, None
 

@@ -376,6 +376,82 @@ def test_gluon_forward_compiles_for_sm90(L, D, N, opts, store_ck, monkeypatch, t
     assert done.returncode == 0 and "1 distinct launches, 0 failed" in done.stdout, done.stdout + done.stderr
 
 
+@pytest.mark.skipif(CUDA, reason="the Gluon backward runs on CUDA")
+def test_gluon_backward_off_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("ARCHDSL_SCAN_BWD", "gluon")
+    t = make(1, 4, 2, 5)
+    with backend("triton"), pytest.raises(ValueError, match="ARCHDSL_SCAN_BWD=gluon: .* CUDA tensors only"):
+        run(selective_scan, t)
+
+
+@pytest.mark.skipif(CUDA, reason="the GPU runs the Gluon backward itself")
+@pytest.mark.parametrize("L, D, N, opts, dhT", [(4096, 64, 16, dict(z=True, Dskip=True, bias=True), False),
+                                                (1000, 50, 5, dict(h0=True), True), (70, 32, 8, dict(z=True), True)],
+                         ids=["even", "masked", "N8"])
+def test_gluon_backward_compiles_for_sm90(L, D, N, opts, dhT, monkeypatch, tmp_path):
+    """As for the forward: the Gluon backward's launcher runs on CPU tensors with its launch captured, and
+    the launch is compiled for sm_90 (bf16 inputs)."""
+    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
+    if not gss.HAVE_GLUON:
+        pytest.skip("this Triton has no Gluon")
+    monkeypatch.syspath_prepend(HERE)
+    import sm90
+    kernel, launches = gss._ss_bwd_rows_kernel, []
+
+    class Capture:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(sm90.launch_entry(kernel, args, kwargs))
+    monkeypatch.setattr(gss, "_ss_bwd_rows_kernel", Capture())
+    t = {k: v.to(torch.bfloat16) if torch.is_tensor(v) and k not in ("A", "D", "delta_bias") else v
+         for k, v in make(2, D, N, L, **opts).items()}
+    ck = torch.zeros(2, D, -(-L // 64), N)
+    gss.ss_bwd_gluon(t["u"], t["delta"], t["A"].float(), t["B"][:, None], t["C"][:, None], t["D"], t["z"],
+                     t["delta_bias"], ck, torch.zeros_like(t["u"]), torch.zeros(2, D, N) if dhT else None, True, CK=64)
+    assert len(launches) == 1
+    log = tmp_path / "gluon_bwd.jsonl"
+    log.write_text("\n".join(launches) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, os.path.join(HERE, "sm90.py"), str(log), "--jobs", "1"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0 and "1 distinct launches, 0 failed" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("L, D, N, G", [(2048, 512, 16, 2), (1000, 200, 16, 1), (333, 50, 5, 1), (300, 64, 8, 4)])
+def test_gpu_gluon_backward(dtype, tol, L, D, N, G, monkeypatch):
+    """The Gluon backward (ARCHDSL_SCAN_BWD=gluon) against float64 after the default forward: B/C in groups;
+    L off its sub-tile and checkpoint chunk, D off its 16 channels (masked), N below and at its padding."""
+    monkeypatch.setenv("ARCHDSL_SCAN_BWD", "gluon")
+    t = make(2, D, N, L, G=G if G > 1 else 0, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
+    assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=32), tol)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_gluon_backward_is_the_default_where_it_fits(monkeypatch):
+    """Unset ARCHDSL_SCAN_BWD on CUDA: the Gluon backward where it takes the case (N 16, G 1), the Triton groups
+    one where it does not (4 channels a B/C group, N 4, N 32); all right. Forcing it on a case it does not
+    take is a clear error."""
+    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
+    from archdsl.kernels.selective_scan import triton_selective_scan as tss
+    monkeypatch.delenv("ARCHDSL_SCAN_BWD", raising=False)
+    ran = []
+    for name, mod, fn in (("gluon", gss, "ss_bwd_gluon"), ("groups", tss, "ss_bwd_groups")):
+        real = getattr(mod, fn)
+        monkeypatch.setattr(mod, fn, lambda *a, _real=real, _name=name, **k: ran.append(_name) or _real(*a, **k))
+    for kw, want in ((dict(N=16, G=0), "gluon"), (dict(N=16, G=16), "groups"), (dict(N=4, G=0), "groups"),
+                     (dict(N=32, G=0), "groups")):
+        ran.clear()
+        t = make(2, 64, kw["N"], 100, G=kw["G"], z=True, Dskip=True, bias=True, h0=True, device="cuda")
+        assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=32), 1e-4)
+        assert ran == [want], (kw, ran)
+    monkeypatch.setenv("ARCHDSL_SCAN_BWD", "gluon")
+    with pytest.raises(ValueError, match="Gluon backward needs a multiple of 8 channels a B/C group \\(got 4\\)"):
+        run(selective_scan, make(2, 64, 16, 100, G=16, device="cuda"))
+
+
 def _gpu_tiles():
     from archdsl.kernels.selective_scan import triton_selective_scan as tss
     return [c for c in tss._FWD_CONFIGS if c[0] == "groups"]
@@ -441,7 +517,7 @@ def test_gpu_without_z_d_bias(tile, fwd, monkeypatch):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("bwd", ["groups", "threads"])
+@pytest.mark.parametrize("bwd", ["gluon", "groups", "threads"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 def test_gpu_gradients(dtype, tol, bwd, scan_fwd):
     t = make(2, 512, 16, 2048, G=2, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
@@ -453,24 +529,25 @@ def test_gpu_gradients(dtype, tol, bwd, scan_fwd):
 @gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 def test_gpu_gradients_full_size(dtype, tol, scan_fwd):
-    """The groups backward at a Mamba-1 layer of mamba-2.8b (B=4, L=4096, N=16): against the float64
-    chunked reference on 128 channels (autograd through the reference at D=5120 would not fit), and at
-    the full D=5120 against the threads backward (gradients finite, the two agree)."""
+    """The Gluon and groups backwards at a Mamba-1 layer of mamba-2.8b (B=4, L=4096, N=16): against the
+    float64 chunked reference on 128 channels (autograd through the reference at D=5120 would not fit),
+    and at the full D=5120 against the threads backward (gradients finite, all agree)."""
     t = make(4, 128, 16, 4096, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
-    with env("ARCHDSL_SCAN_BWD", "groups"):
-        assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=16), tol)
+    for bwd in ("gluon", "groups"):
+        with env("ARCHDSL_SCAN_BWD", bwd):
+            assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=16), tol)
     del t
     t = make(4, 5120, 16, 4096, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
-    with env("ARCHDSL_SCAN_BWD", "groups"):
-        got = run(selective_scan, t)
     with env("ARCHDSL_SCAN_BWD", "threads"):
         want = run(selective_scan, t)
-    assert_close(got, want, tol)
+    for bwd in ("gluon", "groups"):
+        with env("ARCHDSL_SCAN_BWD", bwd):
+            assert_close(run(selective_scan, t), want, tol)
 
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("bwd", ["groups", "threads"])
+@pytest.mark.parametrize("bwd", ["gluon", "groups", "threads"])
 def test_gpu_128k_tokens_with_gradients(bwd, scan_fwd):
     t = make(1, 8, 16, 131072, z=True, Dskip=True, bias=True, h0=True, device="cuda")
     with env("ARCHDSL_SCAN_BWD", bwd):
