@@ -189,7 +189,7 @@ if HAVE_GLUON:
     @gluon.jit
     def _step(tile, t_lt, t: gl.constexpr, LS: gl.constexpr):
         """Step t of a [BLOCK_D, T] I/O tile as [BLOCK_D, 1] of the states' layout LS: a select that folds away,
-        then one shuffle from the thread holding step t."""
+        then a butterfly over the channel's NS lanes (one of which holds step t)."""
         col = gl.sum(gl.where(t_lt == t, tile, -0.0), axis=1)
         return gl.expand_dims(gl.convert_layout(col, gl.SliceLayout(1, LS), assert_trivial=True), 1)
 
@@ -240,10 +240,10 @@ if HAVE_GLUON:
         in reverse: it recomputes their T states into registers ([BLOCK_D, T, NB]: all T steps of a state in
         its thread, so a step is a select at a compile-time register index), then runs the adjoint
         k_t = C_t g_t + exp(delta_{t+1} A) k_{t+1} last step first. Sums over the states (du, d delta, y for
-        dz) are in-thread adds and one shuffle. dB and dC, sums over channels, go through shared memory:
-        each step's [BLOCK_D, NB, 2] partials are stored there (XOR-swizzled, no bank conflicts), then each
-        thread adds one step's four (state, kind) columns over the BLOCK_D channels and sends them with a
-        4-wide float32 atomic add."""
+        dz) are in-thread adds and a butterfly over the channel's NS lanes. dB and dC, sums over channels, go
+        through shared memory: each step's [BLOCK_D, NB, 2] partials are stored there (XOR-swizzled: at NB 16
+        a quarter warp's 16-byte stores and loads meet no bank conflict), then each thread adds one step's
+        four (state, kind) columns over the BLOCK_D channels and sends them with a 4-wide float32 atomic add."""
         # lanes: channel fastest (lane = channel + BLOCK_D · half), so a quarter warp is 8 channels
         L3: gl.constexpr = gl.BlockedLayout([1, T, NB // NS], [BLOCK_D, 1, NS], [1, 1, 1], [0, 2, 1])
         LS: gl.constexpr = gl.SliceLayout(1, L3)  # [BLOCK_D, NB]: a step's states
@@ -294,7 +294,8 @@ if HAVE_GLUON:
         RS: gl.constexpr = gl.BlockedLayout([1, 4], [TR, RC], [1, 1], [1, 0])  # [TR, 2·NB] their sums
         r_t = gl.arange(0, TR, layout=gl.SliceLayout(1, RS))
         r_c = gl.arange(0, 2 * NB, layout=gl.SliceLayout(0, RS))
-        dbc_base = dBC_ptr + ((pid_b * G + g) * LP) * (2 * NB) + gl.expand_dims(r_t, 1) * (2 * NB) + gl.expand_dims(r_c, 0)
+        dbc_base = (dBC_ptr + ((pid_b * G + g) * LP) * (2 * NB)
+                    + gl.expand_dims(r_t, 1) * (2 * NB) + gl.expand_dims(r_c, 0))
         row = (pid_b * DIM + d_lt.to(gl.int64)) * L + t_lt  # [BLOCK_D, T]
 
         # each sub-tile's inputs are read one visit ahead (pass 1 walks a chunk's sub-tiles up, pass 2 down)
