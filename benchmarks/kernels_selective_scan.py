@@ -1,4 +1,5 @@
-"""Mamba-1 selective scan and causal conv1d: ours against the chunked torch path / F.conv1d, bf16, one GPU.
+"""Mamba-1 selective scan and causal conv1d: ours against mamba_ssm's CUDA kernels (where they build on the card),
+the chunked torch path and F.conv1d, bf16, one GPU.
 
 Floor (H200: 4.2 TB/s, ~680 TFLOP/s bf16). Selective scan, a Mamba-1 layer of mamba-2.8b:
 B=4, D=5120, N=16, G=1, per L tokens:
@@ -9,10 +10,11 @@ At L=4096: forward floor 0.16 ms, fwd+bwd 0.44 ms. The forward rows are timed on
 (ARCHDSL_SCAN_FWD=serial|segments|gluon|auto; `shape … fwd=…`): the segmented one reads u, delta and B
 twice and moves its fp32 segment states ([B, S, D, N], S ≈ 13 at L=4096: ≈ 3×21 MB) besides the
 floor's bytes, ≈ 1.1 GB in all, and computes the scan twice (two exps per element). The fwd+bwd rows are timed once per backward
-variant (ARCHDSL_SCAN_BWD=gluon|groups|threads); beyond the floor's bytes both read the fp32 checkpoints
+variant (ARCHDSL_SCAN_BWD=gluon|groups|threads), the default one against mamba_ssm's CUDA forward+backward
+where both build (benchmarks/mamba_cuda.py); beyond the floor's bytes ours read the fp32 checkpoints
 (4·B·D·N·L/64 ≈ 84 MB at L=4096) and add dB/dC into fp32 buffers through atomics (D/BLOCK_D adds per
-element), and the groups one keeps a per-program scratch of sub-tile states that stays near L2. Not in the
-floor, but binding in practice:
+element), and the groups and gluon ones keep a per-program scratch of sub-tile states that stays near L2.
+Not in the floor, but binding in practice:
 one exp per (b, d, n, t) element (two in the backward), B·D·N·L = 1.34e9 at L=4096; the H200's
 special-function units do ~4.2e12 exp/s, so 0.32 ms forward is an exp-throughput bound (50% of the floor).
 Causal conv1d (B=4, D=5120, W=4, silu): forward bytes = x read + y written (2·B·D·L·2);
@@ -72,6 +74,28 @@ def _mamba_cuda():
     return load()
 
 
+@functools.lru_cache(maxsize=None)
+def _mamba_cuda_bwd():
+    """mamba_ssm's CUDA selective-scan backward (benchmarks/mamba_cuda.py `load_bwd`: the benchmark's compile-time
+    flags only), or None; built or loaded once a run."""
+    from mamba_cuda import load_bwd
+    return load_bwd()
+
+
+def _mamba_fwd_bwd(fwd, bwd, t):
+    """mamba_ssm's forward then backward on t's values, as its selective_scan_fn runs them (no autograd around
+    them); returns the call and du of one run."""
+    v = {k: x.detach() for k, x in t.items()}
+    dy = torch.randn_like(v["u"])
+
+    def call():
+        out, x, _ = fwd.fwd(v["u"], v["delta"], v["A"], v["B"][:, None], v["C"][:, None], v["D"], v["z"],
+                            v["delta_bias"], True)
+        return bwd.bwd(v["u"], v["delta"], v["A"], v["B"][:, None], v["C"][:, None], v["D"], v["z"], v["delta_bias"],
+                       dy, x, out, None, True, False)[0]
+    return call, dy
+
+
 def _scan_floor(L, bwd):
     big, small = BATCH * DIM * L * 2, BATCH * N * L * 2
     nbytes = 11 * big + 6 * small if bwd else 4 * big + 2 * small
@@ -119,15 +143,26 @@ def iter_scan_rows(Ls, peer_Ls):
                        peer_ms=bench_or_nan(theirs_call), floor_ms=floor, floor_note=note, rel_diff=diff)
         del t
         torch.cuda.empty_cache()
+        cuda_bwd = _mamba_cuda_bwd() if cuda is not None else None
         for variant in ("gluon", "groups", "threads"):
             t = _scan_inputs(L, True)
             with _scan_bwd(variant):
                 ours = bench_or_nan(_scan_call(selective_scan, t, True))
             floor, note = _scan_floor(L, True)
+            row = dict(op="selective_scan", shape=f"B={BATCH} L={L} D={DIM} N={N} bwd={variant}", mode="fwd+bwd",
+                       ours_ms=ours, peer="chunked torch (GPU)", peer_ms=None, floor_ms=floor, floor_note=note)
+            if variant == "gluon" and cuda_bwd is not None:  # against mamba_ssm's CUDA fwd+bwd, du compared
+                theirs_call, dy = _mamba_fwd_bwd(cuda, cuda_bwd, t)
+                du_theirs = theirs_call().float()
+                with _scan_bwd(variant):
+                    y = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"],
+                                       delta_bias=t["delta_bias"], delta_softplus=True)
+                    du_ours = torch.autograd.grad(y, t["u"], dy)[0].float()
+                row.update(peer="mamba_ssm CUDA", peer_ms=bench_or_nan(theirs_call),
+                           rel_diff=((du_ours - du_theirs).norm() / du_theirs.norm()).item())
             del t
             torch.cuda.empty_cache()
-            yield dict(op="selective_scan", shape=f"B={BATCH} L={L} D={DIM} N={N} bwd={variant}", mode="fwd+bwd",
-                       ours_ms=ours, peer="chunked torch (GPU)", peer_ms=None, floor_ms=floor, floor_note=note)
+            yield row
 
 
 def scan_rows(Ls, peer_Ls):

@@ -7,6 +7,7 @@ it with lazy binding, so that the backward and the other dtypes' symbols it leav
 missed if called (they never are here). The build is cached by torch (TORCH_EXTENSIONS_DIR).
 
     python3 benchmarks/mamba_cuda.py          # build now (the benchmark then only loads it)
+    python3 benchmarks/mamba_cuda.py bwd      # the backward (`load_bwd`: bf16, the benchmark's flags only)
 
 MAMBA_SSM_CSRC names the sdist's csrc/selective_scan folder (benchmarks/device_env.sh sets it).
 """
@@ -47,9 +48,62 @@ def load(verbose: bool = False):
         sys.setdlopenflags(flags)
 
 
+# BOOL_SWITCH for the trimmed backward build: only the `true` branch is compiled, and a call that needs the
+# other one fails with a clear error rather than running a kernel that was not built.
+_TRUE_ONLY_SWITCH = """#pragma once
+#include <stdexcept>
+#define BOOL_SWITCH(COND, CONST_NAME, ...)                                                        \\
+    [&] {                                                                                         \\
+        if (!(COND)) throw std::runtime_error("this build compiled only " #CONST_NAME " = true"); \\
+        constexpr bool CONST_NAME = true;                                                         \\
+        return __VA_ARGS__();                                                                     \\
+    }()
+"""
+
+
+def load_bwd(verbose: bool = False):
+    """mamba_ssm's CUDA selective-scan backward for bf16 inputs and float32 A, built with every compile-time
+    flag of its kernel set (even length, B and C varying in time, softplus, z): the very kernel its
+    `selective_scan_fn` runs for the benchmark's case, without the 31 other flag combinations that make the
+    full build take far longer. Its `bwd(u, delta, A, B, C, D, z, delta_bias, dout, x, out, dz, softplus,
+    recompute_out_z)` takes `x` and `out` from `load().fwd`. None (reason printed) if it cannot be built, or
+    when MAMBA_SSM_BWD=0 (a run that cannot wait for the build)."""
+    if os.environ.get("MAMBA_SSM_BWD") == "0":
+        print("# mamba_ssm CUDA selective-scan backward: skipped (MAMBA_SSM_BWD=0)", flush=True)
+        return None
+    src = os.environ.get("MAMBA_SSM_CSRC")
+    if not src or not os.path.isdir(src):
+        print("# mamba_ssm CUDA selective scan: MAMBA_SSM_CSRC names no folder", flush=True)
+        return None
+    import shutil
+    import tempfile
+
+    import torch
+    from torch.utils.cpp_extension import load as build
+    trimmed = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR", tempfile.gettempdir()), "mamba_ssm_bwd_src")
+    shutil.copytree(src, trimmed, dirs_exist_ok=True)
+    with open(os.path.join(trimmed, "static_switch.h"), "w") as f:
+        f.write(_TRUE_ONLY_SWITCH)
+    major, minor = torch.cuda.get_device_capability()
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(os.RTLD_LAZY)
+    try:
+        return build("selective_scan_cuda_bwd_bf16",
+                     [os.path.join(trimmed, "selective_scan.cpp"), os.path.join(trimmed, "selective_scan_bwd_bf16_real.cu")],
+                     extra_cflags=["-O3"], extra_cuda_cflags=FLAGS, extra_include_paths=[trimmed],
+                     extra_ldflags=["-Wl,-z,lazy"], verbose=verbose)
+    except Exception as e:  # a peer that does not build must not stop the run
+        print(f"# mamba_ssm CUDA selective-scan backward did not build: {type(e).__name__}: {str(e)[-600:]}", flush=True)
+        return None
+    finally:
+        sys.setdlopenflags(flags)
+
+
 if __name__ == "__main__":
     import time
+    which = sys.argv[1] if len(sys.argv) > 1 else "fwd"
     t = time.perf_counter()
-    ok = load(verbose=True) is not None
-    print(f"built: {ok} in {time.perf_counter() - t:.0f} s", flush=True)
+    ok = (load_bwd if which == "bwd" else load)(verbose=True) is not None
+    print(f"built {which}: {ok} in {time.perf_counter() - t:.0f} s", flush=True)
     sys.exit(0 if ok else 1)

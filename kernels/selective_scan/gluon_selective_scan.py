@@ -31,7 +31,7 @@ threads a channel and walks each checkpoint chunk twice: up, to recompute the st
 sub-tile, then down, recomputing a sub-tile's states into registers and running the adjoint along them.
 dB and dC, sums over channels, are added across the warp's channels in shared memory and leave through
 4-wide float32 atomics. On the H200 (same shapes): forward+backward 4.11 ms against 5.92 with the Triton
-groups backward (docs/benchmarks.md, twenty-fifth run).
+groups backward and 7.15 for mamba_ssm's CUDA forward+backward (docs/benchmarks.md, twenty-fifth run).
 
 Gluon is compiled only (the interpreter does not run it), so these kernels are CUDA's alone; their tests run
 on the GPU, and CI compiles their launches for sm_90 (tests/kernels/test_selective_scan.py).
