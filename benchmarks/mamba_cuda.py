@@ -1,10 +1,11 @@
-"""mamba_ssm's CUDA selective-scan forward, built from its sdist on the GPU machine, as a peer.
+"""mamba_ssm's CUDA selective-scan forward and backward, built from its sdist on the GPU machine, as peers.
 
 The sdist's csrc/selective_scan holds the CUDA kernels behind mamba_ssm's `selective_scan_fn`. Built
-whole, with its backward for every dtype, it takes far longer than a timing run can spare; this
-builds the extension from its C++ binding and the bf16 forward alone, for this card only, and loads
-it with lazy binding, so that the backward and the other dtypes' symbols it leaves out are only
-missed if called (they never are here). The build is cached by torch (TORCH_EXTENSIONS_DIR).
+whole, for every dtype and every compile-time flag of its kernels, it takes far longer than a timing run
+can spare; this builds two extensions from its C++ binding, for this card only: the bf16 forward (`load`)
+and the bf16 backward with only the flags the benchmark's case takes (`load_bwd`). Both load with lazy
+binding, so that the symbols left out are only missed if called (they never are here). The builds are
+cached by torch (TORCH_EXTENSIONS_DIR).
 
     python3 benchmarks/mamba_cuda.py          # build now (the benchmark then only loads it)
     python3 benchmarks/mamba_cuda.py bwd      # the backward (`load_bwd`: bf16, the benchmark's flags only)
@@ -29,6 +30,13 @@ def load(verbose: bool = False):
     if not src or not os.path.isdir(src):
         print("# mamba_ssm CUDA selective scan: MAMBA_SSM_CSRC names no folder", flush=True)
         return None
+    return _build("selective_scan_cuda_fwd_bf16", src, "selective_scan_fwd_bf16.cu", verbose)
+
+
+def _build(name, src, cu, verbose):
+    """The extension `name` from src's C++ binding and one .cu file, for this card only, loaded with lazy
+    binding (the symbols of the kernels left out are only missed if called); None, the reason printed, if
+    the build fails."""
     import torch
     from torch.utils.cpp_extension import load as build
     major, minor = torch.cuda.get_device_capability()
@@ -37,12 +45,11 @@ def load(verbose: bool = False):
     flags = sys.getdlopenflags()
     sys.setdlopenflags(os.RTLD_LAZY)
     try:
-        return build("selective_scan_cuda_fwd_bf16",
-                     [os.path.join(src, "selective_scan.cpp"), os.path.join(src, "selective_scan_fwd_bf16.cu")],
-                     extra_cflags=["-O3"], extra_cuda_cflags=FLAGS, extra_include_paths=[src],
-                     extra_ldflags=["-Wl,-z,lazy"], verbose=verbose)
+        return build(name, [os.path.join(src, "selective_scan.cpp"), os.path.join(src, cu)], extra_cflags=["-O3"],
+                     extra_cuda_cflags=FLAGS, extra_include_paths=[src], extra_ldflags=["-Wl,-z,lazy"],
+                     verbose=verbose)
     except Exception as e:  # a peer that does not build must not stop the run
-        print(f"# mamba_ssm CUDA selective scan did not build: {type(e).__name__}: {str(e)[-600:]}", flush=True)
+        print(f"# mamba_ssm CUDA {name} did not build: {type(e).__name__}: {str(e)[-600:]}", flush=True)
         return None
     finally:
         sys.setdlopenflags(flags)
@@ -78,26 +85,11 @@ def load_bwd(verbose: bool = False):
     import shutil
     import tempfile
 
-    import torch
-    from torch.utils.cpp_extension import load as build
     trimmed = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR", tempfile.gettempdir()), "mamba_ssm_bwd_src")
     shutil.copytree(src, trimmed, dirs_exist_ok=True)
     with open(os.path.join(trimmed, "static_switch.h"), "w") as f:
         f.write(_TRUE_ONLY_SWITCH)
-    major, minor = torch.cuda.get_device_capability()
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
-    flags = sys.getdlopenflags()
-    sys.setdlopenflags(os.RTLD_LAZY)
-    try:
-        return build("selective_scan_cuda_bwd_bf16",
-                     [os.path.join(trimmed, "selective_scan.cpp"), os.path.join(trimmed, "selective_scan_bwd_bf16_real.cu")],
-                     extra_cflags=["-O3"], extra_cuda_cflags=FLAGS, extra_include_paths=[trimmed],
-                     extra_ldflags=["-Wl,-z,lazy"], verbose=verbose)
-    except Exception as e:  # a peer that does not build must not stop the run
-        print(f"# mamba_ssm CUDA selective-scan backward did not build: {type(e).__name__}: {str(e)[-600:]}", flush=True)
-        return None
-    finally:
-        sys.setdlopenflags(flags)
+    return _build("selective_scan_cuda_bwd_bf16", trimmed, "selective_scan_bwd_bf16_real.cu", verbose)
 
 
 if __name__ == "__main__":
