@@ -351,22 +351,28 @@ def test_gluon_forward_compiles_for_sm90(L, D, N, opts, store_ck, monkeypatch, t
     """Gluon kernels never run under the interpreter, so CI compiles them instead: the Gluon forward's
     launcher runs on CPU tensors with its kernel launch captured, and each launch is compiled for sm_90
     by tests/kernels/sm90.py (bf16 inputs, as a model calls it)."""
+    def call(gss, t):
+        gss.ss_fwd_gluon(t["u"], t["delta"], t["A"].float(), t["B"][:, None], t["C"][:, None], t["D"], t["z"],
+                         t["delta_bias"], t["initial_state"], True, store_ck, CK=64)
+    _compile_gluon_launch("_ss_fwd_rows_kernel", call, make(2, D, N, L, **opts), monkeypatch, tmp_path)
+
+
+def _compile_gluon_launch(name, call, t, monkeypatch, tmp_path):
+    """Run call(gluon_selective_scan, t) on t in bf16 (A, D, delta_bias in float32) with the launches of the
+    kernel `name` captured; there must be one, and it must compile for sm_90."""
     from archdsl.kernels.selective_scan import gluon_selective_scan as gss
     if not gss.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon")
     monkeypatch.syspath_prepend(HERE)
     import sm90
-    kernel, launches = gss._ss_fwd_rows_kernel, []
+    kernel, launches = getattr(gss, name), []
 
     class Capture:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launches.append(sm90.launch_entry(kernel, args, kwargs))
-    monkeypatch.setattr(gss, "_ss_fwd_rows_kernel", Capture())
-    t = {k: v.to(torch.bfloat16) if torch.is_tensor(v) and k not in ("A", "D", "delta_bias") else v
-         for k, v in make(2, D, N, L, **opts).items()}
-    B4, C4 = t["B"][:, None], t["C"][:, None]
-    gss.ss_fwd_gluon(t["u"], t["delta"], t["A"].float(), B4, C4, t["D"], t["z"], t["delta_bias"], t["initial_state"],
-                     True, store_ck, CK=64)
+    monkeypatch.setattr(gss, name, Capture())
+    call(gss, {k: v.to(torch.bfloat16) if torch.is_tensor(v) and k not in ("A", "D", "delta_bias") else v
+               for k, v in t.items()})
     assert len(launches) == 1
     log = tmp_path / "gluon.jsonl"
     log.write_text("\n".join(launches) + "\n")
@@ -391,29 +397,11 @@ def test_gluon_backward_off_cuda_is_a_clear_error(monkeypatch):
 def test_gluon_backward_compiles_for_sm90(L, D, N, opts, dhT, monkeypatch, tmp_path):
     """As for the forward: the Gluon backward's launcher runs on CPU tensors with its launch captured, and
     the launch is compiled for sm_90 (bf16 inputs)."""
-    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
-    if not gss.HAVE_GLUON:
-        pytest.skip("this Triton has no Gluon")
-    monkeypatch.syspath_prepend(HERE)
-    import sm90
-    kernel, launches = gss._ss_bwd_rows_kernel, []
-
-    class Capture:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append(sm90.launch_entry(kernel, args, kwargs))
-    monkeypatch.setattr(gss, "_ss_bwd_rows_kernel", Capture())
-    t = {k: v.to(torch.bfloat16) if torch.is_tensor(v) and k not in ("A", "D", "delta_bias") else v
-         for k, v in make(2, D, N, L, **opts).items()}
-    ck = torch.zeros(2, D, -(-L // 64), N)
-    gss.ss_bwd_gluon(t["u"], t["delta"], t["A"].float(), t["B"][:, None], t["C"][:, None], t["D"], t["z"],
-                     t["delta_bias"], ck, torch.zeros_like(t["u"]), torch.zeros(2, D, N) if dhT else None, True, CK=64)
-    assert len(launches) == 1
-    log = tmp_path / "gluon_bwd.jsonl"
-    log.write_text("\n".join(launches) + "\n")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, os.path.join(HERE, "sm90.py"), str(log), "--jobs", "1"],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0 and "1 distinct launches, 0 failed" in done.stdout, done.stdout + done.stderr
+    def call(gss, t):
+        gss.ss_bwd_gluon(t["u"], t["delta"], t["A"].float(), t["B"][:, None], t["C"][:, None], t["D"], t["z"],
+                         t["delta_bias"], torch.zeros(2, D, -(-L // 64), N), torch.zeros_like(t["u"]),
+                         torch.zeros(2, D, N) if dhT else None, True, CK=64)
+    _compile_gluon_launch("_ss_bwd_rows_kernel", call, make(2, D, N, L, **opts), monkeypatch, tmp_path)
 
 
 @pytest.mark.gpu
