@@ -84,7 +84,7 @@ def _mamba_cuda_bwd():
 
 def _mamba_fwd_bwd(fwd, bwd, t):
     """mamba_ssm's forward then backward on t's values, as its selective_scan_fn runs them (no autograd around
-    them); returns the call and du of one run."""
+    them): the call (it returns du) and the dy it takes."""
     v = {k: x.detach() for k, x in t.items()}
     dy = torch.randn_like(v["u"])
 

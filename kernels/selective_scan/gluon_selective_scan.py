@@ -487,15 +487,10 @@ def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int
                          f"5 to 16 states (got {N}) and a checkpoint interval that {T} divides (got {CK})")
     bc = _pack_bc(B4, C4, T, nb)
     lp = bc.shape[2]
-    dbc = torch.zeros(batch, groups, lp, nb, 2, device=u.device, dtype=torch.float32)
-    du, ddt = torch.empty_like(u), torch.empty_like(delta)
-    dz = torch.empty_like(z) if z is not None else None
-    dA = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
-    dD = torch.empty(batch, dim, device=u.device, dtype=torch.float32)
-    dbias = torch.empty_like(dD)
-    dh0 = torch.empty_like(dA)
+    from .triton_selective_scan import _bwd_grads, _bwd_outputs, _or
+    du, ddt, dz, _, _, dA, dD, dbias, dh0 = _bwd_outputs(u, delta, A, B4, z, dbc=False)
+    dbc = torch.zeros(batch, groups, lp, nb, 2, device=u.device, dtype=torch.float32)  # dB, dC of each state
     scratch = torch.empty(batch, dim, CK // T, nb, device=u.device, dtype=torch.float32)
-    from .triton_selective_scan import _or
     _ss_bwd_rows_kernel[(cdiv(dim, bd), batch)](
         u, delta, A, bc, _or(D, u), _or(z, u), _or(bias, u), ck, dy, _or(dhT, dA), scratch,
         du, ddt, _or(dz, du), dA, dbc, dD, dbias, dh0,
@@ -503,7 +498,5 @@ def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int
         BLOCK_D=bd, NB=nb, NS=ns, T=T, BC_V=min(4, 2 * nb), BC_TC=min(32, max(1, 2 * nb // 4)), CKI=CK,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
         HAS_DHT=dhT is not None, num_warps=1, **({"maxnreg": BWD_MAXNREG} if BWD_MAXNREG else {}))
-    dB = dbc[:, :, :L, :N, 0].transpose(2, 3).to(B4.dtype)
-    dC = dbc[:, :, :L, :N, 1].transpose(2, 3).to(C4.dtype)
-    return (du, ddt, dA.sum(0).to(A.dtype), dB, dC, dD.sum(0).to(D.dtype) if D is not None else None, dz,
-            dbias.sum(0).to(bias.dtype) if bias is not None else None, dh0)
+    dB, dC = (dbc[:, :, :L, :N, k].transpose(2, 3) for k in (0, 1))
+    return _bwd_grads((du, ddt, dz, dB, dC, dA, dD, dbias, dh0), A, B4, C4, D, bias)

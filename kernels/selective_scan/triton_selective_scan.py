@@ -589,27 +589,33 @@ def ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck):
     return y, hT, ck
 
 
-def _bwd_outputs(u, delta, A, B4, z):
+def _bwd_outputs(u, delta, A, B4, z, dbc=True):
     """The backward's buffers: du, d delta, dz (None without z) like their inputs; dB, dC [B, G, N, L] float32
-    zeros (the kernels add into them); per-batch partials dA [B, D, N], dD, d delta_bias [B, D]; dh0."""
+    zeros (the kernels add into them; None unless dbc); per-batch partials dA [B, D, N], dD, d delta_bias
+    [B, D]; dh0."""
     batch, dim, L = u.shape
-    dB = torch.zeros(batch, B4.shape[1], A.shape[1], L, device=u.device, dtype=torch.float32)
+    dB = torch.zeros(batch, B4.shape[1], A.shape[1], L, device=u.device, dtype=torch.float32) if dbc else None
     dA = torch.empty(batch, dim, A.shape[1], device=u.device, dtype=torch.float32)
     dD = torch.empty(batch, dim, device=u.device, dtype=torch.float32)
     return (torch.empty_like(u), torch.empty_like(delta), torch.empty_like(z) if z is not None else None,
-            dB, torch.zeros_like(dB), dA, dD, torch.empty_like(dD), torch.empty_like(dA))
+            dB, torch.zeros_like(dB) if dbc else None, dA, dD, torch.empty_like(dD), torch.empty_like(dA))
 
 
-def _bwd_run(key, configs, interp, launch, out, A, B4, C4, D, bias):
-    """Pick a tile (timed once per key), launch it on zeroed dB and dC, and return the gradients of
-    (u, delta, A, B4, C4, D, z, bias, initial state) from the buffers `out` (_bwd_outputs)."""
+def _bwd_grads(out, A, B4, C4, D, bias):
+    """The gradients of (u, delta, A, B4, C4, D, z, bias, initial state) from the buffers `out` (as
+    _bwd_outputs lays them out, dB and dC filled): per-batch partials summed, dtypes of the inputs."""
     du, ddt, dz, dB, dC, dA, dD, dbias, dh0 = out
-    cfg = _pick(key, [interp] if interpreting() else configs, launch)
-    dB.zero_(), dC.zero_()  # the timing runs added into them
-    launch(cfg)
     return (du, ddt, dA.sum(0).to(A.dtype), dB.to(B4.dtype), dC.to(C4.dtype),
             dD.sum(0).to(D.dtype) if D is not None else None, dz,
             dbias.sum(0).to(bias.dtype) if bias is not None else None, dh0)
+
+
+def _bwd_run(key, configs, interp, launch, out, A, B4, C4, D, bias):
+    """Pick a tile (timed once per key), launch it on zeroed dB and dC, and return the gradients (_bwd_grads)."""
+    cfg = _pick(key, [interp] if interpreting() else configs, launch)
+    out[3].zero_(), out[4].zero_()  # dB, dC: the timing runs added into them
+    launch(cfg)
+    return _bwd_grads(out, A, B4, C4, D, bias)
 
 
 def ss_bwd_groups(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
