@@ -65,10 +65,17 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _at(tile, t_idx, t: gl.constexpr, layout: gl.constexpr):
-        """Step t of a [BLOCK_D, T] tile as a [BLOCK_D, 1] column of the states' layout. Within a thread the
-        select folds away (adding -0.0 is exact); across a channel's NS threads the sum is a shuffle."""
+        """Step t of a [BLOCK_D, T] tile as a [BLOCK_D, 1] column of the states' layout (`layout` is its
+        [BLOCK_D] slice). Within a thread the select folds away (adding -0.0 is exact); across a channel's NS
+        threads the sum is a butterfly of shuffles."""
         col = gl.sum(gl.where(t_idx == t, tile, -0.0), axis=1)
         return gl.expand_dims(gl.convert_layout(col, layout, assert_trivial=True), 1)
+
+    @gluon.jit
+    def _set(tile, t_idx, t: gl.constexpr, v, LT: gl.constexpr):
+        """The [BLOCK_D, T] tile (layout LT) with step t set to v [BLOCK_D] (a per-channel sum over the states)."""
+        v = gl.convert_layout(v, gl.SliceLayout(1, LT), assert_trivial=True)
+        return gl.where(t_idx == t, gl.expand_dims(v, 1), tile)
 
     @gluon.jit
     def _tile(u_ptr, dt_ptr, z_ptr, off, mask, HAS_Z: gl.constexpr, EVEN: gl.constexpr):
@@ -117,7 +124,6 @@ if HAVE_GLUON:
 
         dmask = d_t < DIM
         s_mask = (d_s < DIM) & (n_s < N)
-        scr_mask = (d_s < DIM) & (n_s < NB)
         ch_s = pid_b * DIM + d_s.to(gl.int64)
         state_off = ch_s * N + n_s
         A2 = gl.load(A_ptr + d_s * N + n_s, mask=s_mask, other=0.0).to(gl.float32) * 1.4426950408889634
@@ -159,8 +165,7 @@ if HAVE_GLUON:
                 Bt = rows.slice(t, 1).slice(0, NB, dim=1).load(LS)  # [1, NB]
                 Ct = rows.slice(t, 1).slice(NB, NB, dim=1).load(LS)
                 h = gl.exp2(_at(dt, t_idx, t, SD) * A2) * h + _at(dtu, t_idx, t, SD) * Bt
-                y_t = gl.convert_layout(gl.sum(h * Ct, axis=1), gl.SliceLayout(1, LT), assert_trivial=True)
-                y = gl.where(t_idx == t, gl.expand_dims(y_t, 1), y)
+                y = _set(y, t_idx, t, gl.sum(h * Ct, axis=1), LT)
             if HAS_D:
                 y += Dv * u
             if HAS_Z:
@@ -185,19 +190,6 @@ if HAVE_GLUON:
     def _put(x3, t3, t: gl.constexpr, v):
         """The tile x3 [BLOCK_D, T, K] with step t set to v [BLOCK_D, K] (a move, as in `_col`)."""
         return gl.where(t3 == t, gl.expand_dims(v, 1), x3)
-
-    @gluon.jit
-    def _step(tile, t_lt, t: gl.constexpr, LS: gl.constexpr):
-        """Step t of a [BLOCK_D, T] I/O tile as [BLOCK_D, 1] of the states' layout LS: a select that folds away,
-        then a butterfly over the channel's NS lanes (one of which holds step t)."""
-        col = gl.sum(gl.where(t_lt == t, tile, -0.0), axis=1)
-        return gl.expand_dims(gl.convert_layout(col, gl.SliceLayout(1, LS), assert_trivial=True), 1)
-
-    @gluon.jit
-    def _set(tile, t_lt, t: gl.constexpr, v, LT: gl.constexpr):
-        """The [BLOCK_D, T] I/O tile with step t set to v [BLOCK_D] (a per-channel sum over the states)."""
-        v = gl.convert_layout(v, gl.SliceLayout(1, LT), assert_trivial=True)
-        return gl.where(t_lt == t, gl.expand_dims(v, 1), tile)
 
     @gluon.jit
     def _bwd_load(u_ptr, dt_ptr, z_ptr, dy_ptr, bc_ptrs, off, mask, HAS_Z: gl.constexpr):
@@ -247,6 +239,7 @@ if HAVE_GLUON:
         # lanes: channel fastest (lane = channel + BLOCK_D · half), so a quarter warp is 8 channels
         L3: gl.constexpr = gl.BlockedLayout([1, T, NB // NS], [BLOCK_D, 1, NS], [1, 1, 1], [0, 2, 1])
         LS: gl.constexpr = gl.SliceLayout(1, L3)  # [BLOCK_D, NB]: a step's states
+        SD: gl.constexpr = gl.SliceLayout(1, LS)  # [BLOCK_D] of the states
         LT: gl.constexpr = gl.BlockedLayout([1, T // NS], [BLOCK_D, NS], [1, 1], [0, 1])  # [BLOCK_D, T] I/O
         LBC: gl.constexpr = gl.BlockedLayout([1, BC_V], [32 // BC_TC, BC_TC], [1, 1], [1, 0])
         SBC: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
@@ -322,7 +315,7 @@ if HAVE_GLUON:
                 dtu = dt * u
                 for t in gl.static_range(T):
                     Bt = bc_smem.slice(t, 1).slice(0, NB, dim=1).load(LS)
-                    h = gl.exp2(_step(dt, t_lt, t, LS) * A2) * h + _step(dtu, t_lt, t, LS) * Bt
+                    h = gl.exp2(_at(dt, t_lt, t, SD) * A2) * h + _at(dtu, t_lt, t, SD) * Bt
                 _sync()
                 bc_smem.store(bc_n)
                 _sync()
@@ -346,7 +339,7 @@ if HAVE_GLUON:
                 ypre = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
                 for t in gl.static_range(T):
                     Bt = bc_smem.slice(t, 1).slice(0, NB, dim=1).load(LS)
-                    h = gl.exp2(_step(dt, t_lt, t, LS) * A2) * h + _step(dtu, t_lt, t, LS) * Bt
+                    h = gl.exp2(_at(dt, t_lt, t, SD) * A2) * h + _at(dtu, t_lt, t, SD) * Bt
                     hs = _put(hs, t3, t, h)
                     if HAS_Z:
                         Ct = bc_smem.slice(t, 1).slice(NB, NB, dim=1).load(LS)
@@ -364,9 +357,9 @@ if HAVE_GLUON:
                     Bt = bc_smem.slice(T - 1 - i, 1).slice(0, NB, dim=1).load(LS)
                     Ct = bc_smem.slice(T - 1 - i, 1).slice(NB, NB, dim=1).load(LS)
                     h_t = _col(hs, t3, T - 1 - i)
-                    d_t = _step(dt, t_lt, T - 1 - i, LS)
-                    du_t = _step(dtu, t_lt, T - 1 - i, LS)
-                    g_t = _step(gy, t_lt, T - 1 - i, LS)
+                    d_t = _at(dt, t_lt, T - 1 - i, SD)
+                    du_t = _at(dtu, t_lt, T - 1 - i, SD)
+                    g_t = _at(gy, t_lt, T - 1 - i, SD)
                     k = Ct * g_t + q
                     Gm = k * (h_t - du_t * Bt)  # dL/d(exp(delta A)) · exp(delta A) h_{t-1}
                     dA_acc += Gm * d_t
@@ -412,6 +405,16 @@ def _pack_bc(B4, C4, T: int, nb: int):
     return bc
 
 
+def _groups_fit(dim: int, groups: int, block_d: int) -> bool:
+    """Whether a program's block_d channels share one B/C group (it reads one group's B and C)."""
+    return groups == 1 or (dim // groups) % block_d == 0
+
+
+def _bc_layout(nb: int) -> dict:
+    """The constexprs of the [T, 2·NB] B/C block's load: 4 floats a thread, a row over 2·NB / 4 threads."""
+    return dict(BC_V=min(4, 2 * nb), BC_TC=min(32, max(1, 2 * nb // 4)))
+
+
 def _tile_for(N: int):
     """(NS, T, warps, BLOCK_D) for N states a channel."""
     ns, T, warps = TILE
@@ -420,10 +423,10 @@ def _tile_for(N: int):
 
 
 def fits(dim: int, groups: int, N: int, CK: int) -> bool:
-    """Whether this forward takes the case: a program's BLOCK_D channels share one B/C group (it reads one
-    group's B and C), N is at most MAX_N, and T divides the checkpoint interval CK."""
+    """Whether this forward takes the case: a program's BLOCK_D channels share one B/C group, N is at most
+    MAX_N, and T divides the checkpoint interval CK."""
     _, T, _, bd = _tile_for(N)
-    return (groups == 1 or (dim // groups) % bd == 0) and N <= MAX_N and CK % T == 0
+    return _groups_fit(dim, groups, bd) and N <= MAX_N and CK % T == 0
 
 
 def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: int):
@@ -448,7 +451,7 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
     _ss_fwd_rows_kernel[(cdiv(dim, bd), batch)](
         u, delta, A, bc, _or(D, u), _or(z, u), _or(bias, u), _or(h0, u), y, hT, ck,
         L, dim, N, dim // groups, nck, groups, lp,
-        BLOCK_D=bd, NB=nb, NS=ns, T=T, WARPS=warps, BC_V=min(4, 2 * nb), BC_TC=min(32, max(1, 2 * nb // 4)), CKI=CK,
+        BLOCK_D=bd, NB=nb, NS=ns, T=T, WARPS=warps, CKI=CK, **_bc_layout(nb),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
         HAS_H0=h0 is not None, STORE_CK=store_ck, EVEN=even, num_warps=warps)
     return y, hT, ck
@@ -472,7 +475,7 @@ def fits_bwd(dim: int, groups: int, N: int, CK: int) -> bool:
     """Whether the Gluon backward takes the case: as the forward, with 5 to 16 states a channel (a step's
     dB/dC row of 2·NB floats spans 4-wide column blocks over a whole quarter warp or more)."""
     _, bd = _bwd_tile_for(N)
-    return (groups == 1 or (dim // groups) % bd == 0) and 5 <= N <= 16 and CK % BWD_T == 0
+    return _groups_fit(dim, groups, bd) and 5 <= N <= 16 and CK % BWD_T == 0
 
 
 def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int):
@@ -495,8 +498,8 @@ def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int
         u, delta, A, bc, _or(D, u), _or(z, u), _or(bias, u), ck, dy, _or(dhT, dA), scratch,
         du, ddt, _or(dz, du), dA, dbc, dD, dbias, dh0,
         L, dim, N, dim // groups, ck.shape[2], groups, lp,
-        BLOCK_D=bd, NB=nb, NS=ns, T=T, BC_V=min(4, 2 * nb), BC_TC=min(32, max(1, 2 * nb // 4)), CKI=CK,
+        BLOCK_D=bd, NB=nb, NS=ns, T=T, CKI=CK, **_bc_layout(nb),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
-        HAS_DHT=dhT is not None, num_warps=1, **({"maxnreg": BWD_MAXNREG} if BWD_MAXNREG else {}))
+        HAS_DHT=dhT is not None, num_warps=1, maxnreg=BWD_MAXNREG)
     dB, dC = (dbc[:, :, :L, :N, k].transpose(2, 3) for k in (0, 1))
     return _bwd_grads((du, ddt, dz, dB, dC, dA, dD, dbias, dh0), A, B4, C4, D, bias)

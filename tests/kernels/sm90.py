@@ -10,7 +10,7 @@ variable whose type changes between iterations, say). This closes that gap on th
      GPUTarget("cuda", 90, 32) (Triton ships ptxas) and lists the ones that fail, with the error.
      A launch with PDL off (always, interpreted) is also compiled with it on, as the GPU runs it.
      Gluon kernels are never interpreted: tests capture their launchers' launches with `launch_entry`
-     (test_selective_scan.py's Gluon forward) and compile them the same way.
+     (test_selective_scan.py's Gluon forward and backward) and compile them the same way.
 
   make test          # the whole suite, then step 2 over what it launched (CI does this)
   python tests/kernels/sm90.py FILE --regs   # also each kernel's registers and spill (stack) bytes
