@@ -20,10 +20,14 @@ threads only in shuffles, three a step:
     [B, G, L, 2, NB] (made by the launcher; 2 MB at B4 L4096 N16), so each thread fetches a step's 2·NB
     values with a few 16-byte loads of one address the whole warp shares, no widening, no conversion.
 
-On the H200 (B4 L4096 D5120 N16 bf16, 2026-11-30): 0.679 ms against the Triton forward's 0.802 and
-mamba_ssm's CUDA kernel's 1.443, 24% of the bandwidth floor. Nsight Compute finds the busiest schedulers
-issuing ~80% of cycles: 1280 one-warp programs land 2 or 3 to a scheduler, and the ones with 3 set the time
-(docs/benchmarks.md, twenty-fourth run).
+A program runs a chain: a channel block of one batch row over all L steps. 1280 one-warp chains (B4 D5120)
+land 2 or 3 to a scheduler, and the schedulers with 3 set the time (Nsight Compute, docs/benchmarks.md,
+twenty-fourth run). Where one program a chain loads the schedulers that unevenly (`_persist`), the chains
+are cut into UNITS segments and as many persistent programs as chains take (segment, chain) units from a
+counter, a segment of every chain before the next segment of any: a program free sooner takes more units,
+and the state crosses from one segment to the next through hT and a flag a chain. The results are bit for
+bit the same. On the H200 (B4 L4096 D5120 N16 bf16, 2026-11-30): 0.636 ms against 0.675 with one program a
+chain and mamba_ssm's CUDA kernel's 1.445, 25% of the bandwidth floor (docs/benchmarks.md, twenty-sixth run).
 
 The backward (`_ss_bwd_rows_kernel`) takes the same checkpoints as the Triton backwards ([B, D, NCK, N],
 the state before every CKI-th step), so it follows any forward. It keeps the forward's layout with four
@@ -38,6 +42,8 @@ on the GPU, and CI compiles their launches for sm_90 (tests/kernels/test_selecti
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._host import cdiv, next_pow2
@@ -51,6 +57,10 @@ except ImportError:  # an older Triton: the forward is not offered
 
 # (NS, T, warps): NS threads a channel, T steps a tile; BLOCK_D = warps · 32 / NS channels a program.
 TILE = (2, 16, 1)
+# The forward's units when its chains are cut (`_persist`): UNITS a chain, at least MIN_SEG steps each. H200, B4
+# L4096 N16 bf16 (2026-11-30): D5120 0.675 -> 0.636 ms with 128-step units (256: 0.642, 512: 0.665), L16384 2.636
+# -> 2.412 with 256 (128: 2.442, 512: 2.432); D4608 0.675 -> 0.593, D7168 0.860 -> 0.823.
+UNITS, MIN_SEG = 32, 128
 MAX_N = 32  # the most states a channel compiled and timed here (168 registers); the Triton forward takes more
 
 if HAVE_GLUON:
@@ -62,6 +72,18 @@ if HAVE_GLUON:
         lg = gl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [1.0 + gl.exp2(x * 1.4426950408889634)],
                                        dtype=gl.float32, is_pure=True, pack=1)
         return gl.where(x > 20.0, x, lg * 0.6931471805599453)
+
+    @gluon.jit
+    def _take(ptr, lane):
+        """Add one to *ptr from the first thread (lane: the program's thread indices); the old value, for all."""
+        lead = lane == 0
+        return gl.max(gl.where(lead, gl.atomic_add(ptr + lane * 0, lane * 0 + 1, mask=lead, sem="relaxed"), 0), axis=0)
+
+    @gluon.jit
+    def _ld_acquire(ptrs):
+        """int32 loads with acquire semantics at GPU scope."""
+        return gl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [ptrs], dtype=gl.int32,
+                                         is_pure=False, pack=1)
 
     @gluon.jit
     def _at(tile, t_idx, t: gl.constexpr, layout: gl.constexpr):
@@ -92,57 +114,95 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _ss_fwd_rows_kernel(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-                            y_ptr, hT_ptr, ck_ptr,
-                            L, DIM, N, CPG, NCK, G, LP,
+                            y_ptr, hT_ptr, ck_ptr, sync_ptr,
+                            L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, NUNITS, SEGT,
                             BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr,
                             WARPS: gl.constexpr,
                             BC_V: gl.constexpr, BC_TC: gl.constexpr,
                             CKI: gl.constexpr, HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
                             SOFTPLUS: gl.constexpr, HAS_H0: gl.constexpr, STORE_CK: gl.constexpr,
-                            EVEN: gl.constexpr):
-        """Program (channel block, batch): BLOCK_D channels over all L steps. u, delta, z, y [B, D, L]
-        contiguous; BC [B, G, LP, 2, NB] float32 (B then C of each step, zero past N and past L; LP a
-        multiple of T); A [D, N]; h0, hT [B, D, N]; checkpoints ck [B, D, NCK, N]. The program's channels
-        share one B/C group. EVEN: L divides by T and DIM by BLOCK_D, so u, delta, z, y need no mask."""
+                            EVEN: gl.constexpr, PERSIST: gl.constexpr):
+        """A chain is (channel block, batch): BLOCK_D channels over all L steps, NCHAIN = NPD · batch of them.
+        Without PERSIST, program i runs chain i whole (SEGT covers L). With it, chains are cut into units of
+        SEGT tiles of T steps, and a fixed number of programs take units from a counter until none is left:
+        unit k is segment k // NCHAIN of chain k % NCHAIN, so the unit a program waits for (its chain's previous
+        segment, taken NCHAIN units earlier by a running program) is done or under way. A unit hands its last
+        state to the next through hT and a flag a chain (release, then acquire).
+
+        u, delta, z, y [B, D, L] contiguous; BC [B, G, LP, 2, NB] float32 (B then C of each step, zero past N
+        and past L; LP a multiple of T); A [D, N]; h0, hT [B, D, N]; checkpoints ck [B, D, NCK, N]; sync
+        [1 + NCHAIN] int32 zeros with PERSIST (the unit counter, then each chain's segments done). The
+        program's channels share one B/C group. EVEN: L divides by T and DIM by BLOCK_D (no masks)."""
+        # B and C: a tile's [T, 2·NB] float32 block is read one tile ahead by the whole program and kept in
+        # shared memory, two buffers; each step reads its row from there, the same address for every thread.
+        SBC: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        bc_smem = gl.allocate_shared_memory(gl.float32, [2, T, 2 * NB], SBC)
+        if PERSIST:
+            LW: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
+            lane = gl.arange(0, 32 * WARPS, layout=LW)
+            unit = _take(sync_ptr, lane)
+            while unit < NUNITS:
+                _fwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr,
+                          sync_ptr, lane, bc_smem, unit, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGT,
+                          BLOCK_D, NB, NS, T, WARPS, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0,
+                          STORE_CK, EVEN, True)
+                unit = _take(sync_ptr, lane)  # taken only now, by a program free to run it
+        else:
+            _fwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr,
+                      sync_ptr, 0, bc_smem, gl.program_id(0), L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGT,
+                      BLOCK_D, NB, NS, T, WARPS, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0,
+                      STORE_CK, EVEN, False)
+
+    @gluon.jit
+    def _fwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr,
+                  sync_ptr, lane, bc_smem, unit, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGT,
+                  BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr, WARPS: gl.constexpr,
+                  BC_V: gl.constexpr, BC_TC: gl.constexpr, CKI: gl.constexpr, HAS_D: gl.constexpr,
+                  HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr, HAS_H0: gl.constexpr,
+                  STORE_CK: gl.constexpr, EVEN: gl.constexpr, PERSIST: gl.constexpr):
+        """One unit of `_ss_fwd_rows_kernel`: segment unit // NCHAIN of chain unit % NCHAIN."""
         LT: gl.constexpr = gl.BlockedLayout([1, T // NS], [32 // NS, NS], [WARPS, 1], [1, 0])  # [BLOCK_D, T]
         LS: gl.constexpr = gl.BlockedLayout([1, NB // NS], [32 // NS, NS], [WARPS, 1], [1, 0])  # [BLOCK_D, NB]
         SD: gl.constexpr = gl.SliceLayout(1, LS)  # [BLOCK_D] of the states
-        pid_d = gl.program_id(0)
-        pid_b = gl.program_id(1).to(gl.int64)
+        LBC: gl.constexpr = gl.BlockedLayout([1, BC_V], [32 // BC_TC, BC_TC], [WARPS, 1], [1, 0])  # BC_V a load
+        seg = unit // NCHAIN
+        chain = unit - seg * NCHAIN
+        pid_b = (chain // NPD).to(gl.int64)
+        pid_d = chain % NPD
         t_idx = gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(0, LT)), 0)  # [1, T]
         d_t = gl.expand_dims(pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LT)), 1)
         n_s = gl.expand_dims(gl.arange(0, NB, layout=gl.SliceLayout(0, LS)), 0)  # [1, NB]
         d_s = gl.expand_dims(pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=SD), 1)  # [BLOCK_D, 1]
-        # B and C: a tile's [T, 2·NB] float32 block is read one tile ahead by the whole program (BC_V values a
-        # thread and load) and kept in shared memory, two buffers; each step reads its row from there, the
-        # same address for every thread.
-        LBC: gl.constexpr = gl.BlockedLayout([1, BC_V], [32 // BC_TC, BC_TC], [WARPS, 1], [1, 0])
-        SBC: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-        bc_smem = gl.allocate_shared_memory(gl.float32, [2, T, 2 * NB], SBC)
         bc_tile = (gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(1, LBC)), 1) * (2 * NB)
                    + gl.expand_dims(gl.arange(0, 2 * NB, layout=gl.SliceLayout(0, LBC)), 0))
-
         dmask = d_t < DIM
         s_mask = (d_s < DIM) & (n_s < N)
         ch_s = pid_b * DIM + d_s.to(gl.int64)
         state_off = ch_s * N + n_s
         A2 = gl.load(A_ptr + d_s * N + n_s, mask=s_mask, other=0.0).to(gl.float32) * 1.4426950408889634
-        h = gl.zeros([BLOCK_D, NB], gl.float32, layout=LS)
-        if HAS_H0:
-            h = gl.load(h0_ptr + state_off, mask=s_mask, other=0.0).to(gl.float32)
         if HAS_BIAS:
             bias = gl.load(bias_ptr + d_t, mask=dmask, other=0.0).to(gl.float32)
         if HAS_D:
             Dv = gl.load(D_ptr + d_t, mask=dmask, other=0.0).to(gl.float32)
+        NT = gl.cdiv(L, T)
+        c0 = seg * SEGT
+        c1 = gl.minimum(c0 + SEGT, NT)
         g = (pid_d * BLOCK_D) // CPG
         bc_base = BC_ptr + ((pid_b * G + g) * LP) * (2 * NB) + bc_tile
-        NT = gl.cdiv(L, T)
-        bc_smem.index(0).store(gl.load(bc_base))
-        bc_n = gl.load(bc_base + gl.minimum(1, NT - 1) * (T * 2 * NB))
-        _sync()
+        bc_smem.index(0).store(gl.load(bc_base + c0 * (T * 2 * NB)))
+        bc_n = gl.load(bc_base + gl.minimum(c0 + 1, NT - 1) * (T * 2 * NB))
         off = (pid_b * DIM + d_t.to(gl.int64)) * L + t_idx  # [BLOCK_D, T]
-        u_n, raw_n, z_n = _tile(u_ptr, dt_ptr, z_ptr, off, (t_idx < L) & dmask, HAS_Z, EVEN)
-        for c in range(0, NT):
+        u_n, raw_n, z_n = _tile(u_ptr, dt_ptr, z_ptr, off + c0 * T, (t_idx + c0 * T < L) & dmask, HAS_Z, EVEN)
+        h = gl.zeros([BLOCK_D, NB], gl.float32, layout=LS)
+        if HAS_H0:
+            h = gl.load(h0_ptr + state_off, mask=s_mask & (seg == 0), other=0.0).to(gl.float32)
+        if PERSIST:
+            if seg > 0:  # the chain's previous segment leaves its state in hT
+                while gl.max(_ld_acquire(sync_ptr + 1 + chain + lane * 0), axis=0) < seg:
+                    pass
+                h = gl.load(hT_ptr + state_off, mask=s_mask, other=0.0, cache_modifier=".cg")
+        _sync()
+        for c in range(c0, c1):
             u, raw, zz = u_n.to(gl.float32), raw_n.to(gl.float32), z_n.to(gl.float32)
             tn = (c + 1) * T
             if EVEN:  # the last tile's prefetch reads the last tile again rather than past the end
@@ -160,7 +220,7 @@ if HAVE_GLUON:
                 dt = gl.where((t_idx + c * T < L) & dmask, dt, 0.0)  # a masked step leaves h as it is
             dtu = dt * u
             y = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
-            rows = bc_smem.index(c % 2)
+            rows = bc_smem.index((c - c0) % 2)
             for t in gl.static_range(T):
                 Bt = rows.slice(t, 1).slice(0, NB, dim=1).load(LS)  # [1, NB]
                 Ct = rows.slice(t, 1).slice(NB, NB, dim=1).load(LS)
@@ -174,10 +234,14 @@ if HAVE_GLUON:
                 gl.store(y_ptr + off + c * T, y.to(y_ptr.dtype.element_ty))
             else:
                 gl.store(y_ptr + off + c * T, y.to(y_ptr.dtype.element_ty), mask=(t_idx + c * T < L) & dmask)
-            bc_smem.index((c + 1) % 2).store(bc_n)  # its last reads were the tile before this one
+            bc_smem.index((c - c0 + 1) % 2).store(bc_n)  # its last reads were the tile before this one
             bc_n = gl.load(bc_base + gl.minimum(c + 2, NT - 1) * (T * 2 * NB))
             _sync()
         gl.store(hT_ptr + state_off, h, mask=s_mask)
+        if PERSIST:
+            if c1 < NT:  # a later segment of the chain waits for this state
+                _sync()  # every thread's part of it is written before the flag says so
+                gl.atomic_xchg(sync_ptr + 1 + chain, seg + 1, sem="release")
 
 
     @gluon.jit
@@ -415,6 +479,18 @@ def _bc_layout(nb: int) -> dict:
     return dict(BC_V=min(4, 2 * nb), BC_TC=min(32, max(1, 2 * nb // 4)))
 
 
+def _sms(device) -> int:
+    """Streaming multiprocessors of a CUDA device (132, an H100's or H200's, for a tensor elsewhere)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+
+
+def _persist(nchain: int, sms: int) -> bool:
+    """Whether the forward's chains are cut into units taken by persistent programs: when one program a chain
+    would leave some schedulers a program more than others."""
+    per = nchain / (4 * sms)
+    return per > 2 and math.ceil(per) / per >= 1.1
+
+
 def _tile_for(N: int):
     """(NS, T, warps, BLOCK_D) for N states a channel."""
     ns, T, warps = TILE
@@ -448,12 +524,17 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
     ck = torch.empty(batch, dim, nck, N, device=u.device, dtype=torch.float32) if store_ck else hT
     from .triton_selective_scan import _or
     even = L % T == 0 and dim % bd == 0
-    _ss_fwd_rows_kernel[(cdiv(dim, bd), batch)](
-        u, delta, A, bc, _or(D, u), _or(z, u), _or(bias, u), _or(h0, u), y, hT, ck,
-        L, dim, N, dim // groups, nck, groups, lp,
+    nchain = cdiv(dim, bd) * batch
+    nt = cdiv(L, T)
+    persist = _persist(nchain, _sms(u.device))
+    segt = max(cdiv(MIN_SEG, T), cdiv(nt, UNITS)) if persist else nt
+    sync = torch.zeros(1 + nchain, device=u.device, dtype=torch.int32) if persist else hT
+    _ss_fwd_rows_kernel[(nchain,)](
+        u, delta, A, bc, _or(D, u), _or(z, u), _or(bias, u), _or(h0, u), y, hT, ck, sync,
+        L, dim, N, dim // groups, nck, groups, lp, cdiv(dim, bd), nchain, nchain * cdiv(nt, segt), segt,
         BLOCK_D=bd, NB=nb, NS=ns, T=T, WARPS=warps, CKI=CK, **_bc_layout(nb),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
-        HAS_H0=h0 is not None, STORE_CK=store_ck, EVEN=even, num_warps=warps)
+        HAS_H0=h0 is not None, STORE_CK=store_ck, EVEN=even, PERSIST=persist, num_warps=warps)
     return y, hT, ck
 
 

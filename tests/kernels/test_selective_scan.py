@@ -320,6 +320,28 @@ def test_gpu_gluon_forward(dtype, tol, L, D, N, monkeypatch):
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("L, D, N, store_ck", [(4096, 512, 16, True), (1000, 200, 16, True), (333, 50, 5, False),
+                                              (197, 64, 8, True)])
+def test_gpu_gluon_forward_segments_change_nothing(L, D, N, store_ck, monkeypatch):
+    """The forward's chains cut into 64-step units taken by persistent programs (the default where one program a
+    chain would load the schedulers unevenly; forced here): y, the last state and the checkpoints are bit for
+    bit those of one program a chain, with an initial state, masked channels and L off the tile."""
+    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
+    from archdsl.kernels.selective_scan.triton_selective_scan import CK
+    t = make(4, D, N, L, z=True, Dskip=True, bias=True, h0=True, dtype=torch.bfloat16, device="cuda")
+    args = (t["u"], t["delta"], t["A"].float(), t["B"][:, None], t["C"][:, None], t["D"].float(), t["z"],
+            t["delta_bias"].float(), t["initial_state"], True, store_ck)
+    monkeypatch.setattr(gss, "_persist", lambda nchain, sms: False)
+    whole = gss.ss_fwd_gluon(*args, CK=CK)
+    monkeypatch.setattr(gss, "_persist", lambda nchain, sms: True)
+    monkeypatch.setattr(gss, "MIN_SEG", 64)
+    monkeypatch.setattr(gss, "UNITS", 10**6)
+    for got, want in zip(gss.ss_fwd_gluon(*args, CK=CK), whole):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.gpu
+@gpu
 def test_gpu_gluon_forward_is_the_default_where_it_fits(monkeypatch):
     """Unset ARCHDSL_SCAN_FWD on CUDA: the Gluon forward where it takes the case (G = 1, N = 16), the Triton
     one where it does not (8 channels a B/C group, time-invariant B and C, N = 64); both right. Forcing
@@ -343,14 +365,19 @@ def test_gpu_gluon_forward_is_the_default_where_it_fits(monkeypatch):
 
 
 @pytest.mark.skipif(CUDA, reason="the GPU runs the Gluon forward itself")
-@pytest.mark.parametrize("L, D, N, opts, store_ck", [(4096, 64, 16, dict(z=True, Dskip=True, bias=True), True),
-                                                     (1000, 50, 5, dict(h0=True), False), (40, 32, 1, dict(z=True), False),
-                                                     (64, 32, 32, dict(bias=True), True)],
-                         ids=["even-train", "masked", "N1", "N32-train"])
-def test_gluon_forward_compiles_for_sm90(L, D, N, opts, store_ck, monkeypatch, tmp_path):
+@pytest.mark.parametrize("L, D, N, opts, store_ck, persist", [
+    (4096, 64, 16, dict(z=True, Dskip=True, bias=True), True, False), (1000, 50, 5, dict(h0=True), False, False),
+    (40, 32, 1, dict(z=True), False, False), (64, 32, 32, dict(bias=True), True, False),
+    (4096, 64, 16, dict(z=True, Dskip=True, bias=True, h0=True), True, True), (1000, 50, 5, dict(h0=True), False, True)],
+    ids=["even-train", "masked", "N1", "N32-train", "persistent-train", "persistent-masked"])
+def test_gluon_forward_compiles_for_sm90(L, D, N, opts, store_ck, persist, monkeypatch, tmp_path):
     """Gluon kernels never run under the interpreter, so CI compiles them instead: the Gluon forward's
     launcher runs on CPU tensors with its kernel launch captured, and each launch is compiled for sm_90
-    by tests/kernels/sm90.py (bf16 inputs, as a model calls it)."""
+    by tests/kernels/sm90.py (bf16 inputs, as a model calls it); one program a chain, or persistent programs
+    taking units of chains."""
+    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
+    monkeypatch.setattr(gss, "_persist", lambda nchain, sms: persist)
+
     def call(gss, t):
         gss.ss_fwd_gluon(t["u"], t["delta"], t["A"].float(), t["B"][:, None], t["C"][:, None], t["D"], t["z"],
                          t["delta_bias"], t["initial_state"], True, store_ck, CK=64)
