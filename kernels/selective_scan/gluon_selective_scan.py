@@ -57,9 +57,10 @@ except ImportError:  # an older Triton: the forward is not offered
 
 # (NS, T, warps): NS threads a channel, T steps a tile; BLOCK_D = warps · 32 / NS channels a program.
 TILE = (2, 16, 1)
-# The forward's units when its chains are cut (`_persist`): UNITS a chain, at least MIN_SEG steps each. H200, B4
-# L4096 N16 bf16 (2026-11-30): D5120 0.675 -> 0.636 ms with 128-step units (256: 0.642, 512: 0.665), L16384 2.636
-# -> 2.412 with 256 (128: 2.442, 512: 2.432); D4608 0.675 -> 0.593, D7168 0.860 -> 0.823.
+# The forward's units when its chains are cut (`_persist`): UNITS a chain, at least MIN_SEG steps each, so 128
+# steps at L4096 and 512 at L16384. H200, B4 D5120 N16 bf16 (2026-11-30): L4096 0.675 -> 0.636 ms (256-step units
+# 0.642, 512: 0.665); L16384 2.636 -> 2.430 (128-step 2.442, 256-step 2.412); at L4096 D4608 0.675 -> 0.593, D7168
+# 0.860 -> 0.823.
 UNITS, MIN_SEG = 32, 128
 MAX_N = 32  # the most states a channel compiled and timed here (168 registers); the Triton forward takes more
 
