@@ -36,6 +36,12 @@ sub-tile, then down, recomputing a sub-tile's states into registers and running 
 dB and dC, sums over channels, are added across the warp's channels in shared memory and leave through
 4-wide float32 atomics. On the H200 (same shapes): forward+backward 4.11 ms against 5.92 with the Triton
 groups backward and 7.15 for mamba_ssm's CUDA forward+backward (docs/benchmarks.md, twenty-fifth run).
+Its programs (168 registers, 12 an SM) come in waves; where one program a chain would leave the last wave
+short (`_persist_bwd`), as many persistent programs as fit take units of chains from a counter as the
+forward's do, last segment first, and d(state), dA, dD and d delta_bias cross from unit to unit through
+their output buffers. That changes the results only by float32 rounding (the compilation differs). On the
+H200 (B4 L4096 D5120 N16 bf16, 2026-11-30), the backward alone: 3.367 -> 3.304 ms (1.62 waves),
+at D4608 3.386 -> 2.989 (1.45 waves) (docs/benchmarks.md, twenty-seventh run).
 
 Gluon is compiled only (the interpreter does not run it), so these kernels are CUDA's alone; their tests run
 on the GPU, and CI compiles their launches for sm_90 (tests/kernels/test_selective_scan.py).
@@ -280,22 +286,58 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _ss_bwd_rows_kernel(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr,
-                            scr_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-                            L, DIM, N, CPG, NCK, G, LP,
+                            scr_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr, sync_ptr,
+                            L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, NUNITS, SEGC,
                             BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr,
                             BC_V: gl.constexpr, BC_TC: gl.constexpr, CKI: gl.constexpr,
                             HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
-                            SOFTPLUS: gl.constexpr, HAS_DHT: gl.constexpr):
-        """The backward in the forward's layout, one warp a program (channel block, batch). u, delta, z, dy,
-        du, d delta, dz [B, D, L] contiguous; BC [B, G, LP, 2, NB] float32 as the forward's; checkpoints ck
+                            SOFTPLUS: gl.constexpr, HAS_DHT: gl.constexpr, PERSIST: gl.constexpr):
+        """A chain is (channel block, batch row) over all L steps, NCHAIN = NPD · batch of them, walked last
+        step first. Without PERSIST, program i runs chain i whole (SEGC covers the checkpoint chunks). With
+        it, as the forward's `_ss_fwd_rows_kernel`: chains are cut into units of SEGC chunks, the last first,
+        and persistent programs take units from a counter (sync [1 + NCHAIN] int32 zeros); a unit hands
+        d(state), dA and the dD, d delta_bias sums on to the next through dh0, dA, dD, dbias and its chain's
+        flag. Buffers as `_bwd_unit`."""
+        SBC: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        RC: gl.constexpr = 2 * NB // 4  # 4-wide column blocks of a step's dB/dC row
+        SRED: gl.constexpr = gl.SwizzledSharedLayout(4, 1, RC, [1, 0])
+        bc_smem = gl.allocate_shared_memory(gl.float32, [T, 2 * NB], SBC)
+        red = gl.allocate_shared_memory(gl.float32, [T * BLOCK_D, 2 * NB], SRED)
+        if PERSIST:
+            LW: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
+            lane = gl.arange(0, 32, layout=LW)
+            unit = _take(sync_ptr, lane)
+            while unit < NUNITS:
+                _bwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr, scr_ptr,
+                          du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr, sync_ptr, lane,
+                          bc_smem, red, unit, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGC,
+                          BLOCK_D, NB, NS, T, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_DHT, True)
+                unit = _take(sync_ptr, lane)
+        else:
+            _bwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr, scr_ptr,
+                      du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr, sync_ptr, 0,
+                      bc_smem, red, gl.program_id(0), L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGC,
+                      BLOCK_D, NB, NS, T, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_DHT, False)
+
+    @gluon.jit
+    def _bwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr, scr_ptr,
+                  du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr, sync_ptr, lane,
+                  bc_smem, red, unit, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGC,
+                  BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr,
+                  BC_V: gl.constexpr, BC_TC: gl.constexpr, CKI: gl.constexpr,
+                  HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
+                  SOFTPLUS: gl.constexpr, HAS_DHT: gl.constexpr, PERSIST: gl.constexpr):
+        """One unit of `_ss_bwd_rows_kernel`, one warp: segment unit // NCHAIN (counted from the end) of chain
+        unit % NCHAIN, in the forward's layout. u, delta, z, dy, du, d delta, dz [B, D, L] contiguous; BC [B, G, LP, 2, NB] float32 as the forward's; checkpoints ck
         [B, D, NCK, N] (the state before every CKI-th step); dhT, dh0, dA [B, D, N] (dA per batch); dD,
         d delta_bias [B, D] per batch; dBC [B, G, LP, NB, 2] float32 zeros (dB then dC of each state, summed
         into); scr [B, D, CKI / T, NB] float32 scratch.
 
         Checkpoint chunks are walked last first. A first pass recomputes the state entering each T-step
-        sub-tile into the scratch (each thread reads back only what it wrote). A second walks the sub-tiles
-        in reverse: it recomputes their T states into registers ([BLOCK_D, T, NB]: all T steps of a state in
-        its thread, so a step is a select at a compile-time register index), then runs the adjoint
+        sub-tile into the scratch (each thread reads back only what it wrote in the same unit, so a unit of the
+        chain on another SM leaves nothing stale). A second walks the sub-tiles in reverse: it recomputes their
+        T states into registers ([BLOCK_D, T, NB]: all T steps of a state in its thread, so a step is a select
+        at a compile-time register index), then runs the adjoint
         k_t = C_t g_t + exp(delta_{t+1} A) k_{t+1} last step first. Sums over the states (du, d delta, y for
         dz) are in-thread adds and a butterfly over the channel's NS lanes. dB and dC, sums over channels, go
         through shared memory: each step's [BLOCK_D, NB, 2] partials are stored there (XOR-swizzled: at NB 16
@@ -307,15 +349,18 @@ if HAVE_GLUON:
         SD: gl.constexpr = gl.SliceLayout(1, LS)  # [BLOCK_D] of the states
         LT: gl.constexpr = gl.BlockedLayout([1, T // NS], [BLOCK_D, NS], [1, 1], [0, 1])  # [BLOCK_D, T] I/O
         LBC: gl.constexpr = gl.BlockedLayout([1, BC_V], [32 // BC_TC, BC_TC], [1, 1], [1, 0])
-        SBC: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
         RC: gl.constexpr = 2 * NB // 4  # 4-wide column blocks of a step's dB/dC row
         TR: gl.constexpr = 32 // RC  # steps whose sums the warp makes at once
         RL: gl.constexpr = gl.BlockedLayout([BLOCK_D, 4], [TR, RC], [1, 1], [1, 0])  # [TR·BLOCK_D, 2·NB]
-        SRED: gl.constexpr = gl.SwizzledSharedLayout(4, 1, RC, [1, 0])
         LOG2E: gl.constexpr = 1.4426950408889634
         NSUB: gl.constexpr = CKI // T
-        pid_d = gl.program_id(0)
-        pid_b = gl.program_id(1).to(gl.int64)
+        seg = unit // NCHAIN
+        chain = unit - seg * NCHAIN
+        pid_b = (chain // NPD).to(gl.int64)
+        pid_d = chain % NPD
+        NC = gl.cdiv(L, CKI)
+        c_hi = NC - seg * SEGC  # the unit's chunks: [c_lo, c_hi), last first
+        c_lo = gl.maximum(c_hi - SEGC, 0)
 
         t_lt = gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(0, LT)), 0)  # [1, T]
         d1 = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LT))  # [BLOCK_D]
@@ -338,13 +383,23 @@ if HAVE_GLUON:
             Dv = gl.load(D_ptr + d_lt, mask=dmask, other=0.0).to(gl.float32)
         q = gl.zeros([BLOCK_D, NB], gl.float32, layout=LS)  # dL/d(the state entering the step after)
         if HAS_DHT:
-            q = gl.load(dhT_ptr + state_off, mask=s_mask, other=0.0).to(gl.float32)
+            q = gl.load(dhT_ptr + state_off, mask=s_mask & (seg == 0), other=0.0).to(gl.float32)
         dA_acc = gl.zeros([BLOCK_D, NB], gl.float32, layout=LS)
         dD_acc = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
         dbias_acc = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
+        if PERSIST:
+            if seg > 0:  # the chain's later segment leaves its sums in dh0, dA, dD, dbias
+                while gl.max(_ld_acquire(sync_ptr + 1 + chain + lane * 0), axis=0) < seg:
+                    pass
+                q = gl.load(dh0_ptr + state_off, mask=s_mask, other=0.0, cache_modifier=".cg")
+                dA_acc = gl.load(dA_ptr + state_off, mask=s_mask, other=0.0, cache_modifier=".cg")
+                if HAS_D:
+                    dD_acc = gl.where(t_lt == 0, gl.expand_dims(gl.load(dD_ptr + pid_b * DIM + d1, mask=d1 < DIM,
+                                                                        other=0.0, cache_modifier=".cg"), 1), 0.0)
+                if HAS_BIAS:
+                    dbias_acc = gl.where(t_lt == 0, gl.expand_dims(gl.load(dbias_ptr + pid_b * DIM + d1, mask=d1 < DIM,
+                                                                           other=0.0, cache_modifier=".cg"), 1), 0.0)
 
-        bc_smem = gl.allocate_shared_memory(gl.float32, [T, 2 * NB], SBC)
-        red = gl.allocate_shared_memory(gl.float32, [T * BLOCK_D, 2 * NB], SRED)
         bc_tile = (gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(1, LBC)), 1) * (2 * NB)
                    + gl.expand_dims(gl.arange(0, 2 * NB, layout=gl.SliceLayout(0, LBC)), 0))
         g = (pid_d * BLOCK_D) // CPG
@@ -357,14 +412,13 @@ if HAVE_GLUON:
         row = (pid_b * DIM + d_lt.to(gl.int64)) * L + t_lt  # [BLOCK_D, T]
 
         # each sub-tile's inputs are read one visit ahead (pass 1 walks a chunk's sub-tiles up, pass 2 down)
-        NC = gl.cdiv(L, CKI)
-        sn = (NC - 1) * CKI
+        sn = (c_hi - 1) * CKI
         u_n, raw_n, z_n, dy_n, bc_n = _bwd_load(u_ptr, dt_ptr, z_ptr, dy_ptr, bc_base + sn * (2 * NB), row + sn,
                                                 (t_lt + sn < L) & dmask, HAS_Z)
         bc_smem.store(bc_n)
         _sync()
-        for cr in range(0, NC):
-            c = NC - 1 - cr
+        for cr in range(0, c_hi - c_lo):
+            c = c_hi - 1 - cr
             base = c * CKI
             nsub = gl.minimum(NSUB, gl.cdiv(L - base, T))
             # pass 1: the state entering each sub-tile of the chunk, from its checkpoint
@@ -458,6 +512,10 @@ if HAVE_GLUON:
             gl.store(dD_ptr + pid_b * DIM + d1, gl.sum(dD_acc, axis=1), mask=d1 < DIM)
         if HAS_BIAS:
             gl.store(dbias_ptr + pid_b * DIM + d1, gl.sum(dbias_acc, axis=1), mask=d1 < DIM)
+        if PERSIST:
+            if c_lo > 0:  # the chain's earlier segment waits for these sums
+                _sync()  # every thread's part of them is written before the flag says so
+                gl.atomic_xchg(sync_ptr + 1 + chain, seg + 1, sem="release")
 
 
 def _pack_bc(B4, C4, T: int, nb: int):
@@ -545,6 +603,18 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
 # registers: 8 warps an SM, 1280 programs in 1.2 waves; capped at 200 it spills, 7.57); T 4 5.27; NS 4 4.32,
 # capped at 168 registers **4.12**, at 152 / 128 4.29 / 5.53 (spills).
 BWD_T, BWD_NS, BWD_MAXNREG = 8, 4, 168
+# The backward's units when its chains are cut (`_persist_bwd`): BWD_UNITS a chain, so 4 checkpoint chunks at
+# L4096. H200, B4 N16 bf16, the backward alone (2026-11-30): D5120 3.367 -> 3.304 ms (8 units 3.297), L16384 13.30
+# -> 12.80 (8 units 12.92), D4608 3.386 -> 2.989 (8 units 2.953); D3168 (one wave, left alone by the rule) 1.990
+# -> 2.084.
+BWD_UNITS = 16
+
+
+def _persist_bwd(nchain: int, slots: int) -> bool:
+    """Whether the backward's chains are cut into units taken by persistent programs (as many as fit on the GPU
+    at once): when one program a chain would leave the last wave of programs ≥ 10% short of a full one."""
+    waves = nchain / slots
+    return waves > 1 and math.ceil(waves) / waves >= 1.1
 
 
 def _bwd_tile_for(N: int):
@@ -576,12 +646,17 @@ def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int
     du, ddt, dz, _, _, dA, dD, dbias, dh0 = _bwd_outputs(u, delta, A, B4, z, dbc=False)
     dbc = torch.zeros(batch, groups, lp, nb, 2, device=u.device, dtype=torch.float32)  # dB, dC of each state
     scratch = torch.empty(batch, dim, CK // T, nb, device=u.device, dtype=torch.float32)
-    _ss_bwd_rows_kernel[(cdiv(dim, bd), batch)](
+    nchain, nc = cdiv(dim, bd) * batch, cdiv(L, CK)
+    slots = _sms(u.device) * (65536 // (32 * BWD_MAXNREG))  # one-warp programs resident at once
+    persist = _persist_bwd(nchain, slots)
+    segc = cdiv(nc, BWD_UNITS) if persist else nc
+    sync = torch.zeros(1 + nchain, device=u.device, dtype=torch.int32) if persist else dA
+    _ss_bwd_rows_kernel[(min(nchain, slots) if persist else nchain,)](
         u, delta, A, bc, _or(D, u), _or(z, u), _or(bias, u), ck, dy, _or(dhT, dA), scratch,
-        du, ddt, _or(dz, du), dA, dbc, dD, dbias, dh0,
-        L, dim, N, dim // groups, ck.shape[2], groups, lp,
+        du, ddt, _or(dz, du), dA, dbc, dD, dbias, dh0, sync,
+        L, dim, N, dim // groups, ck.shape[2], groups, lp, cdiv(dim, bd), nchain, nchain * cdiv(nc, segc), segc,
         BLOCK_D=bd, NB=nb, NS=ns, T=T, CKI=CK, **_bc_layout(nb),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
-        HAS_DHT=dhT is not None, num_warps=1, maxnreg=BWD_MAXNREG)
+        HAS_DHT=dhT is not None, PERSIST=persist, num_warps=1, maxnreg=BWD_MAXNREG)
     dB, dC = (dbc[:, :, :L, :N, k].transpose(2, 3) for k in (0, 1))
     return _bwd_grads((du, ddt, dz, dB, dC, dA, dD, dbias, dh0), A, B4, C4, D, bias)

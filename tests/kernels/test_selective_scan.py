@@ -418,17 +418,64 @@ def test_gluon_backward_off_cuda_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.skipif(CUDA, reason="the GPU runs the Gluon backward itself")
-@pytest.mark.parametrize("L, D, N, opts, dhT", [(4096, 64, 16, dict(z=True, Dskip=True, bias=True), False),
-                                                (1000, 50, 5, dict(h0=True), True), (70, 32, 8, dict(z=True), True)],
-                         ids=["even", "masked", "N8"])
-def test_gluon_backward_compiles_for_sm90(L, D, N, opts, dhT, monkeypatch, tmp_path):
+@pytest.mark.parametrize("L, D, N, opts, dhT, persist", [
+    (4096, 64, 16, dict(z=True, Dskip=True, bias=True), False, False), (1000, 50, 5, dict(h0=True), True, False),
+    (70, 32, 8, dict(z=True), True, False), (4096, 64, 16, dict(z=True, Dskip=True, bias=True), True, True),
+    (1000, 50, 5, dict(h0=True), False, True)],
+    ids=["even", "masked", "N8", "persistent", "persistent-masked"])
+def test_gluon_backward_compiles_for_sm90(L, D, N, opts, dhT, persist, monkeypatch, tmp_path):
     """As for the forward: the Gluon backward's launcher runs on CPU tensors with its launch captured, and
-    the launch is compiled for sm_90 (bf16 inputs)."""
+    the launch is compiled for sm_90 (bf16 inputs); one program a chain, or persistent programs."""
+    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
+    monkeypatch.setattr(gss, "_persist_bwd", lambda nchain, slots: persist)
     def call(gss, t):
         gss.ss_bwd_gluon(t["u"], t["delta"], t["A"].float(), t["B"][:, None], t["C"][:, None], t["D"], t["z"],
                          t["delta_bias"], torch.zeros(2, D, -(-L // 64), N), torch.zeros_like(t["u"]),
                          torch.zeros(2, D, N) if dhT else None, True, CK=64)
     _compile_gluon_launch("_ss_bwd_rows_kernel", call, make(2, D, N, L, **opts), monkeypatch, tmp_path)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("units", [1, 10**6])
+@pytest.mark.parametrize("L, D, N, dhT, Dskip", [(2048, 512, 16, True, True), (1000, 200, 16, False, True),
+                                                 (1000, 200, 16, False, False), (333, 50, 5, True, True)])
+def test_gpu_gluon_backward_segments_change_nothing(L, D, N, dhT, Dskip, units, monkeypatch):
+    """The backward's chains run by persistent programs (the default where one program a chain would leave
+    the last wave short; forced here), whole (units 1) or cut into one-chunk units whose d(state), dA, dD and
+    d delta_bias sums cross from unit to unit through memory. Against one program a chain: dz bit for bit;
+    the rest to float32 rounding, since the two compilations may fuse a multiply and an add in different places
+    (measured on the H200: 1-ulp differences in d(state), only with D and no last-state gradient, the same in
+    every run). A stale or raced state would be off by far more: at most 0.1% of du, d delta differ, by one
+    bf16 rounding step. dB, dC are atomic sums in any order. L off the checkpoint chunk, D off the 8 channels
+    a program."""
+    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
+    from archdsl.kernels.selective_scan.triton_selective_scan import CK
+    t = make(4, D, N, L, z=True, Dskip=Dskip, bias=True, h0=True, dtype=torch.bfloat16, device="cuda")
+    u, delta, A, B4, C4 = t["u"], t["delta"], t["A"].float(), t["B"][:, None], t["C"][:, None]
+    D_, z, bias = t["D"].float() if Dskip else None, t["z"], t["delta_bias"].float()
+    _, _, ck = gss.ss_fwd_gluon(u, delta, A, B4, C4, D_, z, bias, t["initial_state"], True, True, CK=CK)
+    dy = torch.randn_like(u)
+    dhT_ = torch.randn(4, D, N, device="cuda") if dhT else None
+
+    def grads(persist):
+        monkeypatch.setattr(gss, "_persist_bwd", lambda nchain, slots: persist)
+        return gss.ss_bwd_gluon(u, delta, A, B4, C4, D_, z, bias, ck, dy, dhT_, True, CK=CK)
+    monkeypatch.setattr(gss, "BWD_UNITS", units)
+    whole, cut = grads(False), grads(True)
+    names = ("du", "d delta", "dA", "dB", "dC", "dD", "dz", "d delta_bias", "dh0")
+    for name, got, want in zip(names, cut, whole):
+        if want is None:
+            assert got is None, name
+        elif name == "dz":
+            assert torch.equal(got, want)
+        elif want.dtype == torch.bfloat16:
+            scale = want.float().abs().max().item()
+            torch.testing.assert_close(got.float(), want.float(), rtol=2 ** -7, atol=1e-3 * scale, msg=name)
+            if name in ("du", "d delta"):
+                assert (got != want).float().mean().item() <= 1e-3, name
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item(), msg=name)
 
 
 @pytest.mark.gpu
