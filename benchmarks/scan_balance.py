@@ -1,12 +1,16 @@
-"""The Gluon selective-scan forward with one program a chain and with persistent programs, over channel counts.
+"""The Gluon selective-scan forward or backward with one program a chain and with persistent programs, over
+channel counts.
 
-    python benchmarks/scan_balance.py [--L 4096] [--dims 1024,2560,3168,4608,5120,6336,7168] [--json FILE]
+    python benchmarks/scan_balance.py [--pass fwd|bwd] [--L 4096] [--dims 1024,2560,...] [--json FILE]
 
-A chain is (channel block, batch row) over all L steps; the forward runs one one-warp program a chain, or,
-where that loads the GPU's schedulers unevenly (`gluon_selective_scan._persist`), persistent programs that
-take segments of chains from a counter. For each channel count D (B=4, N=16, bf16, D, z, delta_bias,
-softplus, as benchmarks/kernels_selective_scan.py): programs a scheduler, both versions' times (median of
-triton.testing.do_bench), which one the rule picks, and whether their outputs are bit for bit the same.
+A chain is (channel block, batch row) over all L steps; each kernel runs one one-warp program a chain, or,
+where that loads the GPU unevenly, persistent programs that take segments of chains from a counter: the
+forward where the schedulers would get uneven numbers of programs (`gluon_selective_scan._persist`), the
+backward where the last wave of programs would be short (`_persist_bwd`). For each channel count D (B=4,
+N=16, bf16, D, z, delta_bias, softplus, as benchmarks/kernels_selective_scan.py): the load (forward:
+programs a scheduler; backward: waves), both versions' times (median of triton.testing.do_bench), which one
+the rule picks, and how their results compare: the forward's bit for bit, the backward's as the largest
+difference of any gradient relative to its norm (dB and dC are atomic sums in any order).
 """
 from __future__ import annotations
 
@@ -29,46 +33,63 @@ from archdsl.kernels.selective_scan.triton_selective_scan import CK  # noqa: E40
 BATCH, N = 4, 16
 
 
-def row_for(L: int, dim: int) -> dict:
+def row_for(L: int, dim: int, which: str) -> dict:
     dev, bf = "cuda", torch.bfloat16
     torch.manual_seed(0)
-    args = (torch.randn(BATCH, dim, L, device=dev, dtype=bf), torch.randn(BATCH, dim, L, device=dev, dtype=bf) * 0.5 - 2,
-            -torch.rand(dim, N, device=dev) * 8 - 0.5, torch.randn(BATCH, 1, N, L, device=dev, dtype=bf),
-            torch.randn(BATCH, 1, N, L, device=dev, dtype=bf), torch.randn(dim, device=dev),
-            torch.randn(BATCH, dim, L, device=dev, dtype=bf), torch.randn(dim, device=dev) * 0.1, None, True, False)
-    _, _, _, block_d = gss._tile_for(N)
-    chains = BATCH * -(-dim // block_d)
+    u, delta = torch.randn(BATCH, dim, L, device=dev, dtype=bf), torch.randn(BATCH, dim, L, device=dev, dtype=bf) * 0.5 - 2
+    A, D, bias = -torch.rand(dim, N, device=dev) * 8 - 0.5, torch.randn(dim, device=dev), torch.randn(dim, device=dev) * 0.1
+    B4, C4 = (torch.randn(BATCH, 1, N, L, device=dev, dtype=bf) for _ in range(2))
+    z = torch.randn(BATCH, dim, L, device=dev, dtype=bf)
     sms = gss._sms(torch.device(dev))
-    rule, row = gss._persist, dict(L=L, D=dim, programs_a_scheduler=round(chains / (4 * sms), 2))
+    if which == "fwd":
+        rule_name, block_d = "_persist", gss._tile_for(N)[3]
+        load = BATCH * -(-dim // block_d) / (4 * sms)  # programs a scheduler
+        args = (u, delta, A, B4, C4, D, z, bias, None, True, False)
+        run = lambda: gss.ss_fwd_gluon(*args, CK=CK)
+    else:
+        rule_name, block_d = "_persist_bwd", gss._bwd_tile_for(N)[1]
+        load = BATCH * -(-dim // block_d) / (sms * (65536 // (32 * gss.BWD_MAXNREG)))  # waves
+        _, _, ck = gss.ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, None, True, True, CK=CK)
+        args = (u, delta, A, B4, C4, D, z, bias, ck, torch.randn_like(u), None, True)
+        run = lambda: gss.ss_bwd_gluon(*args, CK=CK)
+    chains = BATCH * -(-dim // block_d)
+    rule = getattr(gss, rule_name)
+    row = dict(L=L, D=dim, load=round(load, 2))
     outs = {}
     try:
         for name, persist in (("one_a_chain", False), ("persistent", True)):
-            gss._persist = lambda nchain, sms, _p=persist: _p
-            outs[name] = gss.ss_fwd_gluon(*args, CK=CK)
-            row[f"{name}_ms"] = do_bench(lambda: gss.ss_fwd_gluon(*args, CK=CK), warmup=25, rep=200,
-                                         return_mode="median")
+            setattr(gss, rule_name, lambda nchain, n, _p=persist: _p)
+            outs[name] = run()
+            row[f"{name}_ms"] = do_bench(run, warmup=25, rep=200, return_mode="median")
     finally:
-        gss._persist = rule
-    row["rule_picks"] = "persistent" if rule(chains, sms) else "one_a_chain"
-    row["identical"] = all(torch.equal(a, b) for a, b in zip(outs["one_a_chain"], outs["persistent"]))
+        setattr(gss, rule_name, rule)
+    slots = sms if which == "fwd" else sms * (65536 // (32 * gss.BWD_MAXNREG))
+    row["rule_picks"] = "persistent" if rule(chains, slots) else "one_a_chain"
+    pairs = [(a, b) for a, b in zip(outs["one_a_chain"], outs["persistent"]) if a is not None]
+    if which == "fwd":
+        row["agree"] = "identical" if all(torch.equal(a, b) for a, b in pairs) else "DIFFER"
+    else:
+        row["agree"] = f"{max(((a.float() - b.float()).norm() / a.float().norm()).item() for a, b in pairs):.1e}"
     return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pass", dest="which", choices=("fwd", "bwd"), default="fwd")
     ap.add_argument("--L", type=int, default=4096)
     ap.add_argument("--dims", default="1024,2560,3168,4608,5120,6336,7168")
     ap.add_argument("--json", help="also write the rows to this file")
     a = ap.parse_args()
     if not torch.cuda.is_available() or not gss.HAVE_GLUON:
-        sys.exit("scan_balance.py times the Gluon forward: it needs a CUDA GPU and a Triton with Gluon")
-    print(f"{'L':>6} {'D':>6} {'a sched':>8} {'one a chain ms':>15} {'persistent ms':>14} {'rule picks':>12} identical")
+        sys.exit("scan_balance.py times the Gluon kernels: it needs a CUDA GPU and a Triton with Gluon")
+    load = "a sched" if a.which == "fwd" else "waves"
+    print(f"{'L':>6} {'D':>6} {load:>8} {'one a chain ms':>15} {'persistent ms':>14} {'rule picks':>12} agree")
     rows = []
     for dim in (int(d) for d in a.dims.split(",")):
-        r = row_for(a.L, dim)
+        r = row_for(a.L, dim, a.which)
         rows.append(r)
-        print(f"{r['L']:>6} {r['D']:>6} {r['programs_a_scheduler']:>8} {r['one_a_chain_ms']:>15.4f} "
-              f"{r['persistent_ms']:>14.4f} {r['rule_picks']:>12} {r['identical']}", flush=True)
+        print(f"{r['L']:>6} {r['D']:>6} {r['load']:>8} {r['one_a_chain_ms']:>15.4f} "
+              f"{r['persistent_ms']:>14.4f} {r['rule_picks']:>12} {r['agree']}", flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
