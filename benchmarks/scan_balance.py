@@ -40,21 +40,20 @@ def row_for(L: int, dim: int, which: str) -> dict:
     A, D, bias = -torch.rand(dim, N, device=dev) * 8 - 0.5, torch.randn(dim, device=dev), torch.randn(dim, device=dev) * 0.1
     B4, C4 = (torch.randn(BATCH, 1, N, L, device=dev, dtype=bf) for _ in range(2))
     z = torch.randn(BATCH, dim, L, device=dev, dtype=bf)
-    sms = gss._sms(torch.device(dev))
-    if which == "fwd":
-        rule_name, block_d = "_persist", gss._tile_for(N)[3]
-        load = BATCH * -(-dim // block_d) / (4 * sms)  # programs a scheduler
+    if which == "fwd":  # the rule takes the SMs; a round is a program on each of their 4 schedulers
+        rule_name, block_d, slots = "_persist", gss._tile_for(N)[3], gss._sms(u.device)
+        per_round = 4 * slots
         args = (u, delta, A, B4, C4, D, z, bias, None, True, False)
         run = lambda: gss.ss_fwd_gluon(*args, CK=CK)
-    else:
-        rule_name, block_d = "_persist_bwd", gss._bwd_tile_for(N)[1]
-        load = BATCH * -(-dim // block_d) / (sms * (65536 // (32 * gss.BWD_MAXNREG)))  # waves
+    else:  # the rule takes the programs resident at once; a round is a wave of them
+        rule_name, block_d, slots = "_persist_bwd", gss._bwd_tile_for(N)[1], gss._bwd_slots(u.device)
+        per_round = slots
         _, _, ck = gss.ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, None, True, True, CK=CK)
         args = (u, delta, A, B4, C4, D, z, bias, ck, torch.randn_like(u), None, True)
         run = lambda: gss.ss_bwd_gluon(*args, CK=CK)
     chains = BATCH * -(-dim // block_d)
     rule = getattr(gss, rule_name)
-    row = dict(L=L, D=dim, load=round(load, 2))
+    row = dict(L=L, D=dim, load=round(chains / per_round, 2))
     outs = {}
     try:
         for name, persist in (("one_a_chain", False), ("persistent", True)):
@@ -63,7 +62,6 @@ def row_for(L: int, dim: int, which: str) -> dict:
             row[f"{name}_ms"] = do_bench(run, warmup=25, rep=200, return_mode="median")
     finally:
         setattr(gss, rule_name, rule)
-    slots = sms if which == "fwd" else sms * (65536 // (32 * gss.BWD_MAXNREG))
     row["rule_picks"] = "persistent" if rule(chains, slots) else "one_a_chain"
     pairs = [(a, b) for a, b in zip(outs["one_a_chain"], outs["persistent"]) if a is not None]
     if which == "fwd":

@@ -328,10 +328,11 @@ if HAVE_GLUON:
                   HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
                   SOFTPLUS: gl.constexpr, HAS_DHT: gl.constexpr, PERSIST: gl.constexpr):
         """One unit of `_ss_bwd_rows_kernel`, one warp: segment unit // NCHAIN (counted from the end) of chain
-        unit % NCHAIN, in the forward's layout. u, delta, z, dy, du, d delta, dz [B, D, L] contiguous; BC [B, G, LP, 2, NB] float32 as the forward's; checkpoints ck
-        [B, D, NCK, N] (the state before every CKI-th step); dhT, dh0, dA [B, D, N] (dA per batch); dD,
-        d delta_bias [B, D] per batch; dBC [B, G, LP, NB, 2] float32 zeros (dB then dC of each state, summed
-        into); scr [B, D, CKI / T, NB] float32 scratch.
+        unit % NCHAIN, in the forward's layout. u, delta, z, dy, du, d delta, dz [B, D, L] contiguous; BC
+        [B, G, LP, 2, NB] float32 as the forward's; checkpoints ck [B, D, NCK, N] (the state before every
+        CKI-th step); dhT, dh0, dA [B, D, N] (dA per batch); dD, d delta_bias [B, D] per batch; dBC
+        [B, G, LP, NB, 2] float32 zeros (dB then dC of each state, summed into); scr [B, D, CKI / T, NB]
+        float32 scratch.
 
         Checkpoint chunks are walked last first. A first pass recomputes the state entering each T-step
         sub-tile into the scratch (each thread reads back only what it wrote in the same unit, so a unit of the
@@ -543,11 +544,17 @@ def _sms(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
+def _uneven(rounds: float, least: float) -> bool:
+    """Whether work of `rounds` rounds (programs a scheduler, waves), run as whole rounds, is worth cutting into
+    units for persistent programs: more than `least` rounds, and the last one ≥ 10% short of full."""
+    return rounds > least and math.ceil(rounds) / rounds >= 1.1
+
+
 def _persist(nchain: int, sms: int) -> bool:
     """Whether the forward's chains are cut into units taken by persistent programs: when one program a chain
-    would leave some schedulers a program more than others."""
-    per = nchain / (4 * sms)
-    return per > 2 and math.ceil(per) / per >= 1.1
+    would leave some schedulers a program more than others (more than 2 a scheduler; with fewer, a scheduler
+    with one program is latency-bound and gains less than the hand-offs cost)."""
+    return _uneven(nchain / (4 * sms), 2)
 
 
 def _tile_for(N: int):
@@ -610,11 +617,15 @@ BWD_T, BWD_NS, BWD_MAXNREG = 8, 4, 168
 BWD_UNITS = 16
 
 
+def _bwd_slots(device) -> int:
+    """One-warp backward programs resident at once: BWD_MAXNREG registers a thread, 64K an SM."""
+    return _sms(device) * (65536 // (32 * BWD_MAXNREG))
+
+
 def _persist_bwd(nchain: int, slots: int) -> bool:
-    """Whether the backward's chains are cut into units taken by persistent programs (as many as fit on the GPU
-    at once): when one program a chain would leave the last wave of programs ≥ 10% short of a full one."""
-    waves = nchain / slots
-    return waves > 1 and math.ceil(waves) / waves >= 1.1
+    """Whether the backward's chains are cut into units taken by persistent programs (`slots` of them, as many
+    as fit at once): when one program a chain would need more than one wave and leave the last short."""
+    return _uneven(nchain / slots, 1)
 
 
 def _bwd_tile_for(N: int):
@@ -647,7 +658,7 @@ def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int
     dbc = torch.zeros(batch, groups, lp, nb, 2, device=u.device, dtype=torch.float32)  # dB, dC of each state
     scratch = torch.empty(batch, dim, CK // T, nb, device=u.device, dtype=torch.float32)
     nchain, nc = cdiv(dim, bd) * batch, cdiv(L, CK)
-    slots = _sms(u.device) * (65536 // (32 * BWD_MAXNREG))  # one-warp programs resident at once
+    slots = _bwd_slots(u.device)
     persist = _persist_bwd(nchain, slots)
     segc = cdiv(nc, BWD_UNITS) if persist else nc
     sync = torch.zeros(1 + nchain, device=u.device, dtype=torch.int32) if persist else dA
