@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from archdsl.kernels.ssd import ssd_scan, ssd_step
@@ -57,9 +57,10 @@ def run(fn, t, grads=True, **kw):
     return [y, hT] + list(torch.autograd.grad(loss, list(leaves.values())))
 
 
-def rel(a, b):
+def rel(a, b, floor=1e-6):
+    """|a - b| / |b|, with |b| taken as at least `floor`."""
     a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-6)).item()
+    return ((a - b).norm() / b.norm().clamp_min(floor)).item()
 
 
 def assert_close(got, want, tol):
@@ -72,13 +73,15 @@ def assert_matches_float64(fn, t, tol=2e-5, reduced_tol=1e-3):
     """fn on the float32 inputs t against the naive loop on the same values in float64. The
     gradients of A, D and dt_bias are sums over the whole sequence whose terms cancel, so float32
     rounding shows in them more (seen: 9e-5, and 3.5e-4 on dA of a single head over 17 tokens in
-    the fused kernels): they get `reduced_tol`."""
+    the fused kernels): they get `reduced_tol`, and their size is taken as at least 0.01 (dA is ~0.7 in
+    these tests). Where the terms cancel exactly, the sum is rounding alone: dA of a scan whose
+    seq_idx changes at every token is 0 in float64 and 1.1e-7 in float32 (hypothesis found it)."""
     t64 = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t.items()}
     names = ["y", "final"] + [k for k in NAMES if t[k] is not None]
     for name, a, b in zip(names, run(fn, t), run(ssd_scan_naive, t64)):
-        limit = reduced_tol if name in ("A", "D", "dt_bias") else tol
+        limit, floor = (reduced_tol, 1e-2) if name in ("A", "D", "dt_bias") else (tol, 1e-6)
         assert torch.isfinite(a).all(), f"{name} not finite"
-        assert rel(a, b) < limit, f"{name}: relative error {rel(a, b):.2e} > {limit}"
+        assert rel(a, b, floor) < limit, f"{name}: relative error {rel(a, b, floor):.2e} > {limit}"
 
 
 def scan_of(impl):
@@ -282,6 +285,7 @@ def test_seq_idx_isolates_sequences(impl):
 @pytest.mark.parametrize("impl", ["torch", "fused", "chunked"])
 @settings(max_examples=15, deadline=None)
 @given(seq=st.lists(st.sampled_from([-3, 0, 1, 2, 7, 2**40]), min_size=23, max_size=23))
+@example(seq=[-3, 0, 1, -3, 0, -3, 0, -3, 0, -3, 0, 1, -3, 0, -3, 0, -3, 0, -3, 0, -3, 0, -3])  # a new sequence every token
 def test_seq_idx_of_any_integers(impl, seq):
     """Any integers, in any order: the state restarts wherever seq_idx changes and the initial state
     continues only into a first run of 0s (the naive loop's definition, run on seq_idx as given)."""
