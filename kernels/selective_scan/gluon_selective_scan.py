@@ -293,7 +293,7 @@ if HAVE_GLUON:
                             HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
                             SOFTPLUS: gl.constexpr, HAS_DHT: gl.constexpr, PERSIST: gl.constexpr):
         """A chain is (channel block, batch row) over all L steps, NCHAIN = NPD · batch of them, walked last
-        step first. Without PERSIST, program i runs chain i whole (SEGC covers the checkpoint chunks). With
+        step first. Without PERSIST, program (i, b) runs chain (i, b) whole (grid (NPD, batch)). With
         it, as the forward's `_ss_fwd_rows_kernel`: chains are cut into units of SEGC chunks, the last first,
         and persistent programs take units from a counter (sync [1 + NCHAIN] int32 zeros); a unit hands
         d(state), dA and the dD, d delta_bias sums on to the next through dh0, dA, dD, dbias and its chain's
@@ -316,7 +316,7 @@ if HAVE_GLUON:
         else:
             _bwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr, scr_ptr,
                       du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr, sync_ptr, 0,
-                      bc_smem, red, gl.program_id(0), L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGC,
+                      bc_smem, red, 0, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGC,
                       BLOCK_D, NB, NS, T, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_DHT, False)
 
     @gluon.jit
@@ -327,8 +327,8 @@ if HAVE_GLUON:
                   BC_V: gl.constexpr, BC_TC: gl.constexpr, CKI: gl.constexpr,
                   HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
                   SOFTPLUS: gl.constexpr, HAS_DHT: gl.constexpr, PERSIST: gl.constexpr):
-        """One unit of `_ss_bwd_rows_kernel`, one warp: segment unit // NCHAIN (counted from the end) of chain
-        unit % NCHAIN, in the forward's layout. u, delta, z, dy, du, d delta, dz [B, D, L] contiguous; BC
+        """One unit of `_ss_bwd_rows_kernel`, one warp: with PERSIST segment unit // NCHAIN (counted from the
+        end) of chain unit % NCHAIN, else the program's whole chain; in the forward's layout. u, delta, z, dy, du, d delta, dz [B, D, L] contiguous; BC
         [B, G, LP, 2, NB] float32 as the forward's; checkpoints ck [B, D, NCK, N] (the state before every
         CKI-th step); dhT, dh0, dA [B, D, N] (dA per batch); dD, d delta_bias [B, D] per batch; dBC
         [B, G, LP, NB, 2] float32 zeros (dB then dC of each state, summed into); scr [B, D, CKI / T, NB]
@@ -355,13 +355,20 @@ if HAVE_GLUON:
         RL: gl.constexpr = gl.BlockedLayout([BLOCK_D, 4], [TR, RC], [1, 1], [1, 0])  # [TR·BLOCK_D, 2·NB]
         LOG2E: gl.constexpr = 1.4426950408889634
         NSUB: gl.constexpr = CKI // T
-        seg = unit // NCHAIN
-        chain = unit - seg * NCHAIN
-        pid_b = (chain // NPD).to(gl.int64)
-        pid_d = chain % NPD
         NC = gl.cdiv(L, CKI)
-        c_hi = NC - seg * SEGC  # the unit's chunks: [c_lo, c_hi), last first
-        c_lo = gl.maximum(c_hi - SEGC, 0)
+        if PERSIST:
+            seg = unit // NCHAIN
+            chain = unit - seg * NCHAIN
+            pid_b = (chain // NPD).to(gl.int64)
+            pid_d = chain % NPD
+            c_hi = NC - seg * SEGC  # the unit's chunks: [c_lo, c_hi), last first
+            c_lo = gl.maximum(c_hi - SEGC, 0)
+        else:  # the grid is (channel block, batch), which ptxas schedules ~1% faster than chains taken apart
+            seg = 0
+            pid_b = gl.program_id(1).to(gl.int64)
+            pid_d = gl.program_id(0)
+            c_hi = NC
+            c_lo = 0
 
         t_lt = gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(0, LT)), 0)  # [1, T]
         d1 = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LT))  # [BLOCK_D]
@@ -662,7 +669,7 @@ def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int
     persist = _persist_bwd(nchain, slots)
     segc = cdiv(nc, BWD_UNITS) if persist else nc
     sync = torch.zeros(1 + nchain, device=u.device, dtype=torch.int32) if persist else dA
-    _ss_bwd_rows_kernel[(min(nchain, slots) if persist else nchain,)](
+    _ss_bwd_rows_kernel[(min(nchain, slots),) if persist else (cdiv(dim, bd), batch)](
         u, delta, A, bc, _or(D, u), _or(z, u), _or(bias, u), ck, dy, _or(dhT, dA), scratch,
         du, ddt, _or(dz, du), dA, dbc, dD, dbias, dh0, sync,
         L, dim, N, dim // groups, ck.shape[2], groups, lp, cdiv(dim, bd), nchain, nchain * cdiv(nc, segc), segc,
