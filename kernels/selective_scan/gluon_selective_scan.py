@@ -93,6 +93,18 @@ if HAVE_GLUON:
                                          is_pure=False, pack=1)
 
     @gluon.jit
+    def _wait_turn(sync_ptr, chain, seg, lane):
+        """Spin until chain's flag says its segments before `seg` are done (acquire: what they wrote is seen)."""
+        while gl.max(_ld_acquire(sync_ptr + 1 + chain + lane * 0), axis=0) < seg:
+            pass
+
+    @gluon.jit
+    def _pass_on(sync_ptr, chain, seg):
+        """Say chain's segment `seg` is done, after every thread's writes (release)."""
+        _sync()
+        gl.atomic_xchg(sync_ptr + 1 + chain, seg + 1, sem="release")
+
+    @gluon.jit
     def _at(tile, t_idx, t: gl.constexpr, layout: gl.constexpr):
         """Step t of a [BLOCK_D, T] tile as a [BLOCK_D, 1] column of the states' layout (`layout` is its
         [BLOCK_D] slice). Within a thread the select folds away (adding -0.0 is exact); across a channel's NS
@@ -205,8 +217,7 @@ if HAVE_GLUON:
             h = gl.load(h0_ptr + state_off, mask=s_mask & (seg == 0), other=0.0).to(gl.float32)
         if PERSIST:
             if seg > 0:  # the chain's previous segment leaves its state in hT
-                while gl.max(_ld_acquire(sync_ptr + 1 + chain + lane * 0), axis=0) < seg:
-                    pass
+                _wait_turn(sync_ptr, chain, seg, lane)
                 h = gl.load(hT_ptr + state_off, mask=s_mask, other=0.0, cache_modifier=".cg")
         _sync()
         for c in range(c0, c1):
@@ -247,8 +258,7 @@ if HAVE_GLUON:
         gl.store(hT_ptr + state_off, h, mask=s_mask)
         if PERSIST:
             if c1 < NT:  # a later segment of the chain waits for this state
-                _sync()  # every thread's part of it is written before the flag says so
-                gl.atomic_xchg(sync_ptr + 1 + chain, seg + 1, sem="release")
+                _pass_on(sync_ptr, chain, seg)
 
 
     @gluon.jit
@@ -328,11 +338,12 @@ if HAVE_GLUON:
                   HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
                   SOFTPLUS: gl.constexpr, HAS_DHT: gl.constexpr, PERSIST: gl.constexpr):
         """One unit of `_ss_bwd_rows_kernel`, one warp: with PERSIST segment unit // NCHAIN (counted from the
-        end) of chain unit % NCHAIN, else the program's whole chain; in the forward's layout. u, delta, z, dy, du, d delta, dz [B, D, L] contiguous; BC
-        [B, G, LP, 2, NB] float32 as the forward's; checkpoints ck [B, D, NCK, N] (the state before every
-        CKI-th step); dhT, dh0, dA [B, D, N] (dA per batch); dD, d delta_bias [B, D] per batch; dBC
-        [B, G, LP, NB, 2] float32 zeros (dB then dC of each state, summed into); scr [B, D, CKI / T, NB]
-        float32 scratch.
+        end) of chain unit % NCHAIN, else the program's whole chain; in the forward's layout.
+
+        u, delta, z, dy, du, d delta, dz [B, D, L] contiguous; BC [B, G, LP, 2, NB] float32 as the forward's;
+        checkpoints ck [B, D, NCK, N] (the state before every CKI-th step); dhT, dh0, dA [B, D, N] (dA per
+        batch); dD, d delta_bias [B, D] per batch; dBC [B, G, LP, NB, 2] float32 zeros (dB then dC of each
+        state, summed into); scr [B, D, CKI / T, NB] float32 scratch.
 
         Checkpoint chunks are walked last first. A first pass recomputes the state entering each T-step
         sub-tile into the scratch (each thread reads back only what it wrote in the same unit, so a unit of the
@@ -397,8 +408,7 @@ if HAVE_GLUON:
         dbias_acc = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
         if PERSIST:
             if seg > 0:  # the chain's later segment leaves its sums in dh0, dA, dD, dbias
-                while gl.max(_ld_acquire(sync_ptr + 1 + chain + lane * 0), axis=0) < seg:
-                    pass
+                _wait_turn(sync_ptr, chain, seg, lane)
                 q = gl.load(dh0_ptr + state_off, mask=s_mask, other=0.0, cache_modifier=".cg")
                 dA_acc = gl.load(dA_ptr + state_off, mask=s_mask, other=0.0, cache_modifier=".cg")
                 if HAS_D:
@@ -522,8 +532,7 @@ if HAVE_GLUON:
             gl.store(dbias_ptr + pid_b * DIM + d1, gl.sum(dbias_acc, axis=1), mask=d1 < DIM)
         if PERSIST:
             if c_lo > 0:  # the chain's earlier segment waits for these sums
-                _sync()  # every thread's part of them is written before the flag says so
-                gl.atomic_xchg(sync_ptr + 1 + chain, seg + 1, sem="release")
+                _pass_on(sync_ptr, chain, seg)
 
 
 def _pack_bc(B4, C4, T: int, nb: int):
