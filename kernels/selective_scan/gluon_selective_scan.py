@@ -33,9 +33,11 @@ The backward (`_ss_bwd_rows_kernel`) takes the same checkpoints as the Triton ba
 the state before every CKI-th step), so it follows any forward. It keeps the forward's layout with four
 threads a channel and walks each checkpoint chunk twice: up, to recompute the state entering each 8-step
 sub-tile, then down, recomputing a sub-tile's states into registers and running the adjoint along them.
-dB and dC, sums over channels, are added across the warp's channels in shared memory and leave through
-4-wide float32 atomics. On the H200 (same shapes): forward+backward 4.11 ms against 5.92 with the Triton
-groups backward and 7.15 for mamba_ssm's CUDA forward+backward (docs/benchmarks.md, twenty-fifth run).
+dB and dC, sums over channels, are summed across the warp's channels by a reduce-scatter of shuffles (each
+thread is left with one (state, kind) sum a step) and leave through float32 atomics. On the H200 (same
+shapes): forward+backward 4.11 ms against 5.92 with the Triton groups backward and 7.15 for mamba_ssm's CUDA
+forward+backward (docs/benchmarks.md, twenty-fifth run), with these sums made in shared memory then; the
+shuffles took the backward alone from 3.31 to 3.05 ms (twenty-eighth run).
 Its programs (168 registers, 12 an SM) come in waves; where one program a chain would leave the last wave
 short (`_persist_bwd`), as many persistent programs as fit take units of chains from a counter as the
 forward's do, last segment first, and d(state), dA, dD and d delta_bias cross from unit to unit through
@@ -273,6 +275,47 @@ if HAVE_GLUON:
         return gl.where(t3 == t, gl.expand_dims(v, 1), x3)
 
     @gluon.jit
+    def _xor_shfl(x, m):
+        """x of the lane whose index is this thread's xor m (an int32 tensor shaped as x): one shuffle a register."""
+        return gl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 0x1f, -1;", "=f,f,r", [x, m],
+                                         dtype=gl.float32, is_pure=True, pack=1)
+
+    @gluon.jit
+    def _halve(a, b, bit, m: gl.constexpr):
+        """One level of a reduce-scatter over lane pairs (lane, lane xor m): the thread with `bit` clear keeps a
+        and sends b, its mate the reverse; each adds what it receives."""
+        return gl.where(bit, b, a) + _xor_shfl(gl.where(bit, a, b), gl.full(a.shape, m, gl.int32, a.type.layout))
+
+    @gluon.jit
+    def _pick(x3, r3, r: gl.constexpr):
+        """Register r of each thread's last axis, all in-thread, of a 3-D tile: the tile less that axis (the
+        select folds away: adding -0.0 is exact)."""
+        return gl.sum(gl.where(r3 == r, x3, -0.0), axis=2)
+
+    @gluon.jit
+    def _dbc_sum(pb, pc, ptrs, b0, b1, b2, BLOCK_D: gl.constexpr, NS: gl.constexpr, NBS: gl.constexpr,
+                 LS3: gl.constexpr):
+        """Add a step's dB and dC partials pb, pc [BLOCK_D, NB] (this warp's 8 channels; thread (d, s) holds
+        states s·NBS ..) summed over the channels to dB/dC: a reduce-scatter over the channel bits of the lane
+        (three levels of shuffles: dB or dC by bit 0, then halves of the thread's states by bits 1 and 2), then
+        one float32 atomic add a thread at ptrs [BLOCK_D, NS] (its state and kind; b0-b2 the lane's bits)."""
+        gl.static_assert(BLOCK_D == 8 and (NBS == 2 or NBS == 4), "8 channels a warp, 2 or 4 states a thread")
+        pb = gl.convert_layout(gl.reshape(pb, [BLOCK_D, NS, NBS]), LS3, assert_trivial=True)
+        pc = gl.convert_layout(gl.reshape(pc, [BLOCK_D, NS, NBS]), LS3, assert_trivial=True)
+        i3 = gl.expand_dims(gl.expand_dims(gl.arange(0, NBS, layout=gl.SliceLayout(0, gl.SliceLayout(1, LS3))), 0), 1)
+        w0 = _halve(_pick(pb, i3, 0), _pick(pc, i3, 0), b0, 1)
+        w1 = _halve(_pick(pb, i3, 1), _pick(pc, i3, 1), b0, 1)
+        if NBS == 4:
+            w2 = _halve(_pick(pb, i3, 2), _pick(pc, i3, 2), b0, 1)
+            w3 = _halve(_pick(pb, i3, 3), _pick(pc, i3, 3), b0, 1)
+            s = _halve(_halve(w0, w1, b1, 2), _halve(w2, w3, b1, 2), b2, 4)
+            gl.atomic_add(ptrs, s, sem="relaxed")
+        else:  # NBS 2: two levels leave one value a thread; the third sums it with lane xor 4's
+            s = _halve(w0, w1, b1, 2)
+            s += _xor_shfl(s, gl.full(s.shape, 4, gl.int32, s.type.layout))
+            gl.atomic_add(ptrs, s, mask=~b2, sem="relaxed")
+
+    @gluon.jit
     def _bwd_load(u_ptr, dt_ptr, z_ptr, dy_ptr, bc_ptrs, off, mask, HAS_Z: gl.constexpr):
         """A sub-tile's inputs as stored: u, delta, z (u without z), dy [BLOCK_D, T] and its B/C block."""
         u = gl.load(u_ptr + off, mask=mask, other=0.0)
@@ -309,10 +352,7 @@ if HAVE_GLUON:
         d(state), dA and the dD, d delta_bias sums on to the next through dh0, dA, dD, dbias and its chain's
         flag. Buffers as `_bwd_unit`."""
         SBC: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-        RC: gl.constexpr = 2 * NB // 4  # 4-wide column blocks of a step's dB/dC row
-        SRED: gl.constexpr = gl.SwizzledSharedLayout(4, 1, RC, [1, 0])
         bc_smem = gl.allocate_shared_memory(gl.float32, [T, 2 * NB], SBC)
-        red = gl.allocate_shared_memory(gl.float32, [T * BLOCK_D, 2 * NB], SRED)
         if PERSIST:
             LW: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
             lane = gl.arange(0, 32, layout=LW)
@@ -320,19 +360,19 @@ if HAVE_GLUON:
             while unit < NUNITS:
                 _bwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr, scr_ptr,
                           du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr, sync_ptr, lane,
-                          bc_smem, red, unit, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGC,
+                          bc_smem, unit, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGC,
                           BLOCK_D, NB, NS, T, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_DHT, True)
                 unit = _take(sync_ptr, lane)
         else:
             _bwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr, scr_ptr,
                       du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr, sync_ptr, 0,
-                      bc_smem, red, 0, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGC,
+                      bc_smem, 0, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGC,
                       BLOCK_D, NB, NS, T, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_DHT, False)
 
     @gluon.jit
     def _bwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr, scr_ptr,
                   du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr, sync_ptr, lane,
-                  bc_smem, red, unit, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGC,
+                  bc_smem, unit, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGC,
                   BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr,
                   BC_V: gl.constexpr, BC_TC: gl.constexpr, CKI: gl.constexpr,
                   HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
@@ -351,19 +391,19 @@ if HAVE_GLUON:
         T states into registers ([BLOCK_D, T, NB]: all T steps of a state in its thread, so a step is a select
         at a compile-time register index), then runs the adjoint
         k_t = C_t g_t + exp(delta_{t+1} A) k_{t+1} last step first. Sums over the states (du, d delta, y for
-        dz) are in-thread adds and a butterfly over the channel's NS lanes. dB and dC, sums over channels, go
-        through shared memory: each step's [BLOCK_D, NB, 2] partials are stored there (XOR-swizzled: at NB 16
-        a quarter warp's 16-byte stores and loads meet no bank conflict), then each thread adds one step's
-        four (state, kind) columns over the BLOCK_D channels and sends them with a 4-wide float32 atomic add."""
+        dz) are in-thread adds and a butterfly over the channel's NS lanes. dB and dC, sums over the channels,
+        are a reduce-scatter of a step's [BLOCK_D, NB, 2] partials over the channel bits of the lanes, then one
+        float32 atomic add a thread (`_dbc_sum`); in shared memory, these sums made the loop wait on it (the L1
+        83% busy, short-scoreboard stalls the first), and the shuffles took the backward 8% less time."""
         # lanes: channel fastest (lane = channel + BLOCK_D · half), so a quarter warp is 8 channels
         L3: gl.constexpr = gl.BlockedLayout([1, T, NB // NS], [BLOCK_D, 1, NS], [1, 1, 1], [0, 2, 1])
         LS: gl.constexpr = gl.SliceLayout(1, L3)  # [BLOCK_D, NB]: a step's states
         SD: gl.constexpr = gl.SliceLayout(1, LS)  # [BLOCK_D] of the states
         LT: gl.constexpr = gl.BlockedLayout([1, T // NS], [BLOCK_D, NS], [1, 1], [0, 1])  # [BLOCK_D, T] I/O
         LBC: gl.constexpr = gl.BlockedLayout([1, BC_V], [32 // BC_TC, BC_TC], [1, 1], [1, 0])
-        RC: gl.constexpr = 2 * NB // 4  # 4-wide column blocks of a step's dB/dC row
-        TR: gl.constexpr = 32 // RC  # steps whose sums the warp makes at once
-        RL: gl.constexpr = gl.BlockedLayout([BLOCK_D, 4], [TR, RC], [1, 1], [1, 0])  # [TR·BLOCK_D, 2·NB]
+        NBS: gl.constexpr = NB // NS
+        LS3: gl.constexpr = gl.BlockedLayout([1, 1, NBS], [BLOCK_D, NS, 1], [1, 1, 1], [2, 0, 1])  # [BLOCK_D, NS, NBS]
+        S2: gl.constexpr = gl.SliceLayout(2, LS3)  # [BLOCK_D, NS]: one value a thread
         LOG2E: gl.constexpr = 1.4426950408889634
         NSUB: gl.constexpr = CKI // T
         NC = gl.cdiv(L, CKI)
@@ -422,11 +462,19 @@ if HAVE_GLUON:
                    + gl.expand_dims(gl.arange(0, 2 * NB, layout=gl.SliceLayout(0, LBC)), 0))
         g = (pid_d * BLOCK_D) // CPG
         bc_base = BC_ptr + ((pid_b * G + g) * LP) * (2 * NB) + bc_tile
-        RS: gl.constexpr = gl.BlockedLayout([1, 4], [TR, RC], [1, 1], [1, 0])  # [TR, 2·NB] their sums
-        r_t = gl.arange(0, TR, layout=gl.SliceLayout(1, RS))
-        r_c = gl.arange(0, 2 * NB, layout=gl.SliceLayout(0, RS))
-        dbc_base = (dBC_ptr + ((pid_b * G + g) * LP) * (2 * NB)
-                    + gl.expand_dims(r_t, 1) * (2 * NB) + gl.expand_dims(r_c, 0))
+        # dB and dC: after the reduce-scatter over the channels (`_dbc_sum`), thread (d, s) holds state
+        # s·NBS + 2·d2 + d1 (NB 16; s·NBS + d1 at NB 8), of dB where d0 = 0, of dC where d0 = 1
+        # (d = 4·d2 + 2·d1 + d0)
+        dd = gl.expand_dims(gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, S2)), 1)  # [BLOCK_D, 1]
+        ss = gl.expand_dims(gl.arange(0, NS, layout=gl.SliceLayout(0, S2)), 0)  # [1, NS]
+        b0 = (dd % 2 + ss * 0) == 1  # [BLOCK_D, NS]
+        b1 = ((dd // 2) % 2 + ss * 0) == 1
+        b2 = ((dd // 4) % 2 + ss * 0) == 1
+        if NBS == 4:
+            n_red = ss * NBS + 2 * (dd // 4) + (dd // 2) % 2
+        else:
+            n_red = ss * NBS + (dd // 2) % 2
+        dbc_lane = dBC_ptr + ((pid_b * G + g) * LP) * (2 * NB) + n_red * 2 + dd % 2  # [BLOCK_D, NS]
         row = (pid_b * DIM + d_lt.to(gl.int64)) * L + t_lt  # [BLOCK_D, T]
 
         # each sub-tile's inputs are read one visit ahead (pass 1 walks a chunk's sub-tiles up, pass 2 down)
@@ -488,6 +536,7 @@ if HAVE_GLUON:
                     gl.store(dz_ptr + row + s0, (gy * ypre * sz * (1.0 + zz * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
                              mask=m2)
                     gy = gy * zz * sz
+                _sync()  # B and C are read again below rather than held (held, the loop spills at 168 registers)
                 kB = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
                 dds = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
                 for i in gl.static_range(T):  # step T - 1 - i
@@ -502,15 +551,10 @@ if HAVE_GLUON:
                     dA_acc += Gm * d_t
                     dds = _set(dds, t_lt, T - 1 - i, gl.sum(Gm * A2, axis=1), LT)
                     kB = _set(kB, t_lt, T - 1 - i, gl.sum(k * Bt, axis=1), LT)
-                    red.slice((T - 1 - i) * BLOCK_D, BLOCK_D).store(
-                        gl.reshape(gl.join(k * du_t, h_t * g_t), [BLOCK_D, 2 * NB]))
+                    _dbc_sum(k * du_t, h_t * g_t, dbc_lane + (s0 + T - 1 - i) * (2 * NB), b0, b1, b2,
+                             BLOCK_D, NS, NBS, LS3)
                     q = gl.exp2(d_t * A2) * k
                 _sync()
-                # dB, dC of the sub-tile's steps: the sum over the program's channels, then one atomic add each
-                for r in gl.static_range(T // TR):
-                    part = gl.reshape(red.slice(r * TR * BLOCK_D, TR * BLOCK_D).load(RL), [TR, BLOCK_D, 2 * NB])
-                    gl.atomic_add(dbc_base + (s0 + r * TR) * (2 * NB), gl.convert_layout(gl.sum(part, axis=1), RS),
-                                  sem="relaxed")
                 bc_smem.store(bc_n)  # this sub-tile's last reads of it were before the barrier
                 ddt = dds * 0.6931471805599453 + kB * u  # A2 is A·log2 e
                 du = kB * dt
@@ -523,7 +567,7 @@ if HAVE_GLUON:
                 dbias_acc += ddt
                 gl.store(du_ptr + row + s0, du.to(du_ptr.dtype.element_ty), mask=m2)
                 gl.store(ddt_ptr + row + s0, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
-                _sync()  # the next sub-tile's B/C are in place; this one's dB/dC partials read
+                _sync()  # the next sub-tile's B/C are in place
         gl.store(dh0_ptr + state_off, q, mask=s_mask)
         gl.store(dA_ptr + state_off, dA_acc, mask=s_mask)
         if HAS_D:
