@@ -29,21 +29,22 @@ and the state crosses from one segment to the next through hT and a flag a chain
 bit the same. On the H200 (B4 L4096 D5120 N16 bf16, 2026-11-30): 0.636 ms against 0.675 with one program a
 chain and mamba_ssm's CUDA kernel's 1.445, 25% of the bandwidth floor (docs/benchmarks.md, twenty-sixth run).
 
-The backward (`_ss_bwd_rows_kernel`) takes the same checkpoints as the Triton backwards ([B, D, NCK, N],
-the state before every CKI-th step), so it follows any forward. It keeps the forward's layout with four
-threads a channel and walks each checkpoint chunk twice: up, to recompute the state entering each 8-step
-sub-tile, then down, recomputing a sub-tile's states into registers and running the adjoint along them.
-dB and dC, sums over channels, are summed across the warp's channels by a reduce-scatter of shuffles (each
-thread is left with one (state, kind) sum a step) and leave through float32 atomics. On the H200 (same
-shapes): forward+backward 4.11 ms against 5.92 with the Triton groups backward and 7.15 for mamba_ssm's CUDA
-forward+backward (docs/benchmarks.md, twenty-fifth run), with these sums made in shared memory then; the
-shuffles took the backward alone from 3.31 to 3.05 ms (twenty-eighth run).
-Its programs (168 registers, 12 an SM) come in waves; where one program a chain would leave the last wave
-short (`_persist_bwd`), as many persistent programs as fit take units of chains from a counter as the
-forward's do, last segment first, and d(state), dA, dD and d delta_bias cross from unit to unit through
-their output buffers. That changes the results only by float32 rounding (the compilation differs). On the
-H200 (B4 L4096 D5120 N16 bf16, 2026-11-30), the backward alone: 3.367 -> 3.304 ms (1.62 waves),
-at D4608 3.386 -> 2.989 (1.45 waves) (docs/benchmarks.md, twenty-seventh run).
+The backward (`_ss_bwd_rows_kernel`) takes the same checkpoints as the Triton backwards ([B, D, NCK, N], the
+state before every CKI-th step), so it follows any forward. It keeps the forward's layout with four threads a
+channel and walks each checkpoint chunk twice: up, to recompute the state entering each 8-step sub-tile, then
+down, recomputing a sub-tile's states into registers and running the adjoint along them. dB and dC, sums over
+channels, are summed across the warp's channels by a reduce-scatter of shuffles (each thread is left with one
+(state, kind) sum a step) and leave through float32 atomics. On the H200 (same shapes): forward+backward 4.11
+ms against 5.92 with the Triton groups backward and 7.15 for mamba_ssm's CUDA forward+backward
+(docs/benchmarks.md, twenty-fifth run), with these sums made in shared memory then; the shuffles took the
+backward alone from 3.31 to 3.05 ms (twenty-eighth run). Its programs (168 registers, 12 an SM) come in waves;
+where one program a chain would leave the last wave short, or in one wave load the schedulers unevenly
+(`_persist_bwd`), as many persistent programs as fit take units of chains from a counter as the forward's do,
+last segment first, and d(state), dA, dD and d delta_bias cross from unit to unit through their output
+buffers. That changes the results only by float32 rounding (the compilation differs). On the H200 (B4 L4096
+D5120 N16 bf16, 2026-11-30), the backward alone: 3.300 -> 3.050 ms (1.62 waves), at D4608 3.327 -> 2.753 (1.45
+waves), at D2560 1.793 -> 1.735 (0.81 waves, 2.42 programs a scheduler) (docs/benchmarks.md, twenty-eighth
+run).
 
 Gluon is compiled only (the interpreter does not run it), so these kernels are CUDA's alone; their tests run
 on the GPU, and CI compiles their launches for sm_90 (tests/kernels/test_selective_scan.py).
@@ -684,8 +685,13 @@ def _bwd_slots(device) -> int:
 
 def _persist_bwd(nchain: int, slots: int) -> bool:
     """Whether the backward's chains are cut into units taken by persistent programs (`slots` of them, as many
-    as fit at once): when one program a chain would need more than one wave and leave the last short."""
-    return _uneven(nchain / slots, 1)
+    as fit at once): when one program a chain would need more than one wave and leave the last short, or, in
+    less than one wave, would give the schedulers uneven numbers of programs, as the forward's rule says
+    (`_persist`). H200, B4 L4096 N16 bf16, the backward alone (2026-11-30), one program a chain -> persistent,
+    ms: D2304 (2.18 programs a scheduler) 1.772 -> 1.642, D2560 (2.42) 1.793 -> 1.735, D2816 (2.67) 1.830 ->
+    1.807, D3072 (2.91, left alone) 1.896 -> 1.895, D2048 (1.94, left alone) 1.500 -> 1.519."""
+    sms = slots // (65536 // (32 * BWD_MAXNREG))
+    return _uneven(nchain / slots, 1) or (nchain < slots and _persist(nchain, sms))
 
 
 def _bwd_tile_for(N: int):

@@ -417,6 +417,20 @@ def test_gluon_backward_off_cuda_is_a_clear_error(monkeypatch):
         run(selective_scan, t)
 
 
+def test_persistent_rules_pick_what_the_h200_measured_faster():
+    """The launchers' rules for persistent programs, on the H200's 132 SMs at B4 N16 (8-channel backward
+    programs, 16-channel forward ones): the version measured faster at each channel count
+    (benchmarks/scan_balance.py, docs/benchmarks.md), except where the two were within 1%."""
+    pytest.importorskip("triton")
+    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
+    slots = 132 * (65536 // (32 * gss.BWD_MAXNREG))
+    bwd = {2048: False, 2304: True, 2560: True, 2816: True, 3168: False, 4608: True, 5120: True, 6336: False,
+           7168: True}
+    assert {d: gss._persist_bwd(4 * d // 8, slots) for d in bwd} == bwd
+    fwd = {1024: False, 3168: False, 4608: True, 5120: True, 6336: False, 7168: True}
+    assert {d: gss._persist(4 * d // 16, 132) for d in fwd} == fwd
+
+
 @pytest.mark.skipif(CUDA, reason="the GPU runs the Gluon backward itself")
 @pytest.mark.parametrize("L, D, N, opts, dhT, persist", [
     (4096, 64, 16, dict(z=True, Dskip=True, bias=True), False, False), (1000, 50, 5, dict(h0=True), True, False),
