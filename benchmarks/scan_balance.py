@@ -41,14 +41,13 @@ def row_for(L: int, dim: int, which: str) -> dict:
     A, D, bias = -torch.rand(dim, N, device=dev) * 8 - 0.5, torch.randn(dim, device=dev), torch.randn(dim, device=dev) * 0.1
     B4, C4 = (torch.randn(BATCH, 1, N, L, device=dev, dtype=bf) for _ in range(2))
     z = torch.randn(BATCH, dim, L, device=dev, dtype=bf)
-    if which == "fwd":  # the rule takes the SMs; a round is a program on each of their 4 schedulers
-        rule_name, block_d, slots = "_persist", gss._tile_for(N)[3], gss._sms(u.device)
-        per_round = 4 * slots
+    sms = gss._sms(u.device)  # both rules take the SMs
+    if which == "fwd":  # a round is a program on each of their 4 schedulers
+        rule_name, block_d, per_round = "_persist", gss._tile_for(N)[3], 4 * sms
         args = (u, delta, A, B4, C4, D, z, bias, None, True, False)
         run = lambda: gss.ss_fwd_gluon(*args, CK=CK)
-    else:  # the rule takes the programs resident at once; a round is a wave of them
-        rule_name, block_d, slots = "_persist_bwd", gss._bwd_tile_for(N)[1], gss._bwd_slots(u.device)
-        per_round = slots
+    else:  # a round is a wave of the programs resident at once
+        rule_name, block_d, per_round = "_persist_bwd", gss._bwd_tile_for(N)[1], gss._bwd_slots(sms)
         _, _, ck = gss.ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, None, True, True, CK=CK)
         args = (u, delta, A, B4, C4, D, z, bias, ck, torch.randn_like(u), None, True)
         run = lambda: gss.ss_bwd_gluon(*args, CK=CK)
@@ -63,7 +62,7 @@ def row_for(L: int, dim: int, which: str) -> dict:
             row[f"{name}_ms"] = do_bench(run, warmup=25, rep=200, return_mode="median")
     finally:
         setattr(gss, rule_name, rule)
-    row["rule_picks"] = "persistent" if rule(chains, slots) else "one_a_chain"
+    row["rule_picks"] = "persistent" if rule(chains, sms) else "one_a_chain"
     pairs = [(a, b) for a, b in zip(outs["one_a_chain"], outs["persistent"]) if a is not None]
     if which == "fwd":
         row["agree"] = "identical" if all(torch.equal(a, b) for a, b in pairs) else "DIFFER"

@@ -678,20 +678,20 @@ BWD_T, BWD_NS, BWD_MAXNREG = 8, 4, 168
 BWD_UNITS = 16
 
 
-def _bwd_slots(device) -> int:
-    """One-warp backward programs resident at once: BWD_MAXNREG registers a thread, 64K an SM."""
-    return _sms(device) * (65536 // (32 * BWD_MAXNREG))
+def _bwd_slots(sms: int) -> int:
+    """One-warp backward programs resident at once on `sms` SMs: BWD_MAXNREG registers a thread, 64K an SM."""
+    return sms * (65536 // (32 * BWD_MAXNREG))
 
 
-def _persist_bwd(nchain: int, slots: int) -> bool:
-    """Whether the backward's chains are cut into units taken by persistent programs (`slots` of them, as many
-    as fit at once): when one program a chain would need more than one wave and leave the last short, or, in
+def _persist_bwd(nchain: int, sms: int) -> bool:
+    """Whether the backward's chains are cut into units taken by persistent programs (as many as fit at once,
+    `_bwd_slots`): when one program a chain would need more than one wave and leave the last short, or, in
     less than one wave, would give the schedulers uneven numbers of programs, as the forward's rule says
     (`_persist`). H200, B4 L4096 N16 bf16, the backward alone (2026-11-30), one program a chain -> persistent,
     ms: D2304 (2.18 programs a scheduler) 1.772 -> 1.642, D2560 (2.42) 1.793 -> 1.735, D2816 (2.67) 1.830 ->
     1.807, D3072 (2.91, left alone) 1.896 -> 1.895, D2048 (1.94, left alone) 1.500 -> 1.519."""
-    sms = slots // (65536 // (32 * BWD_MAXNREG))
-    return _uneven(nchain / slots, 1) or (nchain < slots and _persist(nchain, sms))
+    waves = nchain / _bwd_slots(sms)
+    return _uneven(waves, 1) or (waves < 1 and _persist(nchain, sms))
 
 
 def _bwd_tile_for(N: int):
@@ -724,8 +724,8 @@ def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int
     dbc = torch.zeros(batch, groups, lp, nb, 2, device=u.device, dtype=torch.float32)  # dB, dC of each state
     scratch = torch.empty(batch, dim, CK // T, nb, device=u.device, dtype=torch.float32)
     nchain, nc = cdiv(dim, bd) * batch, cdiv(L, CK)
-    slots = _bwd_slots(u.device)
-    persist = _persist_bwd(nchain, slots)
+    sms = _sms(u.device)
+    slots, persist = _bwd_slots(sms), _persist_bwd(nchain, sms)
     segc = cdiv(nc, BWD_UNITS) if persist else nc
     sync = torch.zeros(1 + nchain, device=u.device, dtype=torch.int32) if persist else dA
     _ss_bwd_rows_kernel[(min(nchain, slots),) if persist else (cdiv(dim, bd), batch)](

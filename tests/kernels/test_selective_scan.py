@@ -423,10 +423,9 @@ def test_persistent_rules_pick_what_the_h200_measured_faster():
     (benchmarks/scan_balance.py, docs/benchmarks.md), except where the two were within 1%."""
     pytest.importorskip("triton")
     from archdsl.kernels.selective_scan import gluon_selective_scan as gss
-    slots = 132 * (65536 // (32 * gss.BWD_MAXNREG))
     bwd = {2048: False, 2304: True, 2560: True, 2816: True, 3168: False, 4608: True, 5120: True, 6336: False,
            7168: True}
-    assert {d: gss._persist_bwd(4 * d // 8, slots) for d in bwd} == bwd
+    assert {d: gss._persist_bwd(4 * d // 8, 132) for d in bwd} == bwd
     fwd = {1024: False, 3168: False, 4608: True, 5120: True, 6336: False, 7168: True}
     assert {d: gss._persist(4 * d // 16, 132) for d in fwd} == fwd
 
@@ -441,7 +440,7 @@ def test_gluon_backward_compiles_for_sm90(L, D, N, opts, dhT, persist, monkeypat
     """As for the forward: the Gluon backward's launcher runs on CPU tensors with its launch captured, and
     the launch is compiled for sm_90 (bf16 inputs); one program a chain, or persistent programs."""
     from archdsl.kernels.selective_scan import gluon_selective_scan as gss
-    monkeypatch.setattr(gss, "_persist_bwd", lambda nchain, slots: persist)
+    monkeypatch.setattr(gss, "_persist_bwd", lambda nchain, sms: persist)
     def call(gss, t):
         gss.ss_bwd_gluon(t["u"], t["delta"], t["A"].float(), t["B"][:, None], t["C"][:, None], t["D"], t["z"],
                          t["delta_bias"], torch.zeros(2, D, -(-L // 64), N), torch.zeros_like(t["u"]),
@@ -473,7 +472,7 @@ def test_gpu_gluon_backward_segments_change_nothing(L, D, N, dhT, Dskip, units, 
     dhT_ = torch.randn(4, D, N, device="cuda") if dhT else None
 
     def grads(persist):
-        monkeypatch.setattr(gss, "_persist_bwd", lambda nchain, slots: persist)
+        monkeypatch.setattr(gss, "_persist_bwd", lambda nchain, sms: persist)
         return gss.ss_bwd_gluon(u, delta, A, B4, C4, D_, z, bias, ck, dy, dhT_, True, CK=CK)
     monkeypatch.setattr(gss, "BWD_UNITS", units)
     whole, cut = grads(False), grads(True)
