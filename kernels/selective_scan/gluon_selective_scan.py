@@ -488,14 +488,15 @@ if HAVE_GLUON:
             c = c_hi - 1 - cr
             base = c * CKI
             nsub = gl.minimum(NSUB, gl.cdiv(L - base, T))
-            # pass 1: the state entering each sub-tile of the chunk, from its checkpoint
+            # pass 1: the state entering each sub-tile of the chunk, from its checkpoint (the last sub-tile's
+            # states are pass 2's to recompute: walking it here too would cost 1/8 of this pass for nothing)
             h = gl.load(ck_ptr + (ch_s * NCK + c) * N + n_s, mask=s_mask, other=0.0)
-            for j in range(0, nsub):
+            for j in range(0, nsub - 1):
                 s0 = base + j * T
                 gl.store(scr + j * NB, h, mask=scr_mask)
                 u = u_n.to(gl.float32)
                 dt, raw = _bwd_delta(raw_n, bias, (t_lt + s0 < L) & dmask, HAS_BIAS, SOFTPLUS)
-                sn = base + gl.minimum(j + 1, nsub - 1) * T  # the last reads pass 2's first again
+                sn = s0 + T  # the last reads pass 2's first
                 u_n, raw_n, z_n, dy_n, bc_n = _bwd_load(u_ptr, dt_ptr, z_ptr, dy_ptr, bc_base + sn * (2 * NB),
                                                         row + sn, (t_lt + sn < L) & dmask, HAS_Z)
                 dtu = dt * u
@@ -505,6 +506,7 @@ if HAVE_GLUON:
                 _sync()
                 bc_smem.store(bc_n)
                 _sync()
+            gl.store(scr + (nsub - 1) * NB, h, mask=scr_mask)
             # pass 2: the sub-tiles last first
             for jr in range(0, nsub):
                 j = nsub - 1 - jr
