@@ -671,8 +671,8 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
 # channel (BLOCK_D = 32 / NS channels a one-warp program), a register cap. H200, B4 L4096 D5120 N16 bf16, fwd+bwd
 # after the Gluon forward (2026-11-30, one process; the Triton groups backward 5.90 ms): NS 2 4.93 ms (255
 # registers: 8 warps an SM, 1280 programs in 1.2 waves; capped at 200 it spills, 7.57); T 4 5.27; NS 4 4.32,
-# capped at 168 registers **4.12**, at 152 / 128 4.29 / 5.53 (spills). NS 4 with T 4 (16-18 programs an SM at caps
-# 128-112), the backward alone: 3.61-3.89 ms against 3.05 (twenty-ninth run).
+# capped at 168 registers **4.12**, at 152 / 128 4.29 / 5.53 (spills). NS 4 with T 4 at caps 168-112 (12-18 programs an
+# SM), the backward alone: 3.61-3.89 ms against 3.05 (twenty-ninth run).
 BWD_T, BWD_NS, BWD_MAXNREG = 8, 4, 168
 # The backward's units when its chains are cut (`_persist_bwd`): BWD_UNITS a chain, so 4 checkpoint chunks at
 # L4096. H200, B4 N16 bf16, the backward alone (2026-11-30): D5120 3.367 -> 3.304 ms (8 units 3.297), L16384 13.30
