@@ -455,11 +455,11 @@ def test_gluon_backward_compiles_for_sm90(L, D, N, opts, dhT, persist, monkeypat
                                                  (1000, 200, 16, False, False), (333, 50, 5, True, True)])
 def test_gpu_gluon_backward_segments_change_nothing(L, D, N, dhT, Dskip, units, monkeypatch):
     """The backward's chains run by persistent programs (the default where one program a chain would leave
-    the last wave short or the schedulers uneven; forced here), whole (units 1) or cut into one-chunk units whose d(state), dA, dD and
-    d delta_bias sums cross from unit to unit through memory. Against one program a chain: dz bit for bit;
-    the rest to float32 rounding, since the two compilations may fuse a multiply and an add in different places
-    (measured on the H200: 1-ulp differences in d(state), only with D and no last-state gradient, the same in
-    every run). A stale or raced state would be off by far more: at most 0.1% of du, d delta differ, by one
+    the last wave short or the schedulers uneven; forced here), whole (units 1) or cut into one-chunk units
+    whose d(state), dA, dD and d delta_bias sums cross from unit to unit through memory. Against one program
+    a chain: dz bit for bit; the rest to float32 rounding, since the two compilations may fuse a multiply and
+    an add in different places (measured on the H200: 1-ulp differences in d(state), only with D and no
+    last-state gradient, the same in every run). A stale or raced state would be off by far more: at most 0.1% of du, d delta differ, by one
     bf16 rounding step. dB, dC are atomic sums in any order. L off the checkpoint chunk, D off the 8 channels
     a program."""
     from archdsl.kernels.selective_scan import gluon_selective_scan as gss
