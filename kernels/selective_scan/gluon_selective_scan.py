@@ -10,7 +10,8 @@ threads only in shuffles, three a step:
   - NS threads (2) share a channel, each with NB/NS of its states (`[BLOCK_D, NB]` tiles, NB = N rounded
     up to a power of two), so y's sum over the states is one shuffle;
   - u, delta, z and y move as `[BLOCK_D, T]` tiles, each of a channel's NS threads holding T/NS consecutive
-    steps (one 16-byte load a tensor); softplus, delta·u, D·u and the gate are computed on those tiles,
+    steps (one 16-byte load a tensor; where L does not divide by 16 they are read and written with the lanes
+    along the steps instead, `ALIGNED`); softplus, delta·u, D·u and the gate are computed on those tiles,
     each step by one thread;
   - the recurrence walks the T steps one at a time (unrolled): step t's delta and delta·u are read out of
     the tiles (a select on a register index known at compile time, then one shuffle from the thread that
