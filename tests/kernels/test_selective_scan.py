@@ -459,9 +459,9 @@ def test_gpu_gluon_backward_segments_change_nothing(L, D, N, dhT, Dskip, units, 
     whose d(state), dA, dD and d delta_bias sums cross from unit to unit through memory. Against one program
     a chain: dz bit for bit; the rest to float32 rounding, since the two compilations may fuse a multiply and
     an add in different places (measured on the H200: 1-ulp differences in d(state), only with D and no
-    last-state gradient, the same in every run). A stale or raced state would be off by far more: at most 0.1% of du, d delta differ, by one
-    bf16 rounding step. dB, dC are atomic sums in any order. L off the checkpoint chunk, D off the 8 channels
-    a program."""
+    last-state gradient, the same in every run). A stale or raced state would be off by far more: at most
+    0.1% of du, d delta differ, by one bf16 rounding step. dB, dC are atomic sums in any order. L off the
+    checkpoint chunk, D off the 8 channels a program."""
     from archdsl.kernels.selective_scan import gluon_selective_scan as gss
     from archdsl.kernels.selective_scan.triton_selective_scan import CK
     t = make(4, D, N, L, z=True, Dskip=Dskip, bias=True, h0=True, dtype=torch.bfloat16, device="cuda")
