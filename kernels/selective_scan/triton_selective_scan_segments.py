@@ -26,7 +26,7 @@ import triton.language as tl
 
 from .._dispatch import interpreting
 from .._host import cdiv, next_pow2
-from .triton_selective_scan import CK, _block_d, _flags, _lanes_tile, _lin_combine, _or, _pick
+from .triton_selective_scan import CK, _block_d, _flags, _lanes_tile, _lin_combine, _or, _pick, _pick_sum
 
 # ~ resident threads of an H200 (132 SMs x 2048): segments are added until B·D·S reaches it
 FILL_THREADS = 1 << 18
@@ -84,7 +84,7 @@ def _seg_local_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, bias_ptr, loc_ptr, dts
                                          L, s_l, sB_n, sB_l, sC_n, sC_l, HAS_BIAS, SOFTPLUS)
         aP, hS = tl.associative_scan((tl.exp2(dt[None, :, :] * A2[:, None, :]),
                                       (dt * u)[None, :, :] * Bt[:, :, None]), 1, _lin_combine)
-        h = tl.sum(tl.where(t[None, :, None] == T - 1, hS + aP * h[:, None, :], 0.0), axis=1)
+        h = _pick_sum(hS + aP * h[:, None, :], t[None, :, None] == T - 1, 1)
         dt_sum += tl.sum(dt, axis=0)
     out = (pid_b * NSEG + seg) * DIM + d.to(tl.int64)
     tl.store(loc_ptr + out[None, :] * N + n[:, None], h, mask=nd_mask)
@@ -138,7 +138,7 @@ def _seg_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                                       (dt * u)[None, :, :] * Bt[:, :, None]), 1, _lin_combine)
         hs = hS + aP * h[:, None, :]
         y = tl.sum(hs * Ct[:, :, None], axis=0)
-        h = tl.sum(tl.where(t[None, :, None] == T - 1, hs, 0.0), axis=1)
+        h = _pick_sum(hs, t[None, :, None] == T - 1, 1)
         if HAS_D:
             y += tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)[None, :] * u
         off = row[None, :] + tt[:, None].to(tl.int64) * s_l
