@@ -318,6 +318,31 @@ if HAVE_GLUON:
         return gl.sum(gl.where(r3 == r, x3, _neg_zero(x3)), axis=2)
 
     @gluon.jit
+    def _own(x, BLOCK_D: gl.constexpr, NS: gl.constexpr, NBS: gl.constexpr, LS3: gl.constexpr):
+        """x [BLOCK_D, NB] (a step's states) summed over each thread's own NBS states, no shuffle: [BLOCK_D, NS]."""
+        return gl.sum(gl.convert_layout(gl.reshape(x, [BLOCK_D, NS, NBS]), LS3, assert_trivial=True), axis=2)
+
+    @gluon.jit
+    def _keep(p3, r3, t: gl.constexpr, v):
+        """The partials p3 [BLOCK_D, NS, T] (all T steps in each thread) with step t set to v [BLOCK_D, NS]."""
+        v = gl.convert_layout(v, gl.SliceLayout(2, p3.type.layout), assert_trivial=True)
+        return gl.where(r3 == t, gl.expand_dims(v, 2), p3)
+
+    @gluon.jit
+    def _scatter_steps(p3, r3, s0, s1, BLOCK_D: gl.constexpr, T: gl.constexpr, LT: gl.constexpr):
+        """Each step's sum over a channel's NS = 4 lanes of their partials p3 [BLOCK_D, NS, T], as a [BLOCK_D, T]
+        tile in LT (lane s of a channel holds steps 2s and 2s + 1): a reduce-scatter, 4 shuffles by the lane's
+        s bit 1 (s1; it keeps steps 4-7 where set), then 2 by bit 0 (s0). A butterfly each step took 2 a step,
+        16 a sub-tile."""
+        gl.static_assert(T == 8 and p3.shape[1] == 4, "8 steps over a channel's 4 lanes")
+        w0 = _halve(_pick(p3, r3, 0), _pick(p3, r3, 4), s1, 2 * BLOCK_D)
+        w1 = _halve(_pick(p3, r3, 1), _pick(p3, r3, 5), s1, 2 * BLOCK_D)
+        w2 = _halve(_pick(p3, r3, 2), _pick(p3, r3, 6), s1, 2 * BLOCK_D)
+        w3 = _halve(_pick(p3, r3, 3), _pick(p3, r3, 7), s1, 2 * BLOCK_D)
+        tile = gl.join(_halve(w0, w2, s0, BLOCK_D), _halve(w1, w3, s0, BLOCK_D))  # [BLOCK_D, NS, 2]
+        return gl.convert_layout(gl.reshape(tile, [BLOCK_D, T]), LT, assert_trivial=True)
+
+    @gluon.jit
     def _dbc_sum(pb, pc, ptrs, b0, b1, b2, BLOCK_D: gl.constexpr, NS: gl.constexpr, NBS: gl.constexpr,
                  LS3: gl.constexpr):
         """Add a step's dB and dC partials pb, pc [BLOCK_D, NB] (this warp's 8 channels; thread (d, s) holds
@@ -416,13 +441,17 @@ if HAVE_GLUON:
         T states into registers ([BLOCK_D, T, NB]: all T steps of a state in its thread, so a step is a select
         at a compile-time register index), then runs the adjoint
         k_t = C_t g_t + exp(delta_{t+1} A) k_{t+1} last step first. Sums over the states (du, d delta, y for
-        dz) are in-thread adds and a butterfly over the channel's NS lanes. dB and dC, sums over the channels,
-        are a reduce-scatter of a step's [BLOCK_D, NB, 2] partials over the channel bits of the lanes, then one
-        float32 atomic add a thread (`_dbc_sum`); in shared memory, these sums made the loop wait on it (the L1
-        83% busy, short-scoreboard stalls the first), and the shuffles took the backward 8% less time. The
-        steps' delta, delta·u and g are copied once a sub-tile (through shared memory) into tiles that hold all
-        T steps in each of a channel's lanes (LTR), so the loops take a step's value from a register rather
-        than by a butterfly: 184 -> 104 shuffles a sub-tile, the backward 3-5% faster (twenty-ninth run)."""
+        dz): each thread keeps the sums over its own states for all T steps, and one reduce-scatter over the
+        channel's NS lanes a sub-tile leaves each lane its T / NS steps (`_scatter_steps`). dB and dC, sums
+        over the channels, are a reduce-scatter of a step's [BLOCK_D, NB, 2] partials over the channel bits of
+        the lanes, then one float32 atomic add a thread (`_dbc_sum`); in shared memory, these sums made the
+        loop wait on it (the L1 83% busy, short-scoreboard stalls the first), and the shuffles took the
+        backward 8% less time. The steps' delta, delta·u and g are copied once a sub-tile (through shared
+        memory) into tiles that hold all T steps in each of a channel's lanes (LTR), so the loops take a step's
+        value from a register rather than by a butterfly: 184 -> 104 shuffles a sub-tile, the backward 3-5%
+        faster (twenty-ninth run). The reduce-scatter of the sums over the states (6 shuffles a sum a sub-tile,
+        where a butterfly a step took 16) took 104 -> 74: the backward 6.3% faster where L divides by 16, 1-2%
+        slower where it does not (thirty-first run)."""
         # lanes: channel fastest (lane = channel + BLOCK_D · half), so a quarter warp is 8 channels
         L3: gl.constexpr = gl.BlockedLayout([1, T, NB // NS], [BLOCK_D, 1, NS], [1, 1, 1], [0, 2, 1])
         LS: gl.constexpr = gl.SliceLayout(1, L3)  # [BLOCK_D, NB]: a step's states
@@ -435,6 +464,7 @@ if HAVE_GLUON:
         NBS: gl.constexpr = NB // NS
         LS3: gl.constexpr = gl.BlockedLayout([1, 1, NBS], [BLOCK_D, NS, 1], [1, 1, 1], [2, 0, 1])  # [BLOCK_D, NS, NBS]
         S2: gl.constexpr = gl.SliceLayout(2, LS3)  # [BLOCK_D, NS]: one value a thread
+        LP3: gl.constexpr = gl.BlockedLayout([1, 1, T], [BLOCK_D, NS, 1], [1, 1, 1], [2, 0, 1])  # [BLOCK_D, NS, T]
         LOG2E: gl.constexpr = 1.4426950408889634
         NSUB: gl.constexpr = CKI // T
         NC = gl.cdiv(L, CKI)
@@ -508,6 +538,12 @@ if HAVE_GLUON:
             n_red = ss * NBS + (dd // 2) % 2
         dbc_lane = dBC_ptr + ((pid_b * G + g) * LP) * (2 * NB) + n_red * 2 + dd % 2  # [BLOCK_D, NS]
         row = (pid_b * DIM + d_lt.to(gl.int64)) * L + t_lt  # [BLOCK_D, T]
+        # sums over the states: each thread's partials of all T steps (`_keep`), then one reduce-scatter a sub-tile
+        r3 = gl.expand_dims(gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(0, gl.SliceLayout(1, LP3))), 0), 1)
+        sp = gl.expand_dims(gl.arange(0, NS, layout=gl.SliceLayout(0, gl.SliceLayout(2, LP3))), 0)  # [1, NS]
+        dp = gl.expand_dims(gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, gl.SliceLayout(2, LP3))), 1)
+        sb0 = (sp % 2 + dp * 0) == 1  # [BLOCK_D, NS]: bits 0 and 1 of the thread's place in its channel
+        sb1 = (sp // 2 + dp * 0) == 1
 
         # each sub-tile's inputs are read one visit ahead (pass 1 walks a chunk's sub-tiles up, pass 2 down)
         sn = (c_hi - 1) * CKI
@@ -558,15 +594,16 @@ if HAVE_GLUON:
                 dt_r = gl.convert_layout(dt, LTR)
                 dtu_r = gl.convert_layout(dtu, LTR)
                 hs = gl.zeros([BLOCK_D, T, NB], gl.float32, layout=L3)
-                ypre = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
+                yp = gl.zeros([BLOCK_D, NS, T], gl.float32, layout=LP3)
                 for t in gl.static_range(T):
                     Bt = bc_smem.slice(t, 1).slice(0, NB, dim=1).load(LS)
                     h = gl.exp2(_at(dt_r, t_r, t, SD) * A2) * h + _at(dtu_r, t_r, t, SD) * Bt
                     hs = _put(hs, t3, t, h)
                     if HAS_Z:
                         Ct = bc_smem.slice(t, 1).slice(NB, NB, dim=1).load(LS)
-                        ypre = _set(ypre, t_lt, t, gl.sum(h * Ct, axis=1), LT)
+                        yp = _keep(yp, r3, t, _own(h * Ct, BLOCK_D, NS, NBS, LS3))
                 if HAS_Z:
+                    ypre = _scatter_steps(yp, r3, sb0, sb1, BLOCK_D, T, LT)
                     if HAS_D:
                         ypre += Dv * u
                     sz = 1.0 / (1.0 + gl.exp2(-zz * LOG2E))
@@ -575,8 +612,8 @@ if HAVE_GLUON:
                     gy = gy * zz * sz
                 _sync()  # B and C are read again below rather than held (held, the loop spills at 168 registers)
                 gy_r = gl.convert_layout(gy, LTR)
-                kB = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
-                dds = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
+                kBp = gl.zeros([BLOCK_D, NS, T], gl.float32, layout=LP3)
+                ddp = gl.zeros([BLOCK_D, NS, T], gl.float32, layout=LP3)
                 for i in gl.static_range(T):  # step T - 1 - i
                     Bt = bc_smem.slice(T - 1 - i, 1).slice(0, NB, dim=1).load(LS)
                     Ct = bc_smem.slice(T - 1 - i, 1).slice(NB, NB, dim=1).load(LS)
@@ -587,13 +624,15 @@ if HAVE_GLUON:
                     k = Ct * g_t + q
                     Gm = k * (h_t - du_t * Bt)  # dL/d(exp(delta A)) · exp(delta A) h_{t-1}
                     dA_acc += Gm * d_t
-                    dds = _set(dds, t_lt, T - 1 - i, gl.sum(Gm * A2, axis=1), LT)
-                    kB = _set(kB, t_lt, T - 1 - i, gl.sum(k * Bt, axis=1), LT)
+                    ddp = _keep(ddp, r3, T - 1 - i, _own(Gm * A2, BLOCK_D, NS, NBS, LS3))
+                    kBp = _keep(kBp, r3, T - 1 - i, _own(k * Bt, BLOCK_D, NS, NBS, LS3))
                     _dbc_sum(k * du_t, h_t * g_t, dbc_lane + (s0 + T - 1 - i) * (2 * NB), b0, b1, b2,
                              BLOCK_D, NS, NBS, LS3)
                     q = gl.exp2(d_t * A2) * k
                 _sync()
                 bc_smem.store(bc_n)  # this sub-tile's last reads of it were before the barrier
+                kB = _scatter_steps(kBp, r3, sb0, sb1, BLOCK_D, T, LT)
+                dds = _scatter_steps(ddp, r3, sb0, sb1, BLOCK_D, T, LT)
                 ddt = dds * 0.6931471805599453 + kB * u  # A2 is A·log2 e
                 du = kB * dt
                 if HAS_D:
