@@ -11,7 +11,7 @@ threads only in shuffles, three a step:
     up to a power of two), so y's sum over the states is one shuffle;
   - u, delta, z and y move as `[BLOCK_D, T]` tiles, each of a channel's NS threads holding T/NS consecutive
     steps (one 16-byte load a tensor; where L does not divide by 16 they are read and written with the lanes
-    along the steps instead, `ALIGNED`); softplus, delta·u, D·u and the gate are computed on those tiles,
+    along the steps instead, `QL`); softplus, delta·u, D·u and the gate are computed on those tiles,
     each step by one thread;
   - the recurrence walks the T steps one at a time (unrolled): step t's delta and delta·u are read out of
     the tiles (a select on a register index known at compile time, then one shuffle from the thread that
@@ -117,6 +117,16 @@ if HAVE_GLUON:
         return gl.full(x.shape, 0x80000000, gl.uint32, x.type.layout).to(gl.float32, bitcast=True)
 
     @gluon.jit
+    def _multiple(L, QL: gl.constexpr):
+        """L, known to the compiler as a multiple of QL (a power of two that divides it), so that it knows where
+        rows of L steps start. Triton specializes an argument divisible by 16 by itself, so QL 16 (and 1) add
+        nothing; with 2 or 8 the rows' accesses can be as wide as with 16."""
+        if QL > 1:
+            if QL < 16:
+                L = (L // QL) * QL
+        return L
+
+    @gluon.jit
     def _at(tile, t_idx, t: gl.constexpr, layout: gl.constexpr):
         """Step t of a [BLOCK_D, T] tile as a [BLOCK_D, 1] column of the states' layout (`layout` is its
         [BLOCK_D] slice). Within a thread the select folds away (adding -0.0 is exact); across a channel's NS
@@ -153,7 +163,7 @@ if HAVE_GLUON:
                             BC_V: gl.constexpr, BC_TC: gl.constexpr,
                             CKI: gl.constexpr, HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
                             SOFTPLUS: gl.constexpr, HAS_H0: gl.constexpr, STORE_CK: gl.constexpr,
-                            EVEN: gl.constexpr, ALIGNED: gl.constexpr, PERSIST: gl.constexpr):
+                            EVEN: gl.constexpr, QL: gl.constexpr, PERSIST: gl.constexpr):
         """A chain is (channel block, batch): BLOCK_D channels over all L steps, NCHAIN = NPD · batch of them.
         Without PERSIST, program i runs chain i whole (SEGT covers L). With it, chains are cut into units of
         SEGT tiles of T steps, and a fixed number of programs take units from a counter until none is left:
@@ -164,9 +174,9 @@ if HAVE_GLUON:
         u, delta, z, y [B, D, L] contiguous; BC [B, G, LP, 2, NB] float32 (B then C of each step, zero past N
         and past L; LP a multiple of T); A [D, N]; h0, hT [B, D, N]; checkpoints ck [B, D, NCK, N]; sync
         [1 + NCHAIN] int32 zeros with PERSIST (the unit counter, then each chain's segments done). The
-        program's channels share one B/C group. EVEN: L divides by T and DIM by BLOCK_D (no masks). ALIGNED: L
-        divides by 16, so the compiler knows every row starts on a 16-byte boundary; else u, delta, z and y
-        move in tiles laid along the steps (`_fwd_unit`)."""
+        program's channels share one B/C group. EVEN: L divides by T and DIM by BLOCK_D (no masks). QL: 16, 8
+        or 1, a power of two L is a multiple of (`_multiple`); with 8 or 16 every row starts on a 16-byte
+        boundary, else u, delta, z and y move in tiles laid along the steps (`_fwd_unit`)."""
         # B and C: a tile's [T, 2·NB] float32 block is read one tile ahead by the whole program and kept in
         # shared memory, two buffers; each step reads its row from there, the same address for every thread.
         SBC: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
@@ -179,13 +189,13 @@ if HAVE_GLUON:
                 _fwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr,
                           sync_ptr, lane, bc_smem, unit, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGT,
                           BLOCK_D, NB, NS, T, WARPS, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0,
-                          STORE_CK, EVEN, ALIGNED, True)
+                          STORE_CK, EVEN, QL, True)
                 unit = _take(sync_ptr, lane)  # taken only now, by a program free to run it
         else:  # no loop around the one unit: with one, this path ran ~1% slower than the kernel before units
             _fwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr,
                       sync_ptr, 0, bc_smem, gl.program_id(0), L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGT,
                       BLOCK_D, NB, NS, T, WARPS, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0,
-                      STORE_CK, EVEN, ALIGNED, False)
+                      STORE_CK, EVEN, QL, False)
 
     @gluon.jit
     def _fwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr,
@@ -193,7 +203,7 @@ if HAVE_GLUON:
                   BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr, WARPS: gl.constexpr,
                   BC_V: gl.constexpr, BC_TC: gl.constexpr, CKI: gl.constexpr, HAS_D: gl.constexpr,
                   HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr, HAS_H0: gl.constexpr,
-                  STORE_CK: gl.constexpr, EVEN: gl.constexpr, ALIGNED: gl.constexpr, PERSIST: gl.constexpr):
+                  STORE_CK: gl.constexpr, EVEN: gl.constexpr, QL: gl.constexpr, PERSIST: gl.constexpr):
         """One unit of `_ss_fwd_rows_kernel`: segment unit // NCHAIN of chain unit % NCHAIN."""
         LT: gl.constexpr = gl.BlockedLayout([1, T // NS], [32 // NS, NS], [WARPS, 1], [1, 0])  # [BLOCK_D, T]
         LS: gl.constexpr = gl.BlockedLayout([1, NB // NS], [32 // NS, NS], [WARPS, 1], [1, 0])  # [BLOCK_D, NB]
@@ -204,7 +214,8 @@ if HAVE_GLUON:
         # 32 / NS rows; so they move with the lanes along the steps (a row's T steps in one access) and change
         # layout through shared memory. H200, B4 D5120 N16 bf16 (thirtieth run): L4093 1.03 -> 0.750 ms
         # (0.627 at L4096), L16381 3.86 -> 2.84.
-        LIO: gl.constexpr = LT if ALIGNED else gl.BlockedLayout([1, 1], [32 // T, T], [WARPS, 1], [1, 0])
+        LIO: gl.constexpr = LT if QL >= 8 else gl.BlockedLayout([1, 1], [32 // T, T], [WARPS, 1], [1, 0])
+        L = _multiple(L, QL)
         seg = unit // NCHAIN
         chain = unit - seg * NCHAIN
         pid_b = (chain // NPD).to(gl.int64)
@@ -394,7 +405,7 @@ if HAVE_GLUON:
                             BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr,
                             BC_V: gl.constexpr, BC_TC: gl.constexpr, CKI: gl.constexpr,
                             HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
-                            SOFTPLUS: gl.constexpr, HAS_DHT: gl.constexpr, PERSIST: gl.constexpr):
+                            SOFTPLUS: gl.constexpr, HAS_DHT: gl.constexpr, QL: gl.constexpr, PERSIST: gl.constexpr):
         """A chain is (channel block, batch row) over all L steps, NCHAIN = NPD · batch of them, walked last
         step first. Without PERSIST, program (i, b) runs chain (i, b) whole (grid (NPD, batch)). With
         it, as the forward's `_ss_fwd_rows_kernel`: chains are cut into units of SEGC chunks, the last first,
@@ -411,13 +422,13 @@ if HAVE_GLUON:
                 _bwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr, scr_ptr,
                           du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr, sync_ptr, lane,
                           bc_smem, unit, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGC,
-                          BLOCK_D, NB, NS, T, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_DHT, True)
+                          BLOCK_D, NB, NS, T, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_DHT, QL, True)
                 unit = _take(sync_ptr, lane)
         else:
             _bwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr, scr_ptr,
                       du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr, sync_ptr, 0,
                       bc_smem, 0, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGC,
-                      BLOCK_D, NB, NS, T, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_DHT, False)
+                      BLOCK_D, NB, NS, T, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_DHT, QL, False)
 
     @gluon.jit
     def _bwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr, scr_ptr,
@@ -426,7 +437,7 @@ if HAVE_GLUON:
                   BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr,
                   BC_V: gl.constexpr, BC_TC: gl.constexpr, CKI: gl.constexpr,
                   HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
-                  SOFTPLUS: gl.constexpr, HAS_DHT: gl.constexpr, PERSIST: gl.constexpr):
+                  SOFTPLUS: gl.constexpr, HAS_DHT: gl.constexpr, QL: gl.constexpr, PERSIST: gl.constexpr):
         """One unit of `_ss_bwd_rows_kernel`, one warp: with PERSIST segment unit // NCHAIN (counted from the
         end) of chain unit % NCHAIN, else the program's whole chain; in the forward's layout.
 
@@ -467,6 +478,7 @@ if HAVE_GLUON:
         LP3: gl.constexpr = gl.BlockedLayout([1, 1, T], [BLOCK_D, NS, 1], [1, 1, 1], [2, 0, 1])  # [BLOCK_D, NS, T]
         LOG2E: gl.constexpr = 1.4426950408889634
         NSUB: gl.constexpr = CKI // T
+        L = _multiple(L, QL)  # with QL 2 or 16, a thread's 2 steps of a row move in one access
         NC = gl.cdiv(L, CKI)
         if PERSIST:
             seg = unit // NCHAIN
@@ -737,7 +749,8 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
         L, dim, N, dim // groups, nck, groups, lp, cdiv(dim, bd), nchain, nchain * cdiv(nt, segt), segt,
         BLOCK_D=bd, NB=nb, NS=ns, T=T, WARPS=warps, CKI=CK, **_bc_layout(nb),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
-        HAS_H0=h0 is not None, STORE_CK=store_ck, EVEN=even, ALIGNED=L % 16 == 0, PERSIST=persist,
+        HAS_H0=h0 is not None, STORE_CK=store_ck, EVEN=even, QL=16 if L % 16 == 0 else 8 if L % 8 == 0 else 1,
+        PERSIST=persist,
         num_warps=warps)
     return y, hT, ck
 
@@ -812,6 +825,7 @@ def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int
         L, dim, N, dim // groups, ck.shape[2], groups, lp, cdiv(dim, bd), nchain, nchain * cdiv(nc, segc), segc,
         BLOCK_D=bd, NB=nb, NS=ns, T=T, CKI=CK, **_bc_layout(nb),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
-        HAS_DHT=dhT is not None, PERSIST=persist, num_warps=1, maxnreg=BWD_MAXNREG)
+        HAS_DHT=dhT is not None, QL=16 if L % 16 == 0 else 2 if L % 2 == 0 else 1,
+        PERSIST=persist, num_warps=1, maxnreg=BWD_MAXNREG)
     dB, dC = (dbc[:, :, :L, :N, k].transpose(2, 3) for k in (0, 1))
     return _bwd_grads((du, ddt, dz, dB, dC, dA, dD, dbias, dh0), A, B4, C4, D, bias)

@@ -368,8 +368,9 @@ def test_gpu_gluon_forward_is_the_default_where_it_fits(monkeypatch):
 @pytest.mark.parametrize("L, D, N, opts, store_ck, persist", [
     (4096, 64, 16, dict(z=True, Dskip=True, bias=True), True, False), (1000, 50, 5, dict(h0=True), False, False),
     (40, 32, 1, dict(z=True), False, False), (64, 32, 32, dict(bias=True), True, False),
-    (4096, 64, 16, dict(z=True, Dskip=True, bias=True, h0=True), True, True), (1000, 50, 5, dict(h0=True), False, True)],
-    ids=["even-train", "masked", "N1", "N32-train", "persistent-train", "persistent-masked"])
+    (4096, 64, 16, dict(z=True, Dskip=True, bias=True, h0=True), True, True), (1000, 50, 5, dict(h0=True), False, True),
+    (999, 64, 16, dict(z=True), False, False)],
+    ids=["even-train", "masked", "N1", "N32-train", "persistent-train", "persistent-masked", "odd-L"])
 def test_gluon_forward_compiles_for_sm90(L, D, N, opts, store_ck, persist, monkeypatch, tmp_path):
     """Gluon kernels never run under the interpreter, so CI compiles them instead: the Gluon forward's
     launcher runs on CPU tensors with its kernel launch captured, and each launch is compiled for sm_90
@@ -434,8 +435,8 @@ def test_persistent_rules_pick_what_the_h200_measured_faster():
 @pytest.mark.parametrize("L, D, N, opts, dhT, persist", [
     (4096, 64, 16, dict(z=True, Dskip=True, bias=True), False, False), (1000, 50, 5, dict(h0=True), True, False),
     (70, 32, 8, dict(z=True), True, False), (4096, 64, 16, dict(z=True, Dskip=True, bias=True), True, True),
-    (1000, 50, 5, dict(h0=True), False, True)],
-    ids=["even", "masked", "N8", "persistent", "persistent-masked"])
+    (1000, 50, 5, dict(h0=True), False, True), (999, 64, 16, dict(z=True), False, False)],
+    ids=["even", "masked", "N8", "persistent", "persistent-masked", "odd-L"])
 def test_gluon_backward_compiles_for_sm90(L, D, N, opts, dhT, persist, monkeypatch, tmp_path):
     """As for the forward: the Gluon backward's launcher runs on CPU tensors with its launch captured, and
     the launch is compiled for sm_90 (bf16 inputs); one program a chain, or persistent programs."""
