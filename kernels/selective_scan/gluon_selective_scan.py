@@ -10,7 +10,7 @@ threads only in shuffles, three a step:
   - NS threads (2) share a channel, each with NB/NS of its states (`[BLOCK_D, NB]` tiles, NB = N rounded
     up to a power of two), so y's sum over the states is one shuffle;
   - u, delta, z and y move as `[BLOCK_D, T]` tiles, each of a channel's NS threads holding T/NS consecutive
-    steps (one 16-byte load a tensor; where L does not divide by 16 they are read and written with the lanes
+    steps (one 16-byte load a tensor; where L does not divide by 8 they are read and written with the lanes
     along the steps instead, `QL`); softplus, delta·u, D·u and the gate are computed on those tiles,
     each step by one thread;
   - the recurrence walks the T steps one at a time (unrolled): step t's delta and delta·u are read out of
@@ -209,11 +209,12 @@ if HAVE_GLUON:
         LS: gl.constexpr = gl.BlockedLayout([1, NB // NS], [32 // NS, NS], [WARPS, 1], [1, 0])  # [BLOCK_D, NB]
         SD: gl.constexpr = gl.SliceLayout(1, LS)  # [BLOCK_D] of the states
         LBC: gl.constexpr = gl.BlockedLayout([1, BC_V], [32 // BC_TC, BC_TC], [WARPS, 1], [1, 0])  # BC_V a load
-        # u, delta, z and y move in LT where rows start on 16-byte boundaries (one 16-byte access a thread and
-        # tensor). Else a thread's T / NS steps would be as many 2-byte accesses, each warp-wide one touching
-        # 32 / NS rows; so they move with the lanes along the steps (a row's T steps in one access) and change
-        # layout through shared memory. H200, B4 D5120 N16 bf16 (thirtieth run): L4093 1.03 -> 0.750 ms
-        # (0.627 at L4096), L16381 3.86 -> 2.84.
+        # u, delta, z and y move in LT where rows start on 16-byte boundaries, L a multiple of 8 (one 16-byte
+        # access a thread and tensor). Else a thread's T / NS steps would be as many 2-byte accesses, each
+        # warp-wide one touching 32 / NS rows; so they move with the lanes along the steps (a row's T steps in
+        # one access) and change layout through shared memory. H200, B4 D5120 N16 bf16: L4093 1.03 -> 0.750 ms
+        # (0.627 at L4096), L16381 3.86 -> 2.84 (thirtieth run); with QL 8, L4104 0.751 -> 0.659, L16376 2.843
+        # -> 2.491 (thirty-first run).
         LIO: gl.constexpr = LT if QL >= 8 else gl.BlockedLayout([1, 1], [32 // T, T], [WARPS, 1], [1, 0])
         L = _multiple(L, QL)
         seg = unit // NCHAIN
@@ -462,7 +463,8 @@ if HAVE_GLUON:
         value from a register rather than by a butterfly: 184 -> 104 shuffles a sub-tile, the backward 3-5%
         faster (twenty-ninth run). The reduce-scatter of the sums over the states (6 shuffles a sum a sub-tile,
         where a butterfly a step took 16) took 104 -> 74: the backward 6.3% faster where L divides by 16, 1-2%
-        slower where it does not (thirty-first run)."""
+        slower on rows of 2-byte accesses. QL 2 (L even) gives a thread's 2 steps of a row one access: L4094
+        3.298 -> 2.836 ms, L4104 3.080 -> 2.727; only odd L keep the 2-byte accesses (thirty-first run)."""
         # lanes: channel fastest (lane = channel + BLOCK_D · half), so a quarter warp is 8 channels
         L3: gl.constexpr = gl.BlockedLayout([1, T, NB // NS], [BLOCK_D, 1, NS], [1, 1, 1], [0, 2, 1])
         LS: gl.constexpr = gl.SliceLayout(1, L3)  # [BLOCK_D, NB]: a step's states
