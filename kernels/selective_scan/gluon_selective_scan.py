@@ -752,8 +752,7 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
         BLOCK_D=bd, NB=nb, NS=ns, T=T, WARPS=warps, CKI=CK, **_bc_layout(nb),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
         HAS_H0=h0 is not None, STORE_CK=store_ck, EVEN=even, QL=16 if L % 16 == 0 else 8 if L % 8 == 0 else 1,
-        PERSIST=persist,
-        num_warps=warps)
+        PERSIST=persist, num_warps=warps)
     return y, hT, ck
 
 
