@@ -410,6 +410,27 @@ def _compile_gluon_launch(name, call, t, monkeypatch, tmp_path):
     assert done.returncode == 0 and "1 distinct launches, 0 failed" in done.stdout, done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("L", [4096, 4104, 1000, 4094, 998, 999, 4093])
+def test_gluon_launches_claim_no_more_alignment_than_L_has(L, monkeypatch):
+    """QL tells the Gluon kernels a power of two that L is a multiple of, so that rows of L steps move in wide
+    accesses; claiming more than L has would misalign them. The forward takes 16, 8 or 1 (its threads move 8
+    steps), the backward 16, 2 or 1 (2 steps): the largest that divides L."""
+    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
+    if not gss.HAVE_GLUON:
+        pytest.skip("this Triton has no Gluon")
+    seen = {}
+    for name in ("_ss_fwd_rows_kernel", "_ss_bwd_rows_kernel"):
+        monkeypatch.setattr(gss, name, type("Capture", (), {
+            "__getitem__": lambda self, grid, name=name: lambda *a, **kw: seen.__setitem__(name, kw["QL"])})())
+    t = make(1, 64, 16, L)
+    gss.ss_fwd_gluon(t["u"], t["delta"], t["A"], t["B"][:, None], t["C"][:, None], None, None, None, None, False,
+                     False, CK=64)
+    gss.ss_bwd_gluon(t["u"], t["delta"], t["A"], t["B"][:, None], t["C"][:, None], None, None, None,
+                     torch.zeros(1, 64, -(-L // 64), 16), torch.zeros_like(t["u"]), None, False, CK=64)
+    largest = lambda allowed: max(q for q in allowed if L % q == 0)
+    assert seen == {"_ss_fwd_rows_kernel": largest((16, 8, 1)), "_ss_bwd_rows_kernel": largest((16, 2, 1))}
+
+
 @pytest.mark.skipif(CUDA, reason="the Gluon backward runs on CUDA")
 def test_gluon_backward_off_cuda_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("ARCHDSL_SCAN_BWD", "gluon")
