@@ -11,7 +11,8 @@ threads only in shuffles, three a step:
     up to a power of two), so y's sum over the states is one shuffle;
   - u, delta, z and y move as `[BLOCK_D, T]` tiles, each of a channel's NS threads holding T/NS consecutive
     steps (one 16-byte load a tensor; where L does not divide by 8 they are read and written with the lanes
-    along the steps instead, `QL`); softplus, delta·u, D·u and the gate are computed on those tiles,
+    along the steps instead, `QL`, or, for inference, by programs of channels 8 apart with tiles shifted onto
+    16-byte boundaries, `SHIFT`); softplus, delta·u, D·u and the gate are computed on those tiles,
     each step by one thread;
   - the recurrence walks the T steps one at a time (unrolled): step t's delta and delta·u are read out of
     the tiles (a select on a register index known at compile time, then one shuffle from the thread that
@@ -155,6 +156,14 @@ if HAVE_GLUON:
         return u, raw, zz
 
     @gluon.jit
+    def _tile_at(u_ptr, dt_ptr, z_ptr, off, t0, t_io, L, dmask, HAS_Z: gl.constexpr):
+        """`_tile` of a shifted tile, whose steps are t0 + t_io [1, T] of the rows: each thread's 8 steps, a
+        16-byte group, move whole where any of them lies in its row (one access; the others are the next or
+        last row's, which the caller masks), so the masks change only from group to group."""
+        first = t0 + (t_io // 8) * 8  # the first step of the thread's group
+        return _tile(u_ptr, dt_ptr, z_ptr, off, (first > -8) & (first < L) & dmask, HAS_Z, False)
+
+    @gluon.jit
     def _ss_fwd_rows_kernel(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
                             y_ptr, hT_ptr, ck_ptr, sync_ptr,
                             L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, NUNITS, SEGT,
@@ -163,7 +172,7 @@ if HAVE_GLUON:
                             BC_V: gl.constexpr, BC_TC: gl.constexpr,
                             CKI: gl.constexpr, HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
                             SOFTPLUS: gl.constexpr, HAS_H0: gl.constexpr, STORE_CK: gl.constexpr,
-                            EVEN: gl.constexpr, QL: gl.constexpr, PERSIST: gl.constexpr):
+                            EVEN: gl.constexpr, QL: gl.constexpr, SHIFT: gl.constexpr, PERSIST: gl.constexpr):
         """A chain is (channel block, batch): BLOCK_D channels over all L steps, NCHAIN = NPD · batch of them.
         Without PERSIST, program i runs chain i whole (SEGT covers L). With it, chains are cut into units of
         SEGT tiles of T steps, and a fixed number of programs take units from a counter until none is left:
@@ -189,13 +198,13 @@ if HAVE_GLUON:
                 _fwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr,
                           sync_ptr, lane, bc_smem, unit, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGT,
                           BLOCK_D, NB, NS, T, WARPS, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0,
-                          STORE_CK, EVEN, QL, True)
+                          STORE_CK, EVEN, QL, SHIFT, True)
                 unit = _take(sync_ptr, lane)  # taken only now, by a program free to run it
         else:  # no loop around the one unit: with one, this path ran ~1% slower than the kernel before units
             _fwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr,
                       sync_ptr, 0, bc_smem, gl.program_id(0), L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGT,
                       BLOCK_D, NB, NS, T, WARPS, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0,
-                      STORE_CK, EVEN, QL, False)
+                      STORE_CK, EVEN, QL, SHIFT, False)
 
     @gluon.jit
     def _fwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr,
@@ -203,7 +212,8 @@ if HAVE_GLUON:
                   BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr, WARPS: gl.constexpr,
                   BC_V: gl.constexpr, BC_TC: gl.constexpr, CKI: gl.constexpr, HAS_D: gl.constexpr,
                   HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr, HAS_H0: gl.constexpr,
-                  STORE_CK: gl.constexpr, EVEN: gl.constexpr, QL: gl.constexpr, PERSIST: gl.constexpr):
+                  STORE_CK: gl.constexpr, EVEN: gl.constexpr, QL: gl.constexpr, SHIFT: gl.constexpr,
+                  PERSIST: gl.constexpr):
         """One unit of `_ss_fwd_rows_kernel`: segment unit // NCHAIN of chain unit % NCHAIN."""
         LT: gl.constexpr = gl.BlockedLayout([1, T // NS], [32 // NS, NS], [WARPS, 1], [1, 0])  # [BLOCK_D, T]
         LS: gl.constexpr = gl.BlockedLayout([1, NB // NS], [32 // NS, NS], [WARPS, 1], [1, 0])  # [BLOCK_D, NB]
@@ -215,16 +225,27 @@ if HAVE_GLUON:
         # one access) and change layout through shared memory. H200, B4 D5120 N16 bf16: L4093 1.03 -> 0.750 ms
         # (0.627 at L4096), L16381 3.86 -> 2.84 (thirtieth run); with QL 8, L4104 0.751 -> 0.659, L16376 2.843
         # -> 2.491 (thirty-first run).
-        LIO: gl.constexpr = LT if QL >= 8 else gl.BlockedLayout([1, 1], [32 // T, T], [WARPS, 1], [1, 0])
+        # With SHIFT (L not a multiple of 8, no checkpoints), a program's channels are 8 apart, so that its rows
+        # start on the same step modulo 8; its tiles then start sh steps before the rows (steps -sh .. -1 are
+        # masked: they leave h as it is), on 16-byte boundaries. u, delta and z move in full-width accesses
+        # (`_tile_at`), y too but in a row's first and last tiles. H200, B4 D5120 N16 bf16: L4093 0.750 -> 0.715
+        # ms, L16381 2.85 -> 2.77, D2560 L4093 0.589 -> 0.523 (thirty-second run); the strided channels and the
+        # masks keep it above the aligned rows' 0.659 at L4104.
+        LIO: gl.constexpr = LT if QL >= 8 or SHIFT else gl.BlockedLayout([1, 1], [32 // T, T], [WARPS, 1], [1, 0])
+        DS: gl.constexpr = 8 if SHIFT else 1  # from one of a program's channels to the next
         L = _multiple(L, QL)
         seg = unit // NCHAIN
         chain = unit - seg * NCHAIN
         pid_b = (chain // NPD).to(gl.int64)
         pid_d = chain % NPD
+        if SHIFT:
+            d0 = (pid_d // 8) * (8 * BLOCK_D) + pid_d % 8
+        else:
+            d0 = pid_d * BLOCK_D
         t_idx = gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(0, LT)), 0)  # [1, T]
-        d_t = gl.expand_dims(pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LT)), 1)
+        d_t = gl.expand_dims(d0 + DS * gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LT)), 1)
         n_s = gl.expand_dims(gl.arange(0, NB, layout=gl.SliceLayout(0, LS)), 0)  # [1, NB]
-        d_s = gl.expand_dims(pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=SD), 1)  # [BLOCK_D, 1]
+        d_s = gl.expand_dims(d0 + DS * gl.arange(0, BLOCK_D, layout=SD), 1)  # [BLOCK_D, 1]
         bc_tile = (gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(1, LBC)), 1) * (2 * NB)
                    + gl.expand_dims(gl.arange(0, 2 * NB, layout=gl.SliceLayout(0, LBC)), 0))
         dmask = d_t < DIM
@@ -236,18 +257,32 @@ if HAVE_GLUON:
             bias = gl.load(bias_ptr + d_t, mask=dmask, other=0.0).to(gl.float32)
         if HAS_D:
             Dv = gl.load(D_ptr + d_t, mask=dmask, other=0.0).to(gl.float32)
-        NT = gl.cdiv(L, T)
+        sh = 0  # tile c holds the rows' steps c·T - sh ..
+        full = True  # all BLOCK_D channels are < DIM
+        if SHIFT:
+            sh = (((pid_b * DIM + d0) * L) % 8).to(gl.int32)
+            full = d0 + DS * (BLOCK_D - 1) < DIM
+        NT = gl.cdiv(L + sh, T)
         c0 = seg * SEGT
         c1 = gl.minimum(c0 + SEGT, NT)
-        g = (pid_d * BLOCK_D) // CPG
-        bc_base = BC_ptr + ((pid_b * G + g) * LP) * (2 * NB) + bc_tile
+        g = d0 // CPG
+        bc_row = (pid_b * G + g) * LP
+        if SHIFT:  # BC has 8 rows of zeros before step 0
+            bc_row += 8 - sh
+        bc_base = BC_ptr + bc_row * (2 * NB) + bc_tile
         bc_smem.index(0).store(gl.load(bc_base + c0 * (T * 2 * NB)))
         bc_n = gl.load(bc_base + gl.minimum(c0 + 1, NT - 1) * (T * 2 * NB))
         t_io = gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(0, LIO)), 0)  # [1, T]
-        d_io = gl.expand_dims(pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LIO)), 1)
+        d_io = gl.expand_dims(d0 + DS * gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LIO)), 1)
         dmask_io = d_io < DIM
-        off = (pid_b * DIM + d_io.to(gl.int64)) * L + t_io  # [BLOCK_D, T]
-        u_n, raw_n, z_n = _tile(u_ptr, dt_ptr, z_ptr, off + c0 * T, (t_io + c0 * T < L) & dmask_io, HAS_Z, EVEN)
+        row = (pid_b * DIM + d_io.to(gl.int64)) * L
+        if SHIFT:
+            row = ((row - sh) // 8) * 8  # exact (the rows start sh past a multiple of 8); the compiler sees 8 | row
+        off = row + t_io  # [BLOCK_D, T]
+        if SHIFT:
+            u_n, raw_n, z_n = _tile_at(u_ptr, dt_ptr, z_ptr, off + c0 * T, c0 * T - sh, t_io, L, dmask_io, HAS_Z)
+        else:
+            u_n, raw_n, z_n = _tile(u_ptr, dt_ptr, z_ptr, off + c0 * T, (t_io + c0 * T < L) & dmask_io, HAS_Z, EVEN)
         h = gl.zeros([BLOCK_D, NB], gl.float32, layout=LS)
         if HAS_H0:
             h = gl.load(h0_ptr + state_off, mask=s_mask & (seg == 0), other=0.0).to(gl.float32)
@@ -260,10 +295,17 @@ if HAVE_GLUON:
             u = gl.convert_layout(u_n, LT).to(gl.float32)
             raw = gl.convert_layout(raw_n, LT).to(gl.float32)
             zz = gl.convert_layout(z_n, LT).to(gl.float32)
+            if SHIFT:  # the steps in the rows (0 <= step < L, one unsigned compare); the groups read whole hold
+                # the next or last row's values too
+                inrow = (t_idx + (c * T - sh)).to(gl.uint32) < L.to(gl.uint32)
+                u = gl.where(inrow, u, 0.0)
             tn = (c + 1) * T
             if EVEN:  # the last tile's prefetch reads the last tile again rather than past the end
                 tn = gl.minimum(tn, L - T)
-            u_n, raw_n, z_n = _tile(u_ptr, dt_ptr, z_ptr, off + tn, (t_io + tn < L) & dmask_io, HAS_Z, EVEN)
+            if SHIFT:
+                u_n, raw_n, z_n = _tile_at(u_ptr, dt_ptr, z_ptr, off + tn, tn - sh, t_io, L, dmask_io, HAS_Z)
+            else:
+                u_n, raw_n, z_n = _tile(u_ptr, dt_ptr, z_ptr, off + tn, (t_io + tn < L) & dmask_io, HAS_Z, EVEN)
             if STORE_CK:
                 if (c * T) % CKI == 0:
                     gl.store(ck_ptr + (ch_s * NCK + (c * T) // CKI) * N + n_s, h, mask=s_mask)
@@ -272,8 +314,10 @@ if HAVE_GLUON:
             dt = raw
             if SOFTPLUS:
                 dt = _softplus(raw)
-            if not EVEN:
-                dt = gl.where((t_idx + c * T < L) & dmask, dt, 0.0)  # a masked step leaves h as it is
+            if SHIFT:  # a masked step leaves h as it is (masked channels' u, A and delta·u are 0)
+                dt = gl.where(inrow, dt, 0.0)
+            elif not EVEN:
+                dt = gl.where((t_idx + c * T < L) & dmask, dt, 0.0)
             dtu = dt * u
             y = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
             rows = bc_smem.index((c - c0) % 2)
@@ -289,6 +333,13 @@ if HAVE_GLUON:
             y = gl.convert_layout(y.to(y_ptr.dtype.element_ty), LIO)
             if EVEN:
                 gl.store(y_ptr + off + c * T, y)
+            elif SHIFT:
+                # a branch, not a second store masked step by step every tile: 0.715 against 0.740 ms (L4093)
+                if full & (c * T >= sh) & (c * T + T - sh <= L):
+                    gl.store(y_ptr + off + c * T, y)
+                else:
+                    inrow_io = (t_io + (c * T - sh)).to(gl.uint32) < L.to(gl.uint32)
+                    gl.store(y_ptr + off + c * T, y, mask=inrow_io & dmask_io)
             else:
                 gl.store(y_ptr + off + c * T, y, mask=(t_io + c * T < L) & dmask_io)
             bc_smem.index((c - c0 + 1) % 2).store(bc_n)  # its last reads were the tile before this one
@@ -670,13 +721,13 @@ if HAVE_GLUON:
                 _pass_on(sync_ptr, chain, seg)
 
 
-def _pack_bc(B4, C4, T: int, nb: int):
-    """B4, C4 [B, G, N, L] (any strides) as one float32 [B, G, LP, 2, NB]: each step's B then C row, zero past N
-    and past L (LP = L rounded up to T)."""
+def _pack_bc(B4, C4, rows: int, nb: int, front: int = 0):
+    """B4, C4 [B, G, N, L] (any strides) as one float32 [B, G, rows, 2, NB]: `front` rows of zeros, then each
+    step's B then C row, zero past N and past L."""
     batch, groups, N, L = B4.shape
-    bc = torch.zeros(batch, groups, cdiv(L, T) * T, 2, nb, device=B4.device, dtype=torch.float32)
-    bc[:, :, :L, 0, :N] = B4.transpose(2, 3)
-    bc[:, :, :L, 1, :N] = C4.transpose(2, 3)
+    bc = torch.zeros(batch, groups, rows, 2, nb, device=B4.device, dtype=torch.float32)
+    bc[:, :, front:front + L, 0, :N] = B4.transpose(2, 3)
+    bc[:, :, front:front + L, 1, :N] = C4.transpose(2, 3)
     return bc
 
 
@@ -715,6 +766,16 @@ def _tile_for(N: int):
     return ns, T, warps, 32 * warps // ns
 
 
+def _shift(batch: int, dim: int, L: int, groups: int, bd: int, store_ck: bool) -> bool:
+    """Whether the forward's programs take channels 8 apart and shift their tiles onto 16-byte boundaries
+    (`SHIFT` in `_fwd_unit`): where L is not a multiple of 8 (else the rows are aligned already), the channels
+    fill such programs (8 · bd of them at least) and each program's share a B/C group, the last row ends a
+    16-byte group (so a group read whole stays in the tensor), and no checkpoints are stored (they fall
+    inside a shifted tile): inference, not training."""
+    return (L % 8 != 0 and dim >= 8 * bd and _groups_fit(dim, groups, 8 * bd) and batch * dim * L % 8 == 0
+            and not store_ck)
+
+
 def fits(dim: int, groups: int, N: int, CK: int) -> bool:
     """Whether this forward takes the case: a program's BLOCK_D channels share one B/C group, N is at most
     MAX_N, and T divides the checkpoint interval CK."""
@@ -733,7 +794,10 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
     if not fits(dim, groups, N, CK):
         raise ValueError(f"the Gluon forward needs a multiple of {bd} channels a B/C group (got {dim // groups}), "
                          f"at most {MAX_N} states (got {N}) and a checkpoint interval that {T} divides (got {CK})")
-    bc = _pack_bc(B4, C4, T, nb)
+    ql = 16 if L % 16 == 0 else 8 if L % 8 == 0 else 1
+    shift = _shift(batch, dim, L, groups, bd, store_ck)
+    nt = cdiv(L + 7, T) if shift else cdiv(L, T)  # a chain's tiles, at most
+    bc = _pack_bc(B4, C4, 8 + (nt + 1) * T if shift else nt * T, nb, front=8 if shift else 0)
     lp = bc.shape[2]
     y = torch.empty_like(u)
     hT = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
@@ -741,18 +805,17 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
     ck = torch.empty(batch, dim, nck, N, device=u.device, dtype=torch.float32) if store_ck else hT
     from .triton_selective_scan import _or
     even = L % T == 0 and dim % bd == 0
-    nchain = cdiv(dim, bd) * batch
-    nt = cdiv(L, T)
+    npd = 8 * cdiv(dim, 8 * bd) if shift else cdiv(dim, bd)
+    nchain = npd * batch
     persist = _persist(nchain, _sms(u.device))
     segt = max(cdiv(MIN_SEG, T), cdiv(nt, UNITS)) if persist else nt
     sync = torch.zeros(1 + nchain, device=u.device, dtype=torch.int32) if persist else hT
     _ss_fwd_rows_kernel[(nchain,)](
         u, delta, A, bc, _or(D, u), _or(z, u), _or(bias, u), _or(h0, u), y, hT, ck, sync,
-        L, dim, N, dim // groups, nck, groups, lp, cdiv(dim, bd), nchain, nchain * cdiv(nt, segt), segt,
+        L, dim, N, dim // groups, nck, groups, lp, npd, nchain, nchain * cdiv(nt, segt), segt,
         BLOCK_D=bd, NB=nb, NS=ns, T=T, WARPS=warps, CKI=CK, **_bc_layout(nb),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
-        HAS_H0=h0 is not None, STORE_CK=store_ck, EVEN=even, QL=16 if L % 16 == 0 else 8 if L % 8 == 0 else 1,
-        PERSIST=persist, num_warps=warps)
+        HAS_H0=h0 is not None, STORE_CK=store_ck, EVEN=even, QL=ql, SHIFT=shift, PERSIST=persist, num_warps=warps)
     return y, hT, ck
 
 
@@ -809,7 +872,7 @@ def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int
     if not fits_bwd(dim, groups, N, CK):
         raise ValueError(f"the Gluon backward needs a multiple of {bd} channels a B/C group (got {dim // groups}), "
                          f"5 to 16 states (got {N}) and a checkpoint interval that {T} divides (got {CK})")
-    bc = _pack_bc(B4, C4, T, nb)
+    bc = _pack_bc(B4, C4, cdiv(L, T) * T, nb)
     lp = bc.shape[2]
     from .triton_selective_scan import _bwd_grads, _bwd_outputs, _or
     du, ddt, dz, _, _, dA, dD, dbias, dh0 = _bwd_outputs(u, delta, A, B4, z, dbc=False)

@@ -305,11 +305,13 @@ def test_gluon_forward_off_cuda_is_a_clear_error(monkeypatch):
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
-@pytest.mark.parametrize("L, D, N", [(4096, 5120, 16), (1000, 5100, 16), (333, 200, 5), (70, 48, 1), (300, 64, 32)])
+@pytest.mark.parametrize("L, D, N", [(4096, 5120, 16), (1000, 5100, 16), (333, 200, 5), (70, 48, 1), (300, 64, 32),
+                                     (4093, 256, 16), (1001, 200, 8)])
 def test_gpu_gluon_forward(dtype, tol, L, D, N, monkeypatch):
     """The Gluon forward (ARCHDSL_SCAN_FWD=gluon) against float64: a Mamba-1 layer of mamba-2.8b (no masks);
-    L, D off its tile (masked) and N below, off and at the top of its power-of-two padding; then gradients
-    through its checkpoints, B/C in two groups."""
+    L, D off its tile (masked) and N below, off and at the top of its power-of-two padding; L not a multiple
+    of 8 with 128 channels or more (shifted tiles); then gradients through its checkpoints, B/C in two
+    groups."""
     monkeypatch.setenv("ARCHDSL_SCAN_FWD", "gluon")
     t = make(4, D, N, L, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
     assert_close(run(selective_scan, t, grads=False), _ref64(t, grads=False), tol)
@@ -321,7 +323,7 @@ def test_gpu_gluon_forward(dtype, tol, L, D, N, monkeypatch):
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("L, D, N, store_ck", [(4096, 512, 16, True), (1000, 200, 16, True), (333, 50, 5, False),
-                                              (197, 64, 8, True)])
+                                              (197, 64, 8, True), (1001, 300, 16, True)])
 def test_gpu_gluon_forward_segments_change_nothing(L, D, N, store_ck, monkeypatch):
     """The forward's chains cut into 64-step units taken by persistent programs (the default where one program a
     chain would load the schedulers unevenly; forced here): y, the last state and the checkpoints are bit for
@@ -337,6 +339,31 @@ def test_gpu_gluon_forward_segments_change_nothing(L, D, N, store_ck, monkeypatc
     monkeypatch.setattr(gss, "MIN_SEG", 64)
     monkeypatch.setattr(gss, "UNITS", 10**6)
     for got, want in zip(gss.ss_fwd_gluon(*args, CK=CK), whole):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("L, D, N, G, h0", [
+    (4093, 512, 16, 1, False), (1001, 200, 16, 1, True), (4094, 512, 8, 2, True), (333, 1000, 5, 1, True),
+    (100, 128, 32, 1, False), (7, 256, 16, 1, True), (2047, 256, 1, 1, False)])
+@pytest.mark.parametrize("persist", [False, True])
+def test_gpu_gluon_forward_shifted_tiles_change_nothing(L, D, N, G, h0, persist, monkeypatch):
+    """Where L is not a multiple of 8, the inference forward's programs take channels 8 apart and shift their
+    tiles onto 16-byte boundaries (`_shift`): y and the last state are bit for bit those of the tiles laid
+    along the steps, with masked channels, an initial state, B/C in groups, and persistent programs."""
+    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
+    from archdsl.kernels.selective_scan.triton_selective_scan import CK
+    t = make(2, D, N, L, G=G, z=True, Dskip=True, bias=True, h0=h0, dtype=torch.bfloat16, device="cuda")
+    B4, C4 = (t[k] if G else t[k][:, None] for k in ("B", "C"))
+    args = (t["u"], t["delta"], t["A"].float(), B4, C4, t["D"].float(), t["z"], t["delta_bias"].float(),
+            t["initial_state"], True, False)
+    monkeypatch.setattr(gss, "_persist", lambda nchain, sms: persist)
+    monkeypatch.setattr(gss, "MIN_SEG", 64)
+    assert gss._shift(2, D, L, max(G, 1), 32 // min(2, N), False)
+    shifted = gss.ss_fwd_gluon(*args, CK=CK)
+    monkeypatch.setattr(gss, "_shift", lambda *a: False)
+    for got, want in zip(shifted, gss.ss_fwd_gluon(*args, CK=CK)):
         assert torch.equal(got, want)
 
 
@@ -369,8 +396,10 @@ def test_gpu_gluon_forward_is_the_default_where_it_fits(monkeypatch):
     (4096, 64, 16, dict(z=True, Dskip=True, bias=True), True, False), (1000, 50, 5, dict(h0=True), False, False),
     (40, 32, 1, dict(z=True), False, False), (64, 32, 32, dict(bias=True), True, False),
     (4096, 64, 16, dict(z=True, Dskip=True, bias=True, h0=True), True, True), (1000, 50, 5, dict(h0=True), False, True),
-    (999, 64, 16, dict(z=True), False, False)],
-    ids=["even-train", "masked", "N1", "N32-train", "persistent-train", "persistent-masked", "odd-L"])
+    (999, 64, 16, dict(z=True), False, False), (999, 256, 16, dict(z=True, Dskip=True, bias=True), False, False),
+    (998, 200, 5, dict(h0=True), False, True)],
+    ids=["even-train", "masked", "N1", "N32-train", "persistent-train", "persistent-masked", "odd-L", "shifted",
+         "shifted-persistent"])
 def test_gluon_forward_compiles_for_sm90(L, D, N, opts, store_ck, persist, monkeypatch, tmp_path):
     """Gluon kernels never run under the interpreter, so CI compiles them instead: the Gluon forward's
     launcher runs on CPU tensors with its kernel launch captured, and each launch is compiled for sm_90
@@ -429,6 +458,28 @@ def test_gluon_launches_claim_no_more_alignment_than_L_has(L, monkeypatch):
                      torch.zeros(1, 64, -(-L // 64), 16), torch.zeros_like(t["u"]), None, False, CK=64)
     largest = lambda allowed: max(q for q in allowed if L % q == 0)
     assert seen == {"_ss_fwd_rows_kernel": largest((16, 8, 1)), "_ss_bwd_rows_kernel": largest((16, 2, 1))}
+
+
+@pytest.mark.parametrize("b, D, L, G, store_ck, want", [
+    (1, 128, 999, 1, False, True), (2, 256, 1002, 2, False, True), (1, 128, 999, 1, True, False),
+    (1, 129, 999, 1, False, False), (1, 64, 999, 1, False, False), (1, 256, 1000, 1, False, False),
+    (2, 384, 999, 2, False, False)],
+    ids=["odd-L", "groups", "training", "reads-past-the-end", "too-few-channels", "aligned", "group-split"])
+def test_gluon_forward_shifts_tiles_only_where_it_may(b, D, L, G, store_ck, want, monkeypatch):
+    """The forward's shifted tiles (`SHIFT`: programs of channels 8 apart) only where L is not a multiple of 8,
+    without checkpoints (they would fall inside a tile), with 8 · 16 channels a program sharing a B/C group,
+    and where the last row ends a 16-byte group (a group read whole must stay in the tensor); then the
+    programs cover the channels in blocks of 128."""
+    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
+    if not gss.HAVE_GLUON:
+        pytest.skip("this Triton has no Gluon")
+    seen = {}
+    monkeypatch.setattr(gss, "_ss_fwd_rows_kernel", type("Capture", (), {
+        "__getitem__": lambda self, grid: lambda *a, **kw: seen.update(shift=kw["SHIFT"], grid=grid)})())
+    t = make(b, D, 16, L, G=G)
+    gss.ss_fwd_gluon(t["u"], t["delta"], t["A"], t["B"], t["C"], None, None, None, None, False, store_ck, CK=64)
+    chains = b * (8 * -(-D // 128) if want else -(-D // 16))
+    assert seen == {"shift": want, "grid": (chains,)}
 
 
 @pytest.mark.skipif(CUDA, reason="the Gluon backward runs on CUDA")
