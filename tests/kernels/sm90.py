@@ -5,7 +5,7 @@ variable whose type changes between iterations, say). This closes that gap on th
 
   1. record: with ARCHDSL_RECORD_LAUNCHES=FILE set, tests/kernels/conftest.py makes every interpreted
      launch append one JSON line to FILE: the kernel (module, name), each argument's Triton type or
-     constexpr value, num_warps and num_stages;
+     constexpr value, the ones divisible by 16 (as Triton specializes them), num_warps and num_stages;
   2. compile: `python tests/kernels/sm90.py FILE` compiles each distinct launch to a cubin for
      GPUTarget("cuda", 90, 32) (Triton ships ptxas) and lists the ones that fail, with the error.
      A launch with PDL off (always, interpreted) is also compiled with it on, as the GPU runs it.
@@ -45,9 +45,19 @@ def _type(value):
     return None
 
 
+def _divisible(value) -> bool:
+    """Whether Triton's launcher marks this runtime argument divisible by 16, as it specializes kernels: a
+    tensor whose address is, or an integer that is (a kernel compiled for the GPU knows it)."""
+    import torch
+    if isinstance(value, torch.Tensor):
+        return value.data_ptr() % 16 == 0
+    return isinstance(value, int) and not isinstance(value, bool) and value % 16 == 0
+
+
 def launch_entry(kernel, args, kwargs) -> str:
     """One launch of a Triton or Gluon kernel as the JSON line the compile step reads: the kernel (module,
-    name), each argument's Triton type or constexpr value, num_warps and num_stages."""
+    name), each argument's Triton type or constexpr value, the arguments divisible by 16, num_warps and
+    num_stages."""
     names = kernel.arg_names
     bound = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
     constexprs = {p.name for p in _constexpr_params(kernel.fn)}
@@ -59,6 +69,7 @@ def launch_entry(kernel, args, kwargs) -> str:
         else:
             arguments[name] = {"type": _type(value)}
     entry = {"module": kernel.fn.__module__, "name": kernel.fn.__name__, "args": arguments,
+             "div16": sorted(n for n in arguments if "type" in arguments[n] and _divisible(bound.get(n))),
              "options": {k: kwargs[k] for k in _OPTIONS if k in kwargs}}
     return json.dumps(entry, sort_keys=True)
 
@@ -118,11 +129,12 @@ def compile_one(line: str, regs: bool = False) -> str:
     names = kernel.arg_names  # the recorded arguments are sorted by name
     signature = {n: e["args"][n].get("type", "constexpr") for n in names}
     constants = {(i,): e["args"][n]["constexpr"] for i, n in enumerate(names) if "type" not in e["args"][n]}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n in e.get("div16", ())}
     source = ASTSource
     if type(kernel).__name__ == "GluonJITFunction":  # Gluon kernels (compiled only, never interpreted)
         from triton.experimental.gluon._runtime import GluonASTSource as source
     try:
-        compiled = triton.compile(source(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+        compiled = triton.compile(source(kernel, signature, constants, attrs), target=GPUTarget("cuda", 90, 32),
                                   options=e["options"])
         return "ok" + (f" ({_resources(compiled.asm['cubin'])})" if regs else "")
     except Exception as err:  # every failing launch is reported

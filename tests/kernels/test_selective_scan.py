@@ -369,6 +369,32 @@ def test_gpu_gluon_forward_shifted_tiles_change_nothing(L, D, N, G, h0, persist,
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("L, D, N, G, h0", [
+    (4096, 512, 16, 1, True), (1000, 200, 5, 1, False), (4093, 256, 16, 1, True), (2048, 512, 32, 2, False),
+    (1000, 64, 1, 1, True)])
+@pytest.mark.parametrize("store_ck", [False, True])
+@pytest.mark.parametrize("persist", [False, True])
+def test_gpu_gluon_forward_async_copies_change_nothing(L, D, N, G, h0, store_ck, persist, monkeypatch):
+    """u, delta, z and B/C copied into shared memory asynchronously (`_async_io`, wherever rows are aligned or
+    shifted onto 16-byte boundaries) or through registers: y, the last state and the checkpoints are bit for
+    bit the same, with masked channels, an initial state, B/C in groups, and persistent programs."""
+    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
+    from archdsl.kernels.selective_scan.triton_selective_scan import CK
+    t = make(2, D, N, L, G=G, z=True, Dskip=True, bias=True, h0=h0, dtype=torch.bfloat16, device="cuda")
+    B4, C4 = (t[k] if G else t[k][:, None] for k in ("B", "C"))
+    args = (t["u"], t["delta"], t["A"].float(), B4, C4, t["D"].float(), t["z"], t["delta_bias"].float(),
+            t["initial_state"], True, store_ck)
+    monkeypatch.setattr(gss, "_persist", lambda nchain, sms: persist)
+    monkeypatch.setattr(gss, "MIN_SEG", 64)
+    monkeypatch.setattr(gss, "_async_io", lambda tensors, ql, shift, persist, store_ck: ql >= 8 or shift)
+    copied = gss.ss_fwd_gluon(*args, CK=CK)
+    monkeypatch.setattr(gss, "_async_io", lambda *a: False)
+    for got, want in zip(copied, gss.ss_fwd_gluon(*args, CK=CK)):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.gpu
+@gpu
 def test_gpu_gluon_forward_is_the_default_where_it_fits(monkeypatch):
     """Unset ARCHDSL_SCAN_FWD on CUDA: the Gluon forward where it takes the case (G = 1, N = 16), the Triton
     one where it does not (8 channels a B/C group, time-invariant B and C, N = 64); both right. Forcing
@@ -397,14 +423,15 @@ def test_gpu_gluon_forward_is_the_default_where_it_fits(monkeypatch):
     (40, 32, 1, dict(z=True), False, False), (64, 32, 32, dict(bias=True), True, False),
     (4096, 64, 16, dict(z=True, Dskip=True, bias=True, h0=True), True, True), (1000, 50, 5, dict(h0=True), False, True),
     (999, 64, 16, dict(z=True), False, False), (999, 256, 16, dict(z=True, Dskip=True, bias=True), False, False),
-    (998, 200, 5, dict(h0=True), False, True)],
+    (998, 200, 5, dict(h0=True), False, True), (4096, 64, 16, dict(z=True), False, True)],
     ids=["even-train", "masked", "N1", "N32-train", "persistent-train", "persistent-masked", "odd-L", "shifted",
-         "shifted-persistent"])
+         "shifted-persistent", "persistent-inference"])
 def test_gluon_forward_compiles_for_sm90(L, D, N, opts, store_ck, persist, monkeypatch, tmp_path):
     """Gluon kernels never run under the interpreter, so CI compiles them instead: the Gluon forward's
     launcher runs on CPU tensors with its kernel launch captured, and each launch is compiled for sm_90
     by tests/kernels/sm90.py (bf16 inputs, as a model calls it); one program a chain, or persistent programs
-    taking units of chains."""
+    taking units of chains; tiles copied asynchronously (`ASYNC`) or through registers (odd L with few
+    channels, persistent inference over rows of 16 | L)."""
     from archdsl.kernels.selective_scan import gluon_selective_scan as gss
     monkeypatch.setattr(gss, "_persist", lambda nchain, sms: persist)
 
