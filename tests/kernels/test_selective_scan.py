@@ -353,18 +353,8 @@ def test_gpu_gluon_forward_shifted_tiles_change_nothing(L, D, N, G, h0, persist,
     tiles onto 16-byte boundaries (`_shift`): y and the last state are bit for bit those of the tiles laid
     along the steps, with masked channels, an initial state, B/C in groups, and persistent programs."""
     from archdsl.kernels.selective_scan import gluon_selective_scan as gss
-    from archdsl.kernels.selective_scan.triton_selective_scan import CK
-    t = make(2, D, N, L, G=G, z=True, Dskip=True, bias=True, h0=h0, dtype=torch.bfloat16, device="cuda")
-    B4, C4 = (t[k] if G else t[k][:, None] for k in ("B", "C"))
-    args = (t["u"], t["delta"], t["A"].float(), B4, C4, t["D"].float(), t["z"], t["delta_bias"].float(),
-            t["initial_state"], True, False)
-    monkeypatch.setattr(gss, "_persist", lambda nchain, sms: persist)
-    monkeypatch.setattr(gss, "MIN_SEG", 64)
     assert gss._shift(2, D, L, max(G, 1), 32 // min(2, N), False)
-    shifted = gss.ss_fwd_gluon(*args, CK=CK)
-    monkeypatch.setattr(gss, "_shift", lambda *a: False)
-    for got, want in zip(shifted, gss.ss_fwd_gluon(*args, CK=CK)):
-        assert torch.equal(got, want)
+    _gluon_forward_same_either_way(monkeypatch, "_shift", gss._shift, L, D, N, G, h0, False, persist)
 
 
 @pytest.mark.gpu
@@ -378,6 +368,14 @@ def test_gpu_gluon_forward_async_copies_change_nothing(L, D, N, G, h0, store_ck,
     """u, delta, z and B/C copied into shared memory asynchronously (`_async_io`, wherever rows are aligned or
     shifted onto 16-byte boundaries) or through registers: y, the last state and the checkpoints are bit for
     bit the same, with masked channels, an initial state, B/C in groups, and persistent programs."""
+    wherever = lambda tensors, ql, shift, persist, store_ck: ql >= 8 or shift  # noqa: E731
+    _gluon_forward_same_either_way(monkeypatch, "_async_io", wherever, L, D, N, G, h0, store_ck, persist)
+
+
+def _gluon_forward_same_either_way(monkeypatch, rule, on, L, D, N, G, h0, store_ck, persist):
+    """The Gluon forward's outputs (y, last state, checkpoints) with its launcher's `rule` replaced by `on`, then
+    by one that says no, bit for bit the same: B2 bf16 with z, D and delta_bias; B/C in G groups (0: one);
+    persistent programs in 64-step units or one program a chain."""
     from archdsl.kernels.selective_scan import gluon_selective_scan as gss
     from archdsl.kernels.selective_scan.triton_selective_scan import CK
     t = make(2, D, N, L, G=G, z=True, Dskip=True, bias=True, h0=h0, dtype=torch.bfloat16, device="cuda")
@@ -386,10 +384,10 @@ def test_gpu_gluon_forward_async_copies_change_nothing(L, D, N, G, h0, store_ck,
             t["initial_state"], True, store_ck)
     monkeypatch.setattr(gss, "_persist", lambda nchain, sms: persist)
     monkeypatch.setattr(gss, "MIN_SEG", 64)
-    monkeypatch.setattr(gss, "_async_io", lambda tensors, ql, shift, persist, store_ck: ql >= 8 or shift)
-    copied = gss.ss_fwd_gluon(*args, CK=CK)
-    monkeypatch.setattr(gss, "_async_io", lambda *a: False)
-    for got, want in zip(copied, gss.ss_fwd_gluon(*args, CK=CK)):
+    monkeypatch.setattr(gss, rule, on)
+    yes = gss.ss_fwd_gluon(*args, CK=CK)
+    monkeypatch.setattr(gss, rule, lambda *a: False)
+    for got, want in zip(yes, gss.ss_fwd_gluon(*args, CK=CK)):
         assert torch.equal(got, want)
 
 
