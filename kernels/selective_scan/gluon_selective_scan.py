@@ -164,11 +164,8 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _tile_at(u_ptr, dt_ptr, z_ptr, off, t0, t_io, L, dmask, HAS_Z: gl.constexpr):
-        """`_tile` of a shifted tile, whose steps are t0 + t_io [1, T] of the rows: each thread's 8 steps, a
-        16-byte group, move whole where any of them lies in its row (one access; the others are the next or
-        last row's, which the caller masks), so the masks change only from group to group."""
-        first = t0 + (t_io // 8) * 8  # the first step of the thread's group
-        return _tile(u_ptr, dt_ptr, z_ptr, off, (first > -8) & (first < L) & dmask, HAS_Z, False)
+        """`_tile` of a shifted tile, whose steps are t0 + t_io [1, T] of the rows, through registers (`_io_mask`)."""
+        return _tile(u_ptr, dt_ptr, z_ptr, off, _io_mask(t0, t_io, L, dmask, True), HAS_Z, False)
 
     @gluon.jit
     def _copy_tile(u_ptr, dt_ptr, z_ptr, bc_ptrs, off, mask, u_s, dt_s, z_s, bc_s, HAS_Z: gl.constexpr,
@@ -190,10 +187,11 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _io_mask(t0, t_io, L, dmask, SHIFT: gl.constexpr):
-        """The load mask of the tile whose steps are t0 + t_io of the rows: with SHIFT, by 16-byte groups that
-        reach into the rows (`_tile_at`), else by steps."""
+        """The load mask of the tile whose steps are t0 + t_io of the rows. With SHIFT, each thread's 8 steps, a
+        16-byte group, move whole where any of them lies in its row (one access; the others are the next or last
+        row's, which the caller masks), so the mask changes only from group to group; else by steps."""
         if SHIFT:
-            first = t0 + (t_io // 8) * 8
+            first = t0 + (t_io // 8) * 8  # the first step of the thread's group
             m = (first > -8) & (first < L) & dmask
         else:
             m = (t0 + t_io < L) & dmask
