@@ -901,7 +901,7 @@ def _async_io(tensors, ql: int, shift: bool, persist: bool, store_ck: bool) -> b
     """Whether the forward copies u, delta, z and B/C into shared memory asynchronously (`ASYNC`): where rows
     start on 16-byte boundaries (QL 8 or 16) or are shifted onto them, in tensors that start on one (cp.async
     moves 16 bytes), but for persistent programs over rows of 16 | L storing no checkpoints. There ptxas
-    gives the leaner kernel (101 registers, not 128) a tighter schedule, ex2 results used 10 instructions
+    gives the leaner kernel (100 registers, not 128) a tighter schedule, ex2 results used 10 instructions
     after their issue rather than 18, and it ran 1-2% slower. H200, B4 N16 bf16, ms (thirty-second run):
     with checkpoints L4096 D5120 0.669 -> 0.581, D2560 0.503 -> 0.455; without, D2560 (one program a chain)
     0.470 -> 0.430, L4093 (shifted) 0.714 -> 0.615, L4104 0.658 -> 0.642; but L4096 D5120 0.627 -> 0.637,
