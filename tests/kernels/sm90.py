@@ -54,6 +54,11 @@ def _divisible(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value % 16 == 0
 
 
+def _is_gluon(kernel) -> bool:
+    """Whether a kernel is Gluon's (compiled only, never interpreted)."""
+    return type(kernel).__name__ == "GluonJITFunction"
+
+
 def launch_entry(kernel, args, kwargs) -> str:
     """One launch of a Triton or Gluon kernel as the JSON line the compile step reads: the kernel (module,
     name), each argument's Triton type or constexpr value, num_warps and num_stages; for a Gluon kernel also
@@ -72,7 +77,7 @@ def launch_entry(kernel, args, kwargs) -> str:
             arguments[name] = {"type": _type(value)}
     entry = {"module": kernel.fn.__module__, "name": kernel.fn.__name__, "args": arguments,
              "div16": sorted(n for n in arguments if "type" in arguments[n] and _divisible(bound.get(n)))
-             if type(kernel).__name__ == "GluonJITFunction" else [],
+             if _is_gluon(kernel) else [],
              "options": {k: kwargs[k] for k in _OPTIONS if k in kwargs}}
     return json.dumps(entry, sort_keys=True)
 
@@ -134,7 +139,7 @@ def compile_one(line: str, regs: bool = False) -> str:
     constants = {(i,): e["args"][n]["constexpr"] for i, n in enumerate(names) if "type" not in e["args"][n]}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n in e.get("div16", ())}
     source = ASTSource
-    if type(kernel).__name__ == "GluonJITFunction":  # Gluon kernels (compiled only, never interpreted)
+    if _is_gluon(kernel):
         from triton.experimental.gluon._runtime import GluonASTSource as source
     try:
         compiled = triton.compile(source(kernel, signature, constants, attrs), target=GPUTarget("cuda", 90, 32),
