@@ -78,6 +78,14 @@ TILE = (2, 16, 1)
 # 0.642, 512: 0.665); L16384 2.636 -> 2.430 (128-step 2.442, 256-step 2.412); at L4096 D4608 0.675 -> 0.593, D7168
 # 0.860 -> 0.823.
 UNITS, MIN_SEG = 32, 128
+# The forward's register cap where it copies its tiles asynchronously (`_async_io`) and N <= 16. Without one,
+# ptxas gives that kernel ~100 registers and uses each ex2's result ~12 instructions after it issues; capped at
+# 128 it takes 127 and ~23 (sm_90, Triton 3.6). H200, B4 bf16, ms, no cap -> 128 (thirty-third run): N16 L4096
+# D5120 0.636 -> 0.589, L16384 2.399 -> 2.288, D7168 0.826 -> 0.799, L4104 0.642 -> 0.595, D2560 0.430 -> 0.423;
+# with checkpoints D2560 0.455 -> 0.420, D5120 0.580 -> 0.580 (capped at 160: 0.598, 2.319, 0.751, 0.604, 0.426);
+# N8 D5120 0.422 -> 0.403, D2560 0.307 -> 0.280; N4 D2560 0.232 -> 0.218. N32 (no cap: ~128 registers already)
+# D5120 1.023 -> 1.028, D2560 0.695 -> 0.713.
+FWD_MAXNREG = 128
 MAX_N = 32  # the most states a channel compiled and timed here (168 registers); the Triton forward takes more
 
 if HAVE_GLUON:
@@ -884,7 +892,8 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
     npd = 8 * cdiv(dim, 8 * bd) if shift else cdiv(dim, bd)
     nchain = npd * batch
     persist = _persist(nchain, _sms(u.device))
-    async_io = _async_io((u, delta, z), ql, shift, persist, store_ck)
+    async_io = _async_io((u, delta, z), ql, shift)
+    cap = dict(maxnreg=FWD_MAXNREG) if async_io and nb <= 16 else {}
     segt = max(cdiv(MIN_SEG, T), cdiv(nt, UNITS)) if persist else nt
     sync = torch.zeros(1 + nchain, device=u.device, dtype=torch.int32) if persist else hT
     _ss_fwd_rows_kernel[(nchain,)](
@@ -893,21 +902,19 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
         BLOCK_D=bd, NB=nb, NS=ns, T=T, WARPS=warps, CKI=CK, **_bc_layout(nb),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
         HAS_H0=h0 is not None, STORE_CK=store_ck, EVEN=even, QL=ql, SHIFT=shift, ASYNC=async_io, PERSIST=persist,
-        num_warps=warps)
+        num_warps=warps, **cap)
     return y, hT, ck
 
 
-def _async_io(tensors, ql: int, shift: bool, persist: bool, store_ck: bool) -> bool:
+def _async_io(tensors, ql: int, shift: bool) -> bool:
     """Whether the forward copies u, delta, z and B/C into shared memory asynchronously (`ASYNC`): where rows
     start on 16-byte boundaries (QL 8 or 16) or are shifted onto them, in tensors that start on one (cp.async
-    moves 16 bytes), but for persistent programs over rows of 16 | L storing no checkpoints. There ptxas
-    gives the leaner kernel (100 registers, not 128) a tighter schedule, ex2 results used 10 instructions
-    after their issue rather than 18, and it ran 1-2% slower. H200, B4 N16 bf16, ms (thirty-second run):
-    with checkpoints L4096 D5120 0.669 -> 0.581, D2560 0.503 -> 0.455; without, D2560 (one program a chain)
-    0.470 -> 0.430, L4093 (shifted) 0.714 -> 0.615, L4104 0.658 -> 0.642; but L4096 D5120 0.627 -> 0.637,
-    L16384 2.387 -> 2.405, D7168 0.810 -> 0.827."""
+    moves 16 bytes). H200, B4 N16 bf16, ms (thirty-second run): with checkpoints L4096 D5120 0.669 -> 0.581,
+    D2560 0.503 -> 0.455; without, D2560 (one program a chain) 0.470 -> 0.430, L4093 (shifted) 0.714 -> 0.615,
+    L4104 0.658 -> 0.642. Where programs are persistent, rows 16 · k steps and no checkpoints stored, it gains
+    only with the register cap FWD_MAXNREG (without it 0.627 -> 0.637 ms at L4096 D5120)."""
     aligned = all(t.data_ptr() % 16 == 0 for t in tensors if t is not None)
-    return aligned and (ql >= 8 or shift) and (store_ck or shift or ql < 16 or not persist)
+    return aligned and (ql >= 8 or shift)
 
 
 # The backward's tile: T steps a sub-tile (their states stay in registers, [T, NB / NS] a thread), NS threads a

@@ -23,7 +23,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     `[B, D, N]` (float32, float64 for float64 u).
 
     On CUDA the forward is a Gluon kernel with hand-set layouts where it takes the case (G = 1 or a
-    multiple of 16 channels a group, N <= 32; 0.63 ms at B4 L4096 D5120 N16 bf16 on the H200, mamba_ssm's
+    multiple of 16 channels a group, N <= 32; 0.60 ms at B4 L4096 D5120 N16 bf16 on the H200, mamba_ssm's
     CUDA kernel 1.45), else a Triton one; `ARCHDSL_SCAN_FWD=gluon|serial|segments|auto` forces one (`auto`
     times them once per case). The backward is a Gluon kernel in the same layout where it takes the case
     (G = 1 or a multiple of 8 channels a group, 5 <= N <= 16; forward+backward 3.34 ms at that shape,

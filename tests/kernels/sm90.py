@@ -5,7 +5,7 @@ variable whose type changes between iterations, say). This closes that gap on th
 
   1. record: with ARCHDSL_RECORD_LAUNCHES=FILE set, tests/kernels/conftest.py makes every interpreted
      launch append one JSON line to FILE: the kernel (module, name), each argument's Triton type or
-     constexpr value, num_warps and num_stages (a Gluon launch also the arguments divisible by 16);
+     constexpr value, num_warps, num_stages and maxnreg (a Gluon launch also the arguments divisible by 16);
   2. compile: `python tests/kernels/sm90.py FILE` compiles each distinct launch to a cubin for
      GPUTarget("cuda", 90, 32) (Triton ships ptxas) and lists the ones that fail, with the error.
      A launch with PDL off (always, interpreted) is also compiled with it on, as the GPU runs it.
@@ -25,7 +25,7 @@ import sys
 
 _DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64", "int64": "i64",
            "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "i1"}
-_OPTIONS = ("num_warps", "num_stages")
+_OPTIONS = ("num_warps", "num_stages", "maxnreg")
 
 
 def _type(value):
@@ -61,10 +61,11 @@ def _is_gluon(kernel) -> bool:
 
 def launch_entry(kernel, args, kwargs) -> str:
     """One launch of a Triton or Gluon kernel as the JSON line the compile step reads: the kernel (module,
-    name), each argument's Triton type or constexpr value, num_warps and num_stages; for a Gluon kernel also
-    the arguments divisible by 16, which it is compiled knowing, as on the GPU (its 16-byte copies need
-    it). Interpreted Triton launches are compiled without that specialization: it would add ~170 distinct
-    compiles to CI's ~850 (~2 minutes on two cores, cold), and the GPU tests compile them specialized."""
+    name), each argument's Triton type or constexpr value, num_warps, num_stages and a register cap (maxnreg);
+    for a Gluon kernel also the arguments divisible by 16, which it is compiled knowing, as on the GPU (its
+    16-byte copies need it). Interpreted Triton launches are compiled without that specialization: it would
+    add ~170 distinct compiles to CI's ~850 (~2 minutes on two cores, cold), and the GPU tests compile them
+    specialized."""
     names = kernel.arg_names
     bound = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
     constexprs = {p.name for p in _constexpr_params(kernel.fn)}

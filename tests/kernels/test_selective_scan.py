@@ -368,7 +368,7 @@ def test_gpu_gluon_forward_async_copies_change_nothing(L, D, N, G, h0, store_ck,
     """u, delta, z and B/C copied into shared memory asynchronously (`_async_io`, wherever rows are aligned or
     shifted onto 16-byte boundaries) or through registers: y, the last state and the checkpoints are bit for
     bit the same, with masked channels, an initial state, B/C in groups, and persistent programs."""
-    wherever = lambda tensors, ql, shift, persist, store_ck: ql >= 8 or shift  # noqa: E731
+    wherever = lambda tensors, ql, shift: ql >= 8 or shift  # noqa: E731
     _gluon_forward_same_either_way(monkeypatch, "_async_io", wherever, L, D, N, G, h0, store_ck, persist)
 
 
@@ -428,8 +428,8 @@ def test_gluon_forward_compiles_for_sm90(L, D, N, opts, store_ck, persist, monke
     """Gluon kernels never run under the interpreter, so CI compiles them instead: the Gluon forward's
     launcher runs on CPU tensors with its kernel launch captured, and each launch is compiled for sm_90
     by tests/kernels/sm90.py (bf16 inputs, as a model calls it); one program a chain, or persistent programs
-    taking units of chains; tiles copied asynchronously (`ASYNC`) or through registers (odd L with few
-    channels, persistent inference over rows of 16 | L)."""
+    taking units of chains; tiles copied asynchronously (`ASYNC`, under the register cap FWD_MAXNREG where
+    N <= 16) or through registers (odd L with few channels, or with checkpoints)."""
     from archdsl.kernels.selective_scan import gluon_selective_scan as gss
     monkeypatch.setattr(gss, "_persist", lambda nchain, sms: persist)
 
