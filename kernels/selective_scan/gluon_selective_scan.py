@@ -29,11 +29,12 @@ threads only in shuffles, three a step:
 A program runs a chain: a channel block of one batch row over all L steps. 1280 one-warp chains (B4 D5120)
 land 2 or 3 to a scheduler, and the schedulers with 3 set the time (Nsight Compute, docs/benchmarks.md,
 twenty-fourth run). Where one program a chain loads the schedulers that unevenly (`_persist`), the chains
-are cut into UNITS segments and as many persistent programs as chains take (segment, chain) units from a
-counter, a segment of every chain before the next segment of any: a program free sooner takes more units,
-and the state crosses from one segment to the next through hT and a flag a chain. The results are bit for
-bit the same. On the H200 (B4 L4096 D5120 N16 bf16, 2026-11-30): 0.636 ms against 0.675 with one program a
-chain and mamba_ssm's CUDA kernel's 1.445, 25% of the bandwidth floor (docs/benchmarks.md, twenty-sixth run).
+are cut into UNITS segments and persistent programs, as many a scheduler as the chains fill whole
+(`_programs`), take (segment, chain) units from a counter, a segment of every chain before the next segment
+of any: a program free sooner takes more units, and the state crosses from one segment to the next through
+hT and a flag a chain. The results are bit for bit the same. On the H200 (B4 L4096 D5120 N16 bf16,
+2026-11-30): 0.562 ms against mamba_ssm's CUDA kernel's 1.447, 28% of the bandwidth floor; at L16384 2.017
+against 6.932, 32% (docs/benchmarks.md, thirty-third run).
 
 The backward (`_ss_bwd_rows_kernel`) takes the same checkpoints as the Triton backwards ([B, D, NCK, N], the
 state before every CKI-th step), so it follows any forward. It keeps the forward's layout with four threads a
@@ -837,10 +838,26 @@ def _uneven(rounds: float, least: float) -> bool:
 
 
 def _persist(nchain: int, sms: int) -> bool:
-    """Whether the forward's chains are cut into units taken by persistent programs: when one program a chain
-    would leave some schedulers a program more than others (more than 2 a scheduler; with fewer, a scheduler
-    with one program is latency-bound and gains less than the hand-offs cost)."""
-    return _uneven(nchain / (4 * sms), 2)
+    """Whether the forward's chains are cut into units taken by persistent programs: where one program a chain
+    would give the schedulers uneven numbers of programs. Over 2 programs a scheduler, where the last round
+    is 10% short or more (`_uneven`); from 1 to 2, only where it is 25% short or more, since a scheduler left
+    with one program runs it faster than two, so the spread costs less. H200, B4 L4096 N16 bf16, one
+    program a chain -> persistent, ms (thirty-third run): D2560 (1.21 a scheduler) 0.423 -> 0.383, D3072
+    (1.45) 0.427 -> 0.414, D3584 (1.70, left alone) 0.426 -> 0.441, D4096 (1.94, left alone) 0.429 -> 0.462,
+    D6144 (2.91, left alone) 0.641 -> 0.661; B2 L8192 D5120 (1.21) 0.827 -> 0.707."""
+    rounds = nchain / (4 * sms)
+    return _uneven(rounds, 2) or (rounds > 1 and math.ceil(rounds) / rounds >= 1.25)
+
+
+def _programs(nchain: int, sms: int) -> int:
+    """The persistent forward's programs: as many a scheduler as the chains fill whole (2 at least: one alone
+    waits on its loads), so fewer than the chains where those are over 2 a scheduler. A unit's previous
+    segment was then taken a round of programs or more before it, and is most likely done when its flag is
+    read. H200, B4 N16 bf16, as many programs as chains -> this, ms (thirty-third run): L4096 D5120 0.590 ->
+    0.560, L16384 2.292 -> 2.015, L2048 0.314 -> 0.294, D4608 0.542 -> 0.506, D7168 0.797 -> 0.738 (with 2
+    a scheduler 0.774); 1.5 a scheduler was slower everywhere (L4096 D5120 0.646)."""
+    per_scheduler = max(2, nchain // (4 * sms))
+    return min(nchain, per_scheduler * 4 * sms)
 
 
 def _tile_for(N: int):
@@ -891,12 +908,13 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
     even = L % T == 0 and dim % bd == 0
     npd = 8 * cdiv(dim, 8 * bd) if shift else cdiv(dim, bd)
     nchain = npd * batch
-    persist = _persist(nchain, _sms(u.device))
+    sms = _sms(u.device)
+    persist = _persist(nchain, sms)
     async_io = _async_io((u, delta, z), ql, shift)
     cap = dict(maxnreg=FWD_MAXNREG) if async_io and nb <= 16 else {}
     segt = max(cdiv(MIN_SEG, T), cdiv(nt, UNITS)) if persist else nt
     sync = torch.zeros(1 + nchain, device=u.device, dtype=torch.int32) if persist else hT
-    _ss_fwd_rows_kernel[(nchain,)](
+    _ss_fwd_rows_kernel[(_programs(nchain, sms) if persist else nchain,)](
         u, delta, A, bc, _or(D, u), _or(z, u), _or(bias, u), _or(h0, u), y, hT, ck, sync,
         L, dim, N, dim // groups, nck, groups, lp, npd, nchain, nchain * cdiv(nt, segt), segt,
         BLOCK_D=bd, NB=nb, NS=ns, T=T, WARPS=warps, CKI=CK, **_bc_layout(nb),
@@ -939,12 +957,12 @@ def _bwd_slots(sms: int) -> int:
 def _persist_bwd(nchain: int, sms: int) -> bool:
     """Whether the backward's chains are cut into units taken by persistent programs (as many as fit at once,
     `_bwd_slots`): when one program a chain would need more than one wave and leave the last short, or, in
-    less than one wave, would give the schedulers uneven numbers of programs, as the forward's rule says
-    (`_persist`). H200, B4 L4096 N16 bf16, the backward alone (2026-11-30), one program a chain -> persistent,
+    less than one wave, would give the schedulers uneven numbers of programs, over 2 a scheduler (as the
+    forward's rule, `_persist`, did before its thirty-third run). H200, B4 L4096 N16 bf16, the backward alone (2026-11-30), one program a chain -> persistent,
     ms: D2304 (2.18 programs a scheduler) 1.772 -> 1.642, D2560 (2.42) 1.793 -> 1.735, D2816 (2.67) 1.830 ->
     1.807, D3072 (2.91, left alone) 1.896 -> 1.895, D2048 (1.94, left alone) 1.500 -> 1.519."""
     waves = nchain / _bwd_slots(sms)
-    return _uneven(waves, 1) or (waves < 1 and _persist(nchain, sms))
+    return _uneven(waves, 1) or (waves < 1 and _uneven(nchain / (4 * sms), 2))
 
 
 def _bwd_tile_for(N: int):

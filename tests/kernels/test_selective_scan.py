@@ -324,10 +324,12 @@ def test_gpu_gluon_forward(dtype, tol, L, D, N, monkeypatch):
 @gpu
 @pytest.mark.parametrize("L, D, N, store_ck", [(4096, 512, 16, True), (1000, 200, 16, True), (333, 50, 5, False),
                                               (197, 64, 8, True), (1001, 300, 16, True)])
-def test_gpu_gluon_forward_segments_change_nothing(L, D, N, store_ck, monkeypatch):
+@pytest.mark.parametrize("programs", ["a chain each", "a third of the chains"])
+def test_gpu_gluon_forward_segments_change_nothing(L, D, N, store_ck, programs, monkeypatch):
     """The forward's chains cut into 64-step units taken by persistent programs (the default where one program a
-    chain would load the schedulers unevenly; forced here): y, the last state and the checkpoints are bit for
-    bit those of one program a chain, with an initial state, masked channels and L off the tile."""
+    chain would load the schedulers unevenly; forced here), as many as the chains or fewer (as `_programs`
+    gives where the chains are many): y, the last state and the checkpoints are bit for bit those of one
+    program a chain, with an initial state, masked channels and L off the tile."""
     from archdsl.kernels.selective_scan import gluon_selective_scan as gss
     from archdsl.kernels.selective_scan.triton_selective_scan import CK
     t = make(4, D, N, L, z=True, Dskip=True, bias=True, h0=True, dtype=torch.bfloat16, device="cuda")
@@ -338,6 +340,8 @@ def test_gpu_gluon_forward_segments_change_nothing(L, D, N, store_ck, monkeypatc
     monkeypatch.setattr(gss, "_persist", lambda nchain, sms: True)
     monkeypatch.setattr(gss, "MIN_SEG", 64)
     monkeypatch.setattr(gss, "UNITS", 10**6)
+    if programs != "a chain each":
+        monkeypatch.setattr(gss, "_programs", lambda nchain, sms: max(1, nchain // 3))
     for got, want in zip(gss.ss_fwd_gluon(*args, CK=CK), whole):
         assert torch.equal(got, want)
 
@@ -524,8 +528,11 @@ def test_persistent_rules_pick_what_the_h200_measured_faster():
     bwd = {2048: False, 2304: True, 2560: True, 2816: True, 3168: False, 4608: True, 5120: True, 6336: False,
            7168: True}
     assert {d: gss._persist_bwd(4 * d // 8, 132) for d in bwd} == bwd
-    fwd = {1024: False, 3168: False, 4608: True, 5120: True, 6336: False, 7168: True}
+    fwd = {1024: False, 2048: False, 2560: True, 3072: True, 3168: True, 3456: False, 3584: False, 4096: False,
+           4608: True, 5120: True, 6144: False, 6336: False, 7168: True, 8192: False}
     assert {d: gss._persist(4 * d // 16, 132) for d in fwd} == fwd
+    # the persistent forward's programs: 2 a scheduler (fewer than the chains from D4608), 3 at D7168
+    assert [gss._programs(4 * d // 16, 132) for d in (2560, 4608, 5120, 7168)] == [640, 1056, 1056, 1584]
 
 
 @pytest.mark.skipif(CUDA, reason="the GPU runs the Gluon backward itself")
