@@ -22,6 +22,31 @@ def bench_or_nan(fn) -> float:
         return float("nan")
 
 
+def graphed(fn):
+    """fn captured once in a CUDA graph, as a decode loop runs it: its replay times the kernels without
+    Python's launch cost."""
+    import torch
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # compile and warm up off the capturing stream
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def graph_ms(fn) -> float:
+    """bench_ms of fn replayed from a CUDA graph, or nan after printing why (a peer that cannot be
+    captured must not stop the run)."""
+    try:
+        return bench_ms(graphed(fn))
+    except Exception as e:
+        print(f"# graph failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        return float("nan")
+
+
 def with_env(var: str, value: str, fn):
     """fn wrapped to run with the environment variable var=value (the ops read their
     implementation switches at every call), restoring it after."""

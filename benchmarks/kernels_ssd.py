@@ -17,7 +17,7 @@ The decode step reads and writes the [B, H, P, N] fp32 state: 2·4·B·H·P·N b
 from __future__ import annotations
 
 import torch
-from _bench import bench_ms, bench_or_nan, with_env
+from _bench import bench_ms, bench_or_nan, graph_ms, graphed, with_env
 
 BW, FLOPS = 4.2e12, 680e12
 
@@ -89,7 +89,7 @@ def rows(quick: bool = False):
     for L, bwd, z, impls in cases:
         t = _inputs(4, L, grad=bwd, z=z)
         theirs = bench_or_nan(_scan_fn(peer, t, bwd)) if peer else None
-        theirs_graph = _graph_ms(_scan_fn(peer, t, bwd)) if peer and not bwd else None
+        theirs_graph = graph_ms(_scan_fn(peer, t, bwd)) if peer and not bwd else None
         floor, note = _floor(4, L, bwd=bwd, z=z)
         scan = _scan_fn(lambda *a, **k: ssd_scan(*a[:5], chunk_size=a[5], **k), t, bwd)
         for impl in impls:
@@ -102,33 +102,9 @@ def rows(quick: bool = False):
                                             _y(peer, t))
             yield row
             if not bwd:  # the GPU's time alone: at 4K the plain call also times the host's launching
-                yield dict(row, op=row["op"] + " graph", ours_ms=_graph_ms(with_env("ARCHDSL_SSD_IMPL", impl, scan)),
+                yield dict(row, op=row["op"] + " graph", ours_ms=graph_ms(with_env("ARCHDSL_SSD_IMPL", impl, scan)),
                            peer_ms=theirs_graph)
     yield from _step_rows()
-
-
-def _graphed(fn):
-    """fn captured once in a CUDA graph, as a decode loop runs it: its replay times the kernel without
-    Python's launch cost."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # compile and warm up off the capturing stream
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
-
-
-def _graph_ms(fn) -> float:
-    """bench_ms of fn replayed from a CUDA graph, or nan after printing why (a peer that cannot be
-    captured must not stop the run)."""
-    try:
-        return bench_ms(_graphed(fn))
-    except Exception as e:
-        print(f"# graph failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
-        return float("nan")
 
 
 def _step_rows():
@@ -152,7 +128,7 @@ def _step_rows():
     except Exception:
         theirs = None
     nbytes = 2 * 4 * batch * H * P * N
-    for how, wrap in (("", lambda f: f), (" graph", _graphed)):
+    for how, wrap in (("", lambda f: f), (" graph", graphed)):
         yield dict(op="ssd_step" + how, shape=f"B={batch} H={H} P={P} N={N}", mode="fwd",
                    ours_ms=bench_ms(wrap(ours)), peer="mamba_ssm selective_state_update",
                    peer_ms=bench_ms(wrap(theirs)) if theirs else None, floor_ms=nbytes / BW * 1e3,

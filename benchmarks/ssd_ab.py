@@ -26,8 +26,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import bench_ms  # noqa: E402
-from kernels_ssd import _graphed, _inputs, _peer, _rel_diff, _scan_fn, _y  # noqa: E402
+from _bench import bench_ms, graphed  # noqa: E402
+from kernels_ssd import _inputs, _peer, _rel_diff, _scan_fn, _y  # noqa: E402
 
 from archdsl.kernels.ssd import ssd_scan  # noqa: E402
 from archdsl.kernels.ssd import triton_ssd_chunked as chunked  # noqa: E402
@@ -88,8 +88,8 @@ def ab(variants: list[str], L: int, rounds: int, bwd: bool, plain: bool) -> dict
     small = _inputs(1, 256, H=8)
     peer = _peer()
     ours = lambda *a, **k: ssd_scan(*a[:5], chunk_size=a[5], **k)  # noqa: E731
-    timed = [("fwd", lambda f: bench_ms(_graphed(_scan_fn(f, t, False))))]
-    timed += [("fwd+bwd", lambda f: bench_ms(_graphed(_scan_fn(f, tg, True))))] if bwd else []
+    timed = [("fwd", lambda f: bench_ms(graphed(_scan_fn(f, t, False))))]
+    timed += [("fwd+bwd", lambda f: bench_ms(graphed(_scan_fn(f, tg, True))))] if bwd else []
     timed += [("fwd plain", lambda f: bench_ms(_scan_fn(f, t, False))),
               ("host B1 L256 H8", lambda f: host_ms(_scan_fn(f, small, False)))] if plain else []
     times = {(v, p): [] for v in variants for p, _ in timed}
