@@ -280,12 +280,13 @@ if HAVE_GLUON:
         # one access) and change layout through shared memory. H200, B4 D5120 N16 bf16: L4093 1.03 -> 0.750 ms
         # (0.627 at L4096), L16381 3.86 -> 2.84 (thirtieth run); with QL 8, L4104 0.751 -> 0.659, L16376 2.843
         # -> 2.491 (thirty-first run).
-        # With SHIFT (L not a multiple of 8, no checkpoints), a program's channels are 8 apart, so that its rows
-        # start on the same step modulo 8; its tiles then start sh steps before the rows (steps -sh .. -1 are
-        # masked: they leave h as it is), on 16-byte boundaries. u, delta and z move in full-width accesses
-        # (`_tile_at`), y too but in a row's first and last tiles. H200, B4 D5120 N16 bf16: L4093 0.750 -> 0.715
-        # ms, L16381 2.85 -> 2.77, D2560 L4093 0.589 -> 0.523 (thirty-second run); the strided channels and the
-        # masks keep it above the aligned rows' 0.659 at L4104.
+        # With SHIFT (L not a multiple of 8), a program's channels are 8 apart, so that its rows start on the
+        # same step modulo 8; its tiles then start sh steps before the rows (steps -sh .. -1 are masked: they
+        # leave h as it is), on 16-byte boundaries. u, delta and z move in full-width accesses (`_tile_at`), y
+        # too but in a row's first and last tiles, and a checkpoint, the state before step k·CKI, is stored from
+        # inside its tile, before step sh. H200, B4 D5120 N16 bf16: L4093 0.750 -> 0.715 ms, L16381 2.85 -> 2.77,
+        # D2560 L4093 0.589 -> 0.523 (thirty-second run); storing checkpoints, L4093 0.705 -> 0.646, L16381 2.630
+        # -> 2.324, D2560 0.510 -> 0.454 (thirty-third run).
         LIO: gl.constexpr = LT if QL >= 8 or SHIFT else gl.BlockedLayout([1, 1], [32 // T, T], [WARPS, 1], [1, 0])
         DS: gl.constexpr = 8 if SHIFT else 1  # from one of a program's channels to the next
         L = _multiple(L, QL)
@@ -388,9 +389,15 @@ if HAVE_GLUON:
                     u_n, raw_n, z_n = _tile_at(u_ptr, dt_ptr, z_ptr, off + tn, tn - sh, t_io, L, dmask_io, HAS_Z)
                 else:
                     u_n, raw_n, z_n = _tile(u_ptr, dt_ptr, z_ptr, off + tn, (t_io + tn < L) & dmask_io, HAS_Z, EVEN)
+            ck_here = False  # this tile holds step k·CKI: at its start, or at step sh with SHIFT
             if STORE_CK:
-                if (c * T) % CKI == 0:
-                    gl.store(ck_ptr + (ch_s * NCK + (c * T) // CKI) * N + n_s, h, mask=s_mask)
+                ck_here = (c * T) % CKI == 0
+                ck_at = ck_ptr + (ch_s * NCK + (c * T) // CKI) * N + n_s
+                if SHIFT:  # a shifted row's last tile can start at c·T = L or past it: no step k·CKI there
+                    ck_here = ck_here & (c * T < L)
+                else:
+                    if ck_here:
+                        gl.store(ck_at, h, mask=s_mask)
             if HAS_BIAS:
                 raw += bias
             dt = raw
@@ -403,6 +410,9 @@ if HAVE_GLUON:
             dtu = dt * u
             y = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
             for t in gl.static_range(T):
+                if STORE_CK and SHIFT:  # the state before step k·CKI, which is step t of this tile
+                    if ck_here & (sh == t):
+                        gl.store(ck_at, h, mask=s_mask)
                 Bt = rows.slice(t, 1).slice(0, NB, dim=1).load(LS)  # [1, NB]
                 Ct = rows.slice(t, 1).slice(NB, NB, dim=1).load(LS)
                 h = gl.exp2(_at(dt, t_idx, t, SD) * A2) * h + _at(dtu, t_idx, t, SD) * Bt
@@ -867,14 +877,12 @@ def _tile_for(N: int):
     return ns, T, warps, 32 * warps // ns
 
 
-def _shift(batch: int, dim: int, L: int, groups: int, bd: int, store_ck: bool) -> bool:
+def _shift(batch: int, dim: int, L: int, groups: int, bd: int) -> bool:
     """Whether the forward's programs take channels 8 apart and shift their tiles onto 16-byte boundaries
     (`SHIFT` in `_fwd_unit`): where L is not a multiple of 8 (else the rows are aligned already), the channels
-    fill such programs (8 · bd of them at least) and each program's share a B/C group, the last row ends a
-    16-byte group (so a group read whole stays in the tensor), and no checkpoints are stored (they fall
-    inside a shifted tile): inference, not training."""
-    return (L % 8 != 0 and dim >= 8 * bd and _groups_fit(dim, groups, 8 * bd) and batch * dim * L % 8 == 0
-            and not store_ck)
+    fill such programs (8 · bd of them at least) and each program's share a B/C group, and the last row ends a
+    16-byte group (so a group read whole stays in the tensor). Prefill and training alike."""
+    return L % 8 != 0 and dim >= 8 * bd and _groups_fit(dim, groups, 8 * bd) and batch * dim * L % 8 == 0
 
 
 def fits(dim: int, groups: int, N: int, CK: int) -> bool:
@@ -896,7 +904,7 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
         raise ValueError(f"the Gluon forward needs a multiple of {bd} channels a B/C group (got {dim // groups}), "
                          f"at most {MAX_N} states (got {N}) and a checkpoint interval that {T} divides (got {CK})")
     ql = 16 if L % 16 == 0 else 8 if L % 8 == 0 else 1
-    shift = _shift(batch, dim, L, groups, bd, store_ck)
+    shift = _shift(batch, dim, L, groups, bd)
     nt = cdiv(L + 7, T) if shift else cdiv(L, T)  # a chain's tiles, at most
     bc = _pack_bc(B4, C4, 8 + (nt + 1) * T if shift else nt * T, nb, front=8 if shift else 0)
     lp = bc.shape[2]
@@ -911,7 +919,8 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
     sms = _sms(u.device)
     persist = _persist(nchain, sms)
     async_io = _async_io((u, delta, z), ql, shift)
-    cap = dict(maxnreg=FWD_MAXNREG) if async_io and nb <= 16 else {}
+    # shifted and storing checkpoints, the capped kernel spills (8 bytes of stack): L4093 0.654 ms, 0.647 uncapped
+    cap = dict(maxnreg=FWD_MAXNREG) if async_io and nb <= 16 and not (shift and store_ck) else {}
     segt = max(cdiv(MIN_SEG, T), cdiv(nt, UNITS)) if persist else nt
     sync = torch.zeros(1 + nchain, device=u.device, dtype=torch.int32) if persist else hT
     _ss_fwd_rows_kernel[(_programs(nchain, sms) if persist else nchain,)](

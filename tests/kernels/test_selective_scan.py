@@ -352,13 +352,15 @@ def test_gpu_gluon_forward_segments_change_nothing(L, D, N, store_ck, programs, 
     (4093, 512, 16, 1, False), (1001, 200, 16, 1, True), (4094, 512, 8, 2, True), (333, 1000, 5, 1, True),
     (100, 128, 32, 1, False), (7, 256, 16, 1, True), (2047, 256, 1, 1, False)])
 @pytest.mark.parametrize("persist", [False, True])
-def test_gpu_gluon_forward_shifted_tiles_change_nothing(L, D, N, G, h0, persist, monkeypatch):
-    """Where L is not a multiple of 8, the inference forward's programs take channels 8 apart and shift their
-    tiles onto 16-byte boundaries (`_shift`): y and the last state are bit for bit those of the tiles laid
-    along the steps, with masked channels, an initial state, B/C in groups, and persistent programs."""
+@pytest.mark.parametrize("store_ck", [False, True])
+def test_gpu_gluon_forward_shifted_tiles_change_nothing(L, D, N, G, h0, persist, store_ck, monkeypatch):
+    """Where L is not a multiple of 8, the forward's programs take channels 8 apart and shift their tiles onto
+    16-byte boundaries (`_shift`): y, the last state and the checkpoints (each stored from inside its tile)
+    are bit for bit those of the tiles laid along the steps, with masked channels, an initial state, B/C in
+    groups, and persistent programs."""
     from archdsl.kernels.selective_scan import gluon_selective_scan as gss
-    assert gss._shift(2, D, L, max(G, 1), 32 // min(2, N), False)
-    _gluon_forward_same_either_way(monkeypatch, "_shift", gss._shift, L, D, N, G, h0, False, persist)
+    assert gss._shift(2, D, L, max(G, 1), 32 // min(2, N))
+    _gluon_forward_same_either_way(monkeypatch, "_shift", gss._shift, L, D, N, G, h0, store_ck, persist)
 
 
 @pytest.mark.gpu
@@ -425,9 +427,10 @@ def test_gpu_gluon_forward_is_the_default_where_it_fits(monkeypatch):
     (40, 32, 1, dict(z=True), False, False), (64, 32, 32, dict(bias=True), True, False),
     (4096, 64, 16, dict(z=True, Dskip=True, bias=True, h0=True), True, True), (1000, 50, 5, dict(h0=True), False, True),
     (999, 64, 16, dict(z=True), False, False), (999, 256, 16, dict(z=True, Dskip=True, bias=True), False, False),
-    (998, 200, 5, dict(h0=True), False, True), (4096, 64, 16, dict(z=True), False, True)],
+    (998, 200, 5, dict(h0=True), False, True), (4096, 64, 16, dict(z=True), False, True),
+    (999, 256, 16, dict(z=True, Dskip=True, bias=True), True, True)],
     ids=["even-train", "masked", "N1", "N32-train", "persistent-train", "persistent-masked", "odd-L", "shifted",
-         "shifted-persistent", "persistent-inference"])
+         "shifted-persistent", "persistent-inference", "shifted-train"])
 def test_gluon_forward_compiles_for_sm90(L, D, N, opts, store_ck, persist, monkeypatch, tmp_path):
     """Gluon kernels never run under the interpreter, so CI compiles them instead: the Gluon forward's
     launcher runs on CPU tensors with its kernel launch captured, and each launch is compiled for sm_90
@@ -490,13 +493,13 @@ def test_gluon_launches_claim_no_more_alignment_than_L_has(L, monkeypatch):
 
 
 @pytest.mark.parametrize("b, D, L, G, store_ck, want", [
-    (1, 128, 999, 1, False, True), (2, 256, 1002, 2, False, True), (1, 128, 999, 1, True, False),
+    (1, 128, 999, 1, False, True), (2, 256, 1002, 2, False, True), (1, 128, 999, 1, True, True),
     (1, 129, 999, 1, False, False), (1, 64, 999, 1, False, False), (1, 256, 1000, 1, False, False),
     (2, 384, 999, 2, False, False)],
     ids=["odd-L", "groups", "training", "reads-past-the-end", "too-few-channels", "aligned", "group-split"])
 def test_gluon_forward_shifts_tiles_only_where_it_may(b, D, L, G, store_ck, want, monkeypatch):
-    """The forward's shifted tiles (`SHIFT`: programs of channels 8 apart) only where L is not a multiple of 8,
-    without checkpoints (they would fall inside a tile), with 8 · 16 channels a program sharing a B/C group,
+    """The forward's shifted tiles (`SHIFT`: programs of channels 8 apart) only where L is not a multiple of 8
+    (storing checkpoints or not), with 8 · 16 channels a program sharing a B/C group,
     and where the last row ends a 16-byte group (a group read whole must stay in the tensor); then the
     programs cover the channels in blocks of 128."""
     from archdsl.kernels.selective_scan import gluon_selective_scan as gss
