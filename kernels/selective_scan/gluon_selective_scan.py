@@ -11,8 +11,8 @@ threads only in shuffles, three a step:
     up to a power of two), so y's sum over the states is one shuffle;
   - u, delta, z and y move as `[BLOCK_D, T]` tiles, each of a channel's NS threads holding T/NS consecutive
     steps (one 16-byte load a tensor; where L does not divide by 8 they are read and written with the lanes
-    along the steps instead, `QL`, or, for inference, by programs of channels 8 apart with tiles shifted onto
-    16-byte boundaries, `SHIFT`); softplus, delta·u, D·u and the gate are computed on those tiles,
+    along the steps instead, `QL`, or, with enough channels, by programs of channels 8 apart with tiles
+    shifted onto 16-byte boundaries, `SHIFT`); softplus, delta·u, D·u and the gate are computed on those tiles,
     each step by one thread;
   - the recurrence walks the T steps one at a time (unrolled): step t's delta and delta·u are read out of
     the tiles (a select on a register index known at compile time, then one shuffle from the thread that
