@@ -3,15 +3,15 @@ channel counts.
 
     python benchmarks/scan_balance.py [--pass fwd|bwd] [--L 4096] [--dims 1024,2560,...] [--json FILE]
 
-A chain is (channel block, batch row) over all L steps; each kernel runs one one-warp program a chain, or,
-where that loads the GPU unevenly, persistent programs that take segments of chains from a counter: the
-forward where the schedulers would get uneven numbers of programs (`gluon_selective_scan._persist`; as many
-programs a scheduler as the chains fill, `_programs`), the backward where the last wave of programs would be
-short or, under one wave, the schedulers uneven (`_persist_bwd`). For each channel count D (B=4, N=16, bf16, D, z, delta_bias, softplus, as
-benchmarks/kernels_selective_scan.py): the load (forward: programs a scheduler; backward: waves), both
-versions' times (median of triton.testing.do_bench), which one the rule picks, and how their results compare:
-the forward's bit for bit, the backward's as the largest difference of any gradient relative to its norm (dB
-and dC are atomic sums in any order).
+A chain is (channel block, batch row) over all L steps; each kernel runs one one-warp program a chain, or, where
+that loads the GPU unevenly, persistent programs that take segments of chains from a counter: the forward where the
+schedulers would get uneven numbers of programs (`gluon_selective_scan._persist`; as many programs a scheduler as
+the chains fill, `_programs`), the backward where the last wave of programs would be short or, under one wave, the
+schedulers uneven (`_persist_bwd`). For each channel count D (B=4, N=16, bf16, D, z, delta_bias, softplus, as
+benchmarks/kernels_selective_scan.py): the load (forward: programs a scheduler; backward: waves), both versions'
+times (median of triton.testing.do_bench), which one the rule picks, and how their results compare: the forward's
+bit for bit, the backward's as the largest difference of any gradient relative to its norm (dB and dC are atomic
+sums in any order).
 """
 from __future__ import annotations
 

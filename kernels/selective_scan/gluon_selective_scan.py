@@ -965,11 +965,12 @@ def _bwd_slots(sms: int) -> int:
 
 def _persist_bwd(nchain: int, sms: int) -> bool:
     """Whether the backward's chains are cut into units taken by persistent programs (as many as fit at once,
-    `_bwd_slots`): when one program a chain would need more than one wave and leave the last short, or, in
-    less than one wave, would give the schedulers uneven numbers of programs, over 2 a scheduler (as the
-    forward's rule, `_persist`, did before its thirty-third run). H200, B4 L4096 N16 bf16, the backward alone (2026-11-30), one program a chain -> persistent,
-    ms: D2304 (2.18 programs a scheduler) 1.772 -> 1.642, D2560 (2.42) 1.793 -> 1.735, D2816 (2.67) 1.830 ->
-    1.807, D3072 (2.91, left alone) 1.896 -> 1.895, D2048 (1.94, left alone) 1.500 -> 1.519."""
+    `_bwd_slots`): when one program a chain would need more than one wave and leave the last short, or, in less
+    than one wave, would give the schedulers uneven numbers of programs, over 2 a scheduler (as the forward's rule,
+    `_persist`, did before its thirty-third run). H200, B4 L4096 N16 bf16, the backward alone (2026-11-30), one
+    program a chain -> persistent, ms: D2304 (2.18 programs a scheduler) 1.772 -> 1.642, D2560 (2.42) 1.793 ->
+    1.735, D2816 (2.67) 1.830 -> 1.807, D3072 (2.91, left alone) 1.896 -> 1.895, D2048 (1.94, left alone) 1.500 ->
+    1.519."""
     waves = nchain / _bwd_slots(sms)
     return _uneven(waves, 1) or (waves < 1 and _uneven(nchain / (4 * sms), 2))
 
