@@ -441,9 +441,11 @@ if HAVE_GLUON:
             async_copy.wait_group(0)
             _sync()
         gl.store(hT_ptr + state_off, h, mask=s_mask)
-        if PERSIST:
-            if c1 < NT:  # a later segment of the chain waits for this state
-                _pass_on(sync_ptr, chain, seg)
+        if PERSIST:  # a later segment of the chain waits for this state. With SHIFT, even past the row's last tile:
+            # the launcher counts a chain's units by the longest shifted row (L + 7 steps), so a shorter row can
+            # end with an empty unit, which waits for this flag all the same (it deadlocked, when this pass was
+            # skipped at c1 = NT: L 2047 with 16-tile units, L 63 with 4).
+            _pass_on(sync_ptr, chain, seg)
 
 
     @gluon.jit

@@ -350,14 +350,15 @@ def test_gpu_gluon_forward_segments_change_nothing(L, D, N, store_ck, programs, 
 @gpu
 @pytest.mark.parametrize("L, D, N, G, h0", [
     (4093, 512, 16, 1, False), (1001, 200, 16, 1, True), (4094, 512, 8, 2, True), (333, 1000, 5, 1, True),
-    (100, 128, 32, 1, False), (7, 256, 16, 1, True), (2047, 256, 1, 1, False)])
+    (100, 128, 32, 1, False), (7, 256, 16, 1, True), (2047, 256, 1, 1, False), (63, 256, 16, 1, True)])
 @pytest.mark.parametrize("persist", [False, True])
 @pytest.mark.parametrize("store_ck", [False, True])
 def test_gpu_gluon_forward_shifted_tiles_change_nothing(L, D, N, G, h0, persist, store_ck, monkeypatch):
     """Where L is not a multiple of 8, the forward's programs take channels 8 apart and shift their tiles onto
     16-byte boundaries (`_shift`): y, the last state and the checkpoints (each stored from inside its tile)
     are bit for bit those of the tiles laid along the steps, with masked channels, an initial state, B/C in
-    groups, and persistent programs."""
+    groups, and persistent programs. At L 63 a chain is 5 tiles of 16 steps by the longest row, cut into 2
+    units of 4, and the rows that start 0 or 1 step past 8 · k (4 tiles) have an empty last unit."""
     from archdsl.kernels.selective_scan import gluon_selective_scan as gss
     assert gss._shift(2, D, L, max(G, 1), 32 // min(2, N))
     _gluon_forward_same_either_way(monkeypatch, "_shift", gss._shift, L, D, N, G, h0, store_ck, persist)
@@ -376,6 +377,25 @@ def test_gpu_gluon_forward_async_copies_change_nothing(L, D, N, G, h0, store_ck,
     bit the same, with masked channels, an initial state, B/C in groups, and persistent programs."""
     wherever = lambda tensors, ql, shift: ql >= 8 or shift  # noqa: E731
     _gluon_forward_same_either_way(monkeypatch, "_async_io", wherever, L, D, N, G, h0, store_ck, persist)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("L", [2047, 4093])
+def test_gpu_gluon_forward_default_units_change_nothing(L, monkeypatch):
+    """The launcher's own rules at B4 D5120 N16 (a layer of mamba-2.8b): persistent programs, fewer than the
+    chains, units of MIN_SEG steps, shifted tiles. At L 2047 the rows that start 0 or 1 step past 8 · k end
+    with an empty unit. y, the last state and the checkpoints: bit for bit those of one program a chain."""
+    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
+    from archdsl.kernels.selective_scan.triton_selective_scan import CK
+    t = make(4, 5120, 16, L, z=True, Dskip=True, bias=True, h0=True, dtype=torch.bfloat16, device="cuda")
+    args = (t["u"], t["delta"], t["A"].float(), t["B"][:, None], t["C"][:, None], t["D"].float(), t["z"],
+            t["delta_bias"].float(), t["initial_state"], True, True)
+    assert gss._persist(4 * 5120 // 16, gss._sms(t["u"].device)) and gss._shift(4, 5120, L, 1, 16)
+    cut = gss.ss_fwd_gluon(*args, CK=CK)
+    monkeypatch.setattr(gss, "_persist", lambda nchain, sms: False)
+    for got, want in zip(cut, gss.ss_fwd_gluon(*args, CK=CK)):
+        assert torch.equal(got, want)
 
 
 def _gluon_forward_same_either_way(monkeypatch, rule, on, L, D, N, G, h0, store_ck, persist):
@@ -602,10 +622,14 @@ def test_gpu_gluon_backward_segments_change_nothing(L, D, N, dhT, Dskip, units, 
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
-@pytest.mark.parametrize("L, D, N, G", [(2048, 512, 16, 2), (1000, 200, 16, 1), (333, 50, 5, 1), (300, 64, 8, 4)])
+@pytest.mark.parametrize("L, D, N, G", [(2048, 512, 16, 2), (1000, 200, 16, 1), (333, 50, 5, 1), (300, 64, 8, 4),
+                                        (999, 256, 16, 2)])
 def test_gpu_gluon_backward(dtype, tol, L, D, N, G, monkeypatch):
     """The Gluon backward (ARCHDSL_SCAN_BWD=gluon) against float64 after the default forward: B/C in groups;
-    L off its sub-tile and checkpoint chunk, D off its 16 channels (masked), N below and at its padding."""
+    L off its sub-tile and checkpoint chunk, D off its 16 channels (masked), N below and at its padding; odd L
+    with enough channels that the forward shifts its tiles and stores the checkpoints from inside them."""
+    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
+    assert gss._shift(2, D, L, G, gss._tile_for(N)[3]) == (L == 999)  # that case alone
     monkeypatch.setenv("ARCHDSL_SCAN_BWD", "gluon")
     t = make(2, D, N, L, G=G if G > 1 else 0, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
     assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=32), tol)
