@@ -1,17 +1,17 @@
 """The Gluon selective-scan forward or backward with one program a chain and with persistent programs, over
 channel counts.
 
-    python benchmarks/scan_balance.py [--pass fwd|bwd] [--L 4096] [--dims 1024,2560,...] [--json FILE]
+    python benchmarks/scan_balance.py [--pass fwd|bwd] [--L 4096] [--N 16] [--dims 1024,2560,...] [--json FILE]
 
 A chain is (channel block, batch row) over all L steps; each kernel runs one one-warp program a chain, or, where
 that loads the GPU unevenly, persistent programs that take segments of chains from a counter: the forward where the
 schedulers would get uneven numbers of programs (`gluon_selective_scan._persist`; as many programs a scheduler as
 the chains fill, `_programs`), the backward where the last wave of programs would be short or, under one wave, the
-schedulers uneven (`_persist_bwd`). For each channel count D (B=4, N=16, bf16, D, z, delta_bias, softplus, as
-benchmarks/kernels_selective_scan.py): the load (forward: programs a scheduler; backward: waves), both versions'
-times (median of triton.testing.do_bench), which one the rule picks, and how their results compare: the forward's
-bit for bit, the backward's as the largest difference of any gradient relative to its norm (dB and dC are atomic
-sums in any order).
+schedulers uneven (`_persist_bwd`). For each channel count D (B=4, N states (16 unless --N says), bf16, D, z,
+delta_bias, softplus, as benchmarks/kernels_selective_scan.py): the load (forward: programs a scheduler; backward:
+waves), both versions' times (median of triton.testing.do_bench), which one the rule picks, and how their results
+compare: the forward's bit for bit, the backward's as the largest difference of any gradient relative to its norm
+(dB and dC are atomic sums in any order).
 """
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ except ImportError:  # run from a checkout that is not installed
 from archdsl.kernels.selective_scan import gluon_selective_scan as gss  # noqa: E402
 from archdsl.kernels.selective_scan.triton_selective_scan import CK  # noqa: E402
 
-BATCH, N = 4, 16
+BATCH = 4
 
 
-def row_for(L: int, dim: int, which: str) -> dict:
+def row_for(L: int, dim: int, which: str, N: int = 16) -> dict:
     dev, bf = "cuda", torch.bfloat16
     torch.manual_seed(0)
     u, delta = torch.randn(BATCH, dim, L, device=dev, dtype=bf), torch.randn(BATCH, dim, L, device=dev, dtype=bf) * 0.5 - 2
@@ -53,7 +53,7 @@ def row_for(L: int, dim: int, which: str) -> dict:
         run = lambda: gss.ss_bwd_gluon(*args, CK=CK)
     chains = BATCH * -(-dim // block_d)
     rule = getattr(gss, rule_name)
-    row = dict(L=L, D=dim, load=round(chains / per_round, 2))
+    row = dict(L=L, D=dim, N=N, load=round(chains / per_round, 2))
     outs = {}
     try:
         for name, persist in (("one_a_chain", False), ("persistent", True)):
@@ -75,18 +75,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pass", dest="which", choices=("fwd", "bwd"), default="fwd")
     ap.add_argument("--L", type=int, default=4096)
+    ap.add_argument("--N", type=int, default=16, help="states a channel")
     ap.add_argument("--dims", default="1024,2560,3168,4608,5120,6336,7168")
     ap.add_argument("--json", help="also write the rows to this file")
     a = ap.parse_args()
     if not torch.cuda.is_available() or not gss.HAVE_GLUON:
         sys.exit("scan_balance.py times the Gluon kernels: it needs a CUDA GPU and a Triton with Gluon")
     load = "a sched" if a.which == "fwd" else "waves"
-    print(f"{'L':>6} {'D':>6} {load:>8} {'one a chain ms':>15} {'persistent ms':>14} {'rule picks':>12} agree")
+    print(f"{'L':>6} {'D':>6} {'N':>3} {load:>8} {'one a chain ms':>15} {'persistent ms':>14} {'rule picks':>12} agree")
     rows = []
     for dim in (int(d) for d in a.dims.split(",")):
-        r = row_for(a.L, dim, a.which)
+        r = row_for(a.L, dim, a.which, a.N)
         rows.append(r)
-        print(f"{r['L']:>6} {r['D']:>6} {r['load']:>8} {r['one_a_chain_ms']:>15.4f} "
+        print(f"{r['L']:>6} {r['D']:>6} {r['N']:>3} {r['load']:>8} {r['one_a_chain_ms']:>15.4f} "
               f"{r['persistent_ms']:>14.4f} {r['rule_picks']:>12} {r['agree']}", flush=True)
     if a.json:
         with open(a.json, "w") as f:

@@ -74,11 +74,13 @@ except ImportError:  # an older Triton: the forward is not offered
 
 # (NS, T, warps): NS threads a channel, T steps a tile; BLOCK_D = warps · 32 / NS channels a program.
 TILE = (2, 16, 1)
-# The forward's units when its chains are cut (`_persist`): UNITS a chain, at least MIN_SEG steps each, so 128
-# steps at L4096 and 512 at L16384. H200, B4 D5120 N16 bf16 (2026-11-30): L4096 0.675 -> 0.636 ms (256-step units
-# 0.642, 512: 0.665); L16384 2.636 -> 2.430 (128-step 2.442, 256-step 2.412); at L4096 D4608 0.675 -> 0.593, D7168
-# 0.860 -> 0.823.
-UNITS, MIN_SEG = 32, 128
+# The forward's units when its chains are cut (`_persist`): UNITS a chain, at least MIN_SEG steps each, so 256
+# steps at L4096 and 512 at L16384. H200, B4 N16 bf16, persistent, 128 -> 256 steps at least, ms (thirty-fourth
+# run, with `_programs`' fewer programs than chains): D5120 L4096 0.562 -> 0.533 (512: 0.535), L2048 0.295 ->
+# 0.283, L1024 0.162 -> 0.154, with checkpoints 0.560 -> 0.538; L4096 D2560 0.384 -> 0.370, D3168 0.419 -> 0.408,
+# D4608 0.506 -> 0.484, D7168 0.738 -> 0.752 (512: 0.790); N8 D5120 0.406 -> 0.381, N32 0.935 -> 0.906. At L16384,
+# 512-step units (UNITS) 2.017, 256: 2.061, 1024: 2.014.
+UNITS, MIN_SEG = 32, 256
 # The forward's register cap where it copies its tiles asynchronously (`_async_io`) and N <= 16. Without one,
 # ptxas gives that kernel ~100 registers and uses each ex2's result ~12 instructions after it issues; capped at
 # 128 it takes 127 and ~23 (sm_90, Triton 3.6). H200, B4 bf16, ms, no cap -> 128 (thirty-third run): N16 L4096
@@ -444,7 +446,7 @@ if HAVE_GLUON:
         if PERSIST:  # a later segment of the chain waits for this state. With SHIFT, even past the row's last tile:
             # the launcher counts a chain's units by the longest shifted row (L + 7 steps), so a shorter row can
             # end with an empty unit, which waits for this flag all the same (it deadlocked, when this pass was
-            # skipped at c1 = NT: L 2047 with 16-tile units, L 63 with 4).
+            # skipped at c1 = NT: B4 D5120 L 2047 with 8- or 16-tile units).
             _pass_on(sync_ptr, chain, seg)
 
 
