@@ -33,8 +33,8 @@ are cut into UNITS segments and persistent programs, as many a scheduler as the 
 (`_programs`), take (segment, chain) units from a counter, a segment of every chain before the next segment
 of any: a program free sooner takes more units, and the state crosses from one segment to the next through
 hT and a flag a chain. The results are bit for bit the same. On the H200 (B4 L4096 D5120 N16 bf16,
-2026-11-30): 0.562 ms against mamba_ssm's CUDA kernel's 1.447, 28% of the bandwidth floor; at L16384 2.017
-against 6.932, 32% (docs/benchmarks.md, thirty-third run).
+2026-11-30): 0.533 ms against mamba_ssm's CUDA kernel's 1.447, 30% of the bandwidth floor; at L16384 2.011
+against 6.925, 32% (docs/benchmarks.md, thirty-fourth run).
 
 The backward (`_ss_bwd_rows_kernel`) takes the same checkpoints as the Triton backwards ([B, D, NCK, N], the
 state before every CKI-th step), so it follows any forward. It keeps the forward's layout with four threads a

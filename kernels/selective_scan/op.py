@@ -23,10 +23,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     `[B, D, N]` (float32, float64 for float64 u).
 
     On CUDA the forward is a Gluon kernel with hand-set layouts where it takes the case (G = 1 or a
-    multiple of 16 channels a group, N <= 32; 0.56 ms at B4 L4096 D5120 N16 bf16 on the H200, mamba_ssm's
+    multiple of 16 channels a group, N <= 32; 0.53 ms at B4 L4096 D5120 N16 bf16 on the H200, mamba_ssm's
     CUDA kernel 1.45), else a Triton one; `ARCHDSL_SCAN_FWD=gluon|serial|segments|auto` forces one (`auto`
     times them once per case). The backward is a Gluon kernel in the same layout where it takes the case
-    (G = 1 or a multiple of 8 channels a group, 5 <= N <= 16; forward+backward 3.32 ms at that shape,
+    (G = 1 or a multiple of 8 channels a group, 5 <= N <= 16; forward+backward 3.30 ms at that shape,
     mamba_ssm's CUDA kernels 7.16), else the Triton one in the Triton forward's layout (5.7 ms);
     `ARCHDSL_SCAN_BWD=gluon|groups|threads` forces one (`threads`: time across a program's threads, the
     oldest, kept as a cross-check).
