@@ -383,15 +383,18 @@ def test_gpu_gluon_forward_async_copies_change_nothing(L, D, N, G, h0, store_ck,
 @gpu
 @pytest.mark.parametrize("L", [2047, 4093])
 def test_gpu_gluon_forward_default_units_change_nothing(L, monkeypatch):
-    """The launcher's own rules at B4 D5120 N16 (a layer of mamba-2.8b): persistent programs, fewer than the
-    chains, units of MIN_SEG steps, shifted tiles. At L 2047 the rows that start 0 or 1 step past 8 · k end
-    with an empty unit. y, the last state and the checkpoints: bit for bit those of one program a chain."""
+    """The launcher's own rules at B4 D5120 N16 (a layer of mamba-2.8b) for an H200's 132 SMs, on any card:
+    persistent programs, fewer than the chains, units of MIN_SEG steps, shifted tiles. At L 2047 the rows that
+    start 0 or 1 step past 8 · k end with an empty unit. y, the last state and the checkpoints: bit for bit
+    those of one program a chain."""
     from archdsl.kernels.selective_scan import gluon_selective_scan as gss
     from archdsl.kernels.selective_scan.triton_selective_scan import CK
+    monkeypatch.setattr(gss, "_sms", lambda device: 132)
     t = make(4, 5120, 16, L, z=True, Dskip=True, bias=True, h0=True, dtype=torch.bfloat16, device="cuda")
     args = (t["u"], t["delta"], t["A"].float(), t["B"][:, None], t["C"][:, None], t["D"].float(), t["z"],
             t["delta_bias"].float(), t["initial_state"], True, True)
-    assert gss._persist(4 * 5120 // 16, gss._sms(t["u"].device)) and gss._shift(4, 5120, L, 1, 16)
+    assert gss._persist(4 * 5120 // 16, 132) and gss._programs(4 * 5120 // 16, 132) < 4 * 5120 // 16
+    assert gss._shift(4, 5120, L, 1, 16)
     cut = gss.ss_fwd_gluon(*args, CK=CK)
     monkeypatch.setattr(gss, "_persist", lambda nchain, sms: False)
     for got, want in zip(cut, gss.ss_fwd_gluon(*args, CK=CK)):
