@@ -7,8 +7,9 @@
 - Triton's interpreter multiplies bfloat16 dot operands as their raw uint16 bits (triton 3.9); the
   interpreted dots here read them as the numbers they are, so kernels that round operands to
   bfloat16 are checked on the CPU too.
-- With ARCHDSL_RECORD_LAUNCHES=FILE (make test) every interpreted launch is recorded, for
-  tests/kernels/sm90.py to compile for sm_90 afterwards.
+- Every interpreted launch fails if it passes one tensor twice (tests/kernels/sm90.py, shared_tensors);
+  with ARCHDSL_RECORD_LAUNCHES=FILE (make test) each is also recorded, for tests/kernels/sm90.py to
+  compile for sm_90 afterwards.
 """
 import os
 import sys
@@ -43,8 +44,8 @@ def _interpreted_bf16_dots() -> None:
 if os.environ.get("TRITON_INTERPRET") == "1":
     _interpreted_bf16_dots()
 
-if os.environ.get("ARCHDSL_RECORD_LAUNCHES"):
+if os.environ.get("TRITON_INTERPRET") == "1":
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "kernels"))
-    from sm90 import record_launches
+    from sm90 import watch_launches
 
-    record_launches(os.environ["ARCHDSL_RECORD_LAUNCHES"])
+    watch_launches(os.environ.get("ARCHDSL_RECORD_LAUNCHES"))

@@ -158,7 +158,7 @@ def conv_fwd(x, weight, bias, init, silu):
     w4, i4 = _pad(weight, init)
     y = torch.empty_like(x)
     grid = (cdiv(L, _BLOCK_L), cdiv(dim, _BLOCK_D), batch)
-    _conv_fwd_kernel[grid](x, w4, bias if bias is not None else w4, i4 if i4 is not None else x, y, L, dim,
+    _conv_fwd_kernel[grid](x, w4, bias, i4, y, L, dim,
                            BLOCK_D=_BLOCK_D, BLOCK_L=_BLOCK_L, HAS_BIAS=bias is not None,
                            HAS_INIT=init is not None, SILU=silu, num_warps=4)
     return y
@@ -174,8 +174,7 @@ def conv_bwd(x, weight, bias, init, dy, silu):
     dw = torch.empty(batch, nblk, dim, TAPS, device=x.device, dtype=torch.float32)
     db = torch.empty(batch, nblk, dim, device=x.device, dtype=torch.float32)
     _conv_bwd_kernel[(nblk, cdiv(dim, _BLOCK_D), batch)](
-        x, w4, bias if bias is not None else w4, i4 if i4 is not None else x, dy, dx,
-        dinit4 if dinit4 is not None else dx, dw, db, L, dim, nblk,
+        x, w4, bias, i4, dy, dx, dinit4, dw, db, L, dim, nblk,
         BLOCK_D=_BLOCK_D, BLOCK_L=_BLOCK_L, HAS_BIAS=bias is not None, HAS_INIT=init is not None,
         SILU=silu, num_warps=4)
     dweight = dw.sum((0, 1))[:, TAPS - W:].to(weight.dtype)
@@ -212,7 +211,7 @@ def causal_conv1d_update_triton(x, conv_state, weight, bias, activation):
     y = torch.empty_like(x)
     bd = 32
     _conv_update_kernel[(cdiv(dim, bd), batch)](
-        x, conv_state, weight.contiguous(), bias.contiguous() if bias is not None else x, y, dim, S, weight.shape[1],
+        x, conv_state, weight.contiguous(), dense(bias), y, dim, S, weight.shape[1],
         conv_state.stride(0), conv_state.stride(1), x.stride(0), y.stride(0),
         BLOCK_D=bd, BLOCK_S=next_pow2(S), HAS_BIAS=bias is not None,
         SILU=activation in ("silu", "swish"), OLD_TAP=S < weight.shape[1], num_warps=4)

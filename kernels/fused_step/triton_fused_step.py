@@ -193,8 +193,8 @@ def mamba2_step_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_
     BP = block_p or BLOCK_P or min(next_pow2(P), max(1, 2048 // BN))
     npb = cdiv(P, BP)
     norm = gate in ("norm", "pre_norm")
-    hbuf = torch.empty(batch, E, device=zx.device, dtype=torch.float32) if norm else out
-    part = torch.empty(batch * H * npb, device=zx.device, dtype=torch.float32) if norm else out
+    hbuf = torch.empty(batch, E, device=zx.device, dtype=torch.float32) if norm else None
+    part = torch.empty(batch * H * npb, device=zx.device, dtype=torch.float32) if norm else None
     cnt = _counters(zx.device, batch * G)
     pdl = pdl_ok(zx, pdl)
     _mamba2_step_kernel[(batch * H, npb)](

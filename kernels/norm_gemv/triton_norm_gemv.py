@@ -99,7 +99,7 @@ def rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias, block
     R = weight.shape[0]
     x = x.contiguous()
     res, norm_weight, bias = map(dense, (residual, norm_weight, bias))
-    h = torch.empty_like(x) if res is not None else x
+    h = torch.empty_like(x) if res is not None else None
     y = torch.empty(batch, R, device=x.device, dtype=weight.dtype)
     BR = block_r or BLOCK_R
     pdl = pdl_ok(x, pdl)
@@ -108,4 +108,4 @@ def rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias, block
         HAS_RES=res is not None, HAS_BIAS=bias is not None, PDL=pdl, BR=BR, BK=_block_k(K, groups, block_k or _block_k_cap(K)),
         BG=max(1, next_pow2(groups)), num_warps=num_warps or WARPS,
         **({"launch_pdl": True} if pdl else {}))
-    return y, h
+    return y, x if h is None else h

@@ -37,14 +37,14 @@ def add_rmsnorm_fwd(x, residual, weight, eps):
     shape = x.shape
     N = shape[-1]
     x2 = x.reshape(-1, N).contiguous()
-    r2 = residual.reshape(-1, N).contiguous() if residual is not None else x2
+    r2 = residual.reshape(-1, N).contiguous() if residual is not None else None
     rows = x2.shape[0]
     h = torch.empty_like(x2)
     out = torch.empty(rows, N, device=x.device, dtype=torch.promote_types(x.dtype, weight.dtype))
     rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
     BLOCK = next_pow2(N)
     if rows:
-        _add_rmsnorm_fwd[(rows,)](x2, r2, weight.contiguous(), out, h, rstd, N, eps, x2.stride(0), r2.stride(0),
+        _add_rmsnorm_fwd[(rows,)](x2, r2, weight.contiguous(), out, h, rstd, N, eps, x2.stride(0), 0 if r2 is None else r2.stride(0),
                                   out.stride(0), h.stride(0), HAS_R=residual is not None, BLOCK=BLOCK,
                                   num_warps=min(16, max(1, BLOCK // 256)))
     return out.view(*shape[:-1], N), h.view(shape), rstd

@@ -242,7 +242,10 @@ if HAVE_GLUON:
         if ASYNC:
             u_smem = gl.allocate_shared_memory(u_ptr.dtype.element_ty, [3, BLOCK_D, T], SBC)
             dt_smem = gl.allocate_shared_memory(dt_ptr.dtype.element_ty, [3, BLOCK_D, T], SBC)
-            z_smem = gl.allocate_shared_memory(z_ptr.dtype.element_ty, [3, BLOCK_D, T], SBC)
+            if HAS_Z:
+                z_smem = gl.allocate_shared_memory(z_ptr.dtype.element_ty, [3, BLOCK_D, T], SBC)
+            else:  # never copied to or read; the footprint (so the programs an SM) as with z
+                z_smem = gl.allocate_shared_memory(u_ptr.dtype.element_ty, [3, BLOCK_D, T], SBC)
         else:
             u_smem = bc_smem
             dt_smem = bc_smem
@@ -915,8 +918,7 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
     y = torch.empty_like(u)
     hT = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
     nck = cdiv(L, CK)
-    ck = torch.empty(batch, dim, nck, N, device=u.device, dtype=torch.float32) if store_ck else hT
-    from .triton_selective_scan import _or
+    ck = torch.empty(batch, dim, nck, N, device=u.device, dtype=torch.float32) if store_ck else None
     even = L % T == 0 and dim % bd == 0
     npd = 8 * cdiv(dim, 8 * bd) if shift else cdiv(dim, bd)
     nchain = npd * batch
@@ -926,9 +928,9 @@ def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: in
     # shifted and storing checkpoints, the capped kernel spills (8 bytes of stack): L4093 0.654 ms, 0.647 uncapped
     cap = dict(maxnreg=FWD_MAXNREG) if async_io and nb <= 16 and not (shift and store_ck) else {}
     segt = max(cdiv(MIN_SEG, T), cdiv(nt, UNITS)) if persist else nt
-    sync = torch.zeros(1 + nchain, device=u.device, dtype=torch.int32) if persist else hT
+    sync = torch.zeros(1 + nchain, device=u.device, dtype=torch.int32) if persist else None
     _ss_fwd_rows_kernel[(_programs(nchain, sms) if persist else nchain,)](
-        u, delta, A, bc, _or(D, u), _or(z, u), _or(bias, u), _or(h0, u), y, hT, ck, sync,
+        u, delta, A, bc, D, z, bias, h0, y, hT, ck, sync,
         L, dim, N, dim // groups, nck, groups, lp, npd, nchain, nchain * cdiv(nt, segt), segt,
         BLOCK_D=bd, NB=nb, NS=ns, T=T, WARPS=warps, CKI=CK, **_bc_layout(nb),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
@@ -1004,7 +1006,7 @@ def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int
                          f"5 to 16 states (got {N}) and a checkpoint interval that {T} divides (got {CK})")
     bc = _pack_bc(B4, C4, cdiv(L, T) * T, nb)
     lp = bc.shape[2]
-    from .triton_selective_scan import _bwd_grads, _bwd_outputs, _or
+    from .triton_selective_scan import _bwd_grads, _bwd_outputs
     du, ddt, dz, _, _, dA, dD, dbias, dh0 = _bwd_outputs(u, delta, A, B4, z, dbc=False)
     dbc = torch.zeros(batch, groups, lp, nb, 2, device=u.device, dtype=torch.float32)  # dB, dC of each state
     scratch = torch.empty(batch, dim, CK // T, nb, device=u.device, dtype=torch.float32)
@@ -1012,10 +1014,10 @@ def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int
     sms = _sms(u.device)
     slots, persist = _bwd_slots(sms), _persist_bwd(nchain, sms)
     segc = cdiv(nc, BWD_UNITS) if persist else nc
-    sync = torch.zeros(1 + nchain, device=u.device, dtype=torch.int32) if persist else dA
+    sync = torch.zeros(1 + nchain, device=u.device, dtype=torch.int32) if persist else None
     _ss_bwd_rows_kernel[(min(nchain, slots),) if persist else (cdiv(dim, bd), batch)](
-        u, delta, A, bc, _or(D, u), _or(z, u), _or(bias, u), ck, dy, _or(dhT, dA), scratch,
-        du, ddt, _or(dz, du), dA, dbc, dD, dbias, dh0, sync,
+        u, delta, A, bc, D, z, bias, ck, dy, dhT, scratch,
+        du, ddt, dz, dA, dbc, dD, dbias, dh0, sync,
         L, dim, N, dim // groups, ck.shape[2], groups, lp, cdiv(dim, bd), nchain, nchain * cdiv(nc, segc), segc,
         BLOCK_D=bd, NB=nb, NS=ns, T=T, CKI=CK, **_bc_layout(nb),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),

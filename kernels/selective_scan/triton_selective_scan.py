@@ -569,7 +569,7 @@ def ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck):
     y = torch.empty_like(u)
     hT = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
     nck = cdiv(L, CK)
-    ck = torch.empty(batch, dim, nck, N, device=u.device, dtype=torch.float32) if store_ck else hT
+    ck = torch.empty(batch, dim, nck, N, device=u.device, dtype=torch.float32) if store_ck else None
     flags = _flags(D, z, bias, softplus)
 
     def launch(cfg):
@@ -580,7 +580,7 @@ def ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck):
             bd = _block_d(bd, cpg)
             compiled = not interpreting()
             _ss_fwd_groups_kernel[(cdiv(dim, bd), batch)](
-                u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), _or(h0, u), y, hT, ck,
+                u, delta, A, B4, C4, D, z, bias, h0, y, hT, ck,
                 L, dim, N, cpg, nck, 1, *B4.stride(), *C4.stride(),
                 BLOCK_D=bd, NS=ns, NPT=block_n // ns, T=T, CKI=CK,
                 HAS_H0=h0 is not None, STORE_CK=store_ck, FAST_LOG=compiled, num_warps=nw,
@@ -589,7 +589,7 @@ def ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck):
         _, bd, T, nw = cfg
         bd = _block_d(bd, cpg)
         _ss_fwd_lanes_kernel[(cdiv(dim, bd), batch)](
-            u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), _or(h0, u), y, hT, ck,
+            u, delta, A, B4, C4, D, z, bias, h0, y, hT, ck,
             L, dim, N, cpg, nck, 1, *B4.stride(), *C4.stride(),
             BLOCK_D=bd, BLOCK_N=next_pow2(N), T=T, CKI=CK,
             HAS_H0=h0 is not None, STORE_CK=store_ck, num_warps=nw, **flags)
@@ -644,8 +644,8 @@ def ss_bwd_groups(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
         compiled = not interpreting()
         scratch = torch.empty(batch, dim, CK // T, N, device=u.device, dtype=torch.float32)
         _ss_bwd_groups_kernel[(cdiv(dim, bd), batch)](
-            u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), ck, dy, _or(dhT, dA),
-            scratch, du, ddt, _or(dz, du), dA, dB, dC, dD, dbias, dh0,
+            u, delta, A, B4, C4, D, z, bias, ck, dy, dhT,
+            scratch, du, ddt, dz, dA, dB, dC, dD, dbias, dh0,
             L, dim, N, cpg, ck.shape[2], 1, *B4.stride(), *C4.stride(), dB.stride(0), dB.stride(1),
             BLOCK_D=bd, NS=ns, NPT=block_n // ns, T=T, CKI=CK, HAS_DHT=dhT is not None, FAST_LOG=compiled,
             SUMC=min(sumc, bd), num_warps=nw, **({"maxnreg": maxnreg} if maxnreg and compiled else {}), **flags)
@@ -666,8 +666,8 @@ def ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
         bd, nw = cfg
         bd = _block_d(bd, cpg)
         _ss_bwd_kernel[(cdiv(dim, bd), batch)](
-            u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), ck, dy, _or(dhT, dA),
-            du, ddt, _or(dz, du), dA, dB, dC, dD, dbias, dh0,
+            u, delta, A, B4, C4, D, z, bias, ck, dy, dhT,
+            du, ddt, dz, dA, dB, dC, dD, dbias, dh0,
             L, dim, N, cpg, ck.shape[2], *B4.stride(), *C4.stride(),
             dB.stride(0), dB.stride(1), dC.stride(0), dC.stride(1),
             BLOCK_D=bd, BLOCK_N=next_pow2(N), T=CK, HAS_DHT=dhT is not None,
@@ -719,11 +719,6 @@ def _fwd_impl(args):
                     h0 is not None, store_ck)
     return impls[pick_impl("ARCHDSL_SCAN_FWD", impls, default, u, case,
                            lambda name: time_or_inf(lambda: impls[name](*args)))]
-
-
-def _or(t, fallback):
-    """Kernels take a real pointer for absent optional tensors; a constexpr flag keeps it unread."""
-    return t if t is not None else fallback
 
 
 class SelectiveScanFn(torch.autograd.Function):
@@ -801,7 +796,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
     Bc, Cc = unit_last(B), unit_last(C)
     bd = 32 if N <= 32 else 8
     _ss_step_kernel[(cdiv(dim, bd), batch)](
-        state, x, dt, A.contiguous(), Bc, Cc, _or(dense(D), x), _or(z, x), _or(dense(dt_bias), x), y,
+        state, x, dt, A.contiguous(), Bc, Cc, dense(D), z, dense(dt_bias), y,
         dim, N, dim // B.shape[1], state.stride(0), state.stride(1), x.stride(0), dt.stride(0),
         z.stride(0) if z is not None else 0, y.stride(0), Bc.stride(0), Bc.stride(1), Cc.stride(0), Cc.stride(1),
         BLOCK_D=bd, BLOCK_N=next_pow2(N), num_warps=4, **_flags(D, z, dt_bias, dt_softplus))

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from .._dispatch import interpreting
 from .._host import cdiv, next_pow2
-from .triton_selective_scan import CK, _block_d, _flags, _lanes_tile, _lin_combine, _or, _pick, _pick_sum
+from .triton_selective_scan import CK, _block_d, _flags, _lanes_tile, _lin_combine, _pick, _pick_sum
 
 # ~ resident threads of an H200 (132 SMs x 2048): segments are added until B·D·S reaches it
 FILL_THREADS = 1 << 18
@@ -164,7 +164,7 @@ def ss_fwd_segments(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, seg
     loc = torch.empty(batch, nseg, dim, N, device=u.device, dtype=torch.float32)  # becomes the entering states
     dts = torch.empty(batch, nseg, dim, device=u.device, dtype=torch.float32)
     nck = cdiv(L, CK)
-    ck = torch.empty(batch, dim, nck, N, device=u.device, dtype=torch.float32) if store_ck else hT
+    ck = torch.empty(batch, dim, nck, N, device=u.device, dtype=torch.float32) if store_ck else None
     flags = _flags(D, z, bias, softplus)
     BN = next_pow2(N)
     configs = [_INTERP_SEG] if interpreting() else _SEG_CONFIGS
@@ -174,19 +174,19 @@ def ss_fwd_segments(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, seg
         bd, T, nw = cfg
         bd = _block_d(bd, cpg)
         _seg_local_kernel[(cdiv(dim, bd), batch, nseg)](
-            u, delta, A, B4, C4, _or(bias, u), loc, dts, L, dim, N, cpg, nseg, seg, 1, *B4.stride(), *C4.stride(),
+            u, delta, A, B4, C4, bias, loc, dts, L, dim, N, cpg, nseg, seg, 1, *B4.stride(), *C4.stride(),
             BLOCK_D=bd, BLOCK_N=BN, T=T, HAS_BIAS=flags["HAS_BIAS"], SOFTPLUS=flags["SOFTPLUS"], num_warps=nw)
 
     def out(cfg):
         bd, T, nw = cfg
         bd = _block_d(bd, cpg)
         _seg_out_kernel[(cdiv(dim, bd), batch, nseg)](
-            u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(bias, u), loc, y, ck,
+            u, delta, A, B4, C4, D, z, bias, loc, y, ck,
             L, dim, N, cpg, nseg, seg, nck, 1, *B4.stride(), *C4.stride(),
             BLOCK_D=bd, BLOCK_N=BN, T=T, CKI=CK, STORE_CK=store_ck, num_warps=nw, **flags)
 
     local(_pick(("seg_local",) + key, configs, local))
     _seg_carry_kernel[(cdiv(dim * N, _CARRY_BLOCK), batch)](
-        loc, dts, A, _or(h0, hT), hT, dim, N, nseg, BLOCK=_CARRY_BLOCK, HAS_H0=h0 is not None, num_warps=4)
+        loc, dts, A, h0, hT, dim, N, nseg, BLOCK=_CARRY_BLOCK, HAS_H0=h0 is not None, num_warps=4)
     out(_pick(("seg_out",) + key + (store_ck,), configs, out))
     return y, hT, ck

@@ -350,8 +350,8 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward
     BP = block_p or min(_pow2(P), FWD_BLOCK_P)
     y = torch.empty_like(x)
     hT = torch.empty(batch, H, P, N, device=x.device, dtype=torch.float32)
-    states = torch.empty(batch, H, NC, P, N, device=x.device, dtype=torch.float32) if for_backward else hT
-    ypre = torch.empty_like(x) if (for_backward and z is not None) else y
+    states = torch.empty(batch, H, NC, P, N, device=x.device, dtype=torch.float32) if for_backward else None
+    ypre = torch.empty_like(x) if (for_backward and z is not None) else None
     grid = (batch * H, cdiv(P, BP))
     _ssd_fwd_kernel[grid](
         x, dt, A, B, C, D, z, dt_bias, h0, seq, y, ypre, states, hT,
@@ -360,7 +360,7 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward
         STORE_YPRE=for_backward and z is not None, STORE_STATES=for_backward,
         Q=Q, BP=BP, BN=BN, PREC=_prec(x),
         num_warps=num_warps or FWD_WARPS, num_stages=num_stages or FWD_STAGES)
-    return y, hT, (states, ypre if z is not None else None)
+    return y, hT, (states, ypre)
 
 
 def ssd_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, states, ypre, *, chunk=None,

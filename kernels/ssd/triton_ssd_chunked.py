@@ -820,7 +820,7 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
         Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages, **chain)
     y = torch.empty_like(x)
     store_ypre = for_backward and z is not None
-    ypre = torch.empty_like(x) if store_ypre else y
+    ypre = torch.empty_like(x) if store_ypre else None
     fl = _flags(D, z, dt_bias, dt_softplus)
     cb = cb16 if scaled else cb32
     pair = enter = None
@@ -835,7 +835,7 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
         NC, HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None,
         STORE_YPRE=store_ypre, SCALED=scaled, TMA_PAIR=pair is not None, TMA_IN=enter is not None, Q=Q, BN=BN,
         PREC=_prec(x), **chain, **scan)
-    return y, hT, (dtc, s, hin, ypre if store_ypre else None, cb32)
+    return y, hT, (dtc, s, hin, ypre, cb32)
 
 
 def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s, hin, ypre, cb, *, chunk=None):

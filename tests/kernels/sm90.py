@@ -3,7 +3,7 @@
 The interpreter runs kernels as Python: it accepts code that Triton's compiler rejects (a loop
 variable whose type changes between iterations, say). This closes that gap on the CPU:
 
-  1. record: with ARCHDSL_RECORD_LAUNCHES=FILE set, tests/kernels/conftest.py makes every interpreted
+  1. record: with ARCHDSL_RECORD_LAUNCHES=FILE set, tests/conftest.py makes every interpreted
      launch append one JSON line to FILE: the kernel (module, name), each argument's Triton type or
      constexpr value, num_warps, num_stages and maxnreg (a Gluon launch also the arguments divisible by 16);
   2. compile: `python tests/kernels/sm90.py FILE` compiles each distinct launch to a cubin for
@@ -83,20 +83,41 @@ def launch_entry(kernel, args, kwargs) -> str:
     return json.dumps(entry, sort_keys=True)
 
 
-def record_launches(path: str) -> None:
-    """Make every interpreted kernel launch append its description to `path` (JSON lines)."""
+def shared_tensors(kernel, args, kwargs) -> list[str]:
+    """The tensor arguments of a launch that are one and the same memory as an earlier argument ("b is a").
+    A launch must have none: torch.compile traces our launches, and where it cannot read which arguments a
+    kernel writes (inline PTX, Gluon) it takes every one as written, copies each and writes the copies back,
+    so an output passed twice (say y, and again as an unused ypre) came back as the stale copy: garbage from
+    the chunked SSD under torch.compile on the H200. An unused pointer is None."""
+    seen, shared = {}, []
+    for name, value in zip(kernel.arg_names, args):
+        if isinstance(value, __import__("torch").Tensor) and value.numel():
+            key = (value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+            if key in seen:
+                shared.append(f"{name} is {seen[key]}")
+            seen.setdefault(key, name)
+    return shared
+
+
+def watch_launches(path: str | None = None) -> None:
+    """Make every interpreted kernel launch fail if it passes one tensor twice (shared_tensors) and, with a
+    path, append its description to that file (JSON lines)."""
     from triton.runtime.interpreter import InterpretedFunction
 
-    # a second call replaces the first recorder rather than stacking on it
-    run = InterpretedFunction._unrecorded_run = getattr(InterpretedFunction, "_unrecorded_run",
-                                                        InterpretedFunction.run)
+    # a second call replaces the first watcher rather than stacking on it
+    run = InterpretedFunction._unwatched_run = getattr(InterpretedFunction, "_unwatched_run",
+                                                       InterpretedFunction.run)
 
-    def recording_run(self, *args, grid, warmup, **kwargs):
-        with open(path, "a") as f:
-            f.write(launch_entry(self, args, kwargs) + "\n")
+    def watched_run(self, *args, grid, warmup, **kwargs):
+        shared = shared_tensors(self, args, kwargs)
+        if shared:
+            raise AssertionError(f"{self.fn.__name__}: one tensor passed twice ({', '.join(shared)})")
+        if path:
+            with open(path, "a") as f:
+                f.write(launch_entry(self, args, kwargs) + "\n")
         return run(self, *args, grid=grid, warmup=warmup, **kwargs)
 
-    InterpretedFunction.run = recording_run
+    InterpretedFunction.run = watched_run
 
 
 def _constexpr_params(fn):

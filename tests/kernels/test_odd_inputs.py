@@ -108,6 +108,53 @@ def _same(ours, ref, what):
             assert ((a.double() - r.double()).abs().max() / scale) < 2e-2, what
 
 
+def _flat(out):
+    """The tensors of an op's result, nested tuples (wkv4's state) unpacked, None left out."""
+    items = out if isinstance(out, tuple) else (out,)
+    return [t for x in items for t in (_flat(x) if isinstance(x, tuple) else (x,)) if t is not None]
+
+
+COMPILE_SIZES = dict(b=2, L=300, H=4, P=16, N=16, D=64)  # several chunks, tiles and channel blocks
+DIFFERENTIABLE = ("ssd_scan", "selective_scan", "wkv6", "wkv4", "causal_conv1d", "add_rmsnorm")
+
+
+def _run_wrapped(op, wrap):
+    """wrap(the op) at COMPILE_SIZES on float32 CUDA tensors: its outputs, the states a step op updates in
+    place and, for a differentiable op, the gradients of every tensor input under fixed cotangents."""
+    fn, make = ARGS[op]
+    torch.manual_seed(0)
+    inputs = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**COMPILE_SIZES)).items()}
+    leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor)] if op in DIFFERENTIABLE else []
+    for t in leaves:
+        t.requires_grad_(True)
+    out = _flat(wrap(fn)(**inputs))
+    states = _flat(tuple(inputs[k] for k in ("state", "conv_state", "ssm_state") if k in inputs))
+    if not leaves:
+        return out + states
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    loss = sum((t * torch.randn(t.shape, device="cuda", generator=gen)).sum() for t in out)
+    return [t.detach() for t in out] + list(torch.autograd.grad(loss, leaves))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("op", [*ARGS, "ssd_scan:fused"])
+def test_gpu_torch_compile_gives_what_eager_gives(op, monkeypatch):
+    """Under torch.compile (AOT autograd, which Inductor runs too) every op gives its eager outputs, updated
+    states and gradients. It once gave garbage for the chunked SSD: torch.compile could not read which
+    arguments its kernels write (inline PTX), took all as written, and wrote back a stale copy of y passed
+    twice (tests/kernels/sm90.py, shared_tensors)."""
+    name, _, impl = op.partition(":")
+    if impl:
+        monkeypatch.setenv("ARCHDSL_SSD_IMPL", impl)
+    want = _run_wrapped(name, lambda f: f)
+    torch._dynamo.reset()
+    got = _run_wrapped(name, lambda f: torch.compile(f, backend="aot_eager"))
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5, msg=lambda m: f"{op}, result {i}: {m}")
+
+
 @pytest.mark.parametrize("odd", [torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("op, arg", CASES)
 def test_one_argument_in_another_dtype(op, arg, odd, monkeypatch):

@@ -1,5 +1,6 @@
 """The sm_90 compile check (tests/kernels/sm90.py) records interpreted launches and catches what
-Triton's compiler rejects but its interpreter runs: here, a value whose type changes in a loop."""
+Triton's compiler rejects but its interpreter runs: here, a value whose type changes in a loop. It also
+refuses a launch that passes one tensor twice."""
 import json
 import os
 import subprocess
@@ -53,7 +54,7 @@ def test_records_launches_and_catches_what_the_compiler_rejects(tmp_path, monkey
     import sm90_samples
 
     log = tmp_path / "launches.jsonl"
-    sm90.record_launches(str(log))
+    sm90.watch_launches(str(log))
     x, y = torch.ones(16), torch.empty(16)
     for kernel, want in ((sm90_samples.good, 6.0), (sm90_samples.bad, 12.0)):  # the interpreter runs both
         kernel[(1,)](x, y, 3, BLOCK=16, num_warps=1)
@@ -87,3 +88,24 @@ def test_pdl_launches_are_also_compiled_with_pdl_on():
     assert json.loads(sm90.with_pdl(off))["args"] == {"x_ptr": {"type": "*fp32"}, "PDL": {"constexpr": True}}
     assert sm90.with_pdl(line(x_ptr={"type": "*fp32"}, PDL={"constexpr": True})) is None
     assert sm90.with_pdl(line(x_ptr={"type": "*fp32"})) is None
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="watches interpreted launches")
+def test_a_launch_that_passes_one_tensor_twice_fails(tmp_path, monkeypatch):
+    """torch.compile takes every argument of a kernel it cannot read as written, and writes each back from a
+    copy: an output passed again as a placeholder came back stale (the chunked SSD, on the H200). So every
+    interpreted launch of the suite is held to distinct tensors; views of other memory are fine."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    (tmp_path / "sm90_samples.py").write_text(KERNELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(HERE)
+    monkeypatch.setattr(InterpretedFunction, "run", InterpretedFunction.run)  # restored afterwards
+    import sm90
+    import sm90_samples
+
+    sm90.watch_launches()
+    x = torch.ones(32)
+    sm90_samples.good[(1,)](x[:16], x[16:], 1, BLOCK=16)  # two halves of one buffer: distinct memory
+    with pytest.raises(AssertionError, match="good: one tensor passed twice \\(y_ptr is x_ptr\\)"):
+        sm90_samples.good[(1,)](x, x, 1, BLOCK=16)
