@@ -17,8 +17,6 @@ waits first and only then signals. Nothing overlaps but the launch, and no promi
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 
@@ -42,10 +40,18 @@ __all__ = ["gdc_wait", "gdc_launch_dependents", "pdl_ok"]
 
 
 def pdl_ok(x: torch.Tensor, pdl: bool) -> bool:
-    """Whether a launch on x's device can use PDL when the caller asks for it (pdl)."""
-    return bool(pdl) and HAVE_GDC and x.is_cuda and not interpreting() and _hopper_or_later(x.device.index)
+    """Whether a launch on x's device can use PDL when the caller asks for it (pdl). Not while torch.compile
+    traces: it reads which arguments a kernel writes from the kernel's code, and gdc_wait's inline PTX stops
+    that reading (it then copies every argument as written, and warns). PDL's gain is the decode step's launch
+    gaps, eager or replayed from a CUDA graph, neither of which torch.compile traces."""
+    return (bool(pdl) and HAVE_GDC and x.is_cuda and not interpreting() and not torch.compiler.is_compiling()
+            and _hopper_or_later(x.device.index))
 
 
-@functools.lru_cache(maxsize=None)
+_HOPPER: dict = {}  # device index → compute capability 9 or later; a dict, which torch.compile traces quietly
+
+
 def _hopper_or_later(index) -> bool:  # asked three times a Mamba-2 layer per eager decode step
-    return torch.cuda.get_device_capability(index)[0] >= 9
+    if index not in _HOPPER:
+        _HOPPER[index] = torch.cuda.get_device_capability(index)[0] >= 9
+    return _HOPPER[index]

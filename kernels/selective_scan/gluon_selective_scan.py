@@ -58,6 +58,7 @@ on the GPU, and CI compiles their launches for sm_90 (tests/kernels/test_selecti
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -899,9 +900,23 @@ def fits(dim: int, groups: int, N: int, CK: int) -> bool:
     return _groups_fit(dim, groups, bd) and N <= MAX_N and CK % T == 0
 
 
+def _outside_compile(fn):
+    """fn, kept out of torch.compile's graphs: under torch.compile a graph break and an eager call. Inductor
+    re-emits the source of each Triton kernel a graph launches in a module of its own, without Gluon's imports,
+    so a graph holding a Gluon launch failed to build (NameError: gl). torch._dynamo (~2 s to import) is
+    touched only while compiling."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return torch.compiler.disable(fn)(*args, **kwargs)
+        return fn(*args, **kwargs)
+    return call
+
+
+@_outside_compile
 def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: int):
     """The forward of triton_selective_scan.ss_fwd on this kernel: y, last state (float32), checkpoints
-    every CK steps [B, D, NCK, N] float32 (hT again when not stored). u, delta contiguous [B, D, L];
+    every CK steps [B, D, NCK, N] float32 (None when not stored). u, delta contiguous [B, D, L];
     B4, C4 [B, G, N, L] at any strides."""
     batch, dim, L = u.shape
     N, groups = A.shape[1], B4.shape[1]
@@ -994,6 +1009,7 @@ def fits_bwd(dim: int, groups: int, N: int, CK: int) -> bool:
     return _groups_fit(dim, groups, bd) and 5 <= N <= 16 and CK % BWD_T == 0
 
 
+@_outside_compile
 def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int):
     """The backward of triton_selective_scan.ss_bwd_groups on this kernel, same contract: the gradients of
     (u, delta, A, B4, C4, D, z, delta_bias, initial state); dB and dC [B, G, N, L] in B4's and C4's dtype."""
