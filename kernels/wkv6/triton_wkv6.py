@@ -112,6 +112,7 @@ def _fwd_kernel(r, k, v, w, u, s_in, o, s_out, scale, T, seg, s_in_stride, H: tl
                 V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
                 HAS_S_IN: tl.constexpr, STORE_S_OUT: tl.constexpr, PREC: tl.constexpr):
     """o for one segment's tokens; s_in[(bh·s_in_stride + n)] is the state entering segment n."""
+    scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
     i_n, i_bh, i_v = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     ot, ok, ov = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
@@ -152,6 +153,7 @@ def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, scale, T, seg, s_in_stride, H: tl.c
     """dr (float32) for one segment's tokens and one block of K, from the state entering the segment.
     PREC (_prec_bwd) for the dots, but PREC_IN (the inputs' own, _prec) for do·vᵀ, whose operands are
     inputs: exact in bfloat16 too."""
+    scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
     i_n, i_bh, i_k = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     ot, ok, ov = tl.arange(0, BT), i_k * BK + tl.arange(0, BK), tl.arange(0, BV)
@@ -192,6 +194,7 @@ def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, s
 
     ds_in[(bh·ds_in_stride + n)] is d loss / d(state leaving segment n), s_exit[...] that state.
     """
+    scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
     i_n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     nseg = tl.num_programs(0)

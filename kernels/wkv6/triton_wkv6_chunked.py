@@ -68,6 +68,7 @@ def _states_bwd(r, w, do, dht, gs, dh0, scale, T, C: tl.constexpr, H: tl.constex
                 STORE_DH0: tl.constexpr, PREC: tl.constexpr):
     """gs[bh·N + n] = d loss / d(state leaving segment n), from the last segment back; dh0 = the gradient
     entering segment 0. One [BK, BV] block."""
+    scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     N = tl.cdiv(T, C)
