@@ -292,30 +292,37 @@ def test_cuda_graph_generate_matches_eager(layout):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_torch_compile_inductor_matches_eager(dtype):
-    """A hybrid of every scan kernel under torch.compile (Inductor) on the GPU: the logits and the gradients
-    of eager, as on the CPU. Until the kernels stopped taking one tensor twice, the Mamba-2 layers' logits
-    came out garbage (relative error ~1 against eager, in float32 too)."""
-    spec = archdsl.parse("mamba2, attn+mlp, mamba+moe, rwkv6, mamba2", d_model=64, vocab_size=101,
+    """A hybrid of every scan kernel under torch.compile (Inductor) on the GPU: the logits and gradients of
+    eager, as on the CPU. In float32 to 1e-4 of their norms; in bf16, where Inductor rounds fused torch ops once
+    and eager after each, as close to float32's as eager's are (twice eager's error and 1% at most). Until the
+    kernels stopped taking one tensor twice, the Mamba-2 layers' logits were garbage (1.0 off, float32 too)."""
+    spec = archdsl.parse("mamba2, attn+mlp, mamba+mlp, rwkv6, mamba2", d_model=64, vocab_size=101,
                          blocks={**SMALL, "mamba2": {"d_state": 16, "headdim": 16}})
     ids = torch.randint(0, 101, (2, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
-    model = archdsl.compile(spec, device="cuda", dtype=dtype, seed=0)
-    tol = 1e-4 if dtype == torch.float32 else 2e-2  # of the norm: Inductor rounds bf16 where it fuses
 
     def off(a, b):
-        return ((a.float() - b.float()).norm() / b.float().norm()).item()
+        return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
 
-    def run(m):
+    def run(model, m):
         model.zero_grad(set_to_none=True)
         logits = m(ids)
         logits.float().square().mean().backward()
-        return logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
-    want, want_grads = run(model)
+        return [logits.detach()] + [p.grad.clone() for p in model.parameters()]
+
+    exact = archdsl.compile(spec, device="cuda", dtype=torch.float32, seed=0)
+    model = archdsl.compile(spec, device="cuda", dtype=dtype, seed=0)
+    truth, eager = run(exact, exact), run(model, model)
     torch._dynamo.reset()
-    got, got_grads = run(torch.compile(model, backend="inductor"))
-    assert off(got, want) < tol
-    assert len(got_grads) == len(want_grads) and all(off(g, w) < tol for g, w in zip(got_grads, want_grads))
+    compiled = run(model, torch.compile(model, backend="inductor"))
+    names = ["logits"] + [n for n, _ in model.named_parameters()]
+    for name, c, e, t in zip(names, compiled, eager, truth, strict=True):
+        if dtype == torch.float32:
+            assert off(c, e) < 1e-4, name
+        else:
+            assert off(c, t) <= 2 * off(e, t) + 1e-2, (name, off(c, t), off(e, t))
     with torch.no_grad():  # inference takes the kernels' paths without autograd
-        assert off(torch.compile(model, backend="inductor")(ids), model(ids)) < tol
+        got, want = torch.compile(model, backend="inductor")(ids), model(ids)
+        assert off(got, want) < (1e-4 if dtype == torch.float32 else 2e-2)
 
 
 def test_fused_qkv_sees_in_place_updates_without_version_bumps():
