@@ -44,8 +44,9 @@ def add_rmsnorm_fwd(x, residual, weight, eps):
     rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
     BLOCK = next_pow2(N)
     if rows:
-        _add_rmsnorm_fwd[(rows,)](x2, r2, weight.contiguous(), out, h, rstd, N, eps, x2.stride(0), 0 if r2 is None else r2.stride(0),
-                                  out.stride(0), h.stride(0), HAS_R=residual is not None, BLOCK=BLOCK,
+        _add_rmsnorm_fwd[(rows,)](x2, r2, weight.contiguous(), out, h, rstd, N, eps, x2.stride(0),
+                                  0 if r2 is None else r2.stride(0), out.stride(0), h.stride(0),
+                                  HAS_R=residual is not None, BLOCK=BLOCK,
                                   num_warps=min(16, max(1, BLOCK // 256)))
     return out.view(*shape[:-1], N), h.view(shape), rstd
 

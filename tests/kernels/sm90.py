@@ -89,9 +89,10 @@ def shared_tensors(kernel, args, kwargs) -> list[str]:
     kernel writes (inline PTX, Gluon) it takes every one as written, copies each and writes the copies back,
     so an output passed twice (say y, and again as an unused ypre) came back as the stale copy: garbage from
     the chunked SSD under torch.compile on the H200. An unused pointer is None."""
+    import torch
     seen, shared = {}, []
     for name, value in zip(kernel.arg_names, args):
-        if isinstance(value, __import__("torch").Tensor) and value.numel():
+        if isinstance(value, torch.Tensor) and value.numel():
             key = (value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
             if key in seen:
                 shared.append(f"{name} is {seen[key]}")
