@@ -83,7 +83,7 @@ def launch_entry(kernel, args, kwargs) -> str:
     return json.dumps(entry, sort_keys=True)
 
 
-def shared_tensors(kernel, args, kwargs) -> list[str]:
+def shared_tensors(kernel, args) -> list[str]:
     """The tensor arguments of a launch that are one and the same memory as an earlier argument ("b is a").
     A launch must have none: torch.compile traces our launches, and where it cannot read which arguments a
     kernel writes (inline PTX, Gluon) it takes every one as written, copies each and writes the copies back,
@@ -110,7 +110,7 @@ def watch_launches(path: str | None = None) -> None:
                                                        InterpretedFunction.run)
 
     def watched_run(self, *args, grid, warmup, **kwargs):
-        shared = shared_tensors(self, args, kwargs)
+        shared = shared_tensors(self, args)
         if shared:
             raise AssertionError(f"{self.fn.__name__}: one tensor passed twice ({', '.join(shared)})")
         if path:

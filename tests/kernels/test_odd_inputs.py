@@ -80,6 +80,17 @@ def _cast(v, dtype):
     return tuple(t.to(DEVICE, dtype) for t in v) if isinstance(v, tuple) else v.to(DEVICE, dtype)
 
 
+def _flat(out):
+    """The tensors of an op's result, nested tuples (wkv4's state) unpacked, None left out."""
+    items = out if isinstance(out, tuple) else (out,)
+    return [t for x in items for t in (_flat(x) if isinstance(x, tuple) else (x,)) if t is not None]
+
+
+def _results(out, inputs):
+    """An op's outputs and the states a step op updates in place, as one list of tensors."""
+    return _flat(out) + _flat(tuple(inputs[k] for k in ("state", "conv_state", "ssm_state") if k in inputs))
+
+
 def _call(op, backend, monkeypatch, dtypes=None, **sizes):
     """The op on float32 inputs (an argument in `dtypes` in its dtype there) at SIZES changed by `sizes`:
     its outputs and the step ops' states as a list, or the message of the ValueError it raised."""
@@ -92,9 +103,7 @@ def _call(op, backend, monkeypatch, dtypes=None, **sizes):
         out = fn(**inputs)
     except ValueError as e:
         return str(e)
-    flat = list(out) if isinstance(out, tuple) else [out]
-    states = [inputs[k] for k in ("state", "conv_state") if k in inputs]
-    return [t for s in flat + states for t in (s if isinstance(s, tuple) else (s,)) if t is not None]
+    return _results(out, inputs)
 
 
 def _same(ours, ref, what):
@@ -106,12 +115,6 @@ def _same(ours, ref, what):
         if r.numel():
             scale = r.double().abs().max().clamp_min(1.0)
             assert ((a.double() - r.double()).abs().max() / scale) < 2e-2, what
-
-
-def _flat(out):
-    """The tensors of an op's result, nested tuples (wkv4's state) unpacked, None left out."""
-    items = out if isinstance(out, tuple) else (out,)
-    return [t for x in items for t in (_flat(x) if isinstance(x, tuple) else (x,)) if t is not None]
 
 
 COMPILE_SIZES = dict(b=2, L=300, H=4, P=16, N=16, D=64)  # several chunks, tiles and channel blocks
@@ -127,10 +130,10 @@ def _run_wrapped(op, wrap):
     leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor)] if op in DIFFERENTIABLE else []
     for t in leaves:
         t.requires_grad_(True)
-    out = _flat(wrap(fn)(**inputs))
-    states = _flat(tuple(inputs[k] for k in ("state", "conv_state", "ssm_state") if k in inputs))
+    out = wrap(fn)(**inputs)
     if not leaves:
-        return out + states
+        return _results(out, inputs)
+    out = _flat(out)
     gen = torch.Generator(device="cuda").manual_seed(1)
     loss = sum((t * torch.randn(t.shape, device="cuda", generator=gen)).sum() for t in out)
     return [t.detach() for t in out] + list(torch.autograd.grad(loss, leaves))
