@@ -58,7 +58,6 @@ on the GPU, and CI compiles their launches for sm_90 (tests/kernels/test_selecti
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -900,24 +899,8 @@ def fits(dim: int, groups: int, N: int, CK: int) -> bool:
     return _groups_fit(dim, groups, bd) and N <= MAX_N and CK % T == 0
 
 
-def _outside_compile(fn):
-    """fn, kept out of torch.compile's graphs: under torch.compile a graph break and an eager call. Inductor
-    re-emits the source of each Triton kernel a graph launches in a module of its own, without Gluon's imports,
-    so a graph holding a Gluon launch failed to build (NameError: gl). torch._dynamo (~2 s to import) is
-    touched only while compiling."""
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        if torch.compiler.is_compiling():
-            return torch.compiler.disable(fn)(*args, **kwargs)
-        return fn(*args, **kwargs)
-    return call
-
-
-@_outside_compile
-def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: int):
-    """The forward of triton_selective_scan.ss_fwd on this kernel: y, last state (float32), checkpoints
-    every CK steps [B, D, NCK, N] float32 (None when not stored). u, delta contiguous [B, D, L];
-    B4, C4 [B, G, N, L] at any strides."""
+def _ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: int):
+    """The forward's launch (`ss_fwd_gluon`)."""
     batch, dim, L = u.shape
     N, groups = A.shape[1], B4.shape[1]
     ns, T, warps, bd = _tile_for(N)
@@ -1009,10 +992,8 @@ def fits_bwd(dim: int, groups: int, N: int, CK: int) -> bool:
     return _groups_fit(dim, groups, bd) and 5 <= N <= 16 and CK % BWD_T == 0
 
 
-@_outside_compile
-def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int):
-    """The backward of triton_selective_scan.ss_bwd_groups on this kernel, same contract: the gradients of
-    (u, delta, A, B4, C4, D, z, delta_bias, initial state); dB and dC [B, G, N, L] in B4's and C4's dtype."""
+def _ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int):
+    """The backward's launch (`ss_bwd_gluon`)."""
     batch, dim, L = u.shape
     N, groups = A.shape[1], B4.shape[1]
     ns, bd = _bwd_tile_for(N)
@@ -1041,3 +1022,73 @@ def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int
         PERSIST=persist, num_warps=1, maxnreg=BWD_MAXNREG)
     dB, dC = (dbc[:, :, :L, :N, k].transpose(2, 3) for k in (0, 1))
     return _bwd_grads((du, ddt, dz, dB, dC, dA, dD, dbias, dh0), A, B4, C4, D, bias)
+
+
+# Under torch.compile the two launchers run as custom ops, opaque to Dynamo and Inductor, so a compiled model
+# keeps them in its graph with no break (fullgraph=True included). Traced as plain Triton launches they failed:
+# Inductor re-emits the source of each kernel a graph launches in a module of its own, without Gluon's imports
+# (NameError: gl). Their fake twins give the outputs' shapes, dtypes and strides, which the real ones keep
+# (dB and dC made contiguous); an absent output is an empty tensor inside the op. Eager calls go straight to
+# the launchers, without the dispatcher.
+_FWD_OP = torch.library.custom_op(
+    "archdsl::selective_scan_fwd_gluon", mutates_args=(),
+    schema="(Tensor u, Tensor delta, Tensor A, Tensor B4, Tensor C4, Tensor? D, Tensor? z, Tensor? bias, "
+           "Tensor? h0, bool softplus, bool store_ck, int CK) -> (Tensor, Tensor, Tensor)")(
+    lambda u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: _none_to_empty(
+        _ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK=CK), u))
+
+
+@_FWD_OP.register_fake
+def _ss_fwd_fake(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK):
+    """y like u, the last state [B, D, N] float32, checkpoints [B, D, NCK, N] float32 (empty unless stored)."""
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    return (torch.empty_like(u), u.new_empty(batch, dim, N, dtype=torch.float32),
+            u.new_empty((batch, dim, cdiv(L, CK), N) if store_ck else (0,), dtype=torch.float32))
+
+
+def _ss_bwd_contiguous(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK):
+    grads = list(_ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK=CK))
+    grads[3:5] = (g.contiguous() for g in grads[3:5])  # dB, dC: views of one buffer
+    return _none_to_empty(grads, u)
+
+
+_BWD_OP = torch.library.custom_op(
+    "archdsl::selective_scan_bwd_gluon", mutates_args=(),
+    schema="(Tensor u, Tensor delta, Tensor A, Tensor B4, Tensor C4, Tensor? D, Tensor? z, Tensor? bias, "
+           "Tensor ck, Tensor dy, Tensor? dhT, bool softplus, int CK) -> Tensor[]")(_ss_bwd_contiguous)
+
+
+@_BWD_OP.register_fake
+def _ss_bwd_fake(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK):
+    """The gradients of (u, delta, A, B4, C4, D, z, delta_bias, initial state), each in its input's dtype,
+    dB and dC [B, G, N, L] contiguous, the initial state's [B, D, N] float32; empty where the input is absent."""
+    like = lambda t: u.new_empty(t.shape, dtype=t.dtype) if t is not None else u.new_empty(0)
+    batch, dim, _ = u.shape
+    return [torch.empty_like(u), torch.empty_like(delta), like(A), like(B4), like(C4), like(D),
+            torch.empty_like(z) if z is not None else u.new_empty(0), like(bias),
+            u.new_empty(batch, dim, A.shape[1], dtype=torch.float32)]
+
+
+def _none_to_empty(outs, u):
+    return [o if o is not None else u.new_empty(0) for o in outs]
+
+
+def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: int):
+    """The forward of triton_selective_scan.ss_fwd on this kernel: y, last state (float32), checkpoints
+    every CK steps [B, D, NCK, N] float32 (None when not stored). u, delta contiguous [B, D, L];
+    B4, C4 [B, G, N, L] at any strides."""
+    if not torch.compiler.is_compiling():
+        return _ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK=CK)
+    y, hT, ck = _FWD_OP(u, delta, A, B4, C4, D, z, bias, h0, bool(softplus), bool(store_ck), CK)
+    return y, hT, ck if store_ck else None
+
+
+def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int):
+    """The backward of triton_selective_scan.ss_bwd_groups on this kernel, same contract: the gradients of
+    (u, delta, A, B4, C4, D, z, delta_bias, initial state); dB and dC [B, G, N, L] in B4's and C4's dtype."""
+    if not torch.compiler.is_compiling():
+        return _ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK=CK)
+    grads = _BWD_OP(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, bool(softplus), CK)
+    absent = {5: D, 6: z, 7: bias}
+    return tuple(None if i in absent and absent[i] is None else g for i, g in enumerate(grads))

@@ -143,16 +143,16 @@ def _run_wrapped(op, wrap):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("op", [*ARGS, "ssd_scan:fused"])
 def test_gpu_torch_compile_gives_what_eager_gives(op, monkeypatch):
-    """Under torch.compile (AOT autograd, which Inductor runs too) every op gives its eager outputs, updated
-    states and gradients. It once gave garbage for the chunked SSD: torch.compile could not read which
-    arguments its kernels write (inline PTX), took all as written, and wrote back a stale copy of y passed
+    """Under torch.compile (AOT autograd, which Inductor runs too; one graph, fullgraph=True) every op gives its eager
+    outputs, updated states and gradients. It once gave garbage for the chunked SSD: torch.compile could not read
+    which arguments its kernels write (inline PTX), took all as written, and wrote back a stale copy of y passed
     twice (tests/kernels/sm90.py, shared_tensors)."""
     name, _, impl = op.partition(":")
     if impl:
         monkeypatch.setenv("ARCHDSL_SSD_IMPL", impl)
     want = _run_wrapped(name, lambda f: f)
     torch._dynamo.reset()
-    got = _run_wrapped(name, lambda f: torch.compile(f, backend="aot_eager"))
+    got = _run_wrapped(name, lambda f: torch.compile(f, backend="aot_eager", fullgraph=True))
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want)):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5, msg=lambda m: f"{op}, result {i}: {m}")

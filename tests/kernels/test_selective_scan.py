@@ -539,6 +539,83 @@ def test_gluon_forward_shifts_tiles_only_where_it_may(b, D, L, G, store_ck, want
     assert seen == {"shift": want, "grid": (chains,)}
 
 
+@pytest.mark.parametrize("opts", [dict(), dict(z=True, Dskip=True, bias=True, h0=True)], ids=["plain", "all"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gluon_fakes_give_what_the_triton_launchers_give(opts, dtype):
+    """Under torch.compile the Gluon launchers are custom ops, and the graph is built from their fake twins: the
+    outputs' shapes, dtypes and strides (checkpoints stored or not; absent gradients None) must be those of the
+    Triton launchers with the same contract, run here."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
+    from archdsl.kernels.selective_scan import triton_selective_scan as tss
+    t = make(2, 8, 5, 19, G=2, **opts)
+    t = {k: v.to(dtype) if torch.is_tensor(v) and k not in ("A", "D", "delta_bias") else v for k, v in t.items()}
+    fwd = [t[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")]
+    layout = lambda outs: [None if o is None else (tuple(o.shape), o.dtype, o.stride()) for o in outs]
+    with torch.no_grad():
+        for store_ck in (False, True):
+            want = tss.ss_fwd(*fwd, t["delta_softplus"], store_ck)
+            with FakeTensorMode() as mode, _compiling():
+                got = gss.ss_fwd_gluon(*_fake(mode, fwd), t["delta_softplus"], store_ck, CK=tss.CK)
+            assert layout(got) == layout(want)
+        bwd = [*fwd[:8], want[2], torch.randn_like(t["u"]), torch.randn_like(want[1])]
+        want = tss.ss_bwd_groups(*bwd, t["delta_softplus"])
+        with FakeTensorMode() as mode, _compiling():
+            got = gss.ss_bwd_gluon(*_fake(mode, bwd),
+                                   t["delta_softplus"], CK=tss.CK)
+        assert layout(got) == layout(want)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_gluon_under_torch_compile_is_one_graph(dtype):
+    """Under torch.compile (Inductor, fullgraph=True: a graph break fails it) the Gluon forward and backward give
+    what they give eagerly, outputs and gradients; torch.library.opcheck passes for both custom ops."""
+    from archdsl.kernels.selective_scan import triton_selective_scan as tss
+    t = make(2, 256, 16, 300, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
+
+    def scan(u, delta, A, B, C, D, z, bias, h0):
+        return selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True,
+                              return_last_state=True, initial_state=h0)
+
+    def go(fn):
+        leaves = [t[k].detach().clone().requires_grad_() for k in NAMES]
+        y, hT = fn(*leaves)
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        loss = sum((o.float() * torch.randn(o.shape, device="cuda", generator=gen)).sum() for o in (y, hT))
+        return [y.detach(), hT.detach(), *torch.autograd.grad(loss, leaves)]
+
+    with env("ARCHDSL_SCAN_FWD", "gluon"), env("ARCHDSL_SCAN_BWD", "gluon"):
+        want = go(scan)
+        torch._dynamo.reset()
+        got = go(torch.compile(scan, fullgraph=True, backend="inductor"))
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 if dtype == torch.float32 else 2e-2,
+                                   msg=lambda m: f"result {i}: {m}")
+    u, delta, A, B, C, D, z, bias, h0 = (t[k] for k in NAMES)
+    fwd = (u, delta, A.float(), B[:, None], C[:, None], D.float(), z, bias.float(), h0.float())
+    y, hT, ck = torch.ops.archdsl.selective_scan_fwd_gluon(*fwd, True, True, tss.CK)
+    torch.library.opcheck(torch.ops.archdsl.selective_scan_fwd_gluon.default, (*fwd, True, True, tss.CK))
+    torch.library.opcheck(torch.ops.archdsl.selective_scan_bwd_gluon.default,
+                          (*fwd[:8], ck, torch.randn_like(y), torch.randn_like(hT), True, tss.CK))
+
+
+def _fake(mode, tensors):
+    return [mode.from_tensor(a) if a is not None else None for a in tensors]
+
+
+@contextmanager
+def _compiling():
+    """torch.compiler.is_compiling() true, as while Dynamo traces."""
+    real = torch.compiler.is_compiling
+    torch.compiler.is_compiling = lambda: True
+    try:
+        yield
+    finally:
+        torch.compiler.is_compiling = real
+
+
 @pytest.mark.skipif(CUDA, reason="the Gluon backward runs on CUDA")
 def test_gluon_backward_off_cuda_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("ARCHDSL_SCAN_BWD", "gluon")
