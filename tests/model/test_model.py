@@ -235,19 +235,31 @@ def test_meta_build_runs_no_tensor_op_that_imports_dynamo():
     assert subprocess.run([sys.executable, "-c", code, path], cwd=ROOT).returncode == 0
 
 
-def _compiled_matches(backend):
-    spec = archdsl.parse("mamba2, attn+mlp, mamba+moe", d_model=16, vocab_size=37, blocks=SMALL)
+def _compiled_matches(backend, layout="mamba2, attn+mlp, mamba+moe", grads=False):
+    """torch.compile(model, fullgraph=True) (one graph: a break fails it) gives eager's logits at inference
+    (where attention's q/k/v take one packed GEMM, whose storage check cannot be traced) and, with grads, the
+    training forward's logits and every parameter's gradient."""
+    spec = archdsl.parse(layout, d_model=16, vocab_size=37, blocks=SMALL)
     model = archdsl.compile(spec)
-    ids = torch.randint(0, 37, (1, 8))
+    ids = torch.randint(0, 37, (2, 8), generator=torch.Generator().manual_seed(0))
     torch._dynamo.reset()
-    compiled = torch.compile(model, backend=backend)
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
     with torch.no_grad():
         assert torch.allclose(compiled(ids), model(ids), rtol=1e-4, atol=1e-5)
+    if grads:
+        got, want = ([m(ids)] for m in (compiled, model))
+        for out in (got, want):
+            model.zero_grad(set_to_none=True)
+            out[0].square().mean().backward()
+            out += [p.grad.clone() for p in model.parameters()]
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
 def test_torch_compile_cpu():
-    """The model traces under torch.compile (dynamo + AOT autograd, CPU, float32): same logits."""
-    _compiled_matches("aot_eager")
+    """Every kind of layer (MoE's data-dependent routing included) traces under torch.compile as one graph
+    (dynamo + AOT autograd, CPU, float32), inference and training: eager's logits and gradients."""
+    _compiled_matches("aot_eager", "mamba2, attn+mlp, mamba+moe, rwkv6, rwkv4+cmix, s4d+mlp", grads=True)
 
 
 @pytest.mark.slow
@@ -290,15 +302,18 @@ def test_cuda_graph_generate_matches_eager(layout):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gpu_torch_compile_inductor_matches_eager(dtype):
-    """A hybrid of every scan kernel under torch.compile (Inductor, one graph: fullgraph=True) on the GPU: the logits
-    and gradients of eager, as on the CPU. In float32 to 1e-4 of their norms; in bf16, where Inductor rounds fused
-    torch ops once and eager after each, as close to float32's as eager's are (twice eager's error and 1% at most).
-    Until the kernels stopped taking one tensor twice, the Mamba-2 layers' logits were garbage (1.0 off, float32
-    too)."""
-    spec = archdsl.parse("mamba2, attn+mlp, mamba+mlp, rwkv6, mamba2", d_model=64, vocab_size=101,
-                         blocks={**SMALL, "mamba2": {"d_state": 16, "headdim": 16}})
+@pytest.mark.parametrize("layout, dtype", [
+    ("mamba2, attn+mlp, mamba+mlp, rwkv6, mamba2", torch.float32),
+    ("mamba2, attn+mlp, mamba+mlp, rwkv6, mamba2", torch.bfloat16),
+    ("mamba+moe, attn+moe", torch.float32)])  # bf16 may route a token differently: not compared
+def test_gpu_torch_compile_inductor_matches_eager(layout, dtype):
+    """A hybrid of every scan kernel (the Gluon selective scan forward and backward included), and one of MoE
+    layers, under torch.compile (Inductor, one graph: fullgraph=True) on the GPU: the logits and gradients of
+    eager, as on the CPU. In float32 to 1e-4 of their norms; in bf16, where Inductor rounds fused torch ops once
+    and eager after each, as close to float32's as eager's are (twice eager's error and 1% at most). Until the
+    kernels stopped taking one tensor twice, the Mamba-2 layers' logits were garbage (1.0 off, float32 too)."""
+    spec = archdsl.parse(layout, d_model=64, vocab_size=101,
+                         blocks={**SMALL, "mamba2": {"d_state": 16, "headdim": 16}, "mamba": {"d_state": 16}})
     ids = torch.randint(0, 101, (2, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
 
     def off(a, b):

@@ -133,7 +133,7 @@ class Moe(nn.Module):
         out = torch.zeros_like(x)
         for e in range(self.cfg.experts):
             tok, slot = torch.where(idx == e)
-            if tok.numel() == 0:
+            if not torch.compiler.is_compiling() and tok.numel() == 0:  # traced: an expert of no tokens adds 0
                 continue
             y = self.experts.expert(e, x.index_select(0, tok)) * w[tok, slot, None]
             out.index_add_(0, tok, y)
