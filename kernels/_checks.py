@@ -40,8 +40,10 @@ def expect_number(name: str, value, *, positive: bool = False) -> float:
     """`value` as a float: a finite real number (a one-element tensor too), > 0 if `positive`."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or (
-            positive and value <= 0):
+    # -inf < value < inf rather than math.isfinite (NaN fails it too): torch.compile(dynamic=True) traces a float
+    # argument as a symbol, which math.isfinite cannot take; a comparison it guards on
+    real = isinstance(value, (numbers.Real, torch.SymFloat)) and not isinstance(value, bool)
+    if not real or not -math.inf < value < math.inf or (positive and value <= 0):
         raise ValueError(f"{name}: expected a finite{' positive' if positive else ''} number, got {value!r}")
     return float(value)
 

@@ -15,8 +15,15 @@ def cdiv(a: int, b: int) -> int:
 
 
 def next_pow2(n: int) -> int:
-    """The smallest power of two >= n (0 for n <= 0), as triton.next_power_of_2."""
-    return 1 << (n - 1).bit_length() if n > 0 else 0
+    """The smallest power of two >= n (0 for n <= 0), as triton.next_power_of_2. While torch.compile
+    traces, a size may be a symbol (dynamic shapes): doubling until past it guards on the power-of-two
+    bounds around it, where bit_length would fix the graph to its value."""
+    if not torch.compiler.is_compiling():
+        return 1 << (n - 1).bit_length() if n > 0 else 0
+    p = 1 if n > 0 else 0
+    while 0 < p < n:
+        p *= 2
+    return p
 
 
 def dense(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -14,3 +14,19 @@ def test_next_pow2_matches_triton(n):
 @given(st.integers(0, 1 << 40), st.integers(1, 1 << 20))
 def test_cdiv_matches_triton(a, b):
     assert cdiv(a, b) == triton.cdiv(a, b)
+
+
+def test_next_pow2_of_a_traced_size_guards_on_its_range():
+    """Under torch.compile(dynamic=True) a size is a symbol: next_pow2 of it gives the value eager gives and
+    keeps one graph for every size between the same powers of two (a new graph past them), where bit_length
+    would have fixed the graph to one size."""
+    import torch
+    import torch._dynamo.utils
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    traced = torch.compile(lambda x: x.new_zeros(next_pow2(x.shape[0])), backend="eager", dynamic=True,
+                           fullgraph=True)
+    for n in (300, 301, 400, 512, 513, 1000):
+        assert traced(torch.zeros(n)).shape == (next_pow2(n),)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2

@@ -121,12 +121,13 @@ COMPILE_SIZES = dict(b=2, L=300, H=4, P=16, N=16, D=64)  # several chunks, tiles
 DIFFERENTIABLE = ("ssd_scan", "selective_scan", "wkv6", "wkv4", "causal_conv1d", "add_rmsnorm")
 
 
-def _run_wrapped(op, wrap):
-    """wrap(the op) at COMPILE_SIZES on float32 CUDA tensors: its outputs, the states a step op updates in
-    place and, for a differentiable op, the gradients of every tensor input under fixed cotangents."""
+def _run_wrapped(op, wrap, **sizes):
+    """wrap(the op) at COMPILE_SIZES changed by `sizes` on float32 CUDA tensors: its outputs, the states a step
+    op updates in place and, for a differentiable op, the gradients of every tensor input under fixed
+    cotangents."""
     fn, make = ARGS[op]
     torch.manual_seed(0)
-    inputs = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**COMPILE_SIZES)).items()}
+    inputs = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**{**COMPILE_SIZES, **sizes})).items()}
     leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor)] if op in DIFFERENTIABLE else []
     for t in leaves:
         t.requires_grad_(True)
@@ -156,6 +157,25 @@ def test_gpu_torch_compile_gives_what_eager_gives(op, monkeypatch):
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want)):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5, msg=lambda m: f"{op}, result {i}: {m}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("op", DIFFERENTIABLE)
+def test_gpu_torch_compile_dynamic_lengths_share_one_graph(op):
+    """torch.compile(dynamic=True, fullgraph=True): 300, 400 and 500 tokens (between the same powers of two,
+    which the launchers' block sizes follow) run one graph, forward and backward, with eager's results."""
+    import torch._dynamo.utils
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    traced = {}
+    wrap = lambda f: traced.setdefault(op, torch.compile(f, backend="aot_eager", dynamic=True, fullgraph=True))
+    for L in (300, 400, 500):
+        want, got = _run_wrapped(op, lambda f: f, L=L), _run_wrapped(op, wrap, L=L)
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5, msg=lambda m: f"{op} L {L}, result {i}: {m}")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
 @pytest.mark.parametrize("odd", [torch.bfloat16, torch.float64])

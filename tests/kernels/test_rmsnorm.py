@@ -72,3 +72,16 @@ def test_argument_errors():
         add_rmsnorm(x, r, w[:8])
     with pytest.raises(ValueError, match="residual"):
         add_rmsnorm(x, r[:1], w)
+
+
+def test_traces_with_eps_a_symbol():
+    """torch.compile(dynamic=True) traces a float argument as a symbol: the eps check passes a finite eps in one
+    graph (fullgraph; math.isfinite could not take a symbol), and a bad eps still raises the ValueError."""
+    x, r, w = _inputs((2, 5, 8), torch.float32)
+    torch._dynamo.reset()
+    traced = torch.compile(add_rmsnorm, backend="eager", dynamic=True, fullgraph=True)
+    for eps in (1e-5, 1e-6):
+        for got, want in zip(traced(x, r, w, eps), add_rmsnorm(x, r, w, eps), strict=True):
+            torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="eps: expected a finite positive number, got nan"):
+        torch.compile(add_rmsnorm, backend="eager", dynamic=True)(x, r, w, float("nan"))

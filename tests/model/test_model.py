@@ -341,6 +341,34 @@ def test_gpu_torch_compile_inductor_matches_eager(layout, dtype):
         assert off(got, want) < (1e-4 if dtype == torch.float32 else 2e-2)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_torch_compile_dynamic_lengths():
+    """A hybrid of every scan kernel under torch.compile(dynamic=True, fullgraph=True): prompts of 300, 400 and
+    500 tokens share one graph at inference and one in training, with eager's logits and gradients."""
+    import torch._dynamo.utils
+
+    spec = archdsl.parse("mamba2, attn+mlp, mamba+mlp, rwkv6, mamba2", d_model=64, vocab_size=101,
+                         blocks={**SMALL, "mamba2": {"d_state": 16, "headdim": 16}, "mamba": {"d_state": 16}})
+    model = archdsl.compile(spec, device="cuda", dtype=torch.float32, seed=0)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    traced = torch.compile(model, backend="aot_eager", dynamic=True, fullgraph=True)
+    off = lambda a, b: ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+    for L in (300, 400, 500):
+        ids = torch.randint(0, 101, (2, L), device="cuda", generator=torch.Generator("cuda").manual_seed(L))
+        with torch.no_grad():
+            assert off(traced(ids), model(ids)) < 1e-5, L
+        got, want = ([m(ids)] for m in (traced, model))
+        for out in (got, want):
+            model.zero_grad(set_to_none=True)
+            out[0].square().mean().backward()
+            out += [p.grad.clone() for p in model.parameters()]
+        for name, g, w in zip(["logits"] + [n for n, _ in model.named_parameters()], got, want, strict=True):
+            assert off(g, w) < 1e-4, (L, name)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # inference, training
+
+
 def test_fused_qkv_sees_in_place_updates_without_version_bumps():
     """The one-GEMM q/k/v path reads the live weights: fused AdamW updates them in place without
     bumping version counters (a cached concatenation went stale under it), nor does .data.copy_."""
