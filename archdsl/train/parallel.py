@@ -124,9 +124,21 @@ def shard_model(model, dist: Dist, bf16: bool = False, grad_ckpt: bool = False, 
         fully_shard(model.lm_head, reshard_after_forward=False, **kw)
     fully_shard(model, **kw)
     if compile:
+        allow_recompiles(len(model.layers))
         for layer in model.layers:
             layer.compile()
     return model
+
+
+def allow_recompiles(layers: int) -> None:
+    """Let torch.compile keep a graph for every layer of a hybrid. The layers share one forward, and Dynamo
+    keeps at most `recompile_limit` graphs (8) of one function: one a layer kind (mixer, FFN, their
+    settings, the first layer's missing residual), and another once the sequence length changes (then
+    symbolic). Past the limit the rest ran eagerly: jamba's demo spec hit it at its second length."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    cfg.recompile_limit = max(cfg.recompile_limit, 2 * layers + 2)
 
 
 def all_reduce_sum(values: list[float], dist: Dist) -> list[float]:
