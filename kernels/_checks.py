@@ -40,8 +40,8 @@ def expect_number(name: str, value, *, positive: bool = False) -> float:
     """`value` as a float: a finite real number (a one-element tensor too), > 0 if `positive`."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
         value = value.item()
-    # -inf < value < inf rather than math.isfinite (NaN fails it too): torch.compile(dynamic=True) traces a float
-    # argument as a symbol, which math.isfinite cannot take; a comparison it guards on
+    # -inf < value < inf (NaN fails it too) rather than math.isfinite: torch.compile(dynamic=True) traces a float
+    # argument as a symbol, which math.isfinite cannot take and a comparison can (a guard)
     real = isinstance(value, (numbers.Real, torch.SymFloat)) and not isinstance(value, bool)
     if not real or not -math.inf < value < math.inf or (positive and value <= 0):
         raise ValueError(f"{name}: expected a finite{' positive' if positive else ''} number, got {value!r}")

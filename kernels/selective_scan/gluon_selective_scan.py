@@ -1030,12 +1030,18 @@ def _ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int):
 # (NameError: gl). Their fake twins give the outputs' shapes, dtypes and strides, which the real ones keep
 # (dB and dC made contiguous); an absent output is an empty tensor inside the op. Eager calls go straight to
 # the launchers, without the dispatcher.
+def _none_to_empty(outs, u):
+    return [o if o is not None else u.new_empty(0) for o in outs]
+
+
+def _fwd_op(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK):
+    return _none_to_empty(_ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK=CK), u)
+
+
 _FWD_OP = torch.library.custom_op(
     "archdsl::selective_scan_fwd_gluon", mutates_args=(),
     schema="(Tensor u, Tensor delta, Tensor A, Tensor B4, Tensor C4, Tensor? D, Tensor? z, Tensor? bias, "
-           "Tensor? h0, bool softplus, bool store_ck, int CK) -> (Tensor, Tensor, Tensor)")(
-    lambda u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: _none_to_empty(
-        _ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK=CK), u))
+           "Tensor? h0, bool softplus, bool store_ck, int CK) -> (Tensor, Tensor, Tensor)")(_fwd_op)
 
 
 @_FWD_OP.register_fake
@@ -1047,7 +1053,7 @@ def _ss_fwd_fake(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK):
             u.new_empty((batch, dim, cdiv(L, CK), N) if store_ck else (0,), dtype=torch.float32))
 
 
-def _ss_bwd_contiguous(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK):
+def _bwd_op(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK):
     grads = list(_ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK=CK))
     grads[3:5] = (g.contiguous() for g in grads[3:5])  # dB, dC: views of one buffer
     return _none_to_empty(grads, u)
@@ -1056,7 +1062,7 @@ def _ss_bwd_contiguous(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, C
 _BWD_OP = torch.library.custom_op(
     "archdsl::selective_scan_bwd_gluon", mutates_args=(),
     schema="(Tensor u, Tensor delta, Tensor A, Tensor B4, Tensor C4, Tensor? D, Tensor? z, Tensor? bias, "
-           "Tensor ck, Tensor dy, Tensor? dhT, bool softplus, int CK) -> Tensor[]")(_ss_bwd_contiguous)
+           "Tensor ck, Tensor dy, Tensor? dhT, bool softplus, int CK) -> Tensor[]")(_bwd_op)
 
 
 @_BWD_OP.register_fake
@@ -1068,10 +1074,6 @@ def _ss_bwd_fake(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK):
     return [torch.empty_like(u), torch.empty_like(delta), like(A), like(B4), like(C4), like(D),
             torch.empty_like(z) if z is not None else u.new_empty(0), like(bias),
             u.new_empty(batch, dim, A.shape[1], dtype=torch.float32)]
-
-
-def _none_to_empty(outs, u):
-    return [o if o is not None else u.new_empty(0) for o in outs]
 
 
 def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: int):

@@ -104,7 +104,9 @@ class Attention(nn.Module, Fusable):
         is seen at once). None while torch.compile traces, which cannot read storages (the three GEMMs
         then, one graph: the packing saves launches, which a compiled graph has few of anyway)."""
         ps = [getattr(m, name) for m in (self.q_proj, self.k_proj, self.v_proj)]
-        if torch.compiler.is_compiling() or ps[0] is None or any(type(p.data) is not torch.Tensor or not p.is_contiguous() for p in ps):
+        if torch.compiler.is_compiling() or ps[0] is None:
+            return None
+        if any(type(p.data) is not torch.Tensor or not p.is_contiguous() for p in ps):
             return None
         store = ps[0].untyped_storage()
         if any(p.untyped_storage().data_ptr() != store.data_ptr() for p in ps[1:]):
