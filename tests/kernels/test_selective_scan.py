@@ -561,8 +561,7 @@ def test_gluon_fakes_give_what_the_triton_launchers_give(opts, dtype):
         bwd = [*fwd[:8], want[2], torch.randn_like(t["u"]), torch.randn_like(want[1])]
         want = tss.ss_bwd_groups(*bwd, t["delta_softplus"])
         with FakeTensorMode() as mode, _compiling():
-            got = gss.ss_bwd_gluon(*_fake(mode, bwd),
-                                   t["delta_softplus"], CK=tss.CK)
+            got = gss.ss_bwd_gluon(*_fake(mode, bwd), t["delta_softplus"], CK=tss.CK)
         assert layout(got) == layout(want)
 
 

@@ -247,13 +247,28 @@ def _compiled_matches(backend, layout="mamba2, attn+mlp, mamba+moe", grads=False
     with torch.no_grad():
         assert torch.allclose(compiled(ids), model(ids), rtol=1e-4, atol=1e-5)
     if grads:
-        got, want = ([m(ids)] for m in (compiled, model))
-        for out in (got, want):
-            model.zero_grad(set_to_none=True)
-            out[0].square().mean().backward()
-            out += [p.grad.clone() for p in model.parameters()]
-        for g, w in zip(got, want, strict=True):
+        for g, w in zip(_logits_and_grads(model, compiled, ids), _logits_and_grads(model, model, ids), strict=True):
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def _logits_and_grads(model, call, ids) -> list[torch.Tensor]:
+    """call(ids)'s logits (call: the model or a compiled model) and every parameter's gradient under the loss
+    mean(logits²)."""
+    model.zero_grad(set_to_none=True)
+    logits = call(ids)
+    logits.float().square().mean().backward()
+    return [logits.detach()] + [p.grad.clone() for p in model.parameters()]
+
+
+def _off(a, b) -> float:
+    """The relative error of a against b: the norm of a - b over b's, in float32."""
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def _gpu_hybrid(layout="mamba2, attn+mlp, mamba+mlp, rwkv6, mamba2"):
+    """The GPU compile tests' spec: every scan kernel by default, Mamba-1 at N 16 (the Gluon backward's case)."""
+    return archdsl.parse(layout, d_model=64, vocab_size=101,
+                         blocks={**SMALL, "mamba2": {"d_state": 16, "headdim": 16}, "mamba": {"d_state": 16}})
 
 
 def test_torch_compile_cpu():
@@ -312,33 +327,22 @@ def test_gpu_torch_compile_inductor_matches_eager(layout, dtype):
     eager, as on the CPU. In float32 to 1e-4 of their norms; in bf16, where Inductor rounds fused torch ops once
     and eager after each, as close to float32's as eager's are (twice eager's error and 1% at most). Until the
     kernels stopped taking one tensor twice, the Mamba-2 layers' logits were garbage (1.0 off, float32 too)."""
-    spec = archdsl.parse(layout, d_model=64, vocab_size=101,
-                         blocks={**SMALL, "mamba2": {"d_state": 16, "headdim": 16}, "mamba": {"d_state": 16}})
+    spec = _gpu_hybrid(layout)
     ids = torch.randint(0, 101, (2, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
-
-    def off(a, b):
-        return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
-
-    def run(model, m):
-        model.zero_grad(set_to_none=True)
-        logits = m(ids)
-        logits.float().square().mean().backward()
-        return [logits.detach()] + [p.grad.clone() for p in model.parameters()]
-
     exact = archdsl.compile(spec, device="cuda", dtype=torch.float32, seed=0)
     model = archdsl.compile(spec, device="cuda", dtype=dtype, seed=0)
-    truth, eager = run(exact, exact), run(model, model)
+    truth, eager = _logits_and_grads(exact, exact, ids), _logits_and_grads(model, model, ids)
     torch._dynamo.reset()
-    compiled = run(model, torch.compile(model, backend="inductor", fullgraph=True))
+    compiled = _logits_and_grads(model, torch.compile(model, backend="inductor", fullgraph=True), ids)
     names = ["logits"] + [n for n, _ in model.named_parameters()]
     for name, c, e, t in zip(names, compiled, eager, truth, strict=True):
         if dtype == torch.float32:
-            assert off(c, e) < 1e-4, name
+            assert _off(c, e) < 1e-4, name
         else:
-            assert off(c, t) <= 2 * off(e, t) + 1e-2, (name, off(c, t), off(e, t))
+            assert _off(c, t) <= 2 * _off(e, t) + 1e-2, (name, _off(c, t), _off(e, t))
     with torch.no_grad():  # inference takes the kernels' paths without autograd
         got, want = torch.compile(model, backend="inductor", fullgraph=True)(ids), model(ids)
-        assert off(got, want) < (1e-4 if dtype == torch.float32 else 2e-2)
+        assert _off(got, want) < (1e-4 if dtype == torch.float32 else 2e-2)
 
 
 @pytest.mark.gpu
@@ -348,24 +352,18 @@ def test_gpu_torch_compile_dynamic_lengths():
     500 tokens share one graph at inference and one in training, with eager's logits and gradients."""
     import torch._dynamo.utils
 
-    spec = archdsl.parse("mamba2, attn+mlp, mamba+mlp, rwkv6, mamba2", d_model=64, vocab_size=101,
-                         blocks={**SMALL, "mamba2": {"d_state": 16, "headdim": 16}, "mamba": {"d_state": 16}})
-    model = archdsl.compile(spec, device="cuda", dtype=torch.float32, seed=0)
+    model = archdsl.compile(_gpu_hybrid(), device="cuda", dtype=torch.float32, seed=0)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     traced = torch.compile(model, backend="aot_eager", dynamic=True, fullgraph=True)
-    off = lambda a, b: ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+    names = ["logits"] + [n for n, _ in model.named_parameters()]
     for L in (300, 400, 500):
         ids = torch.randint(0, 101, (2, L), device="cuda", generator=torch.Generator("cuda").manual_seed(L))
         with torch.no_grad():
-            assert off(traced(ids), model(ids)) < 1e-5, L
-        got, want = ([m(ids)] for m in (traced, model))
-        for out in (got, want):
-            model.zero_grad(set_to_none=True)
-            out[0].square().mean().backward()
-            out += [p.grad.clone() for p in model.parameters()]
-        for name, g, w in zip(["logits"] + [n for n, _ in model.named_parameters()], got, want, strict=True):
-            assert off(g, w) < 1e-4, (L, name)
+            assert _off(traced(ids), model(ids)) < 1e-5, L
+        got, want = _logits_and_grads(model, traced, ids), _logits_and_grads(model, model, ids)
+        for name, g, w in zip(names, got, want, strict=True):
+            assert _off(g, w) < 1e-4, (L, name)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # inference, training
 
 
