@@ -63,6 +63,9 @@ def analyze(spec, seq_len: int = 2048, batch: int = 1, dtype: str = "bfloat16") 
     from .spec import MAX_PARAMS, load_spec
 
     spec = load_spec(spec)
+    for key, value in (("seq_len", seq_len), ("batch", batch)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ArchDSLError(f"{key} must be an int, got {value!r}")
     if seq_len <= 0 or batch <= 0:
         raise ArchDSLError(f"seq_len and batch must be positive, got seq_len={seq_len}, batch={batch}")
     nbytes = dtype_bytes(dtype)

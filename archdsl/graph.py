@@ -137,9 +137,10 @@ def resolve_blocks(g: nx.DiGraph) -> nx.DiGraph:
             subs.append(Sublayer(name=spec.ffn, block=default_ffn, kind=kind, role=FFN,
                                  config=_config(spec, default_ffn, kind)))
         subs.sort(key=lambda s: ROLE_ORDER[s.role])
-        if [s.role for s in subs] == [INJECT]:
-            s = subs[0]
-            raise ArchDSLError(f"{s.name!r} feeds a mixer and cannot stand alone in a layer",
+        if INJECT in roles and MIXER not in roles:  # Layer.forward runs it in front of the mixer only
+            s = next(x for x in subs if x.role == INJECT)
+            alone = "stand alone in a layer" if len(subs) == 1 else "share a layer with only an FFN"
+            raise ArchDSLError(f"{s.name!r} feeds a mixer and cannot {alone} (layer {i})",
                                source=spec.source, start=s.span.start, end=s.span.end)
         node["sublayers"] = tuple(subs)
     g.graph["stage"] = "resolve_blocks"

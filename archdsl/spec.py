@@ -92,17 +92,65 @@ class Spec:
 SPEC_KEYS = {f.name for f in fields(Spec)} - {"source", "positions"}
 
 
+# the model-level keys and their types, for YAML files and parse()'s keywords alike
+SIZE_TYPES = {"name": str, "d_model": int, "vocab_size": int, "tie_embeddings": bool, "norm": str,
+              "norm_eps": float, "embed_norm": bool, "ffn": str}
+
+
 def parse(text: str, **sizes) -> Spec:
     """A Spec from a bare layout string, with default sizes (override with keywords)."""
+    if not isinstance(text, str):
+        raise ArchDSLError(f"a layout must be a string, not {type(text).__name__}")
     source = Source(text)
-    spec = Spec(layout=parse_layout(text, source), source=source, **sizes)
-    return _checked(spec)
+    layout = parse_layout(text, source)
+    blocks = _blocks(sizes.pop("blocks", None) or {}, _plain_error)
+    return _checked(Spec(layout=layout, source=source, blocks=blocks, **_sizes(sizes)))
+
+
+def _plain_error(message: str, key: tuple) -> ArchDSLError:
+    return ArchDSLError(message)
+
+
+def _sizes(sizes: dict) -> dict:
+    """Model-level keywords (parse, with_sizes) checked as a file's keys are."""
+    for key in sizes:
+        if key not in SIZE_TYPES:
+            raise ArchDSLError(f"unknown spec key {key!r}", hint=did_you_mean(key, [*SIZE_TYPES, "blocks"]))
+    return {key: _typed(key, value, _plain_error) for key, value in sizes.items()}
+
+
+def _typed(key: str, value, err):
+    """A model-level value checked against SIZE_TYPES (an int where a float goes is taken; None or "none"
+    for ffn is no default FFN); err(message, key path) makes the error."""
+    typ = SIZE_TYPES[key]
+    if key == "ffn" and value in (None, "none"):
+        return None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise err(f"{key} must be {typ.__name__}, got {value!r}", (key,))
+    return value
+
+
+def _blocks(blocks, err) -> dict:
+    """The blocks mapping checked: block kind or alias → mapping of named arguments."""
+    if not isinstance(blocks, Mapping) or not all(isinstance(v, Mapping) for v in blocks.values()):
+        raise err("blocks must map a block kind or alias to a mapping of arguments", ("blocks",))
+    for kind, args in blocks.items():
+        for name in [kind, *args]:
+            if not isinstance(name, str):
+                where = ("blocks", str(kind)) + ((str(name),) if name is not kind else ()) + ("<key>",)
+                raise err(f"blocks: {name!r} is not a name (block kinds and arguments are words)", where)
+    return {str(k): v for k, v in blocks.items()}
 
 
 def load_spec(spec: str | os.PathLike) -> Spec:
     """A Spec from a YAML file, a saved-model directory (its spec.yaml), or a layout string."""
     if isinstance(spec, Spec):
         return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise ArchDSLError(f"a spec is a Spec, a YAML file, a saved-model directory or a layout string, "
+                           f"not {type(spec).__name__}")
     text = os.fspath(spec)
     if os.path.isdir(text):
         if not os.path.exists(os.path.join(text, "spec.yaml")):
@@ -132,7 +180,9 @@ def read_text(path: str) -> str:
 def read_yaml(text: str, file: str):
     """(composed node tree, plain data) of YAML text, safely; a syntax error points into the file."""
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        _unique_keys(root, text, file)
+        return root, yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or str(e)
@@ -140,6 +190,22 @@ def read_yaml(text: str, file: str):
             raise ArchDSLError(f"invalid YAML: {problem}", file=file) from None
         raise ArchDSLError(f"invalid YAML: {problem}", source=Source(text, file, file_text=text),
                            start=mark.index) from None
+
+
+def _unique_keys(node, text: str, file: str) -> None:
+    """A key written twice in one mapping is an error (YAML forbids it; PyYAML keeps the last silently)."""
+    if isinstance(node, yaml.MappingNode):
+        seen = {}
+        for key_node, _ in node.value:
+            key = (key_node.tag, key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key_node.tag != "tag:yaml.org,2002:merge":
+                if key in seen:
+                    raise ArchDSLError(f"key {key_node.value!r} is written twice (first at line {seen[key] + 1})",
+                                       source=Source(text, file, file_text=text), start=key_node.start_mark.index)
+                seen[key] = key_node.start_mark.line
+    for child in node.value if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) else ():
+        for sub in child if isinstance(child, tuple) else (child,):
+            _unique_keys(sub, text, file)
 
 
 def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
@@ -167,31 +233,9 @@ def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
     layout_source = _layout_source(text, file, root, layout_text)
     layout = parse_layout(layout_text, layout_source)
 
-    values = {}
-    for key, typ in (("name", str), ("d_model", int), ("vocab_size", int), ("tie_embeddings", bool),
-                     ("norm", str), ("norm_eps", float), ("embed_norm", bool), ("ffn", str)):
-        if key not in data:
-            continue
-        value = data[key]
-        if key == "ffn" and value in (None, "none"):
-            values[key] = None
-            continue
-        if typ is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-            raise err(f"{key} must be {typ.__name__}, got {value!r}", (key,))
-        values[key] = value
-    blocks = data.get("blocks") or {}
-    if not isinstance(blocks, dict) or not all(isinstance(v, dict) for v in blocks.values()):
-        raise err("blocks must map a block kind or alias to a mapping of arguments", ("blocks",))
-    for kind, args in blocks.items():
-        for name in [kind, *args]:
-            if not isinstance(name, str):
-                where = ("blocks", str(kind)) + ((str(name),) if name is not kind else ()) + ("<key>",)
-                raise err(f"blocks: {name!r} is not a name (block kinds and arguments are words)", where)
-    spec = Spec(layout=layout, blocks={str(k): v for k, v in blocks.items()},
-                source=layout_source, positions=positions, **values)
-    return _checked(spec)
+    values = {key: _typed(key, data[key], err) for key in SIZE_TYPES if key in data}
+    blocks = _blocks(data.get("blocks") or {}, err)
+    return _checked(Spec(layout=layout, blocks=blocks, source=layout_source, positions=positions, **values))
 
 
 def _checked(spec: Spec) -> Spec:
@@ -212,7 +256,7 @@ def _checked(spec: Spec) -> Spec:
 
 def with_sizes(spec: Spec, **changes) -> Spec:
     """A copy with other model-level sizes (the graph is rebuilt on use)."""
-    return _checked(replace(spec, **changes))
+    return _checked(replace(spec, **_sizes(changes)))
 
 
 def _positions(node, path: tuple = ()) -> dict[tuple, int]:

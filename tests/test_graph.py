@@ -111,6 +111,7 @@ def test_random_layouts_give_verified_graphs_or_clean_errors(layout):
     ("32×mamab", "unknown block 'mamab'; did you mean 'mamba'"),
     ("4×mamba2, zamba at 9", "`at 9`: the layout has only 4 layers"),
     ("zamba", "cannot stand alone"),
+    ("mamba2, mlp, zamba at 1", "'zamba' feeds a mixer and cannot share a layer with only an FFN (layer 1)"),
     ("mamba2+attn", "a layer can hold one mixer block"),
     ("4×attn(heads=7)", "attn: heads 7 must divide d_model 768"),
     ("4×attn(heads=0)", "heads must be positive"),

@@ -71,5 +71,5 @@ class MambaConfig(BlockConfig):
 
     def cache_bytes(self, batch: int, n: int, dtype_bytes: int) -> int:
         """Conv window: the last d_conv-1 inputs [B, E, d_conv-1] in the model dtype; SSM state
-        [B, E, N] kept in fp32 (4 bytes) as mamba_ssm does. Independent of n."""
-        return batch * self.inner * (self.d_conv - 1) * dtype_bytes + batch * self.inner * self.d_state * 4
+        [B, E, N] kept in fp32 (4 bytes) as mamba_ssm does (float64 in a float64 model). Independent of n."""
+        return batch * self.inner * (self.d_conv - 1) * dtype_bytes + batch * self.inner * self.d_state * max(4, dtype_bytes)

@@ -88,5 +88,5 @@ class Mamba2Config(BlockConfig):
 
     def cache_bytes(self, batch: int, n: int, dtype_bytes: int) -> int:
         """Conv window [B, conv_dim, d_conv-1] in the model dtype + SSM state [B, H, P, N] in
-        fp32 (4 bytes). Independent of n."""
-        return batch * self.conv_dim * (self.d_conv - 1) * dtype_bytes + batch * self.inner * self.d_state * 4
+        fp32 (4 bytes; float64 in a float64 model). Independent of n."""
+        return batch * self.conv_dim * (self.d_conv - 1) * dtype_bytes + batch * self.inner * self.d_state * max(4, dtype_bytes)

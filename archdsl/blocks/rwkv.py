@@ -43,8 +43,8 @@ class Rwkv4Config(BlockConfig):
         return 2 * 4 * self.d_model * self.adim + 10 * self.adim
 
     def cache_bytes(self, batch: int, n: int, dtype_bytes: int) -> int:
-        """Previous token [B, d] in the model dtype + WKV state (num, den, max) [B, 3, A] in fp32."""
-        return batch * self.d_model * dtype_bytes + batch * 3 * self.adim * 4
+        """Previous token [B, d] in the model dtype + WKV state (num, den, max) [B, 3, A] in fp32 (float64 in a float64 model)."""
+        return batch * self.d_model * dtype_bytes + batch * 3 * self.adim * max(4, dtype_bytes)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,8 +87,8 @@ class Rwkv6Config(BlockConfig):
         return 2 * (d * 5 * m + 5 * m * d + d * w + w * A + 5 * d * A) + 6 * A * self.head_size
 
     def cache_bytes(self, batch: int, n: int, dtype_bytes: int) -> int:
-        """Previous token [B, d] in the model dtype + WKV state [B, H, K, V] in fp32."""
-        return batch * self.d_model * dtype_bytes + batch * self.adim * self.head_size * 4
+        """Previous token [B, d] in the model dtype + WKV state [B, H, K, V] in fp32 (float64 in a float64 model)."""
+        return batch * self.d_model * dtype_bytes + batch * self.adim * self.head_size * max(4, dtype_bytes)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -55,5 +55,5 @@ class S4dConfig(BlockConfig):
         return 6 * d * N + 2 * d + 2 * (2 * d * d if self.glu else d * d)
 
     def cache_bytes(self, batch: int, n: int, dtype_bytes: int) -> int:
-        """Complex state [B, d, N/2] in fp32 (8 bytes per mode)."""
-        return batch * self.d_model * self.d_state // 2 * 8
+        """Complex state [B, d, N/2]: complex64 (8 bytes a mode), complex128 (16) for float64 models."""
+        return batch * self.d_model * self.d_state // 2 * 2 * max(4, dtype_bytes)

@@ -24,6 +24,8 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float3
 
 def resolve_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ArchDSLError(f"a model computes in float32, float64, bfloat16 or float16, not {dtype}")
         return dtype
     key = str(dtype).replace("torch.", "").lower()
     if key not in DTYPES:

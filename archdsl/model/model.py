@@ -36,7 +36,7 @@ class Cache:
     def nbytes(self) -> int:
         """Bytes held by the cache tensors (KV buffers as allocated, SSM / conv / shift states;
         integer position counters left out)."""
-        return sum(t.numel() * t.element_size() for t in self.tensors() if t.is_floating_point())
+        return sum(t.numel() * t.element_size() for t in self.tensors() if t.is_floating_point() or t.is_complex())
 
     def reset(self):
         """Back to position 0 in place (static buffers keep their addresses)."""

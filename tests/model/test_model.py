@@ -192,6 +192,19 @@ def test_cache_bytes():
     assert sizes[64] == 4 * sizes[16]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_cache_bytes_of_every_state_kind(dtype):
+    """Every block kind's cache as the analyzer counts it, S4D's complex states included (complex64,
+    complex128 in a float64 model)."""
+    spec = archdsl.parse("mamba, mamba2, rwkv4, rwkv6, s4d, attn(window=8), attn", d_model=16, vocab_size=37,
+                         blocks=SMALL)
+    model = archdsl.compile(spec, dtype=dtype)
+    cache = model.init_cache(2, max_len=20)
+    with torch.no_grad():
+        model(torch.randint(0, 37, (2, 20)), cache)
+    assert cache.nbytes() == archdsl.analyze(spec, seq_len=20, batch=2, dtype=str(dtype)[6:]).cache_bytes
+
+
 def test_generate():
     model = archdsl.compile(archdsl.parse("mamba2, attn+mlp", d_model=16, vocab_size=37, blocks=SMALL))
     ids = torch.randint(0, 37, (2, 4))
