@@ -1,5 +1,8 @@
-"""Writes that never leave a half-written file or directory behind: the data goes to a temporary
-name beside the target and is renamed onto it only once it is complete."""
+"""Writes that never leave a half-written file or directory behind, and never take anything but their own
+earlier output: the data goes to a temporary name beside the target and is renamed onto it only once it is
+complete; a directory in the way is replaced only when it holds nothing but what this write puts there
+(an earlier save of the same kind) or nothing at all. What lands gets the usual permissions (the umask's),
+not the private ones of a temporary file."""
 from __future__ import annotations
 
 import os
@@ -8,15 +11,24 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .errors import ArchDSLError
+
 
 def write_atomic(path: str, data: str | bytes) -> None:
     """Write `data` (text as UTF-8) to `path`, replacing it whole or not at all."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".archdsl-")
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise ArchDSLError(f"cannot write {path}: it is a directory")
+    d = os.path.dirname(path)
+    try:
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".archdsl-")
+    except OSError as e:
+        raise ArchDSLError(f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -25,18 +37,31 @@ def write_atomic(path: str, data: str | bytes) -> None:
 
 
 @contextmanager
-def atomic_dir(path: str) -> Iterator[str]:
-    """Yield a fresh temporary directory beside `path` to fill; when the block ends without an
-    error it takes the place of `path` (an existing one is moved aside first, then removed), else it
-    is removed and `path` stays as it was."""
+def atomic_dir(path: str, names: frozenset[str]) -> Iterator[str]:
+    """Yield a fresh temporary directory beside `path` to fill with files of the given `names`; when the block
+    ends without an error it takes the place of `path`, else it is removed and `path` stays as it was. An
+    existing `path` is replaced (moved aside, then removed) only when it is a directory of such files or of
+    none; anything else there (another file, a subdirectory, the current directory or one above it) is
+    ArchDSLError before anything is written."""
     path = os.path.abspath(os.fspath(path))
+    _check_replaceable(path, names)
     parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
+    except OSError as e:
+        raise ArchDSLError(f"cannot write {path}: {e.strerror}") from None
     try:
         yield tmp
+        written = os.listdir(tmp)
+        assert set(written) <= names, f"atomic_dir: wrote {written}, declared {sorted(names)}"
+        mask = _umask()
+        for name in written:
+            os.chmod(os.path.join(tmp, name), 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
         old = None
         if os.path.exists(path):
+            _check_replaceable(path, names)  # again: it may have changed while we wrote
             old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.old-")
             os.rmdir(old)
             os.rename(path, old)
@@ -46,3 +71,26 @@ def atomic_dir(path: str) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _check_replaceable(path: str, names: frozenset[str]) -> None:
+    """ArchDSLError unless `path` is absent or a directory whose entries are all plain files in `names`."""
+    cwd = os.path.abspath(os.getcwd())
+    if cwd == path or cwd.startswith(path.rstrip(os.sep) + os.sep):
+        raise ArchDSLError(f"will not replace {path}: it is the current directory or holds it")
+    if not os.path.lexists(path):
+        return
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise ArchDSLError(f"will not replace {path}: it exists and is not a directory")
+    foreign = sorted(e for e in os.listdir(path) if e not in names or os.path.islink(os.path.join(path, e))
+                     or not os.path.isfile(os.path.join(path, e)))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ArchDSLError(f"will not replace {path}: it holds what archdsl does not write there ({shown});"
+                           " pick another output or remove it")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

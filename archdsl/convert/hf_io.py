@@ -24,7 +24,7 @@ SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 
 
 # --- reading -------------------------------------------------------------------------------
 
-def _check_file(path: str) -> dict:
+def check_safetensors(path: str) -> dict:
     """Validate a safetensors file's header against its size; → {name: (dtype, shape)}."""
     try:
         size = os.path.getsize(path)
@@ -108,7 +108,7 @@ def read_safetensors(path) -> dict:
         raise ArchDSLError("not a directory: expected a Hugging Face model directory", file=path)
     tensors, where = {}, {}
     for file in checkpoint_files(path):
-        names = _check_file(file)
+        names = check_safetensors(file)
         try:
             with safe_open(file, framework="pt") as f:
                 for name in names:
@@ -209,7 +209,7 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
             hf_state[k] = v.clone()
         seen[key] = k
     out_dir = os.path.abspath(os.fspath(out_dir))
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, frozenset({"config.json", "model.safetensors"})) as tmp:
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
             f.write("\n")

@@ -100,10 +100,12 @@ def load(path, device="cpu", dtype=None, **kwargs) -> ArchModel:
     weights = os.path.join(path, "model.safetensors")
     if not os.path.isfile(os.path.join(path, "spec.yaml")) or not os.path.isfile(weights):
         raise ArchDSLError(f"{path}: not a saved model (expected spec.yaml and model.safetensors)")
+    from ..convert.hf_io import check_safetensors
+
+    check_safetensors(weights)  # a damaged file is ArchDSLError, not safetensors' own
     with safe_open(weights, framework="pt") as f:
         saved_dtype = (f.metadata() or {}).get("dtype", "float32")
-        names = list(f.keys())
-        tensors = {n: f.get_tensor(n) for n in names}
+        tensors = {n: f.get_tensor(n) for n in f.keys()}
     model = compile(os.path.join(path, "spec.yaml"), device="cpu", dtype=resolve_dtype(dtype or saved_dtype), **kwargs)
     load_weights(model, tensors, source=weights)
     return model.to(check_device(device, model.dtype)) if str(device) != "cpu" else model

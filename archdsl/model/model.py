@@ -19,6 +19,8 @@ from ..graph import layers as graph_layers
 from .fusions import Fusable, Fuse, resolve_fuse
 from .layer import Layer, Norm
 
+SAVE_FILES = frozenset({"spec.yaml", "model.safetensors"})  # what save() writes, all of it
+
 
 class Cache:
     """Every layer's decode state (states[i][role] = the block's state dict) and the position."""
@@ -208,7 +210,7 @@ class ArchModel(nn.Module):
         beside it, then renamed into place, so a failed save never replaces a good one."""
         from safetensors.torch import save_file
 
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, SAVE_FILES) as tmp:
             with open(os.path.join(tmp, "spec.yaml"), "w", encoding="utf-8") as f:
                 f.write(self.spec.to_yaml())
             save_file(self._tensors_to_save(), os.path.join(tmp, "model.safetensors"),

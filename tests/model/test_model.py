@@ -140,6 +140,45 @@ def test_save_load_bitwise(tmp_path):
     assert back.lm_head.weight is back.embeddings.weight
 
 
+def test_save_takes_nothing_it_did_not_write(tmp_path, monkeypatch):
+    """save() replaces an earlier save or an empty directory; a directory holding anything else, a file, or
+    the current directory (or one above it) is refused before anything is written, and left as it was.
+    What lands has the umask's permissions, not a temporary file's private ones."""
+    model = archdsl.compile(archdsl.parse("mamba", d_model=16, vocab_size=37, blocks=SMALL))
+    (tmp_path / "empty").mkdir()
+    model.save(tmp_path / "empty")
+    assert sorted(os.listdir(tmp_path / "empty")) == ["model.safetensors", "spec.yaml"]
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "notes.txt").write_text("precious")
+    (tmp_path / "sub" / "dir").mkdir(parents=True)
+    (tmp_path / "afile").write_text("precious")
+    for target, why in [("user", r"holds what archdsl does not write there \(notes.txt\)"), ("sub", r"\(dir\)"),
+                        ("afile", "is not a directory")]:
+        with pytest.raises(ArchDSLError, match=why):
+            model.save(tmp_path / target)
+    assert (tmp_path / "user" / "notes.txt").read_text() == (tmp_path / "afile").read_text() == "precious"
+    monkeypatch.chdir(tmp_path / "user")
+    for target in (".", "..", ""):
+        with pytest.raises(ArchDSLError, match="current directory"):
+            model.save(target)
+    assert sorted(os.listdir(tmp_path)) == ["afile", "empty", "sub", "user"]  # no temporary left
+    old = os.umask(0o022)
+    try:
+        model.save(tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "m" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_load_rejects_a_damaged_weights_file(tmp_path):
+    archdsl.compile(archdsl.parse("mamba", d_model=16, vocab_size=37, blocks=SMALL)).save(tmp_path / "m")
+    path = tmp_path / "m" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ArchDSLError, match="truncated or not a safetensors file"):
+        archdsl.load(tmp_path / "m")
+
+
 def test_load_rejects_mismatched_checkpoint(tmp_path):
     from safetensors.torch import load_file, save_file
 
