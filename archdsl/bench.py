@@ -1,0 +1,153 @@
+"""`archdsl bench`: a model's forward pass, training step and decode step, timed on random tokens.
+
+    rows = bench(model, batch=1, seq_len=2048, gen=64)      # model: an ArchModel (archdsl.compile / load)
+
+Every row is a median: on CUDA of `triton.testing.do_bench` (forward, training step; as benchmarks/
+time), on the CPU of wall-clock calls, and for decoding of the single steps of one generation (CUDA
+events each, or from the model's CUDA graph with cuda_graph=True). Beside each time stands the work the
+analyzer counts, so that the figure can be read against the card:
+
+    forward   B·L tokens        FLOPs = analyzer's forward FLOPs/token (at L) · B·L       → TFLOP/s
+    train     B·L tokens        3 × the forward's FLOPs (forward + backward of the cross entropy)
+    decode    B tokens a step   bytes = weights a step reads (the embedding table but one row
+                                when untied) + the cache at L tokens, each once            → GB/s
+
+The decode bytes are a floor: a step reads at least them. No optimizer step is timed.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .analysis import analyze
+from .errors import ArchDSLError
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    case: str  # "forward", "train" or "decode"
+    tokens: int  # tokens a call handles: B·L, or B for a decode step
+    ms: float  # median time a call
+    tokens_per_s: float
+    flops: float  # analyzer FLOPs a call (forward, train); 0 for decode
+    bytes: float  # the bytes floor a call (decode); 0 otherwise
+    rate: float  # TFLOP/s (forward, train) or GB/s (decode) achieved
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def bench(model, batch: int = 1, seq_len: int = 2048, gen: int = 64, cases=("forward", "train", "decode"),
+          cuda_graph: bool = False, seed: int = 0) -> list[BenchRow]:
+    """Time `cases` of `model` at batch × seq_len random tokens (decode: `gen` steps after a prompt of
+    seq_len); see the module docstring for what each row counts."""
+    for key, value in (("batch", batch), ("seq_len", seq_len), ("gen", gen)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ArchDSLError(f"bench: {key} must be a positive int, got {value!r}")
+    unknown = set(cases) - {"forward", "train", "decode"}
+    if unknown:
+        raise ArchDSLError(f"bench: unknown case {sorted(unknown)[0]!r} (forward, train, decode)")
+    if cuda_graph and model.device.type != "cuda":
+        raise ArchDSLError(f"bench: cuda_graph needs a CUDA model, this one is on {model.device}")
+    dtype = str(model.dtype).replace("torch.", "")
+    rep = analyze(model.spec, seq_len=seq_len, batch=batch, dtype=dtype)
+    gen_ = torch.Generator(device="cpu").manual_seed(seed)
+    ids = torch.randint(0, model.spec.vocab_size, (batch, seq_len), generator=gen_).to(model.device)
+    rows = []
+    fwd_flops = float(rep.flops_per_token) * batch * seq_len
+    if "forward" in cases:
+        def forward():
+            with torch.no_grad():
+                model(ids)
+        ms = _median_ms(forward, model.device)
+        rows.append(_row("forward", batch * seq_len, ms, flops=fwd_flops))
+    if "train" in cases:
+        was = model.training
+        model.train()
+
+        def step():
+            logits = model(ids)
+            F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten()).backward()
+            model.zero_grad(set_to_none=True)
+        try:
+            ms = _median_ms(step, model.device)
+        finally:
+            model.train(was)
+        rows.append(_row("train", batch * seq_len, ms, flops=3 * fwd_flops))
+    if "decode" in cases:
+        ms = _decode_ms(model, ids, gen, cuda_graph)
+        nbytes = torch.finfo(model.dtype).bits // 8
+        untied_table = 0 if model.spec.tie_embeddings else model.spec.vocab_size * model.spec.d_model
+        read = (rep.active_params - untied_table) * nbytes + rep.cache_bytes
+        rows.append(_row("decode", batch, ms, nbytes=float(read)))
+    return rows
+
+
+def _row(case, tokens, ms, flops=0.0, nbytes=0.0) -> BenchRow:
+    rate = flops / (ms * 1e-3) / 1e12 if flops else nbytes / (ms * 1e-3) / 1e9
+    return BenchRow(case, tokens, ms, tokens / (ms * 1e-3), flops, nbytes, rate)
+
+
+def _median_ms(fn, device, reps: int = 5) -> float:
+    """Median ms of fn(): do_bench on CUDA; on the CPU wall clock after one untimed call."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=25, rep=100, return_mode="median")
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def _decode_ms(model, ids, gen: int, cuda_graph: bool) -> float:
+    """Median ms of one decode step over `gen` steps after prefilling `ids` (one untimed step first)."""
+    from .model.model import sample
+
+    batch, length = ids.shape
+    cuda = model.device.type == "cuda"
+    if cuda_graph:
+        runner = model._graph_runner(batch, length + gen + 1)
+        cache, step = runner.cache, runner
+        cache.reset()
+    else:
+        cache = model.init_cache(batch, max_len=length + gen + 1)
+        step = lambda tok: model.step(tok, cache)  # noqa: E731
+    tok = sample(model(ids, cache)[:, -1], 0)
+    tok = sample(step(tok), 0)  # untimed: kernel compilation, the allocator
+    times = []
+    for _ in range(gen):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            logits = step(tok)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            logits = step(tok)
+            times.append((time.perf_counter() - t0) * 1e3)
+        tok = sample(logits, 0)
+    return statistics.median(times)
+
+
+def format_rows(rows: list[BenchRow]) -> list[list[str]]:
+    """Table cells: case, tokens a call, ms, tokens/s, work, achieved rate."""
+    out = []
+    for r in rows:
+        work = f"{r.flops / 1e9:,.1f} GFLOP" if r.flops else f"{r.bytes / 1e6:,.1f} MB"
+        if r.flops:
+            rate = f"{r.rate:,.2f} TFLOP/s" if r.rate >= 1 else f"{r.rate * 1e3:,.2f} GFLOP/s"
+        else:
+            rate = f"{r.rate:,.1f} GB/s"
+        out.append([r.case, f"{r.tokens:,}", f"{r.ms:,.3f}", f"{r.tokens_per_s:,.0f}", work, rate])
+    return out

@@ -1,0 +1,44 @@
+"""archdsl.bench: the rows it times and the work it counts (the times themselves are not asserted)."""
+import pytest
+import torch
+
+import archdsl
+from archdsl import ArchDSLError
+from archdsl.bench import bench, format_rows
+
+SPEC = archdsl.parse("mamba2(d_state=8, headdim=8), attn(heads=2)+mlp", d_model=16, vocab_size=37)
+
+
+def test_rows_count_the_analyzers_work():
+    model = archdsl.compile(SPEC)
+    rows = bench(model, batch=2, seq_len=12, gen=3)
+    assert [r.case for r in rows] == ["forward", "train", "decode"]
+    rep = archdsl.analyze(SPEC, seq_len=12, batch=2, dtype="float32")
+    fwd, train, decode = rows
+    assert (fwd.tokens, train.tokens, decode.tokens) == (24, 24, 2)
+    assert fwd.flops == rep.flops_per_token * 24 and train.flops == 3 * fwd.flops
+    assert decode.bytes == rep.active_params * 4 + rep.cache_bytes  # tied embeddings: the table is the head
+    for r in rows:
+        assert r.ms > 0 and r.tokens_per_s == pytest.approx(r.tokens / (r.ms * 1e-3))
+    assert [c[0] for c in format_rows(rows)] == ["forward", "train", "decode"]
+    assert model.training is False and all(p.grad is None for p in model.parameters())
+
+
+def test_bad_arguments_are_archdsl_errors():
+    model = archdsl.compile(SPEC)
+    for kwargs, what in [({"batch": 0}, "batch"), ({"seq_len": 2.5}, "seq_len"), ({"gen": True}, "gen"),
+                         ({"cases": ("forwrad",)}, "unknown case 'forwrad'")]:
+        with pytest.raises(ArchDSLError, match=what):
+            bench(model, **kwargs)
+    if not torch.cuda.is_available():
+        with pytest.raises(ArchDSLError, match="cuda_graph needs a CUDA model"):
+            bench(model, cuda_graph=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_bench_with_and_without_the_cuda_graph():
+    model = archdsl.compile(SPEC, device="cuda", dtype=torch.bfloat16, cuda_graph=True)
+    for graph in (False, True):
+        rows = bench(model, batch=2, seq_len=64, gen=4, cuda_graph=graph)
+        assert [r.case for r in rows] == ["forward", "train", "decode"] and all(r.ms > 0 for r in rows)
