@@ -13,31 +13,39 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Source:
     """Text that errors point into. `line0`/`col0` place `text` inside a larger file
-    (a layout string inside a YAML file), so positions are reported in the file's terms."""
+    (a layout string inside a YAML file), so positions are reported in the file's terms.
+
+    Where the text is not a plain copy of one stretch of the file (a YAML string that is
+    folded over lines or holds escapes), `offsets` maps it: offsets[i] is the offset in
+    `file_text` of text[i], and offsets[len(text)] where the text ends."""
 
     text: str
     file: str = "<layout>"
     line0: int = 0  # 0-based line of text[0] in the file
     col0: int = 0  # 0-based column of text[0] in the file
     file_text: str | None = None
-    indent: int = 0  # columns before every later line of text (a YAML literal block)
+    offsets: tuple[int, ...] | None = None
 
     def locate(self, offset: int) -> tuple[int, int]:
         """1-based (line, col) in the file of character `offset` of `text`."""
         offset = max(0, min(offset, len(self.text)))
-        before = self.text[:offset]
-        line = before.count("\n")
-        col = offset - (before.rfind("\n") + 1)
-        col += self.col0 if line == 0 else self.indent
-        return self.line0 + line + 1, col + 1
+        if self.offsets is not None and self.file_text is not None:
+            return _line_col(self.file_text, self.offsets[offset])
+        line, col = _line_col(self.text, offset)
+        return self.line0 + line, col + (self.col0 if line == 1 else 0)
 
     def line_text(self, line: int) -> str:
-        lines = (self.file_text if self.file_text is not None else self._padded()).splitlines()
-        return lines[line - 1] if 0 < line <= len(lines) else ""
+        lines = (self.file_text if self.file_text is not None else self._padded()).split("\n")
+        return lines[line - 1].rstrip("\r") if 0 < line <= len(lines) else ""
 
     def _padded(self) -> str:
-        pad = "\n" + " " * self.indent
-        return "\n" * self.line0 + " " * self.col0 + self.text.replace("\n", pad)
+        return "\n" * self.line0 + " " * self.col0 + self.text
+
+
+def _line_col(text: str, offset: int) -> tuple[int, int]:
+    """1-based (line, col) of character `offset` of `text`."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    return text.count("\n", 0, offset) + 1, offset - line_start + 1
 
 
 class ArchDSLError(Exception):
@@ -57,7 +65,8 @@ class ArchDSLError(Exception):
             end_line, end_col = source.locate(end if end is not None else start + 1)
             width = max(1, end_col - self.col) if end_line == self.line else 1
             text = source.line_text(self.line)
-            self.excerpt = f"  {text}\n  {' ' * (self.col - 1)}^{'~' * (width - 1)}"
+            pad = "".join(c if c == "\t" else " " for c in text[:self.col - 1])  # tabs kept, so the caret lines up
+            self.excerpt = f"  {text}\n  {pad}^{'~' * (width - 1)}"
         super().__init__(self.render())
 
     def render(self) -> str:

@@ -13,11 +13,11 @@ Sublayer in order (INJECT, MIXER, FFN — each optional, at least one). Graph at
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import networkx as nx
 
-from .blocks import BLOCKS, make_config
+from .blocks import BLOCKS, arg_names, make_config
 from .blocks.base import FFN, INJECT, MIXER, BlockConfig, ConfigError
 from .errors import ArchDSLError, did_you_mean
 from .language.ast import Block, Group, Layer, Layout, Repeat, Span
@@ -114,6 +114,7 @@ def apply_modifiers(g: nx.DiGraph) -> nx.DiGraph:
 def resolve_blocks(g: nx.DiGraph) -> nx.DiGraph:
     """Name → kind (aliases from `blocks:`), role order, the default FFN, typed configs."""
     spec = g.graph["spec"]
+    check_blocks(spec)
     g = g.copy()
     default_ffn = None
     if spec.ffn:
@@ -147,17 +148,58 @@ def resolve_blocks(g: nx.DiGraph) -> nx.DiGraph:
     return g
 
 
+def check_blocks(spec) -> None:
+    """Every `blocks:` entry, used in the layout or not: the entry names a block kind or is an alias
+    (`kind:`) of one, and its arguments exist for that kind, with the right types, allowed values and
+    no zero or negative sizes. What depends on d_model or on other arguments (heads dividing d_model)
+    is checked where a block is used. Errors point at the entry's key or value in the file."""
+    for name, args in spec.blocks.items():
+        if name in BLOCKS:
+            kind = name
+            if "kind" in args and args["kind"] != name:
+                raise spec.error(f"blocks: {name!r} is a block kind; only an alias (a new name) takes `kind:`",
+                                 ("blocks", name, "kind", "<key>"))
+        elif "kind" in args:
+            kind, _ = _resolve_kind(spec, Block(name))
+        else:
+            raise spec.error(f"blocks: unknown block kind {name!r} (an alias gives its kind with `kind:`)",
+                             ("blocks", name, "<key>"), did_you_mean(name, BLOCKS))
+        valid, hints = arg_names(kind), get_type_hints(BLOCKS[kind])
+        for arg, value in args.items():
+            if arg == "kind":
+                continue
+            if arg not in valid:
+                raise spec.error(f"{kind}: unknown argument {arg!r}", ("blocks", name, arg, "<key>"),
+                                 did_you_mean(arg, valid))
+            floor = 0 if arg in BLOCKS[kind].zero_ok else 1  # of int fields, as in BlockConfig.__post_init__
+            takes_int = int in (hints[arg], *get_args(hints[arg]))
+            if takes_int and isinstance(value, int) and not isinstance(value, bool) and value < floor:
+                raise spec.error(f"{kind}: {arg} must be {'>= 0' if floor == 0 else 'positive'}, got {value}",
+                                 ("blocks", name, arg))
+        try:  # make_config checks types and choices before d_model; with d_model 0 it stops there
+            make_config(kind, {k: v for k, v in args.items() if k != "kind"}, 0)
+        except ConfigError as e:
+            if e.field != "d_model":
+                raise spec.error(str(e), ("blocks", name, e.field)) from None
+
+
 def _resolve_kind(spec, block: Block, key: tuple | None = None) -> tuple[str, str]:
+    """(kind, role) of a block name, following aliases. An unknown name is reported where it is
+    written: at `key` in the file, at the block in the layout, or at the `kind:` of the alias naming it."""
     name, seen = block.name, []
     while name not in BLOCKS:
         alias = spec.blocks.get(name)
         if alias is None or "kind" not in alias or name in seen:
             valid = set(BLOCKS) | {a for a, v in spec.blocks.items() if "kind" in v}
-            msg = f"alias cycle through {name!r}" if name in seen else f"unknown block {name!r}"
+            hint = "" if name in seen else did_you_mean(name, valid)
+            if seen:  # the `kind:` of the alias seen last names it
+                msg = (f"alias cycle {' → '.join(seen + [name])}" if name in seen
+                       else f"unknown block {name!r}, the kind of alias {seen[-1]!r}")
+                raise spec.error(msg, ("blocks", seen[-1], "kind"), hint)
             if key is not None:
-                raise spec.error(msg, key, did_you_mean(name, valid))
-            raise ArchDSLError(msg, source=spec.source, start=block.span.start, end=block.span.end,
-                               hint=did_you_mean(name, valid))
+                raise spec.error(f"unknown block {name!r}", key, hint)
+            raise ArchDSLError(f"unknown block {name!r}", source=spec.source, start=block.span.start,
+                               end=block.span.end, hint=hint)
         seen.append(name)
         name = str(alias["kind"])
     return name, BLOCKS[name].role

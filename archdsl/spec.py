@@ -273,16 +273,79 @@ def _positions(node, path: tuple = ()) -> dict[tuple, int]:
 
 def _layout_source(text: str, file: str, root, layout_text: str) -> Source:
     """Where the layout string's characters stand in the file, so errors point inside it."""
-    node = next((v for k, v in root.value if k.value == "layout"), None)
-    mark = node.start_mark
-    style = node.style
-    if style in ("'", '"') and "\n" not in layout_text and "\\" not in text[mark.index:node.end_mark.index]:
-        return Source(layout_text, file, mark.line, mark.column + 1, text)
-    if style is None and "\n" not in layout_text:
-        return Source(layout_text, file, mark.line, mark.column, text)
-    if style == "|":  # literal block: each line stands indented below the key
-        first = text.index("\n", mark.index) + 1
-        body_line = text[first:].split("\n", 1)[0]
-        indent = len(body_line) - len(body_line.lstrip(" "))
-        return Source(layout_text, file, mark.line + 1, indent, text, indent=indent)
-    return Source(layout_text, file, mark.line, mark.column, text)
+    node = next(v for k, v in root.value if k.value == "layout")
+    start, end = node.start_mark.index, node.end_mark.index
+    if node.style in ("'", '"'):
+        start, end = start + 1, end - 1
+    elif node.style in ("|", ">"):  # the text starts on the line below `|` / `>-` (and any comment)
+        header_end = text.find("\n", start, end)
+        start = end if header_end < 0 else header_end + 1
+    if text.startswith(layout_text, start) and "\n" not in layout_text:  # a plain copy of the file
+        line = text.count("\n", 0, start)
+        return Source(layout_text, file, line, start - (text.rfind("\n", 0, start) + 1), text)
+    offsets = _scalar_offsets(text, start, end, node.style, layout_text)
+    return Source(layout_text, file, file_text=text, offsets=offsets)
+
+
+def _scalar_offsets(text: str, start: int, end: int, style: str | None, value: str) -> tuple[int, ...]:
+    """For each character of `value`, the YAML scalar read from text[start:end], its offset in `text`,
+    and one more for the end of `value`. The characters of `value` are found in order among the
+    pieces of the file text: an escape stands for what it means, `''` for `'`, a line break for the
+    space or newline that folding makes of it; what YAML drops (whitespace around folded line
+    breaks, a line break folded away) is passed over."""
+    pieces = _scalar_pieces(text, start, end, style)
+    offsets: list[int] = []
+    k, stop = 0, start
+    for ch in value:
+        while k < len(pieces) and not (pieces[k][0] == ch or (pieces[k][0] is None and ch in " \n")):
+            k += 1
+        if k == len(pieces):  # not found (not expected): the rest points at the end
+            break
+        meaning, at, length = pieces[k]
+        offsets.append(at)
+        stop = at if meaning is None else at + length  # after a line break: the end of its line
+        k += 1
+    return tuple(offsets + [stop] * (len(value) + 1 - len(offsets)))
+
+
+def _scalar_pieces(text: str, start: int, end: int, style: str | None) -> list[tuple[str | None, int, int]]:
+    """(meaning, offset, length) of each piece of a YAML scalar's text: a character, an escape
+    (double quotes), `''` (single quotes) or a line break (meaning None). Indentation (a block)
+    or the whitespace that starts a line (a flow string) is left out, and so is an escaped line break."""
+    block = style in ("|", ">")
+    indent = 0
+    if block:  # the block's indentation: the least of its non-blank lines
+        lines = [line for line in text[start:end].split("\n") if line.strip()]
+        indent = min((len(line) - len(line.lstrip(" ")) for line in lines), default=0)
+    escapes, codes = yaml.scanner.Scanner.ESCAPE_REPLACEMENTS, yaml.scanner.Scanner.ESCAPE_CODES
+    pieces: list[tuple[str | None, int, int]] = []
+    i, line_start = start, block
+    while i < end:
+        if line_start:
+            stop = min(end, i + indent) if block else end
+            while i < stop and text[i] in (" " if block else " \t"):
+                i += 1
+            line_start = False
+            continue
+        ch = text[i]
+        if ch == "\n":
+            pieces.append((None, i, 1))
+            i, line_start = i + 1, True
+        elif style == '"' and ch == "\\":
+            code = text[i + 1:i + 2]
+            if code == "\n":  # an escaped line break joins the lines
+                i, line_start = i + 2, True
+            elif code in codes:  # \xXX, \uXXXX, \UXXXXXXXX
+                length = 2 + codes[code]
+                pieces.append((chr(int(text[i + 2:i + length], 16)), i, length))
+                i += length
+            else:
+                pieces.append((escapes.get(code, code), i, 2))
+                i += 2
+        elif style == "'" and text.startswith("''", i):
+            pieces.append(("'", i, 2))
+            i += 2
+        else:
+            pieces.append((ch, i, 1))
+            i += 1
+    return pieces

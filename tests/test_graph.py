@@ -128,3 +128,52 @@ def test_semantic_errors(text, message):
 def test_absurd_sizes_refused():
     with pytest.raises(archdsl.ArchDSLError, match="absurd size"):
         archdsl.analyze(archdsl.parse("10000×(mamba2+mlp(hidden=1000000))", d_model=100000))
+
+
+# Every `blocks:` entry is checked, used or not; the error points at the key or value in the file.
+BLOCKS_ERRORS = {
+    "layout: mamba\nblocks:\n  attn: {heads: 7, bogus: 1}\n":
+        ("3:20", "attn: unknown argument 'bogus'; valid names: bias, head_dim, heads, kv_heads, out_bias, rope,"),
+    "layout: mamba\nblocks:\n  foo: {kind: nope}\n":
+        ("3:15", "unknown block 'nope', the kind of alias 'foo'; did you mean 'moe'?"),
+    "layout: mamba, foo\nblocks:\n  foo:\n    kind: nope\n":  # used in the layout: still at `kind: nope`
+        ("4:11", "unknown block 'nope', the kind of alias 'foo'"),
+    "layout: mamba, foo every 2\nblocks:\n  foo: {kind: bar}\n  bar: {kind: foo}\n":
+        ("4:15", "alias cycle foo → bar → foo"),
+    "layout: mamba\nffn: foo\nblocks:\n  foo: {kind: mpl}\n":
+        ("4:15", "unknown block 'mpl', the kind of alias 'foo'; did you mean 'mlp'?"),
+    "layout: mamba\nblocks:\n  mamab: {d_state: 4}\n":
+        ("3:3", "blocks: unknown block kind 'mamab' (an alias gives its kind with `kind:`); did you mean 'mamba'"),
+    "layout: mamba\nblocks:\n  attn: {kind: mamba}\n":
+        ("3:10", "blocks: 'attn' is a block kind; only an alias (a new name) takes `kind:`"),
+    "layout: mamba\nblocks:\n  attn: {heads: \"8\"}\n": ("3:17", "attn: heads must be int, got '8'"),
+    "layout: mamba\nblocks:\n  swa: {kind: attn, rope: 1}\n": ("3:27", "attn: rope must be bool, got 1"),
+    "layout: mamba\nblocks:\n  mlp: {act: relux}\n": ("3:14", "mlp: act must be one of gelu, relu"),
+    "layout: mamba\nblocks:\n  attn: {d_model: 8}\n": ("3:10", "attn: unknown argument 'd_model'"),
+    "layout: mamba\nblocks:\n  big: {kind: attn, heads: 0}\n": ("3:28", "attn: heads must be positive, got 0"),
+    "layout: mamba\nblocks:\n  attn: {window: -3}\n": ("3:18", "attn: window must be positive, got -3"),
+}
+
+
+@pytest.mark.parametrize("text", list(BLOCKS_ERRORS))
+def test_every_blocks_entry_is_checked(text):
+    from archdsl.spec import spec_from_yaml
+
+    where, message = BLOCKS_ERRORS[text]
+    with pytest.raises(archdsl.ArchDSLError) as e:
+        spec_from_yaml(text, file="s.yaml").graph
+    head, source_line, caret = str(e.value).split("\n")
+    assert head.startswith(f"s.yaml:{where}: {message}")
+    line, col = map(int, where.split(":"))
+    assert source_line == "  " + text.split("\n")[line - 1] and caret == "  " + " " * (col - 1) + "^"
+
+
+def test_what_depends_on_use_is_checked_only_where_used():
+    """heads 7 does not divide d_model 64 and kv_heads 3 does not divide heads: an error for a used attn only;
+    a moe float given as an int (aux_loss_coef: 0) is no size."""
+    from archdsl.spec import spec_from_yaml
+
+    text = "d_model: 64\nlayout: mamba\nblocks:\n  attn: {heads: 7, kv_heads: 3}\n  moe: {aux_loss_coef: 0}\n"
+    assert archdsl.analyze(spec_from_yaml(text)).params > 0
+    with pytest.raises(archdsl.ArchDSLError, match=r"^<spec>:4:17: attn: heads 7 must divide d_model 64"):
+        spec_from_yaml(text.replace("layout: mamba", "layout: mamba, attn")).graph

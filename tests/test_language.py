@@ -10,6 +10,7 @@ from strategies import BLOCK_NAMES, layer_count, layouts, small_layouts
 from archdsl.errors import ArchDSLError, Source
 from archdsl.language import (MAX_NESTING, Arg, Block, Group, Layer, Layout, Modifier, Repeat, format_block,
                               format_layout, format_modifier, format_node, parse_layout)
+from archdsl.spec import spec_from_yaml
 
 PROPERTY = settings(max_examples=100, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 
@@ -434,6 +435,54 @@ def test_errors_point_into_the_yaml_file():
         "demo.yaml:3:29: 'every' needs a period of at least 1, not 0\n"
         "  layout: 8×mamba2, moe every 0\n"
         "                              ^")
+
+
+# Each YAML way of writing a string: the error points at `atn` in the file, whatever YAML did to the text
+# (folded lines, escapes, '' for ', an indentation indicator, a comment after `|`, CRLF line ends).
+YAML_LAYOUTS = {
+    "name: x\nlayout:\n  2×mamba2,\n  atn\n": "4:3",  # plain, over two lines
+    "layout: >\n  2×mamba2,\n\n  atn\n": "4:3",
+    "layout: >-\n  2×mamba2,\n\n  atn\n": "4:3",
+    "layout: |  # the layers\n\n  2×mamba2\n  atn\n": "4:3",
+    "layout: |2\n    2×mamba2\n  atn\n": "3:3",
+    'layout: "2×mamba2,\\tatn"\n': "1:21",
+    'layout: "2\\u00d7mamba2, atn"\n': "1:25",
+    'layout: "2×mamba2,\n   atn"\n': "2:4",
+    'layout: "2×mamba2, \\\n    atn"\n': "2:5",  # an escaped line break
+    "layout: 'mamba, mlp(act=''gelu''), atn'\n": "1:36",
+    "layout: 'mamba,\n\n  atn'\n": "3:3",
+    "layout: 2×mamba2,\r\n  atn\r\n": "2:3",
+}
+
+
+@pytest.mark.parametrize("text", list(YAML_LAYOUTS))
+def test_errors_point_into_yaml_strings_of_every_style(text):
+    with pytest.raises(ArchDSLError) as info:
+        spec_from_yaml(text, file="s.yaml").graph
+    line, col = map(int, YAML_LAYOUTS[text].split(":"))
+    source_line = text.split("\n")[line - 1].rstrip("\r")
+    assert source_line[col - 1:col + 2] == "atn"
+    assert str(info.value) == (f"s.yaml:{line}:{col}: unknown block 'atn'; did you mean 'attn'?\n"
+                               f"  {source_line}\n"
+                               f"  {' ' * (col - 1)}^~~")
+
+
+def test_errors_at_the_end_of_a_folded_layout():
+    assert str(pytest.raises(ArchDSLError, spec_from_yaml, "layout:\n  mamba2,\n  attn +\n", "s.yaml").value) == (
+        "s.yaml:3:9: unexpected end of the layout; expected a block name after '+'\n"
+        "    attn +\n"
+        "          ^")
+    assert str(pytest.raises(ArchDSLError, spec_from_yaml, "layout: >\n  4×(mamba2,\n    attn\n", "s.yaml").value) == (
+        "s.yaml:2:5: unclosed '(': the layout ends before its ')'\n"
+        "    4×(mamba2,\n"
+        "      ^")
+
+
+def test_the_caret_keeps_the_tabs_of_the_line():
+    text = 'layout: "2×mamba2,\tatn"\n'  # a real tab inside the quotes
+    with pytest.raises(ArchDSLError) as info:
+        spec_from_yaml(text, file="s.yaml").graph
+    assert str(info.value).endswith('  layout: "2×mamba2,\tatn"\n                    \t^~~')
 
 
 def test_lark_names_never_leak():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import os
 
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -63,3 +64,39 @@ def test_a_key_written_twice_is_an_error():
         assert str(e).startswith("twice.yaml:4:23: key 'd_state' is written twice (first at line 4)")
     else:
         raise AssertionError("accepted a key written twice")
+
+
+class _Styled(str):
+    """A string that yaml.dump writes in a given style: None (plain), ', ", | or >."""
+    style = None
+
+
+class _StyledDumper(yaml.SafeDumper):
+    pass
+
+
+_StyledDumper.add_representer(_Styled, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", str(s), style=s.style))
+ITEMS = ["mamba2", "2×mamba2", "attn(heads=12)", "(mamba2, mlp)", "mamba2+mlp", 'mlp(act="gelu")', "mlp(act='gelu')",
+         "moe(experts=4,  top_k=2)"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(ITEMS), max_size=8), st.integers(0, 8),
+       st.lists(st.sampled_from([", ", ",\n", ",  ", "\n\n", ",\t", ", \n"]), min_size=9, max_size=9),
+       st.sampled_from([None, "'", '"', "|", ">"]), st.integers(10, 90), st.booleans())
+def test_layout_errors_point_at_the_token_in_every_yaml_style(items, at, seps, style, width, unicode):
+    """A layout with an unknown block `atn`, written by yaml.dump in each style, folded at any width: the
+    error names the line and column of `atn` in the file."""
+    items = items[:at] + ["atn"] + items[at:]
+    layout = _Styled("".join(item + sep for item, sep in zip(items, seps)).rstrip(",\n\t "))
+    layout.style = style
+    text = yaml.dump({"name": "x", "layout": layout}, Dumper=_StyledDumper, width=width, allow_unicode=unicode,
+                     sort_keys=False)
+    where = text.index("atn")
+    line, col = text.count("\n", 0, where) + 1, where - text.rfind("\n", 0, where)
+    try:
+        spec_from_yaml(text, file="s.yaml").graph
+    except archdsl.ArchDSLError as e:
+        assert str(e).startswith(f"s.yaml:{line}:{col}: unknown block 'atn'"), (text, str(e))
+    else:
+        raise AssertionError("accepted `atn`")
