@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import ArchDSLError
@@ -26,17 +27,69 @@ def command(name: str, help: str):
 
 
 # --- small helpers ---------------------------------------------------------------------
-def parse_count(text: str) -> int:
-    """'4096', '8k', '64K', '1m', '1_000' → int."""
-    t = text.strip().lower().replace("_", "")
+MAX_COUNT = 2**40  # the largest count any option takes: a trillion tokens is past every machine
+MAX_SEED = 2**63 - 1  # seeds are signed 64-bit integers (seed + 1, seed + 2 seed more generators)
+
+
+def parse_count(text: str, flag: str = "", minimum: int = 1) -> int:
+    """'4096', '8k', '64K', '1m', '1_000' → int in minimum..2^40; errors start with `flag` (e.g. '--seq-len')."""
+    where = f"{flag}: " if flag else ""
+    t = str(text).strip().lower().replace("_", "")
     mult = {"k": 1024, "m": 1024**2, "g": 1024**3}.get(t[-1:], 1)
     try:
         value = int(t[:-1] if mult > 1 else t) * mult
     except ValueError:
-        raise ArchDSLError(f"not a count: {text!r} (write 4096, 8k or 1m)") from None
-    if value <= 0:
-        raise ArchDSLError(f"not a positive count: {text!r}")
+        raise ArchDSLError(f"{where}not a count: {text!r} (write 4096, 8k or 1m)") from None
+    if value < minimum:
+        what = "a positive count" if minimum == 1 else f"at least {minimum}"
+        raise ArchDSLError(f"{where}must be {what}, got {text!r}")
+    if value > MAX_COUNT:
+        raise ArchDSLError(f"{where}{text!r} is too large (at most 2^40 = {MAX_COUNT:,})")
     return value
+
+
+def count(flag: str, minimum: int = 1):
+    """An argparse type: parse_count, its errors naming the option `flag`."""
+    return lambda text: parse_count(text, flag, minimum)
+
+
+def parse_seed(text: str) -> int:
+    """--seed: an integer in 0..2^63-1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ArchDSLError(f"--seed: not an integer: {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise ArchDSLError(f"--seed: must be in 0..2^63-1 (a signed 64-bit integer), got {text}")
+    return value
+
+
+def count_text(n: int) -> str:
+    """A count as one would write it: 1k, 8k, 1m when a multiple of 1024 (1024², 1024³), else in full."""
+    for suffix, unit in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if n % unit == 0:
+            return f"{n // unit}{suffix}"
+    return str(n)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def check_output(path: str, flag: str = "-o", directory: bool = False) -> None:
+    """Before any work: ArchDSLError unless `path` can become a file (or with `directory`, a directory).
+    Missing parent directories are fine: every writer creates them."""
+    if not path:
+        raise ArchDSLError(f"{flag}: give a path")
+    if os.path.isdir(path) and not directory:
+        raise ArchDSLError(f"{flag} {path}: is a directory; give a file name")
+    if os.path.exists(path) and directory and not os.path.isdir(path):
+        raise ArchDSLError(f"{flag} {path}: exists and is not a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ArchDSLError(f"{flag} {path}: {parent} is a file, not a directory")
 
 
 def human(n: float, unit: str = "") -> str:
@@ -53,10 +106,12 @@ def human(n: float, unit: str = "") -> str:
     return str(n)
 
 
-def table(rows: list[list], header: list[str]) -> str:
+def table(rows: list[list], header: list[str], names: int = 0) -> str:
+    """Columns padded to their widths: numbers to the right, text and the first `names` columns to the left."""
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    line = lambda r: "  ".join(c.rjust(w) if c[:1].isdigit() else c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    line = lambda r: "  ".join(c.rjust(w) if c[:1].isdigit() and i >= names else c.ljust(w)  # noqa: E731
+                               for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
 
 
@@ -74,7 +129,7 @@ def cmd_check(args):
     _ = spec.graph
     from .graph import num_layers
 
-    print(f"ok: {spec.name}: {num_layers(spec.graph)} layers")
+    print(f"ok: {spec.name}: {plural(num_layers(spec.graph), 'layer')}")
 
 
 def _add_check(p):
@@ -100,7 +155,7 @@ def cmd_show(args):
              f"{r.params:,}", human(r.flops_per_token), human(r.cache_bytes, "B")] for r in rep.layers]
     print(table(rows, ["layer", "mixer", "ffn", "shared", "params", "FLOPs/tok", "cache"]))
     print()
-    print(f"{rep.name}: {len(rep.layers)} layers")
+    print(f"{rep.name}: {plural(len(rep.layers), 'layer')}")
     print(f"  params          {rep.params:>18,}  ({human(rep.params)})")
     print(f"  active params   {rep.active_params:>18,}  ({human(rep.active_params)})")
     print(f"  embedding       {rep.embedding_params:>18,}")
@@ -111,8 +166,9 @@ def cmd_show(args):
 
 def _add_show(p):
     _add_check(p)
-    p.add_argument("--seq-len", type=parse_count, default=2048, help="context length n (default 2048; 8k, 1m ok)")
-    p.add_argument("--batch", type=parse_count, default=1)
+    p.add_argument("--seq-len", type=count("--seq-len"), default=2048,
+                   help="context length n (default 2048; 8k, 1m ok)")
+    p.add_argument("--batch", type=count("--batch"), default=1)
     p.add_argument("--dtype", default="bfloat16", help="cache dtype: bfloat16, float16, float32")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -123,11 +179,13 @@ def cmd_fmt(args):
     print(_spec(args.spec).layout_text)
 
 
-@command("graph", "draw the layout (.svg, .png, .dot, .mmd)")
+@command("graph", "draw the layout (.svg, .png, .pdf, .dot, .mmd)")
 def cmd_graph(args):
     """Draw the layers as a strip coloured by kind, sharing shown."""
-    from .draw import draw
+    from .draw import check_path, draw
 
+    check_output(args.output)
+    check_path(args.output)
     spec = _spec(args.spec)
     draw(spec, args.output)
     print(f"wrote {args.output}")
@@ -135,24 +193,30 @@ def cmd_graph(args):
 
 def _add_graph(p):
     _add_check(p)
-    p.add_argument("-o", "--output", required=True, help="output file: .svg, .png, .dot or .mmd")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file: .svg, .png, .pdf, .dot or .mmd (missing directories are created)")
 
 
 @command("memory", "inference cache bytes against context length")
 def cmd_memory(args):
     """Cache bytes of one or several specs at each context length, as a table and a plot."""
     from .analysis import analyze
+    from .draw import PLOT_FORMATS, check_path
 
+    if args.output:
+        check_output(args.output)
+        check_path(args.output, PLOT_FORMATS)
     specs = [_spec(s) for s in args.specs]
-    lens = [parse_count(x) for x in args.seq_lens.split(",") if x.strip()]
+    lens = [parse_count(x, "--seq-lens") for x in args.seq_lens.split(",") if x.strip()]
     if not lens:
         raise ArchDSLError("--seq-lens: give at least one length, e.g. 1k,8k,64k")
-    data = {s.name: [analyze(s, seq_len=n, batch=args.batch, dtype=args.dtype).cache_bytes for n in lens] for s in specs}
+    data = {label: [analyze(s, seq_len=n, batch=args.batch, dtype=args.dtype).cache_bytes for n in lens]
+            for label, s in zip(_labels(args.specs, specs), specs)}
     if args.json:
         print(json.dumps({"seq_lens": lens, "batch": args.batch, "dtype": args.dtype, "cache_bytes": data}, indent=2))
     else:
         rows = [[name] + [human(b, "B") for b in values] for name, values in data.items()]
-        print(table(rows, ["spec"] + [human(n).replace(".00", "") for n in lens]))
+        print(table(rows, ["spec"] + [count_text(n) for n in lens], names=1))
     if args.output:
         from .draw import plot_memory
 
@@ -160,12 +224,28 @@ def cmd_memory(args):
         print(f"wrote {args.output}", file=sys.stderr if args.json else sys.stdout)
 
 
+def _labels(texts: list[str], specs: list) -> list[str]:
+    """A distinct row name for each argument: the spec's name; where several share one, a layout string
+    goes by its layout text, and what still repeats (a file given twice) gets #2, #3, ..."""
+    names = [s.name for s in specs]
+    labels = [s.layout_text if names.count(s.name) > 1 and not os.path.exists(t) else s.name
+              for t, s in zip(texts, specs)]
+    out: list[str] = []
+    for label in labels:
+        unique, k = label, 1
+        while unique in out:
+            k += 1
+            unique = f"{label}#{k}"
+        out.append(unique)
+    return out
+
+
 def _add_memory(p):
     p.add_argument("specs", nargs="+", help="spec files or layout strings")
     p.add_argument("--seq-lens", default="1k,8k,64k,512k", help="comma-separated context lengths")
-    p.add_argument("--batch", type=parse_count, default=1)
+    p.add_argument("--batch", type=count("--batch"), default=1)
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("-o", "--output", help="write a plot (.png or .svg)")
+    p.add_argument("-o", "--output", help="write a plot (.png, .svg or .pdf; missing directories are created)")
     p.add_argument("--json", action="store_true")
 
 
@@ -174,6 +254,10 @@ def cmd_convert(args):
     """Write the spec YAML that reproduces the source (to stdout, or -o FILE)."""
     import yaml
 
+    if args.name is not None and not args.name.strip():
+        raise ArchDSLError("--name: give a name (it is empty)")
+    if args.output and not args.weights:
+        check_output(args.output)
     if args.weights:
         if args.source != "hf":
             raise ArchDSLError("--weights needs --from hf (a model directory with safetensors)")
@@ -200,7 +284,10 @@ def cmd_convert(args):
     if args.output:
         from .atomic import write_atomic
 
-        write_atomic(args.output, text)
+        try:
+            write_atomic(args.output, text)
+        except OSError as e:
+            raise ArchDSLError(f"cannot write {args.output}: {e.strerror or e}") from None
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -249,7 +336,7 @@ def _add_compile(p):
     p.add_argument("-o", "--output", required=True, help="directory to write (replaced atomically)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, float64")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=parse_seed, default=0, help="seed of the random weights (0..2^63-1)")
 
 
 @command("run", "time prefill and decoding of a spec or a saved model on random tokens")
@@ -265,11 +352,15 @@ def cmd_run(args):
     from .model import resolve_dtype
     from .model.model import sample
 
+    fuse = _fuse(args)
+    if args.cuda_graph and not str(args.device).startswith("cuda"):
+        raise ArchDSLError(f"--cuda-graph needs a CUDA device (--device cuda), got --device {args.device}")
     if os.path.isdir(args.spec) and os.path.isfile(os.path.join(args.spec, "model.safetensors")):
-        model = load_model(args.spec, device=args.device, dtype=args.dtype)
+        model = load_model(args.spec, device=args.device, dtype=args.dtype, fuse=fuse)
+        model.cuda_graph = args.cuda_graph
     else:
         model = build(_spec(args.spec), device=args.device, dtype=resolve_dtype(args.dtype or "float32"),
-                      seed=args.seed, cuda_graph=args.cuda_graph, fuse=False if args.no_fuse else args.fuse)
+                      seed=args.seed, cuda_graph=args.cuda_graph, fuse=fuse)
     dev = model.device
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
@@ -309,7 +400,8 @@ def cmd_run(args):
               "batch": args.batch, "prompt_len": args.prompt_len, "gen": args.gen, "warmup": args.warmup,
               "prefill_tokens_per_s": args.batch * args.prompt_len / t_prefill,
               "decode_tokens_per_s": args.batch * args.gen / t_decode if args.gen else None,
-              "cache_bytes": cache.nbytes(), "params": model.num_params(), "generated": first}
+              "cache_bytes": cache.nbytes(), "params": model.num_params(), "fusions": sorted(model.fusions),
+              "cuda_graph": graphed, "generated": first}
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -322,16 +414,37 @@ def cmd_run(args):
     print(f"  cache    {cache.nbytes():>18,} bytes ({human(cache.nbytes(), 'B')}) at {args.prompt_len + args.gen:,} tokens")
 
 
+def _fuse(args):
+    """--fuse NAMES / --no-fuse as compile(fuse=) takes it: True (the default), False, or a set of names."""
+    from .errors import did_you_mean
+    from .model import FUSIONS
+
+    if args.fuse is None:
+        return not args.no_fuse
+    if args.no_fuse:
+        raise ArchDSLError("--fuse and --no-fuse contradict each other: give one of them")
+    names = [n.strip() for n in args.fuse.split(",") if n.strip()]
+    if not names:
+        raise ArchDSLError(f"--fuse: no fusion named; give some of {', '.join(FUSIONS)}, or --no-fuse for none")
+    for n in names:
+        if n not in FUSIONS:
+            raise ArchDSLError(f"--fuse: unknown fusion {n!r}", hint=did_you_mean(n, FUSIONS))
+    return set(names)
+
+
 def _add_run(p):
     p.add_argument("spec", help="a YAML spec file, a layout string, or a saved model directory")
-    p.add_argument("--prompt-len", type=parse_count, default=128)
-    p.add_argument("--gen", type=int, default=128, help="tokens to decode after the prompt")
-    p.add_argument("--batch", type=parse_count, default=1)
+    p.add_argument("--prompt-len", type=count("--prompt-len"), default=128)
+    p.add_argument("--gen", type=count("--gen", minimum=0), default=128,
+                   help="tokens to decode after the prompt (0: none)")
+    p.add_argument("--batch", type=count("--batch"), default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="float32 (default; a saved model keeps its own), bfloat16, ...")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cuda-graph", action="store_true", help="replay the decode step from a CUDA graph (spec only)")
-    p.add_argument("--fuse", default=True, metavar="NAMES",
+    p.add_argument("--seed", type=parse_seed, default=0,
+                   help="seed of the random prompt and, for a spec, of the random weights "
+                        "(a saved model keeps its own)")
+    p.add_argument("--cuda-graph", action="store_true", help="replay the decode step from a CUDA graph (--device cuda)")
+    p.add_argument("--fuse", default=None, metavar="NAMES",
                    help="only these fusions, comma-separated (add_norm, qkv, epilogue, step, norm_gemv, pdl; default: all)")
     p.add_argument("--no-fuse", action="store_true", help="switch every fusion off")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
@@ -380,9 +493,11 @@ def _add_train(p):
     p.add_argument("--steps", type=int, required=True, help="optimizer steps in all (a resumed run continues)")
     p.add_argument("-o", "--output", required=True, metavar="RUNDIR", help="run directory")
     p.add_argument("--batch", type=int, default=32, help="global batch in sequences, split over the processes")
-    p.add_argument("--seq-len", type=parse_count, default=None, help="sequence length (token files; default 1024)")
+    p.add_argument("--seq-len", type=count("--seq-len"), default=None,
+                   help="sequence length (token files; default 1024)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine after warmup)")
-    p.add_argument("--warmup", type=float, default=0.1, help="warmup steps, or a share of --steps if < 1")
+    p.add_argument("--warmup", type=float, default=0.1,
+                   help="warmup steps (at most --steps), or a share of --steps if < 1")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--grad-clip", type=float, default=1.0, help="0: no clipping")
     p.add_argument("--bf16", action="store_true", help="bf16 compute (FSDP2 mixed precision), fp32 master weights")
@@ -392,7 +507,7 @@ def _add_train(p):
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUNDIR")
     p.add_argument("--stop-after", type=int, default=None, metavar="K",
                    help="stop after step K with a checkpoint (the schedule stays that of --steps)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=parse_seed, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (one GPU per process)")
     p.add_argument("--peak-tflops", type=float, default=None, help="per-device peak for MFU (default: H100/H200 989)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")

@@ -20,24 +20,39 @@ KIND_COLORS = {
 }
 GROUP_COLORS = ["#D62728", "#2CA02C", "#9467BD", "#17BECF", "#FF7F0E", "#8C564B"]
 PER_ROW = 32
-FORMATS = (".svg", ".png", ".dot", ".mmd")
+FORMATS = (".svg", ".png", ".pdf", ".dot", ".mmd")
+PLOT_FORMATS = (".svg", ".png", ".pdf")  # what matplotlib writes
+
+
+def check_path(path: str, formats=FORMATS) -> str:
+    """The suffix of `path` if it is one of `formats` and `path` is not a directory, else ArchDSLError."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in formats:
+        raise ArchDSLError(f"cannot write {path!r}: use one of {', '.join(formats)}")
+    if os.path.isdir(path):
+        raise ArchDSLError(f"cannot write {path}: it is a directory")
+    return ext
 
 
 def draw(spec, path: str) -> None:
-    """Write the picture of `spec` to `path`; the suffix picks the format."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in FORMATS:
-        raise ArchDSLError(f"cannot draw to {path!r}: use one of {', '.join(FORMATS)}")
+    """Write the picture of `spec` to `path`; the suffix picks the format. Missing parent directories
+    are created; the file appears whole or not at all."""
+    ext = check_path(path)
     if ext == ".dot":
-        text = to_dot(spec)
+        _write_text(path, to_dot(spec))
     elif ext == ".mmd":
-        text = to_mermaid(spec)
+        _write_text(path, to_mermaid(spec))
     else:
-        fig = strip_figure(spec)
-        _save(fig, path)
-        return
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+        _save(strip_figure(spec), path)
+
+
+def _write_text(path: str, text: str) -> None:
+    from .atomic import write_atomic
+
+    try:
+        write_atomic(path, text)
+    except OSError as e:
+        raise ArchDSLError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _color(kind: str) -> str:
@@ -86,14 +101,19 @@ def strip_figure(spec):
 
 
 def _save(fig, path: str) -> None:
-    """Render to a temporary file and rename it, so a failed render leaves nothing half-written."""
+    """Render to a temporary file beside `path` and rename it, so a failed render leaves nothing
+    half-written; missing parent directories are created."""
     import matplotlib.pyplot as plt
 
-    base, ext = os.path.splitext(path)
-    tmp = f"{base}.tmp-{os.getpid()}{ext}"
+    folder, name = os.path.split(os.path.abspath(path))
+    base, ext = os.path.splitext(name)
+    tmp = os.path.join(folder, f".{base}.tmp-{os.getpid()}{ext}")
     try:
+        os.makedirs(folder, exist_ok=True)
         fig.savefig(tmp, dpi=150, bbox_inches="tight")
         os.replace(tmp, path)
+    except OSError as e:
+        raise ArchDSLError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         plt.close(fig)
         if os.path.exists(tmp):
@@ -146,9 +166,7 @@ def to_mermaid(spec) -> str:
 
 def plot_memory(lens: list[int], data: dict[str, list[int]], path: str, batch: int = 1, dtype: str = "bfloat16") -> None:
     """Cache bytes against context length, log-log, one line per spec."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in (".png", ".svg", ".pdf"):
-        raise ArchDSLError(f"cannot plot to {path!r}: use .png, .svg or .pdf")
+    check_path(path, PLOT_FORMATS)
     import matplotlib
 
     matplotlib.use("Agg")

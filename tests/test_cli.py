@@ -62,8 +62,99 @@ def test_memory_table_and_plot(tmp_path, capsys):
     assert "mamba2-2.7b" in out and "llama-2-7b" in out
     code, out, _ = run("memory", "4×mamba2", "4×attn", "--seq-lens", "1k,64k", "--json", capsys=capsys)
     data = json.loads(out)["cache_bytes"]
-    assert data["model"] if len(data) == 1 else True
+    assert list(data) == ["4×mamba2", "4×attn"] and data["4×attn"][1] == 64 * data["4×attn"][0]
     assert run("memory", "mamba2", "--seq-lens", "1q", capsys=capsys)[0] == 2
+
+
+def test_memory_gives_each_argument_its_row(tmp_path, capsys):
+    """Specs of one name (every layout string is `model`) each keep a row: table, JSON and plot."""
+    spec = os.path.join(ROOT, "specs/mamba2-2.7b.yaml")
+    code, out, _ = run("memory", "4×mamba2", "4×attn", spec, spec, "--seq-lens", "1k", "--json", capsys=capsys)
+    assert code == 0
+    assert list(json.loads(out)["cache_bytes"]) == ["4×mamba2", "4×attn", "mamba2-2.7b", "mamba2-2.7b#2"]
+    code, out, _ = run("memory", "4×attn", "4×attn", "mamba2", "--seq-lens", "1k", capsys=capsys)
+    rows = out.splitlines()[2:]
+    assert code == 0 and [r.split("  ")[0].strip() for r in rows] == ["4×attn", "4×attn#2", "mamba2"]
+    code, out, _ = run("memory", "mamba2", "--seq-lens", "1k", capsys=capsys)
+    assert out.splitlines()[2].startswith("model ")  # alone, a layout string keeps its spec's name
+    import archdsl.draw
+
+    seen = {}
+    real = archdsl.draw.plot_memory
+    archdsl.draw.plot_memory = lambda lens, data, *a, **k: seen.update(data)
+    try:
+        assert run("memory", "4×mamba2", "4×attn", "-o", str(tmp_path / "m.png"), capsys=capsys)[0] == 0
+    finally:
+        archdsl.draw.plot_memory = real
+    assert list(seen) == ["4×mamba2", "4×attn"]
+
+
+def test_memory_headers_are_the_lengths_as_written(capsys):
+    code, out, _ = run("memory", "mamba2", "--seq-lens", "1k,8k,64k,512k,1m,1000", capsys=capsys)
+    assert code == 0 and out.splitlines()[0].split() == ["spec", "1k", "8k", "64k", "512k", "1m", "1000"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["show", "mamba2", "--seq-len", "64q"], "error: --seq-len: not a count: '64q'"),
+    (["show", "mamba2", "--seq-len", "99999999999999999999999"], "--seq-len: '99999999999999999999999' is too large"),
+    (["show", "mamba2", "--seq-len", "0"], "--seq-len: must be a positive count"),
+    (["show", "mamba2", "--batch", "-1"], "--batch: must be a positive count"),
+    (["memory", "mamba2", "--seq-lens", "1k,64q"], "error: --seq-lens: not a count: '64q'"),
+    (["memory", "mamba2", "--seq-lens", "1k,2g,99999999g"], "--seq-lens: '99999999g' is too large"),
+    (["convert", "--from", "megatron", "M-M", "--name", " "], "--name: give a name"),
+])
+def test_bad_numbers_name_their_option(argv, message, capsys):
+    code, _, err = run(*argv, capsys=capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_check_counts_layers_in_english(capsys):
+    assert run("check", "mamba2", capsys=capsys)[1] == "ok: model: 1 layer\n"
+    assert run("check", "2×mamba2", capsys=capsys)[1] == "ok: model: 2 layers\n"
+
+
+@pytest.mark.parametrize("argv", [["graph", "mamba2"], ["memory", "mamba2"]])
+@pytest.mark.parametrize("name", ["g.svg", "g.pdf", "g.dot", "g.mmd"])
+def test_outputs_make_missing_directories_and_refuse_bad_paths(tmp_path, capsys, argv, name):
+    """graph and memory (and convert) write into new directories, refuse a directory or a path under a file
+    with exit 2, and leave nothing behind."""
+    if argv[0] == "memory" and name.endswith((".dot", ".mmd")):
+        code, _, err = run(*argv, "-o", str(tmp_path / name), capsys=capsys)
+        assert code == 2 and "use one of .svg, .png, .pdf" in err
+        return
+    target = tmp_path / "new" / "sub" / name
+    assert run(*argv, "-o", str(target), capsys=capsys)[0] == 0 and target.stat().st_size > 100
+    (tmp_path / "d.svg").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for bad, message in ((tmp_path / "d.svg", "is a directory"),
+                         (tmp_path / "afile" / name, "is a file, not a directory")):
+        code, _, err = run(*argv, "-o", str(bad), capsys=capsys)
+        assert code == 2 and message in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "d.svg", "new"]
+    assert list((tmp_path / "d.svg").iterdir()) == [] and (tmp_path / "afile").read_text() == "x"
+
+
+def test_a_failed_render_leaves_nothing(tmp_path, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+
+    def full_disk(self, path, **kw):
+        with open(path, "w") as f:
+            f.write("half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    for argv in (["graph", "mamba2"], ["memory", "mamba2"]):
+        code, _, err = run(*argv, "-o", str(tmp_path / "g.png"), capsys=capsys)
+        assert code == 2 and "cannot write" in err and "No space left on device" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_convert_output_paths(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    code, _, err = run("convert", "--from", "megatron", "M-M", "-o", str(tmp_path / "d"), capsys=capsys)
+    assert code == 2 and "is a directory" in err and list((tmp_path / "d").iterdir()) == []
+    assert run("convert", "--from", "megatron", "M-M", "-o", str(tmp_path / "nod" / "x.yaml"), capsys=capsys)[0] == 0
+    assert "layout:" in (tmp_path / "nod" / "x.yaml").read_text()
 
 
 def test_convert_megatron(capsys):
@@ -101,3 +192,16 @@ def test_binary_files_and_bare_directories_are_refused(tmp_path, capsys):
     assert code == 2 and "not a UTF-8 text file" in err and "Traceback" not in err
     code, _, err = run("check", str(tmp_path), capsys=capsys)
     assert code == 2 and "directory without spec.yaml" in err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc, where nothing can be created")
+def test_unwritable_places_exit_2(capsys):
+    for argv in (["graph", "mamba2", "-o", "/proc/archdsl-test/g.svg"],
+                 ["graph", "mamba2", "-o", "/proc/archdsl-test/g.dot"],
+                 ["memory", "mamba2", "-o", "/proc/archdsl-test/m.png"],
+                 ["convert", "--from", "megatron", "M-M", "-o", "/proc/archdsl-test/x.yaml"],
+                 ["explore", os.path.join(ROOT, "specs/spaces/tiny.yaml"), "-o", "/proc/archdsl-test"],
+                 ["train", "mamba2(d_state=8, headdim=8)", "--data", "mqar:seq=32,pairs=2", "--steps", "1",
+                  "--batch", "2", "--no-progress", "-o", "/proc/archdsl-test"]):
+        code, _, err = run(*argv, capsys=capsys)
+        assert code == 2 and "/proc/archdsl-test" in err and "Traceback" not in err, (argv, err)

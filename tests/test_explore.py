@@ -228,3 +228,77 @@ def test_unsatisfiable_budget_counts_per_constraint():
     n = int(msg.split(":")[1].split()[0])
     counts = [int(part.split("removed ")[1].split(",")[0]) for part in msg.splitlines()[1:] if "removed " in part]
     assert sum(counts) == n
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--top", "-1"], "--top: must be at least 1, got -1"),
+    (["--top", "0"], "--top: must be at least 1, got 0"),
+    (["--probe", "--probe-d-model", "0"], "--probe-d-model: must be at least 1"),
+    (["--probe", "--steps", "0"], "--steps: must be at least 1"),
+    (["--objective", ""], "--objective: an empty name"),
+    (["--objective", "params,,cache"], "--objective: an empty name"),
+    (["--probe", "--steps", "1", "--lr", "nan"], "--lr: must be a positive number, got nan"),
+    (["--probe", "--steps", "1", "--device", "tpu"], "--device: unknown device 'tpu'"),
+    (["--probe", "--steps", "1", "--probe-arg", "seq_len=abc"], "--probe: mqar: seq_len must be an integer"),
+    (["--probe", "--steps", "1", "--probe-arg", "random_non_queries=3"], "random_non_queries must be true or false"),
+    (["--seed", "99999999999999999999999"], "--seed: must be in 0..2^63-1"),
+    (["--context", "64q"], "--context: not a count: '64q'"),
+])
+def test_bad_flags_are_named_and_nothing_is_written(tmp_path, capsys, flags, message):
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY)
+    code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"] + flags, capsys)
+    assert code == 2 and "Traceback" not in err and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("train, message", [
+    ("device: tpu", "unknown device 'tpu'"), ("lr: .nan", "lr must be a positive"),
+    ("warmup: 500", "warmup must be"), ("stepz: 3", "bad training setting"),
+])
+def test_bad_space_probe_settings_write_nothing(tmp_path, capsys, train, message):
+    """Settings of the space file's probe are checked before OUTDIR exists (no results.json left 'running')."""
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY.replace("train: {", f"train: {{{train}, "))
+    code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--probe", "--steps", "5",
+                         "--no-progress"], capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_directory_is_checked(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY)
+    (tmp_path / "afile").write_text("x")
+    for out, message in ((tmp_path / "afile", "exists and is not a directory"),
+                         (tmp_path / "afile" / "o", "is a file, not a directory")):
+        code, _, err = _run(["explore", str(space), "-o", str(out), "--no-progress"], capsys)
+        assert code == 2 and message in err and "Traceback" not in err, err
+    assert (tmp_path / "afile").read_text() == "x"
+    out = tmp_path / "new" / "o"
+    (tmp_path / "new").mkdir()
+    assert _run(["explore", str(space), "-o", str(out), "--no-progress"], capsys)[0] == 0  # an empty or new dir
+    before = (out / "results.json").read_text()
+    code, _, err = _run(["explore", str(space), "-o", str(out), "--no-progress", "--max-params", "1"], capsys)
+    assert code == 2 and f"pass --resume {out}" in err and "another -o" in err
+    assert (out / "results.json").read_text() == before
+
+
+def test_probe_width_checked_first_and_a_failed_probe_says_so(tmp_path, capsys, monkeypatch):
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY)
+    out = tmp_path / "o"
+    code, _, err = _run(["explore", str(space), "-o", str(out), "--probe", "--steps", "1", "--probe-d-model", "3",
+                         "--no-progress"], capsys)
+    assert code == 2 and "probe d_model 3 (--probe-d-model) does not suit candidate" in err, err
+    assert not out.exists()
+
+    import archdsl.explore.train as train
+
+    def broken(*a, **k):
+        raise ArchDSLError("the probe broke")
+
+    monkeypatch.setattr(train, "train_probe", broken)
+    code, _, err = _run(["explore", str(space), "-o", str(out), "--probe", "--steps", "1", "--no-progress"], capsys)
+    assert code == 2 and "the probe broke" in err
+    assert json.loads((out / "results.json").read_text())["status"] == "failed"

@@ -219,3 +219,42 @@ def test_compiled_layers_of_a_hybrid_stay_compiled(monkeypatch):
         layer.compile(backend="eager")
     for L in (8, 12, 16):
         model(torch.randint(0, 100, (2, L))).square().mean().backward()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--grad-clip", "-1"], "--grad-clip must be >= 0"),
+    (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
+    (["--threads", "0"], "--threads must be at least 1"),
+    (["--peak-tflops", "-1"], "--peak-tflops must be a positive number"),
+    (["--lr", "nan"], "--lr must be a positive number"),
+    (["--lr", "inf"], "--lr must be a positive number"),
+    (["--warmup", "20"], "--warmup 20 is longer than the run (--steps 10)"),
+    (["--seed", "99999999999999999999999"], "--seed: must be in 0..2^63-1"),
+    (["--device", "tpu"], "--device: unknown device 'tpu'"),
+    (["--device", "meta"], "--device: must be auto, cpu or cuda"),
+    (["--seq-len", "64q"], "--seq-len: not a count: '64q'"),
+    (["--data", "mqar:seq=abc"], "--data 'mqar:seq=abc': mqar: seq_len must be an integer"),
+    (["--data", "mqar:seq=32,pairs=1.5"], "num_kv_pairs must be an integer"),
+])
+def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, flags, message):
+    argv = ["train", "mamba2(d_state=8, headdim=8)", "--data", "mqar:seq=32,pairs=2", "--steps", "10",
+            "--no-progress", "-o", str(tmp_path / "run")]
+    if flags[0] == "--data":
+        argv[3] = flags[1]
+    else:
+        argv += flags
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_directory_must_be_a_directory(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    base = ["train", "mamba2(d_state=8, headdim=8)", "--data", "mqar:seq=32,pairs=2", "--steps", "1", "--no-progress"]
+    for out, message in ((tmp_path / "afile", "exists and is not a directory"),
+                         (tmp_path / "afile" / "run", "is a file, not a directory")):
+        assert main([*base, "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert (tmp_path / "afile").read_text() == "x"

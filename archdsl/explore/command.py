@@ -1,15 +1,20 @@
 """`archdsl explore SPACE.yaml`: the command line of the explorer (wired in archdsl/cli.py)."""
 from __future__ import annotations
 
+import math
+import os
 import sys
 
 from ..errors import ArchDSLError
 
 
 def add_arguments(p) -> None:
+    from ..cli import parse_seed
+
     p.add_argument("space", help="a design-space YAML file (see docs/explore.md)")
     p.add_argument("-o", "--output", help="output directory (results.json, results.csv, specs/, plots)")
-    p.add_argument("--resume", metavar="OUTDIR", help="continue an interrupted run in OUTDIR (same settings)")
+    p.add_argument("--resume", metavar="OUTDIR", help="continue an interrupted run in OUTDIR (same settings); "
+                   "-o refuses a directory that already holds files")
     g = p.add_argument_group("budgets (AMOUNT[@CONTEXT[xBATCH]]: 1.5B, 300M, 2GiB@64k, 8GiB@128kx4)")
     for name, help in (("params", "total parameters"), ("active", "active parameters per token (MoE)"),
                        ("flops", "forward FLOPs per token"), ("cache", "decode cache bytes (KV + states)")):
@@ -35,7 +40,7 @@ def add_arguments(p) -> None:
     q.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--top", type=int, help="probe (and print) the K best by the analytic ranking (default: "
                    "probe all, print 20)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=parse_seed, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -48,8 +53,29 @@ def _value(text: str):
         return text
 
 
+def check_flags(args) -> None:
+    """The numeric and device options, each named in its error; before anything is read or written."""
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size),
+                        ("--probe-d-model", args.probe_d_model), ("--top", args.top)):
+        if value is not None and value < 1:
+            raise ArchDSLError(f"{flag}: must be at least 1, got {value}")
+    if args.lr is not None and not 0 < args.lr < math.inf:
+        raise ArchDSLError(f"--lr: must be a positive number, got {args.lr}")
+    if args.device is not None and args.device != "auto":
+        import torch
+
+        from ..model import check_device
+
+        try:
+            check_device(args.device, torch.float32)
+        except ArchDSLError as e:
+            raise ArchDSLError(f"--device: {e.message}") from None
+    if args.objective is not None and not all(o.strip() for o in args.objective.split(",")):
+        raise ArchDSLError(f"--objective: an empty name in {args.objective!r}; give e.g. params,cache")
+
+
 def explore_command(args) -> None:
-    from ..cli import parse_count
+    from ..cli import check_output, parse_count
     from .runner import ProbeSpec, run
     from .search import parse_constraint
     from .space import load_space
@@ -59,6 +85,12 @@ def explore_command(args) -> None:
         raise ArchDSLError("explore: give -o OUTDIR (or --resume OUTDIR)")
     if args.resume and args.output and args.output != args.resume:
         raise ArchDSLError("explore: --resume OUTDIR and -o name different directories")
+    flag = "--resume" if args.resume else "-o"
+    check_output(outdir, flag, directory=True)
+    if not args.resume and os.path.isdir(outdir) and os.listdir(outdir):
+        raise ArchDSLError(f"-o {outdir}: the directory already holds files (an earlier exploration?)",
+                           hint=f"pass --resume {outdir} to continue it, or pick another -o")
+    check_flags(args)
     space = load_space(args.space)
     constraints = []
     for name in ("params", "active", "flops", "cache"):
@@ -67,7 +99,7 @@ def explore_command(args) -> None:
             if text:
                 constraints.append(parse_constraint(name, text, bound))
     if args.context:
-        context = parse_count(args.context)
+        context = parse_count(args.context, "--context")
     else:
         context = next((c.seq_len for c in constraints if c.metric == "cache_bytes" and c.seq_len), 4096)
     pdef = dict(space.probe or {})
@@ -101,13 +133,16 @@ def explore_command(args) -> None:
         probe = ProbeSpec(task=task, task_args=task_args, d_model=d_model, train=train)
         from .probes import make_task
 
-        make_task(task, **task_args)  # bad task arguments before any work
+        try:
+            make_task(task, **task_args)  # bad task arguments before any work
+        except ArchDSLError as e:
+            raise ArchDSLError(f"--probe: {e.message}", hint=e.hint) from None
     elif args.steps is not None:
         raise ArchDSLError("--steps needs --probe (e.g. --probe mqar)")
     objectives = (args.objective or "params,cache").split(",")
     try:
         run(space, constraints, objectives, outdir, probe=probe, top=args.top, seed=args.seed, context=context,
-            batch=parse_count(args.batch), dtype=args.dtype, resume=bool(args.resume),
+            batch=parse_count(args.batch, "--batch"), dtype=args.dtype, resume=bool(args.resume),
             progress=not args.no_progress and sys.stderr.isatty())
     except KeyboardInterrupt:
         raise

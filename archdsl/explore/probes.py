@@ -24,6 +24,8 @@ the generator's device (CUDA generators work); the MAD tasks on the CPU.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
@@ -252,10 +254,17 @@ def make_task(name: str, **kwargs) -> Task:
     if key not in TASKS:
         raise ArchDSLError(f"unknown probe {name!r}", hint=did_you_mean(name, TASKS))
     cls = TASKS[key]
-    valid = {f for f in cls.__dataclass_fields__}
-    for k in kwargs:
-        if k not in valid:
-            raise ArchDSLError(f"{key}: unknown argument {k!r}", hint=did_you_mean(k, valid))
+    kinds = {f.name: f.type for f in dataclasses.fields(cls)}  # "int", "float" or "bool" (annotation text)
+    for k, v in kwargs.items():
+        if k not in kinds:
+            raise ArchDSLError(f"{key}: unknown argument {k!r}", hint=did_you_mean(k, kinds))
+        integer = isinstance(v, int) and not isinstance(v, bool)
+        if kinds[k] == "bool" and not isinstance(v, bool):
+            raise ArchDSLError(f"{key}: {k} must be true or false, got {v!r}")
+        if kinds[k] == "int" and not (integer and abs(v) < 2**31):
+            raise ArchDSLError(f"{key}: {k} must be an integer below 2^31, got {v!r}")
+        if kinds[k] == "float" and not (integer and abs(v) < 2**31 or isinstance(v, float) and math.isfinite(v)):
+            raise ArchDSLError(f"{key}: {k} must be a number, got {v!r}")
     return cls(**kwargs)
 
 

@@ -54,9 +54,13 @@ def run(space: Space, constraints: list[Constraint], objectives, outdir: str, pr
     if probe is None and any(o not in ANALYTIC + ("depth", "attn_fraction") for o in objectives):
         raise ArchDSLError(f"objective {', '.join(o for o in objectives if o not in ANALYTIC)} needs a probe "
                            "(--probe mqar --steps N)")
+    if top is not None and top < 1:
+        raise ArchDSLError(f"top must be at least 1, got {top}")
     config = _config(space, constraints, objectives, probe, top, seed, context, batch, dtype)
+    trainer = _trainer(probe, seed) if probe is not None else None  # bad settings before anything is written
     done = _resumed(outdir, config) if resume else {}
-    os.makedirs(outdir, exist_ok=True)
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise ArchDSLError(f"{outdir}: exists and is not a directory")
 
     bar = _bar(progress, "enumerate", None)
     try:
@@ -65,6 +69,17 @@ def run(space: Space, constraints: list[Constraint], objectives, outdir: str, pr
         if bar is not None:
             bar.close()
     cands = res.candidates
+    chosen = cands[:top] if (probe is not None and top) else (cands if probe is not None else [])
+    for c in chosen:  # a probe width that a candidate cannot take, before anything is written
+        try:
+            _ = _probe_spec(c, probe).graph
+        except ArchDSLError as e:
+            raise ArchDSLError(f"probe d_model {probe.d_model} (--probe-d-model) does not suit candidate {c.id} "
+                               f"({c.layout}): {e.message}", hint=e.hint) from None
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as e:
+        raise ArchDSLError(f"cannot create the output directory {outdir}: {e.strerror or e}") from None
     for c in cands:
         path = os.path.join(outdir, "specs", f"{c.id}.yaml")
         text = c.spec.to_yaml()
@@ -72,14 +87,13 @@ def run(space: Space, constraints: list[Constraint], objectives, outdir: str, pr
             write_atomic(path, text)
     summary = {"enumerated": res.enumerated, "survivors": len(cands), "removed": res.removed,
                "violated": res.violated, "probed": 0}
-    chosen = cands[:top] if (probe is not None and top) else (cands if probe is not None else [])
     for c in chosen:
         if c.id in done and done[c.id]["layout"] == c.layout:
             c.probe = done[c.id]["probe"]
     status = "running" if any(c.probe is None for c in chosen) else "complete"
     write_results(outdir, config, cands, status, summary)
     if chosen and status == "running":
-        _probe_all(chosen, cands, probe, seed, config, outdir, summary, progress, log)
+        _probe_all(chosen, cands, probe, trainer, config, outdir, summary, progress, log)
     if probe is not None:
         cands = rank(cands, objectives, eligible=lambda c: c.probe is not None)
     summary["probed"] = sum(c.probe is not None for c in cands)
@@ -96,23 +110,40 @@ def run(space: Space, constraints: list[Constraint], objectives, outdir: str, pr
     return res
 
 
-def _probe_all(chosen, cands, probe, seed, config, outdir, summary, progress, log):
+def _trainer(probe: ProbeSpec, seed: int):
+    """(task, TrainConfig) of the probe, checked: the task's arguments, the training settings, the device."""
     from .probes import make_task
-    from .train import TrainConfig, train_probe
-    from ..spec import with_sizes
+    from .train import TrainConfig, pick_device
 
     task = make_task(probe.task, **probe.task_args)
     try:
         cfg = TrainConfig(**{**probe.train, "seed": seed})
     except TypeError as e:
         raise ArchDSLError(f"probe: bad training setting: {e}") from None
+    pick_device(cfg.device)
+    if probe.d_model is not None and not (isinstance(probe.d_model, int) and probe.d_model >= 1):
+        raise ArchDSLError(f"probe: d_model must be a positive integer, got {probe.d_model!r}")
+    return task, cfg
+
+
+def _probe_spec(c, probe: ProbeSpec):
+    """The spec a candidate is probed at: its own, or at the probe's width."""
+    from ..spec import with_sizes
+
+    return c.spec if probe.d_model is None else with_sizes(c.spec, d_model=probe.d_model)
+
+
+def _probe_all(chosen, cands, probe, trainer, config, outdir, summary, progress, log):
+    from .train import train_probe
+
+    task, cfg = trainer
     todo = [c for c in chosen if c.probe is None]
     bar = _bar(progress, f"probe {task.name}", len(chosen))
     if bar is not None:
         bar.update(len(chosen) - len(todo))
     try:
         for c in todo:
-            spec = c.spec if probe.d_model is None else with_sizes(c.spec, d_model=probe.d_model)
+            spec = _probe_spec(c, probe)
             if bar is not None:
                 bar.set_postfix_str(c.id)
             c.probe = train_probe(spec, task, cfg).to_dict()
@@ -125,6 +156,10 @@ def _probe_all(chosen, cands, probe, seed, config, outdir, summary, progress, lo
         write_results(outdir, config, cands, "interrupted", summary)
         log(f"interrupted: {summary['probed']} of {len(chosen)} probed; results so far in {outdir}; "
             f"continue with --resume {outdir}")
+        raise
+    except Exception:  # results.json must not say "running" once nothing runs
+        summary["probed"] = sum(x.probe is not None for x in cands)
+        write_results(outdir, config, cands, "failed", summary)
         raise
     finally:
         if bar is not None:

@@ -48,8 +48,14 @@ class TrainConfig:
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.eval_size < 1:
             raise ArchDSLError("train: steps, batch_size, eval_every and eval_size must be positive")
-        if self.lr <= 0:
-            raise ArchDSLError(f"train: lr must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ArchDSLError(f"train: lr must be a positive number, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf or not 0 <= self.grad_clip < math.inf:
+            raise ArchDSLError(f"train: weight_decay and grad_clip must be >= 0, got {self.weight_decay}, "
+                               f"{self.grad_clip}")
+        if not 0 <= self.warmup <= max(1, self.steps):
+            raise ArchDSLError(f"train: warmup must be a share of the steps below 1 or at most steps "
+                               f"({self.steps}) steps, got {self.warmup:g}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -76,9 +82,13 @@ class ProbeResult:
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """auto: CUDA when present, else the CPU; else the device named, checked (ArchDSLError if it is unknown
+    or absent)."""
+    from ..model import check_device
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return check_device(device, torch.float32)
 
 
 def lr_lambda(cfg: TrainConfig):

@@ -8,6 +8,7 @@ seed gives the same losses on any number of processes.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from ..errors import ArchDSLError
@@ -47,16 +48,27 @@ class TrainConfig:
             raise ArchDSLError(f"train: --batch must be positive, got {self.batch}")
         if self.seq_len is not None and self.seq_len < 2:
             raise ArchDSLError(f"train: --seq-len must be at least 2, got {self.seq_len}")
-        if not self.lr > 0:
-            raise ArchDSLError(f"train: --lr must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ArchDSLError(f"train: --lr must be a positive number, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ArchDSLError(f"train: --weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.grad_clip < math.inf:
+            raise ArchDSLError(f"train: --grad-clip must be >= 0 (0: no clipping), got {self.grad_clip}")
+        if self.peak_tflops is not None and not 0 < self.peak_tflops < math.inf:
+            raise ArchDSLError(f"train: --peak-tflops must be a positive number, got {self.peak_tflops}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ArchDSLError(f"train: --threads must be at least 1, got {self.cpu_threads}")
         if self.save_every < 0:
             raise ArchDSLError(f"train: --save-every must be >= 0, got {self.save_every}")
         if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
             raise ArchDSLError(f"train: --stop-after must be in 1..--steps, got {self.stop_after}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ArchDSLError(f"train: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.warmup < 0:
-            raise ArchDSLError(f"train: warmup must be >= 0, got {self.warmup}")
+        if not 0 <= self.warmup < math.inf:
+            raise ArchDSLError(f"train: --warmup must be >= 0, got {self.warmup}")
+        if self.warmup > self.steps:  # the run would end before the learning rate reaches --lr
+            raise ArchDSLError(f"train: --warmup {self.warmup:g} is longer than the run (--steps {self.steps})",
+                               hint="give at most --steps warmup steps, or a share of the run below 1 (e.g. 0.1)")
 
     def warmup_steps(self) -> int:
         return int(self.warmup * self.steps) if self.warmup < 1 else int(self.warmup)

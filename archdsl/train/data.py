@@ -101,7 +101,10 @@ def _task(text: str, seq_len: int | None, vocab_size: int):
         kwargs["seq_len"] = seq_len
     cls = TASKS[ALIASES.get(name, name)]
     kwargs.setdefault("vocab_size", min(vocab_size, cls.vocab_size) if name != "mqar" else min(vocab_size, 8192))
-    task = make_task(name, **kwargs)
+    try:
+        task = make_task(name, **kwargs)
+    except ArchDSLError as e:
+        raise ArchDSLError(f"--data {text!r}: {e.message}", hint=e.hint) from None
     if task.vocab_size > vocab_size:
         raise ArchDSLError(f"--data {text!r}: the task's vocabulary ({task.vocab_size}) exceeds the model's "
                            f"vocab_size ({vocab_size})", hint="give vocab=N in the task or a larger vocab_size")

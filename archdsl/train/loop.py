@@ -21,6 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ..atomic import write_atomic
 from ..errors import ArchDSLError
 from .checkpoint import checkpoints, check_spec, latest, load_checkpoint, save_checkpoint, spec_sha
 from .config import TrainConfig
@@ -53,8 +54,10 @@ def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
 
 def prepare(cfg: TrainConfig):
     """Every check that can fail on bad input, with no side effects; the same answer on every rank."""
+    from ..cli import check_output
     from ..spec import load_spec
 
+    check_output(cfg.rundir, "-o", directory=True)
     env = world_from_env()
     spec = load_spec(cfg.spec)
     _ = spec.graph
@@ -150,11 +153,14 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
     peak = peak_flops(cfg, dist.device)
     metrics = None
     if dist.is_main:
-        os.makedirs(cfg.rundir, exist_ok=True)
+        try:
+            os.makedirs(cfg.rundir, exist_ok=True)
+        except OSError as e:
+            raise ArchDSLError(f"-o {cfg.rundir}: cannot create the run directory: {e.strerror or e}") from None
         if not resume_from:
-            with open(os.path.join(cfg.rundir, "run.json"), "w", encoding="utf-8") as f:
-                json.dump({"spec_yaml": spec_yaml, "spec_sha256": meta["spec_sha256"], "spec_name": spec.name,
-                           "data": data.describe(), "config": cfg.to_dict(), "world_size": dist.world}, f, indent=2)
+            write_atomic(os.path.join(cfg.rundir, "run.json"), json.dumps(
+                {"spec_yaml": spec_yaml, "spec_sha256": meta["spec_sha256"], "spec_name": spec.name,
+                 "data": data.describe(), "config": cfg.to_dict(), "world_size": dist.world}, indent=2))
         metrics = _metrics_file(cfg, start)
     per_rank = cfg.batch // dist.world
     lo = dist.rank * per_rank

@@ -56,18 +56,22 @@ class Dist:
 
 
 def pick_device(env: WorldEnv, device: str = "auto") -> torch.device:
+    """The device of this process: --device auto, cpu, cuda (this process's GPU: LOCAL_RANK) or cuda:N."""
+    from ..model import check_device
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ArchDSLError(f"device {device!r}: CUDA is not available on this machine")
-        if dev.index is None:
-            if env.local_rank >= torch.cuda.device_count():
-                raise ArchDSLError(f"local rank {env.local_rank} but only {torch.cuda.device_count()} GPUs")
-            dev = torch.device("cuda", env.local_rank)
-    elif dev.type != "cpu":
-        raise ArchDSLError(f"train: device must be auto, cpu or cuda, got {device!r}")
+    name = device
+    if device == "cuda" and torch.cuda.is_available():  # one GPU per process
+        if env.local_rank >= torch.cuda.device_count():
+            raise ArchDSLError(f"local rank {env.local_rank} but only {torch.cuda.device_count()} GPUs")
+        name = f"cuda:{env.local_rank}"
+    try:
+        dev = check_device(name, torch.float32)  # an unknown name, no CUDA: ArchDSLError
+    except ArchDSLError as e:
+        raise ArchDSLError(f"--device: {e.message}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ArchDSLError(f"--device: must be auto, cpu or cuda, got {device!r}")
     return dev
 
 

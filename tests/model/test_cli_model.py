@@ -49,3 +49,44 @@ def test_run_warmup_leaves_the_timed_run_unchanged(capsys):
     assert [r["warmup"] for r in reports] == [True, False]
     assert reports[0]["generated"] == reports[1]["generated"] and len(reports[0]["generated"]) == 5
     assert reports[0]["cache_bytes"] == reports[1]["cache_bytes"]
+
+
+def test_bad_seed_and_gen_exit_2(tmp_path, capsys):
+    for argv in (["compile", LAYOUT, "-o", str(tmp_path / "m")], ["run", LAYOUT]):
+        for seed in ("99999999999999999999999", "-1", "x"):
+            assert main([*argv, "--seed", seed]) == 2
+            assert "--seed" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+    assert main(["run", LAYOUT, "--gen", "-3"]) == 2
+    assert "--gen: must be at least 0, got '-3'" in capsys.readouterr().err
+    assert main(["run", LAYOUT, "--prompt-len", "4", "--gen", "0", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["gen"] == 0 and rep["generated"] == [] and rep["decode_tokens_per_s"] is None
+
+
+def test_run_applies_fuse_flags_to_a_saved_model(tmp_path, capsys):
+    out = str(tmp_path / "model")
+    assert main(["compile", LAYOUT, "-o", out]) == 0
+    capsys.readouterr()
+    def fusions(source, *flags):
+        assert main(["run", source, "--prompt-len", "2", "--gen", "1", "--json", "--no-warmup", *flags]) == 0
+        return json.loads(capsys.readouterr().out)["fusions"]
+
+    assert fusions(out) and fusions(out, "--no-fuse") == []
+    assert fusions(out, "--fuse", "qkv,step") == fusions(LAYOUT, "--fuse", "qkv,step") == ["qkv", "step"]
+    if not torch.cuda.is_available():
+        assert main(["run", out, "--cuda-graph"]) == 2
+        assert "--cuda-graph needs a CUDA device" in capsys.readouterr().err
+
+
+def test_run_refuses_contradictory_fuse_flags(capsys):
+    for flags, message in ((["--fuse", ""], "--fuse: no fusion named"),
+                           (["--fuse", " , "], "--fuse: no fusion named"),
+                           (["--fuse", "step", "--no-fuse"], "--fuse and --no-fuse contradict"),
+                           (["--fuse", "stpe"], "--fuse: unknown fusion 'stpe'; did you mean 'step'?")):
+        assert main(["run", LAYOUT, *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err, err
+    assert main(["run", LAYOUT, "--fuse", "zzz"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("add_norm") == 1 and "Traceback" not in err  # the valid names once
