@@ -342,25 +342,13 @@ def _add_compile(p):
 @command("run", "time prefill and decoding of a spec or a saved model on random tokens")
 def cmd_run(args):
     """Prefill --prompt-len random tokens, decode --gen more one at a time; print tokens/s and cache bytes."""
-    import os
     import time
 
     import torch
 
-    from .model import compile as build
-    from .model import load as load_model
-    from .model import resolve_dtype
     from .model.model import sample
 
-    fuse = _fuse(args)
-    if args.cuda_graph and not str(args.device).startswith("cuda"):
-        raise ArchDSLError(f"--cuda-graph needs a CUDA device (--device cuda), got --device {args.device}")
-    if os.path.isdir(args.spec) and os.path.isfile(os.path.join(args.spec, "model.safetensors")):
-        model = load_model(args.spec, device=args.device, dtype=args.dtype, fuse=fuse)
-        model.cuda_graph = args.cuda_graph
-    else:
-        model = build(_spec(args.spec), device=args.device, dtype=resolve_dtype(args.dtype or "float32"),
-                      seed=args.seed, cuda_graph=args.cuda_graph, fuse=fuse)
+    model = _model(args)
     dev = model.device
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
@@ -412,6 +400,67 @@ def cmd_run(args):
         shown = " ".join(map(str, first[:16])) + (" …" if len(first) > 16 else "")
         print(f"  greedy continuation of sequence 0: {shown}")
     print(f"  cache    {cache.nbytes():>18,} bytes ({human(cache.nbytes(), 'B')}) at {args.prompt_len + args.gen:,} tokens")
+
+
+@command("bench", "time a model's forward pass, training step and decode step (medians, with FLOP/s and GB/s)")
+def cmd_bench(args):
+    """Time --cases of a spec or saved model at --batch × --seq-len random tokens: the forward pass and the
+    training step (forward + backward of the cross entropy; no optimizer) as medians of do_bench on CUDA
+    (wall clock on the CPU), beside the analyzer's FLOPs; decoding as the median of --gen single steps after a
+    --seq-len prompt, beside the bytes a step must read (weights and cache)."""
+    from .bench import bench, format_rows
+
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    model = _model(args)
+    rows = bench(model, batch=args.batch, seq_len=args.seq_len, gen=args.gen, cases=cases,
+                 cuda_graph=args.cuda_graph, seed=args.seed)
+    head = {"name": model.spec.name, "params": model.num_params(), "device": str(model.device),
+            "dtype": str(model.dtype).replace("torch.", ""), "batch": args.batch, "seq_len": args.seq_len,
+            "cuda_graph": args.cuda_graph}
+    if args.json:
+        print(json.dumps({**head, "rows": [r.to_dict() for r in rows]}, indent=2))
+        return
+    print(f"{head['name']}: {head['params']:,} parameters on {head['device']} ({head['dtype']}), "
+          f"batch {args.batch}, {args.seq_len:,} tokens{', decode from a CUDA graph' if args.cuda_graph else ''}")
+    print(table(format_rows(rows), ["case", "tokens", "ms", "tokens/s", "work", "achieved"]))
+
+
+def _add_bench(p):
+    p.add_argument("spec", help="a YAML spec file, a layout string, or a saved model directory")
+    p.add_argument("--batch", type=count("--batch"), default=1)
+    p.add_argument("--seq-len", type=count("--seq-len"), default=2048,
+                   help="tokens a forward / training call takes, and the decode prompt (default 2048)")
+    p.add_argument("--gen", type=count("--gen"), default=64, help="decode steps timed (default 64)")
+    p.add_argument("--cases", default="forward,train,decode", help="some of forward, train, decode (comma-separated)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, help="float32 (default; a saved model keeps its own), bfloat16, ...")
+    p.add_argument("--seed", type=parse_seed, default=0,
+                   help="seed of the random tokens and, for a spec, of the random weights")
+    p.add_argument("--cuda-graph", action="store_true", help="decode steps replayed from a CUDA graph (--device cuda)")
+    p.add_argument("--fuse", default=None, metavar="NAMES",
+                   help="only these fusions, comma-separated (add_norm, qkv, epilogue, step, norm_gemv, pdl; default: all)")
+    p.add_argument("--no-fuse", action="store_true", help="switch every fusion off")
+    p.add_argument("--json", action="store_true")
+
+
+def _model(args):
+    """The model run and bench time: a saved model directory loaded, or a spec compiled (--seed its weights),
+    with --device, --dtype, --fuse / --no-fuse and --cuda-graph."""
+    import os
+
+    from .model import compile as build
+    from .model import load as load_model
+    from .model import resolve_dtype
+
+    fuse = _fuse(args)
+    if args.cuda_graph and not str(args.device).startswith("cuda"):
+        raise ArchDSLError(f"--cuda-graph needs a CUDA device (--device cuda), got --device {args.device}")
+    if os.path.isdir(args.spec) and os.path.isfile(os.path.join(args.spec, "model.safetensors")):
+        model = load_model(args.spec, device=args.device, dtype=args.dtype, fuse=fuse)
+        model.cuda_graph = args.cuda_graph
+        return model
+    return build(_spec(args.spec), device=args.device, dtype=resolve_dtype(args.dtype or "float32"),
+                 seed=args.seed, cuda_graph=args.cuda_graph, fuse=fuse)
 
 
 def _fuse(args):
@@ -533,6 +582,7 @@ def _add_export_checkpoint(p):
 
 ARGS = {"check": _add_check, "show": _add_show, "fmt": _add_check, "graph": _add_graph,
         "memory": _add_memory, "convert": _add_convert, "compile": _add_compile, "run": _add_run}
+ARGS["bench"] = _add_bench
 ARGS["explore"] = _add_explore
 ARGS["export"] = _add_export
 ARGS["train"] = _add_train

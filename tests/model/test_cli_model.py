@@ -90,3 +90,19 @@ def test_run_refuses_contradictory_fuse_flags(capsys):
     assert main(["run", LAYOUT, "--fuse", "zzz"]) == 2
     err = capsys.readouterr().err
     assert err.count("add_norm") == 1 and "Traceback" not in err  # the valid names once
+
+
+def test_bench_prints_its_table_and_json(tmp_path, capsys):
+    """`archdsl bench` on a spec and on a saved model: a row a case, the analyzer's work beside each."""
+    assert main(["bench", LAYOUT, "--seq-len", "16", "--gen", "2", "--batch", "2"]) == 0
+    text = capsys.readouterr().out
+    assert all(case in text for case in ("forward", "train", "decode")) and "GFLOP" in text and "GB/s" in text
+    assert main(["compile", LAYOUT, "-o", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    assert main(["bench", str(tmp_path / "m"), "--seq-len", "8", "--cases", "decode", "--gen", "2", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert [r["case"] for r in rep["rows"]] == ["decode"] and rep["rows"][0]["bytes"] > 0
+    for argv, what in [(["--cases", "fwd"], "unknown case 'fwd'"), (["--gen", "0"], "--gen"),
+                       (["--seq-len", "8q"], "--seq-len: not a count")]:
+        assert main(["bench", LAYOUT, *argv]) == 2
+        assert what in capsys.readouterr().err
