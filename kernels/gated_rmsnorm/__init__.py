@@ -1,0 +1,3 @@
+from .op import gated_rmsnorm
+
+__all__ = ["gated_rmsnorm"]

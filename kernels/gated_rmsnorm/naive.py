@@ -1,0 +1,15 @@
+"""Reference gated RMSNorm (HF MambaRMSNormGated, norm after the gate), in float32 (float64 for float64)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def gated_rmsnorm_naive(x, z, weight, eps=1e-5, groups=1):
+    """h = x · silu(z); out = weight · (h / rms(h)) with the rms over each group of N / groups channels.
+    x, z [..., N], weight [N] → out [..., N] in x's dtype (the normalised h rounded to it, then times weight)."""
+    wd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    h = x.to(wd) * F.silu(z.to(wd))
+    g = h.view(*h.shape[:-1], groups, -1)
+    g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * g.view_as(h).to(x.dtype)

@@ -1,0 +1,82 @@
+"""Gated RMSNorm (Mamba-2's norm(y · silu(z))): the Triton kernels (interpreted on CPU) == the naive twin,
+outputs and the gradients of x, z and weight, over random row counts, widths that are not powers of two,
+groups, and a gate whose rows are strided (a slice of in_proj's output, as the model passes it)."""
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from archdsl.kernels import gated_rmsnorm
+from archdsl.kernels.gated_rmsnorm.naive import gated_rmsnorm_naive
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _needs_triton(monkeypatch):
+    monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+    if DEV == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+
+
+def _inputs(lead, N, dtype, strided, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, N, generator=g).to(DEV, dtype)
+    z = torch.randn(*lead, N + 7 if strided else N, generator=g).to(DEV, dtype)[..., :N]  # rows N + 7 apart
+    w = (1 + 0.2 * torch.randn(N, generator=g)).to(DEV, dtype)
+    return x, z, w
+
+
+def _check(lead, N, groups, strided, dtype, tol):
+    x, z, w = (t.requires_grad_(True) for t in _inputs(lead, N, dtype, strided))
+    ref_in = [t.detach().clone().requires_grad_(True) for t in (x, z, w)]
+    out = gated_rmsnorm(x, z, w, 1e-5, groups)
+    ref = gated_rmsnorm_naive(*ref_in, 1e-5, groups)
+    assert out.dtype == x.dtype and out.shape == x.shape
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEV, dtype)
+    (out.float() * dout.float()).sum().backward()
+    (ref.float() * dout.float()).sum().backward()
+    for name, a, b in zip("xzw", (x, z, w), ref_in):
+        torch.testing.assert_close(a.grad, b.grad, rtol=tol, atol=tol * max(1, lead[0] ** 0.5 if name == "w" else 1),
+                                   msg=lambda m, name=name: f"d{name}: {m}")
+
+
+@settings(max_examples=12, deadline=None)
+@given(rows=st.integers(1, 9), ng=st.sampled_from([1, 5, 16, 33]), groups=st.sampled_from([1, 2, 3]),
+       strided=st.booleans())
+def test_triton_matches_naive(rows, ng, groups, strided):
+    if DEV == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    os.environ["ARCHDSL_KERNELS"] = "triton"
+    try:
+        _check((rows,), ng * groups, groups, strided, torch.float32, 1e-5)
+    finally:
+        del os.environ["ARCHDSL_KERNELS"]
+
+
+def test_cpu_default_is_the_twin():
+    x, z, w = _inputs((2, 3), 12, torch.float64, True)
+    assert torch.equal(gated_rmsnorm(x, z, w, 1e-6, 3), gated_rmsnorm_naive(x, z, w, 1e-6, 3))
+
+
+def test_argument_errors():
+    x, z, w = _inputs((2,), 12, torch.float32, False)
+    for args, what in [((x, z[:, :6], w), "z"), ((x, z, w[:6]), "weight"), ((x, z, w, 1e-5, 5), "groups"),
+                       ((x, z, w, -1.0), "eps")]:
+        with pytest.raises(ValueError, match=what):
+            gated_rmsnorm(*args)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("lead, N, groups", [((2, 4096), 5120, 1), ((1, 1000), 8192, 8), ((3, 77), 2560, 2)])
+def test_gpu_full_sizes(lead, N, groups, monkeypatch):
+    """Mamba-2 2.7B's and Codestral's widths, float32 to the twin and bf16 as close as bf16 allows."""
+    _needs_triton(monkeypatch)
+    _check(lead, N, groups, True, torch.float32, 1e-4)
+    x, z, w = _inputs(lead, N, torch.bfloat16, True)
+    out = gated_rmsnorm(x, z, w, 1e-5, groups)
+    ref = gated_rmsnorm_naive(x.float(), z.float(), w.float(), 1e-5, groups)
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
