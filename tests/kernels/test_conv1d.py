@@ -24,10 +24,12 @@ def backend(name):
         os.environ.pop("ARCHDSL_KERNELS") if old is None else os.environ.__setitem__("ARCHDSL_KERNELS", old)
 
 
-def make(b, D, L, W, *, bias=True, init=False, dtype=torch.float32, device="cpu", seed=0):
+def make(b, D, L, W, *, bias=True, init=False, dtype=torch.float32, device="cpu", seed=0, channels_last=False):
+    """channels_last: x a transposed slice of a [b, L, D + 3] tensor, as Mamba-2 passes in_proj's output."""
     g = torch.Generator(device=device).manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, device=device).to(dtype)
-    return dict(x=r(b, D, L), weight=r(D, W) / W ** 0.5, bias=r(D) if bias else None,
+    x = r(b, L, D + 3)[:, :, 1:D + 1].transpose(1, 2) if channels_last else r(b, D, L)
+    return dict(x=x, weight=r(D, W) / W ** 0.5, bias=r(D) if bias else None,
                 initial_states=r(b, D, W - 1) if init else None)
 
 
@@ -36,13 +38,16 @@ def run(fn, t, activation, grads=True):
         with torch.no_grad():
             return list(fn(t["x"], t["weight"], t["bias"], activation, initial_states=t["initial_states"],
                            return_final_states=True))
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items() if v is not None}
+    leaves = {k: (v.detach() if k == "x" else v.detach().clone()).requires_grad_() for k, v in t.items()
+              if v is not None}  # x keeps its strides
     a = {**t, **leaves}
     y, fin = fn(a["x"], a["weight"], a["bias"], activation, initial_states=a["initial_states"],
                 return_final_states=True)
     if not grads:
         return [y, fin]
-    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(y.device)
+    B, D, L = y.shape
+    w = torch.randn(B, L, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64).transpose(1, 2)
+    w = w.to(y.device) if t["x"].stride(1) == 1 else w.contiguous().to(y.device)  # dy laid out as x
     return [y, fin] + list(torch.autograd.grad((y.double() * w).sum(), list(leaves.values())))
 
 
@@ -61,9 +66,9 @@ shapes = dict(b=st.integers(1, 2), D=st.sampled_from([1, 3, 5, 17]), L=st.sample
 
 
 @settings(max_examples=25, deadline=None)
-@given(**shapes)
-def test_triton_matches_naive(b, D, L, W, act, bias, init):
-    t = make(b, D, L, W, bias=bias, init=init)
+@given(**shapes, channels_last=st.booleans())
+def test_triton_matches_naive(b, D, L, W, act, bias, init, channels_last):
+    t = make(b, D, L, W, bias=bias, init=init, channels_last=channels_last)
     want = run(causal_conv1d_naive, {k: v.double() if v is not None else None for k, v in t.items()}, act)
     with backend("triton"):
         assert_close(run(causal_conv1d, t, act), want, 1e-5)
@@ -125,10 +130,13 @@ gpu = pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
-def test_gpu_full_size(dtype, tol):
-    t = make(4, 5120, 4096, 4, init=True, dtype=dtype, device="cuda")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gpu_full_size(dtype, tol, channels_last):
+    t = make(4, 5120, 4096, 4, init=True, dtype=dtype, device="cuda", channels_last=channels_last)
     want = run(causal_conv1d_torch, {k: v.double() for k, v in t.items()}, "silu")
-    assert_close(run(causal_conv1d, t, "silu"), want, tol)
+    got = run(causal_conv1d, t, "silu")
+    assert_close(got, want, tol)
+    assert (got[0].stride(1) == 1) == channels_last  # y laid out as x
 
 
 @pytest.mark.gpu

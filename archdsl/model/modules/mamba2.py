@@ -95,7 +95,9 @@ class Mamba2(nn.Module, Fusable):
 
         Bsz, L, _ = x.shape
         z, xBC, dt = self._split(self.in_proj(x))
-        xBC = conv_forward(xBC.transpose(1, 2).contiguous(), self.conv1d.weight[:, 0], self.conv1d.bias,
+        # channels-last: the conv reads in_proj's slice in place and writes [B, L, conv_dim], so that the
+        # heads' reshapes below are views (no transposed copies in or out)
+        xBC = conv_forward(xBC.transpose(1, 2), self.conv1d.weight[:, 0], self.conv1d.bias,
                            None if state is None else state["conv"]).transpose(1, 2)
         u, B, C = xBC.split([self.E, self.G * self.N, self.G * self.N], dim=-1)
         gate = None if self.norm is not None else z.reshape(Bsz, L, self.H, self.P)
