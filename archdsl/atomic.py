@@ -36,6 +36,22 @@ def write_atomic(path: str, data: str | bytes) -> None:
         raise
 
 
+def check_output(path: str, flag: str = "-o", directory: bool = False) -> None:
+    """Before any work: ArchDSLError unless `path` can become a file (or with `directory`, a directory).
+    Missing parent directories are fine: every writer creates them."""
+    if not path:
+        raise ArchDSLError(f"{flag}: give a path")
+    if os.path.isdir(path) and not directory:
+        raise ArchDSLError(f"{flag} {path}: is a directory; give a file name")
+    if os.path.exists(path) and directory and not os.path.isdir(path):
+        raise ArchDSLError(f"{flag} {path}: exists and is not a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ArchDSLError(f"{flag} {path}: {parent} is a file, not a directory")
+
+
 @contextmanager
 def atomic_dir(path: str, names: frozenset[str]) -> Iterator[str]:
     """Yield a fresh temporary directory beside `path` to fill with files of the given `names`; when the block

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 
+from .atomic import check_output
 from .errors import ArchDSLError
 
 COMMANDS = {}
@@ -74,22 +75,6 @@ def count_text(n: int) -> str:
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def check_output(path: str, flag: str = "-o", directory: bool = False) -> None:
-    """Before any work: ArchDSLError unless `path` can become a file (or with `directory`, a directory).
-    Missing parent directories are fine: every writer creates them."""
-    if not path:
-        raise ArchDSLError(f"{flag}: give a path")
-    if os.path.isdir(path) and not directory:
-        raise ArchDSLError(f"{flag} {path}: is a directory; give a file name")
-    if os.path.exists(path) and directory and not os.path.isdir(path):
-        raise ArchDSLError(f"{flag} {path}: exists and is not a directory")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ArchDSLError(f"{flag} {path}: {parent} is a file, not a directory")
 
 
 def human(n: float, unit: str = "") -> str:

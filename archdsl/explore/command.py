@@ -75,7 +75,8 @@ def check_flags(args) -> None:
 
 
 def explore_command(args) -> None:
-    from ..cli import check_output, parse_count
+    from ..atomic import check_output
+    from ..cli import parse_count
     from .runner import ProbeSpec, run
     from .search import parse_constraint
     from .space import load_space

@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..atomic import write_atomic
+from ..atomic import check_output, write_atomic
 from ..errors import ArchDSLError
 from .checkpoint import checkpoints, check_spec, latest, load_checkpoint, save_checkpoint, spec_sha
 from .config import TrainConfig
@@ -54,7 +54,6 @@ def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
 
 def prepare(cfg: TrainConfig):
     """Every check that can fail on bad input, with no side effects; the same answer on every rank."""
-    from ..cli import check_output
     from ..spec import load_spec
 
     check_output(cfg.rundir, "-o", directory=True)
