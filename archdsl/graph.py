@@ -13,11 +13,11 @@ Sublayer in order (INJECT, MIXER, FFN — each optional, at least one). Graph at
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, get_args, get_type_hints
+from typing import Any, get_args
 
 import networkx as nx
 
-from .blocks import BLOCKS, arg_names, make_config
+from .blocks import BLOCKS, arg_names, make_config, type_hints
 from .blocks.base import FFN, INJECT, MIXER, BlockConfig, ConfigError
 from .errors import ArchDSLError, did_you_mean
 from .language.ast import Block, Group, Layer, Layout, Repeat, Span
@@ -164,7 +164,7 @@ def check_blocks(spec) -> None:
         else:
             raise spec.error(f"blocks: unknown block kind {name!r} (an alias gives its kind with `kind:`)",
                              ("blocks", name, "<key>"), did_you_mean(name, BLOCKS))
-        valid, hints = arg_names(kind), get_type_hints(BLOCKS[kind])
+        valid, hints = arg_names(kind), type_hints(kind)
         for arg, value in args.items():
             if arg == "kind":
                 continue

@@ -8,6 +8,7 @@ valid ones, types, choices) and then by the config's own check() (ranges, divisi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 
@@ -82,12 +83,18 @@ def _type_name(tp) -> str:
     return "none" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+@functools.cache
+def type_hints(kind: str) -> dict:
+    """The field types of block `kind`'s config (typing.get_type_hints is slow: evaluated once a kind)."""
+    return typing.get_type_hints(BLOCKS[kind])
+
+
 def make_config(kind: str, args: dict, d_model: int) -> BlockConfig:
     """Build and validate the config of block `kind` from `args`; raises ConfigError(field, msg)."""
     if kind not in BLOCKS:
         raise ConfigError("kind", f"unknown block {kind!r}; {did_you_mean(kind, BLOCKS)}")
     cls = BLOCKS[kind]
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(kind)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "d_model"}
     choices = getattr(cls, "choices", {})
     values = {}

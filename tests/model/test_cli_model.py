@@ -65,15 +65,17 @@ def test_bad_seed_and_gen_exit_2(tmp_path, capsys):
 
 
 def test_run_applies_fuse_flags_to_a_saved_model(tmp_path, capsys):
-    out = str(tmp_path / "model")
-    assert main(["compile", LAYOUT, "-o", out]) == 0
+    (tmp_path / "tiny.yaml").write_text(YAML)
+    spec, out = str(tmp_path / "tiny.yaml"), str(tmp_path / "model")
+    assert main(["compile", spec, "-o", out]) == 0
     capsys.readouterr()
+
     def fusions(source, *flags):
         assert main(["run", source, "--prompt-len", "2", "--gen", "1", "--json", "--no-warmup", *flags]) == 0
         return json.loads(capsys.readouterr().out)["fusions"]
 
     assert fusions(out) and fusions(out, "--no-fuse") == []
-    assert fusions(out, "--fuse", "qkv,step") == fusions(LAYOUT, "--fuse", "qkv,step") == ["qkv", "step"]
+    assert fusions(out, "--fuse", "qkv,step") == fusions(spec, "--fuse", "qkv,step") == ["qkv", "step"]
     if not torch.cuda.is_available():
         assert main(["run", out, "--cuda-graph"]) == 2
         assert "--cuda-graph needs a CUDA device" in capsys.readouterr().err
@@ -94,15 +96,17 @@ def test_run_refuses_contradictory_fuse_flags(capsys):
 
 def test_bench_prints_its_table_and_json(tmp_path, capsys):
     """`archdsl bench` on a spec and on a saved model: a row a case, the analyzer's work beside each."""
-    assert main(["bench", LAYOUT, "--seq-len", "16", "--gen", "2", "--batch", "2"]) == 0
+    (tmp_path / "tiny.yaml").write_text(YAML)
+    spec = str(tmp_path / "tiny.yaml")
+    assert main(["bench", spec, "--seq-len", "16", "--gen", "2", "--batch", "2"]) == 0
     text = capsys.readouterr().out
     assert all(case in text for case in ("forward", "train", "decode")) and "GFLOP" in text and "GB/s" in text
-    assert main(["compile", LAYOUT, "-o", str(tmp_path / "m")]) == 0
+    assert main(["compile", spec, "-o", str(tmp_path / "m")]) == 0
     capsys.readouterr()
     assert main(["bench", str(tmp_path / "m"), "--seq-len", "8", "--cases", "decode", "--gen", "2", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert [r["case"] for r in rep["rows"]] == ["decode"] and rep["rows"][0]["bytes"] > 0
     for argv, what in [(["--cases", "fwd"], "unknown case 'fwd'"), (["--gen", "0"], "--gen"),
                        (["--seq-len", "8q"], "--seq-len: not a count")]:
-        assert main(["bench", LAYOUT, *argv]) == 2
+        assert main(["bench", spec, *argv]) == 2
         assert what in capsys.readouterr().err
