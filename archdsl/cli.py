@@ -417,15 +417,20 @@ def _add_bench(p):
                    help="tokens a forward / training call takes, and the decode prompt (default 2048)")
     p.add_argument("--gen", type=count("--gen"), default=64, help="decode steps timed (default 64)")
     p.add_argument("--cases", default="forward,train,decode", help="some of forward, train, decode (comma-separated)")
+    _add_model_args(p, seed_of="the random tokens")
+    p.add_argument("--json", action="store_true")
+
+
+def _add_model_args(p, seed_of: str):
+    """The options _model reads: --device, --dtype, --seed, --cuda-graph, --fuse / --no-fuse (run, bench)."""
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="float32 (default; a saved model keeps its own), bfloat16, ...")
     p.add_argument("--seed", type=parse_seed, default=0,
-                   help="seed of the random tokens and, for a spec, of the random weights")
+                   help=f"seed of {seed_of} and, for a spec, of the random weights (a saved model keeps its own)")
     p.add_argument("--cuda-graph", action="store_true", help="decode steps replayed from a CUDA graph (--device cuda)")
     p.add_argument("--fuse", default=None, metavar="NAMES",
                    help="only these fusions, comma-separated (add_norm, qkv, epilogue, step, norm_gemv, pdl; default: all)")
     p.add_argument("--no-fuse", action="store_true", help="switch every fusion off")
-    p.add_argument("--json", action="store_true")
 
 
 def _model(args):
@@ -472,15 +477,7 @@ def _add_run(p):
     p.add_argument("--gen", type=count("--gen", minimum=0), default=128,
                    help="tokens to decode after the prompt (0: none)")
     p.add_argument("--batch", type=count("--batch"), default=1)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None, help="float32 (default; a saved model keeps its own), bfloat16, ...")
-    p.add_argument("--seed", type=parse_seed, default=0,
-                   help="seed of the random prompt and, for a spec, of the random weights "
-                        "(a saved model keeps its own)")
-    p.add_argument("--cuda-graph", action="store_true", help="replay the decode step from a CUDA graph (--device cuda)")
-    p.add_argument("--fuse", default=None, metavar="NAMES",
-                   help="only these fusions, comma-separated (add_norm, qkv, epilogue, step, norm_gemv, pdl; default: all)")
-    p.add_argument("--no-fuse", action="store_true", help="switch every fusion off")
+    _add_model_args(p, seed_of="the random prompt")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="run one untimed prefill and decode step first (kernel compilation, allocator); default on")
     p.add_argument("--json", action="store_true")
