@@ -5,7 +5,15 @@ initial states on the left, so one kernel body with four unrolled taps serves al
 x_ext[j] is x[j] for j >= 0 and the (padded) initial state for -3 <= j < 0.
 The backward runs over the positions j in [-3, L): dx_ext[j] = sum_s w[3-s] g[j+s], where
 g = dout * act'(pre) is recomputed from x; the j < 0 part is the initial-state gradient.
-Weight and bias gradients are per-tile partials summed by torch.
+Weight and bias gradients are per-program partials summed by torch.
+
+Two kernel shapes, by x's layout:
+- steps contiguous ([B, D, L], Mamba-1): 2-D tiles [BLOCK_D, BLOCK_L] whose taps are shifted loads
+  (each thread reads runs of steps); the backward recomputes g at the four shifts of a tile.
+- channels contiguous (a [B, L, D] tensor transposed, Mamba-2 reads in_proj's slice so): a program
+  walks its steps in order, four at a time, with a row of BLOCK_D channels a step (coalesced) and the
+  window of the last three inputs (and, backward, of the next three g) in registers, so every x, dy
+  and g is loaded or computed once.
 """
 from __future__ import annotations
 
@@ -21,11 +29,11 @@ TAPS = 4
 
 
 @triton.jit
-def _x_ext(x_ptr, init_ptr, row, irow, j, L, dmask, sxt, HAS_INIT: tl.constexpr, STEPS1: tl.constexpr):
+def _x_ext(x_ptr, init_ptr, row, irow, j, L, dmask, sxt, HAS_INIT: tl.constexpr):
     """x_ext at positions j (>= -3 where used), as fp32 `[BLOCK_D, BLOCK_L]`; 0 outside. row: the
     channels' offsets into x, sxt: x's step stride."""
     jj = j[None, :]
-    v = tl.load(x_ptr + row[:, None] + _steps(jj, sxt, STEPS1), mask=dmask[:, None] & (jj >= 0) & (jj < L),
+    v = tl.load(x_ptr + row[:, None] + jj.to(tl.int64) * sxt, mask=dmask[:, None] & (jj >= 0) & (jj < L),
                 other=0.0).to(tl.float32)
     if HAS_INIT:
         iv = tl.load(init_ptr + irow[:, None] + 3 + jj, mask=dmask[:, None] & (jj < 0) & (jj >= -3), other=0.0)
@@ -34,21 +42,9 @@ def _x_ext(x_ptr, init_ptr, row, irow, j, L, dmask, sxt, HAS_INIT: tl.constexpr,
 
 
 @triton.jit
-def _steps(t, stride, STEPS1: tl.constexpr):
-    """Offsets of steps t along a stride: t itself where the steps are adjacent (STEPS1; 32-bit, as the
-    contiguous layout always had: 64-bit offsets cost the backward 4%), else t · stride in 64 bits."""
-    if STEPS1:
-        off = t
-    else:
-        off = t.to(tl.int64) * stride
-    return off
-
-
-@triton.jit
 def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, y_ptr, L, DIM, sxb, sxd, sxt, syb, syd, syt,
                      BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr, STEPS1: tl.constexpr):
-    """STEPS1: x's and y's steps adjacent (step stride 1)."""
+                     HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr):
     pid_l, pid_d = tl.program_id(0), tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -61,11 +57,11 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, y_ptr, L, DIM, sxb, sxd, sxt
         acc += tl.load(b_ptr + d, mask=dmask, other=0.0).to(tl.float32)[:, None]
     for k in tl.static_range(4):
         wk = tl.load(w_ptr + d * 4 + k, mask=dmask, other=0.0).to(tl.float32)
-        acc += wk[:, None] * _x_ext(x_ptr, init_ptr, row, irow, t - 3 + k, L, dmask, sxt, HAS_INIT, STEPS1)
+        acc += wk[:, None] * _x_ext(x_ptr, init_ptr, row, irow, t - 3 + k, L, dmask, sxt, HAS_INIT)
     if SILU:
         acc = acc * tl.sigmoid(acc)
     yrow = b * syb + d.to(tl.int64) * syd
-    tl.store(y_ptr + yrow[:, None] + _steps(t[None, :], syt, STEPS1), acc.to(y_ptr.dtype.element_ty),
+    tl.store(y_ptr + yrow[:, None] + t[None, :].to(tl.int64) * syt, acc.to(y_ptr.dtype.element_ty),
              mask=dmask[:, None] & (t < L)[None, :])
 
 
@@ -73,8 +69,8 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, y_ptr, L, DIM, sxb, sxd, sxt
 def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, dy_ptr, dx_ptr, dinit_ptr, dw_ptr, db_ptr, L, DIM, NBLK,
                      sxb, sxd, sxt, sgb, sgd, sgt, sdb, sdd, sdt,
                      BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr, STEPS1: tl.constexpr):
-    """sx*, sg*, sd*: the batch, channel and step strides of x, dy and dx; STEPS1: all three step strides 1."""
+                     HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr):
+    """sx*, sg*, sd*: the batch, channel and step strides of x, dy and dx."""
     pid_l, pid_d = tl.program_id(0), tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -90,22 +86,22 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, dy_ptr, dx_ptr, dinit_ptr, d
     w1 = tl.load(w_ptr + d * 4 + 1, mask=dmask, other=0.0).to(tl.float32)[:, None]
     w2 = tl.load(w_ptr + d * 4 + 2, mask=dmask, other=0.0).to(tl.float32)[:, None]
     w3 = tl.load(w_ptr + d * 4 + 3, mask=dmask, other=0.0).to(tl.float32)[:, None]
-    xm3 = _x_ext(x_ptr, init_ptr, row, irow, j - 3, L, dmask, sxt, HAS_INIT, STEPS1)
-    xm2 = _x_ext(x_ptr, init_ptr, row, irow, j - 2, L, dmask, sxt, HAS_INIT, STEPS1)
-    xm1 = _x_ext(x_ptr, init_ptr, row, irow, j - 1, L, dmask, sxt, HAS_INIT, STEPS1)
-    x0 = _x_ext(x_ptr, init_ptr, row, irow, j, L, dmask, sxt, HAS_INIT, STEPS1)
-    xp1 = _x_ext(x_ptr, init_ptr, row, irow, j + 1, L, dmask, sxt, HAS_INIT, STEPS1)
-    xp2 = _x_ext(x_ptr, init_ptr, row, irow, j + 2, L, dmask, sxt, HAS_INIT, STEPS1)
-    xp3 = _x_ext(x_ptr, init_ptr, row, irow, j + 3, L, dmask, sxt, HAS_INIT, STEPS1)
+    xm3 = _x_ext(x_ptr, init_ptr, row, irow, j - 3, L, dmask, sxt, HAS_INIT)
+    xm2 = _x_ext(x_ptr, init_ptr, row, irow, j - 2, L, dmask, sxt, HAS_INIT)
+    xm1 = _x_ext(x_ptr, init_ptr, row, irow, j - 1, L, dmask, sxt, HAS_INIT)
+    x0 = _x_ext(x_ptr, init_ptr, row, irow, j, L, dmask, sxt, HAS_INIT)
+    xp1 = _x_ext(x_ptr, init_ptr, row, irow, j + 1, L, dmask, sxt, HAS_INIT)
+    xp2 = _x_ext(x_ptr, init_ptr, row, irow, j + 2, L, dmask, sxt, HAS_INIT)
+    xp3 = _x_ext(x_ptr, init_ptr, row, irow, j + 3, L, dmask, sxt, HAS_INIT)
     # g at t = j + s needs x_ext[t-3 .. t]
-    g0 = _grad_pre(dy_ptr, grow, j, L, dmask, sgt, bias, w0 * xm3 + w1 * xm2 + w2 * xm1 + w3 * x0, SILU, STEPS1)
-    g1 = _grad_pre(dy_ptr, grow, j + 1, L, dmask, sgt, bias, w0 * xm2 + w1 * xm1 + w2 * x0 + w3 * xp1, SILU, STEPS1)
-    g2 = _grad_pre(dy_ptr, grow, j + 2, L, dmask, sgt, bias, w0 * xm1 + w1 * x0 + w2 * xp1 + w3 * xp2, SILU, STEPS1)
-    g3 = _grad_pre(dy_ptr, grow, j + 3, L, dmask, sgt, bias, w0 * x0 + w1 * xp1 + w2 * xp2 + w3 * xp3, SILU, STEPS1)
+    g0 = _grad_pre(dy_ptr, grow, j, L, dmask, sgt, bias, w0 * xm3 + w1 * xm2 + w2 * xm1 + w3 * x0, SILU)
+    g1 = _grad_pre(dy_ptr, grow, j + 1, L, dmask, sgt, bias, w0 * xm2 + w1 * xm1 + w2 * x0 + w3 * xp1, SILU)
+    g2 = _grad_pre(dy_ptr, grow, j + 2, L, dmask, sgt, bias, w0 * xm1 + w1 * x0 + w2 * xp1 + w3 * xp2, SILU)
+    g3 = _grad_pre(dy_ptr, grow, j + 3, L, dmask, sgt, bias, w0 * x0 + w1 * xp1 + w2 * xp2 + w3 * xp3, SILU)
     dx = w3 * g0 + w2 * g1 + w1 * g2 + w0 * g3
     jj = j[None, :]
     drow = b * sdb + d.to(tl.int64) * sdd
-    tl.store(dx_ptr + drow[:, None] + _steps(jj, sdt, STEPS1), dx.to(dx_ptr.dtype.element_ty),
+    tl.store(dx_ptr + drow[:, None] + jj.to(tl.int64) * sdt, dx.to(dx_ptr.dtype.element_ty),
              mask=dmask[:, None] & (jj >= 0) & (jj < L))
     if HAS_INIT:
         tl.store(dinit_ptr + irow[:, None] + 3 + jj, dx.to(dinit_ptr.dtype.element_ty),
@@ -119,16 +115,168 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, dy_ptr, dx_ptr, dinit_ptr, d
 
 
 @triton.jit
-def _grad_pre(dy_ptr, row, t, L, dmask, sgt, bias, pre, SILU: tl.constexpr, STEPS1: tl.constexpr):
+def _grad_pre(dy_ptr, row, t, L, dmask, sgt, bias, pre, SILU: tl.constexpr):
     """dout * act'(pre) at positions t; 0 outside [0, L). row: the channels' offsets into dy, sgt its step stride."""
     tt = t[None, :]
     m = dmask[:, None] & (tt >= 0) & (tt < L)
-    g = tl.load(dy_ptr + row[:, None] + _steps(tt, sgt, STEPS1), mask=m, other=0.0).to(tl.float32)
+    g = tl.load(dy_ptr + row[:, None] + tt.to(tl.int64) * sgt, mask=m, other=0.0).to(tl.float32)
     if SILU:
         p = pre + bias[:, None]
         s = tl.sigmoid(p)
         g = g * s * (1.0 + p * (1.0 - s))
     return tl.where(m, g, 0.0)
+
+
+# ------------------------------------------------------------------ channels contiguous: a walk over the steps
+@triton.jit
+def _when(dmask, ok):
+    """dmask where the one step's condition ok holds (`dmask & ok`, which the interpreter makes an int mask)."""
+    return tl.where(ok, dmask, False)
+
+
+@triton.jit
+def _x_at(x_ptr, init_ptr, row, irow, t, L, dmask, sxt, HAS_INIT: tl.constexpr):
+    """x_ext at one step t (>= -3) of the channels, fp32 `[BLOCK_D]`; 0 past L (and before 0 without init)."""
+    v = tl.load(x_ptr + row + tl.cast(t, tl.int64) * sxt, mask=_when(dmask, (t >= 0) & (t < L)), other=0.0).to(tl.float32)
+    if HAS_INIT:
+        v += tl.load(init_ptr + irow + 3 + t, mask=_when(dmask, t < 0), other=0.0).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _act(pre, SILU: tl.constexpr):
+    if SILU:
+        pre = pre * tl.sigmoid(pre)
+    return pre
+
+
+@triton.jit
+def _g_at(dy_ptr, grow, t, L, dmask, sgt, pre, SILU: tl.constexpr):
+    """g = dout * act'(pre) at one step t, fp32 `[BLOCK_D]`; 0 outside [0, L). pre includes the bias."""
+    g = tl.load(dy_ptr + grow + tl.cast(t, tl.int64) * sgt, mask=_when(dmask, (t >= 0) & (t < L)), other=0.0).to(tl.float32)
+    if SILU:
+        s = tl.sigmoid(pre)
+        g = g * s * (1.0 + pre * (1.0 - s))
+    return g
+
+
+@triton.jit
+def _conv_fwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, y_ptr, L, DIM, sxb, sxd, sxt, syb, syd, syt,
+                           BLOCK_D: tl.constexpr, STEPS: tl.constexpr,
+                           HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr):
+    """One program: BLOCK_D channels over the steps [pid_l * STEPS, + STEPS), STEPS a multiple of 4."""
+    pid_l, pid_d = tl.program_id(0), tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = d < DIM
+    row = b * sxb + d.to(tl.int64) * sxd
+    yrow = b * syb + d.to(tl.int64) * syd
+    irow = (b * DIM + d.to(tl.int64)) * 3
+    w0 = tl.load(w_ptr + d * 4 + 0, mask=dmask, other=0.0)
+    w1 = tl.load(w_ptr + d * 4 + 1, mask=dmask, other=0.0)
+    w2 = tl.load(w_ptr + d * 4 + 2, mask=dmask, other=0.0)
+    w3 = tl.load(w_ptr + d * 4 + 3, mask=dmask, other=0.0)
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    t0 = pid_l * STEPS
+    xa = _x_at(x_ptr, init_ptr, row, irow, t0 - 3, L, dmask, sxt, HAS_INIT)  # the window x[t-3 .. t-1]
+    xb = _x_at(x_ptr, init_ptr, row, irow, t0 - 2, L, dmask, sxt, HAS_INIT)
+    xc = _x_at(x_ptr, init_ptr, row, irow, t0 - 1, L, dmask, sxt, HAS_INIT)
+    for t in range(t0, tl.minimum(t0 + STEPS, L), 4):
+        x0 = _x_at(x_ptr, init_ptr, row, irow, t, L, dmask, sxt, HAS_INIT)
+        x1 = _x_at(x_ptr, init_ptr, row, irow, t + 1, L, dmask, sxt, HAS_INIT)
+        x2 = _x_at(x_ptr, init_ptr, row, irow, t + 2, L, dmask, sxt, HAS_INIT)
+        x3 = _x_at(x_ptr, init_ptr, row, irow, t + 3, L, dmask, sxt, HAS_INIT)
+        y0 = _act(bias + w0 * xa + w1 * xb + w2 * xc + w3 * x0, SILU)
+        y1 = _act(bias + w0 * xb + w1 * xc + w2 * x0 + w3 * x1, SILU)
+        y2 = _act(bias + w0 * xc + w1 * x0 + w2 * x1 + w3 * x2, SILU)
+        y3 = _act(bias + w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3, SILU)
+        ty = y_ptr.dtype.element_ty
+        tl.store(y_ptr + yrow + tl.cast(t, tl.int64) * syt, y0.to(ty), mask=dmask)
+        tl.store(y_ptr + yrow + tl.cast(t + 1, tl.int64) * syt, y1.to(ty), mask=_when(dmask, t + 1 < L))
+        tl.store(y_ptr + yrow + tl.cast(t + 2, tl.int64) * syt, y2.to(ty), mask=_when(dmask, t + 2 < L))
+        tl.store(y_ptr + yrow + tl.cast(t + 3, tl.int64) * syt, y3.to(ty), mask=_when(dmask, t + 3 < L))
+        xa, xb, xc = x1, x2, x3
+
+
+@triton.jit
+def _conv_bwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, dy_ptr, dx_ptr, dinit_ptr, dw_ptr, db_ptr, L, DIM, NBLK,
+                           sxb, sxd, sxt, sgb, sgd, sgt, sdb, sdd, sdt,
+                           BLOCK_D: tl.constexpr, STEPS: tl.constexpr,
+                           HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr):
+    """One program: BLOCK_D channels, dx_ext at j in [pid_l * STEPS - 3, + STEPS), and the weight and bias
+    gradients' parts from g at [pid_l * STEPS, + STEPS). It walks g forward four steps at a time: g[q .. q+3]
+    completes dx_ext[q-3 .. q] with the three g before it (the window gm3, gm2, gm1)."""
+    pid_l, pid_d = tl.program_id(0), tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = d < DIM
+    row = b * sxb + d.to(tl.int64) * sxd
+    grow = b * sgb + d.to(tl.int64) * sgd
+    drow = b * sdb + d.to(tl.int64) * sdd
+    irow = (b * DIM + d.to(tl.int64)) * 3
+    w0 = tl.load(w_ptr + d * 4 + 0, mask=dmask, other=0.0)
+    w1 = tl.load(w_ptr + d * 4 + 1, mask=dmask, other=0.0)
+    w2 = tl.load(w_ptr + d * 4 + 2, mask=dmask, other=0.0)
+    w3 = tl.load(w_ptr + d * 4 + 3, mask=dmask, other=0.0)
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    q0 = pid_l * STEPS
+    # the prologue: g at q0-3 .. q0-1 (the previous program's, not counted in dw here) from x at q0-6 .. q0-1
+    xa = _x_at(x_ptr, init_ptr, row, irow, q0 - 6, L, dmask, sxt, HAS_INIT)
+    xb = _x_at(x_ptr, init_ptr, row, irow, q0 - 5, L, dmask, sxt, HAS_INIT)
+    xc = _x_at(x_ptr, init_ptr, row, irow, q0 - 4, L, dmask, sxt, HAS_INIT)
+    x0 = _x_at(x_ptr, init_ptr, row, irow, q0 - 3, L, dmask, sxt, HAS_INIT)
+    x1 = _x_at(x_ptr, init_ptr, row, irow, q0 - 2, L, dmask, sxt, HAS_INIT)
+    x2 = _x_at(x_ptr, init_ptr, row, irow, q0 - 1, L, dmask, sxt, HAS_INIT)
+    gm3 = _g_at(dy_ptr, grow, q0 - 3, L, dmask, sgt, bias + w0 * xa + w1 * xb + w2 * xc + w3 * x0, SILU)
+    gm2 = _g_at(dy_ptr, grow, q0 - 2, L, dmask, sgt, bias + w0 * xb + w1 * xc + w2 * x0 + w3 * x1, SILU)
+    gm1 = _g_at(dy_ptr, grow, q0 - 1, L, dmask, sgt, bias + w0 * xc + w1 * x0 + w2 * x1 + w3 * x2, SILU)
+    xa, xb, xc = x0, x1, x2  # the window x[q-3 .. q-1]
+    dw0 = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dw1 = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dw2 = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dw3 = tl.zeros([BLOCK_D], dtype=tl.float32)
+    db = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for q in range(q0, tl.minimum(q0 + STEPS, L + 3), 4):
+        x0 = _x_at(x_ptr, init_ptr, row, irow, q, L, dmask, sxt, HAS_INIT)
+        x1 = _x_at(x_ptr, init_ptr, row, irow, q + 1, L, dmask, sxt, HAS_INIT)
+        x2 = _x_at(x_ptr, init_ptr, row, irow, q + 2, L, dmask, sxt, HAS_INIT)
+        x3 = _x_at(x_ptr, init_ptr, row, irow, q + 3, L, dmask, sxt, HAS_INIT)
+        g0 = _g_at(dy_ptr, grow, q, L, dmask, sgt, bias + w0 * xa + w1 * xb + w2 * xc + w3 * x0, SILU)
+        g1 = _g_at(dy_ptr, grow, q + 1, L, dmask, sgt, bias + w0 * xb + w1 * xc + w2 * x0 + w3 * x1, SILU)
+        g2 = _g_at(dy_ptr, grow, q + 2, L, dmask, sgt, bias + w0 * xc + w1 * x0 + w2 * x1 + w3 * x2, SILU)
+        g3 = _g_at(dy_ptr, grow, q + 3, L, dmask, sgt, bias + w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3, SILU)
+        dw0 += g0 * xa + g1 * xb + g2 * xc + g3 * x0
+        dw1 += g0 * xb + g1 * xc + g2 * x0 + g3 * x1
+        dw2 += g0 * xc + g1 * x0 + g2 * x1 + g3 * x2
+        dw3 += g0 * x0 + g1 * x1 + g2 * x2 + g3 * x3
+        db += g0 + g1 + g2 + g3
+        _store_dx(dx_ptr, dinit_ptr, drow, irow, q - 3, L, dmask, sdt, w3 * gm3 + w2 * gm2 + w1 * gm1 + w0 * g0,
+                  HAS_INIT)
+        _store_dx(dx_ptr, dinit_ptr, drow, irow, q - 2, L, dmask, sdt, w3 * gm2 + w2 * gm1 + w1 * g0 + w0 * g1,
+                  HAS_INIT)
+        _store_dx(dx_ptr, dinit_ptr, drow, irow, q - 1, L, dmask, sdt, w3 * gm1 + w2 * g0 + w1 * g1 + w0 * g2,
+                  HAS_INIT)
+        _store_dx(dx_ptr, dinit_ptr, drow, irow, q, L, dmask, sdt, w3 * g0 + w2 * g1 + w1 * g2 + w0 * g3, HAS_INIT)
+        xa, xb, xc = x1, x2, x3
+        gm3, gm2, gm1 = g1, g2, g3
+    part = (b * NBLK + pid_l) * DIM + d
+    tl.store(dw_ptr + part * 4 + 0, dw0, mask=dmask)
+    tl.store(dw_ptr + part * 4 + 1, dw1, mask=dmask)
+    tl.store(dw_ptr + part * 4 + 2, dw2, mask=dmask)
+    tl.store(dw_ptr + part * 4 + 3, dw3, mask=dmask)
+    tl.store(db_ptr + part, db, mask=dmask)
+
+
+@triton.jit
+def _store_dx(dx_ptr, dinit_ptr, drow, irow, j, L, dmask, sdt, dx, HAS_INIT: tl.constexpr):
+    """dx_ext at one step j >= -3: into dx for j in [0, L), into the initial state's gradient for j < 0."""
+    tl.store(dx_ptr + drow + tl.cast(j, tl.int64) * sdt, dx.to(dx_ptr.dtype.element_ty), mask=_when(dmask, (j >= 0) & (j < L)))
+    if HAS_INIT:
+        tl.store(dinit_ptr + irow + 3 + j, dx.to(dinit_ptr.dtype.element_ty), mask=_when(dmask, j < 0))
 
 
 @triton.jit
@@ -163,9 +311,20 @@ def _conv_update_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, DIM, S, W, s_sb, 
 
 
 # ---------------------------------------------------------------------------------------
-def _blocks(x):
-    """(BLOCK_D, BLOCK_L): 4096 elements a tile, long along whichever of channels and steps is contiguous."""
-    return (64, 64) if _channels_last(x) else (16, 256)
+# (BLOCK_D, BLOCK_L, num_warps) of the tile kernels (steps contiguous), forward and backward, and
+# (BLOCK_D, STEPS, num_warps) of the step walks (channels contiguous), from a sweep on the H200
+# (docs/benchmarks.md). The backward's tiles are small: it holds eleven shifted tiles at once, and at
+# [16, 256] it took 255 registers and spilled (1.16 ms against 0.64 at [8, 64], B4 D5120 L4096 bf16).
+TILE_FWD = (16, 256, 4)
+TILE_BWD = (8, 64, 4)
+WALK = (256, 64, 4)
+
+
+def _walk_blocks(dim, config):
+    """(BLOCK_D, STEPS, num_warps) for `dim` channels: narrower blocks (and fewer warps) for few channels."""
+    bd, steps, warps = config
+    bd = min(bd, max(next_pow2(dim), 16))
+    return bd, steps, max(1, min(warps, bd // 32))
 
 
 def _channels_last(x) -> bool:
@@ -192,11 +351,15 @@ def conv_fwd(x, weight, bias, init, silu):
     batch, dim, L = x.shape
     w4, i4 = _pad(weight, init)
     y = _empty_as(x)
-    bd, bl = _blocks(x)
-    grid = (cdiv(L, bl), cdiv(dim, bd), batch)
-    _conv_fwd_kernel[grid](x, w4, bias, i4, y, L, dim, *x.stride(), *y.stride(),
-                           BLOCK_D=bd, BLOCK_L=bl, HAS_BIAS=bias is not None,
-                           HAS_INIT=init is not None, SILU=silu, STEPS1=x.stride(2) == y.stride(2) == 1, num_warps=4)
+    flags = dict(HAS_BIAS=bias is not None, HAS_INIT=init is not None, SILU=silu)
+    if _channels_last(x):
+        bd, steps, warps = _walk_blocks(dim, WALK)
+        _conv_fwd_steps_kernel[(cdiv(L, steps), cdiv(dim, bd), batch)](
+            x, w4, bias, i4, y, L, dim, *x.stride(), *y.stride(), BLOCK_D=bd, STEPS=steps, **flags, num_warps=warps)
+        return y
+    bd, bl, warps = TILE_FWD
+    _conv_fwd_kernel[(cdiv(L, bl), cdiv(dim, bd), batch)](
+        x, w4, bias, i4, y, L, dim, *x.stride(), *y.stride(), BLOCK_D=bd, BLOCK_L=bl, **flags, num_warps=warps)
     return y
 
 
@@ -204,16 +367,20 @@ def conv_bwd(x, weight, bias, init, dy, silu):
     batch, dim, L = x.shape
     W = weight.shape[1]
     w4, i4 = _pad(weight, init)
-    bd, bl = _blocks(x)
+    walk = _channels_last(x)
+    bd, bl, warps = _walk_blocks(dim, WALK) if walk else TILE_BWD
     nblk = cdiv(L + 3, bl)
     dx = _empty_as(x)
     dinit4 = torch.empty(batch, dim, TAPS - 1, device=x.device, dtype=init.dtype) if init is not None else None
     dw = torch.empty(batch, nblk, dim, TAPS, device=x.device, dtype=torch.float32)
     db = torch.empty(batch, nblk, dim, device=x.device, dtype=torch.float32)
-    _conv_bwd_kernel[(nblk, cdiv(dim, bd), batch)](
-        x, w4, bias, i4, dy, dx, dinit4, dw, db, L, dim, nblk, *x.stride(), *dy.stride(), *dx.stride(),
-        BLOCK_D=bd, BLOCK_L=bl, HAS_BIAS=bias is not None, HAS_INIT=init is not None,
-        SILU=silu, STEPS1=x.stride(2) == dy.stride(2) == dx.stride(2) == 1, num_warps=4)
+    args = (x, w4, bias, i4, dy, dx, dinit4, dw, db, L, dim, nblk, *x.stride(), *dy.stride(), *dx.stride())
+    flags = dict(HAS_BIAS=bias is not None, HAS_INIT=init is not None, SILU=silu, num_warps=warps)
+    if walk:
+        _conv_bwd_steps_kernel[(nblk, cdiv(dim, bd), batch)](*args, BLOCK_D=bd, STEPS=bl, **flags)
+    else:
+        _conv_bwd_kernel[(nblk, cdiv(dim, bd), batch)](
+            *args, BLOCK_D=bd, BLOCK_L=bl, **flags)
     dweight = dw.sum((0, 1))[:, TAPS - W:].to(weight.dtype)
     dbias = db.sum((0, 1)).to(bias.dtype) if bias is not None else None
     dinit = dinit4[:, :, TAPS - W:] if dinit4 is not None else None
