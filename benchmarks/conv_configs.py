@@ -36,7 +36,7 @@ from archdsl.kernels.conv1d.chunked import causal_conv1d_torch  # noqa: E402
 
 TB_PER_S = 4.2e12
 TILES = [(16, 256, 4), (16, 64, 4), (8, 128, 4), (4, 256, 4), (16, 128, 8), (8, 256, 8), (16, 64, 8), (8, 64, 4),
-         (16, 32, 4)]
+         (16, 32, 4), (4, 128, 4), (4, 64, 2), (8, 32, 2)]
 WALKS = [(256, 64, 4), (128, 64, 4), (512, 64, 4), (256, 32, 4), (128, 32, 4), (256, 128, 8), (256, 64, 8),
          (64, 64, 2)]
 
@@ -57,7 +57,8 @@ def _relerr(a, b) -> float:
 def rows_for(name, x, attr, configs):
     D = x.shape[1]
     w, b = torch.randn(D, 4, device="cuda") / 2, torch.randn(D, device="cuda")
-    dy = torch.empty_like(x).normal_()  # laid out as x, as autograd hands it back
+    dy = tc._empty_as(x).normal_()  # laid out as y, as autograd hands it back (empty_like copies a slice's
+    # layout only when it is dense: Mamba-2's slice would get a steps-contiguous dy, read across the walk)
     leaves = [x.detach().float().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()]
     want = causal_conv1d_torch(*leaves, "silu")
     want = [want.detach()] + list(torch.autograd.grad(want, leaves, dy.float()))
