@@ -81,6 +81,23 @@ def test_torch_matches_naive(b, D, L, W, act, bias, init):
     assert_close(run(causal_conv1d_torch, t, act), run(causal_conv1d_naive, t, act), 1e-12)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_triton_gradient_in_the_other_layout(channels_last):
+    """dy laid out unlike x (a steps-contiguous dy for a channels-last x runs the walk reading dy across the
+    channels; the reverse runs the tiles reading dy across the steps): the same gradients, in x's layout."""
+    t = make(2, 19, 150, 4, init=True, channels_last=channels_last)
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
+    dy = torch.randn(2, 19, 150, dtype=torch.float64)
+    dy = dy.float() if channels_last else dy.transpose(1, 2).contiguous().transpose(1, 2).float()
+    want = torch.autograd.grad(causal_conv1d_naive(*(leaves[k].double() for k in ("x", "weight", "bias")), "silu",
+                                                   leaves["initial_states"].double()), list(leaves.values()), dy.double())
+    with backend("triton"):
+        y = causal_conv1d(leaves["x"], leaves["weight"], leaves["bias"], "silu", leaves["initial_states"])
+        got = torch.autograd.grad(y, list(leaves.values()), dy)
+    assert (got[0].stride(1) == 1) == channels_last
+    assert_close(got, want, 1e-5)
+
+
 @pytest.mark.parametrize("name", ["triton", "torch"])
 def test_split_continues_from_final_states(name):
     t = make(2, 5, 23, 4, init=True)
