@@ -161,6 +161,19 @@ def _g_at(dy_ptr, grow, t, L, dmask, sgt, pre, SILU: tl.constexpr):
 
 
 @triton.jit
+def _taps(w_ptr, b_ptr, d, dmask, HAS_BIAS: tl.constexpr):
+    """The four (padded) weights and the bias of the channels d, fp32 `[BLOCK_D]` each (bias 0 without one)."""
+    w0 = tl.load(w_ptr + d * 4 + 0, mask=dmask, other=0.0)
+    w1 = tl.load(w_ptr + d * 4 + 1, mask=dmask, other=0.0)
+    w2 = tl.load(w_ptr + d * 4 + 2, mask=dmask, other=0.0)
+    w3 = tl.load(w_ptr + d * 4 + 3, mask=dmask, other=0.0)
+    bias = tl.zeros_like(w0)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    return w0, w1, w2, w3, bias
+
+
+@triton.jit
 def _conv_fwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, y_ptr, L, DIM, sxb, sxd, sxt, syb, syd, syt,
                            BLOCK_D: tl.constexpr, STEPS: tl.constexpr,
                            HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr):
@@ -172,13 +185,7 @@ def _conv_fwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, y_ptr, L, DIM, sxb, sx
     row = b * sxb + d.to(tl.int64) * sxd
     yrow = b * syb + d.to(tl.int64) * syd
     irow = (b * DIM + d.to(tl.int64)) * 3
-    w0 = tl.load(w_ptr + d * 4 + 0, mask=dmask, other=0.0)
-    w1 = tl.load(w_ptr + d * 4 + 1, mask=dmask, other=0.0)
-    w2 = tl.load(w_ptr + d * 4 + 2, mask=dmask, other=0.0)
-    w3 = tl.load(w_ptr + d * 4 + 3, mask=dmask, other=0.0)
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    w0, w1, w2, w3, bias = _taps(w_ptr, b_ptr, d, dmask, HAS_BIAS)
     t0 = pid_l * STEPS
     xa = _x_at(x_ptr, init_ptr, row, irow, t0 - 3, L, dmask, sxt, HAS_INIT)  # the window x[t-3 .. t-1]
     xb = _x_at(x_ptr, init_ptr, row, irow, t0 - 2, L, dmask, sxt, HAS_INIT)
@@ -216,13 +223,7 @@ def _conv_bwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, dy_ptr, dx_ptr, dinit_
     grow = b * sgb + d.to(tl.int64) * sgd
     drow = b * sdb + d.to(tl.int64) * sdd
     irow = (b * DIM + d.to(tl.int64)) * 3
-    w0 = tl.load(w_ptr + d * 4 + 0, mask=dmask, other=0.0)
-    w1 = tl.load(w_ptr + d * 4 + 1, mask=dmask, other=0.0)
-    w2 = tl.load(w_ptr + d * 4 + 2, mask=dmask, other=0.0)
-    w3 = tl.load(w_ptr + d * 4 + 3, mask=dmask, other=0.0)
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    w0, w1, w2, w3, bias = _taps(w_ptr, b_ptr, d, dmask, HAS_BIAS)
     q0 = pid_l * STEPS
     # the prologue: g at q0-3 .. q0-1 (the previous program's, not counted in dw here) from x at q0-6 .. q0-1
     xa = _x_at(x_ptr, init_ptr, row, irow, q0 - 6, L, dmask, sxt, HAS_INIT)
