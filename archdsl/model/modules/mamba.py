@@ -7,6 +7,11 @@
     y = selective_scan(x, dt, A = -exp(A_log) [E, N], B, C, D [E], z) ─out_proj─▶ [B, L, d]
     (the "epilogue" fusion: D and the gate z inside the scan; off, y = (y + D·x) · silu(z) after it)
 
+The parallel forward lays the inner tensors out [B, E, L], the steps contiguous, as the conv and the scan
+read them: in_proj is one GEMM W · xᵀ, x_proj and dt_proj are W · u a batch (mamba_ssm's layout). The
+weights are read directly, so hooks on those three Linear modules do not run there; the decode step
+calls them as modules.
+
 The decode state: conv window [B, E, K-1] (model dtype) and SSM state [B, E, N] (float32 for 16-bit
 models, else the model dtype).
 """
@@ -22,11 +27,12 @@ from ..fusions import Fusable
 from .conv import conv_forward, conv_step
 
 
-def rms(x, weight, eps):
-    """RMSNorm computed in float32 (float64 stays float64), as HF's RMSNorm classes."""
+def rms(x, weight, eps, dim=-1):
+    """RMSNorm over `dim` computed in float32 (float64 stays float64), as HF's RMSNorm classes; weight
+    broadcast against x (`[F, 1]` for dim=1 of `[B, F, L]`)."""
     dtype = x.dtype
     h = x.float() if dtype != torch.float64 else x
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    h = h * torch.rsqrt(h.pow(2).mean(dim, keepdim=True) + eps)
     h = h.to(dtype)
     return h if weight is None else weight * h
 
@@ -119,26 +125,44 @@ class Mamba(nn.Module, Fusable):
     def _f(self, p):
         return p if p.dtype == torch.float64 else p.float()
 
+    def _ssm_params_t(self, u):
+        """u [B, E, L] → dt [B, E, L] (before bias / softplus), B, C [B, N, L]: x_proj and dt_proj as W · u
+        a batch, so that their outputs have the steps contiguous, as the scan reads them."""
+        dt, B, C = torch.matmul(self.x_proj.weight, u).split([self.R, self.N, self.N], dim=1)
+        mode, eps = self.cfg.inner_norms, self.cfg.inner_norm_eps
+        if mode != "none":
+            w = mode == "weighted"
+            dt = rms(dt, self.dt_layernorm[:, None] if w else None, eps, dim=1)
+            B = rms(B, self.b_layernorm[:, None] if w else None, eps, dim=1)
+            C = rms(C, self.c_layernorm[:, None] if w else None, eps, dim=1)
+        return torch.matmul(self.dt_proj.weight, dt), B, C
+
+    def _in_proj_t(self, x):
+        """x [B, L, d] → xz [B, 2E, L], the steps contiguous: one GEMM W · xᵀ over the B·L tokens, as mamba_ssm
+        lays it out. F.linear's [B, L, 2E] had to be copied into it for the conv and for the scan, and the
+        gradients back, each layer."""
+        Bsz, L, d = x.shape
+        xt = x.reshape(Bsz * L, d).t()
+        w, b = self.in_proj.weight, self.in_proj.bias
+        xz = torch.mm(w, xt) if b is None else torch.addmm(b[:, None], w, xt)
+        return xz.view(-1, Bsz, L).transpose(0, 1)
+
     # --- parallel ----------------------------------------------------------------------
     def forward(self, x, state=None, **ctx):
         """x [B, L, d] → [B, L, d]; a given state is continued and left after the last token."""
         from archdsl.kernels import selective_scan
 
-        xz = self.in_proj(x).transpose(1, 2)  # [B, 2E, L]
-        u, z = xz.chunk(2, dim=1)
+        u, z = self._in_proj_t(x).chunk(2, dim=1)  # [B, E, L] each, the steps contiguous
         w, b = self.conv1d.weight[:, 0], self.conv1d.bias
-        u = conv_forward(u.contiguous(), w, b, None if state is None else state["conv"])
-        dt, B, C = self._ssm_params(u.transpose(1, 2))
+        u = conv_forward(u, w, b, None if state is None else state["conv"])
+        dt, B, C = self._ssm_params_t(u)
         epi = "epilogue" in self.fused
-        kw = dict(D=self._f(self.D) if epi else None, z=z.contiguous() if epi else None,
+        kw = dict(D=self._f(self.D) if epi else None, z=z if epi else None,
                   delta_bias=self._f(self.dt_proj.bias), delta_softplus=True)
         if state is None:
-            y = selective_scan(u, dt.transpose(1, 2).contiguous(), self._A(), B.transpose(1, 2).contiguous(),
-                               C.transpose(1, 2).contiguous(), **kw)
+            y = selective_scan(u, dt, self._A(), B, C, **kw)
         else:
-            y, last = selective_scan(u, dt.transpose(1, 2).contiguous(), self._A(), B.transpose(1, 2).contiguous(),
-                                     C.transpose(1, 2).contiguous(), return_last_state=True,
-                                     initial_state=state["ssm"], **kw)
+            y, last = selective_scan(u, dt, self._A(), B, C, return_last_state=True, initial_state=state["ssm"], **kw)
             state["ssm"].copy_(last)
         if not epi:
             y = skip_gate(y, u, self._f(self.D)[:, None], z)
