@@ -107,16 +107,19 @@ class Mamba(nn.Module, Fusable):
             self.D.fill_(1.0)
 
     # --- shared pieces -----------------------------------------------------------------
-    def _ssm_params(self, xc):
-        """xc [..., E] → dt [..., E] (before bias / softplus), B, C [..., N]."""
-        dt, B, C = self.x_proj(xc).split([self.R, self.N, self.N], dim=-1)
+    def _ssm_params(self, xc, dim=-1):
+        """xc's E features along `dim` → dt (E of them, before bias / softplus), B, C (N each) along the same dim.
+        xc [..., E] (decode) goes through the Linear modules; xc [B, E, L] with dim=1 (the parallel forward)
+        through W · xc a batch, so that dt, B, C have the steps contiguous, as the scan reads them."""
+        lin = (lambda m, t: m(t)) if dim == -1 else (lambda m, t: torch.matmul(m.weight, t))
+        dt, B, C = lin(self.x_proj, xc).split([self.R, self.N, self.N], dim=dim)
         mode, eps = self.cfg.inner_norms, self.cfg.inner_norm_eps
         if mode != "none":
-            w = mode == "weighted"
-            dt = rms(dt, self.dt_layernorm if w else None, eps)
-            B = rms(B, self.b_layernorm if w else None, eps)
-            C = rms(C, self.c_layernorm if w else None, eps)
-        return F.linear(dt, self.dt_proj.weight), B, C
+            def norm(t, name):
+                w = getattr(self, name) if mode == "weighted" else None
+                return rms(t, w if w is None or dim == -1 else w[:, None], eps, dim)
+            dt, B, C = norm(dt, "dt_layernorm"), norm(B, "b_layernorm"), norm(C, "c_layernorm")
+        return (F.linear(dt, self.dt_proj.weight) if dim == -1 else torch.matmul(self.dt_proj.weight, dt)), B, C
 
     def _A(self):
         A_log = self.A_log if self.A_log.dtype == torch.float64 else self.A_log.float()
@@ -124,18 +127,6 @@ class Mamba(nn.Module, Fusable):
 
     def _f(self, p):
         return p if p.dtype == torch.float64 else p.float()
-
-    def _ssm_params_t(self, u):
-        """u [B, E, L] → dt [B, E, L] (before bias / softplus), B, C [B, N, L]: x_proj and dt_proj as W · u
-        a batch, so that their outputs have the steps contiguous, as the scan reads them."""
-        dt, B, C = torch.matmul(self.x_proj.weight, u).split([self.R, self.N, self.N], dim=1)
-        mode, eps = self.cfg.inner_norms, self.cfg.inner_norm_eps
-        if mode != "none":
-            w = mode == "weighted"
-            dt = rms(dt, self.dt_layernorm[:, None] if w else None, eps, dim=1)
-            B = rms(B, self.b_layernorm[:, None] if w else None, eps, dim=1)
-            C = rms(C, self.c_layernorm[:, None] if w else None, eps, dim=1)
-        return torch.matmul(self.dt_proj.weight, dt), B, C
 
     def _in_proj_t(self, x):
         """x [B, L, d] → xz [B, 2E, L], the steps contiguous: one GEMM W · xᵀ over the B·L tokens, as mamba_ssm
@@ -155,7 +146,7 @@ class Mamba(nn.Module, Fusable):
         u, z = self._in_proj_t(x).chunk(2, dim=1)  # [B, E, L] each, the steps contiguous
         w, b = self.conv1d.weight[:, 0], self.conv1d.bias
         u = conv_forward(u, w, b, None if state is None else state["conv"])
-        dt, B, C = self._ssm_params_t(u)
+        dt, B, C = self._ssm_params(u, dim=1)
         epi = "epilogue" in self.fused
         kw = dict(D=self._f(self.D) if epi else None, z=z if epi else None,
                   delta_bias=self._f(self.dt_proj.bias), delta_softplus=True)
