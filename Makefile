@@ -33,7 +33,7 @@ test: setup
 	@ARCHDSL_RECORD_LAUNCHES=$(CURDIR)/out/launches.jsonl $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as a failure"; exit 1; fi; \
 	if [ $$rc -ne 0 ]; then exit $$rc; fi
-	$(BIN)/python tests/kernels/sm90.py out/launches.jsonl --jobs 2
+	$(BIN)/python tests/kernels/sm90.py out/launches.jsonl --jobs 2 --regs
 
 gpu-test: setup
 	$(BIN)/python -m pytest -q -m gpu
@@ -43,7 +43,7 @@ gpu-test: setup
 sm90-check: setup
 	rm -f out/launches.jsonl; mkdir -p out
 	ARCHDSL_RECORD_LAUNCHES=$(CURDIR)/out/launches.jsonl $(BIN)/python -m pytest -q -m "not gpu" -n 2 tests/kernels
-	$(BIN)/python tests/kernels/sm90.py out/launches.jsonl
+	$(BIN)/python tests/kernels/sm90.py out/launches.jsonl --regs
 
 bench:
 	$(PY) benchmarks/kernels.py

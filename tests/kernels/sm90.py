@@ -12,8 +12,9 @@ variable whose type changes between iterations, say). This closes that gap on th
      Gluon kernels are never interpreted: tests capture their launchers' launches with `launch_entry`
      (test_selective_scan.py's Gluon forward and backward) and compile them the same way.
 
-  make test          # the whole suite, then step 2 over what it launched (CI does this)
-  python tests/kernels/sm90.py FILE --regs   # also each kernel's registers and spill (stack) bytes
+  make test          # the whole suite, then step 2 with --regs over what it launched (CI does this)
+  python tests/kernels/sm90.py FILE --regs   # also each kernel's registers and spill (stack) bytes, and
+                                             # the count of launches that spill, by kernel
   make sm90-check    # the same over the kernel tests alone
 """
 from __future__ import annotations
@@ -186,8 +187,10 @@ def compile_launches(path: str, jobs: int = 1, regs: bool = False) -> int:
     """Compile each distinct launch recorded in `path` for sm_90, and its PDL form (with_pdl), in `jobs`
     processes; print each result (with regs: registers and stack bytes too); return the number that
     failed."""
+    import collections
     import concurrent.futures
     import multiprocessing
+    import re
 
     if not os.path.exists(path):  # on a GPU machine the kernels run compiled: nothing was interpreted
         print(f"{path}: no interpreted launches were recorded; nothing to compile")
@@ -195,15 +198,21 @@ def compile_launches(path: str, jobs: int = 1, regs: bool = False) -> int:
     recorded = {line.strip() for line in open(path) if line.strip()}
     entries = sorted(recorded | {pdl for pdl in map(with_pdl, recorded) if pdl})
     pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
-    failures = 0
+    failures, spills = 0, collections.Counter()
     with pool:
         for i, (line, status) in enumerate(zip(entries, pool.map(compile_one, entries, [regs] * len(entries))), 1):
             e = json.loads(line)
             failures += not status.startswith("ok")
+            stack = re.search(r"(\d+) bytes of stack", status)
+            if stack and int(stack.group(1)):
+                spills[e["name"]] += 1
             consts = {n: a["constexpr"] for n, a in e["args"].items()
                       if "type" not in a and a["constexpr"] is not None}
             print(f"[{i}/{len(entries)}] {e['module']}.{e['name']} {consts} {e['options']}: {status}", flush=True)
     print(f"{len(entries)} distinct launches, {failures} failed to compile for sm_90")
+    if regs:  # a spill is not an error (some tiles are fastest spilling a little), but it is worth seeing
+        print(f"{sum(spills.values())} of {len(entries) - failures} compiled launches spill registers to the stack"
+              + "".join(f"\n  {name}: {n}" for name, n in spills.most_common()))
     return failures
 
 

@@ -67,13 +67,14 @@ def test_records_launches_and_catches_what_the_compiler_rejects(tmp_path, monkey
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
-    run = subprocess.run([sys.executable, os.path.join(HERE, "sm90.py"), str(log), "--jobs", "1"],
+    run = subprocess.run([sys.executable, os.path.join(HERE, "sm90.py"), str(log), "--jobs", "1", "--regs"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 1, run.stdout + run.stderr
-    assert "sm90_samples.good {'BLOCK': 16} {'num_warps': 1}: ok" in run.stdout
+    assert "sm90_samples.good {'BLOCK': 16} {'num_warps': 1}: ok (" in run.stdout  # with its registers
     assert "sm90_samples.bad {'BLOCK': 16} {'num_warps': 1}: FAILED" in run.stdout
     assert "Loop-carried variable _" in run.stdout
     assert "2 distinct launches, 1 failed to compile for sm_90" in run.stdout
+    assert "0 of 1 compiled launches spill registers to the stack" in run.stdout
 
 
 def test_pdl_launches_are_also_compiled_with_pdl_on():
