@@ -1,5 +1,6 @@
 """Mamba-1 mixer: parallel == recurrent, prefill + decode, gradients; HF-style init and shapes."""
 import pytest
+from hypothesis import given, settings, strategies as st
 import torch
 
 from blockcheck import build, check_block
@@ -41,3 +42,33 @@ def test_state_is_constant_size():
     assert s["ssm"].shape == (3, 32, 4) and s["ssm"].dtype == torch.float32
     nbytes = sum(t.numel() * t.element_size() for t in s.values())
     assert nbytes == m.cfg.cache_bytes(3, 10**6, 2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 4), k=st.integers(1, 6), n=st.integers(1, 6), length=st.integers(1, 9),
+       bias=st.booleans(), tokens=st.booleans(), token_major=st.booleans(), chunk=st.sampled_from([1, 1 << 28]))
+def test_steps_linear_equals_linear(batch, k, n, length, bias, tokens, token_major, chunk):
+    """steps_linear == F.linear on the transposed input, values and the gradients of input, weight and bias
+    (float64), for a steps-contiguous t and for t = x.mT of a token-major x, either output layout, the
+    weight gradient summed in one batch chunk or in chunks of one."""
+    import archdsl.model.modules.steps_linear as sl
+
+    g = torch.Generator().manual_seed(batch * 1000 + k * 100 + n * 10 + length)
+    x = torch.randn(batch, length, k, dtype=torch.float64, generator=g)
+    t = (x.clone() if token_major else x.mT.contiguous()).requires_grad_()
+    tv = t.mT if token_major else t  # [B, K, L]
+    w = torch.randn(n, k, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(n, dtype=torch.float64, generator=g, requires_grad=True) if bias else None
+    old, sl._CHUNK_BYTES = sl._CHUNK_BYTES, chunk
+    try:
+        out = sl.steps_linear(tv, w, b, tokens=tokens)
+        assert out.is_contiguous() and out.shape == ((batch, length, n) if tokens else (batch, n, length))
+        ref = torch.nn.functional.linear(tv.mT, w, b)  # [B, L, N]
+        torch.testing.assert_close(out, ref if tokens else ref.mT)
+        gy = torch.randn(out.shape, dtype=torch.float64, generator=g)
+        got = torch.autograd.grad(out, [t, w] + ([b] if bias else []), gy)
+        want = torch.autograd.grad(ref, [t, w] + ([b] if bias else []), gy if tokens else gy.mT)
+        for a, e in zip(got, want):
+            torch.testing.assert_close(a, e)
+    finally:
+        sl._CHUNK_BYTES = old

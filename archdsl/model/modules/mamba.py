@@ -8,9 +8,9 @@
     (the "epilogue" fusion: D and the gate z inside the scan; off, y = (y + D·x) · silu(z) after it)
 
 The parallel forward lays the inner tensors out [B, E, L], the steps contiguous, as the conv and the scan
-read them: in_proj is one GEMM W · xᵀ, x_proj and dt_proj are W · u a batch (mamba_ssm's layout). The
-weights are read directly, so hooks on those three Linear modules do not run there; the decode step
-calls them as modules.
+read them (mamba_ssm's layout): in_proj, x_proj, dt_proj and out_proj are batched GEMMs on that layout
+(steps_linear), with no transposing copy forward or backward. The weights are read directly, so hooks on
+the four Linear modules do not run there; the decode step calls them as modules.
 
 The decode state: conv window [B, E, K-1] (model dtype) and SSM state [B, E, N] (float32 for 16-bit
 models, else the model dtype).
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..fusions import Fusable
 from .conv import conv_forward, conv_step
+from .steps_linear import steps_linear
 
 
 def rms(x, weight, eps, dim=-1):
@@ -110,8 +111,8 @@ class Mamba(nn.Module, Fusable):
     def _ssm_params(self, xc, dim=-1):
         """xc's E features along `dim` → dt (E of them, before bias / softplus), B, C (N each) along the same dim.
         xc [..., E] (decode) goes through the Linear modules; xc [B, E, L] with dim=1 (the parallel forward)
-        through W · xc a batch, so that dt, B, C have the steps contiguous, as the scan reads them."""
-        lin = (lambda m, t: m(t)) if dim == -1 else (lambda m, t: torch.matmul(m.weight, t))
+        through steps_linear, so that dt, B, C have the steps contiguous, as the scan reads them."""
+        lin = (lambda m, t: m(t)) if dim == -1 else (lambda m, t: steps_linear(t, m.weight))
         dt, B, C = lin(self.x_proj, xc).split([self.R, self.N, self.N], dim=dim)
         mode, eps = self.cfg.inner_norms, self.cfg.inner_norm_eps
         if mode != "none":
@@ -119,7 +120,7 @@ class Mamba(nn.Module, Fusable):
                 w = getattr(self, name) if mode == "weighted" else None
                 return rms(t, w if w is None or dim == -1 else w[:, None], eps, dim)
             dt, B, C = norm(dt, "dt_layernorm"), norm(B, "b_layernorm"), norm(C, "c_layernorm")
-        return (F.linear(dt, self.dt_proj.weight) if dim == -1 else torch.matmul(self.dt_proj.weight, dt)), B, C
+        return (F.linear(dt, self.dt_proj.weight) if dim == -1 else steps_linear(dt, self.dt_proj.weight)), B, C
 
     def _A(self):
         A_log = self.A_log if self.A_log.dtype == torch.float64 else self.A_log.float()
@@ -128,22 +129,12 @@ class Mamba(nn.Module, Fusable):
     def _f(self, p):
         return p if p.dtype == torch.float64 else p.float()
 
-    def _in_proj_t(self, x):
-        """x [B, L, d] → xz [B, 2E, L], the steps contiguous: one GEMM W · xᵀ over the B·L tokens, as mamba_ssm
-        lays it out. F.linear's [B, L, 2E] had to be copied into it for the conv and for the scan, and the
-        gradients back, each layer."""
-        Bsz, L, d = x.shape
-        xt = x.reshape(Bsz * L, d).t()
-        w, b = self.in_proj.weight, self.in_proj.bias
-        xz = torch.mm(w, xt) if b is None else torch.addmm(b[:, None], w, xt)
-        return xz.view(-1, Bsz, L).transpose(0, 1)
-
     # --- parallel ----------------------------------------------------------------------
     def forward(self, x, state=None, **ctx):
         """x [B, L, d] → [B, L, d]; a given state is continued and left after the last token."""
         from archdsl.kernels import selective_scan
 
-        u, z = self._in_proj_t(x).chunk(2, dim=1)  # [B, E, L] each, the steps contiguous
+        u, z = steps_linear(x.mT, self.in_proj.weight, self.in_proj.bias).chunk(2, dim=1)  # [B, E, L] each
         w, b = self.conv1d.weight[:, 0], self.conv1d.bias
         u = conv_forward(u, w, b, None if state is None else state["conv"])
         dt, B, C = self._ssm_params(u, dim=1)
@@ -157,7 +148,7 @@ class Mamba(nn.Module, Fusable):
             state["ssm"].copy_(last)
         if not epi:
             y = skip_gate(y, u, self._f(self.D)[:, None], z)
-        return self.out_proj(y.transpose(1, 2))
+        return steps_linear(y, self.out_proj.weight, self.out_proj.bias, tokens=True)
 
     # --- recurrent ---------------------------------------------------------------------
     def step(self, x, state, **ctx):

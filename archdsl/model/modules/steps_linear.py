@@ -1,0 +1,83 @@
+"""A Linear on the steps-contiguous layout [B, F, L] of the Mamba-1 mixer, with no transposing copy.
+
+`steps_linear(t, W, b)`          t [B, K, L] → W · t[b] + b   [B, N, L] contiguous
+`steps_linear(t, W, b, tokens=True)`        → (W · t[b] + b)ᵀ [B, L, N] contiguous
+
+t may be any view whose last two dims have a unit stride between them: the steps-contiguous [B, K, L]
+(x_proj and dt_proj read u and dt so) or x.mT of a token-major x [B, L, K] (in_proj). F.linear and
+torch.matmul fold the batch into the rows and so copy such a t into [B·L, K] (a transposing copy, ~4× the
+time of a plain one on the H200), and the backward copies the gradient back; here every product is one
+batched GEMM (cuBLAS reads a transposed or batch-broadcast operand in place):
+
+    forward   out[b]   = W · t[b]                     one bmm, W broadcast over the batch
+    backward  dt[b]    = Wᵀ · g[b]                    in t's layout: [B, K, L] contiguous, or (g[b]ᵀ · W)ᵀ
+              dW       = Σ_b g[b] · t[b]ᵀ             bmm over batch chunks (≤ 256 MiB each), summed in fp32
+              db       = Σ_{b,l} g[b, :, l]
+
+g is the output's gradient as [B, N, L] (a view of [B, L, N] with tokens=True).
+"""
+from __future__ import annotations
+
+import torch
+
+_CHUNK_BYTES = 1 << 28  # the [chunk, N, K] products of dW's batched GEMM
+
+
+def _unit_pair(t: torch.Tensor) -> torch.Tensor:
+    """t as bmm reads it in place: one of its last two dims of stride 1 (else a contiguous copy)."""
+    return t if 1 in (t.stride(-1), t.stride(-2)) else t.contiguous()
+
+
+def _weight_grad(g: torch.Tensor, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Σ_b g[b] · t[b]ᵀ: g [B, N, L], t [B, K, L] → [N, K] in `dtype`, accumulated over the batch in fp32
+    (float64 stays float64)."""
+    B, N, K = g.shape[0], g.shape[1], t.shape[1]
+    if B == 1:
+        return torch.mm(g[0], t[0].mT).to(dtype)
+    acc_dtype = torch.float64 if g.dtype == torch.float64 else torch.float32
+    step = max(1, min(B, _CHUNK_BYTES // max(1, N * K * g.element_size())))
+    acc = None
+    for i in range(0, B, step):
+        part = torch.bmm(g[i:i + step], t[i:i + step].mT).sum(0, dtype=acc_dtype)
+        acc = part if acc is None else acc.add_(part)
+    return acc.to(dtype)
+
+
+class _StepsLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t, weight, bias, tokens):
+        t = _unit_pair(t)
+        B = t.shape[0]
+        if tokens:  # [B, L, N] = t[b]ᵀ · Wᵀ
+            wt = weight.mT.expand(B, *weight.mT.shape)
+            out = torch.bmm(t.mT, wt) if bias is None else torch.baddbmm(bias.expand(B, t.shape[2], -1), t.mT, wt)
+        else:  # [B, N, L] = W · t[b]
+            w = weight.expand(B, *weight.shape)
+            out = torch.bmm(w, t) if bias is None else torch.baddbmm(bias[:, None].expand(B, -1, t.shape[2]), w, t)
+        ctx.save_for_backward(t, weight)
+        ctx.tokens, ctx.has_bias = tokens, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        t, weight = ctx.saved_tensors
+        g = _unit_pair(grad.mT if ctx.tokens else grad)  # [B, N, L]
+        B = g.shape[0]
+        dt = dW = db = None
+        if ctx.needs_input_grad[0]:
+            if t.stride(-1) == 1:  # t [B, K, L] steps-contiguous: Wᵀ · g[b]
+                dt = torch.bmm(weight.mT.expand(B, *weight.mT.shape), g)
+            else:  # t = x.mT of a token-major x: (g[b]ᵀ · W)ᵀ, so dx comes out [B, L, K] contiguous
+                dt = torch.bmm(g.mT, weight.expand(B, *weight.shape)).mT
+        if ctx.needs_input_grad[1]:
+            dW = _weight_grad(g, t, weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = g.sum((0, 2), dtype=torch.float64 if g.dtype == torch.float64 else torch.float32).to(weight.dtype)
+        return dt, dW, db, None
+
+
+def steps_linear(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 tokens: bool = False) -> torch.Tensor:
+    """t [B, K, L], weight [N, K], bias [N] or None → W · t + b as [B, N, L] (contiguous), or with
+    tokens=True its transpose [B, L, N] (contiguous)."""
+    return _StepsLinear.apply(t, weight, bias, tokens)
