@@ -12,6 +12,22 @@ def bench_ms(fn) -> float:
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
+def kernel_ms(fn, iters: int = 20) -> float:
+    """GPU time of fn() in ms: the sum of its kernels' durations (torch.profiler), a mean over `iters` calls
+    after 3 warm ones. For work whose host side outlasts its kernels in isolation (an autograd pass of
+    small kernels): inside a model the queue stays full and only the kernels count."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    return sum(e.self_device_time_total for e in prof.key_averages()) / iters / 1e3
+
+
 def bench_or_nan(fn) -> float:
     """bench_ms, or nan after printing why: one implementation failing to build must not hide the
     other figures of the run."""

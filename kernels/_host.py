@@ -26,6 +26,12 @@ def next_pow2(n: int) -> int:
     return p
 
 
+def sm_count(device: torch.device) -> int:
+    """The multiprocessors of a CUDA device (4 elsewhere: the interpreter's stand-in), for grids of a few
+    programs a multiprocessor that each walk many rows."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
 def dense(t: torch.Tensor | None) -> torch.Tensor | None:
     """t as the kernels index it: contiguous (a strided view is copied); None stays None."""
     return None if t is None else t.contiguous()

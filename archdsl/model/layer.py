@@ -38,19 +38,17 @@ class Norm(nn.Module, Fusable):
         return self.weight * h.to(dtype)
 
     def add_norm(self, h, delta):
-        """(h + delta, norm(h + delta)), h, delta [..., d]; with the "add_norm" fusion and no autograd,
-        one Triton kernel for RMSNorm (on CUDA, or the CPU under the interpreter with
-        ARCHDSL_KERNELS=triton). With autograd the separate ops run: their forward+backward measured
-        faster than the kernel's (0.87 vs 1.13 ms at [8192, 2048] bf16 on the H200)."""
-        if delta is None:
-            return h, self(h)
-        if ("add_norm" in self.fused and self.kind == "rmsnorm" and h.dtype != torch.float64
-                and not torch.is_grad_enabled() and _triton(h)):
+        """(h + delta, norm(h + delta)), h, delta [..., d] (delta may be None); with the "add_norm" fusion,
+        RMSNorm and the add run as one Triton kernel forward and one backward (on CUDA, or the CPU under the
+        interpreter with ARCHDSL_KERNELS=triton). Unfused, the torch ops run: on the H200 their training
+        step at [8192, 2560] bf16 took ~10x the kernels' time (docs/benchmarks.md)."""
+        if "add_norm" in self.fused and self.kind == "rmsnorm" and h.dtype != torch.float64 and _triton(h):
             from archdsl.kernels import add_rmsnorm
 
             out, h = add_rmsnorm(h, delta, self.weight, self.eps)  # h keeps the residual stream's dtype
             return h, out
-        h = h + delta
+        if delta is not None:
+            h = h + delta
         return h, self(h)
 
 

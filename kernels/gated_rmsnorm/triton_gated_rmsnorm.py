@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._host import cdiv, next_pow2
+from .._host import cdiv, next_pow2, sm_count
 
 
 @triton.jit
@@ -96,7 +96,7 @@ class GatedRMSNormFn(torch.autograd.Function):
         dout = dout.reshape(rows, N).contiguous()
         dx = torch.empty(rows, N, device=x2.device, dtype=x2.dtype)
         dz = torch.empty(rows, N, device=z2.device, dtype=z2.dtype)
-        rows_per = max(1, cdiv(rows, 4 * _sms(x2.device)))  # a few programs a multiprocessor, each many rows
+        rows_per = max(1, cdiv(rows, 4 * sm_count(x2.device)))  # a few programs a multiprocessor, each many rows
         progs = cdiv(rows, rows_per) if rows else 0
         dw = torch.empty(progs, N, device=x2.device, dtype=torch.float32)
         block = next_pow2(NG)
@@ -105,9 +105,3 @@ class GatedRMSNormFn(torch.autograd.Function):
                                    z2.stride(0), rows_per, BLOCK=block, num_warps=_warps(block))
         dweight = dw.sum(0).to(weight.dtype)
         return dx.view(ctx.shape), dz.view(ctx.shape), dweight, None, None
-
-
-def _sms(device) -> int:
-    if device.type != "cuda":
-        return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count

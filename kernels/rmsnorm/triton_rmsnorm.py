@@ -2,8 +2,12 @@
 
     h = x + r;  out = w · (h · rsqrt(mean(h²) + eps))      (statistics in float32)
 
-The backward is plain torch from the saved h and rstd (it runs during training only, where the
-GEMMs dominate); the forward is the decode / prefill hot path.
+The backward is one kernel too, from the saved h and rstd, a few programs a multiprocessor each walking a run
+of rows (its part of dw kept in registers, the parts summed after):
+
+    n = h · rstd;  dn = dout · w;  dx = rstd · (dn - n · mean(dn · n)) + dh;  dw = Σ_rows dout · n
+
+(dh: the gradient reaching h itself, from the residual stream; the residual's gradient is dx too.)
 """
 from __future__ import annotations
 
@@ -11,13 +15,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .._host import next_pow2
+from .._host import cdiv, next_pow2, sm_count
 
 
 @triton.jit
 def _add_rmsnorm_fwd(X, R, W, OUT, H, RSTD, N, eps, stride_x, stride_r, stride_o, stride_h,
                      HAS_R: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
     x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
@@ -51,6 +55,47 @@ def add_rmsnorm_fwd(x, residual, weight, eps):
     return out.view(*shape[:-1], N), h.view(shape), rstd
 
 
+@triton.jit
+def _add_rmsnorm_bwd(DOUT, DH, H, RSTD, W, DX, DW, ROWS, N, stride_do, stride_dh, stride_h, stride_dx, rows_per,
+                     HAS_DH: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < N
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK], dtype=tl.float32)
+    for i in range(rows_per):
+        row = pid.to(tl.int64) * rows_per + i
+        if row < ROWS:
+            n = tl.load(H + row * stride_h + cols, mask=mask, other=0.0).to(tl.float32) * tl.load(RSTD + row)
+            dout = tl.load(DOUT + row * stride_do + cols, mask=mask, other=0.0).to(tl.float32)
+            dw += dout * n.to(DOUT.dtype.element_ty).to(tl.float32)  # the forward rounds n before the weight
+            dn = dout * w
+            dx = tl.load(RSTD + row) * (dn - n * (tl.sum(dn * n, axis=0) / N))
+            if HAS_DH:
+                dx += tl.load(DH + row * stride_dh + cols, mask=mask, other=0.0).to(tl.float32)
+            tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+    tl.store(DW + pid.to(tl.int64) * N + cols, dw, mask=mask)
+
+
+def add_rmsnorm_bwd(dout, dh, h, rstd, weight):
+    """dout [..., N] (out's gradient), dh (h's own gradient, or None), the forward's h and rstd →
+    (dx in h's dtype and shape, dw in weight's dtype)."""
+    N = h.shape[-1]
+    h2, do2 = h.reshape(-1, N), dout.reshape(-1, N).contiguous()
+    dh2 = dh.reshape(-1, N).contiguous() if dh is not None else None
+    rows = h2.shape[0]
+    dx = torch.empty_like(h2)
+    rows_per = max(1, cdiv(rows, 4 * sm_count(h.device)))  # a few programs a multiprocessor, each many rows
+    progs = cdiv(rows, rows_per) if rows else 0
+    dw = torch.zeros(max(progs, 1), N, device=h.device, dtype=torch.float32)
+    BLOCK = next_pow2(N)
+    if rows:
+        _add_rmsnorm_bwd[(progs,)](do2, dh2, h2, rstd, weight.contiguous(), dx, dw, rows, N, do2.stride(0),
+                                   0 if dh2 is None else dh2.stride(0), h2.stride(0), dx.stride(0), rows_per,
+                                   HAS_DH=dh2 is not None, BLOCK=BLOCK, num_warps=min(16, max(1, BLOCK // 256)))
+    return dx.view(h.shape), dw.sum(0).to(weight.dtype)
+
+
 class AddRMSNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, residual, weight, eps):
@@ -62,14 +107,5 @@ class AddRMSNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dh):
         h, rstd, weight = ctx.saved_tensors
-        N = h.shape[-1]
-        hf = h.reshape(-1, N).float()
-        n = hf * rstd[:, None]
-        dy = dout.reshape(-1, N).float()
-        dw = (dy * n.to(h.dtype).float()).sum(0).to(weight.dtype)
-        dn = dy * weight.float()
-        dx = rstd[:, None] * (dn - n * (dn * n).mean(-1, keepdim=True))
-        if dh is not None:
-            dx = dx + dh.reshape(-1, N).float()
-        dx = dx.to(h.dtype).view(h.shape)
+        dx, dw = add_rmsnorm_bwd(dout, dh, h, rstd, weight)
         return dx, (dx if ctx.has_residual else None), dw, None

@@ -4,11 +4,12 @@ import os
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from archdsl.kernels import add_rmsnorm
 from archdsl.kernels.rmsnorm.naive import add_rmsnorm_naive
 
-SHAPES = [(1, 8), (3, 5, 33), (2, 7, 128), (4, 1, 300)]
+SHAPES = [(1, 8), (3, 5, 33), (2, 7, 128), (4, 1, 300), (2, 23, 24)]  # the last: programs of 3 rows, one short
 
 
 def _inputs(shape, dtype, seed=0):
@@ -23,6 +24,19 @@ def _inputs(shape, dtype, seed=0):
 @pytest.mark.parametrize("with_residual", [True, False])
 def test_triton_forward_backward_matches_naive(shape, with_residual, monkeypatch):
     monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+    _check_against_naive(shape, with_residual)
+
+
+@settings(max_examples=20, deadline=None)
+@given(rows=st.integers(1, 80), n=st.integers(1, 70), with_residual=st.booleans())
+def test_random_shapes_match_naive(rows, n, with_residual):
+    """The backward's programs each walk a run of rows (the last one short): any row count and width."""
+    with pytest.MonkeyPatch.context() as mp:  # hypothesis runs many examples in one test: no fixture
+        mp.setenv("ARCHDSL_KERNELS", "triton")
+        _check_against_naive((rows, n), with_residual)
+
+
+def _check_against_naive(shape, with_residual):
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs CUDA or TRITON_INTERPRET=1")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
