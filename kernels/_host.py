@@ -32,6 +32,11 @@ def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
+def row_warps(block: int) -> int:
+    """num_warps for a program that holds one row of `block` elements: 8 elements a thread, 1 to 16 warps."""
+    return min(16, max(1, block // 256))
+
+
 def dense(t: torch.Tensor | None) -> torch.Tensor | None:
     """t as the kernels index it: contiguous (a strided view is copied); None stays None."""
     return None if t is None else t.contiguous()

@@ -41,7 +41,7 @@ class Norm(nn.Module, Fusable):
         """(h + delta, norm(h + delta)), h, delta [..., d] (delta may be None); with the "add_norm" fusion,
         RMSNorm and the add run as one Triton kernel forward and one backward (on CUDA, or the CPU under the
         interpreter with ARCHDSL_KERNELS=triton). Unfused, the torch ops run: on the H200 their training
-        step at [8192, 2560] bf16 took ~10x the kernels' time (docs/benchmarks.md)."""
+        step at [8192, 2560] bf16 took ~7x the kernels' time (docs/benchmarks.md)."""
         if "add_norm" in self.fused and self.kind == "rmsnorm" and h.dtype != torch.float64 and _triton(h):
             from archdsl.kernels import add_rmsnorm
 

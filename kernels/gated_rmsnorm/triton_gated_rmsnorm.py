@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._host import cdiv, next_pow2, sm_count
+from .._host import cdiv, next_pow2, row_warps, sm_count
 
 
 @triton.jit
@@ -65,10 +65,6 @@ def _rows(t):
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _warps(block: int) -> int:
-    return min(16, max(1, block // 256))
-
-
 class GatedRMSNormFn(torch.autograd.Function):
     """(x, z, weight, eps, groups) → out, x's shape and dtype."""
 
@@ -82,7 +78,7 @@ class GatedRMSNormFn(torch.autograd.Function):
         block = next_pow2(NG)
         if rows:
             _gated_fwd[(rows, groups)](x2, z2, weight.contiguous(), out, rstd, NG, groups, eps, x2.stride(0),
-                                       z2.stride(0), BLOCK=block, num_warps=_warps(block))
+                                       z2.stride(0), BLOCK=block, num_warps=row_warps(block))
         ctx.save_for_backward(x2, z2, weight, rstd)
         ctx.shape, ctx.groups = shape, groups
         return out.view(shape)
@@ -96,12 +92,12 @@ class GatedRMSNormFn(torch.autograd.Function):
         dout = dout.reshape(rows, N).contiguous()
         dx = torch.empty(rows, N, device=x2.device, dtype=x2.dtype)
         dz = torch.empty(rows, N, device=z2.device, dtype=z2.dtype)
-        rows_per = max(1, cdiv(rows, 4 * sm_count(x2.device)))  # a few programs a multiprocessor, each many rows
+        rows_per = max(1, cdiv(rows, 2 * sm_count(x2.device)))  # 2 programs an SM (swept 1-16), each many rows
         progs = cdiv(rows, rows_per) if rows else 0
         dw = torch.empty(progs, N, device=x2.device, dtype=torch.float32)
         block = next_pow2(NG)
         if rows:
             _gated_bwd[(progs, G)](x2, z2, weight.contiguous(), dout, rstd, dx, dz, dw, rows, NG, G, x2.stride(0),
-                                   z2.stride(0), rows_per, BLOCK=block, num_warps=_warps(block))
+                                   z2.stride(0), rows_per, BLOCK=block, num_warps=row_warps(block))
         dweight = dw.sum(0).to(weight.dtype)
         return dx.view(ctx.shape), dz.view(ctx.shape), dweight, None, None

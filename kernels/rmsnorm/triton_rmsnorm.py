@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._host import cdiv, next_pow2, sm_count
+from .._host import cdiv, next_pow2, row_warps, sm_count
 
 
 @triton.jit
@@ -51,7 +51,7 @@ def add_rmsnorm_fwd(x, residual, weight, eps):
         _add_rmsnorm_fwd[(rows,)](x2, r2, weight.contiguous(), out, h, rstd, N, eps, x2.stride(0),
                                   0 if r2 is None else r2.stride(0), out.stride(0), h.stride(0),
                                   HAS_R=residual is not None, BLOCK=BLOCK,
-                                  num_warps=min(16, max(1, BLOCK // 256)))
+                                  num_warps=row_warps(BLOCK))
     return out.view(*shape[:-1], N), h.view(shape), rstd
 
 
@@ -85,14 +85,14 @@ def add_rmsnorm_bwd(dout, dh, h, rstd, weight):
     dh2 = dh.reshape(-1, N).contiguous() if dh is not None else None
     rows = h2.shape[0]
     dx = torch.empty_like(h2)
-    rows_per = max(1, cdiv(rows, 4 * sm_count(h.device)))  # a few programs a multiprocessor, each many rows
+    rows_per = max(1, cdiv(rows, 2 * sm_count(h.device)))  # 2 programs an SM (swept 1-16), each many rows
     progs = cdiv(rows, rows_per) if rows else 0
     dw = torch.zeros(max(progs, 1), N, device=h.device, dtype=torch.float32)
     BLOCK = next_pow2(N)
     if rows:
         _add_rmsnorm_bwd[(progs,)](do2, dh2, h2, rstd, weight.contiguous(), dx, dw, rows, N, do2.stride(0),
                                    0 if dh2 is None else dh2.stride(0), h2.stride(0), dx.stride(0), rows_per,
-                                   HAS_DH=dh2 is not None, BLOCK=BLOCK, num_warps=min(16, max(1, BLOCK // 256)))
+                                   HAS_DH=dh2 is not None, BLOCK=BLOCK, num_warps=row_warps(BLOCK))
     return dx.view(h.shape), dw.sum(0).to(weight.dtype)
 
 
