@@ -2,7 +2,7 @@
 
     h = x + r;  out = w · (h · rsqrt(mean(h²) + eps))      (statistics in float32)
 
-The backward is one kernel too, from the saved h and rstd, a few programs a multiprocessor each walking a run
+The backward is one kernel too, from the saved h and rstd, two programs a multiprocessor each walking a run
 of rows (its part of dw kept in registers, the parts summed after):
 
     n = h · rstd;  dn = dout · w;  dx = rstd · (dn - n · mean(dn · n)) + dh;  dw = Σ_rows dout · n
@@ -87,7 +87,7 @@ def add_rmsnorm_bwd(dout, dh, h, rstd, weight):
     dx = torch.empty_like(h2)
     rows_per = max(1, cdiv(rows, 2 * sm_count(h.device)))  # 2 programs an SM (swept 1-16), each many rows
     progs = cdiv(rows, rows_per) if rows else 0
-    dw = torch.zeros(max(progs, 1), N, device=h.device, dtype=torch.float32)
+    dw = torch.empty(progs, N, device=h.device, dtype=torch.float32)  # no rows: sums to zeros
     BLOCK = next_pow2(N)
     if rows:
         _add_rmsnorm_bwd[(progs,)](do2, dh2, h2, rstd, weight.contiguous(), dx, dw, rows, N, do2.stride(0),

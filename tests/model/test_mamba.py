@@ -59,8 +59,8 @@ def test_steps_linear_equals_linear(batch, k, n, length, bias, tokens, token_maj
     tv = t.mT if token_major else t  # [B, K, L]
     w = torch.randn(n, k, dtype=torch.float64, generator=g, requires_grad=True)
     b = torch.randn(n, dtype=torch.float64, generator=g, requires_grad=True) if bias else None
-    old, sl._CHUNK_BYTES = sl._CHUNK_BYTES, chunk
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # hypothesis runs many examples in one test: no fixture
+        mp.setattr(sl, "_CHUNK_BYTES", chunk)
         out = sl.steps_linear(tv, w, b, tokens=tokens)
         assert out.is_contiguous() and out.shape == ((batch, length, n) if tokens else (batch, n, length))
         ref = torch.nn.functional.linear(tv.mT, w, b)  # [B, L, N]
@@ -70,5 +70,3 @@ def test_steps_linear_equals_linear(batch, k, n, length, bias, tokens, token_maj
         want = torch.autograd.grad(ref, [t, w] + ([b] if bias else []), gy if tokens else gy.mT)
         for a, e in zip(got, want):
             torch.testing.assert_close(a, e)
-    finally:
-        sl._CHUNK_BYTES = old
