@@ -1,4 +1,5 @@
-"""mamba_ssm's CUDA selective-scan forward and backward, built from its sdist on the GPU machine, as peers.
+"""mamba_ssm's CUDA selective-scan forward and backward, and causal-conv1d's CUDA kernels, built from their
+sdists on the GPU machine, as peers.
 
 The sdist's csrc/selective_scan holds the CUDA kernels behind mamba_ssm's `selective_scan_fn`. Built
 whole, for every dtype and every compile-time flag of its kernels, it takes far longer than a timing run
@@ -9,8 +10,11 @@ cached by torch (TORCH_EXTENSIONS_DIR).
 
     python3 benchmarks/mamba_cuda.py          # build now (the benchmark then only loads it)
     python3 benchmarks/mamba_cuda.py bwd      # the backward (`load_bwd`: bf16, the benchmark's flags only)
+    python3 benchmarks/mamba_cuda.py conv     # causal-conv1d (`load_conv`: bf16 inputs and weights only)
+    python3 benchmarks/mamba_cuda.py peers    # all three, then install them where mamba_ssm imports them
 
-MAMBA_SSM_CSRC names the sdist's csrc/selective_scan folder (benchmarks/device_env.sh sets it).
+MAMBA_SSM_CSRC names the sdist's csrc/selective_scan folder and CAUSAL_CONV1D_CSRC causal-conv1d's csrc
+folder (benchmarks/device_env.sh sets both).
 """
 from __future__ import annotations
 
@@ -33,10 +37,10 @@ def load(verbose: bool = False):
     return _build("selective_scan_cuda_fwd_bf16", src, "selective_scan_fwd_bf16.cu", verbose)
 
 
-def _build(name, src, cu, verbose):
-    """The extension `name` from src's C++ binding and one .cu file, for this card only, loaded with lazy
-    binding (the symbols of the kernels left out are only missed if called); None, the reason printed, if
-    the build fails."""
+def _build(name, src, cu, verbose, cpp="selective_scan.cpp"):
+    """The extension `name` from src's C++ binding `cpp` and the .cu file(s) `cu`, for this card only,
+    loaded with lazy binding (the symbols of the kernels left out are only missed if called); None, the
+    reason printed, if the build fails."""
     import torch
     from torch.utils.cpp_extension import load as build
     major, minor = torch.cuda.get_device_capability()
@@ -45,7 +49,8 @@ def _build(name, src, cu, verbose):
     flags = sys.getdlopenflags()
     sys.setdlopenflags(os.RTLD_LAZY)
     try:
-        return build(name, [os.path.join(src, "selective_scan.cpp"), os.path.join(src, cu)], extra_cflags=["-O3"],
+        cus = [cu] if isinstance(cu, str) else list(cu)
+        return build(name, [os.path.join(src, f) for f in [cpp, *cus]], extra_cflags=["-O3"],
                      extra_cuda_cflags=FLAGS, extra_include_paths=[src], extra_ldflags=["-Wl,-z,lazy"],
                      verbose=verbose)
     except Exception as e:  # a peer that does not build must not stop the run
@@ -92,10 +97,60 @@ def load_bwd(verbose: bool = False):
     return _build("selective_scan_cuda_bwd_bf16", trimmed, "selective_scan_bwd_bf16_real.cu", verbose)
 
 
+CONV_SOURCES = ("causal_conv1d_fwd.cu", "causal_conv1d_bwd.cu", "causal_conv1d_update.cu")
+
+
+def load_conv(verbose: bool = False):
+    """causal-conv1d's CUDA extension (`causal_conv1d_fwd`, `_bwd`, `_update`, as its package's
+    `causal_conv1d_cuda`) with only the bf16-input, bf16-weight instantiations of its kernels: what a
+    bf16 model runs, without the 8 other dtype pairs of the full build. None (reason printed) if it
+    cannot be built."""
+    src = os.environ.get("CAUSAL_CONV1D_CSRC")
+    if not src or not os.path.isdir(src):
+        print("# causal-conv1d CUDA: CAUSAL_CONV1D_CSRC names no folder", flush=True)
+        return None
+    import shutil
+    import tempfile
+
+    trimmed = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR", tempfile.gettempdir()), "causal_conv1d_src")
+    shutil.copytree(src, trimmed, dirs_exist_ok=True)
+    for cu in CONV_SOURCES:  # drop every explicit instantiation but the bf16 / bf16 one
+        path = os.path.join(trimmed, cu)
+        with open(path) as f:
+            lines = f.read().splitlines()
+        keep = [ln for ln in lines if not ln.startswith("template void ") or "<at::BFloat16, at::BFloat16>" in ln]
+        with open(path, "w") as f:
+            f.write("\n".join(keep) + "\n")
+    return _build("causal_conv1d_cuda_bf16", trimmed, CONV_SOURCES, verbose, cpp="causal_conv1d.cpp")
+
+
+def install_peers(verbose: bool = False) -> list[str]:
+    """Build the three extensions and register them under the module names mamba_ssm and causal_conv1d
+    import (`selective_scan_cuda`, `causal_conv1d_cuda`), so that their Python packages run the CUDA
+    kernels: mamba_ssm's Mamba takes its fused path (`mamba_inner_fn`) and Mamba-2 its memory-efficient
+    one. Call before importing them. → what is missing (empty when every peer built)."""
+    import types
+    missing = []
+    fwd, bwd, conv = load(verbose), load_bwd(verbose), load_conv(verbose)
+    if fwd is not None and bwd is not None:
+        sys.modules["selective_scan_cuda"] = types.SimpleNamespace(fwd=fwd.fwd, bwd=bwd.bwd)
+    else:
+        missing.append("mamba_ssm's CUDA selective scan")
+    if conv is not None:
+        sys.modules["causal_conv1d_cuda"] = conv
+    else:
+        missing.append("causal-conv1d's CUDA kernels")
+    return missing
+
+
 if __name__ == "__main__":
     import time
     which = sys.argv[1] if len(sys.argv) > 1 else "fwd"
     t = time.perf_counter()
-    ok = (load_bwd if which == "bwd" else load)(verbose=True) is not None
+    if which == "peers":
+        missing = install_peers(verbose=True)
+        print(f"built peers in {time.perf_counter() - t:.0f} s; missing: {missing or 'none'}", flush=True)
+        sys.exit(1 if missing else 0)
+    ok = {"bwd": load_bwd, "conv": load_conv}.get(which, load)(verbose=True) is not None
     print(f"built {which}: {ok} in {time.perf_counter() - t:.0f} s", flush=True)
     sys.exit(0 if ok else 1)

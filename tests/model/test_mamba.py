@@ -46,11 +46,13 @@ def test_state_is_constant_size():
 
 @settings(max_examples=25, deadline=None)
 @given(batch=st.integers(1, 4), k=st.integers(1, 6), n=st.integers(1, 6), length=st.integers(1, 9),
-       bias=st.booleans(), tokens=st.booleans(), token_major=st.booleans(), chunk=st.sampled_from([1, 1 << 28]))
-def test_steps_linear_equals_linear(batch, k, n, length, bias, tokens, token_major, chunk):
+       bias=st.booleans(), tokens=st.booleans(), token_major=st.booleans(), chunk=st.sampled_from([1, 1 << 28]),
+       rows_ratio=st.sampled_from([0, 10**9]))
+def test_steps_linear_equals_linear(batch, k, n, length, bias, tokens, token_major, chunk, rows_ratio):
     """steps_linear == F.linear on the transposed input, values and the gradients of input, weight and bias
     (float64), for a steps-contiguous t and for t = x.mT of a token-major x, either output layout, the
-    weight gradient summed in one batch chunk or in chunks of one."""
+    weight gradient by one GEMM over rows (ratio 0) or by batched GEMMs summed in one batch chunk or in
+    chunks of one."""
     import archdsl.model.modules.steps_linear as sl
 
     g = torch.Generator().manual_seed(batch * 1000 + k * 100 + n * 10 + length)
@@ -61,6 +63,7 @@ def test_steps_linear_equals_linear(batch, k, n, length, bias, tokens, token_maj
     b = torch.randn(n, dtype=torch.float64, generator=g, requires_grad=True) if bias else None
     with pytest.MonkeyPatch.context() as mp:  # hypothesis runs many examples in one test: no fixture
         mp.setattr(sl, "_CHUNK_BYTES", chunk)
+        mp.setattr(sl, "ROWS_RATIO", rows_ratio)
         out = sl.steps_linear(tv, w, b, tokens=tokens)
         assert out.is_contiguous() and out.shape == ((batch, length, n) if tokens else (batch, n, length))
         ref = torch.nn.functional.linear(tv.mT, w, b)  # [B, L, N]

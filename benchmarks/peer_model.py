@@ -1,0 +1,240 @@
+"""archdsl's Mamba and Mamba-2 language models against mamba_ssm's, holding the same weights, in one process.
+
+    python benchmarks/peer_model.py [--models mamba-2.8b,mamba2-2.7b] [--shapes 4x2048,16x512]
+                                    [--layers N] [--iters 10] [--json out.json]
+
+For each spec of specs/, two models in bf16 on the GPU:
+- ours, `archdsl.compile(spec)` with every fusion;
+- mamba_ssm's `MambaLMHeadModel` of the same config (fused add + RMSNorm, residual in float32, tied
+  embeddings), loaded with our weights: archdsl's Hugging Face export names them, and mamba_ssm's names
+  differ from Hugging Face's only in `backbone.embedding`.
+The peer must run its fastest training path: Mamba's `mamba_inner_fn` on mamba_ssm's CUDA selective scan
+and causal-conv1d's CUDA conv, Mamba-2's `mamba_split_conv1d_scan_combined` (Triton SSD on the CUDA
+conv). benchmarks/mamba_cuda.py builds those extensions on the card (a few minutes, cached); without them
+mamba_ssm falls back to slower paths, which would flatter us, so the peer is then left out.
+
+For each model and shape (batch × tokens), ours and the peer alternated in rounds:
+- agreement (first shape): each model's logits against ours run in float32 with the same (bf16) weights,
+  |x - ref| / |ref| and how often the argmax agrees with the reference's; with both near bf16's own
+  distance, the two compute the same function;
+- forward: the logits under no_grad;
+- training step: forward, cross-entropy of the next token in float32, backward, grads set to None
+  (no optimizer: its time is the same for both);
+median wall ms of --iters calls (torch.cuda.synchronize around each), tokens a second, peak memory.
+--layers N builds N layers instead of the spec's count (a quick run; the figures then name it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _bench import wall_ms  # noqa: E402
+
+import archdsl  # noqa: E402
+from archdsl.convert.hf_io import family, hf_model_type  # noqa: E402
+from archdsl.convert.weights._common import first_config, kinds_used, layer_kinds  # noqa: E402
+from archdsl.spec import spec_from_yaml  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_spec(name: str, layers: int | None):
+    """specs/<name>.yaml, with its layout cut to `layers` layers of its one mixer kind if given."""
+    path = os.path.join(ROOT, "specs", f"{name}.yaml")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if layers:
+        spec = spec_from_yaml(text, file=path)
+        (kind,) = kinds_used(spec)
+        text = re.sub(r"(?m)^layout:.*$", f"layout: {layers}×{kind}", text)
+    return spec_from_yaml(text, file=path)
+
+
+def peer_config(spec) -> dict:
+    """mamba_ssm's MambaConfig fields for a spec whose every layer is one Mamba or Mamba-2 mixer."""
+    (kind,) = kinds_used(spec)
+    m = first_config(spec, kind)
+    if kind == "mamba":
+        ssm = {"layer": "Mamba1", "d_state": m.d_state, "d_conv": m.d_conv, "expand": m.expand,
+               "dt_rank": m.rank, "conv_bias": m.conv_bias, "bias": m.bias, "use_fast_path": True}
+    elif kind == "mamba2":
+        ssm = {"layer": "Mamba2", "d_state": m.d_state, "d_conv": m.d_conv, "expand": m.expand,
+               "headdim": m.headdim, "ngroups": m.ngroups, "chunk_size": m.chunk_size,
+               "conv_bias": m.conv_bias, "bias": m.bias, "rmsnorm": True, "norm_before_gate": False,
+               "dt_limit": (m.dt_floor, float("inf")), "use_mem_eff_path": True}
+    else:
+        raise SystemExit(f"{spec.name}: mamba_ssm's language model holds Mamba or Mamba-2 mixers, not {kind}")
+    return {"d_model": spec.d_model, "d_intermediate": 0, "n_layer": len(layer_kinds(spec)), "vocab_size": spec.vocab_size,
+            "ssm_cfg": ssm, "rms_norm": spec.norm == "rmsnorm", "residual_in_fp32": True,
+            "fused_add_norm": True, "pad_vocab_size_multiple": 1, "tie_embeddings": spec.tie_embeddings}
+
+
+def peer_state(ours, spec) -> dict:
+    """Our model's weights under mamba_ssm's names."""
+    mt = hf_model_type(spec)
+    fam = family(mt)
+    state = {k: v.detach() for k, v in ours.state_dict().items()}
+    hf = fam.to_hf(state, spec, fam.hf_config(spec))
+    out = {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in hf.items()}
+    out.setdefault("lm_head.weight", out["backbone.embedding.weight"])  # tied: HF leaves it out
+    return out
+
+
+def build_peer(spec, ours):
+    from mamba_ssm.models.config_mamba import MambaConfig
+    from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+
+    peer = MambaLMHeadModel(MambaConfig(**peer_config(spec)), device="cuda", dtype=torch.bfloat16)
+    peer.load_state_dict(peer_state(ours, spec), strict=True)
+    return peer
+
+
+def fast_paths_present(kind: str) -> str | None:
+    """Why mamba_ssm would not run its fastest path for `kind`, or None."""
+    import mamba_ssm.modules.mamba_simple as ms
+    if kind == "mamba" and ms.causal_conv1d_fn is None:
+        return "causal-conv1d's CUDA kernels are not built (Mamba would leave mamba_inner_fn)"
+    if "selective_scan_cuda" not in sys.modules and kind == "mamba":
+        return "mamba_ssm's CUDA selective scan is not built"
+    if kind == "mamba2":
+        import mamba_ssm.ops.triton.ssd_combined as sc
+        if sc.causal_conv1d_fwd_function is None:
+            return "causal-conv1d's CUDA kernels are not built (Mamba-2's fused path needs them)"
+    return None
+
+
+def step_fns(model, ids, peer: bool):
+    def logits():
+        out = model(ids)
+        return out.logits if peer else out
+
+    def forward():
+        with torch.no_grad():
+            logits()
+
+    def train():
+        out = logits()
+        F.cross_entropy(out[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten()).backward()
+        for p in model.parameters():
+            p.grad = None
+
+    return logits, forward, train
+
+
+def agreement(spec, ours, ids, models) -> dict:
+    """Each model's logits against ours in float32 holding the same weights: relative distance, argmax
+    agreement."""
+    ref_model = archdsl.compile(spec, device="cuda", dtype=torch.float32)
+    ref_model.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        ref = ref_model(ids).float()
+        del ref_model
+        torch.cuda.empty_cache()
+        out = {}
+        for who, logits in models:
+            x = logits().float()
+            out[f"{who}_vs_fp32"] = ((x - ref).norm() / ref.norm()).item()
+            out[f"{who}_argmax_fp32"] = (x.argmax(-1) == ref.argmax(-1)).float().mean().item()
+            del x
+    return out
+
+
+def peak_gib(fn) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def run_model(name: str, shapes, layers, iters: int, rounds: int = 2) -> list[dict]:
+    spec = load_spec(name, layers)
+    (kind,) = kinds_used(spec)
+    ours = archdsl.compile(spec, device="cuda", dtype=torch.bfloat16)
+    why = fast_paths_present(kind)
+    peer = None
+    if why:
+        print(f"# {name}: peer left out: {why}", flush=True)
+    else:
+        peer = build_peer(spec, ours)
+    n_layers = len(layer_kinds(spec))
+    rows = []
+    for i, (b, seq) in enumerate(shapes):
+        ids = torch.randint(0, spec.vocab_size, (b, seq), device="cuda")
+        mine = step_fns(ours, ids, peer=False)
+        theirs = step_fns(peer, ids, peer=True) if peer is not None else None
+        row = {"model": name, "layers": n_layers, "batch": b, "seq": seq}
+        if i == 0:
+            row.update(agreement(spec, ours, ids, [("ours", mine[0])] + ([("peer", theirs[0])] if theirs else [])))
+        sync = torch.cuda.synchronize
+        times = {"fwd": [], "train": [], "peer_fwd": [], "peer_train": []}
+        for _ in range(rounds):
+            times["fwd"].append(wall_ms(mine[1], iters, sync, warmup=2))
+            times["train"].append(wall_ms(mine[2], iters, sync, warmup=2))
+            if theirs is not None:
+                times["peer_fwd"].append(wall_ms(theirs[1], iters, sync, warmup=2))
+                times["peer_train"].append(wall_ms(theirs[2], iters, sync, warmup=2))
+        for k, v in times.items():
+            if v:
+                row[f"{k}_ms"] = statistics.median(v)
+        row["train_gib"] = peak_gib(mine[2])
+        if theirs is not None:
+            row["peer_train_gib"] = peak_gib(theirs[2])
+        rows.append(row)
+        print_row(row)
+    del ours, peer
+    torch.cuda.empty_cache()
+    return rows
+
+
+def print_row(r: dict) -> None:
+    tok = r["batch"] * r["seq"]
+    head = f"{r['model']} ({r['layers']} layers) B{r['batch']} L{r['seq']}"
+    print(f"\n{head}", flush=True)
+    for who in ("ours", "peer"):
+        if f"{who}_vs_fp32" in r:
+            print(f"  {who} bf16 against ours in float32: logits {r[f'{who}_vs_fp32']:.2e} of the norm, "
+                  f"argmax the same at {r[f'{who}_argmax_fp32']:.1%} of the tokens")
+    print(f"  {'':14} {'ours ms':>9} {'peer ms':>9} {'ratio':>7} {'ours tok/s':>11} {'peer tok/s':>11}")
+    for k, label in (("fwd", "forward"), ("train", "training step")):
+        ours, peer = r[f"{k}_ms"], r.get(f"peer_{k}_ms", float("nan"))
+        print(f"  {label:14} {ours:9.2f} {peer:9.2f} {ours / peer:7.2f} {tok / ours * 1e3:11.0f} "
+              f"{tok / peer * 1e3:11.0f}")
+    print(f"  peak memory of a training step: ours {r['train_gib']:.1f} GiB, peer "
+          f"{r.get('peer_train_gib', float('nan')):.1f} GiB", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="mamba-2.8b,mamba2-2.7b")
+    ap.add_argument("--shapes", default="4x2048,16x512", help="batch×tokens, comma-separated")
+    ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("peer_model.py times CUDA models: no GPU here")
+    from mamba_cuda import install_peers
+    missing = install_peers()
+    if missing:
+        print(f"# missing peers: {', '.join(missing)}", flush=True)
+    shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes.split(",")]
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16", flush=True)
+    rows = []
+    for name in args.models.split(","):
+        rows += run_model(name.strip(), shapes, args.layers, args.iters)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
