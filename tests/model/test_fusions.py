@@ -85,6 +85,43 @@ def test_epilogue_gradients_match(triton, monkeypatch):
         assert torch.allclose(g, grads[1][n], **tol), n
 
 
+@pytest.mark.parametrize("triton", [False, True], ids=["torch", "triton"])
+def test_recompute_gives_the_same_gradients(triton, monkeypatch):
+    """"recompute" saves the Mamba layer's conv output and delta as recipes where ops save them (both
+    through the Triton kernels; u alone on the torch path, whose scan saves delta's softplus), each
+    rebuilt once in the backward however many nodes read it, and the gradients are bit for bit those of
+    keeping the tensors: float64 on the torch path, float32 through the Triton kernels."""
+    from archdsl.model.modules import recompute
+
+    if triton:
+        monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+    model = _model(torch.float32 if triton else torch.float64, DEV if triton else "cpu").train()
+    ids = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(4)).to(model.device)
+    packed, built, reads = set(), [], []
+    real_pack, real_get = recompute.Recompute._pack, recompute._Lazy.get
+
+    def pack(self, t):
+        out = real_pack(self, t)
+        if isinstance(out, recompute._Lazy):
+            packed.add(id(out))
+        return out
+
+    monkeypatch.setattr(recompute.Recompute, "_pack", pack)
+    monkeypatch.setattr(recompute._Lazy, "get", lambda self: (reads.append(1), built.append(self.value is None),
+                                                              real_get(self))[2])
+    grads = []
+    for fuse in (set(FUSIONS), set(FUSIONS) - {"recompute"}):
+        model.set_fuse(fuse).zero_grad()
+        model(ids).pow(2).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert len(packed) == (2 if triton else 1) and sum(built) == len(packed) and len(reads) > len(packed)
+    for n, g in grads[0].items():
+        assert torch.equal(g, grads[1][n]), n
+    with torch.no_grad():  # nothing saved, no recipes
+        model.set_fuse(True)(ids)
+    assert len(packed) == (2 if triton else 1)
+
+
 def test_compile_takes_the_same_values():
     spec = archdsl.parse(LAYOUT, d_model=16, vocab_size=37, blocks=BLOCKS)
     assert archdsl.compile(spec).fusions == frozenset(FUSIONS)
@@ -95,7 +132,7 @@ def test_compile_takes_the_same_values():
     assert only_mamba.fusions == frozenset()  # no attention: nothing to switch on
     mixer = only_mamba.layers[0].mixer
     mixer.fuse = True  # a module alone takes the same values, restricted to its own fusions
-    assert mixer.fused == {"epilogue", "step"} and mixer.fuse  # Mamba-1: no norm_gemv
+    assert mixer.fused == {"epilogue", "step", "recompute"} and mixer.fuse  # Mamba-1: no norm_gemv
     mixer.fuse = False
     assert mixer.fused == frozenset() and not mixer.fuse
 
@@ -105,7 +142,7 @@ def test_bad_fusion_names_are_refused(bad):
     spec = archdsl.parse("attn", d_model=16, vocab_size=37, blocks=BLOCKS)
     with pytest.raises(ArchDSLError) as e:
         archdsl.compile(spec, fuse=bad)
-    assert "add_norm, qkv, epilogue, step, norm_gemv, pdl" in str(e.value)
+    assert "add_norm, qkv, epilogue, step, norm_gemv, pdl, recompute" in str(e.value)
     model = archdsl.compile(spec)
     with pytest.raises(ArchDSLError):
         model.set_fuse(bad)

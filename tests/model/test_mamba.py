@@ -47,29 +47,34 @@ def test_state_is_constant_size():
 @settings(max_examples=25, deadline=None)
 @given(batch=st.integers(1, 4), k=st.integers(1, 6), n=st.integers(1, 6), length=st.integers(1, 9),
        bias=st.booleans(), tokens=st.booleans(), token_major=st.booleans(), chunk=st.sampled_from([1, 1 << 28]),
-       rows_ratio=st.sampled_from([0, 10**9]))
-def test_steps_linear_equals_linear(batch, k, n, length, bias, tokens, token_major, chunk, rows_ratio):
+       rows_ratio=st.sampled_from([0, 10**9]), parts=st.integers(1, 3))
+def test_steps_linear_equals_linear(batch, k, n, length, bias, tokens, token_major, chunk, rows_ratio, parts):
     """steps_linear == F.linear on the transposed input, values and the gradients of input, weight and bias
     (float64), for a steps-contiguous t and for t = x.mT of a token-major x, either output layout, the
     weight gradient by one GEMM over rows (ratio 0) or by batched GEMMs summed in one batch chunk or in
-    chunks of one."""
+    chunks of one, W's rows in 1-3 parts (each part's output contiguous)."""
     import archdsl.model.modules.steps_linear as sl
 
     g = torch.Generator().manual_seed(batch * 1000 + k * 100 + n * 10 + length)
     x = torch.randn(batch, length, k, dtype=torch.float64, generator=g)
     t = (x.clone() if token_major else x.mT.contiguous()).requires_grad_()
     tv = t.mT if token_major else t  # [B, K, L]
+    n *= parts
     w = torch.randn(n, k, dtype=torch.float64, generator=g, requires_grad=True)
     b = torch.randn(n, dtype=torch.float64, generator=g, requires_grad=True) if bias else None
     with pytest.MonkeyPatch.context() as mp:  # hypothesis runs many examples in one test: no fixture
         mp.setattr(sl, "_CHUNK_BYTES", chunk)
         mp.setattr(sl, "ROWS_RATIO", rows_ratio)
-        out = sl.steps_linear(tv, w, b, tokens=tokens)
-        assert out.is_contiguous() and out.shape == ((batch, length, n) if tokens else (batch, n, length))
+        outs = sl.steps_linear(tv, w, b, tokens=tokens, parts=parts)
+        outs = outs if parts > 1 else (outs,)
+        m = n // parts
+        assert all(o.is_contiguous() and o.shape == ((batch, length, m) if tokens else (batch, m, length))
+                   for o in outs)
+        out = torch.cat(outs, dim=2 if tokens else 1)
         ref = torch.nn.functional.linear(tv.mT, w, b)  # [B, L, N]
         torch.testing.assert_close(out, ref if tokens else ref.mT)
         gy = torch.randn(out.shape, dtype=torch.float64, generator=g)
-        got = torch.autograd.grad(out, [t, w] + ([b] if bias else []), gy)
+        got = torch.autograd.grad(outs, [t, w] + ([b] if bias else []), gy.split(m, dim=2 if tokens else 1))
         want = torch.autograd.grad(ref, [t, w] + ([b] if bias else []), gy if tokens else gy.mT)
         for a, e in zip(got, want):
             torch.testing.assert_close(a, e)

@@ -12,6 +12,10 @@ read them (mamba_ssm's layout): in_proj, x_proj, dt_proj and out_proj are batche
 (steps_linear), with no transposing copy forward or backward. The weights are read directly, so hooks on
 the four Linear modules do not run there; the decode step calls them as modules.
 
+The "recompute" fusion (training, eager): the conv's output u and delta are kept for the backward as
+recipes, not tensors (modules/recompute.py), and rebuilt from the conv's input and dt_proj's input, which
+the graph keeps anyway: 2·E values a token a layer less, as mamba_ssm's checkpoint_lvl=1.
+
 The decode state: conv window [B, E, K-1] (model dtype) and SSM state [B, E, N] (float32 for 16-bit
 models, else the model dtype).
 """
@@ -25,6 +29,7 @@ import torch.nn.functional as F
 
 from ..fusions import Fusable
 from .conv import conv_forward, conv_step
+from .recompute import Recompute
 from .steps_linear import steps_linear
 
 
@@ -72,8 +77,22 @@ def init_dt_bias(n, dt_min, dt_max, floor=1e-4):
     return dt + torch.log(-torch.expm1(-dt))
 
 
+class _Keep:
+    """Recompute's stand-in where nothing is recomputed: keeps every tensor."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def keep(t, recipe):
+        return t
+
+
 class Mamba(nn.Module, Fusable):
-    FUSES = ("epilogue", "step")
+    FUSES = ("epilogue", "step", "recompute")
 
     def __init__(self, cfg):
         super().__init__()
@@ -108,10 +127,11 @@ class Mamba(nn.Module, Fusable):
             self.D.fill_(1.0)
 
     # --- shared pieces -----------------------------------------------------------------
-    def _ssm_params(self, xc, dim=-1):
+    def _ssm_params(self, xc, dim=-1, rc=_Keep()):
         """xc's E features along `dim` → dt (E of them, before bias / softplus), B, C (N each) along the same dim.
         xc [..., E] (decode) goes through the Linear modules; xc [B, E, L] with dim=1 (the parallel forward)
-        through steps_linear, so that dt, B, C have the steps contiguous, as the scan reads them."""
+        through steps_linear, so that dt, B, C have the steps contiguous, as the scan reads them; `rc` keeps
+        dt as a recipe."""
         lin = (lambda m, t: m(t)) if dim == -1 else (lambda m, t: steps_linear(t, m.weight))
         dt, B, C = lin(self.x_proj, xc).split([self.R, self.N, self.N], dim=dim)
         mode, eps = self.cfg.inner_norms, self.cfg.inner_norm_eps
@@ -120,7 +140,10 @@ class Mamba(nn.Module, Fusable):
                 w = getattr(self, name) if mode == "weighted" else None
                 return rms(t, w if w is None or dim == -1 else w[:, None], eps, dim)
             dt, B, C = norm(dt, "dt_layernorm"), norm(B, "b_layernorm"), norm(C, "c_layernorm")
-        return (F.linear(dt, self.dt_proj.weight) if dim == -1 else steps_linear(dt, self.dt_proj.weight)), B, C
+        if dim == -1:
+            return F.linear(dt, self.dt_proj.weight), B, C
+        low, w = dt.detach(), self.dt_proj.weight.detach()
+        return rc.keep(steps_linear(dt, self.dt_proj.weight), lambda: steps_linear(low, w)), B, C
 
     def _A(self):
         A_log = self.A_log if self.A_log.dtype == torch.float64 else self.A_log.float()
@@ -132,12 +155,28 @@ class Mamba(nn.Module, Fusable):
     # --- parallel ----------------------------------------------------------------------
     def forward(self, x, state=None, **ctx):
         """x [B, L, d] → [B, L, d]; a given state is continued and left after the last token."""
+        xi, z = steps_linear(x.mT, self.in_proj.weight, self.in_proj.bias, parts=2)  # [B, E, L] each, dense
+        w, b = self.conv1d.weight[:, 0], self.conv1d.bias
+        with self._recompute(x, state) as rc:
+            return self._inner(xi, z, w, b, state, rc)
+
+    def _recompute(self, x, state):
+        """Recompute() where the "recompute" fusion applies (a training forward, no state, not traced by
+        torch.compile), else _Keep."""
+        on = ("recompute" in self.fused and state is None and torch.is_grad_enabled()
+              and (x.requires_grad or self.in_proj.weight.requires_grad) and not torch.compiler.is_compiling())
+        return Recompute() if on else _Keep()
+
+    def _inner(self, xi, z, w, b, state, rc):
+        """in_proj's halves xi, z [B, E, L] → out_proj's output [B, L, d]; `rc` keeps u and dt as recipes."""
         from archdsl.kernels import selective_scan
 
-        u, z = steps_linear(x.mT, self.in_proj.weight, self.in_proj.bias).chunk(2, dim=1)  # [B, E, L] each
-        w, b = self.conv1d.weight[:, 0], self.conv1d.bias
-        u = conv_forward(u, w, b, None if state is None else state["conv"])
-        dt, B, C = self._ssm_params(u, dim=1)
+        if isinstance(rc, Recompute):
+            xd, wd, bd = xi.detach(), w.detach(), None if b is None else b.detach()
+            u = rc.keep(conv_forward(xi, w, b), lambda: conv_forward(xd, wd, bd))
+        else:
+            u = conv_forward(xi, w, b, None if state is None else state["conv"])
+        dt, B, C = self._ssm_params(u, dim=1, rc=rc)
         epi = "epilogue" in self.fused
         kw = dict(D=self._f(self.D) if epi else None, z=z if epi else None,
                   delta_bias=self._f(self.dt_proj.bias), delta_softplus=True)

@@ -2,6 +2,7 @@
 
 `steps_linear(t, W, b)`          t [B, K, L] → W · t[b] + b   [B, N, L] contiguous
 `steps_linear(t, W, b, tokens=True)`        → (W · t[b] + b)ᵀ [B, L, N] contiguous
+`steps_linear(t, W, b, parts=2)`            → (W₁ · t[b] + b₁, W₂ · t[b] + b₂), each [B, N/2, L] contiguous
 
 t may be any view whose last two dims have a unit stride between them: the steps-contiguous [B, K, L]
 (x_proj and dt_proj read u and dt so) or x.mT of a token-major x [B, L, K] (in_proj). F.linear and
@@ -9,7 +10,7 @@ torch.matmul fold the batch into the rows and so copy such a t into [B·L, K] (a
 time of a plain one on the H200), and the backward copies the gradient back; here every product is one
 batched GEMM (cuBLAS reads a transposed or batch-broadcast operand in place):
 
-    forward   out[b]   = W · t[b]                     one bmm, W broadcast over the batch
+    forward   out[b]   = W · t[b]                     one bmm (a part), W broadcast over the batch
     backward  dt[b]    = Wᵀ · g[b]                    in t's layout: [B, K, L] contiguous, or (g[b]ᵀ · W)ᵀ
               dW       = Σ_b g[b] · t[b]ᵀ             see below
               db       = Σ_{b,l} g[b, :, l]
@@ -51,59 +52,77 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.permute(1, 0, 2).reshape(F, B * L)
 
 
-def _weight_grad(g: torch.Tensor, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Σ_b g[b] · t[b]ᵀ: g [B, N, L], t [B, K, L] → [N, K] in `dtype`; by one GEMM over rows where that
-    moves fewer bytes, else by batched GEMMs accumulated over the batch in fp32 (float64 stays float64)."""
+def _weight_grad(g: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out [N, K] (contiguous rows) = Σ_b g[b] · t[b]ᵀ for g [B, N, L], t [B, K, L]; by one GEMM over rows
+    where that moves fewer bytes, else by batched GEMMs accumulated over the batch in fp32 (float64 stays
+    float64)."""
     B, N, K, L = g.shape[0], g.shape[1], t.shape[1], g.shape[2]
     if B == 1:
-        return torch.mm(g[0], t[0].mT).to(dtype)
+        return torch.mm(g[0], t[0].mT, out=out)
     copied = (0 if _token_major(g) else N) + (0 if _token_major(t) else K)
     if N * K > ROWS_RATIO * L * copied:
-        return torch.mm(_rows(g), _rows(t).mT).to(dtype)
+        return torch.mm(_rows(g), _rows(t).mT, out=out)
     acc_dtype = torch.float64 if g.dtype == torch.float64 else torch.float32
     step = max(1, min(B, _CHUNK_BYTES // max(1, N * K * g.element_size())))
     acc = None
     for i in range(0, B, step):
         part = torch.bmm(g[i:i + step], t[i:i + step].mT).sum(0, dtype=acc_dtype)
         acc = part if acc is None else acc.add_(part)
-    return acc.to(dtype)
+    return out.copy_(acc)
 
 
 class _StepsLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, t, weight, bias, tokens):
-        t = _unit_pair(t)
-        B = t.shape[0]
-        if tokens:  # [B, L, N] = t[b]ᵀ · Wᵀ
-            wt = weight.mT.expand(B, *weight.mT.shape)
-            out = torch.bmm(t.mT, wt) if bias is None else torch.baddbmm(bias.expand(B, t.shape[2], -1), t.mT, wt)
-        else:  # [B, N, L] = W · t[b]
-            w = weight.expand(B, *weight.shape)
-            out = torch.bmm(w, t) if bias is None else torch.baddbmm(bias[:, None].expand(B, -1, t.shape[2]), w, t)
-        ctx.save_for_backward(t, weight)
-        ctx.tokens, ctx.has_bias = tokens, bias is not None
-        return out
+    """W's rows in `parts` equal blocks W_p, each its own output: out_p = W_p · t[b] (+ b_p)."""
 
     @staticmethod
-    def backward(ctx, grad):
+    def forward(ctx, t, weight, bias, tokens, parts):
+        t = _unit_pair(t)
+        B = t.shape[0]
+        outs = []
+        for p, w in enumerate(weight.chunk(parts)):
+            b = None if bias is None else bias.chunk(parts)[p]
+            if tokens:  # [B, L, N] = t[b]ᵀ · Wᵀ
+                wt = w.mT.expand(B, *w.mT.shape)
+                outs.append(torch.bmm(t.mT, wt) if b is None else torch.baddbmm(b.expand(B, t.shape[2], -1), t.mT, wt))
+            else:  # [B, N, L] = W · t[b]
+                we = w.expand(B, *w.shape)
+                outs.append(torch.bmm(we, t) if b is None else torch.baddbmm(b[:, None].expand(B, -1, t.shape[2]), we, t))
+        ctx.save_for_backward(t, weight)
+        ctx.tokens, ctx.has_bias, ctx.parts = tokens, bias is not None, parts
+        return tuple(outs) if parts > 1 else outs[0]
+
+    @staticmethod
+    def backward(ctx, *grads):
         t, weight = ctx.saved_tensors
-        g = _unit_pair(grad.mT if ctx.tokens else grad)  # [B, N, L]
-        B = g.shape[0]
+        gs = [_unit_pair(g.mT if ctx.tokens else g) for g in grads]  # each [B, N_p, L]
+        ws = weight.chunk(ctx.parts)
+        B, n = t.shape[0], ws[0].shape[0]
         dt = dW = db = None
         if ctx.needs_input_grad[0]:
-            if t.stride(-1) == 1:  # t [B, K, L] steps-contiguous: Wᵀ · g[b]
-                dt = torch.bmm(weight.mT.expand(B, *weight.mT.shape), g)
-            else:  # t = x.mT of a token-major x: (g[b]ᵀ · W)ᵀ, so dx comes out [B, L, K] contiguous
-                dt = torch.bmm(g.mT, weight.expand(B, *weight.shape)).mT
+            for w, g in zip(ws, gs):
+                if t.stride(-1) == 1:  # t [B, K, L] steps-contiguous: Σ_p W_pᵀ · g_p[b]
+                    wt = w.mT.expand(B, *w.mT.shape)
+                    dt = torch.bmm(wt, g) if dt is None else torch.baddbmm(dt, wt, g)
+                else:  # t = x.mT of a token-major x: (Σ_p g_p[b]ᵀ · W_p)ᵀ, so dx comes out [B, L, K] contiguous
+                    we = w.expand(B, *w.shape)
+                    dt = torch.bmm(g.mT, we) if dt is None else torch.baddbmm(dt, g.mT, we)
+            dt = dt if t.stride(-1) == 1 else dt.mT
         if ctx.needs_input_grad[1]:
-            dW = _weight_grad(g, t, weight.dtype)
+            dW = torch.empty_like(weight)
+            for p, g in enumerate(gs):
+                _weight_grad(g, t, dW[p * n:(p + 1) * n])
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = g.sum((0, 2), dtype=torch.float64 if g.dtype == torch.float64 else torch.float32).to(weight.dtype)
-        return dt, dW, db, None
+            acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+            db = torch.cat([g.sum((0, 2), dtype=acc) for g in gs]).to(weight.dtype)
+        return dt, dW, db, None, None
 
 
 def steps_linear(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                 tokens: bool = False) -> torch.Tensor:
+                 tokens: bool = False, parts: int = 1):
     """t [B, K, L], weight [N, K], bias [N] or None → W · t + b as [B, N, L] (contiguous), or with
-    tokens=True its transpose [B, L, N] (contiguous)."""
-    return _StepsLinear.apply(t, weight, bias, tokens)
+    tokens=True its transpose [B, L, N] (contiguous). parts > 1: a tuple of `parts` outputs, one for each
+    equal block of W's rows, each contiguous on its own (in_proj's x and z halves: a consumer that needs
+    one dense, as the scan needs z, then reads it in place)."""
+    if parts < 1 or weight.shape[0] % parts:
+        raise ValueError(f"steps_linear: weight's {weight.shape[0]} rows do not split into {parts} equal parts")
+    return _StepsLinear.apply(t, weight, bias, tokens, parts)
