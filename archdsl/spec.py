@@ -41,6 +41,7 @@ class Spec:
     norm: str = "rmsnorm"
     norm_eps: float = 1e-5
     embed_norm: bool = False
+    residual_fp32: bool = False  # 16-bit models keep the residual stream in float32 (mamba_ssm's residual_in_fp32)
     ffn: str | None = None
     layout: Layout
     blocks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -78,6 +79,8 @@ class Spec:
             out["norm_eps"] = self.norm_eps
         if self.embed_norm:
             out["embed_norm"] = True
+        if self.residual_fp32:
+            out["residual_fp32"] = True
         if self.ffn:
             out["ffn"] = self.ffn
         out["layout"] = self.layout_text
@@ -94,7 +97,7 @@ SPEC_KEYS = {f.name for f in fields(Spec)} - {"source", "positions"}
 
 # the model-level keys and their types, for YAML files and parse()'s keywords alike
 SIZE_TYPES = {"name": str, "d_model": int, "vocab_size": int, "tie_embeddings": bool, "norm": str,
-              "norm_eps": float, "embed_norm": bool, "ffn": str}
+              "norm_eps": float, "embed_norm": bool, "residual_fp32": bool, "ffn": str}
 
 
 def parse(text: str, **sizes) -> Spec:

@@ -70,11 +70,13 @@ class _Cfg:
 
 
 def _spec(c: _Cfg, name, d_model, vocab, tie, layout, blocks, *, norm="rmsnorm", eps=1e-5,
-          embed_norm=False, ffn=None) -> dict:
+          embed_norm=False, residual_fp32=False, ffn=None) -> dict:
     out = {"name": name, "d_model": int(d_model), "vocab_size": int(vocab), "tie_embeddings": bool(tie),
            "norm": norm, "norm_eps": float(eps)}
     if embed_norm:
         out["embed_norm"] = True
+    if residual_fp32:
+        out["residual_fp32"] = True
     if ffn:
         out["ffn"] = ffn
     out["layout"] = layout
@@ -115,7 +117,7 @@ def _mamba(c: _Cfg, name: str, falcon: bool) -> dict:
         mamba["inner_norm_eps"] = float(c("mixer_rms_eps", 1e-6))
     return _spec(c, name, d, c("vocab_size", 50280 if not falcon else 65024), c("tie_word_embeddings", not falcon),
                  f"{c('num_hidden_layers', 32 if not falcon else 64)}×mamba", {"mamba": mamba},
-                 eps=c("layer_norm_epsilon", 1e-5))
+                 eps=c("layer_norm_epsilon", 1e-5), residual_fp32=bool(c("residual_in_fp32", True)))
 
 
 def _mamba2_block(c: _Cfg, d, *, d_state, d_conv, expand, heads, headdim, ngroups, chunk, conv_bias, bias,
@@ -152,7 +154,8 @@ def _mamba2(c: _Cfg, name: str) -> dict:
                       chunk=c("chunk_size", 256), conv_bias=c("use_conv_bias", True), bias=c("use_bias", False),
                       norm_eps=c("layer_norm_epsilon", 1e-5), dt_floor=_dt_limit(c))
     return _spec(c, name, d, c("vocab_size", 32768), c("tie_word_embeddings", True),
-                 f"{c('num_hidden_layers', 64)}×mamba2", {"mamba2": m}, eps=c("layer_norm_epsilon", 1e-5))
+                 f"{c('num_hidden_layers', 64)}×mamba2", {"mamba2": m}, eps=c("layer_norm_epsilon", 1e-5),
+                 residual_fp32=bool(c("residual_in_fp32", True)))
 
 
 def _jamba(c: _Cfg, name: str) -> dict:

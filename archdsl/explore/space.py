@@ -37,7 +37,8 @@ from ..spec import Spec, _positions, load_spec, read_text, read_yaml, spec_from_
 
 PLACEMENTS = ("even", "every", "front", "back", "sandwich")
 OFFSET_NAMES = ("first", "mid", "last")
-BASE_KEYS = ("name", "vocab_size", "tie_embeddings", "norm", "norm_eps", "embed_norm", "ffn", "blocks", "d_model")
+BASE_KEYS = ("name", "vocab_size", "tie_embeddings", "norm", "norm_eps", "embed_norm", "residual_fp32", "ffn", "blocks",
+             "d_model")
 SPACE_KEYS = ("name", "base", "mixers", "attention", "attn_count", "attn_fraction", "placements", "every",
               "shared", "moe", "d_model", "depth", "probe")
 

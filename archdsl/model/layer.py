@@ -4,7 +4,9 @@
 
 Each residual add is kept "pending" and done by the next norm, so that on CUDA the add and the
 RMSNorm run as one kernel (archdsl.kernels.add_rmsnorm; without the "add_norm" fusion they run
-apart). With an INJECT block (Zamba2, HF semantics) the mixer reads norm(h + inject(h, emb)) while
+apart). With the spec's residual_fp32, a 16-bit model's residual stream h is float32 (mamba_ssm's
+residual_in_fp32): the sublayers' outputs are added to it in float32, and the norms hand the
+sublayers their input in the model's dtype. With an INJECT block (Zamba2, HF semantics) the mixer reads norm(h + inject(h, emb)) while
 the residual stream skips the injection.
 """
 from __future__ import annotations
@@ -29,11 +31,17 @@ class Norm(nn.Module, Fusable):
         self.bias = nn.Parameter(torch.zeros(d)) if kind == "layernorm" else None
         self.fuse = True
 
+    def out_dtype(self, x) -> torch.dtype:
+        """The norm's output dtype: x's, or the weight's (the model's) where x is the float32 residual
+        stream of a 16-bit model."""
+        w = self.weight.dtype
+        return w if x.dtype == torch.float32 and w in (torch.bfloat16, torch.float16) else x.dtype
+
     def forward(self, x):
+        dtype = self.out_dtype(x)
         if self.kind == "layernorm":
-            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-        dtype = x.dtype
-        h = x if dtype == torch.float64 else x.float()
+            return F.layer_norm(x, x.shape[-1:], self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps).to(dtype)
+        h = x if x.dtype == torch.float64 else x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(dtype)
 
@@ -45,7 +53,7 @@ class Norm(nn.Module, Fusable):
         if "add_norm" in self.fused and self.kind == "rmsnorm" and h.dtype != torch.float64 and _triton(h):
             from archdsl.kernels import add_rmsnorm
 
-            out, h = add_rmsnorm(h, delta, self.weight, self.eps)  # h keeps the residual stream's dtype
+            out, h = add_rmsnorm(h, delta, self.weight, self.eps, self.out_dtype(h))  # h keeps the stream's dtype
             return h, out
         if delta is not None:
             h = h + delta
@@ -88,7 +96,7 @@ class Layer(nn.Module):
             if self.inject is not None:
                 if delta is not None:
                     h, delta = h + delta, None
-                inj = call(self.inject, h, states.get(INJECT), emb=emb, use=self.inject_use)
+                inj = call(self.inject, h.to(emb.dtype), states.get(INJECT), emb=emb, use=self.inject_use)
                 delta = call(self.mixer, self.norm(h + inj), states.get(MIXER), emb=emb)
             elif step and hasattr(self.mixer, "folds_norm") and self.mixer.folds_norm(self.norm, h):
                 h, delta = self.mixer.step_with_norm(h, delta, self.norm, states[MIXER])  # "norm_gemv"

@@ -138,7 +138,7 @@ class ArchModel(nn.Module):
             raise ArchDSLError(f"forward: logits_mask must be a bool tensor of the shape of input_ids "
                                f"{tuple(input_ids.shape)}, got {logits_mask.dtype} {tuple(logits_mask.shape)}")
         emb = self.embeddings(input_ids)
-        h = self.embed_norm(emb) if self.embed_norm is not None else emb
+        h = self._stream(emb)
         delta = None
         aux = []
         for i, layer in enumerate(self.layers):
@@ -153,9 +153,15 @@ class ArchModel(nn.Module):
             x = x[logits_mask]
         return self.lm_head(x)
 
+    def _stream(self, emb):
+        """The residual stream's start from the embeddings: embed_norm'd if the spec says so, float32
+        with residual_fp32 in a 16-bit model."""
+        h = self.embed_norm(emb) if self.embed_norm is not None else emb
+        return h.float() if self.spec.residual_fp32 and h.dtype in (torch.bfloat16, torch.float16) else h
+
     def _step(self, tokens, cache):
         emb = self.embeddings(tokens)
-        h = self.embed_norm(emb) if self.embed_norm is not None else emb
+        h = self._stream(emb)
         delta = None
         for i, layer in enumerate(self.layers):
             h, delta = layer(h, delta, cache.states[i], emb=emb, step=True)

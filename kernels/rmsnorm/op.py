@@ -9,12 +9,14 @@ from .._dispatch import apply, backend_for
 from .naive import add_rmsnorm_naive
 
 
-def add_rmsnorm(x, residual, weight, eps=1e-5):
+def add_rmsnorm(x, residual, weight, eps=1e-5, out_dtype=None):
     """h = x + residual, out = weight · h / sqrt(mean(h²) + eps) over the last dim; returns (out, h).
 
     x, residual: `[..., N]` (residual may be None: plain RMSNorm); weight: `[N]`. Statistics in
-    float32 (float64 for float64 inputs); h in x's dtype. One Triton kernel on CUDA (and under
-    TRITON_INTERPRET=1), plain torch on the CPU.
+    float32 (float64 for float64 inputs); h in x's dtype; out in `out_dtype` (default: x's and weight's
+    promoted), the normalised h rounded to it before the weight, as HF's RMSNorm (a float32 residual
+    stream x with a bf16 residual and weight: h float32, out bf16). One Triton kernel on CUDA (and
+    under TRITON_INTERPRET=1), plain torch on the CPU.
     """
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
         raise ValueError("x: expected a tensor [..., N]")
@@ -25,9 +27,11 @@ def add_rmsnorm(x, residual, weight, eps=1e-5):
     expect_float(x=x, residual=residual, weight=weight)
     expect_same_device(x=x, residual=residual, weight=weight)
     eps = expect_number("eps", eps, positive=True)
+    if out_dtype is not None and (not isinstance(out_dtype, torch.dtype) or not out_dtype.is_floating_point):
+        raise ValueError(f"out_dtype: expected a floating torch.dtype or None, got {out_dtype!r}")
     backend = backend_for(x)
     if backend == "triton":
         from .triton_rmsnorm import AddRMSNormFn
         if x.dtype != torch.float64:
-            return apply(AddRMSNormFn, x, residual, weight, float(eps))
-    return add_rmsnorm_naive(x, residual, weight, eps)
+            return apply(AddRMSNormFn, x, residual, weight, float(eps), out_dtype)
+    return add_rmsnorm_naive(x, residual, weight, eps, out_dtype)

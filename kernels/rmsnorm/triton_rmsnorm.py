@@ -36,15 +36,15 @@ def _add_rmsnorm_fwd(X, R, W, OUT, H, RSTD, N, eps, stride_x, stride_r, stride_o
     tl.store(OUT + row * stride_o + cols, (n * w).to(OUT.dtype.element_ty), mask=mask)
 
 
-def add_rmsnorm_fwd(x, residual, weight, eps):
-    """x, residual [..., N] → (out, h, rstd [rows] float32)."""
+def add_rmsnorm_fwd(x, residual, weight, eps, out_dtype=None):
+    """x, residual [..., N] → (out in out_dtype (default x's and weight's promoted), h, rstd [rows] float32)."""
     shape = x.shape
     N = shape[-1]
     x2 = x.reshape(-1, N).contiguous()
     r2 = residual.reshape(-1, N).contiguous() if residual is not None else None
     rows = x2.shape[0]
     h = torch.empty_like(x2)
-    out = torch.empty(rows, N, device=x.device, dtype=torch.promote_types(x.dtype, weight.dtype))
+    out = torch.empty(rows, N, device=x.device, dtype=out_dtype or torch.promote_types(x.dtype, weight.dtype))
     rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
     BLOCK = next_pow2(N)
     if rows:
@@ -98,8 +98,8 @@ def add_rmsnorm_bwd(dout, dh, h, rstd, weight):
 
 class AddRMSNormFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, residual, weight, eps):
-        out, h, rstd = add_rmsnorm_fwd(x, residual, weight, eps)
+    def forward(ctx, x, residual, weight, eps, out_dtype=None):
+        out, h, rstd = add_rmsnorm_fwd(x, residual, weight, eps, out_dtype)
         ctx.save_for_backward(h, rstd, weight)
         ctx.has_residual = residual is not None
         return out, h
@@ -108,4 +108,4 @@ class AddRMSNormFn(torch.autograd.Function):
     def backward(ctx, dout, dh):
         h, rstd, weight = ctx.saved_tensors
         dx, dw = add_rmsnorm_bwd(dout, dh, h, rstd, weight)
-        return dx, (dx if ctx.has_residual else None), dw, None
+        return dx, (dx if ctx.has_residual else None), dw, None, None

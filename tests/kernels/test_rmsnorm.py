@@ -99,3 +99,37 @@ def test_traces_with_eps_a_symbol():
             torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match="eps: expected a finite positive number, got nan"):
         torch.compile(add_rmsnorm, backend="eager", dynamic=True)(x, r, w, float("nan"))
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_float32_stream_with_half_residual_and_output(half, monkeypatch):
+    """A float32 residual stream (the spec's residual_fp32): x float32, residual and weight 16-bit,
+    out_dtype 16-bit: h stays float32, out comes in the 16-bit dtype, each gradient in its input's dtype,
+    all as the naive twin."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    if half == torch.bfloat16 and not torch.cuda.is_available():
+        pytest.skip("Triton's interpreter loads bfloat16 as garbage (numpy has no bfloat16)")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    x, r, w = _inputs((2, 9, 40), torch.float32)
+    x, r, w = x.to(dev).requires_grad_(), r.to(half).to(dev).requires_grad_(), w.to(half).to(dev).requires_grad_()
+    out, h = add_rmsnorm(x, r, w, 1e-5, out_dtype=half)
+    assert out.dtype == half and h.dtype == torch.float32
+    leaves = [t.detach().clone().requires_grad_() for t in (x, r, w)]
+    ref_out, ref_h = add_rmsnorm_naive(*leaves, 1e-5, out_dtype=half)
+    torch.testing.assert_close(h, ref_h, rtol=0, atol=0)
+    torch.testing.assert_close(out, ref_out, rtol=2e-3, atol=2e-3)
+    g = torch.Generator().manual_seed(2)
+    dout, dh = torch.randn(out.shape, generator=g).to(dev, half), torch.randn(h.shape, generator=g).to(dev)
+    (out.float() * dout).sum().add_((h * dh).sum()).backward()
+    (ref_out.float() * dout).sum().add_((ref_h * dh).sum()).backward()
+    for a, b in zip((x, r, w), leaves):
+        assert a.grad.dtype == a.dtype
+        torch.testing.assert_close(a.grad.float(), b.grad.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_bad_out_dtype_is_refused():
+    x, r, w = _inputs((2, 8), torch.float32)
+    with pytest.raises(ValueError, match="out_dtype"):
+        add_rmsnorm(x, r, w, out_dtype=torch.int32)

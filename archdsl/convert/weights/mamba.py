@@ -41,7 +41,7 @@ def hf_config(spec) -> dict:
            "expand": m.expand, "intermediate_size": m.inner, "time_step_rank": m.rank,
            "use_conv_bias": m.conv_bias, "use_bias": m.bias, "layer_norm_epsilon": spec.norm_eps,
            "tie_word_embeddings": spec.tie_embeddings, "time_step_min": m.dt_min, "time_step_max": m.dt_max,
-           "residual_in_fp32": True}
+           "residual_in_fp32": spec.residual_fp32}
     if model_type == "falcon_mamba":
         cfg["mixer_rms_eps"] = m.inner_norm_eps
     return cfg

@@ -38,4 +38,4 @@ def hf_config(spec) -> dict:
             "head_dim": m.inner // m.nheads, "n_groups": m.ngroups, "chunk_size": m.chunk_size,
             "use_conv_bias": m.conv_bias, "use_bias": m.bias, "layer_norm_epsilon": spec.norm_eps,
             "tie_word_embeddings": spec.tie_embeddings, "time_step_min": m.dt_min, "time_step_max": m.dt_max,
-            "time_step_limit": [m.dt_floor, {"__float__": "Infinity"}], "rmsnorm": True, "residual_in_fp32": True}
+            "time_step_limit": [m.dt_floor, {"__float__": "Infinity"}], "rmsnorm": True, "residual_in_fp32": spec.residual_fp32}
