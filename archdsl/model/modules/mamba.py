@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..fusions import Fusable
 from .conv import conv_forward, conv_step
-from .recompute import Recompute
+from .recompute import Keep, Recompute, recompute_block
 from .steps_linear import steps_linear
 
 
@@ -77,20 +77,6 @@ def init_dt_bias(n, dt_min, dt_max, floor=1e-4):
     return dt + torch.log(-torch.expm1(-dt))
 
 
-class _Keep:
-    """Recompute's stand-in where nothing is recomputed: keeps every tensor."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @staticmethod
-    def keep(t, recipe):
-        return t
-
-
 class Mamba(nn.Module, Fusable):
     FUSES = ("epilogue", "step", "recompute")
 
@@ -127,7 +113,7 @@ class Mamba(nn.Module, Fusable):
             self.D.fill_(1.0)
 
     # --- shared pieces -----------------------------------------------------------------
-    def _ssm_params(self, xc, dim=-1, rc=_Keep()):
+    def _ssm_params(self, xc, dim=-1, rc=Keep()):
         """xc's E features along `dim` → dt (E of them, before bias / softplus), B, C (N each) along the same dim.
         xc [..., E] (decode) goes through the Linear modules; xc [B, E, L] with dim=1 (the parallel forward)
         through steps_linear, so that dt, B, C have the steps contiguous, as the scan reads them; `rc` keeps
@@ -157,15 +143,8 @@ class Mamba(nn.Module, Fusable):
         """x [B, L, d] → [B, L, d]; a given state is continued and left after the last token."""
         xi, z = steps_linear(x.mT, self.in_proj.weight, self.in_proj.bias, parts=2)  # [B, E, L] each, dense
         w, b = self.conv1d.weight[:, 0], self.conv1d.bias
-        with self._recompute(x, state) as rc:
+        with recompute_block(self, x, state) as rc:
             return self._inner(xi, z, w, b, state, rc)
-
-    def _recompute(self, x, state):
-        """Recompute() where the "recompute" fusion applies (a training forward, no state, not traced by
-        torch.compile), else _Keep."""
-        on = ("recompute" in self.fused and state is None and torch.is_grad_enabled()
-              and (x.requires_grad or self.in_proj.weight.requires_grad) and not torch.compiler.is_compiling())
-        return Recompute() if on else _Keep()
 
     def _inner(self, xi, z, w, b, state, rc):
         """in_proj's halves xi, z [B, E, L] → out_proj's output [B, L, d]; `rc` keeps u and dt as recipes."""
