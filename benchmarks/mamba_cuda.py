@@ -60,6 +60,21 @@ def _build(name, src, cu, verbose, cpp="selective_scan.cpp"):
         sys.setdlopenflags(flags)
 
 
+def _source_copy(env: str, what: str, folder: str) -> str | None:
+    """A copy of the sources the environment variable `env` names, in `folder` under the extensions'
+    build folder, to trim before building; None (reason printed) if `env` names no folder."""
+    src = os.environ.get(env)
+    if not src or not os.path.isdir(src):
+        print(f"# {what}: {env} names no folder", flush=True)
+        return None
+    import shutil
+    import tempfile
+
+    copy = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR", tempfile.gettempdir()), folder)
+    shutil.copytree(src, copy, dirs_exist_ok=True)
+    return copy
+
+
 # BOOL_SWITCH for the trimmed backward build: only the `true` branch is compiled, and a call that needs the
 # other one fails with a clear error rather than running a kernel that was not built.
 _TRUE_ONLY_SWITCH = """#pragma once
@@ -83,15 +98,9 @@ def load_bwd(verbose: bool = False):
     if os.environ.get("MAMBA_SSM_BWD") == "0":
         print("# mamba_ssm CUDA selective-scan backward: skipped (MAMBA_SSM_BWD=0)", flush=True)
         return None
-    src = os.environ.get("MAMBA_SSM_CSRC")
-    if not src or not os.path.isdir(src):
-        print("# mamba_ssm CUDA selective scan: MAMBA_SSM_CSRC names no folder", flush=True)
+    trimmed = _source_copy("MAMBA_SSM_CSRC", "mamba_ssm CUDA selective scan", "mamba_ssm_bwd_src")
+    if trimmed is None:
         return None
-    import shutil
-    import tempfile
-
-    trimmed = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR", tempfile.gettempdir()), "mamba_ssm_bwd_src")
-    shutil.copytree(src, trimmed, dirs_exist_ok=True)
     with open(os.path.join(trimmed, "static_switch.h"), "w") as f:
         f.write(_TRUE_ONLY_SWITCH)
     return _build("selective_scan_cuda_bwd_bf16", trimmed, "selective_scan_bwd_bf16_real.cu", verbose)
@@ -105,15 +114,9 @@ def load_conv(verbose: bool = False):
     `causal_conv1d_cuda`) with only the bf16-input, bf16-weight instantiations of its kernels: what a
     bf16 model runs, without the 8 other dtype pairs of the full build. None (reason printed) if it
     cannot be built."""
-    src = os.environ.get("CAUSAL_CONV1D_CSRC")
-    if not src or not os.path.isdir(src):
-        print("# causal-conv1d CUDA: CAUSAL_CONV1D_CSRC names no folder", flush=True)
+    trimmed = _source_copy("CAUSAL_CONV1D_CSRC", "causal-conv1d CUDA", "causal_conv1d_src")
+    if trimmed is None:
         return None
-    import shutil
-    import tempfile
-
-    trimmed = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR", tempfile.gettempdir()), "causal_conv1d_src")
-    shutil.copytree(src, trimmed, dirs_exist_ok=True)
     for cu in CONV_SOURCES:  # drop every explicit instantiation but the bf16 / bf16 one
         path = os.path.join(trimmed, cu)
         with open(path) as f:

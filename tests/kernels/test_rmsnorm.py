@@ -20,6 +20,16 @@ def _inputs(shape, dtype, seed=0):
     return x, r, w
 
 
+def _triton_device(dtype) -> str:
+    """Where the Triton kernels run for `dtype`: the GPU, else the interpreter (skipped without it, and
+    for bfloat16, which it cannot load)."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    if dtype == torch.bfloat16 and not torch.cuda.is_available():
+        pytest.skip("Triton's interpreter loads bfloat16 as garbage (numpy has no bfloat16)")
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("with_residual", [True, False])
 def test_triton_forward_backward_matches_naive(shape, with_residual, monkeypatch):
@@ -60,11 +70,7 @@ def _check_against_naive(shape, with_residual):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_close_to_float32(dtype, monkeypatch):
     monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
-    if dtype == torch.bfloat16 and not torch.cuda.is_available():
-        pytest.skip("Triton's interpreter loads bfloat16 as garbage (numpy has no bfloat16)")
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = _triton_device(dtype)
     x, r, w = (t.to(dev) for t in _inputs((3, 64), dtype))
     out, h = add_rmsnorm(x, r, w)
     ref, _ = add_rmsnorm_naive(x, r, w)
@@ -107,11 +113,7 @@ def test_float32_stream_with_half_residual_and_output(half, monkeypatch):
     out_dtype 16-bit: h stays float32, out comes in the 16-bit dtype, each gradient in its input's dtype,
     all as the naive twin."""
     monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
-    if half == torch.bfloat16 and not torch.cuda.is_available():
-        pytest.skip("Triton's interpreter loads bfloat16 as garbage (numpy has no bfloat16)")
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = _triton_device(half)
     x, r, w = _inputs((2, 9, 40), torch.float32)
     x, r, w = x.to(dev).requires_grad_(), r.to(half).to(dev).requires_grad_(), w.to(half).to(dev).requires_grad_()
     out, h = add_rmsnorm(x, r, w, 1e-5, out_dtype=half)
