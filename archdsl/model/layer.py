@@ -6,8 +6,8 @@ Each residual add is kept "pending" and done by the next norm, so that on CUDA t
 RMSNorm run as one kernel (archdsl.kernels.add_rmsnorm; without the "add_norm" fusion they run
 apart). With the spec's residual_fp32, a 16-bit model's residual stream h is float32 (mamba_ssm's
 residual_in_fp32): the sublayers' outputs are added to it in float32, and the norms hand the
-sublayers their input in the model's dtype. With an INJECT block (Zamba2, HF semantics) the mixer reads norm(h + inject(h, emb)) while
-the residual stream skips the injection.
+sublayers their input in the model's dtype. With an INJECT block (Zamba2, HF semantics) the mixer
+reads norm(h + inject(h, emb)) while the residual stream skips the injection.
 """
 from __future__ import annotations
 
