@@ -103,3 +103,26 @@ def test_spec_file_round_trip_and_hf_config(tmp_path):
     cfg = {"model_type": "mamba", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 100}
     assert hf_config_to_spec(cfg)["residual_fp32"] is True  # HF's default
     assert "residual_fp32" not in hf_config_to_spec({**cfg, "residual_in_fp32": False})
+
+
+def test_folded_decode_norm_takes_the_float32_stream(monkeypatch):
+    """Mamba-2's decode folds the add + RMSNorm into in_proj's GEMV ("norm_gemv") on a float32 stream too:
+    the same logits as without the fold, float16 through the Triton kernels (the interpreter on a CPU,
+    which cannot load bfloat16)."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+    if DEV == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    dtype = torch.bfloat16 if DEV == "cuda" else torch.float16
+    spec = with_sizes(archdsl.parse("3×mamba2", d_model=32, vocab_size=61, blocks=BLOCKS), residual_fp32=True)
+    model = archdsl.compile(spec, dtype=dtype, device=DEV, seed=0)
+    ids = torch.randint(0, 61, (2, 4), generator=torch.Generator().manual_seed(6)).to(DEV)
+    runs = []
+    for fuse in (True, set(model.fusions) - {"norm_gemv"}):
+        model.set_fuse(fuse)
+        with torch.no_grad():
+            cache = model.init_cache(2)
+            h = torch.zeros(2, 32, device=DEV, dtype=torch.float32)
+            folds = model.layers[1].mixer.folds_norm(model.layers[1].norm, h)
+            runs.append((folds, torch.stack([model.step(ids[:, t], cache) for t in range(4)], 1).float()))
+    assert runs[0][0] and not runs[1][0]
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=2e-2, atol=2e-2)

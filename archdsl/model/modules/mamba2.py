@@ -163,7 +163,7 @@ class Mamba2(nn.Module, Fusable):
         """Whether a decode step of residual stream h [B, d] can fold the layer's `norm` into in_proj
         (step_with_norm): "norm_gemv" and the fused step on, an RMSNorm, a few rows."""
         return ("norm_gemv" in self.fused and norm.kind == "rmsnorm" and h.shape[0] <= _gemv_rows()
-                and h.dtype == norm.weight.dtype and fused_step_ok(self, h))
+                and fused_step_ok(self, h))
 
     def step_with_norm(self, h, delta, norm, state):
         """One decode token from the residual stream: h, delta [B, d] → (h + delta, mixer output
