@@ -10,8 +10,12 @@ For each spec of specs/, two models in bf16 on the GPU:
   differ from Hugging Face's only in `backbone.embedding`.
 The peer must run its fastest training path: Mamba's `mamba_inner_fn` on mamba_ssm's CUDA selective scan
 and causal-conv1d's CUDA conv, Mamba-2's `mamba_split_conv1d_scan_combined` (Triton SSD on the CUDA
-conv). benchmarks/mamba_cuda.py builds those extensions on the card (a few minutes, cached); without them
-mamba_ssm falls back to slower paths, which would flatter us, so the peer is then left out.
+conv). benchmarks/mamba_cuda.py builds those extensions on the card (about 2 minutes, cached) from the two
+sdists that benchmarks/device_env.sh unpacks, fetched where there is a network with
+    MAMBA_SKIP_CUDA_BUILD=TRUE pip download --no-deps --no-build-isolation mamba-ssm==2.3.2.post1
+    CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE pip download --no-deps --no-build-isolation --no-binary :all: \
+        causal-conv1d==1.5.3.post1
+Without them mamba_ssm falls back to slower paths, which would flatter us, so the peer is then left out.
 
 For each model and shape (batch × tokens), ours and the peer alternated in rounds:
 - agreement (first shape): each model's logits against ours run in float32 with the same (bf16) weights,
