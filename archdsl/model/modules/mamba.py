@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..fusions import Fusable
 from .conv import conv_forward, conv_step
-from .recompute import Keep, Recompute, recompute_block
+from .recompute import Keep, recompute_block
 from .steps_linear import steps_linear
 
 
@@ -150,11 +150,8 @@ class Mamba(nn.Module, Fusable):
         """in_proj's halves xi, z [B, E, L] → out_proj's output [B, L, d]; `rc` keeps u and dt as recipes."""
         from archdsl.kernels import selective_scan
 
-        if isinstance(rc, Recompute):
-            xd, wd, bd = xi.detach(), w.detach(), None if b is None else b.detach()
-            u = rc.keep(conv_forward(xi, w, b), lambda: conv_forward(xd, wd, bd))
-        else:
-            u = conv_forward(xi, w, b, None if state is None else state["conv"])
+        xd, wd, bd = xi.detach(), w.detach(), None if b is None else b.detach()  # rc runs no recipe with a state
+        u = rc.keep(conv_forward(xi, w, b, None if state is None else state["conv"]), lambda: conv_forward(xd, wd, bd))
         dt, B, C = self._ssm_params(u, dim=1, rc=rc)
         epi = "epilogue" in self.fused
         kw = dict(D=self._f(self.D) if epi else None, z=z if epi else None,

@@ -79,8 +79,7 @@ class _StepsLinear(torch.autograd.Function):
         t = _unit_pair(t)
         B = t.shape[0]
         outs = []
-        for p, w in enumerate(weight.chunk(parts)):
-            b = None if bias is None else bias.chunk(parts)[p]
+        for w, b in zip(weight.chunk(parts), [None] * parts if bias is None else bias.chunk(parts)):
             if tokens:  # [B, L, N] = t[b]ᵀ · Wᵀ
                 wt = w.mT.expand(B, *w.mT.shape)
                 outs.append(torch.bmm(t.mT, wt) if b is None else torch.baddbmm(b.expand(B, t.shape[2], -1), t.mT, wt))
