@@ -429,7 +429,8 @@ def _add_model_args(p, seed_of: str):
                    help=f"seed of {seed_of} and, for a spec, of the random weights (a saved model keeps its own)")
     p.add_argument("--cuda-graph", action="store_true", help="decode steps replayed from a CUDA graph (--device cuda)")
     p.add_argument("--fuse", default=None, metavar="NAMES",
-                   help="only these fusions, comma-separated (add_norm, qkv, epilogue, step, norm_gemv, pdl; default: all)")
+                   help="only these fusions, comma-separated (add_norm, qkv, epilogue, step, norm_gemv, pdl, "
+                        "recompute; default: all)")
     p.add_argument("--no-fuse", action="store_true", help="switch every fusion off")
 
 

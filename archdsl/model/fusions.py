@@ -27,9 +27,9 @@ FUSIONS: dict[str, str] = {
                  "and the gated RMSNorm inside out_proj's, one Triton kernel each (Triton only)",
     "pdl": "Mamba-2 decode: its Triton kernels launched with programmatic dependent launch, each reading its "
            "weights (and the step its states) while the kernel before it ends (sm_90 and later)",
-    "recompute": "Mamba training: the conv's output and delta kept for the backward as recipes and rebuilt "
-                 "there from tensors kept anyway (2·d_inner values a token a layer less; mamba_ssm's "
-                 "checkpoint_lvl=1)",
+    "recompute": "Mamba / Mamba-2 training: the conv's output (and Mamba's delta) kept for the backward as "
+                 "recipes and rebuilt there from tensors kept anyway (Mamba 2·d_inner values a token a layer "
+                 "less, Mamba-2 its conv width; mamba_ssm's checkpoint_lvl=1 and its Mamba-2 split-conv path)",
 }
 
 Fuse = Union[bool, str, Iterable[str]]

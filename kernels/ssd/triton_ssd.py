@@ -398,17 +398,20 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, states, yp
     return dx, ddt, dA.sum((0, 1)), dB, dC, dD, dz, ddt_bias, dh0
 
 
-def scan_function(name: str, fwd, bwd, doc: str) -> type:
+def scan_function(name: str, fwd, bwd, doc: str, rows=dense) -> type:
     """The autograd.Function of one Triton implementation of the scan, arguments (x, dt, A, B, C, D,
     z, dt_bias, h0, seq, dt_softplus, chunk) -> (y, final state); every tensor input but seq is
     differentiable.
       fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, for_backward=, chunk=)
           -> (y, final state, the tensors its backward needs)
       bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, *those tensors, chunk=)
-          -> the gradients of x, dt, A, B, C, D, z, dt_bias and h0"""
+          -> the gradients of x, dt, A, B, C, D, z, dt_bias and h0
+    The other tensors are made contiguous; x, B and C go through `rows` (dense, or the layout the
+    implementation reads strided)."""
 
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, h0, seq, dt_softplus, chunk):
-        x, dt, A, B, C, D, z, dt_bias, h0 = map(dense, (x, dt, A, B, C, D, z, dt_bias, h0))
+        dt, A, D, z, dt_bias, h0 = map(dense, (dt, A, D, z, dt_bias, h0))
+        x, B, C = map(rows, (x, B, C))
         seq = None if seq is None else seq.to(torch.int32).contiguous()
         grad = any(ctx.needs_input_grad)
         y, hT, saved = fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, for_backward=grad, chunk=chunk)

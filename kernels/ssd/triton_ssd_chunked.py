@@ -31,7 +31,11 @@ scan in float16 for bf16 inputs (each row scaled by a power of two, kept in a [B
 buffer), else float32, and in float32 for the backward; dCB [B, NC, G, Q, Q] float32; the entering
 states transposed, [B, H, NC, N, P] (see _state_pass), in the state dtype (the input's for 16-bit
 inputs -- the products read them in that precision anyway -- else float32); the gradients of the
-leaving states, transposed too, [B, H, NC, N, P] (see _dstate_pass), in the same dtype.
+leaving states, transposed too, [B, H, NC, N, P] (see _dstate_pass), in the same dtype. Unless
+KEEP_STATES, the forward keeps no entering states for the backward, which runs the state pass again
+(as mamba_ssm's backward does).
+x, B and C are read where they lie when their token rows are evenly strided (token_rows: slices of a
+wider [B, L, F] tensor, as Mamba-2 slices them from its conv's output), so the scan copies none of them.
 Packed sequences (seq_idx), as in the fused kernels: a token sees the entering state only if it
 belongs to the sequence of the token before the chunk, reaches the leaving state only if it
 belongs to the chunk's last token's, and the entering state passes through the chunk only if
@@ -130,6 +134,9 @@ CHAIN = True
 # (Triton encodes it there), so only scans of TMA_MIN_PROGRAMS (batch · chunk · head) programs or more use them,
 # and only 16-bit inputs (at the register cap below, float32 tiles spill).
 TMA, TMA_MIN_PROGRAMS = ("pair", "in"), 8192
+# Whether the forward keeps the entering states for the backward, or the backward runs the state pass again:
+# they are the largest buffer a layer would keep, H·P·N / Q values a token (mamba2-2.7b: 5120, as many as x).
+KEEP_STATES = False
 
 
 def _launch(kernel: str, x, Q: int, P: int) -> dict:
@@ -206,9 +213,10 @@ def _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, k, L, NC, Q: tl.constexpr, BT
 
 
 @triton.jit
-def _tile(ptr, rows, mask_t, stride_row, col, width, offs, mask_c):
-    """[BT, block] tile of a [B, L, stride_row, width] tensor at token rows, index col, columns offs."""
-    return tl.load(ptr + ((rows * stride_row + col) * width)[:, None] + offs[None, :],
+def _tile(ptr, rows, mask_t, stride, col, width, offs, mask_c):
+    """[BT, block] tile of a [B, L, ..., width] tensor whose token rows lie `stride` elements apart (a
+    row's [..., width] contiguous in it) at token rows, index col of the middle dimension, columns offs."""
+    return tl.load(ptr + (rows * stride + col * width)[:, None] + offs[None, :],
                    mask=mask_t[:, None] & mask_c[None, :], other=0.0)
 
 
@@ -295,7 +303,7 @@ def _pass_program(first_ptr, L, H, G, P, N, BP: tl.constexpr, BN: tl.constexpr, 
 
 
 @triton.jit
-def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, L, H, G, P, N, NC,
+def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, L, H, G, P, N, NC, SX, SB,
                 HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                 PREC: tl.constexpr, PDL: tl.constexpr):
     """The forward's serial pass with each chunk's own state formed in it, over one (batch, head)'s
@@ -315,8 +323,8 @@ def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, 
     for c in range(NC):
         tl.store(hin_ptr + (bh64 * NC + c) * P * N + st, state.to(hin_ptr.dtype.element_ty), mask=mask_s)
         mask_t = c * Q + offs_q < L
-        x = _tile(x_ptr + (row0 + c * Q) * H * P, offs_q, mask_t, H, h, P, offs_p, mask_p)
-        Bm = _tile(B_ptr + (row0 + c * Q) * G * N, offs_q, mask_t, G, g, N, offs_n, mask_n)
+        x = _tile(x_ptr + (row0 + c * Q) * SX, offs_q, mask_t, SX, h, P, offs_p, mask_p)
+        Bm = _tile(B_ptr + (row0 + c * Q) * SB, offs_q, mask_t, SB, g, N, offs_n, mask_n)
         w, carry = _state_weights(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, HAS_SEQ)
         xw = (x.to(tl.float32) * w[:, None]).to(x.dtype)
         state = state * carry + tl.dot(tl.trans(Bm), xw, input_precision=PREC)
@@ -324,20 +332,20 @@ def _state_pass(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, h0_ptr, hin_ptr, hT_ptr, 
 
 
 @triton.jit
-def _entry_tiles(C_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g, c, L, H, G, P, N, NC,
+def _entry_tiles(C_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g, c, L, H, G, P, N, NC, SC,
                  offs_q, offs_p, offs_n, mask_p, mask_n, Q: tl.constexpr, HAS_SEQ: tl.constexpr):
     """What chunk c's own gradient of its entering state, Σ_t exp(s_t) g_t ⊗ C_t, takes: exp(s_t) g_t
     [Q, P block] in C's dtype (0 for tokens of another sequence than the one before the chunk), the
     C tile [Q, N block], and the factor carry of the entering state in the leaving one."""
     nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
     offs, rows, mask_t, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, 0, L, NC, Q, Q, HAS_SEQ)
-    Cm = _tile(C_ptr + (row0 + c * Q) * G * N, offs_q, mask_t, G, g, N, offs_n, mask_n)
-    gy = _tile(dy_ptr + (row0 + c * Q) * H * P, offs_q, mask_t, H, h, P, offs_p, mask_p).to(tl.float32)
+    Cm = _tile(C_ptr + (row0 + c * Q) * SC, offs_q, mask_t, SC, g, N, offs_n, mask_n)
+    gy = _tile(dy_ptr + (row0 + c * Q) * H * P, offs_q, mask_t, H * P, h, P, offs_p, mask_p).to(tl.float32)
     return (gy * tl.where(seq == seq_prev, _exp(s), 0.0)[:, None]).to(Cm.dtype), Cm, carry
 
 
 @triton.jit
-def _dstate_pass(C_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, dhT_ptr, dout_ptr, dh0_ptr, L, H, G, P, N, NC,
+def _dstate_pass(C_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, dhT_ptr, dout_ptr, dh0_ptr, L, H, G, P, N, NC, SC,
                  HAS_FIRST: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr,
                  BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """The backward's serial pass, the state pass reversed, over one (batch, head)'s [P block, N block],
@@ -353,13 +361,14 @@ def _dstate_pass(C_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, dhT_ptr, dout_ptr, dh0_
         c = NC - 1 - i
         tl.store(dout_ptr + (bh64 * NC + c) * P * N + st, v.to(dout_ptr.dtype.element_ty), mask=mask_s)
         gs, Cm, carry = _entry_tiles(C_ptr, seq_ptr, dtc_ptr, s_ptr, dy_ptr, bh64, row0, h, g, c, L, H, G, P, N,
-                                     NC, offs_q, offs_p, offs_n, mask_p, mask_n, Q, HAS_SEQ)
+                                     NC, SC, offs_q, offs_p, offs_n, mask_p, mask_n, Q, HAS_SEQ)
         v = v * carry + tl.dot(tl.trans(Cm), gs, input_precision=PREC)
     tl.store(dh0_ptr + bh64 * P * N + so, v, mask=mask_s)
 
 
 @triton.jit
-def _chunk_cb(B_ptr, C_ptr, cb16_ptr, sc_ptr, cb32_ptr, b, c, g, k, L, G, N, NC, Q: tl.constexpr, BT: tl.constexpr,
+def _chunk_cb(B_ptr, C_ptr, cb16_ptr, sc_ptr, cb32_ptr, b, c, g, k, L, G, N, NC, SB, SC, Q: tl.constexpr,
+              BT: tl.constexpr,
               BN: tl.constexpr, PREC: tl.constexpr, STORE16: tl.constexpr, STORE32: tl.constexpr):
     """C_t · B_u of chunk c of batch b and group g, target rows t of sub-block k [BT, Q]: every head of
     the group reads it rather than forming it (zero past L). Into [B, NC, G, Q, Q] buffers:
@@ -373,8 +382,8 @@ def _chunk_cb(B_ptr, C_ptr, cb16_ptr, sc_ptr, cb32_ptr, b, c, g, k, L, G, N, NC,
     offs_q = tl.arange(0, Q)
     offs_n = tl.arange(0, BN)
     mask_n = offs_n < N
-    Ci = _tile(C_ptr, row0 + c * Q + offs_i, c * Q + offs_i < L, G, g, N, offs_n, mask_n)
-    Bq = _tile(B_ptr, row0 + c * Q + offs_q, c * Q + offs_q < L, G, g, N, offs_n, mask_n)
+    Ci = _tile(C_ptr, row0 + c * Q + offs_i, c * Q + offs_i < L, SC, g, N, offs_n, mask_n)
+    Bq = _tile(B_ptr, row0 + c * Q + offs_q, c * Q + offs_q < L, SB, g, N, offs_n, mask_n)
     cb = tl.dot(Ci, tl.trans(Bq), input_precision=PREC)
     out = pid.to(tl.int64) * Q * Q + offs_i[:, None] * Q + offs_q[None, :]
     if STORE32:
@@ -390,7 +399,7 @@ def _chunk_cb(B_ptr, C_ptr, cb16_ptr, sc_ptr, cb32_ptr, b, c, g, k, L, G, N, NC,
 
 @triton.jit
 def _chunk_prep(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, B_ptr, C_ptr, cb16_ptr, sc_ptr, cb32_ptr, L, H, G, N, NC,
-                NHB, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, Q: tl.constexpr, BH: tl.constexpr,
+                NHB, SB, SC, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, Q: tl.constexpr, BH: tl.constexpr,
                 BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, STORE16: tl.constexpr,
                 STORE32: tl.constexpr, PDL: tl.constexpr):
     """The forward's two parallel preparations of chunk program_id(0) = b·NC + c in one launch, as they read
@@ -406,7 +415,8 @@ def _chunk_prep(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, B_ptr, C_ptr, cb16_ptr,
         _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, b, c, r, L, H, NC, HAS_BIAS, SOFTPLUS, Q, BH)
     else:
         r -= NHB
-        _chunk_cb(B_ptr, C_ptr, cb16_ptr, sc_ptr, cb32_ptr, b, c, r // (Q // BT), r % (Q // BT), L, G, N, NC, Q, BT,
+        _chunk_cb(B_ptr, C_ptr, cb16_ptr, sc_ptr, cb32_ptr, b, c, r // (Q // BT), r % (Q // BT), L, G, N, NC, SB, SC,
+                  Q, BT,
                   BN, PREC, STORE16, STORE32)
 
 
@@ -439,7 +449,7 @@ def _pair_ij(p):
 
 @triton.jit
 def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, y_ptr, ypre_ptr,
-                x_desc, cb_desc, C_desc, hin_desc, L, H, G, P, N, NC,
+                x_desc, cb_desc, C_desc, hin_desc, L, H, G, P, N, NC, SX, SC,
                 HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
                 STORE_YPRE: tl.constexpr, SCALED: tl.constexpr, TMA_PAIR: tl.constexpr, TMA_IN: tl.constexpr,
                 Q: tl.constexpr, BT: tl.constexpr,
@@ -467,13 +477,13 @@ def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_
     Dv = _skip_D(D_ptr, h, P, offs_p, mask_p, HAS_D, D_PER_P)
     # the chunk's first token row on the base pointers: the tiles' rows within it are int32 offsets
     at = (row0 + c * Q) * H * P
-    x_ptr += at
+    x_ptr += (row0 + c * Q) * SX
     y_ptr += at
     if HAS_Z:
         z_ptr += at
     if STORE_YPRE:
         ypre_ptr += at
-    C_ptr += (row0 + c * Q) * G * N
+    C_ptr += (row0 + c * Q) * SC
     y = tl.zeros((BT, BP), dtype=tl.float32)
     for p in range(nb * (nb + 1) // 2):
         i, j = _pair_ij(p)
@@ -487,13 +497,13 @@ def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_
             if SCALED:
                 CB = CB * tl.load(sc_ptr + ((b.to(tl.int64) * NC + c) * G + g) * Q + offs_i)[:, None]
         else:
-            xj = _tile(x_ptr, offs_j, mask_j, H, h, P, offs_p, mask_p)
+            xj = _tile(x_ptr, offs_j, mask_j, SX, h, P, offs_p, mask_p)
             CB = _cb_tile(cb_ptr, sc_ptr, H, NC, G, c, g, offs_i, offs_j, Q, SCALED, False)
         if j == 0:  # the target's first pair
             if TMA_IN:
                 Ci = C_desc.load([b, c * Q + i * BT, g, 0]).reshape(BT, BN)
             else:
-                Ci = _tile(C_ptr, offs_i, mask_i, G, g, N, offs_n, mask_n)
+                Ci = _tile(C_ptr, offs_i, mask_i, SC, g, N, offs_n, mask_n)
             y = tl.dot(Ci, stateT, input_precision=PREC)
             y = tl.where(seq_i == seq_prev, _exp(s_i), 0.0)[:, None] * y
         W = CB * _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j) * dt_j[None, :]
@@ -505,7 +515,7 @@ def _chunk_scan(x_ptr, C_ptr, cb_ptr, sc_ptr, D_ptr, z_ptr, seq_ptr, dtc_ptr, s_
 
 
 @triton.jit
-def _gate_grads(dy_ptr, z_ptr, ypre_ptr, x_ptr, gy_ptr, dz_ptr, dD_ptr, R, HP,
+def _gate_grads(dy_ptr, z_ptr, ypre_ptr, x_ptr, gy_ptr, dz_ptr, dD_ptr, R, HP, SX,
                 HAS_D: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
     """Back through the gate y = y_pre silu(z), over [R = B·L rows, HP = H·P columns] in [BR, BC] tiles:
     gy = dL/dy_pre = dy silu(z) (in dy's dtype: the kernels after it take gy for dy), dz = dy y_pre σ(z)
@@ -523,7 +533,7 @@ def _gate_grads(dy_ptr, z_ptr, ypre_ptr, x_ptr, gy_ptr, dz_ptr, dD_ptr, R, HP,
     tl.store(gy_ptr + o, gy.to(gy_ptr.dtype.element_ty), mask=m)
     tl.store(dz_ptr + o, (g * yp * sz * (1.0 + zv * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=m)
     if HAS_D:
-        xv = tl.load(x_ptr + o, mask=m, other=0.0).to(tl.float32)
+        xv = tl.load(x_ptr + rows[:, None] * SX + cols[None, :], mask=m, other=0.0).to(tl.float32)
         tl.store(dD_ptr + tl.program_id(0).to(tl.int64) * HP + cols, tl.sum(gy * xv, axis=0), mask=cols < HP)
 
 
@@ -560,7 +570,7 @@ def _add_row(rows, part, k):
 @triton.jit
 def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, bias_ptr, seq_ptr, dtc_ptr, s_ptr,
                  hin_ptr, dout_ptr, dy_ptr, dx_ptr, ddt_ptr, dA_ptr, dD_ptr,
-                 L, H, G, P, N, NC, BLH,
+                 L, H, G, P, N, NC, BLH, SX, SB, SC,
                  HAS_D: tl.constexpr, D_PER_P: tl.constexpr, SUM_DD: tl.constexpr, HAS_BIAS: tl.constexpr,
                  SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
                  BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
@@ -589,10 +599,10 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, bias_ptr, se
     for j in range(nb):
         offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, j, L, NC, Q, BT,
                                                           HAS_SEQ)
-        xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
-        Bj = _tile(B_ptr, rows_j, mask_j, G, g, N, offs_n, mask_n)
-        Cj = _tile(C_ptr, rows_j, mask_j, G, g, N, offs_n, mask_n)
-        gj = _tile(dy_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p).to(tl.float32)
+        xj = _tile(x_ptr, rows_j, mask_j, SX, h, P, offs_p, mask_p)
+        Bj = _tile(B_ptr, rows_j, mask_j, SB, g, N, offs_n, mask_n)
+        Cj = _tile(C_ptr, rows_j, mask_j, SC, g, N, offs_n, mask_n)
+        gj = _tile(dy_ptr, rows_j, mask_j, H * P, h, P, offs_p, mask_p).to(tl.float32)
         # as a target: the entering state's term exp(s_t) g_t . C_t h_in
         e_in = tl.where(seq_j == seq_prev, _exp(s_j), 0.0)
         ds_j = e_in * tl.sum(gj * tl.dot(Cj, tl.trans(state), input_precision=PREC), axis=1)
@@ -600,7 +610,7 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, bias_ptr, se
         for i in range(j, nb):
             offs_i, rows_i, mask_i, dt_i, s_i, seq_i = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, i, L, NC, Q, BT,
                                                            HAS_SEQ)
-            gi = _tile(dy_ptr, rows_i, mask_i, H, h, P, offs_p, mask_p).to(xdt)
+            gi = _tile(dy_ptr, rows_i, mask_i, H * P, h, P, offs_p, mask_p).to(xdt)
             CB = _cb_tile(cb_ptr, None, H, NC, G, c, g, offs_i, offs_j, Q, False, True)
             decay, M = _pair(gi, xj, CB, offs_i, s_i, seq_i, offs_j, s_j, seq_j, dt_j, PREC)
             ds_j -= tl.sum(M, axis=0)
@@ -670,7 +680,7 @@ def _group_head(k, b, g, c, sub, row0, dtc_ptr, s_ptr, seq_ptr, L, H, G, P, NC, 
 
 @triton.jit
 def _group_dC(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, dy_ptr, dC_ptr, dcb_ptr,
-              L, H, G, P, N, NC, NPB, HAS_SEQ: tl.constexpr, Q: tl.constexpr,
+              L, H, G, P, N, NC, NPB, SX, SB, HAS_SEQ: tl.constexpr, Q: tl.constexpr,
               BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """dC [B, L, G, N] (C's dtype, summed in float32) of target sub-block i of one chunk and group,
     summed over the group's heads: dCB[t, :] = Σ_h R_h[t, :] and Σ_h exp(s_t) g_t · h_in in the loop,
@@ -683,8 +693,8 @@ def _group_dC(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, dy_ptr, dC_ptr, dc
             k, b, g, c, i, row0, dtc_ptr, s_ptr, seq_ptr, L, H, G, P, NC, NPB, Q, BT, BP, HAS_SEQ)
         offs_q, rows_q, mask_q, dt_q, s_q, seq_q = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, 0, L, NC, Q, Q,
                                                           HAS_SEQ)
-        xq = _tile(x_ptr, rows_q, mask_q, H, h, P, offs_p, mask_p)
-        gi = _tile(dy_ptr, rows_i, mask_i, H, h, P, offs_p, mask_p).to(xq.dtype)
+        xq = _tile(x_ptr, rows_q, mask_q, SX, h, P, offs_p, mask_p)
+        gi = _tile(dy_ptr, rows_i, mask_i, H * P, h, P, offs_p, mask_p).to(xq.dtype)
         dcb += _decay(offs_i, s_i, seq_i, offs_q, s_q, seq_q) * dt_q[None, :] * tl.dot(
             gi, tl.trans(xq), input_precision=PREC)
         hin = tl.load(hin_ptr + (bh64 * NC + c) * P * N + offs_p[:, None] + offs_n[None, :] * P,
@@ -694,7 +704,7 @@ def _group_dC(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, dy_ptr, dC_ptr, dc
     offs_q = tl.arange(0, Q)
     offs_i = i * BT + tl.arange(0, BT)
     t_q, t_i = c * Q + offs_q, c * Q + offs_i
-    Bq = _tile(B_ptr, row0 + t_q, t_q < L, G, g, N, offs_n, mask_n)
+    Bq = _tile(B_ptr, row0 + t_q, t_q < L, SB, g, N, offs_n, mask_n)
     dC += tl.dot(dcb.to(Bq.dtype), Bq, input_precision=PREC)
     tl.store(dC_ptr + ((row0 + t_i) * G + g)[:, None] * N + offs_n[None, :], dC.to(dC_ptr.dtype.element_ty),
              mask=(t_i < L)[:, None] & mask_n[None, :])
@@ -703,7 +713,7 @@ def _group_dC(x_ptr, B_ptr, seq_ptr, dtc_ptr, s_ptr, hin_ptr, dy_ptr, dC_ptr, dc
 
 @triton.jit
 def _group_dB(x_ptr, C_ptr, seq_ptr, dtc_ptr, s_ptr, dout_ptr, dcb_ptr, dB_ptr,
-              L, H, G, P, N, NC, NPB, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
+              L, H, G, P, N, NC, NPB, SX, SC, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
               BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """dB [B, L, G, N] (B's dtype, summed in float32) of source sub-block j of one chunk and group,
     summed over the group's heads: Σ_h w_out(u) dt'_u x_u · dL/dh_out in the loop, then + dCBᵀ C with
@@ -713,7 +723,7 @@ def _group_dB(x_ptr, C_ptr, seq_ptr, dtc_ptr, s_ptr, dout_ptr, dcb_ptr, dB_ptr,
     for k in range(H // G * NPB):
         h, bh64, offs_p, mask_p, sT, seq_prev, seq_last, offs_j, rows_j, mask_j, dt_j, s_j, seq_j = _group_head(
             k, b, g, c, j, row0, dtc_ptr, s_ptr, seq_ptr, L, H, G, P, NC, NPB, Q, BT, BP, HAS_SEQ)
-        xj = _tile(x_ptr, rows_j, mask_j, H, h, P, offs_p, mask_p)
+        xj = _tile(x_ptr, rows_j, mask_j, SX, h, P, offs_p, mask_p)
         dstate = tl.load(dout_ptr + (bh64 * NC + c) * P * N + offs_p[:, None] + offs_n[None, :] * P,
                          mask=mask_p[:, None] & mask_n[None, :], other=0.0).to(xj.dtype)  # dout[c] is [N, P]
         w_out = tl.where(seq_j == seq_last, _exp(tl.minimum(sT - s_j, 0.0)), 0.0)
@@ -721,7 +731,7 @@ def _group_dB(x_ptr, C_ptr, seq_ptr, dtc_ptr, s_ptr, dout_ptr, dcb_ptr, dB_ptr,
     offs_q = tl.arange(0, Q)
     offs_j = j * BT + tl.arange(0, BT)
     t_q, t_j = c * Q + offs_q, c * Q + offs_j
-    Cq = _tile(C_ptr, row0 + t_q, t_q < L, G, g, N, offs_n, mask_n)
+    Cq = _tile(C_ptr, row0 + t_q, t_q < L, SC, g, N, offs_n, mask_n)
     dcb = tl.load(dcb_ptr + tl.program_id(0).to(tl.int64) * Q * Q + offs_q[:, None] * Q + offs_j[None, :])
     dB += tl.dot(tl.trans(dcb.to(Cq.dtype)), Cq, input_precision=PREC)
     tl.store(dB_ptr + ((row0 + t_j) * G + g)[:, None] * N + offs_n[None, :], dB.to(dB_ptr.dtype.element_ty),
@@ -734,14 +744,23 @@ def pick_chunk(x, L: int, chunk: int | None) -> int:
     return chunk or min(INTERPRET_CHUNK if small else CHUNK, _pow2(L))
 
 
-def _sizes(x, B, chunk):
+def _sizes(x, B, C, chunk):
     batch, L, H, P = x.shape
     G, N = B.shape[2:]
     Q = pick_chunk(x, L, chunk)
-    if Q * max(H * P, G * N) >= 2**31:  # the offsets within a chunk are int32
-        raise ValueError(f"x: [H, P] = [{H}, {P}] (B: [G, N] = [{G}, {N}]) over a chunk of {Q} tokens passes "
-                         f"2^31 elements, past the chunked kernels' int32 offsets within a chunk")
+    if Q * max(H * P, x.stride(1), B.stride(1), C.stride(1)) >= 2**31:  # the offsets within a chunk are int32
+        raise ValueError(f"x: token rows of {max(H * P, x.stride(1))} elements (B: {B.stride(1)}, C: {C.stride(1)}) "
+                         f"over a chunk of {Q} tokens pass 2^31 elements, past the chunked kernels' int32 offsets "
+                         f"within a chunk")
     return batch, L, H, P, G, N, Q, cdiv(L, Q), _pow2(N)
+
+
+def token_rows(t):
+    """x [B, L, H, P], B or C [B, L, G, N] as the chunk kernels read it: as it is when its token rows lie
+    evenly apart (strides [L·s, s, inner, 1]: a slice of a wider [B, L, F] tensor, as Mamba-2 slices x,
+    B and C from its conv's output), else a contiguous copy."""
+    _, L, H, P = t.shape
+    return t if t.stride()[2:] == (P, 1) and t.stride(0) == L * t.stride(1) else t.contiguous()
 
 
 def _run(kernel_fn, name: str, x, programs: int, *args, **kw):
@@ -777,24 +796,45 @@ def _cb16(x) -> bool:
 
 
 def _descriptors(on: bool, *views):
-    """Tensor descriptors of contiguous tensors, one a (tensor, block shape) pair, for the copy engine
+    """Tensor descriptors of tensors with a contiguous last dimension, one a (tensor, block shape) pair, for the
+    copy engine
     (TMA) of sm_90 and later; None when on is False, before sm_90 or Triton's host descriptors, or where a
     base or row is not 16-byte aligned. What a block holds past a tensor's end reads as 0."""
     t0 = views[0][0]
     if not on or TensorDescriptor is None or (t0.is_cuda and torch.cuda.get_device_capability(t0.device)[0] < 9):
         return None
-    if any(t.data_ptr() % 16 or t.shape[-1] * t.element_size() % 16 for t, _ in views):
+    if any(t.data_ptr() % 16 or any(s * t.element_size() % 16 for s in (*t.stride()[:-1], t.shape[-1]))
+           for t, _ in views):
         return None
     return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), block) for t, block in views)
 
 
+def _states(x, B, seq, dtc, s, h0, sizes, chain):
+    """The serial state pass: (the states entering every chunk, transposed [B, H, NC, N, P] in the state
+    dtype, the final state [B, H, P, N] float32)."""
+    batch, L, H, P, G, N, Q, NC, BN = sizes
+    hT = torch.empty(batch, H, P, N, device=x.device, dtype=torch.float32)
+    hin = torch.empty(batch, H, NC, N, P, device=x.device, dtype=_state_dtype(x))  # transposed: see _state_pass
+    BP, BNP, warps, stages = _pass_launch(x, STATE_PASS, P, BN)
+    _state_pass[(batch * H, cdiv(P, BP), cdiv(N, BNP))](
+        x, B, seq, dtc, s, h0, hin, hT, L, H, G, P, N, NC, x.stride(1), B.stride(1), HAS_H0=h0 is not None,
+        HAS_SEQ=seq is not None, Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages, **chain)
+    return hin, hT
+
+
+def _new(t):
+    """A contiguous tensor of t's shape, dtype and device (t may be a strided view: see token_rows)."""
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+
 def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None):
     """y [B, L, H, P], final state [B, H, P, N] float32 and what the backward needs:
-    (dt' [B, H, NC, Q], s [B, H, NC, Q], entering states transposed [B, H, NC, N, P], y before the gate or None,
-    C·Bᵀ [B, NC, G, Q, Q] float32).
-    The chunk scan reads C·Bᵀ in float16 for bf16 inputs (see _cb16); the backward reads it in float32:
-    _chunk_grads, at its register cap, spills more and is slower with the float16 tiles and their scales."""
-    batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, chunk)
+    (dt' [B, H, NC, Q], s [B, H, NC, Q], h0 or None, the entering states with KEEP_STATES or None, y before
+    the gate or None, C·Bᵀ [B, NC, G, Q, Q] float32).
+    x, B and C may be strided views (token_rows). The chunk scan reads C·Bᵀ in float16 for bf16 inputs (see
+    _cb16); the backward reads it in float32: _chunk_grads, at its register cap, spills more and is slower
+    with the float16 tiles and their scales."""
+    sizes = batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, C, chunk)
     f32 = dict(device=x.device, dtype=torch.float32)
     dtc = torch.empty(batch, H, NC, Q, **f32)
     s = torch.empty_like(dtc)
@@ -808,19 +848,14 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     BH, cbt = min(_pow2(H, 1), BLOCK_H), scan["BT"]
     NHB = cdiv(H, BH)
     _chunk_prep[(batch * NC, NHB + G * (Q // cbt))](
-        dt, A, dt_bias, dtc, s, B, C, cb16, sc, cb32, L, H, G, N, NC, NHB, HAS_BIAS=dt_bias is not None,
+        dt, A, dt_bias, dtc, s, B, C, cb16, sc, cb32, L, H, G, N, NC, NHB, B.stride(1), C.stride(1),
+        HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), Q=Q, BH=BH, BT=cbt, BN=BN, PREC=_prec(x), STORE16=scaled,
         STORE32=cb32 is not None, num_warps=PASS_WARPS, **chain)
-    sdt = _state_dtype(x)
-    hT = torch.empty(batch, H, P, N, **f32)
-    hin = torch.empty(batch, H, NC, N, P, device=x.device, dtype=sdt)  # transposed: see _state_pass
-    BP, BNP, warps, stages = _pass_launch(x, STATE_PASS, P, BN)
-    _state_pass[(batch * H, cdiv(P, BP), cdiv(N, BNP))](
-        x, B, seq, dtc, s, h0, hin, hT, L, H, G, P, N, NC, HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
-        Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages, **chain)
-    y = torch.empty_like(x)
+    hin, hT = _states(x, B, seq, dtc, s, h0, sizes, chain)
+    y = _new(x)
     store_ypre = for_backward and z is not None
-    ypre = torch.empty_like(x) if store_ypre else None
+    ypre = _new(x) if store_ypre else None
     fl = _flags(D, z, dt_bias, dt_softplus)
     cb = cb16 if scaled else cb32
     pair = enter = None
@@ -832,17 +867,20 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
             scan.update(_launch("scan_tma", x, Q, P))
     _chunk_scan[(batch * NC * H, scan.pop("NPB"))](
         x, C, cb, sc, D, z, seq, dtc, s, hin, y, ypre, *(pair or (None,) * 2), *(enter or (None,) * 2), L, H, G, P, N,
-        NC, HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"], HAS_SEQ=seq is not None,
-        STORE_YPRE=store_ypre, SCALED=scaled, TMA_PAIR=pair is not None, TMA_IN=enter is not None, Q=Q, BN=BN,
-        PREC=_prec(x), **chain, **scan)
-    return y, hT, (dtc, s, hin, ypre, cb32)
+        NC, x.stride(1), C.stride(1), HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"],
+        HAS_SEQ=seq is not None, STORE_YPRE=store_ypre, SCALED=scaled, TMA_PAIR=pair is not None,
+        TMA_IN=enter is not None, Q=Q, BN=BN, PREC=_prec(x), **chain, **scan)
+    return y, hT, (dtc, s, h0, hin if KEEP_STATES else None, ypre, cb32)
 
 
-def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s, hin, ypre, cb, *, chunk=None):
+def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s, h0, hin, ypre, cb, *,
+                chunk=None):
     """Gradients of x, dt, A, B, C, D, z, dt_bias and the initial state (float32 except dx, dz, dB, dC:
     their inputs' dtype)."""
-    batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, chunk)
+    sizes = batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, C, chunk)
     f32 = dict(device=x.device, dtype=torch.float32)
+    if hin is None:  # not kept by the forward (KEEP_STATES): the state pass again
+        hin, _ = _states(x, B, seq, dtc, s, h0, sizes, dict(PDL=False))
     dz = dD_gate = None
     if z is not None:  # back through the gate first: the kernels below take gy = dL/d(y before it) for dy
         gy, dz = torch.empty_like(dy), torch.empty_like(z)
@@ -850,35 +888,35 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
         if D is not None:
             dD_gate = torch.empty(cdiv(R, GATE_BLOCK[0]), HP, **f32)
         _gate_grads[(cdiv(R, GATE_BLOCK[0]), cdiv(HP, GATE_BLOCK[1]))](
-            dy, z, ypre, x, gy, dz, dD_gate, R, HP, HAS_D=D is not None, BR=GATE_BLOCK[0], BC=GATE_BLOCK[1],
-            num_warps=GATE_WARPS)
+            dy, z, ypre, x, gy, dz, dD_gate, R, HP, x.stride(1), HAS_D=D is not None, BR=GATE_BLOCK[0],
+            BC=GATE_BLOCK[1], num_warps=GATE_WARPS)
         dy = gy
     dout = torch.empty(batch, H, NC, N, P, device=x.device, dtype=hin.dtype)  # transposed: see _dstate_pass
     dh0 = torch.empty(batch, H, P, N, **f32)
     BP, BNP, warps, stages = _pass_launch(x, DSTATE_PASS, P, BN)
     _dstate_pass[(batch * H, cdiv(P, BP), cdiv(N, BNP))](
-        C, seq, dtc, s, dy, dhT, dout, dh0, L, H, G, P, N, NC, HAS_FIRST=dhT is not None, HAS_SEQ=seq is not None,
-        Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages)
+        C, seq, dtc, s, dy, dhT, dout, dh0, L, H, G, P, N, NC, C.stride(1), HAS_FIRST=dhT is not None,
+        HAS_SEQ=seq is not None, Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages)
     NPB = _launch("grads", x, Q, P)["NPB"]
-    dx = torch.empty_like(x)
+    dx = _new(x)
     ddt = torch.empty(NPB, batch, L, H, **f32)
     dA = torch.empty(NPB, batch * NC * H, **f32)
     sum_dd = D is not None and z is None
     dD_chunks = torch.empty(batch, H, NC, P, **f32) if sum_dd else None
     _run(_chunk_grads, "grads", x, batch * NC * H,
          x, dt, A, B, C, cb, D, dt_bias, seq, dtc, s, hin, dout, dy, dx, ddt, dA, dD_chunks,
-         L, H, G, P, N, NC, batch * L * H, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
-         SUM_DD=sum_dd, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_SEQ=seq is not None, Q=Q,
-         BN=BN, PREC=_prec(x))
+         L, H, G, P, N, NC, batch * L * H, x.stride(1), B.stride(1), C.stride(1), HAS_D=D is not None,
+         D_PER_P=D is not None and D.dim() == 2, SUM_DD=sum_dd, HAS_BIAS=dt_bias is not None,
+         SOFTPLUS=bool(dt_softplus), HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x))
     # dC, dB: programs over (batch, chunk, group) and sub-blocks, each walking the group's heads
     cfg = _launch("group", x, Q, P)
     grid, npb = (batch * NC * G, Q // cfg["BT"]), cfg.pop("NPB")
-    dC, dB = torch.empty_like(C), torch.empty_like(B)  # stored as the kernels' float32 sums round
+    dC, dB = _new(C), _new(B)  # stored as the kernels' float32 sums round
     dcb = torch.empty(batch, NC, G, Q, Q, **f32)
-    _group_dC[grid](x, B, seq, dtc, s, hin, dy, dC, dcb, L, H, G, P, N, NC, npb, HAS_SEQ=seq is not None, Q=Q,
-                    BN=BN, PREC=_prec(x), **cfg)
-    _group_dB[grid](x, C, seq, dtc, s, dout, dcb, dB, L, H, G, P, N, NC, npb, HAS_SEQ=seq is not None, Q=Q,
-                    BN=BN, PREC=_prec(x), **cfg)
+    _group_dC[grid](x, B, seq, dtc, s, hin, dy, dC, dcb, L, H, G, P, N, NC, npb, x.stride(1), B.stride(1),
+                    HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x), **cfg)
+    _group_dB[grid](x, C, seq, dtc, s, dout, dcb, dB, L, H, G, P, N, NC, npb, x.stride(1), C.stride(1),
+                    HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x), **cfg)
     ddt = ddt.sum(0) if NPB > 1 else ddt[0]
     dD = None
     if D is not None:  # [B, H, NC, P] from _chunk_grads or [row blocks, H·P] from _gate_grads, to [H, P]
@@ -890,4 +928,4 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
 
 
 SSDChunkedFn = scan_function("SSDChunkedFn", chunked_fwd, chunked_bwd,
-                             "(y, final state) of the scan in the chunked layout (mamba_ssm's).")
+                             "(y, final state) of the scan in the chunked layout (mamba_ssm's).", rows=token_rows)

@@ -176,6 +176,56 @@ def test_chunked_tma_reads_equal_pointer_reads(tma, P, monkeypatch):
         assert torch.equal(a, b)
 
 
+def as_token_rows(t, pad=3):
+    """t's x, B and C as slices of one [b, L, H·P + 2·G·N + pad] buffer (Mamba-2 slices them so from its
+    conv's output), the rest as it is."""
+    x, B, C = t["x"], t["B"], t["C"]
+    b, L = x.shape[:2]
+    flat = [v.reshape(b, L, -1) for v in (x, B, C)]
+    buf = torch.cat(flat + [torch.full((b, L, pad), float("nan"), dtype=x.dtype)], dim=-1)
+    x2, B2, C2, _ = buf.split([f.shape[-1] for f in flat] + [pad], dim=-1)
+    return {**t, "x": x2.view(x.shape), "B": B2.view(B.shape), "C": C2.view(C.shape)}
+
+
+@pytest.mark.parametrize("opts, dtype, tma", [(dict(D=1, z=True, bias=True, h0=True, seq=True), torch.float32, False),
+                                              (dict(D=2, bias=True), torch.float32, False),
+                                              (dict(D=1, z=True, bias=True, seq=True), torch.float16, True)],
+                         ids=["gate", "no-gate", "tma"])
+def test_chunked_reads_token_rows_in_place(opts, dtype, tma, monkeypatch):
+    """x, B and C sliced from one wider tensor (rows evenly strided) are read where they lie, not copied,
+    and give exactly the outputs and gradients of contiguous copies: forward, state passes, chunk kernels,
+    the gate's backward and the group kernels all index token rows by their stride (the NaN padding
+    between rows would show if a kernel read past a row). Rows that do not lie evenly apart are copied."""
+    from archdsl.kernels.ssd import triton_ssd_chunked
+    from archdsl.kernels.ssd.triton_ssd_chunked import token_rows
+    if tma:  # float16 rows of 2·(H·P + 2·G·N + 5) = 208 bytes: 16-byte units, so descriptors are made
+        monkeypatch.setattr(triton_ssd_chunked, "TMA_MIN_PROGRAMS", 0)
+    t = make(2, 45, 4, 8, 2, 16, dtype=dtype, **opts)
+    strided = as_token_rows(t, pad=5 if tma else 3)
+    assert not strided["x"].is_contiguous()
+    assert all(token_rows(strided[k]) is strided[k] for k in "xBC")
+    assert token_rows(t["x"].transpose(0, 1).contiguous().transpose(0, 1)).is_contiguous()
+    for a, b in zip(run(scan_of("chunked"), strided), run(scan_of("chunked"), t)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("h0", [False, True])
+def test_chunked_backward_runs_the_state_pass_again(h0, monkeypatch):
+    """Unless KEEP_STATES, the forward saves none of the entering states [B, H, NC, N, P] for the backward,
+    which runs the state pass again (from h0 when given): the same bits as keeping them."""
+    from archdsl.kernels.ssd import triton_ssd_chunked
+    t = make(2, 45, 4, 8, 2, 16, D=1, z=True, bias=True, h0=h0, seq=True)
+    shapes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda v: (shapes.append(tuple(v.shape)), v)[1], lambda v: v):
+        got = run(scan_of("chunked"), t)
+    monkeypatch.setattr(triton_ssd_chunked, "KEEP_STATES", True)
+    want = run(scan_of("chunked"), t)
+    NC = -(-45 // triton_ssd_chunked.INTERPRET_CHUNK)
+    assert shapes and (2, 4, NC, 16, 8) not in shapes
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
 def test_chunked_tma_needs_16_byte_alignment():
     """Tensor descriptors are made only for a 16-byte-aligned base whose rows are whole 16-byte units:
     a tensor stored one element into its buffer, or with 12-byte rows, reads by pointers (None)."""
@@ -324,7 +374,7 @@ def test_chunked_refuses_int32_overflow_within_a_chunk():
     from archdsl.kernels.ssd.triton_ssd_chunked import chunked_fwd
     x = torch.empty(1, 256, 1 << 16, 1 << 9, device="meta")
     B = torch.empty(1, 256, 1, 16, device="meta")
-    with pytest.raises(ValueError, match=r"x: \[H, P\] = \[65536, 512\]"):
+    with pytest.raises(ValueError, match=r"x: token rows of 33554432 elements \(B: 16, C: 16\) over a chunk of 128"):
         chunked_fwd(x, None, None, B, B, None, None, None, False, None, None, for_backward=False, chunk=128)
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from ..fusions import Fusable
 from .conv import conv_forward, conv_step
 from .mamba import fused_step_ok, init_dt_bias, skip_gate, state_dtype
+from .recompute import recompute_block
 
 
 def _gemv_rows() -> int:
@@ -44,7 +45,7 @@ class GatedRMSNorm(nn.Module):
 
 
 class Mamba2(nn.Module, Fusable):
-    FUSES = ("epilogue", "step", "norm_gemv", "pdl")
+    FUSES = ("epilogue", "step", "norm_gemv", "pdl", "recompute")
 
     def __init__(self, cfg):
         super().__init__()
@@ -91,14 +92,24 @@ class Mamba2(nn.Module, Fusable):
 
     def forward(self, x, state=None, **ctx):
         """x [B, L, d] → [B, L, d]; a given state is continued and left after the last token."""
+        z, xBC, dt = self._split(self.in_proj(x))
+        with recompute_block(self, x, state) as rc:
+            return self._inner(z, xBC, dt, state, rc)
+
+    def _inner(self, z, xBC, dt, state, rc):
+        """in_proj's parts z [B, L, E], xBC [B, L, conv_dim], dt [B, L, H] → out_proj's output [B, L, d];
+        `rc` keeps the conv's output as a recipe (the "recompute" fusion): the scan reads x, B and C as
+        slices of it in place, so what it saves for the backward is rebuilt there from in_proj's output,
+        which the gated norm's z keeps anyway (E + 2·G·N values a token a layer less)."""
         from archdsl.kernels import ssd_scan
 
-        Bsz, L, _ = x.shape
-        z, xBC, dt = self._split(self.in_proj(x))
+        Bsz, L, _ = z.shape
+        w, b = self.conv1d.weight[:, 0], self.conv1d.bias
+        xd, wd, bd = xBC.detach(), w.detach(), None if b is None else b.detach()  # rc runs no recipe with a state
         # channels-last: the conv reads in_proj's slice in place and writes [B, L, conv_dim], so that the
         # heads' reshapes below are views (no transposed copies in or out)
-        xBC = conv_forward(xBC.transpose(1, 2), self.conv1d.weight[:, 0], self.conv1d.bias,
-                           None if state is None else state["conv"]).transpose(1, 2)
+        xBC = rc.keep(conv_forward(xBC.transpose(1, 2), w, b, None if state is None else state["conv"]).transpose(1, 2),
+                      lambda: conv_forward(xd.transpose(1, 2), wd, bd).transpose(1, 2))
         u, B, C = xBC.split([self.E, self.G * self.N, self.G * self.N], dim=-1)
         gate = None if self.norm is not None else z.reshape(Bsz, L, self.H, self.P)
         dt, dt_bias, softplus = self._dt(dt)
