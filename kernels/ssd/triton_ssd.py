@@ -338,10 +338,11 @@ def pick_chunk(L: int, chunk: int | None) -> int:
     return min(CHUNK, _pow2(L))
 
 
-def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None,
+def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None, keep_states=True,
             block_p=None, num_warps=None, num_stages=None):
     """Returns y [B, L, H, P], final state [B, H, P, N] fp32 and what the backward needs: (the
-    float32 state entering every chunk [B, H, NC, P, N], y before the gate or None without z)."""
+    float32 state entering every chunk [B, H, NC, P, N], y before the gate or None without z). The
+    states are kept whatever keep_states says: this backward has no state pass of its own."""
     batch, L, H, P = x.shape
     G, N = B.shape[2:]
     Q = pick_chunk(L, chunk)
@@ -400,21 +401,22 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, states, yp
 
 def scan_function(name: str, fwd, bwd, doc: str, rows=dense) -> type:
     """The autograd.Function of one Triton implementation of the scan, arguments (x, dt, A, B, C, D,
-    z, dt_bias, h0, seq, dt_softplus, chunk) -> (y, final state); every tensor input but seq is
-    differentiable.
-      fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, for_backward=, chunk=)
+    z, dt_bias, h0, seq, dt_softplus, chunk, keep_states) -> (y, final state); every tensor input but seq
+    is differentiable.
+      fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, for_backward=, chunk=, keep_states=)
           -> (y, final state, the tensors its backward needs)
       bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, *those tensors, chunk=)
           -> the gradients of x, dt, A, B, C, D, z, dt_bias and h0
     The other tensors are made contiguous; x, B and C go through `rows` (dense, or the layout the
     implementation reads strided)."""
 
-    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, h0, seq, dt_softplus, chunk):
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, h0, seq, dt_softplus, chunk, keep_states=True):
         dt, A, D, z, dt_bias, h0 = map(dense, (dt, A, D, z, dt_bias, h0))
         x, B, C = map(rows, (x, B, C))
         seq = None if seq is None else seq.to(torch.int32).contiguous()
         grad = any(ctx.needs_input_grad)
-        y, hT, saved = fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, for_backward=grad, chunk=chunk)
+        y, hT, saved = fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, for_backward=grad, chunk=chunk,
+                           keep_states=keep_states)
         if grad:
             ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, seq, *saved)
             ctx.dt_softplus, ctx.chunk = dt_softplus, chunk
@@ -428,7 +430,8 @@ def scan_function(name: str, fwd, bwd, doc: str, rows=dense) -> type:
         dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dh0 = grads
         cast = lambda g, ref: None if g is None or ref is None else g.to(ref.dtype)
         return (dx, cast(ddt, dt), cast(dA, A), cast(dB, B), cast(dC, C), cast(dD, D), dz,
-                cast(ddt_bias, dt_bias), None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype), None, None, None)
+                cast(ddt_bias, dt_bias), None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype), None, None, None,
+                None)
 
     body = {"__doc__": doc, "__module__": fwd.__module__, "forward": staticmethod(forward),
             "backward": staticmethod(backward)}

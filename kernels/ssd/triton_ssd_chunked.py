@@ -31,9 +31,11 @@ scan in float16 for bf16 inputs (each row scaled by a power of two, kept in a [B
 buffer), else float32, and in float32 for the backward; dCB [B, NC, G, Q, Q] float32; the entering
 states transposed, [B, H, NC, N, P] (see _state_pass), in the state dtype (the input's for 16-bit
 inputs -- the products read them in that precision anyway -- else float32); the gradients of the
-leaving states, transposed too, [B, H, NC, N, P] (see _dstate_pass), in the same dtype. Unless
-KEEP_STATES, the forward keeps no entering states for the backward, which runs the state pass again
-(as mamba_ssm's backward does).
+leaving states, transposed too, [B, H, NC, N, P] (see _dstate_pass), in the same dtype. With
+keep_states=False the forward keeps no entering states for the backward, which runs the state pass
+again (as mamba_ssm's backward does): the largest buffer a layer keeps, H·P·N / Q values a token
+(mamba2-2.7b: 5120, as many as x), for one more pass (H200, B4 H32 P64 N128 bf16, one process:
+forward+backward 0.897 -> 0.952 ms at L 4K, 3.287 -> 3.476 at 16K).
 x, B and C are read where they lie when their token rows are evenly strided (token_rows: slices of a
 wider [B, L, F] tensor, as Mamba-2 slices them from its conv's output), so the scan copies none of them.
 Packed sequences (seq_idx), as in the fused kernels: a token sees the entering state only if it
@@ -134,9 +136,6 @@ CHAIN = True
 # (Triton encodes it there), so only scans of TMA_MIN_PROGRAMS (batch · chunk · head) programs or more use them,
 # and only 16-bit inputs (at the register cap below, float32 tiles spill).
 TMA, TMA_MIN_PROGRAMS = ("pair", "in"), 8192
-# Whether the forward keeps the entering states for the backward, or the backward runs the state pass again:
-# they are the largest buffer a layer would keep, H·P·N / Q values a token (mamba2-2.7b: 5120, as many as x).
-KEEP_STATES = False
 
 
 def _launch(kernel: str, x, Q: int, P: int) -> dict:
@@ -827,10 +826,10 @@ def _new(t):
     return torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
 
-def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None):
+def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None, keep_states=True):
     """y [B, L, H, P], final state [B, H, P, N] float32 and what the backward needs:
-    (dt' [B, H, NC, Q], s [B, H, NC, Q], h0 or None, the entering states with KEEP_STATES or None, y before
-    the gate or None, C·Bᵀ [B, NC, G, Q, Q] float32).
+    (dt' [B, H, NC, Q], s [B, H, NC, Q], h0 or None, the entering states or None without keep_states, y
+    before the gate or None, C·Bᵀ [B, NC, G, Q, Q] float32).
     x, B and C may be strided views (token_rows). The chunk scan reads C·Bᵀ in float16 for bf16 inputs (see
     _cb16); the backward reads it in float32: _chunk_grads, at its register cap, spills more and is slower
     with the float16 tiles and their scales."""
@@ -870,7 +869,7 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
         NC, x.stride(1), C.stride(1), HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"],
         HAS_SEQ=seq is not None, STORE_YPRE=store_ypre, SCALED=scaled, TMA_PAIR=pair is not None,
         TMA_IN=enter is not None, Q=Q, BN=BN, PREC=_prec(x), **chain, **scan)
-    return y, hT, (dtc, s, h0, hin if KEEP_STATES else None, ypre, cb32)
+    return y, hT, (dtc, s, h0, hin if keep_states else None, ypre, cb32)
 
 
 def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s, h0, hin, ypre, cb, *,
@@ -879,7 +878,7 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
     their inputs' dtype)."""
     sizes = batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, C, chunk)
     f32 = dict(device=x.device, dtype=torch.float32)
-    if hin is None:  # not kept by the forward (KEEP_STATES): the state pass again
+    if hin is None:  # not kept by the forward (keep_states=False): the state pass again
         hin, _ = _states(x, B, seq, dtc, s, h0, sizes, dict(PDL=False))
     dz = dD_gate = None
     if z is not None:  # back through the gate first: the kernels below take gy = dL/d(y before it) for dy

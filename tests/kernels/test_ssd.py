@@ -210,19 +210,19 @@ def test_chunked_reads_token_rows_in_place(opts, dtype, tma, monkeypatch):
 
 
 @pytest.mark.parametrize("h0", [False, True])
-def test_chunked_backward_runs_the_state_pass_again(h0, monkeypatch):
-    """Unless KEEP_STATES, the forward saves none of the entering states [B, H, NC, N, P] for the backward,
-    which runs the state pass again (from h0 when given): the same bits as keeping them."""
-    from archdsl.kernels.ssd import triton_ssd_chunked
+def test_chunked_backward_runs_the_state_pass_again(h0):
+    """keep_states=False: the forward saves none of the entering states [B, H, NC, N, P] for the backward,
+    which runs the state pass again (from h0 when given): the same bits as keeping them (the default)."""
+    from archdsl.kernels.ssd.triton_ssd_chunked import INTERPRET_CHUNK
     t = make(2, 45, 4, 8, 2, 16, D=1, z=True, bias=True, h0=h0, seq=True)
-    shapes = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda v: (shapes.append(tuple(v.shape)), v)[1], lambda v: v):
-        got = run(scan_of("chunked"), t)
-    monkeypatch.setattr(triton_ssd_chunked, "KEEP_STATES", True)
-    want = run(scan_of("chunked"), t)
-    NC = -(-45 // triton_ssd_chunked.INTERPRET_CHUNK)
-    assert shapes and (2, 4, NC, 16, 8) not in shapes
-    for a, b in zip(got, want):
+    hin = (2, 4, -(-45 // INTERPRET_CHUNK), 16, 8)
+    saved, results = {}, {}
+    for keep in (False, True):
+        shapes = saved[keep] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda v: (shapes.append(tuple(v.shape)), v)[1], lambda v: v):
+            results[keep] = run(scan_of("chunked"), t, keep_states=keep)
+    assert hin in saved[True] and hin not in saved[False]
+    for a, b in zip(results[False], results[True]):
         assert torch.equal(a, b)
 
 
@@ -350,6 +350,7 @@ def test_seq_idx_of_any_integers(impl, seq):
     (dict(D=torch.zeros(4, 3)), "D"), (dict(z=torch.zeros(2, 8, 4)), "z"), (dict(dt_bias=torch.zeros(3)), "dt_bias"),
     (dict(initial_states=torch.zeros(2, 4, 5, 7)), "initial_states"), (dict(seq_idx=torch.zeros(2, 8)), "seq_idx"),
     (dict(seq_idx=torch.zeros(2, 7, dtype=torch.long)), "seq_idx"), (dict(chunk_size=0), "chunk_size"),
+    (dict(keep_states="no"), "keep_states"),
 ])
 def test_bad_input_raises(bad, msg):
     args = dict(x=torch.zeros(2, 8, 4, 5), dt=torch.zeros(2, 8, 4), A=torch.zeros(4), B=torch.zeros(2, 8, 2, 6),

@@ -66,6 +66,8 @@ class Recompute:
     """Saved-tensor hooks that pack the tensors given to `keep`, and views of them, as recipes (see the
     module)."""
 
+    active = True  # what recomputes: modules may trade more of their own memory for time (Keep: False)
+
     def __init__(self):
         self._recipes: dict[int, tuple[torch.Tensor, _Lazy]] = {}  # by storage
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
@@ -100,6 +102,8 @@ class Recompute:
 
 class Keep:
     """Recompute's stand-in where nothing is recomputed: keeps every tensor."""
+
+    active = False
 
     def __enter__(self):
         return self
