@@ -29,7 +29,13 @@ from .._pdl import gdc_launch_dependents, gdc_wait, pdl_ok
 # (rows per program, K block, warps), the fastest of 60 on the H200 (benchmarks/kernels_norm_gemv.py,
 # 2026-11-29): mamba2-1.3b's in_proj (K 2048 → 8512 rows) 2, 2048, 4 and out_proj (K 4096 → 2048
 # rows) 2, 1024, 4, each within 3% of the next choices and of cuBLAS's GEMV without the norm.
-BLOCK_R, WARPS = 2, 4
+# 4 rows a program since 2026-12-01 (H200, one process, graphs of 16 calls): each program reads the whole
+# vector (and residual) from L2, so 2 rows a program read it R / 2 times, more bytes than the weight with
+# a float32 stream. µs a call, 2 → 4 rows: mamba2-2.7b's in_proj (K 2560 → 10576 rows) 22.14 → 18.61 with a
+# float32 stream, 21.35 → 19.46 with bf16; its out_proj (5120 → 2560) 10.76 → 10.47; mamba2-1.3b's
+# 12.90 → 12.50 and 8.29 → 8.27 (8 rows: 19.33, 19.67, 16.11). mamba2-2.7b's graphed decode step, batch 1:
+# 2.499 → 2.174 ms as published (residual_fp32), 2.374 → 2.173 ms with a bf16 stream.
+BLOCK_R, WARPS = 4, 4
 
 
 def _block_k_cap(K: int) -> int:
