@@ -15,7 +15,7 @@ if __name__ == "archdsl.kernels":
     from .wkv4 import wkv4, wkv4_step
     from .wkv6 import wkv6, wkv6_step
     from .rmsnorm import add_rmsnorm
-    from .gated_rmsnorm import gated_rmsnorm
+    from .gated_rmsnorm import gated_rmsnorm, gated_rmsnorm_linear
     from .norm_gemv import rms_linear
 
 __all__ = [

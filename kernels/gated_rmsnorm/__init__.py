@@ -1,3 +1,3 @@
-from .op import gated_rmsnorm
+from .op import gated_rmsnorm, gated_rmsnorm_linear
 
-__all__ = ["gated_rmsnorm"]
+__all__ = ["gated_rmsnorm", "gated_rmsnorm_linear"]

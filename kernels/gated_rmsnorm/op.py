@@ -9,13 +9,7 @@ from .._dispatch import apply, backend_for
 from .naive import gated_rmsnorm_naive
 
 
-def gated_rmsnorm(x, z, weight, eps=1e-5, groups=1):
-    """out = weight · n, n = h / sqrt(mean(h²) + eps) over each group of N / groups channels, h = x · silu(z).
-
-    x, z: `[..., N]`; weight: `[N]`; groups divides N. Statistics in float32 (float64 for float64 inputs);
-    returns `[..., N]` in x's dtype. Triton on CUDA (and under TRITON_INTERPRET=1), forward and backward;
-    plain torch on the CPU.
-    """
+def _check(x, z, weight, eps, groups):
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
         raise ValueError("x: expected a tensor [..., N]")
     N = x.shape[-1]
@@ -25,8 +19,34 @@ def gated_rmsnorm(x, z, weight, eps=1e-5, groups=1):
         raise ValueError(f"groups: expected a positive int dividing N={N}, got {groups!r}")
     expect_float(x=x, z=z, weight=weight)
     expect_same_device(x=x, z=z, weight=weight)
-    eps = expect_number("eps", eps, positive=True)
+    return expect_number("eps", eps, positive=True)
+
+
+def gated_rmsnorm(x, z, weight, eps=1e-5, groups=1):
+    """out = weight · n, n = h / sqrt(mean(h²) + eps) over each group of N / groups channels, h = x · silu(z).
+
+    x, z: `[..., N]`; weight: `[N]`; groups divides N. Statistics in float32 (float64 for float64 inputs);
+    returns `[..., N]` in x's dtype. Triton on CUDA (and under TRITON_INTERPRET=1), forward and backward;
+    plain torch on the CPU.
+    """
+    eps = _check(x, z, weight, eps, groups)
     if backend_for(x) == "triton" and x.dtype != torch.float64:
         from .triton_gated_rmsnorm import GatedRMSNormFn
         return apply(GatedRMSNormFn, x, z, weight, float(eps), groups)
     return gated_rmsnorm_naive(x, z, weight, eps, groups)
+
+
+def gated_rmsnorm_linear(x, z, norm_weight, weight, bias=None, eps=1e-5, groups=1):
+    """F.linear(gated_rmsnorm(x, z, norm_weight, eps, groups), weight, bias): Mamba-2's gated norm and
+    out_proj, for training with less memory. x, z `[..., N]`; norm_weight `[N]`; weight `[R, N]`; bias `[R]`
+    or None → `[..., R]`. On the Triton path the norm's output is not kept for the backward, whose norm
+    kernel writes it again (N values a row less; the same gradients); elsewhere the two ops in turn."""
+    eps = _check(x, z, norm_weight, eps, groups)
+    expect_shape("weight", weight, (None, x.shape[-1]))
+    expect_shape("bias", bias, (weight.shape[0],), optional=True)
+    expect_float(weight=weight, bias=bias)
+    expect_same_device(x=x, weight=weight, bias=bias)
+    if backend_for(x) == "triton" and x.dtype != torch.float64:
+        from .triton_gated_rmsnorm import GatedRMSNormLinearFn
+        return apply(GatedRMSNormLinearFn, x, z, norm_weight, float(eps), groups, weight, bias)
+    return torch.nn.functional.linear(gated_rmsnorm_naive(x, z, norm_weight, eps, groups), weight, bias)

@@ -5,10 +5,13 @@ the weight's gradient summed over them in registers, then over programs by torch
     backward (dn = dout · w):  dh = r · (dn - n · mean_group(dn · n));  dx = dh · silu(z)
                                dz = dh · x · σ(z) · (1 + z · (1 - σ(z)));  dw = Σ_rows dout · n
 The forward reads x, z once and writes out and r; the backward reads x, z, dout and r and recomputes h.
+GatedRMSNormLinearFn puts out_proj after the norm and keeps no `out` for its weight's gradient: the
+backward kernel writes it again (mamba_ssm's recompute_output), the same bits as the forward's.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -32,8 +35,8 @@ def _gated_fwd(X, Z, W, OUT, RSTD, NG, G, eps, stride_x, stride_z, BLOCK: tl.con
 
 
 @triton.jit
-def _gated_bwd(X, Z, W, DOUT, RSTD, DX, DZ, DW, ROWS, NG, G, stride_x, stride_z,
-               rows_per, BLOCK: tl.constexpr):
+def _gated_bwd(X, Z, W, DOUT, RSTD, DX, DZ, DW, OUT, ROWS, NG, G, stride_x, stride_z,
+               rows_per, BLOCK: tl.constexpr, STORE_OUT: tl.constexpr):
     pid, g = tl.program_id(0), tl.program_id(1)
     cols = g * NG + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < NG
@@ -55,6 +58,10 @@ def _gated_bwd(X, Z, W, DOUT, RSTD, DX, DZ, DW, ROWS, NG, G, stride_x, stride_z,
             dh = rstd * (dn - n * (tl.sum(dn * n, axis=0) / NG))
             tl.store(DX + off, (dh * silu).to(DX.dtype.element_ty), mask=mask)
             tl.store(DZ + off, (dh * x * sz * (1.0 + z * (1.0 - sz))).to(DZ.dtype.element_ty), mask=mask)
+            if STORE_OUT:  # the forward's out, computed in its order
+                h = x * z * sz
+                o = (h * rstd).to(OUT.dtype.element_ty).to(tl.float32)
+                tl.store(OUT + off, (o * w).to(OUT.dtype.element_ty), mask=mask)
     tl.store(DW + pid.to(tl.int64) * NG * G + cols, dw, mask=mask)
 
 
@@ -65,39 +72,75 @@ def _rows(t):
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _forward(x2, z2, weight, eps, groups):
+    """x2, z2 [rows, N] → (out [rows, N] in x's dtype, rstd [rows, groups] float32)."""
+    rows, N = x2.shape
+    NG = N // groups
+    out = torch.empty(rows, N, device=x2.device, dtype=x2.dtype)
+    rstd = torch.empty(rows, groups, device=x2.device, dtype=torch.float32)
+    block = next_pow2(NG)
+    if rows:
+        _gated_fwd[(rows, groups)](x2, z2, weight.contiguous(), out, rstd, NG, groups, eps, x2.stride(0),
+                                   z2.stride(0), BLOCK=block, num_warps=row_warps(block))
+    return out, rstd
+
+
+def _backward(x2, z2, weight, rstd, dout, groups, store_out=False):
+    """(dx, dz [rows, N], dweight [N], and with store_out the forward's out [rows, N] again, else None)."""
+    rows, N = x2.shape
+    NG = N // groups
+    dout = dout.contiguous()
+    dx = torch.empty(rows, N, device=x2.device, dtype=x2.dtype)
+    dz = torch.empty(rows, N, device=z2.device, dtype=z2.dtype)
+    out = torch.empty(rows, N, device=x2.device, dtype=x2.dtype) if store_out else None
+    rows_per = max(1, cdiv(rows, 2 * sm_count(x2.device)))  # 2 programs an SM (swept 1-16), each many rows
+    progs = cdiv(rows, rows_per) if rows else 0
+    dw = torch.empty(progs, N, device=x2.device, dtype=torch.float32)
+    block = next_pow2(NG)
+    if rows:
+        _gated_bwd[(progs, groups)](x2, z2, weight.contiguous(), dout, rstd, dx, dz, dw, out, rows, NG, groups,
+                                    x2.stride(0), z2.stride(0), rows_per, BLOCK=block, STORE_OUT=store_out,
+                                    num_warps=row_warps(block))
+    return dx, dz, dw.sum(0).to(weight.dtype), out
+
+
 class GatedRMSNormFn(torch.autograd.Function):
     """(x, z, weight, eps, groups) → out, x's shape and dtype."""
 
     @staticmethod
     def forward(ctx, x, z, weight, eps, groups):
-        shape, N = x.shape, x.shape[-1]
         x2, z2 = _rows(x), _rows(z)
-        rows, NG = x2.shape[0], N // groups
-        out = torch.empty(rows, N, device=x.device, dtype=x.dtype)
-        rstd = torch.empty(rows, groups, device=x.device, dtype=torch.float32)
-        block = next_pow2(NG)
-        if rows:
-            _gated_fwd[(rows, groups)](x2, z2, weight.contiguous(), out, rstd, NG, groups, eps, x2.stride(0),
-                                       z2.stride(0), BLOCK=block, num_warps=row_warps(block))
+        out, rstd = _forward(x2, z2, weight, eps, groups)
         ctx.save_for_backward(x2, z2, weight, rstd)
-        ctx.shape, ctx.groups = shape, groups
-        return out.view(shape)
+        ctx.shape, ctx.groups = x.shape, groups
+        return out.view(x.shape)
 
     @staticmethod
     def backward(ctx, dout):
         x2, z2, weight, rstd = ctx.saved_tensors
-        rows, N = x2.shape
-        G = ctx.groups
-        NG = N // G
-        dout = dout.reshape(rows, N).contiguous()
-        dx = torch.empty(rows, N, device=x2.device, dtype=x2.dtype)
-        dz = torch.empty(rows, N, device=z2.device, dtype=z2.dtype)
-        rows_per = max(1, cdiv(rows, 2 * sm_count(x2.device)))  # 2 programs an SM (swept 1-16), each many rows
-        progs = cdiv(rows, rows_per) if rows else 0
-        dw = torch.empty(progs, N, device=x2.device, dtype=torch.float32)
-        block = next_pow2(NG)
-        if rows:
-            _gated_bwd[(progs, G)](x2, z2, weight.contiguous(), dout, rstd, dx, dz, dw, rows, NG, G, x2.stride(0),
-                                   z2.stride(0), rows_per, BLOCK=block, num_warps=row_warps(block))
-        dweight = dw.sum(0).to(weight.dtype)
+        dx, dz, dweight, _ = _backward(x2, z2, weight, rstd, dout.reshape(x2.shape), ctx.groups)
         return dx.view(ctx.shape), dz.view(ctx.shape), dweight, None, None
+
+
+class GatedRMSNormLinearFn(torch.autograd.Function):
+    """(x, z, norm_weight, eps, groups, weight, bias) → F.linear(gated_rmsnorm(x, z, norm_weight), weight, bias),
+    [..., R] in x's dtype, keeping x, z, the rstd and the weights for the backward but not the norm's output:
+    dL/d(out) = g · weight needs no output, and _gated_bwd writes the output again for weight's gradient."""
+
+    @staticmethod
+    def forward(ctx, x, z, norm_weight, eps, groups, weight, bias):
+        x2, z2 = _rows(x), _rows(z)
+        out, rstd = _forward(x2, z2, norm_weight, eps, groups)
+        y = F.linear(out, weight, bias)
+        ctx.save_for_backward(x2, z2, norm_weight, rstd, weight)
+        ctx.shape, ctx.groups, ctx.bias = x.shape, groups, bias is not None
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        x2, z2, norm_weight, rstd, weight = ctx.saved_tensors
+        g2 = g.reshape(x2.shape[0], weight.shape[0])
+        dx, dz, dnorm, out = _backward(x2, z2, norm_weight, rstd, g2 @ weight, ctx.groups, store_out=True)
+        dweight = g2.t() @ out
+        dbias = g2.sum(0) if ctx.bias else None
+        return dx.view(ctx.shape), dz.view(ctx.shape), dnorm, None, None, dweight, dbias

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from archdsl.kernels import gated_rmsnorm
+from archdsl.kernels import gated_rmsnorm, gated_rmsnorm_linear
 from archdsl.kernels.gated_rmsnorm.naive import gated_rmsnorm_naive
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -56,6 +56,53 @@ def test_triton_matches_naive(rows, ng, groups, strided):
         del os.environ["ARCHDSL_KERNELS"]
 
 
+def _check_linear(lead, N, R, groups, bias, dtype, tol):
+    """gated_rmsnorm_linear against gated_rmsnorm then F.linear (same backend): outputs and the gradients of
+    x, z, the norm's weight, weight and bias; and the tensors it saves hold N values a row fewer."""
+    x, z, w = _inputs(lead, N, dtype, True)
+    g = torch.Generator().manual_seed(2)
+    W = (torch.randn(R, N, generator=g) / N ** 0.5).to(DEV, dtype)
+    b = torch.randn(R, generator=g).to(DEV, dtype) if bias else None
+    dy = torch.randn(*lead, R, generator=g).to(DEV, dtype)
+    results = []
+    for lean in (True, False):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, z, w, W) + ((b,) if bias else ())]
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: (saved.append(t.numel()), t)[1], lambda t: t):
+            if lean:
+                y = gated_rmsnorm_linear(*leaves[:3], leaves[3], leaves[4] if bias else None, 1e-5, groups)
+            else:
+                y = torch.nn.functional.linear(gated_rmsnorm(*leaves[:3], 1e-5, groups), leaves[3],
+                                               leaves[4] if bias else None)
+        results.append((y, torch.autograd.grad(y, leaves, dy), sum(saved)))
+    (y, grads, saved), (y_ref, grads_ref, saved_ref) = results
+    rows = y.numel() // R
+    assert y.shape == (*lead, R) and saved == saved_ref - rows * N
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    for name, a, r in zip(["x", "z", "norm_weight", "weight", "bias"], grads, grads_ref):
+        torch.testing.assert_close(a, r, rtol=tol, atol=tol, msg=lambda m, name=name: f"d{name}: {m}")
+
+
+@settings(max_examples=8, deadline=None)
+@given(rows=st.integers(1, 7), ng=st.sampled_from([1, 5, 16]), groups=st.sampled_from([1, 3]),
+       R=st.sampled_from([1, 6]), bias=st.booleans())
+def test_linear_keeps_no_norm_output(rows, ng, groups, R, bias):
+    if DEV == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    os.environ["ARCHDSL_KERNELS"] = "triton"
+    try:
+        _check_linear((rows,), ng * groups, R, groups, bias, torch.float32, 1e-6)
+    finally:
+        del os.environ["ARCHDSL_KERNELS"]
+
+
+def test_linear_on_the_cpu_is_the_two_ops():
+    x, z, w = _inputs((2, 3), 12, torch.float64, True)
+    W, b = torch.randn(5, 12, dtype=torch.float64).to(DEV), torch.randn(5, dtype=torch.float64).to(DEV)
+    want = torch.nn.functional.linear(gated_rmsnorm_naive(x, z, w, 1e-6, 3), W, b)
+    assert torch.equal(gated_rmsnorm_linear(x, z, w, W, b, 1e-6, 3), want)
+
+
 def test_cpu_default_is_the_twin():
     x, z, w = _inputs((2, 3), 12, torch.float64, True)
     assert torch.equal(gated_rmsnorm(x, z, w, 1e-6, 3), gated_rmsnorm_naive(x, z, w, 1e-6, 3))
@@ -67,6 +114,11 @@ def test_argument_errors():
                        ((x, z, w, -1.0), "eps")]:
         with pytest.raises(ValueError, match=what):
             gated_rmsnorm(*args)
+    W = torch.zeros(5, 12)
+    for args, what in [((x, z, w, W[:, :6]), "weight"), ((x, z, w, W, torch.zeros(4)), "bias"),
+                       ((x, z, w, W.long()), "weight")]:
+        with pytest.raises(ValueError, match=what):
+            gated_rmsnorm_linear(*args)
 
 
 @pytest.mark.gpu
@@ -80,3 +132,4 @@ def test_gpu_full_sizes(lead, N, groups, monkeypatch):
     out = gated_rmsnorm(x, z, w, 1e-5, groups)
     ref = gated_rmsnorm_naive(x.float(), z.float(), w.float(), 1e-5, groups)
     assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
+    _check_linear(lead, N, 2560, groups, False, torch.bfloat16, 2e-2)

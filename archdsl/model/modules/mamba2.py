@@ -8,8 +8,9 @@
     (the "epilogue" fusion: D and that gate inside the scan; off, they are applied after it in torch)
     ─out_proj─▶ [B, L, d]
 
-The "recompute" fusion (training, eager): the conv's output is kept for the backward as a recipe and
-the scan keeps no chunk states (_inner), as mamba_ssm's split-conv path recomputes both.
+The "recompute" fusion (training, eager): the conv's output is kept for the backward as a recipe, the
+scan keeps no chunk states and out_proj not the gated norm's output (_inner): mamba_ssm's split-conv
+path recomputes all three.
 
 The decode state: conv window [B, conv_dim, K-1] (model dtype), SSM state [B, H, P, N] (float32 for
 16-bit models, else the model dtype).
@@ -88,7 +89,13 @@ class Mamba2(nn.Module, Fusable):
         dt = F.softplus(self._f(dt) + self._f(self.dt_bias)).clamp(min=self.cfg.dt_floor)
         return dt, None, False
 
-    def _out(self, y, z):
+    def _out(self, y, z, lean=False):
+        """The gated norm (or none) and out_proj; lean: without keeping the norm's output for the backward
+        (gated_rmsnorm_linear writes it again there)."""
+        if self.norm is not None and lean:
+            from archdsl.kernels import gated_rmsnorm_linear
+            n = self.norm
+            return gated_rmsnorm_linear(y, z, n.weight, self.out_proj.weight, self.out_proj.bias, n.eps, n.groups)
         if self.norm is not None:
             y = self.norm(y, z)
         return self.out_proj(y)
@@ -103,9 +110,10 @@ class Mamba2(nn.Module, Fusable):
         """in_proj's parts z [B, L, E], xBC [B, L, conv_dim], dt [B, L, H] → out_proj's output [B, L, d];
         `rc` keeps the conv's output as a recipe (the "recompute" fusion): the scan reads x, B and C as
         slices of it in place, so what it saves for the backward is rebuilt there from in_proj's output,
-        which the gated norm's z keeps anyway (E + 2·G·N values a token a layer less), and the scan keeps
-        no chunk states (keep_states=False: H·P·N / chunk values a token less). mamba2-2.7b, B4 L2048 bf16
-        on the H200, one process: training step peak 49.5 -> 39.2 GiB, 340.5 -> 343.0 ms."""
+        which the gated norm's z keeps anyway (E + 2·G·N values a token a layer less); the scan keeps
+        no chunk states (keep_states=False: H·P·N / chunk values a token less), and out_proj not the gated
+        norm's output (gated_rmsnorm_linear: E values a token less). mamba2-2.7b, B4 L2048 bf16 on the
+        H200, one process: training step peak 49.5 -> 39.2 GiB, 340.5 -> 343.0 ms, before the last."""
         from archdsl.kernels import ssd_scan
 
         Bsz, L, _ = z.shape
@@ -133,7 +141,7 @@ class Mamba2(nn.Module, Fusable):
             state["ssm"].copy_(final)
         if not epi:
             out = skip_gate(out, u, self._f(self.D)[:, None], gate)
-        return self._out(out.reshape(Bsz, L, self.E), z)
+        return self._out(out.reshape(Bsz, L, self.E), z, lean=rc.active)
 
     def step(self, x, state, **ctx):
         """x [B, d] → [B, d]; updates state in place."""
