@@ -9,7 +9,9 @@ A tensor registered with `keep` and saved by an op inside the block is packed as
 backward node to read it runs the recipe (without autograd) and the value is shared by the others that
 saved it, until the last of them is done. For activations that are cheap to rebuild from tensors the
 graph keeps anyway: Mamba's conv output from the conv's input (saved by the conv), delta from dt_proj's
-input (saved by dt_proj), as mamba_ssm's `checkpoint_lvl=1` does. The recipe must give the same bits
+input (saved by dt_proj), as mamba_ssm's `checkpoint_lvl=1` does; Mamba-2's conv output from in_proj's
+output. Modules may also spend time for memory in their own ops where `active` says the block recomputes
+(Mamba-2: ssd_scan's keep_states=False, gated_rmsnorm_linear). The recipe must give the same bits
 as the forward (the same deterministic kernels on the same inputs), so the gradients are unchanged.
 A kept tensor must own its storage (a fresh output); a saved tensor on that storage (itself, or a view:
 F.linear saves its 3-d input as a [B·L, F] view) is packed as the recipe and its place in the result.
