@@ -756,10 +756,11 @@ def _sizes(x, B, C, chunk):
 
 def token_rows(t):
     """x [B, L, H, P], B or C [B, L, G, N] as the chunk kernels read it: as it is when its token rows lie
-    evenly apart (strides [L·s, s, inner, 1]: a slice of a wider [B, L, F] tensor, as Mamba-2 slices x,
-    B and C from its conv's output), else a contiguous copy."""
+    evenly apart without overlapping (strides [L·s, s, P, 1], s ≥ H·P: a slice of a wider [B, L, F] tensor,
+    as Mamba-2 slices x, B and C from its conv's output), else a contiguous copy."""
     _, L, H, P = t.shape
-    return t if t.stride()[2:] == (P, 1) and t.stride(0) == L * t.stride(1) else t.contiguous()
+    rows = t.stride()[2:] == (P, 1) and t.stride(1) >= H * P and t.stride(0) == L * t.stride(1)
+    return t if rows else t.contiguous()
 
 
 def _run(kernel_fn, name: str, x, programs: int, *args, **kw):

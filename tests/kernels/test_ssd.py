@@ -205,6 +205,7 @@ def test_chunked_reads_token_rows_in_place(opts, dtype, tma, monkeypatch):
     assert not strided["x"].is_contiguous()
     assert all(token_rows(strided[k]) is strided[k] for k in "xBC")
     assert token_rows(t["x"].transpose(0, 1).contiguous().transpose(0, 1)).is_contiguous()
+    assert token_rows(t["B"][:1, :1].expand(2, 45, 2, 16)).is_contiguous()  # one row broadcast: copied
     for a, b in zip(run(scan_of("chunked"), strided), run(scan_of("chunked"), t)):
         assert torch.equal(a, b)
 
