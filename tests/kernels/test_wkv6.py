@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from archdsl.kernels.wkv6 import wkv6, wkv6_step
@@ -49,10 +49,15 @@ def run(fn, xs, with_h0, seed=1):
 
 
 def close(got, want, rtol, what="", floor=1e-2):
-    """Each item's largest error against its largest entry, or against `floor` where the entries are smaller."""
+    """Each item's largest error against its largest entry, or against `floor` where the entries are smaller.
+    dL/dw is a sum of terms of size ~1 (r·dr-like products of unit inputs) that cancel: where they cancel
+    exactly it is 0 in float64 and float32 rounding alone in float32 (hypothesis found 3.8e-6 at T=1 without
+    h0, where nothing depends on w), so its floor is 1."""
     for i, (a, b) in enumerate(zip(got, want)):
-        err = (a.double() - b.double()).abs().max().item() / max(b.double().abs().max().item(), floor)
-        assert err < rtol, f"{what} item {i} ({(['o', 'ht'] + list(NAMES))[i]}): rel err {err:.2e}"
+        name = (['o', 'ht'] + list(NAMES))[i]
+        scale = max(b.double().abs().max().item(), 1.0 if name == "w" else floor)
+        err = (a.double() - b.double()).abs().max().item() / scale
+        assert err < rtol, f"{what} item {i} ({name}): rel err {err:.2e}"
 
 
 shapes = st.tuples(st.integers(1, 2), st.sampled_from([1, 2, 7, 16, 17, 31, 37]), st.integers(1, 2),
@@ -104,6 +109,7 @@ def test_triton_bf16_matches_naive(impl):
 
 @settings(max_examples=6, deadline=None)
 @given(shapes, st.sampled_from([0, 64, 113]))
+@example(case=(2, 1, 2, 20, 24, False, 6), extra=0)  # one token, no h0: dL/dw is 0, rounding alone in float32
 def test_triton_chunked_matches_naive(case, extra):
     B, T, H, K, V, with_h0, seed = case
     xs = make(B, T + extra, H, K, V, seed)
