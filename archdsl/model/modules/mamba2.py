@@ -113,7 +113,8 @@ class Mamba2(nn.Module, Fusable):
         which the gated norm's z keeps anyway (E + 2·G·N values a token a layer less); the scan keeps
         no chunk states (keep_states=False: H·P·N / chunk values a token less), and out_proj not the gated
         norm's output (gated_rmsnorm_linear: E values a token less). mamba2-2.7b, B4 L2048 bf16 on the
-        H200, one process: training step peak 49.5 -> 39.2 GiB, 340.5 -> 343.0 ms, before the last."""
+        H200, one process: training step peak 49.5 -> 34.3 GiB, 338.1 -> 351.4 ms (mamba_ssm: 0.7 GiB
+        less, 1.18x our time; docs/benchmarks.md, forty-first run)."""
         from archdsl.kernels import ssd_scan
 
         Bsz, L, _ = z.shape
