@@ -7,6 +7,10 @@
 - Triton's interpreter multiplies bfloat16 dot operands as their raw uint16 bits (triton 3.9); the
   interpreted dots here read them as the numbers they are, so kernels that round operands to
   bfloat16 are checked on the CPU too.
+- Triton's interpreter patches triton.language anew at every call of a device function inside a launch
+  (`_patch_lang`, ~2 ms a call: a third of an interpreted Mamba decode step), though the launch has patched
+  the same modules already (or an earlier device function did: those patches stay); here a device
+  function call inside a launch skips it when its modules are patched (what it would set is what is set).
 - Every interpreted launch fails if it passes one tensor twice (tests/kernels/sm90.py, shared_tensors);
   with ARCHDSL_RECORD_LAUNCHES=FILE (make test) each is also recorded, for tests/kernels/sm90.py to
   compile for sm_90 afterwards.
@@ -41,8 +45,43 @@ def _interpreted_bf16_dots() -> None:
     builder.create_dot = lambda self, a, b, *rest: plain(self, as_f32(a), as_f32(b), *rest)
 
 
+def _device_calls_patch_once() -> None:
+    import inspect
+
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    plain = getattr(interpreter, "_patch_lang", None)
+    if plain is None or not hasattr(interpreter, "_LangPatchScope"):
+        return  # another Triton: leave it as it is
+    patched = []  # the language modules the running launch patched (one launch at a time)
+
+    def langs(fn):
+        return frozenset(id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core))
+
+    def patch_lang(fn):
+        mine = langs(fn)
+        if patched:  # a device function called inside a launch (Triton never restores what it patches)
+            if mine <= patched[-1]:
+                return interpreter._LangPatchScope()
+            patched[-1] |= mine
+            return plain(fn)
+        scope = plain(fn)  # a launch: patched until it restores
+        patched.append(mine)
+        restore = scope.restore
+
+        def restore_and_forget():
+            patched.pop()
+            restore()
+        scope.restore = restore_and_forget
+        return scope
+
+    interpreter._patch_lang = patch_lang
+
+
 if os.environ.get("TRITON_INTERPRET") == "1":
     _interpreted_bf16_dots()
+    _device_calls_patch_once()
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "kernels"))
