@@ -1,7 +1,11 @@
 """Chunked SSD in PyTorch (the CPU path; autograd gives the backward).
 
-Within a chunk the scan is a masked matrix product (C Bᵀ ∘ decay) x; across chunks one
-[B, H, P, N] state is carried by a short Python loop over chunks.
+Within a chunk the scan is a masked matrix product (C Bᵀ ∘ decay) x; across chunks the states are
+one more: the state entering chunk c is Σ_{j<c} (Π_{j<k<c} carry_k) local_j + (Π_{k<c} carry_k) h0, a
+lower-triangular [nc+1, nc+1] matrix of decays (exp of segment sums of the chunks' log-decays, -inf
+where a packed sequence ends) times [h0; local]. No loop over time or chunks: torch.compile traces it
+once for every length (a Python loop over chunks is unrolled, and recompiled for each chunk count).
+It costs nc²·H·P·N multiply-adds, below the chunks' own 2·L·H·P·N while nc < 2·chunk_size.
 """
 from __future__ import annotations
 
@@ -48,14 +52,14 @@ def ssd_scan_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=Non
     out_mask = (seqc == seqc[..., -1:])[:, :, None]
     wdec = torch.where(out_mask, torch.exp(sT[..., None] - s), torch.zeros_like(s))
     local = torch.einsum("bchu,bcuhp,bcuhn->bchpn", wdec * dtc, xc, Bh)
-    carry = (seqc[..., -1] == seq_prev).to(ct)[..., None] * torch.exp(sT)              # [b c h]
+    keeps = (seqc[..., -1] == seq_prev)[..., None]                                     # [b c 1]
+    log_carry = torch.where(keeps, sT, torch.full_like(sT, -torch.inf))                 # [b c h]
 
-    h = x.new_zeros(batch, H, P, N) if initial_states is None else f(initial_states)
-    h_in = []
-    for c in range(nc):
-        h_in.append(h)
-        h = h * carry[:, c, :, None, None] + local[:, c]
-    h_in = torch.stack(h_in, 1)                                                         # [b c h p n]
+    h0 = x.new_zeros(batch, H, P, N) if initial_states is None else f(initial_states)
+    sources = torch.cat([h0[:, None], local], 1)                                        # [b c+1 h p n]
+    passing = torch.exp(segment_sums(F.pad(log_carry, (0, 0, 1, 0)).transpose(1, 2)))  # [b h c+1 c+1]
+    states = torch.einsum("bhcj,bjhpn->bchpn", passing, sources)                       # [b c+1 h p n]
+    h_in, h = states[:, :-1], states[:, -1]
     in_mask = (seqc == seq_prev[..., None])[:, :, None]
     scale = torch.where(in_mask, torch.exp(s), torch.zeros_like(s))                    # [b c h t]
     y = y + torch.einsum("bcthn,bchpn,bcht->bcthp", Ch, h_in, scale)
@@ -64,3 +68,14 @@ def ssd_scan_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=Non
         fdt = torch.promote_types(out_dtype, torch.float32)
         return y, h.to(fdt)
     return y
+
+
+def segment_sums(a: torch.Tensor) -> torch.Tensor:
+    """a [..., T] -> [..., T, T]: entry (i, j) is a[j+1] + ... + a[i] for j <= i (0 on the diagonal), -inf above
+    it. Summed from the masked terms themselves, not as a difference of cumulative sums, so -inf terms
+    (a state that does not carry) give -inf, never inf - inf."""
+    T = a.shape[-1]
+    terms = a[..., :, None].expand(*a.shape, T)                                         # [..., i, j] = a[i]
+    below = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), -1)
+    sums = torch.cumsum(terms.masked_fill(~below, 0), dim=-2)
+    return sums.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device)), -torch.inf)

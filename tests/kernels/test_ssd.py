@@ -292,6 +292,22 @@ def test_chunked_matches_naive(shape, opts, chunk):
     assert_close(got, run(ssd_scan_naive, t), 1e-8)
 
 
+def test_chunked_compiles_once_for_every_length():
+    """The torch path has no loop over chunks, so torch.compile's graph for one length with dynamic shapes
+    serves every other: 17 tokens compile a static graph, 51 a dynamic one (torch.compile's own rule), and
+    67 (9 chunks of 8, not 7) reuses it. Packed, with an initial state; eager's outputs and final states."""
+    from torch._dynamo.testing import CompileCounter
+    counter = CompileCounter()
+    chunked = lambda *a, **k: ssd_scan_chunked(*a, chunk_size=8, **k)
+    scan = torch.compile(chunked, backend=counter)
+    frames = []
+    for L in (17, 51, 67):
+        t = make(2, L, 4, 5, 2, 3, D=1, z=True, h0=True, seq=True, seed=L)
+        assert_close(run(scan, t, grads=False), run(chunked, t, grads=False), 1e-6)
+        frames.append(counter.frame_count)
+    assert frames == [1, 2, 2]
+
+
 @pytest.mark.parametrize("impl", ["torch", "triton", "triton-chunked"])
 def test_split_scan_equals_whole(impl, monkeypatch):
     monkeypatch.setenv("ARCHDSL_KERNELS", impl.split("-")[0])
