@@ -1,5 +1,7 @@
 """Triton gated RMSNorm: one program a (row, group) forward; the backward a block of rows per program,
-the weight's gradient summed over them in registers, then over programs by torch.
+the weight's gradient summed over them in registers, then over programs by torch. Where a group's width
+is far from a power of two (mamba2-2.7b's 5120, in a block of 8192) the backward runs in two passes
+instead: each row's mean(dn · n) (_gated_dot), then tiles of rows × columns (_gated_grads).
 
     h = x · silu(z);  r = rsqrt(mean_group(h²) + eps);  n = h · r;  out = w · n
     backward (dn = dout · w):  dh = r · (dn - n · mean_group(dn · n));  dx = dh · silu(z)
@@ -65,6 +67,104 @@ def _gated_bwd(X, Z, W, DOUT, RSTD, DX, DZ, DW, OUT, ROWS, NG, G, stride_x, stri
     tl.store(DW + pid.to(tl.int64) * NG * G + cols, dw, mask=mask)
 
 
+@triton.jit
+def _gated_dot(X, Z, W, DOUT, RSTD, MDOT, ROWS, NG, G, stride_x, stride_z, BR: tl.constexpr, BC: tl.constexpr):
+    """MDOT[row, g] = mean over the group of dn · n (dn = dout · w): the one sum each row's gradient needs.
+    A program: BR rows of one group, walked BC columns at a time."""
+    pid, g = tl.program_id(0), tl.program_id(1)
+    rows = pid.to(tl.int64) * BR + tl.arange(0, BR)
+    rmask = rows < ROWS
+    acc = tl.zeros([BR], dtype=tl.float32)
+    for c in range(0, NG, BC):
+        cols = g * NG + c + tl.arange(0, BC)
+        cmask = c + tl.arange(0, BC) < NG
+        mask = rmask[:, None] & cmask[None, :]
+        x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        z = tl.load(Z + rows[:, None] * stride_z + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dout = tl.load(DOUT + rows[:, None] * NG * G + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+        acc += tl.sum(dout * w[None, :] * (x * z * tl.sigmoid(z)), axis=1)
+    rstd = tl.load(RSTD + rows * G + g, mask=rmask, other=0.0)
+    tl.store(MDOT + rows * G + g, acc * rstd / NG, mask=rmask)
+
+
+@triton.jit
+def _gated_grads(X, Z, W, DOUT, RSTD, MDOT, DX, DZ, DW, OUT, ROWS, N, NG, G, stride_x, stride_z, rows_per,
+                 BR: tl.constexpr, BC: tl.constexpr, STORE_OUT: tl.constexpr, ONE_GROUP: tl.constexpr):
+    """dx, dz (and with STORE_OUT the forward's out again, in its order) for BC columns of rows_per rows,
+    BR at a time; the program's part of dw in DW[program row, columns]."""
+    cb, part = tl.program_id(0), tl.program_id(1)
+    cols = cb * BC + tl.arange(0, BC)
+    cmask = cols < N
+    grp = cols // NG
+    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BR, BC], dtype=tl.float32)
+    for r in range(0, rows_per, BR):
+        rows = part.to(tl.int64) * rows_per + r + tl.arange(0, BR)
+        rmask = (rows < ROWS) & (r + tl.arange(0, BR) < rows_per)
+        mask = rmask[:, None] & cmask[None, :]
+        x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        z = tl.load(Z + rows[:, None] * stride_z + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        off = rows[:, None] * N + cols[None, :]
+        dout = tl.load(DOUT + off, mask=mask, other=0.0).to(tl.float32)
+        if ONE_GROUP:  # the block's columns are one group's: a row's statistics are one number
+            stat = rows * G + (cb * BC) // NG
+            rstd = tl.load(RSTD + stat, mask=rmask, other=0.0)[:, None]
+            mdot = tl.load(MDOT + stat, mask=rmask, other=0.0)[:, None]
+        else:
+            stat = rows[:, None] * G + grp[None, :]
+            rstd = tl.load(RSTD + stat, mask=mask, other=0.0)
+            mdot = tl.load(MDOT + stat, mask=mask, other=0.0)
+        sz = tl.sigmoid(z)
+        silu = z * sz
+        n = x * silu * rstd
+        dw += dout * n.to(DX.dtype.element_ty).to(tl.float32)
+        dh = rstd * (dout * w[None, :] - n * mdot)
+        tl.store(DX + off, (dh * silu).to(DX.dtype.element_ty), mask=mask)
+        tl.store(DZ + off, (dh * x * sz * (1.0 + z * (1.0 - sz))).to(DZ.dtype.element_ty), mask=mask)
+        if STORE_OUT:
+            o = (x * z * sz * rstd).to(OUT.dtype.element_ty).to(tl.float32)
+            tl.store(OUT + off, (o * w[None, :]).to(OUT.dtype.element_ty), mask=mask)
+    tl.store(DW + part.to(tl.int64) * N + cols, tl.sum(dw, axis=0), mask=cmask)
+
+
+# The two-pass backward: (rows, columns, warps) of the dot and the gradient programs, and row parts a
+# multiprocessor. Used where the one-row kernel would pad a group by a quarter or more (5120 in a block of
+# 8192) and the group is wide enough to matter (SPLIT_MIN); the H200 figures are in docs/benchmarks.md.
+SPLIT = dict(dot=(4, 1024, 4), grads=(4, 512, 4), parts=8)
+SPLIT_MIN = 2048
+
+
+def _two_pass(NG: int) -> bool:
+    return NG >= SPLIT_MIN and 4 * next_pow2(NG) >= 5 * NG
+
+
+def _backward_split(x2, z2, weight, rstd, dout, groups, store_out=False, cfg=None):
+    """_backward's contract in two passes: each row's mean(dn · n), then every element's gradients in tiles."""
+    cfg = cfg or SPLIT
+    rows, N = x2.shape
+    NG = N // groups
+    dout = dout.contiguous()
+    dx = torch.empty(rows, N, device=x2.device, dtype=x2.dtype)
+    dz = torch.empty(rows, N, device=z2.device, dtype=z2.dtype)
+    out = torch.empty(rows, N, device=x2.device, dtype=x2.dtype) if store_out else None
+    mdot = torch.empty(rows, groups, device=x2.device, dtype=torch.float32)
+    (br, bc, nw), (gr, gc, gw) = cfg["dot"], cfg["grads"]
+    bc = min(bc, next_pow2(NG))
+    cblocks = cdiv(N, gc)
+    parts = max(1, min(cdiv(rows, gr), cdiv(cfg["parts"] * sm_count(x2.device), cblocks)))
+    rows_per = cdiv(cdiv(rows, parts), gr) * gr
+    parts = cdiv(rows, rows_per) if rows else 0
+    dw = torch.empty(parts, N, device=x2.device, dtype=torch.float32)
+    if rows:
+        _gated_dot[(cdiv(rows, br), groups)](x2, z2, weight, dout, rstd, mdot, rows, NG, groups, x2.stride(0),
+                                             z2.stride(0), BR=br, BC=bc, num_warps=nw)
+        _gated_grads[(cblocks, parts)](x2, z2, weight, dout, rstd, mdot, dx, dz, dw, out, rows, N, NG, groups,
+                                       x2.stride(0), z2.stride(0), rows_per, BR=gr, BC=gc, STORE_OUT=store_out,
+                                       ONE_GROUP=NG % gc == 0, num_warps=gw)
+    return dx, dz, dw.sum(0).to(weight.dtype), out
+
+
 def _rows(t):
     """t [..., N] as [rows, N] with unit column stride: a view where one exists (the gate z is a slice of
     in_proj's output, its rows strided), else a copy."""
@@ -89,6 +189,8 @@ def _backward(x2, z2, weight, rstd, dout, groups, store_out=False):
     """(dx, dz [rows, N], dweight [N], and with store_out the forward's out [rows, N] again, else None)."""
     rows, N = x2.shape
     NG = N // groups
+    if _two_pass(NG):
+        return _backward_split(x2, z2, weight, rstd, dout, groups, store_out)
     dout = dout.contiguous()
     dx = torch.empty(rows, N, device=x2.device, dtype=x2.dtype)
     dz = torch.empty(rows, N, device=z2.device, dtype=z2.dtype)

@@ -1,7 +1,9 @@
 """Gated RMSNorm (Mamba-2's norm(y · silu(z))): the Triton kernels (interpreted on CPU) == the naive twin,
 outputs and the gradients of x, z and weight, over random row counts, widths that are not powers of two,
-groups, and a gate whose rows are strided (a slice of in_proj's output, as the model passes it)."""
+groups, a gate whose rows are strided (a slice of in_proj's output, as the model passes it), and both
+backward forms (one row a step, or two passes) at any width."""
 import os
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -43,15 +45,29 @@ def _check(lead, N, groups, strided, dtype, tol):
                                    msg=lambda m, name=name: f"d{name}: {m}")
 
 
-@settings(max_examples=12, deadline=None)
+@contextmanager
+def backward_form(two_pass):
+    """The backward in two passes (the row dots, then tiles of 2 rows × 8 columns, row parts of a few tiles)
+    or as the one-row kernel, whatever the width."""
+    from archdsl.kernels.gated_rmsnorm import triton_gated_rmsnorm as tg
+    old = tg._two_pass, tg.SPLIT
+    tg._two_pass, tg.SPLIT = (lambda NG: two_pass), dict(dot=(2, 16, 4), grads=(2, 8, 4), parts=1)
+    try:
+        yield
+    finally:
+        tg._two_pass, tg.SPLIT = old
+
+
+@settings(max_examples=16, deadline=None)
 @given(rows=st.integers(1, 9), ng=st.sampled_from([1, 5, 16, 33]), groups=st.sampled_from([1, 2, 3]),
-       strided=st.booleans())
-def test_triton_matches_naive(rows, ng, groups, strided):
+       strided=st.booleans(), two_pass=st.booleans())
+def test_triton_matches_naive(rows, ng, groups, strided, two_pass):
     if DEV == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs CUDA or TRITON_INTERPRET=1")
     os.environ["ARCHDSL_KERNELS"] = "triton"
     try:
-        _check((rows,), ng * groups, groups, strided, torch.float32, 1e-5)
+        with backward_form(two_pass):
+            _check((rows,), ng * groups, groups, strided, torch.float32, 1e-5)
     finally:
         del os.environ["ARCHDSL_KERNELS"]
 
@@ -83,15 +99,17 @@ def _check_linear(lead, N, R, groups, bias, dtype, tol):
         torch.testing.assert_close(a, r, rtol=tol, atol=tol, msg=lambda m, name=name: f"d{name}: {m}")
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(rows=st.integers(1, 7), ng=st.sampled_from([1, 5, 16]), groups=st.sampled_from([1, 3]),
-       R=st.sampled_from([1, 6]), bias=st.booleans())
-def test_linear_keeps_no_norm_output(rows, ng, groups, R, bias):
+       R=st.sampled_from([1, 6]), bias=st.booleans(), two_pass=st.booleans())
+def test_linear_keeps_no_norm_output(rows, ng, groups, R, bias, two_pass):
+    """Either backward form writes the norm's output again with the forward's bits."""
     if DEV == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs CUDA or TRITON_INTERPRET=1")
     os.environ["ARCHDSL_KERNELS"] = "triton"
     try:
-        _check_linear((rows,), ng * groups, R, groups, bias, torch.float32, 1e-6)
+        with backward_form(two_pass):
+            _check_linear((rows,), ng * groups, R, groups, bias, torch.float32, 1e-6)
     finally:
         del os.environ["ARCHDSL_KERNELS"]
 
@@ -123,9 +141,11 @@ def test_argument_errors():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("lead, N, groups", [((2, 4096), 5120, 1), ((1, 1000), 8192, 8), ((3, 77), 2560, 2)])
+@pytest.mark.parametrize("lead, N, groups", [((2, 4096), 5120, 1), ((1, 1000), 8192, 8), ((3, 77), 2560, 2),
+                                            ((2, 999), 3072, 1)])
 def test_gpu_full_sizes(lead, N, groups, monkeypatch):
-    """Mamba-2 2.7B's and Codestral's widths, float32 to the twin and bf16 as close as bf16 allows."""
+    """Mamba-2 2.7B's and Codestral's widths, float32 to the twin and bf16 as close as bf16 allows (5120 and
+    3072 take the two-pass backward)."""
     _needs_triton(monkeypatch)
     _check(lead, N, groups, True, torch.float32, 1e-4)
     x, z, w = _inputs(lead, N, torch.bfloat16, True)
