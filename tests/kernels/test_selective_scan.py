@@ -589,9 +589,10 @@ def test_gpu_gluon_under_torch_compile_is_one_graph(dtype):
         want = go(scan)
         torch._dynamo.reset()
         got = go(torch.compile(scan, fullgraph=True, backend="inductor"))
+    # bf16: dB and dC are float32 atomic sums rounded to bf16, so two backwards differ by an ulp (rtol 1e-2)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-2, atol=2e-2)
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 if dtype == torch.float32 else 2e-2,
-                                   msg=lambda m: f"result {i}: {m}")
+        torch.testing.assert_close(g, w, **tol, msg=lambda m: f"result {i}: {m}")
     u, delta, A, B, C, D, z, bias, h0 = (t[k] for k in NAMES)
     fwd = (u, delta, A.float(), B[:, None], C[:, None], D.float(), z, bias.float(), h0.float())
     y, hT, ck = torch.ops.archdsl.selective_scan_fwd_gluon(*fwd, True, True, tss.CK)
