@@ -129,14 +129,17 @@ def _gated_grads(X, Z, W, DOUT, RSTD, MDOT, DX, DZ, DW, OUT, ROWS, N, NG, G, str
 
 
 # The two-pass backward: (rows, columns, warps) of the dot and the gradient programs, and row parts a
-# multiprocessor. Used where the one-row kernel would pad a group by a quarter or more (5120 in a block of
-# 8192) and the group is wide enough to matter (SPLIT_MIN); the H200 figures are in docs/benchmarks.md.
+# multiprocessor. Used for groups of at least SPLIT_MIN that the one-row kernel pads by half (5120 in a
+# block of 8192), or by a quarter when it also writes the output again. H200, [8192, NG] bf16, µs, one-row →
+# two-pass (docs/benchmarks.md, forty-second run): NG 5120 237 → 218, with the output 272 → 222; NG 3072
+# 133 → 142, with the output 150 → 143.
 SPLIT = dict(dot=(4, 1024, 4), grads=(4, 512, 4), parts=8)
 SPLIT_MIN = 2048
 
 
-def _two_pass(NG: int) -> bool:
-    return NG >= SPLIT_MIN and 4 * next_pow2(NG) >= 5 * NG
+def _two_pass(NG: int, store_out: bool) -> bool:
+    pad = next_pow2(NG) / NG
+    return NG >= SPLIT_MIN and (pad >= 1.5 or (store_out and pad >= 1.25))
 
 
 def _backward_split(x2, z2, weight, rstd, dout, groups, store_out=False, cfg=None):
@@ -189,7 +192,7 @@ def _backward(x2, z2, weight, rstd, dout, groups, store_out=False):
     """(dx, dz [rows, N], dweight [N], and with store_out the forward's out [rows, N] again, else None)."""
     rows, N = x2.shape
     NG = N // groups
-    if _two_pass(NG):
+    if _two_pass(NG, store_out):
         return _backward_split(x2, z2, weight, rstd, dout, groups, store_out)
     dout = dout.contiguous()
     dx = torch.empty(rows, N, device=x2.device, dtype=x2.dtype)
