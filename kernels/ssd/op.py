@@ -25,9 +25,10 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     chunk of the torch path; the Triton path picks its own (the result is the same function).
     Returns y [B, L, H, P] in x's dtype, and with return_final_states also the final state
     [B, H, P, N] (float32, float64 for float64 x).
-    keep_states=False trades time for memory in training on the Triton path: its backward runs the
-    chunked layout's state pass again rather than keeping the state entering every chunk (H·P·N / chunk
-    values a token; ~6% more forward+backward time). The result is the same bits either way.
+    keep_states=False trades time for memory in training on the Triton path: its backward prepares the
+    chunks and runs the chunked layout's state pass again rather than keeping the state entering every
+    chunk, the chunks' dt cumsums and C·Bᵀ (H·P·N / chunk + 2·H + G·chunk values a token; ~6% more
+    forward+backward time). The result is the same bits either way.
     """
     _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx)
     if not isinstance(keep_states, bool):

@@ -32,10 +32,12 @@ buffer), else float32, and in float32 for the backward; dCB [B, NC, G, Q, Q] flo
 states transposed, [B, H, NC, N, P] (see _state_pass), in the state dtype (the input's for 16-bit
 inputs -- the products read them in that precision anyway -- else float32); the gradients of the
 leaving states, transposed too, [B, H, NC, N, P] (see _dstate_pass), in the same dtype. With
-keep_states=False the forward keeps no entering states for the backward, which runs the state pass
-again (as mamba_ssm's backward does): the largest buffer a layer keeps, H·P·N / Q values a token
-(mamba2-2.7b: 5120, as many as x), for one more pass (H200, B4 H32 P64 N128 bf16, one process:
-forward+backward 0.897 -> 0.952 ms at L 4K, 3.287 -> 3.476 at 16K).
+keep_states=False the forward keeps none of its chunk buffers for the backward, which prepares the
+chunks and runs the state pass again (as mamba_ssm's backward does): the entering states are the largest
+buffer a layer keeps, H·P·N / Q values a token (mamba2-2.7b: 5120, as many as x), and dt', s and the
+float32 C·Bᵀ another 2·H + G·Q float32 values a token (mamba2-2.7b: 416, 13 MB a layer at B4 L2048);
+for two more passes (H200, B4 H32 P64 N128 bf16, one process: forward+backward 0.897 -> 0.952 ms at L 4K,
+3.287 -> 3.476 at 16K with the state pass alone again; the preparation is ~2% of a forward).
 x, B and C are read where they lie when their token rows are evenly strided (token_rows: slices of a
 wider [B, L, F] tensor, as Mamba-2 slices them from its conv's output), so the scan copies none of them.
 Packed sequences (seq_idx), as in the fused kernels: a token sees the entering state only if it
@@ -827,31 +829,42 @@ def _new(t):
     return torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
 
-def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None, keep_states=True):
-    """y [B, L, H, P], final state [B, H, P, N] float32 and what the backward needs:
-    (dt' [B, H, NC, Q], s [B, H, NC, Q], h0 or None, the entering states or None without keep_states, y
-    before the gate or None, C·Bᵀ [B, NC, G, Q, Q] float32).
-    x, B and C may be strided views (token_rows). The chunk scan reads C·Bᵀ in float16 for bf16 inputs (see
-    _cb16); the backward reads it in float32: _chunk_grads, at its register cap, spills more and is slower
-    with the float16 tiles and their scales."""
-    sizes = batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, C, chunk)
+def _prep(x, dt, A, B, C, dt_bias, dt_softplus, sizes, chain, *, store16, store32):
+    """The chunk preparation (_chunk_prep): dt' and s [B, H, NC, Q] float32, C·Bᵀ [B, NC, G, Q, Q] in
+    float16 with its rows' scales [B, NC, G, Q] (store16, else None, None) and in float32 (store32, else
+    None)."""
+    batch, L, H, P, G, N, Q, NC, BN = sizes
     f32 = dict(device=x.device, dtype=torch.float32)
     dtc = torch.empty(batch, H, NC, Q, **f32)
     s = torch.empty_like(dtc)
-    pdl = pdl_ok(x, CHAIN)
-    chain = dict(PDL=pdl, **({"launch_pdl": True} if pdl else {}))
-    scaled = _cb16(x)
-    cb16 = torch.empty(batch, NC, G, Q, Q, device=x.device, dtype=torch.float16) if scaled else None
-    sc = torch.empty(batch, NC, G, Q, **f32) if scaled else None
-    cb32 = torch.empty(batch, NC, G, Q, Q, **f32) if for_backward or not scaled else None
-    scan = _launch("scan", x, Q, P)
-    BH, cbt = min(_pow2(H, 1), BLOCK_H), scan["BT"]
+    cb16 = torch.empty(batch, NC, G, Q, Q, device=x.device, dtype=torch.float16) if store16 else None
+    sc = torch.empty(batch, NC, G, Q, **f32) if store16 else None
+    cb32 = torch.empty(batch, NC, G, Q, Q, **f32) if store32 else None
+    BH, cbt = min(_pow2(H, 1), BLOCK_H), _launch("scan", x, Q, P)["BT"]
     NHB = cdiv(H, BH)
     _chunk_prep[(batch * NC, NHB + G * (Q // cbt))](
         dt, A, dt_bias, dtc, s, B, C, cb16, sc, cb32, L, H, G, N, NC, NHB, B.stride(1), C.stride(1),
         HAS_BIAS=dt_bias is not None,
-        SOFTPLUS=bool(dt_softplus), Q=Q, BH=BH, BT=cbt, BN=BN, PREC=_prec(x), STORE16=scaled,
-        STORE32=cb32 is not None, num_warps=PASS_WARPS, **chain)
+        SOFTPLUS=bool(dt_softplus), Q=Q, BH=BH, BT=cbt, BN=BN, PREC=_prec(x), STORE16=store16,
+        STORE32=store32, num_warps=PASS_WARPS, **chain)
+    return dtc, s, cb16, sc, cb32
+
+
+def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None, keep_states=True):
+    """y [B, L, H, P], final state [B, H, P, N] float32 and what the backward needs:
+    (dt' [B, H, NC, Q], s [B, H, NC, Q], h0 or None, the entering states, y before the gate or None,
+    C·Bᵀ [B, NC, G, Q, Q] float32); without keep_states only h0 and y before the gate (the rest None: the
+    backward prepares the chunks and runs the state pass again).
+    x, B and C may be strided views (token_rows). The chunk scan reads C·Bᵀ in float16 for bf16 inputs (see
+    _cb16); the backward reads it in float32: _chunk_grads, at its register cap, spills more and is slower
+    with the float16 tiles and their scales."""
+    sizes = batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, C, chunk)
+    pdl = pdl_ok(x, CHAIN)
+    chain = dict(PDL=pdl, **({"launch_pdl": True} if pdl else {}))
+    scaled = _cb16(x)
+    dtc, s, cb16, sc, cb32 = _prep(x, dt, A, B, C, dt_bias, dt_softplus, sizes, chain, store16=scaled,
+                                   store32=(for_backward and keep_states) or not scaled)
+    scan = _launch("scan", x, Q, P)
     hin, hT = _states(x, B, seq, dtc, s, h0, sizes, chain)
     y = _new(x)
     store_ypre = for_backward and z is not None
@@ -870,7 +883,9 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
         NC, x.stride(1), C.stride(1), HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"],
         HAS_SEQ=seq is not None, STORE_YPRE=store_ypre, SCALED=scaled, TMA_PAIR=pair is not None,
         TMA_IN=enter is not None, Q=Q, BN=BN, PREC=_prec(x), **chain, **scan)
-    return y, hT, (dtc, s, h0, hin if keep_states else None, ypre, cb32)
+    if not keep_states:
+        return y, hT, (None, None, h0, None, ypre, None)
+    return y, hT, (dtc, s, h0, hin, ypre, cb32)
 
 
 def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s, h0, hin, ypre, cb, *,
@@ -879,7 +894,9 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
     their inputs' dtype)."""
     sizes = batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, C, chunk)
     f32 = dict(device=x.device, dtype=torch.float32)
-    if hin is None:  # not kept by the forward (keep_states=False): the state pass again
+    if hin is None:  # not kept by the forward (keep_states=False): the chunk preparation and the state pass again
+        dtc, s, _, _, cb = _prep(x, dt, A, B, C, dt_bias, dt_softplus, sizes, dict(PDL=False), store16=False,
+                                 store32=True)
         hin, _ = _states(x, B, seq, dtc, s, h0, sizes, dict(PDL=False))
     dz = dD_gate = None
     if z is not None:  # back through the gate first: the kernels below take gy = dL/d(y before it) for dy

@@ -210,19 +210,41 @@ def test_chunked_reads_token_rows_in_place(opts, dtype, tma, monkeypatch):
         assert torch.equal(a, b)
 
 
-def test_chunked_backward_runs_the_state_pass_again():
-    """keep_states=False: the forward saves none of the entering states [B, H, NC, N, P] for the backward,
-    which runs the state pass again from h0: the same bits as keeping them (the default). Without h0 the
-    model's recompute test covers it (Mamba-2 passes keep_states=False there)."""
-    from archdsl.kernels.ssd.triton_ssd_chunked import INTERPRET_CHUNK
-    t = make(2, 45, 4, 8, 2, 16, D=1, z=True, bias=True, h0=True, seq=True)
-    hin = (2, 4, -(-45 // INTERPRET_CHUNK), 16, 8)
+def _keep_states_or_not(t):
+    """The chunked scan's outputs and gradients with keep_states=False and True, and the shapes each saves."""
     saved, results = {}, {}
     for keep in (False, True):
         shapes = saved[keep] = []
         with torch.autograd.graph.saved_tensors_hooks(lambda v: (shapes.append(tuple(v.shape)), v)[1], lambda v: v):
             results[keep] = run(scan_of("chunked"), t, keep_states=keep)
-    assert hin in saved[True] and hin not in saved[False]
+    return saved, results
+
+
+def test_chunked_backward_runs_the_state_pass_again():
+    """keep_states=False: the forward saves none of its chunk buffers for the backward -- the entering states
+    [B, H, NC, N, P], dt' and s [B, H, NC, Q], C·Bᵀ [B, NC, G, Q, Q] -- which prepares the chunks and runs the
+    state pass again from h0: the same bits as keeping them (the default). Without h0 the model's recompute
+    test covers it (Mamba-2 passes keep_states=False there)."""
+    from archdsl.kernels.ssd.triton_ssd_chunked import INTERPRET_CHUNK
+    t = make(2, 45, 4, 8, 2, 16, D=1, z=True, bias=True, h0=True, seq=True)
+    NC, Q = -(-45 // INTERPRET_CHUNK), INTERPRET_CHUNK
+    buffers = [(2, 4, NC, 16, 8), (2, 4, NC, Q), (2, NC, 2, Q, Q)]
+    saved, results = _keep_states_or_not(t)
+    assert all(b in saved[True] and b not in saved[False] for b in buffers)
+    for a, b in zip(results[False], results[True]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_chunked_backward_recomputes_the_same_bits_bf16():
+    """On the card in bf16, where the forward's C·Bᵀ is prepared in float16 for the scan and the backward
+    prepares only the float32 one: the same bits either way."""
+    t = {k: v.to("cuda") if isinstance(v, torch.Tensor) else v
+         for k, v in make(2, 1000, 8, 64, 2, 128, D=1, z=True, bias=True, h0=True, seq=True).items()}
+    t = {k: v.bfloat16() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t.items()}
+    saved, results = _keep_states_or_not(t)
+    assert len(saved[False]) < len(saved[True])
     for a, b in zip(results[False], results[True]):
         assert torch.equal(a, b)
 
