@@ -142,18 +142,13 @@ def _two_pass(NG: int, store_out: bool) -> bool:
     return NG >= SPLIT_MIN and (pad >= 1.5 or (store_out and pad >= 1.25))
 
 
-def _backward_split(x2, z2, weight, rstd, dout, groups, store_out=False, cfg=None):
-    """_backward's contract in two passes: each row's mean(dn · n), then every element's gradients in tiles."""
+def _two_pass_grads(x2, z2, weight, rstd, dout, dx, dz, out, groups, cfg=None):
+    """_row_grads' contract in two passes: each row's mean(dn · n), then every element's gradients in tiles."""
     cfg = cfg or SPLIT
     rows, N = x2.shape
     NG = N // groups
-    dout = dout.contiguous()
-    dx = torch.empty(rows, N, device=x2.device, dtype=x2.dtype)
-    dz = torch.empty(rows, N, device=z2.device, dtype=z2.dtype)
-    out = torch.empty(rows, N, device=x2.device, dtype=x2.dtype) if store_out else None
     mdot = torch.empty(rows, groups, device=x2.device, dtype=torch.float32)
     (br, bc, nw), (gr, gc, gw) = cfg["dot"], cfg["grads"]
-    bc = min(bc, next_pow2(NG))
     cblocks = cdiv(N, gc)
     parts = max(1, min(cdiv(rows, gr), cdiv(cfg["parts"] * sm_count(x2.device), cblocks)))
     rows_per = cdiv(cdiv(rows, parts), gr) * gr
@@ -161,11 +156,11 @@ def _backward_split(x2, z2, weight, rstd, dout, groups, store_out=False, cfg=Non
     dw = torch.empty(parts, N, device=x2.device, dtype=torch.float32)
     if rows:
         _gated_dot[(cdiv(rows, br), groups)](x2, z2, weight, dout, rstd, mdot, rows, NG, groups, x2.stride(0),
-                                             z2.stride(0), BR=br, BC=bc, num_warps=nw)
+                                             z2.stride(0), BR=br, BC=min(bc, next_pow2(NG)), num_warps=nw)
         _gated_grads[(cblocks, parts)](x2, z2, weight, dout, rstd, mdot, dx, dz, dw, out, rows, N, NG, groups,
-                                       x2.stride(0), z2.stride(0), rows_per, BR=gr, BC=gc, STORE_OUT=store_out,
+                                       x2.stride(0), z2.stride(0), rows_per, BR=gr, BC=gc, STORE_OUT=out is not None,
                                        ONE_GROUP=NG % gc == 0, num_warps=gw)
-    return dx, dz, dw.sum(0).to(weight.dtype), out
+    return dw
 
 
 def _rows(t):
@@ -188,24 +183,31 @@ def _forward(x2, z2, weight, eps, groups):
     return out, rstd
 
 
-def _backward(x2, z2, weight, rstd, dout, groups, store_out=False):
-    """(dx, dz [rows, N], dweight [N], and with store_out the forward's out [rows, N] again, else None)."""
+def _row_grads(x2, z2, weight, rstd, dout, dx, dz, out, groups):
+    """Writes dx, dz [rows, N] (and out, if given: the forward's out again) with _gated_bwd; returns the
+    programs' parts of dweight [programs, N] float32."""
     rows, N = x2.shape
     NG = N // groups
-    if _two_pass(NG, store_out):
-        return _backward_split(x2, z2, weight, rstd, dout, groups, store_out)
-    dout = dout.contiguous()
-    dx = torch.empty(rows, N, device=x2.device, dtype=x2.dtype)
-    dz = torch.empty(rows, N, device=z2.device, dtype=z2.dtype)
-    out = torch.empty(rows, N, device=x2.device, dtype=x2.dtype) if store_out else None
     rows_per = max(1, cdiv(rows, 2 * sm_count(x2.device)))  # 2 programs an SM (swept 1-16), each many rows
     progs = cdiv(rows, rows_per) if rows else 0
     dw = torch.empty(progs, N, device=x2.device, dtype=torch.float32)
     block = next_pow2(NG)
     if rows:
-        _gated_bwd[(progs, groups)](x2, z2, weight.contiguous(), dout, rstd, dx, dz, dw, out, rows, NG, groups,
-                                    x2.stride(0), z2.stride(0), rows_per, BLOCK=block, STORE_OUT=store_out,
+        _gated_bwd[(progs, groups)](x2, z2, weight, dout, rstd, dx, dz, dw, out, rows, NG, groups,
+                                    x2.stride(0), z2.stride(0), rows_per, BLOCK=block, STORE_OUT=out is not None,
                                     num_warps=row_warps(block))
+    return dw
+
+
+def _backward(x2, z2, weight, rstd, dout, groups, store_out=False):
+    """(dx, dz [rows, N], dweight [N], and with store_out the forward's out [rows, N] again, else None)."""
+    rows, N = x2.shape
+    weight, dout = weight.contiguous(), dout.contiguous()
+    dx = torch.empty(rows, N, device=x2.device, dtype=x2.dtype)
+    dz = torch.empty(rows, N, device=z2.device, dtype=z2.dtype)
+    out = torch.empty(rows, N, device=x2.device, dtype=x2.dtype) if store_out else None
+    grads = _two_pass_grads if _two_pass(N // groups, store_out) else _row_grads
+    dw = grads(x2, z2, weight, rstd, dout, dx, dz, out, groups)
     return dx, dz, dw.sum(0).to(weight.dtype), out
 
 
