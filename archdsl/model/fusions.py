@@ -28,9 +28,10 @@ FUSIONS: dict[str, str] = {
     "pdl": "Mamba-2 decode: its Triton kernels launched with programmatic dependent launch, each reading its "
            "weights (and the step its states) while the kernel before it ends (sm_90 and later)",
     "recompute": "Mamba / Mamba-2 training: the conv's output (and Mamba's delta) kept for the backward as "
-                 "recipes and rebuilt there from tensors kept anyway; Mamba-2's scan keeps no chunk states and "
-                 "out_proj not the gated norm's output, both formed again in the backward (Mamba 2·d_inner "
-                 "values a token a layer less, Mamba-2 its conv width + d_inner·(1 + d_state / 128); "
+                 "recipes and rebuilt there from tensors kept anyway; Mamba-2's scan keeps no chunk buffers and "
+                 "out_proj not the gated norm's output, all formed again in the backward (Mamba 2·d_inner "
+                 "values a token a layer less, Mamba-2 its conv width + d_inner·(1 + d_state / 128) + "
+                 "2·nheads + ngroups·128; "
                  "mamba_ssm's checkpoint_lvl=1 and its Mamba-2 split-conv path)",
 }
 

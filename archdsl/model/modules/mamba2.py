@@ -9,7 +9,7 @@
     ─out_proj─▶ [B, L, d]
 
 The "recompute" fusion (training, eager): the conv's output is kept for the backward as a recipe, the
-scan keeps no chunk states and out_proj not the gated norm's output (_inner): mamba_ssm's split-conv
+scan keeps no chunk buffers and out_proj not the gated norm's output (_inner): mamba_ssm's split-conv
 path recomputes all three.
 
 The decode state: conv window [B, conv_dim, K-1] (model dtype), SSM state [B, H, P, N] (float32 for
@@ -111,10 +111,10 @@ class Mamba2(nn.Module, Fusable):
         `rc` keeps the conv's output as a recipe (the "recompute" fusion): the scan reads x, B and C as
         slices of it in place, so what it saves for the backward is rebuilt there from in_proj's output,
         which the gated norm's z keeps anyway (E + 2·G·N values a token a layer less); the scan keeps
-        no chunk states (keep_states=False: H·P·N / chunk values a token less), and out_proj not the gated
-        norm's output (gated_rmsnorm_linear: E values a token less). mamba2-2.7b, B4 L2048 bf16 on the
-        H200, one process: training step peak 49.5 -> 34.3 GiB, 338.1 -> 351.4 ms (mamba_ssm: 0.7 GiB
-        less, 1.18x our time; docs/benchmarks.md, forty-first run)."""
+        no chunk buffers (keep_states=False: H·P·N / chunk + 2·H + G·chunk values a token less), and
+        out_proj not the gated norm's output (gated_rmsnorm_linear: E values a token less). mamba2-2.7b,
+        B4 L2048 bf16 on the H200, against mamba_ssm in one process: training step peak 38.73 vs 38.66 GiB
+        (each with the other model's weights), 0.87x its time (docs/benchmarks.md, forty-second run)."""
         from archdsl.kernels import ssd_scan
 
         Bsz, L, _ = z.shape
