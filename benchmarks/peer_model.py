@@ -1,6 +1,7 @@
 """archdsl's Mamba and Mamba-2 language models against mamba_ssm's, holding the same weights, in one process.
 
     python benchmarks/peer_model.py [--models mamba-2.8b,mamba2-2.7b] [--shapes 4x2048,16x512]
+                                    [--decode 1x512,16x512] [--gen 128]
                                     [--layers N] [--iters 10] [--json out.json]
 
 For each spec of specs/, two models in bf16 on the GPU:
@@ -25,6 +26,15 @@ For each model and shape (batch × tokens), ours and the peer alternated in roun
 - training step: forward, cross-entropy of the next token in float32, backward, grads set to None
   (no optimizer: its time is the same for both);
 median wall ms of --iters calls (torch.cuda.synchronize around each), tokens a second, peak memory.
+
+For each model and decode shape (batch × prompt tokens; `--shapes none` leaves out the rows above), the
+decode step as each side runs it for generation, replayed from its CUDA graph: ours from
+`compile(..., cuda_graph=True)`'s captured step, the peer's from mamba_ssm's own `update_graph_cache`
+(its `generate(cg=True)` path: causal-conv1d's CUDA update, its Triton selective_state_update, cuBLAS
+GEMVs). Both prefill the prompt, then step in lockstep on the same tokens (ours' greedy choice) for --gen
+steps; each step is timed alone with CUDA events around the token copy, the replay and the logits' copy.
+Reported: median ms a step, and the two sides' logits against each other at every step (relative
+distance, how often the argmax agrees).
 --layers N builds N layers instead of the spec's count (a quick run; the figures then name it).
 """
 from __future__ import annotations
@@ -199,6 +209,100 @@ def run_model(name: str, shapes, layers, iters: int, rounds: int = 2) -> list[di
     return rows
 
 
+def peer_stepper(peer, ids, gen: int):
+    """mamba_ssm's graphed decode over its own cache, as its generate(cg=True) runs it: the prompt's last
+    logits [B, V] and step(tokens [B]) -> logits [B, V]."""
+    from mamba_ssm.utils.generation import update_graph_cache
+
+    b, length = ids.shape
+    with torch.inference_mode():  # as its generate(); its cache holds inference tensors
+        cache = update_graph_cache(peer, None, b, length, length + gen + 1)
+        params = cache.inference_params
+        params.reset(length + gen + 1, b)
+        first = peer(ids, inference_params=params, num_last_tokens=1).logits[:, -1]
+    params.seqlen_offset += length
+
+    @torch.inference_mode()
+    def step(tok):
+        pos = torch.full((b, 1), params.seqlen_offset, dtype=torch.long, device=ids.device)
+        out = cache.run(tok[:, None], pos, params.seqlen_offset)[:, -1]
+        params.seqlen_offset += 1
+        return out
+
+    return first, step
+
+
+def our_stepper(model, ids, gen: int):
+    """Our graphed decode step (what generate() replays with cuda_graph=True): the prompt's last logits and
+    step(tokens [B]) -> logits [B, V]."""
+    runner = model._graph_runner(ids.shape[0], ids.shape[1] + gen + 1)
+    runner.cache.reset()
+    return model(ids, runner.cache)[:, -1], runner
+
+
+def timed(step, tok) -> tuple[torch.Tensor, float]:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    out = step(tok)
+    end.record()
+    end.synchronize()
+    return out, start.elapsed_time(end)
+
+
+@torch.no_grad()
+def run_decode(name: str, shapes, layers, gen: int) -> list[dict]:
+    spec = load_spec(name, layers)
+    (kind,) = kinds_used(spec)
+    ours = archdsl.compile(spec, device="cuda", dtype=torch.bfloat16)
+    why = fast_paths_present(kind)
+    peer = None if why else build_peer(spec, ours)
+    if why:
+        print(f"# {name}: peer left out of decode: {why}", flush=True)
+    rows = []
+    for b, length in shapes:
+        ids = torch.randint(0, spec.vocab_size, (b, length), device="cuda")
+        mine = our_stepper(ours, ids, gen)
+        theirs = peer_stepper(peer, ids, gen) if peer is not None else None
+        tok = mine[0].argmax(-1)
+        times, peer_times, dist, same = [], [], [], []
+        step_ours, step_peer = mine[1], (theirs[1] if theirs else None)
+        # one untimed step each: the first replay after capture
+        a, _ = timed(step_ours, tok)
+        if step_peer:
+            p, _ = timed(step_peer, tok)
+        for _ in range(gen - 1):
+            tok = a.argmax(-1)
+            a, ms = timed(step_ours, tok)
+            times.append(ms)
+            if step_peer:
+                p, pms = timed(step_peer, tok)
+                peer_times.append(pms)
+                af, pf = a.float(), p.float()
+                dist.append(((pf - af).norm() / af.norm()).item())
+                same.append((pf.argmax(-1) == af.argmax(-1)).float().mean().item())
+        row = {"model": name, "layers": len(layer_kinds(spec)), "batch": b, "prompt": length, "gen": gen,
+               "decode_ms": statistics.median(times)}
+        if peer_times:
+            row.update(peer_decode_ms=statistics.median(peer_times), logits_dist=statistics.median(dist),
+                       argmax_same=statistics.fmean(same))
+        rows.append(row)
+        print_decode_row(row)
+    del ours, peer
+    torch.cuda.empty_cache()
+    return rows
+
+
+def print_decode_row(r: dict) -> None:
+    ours, peer = r["decode_ms"], r.get("peer_decode_ms", float("nan"))
+    print(f"\n{r['model']} ({r['layers']} layers) decode, batch {r['batch']}, prompt {r['prompt']}, "
+          f"{r['gen']} steps from CUDA graphs", flush=True)
+    print(f"  ms a step: ours {ours:.3f}, peer {peer:.3f}, ratio {ours / peer:.2f}; "
+          f"tokens a second: ours {r['batch'] / ours * 1e3:.0f}, peer {r['batch'] / peer * 1e3:.0f}")
+    if "logits_dist" in r:
+        print(f"  peer's logits against ours, same tokens in: {r['logits_dist']:.2e} of the norm (median "
+              f"over steps), argmax the same at {r['argmax_same']:.1%}", flush=True)
+
+
 def print_row(r: dict) -> None:
     tok = r["batch"] * r["seq"]
     head = f"{r['model']} ({r['layers']} layers) B{r['batch']} L{r['seq']}"
@@ -219,7 +323,9 @@ def print_row(r: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="mamba-2.8b,mamba2-2.7b")
-    ap.add_argument("--shapes", default="4x2048,16x512", help="batch×tokens, comma-separated")
+    ap.add_argument("--shapes", default="4x2048,16x512", help="batch×tokens, comma-separated ('none': no rows)")
+    ap.add_argument("--decode", default="", help="batch×prompt tokens for decode rows, comma-separated")
+    ap.add_argument("--gen", type=int, default=128, help="decode steps timed a row")
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--json", default=None)
@@ -230,11 +336,17 @@ def main() -> None:
     missing = install_peers()
     if missing:
         print(f"# missing peers: {', '.join(missing)}", flush=True)
-    shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes.split(",")]
+    def parse(text):
+        return [tuple(int(x) for x in s.lower().split("x")) for s in text.split(",") if s and s != "none"]
+
+    shapes, decode = parse(args.shapes), parse(args.decode)
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16", flush=True)
     rows = []
     for name in args.models.split(","):
-        rows += run_model(name.strip(), shapes, args.layers, args.iters)
+        if shapes:
+            rows += run_model(name.strip(), shapes, args.layers, args.iters)
+        if decode:
+            rows += run_decode(name.strip(), decode, args.layers, args.gen)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

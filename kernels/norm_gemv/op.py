@@ -13,7 +13,15 @@ from .._checks import expect_float, expect_number, expect_same_device, expect_sh
 from .._dispatch import backend_for
 from .naive import rms_linear_naive
 
-MAX_ROWS = 16  # past a few rows a GEMM (cuBLAS) reads the weight as few times and computes faster
+# The GEMV reads the weight once a row, so its time grows with the rows; past MAX_ROWS the separate norm and
+# cuBLAS's GEMM (the weight read once) win. H200, bf16, graphs, µs at 1 / 2 / 4 / 16 rows, GEMV against the
+# separate torch ops (2026-12-01): mamba2-2.7b's in_proj (2560 → 10576) 17.9 / 29.1 / 53.5 / 201.9 against
+# 31.4 / 33.9 / 34.1 / 38.0, its out_proj (5120 → 2560) 7.1 / 11.5 / 21.0 / 75.3 against 19.0 / 21.2 / 21.8 /
+# 28.6; mamba2-1.3b's the same way. With 16 (before), mamba2-2.7b's graphed decode step at batch 16 took 20.1 ms
+# against mamba_ssm's 5.1 (benchmarks/peer_model.py --decode). A tensor-core kernel with the norm folded in (every
+# row against a weight block) lost to the separate ops at every width: each program re-reads and re-normalises
+# the whole batch of vectors (74.6 µs at 16 rows for that in_proj).
+MAX_ROWS = 2
 
 
 def rms_linear(x, weight, norm_weight, eps=1e-5, *, residual=None, groups=1, bias=None, pdl=False):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from archdsl.kernels import rms_linear
 from archdsl.kernels.norm_gemv import triton_norm_gemv
 from archdsl.kernels.norm_gemv.naive import rms_linear_naive
+from archdsl.kernels.norm_gemv.op import MAX_ROWS
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -60,7 +61,7 @@ def test_float32_input_rounded_to_half_weights(monkeypatch):
 
 def test_many_rows_and_float64_take_the_torch_path(monkeypatch):
     _needs_triton(monkeypatch)
-    a = _inputs(17, 32, 8, 1, True, False, torch.float32)  # past MAX_ROWS
+    a = _inputs(MAX_ROWS + 1, 32, 8, 1, True, False, torch.float32)
     y, h = rms_linear(**a)
     ref_y, ref_h = rms_linear_naive(**a)
     assert torch.equal(y, ref_y) and torch.equal(h, ref_h)
@@ -88,7 +89,7 @@ def test_argument_errors():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("K, R, groups, residual", [(2048, 8512, 1, True), (4096, 2048, 1, False),
                                                    (4096, 2048, 8, False)])
-@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("batch", [1, MAX_ROWS])
 def test_gpu_bf16_mamba2_sizes(K, R, groups, residual, batch):
     """Mamba-2 1.3B's in_proj (after add + RMSNorm) and out_proj (after the gated norm, x float32)."""
     a = _inputs(batch, K, R, groups, residual, False, torch.bfloat16, x_dtype=None if residual else torch.float32)
