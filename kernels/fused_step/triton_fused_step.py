@@ -178,6 +178,11 @@ def _counters(device, n):
 
 
 BLOCK_P, WARPS = None, 4  # head-dim channels per program (None: up to 2048 state elements), warps
+# From WIDE_ROWS rows on, programs of up to WIDE_ELEMS state elements (a whole head of 64 × 128) in WIDE_WARPS
+# warps. H200, mamba2-2.7b's step (H80 P64 N128), graphs, µs with gate "norm", default -> wide (2026-12-01):
+# 4 rows 12.7 -> 10.9, 16 rows 32.2 -> 26.7, 64 rows 127.8 -> 99.9 (floor at 4.8 TB/s 4.4, 17.6, 70.3); at one
+# row 7.6 -> 7.8, so one and two rows keep the default.
+WIDE_ROWS, WIDE_ELEMS, WIDE_WARPS = 4, 8192, 2
 
 
 def mamba2_step_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias,
@@ -191,6 +196,9 @@ def mamba2_step_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_
     out = torch.empty(batch, E, device=zx.device, dtype=zx.dtype)
     BN = next_pow2(N)
     BP = block_p or BLOCK_P or min(next_pow2(P), max(1, 2048 // BN))
+    warps = WARPS
+    if not (block_p or BLOCK_P) and batch >= WIDE_ROWS and next_pow2(P) * BN <= WIDE_ELEMS:
+        BP, warps = next_pow2(P), WIDE_WARPS
     npb = cdiv(P, BP)
     norm = gate in ("norm", "pre_norm")
     hbuf = torch.empty(batch, E, device=zx.device, dtype=torch.float32) if norm else None
@@ -205,7 +213,7 @@ def mamba2_step_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_
         K=K1 + 1, HAS_CB=conv_bias is not None, HAS_D=D is not None, HAS_DTB=dt_bias is not None,
         FLOOR=bool(dt_floor), GATE=gate is not None, NORM=norm, TAIL_NORM=gate == "norm", PDL=pdl,
         BP=BP, BN=BN, BPART=max(2, next_pow2(H // G * npb)),
-        BNORM=min(1024, next_pow2(E // G)), num_warps=WARPS, **({"launch_pdl": True} if pdl else {}))
+        BNORM=min(1024, next_pow2(E // G)), num_warps=warps, **({"launch_pdl": True} if pdl else {}))
     return hbuf if gate == "pre_norm" else out
 
 
