@@ -66,13 +66,25 @@ def test_matches_transformers_cpu_formula():
     close([y, *s[:2]], [want_y, *want_s[:2]], 1e-6, "fresh state")
 
 
-@settings(max_examples=10, deadline=None)
-@given(cases)
-def test_torch_loop_matches_reference(case):
+@settings(max_examples=12, deadline=None)
+@given(cases, st.sampled_from([None, 1, 4, 16]))
+def test_torch_loop_matches_reference(case, chunk):
+    """The time loop (chunk 1) and chunks of 4 or 16 tokens (T 5, 13, 31 cross chunk boundaries)."""
     B, T, C, with_state, seed = case
     xs, state = make(B, T, C, seed)
     state = state if with_state else None
-    close(run(wkv4_torch, xs, state), run(wkv4_naive, xs, state), 1e-9, "torch")
+    close(run(lambda *a: wkv4_torch(*a, chunk=chunk), xs, state), run(wkv4_naive, xs, state), 1e-9, "torch")
+
+
+def test_torch_chunks_take_any_decay():
+    """A decay rate past float32's exp range (w' = -exp(100) = -inf) gives what the time loop gives: the
+    history forgotten, no NaN."""
+    (w, u, k, v), state = make(2, 9, 3, 0, dtype=torch.float32)
+    w = torch.tensor([100.0, 0.0, -100.0])
+    want, want_s = wkv4_torch(w, u, k, v, state, chunk=1)
+    got, got_s = wkv4_torch(w, u, k, v, state, chunk=4)
+    assert torch.isfinite(got).all()
+    close([got, *canonical(got_s)], [want, *canonical(want_s)], 1e-5, "huge decay")
 
 
 @settings(max_examples=10, deadline=None)
