@@ -9,6 +9,10 @@ all with one signature; see _dispatch for how one is chosen.
 # Hugging Face hub package that transformers probes for. Only as archdsl.kernels does it
 # load anything, so such a probe finds an empty module with no version and moves on.
 if __name__ == "archdsl.kernels":
+    from ._dispatch import interpreting
+    if interpreting():
+        from ._interpreter import fix_bf16_dots
+        fix_bf16_dots()
     from .conv1d import causal_conv1d, causal_conv1d_update
     from .selective_scan import selective_scan, selective_state_update
     from .ssd import ssd_scan, ssd_step
@@ -24,4 +28,5 @@ __all__ = [
     "ssd_scan", "ssd_step",
     "wkv4", "wkv4_step",
     "wkv6", "wkv6_step",
+    "add_rmsnorm", "gated_rmsnorm", "gated_rmsnorm_linear", "rms_linear",
 ]

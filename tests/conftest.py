@@ -4,9 +4,9 @@
   locally it explores new ones each time.
 - Without a GPU the Triton kernels run in Triton's interpreter (set before anything imports triton:
   its standard library is built interpreted or compiled at import).
-- Triton's interpreter multiplies bfloat16 dot operands as their raw uint16 bits (triton 3.9); the
-  interpreted dots here read them as the numbers they are, so kernels that round operands to
-  bfloat16 are checked on the CPU too.
+- Triton's interpreter multiplies bfloat16 dot operands as their raw uint16 bits (triton 3.9);
+  archdsl.kernels corrects that when it is imported interpreted (kernels/_interpreter.py), so kernels
+  that round operands to bfloat16 are checked on the CPU too.
 - Triton's interpreter patches triton.language anew at every call of a device function inside a launch
   (`_patch_lang`, ~2 ms a call: a third of an interpreted Mamba decode step), though the launch has patched
   the same modules already (or an earlier device function did: those patches stay); here a device
@@ -27,22 +27,6 @@ if os.environ.get("CI"):
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
-def _interpreted_bf16_dots() -> None:
-    import numpy as np
-    import triton.language as tl
-    from triton.runtime import interpreter
-
-    builder = interpreter.InterpreterBuilder
-    plain = builder.create_dot
-
-    def as_f32(x):
-        if x.dtype.scalar == tl.bfloat16 and x.data.dtype == np.uint16:
-            return interpreter.TensorHandle((x.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
-        return x
-
-    builder.create_dot = lambda self, a, b, *rest: plain(self, as_f32(a), as_f32(b), *rest)
 
 
 def _device_calls_patch_once() -> None:
@@ -80,7 +64,6 @@ def _device_calls_patch_once() -> None:
 
 
 if os.environ.get("TRITON_INTERPRET") == "1":
-    _interpreted_bf16_dots()
     _device_calls_patch_once()
 
 if os.environ.get("TRITON_INTERPRET") == "1":

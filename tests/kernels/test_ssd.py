@@ -512,3 +512,20 @@ def test_gpu_long_sequences(L, grads, impl, monkeypatch):
         leaves = [t[k].detach().requires_grad_() for k in ("x", "dt", "A", "B", "C")]
         y = ssd_scan(*leaves, D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True)
         assert all(torch.isfinite(g).all() for g in torch.autograd.grad(y.float().square().sum(), leaves))
+
+
+@pytest.mark.skipif(CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="Triton's interpreter only")
+@pytest.mark.parametrize("impl", ["fused", "chunked"])
+def test_interpreted_bf16_gives_the_float32_result(impl, monkeypatch):
+    """Triton's interpreter multiplies bfloat16 dot operands as their raw bits (triton 3.9); archdsl.kernels
+    corrects that when imported interpreted (kernels/_interpreter.py, not the tests' conftest), so a user's
+    bf16 scan on the CPU is the float32 scan to bf16 rounding (it was ~1e10 off)."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+    monkeypatch.setenv("ARCHDSL_SSD_IMPL", impl)
+    g = torch.Generator().manual_seed(0)
+    x, B, C = (torch.randn(1, 40, *s, generator=g) for s in ((2, 16), (1, 16), (1, 16)))
+    dt, A = torch.rand(1, 40, 2, generator=g) * 0.5, -torch.rand(2, generator=g)
+    want = ssd_scan(x, dt, A, B, C)
+    got = ssd_scan(*(t.bfloat16() for t in (x, dt)), A, B.bfloat16(), C.bfloat16())
+    assert got.dtype == torch.bfloat16
+    assert ((got.float() - want).norm() / want.norm()).item() < 2e-2
