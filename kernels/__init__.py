@@ -11,8 +11,8 @@ all with one signature; see _dispatch for how one is chosen.
 if __name__ == "archdsl.kernels":
     from ._dispatch import interpreting
     if interpreting():
-        from ._interpreter import fix_bf16_dots
-        fix_bf16_dots()
+        from ._interpreter import fix_bf16
+        fix_bf16()
     from .conv1d import causal_conv1d, causal_conv1d_update
     from .selective_scan import selective_scan, selective_state_update
     from .ssd import ssd_scan, ssd_step

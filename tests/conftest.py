@@ -4,9 +4,9 @@
   locally it explores new ones each time.
 - Without a GPU the Triton kernels run in Triton's interpreter (set before anything imports triton:
   its standard library is built interpreted or compiled at import).
-- Triton's interpreter multiplies bfloat16 dot operands as their raw uint16 bits (triton 3.9);
-  archdsl.kernels corrects that when it is imported interpreted (kernels/_interpreter.py), so kernels
-  that round operands to bfloat16 are checked on the CPU too.
+- Triton's interpreter multiplies bfloat16 dot operands as their raw uint16 bits and truncates float32 to
+  bfloat16 (triton 3.9); archdsl.kernels corrects both when it is imported interpreted
+  (kernels/_interpreter.py), so bfloat16 kernels are checked on the CPU too.
 - Triton's interpreter patches triton.language anew at every call of a device function inside a launch
   (`_patch_lang`, ~2 ms a call: a third of an interpreted Mamba decode step), though the launch has patched
   the same modules already (or an earlier device function did: those patches stay); here a device

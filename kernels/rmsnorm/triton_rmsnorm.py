@@ -25,8 +25,10 @@ def _add_rmsnorm_fwd(X, R, W, OUT, H, RSTD, N, eps, stride_x, stride_r, stride_o
     cols = tl.arange(0, BLOCK)
     mask = cols < N
     x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
-    if HAS_R:
-        x = x + tl.load(R + row * stride_r + cols, mask=mask, other=0.0)
+    if HAS_R:  # summed in float32 and rounded to x's dtype once, as a 16-bit add does (and as the interpreter,
+        # which adds bfloat16's raw bits, does not)
+        r = tl.load(R + row * stride_r + cols, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
     tl.store(H + row * stride_h + cols, x, mask=mask)
     h = x.to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.sum(h * h, axis=0) / N + eps)
