@@ -150,8 +150,8 @@ def test_chunked_sub_blocks(chunk, sub, monkeypatch):
 
 def test_chunked_states_in_16_bit():
     """16-bit inputs: the chunked kernels keep the entering states and their gradients in the input's
-    dtype (separate buffers from the float32 chunk states). float16, since the interpreter mishandles
-    bfloat16; against the float64 loop to half precision."""
+    dtype (separate buffers from the float32 chunk states). float16, against the float64 loop to half
+    precision."""
     t = make(2, 50, 4, 16, 2, 16, D=1, z=True, bias=True, h0=True, seq=True)
     t64 = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t.items()}
     t16 = {k: v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t.items()}
@@ -163,8 +163,8 @@ def test_chunked_states_in_16_bit():
 def test_chunked_tma_reads_equal_pointer_reads(tma, P, monkeypatch):
     """The chunk scan's tiles read through tensor descriptors (a pair's x and CB, a target's C and entering
     state) give exactly what its masked pointer loads give, outputs and gradients: P 24 reads a block of 32
-    columns past the tensor's end (zeros), L 77 a last chunk past the sequence's, seq_idx and z on. float16
-    (the interpreter mishandles bfloat16); P 6 (12-byte rows) cannot take descriptors and reads by pointers."""
+    columns past the tensor's end (zeros), L 77 a last chunk past the sequence's, seq_idx and z on, in
+    float16; P 6 (12-byte rows) cannot take descriptors and reads by pointers."""
     from archdsl.kernels.ssd import triton_ssd_chunked
     t = make(2, 77, 4, P, 2, 16, D=1, z=True, bias=True, h0=True, seq=True)
     t16 = {k: v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t.items()}
@@ -261,22 +261,23 @@ def test_chunked_tma_needs_16_byte_alignment():
     assert _descriptors(False, (aligned, [1, 8, 1, 16])) is None
 
 
-def test_chunked_cb_past_float16_range(monkeypatch):
+@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
+def test_chunked_cb_past_float16_range(dtype, tol, monkeypatch):
     """bf16 inputs keep C·Bᵀ in float16, each row scaled by a power of two: entries past float16's
-    largest number (|CB| ~ 9e4 here) neither overflow nor lose bits. Forced for float16 inputs, since
-    the interpreter mishandles bfloat16. x and dt are scaled down so that CB ∘ dt' (rounded to the
-    inputs' dtype for the tensor cores) and y stay in range; the float64 loop runs on the float16 values."""
+    largest number (|CB| ~ 9e4 here) neither overflow nor lose bits. Also forced for float16 inputs. x and
+    dt are scaled down so that CB ∘ dt' (rounded to the inputs' dtype for the tensor cores) and y stay in
+    range; the float64 loop runs on the 16-bit values."""
     from archdsl.kernels.ssd import triton_ssd_chunked
     monkeypatch.setattr(triton_ssd_chunked, "_cb16", lambda x: x.element_size() == 2)
     t = make(2, 50, 4, 16, 2, 16)
     t.update(B=t["B"] * 300, C=t["C"] * 300, x=t["x"] / 300, dt=t["dt"] * 0.1)
-    t16 = {k: v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t.items()}
+    t16 = {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t.items()}
     t64 = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t16.items()}
     want = run(ssd_scan_naive, t64, grads=False)
-    assert_close(run(scan_of("chunked"), t16, grads=False), want, 2e-3)
+    assert_close(run(scan_of("chunked"), t16, grads=False), want, tol)
     # without gradients only the float16 copy is written
     y, hT = scan_of("chunked")(t16["x"], t16["dt"], t16["A"], t16["B"], t16["C"], return_final_states=True)
-    assert_close([y, hT], want, 2e-3)
+    assert_close([y, hT], want, tol)
 
 
 @pytest.mark.parametrize("env", ["auto", None])
