@@ -169,16 +169,19 @@ def peak_gib(fn) -> float:
     return torch.cuda.max_memory_allocated() / 2**30
 
 
-def run_model(name: str, shapes, layers, iters: int, rounds: int = 2) -> list[dict]:
+def both_models(name: str, layers):
+    """(spec, ours, peer) in bf16 on the GPU, the same weights; peer None where mamba_ssm would leave its fast path."""
     spec = load_spec(name, layers)
     (kind,) = kinds_used(spec)
     ours = archdsl.compile(spec, device="cuda", dtype=torch.bfloat16)
     why = fast_paths_present(kind)
-    peer = None
     if why:
         print(f"# {name}: peer left out: {why}", flush=True)
-    else:
-        peer = build_peer(spec, ours)
+    return spec, ours, None if why else build_peer(spec, ours)
+
+
+def run_model(name: str, shapes, layers, iters: int, rounds: int = 2) -> list[dict]:
+    spec, ours, peer = both_models(name, layers)
     n_layers = len(layer_kinds(spec))
     rows = []
     for i, (b, seq) in enumerate(shapes):
@@ -251,13 +254,7 @@ def timed(step, tok) -> tuple[torch.Tensor, float]:
 
 @torch.no_grad()
 def run_decode(name: str, shapes, layers, gen: int) -> list[dict]:
-    spec = load_spec(name, layers)
-    (kind,) = kinds_used(spec)
-    ours = archdsl.compile(spec, device="cuda", dtype=torch.bfloat16)
-    why = fast_paths_present(kind)
-    peer = None if why else build_peer(spec, ours)
-    if why:
-        print(f"# {name}: peer left out of decode: {why}", flush=True)
+    spec, ours, peer = both_models(name, layers)
     rows = []
     for b, length in shapes:
         ids = torch.randint(0, spec.vocab_size, (b, length), device="cuda")
