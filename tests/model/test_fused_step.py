@@ -20,7 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 import archdsl  # noqa: E402
 from archdsl.kernels.fused_step import mamba2_step_fused, mamba_conv_step, mamba_ssm_step_fused  # noqa: E402
 from archdsl.kernels.fused_step import naive  # noqa: E402
-from archdsl.kernels.fused_step.triton_fused_step import WIDE_ROWS, mamba2_step_triton  # noqa: E402
+from archdsl.kernels.fused_step.triton_fused_step import WIDE_ROWS, mamba2_step_triton, mamba_ssm_step_triton  # noqa: E402
 from archdsl.model.modules.mamba import fused_step_ok  # noqa: E402
 from blockcheck import build  # noqa: E402
 
@@ -65,11 +65,13 @@ def test_mamba2_kernel_matches_reference(batch, G, hpg, P, N, K, gate, flags, fl
         assert torch.equal(conv, conv2)
 
 
-@pytest.mark.parametrize("inner", ["none", "unweighted", "weighted"])
-def test_mamba_kernels_match_reference(inner):
+@pytest.mark.parametrize("inner,batch,rows", [("none", 2, None), ("unweighted", 2, None), ("weighted", 2, None),
+                                              ("none", 5, 2), ("weighted", 5, 4), ("none", 3, 8)])
+def test_mamba_kernels_match_reference(inner, batch, rows):
+    """rows: batch rows a program of the SSM kernel (the last program's rows past the batch are masked)."""
     g = torch.Generator().manual_seed(3)
     r = lambda *s: torch.randn(*s, generator=g).to(DEV)  # noqa: E731
-    batch, E, N, R, K = 2, 37, 5, 3, 3
+    E, N, R, K = 37, 5, 3, 3
     xz = r(batch, 2 * E)
     conv = r(batch, E, K - 1)
     conv2 = conv.clone()
@@ -81,7 +83,7 @@ def test_mamba_kernels_match_reference(inner):
     state2 = state.clone()
     norms = (r(R), r(N), r(N)) if inner == "weighted" else (None, None, None)
     a = (r(batch, R + 2 * N), r(E, R), r(E, N) * 0.5, r(E), r(E), xz[:, E:], inner, *norms, 1e-6)
-    y = mamba_ssm_step_fused(state, u, *a)
+    y = mamba_ssm_step_fused(state, u, *a) if rows is None else mamba_ssm_step_triton(state, u, *a, rows=rows)
     _close(y, naive.mamba_ssm_step_naive(state2, u, *a))
     _close(state, state2)
 
@@ -205,6 +207,28 @@ def test_gpu_mamba2_kernel_full_size(gate, pdl, batch):
         tol = 1e-5 if gate == "pre_norm" else 1e-2  # bf16 outputs for the others
         assert ((y.float() - ref).norm() / ref.norm()).item() < tol
         conv_ref = conv.float()  # the reference continues from the kernel's bf16 conv state
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("batch,rows", [(1, None), (17, None), (17, 1), (17, 16)])
+def test_gpu_mamba_ssm_kernel_full_size(batch, rows):
+    """mamba-2.8b's SSM step (E 5120, N 16, dt_rank 160), bf16 inputs, float32 state, several launches
+    in a row, against the float32 reference; 17 rows leave the last program of every row count part-empty."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+    E, N, R = 5120, 16, 160
+    W, A_log, dt_bias, D = (r(E, R) * 0.05).bfloat16(), r(E, N) * 0.5, r(E), r(E)
+    state = r(batch, E, N) * 0.1
+    state_ref = state.clone()
+    for _ in range(4):
+        u, x_dbl, z = r(batch, E).bfloat16(), r(batch, R + 2 * N).bfloat16(), r(batch, E).bfloat16()
+        y = mamba_ssm_step_triton(state, u, x_dbl, W, A_log, dt_bias, D, z, "none", None, None, None, 1e-6,
+                                  rows=rows)
+        ref = naive.mamba_ssm_step_naive(state_ref, u.float(), x_dbl.float(), W.float(), A_log, dt_bias, D,
+                                         z.float(), "none", None, None, None, 1e-6)
+        assert ((state - state_ref).norm() / state_ref.norm()).item() < 1e-5
+        assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2
 
 
 @pytest.mark.gpu
