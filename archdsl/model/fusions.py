@@ -22,7 +22,8 @@ FUSIONS: dict[str, str] = {
                 "Triton kernels run)",
     "qkv": "attention's q, k and v projections as one GEMM over their packed weights (inference)",
     "epilogue": "Mamba / Mamba-2: the D skip and the silu(z) gate inside the scan kernel, not after it in torch",
-    "step": "Mamba / Mamba-2 decode step as one or two Triton kernels between the projections (Triton only)",
+    "step": "Mamba / Mamba-2 decode step as one or two Triton kernels between the projections, and Mamba's "
+            "x_proj and out_proj at one row by a Triton GEMV (Triton only)",
     "norm_gemv": "Mamba-2 decode (a few rows, with \"step\"): the residual add and RMSNorm inside in_proj's GEMV "
                  "and the gated RMSNorm inside out_proj's, one Triton kernel each (Triton only)",
     "pdl": "Mamba-2 decode: its Triton kernels launched with programmatic dependent launch, each reading its "

@@ -1,3 +1,3 @@
-from .op import rms_linear
+from .op import gemv, rms_linear
 
-__all__ = ["rms_linear"]
+__all__ = ["gemv", "rms_linear"]

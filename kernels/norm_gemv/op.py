@@ -1,9 +1,10 @@
-"""Public decode GEMV with its RMSNorm folded in (inference only: no autograd).
+"""Public decode GEMVs: with the RMSNorm before it folded in, and plain (inference only: no autograd).
 
 The projection after a pre-norm at decode, as one kernel: the residual add, the RMSNorm (over the
 whole vector, or per group as Mamba-2's gated norm) and the matrix-vector product. The compiler
 uses it for Mamba-2's in_proj (after the layer's add + RMSNorm) and out_proj (after the gated
-norm) when decoding a few rows ("norm_gemv" in archdsl.model.fusions).
+norm) when decoding a few rows ("norm_gemv" in archdsl.model.fusions), and the plain `gemv` for Mamba's
+x_proj and out_proj at one row (its "step" fusion).
 """
 from __future__ import annotations
 
@@ -52,3 +53,26 @@ def rms_linear(x, weight, norm_weight, eps=1e-5, *, residual=None, groups=1, bia
         with torch.no_grad():
             return rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias, pdl=pdl)
     return rms_linear_naive(x, weight, norm_weight, eps, residual, groups, bias)
+
+
+GEMV_ROWS = 1  # the plain GEMV's rows; at 4 rows it loses to cuBLAS on out_proj's shape (19.7 against 9.3 µs)
+
+
+def gemv(x, weight, bias=None, *, pdl=False):
+    """y = x @ weight.T (+ bias) for decoding: one Triton kernel up to GEMV_ROWS rows, else F.linear.
+
+    x `[B, K]`; weight `[R, K]`; bias `[R]` or None. Returns y `[B, R]` in weight's dtype, products summed in
+    float32. pdl as in rms_linear.
+    """
+    expect_shape("x", x, (None, None))
+    batch, K = x.shape
+    expect_shape("weight", weight, (None, K))
+    expect_shape("bias", bias, (weight.shape[0],), optional=True)
+    expect_float(x=x, weight=weight, bias=bias)
+    expect_same_device(x=x, weight=weight, bias=bias)
+    if (backend_for(x) == "triton" and x.dtype != torch.float64 and weight.dtype != torch.float64
+            and batch <= GEMV_ROWS):
+        from .triton_norm_gemv import rms_linear_triton
+        with torch.no_grad():
+            return rms_linear_triton(x, weight, None, 1.0, None, 1, bias, pdl=pdl)[0]
+    return torch.nn.functional.linear(x.to(weight.dtype), weight, bias)

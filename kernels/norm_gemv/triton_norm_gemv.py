@@ -13,6 +13,10 @@ the weight streams as in a plain GEMV. Program 0 of each batch row writes h = v.
 group (BK divides K / groups). The normalised vector is never rounded to the weight's dtype, as
 separate ops round it: the two agree to that rounding.
 
+Without a norm weight the same kernel is a plain GEMV, y = W v (+ bias): Mamba's x_proj and out_proj at one
+row, where cuBLAS's split-K GEMM and its reduce take longer (H200, bf16, graphs, µs, this kernel with a norm
+against cuBLAS, 2026-12-01: 5120 → 192 4.06 against 6.29, 5120 → 2560 7.01 against 9.26).
+
 Grid (batch, row blocks) with the batch fastest: the programs that read one block of rows run
 together, so a batch of a few rows reads the weight from memory once. Offsets are int64. With
 `pdl` (kernels/_pdl.py) the first weight block is read before waiting for the kernel before.
@@ -44,8 +48,8 @@ def _block_k_cap(K: int) -> int:
 
 @triton.jit
 def _accumulate(acc, ss, w, k0, x_ptr, res_ptr, nw_ptr, h_ptr, b, pr, K, KG, offs_g,
-                HAS_RES: tl.constexpr, BK: tl.constexpr):
-    """Adds the K block at k0 (weight block w [BR, BK]) to acc [BR, BG] and ss [BG]."""
+                HAS_RES: tl.constexpr, NORM: tl.constexpr, BK: tl.constexpr):
+    """Adds the K block at k0 (weight block w [BR, BK]) to acc [BR, BG] and, with NORM, ss [BG]."""
     offs = k0 + tl.arange(0, BK)
     m = offs < K
     v = tl.load(x_ptr + b * K + offs, mask=m, other=0.0)
@@ -54,16 +58,19 @@ def _accumulate(acc, ss, w, k0, x_ptr, res_ptr, nw_ptr, h_ptr, b, pr, K, KG, off
         if pr == 0:
             tl.store(h_ptr + b * K + offs, v, mask=m)
     v = v.to(tl.float32)
-    p = tl.load(nw_ptr + offs, mask=m, other=0.0).to(tl.float32) * v
-    here = offs_g == k0 // KG  # the block's group
-    ss += tl.where(here, tl.sum(v * v, axis=0), 0.0)
-    acc += tl.where(here[None, :], tl.sum(w.to(tl.float32) * p[None, :], axis=1)[:, None], 0.0)
+    if NORM:
+        p = tl.load(nw_ptr + offs, mask=m, other=0.0).to(tl.float32) * v
+        here = offs_g == k0 // KG  # the block's group
+        ss += tl.where(here, tl.sum(v * v, axis=0), 0.0)
+        acc += tl.where(here[None, :], tl.sum(w.to(tl.float32) * p[None, :], axis=1)[:, None], 0.0)
+    else:
+        acc += tl.sum(w.to(tl.float32) * v[None, :], axis=1)[:, None]
     return acc, ss
 
 
 @triton.jit
 def _rms_gemv_kernel(x_ptr, res_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, h_ptr, K, R, KG, eps,
-                     HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+                     HAS_RES: tl.constexpr, NORM: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
                      BR: tl.constexpr, BK: tl.constexpr, BG: tl.constexpr):
     if PDL:
         gdc_launch_dependents()
@@ -79,13 +86,16 @@ def _rms_gemv_kernel(x_ptr, res_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, h_ptr, K, R, K
     w = tl.load(wrow + offs[None, :], mask=mask_r[:, None] & (offs < K)[None, :], other=0.0)
     if PDL:
         gdc_wait()  # the first weight block is on its way; x and residual are now written
-    acc, ss = _accumulate(acc, ss, w, 0, x_ptr, res_ptr, nw_ptr, h_ptr, b, pr, K, KG, offs_g, HAS_RES, BK)
+    acc, ss = _accumulate(acc, ss, w, 0, x_ptr, res_ptr, nw_ptr, h_ptr, b, pr, K, KG, offs_g, HAS_RES, NORM, BK)
     for k0 in range(BK, K, BK):
         offs = k0 + tl.arange(0, BK)
         w = tl.load(wrow + offs[None, :], mask=mask_r[:, None] & (offs < K)[None, :], other=0.0)
-        acc, ss = _accumulate(acc, ss, w, k0, x_ptr, res_ptr, nw_ptr, h_ptr, b, pr, K, KG, offs_g, HAS_RES, BK)
-    rstd = 1.0 / tl.sqrt(ss / KG + eps)
-    y = tl.sum(acc * rstd[None, :], axis=1)
+        acc, ss = _accumulate(acc, ss, w, k0, x_ptr, res_ptr, nw_ptr, h_ptr, b, pr, K, KG, offs_g, HAS_RES, NORM,
+                              BK)
+    if NORM:
+        y = tl.sum(acc * (1.0 / tl.sqrt(ss / KG + eps))[None, :], axis=1)
+    else:
+        y = tl.sum(acc, axis=1)
     if HAS_BIAS:
         y += tl.load(b_ptr + rows, mask=mask_r, other=0.0).to(tl.float32)
     tl.store(y_ptr + b * R + rows, y.to(y_ptr.dtype.element_ty), mask=mask_r)
@@ -111,7 +121,8 @@ def rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias, block
     pdl = pdl_ok(x, pdl)
     _rms_gemv_kernel[(batch, cdiv(R, BR))](
         x, res, norm_weight, weight.contiguous(), bias, y, h, K, R, K // groups, float(eps),
-        HAS_RES=res is not None, HAS_BIAS=bias is not None, PDL=pdl, BR=BR, BK=_block_k(K, groups, block_k or _block_k_cap(K)),
+        HAS_RES=res is not None, NORM=norm_weight is not None, HAS_BIAS=bias is not None, PDL=pdl, BR=BR,
+        BK=_block_k(K, groups, block_k or _block_k_cap(K)),
         BG=max(1, next_pow2(groups)), num_warps=num_warps or WARPS,
         **({"launch_pdl": True} if pdl else {}))
     return y, x if h is None else h

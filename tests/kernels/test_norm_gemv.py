@@ -1,6 +1,6 @@
 """Decode GEMV with its RMSNorm folded in: the Triton kernel (interpreted on CPU) == the naive twin
 (add, norm, Linear as separate torch ops) over random widths, groups, batch rows, residual and bias;
-bfloat16 at Mamba-2 1.3B's sizes on the GPU."""
+bfloat16 at Mamba-2 1.3B's sizes on the GPU. The plain GEMV (no norm) == F.linear the same ways."""
 import os
 
 import pytest
@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from archdsl.kernels import rms_linear
+from archdsl.kernels.norm_gemv import gemv
 from archdsl.kernels.norm_gemv import triton_norm_gemv
 from archdsl.kernels.norm_gemv.naive import rms_linear_naive
-from archdsl.kernels.norm_gemv.op import MAX_ROWS
+from archdsl.kernels.norm_gemv.op import GEMV_ROWS, MAX_ROWS
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -47,6 +48,34 @@ def test_triton_matches_naive(batch, kg, groups, R, residual, bias, block):
     torch.testing.assert_close(y, ref_y, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(h, ref_h, rtol=0, atol=0)
 
+
+
+@settings(max_examples=12, deadline=None)
+@given(batch=st.integers(1, 3), K=st.sampled_from([1, 5, 40, 96]), R=st.integers(1, 50), bias=st.booleans(),
+       block=st.sampled_from([(4, 16), (8, 64), (16, 1024)]))
+def test_plain_gemv_matches_linear(batch, K, R, bias, block):
+    """No norm weight: y = x Wᵀ + b, the K loop across several blocks; the kernel called directly."""
+    if DEV == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    a = _inputs(batch, K, R, 1, False, bias, torch.float32)
+    y, h = triton_norm_gemv.rms_linear_triton(a["x"], a["weight"], None, 1.0, None, 1, a["bias"],
+                                              block_r=block[0], block_k=block[1])
+    torch.testing.assert_close(y, torch.nn.functional.linear(a["x"], a["weight"], a["bias"]), rtol=1e-4, atol=1e-5)
+    assert h is a["x"] or torch.equal(h, a["x"])
+
+
+def test_plain_gemv_op(monkeypatch):
+    """gemv: the kernel up to GEMV_ROWS rows, F.linear past them (bit for bit), bad input named."""
+    _needs_triton(monkeypatch)
+    for batch in (1, GEMV_ROWS + 1):
+        a = _inputs(batch, 48, 24, 1, False, True, torch.float32)
+        y = gemv(a["x"], a["weight"], a["bias"])
+        ref = torch.nn.functional.linear(a["x"], a["weight"], a["bias"])
+        assert torch.equal(y, ref) if batch > GEMV_ROWS else torch.allclose(y, ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="weight"):
+        gemv(a["x"], a["weight"][:, :8])
+    with pytest.raises(ValueError, match="bias"):
+        gemv(a["x"], a["weight"], a["bias"][:3])
 
 def test_float32_input_rounded_to_half_weights(monkeypatch):
     """Mamba-2's out_proj case: the gated output in float32, the weight in 16 bits: the kernel agrees
@@ -97,3 +126,14 @@ def test_gpu_bf16_mamba2_sizes(K, R, groups, residual, batch):
     a64 = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in a.items()}
     ref, _ = rms_linear_naive(**a64)
     assert (y.double() - ref).abs().max().item() <= 2e-2 * ref.abs().max().item()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("K, R", [(5120, 192), (5120, 2560)])
+def test_gpu_bf16_plain_gemv_mamba_sizes(K, R):
+    """mamba-2.8b's x_proj and out_proj at one row, bf16, against float64."""
+    a = _inputs(1, K, R, 1, False, True, torch.bfloat16)
+    y = gemv(a["x"], a["weight"], a["bias"])
+    ref = torch.nn.functional.linear(a["x"].double(), a["weight"].double(), a["bias"].double())
+    assert (y.double() - ref).abs().max().item() <= 1e-2 * ref.abs().max().item()

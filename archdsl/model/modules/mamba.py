@@ -184,19 +184,20 @@ class Mamba(nn.Module, Fusable):
 
     def _step_fused(self, x, state):
         """in_proj → conv update + silu (one kernel) → x_proj → inner norms, dt_proj, softplus,
-        state update, D, gate (one kernel) → out_proj."""
+        state update, D, gate (one kernel) → out_proj; x_proj and out_proj by a Triton GEMV at one row."""
         from archdsl.kernels.fused_step import mamba_conv_step, mamba_ssm_step_fused
+        from archdsl.kernels.norm_gemv import gemv
 
         u, z = self.in_proj(x).chunk(2, dim=-1)
         u = mamba_conv_step(u, state["conv"], self.conv1d.weight[:, 0], self.conv1d.bias)
         w = self.cfg.inner_norms == "weighted"
-        y = mamba_ssm_step_fused(state["ssm"], u, self.x_proj(u), self.dt_proj.weight, self.A_log,
+        y = mamba_ssm_step_fused(state["ssm"], u, gemv(u, self.x_proj.weight), self.dt_proj.weight, self.A_log,
                                  dt_bias=self.dt_proj.bias, D=self.D, z=z, inner_norms=self.cfg.inner_norms,
                                  dt_norm_weight=self.dt_layernorm if w else None,
                                  b_norm_weight=self.b_layernorm if w else None,
                                  c_norm_weight=self.c_layernorm if w else None,
                                  inner_norm_eps=self.cfg.inner_norm_eps)
-        return self.out_proj(y)
+        return gemv(y, self.out_proj.weight, self.out_proj.bias)
 
     def init_state(self, batch, device, dtype, max_len=None, static=False):
         return {"conv": torch.zeros(batch, self.E, self.K - 1, device=device, dtype=dtype),
