@@ -24,10 +24,10 @@ FUSIONS: dict[str, str] = {
     "epilogue": "Mamba / Mamba-2: the D skip and the silu(z) gate inside the scan kernel, not after it in torch",
     "step": "Mamba / Mamba-2 decode step as one or two Triton kernels between the projections, and Mamba's "
             "x_proj and out_proj at one row by a Triton GEMV (Triton only)",
-    "norm_gemv": "Mamba-2 decode (a few rows, with \"step\"): the residual add and RMSNorm inside in_proj's GEMV "
-                 "and the gated RMSNorm inside out_proj's, one Triton kernel each (Triton only)",
-    "pdl": "Mamba-2 decode: its Triton kernels launched with programmatic dependent launch, each reading its "
-           "weights (and the step its states) while the kernel before it ends (sm_90 and later)",
+    "norm_gemv": "Mamba / Mamba-2 decode (a few rows, with \"step\"): the residual add and RMSNorm inside "
+                 "in_proj's GEMV, and Mamba-2's gated RMSNorm inside out_proj's, one Triton kernel each (Triton only)",
+    "pdl": "Mamba / Mamba-2 decode: its Triton kernels launched with programmatic dependent launch, each reading "
+           "its weights (and the step kernels their states) while the kernel before it ends (sm_90 and later)",
     "recompute": "Mamba / Mamba-2 training: the conv's output (and Mamba's delta) kept for the backward as "
                  "recipes and rebuilt there from tensors kept anyway; Mamba-2's scan keeps no chunk buffers and "
                  "out_proj not the gated norm's output, all formed again in the backward (Mamba 2·d_inner "

@@ -64,9 +64,11 @@ def mamba2_step_fused(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_l
     return mamba2_step_naive(*args)
 
 
-def mamba_conv_step(x, conv_state, weight, bias=None):
+def mamba_conv_step(x, conv_state, weight, bias=None, pdl=False):
     """silu(depthwise causal conv) of one token: x `[B, D]` (rows may be strided), conv_state
-    `[B, D, K-1]` shifted in place, weight `[D, K]`, bias `[D]` → `[B, D]` in x's dtype."""
+    `[B, D, K-1]` shifted in place, weight `[D, K]`, bias `[D]` → `[B, D]` in x's dtype. pdl: weight, bias
+    and conv_state read before waiting for the kernel before (which must not write them), as in
+    mamba2_step_fused."""
     expect_shape("x", x, (None, None))
     batch, dim = x.shape
     expect_shape("conv_state", conv_state, (batch, dim, None))
@@ -76,18 +78,19 @@ def mamba_conv_step(x, conv_state, weight, bias=None):
     expect_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias)
     if _triton(x):
         from .triton_fused_step import conv_step_triton
-        return conv_step_triton(x, conv_state, weight, bias)
+        return conv_step_triton(x, conv_state, weight, bias, pdl=pdl)
     return conv_step_naive(x, conv_state, weight, bias)
 
 
 def mamba_ssm_step_fused(state, u, x_dbl, dt_proj_weight, A_log, dt_bias=None, D=None, z=None,
                          inner_norms="none", dt_norm_weight=None, b_norm_weight=None, c_norm_weight=None,
-                         inner_norm_eps=1e-6):
+                         inner_norm_eps=1e-6, pdl=False):
     """One Mamba-1 decode token after x_proj: state `[B, E, N]` updated in place; u, z `[B, E]`;
     x_dbl `[B, R + 2N]` = (dt_low, B, C); dt_proj_weight `[E, R]`; A_log `[E, N]`; dt_bias, D `[E]`.
 
     inner_norms "weighted" / "unweighted" RMS-normalise dt_low, B, C first (Jamba / Falcon Mamba);
     dt = softplus(dt_proj_weight · dt_low + dt_bias); y = (C·h + D·u)·silu(z). Returns `[B, E]`.
+    pdl: state and A_log read before waiting for the kernel before (which must not write them).
     """
     expect_shape("state", state, (None, None, None))
     batch, E, N = state.shape
@@ -113,5 +116,5 @@ def mamba_ssm_step_fused(state, u, x_dbl, dt_proj_weight, A_log, dt_bias=None, D
     args = (state, u, x_dbl, dt_proj_weight, A_log, dt_bias, D, z, inner_norms, *norms, inner_norm_eps)
     if _triton(u, state):
         from .triton_fused_step import mamba_ssm_step_triton
-        return mamba_ssm_step_triton(*args)
+        return mamba_ssm_step_triton(*args, pdl=pdl)
     return mamba_ssm_step_naive(*args)

@@ -51,13 +51,6 @@ def _conv_input(acc, xrow, w_ptr, chan, mask, K: tl.constexpr):
 
 
 @triton.jit
-def _silu_conv(xrow, crow, w_ptr, b_ptr, chan, mask, cs_c, cs_k, K: tl.constexpr, HAS_CB: tl.constexpr):
-    """silu(bias + Σ_k w[k]·window[k]) over window = [conv state (K-1), new input] of `chan`."""
-    return _conv_input(_conv_window(crow, w_ptr, b_ptr, chan, mask, cs_c, cs_k, K, HAS_CB), xrow, w_ptr, chan,
-                       mask, K)
-
-
-@triton.jit
 def _shift(xrow, crow, chan, mask, cs_c, cs_k, K: tl.constexpr):
     """conv state of `chan` ← [state[1:], new input]."""
     for k in tl.static_range(K - 2):
@@ -219,13 +212,18 @@ def mamba2_step_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_
 
 @triton.jit
 def _conv_step_kernel(x_ptr, cst_ptr, w_ptr, b_ptr, y_ptr, s_x, cs_b, cs_c, cs_k, D,
-                      K: tl.constexpr, HAS_CB: tl.constexpr, BLOCK: tl.constexpr):
+                      K: tl.constexpr, HAS_CB: tl.constexpr, PDL: tl.constexpr, BLOCK: tl.constexpr):
+    if PDL:
+        gdc_launch_dependents()
     b64 = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < D
     xrow = x_ptr + b64 * s_x
     crow = cst_ptr + b64 * cs_b
-    y = _silu_conv(xrow, crow, w_ptr, b_ptr, offs, mask, cs_c, cs_k, K, HAS_CB)
+    acc = _conv_window(crow, w_ptr, b_ptr, offs, mask, cs_c, cs_k, K, HAS_CB)  # weights and the layer's state
+    if PDL:
+        gdc_wait()  # in_proj's output (x) is now written
+    y = _conv_input(acc, xrow, w_ptr, offs, mask, K)
     tl.debug_barrier()  # a BLOCK smaller than the threads copies channels: all reads before the shift
     _shift(xrow, crow, offs, mask, cs_c, cs_k, K)
     tl.store(y_ptr + b64 * D + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -237,15 +235,17 @@ def _conv_step_kernel(x_ptr, cst_ptr, w_ptr, b_ptr, y_ptr, s_x, cs_b, cs_c, cs_k
 CONV_BLOCK = 128
 
 
-def conv_step_triton(x, conv_state, weight, bias, block=None, warps=4):
+def conv_step_triton(x, conv_state, weight, bias, block=None, warps=4, pdl=False):
     batch, D = x.shape
     x = x if x.stride(-1) == 1 else x.contiguous()
     weight, bias = map(dense, (weight, bias))
     y = torch.empty(batch, D, device=x.device, dtype=x.dtype)
     BLOCK = block or min(CONV_BLOCK, next_pow2(D))
+    pdl = pdl_ok(x, pdl)
     _conv_step_kernel[(batch, cdiv(D, BLOCK))](
         x, conv_state, weight, bias, y, x.stride(0), *conv_state.stride(), D,
-        K=conv_state.shape[2] + 1, HAS_CB=bias is not None, BLOCK=BLOCK, num_warps=warps)
+        K=conv_state.shape[2] + 1, HAS_CB=bias is not None, PDL=pdl, BLOCK=BLOCK, num_warps=warps,
+        **({"launch_pdl": True} if pdl else {}))
     return y
 
 
@@ -261,12 +261,15 @@ def _mamba_ssm_kernel(
     u_ptr, z_ptr, xd_ptr, W_ptr, dtb_ptr, dtw_ptr, bw_ptr, cw_ptr, alog_ptr, D_ptr, st_ptr, y_ptr,
     s_u, s_z, s_xd, s_b, s_d, s_n, batch, E, R, N, eps,
     INNER: tl.constexpr, HAS_DTB: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    ROWS: tl.constexpr, BE: tl.constexpr, BR: tl.constexpr, RK: tl.constexpr, RKS: tl.constexpr,
-    BN: tl.constexpr,
+    PDL: tl.constexpr, ROWS: tl.constexpr, BE: tl.constexpr, BR: tl.constexpr, RK: tl.constexpr,
+    RKS: tl.constexpr, BN: tl.constexpr,
 ):
     """ROWS batch rows × BE channels a program, as [ROWS, BE, ·] tiles: every row's loads are issued
     before any state is written back, and dt_proj's [BE, R] block is read once for all ROWS rows,
-    RK columns at a time (dt [ROWS, BE] = Σ_r W[e, r] · x_dbl[b, r])."""
+    RK columns at a time (dt [ROWS, BE] = Σ_r W[e, r] · x_dbl[b, r]). With PDL the layer's state and A are
+    read before waiting for x_proj's output."""
+    if PDL:
+        gdc_launch_dependents()
     offs_b = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     mask_b = offs_b < batch
     offs_e = tl.program_id(1) * BE + tl.arange(0, BE)
@@ -277,14 +280,16 @@ def _mamba_ssm_kernel(
     mask_bn = mask_b[:, None] & mask_n[None, :]                                      # [ROWS, BN]
     mask_en = mask_e[:, None] & mask_n[None, :]                                      # [BE, BN]
     mask_ben = mask_be[:, :, None] & mask_n[None, None, :]                           # [ROWS, BE, BN]
+    so = offs_b[:, None, None] * s_b + offs_e[None, :, None] * s_d + offs_n[None, None, :] * s_n
+    st = tl.load(st_ptr + so, mask=mask_ben, other=0.0).to(tl.float32)              # [ROWS, BE, BN]
+    A = -tl.exp(tl.load(alog_ptr + offs_e[:, None] * N + offs_n[None, :], mask=mask_en, other=0.0).to(tl.float32))
+    if PDL:
+        gdc_wait()  # x_proj's output (and, before it, u and z) is now written
     xd = xd_ptr + offs_b[:, None] * s_xd
     Bv = tl.load(xd + R + offs_n[None, :], mask=mask_bn, other=0.0).to(tl.float32)     # [ROWS, BN]
     Cv = tl.load(xd + R + N + offs_n[None, :], mask=mask_bn, other=0.0).to(tl.float32)
-    so = offs_b[:, None, None] * s_b + offs_e[None, :, None] * s_d + offs_n[None, None, :] * s_n
-    st = tl.load(st_ptr + so, mask=mask_ben, other=0.0).to(tl.float32)              # [ROWS, BE, BN]
     be = offs_b[:, None] * E + offs_e[None, :]
     u = tl.load(u_ptr + offs_b[:, None] * s_u + offs_e[None, :], mask=mask_be, other=0.0).to(tl.float32)
-    A = -tl.exp(tl.load(alog_ptr + offs_e[:, None] * N + offs_n[None, :], mask=mask_en, other=0.0).to(tl.float32))
     if INNER > 0:  # 1: RMSNorm without weights (Falcon Mamba), 2: with weights (Jamba)
         offs_r = tl.arange(0, BR)
         mask_br = mask_b[:, None] & (offs_r < R)[None, :]
@@ -333,7 +338,7 @@ _INNER = {"none": 0, "unweighted": 1, "weighted": 2}
 
 def mamba_ssm_step_triton(state, u, x_dbl, dt_proj_weight, A_log, dt_bias, D, z, inner_norms,
                           dt_norm_weight, b_norm_weight, c_norm_weight, inner_norm_eps, rows=None,
-                          block_e=None):
+                          block_e=None, pdl=False):
     batch, E, N = state.shape
     R = dt_proj_weight.shape[1]
     u, x_dbl, z = (t if t is None or t.stride(-1) == 1 else t.contiguous() for t in (u, x_dbl, z))
@@ -343,10 +348,11 @@ def mamba_ssm_step_triton(state, u, x_dbl, dt_proj_weight, A_log, dt_bias, D, z,
     rows = next_pow2(rows or min(SSM_ROWS, batch))
     BN, BE = next_pow2(N), block_e or SSM_BE
     RK = min(SSM_RK if rows > 1 else SSM_RK_ONE, next_pow2(R))
+    pdl = pdl_ok(u, pdl)
     _mamba_ssm_kernel[(cdiv(batch, rows), cdiv(E, BE))](
         u, z, x_dbl, dt_proj_weight, dt_bias, dt_norm_weight, b_norm_weight, c_norm_weight, A_log, D, state, y,
         u.stride(0), 0 if z is None else z.stride(0), x_dbl.stride(0), *state.stride(), batch, E, R, N,
         float(inner_norm_eps), INNER=_INNER[inner_norms], HAS_DTB=dt_bias is not None, HAS_D=D is not None,
-        HAS_Z=z is not None, ROWS=rows, BE=BE, BR=next_pow2(R), RK=RK, RKS=cdiv(R, RK), BN=BN,
-        num_warps=4)
+        HAS_Z=z is not None, PDL=pdl, ROWS=rows, BE=BE, BR=next_pow2(R), RK=RK, RKS=cdiv(R, RK), BN=BN,
+        num_warps=4, **({"launch_pdl": True} if pdl else {}))
     return y

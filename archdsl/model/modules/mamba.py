@@ -10,7 +10,8 @@
 The parallel forward lays the inner tensors out [B, E, L], the steps contiguous, as the conv and the scan
 read them (mamba_ssm's layout): in_proj, x_proj, dt_proj and out_proj are batched GEMMs on that layout
 (steps_linear), with no transposing copy forward or backward. The weights are read directly, so hooks on
-the four Linear modules do not run there; the decode step calls them as modules.
+the four Linear modules do not run there. The decode step calls them as modules, but for its fused path:
+x_proj and out_proj by a Triton GEMV at one row, in_proj with the norm folded in ("norm_gemv").
 
 The "recompute" fusion (training, eager): the conv's output u and delta are kept for the backward as
 recipes, not tensors (modules/recompute.py), and rebuilt from the conv's input and dt_proj's input, which
@@ -77,8 +78,35 @@ def init_dt_bias(n, dt_min, dt_max, floor=1e-4):
     return dt + torch.log(-torch.expm1(-dt))
 
 
-class Mamba(nn.Module, Fusable):
-    FUSES = ("epilogue", "step", "recompute")
+def gemv_rows() -> int:
+    """Up to how many rows the decode GEMVs with a folded norm run (kernels/norm_gemv)."""
+    from archdsl.kernels.norm_gemv.op import MAX_ROWS
+    return MAX_ROWS
+
+
+class FoldsNorm:
+    """A Mamba / Mamba-2 mixer whose decode step can take the layer's residual add and RMSNorm inside
+    in_proj's GEMV ("norm_gemv"; archdsl/model/layer.py asks folds_norm, then calls step_with_norm).
+    The mixer's _step_fused(x, state, proj) takes in_proj's output when given."""
+
+    def folds_norm(self, norm, h) -> bool:
+        """Whether a decode step of residual stream h [B, d] can fold the layer's `norm` into in_proj:
+        "norm_gemv" and the fused step on, an RMSNorm, a few rows."""
+        return ("norm_gemv" in self.fused and norm.kind == "rmsnorm" and h.shape[0] <= gemv_rows()
+                and fused_step_ok(self, h))
+
+    def step_with_norm(self, h, delta, norm, state):
+        """One decode token from the residual stream: h, delta [B, d] → (h + delta, mixer output
+        [B, d]), norm(h + delta) computed inside in_proj's GEMV (one kernel for add, norm, GEMV)."""
+        from archdsl.kernels import rms_linear
+
+        proj, h = rms_linear(h, self.in_proj.weight, norm.weight, norm.eps, residual=delta,
+                             bias=self.in_proj.bias, pdl="pdl" in self.fused)
+        return h, self._step_fused(h, state, proj)
+
+
+class Mamba(nn.Module, Fusable, FoldsNorm):
+    FUSES = ("epilogue", "step", "norm_gemv", "pdl", "recompute")
 
     def __init__(self, cfg):
         super().__init__()
@@ -182,22 +210,25 @@ class Mamba(nn.Module, Fusable):
             y = skip_gate(y, u, self._f(self.D), z)
         return self.out_proj(y)
 
-    def _step_fused(self, x, state):
+    def _step_fused(self, x, state, xz=None):
         """in_proj → conv update + silu (one kernel) → x_proj → inner norms, dt_proj, softplus,
-        state update, D, gate (one kernel) → out_proj; x_proj and out_proj by a Triton GEMV at one row."""
+        state update, D, gate (one kernel) → out_proj; x_proj and out_proj by a Triton GEMV at one row.
+        xz: in_proj's output, given ("norm_gemv"); "pdl": the Triton kernels launched with PDL."""
         from archdsl.kernels.fused_step import mamba_conv_step, mamba_ssm_step_fused
         from archdsl.kernels.norm_gemv import gemv
 
-        u, z = self.in_proj(x).chunk(2, dim=-1)
-        u = mamba_conv_step(u, state["conv"], self.conv1d.weight[:, 0], self.conv1d.bias)
+        pdl = "pdl" in self.fused
+        u, z = (self.in_proj(x) if xz is None else xz).chunk(2, dim=-1)
+        u = mamba_conv_step(u, state["conv"], self.conv1d.weight[:, 0], self.conv1d.bias, pdl=pdl)
         w = self.cfg.inner_norms == "weighted"
-        y = mamba_ssm_step_fused(state["ssm"], u, gemv(u, self.x_proj.weight), self.dt_proj.weight, self.A_log,
+        y = mamba_ssm_step_fused(state["ssm"], u, gemv(u, self.x_proj.weight, pdl=pdl), self.dt_proj.weight,
+                                 self.A_log,
                                  dt_bias=self.dt_proj.bias, D=self.D, z=z, inner_norms=self.cfg.inner_norms,
                                  dt_norm_weight=self.dt_layernorm if w else None,
                                  b_norm_weight=self.b_layernorm if w else None,
                                  c_norm_weight=self.c_layernorm if w else None,
-                                 inner_norm_eps=self.cfg.inner_norm_eps)
-        return gemv(y, self.out_proj.weight, self.out_proj.bias)
+                                 inner_norm_eps=self.cfg.inner_norm_eps, pdl=pdl)
+        return gemv(y, self.out_proj.weight, self.out_proj.bias, pdl=pdl)
 
     def init_state(self, batch, device, dtype, max_len=None, static=False):
         return {"conv": torch.zeros(batch, self.E, self.K - 1, device=device, dtype=dtype),

@@ -23,14 +23,8 @@ import torch.nn.functional as F
 
 from ..fusions import Fusable
 from .conv import conv_forward, conv_step
-from .mamba import fused_step_ok, init_dt_bias, skip_gate, state_dtype
+from .mamba import FoldsNorm, fused_step_ok, gemv_rows, init_dt_bias, skip_gate, state_dtype
 from .recompute import recompute_block
-
-
-def _gemv_rows() -> int:
-    """Up to how many rows the decode GEMVs with a folded norm run (kernels/norm_gemv)."""
-    from archdsl.kernels.norm_gemv.op import MAX_ROWS
-    return MAX_ROWS
 
 
 class GatedRMSNorm(nn.Module):
@@ -48,7 +42,7 @@ class GatedRMSNorm(nn.Module):
         return gated_rmsnorm(x, z, self.weight, self.eps, self.groups)
 
 
-class Mamba2(nn.Module, Fusable):
+class Mamba2(nn.Module, Fusable, FoldsNorm):
     FUSES = ("epilogue", "step", "norm_gemv", "pdl", "recompute")
 
     def __init__(self, cfg):
@@ -171,7 +165,7 @@ class Mamba2(nn.Module, Fusable):
         from archdsl.kernels.fused_step import mamba2_step_fused
 
         norm = self.norm
-        fold = norm is not None and "norm_gemv" in self.fused and x.shape[0] <= _gemv_rows()
+        fold = norm is not None and "norm_gemv" in self.fused and x.shape[0] <= gemv_rows()
         y = mamba2_step_fused(self.in_proj(x) if zxbcdt is None else zxbcdt, state["conv"],
                               self.conv1d.weight[:, 0], self.conv1d.bias,
                               state["ssm"], self.A_log, D=self.D, dt_bias=self.dt_bias,
@@ -183,21 +177,6 @@ class Mamba2(nn.Module, Fusable):
             return rms_linear(y, self.out_proj.weight, norm.weight, norm.eps, groups=self.G,
                               bias=self.out_proj.bias, pdl="pdl" in self.fused)[0]
         return self.out_proj(y)
-
-    def folds_norm(self, norm, h) -> bool:
-        """Whether a decode step of residual stream h [B, d] can fold the layer's `norm` into in_proj
-        (step_with_norm): "norm_gemv" and the fused step on, an RMSNorm, a few rows."""
-        return ("norm_gemv" in self.fused and norm.kind == "rmsnorm" and h.shape[0] <= _gemv_rows()
-                and fused_step_ok(self, h))
-
-    def step_with_norm(self, h, delta, norm, state):
-        """One decode token from the residual stream: h, delta [B, d] → (h + delta, mixer output
-        [B, d]), norm(h + delta) computed inside in_proj's GEMV (one kernel for add, norm, GEMV)."""
-        from archdsl.kernels import rms_linear
-
-        zxbcdt, h = rms_linear(h, self.in_proj.weight, norm.weight, norm.eps, residual=delta,
-                               bias=self.in_proj.bias, pdl="pdl" in self.fused)
-        return h, self._step_fused(h, state, zxbcdt)
 
     def init_state(self, batch, device, dtype, max_len=None, static=False):
         return {"conv": torch.zeros(batch, self.conv_dim, self.K - 1, device=device, dtype=dtype),
