@@ -20,7 +20,7 @@ if __name__ == "archdsl.kernels":
     from .wkv6 import wkv6, wkv6_step
     from .rmsnorm import add_rmsnorm
     from .gated_rmsnorm import gated_rmsnorm, gated_rmsnorm_linear
-    from .norm_gemv import rms_linear
+    from .norm_gemv import gemv, rms_linear
 
 __all__ = [
     "causal_conv1d", "causal_conv1d_update",
@@ -28,5 +28,5 @@ __all__ = [
     "ssd_scan", "ssd_step",
     "wkv4", "wkv4_step",
     "wkv6", "wkv6_step",
-    "add_rmsnorm", "gated_rmsnorm", "gated_rmsnorm_linear", "rms_linear",
+    "add_rmsnorm", "gated_rmsnorm", "gated_rmsnorm_linear", "rms_linear", "gemv",
 ]

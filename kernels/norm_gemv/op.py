@@ -61,8 +61,8 @@ GEMV_ROWS = 1  # the plain GEMV's rows; at 4 rows it loses to cuBLAS on out_proj
 def gemv(x, weight, bias=None, *, pdl=False):
     """y = x @ weight.T (+ bias) for decoding: one Triton kernel up to GEMV_ROWS rows, else F.linear.
 
-    x `[B, K]`; weight `[R, K]`; bias `[R]` or None. Returns y `[B, R]` in weight's dtype, products summed in
-    float32. pdl as in rms_linear.
+    x `[B, K]`; weight `[R, K]`; bias `[R]` or None (x and bias in any float dtype). Returns y `[B, R]` in
+    weight's dtype, products summed in float32 (float64 for float64 weights). pdl as in rms_linear.
     """
     expect_shape("x", x, (None, None))
     batch, K = x.shape
@@ -75,4 +75,4 @@ def gemv(x, weight, bias=None, *, pdl=False):
         from .triton_norm_gemv import rms_linear_triton
         with torch.no_grad():
             return rms_linear_triton(x, weight, None, 1.0, None, 1, bias, pdl=pdl)[0]
-    return torch.nn.functional.linear(x.to(weight.dtype), weight, bias)
+    return torch.nn.functional.linear(x.to(weight.dtype), weight, None if bias is None else bias.to(weight.dtype))

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from archdsl.kernels import (add_rmsnorm, causal_conv1d, causal_conv1d_update, rms_linear, selective_scan,
+from archdsl.kernels import (add_rmsnorm, causal_conv1d, causal_conv1d_update, gemv, rms_linear, selective_scan,
                              selective_state_update, ssd_scan, ssd_step, wkv4, wkv4_step, wkv6, wkv6_step)
 from archdsl.kernels.fused_step.op import mamba2_step_fused, mamba_conv_step, mamba_ssm_step_fused
 
@@ -58,6 +58,7 @@ ARGS = {  # op: (function, sizes -> its arguments: float64 tensors, which a call
     "add_rmsnorm": (add_rmsnorm, lambda s: dict(x=_r(s.b, s.L, s.D), residual=_r(s.b, s.L, s.D), weight=_r(s.D))),
     "rms_linear": (rms_linear, lambda s: dict(x=_r(s.b, s.D), weight=_r(5, s.D), norm_weight=_r(s.D),
                                               residual=_r(s.b, s.D), bias=_r(5))),
+    "gemv": (gemv, lambda s: dict(x=_r(s.b, s.D), weight=_r(5, s.D), bias=_r(5))),
     "mamba2_step_fused": (mamba2_step_fused, lambda s: dict(
         zxbcdt=_r(s.b, 2 * s.H * s.P + 2 * s.N + s.H), conv_state=_r(s.b, s.H * s.P + 2 * s.N, 3),
         conv_weight=_r(s.H * s.P + 2 * s.N, 4), conv_bias=_r(s.H * s.P + 2 * s.N), ssm_state=_r(s.b, s.H, s.P, s.N),
