@@ -88,6 +88,26 @@ def test_mamba_kernels_match_reference(inner, batch, rows):
     _close(state, state2)
 
 
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 9), rows=st.sampled_from([None, 1, 2, 4, 8]), E=st.integers(1, 40), N=st.integers(1, 9),
+       R=st.integers(1, 9), inner=st.sampled_from(["none", "unweighted", "weighted"]),
+       opts=st.tuples(st.booleans(), st.booleans(), st.booleans()), seed=st.integers(0, 2**16))
+def test_mamba_ssm_kernel_any_shape(batch, rows, E, N, R, inner, opts, seed):
+    """The SSM step kernel against the reference over random sizes (channel blocks and dt_proj's columns
+    part-empty, rows a program past the batch), with and without dt_bias, D and z."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g).to(DEV)  # noqa: E731
+    has_dtb, has_d, has_z = opts
+    state = r(batch, E, N)
+    state2 = state.clone()
+    norms = (r(R), r(N), r(N)) if inner == "weighted" else (None, None, None)
+    a = (r(batch, E), r(batch, R + 2 * N), r(E, R), r(E, N) * 0.5, r(E) if has_dtb else None, r(E) if has_d else None,
+         r(batch, E) if has_z else None, inner, *norms, 1e-6)
+    y = mamba_ssm_step_triton(state, *a, rows=rows)
+    _close(y, naive.mamba_ssm_step_naive(state2, *a))
+    _close(state, state2)
+
 MAMBA2 = {"d_state": 8, "headdim": 8, "chunk_size": 4}
 
 
