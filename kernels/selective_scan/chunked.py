@@ -1,9 +1,12 @@
 """Chunked PyTorch selective scan: the CPU path, differentiable by autograd.
 
 The sequence is cut into chunks of T steps. In each chunk the per-step factors are computed for
-all T steps at once, exp(delta·A) and delta·u·B as [B, D, N, T] tensors, and the recurrence
-h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t then runs step by step on [B, D, N] states (one
-fused multiply-add each); the outputs C_t · h_t follow for the whole chunk in one product.
+all T steps at once, exp(delta·A) and delta·u·B as [T, B, D, N] tensors (the steps leading, so
+that each step's slice is contiguous), and the recurrence h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t
+then runs step by step on [B, D, N] states (one fused multiply-add each); the outputs C_t · h_t follow
+for the whole chunk in one product. With the steps last (before 2026-12-01) each step's slices were read
+at a stride of T elements: on 2 cores, B1 D1536 N16 L1024 forward+backward went 1.39 → 0.52 s with the
+steps leading, B4 D768 L512 1.11 → 0.42 s.
 Every factor is exp(x) with x <= 0 for A <= 0, so nothing overflows, and the result is the naive
 recurrence's, term for term. Memory per chunk is a few [B, D, N, T].
 
@@ -23,6 +26,11 @@ def _grouped_bc(M: torch.Tensor, dim: int) -> torch.Tensor:
     if M.dim() == 2:
         return M[None, :, :, None]
     return M[:, None] if M.dim() == 3 else M
+
+
+def _steps_first(x: torch.Tensor) -> torch.Tensor:
+    """[..., T] -> [T, ...], contiguous (T = 1 for B or C constant in time broadcasts as before)."""
+    return x.movedim(-1, 0).contiguous()
 
 
 def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -48,13 +56,15 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
         sl = slice(t0, min(t0 + chunk_size, seqlen))
         Bc = Bg[..., sl] if Bg.shape[-1] > 1 else Bg
         Cc = Cg[..., sl] if Cg.shape[-1] > 1 else Cg
-        decay = torch.exp(dt4[..., None, sl] * Ag[..., None])               # [B, G, H, N, T]
-        dBu = (dtu[..., None, sl] * Bc[:, :, None]).expand_as(decay)        # [B, G, H, N, T]
+        # time leading, [T, B, G, H, N] contiguous: each step reads and writes whole contiguous slices
+        decay = torch.exp(_steps_first(dt4[..., sl])[..., None] * Ag)                   # [T, B, G, H, N]
+        dBu = _steps_first(dtu[..., sl])[..., None] * _steps_first(Bc)[:, :, :, None]  # [T, B, G, H, N]
         hs = []
-        for a, b in zip(decay.unbind(-1), dBu.unbind(-1)):  # unbind: one backward op, not T slices
-            h = torch.addcmul(b, a, h)                                      # [B, G, H, N]
+        for a, b in zip(decay.unbind(0), dBu.unbind(0)):  # unbind: one backward op, not T slices
+            h = torch.addcmul(b, a, h)                                                  # [B, G, H, N]
             hs.append(h)
-        ys.append((torch.stack(hs, dim=-1) * Cc[:, :, None]).sum(3))        # [B, G, H, T]
+        y = (torch.stack(hs) * _steps_first(Cc)[:, :, :, None]).sum(-1)                 # [T, B, G, H]
+        ys.append(y.movedim(0, -1))                                                     # [B, G, H, T]
     y = torch.cat(ys, dim=-1).reshape(batch, dim, seqlen) if ys else uf.new_zeros(batch, dim, 0)
     if D is not None:
         y = y + uf * D.to(wd)[:, None]
