@@ -16,8 +16,11 @@ gone; test_gpu_mamba2_kernel_full_size), with it every variant agrees with the f
 With `pdl` (kernels/_pdl.py) the weights, the conv state's part of each convolution and the SSM
 state slice are read before waiting for in_proj.
 
-Mamba-1: `_conv_step_kernel` (conv update + silu), then after the x_proj GEMM `_mamba_ssm_kernel`
-(inner RMSNorms of dt/B/C, dt_proj as a per-program mat-vec, softplus, state update, D, gate).
+Mamba-1: `_conv_step_kernel` (conv update + silu, a channel a thread), then after x_proj
+`_mamba_ssm_kernel` (inner RMSNorms of dt/B/C, dt_proj as a per-program product, softplus, state update,
+D, gate) on [rows, channels, ·] tiles: up to SSM_ROWS batch rows a program, all their loads issued before
+any state is written back, dt_proj's block read once for them. Both take `pdl` as the Mamba-2 kernel does
+(weights and the layer's states before the wait).
 All arithmetic in float32; batch offsets in int64.
 """
 from __future__ import annotations
