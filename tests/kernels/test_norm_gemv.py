@@ -50,9 +50,9 @@ def test_triton_matches_naive(batch, kg, groups, R, residual, bias, block):
 
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(batch=st.integers(1, 3), K=st.sampled_from([1, 5, 40, 96]), R=st.integers(1, 50), bias=st.booleans(),
-       block=st.sampled_from([(4, 16), (8, 64), (16, 1024)]))
+       block=st.sampled_from([(4, 16), (16, 1024)]))
 def test_plain_gemv_matches_linear(batch, K, R, bias, block):
     """No norm weight: y = x Wᵀ + b, the K loop across several blocks; the kernel called directly."""
     if DEV == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":

@@ -89,16 +89,17 @@ def test_mamba_kernels_match_reference(inner, batch, rows):
 
 
 
-@settings(max_examples=25, deadline=None)
-@given(batch=st.integers(1, 9), rows=st.sampled_from([None, 1, 2, 4, 8]), E=st.integers(1, 40), N=st.integers(1, 9),
-       R=st.integers(1, 9), inner=st.sampled_from(["none", "unweighted", "weighted"]),
-       opts=st.tuples(st.booleans(), st.booleans(), st.booleans()), seed=st.integers(0, 2**16))
+@settings(max_examples=8, deadline=None)
+@given(batch=st.integers(1, 9), rows=st.sampled_from([None, 1, 2, 4, 8]), E=st.integers(1, 40), N=st.sampled_from([3, 5]),
+       R=st.sampled_from([3, 4]), inner=st.sampled_from(["none", "unweighted", "weighted"]), opts=st.booleans(),
+       seed=st.integers(0, 2**16))
 def test_mamba_ssm_kernel_any_shape(batch, rows, E, N, R, inner, opts, seed):
     """The SSM step kernel against the reference over random sizes (channel blocks and dt_proj's columns
-    part-empty, rows a program past the batch), with and without dt_bias, D and z."""
+    part-empty, rows a program past the batch), with and without dt_bias, D and z. N and R from few values:
+    each compile-time variant is one more kernel that CI compiles for sm_90 (twice, with PDL)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g).to(DEV)  # noqa: E731
-    has_dtb, has_d, has_z = opts
+    has_dtb = has_d = has_z = opts
     state = r(batch, E, N)
     state2 = state.clone()
     norms = (r(R), r(N), r(N)) if inner == "weighted" else (None, None, None)
