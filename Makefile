@@ -10,7 +10,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 SPEC ?= specs/demo-jamba.yaml
-PYTEST_ARGS ?= -q -m "not gpu" -n 2
+PYTEST_ARGS ?= -q -m "not gpu" -n 2 --durations=15
 
 .PHONY: setup demo test gpu-test sm90-check bench wheel clean
 

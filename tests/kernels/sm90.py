@@ -8,7 +8,9 @@ variable whose type changes between iterations, say). This closes that gap on th
      constexpr value, num_warps, num_stages and maxnreg (a Gluon launch also the arguments divisible by 16);
   2. compile: `python tests/kernels/sm90.py FILE` compiles each distinct launch to a cubin for
      GPUTarget("cuda", 90, 32) (Triton ships ptxas) and lists the ones that fail, with the error.
-     A launch with PDL off (always, interpreted) is also compiled with it on, as the GPU runs it.
+     A launch with PDL off (always, interpreted) is compiled with it on, as the GPU runs it: that form's code is
+     the other's plus PDL's two instructions, so one compile stands for both (CI's time; the registers may
+     differ by those).
      Gluon kernels are never interpreted: tests capture their launchers' launches with `launch_entry`
      (test_selective_scan.py's Gluon forward and backward) and compile them the same way.
 
@@ -184,9 +186,9 @@ def with_pdl(line: str) -> str | None:
 
 
 def compile_launches(path: str, jobs: int = 1, regs: bool = False) -> int:
-    """Compile each distinct launch recorded in `path` for sm_90, and its PDL form (with_pdl), in `jobs`
-    processes; print each result (with regs: registers and stack bytes too); return the number that
-    failed."""
+    """Compile each distinct launch recorded in `path` for sm_90, a kernel that takes PDL in its PDL form
+    (with_pdl), in `jobs` processes; print each result (with regs: registers and stack bytes too); return
+    the number that failed."""
     import collections
     import concurrent.futures
     import multiprocessing
@@ -196,7 +198,7 @@ def compile_launches(path: str, jobs: int = 1, regs: bool = False) -> int:
         print(f"{path}: no interpreted launches were recorded; nothing to compile")
         return 0
     recorded = {line.strip() for line in open(path) if line.strip()}
-    entries = sorted(recorded | {pdl for pdl in map(with_pdl, recorded) if pdl})
+    entries = sorted({with_pdl(line) or line for line in recorded})
     pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
     failures, spills = 0, collections.Counter()
     with pool:

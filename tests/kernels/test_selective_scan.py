@@ -120,7 +120,7 @@ def _groups(D, gsel):
     return [0, 1, divisors[-1] if len(divisors) > 1 else 1][gsel]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(**shapes)
 def test_triton_matches_naive(scan_fwd, b, D, N, L, gsel, z, Dskip, bias, h0):
     t = make(b, D, N, L, G=_groups(D, gsel), z=z, Dskip=Dskip, bias=bias, h0=h0)

@@ -77,8 +77,8 @@ def test_records_launches_and_catches_what_the_compiler_rejects(tmp_path, monkey
     assert "0 of 1 compiled launches spill registers to the stack" in run.stdout
 
 
-def test_pdl_launches_are_also_compiled_with_pdl_on():
-    """The interpreter runs every kernel with PDL off; the GPU with it on. The check compiles both."""
+def test_pdl_launches_are_compiled_with_pdl_on():
+    """The interpreter runs every kernel with PDL off; the GPU with it on. The check compiles that form."""
     sys.path.insert(0, HERE)
     import sm90
 

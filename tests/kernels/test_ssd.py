@@ -112,7 +112,7 @@ options = st.fixed_dictionaries(dict(D=st.sampled_from([None, 1, 2]), z=st.boole
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(shape=shapes, opts=options)
 def test_triton_matches_naive(impl, shape, opts):
     b, L, (H, G), P, N = shape
