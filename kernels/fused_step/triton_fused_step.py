@@ -349,7 +349,8 @@ def mamba_ssm_step_triton(state, u, x_dbl, dt_proj_weight, A_log, dt_bias, D, z,
         dt_proj_weight, A_log, dt_bias, D, dt_norm_weight, b_norm_weight, c_norm_weight))
     y = torch.empty(batch, E, device=u.device, dtype=u.dtype)
     rows = next_pow2(rows or min(SSM_ROWS, batch))
-    BN, BE = next_pow2(N), block_e or SSM_BE
+    BN = next_pow2(N)
+    BE = block_e or max(1, min(SSM_BE, 4096 // (rows * BN)))  # narrower for large states: the tile in registers
     RK = min(SSM_RK if rows > 1 else SSM_RK_ONE, next_pow2(R))
     pdl = pdl_ok(u, pdl)
     _mamba_ssm_kernel[(cdiv(batch, rows), cdiv(E, BE))](
