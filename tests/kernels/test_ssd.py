@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from archdsl.kernels.ssd import ssd_scan, ssd_step
@@ -115,7 +115,11 @@ options = st.fixed_dictionaries(dict(D=st.sampled_from([None, 1, 2]), z=st.boole
 @settings(max_examples=20, deadline=None)
 @given(shape=shapes, opts=options)
 def test_triton_matches_naive(impl, shape, opts):
+    """The chunked kernels take ~0.02 s of the interpreter per (row, head, step): their examples stay under
+    b·H·L = 280 (4 s), which still crosses several chunks and groups; the largest draws took 9 s each and
+    made this test vary from 74 to 143 s of CI."""
     b, L, (H, G), P, N = shape
+    assume(impl != "chunked" or b * H * L <= 280)
     t = make(b, L, H, P, G, N, **opts)
     assert_matches_float64(scan_of(impl), t)
 
