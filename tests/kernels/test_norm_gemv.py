@@ -118,7 +118,7 @@ def test_argument_errors():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("K, R, groups, residual", [(2048, 8512, 1, True), (4096, 2048, 1, False),
                                                    (4096, 2048, 8, False)])
-@pytest.mark.parametrize("batch", [1, MAX_ROWS])
+@pytest.mark.parametrize("batch", [1, MAX_ROWS + 1])
 def test_gpu_bf16_mamba2_sizes(K, R, groups, residual, batch):
     """Mamba-2 1.3B's in_proj (after add + RMSNorm) and out_proj (after the gated norm, x float32)."""
     a = _inputs(batch, K, R, groups, residual, False, torch.bfloat16, x_dtype=None if residual else torch.float32)

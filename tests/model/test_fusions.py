@@ -196,15 +196,17 @@ def test_resolve_fuse():
 
 def test_triton_paths_all_on_equal_all_off(monkeypatch):
     """Through the Triton kernels (the interpreter on a CPU): the add+RMSNorm kernel, the fused
-    decode steps and the scan epilogues against all of them off, float32."""
+    decode steps and the scan epilogues against all of them off, float32; decoding one row also folds
+    each layer's add + RMSNorm into in_proj's GEMV ("norm_gemv", up to gemv_rows() rows)."""
     monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
     model = _model(torch.float32, DEV)
     ids = torch.randint(0, 37, (2, 4), generator=torch.Generator().manual_seed(3)).to(DEV)
     off_full, off_steps = _run(model, False, ids)
     on_full, on_steps = _run(model, True, ids)
-    x = torch.zeros(2, 16, device=DEV)
+    _, one_steps = _run(model, True, ids[:1])
+    x, x1 = torch.zeros(2, 16, device=DEV), torch.zeros(1, 16, device=DEV)
     with torch.no_grad():  # and the fused steps did run
         assert all(fused_step_ok(layer.mixer, x) for layer in model.layers[:3])
-        assert all(layer.mixer.folds_norm(layer.norm, x) for layer in model.layers[:3])  # "norm_gemv"
-    for a, b in ((on_full, off_full), (on_steps, off_steps), (on_steps, on_full)):
+        assert all(layer.mixer.folds_norm(layer.norm, x1) for layer in model.layers[:3])  # "norm_gemv"
+    for a, b in ((on_full, off_full), (on_steps, off_steps), (on_steps, on_full), (one_steps, off_steps[:1])):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), f"max abs err {(a - b).abs().max().item():.3g}"
