@@ -24,9 +24,9 @@ from .naive import rms_linear_naive
 # the whole batch of vectors (74.6 µs at 16 rows for that in_proj).
 # One row since 2026-12-01 (was 2): the figures above weighed the GEMV against torch's norm (several kernels),
 # but the model's unfolded path is one add_rmsnorm kernel and cuBLAS. benchmarks/peer_model.py --decode 2x512
-# (64 layers, graphs, one process): mamba-2.8b 3.391 → 2.917 ms a step (mamba_ssm 3.380 / 3.498), mamba2-2.7b
-# 3.111 → 2.860 (3.454 / 3.536). At one row the fold gains: without it mamba2-2.7b took 2.778 ms, mamba-2.8b
-# 2.489 (against 2.194 and 2.387 with it, another call).
+# (64 layers, graphs; each figure its own process, with the peer timed in it): mamba-2.8b 3.391 → 2.917 ms a
+# step (mamba_ssm 3.380 / 3.498), mamba2-2.7b 3.111 → 2.860 (3.454 / 3.536). At one row the fold gains: without
+# it mamba2-2.7b took 2.778 ms, mamba-2.8b 2.489 (against 2.194 and 2.387 with it, another call).
 MAX_ROWS = 1
 
 

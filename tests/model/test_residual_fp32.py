@@ -115,7 +115,7 @@ def test_folded_decode_norm_takes_the_float32_stream(monkeypatch):
     dtype = torch.bfloat16 if DEV == "cuda" else torch.float16
     spec = with_sizes(archdsl.parse("3×mamba2", d_model=32, vocab_size=61, blocks=BLOCKS), residual_fp32=True)
     model = archdsl.compile(spec, dtype=dtype, device=DEV, seed=0)
-    ids = torch.randint(0, 61, (1, 4), generator=torch.Generator().manual_seed(6)).to(DEV)  # one row: the fold's
+    ids = torch.randint(0, 61, (1, 4), generator=torch.Generator().manual_seed(6)).to(DEV)  # one row, as the fold
     runs = []
     for fuse in (True, set(model.fusions) - {"norm_gemv"}):
         model.set_fuse(fuse)
