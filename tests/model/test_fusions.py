@@ -208,5 +208,6 @@ def test_triton_paths_all_on_equal_all_off(monkeypatch):
     with torch.no_grad():  # and the fused steps did run
         assert all(fused_step_ok(layer.mixer, x) for layer in model.layers[:3])
         assert all(layer.mixer.folds_norm(layer.norm, x1) for layer in model.layers[:3])  # "norm_gemv"
+        assert not any(layer.mixer.folds_norm(layer.norm, x) for layer in model.layers[:3])  # past gemv_rows()
     for a, b in ((on_full, off_full), (on_steps, off_steps), (on_steps, on_full), (one_steps, off_steps[:1])):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), f"max abs err {(a - b).abs().max().item():.3g}"
