@@ -4,7 +4,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from archdsl.kernels.conv1d import causal_conv1d, causal_conv1d_update
@@ -51,13 +51,17 @@ def run(fn, t, activation, grads=True):
     return [y, fin] + list(torch.autograd.grad((y.double() * w).sum(), list(leaves.values())))
 
 
-def assert_close(got, want, tol):
+def assert_close(got, want, tol, sums=(), sum_tol=1e-3):
+    """Relative errors below tol; the outputs at the indices in `sums` (weight's and bias's gradients: sums of
+    b·L terms that can cancel to far below the terms' size) get sum_tol, their size taken as at least 0.01.
+    Seen: the bias gradient of D 1, L 300 is 0.0148 from terms of size ~1, and float32 torch is 1.8e-5 off it."""
     assert len(got) == len(want)
     for i, (a, b) in enumerate(zip(got, want)):
         assert a.shape == b.shape, (i, a.shape, b.shape)
         assert torch.isfinite(a).all(), i
-        err = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-6)).item()
-        assert err < tol, (i, err)
+        limit, floor = (sum_tol, 1e-2) if i in sums else (tol, 1e-6)
+        err = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(floor)).item()
+        assert err < limit, (i, err)
 
 
 shapes = dict(b=st.integers(1, 2), D=st.sampled_from([1, 3, 5, 17]), L=st.sampled_from([1, 2, 3, 7, 13, 300]),
@@ -67,11 +71,12 @@ shapes = dict(b=st.integers(1, 2), D=st.sampled_from([1, 3, 5, 17]), L=st.sample
 
 @settings(max_examples=25, deadline=None)
 @given(**shapes, channels_last=st.booleans())
+@example(b=1, D=1, L=300, W=2, act="silu", bias=True, init=False, channels_last=True)  # a cancelling bias gradient
 def test_triton_matches_naive(b, D, L, W, act, bias, init, channels_last):
     t = make(b, D, L, W, bias=bias, init=init, channels_last=channels_last)
     want = run(causal_conv1d_naive, {k: v.double() if v is not None else None for k, v in t.items()}, act)
     with backend("triton"):
-        assert_close(run(causal_conv1d, t, act), want, 1e-5)
+        assert_close(run(causal_conv1d, t, act), want, 1e-5, sums=(3, 4) if bias else (3,))
 
 
 @settings(max_examples=25, deadline=None)
