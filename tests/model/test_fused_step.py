@@ -96,7 +96,7 @@ def test_mamba_kernels_match_reference(inner, batch, rows):
 def test_mamba_ssm_kernel_any_shape(batch, rows, E, N, R, inner, opts, seed):
     """The SSM step kernel against the reference over random sizes (channel blocks and dt_proj's columns
     part-empty, rows a program past the batch), with and without dt_bias, D and z. N and R from few values:
-    each compile-time variant is one more kernel that CI compiles for sm_90 (twice, with PDL)."""
+    each compile-time variant is one more kernel that CI compiles for sm_90 (in its PDL form)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g).to(DEV)  # noqa: E731
     has_dtb = has_d = has_z = opts
