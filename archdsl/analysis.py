@@ -1,12 +1,15 @@
 """Analyses from the layer graph alone: nothing is allocated.
 
-    rep = analyze(spec, seq_len=65536, batch=1, dtype="bfloat16")
+    rep = analyze(spec, seq_len=65536, batch=1, dtype="bfloat16", ssm_state_dtype=None)
     rep.params, rep.active_params, rep.flops_per_token, rep.cache_bytes, rep.layers[i]
 
 Parameters count a shared group once (its per-use adapters at every use) and tied
 embeddings once. FLOPs are forward FLOPs per token (2 per multiply-add) averaged over a
 sequence of `seq_len` tokens, LM head included. Cache bytes are what decoding keeps at
-(batch, seq_len): attention's KV grows with the context, SSM / RWKV / conv state does not.
+(batch, seq_len): attention's KV grows with the context, SSM / RWKV / conv state does not. KV,
+conv windows and token shifts are in `dtype`; Mamba's and Mamba-2's SSM states in `ssm_state_dtype`
+(None: float32, float64 for float64), as ArchModel.set_ssm_state_dtype sets them; the other
+recurrent states in float32 (float64 for float64).
 """
 from __future__ import annotations
 
@@ -46,19 +49,20 @@ class Report:
     flops_per_token: int
     cache_bytes: int
     layers: list[LayerReport] = field(default_factory=list)
+    ssm_state_dtype: str | None = None  # None: the default (float32, or float64 for float64)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def dtype_bytes(dtype: str) -> int:
+def dtype_bytes(dtype: str, what: str = "dtype") -> int:
     key = str(dtype).replace("torch.", "")
     if key not in DTYPE_BYTES:
-        raise ArchDSLError(f"unknown dtype {dtype!r}", hint=did_you_mean(key, DTYPE_BYTES))
+        raise ArchDSLError(f"unknown {what} {dtype!r}", hint=did_you_mean(key, DTYPE_BYTES))
     return DTYPE_BYTES[key]
 
 
-def analyze(spec, seq_len: int = 2048, batch: int = 1, dtype: str = "bfloat16") -> Report:
+def analyze(spec, seq_len: int = 2048, batch: int = 1, dtype: str = "bfloat16", ssm_state_dtype: str | None = None) -> Report:
     """Parameters, active parameters, FLOPs per token and cache bytes, per layer and in total."""
     from .spec import MAX_PARAMS, load_spec
 
@@ -69,6 +73,7 @@ def analyze(spec, seq_len: int = 2048, batch: int = 1, dtype: str = "bfloat16") 
     if seq_len <= 0 or batch <= 0:
         raise ArchDSLError(f"seq_len and batch must be positive, got seq_len={seq_len}, batch={batch}")
     nbytes = dtype_bytes(dtype)
+    ssm_bytes = None if ssm_state_dtype is None else dtype_bytes(ssm_state_dtype, "ssm_state_dtype")
     d, norm = spec.d_model, spec.norm
     seen: set[str] = set()
     rows = []
@@ -83,7 +88,7 @@ def analyze(spec, seq_len: int = 2048, batch: int = 1, dtype: str = "bfloat16") 
             params += own + cfg.per_use_params() + pre_norm
             active += cfg.active_params() + cfg.per_use_params() + pre_norm
             flops += cfg.flops_per_token(seq_len)
-            cache += cfg.cache_bytes(batch, seq_len, nbytes)
+            cache += cfg.cache_bytes(batch, seq_len, nbytes, ssm_bytes)
         name = lambda role: (lambda s: s.name if s else "")(role_of(subs, role))  # noqa: E731
         rows.append(LayerReport(i, name(MIXER), name(FFN), name(INJECT),
                                 ",".join(sorted({s.group for s in subs if s.group})),
@@ -98,7 +103,8 @@ def analyze(spec, seq_len: int = 2048, batch: int = 1, dtype: str = "bfloat16") 
         raise spec.error(f"absurd size: the spec has {total:.3e} parameters (over 10^13)", ("d_model",))
     head_flops = 2 * d * spec.vocab_size
     return Report(spec.name, seq_len, batch, str(dtype), total, active_total, embedding,
-                  sum(r.flops_per_token for r in rows) + head_flops, sum(r.cache_bytes for r in rows), rows)
+                  sum(r.flops_per_token for r in rows) + head_flops, sum(r.cache_bytes for r in rows), rows,
+                  None if ssm_state_dtype is None else str(ssm_state_dtype).replace("torch.", ""))
 
 
 def _shared_surplus(spec):

@@ -54,7 +54,8 @@ def bench(model, batch: int = 1, seq_len: int = 2048, gen: int = 64, cases=("for
     if cuda_graph and model.device.type != "cuda":
         raise ArchDSLError(f"bench: cuda_graph needs a CUDA model, this one is on {model.device}")
     dtype = str(model.dtype).replace("torch.", "")
-    rep = analyze(model.spec, seq_len=seq_len, batch=batch, dtype=dtype)
+    rep = analyze(model.spec, seq_len=seq_len, batch=batch, dtype=dtype,
+                  ssm_state_dtype=str(model.ssm_state_dtype).replace("torch.", ""))
     gen_ = torch.Generator(device="cpu").manual_seed(seed)
     ids = torch.randint(0, model.spec.vocab_size, (batch, seq_len), generator=gen_).to(model.device)
     rows = []

@@ -126,14 +126,15 @@ def cmd_show(args):
     """Print each layer (index, mixer, ffn, sharing group, params) and the totals."""
     from .analysis import analyze
 
-    rep = analyze(_spec(args.spec), seq_len=args.seq_len, batch=args.batch, dtype=args.dtype)
+    rep = analyze(_spec(args.spec), seq_len=args.seq_len, batch=args.batch, dtype=args.dtype,
+                  ssm_state_dtype=args.ssm_state_dtype)
     if args.json:
         layers = [{"index": r.index, "mixer": r.mixer or None, "ffn": r.ffn or None, "inject": r.inject or None,
                    "shared": r.shared or None, "params": r.params, "active_params": r.active_params,
                    "flops_per_token": r.flops_per_token, "cache_bytes": r.cache_bytes} for r in rep.layers]
         print(json.dumps({"name": rep.name, "seq_len": rep.seq_len, "batch": rep.batch, "dtype": rep.dtype,
-                          "layers": layers, "params": rep.params, "active_params": rep.active_params,
-                          "embedding_params": rep.embedding_params, "flops_per_token": rep.flops_per_token,
+                          "ssm_state_dtype": rep.ssm_state_dtype, "layers": layers, "params": rep.params,
+                          "active_params": rep.active_params, "embedding_params": rep.embedding_params, "flops_per_token": rep.flops_per_token,
                           "cache_bytes": rep.cache_bytes}, indent=2))
         return
     rows = [[r.index, (r.inject + " → " if r.inject else "") + (r.mixer or "-"), r.ffn or "-", r.shared or "-",
@@ -145,8 +146,9 @@ def cmd_show(args):
     print(f"  active params   {rep.active_params:>18,}  ({human(rep.active_params)})")
     print(f"  embedding       {rep.embedding_params:>18,}")
     print(f"  FLOPs/token     {rep.flops_per_token:>18,}  ({human(rep.flops_per_token)}, at context {rep.seq_len:,})")
+    states = f", SSM states {rep.ssm_state_dtype}" if rep.ssm_state_dtype else ""
     print(f"  cache           {rep.cache_bytes:>18,}  ({human(rep.cache_bytes, 'B')} at batch {rep.batch}, "
-          f"context {rep.seq_len:,}, {rep.dtype})")
+          f"context {rep.seq_len:,}, {rep.dtype}{states})")
 
 
 def _add_show(p):
@@ -155,7 +157,13 @@ def _add_show(p):
                    help="context length n (default 2048; 8k, 1m ok)")
     p.add_argument("--batch", type=count("--batch"), default=1)
     p.add_argument("--dtype", default="bfloat16", help="cache dtype: bfloat16, float16, float32")
+    _add_ssm_state_dtype(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_ssm_state_dtype(p):
+    p.add_argument("--ssm-state-dtype", default=None, metavar="DTYPE",
+                   help="Mamba / Mamba-2 SSM states' dtype in the cache (default float32; bfloat16 halves them)")
 
 
 @command("fmt", "print the canonical text of the layout")
@@ -195,10 +203,12 @@ def cmd_memory(args):
     lens = [parse_count(x, "--seq-lens") for x in args.seq_lens.split(",") if x.strip()]
     if not lens:
         raise ArchDSLError("--seq-lens: give at least one length, e.g. 1k,8k,64k")
-    data = {label: [analyze(s, seq_len=n, batch=args.batch, dtype=args.dtype).cache_bytes for n in lens]
+    data = {label: [analyze(s, seq_len=n, batch=args.batch, dtype=args.dtype,
+                            ssm_state_dtype=args.ssm_state_dtype).cache_bytes for n in lens]
             for label, s in zip(_labels(args.specs, specs), specs)}
     if args.json:
-        print(json.dumps({"seq_lens": lens, "batch": args.batch, "dtype": args.dtype, "cache_bytes": data}, indent=2))
+        print(json.dumps({"seq_lens": lens, "batch": args.batch, "dtype": args.dtype,
+                          "ssm_state_dtype": args.ssm_state_dtype, "cache_bytes": data}, indent=2))
     else:
         rows = [[name] + [human(b, "B") for b in values] for name, values in data.items()]
         print(table(rows, ["spec"] + [count_text(n) for n in lens], names=1))
@@ -230,6 +240,7 @@ def _add_memory(p):
     p.add_argument("--seq-lens", default="1k,8k,64k,512k", help="comma-separated context lengths")
     p.add_argument("--batch", type=count("--batch"), default=1)
     p.add_argument("--dtype", default="bfloat16")
+    _add_ssm_state_dtype(p)
     p.add_argument("-o", "--output", help="write a plot (.png, .svg or .pdf; missing directories are created)")
     p.add_argument("--json", action="store_true")
 
@@ -373,7 +384,8 @@ def cmd_run(args):
               "batch": args.batch, "prompt_len": args.prompt_len, "gen": args.gen, "warmup": args.warmup,
               "prefill_tokens_per_s": args.batch * args.prompt_len / t_prefill,
               "decode_tokens_per_s": args.batch * args.gen / t_decode if args.gen else None,
-              "cache_bytes": cache.nbytes(), "params": model.num_params(), "fusions": sorted(model.fusions),
+              "cache_bytes": cache.nbytes(), "ssm_state_dtype": str(model.ssm_state_dtype).replace("torch.", ""),
+              "params": model.num_params(), "fusions": sorted(model.fusions),
               "cuda_graph": graphed, "generated": first}
     if args.json:
         print(json.dumps(result, indent=2))
@@ -384,7 +396,9 @@ def cmd_run(args):
         print(f"  decode   {args.gen:>8,} tokens   {result['decode_tokens_per_s']:>14,.1f} tokens/s")
         shown = " ".join(map(str, first[:16])) + (" …" if len(first) > 16 else "")
         print(f"  greedy continuation of sequence 0: {shown}")
-    print(f"  cache    {cache.nbytes():>18,} bytes ({human(cache.nbytes(), 'B')}) at {args.prompt_len + args.gen:,} tokens")
+    states = f", SSM states {result['ssm_state_dtype']}" if args.ssm_state_dtype else ""
+    print(f"  cache    {cache.nbytes():>18,} bytes ({human(cache.nbytes(), 'B')}) at {args.prompt_len + args.gen:,} tokens"
+          f"{states}")
 
 
 @command("bench", "time a model's forward pass, training step and decode step (medians, with FLOP/s and GB/s)")
@@ -400,7 +414,8 @@ def cmd_bench(args):
     rows = bench(model, batch=args.batch, seq_len=args.seq_len, gen=args.gen, cases=cases,
                  cuda_graph=args.cuda_graph, seed=args.seed)
     head = {"name": model.spec.name, "params": model.num_params(), "device": str(model.device),
-            "dtype": str(model.dtype).replace("torch.", ""), "batch": args.batch, "seq_len": args.seq_len,
+            "dtype": str(model.dtype).replace("torch.", ""),
+            "ssm_state_dtype": str(model.ssm_state_dtype).replace("torch.", ""), "batch": args.batch, "seq_len": args.seq_len,
             "cuda_graph": args.cuda_graph}
     if args.json:
         print(json.dumps({**head, "rows": [r.to_dict() for r in rows]}, indent=2))
@@ -422,12 +437,14 @@ def _add_bench(p):
 
 
 def _add_model_args(p, seed_of: str):
-    """The options _model reads: --device, --dtype, --seed, --cuda-graph, --fuse / --no-fuse (run, bench)."""
+    """The options _model reads: --device, --dtype, --seed, --cuda-graph, --ssm-state-dtype, --fuse / --no-fuse
+    (run, bench)."""
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="float32 (default; a saved model keeps its own), bfloat16, ...")
     p.add_argument("--seed", type=parse_seed, default=0,
                    help=f"seed of {seed_of} and, for a spec, of the random weights (a saved model keeps its own)")
     p.add_argument("--cuda-graph", action="store_true", help="decode steps replayed from a CUDA graph (--device cuda)")
+    _add_ssm_state_dtype(p)
     p.add_argument("--fuse", default=None, metavar="NAMES",
                    help="only these fusions, comma-separated (add_norm, qkv, epilogue, step, norm_gemv, pdl, "
                         "recompute; default: all)")
@@ -447,11 +464,12 @@ def _model(args):
     if args.cuda_graph and not str(args.device).startswith("cuda"):
         raise ArchDSLError(f"--cuda-graph needs a CUDA device (--device cuda), got --device {args.device}")
     if os.path.isdir(args.spec) and os.path.isfile(os.path.join(args.spec, "model.safetensors")):
-        model = load_model(args.spec, device=args.device, dtype=args.dtype, fuse=fuse)
+        model = load_model(args.spec, device=args.device, dtype=args.dtype, fuse=fuse,
+                           ssm_state_dtype=args.ssm_state_dtype)
         model.cuda_graph = args.cuda_graph
         return model
     return build(_spec(args.spec), device=args.device, dtype=resolve_dtype(args.dtype or "float32"),
-                 seed=args.seed, cuda_graph=args.cuda_graph, fuse=fuse)
+                 seed=args.seed, cuda_graph=args.cuda_graph, fuse=fuse, ssm_state_dtype=args.ssm_state_dtype)
 
 
 def _fuse(args):

@@ -1,7 +1,7 @@
 """archdsl's Mamba and Mamba-2 language models against mamba_ssm's, holding the same weights, in one process.
 
     python benchmarks/peer_model.py [--models mamba-2.8b,mamba2-2.7b] [--shapes 4x2048,16x512]
-                                    [--decode 1x512,16x512] [--gen 128]
+                                    [--decode 1x512,16x512] [--gen 128] [--ssm-state-dtype float32,bfloat16]
                                     [--layers N] [--iters 10] [--json out.json]
 
 For each spec of specs/, two models in bf16 on the GPU:
@@ -31,10 +31,11 @@ For each model and decode shape (batch × prompt tokens; `--shapes none` leaves 
 decode step as each side runs it for generation, replayed from its CUDA graph: ours from
 `compile(..., cuda_graph=True)`'s captured step, the peer's from mamba_ssm's own `update_graph_cache`
 (its `generate(cg=True)` path: causal-conv1d's CUDA update, its Triton selective_state_update, cuBLAS
-GEMVs). Both prefill the prompt, then step in lockstep on the same tokens (ours' greedy choice) for --gen
-steps; each step is timed alone with CUDA events around the token copy, the replay and the logits' copy.
-Reported: median ms a step, and the two sides' logits against each other at every step (relative
-distance, how often the argmax agrees).
+GEMVs; its SSM states in the model's dtype, bf16). Ours runs once for each --ssm-state-dtype (default
+float32 alone). All prefill the prompt, then step in lockstep on the same tokens (the first of ours' greedy
+choice) for --gen steps; each step is timed alone with CUDA events around the token copy, the replay and the
+logits' copy. Reported: median ms a step, and each side's logits against the first's at every step
+(relative distance, how often the argmax agrees).
 --layers N builds N layers instead of the spec's count (a quick run; the figures then name it).
 """
 from __future__ import annotations
@@ -236,9 +237,11 @@ def peer_stepper(peer, ids, gen: int):
 
 
 def our_stepper(model, ids, gen: int):
-    """Our graphed decode step (what generate() replays with cuda_graph=True): the prompt's last logits and
-    step(tokens [B]) -> logits [B, V]."""
-    runner = model._graph_runner(ids.shape[0], ids.shape[1] + gen + 1)
+    """Our graphed decode step (what generate() replays with cuda_graph=True), over a cache of the model's
+    SSM state dtype as set now: the prompt's last logits and step(tokens [B]) -> logits [B, V]."""
+    from archdsl.model.model import GraphedStep
+
+    runner = GraphedStep(model, ids.shape[0], ids.shape[1] + gen + 1)  # one a state dtype, side by side
     runner.cache.reset()
     return model(ids, runner.cache)[:, -1], runner
 
@@ -253,51 +256,63 @@ def timed(step, tok) -> tuple[torch.Tensor, float]:
 
 
 @torch.no_grad()
-def run_decode(name: str, shapes, layers, gen: int) -> list[dict]:
+def run_decode(name: str, shapes, layers, gen: int, state_dtypes=("float32",)) -> list[dict]:
+    """Each decode shape: ours once a SSM state dtype and the peer, stepped in lockstep on the tokens of
+    ours with the first state dtype, whose logits the others are measured against at every step."""
     spec, ours, peer = both_models(name, layers)
     rows = []
     for b, length in shapes:
         ids = torch.randint(0, spec.vocab_size, (b, length), device="cuda")
-        mine = our_stepper(ours, ids, gen)
-        theirs = peer_stepper(peer, ids, gen) if peer is not None else None
-        tok = mine[0].argmax(-1)
-        times, peer_times, dist, same = [], [], [], []
-        step_ours, step_peer = mine[1], (theirs[1] if theirs else None)
-        # one untimed step each: the first replay after capture
-        a, _ = timed(step_ours, tok)
-        if step_peer:
-            p, _ = timed(step_peer, tok)
+        firsts, steppers, labels = [], [], []
+        for sd in state_dtypes:
+            ours.set_ssm_state_dtype(sd)
+            first, step = our_stepper(ours, ids, gen)
+            firsts.append(first), steppers.append(step), labels.append(f"ours, {sd} state")
+        if peer is not None:
+            first, step = peer_stepper(peer, ids, gen)
+            firsts.append(first), steppers.append(step), labels.append("peer")
+        tok = firsts[0].argmax(-1)
+        outs = [timed(step, tok)[0] for step in steppers]  # one untimed step each: the first replay after capture
+        times = [[] for _ in steppers]
+        dist, same = [[] for _ in steppers], [[] for _ in steppers]
         for _ in range(gen - 1):
-            tok = a.argmax(-1)
-            a, ms = timed(step_ours, tok)
-            times.append(ms)
-            if step_peer:
-                p, pms = timed(step_peer, tok)
-                peer_times.append(pms)
-                af, pf = a.float(), p.float()
-                dist.append(((pf - af).norm() / af.norm()).item())
-                same.append((pf.argmax(-1) == af.argmax(-1)).float().mean().item())
+            tok = outs[0].argmax(-1)
+            for i, step in enumerate(steppers):
+                outs[i], ms = timed(step, tok)
+                times[i].append(ms)
+            ref = outs[0].float()
+            for i in range(1, len(steppers)):
+                o = outs[i].float()
+                dist[i].append(((o - ref).norm() / ref.norm()).item())
+                same[i].append((o.argmax(-1) == ref.argmax(-1)).float().mean().item())
+        sides = [{"side": label, "decode_ms": statistics.median(t)} for label, t in zip(labels, times)]
+        for side, d, a in zip(sides[1:], dist[1:], same[1:]):
+            side.update(logits_dist=statistics.median(d), logits_dist_last=d[-1], argmax_same=statistics.fmean(a))
         row = {"model": name, "layers": len(layer_kinds(spec)), "batch": b, "prompt": length, "gen": gen,
-               "decode_ms": statistics.median(times)}
-        if peer_times:
-            row.update(peer_decode_ms=statistics.median(peer_times), logits_dist=statistics.median(dist),
-                       argmax_same=statistics.fmean(same))
+               "decode_ms": sides[0]["decode_ms"], "sides": sides}
+        if peer is not None:
+            row.update(peer_decode_ms=sides[-1]["decode_ms"], logits_dist=sides[-1]["logits_dist"],
+                       argmax_same=sides[-1]["argmax_same"])
         rows.append(row)
         print_decode_row(row)
+        del steppers, outs
+    ours.set_ssm_state_dtype(None)
     del ours, peer
     torch.cuda.empty_cache()
     return rows
 
 
 def print_decode_row(r: dict) -> None:
-    ours, peer = r["decode_ms"], r.get("peer_decode_ms", float("nan"))
+    peer = r.get("peer_decode_ms", float("nan"))
     print(f"\n{r['model']} ({r['layers']} layers) decode, batch {r['batch']}, prompt {r['prompt']}, "
-          f"{r['gen']} steps from CUDA graphs", flush=True)
-    print(f"  ms a step: ours {ours:.3f}, peer {peer:.3f}, ratio {ours / peer:.2f}; "
-          f"tokens a second: ours {r['batch'] / ours * 1e3:.0f}, peer {r['batch'] / peer * 1e3:.0f}")
-    if "logits_dist" in r:
-        print(f"  peer's logits against ours, same tokens in: {r['logits_dist']:.2e} of the norm (median "
-              f"over steps), argmax the same at {r['argmax_same']:.1%}", flush=True)
+          f"{r['gen']} steps from CUDA graphs, in lockstep on the tokens of {r['sides'][0]['side']}", flush=True)
+    for s in r["sides"]:
+        ms = s["decode_ms"]
+        line = f"  {s['side']:24} {ms:7.3f} ms a step, {r['batch'] / ms * 1e3:7.0f} tokens a second, ratio to peer {ms / peer:.2f}"
+        if "logits_dist" in s:
+            line += (f"; logits against the first: {s['logits_dist']:.2e} of the norm (median over steps, "
+                     f"{s['logits_dist_last']:.2e} at the last), argmax the same at {s['argmax_same']:.1%}")
+        print(line, flush=True)
 
 
 def print_row(r: dict) -> None:
@@ -323,6 +338,9 @@ def main() -> None:
     ap.add_argument("--shapes", default="4x2048,16x512", help="batch×tokens, comma-separated ('none': no rows)")
     ap.add_argument("--decode", default="", help="batch×prompt tokens for decode rows, comma-separated")
     ap.add_argument("--gen", type=int, default=128, help="decode steps timed a row")
+    ap.add_argument("--ssm-state-dtype", default="float32",
+                    help="decode rows: ours with the SSM states in each of these dtypes, comma-separated (the first "
+                         "sets the tokens and is the others' reference); the peer keeps the model's dtype, bf16")
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--json", default=None)
@@ -343,7 +361,8 @@ def main() -> None:
         if shapes:
             rows += run_model(name.strip(), shapes, args.layers, args.iters)
         if decode:
-            rows += run_decode(name.strip(), decode, args.layers, args.gen)
+            rows += run_decode(name.strip(), decode, args.layers, args.gen,
+                               [d.strip() for d in args.ssm_state_dtype.split(",") if d.strip()])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

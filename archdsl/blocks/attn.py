@@ -74,7 +74,7 @@ class AttnConfig(BlockConfig):
         d, q, k = self.d_model, self.heads * self.hdim, self.kv * self.hdim
         return int(2 * (d * q + 2 * d * k + q * d) + 4 * self.heads * self.hdim * mean_context(n, self.window))
 
-    def cache_bytes(self, batch: int, n: int, dtype_bytes: int) -> int:
+    def cache_bytes(self, batch: int, n: int, dtype_bytes: int, ssm_bytes: int | None = None) -> int:
         """KV cache: 2·batch·min(n, window)·kv_heads·head_dim·dtype_bytes."""
         keep = n if self.window is None else min(n, self.window)
         return 2 * batch * keep * self.kv * self.hdim * dtype_bytes

@@ -62,8 +62,10 @@ class BlockConfig:
         """Forward FLOPs (2 per multiply-add) for one token, averaged over a sequence of length n."""
         raise NotImplementedError
 
-    def cache_bytes(self, batch: int, n: int, dtype_bytes: int) -> int:
-        """Inference cache (KV, SSM state, conv window) at batch `batch` and context `n`."""
+    def cache_bytes(self, batch: int, n: int, dtype_bytes: int, ssm_bytes: int | None = None) -> int:
+        """Inference cache (KV, SSM state, conv window) at batch `batch` and context `n`, with
+        `dtype_bytes` an element of the model's dtype and `ssm_bytes` one of Mamba's / Mamba-2's SSM
+        state (None: float32's 4, a float64 model's 8; ArchModel.set_ssm_state_dtype)."""
         return 0
 
     def shape_key(self) -> tuple:

@@ -69,7 +69,9 @@ class MambaConfig(BlockConfig):
         d, E, N, R = self.d_model, self.inner, self.d_state, self.rank
         return 2 * (d * 2 * E + E * (R + 2 * N) + R * E + E * d) + 2 * E * self.d_conv + 6 * E * N
 
-    def cache_bytes(self, batch: int, n: int, dtype_bytes: int) -> int:
+    def cache_bytes(self, batch: int, n: int, dtype_bytes: int, ssm_bytes: int | None = None) -> int:
         """Conv window: the last d_conv-1 inputs [B, E, d_conv-1] in the model dtype; SSM state
-        [B, E, N] kept in fp32 (4 bytes) as mamba_ssm does (float64 in a float64 model). Independent of n."""
-        return batch * self.inner * (self.d_conv - 1) * dtype_bytes + batch * self.inner * self.d_state * max(4, dtype_bytes)
+        [B, E, N] in fp32 by default (4 bytes; float64 in a float64 model; mamba_ssm keeps the model's
+        dtype), else `ssm_bytes` an element. Independent of n."""
+        state = ssm_bytes or max(4, dtype_bytes)
+        return batch * self.inner * (self.d_conv - 1) * dtype_bytes + batch * self.inner * self.d_state * state

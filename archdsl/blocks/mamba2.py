@@ -86,7 +86,8 @@ class Mamba2Config(BlockConfig):
         d, E, N = self.d_model, self.inner, self.d_state
         return 2 * (d * self.proj_dim + E * d) + 2 * self.conv_dim * self.d_conv + 6 * E * N
 
-    def cache_bytes(self, batch: int, n: int, dtype_bytes: int) -> int:
+    def cache_bytes(self, batch: int, n: int, dtype_bytes: int, ssm_bytes: int | None = None) -> int:
         """Conv window [B, conv_dim, d_conv-1] in the model dtype + SSM state [B, H, P, N] in
-        fp32 (4 bytes; float64 in a float64 model). Independent of n."""
-        return batch * self.conv_dim * (self.d_conv - 1) * dtype_bytes + batch * self.inner * self.d_state * max(4, dtype_bytes)
+        fp32 by default (4 bytes; float64 in a float64 model), else `ssm_bytes` an element. Independent of n."""
+        state = ssm_bytes or max(4, dtype_bytes)
+        return batch * self.conv_dim * (self.d_conv - 1) * dtype_bytes + batch * self.inner * self.d_state * state

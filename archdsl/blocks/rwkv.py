@@ -42,7 +42,7 @@ class Rwkv4Config(BlockConfig):
         multiply-adds for numerator and denominator, max for stability, division)."""
         return 2 * 4 * self.d_model * self.adim + 10 * self.adim
 
-    def cache_bytes(self, batch: int, n: int, dtype_bytes: int) -> int:
+    def cache_bytes(self, batch: int, n: int, dtype_bytes: int, ssm_bytes: int | None = None) -> int:
         """Previous token [B, d] in the model dtype + WKV state (num, den, max) [B, 3, A] in fp32 (float64 in a float64 model)."""
         return batch * self.d_model * dtype_bytes + batch * 3 * self.adim * max(4, dtype_bytes)
 
@@ -86,7 +86,7 @@ class Rwkv6Config(BlockConfig):
         d, A, m, w = self.d_model, self.adim, self.mix_lora, self.decay_lora
         return 2 * (d * 5 * m + 5 * m * d + d * w + w * A + 5 * d * A) + 6 * A * self.head_size
 
-    def cache_bytes(self, batch: int, n: int, dtype_bytes: int) -> int:
+    def cache_bytes(self, batch: int, n: int, dtype_bytes: int, ssm_bytes: int | None = None) -> int:
         """Previous token [B, d] in the model dtype + WKV state [B, H, K, V] in fp32 (float64 in a float64 model)."""
         return batch * self.d_model * dtype_bytes + batch * self.adim * self.head_size * max(4, dtype_bytes)
 
@@ -119,6 +119,6 @@ class CmixConfig(BlockConfig):
         d, h = self.d_model, self.width
         return 2 * (2 * d * h + d * d)
 
-    def cache_bytes(self, batch: int, n: int, dtype_bytes: int) -> int:
+    def cache_bytes(self, batch: int, n: int, dtype_bytes: int, ssm_bytes: int | None = None) -> int:
         """Previous token [B, d] for the token shift."""
         return batch * self.d_model * dtype_bytes

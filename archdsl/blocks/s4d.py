@@ -54,6 +54,6 @@ class S4dConfig(BlockConfig):
         d, N = self.d_model, self.d_state
         return 6 * d * N + 2 * d + 2 * (2 * d * d if self.glu else d * d)
 
-    def cache_bytes(self, batch: int, n: int, dtype_bytes: int) -> int:
+    def cache_bytes(self, batch: int, n: int, dtype_bytes: int, ssm_bytes: int | None = None) -> int:
         """Complex state [B, d, N/2]: complex64 (8 bytes a mode), complex128 (16) for float64 models."""
         return batch * self.d_model * self.d_state // 2 * 2 * max(4, dtype_bytes)

@@ -91,6 +91,6 @@ class ZambaConfig(BlockConfig):
             macs += 3 * (2 * d * r + r * 2 * d)
         return int(2 * macs + 4 * self.heads * self.hdim * mean_context(n, None))
 
-    def cache_bytes(self, batch: int, n: int, dtype_bytes: int) -> int:
+    def cache_bytes(self, batch: int, n: int, dtype_bytes: int, ssm_bytes: int | None = None) -> int:
         """This use's KV cache: 2·batch·n·kv_heads·head_dim·dtype_bytes."""
         return 2 * batch * n * self.kv * self.hdim * dtype_bytes

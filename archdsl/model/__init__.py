@@ -13,7 +13,7 @@ import torch
 
 from ..errors import ArchDSLError
 from .fusions import FUSIONS, Fuse, resolve_fuse
-from .model import ArchModel, Cache
+from .model import ArchModel, Cache, resolve_ssm_dtype
 
 __all__ = ["compile", "load", "ArchModel", "Cache", "FUSIONS", "resolve_dtype", "check_device"]
 
@@ -55,7 +55,7 @@ def check_device(device, dtype: torch.dtype) -> torch.device:
 
 
 def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: bool = False,  # noqa: A001
-            fuse: Fuse = True) -> ArchModel:
+            fuse: Fuse = True, ssm_state_dtype=None) -> ArchModel:
     """Build the model of `spec` (a Spec, YAML file, saved-model directory or layout string).
 
     Parameters are initialised on the CPU from `seed` (the same weights on every device), then
@@ -67,11 +67,13 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
     projections' GEMVs), "pdl" (Mamba-2 decode: its kernels under programmatic dependent launch);
     an unknown name raises ArchDSLError. Each is the same function
     on or off; model.set_fuse(...) switches them later. `cuda_graph` makes generate() replay the
-    decode step from a CUDA graph.
+    decode step from a CUDA graph. `ssm_state_dtype` is the dtype of the Mamba / Mamba-2 SSM states
+    in decode caches (None: float32; see ArchModel.set_ssm_state_dtype).
     """
     from ..spec import load_spec
 
     resolve_fuse(fuse)  # a bad name first, before anything is built
+    resolve_ssm_dtype(ssm_state_dtype)
     spec = load_spec(spec)
     dtype = resolve_dtype(dtype)
     dev = check_device(device, dtype)
@@ -88,6 +90,7 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
             model = ArchModel(spec)
         model = model.to(device=dev, dtype=dtype)
     model.set_fuse(fuse)
+    model.set_ssm_state_dtype(ssm_state_dtype)
     model.cuda_graph = bool(cuda_graph)
     return model.eval()
 

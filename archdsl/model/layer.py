@@ -81,10 +81,11 @@ class Layer(nn.Module):
         self.ffn_norm = Norm(norm, d, eps) if self.ffn is not None else None
         self.aux_loss = None
 
-    def init_state(self, batch, device, dtype, max_len=None, static=False):
+    def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
         """Each block's decode state by role. `max_len` / `static` matter to caches that grow
-        (attention, zamba); fixed-size states (SSM, conv, shift) ignore them."""
-        return {role: m.init_state(batch, device, dtype, max_len=max_len, static=static)
+        (attention, zamba); fixed-size states (SSM, conv, shift) ignore them. `ssm_dtype` (None: the
+        default) is the Mamba / Mamba-2 SSM states' dtype; the other blocks ignore it."""
+        return {role: m.init_state(batch, device, dtype, max_len=max_len, static=static, ssm_dtype=ssm_dtype)
                 for role, m in ((INJECT, self.inject), (MIXER, self.mixer), (FFN, self.ffn)) if m is not None}
 
     def forward(self, h, delta, states=None, emb=None, step=False):

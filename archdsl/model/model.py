@@ -2,6 +2,7 @@
 
     model(input_ids [B, L], cache=None) → logits [B, L, V]     (a fresh cache is filled: prefill)
     model.init_cache(batch) → Cache ; model.step(tokens [B], cache) → logits [B, V]
+    model.set_ssm_state_dtype(torch.bfloat16)   (the SSM states of later caches; float32 by default)
     model.generate(input_ids, max_new_tokens, temperature, top_k, seed)
     model.save(dir) → spec.yaml + model.safetensors (written aside, then renamed into place)
 """
@@ -92,6 +93,7 @@ class ArchModel(nn.Module):
         self.aux_loss = torch.zeros(())
         self.cuda_graph = False
         self._graphs = {}
+        self._ssm_dtype = None  # set_ssm_state_dtype
 
     # --- info ----------------------------------------------------------------------------
     def num_params(self) -> int:
@@ -116,6 +118,24 @@ class ArchModel(nn.Module):
         self._graphs = {}
         return self
 
+    def set_ssm_state_dtype(self, dtype=None) -> "ArchModel":
+        """The dtype of the Mamba and Mamba-2 SSM states in the decode caches made from now on: None (the
+        default) float32, float64 in a float64 model; or float32, bfloat16, float16, float64 (a torch dtype or
+        its name). A 16-bit state halves the largest part of an SSM model's cache and the bytes a decode step
+        moves, as mamba_ssm's and vLLM's default does; the steps still compute in float32 and round only what
+        they store, but a state rounded every token keeps less of the distant past. Drops a captured decode
+        graph, whose cache holds the old dtype. Returns the model."""
+        self._ssm_dtype = resolve_ssm_dtype(dtype)
+        self._graphs = {}
+        return self
+
+    @property
+    def ssm_state_dtype(self) -> torch.dtype:
+        """The Mamba / Mamba-2 SSM states' dtype in a new decode cache (set_ssm_state_dtype)."""
+        from .modules.mamba import state_dtype
+
+        return state_dtype(self.dtype, self._ssm_dtype)
+
     @property
     def fusions(self) -> frozenset[str]:
         """The fusions switched on in this model's modules (those it has no module for are left out)."""
@@ -124,8 +144,10 @@ class ArchModel(nn.Module):
     # --- running ---------------------------------------------------------------------------
     def init_cache(self, batch: int, max_len: int | None = None, static: bool = False) -> Cache:
         """Empty decode state for `batch` sequences. `max_len` preallocates the attention KV
-        buffers (else they grow by doubling); `static` fixes every buffer for CUDA graphs."""
-        states = [layer.init_state(batch, self.device, self.dtype, max_len=max_len, static=static)
+        buffers (else they grow by doubling); `static` fixes every buffer for CUDA graphs. The SSM
+        states are in `ssm_state_dtype`."""
+        states = [layer.init_state(batch, self.device, self.dtype, max_len=max_len, static=static,
+                                   ssm_dtype=self._ssm_dtype)
                   for layer in self.layers]
         return Cache(states, batch, static, max_len)
 
@@ -234,6 +256,20 @@ class ArchModel(nn.Module):
             whole = t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size()
             out[name] = t if whole else t.contiguous().clone()
         return out
+
+
+def resolve_ssm_dtype(dtype) -> torch.dtype | None:
+    """None, or a floating torch dtype or its name ("bf16", "float32", ...), as a torch dtype; else
+    ArchDSLError naming the argument."""
+    if dtype is None:
+        return None
+    from . import resolve_dtype
+
+    try:
+        return resolve_dtype(dtype)
+    except ArchDSLError as e:
+        raise ArchDSLError(f"ssm_state_dtype must be float32, bfloat16, float16 or float64, got {dtype!r}",
+                           hint=e.hint if "did you mean" in e.hint else "") from None
 
 
 def _build(cls, cfg, index):

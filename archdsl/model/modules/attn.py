@@ -142,7 +142,7 @@ class Attention(nn.Module, Fusable):
                 torch.cat([apply_rope(k[..., :rot], cos, sin), k[..., rot:]], dim=-1))
 
     # --- cache -------------------------------------------------------------------------
-    def init_state(self, batch, device, dtype, max_len=None, static=False):
+    def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
         w = self.cfg.window
         cap = max_len if max_len else 0
         if w is not None:

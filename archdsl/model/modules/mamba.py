@@ -44,7 +44,12 @@ def rms(x, weight, eps, dim=-1):
     return h if weight is None else weight * h
 
 
-def state_dtype(dtype):
+def state_dtype(dtype, ssm_dtype=None):
+    """A decode cache's SSM state dtype: `ssm_dtype` where given (ArchModel.ssm_state_dtype), else float32
+    (float64 in a float64 model). The step kernels compute in float32 whatever the state's dtype, and
+    round only what they store (mamba_ssm and vLLM keep the state in the model's dtype by default)."""
+    if ssm_dtype is not None:
+        return ssm_dtype
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
@@ -230,6 +235,6 @@ class Mamba(nn.Module, Fusable, FoldsNorm):
                                  inner_norm_eps=self.cfg.inner_norm_eps, pdl=pdl)
         return gemv(y, self.out_proj.weight, self.out_proj.bias, pdl=pdl)
 
-    def init_state(self, batch, device, dtype, max_len=None, static=False):
+    def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
         return {"conv": torch.zeros(batch, self.E, self.K - 1, device=device, dtype=dtype),
-                "ssm": torch.zeros(batch, self.E, self.N, device=device, dtype=state_dtype(dtype))}
+                "ssm": torch.zeros(batch, self.E, self.N, device=device, dtype=state_dtype(dtype, ssm_dtype))}

@@ -178,6 +178,6 @@ class Mamba2(nn.Module, Fusable, FoldsNorm):
                               bias=self.out_proj.bias, pdl="pdl" in self.fused)[0]
         return self.out_proj(y)
 
-    def init_state(self, batch, device, dtype, max_len=None, static=False):
+    def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
         return {"conv": torch.zeros(batch, self.conv_dim, self.K - 1, device=device, dtype=dtype),
-                "ssm": torch.zeros(batch, self.H, self.P, self.N, device=device, dtype=state_dtype(dtype))}
+                "ssm": torch.zeros(batch, self.H, self.P, self.N, device=device, dtype=state_dtype(dtype, ssm_dtype))}

@@ -38,5 +38,5 @@ class Mlp(nn.Module):
     def step(self, x, state=None, **ctx):
         return self.forward(x)
 
-    def init_state(self, batch, device, dtype, max_len=None, static=False):
+    def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
         return None

@@ -174,5 +174,5 @@ class Moe(nn.Module):
             out = out + self.shared_expert(x)
         return out
 
-    def init_state(self, batch, device, dtype, max_len=None, static=False):
+    def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
         return None

@@ -117,7 +117,7 @@ class Rwkv4TimeMix(nn.Module):
             state[name].copy_(t)
         return self.output(r * wkv.to(r.dtype))
 
-    def init_state(self, batch, device, dtype, max_len=None, static=False):
+    def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
         A, st = self.cfg.adim, state_dtype(dtype)
         z = torch.zeros(batch, A, device=device, dtype=st)
         return {"shift": torch.zeros(batch, self.cfg.d_model, device=device, dtype=dtype),
@@ -173,5 +173,5 @@ class ChannelMix(nn.Module):
         state["shift"].copy_(x)
         return self._mix(x, shifted)
 
-    def init_state(self, batch, device, dtype, max_len=None, static=False):
+    def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
         return {"shift": torch.zeros(batch, self.cfg.d_model, device=device, dtype=dtype)}

@@ -125,7 +125,7 @@ class Rwkv6TimeMix(nn.Module):
                       self.time_faaaa.to(st), scale=1.0)
         return self._out(o.reshape(B, -1), g)
 
-    def init_state(self, batch, device, dtype, max_len=None, static=False):
+    def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
         H, K = self.cfg.heads, self.cfg.head_size
         return {"shift": torch.zeros(batch, self.cfg.d_model, device=device, dtype=dtype),
                 "wkv": torch.zeros(batch, H, K, K, device=device, dtype=state_dtype(dtype))}

@@ -182,6 +182,6 @@ class S4D(nn.Module):
         y = 2 * torch.einsum("dn,bdn->bd", C, s).real + self.D.to(real) * u
         return self._output(F.gelu(y).to(x.dtype)[..., None])[..., 0]
 
-    def init_state(self, batch, device, dtype, max_len=None, static=False):
+    def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
         _, cplx = _complex_dtype(dtype)
         return {"s": torch.zeros(batch, self.cfg.d_model, self.cfg.d_state // 2, device=device, dtype=cplx)}

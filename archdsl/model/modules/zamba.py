@@ -202,7 +202,7 @@ class Zamba(nn.Module):
         emb, use = self._ctx(ctx)
         return self.forward(x[:, None], state, emb=emb[:, None], use=use)[:, 0]
 
-    def init_state(self, batch, device, dtype, max_len=None, static=False):
+    def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
         """KV cache [B, kv_heads, capacity, head_dim]: grows by doubling, or with `static` is
         allocated at max_len once and addressed through the position tensor (CUDA graphs)."""
         at = self.self_attn
