@@ -205,18 +205,21 @@ def test_gpu_full_width_bf16_fused_equals_unfused(layout):
 @pytest.mark.parametrize("gate", ["norm", "pre_norm", "silu"])
 @pytest.mark.parametrize("pdl", [False, True])
 @pytest.mark.parametrize("batch", [2, 16])
-def test_gpu_mamba2_kernel_full_size(gate, pdl, batch):
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_gpu_mamba2_kernel_full_size(gate, pdl, batch, state_dtype):
     """mamba2-1.3b's step (H 64, P 64, N 128; batch 16: a whole head a program) against the float32
     reference from the same bf16 inputs, several launches in a row: the states must agree to float32
-    rounding (a race in the kernel shows as a state error of 1e-3 and more, different from run to run)."""
+    rounding (a race in the kernel shows as a state error of 1e-3 and more, different from run to run).
+    A bf16 state is the reference's float32 state rounded (within one bf16 step), and the reference
+    continues from it."""
     g = torch.Generator(device="cuda").manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
     H, P, N, G, K = 64, 64, 128, 1, 4
     E, C = H * P, H * P + 2 * G * N
     w = dict(conv_weight=(r(C, K) * 0.5).bfloat16(), conv_bias=r(C).bfloat16(), A_log=r(H) * 0.5, D=r(H),
              dt_bias=r(H) * 0.1, norm_weight=r(E).bfloat16())
-    conv, ssm = r(batch, C, K - 1).bfloat16(), r(batch, H, P, N)
-    conv_ref, ssm_ref = conv.float(), ssm.clone()
+    conv, ssm = r(batch, C, K - 1).bfloat16(), r(batch, H, P, N).to(state_dtype)
+    conv_ref, ssm_ref = conv.float(), ssm.float()
     f = {k: v.float() for k, v in w.items()}
     for _ in range(4):
         zx = r(batch, E + C + H).bfloat16()
@@ -224,33 +227,45 @@ def test_gpu_mamba2_kernel_full_size(gate, pdl, batch):
                                w["norm_weight"] if gate != "silu" else None, gate, 1e-5, 0.0, pdl=pdl)
         ref = naive.mamba2_step_naive(zx.float(), conv_ref, f["conv_weight"], f["conv_bias"], ssm_ref, f["A_log"],
                                       f["D"], f["dt_bias"], f["norm_weight"], gate, 1e-5, 0.0)
-        assert ((ssm - ssm_ref).norm() / ssm_ref.norm()).item() < 1e-5
+        if state_dtype == torch.float32:
+            assert ((ssm - ssm_ref).norm() / ssm_ref.norm()).item() < 1e-5
+        else:
+            torch.testing.assert_close(ssm.float(), ssm_ref, rtol=2**-8, atol=1e-30)
         assert torch.equal(conv.float(), conv_ref.bfloat16().float())
         tol = 1e-5 if gate == "pre_norm" else 1e-2  # bf16 outputs for the others
         assert ((y.float() - ref).norm() / ref.norm()).item() < tol
-        conv_ref = conv.float()  # the reference continues from the kernel's bf16 conv state
+        conv_ref = conv.float()  # the reference continues from the kernel's bf16 conv state (and bf16 SSM state)
+        if state_dtype != torch.float32:
+            ssm_ref = ssm.float()
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("batch,rows", [(1, None), (17, None), (17, 1), (17, 16)])
-def test_gpu_mamba_ssm_kernel_full_size(batch, rows):
-    """mamba-2.8b's SSM step (E 5120, N 16, dt_rank 160), bf16 inputs, float32 state, several launches
-    in a row, against the float32 reference; 17 rows leave the last program of every row count part-empty."""
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_gpu_mamba_ssm_kernel_full_size(batch, rows, state_dtype):
+    """mamba-2.8b's SSM step (E 5120, N 16, dt_rank 160), bf16 inputs, several launches in a row, against
+    the float32 reference; 17 rows leave the last program of every row count part-empty. A bf16 state is
+    the reference's float32 state rounded (within one bf16 step), and the reference continues from it."""
     g = torch.Generator(device="cuda").manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
     E, N, R = 5120, 16, 160
     W, A_log, dt_bias, D = (r(E, R) * 0.05).bfloat16(), r(E, N) * 0.5, r(E), r(E)
-    state = r(batch, E, N) * 0.1
-    state_ref = state.clone()
+    state = (r(batch, E, N) * 0.1).to(state_dtype)
+    state_ref = state.float()
     for _ in range(4):
         u, x_dbl, z = r(batch, E).bfloat16(), r(batch, R + 2 * N).bfloat16(), r(batch, E).bfloat16()
         y = mamba_ssm_step_triton(state, u, x_dbl, W, A_log, dt_bias, D, z, "none", None, None, None, 1e-6,
                                   rows=rows)
         ref = naive.mamba_ssm_step_naive(state_ref, u.float(), x_dbl.float(), W.float(), A_log, dt_bias, D,
                                          z.float(), "none", None, None, None, 1e-6)
-        assert ((state - state_ref).norm() / state_ref.norm()).item() < 1e-5
+        if state_dtype == torch.float32:
+            assert ((state - state_ref).norm() / state_ref.norm()).item() < 1e-5
+        else:
+            torch.testing.assert_close(state.float(), state_ref, rtol=2**-8, atol=1e-30)
         assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2
+        if state_dtype != torch.float32:
+            state_ref = state.float()
 
 
 @pytest.mark.gpu

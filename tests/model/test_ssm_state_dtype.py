@@ -2,8 +2,12 @@
 
 The steps compute in float32 whatever the state's dtype and round only what they store. So a step from
 a bfloat16 state gives the logits, bit for bit, of the same step from a float32 state holding the same
-values, and leaves the float32 result rounded. These tests check that on every decode path: the torch
-one, the Triton kernels (interpreted on a CPU), the fused step kernels; on a GPU also graphed.
+values, and leaves the float32 result rounded: checked on the CPU, through the torch ops and through the
+Triton kernels (interpreted; the fused step kernels among them). Compiled for a GPU, a kernel that loads
+bf16 rather than float32 is another compilation (its own layouts and FMA contractions), so there the two
+agree to float32 rounding, which the model's bf16 activations then round on: checked as logits within 1%
+of the norm, and each kernel's state within one bf16 step of its float32 reference
+(tests/model/test_fused_step.py); a graphed bf16-state decode equals the eager one bit for bit.
 """
 from __future__ import annotations
 
@@ -32,10 +36,14 @@ def _ssm(cache):
     return [s["ssm"] for layer in cache.states for s in layer.values() if s and "ssm" in s]
 
 
-def _same_step_from_both(model, ids, steps, batch):
+def _conv(cache):
+    return [s["conv"] for layer in cache.states for s in layer.values() if s and "ssm" in s]
+
+
+def _same_step_from_both(model, ids, steps, batch, exact=True):
     """Prefill `ids` into a bf16-state cache and a float32-state one; then `steps` greedy steps, the float32
     cache first set to the bf16 one's values each time. Asserts the logits are equal and the bf16 states
-    are the float32 ones rounded."""
+    are the float32 ones rounded (`exact`), or the logits within 1% of the norm."""
     model.set_ssm_state_dtype(torch.bfloat16)
     low = model.init_cache(batch, max_len=ids.shape[1] + steps)
     model.set_ssm_state_dtype(None)
@@ -45,12 +53,15 @@ def _same_step_from_both(model, ids, steps, batch):
         a, b = model(ids, low)[:, -1], model(ids, high)[:, -1]
         assert torch.equal(a, b)  # prefill starts from zeros either way
         for _ in range(steps):
-            for lo, hi in zip(_ssm(low), _ssm(high)):
-                assert torch.equal(lo, hi.to(lo.dtype))
-                hi.copy_(lo)
+            for lo, hi, (c_lo, c_hi) in zip(_ssm(low), _ssm(high), zip(_conv(low), _conv(high))):
+                assert not exact or torch.equal(lo, hi.to(lo.dtype))
+                hi.copy_(lo), c_hi.copy_(c_lo)
             tok = a.argmax(-1)
             a, b = model.step(tok, low), model.step(tok, high)
-            assert torch.equal(a, b)
+            if exact:
+                assert torch.equal(a, b)
+            else:
+                assert ((a.float() - b.float()).norm() / b.float().norm()).item() < 1e-2
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -124,13 +135,14 @@ def test_the_cli_takes_it():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("layout", ["2×mamba2", "2×mamba"])
 @pytest.mark.parametrize("batch", [1, 16])
-def test_gpu_a_bf16_state_only_rounds_what_it_stores(layout, batch):
+def test_gpu_a_bf16_state_steps_as_float32_does(layout, batch):
     """mamba2-1.3b / mamba-1.4b width (d_model 2048), bf16, with every fusion: one row decodes through the
-    fused step kernels with the norm folded into the GEMVs, 16 rows through the wide-program kernels."""
+    fused step kernels with the norm folded into the GEMVs, 16 rows through the wide-program kernels. Seen
+    on the H200: equal, or 2.3e-3 / 3.9e-4 of the norm apart at 1 / 16 rows (Mamba-2)."""
     spec = archdsl.parse(layout, d_model=2048, vocab_size=1024)
     model = archdsl.compile(spec, device="cuda", dtype=torch.bfloat16, seed=0)
     ids = torch.randint(0, 1024, (batch, 32), generator=torch.Generator().manual_seed(0)).cuda()
-    _same_step_from_both(model, ids, steps=8, batch=batch)
+    _same_step_from_both(model, ids, steps=8, batch=batch, exact=False)
 
 
 @pytest.mark.gpu
