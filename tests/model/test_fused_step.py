@@ -200,6 +200,17 @@ def test_gpu_full_width_bf16_fused_equals_unfused(layout):
     assert worst < 2e-2, f"relative logit difference {worst:.2e}"
 
 
+def _state_close(state, ref):
+    """A float32 state within float32 rounding of the float32 reference `ref`; a bf16 one is `ref` rounded
+    (round to nearest: 99% of the elements exactly, the rest where the two float32 values round apart)."""
+    if state.dtype == torch.float32:
+        err = ((state - ref).norm() / ref.norm()).item()
+        assert err < 1e-5, f"state {err:.2e} of the norm off"
+    else:
+        same = (state == ref.to(state.dtype)).float().mean().item()
+        assert same > 0.99, f"the bf16 state is the reference rounded at {same:.2%} of the elements"
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("gate", ["norm", "pre_norm", "silu"])
@@ -210,8 +221,7 @@ def test_gpu_mamba2_kernel_full_size(gate, pdl, batch, state_dtype):
     """mamba2-1.3b's step (H 64, P 64, N 128; batch 16: a whole head a program) against the float32
     reference from the same bf16 inputs, several launches in a row: the states must agree to float32
     rounding (a race in the kernel shows as a state error of 1e-3 and more, different from run to run).
-    A bf16 state is the reference's float32 state rounded (within one bf16 step), and the reference
-    continues from it."""
+    A bf16 state is the reference's float32 state rounded, and the reference continues from it."""
     g = torch.Generator(device="cuda").manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
     H, P, N, G, K = 64, 64, 128, 1, 4
@@ -219,7 +229,7 @@ def test_gpu_mamba2_kernel_full_size(gate, pdl, batch, state_dtype):
     w = dict(conv_weight=(r(C, K) * 0.5).bfloat16(), conv_bias=r(C).bfloat16(), A_log=r(H) * 0.5, D=r(H),
              dt_bias=r(H) * 0.1, norm_weight=r(E).bfloat16())
     conv, ssm = r(batch, C, K - 1).bfloat16(), r(batch, H, P, N).to(state_dtype)
-    conv_ref, ssm_ref = conv.float(), ssm.float()
+    conv_ref, ssm_ref = conv.float(), ssm.float().clone()  # clone: float() of float32 is the tensor itself
     f = {k: v.float() for k, v in w.items()}
     for _ in range(4):
         zx = r(batch, E + C + H).bfloat16()
@@ -227,10 +237,7 @@ def test_gpu_mamba2_kernel_full_size(gate, pdl, batch, state_dtype):
                                w["norm_weight"] if gate != "silu" else None, gate, 1e-5, 0.0, pdl=pdl)
         ref = naive.mamba2_step_naive(zx.float(), conv_ref, f["conv_weight"], f["conv_bias"], ssm_ref, f["A_log"],
                                       f["D"], f["dt_bias"], f["norm_weight"], gate, 1e-5, 0.0)
-        if state_dtype == torch.float32:
-            assert ((ssm - ssm_ref).norm() / ssm_ref.norm()).item() < 1e-5
-        else:
-            torch.testing.assert_close(ssm.float(), ssm_ref, rtol=2**-8, atol=1e-30)
+        _state_close(ssm, ssm_ref)
         assert torch.equal(conv.float(), conv_ref.bfloat16().float())
         tol = 1e-5 if gate == "pre_norm" else 1e-2  # bf16 outputs for the others
         assert ((y.float() - ref).norm() / ref.norm()).item() < tol
@@ -246,23 +253,20 @@ def test_gpu_mamba2_kernel_full_size(gate, pdl, batch, state_dtype):
 def test_gpu_mamba_ssm_kernel_full_size(batch, rows, state_dtype):
     """mamba-2.8b's SSM step (E 5120, N 16, dt_rank 160), bf16 inputs, several launches in a row, against
     the float32 reference; 17 rows leave the last program of every row count part-empty. A bf16 state is
-    the reference's float32 state rounded (within one bf16 step), and the reference continues from it."""
+    the reference's float32 state rounded, and the reference continues from it."""
     g = torch.Generator(device="cuda").manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
     E, N, R = 5120, 16, 160
     W, A_log, dt_bias, D = (r(E, R) * 0.05).bfloat16(), r(E, N) * 0.5, r(E), r(E)
     state = (r(batch, E, N) * 0.1).to(state_dtype)
-    state_ref = state.float()
+    state_ref = state.float().clone()
     for _ in range(4):
         u, x_dbl, z = r(batch, E).bfloat16(), r(batch, R + 2 * N).bfloat16(), r(batch, E).bfloat16()
         y = mamba_ssm_step_triton(state, u, x_dbl, W, A_log, dt_bias, D, z, "none", None, None, None, 1e-6,
                                   rows=rows)
         ref = naive.mamba_ssm_step_naive(state_ref, u.float(), x_dbl.float(), W.float(), A_log, dt_bias, D,
                                          z.float(), "none", None, None, None, 1e-6)
-        if state_dtype == torch.float32:
-            assert ((state - state_ref).norm() / state_ref.norm()).item() < 1e-5
-        else:
-            torch.testing.assert_close(state.float(), state_ref, rtol=2**-8, atol=1e-30)
+        _state_close(state, state_ref)
         assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2
         if state_dtype != torch.float32:
             state_ref = state.float()

@@ -6,7 +6,7 @@ values, and leaves the float32 result rounded: checked on the CPU, through the t
 Triton kernels (interpreted; the fused step kernels among them). Compiled for a GPU, a kernel that loads
 bf16 rather than float32 is another compilation (its own layouts and FMA contractions), so there the two
 agree to float32 rounding, which the model's bf16 activations then round on: checked as logits within 1%
-of the norm, and each kernel's state within one bf16 step of its float32 reference
+of the norm, and each kernel's bf16 state as its float32 reference rounded
 (tests/model/test_fused_step.py); a graphed bf16-state decode equals the eager one bit for bit.
 """
 from __future__ import annotations
