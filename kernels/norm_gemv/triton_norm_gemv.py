@@ -20,6 +20,10 @@ against cuBLAS, 2026-12-01: 5120 → 192 4.06 against 6.29, 5120 → 2560 7.01 a
 Grid (batch, row blocks) with the batch fastest: the programs that read one block of rows run
 together, so a batch of a few rows reads the weight from memory once. Offsets are int64. With
 `pdl` (kernels/_pdl.py) the first weight block is read before waiting for the kernel before.
+
+One row of one group with K up to 4096 (in_proj) takes a streaming kernel instead (`_rms_gemv_stream_kernel`):
+four programs an SM, each reading and normalising the whole vector once into registers, then walking its row
+blocks with the next block's weight in flight during this block's sum.
 """
 from __future__ import annotations
 
@@ -101,12 +105,69 @@ def _rms_gemv_kernel(x_ptr, res_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, h_ptr, K, R, K
     tl.store(y_ptr + b * R + rows, y.to(y_ptr.dtype.element_ty), mask=mask_r)
 
 
+# One row, one group, K up to STREAM_MAX_K: the streaming kernel below (STREAM; PROGRAMS_PER_SM, STREAM_ROWS,
+# STREAM_WARPS, the best of a sweep, 2026-12-01), else the blocked one above, whose programs each read the whole
+# vector (and residual, and norm weight) from L2 for 4 rows. H200, bf16, one row, µs a call over 8 weight copies
+# (L2 keeps none), blocked -> streaming, 2026-12-02: mamba2-2.7b's in_proj (2560 -> 10576, float32 residual)
+# 18.12 -> 15.85, mamba-2.8b's (2560 -> 10240) 17.79 -> 15.47; the graphed 64-layer step at batch 1, same
+# process, two rounds: mamba2-2.7b 2.180 / 2.175 -> 2.160 / 2.157 ms, mamba-2.8b 2.390 / 2.413 -> 2.291 / 2.292
+# (streaming without PDL: 2.239 / 2.212 and 2.359 / 2.338). At K 5120 (out_proj, x_proj: 8192 lanes a program)
+# it lost alone (mamba2-2.7b's out_proj 11.09 -> 11.97 µs). A first wiring into the model (2026-12-01, not kept,
+# its limits not recorded) lost in the graph: mamba2-2.7b 2.194 -> 2.654 ms, the cause not found.
+STREAM, STREAM_MAX_K, PROGRAMS_PER_SM, STREAM_ROWS, STREAM_WARPS = True, 4096, 4, 2, 8
+
+
+@triton.jit
+def _rms_gemv_stream_kernel(x_ptr, res_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, h_ptr, K, R, eps, NPROG,
+                            HAS_RES: tl.constexpr, NORM: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+                            BR: tl.constexpr, BKF: tl.constexpr):
+    """A few programs an SM, each with the whole (normalised) vector in registers, read once, walking row
+    blocks pid, pid + NPROG, ...; the next block's weight is loaded before this block's sum."""
+    if PDL:
+        gdc_launch_dependents()
+    b = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(1)
+    offs = tl.arange(0, BKF)
+    m = offs < K
+    rows = pid * BR + tl.arange(0, BR)
+    w = tl.load(w_ptr + rows.to(tl.int64)[:, None] * K + offs[None, :], mask=(rows < R)[:, None] & m[None, :],
+                other=0.0)
+    if PDL:
+        gdc_wait()  # the first weight block is on its way; x and residual are now written
+    v = tl.load(x_ptr + b * K + offs, mask=m, other=0.0)
+    if HAS_RES:  # rounded to x's dtype after the add, as torch's add rounds
+        v = (v.to(tl.float32) + tl.load(res_ptr + b * K + offs, mask=m, other=0.0).to(tl.float32)).to(v.dtype)
+        if pid == 0:
+            tl.store(h_ptr + b * K + offs, v, mask=m)
+    v = v.to(tl.float32)
+    scale = 1.0
+    if NORM:
+        scale = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / K + eps)
+        v = v * tl.load(nw_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    for rb in range(pid, tl.cdiv(R, BR), NPROG):
+        nxt = (rb + NPROG) * BR + tl.arange(0, BR)
+        w_next = tl.load(w_ptr + nxt.to(tl.int64)[:, None] * K + offs[None, :],
+                         mask=(nxt < R)[:, None] & m[None, :], other=0.0)
+        y = tl.sum(w.to(tl.float32) * v[None, :], axis=1) * scale
+        if HAS_BIAS:
+            y += tl.load(b_ptr + rows, mask=rows < R, other=0.0).to(tl.float32)
+        tl.store(y_ptr + b * R + rows, y.to(y_ptr.dtype.element_ty), mask=rows < R)
+        w, rows = w_next, nxt
+
+
 def _block_k(K: int, groups: int, cap: int) -> int:
     """The K block: a power of two up to cap; with several groups the largest that divides K / groups."""
     if groups == 1:
         return min(cap, next_pow2(K))
     kg = K // groups
     return min(cap, kg & -kg)
+
+
+def _sms(device) -> int:
+    """The device's SM count (the interpreter's CPU: 4)."""
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias, block_r=None, block_k=None,
@@ -117,8 +178,16 @@ def rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias, block
     res, norm_weight, bias = map(dense, (residual, norm_weight, bias))
     h = torch.empty_like(x) if res is not None else None
     y = torch.empty(batch, R, device=x.device, dtype=weight.dtype)
-    BR = block_r or BLOCK_R
     pdl = pdl_ok(x, pdl)
+    if STREAM and batch == 1 and groups == 1 and next_pow2(K) <= STREAM_MAX_K and not (block_r or block_k):
+        BR = STREAM_ROWS
+        nprog = min(cdiv(R, BR), PROGRAMS_PER_SM * _sms(x.device))
+        _rms_gemv_stream_kernel[(batch, nprog)](
+            x, res, norm_weight, weight.contiguous(), bias, y, h, K, R, float(eps), nprog,
+            HAS_RES=res is not None, NORM=norm_weight is not None, HAS_BIAS=bias is not None, PDL=pdl, BR=BR,
+            BKF=next_pow2(K), num_warps=STREAM_WARPS, **({"launch_pdl": True} if pdl else {}))
+        return y, x if h is None else h
+    BR = block_r or BLOCK_R
     _rms_gemv_kernel[(batch, cdiv(R, BR))](
         x, res, norm_weight, weight.contiguous(), bias, y, h, K, R, K // groups, float(eps),
         HAS_RES=res is not None, NORM=norm_weight is not None, HAS_BIAS=bias is not None, PDL=pdl, BR=BR,

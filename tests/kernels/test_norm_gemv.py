@@ -50,6 +50,26 @@ def test_triton_matches_naive(batch, kg, groups, R, residual, bias, block):
 
 
 
+@settings(max_examples=12, deadline=None)
+@given(K=st.sampled_from([1, 5, 40, 96]), R=st.integers(1, 70), norm=st.booleans(), residual=st.booleans(),
+       bias=st.booleans())
+def test_streaming_kernel_matches_naive(K, R, norm, residual, bias):
+    """One row, one group: the streaming kernel (a few programs, each walking row blocks pid, pid + NPROG,
+    ...; 16 programs of 2 rows under the interpreter, so past 32 rows a program takes several blocks)."""
+    if DEV == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    a = _inputs(1, K, R, 1, residual, bias, torch.float32)
+    nw = a["norm_weight"] if norm else None
+    y, h = triton_norm_gemv.rms_linear_triton(a["x"], a["weight"], nw, 1e-5, a["residual"], 1, a["bias"])
+    if norm:
+        ref_y, ref_h = rms_linear_naive(a["x"], a["weight"], nw, 1e-5, a["residual"], 1, a["bias"])
+    else:
+        ref_h = a["x"] + a["residual"] if residual else a["x"]
+        ref_y = torch.nn.functional.linear(ref_h, a["weight"], a["bias"])
+    torch.testing.assert_close(y, ref_y, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(h, ref_h, rtol=0, atol=0)
+
+
 @settings(max_examples=6, deadline=None)
 @given(batch=st.integers(1, 3), K=st.sampled_from([1, 5, 40, 96]), R=st.integers(1, 50), bias=st.booleans(),
        block=st.sampled_from([(4, 16), (16, 1024)]))
@@ -117,10 +137,11 @@ def test_argument_errors():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("K, R, groups, residual", [(2048, 8512, 1, True), (4096, 2048, 1, False),
-                                                   (4096, 2048, 8, False)])
+                                                   (4096, 2048, 8, False), (2560, 10576, 1, True)])
 @pytest.mark.parametrize("batch", [1, MAX_ROWS + 1])
 def test_gpu_bf16_mamba2_sizes(K, R, groups, residual, batch):
-    """Mamba-2 1.3B's in_proj (after add + RMSNorm) and out_proj (after the gated norm, x float32)."""
+    """Mamba-2 1.3B's in_proj (after add + RMSNorm) and out_proj (after the gated norm, x float32), and 2.7B's
+    in_proj; at one row and one group the streaming kernel."""
     a = _inputs(batch, K, R, groups, residual, False, torch.bfloat16, x_dtype=None if residual else torch.float32)
     y, h = rms_linear(**a)
     a64 = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in a.items()}
