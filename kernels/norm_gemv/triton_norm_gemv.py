@@ -51,17 +51,24 @@ def _block_k_cap(K: int) -> int:
 
 
 @triton.jit
+def _vector(x_ptr, res_ptr, h_ptr, b, offs, m, K, write_h, HAS_RES: tl.constexpr):
+    """x (+ residual, rounded to x's dtype after the add, as torch's add rounds) at offs of row b, float32;
+    where write_h, also stored as h."""
+    v = tl.load(x_ptr + b * K + offs, mask=m, other=0.0)
+    if HAS_RES:
+        v = (v.to(tl.float32) + tl.load(res_ptr + b * K + offs, mask=m, other=0.0).to(tl.float32)).to(v.dtype)
+        if write_h:
+            tl.store(h_ptr + b * K + offs, v, mask=m)
+    return v.to(tl.float32)
+
+
+@triton.jit
 def _accumulate(acc, ss, w, k0, x_ptr, res_ptr, nw_ptr, h_ptr, b, pr, K, KG, offs_g,
                 HAS_RES: tl.constexpr, NORM: tl.constexpr, BK: tl.constexpr):
     """Adds the K block at k0 (weight block w [BR, BK]) to acc [BR, BG] and, with NORM, ss [BG]."""
     offs = k0 + tl.arange(0, BK)
     m = offs < K
-    v = tl.load(x_ptr + b * K + offs, mask=m, other=0.0)
-    if HAS_RES:  # rounded to x's dtype after the add, as torch's add rounds
-        v = (v.to(tl.float32) + tl.load(res_ptr + b * K + offs, mask=m, other=0.0).to(tl.float32)).to(v.dtype)
-        if pr == 0:
-            tl.store(h_ptr + b * K + offs, v, mask=m)
-    v = v.to(tl.float32)
+    v = _vector(x_ptr, res_ptr, h_ptr, b, offs, m, K, pr == 0, HAS_RES)
     if NORM:
         p = tl.load(nw_ptr + offs, mask=m, other=0.0).to(tl.float32) * v
         here = offs_g == k0 // KG  # the block's group
@@ -134,12 +141,7 @@ def _rms_gemv_stream_kernel(x_ptr, res_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, h_ptr, 
                 other=0.0)
     if PDL:
         gdc_wait()  # the first weight block is on its way; x and residual are now written
-    v = tl.load(x_ptr + b * K + offs, mask=m, other=0.0)
-    if HAS_RES:  # rounded to x's dtype after the add, as torch's add rounds
-        v = (v.to(tl.float32) + tl.load(res_ptr + b * K + offs, mask=m, other=0.0).to(tl.float32)).to(v.dtype)
-        if pid == 0:
-            tl.store(h_ptr + b * K + offs, v, mask=m)
-    v = v.to(tl.float32)
+    v = _vector(x_ptr, res_ptr, h_ptr, b, offs, m, K, pid == 0, HAS_RES)
     scale = 1.0
     if NORM:
         scale = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / K + eps)
