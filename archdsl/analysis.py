@@ -62,7 +62,8 @@ def dtype_bytes(dtype: str, what: str = "dtype") -> int:
     return DTYPE_BYTES[key]
 
 
-def analyze(spec, seq_len: int = 2048, batch: int = 1, dtype: str = "bfloat16", ssm_state_dtype: str | None = None) -> Report:
+def analyze(spec, seq_len: int = 2048, batch: int = 1, dtype: str = "bfloat16",
+            ssm_state_dtype: str | None = None) -> Report:
     """Parameters, active parameters, FLOPs per token and cache bytes, per layer and in total."""
     from .spec import MAX_PARAMS, load_spec
 

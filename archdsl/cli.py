@@ -134,8 +134,8 @@ def cmd_show(args):
                    "flops_per_token": r.flops_per_token, "cache_bytes": r.cache_bytes} for r in rep.layers]
         print(json.dumps({"name": rep.name, "seq_len": rep.seq_len, "batch": rep.batch, "dtype": rep.dtype,
                           "ssm_state_dtype": rep.ssm_state_dtype, "layers": layers, "params": rep.params,
-                          "active_params": rep.active_params, "embedding_params": rep.embedding_params, "flops_per_token": rep.flops_per_token,
-                          "cache_bytes": rep.cache_bytes}, indent=2))
+                          "active_params": rep.active_params, "embedding_params": rep.embedding_params,
+                          "flops_per_token": rep.flops_per_token, "cache_bytes": rep.cache_bytes}, indent=2))
         return
     rows = [[r.index, (r.inject + " → " if r.inject else "") + (r.mixer or "-"), r.ffn or "-", r.shared or "-",
              f"{r.params:,}", human(r.flops_per_token), human(r.cache_bytes, "B")] for r in rep.layers]
@@ -397,8 +397,8 @@ def cmd_run(args):
         shown = " ".join(map(str, first[:16])) + (" …" if len(first) > 16 else "")
         print(f"  greedy continuation of sequence 0: {shown}")
     states = f", SSM states {result['ssm_state_dtype']}" if args.ssm_state_dtype else ""
-    print(f"  cache    {cache.nbytes():>18,} bytes ({human(cache.nbytes(), 'B')}) at {args.prompt_len + args.gen:,} tokens"
-          f"{states}")
+    print(f"  cache    {cache.nbytes():>18,} bytes ({human(cache.nbytes(), 'B')}) at "
+          f"{args.prompt_len + args.gen:,} tokens{states}")
 
 
 @command("bench", "time a model's forward pass, training step and decode step (medians, with FLOP/s and GB/s)")
@@ -415,8 +415,8 @@ def cmd_bench(args):
                  cuda_graph=args.cuda_graph, seed=args.seed)
     head = {"name": model.spec.name, "params": model.num_params(), "device": str(model.device),
             "dtype": str(model.dtype).replace("torch.", ""),
-            "ssm_state_dtype": str(model.ssm_state_dtype).replace("torch.", ""), "batch": args.batch, "seq_len": args.seq_len,
-            "cuda_graph": args.cuda_graph}
+            "ssm_state_dtype": str(model.ssm_state_dtype).replace("torch.", ""), "batch": args.batch,
+            "seq_len": args.seq_len, "cuda_graph": args.cuda_graph}
     if args.json:
         print(json.dumps({**head, "rows": [r.to_dict() for r in rows]}, indent=2))
         return

@@ -263,14 +263,13 @@ def run_decode(name: str, shapes, layers, gen: int, state_dtypes=("float32",)) -
     rows = []
     for b, length in shapes:
         ids = torch.randint(0, spec.vocab_size, (b, length), device="cuda")
-        firsts, steppers, labels = [], [], []
+        runs = []  # (label, the prompt's last logits, step)
         for sd in state_dtypes:
             ours.set_ssm_state_dtype(sd)
-            first, step = our_stepper(ours, ids, gen)
-            firsts.append(first), steppers.append(step), labels.append(f"ours, {sd} state")
+            runs.append((f"ours, {sd} state", *our_stepper(ours, ids, gen)))
         if peer is not None:
-            first, step = peer_stepper(peer, ids, gen)
-            firsts.append(first), steppers.append(step), labels.append("peer")
+            runs.append(("peer", *peer_stepper(peer, ids, gen)))
+        labels, firsts, steppers = zip(*runs)
         tok = firsts[0].argmax(-1)
         outs = [timed(step, tok)[0] for step in steppers]  # one untimed step each: the first replay after capture
         times = [[] for _ in steppers]
@@ -295,7 +294,7 @@ def run_decode(name: str, shapes, layers, gen: int, state_dtypes=("float32",)) -
                        argmax_same=sides[-1]["argmax_same"])
         rows.append(row)
         print_decode_row(row)
-        del steppers, outs
+        del runs, steppers, outs
     ours.set_ssm_state_dtype(None)
     del ours, peer
     torch.cuda.empty_cache()
@@ -308,7 +307,8 @@ def print_decode_row(r: dict) -> None:
           f"{r['gen']} steps from CUDA graphs, in lockstep on the tokens of {r['sides'][0]['side']}", flush=True)
     for s in r["sides"]:
         ms = s["decode_ms"]
-        line = f"  {s['side']:24} {ms:7.3f} ms a step, {r['batch'] / ms * 1e3:7.0f} tokens a second, ratio to peer {ms / peer:.2f}"
+        line = (f"  {s['side']:24} {ms:7.3f} ms a step, {r['batch'] / ms * 1e3:7.0f} tokens a second, "
+                f"ratio to peer {ms / peer:.2f}")
         if "logits_dist" in s:
             line += (f"; logits against the first: {s['logits_dist']:.2e} of the norm (median over steps, "
                      f"{s['logits_dist_last']:.2e} at the last), argmax the same at {s['argmax_same']:.1%}")
