@@ -421,7 +421,8 @@ def cmd_bench(args):
         print(json.dumps({**head, "rows": [r.to_dict() for r in rows]}, indent=2))
         return
     print(f"{head['name']}: {head['params']:,} parameters on {head['device']} ({head['dtype']}), "
-          f"batch {args.batch}, {args.seq_len:,} tokens{', decode from a CUDA graph' if args.cuda_graph else ''}")
+          f"batch {args.batch}, {args.seq_len:,} tokens{', decode from a CUDA graph' if args.cuda_graph else ''}"
+          f"{', SSM states ' + head['ssm_state_dtype'] if args.ssm_state_dtype else ''}")
     print(table(format_rows(rows), ["case", "tokens", "ms", "tokens/s", "work", "achieved"]))
 
 
