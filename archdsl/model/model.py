@@ -121,10 +121,10 @@ class ArchModel(nn.Module):
     def set_ssm_state_dtype(self, dtype=None) -> "ArchModel":
         """The dtype of the Mamba and Mamba-2 SSM states in the decode caches made from now on: None (the
         default) float32, float64 in a float64 model; or float32, bfloat16, float16, float64 (a torch dtype or
-        its name). A 16-bit state halves the largest part of an SSM model's cache and the bytes a decode step
-        moves, as mamba_ssm's and vLLM's default does; the steps still compute in float32 and round only what
-        they store, but a state rounded every token keeps less of the distant past. Drops a captured decode
-        graph, whose cache holds the old dtype. Returns the model."""
+        its name). A 16-bit state (mamba_ssm's default in a 16-bit model) halves the largest part of an SSM
+        model's cache and the bytes a decode step moves; the steps still compute in float32 and round only
+        what they store, but a state rounded every token keeps less of the distant past. Drops a captured
+        decode graph, whose cache holds the old dtype. Returns the model."""
         self._ssm_dtype = resolve_ssm_dtype(dtype)
         self._graphs = {}
         return self

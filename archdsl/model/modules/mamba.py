@@ -47,7 +47,7 @@ def rms(x, weight, eps, dim=-1):
 def state_dtype(dtype, ssm_dtype=None):
     """A decode cache's SSM state dtype: `ssm_dtype` where given (ArchModel.ssm_state_dtype), else float32
     (float64 in a float64 model). The step kernels compute in float32 whatever the state's dtype, and
-    round only what they store (mamba_ssm and vLLM keep the state in the model's dtype by default)."""
+    round only what they store (mamba_ssm keeps the state in the model's dtype; vLLM makes it a choice)."""
     if ssm_dtype is not None:
         return ssm_dtype
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
