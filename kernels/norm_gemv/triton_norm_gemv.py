@@ -27,6 +27,8 @@ blocks with the next block's weight in flight during this block's sum.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -165,8 +167,9 @@ def _block_k(K: int, groups: int, cap: int) -> int:
     return min(cap, kg & -kg)
 
 
-def _sms(device) -> int:
-    """The device's SM count (the interpreter's CPU: 4)."""
+@functools.cache
+def _sms(device: torch.device) -> int:
+    """The device's SM count (the interpreter's CPU: 4); asked once a device, off the decode path's host time."""
     if device.type != "cuda":
         return 4
     return torch.cuda.get_device_properties(device).multi_processor_count
