@@ -4,7 +4,7 @@ step of 48×mamba2 at d 2048 (mamba2-1.3b), batch 1, every fusion on.
     python benchmarks/step_configs.py [--json FILE]
 
 Rows: the step with "pdl" on and off (twice each: the spread of two passes is the noise floor of
-the rest), then the fused step kernel's head-dim block × warps (triton_fused_step.BLOCK_P, WARPS)
+the rest), then the Mamba-2 step kernel's head-dim block × warps (triton_fused_step.BLOCK_P, WARPS)
 and the norm GEMV's rows per program × warps (triton_norm_gemv.BLOCK_R, WARPS), one swept with
 the other at its default. A kernel timed alone (do_bench) is launch-bound at these sizes (8 µs of
 work under ~20 µs of launch), so the figure is the graphed step's: the median of CUDA-event times
@@ -28,7 +28,7 @@ from archdsl.kernels.norm_gemv import triton_norm_gemv as gemv_kernel  # noqa: E
 from archdsl.model.fusions import FUSIONS  # noqa: E402
 
 SWEEPS = {  # (module, its constants): candidates
-    (step_kernel, ("BLOCK_P", "WARPS")): list(itertools.product((8, 16, 32), (2, 4, 8))),
+    (step_kernel, ("BLOCK_P", "WARPS")): list(itertools.product((8, 16, 32), (1, 2, 4))),
     (gemv_kernel, ("BLOCK_R", "WARPS")): list(itertools.product((1, 2, 4, 8), (2, 4, 8))),
 }
 

@@ -1,20 +1,18 @@
-"""Fused decode steps in Triton: the Mamba-2 step in one kernel, the Mamba-1 step in two.
+"""Fused decode steps in Triton: the Mamba-2 step in two kernels (three with its norm), the Mamba-1 step in two.
 
-Mamba-2 (`_mamba2_step_kernel`): one program per (batch, head, block of the head dim). It
-convolves its own x channels and its group's B, C channels (conv state shifted in place), updates
-its [BP, N] slice of the SSM state (softplus dt, dt_bias, optional dt floor), forms
-y = C·h + D·x and the gate y·silu(z). The gated RMSNorm needs the whole group, and the B, C conv
-state is read by every program of the group, so the last program of each (batch, group) to
-finish -- an atomic arrival counter -- shifts the B, C conv state and normalises the group from
-the fp32 scratch the others wrote; it then resets the counter to 0 for the next launch (so the
-kernel is CUDA-graph safe: the counters are zero between launches). Gate "pre_norm" returns that
-scratch, y·silu(z) before the norm, for out_proj's GEMV to normalise (kernels/norm_gemv), and the
-last program only shifts. A barrier separates the threads' reads of the x channels' conv windows
-from the one write of each shifted window: without it, a lagging warp read shifted windows and
-left wrong SSM states at full size on the H200 (6 runs of 6 once the last program's norm block was
-gone; test_gpu_mamba2_kernel_full_size), with it every variant agrees with the float32 reference.
-With `pdl` (kernels/_pdl.py) the weights, the conv state's part of each convolution and the SSM
-state slice are read before waiting for in_proj.
+Mamba-2: `_conv_step_kernel` (below, shared with Mamba-1) convolves the x, B, C channels of the new
+token and shifts the conv state, writing silu(conv) in float32. Then `_mamba2_step_kernel`: one program
+per (batch, head, block of the head dim) updates its [BP, N] slice of the SSM state (softplus dt,
+dt_bias, optional dt floor), forms y = C·h + D·x and the gate y·silu(z). Gate "norm" (an RMSNorm over each
+group of E/G channels) needs the whole group: the step kernel writes y in float32 and each program's
+sum of y², and `_group_norm_kernel` normalises. Gate "pre_norm" returns that float32 y for out_proj's
+GEMV to normalise (kernels/norm_gemv).
+Until 2026-12-02 it was one kernel: every program convolved its x channels and its group's B, C, and
+the last program of a group to arrive (an atomic counter) shifted the B, C conv state and normalised the
+group. The programs' arrivals on one counter a row cost more than the third kernel's launch: at 16 rows
+(mamba2-2.7b) 27.1 -> 21.3 µs with the conv and norm as kernels of their own (docs/benchmarks.md).
+With `pdl` (kernels/_pdl.py) each kernel reads what the one before does not write (the conv weights and
+conv state; the SSM state slice and A_log; the norm weight) before waiting for it.
 
 Mamba-1: `_conv_step_kernel` (conv update + silu, a channel a thread), then after x_proj
 `_mamba_ssm_kernel` (inner RMSNorms of dt/B/C, dt_proj as a per-program product, softplus, state update,
@@ -70,60 +68,44 @@ def _softplus(x):
 
 @triton.jit
 def _mamba2_step_kernel(
-    zx_ptr, cst_ptr, cw_ptr, cb_ptr, st_ptr, alog_ptr, D_ptr, dtb_ptr, nw_ptr,
-    out_ptr, hbuf_ptr, part_ptr, cnt_ptr,
-    s_zx, cs_b, cs_c, cs_k, s_b, s_h, s_p, s_n,
-    E, CONV, H, G, P, N, dt_floor, eps,
-    K: tl.constexpr, HAS_CB: tl.constexpr, HAS_D: tl.constexpr, HAS_DTB: tl.constexpr,
-    FLOOR: tl.constexpr, GATE: tl.constexpr, NORM: tl.constexpr, TAIL_NORM: tl.constexpr,
-    PDL: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BPART: tl.constexpr, BNORM: tl.constexpr,
+    zx_ptr, xc_ptr, st_ptr, alog_ptr, D_ptr, dtb_ptr, y_ptr, part_ptr,
+    s_zx, s_b, s_h, s_p, s_n, E, CONV, H, G, P, N, dt_floor,
+    HAS_D: tl.constexpr, HAS_DTB: tl.constexpr, FLOOR: tl.constexpr, GATE: tl.constexpr, PARTS: tl.constexpr,
+    PDL: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
 ):
     if PDL:
         gdc_launch_dependents()
     pid = tl.program_id(0)
     pb = tl.program_id(1)
-    npb = tl.num_programs(1)
     b = pid // H
     h = pid % H
-    HG = H // G
-    g = h // HG
+    g = h // (H // G)
     b64 = b.to(tl.int64)
-    row = zx_ptr + b64 * s_zx
-    xbc = row + E
-    crow = cst_ptr + b64 * cs_b
     offs_n = tl.arange(0, BN)
     mask_n = offs_n < N
-    chB = E + g * N + offs_n
-    chC = E + G * N + g * N + offs_n
     offs_p = pb * BP + tl.arange(0, BP)
     mask_p = offs_p < P
     chx = h * P + offs_p
 
-    # First what no kernel just before this one writes (PDL may run this during that kernel): the
-    # weights, the conv state's part of the convolutions, this head's slice of the SSM state.
-    Bv = _conv_window(crow, cw_ptr, cb_ptr, chB, mask_n, cs_c, cs_k, K, HAS_CB)
-    Cv = _conv_window(crow, cw_ptr, cb_ptr, chC, mask_n, cs_c, cs_k, K, HAS_CB)
-    x = _conv_window(crow, cw_ptr, cb_ptr, chx, mask_p, cs_c, cs_k, K, HAS_CB)
+    # First what the conv kernel just before does not write (PDL may run this during it): this
+    # program's slice of the SSM state and the head's weights.
     so = b64 * s_b + h * s_h + offs_p[:, None] * s_p + offs_n[None, :] * s_n
     mask_pn = mask_p[:, None] & mask_n[None, :]
     st = tl.load(st_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
     A = tl.exp(tl.load(alog_ptr + h).to(tl.float32))
     if PDL:
-        gdc_wait()  # in_proj's output (zx) is now written
-    Bv = _conv_input(Bv, xbc, cw_ptr, chB, mask_n, K)
-    Cv = _conv_input(Cv, xbc, cw_ptr, chC, mask_n, K)
-    x = _conv_input(x, xbc, cw_ptr, chx, mask_p, K)
+        gdc_wait()  # the conv kernel's output (xc) is written, and so in_proj's (zx), which it waited for
+    xcrow = xc_ptr + b64 * CONV
+    x = tl.load(xcrow + chx, mask=mask_p, other=0.0)
+    Bv = tl.load(xcrow + E + g * N + offs_n, mask=mask_n, other=0.0)
+    Cv = tl.load(xcrow + E + G * N + g * N + offs_n, mask=mask_n, other=0.0)
+    row = zx_ptr + b64 * s_zx
     dt = tl.load(row + E + CONV + h).to(tl.float32)
     if HAS_DTB:
         dt += tl.load(dtb_ptr + h).to(tl.float32)
     dt = _softplus(dt)
     if FLOOR:
         dt = tl.maximum(dt, dt_floor)
-    # The BP channels are copied across the program's threads: all copies read a channel's conv
-    # window above, one writes the shifted window. The barrier keeps every read before that write
-    # (without it a lagging warp read shifted windows: wrong states on the H200, 2026-11-28/29).
-    tl.debug_barrier()
-    _shift(xbc, crow, chx, mask_p, cs_c, cs_k, K)
     st = st * tl.exp(-dt * A) + (dt * x)[:, None] * Bv[None, :]
     tl.store(st_ptr + so, st.to(st_ptr.dtype.element_ty), mask=mask_pn)
     y = tl.sum(st * Cv[None, :], axis=1)
@@ -132,85 +114,74 @@ def _mamba2_step_kernel(
     if GATE:
         zv = tl.load(row + chx, mask=mask_p, other=0.0).to(tl.float32)
         y = y * zv * tl.sigmoid(zv)
-    if NORM:
-        tl.store(hbuf_ptr + b64 * E + chx, y, mask=mask_p)
-        tl.store(part_ptr + pid * npb + pb, tl.sum(tl.where(mask_p, y * y, 0.0), axis=0))
-    else:
-        tl.store(out_ptr + b64 * E + chx, y.to(out_ptr.dtype.element_ty), mask=mask_p)
-
-    # Arrival: every program of the group has read the B, C conv state (and written its part of
-    # the scratch) before it counts in; the last one in shifts the group's B, C conv state and,
-    # for gate "norm", normalises the group from the scratch.
-    tl.debug_barrier()
-    arrived = tl.atomic_add(cnt_ptr + b * G + g, 1)
-    if arrived == HG * npb - 1:
-        _shift(xbc, crow, chB, mask_n, cs_c, cs_k, K)
-        _shift(xbc, crow, chC, mask_n, cs_c, cs_k, K)
-        if TAIL_NORM:
-            GP = HG * P
-            offs_q = tl.arange(0, BPART)
-            parts = tl.load(part_ptr + (b * H + g * HG) * npb + offs_q, mask=offs_q < HG * npb, other=0.0,
-                            cache_modifier=".cg")
-            rstd = 1.0 / tl.sqrt(tl.sum(parts, axis=0) / GP + eps)
-            for c0 in range(0, GP, BNORM):
-                offs = c0 + tl.arange(0, BNORM)
-                m = offs < GP
-                ch = g * GP + offs
-                v = tl.load(hbuf_ptr + b64 * E + ch, mask=m, other=0.0, cache_modifier=".cg")
-                w = tl.load(nw_ptr + ch, mask=m, other=0.0).to(tl.float32)
-                tl.store(out_ptr + b64 * E + ch, (v * rstd * w).to(out_ptr.dtype.element_ty), mask=m)
-        tl.atomic_xchg(cnt_ptr + b * G + g, 0)
+    tl.store(y_ptr + b64 * E + chx, y.to(y_ptr.dtype.element_ty), mask=mask_p)
+    if PARTS:
+        tl.store(part_ptr + pid * tl.num_programs(1) + pb, tl.sum(tl.where(mask_p, y * y, 0.0), axis=0))
 
 
-_COUNTERS: dict = {}
+@triton.jit
+def _group_norm_kernel(y_ptr, part_ptr, nw_ptr, out_ptr, E, H, G, P, npb, eps, PDL: tl.constexpr,
+                       BPART: tl.constexpr, BLOCK: tl.constexpr):
+    """Gate "norm": program (b·G + g, j) writes channels [j·BLOCK, (j+1)·BLOCK) of group g of row b,
+    y · rsqrt(mean of the group's y²) · norm weight; the mean from the step kernel's partial sums."""
+    if PDL:
+        gdc_launch_dependents()
+    pid = tl.program_id(0)
+    b64 = (pid // G).to(tl.int64)
+    g = pid % G
+    GP = (H // G) * P
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < GP
+    ch = g * GP + offs
+    w = tl.load(nw_ptr + ch, mask=m, other=0.0).to(tl.float32)
+    if PDL:
+        gdc_wait()  # the step kernel's y and partial sums are written
+    offs_q = tl.arange(0, BPART)
+    parts = tl.load(part_ptr + (b64 * H + g * (H // G)) * npb + offs_q, mask=offs_q < (H // G) * npb, other=0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(parts, axis=0) / GP + eps)
+    v = tl.load(y_ptr + b64 * E + ch, mask=m, other=0.0)
+    tl.store(out_ptr + b64 * E + ch, (v * rstd * w).to(out_ptr.dtype.element_ty), mask=m)
 
 
-def _counters(device, n):
-    """Zeroed int32 arrival counters, kept per device (each launch leaves them at zero)."""
-    key = (str(device), n)
-    if key not in _COUNTERS:
-        _COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
-    return _COUNTERS[key]
-
-
-BLOCK_P, WARPS = None, 4  # head-dim channels per program (None: up to 2048 state elements), warps
-# From WIDE_ROWS rows on, programs of up to WIDE_ELEMS state elements (a whole head of 64 × 128) in WIDE_WARPS
-# warps. H200, mamba2-2.7b's step (H80 P64 N128), graphs, µs with gate "norm", default -> wide (2026-12-01):
-# 4 rows 12.7 -> 10.9, 16 rows 32.2 -> 26.7, 64 rows 127.8 -> 99.9 (floor at 4.8 TB/s 4.4, 17.6, 70.3); at one
-# row 7.6 -> 7.8, so one and two rows keep the default.
-WIDE_ROWS, WIDE_ELEMS, WIDE_WARPS = 4, 8192, 2
+# A program: BLOCK_P head-dim channels (None: as many as make BLOCK_ELEMS state elements) in WARPS warps.
+# H200, mamba2-2.7b's step (H80 P64 N128), gate "norm", graphs, µs, float32 / bf16 state (2026-12-02): 16 rows
+# 21.3 / 11.2, 64 rows 96.7 / 53.0 (an in-place scale of the state: 17.2 / 8.0, 80.8 / 41.3); the 64-layer
+# model's graphed step, ms, batch 1 / 16 with a float32 state 2.00 / 4.07. 8-64 channels in 1-4 warps were
+# all within ~10% of it.
+BLOCK_P, BLOCK_ELEMS, WARPS, NORM_BLOCK = None, 2048, 1, 1024
 
 
 def mamba2_step_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias,
                        norm_weight, gate, norm_eps, dt_floor, pdl=False, block_p=None):
     batch, H, P, N = ssm_state.shape
     E = H * P
-    conv_dim, K1 = conv_state.shape[1:]
+    conv_dim = conv_state.shape[1]
     G = (conv_dim - E) // (2 * N)
     zx = zxbcdt if zxbcdt.stride(-1) == 1 else zxbcdt.contiguous()
-    w, conv_bias, A_log, D, dt_bias, norm_weight = map(dense, (conv_weight, conv_bias, A_log, D, dt_bias, norm_weight))
-    out = torch.empty(batch, E, device=zx.device, dtype=zx.dtype)
+    A_log, D, dt_bias, norm_weight = map(dense, (A_log, D, dt_bias, norm_weight))
+    pdl = pdl_ok(zx, pdl)
+    launch = {"launch_pdl": True} if pdl else {}
+    xc = conv_step_triton(zx[:, E:E + conv_dim], conv_state, conv_weight, conv_bias, pdl=pdl,
+                          out_dtype=torch.float32)  # [batch, conv_dim]: silu(conv) of x, B, C
     BN = next_pow2(N)
-    BP = block_p or BLOCK_P or min(next_pow2(P), max(1, 2048 // BN))
-    warps = WARPS
-    if not (block_p or BLOCK_P) and batch >= WIDE_ROWS and next_pow2(P) * BN <= WIDE_ELEMS:
-        BP, warps = next_pow2(P), WIDE_WARPS
+    BP = block_p or BLOCK_P or min(next_pow2(P), max(1, BLOCK_ELEMS // BN))
     npb = cdiv(P, BP)
     norm = gate in ("norm", "pre_norm")
-    hbuf = torch.empty(batch, E, device=zx.device, dtype=torch.float32) if norm else None
-    part = torch.empty(batch * H * npb, device=zx.device, dtype=torch.float32) if norm else None
-    cnt = _counters(zx.device, batch * G)
-    pdl = pdl_ok(zx, pdl)
+    y = torch.empty(batch, E, device=zx.device, dtype=torch.float32 if norm else zx.dtype)
+    part = torch.empty(batch * H * npb, device=zx.device, dtype=torch.float32) if gate == "norm" else None
     _mamba2_step_kernel[(batch * H, npb)](
-        zx, conv_state, w, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight,
-        out, hbuf, part, cnt,
-        zx.stride(0), *conv_state.stride(), *ssm_state.stride(),
-        E, conv_dim, H, G, P, N, float(dt_floor), float(norm_eps),
-        K=K1 + 1, HAS_CB=conv_bias is not None, HAS_D=D is not None, HAS_DTB=dt_bias is not None,
-        FLOOR=bool(dt_floor), GATE=gate is not None, NORM=norm, TAIL_NORM=gate == "norm", PDL=pdl,
-        BP=BP, BN=BN, BPART=max(2, next_pow2(H // G * npb)),
-        BNORM=min(1024, next_pow2(E // G)), num_warps=warps, **({"launch_pdl": True} if pdl else {}))
-    return hbuf if gate == "pre_norm" else out
+        zx, xc, ssm_state, A_log, D, dt_bias, y, part,
+        zx.stride(0), *ssm_state.stride(), E, conv_dim, H, G, P, N, float(dt_floor),
+        HAS_D=D is not None, HAS_DTB=dt_bias is not None, FLOOR=bool(dt_floor), GATE=gate is not None,
+        PARTS=gate == "norm", PDL=pdl, BP=BP, BN=BN, num_warps=WARPS, **launch)
+    if gate != "norm":
+        return y
+    out = torch.empty(batch, E, device=zx.device, dtype=zx.dtype)
+    BLOCK = min(NORM_BLOCK, next_pow2(E // G))
+    _group_norm_kernel[(batch * G, cdiv(E // G, BLOCK))](
+        y, part, norm_weight, out, E, H, G, P, npb, float(norm_eps), PDL=pdl,
+        BPART=max(2, next_pow2(H // G * npb)), BLOCK=BLOCK, num_warps=4, **launch)
+    return out
 
 
 @triton.jit
@@ -238,11 +209,11 @@ def _conv_step_kernel(x_ptr, cst_ptr, w_ptr, b_ptr, y_ptr, s_x, cs_b, cs_c, cs_k
 CONV_BLOCK = 128
 
 
-def conv_step_triton(x, conv_state, weight, bias, block=None, warps=4, pdl=False):
+def conv_step_triton(x, conv_state, weight, bias, block=None, warps=4, pdl=False, out_dtype=None):
     batch, D = x.shape
     x = x if x.stride(-1) == 1 else x.contiguous()
     weight, bias = map(dense, (weight, bias))
-    y = torch.empty(batch, D, device=x.device, dtype=x.dtype)
+    y = torch.empty(batch, D, device=x.device, dtype=out_dtype or x.dtype)
     BLOCK = block or min(CONV_BLOCK, next_pow2(D))
     pdl = pdl_ok(x, pdl)
     _conv_step_kernel[(batch, cdiv(D, BLOCK))](

@@ -1,8 +1,8 @@
 """The fused Mamba decode steps (kernels/fused_step) against the unfused path, float32.
 
 On a CPU the Triton kernels run in Triton's interpreter (TRITON_INTERPRET=1, ARCHDSL_KERNELS=triton);
-with a GPU the same checks run the compiled kernels on CUDA tensors, where the arrival counter of the
-Mamba-2 kernel (last program of a group shifts the B/C conv state and normalises) is really concurrent.
+with a GPU the same checks run the compiled kernels on CUDA tensors, where kernels launched with PDL
+really overlap the one before.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 import archdsl  # noqa: E402
 from archdsl.kernels.fused_step import mamba2_step_fused, mamba_conv_step, mamba_ssm_step_fused  # noqa: E402
 from archdsl.kernels.fused_step import naive  # noqa: E402
-from archdsl.kernels.fused_step.triton_fused_step import WIDE_ROWS, mamba2_step_triton, mamba_ssm_step_triton  # noqa: E402
+from archdsl.kernels.fused_step.triton_fused_step import mamba2_step_triton, mamba_ssm_step_triton  # noqa: E402
 from archdsl.model.modules.mamba import fused_step_ok  # noqa: E402
 from blockcheck import build  # noqa: E402
 
@@ -38,12 +38,12 @@ def _close(a, b):
 
 
 @settings(max_examples=14, deadline=None)
-@given(batch=st.sampled_from([1, 2, WIDE_ROWS]), G=st.sampled_from([1, 2, 3]), hpg=st.integers(1, 3), P=st.integers(1, 13),
+@given(batch=st.sampled_from([1, 2, 5]), G=st.sampled_from([1, 2, 3]), hpg=st.integers(1, 3), P=st.integers(1, 13),
        N=st.integers(1, 11), K=st.integers(2, 4), gate=st.sampled_from([None, "silu", "norm", "pre_norm"]),
        flags=st.tuples(st.booleans(), st.booleans(), st.booleans()), floor=st.sampled_from([0.0, 0.3]),
        block_p=st.sampled_from([None, 2, 4]), seed=st.integers(0, 2**16))
 def test_mamba2_kernel_matches_reference(batch, G, hpg, P, N, K, gate, flags, floor, block_p, seed):
-    """From WIDE_ROWS rows with block_p None, a program takes a whole head."""
+    """block_p: head-dim channels a program (None: the launcher's choice; 2 and 4 leave P's last block part-empty)."""
     g = torch.Generator().manual_seed(seed)
     H = G * hpg
     E, C = H * P, H * P + 2 * G * N
@@ -53,7 +53,7 @@ def test_mamba2_kernel_matches_reference(batch, G, hpg, P, N, K, gate, flags, fl
                 D=r(H) if has_d else None, dt_bias=r(H) if has_bias else None, norm_weight=r(E))
     conv, ssm = r(batch, C, K - 1), r(batch, H, P, N)
     conv2, ssm2 = conv.clone(), ssm.clone()
-    for _ in range(2):  # twice: the arrival counters must be back at zero after a launch
+    for _ in range(2):  # twice: the second step from the states the first left
         zx = r(batch, E + C + H)
         y = mamba2_step_triton(zx, conv, args["conv_weight"], args["conv_bias"], ssm, args["A_log"], args["D"],
                                args["dt_bias"], args["norm_weight"] if gate in ("norm", "pre_norm") else None, gate, 1e-5,
@@ -218,9 +218,9 @@ def _state_close(state, ref):
 @pytest.mark.parametrize("batch", [2, 16])
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
 def test_gpu_mamba2_kernel_full_size(gate, pdl, batch, state_dtype):
-    """mamba2-1.3b's step (H 64, P 64, N 128; batch 16: a whole head a program) against the float32
-    reference from the same bf16 inputs, several launches in a row: the states must agree to float32
-    rounding (a race in the kernel shows as a state error of 1e-3 and more, different from run to run).
+    """mamba2-1.3b's step (H 64, P 64, N 128) against the float32
+    reference from the same bf16 inputs, several launches in a row, with PDL and without: the states must
+    agree to float32 rounding (a race between the kernels shows as a state error of 1e-3 and more).
     A bf16 state is the reference's float32 state rounded, and the reference continues from it."""
     g = torch.Generator(device="cuda").manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
