@@ -160,7 +160,7 @@ class Mamba2(nn.Module, Fusable, FoldsNorm):
         return self._out(y.reshape(Bsz, self.E), z)
 
     def _step_fused(self, x, state, zxbcdt=None):
-        """in_proj → one kernel (conv update, silu, SSD step, D, gate / gated norm) → out_proj. With
+        """in_proj → the fused step (conv update and silu; SSD step, D, gate; gated norm) → out_proj. With
         "norm_gemv" the gated norm runs inside out_proj's GEMV; zxbcdt: in_proj's output, given."""
         from archdsl.kernels.fused_step import mamba2_step_fused
 
