@@ -6,6 +6,7 @@ import torch
 from .._checks import expect_float, expect_same_device, expect_shape
 from .._dispatch import backend_for
 from .._host import unit_last
+from .._opaque import PATHS, torch_path
 from .chunked import selective_scan_chunked
 from .naive import selective_scan_naive, selective_state_update_naive
 
@@ -40,8 +41,25 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
             B4, C4 = (M.repeat_interleave(dim // M.shape[1], dim=1) for M in (B4, C4))
         y, last = selective_scan_triton(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, initial_state)
         return (y, last.to(u.dtype) if u.dtype == torch.float64 else last) if return_last_state else y
+    if backend == "torch" and torch.compiler.is_compiling():  # one graph for every length (kernels/_opaque.py)
+        y, last = torch_path("selective_scan", [u, delta, A, B, C, D, z, delta_bias, initial_state], [delta_softplus])
+        return (y, last) if return_last_state else y
     fn = selective_scan_naive if backend == "naive" else selective_scan_chunked
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
+
+
+def _run(args, flags):
+    u, delta, A, B, C, D, z, delta_bias, h0 = args
+    return list(selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, bool(flags[0]), True, h0))
+
+
+def _fake(args, flags):
+    u, A = args[0], args[2]
+    wd = torch.float64 if u.dtype == torch.float64 else torch.float32
+    return [u.new_empty(u.shape), u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=wd)]
+
+
+PATHS["selective_scan"] = (_run, _fake)
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):

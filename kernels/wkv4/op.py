@@ -5,6 +5,7 @@ import torch
 
 from .._checks import expect_float, expect_same_device, expect_shape
 from .._dispatch import backend_for
+from .._opaque import PATHS, torch_path
 from .chunked import wkv4_torch
 from .naive import wkv4_naive, wkv4_step_naive
 
@@ -29,7 +30,26 @@ def wkv4(w, u, k, v, state=None):
     if backend == "triton":
         from .triton_wkv4 import wkv4_triton
         return wkv4_triton(w, u, k, v, state)
+    if backend == "torch" and torch.compiler.is_compiling():  # one graph for every length (kernels/_opaque.py)
+        wkv, *st = torch_path("wkv4", [w, u, k, v, *(state or (None,) * 3)], [])
+        return wkv, tuple(st)
     return (wkv4_torch if backend == "torch" else wkv4_naive)(w, u, k, v, state)
+
+
+def _run(args, flags):
+    w, u, k, v, *state = args
+    wkv, st = wkv4_torch(w, u, k, v, None if state[0] is None else tuple(state))
+    return [wkv, *st]
+
+
+def _fake(args, flags):
+    k = args[2]
+    B, T, C = k.shape
+    ct = torch.float64 if k.dtype == torch.float64 else torch.float32
+    return [k.new_empty(B, T, C)] + [k.new_empty(B, C, dtype=ct) for _ in range(3)]
+
+
+PATHS["wkv4"] = (_run, _fake)
 
 
 def wkv4_step(w, u, k, v, state):

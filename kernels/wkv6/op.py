@@ -5,6 +5,7 @@ import torch
 
 from .._checks import expect_float, expect_number, expect_same_device, expect_shape
 from .._dispatch import backend_for, pick_impl, time_or_inf
+from .._opaque import PATHS, torch_path
 from .chunked import wkv6_chunked
 from .naive import wkv6_naive, wkv6_step_naive
 
@@ -38,8 +39,26 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
         if state is not None and state.dtype != state_dtype:
             state = state.to(state_dtype)
         return (o if o.dtype == o_dtype else o.to(o_dtype)), state
+    if backend == "torch" and torch.compiler.is_compiling():  # one graph for every length (kernels/_opaque.py)
+        o, state = torch_path("wkv6", [r, k, v, w, u, initial_state], [scale])
+        return o, (state if output_final_state else None)
     impl = wkv6_chunked if backend == "torch" else wkv6_naive
     return impl(r, k, v, w, u, scale, initial_state, output_final_state)
+
+
+def _run(args, flags):
+    r, k, v, w, u, h0 = args
+    return list(wkv6_chunked(r, k, v, w, u, flags[0], h0, True))
+
+
+def _fake(args, flags):
+    r, v = args[0], args[2]
+    B, T, H, K = r.shape
+    ct = torch.float64 if r.dtype == torch.float64 else torch.float32
+    return [r.new_empty(B, T, H, v.shape[-1]), r.new_empty(B, H, K, v.shape[-1], dtype=ct)]
+
+
+PATHS["wkv6"] = (_run, _fake)
 
 
 def wkv6_step(state, r, k, v, w, u, scale=None):

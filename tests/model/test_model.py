@@ -329,6 +329,27 @@ def test_torch_compile_cpu():
     _compiled_matches("aot_eager", "mamba2, attn+mlp, mamba+moe, rwkv6, rwkv4+cmix, s4d+mlp", grads=True)
 
 
+def test_torch_compile_cpu_dynamic_lengths():
+    """The torch paths of Mamba's, RWKV-6's and RWKV-4's scans run as one opaque operator under torch.compile
+    (kernels/_opaque.py), so with dynamic shapes prompts of 25, 41 and 57 tokens share one graph at
+    inference and one in training (CPU, aot_eager), with eager's logits and gradients. (Mamba-2's chunked
+    SSD has its own test, test_ssd's test_chunked_compiles_once_for_every_length.)"""
+    import torch._dynamo.utils
+
+    spec = archdsl.parse("mamba+mlp, rwkv6, rwkv4+cmix", d_model=16, vocab_size=37, blocks=SMALL)
+    model = archdsl.compile(spec, seed=0)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    traced = torch.compile(model, backend="aot_eager", dynamic=True, fullgraph=True)
+    for L in (25, 41, 57):
+        ids = torch.randint(0, 37, (2, L), generator=torch.Generator().manual_seed(L))
+        with torch.no_grad():
+            assert _off(traced(ids), model(ids)) < 1e-5, L
+        for g, w in zip(_logits_and_grads(model, traced, ids), _logits_and_grads(model, model, ids), strict=True):
+            assert _off(g, w) < 1e-4, L
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # inference, training
+
+
 @pytest.mark.slow
 def test_torch_compile_inductor_cpu():
     """The same through Inductor's generated C++ (about a minute on 2 cores)."""
