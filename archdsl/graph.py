@@ -20,7 +20,7 @@ import networkx as nx
 from .blocks import BLOCKS, arg_names, make_config, type_hints
 from .blocks.base import FFN, INJECT, MIXER, BlockConfig, ConfigError
 from .errors import ArchDSLError, did_you_mean
-from .language.ast import Block, Group, Layer, Layout, Repeat, Span
+from .language.ast import Block, Group, Layer, Repeat, Span
 
 MAX_LAYERS = 100_000
 ROLE_ORDER = {INJECT: 0, MIXER: 1, FFN: 2}

@@ -4,7 +4,6 @@ from __future__ import annotations
 import networkx as nx
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import archdsl
 from archdsl.blocks.base import FFN, INJECT, MIXER

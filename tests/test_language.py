@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import BLOCK_NAMES, layer_count, layouts, small_layouts
 

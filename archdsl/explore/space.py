@@ -24,9 +24,8 @@ layers among D:
 from __future__ import annotations
 
 import itertools
-import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import yaml

@@ -61,6 +61,5 @@ def _segment(r, k, v, w, u, S, chunk):
         o_inter.append(r_in[:, :, n] @ S)
         S = decay[:, :, n] * S + dS[:, :, n]
     o = o + torch.stack(o_inter, dim=2)
-    Vd = v.shape[-1]
     o = o.permute(0, 2, 3, 1, 4).flatten(1, 2)[:, :T]
     return o, S
