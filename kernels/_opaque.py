@@ -13,7 +13,7 @@ An op registers `PATHS[name] = (run, fake)`:
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -53,11 +53,12 @@ def _(name, tensors, present, flags):
 
 @torch.library.custom_op("archdsl::torch_path_bwd", mutates_args=())
 def _torch_path_bwd(name: str, tensors: list[torch.Tensor], present: list[bool], flags: list[float],
-                    grads: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The gradients of the inputs (zeros where one does not reach an output; all inputs are floating point).
-    A custom operator runs below autograd, so the path is differentiated by torch.func.vjp, not by recording."""
-    _, pull = torch.func.vjp(lambda *ts: tuple(PATHS[name][0](_args(ts, present), flags)), *tensors)
-    return [g.contiguous() for g in pull(tuple(grads))]
+                    grads: list[Optional[torch.Tensor]]) -> list[torch.Tensor]:
+    """The gradients of the inputs (zeros where one does not reach an output; all inputs are floating point),
+    grads those of the outputs (None: unused). A custom operator runs below autograd, so the path is
+    differentiated by torch.func.vjp, not by recording it."""
+    outs, pull = torch.func.vjp(lambda *ts: tuple(PATHS[name][0](_args(ts, present), flags)), *tensors)
+    return [g.contiguous() for g in pull(tuple(torch.zeros_like(o) if g is None else g for o, g in zip(outs, grads)))]
 
 
 @_torch_path_bwd.register_fake
@@ -68,15 +69,11 @@ def _(name, tensors, present, flags, grads):
 def _setup_context(ctx, inputs, output):
     name, tensors, present, flags = inputs
     ctx.name, ctx.present, ctx.flags = name, present, flags
-    ctx.save_for_backward(*tensors, *output)
+    ctx.save_for_backward(*tensors)
 
 
 def _backward(ctx, grads):
-    saved = ctx.saved_tensors
-    n = sum(ctx.present)
-    outs = saved[n:]
-    grads = [torch.zeros_like(o) if g is None else g for o, g in zip(outs, grads)]
-    grads = torch.ops.archdsl.torch_path_bwd(ctx.name, list(saved[:n]), ctx.present, ctx.flags, grads)
+    grads = torch.ops.archdsl.torch_path_bwd(ctx.name, list(ctx.saved_tensors), ctx.present, ctx.flags, list(grads))
     return None, grads, None, [] if not ctx.flags else None  # AOTAutograd wants [] for an empty list, not None
 
 
