@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from archdsl.kernels import rms_linear
 from archdsl.kernels.norm_gemv import gemv
-from archdsl.kernels.norm_gemv import triton_norm_gemv
+from archdsl.kernels.norm_gemv import triton_norm_gemv, triton_rows
 from archdsl.kernels.norm_gemv.naive import rms_linear_naive
-from archdsl.kernels.norm_gemv.op import GEMV_ROWS, MAX_ROWS
+from archdsl.kernels.norm_gemv.op import GEMV_ROWS, MAX_ROWS, SPLITK_ROWS
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -84,14 +84,38 @@ def test_plain_gemv_matches_linear(batch, K, R, bias, block):
     assert h is a["x"] or torch.equal(h, a["x"])
 
 
+@settings(max_examples=10, deadline=None)
+@given(batch=st.integers(1, 16), K=st.sampled_from([1, 5, 40, 96, 300]), R=st.integers(1, 70), bias=st.booleans(),
+       dtype=st.sampled_from([torch.bfloat16, torch.float16]), x32=st.booleans(),
+       block=st.sampled_from([(16, 16, 16), (32, 32, 64), (16, 64, 128)]))
+def test_rows_gemm_matches_linear(batch, K, R, bias, dtype, x32, block):
+    """The split-K GEMM (16-bit weights, a few rows): == F.linear on x rounded to the weight's dtype, the
+    products summed in float32 and rounded once; K split into several programs (block = BN, BK, K split)."""
+    if DEV == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    a = _inputs(batch, K, R, 1, False, bias, dtype, x_dtype=torch.float32 if x32 else None)
+    y = triton_rows.rows_gemm_triton(a["x"], a["weight"], a["bias"], block_n=block[0], block_k=block[1],
+                                     k_split=block[2])
+    ref = torch.nn.functional.linear(a["x"].to(dtype).double(), a["weight"].double(),
+                                     None if a["bias"] is None else a["bias"].double())
+    assert y.dtype == dtype and y.shape == (batch, R)
+    torch.testing.assert_close(y.double(), ref.to(dtype).double(), rtol=1e-2, atol=1e-2)
+
+
 def test_plain_gemv_op(monkeypatch):
-    """gemv: the kernel up to GEMV_ROWS rows, F.linear past them (bit for bit), bad input named."""
+    """gemv: the kernel up to GEMV_ROWS rows; the split-K GEMM for 16-bit weights up to SPLITK_ROWS rows and
+    SPLITK_MAX_N outputs; else F.linear (bit for bit); bad input named."""
     _needs_triton(monkeypatch)
     for batch in (1, GEMV_ROWS + 1):
         a = _inputs(batch, 48, 24, 1, False, True, torch.float32)
         y = gemv(a["x"], a["weight"], a["bias"])
         ref = torch.nn.functional.linear(a["x"], a["weight"], a["bias"])
         assert torch.equal(y, ref) if batch > GEMV_ROWS else torch.allclose(y, ref, rtol=1e-4, atol=1e-5)
+    for batch in (GEMV_ROWS + 1, SPLITK_ROWS, SPLITK_ROWS + 1):
+        a = _inputs(batch, 48, 24, 1, False, True, torch.bfloat16)
+        y = gemv(a["x"], a["weight"], a["bias"])
+        ref = torch.nn.functional.linear(a["x"], a["weight"], a["bias"])
+        assert torch.equal(y, ref) if batch > SPLITK_ROWS else torch.allclose(y, ref, rtol=1e-2, atol=1e-2)
     with pytest.raises(ValueError, match="weight"):
         gemv(a["x"], a["weight"][:, :8])
     with pytest.raises(ValueError, match="bias"):
@@ -152,9 +176,10 @@ def test_gpu_bf16_mamba2_sizes(K, R, groups, residual, batch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("K, R", [(5120, 192), (5120, 2560)])
-def test_gpu_bf16_plain_gemv_mamba_sizes(K, R):
-    """mamba-2.8b's x_proj and out_proj at one row, bf16, against float64."""
-    a = _inputs(1, K, R, 1, False, True, torch.bfloat16)
+@pytest.mark.parametrize("batch", [1, 2, 5, SPLITK_ROWS])
+def test_gpu_bf16_plain_gemv_mamba_sizes(K, R, batch):
+    """mamba-2.8b's x_proj and out_proj at one row (the GEMV) and a few (the split-K GEMM), bf16, against float64."""
+    a = _inputs(batch, K, R, 1, False, True, torch.bfloat16)
     y = gemv(a["x"], a["weight"], a["bias"])
     ref = torch.nn.functional.linear(a["x"].double(), a["weight"].double(), a["bias"].double())
     assert (y.double() - ref).abs().max().item() <= 1e-2 * ref.abs().max().item()

@@ -217,7 +217,8 @@ class Mamba(nn.Module, Fusable, FoldsNorm):
 
     def _step_fused(self, x, state, xz=None):
         """in_proj → conv update + silu (one kernel) → x_proj → inner norms, dt_proj, softplus,
-        state update, D, gate (one kernel) → out_proj; x_proj and out_proj by a Triton GEMV at one row.
+        state update, D, gate (one kernel) → out_proj; x_proj and out_proj by a Triton GEMV at one row, by a
+        split-K GEMM at a few (kernels/norm_gemv).
         xz: in_proj's output, given ("norm_gemv"); "pdl": the Triton kernels launched with PDL."""
         from archdsl.kernels.fused_step import mamba_conv_step, mamba_ssm_step_fused
         from archdsl.kernels.norm_gemv import gemv

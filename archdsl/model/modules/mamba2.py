@@ -176,7 +176,8 @@ class Mamba2(nn.Module, Fusable, FoldsNorm):
             from archdsl.kernels import rms_linear
             return rms_linear(y, self.out_proj.weight, norm.weight, norm.eps, groups=self.G,
                               bias=self.out_proj.bias, pdl="pdl" in self.fused)[0]
-        return self.out_proj(y)
+        from archdsl.kernels.norm_gemv import gemv
+        return gemv(y, self.out_proj.weight, self.out_proj.bias, pdl="pdl" in self.fused)
 
     def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
         return {"conv": torch.zeros(batch, self.conv_dim, self.K - 1, device=device, dtype=dtype),
