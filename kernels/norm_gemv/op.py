@@ -3,8 +3,9 @@
 The projection after a pre-norm at decode, as one kernel: the residual add, the RMSNorm (over the
 whole vector, or per group as Mamba-2's gated norm) and the matrix-vector product. The compiler
 uses it for Mamba-2's in_proj (after the layer's add + RMSNorm) and out_proj (after the gated
-norm) when decoding a few rows ("norm_gemv" in archdsl.model.fusions), and the plain `gemv` for Mamba's
-x_proj and out_proj at one row (its "step" fusion).
+norm) when decoding one row ("norm_gemv" in archdsl.model.fusions), and the plain `gemv` for Mamba's
+x_proj and out_proj (its "step" fusion) and Mamba-2's out_proj past one row: a GEMV kernel at one row, a
+split-K GEMM at 2-16 rows.
 """
 from __future__ import annotations
 
