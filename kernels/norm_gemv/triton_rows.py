@@ -18,6 +18,7 @@ import triton.language as tl
 
 from .._host import cdiv
 from .._pdl import gdc_launch_dependents, gdc_wait, pdl_ok
+from .triton_norm_gemv import _sms
 
 
 @triton.jit
@@ -68,19 +69,28 @@ def _reduce_kernel(ws_ptr, b_ptr, y_ptr, MN, N, S, HAS_BIAS: tl.constexpr, PDL: 
     tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=m)
 
 
-# The launch, the fastest of 110 (BN, BK, K split, stages, warps) on the H200 (bf16, one process, graphs of calls
-# over weight copies that L2 cannot keep, 2026-12-02), µs a call at 4 / 16 rows, against cuBLAS: mamba-2.8b's
-# out_proj (5120 → 2560) K in 2, BN 64: 11.73 / 11.78 against 13.38 / 12.66; its x_proj (5120 → 192) K in 1024s,
-# BN 32: 5.13 / 5.00 against 7.45 / 7.67. Both: BK 256, 4 stages, 4 warps. Few programs won: at 160 (K in 1280s)
-# out_proj took 12.4, and neither the last program of a column block summing (one kernel, an arrival counter) nor
-# TMA loads of the weight gained.
+# The launch (H200, bf16, one process, graphs of calls over weight copies that L2 cannot keep, 2026-12-02). At
+# mamba-2.8b's widths, the fastest of 110 (BN, BK, K piece, stages, warps), µs a call at 4 / 16 rows against
+# cuBLAS: out_proj (5120 → 2560) BN 64, K in halves: 11.73 / 11.78 against 13.38 / 12.66; x_proj (5120 → 192) BN
+# 32, K in pieces of 1024: 5.13 / 5.00 against 7.45 / 7.67; both BK 256, 4 stages, 4 warps. Neither the last
+# program of a column block summing the pieces (one kernel, an arrival counter) nor TMA loads of the weight gained.
+# Then BN 32 / 64 and pieces of 512, 1024, K / 2 and K at ten widths of Mamba models (130m to 2.8b), 2 and 16
+# rows: the best were pieces of 1024 (512 up to K 2048), BN 64 from 512 outputs, except where that gives more
+# programs than SMs (one each: 160 KB of shared memory), then K in halves (out_proj 5120 → 2560 in pieces of 1024,
+# 200 programs: 14.5 µs against 11.8). This rule is within 0.4 µs of the best at each (2 / 16 rows, µs, against
+# cuBLAS): 4096 → 2048 8.3 / 8.8 (9.9 / 10.6), 3072 → 1536 6.7 / 6.8 (8.4 / 8.6), 2048 → 1024 4.4 / 4.7 (8.2 /
+# 6.0), 1536 → 768 3.9 / 4.1 (6.0 / 5.2), 1024 → 512 3.6 / 3.8 (4.4 / 4.5); x_proj 4096 → 160 4.6 / 4.8 (6.9 /
+# 7.1), 1536 → 80 3.3 / 3.5 (4.7 / 4.9).
 BLOCK_K, STAGES, WARPS, REDUCE_BLOCK = 256, 4, 4, 1024
-WIDE_N = 1024  # from this many outputs: BN 64 and K split in two; below: BN 32 and K in pieces of 1024
 
 
-def _launch(N: int, K: int) -> tuple[int, int]:
-    """(BN, the K columns a program takes) for an [N, K] weight."""
-    return (64, cdiv(cdiv(K, 2), BLOCK_K) * BLOCK_K) if N >= WIDE_N else (32, 1024)
+def _launch(N: int, K: int, sms: int) -> tuple[int, int]:
+    """(BN, the K columns a program takes) for an [N, K] weight on a device of `sms` SMs."""
+    bn = 64 if N >= 512 else 32
+    ks = 512 if K <= 2048 else 1024
+    if cdiv(N, bn) * cdiv(K, ks) > sms:
+        ks = cdiv(cdiv(K, 2), BLOCK_K) * BLOCK_K
+    return bn, ks
 
 
 def rows_gemm_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, pdl: bool = False,
@@ -90,7 +100,7 @@ def rows_gemm_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     dtype, products summed in float32. k_split: the K columns a program takes (a multiple of block_k)."""
     M, K = x.shape
     N = weight.shape[0]
-    bn, ks = _launch(N, K)
+    bn, ks = _launch(N, K, _sms(x.device))
     BN, BK = block_n or bn, block_k or BLOCK_K
     KS = max(BK, (k_split or ks) // BK * BK)
     S = cdiv(K, KS)
