@@ -7,6 +7,9 @@ F.linear (cuBLAS). "F.linear alone" is cuBLAS's GEMV without any norm, for conte
 Floor: the weight read once, R·K·2 bytes (17.4 MB → 4.1 µs, 16.8 MB → 4.0 µs at 4.2 TB/s); the
 vectors are a few KB.
 First a sweep of (rows per program, K block, warps) per shape; the rows use the best for each shape.
+Then the plain `gemv` at 2, 4 and 16 rows, where it runs the split-K GEMM (triton_rows.py) with its default
+launch, against F.linear (cuBLAS) on Mamba's x_proj and out_proj widths, each replayed from a CUDA graph with
+L2 flushed between replays (do_bench), so the weight comes from memory as in a decode step.
     python benchmarks/kernels.py --only kernels_norm_gemv
 """
 from __future__ import annotations
@@ -15,11 +18,13 @@ import itertools
 
 import torch
 import torch.nn.functional as F
-from _bench import bench_ms
+from _bench import bench_ms, graph_ms
 
 BW = 4.2e12
 SHAPES = [("in_proj", 2048, 8512, True), ("out_proj", 4096, 2048, False)]
 CHOICES = list(itertools.product((1, 2, 4, 8, 16), (512, 1024, 2048, 4096), (2, 4, 8)))
+ROWS_SHAPES = [("mamba-2.8b out_proj", 5120, 2560), ("mamba-2.8b x_proj", 5120, 192),
+               ("mamba-1.4b out_proj", 4096, 2048), ("mamba-130m out_proj", 1536, 768)]
 
 
 def _inputs(K, R, residual):
@@ -69,4 +74,21 @@ def rows(quick=False):
         n = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
         out.append(dict(op="F.linear alone", shape=shape, mode="context", ours_ms=bench_ms(lambda: F.linear(n, a["weight"])),
                         floor_ms=floor))
+    return out + split_k_rows(quick)
+
+
+def split_k_rows(quick=False):
+    """gemv at a few rows (the split-K GEMM) against F.linear, bf16."""
+    from archdsl.kernels.norm_gemv import gemv
+    out = []
+    for name, K, N in ROWS_SHAPES[: 2 if quick else None]:
+        w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K ** 0.5
+        for M in (2, 4, 16):
+            x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+            ours, peer = gemv(x, w).float(), F.linear(x, w).float()
+            out.append(dict(op="gemv (split-K)", shape=f"{name} K{K}→N{N} B{M}", mode="graph",
+                            ours_ms=graph_ms(lambda: gemv(x, w)), peer="F.linear (cuBLAS)",
+                            peer_ms=graph_ms(lambda: F.linear(x, w)), floor_ms=N * K * 2 / BW * 1e3,
+                            floor_note=f"{N * K * 2 / 1e6:.1f} MB of weight",
+                            rel_diff=((ours - peer).norm() / peer.norm()).item()))
     return out
