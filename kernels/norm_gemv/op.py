@@ -63,19 +63,21 @@ def rms_linear(x, weight, norm_weight, eps=1e-5, *, residual=None, groups=1, bia
 
 
 GEMV_ROWS = 1  # the plain GEMV's rows; at 4 rows it loses to cuBLAS on out_proj's shape (19.7 against 9.3 µs)
-# From GEMV_ROWS + 1 to SPLITK_ROWS rows, weights of at most SPLITK_MAX_N rows: the split-K GEMM (triton_rows.py)
-# in place of cuBLAS. H200, bf16, the graphed 64-layer step, one process, ms, cuBLAS → split-K (2026-12-02):
-# mamba-2.8b (x_proj, out_proj) 2.920 → 2.622 at 2 rows, 3.015 → 2.703 at 4, 3.429 → 3.095 at 16; mamba2-2.7b
-# (out_proj) 2.604 → 2.454 at 2, 4.061 → 3.878 at 16. The in_projs (N over 10000) stay with cuBLAS: alone the
-# same kernel took 19.5-19.9 µs against cuBLAS's 18.8. x_proj's partial sums added in the step kernel instead of
-# a reduce kernel lost in the graphed step (mamba-2.8b 3.095 → 3.226 ms at 16 rows; 2.292 → 2.554 at one row,
-# against the GEMV).
-SPLITK_ROWS, SPLITK_MAX_N = 16, 4096
+# From GEMV_ROWS + 1 to SPLITK_ROWS rows, weights of at most SPLITK_MAX_N rows and SPLITK_MAX_K columns (the widths
+# measured, up to mamba-2.8b's out_proj; larger weights stay with cuBLAS, whose bandwidth grows with the size):
+# the split-K GEMM (triton_rows.py) in place of cuBLAS. H200, bf16, the graphed 64-layer step, one process, ms,
+# cuBLAS → split-K (2026-12-02): mamba-2.8b (x_proj, out_proj) 2.920 → 2.622 at 2 rows, 3.015 → 2.703 at 4,
+# 3.429 → 3.095 at 16; mamba2-2.7b (out_proj) 2.604 → 2.454 at 2, 4.061 → 3.878 at 16. The in_projs (N over
+# 10000) stay with cuBLAS: alone the same kernel took 19.5-19.9 µs against cuBLAS's 18.8. x_proj's partial sums
+# added in the step kernel instead of a reduce kernel lost in the graphed step (mamba-2.8b 3.095 → 3.226 ms at 16
+# rows; 2.292 → 2.554 at one row, against the GEMV).
+SPLITK_ROWS, SPLITK_MAX_N, SPLITK_MAX_K = 16, 2560, 5120
 
 
 def gemv(x, weight, bias=None, *, pdl=False):
     """y = x @ weight.T (+ bias) for decoding: one Triton kernel up to GEMV_ROWS rows, the split-K GEMM for
-    a few more rows against a narrow 16-bit weight (up to SPLITK_ROWS rows, SPLITK_MAX_N outputs), else F.linear.
+    a few more rows against a 16-bit weight of at most SPLITK_MAX_N × SPLITK_MAX_K (up to SPLITK_ROWS rows), else
+    F.linear.
 
     x `[B, K]`; weight `[R, K]`; bias `[R]` or None (x and bias in any float dtype). Returns y `[B, R]` in
     weight's dtype, products summed in float32 (float64 for float64 weights). pdl as in rms_linear.
@@ -88,7 +90,7 @@ def gemv(x, weight, bias=None, *, pdl=False):
     expect_same_device(x=x, weight=weight, bias=bias)
     triton = backend_for(x) == "triton" and x.dtype != torch.float64
     splitk = (triton and weight.dtype in (torch.bfloat16, torch.float16) and batch <= SPLITK_ROWS
-              and weight.shape[0] <= SPLITK_MAX_N)
+              and weight.shape[0] <= SPLITK_MAX_N and K <= SPLITK_MAX_K)
     if triton and weight.dtype != torch.float64 and batch <= GEMV_ROWS:
         from .triton_norm_gemv import rms_linear_triton
         with torch.no_grad():

@@ -12,7 +12,7 @@ from archdsl.kernels import rms_linear
 from archdsl.kernels.norm_gemv import gemv
 from archdsl.kernels.norm_gemv import triton_norm_gemv, triton_rows
 from archdsl.kernels.norm_gemv.naive import rms_linear_naive
-from archdsl.kernels.norm_gemv.op import GEMV_ROWS, MAX_ROWS, SPLITK_ROWS
+from archdsl.kernels.norm_gemv.op import GEMV_ROWS, MAX_ROWS, SPLITK_MAX_K, SPLITK_MAX_N, SPLITK_ROWS
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -104,18 +104,20 @@ def test_rows_gemm_matches_linear(batch, K, R, bias, dtype, x32, block):
 
 def test_plain_gemv_op(monkeypatch):
     """gemv: the kernel up to GEMV_ROWS rows; the split-K GEMM for 16-bit weights up to SPLITK_ROWS rows and
-    SPLITK_MAX_N outputs; else F.linear (bit for bit); bad input named."""
+    SPLITK_MAX_N outputs and SPLITK_MAX_K inputs; else F.linear (bit for bit); bad input named."""
     _needs_triton(monkeypatch)
     for batch in (1, GEMV_ROWS + 1):
         a = _inputs(batch, 48, 24, 1, False, True, torch.float32)
         y = gemv(a["x"], a["weight"], a["bias"])
         ref = torch.nn.functional.linear(a["x"], a["weight"], a["bias"])
         assert torch.equal(y, ref) if batch > GEMV_ROWS else torch.allclose(y, ref, rtol=1e-4, atol=1e-5)
-    for batch in (GEMV_ROWS + 1, SPLITK_ROWS, SPLITK_ROWS + 1):
-        a = _inputs(batch, 48, 24, 1, False, True, torch.bfloat16)
+    for batch, K, R in ((GEMV_ROWS + 1, 48, 24), (SPLITK_ROWS, 48, 24), (SPLITK_ROWS + 1, 48, 24),
+                        (2, 48, SPLITK_MAX_N + 1), (2, SPLITK_MAX_K + 1, 4)):
+        a = _inputs(batch, K, R, 1, False, True, torch.bfloat16)
         y = gemv(a["x"], a["weight"], a["bias"])
         ref = torch.nn.functional.linear(a["x"], a["weight"], a["bias"])
-        assert torch.equal(y, ref) if batch > SPLITK_ROWS else torch.allclose(y, ref, rtol=1e-2, atol=1e-2)
+        split = batch <= SPLITK_ROWS and R <= SPLITK_MAX_N and K <= SPLITK_MAX_K
+        assert torch.allclose(y, ref, rtol=1e-2, atol=1e-2) if split else torch.equal(y, ref)
     with pytest.raises(ValueError, match="weight"):
         gemv(a["x"], a["weight"][:, :8])
     with pytest.raises(ValueError, match="bias"):
