@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._host import cdiv
+from .._host import cdiv, next_pow2
 from .._pdl import gdc_launch_dependents, gdc_wait, pdl_ok
 from .triton_norm_gemv import _sms
 
@@ -96,8 +96,9 @@ def _launch(N: int, K: int, sms: int) -> tuple[int, int]:
 def rows_gemm_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, pdl: bool = False,
                      block_n: int | None = None, block_k: int | None = None, k_split: int | None = None,
                      stages: int | None = None, num_warps: int | None = None) -> torch.Tensor:
-    """x [M, K] (M ≤ 16, any float dtype), weight [N, K] contiguous, bias [N] or None → y [M, N] in weight's
-    dtype, products summed in float32. k_split: the K columns a program takes (a multiple of block_k)."""
+    """x [M, K] (any float dtype), weight [N, K] contiguous, bias [N] or None → y [M, N] in weight's dtype,
+    products summed in float32; the rows padded to a power of two, 16 at least (gemv sends up to 16).
+    k_split: the K columns a program takes (a multiple of block_k)."""
     M, K = x.shape
     N = weight.shape[0]
     bn, ks = _launch(N, K, _sms(x.device))
@@ -107,8 +108,8 @@ def rows_gemm_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     pdl = pdl_ok(x, pdl)
     ws = torch.empty(S, M, N, device=x.device, dtype=torch.float32)
     launch = {"launch_pdl": True} if pdl else {}
-    _splitk_kernel[(cdiv(N, BN), S)](x.contiguous(), weight, ws, M, K, N, KS, PDL=pdl, BM=16, BN=BN, BK=BK,
-                                     STAGES=stages or STAGES, num_warps=num_warps or WARPS, **launch)
+    _splitk_kernel[(cdiv(N, BN), S)](x.contiguous(), weight, ws, M, K, N, KS, PDL=pdl, BM=max(16, next_pow2(M)),
+                                     BN=BN, BK=BK, STAGES=stages or STAGES, num_warps=num_warps or WARPS, **launch)
     y = torch.empty(M, N, device=x.device, dtype=weight.dtype)
     _reduce_kernel[(cdiv(M * N, REDUCE_BLOCK),)](ws, bias, y, M * N, N, S, HAS_BIAS=bias is not None, PDL=pdl,
                                                  BLOCK=REDUCE_BLOCK, num_warps=4, **launch)

@@ -85,12 +85,14 @@ def test_plain_gemv_matches_linear(batch, K, R, bias, block):
 
 
 @settings(max_examples=10, deadline=None)
-@given(batch=st.integers(1, 16), K=st.sampled_from([1, 5, 40, 96, 300]), R=st.integers(1, 70), bias=st.booleans(),
+@given(batch=st.sampled_from([1, 2, 3, 7, 16, 19]), K=st.sampled_from([1, 5, 40, 96, 300]), R=st.integers(1, 70),
+       bias=st.booleans(),
        dtype=st.sampled_from([torch.bfloat16, torch.float16]), x32=st.booleans(),
        block=st.sampled_from([(16, 16, 16), (32, 32, 64), (16, 64, 128)]))
 def test_rows_gemm_matches_linear(batch, K, R, bias, dtype, x32, block):
-    """The split-K GEMM (16-bit weights, a few rows): == F.linear on x rounded to the weight's dtype, the
-    products summed in float32 and rounded once; K split into several programs (block = BN, BK, K split)."""
+    """The split-K GEMM (16-bit weights, a few rows; 19 pads to 32): == F.linear on x rounded to the weight's
+    dtype, the products summed in float32 and rounded once; K split into several programs (block = BN, BK, K
+    split)."""
     if DEV == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs CUDA or TRITON_INTERPRET=1")
     a = _inputs(batch, K, R, 1, False, bias, dtype, x_dtype=torch.float32 if x32 else None)
