@@ -98,7 +98,8 @@ def _median_ms(fn, device, reps: int = 5) -> float:
     if device.type == "cuda":
         from triton.testing import do_bench
 
-        return do_bench(fn, warmup=25, rep=100, return_mode="median")
+        with torch.cuda.device(device):  # do_bench's events on the model's card
+            return do_bench(fn, warmup=25, rep=100, return_mode="median")
     fn()
     times = []
     for _ in range(reps):
@@ -127,10 +128,11 @@ def _decode_ms(model, ids, gen: int, cuda_graph: bool) -> float:
     times = []
     for _ in range(gen):
         if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            logits = step(tok)
-            end.record()
+            with torch.cuda.device(model.device):  # the events on the model's card's stream
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                logits = step(tok)
+                end.record()
             end.synchronize()
             times.append(start.elapsed_time(end))
         else:

@@ -6,6 +6,7 @@ which is how CI exercises the Triton code.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -28,6 +29,27 @@ def backend_for(x: torch.Tensor, *sized: torch.Tensor | None) -> str:
     if forced == "triton" and (x.numel() == 0 or any(t is not None and t.numel() == 0 for t in sized)):
         return "torch"
     return forced
+
+
+def on_input_device(op):
+    """`op` run with its inputs' CUDA device current: the public ops' wrapper.
+
+    Triton launches a kernel on the current CUDA device and its current stream, wherever the pointers it
+    is given live. A model placed on cuda:1 while cuda:0 is current (layers spread over cards, as device
+    maps do) would otherwise launch every kernel on cuda:0. The device is taken from the first tensor
+    argument (the ops check that all their tensors share one) and switched only where it is not current;
+    not while torch.compile traces (Inductor's generated code sets its graph's device)."""
+
+    @functools.wraps(op)
+    def run(*args, **kwargs):
+        for x in (*args, *kwargs.values()):
+            if isinstance(x, torch.Tensor):
+                if x.is_cuda and not torch.compiler.is_compiling() and x.get_device() != torch.cuda.current_device():
+                    with torch.cuda.device(x.device):
+                        return op(*args, **kwargs)
+                break
+        return op(*args, **kwargs)
+    return run
 
 
 def interpreting() -> bool:

@@ -296,6 +296,10 @@ class GraphedStep:
     tensors); each call copies the tokens in, replays, and returns the logits."""
 
     def __init__(self, model: ArchModel, batch: int, max_len: int):
+        with torch.cuda.device(model.device):  # the capture stream on the model's card, not the current one
+            self._capture(model, batch, max_len)
+
+    def _capture(self, model: ArchModel, batch: int, max_len: int):
         self.model = model
         self.cache = model.init_cache(batch, max_len=max_len, static=True)
         self.tokens = torch.zeros(batch, dtype=torch.long, device=model.device)
@@ -314,6 +318,7 @@ class GraphedStep:
 
     def __call__(self, tokens):
         self.tokens.copy_(tokens)
-        self.graph.replay()
+        with torch.cuda.device(self.model.device):
+            self.graph.replay()
         self.cache.pos += 1
         return self.logits.clone()

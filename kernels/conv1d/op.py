@@ -4,13 +4,14 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_float, expect_same_device, expect_shape
-from .._dispatch import backend_for
+from .._dispatch import backend_for, on_input_device
 from .chunked import causal_conv1d_torch
 from .naive import causal_conv1d_naive, causal_conv1d_update_naive
 
 _ACTIVATIONS = (None, "silu", "swish")
 
 
+@on_input_device
 def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, return_final_states=False):
     """Depthwise causal convolution: y[b, d, t] = act(bias[d] + sum_k weight[d, k] * x[b, d, t - W + 1 + k]).
 
@@ -40,6 +41,7 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, re
     return fn(x, weight, bias, activation, initial_states, return_final_states)
 
 
+@on_input_device
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     """Decode step (causal-conv1d's `causal_conv1d_update`): conv_state is shifted left in place.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_float, expect_same_device, expect_shape
-from .._dispatch import backend_for
+from .._dispatch import backend_for, on_input_device
 from .naive import conv_step_naive, mamba2_step_naive, mamba_ssm_step_naive
 
 _GATES = (None, "silu", "norm", "pre_norm")
@@ -18,6 +18,7 @@ def _triton(x, *sized):
     return backend_for(x, *sized) == "triton" and x.dtype != torch.float64
 
 
+@on_input_device
 def mamba2_step_fused(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D=None, dt_bias=None,
                       norm_weight=None, gate="norm", norm_eps=1e-5, dt_floor=0.0, pdl=False):
     """One Mamba-2 decode token from the in_proj output to the out_proj input.
@@ -64,6 +65,7 @@ def mamba2_step_fused(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_l
     return mamba2_step_naive(*args)
 
 
+@on_input_device
 def mamba_conv_step(x, conv_state, weight, bias=None, pdl=False):
     """silu(depthwise causal conv) of one token: x `[B, D]` (rows may be strided), conv_state
     `[B, D, K-1]` shifted in place, weight `[D, K]`, bias `[D]` → `[B, D]` in x's dtype. pdl: weight, bias
@@ -82,6 +84,7 @@ def mamba_conv_step(x, conv_state, weight, bias=None, pdl=False):
     return conv_step_naive(x, conv_state, weight, bias)
 
 
+@on_input_device
 def mamba_ssm_step_fused(state, u, x_dbl, dt_proj_weight, A_log, dt_bias=None, D=None, z=None,
                          inner_norms="none", dt_norm_weight=None, b_norm_weight=None, c_norm_weight=None,
                          inner_norm_eps=1e-6, pdl=False):

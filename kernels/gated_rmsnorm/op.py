@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_float, expect_number, expect_same_device, expect_shape
-from .._dispatch import apply, backend_for
+from .._dispatch import apply, backend_for, on_input_device
 from .naive import gated_rmsnorm_naive
 
 
@@ -22,6 +22,7 @@ def _check(x, z, weight, eps, groups):
     return expect_number("eps", eps, positive=True)
 
 
+@on_input_device
 def gated_rmsnorm(x, z, weight, eps=1e-5, groups=1):
     """out = weight · n, n = h / sqrt(mean(h²) + eps) over each group of N / groups channels, h = x · silu(z).
 
@@ -36,6 +37,7 @@ def gated_rmsnorm(x, z, weight, eps=1e-5, groups=1):
     return gated_rmsnorm_naive(x, z, weight, eps, groups)
 
 
+@on_input_device
 def gated_rmsnorm_linear(x, z, norm_weight, weight, bias=None, eps=1e-5, groups=1):
     """F.linear(gated_rmsnorm(x, z, norm_weight, eps, groups), weight, bias): Mamba-2's gated norm and
     out_proj, for training with less memory. x, z `[..., N]`; norm_weight `[N]`; weight `[R, N]`; bias `[R]`

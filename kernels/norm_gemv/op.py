@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_float, expect_number, expect_same_device, expect_shape
-from .._dispatch import backend_for
+from .._dispatch import backend_for, on_input_device
 from .._host import dense
 from .naive import rms_linear_naive
 
@@ -32,6 +32,7 @@ from .naive import rms_linear_naive
 MAX_ROWS = 1
 
 
+@on_input_device
 def rms_linear(x, weight, norm_weight, eps=1e-5, *, residual=None, groups=1, bias=None, pdl=False):
     """y = Linear(weight, bias)(norm_weight · RMSNorm(x + residual)) and h = x + residual.
 
@@ -74,6 +75,7 @@ GEMV_ROWS = 1  # the plain GEMV's rows; at 4 rows it loses to cuBLAS on out_proj
 SPLITK_ROWS, SPLITK_MAX_N, SPLITK_MAX_K = 16, 2560, 5120
 
 
+@on_input_device
 def gemv(x, weight, bias=None, *, pdl=False):
     """y = x @ weight.T (+ bias) for decoding: one Triton kernel up to GEMV_ROWS rows, the split-K GEMM for
     a few more rows against a 16-bit weight of at most SPLITK_MAX_N × SPLITK_MAX_K (up to SPLITK_ROWS rows), else

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_float, expect_number, expect_same_device, expect_shape
-from .._dispatch import apply, backend_for
+from .._dispatch import apply, backend_for, on_input_device
 from .naive import add_rmsnorm_naive
 
 
+@on_input_device
 def add_rmsnorm(x, residual, weight, eps=1e-5, out_dtype=None):
     """h = x + residual, out = weight · h / sqrt(mean(h²) + eps) over the last dim; returns (out, h).
 

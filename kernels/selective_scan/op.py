@@ -4,13 +4,14 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_float, expect_same_device, expect_shape
-from .._dispatch import backend_for
+from .._dispatch import backend_for, on_input_device
 from .._host import unit_last
 from .._opaque import PATHS, torch_path
 from .chunked import selective_scan_chunked
 from .naive import selective_scan_naive, selective_state_update_naive
 
 
+@on_input_device
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, initial_state=None):
     """Mamba-1 selective scan, the semantics of mamba_ssm's `selective_scan_fn`.
@@ -62,6 +63,7 @@ def _fake(args, flags):
 PATHS["selective_scan"] = (_run, _fake)
 
 
+@on_input_device
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
     """One decode step of the selective scan (mamba_ssm's `selective_state_update`).
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_float, expect_same_device, expect_shape
-from .._dispatch import apply, backend_for, pick_impl, time_or_inf
+from .._dispatch import apply, backend_for, on_input_device, pick_impl, time_or_inf
 from .chunked import ssd_scan_chunked
 from .naive import ssd_scan_naive, ssd_step_naive
 
 
+@on_input_device
 def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
              initial_states=None, seq_idx=None, return_final_states=False, keep_states=True):
     """Mamba-2 state-space duality scan, as mamba_ssm's `mamba_chunk_scan_combined`.
@@ -54,6 +55,7 @@ def _runs(seq_idx):
     return torch.cat([s[:, :1] != 0, s[:, 1:] != s[:, :-1]], dim=1).cumsum(1, dtype=torch.int32)
 
 
+@on_input_device
 def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
     """One decode token of ssd_scan: state [B, H, P, N] is updated in place; returns y [B, H, P].
 

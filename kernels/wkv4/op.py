@@ -4,12 +4,13 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_float, expect_same_device, expect_shape
-from .._dispatch import backend_for
+from .._dispatch import backend_for, on_input_device
 from .._opaque import PATHS, torch_path
 from .chunked import wkv4_torch
 from .naive import wkv4_naive, wkv4_step_naive
 
 
+@on_input_device
 def wkv4(w, u, k, v, state=None):
     """RWKV-4's WKV, transformers' `rwkv_linear_attention_cpu` formula for formula.
 
@@ -52,6 +53,7 @@ def _fake(args, flags):
 PATHS["wkv4"] = (_run, _fake)
 
 
+@on_input_device
 def wkv4_step(w, u, k, v, state):
     """One token: k, v `[B, C]`, state (num, den, max) `[B, C]` each (or `[B, C, 3]`).
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_float, expect_number, expect_same_device, expect_shape
-from .._dispatch import backend_for, pick_impl, time_or_inf
+from .._dispatch import backend_for, on_input_device, pick_impl, time_or_inf
 from .._opaque import PATHS, torch_path
 from .chunked import wkv6_chunked
 from .naive import wkv6_naive, wkv6_step_naive
 
 
+@on_input_device
 def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False):
     """RWKV-6's WKV over a sequence, fla's `chunk_rwkv6` convention.
 
@@ -61,6 +62,7 @@ def _fake(args, flags):
 PATHS["wkv6"] = (_run, _fake)
 
 
+@on_input_device
 def wkv6_step(state, r, k, v, w, u, scale=None):
     """One decoding step: state `[B, H, K, V]` is updated in place (keep it float32).
 
