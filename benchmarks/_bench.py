@@ -63,6 +63,15 @@ def graph_ms(fn) -> float:
         return float("nan")
 
 
+def chain_ms(fns) -> float:
+    """Per-call ms of the calls fns, one after another, replayed from one CUDA graph: a decode step's chain of
+    small kernels, each launch following the one before (and overlapping it where PDL lets it)."""
+    def chain():
+        for f in fns:
+            f()
+    return bench_ms(graphed(chain)) / len(fns)
+
+
 def with_env(var: str, value: str, fn):
     """fn wrapped to run with the environment variable var=value (the ops read their
     implementation switches at every call), restoring it after."""

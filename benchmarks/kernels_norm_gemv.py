@@ -8,8 +8,9 @@ Floor: the weight read once, R·K·2 bytes (17.4 MB → 4.1 µs, 16.8 MB → 4.0
 vectors are a few KB.
 First a sweep of (rows per program, K block, warps) per shape; the rows use the best for each shape.
 Then the plain `gemv` at 2, 4 and 16 rows, where it runs the split-K GEMM (triton_rows.py) with its default
-launch, against F.linear (cuBLAS) on Mamba's x_proj and out_proj widths, each replayed from a CUDA graph with
-L2 flushed between replays (do_bench), so the weight comes from memory as in a decode step.
+launch, against F.linear (cuBLAS) on Mamba's x_proj and out_proj widths, each a chain of calls on copies of
+the weight replayed from one CUDA graph (`chain_ms`), so the weight comes from memory and each launch follows
+another, as in a decode step.
     python benchmarks/kernels.py --only kernels_norm_gemv
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import itertools
 
 import torch
 import torch.nn.functional as F
-from _bench import bench_ms, graph_ms
+from _bench import bench_ms, chain_ms
 
 BW = 4.2e12
 SHAPES = [("in_proj", 2048, 8512, True), ("out_proj", 4096, 2048, False)]
@@ -78,17 +79,21 @@ def rows(quick=False):
 
 
 def split_k_rows(quick=False):
-    """gemv at a few rows (the split-K GEMM) against F.linear, bf16."""
+    """gemv at a few rows (the split-K GEMM, with PDL as the model runs it) against F.linear, bf16, each timed
+    per call in a chain of calls on copies of the weight (150 MB at least, past L2) replayed from one CUDA graph,
+    as a decode step runs its projections: a lone call's graph adds a launch's fixed cost to both."""
     from archdsl.kernels.norm_gemv import gemv
     out = []
     for name, K, N in ROWS_SHAPES[: 2 if quick else None]:
-        w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K ** 0.5
+        copies = max(4, min(64, -(-150_000_000 // (N * K * 2))))
+        ws = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K ** 0.5 for _ in range(copies)]
         for M in (2, 4, 16):
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
-            ours, peer = gemv(x, w).float(), F.linear(x, w).float()
-            out.append(dict(op="gemv (split-K)", shape=f"{name} K{K}→N{N} B{M}", mode="graph",
-                            ours_ms=graph_ms(lambda: gemv(x, w)), peer="F.linear (cuBLAS)",
-                            peer_ms=graph_ms(lambda: F.linear(x, w)), floor_ms=N * K * 2 / BW * 1e3,
-                            floor_note=f"{N * K * 2 / 1e6:.1f} MB of weight",
+            ours, peer = gemv(x, ws[0]).float(), F.linear(x, ws[0]).float()
+            out.append(dict(op="gemv (split-K)", shape=f"{name} K{K}→N{N} B{M}", mode="chain",
+                            ours_ms=chain_ms([lambda w=w: gemv(x, w, pdl=True) for w in ws]),
+                            peer="F.linear (cuBLAS)", peer_ms=chain_ms([lambda w=w: F.linear(x, w) for w in ws]),
+                            floor_ms=N * K * 2 / BW * 1e3, floor_note=f"{N * K * 2 / 1e6:.1f} MB of weight",
                             rel_diff=((ours - peer).norm() / peer.norm()).item()))
+        del ws
     return out
