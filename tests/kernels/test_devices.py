@@ -12,6 +12,7 @@ import torch
 
 import archdsl.kernels as K
 from archdsl.kernels import fused_step
+from archdsl.kernels import _dispatch
 from archdsl.kernels._dispatch import on_input_device
 
 PUBLIC = [getattr(K, n) for n in K.__all__] + [getattr(fused_step, n) for n in fused_step.__all__]
@@ -47,6 +48,7 @@ def test_the_wrapper_switches_only_where_needed(monkeypatch):
         yield
         current[0] = before
 
+    monkeypatch.setitem(_dispatch._DEVICES, "count", 2)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
     monkeypatch.setattr(torch.cuda, "device", device)
     seen = on_input_device(lambda *a, **k: current[0])
@@ -56,6 +58,9 @@ def test_the_wrapper_switches_only_where_needed(monkeypatch):
     current[0] = 1
     assert seen(x) == 1 and len(entered) == 2  # already current: no switch
     assert seen(torch.zeros(2)) == 1 and len(entered) == 2  # a CPU tensor: none
+    current[0] = 0
+    monkeypatch.setitem(_dispatch._DEVICES, "count", 1)
+    assert seen(x) == 0 and len(entered) == 2  # one CUDA device: nothing to switch
 
 
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
