@@ -46,7 +46,7 @@ def on_input_device(op):
         x = args[0] if args else None
         if not isinstance(x, torch.Tensor):
             x = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
-        if (x is not None and x.is_cuda and _several_devices() and not torch.compiler.is_compiling()
+        if (x is not None and x.is_cuda and not torch.compiler.is_compiling() and _several_devices()
                 and x.get_device() != torch.cuda.current_device()):
             with torch.cuda.device(x.device):
                 return op(*args, **kwargs)
