@@ -38,7 +38,7 @@ def on_input_device(op):
     is given live. A model placed on cuda:1 while cuda:0 is current (layers spread over cards, as device
     maps do) would otherwise launch every kernel on cuda:0. The device is taken from the first tensor
     argument (the ops check that all their tensors share one) and switched only where it is not current;
-    not where the process sees one CUDA device (the check then costs ~0.4 µs a call), nor while
+    not where the process sees one CUDA device (the check then costs about 0.5 µs a call), nor while
     torch.compile traces (Inductor's generated code sets its graph's device)."""
 
     @functools.wraps(op)
