@@ -1,8 +1,12 @@
 """MoE: routing as Jamba (softmax, top-k weights not renormalised), the balancing loss, the
 gathered decode form, shared experts, parameter counts."""
+from unittest.mock import patch
+
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blockcheck import build, check_block
 
@@ -30,6 +34,25 @@ def test_matches_dense_reference_and_gathered():
                 ref[t] += w[t, j] * m.experts.expert(idx[t, j].item(), x[t:t + 1])[0]
         assert torch.allclose(m(x[None])[0], ref)
         assert torch.allclose(m.experts.gathered(x, idx, w), ref)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 4), st.integers(1, 40), st.integers(0, 2**31))
+def test_grouped_experts_give_the_traced_loops_bits(E, k, T, seed):
+    """Eager, the assignments are grouped by expert with one sort (one host sync a layer); traced, one expert at
+    a time. Both add the experts' parts in the same order: the same bits, values and gradients, with experts
+    that take no token among them."""
+    k = min(k, E)
+    m = build("moe", {"experts": E, "top_k": k, "hidden": 6})
+    x = torch.randn(T, 16, generator=torch.Generator().manual_seed(seed), dtype=m.experts.first.dtype,
+                    requires_grad=True)
+    outs = []
+    for traced in (False, True):
+        with patch.object(torch.compiler, "is_compiling", lambda: traced):
+            _, w, idx = m.route(x)
+            y = m._mix(x, w, idx)
+            outs.append((y, *torch.autograd.grad(y.square().sum(), (x, m.experts.first))))
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
 
 
 def test_balancing_loss():

@@ -130,13 +130,7 @@ class Moe(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         probs, w, idx = self.route(x)
-        out = torch.zeros_like(x)
-        for e in range(self.cfg.experts):
-            tok, slot = torch.where(idx == e)
-            if not torch.compiler.is_compiling() and tok.numel() == 0:  # traced: an expert of no tokens adds 0
-                continue
-            y = self.experts.expert(e, x.index_select(0, tok)) * w[tok, slot, None]
-            out.index_add_(0, tok, y)
+        out = self._mix(x, w, idx)
         if self.shared_expert is not None:
             out = out + self.shared_expert(x)
         E = self.cfg.experts
@@ -145,6 +139,31 @@ class Moe(nn.Module):
         f = self._global(counts, x.shape[0])
         self.aux_loss = self.cfg.aux_loss_coef * E * (f * probs.mean(0)).sum()
         return out.view(shape)
+
+    def _mix(self, x, w, idx):
+        """Σ over each token's top_k experts of weight · expert(x): x [T, d], w, idx [T, k] → [T, d].
+
+        Eager, the token-expert assignments are grouped by expert with one stable sort, so the group sizes
+        cost one host sync a layer (on CUDA) rather than one an expert; traced, one expert at a time (the
+        sizes stay symbolic). Both add each expert's part in the same order, expert after expert, tokens
+        ascending, so they give the same bits."""
+        out = torch.zeros_like(x)
+        E, k = self.cfg.experts, idx.shape[1]
+        if torch.compiler.is_compiling():
+            for e in range(E):
+                tok, slot = torch.where(idx == e)
+                out.index_add_(0, tok, self.experts.expert(e, x.index_select(0, tok)) * w[tok, slot, None])
+            return out
+        flat = idx.reshape(-1)
+        order = flat.argsort(stable=True)
+        tok, wt = order // k, w.reshape(-1)[order]
+        start = 0
+        for e, n in enumerate(torch.bincount(flat, minlength=E).tolist()):
+            if n:
+                t = tok[start:start + n]
+                out.index_add_(0, t, self.experts.expert(e, x.index_select(0, t)) * wt[start:start + n, None])
+                start += n
+        return out
 
     def _global(self, counts, tokens: int):
         """Assignments per expert [E] as a fraction of the tokens: of the whole data-parallel batch when
@@ -163,13 +182,11 @@ class Moe(nn.Module):
     def step(self, x, state=None, **ctx):
         """x [B, d] → [B, d]. While a CUDA graph is being captured, the gathered static-shape form;
         otherwise the expert loop of forward (it reads only the chosen experts' weights)."""
-        if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-            aux = self.aux_loss
-            y = self.forward(x[:, None])[:, 0]
-            self.aux_loss = aux
-            return y
         probs, w, idx = self.route(x)
-        out = self.experts.gathered(x, idx, w)
+        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+            out = self.experts.gathered(x, idx, w)
+        else:
+            out = self._mix(x, w, idx)
         if self.shared_expert is not None:
             out = out + self.shared_expert(x)
         return out
