@@ -11,8 +11,7 @@ import pytest
 import torch
 
 import archdsl.kernels as K
-from archdsl.kernels import fused_step
-from archdsl.kernels import _dispatch
+from archdsl.kernels import _dispatch, fused_step
 from archdsl.kernels._dispatch import on_input_device
 
 PUBLIC = [getattr(K, n) for n in K.__all__] + [getattr(fused_step, n) for n in fused_step.__all__]

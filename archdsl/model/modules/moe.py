@@ -181,7 +181,8 @@ class Moe(nn.Module):
 
     def step(self, x, state=None, **ctx):
         """x [B, d] → [B, d]. While a CUDA graph is being captured, the gathered static-shape form;
-        otherwise the expert loop of forward (it reads only the chosen experts' weights)."""
+        otherwise forward's grouped experts (`_mix`: it reads only the chosen experts' weights), without the
+        balancing loss."""
         probs, w, idx = self.route(x)
         if x.is_cuda and torch.cuda.is_current_stream_capturing():
             out = self.experts.gathered(x, idx, w)
