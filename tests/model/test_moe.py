@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from archdsl.model.modules import moe
 from blockcheck import build, check_block
 
 
@@ -55,6 +56,48 @@ def test_grouped_experts_give_the_traced_loops_bits(E, k, T, seed):
     assert all(torch.equal(a, b) for a, b in zip(*outs))
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 4), st.integers(1, 40), st.sampled_from([4, 8, 12]),
+       st.sampled_from([{}, {"act": "relu2", "bias": True}, {"act": "geglu", "bias": True}]), st.integers(0, 2**31))
+def test_grouped_gemms_match_the_expert_loop(E, k, T, hidden, extra, seed):
+    """In float32 on the CPU the experts run as two grouped GEMMs (Experts.grouped): the same values and gradients
+    (x, the routing weights, every expert parameter) as one expert at a time, to float32's rounding, with experts
+    that take no token among them; a decode step takes the same path."""
+    k = min(k, E)
+    m = build("moe", {"experts": E, "top_k": k, "hidden": hidden, **extra}).float()
+    gen = torch.Generator().manual_seed(seed)
+    if m.experts.up_bias is not None:
+        with torch.no_grad():
+            m.experts.up_bias.copy_(torch.randn(m.experts.up_bias.shape, generator=gen))
+            m.experts.down_bias.copy_(torch.randn(m.experts.down_bias.shape, generator=gen))
+    x = torch.randn(T, 16, generator=gen, requires_grad=True)
+    assert moe.grouped_ok(x, m.experts)
+    _, w, idx = m.route(x)
+    w = w.detach().requires_grad_(True)
+    leaves = [x, w, *m.experts.parameters()]
+    outs = []
+    for grouped in (True, False):
+        with patch.object(moe, "grouped_ok", lambda *a: grouped):
+            y = m._mix(x, w, idx)
+            outs.append((y, *torch.autograd.grad(y.square().sum(), leaves)))
+    for a, b in zip(*outs):
+        assert ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() < 1e-5
+    with torch.no_grad():  # a decode step takes the same grouped path
+        step = m.step(x)
+    assert ((step - outs[1][0]).abs().max() / outs[1][0].abs().max().clamp_min(1e-30)).item() < 1e-5
+
+
+def test_grouped_only_where_grouped_mm_takes_the_rows():
+    """float64, rows that are not multiples of 16 bytes, or no tokens: the experts one by one."""
+    m = build("moe", {"experts": 4, "top_k": 2, "hidden": 12})
+    assert not moe.grouped_ok(torch.randn(3, 16, dtype=torch.float64), m.experts)
+    m = m.float()
+    assert moe.grouped_ok(torch.randn(3, 16), m.experts)
+    assert not moe.grouped_ok(torch.randn(0, 16), m.experts)
+    odd = build("moe", {"experts": 4, "top_k": 2, "hidden": 5}).float()
+    assert not moe.grouped_ok(torch.randn(3, 16), odd.experts)
+
+
 def test_balancing_loss():
     m = build("moe", {"experts": 4, "top_k": 2, "hidden": 12, "aux_loss_coef": 1.0})
     x = torch.randn(2, 50, 16, dtype=torch.float64)
@@ -100,3 +143,61 @@ def test_gpu_bf16_under_inductor_matches_eager_where_the_routing_is_clear(args):
     names = ["out", "dx"] + [n for n, _ in m.named_parameters()]
     for name, c, e in zip(names, compiled, eager, strict=True):
         assert ((c.float() - e.float()).norm() / e.float().norm()).item() < 2e-2, name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("args", [{"experts": 8, "top_k": 2, "hidden": 128},
+                                  {"experts": 16, "top_k": 3, "hidden": 64, "act": "relu2", "bias": True}])
+def test_gpu_grouped_gemms_match_the_expert_loop(args):
+    """bf16 on the card: the grouped GEMMs give the expert loop's values and gradients to bf16's rounding. A decode
+    step captured in a CUDA graph takes them where the gathered form's copy of the chosen experts would pass
+    GATHER_BYTES (here forced to 0) and replays the eager step's bits; below it, the gathered form."""
+    m = build("moe", args, d_model=256).to("cuda", torch.bfloat16)
+    gen = torch.Generator("cuda").manual_seed(0)
+    if m.experts.up_bias is not None:
+        with torch.no_grad():
+            m.experts.up_bias.normal_(generator=gen)
+            m.experts.down_bias.normal_(generator=gen)
+    x = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16, generator=gen, requires_grad=True)
+    assert moe.grouped_ok(x, m.experts)
+    _, w, idx = m.route(x)
+    w = w.detach().requires_grad_(True)
+    names = ["y", "x", "w", *(n for n, _ in m.experts.named_parameters())]
+    leaves = [x, w, *m.experts.parameters()]
+    outs = []
+    for grouped in (True, False):
+        with patch.object(moe, "grouped_ok", lambda *a: grouped):
+            y = m._mix(x, w, idx)
+            outs.append((y, *torch.autograd.grad(y.float().square().sum(), leaves)))
+    for name, a, b in zip(names, *outs, strict=True):
+        off = ((a.float() - b.float()).norm() / b.float().norm()).item()
+        assert off < 1e-2, (name, off)
+
+    xs = torch.randn(4, 256, device="cuda", dtype=torch.bfloat16, generator=gen)
+
+    def graphed_step():
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            m.step(xs)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = m.step(xs)
+        graph.replay()
+        return out
+
+    gathered, calls = moe.Experts.gathered, []
+
+    def spy(*args):
+        calls.append(torch.cuda.is_current_stream_capturing())
+        return gathered(*args)
+
+    with torch.no_grad(), patch.object(moe.Experts, "gathered", spy):
+        eager = m.step(xs)
+        with patch.object(moe, "GATHER_BYTES", 0):
+            assert torch.equal(graphed_step(), eager)
+        assert calls == []
+        assert ((graphed_step().float() - eager.float()).norm() / eager.float().norm()).item() < 1e-2
+        assert calls == [True]  # captured, not in the warm-up
