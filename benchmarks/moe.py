@@ -6,7 +6,7 @@ Jamba-v0.1's MoE layer (d 4096, 16 experts of SwiGLU width 14336, top-2), built 
 Rows: the forward and forward+backward over T tokens (do_bench median, called plainly as a model's forward
 calls it), and one decode step of 1, 4 and 16 tokens eager and replayed from a CUDA graph. With the loop, a
 graph captures the gathered form (each token's k expert matrices copied, then two batched products); with the
-grouped GEMMs, the same code as eager. Each row gives the floor: the FLOPs of T·k assignments
+grouped GEMMs, the same code as eager wherever that copy would pass moe.GATHER_BYTES (every row here). Each row gives the floor: the FLOPs of T·k assignments
 (3 · 2 · d · width each) at ~680 TFLOP/s, or for decode the bytes of the chosen experts' weights at 4.2 TB/s
 (whichever is larger), and how far the two paths' outputs lie apart (|a - b| / |b| over the whole output).
 """
