@@ -160,30 +160,36 @@ def _add_rows(h, bias, experts):
 # grouped, at batch 4 2.00 / 1.01. The two lines cross near 120 MB.
 GATHER_BYTES = 128 << 20
 
-_CAPABILITY: dict = {}  # CUDA device index → (major, minor)
+_SUPPORT: dict = {}  # CUDA device index → its (major, minor); "cpu" → whether torch's CPU build runs _grouped_mm
 
 
 def grouped_ok(x, experts) -> bool:
-    """Whether `Experts.grouped` takes x [T, d]: torch has `_grouped_mm` (2.8 and later); on CUDA x is bf16 on a
-    Hopper or Blackwell card (its CUTLASS kernels), on the CPU float32, bf16 or float16 (a loop in C++), and bf16
-    alone while torch.compile traces (the shape function takes no other); rows of x, of the weights and of the
-    hidden activations are multiples of 16 bytes, as it requires. Elsewhere (float64, older cards, odd widths) the
-    experts run one by one."""
-    if not hasattr(torch, "_grouped_mm") or x.shape[0] == 0:
-        return False
-    if x.dtype != torch.bfloat16 and torch.compiler.is_compiling():
-        return False
-    if x.is_cuda:
-        if x.dtype != torch.bfloat16:
-            return False
-        if x.device.index not in _CAPABILITY:
-            _CAPABILITY[x.device.index] = torch.cuda.get_device_capability(x.device)
-        if _CAPABILITY[x.device.index][0] not in (9, 10):
-            return False
-    elif x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    """Whether `Experts.grouped` takes x [T, d]: torch has `_grouped_mm` (2.8 and later); rows of x, of the weights
+    and of the hidden activations are multiples of 16 bytes, as it requires; on CUDA x is bf16 on a Hopper or
+    Blackwell card (its CUTLASS kernels; torch.compile traces it there); on the CPU float32 or 16-bit where this
+    torch runs it (a loop in C++; one tiny call tells, once), and not while torch.compile traces (its shape function
+    takes bf16 alone). Elsewhere (float64, other cards, odd widths) the experts run one by one."""
+    if not hasattr(torch, "_grouped_mm") or x.shape[0] == 0 or x.dtype != experts.down_proj.dtype:
         return False
     size = x.element_size()
-    return x.dtype == experts.down_proj.dtype and (x.shape[-1] * size) % 16 == 0 and (experts.I * size) % 16 == 0
+    if (x.shape[-1] * size) % 16 or (experts.I * size) % 16:
+        return False
+    if x.is_cuda:
+        if x.device.index not in _SUPPORT:
+            _SUPPORT[x.device.index] = torch.cuda.get_device_capability(x.device)
+        return x.dtype == torch.bfloat16 and _SUPPORT[x.device.index][0] in (9, 10)
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    if "cpu" not in _SUPPORT:
+        try:
+            torch._grouped_mm(torch.ones(2, 8), torch.ones(1, 8, 8).transpose(-2, -1),
+                              offs=torch.tensor([2], dtype=torch.int32))
+            _SUPPORT["cpu"] = True
+        except (RuntimeError, NotImplementedError):
+            _SUPPORT["cpu"] = False
+    return _SUPPORT["cpu"]
 
 
 class Router(nn.Module):
