@@ -65,13 +65,14 @@ class Experts(nn.Module):
         return self.first, self.up_bias, self.down_proj, self.down_bias
 
     def _ffn(self, x, w1, b1, w2, b2):
-        h = F.linear(x, w1, b1)
+        return F.linear(self._hidden(F.linear(x, w1, b1)), w2, b2)
+
+    def _hidden(self, h):
+        """The activation of the first projection's output h [..., 2I | I] → [..., I]."""
         if self.gated:
             g, u = h.chunk(2, dim=-1)
-            h = self.act(g) * u
-        else:
-            h = self.act(h)
-        return F.linear(h, w2, b2)
+            return self.act(g) * u
+        return self.act(h)
 
     def looped(self, x, idx, w):
         """x [T, d], idx, w [T, k] → [T, d], one expert at a time, adding each expert's part expert after expert,
@@ -107,11 +108,7 @@ class Experts(nn.Module):
         h = torch.einsum("td,tkfd->tkf", x, W1)
         if self.up_bias is not None:
             h = h + self.up_bias[idx]
-        if self.gated:
-            g, u = h.chunk(2, dim=-1)
-            h = self.act(g) * u
-        else:
-            h = self.act(h)
+        h = self._hidden(h)
         y = torch.einsum("tkf,tkdf->tkd", h, self.down_proj[idx])
         if self.down_bias is not None:
             y = y + self.down_bias[idx]
@@ -135,11 +132,7 @@ class Experts(nn.Module):
         h = torch._grouped_mm(x.index_select(0, order // k), self.first.transpose(-2, -1), offs=ends)
         if self.up_bias is not None:
             h = _add_rows(h, self.up_bias, experts)
-        if self.gated:
-            g, u = h.chunk(2, dim=-1)
-            h = self.act(g) * u
-        else:
-            h = self.act(h)
+        h = self._hidden(h)
         y = torch._grouped_mm(h, self.down_proj.transpose(-2, -1), offs=ends)
         if self.down_bias is not None:
             y = _add_rows(y, self.down_bias, experts)
