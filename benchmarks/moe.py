@@ -24,13 +24,13 @@ from archdsl.blocks import make_config
 from archdsl.model.modules import MODULES, moe
 
 BW, FLOPS = 4.2e12, 680e12
-JAMBA = dict(experts=16, top_k=2, hidden=14336)
+D, JAMBA = 4096, dict(experts=16, top_k=2, hidden=14336)
 
 
-def build(d=4096, **args):
+def build():
     torch.manual_seed(0)
     with torch.device("cuda"):  # 2.8B parameters: made and initialised on the card
-        return MODULES["moe"](make_config("moe", dict(JAMBA, **args), d)).to(torch.bfloat16)
+        return MODULES["moe"](make_config("moe", JAMBA, D)).to(torch.bfloat16)
 
 
 GROUPED_OK = moe.grouped_ok
@@ -67,7 +67,7 @@ def rel(a, b) -> float:
 
 def rows(quick=False):
     m = build()
-    d, width, k = 4096, JAMBA["hidden"], JAMBA["top_k"]
+    d, width, k = D, JAMBA["hidden"], JAMBA["top_k"]
     per = 3 * 2 * d * width  # FLOPs of one token-expert assignment
     expert_bytes = 3 * d * width * 2
     for T in ([4096] if quick else [4096, 16384]):
