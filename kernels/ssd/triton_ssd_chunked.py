@@ -873,11 +873,12 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     cb = cb16 if scaled else cb32
     pair = enter = None
     if batch * NC * H >= TMA_MIN_PROGRAMS and x.element_size() <= 2:  # else the descriptors' host time shows
-        cbt, bp = scan["BT"], scan["BP"]
+        tma = _launch("scan_tma", x, Q, P)  # the descriptors' blocks are its tiles
+        cbt, bp = tma["BT"], tma["BP"]
         pair = _descriptors("pair" in TMA, (x, [1, cbt, 1, bp]), (cb.view(-1, Q), [cbt, cbt]))
         enter = _descriptors("in" in TMA, (C, [1, cbt, 1, BN]), (hin.view(-1, N, P), [1, BN, bp]))
         if pair or enter:
-            scan.update(_launch("scan_tma", x, Q, P))
+            scan = tma
     _chunk_scan[(batch * NC * H, scan.pop("NPB"))](
         x, C, cb, sc, D, z, seq, dtc, s, hin, y, ypre, *(pair or (None,) * 2), *(enter or (None,) * 2), L, H, G, P, N,
         NC, x.stride(1), C.stride(1), HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"],

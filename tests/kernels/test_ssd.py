@@ -162,16 +162,20 @@ def test_chunked_states_in_16_bit():
     assert_close(run(scan_of("chunked"), t16), run(ssd_scan_naive, t64), 3e-3)
 
 
-@pytest.mark.parametrize("tma, P", [(("pair", "in"), 24), (("pair",), 24), (("in",), 24), (("pair", "in"), 6)],
-                         ids=["both", "pair", "in", "rows-unaligned"])
-def test_chunked_tma_reads_equal_pointer_reads(tma, P, monkeypatch):
+@pytest.mark.parametrize("tma, P, bp", [(("pair", "in"), 24, None), (("pair",), 24, None), (("in",), 24, None),
+                                         (("pair", "in"), 6, None), (("pair", "in"), 24, 16)],
+                         ids=["both", "pair", "in", "rows-unaligned", "own-blocks"])
+def test_chunked_tma_reads_equal_pointer_reads(tma, P, bp, monkeypatch):
     """The chunk scan's tiles read through tensor descriptors (a pair's x and CB, a target's C and entering
     state) give exactly what its masked pointer loads give, outputs and gradients: P 24 reads a block of 32
     columns past the tensor's end (zeros), L 77 a last chunk past the sequence's, seq_idx and z on, in
-    float16; P 6 (12-byte rows) cannot take descriptors and reads by pointers."""
+    float16; P 6 (12-byte rows) cannot take descriptors and reads by pointers. bp: the descriptor launch's
+    own P block (CONFIG["scan_tma"]), other than the pointer launch's: the descriptors' blocks follow it."""
     from archdsl.kernels.ssd import triton_ssd_chunked
     t = make(2, 77, 4, P, 2, 16, D=1, z=True, bias=True, h0=True, seq=True)
     t16 = {k: v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t.items()}
+    if bp is not None:
+        monkeypatch.setitem(triton_ssd_chunked.CONFIG, "scan_tma", (64, bp, 4, 2, 128))
     monkeypatch.setattr(triton_ssd_chunked, "TMA_MIN_PROGRAMS", 0)
     monkeypatch.setattr(triton_ssd_chunked, "TMA", ())
     want = run(scan_of("chunked"), t16)
