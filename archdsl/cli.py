@@ -444,7 +444,9 @@ def _add_model_args(p, seed_of: str):
     p.add_argument("--dtype", default=None, help="float32 (default; a saved model keeps its own), bfloat16, ...")
     p.add_argument("--seed", type=parse_seed, default=0,
                    help=f"seed of {seed_of} and, for a spec, of the random weights (a saved model keeps its own)")
-    p.add_argument("--cuda-graph", action="store_true", help="decode steps replayed from a CUDA graph (--device cuda)")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode steps replayed from a CUDA graph (default: on for --device cuda; --no-cuda-graph "
+                        "steps eagerly, a kernel launch at a time from Python)")
     _add_ssm_state_dtype(p)
     p.add_argument("--fuse", default=None, metavar="NAMES",
                    help="only these fusions, comma-separated (add_norm, qkv, epilogue, step, norm_gemv, pdl, "
@@ -462,6 +464,8 @@ def _model(args):
     from .model import resolve_dtype
 
     fuse = _fuse(args)
+    if args.cuda_graph is None:
+        args.cuda_graph = str(args.device).startswith("cuda")
     if args.cuda_graph and not str(args.device).startswith("cuda"):
         raise ArchDSLError(f"--cuda-graph needs a CUDA device (--device cuda), got --device {args.device}")
     if os.path.isdir(args.spec) and os.path.isfile(os.path.join(args.spec, "model.safetensors")):

@@ -194,7 +194,8 @@ def _layer_types(c: _Cfg, key: str, default: list[str]) -> list[str]:
 
 
 def _zamba2(c: _Cfg, name: str) -> dict:
-    d, L = c("hidden_size", 2560), c("num_hidden_layers", 54)
+    d = c("hidden_size", 2560)
+    c("num_hidden_layers", 54)  # checked to be a number; Zamba2Config's layer list below does not read it
     if c("add_bias_linear", False):
         raise _refuse("add_bias_linear", True, "biased linears in the shared block are not supported")
     if c("hidden_act", "gelu") not in ("gelu", "silu"):

@@ -1,6 +1,7 @@
 """`archdsl compile` and `archdsl run`: save, reload, timings printed, bad input exits 2."""
 import json
 
+import pytest
 import torch
 
 import archdsl
@@ -49,6 +50,26 @@ def test_run_warmup_leaves_the_timed_run_unchanged(capsys):
     assert [r["warmup"] for r in reports] == [True, False]
     assert reports[0]["generated"] == reports[1]["generated"] and len(reports[0]["generated"]) == 5
     assert reports[0]["cache_bytes"] == reports[1]["cache_bytes"]
+
+
+def test_run_decodes_from_a_cuda_graph_only_on_cuda_by_default(capsys):
+    """On the CPU run steps eagerly (no flag, or --no-cuda-graph); --cuda-graph there is an error (above)."""
+    for flags in ([], ["--no-cuda-graph"]):
+        assert main(["run", LAYOUT, "--prompt-len", "4", "--gen", "3", "--json", "--no-warmup", *flags]) == 0
+        assert json.loads(capsys.readouterr().out)["cuda_graph"] is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_run_decodes_from_a_cuda_graph_by_default(capsys):
+    """On CUDA run replays its decode steps from a CUDA graph unless --no-cuda-graph; the tokens are the eager
+    steps' (greedy, float32)."""
+    reports = []
+    for flags in ([], ["--no-cuda-graph"]):
+        assert main(["run", LAYOUT, "--device", "cuda", "--prompt-len", "6", "--gen", "12", "--json", *flags]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    assert [r["cuda_graph"] for r in reports] == [True, False]
+    assert reports[0]["generated"] == reports[1]["generated"] and len(reports[0]["generated"]) == 12
 
 
 def test_bad_seed_and_gen_exit_2(tmp_path, capsys):

@@ -375,8 +375,11 @@ def test_static_cache_decoding(spec, seed):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("layout", ["mamba2, attn+moe, mamba+mlp, attn(window=4)",
-                                    "3×mamba2, zamba(shared, heads=4, lora=4) at 0 2"])
+                                    "3×mamba2, zamba(shared, heads=4, lora=4) at 0 2",
+                                    "rwkv6, rwkv4+cmix, s4d+mlp, mamba2"])
 def test_cuda_graph_generate_matches_eager(layout):
+    """Every mixer's decode step replayed from a CUDA graph gives the eager steps' tokens (archdsl run's default
+    on CUDA)."""
     spec = archdsl.parse(layout, d_model=64, vocab_size=101,
                          blocks={**SMALL, "mamba2": {"d_state": 16, "headdim": 16}})
     ids = torch.randint(0, 101, (2, 5), device="cuda")
