@@ -406,7 +406,8 @@ def cmd_bench(args):
     """Time --cases of a spec or saved model at --batch × --seq-len random tokens: the forward pass and the
     training step (forward + backward of the cross entropy; no optimizer) as medians of do_bench on CUDA
     (wall clock on the CPU), beside the analyzer's FLOPs; decoding as the median of --gen single steps after a
-    --seq-len prompt, beside the bytes a step must read (weights and cache)."""
+    --seq-len prompt (replayed from a CUDA graph on CUDA unless --no-cuda-graph), beside the bytes a step must read
+    (weights and cache)."""
     from .bench import bench, format_rows
 
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
