@@ -390,7 +390,8 @@ def cmd_run(args):
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{result['name']}: {result['params']:,} parameters on {result['device']} ({result['dtype']}), batch {args.batch}")
+    print(f"{result['name']}: {result['params']:,} parameters on {result['device']} ({result['dtype']}), batch {args.batch}"
+          f"{', decode from a CUDA graph' if graphed else ''}")
     print(f"  prefill  {args.prompt_len:>8,} tokens   {result['prefill_tokens_per_s']:>14,.1f} tokens/s")
     if args.gen:
         print(f"  decode   {args.gen:>8,} tokens   {result['decode_tokens_per_s']:>14,.1f} tokens/s")
