@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import archdsl
+from archdsl.errors import ArchDSLError
 from archdsl.explore.probes import make_task
 
 
@@ -39,6 +41,8 @@ def decode_logits(model, inputs, state_dtype):
 def file_streams(path, streams, length):
     """(inputs, labels) [streams, length]: windows of a uint16 token file at evenly spaced offsets, each label the
     next token."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"--tokens {path}: no such file")
     data = np.fromfile(path, dtype=np.uint16)
     if len(data) < streams * (length + 1):
         raise SystemExit(f"{path}: {len(data):,} tokens, fewer than {streams} streams of {length + 1}")
@@ -50,8 +54,14 @@ def file_streams(path, streams, length):
 def mqar_streams(spec, streams, length, vocab_size, seed):
     """(inputs, labels) [streams, length]: MQAR sequences of seq_len, pairs (spec "seq,pairs") back to back;
     labels -100 where nothing is scored."""
-    seq, pairs = (int(v) for v in spec.split(","))
-    task = make_task("mqar", seq_len=seq, num_kv_pairs=pairs, vocab_size=min(vocab_size, 8192))
+    try:
+        seq, pairs = (int(v) for v in spec.split(","))
+    except ValueError:
+        raise SystemExit(f"--mqar {spec!r}: expected SEQ,PAIRS, e.g. 128,8") from None
+    try:
+        task = make_task("mqar", seq_len=seq, num_kv_pairs=pairs, vocab_size=min(vocab_size, 8192))
+    except ArchDSLError as e:
+        raise SystemExit(f"--mqar {spec!r}: {e.message}") from None
     gen = torch.Generator().manual_seed(seed)
     parts = [task.batch(streams, gen) for _ in range(-(-length // seq))]
     return (torch.cat([x for x, _ in parts], dim=1)[:, :length], torch.cat([y for _, y in parts], dim=1)[:, :length])
