@@ -16,6 +16,7 @@ an error in the file points into the file — inside the layout string when it i
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from types import MappingProxyType
@@ -147,6 +148,11 @@ def _blocks(blocks, err) -> dict:
     return {str(k): v for k, v in blocks.items()}
 
 
+# A slash or backslash before any string, comment or '(': a file or directory that is not there, never a layout
+# (no layout has either outside its strings and comments).
+_PATH_LIKE = re.compile(r"[^\"'#(]*[/\\]")
+
+
 def load_spec(spec: str | os.PathLike) -> Spec:
     """A Spec from a YAML file, a saved-model directory (its spec.yaml), or a layout string."""
     if isinstance(spec, Spec):
@@ -163,6 +169,8 @@ def load_spec(spec: str | os.PathLike) -> Spec:
         return spec_from_yaml(read_text(text), file=text)
     if text.endswith((".yaml", ".yml")):
         raise ArchDSLError(f"no such spec file: {text}")
+    if _PATH_LIKE.match(text):
+        raise ArchDSLError(f"no such spec file or saved-model directory: {text}")
     return parse(text)
 
 

@@ -194,6 +194,15 @@ def test_binary_files_and_bare_directories_are_refused(tmp_path, capsys):
     assert code == 2 and "directory without spec.yaml" in err
 
 
+def test_missing_paths_are_named_as_paths_not_parsed_as_layouts(tmp_path, capsys):
+    for cmd, path in (("check", tmp_path / "nope.yaml"), ("check", tmp_path / "model"), ("run", tmp_path / "model")):
+        code, _, err = run(cmd, str(path), capsys=capsys)
+        assert code == 2 and str(path) in err and "no such spec file" in err and "<layout>" not in err
+    assert run("check", "mamba2, # a/b\nattn", capsys=capsys)[0] == 0  # a layout may hold a '/' in a comment
+    code, _, err = run("check", 'mlp(act="a/b")', capsys=capsys)  # or in a string: a layout's error
+    assert code == 2 and "<layout>:1:" in err and "act" in err
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc, where nothing can be created")
 def test_unwritable_places_exit_2(capsys):
     for argv in (["graph", "mamba2", "-o", "/proc/archdsl-test/g.svg"],
