@@ -82,10 +82,13 @@ def init_distributed(env: WorldEnv, device: torch.device) -> Dist:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not tdist.is_initialized():
+        # NCCL bound to the process's GPU from the start: without device_id it guesses the GPU from the rank,
+        # and warns so at the first barrier, also alone
+        bound = dict(device_id=device) if device.type == "cuda" else {}
         if env.launched:
-            tdist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+            tdist.init_process_group(backend, **bound)
         else:
-            tdist.init_process_group(backend, store=tdist.HashStore(), rank=0, world_size=1)
+            tdist.init_process_group(backend, store=tdist.HashStore(), rank=0, world_size=1, **bound)
     mesh = init_device_mesh(device.type, (env.world,), mesh_dim_names=("dp",))
     return Dist(env.rank, env.world, device, mesh)
 
