@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 
 import torch
@@ -156,6 +158,7 @@ class ArchModel(nn.Module):
         """input_ids [B, L] → logits [B, L, V]; sets self.aux_loss (sum of MoE balancing losses).
         logits_mask [B, L] bool: only the logits of the True positions, [n, V] in row-major order
         (a loss that scores a few positions skips the head's [B, L, V] product and its memory)."""
+        self._check_tokens("forward", "input_ids", input_ids, 2, cache)
         if logits_mask is not None and (logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool):
             raise ArchDSLError(f"forward: logits_mask must be a bool tensor of the shape of input_ids "
                                f"{tuple(input_ids.shape)}, got {logits_mask.dtype} {tuple(logits_mask.shape)}")
@@ -192,6 +195,7 @@ class ArchModel(nn.Module):
 
     def step(self, tokens: torch.Tensor, cache: Cache) -> torch.Tensor:
         """tokens [B] → logits [B, V]; advances the cache by one token."""
+        self._check_tokens("step", "tokens", tokens, 1, cache)
         if cache.max_len is not None and cache.pos >= cache.max_len and cache.static:
             raise ArchDSLError(f"the cache is full: max_len {cache.max_len}")
         out = self._step(tokens, cache)
@@ -204,8 +208,12 @@ class ArchModel(nn.Module):
         """Prefill through the parallel path, then decode step by step. temperature 0 = greedy.
         Returns [B, L + max_new_tokens]. With compile(cuda_graph=True) on CUDA the step is replayed
         from a captured CUDA graph."""
+        self._check_tokens("generate", "input_ids", input_ids, 2)
+        if input_ids.is_cuda:  # once a call: the prompt's ids checked on the card too (one wait for it)
+            self._check_range("generate", input_ids)
+        _check_sampling(max_new_tokens, temperature, top_k, seed)
         B, L = input_ids.shape
-        if max_new_tokens <= 0:
+        if max_new_tokens == 0:
             return input_ids
         gen = None
         if seed is not None:
@@ -225,6 +233,32 @@ class ArchModel(nn.Module):
             if i + 1 < max_new_tokens:
                 logits = runner(tok) if graphed else self.step(tok, cache)
         return torch.cat(out, dim=1)
+
+    def _check_tokens(self, where: str, name: str, ids, ndim: int, cache: Cache | None = None) -> None:
+        """Token ids as `where` takes them, else ArchDSLError: an int64 or int32 tensor, [batch, length] (ndim 2)
+        or [batch] (ndim 1), with a token, on the model's device, a row for each of the cache's sequences. Their
+        values lie in [0, vocab) where checking needs no wait for the GPU: on the CPU, not while torch.compile
+        traces. (On CUDA an id past the vocabulary ends in the embedding's device-side assert; generate checks
+        its prompt there too.)"""
+        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32) or ids.dim() != ndim:
+            got = (f"{str(ids.dtype).replace('torch.', '')} {list(ids.shape)}" if isinstance(ids, torch.Tensor)
+                   else type(ids).__name__)
+            shape = "[batch, length]" if ndim == 2 else "[batch]"
+            raise ArchDSLError(f"{where}: {name} must be an int64 or int32 tensor {shape} of token ids, got {got}")
+        if ids.numel() == 0:
+            raise ArchDSLError(f"{where}: {name} holds no token (shape {list(ids.shape)})")
+        if ids.device != self.device:
+            raise ArchDSLError(f"{where}: {name} is on {ids.device}, the model on {self.device}")
+        if cache is not None and ids.shape[0] != cache.batch:
+            raise ArchDSLError(f"{where}: {name} has {ids.shape[0]} sequences, the cache {cache.batch}")
+        if not ids.is_cuda and not torch.compiler.is_compiling():
+            self._check_range(where, ids)
+
+    def _check_range(self, where: str, ids) -> None:
+        lo, hi = (int(v) for v in torch.aminmax(ids))
+        vocab = self.embeddings.num_embeddings
+        if lo < 0 or hi >= vocab:
+            raise ArchDSLError(f"{where}: token id {lo if lo < 0 else hi} is outside the vocabulary [0, {vocab})")
 
     def _graph_runner(self, batch, max_len):
         key = (batch, max_len)
@@ -277,6 +311,20 @@ def _build(cls, cfg, index):
         return cls(cfg)
     except (ValueError, RuntimeError) as e:
         raise ArchDSLError(f"layer {index}: cannot build {cfg.kind}: {e}") from None
+
+
+def _check_sampling(max_new_tokens, temperature, top_k, seed) -> None:
+    """generate's options: max_new_tokens an int >= 0, temperature a finite number >= 0 (0: greedy), top_k None
+    or an int >= 1, seed None or an int."""
+    count = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if not count(max_new_tokens) or max_new_tokens < 0:
+        raise ArchDSLError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 <= temperature < math.inf:
+        raise ArchDSLError(f"generate: temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+    if top_k is not None and (not count(top_k) or top_k < 1):
+        raise ArchDSLError(f"generate: top_k must be None or an int >= 1, got {top_k!r}")
+    if seed is not None and not count(seed):
+        raise ArchDSLError(f"generate: seed must be None or an int, got {seed!r}")
 
 
 def sample(logits, temperature=1.0, top_k=None, generator=None):

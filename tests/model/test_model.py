@@ -255,6 +255,55 @@ def test_generate():
     assert torch.equal(b, model.generate(ids, 6, temperature=0.8, top_k=5, seed=1))
 
 
+_TOKEN_MODEL = {}
+
+
+def _token_model():
+    if not _TOKEN_MODEL:
+        _TOKEN_MODEL[0] = archdsl.compile(archdsl.parse("mamba2, attn+mlp", d_model=16, vocab_size=37, blocks=SMALL))
+    return _TOKEN_MODEL[0]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: m(torch.tensor([[1, 37]])), r"forward: token id 37 is outside the vocabulary \[0, 37\)"),
+    (lambda m: m(torch.tensor([[-2, 3]])), r"token id -2 is outside"),
+    (lambda m: m(torch.rand(1, 4)), r"input_ids must be an int64 or int32 tensor \[batch, length\].*float32 \[1, 4\]"),
+    (lambda m: m(torch.tensor([1, 2])), r"input_ids must be .* got int64 \[2\]"),
+    (lambda m: m([[1, 2]]), r"got list"),
+    (lambda m: m(torch.ones(1, 0, dtype=torch.long)), r"input_ids holds no token \(shape \[1, 0\]\)"),
+    (lambda m: m(torch.ones(3, 2, dtype=torch.long), m.init_cache(2)), r"input_ids has 3 sequences, the cache 2"),
+    (lambda m: m.step(torch.ones(1, 1, dtype=torch.long), m.init_cache(1)), r"step: tokens must be .*\[batch\]"),
+    (lambda m: m.step(torch.ones(3, dtype=torch.long), m.init_cache(2)), r"step: tokens has 3 sequences, the cache 2"),
+    (lambda m: m.step(torch.tensor([40]), m.init_cache(1)), r"step: token id 40 is outside"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), -1), r"max_new_tokens must be an int >= 0, got -1"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, temperature=-0.5), r"temperature must be"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, temperature=float("nan")), r"temperature must be"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, top_k=0), r"top_k must be None or an int >= 1"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, seed=1.5), r"seed must be None or an int"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.float64), 2), r"generate: input_ids must be"),
+])
+def test_bad_token_input_is_named(call, message):
+    """Token ids and generate's options are checked before any layer runs: ArchDSLError naming the call, the
+    argument and what was wrong, where torch would raise an IndexError or a shape error from deep inside."""
+    with pytest.raises(ArchDSLError, match=message):
+        call(_token_model())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([torch.int64, torch.int32, torch.int16, torch.uint8, torch.float32, torch.bool]),
+       st.lists(st.integers(0, 3), min_size=0, max_size=3), st.integers(-5, 45))
+def test_any_token_tensor_runs_or_raises_archdsl_error(dtype, shape, value):
+    """Garbage token tensors (any dtype, rank and size, ids in or out of the vocabulary): logits of the right
+    shape, or ArchDSLError; nothing else."""
+    ids = torch.full(shape, value).to(dtype)
+    try:
+        with torch.no_grad():
+            out = _token_model()(ids)
+    except ArchDSLError:
+        return
+    assert out.shape == (*shape, 37)
+
+
 def test_fuse_switch_is_same_function():
     spec = archdsl.parse("attn+mlp, mamba2", d_model=16, vocab_size=37, blocks=SMALL)
     ids = torch.randint(0, 37, (2, 5))
