@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import numbers
 import os
 
 import torch
@@ -74,6 +75,8 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
 
     resolve_fuse(fuse)  # a bad name first, before anything is built
     resolve_ssm_dtype(ssm_state_dtype)
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise ArchDSLError(f"seed must be an int, got {seed!r}")
     spec = load_spec(spec)
     dtype = resolve_dtype(dtype)
     dev = check_device(device, dtype)

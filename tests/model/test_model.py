@@ -200,6 +200,8 @@ def test_bad_builds_are_archdsl_errors():
         archdsl.compile(archdsl.parse("mamba2(headdim=7)", d_model=16))
     with pytest.raises(ArchDSLError, match="dtype"):
         archdsl.compile("mamba", dtype="float7")
+    with pytest.raises(ArchDSLError, match="seed must be an int, got 'x'"):
+        archdsl.compile("mamba", seed="x")
     if not torch.cuda.is_available():
         with pytest.raises(ArchDSLError, match="CUDA"):
             archdsl.compile("mamba", device="cuda")
