@@ -255,6 +255,7 @@ class ArchModel(nn.Module):
             self._check_range(where, ids)
 
     def _check_range(self, where: str, ids) -> None:
+        """Every id in [0, vocab), else ArchDSLError naming one out of it (a CUDA tensor: one wait for the GPU)."""
         lo, hi = (int(v) for v in torch.aminmax(ids))
         vocab = self.embeddings.num_embeddings
         if lo < 0 or hi >= vocab:
