@@ -218,6 +218,24 @@ def test_bad_input_says_what(tmp_path, capsys, text, flags, message):
     assert message in err, err
 
 
+@pytest.mark.parametrize("text, line, col", [
+    ("depth: [0]", 3, 8),
+    ("d_model: [-32]", 2, 10),
+    ("moe: {every: [2], top_k: [0]}", 3, 26),
+    ("every: {offsets: [-1]}", 3, 18),
+    ("attn_count: [1, 2, 3]", 3, 13),
+    ("shared: [maybe]", 3, 9),
+    ("mixers: []", 3, 9),
+])
+def test_bad_values_point_into_the_space_file(tmp_path, capsys, text, line, col):
+    """Every value error of a space file names its line and column (1-based), as the spec's errors do."""
+    space = tmp_path / "space.yaml"
+    width = "" if text.startswith("d_model") else "d_model: [32]\n"
+    space.write_text(f"base: {json.dumps(BASE)}\n{width}{text}\n")
+    code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"], capsys)
+    assert code == 2 and f"space.yaml:{line}:{col}:" in err, err
+
+
 def test_unsatisfiable_budget_counts_per_constraint():
     space = small_space({"attn_fraction": (0, 0.5), "placements": ("even", "back"), "d_model": (32, 64), "depth": (4,)})
     with pytest.raises(ArchDSLError) as e:

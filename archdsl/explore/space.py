@@ -84,7 +84,7 @@ class Space:
         base = self.base_spec
         for name in ("mixers", "placements", "shared", "moe_every", "moe_experts", "moe_top_k", "moe_hidden", "depth"):
             if not getattr(self, name):
-                raise ArchDSLError(f"the space is empty: `{name}` lists no values")
+                raise _keyed(f"the space is empty: `{name}` lists no values", _key(name))
         for kind in self.mixers + (self.attention,):
             try:
                 resolved = resolve_kind(base, kind)
@@ -105,26 +105,26 @@ class Space:
             if rng is None:
                 continue
             if len(rng) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in rng):
-                raise ArchDSLError(f"{name} must be a number or a [min, max] pair, got {list(rng)}")
+                raise _keyed(f"{name} must be a number or a [min, max] pair, got {list(rng)}", _key(name))
             lo, hi = rng
             if lo < 0 or (top is not None and hi > top):
-                raise ArchDSLError(f"{name} [{lo}, {hi}] is out of range" + (" [0, 1]" if top else " (>= 0)"))
+                raise _keyed(f"{name} [{lo}, {hi}] is out of range" + (" [0, 1]" if top else " (>= 0)"), _key(name))
             if lo > hi:
                 raise _keyed(f"contradictory {name}: min {lo} > max {hi}", (name,))
         for name in ("depth", "moe_experts", "moe_top_k") + (("d_model",) if self.d_model else ()):
             for v in getattr(self, name):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                    raise ArchDSLError(f"{name} values must be positive integers, got {v!r}")
+                    raise _keyed(f"{name} values must be positive integers, got {v!r}", _key(name))
         for name in ("moe_every", "moe_hidden") + (("every_periods",) if self.every_periods else ()):
             for v in getattr(self, name):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                    raise ArchDSLError(f"{name} values must be integers >= 0, got {v!r}")
+                    raise _keyed(f"{name} values must be integers >= 0, got {v!r}", _key(name))
         for v in self.every_offsets:
             if not (v in OFFSET_NAMES or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)):
-                raise ArchDSLError(f"every offset must be an integer >= 0 or one of {', '.join(OFFSET_NAMES)};"
-                                   f" got {v!r}")
+                raise _keyed(f"every offset must be an integer >= 0 or one of {', '.join(OFFSET_NAMES)}; got {v!r}",
+                             _key("every_offsets"))
         if any(not isinstance(v, bool) for v in self.shared):
-            raise ArchDSLError(f"shared takes true / false, got {list(self.shared)}")
+            raise _keyed(f"shared takes true / false, got {list(self.shared)}", ("shared",))
         if max(self.moe_every) > 0 and not any(k <= e for k in self.moe_top_k for e in self.moe_experts):
             raise ArchDSLError(f"contradictory moe: every top_k {list(self.moe_top_k)} exceeds every expert "
                                f"count {list(self.moe_experts)}")
@@ -295,6 +295,12 @@ def space_from_yaml(text: str, file: str = "<space>") -> Space:
         if key is not None and key in positions and e.line is None:
             raise ArchDSLError(e.message, source=whole, start=positions[key], hint=e.hint) from None
         raise
+
+
+def _key(field_name: str) -> tuple:
+    """The key path in a space file of a Space field: moe_top_k is (moe, top_k), every_offsets (every, offsets)."""
+    group, _, rest = field_name.partition("_")
+    return (group, rest) if group in ("moe", "every") and rest else (field_name,)
 
 
 def _keyed(message: str, key: tuple, hint: str = "") -> ArchDSLError:
