@@ -28,8 +28,10 @@ SAVE_FILES = frozenset({"spec.yaml", "model.safetensors"})  # what save() writes
 class Cache:
     """Every layer's decode state (states[i][role] = the block's state dict) and the position."""
 
-    def __init__(self, states: list, batch: int, static: bool = False, max_len: int | None = None):
+    def __init__(self, states: list, batch: int, static: bool = False, max_len: int | None = None,
+                 made_for: tuple | None = None):
         self.states, self.batch, self.static, self.max_len = states, batch, static, max_len
+        self.made_for = made_for  # (spec, dtype, device) of the model that made it: only that model takes it
         self.pos = 0
 
     def tensors(self):
@@ -151,7 +153,11 @@ class ArchModel(nn.Module):
         states = [layer.init_state(batch, self.device, self.dtype, max_len=max_len, static=static,
                                    ssm_dtype=self._ssm_dtype)
                   for layer in self.layers]
-        return Cache(states, batch, static, max_len)
+        return Cache(states, batch, static, max_len, made_for=self._cache_for())
+
+    def _cache_for(self) -> tuple:
+        """What a cache's states are shaped by: the spec (layers, widths, state sizes), dtype and device."""
+        return self.spec, self.dtype, self.device
 
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
                 logits_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -251,6 +257,14 @@ class ArchModel(nn.Module):
             raise ArchDSLError(f"{where}: {name} is on {ids.device}, the model on {self.device}")
         if cache is not None and ids.shape[0] != cache.batch:
             raise ArchDSLError(f"{where}: {name} has {ids.shape[0]} sequences, the cache {cache.batch}")
+        if cache is not None and not torch.compiler.is_compiling() and cache.made_for != self._cache_for():
+            spec, dtype, device = cache.made_for
+            if spec != self.spec:
+                raise ArchDSLError(f"{where}: the cache was made by a model of another spec: make one with this "
+                                   f"model's init_cache")
+            raise ArchDSLError(f"{where}: the cache was made for {str(dtype).replace('torch.', '')} on {device}, the "
+                               f"model is now {str(self.dtype).replace('torch.', '')} on {self.device}: make a new one "
+                               f"with init_cache")
         if not ids.is_cuda and not torch.compiler.is_compiling():
             self._check_range(where, ids)
 

@@ -291,6 +291,26 @@ def test_bad_token_input_is_named(call, message):
         call(_token_model())
 
 
+def test_a_cache_serves_only_the_model_that_made_it():
+    """A cache of a model of another spec (even one whose first layers' states fit), or made before the model
+    changed dtype, is refused by name rather than read wrongly or failing deep inside a layer."""
+    model = archdsl.compile(archdsl.parse("mamba2, attn+mlp", d_model=16, vocab_size=37, blocks=SMALL))
+    longer = archdsl.compile(archdsl.parse("mamba2, attn+mlp, mamba2", d_model=16, vocab_size=37, blocks=SMALL))
+    tokens = torch.tensor([1])
+    for cache in (longer.init_cache(1), archdsl.compile(archdsl.parse("mamba2", d_model=32, vocab_size=37,
+                                                                      blocks=SMALL)).init_cache(1)):
+        with pytest.raises(ArchDSLError, match="step: the cache was made by a model of another spec"):
+            model.step(tokens, cache)
+        with pytest.raises(ArchDSLError, match="forward: the cache was made by a model of another spec"):
+            model(tokens[None], cache)
+    twin = archdsl.compile(model.spec, seed=1)  # the same spec: its caches fit
+    assert model.step(tokens, twin.init_cache(1)).shape == (1, 37)
+    cache = model.init_cache(1)
+    model.double()
+    with pytest.raises(ArchDSLError, match="made for float32 on cpu, the model is now float64 on cpu"):
+        model.step(tokens, cache)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.sampled_from([torch.int64, torch.int32, torch.int16, torch.uint8, torch.float32, torch.bool]),
        st.lists(st.integers(0, 3), min_size=0, max_size=3), st.integers(-5, 45))
