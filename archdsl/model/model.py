@@ -276,7 +276,7 @@ class ArchModel(nn.Module):
             raise ArchDSLError(f"{where}: token id {lo if lo < 0 else hi} is outside the vocabulary [0, {vocab})")
 
     def _graph_runner(self, batch, max_len):
-        key = (batch, max_len)
+        key = (batch, max_len, self.dtype, self.device)  # a model moved or cast since holds new parameters
         if key not in self._graphs:
             self._graphs = {key: GraphedStep(self, batch, max_len)}  # one at a time: buffers are big
         return self._graphs[key]

@@ -311,6 +311,19 @@ def test_a_cache_serves_only_the_model_that_made_it():
         model.step(tokens, cache)
 
 
+def test_a_cast_model_captures_its_decode_graph_again(monkeypatch):
+    """The captured decode step holds the parameters and cache of its capture: after a cast (or a move) the model
+    captures a new one rather than replaying the old (GraphedStep stubbed: CUDA graphs need a card)."""
+    import archdsl.model.model as mm
+
+    monkeypatch.setattr(mm, "GraphedStep", lambda model, batch, max_len: (model.dtype, batch, max_len))
+    model = archdsl.compile(archdsl.parse("mamba2", d_model=16, vocab_size=37, blocks=SMALL))
+    assert model._graph_runner(1, 8) == (torch.float32, 1, 8)
+    assert model._graph_runner(1, 8) is model._graph_runner(1, 8)
+    model.double()
+    assert model._graph_runner(1, 8) == (torch.float64, 1, 8)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.sampled_from([torch.int64, torch.int32, torch.int16, torch.uint8, torch.float32, torch.bool]),
        st.lists(st.integers(0, 3), min_size=0, max_size=3), st.integers(-5, 45))
