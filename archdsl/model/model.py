@@ -257,7 +257,8 @@ class ArchModel(nn.Module):
             raise ArchDSLError(f"{where}: {name} is on {ids.device}, the model on {self.device}")
         if cache is not None and ids.shape[0] != cache.batch:
             raise ArchDSLError(f"{where}: {name} has {ids.shape[0]} sequences, the cache {cache.batch}")
-        if cache is not None and not torch.compiler.is_compiling() and cache.made_for != self._cache_for():
+        if (cache is not None and cache.made_for is not None and not torch.compiler.is_compiling()
+                and cache.made_for != self._cache_for()):
             spec, dtype, device = cache.made_for
             if spec != self.spec:
                 raise ArchDSLError(f"{where}: the cache was made by a model of another spec: make one with this "
