@@ -242,10 +242,10 @@ class ArchModel(nn.Module):
 
     def _check_tokens(self, where: str, name: str, ids, ndim: int, cache: Cache | None = None) -> None:
         """Token ids as `where` takes them, else ArchDSLError: an int64 or int32 tensor, [batch, length] (ndim 2)
-        or [batch] (ndim 1), with a token, on the model's device, a row for each of the cache's sequences. Their
-        values lie in [0, vocab) where checking needs no wait for the GPU: on the CPU, not while torch.compile
-        traces. (On CUDA an id past the vocabulary ends in the embedding's device-side assert; generate checks
-        its prompt there too.)"""
+        or [batch] (ndim 1), with a token, on the model's device, fitting the cache (_check_cache). Their values
+        lie in [0, vocab) where checking needs no wait for the GPU: on the CPU, not while torch.compile traces.
+        (On CUDA an id past the vocabulary ends in the embedding's device-side assert; generate checks its prompt
+        there too.)"""
         if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32) or ids.dim() != ndim:
             got = (f"{str(ids.dtype).replace('torch.', '')} {list(ids.shape)}" if isinstance(ids, torch.Tensor)
                    else type(ids).__name__)
@@ -255,19 +255,25 @@ class ArchModel(nn.Module):
             raise ArchDSLError(f"{where}: {name} holds no token (shape {list(ids.shape)})")
         if ids.device != self.device:
             raise ArchDSLError(f"{where}: {name} is on {ids.device}, the model on {self.device}")
-        if cache is not None and ids.shape[0] != cache.batch:
-            raise ArchDSLError(f"{where}: {name} has {ids.shape[0]} sequences, the cache {cache.batch}")
-        if (cache is not None and cache.made_for is not None and not torch.compiler.is_compiling()
-                and cache.made_for != self._cache_for()):
-            spec, dtype, device = cache.made_for
-            if spec != self.spec:
-                raise ArchDSLError(f"{where}: the cache was made by a model of another spec: make one with this "
-                                   f"model's init_cache")
-            raise ArchDSLError(f"{where}: the cache was made for {str(dtype).replace('torch.', '')} on {device}, the "
-                               f"model is now {str(self.dtype).replace('torch.', '')} on {self.device}: make a new one "
-                               f"with init_cache")
+        if cache is not None:
+            self._check_cache(where, name, ids, cache)
         if not ids.is_cuda and not torch.compiler.is_compiling():
             self._check_range(where, ids)
+
+    def _check_cache(self, where: str, name: str, ids, cache: Cache) -> None:
+        """A row of ids for each of the cache's sequences, and a cache this model made in its present dtype and
+        on its present device (one of the same spec fits too), else ArchDSLError."""
+        if ids.shape[0] != cache.batch:
+            raise ArchDSLError(f"{where}: {name} has {ids.shape[0]} sequences, the cache {cache.batch}")
+        if cache.made_for is None or torch.compiler.is_compiling() or cache.made_for == self._cache_for():
+            return
+        spec, dtype, device = cache.made_for
+        if spec != self.spec:
+            raise ArchDSLError(f"{where}: the cache was made by a model of another spec: make one with this model's "
+                               f"init_cache")
+        raise ArchDSLError(f"{where}: the cache was made for {str(dtype).replace('torch.', '')} on {device}, the model "
+                           f"is now {str(self.dtype).replace('torch.', '')} on {self.device}: make a new one with "
+                           f"init_cache")
 
     def _check_range(self, where: str, ids) -> None:
         """Every id in [0, vocab), else ArchDSLError naming one out of it (a CUDA tensor: one wait for the GPU)."""
