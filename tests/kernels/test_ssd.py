@@ -489,6 +489,39 @@ def test_gpu_chunked_tma_reads(P, monkeypatch):
 
 @pytest.mark.gpu
 @gpu
+def test_gpu_captured_scan_takes_descriptors(monkeypatch):
+    """A chunk scan too small for descriptors when called (B1 L512 H8: 32 programs) takes them when captured
+    into a CUDA graph, and the replays give the eager call's y and final state bit for bit."""
+    from archdsl.kernels.ssd import triton_ssd_chunked
+    made = []
+    real = triton_ssd_chunked._descriptors
+    monkeypatch.setattr(triton_ssd_chunked, "_descriptors", lambda *a: made.append(real(*a)) or made[-1])
+    monkeypatch.setenv("ARCHDSL_SSD_IMPL", "chunked")
+    t = make(1, 512, 8, 64, 1, 128, D=1, z=True, bias=True, dtype=torch.bfloat16, device=DEV)
+
+    def fwd():
+        return ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"], dt_bias=t["dt_bias"],
+                        dt_softplus=True, return_final_states=True)
+
+    want = fwd()
+    assert not made  # called plainly: pointer reads
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fwd()  # warm-up off the default stream, as torch's graph recipe does
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = fwd()
+    assert made and all(d is not None for d in made)
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.gpu
+@gpu
 @pytest.mark.parametrize("impl", IMPLS)
 def test_gpu_step_matches_scan_bf16(impl, monkeypatch):
     monkeypatch.setenv("ARCHDSL_SSD_IMPL", impl)

@@ -477,6 +477,25 @@ def test_cuda_graph_generate_matches_eager(layout):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_generate_after_a_cast():
+    """After model.bfloat16() a graphed generate captures its step again (the float32 capture held the old
+    parameters): its tokens are the eager bf16 steps', and a cache made before the cast is refused by name."""
+    spec = archdsl.parse("mamba2, attn+mlp, rwkv6", d_model=64, vocab_size=101,
+                         blocks={**SMALL, "mamba2": {"d_state": 16, "headdim": 16}})
+    ids = torch.randint(0, 101, (2, 5), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    model = archdsl.compile(spec, device="cuda", dtype=torch.float32, cuda_graph=True)
+    model.generate(ids, 8, temperature=0)
+    cache = model.init_cache(2)
+    model.bfloat16()
+    graphed = model.generate(ids, 8, temperature=0)
+    model.cuda_graph = False
+    assert torch.equal(graphed, model.generate(ids, 8, temperature=0))
+    with pytest.raises(ArchDSLError, match="made for float32 on cuda"):
+        model.step(ids[:, 0], cache)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("layout, dtype", [
     ("mamba2, attn+mlp, mamba+mlp, rwkv6, mamba2", torch.float32),
     ("mamba2, attn+mlp, mamba+mlp, rwkv6, mamba2", torch.bfloat16),
