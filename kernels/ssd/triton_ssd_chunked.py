@@ -47,9 +47,9 @@ those two sequences are one; within a chunk only pairs of one sequence interact.
 Offsets into [B, L, ...] and [B, H, NC, ...] tensors are int64 so that 1M-token sequences work; the tiles
 of a chunk take its first token row on their base pointer and the rows within it as int32 offsets
 (Q·H·P below 2^31).
-On sm_90 the chunk scan of a long enough (or graph-captured) 16-bit forward reads its x, CB, C and entering-state
-tiles through TMA tensor descriptors made on the host (TMA, TMA_MIN_PROGRAMS, _tma_pays, _descriptors): the copy engine moves them
-into shared memory, bit-identical to the pointer loads.
+On sm_90 the chunk scan of a long enough (or graph-captured) 16-bit forward reads its x, CB, C and
+entering-state tiles through TMA tensor descriptors made on the host (TMA, TMA_MIN_PROGRAMS, _tma_pays,
+_descriptors): the copy engine moves them into shared memory, bit-identical to the pointer loads.
 On sm_90 and later the forward's three kernels are chained with programmatic dependent launch (CHAIN,
 kernels/_pdl.py): each waits for the kernel before it at its start and then lets the next one launch,
 so that the next kernel's programs wait on the SMs rather than in the launch queue. Waiting first keeps
@@ -136,8 +136,8 @@ CHAIN = True
 # The chunk scan reads tiles through TMA tensor descriptors (see _descriptors and _chunk_scan): "pair", a pair's
 # x and CB; "in", a target's C and the entering state. Each descriptor costs ~10 µs of host time a launch
 # (Triton encodes it there), so only scans of TMA_MIN_PROGRAMS (batch · chunk · head) programs or more use them,
-# or scans captured into a CUDA graph, whose replays do not run the host code (L 4K, graph replay, fifty-first
-# run: 0.1669 -> 0.1582 ms); and only 16-bit inputs (at the register cap below, float32 tiles spill).
+# or scans captured into a CUDA graph, whose replays do not run the host code (H200, L 4K, graph replay, one
+# process: 0.1670 -> 0.1581 ms); and only 16-bit inputs (at the register cap below, float32 tiles spill).
 TMA, TMA_MIN_PROGRAMS = ("pair", "in"), 8192
 
 
