@@ -139,6 +139,8 @@ CHAIN = True
 # or scans captured into a CUDA graph, whose replays do not run the host code (H200, L 4K, graph replay, one
 # process: 0.1670 -> 0.1581 ms); and only 16-bit inputs (at the register cap below, float32 tiles spill).
 TMA, TMA_MIN_PROGRAMS = ("pair", "in"), 8192
+# The forward's state pass in Gluon where it fits (gluon_state_pass.py: sm_90, 16-bit, no seq_idx, N 64 or 128).
+GLUON_PASS = True
 
 
 def _launch(kernel: str, x, Q: int, P: int) -> dict:
@@ -248,10 +250,12 @@ def _after_previous(PDL: tl.constexpr):
 
 
 @triton.jit
-def _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, b, c, hb, L, H, NC,
-                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, Q: tl.constexpr, BH: tl.constexpr):
+def _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, w_ptr, b, c, hb, L, H, NC,
+                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, Q: tl.constexpr, BH: tl.constexpr,
+                  STORE_W: tl.constexpr):
     """Chunk c of batch b, heads block hb: dt [B, L, H] -> dt' and s = cumsum(dt' A) within the chunk, into
-    [B, H, NC, Q] (0 / constant past L)."""
+    [B, H, NC, Q] (0 / constant past L); with STORE_W also each token's weight in the chunk's own state,
+    w = exp(s_end - s_t) dt'_t, as _state_weights forms it without seq_idx (for the Gluon state pass)."""
     offs_q = tl.arange(0, Q)
     offs_h = hb * BH + tl.arange(0, BH)
     mask_h = offs_h < H
@@ -271,6 +275,9 @@ def _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, b, c, hb, L, H, NC,
     keep = mask_h[None, :] & (offs_q[:, None] < Q)
     tl.store(dtc_ptr + out, dt, mask=keep)
     tl.store(s_ptr + out, s, mask=keep)
+    if STORE_W:
+        sT = tl.sum(tl.where(offs_q[:, None] == Q - 1, s, 0.0), axis=0)
+        tl.store(w_ptr + out, _exp(tl.minimum(sT[None, :] - s, 0.0)) * dt, mask=keep)
 
 
 @triton.jit
@@ -400,10 +407,10 @@ def _chunk_cb(B_ptr, C_ptr, cb16_ptr, sc_ptr, cb32_ptr, b, c, g, k, L, G, N, NC,
 
 
 @triton.jit
-def _chunk_prep(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, B_ptr, C_ptr, cb16_ptr, sc_ptr, cb32_ptr, L, H, G, N, NC,
-                NHB, SB, SC, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, Q: tl.constexpr, BH: tl.constexpr,
-                BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, STORE16: tl.constexpr,
-                STORE32: tl.constexpr, PDL: tl.constexpr):
+def _chunk_prep(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, w_ptr, B_ptr, C_ptr, cb16_ptr, sc_ptr, cb32_ptr, L, H, G,
+                N, NC, NHB, SB, SC, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, Q: tl.constexpr,
+                BH: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, STORE16: tl.constexpr,
+                STORE32: tl.constexpr, STORE_W: tl.constexpr, PDL: tl.constexpr):
     """The forward's two parallel preparations of chunk program_id(0) = b·NC + c in one launch, as they read
     different inputs: program_id(1) < NHB takes _chunk_cumsum's heads block program_id(1), the others
     _chunk_cb's sub-block and group (sub-block fastest). H200, B4 H32 P64 N128 bf16, one process (nineteenth
@@ -414,7 +421,8 @@ def _chunk_prep(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, B_ptr, C_ptr, cb16_ptr,
     c = tl.program_id(0) % NC
     r = tl.program_id(1)
     if r < NHB:
-        _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, b, c, r, L, H, NC, HAS_BIAS, SOFTPLUS, Q, BH)
+        _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, w_ptr, b, c, r, L, H, NC, HAS_BIAS, SOFTPLUS, Q, BH,
+                      STORE_W)
     else:
         r -= NHB
         _chunk_cb(B_ptr, C_ptr, cb16_ptr, sc_ptr, cb32_ptr, b, c, r // (Q // BT), r % (Q // BT), L, G, N, NC, SB, SC,
@@ -824,12 +832,25 @@ def _tma_pays(x, programs: int) -> bool:
     return x.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
 
 
-def _states(x, B, seq, dtc, s, h0, sizes, chain):
-    """The serial state pass: (the states entering every chunk, transposed [B, H, NC, N, P] in the state
-    dtype, the final state [B, H, P, N] float32)."""
+def _gluon_pass(x, B, seq, sizes) -> bool:
+    """Whether the state pass runs in Gluon (gluon_state_pass.py): GLUON_PASS, on a GPU, where its `fits`."""
+    if not (GLUON_PASS and x.is_cuda) or interpreting():
+        return False
+    from . import gluon_state_pass  # Gluon's import only where it may run
+    return gluon_state_pass.fits(x, B, seq, sizes)
+
+
+def _states(x, B, seq, dtc, s, w, h0, sizes, chain):
+    """The serial state pass, in Gluon where the preparation stored the tokens' weights w (_gluon_pass),
+    else in Triton: (the states entering every chunk, transposed [B, H, NC, N, P] in the state dtype, the
+    final state [B, H, P, N] float32)."""
     batch, L, H, P, G, N, Q, NC, BN = sizes
     hT = torch.empty(batch, H, P, N, device=x.device, dtype=torch.float32)
     hin = torch.empty(batch, H, NC, N, P, device=x.device, dtype=_state_dtype(x))  # transposed: see _state_pass
+    if w is not None:
+        from . import gluon_state_pass
+        gluon_state_pass.state_pass(x, B, w, s, h0, hin, hT, sizes, chain["PDL"])
+        return hin, hT
     BP, BNP, warps, stages = _pass_launch(x, STATE_PASS, P, BN)
     _state_pass[(batch * H, cdiv(P, BP), cdiv(N, BNP))](
         x, B, seq, dtc, s, h0, hin, hT, L, H, G, P, N, NC, x.stride(1), B.stride(1), HAS_H0=h0 is not None,
@@ -842,25 +863,27 @@ def _new(t):
     return torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
 
-def _prep(x, dt, A, B, C, dt_bias, dt_softplus, sizes, chain, *, store16, store32):
-    """The chunk preparation (_chunk_prep): dt' and s [B, H, NC, Q] float32, C·Bᵀ [B, NC, G, Q, Q] in
-    float16 with its rows' scales [B, NC, G, Q] (store16, else None, None) and in float32 (store32, else
-    None)."""
+def _prep(x, dt, A, B, C, dt_bias, dt_softplus, sizes, chain, *, store16, store32, store_w):
+    """The chunk preparation (_chunk_prep): dt' and s [B, H, NC, Q] float32, the tokens' weights in their
+    chunk's own state [B, H, NC, Q] float32 (store_w, for the Gluon state pass, else None), C·Bᵀ
+    [B, NC, G, Q, Q] in float16 with its rows' scales [B, NC, G, Q] (store16, else None, None) and in float32
+    (store32, else None)."""
     batch, L, H, P, G, N, Q, NC, BN = sizes
     f32 = dict(device=x.device, dtype=torch.float32)
     dtc = torch.empty(batch, H, NC, Q, **f32)
     s = torch.empty_like(dtc)
+    w = torch.empty_like(dtc) if store_w else None
     cb16 = torch.empty(batch, NC, G, Q, Q, device=x.device, dtype=torch.float16) if store16 else None
     sc = torch.empty(batch, NC, G, Q, **f32) if store16 else None
     cb32 = torch.empty(batch, NC, G, Q, Q, **f32) if store32 else None
     BH, cbt = min(_pow2(H, 1), BLOCK_H), _launch("scan", x, Q, P)["BT"]
     NHB = cdiv(H, BH)
     _chunk_prep[(batch * NC, NHB + G * (Q // cbt))](
-        dt, A, dt_bias, dtc, s, B, C, cb16, sc, cb32, L, H, G, N, NC, NHB, B.stride(1), C.stride(1),
+        dt, A, dt_bias, dtc, s, w, B, C, cb16, sc, cb32, L, H, G, N, NC, NHB, B.stride(1), C.stride(1),
         HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), Q=Q, BH=BH, BT=cbt, BN=BN, PREC=_prec(x), STORE16=store16,
-        STORE32=store32, num_warps=PASS_WARPS, **chain)
-    return dtc, s, cb16, sc, cb32
+        STORE32=store32, STORE_W=store_w, num_warps=PASS_WARPS, **chain)
+    return dtc, s, w, cb16, sc, cb32
 
 
 def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None, keep_states=True):
@@ -875,10 +898,11 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     pdl = pdl_ok(x, CHAIN)
     chain = dict(PDL=pdl, **({"launch_pdl": True} if pdl else {}))
     scaled = _cb16(x)
-    dtc, s, cb16, sc, cb32 = _prep(x, dt, A, B, C, dt_bias, dt_softplus, sizes, chain, store16=scaled,
-                                   store32=(for_backward and keep_states) or not scaled)
+    dtc, s, w, cb16, sc, cb32 = _prep(x, dt, A, B, C, dt_bias, dt_softplus, sizes, chain, store16=scaled,
+                                      store32=(for_backward and keep_states) or not scaled,
+                                      store_w=_gluon_pass(x, B, seq, sizes))
     scan = _launch("scan", x, Q, P)
-    hin, hT = _states(x, B, seq, dtc, s, h0, sizes, chain)
+    hin, hT = _states(x, B, seq, dtc, s, w, h0, sizes, chain)
     y = _new(x)
     store_ypre = for_backward and z is not None
     ypre = _new(x) if store_ypre else None
@@ -909,9 +933,9 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
     sizes = batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, C, chunk)
     f32 = dict(device=x.device, dtype=torch.float32)
     if hin is None:  # not kept by the forward (keep_states=False): the chunk preparation and the state pass again
-        dtc, s, _, _, cb = _prep(x, dt, A, B, C, dt_bias, dt_softplus, sizes, dict(PDL=False), store16=False,
-                                 store32=True)
-        hin, _ = _states(x, B, seq, dtc, s, h0, sizes, dict(PDL=False))
+        dtc, s, w, _, _, cb = _prep(x, dt, A, B, C, dt_bias, dt_softplus, sizes, dict(PDL=False), store16=False,
+                                    store32=True, store_w=_gluon_pass(x, B, seq, sizes))
+        hin, _ = _states(x, B, seq, dtc, s, w, h0, sizes, dict(PDL=False))
     dz = dD_gate = None
     if z is not None:  # back through the gate first: the kernels below take gy = dL/d(y before it) for dy
         gy, dz = torch.empty_like(dy), torch.empty_like(z)

@@ -38,6 +38,9 @@ def _type(value):
     import torch
     if isinstance(value, torch.Tensor):
         return "*" + _DTYPES[str(value.dtype).removeprefix("torch.")]
+    if type(value).__name__ == "TensorDescriptor" and hasattr(value, "layout"):  # Gluon's: with its shared layout
+        from triton.runtime.jit import mangle_type
+        return mangle_type(value)
     if type(value).__name__ == "TensorDescriptor":  # a host descriptor: its dtype and block shape
         dtype = _DTYPES[str(value.base.dtype).removeprefix("torch.")]
         return f"tensordesc<{dtype}[{','.join(map(str, value.block_shape))}]>"

@@ -269,6 +269,58 @@ def test_chunked_tma_needs_16_byte_alignment():
     assert _descriptors(False, (aligned, [1, 8, 1, 16])) is None
 
 
+def test_chunk_prep_token_weights():
+    """The chunk preparation's token weights for the Gluon state pass (STORE_W) are those the Triton pass forms:
+    w = exp(s_end - s_t) dt'_t, 0 past L (L 50 in chunks of 32: a last chunk past the end)."""
+    from archdsl.kernels.ssd import triton_ssd_chunked as tc
+    t = make(2, 50, 3, 16, 1, 16, bias=True)
+    sizes = tc._sizes(t["x"], t["B"], t["C"], None)
+    chain = dict(PDL=False)
+    dtc, s, w, *_ = tc._prep(t["x"], t["dt"], t["A"], t["B"], t["C"], t["dt_bias"], True, sizes, chain,
+                             store16=False, store32=True, store_w=True)
+    want = torch.exp(torch.clamp(s[..., -1:] - s, max=0.0)) * dtc
+    torch.testing.assert_close(w, want, rtol=1e-5, atol=0)
+    assert torch.all(w.flatten(2)[..., 50:] == 0)  # past L
+    assert tc._prep(t["x"], t["dt"], t["A"], t["B"], t["C"], t["dt_bias"], True, sizes, chain, store16=False,
+                    store32=True, store_w=False)[2] is None
+
+
+@pytest.mark.parametrize("L, H, P, G, N, dtype, h0", [(4000, 4, 64, 1, 128, torch.bfloat16, True),
+                                                      (256, 4, 128, 2, 64, torch.float16, False)])
+def test_gluon_state_pass_compiles_for_sm90(L, H, P, G, N, dtype, h0, monkeypatch, tmp_path):
+    """Gluon kernels never run under the interpreter, so CI compiles the Gluon state pass instead: its launcher
+    runs on CPU tensors with the launch captured, and tests/kernels/sm90.py compiles it for sm_90."""
+    import subprocess
+    import sys
+    from archdsl.kernels.ssd import gluon_state_pass as gsp
+    from archdsl.kernels.ssd import triton_ssd_chunked as tc
+    if not gsp.HAVE_GLUON:
+        pytest.skip("this Triton has no Gluon")
+    here = os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.syspath_prepend(here)
+    import sm90
+    kernel, launches = gsp._state_pass_kernel, []
+
+    class Capture:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(sm90.launch_entry(kernel, args, kwargs))
+    monkeypatch.setattr(gsp, "_state_pass_kernel", Capture())
+    t = make(2, L, H, P, G, N, h0=h0, dtype=dtype)
+    sizes = tc._sizes(t["x"], t["B"], t["C"], 128)
+    batch, L, H, P, G, N, Q, NC, BN = sizes
+    f32 = dict(dtype=torch.float32)
+    w, s = torch.zeros(batch, H, NC, Q, **f32), torch.zeros(batch, H, NC, Q, **f32)
+    hin, hT = torch.empty(batch, H, NC, N, P, dtype=dtype), torch.empty(batch, H, P, N, **f32)
+    gsp.state_pass(t["x"], t["B"], w, s, t["initial_states"], hin, hT, sizes, pdl=True)
+    assert len(launches) == 1
+    log = tmp_path / "gluon.jsonl"
+    log.write_text("\n".join(launches) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, os.path.join(here, "sm90.py"), str(log), "--jobs", "1"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0 and "1 distinct launches, 0 failed" in done.stdout, done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
 def test_chunked_cb_past_float16_range(dtype, tol, monkeypatch):
     """bf16 inputs keep C·Bᵀ in float16, each row scaled by a power of two: entries past float16's
@@ -485,6 +537,31 @@ def test_gpu_chunked_tma_reads(P, monkeypatch):
     for a, b in zip(got, want):
         assert torch.equal(a, b)
     assert_close(got, reference(t), 3e-2)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("L, H, P, G, N, dtype, opts", [
+    (4000, 8, 64, 1, 128, torch.bfloat16, dict(D=1, z=True, bias=True, h0=True)),
+    (4096, 32, 64, 1, 128, torch.bfloat16, dict(D=1, bias=True)),
+    (1000, 4, 128, 2, 64, torch.float16, dict(bias=True, h0=True)),
+    (77, 2, 64, 1, 128, torch.bfloat16, dict(bias=True))])
+def test_gpu_gluon_state_pass(L, H, P, G, N, dtype, opts, monkeypatch):
+    """The Gluon state pass gives the Triton pass's outputs and gradients (to the tensor cores' summation
+    order) and the float64 result: a last chunk past L, h0, z, P 128 in two programs, G 2, N 64, one chunk."""
+    from archdsl.kernels.ssd import gluon_state_pass as gsp
+    from archdsl.kernels.ssd import triton_ssd_chunked as tc
+    t = make(2, L, H, P, G, N, dtype=dtype, device=DEV, **opts)
+    sizes = tc._sizes(t["x"], t["B"], t["C"], None)
+    assert gsp.fits(t["x"], t["B"], None, sizes)
+    monkeypatch.setattr(tc, "GLUON_PASS", False)
+    want = run(scan_of("chunked"), t)
+    monkeypatch.setattr(tc, "GLUON_PASS", True)
+    got = run(scan_of("chunked"), t)
+    for name, a, b in zip(["y", "final"] + [k for k in NAMES if t[k] is not None], got, want):
+        print(f"{name}: {rel(a, b):.2e} from the Triton pass")
+    assert_close(got, want, 1e-2 if dtype == torch.bfloat16 else 2e-3)
+    assert_close(got, reference(t), 3e-2 if dtype == torch.bfloat16 else 1e-2)
 
 
 @pytest.mark.gpu

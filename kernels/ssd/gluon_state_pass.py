@@ -1,0 +1,165 @@
+"""The chunked SSD forward's serial state pass in Gluon, for sm_90 (wgmma, TMA, mbarriers).
+
+The Triton pass (`_state_pass` in triton_ssd_chunked.py) holds a (batch, head)'s state transposed, hᵀ [N, P],
+so that Bᵀ is the dot's first operand straight from shared memory; the weighted x, formed in registers, is
+then stored to shared memory for the second operand, with a fence and a barrier, and the entering state takes a
+round trip through shared memory and `ldmatrix` on its way out: four CTA barriers a step (ptxas for sm_90, docs/
+benchmarks.md, fifty-fourth run). Here, one program a (batch, head, 64 channels of P) walks the chunks with
+
+  - the state as h [P block, N] in the accumulator of a warpgroup MMA: h = h · carry + (x ∘ w)ᵀ · B, where
+    (x ∘ w)ᵀ [P block, Q] is the MMA's register operand (x read transposed out of shared memory, scaled by the
+    token weights w in registers) and B [Q, N] its shared-memory operand, as the copy engine (TMA) left it;
+  - x and B copied by TMA STAGES chunks ahead, each stage's arrival on an mbarrier;
+  - the entering state written to a shared buffer of three, as hᵀ [N, P block] (the entering states' layout),
+    and stored by one TMA bulk store, not waited for: the buffer is reused three chunks later, after the store
+    that read it has been waited for two chunks earlier;
+  - one CTA barrier a step (the buffer written, before its store).
+
+The token weights w = exp(s_end - s_t) dt'_t of every chunk come from the chunk preparation (`_chunk_cumsum`,
+store W), so the pass reads them as [Q] float32 rows. Only the common case runs here: 16-bit inputs, no
+seq_idx, N 64 or 128, P a multiple of 64, tiles that TMA can address (`fits`); the Triton pass takes the rest.
+
+Gluon is compiled only (the interpreter does not run it): its tests run on the GPU, and CI compiles its launch
+for sm_90 (tests/kernels/test_ssd.py).
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                                  warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    HAVE_GLUON = True
+except ImportError:  # an older Triton: the Triton pass runs
+    HAVE_GLUON = False
+
+BP, STAGES, WARPS = 64, 3, 4  # P channels a program, chunks copied ahead, warps (one warpgroup)
+
+if HAVE_GLUON:
+    _sync = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier  # renamed after Triton 3.6
+    # TMA copies, renamed after Triton 3.6 (the old names then raise)
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+
+    @gluon.jit
+    def _gdc(WAIT: gl.constexpr):
+        """PDL (kernels/_pdl.py): wait for the kernel before, or let the next one launch."""
+        if WAIT:
+            gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+        else:
+            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32,
+                                      is_pure=False, pack=1)
+
+    @gluon.jit
+    def _copy_in(x_desc, B_desc, xs, bs, ready, b, h, g, c, p0, P, N: gl.constexpr, Q: gl.constexpr,
+                 STAGES: gl.constexpr):
+        """Start the TMA copies of chunk c's x [Q, BP] and B [Q, N] tiles into stage c % STAGES."""
+        k = c % STAGES
+        bar = ready.index(k)
+        mbarrier.expect(bar, x_desc.block_type.nbytes + B_desc.block_type.nbytes)
+        _tma_load(x_desc, [b, c * Q, h * P + p0], bar, xs.index(k))
+        _tma_load(B_desc, [b, c * Q, g * N], bar, bs.index(k))
+
+    @gluon.jit
+    def _state_pass_kernel(x_desc, B_desc, hin_desc, w_ptr, s_ptr, h0_ptr, hT_ptr, H, G, P, NC,
+                           N: gl.constexpr, Q: gl.constexpr, BP: gl.constexpr, STAGES: gl.constexpr,
+                           HAS_H0: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr):
+        """Program (batch·head, P block): walking the chunks c, hin[c] = hᵀ, then h = h · exp(s_end) +
+        (x_c ∘ w_c)ᵀ · B_c; the last h is the final state hT [B, H, P, N] float32 (h0 the first, or 0).
+        x_desc: [B, L, H·P] blocks [1, Q, BP]; B_desc: [B, L, G·N] blocks [1, Q, N]; hin_desc: [B·H·NC, N, P]
+        blocks [1, N, BP]; w, s [B, H, NC, Q] float32."""
+        bh = gl.program_id(0)
+        b = bh // H
+        h = bh % H
+        g = h // (H // G)
+        p0 = gl.program_id(1) * BP
+        bh64 = bh.to(gl.int64)
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, num_warps // 4],
+                                                      instr_shape=[16, N // (num_warps // 4), 16])
+        a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+        q_l: gl.constexpr = gl.SliceLayout(0, a_l)
+        dt16: gl.constexpr = x_desc.dtype
+
+        xs = gl.allocate_shared_memory(dt16, [STAGES, 1, Q, BP], x_desc.layout)
+        bs = gl.allocate_shared_memory(dt16, [STAGES, 1, Q, N], B_desc.layout)
+        hs = gl.allocate_shared_memory(dt16, [3, 1, N, BP], hin_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+        _sync()
+        if PDL:
+            _gdc(True)
+            _gdc(False)
+        for i in gl.static_range(STAGES - 1):
+            if i < NC:
+                _copy_in(x_desc, B_desc, xs, bs, ready, b, h, g, i, p0, P, N, Q, STAGES)
+
+        offs_p = p0 + gl.arange(0, BP, layout=gl.SliceLayout(1, mma))
+        offs_n = gl.arange(0, N, layout=gl.SliceLayout(0, mma))
+        so = bh64 * P * N + offs_p[:, None] * N + offs_n[None, :]
+        if HAS_H0:
+            state = gl.load(h0_ptr + so).to(gl.float32)
+        else:
+            state = gl.zeros([BP, N], gl.float32, layout=mma)
+        offs_q = gl.arange(0, Q, layout=q_l)
+        w = gl.load(w_ptr + bh64 * NC * Q + offs_q)
+        sT = gl.load(s_ptr + bh64 * NC * Q + Q - 1)
+        for c in range(NC):
+            k = c % STAGES
+            cn = gl.minimum(c + 1, NC - 1)  # the next chunk's weights, loaded a step ahead
+            w_next = gl.load(w_ptr + (bh64 * NC + cn) * Q + offs_q)
+            sT_next = gl.load(s_ptr + (bh64 * NC + cn) * Q + Q - 1)
+            mbarrier.wait(ready.index(k), phase=(c // STAGES) & 1)
+            xa = xs.index(k).reshape([Q, BP]).permute((1, 0)).load(a_l)
+            xw = (xa.to(gl.float32) * w[None, :]).to(dt16)
+            entering = state.to(dt16)
+            acc = warpgroup_mma(xw, bs.index(k).reshape([Q, N]), state * gl.exp2(sT * 1.4426950408889634),
+                                is_async=True)
+            buf = hs.index(c % 3)
+            buf.reshape([N, BP]).store(gl.permute(entering, (1, 0)))
+            fence_async_shared()
+            _sync()
+            _tma_store(hin_desc, [bh * NC + c, 0, p0], buf)
+            tma.store_wait(pendings=1)
+            if c + STAGES - 1 < NC:  # into the stage chunk c - 1 used: every warp has passed its MMA's wait
+                _copy_in(x_desc, B_desc, xs, bs, ready, b, h, g, c + STAGES - 1, p0, P, N, Q, STAGES)
+            state, xw = warpgroup_mma_wait(num_outstanding=0, deps=(acc, xw))
+            w = w_next
+            sT = sT_next
+        gl.store(hT_ptr + so, state)
+        tma.store_wait(pendings=0)
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(ready.index(i))
+
+
+def fits(x, B, seq, sizes) -> bool:
+    """Whether the Gluon pass takes this forward: sm_90, 16-bit x and B alike, no seq_idx, N 64 or 128, P a
+    multiple of BP, and x, B token rows TMA can address (16-byte aligned bases and strides)."""
+    batch, L, H, P, G, N, Q, NC, BN = sizes
+    if not (HAVE_GLUON and x.is_cuda and seq is None and x.dtype in (torch.bfloat16, torch.float16)
+            and B.dtype == x.dtype and N in (64, 128) and P % BP == 0 and Q % 16 == 0 and Q <= 256):
+        return False
+    if torch.cuda.get_device_capability(x.device) != (9, 0):
+        return False
+    return all(t.data_ptr() % 16 == 0 and t.stride(1) * 2 % 16 == 0 and t.stride(0) == L * t.stride(1)
+               for t in (x, B))
+
+
+def state_pass(x, B, w, s, h0, hin, hT, sizes, pdl: bool):
+    """Run the pass: hin [B, H, NC, N, P] (x's dtype) and hT [B, H, P, N] float32 are written; w and s
+    [B, H, NC, Q] float32 from the chunk preparation."""
+    batch, L, H, P, G, N, Q, NC, BN = sizes
+    gdt = gl.bfloat16 if x.dtype == torch.bfloat16 else gl.float16
+
+    def desc(t, shape, strides, block):
+        return TensorDescriptor(t, shape, strides, block, gl.NVMMASharedLayout.get_default_for(block, gdt))
+
+    xd = desc(x, [batch, L, H * P], [x.stride(0), x.stride(1), 1], [1, Q, BP])
+    Bd = desc(B, [batch, L, G * N], [B.stride(0), B.stride(1), 1], [1, Q, N])
+    hd = desc(hin, [batch * H * NC, N, P], [N * P, P, 1], [1, N, BP])
+    extra = {"launch_pdl": True} if pdl else {}
+    _state_pass_kernel[(batch * H, P // BP)](xd, Bd, hd, w, s, h0, hT, H, G, P, NC, N=N, Q=Q, BP=BP, STAGES=STAGES,
+                                             HAS_H0=h0 is not None, PDL=pdl, num_warps=WARPS, **extra)
