@@ -135,6 +135,125 @@ if HAVE_GLUON:
             mbarrier.invalidate(ready.index(i))
 
 
+    @gluon.jit
+    def _scan_target(x_desc, C_desc, hin_desc, xs, cs, hs, bar, cb_ptr, sc_ptr, dtc_ptr, s_ptr, D_ptr, z_ptr, y_ptr,
+                     ypre_ptr, b, c, h, g, p0, L, H, G, P, NC, I: gl.constexpr, N: gl.constexpr, Q: gl.constexpr,
+                     BP: gl.constexpr, HAS_D: gl.constexpr, D_PER_P: gl.constexpr, HAS_Z: gl.constexpr,
+                     STORE_YPRE: gl.constexpr, num_warps: gl.constexpr):
+        """Target sub-block I of _chunk_scan_kernel's program (see there)."""
+        QB: gl.constexpr = Q // 2
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                      instr_shape=[16, BP, 16])
+        a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+        dt16: gl.constexpr = x_desc.dtype
+        bh64 = (b * H + h).to(gl.int64)
+        cg = ((b * NC + c) * G + g).to(gl.int64)  # the chunk's CB and scales
+        mbarrier.expect(bar, C_desc.block_type.nbytes + hin_desc.block_type.nbytes
+                        + (I + 1) * x_desc.block_type.nbytes)
+        _tma_load(hin_desc, [(bh64 * NC + c).to(gl.int32), 0, p0], bar, hs)
+        _tma_load(C_desc, [b, c * Q + I * QB, g * N], bar, cs)
+        _tma_load(x_desc, [b, c * Q, h * P + p0], bar, xs.index(0))
+        if I == 1:
+            _tma_load(x_desc, [b, c * Q + QB, h * P + p0], bar, xs.index(1))
+
+        # what the weights take, loaded while the copies fly: CB_Ij, the scales of target I's rows, s, dt'
+        cq = (bh64 * NC + c) * Q
+        rows_a = I * QB + gl.arange(0, QB, layout=gl.SliceLayout(1, a_l))
+        cols_a = gl.arange(0, QB, layout=gl.SliceLayout(0, a_l))
+        cb_at = cb_ptr + cg * Q * Q + (rows_a * Q)[:, None] + cols_a[None, :]
+        sc_i = gl.load(sc_ptr + cg * Q + rows_a)
+        s_i = gl.load(s_ptr + cq + rows_a)
+        cb0 = gl.load(cb_at)
+        s_0 = gl.load(s_ptr + cq + cols_a)
+        dt_0 = gl.load(dtc_ptr + cq + cols_a)
+        if I == 1:
+            cb1 = gl.load(cb_at + QB)
+            s_1 = gl.load(s_ptr + cq + QB + cols_a)
+            dt_1 = gl.load(dtc_ptr + cq + QB + cols_a)
+        rows_m = I * QB + gl.arange(0, QB, layout=gl.SliceLayout(1, mma))
+        e_i = gl.exp2(gl.load(s_ptr + cq + rows_m) * 1.4426950408889634)
+        offs_p = p0 + gl.arange(0, BP, layout=gl.SliceLayout(0, mma))
+        Dv = 0.0
+        if HAS_D:
+            if D_PER_P:
+                Dv = gl.load(D_ptr + h * P + offs_p).to(gl.float32)[None, :]
+            else:
+                Dv = gl.load(D_ptr + h).to(gl.float32)
+
+        mbarrier.wait(bar, phase=0)
+        # the entering state's part, exp(s_t) C_t · h_in; meanwhile the first source's weights
+        acc = gl.zeros([QB, BP], gl.float32, layout=mma)
+        acc = warpgroup_mma(cs.reshape([QB, N]), hs.reshape([N, BP]), acc, use_acc=False, is_async=True)
+        d0 = gl.exp2(gl.minimum(s_i[:, None] - s_0[None, :], 0.0) * 1.4426950408889634)
+        if I == 0:  # the diagonal sub-block: t >= u
+            d0 = gl.where(rows_a[:, None] >= cols_a[None, :], d0, 0.0)
+        W0 = (cb0.to(gl.float32) * sc_i[:, None] * d0 * dt_0[None, :]).to(dt16)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        acc = warpgroup_mma(W0, xs.index(0).reshape([QB, BP]), acc * e_i[:, None], is_async=True)
+        if I == 1:  # the second source sub-block, diagonal
+            d1 = gl.exp2(gl.minimum(s_i[:, None] - s_1[None, :], 0.0) * 1.4426950408889634)
+            d1 = gl.where(rows_a[:, None] >= (QB + cols_a)[None, :], d1, 0.0)
+            W1 = (cb1.to(gl.float32) * sc_i[:, None] * d1 * dt_1[None, :]).to(dt16)
+            acc = warpgroup_mma(W1, xs.index(1).reshape([QB, BP]), acc, is_async=True)
+            acc, W0, W1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, W0, W1))
+        else:
+            acc, W0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, W0))
+
+        # D x, the gate, the store (tokens past L left out); base: the chunk's first token row of y, ypre, z
+        base = ((b.to(gl.int64) * L + c * Q) * H + h) * P
+        keep = (c * Q + rows_m < L)[:, None] & (offs_p < P)[None, :]
+        at = base + (rows_m * (H * P))[:, None] + offs_p[None, :]
+        if HAS_D:
+            acc += Dv * xs.index(I).reshape([QB, BP]).load(mma).to(gl.float32)
+        if STORE_YPRE:
+            gl.store(ypre_ptr + at, acc.to(dt16), mask=keep)
+        if HAS_Z:
+            zv = gl.load(z_ptr + at, mask=keep, other=0.0).to(gl.float32)
+            acc = acc * zv * (1.0 / (1.0 + gl.exp2(-zv * 1.4426950408889634)))
+        gl.store(y_ptr + at, acc.to(dt16), mask=keep)
+
+    @gluon.jit
+    def _chunk_scan_kernel(x_desc, C_desc, hin_desc, cb_ptr, sc_ptr, dtc_ptr, s_ptr, D_ptr, z_ptr, y_ptr, ypre_ptr,
+                           L, H, G, P, NC,
+                           N: gl.constexpr, Q: gl.constexpr, BP: gl.constexpr, HAS_D: gl.constexpr,
+                           D_PER_P: gl.constexpr, HAS_Z: gl.constexpr, STORE_YPRE: gl.constexpr, PDL: gl.constexpr,
+                           num_warps: gl.constexpr):
+        """y of one (batch, chunk, head), P block and target sub-block i of QB = Q / 2 tokens (program_id(1) =
+        2 · P block + i), as _chunk_scan forms it: y_i = exp(s_i) C_i · h_in + Σ_{j <= i} (CB_ij ∘ decay ∘ dt'_j)
+        x_j, + D x_i, times silu(z_i). One warpgroup's MMAs: C_i [QB, N] and h_in [N, BP] from shared memory, as
+        TMA copies them; the weights W_ij [QB, QB] formed in registers, in the MMA's register-operand layout,
+        from CB_ij loaded straight into that layout (float16, its rows' scales sc), and x_j [QB, BP] from shared
+        memory. Every copy and load is issued at the start.
+        x_desc [B, L, H·P] blocks [1, QB, BP]; C_desc [B, L, G·N] blocks [1, QB, N]; hin_desc [B·H·NC, N, P]
+        blocks [1, N, BP]; cb [B, NC, G, Q, Q] float16 and sc [B, NC, G, Q]; dt', s [B, H, NC, Q]."""
+        QB: gl.constexpr = Q // 2
+        pid = gl.program_id(0)
+        h = pid % H
+        c = (pid // H) % NC
+        b = pid // (H * NC)
+        g = h // (H // G)
+        p0 = (gl.program_id(1) // 2) * BP
+        dt16: gl.constexpr = x_desc.dtype
+        xs = gl.allocate_shared_memory(dt16, [2, 1, QB, BP], x_desc.layout)
+        cs = gl.allocate_shared_memory(dt16, [1, QB, N], C_desc.layout)
+        hs = gl.allocate_shared_memory(dt16, [1, N, BP], hin_desc.layout)
+        bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        mbarrier.init(bar, count=1)
+        _sync()
+        if PDL:
+            _gdc(True)
+            _gdc(False)
+        if gl.program_id(1) % 2 == 0:
+            _scan_target(x_desc, C_desc, hin_desc, xs, cs, hs, bar, cb_ptr, sc_ptr, dtc_ptr, s_ptr, D_ptr, z_ptr,
+                         y_ptr, ypre_ptr, b, c, h, g, p0, L, H, G, P, NC, 0, N, Q, BP, HAS_D, D_PER_P, HAS_Z,
+                         STORE_YPRE, num_warps)
+        else:
+            _scan_target(x_desc, C_desc, hin_desc, xs, cs, hs, bar, cb_ptr, sc_ptr, dtc_ptr, s_ptr, D_ptr, z_ptr,
+                         y_ptr, ypre_ptr, b, c, h, g, p0, L, H, G, P, NC, 1, N, Q, BP, HAS_D, D_PER_P, HAS_Z,
+                         STORE_YPRE, num_warps)
+        mbarrier.invalidate(bar)
+
+
 def fits(x, B, seq, sizes) -> bool:
     """Whether the Gluon pass takes this forward: sm_90, 16-bit x and B alike, no seq_idx, N 64 or 128, P a
     multiple of BP, and x, B token rows TMA can address (16-byte aligned bases and strides)."""
@@ -163,3 +282,36 @@ def state_pass(x, B, w, s, h0, hin, hT, sizes, pdl: bool):
     extra = {"launch_pdl": True} if pdl else {}
     _state_pass_kernel[(batch * H, P // BP)](xd, Bd, hd, w, s, h0, hT, H, G, P, NC, N=N, Q=Q, BP=BP, STAGES=STAGES,
                                              HAS_H0=h0 is not None, PDL=pdl, num_warps=WARPS, **extra)
+
+
+def fits_scan(x, C, seq, sizes, scaled: bool) -> bool:
+    """Whether the Gluon chunk scan takes this forward: sm_90, chunks of 128, bf16 (C·Bᵀ in scaled float16), no
+    seq_idx, N 64 or 128, P a multiple of BP, and x, C token rows TMA can address."""
+    batch, L, H, P, G, N, Q, NC, BN = sizes
+    if not (HAVE_GLUON and x.is_cuda and seq is None and scaled and Q == 128 and C.dtype == x.dtype
+            and N in (64, 128) and P % BP == 0):
+        return False
+    if torch.cuda.get_device_capability(x.device) != (9, 0):
+        return False
+    return all(t.data_ptr() % 16 == 0 and t.stride(1) * 2 % 16 == 0 and t.stride(0) == L * t.stride(1)
+               for t in (x, C))
+
+
+def chunk_scan(x, C, cb16, sc, dtc, s, hin, D, z, y, ypre, sizes, pdl: bool):
+    """Run the chunk scan: y (and ypre, y before the gate, when given) [B, L, H, P] written from the chunk
+    preparation's C·Bᵀ (float16 [B, NC, G, Q, Q] with its rows' scales sc), dt', s and the entering states hin."""
+    batch, L, H, P, G, N, Q, NC, BN = sizes
+    gdt = gl.bfloat16 if x.dtype == torch.bfloat16 else gl.float16
+    QB = Q // 2
+
+    def desc(t, shape, strides, block):
+        return TensorDescriptor(t, shape, strides, block, gl.NVMMASharedLayout.get_default_for(block, gdt))
+
+    xd = desc(x, [batch, L, H * P], [x.stride(0), x.stride(1), 1], [1, QB, BP])
+    Cd = desc(C, [batch, L, G * N], [C.stride(0), C.stride(1), 1], [1, QB, N])
+    hd = desc(hin, [batch * H * NC, N, P], [N * P, P, 1], [1, N, BP])
+    extra = {"launch_pdl": True} if pdl else {}
+    _chunk_scan_kernel[(batch * NC * H, 2 * (P // BP))](
+        xd, Cd, hd, cb16, sc, dtc, s, D, z, y, ypre, L, H, G, P, NC, N=N, Q=Q, BP=BP, HAS_D=D is not None,
+        D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, STORE_YPRE=ypre is not None, PDL=pdl,
+        num_warps=WARPS, **extra)

@@ -141,6 +141,7 @@ CHAIN = True
 TMA, TMA_MIN_PROGRAMS = ("pair", "in"), 8192
 # The forward's state pass in Gluon where it fits (gluon_state_pass.py: sm_90, 16-bit, no seq_idx, N 64 or 128).
 GLUON_PASS = True
+GLUON_SCAN = False  # not yet verified on the card
 
 
 def _launch(kernel: str, x, Q: int, P: int) -> dict:
@@ -833,11 +834,21 @@ def _tma_pays(x, programs: int) -> bool:
 
 
 def _gluon_pass(x, B, seq, sizes) -> bool:
-    """Whether the state pass runs in Gluon (gluon_state_pass.py): GLUON_PASS, on a GPU, where its `fits`."""
-    if not (GLUON_PASS and x.is_cuda) or interpreting():
+    """Whether the state pass runs in Gluon (gluon_state_pass.py): GLUON_PASS, on a GPU, where its `fits`, and
+    where its descriptors' host time pays (_tma_pays)."""
+    if not (GLUON_PASS and x.is_cuda) or interpreting() or not _tma_pays(x, sizes[0] * sizes[7] * sizes[2]):
         return False
     from . import gluon_state_pass  # Gluon's import only where it may run
     return gluon_state_pass.fits(x, B, seq, sizes)
+
+
+def _gluon_scan(x, C, seq, sizes, scaled: bool) -> bool:
+    """Whether the chunk scan runs in Gluon (gluon_state_pass.py): GLUON_SCAN, as _gluon_pass, where its
+    `fits_scan`."""
+    if not (GLUON_SCAN and x.is_cuda) or interpreting() or not _tma_pays(x, sizes[0] * sizes[7] * sizes[2]):
+        return False
+    from . import gluon_state_pass
+    return gluon_state_pass.fits_scan(x, C, seq, sizes, scaled)
 
 
 def _states(x, B, seq, dtc, s, w, h0, sizes, chain):
@@ -908,6 +919,10 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     ypre = _new(x) if store_ypre else None
     fl = _flags(D, z, dt_bias, dt_softplus)
     cb = cb16 if scaled else cb32
+    if _gluon_scan(x, C, seq, sizes, scaled):
+        from . import gluon_state_pass
+        gluon_state_pass.chunk_scan(x, C, cb16, sc, dtc, s, hin, D, z, y, ypre, sizes, chain["PDL"])
+        return y, hT, ((None, None, h0, None, ypre, None) if not keep_states else (dtc, s, h0, hin, ypre, cb32))
     pair = enter = None
     if _tma_pays(x, batch * NC * H):
         tma = _launch("scan_tma", x, Q, P)  # the descriptors' blocks are its tiles

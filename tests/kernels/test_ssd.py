@@ -321,6 +321,45 @@ def test_gluon_state_pass_compiles_for_sm90(L, H, P, G, N, dtype, h0, monkeypatc
     assert done.returncode == 0 and "1 distinct launches, 0 failed" in done.stdout, done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("L, H, P, G, N, opts", [(4000, 4, 64, 1, 128, dict(D=1)),
+                                                   (256, 4, 128, 2, 64, dict(D=2, z=True))])
+def test_gluon_chunk_scan_compiles_for_sm90(L, H, P, G, N, opts, monkeypatch, tmp_path):
+    """CI compiles the Gluon chunk scan for sm_90 as it does the state pass (bf16; D a head's or a channel's, z
+    with y before the gate kept)."""
+    import subprocess
+    import sys
+    from archdsl.kernels.ssd import gluon_state_pass as gsp
+    from archdsl.kernels.ssd import triton_ssd_chunked as tc
+    if not gsp.HAVE_GLUON:
+        pytest.skip("this Triton has no Gluon")
+    here = os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.syspath_prepend(here)
+    import sm90
+    kernel, launches = gsp._chunk_scan_kernel, []
+
+    class Capture:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(sm90.launch_entry(kernel, args, kwargs))
+    monkeypatch.setattr(gsp, "_chunk_scan_kernel", Capture())
+    t = make(2, L, H, P, G, N, dtype=torch.bfloat16, **opts)
+    sizes = tc._sizes(t["x"], t["B"], t["C"], 128)
+    batch, L, H, P, G, N, Q, NC, BN = sizes
+    f32 = dict(dtype=torch.float32)
+    cb16, sc = torch.zeros(batch, NC, G, Q, Q, dtype=torch.float16), torch.ones(batch, NC, G, Q, **f32)
+    dtc, s = torch.zeros(batch, H, NC, Q, **f32), torch.zeros(batch, H, NC, Q, **f32)
+    hin = torch.empty(batch, H, NC, N, P, dtype=torch.bfloat16)
+    y = torch.empty_like(t["x"])
+    ypre = torch.empty_like(y) if t["z"] is not None else None
+    gsp.chunk_scan(t["x"], t["C"], cb16, sc, dtc, s, hin, t["D"], t["z"], y, ypre, sizes, pdl=True)
+    assert len(launches) == 1
+    log = tmp_path / "gluon.jsonl"
+    log.write_text("\n".join(launches) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, os.path.join(here, "sm90.py"), str(log), "--jobs", "1"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0 and "1 distinct launches, 0 failed" in done.stdout, done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
 def test_chunked_cb_past_float16_range(dtype, tol, monkeypatch):
     """bf16 inputs keep C·Bᵀ in float16, each row scaled by a power of two: entries past float16's
@@ -546,22 +585,28 @@ def test_gpu_chunked_tma_reads(P, monkeypatch):
     (4096, 32, 64, 1, 128, torch.bfloat16, dict(D=1, bias=True)),
     (1000, 4, 128, 2, 64, torch.float16, dict(bias=True, h0=True)),
     (77, 2, 64, 1, 128, torch.bfloat16, dict(bias=True))])
-def test_gpu_gluon_state_pass(L, H, P, G, N, dtype, opts, monkeypatch):
-    """The Gluon state pass gives the Triton pass's outputs and gradients (to the tensor cores' summation
-    order) and the float64 result: a last chunk past L, h0, z, P 128 in two programs, G 2, N 64, one chunk."""
+def test_gpu_gluon_kernels(L, H, P, G, N, dtype, opts, monkeypatch):
+    """The Gluon state pass and chunk scan, each alone and both, give the Triton kernels' outputs and gradients
+    (to the tensor cores' summation order) and the float64 result: a last chunk past L, h0, z, P 128 in two
+    programs, G 2, N 64, one chunk. (The scan is Gluon's for bf16 only.)"""
     from archdsl.kernels.ssd import gluon_state_pass as gsp
     from archdsl.kernels.ssd import triton_ssd_chunked as tc
     t = make(2, L, H, P, G, N, dtype=dtype, device=DEV, **opts)
     sizes = tc._sizes(t["x"], t["B"], t["C"], None)
     assert gsp.fits(t["x"], t["B"], None, sizes)
-    monkeypatch.setattr(tc, "GLUON_PASS", False)
-    want = run(scan_of("chunked"), t)
-    monkeypatch.setattr(tc, "GLUON_PASS", True)
-    got = run(scan_of("chunked"), t)
-    for name, a, b in zip(["y", "final"] + [k for k in NAMES if t[k] is not None], got, want):
-        print(f"{name}: {rel(a, b):.2e} from the Triton pass")
-    assert_close(got, want, 1e-2 if dtype == torch.bfloat16 else 2e-3)
-    assert_close(got, reference(t), 3e-2 if dtype == torch.bfloat16 else 1e-2)
+    assert gsp.fits_scan(t["x"], t["C"], None, sizes, tc._cb16(t["x"])) == (dtype == torch.bfloat16)
+    monkeypatch.setattr(tc, "TMA_MIN_PROGRAMS", 0)  # as a graph capture or a long sequence takes them
+    outs = {}
+    for gpass, gscan in [(False, False), (True, False), (False, True), (True, True)]:
+        monkeypatch.setattr(tc, "GLUON_PASS", gpass)
+        monkeypatch.setattr(tc, "GLUON_SCAN", gscan)
+        outs[gpass, gscan] = run(scan_of("chunked"), t)
+    want = outs.pop((False, False))
+    for key, got in outs.items():
+        for name, a, b in zip(["y", "final"] + [k for k in NAMES if t[k] is not None], got, want):
+            print(f"Gluon pass, scan {key}: {name} {rel(a, b):.2e} from the Triton kernels")
+        assert_close(got, want, 1e-2 if dtype == torch.bfloat16 else 2e-3)
+        assert_close(got, reference(t), 3e-2 if dtype == torch.bfloat16 else 1e-2)
 
 
 @pytest.mark.gpu
