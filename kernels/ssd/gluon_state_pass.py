@@ -36,7 +36,7 @@ try:
 except ImportError:  # an older Triton: the Triton pass runs
     HAVE_GLUON = False
 
-BP, STAGES, WARPS = 64, 3, 4  # P channels a program, chunks copied ahead, warps (one warpgroup)
+BP, STAGES, WARPS, HBUF = 64, 3, 4, 3  # P channels a program, chunk stages, warps (one warpgroup), state buffers
 
 if HAVE_GLUON:
     _sync = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier  # renamed after Triton 3.6
@@ -66,7 +66,7 @@ if HAVE_GLUON:
     @gluon.jit
     def _state_pass_kernel(x_desc, B_desc, hin_desc, w_ptr, s_ptr, h0_ptr, hT_ptr, H, G, P, NC,
                            N: gl.constexpr, Q: gl.constexpr, BP: gl.constexpr, STAGES: gl.constexpr,
-                           HAS_H0: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr):
+                           HBUF: gl.constexpr, HAS_H0: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr):
         """Program (batch·head, P block): walking the chunks c, hin[c] = hᵀ, then h = h · exp(s_end) +
         (x_c ∘ w_c)ᵀ · B_c; the last h is the final state hT [B, H, P, N] float32 (h0 the first, or 0).
         x_desc: [B, L, H·P] blocks [1, Q, BP]; B_desc: [B, L, G·N] blocks [1, Q, N]; hin_desc: [B·H·NC, N, P]
@@ -85,7 +85,7 @@ if HAVE_GLUON:
 
         xs = gl.allocate_shared_memory(dt16, [STAGES, 1, Q, BP], x_desc.layout)
         bs = gl.allocate_shared_memory(dt16, [STAGES, 1, Q, N], B_desc.layout)
-        hs = gl.allocate_shared_memory(dt16, [3, 1, N, BP], hin_desc.layout)
+        hs = gl.allocate_shared_memory(dt16, [HBUF, 1, N, BP], hin_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
@@ -118,12 +118,13 @@ if HAVE_GLUON:
             entering = state.to(dt16)
             acc = warpgroup_mma(xw, bs.index(k).reshape([Q, N]), state * gl.exp2(sT * 1.4426950408889634),
                                 is_async=True)
-            buf = hs.index(c % 3)
+            buf = hs.index(c % HBUF)
             buf.reshape([N, BP]).store(gl.permute(entering, (1, 0)))
             fence_async_shared()
             _sync()
             _tma_store(hin_desc, [bh * NC + c, 0, p0], buf)
-            tma.store_wait(pendings=1)
+            tma.store_wait(pendings=HBUF - 1)  # the store that read buffer (c + 1) % HBUF is done: all may write it
+            _sync()
             if c + STAGES - 1 < NC:  # into the stage chunk c - 1 used: every warp has passed its MMA's wait
                 _copy_in(x_desc, B_desc, xs, bs, ready, b, h, g, c + STAGES - 1, p0, P, N, Q, STAGES)
             state, xw = warpgroup_mma_wait(num_outstanding=0, deps=(acc, xw))
@@ -281,7 +282,7 @@ def state_pass(x, B, w, s, h0, hin, hT, sizes, pdl: bool):
     hd = desc(hin, [batch * H * NC, N, P], [N * P, P, 1], [1, N, BP])
     extra = {"launch_pdl": True} if pdl else {}
     _state_pass_kernel[(batch * H, P // BP)](xd, Bd, hd, w, s, h0, hT, H, G, P, NC, N=N, Q=Q, BP=BP, STAGES=STAGES,
-                                             HAS_H0=h0 is not None, PDL=pdl, num_warps=WARPS, **extra)
+                                             HBUF=HBUF, HAS_H0=h0 is not None, PDL=pdl, num_warps=WARPS, **extra)
 
 
 def fits_scan(x, C, seq, sizes, scaled: bool) -> bool:
