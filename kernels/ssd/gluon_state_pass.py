@@ -43,6 +43,8 @@ if HAVE_GLUON:
     # TMA copies, renamed after Triton 3.6 (the old names then raise)
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
     _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+    # a shared buffer seen as another shape and layout: `_reinterpret` until Triton 3.6, `reinterpret` after
+    _REINTERPRET_NAMED = gl.constexpr(hasattr(gl.shared_memory_descriptor, "reinterpret"))
 
     @gluon.jit
     def _gdc(WAIT: gl.constexpr):
@@ -137,10 +139,10 @@ if HAVE_GLUON:
 
 
     @gluon.jit
-    def _scan_target(x_desc, C_desc, hin_desc, xs, cs, hs, bar, cb_ptr, sc_ptr, dtc_ptr, s_ptr, D_ptr, z_ptr, y_ptr,
-                     ypre_ptr, b, c, h, g, p0, L, H, G, P, NC, I: gl.constexpr, N: gl.constexpr, Q: gl.constexpr,
-                     BP: gl.constexpr, HAS_D: gl.constexpr, D_PER_P: gl.constexpr, HAS_Z: gl.constexpr,
-                     STORE_YPRE: gl.constexpr, num_warps: gl.constexpr):
+    def _scan_target(x_desc, C_desc, hin_desc, y_desc, xs, cs, hs, bar, cb_ptr, sc_ptr, dtc_ptr, s_ptr, D_ptr, z_ptr,
+                     y_ptr, ypre_ptr, b, c, h, g, p0, L, H, G, P, NC, I: gl.constexpr, N: gl.constexpr,
+                     Q: gl.constexpr, BP: gl.constexpr, HAS_D: gl.constexpr, D_PER_P: gl.constexpr,
+                     HAS_Z: gl.constexpr, STORE_YPRE: gl.constexpr, Y_TMA: gl.constexpr, num_warps: gl.constexpr):
         """Target sub-block I of _chunk_scan_kernel's program (see there)."""
         QB: gl.constexpr = Q // 2
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -211,16 +213,28 @@ if HAVE_GLUON:
         if HAS_Z:
             zv = gl.load(z_ptr + at, mask=keep, other=0.0).to(gl.float32)
             acc = acc * zv * (1.0 / (1.0 + gl.exp2(-zv * 1.4426950408889634)))
-        gl.store(y_ptr + at, acc.to(dt16), mask=keep)
+        if Y_TMA:  # through C's buffer, free since its MMA, by one TMA store (rows past L are left out)
+            if _REINTERPRET_NAMED:
+                ys = cs.reinterpret(dt16, [1, QB, BP], y_desc.layout)
+            else:
+                ys = cs._reinterpret(dt16, [1, QB, BP], y_desc.layout)
+            _sync()
+            ys.reshape([QB, BP]).store(acc.to(dt16))
+            fence_async_shared()
+            _sync()
+            _tma_store(y_desc, [b, c * Q + I * QB, h * P + p0], ys)
+            tma.store_wait(pendings=0)
+        else:
+            gl.store(y_ptr + at, acc.to(dt16), mask=keep)
 
     @gluon.jit
-    def _chunk_scan_kernel(x_desc, C_desc, hin_desc, cb_ptr, sc_ptr, dtc_ptr, s_ptr, D_ptr, z_ptr, y_ptr, ypre_ptr,
-                           L, H, G, P, NC,
+    def _chunk_scan_kernel(x_desc, C_desc, hin_desc, y_desc, cb_ptr, sc_ptr, dtc_ptr, s_ptr, D_ptr, z_ptr, y_ptr,
+                           ypre_ptr, L, H, G, P, NC,
                            N: gl.constexpr, Q: gl.constexpr, BP: gl.constexpr, HAS_D: gl.constexpr,
-                           D_PER_P: gl.constexpr, HAS_Z: gl.constexpr, STORE_YPRE: gl.constexpr, PDL: gl.constexpr,
-                           num_warps: gl.constexpr):
-        """y of one (batch, chunk, head), P block and target sub-block i of QB = Q / 2 tokens (program_id(1) =
-        2 · P block + i), as _chunk_scan forms it: y_i = exp(s_i) C_i · h_in + Σ_{j <= i} (CB_ij ∘ decay ∘ dt'_j)
+                           D_PER_P: gl.constexpr, HAS_Z: gl.constexpr, STORE_YPRE: gl.constexpr, Y_TMA: gl.constexpr,
+                           PDL: gl.constexpr, num_warps: gl.constexpr):
+        """y of one (batch, chunk, head), P block and target sub-block i of QB = Q / 2 tokens (program_id(0) =
+        2 · (batch, chunk, head) + i, program_id(1) the P block), as _chunk_scan forms it: y_i = exp(s_i) C_i · h_in + Σ_{j <= i} (CB_ij ∘ decay ∘ dt'_j)
         x_j, + D x_i, times silu(z_i). One warpgroup's MMAs: C_i [QB, N] and h_in [N, BP] from shared memory, as
         TMA copies them; the weights W_ij [QB, QB] formed in registers, in the MMA's register-operand layout,
         from CB_ij loaded straight into that layout (float16, its rows' scales sc), and x_j [QB, BP] from shared
@@ -228,12 +242,12 @@ if HAVE_GLUON:
         x_desc [B, L, H·P] blocks [1, QB, BP]; C_desc [B, L, G·N] blocks [1, QB, N]; hin_desc [B·H·NC, N, P]
         blocks [1, N, BP]; cb [B, NC, G, Q, Q] float16 and sc [B, NC, G, Q]; dt', s [B, H, NC, Q]."""
         QB: gl.constexpr = Q // 2
-        pid = gl.program_id(0)
+        pid = gl.program_id(0) // 2  # the two targets of a chunk side by side: they share h_in and x_0 in L2
         h = pid % H
         c = (pid // H) % NC
         b = pid // (H * NC)
         g = h // (H // G)
-        p0 = (gl.program_id(1) // 2) * BP
+        p0 = gl.program_id(1) * BP
         dt16: gl.constexpr = x_desc.dtype
         xs = gl.allocate_shared_memory(dt16, [2, 1, QB, BP], x_desc.layout)
         cs = gl.allocate_shared_memory(dt16, [1, QB, N], C_desc.layout)
@@ -244,14 +258,14 @@ if HAVE_GLUON:
         if PDL:
             _gdc(True)
             _gdc(False)
-        if gl.program_id(1) % 2 == 0:
-            _scan_target(x_desc, C_desc, hin_desc, xs, cs, hs, bar, cb_ptr, sc_ptr, dtc_ptr, s_ptr, D_ptr, z_ptr,
-                         y_ptr, ypre_ptr, b, c, h, g, p0, L, H, G, P, NC, 0, N, Q, BP, HAS_D, D_PER_P, HAS_Z,
-                         STORE_YPRE, num_warps)
+        if gl.program_id(0) % 2 == 0:
+            _scan_target(x_desc, C_desc, hin_desc, y_desc, xs, cs, hs, bar, cb_ptr, sc_ptr, dtc_ptr, s_ptr, D_ptr,
+                         z_ptr, y_ptr, ypre_ptr, b, c, h, g, p0, L, H, G, P, NC, 0, N, Q, BP, HAS_D, D_PER_P, HAS_Z,
+                         STORE_YPRE, Y_TMA, num_warps)
         else:
-            _scan_target(x_desc, C_desc, hin_desc, xs, cs, hs, bar, cb_ptr, sc_ptr, dtc_ptr, s_ptr, D_ptr, z_ptr,
-                         y_ptr, ypre_ptr, b, c, h, g, p0, L, H, G, P, NC, 1, N, Q, BP, HAS_D, D_PER_P, HAS_Z,
-                         STORE_YPRE, num_warps)
+            _scan_target(x_desc, C_desc, hin_desc, y_desc, xs, cs, hs, bar, cb_ptr, sc_ptr, dtc_ptr, s_ptr, D_ptr,
+                         z_ptr, y_ptr, ypre_ptr, b, c, h, g, p0, L, H, G, P, NC, 1, N, Q, BP, HAS_D, D_PER_P, HAS_Z,
+                         STORE_YPRE, Y_TMA, num_warps)
         mbarrier.invalidate(bar)
 
 
@@ -298,7 +312,7 @@ def fits_scan(x, C, seq, sizes, scaled: bool) -> bool:
                for t in (x, C))
 
 
-def chunk_scan(x, C, cb16, sc, dtc, s, hin, D, z, y, ypre, sizes, pdl: bool):
+def chunk_scan(x, C, cb16, sc, dtc, s, hin, D, z, y, ypre, sizes, pdl: bool, y_tma: bool = True):
     """Run the chunk scan: y (and ypre, y before the gate, when given) [B, L, H, P] written from the chunk
     preparation's C·Bᵀ (float16 [B, NC, G, Q, Q] with its rows' scales sc), dt', s and the entering states hin."""
     batch, L, H, P, G, N, Q, NC, BN = sizes
@@ -311,8 +325,10 @@ def chunk_scan(x, C, cb16, sc, dtc, s, hin, D, z, y, ypre, sizes, pdl: bool):
     xd = desc(x, [batch, L, H * P], [x.stride(0), x.stride(1), 1], [1, QB, BP])
     Cd = desc(C, [batch, L, G * N], [C.stride(0), C.stride(1), 1], [1, QB, N])
     hd = desc(hin, [batch * H * NC, N, P], [N * P, P, 1], [1, N, BP])
+    yd = desc(y, [batch, L, H * P], [L * H * P, H * P, 1], [1, QB, BP])
     extra = {"launch_pdl": True} if pdl else {}
-    _chunk_scan_kernel[(batch * NC * H, 2 * (P // BP))](
-        xd, Cd, hd, cb16, sc, dtc, s, D, z, y, ypre, L, H, G, P, NC, N=N, Q=Q, BP=BP, HAS_D=D is not None,
-        D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, STORE_YPRE=ypre is not None, PDL=pdl,
+    _chunk_scan_kernel[(2 * batch * NC * H, P // BP)](
+        xd, Cd, hd, yd, cb16, sc, dtc, s, D, z, y, ypre, L, H, G, P, NC, N=N, Q=Q, BP=BP, HAS_D=D is not None,
+        D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, STORE_YPRE=ypre is not None, Y_TMA=y_tma,
+        PDL=pdl,
         num_warps=WARPS, **extra)

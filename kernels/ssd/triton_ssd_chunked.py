@@ -142,6 +142,7 @@ TMA, TMA_MIN_PROGRAMS = ("pair", "in"), 8192
 # The forward's state pass in Gluon where it fits (gluon_state_pass.py: sm_90, 16-bit, no seq_idx, N 64 or 128).
 GLUON_PASS = True
 GLUON_SCAN = False  # not yet verified on the card
+GLUON_SCAN_Y_TMA = True
 
 
 def _launch(kernel: str, x, Q: int, P: int) -> dict:
@@ -921,7 +922,7 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     cb = cb16 if scaled else cb32
     if _gluon_scan(x, C, seq, sizes, scaled):
         from . import gluon_state_pass
-        gluon_state_pass.chunk_scan(x, C, cb16, sc, dtc, s, hin, D, z, y, ypre, sizes, chain["PDL"])
+        gluon_state_pass.chunk_scan(x, C, cb16, sc, dtc, s, hin, D, z, y, ypre, sizes, chain["PDL"], GLUON_SCAN_Y_TMA)
         return y, hT, ((None, None, h0, None, ypre, None) if not keep_states else (dtc, s, h0, hin, ypre, cb32))
     pair = enter = None
     if _tma_pays(x, batch * NC * H):
