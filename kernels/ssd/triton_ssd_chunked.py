@@ -50,6 +50,8 @@ of a chunk take its first token row on their base pointer and the rows within it
 On sm_90 the chunk scan of a long enough (or graph-captured) 16-bit forward reads its x, CB, C and
 entering-state tiles through TMA tensor descriptors made on the host (TMA, TMA_MIN_PROGRAMS, _tma_pays,
 _descriptors): the copy engine moves them into shared memory, bit-identical to the pointer loads.
+On sm_90, where descriptors pay, the state pass runs in Gluon (gluon_chunked.py: the weighted x as the MMA's
+register operand, one barrier a step; GLUON_PASS), as can the chunk scan (GLUON_SCAN).
 On sm_90 and later the forward's three kernels are chained with programmatic dependent launch (CHAIN,
 kernels/_pdl.py): each waits for the kernel before it at its start and then lets the next one launch,
 so that the next kernel's programs wait on the SMs rather than in the launch queue. Waiting first keeps
@@ -139,10 +141,13 @@ CHAIN = True
 # or scans captured into a CUDA graph, whose replays do not run the host code (H200, L 4K, graph replay, one
 # process: 0.1670 -> 0.1581 ms); and only 16-bit inputs (at the register cap below, float32 tiles spill).
 TMA, TMA_MIN_PROGRAMS = ("pair", "in"), 8192
-# The forward's state pass in Gluon where it fits (gluon_state_pass.py: sm_90, 16-bit, no seq_idx, N 64 or 128).
+# The forward's state pass and chunk scan in Gluon (gluon_chunked.py: sm_90, 16-bit, no seq_idx, N 64 or 128), where
+# their descriptors' host time pays, as the scan's TMA reads (_tma_pays). H200, B4 H32 P64 N128 bf16, graph replay,
+# fifty-fifth run: the Gluon pass took the forward from 0.1574 to 0.1546 ms at L4096 and 0.5730 to 0.5557 at
+# L16384, bit-identical. The Gluon scan is bit-identical too but no faster (0.1539 / 0.5885 with the pass).
 GLUON_PASS = True
-GLUON_SCAN = False  # not yet verified on the card
-GLUON_SCAN_Y_TMA = True
+GLUON_SCAN = False
+GLUON_SCAN_Y_TMA = True  # the Gluon scan's y through a TMA store
 
 
 def _launch(kernel: str, x, Q: int, P: int) -> dict:
@@ -835,21 +840,21 @@ def _tma_pays(x, programs: int) -> bool:
 
 
 def _gluon_pass(x, B, seq, sizes) -> bool:
-    """Whether the state pass runs in Gluon (gluon_state_pass.py): GLUON_PASS, on a GPU, where its `fits`, and
+    """Whether the state pass runs in Gluon (gluon_chunked.py): GLUON_PASS, on a GPU, where its `fits`, and
     where its descriptors' host time pays (_tma_pays)."""
     if not (GLUON_PASS and x.is_cuda) or interpreting() or not _tma_pays(x, sizes[0] * sizes[7] * sizes[2]):
         return False
-    from . import gluon_state_pass  # Gluon's import only where it may run
-    return gluon_state_pass.fits(x, B, seq, sizes)
+    from . import gluon_chunked  # Gluon's import only where it may run
+    return gluon_chunked.fits(x, B, seq, sizes)
 
 
 def _gluon_scan(x, C, seq, sizes, scaled: bool) -> bool:
-    """Whether the chunk scan runs in Gluon (gluon_state_pass.py): GLUON_SCAN, as _gluon_pass, where its
+    """Whether the chunk scan runs in Gluon (gluon_chunked.py): GLUON_SCAN, as _gluon_pass, where its
     `fits_scan`."""
     if not (GLUON_SCAN and x.is_cuda) or interpreting() or not _tma_pays(x, sizes[0] * sizes[7] * sizes[2]):
         return False
-    from . import gluon_state_pass
-    return gluon_state_pass.fits_scan(x, C, seq, sizes, scaled)
+    from . import gluon_chunked
+    return gluon_chunked.fits_scan(x, C, seq, sizes, scaled)
 
 
 def _states(x, B, seq, dtc, s, w, h0, sizes, chain):
@@ -860,8 +865,8 @@ def _states(x, B, seq, dtc, s, w, h0, sizes, chain):
     hT = torch.empty(batch, H, P, N, device=x.device, dtype=torch.float32)
     hin = torch.empty(batch, H, NC, N, P, device=x.device, dtype=_state_dtype(x))  # transposed: see _state_pass
     if w is not None:
-        from . import gluon_state_pass
-        gluon_state_pass.state_pass(x, B, w, s, h0, hin, hT, sizes, chain["PDL"])
+        from . import gluon_chunked
+        gluon_chunked.state_pass(x, B, w, s, h0, hin, hT, sizes, chain["PDL"])
         return hin, hT
     BP, BNP, warps, stages = _pass_launch(x, STATE_PASS, P, BN)
     _state_pass[(batch * H, cdiv(P, BP), cdiv(N, BNP))](
@@ -921,8 +926,8 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     fl = _flags(D, z, dt_bias, dt_softplus)
     cb = cb16 if scaled else cb32
     if _gluon_scan(x, C, seq, sizes, scaled):
-        from . import gluon_state_pass
-        gluon_state_pass.chunk_scan(x, C, cb16, sc, dtc, s, hin, D, z, y, ypre, sizes, chain["PDL"], GLUON_SCAN_Y_TMA)
+        from . import gluon_chunked
+        gluon_chunked.chunk_scan(x, C, cb16, sc, dtc, s, hin, D, z, y, ypre, sizes, chain["PDL"], GLUON_SCAN_Y_TMA)
         return y, hT, ((None, None, h0, None, ypre, None) if not keep_states else (dtc, s, h0, hin, ypre, cb32))
     pair = enter = None
     if _tma_pays(x, batch * NC * H):

@@ -287,12 +287,12 @@ def test_chunk_prep_token_weights():
 
 @pytest.mark.parametrize("L, H, P, G, N, dtype, h0", [(4000, 4, 64, 1, 128, torch.bfloat16, True),
                                                       (256, 4, 128, 2, 64, torch.float16, False)])
-def test_gluon_state_pass_compiles_for_sm90(L, H, P, G, N, dtype, h0, monkeypatch, tmp_path):
+def test_gluon_chunked_compiles_for_sm90(L, H, P, G, N, dtype, h0, monkeypatch, tmp_path):
     """Gluon kernels never run under the interpreter, so CI compiles the Gluon state pass instead: its launcher
     runs on CPU tensors with the launch captured, and tests/kernels/sm90.py compiles it for sm_90."""
     import subprocess
     import sys
-    from archdsl.kernels.ssd import gluon_state_pass as gsp
+    from archdsl.kernels.ssd import gluon_chunked as gsp
     from archdsl.kernels.ssd import triton_ssd_chunked as tc
     if not gsp.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon")
@@ -328,7 +328,7 @@ def test_gluon_chunk_scan_compiles_for_sm90(L, H, P, G, N, opts, monkeypatch, tm
     with y before the gate kept)."""
     import subprocess
     import sys
-    from archdsl.kernels.ssd import gluon_state_pass as gsp
+    from archdsl.kernels.ssd import gluon_chunked as gsp
     from archdsl.kernels.ssd import triton_ssd_chunked as tc
     if not gsp.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon")
@@ -589,7 +589,7 @@ def test_gpu_gluon_kernels(L, H, P, G, N, dtype, opts, monkeypatch):
     """The Gluon state pass and chunk scan, each alone and both, give the Triton kernels' outputs and gradients
     (to the tensor cores' summation order) and the float64 result: a last chunk past L, h0, z, P 128 in two
     programs, G 2, N 64, one chunk. (The scan is Gluon's for bf16 only.)"""
-    from archdsl.kernels.ssd import gluon_state_pass as gsp
+    from archdsl.kernels.ssd import gluon_chunked as gsp
     from archdsl.kernels.ssd import triton_ssd_chunked as tc
     t = make(2, L, H, P, G, N, dtype=dtype, device=DEV, **opts)
     sizes = tc._sizes(t["x"], t["B"], t["C"], None)

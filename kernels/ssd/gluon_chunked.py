@@ -1,26 +1,36 @@
-"""The chunked SSD forward's serial state pass in Gluon, for sm_90 (wgmma, TMA, mbarriers).
+"""The chunked SSD forward's serial state pass and chunk scan in Gluon, for sm_90 (wgmma, TMA, mbarriers).
 
-The Triton pass (`_state_pass` in triton_ssd_chunked.py) holds a (batch, head)'s state transposed, hᵀ [N, P],
-so that Bᵀ is the dot's first operand straight from shared memory; the weighted x, formed in registers, is
-then stored to shared memory for the second operand, with a fence and a barrier, and the entering state takes a
-round trip through shared memory and `ldmatrix` on its way out: four CTA barriers a step (ptxas for sm_90, docs/
-benchmarks.md, fifty-fourth run). Here, one program a (batch, head, 64 channels of P) walks the chunks with
+The state pass. The Triton pass (`_state_pass` in triton_ssd_chunked.py) holds a (batch, head)'s state transposed,
+hᵀ [N, P], so that Bᵀ is the dot's first operand straight from shared memory; the weighted x, formed in
+registers, is then stored to shared memory for the second operand, with a fence and a barrier, and the entering
+state takes a round trip through shared memory and `ldmatrix` on its way out: four CTA barriers a step (ptxas for
+sm_90, docs/benchmarks.md, fifty-fourth run). Here one program a (batch, head, 64 channels of P), one warpgroup,
+walks the chunks with
 
   - the state as h [P block, N] in the accumulator of a warpgroup MMA: h = h · carry + (x ∘ w)ᵀ · B, where
     (x ∘ w)ᵀ [P block, Q] is the MMA's register operand (x read transposed out of shared memory, scaled by the
     token weights w in registers) and B [Q, N] its shared-memory operand, as the copy engine (TMA) left it;
-  - x and B copied by TMA STAGES chunks ahead, each stage's arrival on an mbarrier;
-  - the entering state written to a shared buffer of three, as hᵀ [N, P block] (the entering states' layout),
-    and stored by one TMA bulk store, not waited for: the buffer is reused three chunks later, after the store
-    that read it has been waited for two chunks earlier;
-  - one CTA barrier a step (the buffer written, before its store).
+  - x and B copied by TMA STAGES - 1 chunks ahead, each stage's arrival on an mbarrier;
+  - the entering state written to one of HBUF shared buffers, as hᵀ [N, P block] (the entering states' layout),
+    and stored by one TMA bulk store that nothing waits for until its buffer comes round again.
 
 The token weights w = exp(s_end - s_t) dt'_t of every chunk come from the chunk preparation (`_chunk_cumsum`,
-store W), so the pass reads them as [Q] float32 rows. Only the common case runs here: 16-bit inputs, no
-seq_idx, N 64 or 128, P a multiple of 64, tiles that TMA can address (`fits`); the Triton pass takes the rest.
+STORE_W), so the pass reads them as [Q] float32 rows. H200, B4 H32 P64 N128 bf16, the pass alone from a CUDA
+graph (docs/benchmarks.md, fifty-fifth run): L4096 56.1 -> 50.8 µs, L16384 192.6 -> 180.0 µs, bit-identical.
+Leaving parts out put the rest of its time in its memory traffic: without the entering states' stores 39 µs at
+L4096, without the copies in 38, without the MMA and the weighting 46.
 
-Gluon is compiled only (the interpreter does not run it): its tests run on the GPU, and CI compiles its launch
-for sm_90 (tests/kernels/test_ssd.py).
+The chunk scan. One program a (batch, chunk, head), P block and target sub-block of Q / 2 tokens, the two
+targets of a chunk side by side (they share h_in and x's first sub-block in L2). The weights
+W = CB ∘ decay ∘ dt' are formed in registers in the MMA's register-operand layout, from C·Bᵀ loaded straight into
+that layout, so nothing goes through shared memory but the TMA copies of C, h_in and x (49 KB, four programs an
+SM). Bit-identical to `_chunk_scan`; about as fast at L4096 and slower at L16384 (docs/benchmarks.md, fifty-fifth
+run), so it runs only where GLUON_SCAN (triton_ssd_chunked.py) asks.
+
+Only the common case runs here: 16-bit inputs (the scan: bf16, whose C·Bᵀ is kept in scaled float16), no
+seq_idx, N 64 or 128, P a multiple of 64, chunks of 128 for the scan, tiles that TMA can address (`fits`,
+`fits_scan`); the Triton kernels take the rest. Gluon is compiled only (the interpreter does not run it): its
+tests run on the GPU, and CI compiles its launches for sm_90 (tests/kernels/test_ssd.py).
 """
 from __future__ import annotations
 
