@@ -91,6 +91,30 @@ def launch_entry(kernel, args, kwargs) -> str:
     return json.dumps(entry, sort_keys=True)
 
 
+def compile_captured(module, name: str, call, tmp_path) -> None:
+    """Run call() with the launches of module.<name> (a Gluon kernel, which never runs interpreted) captured
+    rather than run; there must be one, and it must compile for sm_90 (this script, in a process without
+    TRITON_INTERPRET). Launchers so run on CPU tensors in CI."""
+    import subprocess
+    kernel, launches = getattr(module, name), []
+
+    class Capture:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(launch_entry(kernel, args, kwargs))
+    setattr(module, name, Capture())
+    try:
+        call()
+    finally:
+        setattr(module, name, kernel)
+    assert len(launches) == 1, launches
+    log = tmp_path / "gluon.jsonl"
+    log.write_text("\n".join(launches) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), str(log), "--jobs", "1"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0 and "1 distinct launches, 0 failed" in done.stdout, done.stdout + done.stderr
+
+
 def shared_tensors(kernel, args) -> list[str]:
     """The tensor arguments of a launch that are one and the same memory as an earlier argument ("b is a").
     A launch must have none: torch.compile traces our launches, and where it cannot read which arguments a

@@ -1,7 +1,5 @@
 """Mamba-1 selective scan: Triton (interpreted on CPU) and chunked torch against the float64 loop."""
 import os
-import subprocess
-import sys
 from contextlib import contextmanager
 
 import pytest
@@ -479,21 +477,9 @@ def _compile_gluon_launch(name, call, t, monkeypatch, tmp_path):
         pytest.skip("this Triton has no Gluon")
     monkeypatch.syspath_prepend(HERE)
     import sm90
-    kernel, launches = getattr(gss, name), []
-
-    class Capture:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append(sm90.launch_entry(kernel, args, kwargs))
-    monkeypatch.setattr(gss, name, Capture())
-    call(gss, {k: v.to(torch.bfloat16) if torch.is_tensor(v) and k not in ("A", "D", "delta_bias") else v
-               for k, v in t.items()})
-    assert len(launches) == 1
-    log = tmp_path / "gluon.jsonl"
-    log.write_text("\n".join(launches) + "\n")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, os.path.join(HERE, "sm90.py"), str(log), "--jobs", "1"],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0 and "1 distinct launches, 0 failed" in done.stdout, done.stdout + done.stderr
+    sm90.compile_captured(gss, name, lambda: call(gss, {
+        k: v.to(torch.bfloat16) if torch.is_tensor(v) and k not in ("A", "D", "delta_bias") else v
+        for k, v in t.items()}), tmp_path)
 
 
 @pytest.mark.parametrize("L", [4096, 4104, 1000, 4094, 998, 999, 4093])

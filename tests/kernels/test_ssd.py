@@ -287,38 +287,20 @@ def test_chunk_prep_token_weights():
 
 @pytest.mark.parametrize("L, H, P, G, N, dtype, h0", [(4000, 4, 64, 1, 128, torch.bfloat16, True),
                                                       (256, 4, 128, 2, 64, torch.float16, False)])
-def test_gluon_chunked_compiles_for_sm90(L, H, P, G, N, dtype, h0, monkeypatch, tmp_path):
+def test_gluon_state_pass_compiles_for_sm90(L, H, P, G, N, dtype, h0, monkeypatch, tmp_path):
     """Gluon kernels never run under the interpreter, so CI compiles the Gluon state pass instead: its launcher
     runs on CPU tensors with the launch captured, and tests/kernels/sm90.py compiles it for sm_90."""
-    import subprocess
-    import sys
-    from archdsl.kernels.ssd import gluon_chunked as gsp
-    from archdsl.kernels.ssd import triton_ssd_chunked as tc
-    if not gsp.HAVE_GLUON:
+    from archdsl.kernels.ssd import gluon_chunked as gc
+    if not gc.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon")
-    here = os.path.dirname(os.path.abspath(__file__))
-    monkeypatch.syspath_prepend(here)
-    import sm90
-    kernel, launches = gsp._state_pass_kernel, []
-
-    class Capture:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append(sm90.launch_entry(kernel, args, kwargs))
-    monkeypatch.setattr(gsp, "_state_pass_kernel", Capture())
     t = make(2, L, H, P, G, N, h0=h0, dtype=dtype)
-    sizes = tc._sizes(t["x"], t["B"], t["C"], 128)
+    sizes = _gluon_sizes(t)
     batch, L, H, P, G, N, Q, NC, BN = sizes
     f32 = dict(dtype=torch.float32)
     w, s = torch.zeros(batch, H, NC, Q, **f32), torch.zeros(batch, H, NC, Q, **f32)
     hin, hT = torch.empty(batch, H, NC, N, P, dtype=dtype), torch.empty(batch, H, P, N, **f32)
-    gsp.state_pass(t["x"], t["B"], w, s, t["initial_states"], hin, hT, sizes, pdl=True)
-    assert len(launches) == 1
-    log = tmp_path / "gluon.jsonl"
-    log.write_text("\n".join(launches) + "\n")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, os.path.join(here, "sm90.py"), str(log), "--jobs", "1"],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0 and "1 distinct launches, 0 failed" in done.stdout, done.stdout + done.stderr
+    _sm90(monkeypatch).compile_captured(gc, "_state_pass_kernel", lambda: gc.state_pass(
+        t["x"], t["B"], w, s, t["initial_states"], hin, hT, sizes, pdl=True), tmp_path)
 
 
 @pytest.mark.parametrize("L, H, P, G, N, opts", [(4000, 4, 64, 1, 128, dict(D=1)),
@@ -326,23 +308,11 @@ def test_gluon_chunked_compiles_for_sm90(L, H, P, G, N, dtype, h0, monkeypatch, 
 def test_gluon_chunk_scan_compiles_for_sm90(L, H, P, G, N, opts, monkeypatch, tmp_path):
     """CI compiles the Gluon chunk scan for sm_90 as it does the state pass (bf16; D a head's or a channel's, z
     with y before the gate kept)."""
-    import subprocess
-    import sys
-    from archdsl.kernels.ssd import gluon_chunked as gsp
-    from archdsl.kernels.ssd import triton_ssd_chunked as tc
-    if not gsp.HAVE_GLUON:
+    from archdsl.kernels.ssd import gluon_chunked as gc
+    if not gc.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon")
-    here = os.path.dirname(os.path.abspath(__file__))
-    monkeypatch.syspath_prepend(here)
-    import sm90
-    kernel, launches = gsp._chunk_scan_kernel, []
-
-    class Capture:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append(sm90.launch_entry(kernel, args, kwargs))
-    monkeypatch.setattr(gsp, "_chunk_scan_kernel", Capture())
     t = make(2, L, H, P, G, N, dtype=torch.bfloat16, **opts)
-    sizes = tc._sizes(t["x"], t["B"], t["C"], 128)
+    sizes = _gluon_sizes(t)
     batch, L, H, P, G, N, Q, NC, BN = sizes
     f32 = dict(dtype=torch.float32)
     cb16, sc = torch.zeros(batch, NC, G, Q, Q, dtype=torch.float16), torch.ones(batch, NC, G, Q, **f32)
@@ -350,14 +320,21 @@ def test_gluon_chunk_scan_compiles_for_sm90(L, H, P, G, N, opts, monkeypatch, tm
     hin = torch.empty(batch, H, NC, N, P, dtype=torch.bfloat16)
     y = torch.empty_like(t["x"])
     ypre = torch.empty_like(y) if t["z"] is not None else None
-    gsp.chunk_scan(t["x"], t["C"], cb16, sc, dtc, s, hin, t["D"], t["z"], y, ypre, sizes, pdl=True)
-    assert len(launches) == 1
-    log = tmp_path / "gluon.jsonl"
-    log.write_text("\n".join(launches) + "\n")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, os.path.join(here, "sm90.py"), str(log), "--jobs", "1"],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0 and "1 distinct launches, 0 failed" in done.stdout, done.stdout + done.stderr
+    _sm90(monkeypatch).compile_captured(gc, "_chunk_scan_kernel", lambda: gc.chunk_scan(
+        t["x"], t["C"], cb16, sc, dtc, s, hin, t["D"], t["z"], y, ypre, sizes, pdl=True), tmp_path)
+
+
+def _gluon_sizes(t):
+    """The chunked kernels' sizes of t at the GPU's chunk of 128 (the interpreter's would be smaller)."""
+    from archdsl.kernels.ssd import triton_ssd_chunked as tc
+    return tc._sizes(t["x"], t["B"], t["C"], 128)
+
+
+def _sm90(monkeypatch):
+    """tests/kernels/sm90.py, imported."""
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.abspath(__file__)))
+    import sm90
+    return sm90
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
