@@ -24,8 +24,9 @@ The chunk scan. One program a (batch, chunk, head), P block and target sub-block
 targets of a chunk side by side (they share h_in and x's first sub-block in L2). The weights
 W = CB ∘ decay ∘ dt' are formed in registers in the MMA's register-operand layout, from C·Bᵀ loaded straight into
 that layout, so nothing goes through shared memory but the TMA copies of C, h_in and x (49 KB, four programs an
-SM). Bit-identical to `_chunk_scan`; about as fast at L4096 and slower at L16384 (docs/benchmarks.md, fifty-fifth
-run), so it runs only where GLUON_SCAN (triton_ssd_chunked.py) asks.
+SM) and y, staged in C's buffer for one TMA store. Bit-identical to `_chunk_scan`. H200, the forward with both
+Gluon kernels, graph replay: L4096 0.1547 -> 0.1378 ms, L16384 0.5591 -> 0.5230 (docs/benchmarks.md, fifty-fifth
+run; storing y from the accumulator's layout instead, 0.1541 and 0.5881).
 
 Only the common case runs here: 16-bit inputs (the scan: bf16, whose C·Bᵀ is kept in scaled float16), no
 seq_idx, N 64 or 128, P a multiple of 64, chunks of 128 for the scan, tiles that TMA can address (`fits`,
@@ -150,9 +151,9 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _scan_target(x_desc, C_desc, hin_desc, y_desc, xs, cs, hs, bar, cb_ptr, sc_ptr, dtc_ptr, s_ptr, D_ptr, z_ptr,
-                     y_ptr, ypre_ptr, b, c, h, g, p0, L, H, G, P, NC, I: gl.constexpr, N: gl.constexpr,
+                     ypre_ptr, b, c, h, g, p0, L, H, G, P, NC, I: gl.constexpr, N: gl.constexpr,
                      Q: gl.constexpr, BP: gl.constexpr, HAS_D: gl.constexpr, D_PER_P: gl.constexpr,
-                     HAS_Z: gl.constexpr, STORE_YPRE: gl.constexpr, Y_TMA: gl.constexpr, num_warps: gl.constexpr):
+                     HAS_Z: gl.constexpr, STORE_YPRE: gl.constexpr, num_warps: gl.constexpr):
         """Target sub-block I of _chunk_scan_kernel's program (see there)."""
         QB: gl.constexpr = Q // 2
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -212,7 +213,7 @@ if HAVE_GLUON:
         else:
             acc, W0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, W0))
 
-        # D x, the gate, the store (tokens past L left out); base: the chunk's first token row of y, ypre, z
+        # D x, the gate (z and ypre by pointers, tokens past L left out; base: the chunk's first token row)
         base = ((b.to(gl.int64) * L + c * Q) * H + h) * P
         keep = (c * Q + rows_m < L)[:, None] & (offs_p < P)[None, :]
         at = base + (rows_m * (H * P))[:, None] + offs_p[None, :]
@@ -223,34 +224,35 @@ if HAVE_GLUON:
         if HAS_Z:
             zv = gl.load(z_ptr + at, mask=keep, other=0.0).to(gl.float32)
             acc = acc * zv * (1.0 / (1.0 + gl.exp2(-zv * 1.4426950408889634)))
-        if Y_TMA:  # through C's buffer, free since its MMA, by one TMA store (rows past L are left out)
-            if _REINTERPRET_NAMED:
-                ys = cs.reinterpret(dt16, [1, QB, BP], y_desc.layout)
-            else:
-                ys = cs._reinterpret(dt16, [1, QB, BP], y_desc.layout)
-            _sync()
-            ys.reshape([QB, BP]).store(acc.to(dt16))
-            fence_async_shared()
-            _sync()
-            _tma_store(y_desc, [b, c * Q + I * QB, h * P + p0], ys)
-            tma.store_wait(pendings=0)
+        # y through C's buffer, free since its MMA, by one TMA store (rows past L are left out): H200, L4096 0.1541
+        # -> 0.1378 ms against stores from the accumulator's layout (fifty-fifth run)
+        if _REINTERPRET_NAMED:
+            ys = cs.reinterpret(dt16, [1, QB, BP], y_desc.layout)
         else:
-            gl.store(y_ptr + at, acc.to(dt16), mask=keep)
+            ys = cs._reinterpret(dt16, [1, QB, BP], y_desc.layout)
+        _sync()
+        ys.reshape([QB, BP]).store(acc.to(dt16))
+        fence_async_shared()
+        _sync()
+        _tma_store(y_desc, [b, c * Q + I * QB, h * P + p0], ys)
+        tma.store_wait(pendings=0)
 
     @gluon.jit
-    def _chunk_scan_kernel(x_desc, C_desc, hin_desc, y_desc, cb_ptr, sc_ptr, dtc_ptr, s_ptr, D_ptr, z_ptr, y_ptr,
-                           ypre_ptr, L, H, G, P, NC,
+    def _chunk_scan_kernel(x_desc, C_desc, hin_desc, y_desc, cb_ptr, sc_ptr, dtc_ptr, s_ptr, D_ptr, z_ptr, ypre_ptr,
+                           L, H, G, P, NC,
                            N: gl.constexpr, Q: gl.constexpr, BP: gl.constexpr, HAS_D: gl.constexpr,
-                           D_PER_P: gl.constexpr, HAS_Z: gl.constexpr, STORE_YPRE: gl.constexpr, Y_TMA: gl.constexpr,
-                           PDL: gl.constexpr, num_warps: gl.constexpr):
+                           D_PER_P: gl.constexpr, HAS_Z: gl.constexpr, STORE_YPRE: gl.constexpr, PDL: gl.constexpr,
+                           num_warps: gl.constexpr):
         """y of one (batch, chunk, head), P block and target sub-block i of QB = Q / 2 tokens (program_id(0) =
-        2 · (batch, chunk, head) + i, program_id(1) the P block), as _chunk_scan forms it: y_i = exp(s_i) C_i · h_in + Σ_{j <= i} (CB_ij ∘ decay ∘ dt'_j)
-        x_j, + D x_i, times silu(z_i). One warpgroup's MMAs: C_i [QB, N] and h_in [N, BP] from shared memory, as
-        TMA copies them; the weights W_ij [QB, QB] formed in registers, in the MMA's register-operand layout,
-        from CB_ij loaded straight into that layout (float16, its rows' scales sc), and x_j [QB, BP] from shared
-        memory. Every copy and load is issued at the start.
-        x_desc [B, L, H·P] blocks [1, QB, BP]; C_desc [B, L, G·N] blocks [1, QB, N]; hin_desc [B·H·NC, N, P]
-        blocks [1, N, BP]; cb [B, NC, G, Q, Q] float16 and sc [B, NC, G, Q]; dt', s [B, H, NC, Q]."""
+        2 · (batch, chunk, head) + i, program_id(1) the P block), as _chunk_scan forms it:
+        y_i = exp(s_i) C_i · h_in + Σ_{j <= i} (CB_ij ∘ decay ∘ dt'_j) x_j, + D x_i, times silu(z_i).
+        One warpgroup's MMAs: C_i [QB, N] and h_in [N, BP] from shared memory, as TMA copies them; the weights
+        W_ij [QB, QB] formed in registers, in the MMA's register-operand layout, from CB_ij loaded straight into
+        that layout (float16, its rows' scales sc), and x_j [QB, BP] from shared memory. Every copy and load is
+        issued at the start; y leaves by a TMA store.
+        x_desc, y_desc [B, L, H·P] blocks [1, QB, BP]; C_desc [B, L, G·N] blocks [1, QB, N]; hin_desc
+        [B·H·NC, N, P] blocks [1, N, BP]; cb [B, NC, G, Q, Q] float16 and sc [B, NC, G, Q]; dt', s [B, H, NC, Q];
+        z, ypre [B, L, H, P]."""
         QB: gl.constexpr = Q // 2
         pid = gl.program_id(0) // 2  # the two targets of a chunk side by side: they share h_in and x_0 in L2
         h = pid % H
@@ -270,12 +272,12 @@ if HAVE_GLUON:
             _gdc(False)
         if gl.program_id(0) % 2 == 0:
             _scan_target(x_desc, C_desc, hin_desc, y_desc, xs, cs, hs, bar, cb_ptr, sc_ptr, dtc_ptr, s_ptr, D_ptr,
-                         z_ptr, y_ptr, ypre_ptr, b, c, h, g, p0, L, H, G, P, NC, 0, N, Q, BP, HAS_D, D_PER_P, HAS_Z,
-                         STORE_YPRE, Y_TMA, num_warps)
+                         z_ptr, ypre_ptr, b, c, h, g, p0, L, H, G, P, NC, 0, N, Q, BP, HAS_D, D_PER_P, HAS_Z,
+                         STORE_YPRE, num_warps)
         else:
             _scan_target(x_desc, C_desc, hin_desc, y_desc, xs, cs, hs, bar, cb_ptr, sc_ptr, dtc_ptr, s_ptr, D_ptr,
-                         z_ptr, y_ptr, ypre_ptr, b, c, h, g, p0, L, H, G, P, NC, 1, N, Q, BP, HAS_D, D_PER_P, HAS_Z,
-                         STORE_YPRE, Y_TMA, num_warps)
+                         z_ptr, ypre_ptr, b, c, h, g, p0, L, H, G, P, NC, 1, N, Q, BP, HAS_D, D_PER_P, HAS_Z,
+                         STORE_YPRE, num_warps)
         mbarrier.invalidate(bar)
 
 
@@ -322,7 +324,7 @@ def fits_scan(x, C, seq, sizes, scaled: bool) -> bool:
                for t in (x, C))
 
 
-def chunk_scan(x, C, cb16, sc, dtc, s, hin, D, z, y, ypre, sizes, pdl: bool, y_tma: bool = True):
+def chunk_scan(x, C, cb16, sc, dtc, s, hin, D, z, y, ypre, sizes, pdl: bool):
     """Run the chunk scan: y (and ypre, y before the gate, when given) [B, L, H, P] written from the chunk
     preparation's C·Bᵀ (float16 [B, NC, G, Q, Q] with its rows' scales sc), dt', s and the entering states hin."""
     batch, L, H, P, G, N, Q, NC, BN = sizes
@@ -338,7 +340,6 @@ def chunk_scan(x, C, cb16, sc, dtc, s, hin, D, z, y, ypre, sizes, pdl: bool, y_t
     yd = desc(y, [batch, L, H * P], [L * H * P, H * P, 1], [1, QB, BP])
     extra = {"launch_pdl": True} if pdl else {}
     _chunk_scan_kernel[(2 * batch * NC * H, P // BP)](
-        xd, Cd, hd, yd, cb16, sc, dtc, s, D, z, y, ypre, L, H, G, P, NC, N=N, Q=Q, BP=BP, HAS_D=D is not None,
-        D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, STORE_YPRE=ypre is not None, Y_TMA=y_tma,
-        PDL=pdl,
+        xd, Cd, hd, yd, cb16, sc, dtc, s, D, z, ypre, L, H, G, P, NC, N=N, Q=Q, BP=BP, HAS_D=D is not None,
+        D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, STORE_YPRE=ypre is not None, PDL=pdl,
         num_warps=WARPS, **extra)

@@ -50,8 +50,9 @@ of a chunk take its first token row on their base pointer and the rows within it
 On sm_90 the chunk scan of a long enough (or graph-captured) 16-bit forward reads its x, CB, C and
 entering-state tiles through TMA tensor descriptors made on the host (TMA, TMA_MIN_PROGRAMS, _tma_pays,
 _descriptors): the copy engine moves them into shared memory, bit-identical to the pointer loads.
-On sm_90, where descriptors pay, the state pass runs in Gluon (gluon_chunked.py: the weighted x as the MMA's
-register operand, one barrier a step; GLUON_PASS), as can the chunk scan (GLUON_SCAN).
+On sm_90, where descriptors pay, the state pass and the chunk scan run in Gluon (gluon_chunked.py: the pass takes
+the weighted x as the MMA's register operand, the scan forms its weights in the MMA's register layout and stores y
+by TMA; GLUON_PASS, GLUON_SCAN).
 On sm_90 and later the forward's three kernels are chained with programmatic dependent launch (CHAIN,
 kernels/_pdl.py): each waits for the kernel before it at its start and then lets the next one launch,
 so that the next kernel's programs wait on the SMs rather than in the launch queue. Waiting first keeps
@@ -141,13 +142,13 @@ CHAIN = True
 # or scans captured into a CUDA graph, whose replays do not run the host code (H200, L 4K, graph replay, one
 # process: 0.1670 -> 0.1581 ms); and only 16-bit inputs (at the register cap below, float32 tiles spill).
 TMA, TMA_MIN_PROGRAMS = ("pair", "in"), 8192
-# The forward's state pass and chunk scan in Gluon (gluon_chunked.py: sm_90, 16-bit, no seq_idx, N 64 or 128), where
-# their descriptors' host time pays, as the scan's TMA reads (_tma_pays). H200, B4 H32 P64 N128 bf16, graph replay,
-# fifty-fifth run: the Gluon pass took the forward from 0.1574 to 0.1546 ms at L4096 and 0.5730 to 0.5557 at
-# L16384, bit-identical. The Gluon scan is bit-identical too but no faster (0.1539 / 0.5885 with the pass).
+# The forward's state pass and chunk scan in Gluon (gluon_chunked.py: sm_90, 16-bit, no seq_idx, N 64 or 128; the
+# scan bf16 and chunks of 128), where their descriptors' host time pays, as the scan's TMA reads (_tma_pays). H200,
+# B4 H32 P64 N128 bf16, graph replay, fifty-fifth run, bit-identical throughout: the Gluon pass took the forward
+# from 0.1574 to 0.1546 ms at L4096 and 0.5730 to 0.5557 at L16384; the Gluon scan with it, y stored by TMA, to
+# 0.1378 and 0.5230 (y stored from registers: 0.1541 / 0.5881).
 GLUON_PASS = True
-GLUON_SCAN = False
-GLUON_SCAN_Y_TMA = True  # the Gluon scan's y through a TMA store
+GLUON_SCAN = True
 
 
 def _launch(kernel: str, x, Q: int, P: int) -> dict:
@@ -927,7 +928,7 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     cb = cb16 if scaled else cb32
     if _gluon_scan(x, C, seq, sizes, scaled):
         from . import gluon_chunked
-        gluon_chunked.chunk_scan(x, C, cb16, sc, dtc, s, hin, D, z, y, ypre, sizes, chain["PDL"], GLUON_SCAN_Y_TMA)
+        gluon_chunked.chunk_scan(x, C, cb16, sc, dtc, s, hin, D, z, y, ypre, sizes, chain["PDL"])
         return y, hT, ((None, None, h0, None, ypre, None) if not keep_states else (dtc, s, h0, hin, ypre, cb32))
     pair = enter = None
     if _tma_pays(x, batch * NC * H):
