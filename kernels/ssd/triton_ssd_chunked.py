@@ -840,19 +840,26 @@ def _tma_pays(x, programs: int) -> bool:
     return x.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
 
 
+def _gluon_ok(on: bool, x, sizes) -> bool:
+    """Whether a Gluon kernel may take this forward: asked (on), on a GPU, not interpreted, not while torch.compile
+    traces (Inductor re-emits a traced kernel's source without Gluon's imports), and where the descriptors' host
+    time pays (_tma_pays)."""
+    if not (on and x.is_cuda) or interpreting() or torch.compiler.is_compiling():
+        return False
+    return _tma_pays(x, sizes[0] * sizes[7] * sizes[2])
+
+
 def _gluon_pass(x, B, seq, sizes) -> bool:
-    """Whether the state pass runs in Gluon (gluon_chunked.py): GLUON_PASS, on a GPU, where its `fits`, and
-    where its descriptors' host time pays (_tma_pays)."""
-    if not (GLUON_PASS and x.is_cuda) or interpreting() or not _tma_pays(x, sizes[0] * sizes[7] * sizes[2]):
+    """Whether the state pass runs in Gluon (gluon_chunked.py): GLUON_PASS, _gluon_ok, where its `fits`."""
+    if not _gluon_ok(GLUON_PASS, x, sizes):
         return False
     from . import gluon_chunked  # Gluon's import only where it may run
     return gluon_chunked.fits(x, B, seq, sizes)
 
 
 def _gluon_scan(x, C, seq, sizes, scaled: bool) -> bool:
-    """Whether the chunk scan runs in Gluon (gluon_chunked.py): GLUON_SCAN, as _gluon_pass, where its
-    `fits_scan`."""
-    if not (GLUON_SCAN and x.is_cuda) or interpreting() or not _tma_pays(x, sizes[0] * sizes[7] * sizes[2]):
+    """Whether the chunk scan runs in Gluon (gluon_chunked.py): GLUON_SCAN, _gluon_ok, where its `fits_scan`."""
+    if not _gluon_ok(GLUON_SCAN, x, sizes):
         return False
     from . import gluon_chunked
     return gluon_chunked.fits_scan(x, C, seq, sizes, scaled)
