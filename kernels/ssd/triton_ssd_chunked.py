@@ -850,11 +850,11 @@ def _gluon_ok(on: bool, x, sizes) -> bool:
 
 
 def _gluon_pass(x, B, seq, sizes) -> bool:
-    """Whether the state pass runs in Gluon (gluon_chunked.py): GLUON_PASS, _gluon_ok, where its `fits`."""
+    """Whether the state pass runs in Gluon (gluon_chunked.py): GLUON_PASS, _gluon_ok, where its `fits_pass`."""
     if not _gluon_ok(GLUON_PASS, x, sizes):
         return False
     from . import gluon_chunked  # Gluon's import only where it may run
-    return gluon_chunked.fits(x, B, seq, sizes)
+    return gluon_chunked.fits_pass(x, B, seq, sizes)
 
 
 def _gluon_scan(x, C, seq, sizes, scaled: bool) -> bool:

@@ -561,17 +561,19 @@ def test_gpu_chunked_tma_reads(P, monkeypatch):
     (4000, 8, 64, 1, 128, torch.bfloat16, dict(D=1, z=True, bias=True, h0=True)),
     (4096, 32, 64, 1, 128, torch.bfloat16, dict(D=1, bias=True)),
     (1000, 4, 128, 2, 64, torch.float16, dict(bias=True, h0=True)),
+    (1000, 4, 128, 2, 64, torch.bfloat16, dict(D=2, bias=True, h0=True)),
     (77, 2, 64, 1, 128, torch.bfloat16, dict(bias=True))])
 def test_gpu_gluon_kernels(L, H, P, G, N, dtype, opts, monkeypatch):
     """The Gluon state pass and chunk scan, each alone and both, give the Triton kernels' outputs and gradients
     (to the tensor cores' summation order) and the float64 result: a last chunk past L, h0, z, P 128 in two
-    programs, G 2, N 64, one chunk. (The scan is Gluon's for bf16 only.)"""
-    from archdsl.kernels.ssd import gluon_chunked as gsp
+    programs, G 2, N 64, one chunk. (The scan is Gluon's for bf16, one group, N 128 and P 64 only.)"""
+    from archdsl.kernels.ssd import gluon_chunked as gc
     from archdsl.kernels.ssd import triton_ssd_chunked as tc
     t = make(2, L, H, P, G, N, dtype=dtype, device=DEV, **opts)
     sizes = tc._sizes(t["x"], t["B"], t["C"], None)
-    assert gsp.fits(t["x"], t["B"], None, sizes)
-    assert gsp.fits_scan(t["x"], t["C"], None, sizes, tc._cb16(t["x"])) == (dtype == torch.bfloat16)
+    assert gc.fits_pass(t["x"], t["B"], None, sizes)
+    assert gc.fits_scan(t["x"], t["C"], None, sizes, tc._cb16(t["x"])) == (
+        dtype == torch.bfloat16 and (G, N, P) == (1, 128, 64))
     monkeypatch.setattr(tc, "TMA_MIN_PROGRAMS", 0)  # as a graph capture or a long sequence takes them
     outs = {}
     for gpass, gscan in [(False, False), (True, False), (False, True), (True, True)]:
@@ -584,6 +586,24 @@ def test_gpu_gluon_kernels(L, H, P, G, N, dtype, opts, monkeypatch):
             print(f"Gluon pass, scan {key}: {name} {rel(a, b):.2e} from the Triton kernels")
         assert_close(got, want, 1e-2 if dtype == torch.bfloat16 else 2e-3)
         assert_close(got, reference(t), 3e-2 if dtype == torch.bfloat16 else 1e-2)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("P, G, N", [(128, 2, 64), (64, 2, 128), (128, 1, 128)])
+def test_gpu_gluon_scan_on_shapes_not_yet_taken(P, G, N, monkeypatch):
+    """The Gluon chunk scan on shapes fits_scan does not take yet (P 128 in two programs, G 2, N 64) against the
+    Triton scan: where this passes on the card, fits_scan may widen to them."""
+    from archdsl.kernels.ssd import gluon_chunked as gc
+    from archdsl.kernels.ssd import triton_ssd_chunked as tc
+    t = make(2, 1000, 4, P, G, N, D=2, bias=True, h0=True, dtype=torch.bfloat16, device=DEV)
+    monkeypatch.setattr(tc, "TMA_MIN_PROGRAMS", 0)
+    monkeypatch.setattr(tc, "GLUON_SCAN", False)
+    want = run(scan_of("chunked"), t)
+    monkeypatch.setattr(tc, "GLUON_SCAN", True)
+    monkeypatch.setattr(gc, "fits_scan", lambda x, C, seq, sizes, scaled: scaled and seq is None)
+    got = run(scan_of("chunked"), t)
+    assert_close(got, want, 1e-2)
 
 
 @pytest.mark.gpu
