@@ -288,24 +288,16 @@ def fits_pass(x, B, seq, sizes) -> bool:
     if not (HAVE_GLUON and x.is_cuda and seq is None and x.dtype in (torch.bfloat16, torch.float16)
             and B.dtype == x.dtype and N in (64, 128) and P % BP == 0 and Q % 16 == 0 and Q <= 256):
         return False
-    if torch.cuda.get_device_capability(x.device) != (9, 0):
-        return False
-    return all(t.data_ptr() % 16 == 0 and t.stride(1) * 2 % 16 == 0 and t.stride(0) == L * t.stride(1)
-               for t in (x, B))
+    return _sm90(x) and _tma_rows(L, x, B)
 
 
 def state_pass(x, B, w, s, h0, hin, hT, sizes, pdl: bool):
     """Run the pass: hin [B, H, NC, N, P] (x's dtype) and hT [B, H, P, N] float32 are written; w and s
     [B, H, NC, Q] float32 from the chunk preparation."""
     batch, L, H, P, G, N, Q, NC, BN = sizes
-    gdt = gl.bfloat16 if x.dtype == torch.bfloat16 else gl.float16
-
-    def desc(t, shape, strides, block):
-        return TensorDescriptor(t, shape, strides, block, gl.NVMMASharedLayout.get_default_for(block, gdt))
-
-    xd = desc(x, [batch, L, H * P], [x.stride(0), x.stride(1), 1], [1, Q, BP])
-    Bd = desc(B, [batch, L, G * N], [B.stride(0), B.stride(1), 1], [1, Q, N])
-    hd = desc(hin, [batch * H * NC, N, P], [N * P, P, 1], [1, N, BP])
+    xd = _rows_desc(x, H * P, [1, Q, BP])
+    Bd = _rows_desc(B, G * N, [1, Q, N])
+    hd = _desc(hin, [batch * H * NC, N, P], [N * P, P, 1], [1, N, BP])
     extra = {"launch_pdl": True} if pdl else {}
     _state_pass_kernel[(batch * H, P // BP)](xd, Bd, hd, w, s, h0, hT, H, G, P, NC, N=N, Q=Q, BP=BP, STAGES=STAGES,
                                              HBUF=HBUF, HAS_H0=h0 is not None, PDL=pdl, num_warps=WARPS, **extra)
@@ -319,28 +311,47 @@ def fits_scan(x, C, seq, sizes, scaled: bool) -> bool:
     if not (HAVE_GLUON and x.is_cuda and seq is None and scaled and Q == 128 and C.dtype == x.dtype
             and N == 128 and P == BP and G == 1):
         return False
-    if torch.cuda.get_device_capability(x.device) != (9, 0):
-        return False
-    return all(t.data_ptr() % 16 == 0 and t.stride(1) * 2 % 16 == 0 and t.stride(0) == L * t.stride(1)
-               for t in (x, C))
+    return _sm90(x) and _tma_rows(L, x, C)
 
 
 def chunk_scan(x, C, cb16, sc, dtc, s, hin, D, z, y, ypre, sizes, pdl: bool):
     """Run the chunk scan: y (and ypre, y before the gate, when given) [B, L, H, P] written from the chunk
     preparation's C·Bᵀ (float16 [B, NC, G, Q, Q] with its rows' scales sc), dt', s and the entering states hin."""
     batch, L, H, P, G, N, Q, NC, BN = sizes
-    gdt = gl.bfloat16 if x.dtype == torch.bfloat16 else gl.float16
     QB = Q // 2
-
-    def desc(t, shape, strides, block):
-        return TensorDescriptor(t, shape, strides, block, gl.NVMMASharedLayout.get_default_for(block, gdt))
-
-    xd = desc(x, [batch, L, H * P], [x.stride(0), x.stride(1), 1], [1, QB, BP])
-    Cd = desc(C, [batch, L, G * N], [C.stride(0), C.stride(1), 1], [1, QB, N])
-    hd = desc(hin, [batch * H * NC, N, P], [N * P, P, 1], [1, N, BP])
-    yd = desc(y, [batch, L, H * P], [L * H * P, H * P, 1], [1, QB, BP])
+    xd = _rows_desc(x, H * P, [1, QB, BP])
+    Cd = _rows_desc(C, G * N, [1, QB, N])
+    hd = _desc(hin, [batch * H * NC, N, P], [N * P, P, 1], [1, N, BP])
+    yd = _rows_desc(y, H * P, [1, QB, BP])
     extra = {"launch_pdl": True} if pdl else {}
     _chunk_scan_kernel[(2 * batch * NC * H, P // BP)](
         xd, Cd, hd, yd, cb16, sc, dtc, s, D, z, ypre, L, H, G, P, NC, N=N, Q=Q, BP=BP, HAS_D=D is not None,
         D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, STORE_YPRE=ypre is not None, PDL=pdl,
         num_warps=WARPS, **extra)
+
+
+_SM90: dict = {}  # device index → whether it is sm_90 (wgmma), asked at every forward that may take Gluon
+
+
+def _sm90(x) -> bool:
+    if x.device.index not in _SM90:
+        _SM90[x.device.index] = torch.cuda.get_device_capability(x.device) == (9, 0)
+    return _SM90[x.device.index]
+
+
+def _tma_rows(L: int, *ts) -> bool:
+    """Whether TMA can address the token rows of each [B, L, ...] tensor (rows evenly apart, token_rows): a 16-byte
+    aligned base and row stride (16-bit elements)."""
+    return all(t.data_ptr() % 16 == 0 and t.stride(1) * 2 % 16 == 0 and t.stride(0) == L * t.stride(1) for t in ts)
+
+
+def _desc(t, shape, strides, block):
+    """A TMA descriptor of t (16-bit) with blocks `block` in the shared layout the kernels' MMAs read."""
+    gdt = gl.bfloat16 if t.dtype == torch.bfloat16 else gl.float16
+    return TensorDescriptor(t, shape, strides, block, gl.NVMMASharedLayout.get_default_for(block, gdt))
+
+
+def _rows_desc(t, width: int, block):
+    """The descriptor of a [B, L, ..., ...] tensor's token rows as [B, L, width] (a row's width elements
+    contiguous), blocks [1, tokens, columns]: what lies past L reads as 0 and is not written."""
+    return _desc(t, [t.shape[0], t.shape[1], width], [t.stride(0), t.stride(1), 1], block)
