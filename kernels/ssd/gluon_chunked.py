@@ -29,8 +29,8 @@ Gluon kernels, graph replay: L4096 0.1547 -> 0.1378 ms, L16384 0.5591 -> 0.5230 
 run; storing y from the accumulator's layout instead, 0.1541 and 0.5881).
 
 Only the common case runs here: 16-bit inputs, no seq_idx, N 64 or 128, P a multiple of 64, tiles that TMA can
-address (`fits_pass`); the scan, bf16 (whose C·Bᵀ is kept in scaled float16), chunks of 128, and so far only one
-group, N 128 and P 64, the shapes its GPU tests have run (`fits_scan`); the Triton kernels take the rest. Gluon is compiled only (the interpreter does not run it): its
+address (`fits_pass`); the scan, also bf16 only (whose C·Bᵀ is kept in scaled float16) and chunks of 128
+(`fits_scan`); the Triton kernels take the rest. Gluon is compiled only (the interpreter does not run it): its
 tests run on the GPU, and CI compiles its launches for sm_90 (tests/kernels/test_ssd.py).
 """
 from __future__ import annotations
@@ -305,11 +305,11 @@ def state_pass(x, B, w, s, h0, hin, hT, sizes, pdl: bool):
 
 def fits_scan(x, C, seq, sizes, scaled: bool) -> bool:
     """Whether the Gluon chunk scan takes this forward: sm_90, chunks of 128, bf16 (C·Bᵀ in scaled float16), no
-    seq_idx, and x, C token rows TMA can address; for now only the shapes its GPU tests have run (one group,
-    N 128, P 64: Mamba-2's usual head), though it compiles for more (N 64, P a multiple of 64, G groups)."""
+    seq_idx, N 64 or 128, P a multiple of 64 (one program a 64-wide block), any groups, and x, C token rows TMA
+    can address."""
     batch, L, H, P, G, N, Q, NC, BN = sizes
     if not (HAVE_GLUON and x.is_cuda and seq is None and scaled and Q == 128 and C.dtype == x.dtype
-            and N == 128 and P == BP and G == 1):
+            and N in (64, 128) and P % BP == 0):
         return False
     return _sm90(x) and _tma_rows(L, x, C)
 

@@ -566,14 +566,13 @@ def test_gpu_chunked_tma_reads(P, monkeypatch):
 def test_gpu_gluon_kernels(L, H, P, G, N, dtype, opts, monkeypatch):
     """The Gluon state pass and chunk scan, each alone and both, give the Triton kernels' outputs and gradients
     (to the tensor cores' summation order) and the float64 result: a last chunk past L, h0, z, P 128 in two
-    programs, G 2, N 64, one chunk. (The scan is Gluon's for bf16, one group, N 128 and P 64 only.)"""
+    programs, G 2, N 64, one chunk. (The scan is Gluon's for bf16 only.)"""
     from archdsl.kernels.ssd import gluon_chunked as gc
     from archdsl.kernels.ssd import triton_ssd_chunked as tc
     t = make(2, L, H, P, G, N, dtype=dtype, device=DEV, **opts)
     sizes = tc._sizes(t["x"], t["B"], t["C"], None)
     assert gc.fits_pass(t["x"], t["B"], None, sizes)
-    assert gc.fits_scan(t["x"], t["C"], None, sizes, tc._cb16(t["x"])) == (
-        dtype == torch.bfloat16 and (G, N, P) == (1, 128, 64))
+    assert gc.fits_scan(t["x"], t["C"], None, sizes, tc._cb16(t["x"])) == (dtype == torch.bfloat16)
     monkeypatch.setattr(tc, "TMA_MIN_PROGRAMS", 0)  # as a graph capture or a long sequence takes them
     outs = {}
     for gpass, gscan in [(False, False), (True, False), (False, True), (True, True)]:
@@ -590,10 +589,10 @@ def test_gpu_gluon_kernels(L, H, P, G, N, dtype, opts, monkeypatch):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("P, G, N", [(128, 2, 64), (64, 2, 128), (128, 1, 128)])
-def test_gpu_gluon_scan_on_shapes_not_yet_taken(P, G, N, monkeypatch):
-    """The Gluon chunk scan on shapes fits_scan does not take yet (P 128 in two programs, G 2, N 64) against the
-    Triton scan: where this passes on the card, fits_scan may widen to them."""
+@pytest.mark.parametrize("P, G, N", [(128, 2, 64), (64, 2, 128), (128, 1, 128), (64, 1, 64)])
+def test_gpu_gluon_scan_on_other_heads(P, G, N, monkeypatch):
+    """The Gluon chunk scan on heads besides Mamba-2's usual one (P 128 in two programs, G 2, N 64) takes them and
+    gives the Triton scan's y and final state."""
     from archdsl.kernels.ssd import gluon_chunked as gc
     from archdsl.kernels.ssd import triton_ssd_chunked as tc
     t = make(2, 1000, 4, P, G, N, D=2, bias=True, h0=True, dtype=torch.bfloat16, device=DEV)
@@ -601,8 +600,11 @@ def test_gpu_gluon_scan_on_shapes_not_yet_taken(P, G, N, monkeypatch):
     monkeypatch.setattr(tc, "GLUON_SCAN", False)
     want = run(scan_of("chunked"), t)
     monkeypatch.setattr(tc, "GLUON_SCAN", True)
-    monkeypatch.setattr(gc, "fits_scan", lambda x, C, seq, sizes, scaled: scaled and seq is None)
+    taken = []
+    fits = gc.fits_scan
+    monkeypatch.setattr(gc, "fits_scan", lambda *a: taken.append(fits(*a)) or taken[-1])
     got = run(scan_of("chunked"), t)
+    assert taken == [True]
     assert_close(got, want, 1e-2)
 
 
@@ -610,11 +612,13 @@ def test_gpu_gluon_scan_on_shapes_not_yet_taken(P, G, N, monkeypatch):
 @gpu
 def test_gpu_captured_scan_takes_descriptors(monkeypatch):
     """A chunk scan too small for descriptors when called (B1 L512 H8: 32 programs) takes them when captured
-    into a CUDA graph, and the replays give the eager call's y and final state bit for bit."""
-    from archdsl.kernels.ssd import triton_ssd_chunked
+    into a CUDA graph (the Triton scan's or, on sm_90, the Gluon kernels'), and the replays give the eager call's
+    y and final state bit for bit."""
+    from archdsl.kernels.ssd import gluon_chunked, triton_ssd_chunked
     made = []
-    real = triton_ssd_chunked._descriptors
-    monkeypatch.setattr(triton_ssd_chunked, "_descriptors", lambda *a: made.append(real(*a)) or made[-1])
+    for module, name in ((triton_ssd_chunked, "_descriptors"), (gluon_chunked, "_desc")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, real=real: made.append(real(*a)) or made[-1])
     monkeypatch.setenv("ARCHDSL_SSD_IMPL", "chunked")
     t = make(1, 512, 8, 64, 1, 128, D=1, z=True, bias=True, dtype=torch.bfloat16, device=DEV)
 
