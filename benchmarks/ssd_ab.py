@@ -1,12 +1,14 @@
 """A/B of module constants of the chunked SSD kernels on the card, against mamba_ssm in the same process.
 
-    python benchmarks/ssd_ab.py VARIANT [VARIANT ...] [--L 4096,16384] [--rounds 3] [--bwd] [--plain] [--json FILE]
+    python benchmarks/ssd_ab.py VARIANT [VARIANT ...] [--L 4096,16384] [--head H,P,N,G] [--rounds 3] [--bwd] [--plain]
+                                [--json FILE]
     e.g.  ssd_ab.py CHAIN=False CHAIN=True
           ssd_ab.py "CHAIN=True" "CONFIG['scan']=(64, 64, 4, 2, 128)" "STATE_PASS=(64, 128, 8, 2); CHAIN=False"
+          ssd_ab.py GLUON_SCAN=False GLUON_SCAN=True --L 4096 --head 16,128,64,2
 
 A variant is one or more assignments NAME=LITERAL or NAME[KEY]=LITERAL (a dict entry), separated by ';',
 to constants of archdsl.kernels.ssd.triton_ssd_chunked, set for that variant only. Shape B=4, L, H=32,
-P=64, N=128, G=1, bf16, D and dt_bias with softplus (benchmarks/kernels_ssd.py's). Each variant's forward
+P=64, N=128, G=1 (--head sets H, P, N, G), bf16, D and dt_bias with softplus (benchmarks/kernels_ssd.py's). Each variant's forward
 (with --bwd also its forward+backward) is replayed from a CUDA graph (the GPU's time alone; --plain adds the
 forward called plainly and the host's time a call at a small shape), the variants
 alternated over rounds and mamba_ssm timed once a round; each variant's best round is printed with its
@@ -83,8 +85,8 @@ def host_ms(fn, calls: int = 200) -> float:
     return (time.perf_counter() - t0) / calls * 1e3
 
 
-def ab(variants: list[str], L: int, rounds: int, bwd: bool, plain: bool) -> dict:
-    t, tg = _inputs(4, L), (_inputs(4, L, grad=True) if bwd else None)
+def ab(variants: list[str], L: int, rounds: int, bwd: bool, plain: bool, head: dict) -> dict:
+    t, tg = _inputs(4, L, **head), (_inputs(4, L, grad=True, **head) if bwd else None)
     small = _inputs(1, 256, H=8)
     peer = _peer()
     ours = lambda *a, **k: ssd_scan(*a[:5], chunk_size=a[5], **k)  # noqa: E731
@@ -117,6 +119,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("variants", nargs="+", help="NAME=LITERAL[; NAME[KEY]=LITERAL ...], one argument a variant")
     ap.add_argument("--L", default="4096,16384")
+    ap.add_argument("--head", default="32,64,128,1", help="H,P,N,G")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bwd", action="store_true", help="also time forward+backward")
     ap.add_argument("--plain", action="store_true", help="also time the forward called plainly (with its launches) "
@@ -125,9 +128,14 @@ def main() -> int:
     args = ap.parse_args()
     for v in args.variants:
         parse(v)
+    try:
+        H, P, N, G = map(int, args.head.split(","))
+    except ValueError:
+        raise SystemExit(f"--head {args.head!r}: expected four integers H,P,N,G") from None
+    head = dict(H=H, P=P, N=N, G=G)
     out = {}
     for L in map(int, args.L.split(",")):
-        out[L] = r = ab(args.variants, L, args.rounds, args.bwd, args.plain)
+        out[L] = r = ab(args.variants, L, args.rounds, args.bwd, args.plain, head)
         for p, pr in r["peer"].items():
             print(f"L {L} {p}: mamba_ssm {pr['ms']:.4f} ms (rounds {[round(x, 4) for x in pr['rounds']]})", flush=True)
             for v in r["variants"]:
