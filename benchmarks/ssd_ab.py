@@ -9,8 +9,8 @@
 A variant is one or more assignments NAME=LITERAL or NAME[KEY]=LITERAL (a dict entry), separated by ';',
 to constants of archdsl.kernels.ssd.triton_ssd_chunked, set for that variant only. Shape B=4, L, H=32,
 P=64, N=128, G=1 (--head sets H, P, N, G), bf16, D and dt_bias with softplus (benchmarks/kernels_ssd.py's).
-Each variant's forward (with --bwd also its forward+backward) is replayed from a CUDA graph (the GPU's time alone; --plain adds the
-forward called plainly and the host's time a call at a small shape), the variants
+Each variant's forward (with --bwd also its forward+backward) is replayed from a CUDA graph (the GPU's time
+alone; --plain adds the forward called plainly and the host's time a call at a small shape), the variants
 alternated over rounds and mamba_ssm timed once a round; each variant's best round is printed with its
 ratio to the peer's best, and its y against the first variant's (max |difference| / max |y|) and the peer's.
 """
