@@ -926,17 +926,25 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     dtc, s, w, cb16, sc, cb32 = _prep(x, dt, A, B, C, dt_bias, dt_softplus, sizes, chain, store16=scaled,
                                       store32=(for_backward and keep_states) or not scaled,
                                       store_w=_gluon_pass(x, B, seq, sizes))
-    scan = _launch("scan", x, Q, P)
     hin, hT = _states(x, B, seq, dtc, s, w, h0, sizes, chain)
     y = _new(x)
-    store_ypre = for_backward and z is not None
-    ypre = _new(x) if store_ypre else None
-    fl = _flags(D, z, dt_bias, dt_softplus)
-    cb = cb16 if scaled else cb32
+    ypre = _new(x) if for_backward and z is not None else None
     if _gluon_scan(x, C, seq, sizes, scaled):
         from . import gluon_chunked
         gluon_chunked.chunk_scan(x, C, cb16, sc, dtc, s, hin, D, z, y, ypre, sizes, chain["PDL"])
-        return y, hT, ((None, None, h0, None, ypre, None) if not keep_states else (dtc, s, h0, hin, ypre, cb32))
+    else:
+        _scan(x, C, cb16 if scaled else cb32, sc, D, z, dt_bias, dt_softplus, seq, dtc, s, hin, y, ypre, sizes,
+              chain)
+    if not keep_states:
+        return y, hT, (None, None, h0, None, ypre, None)
+    return y, hT, (dtc, s, h0, hin, ypre, cb32)
+
+
+def _scan(x, C, cb, sc, D, z, dt_bias, dt_softplus, seq, dtc, s, hin, y, ypre, sizes, chain):
+    """The Triton chunk scan (_chunk_scan) into y (and ypre, y before the gate, when given), from C·Bᵀ cb (float16
+    with its rows' scales sc, or float32 with sc None); its tiles through TMA descriptors where they pay."""
+    batch, L, H, P, G, N, Q, NC, BN = sizes
+    scan = _launch("scan", x, Q, P)
     pair = enter = None
     if _tma_pays(x, batch * NC * H):
         tma = _launch("scan_tma", x, Q, P)  # the descriptors' blocks are its tiles
@@ -945,14 +953,12 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
         enter = _descriptors("in" in TMA, (C, [1, cbt, 1, BN]), (hin.view(-1, N, P), [1, BN, bp]))
         if pair or enter:
             scan = tma
+    fl = _flags(D, z, dt_bias, dt_softplus)
     _chunk_scan[(batch * NC * H, scan.pop("NPB"))](
         x, C, cb, sc, D, z, seq, dtc, s, hin, y, ypre, *(pair or (None,) * 2), *(enter or (None,) * 2), L, H, G, P, N,
         NC, x.stride(1), C.stride(1), HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"],
-        HAS_SEQ=seq is not None, STORE_YPRE=store_ypre, SCALED=scaled, TMA_PAIR=pair is not None,
-        TMA_IN=enter is not None, Q=Q, BN=BN, PREC=_prec(x), **chain, **scan)
-    if not keep_states:
-        return y, hT, (None, None, h0, None, ypre, None)
-    return y, hT, (dtc, s, h0, hin, ypre, cb32)
+        HAS_SEQ=seq is not None, STORE_YPRE=ypre is not None, SCALED=cb.dtype == torch.float16,
+        TMA_PAIR=pair is not None, TMA_IN=enter is not None, Q=Q, BN=BN, PREC=_prec(x), **chain, **scan)
 
 
 def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s, h0, hin, ypre, cb, *,
