@@ -9,6 +9,8 @@ name, so one can see at a glance which layers hold the same weights.
 from __future__ import annotations
 
 import os
+import re
+from contextlib import contextmanager
 
 from .blocks.base import FFN, INJECT, MIXER
 from .errors import ArchDSLError
@@ -34,6 +36,16 @@ def check_path(path: str, formats=FORMATS) -> str:
     return ext
 
 
+@contextmanager
+def plain_text():
+    """matplotlib (Agg) with every text drawn as written: no mathtext, so a '$' in a name is a '$'."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    with matplotlib.rc_context({"text.parse_math": False}):
+        yield
+
+
 def draw(spec, path: str) -> None:
     """Write the picture of `spec` to `path`; the suffix picks the format. Missing parent directories
     are created; the file appears whole or not at all."""
@@ -43,7 +55,8 @@ def draw(spec, path: str) -> None:
     elif ext == ".mmd":
         _write_text(path, to_mermaid(spec))
     else:
-        _save(strip_figure(spec), path)
+        with plain_text():
+            _save(strip_figure(spec), path)
 
 
 def _write_text(path: str, text: str) -> None:
@@ -60,9 +73,6 @@ def _color(kind: str) -> str:
 
 
 def strip_figure(spec):
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
@@ -124,13 +134,27 @@ def _label(subs) -> str:
     return " + ".join(s.name + (f" [{s.group}]" if s.group else "") for s in subs)
 
 
+def _dot(text: str) -> str:
+    """`text` inside a DOT double-quoted string: backslashes, quotes and line breaks escaped."""
+    return str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+_MERMAID_PLAIN = re.compile(r"[A-Za-z0-9 _.,:+×*/=()\[\]-]")
+
+
+def _mmd(text: str) -> str:
+    """`text` for a Mermaid label: every character outside a plain set as an entity code (`"` → #34;),
+    so no name can close a label, start markup or be read as syntax."""
+    return "".join(c if _MERMAID_PLAIN.fullmatch(c) else f"#{ord(c)};" for c in str(text))
+
+
 def to_dot(spec) -> str:
     g = spec.graph
-    out = [f'digraph "{spec.name}" {{', "  rankdir=LR;", '  node [shape=box, style="rounded,filled", fontname=Helvetica];']
+    out = [f'digraph "{_dot(spec.name)}" {{', "  rankdir=LR;", '  node [shape=box, style="rounded,filled", fontname=Helvetica];']
     out.append('  embed [label="embedding", fillcolor="#EEEEEE"];')
     for i, subs in enumerate(layers(g)):
         main = role_of(subs, MIXER) or subs[0]
-        out.append(f'  L{i} [label="{i}: {_label(subs)}", fillcolor="{_color(main.kind)}"];')
+        out.append(f'  L{i} [label="{i}: {_dot(_label(subs))}", fillcolor="{_color(main.kind)}"];')
     out.append('  norm [label="final norm", fillcolor="#EEEEEE"];')
     out.append(f'  head [label="LM head{" (tied)" if spec.tie_embeddings else ""}", fillcolor="#EEEEEE"];')
     for u, v, data in g.edges(data=True):
@@ -139,7 +163,7 @@ def to_dot(spec) -> str:
         out.append(f"  {u} -> {v}{style};")
     for group, members in g.graph["groups"].items():
         for a, b in zip(members, members[1:]):
-            out.append(f'  L{a} -> L{b} [dir=none, style=dotted, color="#D62728", constraint=false, label="{group}"];')
+            out.append(f'  L{a} -> L{b} [dir=none, style=dotted, color="#D62728", constraint=false, label="{_dot(group)}"];')
     out.append("}")
     return "\n".join(out) + "\n"
 
@@ -151,13 +175,13 @@ def to_mermaid(spec) -> str:
     for i, subs in enumerate(layers(g)):
         main = role_of(subs, MIXER) or subs[0]
         classes.setdefault(main.kind, []).append(f"L{i}")
-        out.append(f'  L{i}["{i}: {_label(subs)}"]')
+        out.append(f'  L{i}["{i}: {_mmd(_label(subs))}"]')
     out += ['  norm["final norm"]', '  head["LM head"]']
     for u, v, data in g.edges(data=True):
         out.append(f"  {u} -.-> {v}" if data["flow"] == "embedding" else f"  {u} --> {v}")
     for group, members in g.graph["groups"].items():
         for a, b in zip(members, members[1:]):
-            out.append(f"  L{a} -. {group} .- L{b}")
+            out.append(f'  L{a} -.-|"{_mmd(group)}"| L{b}')
     for kind, ids in classes.items():
         out.append(f"  classDef {kind} fill:{_color(kind)},color:#fff")
         out.append(f"  class {','.join(ids)} {kind}")
@@ -167,20 +191,18 @@ def to_mermaid(spec) -> str:
 def plot_memory(lens: list[int], data: dict[str, list[int]], path: str, batch: int = 1, dtype: str = "bfloat16") -> None:
     """Cache bytes against context length, log-log, one line per spec."""
     check_path(path, PLOT_FORMATS)
-    import matplotlib
+    with plain_text():
+        import matplotlib.pyplot as plt
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for name, values in data.items():
-        ax.plot(lens, [v / 2**30 for v in values], marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel(f"inference cache (GiB, batch {batch}, {dtype})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("cache bytes against context length")
-    fig.tight_layout()
-    _save(fig, path)
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for name, values in data.items():
+            ax.plot(lens, [v / 2**30 for v in values], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(f"inference cache (GiB, batch {batch}, {dtype})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title("cache bytes against context length")
+        fig.tight_layout()
+        _save(fig, path)

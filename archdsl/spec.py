@@ -188,12 +188,20 @@ def read_text(path: str) -> str:
         raise ArchDSLError(f"not a UTF-8 text file (byte {e.start}: 0x{data[e.start]:02x})", file=path, line=line) from None
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's floats: `1e-6` (no dot) is a number, not a string."""
+
+
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 def read_yaml(text: str, file: str):
     """(composed node tree, plain data) of YAML text, safely; a syntax error points into the file."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=YamlLoader)
         _unique_keys(root, text, file)
-        return root, yaml.safe_load(text)
+        return root, yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or str(e)
@@ -203,8 +211,18 @@ def read_yaml(text: str, file: str):
                            start=mark.index) from None
 
 
-def _unique_keys(node, text: str, file: str) -> None:
-    """A key written twice in one mapping is an error (YAML forbids it; PyYAML keeps the last silently)."""
+def _unique_keys(node, text: str, file: str, within: tuple = (), done: set | None = None) -> None:
+    """A key written twice in one mapping is an error (YAML forbids it; PyYAML keeps the last silently),
+    and so is an alias inside the node it names (`a: &x [*x]`: no spec value is infinite). Each node is
+    checked once, however many aliases name it."""
+    done = set() if done is None else done
+    if any(node is outer for outer in within):
+        raise ArchDSLError("a YAML alias refers to a node that contains it (a recursive value)",
+                           source=Source(text, file, file_text=text), start=node.start_mark.index)
+    if id(node) in done:
+        return
+    done.add(id(node))
+    within = within + (node,)
     if isinstance(node, yaml.MappingNode):
         seen = {}
         for key_node, _ in node.value:
@@ -216,14 +234,15 @@ def _unique_keys(node, text: str, file: str) -> None:
                 seen[key] = key_node.start_mark.line
     for child in node.value if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) else ():
         for sub in child if isinstance(child, tuple) else (child,):
-            _unique_keys(sub, text, file)
+            _unique_keys(sub, text, file, within, done)
 
 
 def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
     whole = Source(text, file, file_text=text)
     root, data = read_yaml(text, file)
     if isinstance(data, str):  # a file holding a bare layout string
-        return parse(data)
+        source = _layout_source(text, file, root, data)
+        return _checked(Spec(layout=parse_layout(data, source), source=source))
     if not isinstance(data, dict):
         raise ArchDSLError("a spec file must be a mapping of keys (name, d_model, layout, ...)"
                            f" or a layout string, not {type(data).__name__}", file=file, line=1, col=1)
@@ -241,7 +260,7 @@ def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
     layout_text = data["layout"]
     if not isinstance(layout_text, str):
         raise err(f"layout must be a string, not {type(layout_text).__name__}", ("layout",))
-    layout_source = _layout_source(text, file, root, layout_text)
+    layout_source = _layout_source(text, file, next(v for k, v in root.value if k.value == "layout"), layout_text)
     layout = parse_layout(layout_text, layout_source)
 
     values = {key: _typed(key, data[key], err) for key in SIZE_TYPES if key in data}
@@ -282,9 +301,8 @@ def _positions(node, path: tuple = ()) -> dict[tuple, int]:
     return out
 
 
-def _layout_source(text: str, file: str, root, layout_text: str) -> Source:
-    """Where the layout string's characters stand in the file, so errors point inside it."""
-    node = next(v for k, v in root.value if k.value == "layout")
+def _layout_source(text: str, file: str, node, layout_text: str) -> Source:
+    """Where the layout string's characters (the scalar `node`) stand in the file, so errors point inside it."""
     start, end = node.start_mark.index, node.end_mark.index
     if node.style in ("'", '"'):
         start, end = start + 1, end - 1

@@ -54,6 +54,28 @@ def test_graph_formats(tmp_path, ext, capsys):
     assert run("graph", "mamba2", "-o", str(tmp_path / "g.jpg"), capsys=capsys)[0] == 2
 
 
+ODD_NAME = 'a$b "q" \\ <i>|#1;'  # mathtext, quotes, a backslash, markup, Mermaid's entity and edge signs
+
+
+def test_pictures_draw_names_as_written(tmp_path, capsys):
+    """A name with $, quotes or a backslash is drawn as written: no mathtext error, no broken DOT/Mermaid."""
+    import re
+
+    spec = tmp_path / "odd.yaml"
+    spec.write_text(f"name: {json.dumps(ODD_NAME)}\nlayout: 2×attn(shared={json.dumps(ODD_NAME)}), mamba2\n")
+    for ext in (".png", ".svg", ".dot", ".mmd"):
+        assert run("graph", str(spec), "-o", str(tmp_path / f"g{ext}"), capsys=capsys)[0] == 0, ext
+    assert run("memory", str(spec), "--seq-lens", "1k,2k", "-o", str(tmp_path / "m.png"), capsys=capsys)[0] == 0
+    dot = (tmp_path / "g.dot").read_text()
+    strings = [re.sub(r"\\(.)", r"\1", m) for m in re.findall(r'"((?:[^"\\\n]|\\.)*)"', dot)]
+    assert ODD_NAME in strings and f"0: attn [{ODD_NAME}]" in strings  # every quote closes the string it opened
+    mmd = (tmp_path / "g.mmd").read_text()
+    labels = re.findall(r'\["([^"]*)"\]|\|"([^"]*)"\|', mmd)
+    assert len(labels) == 7 and all(not set(a + b) & set('"<>|\\$') for a, b in labels)
+    unescaped = [re.sub(r"#([0-9]+);", lambda m: chr(int(m.group(1))), a or b) for a, b in labels]
+    assert f"0: attn [{ODD_NAME}]" in unescaped and ODD_NAME in unescaped
+
+
 def test_memory_table_and_plot(tmp_path, capsys):
     plot = tmp_path / "m.png"
     code, out, _ = run("memory", os.path.join(ROOT, "specs/mamba2-2.7b.yaml"), os.path.join(ROOT, "specs/llama-2-7b.yaml"),

@@ -241,7 +241,8 @@ def test_expanded_count_matches_repetition_arithmetic(case):
     assert len(expand(layout)) == n == layer_count(layout)
 
 
-LAYOUT_CHARS = "mamba2attnmlpxX×*+()=,#\n\t 0123456789_-.'\"e"
+# with digits of other scripts: only ASCII digits make numbers, the others are refused
+LAYOUT_CHARS = "mamba2attnmlpxX×*+()=,#\n\t 0123456789_-.'\"e٣٦０²"
 MUTATION = st.tuples(st.sampled_from(["insert", "delete", "replace"]), st.integers(0, 10**6),
                      st.one_of(st.sampled_from(list(LAYOUT_CHARS)), st.characters()))
 
@@ -400,6 +401,18 @@ GOLDEN = {
         "<layout>:1:22: unexpected number 3; expected ',', 'offset' or the end of the layout after '2'\n"
         "  8×mamba, moe every 2 3\n"
         "                       ^",
+    "٣×mamba2":
+        "<layout>:1:1: unexpected character '٣'; expected a block name, a number, '(' or the end of the layout\n"
+        "  ٣×mamba2\n"
+        "  ^",
+    "1٦×mamba2":
+        "<layout>:1:1: a count needs a repetition sign after it, as in 1×mamba2\n"
+        "  1٦×mamba2\n"
+        "  ^",
+    "mamba2, 2 attn":
+        "<layout>:1:9: a count needs a repetition sign after it, as in 2×mamba2\n"
+        "  mamba2, 2 attn\n"
+        "          ^",
     "attn(act='swiglu)":
         "<layout>:1:10: unterminated string: a quoted string must end on the same line\n"
         "  attn(act='swiglu)\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import os
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -100,3 +101,50 @@ def test_layout_errors_point_at_the_token_in_every_yaml_style(items, at, seps, s
         assert str(e).startswith(f"s.yaml:{line}:{col}: unknown block 'atn'"), (text, str(e))
     else:
         raise AssertionError("accepted `atn`")
+
+
+def _error(text: str) -> str:
+    try:
+        spec_from_yaml(text, file="s.yaml").graph
+    except archdsl.ArchDSLError as e:
+        return str(e)
+    raise AssertionError(f"accepted:\n{text}")
+
+
+def test_a_recursive_alias_is_an_error_not_a_recursion():
+    assert _error("name: x\nlayout: mamba\nblocks:\n  a: &x [*x]\n").startswith(
+        "s.yaml:4:6: a YAML alias refers to a node that contains it")
+    many = "name: x\nlayout: mamba\nz: &a [1, 1]\n" + "".join(
+        f"z{i}: &a{i} [*{'a' if i == 0 else f'a{i - 1}'}, *{'a' if i == 0 else f'a{i - 1}'}]\n" for i in range(40))
+    assert "unknown spec key 'z'" in _error(many)  # 2^40 paths through the aliases: each node checked once
+
+
+@pytest.mark.parametrize("value, field", [(".inf", "dt_max"), (".nan", "dt_max"), ("-.inf", "dt_min"),
+                                          (".nan", "norm_eps"), ("-1.0", "norm_eps"), ("0.0", "norm_eps"),
+                                          ("1.5", "norm_eps")])
+def test_block_floats_must_be_finite_and_eps_in_range(value, field):
+    message = _error(f"name: x\nlayout: mamba2\nblocks:\n  mamba2: {{{field}: {value}}}\n")
+    assert message.startswith("s.yaml:4:") and f"mamba2: {field} must be" in message
+    for text in (f"zamba(norm_eps={value.lstrip('.')})", "mamba(inner_norms=weighted, inner_norm_eps=-1.0)",
+                 "attn(rope_theta=1e400)"):
+        with pytest.raises(archdsl.ArchDSLError):
+            archdsl.parse(text).graph
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan"])
+def test_model_floats_must_be_finite(value):
+    for key in ("rope_theta", "aux_loss_coef"):
+        block = "attn" if key == "rope_theta" else "moe"
+        assert f"{key} must be" in _error(f"name: x\nlayout: mamba2, {block}\nblocks:\n  {block}: {{{key}: {value}}}\n")
+    assert "norm_eps must be" in _error(f"name: x\nlayout: mamba2\nnorm_eps: {value}\n")
+
+
+def test_floats_without_a_dot_are_numbers():
+    spec = spec_from_yaml("name: x\nlayout: mamba2\nnorm_eps: 1e-6\nblocks:\n  mamba2: {norm_eps: 1E-5, dt_max: 2e-1}\n")
+    assert spec.norm_eps == 1e-6 and spec.graph is not None
+    assert spec_from_yaml(spec.to_yaml()).to_dict() == spec.to_dict()
+
+
+def test_a_bare_layout_file_keeps_its_positions():
+    assert _error("# a layout alone\n2×mamba2,\n  atn\n").startswith("s.yaml:3:3: unknown block 'atn'")
+    assert _error('"2×mamba2, ٣×attn"\n').startswith("s.yaml:1:12: unexpected character '٣'")

@@ -7,6 +7,7 @@ found through the registry in archdsl/blocks/__init__.py.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -24,7 +25,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True, kw_only=True)
 class BlockConfig:
     """Base of every block config. Subclasses set `kind`, `role` and their own fields,
-    and check them in `check()` (called from __post_init__)."""
+    and check them in `check()` (called from __post_init__). Checked here for every block: ints
+    are positive (>= 0 where listed in `zero_ok`), floats finite, and every `*eps` in (0, 1)."""
 
     kind: ClassVar[str] = ""
     role: ClassVar[str] = MIXER
@@ -40,6 +42,10 @@ class BlockConfig:
                 floor = 0 if f.name in self.zero_ok else 1
                 if value < floor:
                     raise ConfigError(f.name, f"{self.kind}: {f.name} must be {'>= 0' if floor == 0 else 'positive'}, got {value}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f.name, f"{self.kind}: {f.name} must be a finite number, got {value}")
+            if f.name.endswith("eps") and not 0 < value < 1:
+                raise ConfigError(f.name, f"{self.kind}: {f.name} must be in (0, 1), got {value}")
         self.check()
 
     def check(self) -> None:

@@ -180,12 +180,15 @@ def plot_accuracy(cands: list[Candidate], path: str, task: str = "probe") -> Non
 
 
 def write_plots(outdir: str, cands: list[Candidate], objectives, batch: int, dtype: str, task: str | None) -> list[str]:
+    from ..draw import plain_text
+
     paths = [os.path.join(outdir, "pareto.png"), os.path.join(outdir, "cache_vs_context.png")]
-    plot_pareto(cands, objectives, paths[0])
-    plot_cache(cands, paths[1], batch=batch, dtype=dtype)
-    if task:
-        paths.append(os.path.join(outdir, "accuracy_vs_attention.png"))
-        plot_accuracy(cands, paths[-1], task)
+    with plain_text():
+        plot_pareto(cands, objectives, paths[0])
+        plot_cache(cands, paths[1], batch=batch, dtype=dtype)
+        if task:
+            paths.append(os.path.join(outdir, "accuracy_vs_attention.png"))
+            plot_accuracy(cands, paths[-1], task)
     return paths
 
 

@@ -403,6 +403,9 @@ def _explain(text: str, e: UnexpectedInput) -> tuple[str, int, int]:
         message = f"unexpected {_describe_token(tok)}"
         if tok.type == "NAME" and prev is not None and prev.type == "NAME" and prev.value in ("x", "X"):
             return (f"'{prev.value}' needs a count before it, as in 4×{tok.value}", prev.start_pos, prev.end_pos)
+        if tok.type == "INT" and "REPEAT" in expected_set:
+            n = tok.value.strip()
+            return (f"a count needs a repetition sign after it, as in {n}×mamba2", pos, tok.end_pos)
         if expected:
             message += f"; expected {expected}{_after(prev)}"
         end = tok.end_pos if tok.end_pos is not None else pos + 1

@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - older torch
     CheckpointException = RuntimeError
 
 CKPT_DIR = "checkpoints"
-STEP_RE = re.compile(r"^step_(\d{8})$")
+STEP_RE = re.compile(r"^step_([0-9]{8})$")
 
 
 def _reason(e: BaseException) -> str:

@@ -74,7 +74,7 @@ def pairs(spec, names) -> list[tuple[str, str]]:
     return out
 
 
-_EXPERT = re.compile(r"^(.*\.mixer\.experts)\.(\d+)\.(up_proj|down_proj)\.weight$")
+_EXPERT = re.compile(r"^(.*\.mixer\.experts)\.([0-9]+)\.(up_proj|down_proj)\.weight$")
 
 
 def _stack_experts(hf_state: dict, spec) -> dict:
