@@ -353,7 +353,8 @@ def sample(logits, temperature=1.0, top_k=None, generator=None):
     """logits [B, V] → tokens [B]: greedy at temperature 0, else softmax sampling (top_k optional)."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature  # <= 0: a tiny temperature gives -inf, never nan
     if top_k is not None:
         v, _ = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
         logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))

@@ -39,8 +39,8 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     wd = torch.float64 if u.dtype == torch.float64 else torch.float32
     batch, dim, seqlen = u.shape
     Bg, Cg = _grouped_bc(B.to(wd), dim), _grouped_bc(C.to(wd), dim)
-    G, N = Bg.shape[1], A.shape[1]
-    H = dim // G
+    G, N = Bg.shape[1], A.shape[1]  # the state is grouped as B is; C may group the channels otherwise
+    H, GC = dim // G, Cg.shape[1]
     uf = u.to(wd)
     dt = delta.to(wd)
     if delta_bias is not None:
@@ -63,8 +63,9 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
         for a, b in zip(decay.unbind(0), dBu.unbind(0)):  # unbind: one backward op, not T slices
             h = torch.addcmul(b, a, h)                                                  # [B, G, H, N]
             hs.append(h)
-        y = (torch.stack(hs) * _steps_first(Cc)[:, :, :, None]).sum(-1)                 # [T, B, G, H]
-        ys.append(y.movedim(0, -1))                                                     # [B, G, H, T]
+        hs = torch.stack(hs).view(-1, batch, GC, dim // GC, N)                          # [T, B, GC, D/GC, N]
+        y = (hs * _steps_first(Cc)[:, :, :, None]).sum(-1)                              # [T, B, GC, D/GC]
+        ys.append(y.movedim(0, -1))                                                     # [B, GC, D/GC, T]
     y = torch.cat(ys, dim=-1).reshape(batch, dim, seqlen) if ys else uf.new_zeros(batch, dim, 0)
     if D is not None:
         y = y + uf * D.to(wd)[:, None]

@@ -80,8 +80,9 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
             raise ValueError(f"{name}: expected shape [{batch}, {N}] or [{batch}, G, {N}], got "
                              f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
         expect_shape(name, t, (batch, N) if t.dim() == 2 else (batch, None, N))
-        if dim % (t.shape[1] if t.dim() == 3 else 1):
-            raise ValueError(f"{name}: groups G={t.shape[1]} must divide D={dim}")
+        groups = t.shape[1] if t.dim() == 3 else 1
+        if groups == 0 or dim % groups:
+            raise ValueError(f"{name}: groups G={groups} must divide D={dim}")
     expect_shape("D", D, (dim,), optional=True)
     expect_shape("dt_bias", dt_bias, (dim,), optional=True)
     expect_float(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)

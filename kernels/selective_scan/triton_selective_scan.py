@@ -30,6 +30,7 @@ checkpoints, so either backward follows any of them.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -793,11 +794,12 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
     batch, dim, N = state.shape
     assert state.stride(2) == 1, "state's last dimension must be contiguous"
     y = torch.empty_like(x)
-    Bc, Cc = unit_last(B), unit_last(C)
+    G = math.lcm(B.shape[1], C.shape[1])  # the kernel reads B and C at one group size: the finer of the two
+    Bc, Cc = (unit_last(M if M.shape[1] == G else M.repeat_interleave(G // M.shape[1], dim=1)) for M in (B, C))
     bd = 32 if N <= 32 else 8
     _ss_step_kernel[(cdiv(dim, bd), batch)](
         state, x, dt, A.contiguous(), Bc, Cc, dense(D), z, dense(dt_bias), y,
-        dim, N, dim // B.shape[1], state.stride(0), state.stride(1), x.stride(0), dt.stride(0),
+        dim, N, dim // G, state.stride(0), state.stride(1), x.stride(0), dt.stride(0),
         z.stride(0) if z is not None else 0, y.stride(0), Bc.stride(0), Bc.stride(1), Cc.stride(0), Cc.stride(1),
         BLOCK_D=bd, BLOCK_N=next_pow2(N), num_warps=4, **_flags(D, z, dt_bias, dt_softplus))
     return y

@@ -136,7 +136,7 @@ def _ssd_fwd_kernel(
 
         CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)
         keep = causal & same
-        decay = tl.where(keep, tl.exp(tl.minimum(s[:, None] - s[None, :], 0.0)), 0.0)
+        decay = tl.where(keep, tl.exp(s[:, None] - s[None, :]), 0.0)
         W = (CB * decay * dt[None, :]).to(x.dtype)
         y = tl.dot(W, x, input_precision=PREC)
         y_state = tl.dot(Cm, tl.trans(state.to(x.dtype)), input_precision=PREC)
@@ -145,7 +145,7 @@ def _ssd_fwd_kernel(
         _finish_y(y, xf, Dv, z_ptr, y_ptr, ypre_ptr, xo, mask_tp, HAS_D, HAS_Z, STORE_YPRE)
 
         sT = tl.sum(dt * A, axis=0)
-        w_out = tl.where(m_out, tl.exp(tl.minimum(sT - s, 0.0)) * dt, 0.0)
+        w_out = tl.where(m_out, tl.exp(sT - s) * dt, 0.0)
         Bw = (Bm.to(tl.float32) * w_out[:, None]).to(x.dtype)
         state = state * tl.where(carry, tl.exp(sT), 0.0) + tl.dot(tl.trans(x), Bw, input_precision=PREC)
         seq_prev = seq_last
@@ -220,7 +220,7 @@ def _ssd_bwd_kernel(
         CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)
         gx = tl.dot(g_lo, tl.trans(x), input_precision=PREC)
         keep = causal & same
-        decay = tl.where(keep, tl.exp(tl.minimum(s[:, None] - s[None, :], 0.0)), 0.0)
+        decay = tl.where(keep, tl.exp(s[:, None] - s[None, :]), 0.0)
         Ld = decay * dt[None, :]
         R = Ld * gx
         M = R * CB
@@ -240,7 +240,7 @@ def _ssd_bwd_kernel(
 
         # the chunk's contribution to the state it hands on
         sT = tl.sum(dt * A, axis=0)
-        w_out = tl.where(m_out, tl.exp(tl.minimum(sT - s, 0.0)), 0.0)
+        w_out = tl.where(m_out, tl.exp(sT - s), 0.0)
         dstate_lo = dstate.to(x.dtype)
         dHB = tl.dot(Bm, tl.trans(dstate_lo), input_precision=PREC)
         dx += (w_out * dt)[:, None] * dHB

@@ -245,7 +245,7 @@ def _exp(x):
 def _decay(offs_i, s_i, seq_i, offs_j, s_j, seq_j):
     """exp(s_t - s_u) for targets t (rows) and sources u (columns) of one sequence with t >= u, else 0."""
     keep = (offs_i[:, None] >= offs_j[None, :]) & (seq_i[:, None] == seq_j[None, :])
-    return tl.where(keep, _exp(tl.minimum(s_i[:, None] - s_j[None, :], 0.0)), 0.0)
+    return tl.where(keep, _exp(s_i[:, None] - s_j[None, :]), 0.0)
 
 
 @triton.jit
@@ -285,7 +285,7 @@ def _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, w_ptr, b, c, hb, L, H
     tl.store(s_ptr + out, s, mask=keep)
     if STORE_W:
         sT = tl.sum(tl.where(offs_q[:, None] == Q - 1, s, 0.0), axis=0)
-        tl.store(w_ptr + out, _exp(tl.minimum(sT[None, :] - s, 0.0)) * dt, mask=keep)
+        tl.store(w_ptr + out, _exp(sT[None, :] - s) * dt, mask=keep)
 
 
 @triton.jit
@@ -295,7 +295,7 @@ def _state_weights(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, L, NC, Q: tl.constexp
     factor carry of the entering state."""
     nb, sT, carry, seq_prev, seq_last = _chunk_info(s_ptr, seq_ptr, bh64, row0, c, L, NC, Q, Q, HAS_SEQ)
     offs, rows, mask_t, dt, s, seq = _block(dtc_ptr, s_ptr, seq_ptr, bh64, row0, c, 0, L, NC, Q, Q, HAS_SEQ)
-    return tl.where(seq == seq_last, _exp(tl.minimum(sT - s, 0.0)) * dt, 0.0), carry
+    return tl.where(seq == seq_last, _exp(sT - s) * dt, 0.0), carry
 
 
 @triton.jit
@@ -635,7 +635,7 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, bias_ptr, se
             ds_c = _add_row(ds_c, tl.sum(M, axis=1), i)
             dxs += tl.dot(tl.trans((decay * CB).to(xdt)), gi, input_precision=PREC)
         # the sub-block's part in the state the chunk hands on: w_out dt' x ⊗ B, with exp(-s_u) in w_out
-        w_out = tl.where(seq_j == seq_last, _exp(tl.minimum(sT - s_j, 0.0)), 0.0)
+        w_out = tl.where(seq_j == seq_last, _exp(sT - s_j), 0.0)
         dHB = w_out[:, None] * tl.dot(Bj, tl.trans(dstate), input_precision=PREC)
         w = dt_j * tl.sum(xj.to(tl.float32) * dHB, axis=1)
         ds_T += tl.sum(w, axis=0)
@@ -744,7 +744,7 @@ def _group_dB(x_ptr, C_ptr, seq_ptr, dtc_ptr, s_ptr, dout_ptr, dcb_ptr, dB_ptr,
         xj = _tile(x_ptr, rows_j, mask_j, SX, h, P, offs_p, mask_p)
         dstate = tl.load(dout_ptr + (bh64 * NC + c) * P * N + offs_p[:, None] + offs_n[None, :] * P,
                          mask=mask_p[:, None] & mask_n[None, :], other=0.0).to(xj.dtype)  # dout[c] is [N, P]
-        w_out = tl.where(seq_j == seq_last, _exp(tl.minimum(sT - s_j, 0.0)), 0.0)
+        w_out = tl.where(seq_j == seq_last, _exp(sT - s_j), 0.0)
         dB += (w_out * dt_j)[:, None] * tl.dot(xj, dstate, input_precision=PREC)
     offs_q = tl.arange(0, Q)
     offs_j = j * BT + tl.arange(0, BT)

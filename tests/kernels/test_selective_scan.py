@@ -203,6 +203,52 @@ def test_split_scan_continues_from_state(name, scan_fwd):
     assert_close([torch.cat([y1, y2], -1), h2], [y, hT], 1e-5)
 
 
+def _bc(layout, b, D, N, L, seed):
+    """B or C in one of its layouts: -1 time-invariant [D, N], 0 shared [b, N, L], G > 0 grouped [b, G, N, L]."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (D, N) if layout == -1 else (b, N, L) if layout == 0 else (b, layout, N, L)
+    return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+
+LAYOUTS = st.sampled_from([-1, 0, 1, 2, 6])
+
+
+@settings(max_examples=25, deadline=None)
+@given(lb=LAYOUTS, lc=LAYOUTS, L=st.sampled_from([1, 5, 9]), chunk=st.sampled_from([1, 4, 16]))
+def test_b_and_c_in_different_layouts(lb, lc, L, chunk):
+    """B and C each in its own layout (time-invariant, shared, grouped by any G dividing D): the chunked path
+    == the naive loop, outputs, last state and gradients."""
+    t = make(2, 6, 3, L, z=True, Dskip=True, bias=True, h0=True, dtype=torch.float64)
+    t["B"], t["C"] = _bc(lb, 2, 6, 3, L, 1), _bc(lc, 2, 6, 3, L, 2)
+    assert_close(run(selective_scan_chunked, t, chunk_size=chunk), run(selective_scan_naive, t), 1e-10)
+
+
+@pytest.mark.parametrize("lb, lc", [(0, 2), (1, 2), (2, 3), (-1, 0), (3, -1)])
+def test_triton_b_and_c_in_different_layouts(lb, lc, scan_fwd):
+    t = make(1, 6, 3, 9, z=True, bias=True, h0=True)
+    t["B"], t["C"] = (_bc(lay, 1, 6, 3, 9, i).float() for i, lay in ((1, lb), (2, lc)))
+    want = run(selective_scan_naive, {k: v.double() if torch.is_tensor(v) else v for k, v in t.items()})
+    with backend("triton"):
+        assert_close(run(selective_scan, t), want, 2e-4)
+
+
+@pytest.mark.parametrize("name", ["triton", "torch"])
+@pytest.mark.parametrize("gb, gc", [(0, 4), (4, 0), (2, 4), (4, 2), (3, 2)])
+def test_step_with_b_and_c_of_different_groups(name, gb, gc):
+    """selective_state_update with B and C grouped differently (B [b, N] or [b, G_B, N], C [b, G_C, N]): each
+    channel reads its own group of each, as the scan does."""
+    t = make(2, 12, 5, 4, z=True, Dskip=True, bias=True, h0=True)
+    t["B"], t["C"] = (_bc(lay, 2, 12, 5, 4, i).float() for i, lay in ((1, gb), (2, gc)))
+    y, hT = run(selective_scan_naive, {k: v.double() if torch.is_tensor(v) else v for k, v in t.items()},
+                grads=False)
+    with backend(name):
+        state = t["initial_state"].clone()
+        ys = [selective_state_update(state, t["u"][..., i], t["delta"][..., i], t["A"], t["B"][..., i],
+                                     t["C"][..., i], D=t["D"], z=t["z"][..., i], dt_bias=t["delta_bias"],
+                                     dt_softplus=True) for i in range(4)]
+    assert_close([torch.stack(ys, -1), state], [y, hT], 1e-5)
+
+
 @pytest.mark.parametrize("name", ["triton", "torch"])
 @pytest.mark.parametrize("G", [0, 2])
 def test_step_matches_scan(name, G, scan_fwd):
@@ -252,6 +298,10 @@ def test_bad_input():
         selective_state_update(torch.zeros(2, 4, 3), u[..., 0], dl[..., 0], A, B[..., 0], C[:, :2, 0])
     with pytest.raises(ValueError, match="x"):
         selective_state_update(torch.zeros(2, 4, 3), u[:1, :, 0], dl[..., 0], A, B[..., 0], C[..., 0])
+    with pytest.raises(ValueError, match="B: groups G=0 must divide D=4"):
+        selective_state_update(torch.zeros(2, 4, 3), u[..., 0], dl[..., 0], A, torch.zeros(2, 0, 3), C[..., 0])
+    with pytest.raises(ValueError, match="C: groups G=0 must divide D=4"):
+        selective_scan(u, dl, A, B, torch.zeros(2, 0, 3, 5))
 
 
 # ------------------------------------------------------------------ GPU, full size (H200)

@@ -391,6 +391,18 @@ def test_chunked_matches_naive(shape, opts, chunk):
     assert_close(got, run(ssd_scan_naive, t), 1e-8)
 
 
+@pytest.mark.parametrize("impl", ["torch", "fused", "chunked"])
+@pytest.mark.parametrize("opts", [dict(), dict(seq=True, h0=True, D=1)])
+def test_a_growing_state_is_scanned_as_written(impl, opts):
+    """dt·A > 0 (a positive A, or a negative dt without softplus): no model has it, but every path computes the
+    same recurrence, h_t = exp(dt_t A) h_t-1 + dt_t x_t B_t, across chunks of 16, with its gradients (no path
+    caps a decay at 1)."""
+    t = make(1, 40, 2, 5, 1, 4, **opts)
+    t["A"] = t["A"].abs() * 0.1
+    t["dt"][:, ::3] *= -1  # without softplus (make's default here), some steps shrink: still as written
+    assert_matches_float64(lambda *a, **k: scan_of(impl)(*a, chunk_size=16, **k), t)
+
+
 def test_chunked_compiles_once_for_every_length():
     """The torch path has no loop over chunks, so torch.compile's graph for one length with dynamic shapes
     serves every other: 17 tokens compile a static graph, 51 a dynamic one (torch.compile's own rule), and

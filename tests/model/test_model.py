@@ -255,6 +255,8 @@ def test_generate():
         assert torch.equal(model(a[:, :-1])[:, 3:].argmax(-1), a[:, 4:])
     b = model.generate(ids, 6, temperature=0.8, top_k=5, seed=1)
     assert torch.equal(b, model.generate(ids, 6, temperature=0.8, top_k=5, seed=1))
+    for tiny in (1e-45, 1e-30):  # logits / T past float32's range: sampling from it is greedy, not nan
+        assert torch.equal(model.generate(ids, 6, temperature=tiny, seed=2), a)
 
 
 _TOKEN_MODEL = {}
