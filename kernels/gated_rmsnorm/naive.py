@@ -10,6 +10,6 @@ def gated_rmsnorm_naive(x, z, weight, eps=1e-5, groups=1):
     x, z [..., N], weight [N] → out [..., N] in x's dtype (the normalised h rounded to it, then times weight)."""
     wd = torch.float64 if x.dtype == torch.float64 else torch.float32
     h = x.to(wd) * F.silu(z.to(wd))
-    g = h.view(*h.shape[:-1], groups, -1)
+    g = h if groups == 1 else h.view(*h.shape[:-1], groups, -1)  # (no size-1 axis for torch.compile's strides)
     g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps)
     return weight * g.view_as(h).to(x.dtype)

@@ -25,8 +25,8 @@ def ssd_scan_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=Non
     batch, L, H, P = x.shape
     G, N = B.shape[2:]
     Q = chunk_size
-    pad = (-L) % Q
-    nc = (L + pad) // Q
+    nc = (L + Q - 1) // Q
+    pad = nc * Q - L
     dt = effective_dt(dt, dt_bias, dt_softplus)
     seq = torch.zeros(batch, L, dtype=torch.long, device=x.device) if seq_idx is None else seq_idx.long()
     # Padded steps have dt = 0: decay 1 and no input, so the final state is untouched.
@@ -41,7 +41,7 @@ def ssd_scan_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=Non
     rep = H // G
     CB = torch.einsum("bctgn,bcugn->bcgtu", Cc, Bc).repeat_interleave(rep, dim=2)      # [b c h t u]
     diff = s[..., :, None] - s[..., None, :]
-    same = (seqc[..., :, None] == seqc[..., None, :])[:, :, None]
+    same = seqc[:, :, None, :, None] == seqc[:, :, None, None, :]                      # [b c 1 t u]
     mask = torch.tril(torch.ones(Q, Q, dtype=torch.bool, device=x.device)) & same
     decay = torch.where(mask, torch.exp(torch.where(mask, diff, torch.zeros_like(diff))), torch.zeros_like(diff))
     y = torch.einsum("bchtu,bchu,bcuhp->bcthp", CB * decay, dtc, xc)
@@ -49,7 +49,7 @@ def ssd_scan_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=Non
     Bh = Bc.repeat_interleave(rep, dim=3)
     Ch = Cc.repeat_interleave(rep, dim=3)
     sT = s[..., -1]
-    out_mask = (seqc == seqc[..., -1:])[:, :, None]
+    out_mask = seqc[:, :, None] == seqc[:, :, None, -1:]                               # [b c 1 q]
     wdec = torch.where(out_mask, torch.exp(sT[..., None] - s), torch.zeros_like(s))
     local = torch.einsum("bchu,bcuhp,bcuhn->bchpn", wdec * dtc, xc, Bh)
     keeps = (seqc[..., -1] == seq_prev)[..., None]                                     # [b c 1]
@@ -60,7 +60,7 @@ def ssd_scan_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=Non
     passing = torch.exp(segment_sums(F.pad(log_carry, (0, 0, 1, 0)).transpose(1, 2)))  # [b h c+1 c+1]
     states = torch.einsum("bhcj,bjhpn->bchpn", passing, sources)                       # [b c+1 h p n]
     h_in, h = states[:, :-1], states[:, -1]
-    in_mask = (seqc == seq_prev[..., None])[:, :, None]
+    in_mask = seqc[:, :, None] == seq_prev[:, :, None, None]                           # [b c 1 t]
     scale = torch.where(in_mask, torch.exp(s), torch.zeros_like(s))                    # [b c h t]
     y = y + torch.einsum("bcthn,bchpn,bcht->bcthp", Ch, h_in, scale)
     y = finish(y.reshape(batch, nc * Q, H, P)[:, :L], x, D, z).to(out_dtype)

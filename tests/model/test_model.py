@@ -437,6 +437,20 @@ def test_torch_compile_cpu_dynamic_lengths():
 
 
 @pytest.mark.slow
+def test_torch_compile_inductor_cpu_dynamic_mamba2_training():
+    """Mamba-2 trained under Inductor with dynamic shapes at a length that is not a multiple of the chunk (25 tokens,
+    chunks of 4): eager's logits and gradients. Its chunked SSD pads to whole chunks; masks broadcast over a
+    size-1 axis of symbolic strides once made Inductor fail ("cannot determine truth value of Relational")."""
+    spec = archdsl.parse("mamba2+mlp, mamba2", d_model=16, vocab_size=37, blocks=SMALL)
+    model = archdsl.compile(spec, seed=0)
+    torch._dynamo.reset()
+    traced = torch.compile(model, dynamic=True, fullgraph=True)
+    ids = torch.randint(0, 37, (2, 25), generator=torch.Generator().manual_seed(0))
+    for g, w in zip(_logits_and_grads(model, traced, ids), _logits_and_grads(model, model, ids), strict=True):
+        assert _off(g, w) < 1e-4
+
+
+@pytest.mark.slow
 def test_torch_compile_inductor_cpu():
     """The same through Inductor's generated C++ (about a minute on 2 cores)."""
     _compiled_matches("inductor")
