@@ -232,13 +232,15 @@ def test_triton_b_and_c_in_different_layouts(lb, lc, scan_fwd):
         assert_close(run(selective_scan, t), want, 2e-4)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not CUDA, reason="needs CUDA")])])
 @pytest.mark.parametrize("name", ["triton", "torch"])
 @pytest.mark.parametrize("gb, gc", [(0, 4), (4, 0), (2, 4), (4, 2), (3, 2)])
-def test_step_with_b_and_c_of_different_groups(name, gb, gc):
+def test_step_with_b_and_c_of_different_groups(name, gb, gc, device):
     """selective_state_update with B and C grouped differently (B [b, N] or [b, G_B, N], C [b, G_C, N]): each
     channel reads its own group of each, as the scan does."""
-    t = make(2, 12, 5, 4, z=True, Dskip=True, bias=True, h0=True)
-    t["B"], t["C"] = (_bc(lay, 2, 12, 5, 4, i).float() for i, lay in ((1, gb), (2, gc)))
+    t = make(2, 12, 5, 4, z=True, Dskip=True, bias=True, h0=True, device=device)
+    t["B"], t["C"] = (_bc(lay, 2, 12, 5, 4, i).float().to(device) for i, lay in ((1, gb), (2, gc)))
     y, hT = run(selective_scan_naive, {k: v.double() if torch.is_tensor(v) else v for k, v in t.items()},
                 grads=False)
     with backend(name):

@@ -534,6 +534,29 @@ def test_gpu_full_size(dtype, tol, L, impl, monkeypatch):
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("impl, gluon", [("fused", False), ("chunked", False), ("chunked", True)])
+def test_gpu_growing_state(impl, gluon, monkeypatch):
+    """dt·A > 0 at full size on the card, bf16, through each path (the Gluon pass and scan included): the
+    float64 result, no decay capped at 1. A positive A of ~1e-3 grows the state by ~e^1 over the 4096 steps."""
+    from archdsl.kernels.ssd import gluon_chunked as gc
+    from archdsl.kernels.ssd import triton_ssd_chunked as tc
+    t = make(2, 4096, 8, 64, 1, 128, D=1, bias=True, h0=True, dtype=torch.bfloat16, device=DEV)
+    t["A"] = t["A"].abs() * 1e-3
+    if impl == "chunked":
+        monkeypatch.setattr(tc, "GLUON_PASS", gluon)
+        monkeypatch.setattr(tc, "GLUON_SCAN", gluon)
+        if gluon:
+            monkeypatch.setattr(tc, "TMA_MIN_PROGRAMS", 0)
+            sizes = tc._sizes(t["x"], t["B"], t["C"], None)
+            assert gc.fits_pass(t["x"], t["B"], None, sizes) and gc.fits_scan(t["x"], t["C"], None, sizes, True)
+    got = run(scan_of(impl), t)
+    want = reference(t)
+    assert want[1].abs().max() > 1.5 * reference({**t, "A": -t["A"]})[1].abs().max()  # it did grow
+    assert_close(got, want, 3e-2)
+
+
+@pytest.mark.gpu
+@gpu
 @pytest.mark.parametrize("bc", [1e-3, 1e3])
 def test_gpu_cb_scaling_bf16(bc):
     """bf16 inputs whose C·Bᵀ lies far outside float16's range (|CB| ~ 1e-6 and ~ 1e6; the chunked
