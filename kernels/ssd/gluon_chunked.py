@@ -198,14 +198,14 @@ if HAVE_GLUON:
         # the entering state's part, exp(s_t) C_t · h_in; meanwhile the first source's weights
         acc = gl.zeros([QB, BP], gl.float32, layout=mma)
         acc = warpgroup_mma(cs.reshape([QB, N]), hs.reshape([N, BP]), acc, use_acc=False, is_async=True)
-        d0 = gl.exp2(s_i[:, None] - s_0[None, :] * 1.4426950408889634)
+        d0 = gl.exp2((s_i[:, None] - s_0[None, :]) * 1.4426950408889634)
         if I == 0:  # the diagonal sub-block: t >= u
             d0 = gl.where(rows_a[:, None] >= cols_a[None, :], d0, 0.0)
         W0 = (cb0.to(gl.float32) * sc_i[:, None] * d0 * dt_0[None, :]).to(dt16)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         acc = warpgroup_mma(W0, xs.index(0).reshape([QB, BP]), acc * e_i[:, None], is_async=True)
         if I == 1:  # the second source sub-block, diagonal
-            d1 = gl.exp2(s_i[:, None] - s_1[None, :] * 1.4426950408889634)
+            d1 = gl.exp2((s_i[:, None] - s_1[None, :]) * 1.4426950408889634)
             d1 = gl.where(rows_a[:, None] >= (QB + cols_a)[None, :], d1, 0.0)
             W1 = (cb1.to(gl.float32) * sc_i[:, None] * d1 * dt_1[None, :]).to(dt16)
             acc = warpgroup_mma(W1, xs.index(1).reshape([QB, BP]), acc, is_async=True)
