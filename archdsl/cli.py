@@ -10,6 +10,7 @@ error's place and picture, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -412,6 +413,8 @@ def cmd_bench(args):
     from .bench import bench, format_rows
 
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if not cases:
+        raise ArchDSLError(f"--cases: name at least one of forward, train, decode, got {args.cases!r}")
     model = _model(args)
     rows = bench(model, batch=args.batch, seq_len=args.seq_len, gen=args.gen, cases=cases,
                  cuda_graph=args.cuda_graph, seed=args.seed)
@@ -610,6 +613,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _drop_stdout() -> None:
+    """Point stdout at the null device, so that the interpreter's last flush of what could not be written
+    raises nothing more."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a descriptor (captured in tests)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -618,12 +630,19 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         args.fn(args)
+        sys.stdout.flush()  # a failed write to stdout shows here, not as a traceback at exit
         return 0
     except ArchDSLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
+        _drop_stdout()
         return 0
+    except OSError as e:  # the system refused (stdout on a full disk or /dev/full, say): said, not a traceback
+        _drop_stdout()
+        where = f" ({e.filename})" if e.filename else " (writing the output)" if e.errno == errno.ENOSPC else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -51,6 +51,9 @@ def expand_repeats(spec) -> nx.DiGraph:
 
     def walk(node, depth=0):
         if isinstance(node, Layer):
+            if len(layers) == MAX_LAYERS:  # listed one by one rather than repeated
+                raise ArchDSLError(f"the layout expands to more than {MAX_LAYERS} layers",
+                                   source=spec.source, start=node.span.start, end=node.span.end)
             layers.append(node)
         elif isinstance(node, Group):
             for item in node.items:

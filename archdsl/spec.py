@@ -151,6 +151,9 @@ def _blocks(blocks, err) -> dict:
 # A slash or backslash before any string, comment or '(': a file or directory that is not there, never a layout
 # (no layout has either outside its strings and comments).
 _PATH_LIKE = re.compile(r"[^\"'#(]*[/\\]")
+# A name with a file suffix (`Foo.YAML`, `model.json`): a file that is not there (a layout has a '.' only in a
+# number or a string, inside parentheses).
+_FILE_LIKE = re.compile(r"[^\s\"'#(),]*\.[A-Za-z][A-Za-z0-9]*\Z")
 
 
 def load_spec(spec: str | os.PathLike) -> Spec:
@@ -167,10 +170,11 @@ def load_spec(spec: str | os.PathLike) -> Spec:
         text = os.path.join(text, "spec.yaml")
     if os.path.isfile(text):
         return spec_from_yaml(read_text(text), file=text)
-    if text.endswith((".yaml", ".yml")):
+    if _FILE_LIKE.match(text):
         raise ArchDSLError(f"no such spec file: {text}")
     if _PATH_LIKE.match(text):
-        raise ArchDSLError(f"no such spec file or saved-model directory: {text}")
+        raise ArchDSLError(f"no such spec file or saved-model directory: {text} (nor a layout: '/' and '\\' "
+                           f"stand in no layout outside its strings)")
     return parse(text)
 
 

@@ -76,6 +76,25 @@ def test_pictures_draw_names_as_written(tmp_path, capsys):
     assert f"0: attn [{ODD_NAME}]" in unescaped and ODD_NAME in unescaped
 
 
+@pytest.mark.parametrize("name", ["Foo.YAML", "model.json", "specs/none.yml"])
+def test_a_missing_file_is_named_not_parsed(name, capsys):
+    code, _, err = run("check", name, capsys=capsys)
+    assert code == 2 and err.strip() == f"error: no such spec file: {name}"
+
+
+def test_bench_needs_a_case(capsys):
+    code, _, err = run("bench", "mamba", "--cases", ",", capsys=capsys)
+    assert code == 2 and "--cases: name at least one of forward, train, decode" in err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_output_to_a_full_device_is_an_error_not_a_traceback():
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "archdsl", "fmt", "2×mamba"], stdout=full, stderr=subprocess.PIPE,
+                           text=True)
+    assert r.returncode == 1 and r.stderr == "error: No space left on device (writing the output)\n"
+
+
 def test_memory_table_and_plot(tmp_path, capsys):
     plot = tmp_path / "m.png"
     code, out, _ = run("memory", os.path.join(ROOT, "specs/mamba2-2.7b.yaml"), os.path.join(ROOT, "specs/llama-2-7b.yaml"),

@@ -124,6 +124,19 @@ def test_semantic_errors(text, message):
     assert str(e.value).startswith("<layout>:1:")
 
 
+@pytest.mark.parametrize("text, ok", [(", ".join(["mlp"] * 10), True), (", ".join(["mlp"] * 11), False),
+                                      ("5×mlp, " + ", ".join(["mlp"] * 6), False), ("2×(3×mlp, mlp), 2×mlp", True)])
+def test_the_layer_limit_counts_listed_layers_too(text, ok, monkeypatch):
+    import archdsl.graph
+
+    monkeypatch.setattr(archdsl.graph, "MAX_LAYERS", 10)
+    if ok:
+        assert len(layers(archdsl.parse(text).graph)) == 10
+    else:
+        with pytest.raises(archdsl.ArchDSLError, match="more than 10 layers"):
+            archdsl.parse(text).graph
+
+
 def test_absurd_sizes_refused():
     with pytest.raises(archdsl.ArchDSLError, match="absurd size"):
         archdsl.analyze(archdsl.parse("10000×(mamba2+mlp(hidden=1000000))", d_model=100000))

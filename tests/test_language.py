@@ -298,6 +298,14 @@ def test_nesting_limit_is_exact():
     assert f"more than {MAX_NESTING} deep" in error("(" + ok + ")")
 
 
+def test_argument_values_compare_with_their_types():
+    """1 == True and 16 == 16.0 in Python, not in a layout: each is its own argument and hash."""
+    for a, b in (("attn(shared=1)", "attn(shared)"), ("attn(heads=16.0)", "attn(heads=16)"),
+                 ("attn(shared=0)", "attn(shared=false)")):
+        assert parse_layout(a) != parse_layout(b) and hash(parse_layout(a)) != hash(parse_layout(b))
+    assert parse_layout("attn( heads = 16 )") == parse_layout("attn(heads=16)")
+
+
 def test_non_text_is_refused():
     with pytest.raises(ArchDSLError, match="must be text"):
         parse_layout(42)

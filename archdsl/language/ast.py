@@ -28,11 +28,23 @@ class Span:
 NOSPAN = Span(0, 0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Arg:
+    """`name=value`. Equal when name, value and the value's type are: `shared=1` is not `shared` (1 == True in
+    Python), `heads=16.0` is not `heads=16`."""
+
     name: str
     value: Value
     span: Span = field(default=NOSPAN, compare=False, repr=False)
+
+    def _key(self) -> tuple:
+        return self.name, type(self.value), self.value
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Arg) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
 
 @dataclass(frozen=True)
