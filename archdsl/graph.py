@@ -256,7 +256,7 @@ def _make_config(kind: str, args: dict, d_model: int) -> BlockConfig:
 
 # --- pass 4 -------------------------------------------------------------------------
 def resolve_sharing(g: nx.DiGraph) -> nx.DiGraph:
-    """Join `shared` uses into groups (one parameter set; equal shapes required) and add
+    """Join `shared` uses into groups (one parameter set; equal configurations required) and add
     the embedding edges of blocks that read the original embedding."""
     spec = g.graph["spec"]
     g = g.copy()
@@ -271,7 +271,7 @@ def resolve_sharing(g: nx.DiGraph) -> nx.DiGraph:
                 if group in first and first[group].config.shape_key() != s.config.shape_key():
                     f = first[group]
                     raise ArchDSLError(
-                        f"shared group {group!r} joins blocks of different shapes: {f.kind}{_args(f.config)} "
+                        f"shared group {group!r} joins blocks of different configurations: {f.kind}{_args(f.config)} "
                         f"and {s.kind}{_args(s.config)}", source=spec.source, start=s.span.start, end=s.span.end)
                 first.setdefault(group, s)
                 groups.setdefault(group, []).append(i)

@@ -106,7 +106,7 @@ def test_random_layouts_give_verified_graphs_or_clean_errors(layout):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("4×(mamba2, attn(shared)), attn(shared, heads=4) every 3", "shared group 'attn' joins blocks of different shapes"),
+    ("4×(mamba2, attn(shared)), attn(shared, heads=4) every 3", "shared group 'attn' joins blocks of different configurations"),
     ("32×mamab", "unknown block 'mamab'; did you mean 'mamba'"),
     ("4×mamba2, zamba at 9", "`at 9`: the layout has only 4 layers"),
     ("zamba", "cannot stand alone"),
