@@ -268,16 +268,15 @@ def cmd_convert(args):
         return
     if args.source == "megatron":
         from .convert.megatron import pattern_to_layout
+        from .spec import spec_from_yaml
 
         data = {"name": args.name or "megatron-hybrid", "layout": pattern_to_layout(args.input)}
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        spec_from_yaml(text, file="<converted>").graph  # refuse to write what would not load
     else:
-        from .convert.hf import hf_config_to_spec, read_hf_config
+        from .convert.hf import convert_config
 
-        data = hf_config_to_spec(read_hf_config(args.input), args.name)
-    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    from .spec import spec_from_yaml
-
-    spec_from_yaml(text, file="<converted>").graph  # refuse to write what would not load
+        text, _ = convert_config(args.input, args.name)  # checked to the graph: what would not load is refused
     if args.output:
         from .atomic import write_atomic
 

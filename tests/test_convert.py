@@ -97,6 +97,31 @@ def test_unsupported_family_and_field():
         hf_config_to_spec({"model_type": "nemotron_h", "hybrid_override_pattern": "ME", "moe_latent_size": 64})
 
 
+def test_refusals_name_the_config_file(tmp_path):
+    """From a file, every refusal names it: an unsupported field by its name, a config whose converted spec will not
+    build (a block's check) with the converted line; the CLI says the same and writes nothing."""
+    import json
+
+    from archdsl.cli import main
+    from archdsl.convert.hf import convert_config, from_hf
+
+    bad_field = tmp_path / "a.json"
+    bad_field.write_text(json.dumps({"model_type": "mamba2", "hidden_size": 256, "rmsnorm": False}))
+    with pytest.raises(ArchDSLError) as e:
+        convert_config(bad_field)
+    assert str(e.value) == f"{bad_field}: unsupported value False of config field 'rmsnorm': the gated RMSNorm is always present"
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "mamba2", "hidden_size": 256, "num_heads": 8,
+                                                   "head_dim": 64, "n_groups": 3, "num_hidden_layers": 2}))
+    with pytest.raises(ArchDSLError) as e:
+        from_hf(model)
+    assert str(e.value).startswith(f"{model / 'config.json'}: the model of this config is not one archdsl can build: "
+                                   "mamba2: ngroups 3 must divide heads 8 (the converted spec's line ")
+    assert main(["convert", str(model), "--from", "hf", "-o", str(tmp_path / "out.yaml")]) == 2
+    assert not (tmp_path / "out.yaml").exists()
+
+
 def test_architectures_dispatch():
     spec = hf_config_to_spec({"architectures": ["MambaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2})
     assert spec["layout"] == "2×mamba"

@@ -390,15 +390,44 @@ def hf_config_to_spec(config: dict, source_name: str | None = None) -> dict:
         raise ArchDSLError(f"malformed {model_type} config: {type(e).__name__}: {e}", file="<hf config>") from None
 
 
+def config_file(path: str | os.PathLike) -> str:
+    """The config.json of a model directory, or `path` itself."""
+    path = os.fspath(path)
+    return os.path.join(path, "config.json") if os.path.isdir(path) else path
+
+
+def convert_config(path: str | os.PathLike, name: str | None = None) -> tuple[str, object]:
+    """(spec YAML text, Spec) of the config.json at `path` (or in that directory), the Spec checked to the graph.
+    Every refusal names the config file: an unsupported field by its name, a converted spec that will not build
+    (a block's check) with its message and the converted line it stands on."""
+    import yaml
+
+    from ..spec import spec_from_yaml
+
+    file = config_file(path)
+    try:
+        data = hf_config_to_spec(read_hf_config(file), name)
+    except ArchDSLError as e:
+        if e.file == "<hf config>":
+            e.file = file
+            e.args = (e.render(),)
+        raise
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    try:
+        spec = spec_from_yaml(text, file="<converted>")
+        spec.graph
+    except ArchDSLError as e:
+        line = f" (the converted spec's line {e.line}: {text.splitlines()[e.line - 1].strip()})" if e.line else ""
+        raise ArchDSLError(f"the model of this config is not one archdsl can build: {e.message}{line}", file=file,
+                           hint=e.hint) from None
+    return text, spec
+
+
 def from_hf(path: str | os.PathLike, weights: bool = False, device="cpu", dtype=None, name: str | None = None):
     """The Spec of a local Hugging Face model directory (its config.json); with weights=True,
     (spec, model) holding the checkpoint's weights (see archdsl.convert.hf_io)."""
-    from ..spec import spec_from_yaml
-    import yaml
-
     if weights:
         from .hf_io import from_hf as from_hf_weights
 
         return from_hf_weights(path, weights=True, device=device, dtype=dtype, name=name)
-    data = hf_config_to_spec(read_hf_config(path), name or os.path.basename(os.fspath(path).rstrip("/")))
-    return spec_from_yaml(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), file="<converted>")
+    return convert_config(path, name or os.path.basename(os.fspath(path).rstrip("/")))[1]
