@@ -298,11 +298,21 @@ def _positions(node, path: tuple = ()) -> dict[tuple, int]:
     out: dict[tuple, int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
-            key = path + (str(key_node.value),)
+            key = path + (_key_text(key_node),)
             out[key] = value_node.start_mark.index
             out[key + ("<key>",)] = key_node.start_mark.index
             out.update(_positions(value_node, key))
     return out
+
+
+def _key_text(node) -> str:
+    """A mapping key as str() of the value it loads as, the lookups' spelling: `null` → 'None', `true` → 'True'."""
+    if not isinstance(node, yaml.ScalarNode) or node.tag == "tag:yaml.org,2002:str":
+        return str(node.value)
+    try:
+        return str(YamlLoader("").construct_object(node))
+    except yaml.YAMLError:
+        return str(node.value)
 
 
 def _layout_source(text: str, file: str, node, layout_text: str) -> Source:
@@ -326,7 +336,13 @@ def _scalar_offsets(text: str, start: int, end: int, style: str | None, value: s
     pieces of the file text: an escape stands for what it means, `''` for `'`, a line break for the
     space or newline that folding makes of it; what YAML drops (whitespace around folded line
     breaks, a line break folded away) is passed over."""
-    pieces = _scalar_pieces(text, start, end, style)
+    indent = None
+    if style in ("|", ">"):  # the block's indentation: what the file has before its first line that the value has not
+        first = next((line for line in value.split("\n") if line.strip()), None)
+        in_file = next((line for line in text[start:end].split("\n") if line.strip()), None)
+        if first is not None and in_file is not None:
+            indent = (len(in_file) - len(in_file.lstrip(" "))) - (len(first) - len(first.lstrip(" ")))
+    pieces = _scalar_pieces(text, start, end, style, indent)
     offsets: list[int] = []
     k, stop = 0, start
     for ch in value:
@@ -341,15 +357,17 @@ def _scalar_offsets(text: str, start: int, end: int, style: str | None, value: s
     return tuple(offsets + [stop] * (len(value) + 1 - len(offsets)))
 
 
-def _scalar_pieces(text: str, start: int, end: int, style: str | None) -> list[tuple[str | None, int, int]]:
+def _scalar_pieces(text: str, start: int, end: int, style: str | None,
+                   indent: int | None = None) -> list[tuple[str | None, int, int]]:
     """(meaning, offset, length) of each piece of a YAML scalar's text: a character, an escape
-    (double quotes), `''` (single quotes) or a line break (meaning None). Indentation (a block)
-    or the whitespace that starts a line (a flow string) is left out, and so is an escaped line break."""
+    (double quotes), `''` (single quotes) or a line break (meaning None). Indentation (a block's
+    `indent`, by default the least of its non-blank lines; an indentation indicator such as `|2` sets it
+    lower) or the whitespace that starts a line (a flow string) is left out, and so is an escaped line break."""
     block = style in ("|", ">")
-    indent = 0
-    if block:  # the block's indentation: the least of its non-blank lines
+    if block and indent is None:
         lines = [line for line in text[start:end].split("\n") if line.strip()]
         indent = min((len(line) - len(line.lstrip(" ")) for line in lines), default=0)
+    indent = indent or 0
     escapes, codes = yaml.scanner.Scanner.ESCAPE_REPLACEMENTS, yaml.scanner.Scanner.ESCAPE_CODES
     pieces: list[tuple[str | None, int, int]] = []
     i, line_start = start, block

@@ -466,6 +466,9 @@ YAML_LAYOUTS = {
     "layout: >-\n  2×mamba2,\n\n  atn\n": "4:3",
     "layout: |  # the layers\n\n  2×mamba2\n  atn\n": "4:3",
     "layout: |2\n    2×mamba2\n  atn\n": "3:3",
+    "layout: |2\n   2×mamba2\n   atn\n": "3:4",  # the indicator keeps a space of each line in the value
+    "layout: |2-\n    2×mamba2,\n    atn\n": "3:5",
+    "layout: >1\n   2×mamba2,\n   atn\n": "3:4",
     'layout: "2×mamba2,\\tatn"\n': "1:21",
     'layout: "2\\u00d7mamba2, atn"\n': "1:25",
     'layout: "2×mamba2,\n   atn"\n': "2:4",

@@ -148,3 +148,9 @@ def test_floats_without_a_dot_are_numbers():
 def test_a_bare_layout_file_keeps_its_positions():
     assert _error("# a layout alone\n2×mamba2,\n  atn\n").startswith("s.yaml:3:3: unknown block 'atn'")
     assert _error('"2×mamba2, ٣×attn"\n').startswith("s.yaml:1:12: unexpected character '٣'")
+
+
+@pytest.mark.parametrize("key, shown", [("null", "None"), ("true", "True"), ("1", "1"), ("~", "None")])
+def test_unknown_keys_that_yaml_reads_as_other_types_are_placed(key, shown):
+    assert _error(f"name: x\nlayout: mamba\n{key}: 3\n").startswith(f"s.yaml:3:1: unknown spec key {shown}")
+    assert _error(f"name: x\nlayout: mamba\nblocks:\n  {key}: {{d_state: 4}}\n").startswith("s.yaml:4:3: ")
