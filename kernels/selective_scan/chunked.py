@@ -63,7 +63,7 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
         for a, b in zip(decay.unbind(0), dBu.unbind(0)):  # unbind: one backward op, not T slices
             h = torch.addcmul(b, a, h)                                                  # [B, G, H, N]
             hs.append(h)
-        hs = torch.stack(hs).view(-1, batch, GC, dim // GC, N)                          # [T, B, GC, D/GC, N]
+        hs = torch.stack(hs).view(len(hs), batch, GC, dim // GC, N)                     # [T, B, GC, D/GC, N]
         y = (hs * _steps_first(Cc)[:, :, :, None]).sum(-1)                              # [T, B, GC, D/GC]
         ys.append(y.movedim(0, -1))                                                     # [B, GC, D/GC, T]
     y = torch.cat(ys, dim=-1).reshape(batch, dim, seqlen) if ys else uf.new_zeros(batch, dim, 0)
