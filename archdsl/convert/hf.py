@@ -407,11 +407,10 @@ def convert_config(path: str | os.PathLike, name: str | None = None) -> tuple[st
     file = config_file(path)
     try:
         data = hf_config_to_spec(read_hf_config(file), name)
-    except ArchDSLError as e:
-        if e.file == "<hf config>":
-            e.file = file
-            e.args = (e.render(),)
-        raise
+    except ArchDSLError as e:  # the converters name the field, not the file they were handed as a dict
+        if e.file != "<hf config>":
+            raise
+        raise ArchDSLError(e.message, file=file, hint=e.hint) from None
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     try:
         spec = spec_from_yaml(text, file="<converted>")
