@@ -336,11 +336,11 @@ def _scalar_offsets(text: str, start: int, end: int, style: str | None, value: s
     pieces of the file text: an escape stands for what it means, `''` for `'`, a line break for the
     space or newline that folding makes of it; what YAML drops (whitespace around folded line
     breaks, a line break folded away) is passed over."""
-    indent = None
+    indent = 0
     if style in ("|", ">"):  # the block's indentation: what the file has before its first line that the value has not
         first = next((line for line in value.split("\n") if line.strip()), None)
         in_file = next((line for line in text[start:end].split("\n") if line.strip()), None)
-        if first is not None and in_file is not None:
+        if first is not None and in_file is not None:  # (a value of blank lines matches nothing anyway)
             indent = (len(in_file) - len(in_file.lstrip(" "))) - (len(first) - len(first.lstrip(" ")))
     pieces = _scalar_pieces(text, start, end, style, indent)
     offsets: list[int] = []
@@ -357,17 +357,11 @@ def _scalar_offsets(text: str, start: int, end: int, style: str | None, value: s
     return tuple(offsets + [stop] * (len(value) + 1 - len(offsets)))
 
 
-def _scalar_pieces(text: str, start: int, end: int, style: str | None,
-                   indent: int | None = None) -> list[tuple[str | None, int, int]]:
+def _scalar_pieces(text: str, start: int, end: int, style: str | None, indent: int) -> list[tuple[str | None, int, int]]:
     """(meaning, offset, length) of each piece of a YAML scalar's text: a character, an escape
-    (double quotes), `''` (single quotes) or a line break (meaning None). Indentation (a block's
-    `indent`, by default the least of its non-blank lines; an indentation indicator such as `|2` sets it
-    lower) or the whitespace that starts a line (a flow string) is left out, and so is an escaped line break."""
+    (double quotes), `''` (single quotes) or a line break (meaning None). A block's `indent` spaces
+    or the whitespace that starts a line (a flow string) are left out, and so is an escaped line break."""
     block = style in ("|", ">")
-    if block and indent is None:
-        lines = [line for line in text[start:end].split("\n") if line.strip()]
-        indent = min((len(line) - len(line.lstrip(" ")) for line in lines), default=0)
-    indent = indent or 0
     escapes, codes = yaml.scanner.Scanner.ESCAPE_REPLACEMENTS, yaml.scanner.Scanner.ESCAPE_CODES
     pieces: list[tuple[str | None, int, int]] = []
     i, line_start = start, block
