@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .naive import effective_dt, finish
+from .naive import DtRule, effective_dt, finish
 
 
 def ssd_scan_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
-                     initial_states=None, seq_idx=None, return_final_states=False):
+                     initial_states=None, seq_idx=None, return_final_states=False, dt_limit=None):
     """Same contract as ssd_scan; computes in float32 (float64 for float64 x), returns x's dtype."""
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
     f = lambda t: None if t is None else t.to(ct)
@@ -27,7 +27,7 @@ def ssd_scan_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=Non
     Q = chunk_size
     nc = (L + Q - 1) // Q
     pad = nc * Q - L
-    dt = effective_dt(dt, dt_bias, dt_softplus)
+    dt = effective_dt(dt, dt_bias, DtRule.of(dt_softplus, dt_limit))
     seq = torch.zeros(batch, L, dtype=torch.long, device=x.device) if seq_idx is None else seq_idx.long()
     # Padded steps have dt = 0: decay 1 and no input, so the final state is untouched.
     xc = F.pad(x, (0, 0, 0, 0, 0, pad)).view(batch, nc, Q, H, P)

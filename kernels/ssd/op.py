@@ -6,20 +6,24 @@ import torch
 from .._checks import expect_float, expect_same_device, expect_shape
 from .._dispatch import apply, backend_for, on_input_device, pick_impl, time_or_inf
 from .chunked import ssd_scan_chunked
-from .naive import ssd_scan_naive, ssd_step_naive
+from .naive import DtRule, ssd_scan_naive, ssd_step_naive
 
 
 @on_input_device
 def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
-             initial_states=None, seq_idx=None, return_final_states=False, keep_states=True):
+             initial_states=None, seq_idx=None, return_final_states=False, keep_states=True, dt_limit=None):
     """Mamba-2 state-space duality scan, as mamba_ssm's `mamba_chunk_scan_combined`.
 
     x [B, L, H, P], dt [B, L, H], A [H] (negative), B, C [B, L, G, N] with G dividing H
     (head h reads group h // (H // G)), D [H] or [H, P], z [B, L, H, P], dt_bias [H],
-    initial_states [B, H, P, N], seq_idx [B, L] integer.
+    initial_states [B, H, P, N], seq_idx [B, L] integer, dt_limit (lo, hi) or None.
 
-        dt' = softplus(dt + dt_bias) (or dt + dt_bias);  h_t = exp(dt'_t A) h_{t-1} + dt'_t x_t ⊗ B_t
+        dt' = clamp(softplus(dt + dt_bias), dt_limit);  h_t = exp(dt'_t A) h_{t-1} + dt'_t x_t ⊗ B_t
         y_t = (C_t · h_t + D x_t) * silu(z_t)
+
+    Each part of dt' is optional: the softplus with dt_softplus, the clamp with a dt_limit (its gradient
+    0 where it clamps, as torch.clamp's). mamba_ssm's default dt_limit (0, inf) clamps a negative dt to 0;
+    ours, None, does not clamp: pass (0.0, float("inf")) for that.
 
     With seq_idx the state restarts from zero wherever seq_idx changes (any integers; packed
     sequences usually number 0, 1, 2, ...); initial_states belong to seq_idx 0. chunk_size is the
@@ -32,19 +36,20 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     forward+backward time). The result is the same bits either way.
     """
     _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx)
+    _check_limit(dt_limit)
     if not isinstance(keep_states, bool):
         raise ValueError(f"keep_states: expected True or False, got {keep_states!r}")
     seq_idx = None if seq_idx is None else _runs(seq_idx)
     backend = backend_for(x, B)
     kw = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_states=initial_states,
-              seq_idx=seq_idx, return_final_states=return_final_states)
+              seq_idx=seq_idx, return_final_states=return_final_states, dt_limit=dt_limit)
     if backend == "naive":
         out = ssd_scan_naive(x, dt, A, B, C, **kw)
         return (out[0].to(x.dtype), out[1]) if return_final_states else out.to(x.dtype)
     if backend == "torch":
         return ssd_scan_chunked(x, dt, A, B, C, chunk_size, **kw)
-    return _triton_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_states, seq_idx, return_final_states,
-                        keep_states)
+    return _triton_scan(x, dt, A, B, C, D, z, dt_bias, DtRule.of(dt_softplus, dt_limit), initial_states, seq_idx,
+                        return_final_states, keep_states)
 
 
 def _runs(seq_idx):
@@ -56,24 +61,26 @@ def _runs(seq_idx):
 
 
 @on_input_device
-def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None):
     """One decode token of ssd_scan: state [B, H, P, N] is updated in place; returns y [B, H, P].
 
-    x [B, H, P], dt [B, H], A [H], B, C [B, G, N], D [H] or [H, P], z [B, H, P], dt_bias [H].
+    x [B, H, P], dt [B, H], A [H], B, C [B, G, N], D [H] or [H, P], z [B, H, P], dt_bias [H],
+    dt_limit (lo, hi) or None, as ssd_scan's.
     """
     _check_step(state, x, dt, A, B, C, D, z, dt_bias)
+    _check_limit(dt_limit)
     if backend_for(x, B) == "triton":
         from .triton_ssd import ssd_step_triton
         if x.dtype != torch.float64:
-            return ssd_step_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+            return ssd_step_triton(state, x, dt, A, B, C, D, z, dt_bias, DtRule.of(dt_softplus, dt_limit))
     ct = torch.float64 if state.dtype == torch.float64 or x.dtype == torch.float64 else torch.float32
     y, new = ssd_step_naive(state.to(ct), x.to(ct), dt.to(ct), A.to(ct), B.to(ct), C.to(ct),
-                            *(None if t is None else t.to(ct) for t in (D, z, dt_bias)), dt_softplus)
+                            *(None if t is None else t.to(ct) for t in (D, z, dt_bias)), dt_softplus, dt_limit)
     state.copy_(new)
     return y.to(x.dtype)
 
 
-def _triton_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq_idx, return_final_states, keep_states):
+def _triton_scan(x, dt, A, B, C, D, z, dt_bias, rule, h0, seq_idx, return_final_states, keep_states):
     y_dtype = x.dtype
     # The kernels' products take x, B and C in one dtype: mixed ones meet in the wider of them.
     common = torch.promote_types(torch.promote_types(x.dtype, B.dtype), C.dtype)
@@ -83,7 +90,7 @@ def _triton_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq_idx, return
                                              for t in (x, dt, A, B, C, D, z, dt_bias, h0))
     elif not x.dtype == B.dtype == C.dtype:
         x, B, C = x.to(common), B.to(common), C.to(common)
-    args = (x, dt, A, B, C, D, z, dt_bias, h0, seq_idx, bool(dt_softplus), None, bool(keep_states))
+    args = (x, dt, A, B, C, D, z, dt_bias, h0, seq_idx, rule, None, bool(keep_states))
     y, hT = apply(_TRITON[_triton_impl(args)](), *args)
     if y.dtype != y_dtype:
         y = y.to(y_dtype)
@@ -196,6 +203,16 @@ def _check_step(state, x, dt, A, B, C, D, z, dt_bias):
     expect_shape("dt_bias", dt_bias, (H,), optional=True)
     expect_float(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     expect_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+
+
+def _check_limit(dt_limit):
+    """dt_limit: None or (lo, hi), two real numbers (inf allowed), lo <= hi."""
+    if dt_limit is None:
+        return
+    ok = (isinstance(dt_limit, (tuple, list)) and len(dt_limit) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in dt_limit))
+    if not ok or dt_limit[0] > dt_limit[1]:
+        raise ValueError(f"dt_limit: expected None or (lo, hi), two numbers with lo <= hi, got {dt_limit!r}")
 
 
 def _check_D(D, H, P):

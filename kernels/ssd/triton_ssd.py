@@ -50,16 +50,36 @@ def _finish_y(y, xf, Dv, z_ptr, y_ptr, ypre_ptr, xo, mask_tp, HAS_D: tl.constexp
 
 
 @triton.jit
-def _chunk_dt(dt_ptr, bias_ptr, rows, h, H, mask_t, A,
-              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Effective dt of a chunk ([Q], 0 past the end), the raw pre-softplus value, cumsum of dt A."""
-    raw = tl.load(dt_ptr + rows * H + h, mask=mask_t, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        raw += tl.load(bias_ptr + h).to(tl.float32)
+def dt_eff(raw, dt_lo, dt_hi, SOFTPLUS: tl.constexpr, LIMIT: tl.constexpr):
+    """dt' from raw = dt + dt_bias (DtRule): the softplus, then the clamp to [dt_lo, dt_hi]."""
     dt = raw
     if SOFTPLUS:
         dt = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0))))
-    dt = tl.where(mask_t, dt, 0.0)
+    if LIMIT:
+        dt = tl.minimum(tl.maximum(dt, dt_lo), dt_hi)
+    return dt
+
+
+@triton.jit
+def dt_back(ddt, raw, dt_lo, dt_hi, SOFTPLUS: tl.constexpr, LIMIT: tl.constexpr):
+    """The gradient of raw = dt + dt_bias from that of dt': 0 where the clamp clamped (torch.clamp's rule),
+    times the softplus' derivative."""
+    if LIMIT:
+        pre = dt_eff(raw, dt_lo, dt_hi, SOFTPLUS, False)
+        ddt = tl.where((pre < dt_lo) | (pre > dt_hi), 0.0, ddt)
+    if SOFTPLUS:
+        ddt = ddt * tl.sigmoid(raw)
+    return ddt
+
+
+@triton.jit
+def _chunk_dt(dt_ptr, bias_ptr, rows, h, H, mask_t, A, dt_lo, dt_hi,
+              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, LIMIT: tl.constexpr):
+    """Effective dt of a chunk ([Q], 0 past the end), the raw value dt + dt_bias, cumsum of dt A."""
+    raw = tl.load(dt_ptr + rows * H + h, mask=mask_t, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw += tl.load(bias_ptr + h).to(tl.float32)
+    dt = tl.where(mask_t, dt_eff(raw, dt_lo, dt_hi, SOFTPLUS, LIMIT), 0.0)
     s = tl.cumsum(dt * A, axis=0)
     return dt, raw, s
 
@@ -89,9 +109,9 @@ def _seq_masks(seq_ptr, rows, row0, c, Q: tl.constexpr, L, mask_t, seq_prev, HAS
 def _ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seq_ptr,
     y_ptr, ypre_ptr, states_ptr, hT_ptr,
-    L, H, G, P, N, NC,
+    L, H, G, P, N, NC, dt_lo, dt_hi,
     HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr,
+    SOFTPLUS: tl.constexpr, LIMIT: tl.constexpr, HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr,
     STORE_YPRE: tl.constexpr, STORE_STATES: tl.constexpr,
     Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -122,7 +142,7 @@ def _ssd_fwd_kernel(
         t = c * Q + offs_q
         mask_t = t < L
         rows = row0 + t
-        dt, raw, s = _chunk_dt(dt_ptr, bias_ptr, rows, h, H, mask_t, A, HAS_BIAS, SOFTPLUS)
+        dt, raw, s = _chunk_dt(dt_ptr, bias_ptr, rows, h, H, mask_t, A, dt_lo, dt_hi, HAS_BIAS, SOFTPLUS, LIMIT)
         m_in, m_out, same, carry, seq_last = _seq_masks(seq_ptr, rows, row0, c, Q, L, mask_t, seq_prev, HAS_SEQ)
         xo = (rows * H + h)[:, None] * P + offs_p[None, :]
         mask_tp = mask_t[:, None] & mask_p[None, :]
@@ -157,9 +177,9 @@ def _ssd_bwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, ypre_ptr, states_ptr,
     dy_ptr, dhT_ptr,
     dx_ptr, dz_ptr, ddt_ptr, dBh_ptr, dCh_ptr, dh0_ptr, dA_ptr, dD_ptr,
-    L, H, G, P, N, NC, NPB,
+    L, H, G, P, N, NC, NPB, dt_lo, dt_hi,
     HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_DHT: tl.constexpr,
+    SOFTPLUS: tl.constexpr, LIMIT: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_DHT: tl.constexpr,
     Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
@@ -193,7 +213,7 @@ def _ssd_bwd_kernel(
         t = c * Q + offs_q
         mask_t = t < L
         rows = row0 + t
-        dt, raw, s = _chunk_dt(dt_ptr, bias_ptr, rows, h, H, mask_t, A, HAS_BIAS, SOFTPLUS)
+        dt, raw, s = _chunk_dt(dt_ptr, bias_ptr, rows, h, H, mask_t, A, dt_lo, dt_hi, HAS_BIAS, SOFTPLUS, LIMIT)
         seq_prev = 0
         if HAS_SEQ:
             seq_prev = tl.load(seq_ptr + tl.maximum(row0 + c * Q - 1, row0)) * (c > 0)
@@ -258,8 +278,7 @@ def _ssd_bwd_kernel(
         da = tl.sum(ds, axis=0) - tl.cumsum(ds, axis=0) + ds
         ddt += A * da
         dA_acc += da * dt
-        if SOFTPLUS:
-            ddt = ddt * tl.sigmoid(raw)
+        ddt = dt_back(ddt, raw, dt_lo, dt_hi, SOFTPLUS, LIMIT)
         tl.store(dx_ptr + xo, dx.to(dx_ptr.dtype.element_ty), mask=mask_tp)
         tl.store(ddt_ptr + part + rows * H + h, ddt, mask=mask_t)
         ho = ((rows * H + h) * NPB + pb)[:, None] * N + offs_n[None, :]
@@ -276,9 +295,9 @@ def _ssd_bwd_kernel(
 @triton.jit
 def _ssd_step_kernel(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
-    s_b, s_h, s_p, s_n, H, G, P, N,
+    s_b, s_h, s_p, s_n, H, G, P, N, dt_lo, dt_hi,
     HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+    SOFTPLUS: tl.constexpr, LIMIT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     b = pid_bh // H
@@ -292,8 +311,7 @@ def _ssd_step_kernel(
     dt = tl.load(dt_ptr + pid_bh).to(tl.float32)
     if HAS_BIAS:
         dt += tl.load(bias_ptr + h).to(tl.float32)
-    if SOFTPLUS:
-        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
+    dt = dt_eff(dt, dt_lo, dt_hi, SOFTPLUS, LIMIT)
     decay = tl.exp(dt * tl.load(A_ptr + h).to(tl.float32))
     so = b.to(tl.int64) * s_b + h * s_h + offs_p[:, None] * s_p + offs_n[None, :] * s_n
     st = tl.load(state_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
@@ -318,9 +336,15 @@ def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, next_pow2(n))
 
 
-def _flags(D, z, dt_bias, dt_softplus):
+def _flags(D, z, dt_bias, rule):
+    """The kernels' options from the optional inputs and the DtRule (its clamp's bounds included)."""
     return dict(HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
-                HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus))
+                HAS_BIAS=dt_bias is not None, **dt_flags(rule))
+
+
+def dt_flags(rule):
+    """A DtRule as kernel arguments: SOFTPLUS, LIMIT and the bounds dt_lo, dt_hi (float32)."""
+    return dict(SOFTPLUS=rule.softplus, LIMIT=rule.limit, dt_lo=rule.lo, dt_hi=rule.hi)
 
 
 def _prec(x):
@@ -338,7 +362,7 @@ def pick_chunk(L: int, chunk: int | None) -> int:
     return min(CHUNK, _pow2(L))
 
 
-def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None, keep_states=True,
+def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, rule, h0, seq, *, for_backward, chunk=None, keep_states=True,
             block_p=None, num_warps=None, num_stages=None):
     """Returns y [B, L, H, P], final state [B, H, P, N] fp32 and what the backward needs: (the
     float32 state entering every chunk [B, H, NC, P, N], y before the gate or None without z). The
@@ -356,7 +380,7 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward
     grid = (batch * H, cdiv(P, BP))
     _ssd_fwd_kernel[grid](
         x, dt, A, B, C, D, z, dt_bias, h0, seq, y, ypre, states, hT,
-        L, H, G, P, N, NC, **_flags(D, z, dt_bias, dt_softplus),
+        L, H, G, P, N, NC, **_flags(D, z, dt_bias, rule),
         HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
         STORE_YPRE=for_backward and z is not None, STORE_STATES=for_backward,
         Q=Q, BP=BP, BN=BN, PREC=_prec(x),
@@ -364,7 +388,7 @@ def ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward
     return y, hT, (states, ypre)
 
 
-def ssd_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, states, ypre, *, chunk=None,
+def ssd_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, rule, seq, states, ypre, *, chunk=None,
             block_p=None, num_warps=None, num_stages=None):
     """Gradients of x, dt, A, B, C, D, z, dt_bias and the initial state (float32 except dx, dz)."""
     batch, L, H, P = x.shape
@@ -386,7 +410,7 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, states, yp
     _ssd_bwd_kernel[(batch * H, NPB)](
         x, dt, A, B, C, D, z, dt_bias, seq, ypre, states, dy, dhT,
         dx, dz, ddt, dBh, dCh, dh0, dA, dD,
-        L, H, G, P, N, NC, NPB, **_flags(D, z, dt_bias, dt_softplus),
+        L, H, G, P, N, NC, NPB, **_flags(D, z, dt_bias, rule),
         HAS_SEQ=seq is not None, HAS_DHT=dhT is not None,
         Q=Q, BP=BP, BN=_pow2(N), PREC=_prec(x), num_warps=num_warps or BWD_WARPS,
         num_stages=num_stages or BWD_STAGES)
@@ -401,31 +425,31 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, states, yp
 
 def scan_function(name: str, fwd, bwd, doc: str, rows=dense) -> type:
     """The autograd.Function of one Triton implementation of the scan, arguments (x, dt, A, B, C, D,
-    z, dt_bias, h0, seq, dt_softplus, chunk, keep_states) -> (y, final state); every tensor input but seq
+    z, dt_bias, h0, seq, rule (a DtRule), chunk, keep_states) -> (y, final state); every tensor input but seq
     is differentiable.
-      fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, for_backward=, chunk=, keep_states=)
+      fwd(x, dt, A, B, C, D, z, dt_bias, rule, h0, seq, for_backward=, chunk=, keep_states=)
           -> (y, final state, the tensors its backward needs)
-      bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, *those tensors, chunk=)
+      bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, rule, seq, *those tensors, chunk=)
           -> the gradients of x, dt, A, B, C, D, z, dt_bias and h0
     The other tensors are made contiguous; x, B and C go through `rows` (dense, or the layout the
     implementation reads strided)."""
 
-    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, h0, seq, dt_softplus, chunk, keep_states=True):
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, h0, seq, rule, chunk, keep_states=True):
         dt, A, D, z, dt_bias, h0 = map(dense, (dt, A, D, z, dt_bias, h0))
         x, B, C = map(rows, (x, B, C))
         seq = None if seq is None else seq.to(torch.int32).contiguous()
         grad = any(ctx.needs_input_grad)
-        y, hT, saved = fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, for_backward=grad, chunk=chunk,
+        y, hT, saved = fwd(x, dt, A, B, C, D, z, dt_bias, rule, h0, seq, for_backward=grad, chunk=chunk,
                            keep_states=keep_states)
         if grad:
             ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, seq, *saved)
-            ctx.dt_softplus, ctx.chunk = dt_softplus, chunk
+            ctx.rule, ctx.chunk = rule, chunk
             ctx.h0_dtype = None if h0 is None else h0.dtype
         return y, hT
 
     def backward(ctx, dy, dhT):
         x, dt, A, B, C, D, z, dt_bias, seq, *saved = ctx.saved_tensors
-        grads = bwd(dy.contiguous(), dense(dhT), x, dt, A, B, C, D, z, dt_bias, ctx.dt_softplus, seq, *saved,
+        grads = bwd(dy.contiguous(), dense(dhT), x, dt, A, B, C, D, z, dt_bias, ctx.rule, seq, *saved,
                     chunk=ctx.chunk)
         dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dh0 = grads
         cast = lambda g, ref: None if g is None or ref is None else g.to(ref.dtype)
@@ -442,7 +466,7 @@ SSDScanFn = scan_function("SSDScanFn", ssd_fwd, ssd_bwd,
                           "(y, final state) of the scan, one program walking all chunks of a (batch, head).")
 
 
-def ssd_step_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+def ssd_step_triton(state, x, dt, A, B, C, D, z, dt_bias, rule):
     """One decode token; updates state [B, H, P, N] in place, returns y [B, H, P]."""
     batch, H, P, N = state.shape
     G = B.shape[1]
@@ -452,5 +476,5 @@ def ssd_step_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
     BP = min(next_pow2(P), max(1, 2048 // BN))
     _ssd_step_kernel[(batch * H, cdiv(P, BP))](
         state, x, dt, A, B, C, D, z, dt_bias, y, *state.stride(), H, G, P, N,
-        **_flags(D, z, dt_bias, dt_softplus), BP=BP, BN=BN, num_warps=4)
+        **_flags(D, z, dt_bias, rule), BP=BP, BN=BN, num_warps=4)
     return y

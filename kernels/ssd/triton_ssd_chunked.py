@@ -71,7 +71,7 @@ except ImportError:  # an older Triton: the chunk scan reads by pointers only
 from .._dispatch import interpreting
 from .._host import cdiv
 from .._pdl import gdc_launch_dependents, gdc_wait, pdl_ok
-from .triton_ssd import _finish_y, _flags, _pow2, _prec, _skip_D, scan_function
+from .triton_ssd import _finish_y, _flags, _pow2, _prec, _skip_D, dt_back, dt_eff, dt_flags, scan_function
 
 # Launch choices per chunk kernel: BT tokens per sub-block, BP head channels per program, warps,
 # software-pipelining stages, ptxas's register cap. One chunk length for all (the buffers' layout depends on it): 128
@@ -258,10 +258,10 @@ def _after_previous(PDL: tl.constexpr):
 
 
 @triton.jit
-def _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, w_ptr, b, c, hb, L, H, NC,
-                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, Q: tl.constexpr, BH: tl.constexpr,
-                  STORE_W: tl.constexpr):
-    """Chunk c of batch b, heads block hb: dt [B, L, H] -> dt' and s = cumsum(dt' A) within the chunk, into
+def _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, w_ptr, b, c, hb, L, H, NC, dt_lo, dt_hi,
+                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, LIMIT: tl.constexpr, Q: tl.constexpr,
+                  BH: tl.constexpr, STORE_W: tl.constexpr):
+    """Chunk c of batch b, heads block hb: dt [B, L, H] -> dt' (dt_eff) and s = cumsum(dt' A) within the chunk, into
     [B, H, NC, Q] (0 / constant past L); with STORE_W also each token's weight in the chunk's own state,
     w = exp(s_end - s_t) dt'_t, as _state_weights forms it without seq_idx (for the Gluon state pass)."""
     offs_q = tl.arange(0, Q)
@@ -273,10 +273,7 @@ def _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, w_ptr, b, c, hb, L, H
     raw = tl.load(dt_ptr + rows[:, None] * H + offs_h[None, :], mask=m, other=0.0).to(tl.float32)
     if HAS_BIAS:
         raw += tl.load(bias_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
-    dt = raw
-    if SOFTPLUS:
-        dt = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0))))
-    dt = tl.where(m, dt, 0.0)
+    dt = tl.where(m, dt_eff(raw, dt_lo, dt_hi, SOFTPLUS, LIMIT), 0.0)
     A = tl.load(A_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
     s = tl.cumsum(dt * A[None, :], axis=0)
     out = ((b * H + offs_h).to(tl.int64) * NC + c)[None, :] * Q + offs_q[:, None]
@@ -416,7 +413,8 @@ def _chunk_cb(B_ptr, C_ptr, cb16_ptr, sc_ptr, cb32_ptr, b, c, g, k, L, G, N, NC,
 
 @triton.jit
 def _chunk_prep(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, w_ptr, B_ptr, C_ptr, cb16_ptr, sc_ptr, cb32_ptr, L, H, G,
-                N, NC, NHB, SB, SC, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, Q: tl.constexpr,
+                N, NC, NHB, SB, SC, dt_lo, dt_hi, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                LIMIT: tl.constexpr, Q: tl.constexpr,
                 BH: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, STORE16: tl.constexpr,
                 STORE32: tl.constexpr, STORE_W: tl.constexpr, PDL: tl.constexpr):
     """The forward's two parallel preparations of chunk program_id(0) = b·NC + c in one launch, as they read
@@ -429,8 +427,8 @@ def _chunk_prep(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, w_ptr, B_ptr, C_ptr, cb
     c = tl.program_id(0) % NC
     r = tl.program_id(1)
     if r < NHB:
-        _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, w_ptr, b, c, r, L, H, NC, HAS_BIAS, SOFTPLUS, Q, BH,
-                      STORE_W)
+        _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, w_ptr, b, c, r, L, H, NC, dt_lo, dt_hi, HAS_BIAS,
+                      SOFTPLUS, LIMIT, Q, BH, STORE_W)
     else:
         r -= NHB
         _chunk_cb(B_ptr, C_ptr, cb16_ptr, sc_ptr, cb32_ptr, b, c, r // (Q // BT), r % (Q // BT), L, G, N, NC, SB, SC,
@@ -588,13 +586,13 @@ def _add_row(rows, part, k):
 @triton.jit
 def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, bias_ptr, seq_ptr, dtc_ptr, s_ptr,
                  hin_ptr, dout_ptr, dy_ptr, dx_ptr, ddt_ptr, dA_ptr, dD_ptr,
-                 L, H, G, P, N, NC, BLH, SX, SB, SC,
+                 L, H, G, P, N, NC, BLH, SX, SB, SC, dt_lo, dt_hi,
                  HAS_D: tl.constexpr, D_PER_P: tl.constexpr, SUM_DD: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
+                 SOFTPLUS: tl.constexpr, LIMIT: tl.constexpr, HAS_SEQ: tl.constexpr, Q: tl.constexpr, BT: tl.constexpr,
                  BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """A head's backward of one chunk and P block, given dy (dL/dy before the gate: _gate_grads's gy
     when there is one), the state entering the chunk (hin) and the gradient of the one leaving it (dout):
-    dx [B, L, H, P], and this P block's parts of d(dt') [NPB, B, L, H] (through the softplus),
+    dx [B, L, H, P], and this P block's parts of d(dt + dt_bias) [NPB, B, L, H] (through dt_back),
     dA [NPB, B·NC·H] and, SUM_DD, dD [B, H, NC, P] per chunk. Walks the source sub-blocks j and, for
     each, the targets i >= j: dx_j sums over the targets, each pair's M goes to ds_i and from ds_j;
     sub-block j's own target term (the entering state's ds) comes with it."""
@@ -662,11 +660,11 @@ def _chunk_grads(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, bias_ptr, se
              tl.sum(da * tl.load(dtc_ptr + cq), axis=0))
     A = tl.load(A_ptr + h).to(tl.float32)
     ddt = tl.reshape(ddt_c, (Q,)) + A * da
-    if SOFTPLUS:
+    if SOFTPLUS or LIMIT:
         raw = tl.load(dt_ptr + rows * H + h, mask=mask_t, other=0.0).to(tl.float32)
         if HAS_BIAS:
             raw += tl.load(bias_ptr + h).to(tl.float32)
-        ddt = ddt * tl.sigmoid(raw)
+        ddt = dt_back(ddt, raw, dt_lo, dt_hi, SOFTPLUS, LIMIT)
     tl.store(ddt_ptr + pb.to(tl.int64) * BLH + rows * H + h, ddt, mask=mask_t)
     if SUM_DD:
         tl.store(dD_ptr + (bh64 * NC + c) * P + offs_p, dD_acc, mask=mask_p)
@@ -888,7 +886,7 @@ def _new(t):
     return torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
 
-def _prep(x, dt, A, B, C, dt_bias, dt_softplus, sizes, chain, *, store16, store32, store_w):
+def _prep(x, dt, A, B, C, dt_bias, rule, sizes, chain, *, store16, store32, store_w):
     """The chunk preparation (_chunk_prep): dt' and s [B, H, NC, Q] float32, the tokens' weights in their
     chunk's own state [B, H, NC, Q] float32 (store_w, for the Gluon state pass, else None), C·Bᵀ
     [B, NC, G, Q, Q] in float16 with its rows' scales [B, NC, G, Q] (store16, else None, None) and in float32
@@ -905,13 +903,12 @@ def _prep(x, dt, A, B, C, dt_bias, dt_softplus, sizes, chain, *, store16, store3
     NHB = cdiv(H, BH)
     _chunk_prep[(batch * NC, NHB + G * (Q // cbt))](
         dt, A, dt_bias, dtc, s, w, B, C, cb16, sc, cb32, L, H, G, N, NC, NHB, B.stride(1), C.stride(1),
-        HAS_BIAS=dt_bias is not None,
-        SOFTPLUS=bool(dt_softplus), Q=Q, BH=BH, BT=cbt, BN=BN, PREC=_prec(x), STORE16=store16,
+        HAS_BIAS=dt_bias is not None, **dt_flags(rule), Q=Q, BH=BH, BT=cbt, BN=BN, PREC=_prec(x), STORE16=store16,
         STORE32=store32, STORE_W=store_w, num_warps=PASS_WARPS, **chain)
     return dtc, s, w, cb16, sc, cb32
 
 
-def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_backward, chunk=None, keep_states=True):
+def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, rule, h0, seq, *, for_backward, chunk=None, keep_states=True):
     """y [B, L, H, P], final state [B, H, P, N] float32 and what the backward needs:
     (dt' [B, H, NC, Q], s [B, H, NC, Q], h0 or None, the entering states, y before the gate or None,
     C·Bᵀ [B, NC, G, Q, Q] float32); without keep_states only h0 and y before the gate (the rest None: the
@@ -923,7 +920,7 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
     pdl = pdl_ok(x, CHAIN)
     chain = dict(PDL=pdl, **({"launch_pdl": True} if pdl else {}))
     scaled = _cb16(x)
-    dtc, s, w, cb16, sc, cb32 = _prep(x, dt, A, B, C, dt_bias, dt_softplus, sizes, chain, store16=scaled,
+    dtc, s, w, cb16, sc, cb32 = _prep(x, dt, A, B, C, dt_bias, rule, sizes, chain, store16=scaled,
                                       store32=(for_backward and keep_states) or not scaled,
                                       store_w=_gluon_pass(x, B, seq, sizes))
     hin, hT = _states(x, B, seq, dtc, s, w, h0, sizes, chain)
@@ -933,14 +930,14 @@ def chunked_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, h0, seq, *, for_back
         from . import gluon_chunked
         gluon_chunked.chunk_scan(x, C, cb16, sc, dtc, s, hin, D, z, y, ypre, sizes, chain["PDL"])
     else:
-        _scan(x, C, cb16 if scaled else cb32, sc, D, z, dt_bias, dt_softplus, seq, dtc, s, hin, y, ypre, sizes,
+        _scan(x, C, cb16 if scaled else cb32, sc, D, z, dt_bias, rule, seq, dtc, s, hin, y, ypre, sizes,
               chain)
     if not keep_states:
         return y, hT, (None, None, h0, None, ypre, None)
     return y, hT, (dtc, s, h0, hin, ypre, cb32)
 
 
-def _scan(x, C, cb, sc, D, z, dt_bias, dt_softplus, seq, dtc, s, hin, y, ypre, sizes, chain):
+def _scan(x, C, cb, sc, D, z, dt_bias, rule, seq, dtc, s, hin, y, ypre, sizes, chain):
     """The Triton chunk scan (_chunk_scan) into y (and ypre, y before the gate, when given), from C·Bᵀ cb (float16
     with its rows' scales sc, or float32 with sc None); its tiles through TMA descriptors where they pay."""
     batch, L, H, P, G, N, Q, NC, BN = sizes
@@ -953,7 +950,7 @@ def _scan(x, C, cb, sc, D, z, dt_bias, dt_softplus, seq, dtc, s, hin, y, ypre, s
         enter = _descriptors("in" in TMA, (C, [1, cbt, 1, BN]), (hin.view(-1, N, P), [1, BN, bp]))
         if pair or enter:
             scan = tma
-    fl = _flags(D, z, dt_bias, dt_softplus)
+    fl = _flags(D, z, dt_bias, rule)
     _chunk_scan[(batch * NC * H, scan.pop("NPB"))](
         x, C, cb, sc, D, z, seq, dtc, s, hin, y, ypre, *(pair or (None,) * 2), *(enter or (None,) * 2), L, H, G, P, N,
         NC, x.stride(1), C.stride(1), HAS_D=fl["HAS_D"], D_PER_P=fl["D_PER_P"], HAS_Z=fl["HAS_Z"],
@@ -961,14 +958,14 @@ def _scan(x, C, cb, sc, D, z, dt_bias, dt_softplus, seq, dtc, s, hin, y, ypre, s
         TMA_PAIR=pair is not None, TMA_IN=enter is not None, Q=Q, BN=BN, PREC=_prec(x), **chain, **scan)
 
 
-def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s, h0, hin, ypre, cb, *,
+def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, rule, seq, dtc, s, h0, hin, ypre, cb, *,
                 chunk=None):
     """Gradients of x, dt, A, B, C, D, z, dt_bias and the initial state (float32 except dx, dz, dB, dC:
     their inputs' dtype)."""
     sizes = batch, L, H, P, G, N, Q, NC, BN = _sizes(x, B, C, chunk)
     f32 = dict(device=x.device, dtype=torch.float32)
     if hin is None:  # not kept by the forward (keep_states=False): the chunk preparation and the state pass again
-        dtc, s, w, _, _, cb = _prep(x, dt, A, B, C, dt_bias, dt_softplus, sizes, dict(PDL=False), store16=False,
+        dtc, s, w, _, _, cb = _prep(x, dt, A, B, C, dt_bias, rule, sizes, dict(PDL=False), store16=False,
                                     store32=True, store_w=_gluon_pass(x, B, seq, sizes))
         hin, _ = _states(x, B, seq, dtc, s, w, h0, sizes, dict(PDL=False))
     dz = dD_gate = None
@@ -997,7 +994,7 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, dt_softplus, seq, dtc, s
          x, dt, A, B, C, cb, D, dt_bias, seq, dtc, s, hin, dout, dy, dx, ddt, dA, dD_chunks,
          L, H, G, P, N, NC, batch * L * H, x.stride(1), B.stride(1), C.stride(1), HAS_D=D is not None,
          D_PER_P=D is not None and D.dim() == 2, SUM_DD=sum_dd, HAS_BIAS=dt_bias is not None,
-         SOFTPLUS=bool(dt_softplus), HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x))
+         **dt_flags(rule), HAS_SEQ=seq is not None, Q=Q, BN=BN, PREC=_prec(x))
     # dC, dB: programs over (batch, chunk, group) and sub-blocks, each walking the group's heads
     cfg = _launch("group", x, Q, P)
     grid, npb = (batch * NC * G, Q // cfg["BT"]), cfg.pop("NPB")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from archdsl.kernels.ssd import ssd_scan, ssd_step
 from archdsl.kernels.ssd.chunked import ssd_scan_chunked
-from archdsl.kernels.ssd.naive import ssd_scan_naive
+from archdsl.kernels.ssd.naive import DtRule, ssd_scan_naive
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
@@ -20,7 +20,7 @@ NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 IMPLS = ("fused", "chunked")
 
 
-def make(b, L, H, P, G, N, *, D=None, z=False, bias=False, h0=False, seq=False, dtype=torch.float32,
+def make(b, L, H, P, G, N, *, D=None, z=False, bias=False, h0=False, seq=False, limit=False, dtype=torch.float32,
          device="cpu", seed=0):
     g = torch.Generator(device="cpu").manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
@@ -38,6 +38,8 @@ def make(b, L, H, P, G, N, *, D=None, z=False, bias=False, h0=False, seq=False, 
     pos = torch.arange(L)
     t["seq_idx"] = ((pos >= cut[:, :1]).long() + (pos >= cut[:, 1:]).long()).to(device) if seq else None
     t["dt_softplus"] = bool(bias)
+    # dt' lies in about (0.1, 0.75) either way: this clamp holds some tokens at each end
+    t["dt_limit"] = (0.3, 0.45) if limit else None
     return t
 
 
@@ -47,7 +49,7 @@ def run(fn, t, grads=True, **kw):
     args = {**t, **leaves}
     y, hT = fn(args["x"], args["dt"], args["A"], args["B"], args["C"], D=args["D"], z=args["z"],
                dt_bias=args["dt_bias"], dt_softplus=t["dt_softplus"], initial_states=args["initial_states"],
-               seq_idx=t["seq_idx"], return_final_states=True, **kw)
+               seq_idx=t["seq_idx"], return_final_states=True, dt_limit=t["dt_limit"], **kw)
     if not grads:
         return [y, hT]
     g = torch.Generator(device="cpu").manual_seed(1)
@@ -108,7 +110,7 @@ shapes = st.tuples(st.sampled_from([1, 2]), st.sampled_from([1, 2, 7, 17, 31, 40
                    st.sampled_from([(1, 1), (2, 1), (4, 2), (3, 3)]), st.sampled_from([3, 5, 16]),
                    st.sampled_from([4, 7, 16]))
 options = st.fixed_dictionaries(dict(D=st.sampled_from([None, 1, 2]), z=st.booleans(), bias=st.booleans(),
-                                     h0=st.booleans(), seq=st.booleans()))
+                                     h0=st.booleans(), seq=st.booleans(), limit=st.booleans()))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -276,12 +278,12 @@ def test_chunk_prep_token_weights():
     t = make(2, 50, 3, 16, 1, 16, bias=True)
     sizes = tc._sizes(t["x"], t["B"], t["C"], None)
     chain = dict(PDL=False)
-    dtc, s, w, *_ = tc._prep(t["x"], t["dt"], t["A"], t["B"], t["C"], t["dt_bias"], True, sizes, chain,
+    dtc, s, w, *_ = tc._prep(t["x"], t["dt"], t["A"], t["B"], t["C"], t["dt_bias"], DtRule(True), sizes, chain,
                              store16=False, store32=True, store_w=True)
     want = torch.exp(torch.clamp(s[..., -1:] - s, max=0.0)) * dtc
     torch.testing.assert_close(w, want, rtol=1e-5, atol=0)
     assert torch.all(w.flatten(2)[..., 50:] == 0)  # past L
-    assert tc._prep(t["x"], t["dt"], t["A"], t["B"], t["C"], t["dt_bias"], True, sizes, chain, store16=False,
+    assert tc._prep(t["x"], t["dt"], t["A"], t["B"], t["C"], t["dt_bias"], DtRule(True), sizes, chain, store16=False,
                     store32=True, store_w=False)[2] is None
 
 
@@ -403,6 +405,21 @@ def test_a_growing_state_is_scanned_as_written(impl, opts):
     assert_matches_float64(lambda *a, **k: scan_of(impl)(*a, chunk_size=16, **k), t)
 
 
+@pytest.mark.parametrize("impl", ["torch", "fused", "chunked"])
+def test_dt_limit_as_mamba_ssm(impl):
+    """dt_limit clamps dt' after the softplus, with torch.clamp's gradient: (0, inf), mamba_ssm's default, turns
+    the negative dt of a scan without softplus into 0 (no decay, no input), which None leaves as written. Every
+    path against the float64 loop, and that loop against the clamp written out."""
+    t = make(1, 40, 2, 5, 1, 4, D=1, h0=True, seq=True)
+    t["dt"][:, ::3] *= -1
+    t["dt_limit"] = (0.0, float("inf"))
+    assert_matches_float64(lambda *a, **k: scan_of(impl)(*a, chunk_size=16, **k), t)
+    clamped = {**t, "dt": t["dt"].clamp(min=0.0), "dt_limit": None}
+    assert_close(run(ssd_scan_naive, t, grads=False), run(ssd_scan_naive, clamped, grads=False), 1e-12)
+    ddt = run(ssd_scan_naive, t)[3]  # after y, the final state and dx
+    assert torch.all(ddt[:, ::3] == 0) and torch.all(ddt[:, 1::3] != 0)
+
+
 def test_chunked_compiles_once_for_every_length():
     """The torch path has no loop over chunks, so torch.compile's graph for one length with dynamic shapes
     serves every other: 17 tokens compile a static graph, 51 a dynamic one (torch.compile's own rule), and
@@ -423,8 +440,8 @@ def test_chunked_compiles_once_for_every_length():
 def test_split_scan_equals_whole(impl, monkeypatch):
     monkeypatch.setenv("ARCHDSL_KERNELS", impl.split("-")[0])
     monkeypatch.setenv("ARCHDSL_SSD_IMPL", "chunked" if impl.endswith("chunked") else "fused")
-    t = make(2, 45, 2, 5, 1, 7, D=2, z=True, bias=True, h0=True)
-    kw = dict(D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True)
+    t = make(2, 45, 2, 5, 1, 7, D=2, z=True, bias=True, h0=True, limit=True)
+    kw = dict(D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True, dt_limit=t["dt_limit"])
     y, h = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size=16, z=t["z"],
                     initial_states=t["initial_states"], return_final_states=True, **kw)
     part = lambda k, s: t[k][:, s]
@@ -441,12 +458,14 @@ def test_split_scan_equals_whole(impl, monkeypatch):
 def test_step_matches_scan(impl, monkeypatch):
     monkeypatch.setenv("ARCHDSL_KERNELS", impl.split("-")[0])
     monkeypatch.setenv("ARCHDSL_SSD_IMPL", "chunked" if impl.endswith("chunked") else "fused")
-    t = make(2, 19, 4, 5, 2, 6, D=1, z=True, bias=True, h0=True)
+    t = make(2, 19, 4, 5, 2, 6, D=1, z=True, bias=True, h0=True, limit=True)
     y, h = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"], dt_bias=t["dt_bias"],
-                    dt_softplus=True, initial_states=t["initial_states"], return_final_states=True)
+                    dt_softplus=True, initial_states=t["initial_states"], return_final_states=True,
+                    dt_limit=t["dt_limit"])
     state = t["initial_states"].clone()
     ys = [ssd_step(state, t["x"][:, i], t["dt"][:, i], t["A"], t["B"][:, i], t["C"][:, i], D=t["D"],
-                   z=t["z"][:, i], dt_bias=t["dt_bias"], dt_softplus=True) for i in range(19)]
+                   z=t["z"][:, i], dt_bias=t["dt_bias"], dt_softplus=True, dt_limit=t["dt_limit"])
+          for i in range(19)]
     assert_close([torch.stack(ys, 1), state], [y, h], 1e-5)
 
 
@@ -478,7 +497,9 @@ def test_seq_idx_of_any_integers(impl, seq):
     (dict(D=torch.zeros(4, 3)), "D"), (dict(z=torch.zeros(2, 8, 4)), "z"), (dict(dt_bias=torch.zeros(3)), "dt_bias"),
     (dict(initial_states=torch.zeros(2, 4, 5, 7)), "initial_states"), (dict(seq_idx=torch.zeros(2, 8)), "seq_idx"),
     (dict(seq_idx=torch.zeros(2, 7, dtype=torch.long)), "seq_idx"), (dict(chunk_size=0), "chunk_size"),
-    (dict(keep_states="no"), "keep_states"),
+    (dict(keep_states="no"), "keep_states"), (dict(dt_limit=(1.0, 0.5)), "dt_limit"),
+    (dict(dt_limit=0.5), "dt_limit"), (dict(dt_limit=(0.0, float("nan"))), "dt_limit"),
+    (dict(dt_limit=(True, 2)), "dt_limit"), (dict(dt_limit=(0, 1, 2)), "dt_limit"),
 ])
 def test_bad_input_raises(bad, msg):
     args = dict(x=torch.zeros(2, 8, 4, 5), dt=torch.zeros(2, 8, 4), A=torch.zeros(4), B=torch.zeros(2, 8, 2, 6),
@@ -504,7 +525,7 @@ def test_chunked_refuses_int32_overflow_within_a_chunk():
     x = torch.empty(1, 256, 1 << 16, 1 << 9, device="meta")
     B = torch.empty(1, 256, 1, 16, device="meta")
     with pytest.raises(ValueError, match=r"x: token rows of 33554432 elements \(B: 16, C: 16\) over a chunk of 128"):
-        chunked_fwd(x, None, None, B, B, None, None, None, False, None, None, for_backward=False, chunk=128)
+        chunked_fwd(x, None, None, B, B, None, None, None, DtRule(), None, None, for_backward=False, chunk=128)
 
 
 # ---------------------------------------------------------------- full sizes on the GPU
@@ -524,7 +545,8 @@ def reference(t, chunk=128):
                                            (torch.bfloat16, 3e-2, 1000), (torch.float16, 1e-2, 4096)])
 def test_gpu_full_size(dtype, tol, L, impl, monkeypatch):
     monkeypatch.setenv("ARCHDSL_SSD_IMPL", impl)
-    t = make(4, L, 32, 64, 1, 128, D=1, bias=True, h0=True, z=L == 1000, seq=L == 1000, dtype=dtype, device=DEV)
+    t = make(4, L, 32, 64, 1, 128, D=1, bias=True, h0=True, z=L == 1000, seq=L == 1000, limit=L == 1000, dtype=dtype,
+             device=DEV)
     got = run(ssd_scan, t)
     want = reference(t)
     for name, a, b in zip(["y", "final"] + [k for k in NAMES if t[k] is not None], got, want):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..fusions import Fusable
 from .conv import conv_forward, conv_step
@@ -76,12 +75,10 @@ class Mamba2(nn.Module, Fusable, FoldsNorm):
     def _split(self, zxbcdt):
         return zxbcdt.split([self.E, self.conv_dim, self.H], dim=-1)
 
-    def _dt(self, dt):
-        """(dt, dt_bias, dt_softplus) for the scan: with a dt_floor, softplus and clamp done here."""
-        if not self.cfg.dt_floor:
-            return dt, self._f(self.dt_bias), True
-        dt = F.softplus(self._f(dt) + self._f(self.dt_bias)).clamp(min=self.cfg.dt_floor)
-        return dt, None, False
+    def _dt_limit(self):
+        """The scan's dt_limit: dt' = max(softplus(dt + dt_bias), dt_floor) inside the kernels (HF's
+        time_step_limit / NemotronH's time_step_min), None without a floor."""
+        return (self.cfg.dt_floor, float("inf")) if self.cfg.dt_floor else None
 
     def _out(self, y, z, lean=False):
         """The gated norm (or none) and out_proj; lean: without keeping the norm's output for the backward
@@ -120,7 +117,6 @@ class Mamba2(nn.Module, Fusable, FoldsNorm):
                       lambda: conv_forward(xd.transpose(1, 2), wd, bd).transpose(1, 2))
         u, B, C = xBC.split([self.E, self.G * self.N, self.G * self.N], dim=-1)
         gate = None if self.norm is not None else z.reshape(Bsz, L, self.H, self.P)
-        dt, dt_bias, softplus = self._dt(dt)
         u = u.reshape(Bsz, L, self.H, self.P)
         # the D skip and gate in the scan kernel, with autograd too since its backward takes the gate first
         # (H200, B4 L2048 d2560 bf16, 2026-11-29: layer forward+backward 6.12 ms vs 8.11 off, forward 1.89
@@ -129,7 +125,8 @@ class Mamba2(nn.Module, Fusable, FoldsNorm):
         out = ssd_scan(u, dt.contiguous(), -torch.exp(self._f(self.A_log)),
                        B.reshape(Bsz, L, self.G, self.N), C.reshape(Bsz, L, self.G, self.N),
                        chunk_size=self.cfg.chunk_size, D=self._f(self.D) if epi else None, z=gate if epi else None,
-                       dt_bias=dt_bias, dt_softplus=softplus, initial_states=None if state is None else state["ssm"],
+                       dt_bias=self._f(self.dt_bias), dt_softplus=True, dt_limit=self._dt_limit(),
+                       initial_states=None if state is None else state["ssm"],
                        return_final_states=state is not None, keep_states=not rc.active)
         if state is not None:
             out, final = out
@@ -149,12 +146,11 @@ class Mamba2(nn.Module, Fusable, FoldsNorm):
         xBC = conv_step(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, state["conv"])
         u, B, C = xBC.split([self.E, self.G * self.N, self.G * self.N], dim=-1)
         gate = None if self.norm is not None else z.reshape(Bsz, self.H, self.P)
-        dt, dt_bias, softplus = self._dt(dt)
         u = u.reshape(Bsz, self.H, self.P)
         epi = "epilogue" in self.fused
         y = ssd_step(state["ssm"], u, dt, -torch.exp(self._f(self.A_log)), B.reshape(Bsz, self.G, self.N),
                      C.reshape(Bsz, self.G, self.N), D=self._f(self.D) if epi else None, z=gate if epi else None,
-                     dt_bias=dt_bias, dt_softplus=softplus)
+                     dt_bias=self._f(self.dt_bias), dt_softplus=True, dt_limit=self._dt_limit())
         if not epi:
             y = skip_gate(y, u, self._f(self.D)[:, None], gate)
         return self._out(y.reshape(Bsz, self.E), z)
