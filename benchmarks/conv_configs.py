@@ -82,9 +82,9 @@ def rows_for(name, x, attr, configs):
         for config in configs:
             for a in (("TILE_FWD", "TILE_BWD") if attr == "TILE" else ("WALK",)):
                 setattr(tc, a, config)
-            got = [tc.conv_fwd(x, w, b, None, True)] + list(tc.conv_bwd(x, w, b, None, dy, True)[:3])
-            row(str(config), bench_or_nan(lambda: tc.conv_fwd(x, w, b, None, True)),
-                bench_or_nan(lambda: tc.conv_bwd(x, w, b, None, dy, True)),
+            got = [tc.conv_fwd(x, w, b, None, None, True)] + list(tc.conv_bwd(x, w, b, None, None, dy, True)[:3])
+            row(str(config), bench_or_nan(lambda: tc.conv_fwd(x, w, b, None, None, True)),
+                bench_or_nan(lambda: tc.conv_bwd(x, w, b, None, None, dy, True)),
                 max(_relerr(g, r) for g, r in zip(got, want)))
     finally:
         for a, v in start.items():

@@ -47,3 +47,11 @@ def unit_last(t: torch.Tensor | None) -> torch.Tensor | None:
     (rows of a wider tensor, as a layer's projections slice them, are not copied), else a contiguous copy;
     None stays None."""
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
+def seq_runs(seq_idx: torch.Tensor) -> torch.Tensor:
+    """seq_idx [B, L] of any integers as the kernels read it: runs of equal values numbered 0, 1, 2, ...
+    (from 1 when the first token's seq_idx is not 0: an initial state belongs to seq_idx 0), int32.
+    Kernels compare the seq_idx of tokens far apart; numbered runs make equal mean unbroken, and fit 32 bits."""
+    s = seq_idx.long()
+    return torch.cat([s[:, :1] != 0, s[:, 1:] != s[:, :-1]], dim=1).cumsum(1, dtype=torch.int32)

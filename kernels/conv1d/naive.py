@@ -9,25 +9,39 @@ def _act(y, activation):
     return F.silu(y) if activation in ("silu", "swish") else y
 
 
-def causal_conv1d_naive(x, weight, bias=None, activation=None, initial_states=None, return_final_states=False):
-    """Same contract as `archdsl.kernels.causal_conv1d`; computes in float64 for float64 input, else float32."""
+def causal_conv1d_naive(x, weight, bias=None, activation=None, initial_states=None, return_final_states=False,
+                        seq_idx=None):
+    """Same contract as `archdsl.kernels.causal_conv1d`; computes in float64 for float64 input, else float32.
+    seq_idx: the runs [B, L] (`seq_runs`); a tap reads only inputs of its output's run, the initial states being
+    run 0's."""
     wd = torch.float64 if x.dtype == torch.float64 else torch.float32
     batch, dim, seqlen = x.shape
     W = weight.shape[1]
     init = x.new_zeros(batch, dim, W - 1, dtype=wd) if initial_states is None else initial_states.to(wd)
-    window = init
+    xe = torch.cat([init, x.to(wd)], dim=-1)  # position p at index p + W - 1
+    runs = None if seq_idx is None else torch.cat([seq_idx.new_zeros(batch, W - 1), seq_idx], dim=1)
     w = weight.to(wd)
     ys = []
     for t in range(seqlen):
-        window = torch.cat([window, x[:, :, t:t + 1].to(wd)], dim=-1)[:, :, -(W - 1) - 1:]
+        window = xe[:, :, t:t + W]
+        if runs is not None:
+            window = window * (runs[:, t:t + W] == runs[:, t + W - 1:t + W]).to(wd)[:, None, :]
         y = (window * w).sum(-1)
         ys.append(y + bias.to(wd) if bias is not None else y)
-        window = window[:, :, 1:]
     out = _act(torch.stack(ys, dim=-1), activation).to(x.dtype)
     if not return_final_states:
         return out
-    final = torch.cat([init, x.to(wd)], dim=-1)[:, :, -(W - 1):] if W > 1 else init
-    return out, final.to(x.dtype)
+    return out, final_window(xe[:, :, -(W - 1):], runs).to(x.dtype)
+
+
+def final_window(last, runs):
+    """The last W-1 inputs `last` [B, D, W-1] as a continuation of the last token's run reads them: 0 where
+    another run's (runs [B, W-1 + L] of every position, initial states first; None: all kept)."""
+    if runs is None:
+        return last
+    W1 = last.shape[-1]
+    keep = runs[:, -W1:] == runs[:, -1:]
+    return last * keep.to(last.dtype)[:, None, :]
 
 
 def causal_conv1d_update_naive(x, conv_state, weight, bias=None, activation=None):

@@ -5,20 +5,24 @@ import torch
 
 from .._checks import expect_float, expect_same_device, expect_shape
 from .._dispatch import backend_for, on_input_device
+from .._host import seq_runs
 from .chunked import causal_conv1d_torch
-from .naive import causal_conv1d_naive, causal_conv1d_update_naive
+from .naive import causal_conv1d_naive, causal_conv1d_update_naive, final_window
 
 _ACTIVATIONS = (None, "silu", "swish")
 
 
 @on_input_device
-def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, return_final_states=False):
+def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, return_final_states=False,
+                  seq_idx=None):
     """Depthwise causal convolution: y[b, d, t] = act(bias[d] + sum_k weight[d, k] * x[b, d, t - W + 1 + k]).
 
     x: `[B, D, L]`; weight: `[D, W]` with W in 2..4; bias: `[D]`; activation: None, "silu" or "swish";
-    initial_states: `[B, D, W-1]`, the W-1 inputs before x (zeros when None).
+    initial_states: `[B, D, W-1]`, the W-1 inputs before x (zeros when None); seq_idx: `[B, L]` integers,
+    packed sequences (causal-conv1d's keyword): a tap reads only inputs of its output's sequence, those of
+    another read as 0 (as ssd_scan's seq_idx, the initial states belong to seq_idx 0).
     Returns y `[B, D, L]` in x's dtype, and with return_final_states also the last W-1 inputs
-    `[B, D, W-1]` (the initial_states of a continuation; model prefill keeps them).
+    `[B, D, W-1]` (the initial_states of a continuation of the last sequence; model prefill keeps them).
     """
     expect_shape("x", x, (None, None, None))
     batch, dim, seqlen = x.shape
@@ -27,18 +31,23 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, re
     _check_weight(weight, bias, dim, activation)
     W = weight.shape[1]
     expect_shape("initial_states", initial_states, (batch, dim, W - 1), optional=True)
+    expect_shape("seq_idx", seq_idx, (batch, seqlen), optional=True)
+    if seq_idx is not None and (seq_idx.is_floating_point() or seq_idx.is_complex()):
+        raise ValueError(f"seq_idx: expected an integer tensor, got {seq_idx.dtype}")
     expect_float(x=x, weight=weight, bias=bias, initial_states=initial_states)
-    expect_same_device(x=x, weight=weight, bias=bias, initial_states=initial_states)
+    expect_same_device(x=x, weight=weight, bias=bias, initial_states=initial_states, seq_idx=seq_idx)
+    runs = None if seq_idx is None else seq_runs(seq_idx)
     backend = backend_for(x)
     if backend == "triton":
         from .triton_conv1d import causal_conv1d_triton
-        y = causal_conv1d_triton(x, weight, bias, activation, initial_states)
+        y = causal_conv1d_triton(x, weight, bias, activation, initial_states, runs)
         if not return_final_states:
             return y
         init = initial_states if initial_states is not None else x.new_zeros(batch, dim, W - 1)
-        return y, torch.cat([init.to(x.dtype), x[:, :, -(W - 1):]], dim=-1)[:, :, -(W - 1):]
+        last = torch.cat([init.to(x.dtype), x[:, :, -(W - 1):]], dim=-1)[:, :, -(W - 1):]
+        return y, final_window(last, None if runs is None else torch.cat([runs.new_zeros(batch, W - 1), runs], 1))
     fn = causal_conv1d_naive if backend == "naive" else causal_conv1d_torch
-    return fn(x, weight, bias, activation, initial_states, return_final_states)
+    return fn(x, weight, bias, activation, initial_states, return_final_states, runs)
 
 
 @on_input_device

@@ -7,6 +7,10 @@ The backward runs over the positions j in [-3, L): dx_ext[j] = sum_s w[3-s] g[j+
 g = dout * act'(pre) is recomputed from x; the j < 0 part is the initial-state gradient.
 Weight and bias gradients are per-program partials summed by torch.
 
+Packed sequences (seq_idx): every output t has a reach r_t in 0..3, how many steps back its own sequence
+goes (3 in the initial states' sequence); its tap at lag l reads x_ext[t - l] only when l <= r_t (_lag).
+The backward masks each g[t] the same way where it meets x_ext[t - l].
+
 Two kernel shapes, by x's layout:
 - steps contiguous ([B, D, L], Mamba-1): 2-D tiles [BLOCK_D, BLOCK_L] whose taps are shifted loads
   (each thread reads runs of steps); the backward recomputes g at the four shifts of a tile.
@@ -42,9 +46,33 @@ def _x_ext(x_ptr, init_ptr, row, irow, j, L, dmask, sxt, HAS_INIT: tl.constexpr)
 
 
 @triton.jit
-def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, y_ptr, L, DIM, sxb, sxd, sxt, syb, syd, syt,
+def _reach(reach_ptr, b, t, L, HAS_SEQ: tl.constexpr):
+    """The reach (0..3) of the outputs t (a step or a block of steps, any values: those outside [0, L) read
+    the nearest); 3 without packed sequences."""
+    if HAS_SEQ:
+        return tl.load(reach_ptr + b * L + tl.minimum(tl.maximum(t, 0), L - 1))
+    return t * 0 + 3  # unread (_lag reads reaches with packed sequences only)
+
+
+@triton.jit
+def _lag(v, r, lag: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """v where an output of reach r may read `lag` steps back, else 0."""
+    if HAS_SEQ and lag > 0:
+        v = tl.where(r >= lag, v, 0.0)
+    return v
+
+
+@triton.jit
+def _pre(w0, w1, w2, w3, bias, xa, xb, xc, xd, r, HAS_SEQ: tl.constexpr):
+    """An output's value before the activation from its four inputs xa..xd (lags 3..0) and its reach r."""
+    return (bias + w0 * _lag(xa, r, 3, HAS_SEQ) + w1 * _lag(xb, r, 2, HAS_SEQ) + w2 * _lag(xc, r, 1, HAS_SEQ)
+            + w3 * xd)
+
+
+@triton.jit
+def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, reach_ptr, y_ptr, L, DIM, sxb, sxd, sxt, syb, syd, syt,
                      BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr):
+                     HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr):
     pid_l, pid_d = tl.program_id(0), tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -55,9 +83,11 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, y_ptr, L, DIM, sxb, sxd, sxt
     acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
     if HAS_BIAS:
         acc += tl.load(b_ptr + d, mask=dmask, other=0.0).to(tl.float32)[:, None]
+    r = _reach(reach_ptr, b, t, L, HAS_SEQ)
     for k in tl.static_range(4):
         wk = tl.load(w_ptr + d * 4 + k, mask=dmask, other=0.0).to(tl.float32)
-        acc += wk[:, None] * _x_ext(x_ptr, init_ptr, row, irow, t - 3 + k, L, dmask, sxt, HAS_INIT)
+        xk = _x_ext(x_ptr, init_ptr, row, irow, t - 3 + k, L, dmask, sxt, HAS_INIT)
+        acc += wk[:, None] * _lag(xk, r[None, :], 3 - k, HAS_SEQ)
     if SILU:
         acc = acc * tl.sigmoid(acc)
     yrow = b * syb + d.to(tl.int64) * syd
@@ -66,10 +96,10 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, y_ptr, L, DIM, sxb, sxd, sxt
 
 
 @triton.jit
-def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, dy_ptr, dx_ptr, dinit_ptr, dw_ptr, db_ptr, L, DIM, NBLK,
-                     sxb, sxd, sxt, sgb, sgd, sgt, sdb, sdd, sdt,
+def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, reach_ptr, dy_ptr, dx_ptr, dinit_ptr, dw_ptr, db_ptr, L, DIM,
+                     NBLK, sxb, sxd, sxt, sgb, sgd, sgt, sdb, sdd, sdt,
                      BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr):
+                     HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr):
     """sx*, sg*, sd*: the batch, channel and step strides of x, dy and dx."""
     pid_l, pid_d = tl.program_id(0), tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -93,12 +123,20 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, dy_ptr, dx_ptr, dinit_ptr, d
     xp1 = _x_ext(x_ptr, init_ptr, row, irow, j + 1, L, dmask, sxt, HAS_INIT)
     xp2 = _x_ext(x_ptr, init_ptr, row, irow, j + 2, L, dmask, sxt, HAS_INIT)
     xp3 = _x_ext(x_ptr, init_ptr, row, irow, j + 3, L, dmask, sxt, HAS_INIT)
-    # g at t = j + s needs x_ext[t-3 .. t]
-    g0 = _grad_pre(dy_ptr, grow, j, L, dmask, sgt, bias, w0 * xm3 + w1 * xm2 + w2 * xm1 + w3 * x0, SILU)
-    g1 = _grad_pre(dy_ptr, grow, j + 1, L, dmask, sgt, bias, w0 * xm2 + w1 * xm1 + w2 * x0 + w3 * xp1, SILU)
-    g2 = _grad_pre(dy_ptr, grow, j + 2, L, dmask, sgt, bias, w0 * xm1 + w1 * x0 + w2 * xp1 + w3 * xp2, SILU)
-    g3 = _grad_pre(dy_ptr, grow, j + 3, L, dmask, sgt, bias, w0 * x0 + w1 * xp1 + w2 * xp2 + w3 * xp3, SILU)
-    dx = w3 * g0 + w2 * g1 + w1 * g2 + w0 * g3
+    # g at t = j + s needs x_ext[t-3 .. t], each read as far back as t's reach r_s allows
+    r0 = _reach(reach_ptr, b, j, L, HAS_SEQ)[None, :]
+    r1 = _reach(reach_ptr, b, j + 1, L, HAS_SEQ)[None, :]
+    r2 = _reach(reach_ptr, b, j + 2, L, HAS_SEQ)[None, :]
+    r3 = _reach(reach_ptr, b, j + 3, L, HAS_SEQ)[None, :]
+    g0 = _grad_pre(dy_ptr, grow, j, L, dmask, sgt, _pre(w0, w1, w2, w3, bias[:, None], xm3, xm2, xm1, x0, r0, HAS_SEQ),
+                   SILU)
+    g1 = _grad_pre(dy_ptr, grow, j + 1, L, dmask, sgt,
+                   _pre(w0, w1, w2, w3, bias[:, None], xm2, xm1, x0, xp1, r1, HAS_SEQ), SILU)
+    g2 = _grad_pre(dy_ptr, grow, j + 2, L, dmask, sgt,
+                   _pre(w0, w1, w2, w3, bias[:, None], xm1, x0, xp1, xp2, r2, HAS_SEQ), SILU)
+    g3 = _grad_pre(dy_ptr, grow, j + 3, L, dmask, sgt,
+                   _pre(w0, w1, w2, w3, bias[:, None], x0, xp1, xp2, xp3, r3, HAS_SEQ), SILU)
+    dx = w3 * g0 + w2 * _lag(g1, r1, 1, HAS_SEQ) + w1 * _lag(g2, r2, 2, HAS_SEQ) + w0 * _lag(g3, r3, 3, HAS_SEQ)
     jj = j[None, :]
     drow = b * sdb + d.to(tl.int64) * sdd
     tl.store(dx_ptr + drow[:, None] + jj.to(tl.int64) * sdt, dx.to(dx_ptr.dtype.element_ty),
@@ -107,23 +145,23 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, dy_ptr, dx_ptr, dinit_ptr, d
         tl.store(dinit_ptr + irow[:, None] + 3 + jj, dx.to(dinit_ptr.dtype.element_ty),
                  mask=dmask[:, None] & (jj < 0))
     part = (b * NBLK + pid_l) * DIM + d
-    tl.store(dw_ptr + part * 4 + 0, tl.sum(g0 * xm3, axis=1), mask=dmask)
-    tl.store(dw_ptr + part * 4 + 1, tl.sum(g0 * xm2, axis=1), mask=dmask)
-    tl.store(dw_ptr + part * 4 + 2, tl.sum(g0 * xm1, axis=1), mask=dmask)
+    tl.store(dw_ptr + part * 4 + 0, tl.sum(_lag(g0, r0, 3, HAS_SEQ) * xm3, axis=1), mask=dmask)
+    tl.store(dw_ptr + part * 4 + 1, tl.sum(_lag(g0, r0, 2, HAS_SEQ) * xm2, axis=1), mask=dmask)
+    tl.store(dw_ptr + part * 4 + 2, tl.sum(_lag(g0, r0, 1, HAS_SEQ) * xm1, axis=1), mask=dmask)
     tl.store(dw_ptr + part * 4 + 3, tl.sum(g0 * x0, axis=1), mask=dmask)
     tl.store(db_ptr + part, tl.sum(g0, axis=1), mask=dmask)
 
 
 @triton.jit
-def _grad_pre(dy_ptr, row, t, L, dmask, sgt, bias, pre, SILU: tl.constexpr):
-    """dout * act'(pre) at positions t; 0 outside [0, L). row: the channels' offsets into dy, sgt its step stride."""
+def _grad_pre(dy_ptr, row, t, L, dmask, sgt, pre, SILU: tl.constexpr):
+    """dout * act'(pre) at positions t; 0 outside [0, L). row: the channels' offsets into dy, sgt its step stride;
+    pre includes the bias."""
     tt = t[None, :]
     m = dmask[:, None] & (tt >= 0) & (tt < L)
     g = tl.load(dy_ptr + row[:, None] + tt.to(tl.int64) * sgt, mask=m, other=0.0).to(tl.float32)
     if SILU:
-        p = pre + bias[:, None]
-        s = tl.sigmoid(p)
-        g = g * s * (1.0 + p * (1.0 - s))
+        s = tl.sigmoid(pre)
+        g = g * s * (1.0 + pre * (1.0 - s))
     return tl.where(m, g, 0.0)
 
 
@@ -174,9 +212,10 @@ def _taps(w_ptr, b_ptr, d, dmask, HAS_BIAS: tl.constexpr):
 
 
 @triton.jit
-def _conv_fwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, y_ptr, L, DIM, sxb, sxd, sxt, syb, syd, syt,
+def _conv_fwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, reach_ptr, y_ptr, L, DIM, sxb, sxd, sxt, syb, syd, syt,
                            BLOCK_D: tl.constexpr, STEPS: tl.constexpr,
-                           HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr):
+                           HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr,
+                           SILU: tl.constexpr):
     """One program: BLOCK_D channels over the steps [pid_l * STEPS, + STEPS), STEPS a multiple of 4."""
     pid_l, pid_d = tl.program_id(0), tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -195,10 +234,10 @@ def _conv_fwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, y_ptr, L, DIM, sxb, sx
         x1 = _x_at(x_ptr, init_ptr, row, irow, t + 1, L, dmask, sxt, HAS_INIT)
         x2 = _x_at(x_ptr, init_ptr, row, irow, t + 2, L, dmask, sxt, HAS_INIT)
         x3 = _x_at(x_ptr, init_ptr, row, irow, t + 3, L, dmask, sxt, HAS_INIT)
-        y0 = _act(bias + w0 * xa + w1 * xb + w2 * xc + w3 * x0, SILU)
-        y1 = _act(bias + w0 * xb + w1 * xc + w2 * x0 + w3 * x1, SILU)
-        y2 = _act(bias + w0 * xc + w1 * x0 + w2 * x1 + w3 * x2, SILU)
-        y3 = _act(bias + w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3, SILU)
+        y0 = _act(_pre(w0, w1, w2, w3, bias, xa, xb, xc, x0, _reach(reach_ptr, b, t, L, HAS_SEQ), HAS_SEQ), SILU)
+        y1 = _act(_pre(w0, w1, w2, w3, bias, xb, xc, x0, x1, _reach(reach_ptr, b, t + 1, L, HAS_SEQ), HAS_SEQ), SILU)
+        y2 = _act(_pre(w0, w1, w2, w3, bias, xc, x0, x1, x2, _reach(reach_ptr, b, t + 2, L, HAS_SEQ), HAS_SEQ), SILU)
+        y3 = _act(_pre(w0, w1, w2, w3, bias, x0, x1, x2, x3, _reach(reach_ptr, b, t + 3, L, HAS_SEQ), HAS_SEQ), SILU)
         ty = y_ptr.dtype.element_ty
         tl.store(y_ptr + yrow + tl.cast(t, tl.int64) * syt, y0.to(ty), mask=dmask)
         tl.store(y_ptr + yrow + tl.cast(t + 1, tl.int64) * syt, y1.to(ty), mask=_when(dmask, t + 1 < L))
@@ -208,10 +247,11 @@ def _conv_fwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, y_ptr, L, DIM, sxb, sx
 
 
 @triton.jit
-def _conv_bwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, dy_ptr, dx_ptr, dinit_ptr, dw_ptr, db_ptr, L, DIM, NBLK,
-                           sxb, sxd, sxt, sgb, sgd, sgt, sdb, sdd, sdt,
+def _conv_bwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, reach_ptr, dy_ptr, dx_ptr, dinit_ptr, dw_ptr, db_ptr, L,
+                           DIM, NBLK, sxb, sxd, sxt, sgb, sgd, sgt, sdb, sdd, sdt,
                            BLOCK_D: tl.constexpr, STEPS: tl.constexpr,
-                           HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr):
+                           HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr,
+                           SILU: tl.constexpr):
     """One program: BLOCK_D channels, dx_ext at j in [pid_l * STEPS - 3, + STEPS), and the weight and bias
     gradients' parts from g at [pid_l * STEPS, + STEPS). It walks g forward four steps at a time: g[q .. q+3]
     completes dx_ext[q-3 .. q] with the three g before it (the window gm3, gm2, gm1)."""
@@ -232,9 +272,12 @@ def _conv_bwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, dy_ptr, dx_ptr, dinit_
     x0 = _x_at(x_ptr, init_ptr, row, irow, q0 - 3, L, dmask, sxt, HAS_INIT)
     x1 = _x_at(x_ptr, init_ptr, row, irow, q0 - 2, L, dmask, sxt, HAS_INIT)
     x2 = _x_at(x_ptr, init_ptr, row, irow, q0 - 1, L, dmask, sxt, HAS_INIT)
-    gm3 = _g_at(dy_ptr, grow, q0 - 3, L, dmask, sgt, bias + w0 * xa + w1 * xb + w2 * xc + w3 * x0, SILU)
-    gm2 = _g_at(dy_ptr, grow, q0 - 2, L, dmask, sgt, bias + w0 * xb + w1 * xc + w2 * x0 + w3 * x1, SILU)
-    gm1 = _g_at(dy_ptr, grow, q0 - 1, L, dmask, sgt, bias + w0 * xc + w1 * x0 + w2 * x1 + w3 * x2, SILU)
+    rm3 = _reach(reach_ptr, b, q0 - 3, L, HAS_SEQ)  # the reaches of g's window
+    rm2 = _reach(reach_ptr, b, q0 - 2, L, HAS_SEQ)
+    rm1 = _reach(reach_ptr, b, q0 - 1, L, HAS_SEQ)
+    gm3 = _g_at(dy_ptr, grow, q0 - 3, L, dmask, sgt, _pre(w0, w1, w2, w3, bias, xa, xb, xc, x0, rm3, HAS_SEQ), SILU)
+    gm2 = _g_at(dy_ptr, grow, q0 - 2, L, dmask, sgt, _pre(w0, w1, w2, w3, bias, xb, xc, x0, x1, rm2, HAS_SEQ), SILU)
+    gm1 = _g_at(dy_ptr, grow, q0 - 1, L, dmask, sgt, _pre(w0, w1, w2, w3, bias, xc, x0, x1, x2, rm1, HAS_SEQ), SILU)
     xa, xb, xc = x0, x1, x2  # the window x[q-3 .. q-1]
     dw0 = tl.zeros([BLOCK_D], dtype=tl.float32)
     dw1 = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -246,24 +289,38 @@ def _conv_bwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, dy_ptr, dx_ptr, dinit_
         x1 = _x_at(x_ptr, init_ptr, row, irow, q + 1, L, dmask, sxt, HAS_INIT)
         x2 = _x_at(x_ptr, init_ptr, row, irow, q + 2, L, dmask, sxt, HAS_INIT)
         x3 = _x_at(x_ptr, init_ptr, row, irow, q + 3, L, dmask, sxt, HAS_INIT)
-        g0 = _g_at(dy_ptr, grow, q, L, dmask, sgt, bias + w0 * xa + w1 * xb + w2 * xc + w3 * x0, SILU)
-        g1 = _g_at(dy_ptr, grow, q + 1, L, dmask, sgt, bias + w0 * xb + w1 * xc + w2 * x0 + w3 * x1, SILU)
-        g2 = _g_at(dy_ptr, grow, q + 2, L, dmask, sgt, bias + w0 * xc + w1 * x0 + w2 * x1 + w3 * x2, SILU)
-        g3 = _g_at(dy_ptr, grow, q + 3, L, dmask, sgt, bias + w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3, SILU)
-        dw0 += g0 * xa + g1 * xb + g2 * xc + g3 * x0
-        dw1 += g0 * xb + g1 * xc + g2 * x0 + g3 * x1
-        dw2 += g0 * xc + g1 * x0 + g2 * x1 + g3 * x2
+        r0 = _reach(reach_ptr, b, q, L, HAS_SEQ)
+        r1 = _reach(reach_ptr, b, q + 1, L, HAS_SEQ)
+        r2 = _reach(reach_ptr, b, q + 2, L, HAS_SEQ)
+        r3 = _reach(reach_ptr, b, q + 3, L, HAS_SEQ)
+        g0 = _g_at(dy_ptr, grow, q, L, dmask, sgt, _pre(w0, w1, w2, w3, bias, xa, xb, xc, x0, r0, HAS_SEQ), SILU)
+        g1 = _g_at(dy_ptr, grow, q + 1, L, dmask, sgt, _pre(w0, w1, w2, w3, bias, xb, xc, x0, x1, r1, HAS_SEQ), SILU)
+        g2 = _g_at(dy_ptr, grow, q + 2, L, dmask, sgt, _pre(w0, w1, w2, w3, bias, xc, x0, x1, x2, r2, HAS_SEQ), SILU)
+        g3 = _g_at(dy_ptr, grow, q + 3, L, dmask, sgt, _pre(w0, w1, w2, w3, bias, x0, x1, x2, x3, r3, HAS_SEQ), SILU)
+        # g[t] meets x_ext[t - l] (weight 3 - l) where t's reach allows lag l
+        dw0 += (_lag(g0, r0, 3, HAS_SEQ) * xa + _lag(g1, r1, 3, HAS_SEQ) * xb + _lag(g2, r2, 3, HAS_SEQ) * xc
+                + _lag(g3, r3, 3, HAS_SEQ) * x0)
+        dw1 += (_lag(g0, r0, 2, HAS_SEQ) * xb + _lag(g1, r1, 2, HAS_SEQ) * xc + _lag(g2, r2, 2, HAS_SEQ) * x0
+                + _lag(g3, r3, 2, HAS_SEQ) * x1)
+        dw2 += (_lag(g0, r0, 1, HAS_SEQ) * xc + _lag(g1, r1, 1, HAS_SEQ) * x0 + _lag(g2, r2, 1, HAS_SEQ) * x1
+                + _lag(g3, r3, 1, HAS_SEQ) * x2)
         dw3 += g0 * x0 + g1 * x1 + g2 * x2 + g3 * x3
         db += g0 + g1 + g2 + g3
-        _store_dx(dx_ptr, dinit_ptr, drow, irow, q - 3, L, dmask, sdt, w3 * gm3 + w2 * gm2 + w1 * gm1 + w0 * g0,
-                  HAS_INIT)
-        _store_dx(dx_ptr, dinit_ptr, drow, irow, q - 2, L, dmask, sdt, w3 * gm2 + w2 * gm1 + w1 * g0 + w0 * g1,
-                  HAS_INIT)
-        _store_dx(dx_ptr, dinit_ptr, drow, irow, q - 1, L, dmask, sdt, w3 * gm1 + w2 * g0 + w1 * g1 + w0 * g2,
-                  HAS_INIT)
-        _store_dx(dx_ptr, dinit_ptr, drow, irow, q, L, dmask, sdt, w3 * g0 + w2 * g1 + w1 * g2 + w0 * g3, HAS_INIT)
+        _store_dx(dx_ptr, dinit_ptr, drow, irow, q - 3, L, dmask, sdt,
+                  w3 * gm3 + w2 * _lag(gm2, rm2, 1, HAS_SEQ) + w1 * _lag(gm1, rm1, 2, HAS_SEQ)
+                  + w0 * _lag(g0, r0, 3, HAS_SEQ), HAS_INIT)
+        _store_dx(dx_ptr, dinit_ptr, drow, irow, q - 2, L, dmask, sdt,
+                  w3 * gm2 + w2 * _lag(gm1, rm1, 1, HAS_SEQ) + w1 * _lag(g0, r0, 2, HAS_SEQ)
+                  + w0 * _lag(g1, r1, 3, HAS_SEQ), HAS_INIT)
+        _store_dx(dx_ptr, dinit_ptr, drow, irow, q - 1, L, dmask, sdt,
+                  w3 * gm1 + w2 * _lag(g0, r0, 1, HAS_SEQ) + w1 * _lag(g1, r1, 2, HAS_SEQ)
+                  + w0 * _lag(g2, r2, 3, HAS_SEQ), HAS_INIT)
+        _store_dx(dx_ptr, dinit_ptr, drow, irow, q, L, dmask, sdt,
+                  w3 * g0 + w2 * _lag(g1, r1, 1, HAS_SEQ) + w1 * _lag(g2, r2, 2, HAS_SEQ)
+                  + w0 * _lag(g3, r3, 3, HAS_SEQ), HAS_INIT)
         xa, xb, xc = x1, x2, x3
         gm3, gm2, gm1 = g1, g2, g3
+        rm2, rm1 = r2, r3
     part = (b * NBLK + pid_l) * DIM + d
     tl.store(dw_ptr + part * 4 + 0, dw0, mask=dmask)
     tl.store(dw_ptr + part * 4 + 1, dw1, mask=dmask)
@@ -348,23 +405,34 @@ def _pad(weight, init):
     return w4, i4
 
 
-def conv_fwd(x, weight, bias, init, silu):
+def reach_of(runs):
+    """runs [B, L] (seq_runs) -> int32 [B, L]: how many steps back (0..3) each token's own sequence goes;
+    3 in run 0, which the initial states continue."""
+    batch, L = runs.shape
+    t = torch.arange(L, device=runs.device).expand(batch, L)
+    begins = torch.cat([torch.ones_like(runs[:, :1], dtype=torch.bool), runs[:, 1:] != runs[:, :-1]], dim=1)
+    start = torch.where(begins, t, 0).cummax(1).values
+    return torch.where(runs == 0, 3, (t - start).clamp(max=3)).to(torch.int32)
+
+
+def conv_fwd(x, weight, bias, init, reach, silu):
     batch, dim, L = x.shape
     w4, i4 = _pad(weight, init)
     y = _empty_as(x)
-    flags = dict(HAS_BIAS=bias is not None, HAS_INIT=init is not None, SILU=silu)
+    flags = dict(HAS_BIAS=bias is not None, HAS_INIT=init is not None, HAS_SEQ=reach is not None, SILU=silu)
     if _channels_last(x):
         bd, steps, warps = _walk_blocks(dim, WALK)
         _conv_fwd_steps_kernel[(cdiv(L, steps), cdiv(dim, bd), batch)](
-            x, w4, bias, i4, y, L, dim, *x.stride(), *y.stride(), BLOCK_D=bd, STEPS=steps, **flags, num_warps=warps)
+            x, w4, bias, i4, reach, y, L, dim, *x.stride(), *y.stride(), BLOCK_D=bd, STEPS=steps, **flags,
+            num_warps=warps)
         return y
     bd, bl, warps = TILE_FWD
     _conv_fwd_kernel[(cdiv(L, bl), cdiv(dim, bd), batch)](
-        x, w4, bias, i4, y, L, dim, *x.stride(), *y.stride(), BLOCK_D=bd, BLOCK_L=bl, **flags, num_warps=warps)
+        x, w4, bias, i4, reach, y, L, dim, *x.stride(), *y.stride(), BLOCK_D=bd, BLOCK_L=bl, **flags, num_warps=warps)
     return y
 
 
-def conv_bwd(x, weight, bias, init, dy, silu):
+def conv_bwd(x, weight, bias, init, reach, dy, silu):
     batch, dim, L = x.shape
     W = weight.shape[1]
     w4, i4 = _pad(weight, init)
@@ -375,8 +443,9 @@ def conv_bwd(x, weight, bias, init, dy, silu):
     dinit4 = torch.empty(batch, dim, TAPS - 1, device=x.device, dtype=init.dtype) if init is not None else None
     dw = torch.empty(batch, nblk, dim, TAPS, device=x.device, dtype=torch.float32)
     db = torch.empty(batch, nblk, dim, device=x.device, dtype=torch.float32)
-    args = (x, w4, bias, i4, dy, dx, dinit4, dw, db, L, dim, nblk, *x.stride(), *dy.stride(), *dx.stride())
-    flags = dict(HAS_BIAS=bias is not None, HAS_INIT=init is not None, SILU=silu, num_warps=warps)
+    args = (x, w4, bias, i4, reach, dy, dx, dinit4, dw, db, L, dim, nblk, *x.stride(), *dy.stride(), *dx.stride())
+    flags = dict(HAS_BIAS=bias is not None, HAS_INIT=init is not None, HAS_SEQ=reach is not None, SILU=silu,
+                 num_warps=warps)
     if walk:
         _conv_bwd_steps_kernel[(nblk, cdiv(dim, bd), batch)](*args, BLOCK_D=bd, STEPS=bl, **flags)
     else:
@@ -389,27 +458,29 @@ def conv_bwd(x, weight, bias, init, dy, silu):
 
 
 class CausalConv1dFn(torch.autograd.Function):
-    """(x, weight, bias, initial_states, silu) -> y."""
+    """(x, weight, bias, initial_states, reach, silu) -> y; reach [B, L] int32 (reach_of) or None."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, init, silu):
+    def forward(ctx, x, weight, bias, init, reach, silu):
         """x [B, D, L], strided along the steps or (channels-last) along the channels; y laid out as x."""
         if x.stride(2) != 1 and not _channels_last(x):
             x = x.contiguous()
-        bias, init = map(dense, (bias, init))
-        ctx.save_for_backward(x, weight, bias, init)
+        bias, init, reach = map(dense, (bias, init, reach))
+        ctx.save_for_backward(x, weight, bias, init, reach)
         ctx.silu = silu
-        return conv_fwd(x, weight, bias, init, silu)
+        return conv_fwd(x, weight, bias, init, reach, silu)
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, bias, init = ctx.saved_tensors
-        dx, dw, db, dinit = conv_bwd(x, weight, bias, init, dy, ctx.silu)  # dy: any strides
-        return dx, dw, db, dinit, None
+        x, weight, bias, init, reach = ctx.saved_tensors
+        dx, dw, db, dinit = conv_bwd(x, weight, bias, init, reach, dy, ctx.silu)  # dy: any strides
+        return dx, dw, db, dinit, None, None
 
 
-def causal_conv1d_triton(x, weight, bias, activation, initial_states):
-    return apply(CausalConv1dFn, x, weight, bias, initial_states, activation in ("silu", "swish"))
+def causal_conv1d_triton(x, weight, bias, activation, initial_states, runs=None):
+    """runs: seq_runs of seq_idx, or None."""
+    reach = None if runs is None else reach_of(runs)
+    return apply(CausalConv1dFn, x, weight, bias, initial_states, reach, activation in ("silu", "swish"))
 
 
 def causal_conv1d_update_triton(x, conv_state, weight, bias, activation):

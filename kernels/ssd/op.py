@@ -5,6 +5,7 @@ import torch
 
 from .._checks import expect_float, expect_same_device, expect_shape
 from .._dispatch import apply, backend_for, on_input_device, pick_impl, time_or_inf
+from .._host import seq_runs
 from .chunked import ssd_scan_chunked
 from .naive import DtRule, ssd_scan_naive, ssd_step_naive
 
@@ -39,7 +40,7 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     _check_limit(dt_limit)
     if not isinstance(keep_states, bool):
         raise ValueError(f"keep_states: expected True or False, got {keep_states!r}")
-    seq_idx = None if seq_idx is None else _runs(seq_idx)
+    seq_idx = None if seq_idx is None else seq_runs(seq_idx)
     backend = backend_for(x, B)
     kw = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_states=initial_states,
               seq_idx=seq_idx, return_final_states=return_final_states, dt_limit=dt_limit)
@@ -50,14 +51,6 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
         return ssd_scan_chunked(x, dt, A, B, C, chunk_size, **kw)
     return _triton_scan(x, dt, A, B, C, D, z, dt_bias, DtRule.of(dt_softplus, dt_limit), initial_states, seq_idx,
                         return_final_states, keep_states)
-
-
-def _runs(seq_idx):
-    """seq_idx [B, L] of any integers as every path reads it: runs of equal values numbered 0, 1, 2, ...
-    (from 1 when the first token's seq_idx is not 0: the initial state belongs to seq_idx 0), int32.
-    The kernels compare seq_idx of tokens far apart; numbered runs make equal mean unbroken, and fit 32 bits."""
-    s = seq_idx.long()
-    return torch.cat([s[:, :1] != 0, s[:, 1:] != s[:, :-1]], dim=1).cumsum(1, dtype=torch.int32)
 
 
 @on_input_device

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from archdsl.kernels.conv1d import causal_conv1d, causal_conv1d_update
 from archdsl.kernels.conv1d.chunked import causal_conv1d_torch
 from archdsl.kernels.conv1d.naive import causal_conv1d_naive
+from archdsl.kernels._host import seq_runs
 
 CUDA = torch.cuda.is_available()
 
@@ -24,25 +25,39 @@ def backend(name):
         os.environ.pop("ARCHDSL_KERNELS") if old is None else os.environ.__setitem__("ARCHDSL_KERNELS", old)
 
 
-def make(b, D, L, W, *, bias=True, init=False, dtype=torch.float32, device="cpu", seed=0, channels_last=False):
-    """channels_last: x a transposed slice of a [b, L, D + 3] tensor, as Mamba-2 passes in_proj's output."""
+def make(b, D, L, W, *, bias=True, init=False, seq=False, dtype=torch.float32, device="cpu", seed=0,
+         channels_last=False):
+    """channels_last: x a transposed slice of a [b, L, D + 3] tensor, as Mamba-2 passes in_proj's output.
+    seq: packed sequences, seq_idx of four runs cut at random (some empty, some of one token), the first
+    run 0 (the initial states' sequence) or 7."""
     g = torch.Generator(device=device).manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, device=device).to(dtype)
     x = r(b, L, D + 3)[:, :, 1:D + 1].transpose(1, 2) if channels_last else r(b, D, L)
-    return dict(x=x, weight=r(D, W) / W ** 0.5, bias=r(D) if bias else None,
-                initial_states=r(b, D, W - 1) if init else None)
+    t = dict(x=x, weight=r(D, W) / W ** 0.5, bias=r(D) if bias else None,
+             initial_states=r(b, D, W - 1) if init else None, seq_idx=None)
+    if seq:
+        cuts = torch.sort(torch.randint(0, L + 1, (b, 3), generator=g, device=device), dim=1).values
+        runs = (torch.arange(L, device=device)[None, :, None] >= cuts[:, None, :]).sum(-1)
+        t["seq_idx"] = runs + 7 * torch.randint(0, 2, (b, 1), generator=g, device=device)
+    return t
+
+
+def as64(t):
+    """t's float tensors in float64 (seq_idx as it is)."""
+    return {k: v.double() if v is not None and v.is_floating_point() else v for k, v in t.items()}
 
 
 def run(fn, t, activation, grads=True):
+    kw = dict(initial_states=t["initial_states"], return_final_states=True)
+    if t.get("seq_idx") is not None:
+        kw["seq_idx"] = t["seq_idx"]
     if not grads:
         with torch.no_grad():
-            return list(fn(t["x"], t["weight"], t["bias"], activation, initial_states=t["initial_states"],
-                           return_final_states=True))
+            return list(fn(t["x"], t["weight"], t["bias"], activation, **kw))
     leaves = {k: (v.detach() if k == "x" else v.detach().clone()).requires_grad_() for k, v in t.items()
-              if v is not None}  # x keeps its strides
+              if v is not None and k != "seq_idx"}  # x keeps its strides
     a = {**t, **leaves}
-    y, fin = fn(a["x"], a["weight"], a["bias"], activation, initial_states=a["initial_states"],
-                return_final_states=True)
+    y, fin = fn(a["x"], a["weight"], a["bias"], activation, **{**kw, "initial_states": a["initial_states"]})
     if not grads:
         return [y, fin]
     B, D, L = y.shape
@@ -66,24 +81,64 @@ def assert_close(got, want, tol, sums=(), sum_tol=1e-3):
 
 shapes = dict(b=st.integers(1, 2), D=st.sampled_from([1, 3, 5, 17]), L=st.sampled_from([1, 2, 3, 7, 13, 300]),
               W=st.integers(2, 4), act=st.sampled_from([None, "silu", "swish"]), bias=st.booleans(),
-              init=st.booleans())
+              init=st.booleans(), seq=st.booleans(), seed=st.integers(0, 3))
+
+
+def naive(x, weight, bias, activation, initial_states=None, return_final_states=False, seq_idx=None):
+    """The loop, taking seq_idx as the public op does (any integers, numbered into runs)."""
+    runs = None if seq_idx is None else seq_runs(seq_idx)
+    return causal_conv1d_naive(x, weight, bias, activation, initial_states, return_final_states, runs)
 
 
 @settings(max_examples=25, deadline=None)
 @given(**shapes, channels_last=st.booleans())
-@example(b=1, D=1, L=300, W=2, act="silu", bias=True, init=False, channels_last=True)  # a cancelling bias gradient
-def test_triton_matches_naive(b, D, L, W, act, bias, init, channels_last):
-    t = make(b, D, L, W, bias=bias, init=init, channels_last=channels_last)
-    want = run(causal_conv1d_naive, {k: v.double() if v is not None else None for k, v in t.items()}, act)
+@example(b=1, D=1, L=300, W=2, act="silu", bias=True, init=False, seq=False, seed=0,
+         channels_last=True)  # a cancelling bias gradient
+def test_triton_matches_naive(b, D, L, W, act, bias, init, seq, seed, channels_last):
+    t = make(b, D, L, W, bias=bias, init=init, seq=seq, seed=seed, channels_last=channels_last)
+    want = run(naive, as64(t), act)
     with backend("triton"):
         assert_close(run(causal_conv1d, t, act), want, 1e-5, sums=(3, 4) if bias else (3,))
 
 
 @settings(max_examples=25, deadline=None)
 @given(**shapes)
-def test_torch_matches_naive(b, D, L, W, act, bias, init):
-    t = make(b, D, L, W, bias=bias, init=init, dtype=torch.float64)
-    assert_close(run(causal_conv1d_torch, t, act), run(causal_conv1d_naive, t, act), 1e-12)
+def test_torch_matches_naive(b, D, L, W, act, bias, init, seq, seed):
+    t = make(b, D, L, W, bias=bias, init=init, seq=seq, seed=seed, dtype=torch.float64)
+    with backend("torch"):
+        assert_close(run(causal_conv1d, t, act), run(naive, t, act), 1e-12)
+
+
+@pytest.mark.parametrize("name", ["triton", "torch", "naive"])
+@pytest.mark.parametrize("W", [2, 4])
+def test_seq_idx_packed_equals_each_alone(name, W):
+    """A packed batch (runs of 6, 1, 2 and 14 tokens; the first, seq_idx 0, continues the initial states) equals
+    each sequence convolved alone, the others from zeros; the final states are the last sequence's own."""
+    t = make(1, 5, 23, W, init=True)
+    lengths = [6, 1, 2, 14]
+    seq = torch.repeat_interleave(torch.arange(4), torch.tensor(lengths))[None]
+    with backend(name):
+        y, fin = run(causal_conv1d, {**t, "seq_idx": seq}, "silu", grads=False)
+        parts, start = [], 0
+        for i, n in enumerate(lengths):
+            part = {**t, "x": t["x"][..., start:start + n], "initial_states": t["initial_states"] if i == 0 else None}
+            parts.append(run(causal_conv1d, part, "silu", grads=False))
+            start += n
+    assert_close([y, fin], [torch.cat([p[0] for p in parts], -1), parts[-1][1]], 1e-6)
+
+
+@pytest.mark.parametrize("name", ["triton", "torch"])
+def test_seq_idx_final_states_of_a_short_last_sequence(name):
+    """The last sequence shorter than the window: the final states hold its tokens and zeros before them (not the
+    previous sequence's inputs), so a continuation of it reads what it would alone; one of seq_idx 0 reads the
+    initial states before it."""
+    t = make(2, 3, 9, 4, init=True)
+    for seq, keep in ([[1] * 8 + [2]] * 2, 1), ([[0] * 9] * 2, 3):
+        with backend(name):
+            _, fin = run(causal_conv1d, {**t, "seq_idx": torch.tensor(seq)}, None, grads=False)
+        want = torch.cat([t["initial_states"], t["x"]], -1)[..., -3:]
+        want[..., :3 - keep] = 0
+        assert_close([fin], [want], 1e-7)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -91,7 +146,7 @@ def test_triton_gradient_in_the_other_layout(channels_last):
     """dy laid out unlike x (a steps-contiguous dy for a channels-last x runs the walk reading dy across the
     channels; the reverse runs the tiles reading dy across the steps): the same gradients, in x's layout."""
     t = make(2, 19, 150, 4, init=True, channels_last=channels_last)
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items() if v is not None}
     dy = torch.randn(2, 19, 150, dtype=torch.float64, generator=torch.Generator().manual_seed(1))  # reproducible
     dy = dy.float() if channels_last else dy.transpose(1, 2).contiguous().transpose(1, 2).float()
     want = torch.autograd.grad(causal_conv1d_naive(*(leaves[k].double() for k in ("x", "weight", "bias")), "silu",
@@ -139,6 +194,10 @@ def test_bad_input():
         causal_conv1d(x, w, activation="gelu")
     with pytest.raises(ValueError, match="initial_states"):
         causal_conv1d(x, w, initial_states=torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match=r"seq_idx: expected shape \[2, 5\]"):
+        causal_conv1d(x, w, seq_idx=torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="seq_idx: expected an integer tensor"):
+        causal_conv1d(x, w, seq_idx=torch.zeros(2, 5))
     with pytest.raises(ValueError, match="conv_state"):
         causal_conv1d_update(x[..., 0], torch.randn(2, 3, 2), w)
     with pytest.raises(ValueError, match="x"):
@@ -153,9 +212,11 @@ gpu = pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_gpu_full_size(dtype, tol, channels_last):
-    t = make(4, 5120, 4096, 4, init=True, dtype=dtype, device="cuda", channels_last=channels_last)
-    want = run(causal_conv1d_torch, {k: v.double() for k, v in t.items()}, "silu")
+@pytest.mark.parametrize("seq", [False, True])
+def test_gpu_full_size(dtype, tol, channels_last, seq):
+    t = make(4, 5120, 4096, 4, init=True, seq=seq, dtype=dtype, device="cuda", channels_last=channels_last)
+    with backend("torch"):
+        want = run(causal_conv1d, as64(t), "silu")
     got = run(causal_conv1d, t, "silu")
     assert_close(got, want, tol)
     assert (got[0].stride(1) == 1) == channels_last  # y laid out as x
@@ -166,7 +227,7 @@ def test_gpu_full_size(dtype, tol, channels_last):
 @pytest.mark.parametrize("L", [131072, 1 << 20])
 def test_gpu_long_sequences(L):
     t = make(1, 64, L, 4, init=True, device="cuda")
-    want = run(causal_conv1d_torch, {k: v.double() for k, v in t.items()}, "silu")
+    want = run(causal_conv1d_torch, as64(t), "silu")
     assert_close(run(causal_conv1d, t, "silu"), want, 1e-5)
 
 
