@@ -81,18 +81,24 @@ class Layer(nn.Module):
         self.ffn_norm = Norm(norm, d, eps) if self.ffn is not None else None
         self.aux_loss = None
 
+    def blocks(self):
+        """(role, module) of the layer's blocks, in the order they run."""
+        return [(role, m) for role, m in ((INJECT, self.inject), (MIXER, self.mixer), (FFN, self.ffn)) if m is not None]
+
     def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
         """Each block's decode state by role. `max_len` / `static` matter to caches that grow
         (attention, zamba); fixed-size states (SSM, conv, shift) ignore them. `ssm_dtype` (None: the
         default) is the Mamba / Mamba-2 SSM states' dtype; the other blocks ignore it."""
         return {role: m.init_state(batch, device, dtype, max_len=max_len, static=static, ssm_dtype=ssm_dtype)
-                for role, m in ((INJECT, self.inject), (MIXER, self.mixer), (FFN, self.ffn)) if m is not None}
+                for role, m in self.blocks()}
 
-    def forward(self, h, delta, states=None, emb=None, step=False):
+    def forward(self, h, delta, states=None, emb=None, step=False, packed=None):
         """h [B, L, d] (or [B, d] with step=True), the pending residual delta (or None) →
-        (h, delta) for the next layer."""
+        (h, delta) for the next layer. packed: model/packed.py's Packed, passed to every block as ctx."""
         states = states or {}
         call = (lambda m, x, s, **kw: m.step(x, s, **kw)) if step else (lambda m, x, s, **kw: m(x, s, **kw))
+        if packed is not None:
+            call = (lambda m, x, s, _call=call, **kw: _call(m, x, s, packed=packed, **kw))
         if self.mixer is not None:
             if self.inject is not None:
                 if delta is not None:

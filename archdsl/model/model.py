@@ -160,20 +160,23 @@ class ArchModel(nn.Module):
         return self.spec, self.dtype, self.device
 
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
-                logits_mask: torch.Tensor | None = None) -> torch.Tensor:
+                logits_mask: torch.Tensor | None = None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [B, L] → logits [B, L, V]; sets self.aux_loss (sum of MoE balancing losses).
         logits_mask [B, L] bool: only the logits of the True positions, [n, V] in row-major order
-        (a loss that scores a few positions skips the head's [B, L, V] product and its memory)."""
+        (a loss that scores a few positions skips the head's [B, L, V] product and its memory).
+        seq_idx [B, L] integers: packed sequences, a new one wherever the value changes (mamba_ssm's
+        convention); every token gets the logits it would have alone (model/packed.py; no cache)."""
         self._check_tokens("forward", "input_ids", input_ids, 2, cache)
         if logits_mask is not None and (logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool):
             raise ArchDSLError(f"forward: logits_mask must be a bool tensor of the shape of input_ids "
                                f"{tuple(input_ids.shape)}, got {logits_mask.dtype} {tuple(logits_mask.shape)}")
+        packed = self._packed(seq_idx, input_ids, cache)
         emb = self.embeddings(input_ids)
         h = self._stream(emb)
         delta = None
         aux = []
         for i, layer in enumerate(self.layers):
-            h, delta = layer(h, delta, None if cache is None else cache.states[i], emb=emb)
+            h, delta = layer(h, delta, None if cache is None else cache.states[i], emb=emb, packed=packed)
             if layer.aux_loss is not None:
                 aux.append(layer.aux_loss)
         _, x = self.norm_f.add_norm(h, delta)
@@ -183,6 +186,34 @@ class ArchModel(nn.Module):
         if logits_mask is not None:
             x = x[logits_mask]
         return self.lm_head(x)
+
+    def _packed(self, seq_idx, input_ids, cache):
+        """forward's seq_idx as the blocks read it (model/packed.py's Packed), None for None; ArchDSLError for
+        one that is not an integer tensor of input_ids' shape and device, with a cache, or in a model with a
+        block that cannot keep sequences apart (no PACKS)."""
+        if seq_idx is None:
+            return None
+        from .modules import MODULES
+        from .packed import Packed
+
+        if (not isinstance(seq_idx, torch.Tensor) or seq_idx.is_floating_point() or seq_idx.is_complex()
+                or seq_idx.shape != input_ids.shape):
+            got = (f"{str(seq_idx.dtype).replace('torch.', '')} {list(seq_idx.shape)}" if isinstance(seq_idx, torch.Tensor)
+                   else type(seq_idx).__name__)
+            raise ArchDSLError(f"forward: seq_idx must be an integer tensor of the shape of input_ids "
+                               f"{list(input_ids.shape)}, got {got}")
+        if seq_idx.device != input_ids.device:
+            raise ArchDSLError(f"forward: seq_idx is on {seq_idx.device}, input_ids on {input_ids.device}")
+        if cache is not None:
+            raise ArchDSLError("forward: seq_idx (packed sequences) takes no cache: a cache continues one sequence a row")
+        for layer in self.layers:
+            for _, m in layer.blocks():
+                if not getattr(m, "PACKS", False):
+                    kind = next((k for k, cls in MODULES.items() if isinstance(m, cls)), type(m).__name__)
+                    ok = ", ".join(sorted(k for k, cls in MODULES.items() if getattr(cls, "PACKS", False)))
+                    raise ArchDSLError(f"forward: seq_idx (packed sequences): layer {layer.index}'s {kind} carries its "
+                                       f"state from one sequence into the next (the blocks that pack: {ok})")
+        return Packed.of(seq_idx)
 
     def _stream(self, emb):
         """The residual stream's start from the embeddings: embed_norm'd if the spec says so, float32

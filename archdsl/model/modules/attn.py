@@ -27,12 +27,15 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def rope_cos_sin(pos: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos, sin [..., hd] at integer positions `pos` [...], as HF's rotary embedding (in float32,
-    float64 for float64 models)."""
+    """cos, sin at integer positions `pos`, as HF's rotary embedding (in float32, float64 for float64 models):
+    [L, hd] for pos [L] (or [hd] for a 0-dim pos), [B, 1, L, hd] for pos [B, L] (a position a row: packed
+    sequences), to broadcast over the heads of q, k [B, H, L, hd]."""
     wd = torch.float64 if dtype == torch.float64 else torch.float32
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=pos.device, dtype=wd) / head_dim))
     freqs = pos.to(wd)[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
+    if pos.dim() == 2:
+        emb = emb[:, None]
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
@@ -61,6 +64,7 @@ _NO_PLAN_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
 
 class Attention(nn.Module, Fusable):
     FUSES = ("qkv",)
+    PACKS = True  # packed sequences (model/packed.py): ctx "packed" masks keys and sets the positions
 
     def __init__(self, cfg, in_dim: int | None = None, out_dim: int | None = None):
         super().__init__()
@@ -170,7 +174,9 @@ class Attention(nn.Module, Fusable):
 
     # --- parallel ----------------------------------------------------------------------
     def forward(self, x, state=None, **ctx):
-        """x [B, L, d] → [B, L, d]; with a fresh `state`, leaves the keys and values in it."""
+        """x [B, L, d] → [B, L, d]; with a fresh `state`, leaves the keys and values in it. ctx "packed"
+        (model/packed.py, no state): each token attends within its own sequence, RoPE from its start."""
+        packed = ctx.get("packed")
         if state is not None and state["n"] > 0:  # continuing a cache: token by token
             return torch.stack([self.step(x[:, t], state) for t in range(x.shape[1])], dim=1)
         Bsz, L, _ = x.shape
@@ -178,11 +184,13 @@ class Attention(nn.Module, Fusable):
         q = q.view(Bsz, L, self.heads, self.head_dim).transpose(1, 2)
         k = k.view(Bsz, L, self.kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(Bsz, L, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = self._rope(q, k, torch.arange(L, device=x.device))
+        q, k = self._rope(q, k, torch.arange(L, device=x.device) if packed is None else packed.pos)
         w = self.cfg.window
         gqa = self.heads != self.kv_heads
         fixed = torch.is_grad_enabled()  # inference prefills come in every length
-        if w is None or w >= L:
+        if packed is not None:
+            o = sdpa(q, k, v, mask=packed.attn_mask(w), gqa=gqa, fixed_shape=fixed)
+        elif w is None or w >= L:
             o = sdpa(q, k, v, causal=True, gqa=gqa, fixed_shape=fixed)
         else:
             i = torch.arange(L, device=x.device)

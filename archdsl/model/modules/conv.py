@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 
 
-def conv_forward(x, weight, bias, state=None):
-    """x [B, D, L], weight [D, K], bias [D] or None → silu(causal conv) [B, D, L]."""
+def conv_forward(x, weight, bias, state=None, seq_idx=None):
+    """x [B, D, L], weight [D, K], bias [D] or None → silu(causal conv) [B, D, L]; seq_idx [B, L]: packed
+    sequences, each convolved on its own (no state then)."""
     from archdsl.kernels import causal_conv1d
 
     if state is None:
-        return causal_conv1d(x, weight, bias, activation="silu")
+        return causal_conv1d(x, weight, bias, activation="silu", seq_idx=seq_idx)
     y, last = causal_conv1d(x, weight, bias, activation="silu", initial_states=state.to(x.dtype),
                             return_final_states=True)
     state.copy_(last)

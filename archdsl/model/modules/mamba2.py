@@ -43,6 +43,7 @@ class GatedRMSNorm(nn.Module):
 
 class Mamba2(nn.Module, Fusable, FoldsNorm):
     FUSES = ("epilogue", "step", "norm_gemv", "pdl", "recompute")
+    PACKS = True  # packed sequences (model/packed.py): the conv and the scan take their seq_idx
 
     def __init__(self, cfg):
         super().__init__()
@@ -92,18 +93,21 @@ class Mamba2(nn.Module, Fusable, FoldsNorm):
         return self.out_proj(y)
 
     def forward(self, x, state=None, **ctx):
-        """x [B, L, d] → [B, L, d]; a given state is continued and left after the last token."""
+        """x [B, L, d] → [B, L, d]; a given state is continued and left after the last token. ctx "packed"
+        (model/packed.py, no state): the conv and the scan restart at every sequence's first token."""
         z, xBC, dt = self._split(self.in_proj(x))
+        packed = ctx.get("packed")
         with recompute_block(self, x, state) as rc:
-            return self._inner(z, xBC, dt, state, rc)
+            return self._inner(z, xBC, dt, state, rc, None if packed is None else packed.runs)
 
-    def _inner(self, z, xBC, dt, state, rc):
+    def _inner(self, z, xBC, dt, state, rc, seq=None):
         """in_proj's parts z [B, L, E], xBC [B, L, conv_dim], dt [B, L, H] → out_proj's output [B, L, d];
         `rc` keeps the conv's output as a recipe (the "recompute" fusion): the scan reads x, B and C as
         slices of it in place, so what it saves for the backward is rebuilt there from in_proj's output,
         which the gated norm's z keeps anyway (E + 2·G·N values a token a layer less); the scan keeps
         no chunk buffers (keep_states=False: H·P·N / chunk + 2·H + G·chunk values a token less), and
-        out_proj not the gated norm's output (gated_rmsnorm_linear: E values a token less). mamba2-2.7b,
+        out_proj not the gated norm's output (gated_rmsnorm_linear: E values a token less). seq [B, L]: the
+        packed sequences' runs, for the conv and the scan. mamba2-2.7b,
         B4 L2048 bf16 on the H200, against mamba_ssm in one process: training step peak 38.73 vs 38.66 GiB
         (each with the other model's weights), 0.87x its time (docs/benchmarks.md, forty-second run)."""
         from archdsl.kernels import ssd_scan
@@ -113,8 +117,8 @@ class Mamba2(nn.Module, Fusable, FoldsNorm):
         xd, wd, bd = xBC.detach(), w.detach(), None if b is None else b.detach()  # rc runs no recipe with a state
         # channels-last: the conv reads in_proj's slice in place and writes [B, L, conv_dim], so that the
         # heads' reshapes below are views (no transposed copies in or out)
-        xBC = rc.keep(conv_forward(xBC.transpose(1, 2), w, b, None if state is None else state["conv"]).transpose(1, 2),
-                      lambda: conv_forward(xd.transpose(1, 2), wd, bd).transpose(1, 2))
+        xBC = rc.keep(conv_forward(xBC.transpose(1, 2), w, b, None if state is None else state["conv"], seq).transpose(1, 2),
+                      lambda: conv_forward(xd.transpose(1, 2), wd, bd, seq_idx=seq).transpose(1, 2))
         u, B, C = xBC.split([self.E, self.G * self.N, self.G * self.N], dim=-1)
         gate = None if self.norm is not None else z.reshape(Bsz, L, self.H, self.P)
         u = u.reshape(Bsz, L, self.H, self.P)
@@ -125,7 +129,7 @@ class Mamba2(nn.Module, Fusable, FoldsNorm):
         out = ssd_scan(u, dt.contiguous(), -torch.exp(self._f(self.A_log)),
                        B.reshape(Bsz, L, self.G, self.N), C.reshape(Bsz, L, self.G, self.N),
                        chunk_size=self.cfg.chunk_size, D=self._f(self.D) if epi else None, z=gate if epi else None,
-                       dt_bias=self._f(self.dt_bias), dt_softplus=True, dt_limit=self._dt_limit(),
+                       dt_bias=self._f(self.dt_bias), dt_softplus=True, dt_limit=self._dt_limit(), seq_idx=seq,
                        initial_states=None if state is None else state["ssm"],
                        return_final_states=state is not None, keep_states=not rc.active)
         if state is not None:

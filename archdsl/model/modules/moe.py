@@ -200,6 +200,8 @@ class Router(nn.Module):
 
 
 class Moe(nn.Module):
+    PACKS = True  # position-wise: packed sequences need nothing (model/packed.py)
+
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg

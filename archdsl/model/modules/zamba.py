@@ -87,6 +87,8 @@ class ZambaUse(nn.Module):
 class Zamba(nn.Module):
     """The shared part of Zamba2's transformer block; every call names its use (`use=`)."""
 
+    PACKS = True  # packed sequences: attention within each (model/packed.py)
+
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
@@ -141,9 +143,12 @@ class Zamba(nn.Module):
         if state is not None and state["static"] and L == 1:  # one decode token, fixed buffers
             return self._ffn(at.o_proj(self._static_step(q, k, v, state).reshape(Bsz, -1))[:, None], use)
         n0 = state["n"] if state is not None else 0
-        q, k = self._rope(q, k, torch.arange(n0, n0 + L, device=x.device))
+        packed = ctx.get("packed")  # model/packed.py (no state): attention within each sequence
+        q, k = self._rope(q, k, torch.arange(n0, n0 + L, device=x.device) if packed is None else packed.pos)
         mask, causal = None, True
-        if n0:
+        if packed is not None:
+            k_all, v_all, mask, causal = k, v, packed.attn_mask(), False
+        elif n0:
             keys, vals = state["k"][:, :, :n0], state["v"][:, :, :n0]
             k_all, v_all = torch.cat([keys, k], dim=2), torch.cat([vals, v], dim=2)
             i = torch.arange(L, device=x.device)[:, None] + n0

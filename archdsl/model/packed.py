@@ -1,0 +1,42 @@
+"""Packed sequences: several documents in one row of a batch, told apart by seq_idx [B, L] (mamba_ssm's and
+causal-conv1d's convention: any integers, a new sequence wherever the value changes).
+
+model(input_ids, seq_idx=...) gives every token the logits it would have in a row of its own: Mamba-2 restarts
+its conv window and SSD state where seq_idx changes (kernels' seq_idx), attention sees only its own sequence's
+keys and counts RoPE positions from that sequence's start, and position-wise blocks (MLP, MoE) need nothing.
+A module class that keeps sequences apart says so with PACKS = True; the others (Mamba-1, RWKV, S4D, whose
+kernels carry state across tokens with no reset) are refused before anything runs.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class Packed(NamedTuple):
+    """What the blocks read of seq_idx, computed once a forward: runs [B, L] int32 (the sequences numbered
+    0, 1, ... in each row, as kernels.seq_runs numbers them) and pos [B, L] int64, each token's position
+    in its own sequence."""
+    runs: torch.Tensor
+    pos: torch.Tensor
+
+    @classmethod
+    def of(cls, seq_idx: torch.Tensor) -> "Packed":
+        from archdsl.kernels._host import seq_runs
+
+        runs = seq_runs(seq_idx)
+        B, L = runs.shape
+        t = torch.arange(L, device=runs.device).expand(B, L)
+        begins = torch.ones_like(runs, dtype=torch.bool)
+        begins[:, 1:] = runs[:, 1:] != runs[:, :-1]
+        start = torch.where(begins, t, 0).cummax(1).values
+        return cls(runs, t - start)
+
+    def attn_mask(self, window: int | None = None) -> torch.Tensor:
+        """[B, 1, L, L] bool, query i may see key j: j <= i in i's sequence (and within `window` of i)."""
+        i = torch.arange(self.runs.shape[1], device=self.runs.device)
+        see = (i[None, :] <= i[:, None]) & (self.runs[:, :, None] == self.runs[:, None, :])
+        if window is not None:
+            see = see & (i[:, None] - i[None, :] < window)
+        return see[:, None]

@@ -1,0 +1,146 @@
+"""Packed sequences: model(input_ids, seq_idx=...) gives every token the logits (and every parameter the
+gradient) of its sequence run alone, on every block that packs; the others are refused before anything runs."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import archdsl
+from archdsl.errors import ArchDSLError
+from archdsl.model.modules import MODULES
+
+SMALL = {
+    "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 4, "dt_floor": 0.05},
+    "attn": {"heads": 4, "kv_heads": 2},
+    "swa": {"kind": "attn", "heads": 2, "window": 3, "rope": False},
+    "mlp": {"hidden": 24},
+    "moe": {"experts": 3, "top_k": 2, "hidden": 8},
+    "zamba": {"heads": 4, "lora": 4, "hidden": 24},
+}
+LAYOUTS = ["mamba2+mlp, attn+moe, swa, mamba2(shared), mamba2(shared), zamba(shared) at 1 3",
+           "2×(mamba2, attn(shared)+mlp)"]
+PACKS = sorted(k for k, cls in MODULES.items() if getattr(cls, "PACKS", False))
+
+
+def model_of(layout, dtype=torch.float64, seed=0):
+    return archdsl.compile(archdsl.parse(layout, d_model=16, vocab_size=37, blocks=SMALL), dtype=dtype, seed=seed)
+
+
+def alone(model, ids, lengths):
+    """Each row's sequences run one by one, their logits concatenated back: [B, L, V]."""
+    rows = []
+    for row, cuts in zip(ids, lengths):
+        parts, at = [], 0
+        for n in cuts:
+            parts.append(model(row[None, at:at + n])[0])
+            at += n
+        rows.append(torch.cat(parts))
+    return torch.stack(rows)
+
+
+def seq_of(lengths, first=0):
+    return torch.stack([torch.repeat_interleave(torch.arange(first, first + len(c)), torch.tensor(c)) for c in lengths])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_packed_equals_each_alone(layout, kernels, monkeypatch):
+    """Two rows of 19 tokens, one packing sequences of 1, 6, 4 and 8 tokens (a chunk of 4 cut mid-way, a
+    sequence of one), the other a single sequence; logits and the gradients of every parameter. Mamba-2 with
+    a dt_floor, a window of 3, a shared attention block and a zamba inject. Triton: interpreted kernels."""
+    if kernels == "triton":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("ARCHDSL_KERNELS", kernels)
+    dtype = torch.float64 if kernels == "torch" else torch.float32
+    model = model_of(layout, dtype)
+    lengths = [[1, 6, 4, 8], [19]]
+    ids = torch.randint(0, 37, (2, 19), generator=torch.Generator().manual_seed(1))
+    w = torch.randn(2, 19, 37, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dtype)
+    packed = model(ids, seq_idx=seq_of(lengths, first=3))
+    single = alone(model, ids, lengths)
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(packed, single, rtol=tol, atol=tol)
+    params = [p for p in model.parameters() if p.requires_grad]
+    got = torch.autograd.grad((packed * w).sum(), params, allow_unused=True)
+    want = torch.autograd.grad((alone(model, ids, lengths) * w).sum(), params, allow_unused=True)
+    for (name, _), a, b in zip(model.named_parameters(), got, want):
+        if b is None:
+            assert a is None or not a.any(), name
+            continue
+        torch.testing.assert_close(a, b, rtol=tol * 10, atol=tol * 10, msg=name)
+
+
+@settings(max_examples=10, deadline=None)
+@given(cuts=st.lists(st.integers(1, 7), min_size=1, max_size=5), values=st.sampled_from([0, 5, -2]))
+def test_packed_of_any_lengths(cuts, values):
+    """Any lengths and seq_idx values (the same sequences numbered from 0, 5 or -2): as each alone."""
+    model = model_of(LAYOUTS[1])
+    L = sum(cuts)
+    ids = torch.randint(0, 37, (1, L), generator=torch.Generator().manual_seed(L))
+    torch.testing.assert_close(model(ids, seq_idx=seq_of([cuts], first=values)), alone(model, ids, [cuts]),
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_one_sequence_is_no_packing():
+    """seq_idx of one value (any) changes nothing."""
+    model = model_of(LAYOUTS[0])
+    ids = torch.randint(0, 37, (2, 11), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model(ids, seq_idx=torch.full((2, 11), 4)), model(ids), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", sorted(set(MODULES) - set(PACKS) - {"cmix", "rwkv4"}) + ["rwkv4"])
+def test_blocks_that_carry_state_are_refused(kind):
+    """A block whose kernel carries state across tokens with no reset (Mamba-1, RWKV, S4D) is refused, with
+    the layer, before anything runs."""
+    layout = {"rwkv4": "mamba2, rwkv4+cmix"}.get(kind, f"mamba2, {kind}")
+    blocks = {**SMALL, "rwkv6": {"head_size": 8, "mix_lora": 4, "decay_lora": 4}, "cmix": {"hidden": 24},
+              "mamba": {"d_state": 4}, "s4d": {"d_state": 8}}
+    model = archdsl.compile(archdsl.parse(layout, d_model=16, vocab_size=37, blocks=blocks), dtype=torch.float64)
+    with pytest.raises(ArchDSLError, match=rf"seq_idx \(packed sequences\): layer 1's {kind} carries its state"):
+        model(torch.zeros(1, 5, dtype=torch.long), seq_idx=torch.zeros(1, 5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (torch.zeros(1, 5), r"seq_idx must be an integer tensor of the shape of input_ids \[1, 6\], got float32 \[1, 5\]"),
+    (torch.zeros(1, 6), "got float32"), (torch.zeros(6, dtype=torch.long), r"got int64 \[6\]"),
+    ([0] * 6, "got list"),
+])
+def test_bad_seq_idx(bad, msg):
+    model = model_of(LAYOUTS[1])
+    with pytest.raises(ArchDSLError, match=msg):
+        model(torch.zeros(1, 6, dtype=torch.long), seq_idx=bad)
+    with pytest.raises(ArchDSLError, match="takes no cache"):
+        model(torch.zeros(1, 6, dtype=torch.long), model.init_cache(1), seq_idx=torch.zeros(1, 6, dtype=torch.long))
+
+
+def test_packs_names_its_blocks():
+    assert PACKS == ["attn", "mamba2", "mlp", "moe", "zamba"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+def test_gpu_packed_equals_each_alone(dtype, tol):
+    """On the card's kernels (the SSD's chunked and Gluon paths pick themselves), d_model 256, chunks of 256
+    cut by sequences of 100, 1, 300 and 111 tokens, next to a row of one sequence; logits and the gradients.
+    bf16 is compared through the relative error of the whole tensor (each alone is one more rounding)."""
+    blocks = {"mamba2": {"headdim": 64, "dt_floor": 1e-3}, "attn": {"heads": 4}, "mlp": {"hidden": 512}}
+    spec = archdsl.parse("mamba2, attn+mlp, mamba2", d_model=256, vocab_size=1000, blocks=blocks)
+    model = archdsl.compile(spec, dtype=dtype, seed=0, device="cuda")
+    lengths = [[100, 1, 300, 111], [512]]
+    ids = torch.randint(0, 1000, (2, 512), generator=torch.Generator().manual_seed(1)).cuda()
+    w = torch.randn(2, 512, 1000, generator=torch.Generator().manual_seed(2)).to("cuda", dtype)
+    rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
+    packed = model(ids, seq_idx=seq_of(lengths).cuda())
+    single = alone(model, ids, lengths)
+    assert rel(packed, single) < tol
+    params = list(model.parameters())
+    got = torch.autograd.grad((packed * w).float().sum(), params)
+    want = torch.autograd.grad((alone(model, ids, lengths) * w).float().sum(), params)
+    worst = max((rel(a, b), name) for (name, _), a, b in zip(model.named_parameters(), got, want))
+    print(f"{dtype}: logits {rel(packed, single):.1e}, worst gradient {worst[0]:.1e} ({worst[1]})")
+    assert worst[0] < 10 * tol, worst
