@@ -7,9 +7,10 @@ The backward runs over the positions j in [-3, L): dx_ext[j] = sum_s w[3-s] g[j+
 g = dout * act'(pre) is recomputed from x; the j < 0 part is the initial-state gradient.
 Weight and bias gradients are per-program partials summed by torch.
 
-Packed sequences (seq_idx): every output t has a reach r_t in 0..3, how many steps back its own sequence
-goes (3 in the initial states' sequence); its tap at lag l reads x_ext[t - l] only when l <= r_t (_lag).
-The backward masks each g[t] the same way where it meets x_ext[t - l].
+Packed sequences (seq_idx, numbered into runs that only grow; the initial states are run 0's): an output
+t's reach r_t in 0..3 is how many of the three inputs before it share its run; its tap at lag l reads
+x_ext[t - l] only when l <= r_t (_lag). The backward masks each g[t] the same way where it meets x_ext[t - l].
+The tiles load the runs of their shifted steps; the walks keep the last three steps' runs in registers.
 
 Two kernel shapes, by x's layout:
 - steps contiguous ([B, D, L], Mamba-1): 2-D tiles [BLOCK_D, BLOCK_L] whose taps are shifted loads
@@ -46,12 +47,26 @@ def _x_ext(x_ptr, init_ptr, row, irow, j, L, dmask, sxt, HAS_INIT: tl.constexpr)
 
 
 @triton.jit
-def _reach(reach_ptr, b, t, L, HAS_SEQ: tl.constexpr):
-    """The reach (0..3) of the outputs t (a step or a block of steps, any values: those outside [0, L) read
-    the nearest); 3 without packed sequences."""
+def _run(runs_ptr, b, t, L, HAS_SEQ: tl.constexpr):
+    """The runs of positions t (a step or a block of steps): runs[b, t], 0 before 0 (the initial states'),
+    the last step's past L; 0 without packed sequences (unread then)."""
     if HAS_SEQ:
-        return tl.load(reach_ptr + b * L + tl.minimum(tl.maximum(t, 0), L - 1))
-    return t * 0 + 3  # unread (_lag reads reaches with packed sequences only)
+        r = tl.load(runs_ptr + b * L + tl.minimum(tl.maximum(t, 0), L - 1))
+        return tl.where(t < 0, 0, r)
+    return t * 0
+
+
+@triton.jit
+def _count(ra, rb, rc, rd):
+    """The reach of an output of run rd whose inputs at lags 3, 2, 1 have runs ra, rb, rc."""
+    return (ra == rd).to(tl.int32) + (rb == rd).to(tl.int32) + (rc == rd).to(tl.int32)
+
+
+@triton.jit
+def _reach(runs_ptr, b, t, L, HAS_SEQ: tl.constexpr):
+    """The reach (0..3) of the outputs t, from the runs of t-3 .. t; unread without packed sequences."""
+    return _count(_run(runs_ptr, b, t - 3, L, HAS_SEQ), _run(runs_ptr, b, t - 2, L, HAS_SEQ),
+                  _run(runs_ptr, b, t - 1, L, HAS_SEQ), _run(runs_ptr, b, t, L, HAS_SEQ))
 
 
 @triton.jit
@@ -70,7 +85,7 @@ def _pre(w0, w1, w2, w3, bias, xa, xb, xc, xd, r, HAS_SEQ: tl.constexpr):
 
 
 @triton.jit
-def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, reach_ptr, y_ptr, L, DIM, sxb, sxd, sxt, syb, syd, syt,
+def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, runs_ptr, y_ptr, L, DIM, sxb, sxd, sxt, syb, syd, syt,
                      BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
                      HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr):
     pid_l, pid_d = tl.program_id(0), tl.program_id(1)
@@ -83,7 +98,7 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, reach_ptr, y_ptr, L, DIM, sx
     acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
     if HAS_BIAS:
         acc += tl.load(b_ptr + d, mask=dmask, other=0.0).to(tl.float32)[:, None]
-    r = _reach(reach_ptr, b, t, L, HAS_SEQ)
+    r = _reach(runs_ptr, b, t, L, HAS_SEQ)
     for k in tl.static_range(4):
         wk = tl.load(w_ptr + d * 4 + k, mask=dmask, other=0.0).to(tl.float32)
         xk = _x_ext(x_ptr, init_ptr, row, irow, t - 3 + k, L, dmask, sxt, HAS_INIT)
@@ -96,7 +111,7 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, reach_ptr, y_ptr, L, DIM, sx
 
 
 @triton.jit
-def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, reach_ptr, dy_ptr, dx_ptr, dinit_ptr, dw_ptr, db_ptr, L, DIM,
+def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, runs_ptr, dy_ptr, dx_ptr, dinit_ptr, dw_ptr, db_ptr, L, DIM,
                      NBLK, sxb, sxd, sxt, sgb, sgd, sgt, sdb, sdd, sdt,
                      BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
                      HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr):
@@ -124,10 +139,10 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, reach_ptr, dy_ptr, dx_ptr, d
     xp2 = _x_ext(x_ptr, init_ptr, row, irow, j + 2, L, dmask, sxt, HAS_INIT)
     xp3 = _x_ext(x_ptr, init_ptr, row, irow, j + 3, L, dmask, sxt, HAS_INIT)
     # g at t = j + s needs x_ext[t-3 .. t], each read as far back as t's reach r_s allows
-    r0 = _reach(reach_ptr, b, j, L, HAS_SEQ)[None, :]
-    r1 = _reach(reach_ptr, b, j + 1, L, HAS_SEQ)[None, :]
-    r2 = _reach(reach_ptr, b, j + 2, L, HAS_SEQ)[None, :]
-    r3 = _reach(reach_ptr, b, j + 3, L, HAS_SEQ)[None, :]
+    r0 = _reach(runs_ptr, b, j, L, HAS_SEQ)[None, :]
+    r1 = _reach(runs_ptr, b, j + 1, L, HAS_SEQ)[None, :]
+    r2 = _reach(runs_ptr, b, j + 2, L, HAS_SEQ)[None, :]
+    r3 = _reach(runs_ptr, b, j + 3, L, HAS_SEQ)[None, :]
     g0 = _grad_pre(dy_ptr, grow, j, L, dmask, sgt, _pre(w0, w1, w2, w3, bias[:, None], xm3, xm2, xm1, x0, r0, HAS_SEQ),
                    SILU)
     g1 = _grad_pre(dy_ptr, grow, j + 1, L, dmask, sgt,
@@ -212,7 +227,7 @@ def _taps(w_ptr, b_ptr, d, dmask, HAS_BIAS: tl.constexpr):
 
 
 @triton.jit
-def _conv_fwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, reach_ptr, y_ptr, L, DIM, sxb, sxd, sxt, syb, syd, syt,
+def _conv_fwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, runs_ptr, y_ptr, L, DIM, sxb, sxd, sxt, syb, syd, syt,
                            BLOCK_D: tl.constexpr, STEPS: tl.constexpr,
                            HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr,
                            SILU: tl.constexpr):
@@ -229,25 +244,33 @@ def _conv_fwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, reach_ptr, y_ptr, L, D
     xa = _x_at(x_ptr, init_ptr, row, irow, t0 - 3, L, dmask, sxt, HAS_INIT)  # the window x[t-3 .. t-1]
     xb = _x_at(x_ptr, init_ptr, row, irow, t0 - 2, L, dmask, sxt, HAS_INIT)
     xc = _x_at(x_ptr, init_ptr, row, irow, t0 - 1, L, dmask, sxt, HAS_INIT)
+    ua = _run(runs_ptr, b, t0 - 3, L, HAS_SEQ)  # their runs
+    ub = _run(runs_ptr, b, t0 - 2, L, HAS_SEQ)
+    uc = _run(runs_ptr, b, t0 - 1, L, HAS_SEQ)
     for t in range(t0, tl.minimum(t0 + STEPS, L), 4):
         x0 = _x_at(x_ptr, init_ptr, row, irow, t, L, dmask, sxt, HAS_INIT)
         x1 = _x_at(x_ptr, init_ptr, row, irow, t + 1, L, dmask, sxt, HAS_INIT)
         x2 = _x_at(x_ptr, init_ptr, row, irow, t + 2, L, dmask, sxt, HAS_INIT)
         x3 = _x_at(x_ptr, init_ptr, row, irow, t + 3, L, dmask, sxt, HAS_INIT)
-        y0 = _act(_pre(w0, w1, w2, w3, bias, xa, xb, xc, x0, _reach(reach_ptr, b, t, L, HAS_SEQ), HAS_SEQ), SILU)
-        y1 = _act(_pre(w0, w1, w2, w3, bias, xb, xc, x0, x1, _reach(reach_ptr, b, t + 1, L, HAS_SEQ), HAS_SEQ), SILU)
-        y2 = _act(_pre(w0, w1, w2, w3, bias, xc, x0, x1, x2, _reach(reach_ptr, b, t + 2, L, HAS_SEQ), HAS_SEQ), SILU)
-        y3 = _act(_pre(w0, w1, w2, w3, bias, x0, x1, x2, x3, _reach(reach_ptr, b, t + 3, L, HAS_SEQ), HAS_SEQ), SILU)
+        u0 = _run(runs_ptr, b, t, L, HAS_SEQ)
+        u1 = _run(runs_ptr, b, t + 1, L, HAS_SEQ)
+        u2 = _run(runs_ptr, b, t + 2, L, HAS_SEQ)
+        u3 = _run(runs_ptr, b, t + 3, L, HAS_SEQ)
+        y0 = _act(_pre(w0, w1, w2, w3, bias, xa, xb, xc, x0, _count(ua, ub, uc, u0), HAS_SEQ), SILU)
+        y1 = _act(_pre(w0, w1, w2, w3, bias, xb, xc, x0, x1, _count(ub, uc, u0, u1), HAS_SEQ), SILU)
+        y2 = _act(_pre(w0, w1, w2, w3, bias, xc, x0, x1, x2, _count(uc, u0, u1, u2), HAS_SEQ), SILU)
+        y3 = _act(_pre(w0, w1, w2, w3, bias, x0, x1, x2, x3, _count(u0, u1, u2, u3), HAS_SEQ), SILU)
         ty = y_ptr.dtype.element_ty
         tl.store(y_ptr + yrow + tl.cast(t, tl.int64) * syt, y0.to(ty), mask=dmask)
         tl.store(y_ptr + yrow + tl.cast(t + 1, tl.int64) * syt, y1.to(ty), mask=_when(dmask, t + 1 < L))
         tl.store(y_ptr + yrow + tl.cast(t + 2, tl.int64) * syt, y2.to(ty), mask=_when(dmask, t + 2 < L))
         tl.store(y_ptr + yrow + tl.cast(t + 3, tl.int64) * syt, y3.to(ty), mask=_when(dmask, t + 3 < L))
         xa, xb, xc = x1, x2, x3
+        ua, ub, uc = u1, u2, u3
 
 
 @triton.jit
-def _conv_bwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, reach_ptr, dy_ptr, dx_ptr, dinit_ptr, dw_ptr, db_ptr, L,
+def _conv_bwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, runs_ptr, dy_ptr, dx_ptr, dinit_ptr, dw_ptr, db_ptr, L,
                            DIM, NBLK, sxb, sxd, sxt, sgb, sgd, sgt, sdb, sdd, sdt,
                            BLOCK_D: tl.constexpr, STEPS: tl.constexpr,
                            HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr,
@@ -272,13 +295,20 @@ def _conv_bwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, reach_ptr, dy_ptr, dx_
     x0 = _x_at(x_ptr, init_ptr, row, irow, q0 - 3, L, dmask, sxt, HAS_INIT)
     x1 = _x_at(x_ptr, init_ptr, row, irow, q0 - 2, L, dmask, sxt, HAS_INIT)
     x2 = _x_at(x_ptr, init_ptr, row, irow, q0 - 1, L, dmask, sxt, HAS_INIT)
-    rm3 = _reach(reach_ptr, b, q0 - 3, L, HAS_SEQ)  # the reaches of g's window
-    rm2 = _reach(reach_ptr, b, q0 - 2, L, HAS_SEQ)
-    rm1 = _reach(reach_ptr, b, q0 - 1, L, HAS_SEQ)
+    ua = _run(runs_ptr, b, q0 - 6, L, HAS_SEQ)  # the runs of x[q0-6 .. q0-1], and the reaches of g's window
+    ub = _run(runs_ptr, b, q0 - 5, L, HAS_SEQ)
+    uc = _run(runs_ptr, b, q0 - 4, L, HAS_SEQ)
+    u0 = _run(runs_ptr, b, q0 - 3, L, HAS_SEQ)
+    u1 = _run(runs_ptr, b, q0 - 2, L, HAS_SEQ)
+    u2 = _run(runs_ptr, b, q0 - 1, L, HAS_SEQ)
+    rm3 = _count(ua, ub, uc, u0)
+    rm2 = _count(ub, uc, u0, u1)
+    rm1 = _count(uc, u0, u1, u2)
     gm3 = _g_at(dy_ptr, grow, q0 - 3, L, dmask, sgt, _pre(w0, w1, w2, w3, bias, xa, xb, xc, x0, rm3, HAS_SEQ), SILU)
     gm2 = _g_at(dy_ptr, grow, q0 - 2, L, dmask, sgt, _pre(w0, w1, w2, w3, bias, xb, xc, x0, x1, rm2, HAS_SEQ), SILU)
     gm1 = _g_at(dy_ptr, grow, q0 - 1, L, dmask, sgt, _pre(w0, w1, w2, w3, bias, xc, x0, x1, x2, rm1, HAS_SEQ), SILU)
-    xa, xb, xc = x0, x1, x2  # the window x[q-3 .. q-1]
+    xa, xb, xc = x0, x1, x2  # the window x[q-3 .. q-1] and its runs
+    ua, ub, uc = u0, u1, u2
     dw0 = tl.zeros([BLOCK_D], dtype=tl.float32)
     dw1 = tl.zeros([BLOCK_D], dtype=tl.float32)
     dw2 = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -289,10 +319,14 @@ def _conv_bwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, reach_ptr, dy_ptr, dx_
         x1 = _x_at(x_ptr, init_ptr, row, irow, q + 1, L, dmask, sxt, HAS_INIT)
         x2 = _x_at(x_ptr, init_ptr, row, irow, q + 2, L, dmask, sxt, HAS_INIT)
         x3 = _x_at(x_ptr, init_ptr, row, irow, q + 3, L, dmask, sxt, HAS_INIT)
-        r0 = _reach(reach_ptr, b, q, L, HAS_SEQ)
-        r1 = _reach(reach_ptr, b, q + 1, L, HAS_SEQ)
-        r2 = _reach(reach_ptr, b, q + 2, L, HAS_SEQ)
-        r3 = _reach(reach_ptr, b, q + 3, L, HAS_SEQ)
+        u0 = _run(runs_ptr, b, q, L, HAS_SEQ)
+        u1 = _run(runs_ptr, b, q + 1, L, HAS_SEQ)
+        u2 = _run(runs_ptr, b, q + 2, L, HAS_SEQ)
+        u3 = _run(runs_ptr, b, q + 3, L, HAS_SEQ)
+        r0 = _count(ua, ub, uc, u0)
+        r1 = _count(ub, uc, u0, u1)
+        r2 = _count(uc, u0, u1, u2)
+        r3 = _count(u0, u1, u2, u3)
         g0 = _g_at(dy_ptr, grow, q, L, dmask, sgt, _pre(w0, w1, w2, w3, bias, xa, xb, xc, x0, r0, HAS_SEQ), SILU)
         g1 = _g_at(dy_ptr, grow, q + 1, L, dmask, sgt, _pre(w0, w1, w2, w3, bias, xb, xc, x0, x1, r1, HAS_SEQ), SILU)
         g2 = _g_at(dy_ptr, grow, q + 2, L, dmask, sgt, _pre(w0, w1, w2, w3, bias, xc, x0, x1, x2, r2, HAS_SEQ), SILU)
@@ -319,6 +353,7 @@ def _conv_bwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, reach_ptr, dy_ptr, dx_
                   w3 * g0 + w2 * _lag(g1, r1, 1, HAS_SEQ) + w1 * _lag(g2, r2, 2, HAS_SEQ)
                   + w0 * _lag(g3, r3, 3, HAS_SEQ), HAS_INIT)
         xa, xb, xc = x1, x2, x3
+        ua, ub, uc = u1, u2, u3
         gm3, gm2, gm1 = g1, g2, g3
         rm2, rm1 = r2, r3
     part = (b * NBLK + pid_l) * DIM + d
@@ -405,34 +440,24 @@ def _pad(weight, init):
     return w4, i4
 
 
-def reach_of(runs):
-    """runs [B, L] (seq_runs) -> int32 [B, L]: how many steps back (0..3) each token's own sequence goes;
-    3 in run 0, which the initial states continue."""
-    batch, L = runs.shape
-    t = torch.arange(L, device=runs.device).expand(batch, L)
-    begins = torch.cat([torch.ones_like(runs[:, :1], dtype=torch.bool), runs[:, 1:] != runs[:, :-1]], dim=1)
-    start = torch.where(begins, t, 0).cummax(1).values
-    return torch.where(runs == 0, 3, (t - start).clamp(max=3)).to(torch.int32)
-
-
-def conv_fwd(x, weight, bias, init, reach, silu):
+def conv_fwd(x, weight, bias, init, runs, silu):
     batch, dim, L = x.shape
     w4, i4 = _pad(weight, init)
     y = _empty_as(x)
-    flags = dict(HAS_BIAS=bias is not None, HAS_INIT=init is not None, HAS_SEQ=reach is not None, SILU=silu)
+    flags = dict(HAS_BIAS=bias is not None, HAS_INIT=init is not None, HAS_SEQ=runs is not None, SILU=silu)
     if _channels_last(x):
         bd, steps, warps = _walk_blocks(dim, WALK)
         _conv_fwd_steps_kernel[(cdiv(L, steps), cdiv(dim, bd), batch)](
-            x, w4, bias, i4, reach, y, L, dim, *x.stride(), *y.stride(), BLOCK_D=bd, STEPS=steps, **flags,
+            x, w4, bias, i4, runs, y, L, dim, *x.stride(), *y.stride(), BLOCK_D=bd, STEPS=steps, **flags,
             num_warps=warps)
         return y
     bd, bl, warps = TILE_FWD
     _conv_fwd_kernel[(cdiv(L, bl), cdiv(dim, bd), batch)](
-        x, w4, bias, i4, reach, y, L, dim, *x.stride(), *y.stride(), BLOCK_D=bd, BLOCK_L=bl, **flags, num_warps=warps)
+        x, w4, bias, i4, runs, y, L, dim, *x.stride(), *y.stride(), BLOCK_D=bd, BLOCK_L=bl, **flags, num_warps=warps)
     return y
 
 
-def conv_bwd(x, weight, bias, init, reach, dy, silu):
+def conv_bwd(x, weight, bias, init, runs, dy, silu):
     batch, dim, L = x.shape
     W = weight.shape[1]
     w4, i4 = _pad(weight, init)
@@ -443,8 +468,8 @@ def conv_bwd(x, weight, bias, init, reach, dy, silu):
     dinit4 = torch.empty(batch, dim, TAPS - 1, device=x.device, dtype=init.dtype) if init is not None else None
     dw = torch.empty(batch, nblk, dim, TAPS, device=x.device, dtype=torch.float32)
     db = torch.empty(batch, nblk, dim, device=x.device, dtype=torch.float32)
-    args = (x, w4, bias, i4, reach, dy, dx, dinit4, dw, db, L, dim, nblk, *x.stride(), *dy.stride(), *dx.stride())
-    flags = dict(HAS_BIAS=bias is not None, HAS_INIT=init is not None, HAS_SEQ=reach is not None, SILU=silu,
+    args = (x, w4, bias, i4, runs, dy, dx, dinit4, dw, db, L, dim, nblk, *x.stride(), *dy.stride(), *dx.stride())
+    flags = dict(HAS_BIAS=bias is not None, HAS_INIT=init is not None, HAS_SEQ=runs is not None, SILU=silu,
                  num_warps=warps)
     if walk:
         _conv_bwd_steps_kernel[(nblk, cdiv(dim, bd), batch)](*args, BLOCK_D=bd, STEPS=bl, **flags)
@@ -458,29 +483,28 @@ def conv_bwd(x, weight, bias, init, reach, dy, silu):
 
 
 class CausalConv1dFn(torch.autograd.Function):
-    """(x, weight, bias, initial_states, reach, silu) -> y; reach [B, L] int32 (reach_of) or None."""
+    """(x, weight, bias, initial_states, runs, silu) -> y; runs [B, L] int32 (seq_runs) or None."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, init, reach, silu):
+    def forward(ctx, x, weight, bias, init, runs, silu):
         """x [B, D, L], strided along the steps or (channels-last) along the channels; y laid out as x."""
         if x.stride(2) != 1 and not _channels_last(x):
             x = x.contiguous()
-        bias, init, reach = map(dense, (bias, init, reach))
-        ctx.save_for_backward(x, weight, bias, init, reach)
+        bias, init, runs = map(dense, (bias, init, runs))
+        ctx.save_for_backward(x, weight, bias, init, runs)
         ctx.silu = silu
-        return conv_fwd(x, weight, bias, init, reach, silu)
+        return conv_fwd(x, weight, bias, init, runs, silu)
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, bias, init, reach = ctx.saved_tensors
-        dx, dw, db, dinit = conv_bwd(x, weight, bias, init, reach, dy, ctx.silu)  # dy: any strides
+        x, weight, bias, init, runs = ctx.saved_tensors
+        dx, dw, db, dinit = conv_bwd(x, weight, bias, init, runs, dy, ctx.silu)  # dy: any strides
         return dx, dw, db, dinit, None, None
 
 
 def causal_conv1d_triton(x, weight, bias, activation, initial_states, runs=None):
     """runs: seq_runs of seq_idx, or None."""
-    reach = None if runs is None else reach_of(runs)
-    return apply(CausalConv1dFn, x, weight, bias, initial_states, reach, activation in ("silu", "swish"))
+    return apply(CausalConv1dFn, x, weight, bias, initial_states, runs, activation in ("silu", "swish"))
 
 
 def causal_conv1d_update_triton(x, conv_state, weight, bias, activation):
