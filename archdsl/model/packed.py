@@ -34,7 +34,9 @@ class Packed(NamedTuple):
         return cls(runs, t - start)
 
     def attn_mask(self, window: int | None = None) -> torch.Tensor:
-        """[B, 1, L, L] bool, query i may see key j: j <= i in i's sequence (and within `window` of i)."""
+        """[B, 1, L, L] bool, query i may see key j: j <= i in i's sequence (and within `window` of i). A dense
+        mask (L² bytes a row: 64 MiB at 8K tokens) keeps SDPA off flash attention, on its memory-efficient or
+        math kernels; varlen flash attention would need neither."""
         i = torch.arange(self.runs.shape[1], device=self.runs.device)
         see = (i[None, :] <= i[:, None]) & (self.runs[:, :, None] == self.runs[:, None, :])
         if window is not None:
