@@ -69,6 +69,7 @@ class ArchModel(nn.Module):
         self.embed_norm = Norm(spec.norm, d, spec.norm_eps) if spec.embed_norm else None
         shared: dict[str, nn.Module] = {}
         built = []
+        self._unpacked: list[tuple[int, str]] = []
         for i, subs in enumerate(graph_layers(spec.graph)):
             blocks, inject_use = {}, None
             for s in subs:
@@ -82,6 +83,8 @@ class ArchModel(nn.Module):
                 else:
                     m = _build(cls, s.config, i)
                 blocks[s.role] = m
+                if not getattr(cls, "PACKS", False):
+                    self._unpacked.append((i, s.kind))  # forward refuses seq_idx (model/packed.py)
                 if s.role == INJECT and hasattr(cls, "per_use"):
                     inject_use = cls.per_use(s.config)
             built.append(Layer(i, blocks, spec.norm, d, spec.norm_eps, inject_use))
@@ -193,8 +196,7 @@ class ArchModel(nn.Module):
         block that cannot keep sequences apart (no PACKS)."""
         if seq_idx is None:
             return None
-        from .modules import MODULES
-        from .packed import Packed
+        from .packed import Packed, refusal
 
         if (not isinstance(seq_idx, torch.Tensor) or seq_idx.is_floating_point() or seq_idx.is_complex()
                 or seq_idx.shape != input_ids.shape):
@@ -206,13 +208,8 @@ class ArchModel(nn.Module):
             raise ArchDSLError(f"forward: seq_idx is on {seq_idx.device}, input_ids on {input_ids.device}")
         if cache is not None:
             raise ArchDSLError("forward: seq_idx (packed sequences) takes no cache: a cache continues one sequence a row")
-        for layer in self.layers:
-            for _, m in layer.blocks():
-                if not getattr(m, "PACKS", False):
-                    kind = next((k for k, cls in MODULES.items() if isinstance(m, cls)), type(m).__name__)
-                    ok = ", ".join(sorted(k for k, cls in MODULES.items() if getattr(cls, "PACKS", False)))
-                    raise ArchDSLError(f"forward: seq_idx (packed sequences): layer {layer.index}'s {kind} carries its "
-                                       f"state from one sequence into the next (the blocks that pack: {ok})")
+        if self._unpacked:
+            raise refusal("forward: seq_idx (packed sequences)", *self._unpacked[0])
         return Packed.of(seq_idx)
 
     def _stream(self, emb):

@@ -42,3 +42,22 @@ class Packed(NamedTuple):
         if window is not None:
             see = see & (i[:, None] - i[None, :] < window)
         return see[:, None]
+
+
+def unpacked_blocks(spec) -> list[tuple[int, str]]:
+    """(layer, block kind) of the spec's blocks that cannot keep packed sequences apart (no PACKS)."""
+    from ..graph import layers
+    from .modules import MODULES
+
+    return [(i, s.kind) for i, subs in enumerate(layers(spec.graph)) for s in subs
+            if not getattr(MODULES.get(s.kind), "PACKS", False)]
+
+
+def refusal(where: str, layer: int, kind: str):
+    """The ArchDSLError for packed sequences in a model whose layer `layer` has a `kind` block that cannot pack."""
+    from ..errors import ArchDSLError
+    from .modules import MODULES
+
+    ok = ", ".join(sorted(k for k, cls in MODULES.items() if getattr(cls, "PACKS", False)))
+    return ArchDSLError(f"{where}: layer {layer}'s {kind} carries its state from one sequence into the next "
+                        f"(the blocks that pack: {ok})")

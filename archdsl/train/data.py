@@ -3,6 +3,8 @@
     mqar:seq=256,pairs=16          (any archdsl.explore.probes task; short names: seq, pairs, vocab, tokens)
     data/train.bin                 (uint16 tokens, as nanoGPT's prepare.py writes them)
     data/train.bin:uint32          (uint32 tokens, for vocabularies over 65536)
+    data/train.bin,eos=50256       (documents that end with token 50256, packed: seq_idx tells the model where
+                                    each starts, and the token after an eos is not scored)
 
 Every source draws the GLOBAL batch from one seeded CPU generator on every process; each process
 keeps its rows (rank·B/W ... (rank+1)·B/W). The stream is therefore the same on any number of
@@ -20,6 +22,7 @@ import torch
 
 from ..errors import ArchDSLError, did_you_mean
 
+IGNORE = -100  # labels not scored (F.cross_entropy's ignore_index)
 SHORT = {"seq": "seq_len", "pairs": "num_kv_pairs", "vocab": "vocab_size", "tokens": "num_tokens_to_copy",
          "noise": "frac_noise"}
 TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
@@ -41,8 +44,8 @@ class TaskData:
         return self.task.vocab_size
 
     def batch(self, n: int, gen: torch.Generator):
-        """(inputs [n, L], labels [n, L]) int64; labels -100 where nothing is scored."""
-        return self.task.batch(n, gen, train=True)
+        """(inputs [n, L], labels [n, L], None) int64; labels -100 where nothing is scored; no packing."""
+        return (*self.task.batch(n, gen, train=True), None)
 
     def describe(self) -> str:
         return f"{self.task.name} {self.task.to_dict()}"
@@ -50,13 +53,16 @@ class TaskData:
 
 @dataclass
 class TokenFile:
-    """A flat memmapped token file; windows of seq_len + 1 at uniformly drawn offsets (nanoGPT)."""
+    """A flat memmapped token file; windows of seq_len + 1 at uniformly drawn offsets (nanoGPT). With `eos`,
+    the documents in a window are packed sequences: each token's seq_idx counts the eos tokens before it
+    in its row, and the label of an eos input (the next document's first token) is not scored."""
     path: str
     dtype: str
     seq_len: int
     tokens: np.ndarray
     max_token: int
     text: str
+    eos: int | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -67,10 +73,16 @@ class TokenFile:
         starts = torch.randint(len(self.tokens) - L, (n,), generator=gen).tolist()
         rows = np.stack([np.asarray(self.tokens[s:s + L + 1], dtype=np.int64) for s in starts])
         t = torch.from_numpy(rows)
-        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+        x, y = t[:, :-1].contiguous(), t[:, 1:].contiguous()
+        if self.eos is None:
+            return x, y, None
+        ends = x == self.eos
+        seq = torch.cumsum(ends, 1) - ends.long()  # the eos closes its own document
+        return x, y.masked_fill(ends, IGNORE), seq
 
     def describe(self) -> str:
-        return f"{self.path}: {len(self.tokens):,} {self.dtype} tokens, max {self.max_token}"
+        packed = f", documents packed at eos {self.eos}" if self.eos is not None else ""
+        return f"{self.path}: {len(self.tokens):,} {self.dtype} tokens, max {self.max_token}{packed}"
 
 
 def _value(text: str):
@@ -112,6 +124,8 @@ def _task(text: str, seq_len: int | None, vocab_size: int):
 
 
 def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
+    whole = text
+    text, eos = _eos(text, vocab_size)
     path, dtype = text, "uint16"
     head, sep, tail = text.rpartition(":")
     if sep and tail in TOKEN_DTYPES:
@@ -137,7 +151,19 @@ def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
         raise ArchDSLError(f"--data {path}: token {top} is outside the model's vocabulary ({vocab_size})",
                            hint="wrong dtype (uint16 vs uint32)?" if dtype == "uint32" or top > 65535
                            else "a larger vocab_size in the spec")
-    return TokenFile(path, dtype, L, tokens, top, text)
+    return TokenFile(path, dtype, L, tokens, top, whole, eos)
+
+
+def _eos(text: str, vocab_size: int) -> tuple[str, int | None]:
+    """(DATA without its eos option, the eos token or None) from 'PATH[:DTYPE][,eos=ID]'."""
+    head, sep, tail = text.rpartition(",eos=")
+    if not sep:
+        return text, None
+    if not (tail.isascii() and tail.isdigit()):
+        raise ArchDSLError(f"--data {text!r}: eos= needs a token id, a non-negative integer, got {tail!r}")
+    if int(tail) >= vocab_size:
+        raise ArchDSLError(f"--data {text!r}: eos token {tail} is outside the model's vocabulary ({vocab_size})")
+    return head, int(tail)
 
 
 def parse_data(text: str, vocab_size: int, seq_len: int | None = None):
@@ -151,5 +177,5 @@ def parse_data(text: str, vocab_size: int, seq_len: int | None = None):
     if not looks_like_file:
         raise ArchDSLError(f"--data {text!r}: neither a probe task nor a token file",
                            hint=did_you_mean(name, list(TASKS) + list(ALIASES)) or
-                           "tasks: " + ", ".join(TASKS) + "; files: PATH.bin[:uint16|uint32]")
+                           "tasks: " + ", ".join(TASKS) + "; files: PATH.bin[:uint16|uint32][,eos=ID]")
     return _file(text, seq_len, vocab_size)

@@ -25,10 +25,10 @@ from ..atomic import check_output, write_atomic
 from ..errors import ArchDSLError
 from .checkpoint import checkpoints, check_spec, latest, load_checkpoint, save_checkpoint, spec_sha
 from .config import TrainConfig
-from .data import parse_data
+from ..model.packed import refusal, unpacked_blocks
+from .data import IGNORE, parse_data
 from .parallel import all_reduce_sum, init_distributed, pick_device, shard_model, shutdown, world_from_env
 
-IGNORE = -100
 PEAK_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0}  # dense bf16 tensor-core peaks per GPU
 
 
@@ -61,6 +61,8 @@ def prepare(cfg: TrainConfig):
     spec = load_spec(cfg.spec)
     _ = spec.graph
     data = parse_data(cfg.data, spec.vocab_size, cfg.seq_len)
+    if getattr(data, "eos", None) is not None and unpacked_blocks(spec):
+        raise refusal(f"--data {cfg.data}: packing documents (eos=)", *unpacked_blocks(spec)[0])
     if cfg.batch % env.world:
         raise ArchDSLError(f"train: the global batch {cfg.batch} is not divisible by the world size {env.world}",
                            hint=f"use a batch that is a multiple of {env.world}, or another number of processes")
@@ -179,12 +181,13 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
             lr = lr_at(cfg, step - 1)
             for g in opt.param_groups:
                 g["lr"] = lr
-            x, y = data.batch(cfg.batch, gen)
+            x, y, seq = data.batch(cfg.batch, gen)
             count = int((y != IGNORE).sum())
             if count == 0:
                 raise ArchDSLError(f"step {step}: the batch has no scored tokens")
             x, y = x[lo:lo + per_rank].to(dist.device), y[lo:lo + per_rank].to(dist.device)
-            logits = model(x)
+            seq = None if seq is None else seq[lo:lo + per_rank].to(dist.device)
+            logits = model(x, seq_idx=seq)
             ce = F.cross_entropy(logits.float().reshape(-1, V), y.reshape(-1), ignore_index=IGNORE, reduction="sum")
             loss = ce * (dist.world / count)
             aux = model.aux_loss
