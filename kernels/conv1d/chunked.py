@@ -19,7 +19,7 @@ def causal_conv1d_torch(x, weight, bias=None, activation=None, initial_states=No
     if runs is not None:
         w = weight.to(x.dtype)
         own = runs[:, None, W - 1:]
-        out = sum(xe[:, :, k:k + seqlen] * w[:, k, None] * (runs[:, None, k:k + seqlen] == own).to(x.dtype)
+        out = sum(torch.where(runs[:, None, k:k + seqlen] == own, xe[:, :, k:k + seqlen], 0.0) * w[:, k, None]
                   for k in range(W))
         out = _act(out + bias.to(x.dtype)[:, None] if bias is not None else out, activation)
     elif dim == 0:  # no channels: F.conv1d refuses groups=0

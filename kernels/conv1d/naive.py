@@ -25,7 +25,7 @@ def causal_conv1d_naive(x, weight, bias=None, activation=None, initial_states=No
     for t in range(seqlen):
         window = xe[:, :, t:t + W]
         if runs is not None:
-            window = window * (runs[:, t:t + W] == runs[:, t + W - 1:t + W]).to(wd)[:, None, :]
+            window = torch.where((runs[:, t:t + W] == runs[:, t + W - 1:t + W])[:, None, :], window, 0.0)
         y = (window * w).sum(-1)
         ys.append(y + bias.to(wd) if bias is not None else y)
     out = _act(torch.stack(ys, dim=-1), activation).to(x.dtype)
@@ -39,9 +39,8 @@ def final_window(last, runs):
     another run's (runs [B, W-1 + L] of every position, initial states first; None: all kept)."""
     if runs is None:
         return last
-    W1 = last.shape[-1]
-    keep = runs[:, -W1:] == runs[:, -1:]
-    return last * keep.to(last.dtype)[:, None, :]
+    W1 = last.shape[-1]  # >= 1: W is 2..4
+    return torch.where((runs[:, -W1:] == runs[:, -1:])[:, None, :], last, 0.0)
 
 
 def causal_conv1d_update_naive(x, conv_state, weight, bias=None, activation=None):
