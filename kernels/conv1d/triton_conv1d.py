@@ -138,11 +138,19 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, runs_ptr, dy_ptr, dx_ptr, di
     xp1 = _x_ext(x_ptr, init_ptr, row, irow, j + 1, L, dmask, sxt, HAS_INIT)
     xp2 = _x_ext(x_ptr, init_ptr, row, irow, j + 2, L, dmask, sxt, HAS_INIT)
     xp3 = _x_ext(x_ptr, init_ptr, row, irow, j + 3, L, dmask, sxt, HAS_INIT)
-    # g at t = j + s needs x_ext[t-3 .. t], each read as far back as t's reach r_s allows
-    r0 = _reach(runs_ptr, b, j, L, HAS_SEQ)[None, :]
-    r1 = _reach(runs_ptr, b, j + 1, L, HAS_SEQ)[None, :]
-    r2 = _reach(runs_ptr, b, j + 2, L, HAS_SEQ)[None, :]
-    r3 = _reach(runs_ptr, b, j + 3, L, HAS_SEQ)[None, :]
+    # g at t = j + s needs x_ext[t-3 .. t], each read as far back as t's reach r_s allows (from the runs of
+    # j-3 .. j+3, loaded once)
+    um3 = _run(runs_ptr, b, j - 3, L, HAS_SEQ)
+    um2 = _run(runs_ptr, b, j - 2, L, HAS_SEQ)
+    um1 = _run(runs_ptr, b, j - 1, L, HAS_SEQ)
+    u0 = _run(runs_ptr, b, j, L, HAS_SEQ)
+    up1 = _run(runs_ptr, b, j + 1, L, HAS_SEQ)
+    up2 = _run(runs_ptr, b, j + 2, L, HAS_SEQ)
+    up3 = _run(runs_ptr, b, j + 3, L, HAS_SEQ)
+    r0 = _count(um3, um2, um1, u0)[None, :]
+    r1 = _count(um2, um1, u0, up1)[None, :]
+    r2 = _count(um1, u0, up1, up2)[None, :]
+    r3 = _count(u0, up1, up2, up3)[None, :]
     g0 = _grad_pre(dy_ptr, grow, j, L, dmask, sgt, _pre(w0, w1, w2, w3, bias[:, None], xm3, xm2, xm1, x0, r0, HAS_SEQ),
                    SILU)
     g1 = _grad_pre(dy_ptr, grow, j + 1, L, dmask, sgt,
