@@ -197,10 +197,11 @@ def _when(dmask, ok):
 
 @triton.jit
 def _x_at(x_ptr, init_ptr, row, irow, t, L, dmask, sxt, HAS_INIT: tl.constexpr):
-    """x_ext at one step t (>= -3) of the channels, fp32 `[BLOCK_D]`; 0 past L (and before 0 without init)."""
+    """x_ext at one step t of the channels, fp32 `[BLOCK_D]`; 0 past L and before the initial states (t < -3; the
+    backward's first program reads back to -6), and before 0 without them."""
     v = tl.load(x_ptr + row + tl.cast(t, tl.int64) * sxt, mask=_when(dmask, (t >= 0) & (t < L)), other=0.0).to(tl.float32)
     if HAS_INIT:
-        v += tl.load(init_ptr + irow + 3 + t, mask=_when(dmask, t < 0), other=0.0).to(tl.float32)
+        v += tl.load(init_ptr + irow + 3 + t, mask=_when(dmask, (t < 0) & (t >= -3)), other=0.0).to(tl.float32)
     return v
 
 
@@ -213,11 +214,13 @@ def _act(pre, SILU: tl.constexpr):
 
 @triton.jit
 def _g_at(dy_ptr, grow, t, L, dmask, sgt, pre, SILU: tl.constexpr):
-    """g = dout * act'(pre) at one step t, fp32 `[BLOCK_D]`; 0 outside [0, L). pre includes the bias."""
-    g = tl.load(dy_ptr + grow + tl.cast(t, tl.int64) * sgt, mask=_when(dmask, (t >= 0) & (t < L)), other=0.0).to(tl.float32)
+    """g = dout * act'(pre) at one step t, fp32 `[BLOCK_D]`; exactly 0 outside [0, L), whatever pre is there (an
+    inf pre of the initial states' steps must not make 0 · inf). pre includes the bias."""
+    ok = (t >= 0) & (t < L)
+    g = tl.load(dy_ptr + grow + tl.cast(t, tl.int64) * sgt, mask=_when(dmask, ok), other=0.0).to(tl.float32)
     if SILU:
         s = tl.sigmoid(pre)
-        g = g * s * (1.0 + pre * (1.0 - s))
+        g = tl.where(ok, g * s * (1.0 + pre * (1.0 - s)), 0.0)
     return g
 
 

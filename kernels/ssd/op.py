@@ -1,6 +1,8 @@
 """Public Mamba-2 SSD: `ssd_scan` (parallel, training / prefill) and `ssd_step` (one decode token)."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .._checks import expect_float, expect_same_device, expect_shape
@@ -199,13 +201,19 @@ def _check_step(state, x, dt, A, B, C, D, z, dt_bias):
 
 
 def _check_limit(dt_limit):
-    """dt_limit: None or (lo, hi), two real numbers (inf allowed), lo <= hi."""
+    """dt_limit: None or (lo, hi), two real numbers (inf allowed; Python's or numpy's), lo <= hi, each a float."""
     if dt_limit is None:
         return
-    ok = (isinstance(dt_limit, (tuple, list)) and len(dt_limit) == 2
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in dt_limit))
-    if not ok or dt_limit[0] > dt_limit[1]:
-        raise ValueError(f"dt_limit: expected None or (lo, hi), two numbers with lo <= hi, got {dt_limit!r}")
+    bad = ValueError(f"dt_limit: expected None or (lo, hi), two numbers with lo <= hi, got {dt_limit!r}")
+    if not (isinstance(dt_limit, (tuple, list)) and len(dt_limit) == 2
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in dt_limit)):
+        raise bad
+    try:
+        lo, hi = map(float, dt_limit)
+    except OverflowError:  # an int past float's range
+        raise bad from None
+    if not lo <= hi:  # NaN too
+        raise bad
 
 
 def _check_D(D, H, P):

@@ -158,6 +158,26 @@ def test_triton_gradient_in_the_other_layout(channels_last):
     assert_close(got, want, 1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_initial_states_gradient_reads_nothing_before_them(channels_last):
+    """The backward's first program recomputes the activation's derivative at the steps before 0: it reads the
+    initial states there and nothing before them (the walk once read 3 steps further back, out of its channel,
+    and a huge neighbour made 0 · inf = NaN), and g is exactly 0 there, so a huge initial state of one channel
+    leaves every other channel's gradient as torch gives it (its own overflows in the conv, as torch's does)."""
+    x = torch.randn(1, 5, 2, generator=torch.Generator().manual_seed(0))
+    x = x.transpose(1, 2) if channels_last else x.transpose(1, 2).contiguous()
+    init = torch.zeros(1, 2, 3)
+    init[0, 0] = 3e38
+    grads = []
+    for name in ("triton", "torch"):
+        leaf = init.clone().requires_grad_()
+        with backend(name):
+            y = causal_conv1d(x, torch.ones(2, 4), None, "silu", leaf)
+        grads.append(torch.autograd.grad(y[:, 1].sum(), leaf)[0])
+    assert torch.isfinite(grads[0][:, 1]).all()
+    torch.testing.assert_close(grads[0], grads[1], equal_nan=True)
+
+
 @pytest.mark.parametrize("name", ["triton", "torch"])
 def test_split_continues_from_final_states(name):
     t = make(2, 5, 23, 4, init=True)

@@ -500,6 +500,7 @@ def test_seq_idx_of_any_integers(impl, seq):
     (dict(keep_states="no"), "keep_states"), (dict(dt_limit=(1.0, 0.5)), "dt_limit"),
     (dict(dt_limit=0.5), "dt_limit"), (dict(dt_limit=(0.0, float("nan"))), "dt_limit"),
     (dict(dt_limit=(True, 2)), "dt_limit"), (dict(dt_limit=(0, 1, 2)), "dt_limit"),
+    (dict(dt_limit=(0, 10 ** 400)), "dt_limit"), (dict(dt_limit=(0.0, torch.tensor(1.0))), "dt_limit"),
 ])
 def test_bad_input_raises(bad, msg):
     args = dict(x=torch.zeros(2, 8, 4, 5), dt=torch.zeros(2, 8, 4), A=torch.zeros(4), B=torch.zeros(2, 8, 2, 6),
@@ -507,6 +508,17 @@ def test_bad_input_raises(bad, msg):
     args.update(bad)
     with pytest.raises(ValueError, match=msg):
         ssd_scan(**args)
+
+
+def test_dt_limit_of_numpy_numbers():
+    """numpy's scalars are numbers too (a config read with numpy gives them): float32 as float64."""
+    import numpy as np
+    t = make(1, 9, 2, 3, 1, 4, bias=True)
+    for lo in (np.float32(0.4), np.float64(0.4), 0.4):
+        y = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], dt_bias=t["dt_bias"], dt_softplus=True,
+                     dt_limit=(lo, np.inf))
+        torch.testing.assert_close(y, ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], dt_bias=t["dt_bias"],
+                                               dt_softplus=True, dt_limit=(float(lo), float("inf"))))
 
 
 def test_bad_step_input_raises():
