@@ -298,4 +298,17 @@ def test_packed_documents(tmp_path, capsys):
         "packing documents (eos=): layer 0's mamba carries its state from one sequence into the next")
     bad(["train", hybrid, "--data", f"{path},eos=64", *args, "-o", str(tmp_path / "x")], "eos token 64 is outside")
     bad(["train", hybrid, "--data", f"{path},eos=-1", *args, "-o", str(tmp_path / "x")], "eos= needs a token id")
+    only_eos = tmp_path / "eos.bin"
+    np.full(4096, 5, dtype=np.uint16).tofile(only_eos)
+    bad(["train", hybrid, "--data", f"{only_eos},eos=5", *args, "-o", str(tmp_path / "x")],
+        "every token is the eos token 5")
     assert not os.path.exists(tmp_path / "x")
+    # a file named without a dot or a slash, found as such with its options
+    shutil.copy(path, tmp_path / "tokens")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        for data in ("tokens,eos=0", "tokens:uint16", "tokens:uint16,eos=0"):
+            assert parse_data(data, 64, 32).path == "tokens"
+    finally:
+        os.chdir(cwd)

@@ -199,6 +199,7 @@ class ArchModel(nn.Module):
         from .packed import Packed, refusal
 
         if (not isinstance(seq_idx, torch.Tensor) or seq_idx.is_floating_point() or seq_idx.is_complex()
+                or seq_idx.dtype == torch.bool  # a start-of-document flag is not a sequence number
                 or seq_idx.shape != input_ids.shape):
             got = (f"{str(seq_idx.dtype).replace('torch.', '')} {list(seq_idx.shape)}" if isinstance(seq_idx, torch.Tensor)
                    else type(seq_idx).__name__)

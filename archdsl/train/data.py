@@ -144,9 +144,13 @@ def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
     if n < L + 2:
         raise ArchDSLError(f"--data {path}: {n} tokens, fewer than one sequence of {L} + 1")
     tokens = np.memmap(path, dtype=TOKEN_DTYPES[dtype], mode="r")
-    top = 0
+    top, scored = 0, eos is None
     for i in range(0, n, 1 << 26):  # chunked: a file of many GB is scanned without loading it
-        top = max(top, int(tokens[i:i + (1 << 26)].max()))
+        part = tokens[i:i + (1 << 26)]
+        top = max(top, int(part.max()))
+        scored = scored or bool((part != eos).any())
+    if not scored:
+        raise ArchDSLError(f"--data {whole}: every token is the eos token {eos}: no document to score")
     if top >= vocab_size:
         raise ArchDSLError(f"--data {path}: token {top} is outside the model's vocabulary ({vocab_size})",
                            hint="wrong dtype (uint16 vs uint32)?" if dtype == "uint32" or top > 65535
@@ -173,7 +177,10 @@ def parse_data(text: str, vocab_size: int, seq_len: int | None = None):
     name = text.partition(":")[0]
     if ALIASES.get(name, name) in TASKS and not os.path.exists(text):
         return _task(text, seq_len, vocab_size)
-    looks_like_file = os.path.exists(text) or "/" in text or "." in name or os.sep in text
+    path = text.rpartition(",eos=")[0] or text  # the file itself, without ,eos= or :DTYPE
+    head, sep, tail = path.rpartition(":")
+    path = head if sep and tail in TOKEN_DTYPES else path
+    looks_like_file = os.path.exists(text) or os.path.exists(path) or "/" in text or "." in name or os.sep in text
     if not looks_like_file:
         raise ArchDSLError(f"--data {text!r}: neither a probe task nor a token file",
                            hint=did_you_mean(name, list(TASKS) + list(ALIASES)) or

@@ -107,7 +107,7 @@ def test_blocks_that_carry_state_are_refused(kind):
 @pytest.mark.parametrize("bad, msg", [
     (torch.zeros(1, 5), r"seq_idx must be an integer tensor of the shape of input_ids \[1, 6\], got float32 \[1, 5\]"),
     (torch.zeros(1, 6), "got float32"), (torch.zeros(6, dtype=torch.long), r"got int64 \[6\]"),
-    ([0] * 6, "got list"),
+    ([0] * 6, "got list"), (torch.zeros(1, 6, dtype=torch.bool), r"got bool \[1, 6\]"),
 ])
 def test_bad_seq_idx(bad, msg):
     model = model_of(LAYOUTS[1])
