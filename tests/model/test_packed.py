@@ -2,7 +2,6 @@
 gradient) of its sequence run alone, on every block that packs; the others are refused before anything runs."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 from hypothesis import given, settings
