@@ -68,6 +68,16 @@ def rel(a: dict, b: dict) -> float:
     return max(abs(a[k] - b[k]) / abs(a[k]) for k in a)
 
 
+def refused(capsys, argv, *needles) -> str:
+    """`archdsl argv` exits 2 with every needle in its error output; returns that output."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
 def torchrun(args, nproc=2, check=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
@@ -142,13 +152,7 @@ def test_token_file_and_bad_inputs(tmp_path, capsys):
     assert main(["train", spec, "--data", str(good), *args, "-o", str(tmp_path / "ok")]) == 0
     assert len(losses(str(tmp_path / "ok"))) == 3
 
-    def bad(argv, *needles):
-        capsys.readouterr()
-        assert main(argv) == 2
-        err = capsys.readouterr().err
-        for n in needles:
-            assert n in err, err
-        return err
+    bad = lambda argv, *needles: refused(capsys, argv, *needles)  # noqa: E731
 
     run = lambda data, out="x": ["train", spec, "--data", data, *args, "-o", str(tmp_path / out)]  # noqa: E731
     bad(run(str(tmp_path / "missing.bin")), "no such data file")
@@ -286,13 +290,7 @@ def test_packed_documents(tmp_path, capsys):
     with open(tmp_path / "packed" / "run.json") as f:
         assert "documents packed at eos 0" in json.load(f)["data"]
 
-    def bad(argv, *needles):
-        capsys.readouterr()
-        assert main(argv) == 2
-        err = capsys.readouterr().err
-        for n in needles:
-            assert n in err, err
-
+    bad = lambda argv, *needles: refused(capsys, argv, *needles)  # noqa: E731
     jamba = write(tmp_path, "j.yaml", JAMBA)
     bad(["train", jamba, "--data", f"{path},eos=0", *args, "-o", str(tmp_path / "x")],
         "packing documents (eos=): layer 0's mamba carries its state from one sequence into the next")

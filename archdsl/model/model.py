@@ -21,6 +21,7 @@ from ..errors import ArchDSLError
 from ..graph import layers as graph_layers
 from .fusions import Fusable, Fuse, resolve_fuse
 from .layer import Layer, Norm
+from .packed import Packed, refusal, unpacked_blocks
 
 SAVE_FILES = frozenset({"spec.yaml", "model.safetensors"})  # what save() writes, all of it
 
@@ -69,7 +70,6 @@ class ArchModel(nn.Module):
         self.embed_norm = Norm(spec.norm, d, spec.norm_eps) if spec.embed_norm else None
         shared: dict[str, nn.Module] = {}
         built = []
-        self._unpacked: list[tuple[int, str]] = []
         for i, subs in enumerate(graph_layers(spec.graph)):
             blocks, inject_use = {}, None
             for s in subs:
@@ -83,8 +83,6 @@ class ArchModel(nn.Module):
                 else:
                     m = _build(cls, s.config, i)
                 blocks[s.role] = m
-                if not getattr(cls, "PACKS", False):
-                    self._unpacked.append((i, s.kind))  # forward refuses seq_idx (model/packed.py)
                 if s.role == INJECT and hasattr(cls, "per_use"):
                     inject_use = cls.per_use(s.config)
             built.append(Layer(i, blocks, spec.norm, d, spec.norm_eps, inject_use))
@@ -101,6 +99,7 @@ class ArchModel(nn.Module):
         self.cuda_graph = False
         self._graphs = {}
         self._ssm_dtype = None  # set_ssm_state_dtype
+        self._unpacked = unpacked_blocks(spec)  # forward refuses seq_idx where these are (model/packed.py)
 
     # --- info ----------------------------------------------------------------------------
     def num_params(self) -> int:
@@ -196,8 +195,6 @@ class ArchModel(nn.Module):
         block that cannot keep sequences apart (no PACKS)."""
         if seq_idx is None:
             return None
-        from .packed import Packed, refusal
-
         if (not isinstance(seq_idx, torch.Tensor) or seq_idx.is_floating_point() or seq_idx.is_complex()
                 or seq_idx.dtype == torch.bool  # a start-of-document flag is not a sequence number
                 or seq_idx.shape != input_ids.shape):

@@ -9,17 +9,19 @@ kernels carry state across tokens with no reset) are refused before anything run
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass, field
 
 import torch
 
 
-class Packed(NamedTuple):
+@dataclass
+class Packed:
     """What the blocks read of seq_idx, computed once a forward: runs [B, L] int32 (the sequences numbered
     0, 1, ... in each row, as kernels.seq_runs numbers them) and pos [B, L] int64, each token's position
-    in its own sequence."""
+    in its own sequence; the attention masks are made once a forward for each window and kept here."""
     runs: torch.Tensor
     pos: torch.Tensor
+    masks: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, seq_idx: torch.Tensor) -> "Packed":
@@ -37,11 +39,13 @@ class Packed(NamedTuple):
         """[B, 1, L, L] bool, query i may see key j: j <= i in i's sequence (and within `window` of i). A dense
         mask (L² bytes a row: 64 MiB at 8K tokens) keeps SDPA off flash attention, on its memory-efficient or
         math kernels; varlen flash attention would need neither."""
-        i = torch.arange(self.runs.shape[1], device=self.runs.device)
-        see = (i[None, :] <= i[:, None]) & (self.runs[:, :, None] == self.runs[:, None, :])
-        if window is not None:
-            see = see & (i[:, None] - i[None, :] < window)
-        return see[:, None]
+        if window not in self.masks:
+            i = torch.arange(self.runs.shape[1], device=self.runs.device)
+            see = (i[None, :] <= i[:, None]) & (self.runs[:, :, None] == self.runs[:, None, :])
+            if window is not None:
+                see = see & (i[:, None] - i[None, :] < window)
+            self.masks[window] = see[:, None]
+        return self.masks[window]
 
 
 def unpacked_blocks(spec) -> list[tuple[int, str]]:

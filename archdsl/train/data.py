@@ -123,15 +123,25 @@ def _task(text: str, seq_len: int | None, vocab_size: int):
     return TaskData(task, text)
 
 
+def _parts(text: str) -> tuple[str, str | None, str | None]:
+    """'PATH[:DTYPE][,eos=ID]' → (PATH, DTYPE or None, ID's text or None); a ':' not followed by a token dtype
+    stays in PATH."""
+    head, has_eos, eos = text.rpartition(",eos=")
+    path = head if has_eos else text
+    head, has_dtype, dtype = path.rpartition(":")
+    if has_dtype and dtype in TOKEN_DTYPES:
+        return head, dtype, eos if has_eos else None
+    return path, None, eos if has_eos else None
+
+
 def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
-    whole = text
-    text, eos = _eos(text, vocab_size)
-    path, dtype = text, "uint16"
-    head, sep, tail = text.rpartition(":")
-    if sep and tail in TOKEN_DTYPES:
-        path, dtype = head, tail
-    elif sep and tail and not os.path.exists(text) and "/" not in tail and "." not in tail:
-        raise ArchDSLError(f"--data {text!r}: unknown token dtype {tail!r}", hint=did_you_mean(tail, TOKEN_DTYPES))
+    path, dtype, eos = _parts(text)
+    eos = _eos(text, eos, vocab_size)
+    if dtype is None:
+        dtype = "uint16"
+        _, sep, tail = path.rpartition(":")
+        if sep and tail and not os.path.exists(path) and "/" not in tail and "." not in tail:
+            raise ArchDSLError(f"--data {text!r}: unknown token dtype {tail!r}", hint=did_you_mean(tail, TOKEN_DTYPES))
     if not os.path.isfile(path):
         raise ArchDSLError(f"--data: no such data file: {path}")
     width = np.dtype(TOKEN_DTYPES[dtype]).itemsize
@@ -150,24 +160,23 @@ def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
         top = max(top, int(part.max()))
         scored = scored or bool((part != eos).any())
     if not scored:
-        raise ArchDSLError(f"--data {whole}: every token is the eos token {eos}: no document to score")
+        raise ArchDSLError(f"--data {text}: every token is the eos token {eos}: no document to score")
     if top >= vocab_size:
         raise ArchDSLError(f"--data {path}: token {top} is outside the model's vocabulary ({vocab_size})",
                            hint="wrong dtype (uint16 vs uint32)?" if dtype == "uint32" or top > 65535
                            else "a larger vocab_size in the spec")
-    return TokenFile(path, dtype, L, tokens, top, whole, eos)
+    return TokenFile(path, dtype, L, tokens, top, text, eos)
 
 
-def _eos(text: str, vocab_size: int) -> tuple[str, int | None]:
-    """(DATA without its eos option, the eos token or None) from 'PATH[:DTYPE][,eos=ID]'."""
-    head, sep, tail = text.rpartition(",eos=")
-    if not sep:
-        return text, None
-    if not (tail.isascii() and tail.isdigit()):
-        raise ArchDSLError(f"--data {text!r}: eos= needs a token id, a non-negative integer, got {tail!r}")
-    if int(tail) >= vocab_size:
-        raise ArchDSLError(f"--data {text!r}: eos token {tail} is outside the model's vocabulary ({vocab_size})")
-    return head, int(tail)
+def _eos(text: str, eos: str | None, vocab_size: int) -> int | None:
+    """DATA's eos option (its text, or None) as a token id, checked against the vocabulary."""
+    if eos is None:
+        return None
+    if not (eos.isascii() and eos.isdigit()):
+        raise ArchDSLError(f"--data {text!r}: eos= needs a token id, a non-negative integer, got {eos!r}")
+    if int(eos) >= vocab_size:
+        raise ArchDSLError(f"--data {text!r}: eos token {eos} is outside the model's vocabulary ({vocab_size})")
+    return int(eos)
 
 
 def parse_data(text: str, vocab_size: int, seq_len: int | None = None):
@@ -177,9 +186,7 @@ def parse_data(text: str, vocab_size: int, seq_len: int | None = None):
     name = text.partition(":")[0]
     if ALIASES.get(name, name) in TASKS and not os.path.exists(text):
         return _task(text, seq_len, vocab_size)
-    path = text.rpartition(",eos=")[0] or text  # the file itself, without ,eos= or :DTYPE
-    head, sep, tail = path.rpartition(":")
-    path = head if sep and tail in TOKEN_DTYPES else path
+    path = _parts(text)[0]
     looks_like_file = os.path.exists(text) or os.path.exists(path) or "/" in text or "." in name or os.sep in text
     if not looks_like_file:
         raise ArchDSLError(f"--data {text!r}: neither a probe task nor a token file",

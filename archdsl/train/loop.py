@@ -23,9 +23,9 @@ import torch.nn.functional as F
 
 from ..atomic import check_output, write_atomic
 from ..errors import ArchDSLError
+from ..model.packed import refusal, unpacked_blocks
 from .checkpoint import checkpoints, check_spec, latest, load_checkpoint, save_checkpoint, spec_sha
 from .config import TrainConfig
-from ..model.packed import refusal, unpacked_blocks
 from .data import IGNORE, parse_data
 from .parallel import all_reduce_sum, init_distributed, pick_device, shard_model, shutdown, world_from_env
 
@@ -61,8 +61,9 @@ def prepare(cfg: TrainConfig):
     spec = load_spec(cfg.spec)
     _ = spec.graph
     data = parse_data(cfg.data, spec.vocab_size, cfg.seq_len)
-    if getattr(data, "eos", None) is not None and unpacked_blocks(spec):
-        raise refusal(f"--data {cfg.data}: packing documents (eos=)", *unpacked_blocks(spec)[0])
+    unpacked = unpacked_blocks(spec) if getattr(data, "eos", None) is not None else []
+    if unpacked:
+        raise refusal(f"--data {cfg.data}: packing documents (eos=)", *unpacked[0])
     if cfg.batch % env.world:
         raise ArchDSLError(f"train: the global batch {cfg.batch} is not divisible by the world size {env.world}",
                            hint=f"use a batch that is a multiple of {env.world}, or another number of processes")
