@@ -8,14 +8,19 @@
   alternated, each figure the minimum of its rounds (the forward at 4K is host-bound and moves with the host),
   and whether y with (0, inf) is bit-identical to None (softplus(dt + dt_bias) > 0: it must be).
 - A Mamba-2 layer (d 2560, B4 L2048), dt_floor 0 against 1e-3 (dt_limit inside the kernels), same weights.
+- wkv6, H32 K=V=64 bf16, each Triton layout forced: B4 T4096 without and with seq_idx (8 sequences a row), and
+  one row of 16384 tokens packing 16 sequences (cut at 15 random points) against fla's chunk_rwkv6 with the same
+  cu_seqlens (its varlen form takes one row), forward and forward+backward.
 Median of triton.testing.do_bench for each figure.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from triton.testing import do_bench
 
-from archdsl.kernels import causal_conv1d, ssd_scan
+from archdsl.kernels import causal_conv1d, ssd_scan, wkv6
 from archdsl.kernels._host import seq_runs
 from archdsl.kernels.conv1d import triton_conv1d as tc
 
@@ -88,9 +93,53 @@ def layer_rows(d=2560, B=4, L=2048, rounds=3):
               f"({', '.join(f'{b:.3f}' for _, b in got)}) ms")
 
 
+def wkv6_rows(H=32, K=64):
+    try:
+        from fla.ops.rwkv6 import chunk_rwkv6
+    except ImportError:
+        chunk_rwkv6 = None
+
+    def inputs(B, T):
+        xs = [torch.randn(B, T, H, K, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
+        xs[3] = torch.nn.functional.logsigmoid(xs[3].float()).to(torch.bfloat16)
+        return [x.requires_grad_() for x in xs] + [torch.randn(H, K, device="cuda", dtype=torch.bfloat16)]
+
+    def show(name, fn, xs):
+        with torch.no_grad():
+            fwd = ms(lambda: fn(*xs))
+
+        def both():
+            o = fn(*xs)[0]
+            torch.autograd.grad(o, xs[:4], torch.ones_like(o))
+        print(f"{name:52} fwd {fwd:.3f}  fwd+bwd {ms(both):.3f} ms")
+
+    B, T = 4, 4096
+    xs = inputs(B, T)
+    seq = torch.repeat_interleave(torch.arange(8, device="cuda"), T // 8)[None].expand(B, T).contiguous()
+    for impl in ("serial", "chunked"):
+        os.environ["ARCHDSL_WKV6_IMPL"] = impl
+        for s in (None, seq):
+            show(f"wkv6 {impl:7} B{B} T{T} H{H} K=V={K} {'seq_idx, 8 a row' if s is not None else 'no seq_idx'}",
+                 lambda *a, s=s: wkv6(*a, seq_idx=s), xs)
+    T = 16384
+    cuts = torch.randperm(T - 1, generator=torch.Generator().manual_seed(0))[:15].sort().values + 1
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), cuts, torch.full((1,), T)])
+    lengths = cu.diff()
+    cu = cu.cuda()
+    seq = torch.repeat_interleave(torch.arange(16), lengths)[None].cuda()
+    xs = inputs(1, T)
+    print(f"one row of {T} tokens: 16 sequences of {lengths.min().item()} to {lengths.max().item()} tokens")
+    for impl in ("serial", "chunked"):
+        os.environ["ARCHDSL_WKV6_IMPL"] = impl
+        show(f"wkv6 {impl:7} B1 T{T} H{H} K=V={K} seq_idx", lambda *a: wkv6(*a, seq_idx=seq), xs)
+    if chunk_rwkv6 is not None:
+        show(f"fla chunk_rwkv6 B1 T{T} H{H} K=V={K} cu_seqlens", lambda *a: chunk_rwkv6(*a, cu_seqlens=cu), xs)
+
+
 if __name__ == "__main__":
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     torch.manual_seed(0)
     conv_rows()
     ssd_rows()
     layer_rows()
+    wkv6_rows()

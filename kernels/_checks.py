@@ -36,6 +36,12 @@ def expect_float(**tensors: torch.Tensor | None) -> None:
             raise ValueError(f"{n}: expected a floating-point tensor, got {t.dtype}")
 
 
+def expect_integer(**tensors: torch.Tensor | None) -> None:
+    for n, t in tensors.items():
+        if t is not None and (t.is_floating_point() or t.is_complex()):
+            raise ValueError(f"{n}: expected an integer tensor, got {t.dtype}")
+
+
 def expect_number(name: str, value, *, positive: bool = False) -> float:
     """`value` as a float: a finite real number (a one-element tensor too), > 0 if `positive`."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_float, expect_same_device, expect_shape
+from .._checks import expect_float, expect_integer, expect_same_device, expect_shape
 from .._dispatch import backend_for, on_input_device
 from .._host import seq_runs
 from .chunked import causal_conv1d_torch
@@ -32,8 +32,7 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, re
     W = weight.shape[1]
     expect_shape("initial_states", initial_states, (batch, dim, W - 1), optional=True)
     expect_shape("seq_idx", seq_idx, (batch, seqlen), optional=True)
-    if seq_idx is not None and (seq_idx.is_floating_point() or seq_idx.is_complex()):
-        raise ValueError(f"seq_idx: expected an integer tensor, got {seq_idx.dtype}")
+    expect_integer(seq_idx=seq_idx)
     expect_float(x=x, weight=weight, bias=bias, initial_states=initial_states)
     expect_same_device(x=x, weight=weight, bias=bias, initial_states=initial_states, seq_idx=seq_idx)
     runs = None if seq_idx is None else seq_runs(seq_idx)

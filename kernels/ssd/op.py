@@ -5,7 +5,7 @@ import numbers
 
 import torch
 
-from .._checks import expect_float, expect_same_device, expect_shape
+from .._checks import expect_float, expect_integer, expect_same_device, expect_shape
 from .._dispatch import apply, backend_for, on_input_device, pick_impl, time_or_inf
 from .._host import seq_runs
 from .chunked import ssd_scan_chunked
@@ -173,8 +173,7 @@ def _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_i
     expect_shape("dt_bias", dt_bias, (H,), optional=True)
     expect_shape("initial_states", initial_states, (batch, H, P, N), optional=True)
     expect_shape("seq_idx", seq_idx, (batch, L), optional=True)
-    if seq_idx is not None and (seq_idx.is_floating_point() or seq_idx.is_complex()):
-        raise ValueError(f"seq_idx: expected an integer tensor, got {seq_idx.dtype}")
+    expect_integer(seq_idx=seq_idx)
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
     expect_float(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)

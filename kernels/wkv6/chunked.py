@@ -6,6 +6,10 @@ chunk start. We never split that into exp(E_i) * exp(-B_j): exp(-B_j) overflows 
 soon as a chunk's decay passes e^-88. Instead every exponent we take is ≤ 0 — the
 pairwise (i, j) differences inside a chunk (masked to j < i before the exp), E_i
 for reading the carried state, and B_last - B_j for writing it.
+
+Packed sequences (seq_idx: the runs of kernels._host.seq_runs) mask the same three places: a pair (i, j) of
+two sequences, a token reading a state written before its sequence began, a token writing into a state that
+leaves the chunk in a later sequence (and the state's decay across the chunk, where one begins inside it).
 """
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ CHUNK = 16
 _SEGMENT_ELEMENTS = 1 << 26  # bounds the [.., C, C, K] pairwise-decay tensor
 
 
-def wkv6_chunked(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, chunk=CHUNK):
-    """Same contract as `wkv6_naive`; float64 inputs compute in float64."""
+def wkv6_chunked(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, seq_idx=None,
+                 chunk=CHUNK):
+    """Same contract as `wkv6_naive`, seq_idx the runs `[B, T]` (`seq_runs`); float64 inputs compute in float64."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     ct = torch.float64 if r.dtype == torch.float64 else torch.float32
@@ -25,10 +30,14 @@ def wkv6_chunked(r, k, v, w, u, scale=None, initial_state=None, output_final_sta
     if initial_state is not None:
         S = S + initial_state.to(ct)
     seg = max(chunk, (_SEGMENT_ELEMENTS // max(1, B * H * chunk * K)) // chunk * chunk)
+    # each token's run and the run of the token before it (0 before the first: the initial state's)
+    runs = None if seq_idx is None else seq_idx.long()
+    before = None if seq_idx is None else torch.cat([runs.new_zeros(B, 1), runs[:, :-1]], dim=1)
     outs = []
     for t0 in range(0, T, seg):
         sl = slice(t0, min(T, t0 + seg))
-        o, S = _segment(*(x[:, sl].to(ct) for x in (r, k, v, w)), u.to(ct), S, chunk)
+        seq = None if runs is None else (runs[:, sl], before[:, sl])
+        o, S = _segment(*(x[:, sl].to(ct) for x in (r, k, v, w)), u.to(ct), S, chunk, seq)
         outs.append(o)
     o = torch.cat(outs, dim=1) if outs else torch.empty(B, 0, H, V, dtype=ct, device=r.device)
     return (scale * o).to(r.dtype), (S if output_final_state else None)
@@ -42,20 +51,37 @@ def _to_chunks(x: torch.Tensor, chunk: int) -> torch.Tensor:
     return x.reshape(B, (T + pad) // chunk, chunk, H, D).permute(0, 3, 1, 2, 4)
 
 
-def _segment(r, k, v, w, u, S, chunk):
+def _seq_masks(runs, before, chunk):
+    """runs, before [B, T] → masks of [B, 1, N, ...] (broadcast over heads): same [C, C] (a pair of one
+    sequence), read [C, 1] (reads the state entering the chunk), write [C, 1] (writes into the state leaving
+    it), keep [1, 1] (the entering state lives through the chunk). Padding repeats the last token's run."""
+    B, T = runs.shape
+    pad = (-T) % chunk
+    runs = torch.cat([runs, runs[:, -1:].expand(B, pad)], dim=1).view(B, 1, -1, chunk)
+    entering = before[:, ::chunk].view(B, 1, -1, 1)
+    leaving = runs[..., -1:]
+    return (runs[..., :, None] == runs[..., None, :], (runs == entering)[..., None], (runs == leaving)[..., None],
+            (leaving == entering)[..., None])
+
+
+def _segment(r, k, v, w, u, S, chunk, seq=None):
     B, T, H, _ = r.shape
     r, k, v, w = (_to_chunks(x, chunk) for x in (r, k, v, w))
     Bc = w.cumsum(-2)
     E = Bc - w
     last = Bc[..., -1:, :]
-    strict = torch.ones(chunk, chunk, dtype=torch.bool, device=r.device).tril(-1)
-    diff = (E[..., :, None, :] - Bc[..., None, :, :]).masked_fill(~strict[..., None], float("-inf"))
+    pairs = torch.ones(chunk, chunk, dtype=torch.bool, device=r.device).tril(-1)
+    read = write = keep = True
+    if seq is not None:
+        same, read, write, keep = _seq_masks(*seq, chunk)
+        pairs = pairs & same
+    diff = (E[..., :, None, :] - Bc[..., None, :, :]).masked_fill(~pairs[..., None], float("-inf"))
     A = torch.einsum("bhnik,bhnjk,bhnijk->bhnij", r, k, diff.exp())
     bonus = (r * k * u[None, :, None, None, :]).sum(-1)
     o = A @ v + bonus[..., None] * v
-    r_in = r * E.exp()
-    dS = (k * (last - Bc).exp()).transpose(-1, -2) @ v
-    decay = last.squeeze(-2).exp()[..., None]
+    r_in = r * E.exp() * read
+    dS = (k * (last - Bc).exp() * write).transpose(-1, -2) @ v
+    decay = last.squeeze(-2).exp()[..., None] * keep
     o_inter = []
     for n in range(r.shape[2]):
         o_inter.append(r_in[:, :, n] @ S)

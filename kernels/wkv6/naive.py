@@ -2,6 +2,9 @@
 
     o_t = scale * r_t · (S_{t-1} + (u ⊙ k_t) ⊗ v_t)
     S_t = diag(exp(w_t)) S_{t-1} + k_t ⊗ v_t
+
+With seq_idx S_{t-1} is zero wherever seq_idx changes (packed sequences); the initial state belongs to
+seq_idx 0.
 """
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def wkv6_naive(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False):
-    """r, k, w `[B, T, H, K]`, v `[B, T, H, V]`, u `[H, K]`, initial_state `[B, H, K, V]`.
+def wkv6_naive(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, seq_idx=None):
+    """r, k, w `[B, T, H, K]`, v `[B, T, H, V]`, u `[H, K]`, initial_state `[B, H, K, V]`, seq_idx `[B, T]`
+    integers (any: read as given).
 
     Returns (o `[B, T, H, V]` in r's dtype, final state `[B, H, K, V]` (float32 or float64) or None).
     """
@@ -25,7 +29,11 @@ def wkv6_naive(r, k, v, w, u, scale=None, initial_state=None, output_final_state
     if initial_state is not None:
         S = S + initial_state.to(ct)
     o = torch.empty(B, T, H, V, dtype=ct, device=r.device)
+    prev = torch.zeros(B, dtype=torch.long, device=r.device)
     for t in range(T):
+        if seq_idx is not None:
+            S = S * (seq_idx[:, t].long() == prev).to(ct)[:, None, None, None]
+            prev = seq_idx[:, t].long()
         o[:, t] = wkv6_step_naive(S, r[:, t], k[:, t], v[:, t], w[:, t], u, scale)
     return o.to(r.dtype), (S if output_final_state else None)
 

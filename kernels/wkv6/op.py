@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_float, expect_number, expect_same_device, expect_shape
+from .._checks import expect_float, expect_integer, expect_number, expect_same_device, expect_shape
 from .._dispatch import backend_for, on_input_device, pick_impl, time_or_inf
+from .._host import seq_runs
 from .._opaque import PATHS, torch_path
 from .chunked import wkv6_chunked
 from .naive import wkv6_naive, wkv6_step_naive
 
 
 @on_input_device
-def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False):
+def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, seq_idx=None):
     """RWKV-6's WKV over a sequence, fla's `chunk_rwkv6` convention.
 
     r, k, w `[B, T, H, K]`, v `[B, T, H, V]`, w the log-decay (≤ 0: the per-step decay
@@ -20,12 +21,17 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
 
         o_t = scale * r_t · (S_{t-1} + (u ⊙ k_t) ⊗ v_t),   S_t = diag(exp(w_t)) S_{t-1} + k_t ⊗ v_t
 
+    seq_idx `[B, T]` integers: packed sequences (mamba_ssm's convention, as in ssd_scan; fla's cu_seqlens
+    says the same with offsets): S_{t-1} is zero wherever seq_idx changes, the initial state belongs to
+    seq_idx 0, and the final state is the last sequence's.
+
     Returns (o `[B, T, H, V]` in r's dtype, final state `[B, H, K, V]` in float32 (float64
     for float64 r) when output_final_state, else None). Differentiable in r, k, v,
     w, u and initial_state.
     """
-    _check(r, k, v, w, u, initial_state)
+    _check(r, k, v, w, u, initial_state, seq_idx)
     scale = r.shape[-1] ** -0.5 if scale is None else expect_number("scale", scale)
+    seq = None if seq_idx is None else seq_runs(seq_idx)
     backend = backend_for(r)
     if backend == "triton":
         # The kernels round their products' operands as r's dtype says: mixed inputs meet in the widest
@@ -34,22 +40,23 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
         if not r.dtype == k.dtype == v.dtype == w.dtype:
             common = torch.promote_types(torch.promote_types(r.dtype, k.dtype), torch.promote_types(v.dtype, w.dtype))
             r, k, v, w = (t.to(common) for t in (r, k, v, w))
-        impl = _TRITON[_triton_impl(r, k, v, w, u, scale, initial_state, output_final_state)]()
-        o, state = impl(r, k, v, w, u, scale, initial_state, output_final_state)
+        impl = _TRITON[_triton_impl(r, k, v, w, u, scale, initial_state, output_final_state, seq)]()
+        o, state = impl(r, k, v, w, u, scale, initial_state, output_final_state, seq)
         state_dtype = torch.float64 if o_dtype == torch.float64 else torch.float32
         if state is not None and state.dtype != state_dtype:
             state = state.to(state_dtype)
         return (o if o.dtype == o_dtype else o.to(o_dtype)), state
     if backend == "torch" and torch.compiler.is_compiling():  # one graph for every length (kernels/_opaque.py)
-        o, state = torch_path("wkv6", [r, k, v, w, u, initial_state], [scale])
+        # the runs travel as float64 (exact below 2^53): the operator's inputs are all floating point
+        o, state = torch_path("wkv6", [r, k, v, w, u, initial_state, None if seq is None else seq.double()], [scale])
         return o, (state if output_final_state else None)
     impl = wkv6_chunked if backend == "torch" else wkv6_naive
-    return impl(r, k, v, w, u, scale, initial_state, output_final_state)
+    return impl(r, k, v, w, u, scale, initial_state, output_final_state, seq)
 
 
 def _run(args, flags):
-    r, k, v, w, u, h0 = args
-    return list(wkv6_chunked(r, k, v, w, u, flags[0], h0, True))
+    r, k, v, w, u, h0, seq = args
+    return list(wkv6_chunked(r, k, v, w, u, flags[0], h0, True, None if seq is None else seq.long()))
 
 
 def _fake(args, flags):
@@ -93,7 +100,7 @@ def _chunked():
 _TRITON = {"serial": _serial, "chunked": _chunked}
 
 
-def _triton_impl(r, k, v, w, u, scale, h0, output_final_state) -> str:
+def _triton_impl(r, k, v, w, u, scale, h0, output_final_state, seq) -> str:
     """`ARCHDSL_WKV6_IMPL=serial|chunked|auto`; auto: on CUDA the faster of the two, timed once per case.
 
     Which one wins depends on B·H against the chip's size and on T, so it is measured, not guessed;
@@ -104,24 +111,24 @@ def _triton_impl(r, k, v, w, u, scale, h0, output_final_state) -> str:
     """
     xs = (r, k, v, w, u) + ((h0,) if h0 is not None else ())
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in xs)
-    case = lambda: (r.shape, v.shape[-1], r.dtype, r.device, grad, h0 is not None, output_final_state)
+    case = lambda: (r.shape, v.shape[-1], r.dtype, r.device, grad, h0 is not None, output_final_state, seq is not None)
     return pick_impl("ARCHDSL_WKV6_IMPL", _TRITON, "serial", r, case,
-                     lambda name: _time(_TRITON[name](), xs, scale, output_final_state, grad))
+                     lambda name: _time(_TRITON[name](), xs, scale, output_final_state, grad, seq))
 
 
-def _time(impl, xs, scale, output_final_state, grad) -> float:
+def _time(impl, xs, scale, output_final_state, grad, seq) -> float:
     xs = [x.detach().requires_grad_(grad and x.requires_grad) for x in xs]
     leaves = [x for x in xs if x.requires_grad]
     h0 = xs[5] if len(xs) > 5 else None
 
     def go():
-        o, _ = impl(*xs[:5], scale, h0, output_final_state)
+        o, _ = impl(*xs[:5], scale, h0, output_final_state, seq)
         if leaves:
             torch.autograd.grad(o, leaves, torch.ones_like(o))
     return time_or_inf(go)
 
 
-def _check(r, k, v, w, u, initial_state):
+def _check(r, k, v, w, u, initial_state, seq_idx=None):
     expect_shape("r", r, (None, None, None, None))
     B, T, H, K = r.shape
     expect_shape("k", k, (B, T, H, K))
@@ -130,8 +137,10 @@ def _check(r, k, v, w, u, initial_state):
     expect_shape("u", u, (H, K))
     _check_K(K)
     expect_shape("initial_state", initial_state, (B, H, K, v.shape[-1]), optional=True)
+    expect_shape("seq_idx", seq_idx, (B, T), optional=True)
+    expect_integer(seq_idx=seq_idx)
     expect_float(r=r, k=k, v=v, w=w, u=u, initial_state=initial_state)
-    expect_same_device(r=r, k=k, v=v, w=w, u=u, initial_state=initial_state)
+    expect_same_device(r=r, k=k, v=v, w=w, u=u, initial_state=initial_state, seq_idx=seq_idx)
 
 
 def _check_K(K):

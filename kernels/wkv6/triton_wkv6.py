@@ -20,6 +20,13 @@ dk, dv, dw (a reverse cumulative sum of r·dr - k·dk), du and the gradient of t
 What dw's reverse sum collects beyond a segment equals Σ_V(S_exit ⊙ dS_exit) at its end (scaling
 the state there by e^δ touches exactly those terms), so a segment starts it from its exit state
 and the gradient leaving it.
+
+Packed sequences (HAS_SEQ: seq holds the runs of kernels._host.seq_runs, [B, T] int32) mask a sub-chunk
+in three places (`_runs`): the pairs of two sequences, the reads of the entering state by tokens of a later
+sequence than the token before the sub-chunk, and the writes into the leaving state by tokens of an earlier
+sequence than its last; the state's own decay across the sub-chunk is zero where a sequence begins in it.
+Every pair (j, i) that crosses a boundary then contributes nothing, to o and to every gradient; dw's
+reverse sum holds as it is, since it sums exactly those pair contributions.
 """
 from __future__ import annotations
 
@@ -69,12 +76,30 @@ def _chunk_decays(w):
 
 
 @triton.jit
-def _pairs(b_r, b_k, dA, e, ee, bc, last, BT: tl.constexpr, PREC: tl.constexpr):
+def _run_before(seq, i_b, t, T):
+    """The run of token t - 1 of batch row i_b (0 before the first token: the initial state's run)."""
+    return tl.load(seq + i_b * T + t - 1, mask=t > 0, other=0)
+
+
+@triton.jit
+def _runs(seq, i_b, t0, t_end, T, BT: tl.constexpr):
+    """A sub-chunk's masks for packed sequences, tokens t0 .. t0+BT (those past t_end take the last's run):
+    same [BT, BT] (a pair of one sequence), read [BT] (a token that reads the state entering the sub-chunk),
+    write [BT] (one that writes into the state leaving it), keep (the entering state lives through it)."""
+    run = tl.load(seq + i_b * T + tl.minimum(t0 + tl.arange(0, BT), t_end - 1))
+    before, last = _run_before(seq, i_b, t0, T), tl.max(run, axis=0)
+    return run[:, None] == run[None, :], run == before, run == last, last == before
+
+
+@triton.jit
+def _pairs(b_r, b_k, dA, e, ee, bc, last, pm, BT: tl.constexpr, PREC: tl.constexpr):
     """The in-sub-chunk sums through X_ij = 2^(e_i - b_j), j < i (rows are tokens, columns K; ee = 2^e,
     which every caller also needs for the state):
 
         A  [BT, BT] = Σ_k r_ik k_jk X_ijk      dr [BT, K] = Σ_j dA_ij k_j X_ij
-        dk [BT, K]  = Σ_i dA_ij r_i X_ij       (dA [BT, BT] must be 0 outside j < i)
+        dk [BT, K]  = Σ_i dA_ij r_i X_ij       (dA [BT, BT] must be 0 outside pm)
+
+    pm [BT, BT]: the pairs that count, j < i (and of one sequence, when packed); A is 0 outside it.
 
     On the factored path the compiler drops the dots a caller does not read; the column loop (taken
     only by sub-chunks that decay past 2^FAST_SPAN) forms all three.
@@ -97,7 +122,7 @@ def _pairs(b_r, b_k, dA, e, ee, bc, last, BT: tl.constexpr, PREC: tl.constexpr):
             dA_j = tl.sum(tl.where(ot[None, :] == j, dA, 0.0), axis=1)
             dr += dA_j[:, None] * k_j[None, :] * X
             dk = tl.where(row, tl.sum(dA_j[:, None] * b_r * X, axis=0)[None, :], dk)
-    return tl.where(ot[:, None] > ot[None, :], A, 0.0), dr, dk
+    return tl.where(pm, A, 0.0), dr, dk
 
 
 @triton.jit
@@ -108,9 +133,9 @@ def _segment(T, seg, i_n):
 
 
 @triton.jit
-def _fwd_kernel(r, k, v, w, u, s_in, o, s_out, scale, T, seg, s_in_stride, H: tl.constexpr, K: tl.constexpr,
+def _fwd_kernel(r, k, v, w, u, s_in, o, s_out, seq, scale, T, seg, s_in_stride, H: tl.constexpr, K: tl.constexpr,
                 V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-                HAS_S_IN: tl.constexpr, STORE_S_OUT: tl.constexpr, PREC: tl.constexpr):
+                HAS_S_IN: tl.constexpr, STORE_S_OUT: tl.constexpr, HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
     """o for one segment's tokens; s_in[(bh·s_in_stride + n)] is the state entering segment n."""
     scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
     i_n, i_bh, i_v = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
@@ -122,7 +147,7 @@ def _fwd_kernel(r, k, v, w, u, s_in, o, s_out, scale, T, seg, s_in_stride, H: tl
     if HAS_S_IN:
         S += tl.load(s_in + (i_bh * s_in_stride + i_n) * K * V + p_s, mask=m_s, other=0.0).to(tl.float32)
     b_u = tl.load(u + i_h * K + ok, mask=mk, other=0.0).to(tl.float32)
-    diag = ot[:, None] == ot[None, :]
+    diag, strict = ot[:, None] == ot[None, :], ot[:, None] > ot[None, :]
     t_start, t_end = _segment(T, seg, i_n)
     # each sub-chunk's tiles are loaded one step ahead, so their latency hides behind the step before
     rows, mt = _rows(i_b, i_h, t_start, t_end, T, H, BT)
@@ -136,20 +161,24 @@ def _fwd_kernel(r, k, v, w, u, s_in, o, s_out, scale, T, seg, s_in_stride, H: tl
             _tile(v, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
         bc, e, last = _chunk_decays(b_w)
         ee = tl.exp2(e)
-        A, _, _ = _pairs(b_r, b_k, tl.zeros([BT, BT], dtype=tl.float32), e, ee, bc, last, BT, PREC)
+        r_in, k_out, decay, pm = b_r * ee, b_k * tl.exp2(last[None, :] - bc), tl.exp2(last), strict
+        if HAS_SEQ:
+            same, read, write, keep = _runs(seq, i_b, t0, t_end, T, BT)
+            r_in, k_out = tl.where(read[:, None], r_in, 0.0), tl.where(write[:, None], k_out, 0.0)
+            decay, pm = tl.where(keep, decay, 0.0), strict & same
+        A, _, _ = _pairs(b_r, b_k, tl.zeros([BT, BT], dtype=tl.float32), e, ee, bc, last, pm, BT, PREC)
         A += tl.where(diag, tl.sum(b_r * b_k * b_u[None, :], axis=1)[:, None], 0.0)
-        b_o = _dot(b_r * ee, S, PREC) + _dot(A, b_v, PREC)
+        b_o = _dot(r_in, S, PREC) + _dot(A, b_v, PREC)
         tl.store(o + p_v, (scale * b_o).to(o.dtype.element_ty), mask=m_v)
-        k_out = b_k * tl.exp2(last[None, :] - bc)
-        S = S * tl.exp2(last)[:, None] + _dot(tl.trans(k_out), b_v, PREC)
+        S = S * decay[:, None] + _dot(tl.trans(k_out), b_v, PREC)
     if STORE_S_OUT:
         tl.store(s_out + i_bh * K * V + p_s, S, mask=m_s)
 
 
 @triton.jit
-def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, scale, T, seg, s_in_stride, H: tl.constexpr, K: tl.constexpr,
+def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, seq, scale, T, seg, s_in_stride, H: tl.constexpr, K: tl.constexpr,
                    V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, HAS_S_IN: tl.constexpr,
-                   PREC: tl.constexpr, PREC_IN: tl.constexpr):
+                   HAS_SEQ: tl.constexpr, PREC: tl.constexpr, PREC_IN: tl.constexpr):
     """dr (float32) for one segment's tokens and one block of K, from the state entering the segment.
     PREC (_prec_bwd) for the dots, but PREC_IN (the inputs' own, _prec) for do·vᵀ, whose operands are
     inputs: exact in bfloat16 too."""
@@ -175,21 +204,25 @@ def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, scale, T, seg, s_in_stride, H: tl.c
         n_k, n_v, n_do, n_w = _tile(k, rows, mt, ok, mk, K), _tile(v, rows, mt, ov, mv, V), \
             _tile(do, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
         bc, e, last = _chunk_decays(b_w)
-        dA = tl.where(strict, _dot(b_do, tl.trans(b_v), PREC_IN), 0.0)
         ee = tl.exp2(e)
-        _, b_dr, _ = _pairs(b_k, b_k, dA, e, ee, bc, last, BT, PREC)  # (its first argument, r, is not read for dr)
-        b_dr += ee * _dot(b_do, tl.trans(S), PREC)
+        e_in, k_out, decay, pm = ee, b_k * tl.exp2(last[None, :] - bc), tl.exp2(last), strict
+        if HAS_SEQ:
+            same, read, write, keep = _runs(seq, i_b, t0, t_end, T, BT)
+            e_in, k_out = tl.where(read[:, None], e_in, 0.0), tl.where(write[:, None], k_out, 0.0)
+            decay, pm = tl.where(keep, decay, 0.0), strict & same
+        dA = tl.where(pm, _dot(b_do, tl.trans(b_v), PREC_IN), 0.0)
+        _, b_dr, _ = _pairs(b_k, b_k, dA, e, ee, bc, last, pm, BT, PREC)  # (its first argument, r, is not read for dr)
+        b_dr += e_in * _dot(b_do, tl.trans(S), PREC)
         b_dr += b_u[None, :] * b_k * tl.sum(b_v * b_do, axis=1)[:, None]
         tl.store(dr + p_k, scale * b_dr, mask=m_k)
-        k_out = b_k * tl.exp2(last[None, :] - bc)
-        S = S * tl.exp2(last)[:, None] + _dot(tl.trans(k_out), b_v, PREC)
+        S = S * decay[:, None] + _dot(tl.trans(k_out), b_v, PREC)
 
 
 @triton.jit
-def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, scale, T, seg, s_exit_stride,
+def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, seq, scale, T, seg, s_exit_stride,
                     ds_in_stride, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                     BV: tl.constexpr, BT: tl.constexpr, HAS_DS_IN: tl.constexpr, STORE_DH0: tl.constexpr,
-                    PREC: tl.constexpr, PREC_IN: tl.constexpr):
+                    HAS_SEQ: tl.constexpr, PREC: tl.constexpr, PREC_IN: tl.constexpr):
     """dk, dv, dw and a du partial for one segment, walking it backward from the gradient leaving it.
 
     ds_in[(bh·ds_in_stride + n)] is d loss / d(state leaving segment n), s_exit[...] that state.
@@ -222,17 +255,22 @@ def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, s
         p_k, m_k = rows[:, None] * K + ok[None, :], mt[:, None] & mk[None, :]
         p_v, m_v = rows[:, None] * V + ov[None, :], mt[:, None] & mv[None, :]
         # the sub-chunk before: rows below t_start (i = n_sub - 1) are masked off and read nothing
-        t_prev = t_start + (n_sub - 2 - i) * BT
+        t0 = t_start + (n_sub - 1 - i) * BT
+        t_prev = t0 - BT
         rows, mt = _rows(i_b, i_h, t_prev, t_end, T, H, BT)
         mt = mt & (t_prev + ot >= t_start)
         n_r, n_k, n_v, n_do = _tile(r, rows, mt, ok, mk, K), _tile(k, rows, mt, ok, mk, K), \
             _tile(v, rows, mt, ov, mv, V), _tile(do, rows, mt, ov, mv, V)
         n_dr, n_w = _tile(dr, rows, mt, ok, mk, K), _tile(w, rows, mt, ok, mk, K)
         bc, e, last = _chunk_decays(b_w)
-        dA = tl.where(strict, _dot(b_do, tl.trans(b_v), PREC_IN), 0.0)
         ee = tl.exp2(e)
-        A, _, dk_in = _pairs(b_r, b_k, dA, e, ee, bc, last, BT, PREC)
-        to_end = tl.exp2(last[None, :] - bc)
+        e_in, to_end, decay, pm = ee, tl.exp2(last[None, :] - bc), tl.exp2(last), strict
+        if HAS_SEQ:
+            same, read, write, keep = _runs(seq, i_b, t0, t_end, T, BT)
+            e_in, to_end = tl.where(read[:, None], e_in, 0.0), tl.where(write[:, None], to_end, 0.0)
+            decay, pm = tl.where(keep, decay, 0.0), strict & same
+        dA = tl.where(pm, _dot(b_do, tl.trans(b_v), PREC_IN), 0.0)
+        A, _, dk_in = _pairs(b_r, b_k, dA, e, ee, bc, last, pm, BT, PREC)
         dk_s = scale * dk_in + to_end * _dot(b_v, tl.trans(dS), PREC)
         vdo = tl.sum(b_v * b_do, axis=1)[:, None]
         ruk = tl.sum(b_r * b_u[None, :] * b_k, axis=1)[:, None]
@@ -246,8 +284,7 @@ def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, s
         tl.store(dk + p_k, (dk_s + scale * b_u[None, :] * b_r * vdo).to(dk.dtype.element_ty), mask=m_k)
         tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_v)
         tl.store(dw + p_k, b_dw.to(dw.dtype.element_ty), mask=m_k)
-        r_in = b_r * ee
-        dS = dS * tl.exp2(last)[:, None] + scale * _dot(tl.trans(r_in), b_do, PREC)
+        dS = dS * decay[:, None] + scale * _dot(tl.trans(b_r * e_in), b_do, PREC)
     tl.store(du + (i_bh * nseg + i_n) * K + ok, b_du, mask=mk)
     if STORE_DH0:
         tl.store(dh0 + i_bh * K * V + p_s, dS, mask=m_s)
@@ -276,22 +313,24 @@ def _num_warps(bk: int, bv: int) -> int:
     return 4 if bk * bv <= 64 * 32 else 8
 
 
-def segments_fwd(r, k, v, w, u, scale, s_in, s_in_stride, seg, s_out=None, bv=None, num_warps=None):
+def segments_fwd(r, k, v, w, u, scale, s_in, s_in_stride, seg, s_out=None, bv=None, num_warps=None, seq=None):
     """o `[B, T, H, V]` (r's dtype) over segments of `seg` tokens, each from its entering state in
-    s_in (entry bh·s_in_stride + n; None: zeros); s_out, with one segment, receives the final state."""
+    s_in (entry bh·s_in_stride + n; None: zeros); s_out, with one segment, receives the final state.
+    seq: the runs `[B, T]` int32 of packed sequences, or None."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     BK = _pow2(K)
     BV = min(_pow2(V), bv or 64)  # H200, serial, K=V=64 bf16: BV 64 1.29 ms, 32 2.17 ms, 16 4.14 ms (T=4096, B=4, H=32)
     o = torch.empty_like(v, dtype=r.dtype)
     grid = (max(1, cdiv(T, seg)), B * H, cdiv(V, BV))
-    _fwd_kernel[grid](r, k, v, w, u, s_in, o, s_out, scale, T, seg, s_in_stride, H, K, V, BK, BV, BT,
-                      s_in is not None, s_out is not None, _prec(r), num_warps=num_warps or _num_warps(BK, BV))
+    _fwd_kernel[grid](r, k, v, w, u, s_in, o, s_out, seq, scale, T, seg, s_in_stride, H, K, V, BK, BV, BT,
+                      s_in is not None, s_out is not None, seq is not None, _prec(r),
+                      num_warps=num_warps or _num_warps(BK, BV))
     return o
 
 
 def segments_bwd(r, k, v, w, u, scale, do, s_in, s_in_stride, s_exit, ds_in, exit_strides, seg, store_dh0,
-                 rev_warps=8):
+                 rev_warps=8, seq=None):
     """dr, dk, dv, dw, du and (one segment, store_dh0) dh0 over segments of `seg` tokens.
 
     s_in as for segments_fwd; ds_in (None: zeros) is d loss / d(state leaving each segment) and s_exit
@@ -303,55 +342,58 @@ def segments_bwd(r, k, v, w, u, scale, do, s_in, s_in_stride, s_exit, ds_in, exi
     BK = min(BKF, 32)
     nseg = max(1, cdiv(T, seg))
     dr32 = torch.empty(B, T, H, K, dtype=torch.float32, device=r.device)
-    _bwd_dr_kernel[(nseg, B * H, cdiv(K, BK))](k, v, w, u, s_in, do, dr32, scale, T, seg, s_in_stride, H, K,
-                                                      V, BK, BVF, BT, s_in is not None, _prec_bwd(r), _prec(r),
-                                                      num_warps=_num_warps(BK, BVF))
+    _bwd_dr_kernel[(nseg, B * H, cdiv(K, BK))](k, v, w, u, s_in, do, dr32, seq, scale, T, seg, s_in_stride, H, K,
+                                                      V, BK, BVF, BT, s_in is not None, seq is not None,
+                                                      _prec_bwd(r), _prec(r), num_warps=_num_warps(BK, BVF))
     dk, dw, dv = torch.empty_like(k), torch.empty_like(w), torch.empty_like(v)
     du = torch.empty(B, H, nseg, K, dtype=torch.float32, device=r.device)
     dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=r.device) if store_dh0 else None
-    _bwd_rev_kernel[(nseg, B * H)](r, k, v, w, u, do, dr32, s_exit, ds_in, dk, dv, dw, du, dh0, scale, T, seg,
-                                   *exit_strides, H, K, V, BKF, BVF, BT, ds_in is not None, store_dh0, _prec_bwd(r),
-                                   _prec(r), num_warps=rev_warps)
+    _bwd_rev_kernel[(nseg, B * H)](r, k, v, w, u, do, dr32, s_exit, ds_in, dk, dv, dw, du, dh0, seq, scale, T,
+                                   seg, *exit_strides, H, K, V, BKF, BVF, BT, ds_in is not None, store_dh0,
+                                   seq is not None, _prec_bwd(r), _prec(r), num_warps=rev_warps)
     return dr32.to(r.dtype), dk, dv, dw, du.sum((0, 2)).to(u.dtype), dh0
 
 
-def wkv6_fwd(r, k, v, w, u, scale, h0, store_ht, bv=None):
+def wkv6_fwd(r, k, v, w, u, scale, h0, store_ht, bv=None, seq=None):
     """The serial layout's forward: one segment; returns (o, ht float32 or None)."""
     B, T, H, K = r.shape
     ht = torch.empty(B, H, K, v.shape[-1], dtype=torch.float32, device=r.device) if store_ht else None
-    o = segments_fwd(r, k, v, w, u, scale, h0, 1, max(T, 1), s_out=ht, bv=bv)
+    o = segments_fwd(r, k, v, w, u, scale, h0, 1, max(T, 1), s_out=ht, bv=bv, seq=seq)
     return o, ht
 
 
-def wkv6_bwd(r, k, v, w, u, scale, h0, ht, do, dht):
+def wkv6_bwd(r, k, v, w, u, scale, h0, ht, do, dht, seq=None):
     """Both backward sweeps over one segment; returns (dr, dk, dv, dw, du, dh0 or None)."""
     T = r.shape[1]
-    return segments_bwd(r, k, v, w, u, scale, do, h0, 1, ht, dht, (1, 1), max(T, 1), h0 is not None)
+    return segments_bwd(r, k, v, w, u, scale, do, h0, 1, ht, dht, (1, 1), max(T, 1), h0 is not None, seq=seq)
 
 
 class WKV6Function(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, k, v, w, u, scale, h0, output_final_state):
+    def forward(ctx, r, k, v, w, u, scale, h0, output_final_state, seq):
         r, k, v, w, u = (x.contiguous() for x in (r, k, v, w, u))
         h0 = h0.contiguous() if h0 is not None else None
-        o, ht = wkv6_fwd(r, k, v, w, u, scale, h0, output_final_state)
-        ctx.save_for_backward(r, k, v, w, u, h0, ht)
+        seq = seq.contiguous() if seq is not None else None
+        o, ht = wkv6_fwd(r, k, v, w, u, scale, h0, output_final_state, seq=seq)
+        ctx.save_for_backward(r, k, v, w, u, h0, ht, seq)
         ctx.scale = scale
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        r, k, v, w, u, h0, ht = ctx.saved_tensors
+        r, k, v, w, u, h0, ht, seq = ctx.saved_tensors
         dht = dht.contiguous() if dht is not None else None
-        dr, dk, dv, dw, du, dh0 = wkv6_bwd(r, k, v, w, u, ctx.scale, h0, ht, do.contiguous(), dht)
+        dr, dk, dv, dw, du, dh0 = wkv6_bwd(r, k, v, w, u, ctx.scale, h0, ht, do.contiguous(), dht, seq=seq)
         if dh0 is not None:
             dh0 = dh0.to(h0.dtype)
-        return dr, dk, dv, dw, du, None, dh0, None
+        return dr, dk, dv, dw, du, None, dh0, None, None
 
 
-def wkv6_triton(r, k, v, w, u, scale, initial_state=None, output_final_state=False):
+def wkv6_triton(r, k, v, w, u, scale, initial_state=None, output_final_state=False, seq_idx=None):
+    """seq_idx: the runs `[B, T]` of packed sequences (`seq_runs`), or None."""
+    seq = None if seq_idx is None else seq_idx.to(torch.int32)
     if interpreting() and r.dtype == torch.float64:
         args = [x.float() if x is not None else None for x in (r, k, v, w, u, initial_state)]
-        o, ht = apply(WKV6Function, *args[:5], scale, args[5], output_final_state)
+        o, ht = apply(WKV6Function, *args[:5], scale, args[5], output_final_state, seq)
         return o.double(), (ht.double() if ht is not None else None)
-    return apply(WKV6Function, r, k, v, w, u, scale, initial_state, output_final_state)
+    return apply(WKV6Function, r, k, v, w, u, scale, initial_state, output_final_state, seq)

@@ -14,7 +14,9 @@ CHUNK tokens and only the [K, V] state crosses them:
 A boundary pass handles a whole segment per step: its contribution is one [C, K]ᵀ·[C, V] dot
 with exponents ≤ 0 (the decay from each token to the segment's end, or from its start), and its
 blocks of K and V are independent (the decay is diagonal in K), so it runs on B·H·(K/BK)·(V/BV)
-programs. The segment kernels are triton_wkv6.py's.
+programs. The segment kernels are triton_wkv6.py's; with packed sequences (seq, the runs) the boundary
+passes mask a segment as `_runs` masks a sub-chunk: reads before, writes after, the decay through a
+sequence's start.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import triton.language as tl
 
 from .._dispatch import apply, interpreting
 from .._host import cdiv
-from .triton_wkv6 import _dot, _pow2, _prec, _prec_bwd, _rows, _tile, segments_bwd, segments_fwd
+from .triton_wkv6 import _dot, _pow2, _prec, _prec_bwd, _rows, _runs, _tile, segments_bwd, segments_fwd
 
 CHUNK = 64
 # Blocks of the boundary passes: at K = V = 64, 2 programs per (batch, head). H200, B4 H32 bf16
@@ -34,9 +36,9 @@ BLOCK_K, BLOCK_V = 64, 32
 
 
 @triton.jit
-def _states_fwd(k, v, w, h0, hs, ht, T, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+def _states_fwd(k, v, w, h0, hs, ht, seq, T, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                 BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                PREC: tl.constexpr):
+                HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
     """hs[bh·(N+1) + n] = the state entering segment n (n = N: the final state), one [BK, BV] block."""
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
@@ -56,16 +58,20 @@ def _states_fwd(k, v, w, h0, hs, ht, T, C: tl.constexpr, H: tl.constexpr, K: tl.
         rows, mt = _rows(i_b, i_h, (n + 1) * C, T, T, H, C)
         n_k, n_v, n_w = _tile(k, rows, mt, ok, mk, K), _tile(v, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
         after = tl.cumsum(w2, axis=0, reverse=True) - w2  # Σ_{m>j} w2_m: same-sign terms, exact to rounding
-        S = S * tl.exp2(tl.sum(w2, axis=0))[:, None] + _dot(tl.trans(b_k * tl.exp2(after)), b_v, PREC)
+        k_out, decay = b_k * tl.exp2(after), tl.exp2(tl.sum(w2, axis=0))
+        if HAS_SEQ:
+            _, _, write, keep = _runs(seq, i_b, n * C, T, T, C)
+            k_out, decay = tl.where(write[:, None], k_out, 0.0), tl.where(keep, decay, 0.0)
+        S = S * decay[:, None] + _dot(tl.trans(k_out), b_v, PREC)
     tl.store(hs + (i_bh * (N + 1) + N) * K * V + p_s, S, mask=m_s)
     if STORE_HT:
         tl.store(ht + i_bh * K * V + p_s, S, mask=m_s)
 
 
 @triton.jit
-def _states_bwd(r, w, do, dht, gs, dh0, scale, T, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr,
+def _states_bwd(r, w, do, dht, gs, dh0, seq, scale, T, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr,
                 V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr,
-                STORE_DH0: tl.constexpr, PREC: tl.constexpr):
+                STORE_DH0: tl.constexpr, HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
     """gs[bh·N + n] = d loss / d(state leaving segment n), from the last segment back; dh0 = the gradient
     entering segment 0. One [BK, BV] block."""
     scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
@@ -87,8 +93,11 @@ def _states_bwd(r, w, do, dht, gs, dh0, scale, T, C: tl.constexpr, H: tl.constex
         rows, mt = _rows(i_b, i_h, (n - 1) * C, T, T, H, C)
         mt = mt & ((n - 1) * C + tl.arange(0, C) >= 0)  # the segment before the first reads nothing
         n_r, n_do, n_w = _tile(r, rows, mt, ok, mk, K), _tile(do, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
-        rq = b_r * tl.exp2(tl.cumsum(w2, axis=0) - w2)
-        G = G * tl.exp2(tl.sum(w2, axis=0))[:, None] + scale * _dot(tl.trans(rq), b_do, PREC)
+        rq, decay = b_r * tl.exp2(tl.cumsum(w2, axis=0) - w2), tl.exp2(tl.sum(w2, axis=0))
+        if HAS_SEQ:
+            _, read, _, keep = _runs(seq, i_b, n * C, T, T, C)
+            rq, decay = tl.where(read[:, None], rq, 0.0), tl.where(keep, decay, 0.0)
+        G = G * decay[:, None] + scale * _dot(tl.trans(rq), b_do, PREC)
     if STORE_DH0:
         tl.store(dh0 + i_bh * K * V + p_s, G, mask=m_s)
 
@@ -98,65 +107,67 @@ def _grid(K, V, BH):
     return (cdiv(K, BK), cdiv(V, BV), BH), BK, BV
 
 
-def segment_states(k, v, w, h0, store_ht, chunk=CHUNK):
+def segment_states(k, v, w, h0, store_ht, chunk=CHUNK, seq=None):
     """([B·H·(N+1), K, V] float32 states entering each segment, then the final one; ht or None)."""
     B, T, H, K = k.shape
     V, N = v.shape[-1], max(1, cdiv(T, chunk))
     hs = torch.empty(B * H * (N + 1), K, V, dtype=torch.float32, device=k.device)
     ht = torch.empty(B, H, K, V, dtype=torch.float32, device=k.device) if store_ht else None
     grid, BK, BV = _grid(K, V, B * H)
-    _states_fwd[grid](k, v, w, h0, hs, ht, T, chunk, H, K, V, BK, BV, h0 is not None, store_ht, _prec(k),
-                      num_warps=4)
+    _states_fwd[grid](k, v, w, h0, hs, ht, seq, T, chunk, H, K, V, BK, BV, h0 is not None, store_ht,
+                      seq is not None, _prec(k), num_warps=4)
     return hs, ht
 
 
-def wkv6_fwd(r, k, v, w, u, scale, h0, store_ht, chunk=CHUNK):
+def wkv6_fwd(r, k, v, w, u, scale, h0, store_ht, chunk=CHUNK, seq=None):
     """Forward; returns (o `[B, T, H, V]` in r's dtype, ht `[B, H, K, V]` float32 or None)."""
     B, T, H, K = r.shape
     N = max(1, cdiv(T, chunk))
-    hs, ht = segment_states(k, v, w, h0, store_ht, chunk)
-    return segments_fwd(r, k, v, w, u, scale, hs, N + 1, chunk, num_warps=4), ht
+    hs, ht = segment_states(k, v, w, h0, store_ht, chunk, seq)
+    return segments_fwd(r, k, v, w, u, scale, hs, N + 1, chunk, num_warps=4, seq=seq), ht
 
 
-def wkv6_bwd(r, k, v, w, u, scale, h0, do, dht, chunk=CHUNK):
+def wkv6_bwd(r, k, v, w, u, scale, h0, do, dht, chunk=CHUNK, seq=None):
     """Backward, recomputing the boundary states; returns (dr, dk, dv, dw, du, dh0 or None)."""
     B, T, H, K = r.shape
     V, N = v.shape[-1], max(1, cdiv(T, chunk))
-    hs, _ = segment_states(k, v, w, h0, False, chunk)
+    hs, _ = segment_states(k, v, w, h0, False, chunk, seq)
     gs = torch.empty(B * H * N, K, V, dtype=torch.float32, device=r.device)
     dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=r.device) if h0 is not None else None
     grid, BK, BV = _grid(K, V, B * H)
-    _states_bwd[grid](r, w, do, dht, gs, dh0, scale, T, chunk, H, K, V, BK, BV, dht is not None, h0 is not None,
-                      _prec_bwd(r), num_warps=4)
+    _states_bwd[grid](r, w, do, dht, gs, dh0, seq, scale, T, chunk, H, K, V, BK, BV, dht is not None,
+                      h0 is not None, seq is not None, _prec_bwd(r), num_warps=4)
     dr, dk, dv, dw, du, _ = segments_bwd(r, k, v, w, u, scale, do, hs, N + 1, hs[1:], gs, (N + 1, N), chunk,
-                                         False, rev_warps=4)
+                                         False, rev_warps=4, seq=seq)
     return dr, dk, dv, dw, du, dh0
 
 
 class WKV6ChunkedFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, k, v, w, u, scale, h0, output_final_state):
+    def forward(ctx, r, k, v, w, u, scale, h0, output_final_state, seq):
         r, k, v, w, u = (x.contiguous() for x in (r, k, v, w, u))
         h0 = h0.contiguous() if h0 is not None else None
-        o, ht = wkv6_fwd(r, k, v, w, u, scale, h0, output_final_state)
-        ctx.save_for_backward(r, k, v, w, u, h0)
+        seq = seq.contiguous() if seq is not None else None
+        o, ht = wkv6_fwd(r, k, v, w, u, scale, h0, output_final_state, seq=seq)
+        ctx.save_for_backward(r, k, v, w, u, h0, seq)
         ctx.scale = scale
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        r, k, v, w, u, h0 = ctx.saved_tensors
+        r, k, v, w, u, h0, seq = ctx.saved_tensors
         dht = dht.contiguous() if dht is not None else None
-        dr, dk, dv, dw, du, dh0 = wkv6_bwd(r, k, v, w, u, ctx.scale, h0, do.contiguous(), dht)
+        dr, dk, dv, dw, du, dh0 = wkv6_bwd(r, k, v, w, u, ctx.scale, h0, do.contiguous(), dht, seq=seq)
         if dh0 is not None:
             dh0 = dh0.to(h0.dtype)
-        return dr, dk, dv, dw, du, None, dh0, None
+        return dr, dk, dv, dw, du, None, dh0, None, None
 
 
-def wkv6_triton_chunked(r, k, v, w, u, scale, initial_state=None, output_final_state=False):
+def wkv6_triton_chunked(r, k, v, w, u, scale, initial_state=None, output_final_state=False, seq_idx=None):
     """Same contract as triton_wkv6.wkv6_triton."""
+    seq = None if seq_idx is None else seq_idx.to(torch.int32)
     if interpreting() and r.dtype == torch.float64:
         args = [x.float() if x is not None else None for x in (r, k, v, w, u, initial_state)]
-        o, ht = apply(WKV6ChunkedFunction, *args[:5], scale, args[5], output_final_state)
+        o, ht = apply(WKV6ChunkedFunction, *args[:5], scale, args[5], output_final_state, seq)
         return o.double(), (ht.double() if ht is not None else None)
-    return apply(WKV6ChunkedFunction, r, k, v, w, u, scale, initial_state, output_final_state)
+    return apply(WKV6ChunkedFunction, r, k, v, w, u, scale, initial_state, output_final_state, seq)

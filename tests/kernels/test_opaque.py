@@ -31,6 +31,17 @@ def _wkv6(L, g):
     return f, [r(2, L, H, K), r(2, L, H, K), r(2, L, H, K), -torch.rand(2, L, H, K, generator=g), r(2, H, K, K)]
 
 
+def _wkv6_packed(L, g):
+    """Two sequences a row, the second from a third of the way in (its runs reach the path as float64)."""
+    _, xs = _wkv6(L, g)
+    u = torch.randn(H, K, generator=g)
+
+    def f(r, k, v, w, h0):
+        seq = (3 * torch.arange(r.shape[1]) >= r.shape[1]).long().expand(r.shape[0], -1)
+        return wkv6(r, k, v, w, u, initial_state=h0, output_final_state=True, seq_idx=seq)
+    return f, xs
+
+
 def _wkv4(L, g):
     w, u = torch.randn(D, generator=g), torch.randn(D, generator=g)
 
@@ -40,7 +51,8 @@ def _wkv4(L, g):
     return f, [torch.randn(2, L, D, generator=g), torch.randn(2, L, D, generator=g)]
 
 
-@pytest.mark.parametrize("make", [_selective_scan, _wkv6, _wkv4], ids=["selective_scan", "wkv6", "wkv4"])
+@pytest.mark.parametrize("make", [_selective_scan, _wkv6, _wkv6_packed, _wkv4],
+                         ids=["selective_scan", "wkv6", "wkv6_packed", "wkv4"])
 def test_compiled_torch_path_serves_every_length(make):
     import torch._dynamo.utils
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from archdsl.kernels._host import seq_runs
 from archdsl.kernels.wkv6 import wkv6, wkv6_step
 from archdsl.kernels.wkv6.chunked import wkv6_chunked
 from archdsl.kernels.wkv6.naive import wkv6_naive
@@ -36,11 +37,13 @@ def triton_chunked(*a, **kw):
 IMPLS = {"chunked": wkv6_chunked, "triton": triton_wkv6, "triton_chunked": triton_chunked}
 
 
-def run(fn, xs, with_h0, seed=1):
-    """Outputs, final state and gradients of every differentiable input for a random loss."""
+def run(fn, xs, with_h0, seed=1, seq=None):
+    """Outputs, final state and gradients of every differentiable input for a random loss (seq: the runs
+    of packed sequences, passed on as seq_idx)."""
     xs = [x.detach().clone().requires_grad_() for x in xs]
     h0 = xs[5] if with_h0 else None
-    o, ht = fn(*xs[:5], xs[0].shape[-1] ** -0.5, h0, True)
+    packed = {} if seq is None else {"seq_idx": seq.to(xs[0].device)}
+    o, ht = fn(*xs[:5], xs[0].shape[-1] ** -0.5, h0, True, **packed)
     g = torch.Generator().manual_seed(seed)
     loss = (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.device)).sum()
     loss = loss + (ht.double() * torch.randn(ht.shape, generator=g, dtype=torch.float64).to(o.device)).sum()
@@ -139,6 +142,57 @@ def test_split_scan_equals_full(impl):
     close([torch.cat([o1, o2], 1), h2], [o, ht], 1e-5, impl)
 
 
+# ---------------------------------------------------------------- packed sequences (seq_idx)
+def cuts(T, where):
+    """The runs [1, T] of sequences that begin at the positions `where` (sorted, 0 < p < T)."""
+    return seq_runs((torch.arange(T)[:, None] >= torch.tensor([p for p in where if 0 < p < T] or [T])).sum(1)[None])
+
+
+packs = st.tuples(st.integers(1, 150), st.lists(st.integers(1, 149), max_size=5), st.booleans(),
+                  st.integers(0, 10_000))
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton", "triton_chunked"])
+@settings(max_examples=6, deadline=None)
+@given(packs)
+@example(case=(150, [16, 64, 65, 128], True, 0))  # sequences that begin on sub-chunk and segment edges
+@example(case=(40, list(range(1, 40)), True, 1))  # a new sequence every token
+def test_seq_idx_matches_naive(impl, case):
+    """Outputs, final state and every gradient of a packed batch (its second row packed at other points) against
+    the naive loop in float64."""
+    T, where, with_h0, seed = case
+    xs = make(2, T, 2, 16, 8, seed)
+    seq = torch.cat([cuts(T, sorted(where)), cuts(T, [T // 3, T // 2])])
+    want = run(wkv6_naive, xs, with_h0, seq=seq)
+    got = run(IMPLS[impl], xs if impl == "chunked" else [x.float() for x in xs], with_h0, seq=seq)
+    close(got, want, 1e-10 if impl == "chunked" else 2e-4, impl, floor=0.1)
+
+
+@pytest.mark.parametrize("impl", ["naive", "chunked"])
+def test_packed_batch_equals_each_sequence_alone(impl):
+    """The packed row's outputs are those of each sequence scanned alone (the first from h0, the others from
+    zeros) and its final state is the last sequence's."""
+    fn = {"naive": wkv6_naive, "chunked": wkv6_chunked}[impl]
+    r, k, v, w, u, h0 = make(1, 50, 2, 8, 6, 3)
+    starts = [0, 7, 8, 33, 50]
+    o, ht = fn(r, k, v, w, u, 0.5, h0, True, seq_idx=cuts(50, starts[1:-1]))
+    for i, (a, b) in enumerate(zip(starts, starts[1:])):
+        oa, ha = fn(r[:, a:b], k[:, a:b], v[:, a:b], w[:, a:b], u, 0.5, h0 if i == 0 else None, True)
+        close([o[:, a:b]], [oa], 1e-12, f"sequence {i}")
+    close([ht], [ha], 1e-12, "final state")
+
+
+@settings(max_examples=10, deadline=None)
+@given(seq=st.lists(st.sampled_from([-3, 0, 1, 2, 7, 2**40]), min_size=23, max_size=23))
+def test_seq_idx_of_any_integers(seq):
+    """Any integers, in any order: the public op restarts wherever seq_idx changes, and the initial state goes
+    on only into a first run of 0s (the naive loop's definition, on seq_idx as given)."""
+    r, k, v, w, u, h0 = make(1, 23, 2, 8, 6, 5)
+    seq = torch.tensor([seq])
+    got = wkv6(r, k, v, w, u, initial_state=h0, output_final_state=True, seq_idx=seq)
+    close(list(got), list(wkv6_naive(r, k, v, w, u, None, h0, True, seq_idx=seq)), 1e-12)
+
+
 def test_step_matches_parallel():
     r, k, v, w, u, h0 = make(2, 23, 3, 12, 10, 7)
     o, ht = wkv6(r, k, v, w, u, initial_state=h0, output_final_state=True)
@@ -184,6 +238,10 @@ def test_bad_inputs_raise_value_error():
         wkv6(r, k, v, w, u, initial_state=h0[..., :3])
     with pytest.raises(ValueError, match="v"):
         wkv6_step(h0.clone(), r[:, 0], k[:, 0], v[:, 0, :, :3], w[:, 0], u)
+    with pytest.raises(ValueError, match=r"seq_idx: expected shape \[1, 5\]"):
+        wkv6(r, k, v, w, u, seq_idx=torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="seq_idx: expected an integer tensor"):
+        wkv6(r, k, v, w, u, seq_idx=torch.zeros(1, 5))
 
 
 # ---------------------------------------------------------------- GPU, full size
@@ -214,6 +272,21 @@ def test_gpu_long_sequences(T, impl):
     close([o, ht], [ro, rh], 3e-2, f"T={T}")
     if T == 131072:
         close(run(triton_wkv6, xs, True)[2:], run(wkv6_chunked, [x.double() for x in xs], True)[2:], 5e-2, "grads")
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["triton", "triton_chunked"])
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 3e-2), (torch.float32, 1e-3)])
+def test_gpu_seq_idx_full_size_vs_float64(dtype, tol, impl):
+    """B4 T4096 H32 K=V=64, each row packed differently (sequences of 1 to ~1000 tokens, boundaries on and off
+    the 16- and 64-token edges), outputs, final state and gradients against float64."""
+    xs = gpu_case(4, 4096, 32, 64, 64, dtype)
+    g = torch.Generator().manual_seed(0)
+    seq = torch.cat([cuts(4096, sorted(torch.randint(1, 4096, (n,), generator=g).tolist())) for n in (1, 7, 40, 300)])
+    seq[0, 2048:] += 1  # and one boundary on a segment's edge
+    want = run(wkv6_chunked, [x.double() for x in xs], True, seq=seq)
+    close(run(IMPLS[impl], xs, True, seq=seq), want, tol, f"{impl} packed {dtype}")
 
 
 @cuda

@@ -28,11 +28,14 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def token_shift(x: torch.Tensor, state: dict | None) -> torch.Tensor:
+def token_shift(x: torch.Tensor, state: dict | None, packed=None) -> torch.Tensor:
     """x [B, L, d] → the previous token of each position; position 0 reads state["shift"] (or
-    zeros), and the state is left holding x[:, -1]."""
+    zeros), and the state is left holding x[:, -1]. packed (model/packed.py's Packed): every sequence's
+    first token reads zeros, as the first of a row does."""
     first = state["shift"].to(x.dtype)[:, None] if state is not None else x.new_zeros(x.shape[0], 1, x.shape[2])
     shifted = torch.cat([first, x[:, :-1]], dim=1)
+    if packed is not None:
+        shifted = shifted.masked_fill((packed.pos == 0)[..., None], 0)
     if state is not None and x.shape[1]:
         state["shift"].copy_(x[:, -1])
     return shifted
@@ -127,6 +130,7 @@ class Rwkv4TimeMix(nn.Module):
 class ChannelMix(nn.Module):
     """RWKV channel-mix. Version 4: transformers' RwkvFeedForward (time_mix_key,
     time_mix_receptance); version 6: the Finch RWKV6FeedForward (time_maa_k, time_maa_r)."""
+    PACKS = True  # packed sequences (model/packed.py): the token shift reads zeros at every sequence's start
 
     def __init__(self, cfg):
         super().__init__()
@@ -165,8 +169,9 @@ class ChannelMix(nn.Module):
         return torch.sigmoid(self.receptance(xr)) * self.value(k)
 
     def forward(self, x, state=None, **ctx):
-        """x [B, L, d] → [B, L, d]; with `state`, continues from it and leaves the last token in it."""
-        return self._mix(x, token_shift(x, state))
+        """x [B, L, d] → [B, L, d]; with `state`, continues from it and leaves the last token in it.
+        ctx "packed" (model/packed.py, no state): each sequence shifts in zeros at its first token."""
+        return self._mix(x, token_shift(x, state, ctx.get("packed")))
 
     def step(self, x, state, **ctx):
         shifted = state["shift"].to(x.dtype, copy=True)

@@ -29,6 +29,8 @@ __all__ = ["Rwkv6TimeMix", "ChannelMix"]
 
 
 class Rwkv6TimeMix(nn.Module):
+    PACKS = True  # packed sequences (model/packed.py): the token shift and the WKV restart at each sequence
+
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
@@ -96,17 +98,19 @@ class Rwkv6TimeMix(nn.Module):
         return self.output(o.to(g.dtype) * g)
 
     def forward(self, x, state=None, **ctx):
-        """x [B, L, d] → [B, L, d]; with `state`, continues from it and leaves the final state."""
+        """x [B, L, d] → [B, L, d]; with `state`, continues from it and leaves the final state. ctx "packed"
+        (model/packed.py, no state): the token shift and the WKV state restart at every sequence's first token."""
         from archdsl.kernels import wkv6
 
         B, L, _ = x.shape
         H, K = self.cfg.heads, self.cfg.head_size
-        r, k, v, g, logw = self._project(x, token_shift(x, state))
+        packed = ctx.get("packed")
+        r, k, v, g, logw = self._project(x, token_shift(x, state, packed))
         heads = [t.reshape(B, L, H, K) for t in (r, k, v, logw)]
         # the log-decay stays in float32 for low-precision models: exp(-exp(w)) near 1 needs it
         o, S = wkv6(*heads, self.time_faaaa.to(r.dtype), scale=1.0,
                     initial_state=state["wkv"] if state is not None else None,
-                    output_final_state=state is not None)
+                    output_final_state=state is not None, seq_idx=None if packed is None else packed.runs)
         if state is not None:
             state["wkv"].copy_(S)
         return self._out(o.reshape(B * L, -1), g.reshape(B * L, -1)).view(B, L, -1)
