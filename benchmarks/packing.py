@@ -8,7 +8,8 @@
   alternated, each figure the minimum of its rounds (the forward at 4K is host-bound and moves with the host),
   and whether y with (0, inf) is bit-identical to None (softplus(dt + dt_bias) > 0: it must be).
 - A Mamba-2 layer (d 2560, B4 L2048), dt_floor 0 against 1e-3 (dt_limit inside the kernels), same weights.
-- wkv6, H32 K=V=64 bf16, each Triton layout forced: B4 T4096 without and with seq_idx (8 sequences a row), and
+- wkv6, H32 K=V=64 bf16, each Triton layout forced: B4 T4096 without and with seq_idx (8 sequences a row), fla's
+  chunk_rwkv6 at that shape, and
   one row of 16384 tokens packing 16 sequences (cut at 15 random points) against fla's chunk_rwkv6 with the same
   cu_seqlens (its varlen form takes one row), forward and forward+backward.
 Median of triton.testing.do_bench for each figure.
@@ -116,6 +117,8 @@ def wkv6_rows(H=32, K=64):
     B, T = 4, 4096
     xs = inputs(B, T)
     seq = torch.repeat_interleave(torch.arange(8, device="cuda"), T // 8)[None].expand(B, T).contiguous()
+    if chunk_rwkv6 is not None:
+        show(f"fla chunk_rwkv6 B{B} T{T} H{H} K=V={K}", chunk_rwkv6, xs)
     for impl in ("serial", "chunked"):
         os.environ["ARCHDSL_WKV6_IMPL"] = impl
         for s in (None, seq):
