@@ -8,10 +8,9 @@
   alternated, each figure the minimum of its rounds (the forward at 4K is host-bound and moves with the host),
   and whether y with (0, inf) is bit-identical to None (softplus(dt + dt_bias) > 0: it must be).
 - A Mamba-2 layer (d 2560, B4 L2048), dt_floor 0 against 1e-3 (dt_limit inside the kernels), same weights.
-- wkv6, H32 K=V=64 bf16, each Triton layout forced: B4 T4096 without and with seq_idx (8 sequences a row), fla's
-  chunk_rwkv6 at that shape, and
-  one row of 16384 tokens packing 16 sequences (cut at 15 random points) against fla's chunk_rwkv6 with the same
-  cu_seqlens (its varlen form takes one row), forward and forward+backward.
+- wkv6, H32 K=V=64 bf16, each Triton layout forced: B4 T4096 without and with seq_idx (8 sequences a row), with
+  fla's chunk_rwkv6 at that shape; and one row of 16384 tokens packing 16 sequences (cut at 15 random points),
+  against fla's chunk_rwkv6 with the same cu_seqlens (its varlen form takes one row); forward, forward+backward.
 Median of triton.testing.do_bench for each figure.
 """
 from __future__ import annotations
