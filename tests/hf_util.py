@@ -1,11 +1,14 @@
 """Helpers for tests that compare against Hugging Face transformers.
 
 The repository's top-level `kernels/` folder shadows the hub package named `kernels` that
-transformers probes for when the repository root is on sys.path; hide it while transformers
-first loads its activations module so that the probe finds nothing.
+transformers probes for when the repository root is on sys.path (transformers >= 5.25 installs
+that package and turns hub kernels on by default). Tests compare against transformers' own
+PyTorch paths: hub kernels are switched off (USE_HUB_KERNELS=0), and our folder is hidden while
+transformers first loads its activations module so that the probe finds nothing.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -13,6 +16,7 @@ import yaml
 
 
 def transformers():
+    os.environ.setdefault("USE_HUB_KERNELS", "0")
     tf = pytest.importorskip("transformers")
     hidden = "kernels" not in sys.modules
     if hidden:

@@ -300,7 +300,7 @@ def _nemotron_h(c: _Cfg, name: str) -> dict:
                                 headdim=c("mamba_head_dim", 64), ngroups=c("n_groups", 8),
                                 chunk=c("chunk_size", 128), conv_bias=c("use_conv_bias", True),
                                 bias=c("use_bias", False), field="mamba_num_heads",
-                                norm_eps=c("layer_norm_epsilon", 1e-5), dt_floor=c("time_step_min", 0.001)),
+                                norm_eps=c("layer_norm_epsilon", 1e-5), dt_floor=_dt_limit(c)),
         "attn": {"heads": heads, "kv_heads": c("num_key_value_heads", 8), "head_dim": c("head_dim", d // heads),
                  "rope": False, "bias": bool(c("attention_bias", False)), "out_bias": bool(c("attention_bias", False))},
         "mlp": {"act": act, "hidden": c("intermediate_size", 21504), "bias": bool(c("mlp_bias", False))},

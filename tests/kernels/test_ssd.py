@@ -172,15 +172,19 @@ def test_chunked_tma_reads_equal_pointer_reads(tma, P, bp, monkeypatch):
     state) give exactly what its masked pointer loads give, outputs and gradients: P 24 reads a block of 32
     columns past the tensor's end (zeros), L 77 a last chunk past the sequence's, seq_idx and z on, in
     float16; P 6 (12-byte rows) cannot take descriptors and reads by pointers. bp: the descriptor launch's
-    own P block (CONFIG["scan_tma"]), other than the pointer launch's: the descriptors' blocks follow it."""
+    own P block (CONFIG["scan_tma"]), other than the pointer launch's: the descriptors' blocks follow it. The
+    reference is then a pointer launch with that same block (other tiles may round differently)."""
     from archdsl.kernels.ssd import triton_ssd_chunked
     t = make(2, 77, 4, P, 2, 16, D=1, z=True, bias=True, h0=True, seq=True)
     t16 = {k: v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in t.items()}
+    scan = triton_ssd_chunked.CONFIG["scan"]
     if bp is not None:
         monkeypatch.setitem(triton_ssd_chunked.CONFIG, "scan_tma", (64, bp, 4, 2, 128))
+        monkeypatch.setitem(triton_ssd_chunked.CONFIG, "scan", (scan[0], bp) + scan[2:])
     monkeypatch.setattr(triton_ssd_chunked, "TMA_MIN_PROGRAMS", 0)
     monkeypatch.setattr(triton_ssd_chunked, "TMA", ())
     want = run(scan_of("chunked"), t16)
+    monkeypatch.setitem(triton_ssd_chunked.CONFIG, "scan", scan)
     monkeypatch.setattr(triton_ssd_chunked, "TMA", tma)
     for a, b in zip(run(scan_of("chunked"), t16), want):
         assert torch.equal(a, b)

@@ -133,9 +133,8 @@ def hf_config(spec) -> dict:
         cfg.update({"ssm_state_size": m.d_state, "conv_kernel": m.d_conv, "expand": m.expand,
                     "mamba_num_heads": m.nheads, "mamba_head_dim": m.inner // m.nheads, "n_groups": m.ngroups,
                     "chunk_size": m.chunk_size, "use_conv_bias": m.conv_bias, "use_bias": m.bias,
-                    # HF clamps dt below at time_step_min (also its init range's low end)
-                    "mamba_hidden_act": "silu", "time_step_min": m.dt_floor or m.dt_min,
-                    "time_step_max": m.dt_max})
+                    "mamba_hidden_act": "silu", "time_step_min": m.dt_min, "time_step_max": m.dt_max,
+                    "time_step_limit": [m.dt_floor, {"__float__": "Infinity"}]})
     a = first_config(spec, "attn")
     if a is not None:
         cfg.update({"num_attention_heads": a.heads, "num_key_value_heads": a.kv, "head_dim": a.hdim,
