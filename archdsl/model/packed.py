@@ -2,9 +2,10 @@
 causal-conv1d's convention: any integers, a new sequence wherever the value changes).
 
 model(input_ids, seq_idx=...) gives every token the logits it would have in a row of its own: Mamba-2 restarts
-its conv window and SSD state where seq_idx changes (kernels' seq_idx), attention sees only its own sequence's
-keys and counts RoPE positions from that sequence's start, and position-wise blocks (MLP, MoE) need nothing.
-A module class that keeps sequences apart says so with PACKS = True; the others (Mamba-1, RWKV, S4D, whose
+its conv window and SSD state where seq_idx changes (kernels' seq_idx), RWKV-6 its WKV state (wkv6's seq_idx)
+and token shifts (zeros at a sequence's start), attention sees only its own sequence's keys and counts RoPE
+positions from that sequence's start, and position-wise blocks (MLP, MoE) need nothing.
+A module class that keeps sequences apart says so with PACKS = True; the others (Mamba-1, RWKV-4, S4D, whose
 kernels carry state across tokens with no reset) are refused before anything runs.
 """
 from __future__ import annotations
