@@ -5,7 +5,7 @@ import torch
 
 from .._checks import expect_float, expect_integer, expect_number, expect_same_device, expect_shape
 from .._dispatch import backend_for, on_input_device, pick_impl, time_or_inf
-from .._host import seq_runs
+from .._host import seq_runs, sm_count
 from .._opaque import PATHS, torch_path
 from .chunked import wkv6_chunked
 from .naive import wkv6_naive, wkv6_step_naive
@@ -101,19 +101,30 @@ _TRITON = {"serial": _serial, "chunked": _chunked}
 
 
 def _triton_impl(r, k, v, w, u, scale, h0, output_final_state, seq) -> str:
-    """`ARCHDSL_WKV6_IMPL=serial|chunked|auto`; auto: on CUDA the faster of the two, timed once per case.
-
-    Which one wins depends on B·H against the chip's size and on T, so it is measured, not guessed;
-    the timing costs a fraction of a second once per (shapes, dtype, grad, initial state).
-    On the H200 (2026-11-29, B4 H32 K=V=64 bf16) chunked came out slower: forward 0.73 vs 0.56 ms
-    at T 4096, 2.85 vs 2.24 at T 16384; forward+backward 3.17 vs 2.46 and 12.3 vs 9.6 ms (timed
-    with bfloat16 dots in the backward, before it went to tf32); serial is the default.
-    """
+    """`ARCHDSL_WKV6_IMPL=serial|chunked|auto`; auto: on CUDA the faster of the two, timed once per case
+    (a fraction of a second once per shapes, dtype, grad, initial state, seq_idx). Unset: _default_impl."""
     xs = (r, k, v, w, u) + ((h0,) if h0 is not None else ())
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in xs)
     case = lambda: (r.shape, v.shape[-1], r.dtype, r.device, grad, h0 is not None, output_final_state, seq is not None)
-    return pick_impl("ARCHDSL_WKV6_IMPL", _TRITON, "serial", r, case,
+    return pick_impl("ARCHDSL_WKV6_IMPL", _TRITON, _default_impl(r.shape, v.shape[-1], r.device), r, case,
                      lambda name: _time(_TRITON[name](), xs, scale, output_final_state, grad, seq))
+
+
+SERIAL_V_BLOCK = 64  # the serial layout's V block (triton_wkv6's BV): one program per (batch, head, V block)
+
+
+def _default_impl(shape: tuple, V: int, device: torch.device) -> str:
+    """serial, unless on CUDA it would leave most of the card idle over a long sequence: fewer programs
+    (B·H·V blocks) than half the multiprocessors, T ≥ 1024. Each serial program walks all T steps, so its
+    time does not shrink with B; the chunked layout's does. H200, H32 K=V=64 bf16, one run (2026-12-03,
+    seq_idx on, docs/benchmarks.md's sixtieth): B4 T4096 (128 programs) serial 0.752 / chunked 0.782 ms
+    forward, 3.071 / 3.520 forward+backward; B1 T16384 (32 programs) serial 2.999 / chunked 1.429,
+    11.499 / 5.535. Without seq_idx at B4 T4096: serial 0.556 / 0.636, 2.586 / 3.068."""
+    B, T, H, _ = shape  # r's [B, T, H, K]
+    if device.type != "cuda" or T < 1024:
+        return "serial"
+    programs = B * H * -(-V // SERIAL_V_BLOCK)
+    return "chunked" if 2 * programs <= sm_count(device) else "serial"
 
 
 def _time(impl, xs, scale, output_final_state, grad, seq) -> float:

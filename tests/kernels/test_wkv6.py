@@ -221,6 +221,18 @@ def test_public_op_runs_the_forced_triton_implementation(which, monkeypatch):
         wkv6(r, k, v, w, u)
 
 
+@pytest.mark.parametrize("shape, V, want", [((1, 16384, 32, 64), 64, "chunked"), ((2, 4096, 32, 64), 64, "chunked"),
+                                             ((4, 4096, 32, 64), 64, "serial"), ((1, 1023, 32, 64), 64, "serial"),
+                                             ((1, 4096, 32, 64), 256, "serial")])
+def test_default_layout_keeps_the_card_busy(shape, V, want, monkeypatch):
+    """Unset ARCHDSL_WKV6_IMPL on a 132-multiprocessor card: the serial layout (a program per batch, head and
+    64-wide V block, each walking all of T) unless that leaves more than half the card idle over T >= 1024."""
+    from archdsl.kernels.wkv6 import op
+    monkeypatch.setattr(op, "sm_count", lambda device: 132)
+    assert op._default_impl(shape, V, torch.device("cuda")) == want
+    assert op._default_impl(shape, V, torch.device("cpu")) == "serial"
+
+
 def test_public_op_dispatches_and_defaults_scale():
     r, k, v, w, u, _ = make(1, 9, 2, 16, 8, 9)
     o, ht = wkv6(r, k, v, w, u)
