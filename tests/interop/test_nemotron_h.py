@@ -19,29 +19,27 @@ def test_nemotron_h(tmp_path):
     check_family(tmp_path, hf, 120)
 
 
+def _small_dt(model):
+    """dt_bias from -9 to -3: softplus gives dt from 1e-4 to 0.05, across a clamp at 0.01."""
+    for name, p in model.named_parameters():
+        if name.endswith("dt_bias"):
+            p.copy_(torch.linspace(-9.0, -3.0, p.numel()))
+
+
+def _tiny(**kwargs):
+    return make_hf("NemotronHConfig", "NemotronHForCausalLM", init=_small_dt, hidden_size=32, vocab_size=100,
+                   hybrid_override_pattern="MM-", ssm_state_size=8, mamba_num_heads=4, mamba_head_dim=16,
+                   n_groups=1, chunk_size=16, intermediate_size=48, tie_word_embeddings=True, **kwargs)
+
+
 def test_nemotron_h_dt_floor(tmp_path):
     """time_step_limit[0] clamps dt in HF's chunked path: large negative dt_bias makes it bite."""
-    def init(model):
-        for name, p in model.named_parameters():
-            if name.endswith("dt_bias"):
-                p.copy_(torch.linspace(-9.0, -3.0, p.numel()))
-
-    hf = make_hf("NemotronHConfig", "NemotronHForCausalLM", init=init, hidden_size=32, vocab_size=100,
-                 hybrid_override_pattern="MM-", ssm_state_size=8, mamba_num_heads=4, mamba_head_dim=16,
-                 n_groups=1, chunk_size=16, intermediate_size=48, time_step_limit=(0.01, float("inf")),
-                 tie_word_embeddings=True)
+    hf = _tiny(time_step_limit=(0.01, float("inf")))
     check_family(tmp_path, hf, 100, hf_cache=False)  # HF's decode step skips the clamp; compare uncached
 
 
 def test_nemotron_h_time_step_min_is_init_only(tmp_path):
     """transformers >= 5.25 (like mamba_ssm's kernels) clamps at time_step_limit only: a dt far below
     time_step_min must pass unclamped."""
-    def init(model):
-        for name, p in model.named_parameters():
-            if name.endswith("dt_bias"):
-                p.copy_(torch.linspace(-9.0, -3.0, p.numel()))
-
-    hf = make_hf("NemotronHConfig", "NemotronHForCausalLM", init=init, hidden_size=32, vocab_size=100,
-                 hybrid_override_pattern="MM-", ssm_state_size=8, mamba_num_heads=4, mamba_head_dim=16,
-                 n_groups=1, chunk_size=16, intermediate_size=48, time_step_min=0.01, tie_word_embeddings=True)
+    hf = _tiny(time_step_min=0.01)
     check_family(tmp_path, hf, 100, hf_cache=False)  # HF's generate needs an attention layer in its cache
