@@ -320,6 +320,7 @@ def segments_fwd(r, k, v, w, u, scale, s_in, s_in_stride, seg, s_out=None, bv=No
     B, T, H, K = r.shape
     V = v.shape[-1]
     BK = _pow2(K)
+    # 64: op.SERIAL_V_BLOCK, which op's default layout counts programs by, must stay equal to it
     BV = min(_pow2(V), bv or 64)  # H200, serial, K=V=64 bf16: BV 64 1.29 ms, 32 2.17 ms, 16 4.14 ms (T=4096, B=4, H=32)
     o = torch.empty_like(v, dtype=r.dtype)
     grid = (max(1, cdiv(T, seg)), B * H, cdiv(V, BV))
