@@ -1,6 +1,7 @@
 """Launch choices of the WKV6 Triton kernels, timed on the card, and where each layout's time goes.
 
     python benchmarks/wkv6_configs.py [--T 4096,16384] [--no-peer] [--json FILE]
+    python benchmarks/wkv6_configs.py --layouts [--T 1024,2048,4096,16384] [--json FILE]
 
 Shape B=4, T, H=32, K=V=64, bf16, w = logsigmoid(randn) (benchmarks/kernels_wkv6.py's). For each T:
 fla's chunk_rwkv6 forward (unless --no-peer), the serial layout's forward, the chunked layout's
@@ -8,6 +9,11 @@ boundary-state pass at each (BLOCK_K, BLOCK_V), its segment kernel at 4 and 8 wa
 forward; then the backward of each layout (no autograd: the launches alone, the chunked one at
 both warp counts of its reverse sweep) and forward+backward through autograd, with fla's. Each row
 is the median of triton.testing.do_bench; nothing is changed on disk.
+
+--layouts times the serial and the chunked layout forward and forward+backward at B 1, 2, 4 and
+T 1024, 2048, 4096, 16384 (H32 K=V=64 bf16, no seq_idx) beside the layout `op._default_impl` picks there
+unset, so that its rule (chunked where B·H·V blocks ≤ half the multiprocessors, T ≥ 1024) is checked
+against the faster one.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ except ImportError:  # run from a checkout that is not installed
 
 from archdsl.kernels.wkv6 import triton_wkv6 as serial  # noqa: E402
 from archdsl.kernels.wkv6 import triton_wkv6_chunked as chunked  # noqa: E402
+from archdsl.kernels.wkv6 import op as wkv6_op  # noqa: E402
 from archdsl.kernels.wkv6 import wkv6  # noqa: E402
 
 BOUNDARY_BLOCKS = [(32, 32), (64, 32), (64, 64)]  # chunked.BLOCK_K, BLOCK_V
@@ -72,14 +79,42 @@ def rows_for(T: int, peer):
     return timed
 
 
+def layout_rows(Ts):
+    """Both layouts where the default rule decides; each row says which one it picks."""
+    timed = []
+    for B in (1, 2, 4):
+        for T in Ts:
+            xs = _wkv6_inputs(B, T, 32, 64)
+            pick = wkv6_op._default_impl(xs[0].shape, xs[2].shape[-1], xs[0].device)
+            row = dict(B=B, T=T, default=pick)
+            for impl in ("serial", "chunked"):
+                with torch.no_grad():
+                    row[f"{impl} fwd"] = bench_or_nan(with_env("ARCHDSL_WKV6_IMPL", impl, lambda: wkv6(*xs)))
+                row[f"{impl} fwd+bwd"] = bench_or_nan(with_env("ARCHDSL_WKV6_IMPL", impl, _fwd_bwd(wkv6, xs)))
+            best = min(("serial", "chunked"), key=lambda i: row[f"{i} fwd+bwd"])
+            print(f"  B{B} T{T:5} default {pick:7} | serial fwd {row['serial fwd']:.3f} fwd+bwd "
+                  f"{row['serial fwd+bwd']:.3f} | chunked fwd {row['chunked fwd']:.3f} fwd+bwd "
+                  f"{row['chunked fwd+bwd']:.3f} ms | faster fwd+bwd: {best}", flush=True)
+            timed.append(row)
+    return timed
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--T", default="4096,16384", help="comma-separated sequence lengths")
+    ap.add_argument("--T", help="comma-separated sequence lengths (4096,16384; --layouts: 1024,2048,4096,16384)")
     ap.add_argument("--no-peer", action="store_true", help="leave fla out (its autotuning takes minutes)")
+    ap.add_argument("--layouts", action="store_true", help="check the default layout rule (see above)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("wkv6_configs: needs a CUDA GPU")
+        return 0
+    if args.layouts:
+        Ts = [int(t) for t in (args.T or "1024,2048,4096,16384").split(",")]
+        out = {"card": torch.cuda.get_device_name(), "layouts": layout_rows(Ts)}
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=1)
         return 0
     peer = None
     if not args.no_peer:
@@ -88,7 +123,7 @@ def main() -> int:
         except ImportError:
             print("fla is not installed: its rows are left out")
     out = {"card": torch.cuda.get_device_name(), "rows": []}
-    for T in (int(t) for t in args.T.split(",")):
+    for T in (int(t) for t in (args.T or "4096,16384").split(",")):
         out["rows"] += rows_for(T, peer)
         if args.json:
             with open(args.json, "w") as f:

@@ -106,22 +106,26 @@ def _triton_impl(r, k, v, w, u, scale, h0, output_final_state, seq) -> str:
     xs = (r, k, v, w, u) + ((h0,) if h0 is not None else ())
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in xs)
     case = lambda: (r.shape, v.shape[-1], r.dtype, r.device, grad, h0 is not None, output_final_state, seq is not None)
-    return pick_impl("ARCHDSL_WKV6_IMPL", _TRITON, _default_impl(r.shape, v.shape[-1], r.device), r, case,
+    return pick_impl("ARCHDSL_WKV6_IMPL", _TRITON, _default_impl(r.shape, v.shape[-1], r.device, grad), r, case,
                      lambda name: _time(_TRITON[name](), xs, scale, output_final_state, grad, seq))
 
 
 SERIAL_V_BLOCK = 64  # the serial layout's V block (triton_wkv6's BV): one program per (batch, head, V block)
 
 
-def _default_impl(shape: tuple, V: int, device: torch.device) -> str:
+def _default_impl(shape: tuple, V: int, device: torch.device, grad: bool = True) -> str:
     """serial, unless on CUDA it would leave most of the card idle over a long sequence: fewer programs
-    (B·H·V blocks) than half the multiprocessors, T ≥ 1024. Each serial program walks all T steps, so its
-    time does not shrink with B; the chunked layout's does. H200, H32 K=V=64 bf16, one run (2026-12-03,
-    seq_idx on, docs/benchmarks.md's sixtieth): B4 T4096 (128 programs) serial 0.752 / chunked 0.782 ms
-    forward, 3.071 / 3.520 forward+backward; B1 T16384 (32 programs) serial 2.999 / chunked 1.429,
-    11.499 / 5.535. Without seq_idx at B4 T4096: serial 0.556 / 0.636, 2.586 / 3.068."""
+    (B·H·V blocks) than half the multiprocessors and T ≥ 2048, or T ≥ 1024 where no gradient is taken.
+    Each serial program walks all T steps, so its time does not shrink with B; the chunked layout's does.
+    H200, H32 K=V=64 bf16, no seq_idx, one run (2026-12-04, docs/benchmarks.md's sixty-second), serial /
+    chunked ms, forward and forward+backward:
+        B1 T1024 0.141 / 0.081, 0.611 / 0.733     B2 T1024 0.142 / 0.115, 0.680 / 0.875
+        B1 T2048 0.277 / 0.156, 1.209 / 0.933     B2 T2048 0.279 / 0.205, 1.220 / 0.914
+        B1 T4096 0.551 / 0.305, 2.404 / 1.206     B2 T4096 0.554 / 0.394, 2.409 / 1.779
+        B4 T4096 (128 programs) 0.558 / 0.636, 2.594 / 3.071   B4 T16384 2.212 / 2.460, 10.103 / 11.919
+    With seq_idx, one packed row of 16384 tokens: 2.999 / 1.429, 11.499 / 5.535 (sixtieth run)."""
     B, T, H, _ = shape  # r's [B, T, H, K]
-    if device.type != "cuda" or T < 1024:
+    if device.type != "cuda" or T < (2048 if grad else 1024):
         return "serial"
     programs = B * H * -(-V // SERIAL_V_BLOCK)
     return "chunked" if 2 * programs <= sm_count(device) else "serial"

@@ -221,16 +221,20 @@ def test_public_op_runs_the_forced_triton_implementation(which, monkeypatch):
         wkv6(r, k, v, w, u)
 
 
-@pytest.mark.parametrize("shape, V, want", [((1, 16384, 32, 64), 64, "chunked"), ((2, 4096, 32, 64), 64, "chunked"),
-                                             ((4, 4096, 32, 64), 64, "serial"), ((1, 1023, 32, 64), 64, "serial"),
-                                             ((1, 4096, 32, 64), 256, "serial")])
-def test_default_layout_keeps_the_card_busy(shape, V, want, monkeypatch):
+@pytest.mark.parametrize("shape, V, grad, want", [
+    ((1, 16384, 32, 64), 64, True, "chunked"), ((2, 4096, 32, 64), 64, True, "chunked"),
+    ((2, 2048, 32, 64), 64, True, "chunked"), ((1, 1024, 32, 64), 64, True, "serial"),
+    ((1, 1024, 32, 64), 64, False, "chunked"), ((1, 1023, 32, 64), 64, False, "serial"),
+    ((4, 4096, 32, 64), 64, True, "serial"), ((4, 4096, 32, 64), 64, False, "serial"),
+    ((1, 4096, 32, 64), 256, True, "serial")])
+def test_default_layout_keeps_the_card_busy(shape, V, grad, want, monkeypatch):
     """Unset ARCHDSL_WKV6_IMPL on a 132-multiprocessor card: the serial layout (a program per batch, head and
-    64-wide V block, each walking all of T) unless that leaves more than half the card idle over T >= 1024."""
+    64-wide V block, each walking all of T) unless that leaves more than half the card idle over T >= 2048
+    (T >= 1024 for a forward without gradients)."""
     from archdsl.kernels.wkv6 import op
     monkeypatch.setattr(op, "sm_count", lambda device: 132)
-    assert op._default_impl(shape, V, torch.device("cuda")) == want
-    assert op._default_impl(shape, V, torch.device("cpu")) == "serial"
+    assert op._default_impl(shape, V, torch.device("cuda"), grad) == want
+    assert op._default_impl(shape, V, torch.device("cpu"), grad) == "serial"
 
 
 def test_public_op_dispatches_and_defaults_scale():
