@@ -14,9 +14,38 @@
 - Every interpreted launch fails if it passes one tensor twice (tests/kernels/sm90.py, shared_tensors);
   with ARCHDSL_RECORD_LAUNCHES=FILE (make test) each is also recorded, for tests/kernels/sm90.py to
   compile for sm_90 afterwards.
+- The repository's top-level kernels/ folder (archdsl.kernels) has the name of the hub package `kernels`,
+  which transformers (>= 5.25, which installs it) imports at once where it finds it. `python -m pytest` puts
+  the repository root first on sys.path, so transformers would import our folder instead and fail ("cannot
+  import name 'CUDAProperties' from 'kernels'"), in every later test of that worker too. The hub package,
+  where installed, is imported here first, with the root left off sys.path, and hub kernels are switched off
+  (USE_HUB_KERNELS=0): the tests compare against transformers' own PyTorch code.
 """
 import os
 import sys
+
+
+def _hub_kernels_first():
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("kernels")
+    except PackageNotFoundError:
+        return
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != root]
+    try:
+        import kernels  # noqa: F401  (the hub package)
+    except ImportError:
+        pass
+    finally:
+        sys.path[:] = saved
+
+
+os.environ.setdefault("USE_HUB_KERNELS", "0")
+if "kernels" not in sys.modules:
+    _hub_kernels_first()
 
 import torch
 from hypothesis import settings

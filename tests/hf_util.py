@@ -1,15 +1,14 @@
 """Helpers for tests that compare against Hugging Face transformers.
 
 The repository's top-level `kernels/` folder shadows the hub package named `kernels` that
-transformers probes for when the repository root is on sys.path (transformers >= 5.25 installs
-that package and turns hub kernels on by default). Tests compare against transformers' own
-PyTorch paths: hub kernels are switched off (USE_HUB_KERNELS=0), and our folder is hidden while
-transformers first loads its activations module so that the probe finds nothing.
+transformers imports when the repository root is on sys.path (transformers >= 5.25 installs
+that package and turns hub kernels on by default); tests/conftest.py imports the hub package
+first and switches hub kernels off (USE_HUB_KERNELS=0). Tests compare against transformers' own
+PyTorch paths.
 """
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 import yaml
@@ -17,16 +16,7 @@ import yaml
 
 def transformers():
     os.environ.setdefault("USE_HUB_KERNELS", "0")
-    tf = pytest.importorskip("transformers")
-    hidden = "kernels" not in sys.modules
-    if hidden:
-        sys.modules["kernels"] = None
-    try:
-        import transformers.activations  # noqa: F401  (runs the hub-kernels probe once)
-    finally:
-        if hidden and sys.modules.get("kernels", 0) is None:
-            del sys.modules["kernels"]
-    return tf
+    return pytest.importorskip("transformers")
 
 
 def hf_count(config_cls: str, model_cls: str, meta: bool = True, **kwargs) -> int:
