@@ -3,7 +3,8 @@
     model(input_ids [B, L], cache=None) → logits [B, L, V]     (a fresh cache is filled: prefill)
     model.init_cache(batch) → Cache ; model.step(tokens [B], cache) → logits [B, V]
     model.set_ssm_state_dtype(torch.bfloat16)   (the SSM states of later caches; float32 by default)
-    model.generate(input_ids, max_new_tokens, temperature, top_k, seed)
+    model.generate(input_ids, max_new_tokens, temperature, top_k, seed, attention_mask=None)
+    model(input_ids, cache, attention_mask=mask [B, L])   (left-padded prompts: pads first; model/packed.py)
     model.save(dir) → spec.yaml + model.safetensors (written aside, then renamed into place)
 """
 from __future__ import annotations
@@ -100,6 +101,7 @@ class ArchModel(nn.Module):
         self._graphs = {}
         self._ssm_dtype = None  # set_ssm_state_dtype
         self._unpacked = unpacked_blocks(spec)  # forward refuses seq_idx where these are (model/packed.py)
+        self._unpadded = unpacked_blocks(spec, "PADS")  # and attention_mask with pads where these are
 
     # --- info ----------------------------------------------------------------------------
     def num_params(self) -> int:
@@ -162,17 +164,24 @@ class ArchModel(nn.Module):
         return self.spec, self.dtype, self.device
 
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
-                logits_mask: torch.Tensor | None = None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+                logits_mask: torch.Tensor | None = None, seq_idx: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [B, L] → logits [B, L, V]; sets self.aux_loss (sum of MoE balancing losses).
         logits_mask [B, L] bool: only the logits of the True positions, [n, V] in row-major order
         (a loss that scores a few positions skips the head's [B, L, V] product and its memory).
         seq_idx [B, L] integers: packed sequences, a new one wherever the value changes (mamba_ssm's
-        convention); every token gets the logits it would have alone (model/packed.py; no cache)."""
+        convention); every token gets the logits it would have alone (model/packed.py; no cache).
+        attention_mask [B, L] bool or 0/1 (HF's): left-padded rows, 0 at the pads, all before the row's tokens;
+        every token gets the logits it would have without the pads (the pads' own logits mean nothing), and a
+        fresh cache is left as the unpadded prompt would leave it, so that steps and generate continue each row
+        (model/packed.py; every block must take padding, PADS)."""
         self._check_tokens("forward", "input_ids", input_ids, 2, cache)
         if logits_mask is not None and (logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool):
             raise ArchDSLError(f"forward: logits_mask must be a bool tensor of the shape of input_ids "
                                f"{tuple(input_ids.shape)}, got {logits_mask.dtype} {tuple(logits_mask.shape)}")
-        packed = self._packed(seq_idx, input_ids, cache)
+        packed = self._padded("forward", attention_mask, input_ids, cache, seq_idx)
+        if packed is None:
+            packed = self._packed(seq_idx, input_ids, cache)
         emb = self.embeddings(input_ids)
         h = self._stream(emb)
         delta = None
@@ -210,6 +219,41 @@ class ArchModel(nn.Module):
             raise refusal("forward: seq_idx (packed sequences)", *self._unpacked[0])
         return Packed.of(seq_idx)
 
+    def _padded(self, where, mask, input_ids, cache, seq_idx=None):
+        """attention_mask as the blocks read it (a Packed with `keep`), None for None or a mask without a pad;
+        ArchDSLError for one that is not a bool or 0/1 integer tensor of input_ids' shape and device, pads
+        anywhere but a row's start, a row of pads only, a cache already holding tokens, seq_idx beside it, or
+        pads in a model with a block that cannot skip them (no PADS). Reads the mask on the host."""
+        if mask is None:
+            return None
+        if (not isinstance(mask, torch.Tensor) or mask.is_floating_point() or mask.is_complex()
+                or mask.shape != input_ids.shape):
+            got = (f"{str(mask.dtype).replace('torch.', '')} {list(mask.shape)}" if isinstance(mask, torch.Tensor)
+                   else type(mask).__name__)
+            raise ArchDSLError(f"{where}: attention_mask must be a bool or 0/1 integer tensor of the shape of "
+                               f"input_ids {list(input_ids.shape)}, got {got}")
+        if mask.device != input_ids.device:
+            raise ArchDSLError(f"{where}: attention_mask is on {mask.device}, input_ids on {input_ids.device}")
+        if seq_idx is not None:
+            raise ArchDSLError(f"{where}: attention_mask and seq_idx together: pad the rows or pack them, not both")
+        m = mask.detach().to("cpu", torch.int64)
+        if ((m != 0) & (m != 1)).any():
+            raise ArchDSLError(f"{where}: attention_mask holds {sorted(set(m.unique().tolist()) - {0, 1})[:3]}: "
+                               f"1 marks a token, 0 a pad")
+        if (m[:, 1:] < m[:, :-1]).any() or not m[:, -1].all():
+            row = int(((m[:, 1:] < m[:, :-1]).any(1) | (m[:, -1] == 0)).nonzero()[0])
+            what = "holds pads only" if not m[row].any() else "has a pad after a token"
+            raise ArchDSLError(f"{where}: attention_mask row {row} {what}: the pads must come first (left "
+                               f"padding), each row ending in a token")
+        if bool(m.all()):
+            return None
+        if cache is not None and cache.pos:
+            raise ArchDSLError(f"{where}: attention_mask with pads takes a fresh cache (this one holds "
+                               f"{cache.pos} tokens): the pads come before a prompt's first token")
+        if self._unpadded:
+            raise refusal(f"{where}: attention_mask (left padding)", *self._unpadded[0], flag="PADS")
+        return Packed.padding(mask.bool())
+
     def _stream(self, emb):
         """The residual stream's start from the embeddings: embed_norm'd if the spec says so, float32
         with residual_fp32 in a 16-bit model."""
@@ -236,11 +280,13 @@ class ArchModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, attention_mask: torch.Tensor | None = None):
         """Prefill through the parallel path, then decode step by step. temperature 0 = greedy.
         Returns [B, L + max_new_tokens]. With compile(cuda_graph=True) on CUDA the step is replayed
-        from a captured CUDA graph."""
+        from a captured CUDA graph. attention_mask [B, L] (bool or 0/1, HF's): prompts of different
+        lengths, left-padded (the pads first); each row continues as its prompt alone would (forward)."""
         self._check_tokens("generate", "input_ids", input_ids, 2)
+        self._padded("generate", attention_mask, input_ids, None)  # refused before any cache is made
         if input_ids.is_cuda:  # once a call: the prompt's ids checked on the card too (one wait for it)
             self._check_range("generate", input_ids)
         _check_sampling(max_new_tokens, temperature, top_k, seed)
@@ -257,7 +303,7 @@ class ArchModel(nn.Module):
             cache.reset()
         else:
             cache = self.init_cache(B, max_len=L + max_new_tokens)
-        logits = self(input_ids, cache)[:, -1]
+        logits = self(input_ids, cache, attention_mask=attention_mask)[:, -1]
         out = [input_ids]
         for i in range(max_new_tokens):
             tok = sample(logits, temperature, top_k, gen)

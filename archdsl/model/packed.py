@@ -7,6 +7,15 @@ and token shifts (zeros at a sequence's start), attention sees only its own sequ
 positions from that sequence's start, and position-wise blocks (MLP, MoE) need nothing.
 A module class that keeps sequences apart says so with PACKS = True; the others (Mamba-1, RWKV-4, S4D, whose
 kernels carry state across tokens with no reset) are refused before anything runs.
+
+Left padding (model(ids, cache, attention_mask=...), generate(..., attention_mask=...)) is the same thing with
+two sequences a row, the pads then the prompt: `Packed.padding(mask)` adds `keep`, the mask as bool. The blocks
+that pack need only that the conv states they leave hold zeros, not pads (Mamba-2 zeroes its conv input at the
+pads), and attention keeps each row's pad count in its cache (state["start"]), so that decode steps skip those
+keys and count RoPE positions from the prompt. Mamba-1 and S4D cannot restart, but from a zero state a zero input
+leaves them at zero: they zero their inputs at the pads (conv input and scan input; S4D's u), which keeps every
+prompt token's output and the final state exact. A class that takes left padding says so with PADS = True; RWKV-4
+cannot (no input leaves its WKV state unchanged: exp(k) > 0) and is refused.
 """
 from __future__ import annotations
 
@@ -23,6 +32,28 @@ class Packed:
     runs: torch.Tensor
     pos: torch.Tensor
     masks: dict = field(default_factory=dict)
+    keep: torch.Tensor | None = None  # left padding only: [B, L] bool, False at the pads
+
+    @classmethod
+    def padding(cls, mask: torch.Tensor) -> "Packed":
+        """A checked left-padding mask [B, L] (bool or 0/1, pads first, each row ending in a token) as two
+        sequences a row: the pads and the prompt."""
+        keep = mask.bool()
+        packed = cls.of(keep.to(torch.int32))
+        packed.keep = keep
+        return packed
+
+    def pads(self) -> torch.Tensor:
+        """[B] int64: each row's pad count (left padding)."""
+        return (~self.keep).sum(1)
+
+    def zero_pads(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """x with its steps (along `dim`, length L) at the pads set to zero; x itself without padding."""
+        if self.keep is None:
+            return x
+        shape = [1] * x.dim()
+        shape[0], shape[dim] = self.keep.shape
+        return x * self.keep.view(shape).to(x.dtype)
 
     @classmethod
     def of(cls, seq_idx: torch.Tensor) -> "Packed":
@@ -49,20 +80,25 @@ class Packed:
         return self.masks[window]
 
 
-def unpacked_blocks(spec) -> list[tuple[int, str]]:
-    """(layer, block kind) of the spec's blocks that cannot keep packed sequences apart (no PACKS)."""
+def unpacked_blocks(spec, flag: str = "PACKS") -> list[tuple[int, str]]:
+    """(layer, block kind) of the spec's blocks that cannot keep packed sequences apart (no PACKS), or with
+    flag="PADS" cannot take left padding."""
     from ..graph import layers
     from .modules import MODULES
 
     return [(i, s.kind) for i, subs in enumerate(layers(spec.graph)) for s in subs
-            if not getattr(MODULES.get(s.kind), "PACKS", False)]
+            if not getattr(MODULES.get(s.kind), flag, False)]
 
 
-def refusal(where: str, layer: int, kind: str):
-    """The ArchDSLError for packed sequences in a model whose layer `layer` has a `kind` block that cannot pack."""
+def refusal(where: str, layer: int, kind: str, flag: str = "PACKS"):
+    """The ArchDSLError for packed sequences (or, flag="PADS", left padding) in a model whose layer `layer` has
+    a `kind` block that cannot take them."""
     from ..errors import ArchDSLError
     from .modules import MODULES
 
-    ok = ", ".join(sorted(k for k, cls in MODULES.items() if getattr(cls, "PACKS", False)))
+    ok = ", ".join(sorted(k for k, cls in MODULES.items() if getattr(cls, flag, False)))
+    if flag == "PADS":
+        return ArchDSLError(f"{where}: layer {layer}'s {kind} cannot skip the pads (no input leaves its state "
+                            f"unchanged; the blocks that take left padding: {ok})")
     return ArchDSLError(f"{where}: layer {layer}'s {kind} carries its state from one sequence into the next "
                         f"(the blocks that pack: {ok})")

@@ -10,6 +10,8 @@ fixed by `max_len`); with a window it is a ring of `window` slots written at pos
 attention over a set of keys does not care about their order once RoPE is applied.
 `static=True` (CUDA graphs) keeps everything in tensors: the position lives in state["pos"]
 and a step attends over the whole buffer with a mask, so no shape depends on the position.
+A left-padded prefill (model/packed.py) leaves each row's pad count in state["start"]: the steps
+after it mask those keys and count RoPE positions from the prompt's first token.
 """
 from __future__ import annotations
 
@@ -43,6 +45,22 @@ def apply_rope(x, cos, sin):
     return x * cos + rotate_half(x) * sin
 
 
+def key_mask(start: torch.Tensor, n, slots: int, ring: int) -> torch.Tensor:
+    """[B, 1, 1, slots] bool: which of a cache's first `slots` slots hold a key a row's query at position n
+    (an int or a 0-dim tensor) may see, slot s holding the latest position ≡ s mod `ring` up to n: those at
+    or after the row's first prompt token, start [B] (its pad count; 0 without padding)."""
+    s = torch.arange(slots, device=start.device)
+    at = n - torch.remainder(n - s, ring)  # the position slot s holds; negative: not yet written
+    return (at[None, :] >= start[:, None]).view(-1, 1, 1, slots)
+
+
+def pad_state(state: dict, packed) -> None:
+    """After a prefill: a left-padded one's pad counts into the cache (state["start"]) for the steps."""
+    if packed is not None and packed.keep is not None:
+        state["start"].copy_(packed.pads())
+        state["padded"] = True
+
+
 def sdpa(q, k, v, *, mask=None, causal=False, scale=None, gqa=False, fixed_shape=True):
     """F.scaled_dot_product_attention, q [B, H, Lq, hd], k, v [B, Hkv, Lk, hd] → [B, H, Lq, hd].
 
@@ -65,6 +83,7 @@ _NO_PLAN_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
 class Attention(nn.Module, Fusable):
     FUSES = ("qkv",)
     PACKS = True  # packed sequences (model/packed.py): ctx "packed" masks keys and sets the positions
+    PADS = True  # left padding (model/packed.py): packed, and the pad counts kept for the steps (state["start"])
 
     def __init__(self, cfg, in_dim: int | None = None, out_dim: int | None = None):
         super().__init__()
@@ -156,7 +175,8 @@ class Attention(nn.Module, Fusable):
                 raise ValueError("a static attention cache needs max_len")
         shape = (batch, self.kv_heads, cap, self.head_dim)
         return {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype),
-                "pos": torch.zeros((), device=device, dtype=torch.long), "n": 0, "static": static}
+                "pos": torch.zeros((), device=device, dtype=torch.long), "n": 0, "static": static,
+                "start": torch.zeros(batch, device=device, dtype=torch.long), "padded": False}
 
     def _ensure(self, state, need):
         """Grow a dynamic (unwindowed) cache to hold `need` positions, doubling."""
@@ -175,7 +195,8 @@ class Attention(nn.Module, Fusable):
     # --- parallel ----------------------------------------------------------------------
     def forward(self, x, state=None, **ctx):
         """x [B, L, d] → [B, L, d]; with a fresh `state`, leaves the keys and values in it. ctx "packed"
-        (model/packed.py, no state): each token attends within its own sequence, RoPE from its start."""
+        (model/packed.py): each token attends within its own sequence, RoPE from its start; with left padding
+        and a fresh state, the pad counts are kept for the steps (state["start"])."""
         packed = ctx.get("packed")
         if state is not None and state["n"] > 0:  # continuing a cache: token by token
             return torch.stack([self.step(x[:, t], state) for t in range(x.shape[1])], dim=1)
@@ -198,6 +219,7 @@ class Attention(nn.Module, Fusable):
             o = sdpa(q, k, v, mask=mask, gqa=gqa, fixed_shape=fixed)
         if state is not None:
             self._store_prefill(state, k, v, L)
+            pad_state(state, packed)
         return self.o_proj(o.transpose(1, 2).reshape(Bsz, L, -1))
 
     def _store_prefill(self, state, k, v, L):
@@ -226,16 +248,17 @@ class Attention(nn.Module, Fusable):
         q = q.view(Bsz, self.heads, 1, self.head_dim)
         k = k.view(Bsz, self.kv_heads, 1, self.head_dim)
         v = v.view(Bsz, self.kv_heads, 1, self.head_dim)
-        pos = state["pos"]
-        q, k = self._rope(q, k, pos.view(1))
+        pos, start = state["pos"], state["start"]
+        # a static cache always counts from each row's start (0 without padding): one graph serves both
+        padded = state["static"] or state["padded"]
+        q, k = self._rope(q, k, (pos - start).view(Bsz, 1) if padded else pos.view(1))
         w = self.cfg.window
         if state["static"]:
             cap = state["k"].shape[2]
             slot = (pos % cap).view(1)
             state["k"].index_copy_(2, slot, k)
             state["v"].index_copy_(2, slot, v)
-            valid = torch.arange(cap, device=x.device) <= torch.clamp(pos, max=cap - 1)
-            keys, vals, mask = state["k"], state["v"], valid.view(1, 1, 1, cap)
+            keys, vals, mask = state["k"], state["v"], key_mask(start, pos, cap, cap)
         else:
             n = state["n"]
             if w is None:
@@ -248,7 +271,8 @@ class Attention(nn.Module, Fusable):
                 slot, used = n % w, min(n + 1, w)
             state["k"][:, :, slot:slot + 1] = k
             state["v"][:, :, slot:slot + 1] = v
-            keys, vals, mask = state["k"][:, :, :used], state["v"][:, :, :used], None
+            keys, vals = state["k"][:, :, :used], state["v"][:, :, :used]
+            mask = key_mask(start, n, used, w or used) if padded else None
             state["n"] = n + 1
         state["pos"].add_(1)
         o = sdpa(q, keys, vals, mask=mask, gqa=self.heads != self.kv_heads, fixed_shape=state["static"])

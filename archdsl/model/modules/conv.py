@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 def conv_forward(x, weight, bias, state=None, seq_idx=None):
     """x [B, D, L], weight [D, K], bias [D] or None → silu(causal conv) [B, D, L]; seq_idx [B, L]: packed
-    sequences, each convolved on its own (no state then)."""
+    sequences, each convolved on its own, without a state (with one, seq_idx is not read: a left-padded
+    prefill, model/packed.py, comes with its pads zeroed, which convolve as the zeros before a fresh state)."""
     from archdsl.kernels import causal_conv1d
 
     if state is None:

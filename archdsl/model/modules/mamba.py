@@ -112,6 +112,7 @@ class FoldsNorm:
 
 class Mamba(nn.Module, Fusable, FoldsNorm):
     FUSES = ("epilogue", "step", "norm_gemv", "pdl", "recompute")
+    PADS = True  # left padding (model/packed.py): the conv's and the scan's inputs zero at the pads
 
     def __init__(self, cfg):
         super().__init__()
@@ -173,18 +174,24 @@ class Mamba(nn.Module, Fusable, FoldsNorm):
 
     # --- parallel ----------------------------------------------------------------------
     def forward(self, x, state=None, **ctx):
-        """x [B, L, d] → [B, L, d]; a given state is continued and left after the last token."""
+        """x [B, L, d] → [B, L, d]; a given state is continued and left after the last token. ctx "packed": left
+        padding only (model/packed.py), the conv's and the scan's inputs zero at the pads."""
         xi, z = steps_linear(x.mT, self.in_proj.weight, self.in_proj.bias, parts=2)  # [B, E, L] each, dense
         w, b = self.conv1d.weight[:, 0], self.conv1d.bias
+        packed = ctx.get("packed")
+        if packed is not None:
+            xi = packed.zero_pads(xi)
         with recompute_block(self, x, state) as rc:
-            return self._inner(xi, z, w, b, state, rc)
+            return self._inner(xi, z, w, b, state, rc, packed)
 
-    def _inner(self, xi, z, w, b, state, rc):
+    def _inner(self, xi, z, w, b, state, rc, packed=None):
         """in_proj's halves xi, z [B, E, L] → out_proj's output [B, L, d]; `rc` keeps u and dt as recipes."""
         from archdsl.kernels import selective_scan
 
         xd, wd, bd = xi.detach(), w.detach(), None if b is None else b.detach()  # rc runs no recipe with a state
         u = rc.keep(conv_forward(xi, w, b, None if state is None else state["conv"]), lambda: conv_forward(xd, wd, bd))
+        if packed is not None:
+            u = packed.zero_pads(u)  # from a zero state, a zero input leaves it zero
         dt, B, C = self._ssm_params(u, dim=1, rc=rc)
         epi = "epilogue" in self.fused
         kw = dict(D=self._f(self.D) if epi else None, z=z if epi else None,

@@ -44,6 +44,7 @@ class GatedRMSNorm(nn.Module):
 class Mamba2(nn.Module, Fusable, FoldsNorm):
     FUSES = ("epilogue", "step", "norm_gemv", "pdl", "recompute")
     PACKS = True  # packed sequences (model/packed.py): the conv and the scan take their seq_idx
+    PADS = True  # left padding: packed, and the conv's input zero at the pads (the conv state it leaves)
 
     def __init__(self, cfg):
         super().__init__()
@@ -94,9 +95,11 @@ class Mamba2(nn.Module, Fusable, FoldsNorm):
 
     def forward(self, x, state=None, **ctx):
         """x [B, L, d] → [B, L, d]; a given state is continued and left after the last token. ctx "packed"
-        (model/packed.py, no state): the conv and the scan restart at every sequence's first token."""
+        (model/packed.py): the conv and the scan restart at every sequence's first token."""
         z, xBC, dt = self._split(self.in_proj(x))
         packed = ctx.get("packed")
+        if packed is not None:
+            xBC = packed.zero_pads(xBC, dim=1)
         with recompute_block(self, x, state) as rc:
             return self._inner(z, xBC, dt, state, rc, None if packed is None else packed.runs)
 

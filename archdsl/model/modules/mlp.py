@@ -19,6 +19,7 @@ ACT_FNS = {"gelu": F.gelu, "relu": F.relu, "relu2": relu2, "silu": F.silu, "swig
 
 class Mlp(nn.Module):
     PACKS = True  # position-wise: packed sequences need nothing (model/packed.py)
+    PADS = True  # nor left padding
 
     def __init__(self, cfg):
         super().__init__()

@@ -201,6 +201,7 @@ class Router(nn.Module):
 
 class Moe(nn.Module):
     PACKS = True  # position-wise: packed sequences need nothing (model/packed.py)
+    PADS = True  # nor left padding (routing is per token, no capacity)
 
     def __init__(self, cfg):
         super().__init__()

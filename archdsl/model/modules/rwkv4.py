@@ -131,6 +131,7 @@ class ChannelMix(nn.Module):
     """RWKV channel-mix. Version 4: transformers' RwkvFeedForward (time_mix_key,
     time_mix_receptance); version 6: the Finch RWKV6FeedForward (time_maa_k, time_maa_r)."""
     PACKS = True  # packed sequences (model/packed.py): the token shift reads zeros at every sequence's start
+    PADS = True  # left padding too (RWKV-4's time-mix does not take it: no input leaves its WKV state unchanged)
 
     def __init__(self, cfg):
         super().__init__()
@@ -170,7 +171,7 @@ class ChannelMix(nn.Module):
 
     def forward(self, x, state=None, **ctx):
         """x [B, L, d] → [B, L, d]; with `state`, continues from it and leaves the last token in it.
-        ctx "packed" (model/packed.py, no state): each sequence shifts in zeros at its first token."""
+        ctx "packed" (model/packed.py): each sequence shifts in zeros at its first token."""
         return self._mix(x, token_shift(x, state, ctx.get("packed")))
 
     def step(self, x, state, **ctx):

@@ -30,6 +30,7 @@ __all__ = ["Rwkv6TimeMix", "ChannelMix"]
 
 class Rwkv6TimeMix(nn.Module):
     PACKS = True  # packed sequences (model/packed.py): the token shift and the WKV restart at each sequence
+    PADS = True  # left padding: packed (the token-shift state it leaves is the prompt's last token)
 
     def __init__(self, cfg):
         super().__init__()
@@ -99,7 +100,7 @@ class Rwkv6TimeMix(nn.Module):
 
     def forward(self, x, state=None, **ctx):
         """x [B, L, d] → [B, L, d]; with `state`, continues from it and leaves the final state. ctx "packed"
-        (model/packed.py, no state): the token shift and the WKV state restart at every sequence's first token."""
+        (model/packed.py): the token shift and the WKV state restart at every sequence's first token."""
         from archdsl.kernels import wkv6
 
         B, L, _ = x.shape

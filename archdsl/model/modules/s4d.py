@@ -93,6 +93,8 @@ def _complex_dtype(dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
 
 
 class S4D(nn.Module):
+    PADS = True  # left padding (model/packed.py): u zero at the pads, so the convolution and the state skip them
+
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
@@ -143,7 +145,10 @@ class S4D(nn.Module):
 
     # --- parallel ------------------------------------------------------------------------
     def forward(self, x, state=None, **ctx):
-        """x [B, L, d] → [B, L, d]; with `state`, continues from state["s"] and leaves the final one."""
+        """x [B, L, d] → [B, L, d]; with `state`, continues from state["s"] and leaves the final one. ctx
+        "packed": left padding only (model/packed.py), u zero at the pads."""
+        if ctx.get("packed") is not None:
+            x = ctx["packed"].zero_pads(x, dim=1)
         Bsz, L, d = x.shape
         real, _ = _complex_dtype(x.dtype)
         u = x.transpose(1, 2).to(real)  # [B, d, L]

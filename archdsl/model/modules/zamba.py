@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attn import apply_rope, rope_cos_sin, sdpa
+from .attn import apply_rope, key_mask, pad_state, rope_cos_sin, sdpa
 
 ACTS = {"gelu": F.gelu, "silu": F.silu}
 
@@ -88,6 +88,7 @@ class Zamba(nn.Module):
     """The shared part of Zamba2's transformer block; every call names its use (`use=`)."""
 
     PACKS = True  # packed sequences: attention within each (model/packed.py)
+    PADS = True  # left padding: packed, and the pad counts kept for the steps (state["start"], as attn's)
 
     def __init__(self, cfg):
         super().__init__()
@@ -143,8 +144,10 @@ class Zamba(nn.Module):
         if state is not None and state["static"] and L == 1:  # one decode token, fixed buffers
             return self._ffn(at.o_proj(self._static_step(q, k, v, state).reshape(Bsz, -1))[:, None], use)
         n0 = state["n"] if state is not None else 0
-        packed = ctx.get("packed")  # model/packed.py (no state): attention within each sequence
-        q, k = self._rope(q, k, torch.arange(n0, n0 + L, device=x.device) if packed is None else packed.pos)
+        packed = ctx.get("packed")  # model/packed.py: attention within each sequence
+        padded = state is not None and state["padded"]  # after a left-padded prefill: positions from the prompt
+        pos = torch.arange(n0, n0 + L, device=x.device)
+        q, k = self._rope(q, k, packed.pos if packed is not None else pos - state["start"][:, None] if padded else pos)
         mask, causal = None, True
         if packed is not None:
             k_all, v_all, mask, causal = k, v, packed.attn_mask(), False
@@ -153,24 +156,27 @@ class Zamba(nn.Module):
             k_all, v_all = torch.cat([keys, k], dim=2), torch.cat([vals, v], dim=2)
             i = torch.arange(L, device=x.device)[:, None] + n0
             mask, causal = torch.arange(n0 + L, device=x.device)[None, :] <= i, False
+            if padded:
+                mask = mask & key_mask(state["start"], n0 + L - 1, n0 + L, n0 + L)  # no pad key
         else:
             k_all, v_all = k, v
         o = sdpa(q, k_all, v_all, mask=mask, causal=causal and L > 1, scale=(at.head_dim / 2) ** -0.5,
                  gqa=at.heads != at.kv_heads, fixed_shape=torch.is_grad_enabled())
         if state is not None:
             self._append(state, k, v)
+            pad_state(state, packed)
         return self._ffn(at.o_proj(o.transpose(1, 2).reshape(Bsz, L, -1)), use)
 
     def _static_step(self, q, k, v, state):
         """q, k, v [B, heads|kv, 1, hd] of one token → attention output [B, heads, 1, hd], with the
         position in a tensor and the buffers never reallocated, so a CUDA graph can replay it."""
         at = self.self_attn
-        pos = state["pos"]
-        q, k = self._rope(q, k, pos.view(1))
+        pos, start = state["pos"], state["start"]
+        q, k = self._rope(q, k, (pos - start).view(-1, 1))  # from each row's prompt (start 0 without padding)
         state["k"].index_copy_(2, pos.view(1), k)
         state["v"].index_copy_(2, pos.view(1), v)
         cap = state["k"].shape[2]
-        valid = (torch.arange(cap, device=q.device) <= pos).view(1, 1, 1, cap)
+        valid = key_mask(start, pos, cap, cap)
         pos.add_(1)
         state["n"] += 1
         return sdpa(q, state["k"], state["v"], mask=valid, scale=(at.head_dim / 2) ** -0.5,
@@ -215,4 +221,5 @@ class Zamba(nn.Module):
             raise ValueError("a static zamba cache needs max_len")
         shape = (batch, at.kv_heads, max_len if static else 0, at.head_dim)
         return {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype),
-                "pos": torch.zeros((), device=device, dtype=torch.long), "n": 0, "static": static}
+                "pos": torch.zeros((), device=device, dtype=torch.long), "n": 0, "static": static,
+                "start": torch.zeros(batch, device=device, dtype=torch.long), "padded": False}

@@ -1,0 +1,175 @@
+"""Left padding: model(ids, cache, attention_mask=...) and generate(..., attention_mask=...) give every prompt
+token the logits, and every row the decode steps, of its prompt run alone; blocks that cannot skip pads
+(RWKV-4's time-mix) and masks that are not left padding are refused before anything runs."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import archdsl
+from archdsl.errors import ArchDSLError
+from archdsl.model.modules import MODULES
+
+SMALL = {
+    "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 4, "dt_floor": 0.05},
+    "mamba": {"d_state": 4},
+    "s4d": {"d_state": 8},
+    "attn": {"heads": 4, "kv_heads": 2},
+    "swa": {"kind": "attn", "heads": 2, "window": 3},
+    "mlp": {"hidden": 24},
+    "moe": {"experts": 3, "top_k": 2, "hidden": 8},
+    "zamba": {"heads": 4, "lora": 4, "hidden": 24},
+    "rwkv6": {"head_size": 8, "mix_lora": 4, "decay_lora": 4},
+    "cmix": {"hidden": 24, "version": 6},
+}
+# every block that takes padding: Mamba-2 (conv state), Mamba-1 and S4D (zeroed inputs), attention with and
+# without a window (its ring), a shared block, a zamba inject, MoE; RWKV-6 with its channel-mix
+LAYOUTS = ["mamba2+mlp, attn+moe, swa, mamba2(shared), mamba, s4d, zamba(shared) at 1 3",
+           "rwkv6+cmix, attn+mlp, rwkv6+cmix"]
+PADS = sorted(k for k, cls in MODULES.items() if getattr(cls, "PADS", False))
+
+
+def model_of(layout, dtype=torch.float64, seed=0, d_model=16, vocab=37, device="cpu", **kw):
+    spec = archdsl.parse(layout, d_model=d_model, vocab_size=vocab, blocks=SMALL)
+    return archdsl.compile(spec, dtype=dtype, seed=seed, device=device, **kw)
+
+
+def left_padded(lengths, vocab=37, seed=0, device="cpu"):
+    """ids [B, max(lengths)] and attention_mask (int64), row b's last lengths[b] tokens real."""
+    L = max(lengths)
+    ids = torch.randint(0, vocab, (len(lengths), L), generator=torch.Generator().manual_seed(seed)).to(device)
+    mask = (torch.arange(L)[None] >= L - torch.tensor(lengths)[:, None]).long().to(device)
+    return ids, mask
+
+
+def prompt(ids, lengths, b):
+    return ids[b:b + 1, ids.shape[1] - lengths[b]:]
+
+
+def check_rows(model, lengths, tol, static=False):
+    """Prefill logits at the prompt tokens, and two steps after, against each prompt alone."""
+    ids, mask = left_padded(lengths, device=model.device)
+    B, L = ids.shape
+    cache = model.init_cache(B, max_len=L + 2, static=static)
+    logits = model(ids, cache, attention_mask=mask)
+    tok = logits[:, -1].argmax(-1)
+    steps = [model.step(tok, cache), model.step((tok + 1) % 37, cache)]
+    for b, n in enumerate(lengths):
+        one = model.init_cache(1, max_len=n + 2)
+        alone = model(prompt(ids, lengths, b), one)
+        torch.testing.assert_close(logits[b, L - n:], alone[0], rtol=tol, atol=tol, msg=f"row {b} prefill")
+        for i, t in enumerate((tok[b:b + 1], (tok[b:b + 1] + 1) % 37)):
+            torch.testing.assert_close(steps[i][b], model.step(t, one)[0], rtol=tol, atol=tol,
+                                       msg=f"row {b} step {i}")
+
+
+@settings(max_examples=12, deadline=None)
+@given(lengths=st.lists(st.integers(1, 9), min_size=1, max_size=4), layout=st.sampled_from(LAYOUTS),
+       static=st.booleans())
+def test_padded_rows_equal_each_prompt_alone(lengths, layout, static):
+    """Any prompt lengths (one token, shorter than the conv window or the attention window, no pad in a row):
+    the torch kernels, float64; a growing or a static (CUDA-graph) cache."""
+    check_rows(model_of(layout), lengths, 1e-10, static)
+
+
+def test_padded_rows_on_triton_kernels(monkeypatch):
+    """The Triton kernels (interpreted): the SSD with seq_idx and an initial state, the selective scan and the
+    conv on zeroed pads, float32."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+    check_rows(model_of("mamba2, mamba, swa", torch.float32), [6, 2], 2e-5)
+
+
+def test_padded_generate_equals_each_prompt_alone():
+    """Greedy generate on a left-padded batch gives each row the tokens of its prompt alone; a bool mask and a
+    mask without pads (nothing to skip) say the same."""
+    model = model_of(LAYOUTS[0])
+    lengths = [7, 2, 11, 1]
+    ids, mask = left_padded(lengths, seed=3)
+    out = model.generate(ids, 6, temperature=0, attention_mask=mask)
+    assert torch.equal(model.generate(ids, 6, temperature=0, attention_mask=mask.bool()), out)
+    L = ids.shape[1]
+    for b, n in enumerate(lengths):
+        assert torch.equal(out[b, L:], model.generate(prompt(ids, lengths, b), 6, temperature=0)[0, n:])
+    full = torch.ones_like(mask)
+    assert torch.equal(model.generate(ids, 3, temperature=0, attention_mask=full), model.generate(ids, 3, temperature=0))
+
+
+def test_pads_change_nothing_else():
+    """A mask without pads is no mask: the same logits bit for bit, and a model with RWKV-4 takes it."""
+    model = model_of(LAYOUTS[1])
+    ids, _ = left_padded([5, 5])
+    assert torch.equal(model(ids, attention_mask=torch.ones_like(ids)), model(ids))
+    rwkv4 = archdsl.compile(archdsl.parse("rwkv4+cmix", d_model=16, vocab_size=37, blocks={"cmix": {"hidden": 24}}),
+                            dtype=torch.float64)
+    assert torch.equal(rwkv4(ids, attention_mask=torch.ones_like(ids)), rwkv4(ids))
+
+
+def test_rwkv4_is_refused():
+    """RWKV-4's WKV state has no input that leaves it unchanged (exp(k) > 0): refused, with the layer, before
+    anything runs, also by generate."""
+    model = archdsl.compile(archdsl.parse("mamba2, rwkv4+cmix", d_model=16, vocab_size=37, blocks=SMALL),
+                            dtype=torch.float64)
+    ids, mask = left_padded([5, 2])
+    with pytest.raises(ArchDSLError, match=r"attention_mask \(left padding\): layer 1's rwkv4 cannot skip the pads"):
+        model(ids, attention_mask=mask)
+    with pytest.raises(ArchDSLError, match="generate: attention_mask"):
+        model.generate(ids, 2, attention_mask=mask)
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (torch.ones(2, 5, dtype=torch.long), r"must be a bool or 0/1 integer tensor of the shape of input_ids \[2, 6\], "
+                                         r"got int64 \[2, 5\]"),
+    (torch.ones(2, 6), "got float32"), ([[1] * 6] * 2, "got list"),
+    (torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 2]]), r"holds \[2\]: 1 marks a token, 0 a pad"),
+    (torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 0, 1, 1, 1]]), "row 1 has a pad after a token: the pads must come first"),
+    (torch.tensor([[1, 1, 1, 1, 1, 0], [1] * 6]), "row 0 has a pad after a token"),
+    (torch.tensor([[0, 1, 1, 1, 1, 1], [0] * 6]), "row 1 holds pads only"),
+])
+def test_bad_attention_mask(bad, msg):
+    model = model_of(LAYOUTS[1])
+    ids = torch.zeros(2, 6, dtype=torch.long)
+    with pytest.raises(ArchDSLError, match=msg):
+        model(ids, attention_mask=bad)
+    with pytest.raises(ArchDSLError, match=msg):
+        model.generate(ids, 2, attention_mask=bad)
+
+
+def test_padding_takes_a_fresh_cache_and_no_seq_idx():
+    model = model_of(LAYOUTS[1])
+    ids, mask = left_padded([6, 3])
+    cache = model.init_cache(2)
+    model(ids, cache)
+    with pytest.raises(ArchDSLError, match="takes a fresh cache \\(this one holds 6 tokens\\)"):
+        model(ids, cache, attention_mask=mask)
+    with pytest.raises(ArchDSLError, match="attention_mask and seq_idx together"):
+        model(ids, attention_mask=mask, seq_idx=torch.zeros_like(ids))
+
+
+def test_pads_names_its_blocks():
+    assert PADS == ["attn", "cmix", "mamba", "mamba2", "mlp", "moe", "rwkv6", "s4d", "zamba"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("layout", ["mamba2, attn+moe, mamba+mlp, attn(window=4)",
+                                    "3×mamba2, zamba(shared, heads=4, lora=4) at 0 2",
+                                    "rwkv6+cmix, s4d+mlp, mamba2"])
+def test_gpu_padded_generate(layout):
+    """On the card's kernels, float32, d_model 64: a left-padded batch generated through the CUDA graph (the
+    static cache's pad counts) and eagerly gives each row its prompt's tokens alone; the prefill logits agree."""
+    spec = archdsl.parse(layout, d_model=64, vocab_size=101, blocks={**SMALL, "mamba2": {"d_state": 16, "headdim": 16}})
+    eager = archdsl.compile(spec, device="cuda", dtype=torch.float32, seed=0)
+    graphed = archdsl.compile(spec, device="cuda", dtype=torch.float32, seed=0, cuda_graph=True)
+    lengths = [37, 5, 130]
+    ids, mask = left_padded(lengths, vocab=101, seed=1, device="cuda")
+    L = ids.shape[1]
+    a = eager.generate(ids, 12, temperature=0, attention_mask=mask)
+    assert torch.equal(graphed.generate(ids, 12, temperature=0, attention_mask=mask), a)
+    logits = eager(ids, attention_mask=mask)
+    for b, n in enumerate(lengths):
+        p = prompt(ids, lengths, b)
+        torch.testing.assert_close(logits[b, L - n:], eager(p)[0], rtol=1e-4, atol=1e-4)
+        assert torch.equal(a[b, L:], eager.generate(p, 12, temperature=0)[0, n:])
