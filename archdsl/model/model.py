@@ -204,15 +204,8 @@ class ArchModel(nn.Module):
         block that cannot keep sequences apart (no PACKS)."""
         if seq_idx is None:
             return None
-        if (not isinstance(seq_idx, torch.Tensor) or seq_idx.is_floating_point() or seq_idx.is_complex()
-                or seq_idx.dtype == torch.bool  # a start-of-document flag is not a sequence number
-                or seq_idx.shape != input_ids.shape):
-            got = (f"{str(seq_idx.dtype).replace('torch.', '')} {list(seq_idx.shape)}" if isinstance(seq_idx, torch.Tensor)
-                   else type(seq_idx).__name__)
-            raise ArchDSLError(f"forward: seq_idx must be an integer tensor of the shape of input_ids "
-                               f"{list(input_ids.shape)}, got {got}")
-        if seq_idx.device != input_ids.device:
-            raise ArchDSLError(f"forward: seq_idx is on {seq_idx.device}, input_ids on {input_ids.device}")
+        # a bool start-of-document flag is not a sequence number
+        _check_per_token("forward", "seq_idx", "an integer", seq_idx, input_ids, bool_ok=False)
         if cache is not None:
             raise ArchDSLError("forward: seq_idx (packed sequences) takes no cache: a cache continues one sequence a row")
         if self._unpacked:
@@ -226,14 +219,7 @@ class ArchModel(nn.Module):
         pads in a model with a block that cannot skip them (no PADS). Reads the mask on the host."""
         if mask is None:
             return None
-        if (not isinstance(mask, torch.Tensor) or mask.is_floating_point() or mask.is_complex()
-                or mask.shape != input_ids.shape):
-            got = (f"{str(mask.dtype).replace('torch.', '')} {list(mask.shape)}" if isinstance(mask, torch.Tensor)
-                   else type(mask).__name__)
-            raise ArchDSLError(f"{where}: attention_mask must be a bool or 0/1 integer tensor of the shape of "
-                               f"input_ids {list(input_ids.shape)}, got {got}")
-        if mask.device != input_ids.device:
-            raise ArchDSLError(f"{where}: attention_mask is on {mask.device}, input_ids on {input_ids.device}")
+        _check_per_token(where, "attention_mask", "a bool or 0/1 integer", mask, input_ids, bool_ok=True)
         if seq_idx is not None:
             raise ArchDSLError(f"{where}: attention_mask and seq_idx together: pad the rows or pack them, not both")
         m = mask.detach().to("cpu", torch.int64)
@@ -398,6 +384,17 @@ def resolve_ssm_dtype(dtype) -> torch.dtype | None:
     except ArchDSLError as e:
         raise ArchDSLError(f"ssm_state_dtype must be float32, bfloat16, float16 or float64, got {dtype!r}",
                            hint=e.hint if "did you mean" in e.hint else "") from None
+
+
+def _check_per_token(where: str, name: str, kind: str, t, input_ids, bool_ok: bool) -> None:
+    """ArchDSLError unless t is an integer (or, bool_ok, bool) tensor of input_ids' shape and device."""
+    if (not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex()
+            or (t.dtype == torch.bool and not bool_ok) or t.shape != input_ids.shape):
+        got = f"{str(t.dtype).replace('torch.', '')} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ArchDSLError(f"{where}: {name} must be {kind} tensor of the shape of input_ids {list(input_ids.shape)}, "
+                           f"got {got}")
+    if t.device != input_ids.device:
+        raise ArchDSLError(f"{where}: {name} is on {t.device}, input_ids on {input_ids.device}")
 
 
 def _build(cls, cfg, index):
