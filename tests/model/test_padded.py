@@ -137,6 +137,27 @@ def test_bad_attention_mask(bad, msg):
         model.generate(ids, 2, attention_mask=bad)
 
 
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.lists(st.sampled_from([0, 1, 1, 1, 2, -1]), min_size=4, max_size=4), min_size=1, max_size=3),
+       as_bool=st.booleans())
+def test_any_mask_runs_or_raises_archdsl_error(rows, as_bool):
+    """Garbage in, ArchDSLError out: any small integer (or bool) mask either is left padding and runs, or is
+    refused by name, before any block runs."""
+    model = model_of(LAYOUTS[1])
+    mask = torch.tensor(rows)
+    mask = mask.bool() if as_bool else mask
+    ids = torch.zeros(len(rows), 4, dtype=torch.long)
+    m = mask.long()
+    valid = bool(((m == 0) | (m == 1)).all() and (m[:, 1:] >= m[:, :-1]).all() and m[:, -1].all())
+    try:
+        logits = model(ids, attention_mask=mask)
+    except ArchDSLError as e:
+        assert not valid, e
+        assert "attention_mask" in str(e)
+    else:
+        assert valid and logits.isfinite().all()
+
+
 def test_padding_takes_a_fresh_cache_and_no_seq_idx():
     model = model_of(LAYOUTS[1])
     ids, mask = left_padded([6, 3])
