@@ -146,8 +146,13 @@ class Zamba(nn.Module):
         n0 = state["n"] if state is not None else 0
         packed = ctx.get("packed")  # model/packed.py: attention within each sequence
         padded = state is not None and state["padded"]  # after a left-padded prefill: positions from the prompt
-        pos = torch.arange(n0, n0 + L, device=x.device)
-        q, k = self._rope(q, k, packed.pos if packed is not None else pos - state["start"][:, None] if padded else pos)
+        if packed is not None:
+            pos = packed.pos
+        else:
+            pos = torch.arange(n0, n0 + L, device=x.device)
+            if padded:
+                pos = pos - state["start"][:, None]  # [B, L]
+        q, k = self._rope(q, k, pos)
         mask, causal = None, True
         if packed is not None:
             k_all, v_all, mask, causal = k, v, packed.attn_mask(), False
