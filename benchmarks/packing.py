@@ -1,6 +1,6 @@
 """What packed sequences and dt_limit cost on the GPU (bf16, one process), printed as a table.
 
-    python benchmarks/packing.py
+    python benchmarks/packing.py [conv ssd layer wkv6 attn]     (the parts to run; all by default)
 
 - causal_conv1d, B4 D5120 L4096 width 4, 8 sequences a row, both layouts: the forward and backward kernels
   (conv_fwd / conv_bwd) without and with seq_idx's runs, and the op's forward, which adds seq_runs.
@@ -11,11 +11,15 @@
 - wkv6, H32 K=V=64 bf16, each Triton layout forced: B4 T4096 without and with seq_idx (8 sequences a row), with
   fla's chunk_rwkv6 at that shape; and one row of 16384 tokens packing 16 sequences (cut at 15 random points),
   against fla's chunk_rwkv6 with the same cu_seqlens (its varlen form takes one row); forward, forward+backward.
+- attention of packed rows, B1 L16384 (16 sequences, as wkv6's), 32 query heads on 8 key heads of 128, bf16:
+  SDPA with the dense mask against `packed_sdpa`'s varlen flash attention, and plain causal flash attention over
+  the whole row (no packing) for scale; forward, forward+backward.
 Median of triton.testing.do_bench for each figure.
 """
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 from triton.testing import do_bench
@@ -138,10 +142,35 @@ def wkv6_rows(H=32, K=64):
         show(f"fla chunk_rwkv6 B{B} T4096 H{H} K=V={K}", chunk_rwkv6, xs)
 
 
+def attn_rows(T=16384, H=32, Hkv=8, hd=128):
+    from archdsl.model.modules.attn import _varlen_attn, packed_sdpa, sdpa
+    from archdsl.model.packed import Packed
+
+    cuts = torch.randperm(T - 1, generator=torch.Generator().manual_seed(0))[:15].sort().values + 1
+    lengths = torch.cat([torch.zeros(1, dtype=torch.long), cuts, torch.full((1,), T)]).diff()
+    packed = Packed.of(torch.repeat_interleave(torch.arange(16), lengths)[None].cuda())
+    q = torch.randn(1, H, T, hd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(1, Hkv, T, hd, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    print(f"attention, one row of {T} tokens (16 sequences), H{H} Hkv{Hkv} hd{hd} bf16; varlen_attn: "
+          f"{'yes' if _varlen_attn() else 'no'}; the dense mask {T * T / 2**20:.0f} MiB")
+    cases = {"dense mask (SDPA)": lambda: sdpa(q, k, v, mask=packed.attn_mask(), gqa=True),
+             "packed_sdpa": lambda: packed_sdpa(q, k, v, packed),
+             "causal, not packed (flash)": lambda: sdpa(q, k, v, causal=True, gqa=True)}
+    for name, fn in cases.items():
+        with torch.no_grad():
+            fwd = ms(fn)
+
+        def both(fn=fn):
+            torch.autograd.grad(fn(), (q, k, v), torch.ones_like(q))
+        print(f"{name:52} fwd {fwd:.3f}  fwd+bwd {ms(both):.3f} ms")
+
+
 if __name__ == "__main__":
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     torch.manual_seed(0)
-    conv_rows()
-    ssd_rows()
-    layer_rows()
-    wkv6_rows()
+    parts = {"conv": conv_rows, "ssd": ssd_rows, "layer": layer_rows, "wkv6": wkv6_rows, "attn": attn_rows}
+    unknown = [a for a in sys.argv[1:] if a not in parts]
+    if unknown:
+        sys.exit(f"packing.py: unknown part {unknown[0]!r} (parts: {', '.join(parts)})")
+    for name in sys.argv[1:] or parts:
+        parts[name]()

@@ -67,10 +67,23 @@ class Packed:
         start = torch.where(begins, t, 0).cummax(1).values
         return cls(runs, t - start)
 
+    def cu_seqlens(self) -> tuple[torch.Tensor, int]:
+        """The sequences of the B·L tokens read row after row, as varlen attention takes them: cu_seqlens
+        [n + 1] int32 (each sequence's first token, then B·L) and the longest sequence's length (one wait
+        for the device, once a forward)."""
+        if "cu" not in self.masks:
+            B, L = self.runs.shape
+            begins = torch.ones_like(self.runs, dtype=torch.bool)
+            begins[:, 1:] = self.runs[:, 1:] != self.runs[:, :-1]
+            starts = begins.view(-1).nonzero().view(-1)
+            cu = torch.cat([starts, starts.new_full((1,), B * L)]).to(torch.int32)
+            self.masks["cu"] = cu, int(cu.diff().max())
+        return self.masks["cu"]
+
     def attn_mask(self, window: int | None = None) -> torch.Tensor:
         """[B, 1, L, L] bool, query i may see key j: j <= i in i's sequence (and within `window` of i). A dense
         mask (L² bytes a row: 64 MiB at 8K tokens) keeps SDPA off flash attention, on its memory-efficient or
-        math kernels; varlen flash attention would need neither."""
+        math kernels; attention's `packed_sdpa` takes varlen flash attention instead where it can."""
         if window not in self.masks:
             i = torch.arange(self.runs.shape[1], device=self.runs.device)
             see = (i[None, :] <= i[:, None]) & (self.runs[:, :, None] == self.runs[:, None, :])

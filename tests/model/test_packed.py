@@ -148,3 +148,37 @@ def test_gpu_packed_equals_each_alone(dtype, tol, layout):
     worst = max((rel(a, b), name) for (name, _), a, b in zip(model.named_parameters(), got, want))
     print(f"{dtype}: logits {rel(packed, single):.1e}, worst gradient {worst[0]:.1e} ({worst[1]})")
     assert worst[0] < 10 * tol, worst
+
+
+def test_cu_seqlens_reads_the_rows_in_turn():
+    """Packed.cu_seqlens: the B·L tokens' sequences, row after row, and the longest."""
+    from archdsl.model.packed import Packed
+
+    cu, longest = Packed.of(seq_of([[1, 6, 4, 8], [19]])).cu_seqlens()
+    assert cu.tolist() == [0, 1, 7, 11, 19, 38] and cu.dtype == torch.int32 and longest == 19
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("window", [None, 37])
+def test_gpu_varlen_attention_equals_the_dense_mask(window):
+    """packed_sdpa's varlen flash attention (bf16 on CUDA) against SDPA with the packed dense mask: outputs and
+    the gradients of q, k, v; 4 query heads on 2 key heads, sequences of 100, 3, 300 and 109 tokens beside a row
+    of one."""
+    from archdsl.model.modules.attn import _varlen_attn, packed_sdpa, sdpa
+    from archdsl.model.packed import Packed
+
+    if _varlen_attn() is None:
+        pytest.skip(f"torch {torch.__version__} has no varlen_attn with window_size and enable_gqa")
+    g = torch.Generator("cuda").manual_seed(0)
+    q = torch.randn(2, 4, 512, 64, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    k, v = (torch.randn(2, 2, 512, 64, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+            for _ in range(2))
+    packed = Packed.of(seq_of([[100, 3, 300, 109], [512]]).cuda())
+    do = torch.randn_like(q)
+    got = packed_sdpa(q, k, v, packed, window)
+    want = sdpa(q.float(), k.float(), v.float(), mask=packed.attn_mask(window), gqa=True)
+    rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
+    assert rel(got, want) < 1e-2
+    for a, b in zip(torch.autograd.grad(got, (q, k, v), do), torch.autograd.grad(want, (q, k, v), do)):
+        assert rel(a, b) < 2e-2

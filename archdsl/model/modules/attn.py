@@ -15,6 +15,8 @@ after it mask those keys and count RoPE positions from the prompt's first token.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -78,6 +80,33 @@ def sdpa(q, k, v, *, mask=None, causal=False, scale=None, gqa=False, fixed_shape
 
 
 _NO_PLAN_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def _varlen_attn():
+    """torch's varlen flash attention (torch.nn.attention.varlen.varlen_attn) where it takes a window and
+    grouped heads, else None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    return varlen_attn if "window_size" in params and "enable_gqa" in params else None
+
+
+def packed_sdpa(q, k, v, packed, window: int | None = None, scale=None, fixed_shape=True):
+    """Attention of packed rows (model/packed.py), q [B, H, L, hd], k, v [B, Hkv, L, hd] → [B, H, L, hd]: each
+    token sees the keys of its own sequence up to itself (within `window`). On CUDA in 16 bits (head_dim a
+    multiple of 8, at most 256), torch's varlen flash attention over the B·L tokens as one batch of sequences,
+    no mask; elsewhere SDPA with the packed dense mask ([B, L, L] bool)."""
+    B, H, L, hd = q.shape
+    varlen = _varlen_attn() if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) else None
+    if varlen is not None and hd % 8 == 0 and hd <= 256:
+        cu, longest = packed.cu_seqlens()
+        flat = lambda t: t.transpose(1, 2).reshape(B * L, t.shape[1], hd)
+        o = varlen(flat(q), flat(k), flat(v), cu, cu, longest, longest, scale=scale,
+                   window_size=(-1 if window is None else window - 1, 0), enable_gqa=H != k.shape[1])
+        return o.view(B, L, H, hd).transpose(1, 2)
+    return sdpa(q, k, v, mask=packed.attn_mask(window), scale=scale, gqa=H != k.shape[1], fixed_shape=fixed_shape)
 
 
 class Attention(nn.Module, Fusable):
@@ -210,7 +239,7 @@ class Attention(nn.Module, Fusable):
         gqa = self.heads != self.kv_heads
         fixed = torch.is_grad_enabled()  # inference prefills come in every length
         if packed is not None:
-            o = sdpa(q, k, v, mask=packed.attn_mask(w), gqa=gqa, fixed_shape=fixed)
+            o = packed_sdpa(q, k, v, packed, w, fixed_shape=fixed)
         elif w is None or w >= L:
             o = sdpa(q, k, v, causal=True, gqa=gqa, fixed_shape=fixed)
         else:

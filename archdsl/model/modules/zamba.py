@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attn import apply_rope, key_mask, pad_state, rope_cos_sin, sdpa
+from .attn import apply_rope, key_mask, packed_sdpa, pad_state, rope_cos_sin, sdpa
 
 ACTS = {"gelu": F.gelu, "silu": F.silu}
 
@@ -153,20 +153,20 @@ class Zamba(nn.Module):
             if padded:
                 pos = pos - state["start"][:, None]  # [B, L]
         q, k = self._rope(q, k, pos)
-        mask, causal = None, True
+        scale, fixed = (at.head_dim / 2) ** -0.5, torch.is_grad_enabled()  # inference prefills come in every length
         if packed is not None:
-            k_all, v_all, mask, causal = k, v, packed.attn_mask(), False
-        elif n0:
-            keys, vals = state["k"][:, :, :n0], state["v"][:, :, :n0]
-            k_all, v_all = torch.cat([keys, k], dim=2), torch.cat([vals, v], dim=2)
-            i = torch.arange(L, device=x.device)[:, None] + n0
-            mask, causal = torch.arange(n0 + L, device=x.device)[None, :] <= i, False
-            if padded:
-                mask = mask & key_mask(state["start"], n0 + L - 1, n0 + L, n0 + L)  # no pad key
+            o = packed_sdpa(q, k, v, packed, scale=scale, fixed_shape=fixed)
         else:
-            k_all, v_all = k, v
-        o = sdpa(q, k_all, v_all, mask=mask, causal=causal and L > 1, scale=(at.head_dim / 2) ** -0.5,
-                 gqa=at.heads != at.kv_heads, fixed_shape=torch.is_grad_enabled())
+            k_all, v_all, mask, causal = k, v, None, L > 1
+            if n0:
+                keys, vals = state["k"][:, :, :n0], state["v"][:, :, :n0]
+                k_all, v_all = torch.cat([keys, k], dim=2), torch.cat([vals, v], dim=2)
+                i = torch.arange(L, device=x.device)[:, None] + n0
+                mask, causal = torch.arange(n0 + L, device=x.device)[None, :] <= i, False
+                if padded:
+                    mask = mask & key_mask(state["start"], n0 + L - 1, n0 + L, n0 + L)  # no pad key
+            o = sdpa(q, k_all, v_all, mask=mask, causal=causal, scale=scale, gqa=at.heads != at.kv_heads,
+                     fixed_shape=fixed)
         if state is not None:
             self._append(state, k, v)
             pad_state(state, packed)
