@@ -169,7 +169,7 @@ def test_gpu_varlen_attention_equals_the_dense_mask(window):
     from archdsl.model.packed import Packed
 
     if _varlen_attn() is None:
-        pytest.skip(f"torch {torch.__version__} has no varlen_attn with window_size and enable_gqa")
+        pytest.skip(f"torch {torch.__version__} has no varlen_attn with window_size")
     g = torch.Generator("cuda").manual_seed(0)
     q = torch.randn(2, 4, 512, 64, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
     k, v = (torch.randn(2, 2, 512, 64, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()

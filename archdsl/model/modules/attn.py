@@ -83,14 +83,14 @@ _NO_PLAN_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
 
 
 def _varlen_attn():
-    """torch's varlen flash attention (torch.nn.attention.varlen.varlen_attn) where it takes a window and
-    grouped heads, else None."""
+    """torch's varlen flash attention (torch.nn.attention.varlen.varlen_attn) where it takes a window, else None.
+    Where it also takes `enable_gqa` (after torch 2.11) the key heads are shared in the kernel; before, we repeat
+    them (H/Hkv times the K and V bytes, still far below the L² mask)."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
-    params = inspect.signature(varlen_attn).parameters
-    return varlen_attn if "window_size" in params and "enable_gqa" in params else None
+    return varlen_attn if "window_size" in inspect.signature(varlen_attn).parameters else None
 
 
 def packed_sdpa(q, k, v, packed, window: int | None = None, scale=None, fixed_shape=True):
@@ -102,9 +102,14 @@ def packed_sdpa(q, k, v, packed, window: int | None = None, scale=None, fixed_sh
     varlen = _varlen_attn() if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) else None
     if varlen is not None and hd % 8 == 0 and hd <= 256:
         cu, longest = packed.cu_seqlens()
+        kw = {"scale": scale, "window_size": (-1 if window is None else window - 1, 0)}
+        if H != k.shape[1]:
+            if "enable_gqa" in inspect.signature(varlen).parameters:
+                kw["enable_gqa"] = True
+            else:
+                k, v = (t.repeat_interleave(H // t.shape[1], dim=1) for t in (k, v))
         flat = lambda t: t.transpose(1, 2).reshape(B * L, t.shape[1], hd)
-        o = varlen(flat(q), flat(k), flat(v), cu, cu, longest, longest, scale=scale,
-                   window_size=(-1 if window is None else window - 1, 0), enable_gqa=H != k.shape[1])
+        o = varlen(flat(q), flat(k), flat(v), cu, cu, longest, longest, **kw)
         return o.view(B, L, H, hd).transpose(1, 2)
     return sdpa(q, k, v, mask=packed.attn_mask(window), scale=scale, gqa=H != k.shape[1], fixed_shape=fixed_shape)
 
