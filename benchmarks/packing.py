@@ -1,6 +1,6 @@
 """What packed sequences and dt_limit cost on the GPU (bf16, one process), printed as a table.
 
-    python benchmarks/packing.py [conv ssd layer wkv6 attn]     (the parts to run; all by default)
+    python benchmarks/packing.py [conv ssd layer wkv6 attn scan]     (the parts to run; all by default)
 
 - causal_conv1d, B4 D5120 L4096 width 4, 8 sequences a row, both layouts: the forward and backward kernels
   (conv_fwd / conv_bwd) without and with seq_idx's runs, and the op's forward, which adds seq_runs.
@@ -14,6 +14,9 @@
 - attention of packed rows, B1 L16384 (16 sequences, as wkv6's), 32 query heads on 8 key heads of 128, bf16:
   SDPA with the dense mask against `packed_sdpa`'s varlen flash attention, and plain causal flash attention over
   the whole row (no packing) for scale; forward, forward+backward.
+- selective_scan (Mamba-1), B4 D5120 N16 L4096 (softplus, delta_bias, D, z), 8 sequences a row: without seq_idx
+  (the Gluon kernels), and with it (the serial Triton forward and the groups backward, which restart); and
+  without seq_idx with those Triton kernels forced, to tell the restarts' cost from the kernels'.
 Median of triton.testing.do_bench for each figure.
 """
 from __future__ import annotations
@@ -142,6 +145,32 @@ def wkv6_rows(H=32, K=64):
         show(f"fla chunk_rwkv6 B{B} T4096 H{H} K=V={K}", chunk_rwkv6, xs)
 
 
+def scan_rows(B=4, D=5120, N=16, L=4096):
+    from archdsl.kernels import selective_scan
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    u, z = (torch.randn(B, D, L, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+    delta = (torch.rand(B, D, L, device="cuda", generator=g) - 4).to(torch.bfloat16)
+    A = -torch.rand(D, N, device="cuda", generator=g) - 0.5
+    Bm, Cm = (torch.randn(B, N, L, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+    Dv, bias = torch.ones(D, device="cuda"), torch.rand(D, device="cuda", generator=g) - 2
+    seq = torch.repeat_interleave(torch.arange(8, device="cuda"), L // 8)[None].expand(B, L).contiguous()
+    leaves = [t.requires_grad_() for t in (u, delta, Bm, Cm, z)]
+    dy = torch.randn_like(u)
+    scan = lambda s: selective_scan(u, delta, A, Bm, Cm, D=Dv, z=z, delta_bias=bias, delta_softplus=True,  # noqa: E731
+                                    seq_idx=s)
+    cases = [("no seq_idx (Gluon)", None, {}), ("seq_idx, 8 sequences (Triton)", seq, {}),
+             ("no seq_idx, Triton forced", None, {"ARCHDSL_SCAN_FWD": "serial", "ARCHDSL_SCAN_BWD": "groups"})]
+    for name, s, env in cases:
+        os.environ.update(env)
+        with torch.no_grad():
+            fwd = ms(lambda: scan(s))
+        both = ms(lambda: torch.autograd.grad(scan(s), leaves, dy))
+        for k in env:
+            del os.environ[k]
+        print(f"selective_scan B{B} D{D} N{N} L{L} {name:32} fwd {fwd:.3f}  fwd+bwd {both:.3f} ms")
+
+
 def attn_rows(T=16384, H=32, Hkv=8, hd=128):
     from archdsl.model.modules.attn import _varlen_attn, packed_sdpa, sdpa
     from archdsl.model.packed import Packed
@@ -168,7 +197,8 @@ def attn_rows(T=16384, H=32, Hkv=8, hd=128):
 if __name__ == "__main__":
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     torch.manual_seed(0)
-    parts = {"conv": conv_rows, "ssd": ssd_rows, "layer": layer_rows, "wkv6": wkv6_rows, "attn": attn_rows}
+    parts = {"conv": conv_rows, "ssd": ssd_rows, "layer": layer_rows, "wkv6": wkv6_rows, "attn": attn_rows,
+             "scan": scan_rows}
     unknown = [a for a in sys.argv[1:] if a not in parts]
     if unknown:
         sys.exit(f"packing.py: unknown part {unknown[0]!r} (parts: {', '.join(parts)})")

@@ -53,5 +53,11 @@ def seq_runs(seq_idx: torch.Tensor) -> torch.Tensor:
     """seq_idx [B, L] of any integers as the kernels read it: runs of equal values numbered 0, 1, 2, ...
     (from 1 when the first token's seq_idx is not 0: an initial state belongs to seq_idx 0), int32.
     Kernels compare the seq_idx of tokens far apart; numbered runs make equal mean unbroken, and fit 32 bits."""
+    return seq_starts(seq_idx).cumsum(1, dtype=torch.int32)
+
+
+def seq_starts(seq_idx: torch.Tensor) -> torch.Tensor:
+    """[B, L] bool: where a sequence starts and the state restarts from zero (seq_idx changes; the first token
+    too when its seq_idx is not 0, since an initial state belongs to seq_idx 0)."""
     s = seq_idx.long()
-    return torch.cat([s[:, :1] != 0, s[:, 1:] != s[:, :-1]], dim=1).cumsum(1, dtype=torch.int32)
+    return torch.cat([s[:, :1] != 0, s[:, 1:] != s[:, :-1]], dim=1)

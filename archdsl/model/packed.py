@@ -1,21 +1,22 @@
 """Packed sequences: several documents in one row of a batch, told apart by seq_idx [B, L] (mamba_ssm's and
 causal-conv1d's convention: any integers, a new sequence wherever the value changes).
 
-model(input_ids, seq_idx=...) gives every token the logits it would have in a row of its own: Mamba-2 restarts
-its conv window and SSD state where seq_idx changes (kernels' seq_idx), RWKV-6 its WKV state (wkv6's seq_idx)
-and token shifts (zeros at a sequence's start), attention sees only its own sequence's keys and counts RoPE
-positions from that sequence's start, and position-wise blocks (MLP, MoE) need nothing.
-A module class that keeps sequences apart says so with PACKS = True; the others (Mamba-1, RWKV-4, S4D, whose
-kernels carry state across tokens with no reset) are refused before anything runs.
+model(input_ids, seq_idx=...) gives every token the logits it would have in a row of its own: Mamba-2 and
+Mamba-1 restart their conv window and scan state where seq_idx changes (kernels' seq_idx), RWKV-6 its WKV state
+(wkv6's seq_idx) and token shifts (zeros at a sequence's start), attention sees only its own sequence's keys and
+counts RoPE positions from that sequence's start, and position-wise blocks (MLP, MoE) need nothing.
+A module class that keeps sequences apart says so with PACKS = True; the others (RWKV-4, S4D, whose kernels
+carry state across tokens with no reset) are refused before anything runs.
 
 Left padding (model(ids, cache, attention_mask=...), generate(..., attention_mask=...)) is the same thing with
 two sequences a row, the pads then the prompt: `Packed.padding(mask)` adds `keep`, the mask as bool. The blocks
 that pack need only that the conv states they leave hold zeros, not pads (Mamba-2 zeroes its conv input at the
 pads), and attention keeps each row's pad count in its cache (state["start"]), so that decode steps skip those
-keys and count RoPE positions from the prompt. Mamba-1 and S4D cannot restart, but from a zero state a zero input
-leaves them at zero: they zero their inputs at the pads (conv input and scan input; S4D's u), which keeps every
-prompt token's output and the final state exact. A class that takes left padding says so with PADS = True; RWKV-4
-cannot (no input leaves its WKV state unchanged: exp(k) > 0) and is refused.
+keys and count RoPE positions from the prompt. S4D cannot restart, but from a zero state a zero input leaves it
+at zero: it zeroes its input at the pads, which keeps every prompt token's output and the final state exact.
+Mamba-1 does the same (conv input and scan input) rather than restart: its scan stays on the Gluon kernels,
+which take no restarts. A class that takes left padding says so with PADS = True; RWKV-4 cannot (no input leaves
+its WKV state unchanged: exp(k) > 0) and is refused.
 """
 from __future__ import annotations
 

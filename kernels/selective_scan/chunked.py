@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._host import seq_starts
+
 
 def _grouped_bc(M: torch.Tensor, dim: int) -> torch.Tensor:
     """B or C as `[B|1, G, N, L|1]` so that channel d uses group d // (D // G)."""
@@ -34,7 +36,7 @@ def _steps_first(x: torch.Tensor) -> torch.Tensor:
 
 
 def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                           return_last_state=False, initial_state=None, chunk_size=128):
+                           return_last_state=False, initial_state=None, seq_idx=None, chunk_size=128):
     """Same contract as `archdsl.kernels.selective_scan`; works in float32 (float64 for float64 input)."""
     wd = torch.float64 if u.dtype == torch.float64 else torch.float32
     batch, dim, seqlen = u.shape
@@ -50,6 +52,7 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     dtu = (dt * uf).view(batch, G, H, seqlen)
     dt4 = dt.view(batch, G, H, seqlen)
     Ag = A.to(wd).view(G, H, N)
+    keep = None if seq_idx is None else (~seq_starts(seq_idx)).T[:, :, None, None, None]  # [L, B, 1, 1, 1]
     h = uf.new_zeros(batch, G, H, N) if initial_state is None else initial_state.to(wd).view(batch, G, H, N)
     ys = []
     for t0 in range(0, seqlen, chunk_size):
@@ -58,6 +61,8 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
         Cc = Cg[..., sl] if Cg.shape[-1] > 1 else Cg
         # time leading, [T, B, G, H, N] contiguous: each step reads and writes whole contiguous slices
         decay = torch.exp(_steps_first(dt4[..., sl])[..., None] * Ag)                   # [T, B, G, H, N]
+        if keep is not None:
+            decay = torch.where(keep[sl], decay, 0.0)  # 0 where a sequence starts: the state restarts from zero
         dBu = _steps_first(dtu[..., sl])[..., None] * _steps_first(Bc)[:, :, :, None]  # [T, B, G, H, N]
         hs = []
         for a, b in zip(decay.unbind(0), dBu.unbind(0)):  # unbind: one backward op, not T slices

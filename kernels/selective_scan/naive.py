@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._host import seq_starts
+
 
 def _work_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
@@ -23,7 +25,7 @@ def expand_bc(M: torch.Tensor, batch: int, dim: int, seqlen: int) -> torch.Tenso
 
 
 def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                         return_last_state=False, initial_state=None):
+                         return_last_state=False, initial_state=None, seq_idx=None):
     """Same contract as `archdsl.kernels.selective_scan`; one time step per loop iteration."""
     wd, dtype_in = _work_dtype(u), u.dtype
     batch, dim, seqlen = u.shape
@@ -35,9 +37,13 @@ def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     Bf = expand_bc(B.to(wd), batch, dim, seqlen)
     Cf = expand_bc(C.to(wd), batch, dim, seqlen)
     h = u.new_zeros(batch, dim, A.shape[1]) if initial_state is None else initial_state.to(wd).clone()
+    keep = None if seq_idx is None else ~seq_starts(seq_idx)  # [B, L]: False where the state restarts
     ys = []
     for t in range(seqlen):
-        h = torch.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[..., None] * Bf[..., t]
+        decay = torch.exp(delta[:, :, t, None] * A)
+        if keep is not None:
+            decay = torch.where(keep[:, t, None, None], decay, 0.0)
+        h = decay * h + (delta[:, :, t] * u[:, :, t])[..., None] * Bf[..., t]
         ys.append((h * Cf[..., t]).sum(-1))
     y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0)
     if D is not None:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_float, expect_same_device, expect_shape
+from .._checks import expect_float, expect_integer, expect_same_device, expect_shape
 from .._dispatch import backend_for, on_input_device
-from .._host import unit_last
+from .._host import seq_starts, unit_last
 from .._opaque import PATHS, torch_path
 from .chunked import selective_scan_chunked
 from .naive import selective_scan_naive, selective_state_update_naive
@@ -13,14 +13,17 @@ from .naive import selective_scan_naive, selective_state_update_naive
 
 @on_input_device
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, initial_state=None):
+                   return_last_state=False, initial_state=None, seq_idx=None):
     """Mamba-1 selective scan, the semantics of mamba_ssm's `selective_scan_fn`.
 
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * u_t * B_t ;  y_t = <h_t, C_t> + D * u_t ;  out = y * silu(z)
     (delta is first shifted by delta_bias and passed through softplus when asked).
 
     u, delta, z: `[B, D, L]`; A: `[D, N]` (real); B, C: `[B, N, L]`, `[B, G, N, L]` with G | D,
-    or `[D, N]` (time-invariant); D, delta_bias: `[D]`; initial_state: `[B, D, N]`.
+    or `[D, N]` (time-invariant); D, delta_bias: `[D]`; initial_state: `[B, D, N]`; seq_idx: `[B, L]`
+    integers (packed sequences, ssd_scan's convention: the state restarts from zero wherever seq_idx
+    changes; initial_state belongs to seq_idx 0 and the last state is the row's last sequence's; an
+    extension: mamba_ssm's selective_scan_fn has no seq_idx).
     Returns out `[B, D, L]` in u's dtype, and with return_last_state also the last state
     `[B, D, N]` (float32, float64 for float64 u).
 
@@ -31,27 +34,30 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     (G = 1 or a multiple of 8 channels a group, 5 <= N <= 16; forward+backward 3.30 ms at that shape,
     mamba_ssm's CUDA kernels 7.16), else the Triton one in the Triton forward's layout (5.7 ms);
     `ARCHDSL_SCAN_BWD=gluon|groups|threads` forces one (`threads`: time across a program's threads, the
-    oldest, kept as a cross-check).
+    oldest, kept as a cross-check). With seq_idx the Triton serial forward and the groups or threads
+    backward run (the Gluon kernels and the segmented forward take no restarts).
     """
-    batch, dim, seqlen, N = _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    batch, dim, seqlen, N = _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx)
     backend = backend_for(u, A)
     if backend == "triton":
         from .triton_selective_scan import selective_scan_triton
         B4, C4 = (_as_groups(M, batch, dim, seqlen) for M in (B, C))
         if B4.shape[1] != C4.shape[1]:
             B4, C4 = (M.repeat_interleave(dim // M.shape[1], dim=1) for M in (B4, C4))
-        y, last = selective_scan_triton(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, initial_state)
+        starts = None if seq_idx is None else seq_starts(seq_idx).to(torch.int8)
+        y, last = selective_scan_triton(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, initial_state, starts)
         return (y, last.to(u.dtype) if u.dtype == torch.float64 else last) if return_last_state else y
     if backend == "torch" and torch.compiler.is_compiling():  # one graph for every length (kernels/_opaque.py)
-        y, last = torch_path("selective_scan", [u, delta, A, B, C, D, z, delta_bias, initial_state], [delta_softplus])
+        y, last = torch_path("selective_scan", [u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx],
+                             [delta_softplus])
         return (y, last) if return_last_state else y
     fn = selective_scan_naive if backend == "naive" else selective_scan_chunked
-    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state, seq_idx)
 
 
 def _run(args, flags):
-    u, delta, A, B, C, D, z, delta_bias, h0 = args
-    return list(selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, bool(flags[0]), True, h0))
+    u, delta, A, B, C, D, z, delta_bias, h0, seq_idx = args
+    return list(selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, bool(flags[0]), True, h0, seq_idx))
 
 
 def _fake(args, flags):
@@ -102,7 +108,7 @@ def _as_groups(M, batch, dim, seqlen):
     return M[:, None] if M.dim() == 3 else M
 
 
-def _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state):
+def _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx):
     expect_shape("u", u, (None, None, None))
     batch, dim, seqlen = u.shape
     if seqlen < 1:
@@ -124,7 +130,9 @@ def _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state):
     expect_shape("z", z, (batch, dim, seqlen), optional=True)
     expect_shape("delta_bias", delta_bias, (dim,), optional=True)
     expect_shape("initial_state", initial_state, (batch, dim, N), optional=True)
+    expect_shape("seq_idx", seq_idx, (batch, seqlen), optional=True)
     expect_float(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state)
+    expect_integer(seq_idx=seq_idx)
     expect_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
-                       initial_state=initial_state)
+                       initial_state=initial_state, seq_idx=seq_idx)
     return batch, dim, seqlen, N

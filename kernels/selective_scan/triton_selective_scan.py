@@ -61,6 +61,12 @@ def _pick_sum(x, at, axis: tl.constexpr):
 
 
 @triton.jit
+def _starts(rs_ptr, pid_b, tt, L):
+    """[T] bool: which of the steps tt of row pid_b start a sequence (rs [B, L] int8, nonzero there; False past L)."""
+    return tl.load(rs_ptr + pid_b * L + tt, mask=tt < L, other=0) != 0
+
+
+@triton.jit
 def _load_dt(ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """delta after bias and softplus, and the pre-softplus value (for the backward); 0 where masked."""
     raw = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
@@ -73,13 +79,13 @@ def _load_dt(ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["s_l", "sB_l", "sC_l"])
-def _ss_fwd_lanes_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+def _ss_fwd_lanes_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, rs_ptr,
                          y_ptr, hT_ptr, ck_ptr,
                          L, DIM, N, CPG, NCK, s_l,
                          sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
                          BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T: tl.constexpr, CKI: tl.constexpr,
                          HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                         HAS_H0: tl.constexpr, STORE_CK: tl.constexpr):
+                         HAS_H0: tl.constexpr, STORE_CK: tl.constexpr, HAS_RESET: tl.constexpr):
     """The forward with tiles ordered [N, T, D]: channels across lanes, a channel's N states and T
     steps in one thread, so the scan and both reductions stay in registers. The time stride is a
     runtime value (s_l = 1) so the compiler does not lay lanes along time to coalesce the loads."""
@@ -119,6 +125,8 @@ def _ss_fwd_lanes_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
         Bt = tl.load(B_base + n[:, None] * sB_n + tt[None, :].to(tl.int64) * sB_l, mask=bn_mask, other=0.0).to(tl.float32)
         Ct = tl.load(C_base + n[:, None] * sC_n + tt[None, :].to(tl.int64) * sC_l, mask=bn_mask, other=0.0).to(tl.float32)
         dA = tl.exp2(dt[None, :, :] * A2[:, None, :])
+        if HAS_RESET:  # a sequence starts: its decay is 0, the state restarts from zero
+            dA = tl.where(_starts(rs_ptr, pid_b, tt, L)[None, :, None], 0.0, dA)
         dBu = (dt * u)[None, :, :] * Bt[:, :, None]
         aP, hS = tl.associative_scan((dA, dBu), 1, _lin_combine)
         hs = hS + aP * h[:, None, :]
@@ -134,14 +142,14 @@ def _ss_fwd_lanes_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_
 
 
 @triton.jit(do_not_specialize=["sB_l", "sC_l"])  # s_l = 1 specialized: see the launchers' notes
-def _ss_fwd_groups_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+def _ss_fwd_groups_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, rs_ptr,
                           y_ptr, hT_ptr, ck_ptr,
                           L, DIM, N, CPG, NCK, s_l,
                           sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
                           BLOCK_D: tl.constexpr, NS: tl.constexpr, NPT: tl.constexpr, T: tl.constexpr,
                           CKI: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                           SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, STORE_CK: tl.constexpr,
-                          FAST_LOG: tl.constexpr):
+                          FAST_LOG: tl.constexpr, HAS_RESET: tl.constexpr):
     """The forward with a channel's N states split over NS neighbouring threads, NPT = N / NS each:
     tiles [NPT, T, BLOCK_D, NS], T steps of a channel in one thread's registers. At B·D = 20K
     channels a channel per thread leaves most of the GPU idle; NS threads a channel multiply the
@@ -190,6 +198,8 @@ def _ss_fwd_groups_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
             dt = _softplus(raw, FAST_LOG)
         dt = tl.where(m2, dt, 0.0)
         dA = tl.exp2(dt[None, :, :, None] * A2[:, None, :, :])
+        if HAS_RESET:  # a sequence starts: its decay is 0, the state restarts from zero
+            dA = tl.where(_starts(rs_ptr, pid_b, tt, L)[None, :, None, None], 0.0, dA)
         dBu = (dt * u)[None, :, :, None] * Bt[:, :, None, :]
         dBu = tl.where((t == 0)[None, :, None, None], dBu + dA * h[:, None, :, :], dBu)
         _, hs = tl.associative_scan((dA, dBu), 1, _lin_combine)
@@ -236,13 +246,13 @@ def _groups_tile(u_ptr, dt_ptr, z_ptr, B_base, C_base, row, tt, n3, dmask, L, N,
 
 
 @triton.jit
-def _ss_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr,
+def _ss_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr, rs_ptr,
                    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
                    L, DIM, N, CPG, NCK,
                    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sdB_b, sdB_g, sdC_b, sdC_g,
                    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T: tl.constexpr,
                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                   HAS_DHT: tl.constexpr):
+                   HAS_DHT: tl.constexpr, HAS_RESET: tl.constexpr):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -282,6 +292,8 @@ def _ss_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
         ck_off = ((pid_b * DIM + d.to(tl.int64)) * NCK + c)[:, None] * N + n[None, :]
         h0 = tl.load(ck_ptr + ck_off, mask=dn_mask, other=0.0)
         dA = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        if HAS_RESET:  # a sequence starts: its decay is 0, the state restarts from zero
+            dA = tl.where(_starts(rs_ptr, pid_b, tt, L)[None, None, :], 0.0, dA)
         dtu = dt * u
         dBu = dtu[:, None, :] * Bt[None, :, :]
         aP, hS = tl.associative_scan((dA, dBu), 2, _lin_combine)
@@ -297,6 +309,8 @@ def _ss_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             tl.store(dz_ptr + off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
             gy = gy * zz * sz
         an = tl.exp2(dtn[:, None, :] * A2[:, :, None])
+        if HAS_RESET:  # the next step's decay: 0 where the next step starts a sequence
+            an = tl.where(_starts(rs_ptr, pid_b, tt + 1, L)[None, None, :], 0.0, an)
         P, K = tl.associative_scan((an, Ct[None, :, :] * gy[:, None, :]), 2, _lin_combine, reverse=True)
         k = K + P * kc[:, :, None]
         kc = _pick_sum(k, t[None, None, :] == 0, 2)
@@ -320,7 +334,10 @@ def _ss_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
         tl.store(ddt_ptr + off, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
     dt0, _ = _load_dt(dt_ptr + row[:, None] + t[None, :], dmask[:, None] & (t == 0)[None, :], bias, HAS_BIAS, SOFTPLUS)
     dt0 = tl.sum(dt0, axis=1)
-    tl.store(dh0_ptr + state_off, tl.exp2(dt0[:, None] * A2) * kc, mask=dn_mask)
+    a0 = tl.exp2(dt0[:, None] * A2)
+    if HAS_RESET:  # the row's first token starts a sequence of its own: the initial state is not read
+        a0 = tl.where(tl.load(rs_ptr + pid_b * L) != 0, 0.0, a0)
+    tl.store(dh0_ptr + state_off, a0 * kc, mask=dn_mask)
     part = pid_b * DIM + d
     tl.store(dA_ptr + part[:, None] * N + n[None, :], dA_acc, mask=dn_mask)
     if HAS_D:
@@ -331,14 +348,14 @@ def _ss_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
 
 
 @triton.jit(do_not_specialize=["sB_l", "sC_l"])  # s_l = 1 specialized: see the launchers' notes
-def _ss_bwd_groups_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr,
+def _ss_bwd_groups_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr, rs_ptr,
                           scr_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
                           L, DIM, N, CPG, NCK, s_l,
                           sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sdB_b, sdB_g,
                           BLOCK_D: tl.constexpr, NS: tl.constexpr, NPT: tl.constexpr, T: tl.constexpr,
                           CKI: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                           SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr, FAST_LOG: tl.constexpr,
-                          SUMC: tl.constexpr):
+                          SUMC: tl.constexpr, HAS_RESET: tl.constexpr):
     """The backward in the groups forward's layout: [NPT, T, BLOCK_D, NS] tiles, a channel's N states over
     NS neighbouring threads, T steps of a channel in one thread's registers. The checkpoint chunks of
     CKI steps are walked last first: a first pass recomputes the state entering each T-step sub-tile
@@ -396,6 +413,8 @@ def _ss_bwd_groups_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
                                n3, dmask, L, N, s_l, sB_n, sB_l, sC_n, sC_l, False)
             dt = _groups_dt(raw + bias, tt, dmask, L, SOFTPLUS, FAST_LOG)
             dA = tl.exp2(dt[None, :, :, None] * A2[:, None, :, :])
+            if HAS_RESET:  # a sequence starts: its decay is 0, the state restarts from zero
+                dA = tl.where(_starts(rs_ptr, pid_b, tt, L)[None, :, None, None], 0.0, dA)
             dBu = (dt * u)[None, :, :, None] * Bt[:, :, None, :]
             _, hs = tl.associative_scan((dA, tl.where(t4 == 0, dBu + dA * h[:, None, :, :], dBu)), 1, _lin_combine)
             h = _pick_sum(hs, t4 == T - 1, 1)
@@ -421,6 +440,8 @@ def _ss_bwd_groups_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
             raw = raw + bias
             dt = _groups_dt(raw, tt, dmask, L, SOFTPLUS, FAST_LOG)
             dA = tl.exp2(dt[None, :, :, None] * A2[:, None, :, :])
+            if HAS_RESET:  # a sequence starts: its decay is 0, the state restarts from zero
+                dA = tl.where(_starts(rs_ptr, pid_b, tt, L)[None, :, None, None], 0.0, dA)
             dtu = dt * u
             dBu = dtu[None, :, :, None] * Bt[:, :, None, :]
             _, hs = tl.associative_scan((dA, tl.where(t4 == 0, dBu + dA * h0[:, None, :, :], dBu)), 1, _lin_combine)
@@ -563,8 +584,9 @@ def _flags(D, z, bias, softplus):
     return dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus))
 
 
-def ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck):
-    """Launch the forward. B4/C4 `[B, G, N, L]` (any strides). Returns y, last state (fp32), checkpoints."""
+def ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, starts=None):
+    """Launch the forward. B4/C4 `[B, G, N, L]` (any strides); starts `[B, L]` int8, nonzero where a sequence
+    starts (packed sequences), or None. Returns y, last state (fp32), checkpoints."""
     batch, dim, L = u.shape
     N, cpg = A.shape[1], dim // B4.shape[1]
     y = torch.empty_like(u)
@@ -581,21 +603,21 @@ def ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck):
             bd = _block_d(bd, cpg)
             compiled = not interpreting()
             _ss_fwd_groups_kernel[(cdiv(dim, bd), batch)](
-                u, delta, A, B4, C4, D, z, bias, h0, y, hT, ck,
+                u, delta, A, B4, C4, D, z, bias, h0, starts, y, hT, ck,
                 L, dim, N, cpg, nck, 1, *B4.stride(), *C4.stride(),
-                BLOCK_D=bd, NS=ns, NPT=block_n // ns, T=T, CKI=CK,
+                BLOCK_D=bd, NS=ns, NPT=block_n // ns, T=T, CKI=CK, HAS_RESET=starts is not None,
                 HAS_H0=h0 is not None, STORE_CK=store_ck, FAST_LOG=compiled, num_warps=nw,
                 **({"maxnreg": maxnreg} if maxnreg and compiled else {}), **flags)
             return
         _, bd, T, nw = cfg
         bd = _block_d(bd, cpg)
         _ss_fwd_lanes_kernel[(cdiv(dim, bd), batch)](
-            u, delta, A, B4, C4, D, z, bias, h0, y, hT, ck,
+            u, delta, A, B4, C4, D, z, bias, h0, starts, y, hT, ck,
             L, dim, N, cpg, nck, 1, *B4.stride(), *C4.stride(),
-            BLOCK_D=bd, BLOCK_N=next_pow2(N), T=T, CKI=CK,
+            BLOCK_D=bd, BLOCK_N=next_pow2(N), T=T, CKI=CK, HAS_RESET=starts is not None,
             HAS_H0=h0 is not None, STORE_CK=store_ck, num_warps=nw, **flags)
 
-    key = ("fwd", batch, dim, L, N, cpg, u.dtype, tuple(flags.values()), h0 is not None, store_ck)
+    key = ("fwd", batch, dim, L, N, cpg, u.dtype, tuple(flags.values()), h0 is not None, store_ck, starts is not None)
     launch(FWD_OVERRIDE or _pick(key, [_INTERP_FWD] if interpreting() else _FWD_CONFIGS, launch))
     return y, hT, ck
 
@@ -629,7 +651,7 @@ def _bwd_run(key, configs, interp, launch, out, A, B4, C4, D, bias):
     return _bwd_grads(out, A, B4, C4, D, bias)
 
 
-def ss_bwd_groups(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
+def ss_bwd_groups(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, starts=None):
     """Launch the backward (the groups layout); returns grads of (u, delta, A, B4, C4, D, z, bias, initial state)."""
     batch, dim, L = u.shape
     N, cpg = A.shape[1], dim // B4.shape[1]
@@ -645,17 +667,17 @@ def ss_bwd_groups(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
         compiled = not interpreting()
         scratch = torch.empty(batch, dim, CK // T, N, device=u.device, dtype=torch.float32)
         _ss_bwd_groups_kernel[(cdiv(dim, bd), batch)](
-            u, delta, A, B4, C4, D, z, bias, ck, dy, dhT,
+            u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, starts,
             scratch, du, ddt, dz, dA, dB, dC, dD, dbias, dh0,
             L, dim, N, cpg, ck.shape[2], 1, *B4.stride(), *C4.stride(), dB.stride(0), dB.stride(1),
             BLOCK_D=bd, NS=ns, NPT=block_n // ns, T=T, CKI=CK, HAS_DHT=dhT is not None, FAST_LOG=compiled,
-            SUMC=min(sumc, bd), num_warps=nw, **({"maxnreg": maxnreg} if maxnreg and compiled else {}), **flags)
+            SUMC=min(sumc, bd), HAS_RESET=starts is not None, num_warps=nw, **({"maxnreg": maxnreg} if maxnreg and compiled else {}), **flags)
 
-    key = ("bwd_groups", batch, dim, L, N, cpg, u.dtype, tuple(flags.values()), dhT is not None)
+    key = ("bwd_groups", batch, dim, L, N, cpg, u.dtype, tuple(flags.values()), dhT is not None, starts is not None)
     return _bwd_run(key, _BWD_GROUPS_CONFIGS, _INTERP_BWD_GROUPS, launch, out, A, B4, C4, D, bias)
 
 
-def ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
+def ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, starts=None):
     """The threads backward (time across a program's threads); same contract as `ss_bwd_groups`."""
     batch, dim, L = u.shape
     N, cpg = A.shape[1], dim // B4.shape[1]
@@ -667,22 +689,28 @@ def ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus):
         bd, nw = cfg
         bd = _block_d(bd, cpg)
         _ss_bwd_kernel[(cdiv(dim, bd), batch)](
-            u, delta, A, B4, C4, D, z, bias, ck, dy, dhT,
+            u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, starts,
             du, ddt, dz, dA, dB, dC, dD, dbias, dh0,
             L, dim, N, cpg, ck.shape[2], *B4.stride(), *C4.stride(),
             dB.stride(0), dB.stride(1), dC.stride(0), dC.stride(1),
-            BLOCK_D=bd, BLOCK_N=next_pow2(N), T=CK, HAS_DHT=dhT is not None,
+            BLOCK_D=bd, BLOCK_N=next_pow2(N), T=CK, HAS_DHT=dhT is not None, HAS_RESET=starts is not None,
             num_warps=nw, **flags)
 
-    key = ("bwd", batch, dim, L, N, cpg, u.dtype, tuple(flags.values()), dhT is not None)
+    key = ("bwd", batch, dim, L, N, cpg, u.dtype, tuple(flags.values()), dhT is not None, starts is not None)
     return _bwd_run(key, _BWD_THREADS_CONFIGS, _INTERP_BWD_THREADS, launch, out, A, B4, C4, D, bias)
 
 
-def _bwd_impl(u, A, B4):
+def _bwd_impl(u, A, B4, starts=None):
     """`ARCHDSL_SCAN_BWD=gluon|groups|threads`: the backward in the Gluon forward's layout (CUDA only; the
     default there where it takes the case, `gluon_selective_scan.fits_bwd`), the Triton groups one (the
-    default elsewhere) or the threads one."""
+    default elsewhere) or the threads one. With `starts` (packed sequences) the groups or threads one."""
     want = os.environ.get("ARCHDSL_SCAN_BWD", "").strip().lower()
+    if starts is not None:
+        if want not in ("", "groups", "threads"):
+            raise ValueError(f"ARCHDSL_SCAN_BWD={want!r}: with seq_idx the backward is groups or threads (the Gluon "
+                             "backward takes no sequence starts)")
+        impl = ss_bwd if want == "threads" else ss_bwd_groups
+        return lambda *a: impl(*a, starts=starts)
     if want == "threads":
         return ss_bwd
     if want in ("", "gluon") and u.is_cuda and torch.version.hip is None:
@@ -695,14 +723,21 @@ def _bwd_impl(u, A, B4):
     return ss_bwd_groups
 
 
-def _fwd_impl(args):
+def _fwd_impl(args, starts=None):
     """`ARCHDSL_SCAN_FWD=gluon|serial|segments|auto`: the forward with hand-set layouts (`ss_fwd_gluon`: a
     channel's states in two threads, B and C from shared memory; CUDA only, since Gluon is compiled, never
     interpreted), the Triton one walking all L steps per channel (`ss_fwd`), the time-segmented one
     (`ss_fwd_segments`: B·D·S threads, u/delta/B read twice), or on CUDA the fastest, timed once per case.
     The default is the Gluon one on CUDA where it takes the case (`gluon_selective_scan.fits`: G = 1 or a
-    multiple of 16 channels a group, N <= 32), else the serial one. All store the same checkpoints."""
+    multiple of 16 channels a group, N <= 32), else the serial one. All store the same checkpoints. With
+    `starts` (packed sequences) the serial one."""
     from .triton_selective_scan_segments import ss_fwd_segments
+    if starts is not None:  # packed sequences: the serial forward alone restarts its state
+        want = os.environ.get("ARCHDSL_SCAN_FWD", "").strip().lower()
+        if want not in ("", "serial", "auto"):
+            raise ValueError(f"ARCHDSL_SCAN_FWD={want!r}: with seq_idx the forward is the serial one (the Gluon "
+                             "and segmented forwards take no sequence starts)")
+        return lambda *a: ss_fwd(*a, starts=starts)
     impls = {"serial": ss_fwd, "segments": ss_fwd_segments}
     default = "serial"
     wants_gluon = os.environ.get("ARCHDSL_SCAN_FWD", "").strip().lower() == "gluon"
@@ -723,33 +758,35 @@ def _fwd_impl(args):
 
 
 class SelectiveScanFn(torch.autograd.Function):
-    """(u, delta, A, B4, C4, D, z, delta_bias, initial_state, softplus) -> (y, last_state fp32)."""
+    """(u, delta, A, B4, C4, D, z, delta_bias, initial_state, softplus, starts) -> (y, last_state fp32);
+    starts `[B, L]` int8 (nonzero where a packed sequence starts) or None."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B4, C4, D, z, bias, h0, softplus):
+    def forward(ctx, u, delta, A, B4, C4, D, z, bias, h0, softplus, starts):
         u, delta = u.contiguous(), delta.contiguous()
         z, D, bias, h0c = map(dense, (z, D, bias, h0))
         need = any(ctx.needs_input_grad)
         args = (u, delta, A.contiguous(), B4, C4, D, z, bias, h0c, softplus, need)
-        y, hT, ck = _fwd_impl(args)(*args)
+        starts = dense(starts)
+        y, hT, ck = _fwd_impl(args, starts)(*args)
         if need:
-            ctx.save_for_backward(u, delta, A.contiguous(), B4, C4, D, z, bias, ck)
+            ctx.save_for_backward(u, delta, A.contiguous(), B4, C4, D, z, bias, ck, starts)
             ctx.softplus, ctx.h0_dtype = softplus, (h0.dtype if h0 is not None else None)
         return y, hT
 
     @staticmethod
     def backward(ctx, dy, dhT):
-        u, delta, A, B4, C4, D, z, bias, ck = ctx.saved_tensors
+        u, delta, A, B4, C4, D, z, bias, ck, starts = ctx.saved_tensors
         dy = torch.zeros_like(u) if dy is None else dy.contiguous()
         dhT = dhT.contiguous() if dhT is not None else None
-        bwd = _bwd_impl(u, A, B4)
+        bwd = _bwd_impl(u, A, B4, starts)
         du, ddt, dA, dB, dC, dD, dz, dbias, dh0 = bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, ctx.softplus)
         dh0 = dh0.to(ctx.h0_dtype) if ctx.h0_dtype is not None else None
-        return du, ddt, dA, dB, dC, dD, dz, dbias, dh0, None
+        return du, ddt, dA, dB, dC, dD, dz, dbias, dh0, None, None
 
 
-def selective_scan_triton(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, initial_state):
-    return apply(SelectiveScanFn, u, delta, A, B4, C4, D, z, delta_bias, initial_state, delta_softplus)
+def selective_scan_triton(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, initial_state, starts=None):
+    return apply(SelectiveScanFn, u, delta, A, B4, C4, D, z, delta_bias, initial_state, delta_softplus, starts)
 
 
 # ---------------------------------------------------------------------------------------

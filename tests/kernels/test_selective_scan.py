@@ -306,6 +306,71 @@ def test_bad_input():
         selective_scan(u, dl, A, B, torch.zeros(2, 0, 3, 5))
 
 
+# ------------------------------------------------------------------ seq_idx: packed sequences
+SEQ = st.lists(st.sampled_from([-3, 0, 0, 1, 2, 7]), min_size=1, max_size=19)
+
+
+def _double(t):
+    return {k: v.double() if torch.is_tensor(v) else v for k, v in t.items()}
+
+
+@settings(max_examples=25, deadline=None)
+@given(seq=SEQ, gsel=st.integers(0, 2), h0=st.booleans())
+def test_seq_idx_is_each_sequence_alone(seq, gsel, h0):
+    """The naive loop with seq_idx, in float64, equals each run of equal seq_idx scanned alone from a zero state
+    (the first run from initial_state when its seq_idx is 0); the last state is the last run's."""
+    L = len(seq)
+    t = _double(make(2, 4, 3, L, G=_groups(4, gsel), z=True, Dskip=True, bias=True, h0=h0))
+    seq_idx = torch.tensor([seq, [0] * L])
+    y, hT = run(selective_scan_naive, t, grads=False, seq_idx=seq_idx)
+    cuts = [0] + [i for i in range(1, L) if seq[i] != seq[i - 1]] + [L]
+    for a, b in zip(cuts, cuts[1:]):
+        part = {k: v[:1, ..., a:b] if torch.is_tensor(v) and v.dim() >= 3 and k != "initial_state" else v
+                for k, v in t.items()}
+        part["initial_state"] = t["initial_state"][:1] if h0 and a == 0 and seq[0] == 0 else None
+        ya, ha = run(selective_scan_naive, part, grads=False)
+        assert_close([ya], [y[:1, :, a:b]], 1e-12)
+    assert_close([ha], [hT[:1]], 1e-12)
+    assert_close([y[1:], hT[1:]], run(selective_scan_naive, {k: v[1:] if torch.is_tensor(v) and v.dim() >= 3 and
+                                                              k != "delta_bias" else v for k, v in t.items()},
+                                      grads=False), 1e-12)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton groups", "triton threads", "triton lanes"])
+@settings(max_examples=12, deadline=None)
+@given(seq=SEQ, gsel=st.integers(0, 2), h0=st.booleans(), z=st.booleans())
+def test_seq_idx_matches_naive(impl, seq, gsel, h0, z):
+    """Chunked torch and the interpreted Triton kernels (serial groups or lanes forward, groups or threads
+    backward) with seq_idx against the float64 loop: output, last state and every gradient. The Triton
+    interpreter's checkpoint chunks are 8 steps, so a restart falls inside, on and across their edges."""
+    from archdsl.kernels.selective_scan import triton_selective_scan as tss
+    L = len(seq)
+    t = make(2, 4, 3, L, G=_groups(4, gsel), z=z, Dskip=True, bias=True, h0=h0)
+    seq_idx = torch.tensor([seq, list(range(L))])  # the second row restarts at every token
+    want = run(selective_scan_naive, _double(t), seq_idx=seq_idx)
+    tss.FWD_OVERRIDE = ("lanes", 4, 4, 1) if impl == "triton lanes" else None
+    try:
+        with backend(impl.split()[0]), env("ARCHDSL_SCAN_BWD", "threads" if impl == "triton threads" else "groups"):
+            got = run(selective_scan, t, seq_idx=seq_idx)
+    finally:
+        tss.FWD_OVERRIDE = None
+    assert_close(got, want, 2e-4)
+
+
+def test_seq_idx_bad_input_and_forced_kernels():
+    t = make(2, 4, 3, 5)
+    args = [t[k] for k in ("u", "delta", "A", "B", "C")]
+    with pytest.raises(ValueError, match="seq_idx"):
+        selective_scan(*args, seq_idx=torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="seq_idx"):
+        selective_scan(*args, seq_idx=torch.zeros(2, 5))
+    seq_idx = torch.zeros(2, 5, dtype=torch.long)
+    for var, value in (("ARCHDSL_SCAN_FWD", "segments"), ("ARCHDSL_SCAN_BWD", "gluon")):
+        with backend("triton"), env(var, value), pytest.raises(ValueError, match=f"{var}=.*seq_idx"):
+            leaves = [a.clone().requires_grad_() for a in args]
+            selective_scan(*leaves, seq_idx=seq_idx).sum().backward()
+
+
 # ------------------------------------------------------------------ GPU, full size (H200)
 gpu = pytest.mark.skipif(not CUDA, reason="needs CUDA")
 
@@ -323,6 +388,23 @@ def test_gpu_full_size_forward(dtype, tol, L, scan_fwd):
     """A Mamba-1 layer of mamba-2.8b: B=4, D=5120, N=16."""
     t = make(4, 5120, 16, L, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
     assert_close(run(selective_scan, t, grads=False), _ref64(t, grads=False), tol)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("L, D, grads", [(4096, 5120, False), (16384, 5120, False), (2048, 768, True)])
+def test_gpu_seq_idx(dtype, tol, L, D, grads):
+    """Packed sequences on the card (the serial Triton forward, the groups backward): a row cut into 13
+    sequences of random lengths beside a row of one, against the float64 chunked path with the same
+    seq_idx; at full size the forward, at a Mamba-130m layer's width every gradient too."""
+    t = make(2, D, 16, L, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
+    cuts = torch.randperm(L - 1, generator=torch.Generator().manual_seed(0))[:12] + 1
+    seq_idx = torch.zeros(2, L, dtype=torch.long)
+    seq_idx[0, cuts] = 1
+    seq_idx = seq_idx.cumsum(1).cuda()
+    ref = run(selective_scan_chunked, _double(t), grads=grads, seq_idx=seq_idx, chunk_size=16)
+    assert_close(run(selective_scan, t, grads=grads, seq_idx=seq_idx), ref, tol)
 
 
 def test_step_reads_rows_of_wider_tensors():

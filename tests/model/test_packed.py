@@ -20,9 +20,11 @@ SMALL = {
     "zamba": {"heads": 4, "lora": 4, "hidden": 24},
     "rwkv6": {"head_size": 8, "mix_lora": 4, "decay_lora": 4},
     "cmix": {"hidden": 24, "version": 6},
+    "mamba": {"d_state": 5, "dt_rank": 3},
+    "jmamba": {"kind": "mamba", "d_state": 4, "inner_norms": "weighted"},
 }
 LAYOUTS = ["mamba2+mlp, attn+moe, swa, mamba2(shared), mamba2(shared), zamba(shared) at 1 3",
-           "2×(mamba2, attn(shared)+mlp)", "rwkv6+cmix, attn+mlp, rwkv6+cmix"]
+           "2×(mamba2, attn(shared)+mlp)", "rwkv6+cmix, attn+mlp, rwkv6+cmix", "mamba+mlp, attn+moe, jmamba"]
 PACKS = sorted(k for k, cls in MODULES.items() if getattr(cls, "PACKS", False))
 
 
@@ -52,7 +54,7 @@ def test_packed_equals_each_alone(layout, kernels, monkeypatch):
     """Two rows of 19 tokens, one packing sequences of 1, 6, 4 and 8 tokens (a chunk of 4 cut mid-way, a
     sequence of one), the other a single sequence; logits and the gradients of every parameter. Mamba-2 with
     a dt_floor, a window of 3, a shared attention block and a zamba inject; RWKV-6 with its channel-mix (both
-    token shifts). Triton: interpreted kernels."""
+    token shifts); Mamba-1 plain and with Jamba's inner norms. Triton: interpreted kernels."""
     if kernels == "triton":
         monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv("ARCHDSL_KERNELS", kernels)
@@ -95,10 +97,10 @@ def test_one_sequence_is_no_packing():
 
 @pytest.mark.parametrize("kind", sorted(set(MODULES) - set(PACKS)))
 def test_blocks_that_carry_state_are_refused(kind):
-    """A block whose kernel carries state across tokens with no reset (Mamba-1, RWKV-4, S4D) is refused, with
+    """A block whose kernel carries state across tokens with no reset (RWKV-4, S4D) is refused, with
     the layer, before anything runs."""
     layout = {"rwkv4": "mamba2, rwkv4+cmix"}.get(kind, f"mamba2, {kind}")
-    blocks = {**SMALL, "mamba": {"d_state": 4}, "s4d": {"d_state": 8}}
+    blocks = {**SMALL, "s4d": {"d_state": 8}}
     model = archdsl.compile(archdsl.parse(layout, d_model=16, vocab_size=37, blocks=blocks), dtype=torch.float64)
     with pytest.raises(ArchDSLError, match=rf"seq_idx \(packed sequences\): layer 1's {kind} carries its state"):
         model(torch.zeros(1, 5, dtype=torch.long), seq_idx=torch.zeros(1, 5, dtype=torch.long))
@@ -118,12 +120,13 @@ def test_bad_seq_idx(bad, msg):
 
 
 def test_packs_names_its_blocks():
-    assert PACKS == ["attn", "cmix", "mamba2", "mlp", "moe", "rwkv6", "zamba"]
+    assert PACKS == ["attn", "cmix", "mamba", "mamba2", "mlp", "moe", "rwkv6", "zamba"]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("layout", ["mamba2, attn+mlp, mamba2", "rwkv6+cmix, attn+mlp, rwkv6+cmix"])
+@pytest.mark.parametrize("layout", ["mamba2, attn+mlp, mamba2", "rwkv6+cmix, attn+mlp, rwkv6+cmix",
+                                    "mamba, attn+mlp, mamba"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 def test_gpu_packed_equals_each_alone(dtype, tol, layout):
     """On the card's kernels (the SSD's chunked and Gluon paths, WKV6's serial or chunked, pick themselves),
@@ -131,7 +134,7 @@ def test_gpu_packed_equals_each_alone(dtype, tol, layout):
     logits and the gradients. bf16 is compared through the relative error of the whole tensor (each alone is
     one more rounding). (The lengths share Triton's specialisation of L, so that the kernels compile twice,
     not four times.)"""
-    blocks = {"mamba2": {"headdim": 64, "dt_floor": 1e-3}, "attn": {"heads": 4}, "mlp": {"hidden": 512},
+    blocks = {"mamba2": {"headdim": 64, "dt_floor": 1e-3}, "attn": {"heads": 4}, "mlp": {"hidden": 512}, "mamba": {},
               "rwkv6": {"head_size": 64}, "cmix": {"version": 6}}
     spec = archdsl.parse(layout, d_model=256, vocab_size=1000, blocks=blocks)
     model = archdsl.compile(spec, dtype=dtype, seed=0, device="cuda")

@@ -112,7 +112,8 @@ class FoldsNorm:
 
 class Mamba(nn.Module, Fusable, FoldsNorm):
     FUSES = ("epilogue", "step", "norm_gemv", "pdl", "recompute")
-    PADS = True  # left padding (model/packed.py): the conv's and the scan's inputs zero at the pads
+    PACKS = True  # packed sequences (model/packed.py): the conv and the scan take their seq_idx
+    PADS = True  # left padding: the conv's and the scan's inputs zero at the pads
 
     def __init__(self, cfg):
         super().__init__()
@@ -174,8 +175,10 @@ class Mamba(nn.Module, Fusable, FoldsNorm):
 
     # --- parallel ----------------------------------------------------------------------
     def forward(self, x, state=None, **ctx):
-        """x [B, L, d] → [B, L, d]; a given state is continued and left after the last token. ctx "packed": left
-        padding only (model/packed.py), the conv's and the scan's inputs zero at the pads."""
+        """x [B, L, d] → [B, L, d]; a given state is continued and left after the last token. ctx "packed"
+        (model/packed.py): packed sequences restart the conv and the scan at every sequence's first token (their
+        seq_idx); left padding zeroes the conv's and the scan's inputs at the pads instead, which from a zero
+        state is exact and keeps the scan on its fastest kernels (the Gluon ones take no restarts)."""
         xi, z = steps_linear(x.mT, self.in_proj.weight, self.in_proj.bias, parts=2)  # [B, E, L] each, dense
         w, b = self.conv1d.weight[:, 0], self.conv1d.bias
         packed = ctx.get("packed")
@@ -188,14 +191,16 @@ class Mamba(nn.Module, Fusable, FoldsNorm):
         """in_proj's halves xi, z [B, E, L] → out_proj's output [B, L, d]; `rc` keeps u and dt as recipes."""
         from archdsl.kernels import selective_scan
 
+        seq = packed.runs if packed is not None and packed.keep is None else None  # packed, not left padding
         xd, wd, bd = xi.detach(), w.detach(), None if b is None else b.detach()  # rc runs no recipe with a state
-        u = rc.keep(conv_forward(xi, w, b, None if state is None else state["conv"]), lambda: conv_forward(xd, wd, bd))
+        u = rc.keep(conv_forward(xi, w, b, None if state is None else state["conv"], seq),
+                    lambda: conv_forward(xd, wd, bd, seq_idx=seq))
         if packed is not None:
-            u = packed.zero_pads(u)  # from a zero state, a zero input leaves it zero
+            u = packed.zero_pads(u)  # left padding: from a zero state, a zero input leaves it zero
         dt, B, C = self._ssm_params(u, dim=1, rc=rc)
         epi = "epilogue" in self.fused
         kw = dict(D=self._f(self.D) if epi else None, z=z if epi else None,
-                  delta_bias=self._f(self.dt_proj.bias), delta_softplus=True)
+                  delta_bias=self._f(self.dt_proj.bias), delta_softplus=True, seq_idx=seq)
         if state is None:
             y = selective_scan(u, dt, self._A(), B, C, **kw)
         else:
