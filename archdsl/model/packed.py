@@ -4,9 +4,10 @@ causal-conv1d's convention: any integers, a new sequence wherever the value chan
 model(input_ids, seq_idx=...) gives every token the logits it would have in a row of its own: Mamba-2 and
 Mamba-1 restart their conv window and scan state where seq_idx changes (kernels' seq_idx), RWKV-6 its WKV state
 (wkv6's seq_idx) and token shifts (zeros at a sequence's start), attention sees only its own sequence's keys and
-counts RoPE positions from that sequence's start, and position-wise blocks (MLP, MoE) need nothing.
-A module class that keeps sequences apart says so with PACKS = True; the others (RWKV-4, S4D, whose kernels
-carry state across tokens with no reset) are refused before anything runs.
+counts RoPE positions from that sequence's start, S4D convolves each sequence in a row of its own, and
+position-wise blocks (MLP, MoE) need nothing. A module class that keeps sequences apart says so with
+PACKS = True; the others (RWKV-4's time-mix, whose WKV kernels carry state across tokens with no reset) are
+refused before anything runs.
 
 Left padding (model(ids, cache, attention_mask=...), generate(..., attention_mask=...)) is the same thing with
 two sequences a row, the pads then the prompt: `Packed.padding(mask)` adds `keep`, the mask as bool. The blocks
@@ -67,6 +68,14 @@ class Packed:
         begins[:, 1:] = runs[:, 1:] != runs[:, :-1]
         start = torch.where(begins, t, 0).cummax(1).values
         return cls(runs, t - start)
+
+    def sequences(self) -> tuple[torch.Tensor, int, int]:
+        """Each of the B·L tokens' sequence, numbered over the batch row after row ([B·L] int64), the number of
+        sequences and the longest's length (one wait for the device, once a forward)."""
+        if "seqs" not in self.masks:
+            starts = (self.pos == 0).view(-1)
+            self.masks["seqs"] = starts.cumsum(0) - 1, int(starts.sum()), int(self.pos.max()) + 1
+        return self.masks["seqs"]
 
     def cu_seqlens(self) -> tuple[torch.Tensor, int]:
         """The sequences of the B·L tokens read row after row, as varlen attention takes them: cu_seqlens

@@ -93,7 +93,8 @@ def _complex_dtype(dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
 
 
 class S4D(nn.Module):
-    PADS = True  # left padding (model/packed.py): u zero at the pads, so the convolution and the state skip them
+    PACKS = True  # packed sequences (model/packed.py): each sequence convolved in a row of its own
+    PADS = True  # left padding: u zero at the pads, so the convolution and the state skip them
 
     def __init__(self, cfg):
         super().__init__()
@@ -146,19 +147,39 @@ class S4D(nn.Module):
     # --- parallel ------------------------------------------------------------------------
     def forward(self, x, state=None, **ctx):
         """x [B, L, d] → [B, L, d]; with `state`, continues from state["s"] and leaves the final one. ctx
-        "packed": left padding only (model/packed.py), u zero at the pads."""
-        if ctx.get("packed") is not None:
-            x = ctx["packed"].zero_pads(x, dim=1)
+        "packed" (model/packed.py): packed sequences are convolved each in a row of its own; left padding zeroes
+        u at the pads instead (from a zero state that is exact, and keeps the batch's rows)."""
+        packed = ctx.get("packed")
+        if packed is not None:
+            x = packed.zero_pads(x, dim=1)
         Bsz, L, d = x.shape
         real, _ = _complex_dtype(x.dtype)
         u = x.transpose(1, 2).to(real)  # [B, d, L]
-        K = self.kernel(L, x.dtype)
-        n = 2 * L
-        y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(K, n=n), n=n)[..., :L]
+        if packed is not None and packed.keep is None:
+            y = self._per_sequence(u, packed, x.dtype)
+        else:
+            y = self._convolve(u, x.dtype)
         if state is not None:
             y = y + self._carry(u, state)
         y = y + u * self.D.to(real)[:, None]
         return self._output(F.gelu(y).to(x.dtype)).transpose(1, 2)
+
+    def _convolve(self, u, dtype):
+        """The convolution K * u of rows u [B, d, L] from a zero state, by FFT of length 2L → [B, d, L]."""
+        L, n = u.shape[-1], 2 * u.shape[-1]
+        K = self.kernel(L, dtype)
+        return torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(K, n=n), n=n)[..., :L]
+
+    def _per_sequence(self, u, packed, dtype):
+        """The convolution of packed rows u [B, d, L], each sequence from a zero state → [B, d, L]: the
+        sequences gathered into rows of their own ([sequences, d, longest], zeros after each), convolved, and
+        read back at each token's place. The FFTs grow with sequences × longest rather than B × L."""
+        Bsz, d, L = u.shape
+        seq, n, longest = packed.sequences()
+        at = (seq, packed.pos.reshape(-1))
+        rows = u.new_zeros(n, longest, d).index_put(at, u.transpose(1, 2).reshape(Bsz * L, d))
+        y = self._convolve(rows.transpose(1, 2), dtype)                        # [sequences, d, longest]
+        return y.transpose(1, 2)[at].view(Bsz, L, d).transpose(1, 2)
 
     def _carry(self, u, state):
         """Output contribution of the incoming state, 2·Re(C·Ā^{t+1}·s₀) [B, d, L]; leaves the state
