@@ -264,11 +264,11 @@ def test_run_directory_must_be_a_directory(tmp_path, capsys):
     assert (tmp_path / "afile").read_text() == "x"
 
 
-def test_packed_documents(tmp_path, capsys):
+def test_packed_documents(tmp_path, capsys, monkeypatch):
     """--data FILE,eos=ID packs the documents of every window: seq_idx counts the eos tokens before each token
     in its row and the token after an eos is not scored; a hybrid of Mamba-2 and attention and a Jamba (Mamba-1,
-    attention, MoE) train on it, a model with a block that cannot pack (RWKV-4) is refused before any work, as are
-    bad eos ids."""
+    attention, MoE) and an RWKV-4 train on it; a model with a block that cannot pack (none does now: PACKS taken from
+    S4D here) is refused before any work, as are bad eos ids."""
     from archdsl.train.data import IGNORE, parse_data
     rng = np.random.default_rng(0)
     tokens = rng.integers(1, 64, 4096, dtype=np.uint16)
@@ -298,8 +298,13 @@ def test_packed_documents(tmp_path, capsys):
     bad = lambda argv, *needles: refused(capsys, argv, *needles)  # noqa: E731
     rwkv4 = write(tmp_path, "r.yaml", "name: tiny-rwkv4\nd_model: 32\nvocab_size: 64\nlayout: rwkv4+cmix, attn\n"
                                       "blocks:\n  rwkv4: {}\n  cmix: {version: 4}\n  attn: {heads: 2}\n")
-    bad(["train", rwkv4, "--data", f"{path},eos=0", *args, "-o", str(tmp_path / "x")],
-        "packing documents (eos=): layer 0's rwkv4 carries its state from one sequence into the next")
+    assert main(["train", rwkv4, "--data", f"{path},eos=0", *args, "-o", str(tmp_path / "rwkv4")]) == 0
+    from archdsl.model.modules import MODULES
+    monkeypatch.setattr(MODULES["s4d"], "PACKS", False)
+    s4d = write(tmp_path, "s.yaml", "name: tiny-s4d\nd_model: 32\nvocab_size: 64\nlayout: s4d, attn\n"
+                                   "blocks:\n  s4d: {d_state: 8}\n  attn: {heads: 2}\n")
+    bad(["train", s4d, "--data", f"{path},eos=0", *args, "-o", str(tmp_path / "x")],
+        "packing documents (eos=): layer 0's s4d carries its state from one sequence into the next")
     bad(["train", hybrid, "--data", f"{path},eos=64", *args, "-o", str(tmp_path / "x")], "eos token 64 is outside")
     bad(["train", hybrid, "--data", f"{path},eos=-1", *args, "-o", str(tmp_path / "x")], "eos= needs a token id")
     only_eos = tmp_path / "eos.bin"

@@ -4,10 +4,10 @@ causal-conv1d's convention: any integers, a new sequence wherever the value chan
 model(input_ids, seq_idx=...) gives every token the logits it would have in a row of its own: Mamba-2 and
 Mamba-1 restart their conv window and scan state where seq_idx changes (kernels' seq_idx), RWKV-6 its WKV state
 (wkv6's seq_idx) and token shifts (zeros at a sequence's start), attention sees only its own sequence's keys and
-counts RoPE positions from that sequence's start, S4D convolves each sequence in a row of its own, and
-position-wise blocks (MLP, MoE) need nothing. A module class that keeps sequences apart says so with
-PACKS = True; the others (RWKV-4's time-mix, whose WKV kernels carry state across tokens with no reset) are
-refused before anything runs.
+counts RoPE positions from that sequence's start, S4D's convolution and RWKV-4's WKV (kernels with no
+restart) run on each sequence in a row of its own (`to_rows`, `from_rows`: the work grows with sequences ×
+longest rather than B × L), and position-wise blocks (MLP, MoE) need nothing. A module class that keeps
+sequences apart says so with PACKS = True; one without it is refused before anything runs.
 
 Left padding (model(ids, cache, attention_mask=...), generate(..., attention_mask=...)) is the same thing with
 two sequences a row, the pads then the prompt: `Packed.padding(mask)` adds `keep`, the mask as bool. The blocks
@@ -69,13 +69,28 @@ class Packed:
         start = torch.where(begins, t, 0).cummax(1).values
         return cls(runs, t - start)
 
-    def sequences(self) -> tuple[torch.Tensor, int, int]:
-        """Each of the B·L tokens' sequence, numbered over the batch row after row ([B·L] int64), the number of
-        sequences and the longest's length (one wait for the device, once a forward)."""
-        if "seqs" not in self.masks:
+    def _places(self) -> tuple[tuple[torch.Tensor, torch.Tensor], int, int]:
+        """Each of the B·L tokens' place in the rows of `to_rows`: (its sequence, numbered over the batch row
+        after row, and its position in it), [B·L] int64 each; the number of sequences and the longest's length
+        (one wait for the device, once a forward)."""
+        if "places" not in self.masks:
             starts = (self.pos == 0).view(-1)
-            self.masks["seqs"] = starts.cumsum(0) - 1, int(starts.sum()), int(self.pos.max()) + 1
-        return self.masks["seqs"]
+            at = (starts.cumsum(0) - 1, self.pos.reshape(-1))
+            self.masks["places"] = at, int(starts.sum()), int(self.pos.max()) + 1
+        return self.masks["places"]
+
+    def to_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, L, ...] → [sequences, longest, ...]: each sequence in a row of its own from step 0, zeros after
+        it, for a block whose kernels cannot restart (a row's steps after its sequence change nothing before)."""
+        at, n, longest = self._places()
+        B, L = self.pos.shape
+        flat = x.reshape(B * L, *x.shape[2:])
+        return flat.new_zeros(n, longest, *x.shape[2:]).index_put(at, flat)
+
+    def from_rows(self, y: torch.Tensor) -> torch.Tensor:
+        """y [sequences, longest, ...] (as `to_rows` lays them) → [B, L, ...], each token's from its place."""
+        at, _, _ = self._places()
+        return y[at].view(*self.pos.shape, *y.shape[2:])
 
     def cu_seqlens(self) -> tuple[torch.Tensor, int]:
         """The sequences of the B·L tokens read row after row, as varlen attention takes them: cu_seqlens

@@ -23,10 +23,12 @@ SMALL = {
     "mamba": {"d_state": 5, "dt_rank": 3},
     "jmamba": {"kind": "mamba", "d_state": 4, "inner_norms": "weighted"},
     "s4d": {"d_state": 8},
+    "rwkv4": {},
+    "cmix4": {"kind": "cmix", "hidden": 24, "version": 4},
 }
 LAYOUTS = ["mamba2+mlp, attn+moe, swa, mamba2(shared), mamba2(shared), zamba(shared) at 1 3",
            "2×(mamba2, attn(shared)+mlp)", "rwkv6+cmix, attn+mlp, rwkv6+cmix", "mamba+mlp, attn+moe, jmamba",
-           "s4d+mlp, attn+mlp, s4d"]
+           "s4d+mlp, attn+mlp, s4d", "rwkv4+cmix4, attn+mlp, rwkv4+cmix4"]
 PACKS = sorted(k for k, cls in MODULES.items() if getattr(cls, "PACKS", False))
 
 
@@ -56,7 +58,8 @@ def test_packed_equals_each_alone(layout, kernels, monkeypatch):
     """Two rows of 19 tokens, one packing sequences of 1, 6, 4 and 8 tokens (a chunk of 4 cut mid-way, a
     sequence of one), the other a single sequence; logits and the gradients of every parameter. Mamba-2 with
     a dt_floor, a window of 3, a shared attention block and a zamba inject; RWKV-6 with its channel-mix (both
-    token shifts); Mamba-1 plain and with Jamba's inner norms; S4D. Triton: interpreted kernels."""
+    token shifts); Mamba-1 plain and with Jamba's inner norms; S4D; RWKV-4 with its channel-mix. Triton:
+    interpreted kernels."""
     if kernels == "triton":
         monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv("ARCHDSL_KERNELS", kernels)
@@ -79,12 +82,12 @@ def test_packed_equals_each_alone(layout, kernels, monkeypatch):
         torch.testing.assert_close(a, b, rtol=tol * 10, atol=tol * 10, msg=name)
 
 
-@pytest.mark.parametrize("layout", [LAYOUTS[1], LAYOUTS[3], LAYOUTS[4]])
+@pytest.mark.parametrize("layout", [LAYOUTS[1], LAYOUTS[3], LAYOUTS[4], LAYOUTS[5]])
 @settings(max_examples=10, deadline=None)
 @given(cuts=st.lists(st.integers(1, 7), min_size=1, max_size=5), values=st.sampled_from([0, 5, -2]))
 def test_packed_of_any_lengths(layout, cuts, values):
     """Any lengths and seq_idx values (the same sequences numbered from 0, 5 or -2): as each alone (Mamba-2,
-    Mamba-1, S4D with attention)."""
+    Mamba-1, S4D, RWKV-4 with attention)."""
     model = model_of(layout)
     L = sum(cuts)
     ids = torch.randint(0, 37, (1, L), generator=torch.Generator().manual_seed(L))
@@ -99,14 +102,13 @@ def test_one_sequence_is_no_packing():
     torch.testing.assert_close(model(ids, seq_idx=torch.full((2, 11), 4)), model(ids), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", sorted(set(MODULES) - set(PACKS)))
-def test_blocks_that_carry_state_are_refused(kind):
-    """A block whose kernel carries state across tokens with no reset (RWKV-4's time-mix) is refused, with
-    the layer, before anything runs."""
-    layout = {"rwkv4": "mamba2, rwkv4+cmix"}.get(kind, f"mamba2, {kind}")
-    blocks = SMALL
-    model = archdsl.compile(archdsl.parse(layout, d_model=16, vocab_size=37, blocks=blocks), dtype=torch.float64)
-    with pytest.raises(ArchDSLError, match=rf"seq_idx \(packed sequences\): layer 1's {kind} carries its state"):
+def test_a_block_that_cannot_pack_is_refused(monkeypatch):
+    """Every block packs; one that did not (PACKS taken from S4D here) would be refused, with the layer, before
+    anything runs."""
+    assert set(PACKS) == set(MODULES)
+    monkeypatch.setattr(MODULES["s4d"], "PACKS", False)
+    model = archdsl.compile(archdsl.parse("mamba2, s4d", d_model=16, vocab_size=37, blocks=SMALL), dtype=torch.float64)
+    with pytest.raises(ArchDSLError, match=r"seq_idx \(packed sequences\): layer 1's s4d carries its state"):
         model(torch.zeros(1, 5, dtype=torch.long), seq_idx=torch.zeros(1, 5, dtype=torch.long))
 
 
@@ -124,7 +126,7 @@ def test_bad_seq_idx(bad, msg):
 
 
 def test_packs_names_its_blocks():
-    assert PACKS == ["attn", "cmix", "mamba", "mamba2", "mlp", "moe", "rwkv6", "s4d", "zamba"]
+    assert PACKS == ["attn", "cmix", "mamba", "mamba2", "mlp", "moe", "rwkv4", "rwkv6", "s4d", "zamba"]
 
 
 @pytest.mark.gpu

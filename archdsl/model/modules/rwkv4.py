@@ -56,6 +56,7 @@ def _wkv_state(state: dict) -> tuple:
 
 class Rwkv4TimeMix(nn.Module):
     """RWKV-4 time-mix; parameter names and shapes of transformers' RwkvSelfAttention."""
+    PACKS = True  # packed sequences (model/packed.py): the shift restarts, the WKV runs a row a sequence
 
     def __init__(self, cfg):
         super().__init__()
@@ -98,10 +99,16 @@ class Rwkv4TimeMix(nn.Module):
         return r, k, v
 
     def forward(self, x, state=None, **ctx):
-        """x [B, L, d] → [B, L, d]; with `state`, continues from it and leaves the final state."""
+        """x [B, L, d] → [B, L, d]; with `state`, continues from it and leaves the final state. ctx "packed"
+        (model/packed.py, no state): the token shift reads zeros at each sequence's start, and the WKV, whose
+        kernels cannot restart, runs on each sequence in a row of its own."""
         from archdsl.kernels import wkv4
 
-        r, k, v = self._rkv(x, token_shift(x, state))
+        packed = ctx.get("packed")
+        r, k, v = self._rkv(x, token_shift(x, state, packed))
+        if packed is not None:
+            wkv, _ = wkv4(self.time_decay, self.time_first, packed.to_rows(k), packed.to_rows(v))
+            return self.output(r * packed.from_rows(wkv).to(r.dtype))
         wkv, new = wkv4(self.time_decay, self.time_first, k, v, _wkv_state(state) if state is not None else None)
         if state is not None:
             for name, t in zip(("num", "den", "max"), new):

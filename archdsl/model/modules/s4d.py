@@ -155,8 +155,9 @@ class S4D(nn.Module):
         Bsz, L, d = x.shape
         real, _ = _complex_dtype(x.dtype)
         u = x.transpose(1, 2).to(real)  # [B, d, L]
-        if packed is not None and packed.keep is None:
-            y = self._per_sequence(u, packed, x.dtype)
+        if packed is not None and packed.keep is None:  # each sequence in a row of its own
+            y = packed.from_rows(self._convolve(packed.to_rows(u.transpose(1, 2)).transpose(1, 2), x.dtype)
+                                 .transpose(1, 2)).transpose(1, 2)
         else:
             y = self._convolve(u, x.dtype)
         if state is not None:
@@ -169,17 +170,6 @@ class S4D(nn.Module):
         L, n = u.shape[-1], 2 * u.shape[-1]
         K = self.kernel(L, dtype)
         return torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(K, n=n), n=n)[..., :L]
-
-    def _per_sequence(self, u, packed, dtype):
-        """The convolution of packed rows u [B, d, L], each sequence from a zero state → [B, d, L]: the
-        sequences gathered into rows of their own ([sequences, d, longest], zeros after each), convolved, and
-        read back at each token's place. The FFTs grow with sequences × longest rather than B × L."""
-        Bsz, d, L = u.shape
-        seq, n, longest = packed.sequences()
-        at = (seq, packed.pos.reshape(-1))
-        rows = u.new_zeros(n, longest, d).index_put(at, u.transpose(1, 2).reshape(Bsz * L, d))
-        y = self._convolve(rows.transpose(1, 2), dtype)                        # [sequences, d, longest]
-        return y.transpose(1, 2)[at].view(Bsz, L, d).transpose(1, 2)
 
     def _carry(self, u, state):
         """Output contribution of the incoming state, 2·Re(C·Ā^{t+1}·s₀) [B, d, L]; leaves the state
