@@ -13,11 +13,10 @@ Left padding (model(ids, cache, attention_mask=...), generate(..., attention_mas
 two sequences a row, the pads then the prompt: `Packed.padding(mask)` adds `keep`, the mask as bool. The blocks
 that pack need only that the conv states they leave hold zeros, not pads (Mamba-2 zeroes its conv input at the
 pads), and attention keeps each row's pad count in its cache (state["start"]), so that decode steps skip those
-keys and count RoPE positions from the prompt. S4D cannot restart, but from a zero state a zero input leaves it
-at zero: it zeroes its input at the pads, which keeps every prompt token's output and the final state exact.
-Mamba-1 does the same (conv input and scan input) rather than restart: its scan stays on the Gluon kernels,
-which take no restarts. A class that takes left padding says so with PADS = True; RWKV-4 cannot (no input leaves
-its WKV state unchanged: exp(k) > 0) and is refused.
+keys and count RoPE positions from the prompt. From a zero state a zero input leaves S4D and Mamba-1 at zero:
+they zero their inputs at the pads (S4D's u; Mamba-1's conv and scan inputs, which keeps its scan on the Gluon
+kernels), which keeps every prompt token's output and the final state exact. RWKV-4 sets k = -inf at the pads:
+exp(k) = 0 adds nothing to its WKV sums. A class that takes left padding says so with PADS = True.
 """
 from __future__ import annotations
 

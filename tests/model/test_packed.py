@@ -132,7 +132,7 @@ def test_packs_names_its_blocks():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("layout", ["mamba2, attn+mlp, mamba2", "rwkv6+cmix, attn+mlp, rwkv6+cmix",
-                                    "mamba, attn+mlp, mamba"])
+                                    "mamba, attn+mlp, mamba", "s4d+mlp, attn+mlp, rwkv4+cmix4"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 def test_gpu_packed_equals_each_alone(dtype, tol, layout):
     """On the card's kernels (the SSD's chunked and Gluon paths, WKV6's serial or chunked, pick themselves),
@@ -141,7 +141,8 @@ def test_gpu_packed_equals_each_alone(dtype, tol, layout):
     one more rounding). (The lengths share Triton's specialisation of L, so that the kernels compile twice,
     not four times.)"""
     blocks = {"mamba2": {"headdim": 64, "dt_floor": 1e-3}, "attn": {"heads": 4}, "mlp": {"hidden": 512}, "mamba": {},
-              "rwkv6": {"head_size": 64}, "cmix": {"version": 6}}
+              "rwkv6": {"head_size": 64}, "cmix": {"version": 6}, "s4d": {"d_state": 64}, "rwkv4": {},
+              "cmix4": {"kind": "cmix", "version": 4}}
     spec = archdsl.parse(layout, d_model=256, vocab_size=1000, blocks=blocks)
     model = archdsl.compile(spec, dtype=dtype, seed=0, device="cuda")
     lengths = [[100, 3, 300, 109], [512]]

@@ -1,6 +1,6 @@
 """Left padding: model(ids, cache, attention_mask=...) and generate(..., attention_mask=...) give every prompt
-token the logits, and every row the decode steps, of its prompt run alone; blocks that cannot skip pads
-(RWKV-4's time-mix) and masks that are not left padding are refused before anything runs."""
+token the logits, and every row the decode steps, of its prompt run alone; a block that cannot skip pads (none
+now) and masks that are not left padding are refused before anything runs."""
 from __future__ import annotations
 
 import pytest
@@ -23,11 +23,14 @@ SMALL = {
     "zamba": {"heads": 4, "lora": 4, "hidden": 24},
     "rwkv6": {"head_size": 8, "mix_lora": 4, "decay_lora": 4},
     "cmix": {"hidden": 24, "version": 6},
+    "rwkv4": {},
+    "cmix4": {"kind": "cmix", "hidden": 24, "version": 4},
 }
 # every block that takes padding: Mamba-2 (conv state), Mamba-1 and S4D (zeroed inputs), attention with and
-# without a window (its ring), a shared block, a zamba inject, MoE; RWKV-6 with its channel-mix
+# without a window (its ring), a shared block, a zamba inject, MoE; RWKV-6 and RWKV-4 (k = -inf at the pads)
+# with their channel-mixes
 LAYOUTS = ["mamba2+mlp, attn+moe, swa, mamba2(shared), mamba, s4d, zamba(shared) at 1 3",
-           "rwkv6+cmix, attn+mlp, rwkv6+cmix"]
+           "rwkv6+cmix, attn+mlp, rwkv6+cmix", "rwkv4+cmix4, swa, rwkv4+cmix4"]
 PADS = sorted(k for k, cls in MODULES.items() if getattr(cls, "PADS", False))
 
 
@@ -76,10 +79,11 @@ def test_padded_rows_equal_each_prompt_alone(lengths, layout, static):
 
 def test_padded_rows_on_triton_kernels(monkeypatch):
     """The Triton kernels (interpreted): the SSD with seq_idx and an initial state, the selective scan and the
-    conv on zeroed pads, float32."""
+    conv on zeroed pads, WKV4 with k = -inf at the pads (its forward and step), float32."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
     check_rows(model_of("mamba2, mamba, swa", torch.float32), [6, 2], 2e-5)
+    check_rows(model_of("rwkv4+cmix4, swa, rwkv4+cmix4", torch.float32), [6, 2, 1], 2e-5)
 
 
 def test_padded_generate_equals_each_prompt_alone():
@@ -107,9 +111,11 @@ def test_pads_change_nothing_else():
     assert torch.equal(rwkv4(ids, attention_mask=torch.ones_like(ids)), rwkv4(ids))
 
 
-def test_rwkv4_is_refused():
-    """RWKV-4's WKV state has no input that leaves it unchanged (exp(k) > 0): refused, with the layer, before
-    anything runs, also by generate."""
+def test_a_block_that_cannot_skip_pads_is_refused(monkeypatch):
+    """Every block takes left padding; one that did not (PADS taken from RWKV-4 here) would be refused, with the
+    layer, before anything runs, also by generate."""
+    assert set(PADS) == set(MODULES)
+    monkeypatch.setattr(MODULES["rwkv4"], "PADS", False)
     model = archdsl.compile(archdsl.parse("mamba2, rwkv4+cmix", d_model=16, vocab_size=37, blocks=SMALL),
                             dtype=torch.float64)
     ids, mask = left_padded([5, 2])
@@ -170,14 +176,14 @@ def test_padding_takes_a_fresh_cache_and_no_seq_idx():
 
 
 def test_pads_names_its_blocks():
-    assert PADS == ["attn", "cmix", "mamba", "mamba2", "mlp", "moe", "rwkv6", "s4d", "zamba"]
+    assert PADS == ["attn", "cmix", "mamba", "mamba2", "mlp", "moe", "rwkv4", "rwkv6", "s4d", "zamba"]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("layout", ["mamba2, attn+moe, mamba+mlp, attn(window=4)",
                                     "3×mamba2, zamba(shared, heads=4, lora=4) at 0 2",
-                                    "rwkv6+cmix, s4d+mlp, mamba2"])
+                                    "rwkv6+cmix, s4d+mlp, mamba2", "rwkv4+cmix4, attn+mlp, rwkv4+cmix4"])
 def test_gpu_padded_generate(layout):
     """On the card's kernels, float32, d_model 64: a left-padded batch generated through the CUDA graph (the
     static cache's pad counts) and eagerly gives each row its prompt's tokens alone; the prefill logits agree."""

@@ -57,6 +57,7 @@ def _wkv_state(state: dict) -> tuple:
 class Rwkv4TimeMix(nn.Module):
     """RWKV-4 time-mix; parameter names and shapes of transformers' RwkvSelfAttention."""
     PACKS = True  # packed sequences (model/packed.py): the shift restarts, the WKV runs a row a sequence
+    PADS = True  # left padding: k = -inf at the pads (exp(k) = 0), which from a zero state leaves it zero
 
     def __init__(self, cfg):
         super().__init__()
@@ -100,16 +101,22 @@ class Rwkv4TimeMix(nn.Module):
 
     def forward(self, x, state=None, **ctx):
         """x [B, L, d] → [B, L, d]; with `state`, continues from it and leaves the final state. ctx "packed"
-        (model/packed.py, no state): the token shift reads zeros at each sequence's start, and the WKV, whose
-        kernels cannot restart, runs on each sequence in a row of its own."""
+        (model/packed.py): the token shift reads zeros at each sequence's start. Packed sequences (no state): the
+        WKV, whose kernels cannot restart, runs on each sequence in a row of its own. Left padding (a fresh
+        state): k is -inf at the pads, so exp(k) adds nothing to the WKV sums, which stay zero until the prompt
+        (the running maximum only falls); the pads' own outputs (0/0) are set to zero."""
         from archdsl.kernels import wkv4
 
         packed = ctx.get("packed")
         r, k, v = self._rkv(x, token_shift(x, state, packed))
-        if packed is not None:
+        if packed is not None and packed.keep is None:
             wkv, _ = wkv4(self.time_decay, self.time_first, packed.to_rows(k), packed.to_rows(v))
             return self.output(r * packed.from_rows(wkv).to(r.dtype))
+        if packed is not None:
+            k = k.masked_fill(~packed.keep[..., None], float("-inf"))
         wkv, new = wkv4(self.time_decay, self.time_first, k, v, _wkv_state(state) if state is not None else None)
+        if packed is not None:
+            wkv = torch.where(packed.keep[..., None], wkv, 0.0)
         if state is not None:
             for name, t in zip(("num", "den", "max"), new):
                 state[name].copy_(t)
