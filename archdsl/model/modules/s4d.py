@@ -156,8 +156,8 @@ class S4D(nn.Module):
         real, _ = _complex_dtype(x.dtype)
         u = x.transpose(1, 2).to(real)  # [B, d, L]
         if packed is not None and packed.keep is None:  # each sequence in a row of its own
-            y = packed.from_rows(self._convolve(packed.to_rows(u.transpose(1, 2)).transpose(1, 2), x.dtype)
-                                 .transpose(1, 2)).transpose(1, 2)
+            rows = packed.to_rows(u.mT).mT                                     # [sequences, d, longest]
+            y = packed.from_rows(self._convolve(rows, x.dtype).mT).mT
         else:
             y = self._convolve(u, x.dtype)
         if state is not None:
