@@ -7,14 +7,15 @@ import torch
 
 from .._checks import expect_float, expect_integer, expect_same_device, expect_shape
 from .._dispatch import apply, backend_for, on_input_device, pick_impl, time_or_inf
-from .._host import seq_runs
+from .._host import seq_runs, seq_starts
 from .chunked import ssd_scan_chunked
 from .naive import DtRule, ssd_scan_naive, ssd_step_naive
 
 
 @on_input_device
 def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
-             initial_states=None, seq_idx=None, return_final_states=False, keep_states=True, dt_limit=None):
+             initial_states=None, seq_idx=None, return_final_states=False, keep_states=True, dt_limit=None,
+             cu_seqlens=None, return_varlen_states=False):
     """Mamba-2 state-space duality scan, as mamba_ssm's `mamba_chunk_scan_combined`.
 
     x [B, L, H, P], dt [B, L, H], A [H] (negative), B, C [B, L, G, N] with G dividing H
@@ -37,11 +38,27 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     chunks and runs the chunked layout's state pass again rather than keeping the state entering every
     chunk, the chunks' dt cumsums and C·Bᵀ (H·P·N / chunk + 2·H + G·chunk values a token; ~6% more
     forward+backward time). The result is the same bits either way.
+
+    cu_seqlens [n + 1] integer (batch 1; mamba_ssm's varlen form: 0, each later sequence's first token, L) says
+    the packing as offsets: it stands for seq_idx, or, with seq_idx, must say the same. return_varlen_states
+    (with seq_idx or cu_seqlens) also returns each sequence's last state, [sequences, H, P, N] float32 (float64
+    for float64 x), the sequences row after row, each row's first token starting one; it comes last, after
+    the final state (kernels/ssd/varlen.py: torch after the scan, differentiable).
     """
     _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx)
     _check_limit(dt_limit)
     if not isinstance(keep_states, bool):
         raise ValueError(f"keep_states: expected True or False, got {keep_states!r}")
+    seq_idx = _packing(seq_idx, cu_seqlens, x)
+    if return_varlen_states:
+        if seq_idx is None:
+            raise ValueError("return_varlen_states: needs seq_idx or cu_seqlens (the sequences whose states it "
+                             "returns)")
+        out = ssd_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states, seq_idx,
+                       return_final_states, keep_states, dt_limit)
+        from .varlen import varlen_states
+        states = varlen_states(x, dt, A, B, seq_idx, dt_bias, DtRule.of(dt_softplus, dt_limit), initial_states)
+        return (*out, states) if return_final_states else (out, states)
     seq_idx = None if seq_idx is None else seq_runs(seq_idx)
     backend = backend_for(x, B)
     kw = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_states=initial_states,
@@ -154,6 +171,27 @@ def _time(fn, args, grad) -> float:
         if leaves:
             torch.autograd.grad(y, leaves, torch.ones_like(y))
     return time_or_inf(go)
+
+
+def _packing(seq_idx, cu_seqlens, x):
+    """seq_idx, or the one cu_seqlens stands for (checked: batch 1, 0 first, L last, increasing: no empty
+    sequence, and the same starts as a seq_idx given too)."""
+    if cu_seqlens is None:
+        return seq_idx
+    batch, L = x.shape[:2]
+    expect_shape("cu_seqlens", cu_seqlens, (None,))
+    expect_integer(cu_seqlens=cu_seqlens)
+    expect_same_device(x=x, cu_seqlens=cu_seqlens)
+    cu = cu_seqlens.tolist()
+    if batch != 1 or len(cu) < 2 or cu[0] != 0 or cu[-1] != L or any(b <= a for a, b in zip(cu, cu[1:])):
+        raise ValueError(f"cu_seqlens: expected 0, then increasing offsets, then L={L}, for a batch of 1 "
+                         f"(x has batch {batch}); got {cu[:8]}{' ...' if len(cu) > 8 else ''}")
+    firsts = cu_seqlens[1:-1].long()
+    from_cu = torch.zeros(L, dtype=torch.long, device=x.device).index_add_(0, firsts, torch.ones_like(firsts))
+    from_cu = from_cu.cumsum(0)[None]  # [1, L]: 0, 1, 2, ... a sequence
+    if seq_idx is not None and not torch.equal(seq_starts(seq_idx), seq_starts(from_cu)):
+        raise ValueError("cu_seqlens: its sequences are not seq_idx's (they must say the same packing)")
+    return from_cu
 
 
 def _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx):

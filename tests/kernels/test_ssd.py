@@ -495,6 +495,80 @@ def test_seq_idx_of_any_integers(impl, seq):
     assert_matches_float64(scan_of(impl), t)
 
 
+def _each_alone_final(t, seq):
+    """Each run of equal seq_idx scanned alone by the float64 loop (a row's first run from initial_states when
+    its seq_idx is 0): their final states, row after row [sequences, H, P, N]."""
+    states = []
+    for b, row in enumerate(seq.tolist()):
+        cuts = [0] + [i for i in range(1, len(row)) if row[i] != row[i - 1]] + [len(row)]
+        for a, e in zip(cuts, cuts[1:]):
+            h0 = t["initial_states"]
+            part = {k: t[k][b:b + 1, a:e].double() for k in ("x", "dt", "B", "C")}
+            _, h = ssd_scan_naive(part["x"], part["dt"], t["A"].double(), part["B"], part["C"],
+                                  dt_bias=None if t["dt_bias"] is None else t["dt_bias"].double(),
+                                  dt_softplus=t["dt_bias"] is not None,
+                                  initial_states=h0[b:b + 1].double() if h0 is not None and a == 0 and row[0] == 0
+                                  else None, return_final_states=True)
+            states.append(h[0])
+    return torch.stack(states)
+
+
+@pytest.mark.parametrize("impl", ["torch", "chunked"])
+@settings(max_examples=12, deadline=None)
+@given(seq=st.lists(st.sampled_from([-3, 0, 0, 1, 2]), min_size=1, max_size=19), h0=st.booleans(),
+       bias=st.booleans())
+def test_varlen_states_are_each_sequence_alone(impl, seq, h0, bias):
+    """return_varlen_states: every sequence's last state (float64 values, float32 inputs), as each scanned alone;
+    the row's last one is the final state, and y is the scan's without it."""
+    L = len(seq)
+    t = make(2, L, 4, 3, 2, 5, bias=bias, h0=h0)
+    seq_idx = torch.tensor([seq, [0] * L])
+    kw = dict(dt_bias=t["dt_bias"], dt_softplus=bias, initial_states=t["initial_states"], seq_idx=seq_idx)
+    scan = scan_of(impl)
+    y, final, states = scan(t["x"], t["dt"], t["A"], t["B"], t["C"], return_final_states=True,
+                            return_varlen_states=True, **kw)
+    assert_close([states], [_each_alone_final(t, seq_idx)], 2e-5)
+    rows_last = torch.tensor([len({*[i for i in range(1, L) if seq[i] != seq[i - 1]]}), -1])
+    assert_close([states[rows_last]], [final], 2e-5)
+    assert torch.equal(y, scan(t["x"], t["dt"], t["A"], t["B"], t["C"], **kw))
+
+
+def test_varlen_states_gradients_and_cu_seqlens():
+    """cu_seqlens (batch 1) stands for seq_idx, with return_varlen_states alone too; gradients of every input
+    through the states match the float64 reference's."""
+    t = make(1, 11, 2, 3, 1, 4, bias=True, h0=True, dtype=torch.float64)
+    cu = torch.tensor([0, 4, 5, 11])
+    seq_idx = torch.tensor([[0] * 4 + [1] + [2] * 6])
+    names = ["x", "dt", "A", "B", "dt_bias", "initial_states"]
+
+    def states(fn, **packing):
+        leaves = {k: t[k].clone().requires_grad_() for k in names}
+        y, h = fn(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], t["C"], dt_bias=leaves["dt_bias"],
+                  dt_softplus=True, initial_states=leaves["initial_states"], return_varlen_states=True, **packing)
+        w = torch.randn(h.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        return [h, *torch.autograd.grad((h * w).sum() + y.sum(), list(leaves.values()))]
+
+    with_cu = states(scan_of("torch"), cu_seqlens=cu)
+    assert_close(with_cu, states(scan_of("torch"), seq_idx=seq_idx), 1e-12)
+    assert_close(with_cu, states(scan_of("torch"), seq_idx=seq_idx, cu_seqlens=cu), 1e-12)
+    assert_close(with_cu[:1], [_each_alone_final(t, seq_idx)], 1e-12)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(return_varlen_states=True), "return_varlen_states: needs seq_idx or cu_seqlens"),
+    (dict(cu_seqlens=torch.tensor([0, 3, 3, 8])), "cu_seqlens: expected 0, then increasing offsets, then L=8"),
+    (dict(cu_seqlens=torch.tensor([0, 3, 7])), "then L=8"), (dict(cu_seqlens=torch.tensor([0.0, 8.0])), "cu_seqlens"),
+    (dict(cu_seqlens=torch.tensor([0, 3, 8]), seq_idx=torch.zeros(1, 8, dtype=torch.long)), "not seq_idx's"),
+])
+def test_varlen_bad_input(kw, msg):
+    t = make(1, 8, 2, 3, 1, 4)
+    with pytest.raises(ValueError, match=msg):
+        ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], **kw)
+    t2 = make(2, 8, 2, 3, 1, 4)
+    with pytest.raises(ValueError, match="for a batch of 1"):
+        ssd_scan(t2["x"], t2["dt"], t2["A"], t2["B"], t2["C"], cu_seqlens=torch.tensor([0, 8]))
+
+
 @pytest.mark.parametrize("bad, msg", [
     (dict(x=torch.zeros(2, 8, 4)), "x"), (dict(dt=torch.zeros(2, 8, 3)), "dt"), (dict(A=torch.zeros(5)), "A"),
     (dict(B=torch.zeros(2, 8, 3, 6), C=torch.zeros(2, 8, 3, 6)), "B"), (dict(C=torch.zeros(2, 8, 2, 5)), "C"),
