@@ -96,12 +96,9 @@ class Packed:
         [n + 1] int32 (each sequence's first token, then B·L) and the longest sequence's length (one wait
         for the device, once a forward)."""
         if "cu" not in self.masks:
-            B, L = self.runs.shape
-            begins = torch.ones_like(self.runs, dtype=torch.bool)
-            begins[:, 1:] = self.runs[:, 1:] != self.runs[:, :-1]
-            starts = begins.view(-1).nonzero().view(-1)
-            cu = torch.cat([starts, starts.new_full((1,), B * L)]).to(torch.int32)
-            self.masks["cu"] = cu, int(cu.diff().max())
+            starts = (self.pos == 0).view(-1).nonzero().view(-1)
+            cu = torch.cat([starts, starts.new_full((1,), self.pos.numel())]).to(torch.int32)
+            self.masks["cu"] = cu, self._places()[2]
         return self.masks["cu"]
 
     def attn_mask(self, window: int | None = None) -> torch.Tensor:
