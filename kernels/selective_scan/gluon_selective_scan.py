@@ -203,12 +203,14 @@ if HAVE_GLUON:
         return ((rs >> t) & 1).to(gl.float32) * -1e38
 
     @gluon.jit
-    def _sub_starts(rs_ptr, pid_b, L, s0, HAS_RESET: gl.constexpr):
-        """The backward's sequence starts from step s0 on (bit t: step s0 + t; s0 a multiple of T, which
-        divides 32), 0 without HAS_RESET."""
+    def _sub_starts(w0, w1, base, s0, HAS_RESET: gl.constexpr):
+        """The backward's sequence starts from step s0 on (bit t: step s0 + t), from the words w0, w1 of steps
+        32·(base // 32) on (a checkpoint chunk of at most 64 steps, s0 in it a multiple of T, which divides 32);
+        0 without HAS_RESET."""
         rs = 0
         if HAS_RESET:
-            rs = gl.load(rs_ptr + pid_b * (gl.cdiv(L, 32) + 1) + s0 // 32) >> (s0 % 32)
+            off = s0 - (base // 32) * 32
+            rs = gl.where(off >= 32, w1, w0) >> (off % 32)
         return rs
 
     @gluon.jit
@@ -273,21 +275,21 @@ if HAVE_GLUON:
             unit = _take(sync_ptr, lane)
             while unit < NUNITS:
                 _fwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr,
-                          sync_ptr, rs_ptr, lane, bc_smem, u_smem, dt_smem, z_smem, unit, L, DIM, N, CPG, NCK, G, LP, NPD,
-                          NCHAIN, SEGT, BLOCK_D, NB, NS, T, WARPS, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
-                          HAS_H0, STORE_CK, EVEN, QL, SHIFT, ASYNC, True, HAS_RESET)
+                          sync_ptr, rs_ptr, lane, bc_smem, u_smem, dt_smem, z_smem, unit, L, DIM, N, CPG, NCK, G, LP,
+                          NPD, NCHAIN, SEGT, BLOCK_D, NB, NS, T, WARPS, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS,
+                          SOFTPLUS, HAS_H0, STORE_CK, EVEN, QL, SHIFT, ASYNC, True, HAS_RESET)
                 unit = _take(sync_ptr, lane)  # taken only now, by a program free to run it
         else:  # no loop around the one unit: with one, this path ran ~1% slower than the kernel before units
             _fwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr,
-                      sync_ptr, rs_ptr, 0, bc_smem, u_smem, dt_smem, z_smem, gl.program_id(0), L, DIM, N, CPG, NCK, G, LP,
-                      NPD, NCHAIN, SEGT, BLOCK_D, NB, NS, T, WARPS, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
-                      HAS_H0, STORE_CK, EVEN, QL, SHIFT, ASYNC, False, HAS_RESET)
+                      sync_ptr, rs_ptr, 0, bc_smem, u_smem, dt_smem, z_smem, gl.program_id(0), L, DIM, N, CPG, NCK, G,
+                      LP, NPD, NCHAIN, SEGT, BLOCK_D, NB, NS, T, WARPS, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS,
+                      SOFTPLUS, HAS_H0, STORE_CK, EVEN, QL, SHIFT, ASYNC, False, HAS_RESET)
 
     @gluon.jit
     def _fwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr,
-                  sync_ptr, rs_ptr, lane, bc_smem, u_smem, dt_smem, z_smem, unit, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN,
-                  SEGT, BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr, WARPS: gl.constexpr,
-                  BC_V: gl.constexpr, BC_TC: gl.constexpr, CKI: gl.constexpr, HAS_D: gl.constexpr,
+                  sync_ptr, rs_ptr, lane, bc_smem, u_smem, dt_smem, z_smem, unit, L, DIM, N, CPG, NCK, G, LP, NPD,
+                  NCHAIN, SEGT, BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr,
+                  WARPS: gl.constexpr, BC_V: gl.constexpr, BC_TC: gl.constexpr, CKI: gl.constexpr, HAS_D: gl.constexpr,
                   HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr, HAS_H0: gl.constexpr,
                   STORE_CK: gl.constexpr, EVEN: gl.constexpr, QL: gl.constexpr, SHIFT: gl.constexpr,
                   ASYNC: gl.constexpr, PERSIST: gl.constexpr, HAS_RESET: gl.constexpr):
@@ -377,6 +379,9 @@ if HAVE_GLUON:
             if seg > 0:  # the chain's previous segment leaves its state in hT
                 _wait_turn(sync_ptr, chain, seg, lane)
                 h = gl.load(hT_ptr + state_off, mask=s_mask, other=0.0, cache_modifier=".cg")
+        if HAS_RESET:
+            rs_row = rs_ptr + pid_b * (gl.cdiv(L, 32) + 1)
+            rs_n = gl.load(rs_row + (c0 * T) // 32)
         _sync()
         for c in range(c0, c1):
             if ASYNC:
@@ -431,9 +436,10 @@ if HAVE_GLUON:
                 dt = gl.where((t_idx + c * T < L) & dmask, dt, 0.0)
             dtu = dt * u
             y = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
-            rs = 0
-            if HAS_RESET:  # the tile's T steps' sequence starts (T divides 32), the same for every channel
-                rs = gl.load(rs_ptr + pid_b * (gl.cdiv(L, 32) + 1) + (c * T) // 32) >> ((c * T) % 32)
+            if HAS_RESET:  # the tile's T steps' sequence starts (T divides 32), the same for every channel; the
+                # next tile's word is read now, so that no tile waits for its own
+                rs = rs_n >> ((c * T) % 32)
+                rs_n = gl.load(rs_row + ((c + 1) * T) // 32)  # at most the spare word
             for t in gl.static_range(T):
                 if STORE_CK and SHIFT:  # the state before step k·CKI, which is step t of this tile
                     if ck_here & (sh == t):
@@ -747,9 +753,20 @@ if HAVE_GLUON:
                                                 (t_lt + sn < L) & dmask, HAS_Z)
         bc_smem.store(bc_n)
         _sync()
+        w0 = 0
+        w1 = 0
+        if HAS_RESET:  # a chunk's sequence starts, its two words read a chunk ahead
+            rs_row = rs_ptr + pid_b * (gl.cdiv(L, 32) + 1)
+            w0_n = gl.load(rs_row + ((c_hi - 1) * CKI) // 32)
+            w1_n = gl.load(rs_row + ((c_hi - 1) * CKI) // 32 + 1)
         for cr in range(0, c_hi - c_lo):
             c = c_hi - 1 - cr
             base = c * CKI
+            if HAS_RESET:
+                w0 = w0_n
+                w1 = w1_n
+                w0_n = gl.load(rs_row + (gl.maximum(c - 1, 0) * CKI) // 32)
+                w1_n = gl.load(rs_row + (gl.maximum(c - 1, 0) * CKI) // 32 + 1)
             nsub = gl.minimum(NSUB, gl.cdiv(L - base, T))
             # pass 1: the state entering each sub-tile of the chunk, from its checkpoint (the last sub-tile's
             # states are pass 2's to recompute: walking it here too would cost 1/8 of this pass for nothing)
@@ -764,7 +781,7 @@ if HAVE_GLUON:
                                                         row + sn, (t_lt + sn < L) & dmask, HAS_Z)
                 dtu_r = gl.convert_layout(dt * u, LTR)
                 dt_r = gl.convert_layout(dt, LTR)
-                rs = _sub_starts(rs_ptr, pid_b, L, s0, HAS_RESET)
+                rs = _sub_starts(w0, w1, base, s0, HAS_RESET)
                 for t in gl.static_range(T):
                     Bt = bc_smem.slice(t, 1).slice(0, NB, dim=1).load(LS)
                     e = _at(dt_r, t_r, t, SD) * A2
@@ -795,7 +812,7 @@ if HAVE_GLUON:
                 dtu_r = gl.convert_layout(dtu, LTR)
                 hs = gl.zeros([BLOCK_D, T, NB], gl.float32, layout=L3)
                 yp = gl.zeros([BLOCK_D, NS, T], gl.float32, layout=LP3)
-                rs = _sub_starts(rs_ptr, pid_b, L, s0, HAS_RESET)
+                rs = _sub_starts(w0, w1, base, s0, HAS_RESET)
                 for t in gl.static_range(T):
                     Bt = bc_smem.slice(t, 1).slice(0, NB, dim=1).load(LS)
                     e = _at(dt_r, t_r, t, SD) * A2
@@ -1052,6 +1069,9 @@ def _ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int, sta
     if not fits_bwd(dim, groups, N, CK):
         raise ValueError(f"the Gluon backward needs a multiple of {bd} channels a B/C group (got {dim // groups}), "
                          f"5 to 16 states (got {N}) and a checkpoint interval that {T} divides (got {CK})")
+    if starts is not None and not (CK <= 64 and 32 % T == 0):
+        raise ValueError(f"the Gluon backward reads sequence starts in checkpoint chunks of at most 64 steps "
+                         f"(got {CK})")
     bc = _pack_bc(B4, C4, cdiv(L, T) * T, nb)
     lp = bc.shape[2]
     from .triton_selective_scan import _bwd_grads, _bwd_outputs
@@ -1085,18 +1105,19 @@ def _none_to_empty(outs, u):
     return [o if o is not None else u.new_empty(0) for o in outs]
 
 
-def _fwd_op(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK, starts):
+def _fwd_op(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK, starts=None):
     return _none_to_empty(_ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK=CK, starts=starts), u)
 
 
 _FWD_OP = torch.library.custom_op(
     "archdsl::selective_scan_fwd_gluon", mutates_args=(),
     schema="(Tensor u, Tensor delta, Tensor A, Tensor B4, Tensor C4, Tensor? D, Tensor? z, Tensor? bias, "
-           "Tensor? h0, bool softplus, bool store_ck, int CK, Tensor? starts) -> (Tensor, Tensor, Tensor)")(_fwd_op)
+           "Tensor? h0, bool softplus, bool store_ck, int CK, Tensor? starts=None) -> (Tensor, Tensor, Tensor)"
+)(_fwd_op)
 
 
 @_FWD_OP.register_fake
-def _ss_fwd_fake(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK, starts):
+def _ss_fwd_fake(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK, starts=None):
     """y like u, the last state [B, D, N] float32, checkpoints [B, D, NCK, N] float32 (empty unless stored)."""
     batch, dim, L = u.shape
     N = A.shape[1]
@@ -1104,7 +1125,7 @@ def _ss_fwd_fake(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK, st
             u.new_empty((batch, dim, cdiv(L, CK), N) if store_ck else (0,), dtype=torch.float32))
 
 
-def _bwd_op(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK, starts):
+def _bwd_op(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK, starts=None):
     grads = list(_ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK=CK, starts=starts))
     grads[3:5] = (g.contiguous() for g in grads[3:5])  # dB, dC: views of one buffer
     return _none_to_empty(grads, u)
@@ -1113,11 +1134,11 @@ def _bwd_op(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK, starts):
 _BWD_OP = torch.library.custom_op(
     "archdsl::selective_scan_bwd_gluon", mutates_args=(),
     schema="(Tensor u, Tensor delta, Tensor A, Tensor B4, Tensor C4, Tensor? D, Tensor? z, Tensor? bias, "
-           "Tensor ck, Tensor dy, Tensor? dhT, bool softplus, int CK, Tensor? starts) -> Tensor[]")(_bwd_op)
+           "Tensor ck, Tensor dy, Tensor? dhT, bool softplus, int CK, Tensor? starts=None) -> Tensor[]")(_bwd_op)
 
 
 @_BWD_OP.register_fake
-def _ss_bwd_fake(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK, starts):
+def _ss_bwd_fake(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK, starts=None):
     """The gradients of (u, delta, A, B4, C4, D, z, delta_bias, initial state), each in its input's dtype,
     dB and dC [B, G, N, L] contiguous, the initial state's [B, D, N] float32; empty where the input is absent."""
     like = lambda t: u.new_empty(t.shape, dtype=t.dtype) if t is not None else u.new_empty(0)

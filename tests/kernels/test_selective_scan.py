@@ -733,6 +733,10 @@ def test_gpu_gluon_under_torch_compile_is_one_graph(dtype):
     torch.library.opcheck(torch.ops.archdsl.selective_scan_fwd_gluon.default, (*fwd, True, True, tss.CK))
     torch.library.opcheck(torch.ops.archdsl.selective_scan_bwd_gluon.default,
                           (*fwd[:8], ck, torch.randn_like(y), torch.randn_like(hT), True, tss.CK))
+    starts = (torch.arange(300, device="cuda") % 37 == 5).to(torch.int8).expand(2, 300).contiguous()
+    torch.library.opcheck(torch.ops.archdsl.selective_scan_fwd_gluon.default, (*fwd, True, True, tss.CK, starts))
+    torch.library.opcheck(torch.ops.archdsl.selective_scan_bwd_gluon.default,
+                          (*fwd[:8], ck, torch.randn_like(y), torch.randn_like(hT), True, tss.CK, starts))
 
 
 def _fake(mode, tensors):
