@@ -15,7 +15,7 @@
   SDPA with the dense mask against `packed_sdpa`'s varlen flash attention, and plain causal flash attention over
   the whole row (no packing) for scale; forward, forward+backward.
 - selective_scan (Mamba-1), B4 D5120 N16 L4096 (softplus, delta_bias, D, z), 8 sequences a row: without seq_idx
-  (the Gluon kernels), and with it (the serial Triton forward and the groups backward, which restart); and
+  (the Gluon kernels), and with it (the default kernels: the Gluon ones, which read the starts as bits); and
   without seq_idx with those Triton kernels forced, to tell the restarts' cost from the kernels'.
 Median of triton.testing.do_bench for each figure.
 """
@@ -159,7 +159,7 @@ def scan_rows(B=4, D=5120, N=16, L=4096):
     dy = torch.randn_like(u)
     scan = lambda s: selective_scan(u, delta, A, Bm, Cm, D=Dv, z=z, delta_bias=bias, delta_softplus=True,  # noqa: E731
                                     seq_idx=s)
-    cases = [("no seq_idx (Gluon)", None, {}), ("seq_idx, 8 sequences (Triton)", seq, {}),
+    cases = [("no seq_idx (Gluon)", None, {}), ("seq_idx, 8 sequences (default kernels)", seq, {}),
              ("no seq_idx, Triton forced", None, {"ARCHDSL_SCAN_FWD": "serial", "ARCHDSL_SCAN_BWD": "groups"})]
     for name, s, env in cases:
         os.environ.update(env)

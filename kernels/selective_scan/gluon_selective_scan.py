@@ -197,6 +197,23 @@ if HAVE_GLUON:
         async_copy.commit_group()
 
     @gluon.jit
+    def _restart(rs, t: gl.constexpr):
+        """What a step's decay exponent adds with restarts: -1e38 where bit t of rs is set (a sequence starts: exp2
+        of it is 0, so the state restarts from zero), else 0."""
+        return ((rs >> t) & 1).to(gl.float32) * -1e38
+
+    @gluon.jit
+    def _sub_starts(w0, w1, base, s0, HAS_RESET: gl.constexpr):
+        """The backward's sequence starts from step s0 on (bit t: step s0 + t), from the words w0, w1 of steps
+        32·(base // 32) on (a checkpoint chunk of at most 64 steps, s0 in it a multiple of T, which divides 32);
+        0 without HAS_RESET."""
+        rs = 0
+        if HAS_RESET:
+            off = s0 - (base // 32) * 32
+            rs = gl.where(off >= 32, w1, w0) >> (off % 32)
+        return rs
+
+    @gluon.jit
     def _io_mask(t0, t_io, L, dmask, SHIFT: gl.constexpr):
         """The load mask of the tile whose steps are t0 + t_io of the rows. With SHIFT, each thread's 8 steps, a
         16-byte group, move whole where any of them lies in its row (one access; the others are the next or last
@@ -210,7 +227,7 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _ss_fwd_rows_kernel(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-                            y_ptr, hT_ptr, ck_ptr, sync_ptr,
+                            y_ptr, hT_ptr, ck_ptr, sync_ptr, rs_ptr,
                             L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, NUNITS, SEGT,
                             BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr,
                             WARPS: gl.constexpr,
@@ -218,7 +235,7 @@ if HAVE_GLUON:
                             CKI: gl.constexpr, HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
                             SOFTPLUS: gl.constexpr, HAS_H0: gl.constexpr, STORE_CK: gl.constexpr,
                             EVEN: gl.constexpr, QL: gl.constexpr, SHIFT: gl.constexpr, ASYNC: gl.constexpr,
-                            PERSIST: gl.constexpr):
+                            PERSIST: gl.constexpr, HAS_RESET: gl.constexpr):
         """A chain is (channel block, batch): BLOCK_D channels over all L steps, NCHAIN = NPD · batch of them.
         Without PERSIST, program i runs chain i whole (SEGT covers L). With it, chains are cut into units of
         SEGT tiles of T steps, and a fixed number of programs take units from a counter until none is left:
@@ -231,7 +248,9 @@ if HAVE_GLUON:
         [1 + NCHAIN] int32 zeros with PERSIST (the unit counter, then each chain's segments done). The
         program's channels share one B/C group. EVEN: L divides by T and DIM by BLOCK_D (no masks). QL: 16, 8
         or 1, a power of two L is a multiple of (`_multiple`); with 8 or 16 every row starts on a 16-byte
-        boundary, else u, delta, z and y move in tiles laid along the steps (`_fwd_unit`)."""
+        boundary, else u, delta, z and y move in tiles laid along the steps (`_fwd_unit`). HAS_RESET: rs
+        [B, cdiv(L, 32) + 1] int32 holds bit t % 32 of word t // 32 set where step t starts a sequence (packed
+        sequences; never with SHIFT), and there the state restarts from zero."""
         # B and C: a tile's [T, 2·NB] float32 block is read one tile ahead by the whole program and kept in
         # shared memory, two buffers; each step reads its row from there, the same address for every thread.
         SBC: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
@@ -256,24 +275,24 @@ if HAVE_GLUON:
             unit = _take(sync_ptr, lane)
             while unit < NUNITS:
                 _fwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr,
-                          sync_ptr, lane, bc_smem, u_smem, dt_smem, z_smem, unit, L, DIM, N, CPG, NCK, G, LP, NPD,
-                          NCHAIN, SEGT, BLOCK_D, NB, NS, T, WARPS, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
-                          HAS_H0, STORE_CK, EVEN, QL, SHIFT, ASYNC, True)
+                          sync_ptr, rs_ptr, lane, bc_smem, u_smem, dt_smem, z_smem, unit, L, DIM, N, CPG, NCK, G, LP,
+                          NPD, NCHAIN, SEGT, BLOCK_D, NB, NS, T, WARPS, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS,
+                          SOFTPLUS, HAS_H0, STORE_CK, EVEN, QL, SHIFT, ASYNC, True, HAS_RESET)
                 unit = _take(sync_ptr, lane)  # taken only now, by a program free to run it
         else:  # no loop around the one unit: with one, this path ran ~1% slower than the kernel before units
             _fwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr,
-                      sync_ptr, 0, bc_smem, u_smem, dt_smem, z_smem, gl.program_id(0), L, DIM, N, CPG, NCK, G, LP,
-                      NPD, NCHAIN, SEGT, BLOCK_D, NB, NS, T, WARPS, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
-                      HAS_H0, STORE_CK, EVEN, QL, SHIFT, ASYNC, False)
+                      sync_ptr, rs_ptr, 0, bc_smem, u_smem, dt_smem, z_smem, gl.program_id(0), L, DIM, N, CPG, NCK, G,
+                      LP, NPD, NCHAIN, SEGT, BLOCK_D, NB, NS, T, WARPS, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS,
+                      SOFTPLUS, HAS_H0, STORE_CK, EVEN, QL, SHIFT, ASYNC, False, HAS_RESET)
 
     @gluon.jit
     def _fwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr,
-                  sync_ptr, lane, bc_smem, u_smem, dt_smem, z_smem, unit, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN,
-                  SEGT, BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr, WARPS: gl.constexpr,
-                  BC_V: gl.constexpr, BC_TC: gl.constexpr, CKI: gl.constexpr, HAS_D: gl.constexpr,
+                  sync_ptr, rs_ptr, lane, bc_smem, u_smem, dt_smem, z_smem, unit, L, DIM, N, CPG, NCK, G, LP, NPD,
+                  NCHAIN, SEGT, BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr,
+                  WARPS: gl.constexpr, BC_V: gl.constexpr, BC_TC: gl.constexpr, CKI: gl.constexpr, HAS_D: gl.constexpr,
                   HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr, HAS_H0: gl.constexpr,
                   STORE_CK: gl.constexpr, EVEN: gl.constexpr, QL: gl.constexpr, SHIFT: gl.constexpr,
-                  ASYNC: gl.constexpr, PERSIST: gl.constexpr):
+                  ASYNC: gl.constexpr, PERSIST: gl.constexpr, HAS_RESET: gl.constexpr):
         """One unit of `_ss_fwd_rows_kernel`: segment unit // NCHAIN of chain unit % NCHAIN."""
         LT: gl.constexpr = gl.BlockedLayout([1, T // NS], [32 // NS, NS], [WARPS, 1], [1, 0])  # [BLOCK_D, T]
         LS: gl.constexpr = gl.BlockedLayout([1, NB // NS], [32 // NS, NS], [WARPS, 1], [1, 0])  # [BLOCK_D, NB]
@@ -360,6 +379,9 @@ if HAVE_GLUON:
             if seg > 0:  # the chain's previous segment leaves its state in hT
                 _wait_turn(sync_ptr, chain, seg, lane)
                 h = gl.load(hT_ptr + state_off, mask=s_mask, other=0.0, cache_modifier=".cg")
+        if HAS_RESET:
+            rs_row = rs_ptr + pid_b * (gl.cdiv(L, 32) + 1)
+            rs_n = gl.load(rs_row + (c0 * T) // 32)
         _sync()
         for c in range(c0, c1):
             if ASYNC:
@@ -414,13 +436,20 @@ if HAVE_GLUON:
                 dt = gl.where((t_idx + c * T < L) & dmask, dt, 0.0)
             dtu = dt * u
             y = gl.zeros([BLOCK_D, T], gl.float32, layout=LT)
+            if HAS_RESET:  # the tile's T steps' sequence starts (T divides 32), the same for every channel; the
+                # next tile's word is read now, so that no tile waits for its own
+                rs = rs_n >> ((c * T) % 32)
+                rs_n = gl.load(rs_row + ((c + 1) * T) // 32)  # at most the spare word
             for t in gl.static_range(T):
                 if STORE_CK and SHIFT:  # the state before step k·CKI, which is step t of this tile
                     if ck_here & (sh == t):
                         gl.store(ck_at, h, mask=s_mask)
                 Bt = rows.slice(t, 1).slice(0, NB, dim=1).load(LS)  # [1, NB]
                 Ct = rows.slice(t, 1).slice(NB, NB, dim=1).load(LS)
-                h = gl.exp2(_at(dt, t_idx, t, SD) * A2) * h + _at(dtu, t_idx, t, SD) * Bt
+                e = _at(dt, t_idx, t, SD) * A2
+                if HAS_RESET:
+                    e += _restart(rs, t)
+                h = gl.exp2(e) * h + _at(dtu, t_idx, t, SD) * Bt
                 y = _set(y, t_idx, t, gl.sum(h * Ct, axis=1), LT)
             if HAS_D:
                 y += Dv * u
@@ -555,11 +584,12 @@ if HAVE_GLUON:
     @gluon.jit
     def _ss_bwd_rows_kernel(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr,
                             scr_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr, sync_ptr,
-                            L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, NUNITS, SEGC,
+                            rs_ptr, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, NUNITS, SEGC,
                             BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr,
                             BC_V: gl.constexpr, BC_TC: gl.constexpr, CKI: gl.constexpr,
                             HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
-                            SOFTPLUS: gl.constexpr, HAS_DHT: gl.constexpr, QL: gl.constexpr, PERSIST: gl.constexpr):
+                            SOFTPLUS: gl.constexpr, HAS_DHT: gl.constexpr, QL: gl.constexpr, PERSIST: gl.constexpr,
+                            HAS_RESET: gl.constexpr):
         """A chain is (channel block, batch row) over all L steps, NCHAIN = NPD · batch of them, walked last
         step first. Without PERSIST, program (i, b) runs chain (i, b) whole (grid (NPD, batch)). With
         it, as the forward's `_ss_fwd_rows_kernel`: chains are cut into units of SEGC chunks, the last first,
@@ -574,24 +604,27 @@ if HAVE_GLUON:
             unit = _take(sync_ptr, lane)
             while unit < NUNITS:
                 _bwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr, scr_ptr,
-                          du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr, sync_ptr, lane,
+                          du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr, sync_ptr, rs_ptr, lane,
                           bc_smem, unit, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGC,
-                          BLOCK_D, NB, NS, T, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_DHT, QL, True)
+                          BLOCK_D, NB, NS, T, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_DHT, QL, True,
+                          HAS_RESET)
                 unit = _take(sync_ptr, lane)
         else:
             _bwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr, scr_ptr,
-                      du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr, sync_ptr, 0,
+                      du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr, sync_ptr, rs_ptr, 0,
                       bc_smem, 0, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGC,
-                      BLOCK_D, NB, NS, T, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_DHT, QL, False)
+                      BLOCK_D, NB, NS, T, BC_V, BC_TC, CKI, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_DHT, QL, False,
+                      HAS_RESET)
 
     @gluon.jit
     def _bwd_unit(u_ptr, dt_ptr, A_ptr, BC_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, dy_ptr, dhT_ptr, scr_ptr,
-                  du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr, sync_ptr, lane,
+                  du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBC_ptr, dD_ptr, dbias_ptr, dh0_ptr, sync_ptr, rs_ptr, lane,
                   bc_smem, unit, L, DIM, N, CPG, NCK, G, LP, NPD, NCHAIN, SEGC,
                   BLOCK_D: gl.constexpr, NB: gl.constexpr, NS: gl.constexpr, T: gl.constexpr,
                   BC_V: gl.constexpr, BC_TC: gl.constexpr, CKI: gl.constexpr,
                   HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
-                  SOFTPLUS: gl.constexpr, HAS_DHT: gl.constexpr, QL: gl.constexpr, PERSIST: gl.constexpr):
+                  SOFTPLUS: gl.constexpr, HAS_DHT: gl.constexpr, QL: gl.constexpr, PERSIST: gl.constexpr,
+                  HAS_RESET: gl.constexpr):
         """One unit of `_ss_bwd_rows_kernel`, one warp: with PERSIST segment unit // NCHAIN (counted from the
         end) of chain unit % NCHAIN, else the program's whole chain; in the forward's layout.
 
@@ -617,7 +650,9 @@ if HAVE_GLUON:
         faster (twenty-ninth run). The reduce-scatter of the sums over the states (6 shuffles a sum a sub-tile,
         where a butterfly a step took 16) took 104 -> 74: the backward 6.3% faster where L divides by 16, 1-2%
         slower on rows of 2-byte accesses. QL 2 (L even) gives a thread's 2 steps of a row one access: L4094
-        3.298 -> 2.836 ms, L4104 3.080 -> 2.727; only odd L keep the 2-byte accesses (thirty-first run)."""
+        3.298 -> 2.836 ms, L4104 3.080 -> 2.727; only odd L keep the 2-byte accesses (thirty-first run).
+        HAS_RESET: rs as the forward's (packed sequences); a step that starts a sequence has a decay of 0 in the
+        recomputed states and in the adjoint."""
         # lanes: channel fastest (lane = channel + BLOCK_D · half), so a quarter warp is 8 channels
         L3: gl.constexpr = gl.BlockedLayout([1, T, NB // NS], [BLOCK_D, 1, NS], [1, 1, 1], [0, 2, 1])
         LS: gl.constexpr = gl.SliceLayout(1, L3)  # [BLOCK_D, NB]: a step's states
@@ -718,9 +753,20 @@ if HAVE_GLUON:
                                                 (t_lt + sn < L) & dmask, HAS_Z)
         bc_smem.store(bc_n)
         _sync()
+        w0 = 0
+        w1 = 0
+        if HAS_RESET:  # a chunk's sequence starts, its two words read a chunk ahead
+            rs_row = rs_ptr + pid_b * (gl.cdiv(L, 32) + 1)
+            w0_n = gl.load(rs_row + ((c_hi - 1) * CKI) // 32)
+            w1_n = gl.load(rs_row + ((c_hi - 1) * CKI) // 32 + 1)
         for cr in range(0, c_hi - c_lo):
             c = c_hi - 1 - cr
             base = c * CKI
+            if HAS_RESET:
+                w0 = w0_n
+                w1 = w1_n
+                w0_n = gl.load(rs_row + (gl.maximum(c - 1, 0) * CKI) // 32)
+                w1_n = gl.load(rs_row + (gl.maximum(c - 1, 0) * CKI) // 32 + 1)
             nsub = gl.minimum(NSUB, gl.cdiv(L - base, T))
             # pass 1: the state entering each sub-tile of the chunk, from its checkpoint (the last sub-tile's
             # states are pass 2's to recompute: walking it here too would cost 1/8 of this pass for nothing)
@@ -735,9 +781,13 @@ if HAVE_GLUON:
                                                         row + sn, (t_lt + sn < L) & dmask, HAS_Z)
                 dtu_r = gl.convert_layout(dt * u, LTR)
                 dt_r = gl.convert_layout(dt, LTR)
+                rs = _sub_starts(w0, w1, base, s0, HAS_RESET)
                 for t in gl.static_range(T):
                     Bt = bc_smem.slice(t, 1).slice(0, NB, dim=1).load(LS)
-                    h = gl.exp2(_at(dt_r, t_r, t, SD) * A2) * h + _at(dtu_r, t_r, t, SD) * Bt
+                    e = _at(dt_r, t_r, t, SD) * A2
+                    if HAS_RESET:
+                        e += _restart(rs, t)
+                    h = gl.exp2(e) * h + _at(dtu_r, t_r, t, SD) * Bt
                 _sync()
                 bc_smem.store(bc_n)
                 _sync()
@@ -762,9 +812,13 @@ if HAVE_GLUON:
                 dtu_r = gl.convert_layout(dtu, LTR)
                 hs = gl.zeros([BLOCK_D, T, NB], gl.float32, layout=L3)
                 yp = gl.zeros([BLOCK_D, NS, T], gl.float32, layout=LP3)
+                rs = _sub_starts(w0, w1, base, s0, HAS_RESET)
                 for t in gl.static_range(T):
                     Bt = bc_smem.slice(t, 1).slice(0, NB, dim=1).load(LS)
-                    h = gl.exp2(_at(dt_r, t_r, t, SD) * A2) * h + _at(dtu_r, t_r, t, SD) * Bt
+                    e = _at(dt_r, t_r, t, SD) * A2
+                    if HAS_RESET:
+                        e += _restart(rs, t)
+                    h = gl.exp2(e) * h + _at(dtu_r, t_r, t, SD) * Bt
                     hs = _put(hs, t3, t, h)
                     if HAS_Z:
                         Ct = bc_smem.slice(t, 1).slice(NB, NB, dim=1).load(LS)
@@ -795,7 +849,10 @@ if HAVE_GLUON:
                     kBp = _keep(kBp, r3, T - 1 - i, _own(k * Bt, BLOCK_D, NS, NBS, LS3))
                     _dbc_sum(k * du_t, h_t * g_t, dbc_lane + (s0 + T - 1 - i) * (2 * NB), b0, b1, b2,
                              BLOCK_D, NS, NBS, LS3)
-                    q = gl.exp2(d_t * A2) * k
+                    e = d_t * A2
+                    if HAS_RESET:
+                        e += _restart(rs, T - 1 - i)
+                    q = gl.exp2(e) * k
                 _sync()
                 bc_smem.store(bc_n)  # this sub-tile's last reads of it were before the barrier
                 kB = _scatter_steps(kBp, r3, sb0, sb1, BLOCK_D, T, LT)
@@ -899,7 +956,17 @@ def fits(dim: int, groups: int, N: int, CK: int) -> bool:
     return _groups_fit(dim, groups, bd) and N <= MAX_N and CK % T == 0
 
 
-def _ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: int):
+def start_words(starts, L: int) -> torch.Tensor:
+    """starts [B, L] (nonzero where a packed sequence starts) as the kernels read them: [B, cdiv(L, 32) + 1]
+    int32, bit t % 32 of word t // 32 set where step t starts one (the last word is spare)."""
+    batch = starts.shape[0]
+    bits = torch.zeros(batch, (cdiv(L, 32) + 1) * 32, device=starts.device, dtype=torch.int64)
+    bits[:, :L] = starts != 0
+    words = (bits.view(batch, -1, 32) << torch.arange(32, device=starts.device)).sum(-1)
+    return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
+
+
+def _ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: int, starts=None):
     """The forward's launch (`ss_fwd_gluon`)."""
     batch, dim, L = u.shape
     N, groups = A.shape[1], B4.shape[1]
@@ -909,7 +976,7 @@ def _ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: int):
         raise ValueError(f"the Gluon forward needs a multiple of {bd} channels a B/C group (got {dim // groups}), "
                          f"at most {MAX_N} states (got {N}) and a checkpoint interval that {T} divides (got {CK})")
     ql = 16 if L % 16 == 0 else 8 if L % 8 == 0 else 1
-    shift = _shift(batch, dim, L, groups, bd)
+    shift = starts is None and _shift(batch, dim, L, groups, bd)  # a shifted tile's steps straddle two words of rs
     nt = cdiv(L + 7, T) if shift else cdiv(L, T)  # a chain's tiles, at most
     bc = _pack_bc(B4, C4, 8 + (nt + 1) * T if shift else nt * T, nb, front=8 if shift else 0)
     lp = bc.shape[2]
@@ -927,13 +994,14 @@ def _ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: int):
     cap = dict(maxnreg=FWD_MAXNREG) if async_io and nb <= 16 and not (shift and store_ck) else {}
     segt = max(cdiv(MIN_SEG, T), cdiv(nt, UNITS)) if persist else nt
     sync = torch.zeros(1 + nchain, device=u.device, dtype=torch.int32) if persist else None
+    rs = None if starts is None else start_words(starts, L)
     _ss_fwd_rows_kernel[(_programs(nchain, sms) if persist else nchain,)](
-        u, delta, A, bc, D, z, bias, h0, y, hT, ck, sync,
+        u, delta, A, bc, D, z, bias, h0, y, hT, ck, sync, rs,
         L, dim, N, dim // groups, nck, groups, lp, npd, nchain, nchain * cdiv(nt, segt), segt,
         BLOCK_D=bd, NB=nb, NS=ns, T=T, WARPS=warps, CKI=CK, **_bc_layout(nb),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
         HAS_H0=h0 is not None, STORE_CK=store_ck, EVEN=even, QL=ql, SHIFT=shift, ASYNC=async_io, PERSIST=persist,
-        num_warps=warps, **cap)
+        HAS_RESET=rs is not None, num_warps=warps, **cap)
     return y, hT, ck
 
 
@@ -992,7 +1060,7 @@ def fits_bwd(dim: int, groups: int, N: int, CK: int) -> bool:
     return _groups_fit(dim, groups, bd) and 5 <= N <= 16 and CK % BWD_T == 0
 
 
-def _ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int):
+def _ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int, starts=None):
     """The backward's launch (`ss_bwd_gluon`)."""
     batch, dim, L = u.shape
     N, groups = A.shape[1], B4.shape[1]
@@ -1001,6 +1069,9 @@ def _ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int):
     if not fits_bwd(dim, groups, N, CK):
         raise ValueError(f"the Gluon backward needs a multiple of {bd} channels a B/C group (got {dim // groups}), "
                          f"5 to 16 states (got {N}) and a checkpoint interval that {T} divides (got {CK})")
+    if starts is not None and not (CK <= 64 and 32 % T == 0):
+        raise ValueError(f"the Gluon backward reads sequence starts in checkpoint chunks of at most 64 steps "
+                         f"(got {CK})")
     bc = _pack_bc(B4, C4, cdiv(L, T) * T, nb)
     lp = bc.shape[2]
     from .triton_selective_scan import _bwd_grads, _bwd_outputs
@@ -1014,12 +1085,12 @@ def _ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int):
     sync = torch.zeros(1 + nchain, device=u.device, dtype=torch.int32) if persist else None
     _ss_bwd_rows_kernel[(min(nchain, slots),) if persist else (cdiv(dim, bd), batch)](
         u, delta, A, bc, D, z, bias, ck, dy, dhT, scratch,
-        du, ddt, dz, dA, dbc, dD, dbias, dh0, sync,
+        du, ddt, dz, dA, dbc, dD, dbias, dh0, sync, None if starts is None else start_words(starts, L),
         L, dim, N, dim // groups, ck.shape[2], groups, lp, cdiv(dim, bd), nchain, nchain * cdiv(nc, segc), segc,
         BLOCK_D=bd, NB=nb, NS=ns, T=T, CKI=CK, **_bc_layout(nb),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
         HAS_DHT=dhT is not None, QL=16 if L % 16 == 0 else 2 if L % 2 == 0 else 1,
-        PERSIST=persist, num_warps=1, maxnreg=BWD_MAXNREG)
+        PERSIST=persist, HAS_RESET=starts is not None, num_warps=1, maxnreg=BWD_MAXNREG)
     dB, dC = (dbc[:, :, :L, :N, k].transpose(2, 3) for k in (0, 1))
     return _bwd_grads((du, ddt, dz, dB, dC, dA, dD, dbias, dh0), A, B4, C4, D, bias)
 
@@ -1034,18 +1105,19 @@ def _none_to_empty(outs, u):
     return [o if o is not None else u.new_empty(0) for o in outs]
 
 
-def _fwd_op(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK):
-    return _none_to_empty(_ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK=CK), u)
+def _fwd_op(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK, starts=None):
+    return _none_to_empty(_ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK=CK, starts=starts), u)
 
 
 _FWD_OP = torch.library.custom_op(
     "archdsl::selective_scan_fwd_gluon", mutates_args=(),
     schema="(Tensor u, Tensor delta, Tensor A, Tensor B4, Tensor C4, Tensor? D, Tensor? z, Tensor? bias, "
-           "Tensor? h0, bool softplus, bool store_ck, int CK) -> (Tensor, Tensor, Tensor)")(_fwd_op)
+           "Tensor? h0, bool softplus, bool store_ck, int CK, Tensor? starts=None) -> (Tensor, Tensor, Tensor)"
+)(_fwd_op)
 
 
 @_FWD_OP.register_fake
-def _ss_fwd_fake(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK):
+def _ss_fwd_fake(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK, starts=None):
     """y like u, the last state [B, D, N] float32, checkpoints [B, D, NCK, N] float32 (empty unless stored)."""
     batch, dim, L = u.shape
     N = A.shape[1]
@@ -1053,8 +1125,8 @@ def _ss_fwd_fake(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK):
             u.new_empty((batch, dim, cdiv(L, CK), N) if store_ck else (0,), dtype=torch.float32))
 
 
-def _bwd_op(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK):
-    grads = list(_ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK=CK))
+def _bwd_op(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK, starts=None):
+    grads = list(_ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK=CK, starts=starts))
     grads[3:5] = (g.contiguous() for g in grads[3:5])  # dB, dC: views of one buffer
     return _none_to_empty(grads, u)
 
@@ -1062,11 +1134,11 @@ def _bwd_op(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK):
 _BWD_OP = torch.library.custom_op(
     "archdsl::selective_scan_bwd_gluon", mutates_args=(),
     schema="(Tensor u, Tensor delta, Tensor A, Tensor B4, Tensor C4, Tensor? D, Tensor? z, Tensor? bias, "
-           "Tensor ck, Tensor dy, Tensor? dhT, bool softplus, int CK) -> Tensor[]")(_bwd_op)
+           "Tensor ck, Tensor dy, Tensor? dhT, bool softplus, int CK, Tensor? starts=None) -> Tensor[]")(_bwd_op)
 
 
 @_BWD_OP.register_fake
-def _ss_bwd_fake(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK):
+def _ss_bwd_fake(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK, starts=None):
     """The gradients of (u, delta, A, B4, C4, D, z, delta_bias, initial state), each in its input's dtype,
     dB and dC [B, G, N, L] contiguous, the initial state's [B, D, N] float32; empty where the input is absent."""
     like = lambda t: u.new_empty(t.shape, dtype=t.dtype) if t is not None else u.new_empty(0)
@@ -1076,21 +1148,21 @@ def _ss_bwd_fake(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK):
             u.new_empty(batch, dim, A.shape[1], dtype=torch.float32)]
 
 
-def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: int):
+def ss_fwd_gluon(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK: int, starts=None):
     """The forward of triton_selective_scan.ss_fwd on this kernel: y, last state (float32), checkpoints
     every CK steps [B, D, NCK, N] float32 (None when not stored). u, delta contiguous [B, D, L];
-    B4, C4 [B, G, N, L] at any strides."""
+    B4, C4 [B, G, N, L] at any strides; starts [B, L] (nonzero where a packed sequence starts) or None."""
     if not torch.compiler.is_compiling():
-        return _ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK=CK)
-    y, hT, ck = _FWD_OP(u, delta, A, B4, C4, D, z, bias, h0, bool(softplus), bool(store_ck), CK)
+        return _ss_fwd(u, delta, A, B4, C4, D, z, bias, h0, softplus, store_ck, CK=CK, starts=starts)
+    y, hT, ck = _FWD_OP(u, delta, A, B4, C4, D, z, bias, h0, bool(softplus), bool(store_ck), CK, starts)
     return y, hT, ck if store_ck else None
 
 
-def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int):
+def ss_bwd_gluon(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK: int, starts=None):
     """The backward of triton_selective_scan.ss_bwd_groups on this kernel, same contract: the gradients of
     (u, delta, A, B4, C4, D, z, delta_bias, initial state); dB and dC [B, G, N, L] in B4's and C4's dtype."""
     if not torch.compiler.is_compiling():
-        return _ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK=CK)
-    grads = _BWD_OP(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, bool(softplus), CK)
+        return _ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, CK=CK, starts=starts)
+    grads = _BWD_OP(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, bool(softplus), CK, starts)
     absent = {5: D, 6: z, 7: bias}
     return tuple(None if i in absent and absent[i] is None else g for i, g in enumerate(grads))

@@ -34,8 +34,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     (G = 1 or a multiple of 8 channels a group, 5 <= N <= 16; forward+backward 3.30 ms at that shape,
     mamba_ssm's CUDA kernels 7.16), else the Triton one in the Triton forward's layout (5.7 ms);
     `ARCHDSL_SCAN_BWD=gluon|groups|threads` forces one (`threads`: time across a program's threads, the
-    oldest, kept as a cross-check). With seq_idx the Triton serial forward and the groups or threads
-    backward run (the Gluon kernels and the segmented forward take no restarts).
+    oldest, kept as a cross-check). seq_idx is taken by all but the segmented forward (the Gluon kernels
+    read the sequence starts as a bit a step).
     """
     batch, dim, seqlen, N = _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx)
     backend = backend_for(u, A)

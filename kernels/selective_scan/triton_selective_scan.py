@@ -703,24 +703,17 @@ def ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, starts=None):
 def _bwd_impl(u, A, B4, starts=None):
     """`ARCHDSL_SCAN_BWD=gluon|groups|threads`: the backward in the Gluon forward's layout (CUDA only; the
     default there where it takes the case, `gluon_selective_scan.fits_bwd`), the Triton groups one (the
-    default elsewhere) or the threads one. With `starts` (packed sequences) the groups or threads one."""
+    default elsewhere) or the threads one. `starts` (packed sequences) go to whichever runs."""
     want = os.environ.get("ARCHDSL_SCAN_BWD", "").strip().lower()
-    if starts is not None:
-        if want not in ("", "groups", "threads"):
-            raise ValueError(f"ARCHDSL_SCAN_BWD={want!r}: with seq_idx the backward is groups or threads (the Gluon "
-                             "backward takes no sequence starts)")
-        impl = ss_bwd if want == "threads" else ss_bwd_groups
-        return lambda *a: impl(*a, starts=starts)
-    if want == "threads":
-        return ss_bwd
+    impl = ss_bwd if want == "threads" else ss_bwd_groups
     if want in ("", "gluon") and u.is_cuda and torch.version.hip is None:
         from .gluon_selective_scan import HAVE_GLUON, fits_bwd, ss_bwd_gluon
         if HAVE_GLUON and (want == "gluon" or fits_bwd(u.shape[1], B4.shape[1], A.shape[1], CK)):
-            return lambda *a: ss_bwd_gluon(*a, CK=CK)
+            return lambda *a: ss_bwd_gluon(*a, CK=CK, starts=starts)
     if want == "gluon":
         raise ValueError("ARCHDSL_SCAN_BWD=gluon: the Gluon backward runs on CUDA tensors only (Gluon is compiled, "
                          "never interpreted), with a Triton that has Gluon")
-    return ss_bwd_groups
+    return lambda *a: impl(*a, starts=starts)
 
 
 def _fwd_impl(args, starts=None):
@@ -729,30 +722,29 @@ def _fwd_impl(args, starts=None):
     interpreted), the Triton one walking all L steps per channel (`ss_fwd`), the time-segmented one
     (`ss_fwd_segments`: B·D·S threads, u/delta/B read twice), or on CUDA the fastest, timed once per case.
     The default is the Gluon one on CUDA where it takes the case (`gluon_selective_scan.fits`: G = 1 or a
-    multiple of 16 channels a group, N <= 32), else the serial one. All store the same checkpoints. With
-    `starts` (packed sequences) the serial one."""
+    multiple of 16 channels a group, N <= 32), else the serial one. All store the same checkpoints. `starts`
+    (packed sequences) go to the serial or the Gluon one."""
     from .triton_selective_scan_segments import ss_fwd_segments
-    if starts is not None:  # packed sequences: the serial forward alone restarts its state
-        want = os.environ.get("ARCHDSL_SCAN_FWD", "").strip().lower()
-        if want not in ("", "serial", "auto"):
-            raise ValueError(f"ARCHDSL_SCAN_FWD={want!r}: with seq_idx the forward is the serial one (the Gluon "
-                             "and segmented forwards take no sequence starts)")
-        return lambda *a: ss_fwd(*a, starts=starts)
-    impls = {"serial": ss_fwd, "segments": ss_fwd_segments}
+    impls = {"serial": lambda *a: ss_fwd(*a, starts=starts)}
+    if starts is None:  # the segmented forward takes no sequence starts
+        impls["segments"] = ss_fwd_segments
+    elif os.environ.get("ARCHDSL_SCAN_FWD", "").strip().lower() == "segments":
+        raise ValueError("ARCHDSL_SCAN_FWD='segments': with seq_idx the forward is serial, gluon or auto (the "
+                         "segmented forward takes no sequence starts)")
     default = "serial"
     wants_gluon = os.environ.get("ARCHDSL_SCAN_FWD", "").strip().lower() == "gluon"
     u, A, B4, h0, store_ck = args[0], args[2], args[3], args[8], args[10]
     if u.is_cuda or wants_gluon:  # Gluon's import (~75 ms) only where it may run
         from .gluon_selective_scan import HAVE_GLUON, fits, ss_fwd_gluon
         if HAVE_GLUON and u.is_cuda:
-            impls["gluon"] = lambda *a: ss_fwd_gluon(*a, CK=CK)
+            impls["gluon"] = lambda *a: ss_fwd_gluon(*a, CK=CK, starts=starts)
             if fits(u.shape[1], B4.shape[1], A.shape[1], CK) and torch.version.hip is None:  # 32-lane warps
                 default = "gluon"
         elif wants_gluon:
             raise ValueError("ARCHDSL_SCAN_FWD=gluon: the Gluon forward runs on CUDA tensors only (Gluon is "
                              "compiled, never interpreted)" + ("" if HAVE_GLUON else ", with a Triton that has Gluon"))
     case = lambda: (tuple(u.shape), A.shape[1], B4.shape[1], u.dtype, tuple(_flags(*args[5:8], args[9]).values()),
-                    h0 is not None, store_ck)
+                    h0 is not None, store_ck, starts is not None)
     return impls[pick_impl("ARCHDSL_SCAN_FWD", impls, default, u, case,
                            lambda name: time_or_inf(lambda: impls[name](*args)))]
 

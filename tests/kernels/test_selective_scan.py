@@ -364,11 +364,19 @@ def test_seq_idx_bad_input_and_forced_kernels():
         selective_scan(*args, seq_idx=torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="seq_idx"):
         selective_scan(*args, seq_idx=torch.zeros(2, 5))
-    seq_idx = torch.zeros(2, 5, dtype=torch.long)
-    for var, value in (("ARCHDSL_SCAN_FWD", "segments"), ("ARCHDSL_SCAN_BWD", "gluon")):
-        with backend("triton"), env(var, value), pytest.raises(ValueError, match=f"{var}=.*seq_idx"):
-            leaves = [a.clone().requires_grad_() for a in args]
-            selective_scan(*leaves, seq_idx=seq_idx).sum().backward()
+    with backend("triton"), env("ARCHDSL_SCAN_FWD", "segments"), pytest.raises(ValueError, match="segments.*seq_idx"):
+        selective_scan(*args, seq_idx=torch.zeros(2, 5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("L", [1, 31, 32, 33, 100])
+def test_start_words_hold_one_bit_a_step(L):
+    """The Gluon kernels read sequence starts as bits: bit t % 32 of word t // 32, one spare word a row."""
+    from archdsl.kernels.selective_scan.gluon_selective_scan import start_words
+    starts = torch.rand(3, L, generator=torch.Generator().manual_seed(L)) < 0.4
+    words = start_words(starts.to(torch.int8), L)
+    assert words.dtype == torch.int32 and words.shape == (3, -(-L // 32) + 1)
+    bits = (words.long()[:, :, None] >> torch.arange(32)) & 1
+    assert torch.equal(bits.view(3, -1)[:, :L].bool(), starts) and not bits.view(3, -1)[:, L:].any()
 
 
 # ------------------------------------------------------------------ GPU, full size (H200)
@@ -393,11 +401,17 @@ def test_gpu_full_size_forward(dtype, tol, L, scan_fwd):
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
-@pytest.mark.parametrize("L, D, grads", [(4096, 5120, False), (16384, 5120, False), (2048, 768, True)])
-def test_gpu_seq_idx(dtype, tol, L, D, grads):
-    """Packed sequences on the card (the serial Triton forward, the groups backward): a row cut into 13
-    sequences of random lengths beside a row of one, against the float64 chunked path with the same
-    seq_idx; at full size the forward, at a Mamba-130m layer's width every gradient too."""
+@pytest.mark.parametrize("L, D, grads", [(4096, 5120, False), (16383, 5120, False), (2048, 768, True),
+                                         (1023, 5120, True)])
+@pytest.mark.parametrize("kernels", ["default", "triton"])
+def test_gpu_seq_idx(kernels, dtype, tol, L, D, grads, monkeypatch):
+    """Packed sequences on the card, the default kernels (Gluon where they take the case) or the Triton ones
+    (serial forward, groups backward): a row cut into 13 sequences of random lengths beside a row of one,
+    against the float64 chunked path with the same seq_idx; at full size the forward, at a Mamba-130m layer's
+    width and at D5120 (persistent programs) every gradient too; odd L included."""
+    if kernels == "triton":
+        monkeypatch.setenv("ARCHDSL_SCAN_FWD", "serial")
+        monkeypatch.setenv("ARCHDSL_SCAN_BWD", "groups")
     t = make(2, D, 16, L, z=True, Dskip=True, bias=True, h0=True, dtype=dtype, device="cuda")
     cuts = torch.randperm(L - 1, generator=torch.Generator().manual_seed(0))[:12] + 1
     seq_idx = torch.zeros(2, L, dtype=torch.long)
@@ -719,6 +733,10 @@ def test_gpu_gluon_under_torch_compile_is_one_graph(dtype):
     torch.library.opcheck(torch.ops.archdsl.selective_scan_fwd_gluon.default, (*fwd, True, True, tss.CK))
     torch.library.opcheck(torch.ops.archdsl.selective_scan_bwd_gluon.default,
                           (*fwd[:8], ck, torch.randn_like(y), torch.randn_like(hT), True, tss.CK))
+    starts = (torch.arange(300, device="cuda") % 37 == 5).to(torch.int8).expand(2, 300).contiguous()
+    torch.library.opcheck(torch.ops.archdsl.selective_scan_fwd_gluon.default, (*fwd, True, True, tss.CK, starts))
+    torch.library.opcheck(torch.ops.archdsl.selective_scan_bwd_gluon.default,
+                          (*fwd[:8], ck, torch.randn_like(y), torch.randn_like(hT), True, tss.CK, starts))
 
 
 def _fake(mode, tensors):
@@ -767,6 +785,27 @@ def test_persistent_rules_pick_what_the_h200_measured_faster():
     (1000, 50, 5, dict(h0=True), False, True), (999, 64, 16, dict(z=True), False, False)],
     ids=["even", "masked", "N8", "persistent", "persistent-masked", "odd-L"])
 def test_gluon_backward_compiles_for_sm90(L, D, N, opts, dhT, persist, monkeypatch, tmp_path):
+    _gluon_backward_compiles(L, D, N, opts, dhT, persist, None, monkeypatch, tmp_path)
+
+
+@pytest.mark.skipif(CUDA, reason="the GPU runs the Gluon kernels themselves")
+@pytest.mark.parametrize("L, D, N, store_ck, persist", [(4096, 64, 16, True, False), (999, 256, 16, False, True),
+                                                          (1000, 50, 5, True, True)])
+def test_gluon_restarts_compile_for_sm90(L, D, N, store_ck, persist, monkeypatch, tmp_path):
+    """Packed sequences (seq_idx's starts as bits): the Gluon forward (odd L unshifted) and backward compile."""
+    from archdsl.kernels.selective_scan import gluon_selective_scan as gss
+    monkeypatch.setattr(gss, "_persist", lambda nchain, sms: persist)
+    starts = (torch.arange(L) % 37 == 5).to(torch.int8).expand(2, L)
+
+    def call(gss, t):
+        gss.ss_fwd_gluon(t["u"], t["delta"], t["A"].float(), t["B"][:, None], t["C"][:, None], t["D"], t["z"],
+                         t["delta_bias"], t["initial_state"], True, store_ck, CK=64, starts=starts)
+    opts = dict(z=True, Dskip=True, bias=True, h0=True)
+    _compile_gluon_launch("_ss_fwd_rows_kernel", call, make(2, D, N, L, **opts), monkeypatch, tmp_path)
+    _gluon_backward_compiles(L, D, N, opts, True, persist, starts, monkeypatch, tmp_path)
+
+
+def _gluon_backward_compiles(L, D, N, opts, dhT, persist, starts, monkeypatch, tmp_path):
     """As for the forward: the Gluon backward's launcher runs on CPU tensors with its launch captured, and
     the launch is compiled for sm_90 (bf16 inputs); one program a chain, or persistent programs."""
     from archdsl.kernels.selective_scan import gluon_selective_scan as gss
@@ -774,7 +813,7 @@ def test_gluon_backward_compiles_for_sm90(L, D, N, opts, dhT, persist, monkeypat
     def call(gss, t):
         gss.ss_bwd_gluon(t["u"], t["delta"], t["A"].float(), t["B"][:, None], t["C"][:, None], t["D"], t["z"],
                          t["delta_bias"], torch.zeros(2, D, -(-L // 64), N), torch.zeros_like(t["u"]),
-                         torch.zeros(2, D, N) if dhT else None, True, CK=64)
+                         torch.zeros(2, D, N) if dhT else None, True, CK=64, starts=starts)
     _compile_gluon_launch("_ss_bwd_rows_kernel", call, make(2, D, N, L, **opts), monkeypatch, tmp_path)
 
 
