@@ -1,6 +1,6 @@
 """What packed sequences and dt_limit cost on the GPU (bf16, one process), printed as a table.
 
-    python benchmarks/packing.py [conv ssd layer wkv6 attn scan]     (the parts to run; all by default)
+    python benchmarks/packing.py [conv ssd layer wkv6 attn scan rows varlen]     (the parts to run; all by default)
 
 - causal_conv1d, B4 D5120 L4096 width 4, 8 sequences a row, both layouts: the forward and backward kernels
   (conv_fwd / conv_bwd) without and with seq_idx's runs, and the op's forward, which adds seq_runs.
@@ -17,6 +17,12 @@
 - selective_scan (Mamba-1), B4 D5120 N16 L4096 (softplus, delta_bias, D, z), 8 sequences a row: without seq_idx
   (the Gluon kernels), and with it (the default kernels: the Gluon ones, which read the starts as bits); and
   without seq_idx with those Triton kernels forced, to tell the restarts' cost from the kernels'.
+- S4D and RWKV-4, whose kernels cannot restart and so run each packed sequence in a row of its own
+  (Packed.to_rows): a 4-layer model of each (d 2048, B4 L4096, bf16), without seq_idx, with 8 equal sequences a
+  row (as many rows' steps as the batch's) and with one long sequence and 8 short ones a row (3584 + 8 x 64: the
+  rows' steps 9 x 3584 = 7.9 times B·L); forward, forward+backward of the summed logits.
+- ssd_scan's return_varlen_states, one row of 16384 tokens packing 16 sequences, H32 P64 N128 bf16: the scan with
+  seq_idx alone, and with cu_seqlens and return_varlen_states (each sequence's last state, in torch after the scan).
 Median of triton.testing.do_bench for each figure.
 """
 from __future__ import annotations
@@ -194,11 +200,53 @@ def attn_rows(T=16384, H=32, Hkv=8, hd=128):
         print(f"{name:52} fwd {fwd:.3f}  fwd+bwd {ms(both):.3f} ms")
 
 
+def restart_free_rows(B=4, L=4096, d=2048):
+    import archdsl
+
+    def seq(lengths):
+        return torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))[None].expand(B, L).cuda()
+    cases = {"no seq_idx": None, "8 equal sequences a row": seq([L // 8] * 8),
+             "3584 + 8 x 64 a row": seq([L - 512] + [64] * 8)}
+    ids = torch.randint(0, 1000, (B, L), device="cuda")
+    for layout, blocks in (("4 x s4d", {"s4d": {"d_state": 64}}),
+                           ("4 x (rwkv4+cmix4)", {"rwkv4": {}, "cmix4": {"kind": "cmix", "version": 4}})):
+        model = archdsl.compile(archdsl.parse(layout, d_model=d, vocab_size=1000, blocks=blocks),
+                                dtype=torch.bfloat16, seed=0, device="cuda")
+        params = [p for p in model.parameters() if p.requires_grad]
+        for name, s in cases.items():
+            with torch.no_grad():
+                fwd = ms(lambda: model(ids, seq_idx=s))
+            both = ms(lambda: torch.autograd.grad(model(ids, seq_idx=s).float().sum(), params))
+            print(f"{layout:18} d{d} B{B} L{L} {name:24} fwd {fwd:.3f}  fwd+bwd {both:.3f} ms")
+
+
+def varlen_rows(T=16384, H=32, P=64, N=128):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(1, T, H, P, device="cuda", dtype=torch.bfloat16, generator=g)
+    dt = (torch.rand(1, T, H, device="cuda", generator=g) - 4).to(torch.bfloat16)
+    A = -torch.rand(H, device="cuda", generator=g) - 0.5
+    Bm, Cm = (torch.randn(1, T, 1, N, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+    bias = torch.rand(H, device="cuda", generator=g) - 2
+    cuts = torch.randperm(T - 1, generator=torch.Generator().manual_seed(0))[:15].sort().values + 1
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), cuts, torch.full((1,), T)]).cuda()
+    seq = torch.repeat_interleave(torch.arange(16, device="cuda"), cu.diff())[None]
+    leaves = [t.requires_grad_() for t in (x, dt, Bm, Cm)]
+    kw = dict(dt_bias=bias, dt_softplus=True, seq_idx=seq)
+    cases = {"seq_idx": lambda: (ssd_scan(x, dt, A, Bm, Cm, **kw),),
+             "+ cu_seqlens, return_varlen_states": lambda: ssd_scan(x, dt, A, Bm, Cm, cu_seqlens=cu,
+                                                                     return_varlen_states=True, **kw)}
+    for name, fn in cases.items():
+        with torch.no_grad():
+            fwd = ms(fn)
+        both = ms(lambda: torch.autograd.grad([o.float().sum() for o in fn()], leaves))
+        print(f"ssd_scan one row of {T} (16 sequences) H{H} P{P} N{N} {name:36} fwd {fwd:.3f}  fwd+bwd {both:.3f} ms")
+
+
 if __name__ == "__main__":
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     torch.manual_seed(0)
     parts = {"conv": conv_rows, "ssd": ssd_rows, "layer": layer_rows, "wkv6": wkv6_rows, "attn": attn_rows,
-             "scan": scan_rows}
+             "scan": scan_rows, "rows": restart_free_rows, "varlen": varlen_rows}
     unknown = [a for a in sys.argv[1:] if a not in parts]
     if unknown:
         sys.exit(f"packing.py: unknown part {unknown[0]!r} (parts: {', '.join(parts)})")

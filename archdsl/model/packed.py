@@ -5,8 +5,8 @@ model(input_ids, seq_idx=...) gives every token the logits it would have in a ro
 Mamba-1 restart their conv window and scan state where seq_idx changes (kernels' seq_idx), RWKV-6 its WKV state
 (wkv6's seq_idx) and token shifts (zeros at a sequence's start), attention sees only its own sequence's keys and
 counts RoPE positions from that sequence's start, S4D's convolution and RWKV-4's WKV (kernels with no
-restart) run on each sequence in a row of its own (`to_rows`, `from_rows`: the work grows with sequences ×
-longest rather than B × L), and position-wise blocks (MLP, MoE) need nothing. A module class that keeps
+restart) run on each sequence in a row of its own (`in_rows`: sequences of like length share rows of a
+power-of-two width, so the rows' steps stay under twice the tokens'), and position-wise blocks (MLP, MoE) need nothing. A module class that keeps
 sequences apart says so with PACKS = True; one without it is refused before anything runs.
 
 Left padding (model(ids, cache, attention_mask=...), generate(..., attention_mask=...)) is the same thing with
@@ -68,28 +68,47 @@ class Packed:
         start = torch.where(begins, t, 0).cummax(1).values
         return cls(runs, t - start)
 
-    def _places(self) -> tuple[tuple[torch.Tensor, torch.Tensor], int, int]:
-        """Each of the B·L tokens' place in the rows of `to_rows`: (its sequence, numbered over the batch row
-        after row, and its position in it), [B·L] int64 each; the number of sequences and the longest's length
-        (one wait for the device, once a forward)."""
-        if "places" not in self.masks:
+    def _rows(self) -> tuple[torch.Tensor, list[tuple[int, int]], int]:
+        """Where `in_rows` lays the B·L tokens: each sequence gets a slot of W steps in one flat buffer, W the
+        power of two (from 16, at most the longest sequence) that holds it, the slots sorted by W; returns each
+        token's place in the buffer [B·L] int64, the buckets (W, sequences of that W) in order, and the longest
+        sequence's length (one wait for the device, once a forward)."""
+        if "rows" not in self.masks:
             starts = (self.pos == 0).view(-1)
-            at = (starts.cumsum(0) - 1, self.pos.reshape(-1))
-            self.masks["places"] = at, int(starts.sum()), int(self.pos.max()) + 1
-        return self.masks["places"]
+            seq = starts.cumsum(0) - 1                                          # [B·L] each token's sequence
+            lengths = torch.bincount(seq)                                       # [n]
+            longest = int(lengths.max())
+            width = (2 ** torch.log2(lengths.double()).ceil()).long().clamp(16, max(longest, 16))
+            order = width.argsort(stable=True)
+            widths, counts = torch.unique_consecutive(width[order], return_counts=True)
+            slot = torch.empty_like(width)
+            slot[order] = width[order].cumsum(0) - width[order]                 # each sequence's first step
+            buckets = list(zip(widths.tolist(), counts.tolist()))
+            self.masks["rows"] = slot[seq] + self.pos.reshape(-1), buckets, longest
+        return self.masks["rows"]
 
-    def to_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, L, ...] → [sequences, longest, ...]: each sequence in a row of its own from step 0, zeros after
-        it, for a block whose kernels cannot restart (a row's steps after its sequence change nothing before)."""
-        at, n, longest = self._places()
+    @property
+    def widest(self) -> int:
+        """The widest row `in_rows` gives fn (a power of two, or the longest sequence's length)."""
+        return self._rows()[1][-1][0]
+
+    def in_rows(self, fn, *xs: torch.Tensor) -> torch.Tensor:
+        """fn run on each sequence in a row of its own, for a block whose kernels cannot restart: xs [B, L, ...]
+        each; fn(*rows) takes them as [n, W, ...] (n sequences, each from step 0 of its row, zeros after it) and
+        returns [n, W, ...] → [B, L, ...], each token's output from its place. fn runs once for each width W
+        (powers of two from 16 up to the longest sequence; sequences of like length share one), so the rows'
+        steps stay under twice the tokens' plus 16 a sequence, however the lengths are spread."""
+        at, buckets, _ = self._rows()
         B, L = self.pos.shape
-        flat = x.reshape(B * L, *x.shape[2:])
-        return flat.new_zeros(n, longest, *x.shape[2:]).index_put(at, flat)
-
-    def from_rows(self, y: torch.Tensor) -> torch.Tensor:
-        """y [sequences, longest, ...] (as `to_rows` lays them) → [B, L, ...], each token's from its place."""
-        at, _, _ = self._places()
-        return y[at].view(*self.pos.shape, *y.shape[2:])
+        total = sum(w * n for w, n in buckets)
+        flats = [x.new_zeros(total, *x.shape[2:]).index_copy(0, at, x.reshape(B * L, *x.shape[2:])) for x in xs]
+        outs, begin = [], 0
+        for w, n in buckets:
+            rows = [f[begin:begin + w * n].view(n, w, *f.shape[1:]) for f in flats]
+            out = fn(*rows)
+            outs.append(out.reshape(n * w, *out.shape[2:]))
+            begin += w * n
+        return torch.cat(outs)[at].view(B, L, *outs[0].shape[1:])
 
     def cu_seqlens(self) -> tuple[torch.Tensor, int]:
         """The sequences of the B·L tokens read row after row, as varlen attention takes them: cu_seqlens
@@ -98,7 +117,7 @@ class Packed:
         if "cu" not in self.masks:
             starts = (self.pos == 0).view(-1).nonzero().view(-1)
             cu = torch.cat([starts, starts.new_full((1,), self.pos.numel())]).to(torch.int32)
-            self.masks["cu"] = cu, self._places()[2]
+            self.masks["cu"] = cu, self._rows()[2]
         return self.masks["cu"]
 
     def attn_mask(self, window: int | None = None) -> torch.Tensor:

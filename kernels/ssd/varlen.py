@@ -6,16 +6,17 @@ A sequence k of a packed row, its tokens s..e, ends in the state
           seq_idx 0's, as the scan reads initial_states),   c_t = Σ_{i<=t} dt'_i (the row's running sum)
 
 computed in torch after the scan, not in its kernels: the running sums in float64 (the differences c_e - c_j of
-long rows keep their digits), then the weighted x of each sequence laid in a row of its own ([sequences,
-longest, H, P], zeros after it) and one batched product with B per head. Costs a few extra passes over x, B and dt,
-and sequences × longest × H·(P + N) values of memory.
+long rows keep their digits), then the weighted x of each sequence laid in a row of its own ([sequences, G,
+H/G·P, longest], zeros after it) and one batched product with B for each sequence and group (the heads that
+share B together). Costs a few extra passes over x, B and dt, and sequences × longest × (H·P + G·N) values of
+memory.
 """
 from __future__ import annotations
 
 import torch
 
 from .._host import seq_starts
-from .naive import DtRule, effective_dt, heads_of_groups
+from .naive import DtRule, effective_dt
 
 
 def varlen_states(x, dt, A, B, seq_idx, dt_bias=None, rule: DtRule = DtRule(), initial_states=None):
@@ -38,11 +39,13 @@ def varlen_states(x, dt, A, B, seq_idx, dt_bias=None, rule: DtRule = DtRule(), i
     c = (dtp.double() * A.double()).cumsum(1).view(batch * L, H)    # A·c_t, float64
     decay = torch.exp(c[ends][seq] - c).to(wd)                       # [Bt·L, H]: exp(A·(c_e - c_j)) ≤ 1
     xw = x.reshape(batch * L, H, P).to(wd) * (decay * dtp.reshape(batch * L, H))[..., None]
-    Bh = heads_of_groups(B.reshape(batch * L, *B.shape[2:]).to(wd), H)  # [Bt·L, H, N]
+    G, N = B.shape[-2:]                                              # head h reads group h // (H // G)
     at = (seq, pos)
-    X = xw.new_zeros(n, longest, H, P).index_put(at, xw)
-    Bs = Bh.new_zeros(n, longest, H, B.shape[-1]).index_put(at, Bh)
-    h = torch.einsum("nlhp,nlhm->nhpm", X, Bs)                        # [n, H, P, N]
+    X = xw.new_zeros(n, G, H // G * P, longest)                      # each sequence's tokens in a row, per group
+    X.permute(0, 3, 1, 2).index_put_(at, xw.view(batch * L, G, H // G * P))
+    Bs = xw.new_zeros(n, G, longest, N)
+    Bs.permute(0, 2, 1, 3).index_put_(at, B.reshape(batch * L, G, N).to(wd))
+    h = (X @ Bs).view(n, H, P, N)                                    # one product per sequence and group
     if initial_states is not None:  # a row's first sequence continues initial_states unless it restarts
         counts = begins.view(batch, L).sum(1)
         row_first = counts.cumsum(0) - counts                        # [Bt]: each row's first sequence

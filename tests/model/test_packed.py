@@ -160,6 +160,32 @@ def test_gpu_packed_equals_each_alone(dtype, tol, layout):
     assert worst[0] < 10 * tol, worst
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 70), min_size=1, max_size=5), min_size=1, max_size=3))
+def test_in_rows_gives_each_sequence_a_row_from_step_0(lengths):
+    """Packed.in_rows: fn sees every sequence from step 0 of a row of its own, zeros after it, rows of one
+    power-of-two width (from 16) at a time, widths rising; what fn returns lands back at each token; the rows'
+    steps stay under twice the tokens plus 16 a sequence."""
+    from archdsl.model.packed import Packed
+
+    L = max(sum(row) for row in lengths)
+    lengths = [row[:-1] + [row[-1] + L - sum(row)] for row in lengths]  # each row fills L
+    x = torch.randn(len(lengths), L, 3, dtype=torch.float64)
+    packed, seen = Packed.of(seq_of(lengths)), []
+
+    def fn(rows):
+        seen.append(rows)
+        return rows.cumsum(1)  # a running sum: wrong wherever a row carried another sequence's steps in
+    got = packed.in_rows(fn, x)
+    want = torch.cat([torch.cat([part.cumsum(0) for part in x[b].split(row)]) for b, row in enumerate(lengths)])
+    torch.testing.assert_close(got.reshape(-1, 3), want, rtol=0, atol=1e-12)
+    widths = [r.shape[1] for r in seen]
+    assert widths == sorted(set(widths)) and all(w >= 16 for w in widths)
+    n = sum(len(row) for row in lengths)
+    assert sum(r.shape[0] * r.shape[1] for r in seen) <= 2 * x.shape[0] * L + 16 * n
+    assert packed.widest == widths[-1]
+
+
 def test_cu_seqlens_reads_the_rows_in_turn():
     """Packed.cu_seqlens: the B·L tokens' sequences, row after row, and the longest."""
     from archdsl.model.packed import Packed

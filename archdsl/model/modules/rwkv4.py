@@ -110,8 +110,8 @@ class Rwkv4TimeMix(nn.Module):
         packed = ctx.get("packed")
         r, k, v = self._rkv(x, token_shift(x, state, packed))
         if packed is not None and packed.keep is None:
-            wkv, _ = wkv4(self.time_decay, self.time_first, packed.to_rows(k), packed.to_rows(v))
-            return self.output(r * packed.from_rows(wkv).to(r.dtype))
+            wkv = packed.in_rows(lambda k, v: wkv4(self.time_decay, self.time_first, k, v)[0], k, v)
+            return self.output(r * wkv.to(r.dtype))
         if packed is not None:
             k = k.masked_fill(~packed.keep[..., None], float("-inf"))
         wkv, new = wkv4(self.time_decay, self.time_first, k, v, _wkv_state(state) if state is not None else None)

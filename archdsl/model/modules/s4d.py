@@ -156,8 +156,8 @@ class S4D(nn.Module):
         real, _ = _complex_dtype(x.dtype)
         u = x.transpose(1, 2).to(real)  # [B, d, L]
         if packed is not None and packed.keep is None:  # each sequence in a row of its own
-            rows = packed.to_rows(u.mT).mT                                     # [sequences, d, longest]
-            y = packed.from_rows(self._convolve(rows, x.dtype).mT).mT
+            K = self.kernel(packed.widest, x.dtype)      # a row of W steps reads its first W
+            y = packed.in_rows(lambda rows: self._convolve(rows.mT, x.dtype, K).mT, u.mT).mT  # rows [n, W, d]
         else:
             y = self._convolve(u, x.dtype)
         if state is not None:
@@ -165,10 +165,11 @@ class S4D(nn.Module):
         y = y + u * self.D.to(real)[:, None]
         return self._output(F.gelu(y).to(x.dtype)).transpose(1, 2)
 
-    def _convolve(self, u, dtype):
-        """The convolution K * u of rows u [B, d, L] from a zero state, by FFT of length 2L → [B, d, L]."""
+    def _convolve(self, u, dtype, K=None):
+        """The convolution K * u of rows u [B, d, L] from a zero state, by FFT of length 2L → [B, d, L]; K [d, ≥ L]
+        (its first L steps are used) or None for self.kernel(L)."""
         L, n = u.shape[-1], 2 * u.shape[-1]
-        K = self.kernel(L, dtype)
+        K = self.kernel(L, dtype) if K is None else K[:, :L]
         return torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(K, n=n), n=n)[..., :L]
 
     def _carry(self, u, state):
