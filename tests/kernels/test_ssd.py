@@ -646,6 +646,25 @@ def test_gpu_full_size(dtype, tol, L, impl, monkeypatch):
 
 @pytest.mark.gpu
 @gpu
+def test_gpu_varlen_states_full_size():
+    """return_varlen_states on the card, one row of 16384 tokens packing 16 sequences, H32 P64 N128 float32 with
+    cu_seqlens: each state as the final state of that sequence scanned alone, and the gradients of x through
+    the states finite."""
+    t = make(1, 16384, 32, 64, 1, 128, bias=True, dtype=torch.float32, device=DEV)
+    cuts = torch.randperm(16383, generator=torch.Generator().manual_seed(0))[:15].sort().values + 1
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), cuts, torch.full((1,), 16384)]).to(DEV)
+    x = t["x"].requires_grad_()
+    _, states = ssd_scan(x, t["dt"], t["A"], t["B"], t["C"], dt_bias=t["dt_bias"], dt_softplus=True,
+                         cu_seqlens=cu, return_varlen_states=True)
+    alone = torch.cat([ssd_scan(t["x"][:, a:e].detach(), t["dt"][:, a:e], t["A"], t["B"][:, a:e], t["C"][:, a:e],
+                                dt_bias=t["dt_bias"], dt_softplus=True, return_final_states=True)[1]
+                       for a, e in zip(cu.tolist(), cu.tolist()[1:])])
+    assert rel(states, alone) < 1e-4, rel(states, alone)
+    assert torch.autograd.grad(states.sum(), x)[0].isfinite().all()
+
+
+@pytest.mark.gpu
+@gpu
 @pytest.mark.parametrize("impl, gluon", [("fused", False), ("chunked", False), ("chunked", True)])
 def test_gpu_growing_state(impl, gluon, monkeypatch):
     """dt·A > 0 at full size on the card, bf16, through each path (the Gluon pass and scan included): the
