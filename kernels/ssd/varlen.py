@@ -36,7 +36,8 @@ def varlen_states(x, dt, A, B, seq_idx, dt_bias=None, rule: DtRule = DtRule(), i
     ends = torch.cat([begins[1:], begins.new_ones(1)]).nonzero().view(-1)  # [n] each sequence's last token
 
     dtp = effective_dt(dt.to(wd), None if dt_bias is None else dt_bias.to(wd), rule)   # [Bt, L, H]
-    c = (dtp.double() * A.double()).cumsum(1).view(batch * L, H)    # A·c_t, float64
+    # A·c_t, float64, summed along the innermost dimension (torch's scan along an outer one runs a thread a column)
+    c = (dtp.double() * A.double()).mT.cumsum(-1).mT.reshape(batch * L, H)
     decay = torch.exp(c[ends][seq] - c).to(wd)                       # [Bt·L, H]: exp(A·(c_e - c_j)) ≤ 1
     xw = x.reshape(batch * L, H, P).to(wd) * (decay * dtp.reshape(batch * L, H))[..., None]
     G, N = B.shape[-2:]                                              # head h reads group h // (H // G)
