@@ -16,7 +16,9 @@ with exponents ≤ 0 (the decay from each token to the segment's end, or from it
 blocks of K and V are independent (the decay is diagonal in K), so it runs on B·H·(K/BK)·(V/BV)
 programs. The segment kernels are triton_wkv6.py's; with packed sequences (seq, the runs) the boundary
 passes mask a segment as `_runs` masks a sub-chunk: reads before, writes after, the decay through a
-sequence's start.
+sequence's start. No state crosses a segment a sequence starts in, so there the serial chain breaks and its
+pieces run side by side (a program for each batch·head and segment): a row packing many sequences walks only
+its longest piece, as fla's varlen kernels walk each sequence alone.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import triton.language as tl
 
 from .._dispatch import apply, interpreting
 from .._host import cdiv
-from .triton_wkv6 import _dot, _pow2, _prec, _prec_bwd, _rows, _runs, _tile, segments_bwd, segments_fwd
+from .triton_wkv6 import _dot, _pow2, _prec, _prec_bwd, _rows, _run_before, _runs, _tile, segments_bwd, segments_fwd
 
 CHUNK = 64
 # Blocks of the boundary passes: at K = V = 64, 2 programs per (batch, head). H200, B4 H32 bf16
@@ -36,26 +38,50 @@ BLOCK_K, BLOCK_V = 64, 32
 
 
 @triton.jit
+def _restarts_in(seq, i_b, n, T, C: tl.constexpr):
+    """Whether a packed sequence starts in segment n (tokens n·C .. n·C + C - 1), so that the state entering
+    the segment does not leave it: the runs never fall, so its last token's run differs from the one before."""
+    last = tl.load(seq + i_b * T + tl.minimum(n * C + C, T) - 1)
+    return last != _run_before(seq, i_b, n * C, T)
+
+
+@triton.jit
 def _states_fwd(k, v, w, h0, hs, ht, seq, T, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                 BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
                 HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
-    """hs[bh·(N+1) + n] = the state entering segment n (n = N: the final state), one [BK, BV] block."""
-    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    i_b, i_h = i_bh // H, i_bh % H
+    """hs[bh·(N+1) + n] = the state entering segment n (n = N: the final state), one [BK, BV] block.
+
+    With packed sequences the chain of states breaks at every segment a sequence starts in, and the pieces run
+    side by side: a program for each (batch·head, segment), those at segment 0 or at a break walk on from it
+    up to the next break (whose entering state they leave), the others return at once."""
+    i_x, i_k, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     N = tl.cdiv(T, C)
+    if HAS_SEQ:
+        i_bh, first = i_x // N, i_x % N
+    else:
+        i_bh, first = i_x, i_x * 0
+    i_b, i_h = i_bh // H, i_bh % H
+    active = first == 0
+    if HAS_SEQ:
+        active = active | _restarts_in(seq, i_b, first, T, C)
     ok, ov = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     mk, mv = ok < K, ov < V
     p_s, m_s = ok[:, None] * V + ov[None, :], mk[:, None] & mv[None, :]
     S = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_H0:
-        S += tl.load(h0 + i_bh * K * V + p_s, mask=m_s, other=0.0).to(tl.float32)
+        S += tl.load(h0 + i_bh * K * V + p_s, mask=tl.where(first == 0, m_s, False), other=0.0).to(tl.float32)
     # each segment's tiles are loaded one step ahead, so their latency hides behind the step before
-    rows, mt = _rows(i_b, i_h, 0, T, T, H, C)
+    rows, mt = _rows(i_b, i_h, first * C, T, T, H, C)
+    mt = tl.where(active, mt, False)  # (a scalar & a block: Triton's interpreter cannot mask by it)
     n_k, n_v, n_w = _tile(k, rows, mt, ok, mk, K), _tile(v, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
-    for n in range(0, N):
-        tl.store(hs + (i_bh * (N + 1) + n) * K * V + p_s, S, mask=m_s)
+    n, stop, go = first, first < 0, active
+    while go:
+        if HAS_SEQ:
+            stop = (n > first) & _restarts_in(seq, i_b, n, T, C)  # the next piece starts here
+        tl.store(hs + (i_bh * (N + 1) + n) * K * V + p_s, S, mask=tl.where((n > first) | (first == 0), m_s, False))
         b_k, b_v, w2 = n_k.to(tl.float32), n_v.to(tl.float32), n_w.to(tl.float32) * 1.4426950408889634
         rows, mt = _rows(i_b, i_h, (n + 1) * C, T, T, H, C)
+        mt = tl.where(stop, False, mt)
         n_k, n_v, n_w = _tile(k, rows, mt, ok, mk, K), _tile(v, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
         after = tl.cumsum(w2, axis=0, reverse=True) - w2  # Σ_{m>j} w2_m: same-sign terms, exact to rounding
         k_out, decay = b_k * tl.exp2(after), tl.exp2(tl.sum(w2, axis=0))
@@ -63,9 +89,12 @@ def _states_fwd(k, v, w, h0, hs, ht, seq, T, C: tl.constexpr, H: tl.constexpr, K
             _, _, write, keep = _runs(seq, i_b, n * C, T, T, C)
             k_out, decay = tl.where(write[:, None], k_out, 0.0), tl.where(keep, decay, 0.0)
         S = S * decay[:, None] + _dot(tl.trans(k_out), b_v, PREC)
-    tl.store(hs + (i_bh * (N + 1) + N) * K * V + p_s, S, mask=m_s)
+        n += 1
+        go = (n < N) & (stop == 0)
+    ended = active & (stop == 0)  # this piece reached the last segment
+    tl.store(hs + (i_bh * (N + 1) + N) * K * V + p_s, S, mask=tl.where(ended, m_s, False))
     if STORE_HT:
-        tl.store(ht + i_bh * K * V + p_s, S, mask=m_s)
+        tl.store(ht + i_bh * K * V + p_s, S, mask=tl.where(ended, m_s, False))
 
 
 @triton.jit
@@ -73,38 +102,53 @@ def _states_bwd(r, w, do, dht, gs, dh0, seq, scale, T, C: tl.constexpr, H: tl.co
                 V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr,
                 STORE_DH0: tl.constexpr, HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
     """gs[bh·N + n] = d loss / d(state leaving segment n), from the last segment back; dh0 = the gradient
-    entering segment 0. One [BK, BV] block."""
+    entering segment 0. One [BK, BV] block. With packed sequences the pieces run side by side, as the forward's:
+    a program for each (batch·head, segment), those at the last segment or at a break walk back from it down to
+    the segment after the previous break (the gradient leaving that break they leave), the others return."""
     scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
-    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    i_b, i_h = i_bh // H, i_bh % H
+    i_x, i_k, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     N = tl.cdiv(T, C)
+    if HAS_SEQ:
+        i_bh, top = i_x // N, i_x % N
+    else:
+        i_bh, top = i_x, i_x * 0 + N - 1
+    i_b, i_h = i_bh // H, i_bh % H
+    active = top == N - 1
+    if HAS_SEQ:
+        active = active | _restarts_in(seq, i_b, top, T, C)
     ok, ov = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     mk, mv = ok < K, ov < V
     p_s, m_s = ok[:, None] * V + ov[None, :], mk[:, None] & mv[None, :]
     G = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_DHT:
-        G += tl.load(dht + i_bh * K * V + p_s, mask=m_s, other=0.0).to(tl.float32)
-    rows, mt = _rows(i_b, i_h, (N - 1) * C, T, T, H, C)
+        G += tl.load(dht + i_bh * K * V + p_s, mask=tl.where(top == N - 1, m_s, False), other=0.0).to(tl.float32)
+    rows, mt = _rows(i_b, i_h, top * C, T, T, H, C)
+    mt = tl.where(active, mt, False)  # (a scalar & a block: Triton's interpreter cannot mask by it)
     n_r, n_do, n_w = _tile(r, rows, mt, ok, mk, K), _tile(do, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
-    for i in range(0, N):
-        n = N - 1 - i
-        tl.store(gs + (i_bh * N + n) * K * V + p_s, G, mask=m_s)
+    n, stop, go = top, top < 0, active
+    while go:
+        if HAS_SEQ:
+            stop = (n < top) & _restarts_in(seq, i_b, n, T, C)  # the piece below starts here
+        tl.store(gs + (i_bh * N + n) * K * V + p_s, G, mask=tl.where((n < top) | (top == N - 1), m_s, False))
         b_r, b_do, w2 = n_r.to(tl.float32), n_do.to(tl.float32), n_w.to(tl.float32) * 1.4426950408889634
         rows, mt = _rows(i_b, i_h, (n - 1) * C, T, T, H, C)
-        mt = mt & ((n - 1) * C + tl.arange(0, C) >= 0)  # the segment before the first reads nothing
+        mt = tl.where(stop, False, mt & ((n - 1) * C + tl.arange(0, C) >= 0))  # none before the first segment
         n_r, n_do, n_w = _tile(r, rows, mt, ok, mk, K), _tile(do, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
         rq, decay = b_r * tl.exp2(tl.cumsum(w2, axis=0) - w2), tl.exp2(tl.sum(w2, axis=0))
         if HAS_SEQ:
             _, read, _, keep = _runs(seq, i_b, n * C, T, T, C)
             rq, decay = tl.where(read[:, None], rq, 0.0), tl.where(keep, decay, 0.0)
         G = G * decay[:, None] + scale * _dot(tl.trans(rq), b_do, PREC)
+        n -= 1
+        go = (n >= 0) & (stop == 0)
     if STORE_DH0:
-        tl.store(dh0 + i_bh * K * V + p_s, G, mask=m_s)
+        tl.store(dh0 + i_bh * K * V + p_s, G, mask=tl.where(active & (stop == 0), m_s, False))
 
 
-def _grid(K, V, BH):
+def _grid(K, V, BH, N=1):
+    """(batch·head (× segment, packed) programs, K blocks, V blocks), BK, BV."""
     BK, BV = min(_pow2(K), BLOCK_K), min(_pow2(V), BLOCK_V)
-    return (cdiv(K, BK), cdiv(V, BV), BH), BK, BV
+    return (BH * N, cdiv(K, BK), cdiv(V, BV)), BK, BV
 
 
 def segment_states(k, v, w, h0, store_ht, chunk=CHUNK, seq=None):
@@ -113,7 +157,7 @@ def segment_states(k, v, w, h0, store_ht, chunk=CHUNK, seq=None):
     V, N = v.shape[-1], max(1, cdiv(T, chunk))
     hs = torch.empty(B * H * (N + 1), K, V, dtype=torch.float32, device=k.device)
     ht = torch.empty(B, H, K, V, dtype=torch.float32, device=k.device) if store_ht else None
-    grid, BK, BV = _grid(K, V, B * H)
+    grid, BK, BV = _grid(K, V, B * H, N if seq is not None else 1)
     _states_fwd[grid](k, v, w, h0, hs, ht, seq, T, chunk, H, K, V, BK, BV, h0 is not None, store_ht,
                       seq is not None, _prec(k), num_warps=4)
     return hs, ht
@@ -134,7 +178,7 @@ def wkv6_bwd(r, k, v, w, u, scale, h0, do, dht, chunk=CHUNK, seq=None):
     hs, _ = segment_states(k, v, w, h0, False, chunk, seq)
     gs = torch.empty(B * H * N, K, V, dtype=torch.float32, device=r.device)
     dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=r.device) if h0 is not None else None
-    grid, BK, BV = _grid(K, V, B * H)
+    grid, BK, BV = _grid(K, V, B * H, N if seq is not None else 1)
     _states_bwd[grid](r, w, do, dht, gs, dh0, seq, scale, T, chunk, H, K, V, BK, BV, dht is not None,
                       h0 is not None, seq is not None, _prec_bwd(r), num_warps=4)
     dr, dk, dv, dw, du, _ = segments_bwd(r, k, v, w, u, scale, do, hs, N + 1, hs[1:], gs, (N + 1, N), chunk,

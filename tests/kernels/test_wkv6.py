@@ -157,6 +157,7 @@ packs = st.tuples(st.integers(1, 150), st.lists(st.integers(1, 149), max_size=5)
 @given(packs)
 @example(case=(150, [16, 64, 65, 128], True, 0))  # sequences that begin on sub-chunk and segment edges
 @example(case=(40, list(range(1, 40)), True, 1))  # a new sequence every token
+@example(case=(300, [10, 200], False, 2))  # chains of several segments between the breaks, run side by side
 def test_seq_idx_matches_naive(impl, case):
     """Outputs, final state and every gradient of a packed batch (its second row packed at other points) against
     the naive loop in float64."""
