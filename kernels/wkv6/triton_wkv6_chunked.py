@@ -16,9 +16,9 @@ with exponents ≤ 0 (the decay from each token to the segment's end, or from it
 blocks of K and V are independent (the decay is diagonal in K), so it runs on B·H·(K/BK)·(V/BV)
 programs. The segment kernels are triton_wkv6.py's; with packed sequences (seq, the runs) the boundary
 passes mask a segment as `_runs` masks a sub-chunk: reads before, writes after, the decay through a
-sequence's start. No state crosses a segment a sequence starts in, so there the serial chain breaks and its
-pieces run side by side (a program for each batch·head and segment): a row packing many sequences walks only
-its longest piece, as fla's varlen kernels walk each sequence alone.
+sequence's start. No state crosses a segment a sequence starts in, so there the serial chain breaks; where the
+chains alone would leave SMs idle its pieces run side by side (a program for each batch·head and segment), so
+that a row packing many sequences walks only its longest piece, as fla's varlen kernels walk each sequence alone.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import apply, interpreting
-from .._host import cdiv
+from .._host import cdiv, sm_count
 from .triton_wkv6 import _dot, _pow2, _prec, _prec_bwd, _rows, _run_before, _runs, _tile, segments_bwd, segments_fwd
 
 CHUNK = 64
@@ -35,6 +35,12 @@ CHUNK = 64
 # (benchmarks/wkv6_configs.py, 2026-11-29): the forward pass took 0.302 ms at 64×32, 0.396 at 32×32
 # and 0.370 at 64×64 (T 4096); 1.162, 1.559, 1.447 ms at T 16384.
 BLOCK_K, BLOCK_V = 64, 32
+# Packed sequences: the boundary passes run the pieces of their chains side by side (a program for each
+# batch·head, block and segment) where one chain a (batch·head, block) would leave SMs idle. H200, bf16, H32
+# K=V=64: one row of 16384 tokens packing 16 sequences (64 chains) went 1.429 → 0.964 ms forward, 5.535 → 4.025
+# forward+backward; B4 T4096 with 8 sequences a row (256 chains, the card full) lost 7% forward (0.782 → 0.834),
+# so it stays serial there. None: split below the SM count; True / False force it (tests).
+SPLIT_CHAINS: bool | None = None
 
 
 @triton.jit
@@ -48,21 +54,21 @@ def _restarts_in(seq, i_b, n, T, C: tl.constexpr):
 @triton.jit
 def _states_fwd(k, v, w, h0, hs, ht, seq, T, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                 BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
+                HAS_SEQ: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
     """hs[bh·(N+1) + n] = the state entering segment n (n = N: the final state), one [BK, BV] block.
 
-    With packed sequences the chain of states breaks at every segment a sequence starts in, and the pieces run
+    With packed sequences the chain of states breaks at every segment a sequence starts in; SPLIT runs the pieces
     side by side: a program for each (batch·head, segment), those at segment 0 or at a break walk on from it
     up to the next break (whose entering state they leave), the others return at once."""
     i_x, i_k, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     N = tl.cdiv(T, C)
-    if HAS_SEQ:
+    if SPLIT:
         i_bh, first = i_x // N, i_x % N
     else:
         i_bh, first = i_x, i_x * 0
     i_b, i_h = i_bh // H, i_bh % H
     active = first == 0
-    if HAS_SEQ:
+    if SPLIT:
         active = active | _restarts_in(seq, i_b, first, T, C)
     ok, ov = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     mk, mv = ok < K, ov < V
@@ -76,7 +82,7 @@ def _states_fwd(k, v, w, h0, hs, ht, seq, T, C: tl.constexpr, H: tl.constexpr, K
     n_k, n_v, n_w = _tile(k, rows, mt, ok, mk, K), _tile(v, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
     n, stop, go = first, first < 0, active
     while go:
-        if HAS_SEQ:
+        if SPLIT:
             stop = (n > first) & _restarts_in(seq, i_b, n, T, C)  # the next piece starts here
         tl.store(hs + (i_bh * (N + 1) + n) * K * V + p_s, S, mask=tl.where((n > first) | (first == 0), m_s, False))
         b_k, b_v, w2 = n_k.to(tl.float32), n_v.to(tl.float32), n_w.to(tl.float32) * 1.4426950408889634
@@ -100,21 +106,21 @@ def _states_fwd(k, v, w, h0, hs, ht, seq, T, C: tl.constexpr, H: tl.constexpr, K
 @triton.jit
 def _states_bwd(r, w, do, dht, gs, dh0, seq, scale, T, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr,
                 V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr,
-                STORE_DH0: tl.constexpr, HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
+                STORE_DH0: tl.constexpr, HAS_SEQ: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
     """gs[bh·N + n] = d loss / d(state leaving segment n), from the last segment back; dh0 = the gradient
-    entering segment 0. One [BK, BV] block. With packed sequences the pieces run side by side, as the forward's:
+    entering segment 0. One [BK, BV] block. With SPLIT the pieces run side by side, as the forward's:
     a program for each (batch·head, segment), those at the last segment or at a break walk back from it down to
     the segment after the previous break (the gradient leaving that break they leave), the others return."""
     scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
     i_x, i_k, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     N = tl.cdiv(T, C)
-    if HAS_SEQ:
+    if SPLIT:
         i_bh, top = i_x // N, i_x % N
     else:
         i_bh, top = i_x, i_x * 0 + N - 1
     i_b, i_h = i_bh // H, i_bh % H
     active = top == N - 1
-    if HAS_SEQ:
+    if SPLIT:
         active = active | _restarts_in(seq, i_b, top, T, C)
     ok, ov = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     mk, mv = ok < K, ov < V
@@ -127,7 +133,7 @@ def _states_bwd(r, w, do, dht, gs, dh0, seq, scale, T, C: tl.constexpr, H: tl.co
     n_r, n_do, n_w = _tile(r, rows, mt, ok, mk, K), _tile(do, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
     n, stop, go = top, top < 0, active
     while go:
-        if HAS_SEQ:
+        if SPLIT:
             stop = (n < top) & _restarts_in(seq, i_b, n, T, C)  # the piece below starts here
         tl.store(gs + (i_bh * N + n) * K * V + p_s, G, mask=tl.where((n < top) | (top == N - 1), m_s, False))
         b_r, b_do, w2 = n_r.to(tl.float32), n_do.to(tl.float32), n_w.to(tl.float32) * 1.4426950408889634
@@ -145,10 +151,12 @@ def _states_bwd(r, w, do, dht, gs, dh0, seq, scale, T, C: tl.constexpr, H: tl.co
         tl.store(dh0 + i_bh * K * V + p_s, G, mask=tl.where(active & (stop == 0), m_s, False))
 
 
-def _grid(K, V, BH, N=1):
-    """(batch·head (× segment, packed) programs, K blocks, V blocks), BK, BV."""
+def _grid(K, V, BH, N, seq):
+    """(batch·head (× segment, where the chains split) programs, K blocks, V blocks), BK, BV, whether split."""
     BK, BV = min(_pow2(K), BLOCK_K), min(_pow2(V), BLOCK_V)
-    return (BH * N, cdiv(K, BK), cdiv(V, BV)), BK, BV
+    blocks = cdiv(K, BK) * cdiv(V, BV)
+    split = seq is not None and (SPLIT_CHAINS if SPLIT_CHAINS is not None else BH * blocks < sm_count(seq.device))
+    return (BH * (N if split else 1), cdiv(K, BK), cdiv(V, BV)), BK, BV, split
 
 
 def segment_states(k, v, w, h0, store_ht, chunk=CHUNK, seq=None):
@@ -157,9 +165,9 @@ def segment_states(k, v, w, h0, store_ht, chunk=CHUNK, seq=None):
     V, N = v.shape[-1], max(1, cdiv(T, chunk))
     hs = torch.empty(B * H * (N + 1), K, V, dtype=torch.float32, device=k.device)
     ht = torch.empty(B, H, K, V, dtype=torch.float32, device=k.device) if store_ht else None
-    grid, BK, BV = _grid(K, V, B * H, N if seq is not None else 1)
+    grid, BK, BV, split = _grid(K, V, B * H, N, seq)
     _states_fwd[grid](k, v, w, h0, hs, ht, seq, T, chunk, H, K, V, BK, BV, h0 is not None, store_ht,
-                      seq is not None, _prec(k), num_warps=4)
+                      seq is not None, split, _prec(k), num_warps=4)
     return hs, ht
 
 
@@ -178,9 +186,9 @@ def wkv6_bwd(r, k, v, w, u, scale, h0, do, dht, chunk=CHUNK, seq=None):
     hs, _ = segment_states(k, v, w, h0, False, chunk, seq)
     gs = torch.empty(B * H * N, K, V, dtype=torch.float32, device=r.device)
     dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=r.device) if h0 is not None else None
-    grid, BK, BV = _grid(K, V, B * H, N if seq is not None else 1)
+    grid, BK, BV, split = _grid(K, V, B * H, N, seq)
     _states_bwd[grid](r, w, do, dht, gs, dh0, seq, scale, T, chunk, H, K, V, BK, BV, dht is not None,
-                      h0 is not None, seq is not None, _prec_bwd(r), num_warps=4)
+                      h0 is not None, seq is not None, split, _prec_bwd(r), num_warps=4)
     dr, dk, dv, dw, du, _ = segments_bwd(r, k, v, w, u, scale, do, hs, N + 1, hs[1:], gs, (N + 1, N), chunk,
                                          False, rev_warps=4, seq=seq)
     return dr, dk, dv, dw, du, dh0

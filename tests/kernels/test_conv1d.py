@@ -94,11 +94,14 @@ def naive(x, weight, bias, activation, initial_states=None, return_final_states=
 @given(**shapes, channels_last=st.booleans())
 @example(b=1, D=1, L=300, W=2, act="silu", bias=True, init=False, seq=False, seed=0,
          channels_last=True)  # a cancelling bias gradient
+@example(b=1, D=1, L=7, W=2, act="silu", bias=True, init=True, seq=False, seed=1,
+         channels_last=False)  # a cancelling initial-state gradient: -2e-4 from terms of ~1, float32 1.7e-5 off
 def test_triton_matches_naive(b, D, L, W, act, bias, init, seq, seed, channels_last):
     t = make(b, D, L, W, bias=bias, init=init, seq=seq, seed=seed, channels_last=channels_last)
     want = run(naive, as64(t), act)
+    sums = (3, 4, 5) if bias else (3, 4)  # weight, bias and initial-state gradients: sums that can cancel
     with backend("triton"):
-        assert_close(run(causal_conv1d, t, act), want, 1e-5, sums=(3, 4) if bias else (3,))
+        assert_close(run(causal_conv1d, t, act), want, 1e-5, sums=sums)
 
 
 @settings(max_examples=25, deadline=None)

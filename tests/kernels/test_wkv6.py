@@ -1,5 +1,6 @@
 """wkv6: chunked torch and Triton (interpreted on CPU) against the naive loop; GPU checks marked gpu."""
 import os
+from unittest import mock
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from archdsl.kernels._host import seq_runs
-from archdsl.kernels.wkv6 import wkv6, wkv6_step
+from archdsl.kernels.wkv6 import triton_wkv6_chunked, wkv6, wkv6_step
 from archdsl.kernels.wkv6.chunked import wkv6_chunked
 from archdsl.kernels.wkv6.naive import wkv6_naive
 
@@ -152,7 +153,7 @@ packs = st.tuples(st.integers(1, 150), st.lists(st.integers(1, 149), max_size=5)
                   st.integers(0, 10_000))
 
 
-@pytest.mark.parametrize("impl", ["chunked", "triton", "triton_chunked"])
+@pytest.mark.parametrize("impl", ["chunked", "triton", "triton_chunked", "triton_chunked_split"])
 @settings(max_examples=6, deadline=None)
 @given(packs)
 @example(case=(150, [16, 64, 65, 128], True, 0))  # sequences that begin on sub-chunk and segment edges
@@ -165,7 +166,10 @@ def test_seq_idx_matches_naive(impl, case):
     xs = make(2, T, 2, 16, 8, seed)
     seq = torch.cat([cuts(T, sorted(where)), cuts(T, [T // 3, T // 2])])
     want = run(wkv6_naive, xs, with_h0, seq=seq)
-    got = run(IMPLS[impl], xs if impl == "chunked" else [x.float() for x in xs], with_h0, seq=seq)
+    # triton_chunked: its boundary passes walk one chain a row; _split: the chains' pieces side by side
+    with mock.patch.object(triton_wkv6_chunked, "SPLIT_CHAINS", impl.endswith("_split")):
+        impl = impl.removesuffix("_split")
+        got = run(IMPLS[impl], xs if impl == "chunked" else [x.float() for x in xs], with_h0, seq=seq)
     close(got, want, 1e-10 if impl == "chunked" else 2e-4, impl, floor=0.1)
 
 
@@ -293,11 +297,14 @@ def test_gpu_long_sequences(T, impl):
 
 @cuda
 @pytest.mark.gpu
-@pytest.mark.parametrize("impl", ["triton", "triton_chunked"])
+@pytest.mark.parametrize("impl", ["triton", "triton_chunked", "triton_chunked_split"])
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 3e-2), (torch.float32, 1e-3)])
-def test_gpu_seq_idx_full_size_vs_float64(dtype, tol, impl):
+def test_gpu_seq_idx_full_size_vs_float64(dtype, tol, impl, monkeypatch):
     """B4 T4096 H32 K=V=64, each row packed differently (sequences of 1 to ~1000 tokens, boundaries on and off
-    the 16- and 64-token edges), outputs, final state and gradients against float64."""
+    the 16- and 64-token edges), outputs, final state and gradients against float64; the chunked layout's
+    boundary passes as one chain a row (the default at this size) and split at the breaks."""
+    monkeypatch.setattr(triton_wkv6_chunked, "SPLIT_CHAINS", impl.endswith("_split"))
+    impl = impl.removesuffix("_split")
     xs = gpu_case(4, 4096, 32, 64, 64, dtype)
     g = torch.Generator().manual_seed(0)
     seq = torch.cat([cuts(4096, sorted(torch.randint(1, 4096, (n,), generator=g).tolist())) for n in (1, 7, 40, 300)])
