@@ -6,8 +6,9 @@ Mamba-1 restart their conv window and scan state where seq_idx changes (kernels'
 (wkv6's seq_idx) and token shifts (zeros at a sequence's start), attention sees only its own sequence's keys and
 counts RoPE positions from that sequence's start, S4D's convolution and RWKV-4's WKV (kernels with no
 restart) run on each sequence in a row of its own (`in_rows`: sequences of like length share rows of a
-power-of-two width, so the rows' steps stay under twice the tokens'), and position-wise blocks (MLP, MoE) need nothing. A module class that keeps
-sequences apart says so with PACKS = True; one without it is refused before anything runs.
+power-of-two width, so the rows' steps stay under twice the tokens'), and position-wise blocks (MLP, MoE)
+need nothing. A module class that keeps sequences apart says so with PACKS = True; one without it is refused
+before anything runs.
 
 Left padding (model(ids, cache, attention_mask=...), generate(..., attention_mask=...)) is the same thing with
 two sequences a row, the pads then the prompt: `Packed.padding(mask)` adds `keep`, the mask as bool. The blocks
