@@ -18,9 +18,10 @@
   (the Gluon kernels), and with it (the default kernels: the Gluon ones, which read the starts as bits); and
   without seq_idx with those Triton kernels forced, to tell the restarts' cost from the kernels'.
 - S4D and RWKV-4, whose kernels cannot restart and so run each packed sequence in a row of its own
-  (Packed.to_rows): a 4-layer model of each (d 2048, B4 L4096, bf16), without seq_idx, with 8 equal sequences a
-  row (as many rows' steps as the batch's) and with one long sequence and 8 short ones a row (3584 + 8 x 64: the
-  rows' steps 9 x 3584 = 7.9 times B·L); forward, forward+backward of the summed logits.
+  (Packed.in_rows, rows of power-of-two widths): a 4-layer model of each (d 2048, B4 L4096, bf16), without seq_idx,
+  with 8 equal sequences a row and with one long sequence and 8 short ones a row (3584 + 8 x 64: rows as long as
+  the longest would take 7.9 times B·L steps, in_rows' take 1.1 times); forward, forward+backward of the summed
+  logits.
 - ssd_scan's return_varlen_states, one row of 16384 tokens packing 16 sequences, H32 P64 N128 bf16: the scan with
   seq_idx alone, and with cu_seqlens and return_varlen_states (each sequence's last state, in torch after the scan).
 Median of triton.testing.do_bench for each figure.
