@@ -20,7 +20,7 @@
 - S4D and RWKV-4, whose kernels cannot restart and so run each packed sequence in a row of its own
   (Packed.in_rows, rows of power-of-two widths): a 4-layer model of each (d 2048, B4 L4096, bf16), without seq_idx,
   with 8 equal sequences a row and with one long sequence and 8 short ones a row (3584 + 8 x 64: rows as long as
-  the longest would take 7.9 times B·L steps, in_rows' take 1.1 times); forward, forward+backward of the summed
+  the longest would take 7.9 times B·L steps, in_rows' the same B·L); forward, forward+backward of the summed
   logits.
 - ssd_scan's return_varlen_states, one row of 16384 tokens packing 16 sequences, H32 P64 N128 bf16: the scan with
   seq_idx alone, and with cu_seqlens and return_varlen_states (each sequence's last state, in torch after the scan).
