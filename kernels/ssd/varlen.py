@@ -5,11 +5,15 @@ A sequence k of a packed row, its tokens s..e, ends in the state
     h_k = Σ_{j=s..e} exp(A·(c_e - c_j)) dt'_j x_j ⊗ B_j  (+ exp(A·c_e) h0 for a row's first sequence when it is
           seq_idx 0's, as the scan reads initial_states),   c_t = Σ_{i<=t} dt'_i (the row's running sum)
 
-computed in torch after the scan, not in its kernels: the running sums in float64 (the differences c_e - c_j of
-long rows keep their digits), then the weighted x of each sequence laid in a row of its own ([sequences, G,
-H/G·P, longest], zeros after it) and one batched product with B for each sequence and group (the heads that
-share B together). Costs a few extra passes over x, B and dt, and sequences × longest × (H·P + G·N) values of
-memory.
+computed in torch after the scan, not in its kernels, so that it stays differentiable:
+
+1. the running sums in float64 (the differences c_e - c_j of long rows keep their digits) and the weighted x;
+2. each sequence cut into chunks of Q tokens, its last chunk padded with zeros, x and B laid chunk after chunk
+   ([chunks, G, Q, H/G·P] and [chunks, G, Q, N], rows copied whole);
+3. one product a chunk and group, X^T B, then the chunks of each sequence summed.
+
+Q is the power of two that moves the fewest bytes: the padding (under Q a sequence) against the chunks' states
+(H·P·N each). Costs a few passes over x, B and dt.
 """
 from __future__ import annotations
 
@@ -19,34 +23,57 @@ from .._host import seq_starts
 from .naive import DtRule, effective_dt
 
 
-def varlen_states(x, dt, A, B, seq_idx, dt_bias=None, rule: DtRule = DtRule(), initial_states=None):
+def chunk_size(lengths: torch.Tensor, N: int) -> int:
+    """lengths [sequences] (CPU) → the Q in 16..1024 that minimises the bytes moved a head channel: three passes
+    over the padded tokens (zeros, copy, product) and two over the chunks' N-wide states."""
+    def cost(q):
+        chunks = int(((lengths + q - 1) // q).sum())
+        return 3 * chunks * q + 2 * chunks * N
+    return min((16 << i for i in range(7)), key=cost)
+
+
+def varlen_states(x, dt, A, B, seq_idx, dt_bias=None, rule: DtRule = DtRule(), initial_states=None,
+                  chunk: int | None = None):
     """x [Bt, L, H, P], dt [Bt, L, H], A [H], B [Bt, L, G, N], seq_idx [Bt, L] integers, dt_bias [H],
     initial_states [Bt, H, P, N] → [sequences, H, P, N]: each sequence's last state, the sequences numbered row
-    after row (each row's first token starts one). float32, float64 for float64 x."""
+    after row (each row's first token starts one). float32, float64 for float64 x. chunk: Q, chosen by
+    `chunk_size` when None."""
     wd = torch.float64 if x.dtype == torch.float64 else torch.float32
     batch, L, H, P = x.shape
+    G, N = B.shape[-2:]                                              # head h reads group h // (H // G)
     restart = seq_starts(seq_idx)                                    # [Bt, L]: the state restarts here
     first = torch.zeros_like(restart)
     first[:, 0] = True
     begins = (restart | first).view(-1)                              # a sequence's first token, row after row
-    seq = begins.cumsum(0) - 1                                       # [Bt·L]
-    t = torch.arange(batch * L, device=x.device)
-    pos = t - torch.where(begins, t, 0).cummax(0).values             # each token's place in its sequence
-    n, longest = int(begins.sum()), int(pos.max()) + 1
-    ends = torch.cat([begins[1:], begins.new_ones(1)]).nonzero().view(-1)  # [n] each sequence's last token
+    starts = begins.nonzero().view(-1)                               # [n]
+    lengths = torch.diff(starts, append=starts.new_full((1,), batch * L))
+    n = starts.numel()
+    seq = begins.cumsum(0) - 1                                       # [Bt·L] each token's sequence
+    pos = torch.arange(batch * L, device=x.device) - starts[seq]     # and its place in it
+    ends = starts + lengths - 1                                      # [n] each sequence's last token
 
+    # 1. A·c_t, float64, summed along the innermost dimension (torch's scan along an outer one runs a thread a
+    # column); the weight of x_j in its sequence's last state
     dtp = effective_dt(dt.to(wd), None if dt_bias is None else dt_bias.to(wd), rule)   # [Bt, L, H]
-    # A·c_t, float64, summed along the innermost dimension (torch's scan along an outer one runs a thread a column)
     c = (dtp.double() * A.double()).mT.cumsum(-1).mT.reshape(batch * L, H)
     decay = torch.exp(c[ends][seq] - c).to(wd)                       # [Bt·L, H]: exp(A·(c_e - c_j)) ≤ 1
     xw = x.reshape(batch * L, H, P).to(wd) * (decay * dtp.reshape(batch * L, H))[..., None]
-    G, N = B.shape[-2:]                                              # head h reads group h // (H // G)
-    at = (seq, pos)
-    X = xw.new_zeros(n, G, H // G * P, longest)                      # each sequence's tokens in a row, per group
-    X.permute(0, 3, 1, 2).index_put_(at, xw.view(batch * L, G, H // G * P))
-    Bs = xw.new_zeros(n, G, longest, N)
-    Bs.permute(0, 2, 1, 3).index_put_(at, B.reshape(batch * L, G, N).to(wd))
-    h = (X @ Bs).view(n, H, P, N)                                    # one product per sequence and group
+
+    # 2. chunks of Q tokens, sequence after sequence
+    Q = chunk or chunk_size(lengths.cpu(), N)
+    per_seq = (lengths + Q - 1) // Q                                 # [n] chunks a sequence
+    first_chunk = per_seq.cumsum(0) - per_seq
+    row = first_chunk[seq] * Q + pos                                 # [Bt·L] each token's padded place
+    at = (row // Q, row % Q)
+    chunks = int(per_seq.sum())
+    X = xw.new_zeros(chunks, G, Q, H // G * P)
+    X.transpose(1, 2).index_put_(at, xw.view(batch * L, G, H // G * P))
+    Bs = xw.new_zeros(chunks, G, Q, N)
+    Bs.transpose(1, 2).index_put_(at, B.reshape(batch * L, G, N).to(wd))
+
+    # 3. each chunk's share, X^T B [chunks, G, H/G·P, N], summed over each sequence's chunks
+    owner = torch.repeat_interleave(torch.arange(n, device=x.device), per_seq, output_size=chunks)
+    h = xw.new_zeros(n, G, H // G * P, N).index_add(0, owner, X.mT @ Bs).view(n, H, P, N)
     if initial_states is not None:  # a row's first sequence continues initial_states unless it restarts
         counts = begins.view(batch, L).sum(1)
         row_first = counts.cumsum(0) - counts                        # [Bt]: each row's first sequence

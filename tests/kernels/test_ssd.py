@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from archdsl.kernels.ssd import ssd_scan, ssd_step
 from archdsl.kernels.ssd.chunked import ssd_scan_chunked
 from archdsl.kernels.ssd.naive import DtRule, ssd_scan_naive
+from archdsl.kernels.ssd.varlen import varlen_states
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
@@ -531,6 +532,20 @@ def test_varlen_states_are_each_sequence_alone(impl, seq, h0, bias):
     rows_last = torch.tensor([len({*[i for i in range(1, L) if seq[i] != seq[i - 1]]}), -1])
     assert_close([states[rows_last]], [final], 2e-5)
     assert torch.equal(y, scan(t["x"], t["dt"], t["A"], t["B"], t["C"], **kw))
+
+
+@settings(max_examples=15, deadline=None)
+@given(seq=st.lists(st.sampled_from([0, 0, 0, 1, 2]), min_size=1, max_size=23), h0=st.booleans(),
+       chunk=st.sampled_from([1, 2, 3, 5, 16]))
+def test_varlen_states_any_chunk(seq, h0, chunk):
+    """varlen_states cut into chunks of any size (sequences over many chunks, a last chunk part padding) gives
+    each sequence's last state alone, float64."""
+    L = len(seq)
+    t = make(2, L, 4, 3, 2, 5, bias=True, h0=h0, dtype=torch.float64)
+    seq_idx = torch.tensor([seq, sorted(seq)])
+    got = varlen_states(t["x"], t["dt"], t["A"], t["B"], seq_idx, t["dt_bias"], DtRule(softplus=True),
+                        t["initial_states"], chunk=chunk)
+    assert_close([got], [_each_alone_final(t, seq_idx)], 1e-12)
 
 
 def test_varlen_states_gradients_and_cu_seqlens():
