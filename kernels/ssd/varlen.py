@@ -9,7 +9,7 @@ computed in torch after the scan, not in its kernels, so that it stays different
 
 1. the running sums in float64 (the differences c_e - c_j of long rows keep their digits) and the weighted x;
 2. each sequence cut into chunks of Q tokens, its last chunk padded with zeros, x and B laid chunk after chunk
-   ([chunks, G, Q, H/G·P] and [chunks, G, Q, N], rows copied whole);
+   ([chunks·Q, H·P] and [chunks·Q, G·N], rows copied whole);
 3. one product a chunk and group, X^T B, then the chunks of each sequence summed.
 
 Q is the power of two that moves the fewest bytes: the padding (under Q a sequence) against the chunks' states
@@ -41,43 +41,42 @@ def varlen_states(x, dt, A, B, seq_idx, dt_bias=None, rule: DtRule = DtRule(), i
     wd = torch.float64 if x.dtype == torch.float64 else torch.float32
     batch, L, H, P = x.shape
     G, N = B.shape[-2:]                                              # head h reads group h // (H // G)
+    T = batch * L
     restart = seq_starts(seq_idx)                                    # [Bt, L]: the state restarts here
     first = torch.zeros_like(restart)
     first[:, 0] = True
     begins = (restart | first).view(-1)                              # a sequence's first token, row after row
     starts = begins.nonzero().view(-1)                               # [n]
-    lengths = torch.diff(starts, append=starts.new_full((1,), batch * L))
     n = starts.numel()
-    seq = begins.cumsum(0) - 1                                       # [Bt·L] each token's sequence
-    pos = torch.arange(batch * L, device=x.device) - starts[seq]     # and its place in it
+    lengths = torch.diff(starts, append=starts.new_full((1,), T))
+    seq = begins.cumsum(0) - 1                                       # [T] each token's sequence
+    pos = torch.arange(T, device=x.device) - starts[seq]             # and its place in it
     ends = starts + lengths - 1                                      # [n] each sequence's last token
 
     # 1. A·c_t, float64, summed along the innermost dimension (torch's scan along an outer one runs a thread a
-    # column); the weight of x_j in its sequence's last state
-    dtp = effective_dt(dt.to(wd), None if dt_bias is None else dt_bias.to(wd), rule)   # [Bt, L, H]
-    c = (dtp.double() * A.double()).mT.cumsum(-1).mT.reshape(batch * L, H)
-    decay = torch.exp(c[ends][seq] - c).to(wd)                       # [Bt·L, H]: exp(A·(c_e - c_j)) ≤ 1
-    xw = x.reshape(batch * L, H, P).to(wd) * (decay * dtp.reshape(batch * L, H))[..., None]
+    # column); the weight of x_j in its sequence's last state. Gathers by index_select: their backward adds
+    # with atomics, where indexing's sorts first.
+    dtp = effective_dt(dt.to(wd), None if dt_bias is None else dt_bias.to(wd), rule).view(T, H)
+    c = (dtp.double() * A.double()).view(batch, L, H).mT.cumsum(-1).mT.reshape(T, H)
+    decay = torch.exp(c.index_select(0, ends[seq]) - c).to(wd)      # [T, H]: exp(A·(c_e - c_j)) ≤ 1
+    xw = x.reshape(T, H, P) * (decay * dtp)[..., None]               # [T, H, P] in wd
 
-    # 2. chunks of Q tokens, sequence after sequence
+    # 2. chunks of Q tokens, sequence after sequence, rows copied whole
     Q = chunk or chunk_size(lengths.cpu(), N)
     per_seq = (lengths + Q - 1) // Q                                 # [n] chunks a sequence
-    first_chunk = per_seq.cumsum(0) - per_seq
-    row = first_chunk[seq] * Q + pos                                 # [Bt·L] each token's padded place
-    at = (row // Q, row % Q)
     chunks = int(per_seq.sum())
-    X = xw.new_zeros(chunks, G, Q, H // G * P)
-    X.transpose(1, 2).index_put_(at, xw.view(batch * L, G, H // G * P))
-    Bs = xw.new_zeros(chunks, G, Q, N)
-    Bs.transpose(1, 2).index_put_(at, B.reshape(batch * L, G, N).to(wd))
+    row = (per_seq.cumsum(0) - per_seq)[seq] * Q + pos               # [T] each token's padded place
+    X = xw.new_zeros(chunks * Q, H * P).index_copy_(0, row, xw.view(T, H * P))
+    Bs = xw.new_zeros(chunks * Q, G * N).index_copy_(0, row, B.reshape(T, G * N).to(wd))
 
     # 3. each chunk's share, X^T B [chunks, G, H/G·P, N], summed over each sequence's chunks
+    S = torch.einsum("cqgp,cqgn->cgpn", X.view(chunks, Q, G, H // G * P), Bs.view(chunks, Q, G, N))
     owner = torch.repeat_interleave(torch.arange(n, device=x.device), per_seq, output_size=chunks)
-    h = xw.new_zeros(n, G, H // G * P, N).index_add(0, owner, X.mT @ Bs).view(n, H, P, N)
+    h = S.new_zeros(n, G, H // G * P, N).index_add(0, owner, S).view(n, H, P, N)
     if initial_states is not None:  # a row's first sequence continues initial_states unless it restarts
         counts = begins.view(batch, L).sum(1)
         row_first = counts.cumsum(0) - counts                        # [Bt]: each row's first sequence
         carry = (~restart[:, 0]).to(wd)[:, None, None, None]         # seq_idx 0 at the row's first token
-        h0 = initial_states.to(wd) * torch.exp(c[ends[row_first]]).to(wd)[:, :, None, None] * carry
+        h0 = initial_states.to(wd) * torch.exp(c.index_select(0, ends[row_first])).to(wd)[:, :, None, None] * carry
         h = h.index_add(0, row_first, h0)
     return h
