@@ -62,9 +62,10 @@ def varlen_states(x, dt, A, B, seq_idx, dt_bias=None, rule: DtRule = DtRule(), i
     xw = x.reshape(T, H, P) * (decay * dtp)[..., None]               # [T, H, P] in wd
 
     # 2. chunks of Q tokens, sequence after sequence, rows copied whole
-    Q = chunk or chunk_size(lengths.cpu(), N)
+    host = lengths.cpu()                                             # the second and last wait for the device
+    Q = chunk or chunk_size(host, N)
+    chunks = int(((host + Q - 1) // Q).sum())
     per_seq = (lengths + Q - 1) // Q                                 # [n] chunks a sequence
-    chunks = int(per_seq.sum())
     row = (per_seq.cumsum(0) - per_seq)[seq] * Q + pos               # [T] each token's padded place
     X = xw.new_zeros(chunks * Q, H * P).index_copy_(0, row, xw.view(T, H * P))
     Bs = xw.new_zeros(chunks * Q, G * N).index_copy_(0, row, B.reshape(T, G * N).to(wd))
