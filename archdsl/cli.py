@@ -101,17 +101,26 @@ def table(rows: list[list], header: list[str], names: int = 0) -> str:
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
 
 
-def _spec(text: str):
-    from .spec import load_spec
+def _spec(text: str, settings: list[str] | None = None):
+    """SPEC as load_spec reads it, with --set's model-level keys changed."""
+    from .spec import load_spec, with_settings
 
-    return load_spec(text)
+    spec = load_spec(text)
+    return with_settings(spec, settings) if settings else spec
+
+
+def _add_set(p):
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a model-level key of the spec for this command (repeatable): d_model, vocab_size, "
+                        "name, tie_embeddings, norm, norm_eps, embed_norm, residual_fp32, ffn; e.g. --set "
+                        "d_model=1024 --set vocab_size=32000")
 
 
 # --- commands --------------------------------------------------------------------------
 @command("check", "validate a spec file or layout string")
 def cmd_check(args):
     """Parse and verify SPEC (a YAML file, a saved model directory or a layout string)."""
-    spec = _spec(args.spec)
+    spec = _spec(args.spec, args.set)
     _ = spec.graph
     from .graph import num_layers
 
@@ -120,6 +129,7 @@ def cmd_check(args):
 
 def _add_check(p):
     p.add_argument("spec", help="a YAML spec file, a saved model directory, or a layout string")
+    _add_set(p)
 
 
 @command("show", "per-layer table and totals: params, active params, FLOPs/token, cache bytes")
@@ -127,7 +137,7 @@ def cmd_show(args):
     """Print each layer (index, mixer, ffn, sharing group, params) and the totals."""
     from .analysis import analyze
 
-    rep = analyze(_spec(args.spec), seq_len=args.seq_len, batch=args.batch, dtype=args.dtype,
+    rep = analyze(_spec(args.spec, args.set), seq_len=args.seq_len, batch=args.batch, dtype=args.dtype,
                   ssm_state_dtype=args.ssm_state_dtype)
     if args.json:
         layers = [{"index": r.index, "mixer": r.mixer or None, "ffn": r.ffn or None, "inject": r.inject or None,
@@ -170,7 +180,7 @@ def _add_ssm_state_dtype(p):
 @command("fmt", "print the canonical text of the layout")
 def cmd_fmt(args):
     """Print the layout in canonical form: fmt(fmt(x)) == fmt(x)."""
-    print(_spec(args.spec).layout_text)
+    print(_spec(args.spec, args.set).layout_text)
 
 
 @command("graph", "draw the layout (.svg, .png, .pdf, .dot, .mmd)")
@@ -180,7 +190,7 @@ def cmd_graph(args):
 
     check_output(args.output)
     check_path(args.output)
-    spec = _spec(args.spec)
+    spec = _spec(args.spec, args.set)
     draw(spec, args.output)
     print(f"wrote {args.output}")
 
@@ -200,7 +210,7 @@ def cmd_memory(args):
     if args.output:
         check_output(args.output)
         check_path(args.output, PLOT_FORMATS)
-    specs = [_spec(s) for s in args.specs]
+    specs = [_spec(s, args.set) for s in args.specs]
     lens = [parse_count(x, "--seq-lens") for x in args.seq_lens.split(",") if x.strip()]
     if not lens:
         raise ArchDSLError("--seq-lens: give at least one length, e.g. 1k,8k,64k")
@@ -238,6 +248,7 @@ def _labels(texts: list[str], specs: list) -> list[str]:
 
 def _add_memory(p):
     p.add_argument("specs", nargs="+", help="spec files or layout strings")
+    _add_set(p)
     p.add_argument("--seq-lens", default="1k,8k,64k,512k", help="comma-separated context lengths")
     p.add_argument("--batch", type=count("--batch"), default=1)
     p.add_argument("--dtype", default="bfloat16")
@@ -321,7 +332,7 @@ def cmd_compile(args):
     """Build the PyTorch model of SPEC with random weights from --seed and save it to DIR."""
     from .model import compile as build
 
-    model = build(_spec(args.spec), device=args.device, dtype=args.dtype, seed=args.seed)
+    model = build(_spec(args.spec, args.set), device=args.device, dtype=args.dtype, seed=args.seed)
     model.save(args.output)
     print(f"wrote {args.output}: {model.spec.name}, {model.num_params():,} parameters, "
           f"{str(model.dtype).replace('torch.', '')}")
@@ -442,8 +453,9 @@ def _add_bench(p):
 
 
 def _add_model_args(p, seed_of: str):
-    """The options _model reads: --device, --dtype, --seed, --cuda-graph, --ssm-state-dtype, --fuse / --no-fuse
+    """The options _model reads: --set, --device, --dtype, --seed, --cuda-graph, --ssm-state-dtype, --fuse / --no-fuse
     (run, bench)."""
+    _add_set(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="float32 (default; a saved model keeps its own), bfloat16, ...")
     p.add_argument("--seed", type=parse_seed, default=0,
@@ -473,11 +485,14 @@ def _model(args):
     if args.cuda_graph and not str(args.device).startswith("cuda"):
         raise ArchDSLError(f"--cuda-graph needs a CUDA device (--device cuda), got --device {args.device}")
     if os.path.isdir(args.spec) and os.path.isfile(os.path.join(args.spec, "model.safetensors")):
+        if args.set:
+            raise ArchDSLError(f"--set: {args.spec} is a saved model, whose weights fix its sizes; give its "
+                               f"spec.yaml for fresh random weights at other sizes")
         model = load_model(args.spec, device=args.device, dtype=args.dtype, fuse=fuse,
                            ssm_state_dtype=args.ssm_state_dtype)
         model.cuda_graph = args.cuda_graph
         return model
-    return build(_spec(args.spec), device=args.device, dtype=resolve_dtype(args.dtype or "float32"),
+    return build(_spec(args.spec, args.set), device=args.device, dtype=resolve_dtype(args.dtype or "float32"),
                  seed=args.seed, cuda_graph=args.cuda_graph, fuse=fuse, ssm_state_dtype=args.ssm_state_dtype)
 
 

@@ -293,6 +293,31 @@ def with_sizes(spec: Spec, **changes) -> Spec:
     return _checked(replace(spec, **_sizes(changes)))
 
 
+def with_settings(spec: Spec, settings: list[str], flag: str = "--set") -> Spec:
+    """A copy with model-level keys changed by 'KEY=VALUE' texts, as the command line's --set gives them: the
+    value read as YAML (1024, true, 1e-6, rmsnorm; name's as it is written). Errors name the setting; the file's
+    positions of the keys changed are dropped, so that no error points at the value they replaced."""
+    changes = {}
+    for text in settings:
+        key, eq, value = (part.strip() for part in text.partition("="))
+        if not eq or not key:
+            raise ArchDSLError(f"{flag}: expected KEY=VALUE (say d_model=1024), got {text!r}")
+        if key not in SIZE_TYPES:
+            raise ArchDSLError(f"{flag} {text}: {key!r} is not a model-level key ({', '.join(SIZE_TYPES)})",
+                               hint=did_you_mean(key, list(SIZE_TYPES)))
+        if SIZE_TYPES[key] is not str:
+            try:
+                value = yaml.load(value, Loader=YamlLoader)
+            except yaml.YAMLError:
+                raise ArchDSLError(f"{flag} {text}: {value!r} is not a value") from None
+        changes[key] = _typed(key, value, lambda message, _: ArchDSLError(f"{flag} {text}: {message}"))
+    positions = {k: v for k, v in spec.positions.items() if k[0] not in changes}
+    try:
+        return with_sizes(replace(spec, positions=positions), **changes)
+    except ArchDSLError as e:
+        raise ArchDSLError(f"{flag} {' '.join(settings)}: {e.message}", hint=e.hint) from None
+
+
 def _positions(node, path: tuple = ()) -> dict[tuple, int]:
     """Offsets of every mapping value (and key) in the composed YAML tree, by key path."""
     out: dict[tuple, int] = {}

@@ -255,3 +255,52 @@ def test_unwritable_places_exit_2(capsys):
                   "--batch", "2", "--no-progress", "-o", "/proc/archdsl-test"]):
         code, _, err = run(*argv, capsys=capsys)
         assert code == 2 and "/proc/archdsl-test" in err and "Traceback" not in err, (argv, err)
+
+
+def test_set_changes_model_level_keys(tmp_path, capsys):
+    """--set KEY=VALUE changes a spec's model-level keys for one command, a layout string's and a file's, as if
+    written there; memory applies them to every spec it takes, compile to the model it saves."""
+    import archdsl
+    from archdsl.spec import with_sizes
+
+    layout = "4×(7×mamba2, attn(shared)), moe every 2"
+    code, out, _ = run("show", layout, "--set", "d_model=1024", "--set", "vocab_size=32000",
+                       "--set", "tie_embeddings=false", "--json", capsys=capsys)
+    want = archdsl.analyze(archdsl.parse(layout, d_model=1024, vocab_size=32000, tie_embeddings=False))
+    assert code == 0 and json.loads(out)["params"] == want.params
+    path = os.path.join(ROOT, "specs/mamba-130m.yaml")
+    code, out, _ = run("show", path, "--set", "d_model=1536", "--set", "name=wider", "--json", capsys=capsys)
+    want = archdsl.analyze(with_sizes(archdsl.load_spec(path), d_model=1536))
+    assert code == 0 and json.loads(out)["params"] == want.params
+    code, out, _ = run("memory", "4×mamba2", "4×attn", "--set", "d_model=2048", "--seq-lens", "1k", "--json",
+                       capsys=capsys)
+    got = list(json.loads(out)["cache_bytes"].values())
+    assert code == 0 and got == [[archdsl.analyze(archdsl.parse(t, d_model=2048), seq_len=1024).cache_bytes]
+                                 for t in ("4×mamba2", "4×attn")]
+    assert run("compile", "2×mamba2", "--set", "d_model=64", "--set", "vocab_size=100", "-o",
+               str(tmp_path / "m"), capsys=capsys)[0] == 0
+    assert archdsl.load_spec(str(tmp_path / "m")).d_model == 64
+    code, _, err = run("run", str(tmp_path / "m"), "--set", "d_model=32", capsys=capsys)
+    assert code == 2 and "is a saved model, whose weights fix its sizes" in err
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("d_model", "--set: expected KEY=VALUE (say d_model=1024), got 'd_model'"),
+    ("=3", "--set: expected KEY=VALUE"),
+    ("dmodel=3", "--set dmodel=3: 'dmodel' is not a model-level key"),
+    ("d_model=abc", "--set d_model=abc: d_model must be int, got 'abc'"),
+    ("d_model=0", "--set d_model=0: d_model must be positive, got 0"),
+    ("d_model=[1", "--set d_model=[1: '[1' is not a value"),
+    ("norm=batchnorm", "--set norm=batchnorm: unknown norm 'batchnorm'"),
+    ("tie_embeddings=maybe", "--set tie_embeddings=maybe: tie_embeddings must be bool"),
+])
+def test_bad_set_names_the_setting(setting, message, capsys):
+    code, _, err = run("show", "2×mamba2", "--set", setting, capsys=capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_set_on_a_file_points_at_what_it_breaks(capsys):
+    """A size the file's blocks cannot take is reported at their place in the file; a saved model's sizes are
+    its weights', so --set refuses it."""
+    code, _, err = run("check", os.path.join(ROOT, "specs/jamba-v0.1.yaml"), "--set", "d_model=1000", capsys=capsys)
+    assert code == 2 and "jamba-v0.1.yaml:13:" in err and "heads 32 must divide d_model 1000" in err, err

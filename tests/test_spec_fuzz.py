@@ -154,3 +154,20 @@ def test_a_bare_layout_file_keeps_its_positions():
 def test_unknown_keys_that_yaml_reads_as_other_types_are_placed(key, shown):
     assert _error(f"name: x\nlayout: mamba\n{key}: 3\n").startswith(f"s.yaml:3:1: unknown spec key {shown}")
     assert _error(f"name: x\nlayout: mamba\nblocks:\n  {key}: {{d_state: 4}}\n").startswith("s.yaml:4:3: ")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(["d_model", "vocab_size", "name", "norm", "norm_eps", "ffn", "tie_embeddings",
+                                 "dmodel", ""]).flatmap(
+    lambda key: st.builds(lambda sep, value: key + sep + value, st.sampled_from(["=", " = ", "", "=="]),
+                          st.sampled_from(PIECES) | st.text(max_size=6))), min_size=1, max_size=3),
+       st.sampled_from(TEXTS))
+def test_garbage_settings_only_raise_archdsl_error(settings_, text):
+    """--set's KEY=VALUE texts, whatever they hold, give a spec or an ArchDSLError that names the setting."""
+    from archdsl.spec import with_settings
+
+    try:
+        spec = with_settings(spec_from_yaml(text, file="spec.yaml"), settings_)
+        archdsl.analyze(spec, seq_len=4096)
+    except archdsl.ArchDSLError as e:
+        assert str(e)
