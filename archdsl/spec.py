@@ -274,6 +274,8 @@ def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
 
 def _checked(spec: Spec) -> Spec:
     """Model-level checks; the block-level ones run when the graph is built."""
+    if not spec.name.strip():
+        raise spec.error("name must not be empty (it names the model in tables, saves and exports)", ("name",))
     if spec.d_model <= 0:
         raise spec.error(f"d_model must be positive, got {spec.d_model}", ("d_model",))
     if spec.vocab_size <= 0:

@@ -293,6 +293,7 @@ def test_set_changes_model_level_keys(tmp_path, capsys):
     ("d_model=[1", "--set d_model=[1: '[1' is not a value"),
     ("norm=batchnorm", "--set norm=batchnorm: unknown norm 'batchnorm'"),
     ("tie_embeddings=maybe", "--set tie_embeddings=maybe: tie_embeddings must be bool"),
+    ("name= ", "--set name= : name must not be empty"),
 ])
 def test_bad_set_names_the_setting(setting, message, capsys):
     code, _, err = run("show", "2×mamba2", "--set", setting, capsys=capsys)
