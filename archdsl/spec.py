@@ -315,7 +315,7 @@ def with_settings(spec: Spec, settings: list[str], flag: str = "--set") -> Spec:
         changes[key] = _typed(key, value, lambda message, _: ArchDSLError(f"{flag} {text}: {message}"))
     positions = {k: v for k, v in spec.positions.items() if k[0] not in changes}
     try:
-        return with_sizes(replace(spec, positions=positions), **changes)
+        return _checked(replace(spec, positions=positions, **changes))  # each value typed above
     except ArchDSLError as e:
         raise ArchDSLError(f"{flag} {' '.join(settings)}: {e.message}", hint=e.hint) from None
 

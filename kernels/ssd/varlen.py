@@ -75,8 +75,7 @@ def varlen_states(x, dt, A, B, seq_idx, dt_bias=None, rule: DtRule = DtRule(), i
     owner = torch.repeat_interleave(torch.arange(n, device=x.device), per_seq, output_size=chunks)
     h = S.new_zeros(n, G, H // G * P, N).index_add(0, owner, S).view(n, H, P, N)
     if initial_states is not None:  # a row's first sequence continues initial_states unless it restarts
-        counts = begins.view(batch, L).sum(1)
-        row_first = counts.cumsum(0) - counts                        # [Bt]: each row's first sequence
+        row_first = seq.view(batch, L)[:, 0]                         # [Bt]: each row's first sequence
         carry = (~restart[:, 0]).to(wd)[:, None, None, None]         # seq_idx 0 at the row's first token
         h0 = initial_states.to(wd) * torch.exp(c.index_select(0, ends[row_first])).to(wd)[:, :, None, None] * carry
         h = h.index_add(0, row_first, h0)
