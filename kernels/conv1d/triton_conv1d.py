@@ -10,11 +10,14 @@ Weight and bias gradients are per-program partials summed by torch.
 Packed sequences (seq_idx, numbered into runs that only grow; the initial states are run 0's): an output
 t's reach r_t in 0..3 is how many of the three inputs before it share its run; its tap at lag l reads
 x_ext[t - l] only when l <= r_t (_lag). The backward masks each g[t] the same way where it meets x_ext[t - l].
-The tiles load the runs of their shifted steps; the walks keep the last three steps' runs in registers.
+The tiles load the runs in quads as they load x; the walks keep the last three steps' runs in registers.
 
 Two kernel shapes, by x's layout:
-- steps contiguous ([B, D, L], Mamba-1): 2-D tiles [BLOCK_D, BLOCK_L] whose taps are shifted loads
-  (each thread reads runs of steps); the backward recomputes g at the four shifts of a tile.
+- steps contiguous ([B, D, L], Mamba-1): 2-D tiles [BLOCK_D, BLOCK_L] loaded whole (coalesced along the
+  steps) and split into quads, four tiles [BLOCK_D, BLOCK_L / 4] of the steps 4i, 4i + 1, 4i + 2, 4i + 3,
+  so that a step's neighbours are the same quad's other tiles; the three steps before a quad are the last
+  three of the tile loaded again four steps back, the three after it (backward) four steps on. So x is read
+  three times and g computed 7/4 times a step (the first version's shifted loads: seven and four).
 - channels contiguous (a [B, L, D] tensor transposed, Mamba-2 reads in_proj's slice so): a program
   walks its steps in order, four at a time, with a row of BLOCK_D channels a step (coalesced) and the
   window of the last three inputs (and, backward, of the next three g) in registers, so every x, dy
@@ -34,19 +37,6 @@ TAPS = 4
 
 
 @triton.jit
-def _x_ext(x_ptr, init_ptr, row, irow, j, L, dmask, sxt, HAS_INIT: tl.constexpr):
-    """x_ext at positions j (>= -3 where used), as fp32 `[BLOCK_D, BLOCK_L]`; 0 outside. row: the
-    channels' offsets into x, sxt: x's step stride."""
-    jj = j[None, :]
-    v = tl.load(x_ptr + row[:, None] + jj.to(tl.int64) * sxt, mask=dmask[:, None] & (jj >= 0) & (jj < L),
-                other=0.0).to(tl.float32)
-    if HAS_INIT:
-        iv = tl.load(init_ptr + irow[:, None] + 3 + jj, mask=dmask[:, None] & (jj < 0) & (jj >= -3), other=0.0)
-        v += iv.to(tl.float32)
-    return v
-
-
-@triton.jit
 def _run(runs_ptr, b, t, L, HAS_SEQ: tl.constexpr):
     """The runs of positions t (a step or a block of steps): runs[b, t], 0 before 0 (the initial states'),
     the last step's past L; 0 without packed sequences (unread then)."""
@@ -63,13 +53,6 @@ def _count(ra, rb, rc, rd):
 
 
 @triton.jit
-def _reach(runs_ptr, b, t, L, HAS_SEQ: tl.constexpr):
-    """The reach (0..3) of the outputs t, from the runs of t-3 .. t; unread without packed sequences."""
-    return _count(_run(runs_ptr, b, t - 3, L, HAS_SEQ), _run(runs_ptr, b, t - 2, L, HAS_SEQ),
-                  _run(runs_ptr, b, t - 1, L, HAS_SEQ), _run(runs_ptr, b, t, L, HAS_SEQ))
-
-
-@triton.jit
 def _lag(v, r, lag: tl.constexpr, HAS_SEQ: tl.constexpr):
     """v where an output of reach r may read `lag` steps back, else 0."""
     if HAS_SEQ and lag > 0:
@@ -82,110 +65,6 @@ def _pre(w0, w1, w2, w3, bias, xa, xb, xc, xd, r, HAS_SEQ: tl.constexpr):
     """An output's value before the activation from its four inputs xa..xd (lags 3..0) and its reach r."""
     return (bias + w0 * _lag(xa, r, 3, HAS_SEQ) + w1 * _lag(xb, r, 2, HAS_SEQ) + w2 * _lag(xc, r, 1, HAS_SEQ)
             + w3 * xd)
-
-
-@triton.jit
-def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, runs_ptr, y_ptr, L, DIM, sxb, sxd, sxt, syb, syd, syt,
-                     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr):
-    pid_l, pid_d = tl.program_id(0), tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    dmask = d < DIM
-    row = b * sxb + d.to(tl.int64) * sxd
-    irow = (b * DIM + d.to(tl.int64)) * 3
-    acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + d, mask=dmask, other=0.0).to(tl.float32)[:, None]
-    r = _reach(runs_ptr, b, t, L, HAS_SEQ)
-    for k in tl.static_range(4):
-        wk = tl.load(w_ptr + d * 4 + k, mask=dmask, other=0.0).to(tl.float32)
-        xk = _x_ext(x_ptr, init_ptr, row, irow, t - 3 + k, L, dmask, sxt, HAS_INIT)
-        acc += wk[:, None] * _lag(xk, r[None, :], 3 - k, HAS_SEQ)
-    if SILU:
-        acc = acc * tl.sigmoid(acc)
-    yrow = b * syb + d.to(tl.int64) * syd
-    tl.store(y_ptr + yrow[:, None] + t[None, :].to(tl.int64) * syt, acc.to(y_ptr.dtype.element_ty),
-             mask=dmask[:, None] & (t < L)[None, :])
-
-
-@triton.jit
-def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, init_ptr, runs_ptr, dy_ptr, dx_ptr, dinit_ptr, dw_ptr, db_ptr, L, DIM,
-                     NBLK, sxb, sxd, sxt, sgb, sgd, sgt, sdb, sdd, sdt,
-                     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr):
-    """sx*, sg*, sd*: the batch, channel and step strides of x, dy and dx."""
-    pid_l, pid_d = tl.program_id(0), tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    j = pid_l * BLOCK_L + tl.arange(0, BLOCK_L) - 3
-    dmask = d < DIM
-    row = b * sxb + d.to(tl.int64) * sxd
-    grow = b * sgb + d.to(tl.int64) * sgd
-    irow = (b * DIM + d.to(tl.int64)) * 3
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + d, mask=dmask, other=0.0).to(tl.float32)
-    w0 = tl.load(w_ptr + d * 4 + 0, mask=dmask, other=0.0).to(tl.float32)[:, None]
-    w1 = tl.load(w_ptr + d * 4 + 1, mask=dmask, other=0.0).to(tl.float32)[:, None]
-    w2 = tl.load(w_ptr + d * 4 + 2, mask=dmask, other=0.0).to(tl.float32)[:, None]
-    w3 = tl.load(w_ptr + d * 4 + 3, mask=dmask, other=0.0).to(tl.float32)[:, None]
-    xm3 = _x_ext(x_ptr, init_ptr, row, irow, j - 3, L, dmask, sxt, HAS_INIT)
-    xm2 = _x_ext(x_ptr, init_ptr, row, irow, j - 2, L, dmask, sxt, HAS_INIT)
-    xm1 = _x_ext(x_ptr, init_ptr, row, irow, j - 1, L, dmask, sxt, HAS_INIT)
-    x0 = _x_ext(x_ptr, init_ptr, row, irow, j, L, dmask, sxt, HAS_INIT)
-    xp1 = _x_ext(x_ptr, init_ptr, row, irow, j + 1, L, dmask, sxt, HAS_INIT)
-    xp2 = _x_ext(x_ptr, init_ptr, row, irow, j + 2, L, dmask, sxt, HAS_INIT)
-    xp3 = _x_ext(x_ptr, init_ptr, row, irow, j + 3, L, dmask, sxt, HAS_INIT)
-    # g at t = j + s needs x_ext[t-3 .. t], each read as far back as t's reach r_s allows (from the runs of
-    # j-3 .. j+3, loaded once)
-    um3 = _run(runs_ptr, b, j - 3, L, HAS_SEQ)
-    um2 = _run(runs_ptr, b, j - 2, L, HAS_SEQ)
-    um1 = _run(runs_ptr, b, j - 1, L, HAS_SEQ)
-    u0 = _run(runs_ptr, b, j, L, HAS_SEQ)
-    up1 = _run(runs_ptr, b, j + 1, L, HAS_SEQ)
-    up2 = _run(runs_ptr, b, j + 2, L, HAS_SEQ)
-    up3 = _run(runs_ptr, b, j + 3, L, HAS_SEQ)
-    r0 = _count(um3, um2, um1, u0)[None, :]
-    r1 = _count(um2, um1, u0, up1)[None, :]
-    r2 = _count(um1, u0, up1, up2)[None, :]
-    r3 = _count(u0, up1, up2, up3)[None, :]
-    g0 = _grad_pre(dy_ptr, grow, j, L, dmask, sgt, _pre(w0, w1, w2, w3, bias[:, None], xm3, xm2, xm1, x0, r0, HAS_SEQ),
-                   SILU)
-    g1 = _grad_pre(dy_ptr, grow, j + 1, L, dmask, sgt,
-                   _pre(w0, w1, w2, w3, bias[:, None], xm2, xm1, x0, xp1, r1, HAS_SEQ), SILU)
-    g2 = _grad_pre(dy_ptr, grow, j + 2, L, dmask, sgt,
-                   _pre(w0, w1, w2, w3, bias[:, None], xm1, x0, xp1, xp2, r2, HAS_SEQ), SILU)
-    g3 = _grad_pre(dy_ptr, grow, j + 3, L, dmask, sgt,
-                   _pre(w0, w1, w2, w3, bias[:, None], x0, xp1, xp2, xp3, r3, HAS_SEQ), SILU)
-    dx = w3 * g0 + w2 * _lag(g1, r1, 1, HAS_SEQ) + w1 * _lag(g2, r2, 2, HAS_SEQ) + w0 * _lag(g3, r3, 3, HAS_SEQ)
-    jj = j[None, :]
-    drow = b * sdb + d.to(tl.int64) * sdd
-    tl.store(dx_ptr + drow[:, None] + jj.to(tl.int64) * sdt, dx.to(dx_ptr.dtype.element_ty),
-             mask=dmask[:, None] & (jj >= 0) & (jj < L))
-    if HAS_INIT:
-        tl.store(dinit_ptr + irow[:, None] + 3 + jj, dx.to(dinit_ptr.dtype.element_ty),
-                 mask=dmask[:, None] & (jj < 0))
-    part = (b * NBLK + pid_l) * DIM + d
-    tl.store(dw_ptr + part * 4 + 0, tl.sum(_lag(g0, r0, 3, HAS_SEQ) * xm3, axis=1), mask=dmask)
-    tl.store(dw_ptr + part * 4 + 1, tl.sum(_lag(g0, r0, 2, HAS_SEQ) * xm2, axis=1), mask=dmask)
-    tl.store(dw_ptr + part * 4 + 2, tl.sum(_lag(g0, r0, 1, HAS_SEQ) * xm1, axis=1), mask=dmask)
-    tl.store(dw_ptr + part * 4 + 3, tl.sum(g0 * x0, axis=1), mask=dmask)
-    tl.store(db_ptr + part, tl.sum(g0, axis=1), mask=dmask)
-
-
-@triton.jit
-def _grad_pre(dy_ptr, row, t, L, dmask, sgt, pre, SILU: tl.constexpr):
-    """dout * act'(pre) at positions t; 0 outside [0, L). row: the channels' offsets into dy, sgt its step stride;
-    pre includes the bias."""
-    tt = t[None, :]
-    m = dmask[:, None] & (tt >= 0) & (tt < L)
-    g = tl.load(dy_ptr + row[:, None] + tt.to(tl.int64) * sgt, mask=m, other=0.0).to(tl.float32)
-    if SILU:
-        s = tl.sigmoid(pre)
-        g = g * s * (1.0 + pre * (1.0 - s))
-    return tl.where(m, g, 0.0)
 
 
 # ------------------------------------------------------------------ channels contiguous: a walk over the steps
@@ -383,6 +262,158 @@ def _store_dx(dx_ptr, dinit_ptr, drow, irow, j, L, dmask, sdt, dx, HAS_INIT: tl.
         tl.store(dinit_ptr + irow + 3 + j, dx.to(dinit_ptr.dtype.element_ty), mask=_when(dmask, j < 0))
 
 
+# ------------------------------------------------------------------ steps contiguous: the steps in quads
+@triton.jit
+def _quads(v, BLOCK_D: tl.constexpr, G: tl.constexpr):
+    """v [BLOCK_D, 4·G] → its four phases [BLOCK_D, G]: phase p holds the steps 4i + p."""
+    even, odd = tl.split(tl.reshape(v, [BLOCK_D, G, 2, 2]))  # steps 4i + 2a (a the last index), 4i + 2a + 1
+    p0, p2 = tl.split(even)
+    p1, p3 = tl.split(odd)
+    return p0, p1, p2, p3
+
+
+@triton.jit
+def _x_quads(x_ptr, init_ptr, row, irow, t0, L, dmask, sxt, BLOCK_D: tl.constexpr, G: tl.constexpr,
+             HAS_INIT: tl.constexpr):
+    """x_ext at the steps t0 .. t0 + 4·G - 1 of the channels (row: their offsets into x, sxt: the step stride)
+    as quads, four fp32 [BLOCK_D, G]; 0 outside, as _x_at."""
+    t = t0 + tl.arange(0, 4 * G)[None, :]
+    v = tl.load(x_ptr + row[:, None] + t.to(tl.int64) * sxt, mask=dmask[:, None] & (t >= 0) & (t < L),
+                other=0.0).to(tl.float32)
+    if HAS_INIT:
+        v += tl.load(init_ptr + irow[:, None] + 3 + t, mask=dmask[:, None] & (t < 0) & (t >= -3),
+                     other=0.0).to(tl.float32)
+    return _quads(v, BLOCK_D, G)
+
+
+@triton.jit
+def _run_quads(runs_ptr, b, t0, L, G: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """The runs of the steps t0 .. t0 + 4·G - 1 as quads, four [1, G] (as _run: 0 before 0, unread without
+    packed sequences)."""
+    t = t0 + tl.arange(0, 4 * G)
+    if HAS_SEQ:
+        r = tl.load(runs_ptr + b * L + tl.minimum(tl.maximum(t, 0), L - 1))
+        r = tl.where(t < 0, 0, r)
+    else:
+        r = t * 0
+    even, odd = tl.split(tl.reshape(r, [G, 2, 2]))
+    u0, u2 = tl.split(even)
+    u1, u3 = tl.split(odd)
+    return u0[None, :], u1[None, :], u2[None, :], u3[None, :]
+
+
+@triton.jit
+def _g(dy, pre, t, L, SILU: tl.constexpr):
+    """g = dout · act'(pre) from the loaded dout, exactly 0 at steps t outside [0, L) (as _g_at)."""
+    ok = (t >= 0) & (t < L)
+    if SILU:
+        s = tl.sigmoid(pre)
+        dy = dy * s * (1.0 + pre * (1.0 - s))
+    return tl.where(ok, dy, 0.0)
+
+
+@triton.jit
+def _conv_fwd_quads_kernel(x_ptr, w_ptr, b_ptr, init_ptr, runs_ptr, y_ptr, L, DIM, sxb, sxd, sxt, syb, syd, syt,
+                           BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+                           HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr,
+                           SILU: tl.constexpr):
+    """One program: BLOCK_D channels over the steps [pid_l * BLOCK_L, + BLOCK_L) in quads: each step's inputs
+    are its quad's and the three before it (the tile loaded again four steps back)."""
+    G: tl.constexpr = BLOCK_L // 4
+    pid_l, pid_d = tl.program_id(0), tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = d < DIM
+    row = b * sxb + d.to(tl.int64) * sxd
+    irow = (b * DIM + d.to(tl.int64)) * 3
+    w0, w1, w2, w3, bias = _taps(w_ptr, b_ptr, d, dmask, HAS_BIAS)
+    w0, w1, w2, w3, bias = w0[:, None], w1[:, None], w2[:, None], w3[:, None], bias[:, None]
+    j0 = pid_l * BLOCK_L
+    _, xa, xb, xc = _x_quads(x_ptr, init_ptr, row, irow, j0 - 4, L, dmask, sxt, BLOCK_D, G, HAS_INIT)
+    x0, x1, x2, x3 = _x_quads(x_ptr, init_ptr, row, irow, j0, L, dmask, sxt, BLOCK_D, G, HAS_INIT)
+    _, ua, ub, uc = _run_quads(runs_ptr, b, j0 - 4, L, G, HAS_SEQ)
+    u0, u1, u2, u3 = _run_quads(runs_ptr, b, j0, L, G, HAS_SEQ)
+    y0 = _act(_pre(w0, w1, w2, w3, bias, xa, xb, xc, x0, _count(ua, ub, uc, u0), HAS_SEQ), SILU)
+    y1 = _act(_pre(w0, w1, w2, w3, bias, xb, xc, x0, x1, _count(ub, uc, u0, u1), HAS_SEQ), SILU)
+    y2 = _act(_pre(w0, w1, w2, w3, bias, xc, x0, x1, x2, _count(uc, u0, u1, u2), HAS_SEQ), SILU)
+    y3 = _act(_pre(w0, w1, w2, w3, bias, x0, x1, x2, x3, _count(u0, u1, u2, u3), HAS_SEQ), SILU)
+    y = tl.reshape(tl.join(tl.join(y0, y2), tl.join(y1, y3)), [BLOCK_D, BLOCK_L])
+    t = j0 + tl.arange(0, BLOCK_L)[None, :]
+    yrow = b * syb + d.to(tl.int64) * syd
+    tl.store(y_ptr + yrow[:, None] + t.to(tl.int64) * syt, y.to(y_ptr.dtype.element_ty), mask=dmask[:, None] & (t < L))
+
+
+@triton.jit
+def _conv_bwd_quads_kernel(x_ptr, w_ptr, b_ptr, init_ptr, runs_ptr, dy_ptr, dx_ptr, dinit_ptr, dw_ptr, db_ptr, L,
+                           DIM, NBLK, sxb, sxd, sxt, sgb, sgd, sgt, sdb, sdd, sdt,
+                           BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+                           HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr,
+                           SILU: tl.constexpr):
+    """One program: BLOCK_D channels, dx_ext at the steps j in [pid_l * BLOCK_L - 4, + BLOCK_L) (the tiles start
+    at -4, so that the initial states' -3 .. -1 are the first quad's), and the weight and bias gradients' parts
+    from g at those steps. dx_ext[j] takes g at j .. j + 3: its quad's and the next quad's first three."""
+    G: tl.constexpr = BLOCK_L // 4
+    pid_l, pid_d = tl.program_id(0), tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = d < DIM
+    row = b * sxb + d.to(tl.int64) * sxd
+    grow = b * sgb + d.to(tl.int64) * sgd
+    drow = b * sdb + d.to(tl.int64) * sdd
+    irow = (b * DIM + d.to(tl.int64)) * 3
+    w0, w1, w2, w3, bias = _taps(w_ptr, b_ptr, d, dmask, HAS_BIAS)
+    w0, w1, w2, w3, bias = w0[:, None], w1[:, None], w2[:, None], w3[:, None], bias[:, None]
+    j0 = pid_l * BLOCK_L - 4
+    tq = (j0 + 4 * tl.arange(0, G))[None, :]  # each quad's first step
+    _, xa, xb, xc = _x_quads(x_ptr, init_ptr, row, irow, j0 - 4, L, dmask, sxt, BLOCK_D, G, HAS_INIT)
+    x0, x1, x2, x3 = _x_quads(x_ptr, init_ptr, row, irow, j0, L, dmask, sxt, BLOCK_D, G, HAS_INIT)
+    n0, n1, n2, _ = _x_quads(x_ptr, init_ptr, row, irow, j0 + 4, L, dmask, sxt, BLOCK_D, G, HAS_INIT)
+    _, ua, ub, uc = _run_quads(runs_ptr, b, j0 - 4, L, G, HAS_SEQ)
+    u0, u1, u2, u3 = _run_quads(runs_ptr, b, j0, L, G, HAS_SEQ)
+    v0, v1, v2, _ = _run_quads(runs_ptr, b, j0 + 4, L, G, HAS_SEQ)
+    r0, r1, r2, r3 = _count(ua, ub, uc, u0), _count(ub, uc, u0, u1), _count(uc, u0, u1, u2), _count(u0, u1, u2, u3)
+    s0, s1, s2 = _count(u1, u2, u3, v0), _count(u2, u3, v0, v1), _count(u3, v0, v1, v2)
+    t = j0 + tl.arange(0, BLOCK_L)[None, :]
+    gm = dmask[:, None] & (t >= 0) & (t < L)
+    e0, e1, e2, e3 = _quads(tl.load(dy_ptr + grow[:, None] + t.to(tl.int64) * sgt, mask=gm, other=0.0).to(tl.float32),
+                            BLOCK_D, G)
+    tn = t + 4
+    gn = dmask[:, None] & (tn >= 0) & (tn < L)
+    f0, f1, f2, _ = _quads(tl.load(dy_ptr + grow[:, None] + tn.to(tl.int64) * sgt, mask=gn, other=0.0).to(tl.float32),
+                           BLOCK_D, G)
+    g0 = _g(e0, _pre(w0, w1, w2, w3, bias, xa, xb, xc, x0, r0, HAS_SEQ), tq, L, SILU)
+    g1 = _g(e1, _pre(w0, w1, w2, w3, bias, xb, xc, x0, x1, r1, HAS_SEQ), tq + 1, L, SILU)
+    g2 = _g(e2, _pre(w0, w1, w2, w3, bias, xc, x0, x1, x2, r2, HAS_SEQ), tq + 2, L, SILU)
+    g3 = _g(e3, _pre(w0, w1, w2, w3, bias, x0, x1, x2, x3, r3, HAS_SEQ), tq + 3, L, SILU)
+    h0 = _g(f0, _pre(w0, w1, w2, w3, bias, x1, x2, x3, n0, s0, HAS_SEQ), tq + 4, L, SILU)
+    h1 = _g(f1, _pre(w0, w1, w2, w3, bias, x2, x3, n0, n1, s1, HAS_SEQ), tq + 5, L, SILU)
+    h2 = _g(f2, _pre(w0, w1, w2, w3, bias, x3, n0, n1, n2, s2, HAS_SEQ), tq + 6, L, SILU)
+    dx0 = w3 * g0 + w2 * _lag(g1, r1, 1, HAS_SEQ) + w1 * _lag(g2, r2, 2, HAS_SEQ) + w0 * _lag(g3, r3, 3, HAS_SEQ)
+    dx1 = w3 * g1 + w2 * _lag(g2, r2, 1, HAS_SEQ) + w1 * _lag(g3, r3, 2, HAS_SEQ) + w0 * _lag(h0, s0, 3, HAS_SEQ)
+    dx2 = w3 * g2 + w2 * _lag(g3, r3, 1, HAS_SEQ) + w1 * _lag(h0, s0, 2, HAS_SEQ) + w0 * _lag(h1, s1, 3, HAS_SEQ)
+    dx3 = w3 * g3 + w2 * _lag(h0, s0, 1, HAS_SEQ) + w1 * _lag(h1, s1, 2, HAS_SEQ) + w0 * _lag(h2, s2, 3, HAS_SEQ)
+    dx = tl.reshape(tl.join(tl.join(dx0, dx2), tl.join(dx1, dx3)), [BLOCK_D, BLOCK_L])
+    tl.store(dx_ptr + drow[:, None] + t.to(tl.int64) * sdt, dx.to(dx_ptr.dtype.element_ty),
+             mask=dmask[:, None] & (t >= 0) & (t < L))
+    if HAS_INIT:
+        tl.store(dinit_ptr + irow[:, None] + 3 + t, dx.to(dinit_ptr.dtype.element_ty),
+                 mask=dmask[:, None] & (t < 0) & (t >= -3))
+    # g[t] meets x_ext[t - l] (weight 3 - l) where t's reach allows lag l
+    dw0 = (_lag(g0, r0, 3, HAS_SEQ) * xa + _lag(g1, r1, 3, HAS_SEQ) * xb + _lag(g2, r2, 3, HAS_SEQ) * xc
+           + _lag(g3, r3, 3, HAS_SEQ) * x0)
+    dw1 = (_lag(g0, r0, 2, HAS_SEQ) * xb + _lag(g1, r1, 2, HAS_SEQ) * xc + _lag(g2, r2, 2, HAS_SEQ) * x0
+           + _lag(g3, r3, 2, HAS_SEQ) * x1)
+    dw2 = (_lag(g0, r0, 1, HAS_SEQ) * xc + _lag(g1, r1, 1, HAS_SEQ) * x0 + _lag(g2, r2, 1, HAS_SEQ) * x1
+           + _lag(g3, r3, 1, HAS_SEQ) * x2)
+    dw3 = g0 * x0 + g1 * x1 + g2 * x2 + g3 * x3
+    part = (b * NBLK + pid_l) * DIM + d
+    tl.store(dw_ptr + part * 4 + 0, tl.sum(dw0, axis=1), mask=dmask)
+    tl.store(dw_ptr + part * 4 + 1, tl.sum(dw1, axis=1), mask=dmask)
+    tl.store(dw_ptr + part * 4 + 2, tl.sum(dw2, axis=1), mask=dmask)
+    tl.store(dw_ptr + part * 4 + 3, tl.sum(dw3, axis=1), mask=dmask)
+    tl.store(db_ptr + part, tl.sum(g0 + g1 + g2 + g3, axis=1), mask=dmask)
+
+
 @triton.jit
 def _conv_update_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, DIM, S, W, s_sb, s_sd, s_xb, s_yb,
                         BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
@@ -416,11 +447,11 @@ def _conv_update_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, DIM, S, W, s_sb, 
 
 # ---------------------------------------------------------------------------------------
 # (BLOCK_D, BLOCK_L, num_warps) of the tile kernels (steps contiguous), forward and backward, and
-# (BLOCK_D, STEPS, num_warps) of the step walks (channels contiguous), from a sweep on the H200
-# (docs/benchmarks.md). The backward's tiles are small: it holds eleven shifted tiles at once, and at
-# [16, 256] it took 255 registers and spilled (1.16 ms against 0.64 at [8, 64], B4 D5120 L4096 bf16).
+# (BLOCK_D, STEPS, num_warps) of the step walks (channels contiguous), from sweeps on the H200
+# (docs/benchmarks.md; B4 D5120 L4096 bf16, SiLU, the tiles in quads: forward 0.104 ms, backward 0.290,
+# with seq_idx 0.127 and 0.408).
 TILE_FWD = (16, 256, 4)
-TILE_BWD = (8, 64, 4)
+TILE_BWD = (16, 128, 4)
 WALK = (256, 64, 4)
 
 
@@ -463,7 +494,7 @@ def conv_fwd(x, weight, bias, init, runs, silu):
             num_warps=warps)
         return y
     bd, bl, warps = TILE_FWD
-    _conv_fwd_kernel[(cdiv(L, bl), cdiv(dim, bd), batch)](
+    _conv_fwd_quads_kernel[(cdiv(L, bl), cdiv(dim, bd), batch)](
         x, w4, bias, i4, runs, y, L, dim, *x.stride(), *y.stride(), BLOCK_D=bd, BLOCK_L=bl, **flags, num_warps=warps)
     return y
 
@@ -474,7 +505,7 @@ def conv_bwd(x, weight, bias, init, runs, dy, silu):
     w4, i4 = _pad(weight, init)
     walk = _channels_last(x)
     bd, bl, warps = _walk_blocks(dim, WALK) if walk else TILE_BWD
-    nblk = cdiv(L + 3, bl)
+    nblk = cdiv(L + (3 if walk else 4), bl)  # dx_ext from -3 (walks) or from -4 (tiles of quads)
     dx = _empty_as(x)
     dinit4 = torch.empty(batch, dim, TAPS - 1, device=x.device, dtype=init.dtype) if init is not None else None
     dw = torch.empty(batch, nblk, dim, TAPS, device=x.device, dtype=torch.float32)
@@ -485,7 +516,7 @@ def conv_bwd(x, weight, bias, init, runs, dy, silu):
     if walk:
         _conv_bwd_steps_kernel[(nblk, cdiv(dim, bd), batch)](*args, BLOCK_D=bd, STEPS=bl, **flags)
     else:
-        _conv_bwd_kernel[(nblk, cdiv(dim, bd), batch)](
+        _conv_bwd_quads_kernel[(nblk, cdiv(dim, bd), batch)](
             *args, BLOCK_D=bd, BLOCK_L=bl, **flags)
     dweight = dw.sum((0, 1))[:, TAPS - W:].to(weight.dtype)
     dbias = db.sum((0, 1)).to(bias.dtype) if bias is not None else None
