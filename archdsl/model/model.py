@@ -451,7 +451,9 @@ class GraphedStep:
                 model._step(self.tokens, self.cache)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
+        # captured on the warm-up's stream, on the model's card: torch.cuda.graph's default capture stream is one a
+        # process, made on the card current at its first capture (a second card's capture then went to the first's)
+        with torch.cuda.graph(self.graph, stream=stream), torch.no_grad():
             self.logits = model._step(self.tokens, self.cache)
         for t, s in zip(self.cache.tensors(), snapshot):
             t.copy_(s)

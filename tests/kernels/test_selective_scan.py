@@ -731,12 +731,14 @@ def test_gpu_gluon_under_torch_compile_is_one_graph(dtype):
     fwd = (u, delta, A.float(), B[:, None], C[:, None], D.float(), z, bias.float(), h0.float())
     y, hT, ck = torch.ops.archdsl.selective_scan_fwd_gluon(*fwd, True, True, tss.CK)
     torch.library.opcheck(torch.ops.archdsl.selective_scan_fwd_gluon.default, (*fwd, True, True, tss.CK))
+    # the backward's dB and dC are float32 atomic sums in no fixed order: opcheck's runs of it differ in the last
+    # bits (float32's default rtol 1.3e-6 failed once on the H200), so it compares them with the tolerance above
     torch.library.opcheck(torch.ops.archdsl.selective_scan_bwd_gluon.default,
-                          (*fwd[:8], ck, torch.randn_like(y), torch.randn_like(hT), True, tss.CK))
+                          (*fwd[:8], ck, torch.randn_like(y), torch.randn_like(hT), True, tss.CK), **tol)
     starts = (torch.arange(300, device="cuda") % 37 == 5).to(torch.int8).expand(2, 300).contiguous()
     torch.library.opcheck(torch.ops.archdsl.selective_scan_fwd_gluon.default, (*fwd, True, True, tss.CK, starts))
     torch.library.opcheck(torch.ops.archdsl.selective_scan_bwd_gluon.default,
-                          (*fwd[:8], ck, torch.randn_like(y), torch.randn_like(hT), True, tss.CK, starts))
+                          (*fwd[:8], ck, torch.randn_like(y), torch.randn_like(hT), True, tss.CK, starts), **tol)
 
 
 def _fake(mode, tensors):
