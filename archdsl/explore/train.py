@@ -180,7 +180,7 @@ def _train(model, task, cfg, device, progress) -> ProbeResult:
         best = acc = 0.0
         stopped = False
         if device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         step = 0
         for step in range(1, cfg.steps + 1):
@@ -219,7 +219,7 @@ def _train(model, task, cfg, device, progress) -> ProbeResult:
         if losses:
             curve.append([step, float(torch.stack(losses).mean())])
         if device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         wall = time.perf_counter() - t0
     final_loss = curve[-1][1] if curve else float("nan")
     return ProbeResult(task.name, acc, best, final_loss, step, stopped, wall, params, str(device), curve, evals)
