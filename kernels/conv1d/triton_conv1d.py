@@ -290,12 +290,7 @@ def _x_quads(x_ptr, init_ptr, row, irow, t0, L, dmask, sxt, BLOCK_D: tl.constexp
 def _run_quads(runs_ptr, b, t0, L, G: tl.constexpr, HAS_SEQ: tl.constexpr):
     """The runs of the steps t0 .. t0 + 4·G - 1 as quads, four [1, G] (as _run: 0 before 0, unread without
     packed sequences)."""
-    t = t0 + tl.arange(0, 4 * G)
-    if HAS_SEQ:
-        r = tl.load(runs_ptr + b * L + tl.minimum(tl.maximum(t, 0), L - 1))
-        r = tl.where(t < 0, 0, r)
-    else:
-        r = t * 0
+    r = _run(runs_ptr, b, t0 + tl.arange(0, 4 * G), L, HAS_SEQ)
     even, odd = tl.split(tl.reshape(r, [G, 2, 2]))
     u0, u2 = tl.split(even)
     u1, u3 = tl.split(odd)
