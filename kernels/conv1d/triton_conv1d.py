@@ -67,6 +67,27 @@ def _pre(w0, w1, w2, w3, bias, xa, xb, xc, xd, r, HAS_SEQ: tl.constexpr):
             + w3 * xd)
 
 
+@triton.jit
+def _dx(w0, w1, w2, w3, ga, gb, rb, gc, rc, gd, rd, HAS_SEQ: tl.constexpr):
+    """dx_ext[t] from g at t .. t + 3 (ga .. gd) and the reaches of t + 1 .. t + 3: each g[t + l] meets x_ext[t]
+    at lag l, where its reach allows."""
+    return w3 * ga + w2 * _lag(gb, rb, 1, HAS_SEQ) + w1 * _lag(gc, rc, 2, HAS_SEQ) + w0 * _lag(gd, rd, 3, HAS_SEQ)
+
+
+@triton.jit
+def _dw(g0, g1, g2, g3, r0, r1, r2, r3, xa, xb, xc, x0, x1, x2, x3, HAS_SEQ: tl.constexpr):
+    """The weight gradients' terms (dw0, dw1, dw2, dw3) of four steps' g (reaches r0 .. r3) with their inputs
+    x_ext at the three steps before them (xa, xb, xc) and their own (x0 .. x3): g[t] meets x_ext[t - l] (weight
+    3 - l) where t's reach allows lag l."""
+    dw0 = (_lag(g0, r0, 3, HAS_SEQ) * xa + _lag(g1, r1, 3, HAS_SEQ) * xb + _lag(g2, r2, 3, HAS_SEQ) * xc
+           + _lag(g3, r3, 3, HAS_SEQ) * x0)
+    dw1 = (_lag(g0, r0, 2, HAS_SEQ) * xb + _lag(g1, r1, 2, HAS_SEQ) * xc + _lag(g2, r2, 2, HAS_SEQ) * x0
+           + _lag(g3, r3, 2, HAS_SEQ) * x1)
+    dw2 = (_lag(g0, r0, 1, HAS_SEQ) * xc + _lag(g1, r1, 1, HAS_SEQ) * x0 + _lag(g2, r2, 1, HAS_SEQ) * x1
+           + _lag(g3, r3, 1, HAS_SEQ) * x2)
+    return dw0, dw1, dw2, g0 * x0 + g1 * x1 + g2 * x2 + g3 * x3
+
+
 # ------------------------------------------------------------------ channels contiguous: a walk over the steps
 @triton.jit
 def _when(dmask, ok):
@@ -221,27 +242,20 @@ def _conv_bwd_steps_kernel(x_ptr, w_ptr, b_ptr, init_ptr, runs_ptr, dy_ptr, dx_p
         g1 = _g_at(dy_ptr, grow, q + 1, L, dmask, sgt, _pre(w0, w1, w2, w3, bias, xb, xc, x0, x1, r1, HAS_SEQ), SILU)
         g2 = _g_at(dy_ptr, grow, q + 2, L, dmask, sgt, _pre(w0, w1, w2, w3, bias, xc, x0, x1, x2, r2, HAS_SEQ), SILU)
         g3 = _g_at(dy_ptr, grow, q + 3, L, dmask, sgt, _pre(w0, w1, w2, w3, bias, x0, x1, x2, x3, r3, HAS_SEQ), SILU)
-        # g[t] meets x_ext[t - l] (weight 3 - l) where t's reach allows lag l
-        dw0 += (_lag(g0, r0, 3, HAS_SEQ) * xa + _lag(g1, r1, 3, HAS_SEQ) * xb + _lag(g2, r2, 3, HAS_SEQ) * xc
-                + _lag(g3, r3, 3, HAS_SEQ) * x0)
-        dw1 += (_lag(g0, r0, 2, HAS_SEQ) * xb + _lag(g1, r1, 2, HAS_SEQ) * xc + _lag(g2, r2, 2, HAS_SEQ) * x0
-                + _lag(g3, r3, 2, HAS_SEQ) * x1)
-        dw2 += (_lag(g0, r0, 1, HAS_SEQ) * xc + _lag(g1, r1, 1, HAS_SEQ) * x0 + _lag(g2, r2, 1, HAS_SEQ) * x1
-                + _lag(g3, r3, 1, HAS_SEQ) * x2)
-        dw3 += g0 * x0 + g1 * x1 + g2 * x2 + g3 * x3
+        k0, k1, k2, k3 = _dw(g0, g1, g2, g3, r0, r1, r2, r3, xa, xb, xc, x0, x1, x2, x3, HAS_SEQ)
+        dw0 += k0
+        dw1 += k1
+        dw2 += k2
+        dw3 += k3
         db += g0 + g1 + g2 + g3
         _store_dx(dx_ptr, dinit_ptr, drow, irow, q - 3, L, dmask, sdt,
-                  w3 * gm3 + w2 * _lag(gm2, rm2, 1, HAS_SEQ) + w1 * _lag(gm1, rm1, 2, HAS_SEQ)
-                  + w0 * _lag(g0, r0, 3, HAS_SEQ), HAS_INIT)
+                  _dx(w0, w1, w2, w3, gm3, gm2, rm2, gm1, rm1, g0, r0, HAS_SEQ), HAS_INIT)
         _store_dx(dx_ptr, dinit_ptr, drow, irow, q - 2, L, dmask, sdt,
-                  w3 * gm2 + w2 * _lag(gm1, rm1, 1, HAS_SEQ) + w1 * _lag(g0, r0, 2, HAS_SEQ)
-                  + w0 * _lag(g1, r1, 3, HAS_SEQ), HAS_INIT)
+                  _dx(w0, w1, w2, w3, gm2, gm1, rm1, g0, r0, g1, r1, HAS_SEQ), HAS_INIT)
         _store_dx(dx_ptr, dinit_ptr, drow, irow, q - 1, L, dmask, sdt,
-                  w3 * gm1 + w2 * _lag(g0, r0, 1, HAS_SEQ) + w1 * _lag(g1, r1, 2, HAS_SEQ)
-                  + w0 * _lag(g2, r2, 3, HAS_SEQ), HAS_INIT)
+                  _dx(w0, w1, w2, w3, gm1, g0, r0, g1, r1, g2, r2, HAS_SEQ), HAS_INIT)
         _store_dx(dx_ptr, dinit_ptr, drow, irow, q, L, dmask, sdt,
-                  w3 * g0 + w2 * _lag(g1, r1, 1, HAS_SEQ) + w1 * _lag(g2, r2, 2, HAS_SEQ)
-                  + w0 * _lag(g3, r3, 3, HAS_SEQ), HAS_INIT)
+                  _dx(w0, w1, w2, w3, g0, g1, r1, g2, r2, g3, r3, HAS_SEQ), HAS_INIT)
         xa, xb, xc = x1, x2, x3
         ua, ub, uc = u1, u2, u3
         gm3, gm2, gm1 = g1, g2, g3
@@ -383,24 +397,17 @@ def _conv_bwd_quads_kernel(x_ptr, w_ptr, b_ptr, init_ptr, runs_ptr, dy_ptr, dx_p
     h0 = _g(f0, _pre(w0, w1, w2, w3, bias, x1, x2, x3, n0, s0, HAS_SEQ), tq + 4, L, SILU)
     h1 = _g(f1, _pre(w0, w1, w2, w3, bias, x2, x3, n0, n1, s1, HAS_SEQ), tq + 5, L, SILU)
     h2 = _g(f2, _pre(w0, w1, w2, w3, bias, x3, n0, n1, n2, s2, HAS_SEQ), tq + 6, L, SILU)
-    dx0 = w3 * g0 + w2 * _lag(g1, r1, 1, HAS_SEQ) + w1 * _lag(g2, r2, 2, HAS_SEQ) + w0 * _lag(g3, r3, 3, HAS_SEQ)
-    dx1 = w3 * g1 + w2 * _lag(g2, r2, 1, HAS_SEQ) + w1 * _lag(g3, r3, 2, HAS_SEQ) + w0 * _lag(h0, s0, 3, HAS_SEQ)
-    dx2 = w3 * g2 + w2 * _lag(g3, r3, 1, HAS_SEQ) + w1 * _lag(h0, s0, 2, HAS_SEQ) + w0 * _lag(h1, s1, 3, HAS_SEQ)
-    dx3 = w3 * g3 + w2 * _lag(h0, s0, 1, HAS_SEQ) + w1 * _lag(h1, s1, 2, HAS_SEQ) + w0 * _lag(h2, s2, 3, HAS_SEQ)
+    dx0 = _dx(w0, w1, w2, w3, g0, g1, r1, g2, r2, g3, r3, HAS_SEQ)
+    dx1 = _dx(w0, w1, w2, w3, g1, g2, r2, g3, r3, h0, s0, HAS_SEQ)
+    dx2 = _dx(w0, w1, w2, w3, g2, g3, r3, h0, s0, h1, s1, HAS_SEQ)
+    dx3 = _dx(w0, w1, w2, w3, g3, h0, s0, h1, s1, h2, s2, HAS_SEQ)
     dx = tl.reshape(tl.join(tl.join(dx0, dx2), tl.join(dx1, dx3)), [BLOCK_D, BLOCK_L])
     tl.store(dx_ptr + drow[:, None] + t.to(tl.int64) * sdt, dx.to(dx_ptr.dtype.element_ty),
              mask=dmask[:, None] & (t >= 0) & (t < L))
     if HAS_INIT:
         tl.store(dinit_ptr + irow[:, None] + 3 + t, dx.to(dinit_ptr.dtype.element_ty),
                  mask=dmask[:, None] & (t < 0) & (t >= -3))
-    # g[t] meets x_ext[t - l] (weight 3 - l) where t's reach allows lag l
-    dw0 = (_lag(g0, r0, 3, HAS_SEQ) * xa + _lag(g1, r1, 3, HAS_SEQ) * xb + _lag(g2, r2, 3, HAS_SEQ) * xc
-           + _lag(g3, r3, 3, HAS_SEQ) * x0)
-    dw1 = (_lag(g0, r0, 2, HAS_SEQ) * xb + _lag(g1, r1, 2, HAS_SEQ) * xc + _lag(g2, r2, 2, HAS_SEQ) * x0
-           + _lag(g3, r3, 2, HAS_SEQ) * x1)
-    dw2 = (_lag(g0, r0, 1, HAS_SEQ) * xc + _lag(g1, r1, 1, HAS_SEQ) * x0 + _lag(g2, r2, 1, HAS_SEQ) * x1
-           + _lag(g3, r3, 1, HAS_SEQ) * x2)
-    dw3 = g0 * x0 + g1 * x1 + g2 * x2 + g3 * x3
+    dw0, dw1, dw2, dw3 = _dw(g0, g1, g2, g3, r0, r1, r2, r3, xa, xb, xc, x0, x1, x2, x3, HAS_SEQ)
     part = (b * NBLK + pid_l) * DIM + d
     tl.store(dw_ptr + part * 4 + 0, tl.sum(dw0, axis=1), mask=dmask)
     tl.store(dw_ptr + part * 4 + 1, tl.sum(dw1, axis=1), mask=dmask)
