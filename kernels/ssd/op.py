@@ -43,7 +43,8 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     the packing as offsets: it stands for seq_idx, or, with seq_idx, must say the same. return_varlen_states
     (with seq_idx or cu_seqlens) also returns each sequence's last state, [sequences, H, P, N] float32 (float64
     for float64 x), the sequences row after row, each row's first token starting one; it comes last, after
-    the final state (kernels/ssd/varlen.py: torch after the scan, differentiable).
+    the final state (after the scan: kernels/ssd/triton_varlen.py's kernel on the Triton path, varlen.py's torch
+    on the others; differentiable).
     """
     _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx)
     _check_limit(dt_limit)
@@ -56,7 +57,10 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
                              "returns)")
         out = ssd_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states, seq_idx,
                        return_final_states, keep_states, dt_limit)
-        from .varlen import varlen_states
+        if backend_for(x, B) == "triton":
+            from .triton_varlen import varlen_states_triton as varlen_states
+        else:
+            from .varlen import varlen_states
         states = varlen_states(x, dt, A, B, seq_idx, dt_bias, DtRule.of(dt_softplus, dt_limit), initial_states)
         return (*out, states) if return_final_states else (out, states)
     seq_idx = None if seq_idx is None else seq_runs(seq_idx)

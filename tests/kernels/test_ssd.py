@@ -548,12 +548,40 @@ def test_varlen_states_any_chunk(seq, h0, chunk):
     assert_close([got], [_each_alone_final(t, seq_idx)], 1e-12)
 
 
-def test_varlen_states_gradients_and_cu_seqlens():
+@settings(max_examples=15, deadline=None)
+@given(shape=shapes, runs=st.lists(st.integers(1, 19), min_size=1, max_size=6), h0=st.booleans(),
+       limit=st.booleans(), data=st.data())
+def test_varlen_states_kernel_is_its_twin(shape, runs, h0, limit, data):
+    """The Triton kernel (interpreted: pieces of 16 tokens, blocks of 8) == the torch twin in float64, states and
+    gradients: any batch (1 too), sequences of any length, several in a block or a piece, one over many, each
+    row's first continuing initial_states or not."""
+    from archdsl.kernels.ssd.triton_varlen import varlen_states_triton
+    b, _, (H, G), P, N = shape
+    L = sum(runs)
+    t = make(b, L, H, P, G, N, bias=True, h0=h0, limit=limit)
+    first = data.draw(st.sampled_from([0, 1]))
+    seq_idx = torch.repeat_interleave(torch.arange(len(runs)) + first, torch.tensor(runs))[None].repeat(b, 1)
+    rule = DtRule.of(True, t["dt_limit"])
+    names = ["x", "dt", "A", "B", "dt_bias"] + (["initial_states"] if h0 else [])
+
+    def go(fn, dtype):
+        leaves = {k: t[k].detach().to(dtype).requires_grad_() for k in names}
+        h = fn(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], seq_idx, leaves["dt_bias"], rule,
+               leaves.get("initial_states"))
+        w = torch.randn(h.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(h.dtype)
+        return [h, *torch.autograd.grad((h * w).sum(), list(leaves.values()))]
+
+    assert_close(go(varlen_states_triton, torch.float32), go(varlen_states, torch.float64), 2e-5)
+
+
+@pytest.mark.parametrize("impl, tol", [("torch", 1e-12), ("chunked", 2e-5)])
+def test_varlen_states_gradients_and_cu_seqlens(impl, tol):
     """cu_seqlens (batch 1) stands for seq_idx, with return_varlen_states alone too; gradients of every input
-    through the states match the float64 reference's."""
-    t = make(1, 11, 2, 3, 1, 4, bias=True, h0=True, dtype=torch.float64)
-    cu = torch.tensor([0, 4, 5, 11])
-    seq_idx = torch.tensor([[0] * 4 + [1] + [2] * 6])
+    through the states match the float64 reference's (the Triton kernel's backward is the torch twin's, its
+    forward float32; its 19 tokens cross the interpreter's pieces of 16)."""
+    t = make(1, 19, 2, 3, 1, 4, bias=True, h0=True, dtype=torch.float64)
+    cu = torch.tensor([0, 4, 5, 19])
+    seq_idx = torch.tensor([[0] * 4 + [1] + [2] * 14])
     names = ["x", "dt", "A", "B", "dt_bias", "initial_states"]
 
     def states(fn, **packing):
@@ -563,10 +591,11 @@ def test_varlen_states_gradients_and_cu_seqlens():
         w = torch.randn(h.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
         return [h, *torch.autograd.grad((h * w).sum() + y.sum(), list(leaves.values()))]
 
-    with_cu = states(scan_of("torch"), cu_seqlens=cu)
-    assert_close(with_cu, states(scan_of("torch"), seq_idx=seq_idx), 1e-12)
-    assert_close(with_cu, states(scan_of("torch"), seq_idx=seq_idx, cu_seqlens=cu), 1e-12)
-    assert_close(with_cu[:1], [_each_alone_final(t, seq_idx)], 1e-12)
+    with_cu = states(scan_of(impl), cu_seqlens=cu)
+    assert_close(with_cu, states(scan_of(impl), seq_idx=seq_idx), tol)
+    assert_close(with_cu, states(scan_of(impl), seq_idx=seq_idx, cu_seqlens=cu), tol)
+    assert_close(with_cu, states(scan_of("torch"), seq_idx=seq_idx), tol)
+    assert_close(with_cu[:1], [_each_alone_final(t, seq_idx)], tol)
 
 
 @pytest.mark.parametrize("kw, msg", [
@@ -661,21 +690,36 @@ def test_gpu_full_size(dtype, tol, L, impl, monkeypatch):
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_varlen_states_full_size():
-    """return_varlen_states on the card, one row of 16384 tokens packing 16 sequences, H32 P64 N128 float32 with
-    cu_seqlens: each state as the final state of that sequence scanned alone, and the gradients of x through
-    the states finite."""
-    t = make(1, 16384, 32, 64, 1, 128, bias=True, dtype=torch.float32, device=DEV)
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-3)])
+def test_gpu_varlen_states_full_size(dtype, tol):
+    """return_varlen_states on the card, one row of 16384 tokens packing 16 sequences, H32 P64 N128 with
+    cu_seqlens, and two rows of 8192 with seq_idx and initial states: the kernel's states against the torch
+    twin's in float64 on the same inputs; in float32 also against each sequence scanned alone (its final
+    state); the gradients of x through the states finite."""
+    t = make(1, 16384, 32, 64, 1, 128, bias=True, dtype=dtype, device=DEV)
     cuts = torch.randperm(16383, generator=torch.Generator().manual_seed(0))[:15].sort().values + 1
     cu = torch.cat([torch.zeros(1, dtype=torch.long), cuts, torch.full((1,), 16384)]).to(DEV)
     x = t["x"].requires_grad_()
     _, states = ssd_scan(x, t["dt"], t["A"], t["B"], t["C"], dt_bias=t["dt_bias"], dt_softplus=True,
                          cu_seqlens=cu, return_varlen_states=True)
-    alone = torch.cat([ssd_scan(t["x"][:, a:e].detach(), t["dt"][:, a:e], t["A"], t["B"][:, a:e], t["C"][:, a:e],
-                                dt_bias=t["dt_bias"], dt_softplus=True, return_final_states=True)[1]
-                       for a, e in zip(cu.tolist(), cu.tolist()[1:])])
-    assert rel(states, alone) < 1e-4, rel(states, alone)
+    seq_idx = torch.repeat_interleave(torch.arange(16, device=DEV), cu.diff())[None]
+    twin = varlen_states(*(t[k].detach().double() for k in ("x", "dt", "A", "B")), seq_idx,
+                         t["dt_bias"].double(), DtRule(softplus=True))
+    assert rel(states, twin) < tol, rel(states, twin)
+    if dtype == torch.float32:
+        alone = torch.cat([ssd_scan(t["x"][:, a:e].detach(), t["dt"][:, a:e], t["A"], t["B"][:, a:e],
+                                    t["C"][:, a:e], dt_bias=t["dt_bias"], dt_softplus=True,
+                                    return_final_states=True)[1] for a, e in zip(cu.tolist(), cu.tolist()[1:])])
+        assert rel(states, alone) < tol, rel(states, alone)
     assert torch.autograd.grad(states.sum(), x)[0].isfinite().all()
+    rows = {k: v.detach().reshape(2, 8192, *v.shape[2:]) for k, v in t.items() if k in ("x", "dt", "B", "C")}
+    h0 = torch.randn(2, 32, 64, 128, device=DEV, generator=torch.Generator(DEV).manual_seed(1))
+    seq2 = seq_idx.view(2, 8192)
+    _, got = ssd_scan(rows["x"], rows["dt"], t["A"], rows["B"], rows["C"], dt_bias=t["dt_bias"], dt_softplus=True,
+                      seq_idx=seq2, initial_states=h0, return_varlen_states=True)
+    want = varlen_states(*(rows[k].double() for k in ("x", "dt")), t["A"].double(), rows["B"].double(), seq2,
+                         t["dt_bias"].double(), DtRule(softplus=True), h0.double())
+    assert got.shape[0] == 17 and rel(got, want) < tol, rel(got, want)
 
 
 @pytest.mark.gpu
