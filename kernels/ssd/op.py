@@ -50,18 +50,20 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     _check_limit(dt_limit)
     if not isinstance(keep_states, bool):
         raise ValueError(f"keep_states: expected True or False, got {keep_states!r}")
-    seq_idx = _packing(seq_idx, cu_seqlens, x)
+    seq_idx, count = _packing(seq_idx, cu_seqlens, x)
     if return_varlen_states:
         if seq_idx is None:
             raise ValueError("return_varlen_states: needs seq_idx or cu_seqlens (the sequences whose states it "
                              "returns)")
         out = ssd_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states, seq_idx,
                        return_final_states, keep_states, dt_limit)
+        rule = DtRule.of(dt_softplus, dt_limit)
         if backend_for(x, B) == "triton":
-            from .triton_varlen import varlen_states_triton as varlen_states
+            from .triton_varlen import varlen_states_triton
+            states = varlen_states_triton(x, dt, A, B, seq_idx, dt_bias, rule, initial_states, count=count)
         else:
             from .varlen import varlen_states
-        states = varlen_states(x, dt, A, B, seq_idx, dt_bias, DtRule.of(dt_softplus, dt_limit), initial_states)
+            states = varlen_states(x, dt, A, B, seq_idx, dt_bias, rule, initial_states)
         return (*out, states) if return_final_states else (out, states)
     seq_idx = None if seq_idx is None else seq_runs(seq_idx)
     backend = backend_for(x, B)
@@ -178,10 +180,10 @@ def _time(fn, args, grad) -> float:
 
 
 def _packing(seq_idx, cu_seqlens, x):
-    """seq_idx, or the one cu_seqlens stands for (checked: batch 1, 0 first, L last, increasing: no empty
-    sequence, and the same starts as a seq_idx given too)."""
+    """(seq_idx, or the one cu_seqlens stands for (checked: batch 1, 0 first, L last, increasing: no empty
+    sequence, and the same starts as a seq_idx given too); the sequence count cu_seqlens gives, else None)."""
     if cu_seqlens is None:
-        return seq_idx
+        return seq_idx, None
     batch, L = x.shape[:2]
     expect_shape("cu_seqlens", cu_seqlens, (None,))
     expect_integer(cu_seqlens=cu_seqlens)
@@ -195,7 +197,7 @@ def _packing(seq_idx, cu_seqlens, x):
     from_cu = from_cu.cumsum(0)[None]  # [1, L]: 0, 1, 2, ... a sequence
     if seq_idx is not None and not torch.equal(seq_starts(seq_idx), seq_starts(from_cu)):
         raise ValueError("cu_seqlens: its sequences are not seq_idx's (they must say the same packing)")
-    return from_cu
+    return from_cu, len(cu) - 1
 
 
 def _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx):

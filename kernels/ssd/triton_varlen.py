@@ -34,7 +34,7 @@ from .varlen import varlen_states
 # as three TF32 ones in smaller tiles; BW tokens a block of the weights (H200, 16K tokens, H32 P64 N128: see
 # docs/benchmarks.md; sm_90 compiles them without spilling). Under the interpreter small pieces and blocks, so
 # that the tests cross several of each.
-PIECE, CONFIG, BLOCK_W = 512, {True: (64, 64, 4), False: (32, 32, 4)}, 1024
+PIECE, CONFIG, BLOCK_W, WEIGHT_WARPS = 1024, {True: (64, 64, 4), False: (32, 32, 4)}, 2048, 8
 INTERPRET_PIECE, INTERPRET_BLOCK_T, INTERPRET_BLOCK_W = 16, 8, 8   # tl.dot's least K: 8
 
 
@@ -121,9 +121,11 @@ def _varlen_states(x_ptr, B_ptr, w_ptr, seq_ptr, out_ptr, T, H, G, P, N,
     _flush(out_ptr, acc, k_cur, h, H, P, N, offs_p, offs_n, mask_p[:, None] & mask_n[None, :])
 
 
-def varlen_states_triton(x, dt, A, B, seq_idx, dt_bias=None, rule: DtRule = DtRule(), initial_states=None):
+def varlen_states_triton(x, dt, A, B, seq_idx, dt_bias=None, rule: DtRule = DtRule(), initial_states=None,
+                         count: int | None = None):
     """varlen.varlen_states by the kernels: the same arguments and result, float32 (float64 for float64 x,
-    computed in float32). Where an input needs a gradient, varlen_states itself."""
+    computed in float32). Where an input needs a gradient, varlen_states itself. count: the number of sequences
+    when the caller knows it (from cu_seqlens), else it is read from the device, a wait."""
     tensors = (x, dt, A, B, dt_bias, initial_states)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return varlen_states(x, dt, A, B, seq_idx, dt_bias, rule, initial_states)
@@ -137,14 +139,14 @@ def varlen_states_triton(x, dt, A, B, seq_idx, dt_bias=None, rule: DtRule = DtRu
     begins = restart.clone()
     begins[:, 0] = True                                              # and at each row's first token
     seq = begins.view(-1).cumsum(0, dtype=torch.int32) - 1           # [T] each token's sequence
-    n = int(seq[-1]) + 1                                             # waits for the device
+    n = int(seq[-1]) + 1 if count is None else count                # the former waits for the device
 
     small = interpreting() and x.device.type != "cuda"
     w = torch.empty(H, T, device=x.device, dtype=torch.float32)
     first = torch.empty(batch, H, device=x.device, dtype=torch.float32)
     _varlen_weights[(batch, H)](dt.contiguous(), A, dt_bias, seq, w, first, L, H, T, **dt_flags(rule),
                                 HAS_BIAS=dt_bias is not None, BW=INTERPRET_BLOCK_W if small else BLOCK_W,
-                                num_warps=4)
+                                num_warps=WEIGHT_WARPS)
     h = torch.zeros(n, H, P, N, device=x.device, dtype=torch.float32)
     bf16 = x.dtype == B.dtype == torch.bfloat16
     BT, BP, warps = CONFIG[bf16]
