@@ -26,6 +26,16 @@ def next_pow2(n: int) -> int:
     return p
 
 
+def fp32_dot() -> str:
+    """How the kernels take a product of float32 tiles (tl.dot's input_precision), as
+    torch.set_float32_matmul_precision asks: "highest" (torch's default) -> "tf32x3", three TF32 products whose
+    sum keeps float32's digits; "high" or "medium" -> "tf32", one product (~1e-3 of a result's norm, as
+    mamba_ssm's and cuBLAS's TF32 products). H200, float32 SSD scan B1 L16384 H32 P64 N128 with D, z and 16
+    packed sequences: forward 16.6 ms with full float32 products ("ieee"), 2.5 with "tf32x3", 1.4 with "tf32"
+    (mamba_ssm 0.75); y's error against float64 9.1e-7, 9.7e-7 and 1.5e-3 (mamba_ssm 1.5e-3)."""
+    return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
 def sm_count(device: torch.device) -> int:
     """The multiprocessors of a CUDA device (4 elsewhere: the interpreter's stand-in), for grids of a few
     programs a multiprocessor that each walk many rows."""

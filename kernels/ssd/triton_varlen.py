@@ -15,8 +15,8 @@ r_j = Σ_{i=j+1..e} dt'_i (varlen.py is the torch twin).
                      those pieces meet in h_k by atomic adds, in no fixed order.
 
 The products are those of the scan's state pass for bf16 inputs (x and B·w rounded to bf16, summed in float32),
-and float32's otherwise (three TF32 products). Differentiable through the torch twin: where an input needs a
-gradient, the twin runs instead (its backward is autograd's).
+and float32's otherwise (as fp32_dot says: three TF32 products, or one where torch allows TF32). Differentiable
+through the torch twin: where an input needs a gradient, the twin runs instead (its backward is autograd's).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import interpreting
-from .._host import cdiv, next_pow2, seq_starts
+from .._host import cdiv, fp32_dot, next_pow2, seq_starts
 from .naive import DtRule
 from .triton_ssd import dt_eff, dt_flags
 from .varlen import varlen_states
@@ -154,7 +154,7 @@ def varlen_states_triton(x, dt, A, B, seq_idx, dt_bias=None, rule: DtRule = DtRu
     BP = max(min(next_pow2(P), BP), 16)                              # tl.dot's least M
     _varlen_states[(cdiv(T, Q), H, cdiv(P, BP))](
         x.contiguous(), B.contiguous(), w, seq, h, T, H, G, P, N, Q=Q, BT=BT, BP=BP, BN=max(next_pow2(N), 16),
-        BF16=bf16, PREC=None if bf16 else "tf32x3", num_warps=warps)
+        BF16=bf16, PREC=None if bf16 else fp32_dot(), num_warps=warps)
     if initial_states is not None:  # a row's first sequence continues initial_states unless it restarts
         keep = (~restart[:, 0])[:, None] * first.exp()               # [Bt, H]
         h.index_add_(0, seq.view(batch, L)[:, 0], initial_states.float() * keep[:, :, None, None])

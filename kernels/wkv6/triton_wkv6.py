@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import apply, interpreting
-from .._host import cdiv, next_pow2
+from .._host import cdiv, fp32_dot, next_pow2
 
 BT = 16
 LOG2E = 1.4426950408889634
@@ -47,7 +47,8 @@ FAST_SPAN = tl.constexpr(80.0)
 @triton.jit
 def _dot(a, b, PREC: tl.constexpr):
     """a @ b of float32 tiles on tensor cores: operands rounded to bfloat16 ("bf16", for bfloat16
-    inputs: half the operand registers), or as tf32 or full float32 ("tf32", "ieee")."""
+    inputs: half the operand registers), or as tf32, three tf32 products or full float32 ("tf32", "tf32x3",
+    "ieee")."""
     if PREC == "bf16":
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
     else:
@@ -295,8 +296,11 @@ def _pow2(n: int) -> int:
 
 
 def _prec(x: torch.Tensor) -> str:
-    """How the kernels' dots take their float32 operands for inputs of x's dtype (see `_dot`)."""
-    return {torch.float32: "ieee", torch.float64: "ieee", torch.bfloat16: "bf16"}.get(x.dtype, "tf32")
+    """How the kernels' dots take their float32 operands for inputs of x's dtype (see `_dot`): float32's as
+    fp32_dot says (float32's digits unless torch allows TF32), float64's (the interpreter's) in full."""
+    if x.dtype == torch.float32:
+        return fp32_dot()
+    return {torch.float64: "ieee", torch.bfloat16: "bf16"}.get(x.dtype, "tf32")
 
 
 def _prec_bwd(x: torch.Tensor) -> str:

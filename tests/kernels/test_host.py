@@ -1,9 +1,11 @@
-"""The launchers' plain-Python integer helpers give the values of the Triton functions they replace."""
+"""The launchers' plain-Python helpers: the integer ones give the values of the Triton functions they replace,
+fp32_dot the precision torch's float32 matmul setting asks for."""
+import torch
 import triton
 from hypothesis import given
 from hypothesis import strategies as st
 
-from archdsl.kernels._host import cdiv, next_pow2
+from archdsl.kernels._host import cdiv, fp32_dot, next_pow2
 
 
 @given(st.integers(0, 1 << 40))
@@ -30,3 +32,13 @@ def test_next_pow2_of_a_traced_size_guards_on_its_range():
     for n in (300, 301, 400, 512, 513, 1000):
         assert traced(torch.zeros(n)).shape == (next_pow2(n),)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+
+
+def test_fp32_dot_follows_torchs_matmul_precision():
+    old = torch.get_float32_matmul_precision()
+    try:
+        for precision, want in (("highest", "tf32x3"), ("high", "tf32"), ("medium", "tf32")):
+            torch.set_float32_matmul_precision(precision)
+            assert fp32_dot() == want
+    finally:
+        torch.set_float32_matmul_precision(old)

@@ -685,6 +685,26 @@ def test_gpu_full_size(dtype, tol, L, impl, monkeypatch):
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gpu_float32_products_follow_torch(impl, monkeypatch):
+    """float32 inputs: the products keep float32's digits by default (torch's "highest"), and take TF32 once
+    torch.set_float32_matmul_precision("high") allows it (mamba_ssm's precision), output and gradients."""
+    monkeypatch.setenv("ARCHDSL_SSD_IMPL", impl)
+    t = make(2, 2048, 8, 64, 1, 128, D=1, bias=True, z=True, seq=True, dtype=torch.float32, device=DEV)
+    want = reference(t)
+    errors = {}
+    for precision in ("highest", "high"):
+        old = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(precision)
+        try:
+            errors[precision] = max(rel(a, b) for a, b in zip(run(ssd_scan, t), want))
+        finally:
+            torch.set_float32_matmul_precision(old)
+    assert errors["highest"] < 2e-5 < errors["high"] < 1e-2, errors
+
+
+@pytest.mark.gpu
+@gpu
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-3)])
 def test_gpu_varlen_states_full_size(dtype, tol):
     """return_varlen_states on the card, one row of 16384 tokens packing 16 sequences, H32 P64 N128 with
