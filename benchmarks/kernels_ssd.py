@@ -22,8 +22,8 @@ from _bench import bench_ms, bench_or_nan, graph_ms, graphed, with_env
 BW, FLOPS = 4.2e12, 680e12
 
 
-def _inputs(batch, L, H=32, P=64, N=128, G=1, grad=False, z=False):
-    dev, bf = "cuda", torch.bfloat16
+def _inputs(batch, L, H=32, P=64, N=128, G=1, grad=False, z=False, dtype=torch.bfloat16):
+    dev, bf = "cuda", dtype
     t = dict(x=torch.randn(batch, L, H, P, device=dev, dtype=bf),
              dt=torch.randn(batch, L, H, device=dev, dtype=bf) * 0.5 - 1.0,
              A=-torch.rand(H, device=dev) * 4 - 0.5,

@@ -3,8 +3,11 @@ stages and register cap each kernel should run with.
 
     python benchmarks/ssd_configs.py [--L 16384] [--only chunked|fused] [--kernels grads,group,...] [--json FILE]
     python benchmarks/ssd_configs.py --chunks 64,128,256 [--L 16384]   # the chunk length alone
+    python benchmarks/ssd_configs.py --float32 [--only chunked] ...    # float32 inputs: the _32 choices
 
 Shape B=4, L, H=32, P=64, N=128, G=1, bf16, D and dt_bias with softplus (benchmarks/kernels_ssd.py's).
+With --float32 the inputs are float32 and the chunked layout's float32 choices are swept (CONFIG_32,
+STATE_PASS_32, DSTATE_PASS_32) over a shorter list, their tiles under the products' three TF32 ones.
 Chunked layout: the serial passes (STATE_PASS timed forward, DSTATE_PASS forward+backward), then
 each kernel of triton_ssd_chunked.CONFIG, is swept alone with the others at their current choice,
 forward (no autograd) for the forward kernels, forward+backward for the backward ones; then every
@@ -43,14 +46,27 @@ CHUNKED_CHOICES = {  # kernel: candidate (BT, BP, num_warps, num_stages, maxnreg
     "group": list(itertools.product((32, 64), (64,), (4, 8), (1, 2), (None,))),
 }
 PASS_CHOICES = list(itertools.product((32, 64), (64, 128), (4, 8), (2, 3, 4)))  # the serial passes: BP, BN, warps, stages
+CHUNKED_CHOICES_32 = {  # float32 tiles: twice the registers, so smaller or uncapped
+    "scan": [(64, 64, 4, 2, 168), (64, 64, 4, 2, None), (64, 32, 4, 2, None), (32, 64, 4, 2, None),
+             (64, 64, 8, 2, None), (32, 32, 4, 2, None)],
+    "grads": [(32, 64, 4, 1, 128), (32, 64, 4, 1, None), (32, 64, 8, 1, None), (32, 32, 4, 1, None),
+              (16, 64, 4, 1, None), (32, 32, 8, 1, None)],
+    "group": [(64, 64, 8, 2, None), (32, 64, 8, 2, None), (64, 32, 8, 2, None), (32, 32, 4, 2, None)],
+}
+PASS_CHOICES_32 = [(64, 64, 8, 2), (64, 32, 8, 2), (32, 64, 8, 2), (32, 64, 4, 2), (32, 32, 4, 2), (64, 64, 4, 2)]
+WIDE = False  # --float32: float32 inputs, the _32 constants and choices
 FUSED_CHOICES = {  # module constants: candidates
     ("FWD_BLOCK_P", "FWD_WARPS", "FWD_STAGES"): list(itertools.product((16, 32, 64), (4, 8), (1, 2))),
     ("BWD_BLOCK_P", "BWD_WARPS", "BWD_STAGES"): list(itertools.product((16, 32, 64), (4, 8), (1, 2))),
 }
 
 
+def _suffix() -> str:
+    return "_32" if WIDE else ""
+
+
 def _timer(L, grad):
-    t = _inputs(4, L, grad=grad)
+    t = _inputs(4, L, grad=grad, dtype=torch.float32 if WIDE else torch.bfloat16)
     dy = torch.randn_like(t["x"])
 
     def call():
@@ -78,32 +94,33 @@ def _best(rows):
 def sweep_chunked(L, kernels=None):
     os.environ["ARCHDSL_SSD_IMPL"] = "chunked"
     timers = {False: _timer(L, False), True: _timer(L, True)}
-    start = dict(chunked.CONFIG)
+    config = "CONFIG" + _suffix()
+    start = dict(getattr(chunked, config))
     rows, best = [], dict(start)
     for name in ("state_pass", "dstate_pass"):
         if not kernels or name in kernels:
             rows += _sweep_pass(L, name, timers[name == "dstate_pass"])
-    for kernel, choices in CHUNKED_CHOICES.items():
+    for kernel, choices in (CHUNKED_CHOICES_32 if WIDE else CHUNKED_CHOICES).items():
         if kernels and kernel not in kernels:
             continue
         grad = kernel in ("grads", "group")
         print(f"== chunked {kernel} ({'fwd+bwd' if grad else 'fwd'}, L{L}); now {start[kernel]}", flush=True)
         mine = []
         for choice in choices:
-            chunked.CONFIG = dict(start, **{kernel: choice})
+            setattr(chunked, config, dict(start, **{kernel: choice}))
             ms = timers[grad]()
             mine.append(dict(layout="chunked", kernel=kernel, choice=list(choice), grad=grad, ms=ms))
             print(f"  {kernel} BT,BP,warps,stages,maxnreg={choice}: {ms:.3f} ms", flush=True)
         rows += mine
         b = _best(mine)
         best[kernel] = tuple(b["choice"]) if b else start[kernel]
-    chunked.CONFIG = best
+    setattr(chunked, config, best)
     together = {g: timers[g]() for g in (False, True)}
-    chunked.CONFIG = start
+    setattr(chunked, config, start)
     before = {g: timers[g]() for g in (False, True)}
     print(f"== chunked: now fwd {before[False]:.3f} fwd+bwd {before[True]:.3f} ms; "
           f"best together fwd {together[False]:.3f} fwd+bwd {together[True]:.3f} ms")
-    print(f"CONFIG = {best}")
+    print(f"{config} = {best}")
     return rows, dict(best={k: list(v) for k, v in best.items()}, now_ms=before, best_ms=together)
 
 
@@ -111,10 +128,10 @@ def _sweep_pass(L, name, timer):
     """chunked.STATE_PASS or DSTATE_PASS (BP, BN, warps, stages of a serial pass), timed forward for the
     state pass and forward+backward for the dstate pass; the best is printed, the constant is left as
     it was."""
-    const = name.upper()
+    const = name.upper() + _suffix()
     start, mine = getattr(chunked, const), []
     print(f"== chunked {name} (L{L}); now {start}", flush=True)
-    for choice in PASS_CHOICES:
+    for choice in PASS_CHOICES_32 if WIDE else PASS_CHOICES:
         setattr(chunked, const, choice)
         ms = timer()
         mine.append(dict(layout="chunked", kernel=name, choice=list(choice), grad=name == "dstate_pass", ms=ms))
@@ -171,12 +188,15 @@ def main() -> int:
     ap.add_argument("--kernels", help=f"comma-separated chunk kernels to sweep (state_pass, dstate_pass, {', '.join(CHUNKED_CHOICES)}); "
                     "default all")
     ap.add_argument("--chunks", help="comma-separated chunk lengths: time only those (chunked layout)")
+    ap.add_argument("--float32", action="store_true", help="float32 inputs: sweep the chunked layout's _32 choices")
     ap.add_argument("--json")
     args = ap.parse_args()
+    global WIDE
+    WIDE = args.float32
     if not torch.cuda.is_available():
         print("ssd_configs: needs a CUDA GPU")
         return 0
-    out = {"L": args.L, "card": torch.cuda.get_device_name()}
+    out = {"L": args.L, "card": torch.cuda.get_device_name(), "dtype": "float32" if WIDE else "bfloat16"}
     if args.chunks:
         out["chunk_rows"] = sweep_chunk_length(args.L, [int(q) for q in args.chunks.split(",")])
     else:

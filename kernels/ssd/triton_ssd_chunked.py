@@ -123,9 +123,10 @@ CONFIG = {  # kernel: (BT, BP, num_warps, num_stages, maxnreg: ptxas's register 
 # 3.387 -> 3.310 ms. _group_dB reads dout [N, P] faster too: 314 -> 221 µs.
 STATE_PASS = (64, 128, 8, 3)
 DSTATE_PASS = (64, 128, 8, 3)
-# Both passes with float32 inputs (twice the bytes and registers a tile; ptxas for sm_90: 107-108 registers
-# where the 16-bit choices above would spill and pass shared memory).
-PASS_FP32 = (64, 64, 8, 2)
+# float32 inputs: twice the bytes and registers a tile, and products of three TF32 ones by default (fp32_dot);
+# their own choices (CONFIG_32 for the chunk kernels, STATE_PASS_32 and DSTATE_PASS_32 for the passes).
+CONFIG_32 = dict(CONFIG)
+STATE_PASS_32 = DSTATE_PASS_32 = (64, 64, 8, 2)
 # _gate_grads's tile [rows, columns] and warps (not swept). Going through the gate first (fifteenth run, L 16K,
 # one process) took forward+backward with z from 6.94 to 3.74 ms: inside the backward kernels the gate had
 # _chunk_grads at 4249 µs (1739 without z), _group_dC at 929 (482) and _dstate_pass at 569 (270).
@@ -154,7 +155,7 @@ GLUON_SCAN = True
 def _launch(kernel: str, x, Q: int, P: int) -> dict:
     """The sizes and launch options of one chunk kernel: BT, BP, NPB (P blocks), num_warps, num_stages
     and, when CONFIG caps them, maxnreg."""
-    bt, bp, warps, stages, maxnreg = CONFIG[kernel]
+    bt, bp, warps, stages, maxnreg = (CONFIG if x.element_size() <= 2 else CONFIG_32)[kernel]
     small = interpreting() and x.device.type != "cuda"
     BP = min(_pow2(P), bp)
     cap = {} if maxnreg is None or small else dict(maxnreg=maxnreg)
@@ -788,10 +789,12 @@ def _run(kernel_fn, name: str, x, programs: int, *args, **kw):
     kernel_fn[(programs, npb)](*args, **kw, **cfg)
 
 
-def _pass_launch(x, choice, P: int, BN: int) -> tuple:
-    """(BP, BN, num_warps, num_stages) of a serial pass: its choice (STATE_PASS or DSTATE_PASS; PASS_FP32
+def _pass_launch(x, forward: bool, P: int, BN: int) -> tuple:
+    """(BP, BN, num_warps, num_stages) of a serial pass: its choice (STATE_PASS or DSTATE_PASS; their _32 twins
     for 32-bit inputs), the blocks clamped to P and N."""
-    bp, bn, warps, stages = choice if x.element_size() <= 2 else PASS_FP32
+    wide = x.element_size() > 2
+    bp, bn, warps, stages = ((STATE_PASS_32 if wide else STATE_PASS) if forward else
+                             (DSTATE_PASS_32 if wide else DSTATE_PASS))
     return min(_pow2(P), bp), min(BN, bn), warps, stages
 
 
@@ -874,7 +877,7 @@ def _states(x, B, seq, dtc, s, w, h0, sizes, chain):
         from . import gluon_chunked
         gluon_chunked.state_pass(x, B, w, s, h0, hin, hT, sizes, chain["PDL"])
         return hin, hT
-    BP, BNP, warps, stages = _pass_launch(x, STATE_PASS, P, BN)
+    BP, BNP, warps, stages = _pass_launch(x, True, P, BN)
     _state_pass[(batch * H, cdiv(P, BP), cdiv(N, BNP))](
         x, B, seq, dtc, s, h0, hin, hT, L, H, G, P, N, NC, x.stride(1), B.stride(1), HAS_H0=h0 is not None,
         HAS_SEQ=seq is not None, Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages, **chain)
@@ -980,7 +983,7 @@ def chunked_bwd(dy, dhT, x, dt, A, B, C, D, z, dt_bias, rule, seq, dtc, s, h0, h
         dy = gy
     dout = torch.empty(batch, H, NC, N, P, device=x.device, dtype=hin.dtype)  # transposed: see _dstate_pass
     dh0 = torch.empty(batch, H, P, N, **f32)
-    BP, BNP, warps, stages = _pass_launch(x, DSTATE_PASS, P, BN)
+    BP, BNP, warps, stages = _pass_launch(x, False, P, BN)
     _dstate_pass[(batch * H, cdiv(P, BP), cdiv(N, BNP))](
         C, seq, dtc, s, dy, dhT, dout, dh0, L, H, G, P, N, NC, C.stride(1), HAS_FIRST=dhT is not None,
         HAS_SEQ=seq is not None, Q=Q, BP=BP, BN=BNP, PREC=_prec(x), num_warps=warps, num_stages=stages)

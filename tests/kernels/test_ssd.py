@@ -136,10 +136,10 @@ def test_triton_blocks_of_P(opts, impl, monkeypatch):
     from archdsl.kernels.ssd import triton_ssd, triton_ssd_chunked
     monkeypatch.setattr(triton_ssd, "FWD_BLOCK_P", 16)
     monkeypatch.setattr(triton_ssd, "BWD_BLOCK_P", 16)
-    for name in ("STATE_PASS", "DSTATE_PASS", "PASS_FP32"):  # several P and N blocks, both ways, any dtype
+    for name in ("STATE_PASS", "DSTATE_PASS", "STATE_PASS_32", "DSTATE_PASS_32"):  # several P and N blocks
         monkeypatch.setattr(triton_ssd_chunked, name, (16, 16, 4, 2))
-    monkeypatch.setattr(triton_ssd_chunked, "CONFIG", {"scan": (64, 32, 4, 2, None),
-                                                       "grads": (64, 16, 4, 2, None),
+    for name in ("CONFIG", "CONFIG_32"):
+        monkeypatch.setattr(triton_ssd_chunked, name, {"scan": (64, 32, 4, 2, None), "grads": (64, 16, 4, 2, None),
                                                        "group": (64, 32, 4, 1, None)})
     t = make(2, 45, 4, 40, 2, 12, **opts)
     assert_matches_float64(scan_of(impl), t)
