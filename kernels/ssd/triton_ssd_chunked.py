@@ -124,9 +124,12 @@ CONFIG = {  # kernel: (BT, BP, num_warps, num_stages, maxnreg: ptxas's register 
 STATE_PASS = (64, 128, 8, 3)
 DSTATE_PASS = (64, 128, 8, 3)
 # float32 inputs: twice the bytes and registers a tile, and products of three TF32 ones by default (fp32_dot);
-# their own choices (CONFIG_32 for the chunk kernels, STATE_PASS_32 and DSTATE_PASS_32 for the passes).
-CONFIG_32 = dict(CONFIG)
-STATE_PASS_32 = DSTATE_PASS_32 = (64, 64, 8, 2)
+# their own choices (sixty-seventh run, `ssd_configs.py --float32 --L 4096`, B4 H32 P64 N128, one process, each
+# swept with the others as they were: the state pass 1.708 -> 1.338 ms forward, the dstate pass 7.405 -> 7.281
+# forward+backward; the chunk kernels together forward 1.716 -> 1.496, forward+backward 7.227 -> 5.280, the
+# register caps of the 16-bit choices making float32's tiles spill).
+CONFIG_32 = dict(CONFIG, scan=(32, 64, 4, 2, None), grads=(32, 64, 4, 1, None), group=(32, 32, 4, 2, None))
+STATE_PASS_32, DSTATE_PASS_32 = (32, 64, 4, 2), (64, 64, 4, 2)
 # _gate_grads's tile [rows, columns] and warps (not swept). Going through the gate first (fifteenth run, L 16K,
 # one process) took forward+backward with z from 6.94 to 3.74 ms: inside the backward kernels the gate had
 # _chunk_grads at 4249 µs (1739 without z), _group_dC at 929 (482) and _dstate_pass at 569 (270).
