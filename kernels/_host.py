@@ -31,8 +31,9 @@ def fp32_dot() -> str:
     torch.set_float32_matmul_precision asks: "highest" (torch's default) -> "tf32x3", three TF32 products whose
     sum keeps float32's digits; "high" or "medium" -> "tf32", one product (~1e-3 of a result's norm, as
     mamba_ssm's and cuBLAS's TF32 products). H200, float32 SSD scan B1 L16384 H32 P64 N128 with D, z and 16
-    packed sequences: forward 16.6 ms with full float32 products ("ieee"), 2.5 with "tf32x3", 1.4 with "tf32"
-    (mamba_ssm 0.75); y's error against float64 9.1e-7, 9.7e-7 and 1.5e-3 (mamba_ssm 1.5e-3)."""
+    packed sequences, one process, with the tiles of the time: forward 16.6 ms with full float32 products
+    ("ieee"), 2.5 with "tf32x3", 1.4 with "tf32" (mamba_ssm 0.75); y's error against float64 9.1e-7, 9.7e-7
+    and 1.5e-3 (mamba_ssm 1.5e-3)."""
     return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
