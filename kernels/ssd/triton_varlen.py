@@ -67,7 +67,7 @@ def _varlen_weights(dt_ptr, A_ptr, bias_ptr, seq_ptr, w_ptr, first_ptr, L, H, T,
         k = tl.load(seq_ptr + row0 + offs, mask=mask, other=-1)
         s, _ = tl.associative_scan((dA + tl.where((offs == L - 1 - i * BW) & (k == carry_k), carry, 0.0), k), 0,
                                    _same_seq, reverse=True)          # A·Σ dt' from j to its sequence's end
-        tl.store(w_ptr + h * T + row0 + offs, tl.exp(s - dA) * dtp, mask=mask)
+        tl.store(w_ptr + h.to(tl.int64) * T + row0 + offs, tl.exp(s - dA) * dtp, mask=mask)
         lead = offs == tl.maximum(L - (i + 1) * BW, 0)               # the block's first token
         carry = tl.sum(tl.where(lead, s, 0.0))
         carry_k = tl.sum(tl.where(lead, k, 0))
@@ -103,7 +103,7 @@ def _varlen_states(x_ptr, B_ptr, w_ptr, seq_ptr, out_ptr, T, H, G, P, N,
         row = base + i                                               # the block's first token
         mask = offs_t < count - i
         seq = tl.load(seq_ptr + row + offs_t, mask=mask, other=-1)
-        w = tl.load(w_ptr + h * T + row + offs_t, mask=mask, other=0.0)
+        w = tl.load(w_ptr + h.to(tl.int64) * T + row + offs_t, mask=mask, other=0.0)
         xt = tl.load(x_ptr + (row * H + h) * P + offs_t[None, :] * (H * P) + offs_p[:, None],
                      mask=mask_p[:, None] & mask[None, :], other=0.0)                        # [BP, BT]
         bt = tl.load(B_ptr + (row * G + g) * N + offs_t[:, None] * (G * N) + offs_n[None, :],
