@@ -43,8 +43,8 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     the packing as offsets: it stands for seq_idx, or, with seq_idx, must say the same. return_varlen_states
     (with seq_idx or cu_seqlens) also returns each sequence's last state, [sequences, H, P, N] float32 (float64
     for float64 x), the sequences row after row, each row's first token starting one; it comes last, after
-    the final state (after the scan: kernels/ssd/triton_varlen.py's kernel on the Triton path, varlen.py's torch
-    on the others; differentiable).
+    the final state. It is computed after the scan: by the kernels of kernels/ssd/triton_varlen.py on the Triton
+    path where no input needs a gradient, else by their torch twin (varlen.py), which autograd differentiates.
     """
     _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx)
     _check_limit(dt_limit)
