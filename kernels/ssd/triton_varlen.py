@@ -25,10 +25,10 @@ import triton
 import triton.language as tl
 
 from .._dispatch import interpreting
-from .._host import cdiv, fp32_dot, next_pow2, seq_starts
+from .._host import cdiv, fp32_dot, next_pow2
 from .naive import DtRule
 from .triton_ssd import dt_eff, dt_flags
-from .varlen import varlen_states
+from .varlen import beginnings, varlen_states
 
 # Q tokens a program; (BT tokens a block, BP of P, warps) for bf16 inputs and for the others, whose products run
 # as three TF32 ones in smaller tiles; BW tokens a block of the weights (H200, 16K tokens, H32 P64 N128: see
@@ -135,10 +135,8 @@ def varlen_states_triton(x, dt, A, B, seq_idx, dt_bias=None, rule: DtRule = DtRu
     batch, L, H, P = x.shape
     G, N = B.shape[-2:]
     T = batch * L
-    restart = seq_starts(seq_idx)                                    # [Bt, L]: a sequence starts here
-    begins = restart.clone()
-    begins[:, 0] = True                                              # and at each row's first token
-    seq = begins.view(-1).cumsum(0, dtype=torch.int32) - 1           # [T] each token's sequence
+    restart, begins = beginnings(seq_idx)
+    seq = begins.cumsum(0, dtype=torch.int32) - 1                    # [T] each token's sequence
     n = int(seq[-1]) + 1 if count is None else count                # the former waits for the device
 
     small = interpreting() and x.device.type != "cuda"

@@ -38,11 +38,17 @@ class Packing(NamedTuple):
     ends: torch.Tensor
 
 
+def beginnings(seq_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(restart [Bt, L] bool: the state restarts here (seq_starts), begins [T] bool: a sequence's first token,
+    row after row, each row's first token among them)."""
+    restart = seq_starts(seq_idx)
+    begins = restart.clone()
+    begins[:, 0] = True
+    return restart, begins.view(-1)
+
+
 def packing(seq_idx: torch.Tensor) -> Packing:
-    restart = seq_starts(seq_idx)                                    # [Bt, L]: the state restarts here
-    first = torch.zeros_like(restart)
-    first[:, 0] = True
-    begins = (restart | first).view(-1)                              # a sequence's first token, row after row
+    restart, begins = beginnings(seq_idx)
     starts = begins.nonzero().view(-1)                               # [n]; waits for the device
     T = begins.numel()
     lengths = torch.diff(starts, append=starts.new_full((1,), T))
