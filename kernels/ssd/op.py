@@ -6,7 +6,7 @@ import numbers
 import torch
 
 from .._checks import expect_float, expect_integer, expect_same_device, expect_shape
-from .._dispatch import apply, backend_for, on_input_device, pick_impl, time_or_inf
+from .._dispatch import apply, backend_for, needs_grad, on_input_device, pick_impl, time_or_inf
 from .._host import seq_runs, seq_starts
 from .chunked import ssd_scan_chunked
 from .naive import DtRule, ssd_scan_naive, ssd_step_naive
@@ -144,7 +144,7 @@ def _triton_impl(args) -> str:
     keeps ~11 GB of them; the fused layout keeps none).
     """
     x, tensors = args[0], args[:9]
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    grad = needs_grad(*tensors)
     case = lambda: (x.shape, args[3].shape, x.dtype, x.device, grad, args[10], args[9] is not None,
                     tuple(None if t is None else tuple(t.shape) for t in tensors[5:9]))
     default = "fused" if chunked_state_bytes(x, args[3]) > CHUNKED_STATE_BYTES else "chunked"

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._dispatch import interpreting
+from .._dispatch import interpreting, needs_grad
 from .._host import cdiv, fp32_dot, next_pow2
 from .naive import DtRule
 from .triton_ssd import dt_eff, dt_flags
@@ -127,7 +127,7 @@ def varlen_states_triton(x, dt, A, B, seq_idx, dt_bias=None, rule: DtRule = DtRu
     computed in float32). Where an input needs a gradient, varlen_states itself. count: the number of sequences
     when the caller knows it (from cu_seqlens), else it is read from the device, a wait."""
     tensors = (x, dt, A, B, dt_bias, initial_states)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if needs_grad(*tensors):
         return varlen_states(x, dt, A, B, seq_idx, dt_bias, rule, initial_states)
     wide = x.dtype == torch.float64
     if wide:

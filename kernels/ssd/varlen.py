@@ -6,7 +6,7 @@ A sequence k of a packed row, its tokens s..e, ends in the state
           seq_idx 0's, as the scan reads initial_states),   c_t = Σ_{i<=t} dt'_i (the row's running sum)
 
 computed after the scan, from x, dt and B: here in torch (the CPU path, and the differentiable twin of
-triton_varlen.py's kernel, whose backward runs it again):
+triton_varlen.py's kernels, which give way to it where an input needs a gradient):
 
 1. the running sums A·c in float64 (the differences c_e - c_j of long rows keep their digits) and the weighted x;
 2. each sequence cut into chunks of Q tokens, its last chunk padded with zeros, x and B laid chunk after chunk
@@ -18,24 +18,10 @@ Q is the power of two that moves the fewest bytes: the padding (under Q a sequen
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from .._host import seq_starts
 from .naive import DtRule, effective_dt
-
-
-class Packing(NamedTuple):
-    """Where the sequences of seq_idx [Bt, L] lie in its T = Bt·L tokens, row after row (each row's first token
-    starts one): restart [Bt, L] bool (seq_starts), seq [T] each token's sequence, pos [T] its place in it,
-    starts, lengths, ends [n] each sequence's first token, length and last token."""
-    restart: torch.Tensor
-    seq: torch.Tensor
-    pos: torch.Tensor
-    starts: torch.Tensor
-    lengths: torch.Tensor
-    ends: torch.Tensor
 
 
 def beginnings(seq_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,35 +31,6 @@ def beginnings(seq_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     begins = restart.clone()
     begins[:, 0] = True
     return restart, begins.view(-1)
-
-
-def packing(seq_idx: torch.Tensor) -> Packing:
-    restart, begins = beginnings(seq_idx)
-    starts = begins.nonzero().view(-1)                               # [n]; waits for the device
-    T = begins.numel()
-    lengths = torch.diff(starts, append=starts.new_full((1,), T))
-    seq = begins.cumsum(0) - 1
-    return Packing(restart, seq, torch.arange(T, device=seq.device) - starts[seq], starts, lengths,
-                   starts + lengths - 1)
-
-
-def running(dt, A, dt_bias, rule: DtRule, wd) -> tuple[torch.Tensor, torch.Tensor]:
-    """dt [Bt, L, H] → (dt' [T, H] in wd, A·c [T, H] float64: A times the running sum of dt' along each row),
-    summed along the innermost dimension (torch's scan along an outer one runs a thread a column)."""
-    batch, L, H = dt.shape
-    dtp = effective_dt(dt.to(wd), None if dt_bias is None else dt_bias.to(wd), rule).view(batch * L, H)
-    c = (dtp.double() * A.double()).view(batch, L, H).mT.cumsum(-1).mT.reshape(batch * L, H)
-    return dtp, c
-
-
-def add_initial(h, initial_states, pk: Packing, c):
-    """h [n, H, P, N] with each row's initial state decayed to its first sequence's end added, where that
-    sequence is seq_idx 0's (it continues initial_states unless it restarts at the row's first token)."""
-    batch, L = pk.restart.shape
-    row_first = pk.seq.view(batch, L)[:, 0]                          # [Bt]: each row's first sequence
-    carry = (~pk.restart[:, 0]).to(h.dtype)[:, None, None, None]
-    decay = torch.exp(c.index_select(0, pk.ends[row_first])).to(h.dtype)[:, :, None, None]
-    return h.index_add(0, row_first, initial_states.to(h.dtype) * decay * carry)
 
 
 def chunk_size(lengths: torch.Tensor, N: int) -> int:
@@ -95,21 +52,28 @@ def varlen_states(x, dt, A, B, seq_idx, dt_bias=None, rule: DtRule = DtRule(), i
     batch, L, H, P = x.shape
     G, N = B.shape[-2:]                                              # head h reads group h // (H // G)
     T = batch * L
-    pk = packing(seq_idx)
-    n = pk.starts.numel()
+    restart, begins = beginnings(seq_idx)
+    starts = begins.nonzero().view(-1)                               # [n]
+    n = starts.numel()
+    lengths = torch.diff(starts, append=starts.new_full((1,), T))
+    seq = begins.cumsum(0) - 1                                       # [T] each token's sequence
+    pos = torch.arange(T, device=x.device) - starts[seq]             # and its place in it
+    ends = starts + lengths - 1                                      # [n] each sequence's last token
 
-    # 1. the weight of x_j in its sequence's last state. Gathers by index_select: their backward adds with
-    # atomics, where indexing's sorts first.
-    dtp, c = running(dt, A, dt_bias, rule, wd)
-    decay = torch.exp(c.index_select(0, pk.ends[pk.seq]) - c).to(wd)  # [T, H]: exp(A·(c_e - c_j)) ≤ 1
+    # 1. A·c_t, float64, summed along the innermost dimension (torch's scan along an outer one runs a thread a
+    # column); the weight of x_j in its sequence's last state. Gathers by index_select: their backward adds
+    # with atomics, where indexing's sorts first.
+    dtp = effective_dt(dt.to(wd), None if dt_bias is None else dt_bias.to(wd), rule).view(T, H)
+    c = (dtp.double() * A.double()).view(batch, L, H).mT.cumsum(-1).mT.reshape(T, H)
+    decay = torch.exp(c.index_select(0, ends[seq]) - c).to(wd)      # [T, H]: exp(A·(c_e - c_j)) ≤ 1
     xw = x.reshape(T, H, P) * (decay * dtp)[..., None]               # [T, H, P] in wd
 
     # 2. chunks of Q tokens, sequence after sequence, rows copied whole
-    host = pk.lengths.cpu()                                          # the second and last wait for the device
+    host = lengths.cpu()                                             # the second and last wait for the device
     Q = chunk or chunk_size(host, N)
     chunks = int(((host + Q - 1) // Q).sum())
-    per_seq = (pk.lengths + Q - 1) // Q                              # [n] chunks a sequence
-    row = (per_seq.cumsum(0) - per_seq)[pk.seq] * Q + pk.pos         # [T] each token's padded place
+    per_seq = (lengths + Q - 1) // Q                                 # [n] chunks a sequence
+    row = (per_seq.cumsum(0) - per_seq)[seq] * Q + pos               # [T] each token's padded place
     X = xw.new_zeros(chunks * Q, H * P).index_copy_(0, row, xw.view(T, H * P))
     Bs = xw.new_zeros(chunks * Q, G * N).index_copy_(0, row, B.reshape(T, G * N).to(wd))
 
@@ -117,4 +81,9 @@ def varlen_states(x, dt, A, B, seq_idx, dt_bias=None, rule: DtRule = DtRule(), i
     S = torch.einsum("cqgp,cqgn->cgpn", X.view(chunks, Q, G, H // G * P), Bs.view(chunks, Q, G, N))
     owner = torch.repeat_interleave(torch.arange(n, device=x.device), per_seq, output_size=chunks)
     h = S.new_zeros(n, G, H // G * P, N).index_add(0, owner, S).view(n, H, P, N)
-    return h if initial_states is None else add_initial(h, initial_states, pk, c)
+    if initial_states is not None:  # a row's first sequence continues initial_states unless it restarts
+        row_first = seq.view(batch, L)[:, 0]                         # [Bt]: each row's first sequence
+        carry = (~restart[:, 0]).to(wd)[:, None, None, None]         # seq_idx 0 at the row's first token
+        h0 = initial_states.to(wd) * torch.exp(c.index_select(0, ends[row_first])).to(wd)[:, :, None, None] * carry
+        h = h.index_add(0, row_first, h0)
+    return h

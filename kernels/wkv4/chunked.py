@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from .._dispatch import needs_grad
 from .naive import _initial, wkv4_step_naive
 
 CHUNK = 16  # tokens a chunk: with autograd recording, or without it for at most SMALL batch × channels
@@ -35,7 +36,7 @@ SMALL, WIDE = 1024, 4096
 def default_chunk(k, *tensors) -> int:
     """The form that ran faster for k `[B, T, C]` (module docstring): a chunk size, 1 for the time loop."""
     bc = k.shape[0] * k.shape[2]
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (k, *tensors)):
+    if needs_grad(k, *tensors):
         return CHUNK if bc <= WIDE else CHUNK_WIDE
     return CHUNK if bc <= SMALL else 1
 

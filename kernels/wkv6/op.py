@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_float, expect_integer, expect_number, expect_same_device, expect_shape
-from .._dispatch import backend_for, on_input_device, pick_impl, time_or_inf
+from .._dispatch import backend_for, needs_grad, on_input_device, pick_impl, time_or_inf
 from .._host import seq_runs, sm_count
 from .._opaque import PATHS, torch_path
 from .chunked import wkv6_chunked
@@ -104,7 +104,7 @@ def _triton_impl(r, k, v, w, u, scale, h0, output_final_state, seq) -> str:
     """`ARCHDSL_WKV6_IMPL=serial|chunked|auto`; auto: on CUDA the faster of the two, timed once per case
     (a fraction of a second once per shapes, dtype, grad, initial state, seq_idx). Unset: _default_impl."""
     xs = (r, k, v, w, u) + ((h0,) if h0 is not None else ())
-    grad = torch.is_grad_enabled() and any(x.requires_grad for x in xs)
+    grad = needs_grad(*xs)
     case = lambda: (r.shape, v.shape[-1], r.dtype, r.device, grad, h0 is not None, output_final_state, seq is not None)
     return pick_impl("ARCHDSL_WKV6_IMPL", _TRITON, _default_impl(r.shape, v.shape[-1], r.device, grad), r, case,
                      lambda name: _time(_TRITON[name](), xs, scale, output_final_state, grad, seq))
