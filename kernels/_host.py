@@ -26,6 +26,7 @@ def next_pow2(n: int) -> int:
     return p
 
 
+@torch.compiler.assume_constant_result
 def fp32_dot() -> str:
     """How the kernels take a product of float32 tiles (tl.dot's input_precision), as
     torch.set_float32_matmul_precision asks: "highest" (torch's default) -> "tf32x3", three TF32 products whose
@@ -33,7 +34,8 @@ def fp32_dot() -> str:
     mamba_ssm's and cuBLAS's TF32 products). H200, float32 SSD scan B1 L16384 H32 P64 N128 with D, z and 16
     packed sequences, one process, with the tiles of the time: forward 16.6 ms with full float32 products
     ("ieee"), 2.5 with "tf32x3", 1.4 with "tf32" (mamba_ssm 0.75); y's error against float64 9.1e-7, 9.7e-7
-    and 1.5e-3 (mamba_ssm 1.5e-3)."""
+    and 1.5e-3 (mamba_ssm 1.5e-3). A constant to torch.compile, which cannot trace the getter (fullgraph fails)
+    and recompiles where the precision changes."""
     return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 

@@ -42,3 +42,31 @@ def test_fp32_dot_follows_torchs_matmul_precision():
             assert fp32_dot() == want
     finally:
         torch.set_float32_matmul_precision(old)
+
+
+def test_fp32_dot_under_torch_compile():
+    """torch.compile(fullgraph=True) of an autograd.Function whose forward asks fp32_dot (as the SSD, varlen and
+    wkv6 launchers do) traces in one graph, and traces again where the precision changes. The getter it reads had
+    broken every compiled float32 launch (a graph break under fullgraph)."""
+
+    class Scale(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * (2.0 if fp32_dot() == "tf32x3" else 3.0)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    torch._dynamo.reset()
+    f = torch.compile(Scale.apply, backend="aot_eager", fullgraph=True)
+    old = torch.get_float32_matmul_precision()
+    x = torch.ones(3, requires_grad=True)
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert f(x).tolist() == [2.0] * 3
+        torch.set_float32_matmul_precision("high")
+        assert f(x).tolist() == [3.0] * 3
+    finally:
+        torch.set_float32_matmul_precision(old)
+        torch._dynamo.reset()
