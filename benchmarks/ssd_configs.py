@@ -4,10 +4,13 @@ stages and register cap each kernel should run with.
     python benchmarks/ssd_configs.py [--L 16384] [--only chunked|fused] [--kernels grads,group,...] [--json FILE]
     python benchmarks/ssd_configs.py --chunks 64,128,256 [--L 16384]   # the chunk length alone
     python benchmarks/ssd_configs.py --float32 [--only chunked] ...    # float32 inputs: the _32 choices
+    python benchmarks/ssd_configs.py --float32 --tf32 ...              # the same under one TF32 product ("high")
 
 Shape B=4, L, H=32, P=64, N=128, G=1, bf16, D and dt_bias with softplus (benchmarks/kernels_ssd.py's).
 With --float32 the inputs are float32 and the chunked layout's float32 choices are swept (CONFIG_32,
-STATE_PASS_32, DSTATE_PASS_32) over a shorter list, their tiles under the products' three TF32 ones.
+STATE_PASS_32, DSTATE_PASS_32) over a shorter list, their tiles under the products' three TF32 ones;
+with --tf32 too, under torch.set_float32_matmul_precision("high") (one TF32 product), the list joined by the
+16-bit choices.
 Chunked layout: the serial passes (STATE_PASS timed forward, DSTATE_PASS forward+backward), then
 each kernel of triton_ssd_chunked.CONFIG, is swept alone with the others at their current choice,
 forward (no autograd) for the forward kernels, forward+backward for the backward ones; then every
@@ -189,14 +192,24 @@ def main() -> int:
                     "default all")
     ap.add_argument("--chunks", help="comma-separated chunk lengths: time only those (chunked layout)")
     ap.add_argument("--float32", action="store_true", help="float32 inputs: sweep the chunked layout's _32 choices")
+    ap.add_argument("--tf32", action="store_true", help="with --float32: under one TF32 product (precision \"high\")")
     ap.add_argument("--json")
     args = ap.parse_args()
     global WIDE
     WIDE = args.float32
+    if args.tf32:
+        if not WIDE:
+            ap.error("--tf32 goes with --float32")
+        torch.set_float32_matmul_precision("high")
+        for kernel, choice in chunked.CONFIG.items():
+            if kernel in CHUNKED_CHOICES_32 and choice not in CHUNKED_CHOICES_32[kernel]:
+                CHUNKED_CHOICES_32[kernel].append(choice)
+        PASS_CHOICES_32.extend(c for c in {chunked.STATE_PASS, chunked.DSTATE_PASS} if c not in PASS_CHOICES_32)
     if not torch.cuda.is_available():
         print("ssd_configs: needs a CUDA GPU")
         return 0
-    out = {"L": args.L, "card": torch.cuda.get_device_name(), "dtype": "float32" if WIDE else "bfloat16"}
+    out = {"L": args.L, "card": torch.cuda.get_device_name(), "dtype": "float32" if WIDE else "bfloat16",
+           "float32_matmul_precision": torch.get_float32_matmul_precision()}
     if args.chunks:
         out["chunk_rows"] = sweep_chunk_length(args.L, [int(q) for q in args.chunks.split(",")])
     else:
