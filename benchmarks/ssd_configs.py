@@ -65,7 +65,10 @@ FUSED_CHOICES = {  # module constants: candidates
 
 
 def _suffix() -> str:
-    return "_32" if WIDE else ""
+    """The constants swept: the 16-bit ones, float32's (_32) or float32's under one TF32 product (_TF32)."""
+    if not WIDE:
+        return ""
+    return "_TF32" if torch.get_float32_matmul_precision() != "highest" else "_32"
 
 
 def _timer(L, grad):

@@ -130,6 +130,12 @@ DSTATE_PASS = (64, 128, 8, 3)
 # register caps of the 16-bit choices making float32's tiles spill).
 CONFIG_32 = dict(CONFIG, scan=(32, 64, 4, 2, None), grads=(32, 64, 4, 1, None), group=(32, 32, 4, 2, None))
 STATE_PASS_32, DSTATE_PASS_32 = (32, 64, 4, 2), (64, 64, 4, 2)
+# float32 under one TF32 product (torch's "high" or "medium" matmul precision): a third of the products' work, so
+# smaller serial-pass tiles, more programs, win (sixty-eighth run, `ssd_configs.py --float32 --tf32 --L 4096`,
+# B4 H32 P64 N128, one process: the state pass 0.761 -> 0.636 ms forward, the dstate pass 2.358 -> 2.309 and
+# _group_dB 2.359 -> 2.191 forward+backward).
+CONFIG_TF32 = dict(CONFIG_32, group=(64, 64, 8, 2, None))
+STATE_PASS_TF32, DSTATE_PASS_TF32 = (32, 32, 4, 2), (32, 32, 4, 2)
 # _gate_grads's tile [rows, columns] and warps (not swept). Going through the gate first (fifteenth run, L 16K,
 # one process) took forward+backward with z from 6.94 to 3.74 ms: inside the backward kernels the gate had
 # _chunk_grads at 4249 µs (1739 without z), _group_dC at 929 (482) and _dstate_pass at 569 (270).
@@ -155,10 +161,20 @@ GLUON_PASS = True
 GLUON_SCAN = True
 
 
+def _choices(x) -> tuple[dict, tuple, tuple]:
+    """(CONFIG, STATE_PASS, DSTATE_PASS) for x's products: the 16-bit choices, float32's of three TF32 products
+    (the _32 ones) or of one (the _TF32 ones, as fp32_dot says)."""
+    if x.element_size() <= 2:
+        return CONFIG, STATE_PASS, DSTATE_PASS
+    if _prec(x) == "tf32":
+        return CONFIG_TF32, STATE_PASS_TF32, DSTATE_PASS_TF32
+    return CONFIG_32, STATE_PASS_32, DSTATE_PASS_32
+
+
 def _launch(kernel: str, x, Q: int, P: int) -> dict:
     """The sizes and launch options of one chunk kernel: BT, BP, NPB (P blocks), num_warps, num_stages
     and, when CONFIG caps them, maxnreg."""
-    bt, bp, warps, stages, maxnreg = (CONFIG if x.element_size() <= 2 else CONFIG_32)[kernel]
+    bt, bp, warps, stages, maxnreg = _choices(x)[0][kernel]
     small = interpreting() and x.device.type != "cuda"
     BP = min(_pow2(P), bp)
     cap = {} if maxnreg is None or small else dict(maxnreg=maxnreg)
@@ -793,11 +809,9 @@ def _run(kernel_fn, name: str, x, programs: int, *args, **kw):
 
 
 def _pass_launch(x, forward: bool, P: int, BN: int) -> tuple:
-    """(BP, BN, num_warps, num_stages) of a serial pass: its choice (STATE_PASS or DSTATE_PASS; their _32 twins
-    for 32-bit inputs), the blocks clamped to P and N."""
-    wide = x.element_size() > 2
-    bp, bn, warps, stages = ((STATE_PASS_32 if wide else STATE_PASS) if forward else
-                             (DSTATE_PASS_32 if wide else DSTATE_PASS))
+    """(BP, BN, num_warps, num_stages) of a serial pass: its choice (STATE_PASS or DSTATE_PASS, as _choices
+    picks them for x), the blocks clamped to P and N."""
+    bp, bn, warps, stages = _choices(x)[1 if forward else 2]
     return min(_pow2(P), bp), min(BN, bn), warps, stages
 
 
