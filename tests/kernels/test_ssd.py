@@ -136,13 +136,31 @@ def test_triton_blocks_of_P(opts, impl, monkeypatch):
     from archdsl.kernels.ssd import triton_ssd, triton_ssd_chunked
     monkeypatch.setattr(triton_ssd, "FWD_BLOCK_P", 16)
     monkeypatch.setattr(triton_ssd, "BWD_BLOCK_P", 16)
-    for name in ("STATE_PASS", "DSTATE_PASS", "STATE_PASS_32", "DSTATE_PASS_32"):  # several P and N blocks
+    for name in ("STATE_PASS", "DSTATE_PASS", "STATE_PASS_32", "DSTATE_PASS_32", "STATE_PASS_TF32",
+                 "DSTATE_PASS_TF32"):  # several P and N blocks
         monkeypatch.setattr(triton_ssd_chunked, name, (16, 16, 4, 2))
-    for name in ("CONFIG", "CONFIG_32"):
+    for name in ("CONFIG", "CONFIG_32", "CONFIG_TF32"):
         monkeypatch.setattr(triton_ssd_chunked, name, {"scan": (64, 32, 4, 2, None), "grads": (64, 16, 4, 2, None),
                                                        "group": (64, 32, 4, 1, None)})
     t = make(2, 45, 4, 40, 2, 12, **opts)
     assert_matches_float64(scan_of(impl), t)
+
+
+def test_chunked_float32_under_tf32_takes_its_own_choices():
+    """Under torch's "high" matmul precision float32 inputs take one TF32 product and the chunked layout's _TF32
+    launch choices (their own P and N blocks); the scan is the float64 loop's (the interpreter's products are
+    full float32: TF32's rounding is the GPU test's)."""
+    from archdsl.kernels.ssd import triton_ssd_chunked
+    t = make(2, 45, 4, 40, 2, 12, D=1, z=True, bias=True, h0=True, seq=True)
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        assert triton_ssd_chunked._choices(t["x"]) == (triton_ssd_chunked.CONFIG_TF32,
+                                                        triton_ssd_chunked.STATE_PASS_TF32,
+                                                        triton_ssd_chunked.DSTATE_PASS_TF32)
+        assert_matches_float64(scan_of("chunked"), t)
+    finally:
+        torch.set_float32_matmul_precision(old)
 
 
 @pytest.mark.parametrize("chunk, sub", [(64, 16), (16, 16)])
