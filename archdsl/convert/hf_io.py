@@ -192,8 +192,10 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
     """Write config.json + model.safetensors for transformers into out_dir (atomically); → out_dir."""
     from safetensors.torch import save_file
     from ..model import ArchModel, load
+    from ..model.model import check_has_weights
 
     model = model_or_dir if isinstance(model_or_dir, ArchModel) else load(os.fspath(model_or_dir))
+    check_has_weights(model, "export")
     spec = model.spec
     mt = hf_model_type(spec, model_type)
     fam = family(mt)

@@ -7,14 +7,13 @@
 """
 from __future__ import annotations
 
-import numbers
 import os
 
 import torch
 
 from ..errors import ArchDSLError
 from .fusions import FUSIONS, Fuse, resolve_fuse
-from .model import ArchModel, Cache, resolve_ssm_dtype
+from .model import ArchModel, Cache, check_seed, resolve_ssm_dtype
 
 __all__ = ["compile", "load", "ArchModel", "Cache", "FUSIONS", "resolve_dtype", "check_device"]
 
@@ -75,8 +74,7 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
 
     resolve_fuse(fuse)  # a bad name first, before anything is built
     resolve_ssm_dtype(ssm_state_dtype)
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
-        raise ArchDSLError(f"seed must be an int, got {seed!r}")
+    check_seed("compile", seed)
     spec = load_spec(spec)
     dtype = resolve_dtype(dtype)
     dev = check_device(device, dtype)

@@ -154,6 +154,9 @@ class ArchModel(nn.Module):
         """Empty decode state for `batch` sequences. `max_len` preallocates the attention KV
         buffers (else they grow by doubling); `static` fixes every buffer for CUDA graphs. The SSM
         states are in `ssm_state_dtype`."""
+        _check_count("init_cache", "batch", batch)
+        if max_len is not None:
+            _check_count("init_cache", "max_len", max_len)
         states = [layer.init_state(batch, self.device, self.dtype, max_len=max_len, static=static,
                                    ssm_dtype=self._ssm_dtype)
                   for layer in self.layers]
@@ -176,6 +179,8 @@ class ArchModel(nn.Module):
         fresh cache is left as the unpadded prompt would leave it, so that steps and generate continue each row
         (model/packed.py; every block must take padding, PADS)."""
         self._check_tokens("forward", "input_ids", input_ids, 2, cache)
+        if cache is not None:
+            self._check_room("forward", cache, input_ids.shape[1])
         if logits_mask is not None and (logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool):
             raise ArchDSLError(f"forward: logits_mask must be a bool tensor of the shape of input_ids "
                                f"{tuple(input_ids.shape)}, got {logits_mask.dtype} {tuple(logits_mask.shape)}")
@@ -257,9 +262,10 @@ class ArchModel(nn.Module):
 
     def step(self, tokens: torch.Tensor, cache: Cache) -> torch.Tensor:
         """tokens [B] → logits [B, V]; advances the cache by one token."""
+        if not isinstance(cache, Cache):
+            raise ArchDSLError(f"step: cache must be a Cache (model.init_cache(batch)), got {type(cache).__name__}")
         self._check_tokens("step", "tokens", tokens, 1, cache)
-        if cache.max_len is not None and cache.pos >= cache.max_len and cache.static:
-            raise ArchDSLError(f"the cache is full: max_len {cache.max_len}")
+        self._check_room("step", cache, 1)
         out = self._step(tokens, cache)
         cache.pos += 1
         return out
@@ -293,7 +299,7 @@ class ArchModel(nn.Module):
         out = [input_ids]
         for i in range(max_new_tokens):
             tok = sample(logits, temperature, top_k, gen)
-            out.append(tok[:, None])
+            out.append(tok[:, None].to(input_ids.dtype))  # the prompt's dtype, as with max_new_tokens=0
             if i + 1 < max_new_tokens:
                 logits = runner(tok) if graphed else self.step(tok, cache)
         return torch.cat(out, dim=1)
@@ -315,12 +321,15 @@ class ArchModel(nn.Module):
             raise ArchDSLError(f"{where}: {name} is on {ids.device}, the model on {self.device}")
         if cache is not None:
             self._check_cache(where, name, ids, cache)
-        if not ids.is_cuda and not torch.compiler.is_compiling():
+        if ids.device.type not in ("cuda", "meta") and not torch.compiler.is_compiling():  # meta: no values
             self._check_range(where, ids)
 
     def _check_cache(self, where: str, name: str, ids, cache: Cache) -> None:
-        """A row of ids for each of the cache's sequences, and a cache this model made in its present dtype and
-        on its present device (one of the same spec fits too), else ArchDSLError."""
+        """A Cache with a row of ids for each of its sequences, made by this model in its present dtype and on its
+        present device (one of the same spec fits too), else ArchDSLError."""
+        if not isinstance(cache, Cache):
+            raise ArchDSLError(f"{where}: cache must be a Cache (model.init_cache(batch)) or None, "
+                               f"got {type(cache).__name__}")
         if ids.shape[0] != cache.batch:
             raise ArchDSLError(f"{where}: {name} has {ids.shape[0]} sequences, the cache {cache.batch}")
         if cache.made_for is None or torch.compiler.is_compiling() or cache.made_for == self._cache_for():
@@ -332,6 +341,13 @@ class ArchModel(nn.Module):
         raise ArchDSLError(f"{where}: the cache was made for {str(dtype).replace('torch.', '')} on {device}, the model "
                            f"is now {str(self.dtype).replace('torch.', '')} on {self.device}: make a new one with "
                            f"init_cache")
+
+    @staticmethod
+    def _check_room(where: str, cache: Cache, n: int) -> None:
+        """ArchDSLError unless a static cache has room for `n` more tokens (its buffers would wrap around)."""
+        if cache.static and cache.max_len is not None and cache.pos + n > cache.max_len:
+            raise ArchDSLError(f"{where}: the cache is full: max_len {cache.max_len}, {cache.pos} tokens held, "
+                               f"{n} more given")
 
     def _check_range(self, where: str, ids) -> None:
         """Every id in [0, vocab), else ArchDSLError naming one out of it (a CUDA tensor: one wait for the GPU)."""
@@ -352,6 +368,7 @@ class ArchModel(nn.Module):
         beside it, then renamed into place, so a failed save never replaces a good one."""
         from safetensors.torch import save_file
 
+        check_has_weights(self, "save")
         with atomic_dir(path, SAVE_FILES) as tmp:
             with open(os.path.join(tmp, "spec.yaml"), "w", encoding="utf-8") as f:
                 f.write(self.spec.to_yaml())
@@ -397,6 +414,32 @@ def _check_per_token(where: str, name: str, kind: str, t, input_ids, bool_ok: bo
         raise ArchDSLError(f"{where}: {name} is on {t.device}, input_ids on {input_ids.device}")
 
 
+def _check_count(where: str, name: str, value) -> None:
+    """ArchDSLError unless value is an int >= 1."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ArchDSLError(f"{where}: {name} must be an int >= 1, got {value!r}")
+
+
+SEEDS = (-2**63, 2**64)  # what torch's generators take: an int64 or a uint64
+
+
+def check_seed(where: str, seed, none_ok: bool = False) -> None:
+    """ArchDSLError unless seed is an int in SEEDS (or, none_ok, None)."""
+    if seed is None and none_ok:
+        return
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise ArchDSLError(f"{where}: seed must be {'None or ' if none_ok else ''}an int, got {seed!r}")
+    if not SEEDS[0] <= seed < SEEDS[1]:
+        raise ArchDSLError(f"{where}: seed {seed} is outside what torch's generators take, [-2**63, 2**64)")
+
+
+def check_has_weights(model: nn.Module, where: str) -> None:
+    """ArchDSLError for a model on the meta device (compile(device="meta")): it has no weights to write."""
+    if any(t.is_meta for t in model.state_dict().values()):
+        raise ArchDSLError(f"{where}: the model is on the meta device and has no weights to write (compile it on "
+                           f"a real device, or load weights into it first)")
+
+
 def _build(cls, cfg, index):
     try:
         return cls(cfg)
@@ -414,8 +457,8 @@ def _check_sampling(max_new_tokens, temperature, top_k, seed) -> None:
         raise ArchDSLError(f"generate: temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
     if top_k is not None and (not count(top_k) or top_k < 1):
         raise ArchDSLError(f"generate: top_k must be None or an int >= 1, got {top_k!r}")
-    if seed is not None and not count(seed):
-        raise ArchDSLError(f"generate: seed must be None or an int, got {seed!r}")
+    if seed is not None:
+        check_seed("generate", seed, none_ok=True)
 
 
 def sample(logits, temperature=1.0, top_k=None, generator=None):

@@ -59,3 +59,19 @@ def test_static_cache_matches_dynamic():
         s = m.init_state(2, torch.device("cpu"), torch.float64, max_len=12, static=True)
         out = [m(x[:, :3], s)] + [m.step(x[:, t], s)[:, None] for t in range(3, 9)]
     assert torch.allclose(torch.cat(out, 1), full, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("max_len", [None, 1, 3, 6, 20])
+@pytest.mark.parametrize("split", [1, 2, 7])
+def test_window_ring_outgrows_a_small_max_len(max_len, split):
+    """A dynamic cache takes max_len as a hint and grows past it: with a window wider than max_len its ring grows
+    to the window (it stayed at max_len slots, dropped keys still inside the window and wrote past its end: wrong
+    outputs, no error), never past it."""
+    m = build("attn", {"heads": 4, "kv_heads": 2, "window": 5})
+    x = torch.randn(2, 11, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(split))
+    with torch.no_grad():
+        full = m(x)
+        s = m.init_state(2, torch.device("cpu"), torch.float64, max_len=max_len)
+        out = [m(x[:, :split], s)] + [m.step(x[:, t], s)[:, None] for t in range(split, 11)]
+    torch.testing.assert_close(torch.cat(out, 1), full, rtol=1e-9, atol=1e-12)
+    assert s["k"].shape[2] == 5

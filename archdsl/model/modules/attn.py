@@ -213,13 +213,16 @@ class Attention(nn.Module, Fusable):
                 "start": torch.zeros(batch, device=device, dtype=torch.long), "padded": False}
 
     def _ensure(self, state, need):
-        """Grow a dynamic (unwindowed) cache to hold `need` positions, doubling."""
+        """Grow a dynamic cache to hold `need` positions, doubling; a window's ring up to its `window` slots (position
+        p in slot p % window: below the window, the slots a smaller ring (max_len) has filled stay in place)."""
         k = state["k"]
         if k.shape[2] >= need:
             return
         if state["static"]:
             raise RuntimeError(f"attention cache full: capacity {k.shape[2]}, position {need - 1}")
         cap = max(need, 2 * k.shape[2], 16)
+        if self.cfg.window is not None:
+            cap = min(cap, self.cfg.window)
         for name in ("k", "v"):
             old = state[name]
             new = old.new_zeros(old.shape[0], old.shape[1], cap, old.shape[3])
@@ -263,12 +266,9 @@ class Attention(nn.Module, Fusable):
             state["k"][:, :, :L].copy_(k)
             state["v"][:, :, :L].copy_(v)
         else:
-            if state["k"].shape[2] == 0:  # a dynamic window ring is allocated at first use
-                for name in ("k", "v"):
-                    state[name] = k.new_zeros(k.shape[0], k.shape[1], w, k.shape[3])
-            cap = state["k"].shape[2]
-            keep = min(L, cap)
-            slots = torch.arange(L - keep, L, device=k.device) % cap
+            keep = min(L, w)
+            self._ensure(state, keep)  # a dynamic ring grows up to the window (a static one has room: ArchModel)
+            slots = torch.arange(L - keep, L, device=k.device) % state["k"].shape[2]
             state["k"].index_copy_(2, slots, k[:, :, L - keep:])
             state["v"].index_copy_(2, slots, v[:, :, L - keep:])
         state["n"] = L
@@ -299,10 +299,8 @@ class Attention(nn.Module, Fusable):
                 self._ensure(state, n + 1)
                 slot, used = n, n + 1
             else:
-                if state["k"].shape[2] == 0:
-                    for name in ("k", "v"):
-                        state[name] = k.new_zeros(Bsz, self.kv_heads, w, self.head_dim)
                 slot, used = n % w, min(n + 1, w)
+                self._ensure(state, used)
             state["k"][:, :, slot:slot + 1] = k
             state["v"][:, :, slot:slot + 1] = v
             keys, vals = state["k"][:, :, :used], state["v"][:, :, :used]

@@ -1,0 +1,97 @@
+"""Bad arguments to the model's public calls are ArchDSLErrors naming the argument, never torch's own errors from
+deep inside; a static cache refuses tokens past max_len instead of wrapping around; a meta model refuses to be
+written."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import archdsl
+from archdsl.errors import ArchDSLError
+
+SMALL = {"mamba": {"d_state": 4}, "attn": {"heads": 4, "kv_heads": 2}, "mlp": {"hidden": 24}}
+
+
+@pytest.fixture(scope="module")
+def model():
+    spec = archdsl.parse("mamba, attn+mlp", d_model=16, vocab_size=37, blocks=SMALL)
+    return archdsl.compile(spec, dtype=torch.float64, seed=0)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, ids: m.step(ids[:, 0], None), r"step: cache must be a Cache .*got NoneType"),
+    (lambda m, ids: m.step(ids[:, 0], {}), r"step: cache must be a Cache .*got dict"),
+    (lambda m, ids: m(ids, {}), r"forward: cache must be a Cache .* or None, got dict"),
+    (lambda m, ids: m.init_cache(0), r"init_cache: batch must be an int >= 1, got 0"),
+    (lambda m, ids: m.init_cache(-1), r"init_cache: batch must be an int >= 1, got -1"),
+    (lambda m, ids: m.init_cache(2.0), r"init_cache: batch must be an int >= 1, got 2.0"),
+    (lambda m, ids: m.init_cache(True), r"init_cache: batch must be an int >= 1, got True"),
+    (lambda m, ids: m.init_cache(2, max_len=0), r"init_cache: max_len must be an int >= 1, got 0"),
+    (lambda m, ids: m.init_cache(2, max_len=-3), r"init_cache: max_len must be an int >= 1, got -3"),
+    (lambda m, ids: m.generate(ids, 2, seed=2**64), r"generate: seed 18446744073709551616 is outside"),
+    (lambda m, ids: m.generate(ids, 2, seed=-2**63 - 1), r"generate: seed -9223372036854775809 is outside"),
+    (lambda m, ids: archdsl.compile(m.spec, seed=2**70), r"compile: seed 1180591620717411303424 is outside"),
+])
+def test_bad_arguments_are_archdsl_errors(model, call, match):
+    ids = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ArchDSLError, match=match):
+        call(model, ids)
+
+
+def test_extreme_seeds_torch_takes_are_taken(model):
+    ids = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(0))
+    for seed in (-2**63, 2**64 - 1):
+        assert model.generate(ids, 1, seed=seed).shape == (2, 6)
+
+
+@settings(max_examples=10, deadline=None)
+@given(held=st.integers(0, 8), more=st.integers(1, 10))
+def test_static_cache_refuses_tokens_past_max_len(held, more):
+    """A static cache's attention buffers are rings of max_len slots: a prefill or a continuation past max_len
+    is refused before anything runs (it wrapped around and overwrote the first keys: wrong logits, no error; a
+    first prefill past it was torch's RuntimeError); up to max_len it matches the parallel pass."""
+    spec = archdsl.parse("mamba, attn+mlp", d_model=16, vocab_size=37, blocks=SMALL)
+    model = archdsl.compile(spec, dtype=torch.float64, seed=0)
+    ids = torch.randint(0, 37, (2, held + more), generator=torch.Generator().manual_seed(held * 11 + more))
+    with torch.no_grad():
+        cache = model.init_cache(2, max_len=8, static=True)
+        if held:
+            model(ids[:, :held], cache)
+        if held + more > 8:
+            with pytest.raises(ArchDSLError, match=rf"forward: the cache is full: max_len 8, {held} tokens held"):
+                model(ids[:, held:], cache)
+            assert cache.pos == held
+        else:
+            out = model(ids[:, held:], cache)
+            torch.testing.assert_close(out, model(ids)[:, held:], rtol=1e-9, atol=1e-12)
+            if held + more == 8:
+                with pytest.raises(ArchDSLError, match="step: the cache is full: max_len 8, 8 tokens held"):
+                    model.step(ids[:, 0], cache)
+
+
+def test_meta_model_runs_but_is_not_written(tmp_path):
+    """compile(device="meta") gives shapes (no range check reads its ids), and save / export refuse it with an
+    ArchDSLError, writing nothing (they were torch's NotImplementedError)."""
+    from archdsl.convert.hf_io import export_hf
+
+    spec = archdsl.parse("4×attn", d_model=16, vocab_size=37, tie_embeddings=True, ffn="mlp", blocks=SMALL)
+    model = archdsl.compile(spec, device="meta")
+    assert model(torch.zeros(2, 3, dtype=torch.long, device="meta")).shape == (2, 3, 37)
+    with pytest.raises(ArchDSLError, match="save: the model is on the meta device"):
+        model.save(tmp_path / "m")
+    with pytest.raises(ArchDSLError, match="export: the model is on the meta device"):
+        export_hf(model, tmp_path / "hf")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("new", [0, 1, 3])
+def test_generate_keeps_the_prompts_dtype(model, dtype, new):
+    """int32 prompts came back int64 when any token was generated, int32 with max_new_tokens=0."""
+    ids = torch.randint(0, 37, (2, 4), dtype=dtype, generator=torch.Generator().manual_seed(0))
+    out = model.generate(ids, new, temperature=0)
+    assert out.dtype == dtype and out.shape == (2, 4 + new) and torch.equal(out[:, :4], ids)
