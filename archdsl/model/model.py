@@ -157,9 +157,12 @@ class ArchModel(nn.Module):
         _check_count("init_cache", "batch", batch)
         if max_len is not None:
             _check_count("init_cache", "max_len", max_len)
-        states = [layer.init_state(batch, self.device, self.dtype, max_len=max_len, static=static,
-                                   ssm_dtype=self._ssm_dtype)
-                  for layer in self.layers]
+        try:
+            states = [layer.init_state(batch, self.device, self.dtype, max_len=max_len, static=static,
+                                       ssm_dtype=self._ssm_dtype)
+                      for layer in self.layers]
+        except ValueError as e:  # a block's own check: a static attention or zamba cache needs max_len
+            raise ArchDSLError(f"init_cache: {e}") from None
         return Cache(states, batch, static, max_len, made_for=self._cache_for())
 
     def _cache_for(self) -> tuple:

@@ -32,6 +32,7 @@ def model():
     (lambda m, ids: m.init_cache(True), r"init_cache: batch must be an int >= 1, got True"),
     (lambda m, ids: m.init_cache(2, max_len=0), r"init_cache: max_len must be an int >= 1, got 0"),
     (lambda m, ids: m.init_cache(2, max_len=-3), r"init_cache: max_len must be an int >= 1, got -3"),
+    (lambda m, ids: m.init_cache(2, static=True), r"init_cache: a static attention cache needs max_len"),
     (lambda m, ids: m.generate(ids, 2, seed=2**64), r"generate: seed 18446744073709551616 is outside"),
     (lambda m, ids: m.generate(ids, 2, seed=-2**63 - 1), r"generate: seed -9223372036854775809 is outside"),
     (lambda m, ids: archdsl.compile(m.spec, seed=2**70), r"compile: seed 1180591620717411303424 is outside"),
