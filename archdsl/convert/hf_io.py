@@ -185,7 +185,8 @@ def hf_model_type(spec, model_type: str | None = None) -> str:
         if got:
             return got if isinstance(got, str) else mt
     raise ArchDSLError(f"spec {spec.name!r} is not one of the Hugging Face families archdsl exports "
-                       f"({', '.join(sorted(FAMILIES))})")
+                       f"({', '.join(sorted(FAMILIES))}); name the one you mean (model_type, the CLI's "
+                       f"--model-type) to see what it lacks")
 
 
 def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
