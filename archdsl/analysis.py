@@ -103,7 +103,7 @@ def analyze(spec, seq_len: int = 2048, batch: int = 1, dtype: str = "bfloat16",
     if total > MAX_PARAMS:
         raise spec.error(f"absurd size: the spec has {total:.3e} parameters (over 10^13)", ("d_model",))
     head_flops = 2 * d * spec.vocab_size
-    return Report(spec.name, seq_len, batch, str(dtype), total, active_total, embedding,
+    return Report(spec.name, seq_len, batch, str(dtype).replace("torch.", ""), total, active_total, embedding,
                   sum(r.flops_per_token for r in rows) + head_flops, sum(r.cache_bytes for r in rows), rows,
                   None if ssm_state_dtype is None else str(ssm_state_dtype).replace("torch.", ""))
 

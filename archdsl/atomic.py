@@ -52,6 +52,12 @@ def check_output(path: str, flag: str = "-o", directory: bool = False) -> None:
         raise ArchDSLError(f"{flag} {path}: {parent} is a file, not a directory")
 
 
+def check_output_dir(path: str, names: frozenset[str], flag: str = "-o") -> None:
+    """Before any work: ArchDSLError unless atomic_dir(path, names) may write there (see check_output)."""
+    check_output(path, flag, directory=True)
+    _check_replaceable(os.path.abspath(path), names)
+
+
 @contextmanager
 def atomic_dir(path: str, names: frozenset[str]) -> Iterator[str]:
     """Yield a fresh temporary directory beside `path` to fill with files of the given `names`; when the block

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from .atomic import check_output
+from .atomic import check_output, check_output_dir
 from .errors import ArchDSLError
 
 COMMANDS = {}
@@ -39,6 +39,8 @@ def parse_count(text: str, flag: str = "", minimum: int = 1) -> int:
     t = str(text).strip().lower().replace("_", "")
     mult = {"k": 1024, "m": 1024**2, "g": 1024**3}.get(t[-1:], 1)
     try:
+        if not t.isascii():  # int() reads any script's digits ('１０', '٣'); a count is written in ASCII
+            raise ValueError(text)
         value = int(t[:-1] if mult > 1 else t) * mult
     except ValueError:
         raise ArchDSLError(f"{where}not a count: {text!r} (write 4096, 8k or 1m)") from None
@@ -58,6 +60,8 @@ def count(flag: str, minimum: int = 1):
 def parse_seed(text: str) -> int:
     """--seed: an integer in 0..2^63-1."""
     try:
+        if not text.isascii():
+            raise ValueError(text)
         value = int(text)
     except ValueError:
         raise ArchDSLError(f"--seed: not an integer: {text!r}") from None
@@ -264,6 +268,8 @@ def cmd_convert(args):
 
     if args.name is not None and not args.name.strip():
         raise ArchDSLError("--name: give a name (it is empty)")
+    if args.dtype is not None and not args.weights:
+        raise ArchDSLError("--dtype needs --weights: it is the dtype of the saved model (a spec has none)")
     if args.output and not args.weights:
         check_output(args.output)
     if args.weights:
@@ -272,7 +278,9 @@ def cmd_convert(args):
         if not args.output:
             raise ArchDSLError("--weights needs -o DIR: where to save the archdsl model")
         from .convert.hf_io import from_hf
+        from .model.model import SAVE_FILES
 
+        check_output_dir(args.output, SAVE_FILES)  # before the weights are read
         _, model = from_hf(args.input, weights=True, dtype=args.dtype, name=args.name)
         model.save(args.output)
         print(f"wrote {args.output} ({model.num_params():,} parameters)", file=sys.stderr)
@@ -316,8 +324,12 @@ def cmd_export(args):
     loads with its own class (Mamba, FalconMamba, Mamba2, Bamba, NemotronH, Llama, ...)."""
     from .convert.hf_io import export_hf
 
+    check_output_dir(args.output, HF_FILES)  # before the model is loaded
     out = export_hf(args.input, args.output, model_type=args.model_type)
     print(f"wrote {out}", file=sys.stderr)
+
+
+HF_FILES = frozenset({"config.json", "model.safetensors"})  # what export_hf writes
 
 
 def _add_export(p):
@@ -331,7 +343,9 @@ def _add_export(p):
 def cmd_compile(args):
     """Build the PyTorch model of SPEC with random weights from --seed and save it to DIR."""
     from .model import compile as build
+    from .model.model import SAVE_FILES
 
+    check_output_dir(args.output, SAVE_FILES)  # before the model is built: a big one takes minutes
     model = build(_spec(args.spec, args.set), device=args.device, dtype=args.dtype, seed=args.seed)
     model.save(args.output)
     print(f"wrote {args.output}: {model.spec.name}, {model.num_params():,} parameters, "

@@ -20,7 +20,8 @@ import networkx as nx
 from .blocks import BLOCKS, arg_names, make_config, type_hints
 from .blocks.base import FFN, INJECT, MIXER, BlockConfig, ConfigError
 from .errors import ArchDSLError, did_you_mean
-from .language.ast import Block, Group, Layer, Repeat, Span
+from .language.ast import NOSPAN, Block, Group, Layer, Repeat, Span
+from .spec import MAX_PARAMS
 
 MAX_LAYERS = 100_000
 ROLE_ORDER = {INJECT: 0, MIXER: 1, FFN: 2}
@@ -100,7 +101,7 @@ def apply_modifiers(g: nx.DiGraph) -> nx.DiGraph:
     for mod in spec.layout.modifiers:
         if mod.at is not None and max(mod.at) >= n:
             bad = max(mod.at)
-            raise ArchDSLError(f"`at {bad}`: the layout has only {n} layers (indices 0..{n - 1})",
+            raise ArchDSLError(f"`at {bad}`: the layout has only {n} layer{'s' if n > 1 else ''} (indices 0..{n - 1})",
                                source=spec.source, start=mod.span.start, end=mod.span.end)
         kind, role = _resolve_kind(spec, mod.block)
         new = Sublayer(name=mod.block.name, block=mod.block, span=mod.block.span)
@@ -119,11 +120,8 @@ def resolve_blocks(g: nx.DiGraph) -> nx.DiGraph:
     spec = g.graph["spec"]
     check_blocks(spec)
     g = g.copy()
-    default_ffn = None
-    if spec.ffn:
-        default_ffn = Block(spec.ffn)
-        if _resolve_kind(spec, default_ffn, key=("ffn",))[1] != FFN:
-            raise spec.error(f"ffn: {spec.ffn!r} is not a channel block (mlp, moe, cmix or an alias of one)", ("ffn",))
+    check_ffn(spec)
+    default_ffn = Block(spec.ffn) if spec.ffn else None
     for i in range(num_layers(g)):
         node = g.nodes[layer_id(i)]
         subs = []
@@ -149,6 +147,12 @@ def resolve_blocks(g: nx.DiGraph) -> nx.DiGraph:
         node["sublayers"] = tuple(subs)
     g.graph["stage"] = "resolve_blocks"
     return g
+
+
+def check_ffn(spec) -> None:
+    """The default FFN (`ffn:`), if any, names a channel block or an alias of one."""
+    if spec.ffn and _resolve_kind(spec, Block(spec.ffn), key=("ffn",))[1] != FFN:
+        raise spec.error(f"ffn: {spec.ffn!r} is not a channel block (mlp, moe, cmix or an alias of one)", ("ffn",))
 
 
 def check_blocks(spec) -> None:
@@ -227,7 +231,7 @@ def _config(spec, block: Block, kind: str) -> BlockConfig:
             spans[a.name] = a.span
             origin.pop(a.name, None)
     try:
-        return _make_config(kind, args, spec.d_model)
+        config = _make_config(kind, args, spec.d_model)
     except ConfigError as e:
         where = e.field if e.field in spans or e.field in origin else None
         if where in origin:
@@ -235,6 +239,12 @@ def _config(spec, block: Block, kind: str) -> BlockConfig:
             raise spec.error(str(e), origin[where] + (("<key>",) if unknown else ())) from None
         span = spans.get(where, block.span)
         raise ArchDSLError(str(e), source=spec.source, start=span.start, end=span.end) from None
+    if config.params() > MAX_PARAMS:  # as analyze refuses it: `check` must not pass what every other command refuses
+        message = f"absurd size: {block.name} has {config.params():.3e} parameters (over 10^13)"
+        if block.span == NOSPAN:  # the default FFN, named by `ffn:`
+            raise spec.error(message, ("ffn",))
+        raise ArchDSLError(message, source=spec.source, start=block.span.start, end=block.span.end)
+    return config
 
 
 _CONFIGS: dict[tuple, BlockConfig] = {}

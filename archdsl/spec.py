@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from types import MappingProxyType
@@ -205,7 +206,9 @@ def read_yaml(text: str, file: str):
     try:
         root = yaml.compose(text, Loader=YamlLoader)
         _unique_keys(root, text, file)
-        return root, yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a safe loader)
+        data = yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a safe loader)
+        _flatten_merges(root)
+        return root, data
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or str(e)
@@ -213,6 +216,20 @@ def read_yaml(text: str, file: str):
             raise ArchDSLError(f"invalid YAML: {problem}", file=file) from None
         raise ArchDSLError(f"invalid YAML: {problem}", source=Source(text, file, file_text=text),
                            start=mark.index) from None
+
+
+def _flatten_merges(node, done: set | None = None) -> None:
+    """Merge keys (`<<: *base`) resolved in the composed tree as the loader resolves them for the data, so that
+    a merged key is found, and pointed at, where its value is written."""
+    done = set() if done is None else done
+    if id(node) in done:
+        return
+    done.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        YamlLoader("").flatten_mapping(node)
+    for child in node.value if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) else ():
+        for sub in child if isinstance(child, tuple) else (child,):
+            _flatten_merges(sub, done)
 
 
 def _unique_keys(node, text: str, file: str, within: tuple = (), done: set | None = None) -> None:
@@ -264,7 +281,8 @@ def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
     layout_text = data["layout"]
     if not isinstance(layout_text, str):
         raise err(f"layout must be a string, not {type(layout_text).__name__}", ("layout",))
-    layout_source = _layout_source(text, file, next(v for k, v in root.value if k.value == "layout"), layout_text)
+    layout_node = [v for k, v in root.value if k.value == "layout"][-1]  # the last one written wins, as in `data`
+    layout_source = _layout_source(text, file, layout_node, layout_text)
     layout = parse_layout(layout_text, layout_source)
 
     values = {key: _typed(key, data[key], err) for key in SIZE_TYPES if key in data}
@@ -276,6 +294,8 @@ def _checked(spec: Spec) -> Spec:
     """Model-level checks; the block-level ones run when the graph is built."""
     if not spec.name.strip():
         raise spec.error("name must not be empty (it names the model in tables, saves and exports)", ("name",))
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in spec.name):  # a line break or escape breaks tables
+        raise spec.error(f"name must be one line without control characters, got {spec.name!r}", ("name",))
     if spec.d_model <= 0:
         raise spec.error(f"d_model must be positive, got {spec.d_model}", ("d_model",))
     if spec.vocab_size <= 0:
@@ -315,7 +335,12 @@ def with_settings(spec: Spec, settings: list[str], flag: str = "--set") -> Spec:
         changes[key] = _typed(key, value, lambda message, _: ArchDSLError(f"{flag} {text}: {message}"))
     positions = {k: v for k, v in spec.positions.items() if k[0] not in changes}
     try:
-        return _checked(replace(spec, positions=positions, **changes))  # each value typed above
+        new = _checked(replace(spec, positions=positions, **changes))  # each value typed above
+        if changes.get("ffn"):  # a name the blocks resolve: checked here, so that the error names the setting
+            from .graph import check_ffn
+
+            check_ffn(new)
+        return new
     except ArchDSLError as e:
         raise ArchDSLError(f"{flag} {' '.join(settings)}: {e.message}", hint=e.hint) from None
 

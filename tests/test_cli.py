@@ -143,6 +143,10 @@ def test_memory_headers_are_the_lengths_as_written(capsys):
     (["memory", "mamba2", "--seq-lens", "1k,64q"], "error: --seq-lens: not a count: '64q'"),
     (["memory", "mamba2", "--seq-lens", "1k,2g,99999999g"], "--seq-lens: '99999999g' is too large"),
     (["convert", "--from", "megatron", "M-M", "--name", " "], "--name: give a name"),
+    (["convert", "--from", "megatron", "M-M", "--dtype", "bfloat16"], "--dtype needs --weights"),
+    (["show", "mamba2", "--seq-len", "\uff11\uff10"], "--seq-len: not a count: '\uff11\uff10'"),  # fullwidth digits
+    (["show", "mamba2", "--batch", "\u0663"], "--batch: not a count"),  # an Arabic-Indic 3
+    (["run", "mamba2", "--seed", "\u0663"], "--seed: not an integer"),
 ])
 def test_bad_numbers_name_their_option(argv, message, capsys):
     code, _, err = run(*argv, capsys=capsys)
@@ -294,6 +298,9 @@ def test_set_changes_model_level_keys(tmp_path, capsys):
     ("norm=batchnorm", "--set norm=batchnorm: unknown norm 'batchnorm'"),
     ("tie_embeddings=maybe", "--set tie_embeddings=maybe: tie_embeddings must be bool"),
     ("name= ", "--set name= : name must not be empty"),
+    ("name=a\tb", "--set name=a\tb: name must be one line without control characters"),
+    ("ffn=attn", "--set ffn=attn: ffn: 'attn' is not a channel block"),
+    ("ffn=mpl", "--set ffn=mpl: unknown block 'mpl'; did you mean 'mlp'?"),
 ])
 def test_bad_set_names_the_setting(setting, message, capsys):
     code, _, err = run("show", "2×mamba2", "--set", setting, capsys=capsys)
@@ -305,3 +312,82 @@ def test_set_on_a_file_points_at_what_it_breaks(capsys):
     its weights', so --set refuses it."""
     code, _, err = run("check", os.path.join(ROOT, "specs/jamba-v0.1.yaml"), "--set", "d_model=1000", capsys=capsys)
     assert code == 2 and "jamba-v0.1.yaml:13:" in err and "heads 32 must divide d_model 1000" in err, err
+
+
+def test_set_ffn_on_a_file_names_the_setting(capsys):
+    code, _, err = run("check", os.path.join(ROOT, "specs/demo-llama.yaml"), "--set", "ffn=attn", capsys=capsys)
+    assert code == 2 and err.startswith("error: --set ffn=attn: ffn: 'attn' is not a channel block"), err
+    assert run("check", os.path.join(ROOT, "specs/demo-llama.yaml"), "--set", "ffn=none", capsys=capsys)[0] == 0
+
+
+def test_yaml_merge_keys_are_read_and_pointed_at(tmp_path, capsys):
+    """`<<:` merges keys as YAML says: a merged layout is a layout (no traceback), its errors point where it is written."""
+    f = tmp_path / "m.yaml"
+    f.write_text('<<: {layout: "4×mamba2", d_model: 64}\nname: m\n')
+    code, out, err = run("check", str(f), capsys=capsys)
+    assert code == 0 and out == "ok: m: 4 layers\n", err
+    f.write_text('name: m\n<<: [{layout: "4×mamab2"}, {d_model: 64}]\n')
+    code, _, err = run("check", str(f), capsys=capsys)
+    assert code == 2 and f"{f}:2:18: unknown block 'mamab2'" in err and "Traceback" not in err, err
+    f.write_text('name: m\n<<: [{layout: "4×mamba2"}, {d_model: 0}]\n')
+    code, _, err = run("check", str(f), capsys=capsys)
+    assert code == 2 and f"{f}:2:38: d_model must be positive" in err, err
+    f.write_text('name: m\n<<: {layout: "4×mamab2"}\nlayout: 2×mamab\n')  # the key written last wins
+    code, _, err = run("check", str(f), capsys=capsys)
+    assert code == 2 and f"{f}:3:11: unknown block 'mamab'" in err, err
+    f.write_text("name: m\nlayout: 2×mamba2\nblocks: {mamba2: {<<: {d_state: 0}}}\n")
+    code, _, err = run("check", str(f), capsys=capsys)
+    assert code == 2 and f"{f}:3:33: mamba2: d_state must be positive" in err, err
+
+
+@pytest.mark.parametrize("argv", [["compile", "mamba2"], ["export", "saved", "--to", "hf"],
+                                  ["convert", "--from", "hf", "hfdir", "--weights"]])
+def test_a_bad_output_directory_is_refused_before_any_work(tmp_path, capsys, monkeypatch, argv):
+    """compile, export and convert --weights check -o before they build or load a model (a 7B one takes minutes
+    and tens of GB), and leave what is there as it was."""
+    import archdsl.convert.hf_io
+    import archdsl.model
+
+    def no_work(*a, **k):
+        raise AssertionError("the model was built before -o was checked")
+
+    monkeypatch.setattr(archdsl.model, "compile", no_work)
+    monkeypatch.setattr(archdsl.convert.hf_io, "export_hf", no_work)
+    monkeypatch.setattr(archdsl.convert.hf_io, "from_hf", no_work)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    for out, message in (("afile", "-o afile: exists and is not a directory"), ("", "-o: give a path"),
+                         ("full", "holds what archdsl does not write there (notes.txt)"),
+                         ("afile/x", "is a file, not a directory"), (".", "it is the current directory")):
+        if argv[-1] == "--weights" and not out:
+            continue  # convert --weights with an empty -o: "--weights needs -o DIR"
+        code, _, err = run(*argv, "-o", out, capsys=capsys)
+        assert code == 2 and message in err and "Traceback" not in err, (out, err)
+    assert (tmp_path / "afile").read_text() == "x" and (tmp_path / "full" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "full"]
+
+
+@pytest.mark.parametrize("layout", ["4×mamba2(d_state=99999999999999999999)", "mamba2, mlp(hidden=10000000000000)"])
+def test_check_refuses_what_show_refuses(layout, capsys):
+    """An absurd block is refused by check too, at its place in the layout (not only by the analysis)."""
+    for cmd in ("check", "show"):
+        code, _, err = run(cmd, layout, capsys=capsys)
+        assert code == 2 and "absurd size" in err and "<layout>:1:" in err and "^" in err, (cmd, err)
+
+
+def test_names_with_line_breaks_are_refused(tmp_path, capsys):
+    """A name is one line: a line break or a terminal escape in it would break every table that shows it."""
+    f = tmp_path / "n.yaml"
+    for name in ('"a\\nb"', '"\\e[31mred"'):
+        f.write_text(f"name: {name}\nlayout: mamba2\n")
+        code, _, err = run("memory", str(f), capsys=capsys)
+        assert code == 2 and f"{f}:1:7: name must be one line" in err, err
+    f.write_text("name: é 名前 a-b\nlayout: mamba2\n")
+    assert run("check", str(f), capsys=capsys)[1] == "ok: é 名前 a-b: 1 layer\n"
+
+
+def test_at_past_the_end_counts_in_english(capsys):
+    code, _, err = run("check", "mamba2, attn at 5", capsys=capsys)
+    assert code == 2 and "the layout has only 1 layer (indices 0..0)" in err, err

@@ -236,6 +236,12 @@ def test_bad_values_point_into_the_space_file(tmp_path, capsys, text, line, col)
     assert code == 2 and f"space.yaml:{line}:{col}:" in err, err
 
 
+def test_amounts_group_thousands_with_commas():
+    assert parse_constraint("params", "1,500,000").max == 1.5e6
+    assert parse_constraint("params", "2,000.5k").max == 2_000_500
+    assert parse_constraint("cache", "1MiB@4kx2") == parse_constraint("cache", "1,048,576@4096x2")
+
+
 def test_unsatisfiable_budget_counts_per_constraint():
     space = small_space({"attn_fraction": (0, 0.5), "placements": ("even", "back"), "d_model": (32, 64), "depth": (4,)})
     with pytest.raises(ArchDSLError) as e:
@@ -260,6 +266,14 @@ def test_unsatisfiable_budget_counts_per_constraint():
     (["--probe", "--steps", "1", "--probe-arg", "random_non_queries=3"], "random_non_queries must be true or false"),
     (["--seed", "99999999999999999999999"], "--seed: must be in 0..2^63-1"),
     (["--context", "64q"], "--context: not a count: '64q'"),
+    (["--dtype", "int7"], "--dtype: unknown dtype 'int7'"),
+    (["--max-params", "1x"], "--max-params 1x: not an amount: '1x'"),
+    (["--max-params", ""], "--max-params: not an amount: ''"),
+    (["--max-params", "1,5M"], "--max-params 1,5M: not an amount"),  # not 15M: a comma groups thousands only
+    (["--max-params", "1e999"], "--max-params 1e999: amount too large"),
+    (["--max-cache", "1MiB@"], "--max-cache 1MiB@: not a count: ''"),
+    (["--max-cache", "1MiB@4kx"], "--max-cache 1MiB@4kx: not a count: ''"),
+    (["--max-cache", "1MiB@4kx0"], "--max-cache 1MiB@4kx0: must be a positive count"),
 ])
 def test_bad_flags_are_named_and_nothing_is_written(tmp_path, capsys, flags, message):
     space = tmp_path / "space.yaml"

@@ -70,6 +70,12 @@ def check_flags(args) -> None:
             check_device(args.device, torch.float32)
         except ArchDSLError as e:
             raise ArchDSLError(f"--device: {e.message}") from None
+    from ..analysis import dtype_bytes
+
+    try:
+        dtype_bytes(args.dtype)
+    except ArchDSLError as e:
+        raise ArchDSLError(f"--dtype: {e.message}", hint=e.hint) from None
     if args.objective is not None and not all(o.strip() for o in args.objective.split(",")):
         raise ArchDSLError(f"--objective: an empty name in {args.objective!r}; give e.g. params,cache")
 
@@ -97,8 +103,12 @@ def explore_command(args) -> None:
     for name in ("params", "active", "flops", "cache"):
         for bound in ("min", "max"):
             text = getattr(args, f"{bound}_{name}")
-            if text:
-                constraints.append(parse_constraint(name, text, bound))
+            if text is not None:
+                try:
+                    constraints.append(parse_constraint(name, text, bound))
+                except ArchDSLError as e:
+                    flag = f"--{bound}-{name}" + (f" {text}" if text.strip() else "")
+                    raise ArchDSLError(f"{flag}: {e.message}", hint=e.hint) from None
     if args.context:
         context = parse_count(args.context, "--context")
     else:

@@ -12,6 +12,7 @@ its own, and that analysis is what the budget is checked against.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -34,11 +35,16 @@ def parse_amount(text: str | int | float) -> float:
     """'1.5B' → 1.5e9, '2GiB' → 2**31, '300M' → 3e8, '4096' → 4096."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return float(text)
-    t = str(text).strip().lower().replace("_", "").replace(",", "")
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)", t)
+    t = str(text).strip().lower().replace("_", "")
+    if "," in t and not re.match(r"[0-9]{1,3}(,[0-9]{3})+(?![0-9,])", t):  # a comma groups thousands, no more
+        raise ArchDSLError(f"not an amount: {text!r} (write 1.5B, 300M, 2GiB, 4096 or 1,500,000)")
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)", t.replace(",", ""))
     if not m or m.group(2) not in UNITS:
         raise ArchDSLError(f"not an amount: {text!r} (write 1.5B, 300M, 2GiB or 4096)")
-    return float(m.group(1)) * UNITS[m.group(2)]
+    value = float(m.group(1)) * UNITS[m.group(2)]
+    if not math.isfinite(value):
+        raise ArchDSLError(f"amount too large: {text!r}")
+    return value
 
 
 def parse_context(text: str) -> int:
@@ -80,12 +86,12 @@ def parse_constraint(metric: str, text: str, bound: str = "max") -> Constraint:
     key = METRICS.get(metric.replace("-", "_"))
     if key not in ANALYTIC:
         raise ArchDSLError(f"unknown constraint metric {metric!r}", hint=did_you_mean(metric, ANALYTIC))
-    amount, _, at = str(text).partition("@")
+    amount, at_sign, at = str(text).partition("@")
     seq_len = batch = None
-    if at:
-        ctx, _, b = at.lower().partition("x")
+    if at_sign:  # '2GiB@' or '2GiB@64kx' leave out what they announce: an error, not a budget at the default
+        ctx, x, b = at.lower().partition("x")
         seq_len = parse_context(ctx)
-        batch = parse_context(b) if b else None
+        batch = parse_context(b) if x else None
     value = parse_amount(amount)
     if value < 0:
         raise ArchDSLError(f"{metric}: a budget cannot be negative: {text!r}")
