@@ -246,6 +246,23 @@ def test_cache_bytes_of_every_state_kind(dtype):
     assert cache.nbytes() == archdsl.analyze(spec, seq_len=20, batch=2, dtype=str(dtype)[6:]).cache_bytes
 
 
+@pytest.mark.parametrize("max_len", [None, 20])
+def test_cache_bytes_of_a_shared_zamba_block(max_len):
+    """Zamba's shared attention keeps a KV cache per use: with max_len it is allocated at max_len, as attention's
+    (it had grown by doubling past max_len: `archdsl run` then read more bytes than `show`), so prefill and steps
+    fill it to the analyzer's count; without, it grows to it by doubling."""
+    spec = archdsl.parse("3×mamba2(headdim=8, d_state=4), zamba(shared, heads=4, lora=4) at 0 2", d_model=16,
+                         vocab_size=37)
+    model = archdsl.compile(spec)
+    cache = model.init_cache(1, max_len=max_len)
+    with torch.no_grad():
+        model(torch.randint(0, 37, (1, 16)), cache)
+        for _ in range(4):
+            model.step(torch.tensor([1]), cache)
+    want = archdsl.analyze(spec, seq_len=20, dtype="float32").cache_bytes
+    assert cache.nbytes() == want if max_len else cache.nbytes() > want
+
+
 def test_generate():
     model = archdsl.compile(archdsl.parse("mamba2, attn+mlp", d_model=16, vocab_size=37, blocks=SMALL))
     ids = torch.randint(0, 37, (2, 4))

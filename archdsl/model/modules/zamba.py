@@ -219,12 +219,13 @@ class Zamba(nn.Module):
         return self.forward(x[:, None], state, emb=emb[:, None], use=use)[:, 0]
 
     def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
-        """KV cache [B, kv_heads, capacity, head_dim]: grows by doubling, or with `static` is
-        allocated at max_len once and addressed through the position tensor (CUDA graphs)."""
+        """KV cache [B, kv_heads, capacity, head_dim]: allocated at max_len if given (as attention's), growing by
+        doubling past it; with `static` allocated at max_len once and addressed through the position tensor (CUDA
+        graphs)."""
         at = self.self_attn
         if static and not max_len:
             raise ValueError("a static zamba cache needs max_len")
-        shape = (batch, at.kv_heads, max_len if static else 0, at.head_dim)
+        shape = (batch, at.kv_heads, max_len or 0, at.head_dim)
         return {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype),
                 "pos": torch.zeros((), device=device, dtype=torch.long), "n": 0, "static": static,
                 "start": torch.zeros(batch, device=device, dtype=torch.long), "padded": False}
