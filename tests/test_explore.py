@@ -242,6 +242,15 @@ def test_amounts_group_thousands_with_commas():
     assert parse_constraint("cache", "1MiB@4kx2") == parse_constraint("cache", "1,048,576@4096x2")
 
 
+@pytest.mark.parametrize("text", ["512B", "1.5b@4k", "2 B"])
+def test_a_cache_budget_in_b_is_ambiguous(text):
+    """B is billions (1.5B parameters); on a cache budget it reads as bytes too, so it is refused there."""
+    with pytest.raises(ArchDSLError, match="ambiguous: B is billions"):
+        parse_constraint("cache", text)
+    assert parse_constraint("params", text.partition("@")[0]).max == float(text.partition("@")[0][:-1]) * 1e9
+    assert parse_constraint("cache", "2GB").max == 2e9
+
+
 def test_unsatisfiable_budget_counts_per_constraint():
     space = small_space({"attn_fraction": (0, 0.5), "placements": ("even", "back"), "d_model": (32, 64), "depth": (4,)})
     with pytest.raises(ArchDSLError) as e:
