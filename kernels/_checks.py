@@ -42,6 +42,21 @@ def expect_integer(**tensors: torch.Tensor | None) -> None:
             raise ValueError(f"{n}: expected an integer tensor, got {t.dtype}")
 
 
+def expect_in_place(**tensors: torch.Tensor | None) -> None:
+    """States an op updates in place: no two elements in one memory location (an expand()ed tensor, a stride 0
+    over a size past 1), where each path would write something else, and not a leaf that requires grad, which
+    autograd refuses to have written (the Triton paths would write it behind autograd's back)."""
+    for n, t in tensors.items():
+        if t is None:
+            continue
+        if 0 in t.stride() and any(st == 0 and sz > 1 for st, sz in zip(t.stride(), t.shape)):  # decode: fast
+            raise ValueError(f"{n}: updated in place, so its elements must not share memory; got shape "
+                             f"{list(t.shape)} with strides {list(t.stride())} (an expanded tensor: pass a clone)")
+        if t.requires_grad and t.is_leaf and torch.is_grad_enabled():
+            raise ValueError(f"{n}: updated in place, so it cannot be a leaf tensor that requires grad "
+                             f"(pass a detached copy, or call under torch.no_grad())")
+
+
 def expect_number(name: str, value, *, positive: bool = False) -> float:
     """`value` as a float: a finite real number (a one-element tensor too), > 0 if `positive`."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_float, expect_integer, expect_same_device, expect_shape
+from .._checks import expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape
 from .._dispatch import backend_for, on_input_device
 from .._host import seq_runs
 from .chunked import causal_conv1d_torch
@@ -62,11 +62,14 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
         raise ValueError(f"x: expected shape [{batch}, {dim}] or [{batch}, {dim}, T], got "
                          f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     expect_shape("x", x, (batch, dim) if x.dim() == 2 else (batch, dim, None))
+    if x.dim() == 3 and x.shape[2] < 1:
+        raise ValueError(f"x: expected at least one time step, got shape {list(x.shape)}")
     _check_weight(weight, bias, dim, activation)
     if S < weight.shape[1] - 1:
         raise ValueError(f"conv_state: expected at least W-1={weight.shape[1] - 1} entries in the last dim, got {S}")
     expect_float(x=x, conv_state=conv_state, weight=weight, bias=bias)
     expect_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias)
+    expect_in_place(conv_state=conv_state)
     if backend_for(x) == "triton" and conv_state.stride(2) == 1:
         from .triton_conv1d import causal_conv1d_update_triton
         if x.dim() == 2:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_float, expect_same_device, expect_shape
+from .._checks import expect_float, expect_in_place, expect_number, expect_same_device, expect_shape
 from .._dispatch import backend_for, on_input_device
 from .naive import conv_step_naive, mamba2_step_naive, mamba_ssm_step_naive
 
@@ -57,6 +57,9 @@ def mamba2_step_fused(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_l
                  ssm_state=ssm_state, A_log=A_log, D=D, dt_bias=dt_bias, norm_weight=norm_weight)
     expect_same_device(zxbcdt=zxbcdt, conv_state=conv_state, conv_weight=conv_weight, conv_bias=conv_bias,
                        ssm_state=ssm_state, A_log=A_log, D=D, dt_bias=dt_bias, norm_weight=norm_weight)
+    expect_in_place(conv_state=conv_state, ssm_state=ssm_state)
+    norm_eps = expect_number("norm_eps", norm_eps, positive=True)
+    dt_floor = expect_number("dt_floor", dt_floor)
     args = (zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias,
             norm_weight if gate in ("norm", "pre_norm") else None, gate, norm_eps, dt_floor)
     if _triton(zxbcdt, ssm_state):
@@ -74,10 +77,13 @@ def mamba_conv_step(x, conv_state, weight, bias=None, pdl=False):
     expect_shape("x", x, (None, None))
     batch, dim = x.shape
     expect_shape("conv_state", conv_state, (batch, dim, None))
+    if conv_state.shape[2] < 1:
+        raise ValueError(f"conv_state: expected K-1 >= 1 columns, got {list(conv_state.shape)}")
     expect_shape("weight", weight, (dim, conv_state.shape[2] + 1))
     expect_shape("bias", bias, (dim,), optional=True)
     expect_float(x=x, conv_state=conv_state, weight=weight, bias=bias)
     expect_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias)
+    expect_in_place(conv_state=conv_state)
     if _triton(x):
         from .triton_fused_step import conv_step_triton
         return conv_step_triton(x, conv_state, weight, bias, pdl=pdl)
@@ -115,6 +121,8 @@ def mamba_ssm_step_fused(state, u, x_dbl, dt_proj_weight, A_log, dt_bias=None, D
                    z=z, dt_norm_weight=dt_norm_weight, b_norm_weight=b_norm_weight, c_norm_weight=c_norm_weight)
     expect_float(**tensors)
     expect_same_device(**tensors)
+    expect_in_place(state=state)
+    inner_norm_eps = expect_number("inner_norm_eps", inner_norm_eps, positive=True)
     norms = (dt_norm_weight, b_norm_weight, c_norm_weight) if w else (None, None, None)
     args = (state, u, x_dbl, dt_proj_weight, A_log, dt_bias, D, z, inner_norms, *norms, inner_norm_eps)
     if _triton(u, state):

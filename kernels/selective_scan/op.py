@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_float, expect_integer, expect_same_device, expect_shape
+from .._checks import expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape
 from .._dispatch import backend_for, on_input_device
 from .._host import seq_starts, unit_last
 from .._opaque import PATHS, torch_path
@@ -93,6 +93,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     expect_shape("dt_bias", dt_bias, (dim,), optional=True)
     expect_float(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     expect_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    expect_in_place(state=state)
     B3, C3 = (t if t.dim() == 3 else t[:, None] for t in (B, C))
     if backend_for(state, x) == "triton" and state.stride(2) == 1:
         from .triton_selective_scan import selective_state_update_triton

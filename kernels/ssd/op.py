@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import numbers
+import sys
 
 import torch
 
-from .._checks import expect_float, expect_integer, expect_same_device, expect_shape
+from .._checks import expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape
 from .._dispatch import apply, backend_for, needs_grad, on_input_device, pick_impl, time_or_inf
 from .._host import seq_runs, seq_starts
 from .chunked import ssd_scan_chunked
@@ -241,22 +242,32 @@ def _check_step(state, x, dt, A, B, C, D, z, dt_bias):
     expect_shape("dt_bias", dt_bias, (H,), optional=True)
     expect_float(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     expect_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    expect_in_place(state=state)
+
+
+_FLOAT_MAX = sys.float_info.max
 
 
 def _check_limit(dt_limit):
-    """dt_limit: None or (lo, hi), two real numbers (inf allowed; Python's or numpy's), lo <= hi, each a float."""
+    """dt_limit: None or (lo, hi), two real numbers (Python's or numpy's), lo <= hi, each a float; lo may be -inf and
+    hi inf (no bound), but lo = inf or hi = -inf would clamp every dt' to an infinity (y all NaN)."""
     if dt_limit is None:
         return
-    bad = ValueError(f"dt_limit: expected None or (lo, hi), two numbers with lo <= hi, got {dt_limit!r}")
+    # the message only where it is raised: under torch.compile(dynamic=True) the numbers are symbols, which
+    # Dynamo cannot repr (building it first broke the graph of every call with a dt_limit)
+    bad = lambda: ValueError(f"dt_limit: expected None or (lo, hi), two numbers with lo <= hi, lo < inf and "
+                             f"hi > -inf, got {dt_limit!r}")
     if not (isinstance(dt_limit, (tuple, list)) and len(dt_limit) == 2
             and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in dt_limit)):
-        raise bad
+        raise bad()
     try:
         lo, hi = map(float, dt_limit)
     except OverflowError:  # an int past float's range
-        raise bad from None
-    if not lo <= hi:  # NaN too
-        raise bad
+        raise bad() from None
+    # lo > float max rather than lo == inf: a symbol (torch.compile(dynamic=True)) is taken as finite, so == inf
+    # would be False with no guard, and a graph traced with finite numbers would take (inf, inf) without a check
+    if not lo <= hi or lo > _FLOAT_MAX or hi < -_FLOAT_MAX:  # NaN too
+        raise bad()
 
 
 def _check_D(D, H, P):

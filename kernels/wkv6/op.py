@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_float, expect_integer, expect_number, expect_same_device, expect_shape
+from .._checks import expect_float, expect_in_place, expect_integer, expect_number, expect_same_device, expect_shape
 from .._dispatch import backend_for, needs_grad, on_input_device, pick_impl, time_or_inf
 from .._host import seq_runs, sm_count
 from .._opaque import PATHS, torch_path
@@ -84,7 +84,9 @@ def wkv6_step(state, r, k, v, w, u, scale=None):
     _check_K(K)
     expect_float(state=state, r=r, k=k, v=v, w=w, u=u)
     expect_same_device(state=state, r=r, k=k, v=v, w=w, u=u)
-    return wkv6_step_naive(state, r, k, v, w, u, None if scale is None else expect_number("scale", scale))
+    expect_in_place(state=state)
+    o = wkv6_step_naive(state, r, k, v, w, u, None if scale is None else expect_number("scale", scale))
+    return o if o.dtype == r.dtype else o.to(r.dtype)  # the step computes in state's dtype
 
 
 def _serial():

@@ -231,7 +231,7 @@ def _garbage(v):
         yield from (("a short tuple", v[:2]), ("a tuple of wrong shapes", tuple(t[None] for t in v)))
         return
     yield from (("a numpy array", v.cpu().numpy()), ("complex", v.to(torch.complex64)), ("int64", v.long()),
-                ("one more dim", v[None]), ("on the meta device", v.to("meta")))
+                ("bool", v > 0), ("one more dim", v[None]), ("on the meta device", v.to("meta")))
     if v.dim():
         yield "one dim less", v[0]
         for d in (0, -1):
@@ -263,11 +263,18 @@ def test_garbage_in_any_argument_is_a_value_error(op, backend, monkeypatch):
                 assert named, f"{op}: {arg} as {what}: the message names no argument: {e}"
 
 
+INF, NAN = float("inf"), float("nan")
 BAD_OPTIONS = [("ssd_scan", "chunk_size", v) for v in (0, -1, 2.5, "8", None, True)] + [
     (op, "scale", v) for op in ("wkv6", "wkv6_step") for v in ("0.5", torch.ones(2), float("nan"), True)] + [
     (op, "activation", v) for op in ("causal_conv1d", "causal_conv1d_update") for v in ("relu", 3)] + [
     (op, "eps", v) for op in ("add_rmsnorm", "rms_linear") for v in (0, -1e-5, "1e-5", None, float("inf"))] + [
-    ("rms_linear", "groups", v) for v in (0, 3, 2.0, True)]
+    ("rms_linear", "groups", v) for v in (0, 3, 2.0, True)] + [
+    # lo = inf or hi = -inf clamps every dt' to an infinity: y all NaN
+    (op, "dt_limit", v) for op in ("ssd_scan", "ssd_step") for v in (
+        (INF, INF), (-INF, -INF), (1.0, 0.0), (NAN, 1.0), 0.5, (0.0,), "0,1")] + [
+    ("mamba2_step_fused", "norm_eps", v) for v in (NAN, 0.0, -1e-5, "1e-5", None)] + [
+    ("mamba2_step_fused", "dt_floor", v) for v in (NAN, INF, "0", None)] + [
+    ("mamba_ssm_step_fused", "inner_norm_eps", v) for v in (NAN, 0.0, -1e-6, "1e-6", None)]
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
@@ -278,3 +285,52 @@ def test_a_bad_option_is_a_value_error(op, option, value, backend, monkeypatch):
     inputs = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**SIZES)).items()}
     with pytest.raises(ValueError, match=f"^{option}: "):
         fn(**inputs, **{option: value})
+
+
+IN_PLACE = [("ssd_step", "state"), ("selective_state_update", "state"), ("wkv6_step", "state"),
+            ("causal_conv1d_update", "conv_state"), ("mamba2_step_fused", "conv_state"),
+            ("mamba2_step_fused", "ssm_state"), ("mamba_conv_step", "conv_state"), ("mamba_ssm_step_fused", "state")]
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("op, arg", IN_PLACE)
+def test_a_state_updated_in_place_that_cannot_be_written_is_a_value_error(op, arg, backend, monkeypatch):
+    """A step's state that is updated in place: an expanded one (a batch of rows sharing memory), which the
+    Triton path wrote silently and the torch path refused with a RuntimeError, and a leaf that requires grad
+    (written behind autograd on the Triton path, a RuntimeError on the torch one), are ValueErrors; a strided
+    one is fine (test_one_argument_not_contiguous)."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", backend)
+    fn, make = ARGS[op]
+    inputs = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**{**SIZES, "b": 2})).items()}
+    state = inputs[arg]
+    with pytest.raises(ValueError, match=rf"^{arg}: updated in place, so its elements must not share memory"):
+        fn(**{**inputs, arg: state[:1].expand_as(state)})
+    with pytest.raises(ValueError, match=rf"^{arg}: updated in place, so it cannot be a leaf"):
+        fn(**{**inputs, arg: state.clone().requires_grad_()})
+    with torch.no_grad():  # where autograd lets it be written
+        fn(**{**inputs, arg: state.clone().requires_grad_()})
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_a_step_of_no_token_or_no_window_is_a_value_error(backend, monkeypatch):
+    """causal_conv1d_update of T = 0 steps (was torch.stack's RuntimeError on both paths; causal_conv1d refuses
+    L = 0 too) and mamba_conv_step with a conv state of no column (width K = 1: the Triton kernel wrote
+    before the state's row, a crash under the interpreter) are ValueErrors."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", backend)
+    fn, make = ARGS["causal_conv1d_update"]
+    inputs = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**SIZES)).items()}
+    with pytest.raises(ValueError, match=r"^x: expected at least one time step, got shape \[1, 8, 0\]"):
+        fn(**{**inputs, "x": inputs["x"][:, :, None][:, :, :0]})
+    fn, make = ARGS["mamba_conv_step"]
+    inputs = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**SIZES)).items()}
+    with pytest.raises(ValueError, match=r"^conv_state: expected K-1 >= 1 columns, got \[1, 8, 0\]"):
+        fn(**{**inputs, "conv_state": inputs["conv_state"][:, :, :0], "weight": inputs["weight"][:, :1]})
+
+
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.float64])
+def test_wkv6_step_returns_r_dtype_whatever_the_state(state_dtype):
+    """wkv6_step's o is in r's dtype, as documented, for a state of another dtype too (it was the state's)."""
+    fn, make = ARGS["wkv6_step"]
+    inputs = {k: _cast(v, state_dtype if k == "state" else torch.float32)
+              for k, v in make(SimpleNamespace(**SIZES)).items()}
+    assert fn(**inputs).dtype == torch.float32

@@ -656,6 +656,24 @@ def test_dt_limit_of_numpy_numbers():
                                                dt_softplus=True, dt_limit=(float(lo), float("inf"))))
 
 
+def test_step_traces_with_dt_limit_symbols():
+    """torch.compile(dynamic=True) traces dt_limit's floats as symbols: the check passes (lo, hi) in one graph
+    (fullgraph; its message was built first, and Dynamo cannot repr a symbol), and (inf, inf) still raises."""
+    g = torch.Generator().manual_seed(0)
+    state, x, dt = (torch.randn(*s, generator=g) for s in ((2, 4, 3, 5), (2, 4, 3), (2, 4)))
+    A, B, C = -torch.rand(4, generator=g), torch.randn(2, 1, 5, generator=g), torch.randn(2, 1, 5, generator=g)
+    torch._dynamo.reset()
+    traced = torch.compile(ssd_step, backend="eager", dynamic=True, fullgraph=True)
+    for limit in ((0.0, float("inf")), (0.1, 2.0)):
+        s1, s2 = state.clone(), state.clone()
+        torch.testing.assert_close(traced(s1, x, dt, A, B, C, dt_limit=limit),
+                                   ssd_step(s2, x, dt, A, B, C, dt_limit=limit))
+        torch.testing.assert_close(s1, s2)
+    for limit in ((float("inf"),) * 2, (-float("inf"),) * 2, (1.0, 0.5)):  # each after a graph of finite numbers
+        with pytest.raises(ValueError, match=r"dt_limit: expected None or \(lo, hi\)"):
+            torch.compile(ssd_step, backend="eager", dynamic=True)(state, x, dt, A, B, C, dt_limit=limit)
+
+
 def test_bad_step_input_raises():
     with pytest.raises(ValueError, match="state"):
         ssd_step(torch.zeros(2, 4, 5), torch.zeros(2, 4, 5), torch.zeros(2, 4), torch.zeros(4),
