@@ -41,13 +41,16 @@ def wkv6_naive(r, k, v, w, u, scale=None, initial_state=None, output_final_state
 def wkv6_step_naive(state, r, k, v, w, u, scale=None):
     """One token: state `[B, H, K, V]` updated in place; r, k, w `[B, H, K]`, v `[B, H, V]`.
 
-    Returns o `[B, H, V]` in r's dtype.
+    Returns o `[B, H, V]` in r's dtype. Computed in float32 at least (float64 where state or r is), whatever the
+    state's storage dtype (a 16-bit state is read and written in it, as the scan's final state).
     """
-    ct = state.dtype
+    out = r.dtype
+    ct = torch.promote_types(torch.promote_types(state.dtype, r.dtype), torch.float32)
     K = r.shape[-1]
     scale = K ** -0.5 if scale is None else scale
     r, k, v, w, u = (t.to(ct) for t in (r, k, v, w, u))
+    s = state.to(ct)
     kv = k[..., :, None] * v[..., None, :]
-    o = scale * torch.einsum("bhk,bhkv->bhv", r, state + u[None, :, :, None] * kv)
-    state.mul_(torch.exp(w)[..., None]).add_(kv)
-    return o.to(r.dtype)
+    o = scale * torch.einsum("bhk,bhkv->bhv", r, s + u[None, :, :, None] * kv)
+    state.copy_(s * torch.exp(w)[..., None] + kv)
+    return o.to(out)

@@ -85,8 +85,7 @@ def wkv6_step(state, r, k, v, w, u, scale=None):
     expect_float(state=state, r=r, k=k, v=v, w=w, u=u)
     expect_same_device(state=state, r=r, k=k, v=v, w=w, u=u)
     expect_in_place(state=state)
-    o = wkv6_step_naive(state, r, k, v, w, u, None if scale is None else expect_number("scale", scale))
-    return o if o.dtype == r.dtype else o.to(r.dtype)  # the step computes in state's dtype
+    return wkv6_step_naive(state, r, k, v, w, u, None if scale is None else expect_number("scale", scale))
 
 
 def _serial():

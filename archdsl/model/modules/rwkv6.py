@@ -125,9 +125,9 @@ class Rwkv6TimeMix(nn.Module):
         shifted = state["shift"].to(x.dtype, copy=True)
         state["shift"].copy_(x)
         r, k, v, g, logw = self._project(x, shifted)
-        st = state["wkv"].dtype
-        o = wkv6_step(state["wkv"], *(t.to(st).view(B, H, K) for t in (r, k, v, logw)),
-                      self.time_faaaa.to(st), scale=1.0)
+        # r, k, v, w in the model's dtype, as the parallel pass takes them; the step computes in float32 at least,
+        # whatever the state's storage dtype (ssm_state_dtype), and returns o in r's dtype
+        o = wkv6_step(state["wkv"], *(t.view(B, H, K) for t in (r, k, v, logw)), self.time_faaaa, scale=1.0)
         return self._out(o.reshape(B, -1), g)
 
     def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
