@@ -42,6 +42,13 @@ def expect_integer(**tensors: torch.Tensor | None) -> None:
             raise ValueError(f"{n}: expected an integer tensor, got {t.dtype}")
 
 
+def expect_flag(**flags) -> None:
+    """Each flag True or False (a string such as "no" would read as True)."""
+    for n, v in flags.items():
+        if not isinstance(v, bool):
+            raise ValueError(f"{n}: expected True or False, got {v!r}")
+
+
 def expect_in_place(**tensors: torch.Tensor | None) -> None:
     """States an op updates in place: no two elements in one memory location (an expand()ed tensor, a stride 0
     over a size past 1), where each path would write something else, and not a leaf that requires grad, which

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape
+from .._checks import expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape
 from .._dispatch import backend_for, on_input_device
 from .._host import seq_runs
 from .chunked import causal_conv1d_torch
@@ -31,6 +31,7 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, re
     _check_weight(weight, bias, dim, activation)
     W = weight.shape[1]
     expect_shape("initial_states", initial_states, (batch, dim, W - 1), optional=True)
+    expect_flag(return_final_states=return_final_states)
     expect_shape("seq_idx", seq_idx, (batch, seqlen), optional=True)
     expect_integer(seq_idx=seq_idx)
     expect_float(x=x, weight=weight, bias=bias, initial_states=initial_states)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape
+from .._checks import expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape
 from .._dispatch import backend_for, on_input_device
 from .._host import seq_starts, unit_last
 from .._opaque import PATHS, torch_path
@@ -38,6 +38,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     read the sequence starts as a bit a step).
     """
     batch, dim, seqlen, N = _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx)
+    expect_flag(delta_softplus=delta_softplus, return_last_state=return_last_state)
     backend = backend_for(u, A)
     if backend == "triton":
         from .triton_selective_scan import selective_scan_triton
@@ -94,6 +95,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     expect_float(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     expect_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     expect_in_place(state=state)
+    expect_flag(dt_softplus=dt_softplus)
     B3, C3 = (t if t.dim() == 3 else t[:, None] for t in (B, C))
     if backend_for(state, x) == "triton" and state.stride(2) == 1:
         from .triton_selective_scan import selective_state_update_triton

@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from .._checks import expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape
+from .._checks import expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape
 from .._dispatch import apply, backend_for, needs_grad, on_input_device, pick_impl, time_or_inf
 from .._host import seq_runs, seq_starts
 from .chunked import ssd_scan_chunked
@@ -49,8 +49,8 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     """
     _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx)
     _check_limit(dt_limit)
-    if not isinstance(keep_states, bool):
-        raise ValueError(f"keep_states: expected True or False, got {keep_states!r}")
+    expect_flag(dt_softplus=dt_softplus, return_final_states=return_final_states, keep_states=keep_states,
+                return_varlen_states=return_varlen_states)
     seq_idx, count = _packing(seq_idx, cu_seqlens, x)
     if return_varlen_states:
         if seq_idx is None:
@@ -87,6 +87,7 @@ def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=Fa
     dt_limit (lo, hi) or None, as ssd_scan's.
     """
     _check_step(state, x, dt, A, B, C, D, z, dt_bias)
+    expect_flag(dt_softplus=dt_softplus)
     _check_limit(dt_limit)
     if backend_for(x, B) == "triton":
         from .triton_ssd import ssd_step_triton

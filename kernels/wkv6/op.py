@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_float, expect_in_place, expect_integer, expect_number, expect_same_device, expect_shape
+from .._checks import expect_flag, expect_float, expect_in_place, expect_integer, expect_number, expect_same_device, expect_shape
 from .._dispatch import backend_for, needs_grad, on_input_device, pick_impl, time_or_inf
 from .._host import seq_runs, sm_count
 from .._opaque import PATHS, torch_path
@@ -30,6 +30,7 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
     w, u and initial_state.
     """
     _check(r, k, v, w, u, initial_state, seq_idx)
+    expect_flag(output_final_state=output_final_state)
     scale = r.shape[-1] ** -0.5 if scale is None else expect_number("scale", scale)
     seq = None if seq_idx is None else seq_runs(seq_idx)
     backend = backend_for(r)

@@ -274,7 +274,13 @@ BAD_OPTIONS = [("ssd_scan", "chunk_size", v) for v in (0, -1, 2.5, "8", None, Tr
         (INF, INF), (-INF, -INF), (1.0, 0.0), (NAN, 1.0), 0.5, (0.0,), "0,1")] + [
     ("mamba2_step_fused", "norm_eps", v) for v in (NAN, 0.0, -1e-5, "1e-5", None)] + [
     ("mamba2_step_fused", "dt_floor", v) for v in (NAN, INF, "0", None)] + [
-    ("mamba_ssm_step_fused", "inner_norm_eps", v) for v in (NAN, 0.0, -1e-6, "1e-6", None)]
+    ("mamba_ssm_step_fused", "inner_norm_eps", v) for v in (NAN, 0.0, -1e-6, "1e-6", None)] + [
+    (op, flag, v) for op, flag in (("ssd_scan", "dt_softplus"), ("ssd_scan", "return_final_states"),
+                                   ("ssd_scan", "return_varlen_states"), ("ssd_scan", "keep_states"),
+                                   ("ssd_step", "dt_softplus"), ("selective_scan", "delta_softplus"),
+                                   ("selective_scan", "return_last_state"), ("selective_state_update", "dt_softplus"),
+                                   ("wkv6", "output_final_state"), ("causal_conv1d", "return_final_states"))
+    for v in ("no", 1, None)]  # a flag that is not a bool ("no" reads as True)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
@@ -284,7 +290,7 @@ def test_a_bad_option_is_a_value_error(op, option, value, backend, monkeypatch):
     fn, make = ARGS[op]
     inputs = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**SIZES)).items()}
     with pytest.raises(ValueError, match=f"^{option}: "):
-        fn(**inputs, **{option: value})
+        fn(**{**inputs, option: value})
 
 
 IN_PLACE = [("ssd_step", "state"), ("selective_state_update", "state"), ("wkv6_step", "state"),
