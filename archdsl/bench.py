@@ -53,6 +53,17 @@ def bench(model, batch: int = 1, seq_len: int = 2048, gen: int = 64, cases=("for
         raise ArchDSLError(f"bench: unknown case {sorted(unknown)[0]!r} (forward, train, decode)")
     if cuda_graph and model.device.type != "cuda":
         raise ArchDSLError(f"bench: cuda_graph needs a CUDA model, this one is on {model.device}")
+    try:
+        return _bench(model, batch, seq_len, gen, cases, cuda_graph, seed)
+    except RuntimeError as e:  # torch.OutOfMemoryError on CUDA; the CPU allocator raises a plain RuntimeError
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise
+        raise ArchDSLError(f"bench: batch {batch} × {seq_len:,} tokens does not fit in the memory of "
+                           f"{model.device} ({str(e).strip().splitlines()[0][:200]})",
+                           hint="a smaller --batch or --seq-len") from None
+
+
+def _bench(model, batch, seq_len, gen, cases, cuda_graph, seed) -> list[BenchRow]:
     dtype = str(model.dtype).replace("torch.", "")
     rep = analyze(model.spec, seq_len=seq_len, batch=batch, dtype=dtype,
                   ssm_state_dtype=str(model.ssm_state_dtype).replace("torch.", ""))

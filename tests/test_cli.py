@@ -391,3 +391,19 @@ def test_names_with_line_breaks_are_refused(tmp_path, capsys):
 def test_at_past_the_end_counts_in_english(capsys):
     code, _, err = run("check", "mamba2, attn at 5", capsys=capsys)
     assert code == 2 and "the layout has only 1 layer (indices 0..0)" in err, err
+
+
+def test_bench_out_of_memory_exits_2(monkeypatch, capsys):
+    """A shape the memory cannot hold (here the CPU allocator's refusal, as `--batch 1m --seq-len 1m` gets it) is
+    an error naming the shape, exit 2; it was a traceback."""
+    import torch
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 8796093022208 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(torch, "randint", no_memory)
+    code, _, err = run("bench", "mamba2(d_state=8, headdim=8)", "--set", "d_model=32", "--batch", "1m",
+                       "--seq-len", "1m", "--cases", "forward", capsys=capsys)
+    assert code == 2 and "bench: batch 1048576 × 1,048,576 tokens does not fit in the memory of cpu" in err, err
+    assert "Traceback" not in err

@@ -178,3 +178,42 @@ def test_garbage_config_fields_only_raise_archdsl_error():
             archdsl.analyze(spec_from_yaml(yaml.safe_dump(hf_config_to_spec(c, "fuzz"), allow_unicode=True)))
         except archdsl.ArchDSLError:
             pass
+
+
+def test_configs_that_converted_to_another_model_are_refused():
+    """Each of these converted silently to a model other than the config's: Llama's rope_scaling under its old key
+    `type` (linear scaling, read by transformers) became plain RoPE; Zamba2's num_mem_blocks 0 dropped every hybrid
+    layer; Bamba's attention indices as strings (which transformers never matches) still placed attention."""
+    llama = dict(model_type="llama", hidden_size=32, num_hidden_layers=2, vocab_size=64, num_attention_heads=4,
+                 intermediate_size=64)
+    zamba2 = dict(model_type="zamba2", hidden_size=32, vocab_size=64, layers_block_type=["mamba", "hybrid"],
+                  n_mamba_heads=4, num_attention_heads=4, intermediate_size=64, adapter_rank=4)
+    bamba = dict(model_type="bamba", hidden_size=32, num_hidden_layers=3, vocab_size=64, mamba_n_heads=4,
+                 num_attention_heads=4, intermediate_size=64)
+    for config, message in (({**llama, "rope_scaling": {"type": "linear", "factor": 4.0}}, "'rope_scaling.type'"),
+                            ({**llama, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "'llama3'"),
+                            ({**zamba2, "num_mem_blocks": 0}, "'num_mem_blocks'"),
+                            ({**bamba, "attn_layer_indices": ["1"]}, "'attn_layer_indices'")):
+        with pytest.raises(ArchDSLError, match=message):
+            hf_config_to_spec(config)
+    assert hf_config_to_spec({**llama, "rope_scaling": {"type": "default", "rope_theta": 5e5}})["blocks"]["attn"][
+        "rope_theta"] == 5e5
+    assert hf_config_to_spec({**bamba, "attn_layer_indices": [2, 1]})["layout"] == "3×mamba2, attn at 1 2"
+
+
+def test_mismatched_weights_name_the_checkpoint(tmp_path):
+    """A tensor of the wrong shape names the model directory it came from, not only the tensor."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from archdsl.convert.hf_io import from_hf
+
+    config = dict(model_type="llama", hidden_size=32, num_hidden_layers=1, vocab_size=64, num_attention_heads=4,
+                  intermediate_size=64, tie_word_embeddings=True)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file({"model.embed_tokens.weight": torch.zeros(64, 16)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ArchDSLError) as e:
+        from_hf(tmp_path, weights=True)
+    assert e.value.file == str(tmp_path) and "model.embed_tokens.weight" in str(e.value), str(e.value)

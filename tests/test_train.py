@@ -343,3 +343,53 @@ def test_packed_documents(tmp_path, capsys, monkeypatch):
             assert parse_data(data, 64, 32).path == "tokens"
     finally:
         os.chdir(cwd)
+
+
+def test_resume_refuses_other_settings_and_survives_a_cut_metrics_line(tmp_path, capsys):
+    """--resume with another --data, --batch, --seq-len, --lr or --bf16 than the run's is refused before any work,
+    the checkpoints untouched (it went on silently: another data stream and schedule under the same run); --steps
+    may change. A metrics.jsonl whose last line was cut short by the interruption resumes (it was a traceback),
+    and the resumed run's losses are those of the uninterrupted run."""
+    spec = write(tmp_path, "z.yaml", ZAMBA)
+    tokens = tmp_path / "train.bin"
+    np.random.default_rng(0).integers(0, 64, 4096, dtype=np.uint16).tofile(tokens)
+    other = tmp_path / "other.bin"
+    np.random.default_rng(1).integers(0, 64, 4096, dtype=np.uint16).tofile(other)
+    args = ["--data", str(tokens), "--steps", "4", "--batch", "4", "--seq-len", "32", "--no-progress", "--threads", "1"]
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    assert main(["train", spec, *args, "-o", full]) == 0
+    assert main(["train", spec, *args, "-o", cut, "--stop-after", "2"]) == 0
+    before = sorted(os.listdir(os.path.join(cut, "checkpoints")))
+    changed = {"--data": str(other), "--batch": "8", "--seq-len": "16", "--lr": "0.01"}
+    for flag, value in changed.items():
+        argv = [a if prev != flag else value for prev, a in zip([None, *args], args)]
+        argv += [] if flag in args else [flag, value]
+        err = refused(capsys, ["train", spec, *argv, "-o", cut, "--resume"], "--resume with other settings",
+                      f"{flag} ")
+        assert "Traceback" not in err
+    refused(capsys, ["train", spec, *args, "--bf16", "-o", cut, "--resume"], "--bf16 on (the run's: off)")
+    assert sorted(os.listdir(os.path.join(cut, "checkpoints"))) == before
+    with open(os.path.join(cut, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 3, "lo')  # killed while writing step 3's line
+    assert main(["train", spec, *args, "-o", cut, "--resume"]) == 0
+    assert losses(cut) == losses(full)
+
+
+def test_run_directory_contents_are_checked_before_any_work(tmp_path, capsys):
+    """checkpoints/ a file (the run trained every step, then failed writing its checkpoint: exit 1), metrics.jsonl
+    a directory, or the run.json of an earlier run that wrote no checkpoint (overwritten, with its metrics): exit 2
+    before any work, nothing changed. A token file of exactly one window (seq-len + 1 tokens) trains; it was
+    refused as 'fewer than one sequence of 32 + 1'."""
+    tokens = tmp_path / "train.bin"
+    np.arange(33, dtype=np.uint16).tofile(tokens)
+    base = ["train", "mamba2(d_state=8, headdim=8)", "--data", str(tokens), "--seq-len", "32", "--steps", "1",
+            "--batch", "2", "--no-progress", "--threads", "1"]
+    assert main([*base, "-o", str(tmp_path / "one")]) == 0
+    for name, make, message in (("checkpoints", lambda p: p.write_text("x"), "checkpoints is not a directory"),
+                                ("metrics.jsonl", lambda p: p.mkdir(), "metrics.jsonl is not a file"),
+                                ("run.json", lambda p: p.write_text("{}"), "holds an earlier run")):
+        rundir = tmp_path / f"r-{name}"
+        rundir.mkdir()
+        make(rundir / name)
+        err = refused(capsys, [*base, "-o", str(rundir)], message)
+        assert "Traceback" not in err and os.listdir(rundir) == [name]

@@ -85,9 +85,11 @@ def _spec(c: _Cfg, name, d_model, vocab, tie, layout, blocks, *, norm="rmsnorm",
 
 
 def _rope_theta(c: _Cfg, default=10000.0) -> float:
-    rp = c("rope_parameters") or c("rope_scaling") or {}
-    if isinstance(rp, dict) and rp.get("rope_type", "default") not in ("default", None):
-        raise _refuse("rope_parameters.rope_type", rp.get("rope_type"), "only plain RoPE is supported")
+    field = "rope_parameters" if c("rope_parameters") else "rope_scaling"
+    rp = c(field) or {}
+    key = "type" if isinstance(rp, dict) and "type" in rp and "rope_type" not in rp else "rope_type"  # the old name
+    if isinstance(rp, dict) and rp.get(key, "default") not in ("default", None):
+        raise _refuse(f"{field}.{key}", rp.get(key), "only plain RoPE is supported")
     return float(rp.get("rope_theta") or c("rope_theta", default))
 
 
@@ -214,6 +216,8 @@ def _zamba2(c: _Cfg, name: str) -> dict:
         raise _refuse("n_mamba_heads", n_heads, f"must divide mamba_expand·hidden_size = {expand * d}")
     rank = c("adapter_rank", 128)
     mem = c("num_mem_blocks", 1)
+    if mem < 1 and hybrid:
+        raise _refuse("num_mem_blocks", mem, "the hybrid layers need at least one shared block")
     uses = []
     for b in range(mem):
         ids = hybrid[b::mem]
@@ -244,7 +248,10 @@ def _bamba(c: _Cfg, name: str) -> dict:
     headdim = c("mamba_d_head", "auto")
     if headdim == "auto":
         headdim = expand * d // heads
-    attn_ids = sorted(c("attn_layer_indices") or [])
+    attn_ids = c("attn_layer_indices") or []
+    if not isinstance(attn_ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in attn_ids):
+        raise _refuse("attn_layer_indices", attn_ids, "expected a list of layer indices (integers)")
+    attn_ids = sorted(attn_ids)
     layout = f"{L}×mamba2" + (", attn at " + " ".join(map(str, attn_ids)) if attn_ids else "")
     rope_frac = float((c("rope_parameters") or {}).get("partial_rotary_factor", c("partial_rotary_factor", 0.5)))
     ab = bool(c("attention_bias", False))

@@ -164,7 +164,12 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
         dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
     dtype = resolve_dtype(dtype)
     model = compile_model(spec, device="cpu", dtype=dtype)
-    state = fam.to_archdsl(tensors, spec, model)
+    try:
+        state = fam.to_archdsl(tensors, spec, model)
+    except ArchDSLError as e:  # the family names the tensor; say which checkpoint it is in
+        if e.file:
+            raise
+        raise ArchDSLError(e.message, file=path, hint=e.hint) from None
     load_weights(model, state, source=path)
     dev = check_device(device, dtype)
     return spec, (model.to(dev) if dev.type != "cpu" else model)

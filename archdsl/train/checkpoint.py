@@ -88,6 +88,26 @@ def check_spec(meta: dict, spec_yaml: str, path: str) -> None:
                            hint="resume with the spec the run was started with, or start a new RUNDIR")
 
 
+# the settings that fix a run's data stream and its optimisation: a resumed run keeps them (--steps may change;
+# so may --save-every, --stop-after, --device, --grad-ckpt, --compile, --threads, the number of processes)
+FIXED = {"data": "--data", "batch": "--batch", "seq_len": "--seq-len", "lr": "--lr", "warmup": "--warmup",
+         "weight_decay": "--weight-decay", "grad_clip": "--grad-clip", "bf16": "--bf16", "seed": "--seed",
+         "betas": "betas", "min_lr_ratio": "min_lr_ratio"}
+
+
+def check_settings(rundir: str, settings: dict) -> None:
+    """ArchDSLError naming every setting of FIXED that differs from those in RUNDIR/run.json."""
+    old = read_run(rundir).get("config") or {}
+    shown = lambda v: ("unset" if v is None else repr(v) if isinstance(v, str)  # noqa: E731
+                       else ("on" if v else "off") if isinstance(v, bool) else str(v))
+    changed = [f"{flag} {shown(settings[key])} (the run's: {shown(old[key])})" for key, flag in FIXED.items()
+               if key in old and old[key] != settings[key]]
+    if changed:
+        raise ArchDSLError(f"{rundir}: --resume with other settings than the run was started with: "
+                           + "; ".join(changed),
+                           hint="resume with the run's settings (its run.json, \"config\"), or start a new RUNDIR")
+
+
 def _state(model, opt, step: int, gen: torch.Generator):
     from torch.distributed.checkpoint.state_dict import get_state_dict
 

@@ -151,7 +151,7 @@ def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
                            f"({width} bytes each): truncated or not a {dtype} token file")
     L = seq_len or DEFAULT_SEQ_LEN
     n = size // width
-    if n < L + 2:
+    if n < L + 1:  # one window is L inputs and their L labels: L + 1 tokens
         raise ArchDSLError(f"--data {path}: {n} tokens, fewer than one sequence of {L} + 1")
     tokens = np.memmap(path, dtype=TOKEN_DTYPES[dtype], mode="r")
     top, scored = 0, eos is None

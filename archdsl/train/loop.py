@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from ..atomic import check_output, write_atomic
 from ..errors import ArchDSLError
 from ..model.packed import refusal, unpacked_blocks
-from .checkpoint import checkpoints, check_spec, latest, load_checkpoint, save_checkpoint, spec_sha
+from .checkpoint import (CKPT_DIR, check_settings, check_spec, checkpoints, latest, load_checkpoint, save_checkpoint,
+                         spec_sha)
 from .config import TrainConfig
 from .data import IGNORE, parse_data
 from .parallel import all_reduce_sum, init_distributed, pick_device, shard_model, shutdown, world_from_env
@@ -57,6 +58,7 @@ def prepare(cfg: TrainConfig):
     from ..spec import load_spec
 
     check_output(cfg.rundir, "-o", directory=True)
+    check_rundir(cfg.rundir)
     env = world_from_env()
     spec = load_spec(cfg.spec)
     _ = spec.graph
@@ -72,16 +74,31 @@ def prepare(cfg: TrainConfig):
     if cfg.resume:
         s, path, meta = latest(cfg.rundir)
         check_spec(meta, spec_yaml, path)
+        check_settings(cfg.rundir, cfg.to_dict())
         if s >= (cfg.stop_after or cfg.steps):
             raise ArchDSLError(f"{path}: the run is already at step {s}; ask for more --steps than that to continue")
         resume_from = path
     elif checkpoints(cfg.rundir):
         raise ArchDSLError(f"{cfg.rundir}: holds checkpoints of an earlier run",
                            hint="pass --resume to continue it, or write to another -o RUNDIR")
+    elif any(os.path.exists(os.path.join(cfg.rundir, f)) for f in ("run.json", "metrics.jsonl")):
+        raise ArchDSLError(f"{cfg.rundir}: holds an earlier run (run.json, metrics.jsonl) that wrote no checkpoint",
+                           hint="write to another -o RUNDIR, or remove that one")
     device = pick_device(env, cfg.device)
     if cfg.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ArchDSLError(f"--bf16: {torch.cuda.get_device_name(device)} has no bfloat16")
     return env, spec, spec_yaml, data, device, resume_from
+
+
+def check_rundir(rundir: str) -> None:
+    """ArchDSLError when what train writes in RUNDIR cannot go there: checkpoints/ not a directory, run.json or
+    metrics.jsonl not a file."""
+    for name, want_dir in ((CKPT_DIR, True), ("run.json", False), ("metrics.jsonl", False)):
+        path = os.path.join(rundir, name)
+        if os.path.exists(path) and os.path.isdir(path) != want_dir:
+            kind = "a directory" if want_dir else "a file"
+            raise ArchDSLError(f"-o {rundir}: {path} is not {kind}, and train writes its {name} there",
+                               hint="remove it, or write to another -o RUNDIR")
 
 
 def build(cfg: TrainConfig, spec, dist):
@@ -129,7 +146,13 @@ def _metrics_file(cfg, start: int):
     kept = []
     if start and os.path.isfile(path):  # a resumed run drops what came after its checkpoint
         with open(path, encoding="utf-8") as f:
-            kept = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= start]
+            for ln in f:
+                try:
+                    rec = json.loads(ln)
+                except ValueError:  # a line cut short when the run was stopped
+                    continue
+                if isinstance(rec, dict) and rec.get("step", 0) <= start:
+                    kept.append(ln if ln.endswith("\n") else ln + "\n")
     f = open(path, "w", encoding="utf-8")
     f.writelines(kept)
     f.flush()
