@@ -407,3 +407,18 @@ def test_bench_out_of_memory_exits_2(monkeypatch, capsys):
                        "--seq-len", "1m", "--cases", "forward", capsys=capsys)
     assert code == 2 and "bench: batch 1048576 × 1,048,576 tokens does not fit in the memory of cpu" in err, err
     assert "Traceback" not in err
+
+
+def test_run_out_of_memory_exits_2(monkeypatch, capsys):
+    """Any command whose sizes the memory cannot hold (`run --batch 1m --prompt-len 1m`: the CPU allocator refuses
+    the prompt) says so with a hint, exit 2; it was a traceback."""
+    import torch
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8796093022208 bytes.")
+
+    monkeypatch.setattr(torch, "randint", no_memory)
+    code, _, err = run("run", "mamba2(d_state=8, headdim=8)", "--set", "d_model=32", "--batch", "1m",
+                       "--prompt-len", "1m", capsys=capsys)
+    assert code == 2 and "error: out of memory: DefaultCPUAllocator: can't allocate memory" in err, err
+    assert "hint: a smaller --batch" in err and "Traceback" not in err
