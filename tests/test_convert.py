@@ -183,7 +183,8 @@ def test_garbage_config_fields_only_raise_archdsl_error():
 def test_configs_that_converted_to_another_model_are_refused():
     """Each of these converted silently to a model other than the config's: Llama's rope_scaling under its old key
     `type` (linear scaling, read by transformers) became plain RoPE; Zamba2's num_mem_blocks 0 dropped every hybrid
-    layer; Bamba's attention indices as strings (which transformers never matches) still placed attention."""
+    layer; Bamba's attention indices as strings (which transformers never matches) still placed attention; NemotronH's
+    empty pattern (no layer in transformers) became a default layout."""
     llama = dict(model_type="llama", hidden_size=32, num_hidden_layers=2, vocab_size=64, num_attention_heads=4,
                  intermediate_size=64)
     zamba2 = dict(model_type="zamba2", hidden_size=32, vocab_size=64, layers_block_type=["mamba", "hybrid"],
@@ -193,7 +194,8 @@ def test_configs_that_converted_to_another_model_are_refused():
     for config, message in (({**llama, "rope_scaling": {"type": "linear", "factor": 4.0}}, "'rope_scaling.type'"),
                             ({**llama, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "'llama3'"),
                             ({**zamba2, "num_mem_blocks": 0}, "'num_mem_blocks'"),
-                            ({**bamba, "attn_layer_indices": ["1"]}, "'attn_layer_indices'")):
+                            ({**bamba, "attn_layer_indices": ["1"]}, "'attn_layer_indices'"),
+                            (dict(model_type="nemotron_h", hybrid_override_pattern=""), "'hybrid_override_pattern'")):
         with pytest.raises(ArchDSLError, match=message):
             hf_config_to_spec(config)
     assert hf_config_to_spec({**llama, "rope_scaling": {"type": "default", "rope_theta": 5e5}})["blocks"]["attn"][

@@ -275,6 +275,9 @@ def _nemotron_h(c: _Cfg, name: str) -> dict:
     d = c("hidden_size", 4096)
     pattern = c("hybrid_override_pattern")
     symbols = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}
+    if pattern is not None and not (isinstance(pattern, str) and pattern.strip()):
+        raise _refuse("hybrid_override_pattern", pattern, "a string of M, *, - and E, a layer each (transformers "
+                      "builds no layer from an empty one)")
     if pattern and not (c("layers_block_type") or c("layer_types")):
         bad = [ch for ch in pattern if ch not in symbols]
         if bad:
