@@ -49,8 +49,11 @@ def wkv6_step_naive(state, r, k, v, w, u, scale=None):
     K = r.shape[-1]
     scale = K ** -0.5 if scale is None else scale
     r, k, v, w, u = (t.to(ct) for t in (r, k, v, w, u))
-    s = state.to(ct)
+    s = state.to(ct)  # state itself where it is in ct already
     kv = k[..., :, None] * v[..., None, :]
     o = scale * torch.einsum("bhk,bhkv->bhv", r, s + u[None, :, :, None] * kv)
-    state.copy_(s * torch.exp(w)[..., None] + kv)
+    if s is state:  # in place, as autograd (the naive scan's gradients go through here) allows
+        state.mul_(torch.exp(w)[..., None]).add_(kv)
+    else:
+        state.copy_(s * torch.exp(w)[..., None] + kv)
     return o.to(out)
