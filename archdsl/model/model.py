@@ -460,8 +460,7 @@ def _check_sampling(max_new_tokens, temperature, top_k, seed) -> None:
         raise ArchDSLError(f"generate: temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
     if top_k is not None and (not count(top_k) or top_k < 1):
         raise ArchDSLError(f"generate: top_k must be None or an int >= 1, got {top_k!r}")
-    if seed is not None:
-        check_seed("generate", seed, none_ok=True)
+    check_seed("generate", seed, none_ok=True)
 
 
 def sample(logits, temperature=1.0, top_k=None, generator=None):
