@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .analysis import analyze
-from .errors import ArchDSLError
+from .errors import ArchDSLError, out_of_memory
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ def bench(model, batch: int = 1, seq_len: int = 2048, gen: int = 64, cases=("for
         raise ArchDSLError(f"bench: cuda_graph needs a CUDA model, this one is on {model.device}")
     try:
         return _bench(model, batch, seq_len, gen, cases, cuda_graph, seed)
-    except RuntimeError as e:  # torch.OutOfMemoryError on CUDA; the CPU allocator raises a plain RuntimeError
-        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
             raise
         raise ArchDSLError(f"bench: batch {batch} × {seq_len:,} tokens does not fit in the memory of "
                            f"{model.device} ({str(e).strip().splitlines()[0][:200]})",

@@ -16,7 +16,7 @@ import os
 import sys
 
 from .atomic import check_output, check_output_dir
-from .errors import ArchDSLError
+from .errors import ArchDSLError, out_of_memory
 
 COMMANDS = {}
 
@@ -650,13 +650,6 @@ def _drop_stdout() -> None:
         pass
 
 
-def _out_of_memory(e: BaseException) -> bool:
-    """An allocation the sizes asked for failed: Python's MemoryError, torch's OutOfMemoryError (CUDA) or its CPU
-    allocator's RuntimeError."""
-    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
-            or "can't allocate memory" in str(e))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -671,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:
-        if not _out_of_memory(e):
+        if not out_of_memory(e):
             raise
         print(f"error: out of memory: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"
               f"\n  hint: a smaller --batch, --seq-len or --prompt-len", file=sys.stderr)

@@ -86,3 +86,10 @@ def did_you_mean(name: str, valid) -> str:
     if close:
         return "did you mean " + ", ".join(repr(c) for c in close) + "?"
     return "valid names: " + ", ".join(valid)
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """An allocation the sizes asked for failed: Python's MemoryError, torch's OutOfMemoryError (CUDA) or its CPU
+    allocator's RuntimeError."""
+    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in str(e))
