@@ -1,6 +1,7 @@
 """Time every archdsl kernel against its peer in one run (H200, bf16) and print one table.
 
     python benchmarks/kernels.py [--quick] [--json out.json]
+    python benchmarks/kernels.py --only kernels_ssd_float32   # float32 SSD under each matmul precision (not in the default run)
 
 Each op's script (benchmarks/kernels_<op>.py) measures ours and the peer with
 triton.testing.do_bench (median) in the same process and gives rows
