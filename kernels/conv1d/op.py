@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape
-from .._dispatch import backend_for, on_input_device
+from .._dispatch import backend_for, needs_grad, on_input_device
 from .._host import seq_runs
 from .chunked import causal_conv1d_torch
 from .naive import causal_conv1d_naive, causal_conv1d_update_naive, final_window
@@ -18,7 +18,7 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, re
     """Depthwise causal convolution: y[b, d, t] = act(bias[d] + sum_k weight[d, k] * x[b, d, t - W + 1 + k]).
 
     x: `[B, D, L]`; weight: `[D, W]` with W in 2..4; bias: `[D]`; activation: None, "silu" or "swish";
-    initial_states: `[B, D, W-1]`, the W-1 inputs before x (zeros when None); seq_idx: `[B, L]` integers,
+    initial_states: `[B, D, W-1]`, the W-1 inputs before x (zeros when None); seq_idx: `[B, L]` int32 or int64,
     packed sequences (causal-conv1d's keyword): a tap reads only inputs of its output's sequence, those of
     another read as 0 (as ssd_scan's seq_idx, the initial states belong to seq_idx 0).
     Returns y `[B, D, L]` in x's dtype, and with return_final_states also the last W-1 inputs
@@ -71,7 +71,8 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     expect_float(x=x, conv_state=conv_state, weight=weight, bias=bias)
     expect_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias)
     expect_in_place(conv_state=conv_state)
-    if backend_for(x) == "triton" and conv_state.stride(2) == 1:
+    # the Triton step has no backward: with a gradient wanted, the torch step, which autograd differentiates
+    if backend_for(x) == "triton" and conv_state.stride(2) == 1 and not needs_grad(x, conv_state, weight, bias):
         from .triton_conv1d import causal_conv1d_update_triton
         if x.dim() == 2:
             return causal_conv1d_update_triton(x.contiguous(), conv_state, weight, bias, activation)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._dispatch import needs_grad
+
 
 def _ct(*ts):
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in ts) else torch.float32
@@ -39,7 +41,10 @@ def mamba2_step_naive(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_l
     if dt_floor:
         dt = dt.clamp(min=dt_floor)
     decay = torch.exp(dt * -torch.exp(A_log.to(ct)))
-    h = ssm_state.to(ct) * decay[..., None, None] + (dt[..., None] * x)[..., None] * B[:, :, None, :]
+    # a copy of the state where autograd records: the product keeps it for the backward, and it is written next
+    s = ssm_state.to(ct, copy=needs_grad(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias,
+                                             norm_weight))
+    h = s * decay[..., None, None] + (dt[..., None] * x)[..., None] * B[:, :, None, :]
     ssm_state.copy_(h)
     y = (h * C[:, :, None, :]).sum(-1)
     if D is not None:
@@ -76,7 +81,10 @@ def mamba_ssm_step_naive(state, u, x_dbl, dt_proj_weight, A_log, dt_bias, D, z, 
         dt = dt + dt_bias.to(ct)
     dt = F.softplus(dt)
     uu = u.to(ct)
-    h = state.to(ct) * torch.exp(dt[..., None] * -torch.exp(A_log.to(ct))) + (dt * uu)[..., None] * B[:, None, :]
+    # a copy of the state where autograd records: the product keeps it for the backward, and it is written next
+    s = state.to(ct, copy=needs_grad(state, u, x_dbl, dt_proj_weight, A_log, dt_bias, D, z,
+                                           dt_norm_weight, b_norm_weight, c_norm_weight))
+    h = s * torch.exp(dt[..., None] * -torch.exp(A_log.to(ct))) + (dt * uu)[..., None] * B[:, None, :]
     state.copy_(h)
     y = (h * C[:, None, :]).sum(-1)
     if D is not None:

@@ -1,21 +1,24 @@
-"""Public fused decode steps of the Mamba mixers (inference only: no autograd).
+"""Public fused decode steps of the Mamba mixers (the Triton kernels have no backward).
 
-Triton on CUDA (and on the CPU under TRITON_INTERPRET=1 with ARCHDSL_KERNELS=triton); otherwise,
-and for float64, the plain torch references of naive.py.
+Triton on CUDA (and on the CPU under TRITON_INTERPRET=1 with ARCHDSL_KERNELS=triton); otherwise, for
+float64, and wherever an input needs a gradient, the plain torch references of naive.py, which autograd
+differentiates.
 """
 from __future__ import annotations
 
 import torch
 
 from .._checks import expect_float, expect_in_place, expect_number, expect_same_device, expect_shape
-from .._dispatch import backend_for, on_input_device
+from .._dispatch import backend_for, needs_grad, on_input_device
 from .naive import conv_step_naive, mamba2_step_naive, mamba_ssm_step_naive
 
 _GATES = (None, "silu", "norm", "pre_norm")
 
 
-def _triton(x, *sized):
-    return backend_for(x, *sized) == "triton" and x.dtype != torch.float64
+def _triton(args, x, *sized):
+    """Whether the Triton kernels take a step of these args: not for float64, nor where autograd records and a
+    tensor among args requires grad (they have no backward)."""
+    return backend_for(x, *sized) == "triton" and x.dtype != torch.float64 and not needs_grad(*args)
 
 
 @on_input_device
@@ -62,7 +65,7 @@ def mamba2_step_fused(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_l
     dt_floor = expect_number("dt_floor", dt_floor)
     args = (zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias,
             norm_weight if gate in ("norm", "pre_norm") else None, gate, norm_eps, dt_floor)
-    if _triton(zxbcdt, ssm_state):
+    if _triton(args, zxbcdt, ssm_state):
         from .triton_fused_step import mamba2_step_triton
         return mamba2_step_triton(*args, pdl=pdl)
     return mamba2_step_naive(*args)
@@ -84,7 +87,7 @@ def mamba_conv_step(x, conv_state, weight, bias=None, pdl=False):
     expect_float(x=x, conv_state=conv_state, weight=weight, bias=bias)
     expect_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias)
     expect_in_place(conv_state=conv_state)
-    if _triton(x):
+    if _triton((x, conv_state, weight, bias), x):
         from .triton_fused_step import conv_step_triton
         return conv_step_triton(x, conv_state, weight, bias, pdl=pdl)
     return conv_step_naive(x, conv_state, weight, bias)
@@ -125,7 +128,7 @@ def mamba_ssm_step_fused(state, u, x_dbl, dt_proj_weight, A_log, dt_bias=None, D
     inner_norm_eps = expect_number("inner_norm_eps", inner_norm_eps, positive=True)
     norms = (dt_norm_weight, b_norm_weight, c_norm_weight) if w else (None, None, None)
     args = (state, u, x_dbl, dt_proj_weight, A_log, dt_bias, D, z, inner_norms, *norms, inner_norm_eps)
-    if _triton(u, state):
+    if _triton(args, u, state):
         from .triton_fused_step import mamba_ssm_step_triton
         return mamba_ssm_step_triton(*args, pdl=pdl)
     return mamba_ssm_step_naive(*args)

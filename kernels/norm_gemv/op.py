@@ -1,4 +1,5 @@
-"""Public decode GEMVs: with the RMSNorm before it folded in, and plain (inference only: no autograd).
+"""Public decode GEMVs: with the RMSNorm before it folded in, and plain. The Triton kernels have no backward:
+where autograd records and an input requires grad, the torch ops run, which it differentiates.
 
 The projection after a pre-norm at decode, as one kernel: the residual add, the RMSNorm (over the
 whole vector, or per group as Mamba-2's gated norm) and the matrix-vector product. The compiler
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_float, expect_number, expect_same_device, expect_shape
-from .._dispatch import backend_for, on_input_device
+from .._dispatch import backend_for, needs_grad, on_input_device
 from .._host import dense
 from .naive import rms_linear_naive
 
@@ -56,7 +57,7 @@ def rms_linear(x, weight, norm_weight, eps=1e-5, *, residual=None, groups=1, bia
     expect_float(x=x, weight=weight, norm_weight=norm_weight, residual=residual, bias=bias)
     expect_same_device(x=x, weight=weight, norm_weight=norm_weight, residual=residual, bias=bias)
     if (backend_for(x) == "triton" and x.dtype != torch.float64 and weight.dtype != torch.float64
-            and batch <= MAX_ROWS):
+            and batch <= MAX_ROWS and not needs_grad(x, weight, norm_weight, residual, bias)):
         from .triton_norm_gemv import rms_linear_triton
         with torch.no_grad():
             return rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias, pdl=pdl)
@@ -90,7 +91,7 @@ def gemv(x, weight, bias=None, *, pdl=False):
     expect_shape("bias", bias, (weight.shape[0],), optional=True)
     expect_float(x=x, weight=weight, bias=bias)
     expect_same_device(x=x, weight=weight, bias=bias)
-    triton = backend_for(x) == "triton" and x.dtype != torch.float64
+    triton = backend_for(x) == "triton" and x.dtype != torch.float64 and not needs_grad(x, weight, bias)
     splitk = (triton and weight.dtype in (torch.bfloat16, torch.float16) and batch <= SPLITK_ROWS
               and weight.shape[0] <= SPLITK_MAX_N and K <= SPLITK_MAX_K)
     if triton and weight.dtype != torch.float64 and batch <= GEMV_ROWS:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._dispatch import needs_grad
 from .._host import seq_starts
 
 
@@ -66,7 +67,9 @@ def selective_state_update_naive(state, x, dt, A, B, C, D=None, z=None, dt_bias=
     Bf, Cf = (M.to(wd) if M.dim() == 2 else M.to(wd).repeat_interleave(dim // M.shape[1], dim=1) for M in (B, C))
     if Bf.dim() == 2:
         Bf, Cf = Bf[:, None], Cf[:, None]
-    h = torch.exp(dt[..., None] * A.to(wd)) * state.to(wd) + (dt * x.to(wd))[..., None] * Bf
+    # a copy of the state where autograd records: the product keeps it for the backward, and it is written next
+    s = state.to(wd, copy=needs_grad(state, x, dt, A, B, C, D, z, dt_bias))
+    h = torch.exp(dt[..., None] * A.to(wd)) * s + (dt * x.to(wd))[..., None] * Bf
     state.copy_(h)
     y = (h * Cf).sum(-1)
     if D is not None:

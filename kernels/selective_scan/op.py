@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape
-from .._dispatch import backend_for, on_input_device
+from .._dispatch import backend_for, needs_grad, on_input_device
 from .._host import seq_starts, unit_last
 from .._opaque import PATHS, torch_path
 from .chunked import selective_scan_chunked
@@ -21,7 +21,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
     u, delta, z: `[B, D, L]`; A: `[D, N]` (real); B, C: `[B, N, L]`, `[B, G, N, L]` with G | D,
     or `[D, N]` (time-invariant); D, delta_bias: `[D]`; initial_state: `[B, D, N]`; seq_idx: `[B, L]`
-    integers (packed sequences, ssd_scan's convention: the state restarts from zero wherever seq_idx
+    int32 or int64 (packed sequences, ssd_scan's convention: the state restarts from zero wherever seq_idx
     changes; initial_state belongs to seq_idx 0 and the last state is the row's last sequence's; an
     extension: mamba_ssm's selective_scan_fn has no seq_idx).
     Returns out `[B, D, L]` in u's dtype, and with return_last_state also the last state
@@ -97,7 +97,9 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     expect_in_place(state=state)
     expect_flag(dt_softplus=dt_softplus)
     B3, C3 = (t if t.dim() == 3 else t[:, None] for t in (B, C))
-    if backend_for(state, x) == "triton" and state.stride(2) == 1:
+    # the Triton step has no backward: with a gradient wanted, the torch step, which autograd differentiates
+    if (backend_for(state, x) == "triton" and state.stride(2) == 1
+            and not needs_grad(state, x, dt, A, B, C, D, z, dt_bias)):
         from .triton_selective_scan import selective_state_update_triton
         return selective_state_update_triton(state, unit_last(x), unit_last(dt), A, B3, C3, D, unit_last(z), dt_bias,
                                              dt_softplus)

@@ -21,7 +21,7 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
 
     x [B, L, H, P], dt [B, L, H], A [H] (negative), B, C [B, L, G, N] with G dividing H
     (head h reads group h // (H // G)), D [H] or [H, P], z [B, L, H, P], dt_bias [H],
-    initial_states [B, H, P, N], seq_idx [B, L] integer, dt_limit (lo, hi) or None.
+    initial_states [B, H, P, N], seq_idx [B, L] int32 or int64, dt_limit (lo, hi) or None.
 
         dt' = clamp(softplus(dt + dt_bias), dt_limit);  h_t = exp(dt'_t A) h_{t-1} + dt'_t x_t ⊗ B_t
         y_t = (C_t · h_t + D x_t) * silu(z_t)
@@ -40,7 +40,7 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     chunk, the chunks' dt cumsums and C·Bᵀ (H·P·N / chunk + 2·H + G·chunk values a token; ~6% more
     forward+backward time). The result is the same bits either way.
 
-    cu_seqlens [n + 1] integer (batch 1; mamba_ssm's varlen form: 0, each later sequence's first token, L) says
+    cu_seqlens [n + 1] int32 or int64 (batch 1; mamba_ssm's varlen form: 0, each later sequence's first token, L) says
     the packing as offsets: it stands for seq_idx, or, with seq_idx, must say the same. return_varlen_states
     (with seq_idx or cu_seqlens) also returns each sequence's last state, [sequences, H, P, N] float32 (float64
     for float64 x), the sequences row after row, each row's first token starting one; it comes last, after
@@ -89,12 +89,15 @@ def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=Fa
     _check_step(state, x, dt, A, B, C, D, z, dt_bias)
     expect_flag(dt_softplus=dt_softplus)
     _check_limit(dt_limit)
-    if backend_for(x, B) == "triton":
+    # the Triton step has no backward: with a gradient wanted, the torch step, which autograd differentiates
+    if backend_for(x, B) == "triton" and not needs_grad(state, x, dt, A, B, C, D, z, dt_bias):
         from .triton_ssd import ssd_step_triton
         if x.dtype != torch.float64:
             return ssd_step_triton(state, x, dt, A, B, C, D, z, dt_bias, DtRule.of(dt_softplus, dt_limit))
     ct = torch.float64 if state.dtype == torch.float64 or x.dtype == torch.float64 else torch.float32
-    y, new = ssd_step_naive(state.to(ct), x.to(ct), dt.to(ct), A.to(ct), B.to(ct), C.to(ct),
+    # a copy of the state where autograd records: the step keeps it for the backward, and it is written next
+    s = state.to(ct, copy=needs_grad(state, x, dt, A, B, C, D, z, dt_bias))
+    y, new = ssd_step_naive(s, x.to(ct), dt.to(ct), A.to(ct), B.to(ct), C.to(ct),
                             *(None if t is None else t.to(ct) for t in (D, z, dt_bias)), dt_softplus, dt_limit)
     state.copy_(new)
     return y.to(x.dtype)

@@ -21,7 +21,7 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
 
         o_t = scale * r_t · (S_{t-1} + (u ⊙ k_t) ⊗ v_t),   S_t = diag(exp(w_t)) S_{t-1} + k_t ⊗ v_t
 
-    seq_idx `[B, T]` integers: packed sequences (mamba_ssm's convention, as in ssd_scan; fla's cu_seqlens
+    seq_idx `[B, T]` int32 or int64: packed sequences (mamba_ssm's convention, as in ssd_scan; fla's cu_seqlens
     says the same with offsets): S_{t-1} is zero wherever seq_idx changes, the initial state belongs to
     seq_idx 0, and the final state is the last sequence's.
 

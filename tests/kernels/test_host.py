@@ -1,10 +1,14 @@
 """The launchers' plain-Python helpers: the integer ones give the values of the Triton functions they replace,
-fp32_dot the precision torch's float32 matmul setting asks for."""
+fp32_dot the precision torch's float32 matmul setting asks for; shares_memory (the in-place states' check) the
+answer of enumerating every element's offset."""
+import itertools
+
 import torch
 import triton
 from hypothesis import given
 from hypothesis import strategies as st
 
+from archdsl.kernels._checks import shares_memory
 from archdsl.kernels._host import cdiv, fp32_dot, next_pow2
 
 
@@ -70,3 +74,34 @@ def test_fp32_dot_under_torch_compile():
     finally:
         torch.set_float32_matmul_precision(old)
         torch._dynamo.reset()
+
+
+def _offsets_repeat(shape, strides) -> bool:
+    offsets = [sum(i * s for i, s in zip(index, strides)) for index in itertools.product(*map(range, shape))]
+    return len(set(offsets)) < len(offsets)
+
+
+@given(st.data())
+def test_shares_memory_is_exact_on_views_of_a_dense_tensor(data):
+    """Views that permuting, slicing with steps and expanding make of a dense tensor: shares_memory says whether
+    two elements are one (the values of an arange repeat). torch's own test answers "too hard" for such views."""
+    shape = data.draw(st.lists(st.integers(1, 5), min_size=1, max_size=4))
+    t = torch.arange(int(torch.tensor(shape).prod())).reshape(shape)
+    t = t.permute(data.draw(st.permutations(range(t.dim()))))
+    for d in range(t.dim()):
+        start = data.draw(st.integers(0, t.shape[d] - 1))
+        t = t.narrow(d, start, data.draw(st.integers(1, t.shape[d] - start)))
+        t = t[(slice(None),) * d + (slice(None, None, data.draw(st.integers(1, 3))),)]
+    if data.draw(st.booleans()):  # a new dim, expanded: its elements are one per index of the others
+        d = data.draw(st.integers(0, t.dim()))
+        t = t.unsqueeze(d).expand(*t.shape[:d], data.draw(st.integers(1, 3)), *t.shape[d:])
+    assert shares_memory(t.shape, t.stride()) == (len(set(t.flatten().tolist())) < t.numel())
+
+
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 7)), min_size=1, max_size=4))
+def test_shares_memory_never_misses_an_overlap(dims):
+    """Any sizes and strides (as_strided's): where two indices reach one offset, shares_memory says so. (The
+    converse fails only for interleaved layouts no view of a dense tensor has, as sizes (3, 2) at strides (2, 3).)"""
+    shape, strides = zip(*dims)
+    if _offsets_repeat(shape, strides):
+        assert shares_memory(shape, strides)

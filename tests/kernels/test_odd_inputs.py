@@ -6,6 +6,7 @@ machine with a GPU the inputs live there, so the compiled kernels meet the same 
 (`pytest tests/kernels/test_odd_inputs.py`, as benchmarks/gpu_sweep.sh runs it).
 A kernel's products need their operands in one dtype, so the ops convert mixed ones before
 launching; work with no elements never reaches a launch."""
+import importlib
 import re
 from types import SimpleNamespace
 
@@ -298,19 +299,43 @@ IN_PLACE = [("ssd_step", "state"), ("selective_state_update", "state"), ("wkv6_s
             ("mamba2_step_fused", "ssm_state"), ("mamba_conv_step", "conv_state"), ("mamba_ssm_step_fused", "state")]
 
 
+def _cloned(inputs):
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def _overlapping(state):
+    """(what, view): views of state's shape (contiguous, batch 2) whose elements share memory otherwise than by
+    expand, made with as_strided."""
+    base, strides = torch.zeros(state.numel(), dtype=state.dtype, device=state.device), list(state.stride())
+    yield "rows half over each other", base.as_strided(state.shape, [strides[0] // 2] + strides[1:])
+    yield "a sliding window over the last two dims", base.as_strided(state.shape, strides[:-2] + [1, 1])
+
+
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("op, arg", IN_PLACE)
 def test_a_state_updated_in_place_that_cannot_be_written_is_a_value_error(op, arg, backend, monkeypatch):
     """A step's state that is updated in place: an expanded one (a batch of rows sharing memory), which the
-    Triton path wrote silently and the torch path refused with a RuntimeError, and a leaf that requires grad
-    (written behind autograd on the Triton path, a RuntimeError on the torch one), are ValueErrors; a strided
-    one is fine (test_one_argument_not_contiguous)."""
+    Triton path wrote silently and the torch path refused with a RuntimeError, another view whose elements
+    share memory (as_strided: rows over each other, a sliding window), which both paths wrote silently, and
+    a leaf that requires grad (written behind autograd on the Triton path, a RuntimeError on the torch one),
+    are ValueErrors; a strided one is fine (test_one_argument_not_contiguous), and so is a transposed one."""
     monkeypatch.setenv("ARCHDSL_KERNELS", backend)
     fn, make = ARGS[op]
     inputs = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**{**SIZES, "b": 2})).items()}
     state = inputs[arg]
-    with pytest.raises(ValueError, match=rf"^{arg}: updated in place, so its elements must not share memory"):
+    shared = "^" + re.escape(f"{arg}: updated in place, so its elements must not share memory; got shape "
+                             f"{list(state.shape)}")
+    with pytest.raises(ValueError, match=shared):
         fn(**{**inputs, arg: state[:1].expand_as(state)})
+    for what, view in _overlapping(state):
+        try:
+            fn(**{**inputs, arg: view})
+        except ValueError as e:
+            assert re.match(shared, str(e)), f"{op}: {arg} as {what}: {e}"
+        else:
+            pytest.fail(f"{op}: {arg} as {what} (strides {list(view.stride())}) was written without a word")
+    ref, odd = _cloned(inputs), {**_cloned(inputs), arg: state.transpose(-1, -2).contiguous().transpose(-1, -2)}
+    _same(_results(fn(**odd), odd), _results(fn(**ref), ref), f"{op}: {arg} transposed (no element shared)")
     with pytest.raises(ValueError, match=rf"^{arg}: updated in place, so it cannot be a leaf"):
         fn(**{**inputs, arg: state.clone().requires_grad_()})
     with torch.no_grad():  # where autograd lets it be written
@@ -340,3 +365,81 @@ def test_wkv6_step_returns_r_dtype_whatever_the_state(state_dtype):
     inputs = {k: _cast(v, state_dtype if k == "state" else torch.float32)
               for k, v in make(SimpleNamespace(**SIZES)).items()}
     assert fn(**inputs).dtype == torch.float32
+
+
+INDEX = [("ssd_scan", "seq_idx"), ("ssd_scan", "cu_seqlens"), ("selective_scan", "seq_idx"), ("wkv6", "seq_idx"),
+         ("causal_conv1d", "seq_idx")]
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("op, arg", INDEX)
+def test_an_index_tensor_is_int32_or_int64(op, arg, backend, monkeypatch):
+    """seq_idx and cu_seqlens (two sequences of L/2 tokens) give one result in int32 (mamba_ssm's and
+    causal-conv1d's dtype) and int64; in bool (a mask, which both paths read as sequence numbers 0 and 1 without
+    a word), float or another integer dtype they are a ValueError naming the argument and the dtypes it takes."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", backend)
+    fn, make = ARGS[op]
+    inputs = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**SIZES)).items()}
+    L = SIZES["L"]
+    index = torch.tensor([0, L // 2, L]) if arg == "cu_seqlens" else (torch.arange(L) >= L // 2).long()[None]
+    int32, int64 = (_results(fn(**inputs, **{arg: index.to(DEVICE, dtype)}), inputs)
+                    for dtype in (torch.int32, torch.int64))
+    for a, b in zip(int32, int64, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"{op}: {arg} in int32 and int64")
+    for bad in (torch.bool, torch.float32, torch.uint8, torch.int16):
+        with pytest.raises(ValueError, match=rf"^{arg}: expected an integer tensor \(int32 or int64\), got {bad}$"):
+            fn(**inputs, **{arg: index.to(DEVICE, bad)})
+
+
+STATES = ("state", "conv_state", "ssm_state")
+TRITON_STEPS = {  # op: (its module, the Triton launcher its Triton path calls); the kernels have no backward
+    "selective_state_update": ("selective_scan.triton_selective_scan", "selective_state_update_triton"),
+    "ssd_step": ("ssd.triton_ssd", "ssd_step_triton"),
+    "causal_conv1d_update": ("conv1d.triton_conv1d", "causal_conv1d_update_triton"),
+    "mamba2_step_fused": ("fused_step.triton_fused_step", "mamba2_step_triton"),
+    "mamba_conv_step": ("fused_step.triton_fused_step", "conv_step_triton"),
+    "mamba_ssm_step_fused": ("fused_step.triton_fused_step", "mamba_ssm_step_triton"),
+    "rms_linear": ("norm_gemv.triton_norm_gemv", "rms_linear_triton"),
+    "gemv": ("norm_gemv.triton_norm_gemv", "rms_linear_triton"),
+}
+
+
+@pytest.mark.parametrize("op", list(TRITON_STEPS))
+def test_a_step_whose_inputs_require_grad_is_differentiable_on_the_triton_backend(op, monkeypatch):
+    """The Triton steps and GEMVs have no backward: with an input that requires grad their outputs had no grad_fn
+    (silently no gradient on CUDA), and the torch step of a float32 state kept the state for its backward and
+    then wrote it (a RuntimeError in backward). Where autograd records and an input requires grad they take
+    the torch step, on a copy of the state: outputs, updated states and the gradients of every input (the
+    states' earlier values too) are the torch backend's. Without a gradient wanted (none required, or
+    torch.no_grad) the Triton kernel runs."""
+    module, name = TRITON_STEPS[op]
+    mod = importlib.import_module(f"archdsl.kernels.{module}")
+    real, ran = getattr(mod, name), []
+    monkeypatch.setattr(mod, name, lambda *a, **k: ran.append(name) or real(*a, **k))
+    fn, make = ARGS[op]
+
+    def run(backend, grad=True):
+        monkeypatch.setenv("ARCHDSL_KERNELS", backend)
+        torch.manual_seed(0)
+        inputs = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**SIZES)).items()}
+        leaves = [v.requires_grad_(grad) for v in inputs.values() if isinstance(v, torch.Tensor)]
+        inputs.update({k: inputs[k].clone() for k in STATES if k in inputs})  # not leaves: written in place
+        ran.clear()
+        out = _results(fn(**inputs), inputs)
+        if not (grad and torch.is_grad_enabled()):
+            return out, ran[:]
+        gen = torch.Generator().manual_seed(1)
+        loss = sum((t * torch.randn(t.shape, generator=gen).to(t.device)).sum() for t in out)
+        return [t.detach() for t in out] + list(torch.autograd.grad(loss, leaves, allow_unused=True)), ran[:]
+
+    want, _ = run("torch")
+    got, launched = run("triton")
+    assert launched == [], f"{op}: the Triton kernel ran though a gradient was wanted"
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert (g is None) == (w is None), f"{op}, result {i}: a gradient on one backend only"
+        if w is not None:
+            torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6, msg=lambda m: f"{op}, result {i}: {m}")
+    assert run("triton", grad=False)[1] == [name], f"{op}: the Triton kernel did not run without gradients"
+    with torch.no_grad():
+        assert run("triton")[1] == [name], f"{op}: the Triton kernel did not run under torch.no_grad"
