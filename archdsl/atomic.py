@@ -14,11 +14,14 @@ from contextlib import contextmanager
 from .errors import ArchDSLError
 
 
-def write_atomic(path: str, data: str | bytes) -> None:
-    """Write `data` (text as UTF-8) to `path`, replacing it whole or not at all."""
+def write_atomic(path: str, data: str | bytes, replace: bool = True) -> None:
+    """Write `data` (text as UTF-8) to `path`, replacing it whole or not at all; with `replace=False` a file
+    there (one made while this wrote, too) is ArchDSLError and stays as it was."""
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         raise ArchDSLError(f"cannot write {path}: it is a directory")
+    if not replace:
+        _check_absent(path)
     d = os.path.dirname(path)
     try:
         os.makedirs(d, exist_ok=True)
@@ -29,6 +32,8 @@ def write_atomic(path: str, data: str | bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.chmod(tmp, 0o666 & ~_umask())
+        if not replace:
+            _check_absent(path)  # again: it may have appeared while we wrote
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -36,13 +41,15 @@ def write_atomic(path: str, data: str | bytes) -> None:
         raise
 
 
-def check_output(path: str, flag: str = "-o", directory: bool = False) -> None:
-    """Before any work: ArchDSLError unless `path` can become a file (or with `directory`, a directory).
-    Missing parent directories are fine: every writer creates them."""
+def check_output(path: str, flag: str = "-o", directory: bool = False, replace: bool = True) -> None:
+    """Before any work: ArchDSLError unless `path` can become a file (or with `directory`, a directory); with
+    `replace=False` unless nothing is there yet. Missing parent directories are fine: every writer creates them."""
     if not path:
         raise ArchDSLError(f"{flag}: give a path")
     if os.path.isdir(path) and not directory:
         raise ArchDSLError(f"{flag} {path}: is a directory; give a file name")
+    if not replace:
+        _check_absent(path, flag)
     if os.path.exists(path) and directory and not os.path.isdir(path):
         raise ArchDSLError(f"{flag} {path}: exists and is not a directory")
     parent = os.path.dirname(os.path.abspath(path))
@@ -110,6 +117,13 @@ def _check_replaceable(path: str, names: frozenset[str]) -> None:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise ArchDSLError(f"will not replace {path}: it holds what archdsl does not write there ({shown});"
                            " pick another output or remove it")
+
+
+def _check_absent(path: str, flag: str = "") -> None:
+    """ArchDSLError when `path` exists (a link to nothing too): a file that is not an output of ours to replace."""
+    if os.path.lexists(path):
+        where = f"{flag} {path}" if flag else path
+        raise ArchDSLError(f"{where}: exists; archdsl will not replace it", hint="pick another output or remove it")
 
 
 def _umask() -> int:

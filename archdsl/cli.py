@@ -78,8 +78,9 @@ def count_text(n: int) -> str:
     return str(n)
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def plural(n: int, word: str, words: str = "") -> str:
+    """'1 token', '2 tokens', '1,024 tokens'; `words` where the plural is not word + 's' ('processes')."""
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {words or word + 's'}"
 
 
 def human(n: float, unit: str = "") -> str:
@@ -270,8 +271,8 @@ def cmd_convert(args):
         raise ArchDSLError("--name: give a name (it is empty)")
     if args.dtype is not None and not args.weights:
         raise ArchDSLError("--dtype needs --weights: it is the dtype of the saved model (a spec has none)")
-    if args.output and not args.weights:
-        check_output(args.output)
+    if args.output and not args.weights:  # a spec file of the user's, maybe edited since: never replaced
+        check_output(args.output, replace=False)
     if args.weights:
         if args.source != "hf":
             raise ArchDSLError("--weights needs --from hf (a model directory with safetensors)")
@@ -283,7 +284,7 @@ def cmd_convert(args):
         check_output_dir(args.output, SAVE_FILES)  # before the weights are read
         _, model = from_hf(args.input, weights=True, dtype=args.dtype, name=args.name)
         model.save(args.output)
-        print(f"wrote {args.output} ({model.num_params():,} parameters)", file=sys.stderr)
+        print(f"wrote {args.output} ({plural(model.num_params(), 'parameter')})", file=sys.stderr)
         return
     if args.source == "megatron":
         from .convert.megatron import pattern_to_layout
@@ -300,7 +301,7 @@ def cmd_convert(args):
         from .atomic import write_atomic
 
         try:
-            write_atomic(args.output, text)
+            write_atomic(args.output, text, replace=False)
         except OSError as e:
             raise ArchDSLError(f"cannot write {args.output}: {e.strerror or e}") from None
         print(f"wrote {args.output}", file=sys.stderr)
@@ -312,7 +313,9 @@ def _add_convert(p):
     p.add_argument("--from", dest="source", required=True, choices=["megatron", "hf"])
     p.add_argument("input", help="the Megatron pattern (e.g. 'M-M*-') or a config.json / model directory")
     p.add_argument("--name", help="the spec's name")
-    p.add_argument("-o", "--output", help="write the spec here instead of stdout (with --weights: the model directory)")
+    p.add_argument("-o", "--output",
+                   help="write the spec here instead of stdout (a new file: an existing one is refused; with "
+                        "--weights: the model directory, replaced atomically)")
     p.add_argument("--weights", action="store_true",
                    help="also import the safetensors weights and save an archdsl model (spec.yaml + model.safetensors)")
     p.add_argument("--dtype", default=None, help="with --weights: the saved model's dtype (default: the checkpoint's)")
@@ -348,7 +351,7 @@ def cmd_compile(args):
     check_output_dir(args.output, SAVE_FILES)  # before the model is built: a big one takes minutes
     model = build(_spec(args.spec, args.set), device=args.device, dtype=args.dtype, seed=args.seed)
     model.save(args.output)
-    print(f"wrote {args.output}: {model.spec.name}, {model.num_params():,} parameters, "
+    print(f"wrote {args.output}: {model.spec.name}, {plural(model.num_params(), 'parameter')}, "
           f"{str(model.dtype).replace('torch.', '')}")
 
 
@@ -415,16 +418,17 @@ def cmd_run(args):
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{result['name']}: {result['params']:,} parameters on {result['device']} ({result['dtype']}), batch {args.batch}"
-          f"{', decode from a CUDA graph' if graphed else ''}")
-    print(f"  prefill  {args.prompt_len:>8,} tokens   {result['prefill_tokens_per_s']:>14,.1f} tokens/s")
+    print(f"{result['name']}: {plural(result['params'], 'parameter')} on {result['device']} ({result['dtype']}), "
+          f"batch {args.batch}{', decode from a CUDA graph' if graphed else ''}")
+    tokens = lambda n: f"{n:>8,} {'token' if n == 1 else 'tokens':<6}"  # noqa: E731 - the columns stay aligned
+    print(f"  prefill  {tokens(args.prompt_len)}   {result['prefill_tokens_per_s']:>14,.1f} tokens/s")
     if args.gen:
-        print(f"  decode   {args.gen:>8,} tokens   {result['decode_tokens_per_s']:>14,.1f} tokens/s")
+        print(f"  decode   {tokens(args.gen)}   {result['decode_tokens_per_s']:>14,.1f} tokens/s")
         shown = " ".join(map(str, first[:16])) + (" …" if len(first) > 16 else "")
         print(f"  greedy continuation of sequence 0: {shown}")
     states = f", SSM states {result['ssm_state_dtype']}" if args.ssm_state_dtype else ""
     print(f"  cache    {cache.nbytes():>18,} bytes ({human(cache.nbytes(), 'B')}) at "
-          f"{args.prompt_len + args.gen:,} tokens{states}")
+          f"{plural(args.prompt_len + args.gen, 'token')}{states}")
 
 
 @command("bench", "time a model's forward pass, training step and decode step (medians, with FLOP/s and GB/s)")
@@ -449,8 +453,9 @@ def cmd_bench(args):
     if args.json:
         print(json.dumps({**head, "rows": [r.to_dict() for r in rows]}, indent=2))
         return
-    print(f"{head['name']}: {head['params']:,} parameters on {head['device']} ({head['dtype']}), "
-          f"batch {args.batch}, {args.seq_len:,} tokens{', decode from a CUDA graph' if args.cuda_graph else ''}"
+    print(f"{head['name']}: {plural(head['params'], 'parameter')} on {head['device']} ({head['dtype']}), "
+          f"batch {args.batch}, {plural(args.seq_len, 'token')}"
+          f"{', decode from a CUDA graph' if args.cuda_graph else ''}"
           f"{', SSM states ' + head['ssm_state_dtype'] if args.ssm_state_dtype else ''}")
     print(table(format_rows(rows), ["case", "tokens", "ms", "tokens/s", "work", "achieved"]))
 
@@ -572,7 +577,7 @@ def cmd_train(args):
     if out.get("losses") and int(__import__("os").environ.get("RANK", 0)) == 0:
         last = max(out["losses"])
         print(f"{args.output}: step {last}, loss {out['losses'][last]:.4f}, {out['wall_s']:.1f} s "
-              f"on {out['world_size']} process(es)")
+              f"on {plural(out['world_size'], 'process', 'processes')}")
 
 
 def _add_train(p):
@@ -592,7 +597,9 @@ def _add_train(p):
     p.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing per layer")
     p.add_argument("--compile", action="store_true", help="torch.compile each layer")
     p.add_argument("--save-every", type=int, default=0, metavar="K", help="checkpoint every K steps (and at the end)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUNDIR")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in RUNDIR that loads (a damaged one is passed over "
+                        "with a warning)")
     p.add_argument("--stop-after", type=int, default=None, metavar="K",
                    help="stop after step K with a checkpoint (the schedule stays that of --steps)")
     p.add_argument("--seed", type=parse_seed, default=0)
@@ -609,7 +616,7 @@ def cmd_export_checkpoint(args):
     from .train import export_checkpoint
 
     model, step = export_checkpoint(args.rundir, args.output, step=args.step, dtype=args.dtype)
-    print(f"wrote {args.output}: {model.spec.name} at step {step}, {model.num_params():,} parameters")
+    print(f"wrote {args.output}: {model.spec.name} at step {step}, {plural(model.num_params(), 'parameter')}")
 
 
 def _add_export_checkpoint(p):

@@ -69,14 +69,28 @@ class ArchDSLError(Exception):
             self.excerpt = f"  {text}\n  {pad}^{'~' * (width - 1)}"
         super().__init__(self.render())
 
-    def render(self) -> str:
+    def place(self) -> str:
+        """'file:line:col', as much of it as is known, or ''."""
         where = self.file or ""
         if self.line is not None:
             where += f":{self.line}" + (f":{self.col}" if self.col is not None else "")
+        return where
+
+    def render(self) -> str:
+        where = self.place()
         head = f"{where}: {self.message}" if where else self.message
         if self.hint:
             head += f"; {self.hint}"
         return head + ("\n" + self.excerpt if self.excerpt else "")
+
+    def prefixed(self, cause: str) -> ArchDSLError:
+        """This error told as the doing of `cause` (a command-line option that changed what the place holds):
+        'cause: message (at place)', the picture and the hint kept."""
+        where = self.place()
+        new = ArchDSLError(f"{cause}: {self.message}" + (f" (at {where})" if where else ""), hint=self.hint)
+        new.excerpt = self.excerpt
+        new.args = (new.render(),)
+        return new
 
 
 def did_you_mean(name: str, valid) -> str:

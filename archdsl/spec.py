@@ -100,6 +100,8 @@ SPEC_KEYS = {f.name for f in fields(Spec)} - {"source", "positions"}
 # the model-level keys and their types, for YAML files and parse()'s keywords alike
 SIZE_TYPES = {"name": str, "d_model": int, "vocab_size": int, "tie_embeddings": bool, "norm": str,
               "norm_eps": float, "embed_norm": bool, "residual_fp32": bool, "ffn": str}
+EXAMPLES = {"d_model": "1024", "vocab_size": "32000", "tie_embeddings": "true", "norm_eps": "1e-5",
+            "embed_norm": "true", "residual_fp32": "true"}  # a value of each key that is not text, for --set's errors
 
 
 def parse(text: str, **sizes) -> Spec:
@@ -317,9 +319,11 @@ def with_sizes(spec: Spec, **changes) -> Spec:
 
 def with_settings(spec: Spec, settings: list[str], flag: str = "--set") -> Spec:
     """A copy with model-level keys changed by 'KEY=VALUE' texts, as the command line's --set gives them: the
-    value read as YAML (1024, true, 1e-6, rmsnorm; name's as it is written). Errors name the setting; the file's
-    positions of the keys changed are dropped, so that no error points at the value they replaced."""
-    changes = {}
+    value read as YAML (1024, true, 1e-6, rmsnorm; name's as it is written). The copy's graph is built here, so
+    that every error a setting causes names it (`--set d_model=1000: ...`), a block that cannot take the new
+    size with its place in the file; an error the spec has without the settings is its own. The file's positions
+    of the keys changed are dropped, so that no error points at the value they replaced."""
+    changes, given = {}, {}
     for text in settings:
         key, eq, value = (part.strip() for part in text.partition("="))
         if not eq or not key:
@@ -327,22 +331,46 @@ def with_settings(spec: Spec, settings: list[str], flag: str = "--set") -> Spec:
         if key not in SIZE_TYPES:
             raise ArchDSLError(f"{flag} {text}: {key!r} is not a model-level key ({', '.join(SIZE_TYPES)})",
                                hint=did_you_mean(key, list(SIZE_TYPES)))
+        if not value and SIZE_TYPES[key] is not str:
+            raise ArchDSLError(f"{flag} {text}: no value after '=' (say {key}={EXAMPLES[key]})")
         if SIZE_TYPES[key] is not str:
             try:
                 value = yaml.load(value, Loader=YamlLoader)
             except yaml.YAMLError:
                 raise ArchDSLError(f"{flag} {text}: {value!r} is not a value") from None
         changes[key] = _typed(key, value, lambda message, _: ArchDSLError(f"{flag} {text}: {message}"))
-    positions = {k: v for k, v in spec.positions.items() if k[0] not in changes}
-    try:
-        new = _checked(replace(spec, positions=positions, **changes))  # each value typed above
-        if changes.get("ffn"):  # a name the blocks resolve: checked here, so that the error names the setting
-            from .graph import check_ffn
+        given[key] = text  # a key set twice: the last one counts, and is the one named
+    base = replace(spec, positions={k: v for k, v in spec.positions.items() if k[0] not in changes})
+    for key, value in changes.items():  # the model-level checks are of one key each: one setting at a time
+        try:
+            one = _checked(replace(base, **{key: value}))
+            if key == "ffn" and value:  # a name the blocks resolve
+                from .graph import check_ffn
 
-            check_ffn(new)
-        return new
+                check_ffn(one)
+        except ArchDSLError as e:
+            raise ArchDSLError(f"{flag} {given[key]}: {e.message}", hint=e.hint) from None
+    new = replace(base, **changes)
+    try:
+        _ = new.graph
     except ArchDSLError as e:
-        raise ArchDSLError(f"{flag} {' '.join(settings)}: {e.message}", hint=e.hint) from None
+        own = _own_error(spec)
+        if str(e) == own:
+            raise
+        # the settings that break a spec that builds each on its own; else (a combination of them, or a spec that
+        # is broken already and breaks otherwise with them) all of them
+        alone = [k for k in changes if own is None and _own_error(replace(base, **{k: changes[k]})) is not None]
+        raise e.prefixed(" ".join(f"{flag} {given[k]}" for k in alone or changes)) from None
+    return new
+
+
+def _own_error(spec: Spec) -> str | None:
+    """The error that building `spec`'s graph gives, if any."""
+    try:
+        _ = spec.graph
+    except ArchDSLError as e:
+        return str(e)
+    return None
 
 
 def _positions(node, path: tuple = ()) -> dict[tuple, int]:

@@ -293,6 +293,8 @@ def test_set_changes_model_level_keys(tmp_path, capsys):
     ("=3", "--set: expected KEY=VALUE"),
     ("dmodel=3", "--set dmodel=3: 'dmodel' is not a model-level key"),
     ("d_model=abc", "--set d_model=abc: d_model must be int, got 'abc'"),
+    ("d_model=", "--set d_model=: no value after '=' (say d_model=1024)"),
+    ("d_model=-3", "--set d_model=-3: d_model must be positive, got -3"),
     ("d_model=0", "--set d_model=0: d_model must be positive, got 0"),
     ("d_model=[1", "--set d_model=[1: '[1' is not a value"),
     ("norm=batchnorm", "--set norm=batchnorm: unknown norm 'batchnorm'"),
@@ -308,10 +310,45 @@ def test_bad_set_names_the_setting(setting, message, capsys):
 
 
 def test_set_on_a_file_points_at_what_it_breaks(capsys):
-    """A size the file's blocks cannot take is reported at their place in the file; a saved model's sizes are
-    its weights', so --set refuses it."""
+    """A size the file's blocks cannot take is reported at their place in the file, as the doing of the setting;
+    a saved model's sizes are its weights', so --set refuses it."""
     code, _, err = run("check", os.path.join(ROOT, "specs/jamba-v0.1.yaml"), "--set", "d_model=1000", capsys=capsys)
-    assert code == 2 and "jamba-v0.1.yaml:13:" in err and "heads 32 must divide d_model 1000" in err, err
+    assert code == 2 and err.startswith("error: --set d_model=1000: attn: heads 32 must divide d_model 1000 (at "), err
+    assert "jamba-v0.1.yaml:13:17)\n    attn: {heads: 32" in err, err
+
+
+SET_COMMANDS = [["check"], ["show"], ["fmt"], ["graph", "-o", "g.svg"], ["memory"], ["compile", "-o", "m"],
+                ["run", "--prompt-len", "2", "--gen", "1"], ["bench", "--seq-len", "2", "--gen", "1"]]
+
+
+@pytest.mark.parametrize("argv", SET_COMMANDS, ids=lambda a: a[0])
+def test_every_error_of_a_setting_names_it(argv, tmp_path, monkeypatch, capsys):
+    """In every command that takes --set, an error that a setting causes starts with `--set KEY=VALUE:`, so that it
+    is not taken for one of the spec: a bad value, and a size the layout's blocks cannot take (that one was
+    reported at the layout alone, as if the layout were wrong). Nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    for setting, message in (("d_model=abc", "d_model must be int, got 'abc'"),
+                             ("d_model=-3", "d_model must be positive, got -3"),
+                             ("d_model=", "no value after '='"),
+                             ("dmodel=64", "'dmodel' is not a model-level key"),
+                             ("d_model=100", "attn: heads 8 must divide d_model 100 (at <layout>:1:20)\n"
+                                             "  mamba2(headdim=8), attn\n                     ^~~~")):
+        code, out, err = run(argv[0], "mamba2(headdim=8), attn", *argv[1:], "--set", setting, capsys=capsys)
+        assert code == 2 and out == "" and err.startswith(f"error: --set {setting}: {message}"), (setting, err)
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_error_is_put_down_to_the_setting_that_makes_it(tmp_path, capsys):
+    """Of several settings, the error names the one that breaks the spec (the others build it on their own); an
+    error the spec has without any setting is the spec's, reported as it is."""
+    code, _, err = run("show", "mamba2(headdim=8), attn", "--set", "vocab_size=100", "--set", "d_model=100",
+                       "--set", "name=x", capsys=capsys)
+    assert code == 2 and err.startswith("error: --set d_model=100: attn: heads 8 must divide d_model 100"), err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nd_model: 64\nlayout: attn(heads=3)\n")
+    own = run("check", str(bad), capsys=capsys)[2]
+    code, _, err = run("check", str(bad), "--set", "vocab_size=100", capsys=capsys)
+    assert code == 2 and err == own and "--set" not in err and "heads 3 must divide d_model 64" in err, err
 
 
 def test_set_ffn_on_a_file_names_the_setting(capsys):
@@ -407,6 +444,28 @@ def test_bench_out_of_memory_exits_2(monkeypatch, capsys):
                        "--seq-len", "1m", "--cases", "forward", capsys=capsys)
     assert code == 2 and "bench: batch 1048576 × 1,048,576 tokens does not fit in the memory of cpu" in err, err
     assert "Traceback" not in err
+
+
+def test_counts_of_one_are_singular(tmp_path, capsys):
+    """run and bench say '1 token', not '1 tokens', and train '1 process', not '1 process(es)'; the columns of
+    run's table stay aligned."""
+    tiny = ("mamba2(d_state=8, headdim=8)", "--set", "d_model=32", "--set", "vocab_size=64")
+    code, out, _ = run("run", *tiny, "--prompt-len", "1", "--gen", "1", "--no-warmup", capsys=capsys)
+    lines = out.splitlines()
+    assert code == 0 and lines[1].startswith("  prefill         1 token    ") and " 1 tokens" not in out, out
+    assert lines[2].startswith("  decode          1 token    ") and lines[-1].endswith(" at 2 tokens"), out
+    assert lines[1].index("tokens/s") == lines[2].index("tokens/s")
+    code, out, _ = run("run", *tiny, "--prompt-len", "1", "--gen", "0", "--no-warmup", capsys=capsys)
+    assert code == 0 and out.splitlines()[-1].endswith(" at 1 token"), out
+    code, out, _ = run("run", *tiny, "--prompt-len", "12", "--gen", "3", "--no-warmup", capsys=capsys)
+    assert code == 0 and "  prefill        12 tokens   " in out and "  decode          3 tokens   " in out, out
+    code, out, _ = run("bench", *tiny, "--seq-len", "1", "--gen", "1", "--cases", "forward", capsys=capsys)
+    assert code == 0 and out.splitlines()[0].endswith(", batch 1, 1 token"), out
+    spec = tmp_path / "t.yaml"
+    spec.write_text("name: t\nd_model: 32\nvocab_size: 64\nlayout: mamba2(d_state=8, headdim=8)\n")
+    code, out, _ = run("train", str(spec), "--data", "mqar:seq=16,pairs=2,vocab=64", "--steps", "1", "--batch", "2",
+                       "--no-progress", "--threads", "1", "-o", str(tmp_path / "r"), capsys=capsys)
+    assert code == 0 and out.endswith(" s on 1 process\n"), out
 
 
 def test_run_out_of_memory_exits_2(monkeypatch, capsys):

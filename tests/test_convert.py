@@ -122,6 +122,60 @@ def test_refusals_name_the_config_file(tmp_path):
     assert not (tmp_path / "out.yaml").exists()
 
 
+def test_convert_never_replaces_a_file(tmp_path, capsys, monkeypatch):
+    """`convert -o FILE` refuses a FILE that exists (a spec the user may have edited since), before any work: it
+    was replaced in silence. A write that fails midway, or finds a file made meanwhile, leaves no file and no
+    temporary one behind, and that file as it was."""
+    import json
+    import os
+
+    from archdsl.cli import main
+
+    out = tmp_path / "spec.yaml"
+    out.write_text("name: mine\n")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "mamba", "hidden_size": 64, "num_hidden_layers": 2}))
+    for argv in (["--from", "megatron", "M-M"], ["--from", "hf", str(config)],
+                 ["--from", "hf", str(tmp_path / "missing.json")]):  # refused before the input is read
+        capsys.readouterr()
+        assert main(["convert", *argv, "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: -o {out}: exists; archdsl will not replace it"), err
+        assert "pick another output or remove it" in err and out.read_text() == "name: mine\n"
+    os.remove(out)
+
+    real_fdopen = os.fdopen
+
+    def full_disk(fd, mode):  # the first bytes land, then the disk is full
+        f = real_fdopen(fd, mode)
+        write = f.write
+
+        def cut_short(data):
+            write(data[:10])
+            f.flush()
+            raise OSError(28, "No space left on device")
+        f.write = cut_short
+        return f
+
+    monkeypatch.setattr("archdsl.atomic.os.fdopen", full_disk)
+    capsys.readouterr()
+    assert main(["convert", "--from", "hf", str(config), "-o", str(out)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["config.json"]
+
+    def meanwhile(fd, mode):  # another program writes the file while convert does
+        out.write_text("name: theirs\n")
+        return real_fdopen(fd, mode)
+
+    monkeypatch.setattr("archdsl.atomic.os.fdopen", meanwhile)
+    assert main(["convert", "--from", "megatron", "M-M", "-o", str(out)]) == 2
+    assert "exists; archdsl will not replace it" in capsys.readouterr().err
+    assert out.read_text() == "name: theirs\n" and sorted(os.listdir(tmp_path)) == ["config.json", "spec.yaml"]
+    monkeypatch.undo()
+    assert main(["convert", "--from", "megatron", "MM", "-o", str(tmp_path / "new" / "s.yaml")]) == 0
+    assert "layout: 2×mamba2" in (tmp_path / "new" / "s.yaml").read_text()
+
+
 def test_architectures_dispatch():
     spec = hf_config_to_spec({"architectures": ["MambaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2})
     assert spec["layout"] == "2×mamba"

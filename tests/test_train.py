@@ -203,7 +203,7 @@ def test_token_file_and_bad_inputs(tmp_path, capsys):
     shutil.copytree(tmp_path / "ok", dmg)
     os.remove(dmg / "checkpoints" / "step_00000003" / "__0_0.distcp")
     resume = ["train", spec, "--data", str(good), *args, "-o", str(dmg), "--resume"]
-    bad([a if a != "3" else "5" for a in resume], "cannot load the checkpoint", "__0_0.distcp")
+    bad([a if a != "3" else "5" for a in resume], "cannot resume, every checkpoint is damaged", "__0_0.distcp: missing")
     bad(["export-checkpoint", str(dmg), "-o", str(tmp_path / "e")], "cannot read the checkpoint")
     assert not os.path.exists(tmp_path / "x")  # nothing was written by the failed runs
 
@@ -373,6 +373,54 @@ def test_resume_refuses_other_settings_and_survives_a_cut_metrics_line(tmp_path,
         f.write('{"step": 3, "lo')  # killed while writing step 3's line
     assert main(["train", spec, *args, "-o", cut, "--resume"]) == 0
     assert losses(cut) == losses(full)
+
+
+def test_resume_passes_over_damaged_checkpoints(tmp_path, capsys):
+    """--resume from a run whose newest checkpoints are damaged (a file cut short, bytes garbled, meta.json cut)
+    continues from the newest one that loads, with a warning naming each one passed over, and its losses are the
+    uninterrupted run's; it failed outright. When none loads: exit 2 naming each, the run directory untouched."""
+    spec = write(tmp_path, "z.yaml", ZAMBA)
+    args = ["--data", DATA, "--steps", "4", "--batch", "4", "--no-progress", "--threads", "1"]
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    assert main(["train", spec, *args, "-o", full]) == 0
+    assert main(["train", spec, *args, "-o", cut, "--save-every", "1", "--stop-after", "3"]) == 0
+    step = lambda run, s, name="": os.path.join(run, "checkpoints", f"step_{s:08d}", name)  # noqa: E731
+
+    def cut_short(path, size=1000):
+        with open(path, "r+b") as f:
+            f.truncate(size)
+
+    def garble(path):  # the length stays: only loading finds it
+        with open(path, "r+b") as f:
+            f.write(b"\0" * 4096)
+
+    cases = {"truncated": (lambda r: cut_short(step(r, 3, "__0_0.distcp")),
+                           [step("{r}", 3, "__0_0.distcp") + ": truncated (1,000 of "], 2),
+             "garbled": (lambda r: garble(step(r, 3, "__0_0.distcp")),
+                         [step("{r}", 3)[:-1] + ": cannot load the checkpoint (UnpicklingError"], 2),
+             "two": (lambda r: (cut_short(step(r, 3, "meta.json"), 10), garble(step(r, 2, "__0_0.distcp"))),
+                     [step("{r}", 3, "meta.json") + ": does not read (JSONDecodeError", step("{r}", 2)[:-1]], 1)}
+    for name, (damage, named, start) in cases.items():
+        run = str(tmp_path / name)
+        shutil.copytree(cut, run)
+        damage(run)
+        capsys.readouterr()
+        assert main(["train", spec, *args, "-o", run, "--resume"]) == 0, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"warning: skipped {len(named)} damaged checkpoint"), err
+        assert all(n.format(r=run) in err for n in named), err
+        assert err.rstrip().endswith(f"; resuming from step {start} ({step(run, start)[:-1]})"), err
+        assert losses(run) == losses(full), name
+    bad = str(tmp_path / "bad")
+    shutil.copytree(cut, bad)
+    for s in (1, 2, 3):
+        cut_short(step(bad, s, "__0_0.distcp"), 5 * s)
+    before = {p: os.path.getsize(os.path.join(d, p)) for d, _, ps in os.walk(bad) for p in ps}
+    err = refused(capsys, ["train", spec, *args, "-o", bad, "--resume"], f"error: {bad}: cannot resume, every "
+                  f"checkpoint is damaged: {step(bad, 3, '__0_0.distcp')}: truncated (15 of ",
+                  f"{step(bad, 1, '__0_0.distcp')}: truncated (5 of ", "train again into another -o RUNDIR")
+    assert "Traceback" not in err and "warning" not in err
+    assert {p: os.path.getsize(os.path.join(d, p)) for d, _, ps in os.walk(bad) for p in ps} == before
 
 
 def test_run_directory_contents_are_checked_before_any_work(tmp_path, capsys):

@@ -60,12 +60,57 @@ def checkpoints(rundir: str) -> list[tuple[int, str]]:
 
 def read_meta(path: str) -> dict:
     try:
-        with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
-            meta = json.load(f)
-        meta["spec_sha256"], meta["step"]  # noqa: B018 - present or KeyError
-        return meta
+        return _meta(path)
     except (OSError, ValueError, KeyError) as e:
         raise ArchDSLError(f"{path}: not a readable archdsl checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _meta(path: str) -> dict:
+    with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    meta["spec_sha256"], meta["step"]  # noqa: B018 - present or KeyError
+    return meta
+
+
+def damage(path: str) -> str | None:
+    """What keeps the checkpoint at `path` from loading, as far as its files tell without reading a tensor
+    ('FILE: what'): meta.json or DCP's .metadata that does not read, a data file that .metadata names missing
+    or shorter than the entries it places there (a copy or a write cut short). None when they look whole."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        _meta(path)
+    except (OSError, ValueError, KeyError) as e:
+        return f"{os.path.join(path, 'meta.json')}: does not read ({type(e).__name__}: {e})"
+    try:
+        metadata = FileSystemReader(path).read_metadata()
+    except Exception as e:  # noqa: BLE001 - a pickle cut short or garbled raises any kind
+        return f"{os.path.join(path, '.metadata')}: does not read ({_reason(e)})"
+    need: dict[str, int] = {}  # data file → the bytes its entries span
+    for info in (getattr(metadata, "storage_data", None) or {}).values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(need.items()):
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            return f"{file}: missing"
+        if os.path.getsize(file) < size:
+            return f"{file}: truncated ({os.path.getsize(file):,} of {size:,} bytes)"
+    return None
+
+
+def resume_point(rundir: str, damaged: list[str], older_than: int | None = None) -> tuple[int, str, dict]:
+    """The newest checkpoint of `rundir` (before step `older_than`) whose files look whole, with its meta; each
+    damaged one passed over is added to `damaged` ('FILE: what'). ArchDSLError naming them all when none is left."""
+    found = [c for c in checkpoints(rundir) if older_than is None or c[0] < older_than]
+    if not found and not damaged:
+        latest(rundir)  # no checkpoint at all: its error
+    for s, path in reversed(found):
+        what = damage(path)
+        if what is None:
+            return s, path, read_meta(path)
+        damaged.append(what)
+    raise ArchDSLError(f"{rundir}: cannot resume, every checkpoint is damaged: " + "; ".join(damaged),
+                       hint="train again into another -o RUNDIR")
 
 
 def latest(rundir: str, step: int | None = None) -> tuple[int, str, dict]:

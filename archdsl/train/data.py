@@ -147,12 +147,12 @@ def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
     width = np.dtype(TOKEN_DTYPES[dtype]).itemsize
     size = os.path.getsize(path)
     if size % width:
-        raise ArchDSLError(f"--data {path}: {size} bytes is not a whole number of {dtype} tokens "
-                           f"({width} bytes each): truncated or not a {dtype} token file")
+        raise ArchDSLError(f"--data {path}: {size:,} byte{'s' if size != 1 else ''} is not a whole number of "
+                           f"{dtype} tokens ({width} bytes each): truncated or not a {dtype} token file")
     L = seq_len or DEFAULT_SEQ_LEN
     n = size // width
     if n < L + 1:  # one window is L inputs and their L labels: L + 1 tokens
-        raise ArchDSLError(f"--data {path}: {n} tokens, fewer than one sequence of {L} + 1")
+        raise ArchDSLError(f"--data {path}: {n:,} token{'s' if n != 1 else ''}, fewer than one sequence of {L} + 1")
     tokens = np.memmap(path, dtype=TOKEN_DTYPES[dtype], mode="r")
     top, scored = 0, eos is None
     for i in range(0, n, 1 << 26):  # chunked: a file of many GB is scanned without loading it

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 
 import torch
@@ -24,8 +25,8 @@ import torch.nn.functional as F
 from ..atomic import check_output, write_atomic
 from ..errors import ArchDSLError
 from ..model.packed import refusal, unpacked_blocks
-from .checkpoint import (CKPT_DIR, check_settings, check_spec, checkpoints, latest, load_checkpoint, save_checkpoint,
-                         spec_sha)
+from .checkpoint import (CKPT_DIR, check_settings, check_spec, checkpoints, load_checkpoint, resume_point,
+                         save_checkpoint, spec_sha)
 from .config import TrainConfig
 from .data import IGNORE, parse_data
 from .parallel import all_reduce_sum, init_distributed, pick_device, shard_model, shutdown, world_from_env
@@ -72,12 +73,13 @@ def prepare(cfg: TrainConfig):
     spec_yaml = spec.to_yaml()
     resume_from = None
     if cfg.resume:
-        s, path, meta = latest(cfg.rundir)
+        damaged: list[str] = []
+        s, path, meta = resume_point(cfg.rundir, damaged)
         check_spec(meta, spec_yaml, path)
         check_settings(cfg.rundir, cfg.to_dict())
         if s >= (cfg.stop_after or cfg.steps):
             raise ArchDSLError(f"{path}: the run is already at step {s}; ask for more --steps than that to continue")
-        resume_from = path
+        resume_from = (s, path, damaged)  # those passed over are told once the run has loaded one
     elif checkpoints(cfg.rundir):
         raise ArchDSLError(f"{cfg.rundir}: holds checkpoints of an earlier run",
                            hint="pass --resume to continue it, or write to another -o RUNDIR")
@@ -88,6 +90,26 @@ def prepare(cfg: TrainConfig):
     if cfg.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ArchDSLError(f"--bf16: {torch.cuda.get_device_name(device)} has no bfloat16")
     return env, spec, spec_yaml, data, device, resume_from
+
+
+def _resume(cfg: TrainConfig, spec_yaml: str, first: tuple[int, str, list[str]], model, opt, gen,
+            is_main: bool) -> int:
+    """Load the checkpoint `first` (step, path, the damaged ones prepare passed over), or where it fails to load,
+    the newest earlier one that loads; returns its step. A warning names each one passed over. A failed load leaves
+    weights half-loaded: the next one loads every tensor again."""
+    s, path, damaged = first[0], first[1], list(first[2])
+    while True:
+        try:
+            start = load_checkpoint(path, model, opt, gen)
+        except ArchDSLError as e:
+            damaged.append(e.message)
+            s, path, meta = resume_point(cfg.rundir, damaged, older_than=s)
+            check_spec(meta, spec_yaml, path)
+            continue
+        if damaged and is_main:
+            print(f"warning: skipped {len(damaged)} damaged checkpoint{'s' if len(damaged) > 1 else ''} ("
+                  + "; ".join(damaged) + f"); resuming from step {s} ({path})", file=sys.stderr)
+        return start
 
 
 def check_rundir(rundir: str) -> None:
@@ -170,7 +192,7 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
     model = build(cfg, spec, dist)
     opt = make_optimizer(cfg, model, dist.device)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    start = load_checkpoint(resume_from, model, opt, gen) if resume_from else 0
+    start = _resume(cfg, spec_yaml, resume_from, model, opt, gen, dist.is_main) if resume_from else 0
     meta = {"spec_name": spec.name, "spec_sha256": spec_sha(spec_yaml), "data": cfg.data, "batch": cfg.batch,
             "world_size": dist.world}
     L = data.seq_len
