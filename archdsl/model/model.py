@@ -264,7 +264,9 @@ class ArchModel(nn.Module):
         return self.lm_head(x)
 
     def step(self, tokens: torch.Tensor, cache: Cache) -> torch.Tensor:
-        """tokens [B] → logits [B, V]; advances the cache by one token."""
+        """tokens [B] → logits [B, V]; advances the cache by one token. Call it under torch.no_grad() to decode: where
+        autograd records and the weights require grad, the steps take their differentiable torch paths, not the
+        Triton kernels (which have no backward)."""
         if not isinstance(cache, Cache):
             raise ArchDSLError(f"step: cache must be a Cache (model.init_cache(batch)), got {type(cache).__name__}")
         self._check_tokens("step", "tokens", tokens, 1, cache)
