@@ -611,18 +611,22 @@ def _add_train(p):
 
 @command("export-checkpoint", "a training run's checkpoint → an ordinary archdsl save (spec.yaml + model.safetensors)")
 def cmd_export_checkpoint(args):
-    """Load the newest checkpoint of RUNDIR (or --step K), whatever number of processes wrote it,
-    and save the model to DIR as `archdsl compile` would."""
+    """Load the newest checkpoint of RUNDIR that loads (or the one at --step K), whatever number of processes
+    wrote it, and save the model to DIR as `archdsl compile` would. Damaged checkpoints passed over are named."""
     from .train import export_checkpoint
 
-    model, step = export_checkpoint(args.rundir, args.output, step=args.step, dtype=args.dtype)
+    skipped: list[str] = []
+    model, step = export_checkpoint(args.rundir, args.output, step=args.step, dtype=args.dtype, skipped=skipped)
+    if skipped:
+        print(f"warning: skipped {plural(len(skipped), 'damaged checkpoint')} (" + "; ".join(skipped)
+              + f"); exported step {step}", file=sys.stderr)
     print(f"wrote {args.output}: {model.spec.name} at step {step}, {plural(model.num_params(), 'parameter')}")
 
 
 def _add_export_checkpoint(p):
     p.add_argument("rundir", help="a directory written by archdsl train")
     p.add_argument("-o", "--output", required=True, help="directory to write (replaced atomically)")
-    p.add_argument("--step", type=int, default=None, help="the checkpoint at this step (default: the newest)")
+    p.add_argument("--step", type=int, default=None, help="the checkpoint at this step (default: the newest that loads)")
     p.add_argument("--dtype", default="float32", help="dtype of the saved weights")
 
 

@@ -98,9 +98,11 @@ def damage(path: str) -> str | None:
     return None
 
 
-def resume_point(rundir: str, damaged: list[str], older_than: int | None = None) -> tuple[int, str, dict]:
+def resume_point(rundir: str, damaged: list[str], older_than: int | None = None,
+                 doing: str = "resume") -> tuple[int, str, dict]:
     """The newest checkpoint of `rundir` (before step `older_than`) whose files look whole, with its meta; each
-    damaged one passed over is added to `damaged` ('FILE: what'). ArchDSLError naming them all when none is left."""
+    damaged one passed over is added to `damaged` ('FILE: what'). ArchDSLError naming them all when none is left
+    ('cannot {doing}')."""
     found = [c for c in checkpoints(rundir) if older_than is None or c[0] < older_than]
     if not found and not damaged:
         latest(rundir)  # no checkpoint at all: its error
@@ -109,7 +111,7 @@ def resume_point(rundir: str, damaged: list[str], older_than: int | None = None)
         if what is None:
             return s, path, read_meta(path)
         damaged.append(what)
-    raise ArchDSLError(f"{rundir}: cannot resume, every checkpoint is damaged: " + "; ".join(damaged),
+    raise ArchDSLError(f"{rundir}: cannot {doing}, every checkpoint is damaged: " + "; ".join(damaged),
                        hint="train again into another -o RUNDIR")
 
 
@@ -207,32 +209,54 @@ def read_run(rundir: str) -> dict:
         raise ArchDSLError(f"{rundir}: not an archdsl train run directory (run.json: {e})") from None
 
 
-def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str = "float32"):
-    """A run's checkpoint (newest, or at `step`) → an ordinary archdsl save in `out`; returns (model, step)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str = "float32",
+                      skipped: list[str] | None = None):
+    """A run's checkpoint (newest, or at `step`) → an ordinary archdsl save in `out`; returns (model, step).
 
+    Without `step`, a damaged checkpoint (files cut short or missing, or a load that fails) is passed over for the
+    newest earlier one that loads, as `train --resume` does; each one passed over is added to `skipped` ('FILE:
+    what'). With `step`, that checkpoint or an ArchDSLError."""
     from ..model import compile as build
     from ..spec import spec_from_yaml
 
     run = read_run(rundir)
-    s, path, meta = latest(rundir, step)
-    check_spec(meta, run["spec_yaml"], path)
+    damaged = [] if skipped is None else skipped
+    if step is None:
+        s, path, meta = resume_point(rundir, damaged, doing="export")
+    else:
+        s, path, meta = latest(rundir, step)
     spec = spec_from_yaml(run["spec_yaml"], file=os.path.join(rundir, "run.json"))
-    model = build(spec, device="cpu", dtype="float32", seed=0)
-    msd = get_model_state_dict(model)
-    import warnings
-
-    try:
-        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-            warnings.simplefilter("ignore", UserWarning)
-            dcp.load({"model": msd}, checkpoint_id=path)
-    except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP raises many kinds; the user needs the path and the reason
-        raise ArchDSLError(f"{path}: cannot read the checkpoint ({_reason(e)})") from None
-    set_model_state_dict(model, msd)
+    while True:
+        check_spec(meta, run["spec_yaml"], path)
+        model = build(spec, device="cpu", dtype="float32", seed=0)
+        try:
+            _load_model(path, model)
+            break
+        except ArchDSLError as e:
+            if step is not None:
+                raise
+            damaged.append(e.message)
+            s, path, meta = resume_point(rundir, damaged, older_than=s, doing="export")
     if dtype != "float32":
         from ..model import resolve_dtype
 
         model = model.to(resolve_dtype(dtype))
     model.save(out)
     return model, s
+
+
+def _load_model(path: str, model) -> None:
+    """The model weights of the checkpoint at `path` into `model` (on one process); ArchDSLError naming the path."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    msd = get_model_state_dict(model)
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load({"model": msd}, checkpoint_id=path)
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP raises many kinds; the user needs the path and the reason
+        raise ArchDSLError(f"{path}: cannot load the checkpoint ({_reason(e)})") from None
+    set_model_state_dict(model, msd)
