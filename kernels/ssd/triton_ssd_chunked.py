@@ -133,9 +133,12 @@ STATE_PASS_32, DSTATE_PASS_32 = (32, 64, 4, 2), (64, 64, 4, 2)
 # float32 under one TF32 product (torch's "high" or "medium" matmul precision): a third of the products' work, so
 # smaller serial-pass tiles, more programs, win (sixty-eighth run, `ssd_configs.py --float32 --tf32 --L 4096`,
 # B4 H32 P64 N128, one process: the state pass 0.761 -> 0.636 ms forward, the dstate pass 2.358 -> 2.309 and
-# _group_dB 2.359 -> 2.191 forward+backward).
-CONFIG_TF32 = dict(CONFIG_32, group=(64, 64, 8, 2, None))
-STATE_PASS_TF32, DSTATE_PASS_TF32 = (32, 32, 4, 2), (32, 32, 4, 2)
+# _group_dB 2.359 -> 2.191 forward+backward). Two warps a program, more programs an SM, win again (seventieth
+# run, same shape, L 4K / 16K, forward: the state pass at (64, 32, 2, 2) 0.642 / 2.419 -> 0.541 / 2.061 ms, then
+# the scan at (32, 64, 2, 2) -> 0.504 / 1.923; the dstate pass at (64, 32, 2, 2) forward+backward 2.019 / 7.644 ->
+# 1.914 / 7.228). The profile had the state pass at twice mamba_ssm's chunk-state and state-passing kernels.
+CONFIG_TF32 = dict(CONFIG_32, scan=(32, 64, 2, 2, None), group=(64, 64, 8, 2, None))
+STATE_PASS_TF32, DSTATE_PASS_TF32 = (64, 32, 2, 2), (64, 32, 2, 2)
 # _gate_grads's tile [rows, columns] and warps (not swept). Going through the gate first (fifteenth run, L 16K,
 # one process) took forward+backward with z from 6.94 to 3.74 ms: inside the backward kernels the gate had
 # _chunk_grads at 4249 µs (1739 without z), _group_dC at 929 (482) and _dstate_pass at 569 (270).
