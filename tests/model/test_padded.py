@@ -111,6 +111,19 @@ def test_pads_change_nothing_else():
     assert torch.equal(rwkv4(ids, attention_mask=torch.ones_like(ids)), rwkv4(ids))
 
 
+@settings(max_examples=10, deadline=None)
+@given(lengths=st.lists(st.integers(1, 6), min_size=2, max_size=3), seed=st.integers(0, 2**16))
+def test_pads_take_no_part_in_the_balancing_loss(lengths, seed):
+    """MoE's aux_loss of a left-padded batch is that of its prompts' tokens (HF's attention_mask): the pads'
+    routing was counted too. Position-wise layers only, so that the tokens laid in one row mean the same."""
+    model = model_of("mlp, moe, moe", seed=seed)
+    ids, mask = left_padded(lengths, seed=seed)
+    model(ids, attention_mask=mask)
+    padded = model.aux_loss
+    model(ids[mask.bool()][None])
+    assert torch.allclose(padded, model.aux_loss, rtol=1e-12, atol=0)
+
+
 def test_a_block_that_cannot_skip_pads_is_refused(monkeypatch):
     """Every block takes left padding; one that did not (PADS taken from RWKV-4 here) would be refused, with the
     layer, before anything runs, also by generate."""

@@ -2,7 +2,8 @@
 
 Every module: __init__(cfg); forward(x [B, L, d], state=None, **ctx) → [B, L, d] (a given state
 is left holding the state after the last token); step(x [B, d], state, **ctx) → [B, d] (state
-updated in place); init_state(batch, device, dtype, max_len=None, static=False, ssm_dtype=None) → dict
+updated in place; where autograd records, in new tensors: state.py);
+init_state(batch, device, dtype, max_len=None, static=False, ssm_dtype=None) → dict
 of tensors or None (`max_len` preallocates a growing KV cache; `static` fixes every buffer and keeps the
 position in a tensor, for CUDA graphs; fixed-size states ignore both; `ssm_dtype`, where given, is the
 dtype of Mamba's and Mamba-2's SSM states, which the other blocks ignore).

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..fusions import Fusable
+from .state import writable
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -287,6 +288,7 @@ class Attention(nn.Module, Fusable):
         padded = state["static"] or state["padded"]
         q, k = self._rope(q, k, (pos - start).view(Bsz, 1) if padded else pos.view(1))
         w = self.cfg.window
+        writable(state, self, x, "k", "v")  # the earlier steps' attention saved the buffers
         if state["static"]:
             cap = state["k"].shape[2]
             slot = (pos % cap).view(1)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from ..fusions import Fusable
 from .conv import conv_forward, conv_step
 from .recompute import Keep, recompute_block
+from .state import writable
 from .steps_linear import steps_linear
 
 
@@ -205,6 +206,7 @@ class Mamba(nn.Module, Fusable, FoldsNorm):
             y = selective_scan(u, dt, self._A(), B, C, **kw)
         else:
             y, last = selective_scan(u, dt, self._A(), B, C, return_last_state=True, initial_state=state["ssm"], **kw)
+            writable(state, self, u, "ssm")
             state["ssm"].copy_(last)
         if not epi:
             y = skip_gate(y, u, self._f(self.D)[:, None], z)

@@ -234,7 +234,8 @@ class Moe(nn.Module):
         return probs, w.to(x.dtype), idx
 
     def forward(self, x, state=None, **ctx):
-        """x [B, L, d] → [B, L, d]; sets self.aux_loss (a scalar)."""
+        """x [B, L, d] → [B, L, d]; sets self.aux_loss (a scalar). ctx "packed" with left padding
+        (model/packed.py): the pads take no part in the balancing loss (as HF's attention_mask)."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         probs, w, idx = self.route(x)
@@ -242,10 +243,14 @@ class Moe(nn.Module):
         if self.shared_expert is not None:
             out = out + self.shared_expert(x)
         E = self.cfg.experts
-        counts = torch.zeros(E, dtype=probs.dtype, device=x.device).scatter_add_(
-            0, idx.reshape(-1), torch.ones(idx.numel(), dtype=probs.dtype, device=x.device))
-        f = self._global(counts, x.shape[0])
-        self.aux_loss = self.cfg.aux_loss_coef * E * (f * probs.mean(0)).sum()
+        packed = ctx.get("packed")
+        keep = None if packed is None or packed.keep is None else packed.keep.reshape(-1, 1).to(probs.dtype)  # [T, 1]
+        ones = torch.ones_like(idx, dtype=probs.dtype) if keep is None else keep.expand_as(idx)
+        counts = torch.zeros(E, dtype=probs.dtype, device=x.device).scatter_add_(0, idx.reshape(-1), ones.reshape(-1))
+        tokens = x.shape[0] if keep is None else keep.sum()
+        f = self._global(counts, tokens)
+        mean = probs.mean(0) if keep is None else (probs * keep).sum(0) / tokens
+        self.aux_loss = self.cfg.aux_loss_coef * E * (f * mean).sum()
         return out.view(shape)
 
     def _mix(self, x, w, idx):

@@ -19,6 +19,8 @@ import math
 import torch
 import torch.nn as nn
 
+from .state import writable
+
 RATIO_0_TO_1 = 0.5  # layer_id / (n_layer - 1) of RWKV-LM's init, taken at mid depth
 RATIO_1_TO_ALMOST0 = 0.5  # 1 - layer_id / n_layer
 
@@ -118,6 +120,7 @@ class Rwkv4TimeMix(nn.Module):
         if packed is not None:
             wkv = torch.where(packed.keep[..., None], wkv, 0.0)
         if state is not None:
+            writable(state, self, x, "num", "den", "max")
             for name, t in zip(("num", "den", "max"), new):
                 state[name].copy_(t)
         return self.output(r * wkv.to(r.dtype))
@@ -130,6 +133,7 @@ class Rwkv4TimeMix(nn.Module):
         state["shift"].copy_(x)
         r, k, v = self._rkv(x, shifted)
         wkv, new = wkv4_step(self.time_decay, self.time_first, k, v, _wkv_state(state))
+        writable(state, self, x, "num", "den", "max")
         for name, t in zip(("num", "den", "max"), new):
             state[name].copy_(t)
         return self.output(r * wkv.to(r.dtype))

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .state import writable
 
 
 def _blocks(dtA, start: int, L: int):
@@ -182,6 +183,7 @@ class S4D(nn.Module):
         s0 = state["s"].to(dtA.dtype)
         carried = vandermonde(C * s0, dtA, L, start=1)                         # [B, d, L]
         acc = vandermonde_t(u.flip(-1), dtA)                                   # Σ_j Ā^j u_{L-1-j}
+        writable(state, self, u, "s")
         state["s"].copy_(s0 * torch.exp(dtA * L) + acc * Bbar)
         return carried
 
@@ -197,6 +199,7 @@ class S4D(nn.Module):
         dtA, Bbar, C = self._discrete(x.dtype)
         u = x.to(real)
         s = torch.exp(dtA) * state["s"] + Bbar * u[..., None]
+        writable(state, self, u, "s")
         state["s"].copy_(s)
         y = 2 * torch.einsum("dn,bdn->bd", C, s).real + self.D.to(real) * u
         return self._output(F.gelu(y).to(x.dtype)[..., None])[..., 0]

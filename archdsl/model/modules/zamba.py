@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attn import apply_rope, key_mask, packed_sdpa, pad_state, rope_cos_sin, sdpa
+from .state import writable
 
 ACTS = {"gelu": F.gelu, "silu": F.silu}
 
@@ -178,8 +179,10 @@ class Zamba(nn.Module):
         at = self.self_attn
         pos, start = state["pos"], state["start"]
         q, k = self._rope(q, k, (pos - start).view(-1, 1))  # from each row's prompt (start 0 without padding)
-        state["k"].index_copy_(2, pos.view(1), k)
-        state["v"].index_copy_(2, pos.view(1), v)
+        writable(state, self, q, "k", "v")  # the earlier steps' attention saved the buffers
+        slot = pos.view(1).clone()  # index_copy_'s backward reads its index; pos moves on below
+        state["k"].index_copy_(2, slot, k)
+        state["v"].index_copy_(2, slot, v)
         cap = state["k"].shape[2]
         valid = key_mask(start, pos, cap, cap)
         pos.add_(1)
