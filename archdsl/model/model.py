@@ -277,8 +277,10 @@ class ArchModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 seed: int | None = None, attention_mask: torch.Tensor | None = None):
-        """Prefill through the parallel path, then decode step by step. temperature 0 = greedy.
+                 seed: int | None = None, attention_mask: torch.Tensor | None = None, top_p: float | None = None):
+        """Prefill through the parallel path, then decode step by step. temperature 0 = greedy; else sampling
+        from softmax(logits / temperature), cut to the top_k likeliest tokens and then to the nucleus of top_p
+        (the fewest likeliest tokens whose probability reaches top_p), as transformers' generate does.
         Returns [B, L + max_new_tokens]. With compile(cuda_graph=True) on CUDA the step is replayed
         from a captured CUDA graph. attention_mask [B, L] (bool or 0/1, HF's): prompts of different
         lengths, left-padded (the pads first); each row continues as its prompt alone would (forward)."""
@@ -286,7 +288,7 @@ class ArchModel(nn.Module):
         self._padded("generate", attention_mask, input_ids, None)  # refused before any cache is made
         if input_ids.is_cuda:  # once a call: the prompt's ids checked on the card too (one wait for it)
             self._check_range("generate", input_ids)
-        _check_sampling(max_new_tokens, temperature, top_k, seed)
+        _check_sampling(max_new_tokens, temperature, top_k, seed, top_p)
         B, L = input_ids.shape
         if max_new_tokens == 0:
             return input_ids
@@ -303,7 +305,7 @@ class ArchModel(nn.Module):
         logits = self(input_ids, cache, attention_mask=attention_mask)[:, -1]
         out = [input_ids]
         for i in range(max_new_tokens):
-            tok = sample(logits, temperature, top_k, gen)
+            tok = sample(logits, temperature, top_k, gen, top_p)
             out.append(tok[:, None].to(input_ids.dtype))  # the prompt's dtype, as with max_new_tokens=0
             if i + 1 < max_new_tokens:
                 logits = runner(tok) if graphed else self.step(tok, cache)
@@ -452,9 +454,9 @@ def _build(cls, cfg, index):
         raise ArchDSLError(f"layer {index}: cannot build {cfg.kind}: {e}") from None
 
 
-def _check_sampling(max_new_tokens, temperature, top_k, seed) -> None:
+def _check_sampling(max_new_tokens, temperature, top_k, seed, top_p=None) -> None:
     """generate's options: max_new_tokens an int >= 0, temperature a finite number >= 0 (0: greedy), top_k None
-    or an int >= 1, seed None or an int."""
+    or an int >= 1, seed None or an int, top_p None or a number in (0, 1]."""
     count = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
     if not count(max_new_tokens) or max_new_tokens < 0:
         raise ArchDSLError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
@@ -462,11 +464,15 @@ def _check_sampling(max_new_tokens, temperature, top_k, seed) -> None:
         raise ArchDSLError(f"generate: temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
     if top_k is not None and (not count(top_k) or top_k < 1):
         raise ArchDSLError(f"generate: top_k must be None or an int >= 1, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1):
+        raise ArchDSLError(f"generate: top_p must be None or a number in (0, 1], got {top_p!r}")
     check_seed("generate", seed, none_ok=True)
 
 
-def sample(logits, temperature=1.0, top_k=None, generator=None):
-    """logits [B, V] → tokens [B]: greedy at temperature 0, else softmax sampling (top_k optional)."""
+def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None):
+    """logits [B, V] → tokens [B]: greedy at temperature 0, else softmax sampling, optionally from the top_k
+    likeliest tokens, then from the nucleus: the likeliest tokens, in order, until their probability reaches
+    top_p (a token is kept when the ones before it hold less than top_p; the likeliest always is)."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float()
@@ -475,6 +481,10 @@ def sample(logits, temperature=1.0, top_k=None, generator=None):
         v, _ = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
         logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))
     probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1:
+        p, order = probs.sort(dim=-1, descending=True)
+        drop = (p.cumsum(-1) - p) >= top_p  # the mass before each token already reaches top_p
+        probs = probs.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), 0.0)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 

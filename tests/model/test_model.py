@@ -295,6 +295,49 @@ def test_generate():
         assert torch.equal(model.generate(ids, 6, temperature=tiny, seed=2), a)
 
 
+def _nucleus(probs: list[float], top_p: float) -> set[int]:
+    """The naive nucleus: the likeliest tokens, one by one, until their probability reaches top_p."""
+    kept, mass = set(), 0.0
+    for i in sorted(range(len(probs)), key=lambda i: -probs[i]):
+        if mass >= top_p:
+            break
+        kept.add(i)
+        mass += probs[i]
+    return kept
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), top_p=st.floats(0.01, 0.99), temperature=st.floats(0.3, 2.0),
+       vocab=st.integers(2, 12))
+def test_top_p_draws_only_from_the_nucleus(seed, top_p, temperature, vocab):
+    """Nucleus sampling (transformers' top_p): every draw lies in the fewest likeliest tokens whose probability
+    reaches top_p (after the temperature), and the draws reach beyond the likeliest token when the nucleus does."""
+    from archdsl.model.model import sample
+
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, vocab, generator=gen) * 3
+    draws = torch.stack([sample(logits, temperature, None, gen, top_p) for _ in range(200)])  # [200, 3]
+    for row in range(3):
+        probs = torch.softmax(logits[row].double() / temperature, -1)
+        if (probs.sort(descending=True).values.cumsum(0) - top_p).abs().min() < 1e-5:
+            continue  # the line falls on a token's edge: float32's sums may keep it or not
+        nucleus = _nucleus(probs.tolist(), top_p)
+        assert set(draws[:, row].tolist()) <= nucleus, (top_p, probs)
+        if len(nucleus) > 1 and min(probs[i] for i in nucleus) / probs[list(nucleus)].sum() > 0.1:
+            assert len(set(draws[:, row].tolist())) > 1
+
+
+def test_top_p_in_generate():
+    """top_p 1 is plain sampling, a tiny top_p is greedy, and a seed repeats the tokens."""
+    model = _token_model()
+    ids = torch.randint(0, 37, (2, 4), generator=torch.Generator().manual_seed(0))
+    greedy = model.generate(ids, 6, temperature=0)
+    assert torch.equal(model.generate(ids, 6, temperature=1.5, top_p=1e-6, seed=3), greedy)
+    assert torch.equal(model.generate(ids, 6, top_p=1.0, seed=4), model.generate(ids, 6, seed=4))
+    a = model.generate(ids, 6, temperature=0.9, top_k=10, top_p=0.8, seed=5)
+    assert torch.equal(a, model.generate(ids, 6, temperature=0.9, top_k=10, top_p=0.8, seed=5))
+
+
 _TOKEN_MODEL = {}
 
 
@@ -320,6 +363,10 @@ def _token_model():
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, temperature=float("nan")), r"temperature must be"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, top_k=0), r"top_k must be None or an int >= 1"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, seed=1.5), r"seed must be None or an int"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, top_p=0), r"top_p must be None or a number in \(0, 1\]"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, top_p=1.5), r"top_p must be .* got 1.5"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, top_p=float("nan")), r"top_p must be"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, top_p=True), r"top_p must be"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.float64), 2), r"generate: input_ids must be"),
 ])
 def test_bad_token_input_is_named(call, message):
