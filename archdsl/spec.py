@@ -54,6 +54,18 @@ class Spec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", MappingProxyType({k: MappingProxyType(dict(v)) for k, v in self.blocks.items()}))
 
+    def __reduce__(self):
+        """Pickled (torch.save of a whole model, multiprocessing) as its fields, the blocks as plain dicts (a
+        mappingproxy does not pickle); the graph is built again on first use."""
+        fields_ = {f.name: getattr(self, f.name) for f in fields(self)}
+        fields_["blocks"] = {k: dict(v) for k, v in self.blocks.items()}
+        fields_["positions"] = dict(self.positions)
+        return _spec_of, (fields_,)
+
+    def __deepcopy__(self, memo) -> Spec:
+        """A Spec is immutable: copy.deepcopy of a model (EMA weights, say) shares it."""
+        return self
+
     @cached_property
     def graph(self):
         """The verified layer graph (networkx.DiGraph); built on first use."""
@@ -92,6 +104,10 @@ class Spec:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def _spec_of(fields_: dict) -> Spec:
+    return Spec(**fields_)
 
 
 SPEC_KEYS = {f.name for f in fields(Spec)} - {"source", "positions"}
