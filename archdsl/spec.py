@@ -52,7 +52,16 @@ class Spec:
     positions: Mapping[tuple, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "blocks", MappingProxyType({k: MappingProxyType(dict(v)) for k, v in self.blocks.items()}))
+        """Checked however it is made (a file, parse, Spec(...), dataclasses.replace): the types, then the
+        model-level values; the blocks are checked when the graph is built."""
+        if not isinstance(self.layout, Layout):
+            raise ArchDSLError(f"a Spec's layout must be a parsed Layout, not {type(self.layout).__name__} "
+                               "(archdsl.parse(text, d_model=...) makes a Spec of layout text)")
+        for key in SIZE_TYPES:
+            object.__setattr__(self, key, _typed(key, getattr(self, key), self.error))
+        blocks = _blocks(self.blocks, self.error)
+        object.__setattr__(self, "blocks", MappingProxyType({k: MappingProxyType(dict(v)) for k, v in blocks.items()}))
+        _checked(self)
 
     def __reduce__(self):
         """Pickled (torch.save of a whole model, multiprocessing) as its fields, the blocks as plain dicts (a
@@ -103,7 +112,7 @@ class Spec:
         return out
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        return yaml.dump(self.to_dict(), Dumper=YamlDumper, sort_keys=False, allow_unicode=True)
 
 
 def _spec_of(fields_: dict) -> Spec:
@@ -127,7 +136,7 @@ def parse(text: str, **sizes) -> Spec:
     source = Source(text)
     layout = parse_layout(text, source)
     blocks = _blocks(sizes.pop("blocks", None) or {}, _plain_error)
-    return _checked(Spec(layout=layout, source=source, blocks=blocks, **_sizes(sizes)))
+    return Spec(layout=layout, source=source, blocks=blocks, **_sizes(sizes))
 
 
 def _plain_error(message: str, key: tuple) -> ArchDSLError:
@@ -215,8 +224,14 @@ class YamlLoader(yaml.SafeLoader):
     """PyYAML's safe loader, with YAML 1.2's floats: `1e-6` (no dot) is a number, not a string."""
 
 
-YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
-                                 re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+class YamlDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, quoting the strings that YamlLoader reads as floats (a name `1e5`), so that what
+    Spec.to_yaml writes loads back the same."""
+
+
+_FLOAT12 = re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$")
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT12, list("-+0123456789"))
+YamlDumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT12, list("-+0123456789"))
 
 
 def read_yaml(text: str, file: str):
@@ -281,7 +296,7 @@ def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
     root, data = read_yaml(text, file)
     if isinstance(data, str):  # a file holding a bare layout string
         source = _layout_source(text, file, root, data)
-        return _checked(Spec(layout=parse_layout(data, source), source=source))
+        return Spec(layout=parse_layout(data, source), source=source)
     if not isinstance(data, dict):
         raise ArchDSLError("a spec file must be a mapping of keys (name, d_model, layout, ...)"
                            f" or a layout string, not {type(data).__name__}", file=file, line=1, col=1)
@@ -305,11 +320,11 @@ def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
 
     values = {key: _typed(key, data[key], err) for key in SIZE_TYPES if key in data}
     blocks = _blocks(data.get("blocks") or {}, err)
-    return _checked(Spec(layout=layout, blocks=blocks, source=layout_source, positions=positions, **values))
+    return Spec(layout=layout, blocks=blocks, source=layout_source, positions=positions, **values)
 
 
 def _checked(spec: Spec) -> Spec:
-    """Model-level checks; the block-level ones run when the graph is built."""
+    """Model-level checks (Spec.__post_init__ runs them); the block-level ones run when the graph is built."""
     if not spec.name.strip():
         raise spec.error("name must not be empty (it names the model in tables, saves and exports)", ("name",))
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in spec.name):  # a line break or escape breaks tables
@@ -330,7 +345,7 @@ def _checked(spec: Spec) -> Spec:
 
 def with_sizes(spec: Spec, **changes) -> Spec:
     """A copy with other model-level sizes (the graph is rebuilt on use)."""
-    return _checked(replace(spec, **_sizes(changes)))
+    return replace(spec, **_sizes(changes))
 
 
 def with_settings(spec: Spec, settings: list[str], flag: str = "--set") -> Spec:
@@ -359,7 +374,7 @@ def with_settings(spec: Spec, settings: list[str], flag: str = "--set") -> Spec:
     base = replace(spec, positions={k: v for k, v in spec.positions.items() if k[0] not in changes})
     for key, value in changes.items():  # the model-level checks are of one key each: one setting at a time
         try:
-            one = _checked(replace(base, **{key: value}))
+            one = replace(base, **{key: value})
             if key == "ffn" and value:  # a name the blocks resolve
                 from .graph import check_ffn
 
@@ -469,13 +484,14 @@ def _scalar_pieces(text: str, start: int, end: int, style: str | None, indent: i
             line_start = False
             continue
         ch = text[i]
-        if ch == "\n":
-            pieces.append((None, i, 1))
-            i, line_start = i + 1, True
+        if ch == "\n" or text.startswith("\r\n", i):  # a line break, of two characters in a CRLF file
+            length = 1 if ch == "\n" else 2
+            pieces.append((None, i, length))
+            i, line_start = i + length, True
         elif style == '"' and ch == "\\":
             code = text[i + 1:i + 2]
-            if code == "\n":  # an escaped line break joins the lines
-                i, line_start = i + 2, True
+            if code == "\n" or text.startswith("\r\n", i + 1):  # an escaped line break joins the lines
+                i, line_start = i + (2 if code == "\n" else 3), True
             elif code in codes:  # \xXX, \uXXXX, \UXXXXXXXX
                 length = 2 + codes[code]
                 pieces.append((chr(int(text[i + 2:i + length], 16)), i, length))

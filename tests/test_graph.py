@@ -4,6 +4,7 @@ from __future__ import annotations
 import networkx as nx
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import archdsl
 from archdsl.blocks.base import FFN, INJECT, MIXER
@@ -189,3 +190,20 @@ def test_what_depends_on_use_is_checked_only_where_used():
     assert archdsl.analyze(spec_from_yaml(text)).params > 0
     with pytest.raises(archdsl.ArchDSLError, match=r"^<spec>:4:17: attn: heads 7 must divide d_model 64"):
         spec_from_yaml(text.replace("layout: mamba", "layout: mamba, attn")).graph
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.sampled_from([4, 6]), st.sampled_from([0, 8]))
+def test_cmix_has_channels_at_every_width(d_model, version, hidden):
+    """RWKV-6's default channel-mix width int(3.5·d)//32·32 is 0 below d_model 10: that was a silent FFN of no
+    channels (its key and value matrices empty); now an error at the block, asking for `hidden`."""
+    spec = archdsl.parse(f"rwkv4+cmix(version={version}" + (f", hidden={hidden})" if hidden else ")"),
+                         d_model=d_model, vocab_size=7)
+    if version == 6 and not hidden and d_model < 10:
+        with pytest.raises(archdsl.ArchDSLError, match=r"^<layout>:1:7: cmix: version 6's default hidden .* is 0 "):
+            spec.graph
+    else:
+        width = hidden or (4 * d_model if version == 4 else int(3.5 * d_model) // 32 * 32)
+        assert width > 0 and archdsl.analyze(spec).layers[0].params == (
+            archdsl.analyze(archdsl.parse("rwkv4", d_model=d_model, vocab_size=7)).layers[0].params
+            + 2 * d_model + 2 * d_model * width + d_model * d_model + d_model)  # cmix + its pre-norm

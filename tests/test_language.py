@@ -300,10 +300,33 @@ def test_nesting_limit_is_exact():
 
 def test_argument_values_compare_with_their_types():
     """1 == True and 16 == 16.0 in Python, not in a layout: each is its own argument and hash."""
-    for a, b in (("attn(shared=1)", "attn(shared)"), ("attn(heads=16.0)", "attn(heads=16)"),
-                 ("attn(shared=0)", "attn(shared=false)")):
+    for a, b in (("attn(rope=1)", "attn(rope)"), ("attn(heads=16.0)", "attn(heads=16)"),
+                 ("attn(rope=0)", "attn(rope=false)")):
         assert parse_layout(a) != parse_layout(b) and hash(parse_layout(a)) != hash(parse_layout(b))
     assert parse_layout("attn( heads = 16 )") == parse_layout("attn(heads=16)")
+
+
+@pytest.mark.parametrize("value", ["0", "1", "-1", "1.5", "1e3", '""', '" "', "''"])
+def test_shared_is_true_false_or_a_group_name(value):
+    """`shared=0` was the group '0' (sharing, where 0 reads as false) and `shared=""` a group the tables showed
+    as none: a number or a blank string is refused where it is written."""
+    text = f"4×mamba2, attn(heads=4, shared={value}) every 2"
+    assert error(text).startswith("<layout>:1:25: 'shared' is true, false or the name of a group, not ")
+    assert error(text).endswith("\n" + " " * 26 + "^" + "~" * (len("shared=") + len(value) - 1))
+    for ok, group in (("shared", "attn"), ("shared=true", "attn"), ("shared=false", None), ("shared=a", "a"),
+                      ('shared="a b"', "a b"), ("shared='1'", "1")):
+        assert parse_layout(f"attn({ok})").items[0].blocks[0].shared == group
+
+
+@given(st.characters(blacklist_characters="\n"))
+def test_a_string_escape_is_known_or_refused(char):
+    """`"\\x41"` was read as "x41": a backslash before a letter it does not escape is an error at the backslash."""
+    text = f'mamba2, attn(shared="a\\{char}b")'
+    known = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "'": "'", "\\": "\\"}
+    if char in known:
+        assert parse_layout(text).items[1].blocks[0].shared == f"a{known[char]}b"
+    else:
+        assert error(text).startswith(f"<layout>:1:23: unknown escape '\\{char}' in a string")
 
 
 def test_non_text_is_refused():

@@ -104,6 +104,9 @@ class CmixConfig(BlockConfig):
     def check(self) -> None:
         if self.version not in (4, 6):
             raise ConfigError("version", f"cmix: version must be 4 or 6, got {self.version}")
+        if self.width == 0:  # int(3.5·d) // 32 · 32 below d_model 10: an FFN of no channels
+            raise ConfigError("hidden", f"cmix: version 6's default hidden int(3.5·d_model)//32·32 is 0 at d_model "
+                              f"{self.d_model}; give hidden")
 
     @property
     def width(self) -> int:

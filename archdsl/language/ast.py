@@ -30,7 +30,7 @@ NOSPAN = Span(0, 0)
 
 @dataclass(frozen=True, eq=False)
 class Arg:
-    """`name=value`. Equal when name, value and the value's type are: `shared=1` is not `shared` (1 == True in
+    """`name=value`. Equal when name, value and the value's type are: `rope=1` is not `rope` (1 == True in
     Python), `heads=16.0` is not `heads=16`."""
 
     name: str

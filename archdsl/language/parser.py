@@ -10,8 +10,8 @@ logic. This module adds what a context-free grammar cannot say:
   ',' or '(' or before ')' is plain whitespace) — a post-lexer filter decides;
 - nesting is bounded (MAX_NESTING) so deep input is refused, never a RecursionError;
 - semantic checks: counts >= 1, `every N` with N >= 1 and 0 <= offset < N, no repeated
-  argument, no empty group or layout, modifiers after all layers, `at` indices >= 0 and
-  distinct;
+  argument, `shared` true, false or a group name, no unknown string escape, no empty group
+  or layout, modifiers after all layers, `at` indices >= 0 and distinct;
 - lark's exceptions become messages in plain words with the position and a caret.
 
 The parse is LALR(1) with the AST built by callbacks during the parse (no parse tree,
@@ -123,11 +123,19 @@ def _int(tok: Token) -> int:
     return int(text)
 
 
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "'": "'", "\\": "\\"}
 
 
-def _unquote(text: str) -> str:
-    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), text[1:-1], flags=re.S)
+def _unquote(tok: Token) -> str:
+    """A quoted string's value; an escape other than those of _ESCAPES is an error, not read as its letter."""
+    def escape(m: re.Match) -> str:
+        if m.group(1) not in _ESCAPES:
+            at = tok.start_pos + 1 + m.start()
+            raise _Semantic(f"unknown escape '\\{m.group(1)}' in a string: the escapes are \\\" \\' \\\\ \\n \\t \\r",
+                            at, at + 2)
+        return _ESCAPES[m.group(1)]
+
+    return re.sub(r"\\(.)", escape, tok.value[1:-1], flags=re.S)
 
 
 class _Val:
@@ -186,6 +194,9 @@ class _Build(Transformer):
         for a in args:
             if a.name in seen:
                 raise _Semantic(f"argument '{a.name}' given twice to '{name.value}'", a.span.start, a.span.end)
+            if a.name == "shared" and not isinstance(a.value, bool) and not (isinstance(a.value, str) and a.value.strip()):
+                raise _Semantic(f"'shared' is true, false or the name of a group, not {_value_text(a.value)}",
+                                a.span.start, a.span.end)
             seen.add(a.name)
         return Block(name.value, tuple(args), _span(children))
 
@@ -209,7 +220,7 @@ class _Build(Transformer):
                 raise _Semantic(f"number out of range: {tok.value}", tok.start_pos, tok.end_pos)
             return value
         if kind == "STRING":
-            return _unquote(tok.value)
+            return _unquote(tok)
         if tok.value == "true":
             return True
         if tok.value == "false":
@@ -249,6 +260,11 @@ class _Build(Transformer):
 def _text_of(mod: Modifier) -> str:
     from .fmt import format_modifier
     return format_modifier(mod)
+
+
+def _value_text(value) -> str:
+    from .fmt import format_value
+    return format_value(value)
 
 
 @functools.lru_cache(maxsize=1)
