@@ -185,7 +185,9 @@ def _add_ssm_state_dtype(p):
 @command("fmt", "print the canonical text of the layout")
 def cmd_fmt(args):
     """Print the layout in canonical form: fmt(fmt(x)) == fmt(x)."""
-    print(_spec(args.spec, args.set).layout_text)
+    spec = _spec(args.spec, args.set)
+    _ = spec.graph  # what check refuses (an unknown block, an index out of range) is no layout to print
+    print(spec.layout_text)
 
 
 @command("graph", "draw the layout (.svg, .png, .pdf, .dot, .mmd)")
@@ -661,8 +663,18 @@ def _drop_stdout() -> None:
         pass
 
 
+# what each command can make smaller when the memory runs out (the options it has); the others' hint is the default
+OOM_HINTS = {"run": "a smaller --batch or --prompt-len + --gen, or a smaller model (--set d_model=...)",
+             "bench": "a smaller --batch or --seq-len, or a smaller model (--set d_model=...)",
+             "compile": "a smaller model (--set d_model=..., --set vocab_size=...) or --dtype bfloat16",
+             "convert": "--dtype bfloat16 (half the bytes of float32)",
+             "export": "",
+             "explore": "a smaller --batch-size, --probe-d-model or --probe-arg seq_len=..."}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         if not getattr(args, "fn", None):
@@ -677,8 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as e:
         if not out_of_memory(e):
             raise
+        hint = OOM_HINTS.get(getattr(args, "command", None), "a smaller --batch, --seq-len or --prompt-len")
         print(f"error: out of memory: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"
-              f"\n  hint: a smaller --batch, --seq-len or --prompt-len", file=sys.stderr)
+              + (f"\n  hint: {hint}" if hint else ""), file=sys.stderr)
         return 2
     except BrokenPipeError:
         _drop_stdout()

@@ -56,7 +56,7 @@ def draw(spec, path: str) -> None:
         _write_text(path, to_mermaid(spec))
     else:
         with plain_text():
-            _save(strip_figure(spec), path)
+            save_figure(strip_figure(spec), path)
 
 
 def _write_text(path: str, text: str) -> None:
@@ -75,6 +75,8 @@ def _color(kind: str) -> str:
 def strip_figure(spec):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
+
+    from .cli import plural
 
     rows = layers(spec.graph)
     n = len(rows)
@@ -105,14 +107,14 @@ def strip_figure(spec):
     ax.set_xlim(-0.2, width + 0.2)
     ax.set_ylim(-(nrows - 1) * 1.55 - 0.35, 1.1)
     ax.set_axis_off()
-    ax.set_title(f"{spec.name}: {n} layers  (top: inject · middle: mixer · bottom: FFN)", fontsize=9)
+    ax.set_title(f"{spec.name}: {plural(n, 'layer')}  (top: inject · middle: mixer · bottom: FFN)", fontsize=9)
     fig.tight_layout()
     return fig
 
 
-def _save(fig, path: str) -> None:
-    """Render to a temporary file beside `path` and rename it, so a failed render leaves nothing
-    half-written; missing parent directories are created."""
+def save_figure(fig, path: str, dpi=150, bbox_inches="tight") -> None:
+    """Render to a temporary file beside `path` and rename it, so a failed or interrupted render leaves
+    nothing half-written; missing parent directories are created. The figure is closed."""
     import matplotlib.pyplot as plt
 
     folder, name = os.path.split(os.path.abspath(path))
@@ -120,7 +122,7 @@ def _save(fig, path: str) -> None:
     tmp = os.path.join(folder, f".{base}.tmp-{os.getpid()}{ext}")
     try:
         os.makedirs(folder, exist_ok=True)
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        fig.savefig(tmp, dpi=dpi, bbox_inches=bbox_inches)
         os.replace(tmp, path)
     except OSError as e:
         raise ArchDSLError(f"cannot write {path}: {e.strerror or e}") from None
@@ -205,4 +207,4 @@ def plot_memory(lens: list[int], data: dict[str, list[int]], path: str, batch: i
         ax.legend(fontsize=8)
         ax.set_title("cache bytes against context length")
         fig.tight_layout()
-        _save(fig, path)
+        save_figure(fig, path)

@@ -46,6 +46,17 @@ def test_fmt_is_idempotent(capsys):
     assert once == twice == "4×(7×mamba2, attn(shared)), moe every 2\n"
 
 
+@pytest.mark.parametrize("layout, message", [("4×mamab2", "unknown block 'mamab2'"),
+                                             ("mamba2, attn at 5", "the layout has only 1 layer"),
+                                             ("mamba2(foo=1)", "unknown argument 'foo'")])
+def test_fmt_refuses_what_check_refuses(layout, message, capsys):
+    """fmt printed the canonical text of a layout check refuses (a misspelt block, an index out of range), exit 0,
+    and refused it only when a --set made it build the graph."""
+    for argv in (["fmt", layout], ["fmt", layout, "--set", "name=x"], ["check", layout]):
+        code, out, err = run(*argv, capsys=capsys)
+        assert code == 2 and out == "" and message in err, (argv, out, err)
+
+
 @pytest.mark.parametrize("ext", [".svg", ".png", ".dot", ".mmd"])
 def test_graph_formats(tmp_path, ext, capsys):
     out = tmp_path / f"g{ext}"
@@ -481,3 +492,38 @@ def test_run_out_of_memory_exits_2(monkeypatch, capsys):
                        "--prompt-len", "1m", capsys=capsys)
     assert code == 2 and "error: out of memory: DefaultCPUAllocator: can't allocate memory" in err, err
     assert "hint: a smaller --batch" in err and "Traceback" not in err
+
+
+def test_out_of_memory_hints_name_the_commands_own_options(tmp_path, monkeypatch, capsys):
+    """The hint of an allocation that failed named --seq-len and --prompt-len to every command: compile has neither
+    (its model is what is too big), run has no --seq-len, explore's training batch is --batch-size."""
+    import archdsl.explore.train
+    import archdsl.model
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8796093022208 bytes.")
+
+    monkeypatch.setattr(archdsl.model, "compile", no_memory)
+    code, _, err = run("compile", "mamba2", "-o", str(tmp_path / "m"), capsys=capsys)
+    assert code == 2 and "hint: a smaller model (--set d_model=" in err and "--seq-len" not in err, err
+    code, _, err = run("run", "mamba2", capsys=capsys)
+    assert code == 2 and "hint: a smaller --batch or --prompt-len" in err and "--seq-len" not in err, err
+    code, _, err = run("bench", "mamba2", capsys=capsys)
+    assert code == 2 and "hint: a smaller --batch or --seq-len" in err and "--prompt-len" not in err, err
+    monkeypatch.setattr(archdsl.explore.train, "train_probe", no_memory)
+    space = tmp_path / "space.yaml"
+    space.write_text("base: {vocab_size: 64, blocks: {mamba2: {d_state: 8, headdim: 8}, attn: {heads: 2}}}\n"
+                     "attn_count: [0, 0]\nd_model: [16]\ndepth: [1]\n")
+    code, _, err = run("explore", str(space), "-o", str(tmp_path / "e"), "--probe", "mqar", "--steps", "1",
+                       "--no-progress", capsys=capsys)
+    assert code == 2 and "hint: a smaller --batch-size" in err and "--prompt-len" not in err, err
+
+
+def test_the_strip_says_1_layer():
+    """The picture's title said '1 layers'."""
+    import archdsl
+    from archdsl.draw import plain_text, strip_figure
+
+    with plain_text():
+        assert strip_figure(archdsl.parse("mamba2")).axes[0].get_title().startswith("model: 1 layer  (")
+        assert strip_figure(archdsl.parse("2×mamba2")).axes[0].get_title().startswith("model: 2 layers  (")

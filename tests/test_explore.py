@@ -342,3 +342,61 @@ def test_probe_width_checked_first_and_a_failed_probe_says_so(tmp_path, capsys, 
     code, _, err = _run(["explore", str(space), "-o", str(out), "--probe", "--steps", "1", "--no-progress"], capsys)
     assert code == 2 and "the probe broke" in err
     assert json.loads((out / "results.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("where, message", [("missing", "no such space file: "), ("missing.yml", "no such space file: "),
+                                            ("", "is a directory, not a space file")])
+def test_a_missing_space_file_or_a_directory_is_named(tmp_path, capsys, where, message):
+    """A path that is no file was read as the space's YAML text: 'a space file must be a mapping' at <space>:1:1."""
+    path = str(tmp_path / where) if where else str(tmp_path)
+    code, _, err = _run(["explore", path, "-o", str(tmp_path / "o"), "--no-progress"], capsys)
+    assert code == 2 and err.startswith(f"error: {path} is a directory" if not where else f"error: {message}{path}")
+    assert "mapping" not in err and not (tmp_path / "o").exists()
+
+
+def test_plots_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """The plots were saved straight onto their names: a Ctrl-C while one rendered left it half-written. They are
+    rendered aside and renamed, as results.json is; what was there stays, and nothing else is left."""
+    from matplotlib.figure import Figure
+
+    from archdsl.explore.report import write_plots
+
+    cands = explore(small_space({"attn_count": (0, 1), "placements": ("back",), "d_model": (16,),
+                                 "depth": (2,)}), []).candidates
+    write_plots(str(tmp_path), cands, ("params", "cache_bytes"), 1, "bfloat16", None)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(before) == {"pareto.png", "cache_vs_context.png"}
+
+    def interrupted(self, fname, *args, **kwargs):
+        with open(fname, "wb") as f:
+            f.write(b"half a picture")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_plots(str(tmp_path), cands, ("params", "cache_bytes"), 1, "bfloat16", None)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_pareto_plot_counts_are_singular_when_one(tmp_path, monkeypatch):
+    """The Pareto plot's title said '1 candidates' and a tie of two '(+1 placements)'."""
+    from matplotlib.figure import Figure
+
+    import archdsl.explore.report as report
+
+    figs = []
+
+    def keep(self, fname, *args, **kwargs):
+        open(fname, "wb").close()
+        figs.append(self)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    one = explore(small_space({"attn_count": (1, 1), "placements": ("back",), "d_model": (16,), "depth": (2,)}), [])
+    report.plot_pareto(one.candidates, ("params", "cache_bytes"), str(tmp_path / "p.png"))
+    two = explore(small_space({"attn_count": (1, 1), "placements": ("front", "back"), "d_model": (16,),
+                               "depth": (2,)}), [])
+    report.plot_pareto(two.candidates, ("params", "cache_bytes"), str(tmp_path / "p.png"))
+    titles = [f.axes[0].get_title() for f in figs]
+    assert titles == ["1 candidate, 1 on the front", "2 candidates, 2 on the front"], titles
+    notes = [t.get_text() for t in figs[1].axes[0].texts]
+    assert notes == [f"{two.candidates[0].id} (+1 placement)"], notes

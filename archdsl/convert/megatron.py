@@ -3,7 +3,7 @@
 Megatron writes one character per sublayer, each its own pre-norm residual layer:
 M = Mamba-2 mixer, * = attention, - = MLP, E = MoE. A classic transformer layer is `*-`.
 
-    pattern_to_layout("M-M-M*-")  → "3×(mamba2, mlp), attn, mlp"
+    pattern_to_layout("M-M-M-*-")  → "3×(mamba2, mlp), attn, mlp"
 """
 from __future__ import annotations
 

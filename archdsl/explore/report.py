@@ -11,6 +11,7 @@ import json
 import os
 
 from ..atomic import write_atomic
+from ..draw import save_figure
 from .search import Candidate
 
 CSV_FIELDS = ["id", "rank", "on_front", "layout", "mixer", "d_model", "depth", "attn_count", "attn_fraction",
@@ -91,6 +92,8 @@ LABELS = {"params": "parameters", "active_params": "active parameters", "flops_p
 
 def plot_pareto(cands: list[Candidate], objectives, path: str, title: str = "") -> None:
     """The first two objectives (or the first against params): every candidate, the front joined."""
+    from ..cli import plural
+
     plt = _plt()
     xo = objectives[0]
     yo = objectives[1] if len(objectives) > 1 else ("params" if xo != "params" else "cache_bytes")
@@ -105,20 +108,19 @@ def plot_pareto(cands: list[Candidate], objectives, path: str, title: str = "") 
     for x, y, c in front:
         ties.setdefault((x, y), []).append(c.id)
     for (x, y), ids in list(ties.items())[:12]:
-        ax.annotate(ids[0] + (f" (+{len(ids) - 1} placements)" if len(ids) > 1 else ""), (x, y), fontsize=7,
-                    xytext=(4, 2), textcoords="offset points")
+        more = f" (+{plural(len(ids) - 1, 'placement')})" if len(ids) > 1 else ""
+        ax.annotate(ids[0] + more, (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
     for axis, o in (("x", xo), ("y", yo)):
         vals = [p[0 if axis == "x" else 1] for p in pts]
         if vals and min(vals) > 0 and max(vals) / min(vals) > 20 and o not in ("accuracy", "attn_fraction"):
             (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
     ax.set_xlabel(LABELS.get(xo, xo))
     ax.set_ylabel(LABELS.get(yo, yo))
-    ax.set_title(title or f"{len(pts)} candidates, {len(front)} on the front", fontsize=10)
+    ax.set_title(title or f"{plural(len(pts), 'candidate')}, {len(front)} on the front", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=None, bbox_inches=None)
 
 
 def plot_cache(cands: list[Candidate], path: str, batch: int = 1, dtype: str = "bfloat16", most: int = 8) -> None:
@@ -152,8 +154,7 @@ def plot_cache(cands: list[Candidate], path: str, batch: int = 1, dtype: str = "
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=6.5, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=None, bbox_inches=None)
 
 
 def plot_accuracy(cands: list[Candidate], path: str, task: str = "probe") -> None:
@@ -175,8 +176,7 @@ def plot_accuracy(cands: list[Candidate], path: str, task: str = "probe") -> Non
     if groups:
         ax.legend(fontsize=8, title="placement", title_fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=None, bbox_inches=None)
 
 
 def write_plots(outdir: str, cands: list[Candidate], objectives, batch: int, dtype: str, task: str | None) -> list[str]:

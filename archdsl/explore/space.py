@@ -276,7 +276,9 @@ def load_space(path_or_text: str | os.PathLike | dict) -> Space:
     text = os.fspath(path_or_text)
     if os.path.isfile(text):
         return space_from_yaml(read_text(text), file=text)
-    if text.endswith((".yaml", ".yml")):
+    if os.path.isdir(text):
+        raise ArchDSLError(f"{text} is a directory, not a space file")
+    if text.endswith((".yaml", ".yml")) or ("\n" not in text and ":" not in text):  # a space's YAML is a mapping
         raise ArchDSLError(f"no such space file: {text}")
     return space_from_yaml(text)
 
