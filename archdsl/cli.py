@@ -267,8 +267,6 @@ def _add_memory(p):
 @command("convert", "a Megatron hybrid pattern or a Hugging Face config.json → a spec")
 def cmd_convert(args):
     """Write the spec YAML that reproduces the source (to stdout, or -o FILE)."""
-    import yaml
-
     if args.name is not None and not args.name.strip():
         raise ArchDSLError("--name: give a name (it is empty)")
     if args.dtype is not None and not args.weights:
@@ -290,10 +288,10 @@ def cmd_convert(args):
         return
     if args.source == "megatron":
         from .convert.megatron import pattern_to_layout
-        from .spec import spec_from_yaml
+        from .spec import dump_yaml, spec_from_yaml
 
         data = {"name": args.name or "megatron-hybrid", "layout": pattern_to_layout(args.input)}
-        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        text = dump_yaml(data)
         spec_from_yaml(text, file="<converted>").graph  # refuse to write what would not load
     else:
         from .convert.hf import convert_config

@@ -112,7 +112,7 @@ class Spec:
         return out
 
     def to_yaml(self) -> str:
-        return yaml.dump(self.to_dict(), Dumper=YamlDumper, sort_keys=False, allow_unicode=True)
+        return dump_yaml(self.to_dict())
 
 
 def _spec_of(fields_: dict) -> Spec:
@@ -232,6 +232,11 @@ class YamlDumper(yaml.SafeDumper):
 _FLOAT12 = re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$")
 YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT12, list("-+0123456789"))
 YamlDumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT12, list("-+0123456789"))
+
+
+def dump_yaml(data) -> str:
+    """YAML text of plain data (a spec's, a space's) that read_yaml reads back the same: a name `1e5` quoted."""
+    return yaml.dump(data, Dumper=YamlDumper, sort_keys=False, allow_unicode=True)
 
 
 def read_yaml(text: str, file: str):

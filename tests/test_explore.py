@@ -400,3 +400,18 @@ def test_pareto_plot_counts_are_singular_when_one(tmp_path, monkeypatch):
     assert titles == ["1 candidate, 1 on the front", "2 candidates, 2 on the front"], titles
     notes = [t.get_text() for t in figs[1].axes[0].texts]
     assert notes == [f"{two.candidates[0].id} (+1 placement)"], notes
+
+
+def test_a_base_named_like_a_number_round_trips(capsys):
+    """A base spec named `1e5` (which YAML 1.2 reads as a float unquoted): the space's own YAML loads back, and
+    its candidates build; `convert --name 7e9` writes a spec that loads. Each was written unquoted and refused."""
+    space = space_from_yaml("base: {name: '1e5', d_model: 64, vocab_size: 64}\nmixers: [mamba2]\nattention: attn\n"
+                            "attn_count: [1, 1]\nd_model: 64\ndepth: 4\n")
+    assert space_from_yaml(space.to_yaml()).base_spec.name == "1e5"
+    frame = next(space.frames())
+    placement, idx = next(space.placements_of(frame))
+    assert space.spec(frame, space.layout_text(frame, placement, idx), "2e3").graph is not None
+    capsys.readouterr()
+    assert main(["convert", "--from", "megatron", "M-*-", "--name", "7e9"]) == 0
+    from archdsl.spec import spec_from_yaml
+    assert spec_from_yaml(capsys.readouterr().out).name == "7e9"

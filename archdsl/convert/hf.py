@@ -381,7 +381,7 @@ ARCHITECTURES = {"MambaForCausalLM": "mamba", "FalconMambaForCausalLM": "falcon_
 
 
 def hf_config_to_spec(config: dict, source_name: str | None = None) -> dict:
-    """A spec dict (ready for yaml.safe_dump) describing the model of an HF config.json."""
+    """A spec dict (ready for spec.dump_yaml) describing the model of an HF config.json."""
     model_type = config.get("model_type")
     if model_type is None:
         for arch in config.get("architectures") or []:
@@ -410,9 +410,7 @@ def convert_config(path: str | os.PathLike, name: str | None = None) -> tuple[st
     """(spec YAML text, Spec) of the config.json at `path` (or in that directory), the Spec checked to the graph.
     Every refusal names the config file: an unsupported field by its name, a converted spec that will not build
     (a block's check) with its message and the converted line it stands on."""
-    import yaml
-
-    from ..spec import spec_from_yaml
+    from ..spec import dump_yaml, spec_from_yaml
 
     file = config_file(path)
     try:
@@ -421,7 +419,7 @@ def convert_config(path: str | os.PathLike, name: str | None = None) -> tuple[st
         if e.file != "<hf config>":
             raise
         raise ArchDSLError(e.message, file=file, hint=e.hint) from None
-    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    text = dump_yaml(data)
     try:
         spec = spec_from_yaml(text, file="<converted>")
         spec.graph

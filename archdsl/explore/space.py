@@ -28,11 +28,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import yaml
-
 from ..blocks import BLOCKS, MIXER
 from ..errors import ArchDSLError, Source, did_you_mean
-from ..spec import Spec, _positions, load_spec, read_text, read_yaml, spec_from_yaml
+from ..spec import Spec, _positions, dump_yaml, load_spec, read_text, read_yaml, spec_from_yaml
 
 PLACEMENTS = ("even", "every", "front", "back", "sandwich")
 OFFSET_NAMES = ("first", "mid", "last")
@@ -212,7 +210,7 @@ class Space:
         base = self.base_spec
         data = {k: v for k, v in base.to_dict().items() if k != "layout"}
         data.update(name=name, d_model=frame["d_model"], layout=layout)
-        return spec_from_yaml(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), file=f"<{name}>")
+        return spec_from_yaml(dump_yaml(data), file=f"<{name}>")
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"name": self.name}
@@ -234,7 +232,7 @@ class Space:
         return out
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        return dump_yaml(self.to_dict())
 
 
 _EMPTY_LAYOUT = None  # set below (a parsed one-layer layout; the base's layout is never used)
@@ -325,7 +323,7 @@ def space_from_dict(data: dict, here: str | None = None) -> Space:
         for key in base:
             if key not in BASE_KEYS:
                 raise _keyed(f"unknown base key {key!r}", ("base", str(key), "<key>"), did_you_mean(str(key), BASE_KEYS))
-        kw["base"] = spec_from_yaml(yaml.safe_dump({**base, "layout": "mamba2"}, sort_keys=False), file="<base>")
+        kw["base"] = spec_from_yaml(dump_yaml({**base, "layout": "mamba2"}), file="<base>")
     elif base is not None:
         raise _keyed("base must be a spec file path or a mapping of spec keys", ("base",))
     for key in ("name", "attention", "mixers", "placements", "shared", "d_model", "depth", "attn_count",
