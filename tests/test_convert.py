@@ -249,12 +249,20 @@ def test_configs_that_converted_to_another_model_are_refused():
                             ({**llama, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "'llama3'"),
                             ({**zamba2, "num_mem_blocks": 0}, "'num_mem_blocks'"),
                             ({**bamba, "attn_layer_indices": ["1"]}, "'attn_layer_indices'"),
-                            (dict(model_type="nemotron_h", hybrid_override_pattern=""), "'hybrid_override_pattern'")):
+                            (dict(model_type="nemotron_h", hybrid_override_pattern=""), "'hybrid_override_pattern'"),
+                            # a size of 0 was read as archdsl's own default (kv_heads 0: as many as the heads)
+                            ({**llama, "num_key_value_heads": 0}, "'num_key_value_heads': expected a size >= 1"),
+                            ({**llama, "head_dim": 0}, "'head_dim'"), ({**llama, "intermediate_size": 0},
+                                                                      "'intermediate_size'"),
+                            ({**bamba, "mamba_n_groups": -1}, "'mamba_n_groups'")):
         with pytest.raises(ArchDSLError, match=message):
             hf_config_to_spec(config)
     assert hf_config_to_spec({**llama, "rope_scaling": {"type": "default", "rope_theta": 5e5}})["blocks"]["attn"][
         "rope_theta"] == 5e5
     assert hf_config_to_spec({**bamba, "attn_layer_indices": [2, 1]})["layout"] == "3×mamba2, attn at 1 2"
+    assert "attn every 2 offset 0" in hf_config_to_spec(dict(model_type="jamba", hidden_size=32, num_hidden_layers=4,
+                                                             attn_layer_period=2, attn_layer_offset=0,
+                                                             num_experts=1))["layout"]  # an offset may be 0
 
 
 def test_mismatched_weights_name_the_checkpoint(tmp_path):

@@ -39,6 +39,11 @@ def _refuse(field: str, value, why: str) -> ArchDSLError:
     return ArchDSLError(f"unsupported value {value!r} of config field '{field}': {why}", file="<hf config>")
 
 
+# count and size fields: given, each is >= 1 (an offset may be 0, and a shared expert of width 0 is none); the int
+# default of a field read with one marks it, these two are read without
+_SIZES, _ZERO_OK = {"head_dim", "num_key_value_heads"}, {"moe_shared_expert_intermediate_size", "num_mem_blocks"}
+
+
 class _Cfg:
     """config dict with HF defaults and the names of the fields read, for error messages."""
 
@@ -60,6 +65,9 @@ class _Cfg:
             raise _refuse(key, value, "expected a finite number")
         if isinstance(default, int) and not isinstance(default, bool) and abs(value) > 10**9:
             raise _refuse(key, value, "absurd size (over 10^9)")
+        if number and value < 1 and (key in _SIZES or isinstance(default, int) and not isinstance(default, bool)
+                                     and not key.endswith("_offset") and key not in _ZERO_OK):
+            raise _refuse(key, value, "expected a size >= 1 (archdsl would read 0 as its own default)")
         return float(value) if isinstance(default, float) else value
 
     def require(self, key, allowed, default=None):
