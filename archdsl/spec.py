@@ -193,8 +193,8 @@ def load_spec(spec: str | os.PathLike) -> Spec:
                            f"not {type(spec).__name__}")
     text = os.fspath(spec)
     if os.path.isdir(text):
-        if not os.path.exists(os.path.join(text, "spec.yaml")):
-            raise ArchDSLError(f"{text} is a directory without spec.yaml (not a saved archdsl model)")
+        if not os.path.isfile(os.path.join(text, "spec.yaml")):
+            raise ArchDSLError(f"{text} is a directory without a spec.yaml file (not a saved archdsl model)")
         text = os.path.join(text, "spec.yaml")
     if os.path.isfile(text):
         return spec_from_yaml(read_text(text), file=text)

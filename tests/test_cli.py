@@ -247,7 +247,10 @@ def test_binary_files_and_bare_directories_are_refused(tmp_path, capsys):
     code, _, err = run("check", str(f), capsys=capsys)
     assert code == 2 and "not a UTF-8 text file" in err and "Traceback" not in err
     code, _, err = run("check", str(tmp_path), capsys=capsys)
-    assert code == 2 and "directory without spec.yaml" in err
+    assert code == 2 and "directory without a spec.yaml file" in err
+    (tmp_path / "spec.yaml").mkdir()  # said "no such spec file: DIR/spec.yaml"
+    code, _, err = run("check", str(tmp_path), capsys=capsys)
+    assert code == 2 and f"{tmp_path} is a directory without a spec.yaml file" in err
 
 
 def test_missing_paths_are_named_as_paths_not_parsed_as_layouts(tmp_path, capsys):
