@@ -190,6 +190,11 @@ def test_what_depends_on_use_is_checked_only_where_used():
     assert archdsl.analyze(spec_from_yaml(text)).params > 0
     with pytest.raises(archdsl.ArchDSLError, match=r"^<spec>:4:17: attn: heads 7 must divide d_model 64"):
         spec_from_yaml(text.replace("layout: mamba", "layout: mamba, attn")).graph
+    # a rope_fraction that rotates no channel pair of the head (16 · 0.05 < 2) was RoPE silently left out
+    few = "d_model: 64\nlayout: attn\nblocks:\n  attn: {heads: 4, rope_fraction: 0.05}\n"
+    with pytest.raises(archdsl.ArchDSLError, match=r"^<spec>:4:35: attn: rope_fraction 0.05 of head_dim 16 rotates no"):
+        spec_from_yaml(few).graph
+    assert spec_from_yaml(few.replace("heads: 4,", "heads: 4, rope: false,")).graph
 
 
 @settings(max_examples=40, deadline=None)

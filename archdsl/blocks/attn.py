@@ -47,6 +47,9 @@ class AttnConfig(BlockConfig):
             raise ConfigError("head_dim", f"attn: RoPE needs an even head_dim, got {self.hdim}")
         if not 0 < self.rope_fraction <= 1:
             raise ConfigError("rope_fraction", f"attn: rope_fraction must be in (0, 1], got {self.rope_fraction}")
+        if self.rope and int(self.hdim * self.rope_fraction) < 2:  # the rotated channels, int(f·head_dim)//2·2
+            raise ConfigError("rope_fraction", f"attn: rope_fraction {self.rope_fraction} of head_dim {self.hdim} "
+                              f"rotates no channel pair; give rope=false for none")
         if self.rope_theta <= 0:
             raise ConfigError("rope_theta", f"attn: rope_theta must be positive, got {self.rope_theta}")
 
