@@ -458,3 +458,51 @@ def test_run_directory_contents_are_checked_before_any_work(tmp_path, capsys):
         make(rundir / name)
         err = refused(capsys, [*base, "-o", str(rundir)], message)
         assert "Traceback" not in err and os.listdir(rundir) == [name]
+
+
+def test_weight_decay_spares_vectors_and_dynamics(tmp_path):
+    """AdamW's weight decay falls on weight matrices only: not on Mamba's A_log [D, N] (mamba_ssm's
+    `_no_weight_decay`), S4D's log_A_real / A_imag, RWKV's time_* mixes and decays ([1, 1, D] vectors,
+    RWKV-LM decays `.weight` matrices only); those were decayed to 0 (A = -1, no token shift)."""
+    from archdsl.train.loop import make_optimizer
+
+    spec = write(tmp_path, "m.yaml", "name: wd\nd_model: 32\nvocab_size: 64\nlayout: mamba, rwkv6(head_size=16)+cmix, "
+                 "s4d, attn+moe\n")
+    model = archdsl.compile(archdsl.load_spec(spec), device="cpu", seed=0)
+    cfg = TrainConfig(spec=spec, data=DATA, steps=1, rundir=str(tmp_path / "r"), weight_decay=0.1)
+    decay, rest = make_optimizer(cfg, model, torch.device("cpu")).param_groups
+    assert decay["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
+    name = {id(p): n.rpartition(".")[2] for n, p in model.named_parameters()}
+    decayed = {name[id(p)] for p in decay["params"]}
+    assert decayed == {"weight", "C", "gate_up_proj", "down_proj"}, decayed
+    spared = {name[id(p)] for p in rest["params"]}
+    assert {"A_log", "log_A_real", "A_imag", "time_maa_x", "time_decay", "time_faaaa", "time_maa_k"} <= spared
+    assert all(p.dim() >= 2 for p in decay["params"])
+
+
+def test_interrupted_checkpoint_save_leaves_nothing_half_written(tmp_path, monkeypatch):
+    """Ctrl-C while a checkpoint is being written: its temporary directory is removed (it stayed, a
+    half-written .tmp_step_N); one left by a SIGKILL is removed when the run resumes; the resumed run's
+    losses are those of the uninterrupted run."""
+    import torch.distributed.checkpoint as dcp
+
+    spec = write(tmp_path, "z.yaml", ZAMBA)
+    kw = dict(spec=spec, data=DATA, steps=4, batch=2, save_every=2, progress=False, cpu_threads=1)
+    train(TrainConfig(**kw, rundir=str(tmp_path / "full")))
+    save = dcp.save
+
+    def interrupted(state, checkpoint_id):
+        save(state, checkpoint_id=checkpoint_id)
+        if checkpoint_id.endswith("step_00000004"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(dcp, "save", interrupted)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**kw, rundir=str(cut)))
+    assert sorted(os.listdir(cut / "checkpoints")) == ["step_00000002"]
+    monkeypatch.setattr(dcp, "save", save)
+    (cut / "checkpoints" / ".tmp_step_00000003").mkdir()  # a save killed by SIGKILL
+    train(TrainConfig(**kw, rundir=str(cut), resume=True))
+    assert sorted(os.listdir(cut / "checkpoints")) == ["step_00000002", "step_00000004"]
+    assert losses(cut) == losses(tmp_path / "full")

@@ -169,8 +169,10 @@ def _train(model, task, cfg, device, progress) -> ProbeResult:
         eval_data = [task.batch(min(chunk, cfg.eval_size - i), eval_gen, train=False)
                      for i in range(0, cfg.eval_size, chunk)]
         params = sum(p.numel() for p in net.parameters())
-        decay = [p for p in net.parameters() if p.dim() >= 2]
-        no_decay = [p for p in net.parameters() if p.dim() < 2]
+        from ..train.loop import decays  # archdsl train's rule: weight matrices, not the dynamics (A_log, time_*)
+
+        decay = [p for n, p in net.named_parameters() if decays(n, p)]
+        no_decay = [p for n, p in net.named_parameters() if not decays(n, p)]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas,
                                 **({"fused": True} if device.type == "cuda" else {}))

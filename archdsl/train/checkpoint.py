@@ -170,19 +170,34 @@ def save_checkpoint(rundir: str, step: int, model, opt, gen: torch.Generator, me
     root = os.path.join(rundir, CKPT_DIR)
     final = os.path.join(root, f"step_{step:08d}")
     tmp = os.path.join(root, f".tmp_step_{step:08d}")
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    tdist.barrier()
-    dcp.save(_state(model, opt, step, gen), checkpoint_id=tmp)
-    tdist.barrier()
-    if rank == 0:
-        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-            json.dump({**meta, "step": step}, f, indent=2)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    tdist.barrier()
+    try:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        tdist.barrier()
+        dcp.save(_state(model, opt, step, gen), checkpoint_id=tmp)
+        tdist.barrier()
+        if rank == 0:
+            with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+                json.dump({**meta, "step": step}, f, indent=2)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        tdist.barrier()
+    except BaseException:  # Ctrl-C (or a failure) mid-save: no half-written checkpoint stays behind
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
+
+
+def remove_partial(rundir: str) -> None:
+    """Remove the temporary checkpoint directories of saves cut short by a signal that left no time to clean up
+    (SIGTERM, SIGKILL). Rank 0, before the first step: no save of this run is under way."""
+    root = os.path.join(rundir, CKPT_DIR)
+    if os.path.isdir(root):
+        for name in os.listdir(root):
+            if name.startswith(".tmp_step_"):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 def load_checkpoint(path: str, model, opt, gen: torch.Generator) -> int:

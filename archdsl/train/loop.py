@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from ..atomic import check_output, write_atomic
 from ..errors import ArchDSLError
 from ..model.packed import refusal, unpacked_blocks
-from .checkpoint import (CKPT_DIR, check_settings, check_spec, checkpoints, load_checkpoint, resume_point,
-                         save_checkpoint, spec_sha)
+from .checkpoint import (CKPT_DIR, check_settings, check_spec, checkpoints, load_checkpoint, remove_partial,
+                         resume_point, save_checkpoint, spec_sha)
 from .config import TrainConfig
 from .data import IGNORE, parse_data
 from .parallel import all_reduce_sum, init_distributed, pick_device, shard_model, shutdown, world_from_env
@@ -134,9 +134,21 @@ def build(cfg: TrainConfig, spec, dist):
     return shard_model(model, dist, bf16=cfg.bf16, grad_ckpt=cfg.grad_ckpt, compile=cfg.compile)
 
 
+# state-space dynamics (mamba_ssm's `_no_weight_decay` A_log, S4's A kept at wd 0) and RWKV's time_* mixes and
+# decays (RWKV-LM decays only `.weight` matrices): decay would pull them to 0, i.e. A = -1, w = exp(-1), no mixing
+NO_DECAY = ("A_log", "log_A_real", "A_imag", "time_")
+
+
+def decays(name: str, p) -> bool:
+    """Whether weight decay applies to parameter `name`: a matrix (two dims over 1: a [1, 1, D] mix is a vector)
+    that is not a dynamics parameter of NO_DECAY."""
+    return sum(n > 1 for n in p.shape) >= 2 and not name.rpartition(".")[2].startswith(NO_DECAY)
+
+
 def make_optimizer(cfg: TrainConfig, model, device):
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
+    named = list(model.named_parameters())
+    decay = [p for n, p in named if decays(n, p)]
+    rest = [p for n, p in named if not decays(n, p)]
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                               {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas,
                              foreach=device.type == "cuda")
@@ -208,6 +220,7 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
             write_atomic(os.path.join(cfg.rundir, "run.json"), json.dumps(
                 {"spec_yaml": spec_yaml, "spec_sha256": meta["spec_sha256"], "spec_name": spec.name,
                  "data": data.describe(), "config": cfg.to_dict(), "world_size": dist.world}, indent=2))
+        remove_partial(cfg.rundir)
         metrics = _metrics_file(cfg, start)
     per_rank = cfg.batch // dist.world
     lo = dist.rank * per_rank
