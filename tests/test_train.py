@@ -480,6 +480,21 @@ def test_weight_decay_spares_vectors_and_dynamics(tmp_path):
     assert all(p.dim() >= 2 for p in decay["params"])
 
 
+def test_a_checkpoint_grouped_by_the_old_decay_rule_resumes(tmp_path, monkeypatch):
+    """A run whose checkpoint grouped the optimizer by the earlier rule (decay on every matrix: A_log, log_A_real
+    in the decay group) resumes under today's groups; it failed in AdamW's step with KeyError 'betas'."""
+    import archdsl.train.loop as loop
+
+    spec = write(tmp_path, "m.yaml", "name: wd\nd_model: 32\nvocab_size: 64\nlayout: mamba, s4d, attn\n")
+    args = ["train", spec, "--data", DATA, "--steps", "4", "--batch", "4", "--no-progress", "--threads", "1",
+            "--save-every", "2", "-o", str(tmp_path / "r")]
+    monkeypatch.setattr(loop, "decays", lambda name, p: p.dim() >= 2)
+    assert main([*args, "--stop-after", "2"]) == 0
+    monkeypatch.undo()
+    assert main([*args, "--resume"]) == 0
+    assert sorted(losses(str(tmp_path / "r"))) == [1, 2, 3, 4]
+
+
 def test_interrupted_checkpoint_save_leaves_nothing_half_written(tmp_path, monkeypatch):
     """Ctrl-C while a checkpoint is being written: its temporary directory is removed (it stayed, a
     half-written .tmp_step_N); one left by a SIGKILL is removed when the run resumes; the resumed run's

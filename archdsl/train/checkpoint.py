@@ -12,6 +12,7 @@ A checkpoint directory is written under a temporary name and renamed when every 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -206,11 +207,15 @@ def load_checkpoint(path: str, model, opt, gen: torch.Generator) -> int:
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     state = _state(model, opt, 0, gen)
+    groups = copy.deepcopy(state["optim"]["param_groups"])  # this run's: its settings are the checkpoint's (check_settings)
     try:
         dcp.load(state, checkpoint_id=path)
     except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException  # noqa: BLE001 - a damaged checkpoint: name it rather than show DCP's internals
         raise ArchDSLError(f"{path}: cannot load the checkpoint ({_reason(e)})",
                            hint="a file of it is missing or damaged; resume from an earlier one") from None
+    # the parameters' moments are keyed by name; the groups are taken as this run makes them, so that a checkpoint
+    # grouped by an earlier rule (weight decay on every matrix) loads into today's groups
+    state["optim"]["param_groups"] = groups
     set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
     gen.set_state(state["extra"]["data_rng"])
     return int(state["extra"]["step"])
