@@ -10,6 +10,8 @@ def gated_rmsnorm_naive(x, z, weight, eps=1e-5, groups=1):
     x, z [..., N], weight [N] → out [..., N] in x's dtype (the normalised h rounded to it, then times weight)."""
     wd = torch.float64 if x.dtype == torch.float64 else torch.float32
     h = x.to(wd) * F.silu(z.to(wd))
-    g = h if groups == 1 else h.view(*h.shape[:-1], groups, -1)  # (no size-1 axis for torch.compile's strides)
+    # (no size-1 axis for torch.compile's strides; the group's size, not -1, which no view of zero rows can infer)
+    g = h if groups == 1 else h.view(*h.shape[:-1], groups, h.shape[-1] // groups)
     g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * g.view_as(h).to(x.dtype)
+    out = weight * g.view_as(h).to(x.dtype)
+    return out if out.dtype == x.dtype else out.to(x.dtype)  # a wider weight's product rounded as the kernel's

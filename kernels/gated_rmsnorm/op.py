@@ -9,16 +9,17 @@ from .._dispatch import apply, backend_for, on_input_device
 from .naive import gated_rmsnorm_naive
 
 
-def _check(x, z, weight, eps, groups):
+def _check(x, z, weight, eps, groups, weight_name="weight"):
+    """eps as a float; weight_name: the norm weight's argument (gated_rmsnorm_linear's is norm_weight)."""
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
         raise ValueError("x: expected a tensor [..., N]")
     N = x.shape[-1]
     expect_shape("z", z, tuple(x.shape))
-    expect_shape("weight", weight, (N,))
+    expect_shape(weight_name, weight, (N,))
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 or N % groups:
         raise ValueError(f"groups: expected a positive int dividing N={N}, got {groups!r}")
-    expect_float(x=x, z=z, weight=weight)
-    expect_same_device(x=x, z=z, weight=weight)
+    expect_float(**{"x": x, "z": z, weight_name: weight})
+    expect_same_device(**{"x": x, "z": z, weight_name: weight})
     return expect_number("eps", eps, positive=True)
 
 
@@ -42,13 +43,22 @@ def gated_rmsnorm_linear(x, z, norm_weight, weight, bias=None, eps=1e-5, groups=
     """F.linear(gated_rmsnorm(x, z, norm_weight, eps, groups), weight, bias): Mamba-2's gated norm and
     out_proj, for training with less memory. x, z `[..., N]`; norm_weight `[N]`; weight `[R, N]`; bias `[R]`
     or None → `[..., R]`. On the Triton path the norm's output is not kept for the backward, whose norm
-    kernel writes it again (N values a row less; the same gradients); elsewhere the two ops in turn."""
-    eps = _check(x, z, norm_weight, eps, groups)
+    kernel writes it again (N values a row less; the same gradients); elsewhere the two ops in turn.
+    Returns x's dtype; a weight or bias of another dtype meets the norm's output in the widest of them (the two
+    ops in turn)."""
+    eps = _check(x, z, norm_weight, eps, groups, "norm_weight")
     expect_shape("weight", weight, (None, x.shape[-1]))
     expect_shape("bias", bias, (weight.shape[0],), optional=True)
     expect_float(weight=weight, bias=bias)
     expect_same_device(x=x, weight=weight, bias=bias)
-    if backend_for(x) == "triton" and x.dtype != torch.float64:
+    # operands of mixed dtypes, which F.linear refuses (the fused backward too, under autocast): the two ops in turn
+    mixed = weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)
+    if backend_for(x) == "triton" and x.dtype != torch.float64 and not mixed:
         from .triton_gated_rmsnorm import GatedRMSNormLinearFn
         return apply(GatedRMSNormLinearFn, x, z, norm_weight, float(eps), groups, weight, bias)
-    return torch.nn.functional.linear(gated_rmsnorm_naive(x, z, norm_weight, eps, groups), weight, bias)
+    if not mixed:
+        return torch.nn.functional.linear(gated_rmsnorm_naive(x, z, norm_weight, eps, groups), weight, bias)
+    wide = torch.promote_types(x.dtype, weight.dtype)
+    wide = wide if bias is None else torch.promote_types(wide, bias.dtype)
+    n = gated_rmsnorm(x, z, norm_weight, eps, groups)
+    return torch.nn.functional.linear(n.to(wide), weight.to(wide), None if bias is None else bias.to(wide)).to(x.dtype)

@@ -70,9 +70,11 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     backend = backend_for(x, B)
     kw = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_states=initial_states,
               seq_idx=seq_idx, return_final_states=return_final_states, dt_limit=dt_limit)
-    if backend == "naive":
+    if backend == "naive":  # computed in float64; y in x's dtype, the final state float32 unless x is float64
         out = ssd_scan_naive(x, dt, A, B, C, **kw)
-        return (out[0].to(x.dtype), out[1]) if return_final_states else out.to(x.dtype)
+        if not return_final_states:
+            return out.to(x.dtype)
+        return out[0].to(x.dtype), out[1].to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     if backend == "torch":
         return ssd_scan_chunked(x, dt, A, B, C, chunk_size, **kw)
     return _triton_scan(x, dt, A, B, C, D, z, dt_bias, DtRule.of(dt_softplus, dt_limit), initial_states, seq_idx,

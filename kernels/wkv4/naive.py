@@ -18,6 +18,7 @@ def wkv4_naive(w, u, k, v, state=None):
     Returns (wkv `[B, T, C]` in k's dtype, (num, den, max) `[B, C]`).
     """
     B, T, C = k.shape
+    out_dtype = k.dtype  # k is cast to ct below
     ct = torch.float64 if k.dtype == torch.float64 else torch.float32
     wd = -torch.exp(w.to(ct))
     u, k, v = u.to(ct), k.to(ct), v.to(ct)
@@ -26,7 +27,8 @@ def wkv4_naive(w, u, k, v, state=None):
     for t in range(T + 1):
         age = torch.arange(t - 1, -1, -1, device=k.device, dtype=ct)  # t-1-i for i < t
         logits = [m0[:, None] + t * wd, age[:, None] * wd + k[:, :t]]
-        values = [n0[:, None] / d0.clamp_min(1e-300)[:, None], v[:, :t]]
+        # den 0 (a fresh state): n0 / tiny = 0, weighted by d0 = 0 (1e-300 is 0 in float32: 0/0, NaN everywhere)
+        values = [n0[:, None] / d0.clamp_min(torch.finfo(ct).tiny)[:, None], v[:, :t]]
         weights = [d0[:, None], torch.ones_like(k[:, :t])]
         if t < T:
             logits.append((u + k[:, t])[:, None])
@@ -40,7 +42,7 @@ def wkv4_naive(w, u, k, v, state=None):
         else:  # the state after the last token: no bonus term
             den = e.sum(1)
             state_out = ((e * vals).sum(1), den, top.squeeze(1))
-    return out.to(k.dtype), state_out
+    return out.to(out_dtype), state_out
 
 
 def wkv4_step_naive(w, u, k, v, state):

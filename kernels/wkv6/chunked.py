@@ -57,8 +57,9 @@ def _seq_masks(runs, before, chunk):
     it), keep [1, 1] (the entering state lives through the chunk). Padding repeats the last token's run."""
     B, T = runs.shape
     pad = (-T) % chunk
-    runs = torch.cat([runs, runs[:, -1:].expand(B, pad)], dim=1).view(B, 1, -1, chunk)
-    entering = before[:, ::chunk].view(B, 1, -1, 1)
+    n = (T + pad) // chunk  # not -1, which a view of zero rows (B = 0) cannot infer
+    runs = torch.cat([runs, runs[:, -1:].expand(B, pad)], dim=1).view(B, 1, n, chunk)
+    entering = before[:, ::chunk].view(B, 1, n, 1)
     leaving = runs[..., -1:]
     return (runs[..., :, None] == runs[..., None, :], (runs == entering)[..., None], (runs == leaving)[..., None],
             (leaving == entering)[..., None])

@@ -13,8 +13,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from archdsl.kernels import (add_rmsnorm, causal_conv1d, causal_conv1d_update, gemv, rms_linear, selective_scan,
-                             selective_state_update, ssd_scan, ssd_step, wkv4, wkv4_step, wkv6, wkv6_step)
+from archdsl.kernels import (add_rmsnorm, causal_conv1d, causal_conv1d_update, gated_rmsnorm, gated_rmsnorm_linear,
+                             gemv, rms_linear, selective_scan, selective_state_update, ssd_scan, ssd_step, wkv4,
+                             wkv4_step, wkv6, wkv6_step)
 from archdsl.kernels.fused_step.op import mamba2_step_fused, mamba_conv_step, mamba_ssm_step_fused
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -57,6 +58,10 @@ ARGS = {  # op: (function, sizes -> its arguments: float64 tensors, which a call
     "causal_conv1d_update": (causal_conv1d_update, lambda s: dict(x=_r(s.b, s.D), conv_state=_r(s.b, s.D, 3),
                                                                   weight=_r(s.D, 4), bias=_r(s.D))),
     "add_rmsnorm": (add_rmsnorm, lambda s: dict(x=_r(s.b, s.L, s.D), residual=_r(s.b, s.L, s.D), weight=_r(s.D))),
+    "gated_rmsnorm": (gated_rmsnorm, lambda s: dict(x=_r(s.b, s.L, s.D), z=_r(s.b, s.L, s.D), weight=_r(s.D),
+                                                    groups=2)),
+    "gated_rmsnorm_linear": (gated_rmsnorm_linear, lambda s: dict(
+        x=_r(s.b, s.L, s.D), z=_r(s.b, s.L, s.D), norm_weight=_r(s.D), weight=_r(5, s.D), bias=_r(5), groups=2)),
     "rms_linear": (rms_linear, lambda s: dict(x=_r(s.b, s.D), weight=_r(5, s.D), norm_weight=_r(s.D),
                                               residual=_r(s.b, s.D), bias=_r(5))),
     "gemv": (gemv, lambda s: dict(x=_r(s.b, s.D), weight=_r(5, s.D), bias=_r(5))),
@@ -191,6 +196,52 @@ def test_one_argument_in_another_dtype(op, arg, odd, monkeypatch):
 def test_a_size_of_zero(op, size, monkeypatch):
     """An empty batch, sequence, head, state or channel count: both paths agree (no launch fails)."""
     _same(*(_call(op, backend, monkeypatch, **{size: 0}) for backend in ("triton", "torch")), f"{op}: {size} = 0")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("op", list(ARGS))
+def test_the_naive_backend_gives_what_the_torch_one_gives(op, dtype, monkeypatch):
+    """ARCHDSL_KERNELS=naive through the public op: the torch path's outputs, in their documented shapes and dtypes
+    (ssd_scan's final state came back float64 for float32 x; wkv4's wkv float32 for bf16 k, and NaN everywhere in
+    float32 without a state: the fresh state's den was clamped to 1e-300, which is 0 in float32)."""
+    names = ARGS[op][1](SimpleNamespace(**SIZES))
+    dtypes = {k: dtype for k in names}
+    _same(_call(op, "naive", monkeypatch, dtypes), _call(op, "torch", monkeypatch, dtypes), f"{op} in {dtype}, naive")
+
+
+@pytest.mark.parametrize("size", ["b", "L"])
+@pytest.mark.parametrize("op", ["ssd_scan", "selective_scan", "wkv6", "causal_conv1d"])
+def test_packed_sequences_of_a_size_of_zero(op, size, monkeypatch):
+    """seq_idx of an empty batch or sequence: every path gives what the naive twin gives, or the same ValueError
+    (wkv6's torch path, which the Triton path takes for no work, could not view zero rows of seq_idx in chunks:
+    a RuntimeError)."""
+    sizes = {**SIZES, size: 0}
+
+    def run(backend):
+        monkeypatch.setenv("ARCHDSL_KERNELS", backend)
+        fn, make = ARGS[op]
+        torch.manual_seed(0)
+        inputs = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**sizes)).items()}
+        seq_idx = torch.zeros(sizes["b"], sizes["L"], dtype=torch.int32, device=DEVICE)
+        try:
+            return _results(fn(**inputs, seq_idx=seq_idx), inputs)
+        except ValueError as e:
+            return str(e)
+    ref = run("naive")
+    for backend in ("triton", "torch"):
+        _same(run(backend), ref, f"{op}: {size} = 0 with seq_idx, {backend}")
+
+
+def test_gated_rmsnorm_linear_names_a_bad_norm_weight():
+    """gated_rmsnorm_linear's norm weight is norm_weight: a bad one was reported as `weight`, the name of its
+    other, [R, N], weight."""
+    fn, make = ARGS["gated_rmsnorm_linear"]
+    inputs = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**SIZES)).items()}
+    norm_weight = inputs["norm_weight"]
+    for bad in (None, norm_weight[:-1], norm_weight.long(), norm_weight.to("meta")):
+        with pytest.raises(ValueError, match=r"^(norm_weight: |inputs must be on one device: x on \S+, z on \S+, "
+                                             r"norm_weight on meta)"):
+            fn(**{**inputs, "norm_weight": bad})
 
 
 def _strided(v):
