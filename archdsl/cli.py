@@ -254,7 +254,7 @@ def _labels(texts: list[str], specs: list) -> list[str]:
 
 
 def _add_memory(p):
-    p.add_argument("specs", nargs="+", help="spec files or layout strings")
+    p.add_argument("specs", nargs="+", help="spec files, saved model directories or layout strings")
     _add_set(p)
     p.add_argument("--seq-lens", default="1k,8k,64k,512k", help="comma-separated context lengths")
     p.add_argument("--batch", type=count("--batch"), default=1)
@@ -582,7 +582,8 @@ def cmd_train(args):
 
 def _add_train(p):
     p.add_argument("spec", help="a YAML spec file, a layout string, or a saved model directory (its weights)")
-    p.add_argument("--data", required=True, help="mqar:seq=256,pairs=16 (a probe task) or PATH.bin[:uint16|uint32]")
+    p.add_argument("--data", required=True, help="a probe task (mqar:seq=256,pairs=16, selective_copying:..., noisy_recall:..., "
+                   "fuzzy_recall:...) or a token file PATH.bin[:uint16|uint32][,eos=N] (eos: documents packed)")
     p.add_argument("--steps", type=int, required=True, help="optimizer steps in all (a resumed run continues)")
     p.add_argument("-o", "--output", required=True, metavar="RUNDIR", help="run directory")
     p.add_argument("--batch", type=int, default=32, help="global batch in sequences, split over the processes")
