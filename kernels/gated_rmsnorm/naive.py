@@ -13,5 +13,4 @@ def gated_rmsnorm_naive(x, z, weight, eps=1e-5, groups=1):
     # (no size-1 axis for torch.compile's strides; the group's size, not -1, which no view of zero rows can infer)
     g = h if groups == 1 else h.view(*h.shape[:-1], groups, h.shape[-1] // groups)
     g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps)
-    out = weight * g.view_as(h).to(x.dtype)
-    return out if out.dtype == x.dtype else out.to(x.dtype)  # a wider weight's product rounded as the kernel's
+    return (weight * g.view_as(h).to(x.dtype)).to(x.dtype)  # a wider weight's product rounded as the kernel's
