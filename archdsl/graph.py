@@ -104,6 +104,12 @@ def apply_modifiers(g: nx.DiGraph) -> nx.DiGraph:
             raise ArchDSLError(f"`at {bad}`: the layout has only {n} layer{'s' if n > 1 else ''} (indices 0..{n - 1})",
                                source=spec.source, start=mod.span.start, end=mod.span.end)
         kind, role = _resolve_kind(spec, mod.block)
+        if mod.every is not None and not any(mod.selects(i) for i in range(n)):
+            first = mod.every - 1 if mod.offset is None else mod.offset
+            written = f"{mod.block.name} every {mod.every}" + (f" offset {mod.offset}" if mod.offset is not None else "")
+            raise ArchDSLError(f"`{written}` selects no layer: it picks layer {first} first, "
+                               f"and the layout has only {n} layer{'s' if n > 1 else ''} (indices 0..{n - 1})",
+                               source=spec.source, start=mod.span.start, end=mod.span.end)
         new = Sublayer(name=mod.block.name, block=mod.block, span=mod.block.span)
         for i in range(n):
             if mod.selects(i):

@@ -47,7 +47,7 @@ spaces = st.fixed_dictionaries({
     "placements": st.lists(st.sampled_from(["even", "every", "front", "back", "sandwich"]), min_size=1,
                            max_size=3, unique=True).map(tuple),
     "shared": st.sampled_from([(False,), (False, True)]),
-    "moe_every": st.sampled_from([(0,), (0, 2)]),
+    "moe_every": st.sampled_from([(0,), (0, 2), (0, 2, 8)]),  # 8: past every depth, so no MoE frame
     "moe_experts": st.just((4,)),
     "d_model": st.lists(st.sampled_from([32, 64]), min_size=1, max_size=2, unique=True).map(tuple),
     "depth": st.lists(st.integers(2, 6), min_size=1, max_size=2, unique=True).map(tuple),
@@ -112,6 +112,14 @@ def test_layouts_are_the_language():
     assert "every 4 offset 2" not in layouts  # i % 4 == 2 are the layers of `even`: kept once
     for c in res.candidates:
         assert [r.mixer for r in analyze(c.spec).layers].count("attn") == 2
+
+
+def test_moe_every_past_the_depth_makes_no_frame():
+    space = small_space({"attn_count": (1, 1), "placements": ("front",), "moe_every": (6,), "moe_experts": (4,),
+                         "moe_top_k": (1,), "d_model": (32,), "depth": (4, 8)})
+    res = explore(space, objectives=("params",))
+    assert {c.knobs["depth"] for c in res.candidates} == {8}
+    assert all(c.layout.endswith("every 6") for c in res.candidates)
 
 
 def test_mqar_is_zoology_shaped():

@@ -110,6 +110,8 @@ def test_random_layouts_give_verified_graphs_or_clean_errors(layout):
     ("4×(mamba2, attn(shared)), attn(shared, heads=4) every 3", "shared group 'attn' joins blocks of different configurations"),
     ("32×mamab", "unknown block 'mamab'; did you mean 'mamba'"),
     ("4×mamba2, zamba at 9", "`at 9`: the layout has only 4 layers"),
+    ("4×mamba2, moe every 8", "`moe every 8` selects no layer: it picks layer 7 first, and the layout has only 4 layers"),
+    ("3×mamba2, attn every 5 offset 3", "`attn every 5 offset 3` selects no layer"),
     ("zamba", "cannot stand alone"),
     ("mamba2, mlp, zamba at 1", "'zamba' feeds a mixer and cannot share a layer with only an FFN (layer 1)"),
     ("mamba2+attn", "a layer can hold one mixer block"),

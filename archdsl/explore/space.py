@@ -153,6 +153,8 @@ class Space:
             moes += [(p, e, k, h) for p in self.moe_every if p > 0 for e in self.moe_experts
                      for k in self.moe_top_k if k <= e for h in self.moe_hidden]
         for d, depth, mixer, moe, shared in itertools.product(self.widths, self.depth, self.mixers, moes, self.shared):
+            if moe[0] > depth:
+                continue  # `moe every N` past the depth would select no layer
             for k in self.counts(depth):
                 if shared and k < 2:
                     continue  # sharing one layer (or none) is no sharing: the unshared frame has it
