@@ -26,7 +26,7 @@ class MoeConfig(BlockConfig):
     hidden: int = 0  # per expert; 0 = 4·d_model
     act: str = "swiglu"
     shared_hidden: int = 0  # hidden size of the shared expert; 0 = none
-    router: str = "softmax"  # gate scores: softmax (Jamba, Mixtral) or sigmoid
+    router: str = "softmax"  # gate scores: softmax (Jamba: top-k weights not renormalised, unlike Mixtral's) or sigmoid
     router_bias: bool = False
     score_bias: bool = False  # sigmoid router: a bias buffer added to the scores for choosing only (DeepSeek-V3, NemotronH)
     bias: bool = False  # expert linear biases

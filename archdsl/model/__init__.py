@@ -96,8 +96,9 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
     return model.eval()
 
 
-def load(path, device="cpu", dtype=None, **kwargs) -> ArchModel:
-    """A model saved with ArchModel.save(path): its spec, weights and (unless given) dtype."""
+def load(path, device="cpu", dtype=None, cuda_graph: bool = False, **kwargs) -> ArchModel:
+    """A model saved with ArchModel.save(path): its spec, weights and (unless given) dtype. The other
+    arguments are compile's; the model is built on the CPU, then moved to `device`."""
     from safetensors import safe_open
 
     path = os.fspath(path)
@@ -112,7 +113,13 @@ def load(path, device="cpu", dtype=None, **kwargs) -> ArchModel:
         tensors = {n: f.get_tensor(n) for n in f.keys()}
     model = compile(os.path.join(path, "spec.yaml"), device="cpu", dtype=resolve_dtype(dtype or saved_dtype), **kwargs)
     load_weights(model, tensors, source=weights)
-    return model.to(check_device(device, model.dtype)) if str(device) != "cpu" else model
+    dev = check_device(device, model.dtype)
+    if cuda_graph and dev.type != "cuda":  # checked here: compile builds on the CPU, where it would always refuse
+        raise ArchDSLError(f"cuda_graph=True needs a CUDA device, got {dev}")
+    if dev != model.device:
+        model = model.to(dev)
+    model.cuda_graph = bool(cuda_graph)
+    return model
 
 
 def load_weights(model: ArchModel, tensors: dict, source: str = "checkpoint") -> None:

@@ -184,9 +184,11 @@ class ArchModel(nn.Module):
         self._check_tokens("forward", "input_ids", input_ids, 2, cache)
         if cache is not None:
             self._check_room("forward", cache, input_ids.shape[1])
-        if logits_mask is not None and (logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool):
-            raise ArchDSLError(f"forward: logits_mask must be a bool tensor of the shape of input_ids "
-                               f"{tuple(input_ids.shape)}, got {logits_mask.dtype} {tuple(logits_mask.shape)}")
+        if logits_mask is not None:
+            _check_per_token("forward", "logits_mask", "a bool", logits_mask, input_ids, bool_ok=True)
+            if logits_mask.dtype != torch.bool:  # an integer mask would index rows, not pick them
+                raise ArchDSLError(f"forward: logits_mask must be a bool tensor of the shape of input_ids "
+                                   f"{list(input_ids.shape)}, got {str(logits_mask.dtype).replace('torch.', '')}")
         packed = self._padded("forward", attention_mask, input_ids, cache, seq_idx)
         if packed is None:
             packed = self._packed(seq_idx, input_ids, cache)
@@ -287,7 +289,7 @@ class ArchModel(nn.Module):
         self._check_tokens("generate", "input_ids", input_ids, 2)
         self._padded("generate", attention_mask, input_ids, None)  # refused before any cache is made
         if input_ids.is_cuda:  # once a call: the prompt's ids checked on the card too (one wait for it)
-            self._check_range("generate", input_ids)
+            self._check_range("generate", "input_ids", input_ids)
         _check_sampling(max_new_tokens, temperature, top_k, seed, top_p)
         B, L = input_ids.shape
         if max_new_tokens == 0:
@@ -329,7 +331,7 @@ class ArchModel(nn.Module):
         if cache is not None:
             self._check_cache(where, name, ids, cache)
         if ids.device.type not in ("cuda", "meta") and not torch.compiler.is_compiling():  # meta: no values
-            self._check_range(where, ids)
+            self._check_range(where, name, ids)
 
     def _check_cache(self, where: str, name: str, ids, cache: Cache) -> None:
         """A Cache with a row of ids for each of its sequences, made by this model in its present dtype and on its
@@ -356,12 +358,13 @@ class ArchModel(nn.Module):
             raise ArchDSLError(f"{where}: the cache is full: max_len {cache.max_len}, {cache.pos} tokens held, "
                                f"{n} more given")
 
-    def _check_range(self, where: str, ids) -> None:
-        """Every id in [0, vocab), else ArchDSLError naming one out of it (a CUDA tensor: one wait for the GPU)."""
+    def _check_range(self, where: str, name: str, ids) -> None:
+        """Every id in [0, vocab), else ArchDSLError naming the argument and one id out of it (a CUDA tensor: one
+        wait for the GPU)."""
         lo, hi = (int(v) for v in torch.aminmax(ids))
         vocab = self.embeddings.num_embeddings
         if lo < 0 or hi >= vocab:
-            raise ArchDSLError(f"{where}: token id {lo if lo < 0 else hi} is outside the vocabulary [0, {vocab})")
+            raise ArchDSLError(f"{where}: {name}: token id {lo if lo < 0 else hi} is outside the vocabulary [0, {vocab})")
 
     def _graph_runner(self, batch, max_len):
         key = (batch, max_len, self.dtype, self.device)  # a model moved or cast since holds new parameters

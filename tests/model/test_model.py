@@ -54,7 +54,7 @@ def small_specs(draw):
         at = draw(st.lists(st.sampled_from(mixer_layers), min_size=1, max_size=2, unique=True))
         layout += ", zamba(shared) at " + " ".join(map(str, sorted(at)))
     if draw(st.booleans()) and "moe" in MODULES:
-        layout += f", moe every {draw(st.integers(1, 3))}"
+        layout += f", moe every {draw(st.integers(1, min(3, len(items))))}"  # one that selects no layer is an error
     tie = draw(st.booleans())
     norm = draw(st.sampled_from(["rmsnorm", "layernorm"]))
     return archdsl.parse(layout, d_model=16, vocab_size=37, tie_embeddings=tie, norm=norm, blocks=SMALL)
@@ -176,6 +176,22 @@ def test_save_load_bitwise(tmp_path):
         assert torch.equal(model(ids), back(ids))
     assert back.layers[1].mixer is back.layers[3].mixer
     assert back.lm_head.weight is back.embeddings.weight
+
+
+def test_load_takes_cuda_graph_for_the_device_it_moves_to(tmp_path, monkeypatch):
+    """load(path, device="cuda", cuda_graph=True) builds on the CPU, then moves: compile's check that the device is
+    CUDA refused it always. On a device that is not CUDA it is refused by name."""
+    import archdsl.model as lowering
+
+    archdsl.compile(archdsl.parse("mamba", d_model=16, vocab_size=37, blocks=SMALL)).save(tmp_path / "m")
+    with pytest.raises(ArchDSLError, match="cuda_graph=True needs a CUDA device"):
+        archdsl.load(tmp_path / "m", cuda_graph=True)
+    assert not archdsl.load(tmp_path / "m").cuda_graph
+    moved = []
+    monkeypatch.setattr(lowering, "check_device", lambda device, dtype: torch.device("cuda"))
+    monkeypatch.setattr(lowering.ArchModel, "to", lambda self, *a, **kw: moved.append(a or kw) or self)
+    assert archdsl.load(tmp_path / "m", device="cuda", cuda_graph=True).cuda_graph
+    assert moved[-1] == (torch.device("cuda"),)
 
 
 def test_save_takes_nothing_it_did_not_write(tmp_path, monkeypatch):
@@ -367,8 +383,8 @@ def _token_model():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda m: m(torch.tensor([[1, 37]])), r"forward: token id 37 is outside the vocabulary \[0, 37\)"),
-    (lambda m: m(torch.tensor([[-2, 3]])), r"token id -2 is outside"),
+    (lambda m: m(torch.tensor([[1, 37]])), r"forward: input_ids: token id 37 is outside the vocabulary \[0, 37\)"),
+    (lambda m: m(torch.tensor([[-2, 3]])), r"forward: input_ids: token id -2 is outside"),
     (lambda m: m(torch.rand(1, 4)), r"input_ids must be an int64 or int32 tensor \[batch, length\].*float32 \[1, 4\]"),
     (lambda m: m(torch.tensor([1, 2])), r"input_ids must be .* got int64 \[2\]"),
     (lambda m: m([[1, 2]]), r"got list"),
@@ -376,7 +392,7 @@ def _token_model():
     (lambda m: m(torch.ones(3, 2, dtype=torch.long), m.init_cache(2)), r"input_ids has 3 sequences, the cache 2"),
     (lambda m: m.step(torch.ones(1, 1, dtype=torch.long), m.init_cache(1)), r"step: tokens must be .*\[batch\]"),
     (lambda m: m.step(torch.ones(3, dtype=torch.long), m.init_cache(2)), r"step: tokens has 3 sequences, the cache 2"),
-    (lambda m: m.step(torch.tensor([40]), m.init_cache(1)), r"step: token id 40 is outside"),
+    (lambda m: m.step(torch.tensor([40]), m.init_cache(1)), r"step: tokens: token id 40 is outside"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), -1), r"max_new_tokens must be an int >= 0, got -1"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, temperature=-0.5), r"temperature must be"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, temperature=float("nan")), r"temperature must be"),
@@ -387,6 +403,11 @@ def _token_model():
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, top_p=float("nan")), r"top_p must be"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, top_p=True), r"top_p must be"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.float64), 2), r"generate: input_ids must be"),
+    (lambda m: m(torch.ones(1, 2, dtype=torch.long), logits_mask=[[True, False]]), r"logits_mask must be a bool .*got list"),
+    (lambda m: m(torch.ones(1, 2, dtype=torch.long), logits_mask=torch.ones(1, 2, dtype=torch.long)),
+     r"logits_mask must be a bool tensor .*got int64"),
+    (lambda m: m(torch.ones(1, 2, dtype=torch.long), logits_mask=torch.ones(2, 1, dtype=torch.bool)),
+     r"logits_mask must be a bool .*\[1, 2\], got bool \[2, 1\]"),
 ])
 def test_bad_token_input_is_named(call, message):
     """Token ids and generate's options are checked before any layer runs: ArchDSLError naming the call, the

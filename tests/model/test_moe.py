@@ -201,3 +201,27 @@ def test_gpu_grouped_gemms_match_the_expert_loop(args):
         assert calls == []
         assert ((graphed_step().float() - eager.float()).norm() / eager.float().norm()).item() < 1e-2
         assert calls == [True]  # captured, not in the warm-up
+
+
+def test_score_bias_stays_float32_in_a_16_bit_model(tmp_path):
+    """The sigmoid router's score bias (HF's e_score_correction_bias, kept in float32 by transformers) survives
+    compile(dtype=bf16), .half(), .to() and a bf16 save → load with its float32 values: a bias of 1.003 against
+    1.002 picks its expert, where bf16 (spacing 1/128 at 1) rounded both to 1.0 and chose expert 0."""
+    import archdsl
+
+    spec = archdsl.parse("mlp, moe every 1", d_model=16, vocab_size=37,
+                         blocks={"moe": {"experts": 4, "top_k": 1, "hidden": 8, "router": "sigmoid", "score_bias": True}})
+    bias = torch.tensor([1.0, 1.001, 1.003, 1.002])
+    model = archdsl.compile(spec, dtype=torch.bfloat16)
+    router = model.layers[0].ffn.router
+    router.e_score_correction_bias.copy_(bias)
+    model.save(tmp_path / "m")
+    back = archdsl.load(tmp_path / "m")
+    for m in (model, model.half(), model.to(torch.bfloat16), back, archdsl.compile(spec).to(torch.float16)):
+        b = m.layers[0].ffn.router.e_score_correction_bias
+        assert b.dtype == torch.float32
+        assert torch.equal(b, bias) or m.dtype == torch.float16 and not b.any()  # the fresh one holds zeros
+    with torch.no_grad():
+        router.weight.zero_()  # every score 1/2: the bias alone chooses
+        _, _, idx = model.layers[0].ffn.route(torch.randn(3, 16, dtype=model.dtype))
+    assert idx.view(-1).tolist() == [2, 2, 2]

@@ -195,6 +195,17 @@ class Router(nn.Module):
         if self.weight.device.type != "meta":
             nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
+    def _apply(self, fn, recurse=True):
+        """.to() / .half() cast every floating tensor; the score bias stays float32 (as transformers keeps it,
+        _keep_in_fp32_modules_strict), with its values: in 16 bits it would round away the small differences
+        between scores that pick the experts."""
+        bias = self._buffers.get("e_score_correction_bias")
+        super()._apply(fn, recurse)
+        new = self._buffers.get("e_score_correction_bias")
+        if bias is not None and new.dtype not in (torch.float32, torch.float64):
+            self._buffers["e_score_correction_bias"] = bias.to(new.device, torch.float32)
+        return self
+
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
 
