@@ -1,5 +1,6 @@
 """Mixture-of-experts FFN: a linear router picks top_k of `experts` FFNs per token (Jamba,
-Mixtral); an optional always-on shared expert (DeepSeek / NemotronH style).
+Mixtral); an optional always-on shared expert (DeepSeek / NemotronH style). Mixtral is
+`router: softmax, norm_topk: true`; Jamba and OLMoE leave the softmax weights as they are.
 
     x [B, L, d] ─router─▶ logits [B, L, experts] ─top_k─▶ Σ_k w_k·expert_k(x) (+ shared(x))
 
@@ -26,7 +27,9 @@ class MoeConfig(BlockConfig):
     hidden: int = 0  # per expert; 0 = 4·d_model
     act: str = "swiglu"
     shared_hidden: int = 0  # hidden size of the shared expert; 0 = none
-    router: str = "softmax"  # gate scores: softmax (Jamba: top-k weights not renormalised, unlike Mixtral's) or sigmoid
+    router: str = "softmax"  # gate scores: softmax (Jamba, Mixtral, OLMoE) or sigmoid (DeepSeek-V3, NemotronH)
+    norm_topk: bool | None = None  # top-k weights renormalised to sum 1 (HF's norm_topk_prob); None: sigmoid yes, softmax no
+    routed_scale: float = 1.0  # the routed experts' weights times this (HF's routed_scaling_factor); not the shared expert's
     router_bias: bool = False
     score_bias: bool = False  # sigmoid router: a bias buffer added to the scores for choosing only (DeepSeek-V3, NemotronH)
     bias: bool = False  # expert linear biases
@@ -41,8 +44,15 @@ class MoeConfig(BlockConfig):
             raise ConfigError("router", f"moe: router must be softmax or sigmoid; got {self.router!r}")
         if self.score_bias and self.router != "sigmoid":
             raise ConfigError("score_bias", "moe: score_bias needs router: sigmoid")
+        if self.routed_scale <= 0:
+            raise ConfigError("routed_scale", f"moe: routed_scale must be > 0, got {self.routed_scale}")
         if self.aux_loss_coef < 0:
             raise ConfigError("aux_loss_coef", "moe: aux_loss_coef must be >= 0")
+
+    @property
+    def renormalises(self) -> bool:
+        """Whether the top-k weights are scaled to sum 1: norm_topk, else the router's convention."""
+        return self.router == "sigmoid" if self.norm_topk is None else self.norm_topk
 
     @property
     def width(self) -> int:

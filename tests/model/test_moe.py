@@ -37,6 +37,40 @@ def test_matches_dense_reference_and_gathered():
         assert torch.allclose(m.experts.gathered(x, idx, w), ref)
 
 
+@pytest.mark.parametrize("router, norm_topk, scale", [("softmax", True, 1.0), ("softmax", None, 2.5),
+                                                      ("sigmoid", False, 1.0), ("sigmoid", None, 2.5)])
+def test_norm_topk_and_routed_scale_as_transformers(router, norm_topk, scale):
+    """Mixtral / Qwen-MoE (softmax, norm_topk_prob), DeepSeek-V3 / NemotronH (sigmoid, routed_scaling_factor):
+    weights = top-k scores, divided by their sum if renormalised, times the scale; the shared expert unscaled."""
+    args = {"experts": 5, "top_k": 2, "hidden": 12, "router": router, "routed_scale": scale, "shared_hidden": 6}
+    if norm_topk is not None:
+        args["norm_topk"] = norm_topk
+    m = build("moe", args)
+    x = torch.randn(7, 16, dtype=torch.float64)
+    with torch.no_grad():
+        logits = m.router(x)
+        scores = F.softmax(logits, -1) if router == "softmax" else torch.sigmoid(logits)
+        w, idx = scores.topk(2, -1)
+        if norm_topk or (norm_topk is None and router == "sigmoid"):
+            w = w / w.sum(-1, keepdim=True)
+        w = w * scale
+        ref = m.shared_expert(x).clone()
+        for t in range(7):
+            for j in range(2):
+                ref[t] += w[t, j] * m.experts.expert(idx[t, j].item(), x[t:t + 1])[0]
+        assert torch.allclose(m(x[None])[0], ref)
+        assert torch.allclose(m.step(x), ref)
+
+
+def test_bad_routing_options_are_named():
+    from archdsl.blocks import ConfigError, make_config
+
+    with pytest.raises(ConfigError, match="routed_scale must be > 0"):
+        make_config("moe", {"routed_scale": 0}, 16)
+    with pytest.raises(ConfigError, match="norm_topk must be bool or none"):
+        make_config("moe", {"norm_topk": 1}, 16)
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 9), st.integers(1, 4), st.integers(1, 40), st.integers(0, 2**31))
 def test_grouped_experts_give_the_traced_loops_bits(E, k, T, seed):

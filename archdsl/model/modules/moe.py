@@ -6,6 +6,8 @@
 
 Routing (Jamba): p = softmax(router(x)) in float32, the top_k experts by p, each weighted by its
 p (not renormalised). With router="sigmoid": s = σ(router(x)), top_k, weights renormalised to sum 1.
+norm_topk sets the renormalisation either way (Mixtral: softmax with it); routed_scale then multiplies
+the weights (DeepSeek-V3 / NemotronH's routed_scaling_factor).
 Load balancing (Switch / Mixtral): aux = coef · E · Σ_e f_e · P_e with f_e the fraction of
 top-k assignments to e per token and P_e the mean router probability; kept in self.aux_loss.
 Training under torch.distributed (data parallel, equal tokens per rank), f_e counts the assignments
@@ -240,8 +242,11 @@ class Moe(nn.Module):
                 w = scores.gather(-1, idx)
             else:
                 w, idx = scores.topk(self.cfg.top_k, dim=-1)
-            w = w / w.sum(-1, keepdim=True)
             probs = scores / scores.sum(-1, keepdim=True)
+        if self.cfg.renormalises:
+            w = w / w.sum(-1, keepdim=True)
+        if self.cfg.routed_scale != 1.0:
+            w = w * self.cfg.routed_scale
         return probs, w.to(x.dtype), idx
 
     def forward(self, x, state=None, **ctx):
