@@ -88,8 +88,11 @@ def analyze(spec, seq_len: int = 2048, batch: int = 1, dtype: str = "bfloat16",
             pre_norm = norm_params(norm, d) if s.role in (MIXER, FFN) else 0
             params += own + cfg.per_use_params() + pre_norm
             active += cfg.active_params() + cfg.per_use_params() + pre_norm
-            flops += cfg.flops_per_token(seq_len)
-            cache += cfg.cache_bytes(batch, seq_len, nbytes, ssm_bytes)
+            try:
+                flops += cfg.flops_per_token(seq_len)
+                cache += cfg.cache_bytes(batch, seq_len, nbytes, ssm_bytes)
+            except OverflowError:  # a context or batch past what a float holds
+                raise ArchDSLError(f"seq_len {seq_len} or batch {batch} is too large to count") from None
         name = lambda role: (lambda s: s.name if s else "")(role_of(subs, role))  # noqa: E731
         rows.append(LayerReport(i, name(MIXER), name(FFN), name(INJECT),
                                 ",".join(sorted({s.group for s in subs if s.group})),

@@ -12,6 +12,7 @@ Sublayer in order (INJECT, MIXER, FFN — each optional, at least one). Graph at
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_args
 
@@ -111,11 +112,11 @@ def apply_modifiers(g: nx.DiGraph) -> nx.DiGraph:
                                f"and the layout has only {n} layer{'s' if n > 1 else ''} (indices 0..{n - 1})",
                                source=spec.source, start=mod.span.start, end=mod.span.end)
         new = Sublayer(name=mod.block.name, block=mod.block, span=mod.block.span)
-        for i in range(n):
-            if mod.selects(i):
-                node = g.nodes[layer_id(i)]
-                kept = [s for s in node["sublayers"] if _resolve_kind(spec, s.block)[1] != role]
-                node["sublayers"] = tuple(kept + [new])
+        chosen = mod.at if mod.at is not None else [i for i in range(n) if mod.selects(i)]  # `at`: no n·k scan
+        for i in chosen:
+            node = g.nodes[layer_id(i)]
+            kept = [s for s in node["sublayers"] if _resolve_kind(spec, s.block)[1] != role]
+            node["sublayers"] = tuple(kept + [new])
     g.graph["stage"] = "apply_modifiers"
     return g
 
@@ -165,7 +166,8 @@ def check_blocks(spec) -> None:
     """Every `blocks:` entry, used in the layout or not: the entry names a block kind or is an alias
     (`kind:`) of one, and its arguments exist for that kind, with the right types, allowed values and
     no zero or negative sizes. What depends on d_model or on other arguments (heads dividing d_model)
-    is checked where a block is used. Errors point at the entry's key or value in the file."""
+    is checked where a block is used; floats must be finite and every `*eps` in (0, 1), as for a used block.
+    Errors point at the entry's key or value in the file."""
     for name, args in spec.blocks.items():
         if name in BLOCKS:
             kind = name
@@ -189,11 +191,24 @@ def check_blocks(spec) -> None:
             if takes_int and isinstance(value, int) and not isinstance(value, bool) and value < floor:
                 raise spec.error(f"{kind}: {arg} must be {'>= 0' if floor == 0 else 'positive'}, got {value}",
                                  ("blocks", name, arg))
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            takes_float = float in (hints[arg], *get_args(hints[arg]))
+            if number and takes_float and not _finite(value):  # an int too large for a float, too
+                raise spec.error(f"{kind}: {arg} must be a finite number, got {value}", ("blocks", name, arg))
+            if number and arg.endswith("eps") and not 0 < value < 1:
+                raise spec.error(f"{kind}: {arg} must be in (0, 1), got {value}", ("blocks", name, arg))
         try:  # make_config checks types and choices before d_model; with d_model 0 it stops there
             make_config(kind, {k: v for k, v in args.items() if k != "kind"}, 0)
         except ConfigError as e:
             if e.field != "d_model":
                 raise spec.error(str(e), ("blocks", name, e.field)) from None
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past the largest float
+        return False
 
 
 def _resolve_kind(spec, block: Block, key: tuple | None = None) -> tuple[str, str]:
@@ -243,6 +258,8 @@ def _config(spec, block: Block, kind: str) -> BlockConfig:
         if where in origin:
             unknown = where not in {f.name for f in fields(BLOCKS[kind])}
             raise spec.error(str(e), origin[where] + (("<key>",) if unknown else ())) from None
+        if where is None and block.span == NOSPAN:  # the default FFN, named by `ffn:`, not in the layout
+            raise spec.error(str(e), ("ffn",)) from None
         span = spans.get(where, block.span)
         raise ArchDSLError(str(e), source=spec.source, start=span.start, end=span.end) from None
     if config.params() > MAX_PARAMS:  # as analyze refuses it: `check` must not pass what every other command refuses

@@ -71,6 +71,11 @@ class Spec:
         fields_["positions"] = dict(self.positions)
         return _spec_of, (fields_,)
 
+    def __hash__(self) -> int:
+        """Hashable like any frozen value (a set of specs, a cache keyed by one); the blocks are left out (a
+        mapping does not hash), which equal specs have alike anyway."""
+        return hash((self.name, self.d_model, self.vocab_size, self.ffn, self.layout))
+
     def __deepcopy__(self, memo) -> Spec:
         """A Spec is immutable: copy.deepcopy of a model (EMA weights, say) shares it."""
         return self
@@ -158,7 +163,10 @@ def _typed(key: str, value, err):
     if key == "ffn" and value in (None, "none"):
         return None
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # past the largest float
+            raise err(f"{key} must be a finite number, got {value}", (key,)) from None
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise err(f"{key} must be {typ.__name__}, got {value!r}", (key,))
     return value
@@ -214,7 +222,7 @@ def read_text(path: str) -> str:
     except OSError as e:
         raise ArchDSLError(f"cannot read {path}: {e.strerror}") from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is no part of the text
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise ArchDSLError(f"not a UTF-8 text file (byte {e.start}: 0x{data[e.start]:02x})", file=path, line=line) from None
@@ -227,6 +235,14 @@ class YamlLoader(yaml.SafeLoader):
 class YamlDumper(yaml.SafeDumper):
     """PyYAML's safe dumper, quoting the strings that YamlLoader reads as floats (a name `1e5`), so that what
     Spec.to_yaml writes loads back the same."""
+
+    def analyze_scalar(self, scalar):
+        """A NEL (U+0085) only in double quotes, as the escape \\N: written raw, it was read back as a line break."""
+        analysis = super().analyze_scalar(scalar)
+        if "\x85" in scalar:
+            analysis.allow_flow_plain = analysis.allow_block_plain = False
+            analysis.allow_single_quoted = analysis.allow_block = False
+        return analysis
 
 
 _FLOAT12 = re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$")
@@ -297,6 +313,9 @@ def _unique_keys(node, text: str, file: str, within: tuple = (), done: set | Non
 
 
 def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
+    # A byte-order mark YAML skips, and a lone CR (a classic Mac file) it reads as a line break: the positions of
+    # errors count lines and columns as YAML does.
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     whole = Source(text, file, file_text=text)
     root, data = read_yaml(text, file)
     if isinstance(data, str):  # a file holding a bare layout string

@@ -214,3 +214,50 @@ def test_cmix_has_channels_at_every_width(d_model, version, hidden):
         assert width > 0 and archdsl.analyze(spec).layers[0].params == (
             archdsl.analyze(archdsl.parse("rwkv4", d_model=d_model, vocab_size=7)).layers[0].params
             + 2 * d_model + 2 * d_model * width + d_model * d_model + d_model)  # cmix + its pre-norm
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["attn", "attn(window=4)", "mamba2, zamba(heads=4) at 0", "mamba2"]),
+       st.integers(1, 10**400), st.integers(1, 10**400))
+def test_any_context_or_batch_gives_a_report_or_an_error(layout, seq_len, batch):
+    """analyze at a context past what a float holds was an OverflowError from attention's mean context."""
+    try:
+        rep = archdsl.analyze(archdsl.parse(layout), seq_len=seq_len, batch=batch)
+    except archdsl.ArchDSLError as e:
+        assert "too large to count" in str(e)
+    else:
+        assert rep.flops_per_token > 0 and rep.cache_bytes > 0
+
+
+@pytest.mark.parametrize("ffn, entry", [("cmix", "cmix: {version: 6}"), ("big", "big: {kind: cmix, version: 6}")])
+def test_an_error_of_the_default_ffn_points_at_ffn(ffn, entry):
+    """The default FFN stands nowhere in the layout: an error of its configuration that no argument owns (cmix v6's
+    width at a small d_model) pointed at the first character of the layout, now at `ffn:`."""
+    from archdsl.spec import spec_from_yaml
+
+    text = f"name: x\nd_model: 8\nlayout: 2×rwkv4\nffn: {ffn}\nblocks:\n  {entry}\n"
+    with pytest.raises(archdsl.ArchDSLError) as e:
+        spec_from_yaml(text, file="s.yaml").graph
+    head, line, caret = str(e.value).split("\n")
+    assert head.startswith("s.yaml:4:6: cmix: version 6's default hidden") and line == f"  ffn: {ffn}"
+    assert caret == "  " + " " * 5 + "^"
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 60).flatmap(lambda n: st.tuples(st.just(n), st.lists(st.integers(0, n - 1), min_size=1,
+                                                                           unique=True))))
+def test_at_selects_its_layers_in_linear_time(case):
+    """`mlp at i j k …` applied by asking every layer whether it is listed (`i in at`) took n·k steps: 100 000 layers
+    with an index each took over a minute. The layers it picks are the listed ones, without asking each layer."""
+    from archdsl.language.ast import Modifier
+
+    n, at = case
+    calls = []
+    original = Modifier.selects
+    Modifier.selects = lambda self, i: calls.append(i) or original(self, i)
+    try:
+        spec = archdsl.parse(f"{n}×mamba, mlp at " + " ".join(map(str, at)))
+        assert [i for i, f in enumerate(kinds(spec, FFN)) if f] == sorted(at)
+    finally:
+        Modifier.selects = original
+    assert calls == []

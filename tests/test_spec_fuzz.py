@@ -6,11 +6,12 @@ import os
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import archdsl
 from archdsl.spec import spec_from_yaml
+from strategies import layouts, small_layouts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = [open(p, encoding="utf-8").read() for p in sorted(glob.glob(os.path.join(ROOT, "specs", "*.yaml")))]
@@ -232,3 +233,70 @@ def test_garbage_settings_only_raise_archdsl_error(settings_, text):
         archdsl.analyze(spec, seq_len=4096)
     except archdsl.ArchDSLError as e:
         assert str(e)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2**1024, 10**400) | st.integers(-(10**400), -(2**1024)),
+       st.sampled_from([("mamba2", "norm_eps"), ("mamba2", "dt_max"), ("attn", "rope_theta"), ("moe", "aux_loss_coef"),
+                        ("s4d", "dt_min")]), st.booleans())
+def test_an_int_past_the_largest_float_is_an_error(value, field, used):
+    """YAML reads ints of any size: one given where a float goes (a block's, used or not, or norm_eps) was an
+    OverflowError from float(value); now an ArchDSLError at the value."""
+    kind, key = field
+    layout = f"mamba2, {kind}" if used else "mamba2"
+    assert _error(f"name: x\nlayout: {layout}\nblocks:\n  {kind}: {{{key}: {value}}}\n").startswith(
+        f"s.yaml:4:{len(kind) + len(key) + 8}: {kind}: {key} must be")
+    assert _error(f"name: x\nlayout: mamba2\nnorm_eps: {value}\n").startswith("s.yaml:3:11: norm_eps must be a finite")
+    with pytest.raises(archdsl.ArchDSLError, match=f"{key} must be a finite number"):
+        archdsl.parse(layout, blocks={kind: {key: value}}).graph
+
+
+@pytest.mark.parametrize("value, field", [(".inf", "dt_max"), (".nan", "dt_min"), ("5.0", "norm_eps"), ("0", "norm_eps"),
+                                          ("-.inf", "rope_theta"), (".nan", "inner_norm_eps")])
+def test_floats_of_unused_blocks_entries_are_checked(value, field):
+    """Every `blocks:` entry is checked, used or not: a NaN, an infinity or an eps outside (0, 1) in an entry the
+    layout did not use passed `check` (make_config stopped at d_model 0 before the config's own checks)."""
+    kind = {"rope_theta": "attn", "inner_norm_eps": "mamba"}.get(field, "mamba2")
+    alias = f"  big: {{kind: {kind}, {field}: {value}}}\n"
+    for entry, col in ((f"  {kind}: {{{field}: {value}}}\n", len(kind) + len(field) + 8), (alias, len(field) + len(kind) + 19)):
+        assert _error(f"name: x\nlayout: rwkv6\nblocks:\n{entry}").startswith(f"s.yaml:4:{col}: {kind}: {field} must be")
+
+
+@pytest.mark.parametrize("bom, newline", [("\ufeff", "\n"), ("\ufeff", "\r\n"), ("", "\r"), ("\ufeff", "\r")])
+@pytest.mark.parametrize("row", [1, 2])
+def test_a_byte_order_mark_or_a_lone_cr_keeps_the_positions(tmp_path, bom, newline, row):
+    """YAML skips a leading byte-order mark, and reads a lone CR (a classic Mac file) as a line break; positions
+    counted the mark as a column and the file as one line, so that errors pointed beside their place."""
+    lines = ["name: x", "d_model: 64", ""]
+    text = bom + newline.join(lines[:row - 1] + ["layout: 8×mamba2, mamab"] + lines[row - 1:])
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(text.encode("utf-8"))
+    for make in (lambda: spec_from_yaml(text, file="s.yaml"), lambda: archdsl.load_spec(str(path))):
+        with pytest.raises(archdsl.ArchDSLError) as e:
+            make().graph
+        head, line, caret = str(e.value).split("\n")
+        assert head.endswith(f":{row}:19: unknown block 'mamab'; did you mean 'mamba', 'mamba2', 'zamba'?")
+        assert line == "  layout: 8×mamba2, mamab" and caret == "  " + " " * 18 + "^~~~~"
+
+
+@settings(max_examples=100, deadline=None)
+@given(small_layouts(max_layers=12), st.sampled_from([{}, {"attn": {"heads": 4}}]))
+def test_specs_hash_as_they_compare(layout, blocks):
+    """A Spec is a frozen value, but hash(spec) was a TypeError (its blocks are a mappingproxy): no set of specs,
+    no cache keyed by one. Equal specs hash alike, whichever way they were written."""
+    from archdsl.language import format_layout
+
+    spec = archdsl.Spec(layout=layout, blocks=blocks)
+    again = archdsl.parse(format_layout(layout), blocks=blocks)
+    assert again == spec and hash(again) == hash(spec) and len({spec, again}) == 1
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layouts(max_layers=16))
+@example(archdsl.parse('mamba(act="a\x85b")').layout)
+def test_to_yaml_keeps_any_layout(layout):
+    """Spec.to_yaml wrote a string holding a NEL (U+0085) raw in single quotes, where YAML reads it as a line
+    break folded into a space: the saved layout came back another. Whatever strings the layout holds, it loads
+    back the same."""
+    spec = archdsl.Spec(layout=layout)
+    assert spec_from_yaml(spec.to_yaml(), file="saved.yaml").layout == layout
