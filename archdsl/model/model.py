@@ -279,18 +279,23 @@ class ArchModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 seed: int | None = None, attention_mask: torch.Tensor | None = None, top_p: float | None = None):
+                 seed: int | None = None, attention_mask: torch.Tensor | None = None, top_p: float | None = None,
+                 eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None):
         """Prefill through the parallel path, then decode step by step. temperature 0 = greedy; else sampling
         from softmax(logits / temperature), cut to the top_k likeliest tokens and then to the nucleus of top_p
         (the fewest likeliest tokens whose probability reaches top_p), as transformers' generate does.
         Returns [B, L + max_new_tokens]. With compile(cuda_graph=True) on CUDA the step is replayed
         from a captured CUDA graph. attention_mask [B, L] (bool or 0/1, HF's): prompts of different
-        lengths, left-padded (the pads first); each row continues as its prompt alone would (forward)."""
+        lengths, left-padded (the pads first); each row continues as its prompt alone would (forward).
+        eos_token_id (one id or a list, as transformers'): a row that has produced one goes on with pad_token_id
+        (default: the first eos id), and generation stops once every row has, so the result may be shorter,
+        [B, L + n] with n <= max_new_tokens (one wait for the device a step)."""
         self._check_tokens("generate", "input_ids", input_ids, 2)
         self._padded("generate", attention_mask, input_ids, None)  # refused before any cache is made
         if input_ids.is_cuda:  # once a call: the prompt's ids checked on the card too (one wait for it)
             self._check_range("generate", "input_ids", input_ids)
         _check_sampling(max_new_tokens, temperature, top_k, seed, top_p)
+        eos = self._stop_ids(eos_token_id, pad_token_id)
         B, L = input_ids.shape
         if max_new_tokens == 0:
             return input_ids
@@ -306,12 +311,38 @@ class ArchModel(nn.Module):
             cache = self.init_cache(B, max_len=L + max_new_tokens)
         logits = self(input_ids, cache, attention_mask=attention_mask)[:, -1]
         out = [input_ids]
+        if eos is not None:
+            eos_ids = torch.tensor(eos[0], device=input_ids.device)
+            pad = torch.tensor(eos[1], device=input_ids.device)
+            done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         for i in range(max_new_tokens):
             tok = sample(logits, temperature, top_k, gen, top_p)
+            if eos is not None:
+                tok = torch.where(done, pad, tok)
+                done |= torch.isin(tok, eos_ids)
             out.append(tok[:, None].to(input_ids.dtype))  # the prompt's dtype, as with max_new_tokens=0
+            if eos is not None and bool(done.all()):
+                break
             if i + 1 < max_new_tokens:
                 logits = runner(tok) if graphed else self.step(tok, cache)
         return torch.cat(out, dim=1)
+
+    def _stop_ids(self, eos_token_id, pad_token_id) -> tuple[list[int], int] | None:
+        """generate's (eos ids, pad id), or None without eos_token_id; ids are ints in [0, vocab)."""
+        vocab = self.embeddings.num_embeddings
+        is_id = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v < vocab  # noqa: E731
+        if eos_token_id is None:
+            if pad_token_id is not None:
+                raise ArchDSLError("generate: pad_token_id is used only with eos_token_id")
+            return None
+        ids = [eos_token_id] if isinstance(eos_token_id, numbers.Integral) else eos_token_id
+        if not isinstance(ids, (list, tuple)) or not ids or not all(is_id(v) for v in ids):
+            raise ArchDSLError(f"generate: eos_token_id must be a token id or a non-empty list of them, each in "
+                               f"[0, {vocab}), got {eos_token_id!r}")
+        pad = ids[0] if pad_token_id is None else pad_token_id
+        if not is_id(pad):
+            raise ArchDSLError(f"generate: pad_token_id must be a token id in [0, {vocab}), got {pad_token_id!r}")
+        return [int(v) for v in ids], int(pad)
 
     def _check_tokens(self, where: str, name: str, ids, ndim: int, cache: Cache | None = None) -> None:
         """Token ids as `where` takes them, else ArchDSLError: an int64 or int32 tensor, [batch, length] (ndim 2)

@@ -382,7 +382,34 @@ def _token_model():
     return _TOKEN_MODEL[0]
 
 
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), at=st.lists(st.integers(0, 9), min_size=3, max_size=3), pad=st.integers(0, 36))
+def test_eos_pads_finished_rows_and_stops_when_all_are(seed, at, pad):
+    """Sampling with a seed draws the same tokens with or without eos_token_id until a row ends: from there its
+    tokens are pad_token_id, and the result ends at the step where the last row ends (or at max_new_tokens)."""
+    m = _token_model()
+    ids = torch.randint(0, 37, (3, 4), generator=torch.Generator().manual_seed(seed))
+    full = m.generate(ids, 10, seed=seed)
+    new = full[:, 4:]
+    eos = sorted({new[r, a].item() for r, a in enumerate(at)})  # each row meets one of them at or before `at`
+    out = m.generate(ids, 10, seed=seed, eos_token_id=eos, pad_token_id=pad)
+    ends = [next(j for j in range(10) if new[r, j].item() in eos) for r in range(3)]
+    assert out.shape == (3, 4 + max(ends) + 1)
+    for r, end in enumerate(ends):
+        assert torch.equal(out[r, :5 + end], full[r, :5 + end])
+        assert (out[r, 5 + end:] == pad).all()
+    never = next(t for t in range(37) if t not in new)  # 30 tokens drawn, 37 in the vocabulary
+    assert torch.equal(m.generate(ids, 10, seed=seed, eos_token_id=never), full)
+
+
 @pytest.mark.parametrize("call, message", [
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, eos_token_id=37), r"eos_token_id must be a token id"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, eos_token_id=[]), r"eos_token_id must be"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, eos_token_id=[1, True]), r"eos_token_id must be"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, eos_token_id="2"), r"eos_token_id must be"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, eos_token_id=2, pad_token_id=-1),
+     r"pad_token_id must be a token id in \[0, 37\), got -1"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, pad_token_id=0), r"pad_token_id is used only with"),
     (lambda m: m(torch.tensor([[1, 37]])), r"forward: input_ids: token id 37 is outside the vocabulary \[0, 37\)"),
     (lambda m: m(torch.tensor([[-2, 3]])), r"forward: input_ids: token id -2 is outside"),
     (lambda m: m(torch.rand(1, 4)), r"input_ids must be an int64 or int32 tensor \[batch, length\].*float32 \[1, 4\]"),
