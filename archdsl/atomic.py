@@ -80,6 +80,7 @@ def atomic_dir(path: str, names: frozenset[str]) -> Iterator[str]:
         tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
     except OSError as e:
         raise ArchDSLError(f"cannot write {path}: {e.strerror}") from None
+    old = None
     try:
         yield tmp
         written = os.listdir(tmp)
@@ -88,7 +89,6 @@ def atomic_dir(path: str, names: frozenset[str]) -> Iterator[str]:
         for name in written:
             os.chmod(os.path.join(tmp, name), 0o666 & ~mask)
         os.chmod(tmp, 0o777 & ~mask)
-        old = None
         if os.path.exists(path):
             _check_replaceable(path, names)  # again: it may have changed while we wrote
             old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.old-")
@@ -99,6 +99,8 @@ def atomic_dir(path: str, names: frozenset[str]) -> Iterator[str]:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old and os.path.isdir(old) and not os.path.lexists(path):  # moved aside, then the new one failed to land
+            os.rename(old, path)
         raise
 
 

@@ -10,7 +10,7 @@ import pytest
 from archdsl.convert.hf import hf_config_to_spec
 from archdsl.convert.megatron import pattern_layers, pattern_to_layout
 from archdsl.errors import ArchDSLError
-from hf_util import spec_params, transformers
+from hf_util import hf_count, spec_params, transformers
 from test_reference_counts import NEMOTRON_PATTERN, REFERENCES
 
 TINY = {
@@ -84,6 +84,39 @@ def test_reference_config(name):
     config, count = _hf(config_cls, model_cls, kwargs, meta=True)
     assert count == expected
     assert spec_params(hf_config_to_spec(config, name)) == expected
+
+
+def test_missing_fields_take_the_transformers_defaults():
+    """A config holding only model_type converts as transformers' default config of that class: Falcon Mamba's
+    missing keys were falcon-mamba-7b's sizes and untied (FalconMambaConfig: Mamba's sizes, tied), Mamba-2's
+    hidden_size 2048 and tied (Mamba2Config: 4096, untied)."""
+    t = transformers()
+    for mt, cls in (("mamba", "MambaConfig"), ("falcon_mamba", "FalconMambaConfig"), ("mamba2", "Mamba2Config"),
+                    ("jamba", "JambaConfig"), ("zamba2", "Zamba2Config"), ("bamba", "BambaConfig"),
+                    ("nemotron_h", "NemotronHConfig"), ("rwkv", "RwkvConfig"), ("llama", "LlamaConfig")):
+        full = getattr(t, cls)().to_dict()
+        assert hf_config_to_spec({"model_type": mt}, "x") == hf_config_to_spec(full, "x"), mt
+
+
+def test_head_dim_and_kv_heads_as_transformers_reads_them():
+    """NemotronHConfig's head_dim defaults to 128, not hidden_size / heads (read so, a config without it converted to
+    a model of other shapes); Bamba's num_key_value_heads null means as many as the query heads (transformers), not
+    the default 8."""
+    t = transformers()
+    kw = dict(hidden_size=64, vocab_size=100, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+              mamba_num_heads=8, mamba_head_dim=16, n_groups=2, ssm_state_size=16, hybrid_override_pattern="M-*")
+    config = t.NemotronHConfig(**kw).to_dict()
+    del config["head_dim"]
+    assert hf_config_to_spec(config)["blocks"]["attn"]["head_dim"] == 128
+    bamba = dict(model_type="bamba", hidden_size=32, num_hidden_layers=2, vocab_size=64, mamba_n_heads=4,
+                 num_attention_heads=4, intermediate_size=64, attn_layer_indices=[1], num_key_value_heads=None)
+    assert hf_config_to_spec(bamba)["blocks"]["attn"]["kv_heads"] == 4
+    config = t.BambaConfig(**{k: v for k, v in bamba.items() if k != "model_type"})
+    assert config.num_key_value_heads == 4
+    # Bamba's attention reads head_dim when the config has it, as Jamba's
+    bamba.update(num_key_value_heads=2, head_dim=16)
+    assert spec_params(hf_config_to_spec(bamba)) == hf_count("BambaConfig", "BambaForCausalLM",
+                                                              **{k: v for k, v in bamba.items() if k != "model_type"})
 
 
 def test_unsupported_family_and_field():
@@ -254,7 +287,14 @@ def test_configs_that_converted_to_another_model_are_refused():
                             ({**llama, "num_key_value_heads": 0}, "'num_key_value_heads': expected a size >= 1"),
                             ({**llama, "head_dim": 0}, "'head_dim'"), ({**llama, "intermediate_size": 0},
                                                                       "'intermediate_size'"),
-                            ({**bamba, "mamba_n_groups": -1}, "'mamba_n_groups'")):
+                            ({**bamba, "mamba_n_groups": -1}, "'mamba_n_groups'"),
+                            # a count given as a float (transformers' typed configs refuse it): hidden_size 32.5 became
+                            # d_model 32; 2.0 layers failed in the layout parser, naming no config field
+                            ({**llama, "hidden_size": 32.5}, "'hidden_size': expected an integer"),
+                            ({**llama, "vocab_size": 64.0}, "'vocab_size': expected an integer"),
+                            ({**llama, "num_hidden_layers": 2.0}, "'num_hidden_layers': expected an integer"),
+                            ({**llama, "head_dim": 8.0}, "'head_dim': expected an integer"),
+                            (dict(model_type="jamba", attn_layer_offset=-1), "'attn_layer_offset'")):
         with pytest.raises(ArchDSLError, match=message):
             hf_config_to_spec(config)
     assert hf_config_to_spec({**llama, "rope_scaling": {"type": "default", "rope_theta": 5e5}})["blocks"]["attn"][
@@ -263,6 +303,10 @@ def test_configs_that_converted_to_another_model_are_refused():
     assert "attn every 2 offset 0" in hf_config_to_spec(dict(model_type="jamba", hidden_size=32, num_hidden_layers=4,
                                                              attn_layer_period=2, attn_layer_offset=0,
                                                              num_experts=1))["layout"]  # an offset may be 0
+    # HF's Jamba may place no attention or no MoE layer (offset past the last): the modifier is left out, as an
+    # `every` that selects no layer is refused by the language
+    assert hf_config_to_spec(dict(model_type="jamba", hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                  num_experts=4))["layout"] == "1×mamba"
 
 
 def test_mismatched_weights_name_the_checkpoint(tmp_path):
@@ -281,3 +325,54 @@ def test_mismatched_weights_name_the_checkpoint(tmp_path):
     with pytest.raises(ArchDSLError) as e:
         from_hf(tmp_path, weights=True)
     assert e.value.file == str(tmp_path) and "model.embed_tokens.weight" in str(e.value), str(e.value)
+
+
+def test_a_failed_replace_keeps_the_earlier_output(tmp_path, monkeypatch):
+    """Replacing an earlier export: the old directory is moved aside, then the new one renamed into place; when that
+    last rename failed (Ctrl-C between the two, or another process making the path) the earlier output was gone,
+    left under a hidden .old- name. It is put back."""
+    import os
+
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+
+    model = archdsl.compile(archdsl.parse("attn+mlp"), device="cpu", seed=0)
+    out = tmp_path / "hf"
+    export_hf(model, out)
+    before = (out / "model.safetensors").read_bytes()
+    rename = os.rename
+
+    def failing(src, dst):
+        if os.path.basename(str(src)).startswith(".hf.tmp-"):
+            raise KeyboardInterrupt
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing)
+    with pytest.raises(KeyboardInterrupt):
+        export_hf(archdsl.compile(archdsl.parse("attn+mlp"), device="cpu", seed=1), out)
+    monkeypatch.undo()
+    assert (out / "model.safetensors").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["hf"]
+
+
+def test_activations_transformers_computes_otherwise_are_refused():
+    """HF's Mamba, Falcon Mamba, Mamba-2 and Bamba mixers apply hidden_act after their conv (ours: SiLU), and
+    gelu_pytorch_tanh / gelu_new are tanh GELUs (ours: exact): each converted silently to another function (a
+    Mamba with hidden_act gelu: logits off by 0.1). Export of a Bamba with a geglu MLP wrote hidden_act gelu, which
+    transformers also applies to the conv."""
+    import archdsl
+    from archdsl.convert.weights import bamba
+
+    for config in (dict(model_type="mamba", hidden_act="gelu"), dict(model_type="falcon_mamba", hidden_act="relu"),
+                   dict(model_type="mamba2", hidden_size=2048, hidden_act="gelu"),
+                   dict(model_type="bamba", hidden_act="gelu")):
+        with pytest.raises(ArchDSLError, match="config field 'hidden_act'"):
+            hf_config_to_spec(config)
+    for act in ("gelu_pytorch_tanh", "gelu_new"):
+        with pytest.raises(ArchDSLError, match=f"unsupported value '{act}' of config field 'hidden_act'"):
+            hf_config_to_spec(dict(model_type="llama", hidden_act=act))
+    assert hf_config_to_spec(dict(model_type="llama", hidden_act="gelu"))["blocks"]["mlp"]["act"] == "geglu"
+    assert hf_config_to_spec(dict(model_type="mamba", hidden_act="swish"))["layout"] == "32×mamba"
+    spec = archdsl.parse("2×mamba2(headdim=16)+mlp(act=geglu)")
+    with pytest.raises(ArchDSLError, match="Bamba's MLP is swiglu"):
+        bamba.hf_config(spec)

@@ -521,3 +521,29 @@ def test_interrupted_checkpoint_save_leaves_nothing_half_written(tmp_path, monke
     train(TrainConfig(**kw, rundir=str(cut), resume=True))
     assert sorted(os.listdir(cut / "checkpoints")) == ["step_00000002", "step_00000004"]
     assert losses(cut) == losses(tmp_path / "full")
+
+
+def test_a_checkpoint_save_that_fails_is_said_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """A full disk or Ctrl-C while DCP writes a checkpoint: exit 1 naming the checkpoint, or 130 'interrupted', and
+    no temporary directory left. DCP wraps every rank's exception in its CheckpointException (a BaseException),
+    which escaped the CLI as a traceback."""
+    import errno
+
+    def fsync(exc):
+        def f(fd):
+            raise exc
+        return f
+
+    args = ["train", "mamba2(d_state=8, headdim=8)", "--data", DATA, "--steps", "1", "--batch", "2", "--no-progress",
+            "--threads", "1"]
+    full = f"error: No space left on device ({tmp_path / 'r0' / 'checkpoints' / 'step_00000001'})"
+    for exc, rc, message in ((OSError(errno.ENOSPC, "No space left on device"), 1, full),
+                             (KeyboardInterrupt(), 130, "interrupted")):
+        rundir = tmp_path / f"r{rc // 130}"
+        monkeypatch.setattr(os, "fsync", fsync(exc))  # DCP syncs each file it writes
+        capsys.readouterr()
+        assert main([*args, "-o", str(rundir)]) == rc
+        monkeypatch.undo()
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+        assert os.listdir(rundir / "checkpoints") == []

@@ -16,7 +16,8 @@ import os
 from ..errors import ArchDSLError, did_you_mean
 from .megatron import _text
 
-ACT_GATED = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu", "gelu_new": "geglu"}
+# HF's "gelu" is the exact (erf) GELU, as ours; its tanh approximations (gelu_pytorch_tanh, gelu_new) are not
+ACT_GATED = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu"}
 
 
 def read_hf_config(path: str | os.PathLike) -> dict:
@@ -63,6 +64,11 @@ class _Cfg:
             raise _refuse(key, value, f"expected a number, like the default {default!r}")
         if number and not math.isfinite(value):
             raise _refuse(key, value, "expected a finite number")
+        integer = isinstance(default, int) and not isinstance(default, bool) or key in _SIZES
+        if integer and number and not isinstance(value, int):  # as transformers' typed configs: 2.0 is no count
+            raise _refuse(key, value, "expected an integer")
+        if number and value < 0 and key.endswith("_offset"):
+            raise _refuse(key, value, "expected a layer index >= 0")
         if isinstance(default, int) and not isinstance(default, bool) and abs(value) > 10**9:
             raise _refuse(key, value, "absurd size (over 10^9)")
         if number and value < 1 and (key in _SIZES or isinstance(default, int) and not isinstance(default, bool)
@@ -101,6 +107,19 @@ def _rope_theta(c: _Cfg, default=10000.0) -> float:
     return float(rp.get("rope_theta") or c("rope_theta", default))
 
 
+def _conv_act(c: _Cfg) -> None:
+    """HF's Mamba mixers apply hidden_act after their conv (and Bamba's MLP too); ours is SiLU."""
+    if c("hidden_act", "silu") not in ("silu", "swish"):
+        raise _refuse("hidden_act", c("hidden_act"), "supported: 'silu' (the mamba conv activation)")
+
+
+def _kv_heads(c: _Cfg, heads: int, default: int = 8) -> int:
+    """num_key_value_heads: absent, the config class's default; null, as many as the query heads (transformers)."""
+    if "num_key_value_heads" in c.c and c.c["num_key_value_heads"] is None:
+        return heads
+    return c("num_key_value_heads", default)
+
+
 def _gated_act(c: _Cfg, key: str, default: str) -> str:
     act = c(key, default)
     if act not in ACT_GATED:
@@ -111,7 +130,8 @@ def _gated_act(c: _Cfg, key: str, default: str) -> str:
 # --- families -----------------------------------------------------------------------------
 
 def _mamba(c: _Cfg, name: str, falcon: bool) -> dict:
-    d = c("hidden_size", 768 if not falcon else 4096)
+    d = c("hidden_size", 768)  # FalconMambaConfig's defaults are MambaConfig's (not falcon-mamba-7b's sizes)
+    _conv_act(c)
     expand = c("expand", 2)
     inner = c("intermediate_size", expand * d)
     if inner != expand * d:
@@ -125,8 +145,8 @@ def _mamba(c: _Cfg, name: str, falcon: bool) -> dict:
     if falcon:
         mamba["inner_norms"] = "unweighted"
         mamba["inner_norm_eps"] = float(c("mixer_rms_eps", 1e-6))
-    return _spec(c, name, d, c("vocab_size", 50280 if not falcon else 65024), c("tie_word_embeddings", not falcon),
-                 f"{c('num_hidden_layers', 32 if not falcon else 64)}×mamba", {"mamba": mamba},
+    return _spec(c, name, d, c("vocab_size", 50280), c("tie_word_embeddings", True),
+                 f"{c('num_hidden_layers', 32)}×mamba", {"mamba": mamba},
                  eps=c("layer_norm_epsilon", 1e-5), residual_fp32=bool(c("residual_in_fp32", True)))
 
 
@@ -156,14 +176,15 @@ def _dt_limit(c: _Cfg) -> float:
 
 
 def _mamba2(c: _Cfg, name: str) -> dict:
-    d = c("hidden_size", 2048)
+    d = c("hidden_size", 4096)
+    _conv_act(c)
     if not c("rmsnorm", True):
         raise _refuse("rmsnorm", False, "the gated RMSNorm is always present")
     m = _mamba2_block(c, d, d_state=c("state_size", 128), d_conv=c("conv_kernel", 4), expand=c("expand", 2),
                       heads=c("num_heads", 128), headdim=c("head_dim", 64), ngroups=c("n_groups", 8),
                       chunk=c("chunk_size", 256), conv_bias=c("use_conv_bias", True), bias=c("use_bias", False),
                       norm_eps=c("layer_norm_epsilon", 1e-5), dt_floor=_dt_limit(c))
-    return _spec(c, name, d, c("vocab_size", 32768), c("tie_word_embeddings", True),
+    return _spec(c, name, d, c("vocab_size", 32768), c("tie_word_embeddings", False),
                  f"{c('num_hidden_layers', 64)}×mamba2", {"mamba2": m}, eps=c("layer_norm_epsilon", 1e-5),
                  residual_fp32=bool(c("residual_in_fp32", True)))
 
@@ -178,20 +199,24 @@ def _jamba(c: _Cfg, name: str) -> dict:
         raise _refuse("hidden_act", c("hidden_act"), "supported: 'silu' (it is also the mamba conv activation)")
     ap, ao = c("attn_layer_period", 8), c("attn_layer_offset", 4)
     ep, eo = c("expert_layer_period", 2), c("expert_layer_offset", 1)
-    layout = f"{L}×mamba, attn every {ap} offset {ao}"
-    if experts > 1:
+    # HF's layer i has attention when i % period == offset, and may have none (offset past the last layer), which
+    # the layout says by leaving the modifier out (an `every` that selects no layer is an error)
+    attn = not ap > ao >= L
+    moe = experts > 1 and not ep > eo >= L
+    layout = f"{L}×mamba" + (f", attn every {ap} offset {ao}" if attn else "")
+    if moe:
         layout += f", moe every {ep} offset {eo}"
     blocks = {
         "mamba": {"d_state": c("mamba_d_state", 16), "d_conv": c("mamba_d_conv", 4), "expand": c("mamba_expand", 2),
                   "dt_rank": "auto" if rank in ("auto", math.ceil(d / 16)) else rank, "inner_norms": "weighted",
                   "inner_norm_eps": float(c("rms_norm_eps", 1e-6)), "conv_bias": bool(c("mamba_conv_bias", True)),
                   "bias": bool(c("mamba_proj_bias", False))},
-        "attn": {"heads": heads, "kv_heads": c("num_key_value_heads", 8), "rope": False},
+        "attn": {"heads": heads, "kv_heads": _kv_heads(c, heads), "rope": False} if attn else None,
         "mlp": {"act": act, "hidden": c("intermediate_size", 14336)},
         "moe": {"experts": experts, "top_k": c("num_experts_per_tok", 2), "hidden": c("intermediate_size", 14336),
-                "act": act} if experts > 1 else None,
+                "act": act} if moe else None,
     }
-    if c("head_dim") not in (None, d // heads):
+    if attn and c("head_dim") not in (None, d // heads):
         blocks["attn"]["head_dim"] = c("head_dim")
     return _spec(c, name, d, c("vocab_size", 65536), c("tie_word_embeddings", False), layout, blocks,
                  eps=c("rms_norm_eps", 1e-6), ffn="mlp")
@@ -253,6 +278,7 @@ def _zamba2(c: _Cfg, name: str) -> dict:
 def _bamba(c: _Cfg, name: str) -> dict:
     d, L = c("hidden_size", 4096), c("num_hidden_layers", 32)
     heads, expand = c("mamba_n_heads", 128), c("mamba_expand", 2)
+    _conv_act(c)
     headdim = c("mamba_d_head", "auto")
     if headdim == "auto":
         headdim = expand * d // heads
@@ -269,12 +295,14 @@ def _bamba(c: _Cfg, name: str) -> dict:
                                 chunk=c("mamba_chunk_size", 256), conv_bias=c("mamba_conv_bias", True),
                                 bias=c("mamba_proj_bias", False), field="mamba_n_heads",
                                 norm_eps=c("rms_norm_eps", 1e-5), dt_floor=_dt_limit(c)),
-        "attn": {"heads": c("num_attention_heads", 32), "kv_heads": c("num_key_value_heads", 8), "rope": True,
-                 "rope_theta": _rope_theta(c), "rope_fraction": rope_frac, "bias": ab, "out_bias": ab}
+        "attn": {"heads": c("num_attention_heads", 32), "kv_heads": _kv_heads(c, c("num_attention_heads", 32)),
+                 "rope": True, "rope_theta": _rope_theta(c), "rope_fraction": rope_frac, "bias": ab, "out_bias": ab}
         if attn_ids else None,
         "mlp": {"act": _gated_act(c, "hidden_act", "silu"), "hidden": c("intermediate_size", 14336),
                 "bias": bool(c("mlp_bias", False))},
     }
+    if attn_ids and c("head_dim") not in (None, d // blocks["attn"]["heads"]):  # HF reads it when given, as Jamba
+        blocks["attn"]["head_dim"] = c("head_dim")
     return _spec(c, name, d, c("vocab_size", 128000), c("tie_word_embeddings", False), layout, blocks,
                  eps=c("rms_norm_eps", 1e-5), ffn="mlp")
 
@@ -319,7 +347,7 @@ def _nemotron_h(c: _Cfg, name: str) -> dict:
                                 chunk=c("chunk_size", 128), conv_bias=c("use_conv_bias", True),
                                 bias=c("use_bias", False), field="mamba_num_heads",
                                 norm_eps=c("layer_norm_epsilon", 1e-5), dt_floor=_dt_limit(c)),
-        "attn": {"heads": heads, "kv_heads": c("num_key_value_heads", 8), "head_dim": c("head_dim", d // heads),
+        "attn": {"heads": heads, "kv_heads": _kv_heads(c, heads), "head_dim": c("head_dim", 128),  # not d / heads
                  "rope": False, "bias": bool(c("attention_bias", False)), "out_bias": bool(c("attention_bias", False))},
         "mlp": {"act": act, "hidden": c("intermediate_size", 21504), "bias": bool(c("mlp_bias", False))},
         "moe": {"experts": c("n_routed_experts", c("num_local_experts", 8)), "top_k": c("num_experts_per_tok", 2),

@@ -33,11 +33,17 @@ CKPT_DIR = "checkpoints"
 STEP_RE = re.compile(r"^step_([0-9]{8})$")
 
 
-def _reason(e: BaseException) -> str:
-    failures = getattr(e, "failures", None)  # CheckpointException: rank → the exception it raised
+def _cause(e: BaseException) -> BaseException:
+    """The first rank's own exception inside DCP's CheckpointException (rank → (exception, traceback)), else `e`."""
+    failures = getattr(e, "failures", None)
     if failures:
         e = next(iter(failures.values()))
         e = e[0] if isinstance(e, tuple) else e
+    return e
+
+
+def _reason(e: BaseException) -> str:
+    e = _cause(e)
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
@@ -176,7 +182,15 @@ def save_checkpoint(rundir: str, step: int, model, opt, gen: torch.Generator, me
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         tdist.barrier()
-        dcp.save(_state(model, opt, step, gen), checkpoint_id=tmp)
+        try:
+            dcp.save(_state(model, opt, step, gen), checkpoint_id=tmp)
+        except CheckpointException as e:  # a BaseException that wraps each rank's own: a full disk is an OSError,
+            cause = _cause(e)             # Ctrl-C a KeyboardInterrupt, as anywhere else (not a traceback)
+            if isinstance(cause, OSError):
+                raise OSError(cause.errno, cause.strerror or str(cause), final) from None
+            if isinstance(cause, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            raise
         tdist.barrier()
         if rank == 0:
             with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:

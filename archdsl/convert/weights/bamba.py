@@ -15,7 +15,7 @@ from ...errors import ArchDSLError
 from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds
 
 MODEL_TYPES = ("bamba",)
-ACTS = {"swiglu": "silu", "geglu": "gelu"}
+ACTS = {"swiglu": "silu"}  # hidden_act drives the mamba conv as well as the MLP: silu only (geglu would be gelu there)
 
 
 def accepts(spec) -> str | None:
@@ -54,7 +54,8 @@ def hf_config(spec) -> dict:
     layers = layer_kinds(spec)
     m, mlp = first_config(spec, "mamba2"), first_config(spec, "mlp")
     if mlp.act not in ACTS:
-        raise ArchDSLError(f"Bamba's MLP is gated (swiglu or geglu), not {mlp.act!r}")
+        raise ArchDSLError(f"Bamba's MLP is swiglu (its hidden_act also drives the mamba conv, which is SiLU), "
+                           f"not {mlp.act!r}")
     if m.norm_eps != spec.norm_eps:
         raise ArchDSLError(f"Bamba has one epsilon (rms_norm_eps): mamba2 norm_eps {m.norm_eps} differs from "
                            f"norm_eps {spec.norm_eps}")
