@@ -332,10 +332,8 @@ def _nemotron_h(c: _Cfg, name: str) -> dict:
     if "moe" in types:
         if c("topk_group", 1) < c("n_group", 1):
             raise _refuse("topk_group", c("topk_group"), "group-limited routing (topk_group < n_group) is not supported")
-        if float(c("routed_scaling_factor", 1.0)) != 1.0:
-            raise _refuse("routed_scaling_factor", c("routed_scaling_factor"), "supported: 1.0")
-        if not c("norm_topk_prob", True):
-            raise _refuse("norm_topk_prob", False, "the top-k weights are always renormalised")
+        if not float(c("routed_scaling_factor", 1.0)) > 0:
+            raise _refuse("routed_scaling_factor", c("routed_scaling_factor"), "expected a number > 0")
     act = c("mlp_hidden_act", "relu2")
     if act not in ("relu2", "relu", "gelu", "silu"):
         raise _refuse("mlp_hidden_act", act, "supported: relu2, relu, gelu, silu")
@@ -352,7 +350,10 @@ def _nemotron_h(c: _Cfg, name: str) -> dict:
         "mlp": {"act": act, "hidden": c("intermediate_size", 21504), "bias": bool(c("mlp_bias", False))},
         "moe": {"experts": c("n_routed_experts", c("num_local_experts", 8)), "top_k": c("num_experts_per_tok", 2),
                 "hidden": c("moe_intermediate_size", 7688), "act": act, "router": "sigmoid", "score_bias": True,
-                "shared_hidden": c("moe_shared_expert_intermediate_size", 7688)},
+                "shared_hidden": c("moe_shared_expert_intermediate_size", 7688),
+                **({} if c("norm_topk_prob", True) else {"norm_topk": False}),
+                **({"routed_scale": float(c("routed_scaling_factor", 1.0))}
+                   if float(c("routed_scaling_factor", 1.0)) != 1.0 else {})},
     }
     used = {kinds[t] for t in types}
     blocks = {k: v for k, v in blocks.items() if k in used}

@@ -19,6 +19,16 @@ def test_nemotron_h(tmp_path):
     check_family(tmp_path, hf, 120)
 
 
+def test_nemotron_h_routing_options(tmp_path):
+    """routed_scaling_factor (2.5 in Nemotron-3 Nano) and norm_topk_prob false: moe routed_scale, norm_topk; the
+    export writes them back (check_family: convert, logits, export, transformers loads it)."""
+    hf = make_hf("NemotronHConfig", "NemotronHForCausalLM", init=_router_bias, hidden_size=32, vocab_size=120,
+                 hybrid_override_pattern="MEME", ssm_state_size=8, mamba_num_heads=8, mamba_head_dim=8,
+                 n_groups=2, chunk_size=8, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                 moe_shared_expert_intermediate_size=24, routed_scaling_factor=2.5, norm_topk_prob=False)
+    check_family(tmp_path, hf, 120, hf_cache=False)  # HF's generate needs an attention layer in its cache
+
+
 def _small_dt(model):
     """dt_bias from -9 to -3: softplus gives dt from 1e-4 to 0.05, across a clamp at 0.01."""
     for name, p in model.named_parameters():

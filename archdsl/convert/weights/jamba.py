@@ -242,8 +242,10 @@ def hf_config(spec) -> dict:
         hidden = c.width
     if moe:
         c = _one(moe, "moe blocks")
-        if c.act != "swiglu" or c.bias or c.router != "softmax" or c.router_bias or c.shared_hidden:
-            raise _refuse("moe", "Jamba's experts are SwiGLU without biases, softmax-routed, no shared expert")
+        if c.act != "swiglu" or c.bias or c.router != "softmax" or c.router_bias or c.shared_hidden \
+                or c.renormalises or c.routed_scale != 1.0:
+            raise _refuse("moe", "Jamba's experts are SwiGLU without biases, softmax-routed (top-k weights neither "
+                          "renormalised nor scaled), no shared expert")
         if hidden is not None and c.width != hidden:
             raise _refuse(f"moe hidden {c.width} vs mlp hidden {hidden}", "Jamba has one intermediate_size")
         hidden = c.width

@@ -150,6 +150,6 @@ def hf_config(spec) -> dict:
     if moe is not None:
         cfg.update({"n_routed_experts": moe.experts, "num_experts_per_tok": moe.top_k,
                     "moe_intermediate_size": moe.width, "moe_shared_expert_intermediate_size": moe.shared_hidden,
-                    "n_shared_experts": 1, "n_group": 1, "topk_group": 1, "routed_scaling_factor": 1.0,
-                    "norm_topk_prob": True})
+                    "n_shared_experts": 1, "n_group": 1, "topk_group": 1, "routed_scaling_factor": moe.routed_scale,
+                    "norm_topk_prob": moe.renormalises})
     return cfg
