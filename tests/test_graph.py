@@ -117,6 +117,8 @@ def test_random_layouts_give_verified_graphs_or_clean_errors(layout):
     ("mamba2+attn", "a layer can hold one mixer block"),
     ("4×attn(heads=7)", "attn: heads 7 must divide d_model 768"),
     ("4×attn(heads=0)", "heads must be positive"),
+    ("mamba, zamba(rope=true, heads=512) at 0", "zamba: RoPE needs an even head_dim, got 3"),
+    ("mamba, zamba(rope_theta=0) at 0", "zamba: rope_theta must be positive"),
     ("4×attn(head=8)", "unknown argument 'head'"),
     ("100000×(mamba2, mamba2)", "more than 100000 layers"),
 ])

@@ -1,4 +1,4 @@
-"""Position-wise FFN: plain (gelu, relu, relu2 = squared ReLU as NemotronH) or gated
+"""Position-wise FFN: plain (gelu, relu, relu2 = squared ReLU as NemotronH, silu) or gated
 (swiglu, geglu: act(gate(x))·up(x), as Llama / Jamba / Bamba).
 
     plain:  x [B, L, d] ─up─▶ [B, L, hidden] ─act─▶ down ─▶ [B, L, d]

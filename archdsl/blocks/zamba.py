@@ -52,6 +52,10 @@ class ZambaConfig(BlockConfig):
                               "heads·head_dim = 2·d_model and kv_heads = heads")
         if self.act not in self.choices["act"]:
             raise ConfigError("act", f"zamba: act must be gelu or silu; got {self.act!r}")
+        if self.rope and self.hdim % 2:
+            raise ConfigError("head_dim", f"zamba: RoPE needs an even head_dim, got {self.hdim}")
+        if self.rope_theta <= 0:
+            raise ConfigError("rope_theta", f"zamba: rope_theta must be positive, got {self.rope_theta}")
 
     @property
     def hdim(self) -> int:
