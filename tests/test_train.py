@@ -39,6 +39,10 @@ blocks:
   mlp: {act: swiglu, hidden: 64}
   moe: {experts: 4, top_k: 2, hidden: 64, aux_loss_coef: 0.1}
 """
+# DeepSeek-V3-style routing: sigmoid scores, a score bias moved toward balance after each step, no balancing loss
+BALANCED = JAMBA.replace("moe: {experts: 4, top_k: 2, hidden: 64, aux_loss_coef: 0.1}",
+                         "moe: {experts: 4, top_k: 2, hidden: 64, aux_loss_coef: 0, router: sigmoid, score_bias: true,"
+                         " balance_rate: 0.01}")
 HYBRID = """name: tiny-hybrid
 d_model: 64
 vocab_size: 64
@@ -134,13 +138,20 @@ def test_two_processes_match_one_shared_block_ckpt_resume_export(tmp_path):
     assert len(shared) == 2 and shared[0] is shared[1]
 
 
-def test_moe_two_processes_match_one(tmp_path):
-    spec = write(tmp_path, "j.yaml", JAMBA)
+@pytest.mark.parametrize("text", [JAMBA, BALANCED], ids=["aux_loss", "balance_rate"])
+def test_moe_two_processes_match_one(tmp_path, text):
+    """The balancing loss, or the score bias's steps (balance_rate), see the loads of the global batch."""
+    spec = write(tmp_path, "j.yaml", text)
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     assert main(["train", spec, *COMMON, "-o", one]) == 0
     torchrun([spec, *COMMON, "-o", two])
     print(f"MoE 1 vs 2 processes: max relative difference {rel(losses(one), losses(two)):.2e}")
     assert rel(losses(one), losses(two)) < 1e-4
+    if text is BALANCED:  # 10 steps of ±0.01 from zero, the same on both
+        assert main(["export-checkpoint", one, "-o", str(tmp_path / "m1")]) == 0
+        assert main(["export-checkpoint", two, "-o", str(tmp_path / "m2")]) == 0
+        b1, b2 = (archdsl.load(tmp_path / m).layers[1].ffn.router.e_score_correction_bias for m in ("m1", "m2"))
+        assert torch.equal(b1, b2) and b1.abs().max() > 0 and b1.abs().max() <= 0.1 + 1e-6
 
 
 @pytest.mark.gpu

@@ -32,6 +32,7 @@ class MoeConfig(BlockConfig):
     routed_scale: float = 1.0  # the routed experts' weights times this (HF's routed_scaling_factor); not the shared expert's
     router_bias: bool = False
     score_bias: bool = False  # sigmoid router: a bias buffer added to the scores for choosing only (DeepSeek-V3, NemotronH)
+    balance_rate: float = 0.0  # training, with score_bias: after each optimizer step the bias moves this much toward even loads (DeepSeek-V3's γ, 0.001)
     bias: bool = False  # expert linear biases
     aux_loss_coef: float = 0.01
 
@@ -44,6 +45,10 @@ class MoeConfig(BlockConfig):
             raise ConfigError("router", f"moe: router must be softmax or sigmoid; got {self.router!r}")
         if self.score_bias and self.router != "sigmoid":
             raise ConfigError("score_bias", "moe: score_bias needs router: sigmoid")
+        if self.balance_rate < 0:
+            raise ConfigError("balance_rate", f"moe: balance_rate must be >= 0, got {self.balance_rate}")
+        if self.balance_rate and not self.score_bias:
+            raise ConfigError("balance_rate", "moe: balance_rate moves the score bias: it needs score_bias: true")
         if self.routed_scale <= 0:
             raise ConfigError("routed_scale", f"moe: routed_scale must be > 0, got {self.routed_scale}")
         if self.aux_loss_coef < 0:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ArchDSLError
+from ..model.modules.moe import balance_experts
 from .probes import IGNORE, Task, accuracy
 
 
@@ -199,6 +200,7 @@ def _train(model, task, cfg, device, progress) -> ProbeResult:
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             opt.step()
+            balance_experts(net)
             sched.step()
             losses.append(loss.detach())
             if len(losses) == window or step == cfg.steps:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..atomic import check_output, write_atomic
 from ..errors import ArchDSLError
+from ..model.modules.moe import balance_experts
 from ..model.packed import refusal, unpacked_blocks
 from .checkpoint import (CKPT_DIR, check_settings, check_spec, checkpoints, load_checkpoint, remove_partial,
                          resume_point, save_checkpoint, spec_sha)
@@ -255,6 +256,7 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
             loss.backward()
             gnorm = _grad_norm(model.parameters(), cfg.grad_clip)
             opt.step()
+            balance_experts(model)
             opt.zero_grad(set_to_none=True)
             with torch.no_grad():
                 mask = y != IGNORE

@@ -62,11 +62,42 @@ def test_norm_topk_and_routed_scale_as_transformers(router, norm_topk, scale):
         assert torch.allclose(m.step(x), ref)
 
 
+def test_balance_moves_the_score_bias_toward_even_loads():
+    """DeepSeek-V3's balancing without a loss: after a training step an expert chosen more than the mean loses
+    balance_rate of score bias, one chosen less gains it; passes without grad or in eval count no load."""
+    m = build("moe", {"experts": 4, "top_k": 1, "hidden": 8, "router": "sigmoid", "score_bias": True,
+                      "balance_rate": 0.25})
+    with torch.no_grad():
+        m.router.weight.zero_()
+        m.router.e_score_correction_bias.copy_(torch.tensor([0.3, 0.2, 0.0, 0.0]))  # all 6 tokens to expert 0
+    x = torch.randn(1, 6, 16, dtype=m.router.weight.dtype)
+    m.eval()
+    m(x)
+    m.train()
+    with torch.no_grad():
+        m(x)
+    m.balance()
+    bias = lambda: m.router.e_score_correction_bias.float()  # noqa: E731
+    assert torch.equal(bias(), torch.tensor([0.3, 0.2, 0.0, 0.0]))  # nothing counted
+    m(x)
+    m.balance()  # loads [1, 0, 0, 0], mean 1/4
+    assert torch.allclose(bias(), torch.tensor([0.05, 0.45, 0.25, 0.25]))
+    m(x)
+    m(x)
+    m.balance()  # expert 1 now takes all: loads summed over both passes
+    assert torch.allclose(bias(), torch.tensor([0.3, 0.2, 0.5, 0.5]))
+    assert m.load is None
+
+
 def test_bad_routing_options_are_named():
     from archdsl.blocks import ConfigError, make_config
 
     with pytest.raises(ConfigError, match="routed_scale must be > 0"):
         make_config("moe", {"routed_scale": 0}, 16)
+    with pytest.raises(ConfigError, match="balance_rate moves the score bias: it needs score_bias"):
+        make_config("moe", {"balance_rate": 0.001}, 16)
+    with pytest.raises(ConfigError, match="balance_rate must be >= 0"):
+        make_config("moe", {"balance_rate": -1.0, "router": "sigmoid", "score_bias": True}, 16)
     with pytest.raises(ConfigError, match="norm_topk must be bool or none"):
         make_config("moe", {"norm_topk": 1}, 16)
 

@@ -7,7 +7,9 @@
 Routing (Jamba): p = softmax(router(x)) in float32, the top_k experts by p, each weighted by its
 p (not renormalised). With router="sigmoid": s = σ(router(x)), top_k, weights renormalised to sum 1.
 norm_topk sets the renormalisation either way (Mixtral: softmax with it); routed_scale then multiplies
-the weights (DeepSeek-V3 / NemotronH's routed_scaling_factor).
+the weights (DeepSeek-V3 / NemotronH's routed_scaling_factor). Balancing without a loss (DeepSeek-V3), with
+balance_rate γ > 0: the training loops call `balance` after each optimizer step, which moves the score bias of
+each expert by γ·sign(mean load - its load), the loads those of the global batch since the last call.
 Load balancing (Switch / Mixtral): aux = coef · E · Σ_e f_e · P_e with f_e the fraction of
 top-k assignments to e per token and P_e the mean router probability; kept in self.aux_loss.
 Training under torch.distributed (data parallel, equal tokens per rank), f_e counts the assignments
@@ -227,6 +229,7 @@ class Moe(nn.Module):
 
             self.shared_expert = Mlp(MlpConfig(d_model=cfg.d_model, act=cfg.act, hidden=cfg.shared_hidden, bias=cfg.bias))
         self.aux_loss = torch.zeros(())
+        self.load = None  # [E]: fractions of assignments summed over the training passes since `balance`
 
     def route(self, x):
         """x [T, d] → (probs [T, E] float, top_k weights [T, k] in x's dtype, indices [T, k])."""
@@ -265,9 +268,20 @@ class Moe(nn.Module):
         counts = torch.zeros(E, dtype=probs.dtype, device=x.device).scatter_add_(0, idx.reshape(-1), ones.reshape(-1))
         tokens = x.shape[0] if keep is None else keep.sum()
         f = self._global(counts, tokens)
+        if self.cfg.balance_rate and self.training and torch.is_grad_enabled():
+            self.load = f.detach() if self.load is None else self.load + f.detach()
         mean = probs.mean(0) if keep is None else (probs * keep).sum(0) / tokens
         self.aux_loss = self.cfg.aux_loss_coef * E * (f * mean).sum()
         return out.view(shape)
+
+    @torch.no_grad()
+    def balance(self) -> None:
+        """After an optimizer step (balance_rate > 0): each expert's score bias rises by balance_rate when its load
+        was below the mean, falls when above (DeepSeek-V3); the loads start again from zero."""
+        if self.load is not None:
+            bias = self.router.e_score_correction_bias
+            bias += self.cfg.balance_rate * torch.sign(self.load.mean() - self.load).to(bias.dtype)
+            self.load = None
 
     def _mix(self, x, w, idx):
         """Σ over each token's top_k experts of weight · expert(x): x [T, d], w, idx [T, k] → [T, d], by grouped
@@ -306,3 +320,10 @@ class Moe(nn.Module):
 
     def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
         return None
+
+
+def balance_experts(model: nn.Module) -> None:
+    """Moe.balance for every MoE layer of `model` (the training loops call it after each optimizer step)."""
+    for m in model.modules():
+        if isinstance(m, Moe):
+            m.balance()
