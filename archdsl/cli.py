@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import json
 import os
 import sys
+import unicodedata
 
 from .atomic import check_output, check_output_dir
 from .errors import ArchDSLError, out_of_memory
+from .units import count_text, human, parse_count, parse_seed, plural
 
 COMMANDS = {}
 
@@ -29,72 +32,9 @@ def command(name: str, help: str):
 
 
 # --- small helpers ---------------------------------------------------------------------
-MAX_COUNT = 2**40  # the largest count any option takes: a trillion tokens is past every machine
-MAX_SEED = 2**63 - 1  # seeds are signed 64-bit integers (seed + 1, seed + 2 seed more generators)
-
-
-def parse_count(text: str, flag: str = "", minimum: int = 1) -> int:
-    """'4096', '8k', '64K', '1m', '1_000' → int in minimum..2^40; errors start with `flag` (e.g. '--seq-len')."""
-    where = f"{flag}: " if flag else ""
-    t = str(text).strip().lower().replace("_", "")
-    mult = {"k": 1024, "m": 1024**2, "g": 1024**3}.get(t[-1:], 1)
-    try:
-        if not t.isascii():  # int() reads any script's digits ('１０', '٣'); a count is written in ASCII
-            raise ValueError(text)
-        value = int(t[:-1] if mult > 1 else t) * mult
-    except ValueError:
-        raise ArchDSLError(f"{where}not a count: {text!r} (write 4096, 8k or 1m)") from None
-    if value < minimum:
-        what = "a positive count" if minimum == 1 else f"at least {minimum}"
-        raise ArchDSLError(f"{where}must be {what}, got {text!r}")
-    if value > MAX_COUNT:
-        raise ArchDSLError(f"{where}{text!r} is too large (at most 2^40 = {MAX_COUNT:,})")
-    return value
-
-
 def count(flag: str, minimum: int = 1):
     """An argparse type: parse_count, its errors naming the option `flag`."""
     return lambda text: parse_count(text, flag, minimum)
-
-
-def parse_seed(text: str) -> int:
-    """--seed: an integer in 0..2^63-1."""
-    try:
-        if not text.isascii():
-            raise ValueError(text)
-        value = int(text)
-    except ValueError:
-        raise ArchDSLError(f"--seed: not an integer: {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise ArchDSLError(f"--seed: must be in 0..2^63-1 (a signed 64-bit integer), got {text}")
-    return value
-
-
-def count_text(n: int) -> str:
-    """A count as one would write it: 1k, 8k, 1m when a multiple of 1024 (1024², 1024³), else in full."""
-    for suffix, unit in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
-        if n % unit == 0:
-            return f"{n // unit}{suffix}"
-    return str(n)
-
-
-def plural(n: int, word: str, words: str = "") -> str:
-    """'1 token', '2 tokens', '1,024 tokens'; `words` where the plural is not word + 's' ('processes')."""
-    return f"{n:,} {word}" if n == 1 else f"{n:,} {words or word + 's'}"
-
-
-def human(n: float, unit: str = "") -> str:
-    """1234567 → '1.23M'; bytes with unit='B' use binary prefixes."""
-    if unit == "B":
-        for p in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-            if abs(n) < 1024 or p == "PiB":
-                return f"{n:.0f} {p}" if p == "B" else f"{n:.2f} {p}"
-            n /= 1024
-    for p in ("", "K", "M", "G", "T", "P"):
-        if abs(n) < 1000 or p == "P":
-            return f"{n:.0f}{p}" if p == "" else f"{n:.2f}{p}"
-        n /= 1000
-    return str(n)
 
 
 def table(rows: list[list], header: list[str], names: int = 0) -> str:
@@ -139,7 +79,7 @@ def _add_check(p):
 
 @command("show", "per-layer table and totals: params, active params, FLOPs/token, cache bytes")
 def cmd_show(args):
-    """Print each layer (index, mixer, ffn, sharing group, params) and the totals."""
+    """Print each layer (index, mixer, ffn, sharing group, params, FLOPs/token, cache bytes) and the totals."""
     from .analysis import analyze
 
     rep = analyze(_spec(args.spec, args.set), seq_len=args.seq_len, batch=args.batch, dtype=args.dtype,
@@ -269,6 +209,9 @@ def cmd_convert(args):
     """Write the spec YAML that reproduces the source (to stdout, or -o FILE)."""
     if args.name is not None and not args.name.strip():
         raise ArchDSLError("--name: give a name (it is empty)")
+    if args.name is not None and any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in args.name):
+        # as a spec's name: said of --name here, not of the converted YAML or the source config
+        raise ArchDSLError(f"--name: must be one line without control characters, got {args.name!r}")
     if args.dtype is not None and not args.weights:
         raise ArchDSLError("--dtype needs --weights: it is the dtype of the saved model (a spec has none)")
     if args.output and not args.weights:  # a spec file of the user's, maybe edited since: never replaced
@@ -499,6 +442,9 @@ def _model(args):
     from .model import resolve_dtype
 
     fuse = _fuse(args)
+    if str(args.device).strip().startswith("meta"):  # shapes without data: nothing to time, no tokens to decode
+        raise ArchDSLError(f"--device {args.device}: run and bench compute on real tokens; the meta device holds "
+                           f"no data (give cpu or cuda)")
     if args.cuda_graph is None:
         args.cuda_graph = str(args.device).startswith("cuda")
     if args.cuda_graph and not str(args.device).startswith("cuda"):
@@ -662,18 +608,31 @@ def _drop_stdout() -> None:
         pass
 
 
-# what each command can make smaller when the memory runs out (the options it has); the others' hint is the default
+# what each command can make smaller when the memory runs out (the options it has); the others get no hint
 OOM_HINTS = {"run": "a smaller --batch or --prompt-len + --gen, or a smaller model (--set d_model=...)",
              "bench": "a smaller --batch or --seq-len, or a smaller model (--set d_model=...)",
              "compile": "a smaller model (--set d_model=..., --set vocab_size=...) or --dtype bfloat16",
              "convert": "--dtype bfloat16 (half the bytes of float32)",
              "export": "",
-             "explore": "a smaller --batch-size, --probe-d-model or --probe-arg seq_len=..."}
+             "explore": "a smaller --batch-size, --probe-d-model or --probe-arg seq_len=...",
+             "train": "a smaller --batch or sequence (--seq-len, or seq= in --data), --grad-ckpt, or --bf16",
+             "export-checkpoint": "--dtype bfloat16 (half the bytes of float32)",
+             "graph": "fewer layers, or a .dot or .mmd file (text: no image to hold)"}
+
+
+class _ClosedStdout(io.TextIOBase):
+    """sys.stdout of a process started with it closed (`>&-`), where Python leaves None: a write fails as
+    one to a bad descriptor does, and is said as an error, not an AttributeError's traceback."""
+
+    def write(self, text):
+        raise OSError(errno.EBADF, "standard output is closed")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = None
+    if sys.stdout is None:
+        sys.stdout = _ClosedStdout()
     try:
         args = parser.parse_args(argv)
         if not getattr(args, "fn", None):
@@ -688,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as e:
         if not out_of_memory(e):
             raise
-        hint = OOM_HINTS.get(getattr(args, "command", None), "a smaller --batch, --seq-len or --prompt-len")
+        hint = OOM_HINTS.get(getattr(args, "command", None), "")
         print(f"error: out of memory: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"
               + (f"\n  hint: {hint}" if hint else ""), file=sys.stderr)
         return 2

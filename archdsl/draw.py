@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from .blocks.base import FFN, INJECT, MIXER
 from .errors import ArchDSLError
 from .graph import layers, role_of
+from .units import count_text, human, plural
 
 KIND_COLORS = {
     "mamba": "#4C72B0", "mamba2": "#64B5F6", "rwkv6": "#8172B2", "rwkv4": "#B39DDB", "s4d": "#55A868",
@@ -76,7 +77,6 @@ def strip_figure(spec):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
-    from .cli import plural
 
     rows = layers(spec.graph)
     n = len(rows)
@@ -191,18 +191,28 @@ def to_mermaid(spec) -> str:
 
 
 def plot_memory(lens: list[int], data: dict[str, list[int]], path: str, batch: int = 1, dtype: str = "bfloat16") -> None:
-    """Cache bytes against context length, log-log, one line per spec."""
+    """Cache bytes against context length, log-log, one line per spec. The ticks are the lengths as the
+    table writes them and bytes as 512 MiB (plain text: no mathtext); a spec without a cache says so."""
     check_path(path, PLOT_FORMATS)
     with plain_text():
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, NullLocator
+
 
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         for name, values in data.items():
-            ax.plot(lens, [v / 2**30 for v in values], marker="o", label=name)
+            ax.plot(lens, values, marker="o", label=name if any(values) else f"{name} (no cache)")
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        ax.set_xticks(sorted(set(lens)), [count_text(n) for n in sorted(set(lens))])
+        ax.xaxis.set_minor_locator(NullLocator())
+        if any(v > 0 for values in data.values() for v in values):  # a log axis of zeros alone has no scale
+            ax.set_yscale("log", base=2)
+            ax.yaxis.set_minor_locator(NullLocator())
+        else:
+            ax.set_yticks([0])
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human(v, "B").replace(".00", "")))
         ax.set_xlabel("context length (tokens)")
-        ax.set_ylabel(f"inference cache (GiB, batch {batch}, {dtype})")
+        ax.set_ylabel(f"inference cache (batch {batch}, {dtype})")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_title("cache bytes against context length")

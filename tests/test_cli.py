@@ -530,3 +530,75 @@ def test_the_strip_says_1_layer():
     with plain_text():
         assert strip_figure(archdsl.parse("mamba2")).axes[0].get_title().startswith("model: 1 layer  (")
         assert strip_figure(archdsl.parse("2×mamba2")).axes[0].get_title().startswith("model: 2 layers  (")
+
+
+def test_memory_plot_ticks_are_plain_text(tmp_path, monkeypatch):
+    """With mathtext off for names, the log axes' default ticks read '$\\mathdefault{10^{2}}$'; a spec without a
+    cache (all zeros) warned and vanished from the log axis."""
+    import warnings
+
+    import archdsl.draw
+
+    figs = []
+    real = archdsl.draw.save_figure
+    monkeypatch.setattr(archdsl.draw, "save_figure", lambda fig, path, **k: (fig.canvas.draw(), figs.append(fig)))
+    archdsl.draw.plot_memory([1024, 8192, 1000], {"a": [2**20, 2**23, 10**6], "b": [0, 0, 0]}, str(tmp_path / "m.png"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        archdsl.draw.plot_memory([1024], {"mlp": [0]}, str(tmp_path / "z.png"))
+    monkeypatch.setattr(archdsl.draw, "save_figure", real)
+    ax = figs[0].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1000", "1k", "8k"]
+    ys = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert ys and all("$" not in y and y.endswith("B") for y in ys), ys
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b (no cache)"]
+    assert [t.get_text() for t in figs[1].axes[0].get_yticklabels()] == ["0 B"]
+
+
+def test_human_rounds_up_into_the_next_prefix():
+    """999,999 FLOPs read '1000.00K' and 1,048,575 bytes '1024.00 KiB'."""
+    from archdsl.cli import human
+
+    figures = (999, 999.6, 999_994, 999_999, 1_234_567)
+    assert [human(n) for n in figures] == ["999", "1.00K", "999.99K", "1.00M", "1.23M"]
+    assert [human(n, "B") for n in (1023, 1024, 2**20 - 1, 2**30 - 1)] == ["1023 B", "1.00 KiB", "1.00 MiB", "1.00 GiB"]
+
+
+@pytest.mark.parametrize("argv", [["fmt", "2×mamba"], ["convert", "--from", "megatron", "M-"]])
+def test_a_closed_stdout_is_an_error_not_a_traceback(argv):
+    """Started with stdout closed (`>&-`), Python's sys.stdout is None: the last flush (and convert's write)
+    raised AttributeError."""
+    r = subprocess.run([sys.executable, "-m", "archdsl", *argv], stderr=subprocess.PIPE, text=True,
+                       preexec_fn=lambda: os.close(1))
+    assert r.returncode == 1 and r.stderr == "error: standard output is closed\n", r.stderr
+
+
+def test_out_of_memory_hints_of_graph_and_train_name_their_own_options(tmp_path, monkeypatch, capsys):
+    """graph (a PNG of many layers) and train fell to the default hint, '--batch, --seq-len or --prompt-len',
+    options graph does not have and train has not all of."""
+    import archdsl.draw
+    import archdsl.train
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(archdsl.draw, "strip_figure", no_memory)
+    code, _, err = run("graph", "mamba2", "-o", str(tmp_path / "g.png"), capsys=capsys)
+    assert code == 2 and "hint: fewer layers, or a .dot or .mmd file" in err and "--prompt-len" not in err, err
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(archdsl.train, "train", no_memory)
+    code, _, err = run("train", "mamba2", "--data", "mqar", "--steps", "1", "-o", str(tmp_path / "r"), capsys=capsys)
+    assert code == 2 and "hint: a smaller --batch or sequence" in err and "--prompt-len" not in err, err
+
+
+def test_convert_puts_a_bad_name_down_to_name(tmp_path, capsys):
+    """A --name with a line break was said of '<converted>:1:7' (megatron) or of the config itself, 'the model of
+    this config is not one archdsl can build' (hf)."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "mamba", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 100}))
+    for argv in (["--from", "megatron", "M-"], ["--from", "hf", str(config)]):
+        code, out, err = run("convert", *argv, "--name", "a\nb", capsys=capsys)
+        assert code == 2 and out == ""
+        assert err == "error: --name: must be one line without control characters, got 'a\\nb'\n"
+    code, out, _ = run("convert", "--from", "megatron", "M-", "--name", "é 名前", capsys=capsys)
+    assert code == 0 and out.startswith("name: é 名前\n")

@@ -6,10 +6,10 @@ import os
 import sys
 
 from ..errors import ArchDSLError
+from ..units import parse_count, parse_seed
 
 
 def add_arguments(p) -> None:
-    from ..cli import parse_seed
 
     p.add_argument("space", help="a design-space YAML file (see docs/explore.md)")
     p.add_argument("-o", "--output", help="output directory (results.json, results.csv, specs/, plots)")
@@ -82,7 +82,6 @@ def check_flags(args) -> None:
 
 def explore_command(args) -> None:
     from ..atomic import check_output
-    from ..cli import parse_count
     from .runner import ProbeSpec, run
     from .search import parse_constraint
     from .space import load_space

@@ -12,6 +12,7 @@ import os
 
 from ..atomic import write_atomic
 from ..draw import save_figure
+from ..units import human, plural
 from .search import Candidate
 
 CSV_FIELDS = ["id", "rank", "on_front", "layout", "mixer", "d_model", "depth", "attn_count", "attn_fraction",
@@ -47,7 +48,6 @@ def _plain(o):
 
 
 def table_text(cands: list[Candidate], top: int | None, context: int, probed: bool) -> str:
-    from ..cli import human
 
     rows = []
     for c in cands[:top] if top else cands:
@@ -92,7 +92,6 @@ LABELS = {"params": "parameters", "active_params": "active parameters", "flops_p
 
 def plot_pareto(cands: list[Candidate], objectives, path: str, title: str = "") -> None:
     """The first two objectives (or the first against params): every candidate, the front joined."""
-    from ..cli import plural
 
     plt = _plt()
     xo = objectives[0]
@@ -129,7 +128,6 @@ def plot_cache(cands: list[Candidate], path: str, batch: int = 1, dtype: str = "
 
     plt = _plt()
     lens = [2**k for k in range(10, 21)]
-    from ..cli import human
 
     pool = [c for c in cands if c.on_front] or cands
     distinct: dict[tuple, Candidate] = {}

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 
 from ..analysis import analyze
 from ..errors import ArchDSLError, did_you_mean
+from ..units import human, parse_count
 from .space import Space
 
 METRICS = {"params": "params", "active_params": "active_params", "active": "active_params",
@@ -49,7 +50,6 @@ def parse_amount(text: str | int | float) -> float:
 
 def parse_context(text: str) -> int:
     """'64k' → 65536 (binary k, as `archdsl memory`), '4096' → 4096."""
-    from ..cli import parse_count
 
     return parse_count(str(text))
 
@@ -66,7 +66,6 @@ class Constraint:
 
     @property
     def label(self) -> str:
-        from ..cli import human
 
         unit = "B" if self.metric == "cache_bytes" else ""
         parts = []
@@ -261,7 +260,6 @@ def empty_error(space: Space, n: int, removed: dict, violated: dict, best: dict,
     for label, count in sorted(((k, removed.get(k, 0)) for k in labels), key=lambda kv: -kv[1]):
         extra = ""
         if label in best:
-            from ..cli import human
 
             unit = "B" if label.startswith("cache") else ""
             extra = f" (best seen: {human(best[label], unit)})"

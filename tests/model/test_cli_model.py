@@ -131,3 +131,12 @@ def test_bench_prints_its_table_and_json(tmp_path, capsys):
                        (["--seq-len", "8q"], "--seq-len: not a count")]:
         assert main(["bench", spec, *argv]) == 2
         assert what in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "bench"])
+def test_run_and_bench_refuse_the_meta_device(command, capsys):
+    """`run --device meta` ended in a traceback (Tensor.item() on meta tensors) and `bench --device meta` printed
+    timings of calls that compute nothing."""
+    assert main([command, LAYOUT, "--set", "d_model=32", "--device", "meta"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: --device meta: run and bench compute on real tokens"), err
