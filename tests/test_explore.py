@@ -410,6 +410,30 @@ def test_pareto_plot_counts_are_singular_when_one(tmp_path, monkeypatch):
     assert notes == [f"{two.candidates[0].id} (+1 placement)"], notes
 
 
+def test_pareto_plot_ticks_are_plain_figures(tmp_path, monkeypatch):
+    """Under plain_text (no mathtext) the log axes' default labels read '$\\mathdefault{10^{6}}$': the figures'
+    axes are labelled as the tables write them."""
+    from matplotlib.figure import Figure
+
+    import archdsl.explore.report as report
+
+    figs = []
+
+    def keep(self, fname, *args, **kwargs):
+        self.canvas.draw()  # the tick labels exist once drawn
+        open(fname, "wb").close()
+        figs.append(self)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    res = explore(small_space({"attn_count": (0, 2), "placements": ("back",), "d_model": (16, 64, 256),
+                               "depth": (2, 4)}), [])
+    report.plot_pareto(res.candidates, ("params", "cache_bytes"), str(tmp_path / "p.png"))
+    ax = figs[0].axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text()]
+    assert labels and not any("$" in t or "mathdefault" in t for t in labels), labels
+    assert any(t.endswith("K") or t.endswith("M") for t in labels) and any(t.endswith("B") for t in labels), labels
+
+
 def test_a_base_named_like_a_number_round_trips(capsys):
     """A base spec named `1e5` (which YAML 1.2 reads as a float unquoted): the space's own YAML loads back, and
     its candidates build; `convert --name 7e9` writes a spec that loads. Each was written unquoted and refused."""

@@ -112,7 +112,8 @@ def plot_pareto(cands: list[Candidate], objectives, path: str, title: str = "") 
     for axis, o in (("x", xo), ("y", yo)):
         vals = [p[0 if axis == "x" else 1] for p in pts]
         if vals and min(vals) > 0 and max(vals) / min(vals) > 20 and o not in ("accuracy", "attn_fraction"):
-            (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+            (ax.set_xscale if axis == "x" else ax.set_yscale)("log", base=2 if o == "cache_bytes" else 10)
+        _plain_ticks(ax.xaxis if axis == "x" else ax.yaxis, o)
     ax.set_xlabel(LABELS.get(xo, xo))
     ax.set_ylabel(LABELS.get(yo, yo))
     ax.set_title(title or f"{plural(len(pts), 'candidate')}, {len(front)} on the front", fontsize=10)
@@ -120,6 +121,26 @@ def plot_pareto(cands: list[Candidate], objectives, path: str, title: str = "") 
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=None, bbox_inches=None)
+
+
+FIGURES = ("params", "active_params", "flops_per_token", "cache_bytes")
+
+
+def _plain_ticks(axis, objective: str) -> None:
+    """Tick labels as the tables write figures (12.5M, 64 MiB), not matplotlib's mathtext powers of ten, which
+    plain_text shows raw; at most 6 ticks on a linear axis, so that long labels do not run together."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
+
+    if objective not in FIGURES:
+        return
+    unit = "B" if objective == "cache_bytes" else ""
+    if axis.get_scale() == "log":
+        axis.set_minor_locator(NullLocator())
+        if unit:  # bytes at powers of two, at most 8 of them
+            axis.set_major_locator(LogLocator(base=2, numticks=8))
+    else:
+        axis.set_major_locator(MaxNLocator(6))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: human(v, unit).replace(".00", "") if v > 0 else "0"))
 
 
 def plot_cache(cands: list[Candidate], path: str, batch: int = 1, dtype: str = "bfloat16", most: int = 8) -> None:
