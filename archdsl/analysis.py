@@ -20,8 +20,10 @@ from .blocks.base import FFN, INJECT, MIXER
 from .errors import ArchDSLError, did_you_mean
 from .graph import layers, role_of
 
-DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2,
-               "float8": 1, "fp8": 1, "float64": 8, "fp64": 8}
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1, "float64": 8}
+ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
+           "fp8": "float8", "fp64": "float64", "double": "float64"}  # as the model's dtype names (compile)
+SSM_DTYPES = ("float32", "bfloat16", "float16", "float64")  # ArchModel.set_ssm_state_dtype's
 
 
 @dataclass(frozen=True)
@@ -55,11 +57,20 @@ class Report:
         return asdict(self)
 
 
-def dtype_bytes(dtype: str, what: str = "dtype") -> int:
-    key = str(dtype).replace("torch.", "")
-    if key not in DTYPE_BYTES:
-        raise ArchDSLError(f"unknown {what} {dtype!r}", hint=did_you_mean(key, DTYPE_BYTES))
-    return DTYPE_BYTES[key]
+def dtype_name(dtype, what: str = "dtype") -> str:
+    """'bf16', 'BF16', torch.bfloat16 → 'bfloat16'; a cache may be float8 (an estimate: no model computes in it),
+    an SSM state only what set_ssm_state_dtype takes."""
+    key = str(dtype).replace("torch.", "").lower()
+    key = ALIASES.get(key, key)
+    valid = SSM_DTYPES if what == "ssm_state_dtype" else DTYPE_BYTES
+    if key not in valid:
+        raise ArchDSLError(f"unknown {what} {dtype!r} (one of {', '.join(valid)})",
+                           hint=did_you_mean(key, [*valid, *(a for a, k in ALIASES.items() if k in valid)]))
+    return key
+
+
+def dtype_bytes(dtype, what: str = "dtype") -> int:
+    return DTYPE_BYTES[dtype_name(dtype, what)]
 
 
 def analyze(spec, seq_len: int = 2048, batch: int = 1, dtype: str = "bfloat16",
@@ -73,8 +84,9 @@ def analyze(spec, seq_len: int = 2048, batch: int = 1, dtype: str = "bfloat16",
             raise ArchDSLError(f"{key} must be an int, got {value!r}")
     if seq_len <= 0 or batch <= 0:
         raise ArchDSLError(f"seq_len and batch must be positive, got seq_len={seq_len}, batch={batch}")
-    nbytes = dtype_bytes(dtype)
-    ssm_bytes = None if ssm_state_dtype is None else dtype_bytes(ssm_state_dtype, "ssm_state_dtype")
+    dtype = dtype_name(dtype)
+    ssm_state_dtype = None if ssm_state_dtype is None else dtype_name(ssm_state_dtype, "ssm_state_dtype")
+    nbytes, ssm_bytes = DTYPE_BYTES[dtype], None if ssm_state_dtype is None else DTYPE_BYTES[ssm_state_dtype]
     d, norm = spec.d_model, spec.norm
     seen: set[str] = set()
     rows = []
@@ -106,9 +118,9 @@ def analyze(spec, seq_len: int = 2048, batch: int = 1, dtype: str = "bfloat16",
     if total > MAX_PARAMS:
         raise spec.error(f"absurd size: the spec has {total:.3e} parameters (over 10^13)", ("d_model",))
     head_flops = 2 * d * spec.vocab_size
-    return Report(spec.name, seq_len, batch, str(dtype).replace("torch.", ""), total, active_total, embedding,
+    return Report(spec.name, seq_len, batch, dtype, total, active_total, embedding,
                   sum(r.flops_per_token for r in rows) + head_flops, sum(r.cache_bytes for r in rows), rows,
-                  None if ssm_state_dtype is None else str(ssm_state_dtype).replace("torch.", ""))
+                  ssm_state_dtype)
 
 
 def _shared_surplus(spec):

@@ -112,7 +112,8 @@ def _add_show(p):
     p.add_argument("--seq-len", type=count("--seq-len"), default=2048,
                    help="context length n (default 2048; 8k, 1m ok)")
     p.add_argument("--batch", type=count("--batch"), default=1)
-    p.add_argument("--dtype", default="bfloat16", help="cache dtype: bfloat16, float16, float32")
+    p.add_argument("--dtype", default="bfloat16", help="cache dtype: bfloat16, float16, float32, float64 or float8 "
+                   "(an fp8 KV cache, an estimate)")
     _add_ssm_state_dtype(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -198,7 +199,7 @@ def _add_memory(p):
     _add_set(p)
     p.add_argument("--seq-lens", default="1k,8k,64k,512k", help="comma-separated context lengths")
     p.add_argument("--batch", type=count("--batch"), default=1)
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default="bfloat16", help="cache dtype, as show's")
     _add_ssm_state_dtype(p)
     p.add_argument("-o", "--output", help="write a plot (.png, .svg or .pdf; missing directories are created)")
     p.add_argument("--json", action="store_true")

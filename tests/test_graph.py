@@ -263,3 +263,17 @@ def test_at_selects_its_layers_in_linear_time(case):
     finally:
         Modifier.selects = original
     assert calls == []
+
+
+def test_dtype_names_read_as_the_model_reads_them():
+    """analyze takes the model's dtype names in any case, reports the canonical one; an SSM state only in a
+    dtype the model can hold it in (float8 is a KV-cache estimate only)."""
+    spec = archdsl.parse("mamba2, attn", d_model=256)
+    for name, canonical in [("BF16", "bfloat16"), ("half", "float16"), ("torch.float32", "float32"), ("fp8", "float8")]:
+        assert archdsl.analyze(spec, dtype=name).dtype == canonical
+    assert archdsl.analyze(spec, ssm_state_dtype="BF16").ssm_state_dtype == "bfloat16"
+    assert archdsl.analyze(spec, dtype="bf16").cache_bytes == archdsl.analyze(spec, dtype="bfloat16").cache_bytes
+    with pytest.raises(archdsl.ArchDSLError, match="unknown ssm_state_dtype 'fp8'"):
+        archdsl.analyze(spec, ssm_state_dtype="fp8")
+    with pytest.raises(archdsl.ArchDSLError, match="unknown dtype 'int8'"):
+        archdsl.analyze(spec, dtype="int8")

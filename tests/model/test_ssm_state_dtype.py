@@ -119,7 +119,7 @@ def test_the_cli_takes_it():
     spec = os.path.join(ROOT, "specs", "mamba2-2.7b.yaml")
     full = json.loads(cli("show", spec, "--batch", "8", "--json").stdout)
     half = json.loads(cli("show", spec, "--batch", "8", "--json", "--ssm-state-dtype", "bf16").stdout)
-    assert half["ssm_state_dtype"] == "bf16" and full["ssm_state_dtype"] is None
+    assert half["ssm_state_dtype"] == "bfloat16" and full["ssm_state_dtype"] is None
     # 64 layers of [8, 80, 64, 128] states, 2 bytes an element fewer
     assert full["cache_bytes"] - half["cache_bytes"] == 64 * 8 * 80 * 64 * 128 * 2
     run = cli("run", "mamba2", "--prompt-len", "4", "--gen", "2", "--ssm-state-dtype", "bfloat16", "--json")
