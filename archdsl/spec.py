@@ -206,6 +206,9 @@ def load_spec(spec: str | os.PathLike) -> Spec:
         text = os.path.join(text, "spec.yaml")
     if os.path.isfile(text):
         return spec_from_yaml(read_text(text), file=text)
+    if os.path.exists(text):  # /dev/zero, a FIFO, a socket: never read (it may not end)
+        raise ArchDSLError(f"{text} is not a regular file (a device, FIFO or socket); a spec is a YAML file, a "
+                           f"saved-model directory or a layout string")
     if _FILE_LIKE.match(text):
         raise ArchDSLError(f"no such spec file: {text}")
     if _PATH_LIKE.match(text):

@@ -251,6 +251,11 @@ def test_binary_files_and_bare_directories_are_refused(tmp_path, capsys):
     (tmp_path / "spec.yaml").mkdir()  # said "no such spec file: DIR/spec.yaml"
     code, _, err = run("check", str(tmp_path), capsys=capsys)
     assert code == 2 and f"{tmp_path} is a directory without a spec.yaml file" in err
+    fifo = tmp_path / "ff"  # read, a FIFO waits for a writer; once it was parsed as a layout ("unknown block 'ff'")
+    os.mkfifo(fifo)
+    for path in (str(fifo), os.devnull):
+        code, _, err = run("check", path, capsys=capsys)
+        assert code == 2 and f"{path} is not a regular file" in err, err
 
 
 def test_missing_paths_are_named_as_paths_not_parsed_as_layouts(tmp_path, capsys):
