@@ -67,9 +67,12 @@ def check_flags(args) -> None:
         from ..model import check_device
 
         try:
-            check_device(args.device, torch.float32)
+            dev = check_device(args.device, torch.float32)
         except ArchDSLError as e:
             raise ArchDSLError(f"--device: {e.message}") from None
+        if dev.type == "meta":
+            raise ArchDSLError(f"--device {args.device}: the probes train on real tokens; the meta device holds no "
+                               f"data (give cpu or cuda)")
     from ..analysis import dtype_bytes
 
     try:
