@@ -189,6 +189,8 @@ def test_token_file_and_bad_inputs(tmp_path, capsys):
 
     run = lambda data, out="x": ["train", spec, "--data", data, *args, "-o", str(tmp_path / out)]  # noqa: E731
     bad(run(str(tmp_path / "missing.bin")), "no such data file")
+    bad(run(str(tmp_path)), f"--data: {tmp_path} is a directory")
+    bad(run(os.devnull), f"--data: {os.devnull} is not a regular file")
     odd = tmp_path / "odd.bin"
     odd.write_bytes(b"\x01\x00" * 100 + b"\x01")
     bad(run(str(odd)), "not a whole number of uint16 tokens")

@@ -142,6 +142,10 @@ def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
         _, sep, tail = path.rpartition(":")
         if sep and tail and not os.path.exists(path) and "/" not in tail and "." not in tail:
             raise ArchDSLError(f"--data {text!r}: unknown token dtype {tail!r}", hint=did_you_mean(tail, TOKEN_DTYPES))
+    if os.path.isdir(path):
+        raise ArchDSLError(f"--data: {path} is a directory; give a token file (or a task: mqar:..., selective_copying:...)")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ArchDSLError(f"--data: {path} is not a regular file (a device, FIFO or socket)")
     if not os.path.isfile(path):
         raise ArchDSLError(f"--data: no such data file: {path}")
     width = np.dtype(TOKEN_DTYPES[dtype]).itemsize

@@ -188,10 +188,8 @@ def _metrics_file(cfg, start: int):
                     continue
                 if isinstance(rec, dict) and rec.get("step", 0) <= start:
                     kept.append(ln if ln.endswith("\n") else ln + "\n")
-    f = open(path, "w", encoding="utf-8")
-    f.writelines(kept)
-    f.flush()
-    return f
+    write_atomic(path, "".join(kept))  # the history is replaced whole: a kill now loses none of it
+    return open(path, "a", encoding="utf-8")
 
 
 def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
