@@ -515,7 +515,7 @@ def cmd_train(args):
     global batch. Writes RUNDIR/run.json, metrics.jsonl and checkpoints/. See docs/training.md."""
     from .train import TrainConfig, train
 
-    cfg = TrainConfig(spec=args.spec, data=args.data, steps=args.steps, rundir=args.output, batch=args.batch,
+    cfg = TrainConfig(spec=args.spec, settings=tuple(args.set), data=args.data, steps=args.steps, rundir=args.output, batch=args.batch,
                       seq_len=args.seq_len, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
                       grad_clip=args.grad_clip, bf16=args.bf16, grad_ckpt=args.grad_ckpt, compile=args.compile,
                       save_every=args.save_every, resume=args.resume, stop_after=args.stop_after, seed=args.seed, device=args.device,
@@ -529,6 +529,7 @@ def cmd_train(args):
 
 def _add_train(p):
     p.add_argument("spec", help="a YAML spec file, a layout string, or a saved model directory (its weights)")
+    _add_set(p)
     p.add_argument("--data", required=True, help="a probe task (mqar:seq=256,pairs=16, selective_copying:..., noisy_recall:..., "
                    "fuzzy_recall:...) or a token file PATH.bin[:uint16|uint32][,eos=N] (eos: documents packed)")
     p.add_argument("--steps", type=int, required=True, help="optimizer steps in all (a resumed run continues)")

@@ -223,6 +223,22 @@ def test_token_file_and_bad_inputs(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "x")  # nothing was written by the failed runs
 
 
+def test_set_changes_the_spec_trained_and_a_resume_must_repeat_it(tmp_path, capsys):
+    spec = write(tmp_path, "h.yaml", HYBRID)
+    args = [spec, "--data", DATA, "--steps", "2", "--batch", "4", "--no-progress", "--threads", "1"]
+    run = str(tmp_path / "run")
+    assert main(["train", *args, "--set", "d_model=32", "--stop-after", "1", "-o", run]) == 0
+    with open(os.path.join(run, "run.json")) as f:
+        saved = json.load(f)
+    assert "d_model: 32" in saved["spec_yaml"] and saved["config"]["settings"] == ["d_model=32"]
+    refused(capsys, ["train", *args, "--resume", "-o", run], "spec")  # the file's d_model 64: another model
+    assert main(["train", *args, "--set", "d_model=32", "--resume", "-o", run]) == 0
+    refused(capsys, ["train", *args, "--set", "d_model=30", "-o", str(tmp_path / "r2")], "--set d_model=30:")
+    assert main(["export-checkpoint", run, "-o", str(tmp_path / "m")]) == 0
+    refused(capsys, ["train", str(tmp_path / "m"), *args[1:], "--set", "d_model=64", "-o", str(tmp_path / "r3")],
+            "--set: ", "is a saved model")
+
+
 def test_world_size_must_divide_batch_on_every_rank(tmp_path):
     """Every rank refuses a batch that the world size does not divide before it joins the process group,
     so no rank waits for another. Under torchrun the job fails; the first rank to exit gets the other

@@ -17,6 +17,7 @@ from ..errors import ArchDSLError
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     spec: str  # a YAML spec file, a layout string, or a saved model directory (its weights are the start)
+    settings: tuple[str, ...] = ()  # --set KEY=VALUE: model-level keys of the spec changed (not of a saved model)
     data: str  # "mqar:seq=256,pairs=16" or "path/train.bin[:uint16|uint32]"
     steps: int
     rundir: str

@@ -55,14 +55,24 @@ def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
     return None
 
 
+def _saved(spec: str) -> bool:
+    """Whether SPEC is a saved model directory (its weights are the start)."""
+    return os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "model.safetensors"))
+
+
 def prepare(cfg: TrainConfig):
     """Every check that can fail on bad input, with no side effects; the same answer on every rank."""
-    from ..spec import load_spec
+    from ..spec import load_spec, with_settings
 
     check_output(cfg.rundir, "-o", directory=True)
     check_rundir(cfg.rundir)
     env = world_from_env()
     spec = load_spec(cfg.spec)
+    if cfg.settings:
+        if _saved(cfg.spec):
+            raise ArchDSLError(f"--set: {cfg.spec} is a saved model, whose weights fix its sizes; give its "
+                               f"spec.yaml to train fresh random weights at other sizes")
+        spec = with_settings(spec, list(cfg.settings))
     _ = spec.graph
     data = parse_data(cfg.data, spec.vocab_size, cfg.seq_len)
     unpacked = unpacked_blocks(spec) if getattr(data, "eos", None) is not None else []
@@ -129,8 +139,7 @@ def build(cfg: TrainConfig, spec, dist):
     from ..model import compile as compile_model
     from ..model import load as load_model
 
-    saved = os.path.isdir(cfg.spec) and os.path.isfile(os.path.join(cfg.spec, "model.safetensors"))
-    model = load_model(cfg.spec, dtype="float32") if saved else compile_model(spec, device="cpu", seed=cfg.seed)
+    model = load_model(cfg.spec, dtype="float32") if _saved(cfg.spec) else compile_model(spec, device="cpu", seed=cfg.seed)
     model.train()
     return shard_model(model, dist, bf16=cfg.bf16, grad_ckpt=cfg.grad_ckpt, compile=cfg.compile)
 
