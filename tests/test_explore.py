@@ -216,6 +216,7 @@ def test_resume_equals_uninterrupted(tmp_path, capsys, monkeypatch):
     ("depth: [4]", ["--min-params", "2M", "--max-params", "1M"], "contradictory constraints"),
     ("depth: [4]", ["--max-cache", "1KiB@64k", "--max-params", "10M"], "cache_bytes ≤ 1.00 KiB @ batch 1, context 65536"),
     ("depth: [4]", ["--objective", "params,speed"], "unknown objective 'speed'"),
+    ("depth: [4]", ["--objective", "depth,loss"], "error: objective loss needs a probe"),  # named depth too
     ("depth: [4]", ["--probe", "mqarr"], "unknown probe 'mqarr'"),
 ])
 def test_bad_input_says_what(tmp_path, capsys, text, flags, message):
@@ -234,6 +235,12 @@ def test_bad_input_says_what(tmp_path, capsys, text, flags, message):
     ("attn_count: [1, 2, 3]", 3, 13),
     ("shared: [maybe]", 3, 9),
     ("mixers: []", 3, 9),
+    ("attention: [attn]", 3, 12),  # wrong types were 'bad space: unhashable type' with no place
+    ("mixers: [5]", 3, 9),
+    ("name: [a]", 3, 7),
+    ("every: {periods: [1]}", 3, 18),  # periods below 2 and no offsets gave no `every` candidate, silently
+    ("every: {offsets: []}", 3, 18),
+    ("d_model: []", 2, 10),  # was silently the base's width
 ])
 def test_bad_values_point_into_the_space_file(tmp_path, capsys, text, line, col):
     """Every value error of a space file names its line and column (1-based), as the spec's errors do."""
@@ -448,3 +455,98 @@ def test_a_base_named_like_a_number_round_trips(capsys):
     assert main(["convert", "--from", "megatron", "M-*-", "--name", "7e9"]) == 0
     from archdsl.spec import spec_from_yaml
     assert spec_from_yaml(capsys.readouterr().out).name == "7e9"
+
+
+def test_a_budget_at_a_context_is_labelled_at_the_run_batch(tmp_path, capsys):
+    """`--max-cache 100KiB@8k --batch 4` is checked at batch 4; its label said 'batch 1'."""
+    space = tmp_path / "space.yaml"
+    space.write_text(f"base: {json.dumps(BASE)}\nd_model: [32]\ndepth: [4]\nattn_count: [0, 1]\n")
+    code, out, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress", "--batch", "4",
+                           "--max-cache", "100KiB@8k"], capsys)
+    assert code == 0 and "cache_bytes ≤ 100.00 KiB @ batch 4, context 8192: 1" in out, out
+    doc = json.loads((tmp_path / "o" / "results.json").read_text())
+    (c,) = doc["candidates"]
+    at = c["figures"]["at"]["cache_bytes ≤ 100.00 KiB @ batch 4, context 8192"]
+    assert at == analyze(space_from_yaml(space.read_text()).spec(c["knobs"], c["layout"], "x"), seq_len=8192,
+                         batch=4).cache_bytes
+
+
+def test_a_diverged_loss_is_never_on_the_front():
+    """A NaN loss compared false both ways, so a diverged candidate sat on the front of any `loss` objective."""
+    cands = [Candidate(f"c{i}", {}, "", None, {"params": p}, probe={"final_loss": loss, "accuracy": 0.5})
+             for i, (p, loss) in enumerate([(10, float("nan")), (10, 1.0), (20, 0.5)])]
+    ranks = pareto_ranks(cands, ("params", "loss"))
+    assert ranks == [1, 0, 0]
+
+
+def test_only_shared_attention_keeps_zero_and_one_attention_layer():
+    """`shared: [true]` alone dropped the counts 0 and 1 (sharing them is no sharing), leaving them nowhere."""
+    res = explore(small_space({"attn_count": (0, 2), "placements": ("back",), "shared": (True,), "d_model": (32,),
+                               "depth": (4,)}), objectives=("params",))
+    assert sorted(c.layout for c in res.candidates) == ["2×mamba2, 2×attn(shared)", "3×mamba2, attn", "4×mamba2"]
+    assert [c.knobs["shared"] for c in sorted(res.candidates, key=lambda c: c.knobs["attn_count"])] == [False, False, True]
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("mqar", {"power_a": 0.0}, "power_a must be positive"),
+    ("noisy_recall", {"noise_vocab_size": 0}, "noise_vocab_size must be >= 0, and >= 1 when frac_noise > 0"),
+    ("noisy_recall", {"noise_vocab_size": -2, "frac_noise": 0.0}, "noise_vocab_size must be >= 0"),
+    ("fuzzy_recall", {"k_motif_size": 0}, "motif sizes must be at least 1"),
+    ("fuzzy_recall", {"v_motif_size": 0}, "motif sizes must be at least 1"),
+])
+def test_probe_arguments_out_of_range_are_refused(name, args, message):
+    """These crashed in torch (randint / multinomial) at the first batch, after the run had started."""
+    with pytest.raises(ArchDSLError, match=message):
+        make_task(name, **args)
+
+
+def test_noisy_recall_without_noise_is_plain_recall():
+    """MAD's in-context recall is noisy recall with frac_noise 0, where a noise vocabulary of 0 is allowed."""
+    task = make_task("noisy_recall", vocab_size=16, seq_len=32, noise_vocab_size=0, frac_noise=0.0)
+    x, y = task.batch(8, torch.Generator().manual_seed(0), train=False)
+    assert x.shape == (8, 32) and x[:, :-2].max() < 15 and (x[:, -2] == 15).all() and ((y != -100).sum(1) == 1).all()
+
+
+def test_probe_args_read_floats_as_the_space_file_does():
+    from archdsl.explore.command import _value
+
+    assert _value("1e-2") == 0.01 and _value("64") == 64 and _value("true") is True and _value("abc") == "abc"
+
+
+def test_a_budget_at_exactly_a_candidates_figure_keeps_it():
+    """'2.01M' was 2.01 × 10^6 in floats, 2,009,999.9999999998: a candidate of exactly 2,010,000 broke --max-params
+    2.01M, and one of 16,382 broke --min-params 16.382k (16,382.000000000002)."""
+    from archdsl.explore import parse_amount
+
+    assert parse_amount("2.01M") == 2_010_000 and parse_amount("1.07G") == 1_070_000_000
+    assert all(parse_amount(f"{i / 100:.2f}k") == i * 10 for i in range(1, 1000))
+    space = small_space({"attn_count": (0, 0), "d_model": (16,), "depth": (5,)})
+    (c,) = explore(space, objectives=("params",)).candidates
+    text = f"{c.figures['params'] / 1000:g}k"
+    assert text == "16.382k"
+    assert len(explore(space, [parse_constraint("params", text, "min"), parse_constraint("params", text)]).candidates) == 1
+
+
+def test_csv_rows_tell_moe_hidden_apart(tmp_path):
+    """Two candidates differing only in the MoE hidden size gave CSV rows equal but for id and layout."""
+    import csv
+
+    from archdsl.explore.report import write_results
+
+    res = explore(small_space({"attn_count": (0, 0), "moe_every": (2,), "moe_experts": (4,), "moe_top_k": (1,),
+                               "moe_hidden": (0, 48), "d_model": (32,), "depth": (2,)}), objectives=("params",))
+    write_results(str(tmp_path), {}, res.candidates, "complete", {})
+    rows = list(csv.DictReader(open(tmp_path / "results.csv", encoding="utf-8")))
+    assert sorted(r["moe_hidden"] for r in rows) == ["0", "48"]
+
+
+def test_probe_named_by_an_alias_keeps_the_space_settings(tmp_path, capsys):
+    """`--probe selective_copying` dropped the space's `probe:` settings written for `task: copy` (the same task)."""
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY.replace("attn_count: [0, 1]", "attn_count: [0, 0]").replace("task: mqar", "task: copy")
+                     .replace("{vocab_size: 128, seq_len: 32, num_kv_pairs: 4}", "{seq_len: 24, num_tokens_to_copy: 3}"))
+    code, _, err = _run(["explore", str(space), "--probe", "selective_copying", "--steps", "1", "-o",
+                         str(tmp_path / "o"), "--no-progress"], capsys)
+    assert code == 0, err
+    probe = json.loads((tmp_path / "o" / "results.json").read_text())["config"]["probe"]
+    assert probe["task_args"] == {"seq_len": 24, "num_tokens_to_copy": 3} and probe["train"]["batch_size"] == 8

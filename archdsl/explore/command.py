@@ -45,10 +45,13 @@ def add_arguments(p) -> None:
 
 
 def _value(text: str):
+    """A --probe-arg value read as the space file reads it (YAML 1.2 floats: 1e-2 is a number)."""
     import yaml
 
+    from ..spec import YamlLoader
+
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a safe loader)
     except yaml.YAMLError:
         return text
 
@@ -122,8 +125,10 @@ def explore_command(args) -> None:
         if not task:
             raise ArchDSLError("--probe: name a task (mqar, selective_copying, noisy_recall, fuzzy_recall); "
                                "the space file has no probe: task")
-        if args.probe and pdef.get("task") not in (None, args.probe):
-            pdef = {}  # the space's probe settings belong to its own task
+        from .probes import ALIASES
+
+        if args.probe and ALIASES.get(pdef.get("task"), pdef.get("task")) not in (None, ALIASES.get(task, task)):
+            pdef = {}  # the space's probe settings belong to its own task (`copy` is `selective_copying`)
     pdef.pop("task", None)
     probe = None
     if task:

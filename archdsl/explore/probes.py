@@ -66,6 +66,8 @@ class MQAR(Task):
         if self.num_kv_pairs < 1 or 4 * self.num_kv_pairs > self.seq_len:
             raise ArchDSLError(f"mqar: need 1 <= 4·num_kv_pairs <= seq_len, got {self.num_kv_pairs} pairs "
                                f"at seq_len {self.seq_len}")
+        if not self.power_a > 0:  # the gaps' density power_a·x^(power_a-1) is all zeros at 0
+            raise ArchDSLError(f"mqar: power_a must be positive, got {self.power_a}")
 
     def batch(self, n, gen, train=True):
         V, L, k = self.vocab_size, self.seq_len, self.num_kv_pairs
@@ -132,6 +134,9 @@ class NoisyRecall(Task):
             raise ArchDSLError(f"noisy_recall: seq_len must be even and >= 4, got {self.seq_len}")
         if not 0 <= self.frac_noise < 1:
             raise ArchDSLError(f"noisy_recall: frac_noise must be in [0, 1), got {self.frac_noise}")
+        if self.noise_vocab_size < 0 or (self.frac_noise > 0 and self.noise_vocab_size < 1):
+            raise ArchDSLError(f"noisy_recall: noise_vocab_size must be >= 0, and >= 1 when frac_noise > 0; "
+                               f"got {self.noise_vocab_size}")
         if self.vocab_size - 1 - self.noise_vocab_size < 2:
             raise ArchDSLError("noisy_recall: vocab_size must leave room for keys and values beside the noise "
                                "vocabulary and the copy token")
@@ -148,7 +153,7 @@ class NoisyRecall(Task):
         noise = torch.rand(n, P, generator=gen) < self.frac_noise
         keep = torch.randint(P, (n,), generator=gen)  # at least one real pair
         noise[torch.arange(n), keep] = False
-        noise_tok = torch.randint(self.noise_vocab_size, (n, P, 2), generator=gen) + plain
+        noise_tok = torch.randint(max(1, self.noise_vocab_size), (n, P, 2), generator=gen) + plain  # unused if 0
         pairs = torch.where(noise[..., None], noise_tok, torch.stack([keys, vals], 2))
         # first occurrence of each real key: the probe is one of them, uniformly over distinct keys
         same = (keys[:, :, None] == keys[:, None, :]) & ~noise[:, None, :]
@@ -179,6 +184,9 @@ class FuzzyRecall(Task):
     multi_query: bool = False
 
     def __post_init__(self):
+        if self.k_motif_size < 1 or self.v_motif_size < 1:
+            raise ArchDSLError(f"fuzzy_recall: motif sizes must be at least 1, got k_motif_size "
+                               f"{self.k_motif_size}, v_motif_size {self.v_motif_size}")
         plain = self.vocab_size - (1 if self.multi_query else 2)
         if plain // 2 < max(self.k_motif_size, self.v_motif_size):
             raise ArchDSLError(f"fuzzy_recall: vocab_size {self.vocab_size} is too small for motifs of "

@@ -16,7 +16,7 @@ from ..units import human, plural
 from .search import Candidate
 
 CSV_FIELDS = ["id", "rank", "on_front", "layout", "mixer", "d_model", "depth", "attn_count", "attn_fraction",
-              "placement", "shared", "moe_every", "moe_experts", "moe_top_k", "params", "active_params",
+              "placement", "shared", "moe_every", "moe_experts", "moe_top_k", "moe_hidden", "params", "active_params",
               "flops_per_token", "cache_bytes", "accuracy", "best_accuracy", "final_loss", "steps", "wall_time"]
 
 

@@ -51,8 +51,9 @@ def run(space: Space, constraints: list[Constraint], objectives, outdir: str, pr
     objectives = norm_objectives(objectives)
     if probe is not None and "accuracy" not in objectives:
         objectives = objectives + ("accuracy",)
-    if probe is None and any(o not in ANALYTIC + ("depth", "attn_fraction") for o in objectives):
-        raise ArchDSLError(f"objective {', '.join(o for o in objectives if o not in ANALYTIC)} needs a probe "
+    measured = [o for o in objectives if o not in ANALYTIC + ("depth", "attn_fraction")]
+    if probe is None and measured:
+        raise ArchDSLError(f"objective {', '.join(measured)} needs a probe "
                            "(--probe mqar --steps N)")
     if top is not None and top < 1:
         raise ArchDSLError(f"top must be at least 1, got {top}")

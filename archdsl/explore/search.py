@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any, Iterable, Sequence
 
 from ..analysis import analyze
@@ -42,7 +43,10 @@ def parse_amount(text: str | int | float) -> float:
     m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)", t.replace(",", ""))
     if not m or m.group(2) not in UNITS:
         raise ArchDSLError(f"not an amount: {text!r} (write 1.5B, 300M, 2GiB or 4096)")
-    value = float(m.group(1)) * UNITS[m.group(2)]
+    try:  # exact: 2.01M is 2,010,000, not 2,009,999.9999999998
+        value = float(Decimal(m.group(1)) * UNITS[m.group(2)])
+    except ArithmeticError:  # an exponent past Decimal's range
+        value = math.inf
     if not math.isfinite(value):
         raise ArchDSLError(f"amount too large: {text!r}")
     return value
@@ -193,6 +197,8 @@ def enumerate_space(space: Space, constraints: Sequence[Constraint] = (), contex
                     dtype: str = "bfloat16", progress=None):
     """Generate, prune and analyse. Returns (survivors, enumerated, removed, violated, best):
     best[label] is the smallest (largest, for min bounds) value seen, for error messages."""
+    # a budget at a context (2GiB@64k) without a batch is checked at the run's batch: its label says which
+    constraints = [replace(c, batch=c.batch or batch) if c.seq_len else c for c in constraints]
     check_constraints(constraints)
     seen: set[str] = set()
     survivors: list[Candidate] = []
@@ -274,7 +280,7 @@ def _key(c: Candidate, objectives) -> tuple:
     vals = []
     for o in objectives:
         v = c.value(o)
-        v = float("inf") if v is None else float(v)
+        v = float("inf") if v is None or v != v else float(v)  # unprobed or NaN (a diverged loss): the worst
         vals.append(-v if o in MAXIMISE and v != float("inf") else v)
     return tuple(vals)
 

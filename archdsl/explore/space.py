@@ -83,6 +83,12 @@ class Space:
         for name in ("mixers", "placements", "shared", "moe_every", "moe_experts", "moe_top_k", "moe_hidden", "depth"):
             if not getattr(self, name):
                 raise _keyed(f"the space is empty: `{name}` lists no values", _key(name))
+        if isinstance(self.name, (bool, list, dict, tuple)) or self.name is None:
+            raise _keyed(f"name must be a string, got {self.name!r}", ("name",))
+        for kind in self.mixers + (self.attention,):
+            if not isinstance(kind, str):
+                where = "mixers" if kind in self.mixers else "attention"
+                raise _keyed(f"{where} takes block kinds or aliases of base.blocks, got {kind!r}", (where,))
         for kind in self.mixers + (self.attention,):
             try:
                 resolved = resolve_kind(base, kind)
@@ -113,10 +119,15 @@ class Space:
             for v in getattr(self, name):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     raise _keyed(f"{name} values must be positive integers, got {v!r}", _key(name))
-        for name in ("moe_every", "moe_hidden") + (("every_periods",) if self.every_periods else ()):
+        for name in ("moe_every", "moe_hidden"):
             for v in getattr(self, name):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                     raise _keyed(f"{name} values must be integers >= 0, got {v!r}", _key(name))
+        for v in self.every_periods:  # `attn every 1` is all layers, and a period 0 selects none
+            if isinstance(v, bool) or not isinstance(v, int) or v < 2:
+                raise _keyed(f"every periods must be integers >= 2, got {v!r}", _key("every_periods"))
+        if not self.every_offsets:
+            raise _keyed("the space is empty: `every.offsets` lists no values", _key("every_offsets"))
         for v in self.every_offsets:
             if not (v in OFFSET_NAMES or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)):
                 raise _keyed(f"every offset must be an integer >= 0 or one of {', '.join(OFFSET_NAMES)}; got {v!r}",
@@ -156,10 +167,10 @@ class Space:
             if moe[0] > depth:
                 continue  # `moe every N` past the depth would select no layer
             for k in self.counts(depth):
-                if shared and k < 2:
+                if shared and k < 2 and False in self.shared:
                     continue  # sharing one layer (or none) is no sharing: the unshared frame has it
                 yield {"mixer": mixer if k < depth else self.attention, "d_model": d, "depth": depth,
-                       "attn_count": k, "attn_fraction": round(k / depth, 6), "shared": shared,
+                       "attn_count": k, "attn_fraction": round(k / depth, 6), "shared": shared and k >= 2,
                        "moe_every": moe[0], "moe_experts": moe[1], "moe_top_k": moe[2], "moe_hidden": moe[3]}
 
     def placements_of(self, frame: dict) -> Iterator[tuple[str, tuple[int, ...]]]:
@@ -354,6 +365,9 @@ def space_from_dict(data: dict, here: str | None = None) -> Space:
     for key in ("d_model", "depth", "shared", "placements"):
         if key in kw:
             kw[key] = _listed(kw[key])
+    if kw.get("d_model") == []:  # Space's empty d_model is the base's width: in a file, leave the key out for that
+        raise _keyed("the space is empty: `d_model` lists no values (leave it out for the base's width)",
+                     ("d_model",))
     if "probe" in kw and not isinstance(kw["probe"], dict):
         raise _keyed("probe must be a mapping (task, steps, d_model, ...)", ("probe",))
     try:
