@@ -204,6 +204,31 @@ def test_resume_equals_uninterrupted(tmp_path, capsys, monkeypatch):
     assert code == 2 and "other settings" in err
 
 
+def test_a_run_stopped_while_writing_the_specs_resumes(tmp_path, capsys, monkeypatch):
+    """A Ctrl-C among the spec files left an OUTDIR that -o refused (it holds files) and --resume too (no
+    results.json): results.json is written first."""
+    import archdsl.explore.runner as runner
+
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY)
+    out = tmp_path / "out"
+    real, calls = runner.write_atomic, []
+
+    def stopped(path, data, **kw):
+        calls.append(path)
+        if "specs" in str(path) and len([c for c in calls if "specs" in str(c)]) == 2:
+            raise KeyboardInterrupt
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(runner, "write_atomic", stopped)
+    assert _run(["explore", str(space), "-o", str(out), "--no-progress"], capsys)[0] == 130
+    monkeypatch.setattr(runner, "write_atomic", real)
+    assert _run(["explore", str(space), "--resume", str(out), "--no-progress"], capsys)[0] == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["status"] == "complete"
+    assert sorted(p.name for p in (out / "specs").iterdir()) == sorted(f"{c['id']}.yaml" for c in doc["candidates"])
+
+
 @pytest.mark.parametrize("text, flags, message", [
     ("mixers: [mamab2]", [], "unknown block kind 'mamab2'; did you mean 'mamba2'"),
     ("mixers: [mlp]", [], "not a mixer"),

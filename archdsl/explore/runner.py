@@ -81,18 +81,18 @@ def run(space: Space, constraints: list[Constraint], objectives, outdir: str, pr
         os.makedirs(outdir, exist_ok=True)
     except OSError as e:
         raise ArchDSLError(f"cannot create the output directory {outdir}: {e.strerror or e}") from None
-    for c in cands:
-        path = os.path.join(outdir, "specs", f"{c.id}.yaml")
-        text = c.spec.to_yaml()
-        if not (os.path.exists(path) and open(path, encoding="utf-8").read() == text):
-            write_atomic(path, text)
     summary = {"enumerated": res.enumerated, "survivors": len(cands), "removed": res.removed,
                "violated": res.violated, "probed": 0}
     for c in chosen:
         if c.id in done and done[c.id]["layout"] == c.layout:
             c.probe = done[c.id]["probe"]
     status = "running" if any(c.probe is None for c in chosen) else "complete"
-    write_results(outdir, config, cands, status, summary)
+    write_results(outdir, config, cands, status, summary)  # first: a run stopped from here on can be resumed
+    for c in cands:
+        path = os.path.join(outdir, "specs", f"{c.id}.yaml")
+        text = c.spec.to_yaml()
+        if not (os.path.exists(path) and open(path, encoding="utf-8").read() == text):
+            write_atomic(path, text)
     if chosen and status == "running":
         _probe_all(chosen, cands, probe, trainer, config, outdir, summary, progress, log)
     if probe is not None:
