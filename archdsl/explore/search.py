@@ -315,7 +315,7 @@ def rank(cands: list[Candidate], objectives: Sequence[str], eligible=None) -> li
     for c in rest:
         c.rank, c.on_front = None, False
     pool.sort(key=lambda c: (c.rank, _key(c, objectives), len(c.id), c.id))  # c10000 after c9999
-    rest.sort(key=lambda c: (_key(c, [o for o in objectives if o in ANALYTIC] or ["params"]), c.id))
+    rest.sort(key=lambda c: (_key(c, [o for o in objectives if o in ANALYTIC] or ["params"]), len(c.id), c.id))
     return pool + rest
 
 
