@@ -18,7 +18,8 @@ the generator's device (CUDA generators work); the MAD tasks on the CPU.
   of the pairs replaced by tokens from a separate noise vocabulary; at the end a copy token
   and a key seen before, whose value is to be recalled. MAD trains on next-token prediction
   over the whole sequence (train=True) and scores only the final value (train=False);
-  `multi_query` scores every repeated key instead.
+  `multi_query` scores every repeated key instead, and (as in MAD) has no copy token: its sequences are
+  one token shorter, [B, seq_len - 1].
 - Fuzzy in-context recall (MAD): keys and values are motifs of 1..k_motif_size (1..v_motif_size)
   distinct tokens; test sequences use keys of the full motif size; left-padded to seq_len.
 """
