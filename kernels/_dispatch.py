@@ -63,8 +63,13 @@ def _several_devices() -> bool:
     return _DEVICES["count"] > 1
 
 
+# the values for which Triton reads a boolean variable as on (its getenv_bool, case-insensitive): TRITON_INTERPRET=true
+# runs the interpreter as =1 does, and the kernels must know it (the bf16 corrections, the float64 escape hatches)
+_ON = ("1", "true", "on", "yes", "y")
+
+
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return os.environ.get("TRITON_INTERPRET", "").lower() in _ON
 
 
 _CHOICE: dict[tuple, str] = {}  # (variable, case) → the implementation auto picked

@@ -92,10 +92,12 @@ def _device_calls_patch_once() -> None:
     interpreter._patch_lang = patch_lang
 
 
-if os.environ.get("TRITON_INTERPRET") == "1":
+from archdsl.kernels._dispatch import interpreting  # noqa: E402 (after TRITON_INTERPRET is set)
+
+if interpreting():
     _device_calls_patch_once()
 
-if os.environ.get("TRITON_INTERPRET") == "1":
+if interpreting():
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "kernels"))
     from sm90 import watch_launches
 

@@ -128,6 +128,11 @@ def test_unsupported_family_and_field():
         hf_config_to_spec({"model_type": "llama", "hidden_act": "tanh"})
     with pytest.raises(ArchDSLError, match="moe_latent_size"):
         hf_config_to_spec({"model_type": "nemotron_h", "hybrid_override_pattern": "ME", "moe_latent_size": 64})
+    from archdsl.convert.hf_io import family
+
+    with pytest.raises(ArchDSLError, match="its config converts to a spec") as e:  # not "did you mean 'rwkv'"
+        family("rwkv6")
+    assert "rwkv'" not in str(e.value) and "weights of: " in str(e.value)
 
 
 def test_refusals_name_the_config_file(tmp_path):

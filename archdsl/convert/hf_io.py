@@ -128,8 +128,13 @@ def read_safetensors(path) -> dict:
 # --- import ----------------------------------------------------------------------------------
 
 def family(model_type: str):
+    from . import hf
     from .weights import FAMILIES
 
+    if model_type in hf.FAMILIES and model_type not in FAMILIES:  # a config archdsl reads, weights it does not
+        raise ArchDSLError(f"weights of model_type {model_type!r} are not supported (config field 'model_type'): "
+                           f"its config converts to a spec (convert without --weights), its weights do not",
+                           hint=f"weights of: {', '.join(sorted(FAMILIES))}")
     if model_type not in FAMILIES:
         raise ArchDSLError(f"weights of model_type {model_type!r} are not supported (config field 'model_type')",
                            hint=did_you_mean(str(model_type), FAMILIES) or f"supported: {', '.join(sorted(FAMILIES))}")

@@ -54,8 +54,9 @@ def resolve_fuse(fuse: Fuse) -> frozenset[str]:
                            hint=f"fusions: {', '.join(FUSIONS)}")
     for n in names:
         if not isinstance(n, str) or n not in FUSIONS:
-            hint = did_you_mean(n, FUSIONS) if isinstance(n, str) else ""
-            raise ArchDSLError(f"fuse: unknown fusion {n!r} (valid: {', '.join(FUSIONS)})", hint=hint)
+            close = did_you_mean(n, FUSIONS) if isinstance(n, str) else ""
+            raise ArchDSLError(f"fuse: unknown fusion {n!r} (valid: {', '.join(FUSIONS)})",
+                               hint=close if close.startswith("did you mean") else "")  # else the list again
     return frozenset(names)
 
 

@@ -5,7 +5,7 @@ import torch
 
 from .._checks import expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape
 from .._dispatch import backend_for, needs_grad, on_input_device
-from .._host import seq_starts, unit_last
+from .._host import seq_runs, seq_starts, unit_last
 from .._opaque import PATHS, torch_path
 from .chunked import selective_scan_chunked
 from .naive import selective_scan_naive, selective_state_update_naive
@@ -49,7 +49,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         y, last = selective_scan_triton(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, initial_state, starts)
         return (y, last.to(u.dtype) if u.dtype == torch.float64 else last) if return_last_state else y
     if backend == "torch" and torch.compiler.is_compiling():  # one graph for every length (kernels/_opaque.py)
-        y, last = torch_path("selective_scan", [u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx],
+        # seq_idx as its runs in float64 (exact below 2^53): the operator's backward differentiates every input,
+        # which torch.func.vjp refuses for an integer tensor
+        runs = None if seq_idx is None else seq_runs(seq_idx).double()
+        y, last = torch_path("selective_scan", [u, delta, A, B, C, D, z, delta_bias, initial_state, runs],
                              [delta_softplus])
         return (y, last) if return_last_state else y
     fn = selective_scan_naive if backend == "naive" else selective_scan_chunked
@@ -57,8 +60,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 
 def _run(args, flags):
-    u, delta, A, B, C, D, z, delta_bias, h0, seq_idx = args
-    return list(selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, bool(flags[0]), True, h0, seq_idx))
+    u, delta, A, B, C, D, z, delta_bias, h0, runs = args
+    return list(selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, bool(flags[0]), True, h0,
+                                       None if runs is None else runs.long()))
 
 
 def _fake(args, flags):

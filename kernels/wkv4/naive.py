@@ -46,9 +46,13 @@ def wkv4_naive(w, u, k, v, state=None):
 
 
 def wkv4_step_naive(w, u, k, v, state):
-    """One token: k, v `[B, C]`; returns (wkv `[B, C]`, new state), HF's formulas."""
-    ct = state[0].dtype
-    num, den, mx = state
+    """One token: k, v `[B, C]`; returns (wkv `[B, C]` in k's dtype, new state), HF's formulas. Computed in float32
+    at least (float64 where k or the state is), whatever the state's storage dtype, as the scan computes it; the
+    new state in that dtype (the scan's)."""
+    ct = torch.promote_types(torch.float32, k.dtype)
+    for s in state:
+        ct = torch.promote_types(ct, s.dtype)
+    num, den, mx = (s.to(ct) for s in state)
     wd = -torch.exp(w.to(ct))
     kk, vv = k.to(ct), v.to(ct)
     top = torch.maximum(mx, u + kk)

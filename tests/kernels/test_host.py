@@ -105,3 +105,19 @@ def test_shares_memory_never_misses_an_overlap(dims):
     shape, strides = zip(*dims)
     if _offsets_repeat(shape, strides):
         assert shares_memory(shape, strides)
+
+
+def test_interpreting_reads_triton_interpret_as_triton_does(monkeypatch):
+    """Triton (3.9's getenv_bool) runs its interpreter for TRITON_INTERPRET=1, true, on, yes or y in any case;
+    archdsl.kernels took only "1" for it, so under TRITON_INTERPRET=true the kernels ran interpreted without the
+    interpreter's bf16 corrections and ARCHDSL_KERNELS=triton refused CPU tensors."""
+    from archdsl.kernels._dispatch import interpreting
+
+    for value in ("1", "true", "True", "ON", "yes", "Y"):
+        monkeypatch.setenv("TRITON_INTERPRET", value)
+        assert interpreting(), value
+    for value in ("0", "", "false", "off", "no", "2", " 1", "enabled"):
+        monkeypatch.setenv("TRITON_INTERPRET", value)
+        assert not interpreting(), value
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert not interpreting()

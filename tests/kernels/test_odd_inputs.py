@@ -494,3 +494,48 @@ def test_a_step_whose_inputs_require_grad_is_differentiable_on_the_triton_backen
     assert run("triton", grad=False)[1] == [name], f"{op}: the Triton kernel did not run without gradients"
     with torch.no_grad():
         assert run("triton")[1] == [name], f"{op}: the Triton kernel did not run under torch.no_grad"
+
+
+@pytest.mark.parametrize("op", ["selective_scan", "wkv6"])
+def test_compiled_torch_path_with_packed_sequences_takes_gradients(op, monkeypatch):
+    """Under torch.compile the torch paths of selective_scan and wkv6 run in one opaque operator
+    (kernels/_opaque.py), whose backward differentiates each of its inputs by torch.func.vjp. selective_scan
+    passed seq_idx to it as the integer tensor it was given: the backward raised a RuntimeError (only floating
+    point tensors can require gradients). Outputs and gradients are eager's."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", "torch")
+    fn, make = ARGS[op]
+    torch.manual_seed(0)
+    inputs = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**{**SIZES, "b": 2, "L": 7})).items()}
+    leaves = {k: v.requires_grad_() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    seq_idx = torch.tensor([[0, 0, 1, 1, 1, 4, 4], [2, 2, 2, 3, 3, 3, 3]], dtype=torch.int32, device=DEVICE)
+    call = lambda **kw: _flat(fn(**kw, seq_idx=seq_idx))  # noqa: E731
+    torch._dynamo.reset()
+    results = []
+    for f in (call, torch.compile(call, backend="aot_eager", fullgraph=True)):
+        out = f(**inputs)
+        gen = torch.Generator().manual_seed(1)
+        loss = sum((t * torch.randn(t.shape, generator=gen).to(t.device)).sum() for t in out)
+        results.append([t.detach() for t in out] + list(torch.autograd.grad(loss, list(leaves.values()))))
+    torch._dynamo.reset()
+    for i, (got, want) in enumerate(zip(*results, strict=True)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=lambda m: f"{op}, result {i}: {m}")
+
+
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("k_dtype", [torch.float32, torch.float64])
+def test_wkv4_step_computes_as_the_scan_whatever_the_states_dtype(state_dtype, k_dtype):
+    """wkv4_step is one token of wkv4: in float32 at least (float64 where k or the state is), its new state in that
+    dtype, as the scan's. It computed in the state's dtype: with a bf16 state every exponential and sum in bf16
+    (the output off by ~1e-2 from the scan's), and a float64 k with a float32 state in float32."""
+    torch.manual_seed(0)
+    b, C = 3, 16
+    w, u, k, v = torch.randn(C), torch.randn(C), torch.randn(b, C) * 3, torch.randn(b, C)
+    w, u, k, v = (t.to(k_dtype) for t in (w, u, k, v))
+    state = tuple(t.to(state_dtype) for t in (torch.randn(b, C), torch.rand(b, C) + 0.1, torch.randn(b, C) * 3))
+    ct = torch.promote_types(torch.promote_types(k_dtype, state_dtype), torch.float32)
+    want, want_state = wkv4(w, u, k[:, None], v[:, None], tuple(s.to(ct) for s in state))
+    got, got_state = wkv4_step(w, u, k, v, state)
+    assert got.dtype == k_dtype and [s.dtype for s in got_state] == [ct] * 3
+    torch.testing.assert_close(got, want[:, 0], rtol=1e-6, atol=1e-6)
+    for g, s in zip(got_state, want_state, strict=True):
+        torch.testing.assert_close(g, s.to(ct), rtol=1e-6, atol=1e-6)
