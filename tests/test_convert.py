@@ -5,6 +5,8 @@ that tiny model (built for real on the CPU); the reference configs likewise on t
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from archdsl.convert.hf import hf_config_to_spec
@@ -212,6 +214,25 @@ def test_convert_never_replaces_a_file(tmp_path, capsys, monkeypatch):
     monkeypatch.undo()
     assert main(["convert", "--from", "megatron", "MM", "-o", str(tmp_path / "new" / "s.yaml")]) == 0
     assert "layout: 2×mamba2" in (tmp_path / "new" / "s.yaml").read_text()
+
+
+def test_every_path_names_the_spec_alike(tmp_path, capsys):
+    """`convert --from hf DIR` named the spec by model_type, from_hf(DIR) by the directory: now both by the
+    config's _name_or_path (its last part), else the directory; --name / name= first."""
+    import archdsl
+    from archdsl.cli import main
+
+    d = tmp_path / "my-mamba"
+    d.mkdir()
+    cfg = {"model_type": "mamba", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 100}
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert archdsl.from_hf(d).name == "my-mamba"
+    assert main(["convert", "--from", "hf", str(d)]) == 0
+    assert "name: my-mamba" in capsys.readouterr().out
+    (d / "config.json").write_text(json.dumps({**cfg, "_name_or_path": "state-spaces/mamba-130m-hf"}))
+    assert archdsl.from_hf(d).name == "mamba-130m-hf" and archdsl.from_hf(d, name="x").name == "x"
+    assert main(["convert", "--from", "hf", str(d / "config.json")]) == 0
+    assert "name: mamba-130m-hf" in capsys.readouterr().out
 
 
 def test_architectures_dispatch():

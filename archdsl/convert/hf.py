@@ -445,13 +445,17 @@ def config_file(path: str | os.PathLike) -> str:
 
 def convert_config(path: str | os.PathLike, name: str | None = None) -> tuple[str, object]:
     """(spec YAML text, Spec) of the config.json at `path` (or in that directory), the Spec checked to the graph.
+    Its name: `name`, else the last part of the config's _name_or_path (a hub id's model), else the directory's.
     Every refusal names the config file: an unsupported field by its name, a converted spec that will not build
     (a block's check) with its message and the converted line it stands on."""
     from ..spec import dump_yaml, spec_from_yaml
 
     file = config_file(path)
     try:
-        data = hf_config_to_spec(read_hf_config(file), name)
+        config = read_hf_config(file)
+        if name is None and not config.get("_name_or_path"):  # the model's directory names it, as from_hf did
+            name = os.path.basename(os.path.dirname(os.path.abspath(file))) or None
+        data = hf_config_to_spec(config, name)
     except ArchDSLError as e:  # the converters name the field, not the file they were handed as a dict
         if e.file != "<hf config>":
             raise
@@ -474,4 +478,4 @@ def from_hf(path: str | os.PathLike, weights: bool = False, device="cpu", dtype=
         from .hf_io import from_hf as from_hf_weights
 
         return from_hf_weights(path, weights=True, device=device, dtype=dtype, name=name)
-    return convert_config(path, name or os.path.basename(os.fspath(path).rstrip("/")))[1]
+    return convert_config(path, name)[1]
