@@ -7,7 +7,8 @@ rwkv6 — "Finch" (RWKV-6 paper; HF-hub `Rwkv6SelfAttention`): data-dependent to
     (ddlerp) with time_maa_{x,w,k,v,r,g} [d] and a LoRA time_maa_w1 [d, 5·mix_lora],
     time_maa_w2 [5, mix_lora, d]; data-dependent decay time_decay [A] + LoRA
     time_decay_w1 [d, decay_lora], time_decay_w2 [decay_lora, A]; bonus time_faaaa [H, K];
-    receptance/key/value/gate Linear(d, A), output Linear(A, d); ln_x GroupNorm(H, A) (affine).
+    receptance/key/value/gate Linear(d, A), output Linear(A, d); ln_x GroupNorm(H, A) (affine) of the
+    WKV output itself, eps 1e-5·head_size_divisor² (RWKV-LM x060, HF-hub: o is not divided).
     HF-hub sizes: mix_lora 32, decay_lora 64 (7B and up: 64, 128).
 cmix — channel-mix: time_mix_k, time_mix_r [d]; key Linear(d, hidden), value
     Linear(hidden, d), receptance Linear(d, d); out = σ(r)·value(relu(key)²).

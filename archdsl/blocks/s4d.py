@@ -11,8 +11,8 @@ Per channel h (d_model of them), N/2 complex modes (conjugate pairs give the rea
                                       eigenvectors is folded into C's init)
     D [d]                             skip
     output: Conv1d(d, 2d, 1) + GLU (glu=True, as s4d.py) or Linear(d, d) (glu=False)
-Training: y = K * u with K = Re(C·(exp(dt·A) - 1)/A · exp(dt·A·l)) (an FFT convolution);
-decoding: the discretised recurrence, O(1) per token.
+Training: y = K * u + D·u with K_l = 2·Re(Σ_n C_n·(exp(dt·A_n) - 1)/A_n · exp(dt·A_n·l)) (zero-order hold,
+an FFT convolution), then GELU and the output layer; decoding: the same ZOH recurrence, O(1) per token.
 """
 from __future__ import annotations
 

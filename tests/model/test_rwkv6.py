@@ -1,6 +1,8 @@
 """RWKV-6 (Finch) time-mix and its channel-mix: parallel == recurrent, prefill + decode, gradients,
-HF-hub names/shapes, and the same outputs as the HF-hub Rwkv6SelfAttention's CPU formula
-(transcribed below: a token loop over the unchunked recurrence, independent of the wkv6 op)."""
+HF-hub names/shapes, the same outputs as the HF-hub Rwkv6SelfAttention's CPU formula
+(transcribed below: a token loop over the unchunked recurrence, independent of the wkv6 op), and the
+same outputs as the Eagle-and-Finch formulas written element by element (RWKV-LM's RWKV_Tmix_x060 /
+RWKV_CMix_x060: ln_x normalises the WKV output itself, eps 1e-5·head_size_divisor²)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -84,8 +86,8 @@ def hub_reference(m, x, state=None):
         out[:, t] = (r[:, :, t:t + 1, :] @ (u * kv + wkv)).squeeze(2)
         wkv = kv + w[:, :, :, t:t + 1] * wkv
     out = out.reshape(B * T, H * S)
-    out = F.group_norm(out / m.cfg.head_size_divisor, num_groups=H, weight=m.ln_x.weight, bias=m.ln_x.bias,
-                       eps=m.ln_x.eps).reshape(B, T, H * S)
+    out = F.group_norm(out, num_groups=H, weight=m.ln_x.weight, bias=m.ln_x.bias,
+                       eps=m.ln_x.eps).reshape(B, T, H * S)  # o itself: no division by head_size_divisor
     return m.output(out * gate), (x[:, -1], wkv)
 
 
@@ -110,3 +112,98 @@ def test_cmix6_formula():
         k = torch.relu(m.key(x + xx * m.time_maa_k)).square()
         ref = torch.sigmoid(m.receptance(x + xx * m.time_maa_r)) * m.value(k)
         assert rel_err(m(x), ref) < 1e-12
+
+
+def _finch_reference(m, x):
+    """RWKV-6 time-mix from its published formulas, one token, one head and one channel at a time, float64
+    (Peng et al. 2024 §4; RWKV-LM RWKV_Tmix_x060): no wkv6 op, no F.group_norm, no batched matrix products.
+        lora_□(z) = μ□ + tanh(z A) B□ (A shared, its columns in 5 blocks of mix_lora: w, k, v, r, g)
+        ddlerp_□(x_t, x_{t-1}) = x_t + (x_{t-1} - x_t) ⊙ lora_□(x_t + (x_{t-1} - x_t) ⊙ μx)
+        d_t = time_decay + tanh(x_w A_d) B_d,  w_t = exp(-exp(d_t))
+        wkv_t = diag(u) k_tᵀ v_t + S_{t-1},  o_t = r_t wkv_t,  S_t = diag(w_t) S_{t-1} + k_tᵀ v_t
+        y_t = W_o (GroupNorm_heads(o_t; eps 1e-5·divisor²) ⊙ silu(g_t))"""
+    B, T, d = x.shape
+    H, K = m.time_faaaa.shape
+    ml = m.cfg.mix_lora
+    mu = {c: getattr(m, f"time_maa_{c}").reshape(-1) for c in "xwkvrg"}
+    W = {c: getattr(m, n).weight for c, n in (("r", "receptance"), ("k", "key"), ("v", "value"), ("g", "gate"))}
+    eps = 1e-5 * m.cfg.head_size_divisor ** 2
+    y = torch.zeros(B, T, d, dtype=torch.float64)
+    for b in range(B):
+        S = torch.zeros(H, K, K, dtype=torch.float64)
+        prev = torch.zeros(d, dtype=torch.float64)
+        for t in range(T):
+            xt = x[b, t]
+            dx = prev - xt
+            z = torch.tanh((xt + dx * mu["x"]) @ m.time_maa_w1)
+            xs = {c: xt + dx * (mu[c] + z[i * ml:(i + 1) * ml] @ m.time_maa_w2[i]) for i, c in enumerate("wkvrg")}
+            r, k, v = (W[c] @ xs[c] for c in "rkv")
+            g = W["g"] @ xs["g"]
+            g = g * torch.sigmoid(g)
+            dd = m.time_decay.reshape(-1) + torch.tanh(xs["w"] @ m.time_decay_w1) @ m.time_decay_w2
+            w = torch.exp(-torch.exp(dd))
+            o = torch.zeros(H * K, dtype=torch.float64)
+            for h in range(H):
+                sl = slice(h * K, (h + 1) * K)
+                kv = torch.outer(k[sl], v[sl])
+                oh = r[sl] @ (m.time_faaaa[h][:, None] * kv + S[h])
+                S[h] = w[sl][:, None] * S[h] + kv
+                mean, var = oh.mean(), ((oh - oh.mean()) ** 2).mean()
+                o[sl] = (oh - mean) / torch.sqrt(var + eps) * m.ln_x.weight[sl] + m.ln_x.bias[sl]
+            y[b, t] = m.output.weight @ (o * g)
+            prev = xt
+    return y
+
+
+@pytest.mark.parametrize("args,value_scale", [(SMALL, 1.0), ({**SMALL, "attn_dim": 24}, 1.0), (SMALL, 0.02),
+                                              ({"head_size": 4, "mix_lora": 2, "decay_lora": 3,
+                                                "head_size_divisor": 2}, 0.05)])
+def test_matches_finch_formulas(args, value_scale):
+    """Element-by-element reference; value_scale < 1 makes the WKV output small enough that ln_x's eps
+    matters (it tells eps 64e-5 on o from the RWKV-5-style o/8 with that eps, i.e. 64e-5·64 on o)."""
+    m = randomize(build("rwkv6", args, d_model=16), seed=5)
+    with torch.no_grad():
+        m.value.weight.mul_(value_scale)
+        assert m.ln_x.eps == pytest.approx(1e-5 * m.cfg.head_size_divisor ** 2)
+    x = torch.randn(2, 9, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ref = _finch_reference(m, x)
+        assert rel_err(m(x), ref) < 1e-10
+        st = m.init_state(2, x.device, x.dtype)
+        steps = torch.stack([m.step(x[:, t], st) for t in range(9)], dim=1)
+        assert rel_err(steps, ref) < 1e-10
+
+
+def _cmix6_reference(m, x):
+    """RWKV-6 channel-mix written per token (RWKV_CMix_x060): x_k = x_t + (x_{t-1} - x_t) ⊙ μk (likewise r),
+    y_t = σ(W_r x_r) ⊙ W_v relu(W_k x_k)²; x_{-1} = 0."""
+    B, T, d = x.shape
+    y = torch.zeros_like(x)
+    for b in range(B):
+        prev = torch.zeros(d, dtype=x.dtype)
+        for t in range(T):
+            dx = prev - x[b, t]
+            xk, xr = x[b, t] + dx * m.time_maa_k.reshape(-1), x[b, t] + dx * m.time_maa_r.reshape(-1)
+            k = torch.clamp(m.key.weight @ xk, min=0) ** 2
+            y[b, t] = 1 / (1 + torch.exp(-(m.receptance.weight @ xr))) * (m.value.weight @ k)
+            prev = x[b, t]
+    return y
+
+
+def test_cmix6_matches_reference_and_step():
+    m = randomize(build("cmix", {"version": 6, "hidden": 24}, d_model=16), seed=7)
+    x = torch.randn(2, 6, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        ref = _cmix6_reference(m, x)
+        assert rel_err(m(x), ref) < 1e-12
+        st = m.init_state(2, x.device, x.dtype)
+        assert rel_err(torch.stack([m.step(x[:, t], st) for t in range(6)], dim=1), ref) < 1e-12
+
+
+def test_cmix6_init_is_rwkv_lm():
+    """RWKV_CMix_x060 at mid depth (ratio_1_to_almost0 = 0.5): time_maa_k = time_maa_r = 1 - (i/d)^0.5;
+    default hidden int(3.5·d) // 32 · 32."""
+    m = build("cmix", {"version": 6}, d_model=64)
+    want = 1 - (torch.arange(64, dtype=torch.float64) / 64) ** 0.5
+    assert torch.allclose(m.time_maa_k.view(-1), want) and torch.allclose(m.time_maa_r.view(-1), want)
+    assert m.key.weight.shape == (224, 64) and m.value.weight.shape == (64, 224)

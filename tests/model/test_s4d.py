@@ -1,5 +1,6 @@
-"""S4D: FFT convolution == recurrence, parallel == step, prefill + decode, gradients, and the
-S4D-LegS initialisation against the HiPPO-LegS matrix written out from its definition."""
+"""S4D: FFT convolution == recurrence, parallel == step, prefill + decode, gradients, the S4D-LegS
+initialisation against the HiPPO-LegS matrix written out from its definition, and the whole block against
+the formulas of state-spaces/s4's standalone s4d.py (S4DKernel + S4D.forward), recomputed here in float64."""
 import math
 
 import numpy as np
@@ -100,3 +101,83 @@ def test_lin_init_formula():
     a = s4d_lin(8)
     assert torch.allclose(a, torch.complex(torch.full((4,), -0.5, dtype=torch.float64),
                                            math.pi * torch.arange(4, dtype=torch.float64)))
+
+
+def _s4d_reference(m, x):
+    """state-spaces/s4 `models/s4/s4d.py`, from the raw parameters: dt = exp(log_dt), A = -exp(log_A_real) + i·A_imag,
+    K_l = 2·Re(Σ_n C_n (exp(dt A_n) - 1)/A_n · exp(dt A_n l)) (every power its own exp), y = irfft(rfft(u, 2L)·rfft(K, 2L))
+    [:L] + D·u, GELU, then Conv1d(d, 2d, 1) + GLU over channels (Conv1d(d, d, 1) without glu)."""
+    u = x.transpose(1, 2)                                             # [B, d, L]
+    L = u.shape[-1]
+    dt = torch.exp(m.log_dt)
+    A = -torch.exp(m.log_A_real) + 1j * m.A_imag
+    C = torch.complex(m.C[..., 0], m.C[..., 1])
+    dtA = A * dt[:, None]
+    powers = torch.exp(dtA[..., None] * torch.arange(L, dtype=torch.float64))      # [d, N/2, L]
+    K = 2 * torch.einsum("hn,hnl->hl", C * (torch.exp(dtA) - 1) / A, powers).real
+    y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(K, n=2 * L), n=2 * L)[..., :L]
+    y = torch.nn.functional.gelu(y + u * m.D[:, None])
+    conv = m.output_linear[0]
+    z = torch.einsum("oi,bil->bol", conv.weight[..., 0], y) + conv.bias[:, None]
+    if m.cfg.glu:
+        a, g = z.chunk(2, dim=1)
+        z = a * torch.sigmoid(g)
+    return z.transpose(1, 2)
+
+
+@pytest.mark.parametrize("args", [{"d_state": 8}, {"d_state": 6, "init": "lin"}, {"d_state": 4, "glu": False},
+                                  {"d_state": 10, "dt_min": 0.01, "dt_max": 0.5}])
+def test_matches_s4d_reference(args):
+    m = build("s4d", args, d_model=5)
+    x = torch.randn(2, 41, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ref = _s4d_reference(m, x)
+        assert rel_err(m(x), ref) < 1e-10
+        st = m.init_state(2, x.device, x.dtype)
+        assert rel_err(torch.stack([m.step(x[:, t], st) for t in range(41)], dim=1), ref) < 1e-10
+
+
+def test_lin_module_init_is_s4d_py():
+    """init=lin is S4DKernel's init: log_A_real = log ½, A_imag = π·n on every channel, C ~ 𝒩_ℂ(0, 1) (E|C|² = 1),
+    log_dt uniform in [log dt_min, log dt_max], D ~ 𝒩(0, 1)."""
+    d, N = 64, 64
+    m = build("s4d", {"d_state": N, "init": "lin", "dt_min": 0.002, "dt_max": 0.2}, d_model=d)
+    n = torch.arange(N // 2, dtype=torch.float64)
+    assert torch.allclose(m.log_A_real, torch.full((d, N // 2), math.log(0.5), dtype=torch.float64))
+    assert torch.allclose(m.A_imag, (math.pi * n).expand(d, -1))
+    power = (m.C ** 2).sum(-1)                                        # |C|², 2048 draws of mean 1
+    assert abs(power.mean().item() - 1) < 0.1
+    assert abs(m.C[..., 0].var().item() - 0.5) < 0.06 and abs(m.C[..., 1].var().item() - 0.5) < 0.06
+    lo, hi = math.log(0.002), math.log(0.2)
+    assert (m.log_dt >= lo - 1e-12).all() and (m.log_dt <= hi + 1e-12).all()
+    assert m.log_dt.max() - m.log_dt.min() > 0.8 * (hi - lo)          # spread over the range, not a point
+    assert abs(m.D.mean().item()) < 0.5 and 0.5 < m.D.var().item() < 1.6
+
+
+def test_legs_module_c_is_normal_times_clipped_b():
+    """init=legs: C = 𝒩_ℂ(0, 1)·B̃ with B̃ = V*B, its imaginary part clipped to ±2 (state-spaces' B_clip), since
+    this block's B is fixed to 1: E|C_n|²/|B̃_n|² = 1."""
+    d, N = 64, 64
+    m = build("s4d", {"d_state": N}, d_model=d)
+    _, Bt = s4d_legs(N)
+    Bc = torch.complex(Bt.real, Bt.imag.clamp(-2, 2))
+    ratio = (m.C ** 2).sum(-1) / Bc.abs() ** 2
+    assert abs(ratio.mean().item() - 1) < 0.1
+
+
+@pytest.mark.parametrize("N", [8, 64])
+def test_legs_matches_state_spaces_nplr(N):
+    """state-spaces' hippo.nplr("legs") diagonalises A + PPᵀ with eigh(-i·(A + PPᵀ)), keeps the N/2 eigenvalues of
+    negative imaginary part and B̃ = V*B over their eigenvectors, then clips B̃'s imaginary part to ±2. We keep the
+    conjugate half (+iλ; the kernel 2·Re(·) is the same), so: the same λ up to sign, and the same clipped |B̃| per
+    mode; C being circular 𝒩_ℂ(0, 1), |B̃| is all the kernel's distribution depends on."""
+    A, B, P = _legs_by_definition(N)
+    AP = torch.tensor(A + np.outer(P, P))
+    w_im, V = torch.linalg.eigh(AP * -1j)
+    order = torch.argsort(w_im)
+    w_im, V = w_im[order][:N // 2], V[:, order][:, :N // 2]
+    B_ref = V.conj().T @ torch.tensor(B).to(V.dtype)
+    clip = lambda b: torch.complex(b.real, b.imag.clamp(-2, 2)).abs()
+    lam, Bt = s4d_legs(N)
+    assert torch.allclose(lam.imag, -w_im.flip(0), rtol=1e-10, atol=1e-10)
+    assert torch.allclose(clip(Bt), clip(B_ref.flip(0)), rtol=1e-9, atol=1e-12)

@@ -10,12 +10,17 @@ x [B, L, d], x₋ the previous token, xx = x₋ - x (Peng et al. 2024, "Eagle an
         per-step decay exp(-exp(w))                   (log-decay -exp(w), the wkv6 op's w)
     o = wkv6(r, k, v, -exp(w), u=time_faaaa, scale=1)   per head: S ← diag(decay)·S + kᵀv,
         o = r·(S + u ⊙ kᵀv)
-    y = output(GroupNorm_H(o / head_size_divisor) · g)  (ln_x, eps 1e-5·divisor²)
+    y = output(GroupNorm_H(o) · g)    (ln_x, eps 1e-5·head_size_divisor² = 64e-5: RWKV-LM's RWKV_Tmix_x060,
+        the HF-hub Rwkv6SelfAttention and ChatRWKV all normalise o itself. RWKV-5 (x052) divided o by
+        the divisor before a GroupNorm of eps 1e-5, the same norm; dividing here as well would
+        make the effective eps 1e-5·divisor⁴)
 Decode state: "shift" [B, d] and "wkv" [B, H, K, K] (float32, float64 for float64 models).
 Initialisation: RWKV-LM's v6 recipe at mid depth (a block does not know its layer index).
 RWKV-LM zeroes the LoRA down-projections time_maa_w1 / time_decay_w1; we draw them from
 U(±1e-4) instead so their up-projections get a gradient at the first step (the LoRA outputs
-stay ~1e-6, i.e. practically the published init).
+stay ~1e-6, i.e. practically the published init). RWKV-LM's model-level init_params (orthogonal
+projections with gains 1 / 0.1 for key and gate / 0 for output, ln_x.weight ((1+layer)/n_layer)^0.7) needs the
+layer index and is not applied: the projections keep nn.Linear's default and ln_x weight 1, bias 0.
 """
 from __future__ import annotations
 
@@ -94,8 +99,8 @@ class Rwkv6TimeMix(nn.Module):
         """o [N, A] from the WKV, g [N, A] → [N, d]."""
         H = self.cfg.heads
         o = o.to(state_dtype(g.dtype))  # normalise in float32 at least, as the HF-hub model does
-        o = F.group_norm(o / self.cfg.head_size_divisor, H, self.ln_x.weight.to(o.dtype),
-                         self.ln_x.bias.to(o.dtype), self.ln_x.eps)
+        # RWKV-6 folds head_size_divisor into ln_x's eps (1e-5·divisor²) and does not divide o
+        o = F.group_norm(o, H, self.ln_x.weight.to(o.dtype), self.ln_x.bias.to(o.dtype), self.ln_x.eps)
         return self.output(o.to(g.dtype) * g)
 
     def forward(self, x, state=None, **ctx):
