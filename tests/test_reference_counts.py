@@ -61,6 +61,24 @@ def test_bamba():
     assert archdsl.analyze(spec_from_yaml(text)).params == BAMBA_DEFAULTS
 
 
+# The released checkpoints where architectures.md gives HF config defaults instead (specs/*-released.yaml):
+# Zyphra/Zamba2-2.7B's config.json (80 Mamba-2 heads of 64, two alternating shared blocks) and Bamba-9B as
+# trained (d_state 128, the Llama-3 vocabulary of 128256; the model card's 9.78B).
+RELEASED = {
+    "zamba2-2.7b-released": ("Zamba2Config", "Zamba2ForCausalLM", dict(n_mamba_heads=80, num_mem_blocks=2),
+                             2_662_214_560),
+    "bamba-9b-released": ("BambaConfig", "BambaForCausalLM",
+                          dict(attn_layer_indices=[9, 18, 27], mamba_d_state=128, vocab_size=128256), 9_780_235_392),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_released_checkpoint_count(name):
+    config_cls, model_cls, kwargs, expected = RELEASED[name]
+    assert hf_count(config_cls, model_cls, **kwargs) == expected
+    assert spec_params(os.path.join(SPECS, f"{name}.yaml")) == expected
+
+
 def test_rwkv6_about_1_6b():
     # No transformers implementation; the HF-hub Rwkv6 layout gives 1,599,873,024.
     assert spec_params(os.path.join(SPECS, "rwkv6-1.6b.yaml")) == 1_599_873_024
