@@ -6,7 +6,8 @@ Per channel h (d_model of them), N/2 complex modes (conjugate pairs give the rea
     log_dt [d]                        step size, log-uniform in [dt_min, dt_max]
     log_A_real, A_imag [d, N/2]       A = -exp(log_A_real) + i·A_imag; `init: legs` (default,
                                       S4D-LegS): the eigenvalues -1/2 + iλ of the normal part of
-                                      HiPPO-LegS; `init: lin` (S4D-Lin): A_n = -1/2 + iπn
+                                      HiPPO-LegS; `init: lin` (S4D-Lin): A_n = -1/2 + iπn;
+                                      `inv` (S4D-Inv) and `real` (S4D-Real, A_n = -(n+1))
     C [d, N/2] complex = [d, N] real  (B is fixed to 1; with LegS, B's projection onto the
                                       eigenvectors is folded into C's init)
     D [d]                             skip
@@ -26,7 +27,7 @@ from .base import MIXER, BlockConfig, ConfigError
 class S4dConfig(BlockConfig):
     kind: ClassVar[str] = "s4d"
     role: ClassVar[str] = MIXER
-    choices: ClassVar[dict] = {"init": ("legs", "lin")}
+    choices: ClassVar[dict] = {"init": ("legs", "lin", "inv", "real")}
 
     d_state: int = 64  # real state size N: N/2 complex modes
     dt_min: float = 0.001
@@ -36,7 +37,7 @@ class S4dConfig(BlockConfig):
 
     def check(self) -> None:
         if self.init not in self.choices["init"]:
-            raise ConfigError("init", f"s4d: init must be legs or lin, got {self.init!r}")
+            raise ConfigError("init", f"s4d: init must be legs, lin, inv or real, got {self.init!r}")
         if self.d_state % 2:
             raise ConfigError("d_state", f"s4d: d_state must be even (N/2 complex modes), got {self.d_state}")
         if not 0 < self.dt_min <= self.dt_max:

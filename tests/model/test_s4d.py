@@ -154,6 +154,19 @@ def test_lin_module_init_is_s4d_py():
     assert abs(m.D.mean().item()) < 0.5 and 0.5 < m.D.var().item() < 1.6
 
 
+@pytest.mark.parametrize("init", ["inv", "real"])
+def test_inv_and_real_inits_are_state_spaces_dplr(init):
+    """S4D-Inv: A_n = -½ + i·(N/π)(N/(2n+1) - 1); S4D-Real: A_n = -(n+1); n < N/2 on every channel (state-spaces'
+    dplr init), and the block runs: its parallel form equals its steps."""
+    d, N = 8, 16
+    m = build("s4d", {"d_state": N, "init": init}, d_model=d)
+    n = torch.arange(N // 2, dtype=torch.float64)
+    real, imag = (0.5 + 0 * n, N / math.pi * (N / (2 * n + 1) - 1)) if init == "inv" else (n + 1, 0 * n)
+    assert torch.allclose(torch.exp(m.log_A_real), real.expand(d, -1))
+    assert torch.allclose(m.A_imag, imag.expand(d, -1))
+    check_block(m, length=7, split=3, batch=2)
+
+
 def test_legs_module_c_is_normal_times_clipped_b():
     """init=legs: C = 𝒩_ℂ(0, 1)·B̃ with B̃ = V*B, its imaginary part clipped to ±2 (state-spaces' B_clip), since
     this block's B is fixed to 1: E|C_n|²/|B̃_n|² = 1."""

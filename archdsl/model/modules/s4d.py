@@ -16,7 +16,8 @@ and A + PPᵀ with P_n = √(n + 1/2) is -½·I + S, S skew-symmetric. So its ei
 eigenvectors, B̃ = V*·B (imaginary part clipped to ±2, as state-spaces does). This block has
 no separate B (s4d.py fixes B = 1), so B̃ is folded into C's init: C = 𝒩_ℂ(0, 1)·B̃.
 S4D-Lin (A_n = -½ + iπn, C = 𝒩_ℂ(0, 1), the s4d.py default and an approximation of S4D-LegS)
-is available through `init="lin"`.
+is `init="lin"`; S4D-Inv (A_n = -½ + i·(N/π)(N/(2n+1) - 1)) `init="inv"` and S4D-Real (A_n = -(n+1))
+`init="real"`, as state-spaces' dplr init, with C = 𝒩_ℂ(0, 1).
 Decode state: "s" [B, d, N/2] complex64 (complex128 for float64 models).
 """
 from __future__ import annotations
@@ -88,6 +89,21 @@ def s4d_lin(N: int) -> torch.Tensor:
     return torch.complex(torch.full_like(n, -0.5), math.pi * n)
 
 
+def s4d_inv(N: int) -> torch.Tensor:
+    """S4D-Inv: A_n = -½ + i·(N/π)·(N/(2n+1) - 1), n < N/2 (the asymptotics of S4D-LegS's eigenvalues)."""
+    n = torch.arange(N // 2, dtype=torch.float64)
+    return torch.complex(torch.full_like(n, -0.5), N / math.pi * (N / (2 * n + 1) - 1))
+
+
+def s4d_real(N: int) -> torch.Tensor:
+    """S4D-Real: A_n = -(n+1), n < N/2 (HiPPO-LegS's diagonal; real, each mode with its conjugate twin)."""
+    n = torch.arange(N // 2, dtype=torch.float64)
+    return torch.complex(-(n + 1), torch.zeros_like(n))
+
+
+INITS = {"lin": s4d_lin, "inv": s4d_inv, "real": s4d_real}  # legs: s4d_legs, which also shapes C
+
+
 def _complex_dtype(dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
     real = torch.float64 if dtype == torch.float64 else torch.float32
     return real, (torch.complex128 if real == torch.float64 else torch.complex64)
@@ -122,7 +138,7 @@ class S4D(nn.Module):
             A, Bt = s4d_legs(N)
             C = C * torch.complex(Bt.real, Bt.imag.clamp(-2.0, 2.0))
         else:
-            A = s4d_lin(N)
+            A = INITS[self.init](N)
         self.log_A_real.copy_(torch.log(-A.real).expand(d, -1))
         self.A_imag.copy_(A.imag.expand(d, -1))
         self.C.copy_(torch.view_as_real(C))
