@@ -266,6 +266,7 @@ def test_bad_input_says_what(tmp_path, capsys, text, flags, message):
     ("every: {periods: [1]}", 3, 18),  # periods below 2 and no offsets gave no `every` candidate, silently
     ("every: {offsets: []}", 3, 18),
     ("d_model: []", 2, 10),  # was silently the base's width
+    ("probe: {task: mqar, steps: 10}", 3, 21),  # unchecked without --probe, and then with no place
 ])
 def test_bad_values_point_into_the_space_file(tmp_path, capsys, text, line, col):
     """Every value error of a space file names its line and column (1-based), as the spec's errors do."""

@@ -316,6 +316,9 @@ def _key(field_name: str) -> tuple:
     return (group, rest) if group in ("moe", "every") and rest else (field_name,)
 
 
+PROBE_KEYS = ("task", "args", "d_model", "train")
+
+
 def _keyed(message: str, key: tuple, hint: str = "") -> ArchDSLError:
     e = ArchDSLError(message, hint=hint)
     e.space_key = key
@@ -369,7 +372,11 @@ def space_from_dict(data: dict, here: str | None = None) -> Space:
         raise _keyed("the space is empty: `d_model` lists no values (leave it out for the base's width)",
                      ("d_model",))
     if "probe" in kw and not isinstance(kw["probe"], dict):
-        raise _keyed("probe must be a mapping (task, steps, d_model, ...)", ("probe",))
+        raise _keyed("probe must be a mapping (task, args, d_model, train)", ("probe",))
+    for k in kw.get("probe") or {}:  # checked here, with its place, whether or not --probe runs it
+        if k not in PROBE_KEYS:
+            raise _keyed(f"unknown probe key {k!r} (steps, lr, batch_size go under train:)", ("probe", str(k), "<key>"),
+                         did_you_mean(str(k), PROBE_KEYS))
     try:
         return Space(**kw)
     except TypeError as e:
