@@ -125,10 +125,12 @@ def _add_ssm_state_dtype(p):
 
 @command("fmt", "print the canonical text of the layout")
 def cmd_fmt(args):
-    """Print the layout in canonical form: fmt(fmt(x)) == fmt(x)."""
+    """Print the layout in canonical form (sublayers in the order they run): fmt(fmt(x)) == fmt(x)."""
+    from .graph import canonical_text
+
     spec = _spec(args.spec, args.set)
     _ = spec.graph  # what check refuses (an unknown block, an index out of range) is no layout to print
-    print(spec.layout_text)
+    print(canonical_text(spec))
 
 
 @command("graph", "draw the layout (.svg, .png, .pdf, .dot, .mmd)")

@@ -22,6 +22,7 @@ from .blocks import BLOCKS, arg_names, make_config, type_hints
 from .blocks.base import FFN, INJECT, MIXER, BlockConfig, ConfigError
 from .errors import ArchDSLError, did_you_mean
 from .language.ast import NOSPAN, Block, Group, Layer, Repeat, Span
+from .language.fmt import format_layout
 from .spec import MAX_PARAMS
 
 MAX_LAYERS = 100_000
@@ -154,6 +155,19 @@ def resolve_blocks(g: nx.DiGraph) -> nx.DiGraph:
         node["sublayers"] = tuple(subs)
     g.graph["stage"] = "resolve_blocks"
     return g
+
+
+def canonical_text(spec) -> str:
+    """The layout as `archdsl fmt` prints it: format_layout's text with each layer's `+`-joined sublayers in the
+    order they run (inject, mixer, FFN), so `mlp+mamba2` and `mamba2+mlp`, one model, print alike."""
+    def ordered(node):
+        if isinstance(node, Layer):
+            return replace(node, blocks=tuple(sorted(node.blocks, key=lambda b: ROLE_ORDER[_resolve_kind(spec, b)[1]])))
+        if isinstance(node, Group):
+            return replace(node, items=tuple(ordered(n) for n in node.items))
+        return replace(node, body=ordered(node.body))
+
+    return format_layout(replace(spec.layout, items=tuple(ordered(n) for n in spec.layout.items)))
 
 
 def check_ffn(spec) -> None:

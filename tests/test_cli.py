@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from archdsl.cli import main
 
@@ -44,6 +46,22 @@ def test_fmt_is_idempotent(capsys):
     _, once, _ = run("fmt", "4x(7*mamba2,attn( shared )) ,moe every 2 # comment", capsys=capsys)
     _, twice, _ = run("fmt", once.strip(), capsys=capsys)
     assert once == twice == "4×(7×mamba2, attn(shared)), moe every 2\n"
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.permutations(["zamba(shared)", "mamba2", "mlp"]), st.permutations(["attn", "moe(experts=4)"]))
+def test_fmt_prints_sublayers_in_the_order_they_run(first, second):
+    """`mlp+mamba2` and `mamba2+mlp` are one model: fmt prints each layer's sublayers as they run (inject, mixer,
+    FFN), through aliases too, and its output is a fixed point."""
+    import archdsl
+    from archdsl.graph import canonical_text
+
+    text = f"2×({'+'.join(first)}, {'+'.join(second)}), zamba at 0"
+    out = canonical_text(archdsl.parse(text))
+    assert out == "2×(zamba(shared)+mamba2+mlp, attn+moe(experts=4)), zamba at 0"
+    assert canonical_text(archdsl.parse(out)) == out
+    aliased = archdsl.parse("ff+mm", blocks={"ff": {"kind": "mlp"}, "mm": {"kind": "mamba2"}})
+    assert canonical_text(aliased) == "mm+ff"
 
 
 @pytest.mark.parametrize("layout, message", [("4×mamab2", "unknown block 'mamab2'"),
