@@ -24,6 +24,14 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
 
 
+def check_reference(mod, x, ref, tol):
+    """The block's parallel form and its steps from a fresh state both equal `ref` [B, L, d] on x [B, L, d]."""
+    with torch.no_grad():
+        assert rel_err(mod(x), ref) < tol
+        st = mod.init_state(x.shape[0], x.device, x.dtype)
+        assert rel_err(torch.stack([mod.step(x[:, t], st) for t in range(x.shape[1])], dim=1), ref) < tol
+
+
 def _ctx(ctx, t=None):
     return {k: (v if t is None else v[:, t]) for k, v in ctx.items()}
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blockcheck import build, check_block, rel_err
+from blockcheck import build, check_block, check_reference, rel_err
 
 SMALL = {"head_size": 8, "mix_lora": 4, "decay_lora": 6}
 
@@ -168,10 +168,7 @@ def test_matches_finch_formulas(args, value_scale):
     x = torch.randn(2, 9, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         ref = _finch_reference(m, x)
-        assert rel_err(m(x), ref) < 1e-10
-        st = m.init_state(2, x.device, x.dtype)
-        steps = torch.stack([m.step(x[:, t], st) for t in range(9)], dim=1)
-        assert rel_err(steps, ref) < 1e-10
+    check_reference(m, x, ref, 1e-10)
 
 
 def _cmix6_reference(m, x):
@@ -195,9 +192,7 @@ def test_cmix6_matches_reference_and_step():
     x = torch.randn(2, 6, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         ref = _cmix6_reference(m, x)
-        assert rel_err(m(x), ref) < 1e-12
-        st = m.init_state(2, x.device, x.dtype)
-        assert rel_err(torch.stack([m.step(x[:, t], st) for t in range(6)], dim=1), ref) < 1e-12
+    check_reference(m, x, ref, 1e-12)
 
 
 def test_cmix6_init_is_rwkv_lm():
