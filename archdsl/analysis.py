@@ -22,8 +22,8 @@ from .graph import layers, role_of
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1, "float64": 8}
 ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
-           "fp8": "float8", "fp64": "float64", "double": "float64"}  # as the model's dtype names (compile)
-SSM_DTYPES = ("float32", "bfloat16", "float16", "float64")  # ArchModel.set_ssm_state_dtype's
+           "fp8": "float8", "fp64": "float64", "double": "float64"}  # read by analyze and compile (model.DTYPES)
+MODEL_DTYPES = ("float32", "bfloat16", "float16", "float64")  # what a model computes in and holds SSM states in
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def dtype_name(dtype, what: str = "dtype") -> str:
     an SSM state only what set_ssm_state_dtype takes."""
     key = str(dtype).replace("torch.", "").lower()
     key = ALIASES.get(key, key)
-    valid = SSM_DTYPES if what == "ssm_state_dtype" else DTYPE_BYTES
+    valid = MODEL_DTYPES if what == "ssm_state_dtype" else DTYPE_BYTES
     if key not in valid:
         raise ArchDSLError(f"unknown {what} {dtype!r} (one of {', '.join(valid)})",
                            hint=did_you_mean(key, [*valid, *(a for a, k in ALIASES.items() if k in valid)]))

@@ -10,7 +10,6 @@ from ..units import parse_count, parse_seed
 
 
 def add_arguments(p) -> None:
-
     p.add_argument("space", help="a design-space YAML file (see docs/explore.md)")
     p.add_argument("-o", "--output", help="output directory (results.json, results.csv, specs/, plots)")
     p.add_argument("--resume", metavar="OUTDIR", help="continue an interrupted run in OUTDIR (same settings); "

@@ -48,7 +48,6 @@ def _plain(o):
 
 
 def table_text(cands: list[Candidate], top: int | None, context: int, probed: bool) -> str:
-
     rows = []
     for c in cands[:top] if top else cands:
         row = ["*" if c.on_front else "", "-" if c.rank is None else c.rank, c.id, _short(c.layout, 56),
@@ -92,7 +91,6 @@ LABELS = {"params": "parameters", "active_params": "active parameters", "flops_p
 
 def plot_pareto(cands: list[Candidate], objectives, path: str, title: str = "") -> None:
     """The first two objectives (or the first against params): every candidate, the front joined."""
-
     plt = _plt()
     xo = objectives[0]
     yo = objectives[1] if len(objectives) > 1 else ("params" if xo != "params" else "cache_bytes")

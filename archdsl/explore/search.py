@@ -54,7 +54,6 @@ def parse_amount(text: str | int | float) -> float:
 
 def parse_context(text: str) -> int:
     """'64k' → 65536 (binary k, as `archdsl memory`), '4096' → 4096."""
-
     return parse_count(str(text))
 
 
@@ -70,7 +69,6 @@ class Constraint:
 
     @property
     def label(self) -> str:
-
         unit = "B" if self.metric == "cache_bytes" else ""
         parts = []
         if self.min is not None:
@@ -266,7 +264,6 @@ def empty_error(space: Space, n: int, removed: dict, violated: dict, best: dict,
     for label, count in sorted(((k, removed.get(k, 0)) for k in labels), key=lambda kv: -kv[1]):
         extra = ""
         if label in best:
-
             unit = "B" if label.startswith("cache") else ""
             extra = f" (best seen: {human(best[label], unit)})"
         lines.append(f"  {label}: removed {count}, violated by {violated.get(label, count)}{extra}")

@@ -11,15 +11,16 @@ import os
 
 import torch
 
+from ..analysis import ALIASES, MODEL_DTYPES
 from ..errors import ArchDSLError
 from .fusions import FUSIONS, Fuse, resolve_fuse
 from .model import ArchModel, Cache, check_seed, resolve_ssm_dtype
 
 __all__ = ["compile", "load", "ArchModel", "Cache", "FUSIONS", "resolve_dtype", "check_device"]
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "float64": torch.float64,
-          "fp64": torch.float64, "double": torch.float64, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+# the dtypes a model computes in, by name and by the aliases analyze reads too (analysis.ALIASES: one table)
+DTYPES = {name: getattr(torch, canonical) for name, canonical in
+          [(c, c) for c in MODEL_DTYPES] + [(a, c) for a, c in ALIASES.items() if c in MODEL_DTYPES]}
 
 
 def resolve_dtype(dtype) -> torch.dtype:
