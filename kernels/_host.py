@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import expect_integer, expect_same_device, expect_shape
+
 
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for b > 0, as triton.cdiv."""
@@ -74,3 +76,33 @@ def seq_starts(seq_idx: torch.Tensor) -> torch.Tensor:
     too when its seq_idx is not 0, since an initial state belongs to seq_idx 0)."""
     s = seq_idx.long()
     return torch.cat([s[:, :1] != 0, s[:, 1:] != s[:, :-1]], dim=1)
+
+
+def packing(seq_idx, cu_seqlens, x, cu_seqlens_cpu=None):
+    """The packing of x [B, L, ...] as (seq_idx [B, L], the offsets or None).
+
+    cu_seqlens [n + 1] int32 or int64 (flash-attention's, mamba_ssm's and fla's varlen form: 0, each later
+    sequence's first token, L; a batch of 1) is checked (0 first, L last, increasing: no empty sequence) and
+    stands for seq_idx [1, L] (0, 1, 2, ... a sequence); a seq_idx given too must say the same packing. Its
+    offsets come back as a list, read from cu_seqlens_cpu where given (fla's host copy, trusted to hold the
+    same offsets: comparing them would wait for the device), else from cu_seqlens (one wait for the device).
+    Without cu_seqlens: (seq_idx as given, None)."""
+    if cu_seqlens is None:
+        return seq_idx, None
+    batch, L = x.shape[:2]
+    expect_shape("cu_seqlens", cu_seqlens, (None,))
+    expect_integer(cu_seqlens=cu_seqlens)
+    expect_same_device(x=x, cu_seqlens=cu_seqlens)
+    if cu_seqlens_cpu is not None:
+        expect_shape("cu_seqlens_cpu", cu_seqlens_cpu, tuple(cu_seqlens.shape))
+        expect_integer(cu_seqlens_cpu=cu_seqlens_cpu)
+    cu = (cu_seqlens if cu_seqlens_cpu is None else cu_seqlens_cpu).tolist()
+    if batch != 1 or len(cu) < 2 or cu[0] != 0 or cu[-1] != L or any(b <= a for a, b in zip(cu, cu[1:])):
+        raise ValueError(f"cu_seqlens: expected 0, then increasing offsets, then L={L}, for a batch of 1 "
+                         f"(the input has batch {batch}); got {cu[:8]}{' ...' if len(cu) > 8 else ''}")
+    firsts = cu_seqlens[1:-1].long()
+    from_cu = torch.zeros(L, dtype=torch.long, device=x.device).index_add_(0, firsts, torch.ones_like(firsts))
+    from_cu = from_cu.cumsum(0)[None]  # [1, L]: 0, 1, 2, ... a sequence
+    if seq_idx is not None and not torch.equal(seq_starts(seq_idx), seq_starts(from_cu)):
+        raise ValueError("cu_seqlens: its sequences are not seq_idx's (they must say the same packing)")
+    return from_cu, cu

@@ -8,7 +8,7 @@ import torch
 
 from .._checks import expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape
 from .._dispatch import apply, backend_for, needs_grad, on_input_device, pick_impl, time_or_inf
-from .._host import seq_runs, seq_starts
+from .._host import packing, seq_runs
 from .chunked import ssd_scan_chunked
 from .naive import DtRule, ssd_scan_naive, ssd_step_naive
 
@@ -51,7 +51,8 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     _check_limit(dt_limit)
     expect_flag(dt_softplus=dt_softplus, return_final_states=return_final_states, keep_states=keep_states,
                 return_varlen_states=return_varlen_states)
-    seq_idx, count = _packing(seq_idx, cu_seqlens, x)
+    seq_idx, offsets = packing(seq_idx, cu_seqlens, x)
+    count = None if offsets is None else len(offsets) - 1
     if return_varlen_states:
         if seq_idx is None:
             raise ValueError("return_varlen_states: needs seq_idx or cu_seqlens (the sequences whose states it "
@@ -184,27 +185,6 @@ def _time(fn, args, grad) -> float:
         if leaves:
             torch.autograd.grad(y, leaves, torch.ones_like(y))
     return time_or_inf(go)
-
-
-def _packing(seq_idx, cu_seqlens, x):
-    """(seq_idx, or the one cu_seqlens stands for (checked: batch 1, 0 first, L last, increasing: no empty
-    sequence, and the same starts as a seq_idx given too); the sequence count cu_seqlens gives, else None)."""
-    if cu_seqlens is None:
-        return seq_idx, None
-    batch, L = x.shape[:2]
-    expect_shape("cu_seqlens", cu_seqlens, (None,))
-    expect_integer(cu_seqlens=cu_seqlens)
-    expect_same_device(x=x, cu_seqlens=cu_seqlens)
-    cu = cu_seqlens.tolist()
-    if batch != 1 or len(cu) < 2 or cu[0] != 0 or cu[-1] != L or any(b <= a for a, b in zip(cu, cu[1:])):
-        raise ValueError(f"cu_seqlens: expected 0, then increasing offsets, then L={L}, for a batch of 1 "
-                         f"(x has batch {batch}); got {cu[:8]}{' ...' if len(cu) > 8 else ''}")
-    firsts = cu_seqlens[1:-1].long()
-    from_cu = torch.zeros(L, dtype=torch.long, device=x.device).index_add_(0, firsts, torch.ones_like(firsts))
-    from_cu = from_cu.cumsum(0)[None]  # [1, L]: 0, 1, 2, ... a sequence
-    if seq_idx is not None and not torch.equal(seq_starts(seq_idx), seq_starts(from_cu)):
-        raise ValueError("cu_seqlens: its sequences are not seq_idx's (they must say the same packing)")
-    return from_cu, len(cu) - 1
 
 
 def _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx):

@@ -5,14 +5,16 @@ import torch
 
 from .._checks import expect_flag, expect_float, expect_in_place, expect_integer, expect_number, expect_same_device, expect_shape
 from .._dispatch import backend_for, needs_grad, on_input_device, pick_impl, time_or_inf
-from .._host import seq_runs, sm_count
+from .._host import packing, seq_runs, sm_count
 from .._opaque import PATHS, torch_path
 from .chunked import wkv6_chunked
 from .naive import wkv6_naive, wkv6_step_naive
+from .varlen import packed, side_by_side
 
 
 @on_input_device
-def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, seq_idx=None):
+def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, seq_idx=None, cu_seqlens=None,
+         cu_seqlens_cpu=None):
     """RWKV-6's WKV over a sequence, fla's `chunk_rwkv6` convention.
 
     r, k, w `[B, T, H, K]`, v `[B, T, H, V]`, w the log-decay (≤ 0: the per-step decay
@@ -21,17 +23,28 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
 
         o_t = scale * r_t · (S_{t-1} + (u ⊙ k_t) ⊗ v_t),   S_t = diag(exp(w_t)) S_{t-1} + k_t ⊗ v_t
 
-    seq_idx `[B, T]` int32 or int64: packed sequences (mamba_ssm's convention, as in ssd_scan; fla's cu_seqlens
-    says the same with offsets): S_{t-1} is zero wherever seq_idx changes, the initial state belongs to
-    seq_idx 0, and the final state is the last sequence's.
+    seq_idx `[B, T]` int32 or int64: packed sequences (mamba_ssm's convention, as in ssd_scan): S_{t-1} is zero
+    wherever seq_idx changes, the initial state belongs to seq_idx 0, and the final state is the last sequence's.
+
+    cu_seqlens `[n + 1]` int32 or int64 (fla's varlen form, batch 1: 0, each later sequence's first token, T)
+    packs n sequences as fla's `chunk_rwkv6` does: each has its own state, initial_state `[n, H, K, V]` and
+    the final state `[n, H, K, V]`. cu_seqlens_cpu, fla's host copy of it, spares the one wait for the device
+    that reading the offsets costs (trusted to hold the same offsets). Without states it runs as the packed
+    row of seq_idx; with them, as a batch of the n sequences padded to the longest (kernels/wkv6/varlen.py).
 
     Returns (o `[B, T, H, V]` in r's dtype, final state `[B, H, K, V]` in float32 (float64
     for float64 r) when output_final_state, else None). Differentiable in r, k, v,
     w, u and initial_state.
     """
-    _check(r, k, v, w, u, initial_state, seq_idx)
+    expect_shape("r", r, (None, None, None, None))  # before packing reads its length
+    seq_idx, offsets = packing(seq_idx, cu_seqlens, r, cu_seqlens_cpu)
+    _check(r, k, v, w, u, initial_state, seq_idx, states=None if offsets is None else len(offsets) - 1)
     expect_flag(output_final_state=output_final_state)
     scale = r.shape[-1] ** -0.5 if scale is None else expect_number("scale", scale)
+    if offsets is not None and (initial_state is not None or output_final_state):
+        rows = [side_by_side(t, offsets) for t in (r, k, v, w)]
+        o, state = wkv6(*rows, u, scale, initial_state, output_final_state)
+        return packed(o, offsets), state
     seq = None if seq_idx is None else seq_runs(seq_idx)
     backend = backend_for(r)
     if backend == "triton":
@@ -145,7 +158,8 @@ def _time(impl, xs, scale, output_final_state, grad, seq) -> float:
     return time_or_inf(go)
 
 
-def _check(r, k, v, w, u, initial_state, seq_idx=None):
+def _check(r, k, v, w, u, initial_state, seq_idx=None, states=None):
+    """states: the initial states' count where it is not the batch's (cu_seqlens: one a sequence)."""
     expect_shape("r", r, (None, None, None, None))
     B, T, H, K = r.shape
     expect_shape("k", k, (B, T, H, K))
@@ -153,7 +167,7 @@ def _check(r, k, v, w, u, initial_state, seq_idx=None):
     expect_shape("v", v, (B, T, H, None))
     expect_shape("u", u, (H, K))
     _check_K(K)
-    expect_shape("initial_state", initial_state, (B, H, K, v.shape[-1]), optional=True)
+    expect_shape("initial_state", initial_state, (B if states is None else states, H, K, v.shape[-1]), optional=True)
     expect_shape("seq_idx", seq_idx, (B, T), optional=True)
     expect_integer(seq_idx=seq_idx)
     expect_float(r=r, k=k, v=v, w=w, u=u, initial_state=initial_state)

@@ -198,6 +198,99 @@ def test_seq_idx_of_any_integers(seq):
     close(list(got), list(wkv6_naive(r, k, v, w, u, None, h0, True, seq_idx=seq)), 1e-12)
 
 
+# ---------------------------------------------------------------- fla's varlen form (cu_seqlens)
+varlens = st.tuples(st.lists(st.integers(1, 40), min_size=1, max_size=5), st.booleans(), st.booleans(),
+                    st.integers(0, 10_000))
+
+
+def varlen_run(xs, cu, with_h0, final, seed=1, **kw):
+    """wkv6 over one packed row with cu_seqlens (h0 [n, H, K, V]): outputs, final states and the gradients of a
+    random loss."""
+    xs = [x.detach().clone().requires_grad_() for x in xs]
+    o, ht = wkv6(*xs[:5], 0.5, xs[5] if with_h0 else None, final, cu_seqlens=torch.tensor(cu), **kw)
+    g = torch.Generator().manual_seed(seed)
+    loss = (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.device)).sum()
+    if final:
+        loss = loss + (ht.double() * torch.randn(ht.shape, generator=g, dtype=torch.float64).to(o.device)).sum()
+    return [o, *([ht] if final else []), *grads(loss, xs if with_h0 else xs[:5])]
+
+
+def grads(loss, xs):
+    """d loss / d xs, zeros for an input nothing read (w where no state carries on)."""
+    got = torch.autograd.grad(loss, xs, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(xs, got)]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@settings(max_examples=8, deadline=None)
+@given(case=varlens)
+@example(case=([1], True, True, 0))  # one token
+@example(case=([17, 1, 33, 16], True, False, 1))  # lengths across the chunk edges, initial states only
+@example(case=([5, 40, 2], False, True, 2))  # final states only
+def test_cu_seqlens_equals_each_sequence_alone(backend, case):
+    """fla's varlen form: every sequence of the packed row scanned alone from its own initial state, with its own
+    final state, on every path; outputs, final states and the gradients of every input against the naive loop in
+    float64, sequence by sequence."""
+    lengths, with_h0, final, seed = case
+    cu = [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    T, n = cu[-1], len(lengths)
+    r, k, v, w, u, _ = make(1, T, 2, 8, 6, seed)
+    h0 = make(n, 1, 2, 8, 6, seed + 1)[5]
+    xs = [r, k, v, w, u, h0] if backend == "torch" else [x.float() for x in (r, k, v, w, u, h0)]
+    with mock.patch.dict(os.environ, {"ARCHDSL_KERNELS": backend}):
+        got = varlen_run(xs, cu, with_h0, final)
+
+    alone = [x.detach().clone().requires_grad_() for x in (r, k, v, w, u, h0)]
+    outs, states = [], []
+    for i, (a, b) in enumerate(zip(cu, cu[1:])):
+        o, ht = wkv6_naive(*(x[:, a:b] for x in alone[:4]), alone[4], 0.5, alone[5][i:i + 1] if with_h0 else None,
+                           True)
+        outs.append(o)
+        states.append(ht)
+    want = [torch.cat(outs, 1), *([torch.cat(states)] if final else [])]
+    g = torch.Generator().manual_seed(1)
+    loss = sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64)).sum() for t in want)
+    want += grads(loss, alone if with_h0 else alone[:5])
+    if not final:  # close() names the items o, ht, r, ...: keep the names in step
+        got.insert(1, torch.zeros(1))
+        want.insert(1, torch.zeros(1))
+    close(got, want, 1e-10 if backend == "torch" else 2e-4, backend, floor=0.1)
+
+
+def test_cu_seqlens_without_states_is_the_packed_row():
+    """Without states, cu_seqlens stands for seq_idx (one packed row, no padding): the same outputs as seq_idx and
+    as zero initial states, with a seq_idx that says the same packing accepted beside it."""
+    r, k, v, w, u, _ = make(1, 30, 2, 8, 6, 4)
+    cu = [0, 3, 4, 30]
+    seq = cuts(30, cu[1:-1])
+    want = [wkv6_naive(r, k, v, w, u, 0.125, seq_idx=seq)[0]]
+    o, ht = wkv6(r, k, v, w, u, 0.125, cu_seqlens=torch.tensor(cu, dtype=torch.int32))
+    assert ht is None
+    close([o], want, 1e-12)
+    o2, _ = wkv6(r, k, v, w, u, 0.125, torch.zeros(3, 2, 8, 6, dtype=torch.float64), cu_seqlens=torch.tensor(cu))
+    o3, _ = wkv6(r, k, v, w, u, 0.125, seq_idx=seq, cu_seqlens=torch.tensor(cu),
+                 cu_seqlens_cpu=torch.tensor(cu))
+    close([o2, o3], [o, o], 1e-12)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(cu_seqlens=torch.tensor([0, 3, 3, 8])), r"cu_seqlens: expected 0, then increasing offsets, then L=8"),
+    (dict(cu_seqlens=torch.tensor([0, 7])), "then L=8"),
+    (dict(cu_seqlens=torch.tensor([0.0, 8.0])), "cu_seqlens: expected an integer tensor"),
+    (dict(cu_seqlens=torch.tensor([[0, 8]])), r"cu_seqlens: expected shape \[\*\], got \[1, 2\]"),
+    (dict(cu_seqlens=torch.tensor([0, 3, 8]), cu_seqlens_cpu=torch.tensor([0, 8])), "cu_seqlens_cpu: expected shape"),
+    (dict(cu_seqlens=torch.tensor([0, 3, 8]), seq_idx=torch.zeros(1, 8, dtype=torch.long)), "not seq_idx's"),
+    (dict(cu_seqlens=torch.tensor([0, 3, 8]), initial_state=torch.zeros(1, 2, 8, 6)),
+     r"initial_state: expected shape \[2, 2, 8, 6\]"),
+])
+def test_cu_seqlens_bad_inputs(kw, match):
+    r, k, v, w, u, _ = make(1, 8, 2, 8, 6, 0, dtype=torch.float32)
+    with pytest.raises(ValueError, match=match):
+        wkv6(r, k, v, w, u, **kw)
+    with pytest.raises(ValueError, match="for a batch of 1"):
+        wkv6(*(torch.cat([x, x]) for x in (r, k, v, w)), u, cu_seqlens=torch.tensor([0, 8]))
+
+
 def test_step_matches_parallel():
     r, k, v, w, u, h0 = make(2, 23, 3, 12, 10, 7)
     o, ht = wkv6(r, k, v, w, u, initial_state=h0, output_final_state=True)
@@ -311,6 +404,29 @@ def test_gpu_seq_idx_full_size_vs_float64(dtype, tol, impl, monkeypatch):
     seq[0, 2048:] += 1  # and one boundary on a segment's edge
     want = run(wkv6_chunked, [x.double() for x in xs], True, seq=seq)
     close(run(IMPLS[impl], xs, True, seq=seq), want, tol, f"{impl} packed {dtype}")
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 3e-2), (torch.float32, 1e-3)])
+def test_gpu_cu_seqlens_with_states_vs_float64_and_fla(dtype, tol):
+    """fla's varlen form at full size: 40 sequences of 1 to ~1500 tokens packed into T=16384, H32 K=V=64, an
+    initial state each and their final states; outputs, states and every gradient against the float64 chunked
+    scan, and the outputs and states against fla's chunk_rwkv6 with the same arguments, where fla is installed."""
+    g = torch.Generator().manual_seed(0)
+    cu = [0, *sorted(torch.randperm(16383, generator=g)[:39].add(1).tolist()), 16384]
+    r, k, v, w, u, _ = gpu_case(1, 16384, 32, 64, 64, dtype)
+    h0 = gpu_case(40, 1, 32, 64, 64, dtype, seed=1)[5]
+    xs = [r, k, v, w, u, h0]
+    with mock.patch.dict(os.environ, {"ARCHDSL_KERNELS": "torch"}):
+        want = varlen_run([x.double() for x in xs], cu, True, True)
+    close(varlen_run(xs, cu, True, True), want, tol, f"cu_seqlens {dtype}")
+    try:
+        from fla.ops.rwkv6 import chunk_rwkv6
+    except ImportError:
+        return
+    o, ht = chunk_rwkv6(r, k, v, w, u, 0.5, h0.float(), True, cu_seqlens=torch.tensor(cu, device="cuda"))
+    close([o, ht], want[:2], tol, f"fla {dtype}")
 
 
 @cuda
