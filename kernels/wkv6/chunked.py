@@ -5,7 +5,9 @@ exp(E_i - B_j), with B the inclusive and E the exclusive cumulative log-decay fr
 chunk start. We never split that into exp(E_i) * exp(-B_j): exp(-B_j) overflows as
 soon as a chunk's decay passes e^-88. Instead every exponent we take is ≤ 0 — the
 pairwise (i, j) differences inside a chunk (masked to j < i before the exp), E_i
-for reading the carried state, and B_last - B_j for writing it.
+for reading the carried state, and B_last - B_j for writing it. A log-decay of -inf (exp(w) = 0: forget
+everything) would make -inf - -inf = NaN of those differences: w is clamped first where its exp underflows to 0
+(-110 in float32, -750 in float64), which changes no decay, and the clamp's gradient, 0, is e^w's there.
 
 Packed sequences (seq_idx: the runs of kernels._host.seq_runs) mask the same three places: a pair (i, j) of
 two sequences, a token reading a state written before its sequence began, a token writing into a state that
@@ -29,6 +31,7 @@ def wkv6_chunked(r, k, v, w, u, scale=None, initial_state=None, output_final_sta
     S = torch.zeros(B, H, K, V, dtype=ct, device=r.device)
     if initial_state is not None:
         S = S + initial_state.to(ct)
+    floor = -750.0 if ct == torch.float64 else -110.0  # a log-decay's floor: below, exp underflows to 0 anyway
     seg = max(chunk, (_SEGMENT_ELEMENTS // max(1, B * H * chunk * K)) // chunk * chunk)
     # each token's run and the run of the token before it (0 before the first: the initial state's)
     runs = None if seq_idx is None else seq_idx.long()
@@ -37,7 +40,8 @@ def wkv6_chunked(r, k, v, w, u, scale=None, initial_state=None, output_final_sta
     for t0 in range(0, T, seg):
         sl = slice(t0, min(T, t0 + seg))
         seq = None if runs is None else (runs[:, sl], before[:, sl])
-        o, S = _segment(*(x[:, sl].to(ct) for x in (r, k, v, w)), u.to(ct), S, chunk, seq)
+        o, S = _segment(*(x[:, sl].to(ct) for x in (r, k, v)), w[:, sl].to(ct).clamp_min(floor), u.to(ct), S, chunk,
+                        seq)
         outs.append(o)
     o = torch.cat(outs, dim=1) if outs else torch.empty(B, 0, H, V, dtype=ct, device=r.device)
     return (scale * o).to(r.dtype), (S if output_final_state else None)

@@ -42,6 +42,11 @@ LOG2E = 1.4426950408889634
 # Largest base-2 decay one sub-chunk may span in every column and still take the factored path:
 # its factors then lie in [2^-80, 2^80] times the inputs, far inside float32's (and tf32's) range.
 FAST_SPAN = tl.constexpr(80.0)
+# The floor of a log-decay (w = -inf: forget everything, as exp(w) = 0). e^-110 ≈ 1.7e-48 is below float32's
+# least subnormal (1.4e-45), so clamping w there changes no decay the kernels take (they compute in float32),
+# and keeps the cumulative sums finite: a -inf in them would meet another as -inf - -inf = NaN. The clamp's
+# gradient is 0 below the floor, as d(e^w)/dw = e^w is there.
+W_FLOOR = tl.constexpr(-110.0)
 
 
 @triton.jit
@@ -69,9 +74,15 @@ def _tile(x, rows, mt, oc, mc, D: tl.constexpr):
 
 
 @triton.jit
+def _log2_decay(w):
+    """A w tile as the kernels sum it: float32, at least W_FLOOR, in base 2."""
+    return tl.maximum(w.to(tl.float32), W_FLOOR) * 1.4426950408889634
+
+
+@triton.jit
 def _chunk_decays(w):
     """Base-2 inclusive (b) and exclusive (e) cumulative log-decay of a sub-chunk's w tile, and its total."""
-    w = w.to(tl.float32) * 1.4426950408889634
+    w = _log2_decay(w)
     bc = tl.cumsum(w, axis=0)
     return bc, bc - w, tl.sum(w, axis=0)
 
@@ -284,6 +295,7 @@ def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, s
         carry += tl.sum(g_r - g_k, axis=0)
         tl.store(dk + p_k, (dk_s + scale * b_u[None, :] * b_r * vdo).to(dk.dtype.element_ty), mask=m_k)
         tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_v)
+        b_dw = tl.where(b_w.to(tl.float32) < W_FLOOR, 0.0, b_dw)  # the clamp's (_log2_decay)
         tl.store(dw + p_k, b_dw.to(dw.dtype.element_ty), mask=m_k)
         dS = dS * decay[:, None] + scale * _dot(tl.trans(b_r * e_in), b_do, PREC)
     tl.store(du + (i_bh * nseg + i_n) * K + ok, b_du, mask=mk)

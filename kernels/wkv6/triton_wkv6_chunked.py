@@ -28,7 +28,7 @@ import triton.language as tl
 
 from .._dispatch import apply, interpreting
 from .._host import cdiv, sm_count
-from .triton_wkv6 import _dot, _pow2, _prec, _prec_bwd, _rows, _run_before, _runs, _tile, segments_bwd, segments_fwd
+from .triton_wkv6 import _dot, _log2_decay, _pow2, _prec, _prec_bwd, _rows, _run_before, _runs, _tile, segments_bwd, segments_fwd
 
 CHUNK = 64
 # Blocks of the boundary passes: at K = V = 64, 2 programs per (batch, head). H200, B4 H32 bf16
@@ -85,7 +85,7 @@ def _states_fwd(k, v, w, h0, hs, ht, seq, T, C: tl.constexpr, H: tl.constexpr, K
         if SPLIT:
             stop = (n > first) & _restarts_in(seq, i_b, n, T, C)  # the next piece starts here
         tl.store(hs + (i_bh * (N + 1) + n) * K * V + p_s, S, mask=tl.where((n > first) | (first == 0), m_s, False))
-        b_k, b_v, w2 = n_k.to(tl.float32), n_v.to(tl.float32), n_w.to(tl.float32) * 1.4426950408889634
+        b_k, b_v, w2 = n_k.to(tl.float32), n_v.to(tl.float32), _log2_decay(n_w)
         rows, mt = _rows(i_b, i_h, (n + 1) * C, T, T, H, C)
         mt = tl.where(stop, False, mt)
         n_k, n_v, n_w = _tile(k, rows, mt, ok, mk, K), _tile(v, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
@@ -136,7 +136,7 @@ def _states_bwd(r, w, do, dht, gs, dh0, seq, scale, T, C: tl.constexpr, H: tl.co
         if SPLIT:
             stop = (n < top) & _restarts_in(seq, i_b, n, T, C)  # the piece below starts here
         tl.store(gs + (i_bh * N + n) * K * V + p_s, G, mask=tl.where((n < top) | (top == N - 1), m_s, False))
-        b_r, b_do, w2 = n_r.to(tl.float32), n_do.to(tl.float32), n_w.to(tl.float32) * 1.4426950408889634
+        b_r, b_do, w2 = n_r.to(tl.float32), n_do.to(tl.float32), _log2_decay(n_w)
         rows, mt = _rows(i_b, i_h, (n - 1) * C, T, T, H, C)
         mt = tl.where(stop, False, mt & ((n - 1) * C + tl.arange(0, C) >= 0))  # none before the first segment
         n_r, n_do, n_w = _tile(r, rows, mt, ok, mk, K), _tile(do, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)

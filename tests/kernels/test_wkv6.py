@@ -133,6 +133,25 @@ def test_fast_decay_never_overflows(impl, decay):
     close(got, run(wkv6_naive, xs, True), 2e-4, impl)
 
 
+@pytest.mark.parametrize("impl", ["chunked", "chunked64", "triton", "triton_chunked"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_log_decay_of_minus_infinity_forgets_everything(impl, packed):
+    """w = -inf (exp(w) = 0: the state is forgotten, as a hard reset) in a few channels, whole tokens, and runs of
+    tokens, as the naive loop reads it: finite outputs, states and gradients, and the same values (dL/dw is 0
+    at a -inf). Without the clamp to the decay's floor the cumulative sums met -inf - -inf = NaN."""
+    xs = make(1, 70, 2, 16, 16, 4)
+    w = xs[3]
+    w[0, 5, 0, :3] = w[0, 20] = w[0, 33:40, 1] = w[0, 69, :, 7] = float("-inf")
+    w[0, 50, 0] = -200.0  # below float32's floor, above float64's
+    seq = cuts(70, [20, 41]) if packed else None
+    want = run(wkv6_naive, xs, True, seq=seq)
+    assert all(torch.isfinite(t).all() for t in want)
+    got = run(IMPLS[impl.removesuffix("64")], xs if impl.endswith("64") else [x.float() for x in xs], True, seq=seq)
+    assert all(torch.isfinite(t).all() for t in got)
+    close(got, want, 1e-10 if impl.endswith("64") else 2e-4, impl)
+    assert (got[5][w == float("-inf")] == 0).all()
+
+
 @pytest.mark.parametrize("impl", ["chunked", "triton", "triton_chunked"])
 def test_split_scan_equals_full(impl):
     fn = IMPLS[impl]
