@@ -5,11 +5,20 @@
 
 Parameters count a shared group once (its per-use adapters at every use) and tied
 embeddings once. FLOPs are forward FLOPs per token (2 per multiply-add) averaged over a
-sequence of `seq_len` tokens, LM head included. Cache bytes are what decoding keeps at
-(batch, seq_len): attention's KV grows with the context, SSM / RWKV / conv state does not. KV,
-conv windows and token shifts are in `dtype`; Mamba's and Mamba-2's SSM states in `ssm_state_dtype`
-(None: float32, float64 for float64), as ArchModel.set_ssm_state_dtype sets them; the other
-recurrent states in float32 (float64 for float64).
+sequence of `seq_len` tokens, LM head included, in two parts:
+- the weights' products (projections, convs, the top_k experts a token goes to, a shared block at
+  each use): exactly what the compiled model's matrix products and convolutions compute (torch's
+  FlopCounterMode, tests/test_analysis_flops.py); bias adds, norms and activations are not counted;
+- the recurrences (SSM scans, WKV) in their per-token form, every real multiply and add per state
+  element as the papers write them (exponentials not counted), and attention's q·kᵀ and weighted
+  values over the keys a causal query sees (attn.mean_context). The parallel pass computes these
+  differently: chunked scans, an FFT convolution for S4D, SDPA over the full [L, L] square on the CPU.
+Cache bytes are what decoding keeps at (batch, seq_len): attention's KV grows with the context, SSM /
+RWKV / conv state does not. KV, conv windows and token shifts are in `dtype`; Mamba's and Mamba-2's SSM
+states in `ssm_state_dtype` (None: float32, float64 for float64), as ArchModel.set_ssm_state_dtype sets
+them; the other recurrent states in float32 (float64 for float64). They are the bytes of
+model.init_cache(batch, max_len=seq_len) exactly; a cache made without max_len grows its KV buffers by
+doubling from 16 positions, so it may hold more.
 """
 from __future__ import annotations
 

@@ -73,11 +73,13 @@ class AttnConfig(BlockConfig):
     def flops_per_token(self, n: int) -> int:
         """2·(projection MACs) + 2·2·heads·head_dim·c̄, where c̄ = mean keys per query over a
         causal sequence of length n (≈ n/2, or ≈ window once n ≫ window): one multiply-add
-        per key for q·k and one for the weighted sum of values."""
+        per key for q·k and one for the weighted sum of values, for every query head (GQA shares
+        the keys, not the products). The work causal attention defines: an SDPA without block
+        skipping (the CPU's) computes the full [n, n] square, 4·heads·head_dim·n a token."""
         d, q, k = self.d_model, self.heads * self.hdim, self.kv * self.hdim
         return int(2 * (d * q + 2 * d * k + q * d) + 4 * self.heads * self.hdim * mean_context(n, self.window))
 
     def cache_bytes(self, batch: int, n: int, dtype_bytes: int, ssm_bytes: int | None = None) -> int:
-        """KV cache: 2·batch·min(n, window)·kv_heads·head_dim·dtype_bytes."""
+        """KV cache: 2·batch·min(n, window)·kv_heads·head_dim·dtype_bytes (a cache made with max_len n)."""
         keep = n if self.window is None else min(n, self.window)
         return 2 * batch * keep * self.kv * self.hdim * dtype_bytes

@@ -64,8 +64,9 @@ class MambaConfig(BlockConfig):
         return p
 
     def flops_per_token(self, n: int) -> int:
-        """2·(in_proj + x_proj + dt_proj + out_proj MACs) + 2·E·d_conv (conv) + 6·E·N (scan:
-        h = exp(Δ·A)·h + Δ·B·u and y = C·h, three multiply-adds per state element)."""
+        """2·(in_proj + x_proj + dt_proj + out_proj MACs) + 2·E·d_conv (conv) + 6·E·N, the scan per token:
+        over the state [E, N], Δ·A, (Δ·u)·B, exp(Δ·A)·h + … (a multiply and an add) and y = C·h (a
+        multiply-add), Δ·u once per channel; the exp, the D skip and the gate (per channel) not counted."""
         d, E, N, R = self.d_model, self.inner, self.d_state, self.rank
         return 2 * (d * 2 * E + E * (R + 2 * N) + R * E + E * d) + 2 * E * self.d_conv + 6 * E * N
 

@@ -80,11 +80,14 @@ class Mamba2Config(BlockConfig):
         return p
 
     def flops_per_token(self, n: int) -> int:
-        """2·(in_proj + out_proj MACs) + 2·conv_dim·d_conv + 6·E·N: the recurrent-equivalent
-        scan cost (state update h = exp(dt·A)·h + dt·x⊗B and y = C·h, three multiply-adds per
-        state element of [H, P, N]); the chunked SSD form costs about the same at chunk ≪ n."""
+        """2·(in_proj + out_proj MACs) + 2·conv_dim·d_conv + 5·E·N, the recurrence per token: over the state
+        [H, P, N], h = exp(dt·A)·h + (dt·x)⊗B is two multiplies and an add per element and y = C·h a
+        multiply-add. A is one scalar a head, so exp(dt·A) is per head, not per element: Mamba-1's 6·E·N
+        (its A is [E, N], dt·A a sixth FLOP per element) overcounts here. The chunked SSD form that
+        trains computes more: about 2·chunk·E (the intra-chunk [chunk, chunk] products, full blocks)
+        + 4·E·N a token."""
         d, E, N = self.d_model, self.inner, self.d_state
-        return 2 * (d * self.proj_dim + E * d) + 2 * self.conv_dim * self.d_conv + 6 * E * N
+        return 2 * (d * self.proj_dim + E * d) + 2 * self.conv_dim * self.d_conv + 5 * E * N
 
     def cache_bytes(self, batch: int, n: int, dtype_bytes: int, ssm_bytes: int | None = None) -> int:
         """Conv window [B, conv_dim, d_conv-1] in the model dtype + SSM state [B, H, P, N] in

@@ -50,5 +50,5 @@ class MlpConfig(BlockConfig):
         return ffn_params(self.d_model, self.width, self.act, self.bias)
 
     def flops_per_token(self, n: int) -> int:
-        """2 FLOPs per weight multiply-add: 2·(2 or 3)·d·hidden."""
+        """2 FLOPs per weight multiply-add: 2·(2 or 3)·d·hidden (bias adds and the activation not counted)."""
         return 2 * ffn_params(self.d_model, self.width, self.act, False)

@@ -79,7 +79,10 @@ class MoeConfig(BlockConfig):
         return self._router() + self.top_k * self._expert() + self._shared()
 
     def flops_per_token(self, n: int) -> int:
-        """Router + top_k experts + shared expert, 2 FLOPs per multiply-add (biases ignored)."""
+        """Router + top_k experts + shared expert, 2 FLOPs per multiply-add (biases ignored): the work per
+        token as the architecture defines it, and what the model computes (grouped GEMMs over the
+        token-expert pairs, one expert's tokens at a time, or the chosen experts' weights gathered per
+        token: no expert runs on a token that did not pick it, and there is no capacity padding)."""
         d = self.d_model
         e = ffn_params(d, self.width, self.act, False)
         s = ffn_params(d, self.shared_hidden, self.act, False) if self.shared_hidden else 0

@@ -39,8 +39,9 @@ class Rwkv4Config(BlockConfig):
         return 2 * A + 3 * d + 3 * d * A + A * d
 
     def flops_per_token(self, n: int) -> int:
-        """2·(4·d·A) for the projections + ~10·A for the WKV recurrence (exp, two
-        multiply-adds for numerator and denominator, max for stability, division)."""
+        """2·(4·d·A) for the projections + 10·A for the WKV recurrence as the paper writes it, per channel:
+        wkv = (a + e^(u+k)·v) / (b + e^(u+k)) (5: u+k, ·v, two adds, the division) and the state
+        a = e^-w·a + e^k·v, b = e^-w·b + e^k (5); exps and the stabilising max not counted."""
         return 2 * 4 * self.d_model * self.adim + 10 * self.adim
 
     def cache_bytes(self, batch: int, n: int, dtype_bytes: int, ssm_bytes: int | None = None) -> int:
@@ -81,11 +82,11 @@ class Rwkv6Config(BlockConfig):
         return ddlerp + decay + bonus + proj + 2 * A  # ln_x weight + bias
 
     def flops_per_token(self, n: int) -> int:
-        """2·(ddlerp LoRA + decay LoRA + 5 projections) + 6·A·head_size for the WKV state
-        update S = diag(w)·S + kᵀv and the read-out r·(S + u·kᵀv) (three multiply-adds per
-        state element of [H, K, V])."""
+        """2·(ddlerp LoRA + decay LoRA + 5 projections) + 7·A·head_size for the WKV per token as the paper
+        writes it, over the state [H, K, V]: kᵀv, the read-out r·(S + diag(u)·kᵀv) (a multiply, an add, a
+        multiply-add) and S = diag(w)·S + kᵀv (a multiply and an add): 7 per element, as the step computes."""
         d, A, m, w = self.d_model, self.adim, self.mix_lora, self.decay_lora
-        return 2 * (d * 5 * m + 5 * m * d + d * w + w * A + 5 * d * A) + 6 * A * self.head_size
+        return 2 * (d * 5 * m + 5 * m * d + d * w + w * A + 5 * d * A) + 7 * A * self.head_size
 
     def cache_bytes(self, batch: int, n: int, dtype_bytes: int, ssm_bytes: int | None = None) -> int:
         """Previous token [B, d] in the model dtype + WKV state [B, H, K, V] in fp32 (float64 in a float64 model)."""

@@ -50,10 +50,12 @@ class S4dConfig(BlockConfig):
         return ssm + out
 
     def flops_per_token(self, n: int) -> int:
-        """Recurrent form: per complex mode a complex multiply-add of the state (8 FLOPs) and
-        the real part of C·h (4 FLOPs) → 6·d·N, + 2·d for D, + 2·(output MACs)."""
+        """Recurrent form, per complex mode: s = Ā·s + B̄·u, a complex product (6 FLOPs), B̄ times the real u
+        (2) and a complex add (2); y = 2·Re(Σ C·s), the real part of a complex product (3) and the sum (1):
+        14 a mode (B̄·u is per mode: B̄ [d, N/2]) → 7·d·N, + 2·d for D·u, + 2·(output MACs). Training
+        runs the convolution instead: an FFT of length 2L and the kernel K [d, L], not counted here."""
         d, N = self.d_model, self.d_state
-        return 6 * d * N + 2 * d + 2 * (2 * d * d if self.glu else d * d)
+        return 7 * d * N + 2 * d + 2 * (2 * d * d if self.glu else d * d)
 
     def cache_bytes(self, batch: int, n: int, dtype_bytes: int, ssm_bytes: int | None = None) -> int:
         """Complex state [B, d, N/2]: complex64 (8 bytes a mode), complex128 (16) for float64 models."""

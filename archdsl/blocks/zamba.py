@@ -88,7 +88,9 @@ class ZambaConfig(BlockConfig):
 
     def flops_per_token(self, n: int) -> int:
         """One use: 2·(attention + MLP + LoRA + output-linear MACs) + attention scores and
-        values 2·2·heads·head_dim·c̄ (c̄ ≈ n/2, see attn.mean_context)."""
+        values 2·2·heads·head_dim·c̄ (c̄ ≈ n/2, the causal keys, see attn.mean_context and
+        AttnConfig.flops_per_token). The per-use LoRAs run as their own two products (down to
+        rank r, back up), not folded into the shared weights."""
         d, r = self.d_model, self.lora
         macs = self._attn() + self._mlp() + d * d + (d * r + r * 2 * self.width if r else 0)
         if self.attn_lora:
@@ -96,5 +98,5 @@ class ZambaConfig(BlockConfig):
         return int(2 * macs + 4 * self.heads * self.hdim * mean_context(n, None))
 
     def cache_bytes(self, batch: int, n: int, dtype_bytes: int, ssm_bytes: int | None = None) -> int:
-        """This use's KV cache: 2·batch·n·kv_heads·head_dim·dtype_bytes."""
+        """This use's KV cache: 2·batch·n·kv_heads·head_dim·dtype_bytes (a cache made with max_len n)."""
         return 2 * batch * n * self.kv * self.hdim * dtype_bytes
