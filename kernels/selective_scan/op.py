@@ -75,15 +75,29 @@ PATHS["selective_scan"] = (_run, _fake)
 
 
 @on_input_device
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                           state_batch_indices=None):
     """One decode step of the selective scan (mamba_ssm's `selective_state_update`).
 
     state: `[B, D, N]`, updated in place; x, dt, z: `[B, D]`; A: `[D, N]`; B, C: `[B, N]` or
     `[B, G, N]`; D, dt_bias: `[D]`. Returns y `[B, D]` in x's dtype.
+
+    mamba_ssm's head form, as its Mamba-2 step calls it: state `[B, H, P, N]`; x, dt, z `[B, H, P]`; A `[H, P, N]`;
+    B, C `[B, G, N]` with G dividing H (head h reads group h // (H / G)); D, dt_bias `[H, P]`; y `[B, H, P]`.
+    It is the op above over the H·P channels (expanded, stride-0 A, dt, D and dt_bias as Mamba-2 passes them
+    are fine).
+
+    state_batch_indices `[B]` int32 or int64 (continuous batching, mamba_ssm's keyword): state is a pool
+    `[S, D, N]` (`[S, H, P, N]`) and row b updates state[state_batch_indices[b]]; a negative index is a pad
+    row: its y is 0 and no state is touched. Two rows must not name one state.
     """
+    if isinstance(state, torch.Tensor) and state.dim() == 4:
+        return _head_form(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
     expect_shape("state", state, (None, None, None))
-    batch, dim, N = state.shape
-    for name, t in (("x", x), ("dt", dt), ("z", z)):
+    pool, dim, N = state.shape
+    expect_shape("x", x, (None if state_batch_indices is not None else pool, dim))
+    batch = x.shape[0]
+    for name, t in (("dt", dt), ("z", z)):
         expect_shape(name, t, (batch, dim), optional=name == "z")
     expect_shape("A", A, (dim, N))
     for name, t in (("B", B), ("C", C)):
@@ -96,8 +110,11 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
             raise ValueError(f"{name}: groups G={groups} must divide D={dim}")
     expect_shape("D", D, (dim,), optional=True)
     expect_shape("dt_bias", dt_bias, (dim,), optional=True)
+    expect_shape("state_batch_indices", state_batch_indices, (batch,), optional=True)
+    expect_integer(state_batch_indices=state_batch_indices)
     expect_float(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
-    expect_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    expect_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
+                       state_batch_indices=state_batch_indices)
     expect_in_place(state=state)
     expect_flag(dt_softplus=dt_softplus)
     B3, C3 = (t if t.dim() == 3 else t[:, None] for t in (B, C))
@@ -106,8 +123,51 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
             and not needs_grad(state, x, dt, A, B, C, D, z, dt_bias)):
         from .triton_selective_scan import selective_state_update_triton
         return selective_state_update_triton(state, unit_last(x), unit_last(dt), A, B3, C3, D, unit_last(z), dt_bias,
-                                             dt_softplus)
-    return selective_state_update_naive(state, x, dt, A, B3, C3, D, z, dt_bias, dt_softplus)
+                                             dt_softplus, state_batch_indices)
+    if state_batch_indices is None:
+        return selective_state_update_naive(state, x, dt, A, B3, C3, D, z, dt_bias, dt_softplus)
+    # the pool's rows: gathered, stepped, written back (the pads' rows neither read nor written)
+    live = (state_batch_indices >= 0).nonzero().squeeze(1)
+    at = state_batch_indices[live].long()
+    rows = state[at]
+    pick = lambda t: None if t is None else t[live]
+    y = torch.zeros_like(x)
+    y[live] = selective_state_update_naive(rows, x[live], dt[live], A, B3[live], C3[live], D, pick(z), dt_bias,
+                                           dt_softplus)
+    state[at] = rows
+    return y
+
+
+def _head_form(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices):
+    """selective_state_update's head form, checked as such, run over the H·P channels (a view of the state where
+    its strides allow, else a copy written back)."""
+    pool, H, P, N = state.shape
+    expect_shape("x", x, (None if state_batch_indices is not None else pool, H, P))
+    batch = x.shape[0]
+    for name, t in (("dt", dt), ("z", z)):
+        expect_shape(name, t, (batch, H, P), optional=name == "z")
+    expect_shape("A", A, (H, P, N))
+    for name, t in (("B", B), ("C", C)):
+        if not isinstance(t, torch.Tensor) or t.dim() not in (2, 3):
+            raise ValueError(f"{name}: expected shape [{batch}, {N}] or [{batch}, G, {N}], got "
+                             f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        expect_shape(name, t, (batch, N) if t.dim() == 2 else (batch, None, N))
+        if t.dim() == 3 and (t.shape[1] == 0 or H % t.shape[1]):
+            raise ValueError(f"{name}: groups G={t.shape[1]} must divide the heads H={H}")
+    expect_shape("D", D, (H, P), optional=True)
+    expect_shape("dt_bias", dt_bias, (H, P), optional=True)
+    expect_in_place(state=state)
+    per_row = lambda t: None if t is None else t.reshape(batch, H * P)
+    per_channel = lambda t: None if t is None else t.reshape(H * P)
+    try:
+        channels, copied = state.view(pool, H * P, N), False
+    except RuntimeError:  # strides that do not flatten
+        channels, copied = state.reshape(pool, H * P, N), True
+    y = selective_state_update(channels, per_row(x), per_row(dt), A.reshape(H * P, N), B, C, per_channel(D),
+                               per_row(z), per_channel(dt_bias), dt_softplus, state_batch_indices)
+    if copied:
+        state.copy_(channels.view(pool, H, P, N))
+    return y.view(batch, H, P)
 
 
 def _as_groups(M, batch, dim, seqlen):

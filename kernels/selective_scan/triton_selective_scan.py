@@ -784,17 +784,23 @@ def selective_scan_triton(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus,
 # ---------------------------------------------------------------------------------------
 # Decode step: one token, state updated in place.
 @triton.jit
-def _ss_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
+def _ss_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, idx_ptr,
                     DIM, N, CPG, s_sb, s_sd, s_xb, s_dtb, s_zb, s_yb, s_Bb, s_Bg, s_Cb, s_Cg,
                     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                    HAS_IDX: tl.constexpr):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
     dmask, nmask = d < DIM, n < N
     m = dmask[:, None] & nmask[None, :]
-    s_ptrs = state_ptr + b * s_sb + d[:, None].to(tl.int64) * s_sd + n[None, :]
+    sb = b  # the state this row steps: its own, or the pool's row idx[b] (negative: a pad, which touches none)
+    if HAS_IDX:
+        sb = tl.load(idx_ptr + b).to(tl.int64)
+    live = sb + tl.zeros([BLOCK_D], dtype=tl.int64) >= 0  # [BLOCK_D], as the masks it joins
+    m = m & live[:, None]
+    s_ptrs = state_ptr + sb * s_sb + d[:, None].to(tl.int64) * s_sd + n[None, :]
     h = tl.load(s_ptrs, mask=m, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + b * s_xb + d, mask=dmask, other=0.0).to(tl.float32)
     dt = tl.load(dt_ptr + b * s_dtb + d, mask=dmask, other=0.0).to(tl.float32)
@@ -814,21 +820,25 @@ def _ss_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr,
     if HAS_Z:
         zz = tl.load(z_ptr + b * s_zb + d, mask=dmask, other=0.0).to(tl.float32)
         y = y * zz * tl.sigmoid(zz)
+    y = tl.where(live, y, 0.0)
     tl.store(y_ptr + b * s_yb + d, y.to(y_ptr.dtype.element_ty), mask=dmask)
 
 
-def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                                  state_batch_indices=None):
     """state `[B, D, N]` updated in place; x, dt, z `[B, D]`; B, C `[B, G, N]`: each read at its leading strides,
-    its last dimension contiguous; returns y `[B, D]`."""
-    batch, dim, N = state.shape
+    its last dimension contiguous; returns y `[B, D]`. state_batch_indices `[B]`: row b steps state[idx[b]] of a
+    pool `[S, D, N]` (none where negative, and y is 0)."""
+    batch, dim, N = x.shape[0], *state.shape[1:]
     assert state.stride(2) == 1, "state's last dimension must be contiguous"
     y = torch.empty_like(x)
     G = math.lcm(B.shape[1], C.shape[1])  # the kernel reads B and C at one group size: the finer of the two
     Bc, Cc = (unit_last(M if M.shape[1] == G else M.repeat_interleave(G // M.shape[1], dim=1)) for M in (B, C))
     bd = 32 if N <= 32 else 8
     _ss_step_kernel[(cdiv(dim, bd), batch)](
-        state, x, dt, A.contiguous(), Bc, Cc, dense(D), z, dense(dt_bias), y,
+        state, x, dt, A.contiguous(), Bc, Cc, dense(D), z, dense(dt_bias), y, dense(state_batch_indices),
         dim, N, dim // G, state.stride(0), state.stride(1), x.stride(0), dt.stride(0),
         z.stride(0) if z is not None else 0, y.stride(0), Bc.stride(0), Bc.stride(1), Cc.stride(0), Cc.stride(1),
-        BLOCK_D=bd, BLOCK_N=next_pow2(N), num_warps=4, **_flags(D, z, dt_bias, dt_softplus))
+        BLOCK_D=bd, BLOCK_N=next_pow2(N), num_warps=4, HAS_IDX=state_batch_indices is not None,
+        **_flags(D, z, dt_bias, dt_softplus))
     return y
