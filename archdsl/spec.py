@@ -21,12 +21,13 @@ import unicodedata
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, get_args
 
 import yaml
 
+from .blocks import BLOCKS, arg_names, type_hints
 from .errors import ArchDSLError, Source, did_you_mean
-from .language import Layout, format_layout, parse_layout
+from .language import Block, Group, Layer, Layout, Repeat, format_layout, parse_layout
 
 NORMS = ("rmsnorm", "layernorm")
 MAX_PARAMS = 10**13
@@ -53,14 +54,17 @@ class Spec:
 
     def __post_init__(self) -> None:
         """Checked however it is made (a file, parse, Spec(...), dataclasses.replace): the types, then the
-        model-level values; the blocks are checked when the graph is built."""
+        model-level values; the blocks are checked when the graph is built. Block arguments given as none are read
+        as their blocks take them (_none_word)."""
         if not isinstance(self.layout, Layout):
             raise ArchDSLError(f"a Spec's layout must be a parsed Layout, not {type(self.layout).__name__} "
                                "(archdsl.parse(text, d_model=...) makes a Spec of layout text)")
         for key in SIZE_TYPES:
             object.__setattr__(self, key, _typed(key, getattr(self, key), self.error))
         blocks = _blocks(self.blocks, self.error)
-        object.__setattr__(self, "blocks", MappingProxyType({k: MappingProxyType(dict(v)) for k, v in blocks.items()}))
+        blocks = {k: {a: _none_word(_kind(blocks, k), a, v) for a, v in args.items()} for k, args in blocks.items()}
+        object.__setattr__(self, "blocks", MappingProxyType({k: MappingProxyType(v) for k, v in blocks.items()}))
+        object.__setattr__(self, "layout", _map_blocks(self.layout, lambda b: _none_words(b, blocks)))
         _checked(self)
 
     def __reduce__(self):
@@ -82,9 +86,10 @@ class Spec:
 
     @cached_property
     def graph(self):
-        """The verified layer graph (networkx.DiGraph); built on first use."""
+        """The verified layer graph (networkx.DiGraph); built on first use, after the check of `none` arguments."""
         from .graph import build_graph
 
+        _check_nones(self)
         return build_graph(self)
 
     @property
@@ -182,6 +187,95 @@ def _blocks(blocks, err) -> dict:
                 where = ("blocks", str(kind)) + ((str(name),) if name is not kind else ()) + ("<key>",)
                 raise err(f"blocks: {name!r} is not a name (block kinds and arguments are words)", where)
     return {str(k): v for k, v in blocks.items()}
+
+
+def _kind(blocks: Mapping, name: str) -> str | None:
+    """The block kind that `name` (a kind or an alias in `blocks`) stands for; None if it stands for none (the
+    graph says why)."""
+    seen = set()
+    while name not in BLOCKS:
+        entry = blocks.get(name)
+        if entry is None or not isinstance(entry.get("kind"), str) or name in seen:
+            return None
+        seen.add(name)
+        name = entry["kind"]
+    return name
+
+
+def _takes_none(kind: str, arg: str) -> bool:
+    """Whether argument `arg` of block `kind` may be None (an Optional field: attn's window, moe's norm_topk)."""
+    tp = type_hints(kind)[arg]
+    return type(None) in (get_args(tp) or (tp,))
+
+
+def _none_word(kind: str | None, arg: str, value):
+    """A layout's `none` and YAML's `null` are None, YAML's `none` the string "none"; each is read as the argument
+    takes it. mamba's inner_norms takes the word "none" and no None: `inner_norms=none` stays what it was before
+    the layout had `none`. attn's window takes None and no string: `window: none` in YAML is None, as in a layout."""
+    if kind is None or not (value is None or isinstance(value, str) and value == "none") or arg not in arg_names(kind):
+        return value
+    if value is None and not _takes_none(kind, arg) and "none" in getattr(BLOCKS[kind], "choices", {}).get(arg, ()):
+        return "none"
+    if value == "none" and _takes_none(kind, arg) and str not in get_args(type_hints(kind)[arg]):
+        return None
+    return value
+
+
+def _none_refused(kind: str | None, arg: str, value) -> str | None:
+    """The error of a `none` given to an argument that cannot be None; None if it can, or if the block or the
+    argument is unknown (the graph says so)."""
+    if value is not None or kind is None or arg not in arg_names(kind) or _takes_none(kind, arg):
+        return None
+    tp = type_hints(kind)[arg]
+    return f"{kind}: {arg} cannot be none; it must be {' or '.join(t.__name__ for t in get_args(tp) or (tp,))}"
+
+
+def _none_words(block: Block, blocks: Mapping) -> Block:
+    """`block` with its `none` arguments read by _none_word (a quoted "none" is a string, as it is written)."""
+    if not any(a.value is None for a in block.args):
+        return block
+    kind = _kind(blocks, block.name)
+    return replace(block, args=tuple(a if a.value is not None else replace(a, value=_none_word(kind, a.name, None))
+                                     for a in block.args))
+
+
+def _map_blocks(node, f):
+    """A Layout, or a node of one, with f applied to each block; the same node where f changes none of its blocks."""
+    if isinstance(node, Layout):
+        items = tuple(_map_blocks(n, f) for n in node.items)
+        modifiers = tuple(replace(m, block=b) if b is not m.block else m
+                          for m, b in zip(node.modifiers, [f(m.block) for m in node.modifiers]))
+        return node if items == node.items and modifiers == node.modifiers else \
+            replace(node, items=items, modifiers=modifiers)
+    if isinstance(node, Layer):
+        blocks = tuple(f(b) for b in node.blocks)
+        return node if blocks == node.blocks else replace(node, blocks=blocks)
+    if isinstance(node, Repeat):
+        body = _map_blocks(node.body, f)
+        return node if body is node.body else replace(node, body=body)
+    if isinstance(node, Group):
+        items = tuple(_map_blocks(n, f) for n in node.items)
+        return node if items == node.items else replace(node, items=items)
+    return node
+
+
+def _check_nones(spec: Spec) -> None:
+    """`none` only where the argument takes None: elsewhere an error where it is written, in `blocks:` or in the
+    layout."""
+    for name, args in spec.blocks.items():
+        for arg, value in args.items():
+            message = _none_refused(_kind(spec.blocks, name), arg, value)
+            if message:
+                raise spec.error(message, ("blocks", name, arg))
+
+    def check(block: Block) -> Block:
+        for a in block.args:
+            message = _none_refused(_kind(spec.blocks, block.name), a.name, a.value)
+            if message:
+                raise ArchDSLError(message, source=spec.source, start=a.span.start, end=a.span.end)
+        return block
+
+    _map_blocks(spec.layout, check)
 
 
 # A slash or backslash before any string, comment or '(': a file or directory that is not there, never a layout

@@ -9,9 +9,9 @@
 arguments, nesting, modifiers) whose expansion stays at most `max_layers` (default 2000)
 layers. `small_layouts(max_layers=...)` is the same with a small bound and fewer
 arguments. With `semantic=True` they draw layouts that the layer graph accepts: each
-layer is a mixer, a mixer with an FFN, or an FFN alone, with no arguments except sharing,
-and modifiers that set FFNs. Every tree drawn is canonical: parse_layout(format_layout(t))
-== t.
+layer is a mixer, a mixer with an FFN, or an FFN alone, with no arguments except sharing
+and attention's `window=none`, and modifiers that set FFNs. Every tree drawn is canonical:
+parse_layout(format_layout(t)) == t.
 """
 from __future__ import annotations
 
@@ -28,12 +28,15 @@ _IDENT = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
 
 
 def values():
-    """Argument values: ints, finite floats, booleans, identifiers and arbitrary strings."""
+    """Argument values: ints, finite floats, booleans, None (`none`), identifiers and arbitrary strings, the
+    strings "none" and "null" among them."""
     return st.one_of(
         st.integers(-(10**12), 10**12),
         st.floats(allow_nan=False, allow_infinity=False),
         st.booleans(),
+        st.none(),
         _IDENT,
+        st.sampled_from(["none", "null"]),
         st.text(max_size=12),
     )
 
@@ -60,7 +63,10 @@ def _semantic_layer(draw):
     form = draw(st.sampled_from(["mixer", "mixer+ffn", "ffn"]))
     if form == "ffn":
         return Layer((Block(draw(st.sampled_from(FFNS))),))
-    mixer = Block(draw(st.sampled_from(MIXERS)), args)
+    kind = draw(st.sampled_from(MIXERS))
+    if kind == "attn" and draw(st.booleans()):
+        args = (Arg("window", None),) + args  # `window=none`: full attention, as the default
+    mixer = Block(kind, args)
     if form == "mixer":
         return Layer((mixer,))
     return Layer((mixer, Block(draw(st.sampled_from(FFNS)))))

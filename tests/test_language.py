@@ -7,7 +7,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import BLOCK_NAMES, layer_count, layouts, small_layouts
 
+import archdsl
 from archdsl.errors import ArchDSLError, Source
+from archdsl.graph import canonical_text
+from archdsl.graph import layers as graph_layers
 from archdsl.language import (MAX_NESTING, Arg, Block, Group, Layer, Layout, Modifier, Repeat, format_block,
                               format_layout, format_modifier, format_node, parse_layout)
 from archdsl.spec import spec_from_yaml
@@ -332,6 +335,106 @@ def test_a_string_escape_is_known_or_refused(char):
 def test_non_text_is_refused():
     with pytest.raises(ArchDSLError, match="must be text"):
         parse_layout(42)
+
+
+# --- none: an argument unset ----------------------------------------------------------------
+SLIDING = """d_model: 64
+vocab_size: 100
+layout: |
+  2×(mamba2, attn),
+  attn(window=none)
+blocks:
+  attn: {heads: 4, window: 4096}
+"""
+
+
+def test_none_and_null_are_none_and_quoted_they_are_strings():
+    args = parse_layout("attn(window=none, x=null, a=\"none\", b='null', c=None, d=Null)").items[0].blocks[0].args
+    assert [(a.name, a.value) for a in args] == [("window", None), ("x", None), ("a", "none"), ("b", "null"),
+                                                 ("c", "None"), ("d", "Null")]
+    assert format_block(Block("attn", args)) == 'attn(window=none, x=none, a="none", b="null", c=None, d=Null)'
+    assert parse_layout("attn(window=none)") != parse_layout('attn(window="none")')
+    assert parse_layout("none, attn(none=1)").items[0].blocks[0].name == "none"  # a name elsewhere, as before
+
+
+def test_none_unsets_a_sliding_window_end_to_end():
+    """blocks: gives every attention layer a 4096-key window; `attn(window=none)` makes one use full attention:
+    the graph, the analysis (its KV cache grows with the context) and the built model agree."""
+    spec = spec_from_yaml(SLIDING, file="s.yaml")
+    windows = [s.config.window for subs in graph_layers(spec.graph) for s in subs if s.kind == "attn"]
+    assert windows == [4096, 4096, None]
+    rep = archdsl.analyze(spec, seq_len=8192, batch=2, dtype="float32")
+    kv = 2 * 2 * 4 * 16 * 4  # 2 (k, v) · batch · kv_heads · head_dim · bytes, a position
+    assert [r.cache_bytes for r in rep.layers if r.mixer == "attn"] == [kv * 4096, kv * 4096, kv * 8192]
+    model = archdsl.compile(spec, device="meta")
+    assert [layer.mixer.cfg.window for layer in model.layers if layer.mixer.cfg.kind == "attn"] == [4096, 4096, None]
+    assert canonical_text(spec) == spec.layout_text == "2×(mamba2, attn), attn(window=none)"
+    again = spec_from_yaml(spec.to_yaml(), file="saved.yaml")
+    assert again == spec
+    assert archdsl.analyze(again, seq_len=8192, batch=2, dtype="float32") == rep
+
+
+NONE_ERRORS = {
+    "attn(heads=none)": "<layout>:1:6: attn: heads cannot be none; it must be int\n"
+                        "  attn(heads=none)\n"
+                        "       ^~~~~~~~~~",
+    "mamba2\nattn(heads=4,\n     kv_heads=null)": "<layout>:3:6: attn: kv_heads cannot be none; it must be int\n"
+                                                   "       kv_heads=null)\n"
+                                                   "       ^~~~~~~~~~~~~",
+    "4×mamba2, moe(top_k=none) every 2": "<layout>:1:15: moe: top_k cannot be none; it must be int\n"
+                                         "  4×mamba2, moe(top_k=none) every 2\n"
+                                         "                ^~~~~~~~~~",
+    "mamba(dt_rank=none)": "<layout>:1:7: mamba: dt_rank cannot be none; it must be int or str\n"
+                           "  mamba(dt_rank=none)\n"
+                           "        ^~~~~~~~~~~~",
+    "mamba2, mlp(act=none)": "<layout>:1:13: mlp: act cannot be none; it must be str\n"
+                             "  mamba2, mlp(act=none)\n"
+                             "              ^~~~~~~~",
+}
+
+
+@pytest.mark.parametrize("text", list(NONE_ERRORS))
+def test_none_where_an_argument_takes_no_none_is_an_error(text):
+    with pytest.raises(ArchDSLError) as info:
+        archdsl.parse(text, d_model=64).graph
+    assert str(info.value) == NONE_ERRORS[text]
+
+
+def test_none_errors_point_into_the_yaml_file():
+    """In a file, at the argument inside the layout string, or at the `blocks:` value (YAML's null), through an
+    alias too; an unknown argument given none is still an unknown argument."""
+    text = "d_model: 64\nlayout: 2×mamba2, big(kv_heads=none)\nblocks:\n  big: {kind: attn, heads: 4}\n"
+    with pytest.raises(ArchDSLError) as info:
+        spec_from_yaml(text, file="s.yaml").graph
+    assert str(info.value).startswith("s.yaml:2:23: attn: kv_heads cannot be none; it must be int\n")
+    with pytest.raises(ArchDSLError) as info:
+        spec_from_yaml("d_model: 64\nlayout: attn\nblocks:\n  attn: {heads: null}\n", file="s.yaml").graph
+    assert str(info.value) == ("s.yaml:4:17: attn: heads cannot be none; it must be int\n"
+                               "    attn: {heads: null}\n"
+                               "                  ^")
+    with pytest.raises(ArchDSLError, match="unknown argument 'windo'"):
+        spec_from_yaml("layout: attn(windo=none)\n").graph
+    assert error("attn(shared=none)").startswith(
+        "<layout>:1:6: 'shared' is true, false or the name of a group, not none")
+
+
+def test_inner_norms_none_keeps_its_meaning():
+    """mamba's inner_norms takes the word "none" and no None: `inner_norms=none` is that word, as before the layout
+    had none, and so is YAML's null there; attn's window takes None and no word: YAML's `window: none` is None, as
+    the layout's. Either way the spec is written back so that it loads the same."""
+    for text in ("mamba(inner_norms=none)", 'mamba(inner_norms="none")', "mamba(inner_norms=null)"):
+        spec = archdsl.parse(text)
+        assert graph_layers(spec.graph)[0][0].config.inner_norms == "none"
+        assert spec.layout_text == 'mamba(inner_norms="none")'
+        assert spec_from_yaml(spec.to_yaml()) == spec
+    spec = spec_from_yaml("layout: mamba, attn\nblocks:\n  mamba: {inner_norms: null}\n  attn: {window: none}\n"
+                          "  moe: {norm_topk: none}\n")
+    assert dict(spec.blocks) == {"mamba": {"inner_norms": "none"}, "attn": {"window": None}, "moe": {"norm_topk": None}}
+    assert graph_layers(spec.graph)[0][0].config.inner_norms == "none"
+    assert spec_from_yaml(spec.to_yaml()) == spec
+    assert archdsl.parse("attn(window=16)", blocks={"attn": {"window": "none"}}).blocks["attn"]["window"] is None
+    with pytest.raises(ArchDSLError, match="window must be int or none, got 'none'"):
+        archdsl.parse('attn(window="none")').graph  # quoted, it is the string
 
 
 # --- golden error messages ------------------------------------------------------------------

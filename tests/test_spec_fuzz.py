@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import archdsl
+from archdsl.language import parse_layout
 from archdsl.spec import spec_from_yaml
 from strategies import layouts, small_layouts
 
@@ -294,9 +295,29 @@ def test_specs_hash_as_they_compare(layout, blocks):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(layouts(max_layers=16))
 @example(archdsl.parse('mamba(act="a\x85b")').layout)
+@example(parse_layout('attn(act=none, window="none")'))
 def test_to_yaml_keeps_any_layout(layout):
     """Spec.to_yaml wrote a string holding a NEL (U+0085) raw in single quotes, where YAML reads it as a line
     break folded into a space: the saved layout came back another. Whatever strings the layout holds, it loads
-    back the same."""
+    back the same (a quoted "none" beside a `none` stays a string)."""
     spec = archdsl.Spec(layout=layout)
     assert spec_from_yaml(spec.to_yaml(), file="saved.yaml").layout == layout
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_layouts(max_layers=12, semantic=True),
+       st.fixed_dictionaries({}, optional={"attn": st.fixed_dictionaries({"window": st.none() | st.integers(1, 64)}),
+                                           "moe": st.fixed_dictionaries({"norm_topk": st.none() | st.booleans()}),
+                                           "mamba": st.fixed_dictionaries({"inner_norms": st.sampled_from(
+                                               [None, "none", "weighted"])})}))
+def test_none_in_the_layout_and_the_blocks_loads_back_the_same(layout, blocks):
+    """A layout's `none` (attn(window=none)) and the blocks' None (YAML's null) are written so that the spec loads
+    back the same, and builds the same."""
+    spec = archdsl.Spec(layout=layout, blocks=blocks)
+    again = spec_from_yaml(spec.to_yaml(), file="saved.yaml")
+    assert again == spec and again.to_dict() == spec.to_dict()
+    try:
+        cache = archdsl.analyze(spec, seq_len=256).cache_bytes
+    except archdsl.ArchDSLError:
+        return  # a modifier past the last layer
+    assert archdsl.analyze(again, seq_len=256).cache_bytes == cache

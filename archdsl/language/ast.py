@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Union
 
-Value = Union[int, float, bool, str]
+Value = Union[int, float, bool, str, None]  # None: `none`, an argument unset
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Arg:
 
 @dataclass(frozen=True)
 class Block:
-    """One sublayer item: `attn(heads=16, window=4096)`. Bare flags (`shared`) are `True`."""
+    """One sublayer item: `attn(heads=16, window=4096)`. Bare flags (`shared`) are `True`, `window=none` None."""
 
     name: str
     args: tuple[Arg, ...] = ()

@@ -3,9 +3,10 @@
     4×(7×mamba2, attn(shared)), moe every 2
 
 Unicode ×, ', ' between entries, arguments in their given order as name=value (`shared`
-bare when true), modifiers after the layers, `every N` without `offset` when the offset is
-the default N-1, `at` indices ascending. parse_layout(format_layout(t)) == t for every tree
-the parser produces, and format_layout is idempotent through parse_layout.
+bare when true, None as `none`, the strings "none" and "null" quoted), modifiers after the
+layers, `every N` without `offset` when the offset is the default N-1, `at` indices ascending.
+parse_layout(format_layout(t)) == t for every tree the parser produces, and format_layout is
+idempotent through parse_layout.
 """
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ __all__ = ["format_layout", "format_node", "format_block", "format_modifier", "f
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _KEYWORDS = frozenset({"every", "offset", "at"})
-_RESERVED_VALUES = _KEYWORDS | {"true", "false"}
+_RESERVED_VALUES = _KEYWORDS | {"true", "false", "none", "null"}
 
 
 def format_value(value) -> str:
+    if value is None:
+        return "none"
     if value is True:
         return "true"
     if value is False:

@@ -9,6 +9,7 @@ logic. This module adds what a context-free grammar cannot say:
 - newlines separate entries like commas, but only between two entries (a newline after
   ',' or '(' or before ')' is plain whitespace) — a post-lexer filter decides;
 - nesting is bounded (MAX_NESTING) so deep input is refused, never a RecursionError;
+- values: `true` / `false` are booleans, `none` / `null` is None (an argument unset), other names strings;
 - semantic checks: counts >= 1, `every N` with N >= 1 and 0 <= offset < N, no repeated
   argument, `shared` true, false or a group name, no unknown string escape, no empty group
   or layout, modifiers after all layers, `at` indices >= 0 and distinct;
@@ -225,6 +226,8 @@ class _Build(Transformer):
             return True
         if tok.value == "false":
             return False
+        if tok.value in ("none", "null"):  # Python's and YAML's words for no value
+            return None
         return tok.value
 
     def modifier(self, children):
