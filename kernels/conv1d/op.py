@@ -51,35 +51,53 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, re
 
 
 @on_input_device
-def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, conv_state_indices=None):
     """Decode step (causal-conv1d's `causal_conv1d_update`): conv_state is shifted left in place.
 
     x: `[B, D]` (or `[B, D, T]` for T steps); conv_state: `[B, D, S]` with S >= W-1 (mamba_ssm keeps
     S = W); weight `[D, W]`; bias `[D]`. Returns `[B, D]` (or `[B, D, T]`) in x's dtype.
+    conv_state_indices `[B]` int32 or int64 (continuous batching, causal-conv1d's keyword): conv_state is a pool
+    `[P, D, S]` and row b shifts conv_state[conv_state_indices[b]]; a negative index is a pad row (its y is 0 and
+    no state is touched), as selective_state_update's state_batch_indices. Two rows must not name one state.
     """
     expect_shape("conv_state", conv_state, (None, None, None))
-    batch, dim, S = conv_state.shape
+    pool, dim, S = conv_state.shape
+    batch = pool if conv_state_indices is None else None
     if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
-        raise ValueError(f"x: expected shape [{batch}, {dim}] or [{batch}, {dim}, T], got "
+        rows = "B" if batch is None else batch
+        raise ValueError(f"x: expected shape [{rows}, {dim}] or [{rows}, {dim}, T], got "
                          f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     expect_shape("x", x, (batch, dim) if x.dim() == 2 else (batch, dim, None))
+    batch = x.shape[0]
     if x.dim() == 3 and x.shape[2] < 1:
         raise ValueError(f"x: expected at least one time step, got shape {list(x.shape)}")
     _check_weight(weight, bias, dim, activation)
     if S < weight.shape[1] - 1:
         raise ValueError(f"conv_state: expected at least W-1={weight.shape[1] - 1} entries in the last dim, got {S}")
+    expect_shape("conv_state_indices", conv_state_indices, (batch,), optional=True)
+    expect_integer(conv_state_indices=conv_state_indices)
     expect_float(x=x, conv_state=conv_state, weight=weight, bias=bias)
-    expect_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias)
+    expect_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias, conv_state_indices=conv_state_indices)
     expect_in_place(conv_state=conv_state)
     # the Triton step has no backward: with a gradient wanted, the torch step, which autograd differentiates
     if backend_for(x) == "triton" and conv_state.stride(2) == 1 and not needs_grad(x, conv_state, weight, bias):
         from .triton_conv1d import causal_conv1d_update_triton
+        idx = conv_state_indices
         if x.dim() == 2:
-            return causal_conv1d_update_triton(x.contiguous(), conv_state, weight, bias, activation)
-        steps = [causal_conv1d_update_triton(x[:, :, t].contiguous(), conv_state, weight, bias, activation)
+            return causal_conv1d_update_triton(x.contiguous(), conv_state, weight, bias, activation, idx)
+        steps = [causal_conv1d_update_triton(x[:, :, t].contiguous(), conv_state, weight, bias, activation, idx)
                  for t in range(x.shape[-1])]
         return torch.stack(steps, dim=-1)
-    return causal_conv1d_update_naive(x, conv_state, weight, bias, activation)
+    if conv_state_indices is None:
+        return causal_conv1d_update_naive(x, conv_state, weight, bias, activation)
+    # the pool's rows: gathered, stepped, written back (the pads' rows neither read nor written)
+    live = (conv_state_indices >= 0).nonzero().squeeze(1)
+    at = conv_state_indices[live].long()
+    rows = conv_state[at]
+    y = torch.zeros_like(x)
+    y[live] = causal_conv1d_update_naive(x[live], rows, weight, bias, activation)
+    conv_state[at] = rows
+    return y
 
 
 def _check_weight(weight, bias, dim, activation):

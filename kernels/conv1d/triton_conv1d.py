@@ -417,17 +417,22 @@ def _conv_bwd_quads_kernel(x_ptr, w_ptr, b_ptr, init_ptr, runs_ptr, dy_ptr, dx_p
 
 
 @triton.jit
-def _conv_update_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, DIM, S, W, s_sb, s_sd, s_xb, s_yb,
+def _conv_update_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, idx_ptr, DIM, S, W, s_sb, s_sd, s_xb, s_yb,
                         BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
-                        HAS_BIAS: tl.constexpr, SILU: tl.constexpr, OLD_TAP: tl.constexpr):
+                        HAS_BIAS: tl.constexpr, SILU: tl.constexpr, OLD_TAP: tl.constexpr, HAS_IDX: tl.constexpr):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     i = tl.arange(0, BLOCK_S)
     dmask = d < DIM
-    ptrs = state_ptr + b * s_sb + d[:, None].to(tl.int64) * s_sd + i[None, :]
+    sb = b  # the state this row steps: its own, or the pool's row idx[b] (negative: a pad, which touches none)
+    if HAS_IDX:
+        sb = tl.load(idx_ptr + b).to(tl.int64)
+    live = sb + tl.zeros([BLOCK_D], dtype=tl.int64) >= 0
+    smask = dmask & live  # the state's channels this program reads and writes
+    ptrs = state_ptr + sb * s_sb + d[:, None].to(tl.int64) * s_sd + i[None, :]
     x = tl.load(x_ptr + b * s_xb + d, mask=dmask, other=0.0).to(tl.float32)
-    nxt = tl.load(ptrs + 1, mask=dmask[:, None] & (i + 1 < S)[None, :], other=0.0).to(tl.float32)
+    nxt = tl.load(ptrs + 1, mask=smask[:, None] & (i + 1 < S)[None, :], other=0.0).to(tl.float32)
     nxt = tl.where((i == S - 1)[None, :], x[:, None], nxt)
     # after the shift the window is the last W entries of the new state
     k = i - (S - W)
@@ -437,13 +442,14 @@ def _conv_update_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, DIM, S, W, s_sb, 
     # a state of W-1 entries: the oldest window entry was shifted out of nxt
     if OLD_TAP:
         w_old = tl.load(w_ptr + d * W, mask=dmask, other=0.0).to(tl.float32)
-        y += w_old * tl.load(state_ptr + b * s_sb + d.to(tl.int64) * s_sd, mask=dmask, other=0.0).to(tl.float32)
+        y += w_old * tl.load(state_ptr + sb * s_sb + d.to(tl.int64) * s_sd, mask=smask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         y += tl.load(b_ptr + d, mask=dmask, other=0.0).to(tl.float32)
     if SILU:
         y = y * tl.sigmoid(y)
+    y = tl.where(live, y, 0.0)
     tl.debug_barrier()  # every thread has read the old state before any shifted value lands
-    tl.store(ptrs, nxt.to(state_ptr.dtype.element_ty), mask=dmask[:, None] & (i < S)[None, :])
+    tl.store(ptrs, nxt.to(state_ptr.dtype.element_ty), mask=smask[:, None] & (i < S)[None, :])
     tl.store(y_ptr + b * s_yb + d, y.to(y_ptr.dtype.element_ty), mask=dmask)
 
 
@@ -551,14 +557,16 @@ def causal_conv1d_triton(x, weight, bias, activation, initial_states, runs=None)
     return apply(CausalConv1dFn, x, weight, bias, initial_states, runs, activation in ("silu", "swish"))
 
 
-def causal_conv1d_update_triton(x, conv_state, weight, bias, activation):
-    """x `[B, D]`; conv_state `[B, D, S]` (last dim contiguous, S >= W-1) shifted in place."""
-    batch, dim, S = conv_state.shape
+def causal_conv1d_update_triton(x, conv_state, weight, bias, activation, conv_state_indices=None):
+    """x `[B, D]`; conv_state `[B, D, S]` (last dim contiguous, S >= W-1) shifted in place; conv_state_indices
+    `[B]`: row b shifts conv_state[idx[b]] of a pool `[P, D, S]` (none where negative, and y is 0)."""
+    (batch, dim), S = x.shape, conv_state.shape[2]
     y = torch.empty_like(x)
     bd = 32
     _conv_update_kernel[(cdiv(dim, bd), batch)](
-        x, conv_state, weight.contiguous(), dense(bias), y, dim, S, weight.shape[1],
+        x, conv_state, weight.contiguous(), dense(bias), y, dense(conv_state_indices), dim, S, weight.shape[1],
         conv_state.stride(0), conv_state.stride(1), x.stride(0), y.stride(0),
         BLOCK_D=bd, BLOCK_S=next_pow2(S), HAS_BIAS=bias is not None,
-        SILU=activation in ("silu", "swish"), OLD_TAP=S < weight.shape[1], num_warps=4)
+        SILU=activation in ("silu", "swish"), OLD_TAP=S < weight.shape[1], HAS_IDX=conv_state_indices is not None,
+        num_warps=4)
     return y

@@ -1,6 +1,6 @@
-"""selective_state_update's mamba_ssm forms beyond the plain one: the head form (Mamba-2's step) and a pool of
-states (state_batch_indices, continuous batching), on the torch and the Triton (interpreted) paths, against a
-float64 reference written from mamba_ssm's selective_state_update_ref."""
+"""The decode steps' forms beyond the plain one: selective_state_update's head form (mamba_ssm's Mamba-2 step) and
+pools of states for continuous batching (its state_batch_indices, causal_conv1d_update's conv_state_indices), on the
+torch and the Triton (interpreted) paths, against float64 references (mamba_ssm's selective_state_update_ref)."""
 import os
 from unittest import mock
 
@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from archdsl.kernels.conv1d import causal_conv1d_update
 from archdsl.kernels.selective_scan import selective_state_update
 
 BACKENDS = ["torch", "triton"]
@@ -106,6 +107,33 @@ def test_a_pool_of_states(backend, heads):
         assert torch.equal(got[untouched], pool[untouched])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("S", [3, 4])  # W-1 entries (causal-conv1d's), or W (mamba_ssm's)
+@pytest.mark.parametrize("steps", [0, 3])  # x [b, D], or [b, D, T]
+def test_a_pool_of_conv_states(backend, S, steps):
+    """conv_state_indices: row b shifts the pool's window idx[b]; a negative index is a pad (y 0, no window
+    touched); the pool's other windows are left as they were. Each live row is the plain step of its window."""
+    g = torch.Generator().manual_seed(S + steps)
+    x = torch.randn(4, 6, *((steps,) if steps else ()), generator=g)
+    weight, bias = torch.randn(6, 4, generator=g), torch.randn(6, generator=g)
+    pool = torch.randn(5, 6, S, generator=g)
+    idx = torch.tensor([2, -1, 0, 4])
+    got = pool.clone()
+    with mock.patch.dict(os.environ, {"ARCHDSL_KERNELS": backend}):
+        y = causal_conv1d_update(x, got, weight, bias, "silu", conv_state_indices=idx)
+    for row, at in enumerate(idx.tolist()):
+        if at < 0:
+            assert (y[row] == 0).all()
+            continue
+        alone = pool[at:at + 1].double().clone()
+        with mock.patch.dict(os.environ, {"ARCHDSL_KERNELS": "naive"}):
+            want = causal_conv1d_update(x[row:row + 1].double(), alone, weight.double(), bias.double(), "silu")
+        torch.testing.assert_close(y[row:row + 1].double(), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[at:at + 1].double(), alone, rtol=1e-6, atol=1e-6)
+    for untouched in (1, 3):
+        assert torch.equal(got[untouched], pool[untouched])
+
+
 def test_bad_inputs_name_the_argument():
     t, state = case(2, 4, 3, 5, 2, 0)
     with pytest.raises(ValueError, match="B: groups G=3 must divide the heads H=4"):
@@ -120,6 +148,13 @@ def test_bad_inputs_name_the_argument():
         selective_state_update(state, **t, state_batch_indices=torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="state_batch_indices: expected an integer tensor"):
         selective_state_update(state, **t, state_batch_indices=torch.zeros(2))
+    x, pool, weight = torch.zeros(2, 6), torch.zeros(5, 6, 3), torch.zeros(6, 4)
+    with pytest.raises(ValueError, match=r"conv_state_indices: expected shape \[2\]"):
+        causal_conv1d_update(x, pool, weight, conv_state_indices=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="conv_state_indices: expected an integer tensor"):
+        causal_conv1d_update(x, pool, weight, conv_state_indices=torch.zeros(2))
+    with pytest.raises(ValueError, match=r"x: expected shape \[5, 6\]"):  # no indices: one row a window
+        causal_conv1d_update(x, pool, weight)
 
 
 @pytest.mark.gpu
