@@ -518,7 +518,7 @@ def cmd_train(args):
     from .train import TrainConfig, train
 
     cfg = TrainConfig(spec=args.spec, settings=tuple(args.set), data=args.data, steps=args.steps, rundir=args.output, batch=args.batch,
-                      seq_len=args.seq_len, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
+                      micro_batch=args.micro_batch, seq_len=args.seq_len, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
                       grad_clip=args.grad_clip, bf16=args.bf16, grad_ckpt=args.grad_ckpt, compile=args.compile,
                       save_every=args.save_every, resume=args.resume, stop_after=args.stop_after, seed=args.seed, device=args.device,
                       peak_tflops=args.peak_tflops, progress=not args.no_progress, cpu_threads=args.threads)
@@ -537,6 +537,9 @@ def _add_train(p):
     p.add_argument("--steps", type=int, required=True, help="optimizer steps in all (a resumed run continues)")
     p.add_argument("-o", "--output", required=True, metavar="RUNDIR", help="run directory")
     p.add_argument("--batch", type=int, default=32, help="global batch in sequences, split over the processes")
+    p.add_argument("--micro-batch", type=count("--micro-batch"), default=None, metavar="M",
+                   help="sequences per forward on each process, the gradients accumulated to one step of --batch "
+                        "(default: the process's whole share)")
     p.add_argument("--seq-len", type=count("--seq-len"), default=None,
                    help="sequence length (token files; default 1024)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine after warmup)")

@@ -154,6 +154,40 @@ def test_moe_two_processes_match_one(tmp_path, text):
         assert torch.equal(b1, b2) and b1.abs().max() > 0 and b1.abs().max() <= 0.1 + 1e-6
 
 
+@pytest.mark.parametrize("text", [HYBRID, BALANCED], ids=["hybrid", "balance_rate"])
+def test_micro_batches_take_the_same_steps(tmp_path, text):
+    """--micro-batch 2 (4 forwards and backwards a step, the gradients accumulated) gives the losses of the whole
+    batch at once, and with DeepSeek-V3's balancing the same score biases (the loads of every micro-batch); in 2
+    processes (each its 4 rows as 2 micro-batches of 2) too."""
+    spec = write(tmp_path, "s.yaml", text)
+    runs = {name: str(tmp_path / name) for name in ("whole", "micro", "micro2")}
+    assert main(["train", spec, *COMMON, "-o", runs["whole"]]) == 0
+    assert main(["train", spec, *COMMON, "-o", runs["micro"], "--micro-batch", "2"]) == 0
+    torchrun([spec, *COMMON, "-o", runs["micro2"], "--micro-batch", "2"])
+    for name in ("micro", "micro2"):
+        print(f"{name}: max relative difference to the whole batch {rel(losses(runs['whole']), losses(runs[name])):.2e}")
+        assert rel(losses(runs["whole"]), losses(runs[name])) < 1e-4
+    with open(os.path.join(runs["micro"], "run.json")) as f:
+        assert json.load(f)["config"]["micro_batch"] == 2
+    if text is BALANCED:
+        biases = []
+        for name in runs:
+            assert main(["export-checkpoint", runs[name], "-o", str(tmp_path / f"m_{name}")]) == 0
+            biases.append(archdsl.load(tmp_path / f"m_{name}").layers[1].ffn.router.e_score_correction_bias)
+        assert biases[0].abs().max() > 0 and all(torch.equal(biases[0], b) for b in biases[1:])
+
+
+def test_micro_batch_must_divide_each_share(tmp_path, capsys):
+    """Refused before any work, with the share it must divide (on one process and on two)."""
+    spec = write(tmp_path, "s.yaml", HYBRID)
+    refused(capsys, ["train", spec, *COMMON, "-o", str(tmp_path / "r"), "--micro-batch", "3"],
+            "--micro-batch 3 does not divide each process's share of the batch, 8 sequences", "divides 8")
+    r = torchrun([spec, *COMMON, "-o", str(tmp_path / "r2"), "--micro-batch", "8"], check=False)
+    assert r.returncode != 0 and "share of the batch, 4 sequences (--batch 8 over 2 processes)" in r.stderr, r.stderr
+    refused(capsys, ["train", spec, *COMMON, "-o", str(tmp_path / "r"), "--micro-batch", "0"], "--micro-batch")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r2").exists()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 @pytest.mark.parametrize("which, extra", [("zamba", ["--grad-ckpt"]), ("jamba", []), ("jamba", ["--bf16"])])

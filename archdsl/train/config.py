@@ -22,6 +22,8 @@ class TrainConfig:
     steps: int
     rundir: str
     batch: int = 32  # global batch (sequences per optimizer step, over all processes)
+    micro_batch: int | None = None  # sequences per forward on each process, their gradients accumulated
+    #                                 (None: the process's whole share, batch / processes)
     seq_len: int | None = None  # token files: sequence length (default 1024); tasks: their own seq
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -47,6 +49,8 @@ class TrainConfig:
             raise ArchDSLError(f"train: --steps must be positive, got {self.steps}")
         if self.batch < 1:
             raise ArchDSLError(f"train: --batch must be positive, got {self.batch}")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ArchDSLError(f"train: --micro-batch must be positive, got {self.micro_batch}")
         if self.seq_len is not None and self.seq_len < 2:
             raise ArchDSLError(f"train: --seq-len must be at least 2, got {self.seq_len}")
         if not 0 < self.lr < math.inf:

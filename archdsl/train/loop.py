@@ -10,6 +10,12 @@ rank sums its rows' losses and divides by the global count (known on every rank,
 draws the whole batch), times W because FSDP averages gradients over ranks. So W processes compute
 the gradient of one process up to the order of the sums. The MoE balancing loss counts expert
 assignments over the global batch too (archdsl/model/modules/moe.py), so it matches as well.
+
+With --micro-batch M each rank runs its rows M at a time, a forward and a backward each, and the gradients
+accumulate before the one optimizer step: the cross entropy still sums over the rows and divides by the global
+count, so the step is the same one (up to the order of the sums) at a fraction of the activations' memory.
+The MoE balancing loss is then the mean of the micro-batches' (as Megatron-Core's), and DeepSeek-V3's
+balancing counts the loads of all of them.
 """
 from __future__ import annotations
 
@@ -81,6 +87,12 @@ def prepare(cfg: TrainConfig):
     if cfg.batch % env.world:
         raise ArchDSLError(f"train: the global batch {cfg.batch} is not divisible by the world size {env.world}",
                            hint=f"use a batch that is a multiple of {env.world}, or another number of processes")
+    share = cfg.batch // env.world
+    if cfg.micro_batch is not None and share % cfg.micro_batch:
+        raise ArchDSLError(f"train: --micro-batch {cfg.micro_batch} does not divide each process's share of the batch, "
+                           f"{share} sequences (--batch {cfg.batch} over {env.world} "
+                           f"process{'es' if env.world > 1 else ''})",
+                           hint=f"give a --micro-batch that divides {share}")
     spec_yaml = spec.to_yaml()
     resume_from = None
     if cfg.resume:
@@ -201,6 +213,31 @@ def _metrics_file(cfg, start: int):
     return open(path, "a", encoding="utf-8")
 
 
+def _accumulate(model, x, y, seq, count: int, world: int, micro: int, V: int):
+    """Forward and backward over this rank's rows x, y [rows, L] (seq [rows, L] or None), `micro` rows at a time,
+    the gradients accumulating: the loss is each part's summed cross entropy · world / count (count: the scored
+    tokens of the global batch), plus the MoE balancing loss over the parts. Returns this rank's summed cross
+    entropy, its correct predictions, and the mean balancing loss of the parts (None without one)."""
+    parts = range(0, x.shape[0], micro)
+    ce_sum = correct = 0.0
+    aux_sum = None
+    for m0 in parts:
+        xm, ym = x[m0:m0 + micro], y[m0:m0 + micro]
+        logits = model(xm, seq_idx=None if seq is None else seq[m0:m0 + micro])
+        ce = F.cross_entropy(logits.float().reshape(-1, V), ym.reshape(-1), ignore_index=IGNORE, reduction="sum")
+        loss = ce * (world / count)
+        aux = model.aux_loss
+        if isinstance(aux, torch.Tensor) and aux.requires_grad:
+            loss = loss + aux / len(parts)
+            aux_sum = float(aux.detach()) + (aux_sum or 0.0)
+        loss.backward()
+        with torch.no_grad():
+            mask = ym != IGNORE
+            correct += float((logits.argmax(-1)[mask] == ym[mask]).sum())
+        ce_sum += float(ce.detach())
+    return ce_sum, correct, None if aux_sum is None else aux_sum / len(parts)
+
+
 def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
     from ..analysis import analyze
 
@@ -232,6 +269,7 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
         metrics = _metrics_file(cfg, start)
     per_rank = cfg.batch // dist.world
     lo = dist.rank * per_rank
+    micro = cfg.micro_batch or per_rank
     V = spec.vocab_size
     bar = None
     if dist.is_main and cfg.progress:
@@ -254,21 +292,12 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
                 raise ArchDSLError(f"step {step}: the batch has no scored tokens")
             x, y = x[lo:lo + per_rank].to(dist.device), y[lo:lo + per_rank].to(dist.device)
             seq = None if seq is None else seq[lo:lo + per_rank].to(dist.device)
-            logits = model(x, seq_idx=seq)
-            ce = F.cross_entropy(logits.float().reshape(-1, V), y.reshape(-1), ignore_index=IGNORE, reduction="sum")
-            loss = ce * (dist.world / count)
-            aux = model.aux_loss
-            if isinstance(aux, torch.Tensor) and aux.requires_grad:
-                loss = loss + aux
-            loss.backward()
+            ce, correct, aux = _accumulate(model, x, y, seq, count, dist.world, micro, V)
             gnorm = _grad_norm(model.parameters(), cfg.grad_clip)
             opt.step()
             balance_experts(model)
             opt.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                mask = y != IGNORE
-                correct = (logits.argmax(-1)[mask] == y[mask]).sum()
-            ce_sum, n_correct = all_reduce_sum([float(ce.detach()), float(correct)], dist)
+            ce_sum, n_correct = all_reduce_sum([ce, correct], dist)
             sync()
             dt = time.perf_counter() - t0
             tok_s = cfg.batch * L / dt
@@ -276,8 +305,8 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
                    "tokens_per_s": tok_s, "tokens_per_s_per_device": tok_s / dist.world,
                    "mfu": flops_tok * tok_s / dist.world / peak if peak else None, "step_s": dt,
                    "world_size": dist.world}
-            if isinstance(aux, torch.Tensor) and aux.requires_grad:
-                rec["aux_loss"] = float(aux.detach())
+            if aux is not None:
+                rec["aux_loss"] = aux
             losses[step] = rec["loss"]
             if metrics is not None:
                 metrics.write(json.dumps(rec) + "\n")
