@@ -280,7 +280,8 @@ class ArchModel(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  seed: int | None = None, attention_mask: torch.Tensor | None = None, top_p: float | None = None,
-                 eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None):
+                 eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
+                 repetition_penalty: float | None = None):
         """Prefill through the parallel path, then decode step by step. temperature 0 = greedy; else sampling
         from softmax(logits / temperature), cut to the top_k likeliest tokens and then to the nucleus of top_p
         (the fewest likeliest tokens whose probability reaches top_p), as transformers' generate does.
@@ -289,12 +290,15 @@ class ArchModel(nn.Module):
         lengths, left-padded (the pads first); each row continues as its prompt alone would (forward).
         eos_token_id (one id or a list, as transformers'): a row that has produced one goes on with pad_token_id
         (default: the first eos id), and generation stops once every row has, so the result may be shorter,
-        [B, L + n] with n <= max_new_tokens (one wait for the device a step)."""
+        [B, L + n] with n <= max_new_tokens (one wait for the device a step).
+        repetition_penalty θ (CTRL's, as transformers' RepetitionPenaltyLogitsProcessor; None or 1: off): before
+        the temperature, the logit of every token already in the row is divided by θ where positive, multiplied
+        where negative; the pads of attention_mask do not count as in the row."""
         self._check_tokens("generate", "input_ids", input_ids, 2)
         self._padded("generate", attention_mask, input_ids, None)  # refused before any cache is made
         if input_ids.is_cuda:  # once a call: the prompt's ids checked on the card too (one wait for it)
             self._check_range("generate", "input_ids", input_ids)
-        _check_sampling(max_new_tokens, temperature, top_k, seed, top_p)
+        _check_sampling(max_new_tokens, temperature, top_k, seed, top_p, repetition_penalty)
         eos = self._stop_ids(eos_token_id, pad_token_id)
         B, L = input_ids.shape
         if max_new_tokens == 0:
@@ -311,12 +315,22 @@ class ArchModel(nn.Module):
             cache = self.init_cache(B, max_len=L + max_new_tokens)
         logits = self(input_ids, cache, attention_mask=attention_mask)[:, -1]
         out = [input_ids]
+        seen = None
+        if repetition_penalty is not None and repetition_penalty != 1:
+            real = (torch.ones_like(input_ids, dtype=torch.long) if attention_mask is None
+                    else (attention_mask != 0).long())
+            seen = torch.zeros(B, logits.shape[-1], dtype=torch.long, device=logits.device).scatter_add_(
+                1, input_ids.long(), real) > 0  # [B, V]: the tokens each row holds
         if eos is not None:
             eos_ids = torch.tensor(eos[0], device=input_ids.device)
             pad = torch.tensor(eos[1], device=input_ids.device)
             done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         for i in range(max_new_tokens):
+            if seen is not None:
+                logits = penalize(logits, seen, repetition_penalty)
             tok = sample(logits, temperature, top_k, gen, top_p)
+            if seen is not None:
+                seen.scatter_(1, tok[:, None], True)
             if eos is not None:
                 tok = torch.where(done, pad, tok)
                 done |= torch.isin(tok, eos_ids)
@@ -488,9 +502,10 @@ def _build(cls, cfg, index):
         raise ArchDSLError(f"layer {index}: cannot build {cfg.kind}: {e}") from None
 
 
-def _check_sampling(max_new_tokens, temperature, top_k, seed, top_p=None) -> None:
+def _check_sampling(max_new_tokens, temperature, top_k, seed, top_p=None, repetition_penalty=None) -> None:
     """generate's options: max_new_tokens an int >= 0, temperature a finite number >= 0 (0: greedy), top_k None
-    or an int >= 1, seed None or an int, top_p None or a number in (0, 1]."""
+    or an int >= 1, seed None or an int, top_p None or a number in (0, 1], repetition_penalty None or a finite
+    number > 0."""
     count = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
     if not count(max_new_tokens) or max_new_tokens < 0:
         raise ArchDSLError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
@@ -500,7 +515,19 @@ def _check_sampling(max_new_tokens, temperature, top_k, seed, top_p=None) -> Non
         raise ArchDSLError(f"generate: top_k must be None or an int >= 1, got {top_k!r}")
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1):
         raise ArchDSLError(f"generate: top_p must be None or a number in (0, 1], got {top_p!r}")
+    if repetition_penalty is not None and (isinstance(repetition_penalty, bool)
+                                           or not isinstance(repetition_penalty, numbers.Real)
+                                           or not 0 < repetition_penalty < math.inf):
+        raise ArchDSLError(f"generate: repetition_penalty must be None or a finite number > 0 (1: off), "
+                           f"got {repetition_penalty!r}")
     check_seed("generate", seed, none_ok=True)
+
+
+def penalize(logits, seen, penalty: float):
+    """logits [B, V] with those of the tokens `seen` [B, V] (bool) made less likely: divided by `penalty` where
+    positive, multiplied where negative (CTRL; transformers' RepetitionPenaltyLogitsProcessor). In float32."""
+    logits = logits.float()
+    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
 
 
 def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None):

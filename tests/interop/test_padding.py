@@ -1,5 +1,6 @@
 """Left-padded batches against transformers: greedy generate with an attention_mask (HF's convention, 0 at the
-pads) gives transformers' tokens for the same padded batch, and each row the tokens of its prompt alone."""
+pads) gives transformers' tokens for the same padded batch, and each row the tokens of its prompt alone; and
+generate's repetition_penalty gives transformers' tokens."""
 import pytest
 import torch
 
@@ -62,3 +63,23 @@ def test_left_padded_generate_matches_transformers(family, tmp_path):
     for b, n in enumerate(lengths):
         alone = ids[b:b + 1, L - n:]
         assert torch.equal(out[b, L:], hf_generate(hf, alone, torch.ones_like(alone), 10)[0, n:])
+
+
+@pytest.mark.parametrize("family", ["llama", "mamba2", "jamba"])
+@pytest.mark.parametrize("penalty", [1.5, 0.7])  # < 1 favours repeats
+def test_repetition_penalty_matches_transformers(family, penalty, tmp_path):
+    """Greedy generate with repetition_penalty: transformers' RepetitionPenaltyLogitsProcessor's tokens, over 12 new
+    tokens of a random 6-token prompt (a repeat-prone tiny model: the penalty changes the greedy tokens)."""
+    import archdsl
+
+    config, cls, kw = FAMILIES[family]
+    hf = make_hf(config, cls, **kw)
+    hf.save_pretrained(tmp_path)
+    _, ours = archdsl.from_hf(tmp_path, weights=True)
+    ids = torch.randint(1, 120, (2, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
+                           do_sample=False, repetition_penalty=penalty, pad_token_id=0, eos_token_id=None)
+    got = ours.generate(ids, 12, temperature=0, repetition_penalty=penalty)
+    assert torch.equal(got, want)
+    assert not torch.equal(got, ours.generate(ids, 12, temperature=0))

@@ -101,6 +101,19 @@ def test_padded_generate_equals_each_prompt_alone():
     assert torch.equal(model.generate(ids, 3, temperature=0, attention_mask=full), model.generate(ids, 3, temperature=0))
 
 
+def test_pads_are_not_repeats():
+    """repetition_penalty counts the tokens of each row's prompt, not the tokens under its pads (random ones here):
+    the padded batch gives each row the tokens of its prompt alone."""
+    model = model_of(LAYOUTS[0])
+    lengths = [7, 2, 11]
+    ids, mask = left_padded(lengths, seed=4)
+    out = model.generate(ids, 8, temperature=0, attention_mask=mask, repetition_penalty=1.8)
+    L = ids.shape[1]
+    for b, n in enumerate(lengths):
+        alone = model.generate(prompt(ids, lengths, b), 8, temperature=0, repetition_penalty=1.8)
+        assert torch.equal(out[b, L:], alone[0, n:])
+
+
 def test_pads_change_nothing_else():
     """A mask without pads is no mask: the same logits bit for bit, and a model with RWKV-4 takes it."""
     model = model_of(LAYOUTS[1])
