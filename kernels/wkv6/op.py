@@ -13,8 +13,8 @@ from .varlen import packed, side_by_side
 
 
 @on_input_device
-def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, seq_idx=None, cu_seqlens=None,
-         cu_seqlens_cpu=None):
+def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None, cu_seqlens_cpu=None,
+         seq_idx=None):
     """RWKV-6's WKV over a sequence, fla's `chunk_rwkv6` convention.
 
     r, k, w `[B, T, H, K]`, v `[B, T, H, V]`, w the log-decay (≤ 0: the per-step decay
@@ -28,8 +28,8 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
 
     cu_seqlens `[n + 1]` int32 or int64 (fla's varlen form, batch 1: 0, each later sequence's first token, T)
     packs n sequences as fla's `chunk_rwkv6` does: each has its own state, initial_state `[n, H, K, V]` and
-    the final state `[n, H, K, V]`. cu_seqlens_cpu, fla's host copy of it, spares the one wait for the device
-    that reading the offsets costs (trusted to hold the same offsets). Without states it runs as the packed
+    the final state `[n, H, K, V]`, in its place among the arguments. cu_seqlens_cpu, fla's host copy of it, spares
+    the one wait for the device that reading the offsets costs (trusted to hold the same offsets). Without states it runs as the packed
     row of seq_idx; with them, as a batch of the n sequences padded to the longest (kernels/wkv6/varlen.py).
 
     Returns (o `[B, T, H, V]` in r's dtype, final state `[B, H, K, V]` in float32 (float64

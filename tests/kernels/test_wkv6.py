@@ -276,6 +276,15 @@ def test_cu_seqlens_equals_each_sequence_alone(backend, case):
     close(got, want, 1e-10 if backend == "torch" else 2e-4, backend, floor=0.1)
 
 
+def test_cu_seqlens_in_fla_s_place():
+    """chunk_rwkv6's positional order: cu_seqlens right after output_final_state."""
+    r, k, v, w, u, _ = make(1, 12, 2, 8, 6, 7)
+    h0 = make(2, 1, 2, 8, 6, 8)[5]
+    cu = torch.tensor([0, 5, 12])
+    got = wkv6(r, k, v, w, u, 0.5, h0, True, cu)
+    close(list(got), list(wkv6(r, k, v, w, u, 0.5, h0, True, cu_seqlens=cu)), 1e-15)
+
+
 def test_cu_seqlens_without_states_is_the_packed_row():
     """Without states, cu_seqlens stands for seq_idx (one packed row, no padding): the same outputs as seq_idx and
     as zero initial states, with a seq_idx that says the same packing accepted beside it."""
