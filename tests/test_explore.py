@@ -12,6 +12,7 @@ from archdsl import analyze
 from archdsl.cli import main
 from archdsl.errors import ArchDSLError
 from archdsl.explore import Space, dominates, explore, parse_constraint, pareto_ranks, space_from_yaml
+from archdsl.explore import search
 from archdsl.explore.probes import make_task
 from archdsl.explore.search import Candidate, _key
 
@@ -74,7 +75,9 @@ def test_every_candidate_meets_its_budget(data, budget):
         for con in cons:
             rep = analyze(c.spec, seq_len=con.seq_len or 2048, batch=con.batch or 1)
             assert getattr(rep, con.metric) <= con.max, (c.layout, con.label)
-        assert analyze(c.spec, seq_len=2048).params == c.figures["params"]
+        rep = analyze(c.spec, seq_len=2048)  # the frame's figures, given to every placement, are its own
+        assert [rep.params, rep.active_params, rep.flops_per_token, rep.cache_bytes] == \
+            [c.figures[k] for k in ("params", "active_params", "flops_per_token", "cache_bytes")], c.layout
     check_front(res.candidates, res.objectives)
 
 
@@ -94,9 +97,16 @@ def test_pareto_ranks_on_random_points(points):
     cands = [Candidate(f"c{i}", {}, "", None, {"params": a, "cache_bytes": b}, probe={"accuracy": acc})
              for i, (a, b, acc) in enumerate(points)]
     objectives = ("params", "cache_bytes", "accuracy")
-    for c, r in zip(cands, pareto_ranks(cands, objectives)):
+    ranks = pareto_ranks(cands, objectives)
+    for c, r in zip(cands, ranks):
         c.on_front = r == 0
     check_front(cands, objectives)
+    keys, left, peeled, r = [_key(c, objectives) for c in cands], set(range(len(cands))), {}, 0
+    while left:  # the definition: peel off the front of what is left, again and again
+        front = {i for i in left if not any(dominates(keys[j], keys[i]) for j in left)}
+        peeled.update(dict.fromkeys(front, r))
+        left, r = left - front, r + 1
+    assert ranks == [peeled[i] for i in range(len(cands))]
 
 
 def test_layouts_are_the_language():
@@ -576,3 +586,39 @@ def test_probe_named_by_an_alias_keeps_the_space_settings(tmp_path, capsys):
     assert code == 0, err
     probe = json.loads((tmp_path / "o" / "results.json").read_text())["config"]["probe"]
     assert probe["task_args"] == {"seq_len": 24, "num_tokens_to_copy": 3} and probe["train"]["batch_size"] == 8
+
+
+def test_a_deep_space_enumerates_every_placement_once(monkeypatch):
+    """Depth 2000 with every period of 2..2000: the candidates, in order, are the placements' definitions
+    written out plainly (and deduplicated); a sample of them, analysed on its own, has the figures and the
+    attention layers given; and there is one analysis per frame, not one per candidate (each candidate was
+    once analysed on its own, which took minutes and gigabytes at this depth)."""
+    D = 2000
+    space = small_space({"attn_count": (0, 3), "placements": ("even", "every", "front", "back", "sandwich"),
+                         "every_offsets": ("first", "mid", "last"), "shared": (False, True), "d_model": (32,),
+                         "depth": (D,)})
+    calls = []
+    monkeypatch.setattr(search, "analyze", lambda spec, **kw: calls.append(spec.name) or analyze(spec, **kw))
+    res = explore(space, objectives=("params", "cache"))
+    every: dict[int, list] = {}  # by the number of layers selected: i % N == K
+    for N in range(2, D + 1):
+        for K in (0, N // 2, N - 1):
+            idx = [i for i in range(D) if i % N == K]
+            every.setdefault(len(idx), []).append(idx)
+    expected = []
+    for shared, k in [(False, 0), (False, 1), (False, 2), (False, 3), (True, 2), (True, 3)]:
+        if k == 0:
+            placements = [[]]
+        else:
+            placements = [sorted({int((j + 0.5) * D / k) for j in range(k)}), *every.get(k, []), list(range(k)),
+                          list(range(D - k, D)), list(range((k + 1) // 2)) + list(range(D - k // 2, D))]
+        kept = dict.fromkeys(map(tuple, placements))  # the same layers twice: the first placement's
+        expected += [(shared and k >= 2, k, list(idx)) for idx in kept]
+    by_id = sorted(res.candidates, key=lambda c: int(c.id[1:]))
+    assert [(c.knobs["shared"], c.knobs["attn_count"], c.knobs["attn_layers"]) for c in by_id] == expected
+    assert res.enumerated == len(expected) and len(calls) == 6  # one analysis per frame
+    for c in by_id[:: len(by_id) // 7] + by_id[-3:]:
+        rep = analyze(c.spec, seq_len=4096)  # explore's default context
+        assert [i for i, r in enumerate(rep.layers) if r.mixer == "attn"] == c.knobs["attn_layers"], c.layout
+        assert (rep.params, rep.cache_bytes) == (c.figures["params"], c.figures["cache_bytes"])
+        assert c.spec == space.spec(c.knobs, c.layout, c.spec.name)  # the same Spec as one read from YAML

@@ -23,13 +23,15 @@ layers among D:
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 from ..blocks import BLOCKS, MIXER
 from ..errors import ArchDSLError, Source, did_you_mean
+from ..language import parse_layout
 from ..spec import Spec, _positions, dump_yaml, load_spec, read_text, read_yaml, spec_from_yaml
 
 PLACEMENTS = ("even", "every", "front", "back", "sandwich")
@@ -190,16 +192,8 @@ class Space:
             elif p == "sandwich":
                 yield p, tuple(range((k + 1) // 2)) + tuple(range(D - k // 2, D))
             elif p == "every":
-                for N in self.every_periods or range(2, D + 1):
-                    if N < 2 or N > D:
-                        continue
-                    for off in self.every_offsets:
-                        K = {"first": 0, "mid": N // 2, "last": N - 1}.get(off, off)
-                        if K >= N:
-                            continue
-                        idx = tuple(i for i in range(D) if i % N == K)
-                        if len(idx) == k:
-                            yield f"every {N} offset {K}", idx
+                for N, K in _every_by_count(D, self.every_periods, self.every_offsets).get(k, ()):
+                    yield f"every {N} offset {K}", tuple(range(K, D, N))
 
     def layout_text(self, frame: dict, placement: str, idx: tuple[int, ...]) -> str:
         """The candidate's layout in the layout language."""
@@ -209,7 +203,8 @@ class Space:
             N, K = placement.split()[1], placement.split()[3]
             text = f"{D}×{frame['mixer']}, {attn} every {N} offset {K}"
         else:
-            kinds = [attn if i in idx else frame["mixer"] for i in range(D)]
+            chosen = set(idx)  # not `i in idx`: D·k steps for many attention layers
+            kinds = [attn if i in chosen else frame["mixer"] for i in range(D)]
             text = _compress(kinds)
         if frame["moe_every"]:
             args = [f"experts={frame['moe_experts']}", f"top_k={frame['moe_top_k']}"]
@@ -218,8 +213,13 @@ class Space:
             text += f", moe({', '.join(args)}) every {frame['moe_every']}"
         return text
 
-    def spec(self, frame: dict, layout: str, name: str) -> Spec:
-        """The candidate as a Spec with the base's fixed parts (block errors surface on .graph)."""
+    def spec(self, frame: dict, layout: str, name: str, like: Spec | None = None) -> Spec:
+        """The candidate as a Spec with the base's fixed parts (block errors surface on .graph).
+        `like`: another candidate's spec at the same width, which differs only in its name and layout:
+        those are swapped in, rather than the whole spec written and read again as YAML."""
+        if like is not None:
+            source = Source(layout, f"<{name}>")
+            return replace(like, name=name, layout=parse_layout(layout, source), source=source, positions={})
         base = self.base_spec
         data = {k: v for k, v in base.to_dict().items() if k != "layout"}
         data.update(name=name, d_model=frame["d_model"], layout=layout)
@@ -248,7 +248,7 @@ class Space:
         return dump_yaml(self.to_dict())
 
 
-_EMPTY_LAYOUT = None  # set below (a parsed one-layer layout; the base's layout is never used)
+_EMPTY_LAYOUT = parse_layout("mamba2", Source("mamba2"))  # a one-layer layout: the base's is never used
 
 
 def resolve_kind(base: Spec, name: str) -> str:
@@ -263,6 +263,22 @@ def resolve_kind(base: Spec, name: str) -> str:
         seen.append(kind)
         kind = str(alias["kind"])
     return kind
+
+
+@functools.lru_cache(maxsize=16)
+def _every_by_count(D: int, periods: tuple[int, ...], offsets: tuple) -> dict[int, list[tuple[int, int]]]:
+    """(N, K) of each `every N offset K` at depth D, by the number of layers it selects (the i with
+    i % N == K: len(range(K, D, N)) of them), in the order of the periods, then the offsets. Cached: the
+    frames of one depth share it, and none scans the D layers for each of the D periods again."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    for N in periods or range(2, D + 1):
+        if N < 2 or N > D:
+            continue
+        for off in offsets:
+            K = {"first": 0, "mid": N // 2, "last": N - 1}.get(off, off)
+            if K < N:
+                out.setdefault(len(range(K, D, N)), []).append((N, K))
+    return out
 
 
 def _compress(kinds: list[str]) -> str:
@@ -386,12 +402,3 @@ def space_from_dict(data: dict, here: str | None = None) -> Space:
 def _listed(v) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
-
-def _init():
-    global _EMPTY_LAYOUT
-    from ..language import parse_layout
-
-    _EMPTY_LAYOUT = parse_layout("mamba2", Source("mamba2"))
-
-
-_init()
