@@ -18,8 +18,8 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
     """RWKV-6's WKV over a sequence, fla's `chunk_rwkv6` convention.
 
     r, k, w `[B, T, H, K]`, v `[B, T, H, V]`, w the log-decay (≤ 0: the per-step decay
-    is exp(w)), u `[H, K]` the bonus of the current token, scale defaults to K**-0.5,
-    initial_state `[B, H, K, V]`.
+    is exp(w); -inf forgets the state), u `[H, K]` the bonus of the current token, scale defaults to
+    K**-0.5, initial_state `[B, H, K, V]`.
 
         o_t = scale * r_t · (S_{t-1} + (u ⊙ k_t) ⊗ v_t),   S_t = diag(exp(w_t)) S_{t-1} + k_t ⊗ v_t
 
@@ -27,10 +27,11 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
     wherever seq_idx changes, the initial state belongs to seq_idx 0, and the final state is the last sequence's.
 
     cu_seqlens `[n + 1]` int32 or int64 (fla's varlen form, batch 1: 0, each later sequence's first token, T)
-    packs n sequences as fla's `chunk_rwkv6` does: each has its own state, initial_state `[n, H, K, V]` and
-    the final state `[n, H, K, V]`, in its place among the arguments. cu_seqlens_cpu, fla's host copy of it, spares
-    the one wait for the device that reading the offsets costs (trusted to hold the same offsets). Without states it runs as the packed
-    row of seq_idx; with them, as a batch of the n sequences padded to the longest (kernels/wkv6/varlen.py).
+    packs n sequences as fla's `chunk_rwkv6` does (and in its place among the arguments): each has its own state,
+    initial_state `[n, H, K, V]` and the final state `[n, H, K, V]`. cu_seqlens_cpu, fla's host copy of it,
+    spares the one wait for the device that reading the offsets costs (trusted to hold the same offsets).
+    Without states it runs as the packed row of seq_idx; with them, as a batch of the n sequences padded to the
+    longest (kernels/wkv6/varlen.py).
 
     Returns (o `[B, T, H, V]` in r's dtype, final state `[B, H, K, V]` in float32 (float64
     for float64 r) when output_final_state, else None). Differentiable in r, k, v,
