@@ -47,6 +47,20 @@ def expect_integer(**tensors: torch.Tensor | None) -> None:
             raise ValueError(f"{n}: expected an integer tensor (int32 or int64), got {t.dtype}")
 
 
+def expect_slots(name: str, idx: torch.Tensor | None, pool: int) -> None:
+    """Indices into a pool of `pool` states (continuous batching; negative: a pad row): none past the pool, and no
+    state named twice (two rows would write it). Checked where reading them costs no wait for a device (CPU
+    tensors); on a GPU they are trusted, and the kernels leave a row whose index is past the pool alone, as a pad,
+    rather than write outside it."""
+    if idx is None or idx.device.type != "cpu" or idx.numel() == 0:
+        return
+    live = idx[idx >= 0]
+    if live.numel() and int(live.max()) >= pool:
+        raise ValueError(f"{name}: index {int(live.max())} is past the pool of {pool} states")
+    if live.unique().numel() != live.numel():
+        raise ValueError(f"{name}: names a state twice (each row steps its own): {idx.tolist()[:16]}")
+
+
 def expect_flag(**flags) -> None:
     """Each flag True or False (a string such as "no" would read as True)."""
     for n, v in flags.items():

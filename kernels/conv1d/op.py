@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape
+from .._checks import (expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape,
+                      expect_slots)
 from .._dispatch import backend_for, needs_grad, on_input_device
 from .._host import seq_runs
 from .chunked import causal_conv1d_torch
@@ -58,7 +59,8 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, conv
     S = W); weight `[D, W]`; bias `[D]`. Returns `[B, D]` (or `[B, D, T]`) in x's dtype.
     conv_state_indices `[B]` int32 or int64 (continuous batching, causal-conv1d's keyword): conv_state is a pool
     `[P, D, S]` and row b shifts conv_state[conv_state_indices[b]]; a negative index is a pad row (its y is 0 and
-    no state is touched), as selective_state_update's state_batch_indices. Two rows must not name one state.
+    no state is touched), as selective_state_update's state_batch_indices, and as there no two rows may name one
+    state nor any index be past the pool (checked on the CPU, trusted on a GPU).
     """
     expect_shape("conv_state", conv_state, (None, None, None))
     pool, dim, S = conv_state.shape
@@ -76,6 +78,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, conv
         raise ValueError(f"conv_state: expected at least W-1={weight.shape[1] - 1} entries in the last dim, got {S}")
     expect_shape("conv_state_indices", conv_state_indices, (batch,), optional=True)
     expect_integer(conv_state_indices=conv_state_indices)
+    expect_slots("conv_state_indices", conv_state_indices, pool)
     expect_float(x=x, conv_state=conv_state, weight=weight, bias=bias)
     expect_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias, conv_state_indices=conv_state_indices)
     expect_in_place(conv_state=conv_state)
@@ -91,7 +94,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, conv
     if conv_state_indices is None:
         return causal_conv1d_update_naive(x, conv_state, weight, bias, activation)
     # the pool's rows: gathered, stepped, written back (the pads' rows neither read nor written)
-    live = (conv_state_indices >= 0).nonzero().squeeze(1)
+    live = ((conv_state_indices >= 0) & (conv_state_indices < pool)).nonzero().squeeze(1)  # as the kernel: past the pool, a pad
     at = conv_state_indices[live].long()
     rows = conv_state[at]
     y = torch.zeros_like(x)

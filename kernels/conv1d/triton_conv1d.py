@@ -417,7 +417,7 @@ def _conv_bwd_quads_kernel(x_ptr, w_ptr, b_ptr, init_ptr, runs_ptr, dy_ptr, dx_p
 
 
 @triton.jit
-def _conv_update_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, idx_ptr, DIM, S, W, s_sb, s_sd, s_xb, s_yb,
+def _conv_update_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, idx_ptr, POOL, DIM, S, W, s_sb, s_sd, s_xb, s_yb,
                         BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
                         HAS_BIAS: tl.constexpr, SILU: tl.constexpr, OLD_TAP: tl.constexpr, HAS_IDX: tl.constexpr):
     pid_d = tl.program_id(0)
@@ -425,10 +425,11 @@ def _conv_update_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, idx_ptr, DIM, S, 
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     i = tl.arange(0, BLOCK_S)
     dmask = d < DIM
-    sb = b  # the state this row steps: its own, or the pool's row idx[b] (negative: a pad, which touches none)
+    sb = b  # the state this row steps: its own, or the pool's row idx[b] (negative or past the pool: none)
     if HAS_IDX:
         sb = tl.load(idx_ptr + b).to(tl.int64)
-    live = sb + tl.zeros([BLOCK_D], dtype=tl.int64) >= 0
+    sb_d = sb + tl.zeros([BLOCK_D], dtype=tl.int64)
+    live = (sb_d >= 0) & (sb_d < POOL)
     smask = dmask & live  # the state's channels this program reads and writes
     ptrs = state_ptr + sb * s_sb + d[:, None].to(tl.int64) * s_sd + i[None, :]
     x = tl.load(x_ptr + b * s_xb + d, mask=dmask, other=0.0).to(tl.float32)
@@ -564,7 +565,8 @@ def causal_conv1d_update_triton(x, conv_state, weight, bias, activation, conv_st
     y = torch.empty_like(x)
     bd = 32
     _conv_update_kernel[(cdiv(dim, bd), batch)](
-        x, conv_state, weight.contiguous(), dense(bias), y, dense(conv_state_indices), dim, S, weight.shape[1],
+        x, conv_state, weight.contiguous(), dense(bias), y, dense(conv_state_indices), conv_state.shape[0], dim, S,
+        weight.shape[1],
         conv_state.stride(0), conv_state.stride(1), x.stride(0), y.stride(0),
         BLOCK_D=bd, BLOCK_S=next_pow2(S), HAS_BIAS=bias is not None,
         SILU=activation in ("silu", "swish"), OLD_TAP=S < weight.shape[1], HAS_IDX=conv_state_indices is not None,

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape
+from .._checks import (expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape,
+                      expect_slots)
 from .._dispatch import backend_for, needs_grad, on_input_device
 from .._host import seq_runs, seq_starts, unit_last
 from .._opaque import PATHS, torch_path
@@ -89,7 +90,8 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
 
     state_batch_indices `[B]` int32 or int64 (continuous batching, mamba_ssm's keyword): state is a pool
     `[S, D, N]` (`[S, H, P, N]`) and row b updates state[state_batch_indices[b]]; a negative index is a pad
-    row: its y is 0 and no state is touched. Two rows must not name one state.
+    row: its y is 0 and no state is touched. Two rows must not name one state, and none may be past the pool
+    (checked on the CPU; on a GPU, trusted: such a row is left alone as a pad, checking would wait for the card).
     """
     if isinstance(state, torch.Tensor) and state.dim() == 4:
         return _head_form(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
@@ -112,6 +114,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     expect_shape("dt_bias", dt_bias, (dim,), optional=True)
     expect_shape("state_batch_indices", state_batch_indices, (batch,), optional=True)
     expect_integer(state_batch_indices=state_batch_indices)
+    expect_slots("state_batch_indices", state_batch_indices, pool)
     expect_float(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     expect_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
                        state_batch_indices=state_batch_indices)
@@ -127,7 +130,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     if state_batch_indices is None:
         return selective_state_update_naive(state, x, dt, A, B3, C3, D, z, dt_bias, dt_softplus)
     # the pool's rows: gathered, stepped, written back (the pads' rows neither read nor written)
-    live = (state_batch_indices >= 0).nonzero().squeeze(1)
+    live = ((state_batch_indices >= 0) & (state_batch_indices < pool)).nonzero().squeeze(1)  # as the kernel: past the pool, a pad
     at = state_batch_indices[live].long()
     rows = state[at]
     pick = lambda t: None if t is None else t[live]

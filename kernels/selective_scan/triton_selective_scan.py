@@ -785,7 +785,7 @@ def selective_scan_triton(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus,
 # Decode step: one token, state updated in place.
 @triton.jit
 def _ss_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, idx_ptr,
-                    DIM, N, CPG, s_sb, s_sd, s_xb, s_dtb, s_zb, s_yb, s_Bb, s_Bg, s_Cb, s_Cg,
+                    POOL, DIM, N, CPG, s_sb, s_sd, s_xb, s_dtb, s_zb, s_yb, s_Bb, s_Bg, s_Cb, s_Cg,
                     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                     HAS_IDX: tl.constexpr):
@@ -795,10 +795,11 @@ def _ss_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr,
     n = tl.arange(0, BLOCK_N)
     dmask, nmask = d < DIM, n < N
     m = dmask[:, None] & nmask[None, :]
-    sb = b  # the state this row steps: its own, or the pool's row idx[b] (negative: a pad, which touches none)
+    sb = b  # the state this row steps: its own, or the pool's row idx[b] (negative or past the pool: none)
     if HAS_IDX:
         sb = tl.load(idx_ptr + b).to(tl.int64)
-    live = sb + tl.zeros([BLOCK_D], dtype=tl.int64) >= 0  # [BLOCK_D], as the masks it joins
+    sb_d = sb + tl.zeros([BLOCK_D], dtype=tl.int64)  # [BLOCK_D], as the masks it joins
+    live = (sb_d >= 0) & (sb_d < POOL)
     m = m & live[:, None]
     s_ptrs = state_ptr + sb * s_sb + d[:, None].to(tl.int64) * s_sd + n[None, :]
     h = tl.load(s_ptrs, mask=m, other=0.0).to(tl.float32)
@@ -837,7 +838,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
     bd = 32 if N <= 32 else 8
     _ss_step_kernel[(cdiv(dim, bd), batch)](
         state, x, dt, A.contiguous(), Bc, Cc, dense(D), z, dense(dt_bias), y, dense(state_batch_indices),
-        dim, N, dim // G, state.stride(0), state.stride(1), x.stride(0), dt.stride(0),
+        state.shape[0], dim, N, dim // G, state.stride(0), state.stride(1), x.stride(0), dt.stride(0),
         z.stride(0) if z is not None else 0, y.stride(0), Bc.stride(0), Bc.stride(1), Cc.stride(0), Cc.stride(1),
         BLOCK_D=bd, BLOCK_N=next_pow2(N), num_warps=4, HAS_IDX=state_batch_indices is not None,
         **_flags(D, z, dt_bias, dt_softplus))

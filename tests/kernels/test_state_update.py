@@ -148,6 +148,10 @@ def test_bad_inputs_name_the_argument():
         selective_state_update(state, **t, state_batch_indices=torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="state_batch_indices: expected an integer tensor"):
         selective_state_update(state, **t, state_batch_indices=torch.zeros(2))
+    with pytest.raises(ValueError, match="state_batch_indices: index 2 is past the pool of 2 states"):
+        selective_state_update(state, **t, state_batch_indices=torch.tensor([-1, 2]))
+    with pytest.raises(ValueError, match=r"state_batch_indices: names a state twice .*\[1, 1\]"):
+        selective_state_update(state, **t, state_batch_indices=torch.tensor([1, 1]))
     x, pool, weight = torch.zeros(2, 6), torch.zeros(5, 6, 3), torch.zeros(6, 4)
     with pytest.raises(ValueError, match=r"conv_state_indices: expected shape \[2\]"):
         causal_conv1d_update(x, pool, weight, conv_state_indices=torch.zeros(3, dtype=torch.long))
@@ -155,6 +159,32 @@ def test_bad_inputs_name_the_argument():
         causal_conv1d_update(x, pool, weight, conv_state_indices=torch.zeros(2))
     with pytest.raises(ValueError, match=r"x: expected shape \[5, 6\]"):  # no indices: one row a window
         causal_conv1d_update(x, pool, weight)
+    with pytest.raises(ValueError, match="conv_state_indices: index 5 is past the pool of 5 states"):
+        causal_conv1d_update(x, pool, weight, conv_state_indices=torch.tensor([5, 0]))
+    with pytest.raises(ValueError, match="conv_state_indices: names a state twice"):
+        causal_conv1d_update(x, pool, weight, conv_state_indices=torch.tensor([3, 3]))
+
+
+def test_the_kernels_leave_an_index_past_the_pool_alone():
+    """On a GPU the indices are trusted (checking would wait for the card): a row whose index is past the pool is
+    left alone as a pad (y 0), never written outside the pool. The kernels, interpreted, past the op's check."""
+    from archdsl.kernels.conv1d.triton_conv1d import causal_conv1d_update_triton
+    from archdsl.kernels.selective_scan.triton_selective_scan import selective_state_update_triton
+
+    t, _ = case(2, 1, 4, 5, 1, 0)
+    t = dict(x=t["x"][:, 0], dt=t["dt"][:, 0], A=t["A"][0], B=t["B"], C=t["C"], D=t["D"][0], z=t["z"][:, 0],
+             dt_bias=t["dt_bias"][0])
+    big = torch.randn(6, 4, 5)
+    pool = big[:3]  # a view: the rows after it stand for memory past the pool
+    before = big.clone()
+    y = selective_state_update_triton(pool, **t, dt_softplus=True, state_batch_indices=torch.tensor([4, 1]))
+    assert (y[0] == 0).all() and not (y[1] == 0).all()
+    assert torch.equal(big[3:], before[3:]) and torch.equal(big[0], before[0]) and not torch.equal(big[1], before[1])
+    windows = torch.randn(6, 4, 3)
+    before = windows.clone()
+    y = causal_conv1d_update_triton(torch.randn(2, 4), windows[:3], torch.randn(4, 4), None, None,
+                                    torch.tensor([1, 3]))
+    assert (y[1] == 0).all() and torch.equal(windows[3:], before[3:]) and not torch.equal(windows[1], before[1])
 
 
 @pytest.mark.gpu
