@@ -624,7 +624,7 @@ OOM_HINTS = {"run": "a smaller --batch or --prompt-len + --gen, or a smaller mod
              "explore": "a smaller --batch-size, --probe-d-model or --probe-arg seq_len=...",
              "train": "a smaller --batch or sequence (--seq-len, or seq= in --data), --grad-ckpt, or --bf16",
              "export-checkpoint": "--dtype bfloat16 (half the bytes of float32)",
-             "graph": "fewer layers, or a .dot or .mmd file (text: no image to hold)"}
+             "graph": "fewer layers, or a .dot file (text: no image to hold)"}
 
 
 class _ClosedStdout(io.TextIOBase):

@@ -1,28 +1,38 @@
 """Pictures of a layout: a strip of layers coloured by kind (SVG / PNG through
 matplotlib), a DOT graph, a Mermaid flowchart; and the cache-versus-context plot.
 
-The strip wraps every 32 layers, so 100 layers read as four rows. Each layer is a column:
-its mixer on top, its FFN below, an inject block (Zamba's shared block) as a band above
-the mixer. A shared group is drawn with a thick outline of the group's colour and its
-name, so one can see at a glance which layers hold the same weights.
+The strip wraps every 32 layers, so 100 layers read as four rows (a layout that repeats every
+p layers wraps at a whole number of periods instead, and three or more alike rows are drawn
+once, marked × k). Each layer is a column: its mixer on top, its FFN below, an inject block
+(Zamba's shared block) as a band above the mixer; an alias is its kind's colour, hatched. A
+shared group is drawn with a thick outline of the group's colour and its name, so one can
+see at a glance which layers hold the same weights.
 """
 from __future__ import annotations
 
 import os
 import re
 from contextlib import contextmanager
+from dataclasses import replace
 
 from .blocks.base import FFN, INJECT, MIXER
 from .errors import ArchDSLError
 from .graph import layers, role_of
+from .language.fmt import format_block
 from .units import count_text, human, plural
 
 KIND_COLORS = {
     "mamba": "#4C72B0", "mamba2": "#64B5F6", "rwkv6": "#8172B2", "rwkv4": "#B39DDB", "s4d": "#55A868",
     "attn": "#DD8452", "zamba": "#C44E52", "mlp": "#CCB974", "moe": "#937860", "cmix": "#DA8BC3",
 }
-GROUP_COLORS = ["#D62728", "#2CA02C", "#9467BD", "#17BECF", "#FF7F0E", "#8C564B"]
+# Outlines of shared groups: far from every kind's fill, so a shared zamba (red) or attn (orange) shows its outline.
+GROUP_COLORS = ["#000000", "#FFD700", "#FF00FF", "#00E5E5", "#7FFF00"]
+HATCHES = ["//", "..", "xx", "\\\\", "oo"]
 PER_ROW = 32
+FOLD = 3  # this many alike rows or more are drawn once
+MAX_ROWS = 48  # rows the picture draws, after folding
+MIN_COLS = 11
+MERMAID_MAX_EDGES, MERMAID_MAX_TEXT = 500, 50_000  # Mermaid's defaults, maxEdges and maxTextSize
 FORMATS = (".svg", ".png", ".pdf", ".dot", ".mmd")
 PLOT_FORMATS = (".svg", ".png", ".pdf")  # what matplotlib writes
 
@@ -73,6 +83,48 @@ def _color(kind: str) -> str:
     return KIND_COLORS.get(kind, "#999999")
 
 
+def _ink(fill: str) -> str:
+    """Black or white, whichever contrasts more with `fill` ("#RRGGBB", WCAG's relative luminance): white text
+    on a light fill (mlp, mamba2) is lost."""
+    lum = sum(w * (int(fill[i:i + 2], 16) / 255) ** 2.2 for w, i in ((0.2126, 1), (0.7152, 3), (0.0722, 5)))
+    return "#000000" if (lum + 0.05) / 0.05 > 1.05 / (lum + 0.05) else "#FFFFFF"
+
+
+def _signature(subs) -> tuple:
+    return tuple((s.role, s.name, s.kind, s.group) for s in subs)
+
+
+def strip_rows(rows: list) -> tuple[int, list[tuple[int, int]]]:
+    """How the strip lays out layers (each a tuple of sublayers): the row width, and the drawn rows as
+    (first layer, repeats). A layout that repeats with a period of PER_ROW layers or fewer gets rows of a
+    whole number of periods, so they come out alike; a run of FOLD or more alike rows is drawn once, so
+    2000 layers of a pattern read as one row × 62, not as a picture 60 rows high."""
+    sigs = [_signature(subs) for subs in rows]
+    n = len(sigs)
+    width = PER_ROW
+    for p in range(1, PER_ROW + 1):
+        if 2 * p <= n and all(sigs[i] == sigs[i - p] for i in range(p, n)):
+            width = p * (PER_ROW // p)
+            break
+    width = min(width, n)
+    drawn: list[tuple[int, int]] = []
+    start = 0
+    while start < n:
+        k = 1
+        row = sigs[start:start + width]
+        while start + (k + 1) * width <= n and sigs[start + k * width:start + (k + 1) * width] == row:
+            k += 1
+        if k < FOLD:
+            k = 1
+        drawn.append((start, k))
+        start += k * width
+    return width, drawn
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 6 else name[:5] + "…"
+
+
 def strip_figure(spec):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
@@ -80,36 +132,58 @@ def strip_figure(spec):
 
     rows = layers(spec.graph)
     n = len(rows)
-    nrows = (n + PER_ROW - 1) // PER_ROW
-    width = min(n, PER_ROW)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.42 * width + 1.5), 1.0 + 1.55 * nrows))
+    width, drawn = strip_rows(rows)
+    if len(drawn) > MAX_ROWS:
+        raise ArchDSLError(f"the layout's {n:,} layers make {len(drawn)} different rows of {width}, and the picture "
+                           f"draws at most {MAX_ROWS}: write .dot for every layer")
+    nrows = len(drawn)
+    cols = max(width, MIN_COLS)  # a layer keeps its shape however few there are
+    pad = (cols - width) / 2
+    base = 0.0 if any(role_of(subs, FFN) for subs in rows) else 0.28  # the numbers sit under the lowest band
+    # The axes fill the figure and the figure is sized in layers, so a column is 0.42 in wide whatever the
+    # title and legend are; those lie outside and the saved image grows to take them (bbox_inches="tight").
+    fig = plt.figure(figsize=(0.42 * (cols + 0.4), 1.55 * nrows - 0.1 - base))
+    ax = fig.add_axes((0, 0, 1, 1))
     groups = sorted(spec.graph.graph["groups"])
-    gcolor = {g: GROUP_COLORS[i % len(GROUP_COLORS)] for i, g in enumerate(groups)}
-    kinds_seen: dict[str, str] = {}
-    for i, subs in enumerate(rows):
-        x, y = i % PER_ROW, -(i // PER_ROW) * 1.55
-        for role, (y0, h) in ((INJECT, (0.78, 0.22)), (MIXER, (0.28, 0.48)), (FFN, (0.0, 0.26))):
-            s = role_of(subs, role)
-            if s is None:
-                continue
-            kinds_seen[s.kind] = _color(s.kind)
-            edge = gcolor.get(s.group, "white")
-            ax.add_patch(Rectangle((x + 0.05, y + y0), 0.9, h, facecolor=_color(s.kind),
-                                   edgecolor=edge, linewidth=2.5 if s.group else 0.5))
-            if s.group:
-                ax.text(x + 0.5, y + y0 + h / 2, s.group[:3], ha="center", va="center", fontsize=6, color="white")
-        if i % 4 == 0 or n <= 16:
-            ax.text(x + 0.5, y - 0.12, str(i), ha="center", va="top", fontsize=7, color="#444")
-    handles = [Patch(facecolor=c, label=k) for k, c in kinds_seen.items()]
+    gcolor = group_colors(spec)
+    hatches: dict[str, str] = {}  # an alias (a user-named block) is its kind's colour, hatched
+    seen: dict[str, Patch] = {}  # legend entries by label
+    for r, (start, repeats) in enumerate(drawn):
+        y = -r * 1.55
+        for i in range(start, min(start + width, n)):
+            x = i - start
+            for role, (y0, h) in ((INJECT, (0.78, 0.22)), (MIXER, (0.28, 0.48)), (FFN, (0.0, 0.26))):
+                s = role_of(rows[i], role)
+                if s is None:
+                    continue
+                hatch = None if s.name == s.kind else hatches.setdefault(s.name, HATCHES[len(hatches) % len(HATCHES)])
+                label = s.kind if hatch is None else f"{s.name} ({s.kind})"
+                seen.setdefault(label, Patch(facecolor=_color(s.kind), hatch=hatch, edgecolor="white", label=label))
+                edge = gcolor.get(s.group, "white")
+                ax.add_patch(Rectangle((x + 0.05, y + y0), 0.9, h, facecolor=_color(s.kind), hatch=hatch,
+                                       edgecolor=edge, linewidth=2.5 if s.group else 0.5))
+                if s.group:
+                    ax.text(x + 0.5, y + y0 + h / 2, _short(s.group), ha="center", va="center", fontsize=6,
+                            color=_ink(_color(s.kind)))
+            if (i - start) % 4 == 0 or width <= 16:
+                ax.text(x + 0.5, y + base - 0.12, str(i), ha="center", va="top", fontsize=7, color="#444")
+        if repeats > 1:
+            last = start + repeats * width - 1
+            ax.text(width + 0.3, y + 0.5, f"× {repeats}\nlayers {start}–{last}", ha="left", va="center", fontsize=8)
+    handles = list(seen.values())
     handles += [Patch(facecolor="white", edgecolor=gcolor[g], linewidth=2.5, label=f"shared: {g}") for g in groups]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=min(6, len(handles)),
               fontsize=8, frameon=False)
-    ax.set_xlim(-0.2, width + 0.2)
-    ax.set_ylim(-(nrows - 1) * 1.55 - 0.35, 1.1)
+    ax.set_xlim(-0.2 - pad, width + 0.2 + pad)
+    ax.set_ylim(-(nrows - 1) * 1.55 - 0.35 + base, 1.1)
     ax.set_axis_off()
     ax.set_title(f"{spec.name}: {plural(n, 'layer')}  (top: inject · middle: mixer · bottom: FFN)", fontsize=9)
-    fig.tight_layout()
     return fig
+
+
+def group_colors(spec) -> dict[str, str]:
+    """Each shared group's outline colour, the same in the picture and the DOT graph."""
+    return {g: GROUP_COLORS[i % len(GROUP_COLORS)] for i, g in enumerate(sorted(spec.graph.graph["groups"]))}
 
 
 def save_figure(fig, path: str, dpi=150, bbox_inches="tight") -> None:
@@ -133,7 +207,12 @@ def save_figure(fig, path: str, dpi=150, bbox_inches="tight") -> None:
 
 
 def _label(subs) -> str:
-    return " + ".join(s.name + (f" [{s.group}]" if s.group else "") for s in subs)
+    """`zamba(lora=16) [g] + mamba2`: each block as written, less `shared`, then its group."""
+    parts = []
+    for s in subs:
+        block = replace(s.block, args=tuple(a for a in s.block.args if a.name != "shared"))
+        parts.append(format_block(block) + (f" [{s.group}]" if s.group else ""))
+    return " + ".join(parts)
 
 
 def _dot(text: str) -> str:
@@ -156,38 +235,50 @@ def to_dot(spec) -> str:
     out.append('  embed [label="embedding", fillcolor="#EEEEEE"];')
     for i, subs in enumerate(layers(g)):
         main = role_of(subs, MIXER) or subs[0]
-        out.append(f'  L{i} [label="{i}: {_dot(_label(subs))}", fillcolor="{_color(main.kind)}"];')
+        out.append(f'  L{i} [label="{i}: {_dot(_label(subs))}", fillcolor="{_color(main.kind)}", '
+                   f'fontcolor="{_ink(_color(main.kind))}"];')
     out.append('  norm [label="final norm", fillcolor="#EEEEEE"];')
     out.append(f'  head [label="LM head{" (tied)" if spec.tie_embeddings else ""}", fillcolor="#EEEEEE"];')
     for u, v, data in g.edges(data=True):
         style = ' [style=dashed, label="embedding"]' if data["flow"] == "embedding" else (
             ' [label="+ embedding"]' if data.get("embedding") else "")
         out.append(f"  {u} -> {v}{style};")
+    gcolor = group_colors(spec)
     for group, members in g.graph["groups"].items():
         for a, b in zip(members, members[1:]):
-            out.append(f'  L{a} -> L{b} [dir=none, style=dotted, color="#D62728", constraint=false, label="{_dot(group)}"];')
+            out.append(f'  L{a} -> L{b} [dir=none, style=dotted, color="{gcolor[group]}", constraint=false, '
+                       f'label="{_dot(group)}"];')
     out.append("}")
     return "\n".join(out) + "\n"
 
 
 def to_mermaid(spec) -> str:
+    """The layer graph as a Mermaid flowchart; ArchDSLError past what Mermaid draws by default (maxEdges,
+    maxTextSize: beyond them it shows an error box, as GitHub does), about 500 layers."""
     g = spec.graph
     out = ["flowchart LR", '  embed["embedding"]']
     classes = {}
-    for i, subs in enumerate(layers(g)):
+    rows = layers(g)
+    for i, subs in enumerate(rows):
         main = role_of(subs, MIXER) or subs[0]
         classes.setdefault(main.kind, []).append(f"L{i}")
         out.append(f'  L{i}["{i}: {_mmd(_label(subs))}"]')
-    out += ['  norm["final norm"]', '  head["LM head"]']
+    out += ['  norm["final norm"]', f'  head["LM head{" (tied)" if spec.tie_embeddings else ""}"]']
     for u, v, data in g.edges(data=True):
         out.append(f"  {u} -.-> {v}" if data["flow"] == "embedding" else f"  {u} --> {v}")
     for group, members in g.graph["groups"].items():
         for a, b in zip(members, members[1:]):
             out.append(f'  L{a} -.-|"{_mmd(group)}"| L{b}')
     for kind, ids in classes.items():
-        out.append(f"  classDef {kind} fill:{_color(kind)},color:#fff")
+        out.append(f"  classDef {kind} fill:{_color(kind)},color:{_ink(_color(kind))}")
         out.append(f"  class {','.join(ids)} {kind}")
-    return "\n".join(out) + "\n"
+    text = "\n".join(out) + "\n"
+    edges = g.number_of_edges() + sum(len(m) - 1 for m in g.graph["groups"].values())
+    if edges > MERMAID_MAX_EDGES or len(text) > MERMAID_MAX_TEXT:
+        raise ArchDSLError(f"the layout's {plural(len(rows), 'layer')} make a Mermaid chart of "
+                           f"{edges:,} links and {len(text):,} characters, and Mermaid draws at most "
+                           f"{MERMAID_MAX_EDGES} links and {MERMAID_MAX_TEXT:,} characters: write .dot instead")
+    return text
 
 
 def plot_memory(lens: list[int], data: dict[str, list[int]], path: str, batch: int = 1, dtype: str = "bfloat16") -> None:

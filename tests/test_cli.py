@@ -607,7 +607,7 @@ def test_out_of_memory_hints_of_graph_and_train_name_their_own_options(tmp_path,
 
     monkeypatch.setattr(archdsl.draw, "strip_figure", no_memory)
     code, _, err = run("graph", "mamba2", "-o", str(tmp_path / "g.png"), capsys=capsys)
-    assert code == 2 and "hint: fewer layers, or a .dot or .mmd file" in err and "--prompt-len" not in err, err
+    assert code == 2 and "hint: fewer layers, or a .dot file" in err and "--prompt-len" not in err, err
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(archdsl.train, "train", no_memory)
     code, _, err = run("train", "mamba2", "--data", "mqar", "--steps", "1", "-o", str(tmp_path / "r"), capsys=capsys)

@@ -1,0 +1,239 @@
+"""The pictures of a layout: what the strip figure shows (labels, outlines, size), and DOT / Mermaid text
+that a renderer accepts. Behaviour only: the figure's texts, patches and size, never pixels."""
+import math
+import os
+import re
+
+import pytest
+
+matplotlib = pytest.importorskip("matplotlib")
+matplotlib.use("Agg")
+
+import archdsl  # noqa: E402
+from archdsl.draw import (GROUP_COLORS, KIND_COLORS, MAX_ROWS, draw, strip_figure, strip_rows,  # noqa: E402
+                          to_dot, to_mermaid)
+from archdsl.errors import ArchDSLError  # noqa: E402
+from archdsl.graph import layers  # noqa: E402
+
+SPECS = os.path.join(os.path.dirname(__file__), "..", "specs")
+WEIRD = ('3×mamba2, attn(shared="g\\"<1>; end|x"), 2×(mamba2, swa_2), attn(shared="g\\"<1>; end|x"), '
+         "zamba(shared='a very long group name', lora=8) at 1 5")
+
+
+def spec_file(name):
+    return archdsl.load_spec(os.path.join(SPECS, f"{name}.yaml"))
+
+
+def weird():
+    return archdsl.parse(WEIRD, name='we"ird <name> {a}; end [1] ×', d_model=64, vocab_size=100,
+                         blocks={"swa_2": {"kind": "attn", "window": 16}})
+
+
+@pytest.fixture
+def figure():
+    import matplotlib.pyplot as plt
+
+    figs = []
+
+    def make(spec):
+        figs.append(strip_figure(spec))
+        return figs[-1]
+
+    yield make
+    for f in figs:
+        plt.close(f)
+
+
+def texts(fig):
+    ax = fig.axes[0]
+    return [t.get_text() for t in ax.texts] + [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def rectangles(fig):
+    from matplotlib.patches import Rectangle
+
+    return [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
+
+
+def rgb(color):
+    from matplotlib.colors import to_rgb
+
+    return [255 * c for c in to_rgb(color)]
+
+
+def distance(a, b):
+    return sum((x - y) ** 2 for x, y in zip(rgb(a), rgb(b))) ** 0.5
+
+
+def test_shared_outline_stands_out_from_every_fill(figure):
+    for g in GROUP_COLORS:
+        for kind, c in KIND_COLORS.items():
+            assert distance(g, c) > 100, (g, kind)
+    fig = figure(spec_file("demo-zamba"))  # a shared zamba block: red fill
+    shared = [p for p in rectangles(fig) if p.get_linewidth() > 1]
+    assert len(shared) == 3
+    for p in shared:
+        assert distance(p.get_edgecolor(), p.get_facecolor()) > 100
+
+
+def test_shared_group_names_readable(figure):
+    assert texts(figure(spec_file("demo-zamba"))).count("zamba") >= 3 + 1  # three blocks and the legend
+    names = texts(figure(weird()))
+    assert "shared: a very long group name" in names
+    assert "a ver…" in names  # a long name is cut with a mark, not silently
+
+
+def test_deep_periodic_layout_folds(figure):
+    spec = archdsl.parse("2000×mamba2, attn every 8, moe every 2")
+    width, drawn = strip_rows(layers(spec.graph))
+    assert width == 32 and drawn == [(0, 62), (1984, 1)]
+    fig = figure(spec)
+    assert fig.get_size_inches()[1] < 5
+    assert "× 62\nlayers 0–1983" in texts(fig)
+    assert len(rectangles(fig)) == 48 + 24  # the 48 layers drawn: their mixers, and MoE on the odd ones
+
+
+def test_rows_follow_the_period():
+    width, drawn = strip_rows(layers(archdsl.parse("12×(6×mamba2, attn)").graph))
+    assert width == 28 and drawn == [(0, 3)]
+    width, drawn = strip_rows(layers(spec_file("mamba-2.8b").graph))
+    assert width == 32 and drawn == [(0, 1), (32, 1)]  # two alike rows stay two rows
+    width, drawn = strip_rows(layers(archdsl.parse("mamba").graph))
+    assert width == 1 and drawn == [(0, 1)]
+
+
+def test_every_layer_drawn_in_published_specs(figure):
+    for name in ("jamba-v0.1", "nemotron-h-8b", "zamba2-2.7b-released", "mamba-2.8b"):
+        spec = spec_file(name)
+        n = len(layers(spec.graph))
+        numbers = {int(t) for t in texts(figure(spec)) if t.isdigit()}
+        assert 0 in numbers and max(numbers) >= n - 4, name
+        columns = {(round(p.get_x()), math.ceil(-p.get_y() / 1.55 - 1e-9)) for p in rectangles(figure(spec))}
+        assert len(columns) == n, name
+
+
+def test_too_many_distinct_rows_is_an_error_and_no_file(tmp_path):
+    at = " ".join(str(i) for i in range(3, 2000, 37))
+    spec = archdsl.parse(f"2000×mamba, attn at {at}")
+    out = tmp_path / "x.png"
+    with pytest.raises(ArchDSLError, match=f"at most {MAX_ROWS}"):
+        draw(spec, str(out))
+    assert os.listdir(tmp_path) == []
+
+
+def _column_width(fig):
+    fig.canvas.draw()
+    return rectangles(fig)[0].get_window_extent().width
+
+
+def test_a_layer_keeps_its_shape(figure):
+    one = _column_width(figure(archdsl.parse("mamba")))
+    eight = _column_width(figure(archdsl.parse("8×mamba")))
+    many = _column_width(figure(spec_file("mamba-2.8b")))
+    assert abs(one - eight) < 0.1 * eight and abs(many - eight) < 0.1 * eight
+
+
+def test_alias_is_told_apart(figure):
+    fig = figure(weird())
+    assert "swa_2 (attn)" in texts(fig) and "attn" in texts(fig)
+    attn = [p for p in rectangles(fig) if distance(p.get_facecolor(), KIND_COLORS["attn"]) < 1]
+    assert {bool(p.get_hatch()) for p in attn} == {True, False}
+
+
+def test_numbers_under_the_lowest_band(figure):
+    fig = figure(spec_file("demo-zamba"))  # no FFN: the numbers sit under the mixers, not under empty space
+    ys = [t.get_position()[1] for t in fig.axes[0].texts if t.get_text() == "0"]
+    assert ys and ys[0] > 0.1
+
+
+# --- text outputs --------------------------------------------------------------------------------------
+_DOT_ID = r'(?:[A-Za-z_][A-Za-z0-9_]*|"(?:[^"\\]|\\.)*")'
+_DOT_VALUE = r'(?:[A-Za-z_][A-Za-z0-9_.,]*|"(?:[^"\\]|\\.)*")'
+_DOT_ATTRS = rf"(?: \[{_DOT_ID}={_DOT_VALUE}(?:, {_DOT_ID}={_DOT_VALUE})*\])?"
+_DOT_LINE = re.compile(rf"  (?:{_DOT_ID}{_DOT_ATTRS}|{_DOT_ID} -> {_DOT_ID}{_DOT_ATTRS}|rankdir=LR|node{_DOT_ATTRS});")
+
+
+def check_dot(text):
+    lines = text.splitlines()
+    assert re.fullmatch(rf"digraph {_DOT_ID} \{{", lines[0]) and lines[-1] == "}"
+    for line in lines[1:-1]:
+        assert _DOT_LINE.fullmatch(line), line
+
+
+_MMD_LABEL = r'"[^"<>`#;]*(?:#\d+;[^"<>`#;]*)*"'  # quoted; anything odd as an entity code
+_MMD_ID = r"(?:embed|norm|head|L\d+)"  # none a Mermaid keyword (`end`, `graph`, ...)
+_MMD_LINE = re.compile(rf"  (?:{_MMD_ID}\[{_MMD_LABEL}\]|{_MMD_ID} (?:-->|-\.->) {_MMD_ID}"
+                       rf"|L\d+ -\.-\|{_MMD_LABEL}\| L\d+|classDef [a-z0-9]+ fill:#[0-9A-F]{{6}},color:#(?:000000|FFFFFF)"
+                       rf"|class L\d+(?:,L\d+)* [a-z0-9]+)")
+
+
+def check_mermaid(text):
+    lines = text.splitlines()
+    assert lines[0] == "flowchart LR"
+    for line in lines[1:]:
+        assert _MMD_LINE.fullmatch(line), line
+
+
+@pytest.mark.parametrize("name", sorted(f[:-5] for f in os.listdir(SPECS) if f.endswith(".yaml")))
+def test_text_outputs_parse(name):
+    spec = spec_file(name)
+    check_dot(to_dot(spec))
+    check_mermaid(to_mermaid(spec))
+
+
+def test_text_outputs_with_odd_names():
+    spec = weird()
+    dot, mmd = to_dot(spec), to_mermaid(spec)
+    check_dot(dot)
+    check_mermaid(mmd)
+    assert 'digraph "we\\"ird <name> {a}; end [1] ×" {' in dot
+    assert "zamba(lora=8) [a very long group name] + swa_2" in dot  # block arguments are shown
+    assert "g#34;#60;1#62;#59; end#124;x" in mmd
+
+
+def test_dot_groups_have_their_own_colours():
+    dot = to_dot(spec_file("zamba2-2.7b-released"))
+    colours = {label: set(re.findall(rf'color="(#\w+)", constraint=false, label="{label}"', dot)) for label in "ab"}
+    assert len(colours["a"]) == 1 and len(colours["b"]) == 1 and colours["a"] != colours["b"]
+
+
+def test_mermaid_says_tied_like_dot():
+    spec = spec_file("demo-zamba")
+    assert spec.tie_embeddings
+    assert 'head["LM head (tied)"]' in to_mermaid(spec) and "LM head (tied)" in to_dot(spec)
+    assert 'head["LM head"]' in to_mermaid(spec_file("jamba-v0.1"))
+
+
+def test_mermaid_past_its_limits_is_an_error_and_no_file(tmp_path):
+    """Mermaid draws at most 500 links (maxEdges) and 50 000 characters (maxTextSize) by default; past them it
+    shows an error box where the chart should be."""
+    check_mermaid(to_mermaid(archdsl.parse("490×mamba2")))
+    out = tmp_path / "g.mmd"
+    with pytest.raises(ArchDSLError, match="at most 500 links"):
+        draw(archdsl.parse("600×mamba2"), str(out))
+    assert os.listdir(tmp_path) == []
+    draw(archdsl.parse("600×mamba2"), str(tmp_path / "g.dot"))  # DOT has no such limit
+    check_dot((tmp_path / "g.dot").read_text())
+
+
+def test_text_reads_on_its_fill(figure):
+    """White text on mlp's light tan or mamba2's light blue was all but invisible (Mermaid, the group names)."""
+    def contrast(a, b):
+        def lum(c):
+            return sum(w * (v / 255) ** 2.2 for w, v in zip((0.2126, 0.7152, 0.0722), rgb(c))) + 0.05
+        return max(lum(a), lum(b)) / min(lum(a), lum(b))
+
+    mmd = to_mermaid(archdsl.parse("mamba, mamba2, rwkv6, rwkv4, s4d, attn, mlp, moe, cmix"))
+    styles = re.findall(r"classDef (\w+) fill:(#\w+),color:(#\w+)", mmd)
+    assert {k for k, _, _ in styles} == set(KIND_COLORS) - {"zamba"}  # zamba rides on a mixer's layer
+    for kind, fill, ink in styles:
+        assert contrast(fill, ink) > 4, kind
+    dot = to_dot(archdsl.parse("mamba2, mlp"))
+    for fill, ink in re.findall(r'fillcolor="(#\w+)", fontcolor="(#\w+)"', dot):
+        assert contrast(fill, ink) > 4, fill
+    fig = figure(archdsl.parse("2×mamba2(shared=x), 2×mamba(shared=y)", d_model=64))
+    labels = [t for t in fig.axes[0].texts if t.get_text() in ("x", "y")]
+    assert len(labels) == 4
+    for t in labels:
+        fill = KIND_COLORS["mamba2" if t.get_text() == "x" else "mamba"]
+        assert contrast(fill, t.get_color()) > 4
