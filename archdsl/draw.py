@@ -129,7 +129,6 @@ def strip_figure(spec):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
-
     rows = layers(spec.graph)
     n = len(rows)
     width, drawn = strip_rows(rows)
@@ -177,7 +176,10 @@ def strip_figure(spec):
     ax.set_xlim(-0.2 - pad, width + 0.2 + pad)
     ax.set_ylim(-(nrows - 1) * 1.55 - 0.35 + base, 1.1)
     ax.set_axis_off()
-    ax.set_title(f"{spec.name}: {plural(n, 'layer')}  (top: inject · middle: mixer · bottom: FFN)", fontsize=9)
+    bands = [f"{where}: {what}" for role, where, what in ((INJECT, "top", "inject"), (MIXER, "middle", "mixer"),
+                                                          (FFN, "bottom", "FFN")) if any(role_of(r, role) for r in rows)]
+    key = f"  ({' · '.join(bands)})" if len(bands) > 1 else ""  # which band is which, where there are two or three
+    ax.set_title(f"{spec.name}: {plural(n, 'layer')}{key}", fontsize=9)
     return fig
 
 

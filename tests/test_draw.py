@@ -146,6 +146,14 @@ def test_numbers_under_the_lowest_band(figure):
     assert ys and ys[0] > 0.1
 
 
+def test_the_title_names_the_bands_drawn(figure):
+    """The key to the bands only where there are two or three, naming those drawn."""
+    assert figure(spec_file("demo-zamba")).axes[0].get_title() == "demo-zamba: 12 layers  (top: inject · middle: mixer)"
+    assert figure(archdsl.parse("4×mamba2", d_model=64)).axes[0].get_title() == "model: 4 layers"
+    title = figure(spec_file("demo-jamba")).axes[0].get_title()
+    assert title.endswith("(middle: mixer · bottom: FFN)"), title
+
+
 # --- text outputs --------------------------------------------------------------------------------------
 _DOT_ID = r'(?:[A-Za-z_][A-Za-z0-9_]*|"(?:[^"\\]|\\.)*")'
 _DOT_VALUE = r'(?:[A-Za-z_][A-Za-z0-9_.,]*|"(?:[^"\\]|\\.)*")'
