@@ -9,10 +9,10 @@ The core import is light: torch is imported only by compile / load / from_hf.
 """
 from .errors import ArchDSLError
 from .spec import Spec, load_spec, parse
-from .analysis import analyze
+from .analysis import analyze, analyze_lengths
 
 __version__ = "0.1.0"
-__all__ = ["ArchDSLError", "Spec", "parse", "load_spec", "analyze", "compile", "load", "from_hf", "__version__"]
+__all__ = ["ArchDSLError", "Spec", "parse", "load_spec", "analyze", "analyze_lengths", "compile", "load", "from_hf", "__version__"]
 
 
 def compile(spec, **kwargs):  # noqa: A001 - the verb the field uses

@@ -2,6 +2,7 @@
 
     rep = analyze(spec, seq_len=65536, batch=1, dtype="bfloat16", ssm_state_dtype=None)
     rep.params, rep.active_params, rep.flops_per_token, rep.cache_bytes, rep.layers[i]
+    reps = analyze_lengths(spec, [1024, 65536], batch=1)  # one Report a context, the graph read once
 
 Parameters count a shared group once (its per-use adapters at every use) and tied
 embeddings once. FLOPs are forward FLOPs per token (2 per multiply-add) averaged over a
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from .blocks import norm_params
 from .blocks.base import FFN, INJECT, MIXER
 from .errors import ArchDSLError, did_you_mean
-from .graph import layers, role_of
+from .graph import layers
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1, "float64": 8}
 ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
@@ -85,59 +86,86 @@ def dtype_bytes(dtype, what: str = "dtype") -> int:
 def analyze(spec, seq_len: int = 2048, batch: int = 1, dtype: str = "bfloat16",
             ssm_state_dtype: str | None = None) -> Report:
     """Parameters, active parameters, FLOPs per token and cache bytes, per layer and in total."""
+    return analyze_lengths(spec, [seq_len], batch, dtype, ssm_state_dtype)[0]
+
+
+def analyze_lengths(spec, seq_lens, batch: int = 1, dtype: str = "bfloat16",
+                    ssm_state_dtype: str | None = None) -> list[Report]:
+    """analyze at each context length of `seq_lens`, in one pass: what does not depend on the context
+    (parameters, names, groups) is counted once, and each distinct block's FLOPs and cache once a length."""
     from .spec import MAX_PARAMS, load_spec
 
     spec = load_spec(spec)
-    for key, value in (("seq_len", seq_len), ("batch", batch)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ArchDSLError(f"{key} must be an int, got {value!r}")
-    if seq_len <= 0 or batch <= 0:
-        raise ArchDSLError(f"seq_len and batch must be positive, got seq_len={seq_len}, batch={batch}")
+    seq_lens = list(seq_lens)
+    for seq_len in seq_lens:
+        for key, value in (("seq_len", seq_len), ("batch", batch)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ArchDSLError(f"{key} must be an int, got {value!r}")
+        if seq_len <= 0 or batch <= 0:
+            raise ArchDSLError(f"seq_len and batch must be positive, got seq_len={seq_len}, batch={batch}")
     dtype = dtype_name(dtype)
     ssm_state_dtype = None if ssm_state_dtype is None else dtype_name(ssm_state_dtype, "ssm_state_dtype")
     nbytes, ssm_bytes = DTYPE_BYTES[dtype], None if ssm_state_dtype is None else DTYPE_BYTES[ssm_state_dtype]
-    d, norm = spec.d_model, spec.norm
-    seen: set[str] = set()
-    rows = []
-    for i, subs in enumerate(layers(spec.graph)):
-        params = active = flops = cache = 0
-        for s in subs:
-            cfg = s.config
-            own = cfg.params() if s.group is None or s.group not in seen else 0
-            if s.group is not None:
-                seen.add(s.group)
-            pre_norm = norm_params(norm, d) if s.role in (MIXER, FFN) else 0
-            params += own + cfg.per_use_params() + pre_norm
-            active += cfg.active_params() + cfg.per_use_params() + pre_norm
-            try:
-                flops += cfg.flops_per_token(seq_len)
-                cache += cfg.cache_bytes(batch, seq_len, nbytes, ssm_bytes)
-            except OverflowError:  # a context or batch past what a float holds
-                raise ArchDSLError(f"seq_len {seq_len} or batch {batch} is too large to count") from None
-        name = lambda role: (lambda s: s.name if s else "")(role_of(subs, role))  # noqa: E731
-        rows.append(LayerReport(i, name(MIXER), name(FFN), name(INJECT),
-                                ",".join(sorted({s.group for s in subs if s.group})),
-                                params, active, flops, cache))
+    graph_layers = layers(spec.graph)
+    rows, surplus = _layer_params(spec, graph_layers)
+    # Costed before the size check, as ever: of a context too large to count and an absurd size, the first is said.
+    per_length = [_layer_costs(graph_layers, n, batch, nbytes, ssm_bytes) for n in seq_lens]
+    d = spec.d_model
     embedding = spec.vocab_size * d * (1 if spec.tie_embeddings else 2)
-    outer = embedding + norm_params(norm, d) * (2 if spec.embed_norm else 1)
-    total = outer + sum(r.params for r in rows)
-    # The active count adds a shared block at each use: compute reads it every time.
-    active_total = outer + sum(r.active_params for r in rows)
-    active_total -= sum(_shared_surplus(spec))
+    outer = embedding + norm_params(spec.norm, d) * (2 if spec.embed_norm else 1)
+    total = outer + sum(row[-2] for row in rows)
+    # The active count adds a shared block at each use: compute reads it every time; its set is one set of weights.
+    active_total = outer + sum(row[-1] for row in rows) - surplus
     if total > MAX_PARAMS:
         raise spec.error(f"absurd size: the spec has {total:.3e} parameters (over 10^13)", ("d_model",))
     head_flops = 2 * d * spec.vocab_size
-    return Report(spec.name, seq_len, batch, dtype, total, active_total, embedding,
-                  sum(r.flops_per_token for r in rows) + head_flops, sum(r.cache_bytes for r in rows), rows,
-                  ssm_state_dtype)
+    reports = []
+    for seq_len, costs in zip(seq_lens, per_length):
+        layers_ = [LayerReport(*row, f, c) for row, (f, c) in zip(rows, costs)]
+        reports.append(Report(spec.name, seq_len, batch, dtype, total, active_total, embedding,
+                              sum(f for f, _ in costs) + head_flops, sum(c for _, c in costs), layers_,
+                              ssm_state_dtype))
+    return reports
 
 
-def _shared_surplus(spec):
-    """Active parameters count a shared group's set once too: it is one set of weights."""
-    counted: dict[str, int] = {}
-    for subs in layers(spec.graph):
+def _layer_params(spec, graph_layers: list[tuple]) -> tuple[list[tuple], int]:
+    """Each layer's LayerReport fields but its FLOPs and cache, and the active parameters of a shared group's
+    uses after its first (counted in each layer's active parameters, subtracted from the total)."""
+    d, norm = spec.d_model, spec.norm
+    counts: dict[int, tuple[int, int, int]] = {}  # by id of a config: a 1000-layer layout has a handful
+    seen: set[str] = set()
+    rows, surplus = [], 0
+    for i, subs in enumerate(graph_layers):
+        params = active = 0
         for s in subs:
+            if id(s.config) not in counts:
+                counts[id(s.config)] = (s.config.params(), s.config.per_use_params(), s.config.active_params())
+            own, per_use, own_active = counts[id(s.config)]
             if s.group is not None:
-                counted[s.group] = counted.get(s.group, -1) + 1
-                if counted[s.group] > 0:
-                    yield s.config.active_params()
+                if s.group in seen:
+                    own, surplus = 0, surplus + own_active
+                seen.add(s.group)
+            pre_norm = norm_params(norm, d) if s.role in (MIXER, FFN) else 0
+            params += own + per_use + pre_norm
+            active += own_active + per_use + pre_norm
+        name = {s.role: s.name for s in subs}
+        rows.append((i, name.get(MIXER, ""), name.get(FFN, ""), name.get(INJECT, ""),
+                     ",".join(sorted({s.group for s in subs if s.group})), params, active))
+    return rows, surplus
+
+
+def _layer_costs(graph_layers: list[tuple], seq_len: int, batch: int, nbytes: int,
+                 ssm_bytes: int | None) -> list[tuple[int, int]]:
+    """(FLOPs per token, cache bytes) of each layer at (batch, seq_len). Layers alike share their tuple of
+    sublayers (graph.py): each kind of layer is costed once."""
+    known: dict[int, tuple[int, int]] = {}
+    out = []
+    for subs in graph_layers:
+        if id(subs) not in known:
+            try:
+                known[id(subs)] = (sum(s.config.flops_per_token(seq_len) for s in subs),
+                                   sum(s.config.cache_bytes(batch, seq_len, nbytes, ssm_bytes) for s in subs))
+            except OverflowError:  # a context or batch past what a float holds
+                raise ArchDSLError(f"seq_len {seq_len} or batch {batch} is too large to count") from None
+        out.append(known[id(subs)])
+    return out

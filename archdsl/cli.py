@@ -154,7 +154,7 @@ def _add_graph(p):
 @command("memory", "inference cache bytes against context length")
 def cmd_memory(args):
     """Cache bytes of one or several specs at each context length, as a table and a plot."""
-    from .analysis import analyze
+    from .analysis import analyze_lengths
     from .draw import PLOT_FORMATS, check_path
 
     if args.output:
@@ -164,8 +164,8 @@ def cmd_memory(args):
     lens = [parse_count(x, "--seq-lens") for x in args.seq_lens.split(",") if x.strip()]
     if not lens:
         raise ArchDSLError("--seq-lens: give at least one length, e.g. 1k,8k,64k")
-    data = {label: [analyze(s, seq_len=n, batch=args.batch, dtype=args.dtype,
-                            ssm_state_dtype=args.ssm_state_dtype).cache_bytes for n in lens]
+    data = {label: [r.cache_bytes for r in analyze_lengths(s, lens, batch=args.batch, dtype=args.dtype,
+                                                           ssm_state_dtype=args.ssm_state_dtype)]
             for label, s in zip(_labels(args.specs, specs), specs)}
     if args.json:
         print(json.dumps({"seq_lens": lens, "batch": args.batch, "dtype": args.dtype,

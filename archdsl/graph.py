@@ -3,6 +3,10 @@
     expand_repeats ─▶ apply_modifiers ─▶ resolve_blocks ─▶ resolve_sharing
          each followed by verify(graph)
 
+The first pass makes the graph; each later one rewrites the layers' sublayers (and adds edges) in the
+graph it is given, which build_graph owns, rather than copy 10^5 nodes. Layers alike (a repeat's) share
+their tuple of Sublayer: all of it is frozen, and each pass works out a kind of layer once.
+
 Nodes: "embed", "L0" … "L{n-1}", "norm", "head". Edges carry `flow` ("residual" along
 the stream, "embedding" from "embed" to a layer whose INJECT block reads the original
 embedding, Zamba) and `embedding=True` wherever the original embedding is read — also on
@@ -75,9 +79,11 @@ def expand_repeats(spec) -> nx.DiGraph:
     g = nx.DiGraph(spec=spec, groups={}, stage="expand_repeats")
     g.add_node("embed")
     prev = "embed"
+    made: dict[int, tuple[Sublayer, ...]] = {}  # by id of the Layer: a repeat lists the same node
     for i, layer in enumerate(layers):
-        subs = tuple(Sublayer(name=b.name, block=b, span=b.span) for b in layer.blocks)
-        g.add_node(layer_id(i), index=i, sublayers=subs, span=layer.span)
+        if id(layer) not in made:
+            made[id(layer)] = tuple(Sublayer(name=b.name, block=b, span=b.span) for b in layer.blocks)
+        g.add_node(layer_id(i), index=i, sublayers=made[id(layer)], span=layer.span)
         g.add_edge(prev, layer_id(i), flow="residual")
         prev = layer_id(i)
     g.add_edge(prev, "norm", flow="residual")
@@ -98,7 +104,6 @@ def apply_modifiers(g: nx.DiGraph) -> nx.DiGraph:
     """`KIND every N [offset K]` / `KIND at i j`: an FFN kind sets the FFN of the selected
     layers, a mixer kind replaces their mixer, an inject kind goes in front; in order."""
     spec = g.graph["spec"]
-    g = g.copy()
     n = num_layers(g)
     for mod in spec.layout.modifiers:
         if mod.at is not None and max(mod.at) >= n:
@@ -114,10 +119,14 @@ def apply_modifiers(g: nx.DiGraph) -> nx.DiGraph:
                                source=spec.source, start=mod.span.start, end=mod.span.end)
         new = Sublayer(name=mod.block.name, block=mod.block, span=mod.block.span)
         chosen = mod.at if mod.at is not None else [i for i in range(n) if mod.selects(i)]  # `at`: no n·k scan
+        done: dict[tuple, tuple[Sublayer, ...]] = {}  # by the ids of a layer's sublayers
         for i in chosen:
             node = g.nodes[layer_id(i)]
-            kept = [s for s in node["sublayers"] if _resolve_kind(spec, s.block)[1] != role]
-            node["sublayers"] = tuple(kept + [new])
+            key = tuple(map(id, node["sublayers"]))
+            if key not in done:
+                kept = [s for s in node["sublayers"] if _resolve_kind(spec, s.block)[1] != role]
+                done[key] = tuple(kept + [new])
+            node["sublayers"] = done[key]
     g.graph["stage"] = "apply_modifiers"
     return g
 
@@ -127,34 +136,41 @@ def resolve_blocks(g: nx.DiGraph) -> nx.DiGraph:
     """Name → kind (aliases from `blocks:`), role order, the default FFN, typed configs."""
     spec = g.graph["spec"]
     check_blocks(spec)
-    g = g.copy()
     check_ffn(spec)
     default_ffn = Block(spec.ffn) if spec.ffn else None
+    done: dict[tuple, tuple[Sublayer, ...]] = {}  # by the ids of a layer's sublayers: a bad layer fails at its first
     for i in range(num_layers(g)):
         node = g.nodes[layer_id(i)]
-        subs = []
-        for s in node["sublayers"]:
-            kind, role = _resolve_kind(spec, s.block)
-            subs.append(replace(s, kind=kind, role=role, config=_config(spec, s.block, kind)))
-        roles = [s.role for s in subs]
-        for role in set(roles):
-            if roles.count(role) > 1:
-                s = [x for x in subs if x.role == role][1]
-                raise ArchDSLError(f"a layer can hold one {role} block, this one has {roles.count(role)}",
-                                   source=spec.source, start=s.span.start, end=s.span.end)
-        if default_ffn is not None and MIXER in roles and FFN not in roles:
-            kind, _ = _resolve_kind(spec, default_ffn)
-            subs.append(Sublayer(name=spec.ffn, block=default_ffn, kind=kind, role=FFN,
-                                 config=_config(spec, default_ffn, kind)))
-        subs.sort(key=lambda s: ROLE_ORDER[s.role])
-        if INJECT in roles and MIXER not in roles:  # Layer.forward runs it in front of the mixer only
-            s = next(x for x in subs if x.role == INJECT)
-            alone = "stand alone in a layer" if len(subs) == 1 else "share a layer with only an FFN"
-            raise ArchDSLError(f"{s.name!r} feeds a mixer and cannot {alone} (layer {i})",
-                               source=spec.source, start=s.span.start, end=s.span.end)
-        node["sublayers"] = tuple(subs)
+        key = tuple(map(id, node["sublayers"]))
+        if key not in done:
+            done[key] = _resolve_layer(spec, node["sublayers"], default_ffn, i)
+        node["sublayers"] = done[key]
     g.graph["stage"] = "resolve_blocks"
     return g
+
+
+def _resolve_layer(spec, sublayers: tuple[Sublayer, ...], default_ffn: Block | None, i: int) -> tuple[Sublayer, ...]:
+    subs = []
+    for s in sublayers:
+        kind, role = _resolve_kind(spec, s.block)
+        subs.append(replace(s, kind=kind, role=role, config=_config(spec, s.block, kind)))
+    roles = [s.role for s in subs]
+    for role in set(roles):
+        if roles.count(role) > 1:
+            s = [x for x in subs if x.role == role][1]
+            raise ArchDSLError(f"a layer can hold one {role} block, this one has {roles.count(role)}",
+                               source=spec.source, start=s.span.start, end=s.span.end)
+    if default_ffn is not None and MIXER in roles and FFN not in roles:
+        kind, _ = _resolve_kind(spec, default_ffn)
+        subs.append(Sublayer(name=spec.ffn, block=default_ffn, kind=kind, role=FFN,
+                             config=_config(spec, default_ffn, kind)))
+    subs.sort(key=lambda s: ROLE_ORDER[s.role])
+    if INJECT in roles and MIXER not in roles:  # Layer.forward runs it in front of the mixer only
+        s = next(x for x in subs if x.role == INJECT)
+        alone = "stand alone in a layer" if len(subs) == 1 else "share a layer with only an FFN"
+        raise ArchDSLError(f"{s.name!r} feeds a mixer and cannot {alone} (layer {i})",
+                           source=spec.source, start=s.span.start, end=s.span.end)
+    return tuple(subs)
 
 
 def canonical_text(spec) -> str:
@@ -306,33 +322,40 @@ def resolve_sharing(g: nx.DiGraph) -> nx.DiGraph:
     """Join `shared` uses into groups (one parameter set; equal configurations required) and add
     the embedding edges of blocks that read the original embedding."""
     spec = g.graph["spec"]
-    g = g.copy()
     groups: dict[str, list[int]] = {}
     first: dict[str, Sublayer] = {}
+    done: dict[tuple, tuple[Sublayer, ...]] = {}  # by the ids of a layer's sublayers, as in resolve_blocks
     for i in range(num_layers(g)):
         node = g.nodes[layer_id(i)]
-        subs = []
+        key = tuple(map(id, node["sublayers"]))
+        if key not in done:
+            done[key] = tuple(_join(spec, s, first) for s in node["sublayers"])
+        node["sublayers"] = done[key]
         for s in node["sublayers"]:
-            group = s.block.shared
-            if group is not None:
-                if group in first and first[group].config.shape_key() != s.config.shape_key():
-                    f = first[group]
-                    raise ArchDSLError(
-                        f"shared group {group!r} joins blocks of different configurations: {f.kind}{_args(f.config)} "
-                        f"and {s.kind}{_args(s.config)}", source=spec.source, start=s.span.start, end=s.span.end)
-                first.setdefault(group, s)
-                groups.setdefault(group, []).append(i)
-                s = replace(s, group=group)
+            if s.group is not None:
+                groups.setdefault(s.group, []).append(i)
             if s.role == INJECT:
                 if g.has_edge("embed", layer_id(i)):  # L0: the residual edge carries it too
                     g.edges["embed", layer_id(i)]["embedding"] = True
                 else:
                     g.add_edge("embed", layer_id(i), flow="embedding", embedding=True)
-            subs.append(s)
-        node["sublayers"] = tuple(subs)
     g.graph["groups"] = groups
     g.graph["stage"] = "resolve_sharing"
     return g
+
+
+def _join(spec, s: Sublayer, first: dict[str, Sublayer]) -> Sublayer:
+    """`s` in its group, if shared: of the configuration of the group's first use."""
+    group = s.block.shared
+    if group is None:
+        return s
+    if group in first and first[group].config.shape_key() != s.config.shape_key():
+        f = first[group]
+        raise ArchDSLError(
+            f"shared group {group!r} joins blocks of different configurations: {f.kind}{_args(f.config)} "
+            f"and {s.kind}{_args(s.config)}", source=spec.source, start=s.span.start, end=s.span.end)
+    first.setdefault(group, s)
+    return replace(s, group=group)
 
 
 def _args(config: BlockConfig) -> str:
@@ -351,7 +374,7 @@ def verify(g: nx.DiGraph) -> nx.DiGraph:
     residual = [(u, v) for u, v, f in g.edges(data="flow") if f == "residual"]
     assert residual == list(zip(chain, chain[1:])) or sorted(residual) == sorted(zip(chain, chain[1:])), \
         "the residual stream must run embed → L0 → … → norm → head"
-    assert nx.is_directed_acyclic_graph(g)
+    assert nx.is_directed_acyclic_graph(g), "the graph has a cycle"
     for i in range(n):
         subs = g.nodes[layer_id(i)]["sublayers"]
         assert subs, f"layer {i} is empty"
@@ -373,7 +396,8 @@ PASSES = (expand_repeats, apply_modifiers, resolve_blocks, resolve_sharing)
 
 
 def build_graph(spec, until: str | None = None) -> nx.DiGraph:
-    """Run the passes (up to and including `until`), verifying after each."""
+    """Run the passes (up to and including `until`), each followed by verify: a broken invariant is caught at the
+    pass that broke it."""
     g = None
     for p in PASSES:
         g = verify(p(spec) if g is None else p(g))

@@ -277,3 +277,128 @@ def test_dtype_names_read_as_the_model_reads_them():
         archdsl.analyze(spec, ssm_state_dtype="fp8")
     with pytest.raises(archdsl.ArchDSLError, match="unknown dtype 'int8'"):
         archdsl.analyze(spec, dtype="int8")
+
+
+def test_a_deep_graph_is_its_layout_written_out():
+    """The passes work out each kind of layer once and update one graph in place; the graph of a deep layout
+    with groups, `every` and `at` is still each layer written out, and the one of a copy and a verify per pass."""
+    from archdsl.graph import verify
+
+    n = 3000
+    spec = archdsl.parse(f"{n // 2}×(mamba2, attn(shared)), moe every 3, zamba(shared=z) at 0 {n - 2}", d_model=256)
+    small = archdsl.parse("mamba2+moe, attn, zamba(shared=z) at 0", d_model=256)
+    config = {s.kind: s.config for subs in layers(small.graph) for s in subs}
+    g = spec.graph
+    assert list(g.nodes) == ["embed"] + [f"L{i}" for i in range(n)] + ["norm", "head"]
+    for i in range(n):
+        want = [("zamba", INJECT, "z")] if i in (0, n - 2) else []
+        want += [("mamba2", MIXER, None) if i % 2 == 0 else ("attn", MIXER, "attn")]
+        want += [("moe", FFN, None)] if i % 3 == 2 else []
+        node = g.nodes[f"L{i}"]
+        assert set(node) == {"index", "sublayers", "span"} and node["index"] == i
+        assert [(s.name, s.kind, s.role, s.group, s.config) for s in node["sublayers"]] == \
+            [(kind, kind, role, group, config[kind]) for kind, role, group in want]
+    chain = list(g.nodes)
+    edges = {(u, v): {"flow": "residual"} for u, v in zip(chain, chain[1:])}
+    edges[("embed", "L0")] = {"flow": "residual", "embedding": True}
+    edges[("embed", f"L{n - 2}")] = {"flow": "embedding", "embedding": True}
+    assert dict(((u, v), d) for u, v, d in g.edges(data=True)) == edges and g.number_of_edges() == len(edges)
+    assert g.graph == {"spec": spec, "groups": {"attn": list(range(1, n, 2)), "z": [0, n - 2]},
+                       "stage": "resolve_sharing"}
+
+    old = None  # the pipeline as it was: a copy of the graph for every pass, verified after each
+    for p in PASSES:
+        old = verify(p(spec) if old is None else p(old.copy()))
+    assert list(old.nodes(data=True)) == list(g.nodes(data=True))
+    assert list(old.edges(data=True)) == list(g.edges(data=True))
+    assert [[s.span for s in subs] for subs in layers(old)] == [[s.span for s in subs] for subs in layers(g)]
+    assert old.graph == g.graph
+
+
+def _layer(g, i):
+    return g.nodes[f"L{i}"]
+
+
+def _no_layers(g):
+    g.remove_nodes_from([f"L{i}" for i in range(4)])
+    g.add_edge("embed", "norm", flow="residual")
+
+
+def _unordered(g):
+    _layer(g, 1)["sublayers"] = _layer(g, 1)["sublayers"][::-1]
+
+
+def _unresolved(g):
+    from dataclasses import replace
+
+    _layer(g, 1)["sublayers"] = tuple(replace(s, config=None) for s in _layer(g, 1)["sublayers"])
+
+
+def _reshaped(g):
+    from dataclasses import replace
+
+    _layer(g, 3)["sublayers"] = tuple(replace(s, config=replace(s.config, heads=4)) for s in _layer(g, 3)["sublayers"])
+
+
+# (layout, the pass that breaks, what it breaks, what verify says)
+BROKEN = [
+    ("4×mamba2", "expand_repeats", _no_layers, "no layers"),
+    ("4×mamba2", "expand_repeats", lambda g: g.add_node("stray"), "unexpected nodes: {'stray'}"),
+    ("4×mamba2", "expand_repeats", lambda g: g.remove_edge("L1", "L2"), "the residual stream must run"),
+    ("4×mamba2", "apply_modifiers", lambda g: _layer(g, 2).update(sublayers=()), "layer 2 is empty"),
+    ("4×mamba2", "resolve_sharing", lambda g: g.add_edge("L3", "L1", flow="embedding"), "the graph has a cycle"),
+    ("4×(mamba2+mlp)", "resolve_blocks", _unordered, "layer 1: sublayers ['ffn', 'mixer'] out of order"),
+    ("4×(mamba2+mlp)", "resolve_blocks", _unresolved, "layer 1: unresolved block"),
+    ("4×mamba2, zamba(shared) at 2", "resolve_sharing", lambda g: g.remove_edge("embed", "L2"),
+     "layer 2: embedding edge and inject block disagree"),
+    ("2×(mamba2, attn(shared))", "resolve_sharing", _reshaped, "group attn: members differ in shape"),
+]
+
+
+@pytest.mark.parametrize("layout, name, damage, message", BROKEN)
+def test_verify_catches_a_broken_pass(layout, name, damage, message, monkeypatch):
+    """The graph is verified once, after the last pass: what a broken pass breaks is still there to be caught,
+    whether the build runs to the end or stops at that pass."""
+    import archdsl.graph
+
+    def broken(p):
+        def run(g):
+            g = p(g)
+            damage(g)
+            return g
+
+        run.__name__ = p.__name__
+        return run
+
+    monkeypatch.setattr(archdsl.graph, "PASSES", tuple(broken(p) if p.__name__ == name else p for p in PASSES))
+    for until in (None, name):
+        with pytest.raises(AssertionError) as e:
+            build_graph(archdsl.parse(layout), until=until)
+        assert str(e.value).startswith(message)
+
+
+def test_analyze_lengths_is_analyze_at_each_length():
+    from archdsl.analysis import analyze_lengths
+
+    layout = "300×(mamba2, attn(shared), rwkv6+cmix), moe every 4, attn(window=64) every 5, zamba(shared=z) at 0 7"
+    spec = archdsl.parse(layout, d_model=256)
+    lens = [1, 16, 64, 1000, 65536, 1 << 20]
+    for kw in ({}, {"batch": 3, "dtype": "float32", "ssm_state_dtype": "bf16"}):
+        assert analyze_lengths(spec, lens, **kw) == [archdsl.analyze(spec, seq_len=n, **kw) for n in lens]
+    assert analyze_lengths(spec, []) == []
+    with pytest.raises(archdsl.ArchDSLError, match="seq_len 1" + "0" * 400 + " or batch 1 is too large to count"):
+        analyze_lengths(spec, [16, 10**400])
+    with pytest.raises(archdsl.ArchDSLError, match="seq_len must be an int, got 1.5"):
+        analyze_lengths(spec, [16, 1.5])
+
+
+def test_the_figures_of_a_deep_layout_add_up_period_by_period():
+    """Costing each kind of layer once changes no figure: 1000 periods cost 1000 times one period."""
+    one, deep = (archdsl.analyze(archdsl.parse(f"{k}×(mamba2, attn, mamba2+mlp), moe every 3, attn(window=64) every 6",
+                                               d_model=256), seq_len=4096, batch=2) for k in (2, 2000))
+    outer, head = one.embedding_params + 256, 2 * 256 * 50280
+    assert deep.params - outer == 1000 * (one.params - outer)
+    assert deep.active_params - outer == 1000 * (one.active_params - outer)
+    assert deep.flops_per_token - head == 1000 * (one.flops_per_token - head)
+    assert deep.cache_bytes == 1000 * one.cache_bytes
+    assert [r.params for r in deep.layers] == [r.params for r in one.layers] * 1000

@@ -143,7 +143,7 @@ def _plain_ticks(axis, objective: str) -> None:
 
 def plot_cache(cands: list[Candidate], path: str, batch: int = 1, dtype: str = "bfloat16", most: int = 8) -> None:
     """Cache bytes against context length (1k … 1M) for the front (at most `most` lines)."""
-    from ..analysis import analyze
+    from ..analysis import analyze_lengths
 
     plt = _plt()
     lens = [2**k for k in range(10, 21)]
@@ -158,7 +158,7 @@ def plot_cache(cands: list[Candidate], path: str, batch: int = 1, dtype: str = "
     chosen = [pool[int(i * step)] for i in range(min(most, len(pool)))]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
     for c in chosen:
-        ys = [analyze(c.spec, seq_len=n, batch=batch, dtype=dtype).cache_bytes for n in lens]
+        ys = [r.cache_bytes for r in analyze_lengths(c.spec, lens, batch=batch, dtype=dtype)]
         ax.plot(lens, ys, marker=".", lw=1.2, label=f"{c.id}: {_short(c.layout, 40)}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
