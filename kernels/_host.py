@@ -106,3 +106,11 @@ def packing(seq_idx, cu_seqlens, x, cu_seqlens_cpu=None):
     if seq_idx is not None and not torch.equal(seq_starts(seq_idx), seq_starts(from_cu)):
         raise ValueError("cu_seqlens: its sequences are not seq_idx's (they must say the same packing)")
     return from_cu, cu
+
+
+def pool_rows(idx: torch.Tensor, pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A decode step's rows that step a state of a pool of `pool` (continuous batching): (the rows [n], the states
+    they name [n], int64). A negative index is a pad row, and one past the pool is left alone as a pad too, as the
+    Triton steps leave it (expect_slots refuses it on the CPU)."""
+    live = ((idx >= 0) & (idx < pool)).nonzero().squeeze(1)
+    return live, idx[live].long()

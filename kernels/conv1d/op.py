@@ -6,7 +6,7 @@ import torch
 from .._checks import (expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape,
                       expect_slots)
 from .._dispatch import backend_for, needs_grad, on_input_device
-from .._host import seq_runs
+from .._host import pool_rows, seq_runs
 from .chunked import causal_conv1d_torch
 from .naive import causal_conv1d_naive, causal_conv1d_update_naive, final_window
 
@@ -94,8 +94,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, conv
     if conv_state_indices is None:
         return causal_conv1d_update_naive(x, conv_state, weight, bias, activation)
     # the pool's rows: gathered, stepped, written back (the pads' rows neither read nor written)
-    live = ((conv_state_indices >= 0) & (conv_state_indices < pool)).nonzero().squeeze(1)  # as the kernel: past the pool, a pad
-    at = conv_state_indices[live].long()
+    live, at = pool_rows(conv_state_indices, pool)
     rows = conv_state[at]
     y = torch.zeros_like(x)
     y[live] = causal_conv1d_update_naive(x[live], rows, weight, bias, activation)

@@ -6,7 +6,7 @@ import torch
 from .._checks import (expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape,
                       expect_slots)
 from .._dispatch import backend_for, needs_grad, on_input_device
-from .._host import seq_runs, seq_starts, unit_last
+from .._host import pool_rows, seq_runs, seq_starts, unit_last
 from .._opaque import PATHS, torch_path
 from .chunked import selective_scan_chunked
 from .naive import selective_scan_naive, selective_state_update_naive
@@ -130,8 +130,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     if state_batch_indices is None:
         return selective_state_update_naive(state, x, dt, A, B3, C3, D, z, dt_bias, dt_softplus)
     # the pool's rows: gathered, stepped, written back (the pads' rows neither read nor written)
-    live = ((state_batch_indices >= 0) & (state_batch_indices < pool)).nonzero().squeeze(1)  # as the kernel: past the pool, a pad
-    at = state_batch_indices[live].long()
+    live, at = pool_rows(state_batch_indices, pool)
     rows = state[at]
     pick = lambda t: None if t is None else t[live]
     y = torch.zeros_like(x)
