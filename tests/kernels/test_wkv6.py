@@ -226,7 +226,7 @@ def varlen_run(xs, cu, with_h0, final, seed=1, **kw):
     """wkv6 over one packed row with cu_seqlens (h0 [n, H, K, V]): outputs, final states and the gradients of a
     random loss."""
     xs = [x.detach().clone().requires_grad_() for x in xs]
-    o, ht = wkv6(*xs[:5], 0.5, xs[5] if with_h0 else None, final, cu_seqlens=torch.tensor(cu), **kw)
+    o, ht = wkv6(*xs[:5], 0.5, xs[5] if with_h0 else None, final, cu_seqlens=torch.tensor(cu, device=xs[0].device), **kw)
     g = torch.Generator().manual_seed(seed)
     loss = (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.device)).sum()
     if final:
