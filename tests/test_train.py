@@ -253,7 +253,8 @@ def test_token_file_and_bad_inputs(tmp_path, capsys):
     bad([a if a != "3" else "5" for a in resume], "cannot resume, every checkpoint is damaged", "__0_0.distcp: missing")
     bad(["export-checkpoint", str(dmg), "-o", str(tmp_path / "e")], "cannot export, every checkpoint is damaged",
         "__0_0.distcp: missing")
-    bad(["export-checkpoint", str(dmg), "--step", "3", "-o", str(tmp_path / "e")], "cannot load the checkpoint")
+    bad(["export-checkpoint", str(dmg), "--step", "3", "-o", str(tmp_path / "e")],
+        "cannot export step 3, its checkpoint is damaged", "__0_0.distcp: missing")
     assert not os.path.exists(tmp_path / "x")  # nothing was written by the failed runs
 
 
@@ -499,6 +500,8 @@ def test_resume_passes_over_damaged_checkpoints(tmp_path, capsys):
     assert "Traceback" not in err and "warning" not in err
     refused(capsys, ["export-checkpoint", bad, "-o", str(tmp_path / "e")], f"error: {bad}: cannot export, every "
             f"checkpoint is damaged: {step(bad, 3, '__0_0.distcp')}: truncated (15 of ")
+    refused(capsys, ["export-checkpoint", bad, "--step", "2", "-o", str(tmp_path / "e")], f"error: {bad}: cannot "
+            f"export step 2, its checkpoint is damaged: {step(bad, 2, '__0_0.distcp')}: truncated (10 of ")
     assert not os.path.exists(tmp_path / "e")
     assert {p: os.path.getsize(os.path.join(d, p)) for d, _, ps in os.walk(bad) for p in ps} == before
 

@@ -45,7 +45,7 @@ def _cause(e: BaseException) -> BaseException:
 def _reason(e: BaseException) -> str:
     e = _cause(e)
     lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def spec_sha(spec_yaml: str) -> str:
@@ -259,6 +259,10 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
         s, path, meta = resume_point(rundir, damaged, doing="export")
     else:
         s, path, meta = latest(rundir, step)
+        what = damage(path)
+        if what is not None:  # said as the steps without --step say it, not as the load's bare exception
+            raise ArchDSLError(f"{rundir}: cannot export step {s}, its checkpoint is damaged: {what}",
+                               hint="leave out --step to export the newest checkpoint that loads")
     spec = spec_from_yaml(run["spec_yaml"], file=os.path.join(rundir, "run.json"))
     while True:
         check_spec(meta, run["spec_yaml"], path)
