@@ -454,7 +454,8 @@ def test_gpu_cu_seqlens_with_states_vs_float64_and_fla(dtype, tol):
     except ImportError:
         return
     o, ht = chunk_rwkv6(r, k, v, w, u, 0.5, h0.float(), True, cu_seqlens=torch.tensor(cu, device="cuda"))
-    close([o, ht], want[:2], tol, f"fla {dtype}")
+    # fla's chunk kernels multiply float32 in TF32 (tl.dot's default): 1.07e-3 on the H100, above our 1e-3
+    close([o, ht], want[:2], max(tol, 5e-3), f"fla {dtype}")
 
 
 @cuda
