@@ -14,6 +14,8 @@ set -u
 WHEELS=${1:-.whl}
 OUTDIR=${2:-gpu-results}
 mkdir -p "$OUTDIR"
+# each failing test written down as it fails (tests/conftest.py), so a stage cut by its limit still says which
+export ARCHDSL_FAIL_LOG="$OUTDIR/failures.log"
 . "$(dirname "$0")/device_env.sh" "$WHEELS"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv | tee "$OUTDIR/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUTDIR/gpu.txt"

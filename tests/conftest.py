@@ -14,6 +14,12 @@
 - Every interpreted launch fails if it passes one tensor twice (tests/kernels/sm90.py, shared_tensors);
   with ARCHDSL_RECORD_LAUNCHES=FILE (make test) each is also recorded, for tests/kernels/sm90.py to
   compile for sm_90 afterwards.
+- With ARCHDSL_FAIL_LOG=FILE each failing test's id and error are appended to FILE as it fails, not at the end:
+  a GPU run cut by its time limit still says what failed and why (pytest prints both only in its summary).
+- On a CUDA machine, after each test its tensors are given back to the card: the caching allocator's blocks
+  (each xdist worker would otherwise keep its own peak, and three workers of float64 references fill an 80-GB
+  card), and a failed test's frames, which pytest keeps in sys.last_traceback for post-mortem debugging, so one
+  out-of-memory failure would hold its tensors until the next failure and fail the tests after it.
 - The repository's top-level kernels/ folder (archdsl.kernels) has the name of the hub package `kernels`,
   which transformers (>= 5.25, which installs it) imports at once where it finds it. `python -m pytest` puts
   the repository root first on sys.path, so transformers would import our folder instead and fail ("cannot
@@ -47,6 +53,7 @@ os.environ.setdefault("USE_HUB_KERNELS", "0")
 if "kernels" not in sys.modules:
     _hub_kernels_first()
 
+import pytest
 import torch
 from hypothesis import settings
 
@@ -102,3 +109,27 @@ if interpreting():
     from sm90 import watch_launches
 
     watch_launches(os.environ.get("ARCHDSL_RECORD_LAUNCHES"))
+
+
+def pytest_runtest_logreport(report):
+    """ARCHDSL_FAIL_LOG: a failure written down as it happens (by the controller only, under xdist)."""
+    path = os.environ.get("ARCHDSL_FAIL_LOG")
+    if not path or not report.failed or os.environ.get("PYTEST_XDIST_WORKER"):  # a worker: its controller writes
+        return
+    with open(path, "a") as f:
+        f.write(f"FAILED {report.nodeid} ({report.when})\n{report.longreprtext[-3000:]}\n\n")
+
+
+if torch.cuda.is_available():
+    @pytest.fixture(autouse=True)
+    def _give_the_card_back(request):
+        yield
+        if request.node.get_closest_marker("gpu") is None:
+            return
+        sys.last_type = sys.last_value = sys.last_traceback = None
+        if hasattr(sys, "last_exc"):
+            sys.last_exc = None
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
