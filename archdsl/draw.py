@@ -4,7 +4,9 @@ matplotlib), a DOT graph, a Mermaid flowchart; and the cache-versus-context plot
 The strip wraps every 32 layers, so 100 layers read as four rows (a layout that repeats every
 p layers wraps at a whole number of periods instead, and three or more alike rows are drawn
 once, marked × k). Each layer is a column: its mixer on top, its FFN below, an inject block
-(Zamba's shared block) as a band above the mixer; an alias is its kind's colour, hatched. A
+(Zamba's shared block) as a band above the mixer. The legend names each block as written; where
+a kind comes in two or more configs (an alias, inline arguments: `attn(window=512)` beside
+`attn`), each but the plain kind is its kind's colour, hatched. A
 shared group is drawn with a thick outline of the group's colour and its name, so one can
 see at a glance which layers hold the same weights.
 """
@@ -91,7 +93,14 @@ def _ink(fill: str) -> str:
 
 
 def _signature(subs) -> tuple:
-    return tuple((s.role, s.name, s.kind, s.group) for s in subs)
+    """What makes two layers look alike in the strip: their blocks and configs (a windowed attention is not a
+    global one) and shared groups."""
+    return tuple((s.role, s.name, s.kind, s.group, repr(s.config)) for s in subs)
+
+
+def _written(s) -> str:
+    """A sublayer's block as the layout writes it, less `shared`: `attn(window=512)`, `swa`, `mamba2`."""
+    return format_block(replace(s.block, args=tuple(a for a in s.block.args if a.name != "shared")))
 
 
 def strip_rows(rows: list) -> tuple[int, list[tuple[int, int]]]:
@@ -145,7 +154,15 @@ def strip_figure(spec):
     ax = fig.add_axes((0, 0, 1, 1))
     groups = sorted(spec.graph.graph["groups"])
     gcolor = group_colors(spec)
-    hatches: dict[str, str] = {}  # an alias (a user-named block) is its kind's colour, hatched
+    # Each config of a block is named as the shortest of its layers writes it (`attn(heads=8)` where that is the
+    # default is `attn`, as a plain `attn` layer with the same config writes it). Where a kind comes in two or
+    # more (an alias, inline arguments: `attn(window=512)` beside `attn`), each but the plain kind is hatched.
+    variants: dict[tuple, str] = {}  # (name, config) -> its name
+    for s in (s for subs in rows for s in subs):
+        key, written = (s.name, repr(s.config)), _written(s)
+        variants[key] = min(variants.get(key, written), written, key=lambda w: (len(w), w))
+    kinds = [s.kind for s in {(s.kind, variants[s.name, repr(s.config)]): s for subs in rows for s in subs}.values()]
+    hatches: dict[str, str] = {}
     seen: dict[str, Patch] = {}  # legend entries by label
     for r, (start, repeats) in enumerate(drawn):
         y = -r * 1.55
@@ -155,8 +172,10 @@ def strip_figure(spec):
                 s = role_of(rows[i], role)
                 if s is None:
                     continue
-                hatch = None if s.name == s.kind else hatches.setdefault(s.name, HATCHES[len(hatches) % len(HATCHES)])
-                label = s.kind if hatch is None else f"{s.name} ({s.kind})"
+                written = variants[s.name, repr(s.config)]
+                plain = written == s.kind or kinds.count(s.kind) == 1
+                hatch = None if plain else hatches.setdefault(written, HATCHES[len(hatches) % len(HATCHES)])
+                label = written if s.name == s.kind else f"{written} ({s.kind})"
                 seen.setdefault(label, Patch(facecolor=_color(s.kind), hatch=hatch, edgecolor="white", label=label))
                 edge = gcolor.get(s.group, "white")
                 ax.add_patch(Rectangle((x + 0.05, y + y0), 0.9, h, facecolor=_color(s.kind), hatch=hatch,
@@ -210,11 +229,7 @@ def save_figure(fig, path: str, dpi=150, bbox_inches="tight") -> None:
 
 def _label(subs) -> str:
     """`zamba(lora=16) [g] + mamba2`: each block as written, less `shared`, then its group."""
-    parts = []
-    for s in subs:
-        block = replace(s.block, args=tuple(a for a in s.block.args if a.name != "shared"))
-        parts.append(format_block(block) + (f" [{s.group}]" if s.group else ""))
-    return " + ".join(parts)
+    return " + ".join(_written(s) + (f" [{s.group}]" if s.group else "") for s in subs)
 
 
 def _dot(text: str) -> str:

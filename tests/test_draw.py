@@ -77,7 +77,8 @@ def test_shared_outline_stands_out_from_every_fill(figure):
 
 
 def test_shared_group_names_readable(figure):
-    assert texts(figure(spec_file("demo-zamba"))).count("zamba") >= 3 + 1  # three blocks and the legend
+    names = texts(figure(spec_file("demo-zamba")))
+    assert names.count("zamba") >= 3 and "zamba(lora=16)" in names  # three blocks' group, the legend as written
     names = texts(figure(weird()))
     assert "shared: a very long group name" in names
     assert "a ver…" in names  # a long name is cut with a mark, not silently
@@ -138,6 +139,20 @@ def test_alias_is_told_apart(figure):
     assert "swa_2 (attn)" in texts(fig) and "attn" in texts(fig)
     attn = [p for p in rectangles(fig) if distance(p.get_facecolor(), KIND_COLORS["attn"]) < 1]
     assert {bool(p.get_hatch()) for p in attn} == {True, False}
+
+
+def test_inline_arguments_are_told_apart(figure):
+    """A windowed attention is not drawn as a global one: rows that differ in a block's arguments alone are not
+    folded together, and each config has its hatch and legend entry as written; arguments that change nothing
+    (heads=8 is attn's default at d_model 256) are the plain block."""
+    spec = archdsl.parse("3×(31×mamba2, attn(window=512)), 3×(31×mamba2, attn(heads=8)), attn", d_model=256,
+                         vocab_size=1000)
+    assert strip_rows(layers(spec.graph)) == (32, [(0, 3), (96, 3), (192, 1)])
+    fig = figure(spec)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["mamba2", "attn(window=512)", "attn"]
+    attn = [p for p in rectangles(fig) if distance(p.get_facecolor(), KIND_COLORS["attn"]) < 1]
+    assert [bool(p.get_hatch()) for p in attn] == [True, False, False]
 
 
 def test_numbers_under_the_lowest_band(figure):
