@@ -16,10 +16,8 @@
   compile for sm_90 afterwards.
 - With ARCHDSL_FAIL_LOG=FILE each failing test's id and error are appended to FILE as it fails, not at the end:
   a GPU run cut by its time limit still says what failed and why (pytest prints both only in its summary).
-- On a CUDA machine, after each test its tensors are given back to the card: the caching allocator's blocks
-  (each xdist worker would otherwise keep its own peak, and three workers of float64 references fill an 80-GB
-  card), and a failed test's frames, which pytest keeps in sys.last_traceback for post-mortem debugging, so one
-  out-of-memory failure would hold its tensors until the next failure and fail the tests after it.
+- On a CUDA machine, after each `gpu` test the caching allocator's free blocks are given back to the card: each
+  xdist worker would otherwise keep its own peak, and three workers' float64 references fill an 80-GB card.
 - The repository's top-level kernels/ folder (archdsl.kernels) has the name of the hub package `kernels`,
   which transformers (>= 5.25, which installs it) imports at once where it finds it. `python -m pytest` puts
   the repository root first on sys.path, so transformers would import our folder instead and fail ("cannot
@@ -27,6 +25,7 @@
   where installed, is imported here first, with the root left off sys.path, and hub kernels are switched off
   (USE_HUB_KERNELS=0): the tests compare against transformers' own PyTorch code.
 """
+import gc
 import os
 import sys
 
@@ -126,10 +125,5 @@ if torch.cuda.is_available():
         yield
         if request.node.get_closest_marker("gpu") is None:
             return
-        sys.last_type = sys.last_value = sys.last_traceback = None
-        if hasattr(sys, "last_exc"):
-            sys.last_exc = None
-        import gc
-
-        gc.collect()
+        gc.collect()  # a test's reference cycles (autograd graphs) first
         torch.cuda.empty_cache()
