@@ -16,9 +16,10 @@ import json
 import os
 import sys
 import unicodedata
+import warnings
 
 from .atomic import check_output, check_output_dir
-from .errors import ArchDSLError, out_of_memory
+from .errors import ArchDSLError, ArchDSLWarning, out_of_memory
 from .units import count_text, human, parse_count, parse_seed, plural
 
 COMMANDS = {}
@@ -635,11 +636,30 @@ class _ClosedStdout(io.TextIOBase):
         raise OSError(errno.EBADF, "standard output is closed")
 
 
+def _saying(shown):
+    """warnings.showwarning for the CLI: an ArchDSLWarning as `warning: ...`, others as `shown` shows them."""
+    def say(message, category, *where):
+        if issubclass(category, ArchDSLWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, *where)
+    return say
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = None
     if sys.stdout is None:
         sys.stdout = _ClosedStdout()
+    shown = warnings.showwarning
+    warnings.showwarning = _saying(shown)
+    try:
+        return _run(parser, argv)
+    finally:
+        warnings.showwarning = shown
+
+
+def _run(parser, argv) -> int:
+    args = None
     try:
         args = parser.parse_args(argv)
         if not getattr(args, "fn", None):

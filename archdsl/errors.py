@@ -48,6 +48,11 @@ def _line_col(text: str, offset: int) -> tuple[int, int]:
     return text.count("\n", 0, offset) + 1, offset - line_start + 1
 
 
+class ArchDSLWarning(UserWarning):
+    """Something done, but not quite as asked (a character no installed font has, drawn as a box); the CLI
+    says it as `warning: ...` on stderr."""
+
+
 class ArchDSLError(Exception):
     """A bad layout, spec, argument or checkpoint: says where and what.
 

@@ -83,6 +83,19 @@ def test_graph_formats(tmp_path, ext, capsys):
     assert run("graph", "mamba2", "-o", str(tmp_path / "g.jpg"), capsys=capsys)[0] == 2
 
 
+def test_graph_says_characters_no_font_has_as_a_warning(tmp_path, capsys):
+    """A name in a script no installed font has: the picture is written and the CLI says so once, as
+    `warning: ...` on stderr, not as Python's warning text or matplotlib's warning a glyph."""
+    from archdsl.draw import font_with
+    if font_with("混"):
+        pytest.skip(f"a font here has CJK characters: {font_with('混')}")
+    spec = tmp_path / "cjk.yaml"
+    spec.write_text('name: 混合模型\nlayout: 4×mamba2, attn(shared="注意力")\nd_model: 64\nvocab_size: 100\n')
+    code, out, err = run("graph", str(spec), "-o", str(tmp_path / "g.png"), capsys=capsys)
+    assert code == 0 and (tmp_path / "g.png").exists()
+    assert err.startswith("warning: no installed font has 7 characters") and err.count("\n") == 1, err
+
+
 ODD_NAME = 'a$b "q" \\ <i>|#1;'  # mathtext, quotes, a backslash, markup, Mermaid's entity and edge signs
 
 

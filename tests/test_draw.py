@@ -10,8 +10,8 @@ matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 
 import archdsl  # noqa: E402
-from archdsl.draw import (GROUP_COLORS, KIND_COLORS, MAX_ROWS, draw, strip_figure, strip_rows,  # noqa: E402
-                          to_dot, to_mermaid)
+from archdsl.draw import (GROUP_COLORS, KIND_COLORS, MAX_ROWS, draw, font_with, strip_figure,  # noqa: E402
+                          strip_rows, to_dot, to_mermaid)
 from archdsl.errors import ArchDSLError  # noqa: E402
 from archdsl.graph import layers  # noqa: E402
 
@@ -260,3 +260,25 @@ def test_text_reads_on_its_fill(figure):
     for t in labels:
         fill = KIND_COLORS["mamba2" if t.get_text() == "x" else "mamba"]
         assert contrast(fill, t.get_color()) > 4
+
+
+@pytest.mark.parametrize("name", ["arc ⌒", "混合模型"])
+def test_characters_the_default_font_lacks(name, tmp_path):
+    """A name's characters the default font (DejaVu Sans) lacks are drawn by an installed font that has them
+    (matplotlib's DejaVu Sans Mono has ⌒); where none has them, one ArchDSLWarning names them, not matplotlib's
+    warning a glyph."""
+    import warnings
+
+    from archdsl.errors import ArchDSLWarning
+    spec = archdsl.parse('4×mamba2, attn(shared="g")', name=name, d_model=64, vocab_size=100)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        draw(spec, str(tmp_path / "x.png"))
+    ours = [w for w in seen if issubclass(w.category, ArchDSLWarning)]
+    assert not [w for w in seen if "missing from font" in str(w.message)]
+    if all(font_with(c) for c in name.replace(" ", "")):
+        assert ours == []
+    else:
+        assert len(ours) == 1 and "no installed font has 4 characters" in str(ours[0].message)
+        assert all(c in str(ours[0].message) for c in name)
+    assert (tmp_path / "x.png").stat().st_size > 0
