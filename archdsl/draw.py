@@ -163,7 +163,7 @@ def strip_figure(spec):
     for s in (s for subs in rows for s in subs):
         key, written = (s.name, repr(s.config)), _written(s)
         variants[key] = min(variants.get(key, written), written, key=lambda w: (len(w), w))
-    kinds = [s.kind for s in {(s.kind, variants[s.name, repr(s.config)]): s for subs in rows for s in subs}.values()]
+    drawn_as = {(s.kind, variants[s.name, repr(s.config)]) for subs in rows for s in subs}  # (kind, name)
     hatches: dict[str, str] = {}
     seen: dict[str, Patch] = {}  # legend entries by label
     for r, (start, repeats) in enumerate(drawn):
@@ -175,7 +175,7 @@ def strip_figure(spec):
                 if s is None:
                     continue
                 written = variants[s.name, repr(s.config)]
-                plain = written == s.kind or kinds.count(s.kind) == 1
+                plain = written == s.kind or sum(kind == s.kind for kind, _ in drawn_as) == 1
                 hatch = None if plain else hatches.setdefault(written, HATCHES[len(hatches) % len(HATCHES)])
                 label = written if s.name == s.kind else f"{written} ({s.kind})"
                 seen.setdefault(label, Patch(facecolor=_color(s.kind), hatch=hatch, edgecolor="white", label=label))
