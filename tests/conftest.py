@@ -15,7 +15,7 @@
   with ARCHDSL_RECORD_LAUNCHES=FILE (make test) each is also recorded, for tests/kernels/sm90.py to
   compile for sm_90 afterwards.
 - With ARCHDSL_FAIL_LOG=FILE each failing test's id and error are appended to FILE as it fails, not at the end:
-  a GPU run cut by its time limit still says what failed and why (pytest prints both only in its summary).
+  a GPU run cut by its time limit still says what failed and why (pytest prints the errors in its summary only).
 - On a CUDA machine, after each `gpu` test the caching allocator's free blocks are given back to the card: each
   xdist worker would otherwise keep its own peak, and three workers' float64 references fill an 80-GB card.
 - The repository's top-level kernels/ folder (archdsl.kernels) has the name of the hub package `kernels`,
