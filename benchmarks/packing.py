@@ -11,8 +11,8 @@
 - wkv6, H32 K=V=64 bf16, each Triton layout forced: B4 T4096 without and with seq_idx (8 sequences a row), with
   fla's chunk_rwkv6 at that shape; and one row of 16384 tokens packing 16 sequences (cut at 15 random points),
   against fla's chunk_rwkv6 with the same cu_seqlens (its varlen form takes one row); forward, forward+backward;
-  and that row with a state each (cu_seqlens with initial and final states [16, H, K, V]: ours pads the sequences
-  into a batch of 16), both.
+  and that row with a state each (cu_seqlens with initial and final states [16, H, K, V]: one program walks each
+  sequence, in the serial layout whichever is asked for), against fla's.
 - attention of packed rows, B1 L16384 (16 sequences, as wkv6's), 32 query heads on 8 key heads of 128, bf16:
   SDPA with the dense mask against `packed_sdpa`'s varlen flash attention, and plain causal flash attention over
   the whole row (no packing) for scale; forward, forward+backward.
@@ -149,10 +149,7 @@ def wkv6_rows(H=32, K=64):
         os.environ["ARCHDSL_WKV6_IMPL"] = impl
         show(f"wkv6 {impl:7} B1 T{T} H{H} K=V={K} seq_idx", lambda *a: wkv6(*a, seq_idx=seq), xs)
     h0 = torch.randn(16, H, K, K, device="cuda")
-    for impl in ("serial", "chunked"):
-        os.environ["ARCHDSL_WKV6_IMPL"] = impl
-        show(f"wkv6 {impl:7} B1 T{T} H{H} K=V={K} cu_seqlens, a state each", lambda *a: wkv6(*a, None, h0, True, cu),
-             xs)
+    show(f"wkv6 serial  B1 T{T} H{H} K=V={K} cu_seqlens, a state each", lambda *a: wkv6(*a, None, h0, True, cu), xs)
     if chunk_rwkv6 is not None:  # last: its autotuning takes minutes the first time
         show(f"fla chunk_rwkv6 B1 T{T} H{H} K=V={K} cu_seqlens", lambda *a: chunk_rwkv6(*a, cu_seqlens=cu), xs)
         show(f"fla chunk_rwkv6 B1 T{T} H{H} K=V={K} cu_seqlens, a state each",

@@ -30,8 +30,9 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
     packs n sequences as fla's `chunk_rwkv6` does (and in its place among the arguments): each has its own state,
     initial_state `[n, H, K, V]` and the final state `[n, H, K, V]`. cu_seqlens_cpu, fla's host copy of it,
     spares the one wait for the device that reading the offsets costs (trusted to hold the same offsets).
-    Without states it runs as the packed row of seq_idx; with them, as a batch of the n sequences padded to the
-    longest (kernels/wkv6/varlen.py).
+    Without states it runs as the packed row of seq_idx; with them, on the Triton backend, one program walks each
+    sequence from its own state (the serial layout: the work is the tokens); on the torch backend, as a batch of
+    the n sequences padded to the longest (kernels/wkv6/varlen.py).
 
     Returns (o `[B, T, H, V]` in r's dtype, final state `[B, H, K, V]` in float32 (float64
     for float64 r) when output_final_state, else None). Differentiable in r, k, v,
@@ -42,12 +43,13 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
     _check(r, k, v, w, u, initial_state, seq_idx, states=None if offsets is None else len(offsets) - 1)
     expect_flag(output_final_state=output_final_state)
     scale = r.shape[-1] ** -0.5 if scale is None else expect_number("scale", scale)
-    if offsets is not None and (initial_state is not None or output_final_state):
+    backend = backend_for(r)
+    varlen = offsets is not None and (initial_state is not None or output_final_state)
+    if varlen and backend != "triton":
         rows = [side_by_side(t, offsets) for t in (r, k, v, w)]
         o, state = wkv6(*rows, u, scale, initial_state, output_final_state)
         return packed(o, offsets), state
-    seq = None if seq_idx is None else seq_runs(seq_idx)
-    backend = backend_for(r)
+    seq = None if seq_idx is None or varlen else seq_runs(seq_idx)
     if backend == "triton":
         # The kernels round their products' operands as r's dtype says: mixed inputs meet in the widest
         # of r, k, v and w first, as the torch path computes them.
@@ -55,8 +57,11 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
         if not r.dtype == k.dtype == v.dtype == w.dtype:
             common = torch.promote_types(torch.promote_types(r.dtype, k.dtype), torch.promote_types(v.dtype, w.dtype))
             r, k, v, w = (t.to(common) for t in (r, k, v, w))
-        impl = _TRITON[_triton_impl(r, k, v, w, u, scale, initial_state, output_final_state, seq)]()
-        o, state = impl(r, k, v, w, u, scale, initial_state, output_final_state, seq)
+        if varlen:  # a sequence a program, in the serial layout (the chunked one has no varlen form)
+            o, state = _serial()(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens)
+        else:
+            impl = _TRITON[_triton_impl(r, k, v, w, u, scale, initial_state, output_final_state, seq)]()
+            o, state = impl(r, k, v, w, u, scale, initial_state, output_final_state, seq)
         state_dtype = torch.float64 if o_dtype == torch.float64 else torch.float32
         if state is not None and state.dtype != state_dtype:
             state = state.to(state_dtype)

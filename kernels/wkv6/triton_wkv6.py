@@ -27,6 +27,10 @@ sequence than the token before the sub-chunk, and the writes into the leaving st
 sequence than its last; the state's own decay across the sub-chunk is zero where a sequence begins in it.
 Every pair (j, i) that crosses a boundary then contributes nothing, to o and to every gradient; dw's
 reverse sum holds as it is, since it sums exactly those pair contributions.
+
+fla's varlen form with a state each (VARLEN: cu, the offsets [n + 1] of n sequences in a batch of 1) makes each
+sequence a segment of its own: program n walks tokens cu[n] .. cu[n+1] from initial state n and leaves final state
+n (`_segment`, `_entry`), so nothing is masked and the work is the tokens.
 """
 from __future__ import annotations
 
@@ -138,17 +142,31 @@ def _pairs(b_r, b_k, dA, e, ee, bc, last, pm, BT: tl.constexpr, PREC: tl.constex
 
 
 @triton.jit
-def _segment(T, seg, i_n):
-    """First token of segment i_n and the end of its tokens."""
+def _segment(T, seg, i_n, cu, VARLEN: tl.constexpr):
+    """First token of segment i_n and the end of its tokens: of `seg` tokens each, or (VARLEN) sequence i_n of
+    a packed row of batch 1, cu its offsets [n + 1]."""
+    if VARLEN:
+        return tl.load(cu + i_n), tl.load(cu + i_n + 1)
     t_start = i_n * seg
     return t_start, tl.minimum(T, t_start + seg)
 
 
 @triton.jit
-def _fwd_kernel(r, k, v, w, u, s_in, o, s_out, seq, scale, T, seg, s_in_stride, H: tl.constexpr, K: tl.constexpr,
+def _entry(i_bh, i_n, stride, H: tl.constexpr, VARLEN: tl.constexpr):
+    """Which state of a state tensor belongs to segment i_n of (batch, head) i_bh: entry bh·stride + n, or
+    (VARLEN: states [n, H, K, V], a batch of 1 so i_bh is the head) n·H + head."""
+    if VARLEN:
+        return i_n * H + i_bh
+    return i_bh * stride + i_n
+
+
+@triton.jit
+def _fwd_kernel(r, k, v, w, u, s_in, o, s_out, seq, cu, scale, T, seg, s_in_stride, H: tl.constexpr, K: tl.constexpr,
                 V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-                HAS_S_IN: tl.constexpr, STORE_S_OUT: tl.constexpr, HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
-    """o for one segment's tokens; s_in[(bh·s_in_stride + n)] is the state entering segment n."""
+                HAS_S_IN: tl.constexpr, STORE_S_OUT: tl.constexpr, HAS_SEQ: tl.constexpr, VARLEN: tl.constexpr,
+                PREC: tl.constexpr):
+    """o for one segment's tokens; s_in[_entry(bh, n, s_in_stride)] is the state entering segment n, and
+    s_out[_entry(bh, n, 1)] receives the state leaving it."""
     scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
     i_n, i_bh, i_v = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -157,10 +175,11 @@ def _fwd_kernel(r, k, v, w, u, s_in, o, s_out, seq, scale, T, seg, s_in_stride, 
     p_s, m_s = ok[:, None] * V + ov[None, :], mk[:, None] & mv[None, :]
     S = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_S_IN:
-        S += tl.load(s_in + (i_bh * s_in_stride + i_n) * K * V + p_s, mask=m_s, other=0.0).to(tl.float32)
+        S += tl.load(s_in + _entry(i_bh, i_n, s_in_stride, H, VARLEN) * K * V + p_s, mask=m_s,
+                     other=0.0).to(tl.float32)
     b_u = tl.load(u + i_h * K + ok, mask=mk, other=0.0).to(tl.float32)
     diag, strict = ot[:, None] == ot[None, :], ot[:, None] > ot[None, :]
-    t_start, t_end = _segment(T, seg, i_n)
+    t_start, t_end = _segment(T, seg, i_n, cu, VARLEN)
     # each sub-chunk's tiles are loaded one step ahead, so their latency hides behind the step before
     rows, mt = _rows(i_b, i_h, t_start, t_end, T, H, BT)
     n_r, n_k, n_v, n_w = _tile(r, rows, mt, ok, mk, K), _tile(k, rows, mt, ok, mk, K), \
@@ -184,13 +203,13 @@ def _fwd_kernel(r, k, v, w, u, s_in, o, s_out, seq, scale, T, seg, s_in_stride, 
         tl.store(o + p_v, (scale * b_o).to(o.dtype.element_ty), mask=m_v)
         S = S * decay[:, None] + _dot(tl.trans(k_out), b_v, PREC)
     if STORE_S_OUT:
-        tl.store(s_out + i_bh * K * V + p_s, S, mask=m_s)
+        tl.store(s_out + _entry(i_bh, i_n, 1, H, VARLEN) * K * V + p_s, S, mask=m_s)
 
 
 @triton.jit
-def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, seq, scale, T, seg, s_in_stride, H: tl.constexpr, K: tl.constexpr,
+def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, seq, cu, scale, T, seg, s_in_stride, H: tl.constexpr, K: tl.constexpr,
                    V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, HAS_S_IN: tl.constexpr,
-                   HAS_SEQ: tl.constexpr, PREC: tl.constexpr, PREC_IN: tl.constexpr):
+                   HAS_SEQ: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, PREC_IN: tl.constexpr):
     """dr (float32) for one segment's tokens and one block of K, from the state entering the segment.
     PREC (_prec_bwd) for the dots, but PREC_IN (the inputs' own, _prec) for do·vᵀ, whose operands are
     inputs: exact in bfloat16 too."""
@@ -201,11 +220,11 @@ def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, seq, scale, T, seg, s_in_stride, H:
     mk, mv = ok < K, ov < V
     S = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_S_IN:
-        p_s = (i_bh * s_in_stride + i_n) * K * V + ok[:, None] * V + ov[None, :]
+        p_s = _entry(i_bh, i_n, s_in_stride, H, VARLEN) * K * V + ok[:, None] * V + ov[None, :]
         S += tl.load(s_in + p_s, mask=mk[:, None] & mv[None, :], other=0.0).to(tl.float32)
     b_u = tl.load(u + i_h * K + ok, mask=mk, other=0.0).to(tl.float32)
     strict = ot[:, None] > ot[None, :]
-    t_start, t_end = _segment(T, seg, i_n)
+    t_start, t_end = _segment(T, seg, i_n, cu, VARLEN)
     rows, mt = _rows(i_b, i_h, t_start, t_end, T, H, BT)
     n_k, n_v, n_do, n_w = _tile(k, rows, mt, ok, mk, K), _tile(v, rows, mt, ov, mv, V), \
         _tile(do, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
@@ -231,13 +250,14 @@ def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, seq, scale, T, seg, s_in_stride, H:
 
 
 @triton.jit
-def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, seq, scale, T, seg, s_exit_stride,
-                    ds_in_stride, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, seq, cu, scale, T, seg,
+                    s_exit_stride, ds_in_stride, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                     BV: tl.constexpr, BT: tl.constexpr, HAS_DS_IN: tl.constexpr, STORE_DH0: tl.constexpr,
-                    HAS_SEQ: tl.constexpr, PREC: tl.constexpr, PREC_IN: tl.constexpr):
+                    HAS_SEQ: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, PREC_IN: tl.constexpr):
     """dk, dv, dw and a du partial for one segment, walking it backward from the gradient leaving it.
 
-    ds_in[(bh·ds_in_stride + n)] is d loss / d(state leaving segment n), s_exit[...] that state.
+    ds_in[_entry(bh, n, ds_in_stride)] is d loss / d(state leaving segment n), s_exit[...] that state;
+    dh0[_entry(bh, n, 1)] receives the gradient of the state entering it.
     """
     scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
     i_n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
@@ -249,13 +269,14 @@ def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, s
     dS = tl.zeros([BK, BV], dtype=tl.float32)
     carry = tl.zeros([BK], dtype=tl.float32)  # d loss / d (log-decay) summed over later tokens
     if HAS_DS_IN:
-        dS += tl.load(ds_in + (i_bh * ds_in_stride + i_n) * K * V + p_s, mask=m_s, other=0.0).to(tl.float32)
-        S_exit = tl.load(s_exit + (i_bh * s_exit_stride + i_n) * K * V + p_s, mask=m_s, other=0.0)
+        dS += tl.load(ds_in + _entry(i_bh, i_n, ds_in_stride, H, VARLEN) * K * V + p_s, mask=m_s,
+                      other=0.0).to(tl.float32)
+        S_exit = tl.load(s_exit + _entry(i_bh, i_n, s_exit_stride, H, VARLEN) * K * V + p_s, mask=m_s, other=0.0)
         carry += tl.sum(dS * S_exit, axis=1)
     b_u = tl.load(u + i_h * K + ok, mask=mk, other=0.0).to(tl.float32)
     b_du = tl.zeros([BK], dtype=tl.float32)
     strict = ot[:, None] > ot[None, :]
-    t_start, t_end = _segment(T, seg, i_n)
+    t_start, t_end = _segment(T, seg, i_n, cu, VARLEN)
     n_sub = tl.cdiv(t_end - t_start, BT)
     rows, mt = _rows(i_b, i_h, t_start + (n_sub - 1) * BT, t_end, T, H, BT)
     n_r, n_k, n_v, n_do = _tile(r, rows, mt, ok, mk, K), _tile(k, rows, mt, ok, mk, K), \
@@ -300,7 +321,7 @@ def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, s
         dS = dS * decay[:, None] + scale * _dot(tl.trans(b_r * e_in), b_do, PREC)
     tl.store(du + (i_bh * nseg + i_n) * K + ok, b_du, mask=mk)
     if STORE_DH0:
-        tl.store(dh0 + i_bh * K * V + p_s, dS, mask=m_s)
+        tl.store(dh0 + _entry(i_bh, i_n, 1, H, VARLEN) * K * V + p_s, dS, mask=m_s)
 
 
 def _pow2(n: int) -> int:
@@ -329,88 +350,104 @@ def _num_warps(bk: int, bv: int) -> int:
     return 4 if bk * bv <= 64 * 32 else 8
 
 
-def segments_fwd(r, k, v, w, u, scale, s_in, s_in_stride, seg, s_out=None, bv=None, num_warps=None, seq=None):
+def segments_fwd(r, k, v, w, u, scale, s_in, s_in_stride, seg, s_out=None, bv=None, num_warps=None, seq=None,
+                 cu=None):
     """o `[B, T, H, V]` (r's dtype) over segments of `seg` tokens, each from its entering state in
     s_in (entry bh·s_in_stride + n; None: zeros); s_out, with one segment, receives the final state.
-    seq: the runs `[B, T]` int32 of packed sequences, or None."""
+    seq: the runs `[B, T]` int32 of packed sequences, or None. cu: offsets `[n + 1]` int32 of n sequences
+    packed in a batch of 1, each a segment with its own states in s_in and s_out `[n, H, K, V]` (seg unread)."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     BK = _pow2(K)
     # 64: op.SERIAL_V_BLOCK, which op's default layout counts programs by, must stay equal to it
     BV = min(_pow2(V), bv or 64)  # H200, serial, K=V=64 bf16: BV 64 1.29 ms, 32 2.17 ms, 16 4.14 ms (T=4096, B=4, H=32)
     o = torch.empty_like(v, dtype=r.dtype)
-    grid = (max(1, cdiv(T, seg)), B * H, cdiv(V, BV))
-    _fwd_kernel[grid](r, k, v, w, u, s_in, o, s_out, seq, scale, T, seg, s_in_stride, H, K, V, BK, BV, BT,
-                      s_in is not None, s_out is not None, seq is not None, _prec(r),
+    grid = (_count(T, seg, cu), B * H, cdiv(V, BV))
+    _fwd_kernel[grid](r, k, v, w, u, s_in, o, s_out, seq, cu, scale, T, seg, s_in_stride, H, K, V, BK, BV, BT,
+                      s_in is not None, s_out is not None, seq is not None, cu is not None, _prec(r),
                       num_warps=num_warps or _num_warps(BK, BV))
     return o
 
 
 def segments_bwd(r, k, v, w, u, scale, do, s_in, s_in_stride, s_exit, ds_in, exit_strides, seg, store_dh0,
-                 rev_warps=8, seq=None):
+                 rev_warps=8, seq=None, cu=None):
     """dr, dk, dv, dw, du and (one segment, store_dh0) dh0 over segments of `seg` tokens.
 
     s_in as for segments_fwd; ds_in (None: zeros) is d loss / d(state leaving each segment) and s_exit
-    that state, at entries bh·stride + n with exit_strides = (s_exit's stride, ds_in's stride).
+    that state, at entries bh·stride + n with exit_strides = (s_exit's stride, ds_in's stride). cu as for
+    segments_fwd: the states, their gradients and dh0 are then `[n, H, K, V]`, one a sequence.
     """
     B, T, H, K = r.shape
     V = v.shape[-1]
     BKF, BVF = _pow2(K), _pow2(V)
     BK = min(BKF, 32)
-    nseg = max(1, cdiv(T, seg))
+    nseg = _count(T, seg, cu)
     dr32 = torch.empty(B, T, H, K, dtype=torch.float32, device=r.device)
-    _bwd_dr_kernel[(nseg, B * H, cdiv(K, BK))](k, v, w, u, s_in, do, dr32, seq, scale, T, seg, s_in_stride, H, K,
-                                                      V, BK, BVF, BT, s_in is not None, seq is not None,
-                                                      _prec_bwd(r), _prec(r), num_warps=_num_warps(BK, BVF))
+    _bwd_dr_kernel[(nseg, B * H, cdiv(K, BK))](k, v, w, u, s_in, do, dr32, seq, cu, scale, T, seg, s_in_stride, H,
+                                                      K, V, BK, BVF, BT, s_in is not None, seq is not None,
+                                                      cu is not None, _prec_bwd(r), _prec(r),
+                                                      num_warps=_num_warps(BK, BVF))
     dk, dw, dv = torch.empty_like(k), torch.empty_like(w), torch.empty_like(v)
     du = torch.empty(B, H, nseg, K, dtype=torch.float32, device=r.device)
-    dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=r.device) if store_dh0 else None
-    _bwd_rev_kernel[(nseg, B * H)](r, k, v, w, u, do, dr32, s_exit, ds_in, dk, dv, dw, du, dh0, seq, scale, T,
+    states = B if cu is None else nseg
+    dh0 = torch.empty(states, H, K, V, dtype=torch.float32, device=r.device) if store_dh0 else None
+    _bwd_rev_kernel[(nseg, B * H)](r, k, v, w, u, do, dr32, s_exit, ds_in, dk, dv, dw, du, dh0, seq, cu, scale, T,
                                    seg, *exit_strides, H, K, V, BKF, BVF, BT, ds_in is not None, store_dh0,
-                                   seq is not None, _prec_bwd(r), _prec(r), num_warps=rev_warps)
+                                   seq is not None, cu is not None, _prec_bwd(r), _prec(r), num_warps=rev_warps)
     return dr32.to(r.dtype), dk, dv, dw, du.sum((0, 2)).to(u.dtype), dh0
 
 
-def wkv6_fwd(r, k, v, w, u, scale, h0, store_ht, bv=None, seq=None):
-    """The serial layout's forward: one segment; returns (o, ht float32 or None)."""
+def _count(T: int, seg: int, cu) -> int:
+    """How many segments: of `seg` tokens, or the sequences cu's offsets pack."""
+    return max(1, cdiv(T, seg)) if cu is None else cu.numel() - 1
+
+
+def wkv6_fwd(r, k, v, w, u, scale, h0, store_ht, bv=None, seq=None, cu=None):
+    """The serial layout's forward: one segment, or (cu) one a packed sequence with its own states; returns
+    (o, ht float32 or None)."""
     B, T, H, K = r.shape
-    ht = torch.empty(B, H, K, v.shape[-1], dtype=torch.float32, device=r.device) if store_ht else None
-    o = segments_fwd(r, k, v, w, u, scale, h0, 1, max(T, 1), s_out=ht, bv=bv, seq=seq)
+    states = B if cu is None else cu.numel() - 1
+    ht = torch.empty(states, H, K, v.shape[-1], dtype=torch.float32, device=r.device) if store_ht else None
+    o = segments_fwd(r, k, v, w, u, scale, h0, 1, max(T, 1), s_out=ht, bv=bv, seq=seq, cu=cu)
     return o, ht
 
 
-def wkv6_bwd(r, k, v, w, u, scale, h0, ht, do, dht, seq=None):
-    """Both backward sweeps over one segment; returns (dr, dk, dv, dw, du, dh0 or None)."""
+def wkv6_bwd(r, k, v, w, u, scale, h0, ht, do, dht, seq=None, cu=None):
+    """Both backward sweeps over one segment (or one a sequence, cu); returns (dr, dk, dv, dw, du, dh0 or None)."""
     T = r.shape[1]
-    return segments_bwd(r, k, v, w, u, scale, do, h0, 1, ht, dht, (1, 1), max(T, 1), h0 is not None, seq=seq)
+    return segments_bwd(r, k, v, w, u, scale, do, h0, 1, ht, dht, (1, 1), max(T, 1), h0 is not None, seq=seq,
+                        cu=cu)
 
 
 class WKV6Function(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, k, v, w, u, scale, h0, output_final_state, seq):
+    def forward(ctx, r, k, v, w, u, scale, h0, output_final_state, seq, cu):
         r, k, v, w, u = (x.contiguous() for x in (r, k, v, w, u))
         h0 = h0.contiguous() if h0 is not None else None
         seq = seq.contiguous() if seq is not None else None
-        o, ht = wkv6_fwd(r, k, v, w, u, scale, h0, output_final_state, seq=seq)
-        ctx.save_for_backward(r, k, v, w, u, h0, ht, seq)
+        o, ht = wkv6_fwd(r, k, v, w, u, scale, h0, output_final_state, seq=seq, cu=cu)
+        ctx.save_for_backward(r, k, v, w, u, h0, ht, seq, cu)
         ctx.scale = scale
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        r, k, v, w, u, h0, ht, seq = ctx.saved_tensors
+        r, k, v, w, u, h0, ht, seq, cu = ctx.saved_tensors
         dht = dht.contiguous() if dht is not None else None
-        dr, dk, dv, dw, du, dh0 = wkv6_bwd(r, k, v, w, u, ctx.scale, h0, ht, do.contiguous(), dht, seq=seq)
+        dr, dk, dv, dw, du, dh0 = wkv6_bwd(r, k, v, w, u, ctx.scale, h0, ht, do.contiguous(), dht, seq=seq, cu=cu)
         if dh0 is not None:
             dh0 = dh0.to(h0.dtype)
-        return dr, dk, dv, dw, du, None, dh0, None, None
+        return dr, dk, dv, dw, du, None, dh0, None, None, None
 
 
-def wkv6_triton(r, k, v, w, u, scale, initial_state=None, output_final_state=False, seq_idx=None):
-    """seq_idx: the runs `[B, T]` of packed sequences (`seq_runs`), or None."""
+def wkv6_triton(r, k, v, w, u, scale, initial_state=None, output_final_state=False, seq_idx=None, cu_seqlens=None):
+    """seq_idx: the runs `[B, T]` of packed sequences (`seq_runs`), or None. cu_seqlens: the offsets `[n + 1]` of
+    n sequences packed in a batch of 1 (checked by the caller), each with its own initial and final state
+    `[n, H, K, V]`: one program walks one sequence, so the work is the tokens, not n × the longest."""
     seq = None if seq_idx is None else seq_idx.to(torch.int32)
+    cu = None if cu_seqlens is None else cu_seqlens.to(torch.int32).contiguous()
     if interpreting() and r.dtype == torch.float64:
         args = [x.float() if x is not None else None for x in (r, k, v, w, u, initial_state)]
-        o, ht = apply(WKV6Function, *args[:5], scale, args[5], output_final_state, seq)
+        o, ht = apply(WKV6Function, *args[:5], scale, args[5], output_final_state, seq, cu)
         return o.double(), (ht.double() if ht is not None else None)
-    return apply(WKV6Function, r, k, v, w, u, scale, initial_state, output_final_state, seq)
+    return apply(WKV6Function, r, k, v, w, u, scale, initial_state, output_final_state, seq, cu)

@@ -1,4 +1,5 @@
-"""Packed sequences with a state each: fla's `cu_seqlens` with initial_state or output_final_state.
+"""Packed sequences with a state each, on the torch backend: fla's `cu_seqlens` with initial_state or
+output_final_state. (The Triton kernels take the offsets themselves: one program walks one sequence.)
 
 A packed row (seq_idx) restarts the state at each sequence but carries one initial state in, for the first
 sequence, and one final state out, the last one's. fla's varlen form gives every sequence its own: initial
