@@ -234,6 +234,21 @@ def varlen_run(xs, cu, with_h0, final, seed=1, **kw):
     return [o, *([ht] if final else []), *grads(loss, xs if with_h0 else xs[:5])]
 
 
+def each_alone(xs, cu, with_h0, final, impl=wkv6_naive):
+    """What varlen_run gives, computed a sequence at a time: impl (float64 inputs) over each sequence alone from its
+    own initial state; the same random loss over the outputs and final states put back together."""
+    alone = [x.detach().clone().requires_grad_() for x in xs]
+    outs, states = [], []
+    for i, (a, b) in enumerate(zip(cu, cu[1:])):
+        o, ht = impl(*(x[:, a:b] for x in alone[:4]), alone[4], 0.5, alone[5][i:i + 1] if with_h0 else None, True)
+        outs.append(o)
+        states.append(ht)
+    want = [torch.cat(outs, 1), *([torch.cat(states)] if final else [])]
+    g = torch.Generator().manual_seed(1)
+    loss = sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device)).sum() for t in want)
+    return want + grads(loss, alone if with_h0 else alone[:5])
+
+
 def grads(loss, xs):
     """d loss / d xs, zeros for an input nothing read (w where no state carries on)."""
     got = torch.autograd.grad(loss, xs, allow_unused=True)
@@ -258,18 +273,7 @@ def test_cu_seqlens_equals_each_sequence_alone(backend, case):
     xs = [r, k, v, w, u, h0] if backend == "torch" else [x.float() for x in (r, k, v, w, u, h0)]
     with mock.patch.dict(os.environ, {"ARCHDSL_KERNELS": backend}):
         got = varlen_run(xs, cu, with_h0, final)
-
-    alone = [x.detach().clone().requires_grad_() for x in (r, k, v, w, u, h0)]
-    outs, states = [], []
-    for i, (a, b) in enumerate(zip(cu, cu[1:])):
-        o, ht = wkv6_naive(*(x[:, a:b] for x in alone[:4]), alone[4], 0.5, alone[5][i:i + 1] if with_h0 else None,
-                           True)
-        outs.append(o)
-        states.append(ht)
-    want = [torch.cat(outs, 1), *([torch.cat(states)] if final else [])]
-    g = torch.Generator().manual_seed(1)
-    loss = sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64)).sum() for t in want)
-    want += grads(loss, alone if with_h0 else alone[:5])
+    want = each_alone([r, k, v, w, u, h0], cu, with_h0, final)
     if not final:  # close() names the items o, ht, r, ...: keep the names in step
         got.insert(1, torch.zeros(1))
         want.insert(1, torch.zeros(1))
@@ -440,14 +444,14 @@ def test_gpu_seq_idx_full_size_vs_float64(dtype, tol, impl, monkeypatch):
 def test_gpu_cu_seqlens_with_states_vs_float64_and_fla(dtype, tol):
     """fla's varlen form at full size: 40 sequences of 1 to ~1500 tokens packed into T=16384, H32 K=V=64, an
     initial state each and their final states; outputs, states and every gradient against the float64 chunked
-    scan, and the outputs and states against fla's chunk_rwkv6 with the same arguments, where fla is installed."""
+    scan of each sequence alone, and the outputs and states against fla's chunk_rwkv6 with the same arguments, where
+    fla is installed."""
     g = torch.Generator().manual_seed(0)
     cu = [0, *sorted(torch.randperm(16383, generator=g)[:39].add(1).tolist()), 16384]
     r, k, v, w, u, _ = gpu_case(1, 16384, 32, 64, 64, dtype)
     h0 = gpu_case(40, 1, 32, 64, 64, dtype, seed=1)[5]
     xs = [r, k, v, w, u, h0]
-    with mock.patch.dict(os.environ, {"ARCHDSL_KERNELS": "torch"}):
-        want = varlen_run([x.double() for x in xs], cu, True, True)
+    want = each_alone([x.double() for x in xs], cu, True, True, wkv6_chunked)
     close(varlen_run(xs, cu, True, True), want, tol, f"cu_seqlens {dtype}")
     try:
         from fla.ops.rwkv6 import chunk_rwkv6

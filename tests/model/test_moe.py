@@ -213,7 +213,9 @@ def test_gpu_bf16_under_inductor_matches_eager_where_the_routing_is_clear(args):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("args", [{"experts": 8, "top_k": 2, "hidden": 128},
-                                  {"experts": 16, "top_k": 3, "hidden": 64, "act": "relu2", "bias": True}])
+                                  {"experts": 16, "top_k": 3, "hidden": 64, "act": "relu2", "bias": True},
+                                  {"experts": 8, "top_k": 2, "hidden": 128, "router": "sigmoid", "norm_topk": True,
+                                   "routed_scale": 2.5, "score_bias": True}])
 def test_gpu_grouped_gemms_match_the_expert_loop(args):
     """bf16 on the card: the grouped GEMMs give the expert loop's values and gradients to bf16's rounding. A decode
     step captured in a CUDA graph takes them where the gathered form's copy of the chosen experts would pass
