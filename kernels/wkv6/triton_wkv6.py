@@ -29,8 +29,8 @@ Every pair (j, i) that crosses a boundary then contributes nothing, to o and to 
 reverse sum holds as it is, since it sums exactly those pair contributions.
 
 fla's varlen form with a state each (VARLEN: cu, the offsets [n + 1] of n sequences in a batch of 1) makes each
-sequence a segment of its own: program n walks tokens cu[n] .. cu[n+1] from initial state n and leaves final state
-n (`_segment`, `_entry`), so nothing is masked and the work is the tokens.
+sequence a segment of its own: a program walks tokens cu[n] .. cu[n+1] from initial state n and leaves final state
+n (`_segment`, `_entry`), so nothing is masked and the work is the tokens; the longest sequences start first (`_ids`).
 """
 from __future__ import annotations
 
@@ -142,9 +142,21 @@ def _pairs(b_r, b_k, dA, e, ee, bc, last, pm, BT: tl.constexpr, PREC: tl.constex
 
 
 @triton.jit
+def _ids(cu, VARLEN: tl.constexpr):
+    """This program's (segment n, (batch, head), block of V or K, segment count). The grid is (segments, B·H,
+    blocks); VARLEN's is (blocks, B·H, n) with cu = `varlen_plan`'s offsets and order: the programs of the longest
+    sequence come first, as the card starts programs in the order of their index (x fastest), so the short ones
+    fill in behind the long ones rather than a long one starting last."""
+    if VARLEN:
+        n = tl.num_programs(2)
+        return tl.load(cu + n + 1 + tl.program_id(2)), tl.program_id(1).to(tl.int64), tl.program_id(0), n
+    return tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2), tl.num_programs(0)
+
+
+@triton.jit
 def _segment(T, seg, i_n, cu, VARLEN: tl.constexpr):
     """First token of segment i_n and the end of its tokens: of `seg` tokens each, or (VARLEN) sequence i_n of
-    a packed row of batch 1, cu its offsets [n + 1]."""
+    a packed row of batch 1, cu its offsets [n + 1] (`varlen_plan`)."""
     if VARLEN:
         return tl.load(cu + i_n), tl.load(cu + i_n + 1)
     t_start = i_n * seg
@@ -168,7 +180,7 @@ def _fwd_kernel(r, k, v, w, u, s_in, o, s_out, seq, cu, scale, T, seg, s_in_stri
     """o for one segment's tokens; s_in[_entry(bh, n, s_in_stride)] is the state entering segment n, and
     s_out[_entry(bh, n, 1)] receives the state leaving it."""
     scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
-    i_n, i_bh, i_v = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    i_n, i_bh, i_v, nseg = _ids(cu, VARLEN)
     i_b, i_h = i_bh // H, i_bh % H
     ot, ok, ov = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     mk, mv = ok < K, ov < V
@@ -214,7 +226,7 @@ def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, seq, cu, scale, T, seg, s_in_stride
     PREC (_prec_bwd) for the dots, but PREC_IN (the inputs' own, _prec) for do·vᵀ, whose operands are
     inputs: exact in bfloat16 too."""
     scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
-    i_n, i_bh, i_k = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    i_n, i_bh, i_k, nseg = _ids(cu, VARLEN)
     i_b, i_h = i_bh // H, i_bh % H
     ot, ok, ov = tl.arange(0, BT), i_k * BK + tl.arange(0, BK), tl.arange(0, BV)
     mk, mv = ok < K, ov < V
@@ -260,9 +272,8 @@ def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, s
     dh0[_entry(bh, n, 1)] receives the gradient of the state entering it.
     """
     scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
-    i_n, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_n, i_bh, i_k, nseg = _ids(cu, VARLEN)
     i_b, i_h = i_bh // H, i_bh % H
-    nseg = tl.num_programs(0)
     ot, ok, ov = tl.arange(0, BT), tl.arange(0, BK), tl.arange(0, BV)
     mk, mv = ok < K, ov < V
     p_s, m_s = ok[:, None] * V + ov[None, :], mk[:, None] & mv[None, :]
@@ -362,7 +373,7 @@ def segments_fwd(r, k, v, w, u, scale, s_in, s_in_stride, seg, s_out=None, bv=No
     # 64: op.SERIAL_V_BLOCK, which op's default layout counts programs by, must stay equal to it
     BV = min(_pow2(V), bv or 64)  # H200, serial, K=V=64 bf16: BV 64 1.29 ms, 32 2.17 ms, 16 4.14 ms (T=4096, B=4, H=32)
     o = torch.empty_like(v, dtype=r.dtype)
-    grid = (_count(T, seg, cu), B * H, cdiv(V, BV))
+    grid = _grid(_count(T, seg, cu), B * H, cdiv(V, BV), cu)
     _fwd_kernel[grid](r, k, v, w, u, s_in, o, s_out, seq, cu, scale, T, seg, s_in_stride, H, K, V, BK, BV, BT,
                       s_in is not None, s_out is not None, seq is not None, cu is not None, _prec(r),
                       num_warps=num_warps or _num_warps(BK, BV))
@@ -383,7 +394,7 @@ def segments_bwd(r, k, v, w, u, scale, do, s_in, s_in_stride, s_exit, ds_in, exi
     BK = min(BKF, 32)
     nseg = _count(T, seg, cu)
     dr32 = torch.empty(B, T, H, K, dtype=torch.float32, device=r.device)
-    _bwd_dr_kernel[(nseg, B * H, cdiv(K, BK))](k, v, w, u, s_in, do, dr32, seq, cu, scale, T, seg, s_in_stride, H,
+    _bwd_dr_kernel[_grid(nseg, B * H, cdiv(K, BK), cu)](k, v, w, u, s_in, do, dr32, seq, cu, scale, T, seg, s_in_stride, H,
                                                       K, V, BK, BVF, BT, s_in is not None, seq is not None,
                                                       cu is not None, _prec_bwd(r), _prec(r),
                                                       num_warps=_num_warps(BK, BVF))
@@ -391,22 +402,34 @@ def segments_bwd(r, k, v, w, u, scale, do, s_in, s_in_stride, s_exit, ds_in, exi
     du = torch.empty(B, H, nseg, K, dtype=torch.float32, device=r.device)
     states = B if cu is None else nseg
     dh0 = torch.empty(states, H, K, V, dtype=torch.float32, device=r.device) if store_dh0 else None
-    _bwd_rev_kernel[(nseg, B * H)](r, k, v, w, u, do, dr32, s_exit, ds_in, dk, dv, dw, du, dh0, seq, cu, scale, T,
+    _bwd_rev_kernel[_grid(nseg, B * H, 1, cu)](r, k, v, w, u, do, dr32, s_exit, ds_in, dk, dv, dw, du, dh0, seq, cu, scale, T,
                                    seg, *exit_strides, H, K, V, BKF, BVF, BT, ds_in is not None, store_dh0,
                                    seq is not None, cu is not None, _prec_bwd(r), _prec(r), num_warps=rev_warps)
     return dr32.to(r.dtype), dk, dv, dw, du.sum((0, 2)).to(u.dtype), dh0
 
 
 def _count(T: int, seg: int, cu) -> int:
-    """How many segments: of `seg` tokens, or the sequences cu's offsets pack."""
-    return max(1, cdiv(T, seg)) if cu is None else cu.numel() - 1
+    """How many segments: of `seg` tokens, or the sequences of a `varlen_plan`."""
+    return max(1, cdiv(T, seg)) if cu is None else (cu.numel() - 1) // 2
+
+
+def _grid(segments: int, bh: int, blocks: int, cu) -> tuple[int, int, int]:
+    """The launch grid `_ids` reads."""
+    return (segments, bh, blocks) if cu is None else (blocks, bh, segments)
+
+
+def varlen_plan(cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """cu_seqlens [n + 1] -> int32 [2n + 1] on its device: the offsets, then the sequences longest first (`_ids`),
+    without waiting for the device."""
+    cu = cu_seqlens.to(torch.int32)
+    return torch.cat([cu, torch.argsort(cu.diff(), descending=True, stable=True).to(torch.int32)])
 
 
 def wkv6_fwd(r, k, v, w, u, scale, h0, store_ht, bv=None, seq=None, cu=None):
     """The serial layout's forward: one segment, or (cu) one a packed sequence with its own states; returns
     (o, ht float32 or None)."""
     B, T, H, K = r.shape
-    states = B if cu is None else cu.numel() - 1
+    states = B if cu is None else _count(T, 1, cu)
     ht = torch.empty(states, H, K, v.shape[-1], dtype=torch.float32, device=r.device) if store_ht else None
     o = segments_fwd(r, k, v, w, u, scale, h0, 1, max(T, 1), s_out=ht, bv=bv, seq=seq, cu=cu)
     return o, ht
@@ -445,7 +468,11 @@ def wkv6_triton(r, k, v, w, u, scale, initial_state=None, output_final_state=Fal
     n sequences packed in a batch of 1 (checked by the caller), each with its own initial and final state
     `[n, H, K, V]`: one program walks one sequence, so the work is the tokens, not n × the longest."""
     seq = None if seq_idx is None else seq_idx.to(torch.int32)
-    cu = None if cu_seqlens is None else cu_seqlens.to(torch.int32).contiguous()
+    cu = None
+    if cu_seqlens is not None:
+        if cu_seqlens.numel() - 1 > 65535:  # the grid's z (`_grid`)
+            raise ValueError(f"cu_seqlens: at most 65535 sequences on the Triton path, got {cu_seqlens.numel() - 1}")
+        cu = varlen_plan(cu_seqlens)
     if interpreting() and r.dtype == torch.float64:
         args = [x.float() if x is not None else None for x in (r, k, v, w, u, initial_state)]
         o, ht = apply(WKV6Function, *args[:5], scale, args[5], output_final_state, seq, cu)
