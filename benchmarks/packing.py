@@ -155,12 +155,12 @@ def wkv6_rows(H=32, K=64):
     # sequence comes last among many short ones
     from archdsl.kernels.wkv6 import triton_wkv6
     last = torch.tensor([*range(0, 63 * 128, 128), T], device="cuda")  # 63 x 128 tokens, then 8320
-    h0 = torch.randn(64, H, K, K, device="cuda")
+    h64 = torch.randn(64, H, K, K, device="cuda")
     plan = triton_wkv6.varlen_plan
     for name, order in (("longest first", plan), ("in order", lambda c: torch.cat([c.int(), torch.arange(
             c.numel() - 1, dtype=torch.int32, device=c.device)]))):
         triton_wkv6.varlen_plan = order
-        show(f"wkv6 serial  B1 T{T} 63 x 128 + 8320, states, {name}", lambda *a: wkv6(*a, None, h0, True, last), xs)
+        show(f"wkv6 serial  B1 T{T} 63 x 128 + 8320, states, {name}", lambda *a: wkv6(*a, None, h64, True, last), xs)
     triton_wkv6.varlen_plan = plan
     if chunk_rwkv6 is not None:  # last: its autotuning takes minutes the first time
         show(f"fla chunk_rwkv6 B1 T{T} H{H} K=V={K} cu_seqlens", lambda *a: chunk_rwkv6(*a, cu_seqlens=cu), xs)
