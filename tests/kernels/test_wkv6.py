@@ -323,6 +323,15 @@ def test_cu_seqlens_bad_inputs(kw, match):
         wkv6(*(torch.cat([x, x]) for x in (r, k, v, w)), u, cu_seqlens=torch.tensor([0, 8]))
 
 
+def test_cu_seqlens_with_states_more_sequences_than_the_triton_grid_takes(monkeypatch):
+    """On the Triton path a sequence is a program along the grid's z (at most 65535): more is a clear error."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+    T = 65536
+    r, k, v, w = (torch.zeros(1, T, 1, 1) for _ in range(4))
+    with pytest.raises(ValueError, match="cu_seqlens: at most 65535 sequences on the Triton path, got 65536"):
+        wkv6(r, k, v, w, torch.zeros(1, 1), 1.0, torch.zeros(T, 1, 1, 1), cu_seqlens=torch.arange(T + 1))
+
+
 def test_step_matches_parallel():
     r, k, v, w, u, h0 = make(2, 23, 3, 12, 10, 7)
     o, ht = wkv6(r, k, v, w, u, initial_state=h0, output_final_state=True)
