@@ -12,8 +12,9 @@
   fla's chunk_rwkv6 at that shape; and one row of 16384 tokens packing 16 sequences (cut at 15 random points),
   against fla's chunk_rwkv6 with the same cu_seqlens (its varlen form takes one row); forward, forward+backward;
   and that row with a state each (cu_seqlens with initial and final states [16, H, K, V]: one program walks each
-  sequence, in the serial layout whichever is asked for), against fla's; and a row of 63 sequences of 128 tokens
-  then one of 8320 with a state each, the longest sequence's programs started first (the default) and last.
+  sequence (serial), or pieces of 64 tokens after a boundary pass a sequence (chunked)), against fla's; and a row of
+  63 sequences of 128 tokens then one of 8320 with a state each: serial with the longest sequence's programs started
+  first (the default) and last, and chunked.
 - attention of packed rows, B1 L16384 (16 sequences, as wkv6's), 32 query heads on 8 key heads of 128, bf16:
   SDPA with the dense mask against `packed_sdpa`'s varlen flash attention, and plain causal flash attention over
   the whole row (no packing) for scale; forward, forward+backward.
@@ -150,22 +151,30 @@ def wkv6_rows(H=32, K=64):
         os.environ["ARCHDSL_WKV6_IMPL"] = impl
         show(f"wkv6 {impl:7} B1 T{T} H{H} K=V={K} seq_idx", lambda *a: wkv6(*a, seq_idx=seq), xs)
     h0 = torch.randn(16, H, K, K, device="cuda")
-    show(f"wkv6 serial  B1 T{T} H{H} K=V={K} cu_seqlens, a state each", lambda *a: wkv6(*a, None, h0, True, cu), xs)
+    for impl in ("serial", "chunked"):
+        os.environ["ARCHDSL_WKV6_IMPL"] = impl
+        show(f"wkv6 {impl:7} B1 T{T} H{H} K=V={K} cu_seqlens, a state each", lambda *a: wkv6(*a, None, h0, True, cu),
+             xs)
     # the programs of the longest sequences first (varlen_plan) against the sequences' own order, where one long
     # sequence comes last among many short ones
     from archdsl.kernels.wkv6 import triton_wkv6
     last = torch.tensor([*range(0, 63 * 128, 128), T], device="cuda")  # 63 x 128 tokens, then 8320
     h64 = torch.randn(64, H, K, K, device="cuda")
     plan = triton_wkv6.varlen_plan
+    os.environ["ARCHDSL_WKV6_IMPL"] = "serial"
     for name, order in (("longest first", plan), ("in order", lambda c: torch.cat([c.int(), torch.arange(
             c.numel() - 1, dtype=torch.int32, device=c.device)]))):
         triton_wkv6.varlen_plan = order
         show(f"wkv6 serial  B1 T{T} 63 x 128 + 8320, states, {name}", lambda *a: wkv6(*a, None, h64, True, last), xs)
     triton_wkv6.varlen_plan = plan
+    os.environ["ARCHDSL_WKV6_IMPL"] = "chunked"
+    show(f"wkv6 chunked B1 T{T} 63 x 128 + 8320, states", lambda *a: wkv6(*a, None, h64, True, last), xs)
     if chunk_rwkv6 is not None:  # last: its autotuning takes minutes the first time
         show(f"fla chunk_rwkv6 B1 T{T} H{H} K=V={K} cu_seqlens", lambda *a: chunk_rwkv6(*a, cu_seqlens=cu), xs)
         show(f"fla chunk_rwkv6 B1 T{T} H{H} K=V={K} cu_seqlens, a state each",
              lambda *a: chunk_rwkv6(*a, None, h0, True, cu_seqlens=cu), xs)
+        show(f"fla chunk_rwkv6 B1 T{T} 63 x 128 + 8320, states",
+             lambda *a: chunk_rwkv6(*a, None, h64, True, cu_seqlens=last), xs)
         xs = inputs(B, 4096)
         show(f"fla chunk_rwkv6 B{B} T4096 H{H} K=V={K}", chunk_rwkv6, xs)
 

@@ -57,8 +57,10 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
         if not r.dtype == k.dtype == v.dtype == w.dtype:
             common = torch.promote_types(torch.promote_types(r.dtype, k.dtype), torch.promote_types(v.dtype, w.dtype))
             r, k, v, w = (t.to(common) for t in (r, k, v, w))
-        if varlen:  # a sequence a program, in the serial layout (the chunked one has no varlen form)
-            o, state = _serial()(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens)
+        if varlen:
+            name = _triton_varlen_impl(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, offsets)
+            o, state = _TRITON_VARLEN[name]()(r, k, v, w, u, scale, initial_state, output_final_state,
+                                               cu_seqlens=cu_seqlens)
         else:
             impl = _TRITON[_triton_impl(r, k, v, w, u, scale, initial_state, output_final_state, seq)]()
             o, state = impl(r, k, v, w, u, scale, initial_state, output_final_state, seq)
@@ -118,7 +120,15 @@ def _chunked():
     return wkv6_triton_chunked
 
 
+def _varlen_chunked():
+    from .triton_wkv6_chunked import wkv6_varlen_chunked
+    return wkv6_varlen_chunked
+
+
 _TRITON = {"serial": _serial, "chunked": _chunked}
+# cu_seqlens with a state each: a program walks each sequence (serial), or a boundary pass a sequence over its
+# pieces of 64 tokens, then every piece at once (chunked)
+_TRITON_VARLEN = {"serial": _serial, "chunked": _varlen_chunked}
 
 
 def _triton_impl(r, k, v, w, u, scale, h0, output_final_state, seq) -> str:
@@ -128,7 +138,20 @@ def _triton_impl(r, k, v, w, u, scale, h0, output_final_state, seq) -> str:
     grad = needs_grad(*xs)
     case = lambda: (r.shape, v.shape[-1], r.dtype, r.device, grad, h0 is not None, output_final_state, seq is not None)
     return pick_impl("ARCHDSL_WKV6_IMPL", _TRITON, _default_impl(r.shape, v.shape[-1], r.device, grad), r, case,
-                     lambda name: _time(_TRITON[name](), xs, scale, output_final_state, grad, seq))
+                     lambda name: _time(_TRITON[name](), xs, scale, output_final_state, grad, seq_idx=seq))
+
+
+def _triton_varlen_impl(r, k, v, w, u, scale, h0, output_final_state, cu_seqlens, offsets) -> str:
+    """`ARCHDSL_WKV6_IMPL` for cu_seqlens with states; unset: serial (the chunked form is not yet timed on a card).
+    auto times both once per shapes, dtype, grad, states, sequence count and longest sequence (to a power of two)."""
+    xs = (r, k, v, w, u) + ((h0,) if h0 is not None else ())
+    grad = needs_grad(*xs)
+    longest = max(b - a for a, b in zip(offsets, offsets[1:]))
+    case = lambda: (r.shape, v.shape[-1], r.dtype, r.device, grad, h0 is not None, output_final_state,
+                    len(offsets) - 1, 1 << (longest - 1).bit_length(), "varlen")
+    return pick_impl("ARCHDSL_WKV6_IMPL", _TRITON_VARLEN, "serial", r, case,
+                     lambda name: _time(_TRITON_VARLEN[name](), xs, scale, output_final_state, grad,
+                                        cu_seqlens=cu_seqlens))
 
 
 SERIAL_V_BLOCK = 64  # the serial layout's V block (triton_wkv6's BV): one program per (batch, head, V block)
@@ -152,13 +175,13 @@ def _default_impl(shape: tuple, V: int, device: torch.device, grad: bool = True)
     return "chunked" if 2 * programs <= sm_count(device) else "serial"
 
 
-def _time(impl, xs, scale, output_final_state, grad, seq) -> float:
+def _time(impl, xs, scale, output_final_state, grad, **packing) -> float:
     xs = [x.detach().requires_grad_(grad and x.requires_grad) for x in xs]
     leaves = [x for x in xs if x.requires_grad]
     h0 = xs[5] if len(xs) > 5 else None
 
     def go():
-        o, _ = impl(*xs[:5], scale, h0, output_final_state, seq)
+        o, _ = impl(*xs[:5], scale, h0, output_final_state, **packing)
         if leaves:
             torch.autograd.grad(o, leaves, torch.ones_like(o))
     return time_or_inf(go)

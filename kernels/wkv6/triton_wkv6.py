@@ -164,6 +164,15 @@ def _segment(T, seg, i_n, cu, VARLEN: tl.constexpr):
 
 
 @triton.jit
+def _state_mask(m, t_start, t_end, VARLEN: tl.constexpr):
+    """The mask m of a segment's state loads, or (VARLEN) none where the segment is empty: the padding pieces of
+    triton_wkv6_chunked.varlen_pieces, whose states nothing writes."""
+    if VARLEN:
+        return tl.where(t_end > t_start, m, False)  # (a scalar & a block: Triton's interpreter cannot mask by it)
+    return m
+
+
+@triton.jit
 def _entry(i_bh, i_n, stride, H: tl.constexpr, VARLEN: tl.constexpr):
     """Which state of a state tensor belongs to segment i_n of (batch, head) i_bh: entry bh·stride + n, or
     (VARLEN: states [n, H, K, V], a batch of 1 so i_bh is the head) n·H + head."""
@@ -185,13 +194,13 @@ def _fwd_kernel(r, k, v, w, u, s_in, o, s_out, seq, cu, scale, T, seg, s_in_stri
     ot, ok, ov = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     mk, mv = ok < K, ov < V
     p_s, m_s = ok[:, None] * V + ov[None, :], mk[:, None] & mv[None, :]
+    t_start, t_end = _segment(T, seg, i_n, cu, VARLEN)
     S = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_S_IN:
-        S += tl.load(s_in + _entry(i_bh, i_n, s_in_stride, H, VARLEN) * K * V + p_s, mask=m_s,
-                     other=0.0).to(tl.float32)
+        S += tl.load(s_in + _entry(i_bh, i_n, s_in_stride, H, VARLEN) * K * V + p_s,
+                     mask=_state_mask(m_s, t_start, t_end, VARLEN), other=0.0).to(tl.float32)
     b_u = tl.load(u + i_h * K + ok, mask=mk, other=0.0).to(tl.float32)
     diag, strict = ot[:, None] == ot[None, :], ot[:, None] > ot[None, :]
-    t_start, t_end = _segment(T, seg, i_n, cu, VARLEN)
     # each sub-chunk's tiles are loaded one step ahead, so their latency hides behind the step before
     rows, mt = _rows(i_b, i_h, t_start, t_end, T, H, BT)
     n_r, n_k, n_v, n_w = _tile(r, rows, mt, ok, mk, K), _tile(k, rows, mt, ok, mk, K), \
@@ -230,13 +239,14 @@ def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, seq, cu, scale, T, seg, s_in_stride
     i_b, i_h = i_bh // H, i_bh % H
     ot, ok, ov = tl.arange(0, BT), i_k * BK + tl.arange(0, BK), tl.arange(0, BV)
     mk, mv = ok < K, ov < V
+    t_start, t_end = _segment(T, seg, i_n, cu, VARLEN)
     S = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_S_IN:
         p_s = _entry(i_bh, i_n, s_in_stride, H, VARLEN) * K * V + ok[:, None] * V + ov[None, :]
-        S += tl.load(s_in + p_s, mask=mk[:, None] & mv[None, :], other=0.0).to(tl.float32)
+        S += tl.load(s_in + p_s, mask=_state_mask(mk[:, None] & mv[None, :], t_start, t_end, VARLEN),
+                     other=0.0).to(tl.float32)
     b_u = tl.load(u + i_h * K + ok, mask=mk, other=0.0).to(tl.float32)
     strict = ot[:, None] > ot[None, :]
-    t_start, t_end = _segment(T, seg, i_n, cu, VARLEN)
     rows, mt = _rows(i_b, i_h, t_start, t_end, T, H, BT)
     n_k, n_v, n_do, n_w = _tile(k, rows, mt, ok, mk, K), _tile(v, rows, mt, ov, mv, V), \
         _tile(do, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
@@ -277,17 +287,18 @@ def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, s
     ot, ok, ov = tl.arange(0, BT), tl.arange(0, BK), tl.arange(0, BV)
     mk, mv = ok < K, ov < V
     p_s, m_s = ok[:, None] * V + ov[None, :], mk[:, None] & mv[None, :]
+    t_start, t_end = _segment(T, seg, i_n, cu, VARLEN)
     dS = tl.zeros([BK, BV], dtype=tl.float32)
     carry = tl.zeros([BK], dtype=tl.float32)  # d loss / d (log-decay) summed over later tokens
     if HAS_DS_IN:
-        dS += tl.load(ds_in + _entry(i_bh, i_n, ds_in_stride, H, VARLEN) * K * V + p_s, mask=m_s,
+        m_in = _state_mask(m_s, t_start, t_end, VARLEN)
+        dS += tl.load(ds_in + _entry(i_bh, i_n, ds_in_stride, H, VARLEN) * K * V + p_s, mask=m_in,
                       other=0.0).to(tl.float32)
-        S_exit = tl.load(s_exit + _entry(i_bh, i_n, s_exit_stride, H, VARLEN) * K * V + p_s, mask=m_s, other=0.0)
+        S_exit = tl.load(s_exit + _entry(i_bh, i_n, s_exit_stride, H, VARLEN) * K * V + p_s, mask=m_in, other=0.0)
         carry += tl.sum(dS * S_exit, axis=1)
     b_u = tl.load(u + i_h * K + ok, mask=mk, other=0.0).to(tl.float32)
     b_du = tl.zeros([BK], dtype=tl.float32)
     strict = ot[:, None] > ot[None, :]
-    t_start, t_end = _segment(T, seg, i_n, cu, VARLEN)
     n_sub = tl.cdiv(t_end - t_start, BT)
     rows, mt = _rows(i_b, i_h, t_start + (n_sub - 1) * BT, t_end, T, H, BT)
     n_r, n_k, n_v, n_do = _tile(r, rows, mt, ok, mk, K), _tile(k, rows, mt, ok, mk, K), \

@@ -19,6 +19,12 @@ passes mask a segment as `_runs` masks a sub-chunk: reads before, writes after, 
 sequence's start. No state crosses a segment a sequence starts in, so there the serial chain breaks; where the
 chains alone would leave SMs idle its pieces run side by side (a program for each batch·head and segment), so
 that a row packing many sequences walks only its longest piece, as fla's varlen kernels walk each sequence alone.
+
+fla's varlen form with a state each (cu_seqlens with initial or final states, `wkv6_varlen_chunked`) cuts each
+sequence into pieces of CHUNK tokens from its own start, so that no piece holds two sequences and nothing is
+masked: a boundary pass a sequence (`_varlen_states_fwd` / `_bwd`, the longest sequences first) walks its pieces
+from its initial state (back from its final state's gradient), and the segment kernels run every piece at once as
+triton_wkv6.py's VARLEN segments.
 """
 from __future__ import annotations
 
@@ -149,6 +155,156 @@ def _states_bwd(r, w, do, dht, gs, dh0, seq, scale, T, C: tl.constexpr, H: tl.co
         go = (n >= 0) & (stop == 0)
     if STORE_DH0:
         tl.store(dh0 + i_bh * K * V + p_s, G, mask=tl.where(active & (stop == 0), m_s, False))
+
+
+@triton.jit
+def _varlen_piece_range(plan, i_n, n):
+    """Sequence i_n's first token and end, and its first piece and the first of the next (`varlen_pieces`)."""
+    return tl.load(plan + i_n), tl.load(plan + i_n + 1), tl.load(plan + 2 * n + 1 + i_n), tl.load(plan + 2 * n + 2 + i_n)
+
+
+@triton.jit
+def _varlen_states_fwd(k, v, w, h0, hs, hx, ht, plan, T, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr,
+                       V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
+                       STORE_HT: tl.constexpr, PREC: tl.constexpr):
+    """hs[p·H + h] and hx[p·H + h] = the states entering and leaving piece p (one [BK, BV] block), walking one
+    sequence's pieces from its initial state h0[n·H + h]; ht[n·H + h] its final state. Grid (K·V blocks, H, n),
+    the sequences in plan's order (longest first)."""
+    i_kv, i_h, n = tl.program_id(0), tl.program_id(1), tl.num_programs(2)
+    i_n = tl.load(plan + n + 1 + tl.program_id(2))
+    t_start, t_end, p_first, p_end = _varlen_piece_range(plan, i_n, n)
+    i_k, i_v = i_kv // tl.cdiv(V, BV), i_kv % tl.cdiv(V, BV)
+    ok, ov = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    mk, mv = ok < K, ov < V
+    p_s, m_s = ok[:, None] * V + ov[None, :], mk[:, None] & mv[None, :]
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_H0:
+        S += tl.load(h0 + (i_n * H + i_h).to(tl.int64) * K * V + p_s, mask=m_s, other=0.0).to(tl.float32)
+    # each piece's tiles are loaded one step ahead, so their latency hides behind the step before
+    rows, mt = _rows(0, i_h, t_start, t_end, T, H, C)
+    n_k, n_v, n_w = _tile(k, rows, mt, ok, mk, K), _tile(v, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
+    for p in range(p_first, p_end):
+        tl.store(hs + (p * H + i_h).to(tl.int64) * K * V + p_s, S, mask=m_s)
+        b_k, b_v, w2 = n_k.to(tl.float32), n_v.to(tl.float32), _log2_decay(n_w)
+        rows, mt = _rows(0, i_h, t_start + (p + 1 - p_first) * C, t_end, T, H, C)
+        n_k, n_v, n_w = _tile(k, rows, mt, ok, mk, K), _tile(v, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
+        after = tl.cumsum(w2, axis=0, reverse=True) - w2  # Σ_{m>j} w2_m (0 on the rows past the end)
+        S = S * tl.exp2(tl.sum(w2, axis=0))[:, None] + _dot(tl.trans(b_k * tl.exp2(after)), b_v, PREC)
+        tl.store(hx + (p * H + i_h).to(tl.int64) * K * V + p_s, S, mask=m_s)
+    if STORE_HT:
+        tl.store(ht + (i_n * H + i_h).to(tl.int64) * K * V + p_s, S, mask=m_s)
+
+
+@triton.jit
+def _varlen_states_bwd(r, w, do, dht, gs, dh0, plan, scale, T, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr,
+                       V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr,
+                       STORE_DH0: tl.constexpr, PREC: tl.constexpr):
+    """gs[p·H + h] = d loss / d(state leaving piece p), walking one sequence's pieces back from the gradient of its
+    final state dht[n·H + h]; dh0[n·H + h] the gradient of its initial state. Grid as `_varlen_states_fwd`'s."""
+    scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
+    i_kv, i_h, n = tl.program_id(0), tl.program_id(1), tl.num_programs(2)
+    i_n = tl.load(plan + n + 1 + tl.program_id(2))
+    t_start, t_end, p_first, p_end = _varlen_piece_range(plan, i_n, n)
+    i_k, i_v = i_kv // tl.cdiv(V, BV), i_kv % tl.cdiv(V, BV)
+    ok, ov = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    mk, mv = ok < K, ov < V
+    p_s, m_s = ok[:, None] * V + ov[None, :], mk[:, None] & mv[None, :]
+    G = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_DHT:
+        G += tl.load(dht + (i_n * H + i_h).to(tl.int64) * K * V + p_s, mask=m_s, other=0.0).to(tl.float32)
+    rows, mt = _rows(0, i_h, t_start + (p_end - 1 - p_first) * C, t_end, T, H, C)
+    n_r, n_do, n_w = _tile(r, rows, mt, ok, mk, K), _tile(do, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
+    for i in range(p_end - p_first):
+        p = p_end - 1 - i
+        tl.store(gs + (p * H + i_h).to(tl.int64) * K * V + p_s, G, mask=m_s)
+        b_r, b_do, w2 = n_r.to(tl.float32), n_do.to(tl.float32), _log2_decay(n_w)
+        t_prev = t_start + (p - 1 - p_first) * C  # the piece before (none before the first: masked off)
+        rows, mt = _rows(0, i_h, t_prev, t_end, T, H, C)
+        mt = mt & (t_prev + tl.arange(0, C) >= t_start)
+        n_r, n_do, n_w = _tile(r, rows, mt, ok, mk, K), _tile(do, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
+        rq = b_r * tl.exp2(tl.cumsum(w2, axis=0) - w2)  # r times the decay from the piece's start to its token
+        G = G * tl.exp2(tl.sum(w2, axis=0))[:, None] + scale * _dot(tl.trans(rq), b_do, PREC)
+    if STORE_DH0:
+        tl.store(dh0 + (i_n * H + i_h).to(tl.int64) * K * V + p_s, G, mask=m_s)
+
+
+def varlen_pieces(cu_seqlens: torch.Tensor, T: int, chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plans of `wkv6_varlen_chunked`, on cu_seqlens' device without waiting for it:
+
+    seqs int32 [3n + 2]: the offsets [n + 1], the sequences longest first [n], each one's first piece [n + 1];
+    pieces int32 [2P + 1]: the pieces' offsets [P + 1] (each sequence cut every `chunk` tokens from its start), then
+    their order [P] (triton_wkv6's VARLEN plan). P = n + ceil(T / chunk) bounds Σ ceil(length / chunk) from above
+    without reading the offsets; the pieces past the real ones are empty (at T)."""
+    cu = cu_seqlens.to(torch.int32)
+    n, lengths = cu.numel() - 1, cu.diff()
+    first = torch.cat([cu.new_zeros(1), ((lengths + chunk - 1) // chunk).cumsum(0, dtype=torch.int32)])
+    P = n + cdiv(T, chunk)
+    p = torch.arange(P, device=cu.device, dtype=torch.int32)
+    seq = torch.searchsorted(first[1:], p, right=True).clamp_max(n - 1)
+    starts = torch.where(p < first[-1], cu[seq] + (p - first[seq]) * chunk, T).to(torch.int32)
+    order = torch.argsort(lengths, descending=True, stable=True).to(torch.int32)
+    return torch.cat([cu, order, first]), torch.cat([starts, cu.new_full((1,), T), p])
+
+
+def _varlen_states(k, v, w, h0, store_ht, seqs, pieces, P, chunk):
+    """(hs, hx `[P·H, K, V]` float32: the states entering and leaving each piece; ht `[n, H, K, V]` or None)."""
+    _, T, H, K = k.shape
+    V, n = v.shape[-1], (seqs.numel() - 2) // 3
+    hs, hx = (torch.empty(P * H, K, V, dtype=torch.float32, device=k.device) for _ in range(2))
+    ht = torch.empty(n, H, K, V, dtype=torch.float32, device=k.device) if store_ht else None
+    BK, BV = min(_pow2(K), BLOCK_K), min(_pow2(V), BLOCK_V)
+    _varlen_states_fwd[(cdiv(K, BK) * cdiv(V, BV), H, n)](k, v, w, h0, hs, hx, ht, seqs, T, chunk, H, K, V, BK, BV,
+                                                          h0 is not None, store_ht, _prec(k), num_warps=4)
+    return hs, hx, ht
+
+
+class WKV6VarlenChunkedFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, r, k, v, w, u, scale, h0, output_final_state, seqs, pieces):
+        r, k, v, w, u = (x.contiguous() for x in (r, k, v, w, u))
+        h0 = h0.contiguous() if h0 is not None else None
+        T, P = r.shape[1], (pieces.numel() - 1) // 2
+        hs, _, ht = _varlen_states(k, v, w, h0, output_final_state, seqs, pieces, P, CHUNK)
+        o = segments_fwd(r, k, v, w, u, scale, hs, 1, max(T, 1), num_warps=4, cu=pieces)
+        ctx.save_for_backward(r, k, v, w, u, h0, seqs, pieces)
+        ctx.scale = scale
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        r, k, v, w, u, h0, seqs, pieces = ctx.saved_tensors
+        _, T, H, K = r.shape
+        V, n, P = v.shape[-1], (seqs.numel() - 2) // 3, (pieces.numel() - 1) // 2
+        do = do.contiguous()
+        dht = dht.contiguous() if dht is not None else None
+        hs, hx, _ = _varlen_states(k, v, w, h0, False, seqs, pieces, P, CHUNK)  # recomputed, as the chunked layout's
+        gs = torch.empty(P * H, K, V, dtype=torch.float32, device=r.device)
+        dh0 = torch.empty(n, H, K, V, dtype=torch.float32, device=r.device) if h0 is not None else None
+        BK, BV = min(_pow2(K), BLOCK_K), min(_pow2(V), BLOCK_V)
+        _varlen_states_bwd[(cdiv(K, BK) * cdiv(V, BV), H, n)](r, w, do, dht, gs, dh0, seqs, ctx.scale, T, CHUNK, H,
+                                                              K, V, BK, BV, dht is not None, h0 is not None,
+                                                              _prec_bwd(r), num_warps=4)
+        dr, dk, dv, dw, du, _ = segments_bwd(r, k, v, w, u, ctx.scale, do, hs, 1, hx, gs, (1, 1), max(T, 1), False,
+                                             rev_warps=4, cu=pieces)
+        if dh0 is not None:
+            dh0 = dh0.to(h0.dtype)
+        return dr, dk, dv, dw, du, None, dh0, None, None, None
+
+
+def wkv6_varlen_chunked(r, k, v, w, u, scale, initial_state=None, output_final_state=False, cu_seqlens=None):
+    """triton_wkv6.wkv6_triton's varlen form (cu_seqlens `[n + 1]`, a batch of 1, a state each `[n, H, K, V]`) in
+    this layout: a boundary pass a sequence over its pieces of CHUNK tokens, then every piece at once."""
+    T = r.shape[1]
+    P = cu_seqlens.numel() - 1 + cdiv(T, CHUNK)
+    if P > 65535:  # the grid's z (triton_wkv6's VARLEN segments)
+        raise ValueError(f"cu_seqlens: at most 65535 pieces of {CHUNK} tokens in the chunked layout, got up to {P} "
+                         f"({cu_seqlens.numel() - 1} sequences in {T} tokens); the serial layout takes 65535 sequences")
+    seqs, pieces = varlen_pieces(cu_seqlens, T)
+    if interpreting() and r.dtype == torch.float64:
+        args = [x.float() if x is not None else None for x in (r, k, v, w, u, initial_state)]
+        o, ht = apply(WKV6VarlenChunkedFunction, *args[:5], scale, args[5], output_final_state, seqs, pieces)
+        return o.double(), (ht.double() if ht is not None else None)
+    return apply(WKV6VarlenChunkedFunction, r, k, v, w, u, scale, initial_state, output_final_state, seqs, pieces)
 
 
 def _grid(K, V, BH, N, seq):

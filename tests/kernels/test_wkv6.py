@@ -239,7 +239,7 @@ def test_seq_idx_of_any_integers(seq):
 
 
 # ---------------------------------------------------------------- fla's varlen form (cu_seqlens)
-varlens = st.tuples(st.lists(st.integers(1, 40), min_size=1, max_size=5), st.booleans(), st.booleans(),
+varlens = st.tuples(st.lists(st.integers(1, 150), min_size=1, max_size=5), st.booleans(), st.booleans(),
                     st.integers(0, 10_000))
 
 
@@ -276,23 +276,26 @@ def grads(loss, xs):
     return [torch.zeros_like(x) if g is None else g for x, g in zip(xs, got)]
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "triton_chunked"])
 @settings(max_examples=8, deadline=None)
 @given(case=varlens)
 @example(case=([1], True, True, 0))  # one token
-@example(case=([17, 1, 33, 16], True, False, 1))  # lengths across the chunk edges, initial states only
+@example(case=([17, 1, 33, 16], True, False, 1))  # lengths across the sub-chunk edges, initial states only
 @example(case=([5, 40, 2], False, True, 2))  # final states only
+@example(case=([130, 5, 64, 65], True, True, 3))  # several pieces of 64 tokens a sequence, one on the edge
 def test_cu_seqlens_equals_each_sequence_alone(backend, case):
     """fla's varlen form: every sequence of the packed row scanned alone from its own initial state, with its own
-    final state, on every path; outputs, final states and the gradients of every input against the naive loop in
-    float64, sequence by sequence."""
+    final state, on every path (triton: a program a sequence; triton_chunked: pieces of 64 tokens); outputs, final
+    states and the gradients of every input against the naive loop in float64, sequence by sequence."""
+    impl = "chunked" if backend == "triton_chunked" else "serial"
+    backend = backend.removesuffix("_chunked")
     lengths, with_h0, final, seed = case
     cu = [0, *torch.tensor(lengths).cumsum(0).tolist()]
     T, n = cu[-1], len(lengths)
     r, k, v, w, u, _ = make(1, T, 2, 8, 6, seed)
     h0 = make(n, 1, 2, 8, 6, seed + 1)[5]
     xs = [r, k, v, w, u, h0] if backend == "torch" else [x.float() for x in (r, k, v, w, u, h0)]
-    with mock.patch.dict(os.environ, {"ARCHDSL_KERNELS": backend}):
+    with mock.patch.dict(os.environ, {"ARCHDSL_KERNELS": backend, "ARCHDSL_WKV6_IMPL": impl}):
         got = varlen_run(xs, cu, with_h0, final)
     want = each_alone([r, k, v, w, u, h0], cu, with_h0, final)
     if not final:  # close() names the items o, ht, r, ...: keep the names in step
