@@ -31,8 +31,10 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
     initial_state `[n, H, K, V]` and the final state `[n, H, K, V]`. cu_seqlens_cpu, fla's host copy of it,
     spares the one wait for the device that reading the offsets costs (trusted to hold the same offsets).
     Without states it runs as the packed row of seq_idx; with them, on the Triton backend, one program walks each
-    sequence from its own state (the serial layout: the work is the tokens); on the torch backend, as a batch of
-    the n sequences padded to the longest (kernels/wkv6/varlen.py).
+    sequence from its own state (the serial layout: the work is the tokens), or (ARCHDSL_WKV6_IMPL=chunked) each
+    sequence is cut into pieces of 64 tokens, a boundary pass a sequence gives the state entering each piece and
+    every piece runs at once; on the torch backend, as a batch of the n sequences padded to the longest
+    (kernels/wkv6/varlen.py).
 
     Returns (o `[B, T, H, V]` in r's dtype, final state `[B, H, K, V]` in float32 (float64
     for float64 r) when output_final_state, else None). Differentiable in r, k, v,
