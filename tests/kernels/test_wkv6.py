@@ -304,6 +304,26 @@ def test_cu_seqlens_equals_each_sequence_alone(backend, case):
     close(got, want, 1e-10 if backend == "torch" else 2e-4, backend, floor=0.1)
 
 
+@pytest.mark.parametrize("impl", ["serial", "chunked"])
+def test_cu_seqlens_with_states_takes_strided_and_mixed_inputs(impl, monkeypatch):
+    """The Triton varlen paths on what a model hands them: r, k, w as views into one wider [1, T, H, 3K] tensor
+    (not contiguous), v in bfloat16 beside float32 r, k, w, a bfloat16 initial state: the values of the same
+    inputs made contiguous in float32, on the torch path."""
+    monkeypatch.setenv("ARCHDSL_WKV6_IMPL", impl)
+    cu = [0, 70, 71, 150]
+    r, k, v, w, u, _ = make(1, 150, 2, 8, 6, 5, dtype=torch.float32)
+    h0 = make(3, 1, 2, 8, 6, 6, dtype=torch.bfloat16)[5]
+    wide = torch.cat([r, k, w], -1)
+    views = [wide[..., :8], wide[..., 8:16], v.bfloat16(), wide[..., 16:], u]
+    assert not views[0].is_contiguous()
+    monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+    o, ht = wkv6(*views, 0.5, h0, True, cu_seqlens=torch.tensor(cu))
+    monkeypatch.setenv("ARCHDSL_KERNELS", "torch")
+    o2, ht2 = wkv6(r, k, v.bfloat16().float(), w, u, 0.5, h0.float(), True, cu_seqlens=torch.tensor(cu))
+    assert o.dtype == torch.float32 and ht.dtype == torch.float32
+    close([o, ht], [o2, ht2], 1e-4, impl)
+
+
 def test_cu_seqlens_in_fla_s_place():
     """chunk_rwkv6's positional order: cu_seqlens right after output_final_state."""
     r, k, v, w, u, _ = make(1, 12, 2, 8, 6, 7)
