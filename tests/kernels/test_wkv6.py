@@ -493,8 +493,9 @@ def test_gpu_seq_idx_full_size_vs_float64(dtype, tol, impl, monkeypatch):
 
 @cuda
 @pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["serial", "chunked"])
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 3e-2), (torch.float32, 1e-3)])
-def test_gpu_cu_seqlens_with_states_vs_float64_and_fla(dtype, tol):
+def test_gpu_cu_seqlens_with_states_vs_float64_and_fla(dtype, tol, impl, monkeypatch):
     """fla's varlen form at full size: 40 sequences of 1 to ~1500 tokens packed into T=16384, H32 K=V=64, an
     initial state each and their final states; outputs, states and every gradient against the float64 chunked
     scan of each sequence alone, and the outputs and states against fla's chunk_rwkv6 with the same arguments, where
@@ -505,7 +506,8 @@ def test_gpu_cu_seqlens_with_states_vs_float64_and_fla(dtype, tol):
     h0 = gpu_case(40, 1, 32, 64, 64, dtype, seed=1)[5]
     xs = [r, k, v, w, u, h0]
     want = each_alone([x.double() for x in xs], cu, True, True, wkv6_chunked)
-    close(varlen_run(xs, cu, True, True), want, tol, f"cu_seqlens {dtype}")
+    monkeypatch.setenv("ARCHDSL_WKV6_IMPL", impl)
+    close(varlen_run(xs, cu, True, True), want, tol, f"cu_seqlens {impl} {dtype}")
     try:
         from fla.ops.rwkv6 import chunk_rwkv6
     except ImportError:
