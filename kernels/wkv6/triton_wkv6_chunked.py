@@ -158,9 +158,19 @@ def _states_bwd(r, w, do, dht, gs, dh0, seq, scale, T, C: tl.constexpr, H: tl.co
 
 
 @triton.jit
-def _varlen_piece_range(plan, i_n, n):
-    """Sequence i_n's first token and end, and its first piece and the first of the next (`varlen_pieces`)."""
-    return tl.load(plan + i_n), tl.load(plan + i_n + 1), tl.load(plan + 2 * n + 1 + i_n), tl.load(plan + 2 * n + 2 + i_n)
+def _varlen_program(plan, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """What a boundary-pass program of grid (K·V blocks, H, n) walks: its sequence n (in plan's order, longest
+    first) and head, the sequence's first token and end, its first piece and the next sequence's (`varlen_pieces`),
+    and its [BK, BV] block of the state (columns, masks, offsets)."""
+    i_kv, i_h, n = tl.program_id(0), tl.program_id(1), tl.num_programs(2)
+    i_n = tl.load(plan + n + 1 + tl.program_id(2))
+    t_start, t_end = tl.load(plan + i_n), tl.load(plan + i_n + 1)
+    p_first, p_end = tl.load(plan + 2 * n + 1 + i_n), tl.load(plan + 2 * n + 2 + i_n)
+    i_k, i_v = i_kv // tl.cdiv(V, BV), i_kv % tl.cdiv(V, BV)
+    ok, ov = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    mk, mv = ok < K, ov < V
+    p_s, m_s = ok[:, None] * V + ov[None, :], mk[:, None] & mv[None, :]
+    return i_n, i_h, t_start, t_end, p_first, p_end, ok, ov, mk, mv, p_s, m_s
 
 
 @triton.jit
@@ -170,13 +180,7 @@ def _varlen_states_fwd(k, v, w, h0, hs, hx, ht, plan, T, C: tl.constexpr, H: tl.
     """hs[p·H + h] and hx[p·H + h] = the states entering and leaving piece p (one [BK, BV] block), walking one
     sequence's pieces from its initial state h0[n·H + h]; ht[n·H + h] its final state. Grid (K·V blocks, H, n),
     the sequences in plan's order (longest first)."""
-    i_kv, i_h, n = tl.program_id(0), tl.program_id(1), tl.num_programs(2)
-    i_n = tl.load(plan + n + 1 + tl.program_id(2))
-    t_start, t_end, p_first, p_end = _varlen_piece_range(plan, i_n, n)
-    i_k, i_v = i_kv // tl.cdiv(V, BV), i_kv % tl.cdiv(V, BV)
-    ok, ov = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
-    mk, mv = ok < K, ov < V
-    p_s, m_s = ok[:, None] * V + ov[None, :], mk[:, None] & mv[None, :]
+    i_n, i_h, t_start, t_end, p_first, p_end, ok, ov, mk, mv, p_s, m_s = _varlen_program(plan, K, V, BK, BV)
     S = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_H0:
         S += tl.load(h0 + (i_n * H + i_h).to(tl.int64) * K * V + p_s, mask=m_s, other=0.0).to(tl.float32)
@@ -202,13 +206,7 @@ def _varlen_states_bwd(r, w, do, dht, gs, dh0, plan, scale, T, C: tl.constexpr, 
     """gs[p·H + h] = d loss / d(state leaving piece p), walking one sequence's pieces back from the gradient of its
     final state dht[n·H + h]; dh0[n·H + h] the gradient of its initial state. Grid as `_varlen_states_fwd`'s."""
     scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
-    i_kv, i_h, n = tl.program_id(0), tl.program_id(1), tl.num_programs(2)
-    i_n = tl.load(plan + n + 1 + tl.program_id(2))
-    t_start, t_end, p_first, p_end = _varlen_piece_range(plan, i_n, n)
-    i_k, i_v = i_kv // tl.cdiv(V, BV), i_kv % tl.cdiv(V, BV)
-    ok, ov = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
-    mk, mv = ok < K, ov < V
-    p_s, m_s = ok[:, None] * V + ov[None, :], mk[:, None] & mv[None, :]
+    i_n, i_h, t_start, t_end, p_first, p_end, ok, ov, mk, mv, p_s, m_s = _varlen_program(plan, K, V, BK, BV)
     G = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_DHT:
         G += tl.load(dht + (i_n * H + i_h).to(tl.int64) * K * V + p_s, mask=m_s, other=0.0).to(tl.float32)
