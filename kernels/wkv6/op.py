@@ -97,7 +97,9 @@ PATHS["wkv6"] = (_run, _fake)
 def wkv6_step(state, r, k, v, w, u, scale=None):
     """One decoding step: state `[B, H, K, V]` is updated in place (keep it float32).
 
-    r, k, w `[B, H, K]`, v `[B, H, V]`, u `[H, K]`. Returns o `[B, H, V]` in r's dtype.
+    r, k, w `[B, H, K]`, v `[B, H, V]`, u `[H, K]`. Returns o `[B, H, V]` in r's dtype. On the Triton backend one
+    kernel reads and writes the state once (kernels/wkv6/triton_wkv6_step.py), in float32; float64, or a gradient
+    wanted, takes the torch step.
     """
     expect_shape("state", state, (None, None, None, None))
     B, H, K, V = state.shape
@@ -109,7 +111,13 @@ def wkv6_step(state, r, k, v, w, u, scale=None):
     expect_float(state=state, r=r, k=k, v=v, w=w, u=u)
     expect_same_device(state=state, r=r, k=k, v=v, w=w, u=u)
     expect_in_place(state=state)
-    return wkv6_step_naive(state, r, k, v, w, u, None if scale is None else expect_number("scale", scale))
+    scale = None if scale is None else expect_number("scale", scale)
+    # the Triton step computes in float32 and has no backward: float64, or a gradient wanted, take the torch step
+    wide = torch.promote_types(state.dtype, r.dtype) == torch.float64
+    if backend_for(r, state) == "triton" and not wide and not needs_grad(state, r, k, v, w, u):
+        from .triton_wkv6_step import wkv6_step_triton
+        return wkv6_step_triton(state, r, k, v, w, u, K ** -0.5 if scale is None else scale)
+    return wkv6_step_naive(state, r, k, v, w, u, scale)
 
 
 def _serial():

@@ -376,6 +376,34 @@ def test_cu_seqlens_with_states_more_sequences_than_the_triton_grid_takes(monkey
         wkv6(r, k, v, w, torch.zeros(1, 1), 1.0, torch.zeros(T, 1, 1, 1), cu_seqlens=torch.arange(T + 1))
 
 
+@pytest.mark.parametrize("K,V", [(8, 6), (5, 40)])
+@pytest.mark.parametrize("dtype,state_dtype,tol", [(torch.float32, torch.float32, 1e-6),
+                                                   (torch.bfloat16, torch.float32, 1e-6),
+                                                   (torch.float32, torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("layout", ["dense", "pool rows", "V before K"])
+def test_triton_step_equals_the_torch_step(K, V, dtype, state_dtype, tol, layout, monkeypatch):
+    """The Triton step against the torch one: o in r's dtype and the state updated in place in its own dtype, for
+    a dense state, every other row of a pool, and a state whose K and V strides are swapped (a transposed view)."""
+    B, H = 3, 2
+    r, k, v, w, u, h0 = make(B, 1, H, K, V, 4, dtype=torch.float32)
+    r, k, v, w = (t[:, 0].to(dtype) for t in (r, k, v, w))
+    u = u.to(dtype)
+    if layout == "dense":
+        state = h0.to(state_dtype).clone()
+    elif layout == "pool rows":
+        state = torch.zeros(2 * B, H, K, V, dtype=state_dtype)[1::2]
+        state.copy_(h0)
+    else:
+        state = h0.to(state_dtype).transpose(-1, -2).contiguous().transpose(-1, -2)
+    want_state = state.clone()
+    monkeypatch.setenv("ARCHDSL_KERNELS", "torch")
+    want = wkv6_step(want_state, r, k, v, w, u, 0.7)
+    monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+    got = wkv6_step(state, r, k, v, w, u, 0.7)
+    assert got.dtype == dtype and state.dtype == state_dtype
+    close([got, state], [want, want_state], tol, layout)
+
+
 def test_step_matches_parallel():
     r, k, v, w, u, h0 = make(2, 23, 3, 12, 10, 7)
     o, ht = wkv6(r, k, v, w, u, initial_state=h0, output_final_state=True)
