@@ -1,4 +1,5 @@
-"""Benchmark: wkv6 (ours, Triton) vs fla's chunk_rwkv6, and wkv4 (ours, Triton) vs the torch time loop.
+"""Benchmark: wkv6 (ours, Triton) vs fla's chunk_rwkv6, wkv6_step vs the torch step and fla's fused_recurrent_rwkv6
+over one token, and wkv4 (ours, Triton) vs the torch time loop.
 
 Floor (H200: 4.2 TB/s, ~680 TFLOP/s bf16), per (batch, head, token), K = V = 64, bf16:
   wkv6 fwd      bytes: read r, k, w (3·K) + v (V), write o (V)          = 2·(3K + 2V)  = 640 B
@@ -79,6 +80,31 @@ def wkv6_chunked_breakdown_rows():
                floor_note="k, v, w read + fp32 boundary states written")
 
 
+def wkv6_step_rows(quick=False):
+    """The decode step, H32 K=V=64, bf16 inputs and a float32 state, B1 and B64: ours (the Triton kernel) against the
+    torch step it replaced and fla's fused_recurrent_rwkv6 over one token."""
+    from archdsl.kernels.wkv6 import wkv6_step
+    from archdsl.kernels.wkv6.naive import wkv6_step_naive
+    try:
+        from fla.ops.rwkv6 import fused_recurrent_rwkv6
+    except ImportError:
+        fused_recurrent_rwkv6 = None
+    H, K = 32, 64
+    for B in (1, 64):
+        r, k, v = (torch.randn(B, H, K, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        w = torch.nn.functional.logsigmoid(torch.randn(B, H, K, device="cuda")).to(torch.bfloat16)
+        u = torch.randn(H, K, device="cuda", dtype=torch.bfloat16)
+        state = torch.zeros(B, H, K, K, device="cuda")
+        row = dict(op="wkv6_step", shape=f"B={B} H={H} K=V={K}", mode="step",
+                   ours_ms=bench_ms(lambda: wkv6_step(state, r, k, v, w, u, 1.0)),
+                   floor_ms=_floor_ms(B * H * K * K * 4 * 2, 0), floor_note="fp32 state read and written")
+        yield dict(row, peer="torch step", peer_ms=bench_ms(lambda: wkv6_step_naive(state, r, k, v, w, u, 1.0)))
+        if fused_recurrent_rwkv6 is not None:
+            xs = [t[:, None] for t in (r, k, v, w)]  # [B, 1, H, K]: one token
+            yield dict(row, peer="fla fused_recurrent_rwkv6",
+                       peer_ms=bench_or_nan(lambda: fused_recurrent_rwkv6(*xs, u, 1.0, state, True)))
+
+
 def wkv4_rows(quick=False):
     from archdsl.kernels.wkv4 import wkv4
     from archdsl.kernels.wkv4.chunked import wkv4_torch
@@ -99,6 +125,7 @@ def rows(quick: bool = False):
     """Rows as they are measured (a generator): the peer's autotuning is slow, a cut run keeps the rest."""
     yield from wkv6_rows(quick)
     yield from wkv6_chunked_breakdown_rows()
+    yield from wkv6_step_rows(quick)
     yield from wkv4_rows(quick)
 
 
@@ -109,7 +136,7 @@ if __name__ == "__main__":
     sys.stdout.reconfigure(line_buffering=True)
     print(f"{'op':13} {'shape':28} {'mode':8} {'ours ms':>9} {'peer ms':>9} {'ours/peer':>9} {'floor ms':>9} {'%floor':>7}  peer")
     quick = "--quick" in sys.argv
-    for r in itertools.chain(_wkv6_rows(quick), itertools.chain.from_iterable(map(wkv4_rows, [quick]))):
+    for r in itertools.chain(_wkv6_rows(quick), wkv6_step_rows(quick), wkv4_rows(quick)):
         ratio = f"{r['ours_ms'] / r['peer_ms']:.2f}" if r["peer_ms"] else "-"
         peer_ms = f"{r['peer_ms']:.3f}" if r["peer_ms"] else "-"
         print(f"{r['op']:13} {r['shape']:28} {r['mode']:8} {r['ours_ms']:9.3f} {peer_ms:>9} {ratio:>9} "
