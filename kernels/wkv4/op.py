@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_float, expect_same_device, expect_shape
-from .._dispatch import backend_for, on_input_device
+from .._dispatch import backend_for, needs_grad, on_input_device
 from .._opaque import PATHS, torch_path
 from .chunked import wkv4_torch
 from .naive import wkv4_naive, wkv4_step_naive
@@ -57,7 +57,9 @@ PATHS["wkv4"] = (_run, _fake)
 def wkv4_step(w, u, k, v, state):
     """One token: k, v `[B, C]`, state (num, den, max) `[B, C]` each (or `[B, C, 3]`).
 
-    Returns (wkv `[B, C]` in k's dtype, new state tuple).
+    Returns (wkv `[B, C]` in k's dtype, new state tuple). On the Triton backend it is the scan's kernel over one
+    token (one launch where the torch step takes ~15), in float32; float64, or a gradient wanted, takes the torch
+    step.
     """
     expect_shape("k", k, (None, None))
     B, C = k.shape
@@ -65,6 +67,11 @@ def wkv4_step(w, u, k, v, state):
     state = _check(w, u, k[:, None], v[:, None], state)
     if state is None:
         raise ValueError("state: expected (num, den, max) of shape [B, C] each, got None")
+    wide = any(t.dtype == torch.float64 for t in (k, *state))
+    if backend_for(k) == "triton" and not wide and not needs_grad(w, u, k, v, *state):
+        from .triton_wkv4 import wkv4_triton
+        y, new = wkv4_triton(w, u, k[:, None], v[:, None], state)
+        return y[:, 0], new
     return wkv4_step_naive(w, u, k, v, state)
 
 

@@ -125,6 +125,27 @@ def test_step_matches_parallel():
     close([torch.stack(steps, 1), *canonical(cur)], [y, *canonical(s)], 1e-12)
 
 
+@pytest.mark.parametrize("dtype,state_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                               (torch.float32, torch.bfloat16)])
+def test_triton_step_equals_the_torch_step(dtype, state_dtype, monkeypatch):
+    """The Triton step (the scan's kernel over one token) against the torch step: wkv in k's dtype, the new state
+    float32, from a fresh state (max -1e38) and a running one, given as a tuple or as HF's [B, C, 3] tensor."""
+    (w, u, k, v), state = make(3, 2, 40, 9, dtype=torch.float32)
+    k, v = k.to(dtype), v.to(dtype)
+    fresh = (torch.zeros(3, 40), torch.zeros(3, 40), torch.full((3, 40), -1e38))
+    for given in (fresh, state, torch.stack(state, -1)):
+        given = given.to(state_dtype) if isinstance(given, torch.Tensor) else tuple(s.to(state_dtype) for s in given)
+        got, want = [], []
+        for backend, out in (("triton", got), ("torch", want)):
+            monkeypatch.setenv("ARCHDSL_KERNELS", backend)
+            cur = given
+            for t in range(2):
+                y, cur = wkv4_step(w, u, k[:, t], v[:, t], cur)
+                out += [y, *canonical(cur)]
+            assert y.dtype == dtype and cur[0].dtype == torch.float32
+        close(got, want, 1e-6)
+
+
 def test_state_as_hf_tensor_layout():
     (w, u, k, v), state = make(1, 6, 8, 6)
     y, _ = wkv4(w, u, k, v, torch.stack(state, -1))
