@@ -118,6 +118,16 @@ def wkv4_rows(quick=False):
     rows.append(dict(op="wkv4", shape=rows[0]["shape"], mode="fwd+bwd",
                      ours_ms=bench_ms(_fwd_bwd(lambda *a: wkv4(*a), [w, u, k, v])), peer="torch time loop",
                      peer_ms=None, floor_ms=_floor_ms(30 * n, 0), floor_note="HBM bytes"))
+    from archdsl.kernels.wkv4 import wkv4_step
+    from archdsl.kernels.wkv4.naive import wkv4_step_naive
+    for B in (1, 64):  # the decode step: the scan's kernel over one token against the torch step
+        kt, vt = k[:1, 0].expand(B, C).contiguous(), v[:1, 0].expand(B, C).contiguous()
+        state = (torch.zeros(B, C, device="cuda"), torch.zeros(B, C, device="cuda"),
+                 torch.full((B, C), -1e38, device="cuda"))
+        rows.append(dict(op="wkv4_step", shape=f"B={B} C={C}", mode="step",
+                         ours_ms=bench_ms(lambda: wkv4_step(w, u, kt, vt, state)), peer="torch step",
+                         peer_ms=bench_ms(lambda: wkv4_step_naive(w, u, kt, vt, state)),
+                         floor_ms=_floor_ms(B * C * (2 * 2 + 3 * 4 * 2 + 2), 0), floor_note="HBM bytes"))
     return rows
 
 
