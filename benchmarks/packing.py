@@ -158,7 +158,7 @@ def wkv6_rows(H=32, K=64):
     # the programs of the longest sequences first (varlen_plan) against the sequences' own order, where one long
     # sequence comes last among many short ones
     from archdsl.kernels.wkv6 import triton_wkv6
-    last = torch.tensor([*range(0, 63 * 128, 128), T], device="cuda")  # 63 x 128 tokens, then 8320
+    last = torch.tensor([*range(0, 63 * 128 + 1, 128), T], device="cuda")  # 63 x 128 tokens, then 8320
     h64 = torch.randn(64, H, K, K, device="cuda")
     plan = triton_wkv6.varlen_plan
     os.environ["ARCHDSL_WKV6_IMPL"] = "serial"
