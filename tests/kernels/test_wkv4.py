@@ -133,12 +133,12 @@ def test_triton_step_equals_the_torch_step(dtype, state_dtype, monkeypatch):
     (w, u, k, v), state = make(3, 2, 40, 9, dtype=torch.float32)
     k, v = k.to(dtype), v.to(dtype)
     fresh = (torch.zeros(3, 40), torch.zeros(3, 40), torch.full((3, 40), -1e38))
-    for given in (fresh, state, torch.stack(state, -1)):
-        given = given.to(state_dtype) if isinstance(given, torch.Tensor) else tuple(s.to(state_dtype) for s in given)
+    for start in (fresh, state, torch.stack(state, -1)):
+        start = start.to(state_dtype) if isinstance(start, torch.Tensor) else tuple(s.to(state_dtype) for s in start)
         got, want = [], []
         for backend, out in (("triton", got), ("torch", want)):
             monkeypatch.setenv("ARCHDSL_KERNELS", backend)
-            cur = given
+            cur = start
             for t in range(2):
                 y, cur = wkv4_step(w, u, k[:, t], v[:, t], cur)
                 out += [y, *canonical(cur)]
