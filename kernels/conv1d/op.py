@@ -8,7 +8,7 @@ from .._checks import (expect_flag, expect_float, expect_in_place, expect_intege
 from .._dispatch import backend_for, needs_grad, on_input_device
 from .._host import pool_rows, seq_runs
 from .chunked import causal_conv1d_torch
-from .naive import causal_conv1d_naive, causal_conv1d_update_naive, final_window
+from .naive import causal_conv1d_naive, causal_conv1d_update_circular_naive, causal_conv1d_update_naive, final_window
 
 _ACTIVATIONS = (None, "silu", "swish")
 
@@ -52,11 +52,16 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, re
 
 
 @on_input_device
-def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, conv_state_indices=None):
-    """Decode step (causal-conv1d's `causal_conv1d_update`): conv_state is shifted left in place.
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None,
+                         conv_state_indices=None):
+    """Decode step (causal-conv1d's `causal_conv1d_update`, its arguments in its order): conv_state is shifted left
+    in place.
 
     x: `[B, D]` (or `[B, D, T]` for T steps); conv_state: `[B, D, S]` with S >= W-1 (mamba_ssm keeps
     S = W); weight `[D, W]`; bias `[D]`. Returns `[B, D]` (or `[B, D, T]`) in x's dtype.
+    cache_seqlens `[B]` int32 or int64 (causal-conv1d's keyword): conv_state is a circular buffer instead, nothing
+    shifts: step t of row b writes its input at (cache_seqlens[b] + t) mod S, and its window is the W-1 entries
+    before that position (negative counts wrap as torch.remainder does); the caller advances cache_seqlens.
     conv_state_indices `[B]` int32 or int64 (continuous batching, causal-conv1d's keyword): conv_state is a pool
     `[P, D, S]` and row b shifts conv_state[conv_state_indices[b]]; a negative index is a pad row (its y is 0 and
     no state is touched), as selective_state_update's state_batch_indices, and as there no two rows may name one
@@ -76,28 +81,34 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, conv
     _check_weight(weight, bias, dim, activation)
     if S < weight.shape[1] - 1:
         raise ValueError(f"conv_state: expected at least W-1={weight.shape[1] - 1} entries in the last dim, got {S}")
-    expect_shape("conv_state_indices", conv_state_indices, (batch,), optional=True)
-    expect_integer(conv_state_indices=conv_state_indices)
+    for name, t in (("cache_seqlens", cache_seqlens), ("conv_state_indices", conv_state_indices)):
+        expect_shape(name, t, (batch,), optional=True)
+        expect_integer(**{name: t})
     expect_slots("conv_state_indices", conv_state_indices, pool)
     expect_float(x=x, conv_state=conv_state, weight=weight, bias=bias)
-    expect_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias, conv_state_indices=conv_state_indices)
+    expect_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias, cache_seqlens=cache_seqlens,
+                       conv_state_indices=conv_state_indices)
     expect_in_place(conv_state=conv_state)
     # the Triton step has no backward: with a gradient wanted, the torch step, which autograd differentiates
     if backend_for(x) == "triton" and conv_state.stride(2) == 1 and not needs_grad(x, conv_state, weight, bias):
         from .triton_conv1d import causal_conv1d_update_triton
-        idx = conv_state_indices
+        step = lambda x_t, t: causal_conv1d_update_triton(x_t.contiguous(), conv_state, weight, bias, activation,
+                                                          conv_state_indices, cache_seqlens, t)
         if x.dim() == 2:
-            return causal_conv1d_update_triton(x.contiguous(), conv_state, weight, bias, activation, idx)
-        steps = [causal_conv1d_update_triton(x[:, :, t].contiguous(), conv_state, weight, bias, activation, idx)
-                 for t in range(x.shape[-1])]
-        return torch.stack(steps, dim=-1)
+            return step(x, 0)
+        return torch.stack([step(x[:, :, t], t) for t in range(x.shape[-1])], dim=-1)
+
+    def naive(x, state, cache):
+        if cache is None:
+            return causal_conv1d_update_naive(x, state, weight, bias, activation)
+        return causal_conv1d_update_circular_naive(x, state, weight, bias, activation, cache)
     if conv_state_indices is None:
-        return causal_conv1d_update_naive(x, conv_state, weight, bias, activation)
+        return naive(x, conv_state, cache_seqlens)
     # the pool's rows: gathered, stepped, written back (the pads' rows neither read nor written)
     live, at = pool_rows(conv_state_indices, pool)
     rows = conv_state[at]
     y = torch.zeros_like(x)
-    y[live] = causal_conv1d_update_naive(x[live], rows, weight, bias, activation)
+    y[live] = naive(x[live], rows, None if cache_seqlens is None else cache_seqlens[live])
     conv_state[at] = rows
     return y
 

@@ -454,6 +454,42 @@ def _conv_update_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, idx_ptr, POOL, DI
     tl.store(y_ptr + b * s_yb + d, y.to(y_ptr.dtype.element_ty), mask=dmask)
 
 
+@triton.jit
+def _conv_update_circular_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, idx_ptr, cache_ptr, step, POOL, DIM, S, W,
+                                 s_sb, s_sd, s_xb, s_yb, BLOCK_D: tl.constexpr, BLOCK_W: tl.constexpr,
+                                 HAS_BIAS: tl.constexpr, SILU: tl.constexpr, HAS_IDX: tl.constexpr):
+    """The step with conv_state a circular buffer (cache_seqlens): x lands at (cache_seqlens[b] + step) mod S and
+    its window is the W-1 entries before it; nothing shifts."""
+    pid_d = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    j = tl.arange(0, BLOCK_W)  # the taps: j < W-1 read the buffer, j = W-1 is x
+    dmask = d < DIM
+    sb = b  # the state this row steps: its own, or the pool's row idx[b] (negative or past the pool: none)
+    if HAS_IDX:
+        sb = tl.load(idx_ptr + b).to(tl.int64)
+    sb_d = sb + tl.zeros([BLOCK_D], dtype=tl.int64)
+    live = (sb_d >= 0) & (sb_d < POOL)
+    smask = dmask & live
+    at = tl.load(cache_ptr + b).to(tl.int64) + step
+    pos = ((at - (W - 1) + j) % S + S) % S  # a remainder that wraps negative counts up, as torch.remainder
+    row = state_ptr + sb * s_sb + d[:, None].to(tl.int64) * s_sd
+    win = tl.load(row + pos[None, :], mask=smask[:, None] & (j < W - 1)[None, :], other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + b * s_xb + d, mask=dmask, other=0.0).to(tl.float32)
+    win = tl.where((j == W - 1)[None, :], x[:, None], win)
+    wk = tl.load(w_ptr + d[:, None] * W + j[None, :], mask=dmask[:, None] & (j < W)[None, :], other=0.0)
+    y = tl.sum(wk.to(tl.float32) * win, axis=1)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    if SILU:
+        y = y * tl.sigmoid(y)
+    y = tl.where(live, y, 0.0)
+    tl.debug_barrier()  # every thread has read its window before x lands (with S = W-1 on the oldest entry)
+    tl.store(state_ptr + sb * s_sb + d.to(tl.int64) * s_sd + (at % S + S) % S,
+             tl.load(x_ptr + b * s_xb + d, mask=dmask, other=0.0).to(state_ptr.dtype.element_ty), mask=smask)
+    tl.store(y_ptr + b * s_yb + d, y.to(y_ptr.dtype.element_ty), mask=dmask)
+
+
 # ---------------------------------------------------------------------------------------
 # (BLOCK_D, BLOCK_L, num_warps) of the tile kernels (steps contiguous), forward and backward, and
 # (BLOCK_D, STEPS, num_warps) of the step walks (channels contiguous), from sweeps on the H200
@@ -558,12 +594,21 @@ def causal_conv1d_triton(x, weight, bias, activation, initial_states, runs=None)
     return apply(CausalConv1dFn, x, weight, bias, initial_states, runs, activation in ("silu", "swish"))
 
 
-def causal_conv1d_update_triton(x, conv_state, weight, bias, activation, conv_state_indices=None):
+def causal_conv1d_update_triton(x, conv_state, weight, bias, activation, conv_state_indices=None, cache_seqlens=None,
+                                step=0):
     """x `[B, D]`; conv_state `[B, D, S]` (last dim contiguous, S >= W-1) shifted in place; conv_state_indices
-    `[B]`: row b shifts conv_state[idx[b]] of a pool `[P, D, S]` (none where negative, and y is 0)."""
+    `[B]`: row b shifts conv_state[idx[b]] of a pool `[P, D, S]` (none where negative, and y is 0);
+    cache_seqlens `[B]`: conv_state is a circular buffer instead, x written at (cache_seqlens + step) mod S."""
     (batch, dim), S = x.shape, conv_state.shape[2]
     y = torch.empty_like(x)
     bd = 32
+    if cache_seqlens is not None:
+        _conv_update_circular_kernel[(cdiv(dim, bd), batch)](
+            x, conv_state, weight.contiguous(), dense(bias), y, dense(conv_state_indices), dense(cache_seqlens), step,
+            conv_state.shape[0], dim, S, weight.shape[1], conv_state.stride(0), conv_state.stride(1), x.stride(0),
+            y.stride(0), BLOCK_D=bd, BLOCK_W=next_pow2(weight.shape[1]), HAS_BIAS=bias is not None,
+            SILU=activation in ("silu", "swish"), HAS_IDX=conv_state_indices is not None, num_warps=4)
+        return y
     _conv_update_kernel[(cdiv(dim, bd), batch)](
         x, conv_state, weight.contiguous(), dense(bias), y, dense(conv_state_indices), conv_state.shape[0], dim, S,
         weight.shape[1],

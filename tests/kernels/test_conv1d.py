@@ -205,6 +205,59 @@ def test_update_matches_parallel(name, W, extra):
     assert_close([torch.stack(ys, -1), state[..., extra:], multi], [y, fin, y], 1e-6)
 
 
+def circular(state, at):
+    """The linear window state [B, D, S] (oldest first) as a circular buffer whose next write goes at `at` [B]: the
+    entry i of a row at (at - S + i) mod S."""
+    S = state.shape[-1]
+    where = torch.remainder(at.long()[:, None] - S + torch.arange(S), S)
+    return torch.empty_like(state).scatter_(2, where[:, None, :].expand_as(state), state)
+
+
+@pytest.mark.parametrize("name", ["triton", "torch"])
+@settings(max_examples=10, deadline=None)
+@given(W=st.integers(2, 4), extra=st.integers(0, 3), T=st.integers(1, 6), steps=st.integers(1, 3),
+       at=st.lists(st.integers(-20, 20), min_size=3, max_size=3), two_dims=st.booleans(), seed=st.integers(0, 99))
+@example(W=4, extra=0, T=5, steps=1, at=[0, -1, 7], two_dims=False, seed=0)  # T > S: the buffer wraps in one call
+def test_update_with_cache_seqlens_is_the_shifted_window(name, W, extra, T, steps, at, two_dims, seed):
+    """cache_seqlens (causal-conv1d's circular conv_state): each call, from any write position (negative ones
+    wrap as torch.remainder), gives the shifted window's outputs, and leaves the buffer that holds the shifted
+    window with the next write at cache_seqlens + T; over several calls with the position advanced by the caller."""
+    t = make(3, 5, T * steps, W, init=False, seed=seed)
+    S = W - 1 + extra
+    linear = torch.randn(3, 5, S, generator=torch.Generator().manual_seed(seed))
+    pos = torch.tensor(at, dtype=torch.int32)
+    buf = circular(linear, pos)
+    with backend(name):
+        for c in range(steps):
+            x = t["x"][..., c * T:(c + 1) * T]
+            if two_dims and T == 1:
+                x = x[..., 0]
+            want = causal_conv1d_update(x, linear, t["weight"], t["bias"], "silu")
+            got = causal_conv1d_update(x, buf, t["weight"], t["bias"], "silu", pos)
+            pos = pos + T
+            assert_close([got, buf], [want, circular(linear, pos)], 1e-6)
+
+
+@pytest.mark.parametrize("name", ["triton", "torch"])
+def test_update_with_cache_seqlens_and_a_pool(name):
+    """Both of causal-conv1d's keywords at once, passed in its order: row b's circular buffer is the pool's entry
+    idx[b], written at cache_seqlens[b]; a pad row (-1) gives 0 and touches nothing."""
+    t = make(3, 4, 1, 3, seed=5)
+    idx, pos = torch.tensor([4, -1, 1]), torch.tensor([2, 9, -4])
+    linear = torch.randn(3, 4, 3, generator=torch.Generator().manual_seed(1))
+    pool = torch.randn(5, 4, 3, generator=torch.Generator().manual_seed(2))
+    for b in (0, 2):
+        pool[idx[b]] = circular(linear[b:b + 1], pos[b:b + 1])[0]
+    want_pool = pool.clone()
+    with backend(name):
+        want = causal_conv1d_update(t["x"][..., 0], linear, t["weight"], t["bias"], "silu")  # shifts `linear`
+        got = causal_conv1d_update(t["x"][..., 0], pool, t["weight"], t["bias"], "silu", pos, idx)
+    want[1] = 0
+    for b in (0, 2):
+        want_pool[idx[b]] = circular(linear[b:b + 1], pos[b:b + 1] + 1)[0]
+    assert_close([got, pool], [want, want_pool], 1e-6)
+
+
 def test_bad_input():
     x, w = torch.randn(2, 3, 5), torch.randn(3, 4)
     with pytest.raises(ValueError, match="weight"):
@@ -225,6 +278,10 @@ def test_bad_input():
         causal_conv1d_update(x[..., 0], torch.randn(2, 3, 2), w)
     with pytest.raises(ValueError, match="x"):
         causal_conv1d_update(x[0, :, 0], torch.randn(2, 3, 3), w)
+    with pytest.raises(ValueError, match=r"cache_seqlens: expected shape \[2\]"):
+        causal_conv1d_update(x[..., 0], torch.randn(2, 3, 3), w, cache_seqlens=torch.zeros(3, dtype=torch.int32))
+    with pytest.raises(ValueError, match="cache_seqlens: expected an integer tensor"):
+        causal_conv1d_update(x[..., 0], torch.randn(2, 3, 3), w, cache_seqlens=torch.zeros(2))
 
 
 # ------------------------------------------------------------------ GPU (H200)

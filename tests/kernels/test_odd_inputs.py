@@ -447,6 +447,7 @@ TRITON_STEPS = {  # op: (its module, the Triton launcher its Triton path calls);
     "selective_state_update": ("selective_scan.triton_selective_scan", "selective_state_update_triton"),
     "ssd_step": ("ssd.triton_ssd", "ssd_step_triton"),
     "causal_conv1d_update": ("conv1d.triton_conv1d", "causal_conv1d_update_triton"),
+    "wkv6_step": ("wkv6.triton_wkv6_step", "wkv6_step_triton"),
     "mamba2_step_fused": ("fused_step.triton_fused_step", "mamba2_step_triton"),
     "mamba_conv_step": ("fused_step.triton_fused_step", "conv_step_triton"),
     "mamba_ssm_step_fused": ("fused_step.triton_fused_step", "mamba_ssm_step_triton"),

@@ -146,6 +146,25 @@ def test_triton_step_equals_the_torch_step(dtype, state_dtype, monkeypatch):
         close(got, want, 1e-6)
 
 
+def test_triton_step_gives_way_to_the_torch_step_for_gradients(monkeypatch):
+    """The Triton step has no backward: with an input that requires grad the torch step runs (and differentiates),
+    without one (or under torch.no_grad) the Triton kernel does."""
+    from archdsl.kernels.wkv4 import triton_wkv4
+    real, ran = triton_wkv4.wkv4_triton, []
+    monkeypatch.setattr(triton_wkv4, "wkv4_triton", lambda *a: ran.append(1) or real(*a))
+    monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+    (w, u, k, v), state = make(2, 1, 8, 3, dtype=torch.float32)
+    state = tuple(s.float() for s in state)
+    wkv4_step(w, u, k[:, 0], v[:, 0], state)
+    with torch.no_grad():
+        wkv4_step(w, u, k[:, 0].requires_grad_(), v[:, 0], state)
+    assert len(ran) == 2
+    kg = k[:, 0].clone().requires_grad_()
+    y, new = wkv4_step(w, u, kg, v[:, 0], state)
+    (y.sum() + new[0].sum()).backward()
+    assert len(ran) == 2 and kg.grad is not None and torch.isfinite(kg.grad).all()
+
+
 def test_state_as_hf_tensor_layout():
     (w, u, k, v), state = make(1, 6, 8, 6)
     y, _ = wkv4(w, u, k, v, torch.stack(state, -1))
