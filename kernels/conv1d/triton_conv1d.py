@@ -417,20 +417,26 @@ def _conv_bwd_quads_kernel(x_ptr, w_ptr, b_ptr, init_ptr, runs_ptr, dy_ptr, dx_p
 
 
 @triton.jit
-def _conv_update_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, idx_ptr, POOL, DIM, S, W, s_sb, s_sd, s_xb, s_yb,
-                        BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
-                        HAS_BIAS: tl.constexpr, SILU: tl.constexpr, OLD_TAP: tl.constexpr, HAS_IDX: tl.constexpr):
-    pid_d = tl.program_id(0)
+def _update_rows(idx_ptr, POOL, DIM, BLOCK_D: tl.constexpr, HAS_IDX: tl.constexpr):
+    """A step program's batch row b, its channels d (and their mask), the state it steps (its own row, or the
+    pool's row idx[b]), whether that state exists (negative or past the pool: none) and the channels it touches."""
     b = tl.program_id(1).to(tl.int64)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    i = tl.arange(0, BLOCK_S)
+    d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < DIM
-    sb = b  # the state this row steps: its own, or the pool's row idx[b] (negative or past the pool: none)
+    sb = b
     if HAS_IDX:
         sb = tl.load(idx_ptr + b).to(tl.int64)
     sb_d = sb + tl.zeros([BLOCK_D], dtype=tl.int64)
     live = (sb_d >= 0) & (sb_d < POOL)
-    smask = dmask & live  # the state's channels this program reads and writes
+    return b, d, dmask, sb, live, dmask & live
+
+
+@triton.jit
+def _conv_update_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, idx_ptr, POOL, DIM, S, W, s_sb, s_sd, s_xb, s_yb,
+                        BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+                        HAS_BIAS: tl.constexpr, SILU: tl.constexpr, OLD_TAP: tl.constexpr, HAS_IDX: tl.constexpr):
+    b, d, dmask, sb, live, smask = _update_rows(idx_ptr, POOL, DIM, BLOCK_D, HAS_IDX)
+    i = tl.arange(0, BLOCK_S)
     ptrs = state_ptr + sb * s_sb + d[:, None].to(tl.int64) * s_sd + i[None, :]
     x = tl.load(x_ptr + b * s_xb + d, mask=dmask, other=0.0).to(tl.float32)
     nxt = tl.load(ptrs + 1, mask=smask[:, None] & (i + 1 < S)[None, :], other=0.0).to(tl.float32)
@@ -460,17 +466,8 @@ def _conv_update_circular_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, idx_ptr,
                                  HAS_BIAS: tl.constexpr, SILU: tl.constexpr, HAS_IDX: tl.constexpr):
     """The step with conv_state a circular buffer (cache_seqlens): x lands at (cache_seqlens[b] + step) mod S and
     its window is the W-1 entries before it; nothing shifts."""
-    pid_d = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    b, d, dmask, sb, live, smask = _update_rows(idx_ptr, POOL, DIM, BLOCK_D, HAS_IDX)
     j = tl.arange(0, BLOCK_W)  # the taps: j < W-1 read the buffer, j = W-1 is x
-    dmask = d < DIM
-    sb = b  # the state this row steps: its own, or the pool's row idx[b] (negative or past the pool: none)
-    if HAS_IDX:
-        sb = tl.load(idx_ptr + b).to(tl.int64)
-    sb_d = sb + tl.zeros([BLOCK_D], dtype=tl.int64)
-    live = (sb_d >= 0) & (sb_d < POOL)
-    smask = dmask & live
     at = tl.load(cache_ptr + b).to(tl.int64) + step
     pos = ((at - (W - 1) + j) % S + S) % S  # a remainder that wraps negative counts up, as torch.remainder
     row = state_ptr + sb * s_sb + d[:, None].to(tl.int64) * s_sd
