@@ -176,10 +176,10 @@ def _varlen_program(plan, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV
 @triton.jit
 def _varlen_states_fwd(k, v, w, h0, hs, hx, ht, plan, T, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr,
                        V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
-                       STORE_HT: tl.constexpr, PREC: tl.constexpr):
-    """hs[p·H + h] and hx[p·H + h] = the states entering and leaving piece p (one [BK, BV] block), walking one
-    sequence's pieces from its initial state h0[n·H + h]; ht[n·H + h] its final state. Grid (K·V blocks, H, n),
-    the sequences in plan's order (longest first)."""
+                       STORE_HX: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr):
+    """hs[p·H + h] and (STORE_HX, for the backward) hx[p·H + h] = the states entering and leaving piece p (one
+    [BK, BV] block), walking one sequence's pieces from its initial state h0[n·H + h]; ht[n·H + h] its final state.
+    Grid (K·V blocks, H, n), the sequences in plan's order (longest first)."""
     i_n, i_h, t_start, t_end, p_first, p_end, ok, ov, mk, mv, p_s, m_s = _varlen_program(plan, K, V, BK, BV)
     S = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_H0:
@@ -194,7 +194,8 @@ def _varlen_states_fwd(k, v, w, h0, hs, hx, ht, plan, T, C: tl.constexpr, H: tl.
         n_k, n_v, n_w = _tile(k, rows, mt, ok, mk, K), _tile(v, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
         after = tl.cumsum(w2, axis=0, reverse=True) - w2  # Σ_{m>j} w2_m (0 on the rows past the end)
         S = S * tl.exp2(tl.sum(w2, axis=0))[:, None] + _dot(tl.trans(b_k * tl.exp2(after)), b_v, PREC)
-        tl.store(hx + (p * H + i_h).to(tl.int64) * K * V + p_s, S, mask=m_s)
+        if STORE_HX:
+            tl.store(hx + (p * H + i_h).to(tl.int64) * K * V + p_s, S, mask=m_s)
     if STORE_HT:
         tl.store(ht + (i_n * H + i_h).to(tl.int64) * K * V + p_s, S, mask=m_s)
 
@@ -244,15 +245,17 @@ def varlen_pieces(cu_seqlens: torch.Tensor, T: int, chunk: int = CHUNK) -> tuple
     return torch.cat([cu, order, first]), torch.cat([starts, cu.new_full((1,), T), p])
 
 
-def _varlen_states(k, v, w, h0, store_ht, seqs, pieces, P, chunk):
-    """(hs, hx `[P·H, K, V]` float32: the states entering and leaving each piece; ht `[n, H, K, V]` or None)."""
+def _varlen_states(k, v, w, h0, store_ht, seqs, P, chunk, store_hx=False):
+    """(hs `[P·H, K, V]` float32: the states entering each piece; hx, the states leaving them (store_hx, else
+    None); ht `[n, H, K, V]` or None)."""
     _, T, H, K = k.shape
     V, n = v.shape[-1], (seqs.numel() - 2) // 3
-    hs, hx = (torch.empty(P * H, K, V, dtype=torch.float32, device=k.device) for _ in range(2))
+    hs = torch.empty(P * H, K, V, dtype=torch.float32, device=k.device)
+    hx = torch.empty_like(hs) if store_hx else None
     ht = torch.empty(n, H, K, V, dtype=torch.float32, device=k.device) if store_ht else None
     BK, BV = min(_pow2(K), BLOCK_K), min(_pow2(V), BLOCK_V)
     _varlen_states_fwd[(cdiv(K, BK) * cdiv(V, BV), H, n)](k, v, w, h0, hs, hx, ht, seqs, T, chunk, H, K, V, BK, BV,
-                                                          h0 is not None, store_ht, _prec(k), num_warps=4)
+                                                          h0 is not None, store_hx, store_ht, _prec(k), num_warps=4)
     return hs, hx, ht
 
 
@@ -262,7 +265,7 @@ class WKV6VarlenChunkedFunction(torch.autograd.Function):
         r, k, v, w, u = (x.contiguous() for x in (r, k, v, w, u))
         h0 = h0.contiguous() if h0 is not None else None
         T, P = r.shape[1], (pieces.numel() - 1) // 2
-        hs, _, ht = _varlen_states(k, v, w, h0, output_final_state, seqs, pieces, P, CHUNK)
+        hs, _, ht = _varlen_states(k, v, w, h0, output_final_state, seqs, P, CHUNK)
         o = segments_fwd(r, k, v, w, u, scale, hs, 1, max(T, 1), num_warps=4, cu=pieces)
         ctx.save_for_backward(r, k, v, w, u, h0, seqs, pieces)
         ctx.scale = scale
@@ -275,7 +278,8 @@ class WKV6VarlenChunkedFunction(torch.autograd.Function):
         V, n, P = v.shape[-1], (seqs.numel() - 2) // 3, (pieces.numel() - 1) // 2
         do = do.contiguous()
         dht = dht.contiguous() if dht is not None else None
-        hs, hx, _ = _varlen_states(k, v, w, h0, False, seqs, pieces, P, CHUNK)  # recomputed, as the chunked layout's
+        # recomputed, as the chunked layout's, with the states leaving each piece too
+        hs, hx, _ = _varlen_states(k, v, w, h0, False, seqs, P, CHUNK, store_hx=True)
         gs = torch.empty(P * H, K, V, dtype=torch.float32, device=r.device)
         dh0 = torch.empty(n, H, K, V, dtype=torch.float32, device=r.device) if h0 is not None else None
         BK, BV = min(_pow2(K), BLOCK_K), min(_pow2(V), BLOCK_V)
