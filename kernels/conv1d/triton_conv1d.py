@@ -482,8 +482,8 @@ def _conv_update_circular_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, idx_ptr,
         y = y * tl.sigmoid(y)
     y = tl.where(live, y, 0.0)
     tl.debug_barrier()  # every thread has read its window before x lands (with S = W-1 on the oldest entry)
-    tl.store(state_ptr + sb * s_sb + d.to(tl.int64) * s_sd + (at % S + S) % S,
-             tl.load(x_ptr + b * s_xb + d, mask=dmask, other=0.0).to(state_ptr.dtype.element_ty), mask=smask)
+    tl.store(state_ptr + sb * s_sb + d.to(tl.int64) * s_sd + (at % S + S) % S, x.to(state_ptr.dtype.element_ty),
+             mask=smask)
     tl.store(y_ptr + b * s_yb + d, y.to(y_ptr.dtype.element_ty), mask=dmask)
 
 

@@ -484,8 +484,14 @@ def wkv6_triton(r, k, v, w, u, scale, initial_state=None, output_final_state=Fal
         if cu_seqlens.numel() - 1 > 65535:  # the grid's z (`_grid`)
             raise ValueError(f"cu_seqlens: at most 65535 sequences on the Triton path, got {cu_seqlens.numel() - 1}")
         cu = varlen_plan(cu_seqlens)
+    return run_function(WKV6Function, r, k, v, w, u, scale, initial_state, output_final_state, seq, cu)
+
+
+def run_function(fn, r, k, v, w, u, scale, initial_state, output_final_state, *plan):
+    """fn.apply (through `apply`) with the layouts' shared arguments, then plan (seq_idx's runs, offsets: tensors
+    or None). float64 inputs are the interpreter's: the kernels compute in float32, the results come back float64."""
     if interpreting() and r.dtype == torch.float64:
         args = [x.float() if x is not None else None for x in (r, k, v, w, u, initial_state)]
-        o, ht = apply(WKV6Function, *args[:5], scale, args[5], output_final_state, seq, cu)
+        o, ht = apply(fn, *args[:5], scale, args[5], output_final_state, *plan)
         return o.double(), (ht.double() if ht is not None else None)
-    return apply(WKV6Function, r, k, v, w, u, scale, initial_state, output_final_state, seq, cu)
+    return apply(fn, r, k, v, w, u, scale, initial_state, output_final_state, *plan)

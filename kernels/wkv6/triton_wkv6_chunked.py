@@ -32,9 +32,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .._dispatch import apply, interpreting
 from .._host import cdiv, sm_count
-from .triton_wkv6 import _dot, _log2_decay, _pow2, _prec, _prec_bwd, _rows, _run_before, _runs, _tile, segments_bwd, segments_fwd
+from .triton_wkv6 import (_dot, _log2_decay, _pow2, _prec, _prec_bwd, _rows, _run_before, _runs, _tile, run_function,
+                          segments_bwd, segments_fwd)
 
 CHUNK = 64
 # Blocks of the boundary passes: at K = V = 64, 2 programs per (batch, head). H200, B4 H32 bf16
@@ -302,11 +302,8 @@ def wkv6_varlen_chunked(r, k, v, w, u, scale, initial_state=None, output_final_s
         raise ValueError(f"cu_seqlens: at most 65535 pieces of {CHUNK} tokens in the chunked layout, got up to {P} "
                          f"({cu_seqlens.numel() - 1} sequences in {T} tokens); the serial layout takes 65535 sequences")
     seqs, pieces = varlen_pieces(cu_seqlens, T)
-    if interpreting() and r.dtype == torch.float64:
-        args = [x.float() if x is not None else None for x in (r, k, v, w, u, initial_state)]
-        o, ht = apply(WKV6VarlenChunkedFunction, *args[:5], scale, args[5], output_final_state, seqs, pieces)
-        return o.double(), (ht.double() if ht is not None else None)
-    return apply(WKV6VarlenChunkedFunction, r, k, v, w, u, scale, initial_state, output_final_state, seqs, pieces)
+    return run_function(WKV6VarlenChunkedFunction, r, k, v, w, u, scale, initial_state, output_final_state, seqs,
+                        pieces)
 
 
 def _grid(K, V, BH, N, seq):
@@ -376,8 +373,4 @@ class WKV6ChunkedFunction(torch.autograd.Function):
 def wkv6_triton_chunked(r, k, v, w, u, scale, initial_state=None, output_final_state=False, seq_idx=None):
     """Same contract as triton_wkv6.wkv6_triton."""
     seq = None if seq_idx is None else seq_idx.to(torch.int32)
-    if interpreting() and r.dtype == torch.float64:
-        args = [x.float() if x is not None else None for x in (r, k, v, w, u, initial_state)]
-        o, ht = apply(WKV6ChunkedFunction, *args[:5], scale, args[5], output_final_state, seq)
-        return o.double(), (ht.double() if ht is not None else None)
-    return apply(WKV6ChunkedFunction, r, k, v, w, u, scale, initial_state, output_final_state, seq)
+    return run_function(WKV6ChunkedFunction, r, k, v, w, u, scale, initial_state, output_final_state, seq)
