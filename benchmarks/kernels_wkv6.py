@@ -120,7 +120,7 @@ def wkv4_rows(quick=False):
                      peer_ms=None, floor_ms=_floor_ms(30 * n, 0), floor_note="HBM bytes"))
     from archdsl.kernels.wkv4 import wkv4_step
     from archdsl.kernels.wkv4.naive import wkv4_step_naive
-    for B in (1, 64):  # the decode step: the scan's kernel over one token against the torch step
+    for B in (1, 64):  # the decode step: its Triton kernel against the torch step
         kt, vt = k[:1, 0].expand(B, C).contiguous(), v[:1, 0].expand(B, C).contiguous()
         state = (torch.zeros(B, C, device="cuda"), torch.zeros(B, C, device="cuda"),
                  torch.full((B, C), -1e38, device="cuda"))

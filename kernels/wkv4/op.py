@@ -57,9 +57,8 @@ PATHS["wkv4"] = (_run, _fake)
 def wkv4_step(w, u, k, v, state):
     """One token: k, v `[B, C]`, state (num, den, max) `[B, C]` each (or `[B, C, 3]`).
 
-    Returns (wkv `[B, C]` in k's dtype, new state tuple). On the Triton backend it is the scan's kernel over one
-    token (one launch where the torch step takes ~15), in float32; float64, or a gradient wanted, takes the torch
-    step.
+    Returns (wkv `[B, C]` in k's dtype, new state tuple). On the Triton backend one kernel (triton_wkv4_step.py:
+    one launch where the torch step takes ~15), in float32; float64, or a gradient wanted, takes the torch step.
     """
     expect_shape("k", k, (None, None))
     B, C = k.shape
@@ -69,9 +68,8 @@ def wkv4_step(w, u, k, v, state):
         raise ValueError("state: expected (num, den, max) of shape [B, C] each, got None")
     wide = any(t.dtype == torch.float64 for t in (k, *state))
     if backend_for(k) == "triton" and not wide and not needs_grad(w, u, k, v, *state):
-        from .triton_wkv4 import wkv4_triton
-        y, new = wkv4_triton(w, u, k[:, None], v[:, None], state)
-        return y[:, 0], new
+        from .triton_wkv4_step import wkv4_step_triton
+        return wkv4_step_triton(w, u, k, v, state)
     return wkv4_step_naive(w, u, k, v, state)
 
 

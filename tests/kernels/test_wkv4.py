@@ -125,14 +125,15 @@ def test_step_matches_parallel():
     close([torch.stack(steps, 1), *canonical(cur)], [y, *canonical(s)], 1e-12)
 
 
-@pytest.mark.parametrize("dtype,state_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
-                                               (torch.float32, torch.bfloat16)])
-def test_triton_step_equals_the_torch_step(dtype, state_dtype, monkeypatch):
-    """The Triton step (the scan's kernel over one token) against the torch step: wkv in k's dtype, the new state
-    float32, from a fresh state (max -1e38) and a running one, given as a tuple or as HF's [B, C, 3] tensor."""
-    (w, u, k, v), state = make(3, 2, 40, 9, dtype=torch.float32)
+@pytest.mark.parametrize("dtype,state_dtype,C", [(torch.float32, torch.float32, 40), (torch.bfloat16, torch.float32, 300),
+                                                 (torch.float32, torch.bfloat16, 40)])
+def test_triton_step_equals_the_torch_step(dtype, state_dtype, C, monkeypatch):
+    """The Triton step kernel against the torch step: wkv in k's dtype, the new state float32, from a fresh state
+    (max -1e38) and a running one, given as a tuple or as HF's [B, C, 3] tensor (strided views), k and v as rows
+    of a wider tensor."""
+    (w, u, k, v), state = make(3, 2, C, 9, dtype=torch.float32)
     k, v = k.to(dtype), v.to(dtype)
-    fresh = (torch.zeros(3, 40), torch.zeros(3, 40), torch.full((3, 40), -1e38))
+    fresh = (torch.zeros(3, C), torch.zeros(3, C), torch.full((3, C), -1e38))
     for start in (fresh, state, torch.stack(state, -1)):
         start = start.to(state_dtype) if isinstance(start, torch.Tensor) else tuple(s.to(state_dtype) for s in start)
         got, want = [], []
@@ -149,9 +150,9 @@ def test_triton_step_equals_the_torch_step(dtype, state_dtype, monkeypatch):
 def test_triton_step_gives_way_to_the_torch_step_for_gradients(monkeypatch):
     """The Triton step has no backward: with an input that requires grad the torch step runs (and differentiates),
     without one (or under torch.no_grad) the Triton kernel does."""
-    from archdsl.kernels.wkv4 import triton_wkv4
-    real, ran = triton_wkv4.wkv4_triton, []
-    monkeypatch.setattr(triton_wkv4, "wkv4_triton", lambda *a: ran.append(1) or real(*a))
+    from archdsl.kernels.wkv4 import triton_wkv4_step
+    real, ran = triton_wkv4_step.wkv4_step_triton, []
+    monkeypatch.setattr(triton_wkv4_step, "wkv4_step_triton", lambda *a: ran.append(1) or real(*a))
     monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
     (w, u, k, v), state = make(2, 1, 8, 3, dtype=torch.float32)
     state = tuple(s.float() for s in state)
