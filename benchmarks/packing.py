@@ -1,6 +1,6 @@
 """What packed sequences and dt_limit cost on the GPU (bf16, one process), printed as a table.
 
-    python benchmarks/packing.py [conv ssd layer wkv6 attn scan rows varlen]     (the parts to run; all by default)
+    python benchmarks/packing.py [conv ssd layer wkv6 wkv4 attn scan rows varlen]     (the parts to run; all by default)
 
 - causal_conv1d, B4 D5120 L4096 width 4, 8 sequences a row, both layouts: the forward and backward kernels
   (conv_fwd / conv_bwd) without and with seq_idx's runs, and the op's forward, which adds seq_runs.
@@ -15,17 +15,18 @@
   sequence (serial), or pieces of 64 tokens after a boundary pass a sequence (chunked)), against fla's; and a row of
   63 sequences of 128 tokens then one of 8320 with a state each: serial with the longest sequence's programs started
   first (the default) and last, and chunked.
+- wkv4, B4 T4096 C2048 bf16 on its Triton kernels: without seq_idx and with 8 sequences a row.
 - attention of packed rows, B1 L16384 (16 sequences, as wkv6's), 32 query heads on 8 key heads of 128, bf16:
   SDPA with the dense mask against `packed_sdpa`'s varlen flash attention, and plain causal flash attention over
   the whole row (no packing) for scale; forward, forward+backward.
 - selective_scan (Mamba-1), B4 D5120 N16 L4096 (softplus, delta_bias, D, z), 8 sequences a row: without seq_idx
   (the Gluon kernels), and with it (the default kernels: the Gluon ones, which read the starts as bits); and
   without seq_idx with those Triton kernels forced, to tell the restarts' cost from the kernels'.
-- S4D and RWKV-4, whose kernels cannot restart and so run each packed sequence in a row of its own
-  (Packed.in_rows, rows of power-of-two widths): a 4-layer model of each (d 2048, B4 L4096, bf16), without seq_idx,
-  with 8 equal sequences a row and with one long sequence and 8 short ones a row (3584 + 8 x 64: rows as long as
-  the longest would take 7.9 times B·L steps, in_rows' the same B·L); forward, forward+backward of the summed
-  logits.
+- S4D, whose kernel cannot restart and so runs each packed sequence in a row of its own (Packed.in_rows, rows of
+  power-of-two widths), and RWKV-4, whose WKV restarts at each sequence (wkv4's seq_idx; in_rows before): a
+  4-layer model of each (d 2048, B4 L4096, bf16), without seq_idx, with 8 equal sequences a row and with one long
+  sequence and 8 short ones a row (3584 + 8 x 64: rows as long as the longest would take 7.9 times B·L steps,
+  in_rows' the same B·L); forward, forward+backward of the summed logits.
 - ssd_scan's return_varlen_states, one row of 16384 tokens packing 16 sequences, H32 P64 N128 bf16: the scan with
   seq_idx alone, and with cu_seqlens and return_varlen_states (each sequence's last state, in torch after the scan).
 Median of triton.testing.do_bench for each figure.
@@ -228,6 +229,20 @@ def attn_rows(T=16384, H=32, Hkv=8, hd=128):
         print(f"{name:52} fwd {fwd:.3f}  fwd+bwd {ms(both):.3f} ms")
 
 
+def wkv4_rows(B=4, T=4096, C=2048):
+    """wkv4 on its Triton kernels, bf16 k and v: without seq_idx and with 8 sequences a row (the restart flag a
+    token in the forward and both backward sweeps)."""
+    from archdsl.kernels import wkv4
+    w, u = torch.randn(C, device="cuda"), torch.randn(C, device="cuda")
+    k, v = (torch.randn(B, T, C, device="cuda", dtype=torch.bfloat16).requires_grad_() for _ in range(2))
+    seq = torch.repeat_interleave(torch.arange(8, device="cuda"), T // 8)[None].expand(B, T).contiguous()
+    for name, s in (("no seq_idx", None), ("seq_idx, 8 a row", seq)):
+        with torch.no_grad():
+            fwd = ms(lambda: wkv4(w, u, k, v, seq_idx=s))
+        both = ms(lambda: torch.autograd.grad(wkv4(w, u, k, v, seq_idx=s)[0].float().sum(), [k, v]))
+        print(f"wkv4 B{B} T{T} C{C} {name:20} fwd {fwd:.3f}  fwd+bwd {both:.3f} ms")
+
+
 def restart_free_rows(B=4, L=4096, d=2048):
     import archdsl
 
@@ -273,8 +288,8 @@ def varlen_rows(T=16384, H=32, P=64, N=128):
 if __name__ == "__main__":
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     torch.manual_seed(0)
-    parts = {"conv": conv_rows, "ssd": ssd_rows, "layer": layer_rows, "wkv6": wkv6_rows, "attn": attn_rows,
-             "scan": scan_rows, "rows": restart_free_rows, "varlen": varlen_rows}
+    parts = {"conv": conv_rows, "ssd": ssd_rows, "layer": layer_rows, "wkv6": wkv6_rows, "wkv4": wkv4_rows,
+             "attn": attn_rows, "scan": scan_rows, "rows": restart_free_rows, "varlen": varlen_rows}
     unknown = [a for a in sys.argv[1:] if a not in parts]
     if unknown:
         sys.exit(f"packing.py: unknown part {unknown[0]!r} (parts: {', '.join(parts)})")

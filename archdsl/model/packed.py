@@ -2,11 +2,11 @@
 causal-conv1d's convention: any integers, a new sequence wherever the value changes).
 
 model(input_ids, seq_idx=...) gives every token the logits it would have in a row of its own: Mamba-2 and
-Mamba-1 restart their conv window and scan state where seq_idx changes (kernels' seq_idx), RWKV-6 its WKV state
-(wkv6's seq_idx) and token shifts (zeros at a sequence's start), attention sees only its own sequence's keys and
-counts RoPE positions from that sequence's start, S4D's convolution and RWKV-4's WKV (kernels with no
-restart) run on each sequence in a row of its own (`in_rows`: sequences of like length share rows of a
-power-of-two width, so the rows' steps stay under twice the tokens'), and position-wise blocks (MLP, MoE)
+Mamba-1 restart their conv window and scan state where seq_idx changes (kernels' seq_idx), RWKV-6 and RWKV-4 their
+WKV states (wkv6's and wkv4's seq_idx) and token shifts (zeros at a sequence's start), attention sees only its own
+sequence's keys and counts RoPE positions from that sequence's start, S4D's convolution (no restart) runs on each
+sequence in a row of its own (`in_rows`: sequences of like length share rows of a power-of-two width, so the
+rows' steps stay under twice the tokens'), and position-wise blocks (MLP, MoE)
 need nothing. A module class that keeps sequences apart says so with PACKS = True; one without it is refused
 before anything runs.
 

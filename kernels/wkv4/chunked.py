@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from .._dispatch import needs_grad
+from .._host import seq_starts
 from .naive import _initial, wkv4_step_naive
 
 CHUNK = 16  # tokens a chunk: with autograd recording, or without it for at most SMALL batch × channels
@@ -41,9 +42,10 @@ def default_chunk(k, *tensors) -> int:
     return CHUNK if bc <= SMALL else 1
 
 
-def wkv4_torch(w, u, k, v, state=None, chunk=None):
+def wkv4_torch(w, u, k, v, state=None, chunk=None, seq_idx=None):
     """w, u `[C]`, k, v `[B, T, C]`, state (num, den, max) each `[B, C]` or None; chunk: tokens a chunk (1: the
-    time loop; None: `default_chunk`).
+    time loop; None: `default_chunk`); seq_idx `[B, T]` integers or None: the state restarts fresh where it
+    changes (and at the first token when it is not 0: the incoming state belongs to seq_idx 0).
 
     Returns (wkv `[B, T, C]` in k's dtype, (num, den, max) `[B, C]` float32/float64).
     """
@@ -53,9 +55,12 @@ def wkv4_torch(w, u, k, v, state=None, chunk=None):
     chunk = chunk or default_chunk(k, w, u, v, *(state or ()))
     if T == 0:
         return k.new_empty(B, 0, C), st
+    restart = None if seq_idx is None else seq_starts(seq_idx)  # [B, T] bool
     if chunk == 1:
-        out = []
+        out, fresh = [], _initial(None, B, C, ct, k.device)
         for t in range(T):
+            if restart is not None:
+                st = tuple(torch.where(restart[:, t, None], f, s) for f, s in zip(fresh, st))
             o, st = wkv4_step_naive(w, u, k[:, t], v[:, t], st)
             out.append(o)
         return torch.stack(out, dim=1), st
@@ -65,18 +70,26 @@ def wkv4_torch(w, u, k, v, state=None, chunk=None):
     gap = j[:, None] - 1 - j[None, :]  # t - 1 - s   [T, T]
     out = []
     for t0 in range(0, T, chunk):
-        o, st = _chunk(wd, u, k[:, t0:t0 + chunk].to(ct), v[:, t0:t0 + chunk].to(ct), st, gap, j)
+        # seg [B, t]: the restarts in the chunk up to each token (tokens of one sequence share it)
+        seg = None if restart is None else restart[:, t0:t0 + chunk].long().cumsum(1)
+        o, st = _chunk(wd, u, k[:, t0:t0 + chunk].to(ct), v[:, t0:t0 + chunk].to(ct), st, gap, j, seg)
         out.append(o)
     return torch.cat(out, dim=1).to(k.dtype), st
 
 
-def _chunk(wd, u, k, v, state, gap, j):
-    """One chunk: k, v `[B, T, C]` → (wkv `[B, T, C]`, the state after it)."""
+def _chunk(wd, u, k, v, state, gap, j, seg=None):
+    """One chunk: k, v `[B, T, C]`, seg `[B, T]` or None → (wkv `[B, T, C]`, the state after it). Where seg is
+    given, a token sees only the tokens of its own sequence, and the incoming state only while no restart came
+    (seg 0)."""
     n, d, m = state
     T = k.shape[1]
     gap, j = gap[:T, :T], j[:T]
-    pair = (gap[None, :, :, None] * wd + k[:, None]).masked_fill((gap < 0)[None, :, :, None], float("-inf"))
+    hidden = (gap < 0)[None]  # [1 or B, t, s]: pairs a token does not see
     from_state = m[:, None] + j[None, :, None] * wd  # [B, T, C]
+    if seg is not None:
+        hidden = hidden | (seg[:, :, None] != seg[:, None, :])
+        from_state = from_state.masked_fill((seg > 0)[..., None], float("-inf"))
+    pair = (gap[None, :, :, None] * wd + k[:, None]).masked_fill(hidden[..., None], float("-inf"))
     bonus = u + k
     # the row's largest logit: the output does not depend on it, so no gradient goes through it
     top = torch.maximum(torch.maximum(from_state, bonus), pair.amax(2)).detach()
@@ -87,6 +100,9 @@ def _chunk(wd, u, k, v, state, gap, j):
     # the state after the chunk: logits m + T w' (the state) and (T-1-s) w' + k_s (its tokens)
     end_state = m + T * wd
     end_tokens = (T - 1 - j)[None, :, None] * wd + k
+    if seg is not None:  # the last token's sequence alone
+        end_state = end_state.masked_fill((seg[:, -1] > 0)[:, None], float("-inf"))
+        end_tokens = end_tokens.masked_fill((seg != seg[:, -1:])[..., None], float("-inf"))
     m2 = torch.maximum(end_state, end_tokens.amax(1))
     e_s, e_t = torch.exp(end_state - m2), torch.exp(end_tokens - m2[:, None])
     return num / den, (e_s * n + (e_t * v).sum(1), e_s * d + e_t.sum(1), m2)

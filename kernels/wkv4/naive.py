@@ -12,8 +12,10 @@ from __future__ import annotations
 import torch
 
 
-def wkv4_naive(w, u, k, v, state=None):
-    """w, u `[C]`, k, v `[B, T, C]`, state (num, den, max) each `[B, C]` or None.
+def wkv4_naive(w, u, k, v, state=None, seq_idx=None):
+    """w, u `[C]`, k, v `[B, T, C]`, state (num, den, max) each `[B, C]` or None, seq_idx `[B, T]` integers or None
+    (packed sequences: a token's sums run over its own sequence's tokens only; the incoming state belongs to
+    seq_idx 0, the state returned is the last sequence's).
 
     Returns (wkv `[B, T, C]` in k's dtype, (num, den, max) `[B, C]`).
     """
@@ -24,9 +26,19 @@ def wkv4_naive(w, u, k, v, state=None):
     u, k, v = u.to(ct), k.to(ct), v.to(ct)
     n0, d0, m0 = _initial(state, B, C, ct, k.device)
     out = torch.empty(B, T, C, dtype=ct, device=k.device)
+    # start [B, T]: the first token of each token's sequence; -1 where the incoming state belongs to it too
+    start = torch.full((B, T), -1, dtype=torch.long, device=k.device)
+    if seq_idx is not None:
+        s = seq_idx.long().to(k.device)
+        new = torch.cat([s[:, :1] != 0, s[:, 1:] != s[:, :-1]], dim=1)
+        pos = torch.arange(T, device=k.device).expand(B, T)
+        start = torch.where(new, pos, -1).cummax(1).values
     for t in range(T + 1):
         age = torch.arange(t - 1, -1, -1, device=k.device, dtype=ct)  # t-1-i for i < t
-        logits = [m0[:, None] + t * wd, age[:, None] * wd + k[:, :t]]
+        first = start[:, min(t, T - 1)] if T else start.new_full((B,), -1)  # [B]: the final state is T-1's
+        own = torch.arange(t, device=k.device)[None, :] >= first[:, None]  # [B, t]: history of t's sequence
+        logits = [(m0[:, None] + t * wd).masked_fill((first >= 0)[:, None, None], float("-inf")),
+                  (age[:, None] * wd + k[:, :t]).masked_fill(~own[..., None], float("-inf"))]
         # den 0 (a fresh state): n0 / tiny = 0, weighted by d0 = 0 (1e-300 is 0 in float32: 0/0, NaN everywhere)
         values = [n0[:, None] / d0.clamp_min(torch.finfo(ct).tiny)[:, None], v[:, :t]]
         weights = [d0[:, None], torch.ones_like(k[:, :t])]

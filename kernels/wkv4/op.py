@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_float, expect_same_device, expect_shape
+from .._checks import expect_float, expect_integer, expect_same_device, expect_shape
 from .._dispatch import backend_for, needs_grad, on_input_device
+from .._host import seq_runs
 from .._opaque import PATHS, torch_path
 from .chunked import wkv4_torch
 from .naive import wkv4_naive, wkv4_step_naive
 
 
 @on_input_device
-def wkv4(w, u, k, v, state=None):
+def wkv4(w, u, k, v, state=None, seq_idx=None):
     """RWKV-4's WKV, transformers' `rwkv_linear_attention_cpu` formula for formula.
 
     w `[C]` the time decay parameter (the per-step decay is exp(-exp(w))), u `[C]` the
@@ -21,25 +22,33 @@ def wkv4(w, u, k, v, state=None):
 
         wkv_t = (num' + e^{u+k_t} v_t) / (den' + e^{u+k_t}) with num', den' the state before t
 
+    seq_idx `[B, T]` int32 or int64: packed sequences (mamba_ssm's convention, as in ssd_scan and wkv6): the
+    state restarts fresh wherever seq_idx changes, the incoming state belongs to seq_idx 0, and the state
+    returned is the last sequence's.
+
     Returns (wkv `[B, T, C]` in k's dtype, (num, den, max) after the last token). Stable in
     bf16/fp16 for any length (running max). Differentiable in w, u, k, v and the state;
     the outgoing state's gradient is taken as acting on num·e^max and den·e^max (true
     whenever it feeds another wkv4 call).
     """
-    state = _check(w, u, k, v, state)
+    state = _check(w, u, k, v, state, seq_idx)
     backend = backend_for(k)
     if backend == "triton":
         from .triton_wkv4 import wkv4_triton
-        return wkv4_triton(w, u, k, v, state)
+        return wkv4_triton(w, u, k, v, state, seq_idx)
     if backend == "torch" and torch.compiler.is_compiling():  # one graph for every length (kernels/_opaque.py)
-        wkv, *st = torch_path("wkv4", [w, u, k, v, *(state or (None,) * 3)], [])
+        # seq_idx travels as float64 (exact below 2^53): the operator's inputs are all floating point
+        seq = None if seq_idx is None else seq_runs(seq_idx).double()
+        wkv, *st = torch_path("wkv4", [w, u, k, v, *(state or (None,) * 3), seq], [])
         return wkv, tuple(st)
-    return (wkv4_torch if backend == "torch" else wkv4_naive)(w, u, k, v, state)
+    if backend == "torch":
+        return wkv4_torch(w, u, k, v, state, seq_idx=seq_idx)
+    return wkv4_naive(w, u, k, v, state, seq_idx)
 
 
 def _run(args, flags):
-    w, u, k, v, *state = args
-    wkv, st = wkv4_torch(w, u, k, v, None if state[0] is None else tuple(state))
+    w, u, k, v, *state, seq = args
+    wkv, st = wkv4_torch(w, u, k, v, None if state[0] is None else tuple(state), seq_idx=seq)
     return [wkv, *st]
 
 
@@ -73,14 +82,16 @@ def wkv4_step(w, u, k, v, state):
     return wkv4_step_naive(w, u, k, v, state)
 
 
-def _check(w, u, k, v, state):
+def _check(w, u, k, v, state, seq_idx=None):
     expect_shape("k", k, (None, None, None))
     B, T, C = k.shape
     expect_shape("v", v, (B, T, C))
     expect_shape("w", w, (C,))
     expect_shape("u", u, (C,))
     expect_float(w=w, u=u, k=k, v=v)
-    expect_same_device(w=w, u=u, k=k, v=v)
+    expect_shape("seq_idx", seq_idx, (B, T), optional=True)
+    expect_integer(seq_idx=seq_idx)
+    expect_same_device(w=w, u=u, k=k, v=v, seq_idx=seq_idx)
     if state is None:
         return None
     if isinstance(state, torch.Tensor):

@@ -16,13 +16,14 @@ import triton
 import triton.language as tl
 
 from .._dispatch import apply
-from .._host import cdiv, next_pow2
+from .._host import cdiv, next_pow2, seq_starts
 
 NEG = -1e38
 
 
 @triton.jit
-def _fwd_kernel(w, u, k, v, y, s_in, s_out, T, C, BC: tl.constexpr, HAS_STATE: tl.constexpr):
+def _fwd_kernel(w, u, k, v, y, s_in, s_out, rs, T, C, BC: tl.constexpr, HAS_STATE: tl.constexpr,
+                HAS_SEQ: tl.constexpr):
     i_c, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     oc = i_c * BC + tl.arange(0, BC)
     mc = oc < C
@@ -32,6 +33,9 @@ def _fwd_kernel(w, u, k, v, y, s_in, s_out, T, C, BC: tl.constexpr, HAS_STATE: t
     c64 = tl.zeros([BC], dtype=tl.int64) + C  # time stride, 64-bit: T·C passes 2^31
     base = i_b * T * C + oc
     for t in range(0, T):
+        if HAS_SEQ:  # a sequence starts here: the state restarts fresh
+            fresh = tl.load(rs + i_b * T + t) != 0
+            aa, bb, pp = tl.where(fresh, 0.0, aa), tl.where(fresh, 0.0, bb), tl.where(fresh, -1e38, pp)
         kk = tl.load(k + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
         vv = tl.load(v + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
         p = tl.maximum(pp, b_u + kk)
@@ -60,8 +64,8 @@ def _load_state(s, p_s, C, mc, HAS_STATE: tl.constexpr, BC: tl.constexpr):
 
 
 @triton.jit
-def _bwd_fwd_sweep(w, u, k, v, gy, s_in, s_out, g_s, y32, lnd, gw_part, T, C, BC: tl.constexpr,
-                   HAS_STATE: tl.constexpr, HAS_GS: tl.constexpr):
+def _bwd_fwd_sweep(w, u, k, v, gy, s_in, s_out, g_s, y32, lnd, gw_part, rs, T, C, BC: tl.constexpr,
+                   HAS_STATE: tl.constexpr, HAS_GS: tl.constexpr, HAS_SEQ: tl.constexpr):
     i_c, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     oc = i_c * BC + tl.arange(0, BC)
     mc = oc < C
@@ -74,6 +78,10 @@ def _bwd_fwd_sweep(w, u, k, v, gy, s_in, s_out, g_s, y32, lnd, gw_part, T, C, BC
     c64 = tl.zeros([BC], dtype=tl.int64) + C  # time stride, 64-bit: T·C passes 2^31
     base = i_b * T * C + oc
     for t in range(0, T):
+        if HAS_SEQ:  # a fresh state depends on no decay
+            fresh = tl.load(rs + i_b * T + t) != 0
+            aa, bb, pp = tl.where(fresh, 0.0, aa), tl.where(fresh, 0.0, bb), tl.where(fresh, -1e38, pp)
+            ga, gb = tl.where(fresh, 0.0, ga), tl.where(fresh, 0.0, gb)
         kk = tl.load(k + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
         vv = tl.load(v + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
         gg = tl.load(gy + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
@@ -95,8 +103,8 @@ def _bwd_fwd_sweep(w, u, k, v, gy, s_in, s_out, g_s, y32, lnd, gw_part, T, C, BC
 
 
 @triton.jit
-def _bwd_rev_sweep(u, w, k, v, gy, s_in, s_out, g_s, y32, lnd, gk, gv, gu_part, g_s_in, T, C,
-                   BC: tl.constexpr, HAS_STATE: tl.constexpr, HAS_GS: tl.constexpr):
+def _bwd_rev_sweep(u, w, k, v, gy, s_in, s_out, g_s, y32, lnd, gk, gv, gu_part, g_s_in, rs, T, C,
+                   BC: tl.constexpr, HAS_STATE: tl.constexpr, HAS_GS: tl.constexpr, HAS_SEQ: tl.constexpr):
     i_c, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     oc = i_c * BC + tl.arange(0, BC)
     mc = oc < C
@@ -129,6 +137,9 @@ def _bwd_rev_sweep(u, w, k, v, gy, s_in, s_out, g_s, y32, lnd, gk, gv, gu_part, 
         rn = tl.maximum(r1, r2)
         f1, f2 = tl.exp(r1 - rn), tl.exp(r2 - rn)
         ga, gb, R = f1 * ga + f2 * gg, f1 * gb - f2 * gg * yy, rn
+        if HAS_SEQ:  # the state before a sequence's first token reaches nothing after it
+            fresh = tl.load(rs + i_b * T + (T - 1 - i)) != 0
+            ga, gb, R = tl.where(fresh, 0.0, ga), tl.where(fresh, 0.0, gb), tl.where(fresh, -1e38, R)
     tl.store(gu_part + i_b * C + oc, gu, mask=mc)
     if HAS_STATE:
         a0 = tl.load(s_in + p_s, mask=mc, other=0.0)
@@ -151,35 +162,37 @@ class WKV4Function(torch.autograd.Function):
     """State travels as one float32 tensor `[B, 3, C]` (num, den, max) inside."""
 
     @staticmethod
-    def forward(ctx, w, u, k, v, s_in):
+    def forward(ctx, w, u, k, v, s_in, restart=None):
+        """restart `[B, T]` int8 or None: 1 where the state restarts fresh (a packed sequence's first token)."""
         B, T, C = k.shape
         k, v = k.contiguous(), v.contiguous()
         y = torch.empty_like(k)
         s_out = torch.empty(B, 3, C, dtype=torch.float32, device=k.device)
         BC = _block(C)
-        _fwd_kernel[_grid(B, C, BC)](w, u, k, v, y, s_in, s_out, T, C, BC, s_in is not None, num_warps=4)
-        ctx.save_for_backward(w, u, k, v, s_in, s_out)
+        _fwd_kernel[_grid(B, C, BC)](w, u, k, v, y, s_in, s_out, restart, T, C, BC, s_in is not None,
+                                     restart is not None, num_warps=4)
+        ctx.save_for_backward(w, u, k, v, s_in, s_out, restart)
         return y, s_out
 
     @staticmethod
     def backward(ctx, gy, g_s):
-        w, u, k, v, s_in, s_out = ctx.saved_tensors
+        w, u, k, v, s_in, s_out, restart = ctx.saved_tensors
         B, T, C = k.shape
         BC = _block(C)
         gy = gy.contiguous()
         g_s = g_s.contiguous() if g_s is not None else None
         y32, lnd = (torch.empty(B, T, C, dtype=torch.float32, device=k.device) for _ in range(2))
         gw, gu = (torch.empty(B, C, dtype=torch.float32, device=k.device) for _ in range(2))
-        has = (s_in is not None, g_s is not None)
-        _bwd_fwd_sweep[_grid(B, C, BC)](w, u, k, v, gy, s_in, s_out, g_s, y32, lnd, gw, T, C, BC, *has)
+        has = (s_in is not None, g_s is not None, restart is not None)
+        _bwd_fwd_sweep[_grid(B, C, BC)](w, u, k, v, gy, s_in, s_out, g_s, y32, lnd, gw, restart, T, C, BC, *has)
         gk, gv = torch.empty_like(k), torch.empty_like(v)
         g_in = torch.empty_like(s_in) if s_in is not None else None
-        _bwd_rev_sweep[_grid(B, C, BC)](u, w, k, v, gy, s_in, s_out, g_s, y32, lnd, gk, gv, gu, g_in,
+        _bwd_rev_sweep[_grid(B, C, BC)](u, w, k, v, gy, s_in, s_out, g_s, y32, lnd, gk, gv, gu, g_in, restart,
                                         T, C, BC, *has)
-        return gw.sum(0).to(w.dtype), gu.sum(0).to(u.dtype), gk, gv, g_in
+        return gw.sum(0).to(w.dtype), gu.sum(0).to(u.dtype), gk, gv, g_in, None
 
 
-def wkv4_triton(w, u, k, v, state=None):
+def wkv4_triton(w, u, k, v, state=None, seq_idx=None):
     """Same contract as `wkv4_torch`: the state (num, den, max) comes back float32 (float64 for float64 k,
     computed in float32)."""
     s_in = None
@@ -188,5 +201,6 @@ def wkv4_triton(w, u, k, v, state=None):
     ct = k.dtype
     if ct == torch.float64:  # the interpreter's float64 escape hatch: compute in float32
         w, u, k, v = (x.float() for x in (w, u, k, v))
-    y, s_out = apply(WKV4Function, w.contiguous(), u.contiguous(), k, v, s_in)
+    restart = None if seq_idx is None else seq_starts(seq_idx).to(torch.int8).contiguous()
+    y, s_out = apply(WKV4Function, w.contiguous(), u.contiguous(), k, v, s_in, restart)
     return y.to(ct), tuple((s_out.double() if ct == torch.float64 else s_out).unbind(1))

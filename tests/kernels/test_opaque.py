@@ -51,8 +51,19 @@ def _wkv4(L, g):
     return f, [torch.randn(2, L, D, generator=g), torch.randn(2, L, D, generator=g)]
 
 
-@pytest.mark.parametrize("make", [_selective_scan, _wkv6, _wkv6_packed, _wkv4],
-                         ids=["selective_scan", "wkv6", "wkv6_packed", "wkv4"])
+def _wkv4_packed(L, g):
+    """As _wkv6_packed: two sequences a row, the second from a third of the way in."""
+    w, u = torch.randn(D, generator=g), torch.randn(D, generator=g)
+
+    def f(k, v):
+        seq = (3 * torch.arange(k.shape[1]) >= k.shape[1]).long().expand(k.shape[0], -1)
+        o, (num, den, mx) = wkv4(w, u, k, v, seq_idx=seq)
+        return o, num, den
+    return f, [torch.randn(2, L, D, generator=g), torch.randn(2, L, D, generator=g)]
+
+
+@pytest.mark.parametrize("make", [_selective_scan, _wkv6, _wkv6_packed, _wkv4, _wkv4_packed],
+                         ids=["selective_scan", "wkv6", "wkv6_packed", "wkv4", "wkv4_packed"])
 def test_compiled_torch_path_serves_every_length(make):
     import torch._dynamo.utils
 

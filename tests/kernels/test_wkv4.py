@@ -97,6 +97,69 @@ def test_triton_matches_reference(case):
     close(got, run(wkv4_naive, xs, state), 2e-4, "triton")
 
 
+def packing(B, T, seed):
+    """seq_idx [B, T]: up to four sequences a row, the first one's number 0 or not (the state then restarts at 0)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 4, (B, T), generator=g).sort(1).values
+
+
+def each_alone(xs, state, seq):
+    """wkv4_naive over each sequence of each row alone (the incoming state for a row's first sequence when its
+    number is 0): the outputs laid back in place and each row's last state."""
+    w, u, k, v = xs
+    B, T, _ = k.shape
+    y, last = torch.empty_like(k), []
+    for b in range(B):
+        cuts = [0] + [t for t in range(1, T) if seq[b, t] != seq[b, t - 1]] + [T]
+        for a, e in zip(cuts, cuts[1:]):
+            s_in = tuple(s[b:b + 1] for s in state) if state is not None and a == 0 and seq[b, 0] == 0 else None
+            y[b:b + 1, a:e], s = wkv4_naive(w, u, k[b:b + 1, a:e], v[b:b + 1, a:e], s_in)
+        last.append(s)
+    return y, tuple(torch.cat(x) for x in zip(*last))
+
+
+@settings(max_examples=12, deadline=None)
+@given(cases)
+def test_packed_reference_equals_each_sequence_alone(case):
+    B, T, C, with_state, seed = case
+    xs, state = make(B, T, C, seed)
+    state, seq = state if with_state else None, packing(B, T, seed)
+    y, s = wkv4_naive(*xs, state, seq)
+    want_y, want_s = each_alone(xs, state, seq)
+    close([y, *canonical(s)], [want_y, *canonical(want_s)], 1e-12, "naive packed")
+
+
+@settings(max_examples=12, deadline=None)
+@given(cases, st.sampled_from(["loop", "chunks of 4", "chunks of 16", "triton"]))
+def test_packed_paths_match_the_reference(case, path):
+    """seq_idx on the torch time loop, its chunks (restarts inside a chunk and on its edges) and the Triton kernels
+    (interpreted, float32): outputs, final state and every gradient, against the packed reference."""
+    B, T, C, with_state, seed = case
+    xs, state = make(B, T, C, seed)
+    state, seq = state if with_state else None, packing(B, T, seed)
+    fn, tol = {"loop": (lambda *a: wkv4_torch(*a, chunk=1, seq_idx=seq), 1e-9),
+               "chunks of 4": (lambda *a: wkv4_torch(*a, chunk=4, seq_idx=seq), 1e-9),
+               "chunks of 16": (lambda *a: wkv4_torch(*a, chunk=16, seq_idx=seq), 1e-9),
+               "triton": (lambda *a: triton_wkv4(*a, seq), 2e-4)}[path]
+    got = run(fn, [x.float() for x in xs] if path == "triton" else xs, state)
+    close(got, run(lambda *a: wkv4_naive(*a, seq_idx=seq), xs, state), tol, path)
+
+
+def test_packed_op_takes_any_integers_and_checks_them(monkeypatch):
+    """The op with seq_idx on each backend; any integers (runs of equal values are the sequences); a seq_idx of
+    the wrong shape, dtype or device is a ValueError naming it."""
+    (w, u, k, v), state = make(2, 9, 5, 3, dtype=torch.float32)
+    seq = torch.tensor([[7, 7, 7, -2, -2, 5, 5, 5, 5], [0, 0, 0, 0, 0, 0, 0, 1, 1]])
+    want_y, want_s = each_alone([w, u, k, v], state, seq)
+    for backend in ("torch", "triton", "naive"):
+        monkeypatch.setenv("ARCHDSL_KERNELS", backend)
+        y, s = wkv4(w, u, k, v, state, seq_idx=seq)
+        close([y, *canonical(s)], [want_y, *canonical(want_s)], 1e-5, backend)
+    for bad, what in ((seq[:, :5], r"seq_idx.*\[2, 9\]"), (seq.float(), "seq_idx"), (seq.bool(), "seq_idx")):
+        with pytest.raises(ValueError, match=what):
+            wkv4(w, u, k, v, state, seq_idx=bad)
+
+
 @pytest.mark.parametrize("fn", [wkv4_torch, triton_wkv4])
 def test_large_keys_stay_finite_in_bf16(fn):
     (w, u, k, v), _ = make(1, 64, 16, 2, dtype=torch.bfloat16, kscale=60.0)
@@ -192,6 +255,22 @@ def test_gpu_full_size_vs_float64(dtype, tol):
     xs, state = make(4, 4096, 2048, 0, dtype=dtype, device="cuda")
     want = run(wkv4_torch, [x.double() for x in xs], state)
     close(run(triton_wkv4, xs, state), want, tol, f"full {dtype}")
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 3e-2), (torch.float32, 1e-4)])
+def test_gpu_packed_full_size_vs_float64(dtype, tol):
+    """seq_idx at full size on the card's kernels: rows of 8 random sequences and one whole row (B4 T4096 C2048)
+    against the float64 torch chunks with the same seq_idx: outputs, final state and every gradient."""
+    xs, state = make(4, 4096, 2048, 3, dtype=dtype, device="cuda")
+    cuts = torch.randint(1, 4096, (3, 7), generator=torch.Generator().manual_seed(0)).sort(1).values
+    seq = torch.zeros(4, 4096, dtype=torch.long)
+    for b in range(3):
+        seq[b, cuts[b]] = 1
+    seq = seq.cumsum(1).cuda()
+    want = run(lambda *a: wkv4_torch(*a, seq_idx=seq), [x.double() for x in xs], state)
+    close(run(lambda *a: triton_wkv4(*a, seq), xs, state), want, tol, f"packed {dtype}")
 
 
 @cuda

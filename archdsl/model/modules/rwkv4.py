@@ -58,7 +58,7 @@ def _wkv_state(state: dict) -> tuple:
 
 class Rwkv4TimeMix(nn.Module):
     """RWKV-4 time-mix; parameter names and shapes of transformers' RwkvSelfAttention."""
-    PACKS = True  # packed sequences (model/packed.py): the shift restarts, the WKV runs a row a sequence
+    PACKS = True  # packed sequences (model/packed.py): the shift and the WKV restart at each sequence
     PADS = True  # left padding: k = -inf at the pads (exp(k) = 0), which from a zero state leaves it zero
 
     def __init__(self, cfg):
@@ -103,8 +103,8 @@ class Rwkv4TimeMix(nn.Module):
 
     def forward(self, x, state=None, **ctx):
         """x [B, L, d] → [B, L, d]; with `state`, continues from it and leaves the final state. ctx "packed"
-        (model/packed.py): the token shift reads zeros at each sequence's start. Packed sequences (no state): the
-        WKV, whose kernels cannot restart, runs on each sequence in a row of its own. Left padding (a fresh
+        (model/packed.py): the token shift reads zeros at each sequence's start and the WKV restarts fresh at each
+        sequence's first token (wkv4's seq_idx). Left padding (a fresh
         state): k is -inf at the pads, so exp(k) adds nothing to the WKV sums, which stay zero until the prompt
         (the running maximum only falls); the pads' own outputs (0/0) are set to zero."""
         from archdsl.kernels import wkv4
@@ -112,7 +112,7 @@ class Rwkv4TimeMix(nn.Module):
         packed = ctx.get("packed")
         r, k, v = self._rkv(x, token_shift(x, state, packed))
         if packed is not None and packed.keep is None:
-            wkv = packed.in_rows(lambda k, v: wkv4(self.time_decay, self.time_first, k, v)[0], k, v)
+            wkv = wkv4(self.time_decay, self.time_first, k, v, seq_idx=packed.runs)[0]
             return self.output(r * wkv.to(r.dtype))
         if packed is not None:
             k = k.masked_fill(~packed.keep[..., None], float("-inf"))
