@@ -22,13 +22,20 @@ NEG = -1e38
 
 
 @triton.jit
-def _fwd_kernel(w, u, k, v, y, s_in, s_out, rs, T, C, BC: tl.constexpr, HAS_STATE: tl.constexpr,
-                HAS_SEQ: tl.constexpr):
-    i_c, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    oc = i_c * BC + tl.arange(0, BC)
+def _channels(w, u, C, BC: tl.constexpr):
+    """The program's block of channels (grid axis 0): offsets, mask, the decay w' = -exp(w) and the bonus u,
+    float32."""
+    oc = tl.program_id(0) * BC + tl.arange(0, BC)
     mc = oc < C
     wd = -tl.exp(tl.load(w + oc, mask=mc, other=0.0).to(tl.float32))
-    b_u = tl.load(u + oc, mask=mc, other=0.0).to(tl.float32)
+    return oc, mc, wd, tl.load(u + oc, mask=mc, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _fwd_kernel(w, u, k, v, y, s_in, s_out, rs, T, C, BC: tl.constexpr, HAS_STATE: tl.constexpr,
+                HAS_SEQ: tl.constexpr):
+    i_b = tl.program_id(1).to(tl.int64)
+    oc, mc, wd, b_u = _channels(w, u, C, BC)
     aa, bb, pp = _load_state(s_in, i_b * 3 * C + oc, C, mc, HAS_STATE, BC)
     c64 = tl.zeros([BC], dtype=tl.int64) + C  # time stride, 64-bit: T·C passes 2^31
     base = i_b * T * C + oc
@@ -66,11 +73,8 @@ def _load_state(s, p_s, C, mc, HAS_STATE: tl.constexpr, BC: tl.constexpr):
 @triton.jit
 def _bwd_fwd_sweep(w, u, k, v, gy, s_in, s_out, g_s, y32, lnd, gw_part, rs, T, C, BC: tl.constexpr,
                    HAS_STATE: tl.constexpr, HAS_GS: tl.constexpr, HAS_SEQ: tl.constexpr):
-    i_c, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    oc = i_c * BC + tl.arange(0, BC)
-    mc = oc < C
-    wd = -tl.exp(tl.load(w + oc, mask=mc, other=0.0).to(tl.float32))
-    b_u = tl.load(u + oc, mask=mc, other=0.0).to(tl.float32)
+    i_b = tl.program_id(1).to(tl.int64)
+    oc, mc, wd, b_u = _channels(w, u, C, BC)
     aa, bb, pp = _load_state(s_in, i_b * 3 * C + oc, C, mc, HAS_STATE, BC)
     ga = tl.zeros([BC], dtype=tl.float32)
     gb = tl.zeros([BC], dtype=tl.float32)
@@ -105,11 +109,8 @@ def _bwd_fwd_sweep(w, u, k, v, gy, s_in, s_out, g_s, y32, lnd, gw_part, rs, T, C
 @triton.jit
 def _bwd_rev_sweep(u, w, k, v, gy, s_in, s_out, g_s, y32, lnd, gk, gv, gu_part, g_s_in, rs, T, C,
                    BC: tl.constexpr, HAS_STATE: tl.constexpr, HAS_GS: tl.constexpr, HAS_SEQ: tl.constexpr):
-    i_c, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    oc = i_c * BC + tl.arange(0, BC)
-    mc = oc < C
-    wd = -tl.exp(tl.load(w + oc, mask=mc, other=0.0).to(tl.float32))
-    b_u = tl.load(u + oc, mask=mc, other=0.0).to(tl.float32)
+    i_b = tl.program_id(1).to(tl.int64)
+    oc, mc, wd, b_u = _channels(w, u, C, BC)
     p_s = i_b * 3 * C + oc
     ga = tl.zeros([BC], dtype=tl.float32)
     gb = tl.zeros([BC], dtype=tl.float32)

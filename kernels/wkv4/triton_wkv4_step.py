@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from .._host import cdiv, dense, next_pow2
+from .triton_wkv4 import _channels
 
 BLOCK_C = 256  # channels a program: 2 a thread at 4 warps
 
@@ -23,11 +24,8 @@ BLOCK_C = 256  # channels a program: 2 a thread at 4 warps
 @triton.jit
 def _step_kernel(w, u, k, v, num, den, mx, y, s_out, k_b, v_b, n_b, n_c, d_b, d_c, m_b, m_c, B, C,
                  BC: tl.constexpr):
-    i_c, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    oc = i_c * BC + tl.arange(0, BC)
-    mc = oc < C
-    wd = -tl.exp(tl.load(w + oc, mask=mc, other=0.0).to(tl.float32))
-    b_u = tl.load(u + oc, mask=mc, other=0.0).to(tl.float32)
+    i_b = tl.program_id(1).to(tl.int64)
+    oc, mc, wd, b_u = _channels(w, u, C, BC)
     kk = tl.load(k + i_b * k_b + oc, mask=mc, other=0.0).to(tl.float32)
     vv = tl.load(v + i_b * v_b + oc, mask=mc, other=0.0).to(tl.float32)
     aa = tl.load(num + i_b * n_b + oc * n_c, mask=mc, other=0.0).to(tl.float32)
