@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .._host import seq_starts
+
 
 def wkv4_naive(w, u, k, v, state=None, seq_idx=None):
     """w, u `[C]`, k, v `[B, T, C]`, state (num, den, max) each `[B, C]` or None, seq_idx `[B, T]` integers or None
@@ -29,10 +31,8 @@ def wkv4_naive(w, u, k, v, state=None, seq_idx=None):
     # start [B, T]: the first token of each token's sequence; -1 where the incoming state belongs to it too
     start = torch.full((B, T), -1, dtype=torch.long, device=k.device)
     if seq_idx is not None:
-        s = seq_idx.long().to(k.device)
-        new = torch.cat([s[:, :1] != 0, s[:, 1:] != s[:, :-1]], dim=1)
         pos = torch.arange(T, device=k.device).expand(B, T)
-        start = torch.where(new, pos, -1).cummax(1).values
+        start = torch.where(seq_starts(seq_idx.to(k.device)), pos, -1).cummax(1).values
     for t in range(T + 1):
         age = torch.arange(t - 1, -1, -1, device=k.device, dtype=ct)  # t-1-i for i < t
         first = start[:, min(t, T - 1)] if T else start.new_full((B,), -1)  # [B]: the final state is T-1's
