@@ -32,6 +32,17 @@ def _channels(w, u, C, BC: tl.constexpr):
 
 
 @triton.jit
+def _token(aa, bb, pp, kk, vv, wd, b_u):
+    """One token from the state (num, den, max) = (aa, bb, pp): (wkv, the state after it)."""
+    p = tl.maximum(pp, b_u + kk)
+    e1, e2 = tl.exp(pp - p), tl.exp(b_u + kk - p)
+    yy = (e1 * aa + e2 * vv) / (e1 * bb + e2)
+    p = tl.maximum(pp + wd, kk)
+    e1, e2 = tl.exp(pp + wd - p), tl.exp(kk - p)
+    return yy, e1 * aa + e2 * vv, e1 * bb + e2, p
+
+
+@triton.jit
 def _fwd_kernel(w, u, k, v, y, s_in, s_out, rs, T, C, BC: tl.constexpr, HAS_STATE: tl.constexpr,
                 HAS_SEQ: tl.constexpr):
     i_b = tl.program_id(1).to(tl.int64)
@@ -45,12 +56,8 @@ def _fwd_kernel(w, u, k, v, y, s_in, s_out, rs, T, C, BC: tl.constexpr, HAS_STAT
             aa, bb, pp = tl.where(fresh, 0.0, aa), tl.where(fresh, 0.0, bb), tl.where(fresh, -1e38, pp)
         kk = tl.load(k + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
         vv = tl.load(v + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
-        p = tl.maximum(pp, b_u + kk)
-        e1, e2 = tl.exp(pp - p), tl.exp(b_u + kk - p)
-        tl.store(y + base + c64 * t, ((e1 * aa + e2 * vv) / (e1 * bb + e2)).to(y.dtype.element_ty), mask=mc)
-        p = tl.maximum(pp + wd, kk)
-        e1, e2 = tl.exp(pp + wd - p), tl.exp(kk - p)
-        aa, bb, pp = e1 * aa + e2 * vv, e1 * bb + e2, p
+        yy, aa, bb, pp = _token(aa, bb, pp, kk, vv, wd, b_u)
+        tl.store(y + base + c64 * t, yy.to(y.dtype.element_ty), mask=mc)
     p_s = i_b * 3 * C + oc
     tl.store(s_out + p_s, aa, mask=mc)
     tl.store(s_out + p_s + C, bb, mask=mc)

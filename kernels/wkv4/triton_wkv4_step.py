@@ -5,7 +5,7 @@ One program owns one batch row and a block of channels. From the state (num, den
     top = max(max, u + k)        wkv = (e^(max-top) num + e^(u+k-top) v) / (e^(max-top) den + e^(u+k-top))
     top' = max(max + w', k)      num' = e^(max+w'-top') num + e^(k-top') v,  den' likewise,  max' = top'
 
-with w' = -exp(w), in float32 whatever the storage dtypes, as wkv4_step_naive computes it. Each of the three state
+with w' = -exp(w) (the scan's `_token`), in float32 whatever the storage dtypes, as wkv4_step_naive computes it. Each of the three state
 tensors and k, v are read by their own strides (HF's `[B, C, 3]` state unbound, or rows of a wider tensor), so
 nothing is copied or stacked first; the new state is written to one float32 `[3, B, C]` buffer.
 """
@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .._host import cdiv, dense, next_pow2
-from .triton_wkv4 import _channels
+from .triton_wkv4 import _channels, _token
 
 BLOCK_C = 256  # channels a program: 2 a thread at 4 warps
 
@@ -31,15 +31,12 @@ def _step_kernel(w, u, k, v, num, den, mx, y, s_out, k_b, v_b, n_b, n_c, d_b, d_
     aa = tl.load(num + i_b * n_b + oc * n_c, mask=mc, other=0.0).to(tl.float32)
     bb = tl.load(den + i_b * d_b + oc * d_c, mask=mc, other=0.0).to(tl.float32)
     pp = tl.load(mx + i_b * m_b + oc * m_c, mask=mc, other=-1e38).to(tl.float32)
-    p = tl.maximum(pp, b_u + kk)
-    e1, e2 = tl.exp(pp - p), tl.exp(b_u + kk - p)
-    tl.store(y + i_b * C + oc, ((e1 * aa + e2 * vv) / (e1 * bb + e2)).to(y.dtype.element_ty), mask=mc)
-    p = tl.maximum(pp + wd, kk)
-    e1, e2 = tl.exp(pp + wd - p), tl.exp(kk - p)
+    yy, aa, bb, pp = _token(aa, bb, pp, kk, vv, wd, b_u)
+    tl.store(y + i_b * C + oc, yy.to(y.dtype.element_ty), mask=mc)
     p_s = i_b * C + oc
-    tl.store(s_out + p_s, e1 * aa + e2 * vv, mask=mc)
-    tl.store(s_out + B * C + p_s, e1 * bb + e2, mask=mc)
-    tl.store(s_out + 2 * B * C + p_s, p, mask=mc)
+    tl.store(s_out + p_s, aa, mask=mc)
+    tl.store(s_out + B * C + p_s, bb, mask=mc)
+    tl.store(s_out + 2 * B * C + p_s, pp, mask=mc)
 
 
 def wkv4_step_triton(w, u, k, v, state):
