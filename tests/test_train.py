@@ -293,7 +293,7 @@ def test_world_size_must_divide_batch_on_every_rank(tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
-def test_compiled_layers_of_a_hybrid_stay_compiled(monkeypatch):
+def test_compiled_layers_of_a_hybrid_stay_compiled():
     """--compile compiles each layer; the layers share one forward, of which torch.compile keeps a graph a layer
     kind and length regime (static, then symbolic). Jamba's demo spec passed the default limit of 8 at its
     second length, and the rest of its layers ran eagerly; now every call stays compiled (a hit would raise)."""
@@ -301,16 +301,17 @@ def test_compiled_layers_of_a_hybrid_stay_compiled(monkeypatch):
 
     from archdsl.train.parallel import allow_recompiles
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
-    model = archdsl.compile(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "specs",
-                                         "demo-jamba.yaml"), seed=0)
-    allow_recompiles(len(model.layers))
-    torch._dynamo.reset()
-    for layer in model.layers:
-        layer.compile(backend="eager")
-    for L in (8, 12, 16):
-        model(torch.randint(0, 100, (2, L))).square().mean().backward()
+    # config.patch, not monkeypatch: undoing a monkeypatched Dynamo setting deletes it (torch 2.13), which broke
+    # every later torch.compile in the process
+    with torch._dynamo.config.patch(recompile_limit=8, fail_on_recompile_limit_hit=True):
+        model = archdsl.compile(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "specs",
+                                             "demo-jamba.yaml"), seed=0)
+        allow_recompiles(len(model.layers))
+        torch._dynamo.reset()
+        for layer in model.layers:
+            layer.compile(backend="eager")
+        for L in (8, 12, 16):
+            model(torch.randint(0, 100, (2, L))).square().mean().backward()
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -72,7 +72,7 @@ def wkv4_step(w, u, k, v, state):
     expect_shape("k", k, (None, None))
     B, C = k.shape
     expect_shape("v", v, (B, C))
-    state = _check(w, u, k[:, None], v[:, None], state)
+    state = _check_rest(w, u, k, v, state, B, C)
     if state is None:
         raise ValueError("state: expected (num, den, max) of shape [B, C] each, got None")
     wide = any(t.dtype == torch.float64 for t in (k, *state))
@@ -83,24 +83,31 @@ def wkv4_step(w, u, k, v, state):
 
 
 def _check(w, u, k, v, state, seq_idx=None):
+    """wkv4's inputs (k, v `[B, T, C]`); returns the state as a tuple, or None."""
     expect_shape("k", k, (None, None, None))
     B, T, C = k.shape
     expect_shape("v", v, (B, T, C))
+    expect_shape("seq_idx", seq_idx, (B, T), optional=True)
+    expect_integer(seq_idx=seq_idx)
+    return _check_rest(w, u, k, v, state, B, C, seq_idx=seq_idx)
+
+
+def _check_rest(w, u, k, v, state, B, C, **more):
+    """What wkv4 and wkv4_step check alike: w, u `[C]`, the state (num, den, max) `[B, C]` each or `[B, C, 3]`,
+    float dtypes, one device (with `more`'s tensors). Returns the state as a tuple, or None."""
     expect_shape("w", w, (C,))
     expect_shape("u", u, (C,))
     expect_float(w=w, u=u, k=k, v=v)
-    expect_shape("seq_idx", seq_idx, (B, T), optional=True)
-    expect_integer(seq_idx=seq_idx)
-    expect_same_device(w=w, u=u, k=k, v=v, seq_idx=seq_idx)
-    if state is None:
-        return None
-    if isinstance(state, torch.Tensor):
-        expect_shape("state", state, (B, C, 3))
-        state = tuple(state.unbind(-1))
-    if not isinstance(state, (tuple, list)) or len(state) != 3:
-        raise ValueError("state: expected (num, den, max), each of shape [B, C]")
-    for name, s in zip(("state[0] (num)", "state[1] (den)", "state[2] (max)"), state):
-        expect_shape(name, s, (B, C))
-        expect_float(**{name: s})
-        expect_same_device(k=k, **{name: s})
-    return tuple(state)
+    if state is not None:
+        if isinstance(state, torch.Tensor):
+            expect_shape("state", state, (B, C, 3))
+            state = state.unbind(-1)
+        if not isinstance(state, (tuple, list)) or len(state) != 3:
+            raise ValueError("state: expected (num, den, max), each of shape [B, C]")
+        named = dict(zip(("state[0] (num)", "state[1] (den)", "state[2] (max)"), state))
+        for name, s in named.items():
+            expect_shape(name, s, (B, C))
+        expect_float(**named)
+        more.update(named)
+    expect_same_device(w=w, u=u, k=k, v=v, **more)
+    return None if state is None else tuple(state)
