@@ -78,7 +78,17 @@ def seq_starts(seq_idx: torch.Tensor) -> torch.Tensor:
     return torch.cat([s[:, :1] != 0, s[:, 1:] != s[:, :-1]], dim=1)
 
 
-def packing(seq_idx, cu_seqlens, x, cu_seqlens_cpu=None):
+def on_device(plans: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Small int32 plans made on the host, on `device` in one copy (views of one buffer); as they are where
+    they already are. A kernel's plan made on the host from offsets read there costs a few microseconds an op, where
+    the same ops launched on the card cost the host tens (0.47 ms for wkv6's varlen pieces on an H100's host)."""
+    if all(p.device == device for p in plans):
+        return plans
+    flat = torch.cat([p.to(torch.int32) for p in plans]).to(device, non_blocking=True)
+    return list(flat.split([p.numel() for p in plans]))
+
+
+def packing(seq_idx, cu_seqlens, x, cu_seqlens_cpu=None, runs=True):
     """The packing of x [B, L, ...] as (seq_idx [B, L], the offsets or None).
 
     cu_seqlens [n + 1] int32 or int64 (flash-attention's, mamba_ssm's and fla's varlen form: 0, each later
@@ -86,7 +96,8 @@ def packing(seq_idx, cu_seqlens, x, cu_seqlens_cpu=None):
     stands for seq_idx [1, L] (0, 1, 2, ... a sequence); a seq_idx given too must say the same packing. Its
     offsets come back as a list, read from cu_seqlens_cpu where given (fla's host copy, trusted to hold the
     same offsets: comparing them would wait for the device), else from cu_seqlens (one wait for the device).
-    Without cu_seqlens: (seq_idx as given, None)."""
+    runs=False: the caller reads the offsets only, so seq_idx comes back as given (None) where it is not given
+    (no ops on the device for it). Without cu_seqlens: (seq_idx as given, None)."""
     if cu_seqlens is None:
         return seq_idx, None
     batch, L = x.shape[:2]
@@ -100,6 +111,8 @@ def packing(seq_idx, cu_seqlens, x, cu_seqlens_cpu=None):
     if batch != 1 or len(cu) < 2 or cu[0] != 0 or cu[-1] != L or any(b <= a for a, b in zip(cu, cu[1:])):
         raise ValueError(f"cu_seqlens: expected 0, then increasing offsets, then L={L}, for a batch of 1 "
                          f"(the input has batch {batch}); got {cu[:8]}{' ...' if len(cu) > 8 else ''}")
+    if seq_idx is None and not runs:
+        return None, cu
     firsts = cu_seqlens[1:-1].long()
     from_cu = torch.zeros(L, dtype=torch.long, device=x.device).index_add_(0, firsts, torch.ones_like(firsts))
     from_cu = from_cu.cumsum(0)[None]  # [1, L]: 0, 1, 2, ... a sequence

@@ -41,12 +41,13 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
     w, u and initial_state.
     """
     expect_shape("r", r, (None, None, None, None))  # before packing reads its length
-    seq_idx, offsets = packing(seq_idx, cu_seqlens, r, cu_seqlens_cpu)
-    _check(r, k, v, w, u, initial_state, seq_idx, states=None if offsets is None else len(offsets) - 1)
     expect_flag(output_final_state=output_final_state)
+    # cu_seqlens with states: the offsets alone are read (no seq_idx made on the device)
+    varlen = cu_seqlens is not None and (initial_state is not None or output_final_state)
+    seq_idx, offsets = packing(seq_idx, cu_seqlens, r, cu_seqlens_cpu, runs=not varlen)
+    _check(r, k, v, w, u, initial_state, seq_idx, states=None if offsets is None else len(offsets) - 1)
     scale = r.shape[-1] ** -0.5 if scale is None else expect_number("scale", scale)
     backend = backend_for(r)
-    varlen = offsets is not None and (initial_state is not None or output_final_state)
     if varlen and backend != "triton":
         rows = [side_by_side(t, offsets) for t in (r, k, v, w)]
         o, state = wkv6(*rows, u, scale, initial_state, output_final_state)
@@ -60,9 +61,11 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
             common = torch.promote_types(torch.promote_types(r.dtype, k.dtype), torch.promote_types(v.dtype, w.dtype))
             r, k, v, w = (t.to(common) for t in (r, k, v, w))
         if varlen:
-            name = _triton_varlen_impl(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, offsets)
+            # the kernels' plans are made on the host from the offsets read above, and copied over once
+            cu_host = torch.tensor(offsets, dtype=torch.int32)
+            name = _triton_varlen_impl(r, k, v, w, u, scale, initial_state, output_final_state, cu_host, offsets)
             o, state = _TRITON_VARLEN[name]()(r, k, v, w, u, scale, initial_state, output_final_state,
-                                               cu_seqlens=cu_seqlens)
+                                               cu_seqlens=cu_host)
         else:
             impl = _TRITON[_triton_impl(r, k, v, w, u, scale, initial_state, output_final_state, seq)]()
             o, state = impl(r, k, v, w, u, scale, initial_state, output_final_state, seq)
@@ -154,9 +157,10 @@ def _triton_impl(r, k, v, w, u, scale, h0, output_final_state, seq) -> str:
 def _triton_varlen_impl(r, k, v, w, u, scale, h0, output_final_state, cu_seqlens, offsets) -> str:
     """`ARCHDSL_WKV6_IMPL` for cu_seqlens with states; unset: serial. auto times both once per shapes, dtype, grad,
     states, sequence count and longest sequence (to a power of two). H100, B1 T16384 H32 K=V=64 bf16, a state each
-    (2026-12-05, docs/benchmarks.md's seventy-sixth run), serial / chunked ms, forward and forward+backward:
-        16 sequences of 61..3589 tokens   0.84 / 1.85    3.20 / 4.31
-        63 x 128 tokens, then 8320        1.63 / 1.85    5.53 / 5.00"""
+    (2026-12-05, docs/benchmarks.md's seventy-seventh run), serial / chunked / fla chunk_rwkv6 ms:
+                                          forward              forward+backward
+        16 sequences of 61..3589 tokens   0.70 / 1.11 / 1.28   2.93 / 4.22 / 4.67
+        63 x 128 tokens, then 8320        1.40 / 1.64 / 1.41   5.54 / 4.69 / 4.72"""
     xs = (r, k, v, w, u) + ((h0,) if h0 is not None else ())
     grad = needs_grad(*xs)
     longest = max(b - a for a, b in zip(offsets, offsets[1:]))

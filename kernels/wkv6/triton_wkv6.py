@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import apply, interpreting
-from .._host import cdiv, fp32_dot, next_pow2
+from .._host import cdiv, fp32_dot, next_pow2, on_device
 
 BT = 16
 LOG2E = 1.4426950408889634
@@ -431,7 +431,7 @@ def _grid(segments: int, bh: int, blocks: int, cu) -> tuple[int, int, int]:
 
 def varlen_plan(cu_seqlens: torch.Tensor) -> torch.Tensor:
     """cu_seqlens [n + 1] -> int32 [2n + 1] on its device: the offsets, then the sequences longest first (`_ids`),
-    without waiting for the device."""
+    without waiting for the device (made on the host where cu_seqlens is there)."""
     cu = cu_seqlens.to(torch.int32)
     return torch.cat([cu, torch.argsort(cu.diff(), descending=True, stable=True).to(torch.int32)])
 
@@ -477,13 +477,14 @@ class WKV6Function(torch.autograd.Function):
 def wkv6_triton(r, k, v, w, u, scale, initial_state=None, output_final_state=False, seq_idx=None, cu_seqlens=None):
     """seq_idx: the runs `[B, T]` of packed sequences (`seq_runs`), or None. cu_seqlens: the offsets `[n + 1]` of
     n sequences packed in a batch of 1 (checked by the caller), each with its own initial and final state
-    `[n, H, K, V]`: one program walks one sequence, so the work is the tokens, not n × the longest."""
+    `[n, H, K, V]`: one program walks one sequence, so the work is the tokens, not n × the longest. On the host
+    (the op's copy of the offsets it read) the plan is made there and copied over once."""
     seq = None if seq_idx is None else seq_idx.to(torch.int32)
     cu = None
     if cu_seqlens is not None:
         if cu_seqlens.numel() - 1 > 65535:  # the grid's z (`_grid`)
             raise ValueError(f"cu_seqlens: at most 65535 sequences on the Triton path, got {cu_seqlens.numel() - 1}")
-        cu = varlen_plan(cu_seqlens)
+        cu, = on_device([varlen_plan(cu_seqlens)], r.device)
     return run_function(WKV6Function, r, k, v, w, u, scale, initial_state, output_final_state, seq, cu)
 
 

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._host import cdiv, sm_count
+from .._host import cdiv, on_device, sm_count
 from .triton_wkv6 import (_dot, _log2_decay, _pow2, _prec, _prec_bwd, _rows, _run_before, _runs, _tile, run_function,
                           segments_bwd, segments_fwd)
 
@@ -301,7 +301,7 @@ def wkv6_varlen_chunked(r, k, v, w, u, scale, initial_state=None, output_final_s
     if P > 65535:  # the grid's z (triton_wkv6's VARLEN segments)
         raise ValueError(f"cu_seqlens: at most 65535 pieces of {CHUNK} tokens in the chunked layout, got up to {P} "
                          f"({cu_seqlens.numel() - 1} sequences in {T} tokens); the serial layout takes 65535 sequences")
-    seqs, pieces = varlen_pieces(cu_seqlens, T)
+    seqs, pieces = on_device(list(varlen_pieces(cu_seqlens, T)), r.device)  # made on the host where cu is there
     return run_function(WKV6VarlenChunkedFunction, r, k, v, w, u, scale, initial_state, output_final_state, seqs,
                         pieces)
 
