@@ -1,15 +1,16 @@
 """The launchers' plain-Python helpers: the integer ones give the values of the Triton functions they replace,
 fp32_dot the precision torch's float32 matmul setting asks for; shares_memory (the in-place states' check) the
-answer of enumerating every element's offset."""
+answer of enumerating every element's offset; packing and on_device (the varlen plans' host side)."""
 import itertools
 
+import pytest
 import torch
 import triton
 from hypothesis import given
 from hypothesis import strategies as st
 
 from archdsl.kernels._checks import shares_memory
-from archdsl.kernels._host import cdiv, fp32_dot, next_pow2
+from archdsl.kernels._host import cdiv, fp32_dot, next_pow2, on_device, packing
 
 
 @given(st.integers(0, 1 << 40))
@@ -121,3 +122,26 @@ def test_interpreting_reads_triton_interpret_as_triton_does(monkeypatch):
         assert not interpreting(), value
     monkeypatch.delenv("TRITON_INTERPRET")
     assert not interpreting()
+
+
+def test_packing_without_runs_reads_the_offsets_only():
+    """runs=False (wkv6's cu_seqlens with states): the offsets come back checked, and no seq_idx is made; with
+    runs, or a seq_idx to compare, the runs come back as before."""
+    x, cu = torch.zeros(1, 8, 2), torch.tensor([0, 3, 8])
+    assert packing(None, cu, x, runs=False) == (None, [0, 3, 8])
+    seq, offsets = packing(None, cu, x)
+    assert offsets == [0, 3, 8] and seq.tolist() == [[0, 0, 0, 1, 1, 1, 1, 1]]
+    assert torch.equal(packing(seq, cu, x, runs=False)[0], seq)  # a seq_idx given is checked against it
+    with pytest.raises(ValueError, match="cu_seqlens: expected 0, then increasing offsets"):
+        packing(None, torch.tensor([0, 3, 3, 8]), x, runs=False)
+    with pytest.raises(ValueError, match="cu_seqlens: its sequences are not seq_idx's"):
+        packing(torch.zeros(1, 8, dtype=torch.long), cu, x, runs=False)
+
+
+def test_on_device_keeps_plans_in_place_or_copies_them_once():
+    plans = [torch.tensor([0, 3, 8], dtype=torch.int32), torch.tensor([1, 0], dtype=torch.int32)]
+    assert all(a is b for a, b in zip(on_device(plans, torch.device("cpu")), plans))
+    if torch.cuda.is_available():
+        moved = on_device(plans, torch.device("cuda"))
+        assert [m.tolist() for m in moved] == [p.tolist() for p in plans]
+        assert all(m.is_cuda and m.dtype == torch.int32 and m.is_contiguous() for m in moved)
