@@ -5,7 +5,7 @@ import torch
 
 from .._checks import expect_flag, expect_float, expect_in_place, expect_integer, expect_number, expect_same_device, expect_shape
 from .._dispatch import backend_for, needs_grad, on_input_device, pick_impl, time_or_inf
-from .._host import packing, seq_runs, sm_count
+from .._host import cdiv, packing, seq_runs, sm_count
 from .._opaque import PATHS, torch_path
 from .chunked import wkv6_chunked
 from .naive import wkv6_naive, wkv6_step_naive
@@ -155,20 +155,32 @@ def _triton_impl(r, k, v, w, u, scale, h0, output_final_state, seq) -> str:
 
 
 def _triton_varlen_impl(r, k, v, w, u, scale, h0, output_final_state, cu_seqlens, offsets) -> str:
-    """`ARCHDSL_WKV6_IMPL` for cu_seqlens with states; unset: serial. auto times both once per shapes, dtype, grad,
-    states, sequence count and longest sequence (to a power of two). H100, B1 T16384 H32 K=V=64 bf16, a state each
-    (2026-12-05, docs/benchmarks.md's seventy-seventh run), serial / chunked / fla chunk_rwkv6 ms:
-                                          forward              forward+backward
-        16 sequences of 61..3589 tokens   0.70 / 1.11 / 1.28   2.93 / 4.22 / 4.67
-        63 x 128 tokens, then 8320        1.40 / 1.64 / 1.41   5.54 / 4.69 / 4.72"""
+    """`ARCHDSL_WKV6_IMPL` for cu_seqlens with states; unset: `_varlen_default`. auto times both once per shapes,
+    dtype, grad, states, sequence count and longest sequence (to a power of two)."""
     xs = (r, k, v, w, u) + ((h0,) if h0 is not None else ())
     grad = needs_grad(*xs)
     longest = max(b - a for a, b in zip(offsets, offsets[1:]))
     case = lambda: (r.shape, v.shape[-1], r.dtype, r.device, grad, h0 is not None, output_final_state,
                     len(offsets) - 1, 1 << (longest - 1).bit_length(), "varlen")
-    return pick_impl("ARCHDSL_WKV6_IMPL", _TRITON_VARLEN, "serial", r, case,
+    default = _varlen_default(r.shape[1], len(offsets) - 1, longest, grad, r.device)
+    return pick_impl("ARCHDSL_WKV6_IMPL", _TRITON_VARLEN, default, r, case,
                      lambda name: _time(_TRITON_VARLEN[name](), xs, scale, output_final_state, grad,
                                         cu_seqlens=cu_seqlens))
+
+
+def _varlen_default(T: int, n: int, longest: int, grad: bool, device: torch.device) -> str:
+    """cu_seqlens with states: serial (a program walks each sequence), unless on CUDA a gradient is taken over a
+    long row that one sequence holds at least half of: then one program walking it binds the serial layout, and
+    the chunked form (the n sequences cut into pieces of 64 tokens, triton_wkv6_chunked.CHUNK; at most 65535 of
+    them) is faster. The share of one half is a margin over the crossover the two packs below put near 40%.
+    H100, B1 T16384 H32 K=V=64 bf16, a state each, one run (2026-12-05, docs/benchmarks.md's seventy-seventh),
+    serial / chunked / fla chunk_rwkv6 ms (the longest sequence's share of the row in brackets):
+                                                  forward              forward+backward
+        16 sequences of 61..3589 tokens (22%)     0.70 / 1.11 / 1.28   2.93 / 4.22 / 4.67
+        63 x 128 tokens, then 8320 (51%)          1.40 / 1.64 / 1.41   5.54 / 4.69 / 4.72"""
+    if device.type == "cuda" and grad and T >= 8192 and 2 * longest >= T and n + cdiv(T, 64) <= 65535:
+        return "chunked"
+    return "serial"
 
 
 SERIAL_V_BLOCK = 64  # the serial layout's V block (triton_wkv6's BV): one program per (batch, head, V block)

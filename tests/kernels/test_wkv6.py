@@ -448,6 +448,17 @@ def test_default_layout_keeps_the_card_busy(shape, V, grad, want, monkeypatch):
     assert op._default_impl(shape, V, torch.device("cpu"), grad) == "serial"
 
 
+@pytest.mark.parametrize("T, n, longest, grad, want", [
+    (16384, 64, 8320, True, "chunked"), (16384, 16, 3589, True, "serial"), (16384, 64, 8320, False, "serial"),
+    (16384, 2, 8192, True, "chunked"), (4096, 2, 4000, True, "serial"), (1 << 22, 2, 1 << 21, True, "serial")])
+def test_varlen_default_takes_the_chunked_form_for_one_dominant_sequence(T, n, longest, grad, want):
+    """cu_seqlens with states, ARCHDSL_WKV6_IMPL unset: serial, but on CUDA with gradients over T >= 8192 where
+    one sequence holds half the row or more, the chunked form, while its pieces fit the grid (65535)."""
+    from archdsl.kernels.wkv6 import op
+    assert op._varlen_default(T, n, longest, grad, torch.device("cuda")) == want
+    assert op._varlen_default(T, n, longest, grad, torch.device("cpu")) == "serial"
+
+
 def test_public_op_dispatches_and_defaults_scale():
     r, k, v, w, u, _ = make(1, 9, 2, 16, 8, 9)
     o, ht = wkv6(r, k, v, w, u)
