@@ -1,7 +1,13 @@
 """Triton kernels for RWKV-4's WKV: one program per (batch, block of channels), a loop over T.
 
 The state is (num, den, max) with num·e^max and den·e^max the decayed sums of
-e^k·v and e^k — transformers' convention. Forward is HF's recurrence. Backward:
+e^k·v and e^k — transformers' convention. Forward is HF's recurrence, cut into pieces along T where
+B·C alone gives too few programs: each step waits on its loads, so a program's time is its step count
+(B1 and B4 at C2048 took the same time), and more programs over fewer steps each cost the card little:
+  * `_piece_sums` scans each piece from a fresh state (num, den, max, and whether a sequence starts in it);
+  * `_fwd_kernel` folds the pieces before its own into the incoming state (a piece's sums decay by
+    e^(length·w') on the way; a piece a sequence starts in drops what came before), then scans its piece.
+Backward:
   * sweep 1 (forward in time) recomputes the state and accumulates d/dw' in forward mode
     (the derivative of num, den with respect to the log-decay w' rides along with them,
     scaled by the same e^max), and writes y and ln(denominator) per token;
@@ -16,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import apply
-from .._host import cdiv, next_pow2, seq_starts
+from .._host import cdiv, next_pow2, seq_starts, sm_count
 
 NEG = -1e38
 
@@ -43,14 +49,60 @@ def _token(aa, bb, pp, kk, vv, wd, b_u):
 
 
 @triton.jit
-def _fwd_kernel(w, u, k, v, y, s_in, s_out, rs, T, C, BC: tl.constexpr, HAS_STATE: tl.constexpr,
-                HAS_SEQ: tl.constexpr):
-    i_b = tl.program_id(1).to(tl.int64)
+def _piece_sums(w, u, k, v, sums, rs, T, C, LP, BC: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """sums[b, n] `[4, C]` float32: piece n (tokens n·LP .. n·LP + LP - 1) scanned from a fresh state, as
+    (num, den, max), and 1 where a sequence starts in it (0 without). Grid (channel blocks, B, pieces)."""
+    i_b, n = tl.program_id(1).to(tl.int64), tl.program_id(2)
+    oc, mc, wd, b_u = _channels(w, u, C, BC)
+    aa, bb = tl.zeros([BC], dtype=tl.float32), tl.zeros([BC], dtype=tl.float32)
+    pp = tl.zeros([BC], dtype=tl.float32) - 1e38
+    starts = n * 0  # whether a sequence starts in the piece
+    c64 = tl.zeros([BC], dtype=tl.int64) + C
+    base = i_b * T * C + oc
+    for t in range(n * LP, tl.minimum(T, n * LP + LP)):
+        if HAS_SEQ:
+            fresh = tl.load(rs + i_b * T + t) != 0
+            aa, bb, pp = tl.where(fresh, 0.0, aa), tl.where(fresh, 0.0, bb), tl.where(fresh, -1e38, pp)
+            starts = tl.maximum(starts, fresh.to(tl.int32))
+        kk = tl.load(k + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
+        vv = tl.load(v + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
+        _, aa, bb, pp = _token(aa, bb, pp, kk, vv, wd, b_u)
+    p_s = (i_b * tl.num_programs(2) + n) * 4 * C + oc
+    tl.store(sums + p_s, aa, mask=mc)
+    tl.store(sums + p_s + C, bb, mask=mc)
+    tl.store(sums + p_s + 2 * C, pp, mask=mc)
+    tl.store(sums + p_s + 3 * C, tl.zeros([BC], dtype=tl.float32) + starts, mask=mc)
+
+
+@triton.jit
+def _fold(aa, bb, pp, sums, p_s, C, mc, decay):
+    """The state after a piece, from the state before it and the piece's sums at p_s; decay = the piece's length
+    × w' (≤ 0)."""
+    sa = tl.load(sums + p_s, mask=mc, other=0.0)
+    sb = tl.load(sums + p_s + C, mask=mc, other=0.0)
+    sp = tl.load(sums + p_s + 2 * C, mask=mc, other=-1e38)
+    fresh = tl.load(sums + p_s + 3 * C, mask=mc, other=0.0) != 0
+    q = pp + decay
+    p = tl.maximum(q, sp)
+    e1, e2 = tl.exp(q - p), tl.exp(sp - p)
+    return tl.where(fresh, sa, e1 * aa + e2 * sa), tl.where(fresh, sb, e1 * bb + e2 * sb), tl.where(fresh, sp, p)
+
+
+@triton.jit
+def _fwd_kernel(w, u, k, v, y, s_in, s_out, rs, sums, T, C, LP, BC: tl.constexpr, HAS_STATE: tl.constexpr,
+                HAS_SEQ: tl.constexpr, HAS_SUMS: tl.constexpr):
+    """y over piece n (tokens n·LP .. n·LP + LP - 1; one piece: all of T), from the incoming state and the sums
+    of the pieces before it; the last piece's program writes the state after T. Grid (channel blocks, B,
+    pieces)."""
+    i_b, n = tl.program_id(1).to(tl.int64), tl.program_id(2)
     oc, mc, wd, b_u = _channels(w, u, C, BC)
     aa, bb, pp = _load_state(s_in, i_b * 3 * C + oc, C, mc, HAS_STATE, BC)
+    if HAS_SUMS:
+        for j in range(0, n):  # every piece before this one is LP tokens long
+            aa, bb, pp = _fold(aa, bb, pp, sums, (i_b * tl.num_programs(2) + j) * 4 * C + oc, C, mc, wd * LP)
     c64 = tl.zeros([BC], dtype=tl.int64) + C  # time stride, 64-bit: T·C passes 2^31
     base = i_b * T * C + oc
-    for t in range(0, T):
+    for t in range(n * LP, tl.minimum(T, n * LP + LP)):
         if HAS_SEQ:  # a sequence starts here: the state restarts fresh
             fresh = tl.load(rs + i_b * T + t) != 0
             aa, bb, pp = tl.where(fresh, 0.0, aa), tl.where(fresh, 0.0, bb), tl.where(fresh, -1e38, pp)
@@ -59,9 +111,10 @@ def _fwd_kernel(w, u, k, v, y, s_in, s_out, rs, T, C, BC: tl.constexpr, HAS_STAT
         yy, aa, bb, pp = _token(aa, bb, pp, kk, vv, wd, b_u)
         tl.store(y + base + c64 * t, yy.to(y.dtype.element_ty), mask=mc)
     p_s = i_b * 3 * C + oc
-    tl.store(s_out + p_s, aa, mask=mc)
-    tl.store(s_out + p_s + C, bb, mask=mc)
-    tl.store(s_out + p_s + 2 * C, pp, mask=mc)
+    last = tl.where(n == tl.num_programs(2) - 1, mc, False)  # (a scalar & a block: the interpreter cannot mask by it)
+    tl.store(s_out + p_s, aa, mask=last)
+    tl.store(s_out + p_s + C, bb, mask=last)
+    tl.store(s_out + p_s + 2 * C, pp, mask=last)
 
 
 @triton.jit
@@ -162,6 +215,18 @@ def _grid(B, C, BC):
     return (cdiv(C, BC), B)
 
 
+# The forward's pieces along T: enough for PROGRAMS_PER_SM programs a multiprocessor, each PIECE_MIN tokens at least.
+PROGRAMS_PER_SM, PIECE_MIN = 8, 64
+
+
+def _pieces(B, T, C, BC, device) -> tuple[int, int]:
+    """(pieces, tokens a piece) of the forward over T: one piece (the plain scan) where B·C gives enough programs."""
+    want = cdiv(PROGRAMS_PER_SM * sm_count(device), cdiv(C, BC) * B)
+    n = max(1, min(want, T // PIECE_MIN))
+    LP = cdiv(max(T, 1), n)
+    return cdiv(max(T, 1), LP), LP
+
+
 def _block(C):
     return min(128, max(16, next_pow2(C)))
 
@@ -177,8 +242,13 @@ class WKV4Function(torch.autograd.Function):
         y = torch.empty_like(k)
         s_out = torch.empty(B, 3, C, dtype=torch.float32, device=k.device)
         BC = _block(C)
-        _fwd_kernel[_grid(B, C, BC)](w, u, k, v, y, s_in, s_out, restart, T, C, BC, s_in is not None,
-                                     restart is not None, num_warps=4)
+        NP, LP = _pieces(B, T, C, BC, k.device)
+        sums = torch.empty(B, NP, 4, C, dtype=torch.float32, device=k.device) if NP > 1 else None
+        grid = _grid(B, C, BC) + (NP,)
+        if NP > 1:
+            _piece_sums[grid](w, u, k, v, sums, restart, T, C, LP, BC, restart is not None, num_warps=4)
+        _fwd_kernel[grid](w, u, k, v, y, s_in, s_out, restart, sums, T, C, LP, BC, s_in is not None,
+                          restart is not None, sums is not None, num_warps=4)
         ctx.save_for_backward(w, u, k, v, s_in, s_out, restart)
         return y, s_out
 

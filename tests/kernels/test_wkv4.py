@@ -1,4 +1,6 @@
 """wkv4: HF's CPU formula, the O(T²) reference, the time loop and Triton (interpreted) agree."""
+import contextlib
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -87,14 +89,29 @@ def test_torch_chunks_take_any_decay():
     close([got, *canonical(got_s)], [want, *canonical(want_s)], 1e-5, "huge decay")
 
 
-@settings(max_examples=10, deadline=None)
-@given(cases)
-def test_triton_matches_reference(case):
+@contextlib.contextmanager
+def pieces_of(n):
+    """The Triton forward cut along T into pieces of n tokens or more (PIECE_MIN; at the tests' sizes it is one
+    piece otherwise), as many as the interpreter's stand-in card asks (up to 16 at these sizes)."""
+    from archdsl.kernels.wkv4 import triton_wkv4 as tw
+    old, tw.PIECE_MIN = tw.PIECE_MIN, n
+    try:
+        yield
+    finally:
+        tw.PIECE_MIN = old
+
+
+@settings(max_examples=12, deadline=None)
+@given(cases, st.sampled_from([64, 1, 3]))
+def test_triton_matches_reference(case, piece):
+    """The interpreted kernels, the forward in one piece or cut into pieces of 1 or 3 tokens and more: outputs, final
+    state and every gradient."""
     B, T, C, with_state, seed = case
     xs, state = make(B, T, C, seed)
     state = state if with_state else None
-    got = run(triton_wkv4, [x.float() for x in xs], state)
-    close(got, run(wkv4_naive, xs, state), 2e-4, "triton")
+    with pieces_of(piece):
+        got = run(triton_wkv4, [x.float() for x in xs], state)
+    close(got, run(wkv4_naive, xs, state), 2e-4, f"triton, pieces of {piece}")
 
 
 def packing(B, T, seed):
@@ -130,18 +147,21 @@ def test_packed_reference_equals_each_sequence_alone(case):
 
 
 @settings(max_examples=12, deadline=None)
-@given(cases, st.sampled_from(["loop", "chunks of 4", "chunks of 16", "triton"]))
+@given(cases, st.sampled_from(["loop", "chunks of 4", "chunks of 16", "triton", "triton, pieces of 2"]))
 def test_packed_paths_match_the_reference(case, path):
     """seq_idx on the torch time loop, its chunks (restarts inside a chunk and on its edges) and the Triton kernels
-    (interpreted, float32): outputs, final state and every gradient, against the packed reference."""
+    (interpreted, float32; the forward in one piece, or in pieces of 2 tokens and more, a sequence starting in a
+    piece or on its edge): outputs, final state and every gradient, against the packed reference."""
     B, T, C, with_state, seed = case
     xs, state = make(B, T, C, seed)
     state, seq = state if with_state else None, packing(B, T, seed)
     fn, tol = {"loop": (lambda *a: wkv4_torch(*a, chunk=1, seq_idx=seq), 1e-9),
                "chunks of 4": (lambda *a: wkv4_torch(*a, chunk=4, seq_idx=seq), 1e-9),
                "chunks of 16": (lambda *a: wkv4_torch(*a, chunk=16, seq_idx=seq), 1e-9),
-               "triton": (lambda *a: triton_wkv4(*a, seq), 2e-4)}[path]
-    got = run(fn, [x.float() for x in xs] if path == "triton" else xs, state)
+               "triton": (lambda *a: triton_wkv4(*a, seq), 2e-4),
+               "triton, pieces of 2": (lambda *a: triton_wkv4(*a, seq), 2e-4)}[path]
+    with pieces_of(2 if path.endswith("2") else 64):
+        got = run(fn, [x.float() for x in xs] if path.startswith("triton") else xs, state)
     close(got, run(lambda *a: wkv4_naive(*a, seq_idx=seq), xs, state), tol, path)
 
 
