@@ -54,8 +54,7 @@ def _piece_sums(w, u, k, v, sums, rs, T, C, LP, BC: tl.constexpr, HAS_SEQ: tl.co
     (num, den, max), and 1 where a sequence starts in it (0 without). Grid (channel blocks, B, pieces)."""
     i_b, n = tl.program_id(1).to(tl.int64), tl.program_id(2)
     oc, mc, wd, b_u = _channels(w, u, C, BC)
-    aa, bb = tl.zeros([BC], dtype=tl.float32), tl.zeros([BC], dtype=tl.float32)
-    pp = tl.zeros([BC], dtype=tl.float32) - 1e38
+    aa, bb, pp = _load_state(sums, 0, C, mc, False, BC)  # a fresh state (0, 0, -1e38): nothing is read
     starts = n * 0  # whether a sequence starts in the piece
     c64 = tl.zeros([BC], dtype=tl.int64) + C
     base = i_b * T * C + oc
