@@ -5,9 +5,9 @@ One program owns one batch row and a block of channels. From the state (num, den
     top = max(max, u + k)        wkv = (e^(max-top) num + e^(u+k-top) v) / (e^(max-top) den + e^(u+k-top))
     top' = max(max + w', k)      num' = e^(max+w'-top') num + e^(k-top') v,  den' likewise,  max' = top'
 
-with w' = -exp(w) (the scan's `_token`), in float32 whatever the storage dtypes, as wkv4_step_naive computes it. Each of the three state
-tensors and k, v are read by their own strides (HF's `[B, C, 3]` state unbound, or rows of a wider tensor), so
-nothing is copied or stacked first; the new state is written to one float32 `[3, B, C]` buffer.
+with w' = -exp(w) (the scan's `_token`), in float32 whatever the storage dtypes, as wkv4_step_naive computes it.
+Each of the three state tensors and k, v are read by their own strides (HF's `[B, C, 3]` state unbound, or rows of
+a wider tensor), so nothing is copied or stacked first; the new state is written to one float32 `[3, B, C]` buffer.
 """
 from __future__ import annotations
 

@@ -155,13 +155,13 @@ def test_packed_paths_match_the_reference(case, path):
     B, T, C, with_state, seed = case
     xs, state = make(B, T, C, seed)
     state, seq = state if with_state else None, packing(B, T, seed)
-    fn, tol = {"loop": (lambda *a: wkv4_torch(*a, chunk=1, seq_idx=seq), 1e-9),
-               "chunks of 4": (lambda *a: wkv4_torch(*a, chunk=4, seq_idx=seq), 1e-9),
-               "chunks of 16": (lambda *a: wkv4_torch(*a, chunk=16, seq_idx=seq), 1e-9),
-               "triton": (lambda *a: triton_wkv4(*a, seq), 2e-4),
-               "triton, pieces of 2": (lambda *a: triton_wkv4(*a, seq), 2e-4)}[path]
-    with pieces_of(2 if path.endswith("2") else 64):
-        got = run(fn, [x.float() for x in xs] if path.startswith("triton") else xs, state)
+    if path.startswith("triton"):
+        with pieces_of(2 if "pieces" in path else 64):
+            got = run(lambda *a: triton_wkv4(*a, seq), [x.float() for x in xs], state)
+        tol = 2e-4
+    else:
+        chunk = {"loop": 1, "chunks of 4": 4, "chunks of 16": 16}[path]
+        got, tol = run(lambda *a: wkv4_torch(*a, chunk=chunk, seq_idx=seq), xs, state), 1e-9
     close(got, run(lambda *a: wkv4_naive(*a, seq_idx=seq), xs, state), tol, path)
 
 
