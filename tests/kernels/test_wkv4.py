@@ -91,7 +91,7 @@ def test_torch_chunks_take_any_decay():
 
 @contextlib.contextmanager
 def pieces_of(n):
-    """The Triton forward cut along T into pieces of n tokens or more (PIECE_MIN; at the tests' sizes it is one
+    """The Triton sweeps cut along T into pieces of n tokens or more (PIECE_MIN; at the tests' sizes it is one
     piece otherwise), as many as the interpreter's stand-in card asks (up to 16 at these sizes)."""
     from archdsl.kernels.wkv4 import triton_wkv4 as tw
     old, tw.PIECE_MIN = tw.PIECE_MIN, n
@@ -104,14 +104,31 @@ def pieces_of(n):
 @settings(max_examples=12, deadline=None)
 @given(cases, st.sampled_from([64, 1, 3]))
 def test_triton_matches_reference(case, piece):
-    """The interpreted kernels, the forward in one piece or cut into pieces of 1 or 3 tokens and more: outputs, final
-    state and every gradient."""
+    """The interpreted kernels, in one piece or cut into pieces of 1 or 3 tokens and more: outputs, final state and
+    every gradient."""
     B, T, C, with_state, seed = case
     xs, state = make(B, T, C, seed)
     state = state if with_state else None
     with pieces_of(piece):
         got = run(triton_wkv4, [x.float() for x in xs], state)
     close(got, run(wkv4_naive, xs, state), 2e-4, f"triton, pieces of {piece}")
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 5])
+def test_pieces_equal_one_piece(piece):
+    """Every sweep cut into pieces (the forward, both backward sweeps and their passes over the pieces) == the same
+    kernels in one piece, to float32 rounding: outputs, final state, every gradient; with an incoming state, a row
+    whose first sequence is not 0 (a restart at t = 0), and sequences starting inside pieces and on their edges (T
+    23 gives 12, 8, 6 and 4 pieces of 2, 3, 4 and 6 tokens)."""
+    xs, state = make(2, 23, 16, 5)
+    xs = [x.float() for x in xs]
+    seq = torch.tensor([[0] * 4 + [1] * 7 + [2] * 12, [3] * 9 + [4] * 2 + [5] * 12])
+    for s in (None, seq):
+        with pieces_of(64):
+            want = run(lambda *a: triton_wkv4(*a, s), xs, state)
+        with pieces_of(piece):
+            got = run(lambda *a: triton_wkv4(*a, s), xs, state)
+        close(got, want, 2e-5, f"pieces of {piece}, seq_idx {s is not None}")
 
 
 def packing(B, T, seed):
@@ -150,7 +167,7 @@ def test_packed_reference_equals_each_sequence_alone(case):
 @given(cases, st.sampled_from(["loop", "chunks of 4", "chunks of 16", "triton", "triton, pieces of 2"]))
 def test_packed_paths_match_the_reference(case, path):
     """seq_idx on the torch time loop, its chunks (restarts inside a chunk and on its edges) and the Triton kernels
-    (interpreted, float32; the forward in one piece, or in pieces of 2 tokens and more, a sequence starting in a
+    (interpreted, float32; in one piece, or in pieces of 2 tokens and more, a sequence starting in a
     piece or on its edge): outputs, final state and every gradient, against the packed reference."""
     B, T, C, with_state, seed = case
     xs, state = make(B, T, C, seed)
