@@ -299,15 +299,18 @@ def _grid(B, C, BC, NP):
     return (cdiv(C, BC), B, NP)
 
 
-# Pieces along T: enough for PROGRAMS_PER_SM programs a multiprocessor, each PIECE_MIN tokens at least.
+# Pieces along T: enough for PROGRAMS_PER_SM programs a multiprocessor, each PIECE_MIN tokens at least; none where
+# B·C alone fills half of that. H100, C2048 bf16, forward+backward ms, one piece → pieces (seventy-eighth run):
+#   B1 T4096 6.24 → 0.55 (64 pieces), B4 T4096 6.49 → 0.95 (17), B4 T16384 25.5 → 3.63 (17), B16 T4096 7.15 → 3.38
+#   (5), B32 T2048 4.14 → 3.23 (3), B64 T1024 2.75 → 3.15 (2: the extra passes cost more than the shorter walks).
 PROGRAMS_PER_SM, PIECE_MIN = 8, 64
 
 
 def _pieces(B, T, C, BC, device) -> tuple[int, int]:
     """(pieces, tokens a piece) of the sweeps over T: one piece (the plain scan) where B·C gives enough programs."""
-    want = cdiv(PROGRAMS_PER_SM * sm_count(device), cdiv(C, BC) * B)
-    n = max(1, min(want, T // PIECE_MIN))
-    LP = cdiv(max(T, 1), n)
+    programs, slots = cdiv(C, BC) * B, PROGRAMS_PER_SM * sm_count(device)
+    n = 1 if 2 * programs >= slots else min(cdiv(slots, programs), T // PIECE_MIN)
+    LP = cdiv(max(T, 1), max(n, 1))
     return cdiv(max(T, 1), LP), LP
 
 

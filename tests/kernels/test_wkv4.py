@@ -131,6 +131,21 @@ def test_pieces_equal_one_piece(piece):
         close(got, want, 2e-5, f"pieces of {piece}, seq_idx {s is not None}")
 
 
+def test_pieces_fill_the_card_and_no_more(monkeypatch):
+    """The cut along T: as many pieces as give PROGRAMS_PER_SM programs a multiprocessor, of PIECE_MIN tokens at
+    least; none where B·C's programs fill half of that already. An H100's 132 multiprocessors, C2048 (16 blocks)."""
+    from archdsl.kernels.wkv4 import triton_wkv4 as tw
+    monkeypatch.setattr(tw, "sm_count", lambda device: 132)
+    cut = lambda B, T: tw._pieces(B, T, 2048, 128, torch.device("cuda"))
+    assert cut(1, 4096) == (64, 64)
+    assert cut(4, 4096) == (17, 241)
+    assert cut(4, 16384) == (17, 964)
+    assert cut(16, 4096) == (5, 820)
+    assert cut(32, 2048) == (3, 683)
+    assert cut(64, 1024) == (1, 1024)
+    assert cut(4, 100) == (1, 100) and cut(4, 1) == (1, 1) and cut(4, 0) == (1, 1)
+
+
 def packing(B, T, seed):
     """seq_idx [B, T]: up to four sequences a row, the first one's number 0 or not (the state then restarts at 0)."""
     g = torch.Generator().manual_seed(seed)
