@@ -142,7 +142,7 @@ def cmd_graph(args):
     check_output(args.output)
     check_path(args.output)
     spec = _spec(args.spec, args.set)
-    draw(spec, args.output)
+    draw(spec, args.output, every_layer=args.every_layer)
     print(f"wrote {args.output}")
 
 
@@ -150,6 +150,8 @@ def _add_graph(p):
     _add_check(p)
     p.add_argument("-o", "--output", required=True,
                    help="output file: .svg, .png, .pdf, .dot or .mmd (missing directories are created)")
+    p.add_argument("--every-layer", action="store_true",
+                   help="draw each layer (default: three or more alike blocks of layers in a row are drawn once, × k)")
 
 
 @command("memory", "inference cache bytes against context length")

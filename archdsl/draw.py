@@ -3,12 +3,17 @@ matplotlib), a DOT graph, a Mermaid flowchart; and the cache-versus-context plot
 
 The strip wraps every 32 layers, so 100 layers read as four rows (a layout that repeats every
 p layers wraps at a whole number of periods instead, and three or more alike rows are drawn
-once, marked × k). Each layer is a column: its mixer on top, its FFN below, an inject block
+once, marked × k; `every_layer` draws each). Each layer is a column: its mixer on top, its FFN below, an inject block
 (Zamba's shared block) as a band above the mixer. The legend names each block as written; where
 a kind comes in two or more configs (an alias, inline arguments: `attn(window=512)` beside
 `attn`), each but the plain kind is its kind's colour, hatched. A
 shared group is drawn with a thick outline of the group's colour and its name, so one can
 see at a glance which layers hold the same weights.
+
+The DOT and Mermaid charts fold the same way, by the layout's own blocks: a run of FOLD or more alike
+blocks of layers is drawn once, as a box (DOT cluster, Mermaid subgraph) titled × k, folded again inside
+(`4×(7×mamba2, attn)` is one box × 4 holding a mamba2 node × 7 and an attn node); links to layers drawn
+once go to the layer drawn for them.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import os
 import re
 import warnings
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from .blocks.base import FFN, INJECT, MIXER
@@ -61,17 +66,17 @@ def plain_text():
         yield
 
 
-def draw(spec, path: str) -> None:
+def draw(spec, path: str, every_layer: bool = False) -> None:
     """Write the picture of `spec` to `path`; the suffix picks the format. Missing parent directories
-    are created; the file appears whole or not at all."""
+    are created; the file appears whole or not at all. every_layer: nothing folded, each layer drawn."""
     ext = check_path(path)
     if ext == ".dot":
-        _write_text(path, to_dot(spec))
+        _write_text(path, to_dot(spec, every_layer))
     elif ext == ".mmd":
-        _write_text(path, to_mermaid(spec))
+        _write_text(path, to_mermaid(spec, every_layer))
     else:
         with plain_text():
-            save_figure(strip_figure(spec), path)
+            save_figure(strip_figure(spec, every_layer), path)
 
 
 def _write_text(path: str, text: str) -> None:
@@ -105,11 +110,12 @@ def _written(s) -> str:
     return format_block(replace(s.block, args=tuple(a for a in s.block.args if a.name != "shared")))
 
 
-def strip_rows(rows: list) -> tuple[int, list[tuple[int, int]]]:
+def strip_rows(rows: list, fold: int = FOLD) -> tuple[int, list[tuple[int, int]]]:
     """How the strip lays out layers (each a tuple of sublayers): the row width, and the drawn rows as
     (first layer, repeats). A layout that repeats with a period of PER_ROW layers or fewer gets rows of a
     whole number of periods, so they come out alike; a run of FOLD or more alike rows is drawn once, so
-    2000 layers of a pattern read as one row × 62, not as a picture 60 rows high."""
+    2000 layers of a pattern read as one row × 62, not as a picture 60 rows high (`fold`: FOLD, or more to
+    fold less)."""
     sigs = [_signature(subs) for subs in rows]
     n = len(sigs)
     width = PER_ROW
@@ -125,7 +131,7 @@ def strip_rows(rows: list) -> tuple[int, list[tuple[int, int]]]:
         row = sigs[start:start + width]
         while start + (k + 1) * width <= n and sigs[start + k * width:start + (k + 1) * width] == row:
             k += 1
-        if k < FOLD:
+        if k < fold:
             k = 1
         drawn.append((start, k))
         start += k * width
@@ -136,16 +142,16 @@ def _short(name: str) -> str:
     return name if len(name) <= 6 else name[:5] + "…"
 
 
-def strip_figure(spec):
+def strip_figure(spec, every_layer: bool = False):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
     rows = layers(spec.graph)
     n = len(rows)
-    width, drawn = strip_rows(rows)
+    width, drawn = strip_rows(rows, n + 1 if every_layer else FOLD)
     if len(drawn) > MAX_ROWS:
-        raise ArchDSLError(f"the layout's {n:,} layers make {len(drawn)} different rows of {width}, and the picture "
-                           f"draws at most {MAX_ROWS}: write .dot for every layer")
+        raise ArchDSLError(f"the layout's {n:,} layers make {len(drawn)} {'' if every_layer else 'different '}rows "
+                           f"of {width}, and the picture draws at most {MAX_ROWS}: write .dot")
     nrows = len(drawn)
     cols = max(width, MIN_COLS)  # a layer keeps its shape however few there are
     pad = (cols - width) / 2
@@ -307,55 +313,165 @@ def _mmd(text: str) -> str:
     return "".join(c if _MERMAID_PLAIN.fullmatch(c) else f"#{ord(c)};" for c in str(text))
 
 
-def to_dot(spec) -> str:
-    g = spec.graph
-    out = [f'digraph "{_dot(spec.name)}" {{', "  rankdir=LR;", '  node [shape=box, style="rounded,filled", fontname=Helvetica];']
-    out.append('  embed [label="embedding", fillcolor="#EEEEEE"];')
-    for i, subs in enumerate(layers(g)):
-        main = role_of(subs, MIXER) or subs[0]
-        out.append(f'  L{i} [label="{i}: {_dot(_label(subs))}", fillcolor="{_color(main.kind)}", '
-                   f'fontcolor="{_ink(_color(main.kind))}"];')
+@dataclass(frozen=True)
+class Fold:
+    """`repeats` alike blocks of `period` layers from layer `first`, drawn once: `items` the first block's."""
+
+    first: int
+    period: int
+    repeats: int
+    items: tuple
+
+
+def fold_layers(sigs: list, lo: int, hi: int, fold: int = FOLD) -> tuple:
+    """Layers lo .. hi-1 as a chart draws them: each item a layer's index or a Fold. At each layer the run of
+    `fold` or more alike blocks (of PER_ROW layers or fewer) that covers the most layers is folded (the shorter
+    block on a tie), its first block folded again inside; else the layer stands alone."""
+    items: list = []
+    i = lo
+    while i < hi:
+        best = None  # (layers covered, period, repeats)
+        for p in range(1, min(PER_ROW, (hi - i) // fold) + 1):
+            k = 1
+            while i + (k + 1) * p <= hi and sigs[i + k * p:i + (k + 1) * p] == sigs[i:i + p]:
+                k += 1
+            if k >= fold and (best is None or p * k > best[0]):
+                best = (p * k, p, k)
+        if best is None:
+            items.append(i)
+            i += 1
+        else:
+            _, p, k = best
+            items.append(Fold(i, p, k, fold_layers(sigs, i, i + p, fold) if p > 1 else (i,)))
+            i += p * k
+    return tuple(items)
+
+
+class _Chart:
+    """What the DOT and Mermaid writers share: the folded items, for each layer the layer drawn for it, and the
+    links (residual chain, embedding reads, shared groups) between drawn nodes, each once."""
+
+    def __init__(self, spec, every_layer: bool):
+        g = spec.graph
+        self.rows = layers(g)
+        n = len(self.rows)
+        sigs = [_signature(subs) for subs in self.rows]
+        self.items = fold_layers(sigs, 0, n, n + 1 if every_layer else FOLD)
+        self.drawn_for = list(range(n))
+        self._walk(self.items)
+        node = lambda v: f"L{self.drawn_for[g.nodes[v]['index']]}" if v.startswith("L") else v
+        chain = ["embed"] + [f"L{i}" for i in self._chain(self.items)] + ["norm", "head"]
+        self.edges: dict[tuple[str, str], str] = {(a, b): "residual" for a, b in zip(chain, chain[1:])}
+        for u, v, data in g.edges(data=True):
+            key = (node(u), node(v))
+            if data["flow"] == "embedding":
+                self.edges.setdefault(key, "embedding")
+            elif data.get("embedding") and key in self.edges:
+                self.edges[key] = "residual+embedding"
+        self.group_links: dict[tuple[int, int], str] = {}
+        for group, members in g.graph["groups"].items():
+            drawn = list(dict.fromkeys(self.drawn_for[m] for m in members))
+            for a, b in zip(drawn, drawn[1:]):
+                self.group_links.setdefault((a, b), group)
+
+    def _walk(self, items) -> None:
+        """drawn_for of every layer a fold stands for: the layer drawn for the one at its place in the first block."""
+        for it in items:
+            if isinstance(it, Fold):
+                self._walk(it.items)
+                for r in range(1, it.repeats):
+                    for j in range(it.period):
+                        self.drawn_for[it.first + r * it.period + j] = self.drawn_for[it.first + j]
+
+    def _chain(self, items) -> list[int]:
+        return [i for it in items for i in (self._chain(it.items) if isinstance(it, Fold) else [it])]
+
+    def label(self, i: int, fold: Fold | None = None) -> str:
+        """`7: mamba2`, or for a one-layer fold `0–6: mamba2 × 7`."""
+        if fold is not None:
+            return f"{fold.first}–{fold.first + fold.repeats - 1}: {_label(self.rows[i])} × {fold.repeats}"
+        return f"{i}: {_label(self.rows[i])}"
+
+    @staticmethod
+    def title(fold: Fold) -> str:
+        return f"layers {fold.first}–{fold.first + fold.period * fold.repeats - 1} × {fold.repeats}"
+
+
+def to_dot(spec, every_layer: bool = False) -> str:
+    """The layer graph as a DOT digraph, folded as the module says (every_layer: each layer a node)."""
+    chart = _Chart(spec, every_layer)
+    out = [f'digraph "{_dot(spec.name)}" {{', "  rankdir=LR;",
+           '  node [shape=box, style="rounded,filled", fontname=Helvetica];',
+           '  embed [label="embedding", fillcolor="#EEEEEE"];']
+
+    def emit(items, depth):
+        pad = "  " * depth
+        for it in items:
+            if isinstance(it, Fold) and it.period > 1:
+                out.append(f"{pad}subgraph cluster_F{it.first}_{it.period} {{")
+                out.append(f'{pad}  label="{_dot(chart.title(it))}"; style="rounded,dashed"; color="#888888"; '
+                           f'fontname=Helvetica;')
+                emit(it.items, depth + 1)
+                out.append(f"{pad}}}")
+                continue
+            i, fold = (it.first, it) if isinstance(it, Fold) else (it, None)
+            fill = _color((role_of(chart.rows[i], MIXER) or chart.rows[i][0]).kind)
+            out.append(f'{pad}L{i} [label="{_dot(chart.label(i, fold))}", fillcolor="{fill}", '
+                       f'fontcolor="{_ink(fill)}"];')
+
+    emit(chart.items, 1)
     out.append('  norm [label="final norm", fillcolor="#EEEEEE"];')
     out.append(f'  head [label="LM head{" (tied)" if spec.tie_embeddings else ""}", fillcolor="#EEEEEE"];')
-    for u, v, data in g.edges(data=True):
-        style = ' [style=dashed, label="embedding"]' if data["flow"] == "embedding" else (
-            ' [label="+ embedding"]' if data.get("embedding") else "")
+    for (u, v), flow in chart.edges.items():
+        style = {"residual": "", "embedding": ' [style=dashed, label="embedding"]',
+                 "residual+embedding": ' [label="+ embedding"]'}[flow]
         out.append(f"  {u} -> {v}{style};")
     gcolor = group_colors(spec)
-    for group, members in g.graph["groups"].items():
-        for a, b in zip(members, members[1:]):
-            out.append(f'  L{a} -> L{b} [dir=none, style=dotted, color="{gcolor[group]}", constraint=false, '
-                       f'label="{_dot(group)}"];')
+    for (a, b), group in chart.group_links.items():
+        out.append(f'  L{a} -> L{b} [dir=none, style=dotted, color="{gcolor[group]}", constraint=false, '
+                   f'label="{_dot(group)}"];')
     out.append("}")
     return "\n".join(out) + "\n"
 
 
-def to_mermaid(spec) -> str:
-    """The layer graph as a Mermaid flowchart; ArchDSLError past what Mermaid draws by default (maxEdges,
-    maxTextSize: beyond them it shows an error box, as GitHub does), about 500 layers."""
-    g = spec.graph
+def to_mermaid(spec, every_layer: bool = False) -> str:
+    """The layer graph as a Mermaid flowchart, folded as the module says (every_layer: each layer a node);
+    ArchDSLError past what Mermaid draws by default (maxEdges, maxTextSize: beyond them it shows an error box,
+    as GitHub does), about 500 layers drawn."""
+    chart = _Chart(spec, every_layer)
     out = ["flowchart LR", '  embed["embedding"]']
-    classes = {}
-    rows = layers(g)
-    for i, subs in enumerate(rows):
-        main = role_of(subs, MIXER) or subs[0]
-        classes.setdefault(main.kind, []).append(f"L{i}")
-        out.append(f'  L{i}["{i}: {_mmd(_label(subs))}"]')
+    classes: dict[str, list[str]] = {}
+
+    def emit(items, depth):
+        pad = "  " * depth
+        for it in items:
+            if isinstance(it, Fold) and it.period > 1:
+                out.append(f'{pad}subgraph F{it.first}_{it.period}["{_mmd(chart.title(it))}"]')
+                out.append(f"{pad}  direction LR")
+                emit(it.items, depth + 1)
+                out.append(f"{pad}end")
+                continue
+            i, fold = (it.first, it) if isinstance(it, Fold) else (it, None)
+            classes.setdefault((role_of(chart.rows[i], MIXER) or chart.rows[i][0]).kind, []).append(f"L{i}")
+            out.append(f'{pad}L{i}["{_mmd(chart.label(i, fold))}"]')
+
+    emit(chart.items, 1)
     out += ['  norm["final norm"]', f'  head["LM head{" (tied)" if spec.tie_embeddings else ""}"]']
-    for u, v, data in g.edges(data=True):
-        out.append(f"  {u} -.-> {v}" if data["flow"] == "embedding" else f"  {u} --> {v}")
-    for group, members in g.graph["groups"].items():
-        for a, b in zip(members, members[1:]):
-            out.append(f'  L{a} -.-|"{_mmd(group)}"| L{b}')
+    for (u, v), flow in chart.edges.items():
+        out.append(f"  {u} -.-> {v}" if flow == "embedding" else f"  {u} --> {v}")
+    for (a, b), group in chart.group_links.items():
+        out.append(f'  L{a} -.-|"{_mmd(group)}"| L{b}')
     for kind, ids in classes.items():
         out.append(f"  classDef {kind} fill:{_color(kind)},color:{_ink(_color(kind))}")
         out.append(f"  class {','.join(ids)} {kind}")
     text = "\n".join(out) + "\n"
-    edges = g.number_of_edges() + sum(len(m) - 1 for m in g.graph["groups"].values())
+    edges = len(chart.edges) + len(chart.group_links)
     if edges > MERMAID_MAX_EDGES or len(text) > MERMAID_MAX_TEXT:
-        raise ArchDSLError(f"the layout's {plural(len(rows), 'layer')} make a Mermaid chart of "
-                           f"{edges:,} links and {len(text):,} characters, and Mermaid draws at most "
-                           f"{MERMAID_MAX_EDGES} links and {MERMAID_MAX_TEXT:,} characters: write .dot instead")
+        drawn = sum(len(ids) for ids in classes.values())
+        raise ArchDSLError(f"the layout's {plural(len(chart.rows), 'layer')} make a Mermaid chart of "
+                           f"{plural(drawn, 'node')}, {edges:,} links and {len(text):,} characters, and Mermaid "
+                           f"draws at most {MERMAID_MAX_EDGES} links and {MERMAID_MAX_TEXT:,} characters: write "
+                           f".dot instead")
     return text
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -81,6 +82,15 @@ def test_graph_formats(tmp_path, ext, capsys):
     assert run("graph", os.path.join(ROOT, "specs/zamba2-2.7b.yaml"), "-o", str(out), capsys=capsys)[0] == 0
     assert out.stat().st_size > 100
     assert run("graph", "mamba2", "-o", str(tmp_path / "g.jpg"), capsys=capsys)[0] == 2
+
+
+def test_graph_every_layer(tmp_path, capsys):
+    """The charts fold alike blocks by default; --every-layer draws each layer (the picture too)."""
+    for flag, nodes in (([], 1), (["--every-layer"], 12)):
+        out = tmp_path / "g.mmd"
+        assert run("graph", "12×mamba2", "-o", str(out), *flag, capsys=capsys)[0] == 0
+        assert len(re.findall(r"^ +L\d+\[", out.read_text(), re.M)) == nodes
+    assert run("graph", "12×mamba2", "-o", str(tmp_path / "g.svg"), "--every-layer", capsys=capsys)[0] == 0
 
 
 def test_graph_says_characters_no_font_has_as_a_warning(tmp_path, capsys):

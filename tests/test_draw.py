@@ -5,13 +5,15 @@ import os
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 
 import archdsl  # noqa: E402
-from archdsl.draw import (GROUP_COLORS, KIND_COLORS, MAX_ROWS, draw, font_with, strip_figure,  # noqa: E402
-                          strip_rows, to_dot, to_mermaid)
+from archdsl.draw import (GROUP_COLORS, KIND_COLORS, MAX_ROWS, Fold, draw, fold_layers, font_with,  # noqa: E402
+                          strip_figure, strip_rows, to_dot, to_mermaid)
 from archdsl.errors import ArchDSLError  # noqa: E402
 from archdsl.graph import layers  # noqa: E402
 
@@ -173,28 +175,50 @@ def test_the_title_names_the_bands_drawn(figure):
 _DOT_ID = r'(?:[A-Za-z_][A-Za-z0-9_]*|"(?:[^"\\]|\\.)*")'
 _DOT_VALUE = r'(?:[A-Za-z_][A-Za-z0-9_.,]*|"(?:[^"\\]|\\.)*")'
 _DOT_ATTRS = rf"(?: \[{_DOT_ID}={_DOT_VALUE}(?:, {_DOT_ID}={_DOT_VALUE})*\])?"
-_DOT_LINE = re.compile(rf"  (?:{_DOT_ID}{_DOT_ATTRS}|{_DOT_ID} -> {_DOT_ID}{_DOT_ATTRS}|rankdir=LR|node{_DOT_ATTRS});")
+_DOT_LINE = re.compile(rf"(?:{_DOT_ID}{_DOT_ATTRS}|{_DOT_ID} -> {_DOT_ID}{_DOT_ATTRS}|rankdir=LR|node{_DOT_ATTRS});")
+_DOT_BOX = re.compile(r'subgraph cluster_F\d+_\d+ \{|label="(?:[^"\\]|\\.)*"; style="rounded,dashed"; color="#888888"; fontname=Helvetica;')
 
 
 def check_dot(text):
+    """Each line a statement we write, boxes (clusters) opened and closed in step."""
     lines = text.splitlines()
     assert re.fullmatch(rf"digraph {_DOT_ID} \{{", lines[0]) and lines[-1] == "}"
+    depth = 1
     for line in lines[1:-1]:
-        assert _DOT_LINE.fullmatch(line), line
+        body = line.lstrip(" ")
+        assert line[:len(line) - len(body)] == "  " * depth or body == "}", line
+        if body == "}":
+            depth -= 1
+            assert depth >= 1, line
+        else:
+            assert _DOT_LINE.fullmatch(body) or _DOT_BOX.fullmatch(body), line
+            depth += body.startswith("subgraph")
+    assert depth == 1
 
 
 _MMD_LABEL = r'"[^"<>`#;]*(?:#\d+;[^"<>`#;]*)*"'  # quoted; anything odd as an entity code
 _MMD_ID = r"(?:embed|norm|head|L\d+)"  # none a Mermaid keyword (`end`, `graph`, ...)
-_MMD_LINE = re.compile(rf"  (?:{_MMD_ID}\[{_MMD_LABEL}\]|{_MMD_ID} (?:-->|-\.->) {_MMD_ID}"
+_MMD_LINE = re.compile(rf"(?:{_MMD_ID}\[{_MMD_LABEL}\]|{_MMD_ID} (?:-->|-\.->) {_MMD_ID}"
                        rf"|L\d+ -\.-\|{_MMD_LABEL}\| L\d+|classDef [a-z0-9]+ fill:#[0-9A-F]{{6}},color:#(?:000000|FFFFFF)"
-                       rf"|class L\d+(?:,L\d+)* [a-z0-9]+)")
+                       rf"|class L\d+(?:,L\d+)* [a-z0-9]+|direction LR)")
+_MMD_BOX = re.compile(rf"subgraph F\d+_\d+\[{_MMD_LABEL}\]")
 
 
 def check_mermaid(text):
+    """Each line a statement we write, boxes (subgraphs) opened and closed in step."""
     lines = text.splitlines()
     assert lines[0] == "flowchart LR"
+    depth = 1
     for line in lines[1:]:
-        assert _MMD_LINE.fullmatch(line), line
+        body = line.lstrip(" ")
+        assert line[:len(line) - len(body)] == "  " * (depth - (body == "end")), line
+        if body == "end":
+            depth -= 1
+            assert depth >= 1, line
+        else:
+            assert _MMD_LINE.fullmatch(body) or _MMD_BOX.fullmatch(body), line
+            depth += body.startswith("subgraph")
+    assert depth == 1
 
 
 @pytest.mark.parametrize("name", sorted(f[:-5] for f in os.listdir(SPECS) if f.endswith(".yaml")))
@@ -229,14 +253,79 @@ def test_mermaid_says_tied_like_dot():
 
 def test_mermaid_past_its_limits_is_an_error_and_no_file(tmp_path):
     """Mermaid draws at most 500 links (maxEdges) and 50 000 characters (maxTextSize) by default; past them it
-    shows an error box where the chart should be."""
-    check_mermaid(to_mermaid(archdsl.parse("490×mamba2")))
+    shows an error box where the chart should be. Folded, 600 layers of one kind are one node."""
+    check_mermaid(to_mermaid(archdsl.parse("490×mamba2"), every_layer=True))
     out = tmp_path / "g.mmd"
     with pytest.raises(ArchDSLError, match="at most 500 links"):
-        draw(archdsl.parse("600×mamba2"), str(out))
+        draw(archdsl.parse("600×mamba2"), str(out), every_layer=True)
     assert os.listdir(tmp_path) == []
-    draw(archdsl.parse("600×mamba2"), str(tmp_path / "g.dot"))  # DOT has no such limit
+    draw(archdsl.parse("600×mamba2"), str(tmp_path / "g.dot"), every_layer=True)  # DOT has no such limit
     check_dot((tmp_path / "g.dot").read_text())
+    draw(archdsl.parse("600×mamba2"), str(out))
+    assert '  L0["0#8211;599: mamba2 × 600"]' in out.read_text().splitlines()
+
+
+def expand(items):
+    """The layers a chart's items stand for, in order."""
+    out = []
+    for it in items:
+        if isinstance(it, Fold):
+            block = expand(it.items)
+            assert block == list(range(it.first, it.first + it.period))
+            out += [i + r * it.period for r in range(it.repeats) for i in block]
+        else:
+            out.append(it)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from("aab"), max_size=60), st.integers(2, 4))
+def test_folding_loses_no_layer(sigs, fold):
+    """The chart's items stand for every layer once, in order; a fold's blocks are alike, `fold` of them at least;
+    nothing that repeats `fold` times in a row from where an item starts is left unfolded."""
+    items = fold_layers(sigs, 0, len(sigs), fold)
+    assert expand(items) == list(range(len(sigs)))
+
+    def check(items, hi):
+        for it in items:
+            if isinstance(it, Fold):
+                assert it.repeats >= fold and it.period >= 1
+                block = sigs[it.first:it.first + it.period]
+                assert all(sigs[it.first + r * it.period:it.first + (r + 1) * it.period] == block
+                           for r in range(it.repeats))
+                check(it.items, it.first + it.period)
+            else:
+                assert sigs[it:min(it + fold, hi)] != [sigs[it]] * fold
+    check(items, len(sigs))
+
+
+def test_charts_fold_the_layout_blocks(tmp_path):
+    """`4×(7×mamba2, attn(shared))` is one box × 4 holding a mamba2 node × 7 and the attn node; every link ends
+    at a node drawn; --every-layer draws the 32."""
+    spec = archdsl.parse("4×(7×mamba2, attn(shared))")
+    mmd, dot = to_mermaid(spec), to_dot(spec)
+    check_mermaid(mmd)
+    check_dot(dot)
+    assert re.findall(r'(L\d+)\["([^"]*)"\]', mmd) == [("L0", "0#8211;6: mamba2 × 7"), ("L7", "7: attn [attn]")]
+    assert 'subgraph F0_8["layers 0#8211;31 × 4"]' in mmd
+    assert 'label="layers 0–31 × 4"' in dot and 'L0 [label="0–6: mamba2 × 7"' in dot
+    assert re.findall(r"^  (\w+) --> (\w+)$", mmd, re.M) == [("embed", "L0"), ("L0", "L7"), ("L7", "norm"),
+                                                             ("norm", "head")]
+    full = to_mermaid(spec, every_layer=True)
+    check_mermaid(full)
+    assert len(re.findall(r"L\d+\[", full)) == 32 and "subgraph" not in full
+    assert full.count('-.-|"attn"|') == 3  # the shared attention's four layers, linked in turn
+
+
+@pytest.mark.parametrize("name", ["zamba2-2.7b-released", "jamba-v0.1", "demo-zamba"])
+def test_folded_links_end_at_drawn_nodes(name):
+    """Embedding reads and shared groups of layers drawn once link the layer drawn for them, each link once."""
+    for text, node, link in ((to_mermaid(spec_file(name)), r"^\s+(L\d+)\[", r"(L\d+|embed|norm|head)"),
+                             (to_dot(spec_file(name)), r"^\s+(L\d+) \[", r"(L\d+|embed|norm|head)")):
+        drawn = set(re.findall(node, text, re.M)) | {"embed", "norm", "head"}
+        links = re.findall(rf"^  {link} (?:-->|-\.->|-\.-\|[^|]*\||->) {link}", text, re.M)
+        assert links and {n for pair in links for n in pair} <= drawn
+        assert len(links) == len(set(links))
 
 
 def test_text_reads_on_its_fill(figure):
