@@ -352,17 +352,18 @@ class WKV4Function(torch.autograd.Function):
         y32, lnd = torch.empty(B, T, C, **f32), torch.empty(B, T, C, **f32)
         gw, gu = torch.empty(B, NP, C, **f32), torch.empty(B, NP, C, **f32)
         has = (s_in is not None, g_s is not None, restart is not None, NP > 1)
-        sums = torch.empty(B, NP, 6, C, **f32) if NP > 1 else None
+        ahead = back = None  # the pieces' sums going forward (states, tangents) and back (adjoints)
         if NP > 1:
-            _piece_sums[grid](w, u, k, v, sums, restart, T, C, LP, BC, has[2], True, num_warps=4)
-        _bwd_fwd_sweep[grid](w, u, k, v, gy, s_in, s_out, g_s, y32, lnd, gw, restart, sums, T, C, LP, BC, *has,
+            ahead = torch.empty(B, NP, 6, C, **f32)
+            _piece_sums[grid](w, u, k, v, ahead, restart, T, C, LP, BC, has[2], True, num_warps=4)
+        _bwd_fwd_sweep[grid](w, u, k, v, gy, s_in, s_out, g_s, y32, lnd, gw, restart, ahead, T, C, LP, BC, *has,
                              num_warps=4)
         if NP > 1:
-            sums = torch.empty(B, NP, 4, C, **f32)
-            _rev_piece_sums[grid](w, u, gy, y32, lnd, sums, restart, T, C, LP, BC, has[2], num_warps=4)
+            back = torch.empty(B, NP, 4, C, **f32)
+            _rev_piece_sums[grid](w, u, gy, y32, lnd, back, restart, T, C, LP, BC, has[2], num_warps=4)
         gk, gv = torch.empty_like(k), torch.empty_like(v)
         g_in = torch.empty_like(s_in) if s_in is not None else None
-        _bwd_rev_sweep[grid](u, w, k, v, gy, s_in, s_out, g_s, y32, lnd, gk, gv, gu, g_in, restart, sums,
+        _bwd_rev_sweep[grid](u, w, k, v, gy, s_in, s_out, g_s, y32, lnd, gk, gv, gu, g_in, restart, back,
                              T, C, LP, BC, *has, num_warps=4)
         return gw.sum((0, 1)).to(w.dtype), gu.sum((0, 1)).to(u.dtype), gk, gv, g_in, None
 
