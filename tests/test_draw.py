@@ -179,21 +179,26 @@ _DOT_LINE = re.compile(rf"(?:{_DOT_ID}{_DOT_ATTRS}|{_DOT_ID} -> {_DOT_ID}{_DOT_A
 _DOT_BOX = re.compile(r'subgraph cluster_F\d+_\d+ \{|label="(?:[^"\\]|\\.)*"; style="rounded,dashed"; color="#888888"; fontname=Helvetica;')
 
 
-def check_dot(text):
-    """Each line a statement we write, boxes (clusters) opened and closed in step."""
-    lines = text.splitlines()
-    assert re.fullmatch(rf"digraph {_DOT_ID} \{{", lines[0]) and lines[-1] == "}"
+def check_nested(lines, close, line, box):
+    """Each line a statement we write (`line`, or `box`: a box's opening and its attributes), indented by its
+    depth; boxes opened and closed (`close`) in step."""
     depth = 1
-    for line in lines[1:-1]:
-        body = line.lstrip(" ")
-        assert line[:len(line) - len(body)] == "  " * depth or body == "}", line
-        if body == "}":
+    for text in lines:
+        body = text.lstrip(" ")
+        assert text[:len(text) - len(body)] == "  " * (depth - (body == close)), text
+        if body == close:
             depth -= 1
-            assert depth >= 1, line
+            assert depth >= 1, text
         else:
-            assert _DOT_LINE.fullmatch(body) or _DOT_BOX.fullmatch(body), line
+            assert line.fullmatch(body) or box.fullmatch(body), text
             depth += body.startswith("subgraph")
     assert depth == 1
+
+
+def check_dot(text):
+    lines = text.splitlines()
+    assert re.fullmatch(rf"digraph {_DOT_ID} \{{", lines[0]) and lines[-1] == "}"
+    check_nested(lines[1:-1], "}", _DOT_LINE, _DOT_BOX)
 
 
 _MMD_LABEL = r'"[^"<>`#;]*(?:#\d+;[^"<>`#;]*)*"'  # quoted; anything odd as an entity code
@@ -205,20 +210,9 @@ _MMD_BOX = re.compile(rf"subgraph F\d+_\d+\[{_MMD_LABEL}\]")
 
 
 def check_mermaid(text):
-    """Each line a statement we write, boxes (subgraphs) opened and closed in step."""
     lines = text.splitlines()
     assert lines[0] == "flowchart LR"
-    depth = 1
-    for line in lines[1:]:
-        body = line.lstrip(" ")
-        assert line[:len(line) - len(body)] == "  " * (depth - (body == "end")), line
-        if body == "end":
-            depth -= 1
-            assert depth >= 1, line
-        else:
-            assert _MMD_LINE.fullmatch(body) or _MMD_BOX.fullmatch(body), line
-            depth += body.startswith("subgraph")
-    assert depth == 1
+    check_nested(lines[1:], "end", _MMD_LINE, _MMD_BOX)
 
 
 @pytest.mark.parametrize("name", sorted(f[:-5] for f in os.listdir(SPECS) if f.endswith(".yaml")))
