@@ -176,7 +176,8 @@ _DOT_ID = r'(?:[A-Za-z_][A-Za-z0-9_]*|"(?:[^"\\]|\\.)*")'
 _DOT_VALUE = r'(?:[A-Za-z_][A-Za-z0-9_.,]*|"(?:[^"\\]|\\.)*")'
 _DOT_ATTRS = rf"(?: \[{_DOT_ID}={_DOT_VALUE}(?:, {_DOT_ID}={_DOT_VALUE})*\])?"
 _DOT_LINE = re.compile(rf"(?:{_DOT_ID}{_DOT_ATTRS}|{_DOT_ID} -> {_DOT_ID}{_DOT_ATTRS}|rankdir=LR|node{_DOT_ATTRS});")
-_DOT_BOX = re.compile(r'subgraph cluster_F\d+_\d+ \{|label="(?:[^"\\]|\\.)*"; style="rounded,dashed"; color="#888888"; fontname=Helvetica;')
+_DOT_BOX = re.compile(r'subgraph cluster_F\d+_\d+ \{'
+                      r'|label="(?:[^"\\]|\\.)*"; style="rounded,dashed"; color="#888888"; fontname=Helvetica;')
 
 
 def check_nested(lines, close, line, box):

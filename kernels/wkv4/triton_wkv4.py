@@ -301,8 +301,9 @@ def _grid(B, C, BC, NP):
 
 # Pieces along T: enough for PROGRAMS_PER_SM programs a multiprocessor, each PIECE_MIN tokens at least; none where
 # B·C alone fills half of that. H100, C2048 bf16, forward+backward ms, one piece → pieces (seventy-eighth run):
-#   B1 T4096 6.24 → 0.55 (64 pieces), B4 T4096 6.49 → 0.95 (17), B4 T16384 25.5 → 3.63 (17), B16 T4096 7.15 → 3.38
-#   (5), B32 T2048 4.14 → 3.23 (3), B64 T1024 2.75 → 3.15 (2: the extra passes cost more than the shorter walks).
+#   B1 T4096 6.24 → 0.55 (64 pieces), B4 T4096 6.49 → 0.95 (17), B4 T16384 25.5 → 3.63 (17),
+#   B16 T4096 7.15 → 3.38 (5), B32 T2048 4.14 → 3.23 (3),
+#   B64 T1024 2.75 → 3.15 (2: the extra passes cost more than the shorter walks).
 PROGRAMS_PER_SM, PIECE_MIN = 8, 64
 
 
