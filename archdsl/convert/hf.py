@@ -362,6 +362,17 @@ def _nemotron_h(c: _Cfg, name: str) -> dict:
     return _spec(c, name, d, c("vocab_size", 131072), False, layout, blocks, eps=c("layer_norm_epsilon", 1e-5))
 
 
+def _rwkv_eps(c: _Cfg) -> float:
+    """layer_norm_epsilon of an RWKV config: transformers' RWKV models (4, and 6 on the hub) take it in every
+    LayerNorm but the last (ln_out, torch's default 1e-5); with one norm_eps here, a config that sets another is
+    refused rather than read as a different function."""
+    eps = c("layer_norm_epsilon", 1e-5)
+    if eps != 1e-5:
+        raise _refuse("layer_norm_epsilon", eps, "transformers' RWKV ends in a LayerNorm of epsilon 1e-5 whatever "
+                      "this says, and archdsl's model has one norm_eps: only 1e-5 converts exactly")
+    return eps
+
+
 def _rwkv(c: _Cfg, name: str) -> dict:
     d = c("hidden_size", 4096)
     att = c("attention_hidden_size", d)
@@ -369,7 +380,7 @@ def _rwkv(c: _Cfg, name: str) -> dict:
               "cmix": {"version": 4, "hidden": c("intermediate_size", 4 * d)}}
     return _spec(c, name, d, c("vocab_size", 50277), c("tie_word_embeddings", False),
                  f"{c('num_hidden_layers', 32)}×rwkv4", blocks, norm="layernorm",
-                 eps=c("layer_norm_epsilon", 1e-5), embed_norm=True, ffn="cmix")
+                 eps=_rwkv_eps(c), embed_norm=True, ffn="cmix")
 
 
 def _rwkv6(c: _Cfg, name: str) -> dict:
@@ -383,7 +394,7 @@ def _rwkv6(c: _Cfg, name: str) -> dict:
     blocks["rwkv6"] = {k: v for k, v in blocks["rwkv6"].items() if v is not None}
     return _spec(c, name, d, c("vocab_size", 65536), c("tie_word_embeddings", False),
                  f"{c('num_hidden_layers', 24)}×rwkv6", blocks, norm="layernorm",
-                 eps=c("layer_norm_epsilon", 1e-5), embed_norm=True, ffn="cmix")
+                 eps=_rwkv_eps(c), embed_norm=True, ffn="cmix")
 
 
 def _llama(c: _Cfg, name: str) -> dict:

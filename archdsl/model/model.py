@@ -301,8 +301,8 @@ class ArchModel(nn.Module):
         _check_sampling(max_new_tokens, temperature, top_k, seed, top_p, repetition_penalty)
         eos = self._stop_ids(eos_token_id, pad_token_id)
         B, L = input_ids.shape
-        if max_new_tokens == 0:
-            return input_ids
+        if max_new_tokens == 0:  # a new tensor, as for any other count: writing to it leaves the prompt alone
+            return input_ids.clone()
         gen = None
         if seed is not None:
             gen = torch.Generator(device=input_ids.device).manual_seed(seed)
@@ -342,21 +342,23 @@ class ArchModel(nn.Module):
         return torch.cat(out, dim=1)
 
     def _stop_ids(self, eos_token_id, pad_token_id) -> tuple[list[int], int] | None:
-        """generate's (eos ids, pad id), or None without eos_token_id; ids are ints in [0, vocab)."""
+        """generate's (eos ids, pad id), or None without eos_token_id; ids are ints in [0, vocab), eos_token_id
+        also an integer tensor of them (transformers takes one). A pad_token_id without eos ids pads nothing (as
+        transformers', which passes tokenizer.pad_token_id along whatever the eos): checked, then unused."""
         vocab = self.embeddings.num_embeddings
         is_id = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v < vocab  # noqa: E731
+        if pad_token_id is not None and not is_id(pad_token_id):
+            raise ArchDSLError(f"generate: pad_token_id must be a token id in [0, {vocab}), got {pad_token_id!r}")
         if eos_token_id is None:
-            if pad_token_id is not None:
-                raise ArchDSLError("generate: pad_token_id is used only with eos_token_id")
             return None
+        if isinstance(eos_token_id, torch.Tensor) and eos_token_id.dim() <= 1 and not eos_token_id.is_floating_point() \
+                and not eos_token_id.is_complex() and eos_token_id.dtype != torch.bool:
+            eos_token_id = eos_token_id.tolist()
         ids = [eos_token_id] if isinstance(eos_token_id, numbers.Integral) else eos_token_id
         if not isinstance(ids, (list, tuple)) or not ids or not all(is_id(v) for v in ids):
             raise ArchDSLError(f"generate: eos_token_id must be a token id or a non-empty list of them, each in "
                                f"[0, {vocab}), got {eos_token_id!r}")
-        pad = ids[0] if pad_token_id is None else pad_token_id
-        if not is_id(pad):
-            raise ArchDSLError(f"generate: pad_token_id must be a token id in [0, {vocab}), got {pad_token_id!r}")
-        return [int(v) for v in ids], int(pad)
+        return [int(v) for v in ids], int(ids[0] if pad_token_id is None else pad_token_id)
 
     def _check_tokens(self, where: str, name: str, ids, ndim: int, cache: Cache | None = None) -> None:
         """Token ids as `where` takes them, else ArchDSLError: an int64 or int32 tensor, [batch, length] (ndim 2)

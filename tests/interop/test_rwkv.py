@@ -22,10 +22,31 @@ def test_rwkv(tmp_path):
     check_family(tmp_path, hf, 128, hf_cache=True)
 
 
-def test_rwkv_tied_eps(tmp_path):
+def test_rwkv_tied(tmp_path):
     hf = make_hf("RwkvConfig", "RwkvForCausalLM", vocab_size=90, num_hidden_layers=2, rescale_every=0,
-                 tie_word_embeddings=True, layer_norm_epsilon=1e-6, init=_jitter, **SMALL)
+                 tie_word_embeddings=True, init=_jitter, **SMALL)
     check_family(tmp_path, hf, 90)
+
+
+def test_rwkv_epsilon_other_than_torchs_is_refused(tmp_path):
+    """transformers' RWKV takes layer_norm_epsilon in every LayerNorm but ln_out (torch's 1e-5): one norm_eps
+    cannot be both, so such a config is refused on import (it converted into logits 1e-3 off), and a spec with
+    another norm_eps on export."""
+    import archdsl
+    from archdsl.errors import ArchDSLError
+
+    hf = make_hf("RwkvConfig", "RwkvForCausalLM", vocab_size=64, num_hidden_layers=2, rescale_every=0,
+                 layer_norm_epsilon=1e-3, **SMALL)
+    hf.save_pretrained(tmp_path / "hf")
+    with pytest.raises(ArchDSLError, match=r"value 0.001 of config field 'layer_norm_epsilon': .*epsilon 1e-5"):
+        archdsl.from_hf(tmp_path / "hf", weights=True)
+    spec = archdsl.parse("2×rwkv4", d_model=32, vocab_size=64, norm="layernorm", norm_eps=1e-3, embed_norm=True,
+                         ffn="cmix", blocks={"cmix": {"version": 4}})
+    from archdsl.convert.weights import rwkv
+    with pytest.raises(ArchDSLError, match=r"norm_eps 0.001: transformers' RWKV ends in a LayerNorm of epsilon"):
+        rwkv.hf_config(spec)
+    assert rwkv.hf_config(archdsl.parse("2×rwkv4", d_model=32, vocab_size=64, norm="layernorm", embed_norm=True,
+                                        ffn="cmix", blocks={"cmix": {"version": 4}}))["layer_norm_epsilon"] == 1e-5
 
 
 def test_rwkv_rescale_every_is_the_same_function(tmp_path):

@@ -402,6 +402,20 @@ def test_eos_pads_finished_rows_and_stops_when_all_are(seed, at, pad):
     assert torch.equal(m.generate(ids, 10, seed=seed, eos_token_id=never), full)
 
 
+def test_generate_takes_transformers_forms_of_eos_and_pad():
+    """As transformers' generate: eos_token_id as an integer tensor, and a pad_token_id without eos ids (passed
+    along from a tokenizer), which pads nothing. max_new_tokens=0 gives a new tensor, not the prompt itself."""
+    m = _token_model()
+    ids = torch.randint(0, 37, (2, 4), generator=torch.Generator().manual_seed(0))
+    full = m.generate(ids, 6, seed=3)
+    assert torch.equal(m.generate(ids, 6, seed=3, pad_token_id=5), full)
+    eos = full[0, 6].item()
+    for form in (torch.tensor(eos), torch.tensor([eos]), torch.tensor([eos], dtype=torch.int32)):
+        assert torch.equal(m.generate(ids, 6, seed=3, eos_token_id=form), m.generate(ids, 6, seed=3, eos_token_id=eos))
+    same = m.generate(ids, 0)
+    assert torch.equal(same, ids) and same.data_ptr() != ids.data_ptr()
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, eos_token_id=37), r"eos_token_id must be a token id"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, eos_token_id=[]), r"eos_token_id must be"),
@@ -409,7 +423,11 @@ def test_eos_pads_finished_rows_and_stops_when_all_are(seed, at, pad):
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, eos_token_id="2"), r"eos_token_id must be"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, eos_token_id=2, pad_token_id=-1),
      r"pad_token_id must be a token id in \[0, 37\), got -1"),
-    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, pad_token_id=0), r"pad_token_id is used only with"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, pad_token_id=37), r"pad_token_id must be a token id"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, eos_token_id=torch.tensor([1.0])), r"eos_token_id"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, eos_token_id=torch.ones(1, 1, dtype=torch.long)),
+     r"eos_token_id must be"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, eos_token_id=torch.tensor([2, 40])), r"eos_token_id"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, repetition_penalty=0),
      r"repetition_penalty must be None or a finite number > 0 \(1: off\), got 0"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, repetition_penalty=float("inf")), r"repetition_pen"),

@@ -88,6 +88,9 @@ def hf_config(spec) -> dict:
     if spec.norm != "layernorm" or not spec.embed_norm:
         raise _refuse(f"norm {spec.norm!r}" + ("" if spec.embed_norm else " without embed_norm"),
                       "RWKV-4 uses LayerNorms, the first one on the embeddings (embed_norm: true)")
+    if spec.norm_eps != 1e-5:  # transformers' ln_out is nn.LayerNorm(hidden_size): layer_norm_epsilon misses it
+        raise _refuse(f"norm_eps {spec.norm_eps}", "transformers' RWKV ends in a LayerNorm of epsilon 1e-5, which "
+                      "its config cannot change; only norm_eps 1e-5 exports exactly")
     subs = graph_layers(spec.graph)
     tm, cm = [], []
     for i, layer in enumerate(subs):
