@@ -8,9 +8,9 @@ variable whose type changes between iterations, say). This closes that gap on th
      constexpr value, num_warps, num_stages and maxnreg (a Gluon launch also the arguments divisible by 16);
   2. compile: `python tests/kernels/sm90.py FILE` compiles each distinct launch to a cubin for
      GPUTarget("cuda", 90, 32) (Triton ships ptxas) and lists the ones that fail, with the error.
-     A launch with PDL off (always, interpreted) is compiled with it on, as the GPU runs it: that form's code is
-     the other's plus PDL's two instructions, so one compile stands for both (CI's time; the registers may
-     differ by those).
+     A launch is compiled as the GPU runs it (compiled_form): with PDL on, and with the inline-PTX fast paths
+     (FAST, FAST_LOG) that the interpreter cannot run. One compile stands for both forms (CI's time): PDL adds
+     two instructions, and a fast path is the other form's arithmetic in fewer instructions.
      Gluon kernels are never interpreted: tests capture their launchers' launches with `launch_entry`
      (test_selective_scan.py's Gluon forward and backward) and compile them the same way.
 
@@ -227,19 +227,24 @@ def compile_one(line: str, regs: bool = False) -> str:
         return "FAILED: " + " ".join(str(err).split())[:2000]
 
 
-def with_pdl(line: str) -> str | None:
-    """The recorded launch with PDL on, for a kernel that takes it (a PDL constexpr, kernels/_pdl.py),
-    else None: the interpreter always runs them with it off, and the GPU with it on."""
+# constexprs that launchers set True on the GPU only: PDL (kernels/_pdl.py) and the inline-PTX fast paths
+COMPILED_ONLY = ("PDL", "FAST", "FAST_LOG")
+
+
+def compiled_form(line: str) -> str | None:
+    """The recorded launch as the GPU runs it, with each COMPILED_ONLY constexpr it passes False set True, or None
+    where it passes none: the interpreter runs every such kernel with them off."""
     e = json.loads(line)
-    if e["args"].get("PDL") != {"constexpr": False}:
+    flips = [name for name in COMPILED_ONLY if e["args"].get(name) == {"constexpr": False}]
+    if not flips:
         return None
-    e["args"]["PDL"] = {"constexpr": True}
+    for name in flips:
+        e["args"][name] = {"constexpr": True}
     return json.dumps(e, sort_keys=True)
 
 
 def compile_launches(path: str, jobs: int = 1, regs: bool = False) -> int:
-    """Compile each distinct launch recorded in `path` for sm_90, a kernel that takes PDL in its PDL form
-    (with_pdl), in `jobs` processes; print each result (with regs: registers and stack bytes too); return
+    """Compile each distinct launch recorded in `path` for sm_90 in the form the GPU runs (compiled_form), in `jobs` processes; print each result (with regs: registers and stack bytes too); return
     the number that failed."""
     import collections
     import concurrent.futures
@@ -250,7 +255,7 @@ def compile_launches(path: str, jobs: int = 1, regs: bool = False) -> int:
         print(f"{path}: no interpreted launches were recorded; nothing to compile")
         return 0
     recorded = {line.strip() for line in open(path) if line.strip()}
-    entries = sorted({with_pdl(line) or line for line in recorded})
+    entries = sorted({compiled_form(line) or line for line in recorded})
     pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
     failures, spills = 0, collections.Counter()
     with pool:

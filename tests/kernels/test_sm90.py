@@ -77,8 +77,9 @@ def test_records_launches_and_catches_what_the_compiler_rejects(tmp_path, monkey
     assert "0 of 1 compiled launches spill registers to the stack" in run.stdout
 
 
-def test_pdl_launches_are_compiled_with_pdl_on():
-    """The interpreter runs every kernel with PDL off; the GPU with it on. The check compiles that form."""
+def test_launches_are_compiled_as_the_gpu_runs_them():
+    """The interpreter runs every kernel with PDL and the inline-PTX fast paths off; the GPU with them on. The
+    check compiles that form."""
     sys.path.insert(0, HERE)
     import sm90
 
@@ -86,9 +87,13 @@ def test_pdl_launches_are_compiled_with_pdl_on():
         return json.dumps({"module": "m", "name": "k", "args": args, "options": {}}, sort_keys=True)
 
     off = line(x_ptr={"type": "*fp32"}, PDL={"constexpr": False})
-    assert json.loads(sm90.with_pdl(off))["args"] == {"x_ptr": {"type": "*fp32"}, "PDL": {"constexpr": True}}
-    assert sm90.with_pdl(line(x_ptr={"type": "*fp32"}, PDL={"constexpr": True})) is None
-    assert sm90.with_pdl(line(x_ptr={"type": "*fp32"})) is None
+    assert json.loads(sm90.compiled_form(off))["args"] == {"x_ptr": {"type": "*fp32"}, "PDL": {"constexpr": True}}
+    both = line(FAST={"constexpr": False}, FAST_LOG={"constexpr": False}, HAS_Z={"constexpr": False})
+    assert json.loads(sm90.compiled_form(both))["args"] == {"FAST": {"constexpr": True},
+                                                           "FAST_LOG": {"constexpr": True},
+                                                           "HAS_Z": {"constexpr": False}}
+    assert sm90.compiled_form(line(x_ptr={"type": "*fp32"}, PDL={"constexpr": True})) is None
+    assert sm90.compiled_form(line(x_ptr={"type": "*fp32"})) is None
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="watches interpreted launches")
