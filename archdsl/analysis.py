@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 from .blocks import norm_params
 from .blocks.base import FFN, INJECT, MIXER
-from .errors import ArchDSLError, did_you_mean
+from .errors import ArchDSLError, did_you_mean, shown
 from .graph import layers
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1, "float64": 8}
@@ -100,7 +100,7 @@ def analyze_lengths(spec, seq_lens, batch: int = 1, dtype: str = "bfloat16",
     for seq_len in seq_lens:
         for key, value in (("seq_len", seq_len), ("batch", batch)):
             if not isinstance(value, int) or isinstance(value, bool):
-                raise ArchDSLError(f"{key} must be an int, got {value!r}")
+                raise ArchDSLError(f"{key} must be an int, got {shown(value)}")
         if seq_len <= 0 or batch <= 0:
             raise ArchDSLError(f"seq_len and batch must be positive, got seq_len={seq_len}, batch={batch}")
     dtype = dtype_name(dtype)

@@ -19,7 +19,7 @@ import unicodedata
 import warnings
 
 from .atomic import check_output, check_output_dir
-from .errors import ArchDSLError, ArchDSLWarning, out_of_memory
+from .errors import TOO_DEEP, ArchDSLError, ArchDSLWarning, out_of_memory
 from .units import count_text, human, parse_count, parse_seed, plural
 
 COMMANDS = {}
@@ -220,12 +220,12 @@ def cmd_convert(args):
         raise ArchDSLError(f"--name: must be one line without control characters, got {args.name!r}")
     if args.dtype is not None and not args.weights:
         raise ArchDSLError("--dtype needs --weights: it is the dtype of the saved model (a spec has none)")
-    if args.output and not args.weights:  # a spec file of the user's, maybe edited since: never replaced
+    if args.output is not None and not args.weights:  # a spec file of the user's, maybe edited since: never replaced
         check_output(args.output, replace=False)
     if args.weights:
         if args.source != "hf":
             raise ArchDSLError("--weights needs --from hf (a model directory with safetensors)")
-        if not args.output:
+        if args.output is None:
             raise ArchDSLError("--weights needs -o DIR: where to save the archdsl model")
         from .convert.hf_io import from_hf
         from .model.model import SAVE_FILES
@@ -441,11 +441,10 @@ def _add_model_args(p, seed_of: str):
 def _model(args):
     """The model run and bench time: a saved model directory loaded, or a spec compiled (--seed its weights),
     with --device, --dtype, --fuse / --no-fuse and --cuda-graph."""
-    import os
-
     from .model import compile as build
     from .model import load as load_model
     from .model import resolve_dtype
+    from .spec import saved_model
 
     fuse = _fuse(args)
     if str(args.device).strip().startswith("meta"):  # shapes without data: nothing to time, no tokens to decode
@@ -455,7 +454,7 @@ def _model(args):
         args.cuda_graph = str(args.device).startswith("cuda")
     if args.cuda_graph and not str(args.device).startswith("cuda"):
         raise ArchDSLError(f"--cuda-graph needs a CUDA device (--device cuda), got --device {args.device}")
-    if os.path.isdir(args.spec) and os.path.isfile(os.path.join(args.spec, "model.safetensors")):
+    if saved_model(args.spec, args.command):
         if args.set:
             raise ArchDSLError(f"--set: {args.spec} is a saved model, whose weights fix its sizes; give its "
                                f"spec.yaml for fresh random weights at other sizes")
@@ -672,6 +671,9 @@ def _run(parser, argv) -> int:
         return 0
     except ArchDSLError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RecursionError:  # input nested past the stack where no reader names its file (each that can does)
+        print(f"error: input {TOO_DEEP}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:
         if not out_of_memory(e):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import difflib
+import reprlib
 from dataclasses import dataclass
 
 
@@ -96,6 +97,20 @@ class ArchDSLError(Exception):
         new.excerpt = self.excerpt
         new.args = (new.render(),)
         return new
+
+
+_SHOWN = reprlib.Repr()  # its limits set one by one: Python 3.10 and 3.11 take no arguments
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother = 2, 4, 4, 4, 60, 60
+
+
+TOO_DEEP = "nested too deeply to read (past Python's recursion limit)"
+
+
+def shown(value) -> str:
+    """repr(value) for an error message, cut short: a YAML value may be a list of lists a few aliases deep (a
+    300-byte file that stands for 10^8 strings), whose whole repr would not end."""
+    text = _SHOWN.repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def did_you_mean(name: str, valid) -> str:

@@ -26,7 +26,7 @@ from typing import Any, Mapping, get_args
 import yaml
 
 from .blocks import BLOCKS, arg_names, type_hints
-from .errors import ArchDSLError, Source, did_you_mean
+from .errors import TOO_DEEP, ArchDSLError, Source, did_you_mean, shown
 from .language import Block, Group, Layer, Layout, Repeat, format_layout, parse_layout
 
 NORMS = ("rmsnorm", "layernorm")
@@ -173,7 +173,7 @@ def _typed(key: str, value, err):
         except OverflowError:  # past the largest float
             raise err(f"{key} must be a finite number, got {value}", (key,)) from None
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise err(f"{key} must be {typ.__name__}, got {value!r}", (key,))
+        raise err(f"{key} must be {typ.__name__}, got {shown(value)}", (key,))
     return value
 
 
@@ -311,8 +311,26 @@ def load_spec(spec: str | os.PathLike) -> Spec:
     return parse(text)
 
 
+def saved_model(path, command: str) -> bool:
+    """Whether `path` is a saved model's directory (spec.yaml + model.safetensors), whose weights `command` (run,
+    bench, train) starts from. A directory with a spec.yaml and no model.safetensors is refused: read as a spec it
+    would give fresh weights where saved ones were meant."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return False
+    if os.path.isfile(os.path.join(path, "model.safetensors")):
+        return True
+    if os.path.exists(os.path.join(path, "spec.yaml")):
+        raise ArchDSLError(f"{command}: {path} has a spec.yaml but no model.safetensors file (a saved model has "
+                           f"both); give {os.path.join(path, 'spec.yaml')} itself for fresh random weights")
+    return False
+
+
 def read_text(path: str) -> str:
-    """A file's text as UTF-8; unreadable or binary files end in ArchDSLError."""
+    """A file's text as UTF-8; unreadable or binary files end in ArchDSLError, and so do devices, FIFOs and
+    sockets, before they are opened (reading /dev/zero would not end, opening a FIFO waits for a writer)."""
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        raise ArchDSLError(f"{path} is not a regular file (a device, FIFO or socket)")
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -367,6 +385,8 @@ def read_yaml(text: str, file: str):
             raise ArchDSLError(f"invalid YAML: {problem}", file=file) from None
         raise ArchDSLError(f"invalid YAML: {problem}", source=Source(text, file, file_text=text),
                            start=mark.index) from None
+    except RecursionError:  # [[[[...]]]] some thousand deep: past the parser's stack
+        raise ArchDSLError(TOO_DEEP, file=file) from None
 
 
 def _flatten_merges(node, done: set | None = None) -> None:
@@ -488,8 +508,8 @@ def with_settings(spec: Spec, settings: list[str], flag: str = "--set") -> Spec:
         if SIZE_TYPES[key] is not str:
             try:
                 value = yaml.load(value, Loader=YamlLoader)
-            except yaml.YAMLError:
-                raise ArchDSLError(f"{flag} {text}: {value!r} is not a value") from None
+            except (yaml.YAMLError, RecursionError):
+                raise ArchDSLError(f"{flag} {text}: {shown(value)} is not a value") from None
         changes[key] = _typed(key, value, lambda message, _: ArchDSLError(f"{flag} {text}: {message}"))
         given[key] = text  # a key set twice: the last one counts, and is the one named
     base = replace(spec, positions={k: v for k, v in spec.positions.items() if k[0] not in changes})

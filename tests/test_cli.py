@@ -299,6 +299,81 @@ def test_binary_files_and_bare_directories_are_refused(tmp_path, capsys):
         assert code == 2 and f"{path} is not a regular file" in err, err
 
 
+def test_input_nested_past_the_stack_is_an_error_of_its_file(tmp_path, capsys):
+    """YAML or JSON some thousand levels deep ran the parsers past Python's recursion limit: a traceback (exit 1)
+    from check, explore, convert and run. Each names its file now."""
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("layout: 2×mamba2\nd_model: " + "[" * 3000 + "]" * 3000 + "\n")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "mamba", "x": ' + "[" * 100000 + "]" * 100000 + "}")
+    saved = tmp_path / "saved"
+    assert run("compile", "2×mamba2", "--set", "d_model=32", "--set", "vocab_size=64", "-o", str(saved),
+               capsys=capsys)[0] == 0
+    header = b"[" * 100000 + b"]" * 100000
+    (saved / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    for argv, message in ((["check", str(deep)], f"{deep}: nested too deeply to read"),
+                          (["explore", str(deep), "-o", str(tmp_path / "ex")], f"{deep}: nested too deeply"),
+                          (["convert", "--from", "hf", str(hf)], "config.json: not a config.json: nested too deeply"),
+                          (["run", str(saved), "--prompt-len", "2", "--gen", "1"], "its header is not JSON")):
+        code, _, err = run(*argv, capsys=capsys)
+        assert code == 2 and message in err and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "ex").exists()
+
+
+def test_a_value_of_many_aliases_is_shown_short(tmp_path, capsys):
+    """A 350-byte YAML file whose aliases stand for 9^9 strings: its error printed the whole value (39 MB of
+    stderr at 9^7; at 9^9 it never ended)."""
+    levels = ['&a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        levels.append(f"&{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    f = tmp_path / "bomb.yaml"
+    f.write_text("layout: 2×mamba2\nd_model: [" + ", ".join(levels) + "]\n")
+    code, _, err = run("check", str(f), capsys=capsys)
+    assert code == 2 and f"{f}:2:10: d_model must be int, got [['lol', 'lol', 'lol', 'lol', ...]" in err, err[:500]
+    assert len(err) < 2000
+
+
+def test_devices_and_fifos_are_never_read(tmp_path, capsys):
+    """convert --from hf /dev/zero read until memory ran out; a FIFO waited for a writer forever; explore called
+    them missing files."""
+    fifo = tmp_path / "ff.json"
+    os.mkfifo(fifo)
+    for path in (str(fifo), os.devnull):
+        for argv in (["convert", "--from", "hf", path], ["explore", path, "-o", str(tmp_path / "ex")]):
+            code, _, err = run(*argv, capsys=capsys)
+            assert code == 2 and f"{path} is not a regular file" in err, (argv, err)
+
+
+def test_a_saved_model_without_its_weights_is_refused(tmp_path, capsys):
+    """run, bench and train on a directory with a spec.yaml and no model.safetensors ran fresh random weights
+    (export called it no saved model): now all refuse it, and its spec.yaml gives random weights on purpose."""
+    saved = tmp_path / "m"
+    assert run("compile", "2×mamba2", "--set", "d_model=32", "--set", "vocab_size=64", "-o", str(saved),
+               capsys=capsys)[0] == 0
+    (saved / "model.safetensors").unlink()
+    for argv in (["run", str(saved), "--prompt-len", "2", "--gen", "1"], ["bench", str(saved), "--seq-len", "8"],
+                 ["train", str(saved), "--data", "mqar:seq=16,pairs=2", "--steps", "1", "-o", str(tmp_path / "r")]):
+        code, _, err = run(*argv, capsys=capsys)
+        assert code == 2 and f"{saved} has a spec.yaml but no model.safetensors file" in err, (argv, err)
+    assert not (tmp_path / "r").exists()
+    assert run("run", str(saved / "spec.yaml"), "--prompt-len", "2", "--gen", "1", capsys=capsys)[0] == 0
+
+
+def test_explore_refuses_a_depth_past_the_layer_limit(tmp_path, capsys):
+    """depth: [200000] enumerated silently for minutes; a layout stops at 100000 layers, so does a space."""
+    f = tmp_path / "space.yaml"
+    f.write_text("name: t\nbase: {vocab_size: 64}\nmixers: [mamba2]\nd_model: [32]\ndepth: [8, 200000]\n")
+    code, _, err = run("explore", str(f), "-o", str(tmp_path / "ex"), capsys=capsys)
+    assert code == 2 and f"{f}:5:8: depth 200000 is past the 100000 layers" in err, err
+    assert not (tmp_path / "ex").exists()
+
+
+def test_convert_refuses_an_empty_output_path(capsys):
+    code, out, err = run("convert", "--from", "megatron", "M-", "-o", "", capsys=capsys)
+    assert code == 2 and "-o: give a path" in err and out == ""
+
+
 def test_missing_paths_are_named_as_paths_not_parsed_as_layouts(tmp_path, capsys):
     for cmd, path in (("check", tmp_path / "nope.yaml"), ("check", tmp_path / "model"), ("run", tmp_path / "model")):
         code, _, err = run(cmd, str(path), capsys=capsys)
@@ -438,7 +513,7 @@ def test_yaml_merge_keys_are_read_and_pointed_at(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv", [["compile", "mamba2"], ["export", "saved", "--to", "hf"],
-                                  ["convert", "--from", "hf", "hfdir", "--weights"]])
+                                  ["convert", "--from", "hf", "hfdir", "--weights"], ["export-checkpoint", "rundir"]])
 def test_a_bad_output_directory_is_refused_before_any_work(tmp_path, capsys, monkeypatch, argv):
     """compile, export and convert --weights check -o before they build or load a model (a 7B one takes minutes
     and tens of GB), and leave what is there as it was."""

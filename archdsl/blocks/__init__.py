@@ -12,7 +12,7 @@ import functools
 import types
 import typing
 
-from ..errors import did_you_mean
+from ..errors import did_you_mean, shown
 from .attn import AttnConfig
 from .base import FFN, INJECT, MIXER, BlockConfig, ConfigError
 from .mamba import MambaConfig
@@ -103,13 +103,14 @@ def make_config(kind: str, args: dict, d_model: int) -> BlockConfig:
             raise ConfigError(name, f"{kind}: unknown argument {name!r}; {did_you_mean(name, fields)}")
         tp = hints[name]
         if not _accepts(tp, value):
-            raise ConfigError(name, f"{kind}: {name} must be {_type_name(tp)}, got {value!r}")
+            raise ConfigError(name, f"{kind}: {name} must be {_type_name(tp)}, got {shown(value)}")
         if isinstance(value, int) and not isinstance(value, bool) and float in typing.get_args(tp) + (tp,) \
                 and int not in typing.get_args(tp) + (tp,):
             value = float(value)
         if name in choices and value not in choices[name]:
-            raise ConfigError(name, f"{kind}: {name} must be one of {', '.join(map(str, choices[name]))}; got {value!r}")
+            raise ConfigError(name, f"{kind}: {name} must be one of {', '.join(map(str, choices[name]))}; "
+                                    f"got {shown(value)}")
         values[name] = value
     if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model < 1:
-        raise ConfigError("d_model", f"d_model must be a positive int, got {d_model!r}")
+        raise ConfigError("d_model", f"d_model must be a positive int, got {shown(d_model)}")
     return cls(d_model=d_model, **values)

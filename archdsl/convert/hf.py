@@ -13,7 +13,7 @@ import json
 import math
 import os
 
-from ..errors import ArchDSLError, did_you_mean
+from ..errors import TOO_DEEP, ArchDSLError, did_you_mean, shown
 from .megatron import _text
 
 # HF's "gelu" is the exact (erf) GELU, as ours; its tanh approximations (gelu_pytorch_tanh, gelu_new) are not
@@ -31,13 +31,15 @@ def read_hf_config(path: str | os.PathLike) -> dict:
         data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise ArchDSLError(f"not valid JSON: {e.msg}", file=path, line=e.lineno, col=e.colno) from None
+    except RecursionError:
+        raise ArchDSLError(f"not a config.json: {TOO_DEEP}", file=path) from None
     if not isinstance(data, dict):
         raise ArchDSLError("a Hugging Face config.json holds one JSON object", file=path)
     return data
 
 
 def _refuse(field: str, value, why: str) -> ArchDSLError:
-    return ArchDSLError(f"unsupported value {value!r} of config field '{field}': {why}", file="<hf config>")
+    return ArchDSLError(f"unsupported value {shown(value)} of config field '{field}': {why}", file="<hf config>")
 
 
 # count and size fields: given, each is >= 1 (an offset may be 0, and a shared expert of width 0 is none); the int

@@ -39,7 +39,7 @@ def check_safetensors(path: str) -> dict:
             header = json.loads(f.read(n).decode("utf-8"))
     except OSError as e:
         raise ArchDSLError(f"cannot read checkpoint file: {e.strerror}", file=path) from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: [[[...]]] thousands deep
         raise ArchDSLError("malformed safetensors file: its header is not JSON", file=path) from None
     if not isinstance(header, dict):
         raise ArchDSLError("malformed safetensors file: its header is not a JSON object", file=path)
@@ -74,7 +74,7 @@ def checkpoint_files(path: str) -> list[str]:
             with open(index, encoding="utf-8") as f:
                 weight_map = json.load(f)["weight_map"]
             shards = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # ValueError: bad JSON or UTF-8
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):  # ValueError: JSON, UTF-8
             raise ArchDSLError("malformed safetensors index: expected {\"weight_map\": {tensor: shard}}",
                                file=index) from None
         files = []

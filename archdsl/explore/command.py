@@ -51,7 +51,7 @@ def _value(text: str):
 
     try:
         return yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a safe loader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return text
 
 

@@ -32,7 +32,7 @@ from typing import ClassVar
 
 import torch
 
-from ..errors import ArchDSLError, did_you_mean
+from ..errors import ArchDSLError, did_you_mean, shown
 
 IGNORE = -100
 
@@ -269,11 +269,11 @@ def make_task(name: str, **kwargs) -> Task:
             raise ArchDSLError(f"{key}: unknown argument {k!r}", hint=did_you_mean(k, kinds))
         integer = isinstance(v, int) and not isinstance(v, bool)
         if kinds[k] == "bool" and not isinstance(v, bool):
-            raise ArchDSLError(f"{key}: {k} must be true or false, got {v!r}")
+            raise ArchDSLError(f"{key}: {k} must be true or false, got {shown(v)}")
         if kinds[k] == "int" and not (integer and abs(v) < 2**31):
-            raise ArchDSLError(f"{key}: {k} must be an integer below 2^31, got {v!r}")
+            raise ArchDSLError(f"{key}: {k} must be an integer below 2^31, got {shown(v)}")
         if kinds[k] == "float" and not (integer and abs(v) < 2**31 or isinstance(v, float) and math.isfinite(v)):
-            raise ArchDSLError(f"{key}: {k} must be a number, got {v!r}")
+            raise ArchDSLError(f"{key}: {k} must be a number, got {shown(v)}")
     return cls(**kwargs)
 
 

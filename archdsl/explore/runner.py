@@ -174,7 +174,7 @@ def _resumed(outdir: str, config: dict) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ArchDSLError(f"--resume: cannot read {path}: {e}") from None
     old = _norm(doc.get("config"))
     new = _norm(config)

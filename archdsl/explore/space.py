@@ -30,7 +30,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 from ..blocks import BLOCKS, MIXER
-from ..errors import ArchDSLError, Source, did_you_mean
+from ..errors import ArchDSLError, Source, did_you_mean, shown
+from ..graph import MAX_LAYERS
 from ..language import parse_layout
 from ..spec import Spec, _positions, dump_yaml, load_spec, read_text, read_yaml, spec_from_yaml
 
@@ -90,7 +91,7 @@ class Space:
         for kind in self.mixers + (self.attention,):
             if not isinstance(kind, str):
                 where = "mixers" if kind in self.mixers else "attention"
-                raise _keyed(f"{where} takes block kinds or aliases of base.blocks, got {kind!r}", (where,))
+                raise _keyed(f"{where} takes block kinds or aliases of base.blocks, got {shown(kind)}", (where,))
         for kind in self.mixers + (self.attention,):
             try:
                 resolved = resolve_kind(base, kind)
@@ -120,20 +121,23 @@ class Space:
         for name in ("depth", "moe_experts", "moe_top_k") + (("d_model",) if self.d_model else ()):
             for v in getattr(self, name):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                    raise _keyed(f"{name} values must be positive integers, got {v!r}", _key(name))
+                    raise _keyed(f"{name} values must be positive integers, got {shown(v)}", _key(name))
+        for v in self.depth:  # a model has at most MAX_LAYERS; the frames of a depth number ~depth² placements
+            if v > MAX_LAYERS:
+                raise _keyed(f"depth {v} is past the {MAX_LAYERS} layers a layout may expand to", _key("depth"))
         for name in ("moe_every", "moe_hidden"):
             for v in getattr(self, name):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                    raise _keyed(f"{name} values must be integers >= 0, got {v!r}", _key(name))
+                    raise _keyed(f"{name} values must be integers >= 0, got {shown(v)}", _key(name))
         for v in self.every_periods:  # `attn every 1` is all layers, and a period 0 selects none
             if isinstance(v, bool) or not isinstance(v, int) or v < 2:
-                raise _keyed(f"every periods must be integers >= 2, got {v!r}", _key("every_periods"))
+                raise _keyed(f"every periods must be integers >= 2, got {shown(v)}", _key("every_periods"))
         if not self.every_offsets:
             raise _keyed("the space is empty: `every.offsets` lists no values", _key("every_offsets"))
         for v in self.every_offsets:
             if not (v in OFFSET_NAMES or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)):
-                raise _keyed(f"every offset must be an integer >= 0 or one of {', '.join(OFFSET_NAMES)}; got {v!r}",
-                             _key("every_offsets"))
+                raise _keyed(f"every offset must be an integer >= 0 or one of {', '.join(OFFSET_NAMES)}; "
+                             f"got {shown(v)}", _key("every_offsets"))
         if any(not isinstance(v, bool) for v in self.shared):
             raise _keyed(f"shared takes true / false, got {list(self.shared)}", ("shared",))
         if max(self.moe_every) > 0 and not any(k <= e for k in self.moe_top_k for e in self.moe_experts):
@@ -305,6 +309,8 @@ def load_space(path_or_text: str | os.PathLike | dict) -> Space:
         return space_from_yaml(read_text(text), file=text)
     if os.path.isdir(text):
         raise ArchDSLError(f"{text} is a directory, not a space file")
+    if os.path.exists(text):  # /dev/zero, a FIFO: never read (it may not end)
+        raise ArchDSLError(f"{text} is not a regular file (a device, FIFO or socket); a space is a YAML file")
     if text.endswith((".yaml", ".yml")) or ("\n" not in text and ":" not in text):  # a space's YAML is a mapping
         raise ArchDSLError(f"no such space file: {text}")
     return space_from_yaml(text)

@@ -68,7 +68,7 @@ def checkpoints(rundir: str) -> list[tuple[int, str]]:
 def read_meta(path: str) -> dict:
     try:
         return _meta(path)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, RecursionError) as e:
         raise ArchDSLError(f"{path}: not a readable archdsl checkpoint ({type(e).__name__}: {e})") from None
 
 
@@ -239,7 +239,7 @@ def read_run(rundir: str) -> dict:
     try:
         with open(os.path.join(rundir, "run.json"), encoding="utf-8") as f:
             return json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ArchDSLError(f"{rundir}: not an archdsl train run directory (run.json: {e})") from None
 
 
@@ -250,9 +250,12 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
     Without `step`, a damaged checkpoint (files cut short or missing, or a load that fails) is passed over for the
     newest earlier one that loads, as `train --resume` does; each one passed over is added to `skipped` ('FILE:
     what'). With `step`, that checkpoint or an ArchDSLError."""
+    from ..atomic import check_output_dir
     from ..model import compile as build
+    from ..model.model import SAVE_FILES
     from ..spec import spec_from_yaml
 
+    check_output_dir(out, SAVE_FILES)  # before anything is read: where the save goes is the user's to fix first
     run = read_run(rundir)
     damaged = [] if skipped is None else skipped
     if step is None:

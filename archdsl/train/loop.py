@@ -62,8 +62,10 @@ def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
 
 
 def _saved(spec: str) -> bool:
-    """Whether SPEC is a saved model directory (its weights are the start)."""
-    return os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "model.safetensors"))
+    """Whether SPEC is a saved model directory (its weights are the start; spec.saved_model)."""
+    from ..spec import saved_model
+
+    return saved_model(spec, "train")
 
 
 def prepare(cfg: TrainConfig):
@@ -205,7 +207,7 @@ def _metrics_file(cfg, start: int):
             for ln in f:
                 try:
                     rec = json.loads(ln)
-                except ValueError:  # a line cut short when the run was stopped
+                except (ValueError, RecursionError):  # a line cut short when the run was stopped, or garbage
                     continue
                 if isinstance(rec, dict) and rec.get("step", 0) <= start:
                     kept.append(ln if ln.endswith("\n") else ln + "\n")
