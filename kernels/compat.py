@@ -1,0 +1,111 @@
+"""The peers' entry points under their own names, with their parameters in their order, their defaults and their
+meaning, on our ops: code written for mamba_ssm, causal-conv1d or fla switches by its import line alone.
+
+    mamba_ssm      selective_scan_fn, mamba_chunk_scan_combined   (selective_state_update: the op's own name)
+    causal-conv1d  causal_conv1d_fn                                 (causal_conv1d_update: the op's own name)
+    fla            chunk_rwkv6, fused_recurrent_rwkv6
+
+Our own ops keep DESIGN.md's signatures, which differ from these in three places, all handled here:
+  * mamba_chunk_scan_combined takes initial_states, seq_idx and cu_seqlens before dt_softplus; its dt_limit
+    defaults to (0, inf), which clamps a negative dt to 0 (ssd_scan's None clamps nothing); it reads cu_seqlens only
+    for return_varlen_states (the scan restarts where seq_idx says, never where cu_seqlens does, while ssd_scan's
+    cu_seqlens packs the row), and returns the varlen states in C's dtype (ssd_scan's are float32);
+  * causal_conv1d_fn takes seq_idx, initial_states, return_final_states and final_states_out before activation,
+    and writes the final states into final_states_out when given;
+  * chunk_rwkv6 takes a chunk_size keyword (a power of 2; our kernels pick their own chunks).
+"""
+from __future__ import annotations
+
+import torch
+
+from .conv1d import causal_conv1d
+from .selective_scan import selective_scan
+from .ssd import ssd_scan
+from .wkv6 import wkv6
+
+selective_scan_fn = selective_scan  # mamba_ssm's order and defaults already (complex A refused: docs/kernels.md)
+
+
+def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
+                              seq_idx=None, cu_seqlens=None, dt_softplus=False, dt_limit=(0.0, float("inf")),
+                              return_final_states=False, return_varlen_states=False):
+    """mamba_ssm's `mamba_chunk_scan_combined` (ops/triton/ssd_combined.py) on ssd_scan: x [B, L, H, P], dt
+    [B, L, H], A [H], B, C [B, L, G, N]. Returns y, then the final state [B, H, P, N] float32 with
+    return_final_states, then with return_varlen_states each sequence's last state [sequences, H, P, N] in C's
+    dtype. As there, return_varlen_states needs cu_seqlens, which must say the sequences seq_idx says: mamba_ssm,
+    given no seq_idx, scans across the sequences and returns the running state at each one's end, which this
+    refuses rather than answer otherwise."""
+    if not return_varlen_states:
+        cu_seqlens = None  # as mamba_ssm: read for the varlen states only
+    elif cu_seqlens is None:
+        raise ValueError("cu_seqlens: return_varlen_states needs it (mamba_ssm asserts the same)")
+    elif seq_idx is None:
+        raise ValueError("seq_idx: return_varlen_states with cu_seqlens alone is mamba_ssm's running state at each "
+                         "sequence's end, the scan unbroken between them; pass seq_idx (the sequences of cu_seqlens) "
+                         "for each sequence's own last state")
+    out = ssd_scan(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                   initial_states=initial_states, seq_idx=seq_idx, return_final_states=return_final_states,
+                   dt_limit=dt_limit, cu_seqlens=cu_seqlens, return_varlen_states=return_varlen_states)
+    if return_varlen_states:
+        return (*out[:-1], out[-1].to(C.dtype))
+    return out
+
+
+def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
+                     final_states_out=None, activation=None):
+    """causal-conv1d's `causal_conv1d_fn` (causal_conv1d_interface.py) on causal_conv1d: x [B, D, L], weight
+    [D, W], bias [D], seq_idx [B, L], initial_states [B, D, W - 1], activation None, "silu" or "swish". Returns y,
+    and with return_final_states also the last W - 1 inputs [B, D, W - 1], written into final_states_out where
+    given (and that tensor returned)."""
+    if final_states_out is not None and not return_final_states:
+        raise ValueError("final_states_out: given without return_final_states=True")
+    out = causal_conv1d(x, weight, bias, activation=activation, initial_states=initial_states,
+                        return_final_states=return_final_states, seq_idx=seq_idx)
+    if not return_final_states:
+        return out
+    y, final = out
+    if final_states_out is None:
+        return y, final
+    if not isinstance(final_states_out, torch.Tensor) or final_states_out.shape != final.shape:
+        got = list(final_states_out.shape) if isinstance(final_states_out, torch.Tensor) else type(final_states_out)
+        raise ValueError(f"final_states_out: expected shape {list(final.shape)}, got {got}")
+    final_states_out.copy_(final)
+    return y, final_states_out
+
+
+def chunk_rwkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+                cu_seqlens_cpu=None, **kwargs):
+    """fla's `chunk_rwkv6` (fla/ops/rwkv6/chunk.py) on wkv6: r, k, w [B, T, H, K] (w the log decay), v
+    [B, T, H, V], u [H, K]; returns (o, final state or None). chunk_size, fla's one keyword, is checked as fla
+    checks it (a power of 2) and otherwise unused: the kernels pick their own chunks, the result is the same
+    function. head_first is refused, as fla refuses it."""
+    _fla_keywords(kwargs, "chunk_rwkv6", ("chunk_size",))
+    return wkv6(r, k, v, w, u, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+                cu_seqlens=cu_seqlens, cu_seqlens_cpu=cu_seqlens_cpu)
+
+
+def fused_recurrent_rwkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, reverse=False,
+                          cu_seqlens=None):
+    """fla's `fused_recurrent_rwkv6` (fla/ops/rwkv6/fused_recurrent.py) on wkv6: the same function as chunk_rwkv6.
+    reverse=True (the scan run from the last token back) is refused: not built here."""
+    if not isinstance(reverse, bool):
+        raise ValueError(f"reverse: expected True or False, got {type(reverse).__name__}")
+    if reverse:
+        raise ValueError("reverse=True: the scan from the last token back is not built here; flip the inputs "
+                         "along T (and the outputs back) for it")
+    return wkv6(r, k, v, w, u, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+                cu_seqlens=cu_seqlens)
+
+
+def _fla_keywords(kwargs: dict, where: str, known: tuple[str, ...]) -> None:
+    """fla's extra keywords: head_first refused (fla removed it), chunk_size a power of 2, anything else a
+    TypeError (fla would drop it unread)."""
+    if "head_first" in kwargs:
+        raise ValueError(f"{where}: head_first was removed from fla; pass [B, T, H, ...] inputs")
+    chunk = kwargs.get("chunk_size")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1
+                              or chunk & (chunk - 1)):
+        raise ValueError(f"chunk_size: must be a power of 2, got {chunk!r}")
+    unknown = sorted(set(kwargs) - set(known) - {"head_first"})
+    if unknown:
+        raise TypeError(f"{where}() got an unexpected keyword argument {unknown[0]!r}")

@@ -1,0 +1,111 @@
+"""The peers' entry points (kernels/compat.py): their signatures as the peers write them, and their meaning where it
+differs from our ops' (mamba_ssm's cu_seqlens and dt_limit, causal-conv1d's order and final_states_out, fla's
+chunk_size)."""
+import inspect
+
+import pytest
+import torch
+
+import archdsl.kernels as K
+
+INF = float("inf")
+# each peer's parameters and defaults, as its source writes them (mamba_ssm 2.3.2, causal-conv1d 1.5, fla 0.6)
+PEERS = {
+    "mamba_chunk_scan_combined": [("x",), ("dt",), ("A",), ("B",), ("C",), ("chunk_size",), ("D", None),
+                                  ("z", None), ("dt_bias", None), ("initial_states", None), ("seq_idx", None),
+                                  ("cu_seqlens", None), ("dt_softplus", False), ("dt_limit", (0.0, INF)),
+                                  ("return_final_states", False), ("return_varlen_states", False)],
+    "selective_scan_fn": [("u",), ("delta",), ("A",), ("B",), ("C",), ("D", None), ("z", None), ("delta_bias", None),
+                          ("delta_softplus", False), ("return_last_state", False)],
+    "selective_state_update": [("state",), ("x",), ("dt",), ("A",), ("B",), ("C",), ("D", None), ("z", None),
+                               ("dt_bias", None), ("dt_softplus", False)],
+    "causal_conv1d_fn": [("x",), ("weight",), ("bias", None), ("seq_idx", None), ("initial_states", None),
+                         ("return_final_states", False), ("final_states_out", None), ("activation", None)],
+    "causal_conv1d_update": [("x",), ("conv_state",), ("weight",), ("bias", None), ("activation", None),
+                             ("cache_seqlens", None), ("conv_state_indices", None)],
+    "chunk_rwkv6": [("r",), ("k",), ("v",), ("w",), ("u",), ("scale", None), ("initial_state", None),
+                    ("output_final_state", False), ("cu_seqlens", None), ("cu_seqlens_cpu", None)],
+    "fused_recurrent_rwkv6": [("r",), ("k",), ("v",), ("w",), ("u",), ("scale", None), ("initial_state", None),
+                              ("output_final_state", False), ("reverse", False), ("cu_seqlens", None)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(PEERS))
+def test_the_peers_signatures(name):
+    """Their leading parameters in their order with their defaults: a call written for the peer, positional or
+    by keyword, means the same here (ours may take more after them)."""
+    params = list(inspect.signature(getattr(K, name)).parameters.values())
+    ours = [(p.name,) if p.default is inspect.Parameter.empty else (p.name, p.default) for p in params
+            if p.kind is not inspect.Parameter.VAR_KEYWORD][:len(PEERS[name])]
+    assert ours == PEERS[name]
+
+
+def _ssd(dtype=torch.float32, L=12):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, L, 2, 3, generator=g)
+    dt = torch.randn(1, L, 2, generator=g)  # negative entries: the default dt_limit clamps them to 0
+    A = -torch.rand(2, generator=g) - 0.5
+    B, C = torch.randn(1, L, 1, 4, generator=g), torch.randn(1, L, 1, 4, generator=g)
+    return x.to(dtype), dt, A, B.to(dtype), C.to(dtype)
+
+
+def test_mamba_chunk_scan_combined_means_what_mamba_ssm_means():
+    x, dt, A, B, C = _ssd()
+    cu = torch.tensor([0, 5, 12], dtype=torch.int32)
+    plain = K.ssd_scan(x, dt.clamp(min=0), A, B, C, 4)
+    # dt_limit (0, inf) by default; cu_seqlens read for the varlen states only: no restart at 5
+    assert torch.equal(K.mamba_chunk_scan_combined(x, dt, A, B, C, 4), plain)
+    assert torch.equal(K.mamba_chunk_scan_combined(x, dt, A, B, C, 4, cu_seqlens=cu), plain)
+    assert not torch.allclose(K.ssd_scan(x, dt.clamp(min=0), A, B, C, 4, cu_seqlens=cu), plain)  # ours packs
+    assert torch.allclose(K.mamba_chunk_scan_combined(x, dt, A, B, C, 4, dt_limit=(-INF, INF)),
+                          K.ssd_scan(x, dt, A, B, C, 4))
+    seq = torch.tensor([[0] * 5 + [1] * 7])
+    y, final, states = K.mamba_chunk_scan_combined(x, dt, A, B, C, 4, seq_idx=seq, cu_seqlens=cu,
+                                                   return_final_states=True, return_varlen_states=True)
+    y2, final2, states2 = K.ssd_scan(x, dt, A, B, C, 4, seq_idx=seq, cu_seqlens=cu, dt_limit=(0.0, INF),
+                                     return_final_states=True, return_varlen_states=True)
+    assert torch.equal(y, y2) and torch.equal(final, final2) and torch.equal(states, states2)
+    xb, _, _, Bb, Cb = _ssd(torch.bfloat16)
+    _, states = K.mamba_chunk_scan_combined(xb, dt, A, Bb, Cb, 4, seq_idx=seq, cu_seqlens=cu,
+                                            return_varlen_states=True)
+    assert states.dtype == torch.bfloat16 and states.shape == (2, 2, 3, 4)  # C's dtype, as mamba_ssm's
+    with pytest.raises(ValueError, match="cu_seqlens: return_varlen_states needs it"):
+        K.mamba_chunk_scan_combined(x, dt, A, B, C, 4, seq_idx=seq, return_varlen_states=True)
+    with pytest.raises(ValueError, match="seq_idx: return_varlen_states with cu_seqlens alone"):
+        K.mamba_chunk_scan_combined(x, dt, A, B, C, 4, cu_seqlens=cu, return_varlen_states=True)
+
+
+def test_causal_conv1d_fn_takes_causal_conv1ds_order_and_final_states_out():
+    g = torch.Generator().manual_seed(1)
+    x, w, b = torch.randn(2, 6, 7, generator=g), torch.randn(6, 4, generator=g), torch.randn(6, generator=g)
+    seq = torch.tensor([[0, 0, 0, 1, 1, 1, 1]] * 2)
+    h0 = torch.randn(2, 6, 3, generator=g)
+    assert torch.equal(K.causal_conv1d_fn(x, w, b, seq, None, False, None, "silu"),
+                       K.causal_conv1d(x, w, b, "silu", seq_idx=seq))
+    out = torch.empty(2, 6, 3)
+    y, final = K.causal_conv1d_fn(x, w, b, None, h0, True, out, "swish")
+    y2, final2 = K.causal_conv1d(x, w, b, "swish", h0, True)
+    assert final is out and torch.equal(out, final2) and torch.equal(y, y2)
+    with pytest.raises(ValueError, match=r"final_states_out: expected shape \[2, 6, 3\], got \[2, 6, 2\]"):
+        K.causal_conv1d_fn(x, w, b, return_final_states=True, final_states_out=torch.empty(2, 6, 2))
+    with pytest.raises(ValueError, match="final_states_out: given without return_final_states=True"):
+        K.causal_conv1d_fn(x, w, b, final_states_out=out)
+
+
+def test_the_fla_entry_points():
+    g = torch.Generator().manual_seed(2)
+    r, k, v = (torch.randn(2, 9, 2, 4, generator=g) for _ in range(3))
+    w = -torch.rand(2, 9, 2, 4, generator=g)
+    u, h0 = torch.randn(2, 4, generator=g), torch.randn(2, 2, 4, 4, generator=g)
+    want = K.wkv6(r, k, v, w, u, None, h0, True)
+    for got in (K.chunk_rwkv6(r, k, v, w, u, None, h0, True, chunk_size=16),
+                K.fused_recurrent_rwkv6(r, k, v, w, u, None, h0, True, False)):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    with pytest.raises(ValueError, match="chunk_size: must be a power of 2, got 12"):
+        K.chunk_rwkv6(r, k, v, w, u, chunk_size=12)
+    with pytest.raises(ValueError, match="head_first was removed"):
+        K.chunk_rwkv6(r, k, v, w, u, head_first=False)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'chunksize'"):
+        K.chunk_rwkv6(r, k, v, w, u, chunksize=16)
+    with pytest.raises(ValueError, match="reverse=True: the scan from the last token back is not built"):
+        K.fused_recurrent_rwkv6(r, k, v, w, u, reverse=True)
