@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from ._dispatch import on_input_device
 from .conv1d import causal_conv1d
 from .selective_scan import selective_scan
 from .ssd import ssd_scan
@@ -26,6 +27,7 @@ from .wkv6 import wkv6
 selective_scan_fn = selective_scan  # mamba_ssm's order and defaults already (complex A refused: docs/kernels.md)
 
 
+@on_input_device
 def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
                               seq_idx=None, cu_seqlens=None, dt_softplus=False, dt_limit=(0.0, float("inf")),
                               return_final_states=False, return_varlen_states=False):
@@ -51,6 +53,7 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     return out
 
 
+@on_input_device
 def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
                      final_states_out=None, activation=None):
     """causal-conv1d's `causal_conv1d_fn` (causal_conv1d_interface.py) on causal_conv1d: x [B, D, L], weight
@@ -73,6 +76,7 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
     return y, final_states_out
 
 
+@on_input_device
 def chunk_rwkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
                 cu_seqlens_cpu=None, **kwargs):
     """fla's `chunk_rwkv6` (fla/ops/rwkv6/chunk.py) on wkv6: r, k, w [B, T, H, K] (w the log decay), v
@@ -84,6 +88,7 @@ def chunk_rwkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_stat
                 cu_seqlens=cu_seqlens, cu_seqlens_cpu=cu_seqlens_cpu)
 
 
+@on_input_device
 def fused_recurrent_rwkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, reverse=False,
                           cu_seqlens=None):
     """fla's `fused_recurrent_rwkv6` (fla/ops/rwkv6/fused_recurrent.py) on wkv6: the same function as chunk_rwkv6.
