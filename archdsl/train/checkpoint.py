@@ -79,10 +79,12 @@ def _meta(path: str) -> dict:
     return meta
 
 
-def damage(path: str) -> str | None:
+def damage(path: str, prefix: str = "") -> str | None:
     """What keeps the checkpoint at `path` from loading, as far as its files tell without reading a tensor
     ('FILE: what'): meta.json or DCP's .metadata that does not read, a data file that .metadata names missing
-    or shorter than the entries it places there (a copy or a write cut short). None when they look whole."""
+    or shorter than the entries it places there (a copy or a write cut short); with `prefix`, only the entries
+    whose names start with it count ("model.": what an export reads). None when they look whole. Bytes garbled
+    inside a tensor's data are not seen: DCP keeps no checksums."""
     from torch.distributed.checkpoint import FileSystemReader
 
     try:
@@ -94,8 +96,9 @@ def damage(path: str) -> str | None:
     except Exception as e:  # noqa: BLE001 - a pickle cut short or garbled raises any kind
         return f"{os.path.join(path, '.metadata')}: does not read ({_reason(e)})"
     need: dict[str, int] = {}  # data file → the bytes its entries span
-    for info in (getattr(metadata, "storage_data", None) or {}).values():
-        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    for index, info in (getattr(metadata, "storage_data", None) or {}).items():
+        if getattr(index, "fqn", "").startswith(prefix):
+            need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
     for name, size in sorted(need.items()):
         file = os.path.join(path, name)
         if not os.path.isfile(file):
@@ -106,15 +109,15 @@ def damage(path: str) -> str | None:
 
 
 def resume_point(rundir: str, damaged: list[str], older_than: int | None = None,
-                 doing: str = "resume") -> tuple[int, str, dict]:
-    """The newest checkpoint of `rundir` (before step `older_than`) whose files look whole, with its meta; each
-    damaged one passed over is added to `damaged` ('FILE: what'). ArchDSLError naming them all when none is left
-    ('cannot {doing}')."""
+                 doing: str = "resume", prefix: str = "") -> tuple[int, str, dict]:
+    """The newest checkpoint of `rundir` (before step `older_than`) whose files look whole (those of its entries
+    named `prefix`...: `damage`), with its meta; each damaged one passed over is added to `damaged` ('FILE:
+    what'). ArchDSLError naming them all when none is left ('cannot {doing}')."""
     found = [c for c in checkpoints(rundir) if older_than is None or c[0] < older_than]
     if not found and not damaged:
         latest(rundir)  # no checkpoint at all: its error
     for s, path in reversed(found):
-        what = damage(path)
+        what = damage(path, prefix)
         if what is None:
             return s, path, read_meta(path)
         damaged.append(what)
@@ -154,8 +157,12 @@ def check_settings(rundir: str, settings: dict) -> None:
     old = read_run(rundir).get("config") or {}
     shown = lambda v: ("unset" if v is None else repr(v) if isinstance(v, str)  # noqa: E731
                        else ("on" if v else "off") if isinstance(v, bool) else str(v))
+    from .data import data_key
+
+    same = lambda key: (data_key(old[key]) == data_key(settings[key]) if key == "data"  # noqa: E731
+                        else old[key] == settings[key])
     changed = [f"{flag} {shown(settings[key])} (the run's: {shown(old[key])})" for key, flag in FIXED.items()
-               if key in old and old[key] != settings[key]]
+               if key in old and not same(key)]
     if changed:
         raise ArchDSLError(f"{rundir}: --resume with other settings than the run was started with: "
                            + "; ".join(changed),
@@ -259,10 +266,10 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
     run = read_run(rundir)
     damaged = [] if skipped is None else skipped
     if step is None:
-        s, path, meta = resume_point(rundir, damaged, doing="export")
+        s, path, meta = resume_point(rundir, damaged, doing="export", prefix="model.")
     else:
         s, path, meta = latest(rundir, step)
-        what = damage(path)
+        what = damage(path, "model.")
         if what is not None:  # said as the steps without --step say it, not as the load's bare exception
             raise ArchDSLError(f"{rundir}: cannot export step {s}, its checkpoint is damaged: {what}",
                                hint="leave out --step to export the newest checkpoint that loads")
@@ -277,7 +284,7 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
             if step is not None:
                 raise
             damaged.append(e.message)
-            s, path, meta = resume_point(rundir, damaged, older_than=s, doing="export")
+            s, path, meta = resume_point(rundir, damaged, older_than=s, doing="export", prefix="model.")
     if dtype != "float32":
         from ..model import resolve_dtype
 

@@ -183,6 +183,15 @@ def _eos(text: str, eos: str | None, vocab_size: int) -> int | None:
     return int(eos)
 
 
+def data_key(text: str) -> str:
+    """DATA text as a resumed run compares it: a token file's path resolved (the same file, however it was
+    named: relative, absolute, through a link), a task's text as it stands."""
+    path, dtype, eos = _parts(text)
+    if not os.path.isfile(path):
+        return text
+    return os.path.realpath(path) + (f":{dtype}" if dtype else "") + (f",eos={eos}" if eos is not None else "")
+
+
 def parse_data(text: str, vocab_size: int, seq_len: int | None = None):
     """A data source for DATA text (see the module docstring); ArchDSLError for anything wrong."""
     from ..explore.probes import ALIASES, TASKS

@@ -42,11 +42,12 @@ PEAK_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0}  # dense bf16 tensor
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate of 0-based step `step`: linear warmup, cosine down to lr · min_lr_ratio."""
+    """Learning rate of 0-based step `step`: linear warmup up to lr at step warm - 1, then cosine down to
+    lr · min_lr_ratio at the last step (torchtitan's count: the decay's first step is already below the peak)."""
     warm = cfg.warmup_steps()
     if step < warm:
         return cfg.lr * (step + 1) / warm
-    t = (step - warm) / max(1, cfg.steps - warm)
+    t = (step - warm + 1) / max(1, cfg.steps - warm)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
@@ -299,7 +300,8 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
             opt.step()
             balance_experts(model)
             opt.zero_grad(set_to_none=True)
-            ce_sum, n_correct = all_reduce_sum([ce, correct], dist)
+            # the balancing loss of each rank's rows, the experts' loads global: their mean is the whole batch's
+            ce_sum, n_correct, aux_sum = all_reduce_sum([ce, correct, aux or 0.0], dist)
             sync()
             dt = time.perf_counter() - t0
             tok_s = cfg.batch * L / dt
@@ -308,7 +310,7 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
                    "mfu": flops_tok * tok_s / dist.world / peak if peak else None, "step_s": dt,
                    "world_size": dist.world}
             if aux is not None:
-                rec["aux_loss"] = aux
+                rec["aux_loss"] = aux_sum / dist.world
             losses[step] = rec["loss"]
             if metrics is not None:
                 metrics.write(json.dumps(rec) + "\n")
