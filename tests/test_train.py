@@ -496,7 +496,8 @@ def test_resume_passes_over_damaged_checkpoints(tmp_path, capsys):
         capsys.readouterr()
         # export reads the model's tensors alone, which the garbled bytes (the optimizer's first entries) and a
         # file cut short after the model's entries (a full disk on the last save) leave whole
-        exported = (named, start) if name == "truncated" else ([], 3) if name in ("garbled", "tail") else (named[:1], 2)
+        exported = ((named, start) if name == "truncated" else ([], 3) if name in ("garbled", "tail")
+                    else (named[:1], 2))
         assert main(["export-checkpoint", run, "-o", str(tmp_path / f"export-{name}")]) == 0, name
         got = capsys.readouterr()
         assert f"at step {exported[1]}," in got.out, got
