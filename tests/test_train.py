@@ -448,6 +448,16 @@ def test_resume_refuses_other_settings_and_survives_a_cut_metrics_line(tmp_path,
             assert main(["train", spec, *[name if a == str(tokens) else a for a in args], "-o", cut, "--resume",
                          "--steps", "2"]) == 2
             assert "already at step 2" in capsys.readouterr().err  # past the settings' check: nothing trained
+        rel_run = "rel"  # a run started with a relative path resumes from another directory
+        assert main(["train", spec, *["train.bin" if a == str(tokens) else a for a in args], "-o", rel_run,
+                     "--stop-after", "1"]) == 0
+        with open(os.path.join(rel_run, "run.json")) as f:
+            assert json.load(f)["config"]["data"] == os.path.realpath(tokens)
+        os.mkdir("elsewhere")
+        os.chdir("elsewhere")
+        assert main(["train", spec, *["../train.bin" if a == str(tokens) else a for a in args], "-o",
+                     os.path.join("..", rel_run), "--resume", "--steps", "1"]) == 2
+        assert "already at step 1" in capsys.readouterr().err
     finally:
         os.chdir(cwd)
     with open(os.path.join(cut, "metrics.jsonl"), "a") as f:

@@ -35,7 +35,7 @@ from ..model.packed import refusal, unpacked_blocks
 from .checkpoint import (CKPT_DIR, check_settings, check_spec, checkpoints, load_checkpoint, remove_partial,
                          resume_point, save_checkpoint, spec_sha)
 from .config import TrainConfig
-from .data import IGNORE, parse_data
+from .data import IGNORE, data_key, parse_data
 from .parallel import all_reduce_sum, init_distributed, pick_device, shard_model, shutdown, world_from_env
 
 PEAK_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0}  # dense bf16 tensor-core peaks per GPU
@@ -264,10 +264,11 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
             os.makedirs(cfg.rundir, exist_ok=True)
         except OSError as e:
             raise ArchDSLError(f"-o {cfg.rundir}: cannot create the run directory: {e.strerror or e}") from None
-        if not resume_from:
+        if not resume_from:  # a token file kept by its resolved path: a resume from another directory finds it
+            config = cfg.to_dict() | {"data": data_key(cfg.data)}
             write_atomic(os.path.join(cfg.rundir, "run.json"), json.dumps(
                 {"spec_yaml": spec_yaml, "spec_sha256": meta["spec_sha256"], "spec_name": spec.name,
-                 "data": data.describe(), "config": cfg.to_dict(), "world_size": dist.world}, indent=2))
+                 "data": data.describe(), "config": config, "world_size": dist.world}, indent=2))
         remove_partial(cfg.rundir)
         metrics = _metrics_file(cfg, start)
     per_rank = cfg.batch // dist.world
