@@ -5,20 +5,23 @@ meaning, on our ops: code written for mamba_ssm, causal-conv1d or fla switches b
     causal-conv1d  causal_conv1d_fn                                 (causal_conv1d_update: the op's own name)
     fla            chunk_rwkv6, fused_recurrent_rwkv6
 
-Our own ops keep DESIGN.md's signatures, which differ from these in three places, all handled here:
+Our own ops keep DESIGN.md's signatures, which differ from these in four places, all handled here:
   * mamba_chunk_scan_combined takes initial_states, seq_idx and cu_seqlens before dt_softplus; its dt_limit
     defaults to (0, inf), which clamps a negative dt to 0 (ssd_scan's None clamps nothing); it reads cu_seqlens only
     for return_varlen_states (the scan restarts where seq_idx says, never where cu_seqlens does, while ssd_scan's
     cu_seqlens packs the row), and returns the varlen states in C's dtype (ssd_scan's are float32);
   * causal_conv1d_fn takes seq_idx, initial_states, return_final_states and final_states_out before activation,
     and writes the final states into final_states_out when given;
-  * chunk_rwkv6 takes a chunk_size keyword (a power of 2; our kernels pick their own chunks).
+  * chunk_rwkv6 takes a chunk_size keyword (a power of 2; our kernels pick their own chunks);
+  * fused_recurrent_rwkv6 takes reverse (each sequence scanned from its last token back), built on wkv6 by flips.
 """
 from __future__ import annotations
 
 import torch
 
+from ._checks import expect_shape
 from ._dispatch import on_input_device
+from ._host import packing
 from .conv1d import causal_conv1d
 from .selective_scan import selective_scan
 from .ssd import ssd_scan
@@ -92,14 +95,28 @@ def chunk_rwkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_stat
 def fused_recurrent_rwkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, reverse=False,
                           cu_seqlens=None):
     """fla's `fused_recurrent_rwkv6` (fla/ops/rwkv6/fused_recurrent.py) on wkv6: the same function as chunk_rwkv6.
-    reverse=True (the scan run from the last token back) is refused: not built here."""
+    reverse=True runs each sequence's scan from its last token back to its first, as fla's REVERSE: the initial
+    state enters at the last token and the final state is the one after the first. It is wkv6 on the inputs
+    flipped along T (a packed row flips whole, so its sequences come in reverse order, their offsets T - cu_seqlens
+    reversed, and the initial and final states reversed with them), its output flipped back: exact, and
+    differentiable through the flips."""
     if not isinstance(reverse, bool):
         raise ValueError(f"reverse: expected True or False, got {type(reverse).__name__}")
-    if reverse:
-        raise ValueError("reverse=True: the scan from the last token back is not built here; flip the inputs "
-                         "along T (and the outputs back) for it")
-    return wkv6(r, k, v, w, u, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
-                cu_seqlens=cu_seqlens)
+    if not reverse:
+        return wkv6(r, k, v, w, u, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+                    cu_seqlens=cu_seqlens)
+    flip = [t.flip(1) if isinstance(t, torch.Tensor) and t.dim() >= 2 else t for t in (r, k, v, w)]
+    if cu_seqlens is not None:
+        expect_shape("r", r, (None, None, None, None))
+        packing(None, cu_seqlens, r, runs=False)  # checked as given, before the flip
+        cu_seqlens = (cu_seqlens[-1] - cu_seqlens).flip(0)
+        if isinstance(initial_state, torch.Tensor) and initial_state.dim() >= 1:
+            initial_state = initial_state.flip(0)
+    o, final = wkv6(*flip, u, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+                    cu_seqlens=cu_seqlens)
+    if final is not None and cu_seqlens is not None:
+        final = final.flip(0)
+    return o.flip(1), final
 
 
 def _fla_keywords(kwargs: dict, where: str, known: tuple[str, ...]) -> None:

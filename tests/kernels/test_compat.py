@@ -107,5 +107,47 @@ def test_the_fla_entry_points():
         K.chunk_rwkv6(r, k, v, w, u, head_first=False)
     with pytest.raises(TypeError, match="unexpected keyword argument 'chunksize'"):
         K.chunk_rwkv6(r, k, v, w, u, chunksize=16)
-    with pytest.raises(ValueError, match="reverse=True: the scan from the last token back is not built"):
-        K.fused_recurrent_rwkv6(r, k, v, w, u, reverse=True)
+    with pytest.raises(ValueError, match="reverse: expected True or False, got int"):
+        K.fused_recurrent_rwkv6(r, k, v, w, u, reverse=1)
+
+
+def _reverse_rwkv6(r, k, v, w, u, scale, h, cu):
+    """fla's REVERSE recurrence as its kernel writes it: each sequence from its last token back, h entering there."""
+    o, finals = torch.zeros_like(v), []
+    for n, (bos, eos) in enumerate(zip(cu, cu[1:])):
+        for b in range(r.shape[0]):
+            s = h[n if len(cu) > 2 else b].clone()
+            for t in reversed(range(bos, eos)):
+                kv = k[b, t, :, :, None] * v[b, t, :, None, :]
+                o[b, t] = ((s + kv * u[:, :, None]) * r[b, t, :, :, None] * scale).sum(-2)
+                s = s * w[b, t].exp()[:, :, None] + kv
+            finals.append(s)
+    return o, torch.stack(finals)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_fused_recurrent_rwkv6_reverse_is_flas_reverse_scan(packed):
+    g = torch.Generator().manual_seed(3)
+    B, T, H, Kd, Vd = (1, 11, 2, 3, 5) if packed else (2, 7, 2, 3, 5)
+    cu = [0, 4, 5, 11] if packed else [0, T]
+    n = len(cu) - 1 if packed else B
+    r, k, w = (torch.randn(B, T, H, Kd, generator=g, dtype=torch.float64) for _ in range(3))
+    w = -w.exp()
+    v = torch.randn(B, T, H, Vd, generator=g, dtype=torch.float64)
+    u, h0 = torch.randn(H, Kd, generator=g, dtype=torch.float64), torch.randn(n, H, Kd, Vd, generator=g,
+                                                                                 dtype=torch.float64)
+    ins = [t.requires_grad_() for t in (r, k, v, w, u, h0)]
+    offsets = torch.tensor(cu) if packed else None
+    o, final = K.fused_recurrent_rwkv6(*ins[:5], 0.7, ins[5], True, True, cu_seqlens=offsets)
+    want_o, want_final = _reverse_rwkv6(*ins[:5], 0.7, ins[5], cu)
+    close = dict(rtol=1e-5, atol=1e-5)  # the Triton kernels compute float64 inputs in float32
+    torch.testing.assert_close(o, want_o, **close)
+    torch.testing.assert_close(final, want_final, **close)
+    gy, gs = torch.randn_like(o), torch.randn_like(final)
+    got = torch.autograd.grad((o * gy).sum() + (final * gs).sum(), ins)
+    want = torch.autograd.grad((want_o * gy).sum() + (want_final * gs).sum(), ins)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **close)
+    if packed:
+        with pytest.raises(ValueError, match=r"cu_seqlens: expected 0, then increasing offsets.*got \[0, 5, 4, 11\]"):
+            K.fused_recurrent_rwkv6(r, k, v, w, u, None, h0, True, True, cu_seqlens=torch.tensor([0, 5, 4, 11]))
