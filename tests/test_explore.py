@@ -176,6 +176,16 @@ def test_tiny_probe_run_writes_everything(tmp_path, capsys):
     assert "accuracy" in stdout and "2×mamba2" in stdout
 
 
+def test_progress_is_plain_lines_where_stderr_is_not_a_terminal(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY)
+    code, _, err = _run(["explore", str(space), "--probe", "--steps", "2", "-o", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    lines = [x for x in err.splitlines() if x.startswith("probe mqar: ")]
+    assert [x.split(" cand")[0] for x in lines] == ["probe mqar: 1/2", "probe mqar: 2/2"], err
+    assert "\r" not in err
+
+
 def test_resume_equals_uninterrupted(tmp_path, capsys, monkeypatch):
     space = tmp_path / "space.yaml"
     space.write_text(TINY.replace("attn_count: [0, 1]", "attn_count: [0, 2]").replace("[back]", "[back, front]"))

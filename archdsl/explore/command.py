@@ -40,7 +40,7 @@ def add_arguments(p) -> None:
     p.add_argument("--top", type=int, help="probe (and print) the K best by the analytic ranking (default: "
                    "probe all, print 20)")
     p.add_argument("--seed", type=parse_seed, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (nor their plain lines where stderr is not a terminal)")
 
 
 def _value(text: str):
@@ -160,6 +160,6 @@ def explore_command(args) -> None:
     try:
         run(space, constraints, objectives, outdir, probe=probe, top=args.top, seed=args.seed, context=context,
             batch=parse_count(args.batch, "--batch"), dtype=args.dtype, resume=bool(args.resume),
-            progress=not args.no_progress and sys.stderr.isatty())
+            progress=False if args.no_progress else (True if sys.stderr.isatty() else "lines"))
     except KeyboardInterrupt:
         raise

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from dataclasses import asdict, dataclass, field
 
 from ..errors import ArchDSLError
@@ -45,9 +47,10 @@ def _norm(x):
 
 def run(space: Space, constraints: list[Constraint], objectives, outdir: str, probe: ProbeSpec | None = None,
         top: int | None = None, seed: int = 0, context: int = 4096, batch: int = 1, dtype: str = "bfloat16",
-        resume: bool = False, progress: bool = True, log=print):
+        resume: bool = False, progress: bool | str = True, log=print):
     """Explore, write the spec files, probe the `top` best by the analytic ranking (all when None),
-    re-rank with accuracy, write results and plots. Returns the Exploration."""
+    re-rank with accuracy, write results and plots. Returns the Exploration. progress: True a tqdm bar on
+    stderr, "lines" a plain line there every 30 s of enumeration and after each probe (for logs), False none."""
     objectives = norm_objectives(objectives)
     if probe is not None and "accuracy" not in objectives:
         objectives = objectives + ("accuracy",)
@@ -185,9 +188,39 @@ def _resumed(outdir: str, config: dict) -> dict:
     return {c["id"]: c for c in doc.get("candidates", []) if c.get("probe")}
 
 
-def _bar(enabled: bool, desc: str, total):
+def _bar(enabled: bool | str, desc: str, total):
     if not enabled:
         return None
+    if enabled == "lines":
+        return _Lines(desc, total, every=30.0 if total is None else 0.0)
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="cand", leave=False, dynamic_ncols=True)
+
+
+class _Lines:
+    """tqdm's update / set_postfix_str / close as plain lines on stderr, one at most every `every` seconds and a
+    last one at close where any came before: a log keeps them, where a bar's carriage returns would pile up."""
+
+    def __init__(self, desc: str, total, every: float):
+        self.desc, self.total, self.every = desc, total, every
+        self.n, self.post, self.shown = 0, "", 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if n and time.monotonic() - self.last >= self.every:
+            self._line()
+
+    def set_postfix_str(self, s: str) -> None:
+        self.post = s
+
+    def close(self) -> None:
+        if self.shown and self.n != self.shown:
+            self._line()
+
+    def _line(self) -> None:
+        self.last, self.shown = time.monotonic(), self.n
+        of = f"/{self.total}" if self.total is not None else ""
+        post = f" ({self.post})" if self.post else ""
+        print(f"{self.desc}: {self.n}{of} cand{post}, {self.last - self.start:.0f} s", file=sys.stderr, flush=True)
