@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import expect_shape
+from ._checks import expect_in_place, expect_same_device, expect_shape
 from ._dispatch import on_input_device
 from ._host import packing
 from .conv1d import causal_conv1d
@@ -65,6 +65,8 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
     given (and that tensor returned)."""
     if final_states_out is not None and not return_final_states:
         raise ValueError("final_states_out: given without return_final_states=True")
+    if final_states_out is not None:
+        _check_final_states_out(final_states_out, x, weight)
     out = causal_conv1d(x, weight, bias, activation=activation, initial_states=initial_states,
                         return_final_states=return_final_states, seq_idx=seq_idx)
     if not return_final_states:
@@ -72,11 +74,20 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
     y, final = out
     if final_states_out is None:
         return y, final
-    if not isinstance(final_states_out, torch.Tensor) or final_states_out.shape != final.shape:
-        got = list(final_states_out.shape) if isinstance(final_states_out, torch.Tensor) else type(final_states_out)
-        raise ValueError(f"final_states_out: expected shape {list(final.shape)}, got {got}")
     final_states_out.copy_(final)
     return y, final_states_out
+
+
+def _check_final_states_out(out, x, weight) -> None:
+    """causal_conv1d_fn's final_states_out, before anything runs: [B, D, W - 1] in x's dtype on x's device, its
+    elements apart and writable (where x or weight is itself wrong, causal_conv1d names it instead)."""
+    if not (isinstance(x, torch.Tensor) and x.dim() == 3 and isinstance(weight, torch.Tensor) and weight.dim() == 2):
+        return
+    expect_shape("final_states_out", out, (x.shape[0], x.shape[1], weight.shape[1] - 1))
+    if out.dtype != x.dtype:
+        raise ValueError(f"final_states_out: expected x's dtype {x.dtype}, got {out.dtype}")
+    expect_same_device(x=x, final_states_out=out)
+    expect_in_place(final_states_out=out)
 
 
 @on_input_device

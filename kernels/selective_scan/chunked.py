@@ -40,6 +40,9 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     """Same contract as `archdsl.kernels.selective_scan`; works in float32 (float64 for float64 input)."""
     wd = torch.float64 if u.dtype == torch.float64 else torch.float32
     batch, dim, seqlen = u.shape
+    if dim == 0:  # no channels, so no groups to share them (B or C constant in time is [0, N])
+        y = u.new_zeros(batch, 0, seqlen)
+        return (y, u.new_zeros(batch, 0, A.shape[1], dtype=wd)) if return_last_state else y
     Bg, Cg = _grouped_bc(B.to(wd), dim), _grouped_bc(C.to(wd), dim)
     G, N = Bg.shape[1], A.shape[1]  # the state is grouped as B is; C may group the channels otherwise
     H, GC = dim // G, Cg.shape[1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._host import next_pow2
 from .naive import DtRule, effective_dt, finish
 
 
@@ -24,7 +25,7 @@ def ssd_scan_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=Non
     x, dt, A, B, C, D, z, dt_bias = map(f, (x, dt, A, B, C, D, z, dt_bias))
     batch, L, H, P = x.shape
     G, N = B.shape[2:]
-    Q = chunk_size
+    Q = chunk_size if L >= chunk_size else max(next_pow2(L), 1)  # a short sequence: one chunk its size, rounded
     nc = (L + Q - 1) // Q
     pad = nc * Q - L
     dt = effective_dt(dt, dt_bias, DtRule.of(dt_softplus, dt_limit))

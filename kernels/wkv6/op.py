@@ -40,7 +40,10 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
     for float64 r) when output_final_state, else None). Differentiable in r, k, v,
     w, u and initial_state.
     """
-    expect_shape("r", r, (None, None, None, None))  # before packing reads its length
+    expect_shape("r", r, (None, None, None, None))  # before packing reads its length and seq_idx
+    expect_shape("seq_idx", seq_idx, tuple(r.shape[:2]), optional=True)
+    expect_integer(seq_idx=seq_idx)
+    expect_same_device(r=r, seq_idx=seq_idx)
     expect_flag(output_final_state=output_final_state)
     # cu_seqlens with states: the offsets alone are read (no seq_idx made on the device)
     varlen = cu_seqlens is not None and (initial_state is not None or output_final_state)

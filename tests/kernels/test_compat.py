@@ -90,6 +90,12 @@ def test_causal_conv1d_fn_takes_causal_conv1ds_order_and_final_states_out():
         K.causal_conv1d_fn(x, w, b, return_final_states=True, final_states_out=torch.empty(2, 6, 2))
     with pytest.raises(ValueError, match="final_states_out: given without return_final_states=True"):
         K.causal_conv1d_fn(x, w, b, final_states_out=out)
+    for bad, msg in ((torch.zeros(1, 6, 3).expand(2, 6, 3), "final_states_out: updated in place, so its elements"),
+                     (torch.zeros(2, 6, 3, requires_grad=True), "final_states_out: updated in place, so it cannot"),
+                     (torch.zeros(2, 6, 3, dtype=torch.long), "final_states_out: expected x's dtype torch.float32"),
+                     (torch.zeros(2, 6, 3, device="meta"), "x on cpu, final_states_out on meta")):
+        with pytest.raises(ValueError, match=msg):
+            K.causal_conv1d_fn(x, w, b, return_final_states=True, final_states_out=bad)
 
 
 def test_the_fla_entry_points():

@@ -306,6 +306,14 @@ def test_bad_input():
         selective_scan(u, dl, A, B, torch.zeros(2, 0, 3, 5))
 
 
+def test_no_channels_with_b_and_c_constant_in_time():
+    """D = 0 with B, C [D, N]: their groups are the channels, none; empty outputs, as the naive loop gives."""
+    args = (torch.randn(1, 0, 4), torch.rand(1, 0, 4), -torch.rand(0, 2), torch.randn(0, 2), torch.randn(0, 2))
+    for got, want in zip(selective_scan(*args, return_last_state=True),
+                         selective_scan_naive(*args, return_last_state=True)):
+        assert got.shape == want.shape and got.dtype == want.dtype
+
+
 # ------------------------------------------------------------------ seq_idx: packed sequences
 SEQ = st.lists(st.sampled_from([-3, 0, 0, 1, 2, 7]), min_size=1, max_size=19)
 

@@ -685,6 +685,17 @@ def test_bad_step_input_raises():
                  torch.zeros(2, 1, 6), torch.zeros(2, 2, 6))
 
 
+def test_a_chunk_longer_than_the_sequence_is_not_padded_out():
+    """The torch path's chunk is at most the sequence's length rounded up to a power of two: a chunk_size of 2^20
+    on 3 tokens is one chunk of 4 (padded to 2^20 it would ask for terabytes)."""
+    g = torch.Generator().manual_seed(0)
+    x, B, C = (torch.randn(1, 3, 2, 2, generator=g, dtype=torch.float64) for _ in range(3))
+    dt, A = torch.rand(1, 3, 2, generator=g, dtype=torch.float64), -torch.rand(2, generator=g, dtype=torch.float64)
+    y, h = ssd_scan_chunked(x, dt, A, B[:, :, :1], C[:, :, :1], chunk_size=1 << 20, return_final_states=True)
+    y2, h2 = ssd_scan_naive(x, dt, A, B[:, :, :1], C[:, :, :1], return_final_states=True)
+    torch.testing.assert_close((y, h), (y2, h2))
+
+
 def test_chunked_refuses_int32_overflow_within_a_chunk():
     """The chunked kernels' offsets within a chunk are int32: a chunk past 2^31 elements is refused
     before any launch (meta tensors: nothing is allocated)."""
