@@ -29,6 +29,7 @@ from .blocks import norm_params
 from .blocks.base import FFN, INJECT, MIXER
 from .errors import ArchDSLError, did_you_mean, shown
 from .graph import layers
+from .units import sci
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1, "float64": 8}
 ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
@@ -117,7 +118,7 @@ def analyze_lengths(spec, seq_lens, batch: int = 1, dtype: str = "bfloat16",
     # The active count adds a shared block at each use: compute reads it every time; its set is one set of weights.
     active_total = outer + sum(row[-1] for row in rows) - surplus
     if total > MAX_PARAMS:
-        raise spec.error(f"absurd size: the spec has {total:.3e} parameters (over 10^13)", ("d_model",))
+        raise spec.error(f"absurd size: the spec has {sci(total)} parameters (over 10^13)", ("d_model",))
     head_flops = 2 * d * spec.vocab_size
     reports = []
     for seq_len, costs in zip(seq_lens, per_length):

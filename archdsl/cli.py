@@ -669,8 +669,8 @@ def _run(parser, argv) -> int:
         args.fn(args)
         sys.stdout.flush()  # a failed write to stdout shows here, not as a traceback at exit
         return 0
-    except ArchDSLError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except ArchDSLError as e:  # an argument's non-UTF-8 byte (a lone surrogate) shown as its escape, on any stream
+        print(f"error: {e}".encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
         return 2
     except RecursionError:  # input nested past the stack where no reader names its file (each that can does)
         print(f"error: input {TOO_DEEP}", file=sys.stderr)

@@ -28,6 +28,7 @@ from .errors import ArchDSLError, did_you_mean
 from .language.ast import NOSPAN, Block, Group, Layer, Repeat, Span
 from .language.fmt import format_layout
 from .spec import MAX_PARAMS
+from .units import sci
 
 MAX_LAYERS = 100_000
 ROLE_ORDER = {INJECT: 0, MIXER: 1, FFN: 2}
@@ -293,7 +294,7 @@ def _config(spec, block: Block, kind: str) -> BlockConfig:
         span = spans.get(where, block.span)
         raise ArchDSLError(str(e), source=spec.source, start=span.start, end=span.end) from None
     if config.params() > MAX_PARAMS:  # as analyze refuses it: `check` must not pass what every other command refuses
-        message = f"absurd size: {block.name} has {config.params():.3e} parameters (over 10^13)"
+        message = f"absurd size: {block.name} has {sci(config.params())} parameters (over 10^13)"
         if block.span == NOSPAN:  # the default FFN, named by `ffn:`
             raise spec.error(message, ("ffn",))
         raise ArchDSLError(message, source=spec.source, start=block.span.start, end=block.span.end)

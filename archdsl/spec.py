@@ -344,7 +344,35 @@ def read_text(path: str) -> str:
 
 
 class YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, with YAML 1.2's floats: `1e-6` (no dot) is a number, not a string."""
+    """PyYAML's safe loader, with YAML 1.2's floats: `1e-6` (no dot) is a number, not a string. A scalar that
+    Python refuses to make (an integer past 4300 digits, a date such as 2024-02-30) is a YAML error at its place,
+    not a ValueError."""
+
+    def _checked(self, node, make):
+        try:
+            return make(self, node)
+        except ValueError as e:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {shown(node.value)} as {node.tag.rpartition(':')[2]}: "
+                f"{'over 4300 digits' if 'digits' in str(e) else e}", node.start_mark) from None
+
+
+def _text(self, node):
+    """A string, refused where it holds a lone surrogate (`"\\ud83d"`): no character, and no file or terminal
+    can be written with it."""
+    value = self.construct_scalar(node)
+    bad = next((c for c in value if "\ud800" <= c <= "\udfff"), None)
+    if bad is not None:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"\\u{ord(bad):04x} is half of a UTF-16 surrogate pair, not a character: write the character "
+            f"itself or its \\U escape (\\U0001F600)", node.start_mark)
+    return value
+
+
+YamlLoader.add_constructor("tag:yaml.org,2002:str", _text)
+for _tag, _make in (("int", yaml.SafeLoader.construct_yaml_int),
+                    ("timestamp", yaml.SafeLoader.construct_yaml_timestamp)):
+    YamlLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", lambda self, node, make=_make: self._checked(node, make))
 
 
 class YamlDumper(yaml.SafeDumper):
@@ -470,6 +498,8 @@ def _checked(spec: Spec) -> Spec:
         raise spec.error("name must not be empty (it names the model in tables, saves and exports)", ("name",))
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in spec.name):  # a line break or escape breaks tables
         raise spec.error(f"name must be one line without control characters, got {spec.name!r}", ("name",))
+    if any(unicodedata.category(c) == "Cs" for c in spec.name):  # an argument's bytes that were not UTF-8
+        raise spec.error(f"name must be text, got {spec.name!r} (bytes that are not UTF-8 in it)", ("name",))
     if spec.d_model <= 0:
         raise spec.error(f"d_model must be positive, got {spec.d_model}", ("d_model",))
     if spec.vocab_size <= 0:

@@ -4,6 +4,8 @@ Shared by the command line, the reports and the plots; no torch.
 """
 from __future__ import annotations
 
+import math
+
 from .errors import ArchDSLError
 
 MAX_COUNT = 2**40  # the largest count any option takes: a trillion tokens is past every machine
@@ -48,6 +50,14 @@ def count_text(n: int) -> str:
         if n % unit == 0:
             return f"{n // unit}{suffix}"
     return str(n)
+
+
+def sci(n: int) -> str:
+    """A huge count in scientific notation, '1.234e+15'; past a float's range, 'about 10^404'."""
+    try:
+        return f"{n:.3e}"
+    except OverflowError:
+        return f"about 10^{math.floor(math.log10(n))}"
 
 
 def plural(n: int, word: str, words: str = "") -> str:

@@ -549,6 +549,40 @@ def test_check_refuses_what_show_refuses(layout, capsys):
         assert code == 2 and "absurd size" in err and "<layout>:1:" in err and "^" in err, (cmd, err)
 
 
+def test_a_block_past_a_floats_range_is_absurd_not_an_overflow(capsys):
+    import archdsl
+    with pytest.raises(archdsl.ArchDSLError, match=r"absurd size: mamba has about 10\^40\d parameters"):
+        archdsl.parse("mamba", blocks={"mamba": {"d_state": 10**400}}).graph
+
+
+@pytest.mark.parametrize("text,message", [
+    ("layout: mamba2\nd_model: 1" + "0" * 5000 + "\n", "2:10: invalid YAML: cannot read '1000"),
+    ("layout: mamba2\nname: 2024-02-30\n", "2:7: invalid YAML: cannot read '2024-02-30' as timestamp: day is out"),
+    ('layout: mamba2\nname: "\\ud83d"\n', "2:7: invalid YAML: \\ud83d is half of a UTF-16 surrogate pair"),
+    ('layout: "2×attn(shared=\\"\\ud83d\\")"\n', "1:9: invalid YAML: \\ud83d is half"),
+    ("layout: mamba2(dt_floor=1e308)\n", "mamba2: dt_floor must be at most 3.4e38"),
+    ("layout: mamba(dt_max=1e39)\n", "mamba: dt_max must be at most 3.4e38"),
+])
+def test_values_python_cannot_hold_are_refused_in_place(tmp_path, capsys, text, message):
+    """An integer past Python's 4300 digits, an impossible date, half a surrogate pair (no file or terminal takes
+    it), a step size past float32: each a clear error at its place, not a traceback at some later command."""
+    f = tmp_path / "s.yaml"
+    f.write_text(text, encoding="utf-8")
+    for cmd in ("check", "fmt"):
+        code, out, err = run(cmd, str(f), capsys=capsys)
+        if cmd == "fmt" and "3.4e38" in message:
+            continue  # fmt reads the text, not the blocks' values
+        assert code == 2 and message in err and "Traceback" not in err, (cmd, err)
+
+
+def test_arguments_whose_bytes_are_not_utf8_are_refused(capsys):
+    """Python keeps an argument's non-UTF-8 bytes as lone surrogates: a spec holding one could not be written."""
+    code, _, err = run("check", "mamba\udcff", capsys=capsys)
+    assert code == 2 and "<layout>:1:6: byte 0xff is not UTF-8\n  mamba\\udcff\n" in err, err
+    code, _, err = run("check", "mamba", "--set", "name=a\udcff", capsys=capsys)
+    assert code == 2 and "name must be text" in err, err
+
+
 def test_names_with_line_breaks_are_refused(tmp_path, capsys):
     """A name is one line: a line break or a terminal escape in it would break every table that shows it."""
     f = tmp_path / "n.yaml"

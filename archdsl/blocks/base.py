@@ -22,6 +22,17 @@ class ConfigError(ValueError):
         self.field = field
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_steps(cfg, *names: str) -> None:
+    """Step sizes (dt_min, dt_max, dt_floor) that float32, in which the models and kernels form dt, holds."""
+    for name in names:
+        if getattr(cfg, name) > FLOAT32_MAX:
+            raise ConfigError(name, f"{cfg.kind}: {name} must be at most 3.4e38 (float32's largest: dt is formed "
+                                    f"in float32), got {getattr(cfg, name)}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class BlockConfig:
     """Base of every block config. Subclasses set `kind`, `role` and their own fields,

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import MIXER, BlockConfig, ConfigError
+from .base import BlockConfig, ConfigError, MIXER, check_steps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +43,7 @@ class MambaConfig(BlockConfig):
             raise ConfigError("inner_norms", f"mamba: inner_norms must be one of none, weighted, unweighted; got {self.inner_norms!r}")
         if not 0 < self.dt_min <= self.dt_max:
             raise ConfigError("dt_min", f"mamba: need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        check_steps(self, "dt_min", "dt_max")
 
     @property
     def inner(self) -> int:

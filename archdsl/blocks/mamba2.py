@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import MIXER, BlockConfig, ConfigError
+from .base import BlockConfig, ConfigError, MIXER, check_steps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +51,7 @@ class Mamba2Config(BlockConfig):
             raise ConfigError("dt_floor", f"mamba2: dt_floor must be >= 0, got {self.dt_floor}")
         if not 0 < self.dt_min <= self.dt_max:
             raise ConfigError("dt_min", f"mamba2: need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        check_steps(self, "dt_min", "dt_max", "dt_floor")
 
     @property
     def inner(self) -> int:

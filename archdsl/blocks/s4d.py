@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import MIXER, BlockConfig, ConfigError
+from .base import BlockConfig, ConfigError, MIXER, check_steps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +42,7 @@ class S4dConfig(BlockConfig):
             raise ConfigError("d_state", f"s4d: d_state must be even (N/2 complex modes), got {self.d_state}")
         if not 0 < self.dt_min <= self.dt_max:
             raise ConfigError("dt_min", f"s4d: need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        check_steps(self, "dt_min", "dt_max")
 
     def params(self) -> int:
         d, N = self.d_model, self.d_state

@@ -291,6 +291,11 @@ def parse_layout(text: str, source: Source | None = None) -> Layout:
                            source=source, start=0 if source is not None else None)
     if source is None:
         source = Source(text)
+    bad = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
+    if bad is not None:  # an argument's byte that is not UTF-8 (Python keeps it as U+DC80..U+DCFF), or half a pair
+        c = ord(text[bad])
+        what = f"byte 0x{c - 0xDC00:02x} is not UTF-8" if 0xDC80 <= c <= 0xDCFF else f"\\u{c:04x} is not a character"
+        raise ArchDSLError(what, source=source, start=bad, end=bad + 1)
     try:
         return _lark().parse(text)
     except _Semantic as e:
