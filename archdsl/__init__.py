@@ -26,6 +26,7 @@ def load(path, **kwargs):
     """Load a model saved with ArchModel.save(dir)."""
     from .model import load as _load
 
+    _expect_path(path)
     return _load(path, **kwargs)
 
 
@@ -33,4 +34,12 @@ def from_hf(path, **kwargs):
     """Open a local Hugging Face model directory as a spec (and weights)."""
     from .convert.hf import from_hf as _from_hf
 
+    _expect_path(path)
     return _from_hf(path, **kwargs)
+
+
+def _expect_path(path) -> None:
+    import os
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArchDSLError(f"expected a directory's path (str or os.PathLike), got {type(path).__name__}")

@@ -97,6 +97,8 @@ def analyze_lengths(spec, seq_lens, batch: int = 1, dtype: str = "bfloat16",
     from .spec import MAX_PARAMS, load_spec
 
     spec = load_spec(spec)
+    if isinstance(seq_lens, (str, bytes)) or not hasattr(seq_lens, "__iter__"):
+        raise ArchDSLError(f"seq_lens must be a list of context lengths, got {shown(seq_lens)}")
     seq_lens = list(seq_lens)
     for seq_len in seq_lens:
         for key, value in (("seq_len", seq_len), ("batch", batch)):

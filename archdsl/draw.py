@@ -276,7 +276,8 @@ def save_figure(fig, path: str, dpi=150, bbox_inches="tight") -> None:
     installed fonts for characters the default font lacks (fit_fonts)."""
     import matplotlib.pyplot as plt
 
-    folder, name = os.path.split(os.path.abspath(path))
+    full = os.path.abspath(path)  # a/b/../c.png is a/c.png, here as where the folders are made
+    folder, name = os.path.split(full)
     base, ext = os.path.splitext(name)
     tmp = os.path.join(folder, f".{base}.tmp-{os.getpid()}{ext}")
     try:
@@ -285,7 +286,7 @@ def save_figure(fig, path: str, dpi=150, bbox_inches="tight") -> None:
         with warnings.catch_warnings():  # said once by fit_fonts, not a glyph at a time
             warnings.filterwarnings("ignore", r"Glyph \d+ .* missing from", UserWarning)
             fig.savefig(tmp, dpi=dpi, bbox_inches=bbox_inches)
-        os.replace(tmp, path)
+        os.replace(tmp, full)
     except OSError as e:
         raise ArchDSLError(f"cannot write {path}: {e.strerror or e}") from None
     finally:

@@ -162,10 +162,10 @@ def _sizes(sizes: dict) -> dict:
 
 
 def _typed(key: str, value, err):
-    """A model-level value checked against SIZE_TYPES (an int where a float goes is taken; None or "none"
+    """A model-level value checked against SIZE_TYPES (an int where a float goes is taken; None, "none" or ""
     for ffn is no default FFN); err(message, key path) makes the error."""
     typ = SIZE_TYPES[key]
-    if key == "ffn" and value in (None, "none"):
+    if key == "ffn" and value in (None, "none", ""):
         return None
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         try:
@@ -526,6 +526,9 @@ def with_settings(spec: Spec, settings: list[str], flag: str = "--set") -> Spec:
     size with its place in the file; an error the spec has without the settings is its own. The file's positions
     of the keys changed are dropped, so that no error points at the value they replaced."""
     changes, given = {}, {}
+    if isinstance(settings, str) or not isinstance(settings, (list, tuple)) \
+            or not all(isinstance(t, str) for t in settings):
+        raise ArchDSLError(f"{flag}: expected a list of 'KEY=VALUE' texts, got {shown(settings)}")
     for text in settings:
         key, eq, value = (part.strip() for part in text.partition("="))
         if not eq or not key:

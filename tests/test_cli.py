@@ -575,6 +575,34 @@ def test_values_python_cannot_hold_are_refused_in_place(tmp_path, capsys, text, 
         assert code == 2 and message in err and "Traceback" not in err, (cmd, err)
 
 
+def test_the_python_api_refuses_wrong_kinds_of_argument_clearly():
+    import archdsl
+    from archdsl.spec import with_settings
+    spec = archdsl.parse("mamba")
+    for call, message in ((lambda: archdsl.load(None), "expected a directory's path (str or os.PathLike), got None"),
+                          (lambda: archdsl.from_hf(5), "expected a directory's path (str or os.PathLike), got int"),
+                          (lambda: archdsl.analyze_lengths(spec, 5), "seq_lens must be a list of context lengths"),
+                          (lambda: with_settings(spec, [5]), "--set: expected a list of 'KEY=VALUE' texts")):
+        with pytest.raises(archdsl.ArchDSLError) as e:
+            call()
+        assert message in str(e.value)
+
+
+def test_an_empty_ffn_is_none_and_round_trips(tmp_path):
+    from archdsl.spec import load_spec, spec_from_yaml
+    f = tmp_path / "s.yaml"
+    f.write_text('layout: 2×mamba2\nffn: ""\n')
+    spec = load_spec(str(f))
+    assert spec.ffn is None and spec_from_yaml(spec.to_yaml()) == spec
+
+
+def test_a_plot_path_through_dot_dot_is_written_where_it_points(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run("memory", "mamba", "-o", "a/b/../c.png", capsys=capsys)
+    assert code == 0 and (tmp_path / "a" / "c.png").stat().st_size > 0, err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["a", "a/c.png"]
+
+
 def test_arguments_whose_bytes_are_not_utf8_are_refused(capsys):
     """Python keeps an argument's non-UTF-8 bytes as lone surrogates: a spec holding one could not be written."""
     code, _, err = run("check", "mamba\udcff", capsys=capsys)
