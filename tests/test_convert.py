@@ -335,6 +335,109 @@ def test_configs_that_converted_to_another_model_are_refused():
                                   num_experts=4))["layout"] == "1×mamba"
 
 
+
+_BAMBA_ATTN = dict(model_type="bamba", hidden_size=32, num_hidden_layers=2, mamba_n_heads=4, num_attention_heads=4,
+                   attn_layer_indices=[1])
+
+
+@pytest.mark.parametrize("config, message", [
+    # num_mem_blocks passed the 10^9 cap and the converter looped once a block (a hang)
+    (dict(model_type="zamba2", num_mem_blocks=10**9), "unsupported value 1000000000 of config field 'num_mem_blocks': "
+     "more shared blocks than the config's 54 layers (Zamba2 builds at most one per hybrid layer)"),
+    (dict(model_type="zamba2", num_mem_blocks=3, layers_block_type=["mamba", "hybrid"]),
+     "'num_mem_blocks': more shared blocks than the config's 2 layers"),
+    # architectures was iterated unchecked: an int raised TypeError
+    (dict(architectures=5), "unsupported value 5 of config field 'architectures': expected a list of model class "
+     'names, like ["MambaForCausalLM"]'),
+    (dict(architectures="MambaForCausalLM"),
+     "value 'MambaForCausalLM' of config field 'architectures': expected a list"),
+    (dict(architectures=[["MambaForCausalLM"]]),
+     "of config field 'architectures': expected a list of model class names"),
+    # RoPE settings that are no object ended in 'malformed llama config: AttributeError: ...'
+    (dict(model_type="llama", rope_parameters=[1]), "unsupported value [1] of config field 'rope_parameters': expected "
+     'an object of RoPE settings, like {"rope_type": "default"}'),
+    (dict(model_type="llama", rope_scaling="linear"),
+     "value 'linear' of config field 'rope_scaling': expected an object"),
+    (dict(model_type="llama", rope_parameters={"rope_theta": "x"}),
+     "unsupported value 'x' of config field 'rope_parameters.rope_theta': expected a number, like the default 10000.0"),
+    (dict(model_type="llama", rope_parameters={"rope_type": 5}),
+     "value 5 of config field 'rope_parameters.rope_type': expected a string, like the default 'default'"),
+    ({**_BAMBA_ATTN, "rope_parameters": [1]}, "value [1] of config field 'rope_parameters': expected an object"),
+    ({**_BAMBA_ATTN, "rope_parameters": {"partial_rotary_factor": "x"}},
+     "value 'x' of config field 'rope_parameters.partial_rotary_factor': expected a number"),
+    # a list of layer types that is no list of strings: read character by character, as keys, or TypeError
+    (dict(model_type="zamba2", layers_block_type="hybrid"), "unsupported value 'hybrid' of config field "
+     "'layers_block_type': expected a list of layer type names (strings), one per layer"),
+    (dict(model_type="zamba2", layers_block_type=[["a"]]),
+     "value [['a']] of config field 'layers_block_type': expected a list of layer type names"),
+    (dict(model_type="zamba2", layers_block_type={"mamba": 1, "hybrid": 2}),
+     "of config field 'layers_block_type': expected a list of layer type names"),
+    (dict(model_type="zamba2", layer_types="mamba"), "value 'mamba' of config field 'layer_types': expected a list"),
+    (dict(model_type="zamba2", layers_block_type=[]), "value [] of config field 'layers_block_type': expected at "
+     "least one layer (transformers builds no layer from an empty list)"),
+    (dict(model_type="zamba2", layer_types=["mamba", "mlp"]), "value 'mlp' of config field 'layer_types': supported"),
+    (dict(model_type="nemotron_h", layers_block_type="mlp"),
+     "value 'mlp' of config field 'layers_block_type': expected a list of layer type names"),
+    (dict(model_type="nemotron_h", layer_types={"mlp": 1}), "of config field 'layer_types': expected a list"),
+    (dict(model_type="nemotron_h", hybrid_override_pattern="M-", layers_block_type=[["mlp"]]),
+     "of config field 'layers_block_type': expected a list of layer type names"),
+    # _name_or_path became the model name "['x']"
+    (dict(model_type="mamba", _name_or_path=["x"]),
+     "unsupported value ['x'] of config field '_name_or_path': expected a string (the model's hub id or directory)"),
+    # strings and 'auto'-or-integer fields of another kind: TypeError (unhashable), or carried into the spec
+    (dict(model_type="llama", hidden_act=["silu"]),
+     "value ['silu'] of config field 'hidden_act': expected a string, like the default 'silu'"),
+    (dict(model_type="mamba", time_step_rank="x"), "value 'x' of config field 'time_step_rank': expected 'auto' or an "
+     "integer"),
+    (dict(model_type="mamba", time_step_rank=[8]), "value [8] of config field 'time_step_rank': expected 'auto' or"),
+    (dict(model_type="jamba", mamba_dt_rank={"a": 1}),
+     "of config field 'mamba_dt_rank': expected 'auto' or an integer"),
+    (dict(model_type="bamba", mamba_d_head="xx"), "value 'xx' of config field 'mamba_d_head': expected 'auto' or"),
+    (dict(model_type="mamba2", time_step_limit={"0": 1, "inf": 2}), "of config field 'time_step_limit': expected "
+     "[lo, hi]"),
+    (dict(model_type="jamba", head_dim="x"), "value 'x' of config field 'head_dim': expected a number"),
+    (dict(model_type="llama", head_dim=10**12), "value 1000000000000 of config field 'head_dim': absurd size"),
+])
+def test_config_fields_of_the_wrong_kind_are_named(config, message):
+    """A field of the wrong kind is refused by its name and what it should be, not as leaked Python text
+    ('malformed ... config: TypeError: ...'), a raw exception, a hang or another model."""
+    with pytest.raises(ArchDSLError) as e:
+        hf_config_to_spec(config)
+    assert message in str(e.value) and "Error" not in str(e.value), str(e.value)
+
+
+def test_fields_checked_for_kind_still_convert():
+    """What transformers reads alike converts alike: num_mem_blocks past the hybrid layers (transformers builds one
+    block a hybrid layer), layer_types for layers_block_type, a known class after an unknown one in architectures."""
+    zamba2 = dict(hidden_size=32, num_hidden_layers=3, vocab_size=64, n_mamba_heads=4, num_attention_heads=4,
+                  intermediate_size=64, adapter_rank=4, use_shared_attention_adapter=True,
+                  layers_block_type=["mamba", "hybrid", "mamba"])
+    spec = hf_config_to_spec({"model_type": "zamba2", **zamba2, "num_mem_blocks": 3})
+    assert spec["layout"] == "3×mamba2, zamba(shared=z0, lora=4) at 1"
+    assert spec_params(spec) == hf_count("Zamba2Config", "Zamba2ForCausalLM", **zamba2, num_mem_blocks=3)
+    assert hf_config_to_spec(dict(model_type="nemotron_h", layer_types=["mamba", "attention"]))["layout"] == \
+        "mamba2, attn"
+    assert hf_config_to_spec(dict(architectures=["GPT2LMHeadModel", "MambaForCausalLM"]))["layout"] == "32×mamba"
+    assert hf_config_to_spec(dict(model_type="mamba", _name_or_path="org/tiny-mamba/"))["name"] == "tiny-mamba"
+
+
+def test_bad_config_files_exit_2_and_write_nothing(tmp_path, capsys):
+    """A number past Python's 4300-digit limit failed inside json.loads with ValueError; num_mem_blocks 10^9 hung.
+    Both: the file named, exit 2, no output."""
+    from archdsl.cli import main
+
+    long = tmp_path / "long.json"
+    long.write_text('{"model_type": "mamba", "hidden_size": 1' + "0" * 5000 + "}")
+    mem = tmp_path / "mem.json"
+    mem.write_text(json.dumps({"model_type": "zamba2", "num_mem_blocks": 10**9}))
+    for config, message in ((long, "not a config.json: a number is too long (over 4300 digits)"),
+                            (mem, "unsupported value 1000000000 of config field 'num_mem_blocks'")):
+        out = tmp_path / "out.yaml"
+        assert main(["convert", "--from", "hf", str(config), "-o", str(out)]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {config}: {message}")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["long.json", "mem.json"]
+
+
 def test_mismatched_weights_name_the_checkpoint(tmp_path):
     """A tensor of the wrong shape names the model directory it came from, not only the tensor."""
     import json

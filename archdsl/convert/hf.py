@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 
 from ..errors import TOO_DEEP, ArchDSLError, did_you_mean, shown
 from .megatron import _text
@@ -31,6 +32,9 @@ def read_hf_config(path: str | os.PathLike) -> dict:
         data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise ArchDSLError(f"not valid JSON: {e.msg}", file=path, line=e.lineno, col=e.colno) from None
+    except ValueError:  # the only other one json raises: int() of a number past Python's digit limit
+        raise ArchDSLError(f"not a config.json: a number is too long (over {sys.get_int_max_str_digits()} digits)",
+                           file=path) from None
     except RecursionError:
         raise ArchDSLError(f"not a config.json: {TOO_DEEP}", file=path) from None
     if not isinstance(data, dict):
@@ -48,34 +52,41 @@ _SIZES, _ZERO_OK = {"head_dim", "num_key_value_heads"}, {"moe_shared_expert_inte
 
 
 class _Cfg:
-    """config dict with HF defaults and the names of the fields read, for error messages."""
+    """config dict with HF defaults and the names of the fields read, for error messages; `prefix` names the
+    field a nested dict is (rope_parameters.)."""
 
-    def __init__(self, config: dict):
-        self.c = config
+    def __init__(self, config: dict, prefix: str = ""):
+        self.c, self.prefix = config, prefix
 
     def __call__(self, key, default=None):
-        """The field, or `default` when absent. A number or flag default fixes the field's kind
-        (fields such as time_step_rank = 'auto' | int keep any type)."""
+        """The field, or `default` when absent. A number, flag or string default fixes the field's kind; 'auto'
+        stands for 'auto' or an integer (time_step_rank); fields read without a default keep any type."""
         value = self.c.get(key)
         if value is None:
             return default
+        field = self.prefix + key
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        auto = default == "auto" and value != "auto"
+        integer = isinstance(default, int) and not isinstance(default, bool) or key in _SIZES or auto
         if isinstance(default, bool) and not isinstance(value, bool):
-            raise _refuse(key, value, "expected true or false")
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and not number:
-            raise _refuse(key, value, f"expected a number, like the default {default!r}")
+            raise _refuse(field, value, "expected true or false")
+        if auto and not number:
+            raise _refuse(field, value, "expected 'auto' or an integer")
+        if isinstance(default, str) and default != "auto" and not isinstance(value, str):
+            raise _refuse(field, value, f"expected a string, like the default {default!r}")
+        if (integer or isinstance(default, float)) and not number:
+            like = f", like the default {default!r}" if default is not None else ""
+            raise _refuse(field, value, f"expected a number{like}")
         if number and not math.isfinite(value):
-            raise _refuse(key, value, "expected a finite number")
-        integer = isinstance(default, int) and not isinstance(default, bool) or key in _SIZES
-        if integer and number and not isinstance(value, int):  # as transformers' typed configs: 2.0 is no count
-            raise _refuse(key, value, "expected an integer")
+            raise _refuse(field, value, "expected a finite number")
+        if integer and not isinstance(value, int):  # as transformers' typed configs: 2.0 is no count
+            raise _refuse(field, value, "expected an integer")
         if number and value < 0 and key.endswith("_offset"):
-            raise _refuse(key, value, "expected a layer index >= 0")
-        if isinstance(default, int) and not isinstance(default, bool) and abs(value) > 10**9:
-            raise _refuse(key, value, "absurd size (over 10^9)")
-        if number and value < 1 and (key in _SIZES or isinstance(default, int) and not isinstance(default, bool)
-                                     and not key.endswith("_offset") and key not in _ZERO_OK):
-            raise _refuse(key, value, "expected a size >= 1 (archdsl would read 0 as its own default)")
+            raise _refuse(field, value, "expected a layer index >= 0")
+        if integer and abs(value) > 10**9:
+            raise _refuse(field, value, "absurd size (over 10^9)")
+        if integer and value < 1 and not key.endswith("_offset") and key not in _ZERO_OK:
+            raise _refuse(field, value, "expected a size >= 1 (archdsl would read 0 as its own default)")
         return float(value) if isinstance(default, float) else value
 
     def require(self, key, allowed, default=None):
@@ -100,13 +111,21 @@ def _spec(c: _Cfg, name, d_model, vocab, tie, layout, blocks, *, norm="rmsnorm",
     return out
 
 
-def _rope_theta(c: _Cfg, default=10000.0) -> float:
+def _rope(c: _Cfg) -> _Cfg:
+    """The RoPE settings: rope_parameters (transformers 5), else rope_scaling (before)."""
     field = "rope_parameters" if c("rope_parameters") else "rope_scaling"
     rp = c(field) or {}
-    key = "type" if isinstance(rp, dict) and "type" in rp and "rope_type" not in rp else "rope_type"  # the old name
-    if isinstance(rp, dict) and rp.get(key, "default") not in ("default", None):
-        raise _refuse(f"{field}.{key}", rp.get(key), "only plain RoPE is supported")
-    return float(rp.get("rope_theta") or c("rope_theta", default))
+    if not isinstance(rp, dict):
+        raise _refuse(field, rp, 'expected an object of RoPE settings, like {"rope_type": "default"}')
+    return _Cfg(rp, f"{field}.")
+
+
+def _rope_theta(c: _Cfg, default=10000.0) -> float:
+    rp = _rope(c)
+    key = "type" if "type" in rp.c and "rope_type" not in rp.c else "rope_type"  # the old name
+    if rp(key, "default") != "default":
+        raise _refuse(rp.prefix + key, rp(key), "only plain RoPE is supported")
+    return rp("rope_theta", c("rope_theta", default))
 
 
 def _conv_act(c: _Cfg) -> None:
@@ -169,6 +188,8 @@ def _dt_limit(c: _Cfg) -> float:
     """The lower dt clamp of HF's time_step_limit (lo, hi); an upper bound is not supported."""
     lim = c("time_step_limit", (0.0, float("inf")))
     try:  # transformers writes infinity as {"__float__": "Infinity"}
+        if not isinstance(lim, (list, tuple)):
+            raise TypeError
         lo, hi = (float(v["__float__"]) if isinstance(v, dict) else float(v) for v in lim)
     except (TypeError, ValueError, KeyError):
         raise _refuse("time_step_limit", lim, "expected [lo, hi]") from None
@@ -224,10 +245,16 @@ def _jamba(c: _Cfg, name: str) -> dict:
                  eps=c("rms_norm_eps", 1e-6), ffn="mlp")
 
 
-def _layer_types(c: _Cfg, key: str, default: list[str]) -> list[str]:
-    types = c(key) or c("layer_types") or default
-    legacy = {"mamba": "linear_attention", "attention": "full_attention"}
-    return [legacy.get(t, t) for t in types]
+def _layer_list(c: _Cfg) -> tuple[str, list[str] | None]:
+    """(field, its layer types) of layers_block_type, or of layer_types (its other name in transformers), or
+    (field, None) when the config has neither."""
+    key = "layers_block_type" if c("layers_block_type") is not None or c("layer_types") is None else "layer_types"
+    types = c(key)
+    if types is not None and not (isinstance(types, list) and all(isinstance(t, str) for t in types)):
+        raise _refuse(key, types, "expected a list of layer type names (strings), one per layer")
+    if types == []:
+        raise _refuse(key, types, "expected at least one layer (transformers builds no layer from an empty list)")
+    return key, types
 
 
 def _zamba2(c: _Cfg, name: str) -> dict:
@@ -240,11 +267,12 @@ def _zamba2(c: _Cfg, name: str) -> dict:
     # Zamba2Config's default (the 54-layer 2.7B pattern; it ignores num_hidden_layers)
     default = (["mamba"] + (["mamba"] * 5 + ["hybrid"]) * 7 + ["mamba"] * 4 + ["hybrid"] + ["mamba"] * 3
                + ["hybrid"] + ["mamba"] * 2)
-    types = c("layers_block_type") or c("layer_types") or default
+    field, types = _layer_list(c)
+    types = types or default
     hybrid = [i for i, t in enumerate(types) if t == "hybrid"]
     other = {t for t in types if t not in ("hybrid", "mamba", "linear_attention")}
     if other:
-        raise _refuse("layers_block_type", sorted(other)[0], "supported: 'mamba', 'hybrid'")
+        raise _refuse(field, sorted(other)[0], "supported: 'mamba', 'hybrid'")
     heads, n_heads = c("num_attention_heads", 32), c("n_mamba_heads", 8)
     expand = c("mamba_expand", 2)
     if (expand * d) % n_heads:
@@ -253,8 +281,11 @@ def _zamba2(c: _Cfg, name: str) -> dict:
     mem = c("num_mem_blocks", 1)
     if mem < 1 and hybrid:
         raise _refuse("num_mem_blocks", mem, "the hybrid layers need at least one shared block")
+    if mem > len(types):  # transformers builds min(num_mem_blocks, hybrid layers) blocks; more than layers is no count
+        raise _refuse("num_mem_blocks", mem, f"more shared blocks than the config's {len(types)} layers (Zamba2 "
+                      "builds at most one per hybrid layer)")
     uses = []
-    for b in range(mem):
+    for b in range(min(mem, len(hybrid))):  # blocks past the hybrid layers are never used
         ids = hybrid[b::mem]
         if ids:
             group = "shared" if mem == 1 else f"shared=z{b}"
@@ -289,7 +320,7 @@ def _bamba(c: _Cfg, name: str) -> dict:
         raise _refuse("attn_layer_indices", attn_ids, "expected a list of layer indices (integers)")
     attn_ids = sorted(attn_ids)
     layout = f"{L}×mamba2" + (", attn at " + " ".join(map(str, attn_ids)) if attn_ids else "")
-    rope_frac = float((c("rope_parameters") or {}).get("partial_rotary_factor", c("partial_rotary_factor", 0.5)))
+    rope_frac = _rope(c)("partial_rotary_factor", c("partial_rotary_factor", 0.5))
     ab = bool(c("attention_bias", False))
     blocks = {
         "mamba2": _mamba2_block(c, d, d_state=c("mamba_d_state", 256), d_conv=c("mamba_d_conv", 4), expand=expand,
@@ -316,17 +347,19 @@ def _nemotron_h(c: _Cfg, name: str) -> dict:
     if pattern is not None and not (isinstance(pattern, str) and pattern.strip()):
         raise _refuse("hybrid_override_pattern", pattern, "a string of M, *, - and E, a layer each (transformers "
                       "builds no layer from an empty one)")
-    if pattern and not (c("layers_block_type") or c("layer_types")):
+    field, types = _layer_list(c)
+    if pattern and types is None:  # transformers reads the pattern only where no list is given
         bad = [ch for ch in pattern if ch not in symbols]
         if bad:
             raise _refuse("hybrid_override_pattern", bad[0], "valid characters: M, *, -, E")
         types = [symbols[ch] for ch in pattern]
     else:
-        types = _layer_types(c, "layers_block_type", ["linear_attention", "moe", "full_attention", "mlp"])
+        legacy = {"mamba": "linear_attention", "attention": "full_attention"}
+        types = [legacy.get(t, t) for t in types or ["linear_attention", "moe", "full_attention", "mlp"]]
     kinds = {"linear_attention": "mamba2", "full_attention": "attn", "mlp": "mlp", "moe": "moe"}
     for t in types:
         if t not in kinds:
-            raise _refuse("layers_block_type", t, f"supported: {', '.join(kinds)}")
+            raise _refuse(field, t, f"supported: {', '.join(kinds)}")
     if c("moe_latent_size") and "moe" in types:
         raise _refuse("moe_latent_size", c("moe_latent_size"), "latent MoE projections are not supported")
     if c("mamba_hidden_act", "silu") != "silu":
@@ -430,19 +463,27 @@ ARCHITECTURES = {"MambaForCausalLM": "mamba", "FalconMambaForCausalLM": "falcon_
                  "Rwkv6ForCausalLM": "rwkv6", "LlamaForCausalLM": "llama"}
 
 
+def model_type_of(config: dict):
+    """The config's model_type, else that of the first class in its architectures that archdsl knows, else None."""
+    model_type, archs = config.get("model_type"), config.get("architectures")
+    if model_type is not None or archs is None:
+        return model_type
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise _refuse("architectures", archs, 'expected a list of model class names, like ["MambaForCausalLM"]')
+    return next((ARCHITECTURES[a] for a in archs if a in ARCHITECTURES), None)
+
+
 def hf_config_to_spec(config: dict, source_name: str | None = None) -> dict:
     """A spec dict (ready for spec.dump_yaml) describing the model of an HF config.json."""
-    model_type = config.get("model_type")
-    if model_type is None:
-        for arch in config.get("architectures") or []:
-            model_type = ARCHITECTURES.get(arch) if isinstance(arch, str) else None
-            if model_type:
-                break
+    model_type = model_type_of(config)
     if not isinstance(model_type, str) or model_type not in FAMILIES:
-        raise ArchDSLError(f"unsupported model_type {model_type!r} of config field 'model_type'",
-                           file="<hf config>", hint=did_you_mean(str(model_type), FAMILIES))
-    name = source_name or config.get("_name_or_path") or model_type
-    name = os.path.basename(str(name).rstrip("/")) or model_type
+        raise ArchDSLError(f"unsupported model_type {shown(model_type)} of config field 'model_type'",
+                           file="<hf config>", hint=did_you_mean(model_type if isinstance(model_type, str)
+                                                                 else shown(model_type), FAMILIES))
+    given = config.get("_name_or_path")
+    if not source_name and given and not isinstance(given, str):
+        raise _refuse("_name_or_path", given, "expected a string (the model's hub id or directory)")
+    name = os.path.basename(str(source_name or given or model_type).rstrip("/")) or model_type
     try:
         return FAMILIES[model_type](_Cfg(config), name)
     except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, AttributeError, OverflowError) as e:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 
 from ..atomic import atomic_dir
-from ..errors import ArchDSLError, did_you_mean
+from ..errors import ArchDSLError, did_you_mean, shown
 
 SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                       "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
@@ -41,6 +42,9 @@ def check_safetensors(path: str) -> dict:
         raise ArchDSLError(f"cannot read checkpoint file: {e.strerror}", file=path) from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: [[[...]]] thousands deep
         raise ArchDSLError("malformed safetensors file: its header is not JSON", file=path) from None
+    except ValueError:  # int() of a number past Python's digit limit
+        raise ArchDSLError("malformed safetensors file: its header holds a number of over "
+                           f"{sys.get_int_max_str_digits()} digits", file=path) from None
     if not isinstance(header, dict):
         raise ArchDSLError("malformed safetensors file: its header is not a JSON object", file=path)
     data = size - 8 - n
@@ -49,18 +53,25 @@ def check_safetensors(path: str) -> dict:
         if name == "__metadata__":
             continue
         try:
-            dtype, shape, (start, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
+            dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
             want = SAFETENSORS_DTYPES[dtype]
-            for s in shape:
-                want *= int(s)
+            if not isinstance(shape, list) or not all(type(v) is int and v >= 0 for v in (*shape, start, end)):
+                raise TypeError
         except (KeyError, TypeError, ValueError):
             raise ArchDSLError(f"malformed safetensors file: bad header entry for tensor {name!r}", file=path) from None
+        if 0 in shape:
+            want = 0
+        for s in shape:
+            want *= s
+            if want > data:  # past what the file holds: a thousand more huge sizes would only slow the product
+                break
         if end > data:
             raise ArchDSLError(f"truncated safetensors file: tensor {name!r} ends at byte {end} of the data, "
                                f"the file holds {data}", file=path)
         if end - start != want:
             raise ArchDSLError(f"malformed safetensors file: tensor {name!r} takes {end - start} bytes, its "
-                               f"shape {shape} and dtype {dtype} need {want}", file=path)
+                               f"shape {shown(shape)} and dtype {dtype} need {'at least ' * (want > data)}{want}",
+                               file=path)
         out[name] = (dtype, shape)
     return out
 
@@ -141,15 +152,6 @@ def family(model_type: str):
     return FAMILIES[model_type]
 
 
-def model_type_of(config: dict) -> str:
-    from .hf import ARCHITECTURES
-
-    mt = config.get("model_type")
-    if mt is None:
-        mt = next((ARCHITECTURES[a] for a in config.get("architectures") or [] if a in ARCHITECTURES), None)
-    return mt
-
-
 def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | None = None):
     """A local HF model directory → its Spec, or with weights=True → (spec, model) with its weights.
 
@@ -163,7 +165,7 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
     if not weights:
         return spec
     config = hf.read_hf_config(path)
-    fam = family(model_type_of(config))
+    fam = family(hf.model_type_of(config))
     tensors = read_safetensors(path)
     if dtype is None:
         dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)

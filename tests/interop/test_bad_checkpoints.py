@@ -1,6 +1,7 @@
 """Damaged or mismatched checkpoints: an ArchDSLError naming the tensor, field or file; nothing written."""
 import json
 import os
+import struct
 
 import pytest
 import torch
@@ -77,6 +78,25 @@ def test_malformed_header(good, tmp_path):
     d = copy(good, tmp_path / "h")
     (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     refused(d, "malformed", "model.safetensors")
+
+
+
+@pytest.mark.parametrize("header, words", [
+    # a number past Python's 4300-digit limit: ValueError from json.loads
+    (b'{"a": {"dtype": "F32", "shape": [1' + b"0" * 5000 + b'], "data_offsets": [0, 4]}}', ["over 4300 digits"]),
+    # offsets or sizes that are no integers: TypeError, OverflowError, or a shape read from a string's characters
+    (b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": ["0", "4"]}}', ["bad header entry for tensor 'a'"]),
+    (b'{"a": {"dtype": "F32", "shape": [Infinity], "data_offsets": [0, 4]}}', ["bad header entry for tensor 'a'"]),
+    (b'{"a": {"dtype": "F32", "shape": "1", "data_offsets": [0, 4]}}', ["bad header entry for tensor 'a'"]),
+    (b'{"a": {"dtype": "F32", "shape": [-1, -1], "data_offsets": [0, 4]}}', ["bad header entry for tensor 'a'"]),
+    # a shape of a hundred thousand huge sizes: the product stops past the file's size
+    (b'{"a": {"dtype": "F32", "shape": [' + b", ".join([b"1000000000"] * 100000) + b'], "data_offsets": [0, 4]}}',
+     ["tensor 'a' takes 4 bytes", "...] and dtype F32 need at least 4000000000"]),
+])
+def test_malformed_header_entries(good, tmp_path, header, words):
+    d = copy(good, tmp_path / "h")
+    (d / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    refused(d, "malformed safetensors file", "model.safetensors", *words)
 
 
 def test_garbage_file(good, tmp_path):
