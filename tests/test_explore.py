@@ -263,6 +263,11 @@ def test_a_run_stopped_while_writing_the_specs_resumes(tmp_path, capsys, monkeyp
     ("depth: [4]", ["--objective", "params,speed"], "unknown objective 'speed'"),
     ("depth: [4]", ["--objective", "depth,loss"], "error: objective loss needs a probe"),  # named depth too
     ("depth: [4]", ["--probe", "mqarr"], "unknown probe 'mqarr'"),
+    ("depth: [4]\nplacements: [3]", [], "unknown placement 3; valid names: back, even"),  # was 'not iterable'
+    ("depth: [4]\nmixers: null", [], "mixers takes block kinds or aliases of base.blocks, got None"),
+    ("depth: [4]\nattn_fraction: .nan", [], "attn_fraction must be a number or a [min, max] pair of numbers, got nan"),
+    ("depth: [4]\nattn_count: [0, .nan]", [], "a [min, max] pair of numbers, got [0, nan]"),
+    ("depth: [4]\nattn_count: .inf", [], "attn_count must be a number or a [min, max] pair of numbers, got inf"),
 ])
 def test_bad_input_says_what(tmp_path, capsys, text, flags, message):
     space = tmp_path / "space.yaml"
@@ -270,6 +275,7 @@ def test_bad_input_says_what(tmp_path, capsys, text, flags, message):
     code, out, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"] + flags, capsys)
     assert code == 2 and "Traceback" not in err
     assert message in err, err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("text, line, col", [
@@ -287,6 +293,12 @@ def test_bad_input_says_what(tmp_path, capsys, text, flags, message):
     ("every: {offsets: []}", 3, 18),
     ("d_model: []", 2, 10),  # was silently the base's width
     ("probe: {task: mqar, steps: 10}", 3, 21),  # unchecked without --probe, and then with no place
+    ("placements: [3]", 3, 13),  # these three were 'bad space: ...' with no place
+    ("mixers: null", 3, 9),
+    ("attn_count: .nan", 3, 13),  # non-finite: an empty space, silently
+    ("attn_fraction: [0, .nan]", 3, 16),
+    ("probe: {task: 3}", 3, 15),  # the probe section's shape: checked as the file is read, with or without --probe
+    ("probe: {train: {seed: 1}}", 3, 17),
 ])
 def test_bad_values_point_into_the_space_file(tmp_path, capsys, text, line, col):
     """Every value error of a space file names its line and column (1-based), as the spec's errors do."""
@@ -294,7 +306,8 @@ def test_bad_values_point_into_the_space_file(tmp_path, capsys, text, line, col)
     width = "" if text.startswith("d_model") else "d_model: [32]\n"
     space.write_text(f"base: {json.dumps(BASE)}\n{width}{text}\n")
     code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"], capsys)
-    assert code == 2 and f"space.yaml:{line}:{col}:" in err, err
+    assert code == 2 and f"space.yaml:{line}:{col}:" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
 
 
 def test_amounts_group_thousands_with_commas():
@@ -356,15 +369,112 @@ def test_bad_flags_are_named_and_nothing_is_written(tmp_path, capsys, flags, mes
 
 @pytest.mark.parametrize("train, message", [
     ("device: tpu", "unknown device 'tpu'"), ("lr: .nan", "lr must be a positive"),
-    ("warmup: 500", "warmup must be"), ("stepz: 3", "bad training setting"),
+    ("warmup: 500", "warmup must be"), ("stepz: 3", "unknown training setting 'stepz'; did you mean 'steps'?"),
+    # each was a raw TypeError / ValueError / ZeroDivisionError / RuntimeError, most after results.json was written
+    ("steps: 1.5", "train: steps must be a positive integer, got 1.5"),
+    ("steps: abc", "train: steps must be a positive integer, got 'abc'"),
+    ("steps: true", "train: steps must be a positive integer, got True"),
+    ("cpu_threads: 0", "train: cpu_threads must be a positive integer, or null"),
+    ("time_limit: abc", "train: time_limit must be a positive number of seconds, or null, got 'abc'"),
+    ("time_limit: .inf", "train: time_limit must be a positive number of seconds, or null, got inf"),
+    ("target_accuracy: abc", "train: target_accuracy must be a number in [0, 1], or null (no early stop), got 'abc'"),
+    ("min_lr_ratio: abc", "train: min_lr_ratio must be a number in [0, 1], got 'abc'"),
+    ("min_lr_ratio: 2", "train: min_lr_ratio must be a number in [0, 1], got 2"),
+    ("betas: abc", "train: betas must be a pair of numbers in [0, 1), e.g. [0.9, 0.98], got 'abc'"),
+    ("betas: [2, 3]", "train: betas must be a pair of numbers in [0, 1), e.g. [0.9, 0.98], got [2, 3]"),
+    ("betas: [1]", "train: betas must be a pair of numbers in [0, 1), e.g. [0.9, 0.98], got [1]"),
+    ("betas: [0.9, .nan]", "train: betas must be a pair of numbers in [0, 1)"),
+    ("curve_points: 0", "train: curve_points must be a positive integer, got 0"),
+    ("cpu_threads: -1", "train: cpu_threads must be a positive integer, or null (torch's own thread count), got -1"),
+    ("cpu_threads: abc", "train: cpu_threads must be a positive integer, or null (torch's own thread count), got 'ab"),
+    ("weight_decay: -1", "train: weight_decay must be a number >= 0, got -1"),
+    ("grad_clip: .nan", "train: grad_clip must be a number >= 0 (0: no clipping), got nan"),
+    ("warmup: abc", "train: warmup must be a number >= 0"),
+    ("device: 3", "train: device must be a device name (auto, cpu, cuda, cuda:1), got 3"),
+    ("device: meta", "train: device 'meta': the probes train on real tokens"),
+    ("dtype: int7", "train: dtype: unknown dtype 'int7'"),
+    ("seed: abc", "space.yaml:16:11: probe: train: seed is the run's seed (--seed), not a training setting"),  # ignored
 ])
 def test_bad_space_probe_settings_write_nothing(tmp_path, capsys, train, message):
     """Settings of the space file's probe are checked before OUTDIR exists (no results.json left 'running')."""
     space = tmp_path / "space.yaml"
     space.write_text(TINY.replace("train: {", f"train: {{{train}, "))
+    code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--probe", "--no-progress"], capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("probe, col, message", [
+    ("{task: 3}", 15, "probe: task must be a task name (mqar, selective_copying, noisy_recall, fuzzy_recall), got 3"),
+    ("{task: [mqar]}", 15, "probe: task must be a task name"),  # TypeError: unhashable type: 'list'
+    ("{task: mqar, args: 3}", 27, "probe: args must be a mapping such as {seq_len: 256, num_kv_pairs: 16}, got 3"),
+    ("{task: mqar, args: [1]}", 27, "probe: args must be a mapping such as {seq_len: 256, num_kv_pairs: 16}, got [1]"),
+    ("{task: mqar, args: {3: 4}}", 28, "probe: args keys must be names, got 3"),  # keywords must be strings
+    ("{task: mqar, train: [1]}", 28, "probe: train must be a mapping such as {steps: 1000, lr: 1.0e-3}, got [1]"),
+    ("{task: mqar, train: {2: 3}}", 29, "probe: train keys must be names, got 2"),
+    ("{task: mqar, d_model: true}", 30, "probe: d_model must be a positive integer, got True"),
+    ("{task: mqar, d_model: abc}", 30, "probe: d_model must be a positive integer, got 'abc'"),
+])
+def test_bad_space_probe_sections_point_into_the_file_and_write_nothing(tmp_path, capsys, probe, col, message):
+    """The probe section's shape is checked as the space is read, each error at its place (they were raw TypeErrors)."""
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY.split("probe:")[0] + f"probe: {probe}\n")
     code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--probe", "--steps", "5",
                          "--no-progress"], capsys)
-    assert code == 2 and message in err and "Traceback" not in err, err
+    assert code == 2 and f"space.yaml:13:{col}: {message}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"steps": 2.0}, "train: steps must be a positive integer, got 2.0"),
+    ({"batch_size": False}, "train: batch_size must be a positive integer, got False"),
+    ({"lr": float("inf")}, "train: lr must be a positive number, got inf"),
+    ({"betas": (0.9,)}, "train: betas must be a pair of numbers in [0, 1)"),
+    ({"seed": -1}, "train: seed must be an integer in 0..2^63-1, got -1"),
+    ({"seed": "abc"}, "train: seed must be an integer in 0..2^63-1, got 'abc'"),
+    ({"target_accuracy": float("nan")}, "train: target_accuracy must be a number in [0, 1]"),
+    ({"cpu_threads": 0}, "train: cpu_threads must be a positive integer, or null"),
+    ({"curve_points": None}, "train: curve_points must be a positive integer, got None"),
+])
+def test_train_config_checks_every_setting(settings, message):
+    from archdsl.explore.train import TrainConfig
+
+    with pytest.raises(ArchDSLError) as e:
+        TrainConfig(**settings)
+    assert message in str(e.value)
+
+
+def test_train_config_takes_betas_as_a_list_and_nulls_where_allowed():
+    from archdsl.explore.train import TrainConfig
+
+    cfg = TrainConfig(betas=[0.8, 0.9], target_accuracy=None, time_limit=None, cpu_threads=None, steps=3, warmup=2)
+    assert cfg.betas == (0.8, 0.9) and cfg.to_dict()["betas"] == [0.8, 0.9]
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"mixers": None}, "mixers takes block kinds or aliases of base.blocks, got None"),
+    ({"placements": 3}, "unknown placement 3"),
+    ({"attn_fraction": float("nan")}, "attn_fraction must be a number or a [min, max] pair of numbers, got nan"),
+    ({"probe": {"task": "mqar", "args": 3}}, "probe: args must be a mapping"),
+])
+def test_bad_python_spaces_are_archdsl_errors(kw, message):
+    with pytest.raises(ArchDSLError, match=message.replace("[", r"\[")):
+        Space(**kw)
+
+
+@pytest.mark.parametrize("probe, message", [
+    ({"task": 3}, "probe: task must be a task name"),
+    ({"task": "mqarr"}, "unknown probe 'mqarr'"),
+    ({"task_args": 3}, "probe: args must be a mapping"),
+    ({"train": {"seed": 1}}, "probe: train: seed is the run's seed"),
+    ({"d_model": 0}, "probe: d_model must be a positive integer, got 0"),
+])
+def test_a_bad_probe_spec_is_refused_before_anything_is_written(tmp_path, probe, message):
+    from archdsl.explore.runner import ProbeSpec, run
+
+    space = small_space({"attn_count": (0, 0), "d_model": (16,), "depth": (2,)})
+    with pytest.raises(ArchDSLError, match=message):
+        run(space, [], ("params",), str(tmp_path / "o"), probe=ProbeSpec(**probe), progress=False, log=lambda *a: None)
     assert not (tmp_path / "o").exists()
 
 

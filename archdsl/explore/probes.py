@@ -259,9 +259,9 @@ ALIASES = {"selective_copy": "selective_copying", "copy": "selective_copying", "
 
 def make_task(name: str, **kwargs) -> Task:
     """A task by name with its arguments; ArchDSLError for unknown names or arguments."""
-    key = ALIASES.get(name, name)
+    key = ALIASES.get(name, name) if isinstance(name, str) else None
     if key not in TASKS:
-        raise ArchDSLError(f"unknown probe {name!r}", hint=did_you_mean(name, TASKS))
+        raise ArchDSLError(f"unknown probe {shown(name)}", hint=did_you_mean(str(name), TASKS))
     cls = TASKS[key]
     kinds = {f.name: f.type for f in dataclasses.fields(cls)}  # "int", "float" or "bool" (annotation text)
     for k, v in kwargs.items():

@@ -15,11 +15,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from ..errors import ArchDSLError
+from ..errors import ArchDSLError, did_you_mean
 from ..atomic import write_atomic
 from .report import table_text, write_plots, write_results
 from .search import ANALYTIC, Constraint, explore, norm_objectives, rank
-from .space import Space
+from .space import Space, check_probe
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,18 +115,19 @@ def run(space: Space, constraints: list[Constraint], objectives, outdir: str, pr
 
 
 def _trainer(probe: ProbeSpec, seed: int):
-    """(task, TrainConfig) of the probe, checked: the task's arguments, the training settings, the device."""
+    """(task, TrainConfig) of the probe, checked: its parts' shape, the task's arguments, the training settings,
+    the device."""
     from .probes import make_task
-    from .train import TrainConfig, pick_device
+    from .train import SETTINGS, TrainConfig, pick_device
 
-    task = make_task(probe.task, **probe.task_args)
-    try:
-        cfg = TrainConfig(**{**probe.train, "seed": seed})
-    except TypeError as e:
-        raise ArchDSLError(f"probe: bad training setting: {e}") from None
+    check_probe({"task": probe.task, "args": probe.task_args, "d_model": probe.d_model, "train": probe.train})
+    task = make_task(probe.task, **(probe.task_args or {}))
+    train = probe.train or {}
+    for key in train:
+        if key not in SETTINGS:
+            raise ArchDSLError(f"probe: unknown training setting {key!r}", hint=did_you_mean(key, SETTINGS))
+    cfg = TrainConfig(**{**train, "seed": seed})
     pick_device(cfg.device)
-    if probe.d_model is not None and not (isinstance(probe.d_model, int) and probe.d_model >= 1):
-        raise ArchDSLError(f"probe: d_model must be a positive integer, got {probe.d_model!r}")
     return task, cfg
 
 

@@ -48,8 +48,8 @@ def parse_amount(text: str | int | float) -> float:
         raise ArchDSLError(f"not an amount: {text!r} (write 1.5B, 300M, 2GiB or 4096)")
     try:  # exact: 2.01M is 2,010,000, not 2,009,999.9999999998
         value = float(Decimal(m.group(1)) * UNITS[m.group(2)])
-    except ArithmeticError:  # an exponent past Decimal's range
-        value = math.inf
+    except ArithmeticError:  # an exponent past Decimal's range: far below any amount, or far above
+        value = 0.0 if "e-" in m.group(1) else math.inf
     if not math.isfinite(value):
         raise ArchDSLError(f"amount too large: {text!r}")
     return value

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
@@ -69,15 +70,16 @@ class Space:
         for name in ("mixers", "placements", "every_periods", "every_offsets", "shared", "moe_every",
                      "moe_experts", "moe_top_k", "moe_hidden", "d_model", "depth"):
             value = getattr(self, name)
-            if isinstance(value, (str, int, bool)):
+            if isinstance(value, (str, dict)) or not hasattr(value, "__iter__"):  # one value (None too), not a list
                 value = (value,)
             object.__setattr__(self, name, tuple(value))
         for name in ("attn_count", "attn_fraction"):
             value = getattr(self, name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if _finite(value):
                 value = (value, value)
-            if value is not None:
-                object.__setattr__(self, name, tuple(value))
+            if isinstance(value, list):
+                value = tuple(value)
+            object.__setattr__(self, name, value)
         self.check()
 
     # --- validation ---------------------------------------------------------------------
@@ -104,15 +106,16 @@ class Space:
         if resolve_kind(base, self.attention) != "attn":
             raise ArchDSLError(f"attention {self.attention!r} is not an attention block (kind attn)")
         for p in self.placements:
-            if p not in PLACEMENTS:
-                raise _keyed(f"unknown placement {p!r}", ("placements",), did_you_mean(p, PLACEMENTS))
+            if not isinstance(p, str) or p not in PLACEMENTS:
+                raise _keyed(f"unknown placement {shown(p)}", ("placements",), did_you_mean(str(p), PLACEMENTS))
         if self.attn_count is not None and self.attn_fraction is not None:
             raise ArchDSLError("give attn_count or attn_fraction, not both")
         for name, rng, top in (("attn_count", self.attn_count, None), ("attn_fraction", self.attn_fraction, 1)):
             if rng is None:
                 continue
-            if len(rng) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in rng):
-                raise _keyed(f"{name} must be a number or a [min, max] pair, got {list(rng)}", _key(name))
+            if not (isinstance(rng, tuple) and len(rng) == 2 and all(_finite(v) for v in rng)):
+                got = list(rng) if isinstance(rng, tuple) else rng
+                raise _keyed(f"{name} must be a number or a [min, max] pair of numbers, got {shown(got)}", _key(name))
             lo, hi = rng
             if lo < 0 or (top is not None and hi > top):
                 raise _keyed(f"{name} [{lo}, {hi}] is out of range" + (" [0, 1]" if top else " (>= 0)"), _key(name))
@@ -143,6 +146,7 @@ class Space:
         if max(self.moe_every) > 0 and not any(k <= e for k in self.moe_top_k for e in self.moe_experts):
             raise ArchDSLError(f"contradictory moe: every top_k {list(self.moe_top_k)} exceeds every expert "
                                f"count {list(self.moe_experts)}")
+        check_probe(self.probe)
 
     @property
     def base_spec(self) -> Spec:
@@ -368,8 +372,6 @@ def space_from_dict(data: dict, here: str | None = None) -> Space:
                 "attn_fraction", "probe"):
         if key in data:
             kw[key] = data[key]
-    if "mixers" in kw and isinstance(kw["mixers"], str):
-        kw["mixers"] = [kw["mixers"]]
     every = data.get("every") or {}
     if not isinstance(every, dict):
         raise _keyed("every must be a mapping {periods: [...], offsets: [...]}", ("every",))
@@ -387,18 +389,12 @@ def space_from_dict(data: dict, here: str | None = None) -> Space:
         if k not in ("every", "experts", "top_k", "hidden"):
             raise _keyed(f"unknown moe key {k!r}", ("moe", str(k), "<key>"), did_you_mean(str(k), ("every", "experts", "top_k", "hidden")))
         kw[f"moe_{k}"] = _listed(v)
-    for key in ("d_model", "depth", "shared", "placements"):
+    for key in ("mixers", "d_model", "depth", "shared", "placements"):
         if key in kw:
             kw[key] = _listed(kw[key])
     if kw.get("d_model") == []:  # Space's empty d_model is the base's width: in a file, leave the key out for that
         raise _keyed("the space is empty: `d_model` lists no values (leave it out for the base's width)",
                      ("d_model",))
-    if "probe" in kw and not isinstance(kw["probe"], dict):
-        raise _keyed("probe must be a mapping (task, args, d_model, train)", ("probe",))
-    for k in kw.get("probe") or {}:  # checked here, with its place, whether or not --probe runs it
-        if k not in PROBE_KEYS:
-            raise _keyed(f"unknown probe key {k!r} (steps, lr, batch_size go under train:)", ("probe", str(k), "<key>"),
-                         did_you_mean(str(k), PROBE_KEYS))
     try:
         return Space(**kw)
     except TypeError as e:
@@ -408,3 +404,36 @@ def space_from_dict(data: dict, here: str | None = None) -> Space:
 def _listed(v) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
+
+def _finite(v) -> bool:
+    """An int or a finite float (not a bool, nan or inf)."""
+    return not isinstance(v, bool) and (isinstance(v, int) or isinstance(v, float) and math.isfinite(v))
+
+
+def check_probe(probe) -> None:
+    """The shape of a space's probe: section (or a ProbeSpec's parts), each error keyed to its place: known keys, a
+    task name, mappings of named arguments and settings, a positive d_model. Checked as the space is read, whether or
+    not --probe runs it; the values themselves are checked by make_task and TrainConfig, before anything is written."""
+    if not isinstance(probe, dict):
+        raise _keyed("probe must be a mapping (task, args, d_model, train)", ("probe",))
+    for k in probe:
+        if k not in PROBE_KEYS:
+            raise _keyed(f"unknown probe key {k!r} (steps, lr, batch_size go under train:)", ("probe", str(k), "<key>"),
+                         did_you_mean(str(k), PROBE_KEYS))
+    task = probe.get("task")
+    if task is not None and not isinstance(task, str):
+        raise _keyed(f"probe: task must be a task name (mqar, selective_copying, noisy_recall, fuzzy_recall), "
+                     f"got {shown(task)}", ("probe", "task"))
+    for key, example in (("args", "{seq_len: 256, num_kv_pairs: 16}"), ("train", "{steps: 1000, lr: 1.0e-3}")):
+        value = probe.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise _keyed(f"probe: {key} must be a mapping such as {example}, got {shown(value)}", ("probe", key))
+        for k in value or {}:
+            if not isinstance(k, str):
+                raise _keyed(f"probe: {key} keys must be names, got {shown(k)}", ("probe", key, str(k), "<key>"))
+    if "seed" in (probe.get("train") or {}):
+        raise _keyed("probe: train: seed is the run's seed (--seed), not a training setting",
+                     ("probe", "train", "seed", "<key>"))
+    d_model = probe.get("d_model")
+    if d_model is not None and (isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1):
+        raise _keyed(f"probe: d_model must be a positive integer, got {shown(d_model)}", ("probe", "d_model"))

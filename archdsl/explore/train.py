@@ -16,14 +16,55 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import ArchDSLError
+from ..errors import ArchDSLError, shown
+from ..model import check_device, resolve_dtype
 from ..model.modules.moe import balance_experts
 from .probes import IGNORE, Task, accuracy
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    """An int or a finite float; not a bool, nan or inf."""
+    return _integer(v) or isinstance(v, float) and math.isfinite(v)
+
+
+def _count(v) -> bool:
+    return _integer(v) and v >= 1
+
+
+def _share(v) -> bool:
+    return _number(v) and 0 <= v <= 1
+
+
+# each TrainConfig field: (the test its value passes, what the error says it must be)
+SETTINGS = {
+    "steps": (_count, "a positive integer"),
+    "batch_size": (_count, "a positive integer"),
+    "lr": (lambda v: _number(v) and v > 0, "a positive number"),
+    "weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "betas": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v),
+              "a pair of numbers in [0, 1), e.g. [0.9, 0.98]"),
+    "warmup": (lambda v: _number(v) and v >= 0, "a number >= 0 (a share of the steps below 1, else steps)"),
+    "min_lr_ratio": (_share, "a number in [0, 1]"),
+    "grad_clip": (lambda v: _number(v) and v >= 0, "a number >= 0 (0: no clipping)"),
+    "eval_every": (_count, "a positive integer"),
+    "eval_size": (_count, "a positive integer"),
+    "target_accuracy": (lambda v: v is None or _share(v), "a number in [0, 1], or null (no early stop)"),
+    "seed": (lambda v: _integer(v) and 0 <= v < 2**63, "an integer in 0..2^63-1"),
+    "device": (lambda v: isinstance(v, str), "a device name (auto, cpu, cuda, cuda:1)"),
+    "dtype": (lambda v: isinstance(v, (str, torch.dtype)), "a dtype name (float32, bfloat16, ...)"),
+    "curve_points": (_count, "a positive integer"),
+    "time_limit": (lambda v: v is None or _number(v) and v > 0, "a positive number of seconds, or null"),
+    "cpu_threads": (lambda v: v is None or _count(v), "a positive integer, or null (torch's own thread count)"),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,16 +88,20 @@ class TrainConfig:
     cpu_threads: int | None = 1  # tiny models run several times faster on one thread than on a shared pool
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.eval_size < 1:
-            raise ArchDSLError("train: steps, batch_size, eval_every and eval_size must be positive")
-        if not 0 < self.lr < math.inf:
-            raise ArchDSLError(f"train: lr must be a positive number, got {self.lr}")
-        if not 0 <= self.weight_decay < math.inf or not 0 <= self.grad_clip < math.inf:
-            raise ArchDSLError(f"train: weight_decay and grad_clip must be >= 0, got {self.weight_decay}, "
-                               f"{self.grad_clip}")
-        if not 0 <= self.warmup <= max(1, self.steps):
+        """Every setting's type and range (ArchDSLError naming it), then the warmup against the steps."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            ok, what = SETTINGS[f.name]
+            if not ok(value):
+                raise ArchDSLError(f"train: {f.name} must be {what}, got {shown(value)}")
+        object.__setattr__(self, "betas", tuple(self.betas))
+        if self.warmup > max(1, self.steps):
             raise ArchDSLError(f"train: warmup must be a share of the steps below 1 or at most steps "
                                f"({self.steps}) steps, got {self.warmup:g}")
+        try:
+            resolve_dtype(self.dtype)
+        except ArchDSLError as e:
+            raise ArchDSLError(f"train: dtype: {e.message}", hint=e.hint) from None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -83,13 +128,15 @@ class ProbeResult:
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    """auto: CUDA when present, else the CPU; else the device named, checked (ArchDSLError if it is unknown
-    or absent)."""
-    from ..model import check_device
-
+    """auto: CUDA when present, else the CPU; else the device named, checked (ArchDSLError if it is unknown,
+    absent, or the meta device)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return check_device(device, torch.float32)
+    dev = check_device(device, torch.float32)
+    if dev.type == "meta":
+        raise ArchDSLError(f"train: device {device!r}: the probes train on real tokens; the meta device holds no "
+                           f"data (give cpu or cuda)")
+    return dev
 
 
 def lr_lambda(cfg: TrainConfig):
