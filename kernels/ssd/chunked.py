@@ -1,6 +1,8 @@
 """Chunked SSD in PyTorch (the CPU path; autograd gives the backward).
 
-Within a chunk the scan is a masked matrix product (C Bᵀ ∘ decay) x; across chunks the states are
+Within a chunk the scan is a masked matrix product (C Bᵀ ∘ decay) x, each decay the exp of a difference of the
+chunk's cumulative log-decays, taken in float64 (in float32 the sums, thousands under strong decay, lose the
+digits of their differences); across chunks the states are
 one more: the state entering chunk c is Σ_{j<c} (Π_{j<k<c} carry_k) local_j + (Π_{k<c} carry_k) h0, a
 lower-triangular [nc+1, nc+1] matrix of decays (exp of segment sums of the chunks' log-decays, -inf
 where a packed sequence ends) times [h0; local]. No loop over time or chunks: torch.compile traces it
@@ -41,7 +43,8 @@ def ssd_scan_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=Non
 
     rep = H // G
     CB = torch.einsum("bctgn,bcugn->bcgtu", Cc, Bc).repeat_interleave(rep, dim=2)      # [b c h t u]
-    diff = s[..., :, None] - s[..., None, :]
+    s64 = s if ct == torch.float64 else torch.cumsum(dtc.double() * A.double()[:, None], dim=-1)
+    diff = (s64[..., :, None] - s64[..., None, :]).to(ct)  # float64: no cancellation where the sums grow large
     same = seqc[:, :, None, :, None] == seqc[:, :, None, None, :]                      # [b c 1 t u]
     mask = torch.tril(torch.ones(Q, Q, dtype=torch.bool, device=x.device)) & same
     decay = torch.where(mask, torch.exp(torch.where(mask, diff, torch.zeros_like(diff))), torch.zeros_like(diff))
@@ -51,7 +54,7 @@ def ssd_scan_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=Non
     Ch = Cc.repeat_interleave(rep, dim=3)
     sT = s[..., -1]
     out_mask = seqc[:, :, None] == seqc[:, :, None, -1:]                               # [b c 1 q]
-    wdec = torch.where(out_mask, torch.exp(sT[..., None] - s), torch.zeros_like(s))
+    wdec = torch.where(out_mask, torch.exp((s64[..., -1:] - s64).to(ct)), torch.zeros_like(s))
     local = torch.einsum("bchu,bcuhp,bcuhn->bchpn", wdec * dtc, xc, Bh)
     keeps = (seqc[..., -1] == seq_prev)[..., None]                                     # [b c 1]
     log_carry = torch.where(keeps, sT, torch.full_like(sT, -torch.inf))                 # [b c h]

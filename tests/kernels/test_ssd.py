@@ -685,6 +685,25 @@ def test_bad_step_input_raises():
                  torch.zeros(2, 1, 6), torch.zeros(2, 2, 6))
 
 
+def test_torch_path_keeps_float32_digits_under_strong_decay():
+    """dt·A summing to thousands within a chunk: the decays come from float64 sums of the log-decays, not from a
+    difference of float32 cumulative sums (which left A's gradient 4e-3 off at dt ~ 10)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 512, 4, 8, generator=g, dtype=torch.float64)
+    dt = torch.rand(1, 512, 4, generator=g, dtype=torch.float64) * 20
+    A = -torch.rand(4, generator=g, dtype=torch.float64) * 8
+    B, C = (torch.randn(1, 512, 1, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    ins = [t.requires_grad_() for t in (x, dt, A, B, C)]
+    want = ssd_scan_naive(*ins)
+    gy = torch.randn_like(want)
+    want_grads = torch.autograd.grad((want * gy).sum(), ins)
+    ins32 = [t.detach().float().requires_grad_() for t in ins]
+    got = ssd_scan_chunked(*ins32, chunk_size=256)
+    grads = torch.autograd.grad((got * gy.float()).sum(), ins32)
+    for a, b in zip((got, *grads), (want, *want_grads)):
+        assert ((a.double() - b).norm() / b.norm()).item() < 2e-6
+
+
 def test_a_chunk_longer_than_the_sequence_is_not_padded_out():
     """The torch path's chunk is at most the sequence's length rounded up to a power of two: a chunk_size of 2^20
     on 3 tokens is one chunk of 4 (padded to 2^20 it would ask for terabytes)."""
