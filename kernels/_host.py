@@ -99,6 +99,8 @@ def packing(seq_idx, cu_seqlens, x, cu_seqlens_cpu=None, runs=True):
     runs=False: the caller reads the offsets only, so seq_idx comes back as given (None) where it is not given
     (no ops on the device for it). Without cu_seqlens: (seq_idx as given, None)."""
     if cu_seqlens is None:
+        if cu_seqlens_cpu is not None:
+            raise ValueError("cu_seqlens_cpu: given without cu_seqlens (it is the host copy of cu_seqlens)")
         return seq_idx, None
     batch, L = x.shape[:2]
     expect_shape("cu_seqlens", cu_seqlens, (None,))

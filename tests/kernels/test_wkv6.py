@@ -355,6 +355,7 @@ def test_cu_seqlens_without_states_is_the_packed_row():
     (dict(cu_seqlens=torch.tensor([0.0, 8.0])), "cu_seqlens: expected an integer tensor"),
     (dict(cu_seqlens=torch.tensor([[0, 8]])), r"cu_seqlens: expected shape \[\*\], got \[1, 2\]"),
     (dict(cu_seqlens=torch.tensor([0, 3, 8]), cu_seqlens_cpu=torch.tensor([0, 8])), "cu_seqlens_cpu: expected shape"),
+    (dict(cu_seqlens_cpu=torch.tensor([0, 3, 8])), "cu_seqlens_cpu: given without cu_seqlens"),
     (dict(cu_seqlens=torch.tensor([0, 3, 8]), seq_idx=torch.zeros(1, 8, dtype=torch.long)), "not seq_idx's"),
     (dict(cu_seqlens=torch.tensor([0, 3, 8]), seq_idx=torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])),
      r"seq_idx: expected shape \[1, 8\], got \[8\]"),  # seq_idx checked before cu_seqlens reads it
