@@ -306,6 +306,9 @@ def test_configs_that_converted_to_another_model_are_refused():
                  num_attention_heads=4, intermediate_size=64)
     for config, message in (({**llama, "rope_scaling": {"type": "linear", "factor": 4.0}}, "'rope_scaling.type'"),
                             ({**llama, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "'llama3'"),
+                            # transformers reads a scaling from rope_scaling though rope_parameters is plain
+                            ({**llama, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4},
+                              "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "'rope_scaling.rope_type'"),
                             ({**zamba2, "num_mem_blocks": 0}, "'num_mem_blocks'"),
                             ({**bamba, "attn_layer_indices": ["1"]}, "'attn_layer_indices'"),
                             (dict(model_type="nemotron_h", hybrid_override_pattern=""), "'hybrid_override_pattern'"),

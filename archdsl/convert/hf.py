@@ -111,21 +111,30 @@ def _spec(c: _Cfg, name, d_model, vocab, tie, layout, blocks, *, norm="rmsnorm",
     return out
 
 
+def _ropes(c: _Cfg) -> list[_Cfg]:
+    """The RoPE settings under either name, rope_parameters (transformers 5) first, then rope_scaling (before):
+    transformers takes a scaling from either, so both are read."""
+    out = []
+    for field in ("rope_parameters", "rope_scaling"):
+        rp = c(field)
+        if rp is not None and not isinstance(rp, dict):
+            raise _refuse(field, rp, 'expected an object of RoPE settings, like {"rope_type": "default"}')
+        if rp:
+            out.append(_Cfg(rp, f"{field}."))
+    return out
+
+
 def _rope(c: _Cfg) -> _Cfg:
-    """The RoPE settings: rope_parameters (transformers 5), else rope_scaling (before)."""
-    field = "rope_parameters" if c("rope_parameters") else "rope_scaling"
-    rp = c(field) or {}
-    if not isinstance(rp, dict):
-        raise _refuse(field, rp, 'expected an object of RoPE settings, like {"rope_type": "default"}')
-    return _Cfg(rp, f"{field}.")
+    """The RoPE settings that give the values (rope_theta, partial_rotary_factor): the first of _ropes."""
+    return (_ropes(c) or [_Cfg({})])[0]
 
 
 def _rope_theta(c: _Cfg, default=10000.0) -> float:
-    rp = _rope(c)
-    key = "type" if "type" in rp.c and "rope_type" not in rp.c else "rope_type"  # the old name
-    if rp(key, "default") != "default":
-        raise _refuse(rp.prefix + key, rp(key), "only plain RoPE is supported")
-    return rp("rope_theta", c("rope_theta", default))
+    for rp in _ropes(c):
+        key = "type" if "type" in rp.c and "rope_type" not in rp.c else "rope_type"  # the old name
+        if rp(key, "default") != "default":
+            raise _refuse(rp.prefix + key, rp(key), "only plain RoPE is supported")
+    return _rope(c)("rope_theta", c("rope_theta", default))
 
 
 def _conv_act(c: _Cfg) -> None:
