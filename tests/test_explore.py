@@ -346,7 +346,7 @@ def test_unsatisfiable_budget_counts_per_constraint():
     (["--probe", "--steps", "1", "--lr", "nan"], "--lr: must be a positive number, got nan"),
     (["--probe", "--steps", "1", "--device", "tpu"], "--device: unknown device 'tpu'"),
     (["--probe", "--steps", "1", "--device", "meta"], "--device meta: the probes train on real tokens"),
-    (["--probe", "--steps", "1", "--probe-arg", "seq_len=abc"], "--probe: mqar: seq_len must be an integer"),
+    (["--probe", "--steps", "1", "--probe-arg", "seq_len=abc"], "--probe-arg: mqar: seq_len must be an integer"),
     (["--probe", "--steps", "1", "--probe-arg", "random_non_queries=3"], "random_non_queries must be true or false"),
     (["--seed", "99999999999999999999999"], "--seed: must be in 0..2^63-1"),
     (["--context", "64q"], "--context: not a count: '64q'"),

@@ -135,6 +135,8 @@ def explore_command(args) -> None:
         d_model = args.probe_d_model or pdef.pop("d_model", None)
         pdef.pop("d_model", None)
         task_args = dict(pdef.pop("args", {}) or {})
+        where = " / ".join(w for w, given in (("space probe: args", task_args), ("--probe-arg", args.probe_arg))
+                           if given) or "--probe"
         for kv in args.probe_arg:
             k, eq, v = kv.partition("=")
             if not eq:
@@ -153,7 +155,7 @@ def explore_command(args) -> None:
         try:
             make_task(task, **task_args)  # bad task arguments before any work
         except ArchDSLError as e:
-            raise ArchDSLError(f"--probe: {e.message}", hint=e.hint) from None
+            raise ArchDSLError(f"{where}: {e.message}", hint=e.hint) from None
     elif args.steps is not None:
         raise ArchDSLError("--steps needs --probe (e.g. --probe mqar)")
     objectives = (args.objective or "params,cache").split(",")

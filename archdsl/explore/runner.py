@@ -184,7 +184,7 @@ def _resumed(outdir: str, config: dict) -> dict:
     new = _norm(config)
     if old != new:
         diff = sorted(k for k in set(old or {}) | set(new) if (old or {}).get(k) != new.get(k))
-        raise ArchDSLError(f"--resume: {outdir} was made with other settings ({', '.join(diff)} differ); "
+        raise ArchDSLError(f"--resume: {outdir} was made with other settings ({', '.join(diff)} {'differs' if len(diff) == 1 else 'differ'}); "
                            "give the same space, constraints, objectives, probe, --top and --seed")
     return {c["id"]: c for c in doc.get("candidates", []) if c.get("probe")}
 

@@ -109,8 +109,8 @@ def prepare(cfg: TrainConfig):
     elif checkpoints(cfg.rundir):
         raise ArchDSLError(f"{cfg.rundir}: holds checkpoints of an earlier run",
                            hint="pass --resume to continue it, or write to another -o RUNDIR")
-    elif any(os.path.exists(os.path.join(cfg.rundir, f)) for f in ("run.json", "metrics.jsonl")):
-        raise ArchDSLError(f"{cfg.rundir}: holds an earlier run (run.json, metrics.jsonl) that wrote no checkpoint",
+    elif found := [f for f in ("run.json", "metrics.jsonl") if os.path.exists(os.path.join(cfg.rundir, f))]:
+        raise ArchDSLError(f"{cfg.rundir}: holds an earlier run ({', '.join(found)}) that wrote no checkpoint",
                            hint="write to another -o RUNDIR, or remove that one")
     device = pick_device(env, cfg.device)
     if cfg.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
