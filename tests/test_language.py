@@ -328,8 +328,17 @@ def test_a_string_escape_is_known_or_refused(char):
     known = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "'": "'", "\\": "\\"}
     if char in known:
         assert parse_layout(text).items[1].blocks[0].shared == f"a{known[char]}b"
+    elif "\ud800" <= char <= "\udfff":  # no character: refused wherever it stands, before any escape is read
+        message = error(text)
+        assert message.startswith("<layout>:1:24: ") and ("is not UTF-8" in message or "is not a character" in message)
     else:
         assert error(text).startswith(f"<layout>:1:23: unknown escape '\\{char}' in a string")
+
+
+def test_a_lone_surrogate_is_refused_where_it_stands():
+    """Python keeps an argument's non-UTF-8 byte as U+DC80..U+DCFF; no file or terminal takes such a layout."""
+    assert error("mamba2, \udcffattn").startswith("<layout>:1:9: byte 0xff is not UTF-8")
+    assert error('attn(shared="\ud83d")').startswith("<layout>:1:14: \\ud83d is not a character")
 
 
 def test_non_text_is_refused():
