@@ -305,7 +305,7 @@ class ArchModel(nn.Module):
             return input_ids.clone()
         gen = None
         if seed is not None:
-            gen = torch.Generator(device=input_ids.device).manual_seed(seed)
+            gen = torch.Generator(device=input_ids.device).manual_seed(int(seed))  # a numpy integer passes check_seed
         graphed = self.cuda_graph and input_ids.is_cuda
         if graphed:
             runner = self._graph_runner(B, L + max_new_tokens)
