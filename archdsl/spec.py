@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import unicodedata
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
@@ -345,7 +346,7 @@ def read_text(path: str) -> str:
 
 class YamlLoader(yaml.SafeLoader):
     """PyYAML's safe loader, with YAML 1.2's floats: `1e-6` (no dot) is a number, not a string. A scalar that
-    Python refuses to make (an integer past 4300 digits, a date such as 2024-02-30) is a YAML error at its place,
+    Python refuses to make (an integer past its digit limit, 4300, a date such as 2024-02-30) is a YAML error at its place,
     not a ValueError."""
 
     def _checked(self, node, make):
@@ -354,7 +355,7 @@ class YamlLoader(yaml.SafeLoader):
         except ValueError as e:
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read {shown(node.value)} as {node.tag.rpartition(':')[2]}: "
-                f"{'over 4300 digits' if 'digits' in str(e) else e}", node.start_mark) from None
+                f"{f'over {sys.get_int_max_str_digits()} digits' if 'digits' in str(e) else e}", node.start_mark) from None
 
 
 def _text(self, node):
