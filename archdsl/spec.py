@@ -346,16 +346,17 @@ def read_text(path: str) -> str:
 
 class YamlLoader(yaml.SafeLoader):
     """PyYAML's safe loader, with YAML 1.2's floats: `1e-6` (no dot) is a number, not a string. A scalar that
-    Python refuses to make (an integer past its digit limit, 4300, a date such as 2024-02-30) is a YAML error at its place,
-    not a ValueError."""
+    Python refuses to make (an integer past its digit limit, a date such as 2024-02-30) is a YAML error at its
+    place, not a ValueError."""
 
     def _checked(self, node, make):
         try:
             return make(self, node)
         except ValueError as e:
+            why = f"over {sys.get_int_max_str_digits()} digits" if "digits" in str(e) else e
             raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read {shown(node.value)} as {node.tag.rpartition(':')[2]}: "
-                f"{f'over {sys.get_int_max_str_digits()} digits' if 'digits' in str(e) else e}", node.start_mark) from None
+                None, None, f"cannot read {shown(node.value)} as {node.tag.rpartition(':')[2]}: {why}",
+                node.start_mark) from None
 
 
 def _text(self, node):
