@@ -19,6 +19,8 @@ Backward:
   * sweep 2 (backward in time) folds the pieces after its own into the outgoing state's adjoint, then carries the
     adjoints of (num, den) with their own running exponent R over its piece and gives dk, dv, du and the gradient
     of the incoming state. Every exp it takes, exp(R + k) and exp(u + k - lnD), has an exponent ≤ ~0.
+Each sweep loads its rows two tokens ahead of the token it computes (`_row`): the compiler does not move a
+load above the store before it (they might alias), so without that every token waited on its own loads.
 """
 from __future__ import annotations
 
@@ -26,10 +28,41 @@ import torch
 import triton
 import triton.language as tl
 
-from .._dispatch import apply
+from .._dispatch import apply, interpreting
 from .._host import cdiv, next_pow2, seq_starts, sm_count
 
 NEG = -1e38
+
+
+@triton.jit
+def _exp(x):
+    """e^x as 2^(x·log2 e): Triton compiles exp2 to one ex2.approx.ftz.f32, where tl.exp's ex2.approx.f32 adds a
+    compare and two multiplies for subnormal results (here 0 instead: every exponent is a difference from a
+    running max, so such a term is lost against the 1 beside it)."""
+    return tl.exp2(x * 1.4426950408889634)
+
+
+@triton.jit
+def _recip(x, FAST: tl.constexpr):
+    """1/x of a WKV denominator (≥ 1 in the scan: its term at the max counts 1). FAST (compiled only): one
+    rcp.approx.ftz, within an ulp for normal x, not the division's range checks and scalings."""
+    if FAST:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return 1.0 / x
+
+
+@triton.jit
+def _ln(x, FAST: tl.constexpr):
+    """ln x for x ≥ 1. FAST (compiled only): one lg2.approx.ftz (absolute error 2^-22), not libdevice's
+    ~25-instruction polynomial."""
+    if FAST:
+        lg = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                       pack=1)
+        return lg * 0.6931471805599453
+    else:
+        return tl.log(x)
 
 
 @triton.jit
@@ -43,11 +76,11 @@ def _channels(w, u, C, BC: tl.constexpr):
 
 
 @triton.jit
-def _token(aa, bb, pp, kk, vv, wd, b_u):
+def _token(aa, bb, pp, kk, vv, wd, b_u, FAST: tl.constexpr):
     """One token from the state (num, den, max) = (aa, bb, pp): (wkv, the state after it)."""
     p = tl.maximum(pp, b_u + kk)
-    e1, e2 = tl.exp(pp - p), tl.exp(b_u + kk - p)
-    yy = (e1 * aa + e2 * vv) / (e1 * bb + e2)
+    e1, e2 = _exp(pp - p), _exp(b_u + kk - p)
+    yy = (e1 * aa + e2 * vv) * _recip(e1 * bb + e2, FAST)
     _, aa, bb, pp = _update(aa, bb, pp, kk, vv, wd)
     return yy, aa, bb, pp
 
@@ -56,8 +89,34 @@ def _token(aa, bb, pp, kk, vv, wd, b_u):
 def _update(aa, bb, pp, kk, vv, wd):
     """The state after a token: (e1, num, den, max), e1 the factor of the state before (and of its tangents)."""
     p = tl.maximum(pp + wd, kk)
-    e1, e2 = tl.exp(pp + wd - p), tl.exp(kk - p)
+    e1, e2 = _exp(pp + wd - p), _exp(kk - p)
     return e1, e1 * aa + e2 * vv, e1 * bb + e2, p
+
+
+@triton.jit
+def _row(x, o, mc, ok):
+    """x's row at offsets o `[BC]` as float32 where mc; zeros where not ok (nothing is read there). The sweeps read two
+    tokens ahead of the one they compute, so that a token's loads wait behind two tokens' work, not before its
+    own."""
+    return tl.load(x + o, mask=tl.where(ok, mc, False)).to(tl.float32)
+
+
+@triton.jit
+def _starts(rs, at, ok, HAS_SEQ: tl.constexpr):
+    """Whether a sequence starts at rs[at] (False where not ok, and without seq_idx)."""
+    if HAS_SEQ:
+        return tl.load(rs + at, mask=ok, other=0) != 0
+    else:
+        return at < 0
+
+
+@triton.jit
+def _kv(k, v, rs, base, c64, row, t, ahead, end, mc, HAS_SEQ: tl.constexpr):
+    """Token t + ahead's rows of k and v `[BC]` float32 and whether a sequence starts there (`_row`, `_starts`;
+    nothing read past end). The offset is written base + C·t + C·ahead: so the compiler steps one pointer by C a
+    token rather than multiply again."""
+    o, ok = base + c64 * t + c64 * ahead, t + ahead < end
+    return _row(k, o, mc, ok), _row(v, o, mc, ok), _starts(rs, row + t + ahead, ok, HAS_SEQ)
 
 
 @triton.jit
@@ -73,15 +132,16 @@ def _piece_sums(w, u, k, v, sums, rs, T, C, LP, BC: tl.constexpr, HAS_SEQ: tl.co
     gb = tl.zeros([BC], dtype=tl.float32)
     starts = n * 0  # whether a sequence starts in the piece
     c64 = tl.zeros([BC], dtype=tl.int64) + C
-    base = i_b * T * C + oc
-    for t in range(n * LP, tl.minimum(T, n * LP + LP)):
+    base, lo, end = i_b * T * C + oc, n * LP, tl.minimum(T, n * LP + LP)
+    k1, v1, f1 = _kv(k, v, rs, base, c64, i_b * T, lo, 0, end, mc, HAS_SEQ)
+    k2, v2, f2 = _kv(k, v, rs, base, c64, i_b * T, lo, 1, end, mc, HAS_SEQ)
+    for t in range(lo, end):
+        kk, vv, fresh, k1, v1, f1 = k1, v1, f1, k2, v2, f2
+        k2, v2, f2 = _kv(k, v, rs, base, c64, i_b * T, t, 2, end, mc, HAS_SEQ)
         if HAS_SEQ:
-            fresh = tl.load(rs + i_b * T + t) != 0
             aa, bb, pp = tl.where(fresh, 0.0, aa), tl.where(fresh, 0.0, bb), tl.where(fresh, -1e38, pp)
             ga, gb = tl.where(fresh, 0.0, ga), tl.where(fresh, 0.0, gb)
             starts = tl.maximum(starts, fresh.to(tl.int32))
-        kk = tl.load(k + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
-        vv = tl.load(v + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
         e1, a2, b2, pp = _update(aa, bb, pp, kk, vv, wd)
         if TANGENTS:
             ga, gb = e1 * (aa + ga), e1 * (bb + gb)
@@ -107,14 +167,14 @@ def _fold(aa, bb, pp, sums, p_s, C, mc, decay):
     fresh = tl.load(sums + p_s + 3 * C, mask=mc, other=0.0) != 0
     q = pp + decay
     p = tl.maximum(q, sp)
-    e1, e2 = tl.exp(q - p), tl.exp(sp - p)
+    e1, e2 = _exp(q - p), _exp(sp - p)
     aa, bb = tl.where(fresh, sa, e1 * aa + e2 * sa), tl.where(fresh, sb, e1 * bb + e2 * sb)
     return aa, bb, tl.where(fresh, sp, p), e1, e2, fresh
 
 
 @triton.jit
 def _fwd_kernel(w, u, k, v, y, s_in, s_out, rs, sums, T, C, LP, BC: tl.constexpr, HAS_STATE: tl.constexpr,
-                HAS_SEQ: tl.constexpr, HAS_SUMS: tl.constexpr):
+                HAS_SEQ: tl.constexpr, HAS_SUMS: tl.constexpr, FAST: tl.constexpr):
     """y over piece n (tokens n·LP .. n·LP + LP - 1; one piece: all of T), from the incoming state and the sums
     of the pieces before it; the last piece's program writes the state after T. Grid (channel blocks, B,
     pieces)."""
@@ -126,14 +186,15 @@ def _fwd_kernel(w, u, k, v, y, s_in, s_out, rs, sums, T, C, LP, BC: tl.constexpr
             aa, bb, pp, _, _, _ = _fold(aa, bb, pp, sums, (i_b * tl.num_programs(2) + j) * 4 * C + oc, C, mc,
                                         wd * LP)
     c64 = tl.zeros([BC], dtype=tl.int64) + C  # time stride, 64-bit: T·C passes 2^31
-    base = i_b * T * C + oc
-    for t in range(n * LP, tl.minimum(T, n * LP + LP)):
+    base, lo, end = i_b * T * C + oc, n * LP, tl.minimum(T, n * LP + LP)
+    k1, v1, f1 = _kv(k, v, rs, base, c64, i_b * T, lo, 0, end, mc, HAS_SEQ)
+    k2, v2, f2 = _kv(k, v, rs, base, c64, i_b * T, lo, 1, end, mc, HAS_SEQ)
+    for t in range(lo, end):
+        kk, vv, fresh, k1, v1, f1 = k1, v1, f1, k2, v2, f2
+        k2, v2, f2 = _kv(k, v, rs, base, c64, i_b * T, t, 2, end, mc, HAS_SEQ)
         if HAS_SEQ:  # a sequence starts here: the state restarts fresh
-            fresh = tl.load(rs + i_b * T + t) != 0
             aa, bb, pp = tl.where(fresh, 0.0, aa), tl.where(fresh, 0.0, bb), tl.where(fresh, -1e38, pp)
-        kk = tl.load(k + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
-        vv = tl.load(v + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
-        yy, aa, bb, pp = _token(aa, bb, pp, kk, vv, wd, b_u)
+        yy, aa, bb, pp = _token(aa, bb, pp, kk, vv, wd, b_u, FAST)
         tl.store(y + base + c64 * t, yy.to(y.dtype.element_ty), mask=mc)
     p_s = i_b * 3 * C + oc
     last = tl.where(n == tl.num_programs(2) - 1, mc, False)  # (a scalar & a block: the interpreter cannot mask by it)
@@ -157,7 +218,8 @@ def _load_state(s, p_s, C, mc, HAS_STATE: tl.constexpr, BC: tl.constexpr):
 
 @triton.jit
 def _bwd_fwd_sweep(w, u, k, v, gy, s_in, s_out, g_s, y32, lnd, gw_part, rs, sums, T, C, LP, BC: tl.constexpr,
-                   HAS_STATE: tl.constexpr, HAS_GS: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_SUMS: tl.constexpr):
+                   HAS_STATE: tl.constexpr, HAS_GS: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_SUMS: tl.constexpr,
+                   FAST: tl.constexpr):
     """Sweep 1 over piece n: y32, lnd `[B, T, C]` float32 and gw_part[b, n] `[C]`, the piece's share of dL/dw.
     sums: `_piece_sums` with TANGENTS. Grid (channel blocks, B, pieces)."""
     i_b, n = tl.program_id(1).to(tl.int64), tl.program_id(2)
@@ -176,22 +238,29 @@ def _bwd_fwd_sweep(w, u, k, v, gy, s_in, s_out, g_s, y32, lnd, gw_part, rs, sums
             aa, bb = a2, b2
     gwd = tl.zeros([BC], dtype=tl.float32)
     c64 = tl.zeros([BC], dtype=tl.int64) + C  # time stride, 64-bit: T·C passes 2^31
-    base = i_b * T * C + oc
-    for t in range(n * LP, tl.minimum(T, n * LP + LP)):
+    base, lo, end = i_b * T * C + oc, n * LP, tl.minimum(T, n * LP + LP)
+    o, ok = base + c64 * lo, lo < end
+    k1, v1, g1 = _row(k, o, mc, ok), _row(v, o, mc, ok), _row(gy, o, mc, ok)
+    f1 = _starts(rs, i_b * T + lo, ok, HAS_SEQ)
+    o, ok = o + c64, lo + 1 < end
+    k2, v2, g2 = _row(k, o, mc, ok), _row(v, o, mc, ok), _row(gy, o, mc, ok)
+    f2 = _starts(rs, i_b * T + lo + 1, ok, HAS_SEQ)
+    for t in range(lo, end):
+        kk, vv, gg, fresh, k1, v1, g1, f1 = k1, v1, g1, f1, k2, v2, g2, f2
+        o, ok = base + c64 * t + c64 * 2, t + 2 < end
+        k2, v2, g2 = _row(k, o, mc, ok), _row(v, o, mc, ok), _row(gy, o, mc, ok)
+        f2 = _starts(rs, i_b * T + t + 2, ok, HAS_SEQ)
         if HAS_SEQ:  # a fresh state depends on no decay
-            fresh = tl.load(rs + i_b * T + t) != 0
             aa, bb, pp = tl.where(fresh, 0.0, aa), tl.where(fresh, 0.0, bb), tl.where(fresh, -1e38, pp)
             ga, gb = tl.where(fresh, 0.0, ga), tl.where(fresh, 0.0, gb)
-        kk = tl.load(k + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
-        vv = tl.load(v + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
-        gg = tl.load(gy + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
         p = tl.maximum(pp, b_u + kk)
-        e1, e2 = tl.exp(pp - p), tl.exp(b_u + kk - p)
+        e1, e2 = _exp(pp - p), _exp(b_u + kk - p)
         den = e1 * bb + e2
-        yy = (e1 * aa + e2 * vv) / den
-        gwd += (ga - gb * yy) * e1 * gg / den
+        rd = _recip(den, FAST)
+        yy = (e1 * aa + e2 * vv) * rd
+        gwd += (ga - gb * yy) * e1 * gg * rd
         tl.store(y32 + base + c64 * t, yy, mask=mc)
-        tl.store(lnd + base + c64 * t, p + tl.log(den), mask=mc)
+        tl.store(lnd + base + c64 * t, p + _ln(den, FAST), mask=mc)
         e1, a2, b2, pp = _update(aa, bb, pp, kk, vv, wd)
         ga, gb = e1 * (aa + ga), e1 * (bb + gb)
         aa, bb = a2, b2
@@ -208,7 +277,7 @@ def _adjoint_token(ga, gb, R, gg, yy, ld, wd):
     pull on the state before it (g·e^-lnD · (1, -y)); the adjoint is (ga, gb)·e^R."""
     r1, r2 = R + wd, -ld
     rn = tl.maximum(r1, r2)
-    f1, f2 = tl.exp(r1 - rn), tl.exp(r2 - rn)
+    f1, f2 = _exp(r1 - rn), _exp(r2 - rn)
     return f1 * ga + f2 * gg, f1 * gb - f2 * gg * yy, rn
 
 
@@ -222,16 +291,21 @@ def _rev_piece_sums(w, u, gy, y32, lnd, sums, rs, T, C, LP, BC: tl.constexpr, HA
     ga, gb, R = _load_state(sums, 0, C, mc, False, BC)  # (0, 0, -1e38): nothing is read
     starts = n * 0
     c64 = tl.zeros([BC], dtype=tl.int64) + C
-    base = i_b * T * C + oc
-    end = tl.minimum(T, n * LP + LP)
-    for i in range(0, end - n * LP):
-        t = end - 1 - i
-        gg = tl.load(gy + base + c64 * t, mask=mc, other=0.0).to(tl.float32)
-        yy = tl.load(y32 + base + c64 * t, mask=mc, other=0.0)
-        ld = tl.load(lnd + base + c64 * t, mask=mc, other=0.0)
+    base, lo, end = i_b * T * C + oc, n * LP, tl.minimum(T, n * LP + LP)
+    o, ok = base + c64 * (end - 1), end - 1 >= lo
+    g1, y1, l1 = _row(gy, o, mc, ok), _row(y32, o, mc, ok), _row(lnd, o, mc, ok)
+    f1 = _starts(rs, i_b * T + end - 1, ok, HAS_SEQ)
+    o, ok = o - c64, end - 2 >= lo
+    g2, y2, l2 = _row(gy, o, mc, ok), _row(y32, o, mc, ok), _row(lnd, o, mc, ok)
+    f2 = _starts(rs, i_b * T + end - 2, ok, HAS_SEQ)
+    for i in range(0, end - lo):
+        gg, yy, ld, fresh, g1, y1, l1, f1 = g1, y1, l1, f1, g2, y2, l2, f2
+        t = end - 3 - i
+        o, ok = base + c64 * (end - 1 - i) - c64 * 2, t >= lo
+        g2, y2, l2 = _row(gy, o, mc, ok), _row(y32, o, mc, ok), _row(lnd, o, mc, ok)
+        f2 = _starts(rs, i_b * T + t, ok, HAS_SEQ)
         ga, gb, R = _adjoint_token(ga, gb, R, gg, yy, ld, wd)
         if HAS_SEQ:
-            fresh = tl.load(rs + i_b * T + t) != 0
             ga, gb, R = tl.where(fresh, 0.0, ga), tl.where(fresh, 0.0, gb), tl.where(fresh, -1e38, R)
             starts = tl.maximum(starts, fresh.to(tl.int32))
     p_s = (i_b * tl.num_programs(2) + n) * 4 * C + oc
@@ -266,23 +340,27 @@ def _bwd_rev_sweep(u, w, k, v, gy, s_in, s_out, g_s, y32, lnd, gk, gv, gu_part, 
             ga, gb, R, _, _, _ = _fold(ga, gb, R, sums, p_j, C, mc, wd * tl.minimum(LP, T - j * LP))
     gu = tl.zeros([BC], dtype=tl.float32)
     c64 = tl.zeros([BC], dtype=tl.int64) + C  # time stride, 64-bit: T·C passes 2^31
-    base = i_b * T * C + oc
-    end = tl.minimum(T, n * LP + LP)
-    for i in range(0, end - n * LP):
-        off = base + c64 * (end - 1 - i)
-        kk = tl.load(k + off, mask=mc, other=0.0).to(tl.float32)
-        vv = tl.load(v + off, mask=mc, other=0.0).to(tl.float32)
-        gg = tl.load(gy + off, mask=mc, other=0.0).to(tl.float32)
-        yy = tl.load(y32 + off, mask=mc, other=0.0)
-        ld = tl.load(lnd + off, mask=mc, other=0.0)
-        ek = tl.exp(R + kk)
-        cq = gg * tl.exp(b_u + kk - ld)
+    base, lo, end = i_b * T * C + oc, n * LP, tl.minimum(T, n * LP + LP)
+    o, ok = base + c64 * (end - 1), end - 1 >= lo
+    k1, v1, g1 = _row(k, o, mc, ok), _row(v, o, mc, ok), _row(gy, o, mc, ok)
+    y1, l1, f1 = _row(y32, o, mc, ok), _row(lnd, o, mc, ok), _starts(rs, i_b * T + end - 1, ok, HAS_SEQ)
+    o, ok = o - c64, end - 2 >= lo
+    k2, v2, g2 = _row(k, o, mc, ok), _row(v, o, mc, ok), _row(gy, o, mc, ok)
+    y2, l2, f2 = _row(y32, o, mc, ok), _row(lnd, o, mc, ok), _starts(rs, i_b * T + end - 2, ok, HAS_SEQ)
+    for i in range(0, end - lo):
+        kk, vv, gg, yy, ld, fresh = k1, v1, g1, y1, l1, f1
+        k1, v1, g1, y1, l1, f1 = k2, v2, g2, y2, l2, f2
+        off, t = base + c64 * (end - 1 - i), end - 3 - i
+        o, ok = off - c64 * 2, t >= lo
+        k2, v2, g2 = _row(k, o, mc, ok), _row(v, o, mc, ok), _row(gy, o, mc, ok)
+        y2, l2, f2 = _row(y32, o, mc, ok), _row(lnd, o, mc, ok), _starts(rs, i_b * T + t, ok, HAS_SEQ)
+        ek = _exp(R + kk)
+        cq = gg * _exp(b_u + kk - ld)
         tl.store(gk + off, (ek * (ga * vv + gb) + cq * (vv - yy)).to(gk.dtype.element_ty), mask=mc)
         tl.store(gv + off, (ek * ga + cq).to(gv.dtype.element_ty), mask=mc)
         gu += cq * (vv - yy)
         ga, gb, R = _adjoint_token(ga, gb, R, gg, yy, ld, wd)
         if HAS_SEQ:  # the state before a sequence's first token reaches nothing after it
-            fresh = tl.load(rs + i_b * T + (end - 1 - i)) != 0
             ga, gb, R = tl.where(fresh, 0.0, ga), tl.where(fresh, 0.0, gb), tl.where(fresh, -1e38, R)
     tl.store(gu_part + (i_b * NP + n) * C + oc, gu, mask=mc)
     if HAS_STATE:  # the first piece's program ends at the incoming state
@@ -300,17 +378,23 @@ def _grid(B, C, BC, NP):
 
 
 # Pieces along T: enough for PROGRAMS_PER_SM programs a multiprocessor, each PIECE_MIN tokens at least; none where
-# B·C alone fills half of that. H100, C2048 bf16, forward+backward ms, one piece → pieces (seventy-eighth run):
+# B·C alone fills half of 8 a multiprocessor. H100, C2048 bf16, forward+backward ms, one piece → pieces
+# (seventy-eighth run):
 #   B1 T4096 6.24 → 0.55 (64 pieces), B4 T4096 6.49 → 0.95 (17), B4 T16384 25.5 → 3.63 (17),
 #   B16 T4096 7.15 → 3.38 (5), B32 T2048 4.14 → 3.23 (3),
 #   B64 T1024 2.75 → 3.15 (2: the extra passes cost more than the shorter walks).
-PROGRAMS_PER_SM, PIECE_MIN = 8, 64
+# The forward takes twice the pieces of the backward (one wave of 16 programs a multiprocessor, ⌊16·SMs /
+# programs⌋): its one sweep is short, so it gains from more of them where the backward's three lose (eighty-first
+# run, H100, ms, 8 → 16: fwd B4 T16384 0.620 → 0.561, B16 packed 0.749 → 0.668; fwd+bwd B16 T4096 3.10 → 3.31).
+PROGRAMS_PER_SM, PIECE_MIN = {"fwd": 16, "bwd": 8}, 64
 
 
-def _pieces(B, T, C, BC, device) -> tuple[int, int]:
+def _pieces(B, T, C, BC, device, sweep="bwd") -> tuple[int, int]:
     """(pieces, tokens a piece) of the sweeps over T: one piece (the plain scan) where B·C gives enough programs."""
-    programs, slots = cdiv(C, BC) * B, PROGRAMS_PER_SM * sm_count(device)
-    n = 1 if 2 * programs >= slots else min(cdiv(slots, programs), T // PIECE_MIN)
+    programs, sms = cdiv(C, BC) * B, sm_count(device)
+    slots = PROGRAMS_PER_SM[sweep] * sms
+    n = 1 if 2 * programs >= 8 * sms else min(slots // programs if sweep == "fwd" else cdiv(slots, programs),
+                                                T // PIECE_MIN)
     LP = cdiv(max(T, 1), max(n, 1))
     return cdiv(max(T, 1), LP), LP
 
@@ -330,14 +414,14 @@ class WKV4Function(torch.autograd.Function):
         y = torch.empty_like(k)
         s_out = torch.empty(B, 3, C, dtype=torch.float32, device=k.device)
         BC = _block(C)
-        NP, LP = _pieces(B, T, C, BC, k.device)
+        NP, LP = _pieces(B, T, C, BC, k.device, "fwd")
         grid, seq = _grid(B, C, BC, NP), restart is not None
         sums = None
         if NP > 1:
             sums = torch.empty(B, NP, 4, C, dtype=torch.float32, device=k.device)
             _piece_sums[grid](w, u, k, v, sums, restart, T, C, LP, BC, seq, False, num_warps=4)
         _fwd_kernel[grid](w, u, k, v, y, s_in, s_out, restart, sums, T, C, LP, BC, s_in is not None, seq,
-                          sums is not None, num_warps=4)
+                          sums is not None, not interpreting(), num_warps=4)
         ctx.save_for_backward(w, u, k, v, s_in, s_out, restart)
         return y, s_out
 
@@ -358,7 +442,7 @@ class WKV4Function(torch.autograd.Function):
             ahead = torch.empty(B, NP, 6, C, **f32)
             _piece_sums[grid](w, u, k, v, ahead, restart, T, C, LP, BC, has[2], True, num_warps=4)
         _bwd_fwd_sweep[grid](w, u, k, v, gy, s_in, s_out, g_s, y32, lnd, gw, restart, ahead, T, C, LP, BC, *has,
-                             num_warps=4)
+                             not interpreting(), num_warps=4)
         if NP > 1:
             back = torch.empty(B, NP, 4, C, **f32)
             _rev_piece_sums[grid](w, u, gy, y32, lnd, back, restart, T, C, LP, BC, has[2], num_warps=4)

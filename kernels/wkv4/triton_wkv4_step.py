@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._dispatch import interpreting
 from .._host import cdiv, dense, next_pow2
 from .triton_wkv4 import _channels, _token
 
@@ -23,7 +24,7 @@ BLOCK_C = 256  # channels a program: 2 a thread at 4 warps
 
 @triton.jit
 def _step_kernel(w, u, k, v, num, den, mx, y, s_out, k_b, v_b, n_b, n_c, d_b, d_c, m_b, m_c, B, C,
-                 BC: tl.constexpr):
+                 BC: tl.constexpr, FAST: tl.constexpr):
     i_b = tl.program_id(1).to(tl.int64)
     oc, mc, wd, b_u = _channels(w, u, C, BC)
     kk = tl.load(k + i_b * k_b + oc, mask=mc, other=0.0).to(tl.float32)
@@ -31,7 +32,7 @@ def _step_kernel(w, u, k, v, num, den, mx, y, s_out, k_b, v_b, n_b, n_c, d_b, d_
     aa = tl.load(num + i_b * n_b + oc * n_c, mask=mc, other=0.0).to(tl.float32)
     bb = tl.load(den + i_b * d_b + oc * d_c, mask=mc, other=0.0).to(tl.float32)
     pp = tl.load(mx + i_b * m_b + oc * m_c, mask=mc, other=-1e38).to(tl.float32)
-    yy, aa, bb, pp = _token(aa, bb, pp, kk, vv, wd, b_u)
+    yy, aa, bb, pp = _token(aa, bb, pp, kk, vv, wd, b_u, FAST)
     tl.store(y + i_b * C + oc, yy.to(y.dtype.element_ty), mask=mc)
     p_s = i_b * C + oc
     tl.store(s_out + p_s, aa, mask=mc)
@@ -50,5 +51,5 @@ def wkv4_step_triton(w, u, k, v, state):
     BC = min(BLOCK_C, next_pow2(C))
     strides = [s for t in state for s in t.stride()]
     _step_kernel[(cdiv(C, BC), B)](w, u, k, v, *state, y, s_out, k.stride(0), v.stride(0), *strides, B, C, BC,
-                                   num_warps=4)
+                                   not interpreting(), num_warps=4)
     return y, tuple(s_out.unbind(0))

@@ -132,18 +132,18 @@ def test_pieces_equal_one_piece(piece):
 
 
 def test_pieces_fill_the_card_and_no_more(monkeypatch):
-    """The cut along T: as many pieces as give PROGRAMS_PER_SM programs a multiprocessor, of PIECE_MIN tokens at
-    least; none where B·C's programs fill half of that already. An H100's 132 multiprocessors, C2048 (16 blocks)."""
+    """The cut along T: as many pieces as give PROGRAMS_PER_SM programs a multiprocessor (8 for the backward's
+    sweeps, one wave of 16 for the forward's), of PIECE_MIN tokens at least; none where B·C's programs fill half of
+    8 a multiprocessor already. An H100's 132 multiprocessors, C2048 (16 blocks)."""
     from archdsl.kernels.wkv4 import triton_wkv4 as tw
     monkeypatch.setattr(tw, "sm_count", lambda device: 132)
-    cut = lambda B, T: tw._pieces(B, T, 2048, 128, torch.device("cuda"))
-    assert cut(1, 4096) == (64, 64)
-    assert cut(4, 4096) == (17, 241)
-    assert cut(4, 16384) == (17, 964)
-    assert cut(16, 4096) == (5, 820)
-    assert cut(32, 2048) == (3, 683)
-    assert cut(64, 1024) == (1, 1024)
-    assert cut(4, 100) == (1, 100) and cut(4, 1) == (1, 1) and cut(4, 0) == (1, 1)
+    cut = lambda B, T, sweep: tw._pieces(B, T, 2048, 128, torch.device("cuda"), sweep)
+    for (B, T), fwd, bwd in (((1, 4096), (64, 64), (64, 64)), ((4, 4096), (33, 125), (17, 241)),
+                             ((4, 16384), (33, 497), (17, 964)), ((16, 4096), (8, 512), (5, 820)),
+                             ((32, 2048), (4, 512), (3, 683)), ((64, 1024), (1, 1024), (1, 1024))):
+        assert (cut(B, T, "fwd"), cut(B, T, "bwd")) == (fwd, bwd), (B, T)
+    for sweep in ("fwd", "bwd"):
+        assert cut(4, 100, sweep) == (1, 100) and cut(4, 1, sweep) == (1, 1) and cut(4, 0, sweep) == (1, 1)
 
 
 def packing(B, T, seed):

@@ -1,0 +1,49 @@
+"""wkv4 A/B in one process: the kernels of an earlier commit (`triton_wkv4_base.py`, laid beside) against the
+checkout's, with and without restarts, forward and forward+backward, and the decode step. Checks that the two
+agree (outputs, states, grads) before timing; two alternated rounds. On the card:
+
+    git show REV:kernels/wkv4/triton_wkv4.py > kernels/wkv4/triton_wkv4_base.py
+    git show REV:kernels/wkv4/triton_wkv4_step.py | sed 's/from .triton_wkv4 import/from .triton_wkv4_base import/' \\
+        > kernels/wkv4/triton_wkv4_step_base.py
+    python benchmarks/wkv4_ab.py
+"""
+import torch
+from triton.testing import do_bench
+from archdsl.kernels.wkv4 import triton_wkv4 as new, triton_wkv4_step as new_step
+from archdsl.kernels.wkv4 import triton_wkv4_base as base, triton_wkv4_step_base as base_step
+
+ms = lambda fn: do_bench(fn, warmup=25, rep=100, return_mode="median")
+torch.manual_seed(0)
+print(f"{'shape':28} {'kernels':10} {'fwd':>8} {'fwdbwd':>8}")
+for B, T, C, packed in ((1, 4096, 2048, 0), (4, 4096, 2048, 0), (4, 16384, 2048, 0), (16, 4096, 2048, 0),
+                        (32, 2048, 2048, 0), (64, 1024, 2048, 0), (4, 4096, 768, 0), (4, 4096, 2048, 1),
+                        (16, 4096, 2048, 1)):
+    w, u = torch.randn(C, device="cuda") - 1, torch.randn(C, device="cuda")
+    k, v, gy = (torch.randn(B, T, C, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    seq = (torch.arange(T, device="cuda") // 300).expand(B, T).contiguous() if packed else None
+    ws, us, ks, vs = (x.clone().requires_grad_() for x in (w, u, k, v))
+    outs = {}
+    for name, mod in (("base", base), ("new", new)):
+        y, s = mod.wkv4_triton(ws, us, ks, vs, seq_idx=seq)
+        outs[name] = (y.float(), *s, *torch.autograd.grad(y, (ws, us, ks, vs), gy))
+    err = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in zip(outs["new"], outs["base"]))
+    tag = f"B{B} T{T} C{C}" + (" packed" if packed else "")
+    print(f"{tag:28} max rel diff new vs base {err:.2e}", flush=True)
+    for rnd in range(2):
+        for name, mod in (("base", base), ("new", new)):
+            tf = ms(lambda: mod.wkv4_triton(w, u, k, v, seq_idx=seq))
+            def fb():
+                y, _ = mod.wkv4_triton(ws, us, ks, vs, seq_idx=seq)
+                torch.autograd.grad(y, (ws, us, ks, vs), gy)
+            print(f"{tag:28} {name:10} {tf:8.3f} {ms(fb):8.3f}", flush=True)
+C = 2048
+w, u = torch.randn(C, device="cuda") - 1, torch.randn(C, device="cuda")
+for B in (1, 64):
+    k, v = (torch.randn(B, C, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    state = (torch.randn(B, C, device="cuda"), torch.rand(B, C, device="cuda") + 1, torch.randn(B, C, device="cuda"))
+    a, b = base_step.wkv4_step_triton(w, u, k, v, state), new_step.wkv4_step_triton(w, u, k, v, state)
+    err = max(((x.float() - y.float()).abs().max() / y.float().abs().max()).item()
+              for x, y in zip((a[0], *a[1]), (b[0], *b[1])))
+    for rnd in range(2):
+        print(f"step B{B} C{C}{'':15} base {ms(lambda: base_step.wkv4_step_triton(w, u, k, v, state)):8.4f}  new "
+              f"{ms(lambda: new_step.wkv4_step_triton(w, u, k, v, state)):8.4f}  max rel diff {err:.2e}", flush=True)
