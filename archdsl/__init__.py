@@ -7,7 +7,7 @@
 
 The core import is light: torch is imported only by compile / load / from_hf.
 """
-from .errors import ArchDSLError
+from .errors import ArchDSLError, check_path
 from .spec import Spec, load_spec, parse
 from .analysis import analyze, analyze_lengths
 
@@ -26,20 +26,11 @@ def load(path, **kwargs):
     """Load a model saved with ArchModel.save(dir)."""
     from .model import load as _load
 
-    _expect_path(path)
-    return _load(path, **kwargs)
+    return _load(check_path("load", path, "directory's path"), **kwargs)
 
 
 def from_hf(path, **kwargs):
     """Open a local Hugging Face model directory as a spec (and weights)."""
     from .convert.hf import from_hf as _from_hf
 
-    _expect_path(path)
-    return _from_hf(path, **kwargs)
-
-
-def _expect_path(path) -> None:
-    import os
-
-    if not isinstance(path, (str, os.PathLike)):
-        raise ArchDSLError(f"expected a directory's path (str or os.PathLike), got {type(path).__name__}")
+    return _from_hf(check_path("from_hf", path, "directory's path"), **kwargs)

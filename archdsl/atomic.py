@@ -113,6 +113,8 @@ def _check_replaceable(path: str, names: frozenset[str]) -> None:
         return
     if not os.path.isdir(path) or os.path.islink(path):
         raise ArchDSLError(f"will not replace {path}: it exists and is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):  # a copy moved aside could not be emptied; root may
+        raise ArchDSLError(f"will not replace {path}: it is read-only", hint="make it writable or pick another output")
     foreign = sorted(e for e in os.listdir(path) if e not in names or os.path.islink(os.path.join(path, e))
                      or not os.path.isfile(os.path.join(path, e)))
     if foreign:

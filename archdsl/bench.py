@@ -16,8 +16,10 @@ The decode bytes are a floor: a step reads at least them. No optimizer step is t
 """
 from __future__ import annotations
 
+import numbers
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -45,12 +47,28 @@ def bench(model, batch: int = 1, seq_len: int = 2048, gen: int = 64, cases=("for
           cuda_graph: bool = False, seed: int = 0) -> list[BenchRow]:
     """Time `cases` of `model` at batch × seq_len random tokens (decode: `gen` steps after a prompt of
     seq_len); see the module docstring for what each row counts."""
+    from .model.model import ArchModel, check_seed
+
+    if not isinstance(model, ArchModel):
+        raise ArchDSLError(f"bench: model must be an ArchModel, got {type(model).__name__}",
+                           hint="build one with archdsl.compile(spec) or archdsl.load(dir)")
     for key, value in (("batch", batch), ("seq_len", seq_len), ("gen", gen)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
             raise ArchDSLError(f"bench: {key} must be a positive int, got {value!r}")
+    batch, seq_len, gen = int(batch), int(seq_len), int(gen)
+    cases = (cases,) if isinstance(cases, str) else cases
+    if not isinstance(cases, Iterable) or not (cases := tuple(cases)) or not all(isinstance(c, str) for c in cases):
+        raise ArchDSLError(f"bench: cases must be one or more of forward, train, decode, got {cases!r}")
     unknown = set(cases) - {"forward", "train", "decode"}
     if unknown:
         raise ArchDSLError(f"bench: unknown case {sorted(unknown)[0]!r} (forward, train, decode)")
+    check_seed("bench", seed)
+    if model.device.type == "meta":
+        raise ArchDSLError("bench: the model is on the meta device, which computes nothing to time",
+                           hint="compile it on a real device")
+    if "train" in cases and not any(p.requires_grad for p in model.parameters()):
+        raise ArchDSLError("bench: the train case needs parameters that take gradients; every one of this "
+                           "model's is frozen (requires_grad False)")
     if cuda_graph and model.device.type != "cuda":
         raise ArchDSLError(f"bench: cuda_graph needs a CUDA model, this one is on {model.device}")
     try:

@@ -127,3 +127,17 @@ def out_of_memory(e: BaseException) -> bool:
     allocator's RuntimeError."""
     return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
             or "can't allocate memory" in str(e))
+
+
+def check_path(where: str, path, what: str = "path") -> str:
+    """`path` (a str or an os.PathLike of one) as a str; else ArchDSLError "where: expected a what ...", an empty
+    one too (which would mean the current directory)."""
+    import os
+
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str):
+        raise ArchDSLError(f"{where}: expected a {what} (str or os.PathLike), got {type(path).__name__}")
+    if not path:
+        raise ArchDSLError(f"{where}: expected a {what}, got an empty string")
+    return path

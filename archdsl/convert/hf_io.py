@@ -17,7 +17,7 @@ import struct
 import sys
 
 from ..atomic import atomic_dir
-from ..errors import ArchDSLError, did_you_mean, shown
+from ..errors import ArchDSLError, check_path, did_you_mean, shown
 
 SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                       "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
@@ -207,7 +207,9 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
     from ..model import ArchModel, load
     from ..model.model import check_has_weights
 
-    model = model_or_dir if isinstance(model_or_dir, ArchModel) else load(os.fspath(model_or_dir))
+    out_dir = check_path("export", out_dir, "directory's path")
+    model = (model_or_dir if isinstance(model_or_dir, ArchModel)
+             else load(check_path("export", model_or_dir, "model or saved model's directory")))
     check_has_weights(model, "export")
     spec = model.spec
     mt = hf_model_type(spec, model_type)
@@ -223,7 +225,7 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
         if key in seen:
             hf_state[k] = v.clone()
         seen[key] = k
-    out_dir = os.path.abspath(os.fspath(out_dir))
+    out_dir = os.path.abspath(out_dir)
     with atomic_dir(out_dir, frozenset({"config.json", "model.safetensors"})) as tmp:
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)

@@ -73,7 +73,7 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
     """
     from ..spec import load_spec
 
-    resolve_fuse(fuse)  # a bad name first, before anything is built
+    fuse = resolve_fuse(fuse)  # a bad name first, before anything is built (an iterator is read once, here)
     resolve_ssm_dtype(ssm_state_dtype)
     check_seed("compile", seed)
     spec = load_spec(spec)
@@ -124,26 +124,43 @@ def load(path, device="cpu", dtype=None, cuda_graph: bool = False, **kwargs) -> 
 
 
 def load_weights(model: ArchModel, tensors: dict, source: str = "checkpoint") -> None:
-    """Copy `tensors` (name → tensor) into the model; every parameter must be given once (an alias of
-    a shared or tied tensor counts), with the model's shape; else ArchDSLError naming the tensor."""
+    """Copy `tensors` (name → tensor) into the model; every parameter must be given, with the model's shape and
+    a floating dtype for a floating one (an integer or bool tensor is not a weight to cast), once or under
+    several of its names (a shared or tied tensor's aliases) with equal values; else ArchDSLError naming the
+    tensor. All is checked before anything is copied: a refused checkpoint leaves the model as it was."""
     expected = dict(model.named_parameters(remove_duplicate=False))
     expected.update(dict(model.named_buffers(remove_duplicate=False)))
+    given = {}  # id of the model's tensor → (the first name it was given under, the tensor)
     for name, t in tensors.items():
         if name not in expected:
             from ..errors import did_you_mean
 
             raise ArchDSLError(f"{source}: tensor {name!r} is not in the model of this spec",
-                               hint=did_you_mean(name, expected))
-        want = tuple(expected[name].shape)
-        if tuple(t.shape) != want:
-            raise ArchDSLError(f"{source}: tensor {name!r} has shape {list(t.shape)}, the spec's model has {list(want)}")
-    loaded = set()
-    with torch.no_grad():
-        for name, t in tensors.items():
-            p = expected[name]
-            p.copy_(t.to(p.dtype))
-            loaded.add(id(p))
-    missing = [n for n, p in expected.items() if id(p) not in loaded]
+                               hint=did_you_mean(str(name), expected))
+        p = expected[name]
+        if not isinstance(t, torch.Tensor):
+            raise ArchDSLError(f"{source}: {name!r} is a {type(t).__name__}, not a tensor")
+        if tuple(t.shape) != tuple(p.shape):
+            raise ArchDSLError(f"{source}: tensor {name!r} has shape {list(t.shape)}, the spec's model has "
+                               f"{list(p.shape)}")
+        if p.is_floating_point() != t.is_floating_point() or t.is_complex():
+            dt = lambda x: str(x.dtype).replace("torch.", "")
+            raise ArchDSLError(f"{source}: tensor {name!r} is {dt(t)}, the model's is {dt(p)}")
+        first = given.setdefault(id(p), (name, t))
+        if first[0] != name and not _same_values(first[1], t):
+            raise ArchDSLError(f"{source}: tensors {first[0]!r} and {name!r} are one tensor of the model (shared or "
+                               f"tied) but hold different values")
+    missing = [n for n, p in expected.items() if id(p) not in given]
     if missing:
         raise ArchDSLError(f"{source}: missing tensor {missing[0]!r} (shape {list(expected[missing[0]].shape)})"
                            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    with torch.no_grad():
+        for name, t in tensors.items():
+            expected[name].copy_(t.to(expected[name].dtype))
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b hold the same numbers (NaN equal to NaN), whatever their dtypes and devices."""
+    dtype = torch.float64 if a.is_floating_point() else torch.int64
+    a, b = (x.to("cpu", dtype) for x in (a, b))
+    return bool(torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).all())

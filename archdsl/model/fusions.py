@@ -47,7 +47,7 @@ def resolve_fuse(fuse: Fuse) -> frozenset[str]:
         return frozenset(FUSIONS) if fuse else frozenset()
     if isinstance(fuse, str):
         names = [n.strip() for n in fuse.split(",") if n.strip()]
-    elif isinstance(fuse, Iterable):
+    elif isinstance(fuse, Iterable) and not isinstance(fuse, (bytes, bytearray)):
         names = list(fuse)
     else:
         raise ArchDSLError(f"fuse: expected True, False or a set of fusion names, got {fuse!r}",

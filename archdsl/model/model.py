@@ -12,14 +12,16 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 
 import torch
 import torch.nn as nn
 
 from ..atomic import atomic_dir
 from ..blocks.base import INJECT
-from ..errors import ArchDSLError
+from ..errors import ArchDSLError, check_path, out_of_memory
 from ..graph import layers as graph_layers
+from ..units import human
 from .fusions import Fusable, Fuse, resolve_fuse
 from .layer import Layer, Norm
 from .packed import Packed, refusal, unpacked_blocks
@@ -157,12 +159,27 @@ class ArchModel(nn.Module):
         _check_count("init_cache", "batch", batch)
         if max_len is not None:
             _check_count("init_cache", "max_len", max_len)
+        return self._new_cache("init_cache", batch, max_len, static)
+
+    def _new_cache(self, where: str, batch: int, max_len: int | None, static: bool) -> Cache:
+        """init_cache's work; a state too big to allocate is ArchDSLError "where: ...", not the allocator's."""
         try:
+            if max(batch, max_len or 0) >= 2**62:  # no tensor is that long: torch's sizes are int64
+                raise MemoryError
             states = [layer.init_state(batch, self.device, self.dtype, max_len=max_len, static=static,
                                        ssm_dtype=self._ssm_dtype)
                       for layer in self.layers]
         except ValueError as e:  # a block's own check: a static attention or zamba cache needs max_len
-            raise ArchDSLError(f"init_cache: {e}") from None
+            raise ArchDSLError(f"{where}: {e}") from None
+        except (RuntimeError, MemoryError) as e:
+            if not (isinstance(e, MemoryError) or out_of_memory(e) or "overflow" in str(e)):
+                raise
+            held = f"batch {batch:,}" + (f", {max_len:,} positions" if max_len is not None else "")
+            asked = re.search(r"allocate (\d+) bytes", str(e))  # the CPU allocator's; CUDA's gives GiB itself
+            asked = human(int(asked[1]), "B") if asked else re.search(r"allocate ([\d.]+ [KMGTP]?i?B)", str(e))
+            raise ArchDSLError(f"{where}: the decode cache ({held}) does not fit in memory on {self.device}"
+                               + (f" (one buffer alone asks for {asked if isinstance(asked, str) else asked[1]})"
+                                  if asked else "")) from None
         return Cache(states, batch, static, max_len, made_for=self._cache_for())
 
     def _cache_for(self) -> tuple:
@@ -312,7 +329,7 @@ class ArchModel(nn.Module):
             cache = runner.cache
             cache.reset()
         else:
-            cache = self.init_cache(B, max_len=L + max_new_tokens)
+            cache = self._new_cache("generate", B, L + max_new_tokens, False)
         logits = self(input_ids, cache, attention_mask=attention_mask)[:, -1]
         out = [input_ids]
         seen = None
@@ -425,6 +442,7 @@ class ArchModel(nn.Module):
         beside it, then renamed into place, so a failed save never replaces a good one."""
         from safetensors.torch import save_file
 
+        path = check_path("save", path, "directory's path")
         check_has_weights(self, "save")
         with atomic_dir(path, SAVE_FILES) as tmp:
             with open(os.path.join(tmp, "spec.yaml"), "w", encoding="utf-8") as f:
@@ -538,7 +556,8 @@ def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None):
     top_p (a token is kept when the ones before it hold less than top_p; the likeliest always is)."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float()
+    # float64 below float32's smallest normal temperature, where float32 would take it for 0 (and give 0/0)
+    logits = logits.float() if temperature >= torch.finfo(torch.float32).tiny else logits.double()
     logits = (logits - logits.amax(-1, keepdim=True)) / temperature  # <= 0: a tiny temperature gives -inf, never nan
     if top_k is not None:
         v, _ = logits.topk(min(top_k, logits.shape[-1]), dim=-1)

@@ -96,3 +96,91 @@ def test_generate_keeps_the_prompts_dtype(model, dtype, new):
     ids = torch.randint(0, 37, (2, 4), dtype=dtype, generator=torch.Generator().manual_seed(0))
     out = model.generate(ids, new, temperature=0)
     assert out.dtype == dtype and out.shape == (2, 4 + new) and torch.equal(out[:, :4], ids)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, ids: m.generate(ids, 10**12), r"generate: the decode cache \(batch 2, 1,000,000,000,005 positions\) "
+                                             r"does not fit in memory on cpu"),
+    (lambda m, ids: m.generate(ids, 2**63), r"generate: the decode cache .* does not fit in memory"),
+    (lambda m, ids: m.init_cache(1, max_len=10**30), r"init_cache: the decode cache .* does not fit in memory"),
+    (lambda m, ids: m.init_cache(10**13), r"init_cache: the decode cache \(batch 10,000,000,000,000\) does not fit"),
+])
+def test_a_cache_too_big_to_allocate_is_named(model, call, match):
+    """Counts no machine holds: the allocator's RuntimeError (or torch's TypeError past int64) was raised raw."""
+    ids = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ArchDSLError, match=match):
+        call(model, ids)
+
+
+@pytest.mark.parametrize("temperature", [1e-46, 5e-324, 1e-40])
+def test_a_temperature_float32_cannot_hold_is_still_sampled(model, temperature):
+    """Below float32's range the temperature read as 0 and gave 0/0 (multinomial's RuntimeError); it is the
+    limit of sampling: the likeliest token (the logits of this model have no ties)."""
+    ids = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.generate(ids, 3, temperature=temperature, seed=1), model.generate(ids, 3, temperature=0))
+
+
+@pytest.mark.parametrize("path, match", [(None, "got NoneType"), (3, "got int"), (b"m", "got bytes"),
+                                         ("", "got an empty string")])
+def test_save_names_a_path_that_is_not_one(model, path, match):
+    with pytest.raises(ArchDSLError, match=f"save: expected a directory's path.*{match}"):
+        model.save(path)
+
+
+def test_fuse_takes_an_iterator_once_and_refuses_bytes():
+    """compile(fuse=iter(...)) was read to its end by the check, and then switched every fusion off."""
+    spec = archdsl.parse("attn+mlp", d_model=16, vocab_size=37, blocks=SMALL)
+    assert archdsl.compile(spec, fuse=iter(["qkv"])).fusions == {"qkv"}
+    with pytest.raises(ArchDSLError, match="fuse: expected True, False or a set of fusion names, got b'qkv'"):
+        archdsl.compile(spec, fuse=b"qkv")
+
+
+def test_meta_moe_forward_gives_shapes():
+    """The MoE's expert loop counts tokens an expert (bincount), which the meta device cannot."""
+    spec = archdsl.parse("attn+moe", d_model=16, vocab_size=37, blocks={**SMALL, "moe": {"experts": 4, "top_k": 2}})
+    model = archdsl.compile(spec, device="meta")
+    assert model(torch.zeros(2, 3, dtype=torch.long, device="meta")).shape == (2, 3, 37)
+
+
+def _tied():
+    spec = archdsl.parse("mamba", d_model=16, vocab_size=37, tie_embeddings=True, blocks=SMALL)
+    return archdsl.compile(spec, seed=0)
+
+
+def test_load_weights_refuses_aliases_that_differ_and_leaves_the_model():
+    """The two names of a tied tensor, given different values: the last one won. Now refused, and nothing of the
+    checkpoint lands (the check comes before any copy)."""
+    from archdsl.model import load_weights
+
+    model = _tied()
+    tensors = {n: p.detach() + 1 for n, p in model.named_parameters(remove_duplicate=False)}
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    load_weights(model, tensors)  # equal aliases are fine
+    assert torch.equal(model.lm_head.weight, before["lm_head.weight"] + 1)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    tensors["lm_head.weight"] = tensors["lm_head.weight"] * 2
+    with pytest.raises(ArchDSLError, match="'embeddings.weight' and 'lm_head.weight' are one tensor of the model"):
+        load_weights(model, tensors)
+    assert all(torch.equal(t, before[n]) for n, t in model.state_dict().items())
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.bool, torch.complex64])
+def test_load_weights_refuses_tensors_that_are_not_floats(dtype):
+    from archdsl.model import load_weights
+
+    model = _tied()
+    tensors = {n: p.detach().clone() for n, p in model.named_parameters()}
+    name = "layers.0.mixer.A_log"
+    tensors[name] = tensors[name].to(dtype)
+    with pytest.raises(ArchDSLError, match=f"tensor '{name}' is {str(dtype)[6:]}, the model's is float32"):
+        load_weights(model, tensors)
+
+
+def test_load_weights_takes_float8_and_bf16_weights():
+    """A narrower float widens exactly: taken."""
+    from archdsl.model import load_weights
+
+    model = _tied()
+    tensors = {n: p.detach().to(torch.float8_e4m3fn) for n, p in model.named_parameters()}
+    load_weights(model, tensors)
+    assert torch.equal(model.lm_head.weight, tensors["embeddings.weight"].float())

@@ -35,6 +35,28 @@ def test_bad_arguments_are_archdsl_errors():
             bench(model, cuda_graph=True)
 
 
+@pytest.mark.parametrize("call, match", [
+    (lambda m: bench(SPEC), "bench: model must be an ArchModel, got Spec"),
+    (lambda m: bench("mamba"), "bench: model must be an ArchModel, got str"),
+    (lambda m: bench(m, cases=None), "bench: cases must be one or more of forward, train, decode, got None"),
+    (lambda m: bench(m, cases=()), "bench: cases must be one or more of forward, train, decode, got ()"),
+    (lambda m: bench(m, cases=[1]), r"bench: cases must be one or more of forward, train, decode, got \(1,\)"),
+    (lambda m: bench(m, seed=2**64), "bench: seed 18446744073709551616 is outside"),
+    (lambda m: bench(m, seed="0"), "bench: seed must be an int, got '0'"),
+    (lambda m: bench(archdsl.compile(SPEC, device="meta")), "bench: the model is on the meta device"),
+    (lambda m: bench(m.requires_grad_(False), cases="train"), "bench: the train case needs parameters that take"),
+])
+def test_bad_python_arguments_are_named(call, match):
+    """Each was a raw TypeError, a bincount on meta or a backward without a graph; a str of cases was read as
+    its letters."""
+    with pytest.raises(ArchDSLError, match=match):
+        call(archdsl.compile(SPEC))
+
+
+def test_one_case_may_be_named_by_a_string():
+    assert [r.case for r in bench(archdsl.compile(SPEC), batch=1, seq_len=4, cases="forward")] == ["forward"]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_bench_with_and_without_the_cuda_graph():

@@ -212,8 +212,8 @@ def test_save_takes_nothing_it_did_not_write(tmp_path, monkeypatch):
             model.save(tmp_path / target)
     assert (tmp_path / "user" / "notes.txt").read_text() == (tmp_path / "afile").read_text() == "precious"
     monkeypatch.chdir(tmp_path / "user")
-    for target in (".", "..", ""):
-        with pytest.raises(ArchDSLError, match="current directory"):
+    for target, why in ((".", "current directory"), ("..", "current directory"), ("", "got an empty string")):
+        with pytest.raises(ArchDSLError, match=why):
             model.save(target)
     assert sorted(os.listdir(tmp_path)) == ["afile", "empty", "sub", "user"]  # no temporary left
     old = os.umask(0o022)

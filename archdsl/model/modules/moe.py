@@ -285,7 +285,10 @@ class Moe(nn.Module):
 
     def _mix(self, x, w, idx):
         """Σ over each token's top_k experts of weight · expert(x): x [T, d], w, idx [T, k] → [T, d], by grouped
-        GEMMs where they apply (`grouped_ok`), else one expert at a time."""
+        GEMMs where they apply (`grouped_ok`), else one expert at a time; on the meta device (shapes only, no
+        values to group by) in the static-shape gathered form."""
+        if x.is_meta:
+            return self.experts.gathered(x, idx, w)
         if grouped_ok(x, self.experts):
             return self.experts.grouped(x, idx, w)
         return self.experts.looped(x, idx, w)
