@@ -184,3 +184,16 @@ def test_load_weights_takes_float8_and_bf16_weights():
     tensors = {n: p.detach().to(torch.float8_e4m3fn) for n, p in model.named_parameters()}
     load_weights(model, tensors)
     assert torch.equal(model.lm_head.weight, tensors["embeddings.weight"].float())
+
+
+def test_a_read_only_save_is_not_replaced(model, tmp_path, monkeypatch):
+    """Moved aside, a read-only directory's files could not be removed (unless root): its `.old` copy stayed
+    beside the new save. Refused before anything is written (os.access stands in for the permissions, which
+    root would pass)."""
+    import archdsl.atomic
+
+    model.save(tmp_path / "m")
+    monkeypatch.setattr(archdsl.atomic.os, "access", lambda path, mode: not str(path).endswith("m"))
+    with pytest.raises(ArchDSLError, match="will not replace .*m: it is read-only"):
+        model.save(tmp_path / "m")
+    assert os.listdir(tmp_path) == ["m"]
