@@ -467,10 +467,11 @@ def test_resume_refuses_other_settings_and_survives_a_cut_metrics_line(tmp_path,
 
 
 def test_resume_passes_over_damaged_checkpoints(tmp_path, capsys):
-    """--resume from a run whose newest checkpoints are damaged (a file cut short, bytes garbled, meta.json cut)
-    continues from the newest one that loads, with a warning naming each one passed over, and its losses are the
-    uninterrupted run's; it failed outright. export-checkpoint passes over the same ones to the same step. When
-    none loads: exit 2 naming each, the run directory untouched."""
+    """--resume from a run whose newest checkpoints are damaged (a file cut short, bytes garbled in its framing or
+    inside a tensor, meta.json cut) continues from the newest one that loads, with a warning naming each one passed
+    over, and its losses are the uninterrupted run's; it failed outright (or, for bytes inside a tensor, loaded
+    them). export-checkpoint passes over the same ones to the same step (those whose damage touches the model's
+    entries). When none loads: exit 2 naming each, the run directory untouched."""
     spec = write(tmp_path, "z.yaml", ZAMBA)
     args = ["--data", DATA, "--steps", "4", "--batch", "4", "--no-progress", "--threads", "1"]
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
@@ -491,10 +492,19 @@ def test_resume_passes_over_damaged_checkpoints(tmp_path, capsys):
         entries = FileSystemReader(path).read_metadata().storage_data.items()
         return max(info.offset + info.length for index, info in entries if index.fqn.startswith("model."))
 
+    def flip_inside(run):  # 8 bytes in the middle of the largest model tensor: the framing stays, the values change
+        from torch.distributed.checkpoint import FileSystemReader
+        entries = FileSystemReader(step(run, 3)).read_metadata().storage_data.items()
+        info = max((info for index, info in entries if index.fqn.startswith("model.")), key=lambda i: i.length)
+        with open(step(run, 3, info.relative_path), "r+b") as f:
+            f.seek(info.offset + info.length // 2)
+            f.write(b"\x7f" * 8)
+
     cases = {"truncated": (lambda r: cut_short(step(r, 3, "__0_0.distcp")),
                            [step("{r}", 3, "__0_0.distcp") + ": truncated (1,000 of "], 2),
              "garbled": (lambda r: garble(step(r, 3, "__0_0.distcp")),
-                         [step("{r}", 3)[:-1] + ": cannot load the checkpoint (UnpicklingError"], 2),
+                         [step("{r}", 3, "__0_0.distcp") + ": the bytes of optim."], 2),
+             "inside": (flip_inside, [step("{r}", 3, "__0_0.distcp") + ": the bytes of model."], 2),
              "tail": (lambda r: cut_short(step(r, 3, "__0_0.distcp"), model_end(step(r, 3))),
                       [step("{r}", 3, "__0_0.distcp") + ": truncated ("], 2),
              "two": (lambda r: (cut_short(step(r, 3, "meta.json"), 10), garble(step(r, 2, "__0_0.distcp"))),

@@ -3,7 +3,8 @@
     RUNDIR/run.json                       the spec (YAML text and its sha256), data, settings
     RUNDIR/metrics.jsonl                  one JSON object per step
     RUNDIR/checkpoints/step_00000100/     a DCP checkpoint: model + optimizer (each rank its shards),
-                                          step and the data generator's state, + meta.json
+                                          step and the data generator's state, + meta.json (with the
+                                          sha256 of every entry's bytes, which DCP does not keep)
 
 DCP stores each tensor with its global shape, so a checkpoint written by W processes loads on any
 other number (FSDP2's DTensor shards are re-cut on load), and on none: `export_checkpoint` loads it
@@ -83,29 +84,67 @@ def damage(path: str, prefix: str = "") -> str | None:
     """What keeps the checkpoint at `path` from loading, as far as its files tell without reading a tensor
     ('FILE: what'): meta.json or DCP's .metadata that does not read, a data file that .metadata names missing
     or shorter than the entries it places there (a copy or a write cut short); with `prefix`, only the entries
-    whose names start with it count ("model.": what an export reads). None when they look whole. Bytes garbled
-    inside a tensor's data are not seen: DCP keeps no checksums."""
+    whose names start with it count ("model.": what an export reads); then the sha256 of each such entry's bytes
+    against meta.json's, where the save wrote them (a checkpoint from before it did is not checked so). None when
+    they are whole."""
     from torch.distributed.checkpoint import FileSystemReader
 
     try:
-        _meta(path)
+        digests = _meta(path).get("sha256")
     except (OSError, ValueError, KeyError) as e:
         return f"{os.path.join(path, 'meta.json')}: does not read ({type(e).__name__}: {e})"
     try:
         metadata = FileSystemReader(path).read_metadata()
     except Exception as e:  # noqa: BLE001 - a pickle cut short or garbled raises any kind
         return f"{os.path.join(path, '.metadata')}: does not read ({_reason(e)})"
+    entries = [(index.fqn, info) for index, info in (getattr(metadata, "storage_data", None) or {}).items()
+               if getattr(index, "fqn", "").startswith(prefix)]
     need: dict[str, int] = {}  # data file → the bytes its entries span
-    for index, info in (getattr(metadata, "storage_data", None) or {}).items():
-        if getattr(index, "fqn", "").startswith(prefix):
-            need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    for _, info in entries:
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
     for name, size in sorted(need.items()):
         file = os.path.join(path, name)
         if not os.path.isfile(file):
             return f"{file}: missing"
         if os.path.getsize(file) < size:
             return f"{file}: truncated ({os.path.getsize(file):,} of {size:,} bytes)"
+    if isinstance(digests, dict):
+        for fqn, info in sorted(entries, key=lambda e: (e[1].relative_path, e[1].offset)):
+            key = _entry_key(info)
+            if key in digests and _entry_sha(path, info) != digests[key]:
+                return (f"{os.path.join(path, info.relative_path)}: the bytes of {fqn} (offset {info.offset:,}, "
+                        f"{info.length:,} bytes) are not those written (sha256 differs)")
     return None
+
+
+def _entry_key(info) -> str:
+    """An entry of DCP's storage (its file, offset and length) as meta.json's sha256 map names it."""
+    return f"{info.relative_path}:{info.offset}:{info.length}"
+
+
+def _entry_sha(path: str, info) -> str:
+    """sha256 (hex) of an entry's bytes in the checkpoint at `path`."""
+    h = hashlib.sha256()
+    with open(os.path.join(path, info.relative_path), "rb") as f:
+        f.seek(info.offset)
+        left = info.length
+        while left > 0:
+            block = f.read(min(left, 1 << 24))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
+    return h.hexdigest()
+
+
+def _digests(path: str, rank: int, world: int) -> dict[str, str]:
+    """The sha256 of the entries of the checkpoint just written at `path`, every `world`-th one from `rank` (each
+    rank hashes its share; rank 0 gathers them)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    infos = sorted(FileSystemReader(path).read_metadata().storage_data.values(),
+                   key=lambda i: (i.relative_path, i.offset))
+    return {_entry_key(i): _entry_sha(path, i) for i in infos[rank::world]}
 
 
 def resume_point(rundir: str, damaged: list[str], older_than: int | None = None,
@@ -199,9 +238,13 @@ def save_checkpoint(rundir: str, step: int, model, opt, gen: torch.Generator, me
                 raise KeyboardInterrupt from None
             raise
         tdist.barrier()
+        world = tdist.get_world_size()
+        shares = [None] * world
+        tdist.all_gather_object(shares, _digests(tmp, rank, world))
         if rank == 0:
+            digests = {k: v for share in shares for k, v in sorted(share.items())}
             with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-                json.dump({**meta, "step": step}, f, indent=2)
+                json.dump({**meta, "step": step, "sha256": digests}, f, indent=2)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
         tdist.barrier()
