@@ -81,12 +81,11 @@ def _meta(path: str) -> dict:
 
 
 def damage(path: str, prefix: str = "") -> str | None:
-    """What keeps the checkpoint at `path` from loading, as far as its files tell without reading a tensor
-    ('FILE: what'): meta.json or DCP's .metadata that does not read, a data file that .metadata names missing
-    or shorter than the entries it places there (a copy or a write cut short); with `prefix`, only the entries
-    whose names start with it count ("model.": what an export reads); then the sha256 of each such entry's bytes
-    against meta.json's, where the save wrote them (a checkpoint from before it did is not checked so). None when
-    they are whole."""
+    """What keeps the checkpoint at `path` from loading, or would load garbled values ('FILE: what'): meta.json
+    or DCP's .metadata that does not read, a data file that .metadata names missing or shorter than the entries it
+    places there (a copy or a write cut short); with `prefix`, only the entries whose names start with it count
+    ("model.": what an export reads); then the sha256 of each such entry's bytes against meta.json's, where the
+    save wrote them (a checkpoint from before it did is not checked so). None when they are whole."""
     from torch.distributed.checkpoint import FileSystemReader
 
     try:
@@ -110,10 +109,13 @@ def damage(path: str, prefix: str = "") -> str | None:
             return f"{file}: truncated ({os.path.getsize(file):,} of {size:,} bytes)"
     if isinstance(digests, dict):
         for fqn, info in sorted(entries, key=lambda e: (e[1].relative_path, e[1].offset)):
+            where = f"{os.path.join(path, info.relative_path)}: the bytes of {fqn} (offset {info.offset:,}, " \
+                    f"{info.length:,} bytes)"
             key = _entry_key(info)
-            if key in digests and _entry_sha(path, info) != digests[key]:
-                return (f"{os.path.join(path, info.relative_path)}: the bytes of {fqn} (offset {info.offset:,}, "
-                        f"{info.length:,} bytes) are not those written (sha256 differs)")
+            if key not in digests:  # .metadata garbled into other offsets that still read
+                return f"{where} are not an entry the save wrote"
+            if _entry_sha(path, info) != digests[key]:
+                return f"{where} are not those written (sha256 differs)"
     return None
 
 
