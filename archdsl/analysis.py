@@ -23,6 +23,8 @@ doubling from 16 positions, so it may hold more.
 """
 from __future__ import annotations
 
+import numbers
+
 from dataclasses import asdict, dataclass, field
 
 from .blocks import norm_params
@@ -102,10 +104,11 @@ def analyze_lengths(spec, seq_lens, batch: int = 1, dtype: str = "bfloat16",
     seq_lens = list(seq_lens)
     for seq_len in seq_lens:
         for key, value in (("seq_len", seq_len), ("batch", batch)):
-            if not isinstance(value, int) or isinstance(value, bool):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):  # numpy's integers too
                 raise ArchDSLError(f"{key} must be an int, got {shown(value)}")
         if seq_len <= 0 or batch <= 0:
             raise ArchDSLError(f"seq_len and batch must be positive, got seq_len={seq_len}, batch={batch}")
+    seq_lens, batch = [int(n) for n in seq_lens], int(batch)
     dtype = dtype_name(dtype)
     ssm_state_dtype = None if ssm_state_dtype is None else dtype_name(ssm_state_dtype, "ssm_state_dtype")
     nbytes, ssm_bytes = DTYPE_BYTES[dtype], None if ssm_state_dtype is None else DTYPE_BYTES[ssm_state_dtype]

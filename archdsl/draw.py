@@ -17,17 +17,21 @@ once go to the layer drawn for them.
 """
 from __future__ import annotations
 
+import numbers
 import os
 import re
 import warnings
+from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from .blocks.base import FFN, INJECT, MIXER
+from . import errors
 from .errors import ArchDSLError, ArchDSLWarning
 from .graph import layers, role_of
 from .language.fmt import format_block
+from .spec import load_spec
 from .units import count_text, human, plural
 
 KIND_COLORS = {
@@ -46,13 +50,18 @@ FORMATS = (".svg", ".png", ".pdf", ".dot", ".mmd")
 PLOT_FORMATS = (".svg", ".png", ".pdf")  # what matplotlib writes
 
 
-def check_path(path: str, formats=FORMATS) -> str:
-    """The suffix of `path` if it is one of `formats` and `path` is not a directory, else ArchDSLError."""
+def check_path(path: str, formats=FORMATS, where: str = "draw") -> str:
+    """The suffix of `path` if it is one of `formats` and `path` can become that file (not a directory, no file
+    where a folder goes), else ArchDSLError."""
+    from .atomic import check_output
+
+    path = errors.check_path(where, path, "file's path")
     ext = os.path.splitext(path)[1].lower()
     if ext not in formats:
         raise ArchDSLError(f"cannot write {path!r}: use one of {', '.join(formats)}")
     if os.path.isdir(path):
         raise ArchDSLError(f"cannot write {path}: it is a directory")
+    check_output(path, where)
     return ext
 
 
@@ -70,6 +79,7 @@ def draw(spec, path: str, every_layer: bool = False) -> None:
     """Write the picture of `spec` to `path`; the suffix picks the format. Missing parent directories
     are created; the file appears whole or not at all. every_layer: nothing folded, each layer drawn."""
     ext = check_path(path)
+    spec = load_spec(spec)
     if ext == ".dot":
         _write_text(path, to_dot(spec, every_layer))
     elif ext == ".mmd":
@@ -146,6 +156,7 @@ def strip_figure(spec, every_layer: bool = False):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
+    spec = load_spec(spec)
     rows = layers(spec.graph)
     n = len(rows)
     width, drawn = strip_rows(rows, n + 1 if every_layer else FOLD)
@@ -353,6 +364,7 @@ class _Chart:
     links (residual chain, embedding reads, shared groups) between drawn nodes, each once."""
 
     def __init__(self, spec, every_layer: bool):
+        self.spec = spec = load_spec(spec)
         g = spec.graph
         self.rows = layers(g)
         n = len(self.rows)
@@ -401,6 +413,7 @@ class _Chart:
 def to_dot(spec, every_layer: bool = False) -> str:
     """The layer graph as a DOT digraph, folded as the module says (every_layer: each layer a node)."""
     chart = _Chart(spec, every_layer)
+    spec = chart.spec
     out = [f'digraph "{_dot(spec.name)}" {{', "  rankdir=LR;",
            '  node [shape=box, style="rounded,filled", fontname=Helvetica];',
            '  embed [label="embedding", fillcolor="#EEEEEE"];']
@@ -440,6 +453,7 @@ def to_mermaid(spec, every_layer: bool = False) -> str:
     ArchDSLError past what Mermaid draws by default (maxEdges, maxTextSize: beyond them it shows an error box,
     as GitHub does), about 500 layers drawn."""
     chart = _Chart(spec, every_layer)
+    spec = chart.spec
     out = ["flowchart LR", '  embed["embedding"]']
     classes: dict[str, list[str]] = {}
 
@@ -479,7 +493,8 @@ def to_mermaid(spec, every_layer: bool = False) -> str:
 def plot_memory(lens: list[int], data: dict[str, list[int]], path: str, batch: int = 1, dtype: str = "bfloat16") -> None:
     """Cache bytes against context length, log-log, one line per spec. The ticks are the lengths as the
     table writes them and bytes as 512 MiB (plain text: no mathtext); a spec without a cache says so."""
-    check_path(path, PLOT_FORMATS)
+    check_path(path, PLOT_FORMATS, "plot_memory")
+    lens, data = _memory_series(lens, data)
     with plain_text():
         import matplotlib.pyplot as plt
         from matplotlib.ticker import FuncFormatter, NullLocator
@@ -504,3 +519,24 @@ def plot_memory(lens: list[int], data: dict[str, list[int]], path: str, batch: i
         ax.set_title("cache bytes against context length")
         fig.tight_layout()
         save_figure(fig, path)
+
+
+def _memory_series(lens, data) -> tuple[list[int], dict[str, list[float]]]:
+    """plot_memory's series checked: lens positive ints, data a mapping of names to as many byte counts >= 0
+    (as floats: a count past 2^63 is still drawn); else ArchDSLError naming what is wrong."""
+    count = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)  # noqa: E731
+    if isinstance(lens, (str, bytes)) or not isinstance(lens, Iterable) \
+            or not (lens := list(lens)) or not all(count(n) and n > 0 for n in lens):
+        raise ArchDSLError(f"plot_memory: lens must be context lengths, ints >= 1, got {errors.shown(lens)}")
+    if not isinstance(data, Mapping) or not data:
+        raise ArchDSLError(f"plot_memory: data must map each spec's name to its cache bytes, got "
+                           f"{errors.shown(data)}")
+    out = {}
+    for name, values in data.items():
+        ok = not isinstance(values, (str, bytes)) and isinstance(values, Iterable)
+        values = list(values) if ok else values
+        if not ok or len(values) != len(lens) or not all(count(v) and v >= 0 for v in values):
+            raise ArchDSLError(f"plot_memory: data[{name!r}] must be {plural(len(lens), 'byte count')} (ints >= 0), "
+                               f"one a length, got {errors.shown(values)}")
+        out[str(name)] = [float(v) for v in values]
+    return [int(n) for n in lens], out

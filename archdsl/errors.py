@@ -140,4 +140,6 @@ def check_path(where: str, path, what: str = "path") -> str:
         raise ArchDSLError(f"{where}: expected a {what} (str or os.PathLike), got {type(path).__name__}")
     if not path:
         raise ArchDSLError(f"{where}: expected a {what}, got an empty string")
+    if "\0" in path:
+        raise ArchDSLError(f"{where}: the {what} {path!r} holds a NUL byte, which no file name can")
     return path

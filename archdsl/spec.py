@@ -15,6 +15,7 @@ an error in the file points into the file — inside the layout string when it i
 """
 from __future__ import annotations
 
+import numbers
 import os
 import re
 import sys
@@ -168,6 +169,10 @@ def _typed(key: str, value, err):
     typ = SIZE_TYPES[key]
     if key == "ffn" and value in (None, "none", ""):
         return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):  # numpy's integers too
+        value = int(value)
+    elif typ is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = float(value)
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         try:
             value = float(value)
@@ -517,7 +522,13 @@ def _checked(spec: Spec) -> Spec:
 
 
 def with_sizes(spec: Spec, **changes) -> Spec:
-    """A copy with other model-level sizes (the graph is rebuilt on use)."""
+    """A copy with other model-level sizes (the graph is rebuilt on use); `blocks` too (the blocks mapping, as
+    parse takes it), in place of the spec's."""
+    if not isinstance(spec, Spec):
+        raise ArchDSLError(f"with_sizes: expected a Spec, got {type(spec).__name__}")
+    if "blocks" in changes:
+        changes["blocks"] = _blocks(changes["blocks"] or {}, _plain_error)
+        return replace(spec, blocks=changes.pop("blocks"), **_sizes(changes))
     return replace(spec, **_sizes(changes))
 
 

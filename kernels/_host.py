@@ -109,6 +109,9 @@ def packing(seq_idx, cu_seqlens, x, cu_seqlens_cpu=None, runs=True):
     if cu_seqlens_cpu is not None:
         expect_shape("cu_seqlens_cpu", cu_seqlens_cpu, tuple(cu_seqlens.shape))
         expect_integer(cu_seqlens_cpu=cu_seqlens_cpu)
+    if (cu_seqlens if cu_seqlens_cpu is None else cu_seqlens_cpu).is_meta:
+        raise ValueError("cu_seqlens: on the meta device it holds no offsets to read (the sequences' lengths "
+                         "decide the work)")
     cu = (cu_seqlens if cu_seqlens_cpu is None else cu_seqlens_cpu).tolist()
     if batch != 1 or len(cu) < 2 or cu[0] != 0 or cu[-1] != L or any(b <= a for a, b in zip(cu, cu[1:])):
         raise ValueError(f"cu_seqlens: expected 0, then increasing offsets, then L={L}, for a batch of 1 "

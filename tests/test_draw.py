@@ -366,3 +366,44 @@ def test_characters_the_default_font_lacks(name, tmp_path):
         assert len(ours) == 1 and "no installed font has 4 characters" in str(ours[0].message)
         assert all(c in str(ours[0].message) for c in name)
     assert (tmp_path / "x.png").stat().st_size > 0
+
+
+def test_draw_takes_what_compile_takes_and_names_a_bad_path(tmp_path):
+    """A layout string (or YAML file) as compile and analyze take it: it was AttributeError. A path that is not a
+    str, holds a NUL byte, or runs through a file: each named, nothing written."""
+    from archdsl.draw import to_dot, to_mermaid
+
+    draw("mamba, attn", str(tmp_path / "a.dot"))
+    assert (tmp_path / "a.dot").read_text() == to_dot(archdsl.parse("mamba, attn"))
+    assert to_mermaid("mamba, attn") == to_mermaid(archdsl.parse("mamba, attn"))
+    (tmp_path / "f.py").write_text("x")
+    for path, why in [(None, "draw: expected a file's path .*got NoneType"), (b"x.svg", "got bytes"),
+                      (str(tmp_path / "x\0.svg"), "holds a NUL byte"),
+                      (str(tmp_path / "f.py" / "x.svg"), "f.py is a file, not a directory")]:
+        with pytest.raises(ArchDSLError, match=why):
+            draw("mamba", path)
+    assert sorted(os.listdir(tmp_path)) == ["a.dot", "f.py"]
+
+
+@pytest.mark.parametrize("lens, data, why", [
+    ([1024, 4096], {"a": [1]}, r"data\['a'\] must be 2 byte counts"),
+    ([1024], {"a": [[1, 1]]}, r"data\['a'\] must be 1 byte count \(ints >= 0\)"),
+    ([0], {"a": [1]}, r"lens must be context lengths, ints >= 1, got \[0\]"),
+    ("1k", {"a": [1]}, "lens must be context lengths"),
+    ([1024], None, "data must map each spec's name to its cache bytes, got None"),
+    ([1024], {"a": [-1]}, r"data\['a'\] must be 1 byte count"),
+])
+def test_plot_memory_names_a_bad_series(tmp_path, lens, data, why):
+    from archdsl.draw import plot_memory
+
+    with pytest.raises(ArchDSLError, match=why):
+        plot_memory(lens, data, str(tmp_path / "m.svg"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_plot_memory_draws_counts_past_int64(tmp_path):
+    """10^30 bytes (an absurd spec's cache) was numpy's TypeError in log2 of an object array."""
+    from archdsl.draw import plot_memory
+
+    plot_memory([1024, 4096], {"a": [10**30, 10**31]}, str(tmp_path / "m.svg"))
+    assert (tmp_path / "m.svg").stat().st_size > 0

@@ -14,7 +14,7 @@ import math
 import os
 import sys
 
-from ..errors import TOO_DEEP, ArchDSLError, did_you_mean, shown
+from ..errors import TOO_DEEP, ArchDSLError, check_path, did_you_mean, shown
 from .megatron import _text
 
 # HF's "gelu" is the exact (erf) GELU, as ours; its tanh approximations (gelu_pytorch_tanh, gelu_new) are not
@@ -23,7 +23,7 @@ ACT_GATED = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu"}
 
 def read_hf_config(path: str | os.PathLike) -> dict:
     """A config.json (or the directory holding one) as a dict."""
-    path = os.fspath(path)
+    path = check_path("from_hf", path, "config.json's or model directory's path")
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
     from ..spec import read_text
@@ -537,6 +537,10 @@ def convert_config(path: str | os.PathLike, name: str | None = None) -> tuple[st
 def from_hf(path: str | os.PathLike, weights: bool = False, device="cpu", dtype=None, name: str | None = None):
     """The Spec of a local Hugging Face model directory (its config.json); with weights=True,
     (spec, model) holding the checkpoint's weights (see archdsl.convert.hf_io)."""
+    if not isinstance(weights, bool):
+        raise ArchDSLError(f"from_hf: weights must be True or False, got {shown(weights)}")
+    if name is not None and not isinstance(name, str):
+        raise ArchDSLError(f"from_hf: name must be None or a str, got {shown(name)}")
     if weights:
         from .hf_io import from_hf as from_hf_weights
 

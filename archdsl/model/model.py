@@ -159,6 +159,8 @@ class ArchModel(nn.Module):
         _check_count("init_cache", "batch", batch)
         if max_len is not None:
             _check_count("init_cache", "max_len", max_len)
+        if not isinstance(static, bool):
+            raise ArchDSLError(f"init_cache: static must be True or False, got {static!r}")
         return self._new_cache("init_cache", batch, max_len, static)
 
     def _new_cache(self, where: str, batch: int, max_len: int | None, static: bool) -> Cache:
@@ -206,6 +208,9 @@ class ArchModel(nn.Module):
             if logits_mask.dtype != torch.bool:  # an integer mask would index rows, not pick them
                 raise ArchDSLError(f"forward: logits_mask must be a bool tensor of the shape of input_ids "
                                    f"{list(input_ids.shape)}, got {str(logits_mask.dtype).replace('torch.', '')}")
+            if logits_mask.is_meta:
+                raise ArchDSLError("forward: logits_mask on the meta device: the rows it picks are in its values, "
+                                   "which a meta tensor does not hold")
         packed = self._padded("forward", attention_mask, input_ids, cache, seq_idx)
         if packed is None:
             packed = self._packed(seq_idx, input_ids, cache)
@@ -237,7 +242,7 @@ class ArchModel(nn.Module):
             raise ArchDSLError("forward: seq_idx (packed sequences) takes no cache: a cache continues one sequence a row")
         if self._unpacked:
             raise refusal("forward: seq_idx (packed sequences)", *self._unpacked[0])
-        return Packed.of(seq_idx)
+        return None if seq_idx.is_meta else Packed.of(seq_idx)  # meta: shapes only, which the packing keeps
 
     def _padded(self, where, mask, input_ids, cache, seq_idx=None):
         """attention_mask as the blocks read it (a Packed with `keep`), None for None or a mask without a pad;
@@ -249,6 +254,8 @@ class ArchModel(nn.Module):
         _check_per_token(where, "attention_mask", "a bool or 0/1 integer", mask, input_ids, bool_ok=True)
         if seq_idx is not None:
             raise ArchDSLError(f"{where}: attention_mask and seq_idx together: pad the rows or pack them, not both")
+        if mask.is_meta:  # shapes only: where the pads are is in the values, and the shapes do not depend on it
+            return None
         m = mask.detach().to("cpu", torch.int64)
         if ((m != 0) & (m != 1)).any():
             raise ArchDSLError(f"{where}: attention_mask holds {sorted(set(m.unique().tolist()) - {0, 1})[:3]}: "
@@ -321,7 +328,7 @@ class ArchModel(nn.Module):
         if max_new_tokens == 0:  # a new tensor, as for any other count: writing to it leaves the prompt alone
             return input_ids.clone()
         gen = None
-        if seed is not None:
+        if seed is not None and not input_ids.is_meta:  # meta: shapes only, nothing is drawn
             gen = torch.Generator(device=input_ids.device).manual_seed(int(seed))  # a numpy integer passes check_seed
         graphed = self.cuda_graph and input_ids.is_cuda
         if graphed:
@@ -352,7 +359,7 @@ class ArchModel(nn.Module):
                 tok = torch.where(done, pad, tok)
                 done |= torch.isin(tok, eos_ids)
             out.append(tok[:, None].to(input_ids.dtype))  # the prompt's dtype, as with max_new_tokens=0
-            if eos is not None and bool(done.all()):
+            if eos is not None and not done.is_meta and bool(done.all()):
                 break
             if i + 1 < max_new_tokens:
                 logits = runner(tok) if graphed else self.step(tok, cache)
@@ -545,9 +552,12 @@ def _check_sampling(max_new_tokens, temperature, top_k, seed, top_p=None, repeti
 
 def penalize(logits, seen, penalty: float):
     """logits [B, V] with those of the tokens `seen` [B, V] (bool) made less likely: divided by `penalty` where
-    positive, multiplied where negative (CTRL; transformers' RepetitionPenaltyLogitsProcessor). In float32."""
-    logits = logits.float()
-    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+    positive, multiplied where negative (CTRL; transformers' RepetitionPenaltyLogitsProcessor). Computed in float64
+    (a penalty past float32's range, 1e-300, stays a number), returned in float32, clamped to its finite range (so
+    that sample's subtraction of the max never meets inf - inf)."""
+    logits, big = logits.double(), torch.finfo(torch.float32).max
+    out = torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+    return out.clamp(-big, big).float()
 
 
 def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None):
@@ -566,6 +576,7 @@ def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None):
     if top_p is not None and top_p < 1:
         p, order = probs.sort(dim=-1, descending=True)
         drop = (p.cumsum(-1) - p) >= top_p  # the mass before each token already reaches top_p
+        drop[:, 0] = False  # the likeliest, also where top_p rounds to 0 in float32 (1e-46)
         probs = probs.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), 0.0)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 

@@ -540,3 +540,18 @@ def test_wkv4_step_computes_as_the_scan_whatever_the_states_dtype(state_dtype, k
     torch.testing.assert_close(got, want[:, 0], rtol=1e-6, atol=1e-6)
     for g, s in zip(got_state, want_state, strict=True):
         torch.testing.assert_close(g, s.to(ct), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["ssd_scan", "wkv6"])
+def test_cu_seqlens_on_the_meta_device_is_named(op):
+    """Its offsets decide the work and a meta tensor has none: it was torch's NotImplementedError from .tolist()."""
+    meta = dict(device="meta")
+    if op == "ssd_scan":
+        args = (torch.zeros(1, 8, 2, 4, **meta), torch.zeros(1, 8, 2, **meta), torch.zeros(2, **meta),
+                torch.zeros(1, 8, 1, 4, **meta), torch.zeros(1, 8, 1, 4, **meta))
+        call = lambda cu: ssd_scan(*args, chunk_size=4, cu_seqlens=cu)  # noqa: E731
+    else:
+        r, k, v, w = (torch.zeros(1, 8, 2, 4, **meta) for _ in range(4))
+        call = lambda cu: wkv6(r, k, v, w, torch.zeros(2, 4, **meta), cu_seqlens=cu)  # noqa: E731
+    with pytest.raises(ValueError, match="cu_seqlens: on the meta device it holds no offsets"):
+        call(torch.tensor([0, 3, 8], **meta))

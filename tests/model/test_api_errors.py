@@ -197,3 +197,59 @@ def test_a_read_only_save_is_not_replaced(model, tmp_path, monkeypatch):
     with pytest.raises(ArchDSLError, match="will not replace .*m: it is read-only"):
         model.save(tmp_path / "m")
     assert os.listdir(tmp_path) == ["m"]
+
+
+@pytest.mark.parametrize("kwargs", [dict(top_p=1e-46), dict(repetition_penalty=1e-300),
+                                    dict(repetition_penalty=5e-324), dict(repetition_penalty=1e300)])
+def test_sampling_options_past_float32s_range_still_sample(model, kwargs):
+    """top_p 1e-46 read as 0 in float32 dropped every token; a penalty of 1e-300 gave inf logits and inf - inf:
+    multinomial's RuntimeError. The likeliest token is kept; a repeated token made certain is sampled."""
+    ids = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(0))
+    out = model.generate(ids, 3, seed=0, **kwargs)
+    assert out.shape == (2, 8) and bool(((out >= 0) & (out < 37)).all())
+    if "top_p" in kwargs:
+        assert torch.equal(out, model.generate(ids, 3, temperature=0))
+
+
+def test_meta_models_take_every_forward_and_generate_option():
+    """Shapes only: a mask's pads and a packing do not change them (they were torch's errors from reading the
+    values); eos and seed are skipped; logits_mask, whose values decide the shape, is refused by name."""
+    spec = archdsl.parse("mamba, attn+mlp", d_model=16, vocab_size=37, blocks=SMALL)
+    meta = archdsl.compile(spec, device="meta")
+    ids = torch.zeros(2, 5, dtype=torch.long, device="meta")
+    assert meta(ids, attention_mask=torch.ones_like(ids)).shape == (2, 5, 37)
+    assert meta(ids, seq_idx=torch.zeros_like(ids)).shape == (2, 5, 37)
+    assert meta.generate(ids, 2, eos_token_id=1, seed=1).shape == (2, 7)
+    with pytest.raises(ArchDSLError, match="forward: logits_mask on the meta device"):
+        meta(ids, logits_mask=torch.ones_like(ids, dtype=torch.bool))
+    s4d = archdsl.compile(archdsl.parse("s4d, s4d", d_model=16, vocab_size=37), device="meta")
+    assert s4d(ids, seq_idx=torch.zeros_like(ids)).shape == (2, 5, 37)
+
+
+def test_flags_and_names_of_the_wrong_kind_are_named(model, tmp_path):
+    with pytest.raises(ArchDSLError, match="init_cache: static must be True or False, got 'no'"):
+        model.init_cache(1, max_len=4, static="no")
+    with pytest.raises(ArchDSLError, match="save: the directory's path .* holds a NUL byte"):
+        model.save(str(tmp_path / "a\0b"))
+    with pytest.raises(ArchDSLError, match="from_hf: weights must be True or False, got 'yes'"):
+        archdsl.from_hf(str(tmp_path), weights="yes")
+    with pytest.raises(ArchDSLError, match="from_hf: name must be None or a str, got 3"):
+        archdsl.from_hf(str(tmp_path), name=3)
+    with pytest.raises(ArchDSLError, match="from_hf: the config.json's or model directory's path .* NUL byte"):
+        archdsl.convert.hf.read_hf_config(str(tmp_path / "a\0b"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_numpy_integers_are_ints_everywhere():
+    """parse and analyze refused them where compile, init_cache and generate took them."""
+    import numpy as np
+    from archdsl.spec import with_sizes
+
+    spec = archdsl.parse("mamba", d_model=np.int64(16), vocab_size=np.int32(37), blocks=SMALL)
+    assert type(spec.d_model) is int and spec == archdsl.parse("mamba", d_model=16, vocab_size=37, blocks=SMALL)
+    rep = archdsl.analyze(spec, seq_len=np.int64(64), batch=np.int16(2))
+    assert (rep.seq_len, rep.batch) == (64, 2) and type(rep.seq_len) is int
+    assert [r.seq_len for r in archdsl.analyze_lengths(spec, np.array([16, 32]))] == [16, 32]
+    assert with_sizes(spec, blocks={"mamba": {"d_state": 8}}).blocks["mamba"]["d_state"] == 8
+    with pytest.raises(ArchDSLError, match="with_sizes: expected a Spec, got str"):
+        with_sizes("mamba", d_model=8)
