@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from archdsl import analyze
 from archdsl.cli import main
 from archdsl.errors import ArchDSLError
-from archdsl.explore import Space, dominates, explore, parse_constraint, pareto_ranks, space_from_yaml
+from archdsl.explore import (Space, dominates, explore, load_space, parse_constraint, pareto_ranks, space_from_dict,
+                             space_from_yaml)
 from archdsl.explore import search
 from archdsl.explore.probes import make_task
 from archdsl.explore.search import Candidate, _key
@@ -742,3 +743,73 @@ def test_a_deep_space_enumerates_every_placement_once(monkeypatch):
         assert [i for i, r in enumerate(rep.layers) if r.mixer == "attn"] == c.knobs["attn_layers"], c.layout
         assert (rep.params, rep.cache_bytes) == (c.figures["params"], c.figures["cache_bytes"])
         assert c.spec == space.spec(c.knobs, c.layout, c.spec.name)  # the same Spec as one read from YAML
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"space": None}, "space must be a Space (load_space reads one from a file, YAML text or a mapping), got None"),
+    ({"context": 0}, "context: must be a positive count, got 0"),  # found only after the whole enumeration
+    ({"context": "4q"}, "context: not a count: '4q' (write 4096, 8k or 1m)"),
+    ({"context": 4096.0}, "context: not a count: 4096.0"),
+    ({"batch": 0}, "batch: must be a positive count, got 0"),
+    ({"batch": True}, "batch: not a count: True"),
+    ({"dtype": "int8"}, "unknown dtype 'int8' (one of float32"),
+    ({"constraints": ["params<1B"]}, "constraints: not a constraint: 'params<1B' (write params<=1.5B"),
+    ({"constraints": [3]}, "constraints: not a constraint: 3 (give parse_constraint('params', '1.5B')"),
+    ({"constraints": 3}, "constraints must be a list of Constraints (parse_constraint) or of texts"),
+    ({"constraints": ["parms<=1B"]}, "constraints 'parms<=1B': unknown constraint metric 'parms'"),
+    ({"constraints": ["params<=1x"]}, "constraints 'params<=1x': not an amount: '1x'"),
+    ({"objectives": (3,)}, "unknown objective 3; valid names: "),  # these two were AttributeErrors
+    ({"objectives": None}, "objectives must be metric names, e.g. ('params', 'cache') or 'params,cache', got None"),
+    ({"objectives": "params,,cache"}, "an empty name in 'params,,cache'"),
+    ({"progress": True}, "progress must be None or a bar with update(n)"),
+])
+def test_bad_explore_arguments_are_named_before_any_work(monkeypatch, kw, message):
+    space = small_space({"attn_fraction": (0, 0.5), "d_model": (32,), "depth": (4,)})
+    monkeypatch.setattr(Space, "frames", lambda self: pytest.fail("enumerated"))
+    kw = dict(kw)
+    with pytest.raises(ArchDSLError) as e:
+        explore(kw.pop("space", space), **kw)
+    assert message in str(e.value)
+
+
+def test_explore_takes_counts_constraint_texts_and_numpy_integers():
+    np = pytest.importorskip("numpy")
+    space = small_space({"attn_fraction": (0, 0.5), "d_model": np.array([32]), "depth": np.int64(4),
+                         "moe_every": (np.int64(0),)})
+    assert space.depth == (4,) and type(space.depth[0]) is type(space.d_model[0]) is int
+    a = explore(space, [parse_constraint("params", "1M"), parse_constraint("active", "1k", "min")],
+                objectives=("params",), context=4096, batch=2)
+    b = explore(space, ["params<=1M", "active >= 1k"], objectives="params", context="4k", batch=np.int64(2))
+    assert [c.to_dict() for c in a.candidates] == [c.to_dict() for c in b.candidates] and len(a.candidates) > 1
+    assert type(b.batch) is int and explore(space, None, "params,cache").objectives == ("params", "cache_bytes")
+    assert search.pareto_ranks(a.candidates, "cache") == search.pareto_ranks(a.candidates, ("cache_bytes",))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: parse_constraint(None, "1"), "unknown constraint metric None; valid names: active_params"),
+    (lambda: parse_constraint("params", "1", bound="x"), "bound must be 'max' or 'min', got 'x'"),
+    (lambda: parse_constraint("params", None), "not an amount: None"),
+    (lambda: search.parse_amount(float("nan")), "not an amount: nan"),
+    (lambda: search.parse_amount(float("inf")), "amount too large: inf"),
+    (lambda: search.Constraint("parms", 1), "unknown constraint metric 'parms'; did you mean 'params'"),
+    (lambda: search.Constraint("params"), "a constraint on params needs a max or a min"),
+    (lambda: search.Constraint("params", -1), "constraint max must be a number >= 0, or None, got -1"),
+    (lambda: search.Constraint("cache", 1, seq_len=0), "seq_len: must be a positive count, got 0"),
+    (lambda: search.norm_objectives(None), "objectives must be metric names"),
+    (lambda: search.norm_objectives(()), "give at least one objective"),
+    (lambda: load_space(None), "a space is a Space, a mapping, a YAML file or YAML text, got None"),
+    (lambda: space_from_dict(None), "a space must be a mapping (mixers, attn_fraction, placements, depth, ...), got"),
+    (lambda: space_from_dict({}, here=3), "here must be a directory path or None, got 3"),
+    (lambda: space_from_yaml(None), "space_from_yaml: text must be a string, got None"),
+    (lambda: Space(base="mamba"), "base must be a Spec (archdsl.parse, archdsl.load_spec) or None, got 'mamba'"),
+    (lambda: pareto_ranks(None, ("params",)), "cands must be a list of Candidates (an Exploration's candidates)"),
+    (lambda: search.rank([3], ("params",)), "cands must be a list of Candidates (an Exploration's candidates); one is"),
+    (lambda: search.rank([], ("params",), eligible=3), "eligible must be a function of a Candidate, or None, got 3"),
+    (lambda: pareto_ranks([], "speed"), "unknown objective 'speed'"),  # each letter was an objective
+    (lambda: dominates((1, 2), (1,)), "dominates: points of different lengths: (1, 2) and (1,)"),
+    (lambda: dominates(None, (1,)), "dominates: a must be a point, a tuple of numbers, got None"),
+])
+def test_bad_arguments_of_the_api_are_archdsl_errors(call, message):
+    with pytest.raises(ArchDSLError) as e:
+        call()
+    assert message in str(e.value)

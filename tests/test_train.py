@@ -345,6 +345,119 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, flags, messa
     assert not (tmp_path / "run").exists()
 
 
+TINY = dict(spec="mamba2(d_state=8, headdim=8)", data="mqar:seq=32,pairs=2", batch=2, progress=False, cpu_threads=1)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(steps=1.5), "train: steps must be an int, got 1.5 (float)"),  # trained until range(); left run.json
+    (dict(steps="10"), "train: steps must be an int, got '10' (str)"),
+    (dict(steps=None), "train: steps must be an int, got None (NoneType)"),
+    (dict(steps=True), "train: steps must be an int, got True (bool)"),  # trained 1 step
+    (dict(batch=np.float64(2)), "train: batch must be an int, got"),
+    (dict(micro_batch=1.0), "train: micro_batch must be an int or None, got 1.0 (float)"),
+    (dict(save_every=None), "train: save_every must be an int, got None"),
+    (dict(stop_after="1"), "train: stop_after must be an int or None, got '1' (str)"),
+    (dict(seq_len=True), "train: seq_len must be an int or None, got True (bool)"),
+    (dict(cpu_threads=1.5), "train: cpu_threads must be an int or None, got 1.5 (float)"),
+    (dict(cpu_threads=2**40), "train: --threads must be at least 1 (and below 2^31), got 1099511627776"),
+    (dict(betas=(0.9,)), "train: betas must be a pair of numbers, got (0.9,) (tuple)"),
+    (dict(betas=(2.0, -1)), "train: betas must be two numbers in [0, 1), got (2.0, -1.0)"),
+    (dict(betas=(0.9, float("nan"))), "train: betas must be two numbers in [0, 1), got (0.9, nan)"),
+    (dict(seed=2**64 - 1), "train: --seed must be in 0..2^63-1 (a signed 64-bit integer), got 18446744073709551615"),
+    (dict(seed=-1), "train: --seed must be in 0..2^63-1"),
+    (dict(seed="x"), "train: seed must be an int, got 'x' (str)"),
+    (dict(lr="1e-3"), "train: lr must be a number, got '1e-3' (str)"),
+    (dict(lr=10**400), "train: --lr must be a positive number, got inf"),
+    (dict(warmup=None), "train: warmup must be a number, got None"),
+    (dict(weight_decay=True), "train: weight_decay must be a number, got True (bool)"),
+    (dict(grad_clip=[1]), "train: grad_clip must be a number, got [1] (list)"),
+    (dict(min_lr_ratio="0"), "train: min_lr_ratio must be a number"),
+    (dict(peak_tflops="989"), "train: peak_tflops must be a number or None, got '989' (str)"),
+    (dict(progress="no"), "train: progress must be True or False, got 'no' (str)"),  # was taken as True
+    (dict(compile=1), "train: compile must be True or False, got 1 (int)"),
+    (dict(bf16=None), "train: bf16 must be True or False"),
+    (dict(grad_ckpt=0), "train: grad_ckpt must be True or False"),
+    (dict(resume="yes"), "train: resume must be True or False"),
+    (dict(device=None), "train: device must be a str, got None (NoneType)"),
+    (dict(data=None), "train: data must be a str or os.PathLike, got None (NoneType)"),
+    (dict(spec=3), "train: spec must be a str or os.PathLike, got 3 (int)"),
+    (dict(rundir=b"run"), "train: rundir must be a str or os.PathLike, got b'run' (bytes)"),
+    (dict(settings="d_model=32"), "train: settings must be a tuple of str, got 'd_model=32' (str)"),
+])
+def test_config_fields_of_a_wrong_type_are_refused_before_anything_is_written(tmp_path, kw, message):
+    """The Python API's TrainConfig checks every field's type, not only its range: a float --steps trained until
+    range() failed and left run.json behind, so that the retry was refused; a str seed, a bool step count, a short
+    betas failed in torch or json, or silently did something else."""
+    kw = {**TINY, "steps": 2, "rundir": str(tmp_path / "run"), **kw}
+    with pytest.raises(archdsl.ArchDSLError) as e:
+        train(TrainConfig(**kw))
+    assert message in str(e.value), str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_config_field_has_a_kind():
+    from dataclasses import fields
+
+    from archdsl.train.config import FIELDS, KINDS
+
+    assert list(FIELDS) == [f.name for f in fields(TrainConfig)] and set(FIELDS.values()) <= set(KINDS)
+    with pytest.raises(archdsl.ArchDSLError, match="train: expected a TrainConfig, got dict"):
+        train({"spec": "mamba2", "data": "mqar", "steps": 1, "rundir": "run"})
+
+
+def test_numpy_numbers_are_taken_and_export_checkpoint_checks_its_arguments(tmp_path):
+    """numpy's integers and floats are kept as Python's (np.int64 steps failed writing run.json, leaving an empty
+    run directory); export_checkpoint refuses a step that is not an int (step="1" said 'no checkpoint at step 1')
+    and a rundir or out that is not a path, before anything is read or written."""
+    from archdsl.train import export_checkpoint
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(**{**TINY, "steps": np.int64(2), "seed": np.uint64(3), "lr": np.float32(1e-3),
+                         "betas": [0.9, 0.95], "settings": ["d_model=16"]}, rundir=run)
+    assert (type(cfg.steps), type(cfg.seed), type(cfg.lr), cfg.betas, cfg.settings, cfg.rundir) == \
+        (int, int, float, (0.9, 0.95), ("d_model=16",), str(run))
+    train(cfg)
+    config = json.loads((run / "run.json").read_text())["config"]
+    assert config["steps"] == 2 and config["seed"] == 3 and config["betas"] == [0.9, 0.95]
+    out = tmp_path / "e"
+    for kw, message in ((dict(step="1"), "export_checkpoint: step must be an int or None (the newest that loads), "
+                                         "got '1' (str)"),
+                        (dict(step=True), "export_checkpoint: step must be an int or None"),
+                        (dict(rundir=None), "export_checkpoint: rundir: expected a run directory (str or "
+                                            "os.PathLike), got NoneType"),
+                        (dict(rundir=""), "export_checkpoint: rundir: expected a run directory, got an empty string"),
+                        (dict(out=3), "export_checkpoint: out: expected a directory to write (str or os.PathLike), "
+                                      "got int"),
+                        (dict(dtype="int7"), "export_checkpoint: dtype: unknown dtype 'int7'"),
+                        (dict(skipped=()), "export_checkpoint: skipped must be a list")):
+        with pytest.raises(archdsl.ArchDSLError) as e:
+            export_checkpoint(**{"rundir": run, "out": out, **kw})
+        assert message in str(e.value), str(e.value)
+        assert not out.exists()
+    assert export_checkpoint(run, out, step=np.int64(2))[1] == 2
+
+
+def test_a_new_run_that_fails_before_its_first_step_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A failure before the first step is recorded (out of memory, Ctrl-C) removes the run.json and empty
+    metrics.jsonl the run wrote, and the run directory it created, so that the same call can be made again; a
+    run directory that was there before stays."""
+    import archdsl.train.loop as loop
+
+    def no_memory(*a, **k):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for run in (tmp_path / "new", kept):
+        monkeypatch.setattr(loop, "_accumulate", no_memory)
+        with pytest.raises(RuntimeError, match="allocate"):
+            train(TrainConfig(**TINY, steps=1, rundir=str(run)))
+        assert not (tmp_path / "new").exists() and os.listdir(kept) == []
+        monkeypatch.undo()
+    train(TrainConfig(**TINY, steps=1, rundir=str(kept)))
+    assert sorted(losses(kept)) == [1]
+
+
 def test_run_directory_must_be_a_directory(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     base = ["train", "mamba2(d_state=8, headdim=8)", "--data", "mqar:seq=32,pairs=2", "--steps", "1", "--no-progress"]

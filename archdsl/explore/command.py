@@ -81,8 +81,13 @@ def check_flags(args) -> None:
         dtype_bytes(args.dtype)
     except ArchDSLError as e:
         raise ArchDSLError(f"--dtype: {e.message}", hint=e.hint) from None
-    if args.objective is not None and not all(o.strip() for o in args.objective.split(",")):
-        raise ArchDSLError(f"--objective: an empty name in {args.objective!r}; give e.g. params,cache")
+    if args.objective is not None:
+        from .search import norm_objectives
+
+        try:
+            norm_objectives(args.objective)
+        except ArchDSLError as e:
+            raise ArchDSLError(f"--objective: {e.message}", hint=e.hint) from None
 
 
 def explore_command(args) -> None:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from ..errors import ArchDSLError, did_you_mean
 from ..atomic import write_atomic
 from .report import table_text, write_plots, write_results
-from .search import ANALYTIC, Constraint, explore, norm_objectives, rank
+from .search import ANALYTIC, Constraint, check_args, explore, rank
 from .space import Space, check_probe
 
 
@@ -51,7 +51,7 @@ def run(space: Space, constraints: list[Constraint], objectives, outdir: str, pr
     """Explore, write the spec files, probe the `top` best by the analytic ranking (all when None),
     re-rank with accuracy, write results and plots. Returns the Exploration. progress: True a tqdm bar on
     stderr, "lines" a plain line there every 30 s of enumeration and after each probe (for logs), False none."""
-    objectives = norm_objectives(objectives)
+    constraints, objectives, context, batch = check_args(space, constraints, objectives, context, batch, dtype)
     if probe is not None and "accuracy" not in objectives:
         objectives = objectives + ("accuracy",)
     measured = [o for o in objectives if o not in ANALYTIC + ("depth", "attn_fraction")]

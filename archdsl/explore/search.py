@@ -16,13 +16,14 @@ finds the same figures). The cost is one analysis per frame and a layout parse p
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-from ..analysis import analyze
-from ..errors import ArchDSLError, did_you_mean
+from ..analysis import analyze, dtype_bytes
+from ..errors import ArchDSLError, did_you_mean, shown
 from ..units import human, parse_count
 from .space import Space
 
@@ -38,8 +39,13 @@ UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9, "t": 10**12,
 
 def parse_amount(text: str | int | float) -> float:
     """'1.5B' → 1.5e9, '2GiB' → 2**31, '300M' → 3e8, '4096' → 4096."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
+    if isinstance(text, numbers.Real) and not isinstance(text, bool):
+        value = _float(text)
+        if math.isnan(value):
+            raise ArchDSLError(f"not an amount: {shown(text)} (write 1.5B, 300M, 2GiB or 4096)")
+        if math.isinf(value):
+            raise ArchDSLError(f"amount too large: {shown(text)}")
+        return value
     t = str(text).strip().lower().replace("_", "")
     if "," in t and not re.match(r"[0-9]{1,3}(,[0-9]{3})+(?![0-9,])", t):  # a comma groups thousands, no more
         raise ArchDSLError(f"not an amount: {text!r} (write 1.5B, 300M, 2GiB, 4096 or 1,500,000)")
@@ -55,9 +61,35 @@ def parse_amount(text: str | int | float) -> float:
     return value
 
 
+def _float(v: numbers.Real) -> float:
+    """float(v), an int past a float's range as inf."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf
+
+
 def parse_context(text: str) -> int:
     """'64k' → 65536 (binary k, as `archdsl memory`), '4096' → 4096."""
     return parse_count(str(text))
+
+
+def check_count(value, name: str) -> int:
+    """A context length or a batch: an int (numpy's too) or a count as the command line writes it ('64k'),
+    in 1..2^40; errors start with `name`."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)
+    elif not isinstance(value, str):
+        raise ArchDSLError(f"{name}: not a count: {shown(value)} (write 4096, '8k' or '1m')")
+    return parse_count(value, name)
+
+
+def constraint_metric(metric) -> str:
+    """params, active_params, flops_per_token or cache_bytes, from one of them or an alias (active, flops, cache)."""
+    key = METRICS.get(metric.replace("-", "_")) if isinstance(metric, str) else None
+    if key not in ANALYTIC:
+        raise ArchDSLError(f"unknown constraint metric {shown(metric)}", hint=did_you_mean(str(metric), ANALYTIC))
+    return key
 
 
 @dataclass(frozen=True)
@@ -81,22 +113,36 @@ class Constraint:
         at = f" @ batch {self.batch or 1}, context {self.seq_len}" if self.seq_len else ""
         return " and ".join(parts) + at
 
+    def __post_init__(self):
+        object.__setattr__(self, "metric", constraint_metric(self.metric))
+        for name in ("max", "min"):
+            v = getattr(self, name)
+            bad = isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= _float(v) < math.inf
+            if v is not None and bad:
+                raise ArchDSLError(f"constraint {name} must be a number >= 0, or None, got {shown(v)}")
+            object.__setattr__(self, name, None if v is None else float(v))
+        if self.max is None and self.min is None:
+            raise ArchDSLError(f"a constraint on {self.metric} needs a max or a min")
+        for name in ("seq_len", "batch"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, check_count(getattr(self, name), name))
+
     def check(self, value: float) -> bool:
         return (self.max is None or value <= self.max) and (self.min is None or value >= self.min)
 
 
 def parse_constraint(metric: str, text: str, bound: str = "max") -> Constraint:
     """'2GiB@64k' (cache at context 64k), '2GiB@64kx8' (batch 8), '1.5B' → a Constraint."""
-    key = METRICS.get(metric.replace("-", "_"))
-    if key not in ANALYTIC:
-        raise ArchDSLError(f"unknown constraint metric {metric!r}", hint=did_you_mean(metric, ANALYTIC))
-    amount, at_sign, at = str(text).partition("@")
+    key = constraint_metric(metric)
+    if bound not in ("max", "min"):
+        raise ArchDSLError(f"bound must be 'max' or 'min', got {shown(bound)}")
+    amount, at_sign, at = text.partition("@") if isinstance(text, str) else (text, "", "")  # a number: no context
     seq_len = batch = None
     if at_sign:  # '2GiB@' or '2GiB@64kx' leave out what they announce: an error, not a budget at the default
         ctx, x, b = at.lower().partition("x")
         seq_len = parse_context(ctx)
         batch = parse_context(b) if x else None
-    if key == "cache_bytes" and re.fullmatch(r"[0-9.,_e+-]+\s*b", amount.strip().lower()):
+    if key == "cache_bytes" and isinstance(amount, str) and re.fullmatch(r"[0-9.,_e+-]+\s*b", amount.strip().lower()):
         raise ArchDSLError(f"{metric}: {amount.strip()!r} is ambiguous: B is billions (as in 1.5B parameters); "
                            f"write bytes as {amount.strip()[:-1].strip()}, or with a unit (GB, GiB, MB)")
     value = parse_amount(amount)
@@ -142,17 +188,69 @@ class Exploration:
     batch: int
 
 
-def norm_objectives(objectives: Iterable[str]) -> tuple[str, ...]:
+def norm_objectives(objectives: str | Iterable[str]) -> tuple[str, ...]:
+    """Metric names or aliases (cache, flops, active) → their metrics, once each; a string is split at its commas
+    as --objective is: 'params' is one objective, 'params,cache' two."""
+    names = objectives.split(",") if isinstance(objectives, str) else objectives
+    if not isinstance(names, Iterable):
+        raise ArchDSLError(f"objectives must be metric names, e.g. ('params', 'cache') or 'params,cache', "
+                           f"got {shown(objectives)}")
     out = []
-    for o in objectives:
-        key = METRICS.get(o.strip().replace("-", "_"))
+    for o in names:
+        if isinstance(o, str) and not o.strip():
+            raise ArchDSLError(f"an empty name in {shown(objectives)}; give e.g. params,cache")
+        key = METRICS.get(o.strip().replace("-", "_")) if isinstance(o, str) else None
         if key is None:
-            raise ArchDSLError(f"unknown objective {o!r}", hint=did_you_mean(o, METRICS))
+            raise ArchDSLError(f"unknown objective {shown(o)}", hint=did_you_mean(str(o), METRICS))
         if key not in out:
             out.append(key)
     if not out:
         raise ArchDSLError("give at least one objective (params, active_params, flops, cache, accuracy, loss)")
     return tuple(out)
+
+
+CONSTRAINT_TEXT = re.compile(r"\s*([a-z_-]+)\s*(<=|>=|≤|≥)(.*)", re.IGNORECASE | re.DOTALL)
+
+
+def norm_constraints(constraints) -> list[Constraint]:
+    """Constraints, or their text: 'params<=1.5B', 'cache<=2GiB@64k', 'active>=100M' (bounds are inclusive, as
+    --max-params and --min-params). One constraint may stand alone; None is none."""
+    if constraints is None:
+        return []
+    if isinstance(constraints, (str, Constraint)):
+        constraints = [constraints]
+    if not isinstance(constraints, Iterable):
+        raise ArchDSLError(f"constraints must be a list of Constraints (parse_constraint) or of texts such as "
+                           f"'params<=1.5B', got {shown(constraints)}")
+    out = []
+    for c in constraints:
+        if isinstance(c, str):
+            m = CONSTRAINT_TEXT.fullmatch(c)
+            if not m:
+                raise ArchDSLError(f"constraints: not a constraint: {c!r} (write params<=1.5B, cache<=2GiB@64k or "
+                                   f"active>=100M: bounds are inclusive)")
+            try:
+                c = parse_constraint(m.group(1), m.group(3).strip(), "max" if m.group(2) in ("<=", "≤") else "min")
+            except ArchDSLError as e:
+                raise ArchDSLError(f"constraints {m.string.strip()!r}: {e.message}", hint=e.hint) from None
+        elif not isinstance(c, Constraint):
+            raise ArchDSLError(f"constraints: not a constraint: {shown(c)} (give parse_constraint('params', '1.5B') "
+                               f"or 'params<=1.5B')")
+        out.append(c)
+    return out
+
+
+def check_args(space, constraints, objectives, context, batch, dtype) -> tuple:
+    """explore's arguments, each checked and named before any candidate is enumerated; returns
+    (constraints, objectives, context, batch) as explore uses them."""
+    if not isinstance(space, Space):
+        raise ArchDSLError(f"space must be a Space (load_space reads one from a file, YAML text or a mapping), "
+                           f"got {shown(space)}")
+    constraints = norm_constraints(constraints)
+    objectives = norm_objectives(objectives)
+    context, batch = check_count(context, "context"), check_count(batch, "batch")
+    dtype_bytes(dtype)
+    return constraints, objectives, context, batch
 
 
 def check_constraints(constraints: Sequence[Constraint]) -> None:
@@ -288,7 +386,27 @@ def _key(c: Candidate, objectives) -> tuple:
 
 def dominates(a: tuple, b: tuple) -> bool:
     """a is no worse anywhere and better somewhere (all minimised)."""
+    for name, p in (("a", a), ("b", b)):
+        if not isinstance(p, Iterable) or not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in p):
+            raise ArchDSLError(f"dominates: {name} must be a point, a tuple of numbers, got {shown(p)}")
+    a, b = tuple(a), tuple(b)
+    if len(a) != len(b):
+        raise ArchDSLError(f"dominates: points of different lengths: {shown(a)} and {shown(b)}")
+    return _dominates(a, b)
+
+
+def _dominates(a: tuple, b: tuple) -> bool:
     return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def _candidates(cands) -> list[Candidate]:
+    if isinstance(cands, (str, Candidate)) or not isinstance(cands, Iterable):
+        raise ArchDSLError(f"cands must be a list of Candidates (an Exploration's candidates), got {shown(cands)}")
+    cands = list(cands)
+    for c in cands:
+        if not isinstance(c, Candidate):
+            raise ArchDSLError(f"cands must be a list of Candidates (an Exploration's candidates); one is {shown(c)}")
+    return cands
 
 
 def pareto_ranks(cands: Sequence[Candidate], objectives: Sequence[str]) -> list[int]:
@@ -297,17 +415,21 @@ def pareto_ranks(cands: Sequence[Candidate], objectives: Sequence[str]) -> list[
     A point's rank is one more than the highest rank of the points that dominate it (0 when none
     does), and only a point before it in sorted order can dominate it; so one pass over the distinct
     points, sorted, ranks them all. Distinct: the placements of a frame share one point."""
+    cands, objectives = _candidates(cands), norm_objectives(objectives)
     keys = [_key(c, objectives) for c in cands]
     points = sorted(set(keys))
     ranks: dict[tuple, int] = {}
     for i, p in enumerate(points):
-        ranks[p] = max((ranks[q] + 1 for q in points[:i] if dominates(q, p)), default=0)
+        ranks[p] = max((ranks[q] + 1 for q in points[:i] if _dominates(q, p)), default=0)
     return [ranks[k] for k in keys]
 
 
-def rank(cands: list[Candidate], objectives: Sequence[str], eligible=None) -> list[Candidate]:
+def rank(cands: list[Candidate], objectives: Sequence[str], eligible: Callable | None = None) -> list[Candidate]:
     """Set rank / on_front in place over the `eligible` ones (default: all); return all sorted:
     by rank, then objectives in order, then id. Ineligible ones (not probed) come last."""
+    cands, objectives = _candidates(cands), norm_objectives(objectives)
+    if eligible is not None and not callable(eligible):
+        raise ArchDSLError(f"eligible must be a function of a Candidate, or None, got {shown(eligible)}")
     pool = [c for c in cands if eligible is None or eligible(c)]
     rest = [c for c in cands if not (eligible is None or eligible(c))]
     for c, r in zip(pool, pareto_ranks(pool, objectives)):
@@ -319,12 +441,17 @@ def rank(cands: list[Candidate], objectives: Sequence[str], eligible=None) -> li
     return pool + rest
 
 
-def explore(space: Space, constraints: Sequence[Constraint] = (), objectives: Sequence[str] = ("params", "cache_bytes"),
-            context: int = 4096, batch: int = 1, dtype: str = "bfloat16", progress=None) -> Exploration:
+def explore(space: Space, constraints: Sequence[Constraint | str] | None = (),
+            objectives: str | Sequence[str] = ("params", "cache_bytes"), context: int | str = 4096,
+            batch: int | str = 1, dtype: str = "bfloat16", progress=None) -> Exploration:
     """Enumerate `space`, keep what meets every constraint, rank on the Pareto front of `objectives`
     (analytic ones: params, active_params, flops_per_token, cache_bytes, depth, attn_fraction).
-    Raises ArchDSLError naming the constraint that removed everything."""
-    objectives = norm_objectives(objectives)
+    constraints: Constraints or texts ('params<=1.5B'); objectives: names or 'params,cache'; context and batch:
+    ints or counts ('64k'). Bad arguments are named before anything is enumerated; an empty result
+    raises ArchDSLError naming the constraint that removed everything."""
+    constraints, objectives, context, batch = check_args(space, constraints, objectives, context, batch, dtype)
+    if progress is not None and not callable(getattr(progress, "update", None)):
+        raise ArchDSLError(f"progress must be None or a bar with update(n) (tqdm's), got {shown(progress)}")
     survivors, n, removed, violated, best, invalid = enumerate_space(space, constraints, context, batch, dtype, progress)
     if not survivors:
         raise empty_error(space, n, removed, violated, best, invalid)

@@ -26,7 +26,9 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import numbers
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
@@ -72,18 +74,21 @@ class Space:
             value = getattr(self, name)
             if isinstance(value, (str, dict)) or not hasattr(value, "__iter__"):  # one value (None too), not a list
                 value = (value,)
-            object.__setattr__(self, name, tuple(value))
+            object.__setattr__(self, name, tuple(map(_plain, value)))
         for name in ("attn_count", "attn_fraction"):
             value = getattr(self, name)
             if _finite(value):
                 value = (value, value)
-            if isinstance(value, list):
-                value = tuple(value)
+            if isinstance(value, (list, tuple)):
+                value = tuple(map(_plain, value))
             object.__setattr__(self, name, value)
         self.check()
 
     # --- validation ---------------------------------------------------------------------
     def check(self) -> None:
+        if self.base is not None and not isinstance(self.base, Spec):
+            raise _keyed(f"base must be a Spec (archdsl.parse, archdsl.load_spec) or None, got {shown(self.base)}",
+                         ("base",))
         base = self.base_spec
         for name in ("mixers", "placements", "shared", "moe_every", "moe_experts", "moe_top_k", "moe_hidden", "depth"):
             if not getattr(self, name):
@@ -306,9 +311,11 @@ def load_space(path_or_text: str | os.PathLike | dict) -> Space:
     """A Space from a YAML file, YAML text, or a mapping (the keys of the module docstring)."""
     if isinstance(path_or_text, Space):
         return path_or_text
-    if isinstance(path_or_text, dict):
+    if isinstance(path_or_text, Mapping):
         return space_from_dict(path_or_text)
-    text = os.fspath(path_or_text)
+    if not isinstance(path_or_text, (str, os.PathLike)):
+        raise ArchDSLError(f"a space is a Space, a mapping, a YAML file or YAML text, got {shown(path_or_text)}")
+    text = os.fsdecode(path_or_text)
     if os.path.isfile(text):
         return space_from_yaml(read_text(text), file=text)
     if os.path.isdir(text):
@@ -321,6 +328,9 @@ def load_space(path_or_text: str | os.PathLike | dict) -> Space:
 
 
 def space_from_yaml(text: str, file: str = "<space>") -> Space:
+    for name, value in (("text", text), ("file", file)):
+        if not isinstance(value, str):
+            raise ArchDSLError(f"space_from_yaml: {name} must be a string, got {shown(value)}")
     whole = Source(text, file, file_text=text)
     root, data = read_yaml(text, file)
     if not isinstance(data, dict):
@@ -353,6 +363,11 @@ def _keyed(message: str, key: tuple, hint: str = "") -> ArchDSLError:
 
 def space_from_dict(data: dict, here: str | None = None) -> Space:
     """A Space from plain data (YAML's shape); `here` resolves a relative base path."""
+    if not isinstance(data, Mapping):
+        raise ArchDSLError(f"a space must be a mapping (mixers, attn_fraction, placements, depth, ...), "
+                           f"got {shown(data)}")
+    if here is not None and not isinstance(here, (str, os.PathLike)):
+        raise ArchDSLError(f"here must be a directory path or None, got {shown(here)}")
     for key in data:
         if key not in SPACE_KEYS:
             raise _keyed(f"unknown space key {key!r}", (str(key), "<key>"), did_you_mean(str(key), SPACE_KEYS))
@@ -406,8 +421,17 @@ def _listed(v) -> list:
 
 
 def _finite(v) -> bool:
-    """An int or a finite float (not a bool, nan or inf)."""
-    return not isinstance(v, bool) and (isinstance(v, int) or isinstance(v, float) and math.isfinite(v))
+    """An int or a finite float (numpy's too; not a bool, nan or inf)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return False
+    return isinstance(v, numbers.Integral) or math.isfinite(v)
+
+
+def _plain(v):
+    """numpy's integers as ints, its floats as floats (a YAML dump takes no numpy scalar); anything else as it is."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return v
+    return int(v) if isinstance(v, numbers.Integral) else float(v)
 
 
 def check_probe(probe) -> None:

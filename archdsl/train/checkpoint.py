@@ -302,11 +302,29 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
     Without `step`, a damaged checkpoint (files cut short or missing, or a load that fails) is passed over for the
     newest earlier one that loads, as `train --resume` does; each one passed over is added to `skipped` ('FILE:
     what'). With `step`, that checkpoint or an ArchDSLError."""
+    import numbers
+
     from ..atomic import check_output_dir
+    from ..errors import check_path, shown
     from ..model import compile as build
+    from ..model import resolve_dtype
     from ..model.model import SAVE_FILES
     from ..spec import spec_from_yaml
 
+    rundir = check_path("export_checkpoint: rundir", rundir, "run directory")
+    if out != "":  # an empty one is check_output_dir's to refuse, as -o's
+        out = check_path("export_checkpoint: out", out, "directory to write")
+    if step is not None and (not isinstance(step, numbers.Integral) or isinstance(step, bool)):
+        raise ArchDSLError(f"export_checkpoint: step must be an int or None (the newest that loads), got {shown(step)} "
+                           f"({type(step).__name__})")
+    step = None if step is None else int(step)
+    try:  # an unknown dtype told before the checkpoint is read
+        resolve_dtype(dtype)
+    except ArchDSLError as e:
+        raise ArchDSLError(f"export_checkpoint: dtype: {e.message}", hint=e.hint) from None
+    if skipped is not None and not isinstance(skipped, list):
+        raise ArchDSLError(f"export_checkpoint: skipped must be a list (the damaged checkpoints passed over are "
+                           f"added to it) or None, got {type(skipped).__name__}")
     check_output_dir(out, SAVE_FILES)  # before anything is read: where the save goes is the user's to fix first
     run = read_run(rundir)
     damaged = [] if skipped is None else skipped

@@ -9,9 +9,50 @@ seed gives the same losses on any number of processes.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import numbers
+import os
+from dataclasses import asdict, dataclass, fields
 
-from ..errors import ArchDSLError
+from ..errors import ArchDSLError, shown
+from ..units import MAX_SEED
+
+
+def _integer(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)  # numpy's integers too, not True
+
+
+def _number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _float(v) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an int past a float's range: the range checks then refuse it as inf
+        return math.inf if v > 0 else -math.inf
+
+
+def _path(v) -> bool:
+    return isinstance(v, str) or (isinstance(v, os.PathLike) and isinstance(os.fspath(v), str))
+
+
+# each kind of field: (the test its value passes, what the error says it must be, the value kept)
+KINDS = {
+    "int": (_integer, "an int", int),
+    "number": (_number, "a number", _float),
+    "bool": (lambda v: isinstance(v, bool), "True or False", bool),
+    "str": (lambda v: isinstance(v, str), "a str", str),
+    "path": (_path, "a str or os.PathLike", os.fspath),
+    "strs": (lambda v: isinstance(v, (tuple, list)) and all(isinstance(x, str) for x in v), "a tuple of str", tuple),
+    "pair": (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_number(x) for x in v),
+             "a pair of numbers", lambda v: tuple(_float(x) for x in v)),
+}
+# each field's kind; one whose default is None may also be None
+FIELDS = {"spec": "path", "settings": "strs", "data": "path", "steps": "int", "rundir": "path", "batch": "int",
+          "micro_batch": "int", "seq_len": "int", "lr": "number", "weight_decay": "number", "betas": "pair",
+          "warmup": "number", "min_lr_ratio": "number", "grad_clip": "number", "bf16": "bool", "grad_ckpt": "bool",
+          "compile": "bool", "save_every": "int", "resume": "bool", "stop_after": "int", "seed": "int",
+          "device": "str", "peak_tflops": "number", "progress": "bool", "cpu_threads": "int"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +86,16 @@ class TrainConfig:
     cpu_threads: int | None = None  # torch threads per process on CPU (None: leave as is)
 
     def __post_init__(self):
+        """Every field's type (ArchDSLError naming it; numpy's numbers kept as Python's), then its range."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.default is None:
+                continue
+            ok, what, kept = KINDS[FIELDS[f.name]]
+            if not ok(value):
+                raise ArchDSLError(f"train: {f.name} must be {what}{' or None' if f.default is None else ''}, "
+                                   f"got {shown(value)} ({type(value).__name__})")
+            object.__setattr__(self, f.name, kept(value))
         if self.steps < 1:
             raise ArchDSLError(f"train: --steps must be positive, got {self.steps}")
         if self.batch < 1:
@@ -61,12 +112,16 @@ class TrainConfig:
             raise ArchDSLError(f"train: --grad-clip must be >= 0 (0: no clipping), got {self.grad_clip}")
         if self.peak_tflops is not None and not 0 < self.peak_tflops < math.inf:
             raise ArchDSLError(f"train: --peak-tflops must be a positive number, got {self.peak_tflops}")
-        if self.cpu_threads is not None and self.cpu_threads < 1:
-            raise ArchDSLError(f"train: --threads must be at least 1, got {self.cpu_threads}")
+        if self.cpu_threads is not None and not 1 <= self.cpu_threads < 2**31:  # torch takes a C int
+            raise ArchDSLError(f"train: --threads must be at least 1 (and below 2^31), got {self.cpu_threads}")
         if self.save_every < 0:
             raise ArchDSLError(f"train: --save-every must be >= 0, got {self.save_every}")
         if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
             raise ArchDSLError(f"train: --stop-after must be in 1..--steps, got {self.stop_after}")
+        if not 0 <= self.seed <= MAX_SEED:  # seed + 1 seeds the data's generator
+            raise ArchDSLError(f"train: --seed must be in 0..2^63-1 (a signed 64-bit integer), got {self.seed}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ArchDSLError(f"train: betas must be two numbers in [0, 1), got {shown(self.betas)}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ArchDSLError(f"train: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 <= self.warmup < math.inf:

@@ -181,16 +181,43 @@ def make_optimizer(cfg: TrainConfig, model, device):
 
 def train(cfg: TrainConfig) -> dict:
     """Run (or continue) a training run; returns rank 0's summary (losses per step, timings)."""
+    if not isinstance(cfg, TrainConfig):  # its fields are checked when it is built, before anything is written
+        raise ArchDSLError(f"train: expected a TrainConfig, got {type(cfg).__name__}",
+                           hint="build one with archdsl.train.TrainConfig(spec=..., data=..., steps=..., rundir=...)")
     env, spec, spec_yaml, data, device, resume_from = prepare(cfg)
     threads = torch.get_num_threads()
     if cfg.cpu_threads and device.type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)
+    created = not os.path.exists(cfg.rundir)
     dist = init_distributed(env, device)
     try:
         return _run(cfg, spec, spec_yaml, data, dist, resume_from)
+    except BaseException:
+        if dist.is_main and not resume_from:
+            _remove_unstarted(cfg.rundir, created)
+        raise
     finally:
         shutdown()
         torch.set_num_threads(threads)
+
+
+def _remove_unstarted(rundir: str, created: bool) -> None:
+    """A new run that failed before its first step was recorded (out of memory, a batch with nothing to score,
+    Ctrl-C): its run.json and empty metrics.jsonl removed, and RUNDIR if this run created it and it is now empty,
+    so that the same command can be run again (prepare refuses a RUNDIR holding an earlier run's files)."""
+    metrics, ckpt = os.path.join(rundir, "metrics.jsonl"), os.path.join(rundir, CKPT_DIR)
+    try:
+        if (os.path.isfile(metrics) and os.path.getsize(metrics)) or (os.path.isdir(ckpt) and os.listdir(ckpt)):
+            return  # a step or a checkpoint: a run to keep
+        for name in ("run.json", "metrics.jsonl"):
+            if os.path.isfile(path := os.path.join(rundir, name)):
+                os.remove(path)
+        if os.path.isdir(ckpt):
+            os.rmdir(ckpt)
+        if created and os.path.isdir(rundir) and not os.listdir(rundir):
+            os.rmdir(rundir)
+    except OSError:  # the failure that brought us here is the one to tell
+        pass
 
 
 def _grad_norm(params, clip: float) -> float:
