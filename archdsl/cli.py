@@ -552,7 +552,7 @@ def _add_train(p):
     p.add_argument("--bf16", action="store_true", help="bf16 compute (FSDP2 mixed precision), fp32 master weights")
     p.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing per layer")
     p.add_argument("--compile", action="store_true", help="torch.compile each layer")
-    p.add_argument("--save-every", type=int, default=0, metavar="K", help="checkpoint every K steps (and at the end)")
+    p.add_argument("--save-every", type=int, default=0, metavar="K", help="checkpoint every K steps (and at the end; 0: only at the end)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in RUNDIR that loads (a damaged one is passed over "
                         "with a warning)")

@@ -383,6 +383,9 @@ TINY = dict(spec="mamba2(d_state=8, headdim=8)", data="mqar:seq=32,pairs=2", bat
     (dict(spec=3), "train: spec must be a str or os.PathLike, got 3 (int)"),
     (dict(rundir=b"run"), "train: rundir must be a str or os.PathLike, got b'run' (bytes)"),
     (dict(settings="d_model=32"), "train: settings must be a tuple of str, got 'd_model=32' (str)"),
+    (dict(steps=10**30), "train: --steps 1000000000000000000000000000000 is too large (at most 2^40"),  # ran forever
+    (dict(batch=10**30), "train: --batch 1000000000000000000000000000000 is too large"),  # torch's TypeError
+    (dict(save_every=2**41), "train: --save-every 2199023255552 is too large"),
 ])
 def test_config_fields_of_a_wrong_type_are_refused_before_anything_is_written(tmp_path, kw, message):
     """The Python API's TrainConfig checks every field's type, not only its range: a float --steps trained until
@@ -782,3 +785,24 @@ def test_the_schedule_ends_at_its_floor():
     assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0]) and lrs[-1] == pytest.approx(0.1)
     assert all(a > b for a, b in zip(lrs[4:], lrs[5:]))  # below the peak from the first step after the warmup
     assert lr_at(TrainConfig(spec="mamba2", data="mqar", steps=1, rundir="run", warmup=0, lr=1.0), 0) == 0.1
+
+
+@pytest.mark.parametrize("meta, why", [("[]", "does not read (ValueError: a JSON list, not an object)"),
+                                       ('"x"', "does not read (ValueError: a JSON str, not an object)"),
+                                       ("[" * 100000, "does not read"),
+                                       (None, "its sha256 map is garbled (a str)")])
+def test_a_meta_json_of_the_wrong_shape_is_damage(tmp_path, meta, why):
+    """JSON that is not an object was a TypeError traceback (resume, export); nested too deeply, an error naming no
+    file; a garbled sha256 map was taken for an old checkpoint's and nothing was checked."""
+    from archdsl.train.checkpoint import damage
+
+    run = str(tmp_path / "run")
+    train(TrainConfig(**{**TINY, "steps": 1, "rundir": run}))
+    path = os.path.join(run, "checkpoints", "step_00000001")
+    meta_file = os.path.join(path, "meta.json")
+    if meta is None:
+        old = json.loads(open(meta_file).read())
+        meta = json.dumps({**old, "sha256": "x"})
+    with open(meta_file, "w") as f:
+        f.write(meta)
+    assert damage(path).startswith(f"{meta_file}: {why}"), damage(path)

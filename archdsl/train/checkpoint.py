@@ -76,6 +76,8 @@ def read_meta(path: str) -> dict:
 def _meta(path: str) -> dict:
     with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
+    if not isinstance(meta, dict):
+        raise ValueError(f"a JSON {type(meta).__name__}, not an object")
     meta["spec_sha256"], meta["step"]  # noqa: B018 - present or KeyError
     return meta
 
@@ -88,10 +90,16 @@ def damage(path: str, prefix: str = "") -> str | None:
     save wrote them (a checkpoint from before it did is not checked so). None when they are whole."""
     from torch.distributed.checkpoint import FileSystemReader
 
+    meta_file = os.path.join(path, "meta.json")
     try:
         digests = _meta(path).get("sha256")
     except (OSError, ValueError, KeyError) as e:
-        return f"{os.path.join(path, 'meta.json')}: does not read ({type(e).__name__}: {e})"
+        return f"{meta_file}: does not read ({type(e).__name__}: {e})"
+    except RecursionError:
+        return f"{meta_file}: does not read (nested too deeply)"
+    if digests is not None and not (isinstance(digests, dict)
+                                    and all(isinstance(v, str) for v in digests.values())):
+        return f"{meta_file}: its sha256 map is garbled (a {type(digests).__name__})"
     try:
         metadata = FileSystemReader(path).read_metadata()
     except Exception as e:  # noqa: BLE001 - a pickle cut short or garbled raises any kind
@@ -107,7 +115,7 @@ def damage(path: str, prefix: str = "") -> str | None:
             return f"{file}: missing"
         if os.path.getsize(file) < size:
             return f"{file}: truncated ({os.path.getsize(file):,} of {size:,} bytes)"
-    if isinstance(digests, dict):
+    if digests is not None:
         for fqn, info in sorted(entries, key=lambda e: (e[1].relative_path, e[1].offset)):
             where = f"{os.path.join(path, info.relative_path)}: the bytes of {fqn} (offset {info.offset:,}, " \
                     f"{info.length:,} bytes)"

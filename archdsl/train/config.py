@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import ArchDSLError, shown
-from ..units import MAX_SEED
+from ..units import MAX_COUNT, MAX_SEED
 
 
 def _integer(v) -> bool:
@@ -96,6 +96,10 @@ class TrainConfig:
                 raise ArchDSLError(f"train: {f.name} must be {what}{' or None' if f.default is None else ''}, "
                                    f"got {shown(value)} ({type(value).__name__})")
             object.__setattr__(self, f.name, kept(value))
+        for flag, value in (("--steps", self.steps), ("--batch", self.batch), ("--micro-batch", self.micro_batch),
+                            ("--seq-len", self.seq_len), ("--save-every", self.save_every)):
+            if value is not None and value > MAX_COUNT:  # 10^30 steps trained at lr 1e-32 until stopped
+                raise ArchDSLError(f"train: {flag} {value} is too large (at most 2^40 = {MAX_COUNT:,})")
         if self.steps < 1:
             raise ArchDSLError(f"train: --steps must be positive, got {self.steps}")
         if self.batch < 1:
