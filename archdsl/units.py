@@ -77,3 +77,11 @@ def human(n: float, unit: str = "") -> str:
             return f"{text} {p}" if unit == "B" else text + p
         n /= base
     return str(n)
+
+
+def to_float(v) -> float:
+    """float(v) of a real number, an int past a float's range as ±inf (for the range check that follows)."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..analysis import analyze, dtype_bytes
 from ..errors import ArchDSLError, did_you_mean, shown
-from ..units import human, parse_count
+from ..units import human, parse_count, to_float
 from .space import Space
 
 METRICS = {"params": "params", "active_params": "active_params", "active": "active_params",
@@ -40,7 +40,7 @@ UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9, "t": 10**12,
 def parse_amount(text: str | int | float) -> float:
     """'1.5B' → 1.5e9, '2GiB' → 2**31, '300M' → 3e8, '4096' → 4096."""
     if isinstance(text, numbers.Real) and not isinstance(text, bool):
-        value = _float(text)
+        value = to_float(text)
         if math.isnan(value):
             raise ArchDSLError(f"not an amount: {shown(text)} (write 1.5B, 300M, 2GiB or 4096)")
         if math.isinf(value):
@@ -59,14 +59,6 @@ def parse_amount(text: str | int | float) -> float:
     if not math.isfinite(value):
         raise ArchDSLError(f"amount too large: {text!r}")
     return value
-
-
-def _float(v: numbers.Real) -> float:
-    """float(v), an int past a float's range as inf."""
-    try:
-        return float(v)
-    except OverflowError:
-        return math.inf
 
 
 def parse_context(text: str) -> int:
@@ -117,7 +109,7 @@ class Constraint:
         object.__setattr__(self, "metric", constraint_metric(self.metric))
         for name in ("max", "min"):
             v = getattr(self, name)
-            bad = isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= _float(v) < math.inf
+            bad = isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= to_float(v) < math.inf
             if v is not None and bad:
                 raise ArchDSLError(f"constraint {name} must be a number >= 0, or None, got {shown(v)}")
             object.__setattr__(self, name, None if v is None else float(v))

@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import ArchDSLError, shown
-from ..units import MAX_COUNT, MAX_SEED
+from ..units import MAX_COUNT, MAX_SEED, to_float
 
 
 def _integer(v) -> bool:
@@ -25,13 +25,6 @@ def _number(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def _float(v) -> float:
-    try:
-        return float(v)
-    except OverflowError:  # an int past a float's range: the range checks then refuse it as inf
-        return math.inf if v > 0 else -math.inf
-
-
 def _path(v) -> bool:
     return isinstance(v, str) or (isinstance(v, os.PathLike) and isinstance(os.fspath(v), str))
 
@@ -39,13 +32,13 @@ def _path(v) -> bool:
 # each kind of field: (the test its value passes, what the error says it must be, the value kept)
 KINDS = {
     "int": (_integer, "an int", int),
-    "number": (_number, "a number", _float),
+    "number": (_number, "a number", to_float),
     "bool": (lambda v: isinstance(v, bool), "True or False", bool),
     "str": (lambda v: isinstance(v, str), "a str", str),
     "path": (_path, "a str or os.PathLike", os.fspath),
     "strs": (lambda v: isinstance(v, (tuple, list)) and all(isinstance(x, str) for x in v), "a tuple of str", tuple),
     "pair": (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_number(x) for x in v),
-             "a pair of numbers", lambda v: tuple(_float(x) for x in v)),
+             "a pair of numbers", lambda v: tuple(to_float(x) for x in v)),
 }
 # each field's kind; one whose default is None may also be None
 FIELDS = {"spec": "path", "settings": "strs", "data": "path", "steps": "int", "rundir": "path", "batch": "int",
