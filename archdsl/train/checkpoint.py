@@ -149,7 +149,7 @@ def _entry_sha(path: str, info) -> str:
 
 def _digests(path: str, rank: int, world: int) -> dict[str, str]:
     """The sha256 of the entries of the checkpoint just written at `path`, every `world`-th one from `rank` (each
-    rank hashes its share; rank 0 gathers them)."""
+    rank hashes its share and writes it beside them; rank 0 gathers the files)."""
     from torch.distributed.checkpoint import FileSystemReader
 
     infos = sorted(FileSystemReader(path).read_metadata().storage_data.values(),
@@ -249,10 +249,16 @@ def save_checkpoint(rundir: str, step: int, model, opt, gen: torch.Generator, me
             raise
         tdist.barrier()
         world = tdist.get_world_size()
-        shares = [None] * world
-        tdist.all_gather_object(shares, _digests(tmp, rank, world))
+        with open(os.path.join(tmp, f".sha256.{rank}.json"), "w", encoding="utf-8") as f:  # this rank's share
+            json.dump(_digests(tmp, rank, world), f)
+        tdist.barrier()
         if rank == 0:
-            digests = {k: v for share in shares for k, v in sorted(share.items())}
+            digests = {}
+            for r in range(world):  # gathered through the files, as the checkpoint is: no collective of objects
+                share = os.path.join(tmp, f".sha256.{r}.json")
+                with open(share, encoding="utf-8") as f:
+                    digests.update(json.load(f))
+                os.remove(share)
             with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
                 json.dump({**meta, "step": step, "sha256": digests}, f, indent=2)
             shutil.rmtree(final, ignore_errors=True)
