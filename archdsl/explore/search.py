@@ -407,7 +407,11 @@ def pareto_ranks(cands: Sequence[Candidate], objectives: Sequence[str]) -> list[
     A point's rank is one more than the highest rank of the points that dominate it (0 when none
     does), and only a point before it in sorted order can dominate it; so one pass over the distinct
     points, sorted, ranks them all. Distinct: the placements of a frame share one point."""
-    cands, objectives = _candidates(cands), norm_objectives(objectives)
+    return _pareto_ranks(_candidates(cands), norm_objectives(objectives))
+
+
+def _pareto_ranks(cands: list[Candidate], objectives: tuple[str, ...]) -> list[int]:
+    """pareto_ranks of arguments already checked."""
     keys = [_key(c, objectives) for c in cands]
     points = sorted(set(keys))
     ranks: dict[tuple, int] = {}
@@ -424,7 +428,7 @@ def rank(cands: list[Candidate], objectives: Sequence[str], eligible: Callable |
         raise ArchDSLError(f"eligible must be a function of a Candidate, or None, got {shown(eligible)}")
     pool = [c for c in cands if eligible is None or eligible(c)]
     rest = [c for c in cands if not (eligible is None or eligible(c))]
-    for c, r in zip(pool, pareto_ranks(pool, objectives)):
+    for c, r in zip(pool, _pareto_ranks(pool, objectives)):
         c.rank, c.on_front = r, r == 0
     for c in rest:
         c.rank, c.on_front = None, False
