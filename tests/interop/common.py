@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.hf_util import transformers
+from hf_util import transformers
 
 TOL = 1e-5
 

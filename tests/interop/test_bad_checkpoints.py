@@ -11,7 +11,7 @@ import archdsl
 from archdsl.cli import main
 from archdsl.convert.hf_io import export_hf
 from archdsl.errors import ArchDSLError
-from tests.interop.common import make_hf
+from interop.common import make_hf
 
 NAME = "backbone.layers.1.mixer.in_proj.weight"
 

@@ -1,4 +1,4 @@
-from tests.interop.common import check_family, make_hf
+from interop.common import check_family, make_hf
 
 
 def test_falcon_mamba(tmp_path):

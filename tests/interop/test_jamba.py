@@ -1,7 +1,7 @@
 """Jamba: mamba (weighted dt/B/C norms) + attention + MoE, against transformers' JambaForCausalLM."""
 import pytest
 
-from tests.interop.common import check_family, make_hf
+from interop.common import check_family, make_hf
 
 SMALL = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
              mamba_d_state=8, mamba_dt_rank=4, mamba_d_conv=4, rms_norm_eps=1e-6)
@@ -50,7 +50,7 @@ def test_jamba_export_of_a_native_spec(tmp_path):
     import torch
     from archdsl.convert.hf_io import export_hf
     from archdsl.spec import spec_from_yaml
-    from tests.interop.common import rel, transformers
+    from interop.common import rel, transformers
 
     spec = spec_from_yaml("d_model: 32\nvocab_size: 100\nnorm_eps: 1.0e-5\nffn: mlp\nlayout: 4×mamba(inner_norms=weighted, "
                           "d_state=8, inner_norm_eps=1.0e-5), attn(heads=4, rope=false) every 2, "

@@ -1,6 +1,6 @@
 import torch
 
-from tests.interop.common import check_family, make_hf
+from interop.common import check_family, make_hf
 
 
 def _router_bias(model):

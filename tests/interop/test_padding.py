@@ -4,7 +4,7 @@ generate's repetition_penalty gives transformers' tokens."""
 import pytest
 import torch
 
-from tests.interop.common import make_hf
+from interop.common import make_hf
 
 FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM",

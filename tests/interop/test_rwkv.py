@@ -3,7 +3,7 @@ RwkvForCausalLM."""
 import pytest
 import torch
 
-from tests.interop.common import check_family, make_hf
+from interop.common import check_family, make_hf
 
 SMALL = dict(hidden_size=32, attention_hidden_size=32, intermediate_size=64, context_length=64)
 
@@ -53,7 +53,7 @@ def test_rwkv_rescale_every_is_the_same_function(tmp_path):
     """transformers halves the residual stream every `rescale_every` layers at inference (weights
     divided to match): the same function up to the LayerNorm eps, which we leave out."""
     import archdsl
-    from tests.interop.common import hf_logits, rel
+    from interop.common import hf_logits, rel
 
     hf = make_hf("RwkvConfig", "RwkvForCausalLM", vocab_size=64, num_hidden_layers=4, rescale_every=2,
                  init=_jitter, **SMALL)

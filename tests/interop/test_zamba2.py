@@ -3,7 +3,7 @@ adapters, against transformers' Zamba2ForCausalLM."""
 import pytest
 import torch
 
-from tests.interop.common import check_family, make_hf
+from interop.common import check_family, make_hf
 
 SMALL = dict(hidden_size=32, num_attention_heads=4, n_mamba_heads=4, mamba_d_state=8, adapter_rank=4,
              intermediate_size=48, chunk_size=8)
@@ -57,7 +57,7 @@ def test_zamba2_abab_untied_head(tmp_path):
     and export writes one per layer."""
     import archdsl
     from archdsl.convert.hf_io import export_hf
-    from tests.interop.common import TOL, hf_greedy, hf_logits, rel, transformers
+    from interop.common import TOL, hf_greedy, hf_logits, rel, transformers
 
     kw = dict(vocab_size=100, num_hidden_layers=6, layers_block_type=ABAB, num_mem_blocks=2, **SMALL)
     hf = make_hf("Zamba2Config", "Zamba2ForCausalLM", tie_word_embeddings=False, init=_tie_shared_blocks, **kw)
@@ -89,7 +89,7 @@ def test_zamba2_untied_copies_that_differ_are_refused(tmp_path):
 def test_zamba2_dt_floor_is_applied(tmp_path):
     """HF clamps dt at time_step_min; with a head far below it our logits still match."""
     import archdsl
-    from tests.interop.common import hf_logits, rel
+    from interop.common import hf_logits, rel
 
     hf = make_hf("Zamba2Config", "Zamba2ForCausalLM", vocab_size=64, num_hidden_layers=2,
                  layers_block_type=["mamba", "hybrid"], init=_floor_some_dt, **SMALL)
@@ -121,7 +121,7 @@ def test_zamba2_export_of_a_native_spec(tmp_path):
     import archdsl
     from archdsl.convert.hf_io import export_hf
     from archdsl.spec import spec_from_yaml
-    from tests.interop.common import hf_logits, rel, transformers
+    from interop.common import hf_logits, rel, transformers
 
     spec = spec_from_yaml("d_model: 32\nvocab_size: 100\n"
                           "layout: 4×mamba2(headdim=16, d_state=8), zamba(shared, lora=4, heads=4, hidden=48) at 1 3")
