@@ -18,6 +18,8 @@
   a GPU run cut by its time limit still says what failed and why (pytest prints the errors in its summary only).
 - On a CUDA machine, after each `gpu` test the caching allocator's free blocks are given back to the card: each
   xdist worker would otherwise keep its own peak, and three workers' float64 references fill an 80-GB card.
+  Tests marked `big_memory` (a million tokens or more) also take a lock file shared by the workers, so two of them
+  never run at once (`pytest -m gpu -n 4` on an 80-GB card ran out of memory with two together).
 - The repository's top-level kernels/ folder (archdsl.kernels) has the name of the hub package `kernels`,
   which transformers (>= 5.25, which installs it) imports at once where it finds it. `python -m pytest` puts
   the repository root first on sys.path, so transformers would import our folder instead and fail ("cannot
@@ -121,9 +123,17 @@ def pytest_runtest_logreport(report):
 
 if torch.cuda.is_available():
     @pytest.fixture(autouse=True)
-    def _give_the_card_back(request):
+    def _give_the_card_back(request, tmp_path_factory):
+        lock = None
+        if request.node.get_closest_marker("big_memory") is not None:
+            import fcntl
+
+            # the xdist workers' base temp folders share this parent
+            lock = open(tmp_path_factory.getbasetemp().parent / "big_memory.lock", "w")
+            fcntl.flock(lock, fcntl.LOCK_EX)
         yield
-        if request.node.get_closest_marker("gpu") is None:
-            return
-        gc.collect()  # a test's reference cycles (autograd graphs) first
-        torch.cuda.empty_cache()
+        if request.node.get_closest_marker("gpu") is not None:
+            gc.collect()  # a test's reference cycles (autograd graphs) first
+            torch.cuda.empty_cache()
+        if lock is not None:
+            lock.close()  # releases it

@@ -302,6 +302,7 @@ def test_gpu_full_size(dtype, tol, channels_last, seq):
     assert (got[0].stride(1) == 1) == channels_last  # y laid out as x
 
 
+@pytest.mark.big_memory
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("L", [131072, 1 << 20])

@@ -1021,6 +1021,7 @@ def test_gpu_128k_tokens_with_gradients(bwd, scan_fwd):
         assert_close(run(selective_scan, t), _ref64(t, grads=True, chunk=64), 1e-3)
 
 
+@pytest.mark.big_memory
 @pytest.mark.gpu
 @gpu
 def test_gpu_1m_tokens(scan_fwd):

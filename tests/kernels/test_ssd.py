@@ -967,6 +967,7 @@ def test_gpu_step_matches_scan_bf16(impl, monkeypatch):
     assert_close([torch.stack(ys, 1), y], [want, want], 2e-2)
 
 
+@pytest.mark.big_memory
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("impl", IMPLS)

@@ -325,6 +325,7 @@ def test_gpu_packed_full_size_vs_float64(dtype, tol):
     close(run(lambda *a: triton_wkv4(*a, seq), xs, state), want, tol, f"packed {dtype}")
 
 
+@pytest.mark.big_memory
 @cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("T", [131072, 1 << 20])

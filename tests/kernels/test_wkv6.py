@@ -501,6 +501,7 @@ def test_gpu_full_size_vs_float64(dtype, tol, impl):
     close(run(IMPLS[impl], xs, True), want, tol, f"{impl} full {dtype}")
 
 
+@pytest.mark.big_memory
 @cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("impl", ["triton", "triton_chunked"])
