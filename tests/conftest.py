@@ -128,8 +128,8 @@ if torch.cuda.is_available():
         if request.node.get_closest_marker("big_memory") is not None:
             import fcntl
 
-            # the xdist workers' base temp folders share this parent
-            lock = open(tmp_path_factory.getbasetemp().parent / "big_memory.lock", "w")
+            base = tmp_path_factory.getbasetemp()  # an xdist worker's lies in the run's
+            lock = open((base.parent if hasattr(request.config, "workerinput") else base) / "big_memory.lock", "w")
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield
         if request.node.get_closest_marker("gpu") is not None:
