@@ -43,7 +43,10 @@ class BenchRow:
         return asdict(self)
 
 
-def bench(model, batch: int = 1, seq_len: int = 2048, gen: int = 64, cases=("forward", "train", "decode"),
+CASES = ("forward", "train", "decode")  # what bench times, in this order
+
+
+def bench(model, batch: int = 1, seq_len: int = 2048, gen: int = 64, cases=CASES,
           cuda_graph: bool = False, seed: int = 0) -> list[BenchRow]:
     """Time `cases` of `model` at batch × seq_len random tokens (decode: `gen` steps after a prompt of
     seq_len); see the module docstring for what each row counts."""
@@ -59,7 +62,7 @@ def bench(model, batch: int = 1, seq_len: int = 2048, gen: int = 64, cases=("for
     cases = (cases,) if isinstance(cases, str) else cases
     if not isinstance(cases, Iterable) or not (cases := tuple(cases)) or not all(isinstance(c, str) for c in cases):
         raise ArchDSLError(f"bench: cases must be one or more of forward, train, decode, got {cases!r}")
-    unknown = set(cases) - {"forward", "train", "decode"}
+    unknown = set(cases) - set(CASES)
     if unknown:
         raise ArchDSLError(f"bench: unknown case {sorted(unknown)[0]!r} (forward, train, decode)")
     check_seed("bench", seed)

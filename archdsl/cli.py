@@ -14,6 +14,7 @@ import errno
 import io
 import json
 import os
+import signal
 import sys
 import unicodedata
 import warnings
@@ -51,6 +52,9 @@ def _spec(text: str, settings: list[str] | None = None):
     """SPEC as load_spec reads it, with --set's model-level keys changed."""
     from .spec import load_spec, with_settings
 
+    for setting in settings or []:  # errors repeat the setting: a line break (a tab is one line) would split them
+        if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") and c != "\t" for c in setting):
+            raise ArchDSLError(f"--set: must be one line without control characters, got {setting!r}")
     spec = load_spec(text)
     return with_settings(spec, settings) if settings else spec
 
@@ -121,7 +125,8 @@ def _add_show(p):
 
 def _add_ssm_state_dtype(p):
     p.add_argument("--ssm-state-dtype", default=None, metavar="DTYPE",
-                   help="Mamba / Mamba-2 SSM states' dtype in the cache (default float32; bfloat16 halves them)")
+                   help="Mamba / Mamba-2 SSM states' dtype in the cache (default float32, float64 in a float64 "
+                        "model or cache; bfloat16 halves them)")
 
 
 @command("fmt", "print the canonical text of the layout")
@@ -277,6 +282,13 @@ def cmd_export(args):
     from .convert.hf_io import export_hf
 
     check_output_dir(args.output, HF_FILES)  # before the model is loaded
+    if args.model_type is not None:
+        from .convert.weights import FAMILIES
+        from .errors import did_you_mean
+
+        if args.model_type not in FAMILIES:
+            raise ArchDSLError(f"--model-type: archdsl exports no model_type {args.model_type!r}",
+                               hint=did_you_mean(args.model_type, FAMILIES))
     out = export_hf(args.input, args.output, model_type=args.model_type)
     print(f"wrote {out}", file=sys.stderr)
 
@@ -387,11 +399,16 @@ def cmd_bench(args):
     (wall clock on the CPU), beside the analyzer's FLOPs; decoding as the median of --gen single steps after a
     --seq-len prompt (replayed from a CUDA graph on CUDA unless --no-cuda-graph), beside the bytes a step must read
     (weights and cache)."""
-    from .bench import bench, format_rows
+    from .bench import CASES, bench, format_rows
 
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     if not cases:
         raise ArchDSLError(f"--cases: name at least one of forward, train, decode, got {args.cases!r}")
+    for c in cases:  # before the model is built: a big one takes minutes
+        if c not in CASES:
+            from .errors import did_you_mean
+
+            raise ArchDSLError(f"--cases: unknown case {c!r}", hint=did_you_mean(c, CASES))
     model = _model(args)
     rows = bench(model, batch=args.batch, seq_len=args.seq_len, gen=args.gen, cases=cases,
                  cuda_graph=args.cuda_graph, seed=args.seed)
@@ -447,6 +464,8 @@ def _model(args):
     from .spec import saved_model
 
     fuse = _fuse(args)
+    if args.dtype is not None and not args.dtype.strip():  # not the default: a saved model would keep its own
+        raise ArchDSLError("--dtype: give a dtype (it is empty): float32, bfloat16, float16 or float64")
     if str(args.device).strip().startswith("meta"):  # shapes without data: nothing to time, no tokens to decode
         raise ArchDSLError(f"--device {args.device}: run and bench compute on real tokens; the meta device holds "
                            f"no data (give cpu or cuda)")
@@ -519,11 +538,12 @@ def cmd_train(args):
     global batch. Writes RUNDIR/run.json, metrics.jsonl and checkpoints/. See docs/training.md."""
     from .train import TrainConfig, train
 
-    cfg = TrainConfig(spec=args.spec, settings=tuple(args.set), data=args.data, steps=args.steps, rundir=args.output, batch=args.batch,
-                      micro_batch=args.micro_batch, seq_len=args.seq_len, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
-                      grad_clip=args.grad_clip, bf16=args.bf16, grad_ckpt=args.grad_ckpt, compile=args.compile,
-                      save_every=args.save_every, resume=args.resume, stop_after=args.stop_after, seed=args.seed, device=args.device,
-                      peak_tflops=args.peak_tflops, progress=not args.no_progress, cpu_threads=args.threads)
+    cfg = TrainConfig(spec=args.spec, settings=tuple(args.set), data=args.data, steps=args.steps, rundir=args.output,
+                      batch=args.batch, micro_batch=args.micro_batch, seq_len=args.seq_len, lr=args.lr,
+                      warmup=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip, bf16=args.bf16,
+                      grad_ckpt=args.grad_ckpt, compile=args.compile, save_every=args.save_every, resume=args.resume,
+                      stop_after=args.stop_after, seed=args.seed, device=args.device, peak_tflops=args.peak_tflops,
+                      progress=not args.no_progress, cpu_threads=args.threads)
     out = train(cfg)
     if out.get("losses") and int(__import__("os").environ.get("RANK", 0)) == 0:
         last = max(out["losses"])
@@ -534,8 +554,8 @@ def cmd_train(args):
 def _add_train(p):
     p.add_argument("spec", help="a YAML spec file, a layout string, or a saved model directory (its weights)")
     _add_set(p)
-    p.add_argument("--data", required=True, help="a probe task (mqar:seq=256,pairs=16, selective_copying:..., noisy_recall:..., "
-                   "fuzzy_recall:...) or a token file PATH.bin[:uint16|uint32][,eos=N] (eos: documents packed)")
+    p.add_argument("--data", required=True, help="a probe task (mqar:seq=256,pairs=16, selective_copying:..., "
+                   "noisy_recall:..., fuzzy_recall:...) or a token file PATH.bin[:uint16|uint32][,eos=N] (eos: documents packed)")
     p.add_argument("--steps", type=int, required=True, help="optimizer steps in all (a resumed run continues)")
     p.add_argument("-o", "--output", required=True, metavar="RUNDIR", help="run directory")
     p.add_argument("--batch", type=int, default=32, help="global batch in sequences, split over the processes")
@@ -552,7 +572,8 @@ def _add_train(p):
     p.add_argument("--bf16", action="store_true", help="bf16 compute (FSDP2 mixed precision), fp32 master weights")
     p.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing per layer")
     p.add_argument("--compile", action="store_true", help="torch.compile each layer")
-    p.add_argument("--save-every", type=int, default=0, metavar="K", help="checkpoint every K steps (and at the end; 0: only at the end)")
+    p.add_argument("--save-every", type=int, default=0, metavar="K",
+                   help="checkpoint every K steps (and at the end; 0: only at the end)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in RUNDIR that loads (a damaged one is passed over "
                         "with a warning)")
@@ -582,7 +603,8 @@ def cmd_export_checkpoint(args):
 def _add_export_checkpoint(p):
     p.add_argument("rundir", help="a directory written by archdsl train")
     p.add_argument("-o", "--output", required=True, help="directory to write (replaced atomically)")
-    p.add_argument("--step", type=int, default=None, help="the checkpoint at this step (default: the newest that loads)")
+    p.add_argument("--step", type=int, default=None,
+                   help="the checkpoint at this step (default: the newest that loads)")
     p.add_argument("--dtype", default="float32", help="dtype of the saved weights")
 
 
@@ -647,16 +669,28 @@ def _saying(shown):
     return say
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (kill's default signal) raised as Ctrl-C's KeyboardInterrupt is: the stack unwinds, so that an
+    atomic write cut short removes its temporary file or directory instead of leaving it half-written."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     if sys.stdout is None:
         sys.stdout = _ClosedStdout()
     shown = warnings.showwarning
     warnings.showwarning = _saying(shown)
+    term = signal.getsignal(signal.SIGTERM)
     try:
         return _run(parser, argv)
     finally:
         warnings.showwarning = shown
+        if signal.getsignal(signal.SIGTERM) is _terminate:
+            signal.signal(signal.SIGTERM, term)
 
 
 def _run(parser, argv) -> int:
@@ -666,6 +700,12 @@ def _run(parser, argv) -> int:
         if not getattr(args, "fn", None):
             parser.print_help()
             return 2
+        # train leaves SIGTERM to torchrun's ways (its checkpoints clean up after a kill on their own)
+        if args.command != "train" and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            try:
+                signal.signal(signal.SIGTERM, _terminate)
+            except ValueError:  # not the main thread: signals are the main thread's alone
+                pass
         args.fn(args)
         sys.stdout.flush()  # a failed write to stdout shows here, not as a traceback at exit
         return 0
@@ -690,9 +730,9 @@ def _run(parser, argv) -> int:
         where = f" ({e.filename})" if e.filename else " (writing the output)" if e.errno == errno.ENOSPC else ""
         print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print("terminated" if isinstance(e, _Terminated) else "interrupted", file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(e, _Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -99,7 +99,16 @@ class ArchDSLError(Exception):
         return new
 
 
-_SHOWN = reprlib.Repr()  # its limits set one by one: Python 3.10 and 3.11 take no arguments
+class _Repr(reprlib.Repr):
+    def repr_int(self, x, level):
+        """An int of 16 digits or more in scientific notation ('1.000e+400'): as telling as its digits, and str()
+        refuses an int of more than 4300."""
+        from .units import sci
+
+        return repr(x) if abs(x) < 10**15 else ("-" if x < 0 else "") + sci(abs(x))
+
+
+_SHOWN = _Repr()  # its limits set one by one: Python 3.10 and 3.11 take no arguments
 _SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother = 2, 4, 4, 4, 60, 60
 
 

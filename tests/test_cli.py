@@ -785,3 +785,58 @@ def test_convert_puts_a_bad_name_down_to_name(tmp_path, capsys):
         assert err == "error: --name: must be one line without control characters, got 'a\\nb'\n"
     code, out, _ = run("convert", "--from", "megatron", "M-", "--name", "é 名前", capsys=capsys)
     assert code == 0 and out.startswith("name: é 名前\n")
+
+
+def test_a_setting_with_a_line_break_is_refused_on_one_line(capsys):
+    """`--set $'name=a\\nb'` was said over two lines, the setting repeated as it is (`error: --set name=a` and `b: name
+    must be one line ...`); so was a value read as YAML across the break (d_model=1\\n2)."""
+    for setting in ("name=a\nb", "d_model=1\n2", "norm=rms\x1b[31mnorm"):
+        code, out, err = run("show", "2×mamba2", "--set", setting, capsys=capsys)
+        assert code == 2 and out == "" and err == f"error: --set: must be one line without control characters, got " \
+                                                  f"{setting!r}\n", err
+
+
+def test_export_refuses_an_unknown_model_type_by_its_option(tmp_path, monkeypatch, capsys):
+    """`export --model-type bogus` loaded the model, then put the error down to a 'config field' there is none of."""
+    import archdsl.convert.hf_io
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(archdsl.convert.hf_io, "export_hf", no_export)
+    for model_type, hint in (("mamba3", "did you mean 'mamba'"), ("", "valid names: bamba")):
+        code, out, err = run("export", str(tmp_path), "--to", "hf", "-o", str(tmp_path / "hf"), "--model-type",
+                             model_type, capsys=capsys)
+        assert code == 2 and out == "" and err.startswith(f"error: --model-type: archdsl exports no model_type "
+                                                          f"{model_type!r}; {hint}"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_kill_while_writing_leaves_nothing_behind(tmp_path):
+    """SIGTERM (kill's default signal) while compile wrote its model left the temporary directory beside the
+    output, a half-written model.safetensors in it: the process died without unwinding. It is now taken as
+    Ctrl-C is: exit 143, `terminated`, nothing left."""
+    code = ("import os, signal, sys\n"
+            "import safetensors.torch\n"
+            "def save_file(tensors, path, metadata=None):\n"
+            "    open(path, 'wb').write(b'half')\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "safetensors.torch.save_file = save_file\n"
+            "from archdsl.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    r = subprocess.run([sys.executable, "-c", code, "compile", "2×mamba2", "--set", "d_model=32", "--set",
+                        "vocab_size=10", "-o", str(tmp_path / "m")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 143 and r.stderr == "terminated\n", r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_ssm_state_dtype_help_tells_the_float64_default(capsys):
+    """The help said the SSM states' default is float32; in a float64 cache (and model) they are float64."""
+    cache = {}
+    for flags in ((), ("--ssm-state-dtype", "float64"), ("--ssm-state-dtype", "float32")):
+        code, out, _ = run("show", "2×mamba2", "--dtype", "float64", "--json", *flags, capsys=capsys)
+        cache[flags] = json.loads(out)["cache_bytes"]
+    assert cache[()] == cache["--ssm-state-dtype", "float64"] > cache["--ssm-state-dtype", "float32"]
+    with pytest.raises(SystemExit):
+        main(["show", "--help"])
+    assert "default float32, float64 in a float64 model or cache" in " ".join(capsys.readouterr().out.split())

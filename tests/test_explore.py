@@ -428,7 +428,7 @@ def test_bad_space_probe_sections_point_into_the_file_and_write_nothing(tmp_path
 
 @pytest.mark.parametrize("settings, message", [
     ({"steps": 2.0}, "train: steps must be a positive integer, got 2.0"),
-    ({"batch_size": False}, "train: batch_size must be a positive integer, got False"),
+    ({"batch_size": False}, "train: batch_size must be a positive integer below 2^31, got False"),
     ({"lr": float("inf")}, "train: lr must be a positive number, got inf"),
     ({"betas": (0.9,)}, "train: betas must be a pair of numbers in [0, 1)"),
     ({"seed": -1}, "train: seed must be an integer in 0..2^63-1, got -1"),
@@ -813,3 +813,126 @@ def test_bad_arguments_of_the_api_are_archdsl_errors(call, message):
     with pytest.raises(ArchDSLError) as e:
         call()
     assert message in str(e.value)
+
+
+HUGE = 10**5000  # past str()'s 4300 digits: a message that writes it out raises ValueError
+
+
+@pytest.mark.parametrize("kw, message", [
+    # attn_count 10**400 was accepted, then said 'the space is empty'
+    ({"attn_count": 10**400}, "attn_count about 10^400 is past the 100000 layers a layout may expand to"),
+    ({"attn_count": (0, HUGE)}, "attn_count about 10^5000 is past the 100000 layers"),
+    ({"attn_count": 1.5}, "attn_count counts layers: give integers, got [1.5, 1.5]"),  # was 'the space is empty'
+    ({"attn_fraction": (0, HUGE)}, "attn_fraction [0, about 10^5000] is out of range [0, 1]"),  # was a ValueError
+    ({"depth": HUGE}, "depth about 10^5000 is past the 100000 layers"),  # ValueError
+    ({"d_model": (32, 2**40)}, "d_model 1099511627776 is past 10^6, the widest a spec may be"),
+    ({"moe_every": 2**70}, "moe_every 1.181e+21 is past the 100000 layers"),  # 'attn_fraction ... allows no count'
+    ({"moe_every": 2, "moe_experts": 10**400}, "moe_experts about 10^400 is past 2^40, more than any model holds"),
+    ({"moe_every": 2, "moe_hidden": 2**62}, "moe_hidden 4.612e+18 is past 2^40"),
+    ({"placements": ("every",), "every_periods": HUGE}, "every_periods about 10^5000 is past the 100000 layers"),
+    ({"placements": ("every",), "every_offsets": 2**70}, "every_offsets 1.181e+21 is past the 100000 layers"),
+    ({"moe_every": 16}, "the space is empty: moe every [16] selects no layer at depth 8"),  # blamed attn_fraction
+    ({"name": "a\tb"}, "name must be one line of text without control characters"),  # was 'all removed'
+    ({"name": b"x"}, "name must be a string, got b'x'"),  # a TypeError once results.json was written
+    ({"name": HUGE}, "name must be a string, got about 10^5000"),
+    ({"probe": {"d_model": 10**7}}, "probe: d_model must be at most 10^6 (the widest a spec may be), got 10000000"),
+])
+def test_huge_or_mistyped_knobs_are_refused_up_front(kw, message):
+    with pytest.raises(ArchDSLError) as e:
+        explore(small_space(dict({"d_model": (32,)}, **kw)))
+    assert message in str(e.value)
+
+
+def test_numpy_scalars_and_arrays_and_numeric_names_work():
+    np = pytest.importorskip("numpy")
+    space = small_space({"attn_count": np.array([0, 2]), "shared": np.bool_(False), "d_model": (32,), "name": 2024})
+    assert space.attn_count == (0, 2) and space.shared == (False,) and space.name == "2024"
+    assert len(explore(space).candidates) > 1 and "2024" in space.to_yaml()
+
+
+@pytest.mark.parametrize("blocks, message", [
+    ({"a": {"kind": "b"}, "b": {"kind": "a"}}, "block alias 'a' goes round in a circle: a → b → a"),
+    ({"a": {"kind": 3}}, "block alias 'a': kind must be a block kind's name, got 3"),
+    ({"a": {"kind": "mamab2"}}, "unknown block kind 'mamab2' (alias 'a' → mamab2); did you mean 'mamba2'"),
+])
+def test_bad_block_aliases_say_why(blocks, message):  # each was "unknown block kind 'a'; did you mean 'a'?"
+    with pytest.raises(ArchDSLError) as e:
+        load_space({"base": {"blocks": blocks}, "mixers": ["a"]})
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: explore(Space(), context=HUGE), "context: about 10^5000 is too large (at most 2^40"),  # ValueError
+    (lambda: explore(Space(), batch=HUGE), "batch: about 10^5000 is too large (at most 2^40"),
+    (lambda: search.Constraint("params", max=HUGE), "constraint max must be a number >= 0, or None, got about 10^5000"),
+    (lambda: search.parse_amount(HUGE), "amount too large: about 10^5000"),
+    (lambda: dominates((x for x in (1,)), (2,)), None),  # a generator was read twice: 'points of different lengths'
+    (lambda: search.norm_objectives(b"params"), "objectives must be metric names"),  # was 'unknown objective 112'
+    (lambda: load_space(""), "a space is a YAML file or YAML text, got an empty string"),  # 'no such space file: '
+    (lambda: load_space({"base": ""}), "base must be a spec file path or a mapping of spec keys, got an empty string"),
+])
+def test_odd_api_arguments_are_named(call, message):
+    if message is None:
+        assert call() is True
+        return
+    with pytest.raises(ArchDSLError) as e:
+        call()
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"top": 1.5}, "top must be an integer in 1..2^63-1 or None, got 1.5"),  # a TypeError after writing results
+    ({"top": "3"}, "top must be an integer in 1..2^63-1 or None, got '3'"),
+    ({"top": HUGE}, "top must be an integer in 1..2^63-1 or None, got about 10^5000"),
+    ({"seed": -1}, "seed must be an integer in 0..2^63-1, got -1"),  # recorded as it was
+    ({"seed": None}, "seed must be an integer in 0..2^63-1, got None"),
+    ({"outdir": b"o"}, "outdir: expected a directory (str or os.PathLike), got bytes"),  # TypeError, an empty dir left
+    ({"outdir": "o\0x"}, "holds a NUL byte"),
+    ({"probe": "mqar"}, "probe must be a ProbeSpec or None, got 'mqar'"),  # AttributeError
+])
+def test_bad_run_arguments_write_nothing(tmp_path, monkeypatch, kw, message):
+    from archdsl.explore.runner import run
+
+    monkeypatch.chdir(tmp_path)
+    kw = dict({"outdir": "o"}, **kw)
+    space = small_space({"attn_count": (0, 0), "d_model": (16,), "depth": (2,)})
+    with pytest.raises(ArchDSLError) as e:
+        run(space, [], ("params",), progress=False, log=lambda *a: None, **kw)
+    assert message in str(e.value) and not list(tmp_path.iterdir())
+
+
+def test_numpy_top_and_seed_run(tmp_path):
+    np = pytest.importorskip("numpy")
+    from archdsl.explore.runner import run
+
+    space = small_space({"attn_count": (0, 0), "d_model": (16,), "depth": (2,)})
+    run(space, [], ("params",), str(tmp_path / "o"), top=np.int64(1), seed=np.int64(3), progress=False,
+        log=lambda *a: None)  # was 'not JSON: int64', results.json half-made
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["config"]["seed"] == 3
+
+
+@pytest.mark.parametrize("doc", ["[]", "null", '{"config": 3}', '{"config": {}, "candidates": 3}',
+                                 '{"config": {}, "candidates": [1]}', '{"config": {}, "candidates": [{"probe": 1}]}',
+                                 '{"config": {}, "candidates": [{"id": "c0000", "layout": "x", "probe": {}}]}'])
+def test_a_malformed_results_file_is_not_resumed(tmp_path, capsys, doc):
+    """Each but the last was an AttributeError, TypeError or KeyError."""
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "results.json").write_text(doc)
+    code, _, err = _run(["explore", str(space), "--resume", str(tmp_path / "o"), "--no-progress"], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert ("other settings" if '"id"' in doc else "is not an exploration's results") in err, err
+    assert (tmp_path / "o" / "results.json").read_text() == doc
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--top", "99999999999999999999999"], "--top: must be at most 2^63-1"),
+    (["--probe", "--batch-size", "99999999999999999999"], "batch_size must be a positive integer below 2^31"),  # torch
+])
+def test_huge_flags_are_refused_and_nothing_is_written(tmp_path, capsys, flags, message):
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY)
+    code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"] + flags, capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()

@@ -6,7 +6,7 @@ import os
 import sys
 
 from ..errors import ArchDSLError
-from ..units import parse_count, parse_seed
+from ..units import MAX_SEED, parse_count, parse_seed
 
 
 def add_arguments(p) -> None:
@@ -40,7 +40,8 @@ def add_arguments(p) -> None:
     p.add_argument("--top", type=int, help="probe (and print) the K best by the analytic ranking (default: "
                    "probe all, print 20)")
     p.add_argument("--seed", type=parse_seed, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (nor their plain lines where stderr is not a terminal)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (nor their plain lines where stderr is not a terminal)")
 
 
 def _value(text: str):
@@ -61,6 +62,8 @@ def check_flags(args) -> None:
                         ("--probe-d-model", args.probe_d_model), ("--top", args.top)):
         if value is not None and value < 1:
             raise ArchDSLError(f"{flag}: must be at least 1, got {value}")
+    if args.top is not None and args.top > MAX_SEED:  # run() takes at most 2^63-1: more would be all of them anyway
+        raise ArchDSLError(f"--top: must be at most 2^63-1 (leave it out to probe all), got {args.top}")
     if args.lr is not None and not 0 < args.lr < math.inf:
         raise ArchDSLError(f"--lr: must be a positive number, got {args.lr}")
     if args.device is not None and args.device != "auto":

@@ -10,13 +10,15 @@ run's (wall times aside). Ctrl-C writes what is done, then re-raises.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from ..errors import ArchDSLError, did_you_mean
+from ..errors import ArchDSLError, check_path, did_you_mean, shown
 from ..atomic import write_atomic
+from ..units import MAX_SEED
 from .report import table_text, write_plots, write_results
 from .search import ANALYTIC, Constraint, check_args, explore, rank
 from .space import Space, check_probe
@@ -52,14 +54,16 @@ def run(space: Space, constraints: list[Constraint], objectives, outdir: str, pr
     re-rank with accuracy, write results and plots. Returns the Exploration. progress: True a tqdm bar on
     stderr, "lines" a plain line there every 30 s of enumeration and after each probe (for logs), False none."""
     constraints, objectives, context, batch = check_args(space, constraints, objectives, context, batch, dtype)
+    outdir = check_path("outdir", outdir, "directory")
+    if probe is not None and not isinstance(probe, ProbeSpec):
+        raise ArchDSLError(f"probe must be a ProbeSpec or None, got {shown(probe)}")
+    top, seed = _integer("top", top, 1, True), _integer("seed", seed, 0)
     if probe is not None and "accuracy" not in objectives:
         objectives = objectives + ("accuracy",)
     measured = [o for o in objectives if o not in ANALYTIC + ("depth", "attn_fraction")]
     if probe is None and measured:
         raise ArchDSLError(f"objective {', '.join(measured)} needs a probe "
                            "(--probe mqar --steps N)")
-    if top is not None and top < 1:
-        raise ArchDSLError(f"top must be at least 1, got {top}")
     config = _config(space, constraints, objectives, probe, top, seed, context, batch, dtype)
     trainer = _trainer(probe, seed) if probe is not None else None  # bad settings before anything is written
     done = _resumed(outdir, config) if resume else {}
@@ -110,8 +114,19 @@ def run(space: Space, constraints: list[Constraint], objectives, outdir: str, pr
         f"{', '.join(objectives)}" + (f"; {summary['probed']} probed on {probe.task}" if probe else ""))
     for label, n in res.removed.items():
         log(f"  removed by {label}: {n}")
-    log(f"wrote {os.path.join(outdir, 'results.json')}, results.csv, specs/, " + ", ".join(os.path.basename(p) for p in plots))
+    log(f"wrote {os.path.join(outdir, 'results.json')}, results.csv, specs/, "
+        + ", ".join(os.path.basename(p) for p in plots))
     return res
+
+
+def _integer(name: str, value, least: int, none: bool = False) -> int | None:
+    """top or seed: an int (numpy's too) in least..2^63-1, or None where `none`."""
+    if value is None and none:
+        return None
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not least <= value <= MAX_SEED:
+        raise ArchDSLError(f"{name} must be an integer in {least}..2^63-1{' or None' if none else ''}, "
+                           f"got {shown(value)}")
+    return int(value)
 
 
 def _trainer(probe: ProbeSpec, seed: int):
@@ -180,13 +195,28 @@ def _resumed(outdir: str, config: dict) -> dict:
             doc = json.load(f)
     except (OSError, ValueError, RecursionError) as e:
         raise ArchDSLError(f"--resume: cannot read {path}: {e}") from None
+    cands = doc.get("candidates", []) if isinstance(doc, dict) else None
+    if not (isinstance(doc, dict) and isinstance(doc.get("config"), dict) and isinstance(cands, list)
+            and all(map(_resumable, cands))):
+        raise ArchDSLError(f"--resume: {path} is not an exploration's results (a mapping with config and a list of "
+                           f"candidates, each with an id, a layout and a probe result or null)")
     old = _norm(doc.get("config"))
     new = _norm(config)
     if old != new:
         diff = sorted(k for k in set(old or {}) | set(new) if (old or {}).get(k) != new.get(k))
-        raise ArchDSLError(f"--resume: {outdir} was made with other settings ({', '.join(diff)} {'differs' if len(diff) == 1 else 'differ'}); "
+        verb = "differs" if len(diff) == 1 else "differ"
+        raise ArchDSLError(f"--resume: {outdir} was made with other settings ({', '.join(diff)} {verb}); "
                            "give the same space, constraints, objectives, probe, --top and --seed")
-    return {c["id"]: c for c in doc.get("candidates", []) if c.get("probe")}
+    return {c["id"]: c for c in cands if c.get("probe")}
+
+
+def _resumable(c) -> bool:
+    """A candidate of results.json as the runner wrote it: an id, a layout, and a probe result with an accuracy or
+    none."""
+    probe = c.get("probe") if isinstance(c, dict) else None
+    accuracy = probe.get("accuracy") if isinstance(probe, dict) else None
+    return (isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("layout"), str)
+            and (not probe or isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool)))
 
 
 def _bar(enabled: bool | str, desc: str, total):

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..analysis import analyze, dtype_bytes
 from ..errors import ArchDSLError, did_you_mean, shown
-from ..units import human, parse_count, to_float
+from ..units import MAX_COUNT, human, parse_count, to_float
 from .space import Space
 
 METRICS = {"params": "params", "active_params": "active_params", "active": "active_params",
@@ -71,6 +71,8 @@ def check_count(value, name: str) -> int:
     in 1..2^40; errors start with `name`."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         value = int(value)
+        if value > MAX_COUNT:  # said here: parse_count writes it out, and str() refuses an int of 4300 digits
+            raise ArchDSLError(f"{name}: {shown(value)} is too large (at most 2^40 = {MAX_COUNT:,})")
     elif not isinstance(value, str):
         raise ArchDSLError(f"{name}: not a count: {shown(value)} (write 4096, '8k' or '1m')")
     return parse_count(value, name)
@@ -184,7 +186,7 @@ def norm_objectives(objectives: str | Iterable[str]) -> tuple[str, ...]:
     """Metric names or aliases (cache, flops, active) → their metrics, once each; a string is split at its commas
     as --objective is: 'params' is one objective, 'params,cache' two."""
     names = objectives.split(",") if isinstance(objectives, str) else objectives
-    if not isinstance(names, Iterable):
+    if not isinstance(names, Iterable) or isinstance(names, (bytes, bytearray)):
         raise ArchDSLError(f"objectives must be metric names, e.g. ('params', 'cache') or 'params,cache', "
                            f"got {shown(objectives)}")
     out = []
@@ -378,10 +380,13 @@ def _key(c: Candidate, objectives) -> tuple:
 
 def dominates(a: tuple, b: tuple) -> bool:
     """a is no worse anywhere and better somewhere (all minimised)."""
+    points = []
     for name, p in (("a", a), ("b", b)):
-        if not isinstance(p, Iterable) or not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in p):
+        p = tuple(p) if isinstance(p, Iterable) and not isinstance(p, str) else p  # a generator is read once
+        if not isinstance(p, tuple) or not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in p):
             raise ArchDSLError(f"dominates: {name} must be a point, a tuple of numbers, got {shown(p)}")
-    a, b = tuple(a), tuple(b)
+        points.append(p)
+    a, b = points
     if len(a) != len(b):
         raise ArchDSLError(f"dominates: points of different lengths: {shown(a)} and {shown(b)}")
     return _dominates(a, b)
@@ -448,7 +453,8 @@ def explore(space: Space, constraints: Sequence[Constraint | str] | None = (),
     constraints, objectives, context, batch = check_args(space, constraints, objectives, context, batch, dtype)
     if progress is not None and not callable(getattr(progress, "update", None)):
         raise ArchDSLError(f"progress must be None or a bar with update(n) (tqdm's), got {shown(progress)}")
-    survivors, n, removed, violated, best, invalid = enumerate_space(space, constraints, context, batch, dtype, progress)
+    survivors, n, removed, violated, best, invalid = enumerate_space(space, constraints, context, batch, dtype,
+                                                                     progress)
     if not survivors:
         raise empty_error(space, n, removed, violated, best, invalid)
     analytic = tuple(o for o in objectives if o not in ("accuracy", "loss", "wall_time"))

@@ -28,6 +28,7 @@ import itertools
 import math
 import numbers
 import os
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
@@ -37,6 +38,7 @@ from ..errors import ArchDSLError, Source, did_you_mean, shown
 from ..graph import MAX_LAYERS
 from ..language import parse_layout
 from ..spec import Spec, _positions, dump_yaml, load_spec, read_text, read_yaml, spec_from_yaml
+from ..units import MAX_COUNT
 
 PLACEMENTS = ("even", "every", "front", "back", "sandwich")
 OFFSET_NAMES = ("first", "mid", "last")
@@ -44,6 +46,14 @@ BASE_KEYS = ("name", "vocab_size", "tie_embeddings", "norm", "norm_eps", "embed_
              "d_model")
 SPACE_KEYS = ("name", "base", "mixers", "attention", "attn_count", "attn_fraction", "placements", "every",
               "shared", "moe", "d_model", "depth", "probe")
+# the largest value of each integer knob, and why: checked first, so that no huge number reaches a message or a loop
+_LAYERS = f"the {MAX_LAYERS} layers a layout may expand to"
+LIMITS = {"attn_count": (MAX_LAYERS, _LAYERS), "depth": (MAX_LAYERS, _LAYERS), "every_periods": (MAX_LAYERS, _LAYERS),
+          "every_offsets": (MAX_LAYERS, _LAYERS), "moe_every": (MAX_LAYERS, _LAYERS),
+          "d_model": (10**6, "10^6, the widest a spec may be"),
+          "moe_experts": (MAX_COUNT, "2^40, more than any model holds"),
+          "moe_top_k": (MAX_COUNT, "2^40, more than any model holds"),
+          "moe_hidden": (MAX_COUNT, "2^40, more than any model holds")}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,9 +89,13 @@ class Space:
             value = getattr(self, name)
             if _finite(value):
                 value = (value, value)
+            elif hasattr(value, "tolist") and not isinstance(value, numbers.Number):  # a numpy array
+                value = value.tolist()
             if isinstance(value, (list, tuple)):
                 value = tuple(map(_plain, value))
             object.__setattr__(self, name, value)
+        if isinstance(self.name, numbers.Real) and not isinstance(self.name, bool) and abs(self.name) < 10**15:
+            object.__setattr__(self, "name", str(_plain(self.name)))  # YAML's `name: 2024`
         self.check()
 
     # --- validation ---------------------------------------------------------------------
@@ -93,8 +107,15 @@ class Space:
         for name in ("mixers", "placements", "shared", "moe_every", "moe_experts", "moe_top_k", "moe_hidden", "depth"):
             if not getattr(self, name):
                 raise _keyed(f"the space is empty: `{name}` lists no values", _key(name))
-        if isinstance(self.name, (bool, list, dict, tuple)) or self.name is None:
-            raise _keyed(f"name must be a string, got {self.name!r}", ("name",))
+        if not isinstance(self.name, str):
+            raise _keyed(f"name must be a string, got {shown(self.name)}", ("name",))
+        if any(unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs") for c in self.name):  # as a spec's name
+            raise _keyed(f"name must be one line of text without control characters, got {self.name!r}", ("name",))
+        for name, (top, why) in LIMITS.items():
+            values = getattr(self, name)
+            for v in values if isinstance(values, tuple) else ():
+                if isinstance(v, int) and v > top:
+                    raise _keyed(f"{name} {shown(v)} is past {why}", _key(name))
         for kind in self.mixers + (self.attention,):
             if not isinstance(kind, str):
                 where = "mixers" if kind in self.mixers else "attention"
@@ -112,7 +133,7 @@ class Space:
             raise ArchDSLError(f"attention {self.attention!r} is not an attention block (kind attn)")
         for p in self.placements:
             if not isinstance(p, str) or p not in PLACEMENTS:
-                raise _keyed(f"unknown placement {shown(p)}", ("placements",), did_you_mean(str(p), PLACEMENTS))
+                raise _keyed(f"unknown placement {shown(p)}", ("placements",), did_you_mean(shown(p), PLACEMENTS))
         if self.attn_count is not None and self.attn_fraction is not None:
             raise ArchDSLError("give attn_count or attn_fraction, not both")
         for name, rng, top in (("attn_count", self.attn_count, None), ("attn_fraction", self.attn_fraction, 1)):
@@ -122,17 +143,17 @@ class Space:
                 got = list(rng) if isinstance(rng, tuple) else rng
                 raise _keyed(f"{name} must be a number or a [min, max] pair of numbers, got {shown(got)}", _key(name))
             lo, hi = rng
+            if name == "attn_count" and not all(isinstance(v, int) for v in rng):
+                raise _keyed(f"attn_count counts layers: give integers, got {list(rng)}", _key(name))
             if lo < 0 or (top is not None and hi > top):
-                raise _keyed(f"{name} [{lo}, {hi}] is out of range" + (" [0, 1]" if top else " (>= 0)"), _key(name))
+                raise _keyed(f"{name} [{shown(lo)}, {shown(hi)}] is out of range" + (" [0, 1]" if top else " (>= 0)"),
+                             _key(name))
             if lo > hi:
                 raise _keyed(f"contradictory {name}: min {lo} > max {hi}", (name,))
         for name in ("depth", "moe_experts", "moe_top_k") + (("d_model",) if self.d_model else ()):
             for v in getattr(self, name):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     raise _keyed(f"{name} values must be positive integers, got {shown(v)}", _key(name))
-        for v in self.depth:  # a model has at most MAX_LAYERS; the frames of a depth number ~depth² placements
-            if v > MAX_LAYERS:
-                raise _keyed(f"depth {v} is past the {MAX_LAYERS} layers a layout may expand to", _key("depth"))
         for name in ("moe_every", "moe_hidden"):
             for v in getattr(self, name):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -147,10 +168,14 @@ class Space:
                 raise _keyed(f"every offset must be an integer >= 0 or one of {', '.join(OFFSET_NAMES)}; "
                              f"got {shown(v)}", _key("every_offsets"))
         if any(not isinstance(v, bool) for v in self.shared):
-            raise _keyed(f"shared takes true / false, got {list(self.shared)}", ("shared",))
+            raise _keyed(f"shared takes true / false, got {shown(list(self.shared))}", ("shared",))
         if max(self.moe_every) > 0 and not any(k <= e for k in self.moe_top_k for e in self.moe_experts):
             raise ArchDSLError(f"contradictory moe: every top_k {list(self.moe_top_k)} exceeds every expert "
                                f"count {list(self.moe_experts)}")
+        if 0 not in self.moe_every and min(self.moe_every) > max(self.depth):  # else a misleading "space is empty"
+            raise _keyed(f"the space is empty: moe every {list(self.moe_every)} selects no layer at depth "
+                         f"{', '.join(map(str, self.depth))} (add 0 for no MoE, or a period up to the depth)",
+                         ("moe", "every"))
         check_probe(self.probe)
 
     @property
@@ -269,12 +294,17 @@ def resolve_kind(base: Spec, name: str) -> str:
     seen = []
     kind = name
     while kind not in BLOCKS:
+        if kind in seen:
+            raise ArchDSLError(f"block alias {name!r} goes round in a circle: {' → '.join(seen + [kind])}")
         alias = base.blocks.get(kind)
-        if alias is None or "kind" not in alias or kind in seen:
+        if alias is None or "kind" not in alias:
             valid = set(BLOCKS) | {a for a, v in base.blocks.items() if "kind" in v}
-            raise ArchDSLError(f"unknown block kind {name!r}", hint=did_you_mean(name, valid))
+            where = f" (alias {name!r} → {' → '.join(seen[1:] + [kind])})" if seen else ""
+            raise ArchDSLError(f"unknown block kind {kind!r}{where}", hint=did_you_mean(kind, valid))
         seen.append(kind)
-        kind = str(alias["kind"])
+        kind = alias["kind"]
+        if not isinstance(kind, str):
+            raise ArchDSLError(f"block alias {seen[-1]!r}: kind must be a block kind's name, got {shown(kind)}")
     return kind
 
 
@@ -316,6 +346,8 @@ def load_space(path_or_text: str | os.PathLike | dict) -> Space:
     if not isinstance(path_or_text, (str, os.PathLike)):
         raise ArchDSLError(f"a space is a Space, a mapping, a YAML file or YAML text, got {shown(path_or_text)}")
     text = os.fsdecode(path_or_text)
+    if not text.strip():
+        raise ArchDSLError("a space is a YAML file or YAML text, got an empty string")
     if os.path.isfile(text):
         return space_from_yaml(read_text(text), file=text)
     if os.path.isdir(text):
@@ -373,6 +405,8 @@ def space_from_dict(data: dict, here: str | None = None) -> Space:
             raise _keyed(f"unknown space key {key!r}", (str(key), "<key>"), did_you_mean(str(key), SPACE_KEYS))
     kw: dict[str, Any] = {}
     base = data.get("base")
+    if isinstance(base, str) and not base.strip():
+        raise _keyed("base must be a spec file path or a mapping of spec keys, got an empty string", ("base",))
     if isinstance(base, str):
         path = base if os.path.isabs(base) or here is None else os.path.join(here, base)
         kw["base"] = load_spec(path if os.path.exists(path) else base)
@@ -428,7 +462,10 @@ def _finite(v) -> bool:
 
 
 def _plain(v):
-    """numpy's integers as ints, its floats as floats (a YAML dump takes no numpy scalar); anything else as it is."""
+    """numpy's integers as ints, its floats as floats, its bools as bools (a YAML dump takes no numpy scalar);
+    anything else as it is."""
+    if getattr(getattr(v, "dtype", None), "kind", None) == "b" and getattr(v, "ndim", None) == 0:
+        return bool(v)
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         return v
     return int(v) if isinstance(v, numbers.Integral) else float(v)
@@ -454,10 +491,13 @@ def check_probe(probe) -> None:
             raise _keyed(f"probe: {key} must be a mapping such as {example}, got {shown(value)}", ("probe", key))
         for k in value or {}:
             if not isinstance(k, str):
-                raise _keyed(f"probe: {key} keys must be names, got {shown(k)}", ("probe", key, str(k), "<key>"))
+                raise _keyed(f"probe: {key} keys must be names, got {shown(k)}", ("probe", key, shown(k), "<key>"))
     if "seed" in (probe.get("train") or {}):
         raise _keyed("probe: train: seed is the run's seed (--seed), not a training setting",
                      ("probe", "train", "seed", "<key>"))
     d_model = probe.get("d_model")
     if d_model is not None and (isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1):
         raise _keyed(f"probe: d_model must be a positive integer, got {shown(d_model)}", ("probe", "d_model"))
+    if d_model is not None and d_model > 10**6:
+        raise _keyed(f"probe: d_model must be at most 10^6 (the widest a spec may be), got {shown(d_model)}",
+                     ("probe", "d_model"))

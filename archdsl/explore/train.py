@@ -40,6 +40,11 @@ def _count(v) -> bool:
     return _integer(v) and v >= 1
 
 
+def _size(v) -> bool:
+    """A batch's size: past 2^31 torch cannot even be asked for the tensor."""
+    return _count(v) and v < 2**31
+
+
 def _share(v) -> bool:
     return _number(v) and 0 <= v <= 1
 
@@ -47,7 +52,7 @@ def _share(v) -> bool:
 # each TrainConfig field: (the test its value passes, what the error says it must be)
 SETTINGS = {
     "steps": (_count, "a positive integer"),
-    "batch_size": (_count, "a positive integer"),
+    "batch_size": (_size, "a positive integer below 2^31"),
     "lr": (lambda v: _number(v) and v > 0, "a positive number"),
     "weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
     "betas": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v),
@@ -56,7 +61,7 @@ SETTINGS = {
     "min_lr_ratio": (_share, "a number in [0, 1]"),
     "grad_clip": (lambda v: _number(v) and v >= 0, "a number >= 0 (0: no clipping)"),
     "eval_every": (_count, "a positive integer"),
-    "eval_size": (_count, "a positive integer"),
+    "eval_size": (_size, "a positive integer below 2^31"),
     "target_accuracy": (lambda v: v is None or _share(v), "a number in [0, 1], or null (no early stop)"),
     "seed": (lambda v: _integer(v) and 0 <= v < 2**63, "an integer in 0..2^63-1"),
     "device": (lambda v: isinstance(v, str), "a device name (auto, cpu, cuda, cuda:1)"),

@@ -140,3 +140,28 @@ def test_run_and_bench_refuse_the_meta_device(command, capsys):
     assert main([command, LAYOUT, "--set", "d_model=32", "--device", "meta"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("error: --device meta: run and bench compute on real tokens"), err
+
+
+@pytest.mark.parametrize("command", ["run", "bench"])
+def test_an_empty_dtype_is_refused_not_taken_for_the_default(command, tmp_path, capsys):
+    """`--dtype ""` ran a spec in float32 and a saved model in its own dtype, where compile refuses it."""
+    assert main(["compile", LAYOUT, "--set", "d_model=32", "-o", str(tmp_path / "m"), "--dtype", "bf16"]) == 0
+    capsys.readouterr()
+    for spec in (LAYOUT, str(tmp_path / "m")):
+        assert main([command, spec, "--dtype", "", "--gen", "1", "--prompt-len" if command == "run" else "--seq-len",
+                     "2"]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("error: --dtype: give a dtype (it is empty)"), err
+
+
+def test_bench_refuses_an_unknown_case_by_its_option_before_the_model_is_built(monkeypatch, capsys):
+    """`bench --cases decode,fwd` built (or loaded) the whole model, then said `bench: unknown case 'fwd'`."""
+    import archdsl.cli
+
+    def no_model(args):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(archdsl.cli, "_model", no_model)
+    assert main(["bench", LAYOUT, "--cases", "decode,fwd"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: --cases: unknown case 'fwd'; did you mean 'forward'?"), err
