@@ -11,26 +11,12 @@ there. On the card:
     python benchmarks/wkv4_ab.py
 """
 import torch
-from torch.profiler import ProfilerActivity, profile
 from triton.testing import do_bench
+from _bench import kernel_ms
 from archdsl.kernels.wkv4 import triton_wkv4 as new, triton_wkv4_step as new_step
 from archdsl.kernels.wkv4 import triton_wkv4_base as base, triton_wkv4_step_base as base_step
 
 ms = lambda fn: do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-
-def gpu_ms(fn, n=30):
-    """The CUDA kernels' summed time a call of fn, ms (torch.profiler), free of the host's launch gaps."""
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-    return sum(e.device_time for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) / n / 1e3
-
-
-torch.manual_seed(0)
 print(f"{'shape':28} {'kernels':10} {'fwd':>8} {'fwdbwd':>8} {'gpu':>8}")
 for B, T, C, packed in ((1, 4096, 2048, 0), (4, 4096, 2048, 0), (4, 16384, 2048, 0), (16, 4096, 2048, 0),
                         (32, 2048, 2048, 0), (64, 1024, 2048, 0), (4, 4096, 768, 0), (4, 4096, 2048, 1),
@@ -52,7 +38,7 @@ for B, T, C, packed in ((1, 4096, 2048, 0), (4, 4096, 2048, 0), (4, 16384, 2048,
             def fb():
                 y, _ = mod.wkv4_triton(ws, us, ks, vs, seq_idx=seq)
                 torch.autograd.grad(y, (ws, us, ks, vs), gy)
-            print(f"{tag:28} {name:10} {tf:8.3f} {ms(fb):8.3f} {gpu_ms(fb):8.3f}", flush=True)
+            print(f"{tag:28} {name:10} {tf:8.3f} {ms(fb):8.3f} {kernel_ms(fb):8.3f}", flush=True)
 C = 2048
 w, u = torch.randn(C, device="cuda") - 1, torch.randn(C, device="cuda")
 for B in (1, 64):
@@ -64,6 +50,6 @@ for B in (1, 64):
     for rnd in range(2):
         steps = {name: lambda mod=mod: mod.wkv4_step_triton(w, u, k, v, state)
                  for name, mod in (("base", base_step), ("new", new_step))}
-        print(f"step B{B} C{C}{'':15} " + "  ".join(f"{name} {ms(fn):8.4f} (gpu {gpu_ms(fn, 200):.4f})"
+        print(f"step B{B} C{C}{'':15} " + "  ".join(f"{name} {ms(fn):8.4f} (gpu {kernel_ms(fn, 200):.4f})"
                                                      for name, fn in steps.items()) + f"  max rel diff {err:.2e}",
               flush=True)
