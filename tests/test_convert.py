@@ -235,6 +235,40 @@ def test_every_path_names_the_spec_alike(tmp_path, capsys):
     assert "name: mamba-130m-hf" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("given", ["/", "//", ".", "./", "models/.."])
+def test_a_name_or_path_without_a_last_part_names_the_spec_by_its_directory(tmp_path, capsys, given):
+    """As documented: "/" named the spec after its model_type ("mamba"), "." and ".." were names themselves."""
+    import archdsl
+    from archdsl.cli import main
+
+    d = tmp_path / "my-mamba"
+    d.mkdir()
+    cfg = {"model_type": "mamba", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 100, "_name_or_path": given}
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert archdsl.from_hf(d).name == "my-mamba" and archdsl.from_hf(d, name="x").name == "x"
+    assert main(["convert", "--from", "hf", str(d / "config.json")]) == 0
+    assert "name: my-mamba\n" in capsys.readouterr().out
+    assert hf_config_to_spec(cfg)["name"] == "mamba"  # a dict has no directory: its model_type
+
+
+@pytest.mark.parametrize("given", ["a\nb", "models/x\u2028y/", "org/ ", "a\tb"])
+def test_a_name_or_path_that_cannot_be_a_name_is_named(tmp_path, capsys, given):
+    """The field is blamed, not "the converted spec's line 1: name: 'a" (the YAML the user never saw)."""
+    import archdsl
+    from archdsl.cli import main
+
+    config = tmp_path / "config.json"
+    cfg = {"model_type": "mamba", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 100, "_name_or_path": given}
+    config.write_text(json.dumps(cfg))
+    assert main(["convert", "--from", "hf", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {config}: unsupported value {given!r} of config field '_name_or_path'" in err, err
+    assert "converted spec" not in err and "Traceback" not in err
+    with pytest.raises(ArchDSLError, match="config field '_name_or_path'"):
+        hf_config_to_spec(cfg)
+    assert archdsl.from_hf(config, name="ok").name == "ok"
+
+
 def test_architectures_dispatch():
     spec = hf_config_to_spec({"architectures": ["MambaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2})
     assert spec["layout"] == "2×mamba"

@@ -261,6 +261,8 @@ def test_a_run_stopped_while_writing_the_specs_resumes(tmp_path, capsys, monkeyp
     ("depth: [4]", ["--max-params", "1k"], "params ≤ 1.00K: removed"),
     ("depth: [4]", ["--min-params", "2M", "--max-params", "1M"], "contradictory constraints"),
     ("depth: [4]", ["--max-cache", "1KiB@64k", "--max-params", "10M"], "cache_bytes ≤ 1.00 KiB @ batch 1, context 65536"),
+    ("depth: [4]", ["--max-params", "1B@64k"], "--max-params 1B@64k: params do not depend on the context"),  # ignored
+    ("depth: [4]", ["--min-active", "1k@4kx2"], "--min-active 1k@4kx2: active_params do not depend on the context"),
     ("depth: [4]", ["--objective", "params,speed"], "unknown objective 'speed'"),
     ("depth: [4]", ["--objective", "depth,loss"], "error: objective loss needs a probe"),  # named depth too
     ("depth: [4]", ["--probe", "mqarr"], "unknown probe 'mqarr'"),
@@ -309,6 +311,25 @@ def test_bad_values_point_into_the_space_file(tmp_path, capsys, text, line, col)
     code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"], capsys)
     assert code == 2 and f"space.yaml:{line}:{col}:" in err and "Traceback" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("blocks, col, message", [  # each was "no candidate satisfies ... first invalid: ..."
+    ('{mamba2: {d_state: 8, foo: 1}}', 33, "base: mamba2: unknown argument 'foo'"),
+    ('{mamba2: {d_state: 8}, attn: {heads: -1}}', 48, "base: attn: heads must be positive, got -1"),
+    ('{mamba2: {d_state: 8}, m: {kind: mamab2}}', 44, "base: unknown block 'mamab2', the kind of alias 'm'"),
+    ('{mamba2: {d_state: 8}, mlp: {hidden: abc}}', 48, "base: mlp: hidden must be int"),  # unused blocks too
+])
+def test_bad_base_blocks_point_into_the_space_file(tmp_path, capsys, blocks, col, message):
+    space = tmp_path / "space.yaml"
+    space.write_text(f"base:\n  blocks: {blocks}\nmixers: [mamba2]\nd_model: [16]\ndepth: [2]\n")
+    code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"], capsys)
+    assert code == 2 and f"space.yaml:2:{col}: {message}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_base_blocks_of_a_python_space_are_named():
+    with pytest.raises(ArchDSLError, match="base: mamba2: unknown argument 'foo'"):
+        load_space({"base": {"blocks": {"mamba2": {"foo": 1}}}})
 
 
 def test_amounts_group_thousands_with_commas():
@@ -372,10 +393,10 @@ def test_bad_flags_are_named_and_nothing_is_written(tmp_path, capsys, flags, mes
     ("device: tpu", "unknown device 'tpu'"), ("lr: .nan", "lr must be a positive"),
     ("warmup: 500", "warmup must be"), ("stepz: 3", "unknown training setting 'stepz'; did you mean 'steps'?"),
     # each was a raw TypeError / ValueError / ZeroDivisionError / RuntimeError, most after results.json was written
-    ("steps: 1.5", "train: steps must be a positive integer, got 1.5"),
-    ("steps: abc", "train: steps must be a positive integer, got 'abc'"),
-    ("steps: true", "train: steps must be a positive integer, got True"),
-    ("cpu_threads: 0", "train: cpu_threads must be a positive integer, or null"),
+    ("steps: 1.5", "train: steps must be a positive integer below 2^63, got 1.5"),
+    ("steps: abc", "train: steps must be a positive integer below 2^63, got 'abc'"),
+    ("steps: true", "train: steps must be a positive integer below 2^63, got True"),
+    ("cpu_threads: 0", "train: cpu_threads must be a positive integer below 2^31, or null"),
     ("time_limit: abc", "train: time_limit must be a positive number of seconds, or null, got 'abc'"),
     ("time_limit: .inf", "train: time_limit must be a positive number of seconds, or null, got inf"),
     ("target_accuracy: abc", "train: target_accuracy must be a number in [0, 1], or null (no early stop), got 'abc'"),
@@ -385,9 +406,11 @@ def test_bad_flags_are_named_and_nothing_is_written(tmp_path, capsys, flags, mes
     ("betas: [2, 3]", "train: betas must be a pair of numbers in [0, 1), e.g. [0.9, 0.98], got [2, 3]"),
     ("betas: [1]", "train: betas must be a pair of numbers in [0, 1), e.g. [0.9, 0.98], got [1]"),
     ("betas: [0.9, .nan]", "train: betas must be a pair of numbers in [0, 1)"),
-    ("curve_points: 0", "train: curve_points must be a positive integer, got 0"),
-    ("cpu_threads: -1", "train: cpu_threads must be a positive integer, or null (torch's own thread count), got -1"),
-    ("cpu_threads: abc", "train: cpu_threads must be a positive integer, or null (torch's own thread count), got 'ab"),
+    ("curve_points: 0", "train: curve_points must be a positive integer below 2^63, got 0"),
+    ("cpu_threads: -1", "train: cpu_threads must be a positive integer below 2^31, or null "
+                        "(torch's own thread count), got -1"),
+    ("cpu_threads: abc", "train: cpu_threads must be a positive integer below 2^31, or null "
+                         "(torch's own thread count), got 'ab"),
     ("weight_decay: -1", "train: weight_decay must be a number >= 0, got -1"),
     ("grad_clip: .nan", "train: grad_clip must be a number >= 0 (0: no clipping), got nan"),
     ("warmup: abc", "train: warmup must be a number >= 0"),
@@ -427,15 +450,15 @@ def test_bad_space_probe_sections_point_into_the_file_and_write_nothing(tmp_path
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"steps": 2.0}, "train: steps must be a positive integer, got 2.0"),
+    ({"steps": 2.0}, "train: steps must be a positive integer below 2^63, got 2.0"),
     ({"batch_size": False}, "train: batch_size must be a positive integer below 2^31, got False"),
     ({"lr": float("inf")}, "train: lr must be a positive number, got inf"),
     ({"betas": (0.9,)}, "train: betas must be a pair of numbers in [0, 1)"),
     ({"seed": -1}, "train: seed must be an integer in 0..2^63-1, got -1"),
     ({"seed": "abc"}, "train: seed must be an integer in 0..2^63-1, got 'abc'"),
     ({"target_accuracy": float("nan")}, "train: target_accuracy must be a number in [0, 1]"),
-    ({"cpu_threads": 0}, "train: cpu_threads must be a positive integer, or null"),
-    ({"curve_points": None}, "train: curve_points must be a positive integer, got None"),
+    ({"cpu_threads": 0}, "train: cpu_threads must be a positive integer below 2^31, or null"),
+    ({"curve_points": None}, "train: curve_points must be a positive integer below 2^63, got None"),
 ])
 def test_train_config_checks_every_setting(settings, message):
     from archdsl.explore.train import TrainConfig
@@ -469,6 +492,13 @@ def test_bad_python_spaces_are_archdsl_errors(kw, message):
     ({"task_args": 3}, "probe: args must be a mapping"),
     ({"train": {"seed": 1}}, "probe: train: seed is the run's seed"),
     ({"d_model": 0}, "probe: d_model must be a positive integer, got 0"),
+    # each below was a ValueError, OverflowError or TypeError after OUTDIR was made, most writing results.json
+    ({"train": {"steps": 10**5000}}, r"train: steps must be a positive integer below 2\^63, got about 10\^5000"),
+    ({"train": {"eval_every": 10**5000}}, r"train: eval_every must be a positive integer below 2\^63"),
+    ({"train": {"time_limit": 10**5000}}, "train: time_limit must be a positive number of seconds, or null"),
+    ({"train": {"lr": 10**400}}, "train: lr must be a positive number, got about 10"),
+    ({"train": {"cpu_threads": 10**12}}, r"train: cpu_threads must be a positive integer below 2\^31"),
+    ({"train": {"dtype": torch.float32}}, r"probe: train: dtype must be a dtype name \(float32, bfloat16, ...\), got"),
 ])
 def test_a_bad_probe_spec_is_refused_before_anything_is_written(tmp_path, probe, message):
     from archdsl.explore.runner import ProbeSpec, run
@@ -866,6 +896,8 @@ def test_bad_block_aliases_say_why(blocks, message):  # each was "unknown block 
     (lambda: explore(Space(), batch=HUGE), "batch: about 10^5000 is too large (at most 2^40"),
     (lambda: search.Constraint("params", max=HUGE), "constraint max must be a number >= 0, or None, got about 10^5000"),
     (lambda: search.parse_amount(HUGE), "amount too large: about 10^5000"),
+    (lambda: explore(Space(), ["params<=1B@64k"]), "constraints 'params<=1B@64k': params do not depend on the context"),
+    (lambda: search.Constraint("active", max=1e6, batch=8), "active_params do not depend on the context or the batch"),
     (lambda: dominates((x for x in (1,)), (2,)), None),  # a generator was read twice: 'points of different lengths'
     (lambda: search.norm_objectives(b"params"), "objectives must be metric names"),  # was 'unknown objective 112'
     (lambda: load_space(""), "a space is a YAML file or YAML text, got an empty string"),  # 'no such space file: '

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import unicodedata
 
 from ..errors import TOO_DEEP, ArchDSLError, check_path, did_you_mean, shown
 from .megatron import _text
@@ -492,12 +493,23 @@ def hf_config_to_spec(config: dict, source_name: str | None = None) -> dict:
     given = config.get("_name_or_path")
     if not source_name and given and not isinstance(given, str):
         raise _refuse("_name_or_path", given, "expected a string (the model's hub id or directory)")
-    name = os.path.basename(str(source_name or given or model_type).rstrip("/")) or model_type
+    part = "" if source_name or not given else _last_part(given)
+    if part and (not part.strip() or any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in part)):
+        raise _refuse("_name_or_path", given, "its last part names the spec, and a name is one line of text, not "
+                                              "blank, without control characters (give one with --name or name=)")
+    name = os.path.basename(str(source_name or part or model_type).rstrip("/")) or model_type
     try:
         return FAMILIES[model_type](_Cfg(config), name)
     except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, AttributeError, OverflowError) as e:
         # a field of the wrong type or shape that no check above named
         raise ArchDSLError(f"malformed {model_type} config: {type(e).__name__}: {e}", file="<hf config>") from None
+
+
+def _last_part(name_or_path: str) -> str:
+    """What names a spec in an _name_or_path: its last part (a hub id's model, a directory's name), or '' where it
+    has none ('', '/', '.', '..')."""
+    part = os.path.basename(name_or_path.rstrip("/"))
+    return "" if part in (".", "..") else part
 
 
 def config_file(path: str | os.PathLike) -> str:
@@ -508,7 +520,8 @@ def config_file(path: str | os.PathLike) -> str:
 
 def convert_config(path: str | os.PathLike, name: str | None = None) -> tuple[str, object]:
     """(spec YAML text, Spec) of the config.json at `path` (or in that directory), the Spec checked to the graph.
-    Its name: `name`, else the last part of the config's _name_or_path (a hub id's model), else the directory's.
+    Its name: `name`, else the last part of the config's _name_or_path (a hub id's model), else (none given, or
+    one without a last part: '/', '.') the directory's.
     Every refusal names the config file: an unsupported field by its name, a converted spec that will not build
     (a block's check) with its message and the converted line it stands on."""
     from ..spec import dump_yaml, spec_from_yaml
@@ -516,8 +529,9 @@ def convert_config(path: str | os.PathLike, name: str | None = None) -> tuple[st
     file = config_file(path)
     try:
         config = read_hf_config(file)
-        if name is None and not config.get("_name_or_path"):  # the model's directory names it, as from_hf did
-            name = os.path.basename(os.path.dirname(os.path.abspath(file))) or None
+        given = config.get("_name_or_path")
+        if name is None and (not given or isinstance(given, str) and not _last_part(given)):  # as from_hf did:
+            name = os.path.basename(os.path.dirname(os.path.abspath(file))) or None  # the model's directory names it
         data = hf_config_to_spec(config, name)
     except ArchDSLError as e:  # the converters name the field, not the file they were handed as a dict
         if e.file != "<hf config>":

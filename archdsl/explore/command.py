@@ -14,7 +14,8 @@ def add_arguments(p) -> None:
     p.add_argument("-o", "--output", help="output directory (results.json, results.csv, specs/, plots)")
     p.add_argument("--resume", metavar="OUTDIR", help="continue an interrupted run in OUTDIR (same settings); "
                    "-o refuses a directory that already holds files")
-    g = p.add_argument_group("budgets (AMOUNT[@CONTEXT[xBATCH]]: 1.5B, 300M, 2GiB@64k, 8GiB@128kx4)")
+    g = p.add_argument_group("budgets (AMOUNT: 1.5B, 300M; flops and cache also at a context, AMOUNT@CONTEXT[xBATCH]: "
+                             "2GiB@64k, 8GiB@128kx4)")
     for name, help in (("params", "total parameters"), ("active", "active parameters per token (MoE)"),
                        ("flops", "forward FLOPs per token"), ("cache", "decode cache bytes (KV + states)")):
         g.add_argument(f"--max-{name}", metavar="AMOUNT", help=f"at most this many {help}")

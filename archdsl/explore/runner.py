@@ -142,6 +142,9 @@ def _trainer(probe: ProbeSpec, seed: int):
         if key not in SETTINGS:
             raise ArchDSLError(f"probe: unknown training setting {key!r}", hint=did_you_mean(key, SETTINGS))
     cfg = TrainConfig(**{**train, "seed": seed})
+    if not isinstance(train.get("dtype", ""), str):  # results.json keeps the settings as given
+        raise ArchDSLError(f"probe: train: dtype must be a dtype name (float32, bfloat16, ...), got "
+                           f"{shown(train['dtype'])}")
     pick_device(cfg.device)
     return task, cfg
 

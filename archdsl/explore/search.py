@@ -120,6 +120,9 @@ class Constraint:
         for name in ("seq_len", "batch"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, check_count(getattr(self, name), name))
+        if self.metric in ("params", "active_params") and (self.seq_len is not None or self.batch is not None):
+            raise ArchDSLError(f"{self.metric} do not depend on the context or the batch: give the budget without "
+                               f"@CONTEXT (that is for flops and cache budgets)")
 
     def check(self, value: float) -> bool:
         return (self.max is None or value <= self.max) and (self.min is None or value >= self.min)

@@ -131,6 +131,7 @@ class Space:
                                         + ", ".join(k for k, c in BLOCKS.items() if c.role == MIXER))
         if resolve_kind(base, self.attention) != "attn":
             raise ArchDSLError(f"attention {self.attention!r} is not an attention block (kind attn)")
+        _check_base(base)
         for p in self.placements:
             if not isinstance(p, str) or p not in PLACEMENTS:
                 raise _keyed(f"unknown placement {shown(p)}", ("placements",), did_you_mean(shown(p), PLACEMENTS))
@@ -306,6 +307,26 @@ def resolve_kind(base: Spec, name: str) -> str:
         if not isinstance(kind, str):
             raise ArchDSLError(f"block alias {seen[-1]!r}: kind must be a block kind's name, got {shown(kind)}")
     return kind
+
+
+def _check_base(base: Spec) -> None:
+    """The base's `blocks:` (kinds, argument names and values) and `ffn:`, as the space is read: else a typo there
+    fails every candidate alike ("no candidate satisfies ... first invalid"). A base given as a mapping of the space
+    file is keyed to its place there; a spec file's errors point into that file."""
+    from ..graph import check_blocks, check_ffn
+
+    try:
+        check_blocks(base)
+        check_ffn(base)
+    except ArchDSLError as e:
+        text = base.source.file_text
+        if base.source.file != "<base>" or text is None:
+            raise
+        key: tuple = ()
+        if e.line is not None and e.col is not None:  # the deepest key at the error's offset in the base's YAML
+            offset = sum(len(line) + 1 for line in text.split("\n")[:e.line - 1]) + e.col - 1
+            key = max((k for k, v in base.positions.items() if v == offset), key=len, default=())
+        raise _keyed(f"base: {e.message}", ("base",) + key, e.hint) from None
 
 
 @functools.lru_cache(maxsize=16)

@@ -15,6 +15,7 @@ bit-reproducible, which is what makes `explore --resume` give the uninterrupted 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 
@@ -27,17 +28,21 @@ from ..model.modules.moe import balance_experts
 from .probes import IGNORE, Task, accuracy
 
 
+_FLOAT_MAX = int(sys.float_info.max)
+
+
 def _integer(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _number(v) -> bool:
-    """An int or a finite float; not a bool, nan or inf."""
-    return _integer(v) or isinstance(v, float) and math.isfinite(v)
+    """An int that is a finite float too (10**400 is not), or a finite float; not a bool, nan or inf."""
+    return _integer(v) and abs(v) <= _FLOAT_MAX or isinstance(v, float) and math.isfinite(v)
 
 
 def _count(v) -> bool:
-    return _integer(v) and v >= 1
+    """A count of steps or points, below 2^63: no run ends past that, and results.json cannot write 10**5000."""
+    return _integer(v) and 1 <= v < 2**63
 
 
 def _size(v) -> bool:
@@ -51,7 +56,7 @@ def _share(v) -> bool:
 
 # each TrainConfig field: (the test its value passes, what the error says it must be)
 SETTINGS = {
-    "steps": (_count, "a positive integer"),
+    "steps": (_count, "a positive integer below 2^63"),
     "batch_size": (_size, "a positive integer below 2^31"),
     "lr": (lambda v: _number(v) and v > 0, "a positive number"),
     "weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
@@ -60,15 +65,16 @@ SETTINGS = {
     "warmup": (lambda v: _number(v) and v >= 0, "a number >= 0 (a share of the steps below 1, else steps)"),
     "min_lr_ratio": (_share, "a number in [0, 1]"),
     "grad_clip": (lambda v: _number(v) and v >= 0, "a number >= 0 (0: no clipping)"),
-    "eval_every": (_count, "a positive integer"),
+    "eval_every": (_count, "a positive integer below 2^63"),
     "eval_size": (_size, "a positive integer below 2^31"),
     "target_accuracy": (lambda v: v is None or _share(v), "a number in [0, 1], or null (no early stop)"),
     "seed": (lambda v: _integer(v) and 0 <= v < 2**63, "an integer in 0..2^63-1"),
     "device": (lambda v: isinstance(v, str), "a device name (auto, cpu, cuda, cuda:1)"),
     "dtype": (lambda v: isinstance(v, (str, torch.dtype)), "a dtype name (float32, bfloat16, ...)"),
-    "curve_points": (_count, "a positive integer"),
+    "curve_points": (_count, "a positive integer below 2^63"),
     "time_limit": (lambda v: v is None or _number(v) and v > 0, "a positive number of seconds, or null"),
-    "cpu_threads": (lambda v: v is None or _count(v), "a positive integer, or null (torch's own thread count)"),
+    "cpu_threads": (lambda v: v is None or _size(v), "a positive integer below 2^31, or null (torch's own thread "
+                    "count)"),
 }
 
 
