@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -42,10 +43,15 @@ def write_atomic(path: str, data: str | bytes, replace: bool = True) -> None:
 
 
 def check_output(path: str, flag: str = "-o", directory: bool = False, replace: bool = True) -> None:
-    """Before any work: ArchDSLError unless `path` can become a file (or with `directory`, a directory); with
-    `replace=False` unless nothing is there yet. Missing parent directories are fine: every writer creates them."""
+    """Before any work: ArchDSLError unless `path` can become a file (or with `directory`, a directory) in a
+    place archdsl may write, and holds no control character (a line break would split every message that names
+    it); with `replace=False` unless nothing is there yet. Missing parent directories are fine: every writer
+    creates them."""
     if not path:
         raise ArchDSLError(f"{flag}: give a path")
+    bad = next((c for c in path if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:  # a line break or an escape: each message naming the path would print it as it acts
+        raise ArchDSLError(f"{flag}: the path {path!r} holds the control character {bad!r}; give one without")
     if os.path.isdir(path) and not directory:
         raise ArchDSLError(f"{flag} {path}: is a directory; give a file name")
     if not replace:
@@ -57,6 +63,8 @@ def check_output(path: str, flag: str = "-o", directory: bool = False, replace: 
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise ArchDSLError(f"{flag} {path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):  # a read-only directory, or file system
+        raise ArchDSLError(f"{flag} {path}: cannot write in {parent}: it is not writable")
 
 
 def check_output_dir(path: str, names: frozenset[str], flag: str = "-o") -> None:

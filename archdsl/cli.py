@@ -59,6 +59,64 @@ def _spec(text: str, settings: list[str] | None = None):
     return with_settings(spec, settings) if settings else spec
 
 
+def _dtype(text: str):
+    """--dtype of a model (compile, run, bench, convert --weights, export-checkpoint) as torch's dtype; else
+    ArchDSLError naming the option and the dtypes a model computes in, before any work."""
+    from .analysis import ALIASES, MODEL_DTYPES
+    from .errors import did_you_mean
+    from .model import DTYPES, resolve_dtype
+
+    key = str(text).replace("torch.", "").lower()
+    if key not in DTYPES:
+        hint = did_you_mean(key, DTYPES)
+        aliases = ", ".join(a for a, c in ALIASES.items() if c in MODEL_DTYPES)
+        raise ArchDSLError(f"--dtype: unknown dtype {text!r}; give {', '.join(MODEL_DTYPES[:-1])} or "
+                           f"{MODEL_DTYPES[-1]} (or {aliases})", hint=hint if hint.startswith("did you") else "")
+    return resolve_dtype(key)
+
+
+def _device(text: str, auto: bool = False):
+    """--device as torch reads it, checked before any work: cpu, cuda, cuda:N, mps where torch has it (with `auto`,
+    auto too, returned as None) and one this machine has; else ArchDSLError on one line naming the option."""
+    import torch
+
+    if auto and text == "auto":
+        return None
+    mps = torch.backends.mps.is_built()
+    names = ["auto"] * auto + ["cpu", "cuda", "cuda:N"] + ["mps"] * mps
+    give = f"give {', '.join(names[:-1])} or {names[-1]}"
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, TypeError, ValueError):
+        raise ArchDSLError(f"--device: unknown device {text!r}; {give}") from None
+    if dev.type == "meta":  # shapes without data: each command says why it will not do
+        return dev
+    if dev.type == "mps" and not mps:
+        raise ArchDSLError(f"--device {text}: this build of torch has no MPS support; {give}")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ArchDSLError(f"--device {text}: archdsl does not run on {dev.type} devices; {give}")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not n:
+            raise ArchDSLError(f"--device {text}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= n:
+            raise ArchDSLError(f"--device {text}: this machine has {plural(n, 'CUDA device')} (cuda:0"
+                               f"{f'..cuda:{n - 1}' if n > 1 else ''})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ArchDSLError(f"--device {text}: MPS is not available on this machine")
+    return dev
+
+
+def _cache_dtype(text: str) -> None:
+    """show's and memory's --dtype (float8 too: a cache may hold it), its error naming the option."""
+    from .analysis import dtype_bytes
+
+    try:
+        dtype_bytes(text)
+    except ArchDSLError as e:
+        raise ArchDSLError(f"--dtype: {e.message}", hint=e.hint) from None
+
+
 def _add_set(p):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change a model-level key of the spec for this command (repeatable): d_model, vocab_size, "
@@ -87,6 +145,7 @@ def cmd_show(args):
     """Print each layer (index, mixer, ffn, sharing group, params, FLOPs/token, cache bytes) and the totals."""
     from .analysis import analyze
 
+    _cache_dtype(args.dtype)
     rep = analyze(_spec(args.spec, args.set), seq_len=args.seq_len, batch=args.batch, dtype=args.dtype,
                   ssm_state_dtype=args.ssm_state_dtype)
     if args.json:
@@ -168,6 +227,7 @@ def cmd_memory(args):
     if args.output:
         check_output(args.output)
         check_path(args.output, PLOT_FORMATS)
+    _cache_dtype(args.dtype)
     specs = [_spec(s, args.set) for s in args.specs]
     lens = [parse_count(x, "--seq-lens") for x in args.seq_lens.split(",") if x.strip()]
     if not lens:
@@ -175,6 +235,10 @@ def cmd_memory(args):
     data = {label: [r.cache_bytes for r in analyze_lengths(s, lens, batch=args.batch, dtype=args.dtype,
                                                            ssm_state_dtype=args.ssm_state_dtype)]
             for label, s in zip(_labels(args.specs, specs), specs)}
+    if args.output:  # first: a plot that cannot be written is the error alone, no table printed before it
+        from .draw import plot_memory
+
+        plot_memory(lens, data, args.output, batch=args.batch, dtype=args.dtype)
     if args.json:
         print(json.dumps({"seq_lens": lens, "batch": args.batch, "dtype": args.dtype,
                           "ssm_state_dtype": args.ssm_state_dtype, "cache_bytes": data}, indent=2))
@@ -182,9 +246,6 @@ def cmd_memory(args):
         rows = [[name] + [human(b, "B") for b in values] for name, values in data.items()]
         print(table(rows, ["spec"] + [count_text(n) for n in lens], names=1))
     if args.output:
-        from .draw import plot_memory
-
-        plot_memory(lens, data, args.output, batch=args.batch, dtype=args.dtype)
         print(f"wrote {args.output}", file=sys.stderr if args.json else sys.stdout)
 
 
@@ -235,8 +296,9 @@ def cmd_convert(args):
         from .convert.hf_io import from_hf
         from .model.model import SAVE_FILES
 
+        dtype = None if args.dtype is None else _dtype(args.dtype)
         check_output_dir(args.output, SAVE_FILES)  # before the weights are read
-        _, model = from_hf(args.input, weights=True, dtype=args.dtype, name=args.name)
+        _, model = from_hf(args.input, weights=True, dtype=dtype, name=args.name)
         model.save(args.output)
         print(f"wrote {args.output} ({plural(model.num_params(), 'parameter')})", file=sys.stderr)
         return
@@ -309,8 +371,12 @@ def cmd_compile(args):
     from .model import compile as build
     from .model.model import SAVE_FILES
 
+    dtype = _dtype(args.dtype)
+    if _device(args.device).type == "meta":
+        raise ArchDSLError(f"--device {args.device}: a compiled model is saved with its weights, and the meta "
+                           f"device holds none (give cpu or cuda)")
     check_output_dir(args.output, SAVE_FILES)  # before the model is built: a big one takes minutes
-    model = build(_spec(args.spec, args.set), device=args.device, dtype=args.dtype, seed=args.seed)
+    model = build(_spec(args.spec, args.set), device=args.device, dtype=dtype, seed=args.seed)
     model.save(args.output)
     print(f"wrote {args.output}: {model.spec.name}, {plural(model.num_params(), 'parameter')}, "
           f"{str(model.dtype).replace('torch.', '')}")
@@ -466,7 +532,8 @@ def _model(args):
     fuse = _fuse(args)
     if args.dtype is not None and not args.dtype.strip():  # not the default: a saved model would keep its own
         raise ArchDSLError("--dtype: give a dtype (it is empty): float32, bfloat16, float16 or float64")
-    if str(args.device).strip().startswith("meta"):  # shapes without data: nothing to time, no tokens to decode
+    dtype = None if args.dtype is None else _dtype(args.dtype)
+    if _device(args.device).type == "meta":  # shapes without data: nothing to time, no tokens to decode
         raise ArchDSLError(f"--device {args.device}: run and bench compute on real tokens; the meta device holds "
                            f"no data (give cpu or cuda)")
     if args.cuda_graph is None:
@@ -477,12 +544,26 @@ def _model(args):
         if args.set:
             raise ArchDSLError(f"--set: {args.spec} is a saved model, whose weights fix its sizes; give its "
                                f"spec.yaml for fresh random weights at other sizes")
-        model = load_model(args.spec, device=args.device, dtype=args.dtype, fuse=fuse,
+        model = load_model(args.spec, device=args.device, dtype=dtype, fuse=fuse,
                            ssm_state_dtype=args.ssm_state_dtype)
         model.cuda_graph = args.cuda_graph
+        _warn_not_finite(model, args.spec)
         return model
-    return build(_spec(args.spec, args.set), device=args.device, dtype=resolve_dtype(args.dtype or "float32"),
+    return build(_spec(args.spec, args.set), device=args.device, dtype=dtype or resolve_dtype("float32"),
                  seed=args.seed, cuda_graph=args.cuda_graph, fuse=fuse, ssm_state_dtype=args.ssm_state_dtype)
+
+
+def _warn_not_finite(model, path: str) -> None:
+    """A warning on stderr when the weights loaded from `path` hold NaN or inf: so would the outputs, shown as
+    tokens (argmax of NaN logits is 0) with nothing else amiss."""
+    import torch
+
+    bad = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
+           if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
+    if bad:
+        verb = "holds" if len(bad) == 1 else "hold"
+        print(f"warning: {path}: {plural(len(bad), 'weight tensor')} {verb} NaN or inf (the first: {bad[0]}); so "
+              f"will what the model computes", file=sys.stderr)
 
 
 def _fuse(args):
@@ -522,6 +603,8 @@ def cmd_explore(args):
     results.json, results.csv, every candidate's spec and plots into OUTDIR. See docs/explore.md."""
     from .explore.command import explore_command
 
+    if args.device is not None:
+        _device(args.device, auto=True)
     explore_command(args)
 
 
@@ -538,6 +621,7 @@ def cmd_train(args):
     global batch. Writes RUNDIR/run.json, metrics.jsonl and checkpoints/. See docs/training.md."""
     from .train import TrainConfig, train
 
+    _device(args.device, auto=True)
     cfg = TrainConfig(spec=args.spec, settings=tuple(args.set), data=args.data, steps=args.steps, rundir=args.output,
                       batch=args.batch, micro_batch=args.micro_batch, seq_len=args.seq_len, lr=args.lr,
                       warmup=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip, bf16=args.bf16,
@@ -593,6 +677,7 @@ def cmd_export_checkpoint(args):
     from .train import export_checkpoint
 
     skipped: list[str] = []
+    _dtype(args.dtype)  # named as the option's, before the checkpoint is read
     model, step = export_checkpoint(args.rundir, args.output, step=args.step, dtype=args.dtype, skipped=skipped)
     if skipped:
         print(f"warning: skipped {plural(len(skipped), 'damaged checkpoint')} (" + "; ".join(skipped)

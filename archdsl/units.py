@@ -5,6 +5,7 @@ Shared by the command line, the reports and the plots; no torch.
 from __future__ import annotations
 
 import math
+import re
 
 from .errors import ArchDSLError
 
@@ -13,14 +14,28 @@ MAX_SEED = 2**63 - 1  # seeds are signed 64-bit integers (seed + 1, seed + 2 see
 
 
 def parse_count(text: str, flag: str = "", minimum: int = 1) -> int:
-    """'4096', '8k', '64K', '1m', '1_000' → int in minimum..2^40; errors start with `flag` (e.g. '--seq-len')."""
+    """'4096', '8k', '64K', '1m', '1_000', '1.5k' → int in minimum..2^40; k, m, g are 1024, 1024², 1024³ (as
+    count_text writes them back), and a decimal takes one where it makes a whole count (1.5k = 1536, not 1.3k).
+    Errors start with `flag` (e.g. '--seq-len')."""
     where = f"{flag}: " if flag else ""
     t = str(text).strip().lower().replace("_", "")
     mult = {"k": 1024, "m": 1024**2, "g": 1024**3}.get(t[-1:], 1)
+    digits = t[:-1] if mult > 1 else t
     try:
         if not t.isascii():  # int() reads any script's digits ('１０', '٣'); a count is written in ASCII
             raise ValueError(text)
-        value = int(t[:-1] if mult > 1 else t) * mult
+        decimal = re.fullmatch(r"([+-]?[0-9]+)\.([0-9]+)", digits) if mult > 1 else None
+        if decimal:  # exact: int() of the digits, never a float's rounding
+            whole, frac = decimal.groups()
+            scaled = int(whole + frac) * mult
+            value, rest = divmod(abs(scaled), 10 ** len(frac))
+            if rest:
+                exact = f"{'-' * (scaled < 0)}{value:,}.{str(rest).zfill(len(frac)).rstrip('0')}"
+                raise ArchDSLError(f"{where}{text!r} is {exact}, not a whole count (k, m, g are 1024, 1024², "
+                                   f"1024³: 1.5k is 1536)")
+            value = -value if scaled < 0 else value
+        else:
+            value = int(digits) * mult
     except ValueError:
         raise ArchDSLError(f"{where}not a count: {text!r} (write 4096, 8k or 1m)") from None
     if value < minimum:
@@ -67,16 +82,23 @@ def plural(n: int, word: str, words: str = "") -> str:
 
 def human(n: float, unit: str = "") -> str:
     """1234567 → '1.23M'; bytes with unit='B' use binary prefixes. A figure that rounds up to the next
-    prefix takes it: 999,999 is '1.00M', not '1000.00K'."""
-    base, prefixes = 1000, ("", "K", "M", "G", "T", "P")
+    prefix takes it: 999,999 is '1.00M', not '1000.00K'. Past the last prefix (Y, YiB) in scientific notation:
+    '1.24e+27 B'."""
+    base, prefixes = 1000, ("", "K", "M", "G", "T", "P", "E", "Z", "Y")
     if unit == "B":
-        base, prefixes = 1024, ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-    for i, p in enumerate(prefixes):
-        if abs(round(n, 2 if i else 0)) < base or p == prefixes[-1]:
-            text = f"{n:.2f}" if i else f"{n:.0f}"
-            return f"{text} {p}" if unit == "B" else text + p
-        n /= base
-    return str(n)
+        base, prefixes = 1024, ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB")
+    if abs(n) < base ** len(prefixes):  # else past the prefixes (and maybe past a float's range): not divided
+        x = n
+        for i, p in enumerate(prefixes):
+            if abs(round(x, 2 if i else 0)) < base:
+                text = f"{x:.2f}" if i else f"{x:.0f}"
+                return f"{text} {p}" if unit == "B" else text + p
+            x /= base
+    try:
+        text = f"{n:.2e}"
+    except OverflowError:  # an int past a float's range
+        text = sci(n)
+    return f"{text} B" if unit == "B" else text
 
 
 def to_float(v) -> float:

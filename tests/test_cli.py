@@ -840,3 +840,111 @@ def test_the_ssm_state_dtype_help_tells_the_float64_default(capsys):
     with pytest.raises(SystemExit):
         main(["show", "--help"])
     assert "default float32, float64 in a float64 model or cache" in " ".join(capsys.readouterr().out.split())
+
+
+def test_human_reads_past_pebibytes():
+    """Sizes stopped at PiB ('562949953421312.00 PiB'): now EiB, ZiB, YiB, then scientific notation."""
+    from archdsl.units import human
+
+    assert [human(2**k, "B") for k in (60, 70, 80)] == ["1.00 EiB", "1.00 ZiB", "1.00 YiB"]
+    assert human(2**99, "B") == "6.34e+29 B" and human(10**400, "B") == "about 10^400 B"
+    assert [human(10**k) for k in (18, 21, 24, 27)] == ["1.00E", "1.00Z", "1.00Y", "1.00e+27"]
+    assert human(1024**9 - 1, "B") == "1.24e+27 B"  # rounds past 1023.99 YiB: scientific, not '1024.00 YiB'
+
+
+@pytest.mark.parametrize("text, count", [("1.5k", 1536), ("1.5M", 1_572_864), ("0.5k", 512), ("1.50k", 1536),
+                                         ("2.25g", 2_415_919_104)])
+def test_a_count_may_be_a_decimal_with_a_suffix(text, count, capsys):
+    """k, m, g are 1024, 1024², 1024³ (as 8k is 8192): 1.5k is 1536. It was 'not a count'."""
+    code, out, err = run("show", "mamba2", "--seq-len", text, "--json", capsys=capsys)
+    assert code == 0 and json.loads(out)["seq_len"] == count, err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1.3k", "--seq-len: '1.3k' is 1,331.2, not a whole count"),
+    ("0.001k", "--seq-len: '0.001k' is 1.024, not a whole count"),
+    ("1.0000000001m", "is 1,048,576.0001048576, not a whole count"),  # exact, not a float's 1,048,576
+    ("1.5", "--seq-len: not a count: '1.5'"),  # a decimal takes a suffix
+    (".5k", "--seq-len: not a count"), ("1e3k", "--seq-len: not a count"),
+    ("-1.5k", "--seq-len: must be a positive count"),
+])
+def test_a_decimal_count_must_be_whole(text, message, capsys):
+    code, _, err = run("show", "mamba2", f"--seq-len={text}", capsys=capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv", [["graph", "mamba2"], ["memory", "mamba2"], ["convert", "--from", "megatron", "M-M"],
+                                  ["compile", "mamba2"], ["export", "saved", "--to", "hf"],
+                                  ["explore", os.path.join(ROOT, "specs/spaces/tiny.yaml")],
+                                  ["train", "mamba2", "--data", "mqar:seq=32,pairs=2", "--steps", "1"]])
+@pytest.mark.parametrize("char", ["\n", "\r", "\x1b", "\t", "\u2028"])
+def test_output_paths_with_control_characters_are_refused(tmp_path, monkeypatch, capsys, argv, char):
+    """`-o $'nl\\nx.svg'` was written, and 'wrote nl⏎x.svg' printed on two lines."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(*argv, "-o", f"nl{char}x.svg", capsys=capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"error: -o: the path {'nl' + char + 'x.svg'!r} holds the control character {char!r}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_writes_its_plot_before_it_prints(tmp_path, monkeypatch, capsys):
+    """`memory -o PLACE` where PLACE cannot be written printed the table (or the JSON), then exited 2."""
+    import archdsl.atomic
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    access = os.access
+    monkeypatch.setattr(archdsl.atomic.os, "access", lambda p, mode, **k: str(p) != str(ro) and access(p, mode, **k))
+    for flags in ([], ["--json"]):
+        code, out, err = run("memory", "mamba2", "-o", str(ro / "sub" / "m.png"), *flags, capsys=capsys)
+        assert code == 2 and out == "" and f"cannot write in {ro}: it is not writable" in err, err
+    monkeypatch.undo()
+    import archdsl.draw
+    from archdsl.errors import ArchDSLError
+
+    def full_disk(*a, **k):
+        raise ArchDSLError("cannot write m.png: No space left on device")
+
+    monkeypatch.setattr(archdsl.draw, "plot_memory", full_disk)  # a failure the early check cannot foresee
+    code, out, err = run("memory", "mamba2", "-o", str(tmp_path / "m.png"), capsys=capsys)
+    assert code == 2 and out == "" and "No space left on device" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ro"] and list(ro.iterdir()) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc, where nothing can be created")
+def test_memory_prints_nothing_when_its_plot_cannot_be_made(capsys):
+    for flags in ([], ["--json"]):
+        code, out, err = run("memory", "mamba2", "-o", "/proc/archdsl-test/m.png", *flags, capsys=capsys)
+        assert code == 2 and out == "" and "/proc/archdsl-test" in err, err
+
+
+@pytest.mark.parametrize("argv", [["compile", "mamba2"], ["export", "saved", "--to", "hf"],
+                                  ["convert", "--from", "hf", "hfdir", "--weights"], ["export-checkpoint", "rundir"],
+                                  ["graph", "mamba2"], ["convert", "--from", "megatron", "M-M"]])
+def test_an_unwritable_output_place_is_refused_before_any_work(tmp_path, monkeypatch, capsys, argv):
+    """compile -o and convert --weights -o in a directory archdsl may not write in failed after the model was
+    built (or read); os.access is what tells, whoever runs it (root writes anywhere but a read-only file system)."""
+    import archdsl.atomic
+    import archdsl.convert.hf_io
+    import archdsl.model
+
+    def no_work(*a, **k):
+        raise AssertionError("the model was built before -o was checked")
+
+    monkeypatch.setattr(archdsl.model, "compile", no_work)
+    monkeypatch.setattr(archdsl.convert.hf_io, "export_hf", no_work)
+    monkeypatch.setattr(archdsl.convert.hf_io, "from_hf", no_work)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    access = os.access
+    monkeypatch.setattr(archdsl.atomic.os, "access", lambda p, mode, **k: str(p) != str(ro) and access(p, mode, **k))
+    for out in (ro / "x.yaml", ro / "new" / "x.yaml"):  # in it, or in a directory to be made in it
+        code, stdout, err = run(*argv, "-o", str(out), capsys=capsys)
+        assert code == 2 and stdout == "" and f"-o {out}: cannot write in {ro}: it is not writable" in err, err
+    assert list(ro.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["show", "mamba2"], ["memory", "mamba2"]])
+def test_a_cache_dtype_is_refused_by_its_option(argv, capsys):
+    code, out, err = run(*argv, "--dtype", "int8", capsys=capsys)
+    assert code == 2 and out == "" and err.startswith("error: --dtype: unknown dtype 'int8' (one of float32"), err

@@ -165,3 +165,84 @@ def test_bench_refuses_an_unknown_case_by_its_option_before_the_model_is_built(m
     assert main(["bench", LAYOUT, "--cases", "decode,fwd"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("error: --cases: unknown case 'fwd'; did you mean 'forward'?"), err
+
+
+@pytest.mark.parametrize("argv", [["compile", LAYOUT, "-o", "m"], ["run", LAYOUT], ["bench", LAYOUT],
+                                  ["convert", "--from", "hf", "hfdir", "--weights", "-o", "m"],
+                                  ["export-checkpoint", "rundir", "-o", "m"]])
+def test_an_unknown_dtype_names_its_option_and_the_dtypes(argv, tmp_path, monkeypatch, capsys):
+    """`--dtype int8` said `unknown dtype 'int8'`, naming neither the option nor (convert --weights: only after the
+    weights were read) what it takes; now before any work."""
+    import archdsl.convert.hf_io
+    import archdsl.model
+
+    def no_work(*a, **k):
+        raise AssertionError("work began before --dtype was checked")
+
+    monkeypatch.setattr(archdsl.model, "compile", no_work)
+    monkeypatch.setattr(archdsl.convert.hf_io, "from_hf", no_work)
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--dtype", "int8"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == ("error: --dtype: unknown dtype 'int8'; give float32, bfloat16, float16 or float64 "
+                                 "(or fp32, float, fp16, half, bf16, fp64, double)\n"), err
+    assert main([*argv, "--dtype", "flaot16"]) == 2
+    assert capsys.readouterr().err.endswith("; did you mean 'float16', 'bfloat16', 'float64'?\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["compile", LAYOUT, "-o", "m"], ["run", LAYOUT], ["bench", LAYOUT],
+                                  ["train", LAYOUT, "--data", "mqar:seq=32,pairs=2", "--steps", "1", "-o", "r"],
+                                  ["explore", "space.yaml", "-o", "e"]])
+def test_an_unknown_device_is_one_line_naming_its_option(argv, tmp_path, monkeypatch, capsys):
+    """`--device bogus` printed torch's list of twenty device types; `--device hpu` (a type torch knows, without
+    its backend) a traceback."""
+    monkeypatch.chdir(tmp_path)
+    auto = "auto, " if argv[0] in ("train", "explore") else ""
+    for device, message in (("bogus", f"--device: unknown device 'bogus'; give {auto}cpu, cuda or cuda:N"),
+                            ("cuda:x", f"--device: unknown device 'cuda:x'; give {auto}cpu, cuda or cuda:N"),
+                            ("hpu", "--device hpu: archdsl does not run on hpu devices"),
+                            ("privateuseone", "--device privateuseone: archdsl does not run on privateuseone")):
+        assert main([*argv, "--device", device]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    if not torch.cuda.is_available():
+        assert main([*argv, "--device", "cuda:1"]) == 2
+        assert capsys.readouterr().err == "error: --device cuda:1: CUDA is not available on this machine\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compile_refuses_the_meta_device_before_building(tmp_path, monkeypatch, capsys):
+    """`compile --device meta` built the model, then failed to save it with `save: the model is on the meta
+    device`, naming no option."""
+    import archdsl.model
+
+    def no_work(*a, **k):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(archdsl.model, "compile", no_work)
+    assert main(["compile", LAYOUT, "-o", str(tmp_path / "m"), "--device", "meta"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: --device meta: a compiled model is saved with its weights"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_warns_of_weights_that_are_not_finite(tmp_path, capsys):
+    """A saved model with NaN / inf in its weights ran, printing greedy tokens `0 0` (argmax of NaN) and no word."""
+    out = str(tmp_path / "m")
+    assert main(["compile", LAYOUT, "--set", "d_model=32", "--set", "vocab_size=100", "-o", out]) == 0
+    assert main(["run", out, "--prompt-len", "2", "--gen", "1"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    model = archdsl.load(out)
+    params = dict(model.named_parameters())
+    names = [n for n in params if n.endswith("in_proj.weight") or n.endswith("out_proj.weight")]
+    with torch.no_grad():
+        params[names[0]][0, 0] = float("nan")
+        params[names[1]][1, 1] = float("-inf")
+    model.save(out)
+    for command in (["run", out, "--prompt-len", "2", "--gen", "1"],
+                    ["bench", out, "--seq-len", "2", "--gen", "1", "--cases", "decode"]):
+        assert main(command) == 0
+        err = capsys.readouterr().err
+        assert err == (f"warning: {out}: 2 weight tensors hold NaN or inf (the first: {names[0]}); so will what the "
+                       f"model computes\n"), err
