@@ -2,12 +2,27 @@
 earlier output: the data goes to a temporary name beside the target and is renamed onto it only once it is
 complete; a directory in the way is replaced only when it holds nothing but what this write puts there
 (an earlier save of the same kind) or nothing at all. What lands gets the usual permissions (the umask's),
-not the private ones of a temporary file."""
+not the private ones of a temporary file.
+
+The temporary name of a target NAME is `.NAME.tmp-HOST-PID-RANDOM` (HOST: 8 hex digits of a hash of the
+machine's name, PID: the writing process's id; a NAME too long for that is cut, with a hash of it appended).
+A writer killed where it cannot clean up (SIGKILL, a power cut) leaves that file or directory behind; the
+next write of the same target removes every such leftover of that target whose writer was on this machine
+and is no longer running (a process lists a directory once, at its first write there: what a writer killed
+after that leaves, the next process's write removes). Nothing else is touched: not another target's
+temporaries, not those of a writer still alive or on another machine (a shared file system), not a
+directory holding anything but plain files, and not the `.NAME.old-*` copy that a replace moves aside
+(killed between its two renames, that copy is the earlier output, to put back by hand)."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
+import threading
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +32,8 @@ from .errors import ArchDSLError
 
 def write_atomic(path: str, data: str | bytes, replace: bool = True) -> None:
     """Write `data` (text as UTF-8) to `path`, replacing it whole or not at all; with `replace=False` a file
-    there (one made while this wrote, too) is ArchDSLError and stays as it was."""
+    there (one made while this wrote, too) is ArchDSLError and stays as it was. Temporaries of `path` that a
+    killed writer left are removed first (see the module's docstring)."""
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         raise ArchDSLError(f"cannot write {path}: it is a directory")
@@ -26,7 +42,8 @@ def write_atomic(path: str, data: str | bytes, replace: bool = True) -> None:
     d = os.path.dirname(path)
     try:
         os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".archdsl-")
+        remove_stale_temporaries(path, fresh=False)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=_tmp_prefix(path))
     except OSError as e:
         raise ArchDSLError(f"cannot write {path}: {e.strerror}") from None
     try:
@@ -79,13 +96,15 @@ def atomic_dir(path: str, names: frozenset[str]) -> Iterator[str]:
     ends without an error it takes the place of `path`, else it is removed and `path` stays as it was. An
     existing `path` is replaced (moved aside, then removed) only when it is a directory of such files or of
     none; anything else there (another file, a subdirectory, the current directory or one above it) is
-    ArchDSLError before anything is written."""
+    ArchDSLError before anything is written. Temporaries of `path` that a killed writer left are removed first
+    (see the module's docstring)."""
     path = os.path.abspath(os.fspath(path))
     _check_replaceable(path, names)
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
+        remove_stale_temporaries(path, fresh=False)
+        tmp = tempfile.mkdtemp(dir=parent, prefix=_tmp_prefix(path))
     except OSError as e:
         raise ArchDSLError(f"cannot write {path}: {e.strerror}") from None
     old = None
@@ -99,7 +118,7 @@ def atomic_dir(path: str, names: frozenset[str]) -> Iterator[str]:
         os.chmod(tmp, 0o777 & ~mask)
         if os.path.exists(path):
             _check_replaceable(path, names)  # again: it may have changed while we wrote
-            old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.old-")
+            old = tempfile.mkdtemp(dir=parent, prefix=f".{_tag(path)}.old-")
             os.rmdir(old)
             os.rename(path, old)
         os.rename(tmp, path)
@@ -110,6 +129,98 @@ def atomic_dir(path: str, names: frozenset[str]) -> Iterator[str]:
         if old and os.path.isdir(old) and not os.path.lexists(path):  # moved aside, then the new one failed to land
             os.rename(old, path)
         raise
+
+
+def _tag(path: str) -> str:
+    """What stands for the target in its temporaries' names: its name, or where that would make them longer than
+    a file name may be (255 bytes), its first 160 bytes and a hash of the whole."""
+    base = os.fsencode(os.path.basename(path))
+    if len(base) > 200:
+        base = base[:160] + b"~" + hashlib.sha1(base).hexdigest()[:8].encode()
+    return os.fsdecode(base)
+
+
+@functools.cache
+def _host() -> str:
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _tmp_prefix(path: str) -> str:
+    """`.NAME.tmp-HOST-PID-`: tempfile adds the random part."""
+    return f".{_tag(path)}.tmp-{_host()}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine (one of another user's too); True where it cannot tell."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # PermissionError: it runs, as another user
+        return True
+    return True
+
+
+# directory → the names of this machine's temporaries in it when this process first wrote there: listing a
+# directory of 10^4 specs at every write of one made writing them quadratic
+_SEEN: dict[str, set[str]] = {}
+_SEEN_LOCK = threading.Lock()
+
+
+def _temporaries(parent: str, fresh: bool) -> set[str]:
+    with _SEEN_LOCK:
+        if fresh or parent not in _SEEN:
+            try:
+                names = os.listdir(parent)
+            except OSError:
+                names = []
+            marker = f".tmp-{_host()}-"
+            _SEEN[parent] = {n for n in names if marker in n}
+        return _SEEN[parent]
+
+
+def remove_stale_temporaries(path: str, fresh: bool = True) -> list[str]:
+    """Remove the temporaries of target `path` (see the module's docstring) that a writer on this machine left
+    behind when it was killed: each `.NAME.tmp-HOST-PID-RANDOM` beside `path` whose HOST is this machine and
+    whose PID runs no process, when it is a plain file or a directory of plain files. Returns the names removed;
+    never raises (a leftover that cannot be removed stays). `fresh=False` (the writers') looks only at what the
+    directory held when this process first looked: a process lists a directory once."""
+    if os.name != "posix":  # os.kill(pid, 0) tells liveness on POSIX only (on Windows it would end the process)
+        return []
+    parent = os.path.dirname(os.path.abspath(path))
+    prefix = f".{_tag(path)}.tmp-{_host()}-"
+    pattern = re.compile(re.escape(prefix) + r"([0-9]{1,10})-[A-Za-z0-9_]+")
+    seen = _temporaries(parent, fresh)
+    removed = []
+    for entry in sorted(e for e in list(seen) if e.startswith(prefix)):
+        m = pattern.fullmatch(entry)
+        if not m or _alive(int(m.group(1))):
+            continue
+        full = os.path.join(parent, entry)
+        try:
+            if os.path.islink(full):
+                continue
+            if os.path.isfile(full):
+                os.unlink(full)
+            elif os.path.isdir(full):
+                inside = [os.path.join(full, e) for e in os.listdir(full)]
+                if any(os.path.islink(f) or not os.path.isfile(f) for f in inside):
+                    continue  # not what a writer of ours leaves: someone's own directory
+                for f in inside:
+                    os.unlink(f)
+                os.rmdir(full)
+            elif not os.path.lexists(full):  # gone meanwhile
+                seen.discard(entry)
+                continue
+            else:
+                continue
+        except OSError:
+            continue
+        seen.discard(entry)
+        removed.append(entry)
+    return removed
 
 
 def _check_replaceable(path: str, names: frozenset[str]) -> None:

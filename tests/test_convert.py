@@ -6,6 +6,7 @@ that tiny model (built for real on the CPU); the reference configs likewise on t
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -542,3 +543,69 @@ def test_activations_transformers_computes_otherwise_are_refused():
     spec = archdsl.parse("2×mamba2(headdim=16)+mlp(act=geglu)")
     with pytest.raises(ArchDSLError, match="Bamba's MLP is swiglu"):
         bamba.hf_config(spec)
+
+
+MAMBA_CFG = {"model_type": "mamba", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 100}
+
+
+@pytest.mark.parametrize("name, why", [
+    ("a\nb", r"it holds '\\n'; a name is one line, without line breaks, tabs or other control characters"),
+    ("a\u2028b", r"it holds '\\u2028'; a name is one line"),
+    ("a\tb", r"it holds '\\t'; a name is one line"),
+    ("", "it is blank"),  # was taken as no name: the spec named 'mamba'
+    ("  ", "it is blank"),
+    ("\udcff", "it holds bytes that are not UTF-8"),  # was an 'invalid YAML' message about the converted spec
+])
+def test_a_name_that_cannot_be_one_is_blamed_on_the_argument(tmp_path, name, why):
+    """from_hf(..., name="a\\nb") said "the model of this config is not one archdsl can build: ... (the converted
+    spec's line 1: name: 'a)": the YAML the user never saw, of a config that was fine."""
+    import archdsl
+    from archdsl.convert.hf_io import from_hf
+
+    (tmp_path / "config.json").write_text(json.dumps(MAMBA_CFG))
+    for call, where in ((lambda: archdsl.from_hf(tmp_path, name=name), "from_hf: name"),
+                        (lambda: from_hf(tmp_path, weights=True, name=name), "from_hf: name"),
+                        (lambda: hf_config_to_spec(MAMBA_CFG, name), "hf_config_to_spec: source_name")):
+        with pytest.raises(ArchDSLError) as e:
+            call()
+        assert str(e.value).startswith(f"{where} {name!r} cannot name a spec: "), str(e.value)
+        assert re.search(why, str(e.value)) and "converted spec" not in str(e.value), str(e.value)
+
+
+def test_a_model_directory_that_cannot_name_the_spec_is_named(tmp_path, capsys):
+    import archdsl
+    from archdsl.cli import main
+
+    d = tmp_path / "my\nmodel"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(MAMBA_CFG))
+    with pytest.raises(ArchDSLError, match=r"the model directory '.*my\\nmodel' names the spec \(its config has no "
+                                           r"_name_or_path\), and its name cannot: it holds '\\n'"):
+        archdsl.from_hf(d)
+    assert main(["convert", "--from", "hf", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert "give a name (--name" in err and "converted spec" not in err, err
+    assert archdsl.from_hf(d, name="fine").name == "fine"
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: hf_config_to_spec(3), "hf_config_to_spec: config must be a dict (a config.json read), got 3"),
+    (lambda: hf_config_to_spec(MAMBA_CFG, 5), "hf_config_to_spec: source_name must be None or a str, got 5"),
+    (lambda: __import__("archdsl").from_hf(".", name=5), "from_hf: name must be None or a str, got 5"),
+    (lambda: __import__("archdsl.convert.hf_io").convert.hf_io.from_hf(3),  # a TypeError from os.fspath
+     "from_hf: expected a directory's path (str or os.PathLike), got int"),
+])
+def test_odd_convert_arguments_are_named(call, message):
+    with pytest.raises(ArchDSLError) as e:
+        call()
+    assert message in str(e.value)
+
+
+def test_export_names_a_model_type_that_is_not_a_name(tmp_path):
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+
+    model = archdsl.compile(archdsl.parse("attn+mlp"), device="cpu", seed=0)
+    with pytest.raises(ArchDSLError, match=r"model_type must be None or a family name \(.*llama.*\), got \['x'\]"):
+        export_hf(model, tmp_path / "hf", model_type=["x"])  # was TypeError: unhashable type: 'list'
+    assert not (tmp_path / "hf").exists()

@@ -968,3 +968,66 @@ def test_huge_flags_are_refused_and_nothing_is_written(tmp_path, capsys, flags, 
     code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"] + flags, capsys)
     assert code == 2 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flags, train, message", [
+    (["--lr", "1e300"], "", "--lr: must be at most 1 (AdamW moves each weight by up to about lr a step: more only "
+                            "diverges), got 1e+300"),
+    (["--lr", "2"], "", "--lr: must be at most 1"),
+    ([], "lr: 1.0e+300, ", "train: lr must be at most 1 (AdamW moves each weight by up to about lr a step"),
+    ([], "lr: 3.5e+37, ", "train: lr must be at most 1"),  # torch's own limit: the step lr / (1 - beta1) overflows
+])
+def test_a_huge_learning_rate_is_refused_before_anything_is_written(tmp_path, capsys, flags, train, message):
+    """It passed as a positive finite number, then torch's AdamW raised "value cannot be converted to type float
+    without overflow" on the first step, after results.json was written (status failed, a traceback)."""
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY.replace("train: {", f"train: {{{train}"))
+    code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--probe", "--steps", "2",
+                         "--no-progress"] + flags, capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_largest_learning_rate_trains_without_overflow_at_any_beta():
+    """lr 1 with beta1 just below 1: AdamW's first step is lr / (1 - beta1) ≈ 9e15, far inside float32; a diverged
+    probe is a result (its loss may be NaN), not an error."""
+    from archdsl.explore.train import MAX_LR, TrainConfig, train_probe
+
+    task = make_task("mqar", vocab_size=32, seq_len=16, num_kv_pairs=2)
+    net = torch.nn.Sequential(torch.nn.Embedding(32, 8), torch.nn.Linear(8, 32))
+    cfg = TrainConfig(steps=3, batch_size=2, eval_every=3, eval_size=4, lr=MAX_LR, betas=(1 - 2**-53, 0.98),
+                      warmup=0, target_accuracy=None)
+    result = train_probe(net, task, cfg)
+    assert result.steps == 3 and 0 <= result.accuracy <= 1
+    with pytest.raises(ArchDSLError, match="train: lr must be at most 1"):
+        TrainConfig(lr=1.5)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: parse_constraint("flops", "1G@64kx8"),
+    lambda: search.Constraint("flops", max=1e9, seq_len=4096, batch=2),
+])
+def test_a_flops_budget_takes_no_batch(call):
+    """FLOPs a token are the same at any batch: `1G@64kx8` was taken, and labelled 'batch 8', meaning nothing."""
+    with pytest.raises(ArchDSLError, match="flops_per_token do not depend on the batch: give the budget as "
+                                           r"AMOUNT@CONTEXT, without xBATCH \(that is for cache budgets\)"):
+        call()
+    with pytest.raises(ArchDSLError, match="constraints 'flops<=1G@64kx8': flops_per_token do not depend on the batch"):
+        explore(small_space({"attn_count": (0, 0), "d_model": (16,), "depth": (2,)}), ["flops<=1G@64kx8"])
+
+
+def test_a_flops_budget_at_a_context_is_labelled_without_a_batch(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY)
+    code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress", "--max-flops",
+                         "1G@64kx8"], capsys)
+    assert code == 2 and "error: --max-flops 1G@64kx8: flops_per_token do not depend on the batch" in err, err
+    assert not (tmp_path / "o").exists()
+    code, out, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress", "--batch", "4",
+                           "--max-flops", "20k@1k"], capsys)
+    assert code == 0, err
+    label = "flops_per_token ≤ 20.00K @ context 1024"
+    assert f"removed by {label}: 1" in out, out
+    (c,) = json.loads((tmp_path / "o" / "results.json").read_text())["candidates"]
+    assert c["figures"]["at"][label] == analyze(space_from_yaml(space.read_text()).spec(c["knobs"], c["layout"], "x"),
+                                                seq_len=1024).flops_per_token

@@ -43,6 +43,29 @@ def read_hf_config(path: str | os.PathLike) -> dict:
     return data
 
 
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a spec (the spec's own checks, said before the YAML that would carry it), or None."""
+    if not name.strip():
+        return "it is blank"
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:  # a line break would split every table and message that names the model
+        return f"it holds {bad!r}; a name is one line, without line breaks, tabs or other control characters"
+    if any(unicodedata.category(c) == "Cs" for c in name):
+        return "it holds bytes that are not UTF-8 (a lone surrogate)"
+    return None
+
+
+def check_name(name, where: str) -> None:
+    """ArchDSLError naming the argument (`where`, e.g. "from_hf: name") unless `name` is None or a valid name."""
+    if name is None:
+        return
+    if not isinstance(name, str):
+        raise ArchDSLError(f"{where} must be None or a str, got {shown(name)}")
+    why = name_problem(name)
+    if why:
+        raise ArchDSLError(f"{where} {shown(name)} cannot name a spec: {why}")
+
+
 def _refuse(field: str, value, why: str) -> ArchDSLError:
     return ArchDSLError(f"unsupported value {shown(value)} of config field '{field}': {why}", file="<hf config>")
 
@@ -485,6 +508,9 @@ def model_type_of(config: dict):
 
 def hf_config_to_spec(config: dict, source_name: str | None = None) -> dict:
     """A spec dict (ready for spec.dump_yaml) describing the model of an HF config.json."""
+    if not isinstance(config, dict):
+        raise ArchDSLError(f"hf_config_to_spec: config must be a dict (a config.json read), got {shown(config)}")
+    check_name(source_name, "hf_config_to_spec: source_name")
     model_type = model_type_of(config)
     if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise ArchDSLError(f"unsupported model_type {shown(model_type)} of config field 'model_type'",
@@ -526,12 +552,18 @@ def convert_config(path: str | os.PathLike, name: str | None = None) -> tuple[st
     (a block's check) with its message and the converted line it stands on."""
     from ..spec import dump_yaml, spec_from_yaml
 
-    file = config_file(path)
+    check_name(name, "name")
+    file = config_file(check_path("convert_config", path, "config file's or directory's path"))
     try:
         config = read_hf_config(file)
         given = config.get("_name_or_path")
         if name is None and (not given or isinstance(given, str) and not _last_part(given)):  # as from_hf did:
             name = os.path.basename(os.path.dirname(os.path.abspath(file))) or None  # the model's directory names it
+            why = name and name_problem(name)
+            if why:  # said with the directory quoted: as the file in front of the message, its line break splits it
+                raise ArchDSLError(f"the model directory {shown(os.path.dirname(os.path.abspath(file)))} names the "
+                                   f"spec (its config has no _name_or_path), and its name cannot: {why}",
+                                   hint="give a name (--name, or name= to from_hf)")
         data = hf_config_to_spec(config, name)
     except ArchDSLError as e:  # the converters name the field, not the file they were handed as a dict
         if e.file != "<hf config>":
@@ -553,8 +585,8 @@ def from_hf(path: str | os.PathLike, weights: bool = False, device="cpu", dtype=
     (spec, model) holding the checkpoint's weights (see archdsl.convert.hf_io)."""
     if not isinstance(weights, bool):
         raise ArchDSLError(f"from_hf: weights must be True or False, got {shown(weights)}")
-    if name is not None and not isinstance(name, str):
-        raise ArchDSLError(f"from_hf: name must be None or a str, got {shown(name)}")
+    path = check_path("from_hf", path, "directory's path")
+    check_name(name, "from_hf: name")
     if weights:
         from .hf_io import from_hf as from_hf_weights
 

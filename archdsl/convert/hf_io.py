@@ -160,7 +160,7 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
     from . import hf
     from ..model import check_device, compile as compile_model, load_weights, resolve_dtype
 
-    path = os.fspath(path)
+    path = check_path("from_hf", path, "directory's path")
     spec = hf.from_hf(path, name=name)
     if not weights:
         return spec
@@ -188,6 +188,9 @@ def hf_model_type(spec, model_type: str | None = None) -> str:
     """The HF family a spec exports as: `model_type` if given, else the first family that accepts it."""
     from .weights import FAMILIES
 
+    if model_type is not None and not isinstance(model_type, str):  # a list was TypeError: unhashable type
+        raise ArchDSLError(f"model_type must be None or a family name ({', '.join(sorted(FAMILIES))}), "
+                           f"got {shown(model_type)}")
     if model_type is not None:
         family(model_type)
         return model_type

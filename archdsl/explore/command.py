@@ -14,8 +14,8 @@ def add_arguments(p) -> None:
     p.add_argument("-o", "--output", help="output directory (results.json, results.csv, specs/, plots)")
     p.add_argument("--resume", metavar="OUTDIR", help="continue an interrupted run in OUTDIR (same settings); "
                    "-o refuses a directory that already holds files")
-    g = p.add_argument_group("budgets (AMOUNT: 1.5B, 300M; flops and cache also at a context, AMOUNT@CONTEXT[xBATCH]: "
-                             "2GiB@64k, 8GiB@128kx4)")
+    g = p.add_argument_group("budgets (AMOUNT: 1.5B, 300M; flops and cache also at a context, AMOUNT@CONTEXT, and "
+                             "cache at a batch too, AMOUNT@CONTEXTxBATCH: 1G@64k, 2GiB@64k, 8GiB@128kx4)")
     for name, help in (("params", "total parameters"), ("active", "active parameters per token (MoE)"),
                        ("flops", "forward FLOPs per token"), ("cache", "decode cache bytes (KV + states)")):
         g.add_argument(f"--max-{name}", metavar="AMOUNT", help=f"at most this many {help}")
@@ -35,7 +35,7 @@ def add_arguments(p) -> None:
     q.add_argument("--probe-d-model", type=int, help="train at this width instead of each candidate's own")
     q.add_argument("--probe-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a task argument, e.g. seq_len=256, num_kv_pairs=16, vocab_size=8192 (repeatable)")
-    q.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    q.add_argument("--lr", type=float, help="peak learning rate, at most 1 (default 1e-3)")
     q.add_argument("--batch-size", type=int, help="training batch (default 32)")
     q.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--top", type=int, help="probe (and print) the K best by the analytic ranking (default: "
@@ -67,6 +67,12 @@ def check_flags(args) -> None:
         raise ArchDSLError(f"--top: must be at most 2^63-1 (leave it out to probe all), got {args.top}")
     if args.lr is not None and not 0 < args.lr < math.inf:
         raise ArchDSLError(f"--lr: must be a positive number, got {args.lr}")
+    if args.lr is not None:
+        from .train import MAX_LR
+
+        if args.lr > MAX_LR:
+            raise ArchDSLError(f"--lr: must be at most {MAX_LR:g} (AdamW moves each weight by up to about lr a "
+                               f"step: more only diverges), got {args.lr:g}")
     if args.device is not None and args.device != "auto":
         import torch
 

@@ -104,7 +104,8 @@ class Constraint:
             parts.append(f"{self.metric} ≥ {human(self.min, unit)}")
         if self.max is not None:
             parts.append(f"{self.metric} ≤ {human(self.max, unit)}")
-        at = f" @ batch {self.batch or 1}, context {self.seq_len}" if self.seq_len else ""
+        at = ("" if not self.seq_len else f" @ context {self.seq_len}" if self.metric == "flops_per_token"
+              else f" @ batch {self.batch or 1}, context {self.seq_len}")
         return " and ".join(parts) + at
 
     def __post_init__(self):
@@ -123,13 +124,17 @@ class Constraint:
         if self.metric in ("params", "active_params") and (self.seq_len is not None or self.batch is not None):
             raise ArchDSLError(f"{self.metric} do not depend on the context or the batch: give the budget without "
                                f"@CONTEXT (that is for flops and cache budgets)")
+        if self.metric == "flops_per_token" and self.batch is not None:  # FLOPs a token: the same at any batch
+            raise ArchDSLError("flops_per_token do not depend on the batch: give the budget as AMOUNT@CONTEXT, "
+                               "without xBATCH (that is for cache budgets)")
 
     def check(self, value: float) -> bool:
         return (self.max is None or value <= self.max) and (self.min is None or value >= self.min)
 
 
 def parse_constraint(metric: str, text: str, bound: str = "max") -> Constraint:
-    """'2GiB@64k' (cache at context 64k), '2GiB@64kx8' (batch 8), '1.5B' → a Constraint."""
+    """'2GiB@64k' (cache at context 64k), '2GiB@64kx8' (batch 8), '1.5B' → a Constraint. FLOPs a token take a
+    context ('1G@64k') but no batch; parameters neither."""
     key = constraint_metric(metric)
     if bound not in ("max", "min"):
         raise ArchDSLError(f"bound must be 'max' or 'min', got {shown(bound)}")
@@ -293,8 +298,9 @@ def enumerate_space(space: Space, constraints: Sequence[Constraint] = (), contex
                     dtype: str = "bfloat16", progress=None):
     """Generate, prune and analyse. Returns (survivors, enumerated, removed, violated, best):
     best[label] is the smallest (largest, for min bounds) value seen, for error messages."""
-    # a budget at a context (2GiB@64k) without a batch is checked at the run's batch: its label says which
-    constraints = [replace(c, batch=c.batch or batch) if c.seq_len else c for c in constraints]
+    # a cache budget at a context (2GiB@64k) without a batch is checked at the run's batch: its label says which
+    constraints = [replace(c, batch=c.batch or batch) if c.seq_len and c.metric == "cache_bytes" else c
+                   for c in constraints]
     check_constraints(constraints)
     seen: set[tuple] = set()
     survivors: list[Candidate] = []

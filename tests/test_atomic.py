@@ -1,0 +1,122 @@
+"""Atomic writes: temporaries carry the writer's pid, and a killed writer's leftovers of the same target are
+removed by the next write of it, nothing else."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from archdsl import atomic
+from archdsl.atomic import atomic_dir, remove_stale_temporaries, write_atomic
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="liveness by pid is POSIX's")
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def temp_name(target: str, pid: int, host: str | None = None, rand: str = "k2x_9abc") -> str:
+    return f".{target}.tmp-{host or atomic._host()}-{pid}-{rand}"
+
+
+def test_the_temporary_name_carries_the_writer_pid(tmp_path, monkeypatch):
+    seen = []
+    replace = os.replace
+
+    def spy(src, dst):
+        seen.append(os.path.basename(src))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    write_atomic(str(tmp_path / "out.json"), "{}")
+    (name,) = seen
+    assert name.startswith(f".out.json.tmp-{atomic._host()}-{os.getpid()}-"), name
+    assert os.listdir(tmp_path) == ["out.json"]
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    dead = dead_pid()
+    stale = temp_name("results.json", dead)
+    keep = [
+        temp_name("results.json", os.getpid()),  # a writer still running (this one)
+        temp_name("results.json", dead, host="0000beef" if atomic._host() != "0000beef" else "0000feed"),  # elsewhere
+        temp_name("results.csv", dead),  # another target's
+        temp_name("results.json.bak", dead),  # a target whose name begins alike
+        f".results.json.tmp-{dead}",  # not of our pattern (no host, no random part)
+        ".results.json.tmp-abcd1234",  # an older archdsl's name, without a pid
+        "results.json.tmp-notes.txt",  # the user's own
+    ]
+    for name in [stale] + keep:
+        (tmp_path / name).write_text("half")
+    write_atomic(str(tmp_path / "results.json"), "{}")
+    assert (tmp_path / "results.json").read_text() == "{}"
+    assert sorted(os.listdir(tmp_path)) == sorted(keep + ["results.json"])
+
+
+def test_a_killed_writers_temporary_directory_is_removed_by_the_next_save(tmp_path):
+    names = frozenset({"spec.yaml", "model.safetensors"})
+    dead = dead_pid()
+    stale = tmp_path / temp_name("m", dead)
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    odd = tmp_path / temp_name("m", dead, rand="zz_11yy")  # holds a directory: not what a writer of ours leaves
+    (odd / "sub").mkdir(parents=True)
+    with atomic_dir(str(tmp_path / "m"), names) as tmp:
+        for n in names:
+            with open(os.path.join(tmp, n), "w") as f:
+                f.write("x")
+    assert sorted(os.listdir(tmp_path)) == sorted(["m", odd.name])
+    assert sorted(os.listdir(tmp_path / "m")) == sorted(names)
+
+
+def test_a_link_named_like_a_stale_temporary_is_left_alone(tmp_path):
+    target = tmp_path / "precious"
+    target.write_text("keep")
+    link = tmp_path / temp_name("out", dead_pid())
+    link.symlink_to(target)
+    assert remove_stale_temporaries(str(tmp_path / "out")) == []
+    assert link.is_symlink() and target.read_text() == "keep"
+
+
+def test_a_long_target_name_still_writes_and_sweeps(tmp_path):
+    """The temporary's name holds the target's: a 250-byte target name is cut (with a hash) to stay a file name."""
+    target = tmp_path / ("n" * 250)
+    stale = f".{atomic._tag(str(target))}.tmp-{atomic._host()}-{dead_pid()}-abcdefgh"
+    assert len(stale.encode()) < 255
+    (tmp_path / stale).write_text("half")
+    write_atomic(str(target), "ok")
+    assert os.listdir(tmp_path) == [target.name] and target.read_text() == "ok"
+
+
+def test_a_writer_killed_before_its_rename_leaves_what_the_next_write_removes(tmp_path):
+    """A real SIGKILL: the child kills itself where os.replace would land the file, leaving its temporary."""
+    code = ("import os, signal, sys\n"
+            "from archdsl.atomic import write_atomic\n"
+            "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "write_atomic(sys.argv[1], 'new')\n")
+    target = tmp_path / "results.json"
+    target.write_text("old")
+    child = subprocess.Popen([sys.executable, "-c", code, str(target)],
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert child.wait() == -9
+    (left,) = [n for n in os.listdir(tmp_path) if n != "results.json"]
+    assert left.startswith(f".results.json.tmp-{atomic._host()}-{child.pid}-") and target.read_text() == "old"
+    write_atomic(str(target), "new")
+    assert os.listdir(tmp_path) == ["results.json"] and target.read_text() == "new"
+
+
+def test_a_process_lists_a_directory_once(tmp_path):
+    """Writing 10^4 specs into one directory listed it at each write (quadratic); the writers look at what it held
+    at this process's first write there, remove_stale_temporaries(path) at what it holds now."""
+    write_atomic(str(tmp_path / "a.yaml"), "a")
+    late = tmp_path / temp_name("b.yaml", dead_pid())
+    late.write_text("half")  # left after this process first wrote here
+    write_atomic(str(tmp_path / "b.yaml"), "b")
+    assert late.exists()
+    assert remove_stale_temporaries(str(tmp_path / "b.yaml")) == [late.name] and not late.exists()
