@@ -1031,3 +1031,35 @@ def test_a_flops_budget_at_a_context_is_labelled_without_a_batch(tmp_path, capsy
     (c,) = json.loads((tmp_path / "o" / "results.json").read_text())["candidates"]
     assert c["figures"]["at"][label] == analyze(space_from_yaml(space.read_text()).spec(c["knobs"], c["layout"], "x"),
                                                 seq_len=1024).flops_per_token
+
+
+def test_a_diverged_probe_stops_and_is_written_as_strict_json(tmp_path):
+    """A loss that turns NaN stops training at the end of its window, after one last evaluation; results.json holds
+    null for it (no bare NaN), results.csv an empty cell, and the table says so."""
+    from archdsl.explore.report import table_text, write_results
+    from archdsl.explore.train import TrainConfig, train_probe
+
+    task = make_task("mqar", vocab_size=32, seq_len=16, num_kv_pairs=2)
+    net = torch.nn.Sequential(torch.nn.Embedding(32, 8), torch.nn.Linear(8, 32))
+    with torch.no_grad():
+        net[1].bias[0] = float("nan")
+    cfg = TrainConfig(steps=200, batch_size=2, eval_every=100, eval_size=4, curve_points=100, warmup=0,
+                      target_accuracy=None)
+    result = train_probe(net, task, cfg)
+    assert result.diverged and result.steps == 2 and result.eval_curve[-1][0] == 2, result
+    assert result.final_loss != result.final_loss  # NaN in memory, where the ranking reads it as the worst
+
+    cand = Candidate("c0", {"mixer": "mamba2"}, "2×mamba2", None,
+                     figures={"params": 1, "active_params": 1, "flops_per_token": 1, "cache_bytes": 1},
+                     probe=result.to_dict())
+    write_results(str(tmp_path), {}, [cand], "complete", {})
+
+    def refuse(name):
+        raise AssertionError(f"results.json holds {name}")
+
+    doc = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)
+    probe = doc["candidates"][0]["probe"]
+    assert probe["diverged"] is True and probe["final_loss"] is None and probe["loss_curve"][-1][1] is None
+    row = (tmp_path / "results.csv").read_text().splitlines()[1].split(",")
+    assert "nan" not in (tmp_path / "results.csv").read_text().lower() and row
+    assert "(diverged)" in table_text([cand], None, 4096, probed=True)

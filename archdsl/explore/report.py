@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 
 from ..atomic import write_atomic
@@ -30,15 +31,29 @@ def csv_row(c: Candidate) -> dict:
 
 
 def write_results(outdir: str, config: dict, cands: list[Candidate], status: str, summary: dict) -> None:
-    """results.json (config, summary, every candidate) and results.csv (one row each)."""
+    """results.json (config, summary, every candidate) and results.csv (one row each). Both are strict: a loss
+    that is inf or NaN (a diverged probe, marked `diverged`) is written as null, as an empty CSV cell."""
     doc = {"status": status, "config": config, "summary": summary, "candidates": [c.to_dict() for c in cands]}
-    write_atomic(os.path.join(outdir, "results.json"), json.dumps(doc, indent=1, default=_plain) + "\n")
+    text = json.dumps(_finite(doc), indent=1, default=_plain, allow_nan=False)
+    write_atomic(os.path.join(outdir, "results.json"), text + "\n")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
     w.writeheader()
     for c in cands:
-        w.writerow(csv_row(c))
+        w.writerow(_finite(csv_row(c)))
     write_atomic(os.path.join(outdir, "results.csv"), buf.getvalue())
+
+
+def _finite(o):
+    """`o` with every float that is inf or NaN replaced by None (JSON has no such numbers: json.dumps writes
+    `NaN`, which jq, JavaScript and pandas' strict readers refuse)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
 
 
 def _plain(o):
@@ -54,7 +69,8 @@ def table_text(cands: list[Candidate], top: int | None, context: int, probed: bo
                human(c.figures["params"]), human(c.figures["active_params"]), human(c.figures["flops_per_token"]),
                human(c.figures["cache_bytes"], "B")]
         if probed:
-            row.append("-" if not c.probe else f"{c.probe['accuracy']:.3f}")
+            row.append("-" if not c.probe else f"{c.probe['accuracy']:.3f}"
+                       + (" (diverged)" if c.probe.get("diverged") else ""))
         rows.append(row)
     head = ["", "rank", "id", "layout", "params", "active", "FLOPs/tok", f"cache@{_ctx(context)}"]
     if probed:

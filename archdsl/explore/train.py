@@ -140,6 +140,7 @@ class ProbeResult:
     device: str
     loss_curve: list = field(default_factory=list)  # [step, mean loss since the previous point]
     eval_curve: list = field(default_factory=list)  # [step, accuracy]
+    diverged: bool = False  # the loss became inf or NaN: training stopped there, after one last evaluation
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -246,7 +247,7 @@ def _train(model, task, cfg, device, progress) -> ProbeResult:
         window = max(1, math.ceil(cfg.steps / cfg.curve_points))
         losses, curve, evals = [], [], []
         best = acc = 0.0
-        stopped = False
+        stopped = diverged = False
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
@@ -271,9 +272,10 @@ def _train(model, task, cfg, device, progress) -> ProbeResult:
             if len(losses) == window or step == cfg.steps:
                 curve.append([step, float(torch.stack(losses).mean())])
                 losses = []
+                diverged = not math.isfinite(curve[-1][1])  # checked once a window: no sync at every step
             done_eval = None
             out_of_time = cfg.time_limit is not None and time.perf_counter() - t0 > cfg.time_limit
-            if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
+            if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time or diverged:
                 acc = evaluate(net, eval_data, device, autocast)
                 best = max(best, acc)
                 evals.append([step, acc])
@@ -283,7 +285,7 @@ def _train(model, task, cfg, device, progress) -> ProbeResult:
             if done_eval is not None and cfg.target_accuracy is not None and acc >= cfg.target_accuracy:
                 stopped = step < cfg.steps
                 break
-            if out_of_time:
+            if out_of_time or diverged:  # a diverged run stays diverged: the steps left would only cost time
                 break
         if losses:
             curve.append([step, float(torch.stack(losses).mean())])
@@ -291,4 +293,5 @@ def _train(model, task, cfg, device, progress) -> ProbeResult:
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - t0
     final_loss = curve[-1][1] if curve else float("nan")
-    return ProbeResult(task.name, acc, best, final_loss, step, stopped, wall, params, str(device), curve, evals)
+    return ProbeResult(task.name, acc, best, final_loss, step, stopped, wall, params, str(device), curve, evals,
+                       diverged=diverged)
