@@ -609,3 +609,10 @@ def test_export_names_a_model_type_that_is_not_a_name(tmp_path):
     with pytest.raises(ArchDSLError, match=r"model_type must be None or a family name \(.*llama.*\), got \['x'\]"):
         export_hf(model, tmp_path / "hf", model_type=["x"])  # was TypeError: unhashable type: 'list'
     assert not (tmp_path / "hf").exists()
+
+
+def test_a_name_given_is_kept_whole():
+    """--name org/model named the spec 'model' from HF configs and 'org/model' from Megatron ones: a name given is
+    the user's, kept as written; only an _name_or_path is cut to its last part."""
+    assert hf_config_to_spec(MAMBA_CFG, "org/model")["name"] == "org/model"
+    assert hf_config_to_spec(dict(MAMBA_CFG, _name_or_path="state-spaces/mamba-130m"))["name"] == "mamba-130m"

@@ -523,7 +523,7 @@ def hf_config_to_spec(config: dict, source_name: str | None = None) -> dict:
     if part and (not part.strip() or any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in part)):
         raise _refuse("_name_or_path", given, "its last part names the spec, and a name is one line of text, not "
                                               "blank, without control characters (give one with --name or name=)")
-    name = os.path.basename(str(source_name or part or model_type).rstrip("/")) or model_type
+    name = source_name or part or model_type  # a name given is kept whole ('org/model'), as --from megatron does
     try:
         return FAMILIES[model_type](_Cfg(config), name)
     except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, AttributeError, OverflowError) as e:
