@@ -560,10 +560,16 @@ def test_resume_refuses_other_settings_and_survives_a_cut_metrics_line(tmp_path,
     try:
         link = tmp_path / "link.bin"
         link.symlink_to(tokens)
-        for name in ("train.bin", "./train.bin", str(link)):
+        # the default dtype spelt out is the same data too (it was refused as another --data)
+        for name in ("train.bin", "./train.bin", str(link), "train.bin:uint16"):
             assert main(["train", spec, *[name if a == str(tokens) else a for a in args], "-o", cut, "--resume",
                          "--steps", "2"]) == 2
-            assert "already at step 2" in capsys.readouterr().err  # past the settings' check: nothing trained
+            assert "already at step 2, and --steps 2 asks" in capsys.readouterr().err  # past the settings' check
+        # where --stop-after is what ends the run, the message names it (it said to ask for more --steps)
+        assert main(["train", spec, *args, "-o", cut, "--resume", "--stop-after", "2"]) == 2
+        err = capsys.readouterr().err
+        assert "already at step 2, and --stop-after 2 asks for no step after it" in err
+        assert "give a --stop-after past 2, or leave it out" in err
         rel_run = "rel"  # a run started with a relative path resumes from another directory
         assert main(["train", spec, *["train.bin" if a == str(tokens) else a for a in args], "-o", rel_run,
                      "--stop-after", "1"]) == 0
@@ -580,6 +586,19 @@ def test_resume_refuses_other_settings_and_survives_a_cut_metrics_line(tmp_path,
         f.write('{"step": 3, "lo')  # killed while writing step 3's line
     assert main(["train", spec, *args, "-o", cut, "--resume"]) == 0
     assert losses(cut) == losses(full)
+
+
+def test_data_key_names_a_token_file_one_way(tmp_path):
+    """A resumed run compares DATA by data_key: the same file, dtype and eos however they are written."""
+    from archdsl.train.data import data_key
+
+    tokens = tmp_path / "train.bin"
+    np.zeros(64, dtype=np.uint16).tofile(tokens)
+    key = data_key(str(tokens) + ",eos=50")
+    for text in (str(tokens) + ":uint16,eos=50", str(tokens) + ",eos=050", str(tmp_path / "." / "train.bin") + ",eos=50"):
+        assert data_key(text) == key
+    assert data_key(str(tokens)) != key and data_key(str(tokens) + ":uint32") != data_key(str(tokens))
+    assert data_key("mqar:seq=32") == "mqar:seq=32"
 
 
 def test_resume_passes_over_damaged_checkpoints(tmp_path, capsys):

@@ -185,11 +185,15 @@ def _eos(text: str, eos: str | None, vocab_size: int) -> int | None:
 
 def data_key(text: str) -> str:
     """DATA text as a resumed run compares it: a token file's path resolved (the same file, however it was
-    named: relative, absolute, through a link), a task's text as it stands."""
+    named: relative, absolute, through a link), its dtype spelt out (`:uint16` is the default's) and its eos id
+    as a number (`eos=050256` is 50256); a task's text as it stands."""
     path, dtype, eos = _parts(text)
     if not os.path.isfile(path):
         return text
-    return os.path.realpath(path) + (f":{dtype}" if dtype else "") + (f",eos={eos}" if eos is not None else "")
+    if eos is not None and eos.isascii() and eos.isdigit():
+        eos = str(int(eos))
+    return (os.path.realpath(path) + (f":{dtype}" if dtype and dtype != "uint16" else "")
+            + (f",eos={eos}" if eos is not None else ""))
 
 
 def parse_data(text: str, vocab_size: int, seq_len: int | None = None):

@@ -104,7 +104,12 @@ def prepare(cfg: TrainConfig):
         check_spec(meta, spec_yaml, path)
         check_settings(cfg.rundir, cfg.to_dict())
         if s >= (cfg.stop_after or cfg.steps):
-            raise ArchDSLError(f"{path}: the run is already at step {s}; ask for more --steps than that to continue")
+            if cfg.stop_after is not None and cfg.stop_after < cfg.steps:  # --steps would go on: the stop is the limit
+                limit, hint = f"--stop-after {cfg.stop_after}", f"give a --stop-after past {s}, or leave it out"
+            else:
+                limit, hint = f"--steps {cfg.steps}", f"ask for more --steps than {s} to continue"
+            raise ArchDSLError(f"{path}: the run is already at step {s}, and {limit} asks for no step after it",
+                               hint=hint)
         resume_from = (s, path, damaged)  # those passed over are told once the run has loaded one
     elif checkpoints(cfg.rundir):
         raise ArchDSLError(f"{cfg.rundir}: holds checkpoints of an earlier run",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_float, expect_in_place, expect_number, expect_same_device, expect_shape
+from .._checks import expect_flag, expect_float, expect_in_place, expect_number, expect_same_device, expect_shape
 from .._dispatch import backend_for, needs_grad, on_input_device
 from .naive import conv_step_naive, mamba2_step_naive, mamba_ssm_step_naive
 
@@ -63,6 +63,7 @@ def mamba2_step_fused(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_l
     expect_in_place(conv_state=conv_state, ssm_state=ssm_state)
     norm_eps = expect_number("norm_eps", norm_eps, positive=True)
     dt_floor = expect_number("dt_floor", dt_floor)
+    expect_flag(pdl=pdl)
     args = (zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias,
             norm_weight if gate in ("norm", "pre_norm") else None, gate, norm_eps, dt_floor)
     if _triton(args, zxbcdt, ssm_state):
@@ -87,6 +88,7 @@ def mamba_conv_step(x, conv_state, weight, bias=None, pdl=False):
     expect_float(x=x, conv_state=conv_state, weight=weight, bias=bias)
     expect_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias)
     expect_in_place(conv_state=conv_state)
+    expect_flag(pdl=pdl)
     if _triton((x, conv_state, weight, bias), x):
         from .triton_fused_step import conv_step_triton
         return conv_step_triton(x, conv_state, weight, bias, pdl=pdl)
@@ -126,6 +128,7 @@ def mamba_ssm_step_fused(state, u, x_dbl, dt_proj_weight, A_log, dt_bias=None, D
     expect_same_device(**tensors)
     expect_in_place(state=state)
     inner_norm_eps = expect_number("inner_norm_eps", inner_norm_eps, positive=True)
+    expect_flag(pdl=pdl)
     norms = (dt_norm_weight, b_norm_weight, c_norm_weight) if w else (None, None, None)
     args = (state, u, x_dbl, dt_proj_weight, A_log, dt_bias, D, z, inner_norms, *norms, inner_norm_eps)
     if _triton(args, u, state):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_float, expect_number, expect_same_device, expect_shape
+from .._checks import expect_flag, expect_float, expect_number, expect_same_device, expect_shape
 from .._dispatch import backend_for, needs_grad, on_input_device
 from .._host import dense
 from .naive import rms_linear_naive
@@ -54,6 +54,7 @@ def rms_linear(x, weight, norm_weight, eps=1e-5, *, residual=None, groups=1, bia
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 or K % groups:
         raise ValueError(f"groups: expected a positive int dividing K = {K}, got {groups!r}")
     eps = expect_number("eps", eps, positive=True)
+    expect_flag(pdl=pdl)
     expect_float(x=x, weight=weight, norm_weight=norm_weight, residual=residual, bias=bias)
     expect_same_device(x=x, weight=weight, norm_weight=norm_weight, residual=residual, bias=bias)
     if (backend_for(x) == "triton" and x.dtype != torch.float64 and weight.dtype != torch.float64
@@ -89,6 +90,7 @@ def gemv(x, weight, bias=None, *, pdl=False):
     batch, K = x.shape
     expect_shape("weight", weight, (None, K))
     expect_shape("bias", bias, (weight.shape[0],), optional=True)
+    expect_flag(pdl=pdl)
     expect_float(x=x, weight=weight, bias=bias)
     expect_same_device(x=x, weight=weight, bias=bias)
     triton = backend_for(x) == "triton" and x.dtype != torch.float64 and not needs_grad(x, weight, bias)

@@ -700,11 +700,23 @@ def ss_bwd(u, delta, A, B4, C4, D, z, bias, ck, dy, dhT, softplus, starts=None):
     return _bwd_run(key, _BWD_THREADS_CONFIGS, _INTERP_BWD_THREADS, launch, out, A, B4, C4, D, bias)
 
 
+SCAN_BWD = ("gluon", "groups", "threads")  # ARCHDSL_SCAN_BWD's values (unset: the default, see _bwd_impl)
+
+
+def _bwd_choice() -> str:
+    """ARCHDSL_SCAN_BWD as set ('' when unset); a ValueError for any other value, which would otherwise run the
+    default backward unsaid (a typo such as `thread`)."""
+    want = os.environ.get("ARCHDSL_SCAN_BWD", "").strip().lower()
+    if want and want not in SCAN_BWD:
+        raise ValueError(f"ARCHDSL_SCAN_BWD={want!r}: expected one of {', '.join(SCAN_BWD)} (or unset)")
+    return want
+
+
 def _bwd_impl(u, A, B4, starts=None):
     """`ARCHDSL_SCAN_BWD=gluon|groups|threads`: the backward in the Gluon forward's layout (CUDA only; the
     default there where it takes the case, `gluon_selective_scan.fits_bwd`), the Triton groups one (the
     default elsewhere) or the threads one. `starts` (packed sequences) go to whichever runs."""
-    want = os.environ.get("ARCHDSL_SCAN_BWD", "").strip().lower()
+    want = _bwd_choice()
     impl = ss_bwd if want == "threads" else ss_bwd_groups
     if want in ("", "gluon") and u.is_cuda and torch.version.hip is None:
         from .gluon_selective_scan import HAVE_GLUON, fits_bwd, ss_bwd_gluon
@@ -758,6 +770,8 @@ class SelectiveScanFn(torch.autograd.Function):
         u, delta = u.contiguous(), delta.contiguous()
         z, D, bias, h0c = map(dense, (z, D, bias, h0))
         need = any(ctx.needs_input_grad)
+        if need:  # a bad ARCHDSL_SCAN_BWD told before the forward runs, not at the backward
+            _bwd_choice()
         args = (u, delta, A.contiguous(), B4, C4, D, z, bias, h0c, softplus, need)
         starts = dense(starts)
         y, hT, ck = _fwd_impl(args, starts)(*args)

@@ -331,7 +331,10 @@ BAD_OPTIONS = [("ssd_scan", "chunk_size", v) for v in (0, -1, 2.5, "8", None, Tr
                                    ("ssd_scan", "return_varlen_states"), ("ssd_scan", "keep_states"),
                                    ("ssd_step", "dt_softplus"), ("selective_scan", "delta_softplus"),
                                    ("selective_scan", "return_last_state"), ("selective_state_update", "dt_softplus"),
-                                   ("wkv6", "output_final_state"), ("causal_conv1d", "return_final_states"))
+                                   ("wkv6", "output_final_state"), ("causal_conv1d", "return_final_states"),
+                                   # pdl is the caller's promise about the kernel before: never read from "no"
+                                   ("rms_linear", "pdl"), ("gemv", "pdl"), ("mamba2_step_fused", "pdl"),
+                                   ("mamba_conv_step", "pdl"), ("mamba_ssm_step_fused", "pdl"))
     for v in ("no", 1, None)]  # a flag that is not a bool ("no" reads as True)
 
 

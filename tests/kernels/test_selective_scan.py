@@ -376,6 +376,18 @@ def test_seq_idx_bad_input_and_forced_kernels():
         selective_scan(*args, seq_idx=torch.zeros(2, 5, dtype=torch.long))
 
 
+def test_an_unknown_backward_choice_is_refused():
+    """ARCHDSL_SCAN_BWD other than gluon, groups or threads (a typo) is a ValueError before the forward runs,
+    not the default backward run unsaid; without a gradient wanted the variable is not read."""
+    t = make(2, 4, 3, 5)
+    args = [t[k].float().requires_grad_() for k in ("u", "delta", "A", "B", "C")]
+    with backend("triton"), env("ARCHDSL_SCAN_BWD", "thread"):
+        with pytest.raises(ValueError, match="ARCHDSL_SCAN_BWD='thread': expected one of gluon, groups, threads"):
+            selective_scan(*args)
+        with torch.no_grad():
+            selective_scan(*args)
+
+
 @pytest.mark.parametrize("L", [1, 31, 32, 33, 100])
 def test_start_words_hold_one_bit_a_step(L):
     """The Gluon kernels read sequence starts as bits: bit t % 32 of word t // 32, one spare word a row."""
