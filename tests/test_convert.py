@@ -616,3 +616,20 @@ def test_a_name_given_is_kept_whole():
     the user's, kept as written; only an _name_or_path is cut to its last part."""
     assert hf_config_to_spec(MAMBA_CFG, "org/model")["name"] == "org/model"
     assert hf_config_to_spec(dict(MAMBA_CFG, _name_or_path="state-spaces/mamba-130m"))["name"] == "mamba-130m"
+
+
+@pytest.mark.parametrize("layout, named, message", [
+    # a plain Mamba exported as falcon_mamba: transformers built a FalconMamba (norms on dt, B, C), logits off by 0.2
+    ("2×mamba", "falcon_mamba", "exports as 'mamba', not 'falcon_mamba'"),
+    ("2×mamba(inner_norms=unweighted)", "mamba", "exports as 'falcon_mamba', not 'mamba'"),
+    ("2×mamba", "llama", "not a Llama"),
+])
+def test_export_refuses_a_model_type_that_is_not_the_spec(tmp_path, layout, named, message):
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+
+    model = archdsl.compile(archdsl.parse(layout), device="cpu", seed=0)
+    with pytest.raises(ArchDSLError, match=message):
+        export_hf(model, tmp_path / "hf", model_type=named)
+    assert not (tmp_path / "hf").exists()
+    export_hf(model, tmp_path / "ok")  # the type it is exports

@@ -191,8 +191,16 @@ def hf_model_type(spec, model_type: str | None = None) -> str:
     if model_type is not None and not isinstance(model_type, str):  # a list was TypeError: unhashable type
         raise ArchDSLError(f"model_type must be None or a family name ({', '.join(sorted(FAMILIES))}), "
                            f"got {shown(model_type)}")
-    if model_type is not None:
-        family(model_type)
+    if model_type is not None:  # the one named must be what the spec is: its config is built from the spec
+        fam = family(model_type)
+        got = fam.accepts(spec)
+        if got is None:
+            fam.hf_config(spec)  # raises, saying what the spec lacks
+            raise ArchDSLError(f"spec {spec.name!r} does not export as {model_type!r}")
+        if got != model_type:  # falcon_mamba named for a plain Mamba: transformers would build another model
+            raise ArchDSLError(f"spec {spec.name!r} exports as {got!r}, not {model_type!r}: a config saying "
+                               f"{model_type!r} would make transformers build a model that computes something "
+                               f"else", hint=f"give --model-type {got} (model_type={got!r}), or leave it out")
         return model_type
     for mt, fam in FAMILIES.items():
         accepts = getattr(fam, "accepts", None)
