@@ -324,6 +324,7 @@ def test_compiled_layers_of_a_hybrid_stay_compiled():
     (["--peak-tflops", "-1"], "--peak-tflops must be a positive number"),
     (["--lr", "nan"], "--lr must be a positive number"),
     (["--lr", "inf"], "--lr must be a positive number"),
+    (["--lr", "1e300"], "--lr must be at most 1 (AdamW"),  # passed, then a RuntimeError at the first step
     (["--warmup", "20"], "--warmup 20 is longer than the run (--steps 10)"),
     (["--seed", "99999999999999999999999"], "--seed: must be in 0..2^63-1"),
     (["--device", "tpu"], "--device: unknown device 'tpu'"),
