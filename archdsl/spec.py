@@ -547,8 +547,9 @@ def with_settings(spec: Spec, settings: list[str], flag: str = "--set") -> Spec:
         if not eq or not key:
             raise ArchDSLError(f"{flag}: expected KEY=VALUE (say d_model=1024), got {text!r}")
         if key not in SIZE_TYPES:
+            hint = did_you_mean(key, list(SIZE_TYPES))  # a close name, else the list the message already gives
             raise ArchDSLError(f"{flag} {text}: {key!r} is not a model-level key ({', '.join(SIZE_TYPES)})",
-                               hint=did_you_mean(key, list(SIZE_TYPES)))
+                               hint=hint if hint.startswith("did you mean") else "")
         if not value and SIZE_TYPES[key] is not str:
             raise ArchDSLError(f"{flag} {text}: no value after '=' (say {key}={EXAMPLES[key]})")
         if SIZE_TYPES[key] is not str:

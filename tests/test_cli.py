@@ -444,6 +444,15 @@ def test_bad_set_names_the_setting(setting, message, capsys):
     assert code == 2 and message in err and "Traceback" not in err, err
 
 
+def test_an_unknown_setting_lists_the_keys_once(capsys):
+    """A key with no close name gets the list of model-level keys once (it was printed twice: in the message and
+    again as 'valid names'); a near miss still gets its suggestion."""
+    code, _, err = run("check", "mamba", "--set", "layout=x", capsys=capsys)
+    assert code == 2 and err.count("d_model") == 1 and "valid names" not in err, err
+    code, _, err = run("check", "mamba", "--set", "dmodel=3", capsys=capsys)
+    assert code == 2 and err.rstrip().endswith("did you mean 'd_model'?"), err
+
+
 def test_set_on_a_file_points_at_what_it_breaks(capsys):
     """A size the file's blocks cannot take is reported at their place in the file, as the doing of the setting;
     a saved model's sizes are its weights', so --set refuses it."""
