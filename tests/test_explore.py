@@ -259,7 +259,7 @@ def test_a_run_stopped_while_writing_the_specs_resumes(tmp_path, capsys, monkeyp
     ("attn_count: [3, 3]\ndepth: [2]", [], "the space is empty"),
     ("depth: [4]\nplacemnts: [even]", [], "unknown space key 'placemnts'"),
     ("depth: [4]", ["--max-params", "1k"], "params ≤ 1.00K: removed"),
-    ("depth: [4]", ["--min-params", "2M", "--max-params", "1M"], "contradictory constraints"),
+    ("depth: [4]", ["--min-params", "2M", "--max-params", "1M"], "contradictory constraints: params ≥ 2.00M and params ≤ 1.00M"),
     ("depth: [4]", ["--max-cache", "1KiB@64k", "--max-params", "10M"], "cache_bytes ≤ 1.00 KiB @ batch 1, context 65536"),
     ("depth: [4]", ["--max-params", "1B@64k"], "--max-params 1B@64k: params do not depend on the context"),  # ignored
     ("depth: [4]", ["--min-active", "1k@4kx2"], "--min-active 1k@4kx2: active_params do not depend on the context"),

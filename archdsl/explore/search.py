@@ -259,15 +259,16 @@ def check_constraints(constraints: Sequence[Constraint]) -> None:
     """Contradictions that need no candidate: min above max on one metric."""
     for c in constraints:
         if c.min is not None and c.max is not None and c.min > c.max:
-            raise ArchDSLError(f"contradictory constraints: {c.metric} ≥ {c.min:g} and ≤ {c.max:g}")
+            raise ArchDSLError(f"contradictory constraints: {c.label}")
     by_metric: dict[tuple, list[Constraint]] = {}
     for c in constraints:
         by_metric.setdefault((c.metric, c.seq_len, c.batch), []).append(c)
-    for (metric, _, _), cs in by_metric.items():
-        lo = max((c.min for c in cs if c.min is not None), default=None)
-        hi = min((c.max for c in cs if c.max is not None), default=None)
-        if lo is not None and hi is not None and lo > hi:
-            raise ArchDSLError(f"contradictory constraints: {metric} ≥ {lo:g} and {metric} ≤ {hi:g}")
+    for cs in by_metric.values():
+        low = max((c for c in cs if c.min is not None), key=lambda c: c.min, default=None)
+        high = min((c for c in cs if c.max is not None), key=lambda c: c.max, default=None)
+        if low is not None and high is not None and low.min > high.max:  # said as the budgets are: 2.00M, 1.00 KiB
+            raise ArchDSLError(f"contradictory constraints: {replace(low, max=None).label} and "
+                               f"{replace(high, min=None).label}")
 
 
 def figures_of(spec, constraints: Sequence[Constraint], context: int, batch: int, dtype: str) -> dict:
