@@ -422,7 +422,7 @@ def cmd_run(args):
         sync()
         t_prefill = time.perf_counter() - t0
         steps = range(args.gen)
-        if args.gen >= 64 and not args.json:
+        if args.gen >= 64 and not args.json and sys.stderr.isatty():  # elsewhere (a log) the timings say it all
             from tqdm import tqdm
 
             steps = tqdm(steps, desc="decode", unit="tok", leave=False)

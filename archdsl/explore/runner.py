@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import sys
-import time
 from dataclasses import asdict, dataclass, field
 
 from ..errors import ArchDSLError, check_path, did_you_mean, shown
 from ..atomic import write_atomic
+from ..progress import progress_bar
 from ..units import MAX_SEED
 from .report import table_text, write_plots, write_results
 from .search import ANALYTIC, Constraint, check_args, explore, rank
@@ -223,38 +222,8 @@ def _resumable(c) -> bool:
 
 
 def _bar(enabled: bool | str, desc: str, total):
+    """None, a tqdm bar (True) or plain lines ("lines"): one every 30 s while enumerating, one a probed candidate."""
     if not enabled:
         return None
-    if enabled == "lines":
-        return _Lines(desc, total, every=30.0 if total is None else 0.0)
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="cand", leave=False, dynamic_ncols=True)
-
-
-class _Lines:
-    """tqdm's update / set_postfix_str / close as plain lines on stderr, one at most every `every` seconds and a
-    last one at close where any came before: a log keeps them, where a bar's carriage returns would pile up."""
-
-    def __init__(self, desc: str, total, every: float):
-        self.desc, self.total, self.every = desc, total, every
-        self.n, self.post, self.shown = 0, "", 0
-        self.start = self.last = time.monotonic()
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        if n and time.monotonic() - self.last >= self.every:
-            self._line()
-
-    def set_postfix_str(self, s: str) -> None:
-        self.post = s
-
-    def close(self) -> None:
-        if self.shown and self.n != self.shown:
-            self._line()
-
-    def _line(self) -> None:
-        self.last, self.shown = time.monotonic(), self.n
-        of = f"/{self.total}" if self.total is not None else ""
-        post = f" ({self.post})" if self.post else ""
-        print(f"{self.desc}: {self.n}{of} cand{post}, {self.last - self.start:.0f} s", file=sys.stderr, flush=True)
+    return progress_bar(desc, total, "cand", every=30.0 if total is None else 0.0, lines=enabled == "lines",
+                        leave=False, dynamic_ncols=True)

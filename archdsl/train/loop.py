@@ -308,10 +308,10 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
     micro = cfg.micro_batch or per_rank
     V = spec.vocab_size
     bar = None
-    if dist.is_main and cfg.progress:
-        from tqdm import tqdm
+    if dist.is_main and cfg.progress:  # a bar on a terminal, else a line every 30 s (a log, a batch job)
+        from ..progress import progress_bar
 
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"train {spec.name} ×{dist.world}", unit="step")
+        bar = progress_bar(f"train {spec.name} ×{dist.world}", cfg.steps, "step", every=30.0, initial=start)
     sync = (lambda: torch.cuda.synchronize(dist.device)) if dist.device.type == "cuda" else (lambda: None)
     losses = {}
     t_run = time.perf_counter()
