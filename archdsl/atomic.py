@@ -53,9 +53,11 @@ def write_atomic(path: str, data: str | bytes, replace: bool = True) -> None:
         if not replace:
             _check_absent(path)  # again: it may have appeared while we wrote
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # a full disk, a quota: said as every other write error is
+            raise ArchDSLError(f"cannot write {path}: {e.strerror or e}") from None
         raise
 
 

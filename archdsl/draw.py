@@ -282,28 +282,26 @@ def fit_fonts(fig) -> None:
 
 
 def save_figure(fig, path: str, dpi=150, bbox_inches="tight") -> None:
-    """Render to a temporary file beside `path` and rename it, so a failed or interrupted render leaves
-    nothing half-written; missing parent directories are created. The figure is closed. Texts fall back to
-    installed fonts for characters the default font lacks (fit_fonts)."""
+    """Render into memory, then write it with atomic.write_atomic (beside `path` under a temporary name, renamed
+    into place), so a failed or interrupted render leaves nothing half-written; missing parent directories are
+    created. The figure is closed. Texts fall back to installed fonts for characters the default font lacks
+    (fit_fonts)."""
+    import io
+
     import matplotlib.pyplot as plt
 
-    full = os.path.abspath(path)  # a/b/../c.png is a/c.png, here as where the folders are made
-    folder, name = os.path.split(full)
-    base, ext = os.path.splitext(name)
-    tmp = os.path.join(folder, f".{base}.tmp-{os.getpid()}{ext}")
+    from .atomic import write_atomic
+
+    ext = os.path.splitext(path)[1]
+    buf = io.BytesIO()
     try:
-        os.makedirs(folder, exist_ok=True)
         fit_fonts(fig)
         with warnings.catch_warnings():  # said once by fit_fonts, not a glyph at a time
             warnings.filterwarnings("ignore", r"Glyph \d+ .* missing from", UserWarning)
-            fig.savefig(tmp, dpi=dpi, bbox_inches=bbox_inches)
-        os.replace(tmp, full)
-    except OSError as e:
-        raise ArchDSLError(f"cannot write {path}: {e.strerror or e}") from None
+            fig.savefig(buf, format=ext[1:].lower() or None, dpi=dpi, bbox_inches=bbox_inches)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(path, buf.getvalue())
 
 
 def _label(subs) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from archdsl import atomic
 from archdsl.atomic import atomic_dir, remove_stale_temporaries, write_atomic
+from archdsl.errors import ArchDSLError
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="liveness by pid is POSIX's")
 
@@ -120,3 +121,28 @@ def test_a_process_lists_a_directory_once(tmp_path):
     write_atomic(str(tmp_path / "b.yaml"), "b")
     assert late.exists()
     assert remove_stale_temporaries(str(tmp_path / "b.yaml")) == [late.name] and not late.exists()
+
+
+def test_a_failed_write_is_an_archdsl_error_and_leaves_nothing(tmp_path, monkeypatch):
+    """An OSError while writing (a full disk) was raised raw; now ArchDSLError naming the file, no temporary left."""
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    with pytest.raises(ArchDSLError, match="cannot write .*out.json: No space left on device"):
+        write_atomic(str(target), "new")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]

@@ -407,3 +407,21 @@ def test_plot_memory_draws_counts_past_int64(tmp_path):
 
     plot_memory([1024, 4096], {"a": [10**30, 10**31]}, str(tmp_path / "m.svg"))
     assert (tmp_path / "m.svg").stat().st_size > 0
+
+
+def test_a_picture_is_written_through_the_atomic_writer(tmp_path):
+    """save_figure renders in memory and writes with write_atomic: its temporaries follow the one naming a killed
+    writer's leftovers are removed by (they were `.NAME.tmp-PID.png`, never cleaned)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from archdsl.draw import save_figure
+
+    stale = tmp_path / ".p.png.tmp-00000000-999999999-x"  # another machine's: left alone
+    stale.write_bytes(b"")
+    fig = plt.figure()
+    save_figure(fig, str(tmp_path / "sub" / ".." / "p.png"))
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".p.png.tmp-00000000-999999999-x", "p.png"]
