@@ -1,9 +1,19 @@
-"""Timing helpers shared by the kernel benchmark scripts."""
+"""Helpers shared by the benchmark scripts: timing, and the check for a CUDA GPU."""
 from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
+
+
+def needs_cuda(why: str = "torch sees none, and this script has no CPU mode") -> None:
+    """Exit 2 with one line on stderr where torch sees no CUDA GPU: for a script that has no CPU mode, called
+    after its arguments are parsed and before any work."""
+    import torch
+    if not torch.cuda.is_available():
+        print(f"{os.path.basename(sys.argv[0])}: needs a CUDA GPU ({why})", file=sys.stderr)
+        sys.exit(2)
 
 
 def bench_ms(fn) -> float:

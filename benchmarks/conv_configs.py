@@ -24,7 +24,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import bench_or_nan  # noqa: E402
+from _bench import bench_or_nan, needs_cuda  # noqa: E402
 
 try:
     import archdsl  # noqa: F401
@@ -96,9 +96,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("conv_configs: needs a CUDA GPU")
-        return 0
+    needs_cuda()
     torch.manual_seed(0)
     out = {"card": torch.cuda.get_device_name(), "rows": []}
     for layout in _layouts():

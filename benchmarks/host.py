@@ -8,6 +8,7 @@ Triton's own launcher and the CUDA driver are not in it. Inference calls (no inp
 
     python benchmarks/host.py [ROUNDS] [OP ...]     # min and median over ROUNDS rounds of 300 calls
 """
+import argparse
 import importlib
 import os
 import pkgutil
@@ -67,7 +68,11 @@ def cases():
     }
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("args", nargs="*", metavar="ROUNDS | OP",
+                    help="the rounds (a number, 5 by default) and the ops to time (all by default)")
+    argv = ap.parse_args(argv).args
     rounds = int(next((a for a in argv if a.isdigit()), 5))
     only = [a for a in argv if not a.isdigit()]
     _stub_launches()

@@ -18,18 +18,21 @@ import sys
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _bench import needs_cuda  # noqa: E402
+
 OPS = ["kernels_ssd", "kernels_wkv6", "kernels_selective_scan", "kernels_norm_gemv"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the smaller shapes only")
     ap.add_argument("--only", help="comma-separated op scripts, e.g. kernels_ssd")
     ap.add_argument("--json", help="also write the rows here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    needs_cuda()
     import torch
 
-    print(f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, torch {torch.__version__}")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     head = f"{'op':<22} {'shape':<34} {'mode':<8} {'ours ms':>9} {'peer':<22} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} {'%floor':>7}"
     print(head + "\n" + "-" * len(head), flush=True)
     rows = []

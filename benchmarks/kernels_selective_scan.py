@@ -29,7 +29,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from _bench import bench_or_nan, graph_ms, with_env
+from _bench import bench_or_nan, graph_ms, needs_cuda, with_env
 
 BW, FLOPS = 4.2e12, 680e12
 BATCH, DIM, N = 4, 5120, 16
@@ -231,6 +231,10 @@ def rows(quick: bool = False):
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
+    needs_cuda()
     print(f"{'op':22} {'mode':8} {'shape':36} {'ours ms':>9} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} {'% floor':>8}")
     # printed stage by stage so that a run cut short still reports what it measured
     stages = [lambda: iter_scan_rows([4096], [4096]), lambda: conv_rows([4096]), step_rows,

@@ -17,7 +17,7 @@ The decode step reads and writes the [B, H, P, N] fp32 state: 2·4·B·H·P·N b
 from __future__ import annotations
 
 import torch
-from _bench import bench_ms, bench_or_nan, graph_ms, graphed, with_env
+from _bench import bench_ms, bench_or_nan, graph_ms, graphed, needs_cuda, with_env
 
 BW, FLOPS = 4.2e12, 680e12
 
@@ -136,8 +136,11 @@ def _step_rows():
 
 
 if __name__ == "__main__":
+    import argparse
     import sys
 
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
+    needs_cuda()
     sys.stdout.reconfigure(line_buffering=True)
     print(f"{'op':16} {'mode':8} {'shape':34} {'ours ms':>9} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} "
           f"{'% floor':>8}")

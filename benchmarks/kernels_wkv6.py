@@ -14,7 +14,7 @@ Floor (H200: 4.2 TB/s, ~680 TFLOP/s bf16), per (batch, head, token), K = V = 64,
 from __future__ import annotations
 
 import torch
-from _bench import bench_ms, bench_or_nan, with_env
+from _bench import bench_ms, bench_or_nan, needs_cuda, with_env
 
 HBM, PEAK = 4.2e12, 680e12
 
@@ -140,12 +140,16 @@ def rows(quick: bool = False):
 
 
 if __name__ == "__main__":
+    import argparse
     import itertools
     import sys
 
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="the smaller shapes only")
+    quick = ap.parse_args().quick
+    needs_cuda()
     sys.stdout.reconfigure(line_buffering=True)
     print(f"{'op':13} {'shape':28} {'mode':8} {'ours ms':>9} {'peer ms':>9} {'ours/peer':>9} {'floor ms':>9} {'%floor':>7}  peer")
-    quick = "--quick" in sys.argv
     for r in itertools.chain(_wkv6_rows(quick), wkv6_step_rows(quick), wkv4_rows(quick)):
         ratio = f"{r['ours_ms'] / r['peer_ms']:.2f}" if r["peer_ms"] else "-"
         peer_ms = f"{r['peer_ms']:.3f}" if r["peer_ms"] else "-"

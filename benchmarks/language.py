@@ -7,6 +7,7 @@ median of several cold runs (a new Spec each time, so nothing is cached but the 
 """
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
@@ -28,6 +29,7 @@ def median_ms(fn, repeat: int = 15) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     with open(os.path.join(ROOT, "specs/jamba-v0.1.yaml"), encoding="utf-8") as f:
         jamba = f.read()
     big = "100×(4×mamba2, attn(shared=a), 4×mamba2, attn(shared=b)), moe every 2, mlp every 2 offset 0"

@@ -147,8 +147,17 @@ def install_peers(verbose: bool = False) -> list[str]:
 
 
 if __name__ == "__main__":
+    import argparse
     import time
-    which = sys.argv[1] if len(sys.argv) > 1 else "fwd"
+
+    from _bench import needs_cuda
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("which", nargs="?", default="fwd", choices=["fwd", "bwd", "conv", "peers"],
+                    help="fwd: the forward (the default); bwd: the backward; conv: causal-conv1d; "
+                         "peers: all three, installed where mamba_ssm imports them")
+    which = ap.parse_args().which
+    needs_cuda("its extensions are built for the card")
     t = time.perf_counter()
     if which == "peers":
         missing = install_peers(verbose=True)

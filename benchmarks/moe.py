@@ -18,7 +18,7 @@ import sys
 from unittest.mock import patch
 
 import torch
-from _bench import bench_ms, graphed
+from _bench import bench_ms, graphed, needs_cuda
 
 from archdsl.blocks import make_config
 from archdsl.model.modules import MODULES, moe
@@ -99,6 +99,7 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
+    needs_cuda()
     out = []
     print(f"{'case':18} {'mode':8} {'loop ms':>9} {'grouped ms':>11} {'ratio':>6} {'floor ms':>9} {'% floor':>8} "
           f"{'rel diff':>9}")

@@ -33,10 +33,12 @@ Median of triton.testing.do_bench for each figure.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 import torch
+from _bench import needs_cuda
 from triton.testing import do_bench
 
 from archdsl.kernels import causal_conv1d, ssd_scan, wkv6
@@ -286,12 +288,16 @@ def varlen_rows(T=16384, H=32, P=64, N=128):
 
 
 if __name__ == "__main__":
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
-    torch.manual_seed(0)
     parts = {"conv": conv_rows, "ssd": ssd_rows, "layer": layer_rows, "wkv6": wkv6_rows, "wkv4": wkv4_rows,
              "attn": attn_rows, "scan": scan_rows, "rows": restart_free_rows, "varlen": varlen_rows}
-    unknown = [a for a in sys.argv[1:] if a not in parts]
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("parts", nargs="*", metavar="PART", help=f"the parts to run (all by default): {', '.join(parts)}")
+    names = ap.parse_args().parts
+    unknown = [a for a in names if a not in parts]
     if unknown:
         sys.exit(f"packing.py: unknown part {unknown[0]!r} (parts: {', '.join(parts)})")
-    for name in sys.argv[1:] or parts:
+    needs_cuda()
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    torch.manual_seed(0)
+    for name in names or parts:
         parts[name]()

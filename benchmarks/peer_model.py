@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import wall_ms  # noqa: E402
+from _bench import needs_cuda, wall_ms  # noqa: E402
 
 import archdsl  # noqa: E402
 from archdsl.convert.hf_io import family, hf_model_type  # noqa: E402
@@ -345,8 +345,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("peer_model.py times CUDA models: no GPU here")
+    needs_cuda("it times CUDA models")
     from mamba_cuda import install_peers
     missing = install_peers()
     if missing:

@@ -21,6 +21,7 @@ import os
 import sys
 
 import torch
+from _bench import needs_cuda
 from triton.testing import do_bench
 
 try:
@@ -72,15 +73,16 @@ def row_for(L: int, dim: int, which: str, N: int = 16) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pass", dest="which", choices=("fwd", "bwd"), default="fwd")
     ap.add_argument("--L", type=int, default=4096)
     ap.add_argument("--N", type=int, default=16, help="states a channel")
     ap.add_argument("--dims", default="1024,2560,3168,4608,5120,6336,7168")
     ap.add_argument("--json", help="also write the rows to this file")
     a = ap.parse_args()
-    if not torch.cuda.is_available() or not gss.HAVE_GLUON:
-        sys.exit("scan_balance.py times the Gluon kernels: it needs a CUDA GPU and a Triton with Gluon")
+    needs_cuda("it times the Gluon kernels")
+    if not gss.HAVE_GLUON:
+        sys.exit("scan_balance.py times the Gluon kernels: it needs a Triton with Gluon")
     load = "a sched" if a.which == "fwd" else "waves"
     print(f"{'L':>6} {'D':>6} {'N':>3} {load:>8} {'one a chain ms':>15} {'persistent ms':>14} {'rule picks':>12} agree")
     rows = []

@@ -18,7 +18,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import bench_or_nan  # noqa: E402
+from _bench import bench_or_nan, needs_cuda  # noqa: E402
 from kernels_selective_scan import _scan_floor, _scan_inputs  # noqa: E402
 
 try:
@@ -60,9 +60,7 @@ def main() -> int:
     ap.add_argument("--L", default="4096", help="comma-separated sequence lengths")
     ap.add_argument("--json")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("scan_configs: needs a CUDA GPU")
-        return 0
+    needs_cuda()
     result = {"card": torch.cuda.get_device_name(), "rows": []}
     for L in (int(x) for x in args.L.split(",")):
         result["rows"] += rows_for(L)

@@ -28,7 +28,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import bench_ms, graphed  # noqa: E402
+from _bench import bench_ms, graphed, needs_cuda  # noqa: E402
 from kernels_ssd import _inputs, _peer, _rel_diff, _scan_fn, _y  # noqa: E402
 
 from archdsl.kernels.ssd import ssd_scan  # noqa: E402
@@ -132,6 +132,7 @@ def main() -> int:
         H, P, N, G = map(int, args.head.split(","))
     except ValueError:
         raise SystemExit(f"--head {args.head!r}: expected four integers H,P,N,G") from None
+    needs_cuda()
     head = dict(H=H, P=P, N=N, G=G)
     out = {}
     for L in map(int, args.L.split(",")):

@@ -30,7 +30,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import bench_ms  # noqa: E402
+from _bench import bench_ms, needs_cuda  # noqa: E402
 from kernels_ssd import _inputs  # noqa: E402
 
 try:
@@ -208,9 +208,7 @@ def main() -> int:
             if kernel in CHUNKED_CHOICES_32 and choice not in CHUNKED_CHOICES_32[kernel]:
                 CHUNKED_CHOICES_32[kernel].append(choice)
         PASS_CHOICES_32.extend(c for c in {chunked.STATE_PASS, chunked.DSTATE_PASS} if c not in PASS_CHOICES_32)
-    if not torch.cuda.is_available():
-        print("ssd_configs: needs a CUDA GPU")
-        return 0
+    needs_cuda()
     out = {"L": args.L, "card": torch.cuda.get_device_name(), "dtype": "float32" if WIDE else "bfloat16",
            "float32_matmul_precision": torch.get_float32_matmul_precision()}
     if args.chunks:

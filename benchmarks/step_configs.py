@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fusions as F  # noqa: E402
+from _bench import needs_cuda  # noqa: E402
 
 from archdsl.kernels.fused_step import triton_fused_step as step_kernel  # noqa: E402
 from archdsl.kernels.norm_gemv import triton_norm_gemv as gemv_kernel  # noqa: E402
@@ -37,9 +38,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("step_configs: needs a CUDA GPU")
-        return 0
+    needs_cuda()
     model = F._decode_model(None)
     tok = torch.zeros(1, dtype=torch.long, device="cuda")
     every = set(FUSIONS)

@@ -25,7 +25,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import bench_or_nan, with_env  # noqa: E402
+from _bench import bench_or_nan, needs_cuda, with_env  # noqa: E402
 from kernels_wkv6 import _fwd_bwd, _wkv6_inputs  # noqa: E402
 
 try:
@@ -106,9 +106,7 @@ def main() -> int:
     ap.add_argument("--layouts", action="store_true", help="check the default layout rule (see above)")
     ap.add_argument("--json")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("wkv6_configs: needs a CUDA GPU")
-        return 0
+    needs_cuda()
     if args.layouts:
         Ts = [int(t) for t in (args.T or "1024,2048,4096,16384").split(",")]
         out = {"card": torch.cuda.get_device_name(), "layouts": layout_rows(Ts)}
