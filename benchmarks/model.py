@@ -22,7 +22,7 @@ import textwrap
 import time
 
 import torch
-from _bench import wall_ms
+from _bench import needs_cuda, wall_ms
 
 import archdsl
 
@@ -169,6 +169,8 @@ def main():
     args = ap.parse_args()
     global DEVICE
     DEVICE = args.device
+    if DEVICE == "cuda":
+        needs_cuda("give --device cpu for the smoke test")
     contexts = [1024, 16384, 65536]
     if DEVICE != "cuda":
         shrink_for_cpu()
