@@ -299,6 +299,8 @@ def save_figure(fig, path: str, dpi=150, bbox_inches="tight") -> None:
         with warnings.catch_warnings():  # said once by fit_fonts, not a glyph at a time
             warnings.filterwarnings("ignore", r"Glyph \d+ .* missing from", UserWarning)
             fig.savefig(buf, format=ext[1:].lower() or None, dpi=dpi, bbox_inches=bbox_inches)
+    except OSError as e:  # a backend's own files (fonts, a renderer's scratch space)
+        raise ArchDSLError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         plt.close(fig)
     write_atomic(path, buf.getvalue())

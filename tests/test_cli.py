@@ -234,9 +234,8 @@ def test_outputs_make_missing_directories_and_refuse_bad_paths(tmp_path, capsys,
 def test_a_failed_render_leaves_nothing(tmp_path, capsys, monkeypatch):
     from matplotlib.figure import Figure
 
-    def full_disk(self, path, **kw):
-        with open(path, "w") as f:
-            f.write("half")
+    def full_disk(self, out, **kw):  # out: where the picture goes (a file object: save_figure renders in memory)
+        out.write(b"half")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Figure, "savefig", full_disk)
