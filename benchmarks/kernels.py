@@ -48,6 +48,17 @@ def main(argv: list[str] | None = None) -> None:
             _dump(args.json, rows)
 
 
+def main_of(op: str, doc: str, quick: str) -> None:
+    """The entry point of one op's script: `kernels.py --only OP [--quick] [--json FILE]`, its --help taken from
+    the script's docstring and what its --quick keeps."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                 epilog=f"The same as kernels.py --only {op} [--quick] [--json FILE].")
+    ap.add_argument("--quick", action="store_true", help=quick)
+    ap.add_argument("--json", help="also write the rows here")
+    args = ap.parse_args()
+    main(["--only", op] + (["--quick"] if args.quick else []) + (["--json", args.json] if args.json else []))
+
+
 def _dump(path, rows):
     """After every row, so a run cut short keeps what it measured."""
     if path:

@@ -100,14 +100,6 @@ def split_k_rows(quick=False):
 
 
 if __name__ == "__main__":
-    import argparse
-    import sys
-
     import kernels
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="The same as kernels.py --only kernels_norm_gemv [--quick] [--json FILE].")
-    ap.add_argument("--quick", action="store_true", help="12 tile choices a shape and two split-K shapes only")
-    ap.add_argument("--json", help="also write the rows here")
-    ap.parse_args()
-    kernels.main(["--only", "kernels_norm_gemv", *sys.argv[1:]])
+    kernels.main_of("kernels_norm_gemv", __doc__, "12 tile choices a shape and two split-K shapes only")

@@ -49,14 +49,6 @@ def rows(quick: bool = False):
 
 
 if __name__ == "__main__":
-    import argparse
-    import sys
-
     import kernels
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="The same as kernels.py --only kernels_ssd_float32 [--quick] [--json FILE].")
-    ap.add_argument("--quick", action="store_true", help="L 4096 only")
-    ap.add_argument("--json", help="also write the rows here")
-    ap.parse_args()
-    kernels.main(["--only", "kernels_ssd_float32", *sys.argv[1:]])
+    kernels.main_of("kernels_ssd_float32", __doc__, "L 4096 only")
