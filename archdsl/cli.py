@@ -117,11 +117,13 @@ def _cache_dtype(text: str) -> None:
         raise ArchDSLError(f"--dtype: {e.message}", hint=e.hint) from None
 
 
-def _add_set(p):
+def _add_set(p, saved: bool = False):
+    """--set; `saved`: the command refuses it on a saved model directory (its weights fix the sizes)."""
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change a model-level key of the spec for this command (repeatable): d_model, vocab_size, "
                         "name, tie_embeddings, norm, norm_eps, embed_norm, residual_fp32, ffn; e.g. --set "
-                        "d_model=1024 --set vocab_size=32000")
+                        "d_model=1024 --set vocab_size=32000" + ("; refused on a saved model directory, whose "
+                                                                 "weights fix its sizes" if saved else ""))
 
 
 # --- commands --------------------------------------------------------------------------
@@ -173,19 +175,34 @@ def cmd_show(args):
 
 def _add_show(p):
     _add_check(p)
-    p.add_argument("--seq-len", type=count("--seq-len"), default=2048,
-                   help="context length n (default 2048; 8k, 1m ok)")
-    p.add_argument("--batch", type=count("--batch"), default=1)
-    p.add_argument("--dtype", default="bfloat16", help="cache dtype: bfloat16, float16, float32, float64 or float8 "
-                   "(an fp8 KV cache, an estimate)")
+    p.add_argument("--seq-len", type=count("--seq-len"), default=2048, metavar="N",
+                   help="context length for the FLOPs and the cache (default 2048; 8k, 1.5k, 1m: k, m are 1024, "
+                        "1024²)")
+    p.add_argument("--batch", type=count("--batch"), default=1, metavar="B",
+                   help="sequences the cache holds (default 1)")
+    p.add_argument("--dtype", default="bfloat16", help="cache dtype: bfloat16 (default), float16, float32, float64 "
+                   "or float8 (an fp8 KV cache, an estimate); bf16, fp16, fp32 ok")
     _add_ssm_state_dtype(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _ssm_state_dtype(text: str) -> str:
+    """--ssm-state-dtype as given, checked when it is read (a type= for argparse): an error names the option,
+    before any work."""
+    from .analysis import MODEL_DTYPES, dtype_name
+
+    try:
+        dtype_name(text, "ssm_state_dtype")
+    except ArchDSLError as e:
+        raise ArchDSLError(f"--ssm-state-dtype: ssm_state_dtype must be {', '.join(MODEL_DTYPES[:-1])} or "
+                           f"{MODEL_DTYPES[-1]}, got {text!r}", hint=e.hint) from None
+    return text
+
+
 def _add_ssm_state_dtype(p):
-    p.add_argument("--ssm-state-dtype", default=None, metavar="DTYPE",
-                   help="Mamba / Mamba-2 SSM states' dtype in the cache (default float32, float64 in a float64 "
-                        "model or cache; bfloat16 halves them)")
+    p.add_argument("--ssm-state-dtype", type=_ssm_state_dtype, default=None, metavar="DTYPE",
+                   help="Mamba / Mamba-2 SSM states' dtype in the cache: float32, bfloat16, float16 or float64 "
+                        "(default float32, float64 in a float64 model or cache; bfloat16 halves them)")
 
 
 @command("fmt", "print the canonical text of the layout")
@@ -220,7 +237,7 @@ def _add_graph(p):
 
 @command("memory", "inference cache bytes against context length")
 def cmd_memory(args):
-    """Cache bytes of one or several specs at each context length, as a table and a plot."""
+    """Cache bytes of one or several specs at each context length, as a table (or --json), and a plot with -o."""
     from .analysis import analyze_lengths
     from .draw import PLOT_FORMATS, check_path
 
@@ -268,17 +285,22 @@ def _labels(texts: list[str], specs: list) -> list[str]:
 def _add_memory(p):
     p.add_argument("specs", nargs="+", help="spec files, saved model directories or layout strings")
     _add_set(p)
-    p.add_argument("--seq-lens", default="1k,8k,64k,512k", help="comma-separated context lengths")
-    p.add_argument("--batch", type=count("--batch"), default=1)
-    p.add_argument("--dtype", default="bfloat16", help="cache dtype, as show's")
+    p.add_argument("--seq-lens", default="1k,8k,64k,512k", metavar="N,N,...",
+                   help="comma-separated context lengths (default 1k,8k,64k,512k; k, m are 1024, 1024²)")
+    p.add_argument("--batch", type=count("--batch"), default=1, metavar="B",
+                   help="sequences the cache holds (default 1)")
+    p.add_argument("--dtype", default="bfloat16", help="cache dtype, as show's: bfloat16 (default), float16, "
+                   "float32, float64 or float8")
     _add_ssm_state_dtype(p)
-    p.add_argument("-o", "--output", help="write a plot (.png, .svg or .pdf; missing directories are created)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("-o", "--output", metavar="PLOT",
+                   help="also write a plot (.png, .svg or .pdf; missing directories are created)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
 
-@command("convert", "a Megatron hybrid pattern or a Hugging Face config.json → a spec")
+@command("convert", "a Megatron hybrid pattern or a Hugging Face config.json → a spec (--weights: a saved model)")
 def cmd_convert(args):
-    """Write the spec YAML that reproduces the source (to stdout, or -o FILE)."""
+    """Write the spec YAML that reproduces the source (to stdout, or -o FILE); with --weights (--from hf), import
+    the weights too and save an archdsl model to -o DIR."""
     if args.name is not None and not args.name.strip():
         raise ArchDSLError("--name: give a name (it is empty)")
     if args.name is not None and any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in args.name):
@@ -326,20 +348,25 @@ def cmd_convert(args):
 
 
 def _add_convert(p):
-    p.add_argument("--from", dest="source", required=True, choices=["megatron", "hf"])
+    p.add_argument("--from", dest="source", required=True, choices=["megatron", "hf"],
+                   help="what INPUT is: megatron, a Megatron-LM hybrid override pattern (M mamba2, * attn, - mlp, "
+                        "E moe); hf, a Hugging Face config.json or model directory")
     p.add_argument("input", help="the Megatron pattern (e.g. 'M-M*-') or a config.json / model directory")
-    p.add_argument("--name", help="the spec's name")
+    p.add_argument("--name", help="the spec's name (default: megatron-hybrid; for hf, the last part of the "
+                                  "config's _name_or_path, else the directory's name)")
     p.add_argument("-o", "--output",
                    help="write the spec here instead of stdout (a new file: an existing one is refused; with "
                         "--weights: the model directory, replaced atomically)")
     p.add_argument("--weights", action="store_true",
-                   help="also import the safetensors weights and save an archdsl model (spec.yaml + model.safetensors)")
-    p.add_argument("--dtype", default=None, help="with --weights: the saved model's dtype (default: the checkpoint's)")
+                   help="also import the safetensors weights and save an archdsl model (spec.yaml + model.safetensors) "
+                        "to -o DIR; needs --from hf and -o")
+    p.add_argument("--dtype", default=None, help="only with --weights: the saved model's dtype, float32, bfloat16, "
+                   "float16 or float64 (default: the checkpoint's)")
 
 
 @command("export", "a saved archdsl model → a Hugging Face model directory (config.json + safetensors)")
 def cmd_export(args):
-    """Write DIR's model (spec.yaml + model.safetensors) as a Hugging Face checkpoint that transformers
+    """Write DIR's model (spec.yaml + model.safetensors) to -o OUT as a Hugging Face checkpoint that transformers
     loads with its own class (Mamba, FalconMamba, Mamba2, Bamba, NemotronH, Llama, ...)."""
     from .convert.hf_io import export_hf
 
@@ -359,15 +386,20 @@ HF_FILES = frozenset({"config.json", "model.safetensors"})  # what export_hf wri
 
 
 def _add_export(p):
-    p.add_argument("input", help="a saved archdsl model directory")
-    p.add_argument("--to", dest="target", required=True, choices=["hf"])
-    p.add_argument("-o", "--output", required=True, help="the directory to write")
-    p.add_argument("--model-type", default=None, help="the HF model_type (default: inferred from the spec)")
+    p.add_argument("input", metavar="DIR", help="a saved archdsl model directory (archdsl compile, convert --weights, "
+                                                "export-checkpoint)")
+    p.add_argument("--to", dest="target", required=True, choices=["hf"],
+                   help="the format to write: hf, a Hugging Face model directory")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="the directory to write (config.json + model.safetensors; replaced atomically)")
+    p.add_argument("--model-type", default=None,
+                   help="the HF model_type: mamba, falcon_mamba, mamba2, bamba, nemotron_h, llama, jamba, zamba2 or "
+                        "rwkv; it must be the family the spec is (default: inferred from the spec)")
 
 
 @command("compile", "build a spec's model and save it (spec.yaml + model.safetensors)")
 def cmd_compile(args):
-    """Build the PyTorch model of SPEC with random weights from --seed and save it to DIR."""
+    """Build the PyTorch model of SPEC with random weights from --seed and save it to -o DIR."""
     from .model import compile as build
     from .model.model import SAVE_FILES
 
@@ -384,10 +416,12 @@ def cmd_compile(args):
 
 def _add_compile(p):
     _add_check(p)
-    p.add_argument("-o", "--output", required=True, help="directory to write (replaced atomically)")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, float64")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--seed", type=parse_seed, default=0, help="seed of the random weights (0..2^63-1)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="directory to write: spec.yaml + model.safetensors (replaced atomically)")
+    p.add_argument("--dtype", default="float32", help="the weights' dtype: float32 (default), bfloat16, float16 or "
+                                                      "float64")
+    p.add_argument("--device", default="cpu", help="where the weights are made: cpu (default), cuda or cuda:N")
+    p.add_argument("--seed", type=parse_seed, default=0, help="seed of the random weights (0..2^63-1; default 0)")
 
 
 @command("run", "time prefill and decoding of a spec or a saved model on random tokens")
@@ -494,31 +528,36 @@ def cmd_bench(args):
 
 def _add_bench(p):
     p.add_argument("spec", help="a YAML spec file, a layout string, or a saved model directory")
-    p.add_argument("--batch", type=count("--batch"), default=1)
-    p.add_argument("--seq-len", type=count("--seq-len"), default=2048,
-                   help="tokens a forward / training call takes, and the decode prompt (default 2048)")
-    p.add_argument("--gen", type=count("--gen"), default=64, help="decode steps timed (default 64)")
-    p.add_argument("--cases", default="forward,train,decode", help="some of forward, train, decode (comma-separated)")
+    p.add_argument("--batch", type=count("--batch"), default=1, metavar="B",
+                   help="sequences a call takes (default 1)")
+    p.add_argument("--seq-len", type=count("--seq-len"), default=2048, metavar="N",
+                   help="tokens a forward / training call takes, and the decode prompt (default 2048; 4k ok)")
+    p.add_argument("--gen", type=count("--gen"), default=64, metavar="N",
+                   help="decode steps timed (default 64; at least 1)")
+    p.add_argument("--cases", default="forward,train,decode",
+                   help="some of forward, train, decode, comma-separated (default: all three)")
     _add_model_args(p, seed_of="the random tokens")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _add_model_args(p, seed_of: str):
     """The options _model reads: --set, --device, --dtype, --seed, --cuda-graph, --ssm-state-dtype, --fuse / --no-fuse
     (run, bench)."""
-    _add_set(p)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None, help="float32 (default; a saved model keeps its own), bfloat16, ...")
+    _add_set(p, saved=True)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--dtype", default=None, help="float32 (default; a saved model keeps its own), bfloat16, float16 "
+                                                  "or float64")
     p.add_argument("--seed", type=parse_seed, default=0,
-                   help=f"seed of {seed_of} and, for a spec, of the random weights (a saved model keeps its own)")
+                   help=f"seed of {seed_of} and, for a spec, of the random weights (a saved model keeps its own; "
+                        f"0..2^63-1, default 0)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                   help="decode steps replayed from a CUDA graph (default: on for --device cuda; --no-cuda-graph "
-                        "steps eagerly, a kernel launch at a time from Python)")
+                   help="decode steps replayed from a CUDA graph, CUDA only (default: on for --device cuda; "
+                        "--no-cuda-graph steps eagerly, a kernel launch at a time from Python)")
     _add_ssm_state_dtype(p)
     p.add_argument("--fuse", default=None, metavar="NAMES",
                    help="only these fusions, comma-separated (add_norm, qkv, epilogue, step, norm_gemv, pdl, "
-                        "recompute; default: all)")
-    p.add_argument("--no-fuse", action="store_true", help="switch every fusion off")
+                        "recompute; default: all; not with --no-fuse)")
+    p.add_argument("--no-fuse", action="store_true", help="switch every fusion off (not with --fuse)")
 
 
 def _model(args):
@@ -586,14 +625,16 @@ def _fuse(args):
 
 def _add_run(p):
     p.add_argument("spec", help="a YAML spec file, a layout string, or a saved model directory")
-    p.add_argument("--prompt-len", type=count("--prompt-len"), default=128)
-    p.add_argument("--gen", type=count("--gen", minimum=0), default=128,
-                   help="tokens to decode after the prompt (0: none)")
-    p.add_argument("--batch", type=count("--batch"), default=1)
+    p.add_argument("--prompt-len", type=count("--prompt-len"), default=128, metavar="N",
+                   help="random prompt tokens to prefill (default 128; 1k ok)")
+    p.add_argument("--gen", type=count("--gen", minimum=0), default=128, metavar="N",
+                   help="tokens to decode after the prompt (default 128; 0: none)")
+    p.add_argument("--batch", type=count("--batch"), default=1, metavar="B",
+                   help="sequences run together (default 1)")
     _add_model_args(p, seed_of="the random prompt")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="run one untimed prefill and decode step first (kernel compilation, allocator); default on")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 @command("explore", "enumerate hybrid layouts under budgets: Pareto front, recall probes, plots")
@@ -637,43 +678,54 @@ def cmd_train(args):
 
 def _add_train(p):
     p.add_argument("spec", help="a YAML spec file, a layout string, or a saved model directory (its weights)")
-    _add_set(p)
+    _add_set(p, saved=True)
     p.add_argument("--data", required=True, help="a probe task (mqar:seq=256,pairs=16, selective_copying:..., "
                    "noisy_recall:..., fuzzy_recall:...) or a token file PATH.bin[:uint16|uint32][,eos=N] (eos: documents packed)")
     p.add_argument("--steps", type=int, required=True, help="optimizer steps in all (a resumed run continues)")
-    p.add_argument("-o", "--output", required=True, metavar="RUNDIR", help="run directory")
-    p.add_argument("--batch", type=int, default=32, help="global batch in sequences, split over the processes")
+    p.add_argument("-o", "--output", required=True, metavar="RUNDIR",
+                   help="run directory: run.json, metrics.jsonl, checkpoints/ (one holding checkpoints needs --resume)")
+    p.add_argument("--batch", type=int, default=32,
+                   help="global batch in sequences, split over the processes (default 32)")
     p.add_argument("--micro-batch", type=count("--micro-batch"), default=None, metavar="M",
-                   help="sequences per forward on each process, the gradients accumulated to one step of --batch "
-                        "(default: the process's whole share)")
-    p.add_argument("--seq-len", type=count("--seq-len"), default=None,
-                   help="sequence length (token files; default 1024)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine after warmup)")
+                   help="sequences per forward on each process, the gradients accumulated to one step of --batch; "
+                        "must divide the process's share (default: the whole share)")
+    p.add_argument("--seq-len", type=count("--seq-len"), default=None, metavar="N",
+                   help="sequence length (default: a token file 1024, a task its own seq; with a task's seq= the "
+                        "two must agree; 4k ok)")
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="peak learning rate, at most 1 (default 1e-3; cosine to 0.1·lr after warmup)")
     p.add_argument("--warmup", type=float, default=0.1,
-                   help="warmup steps (at most --steps), or a share of --steps if < 1")
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--grad-clip", type=float, default=1.0, help="0: no clipping")
+                   help="warmup steps (at most --steps), or a share of --steps if < 1 (default 0.1)")
+    p.add_argument("--weight-decay", type=float, default=0.1,
+                   help="AdamW weight decay, on weight matrices only (default 0.1)")
+    p.add_argument("--grad-clip", type=float, default=1.0,
+                   help="gradient norm clipping (default 1.0; 0: no clipping)")
     p.add_argument("--bf16", action="store_true", help="bf16 compute (FSDP2 mixed precision), fp32 master weights")
     p.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing per layer")
     p.add_argument("--compile", action="store_true", help="torch.compile each layer")
     p.add_argument("--save-every", type=int, default=0, metavar="K",
-                   help="checkpoint every K steps (and at the end; 0: only at the end)")
+                   help="checkpoint every K steps, and at the end (default 0: only at the end)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in RUNDIR that loads (a damaged one is passed over "
                         "with a warning)")
     p.add_argument("--stop-after", type=int, default=None, metavar="K",
                    help="stop after step K with a checkpoint (the schedule stays that of --steps)")
-    p.add_argument("--seed", type=parse_seed, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (one GPU per process)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="per-device peak for MFU (default: H100/H200 989)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=parse_seed, default=0,
+                   help="seed of the random weights (of a spec) and of the data (0..2^63-1; default 0)")
+    p.add_argument("--device", default="auto",
+                   help="auto (default: cuda where present, else cpu), cpu, cuda or cuda:N (one GPU per process)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="per-device peak TFLOP/s for MFU (default: 989 on H100/H200, 312 on A100; no MFU elsewhere)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per process, on the CPU only (default: torch's)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (nor its plain line every 30 s where stderr is not a terminal)")
 
 
 @command("export-checkpoint", "a training run's checkpoint → an ordinary archdsl save (spec.yaml + model.safetensors)")
 def cmd_export_checkpoint(args):
     """Load the newest checkpoint of RUNDIR that loads (or the one at --step K), whatever number of processes
-    wrote it, and save the model to DIR as `archdsl compile` would. Damaged checkpoints passed over are named."""
+    wrote it, and save the model to -o DIR as `archdsl compile` would. Damaged checkpoints passed over are named."""
     from .train import export_checkpoint
 
     skipped: list[str] = []
@@ -687,10 +739,12 @@ def cmd_export_checkpoint(args):
 
 def _add_export_checkpoint(p):
     p.add_argument("rundir", help="a directory written by archdsl train")
-    p.add_argument("-o", "--output", required=True, help="directory to write (replaced atomically)")
-    p.add_argument("--step", type=int, default=None,
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="directory to write: spec.yaml + model.safetensors (replaced atomically)")
+    p.add_argument("--step", type=int, default=None, metavar="K",
                    help="the checkpoint at this step (default: the newest that loads)")
-    p.add_argument("--dtype", default="float32", help="dtype of the saved weights")
+    p.add_argument("--dtype", default="float32", help="dtype of the saved weights: float32 (default), bfloat16, "
+                                                      "float16 or float64")
 
 
 ARGS = {"check": _add_check, "show": _add_show, "fmt": _add_check, "graph": _add_graph,

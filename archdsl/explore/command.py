@@ -11,7 +11,9 @@ from ..units import MAX_SEED, parse_count, parse_seed
 
 def add_arguments(p) -> None:
     p.add_argument("space", help="a design-space YAML file (see docs/explore.md)")
-    p.add_argument("-o", "--output", help="output directory (results.json, results.csv, specs/, plots)")
+    p.add_argument("-o", "--output", metavar="OUTDIR",
+                   help="output directory, new or empty (results.json, results.csv, specs/, plots); this or --resume "
+                        "is required")
     p.add_argument("--resume", metavar="OUTDIR", help="continue an interrupted run in OUTDIR (same settings); "
                    "-o refuses a directory that already holds files")
     g = p.add_argument_group("budgets (AMOUNT: 1.5B, 300M; flops and cache also at a context, AMOUNT@CONTEXT, and "
@@ -20,27 +22,32 @@ def add_arguments(p) -> None:
                        ("flops", "forward FLOPs per token"), ("cache", "decode cache bytes (KV + states)")):
         g.add_argument(f"--max-{name}", metavar="AMOUNT", help=f"at most this many {help}")
         g.add_argument(f"--min-{name}", metavar="AMOUNT", help=f"at least this many {help}")
-    p.add_argument("--objective", default=None,
-                   help="comma-separated, minimised (accuracy maximised): params, active, flops, cache, accuracy, "
-                        "loss, depth, attn_fraction (default params,cache; accuracy is added with --probe)")
-    p.add_argument("--context", default=None, help="context length for FLOPs and cache figures (default: the "
-                   "--max-cache context, else 4k)")
-    p.add_argument("--batch", default="1", help="batch for cache figures (default 1)")
-    p.add_argument("--dtype", default="bfloat16", help="cache dtype (default bfloat16)")
-    q = p.add_argument_group("probes")
+    p.add_argument("--objective", default=None, metavar="NAMES",
+                   help="comma-separated, minimised (accuracy maximised): params, active, flops, cache, depth, "
+                        "attn_fraction, and with --probe accuracy, loss, wall_time (default params,cache; accuracy "
+                        "is added with --probe)")
+    p.add_argument("--context", default=None, metavar="N", help="context length for FLOPs and cache figures "
+                   "(default: a cache budget's @CONTEXT, else 4k; k, m are 1024, 1024²)")
+    p.add_argument("--batch", default="1", metavar="B", help="batch for cache figures (default 1)")
+    p.add_argument("--dtype", default="bfloat16", help="cache dtype: bfloat16 (default), float16, float32, float64 "
+                   "or float8")
+    q = p.add_argument_group("probes (the options after --probe only with it; each defaults to the space file's "
+                             "probe: section where it names the same task)")
     q.add_argument("--probe", nargs="?", const="", metavar="TASK",
                    help="train candidates on a probe: mqar, selective_copying, noisy_recall, fuzzy_recall "
                         "(bare --probe: the space file's probe: section)")
-    q.add_argument("--steps", type=int, help="training steps per candidate")
-    q.add_argument("--probe-d-model", type=int, help="train at this width instead of each candidate's own")
+    q.add_argument("--steps", type=int, metavar="N", help="training steps per candidate (default 300)")
+    q.add_argument("--probe-d-model", type=int, metavar="D",
+                   help="train at this width instead of each candidate's own")
     q.add_argument("--probe-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a task argument, e.g. seq_len=256, num_kv_pairs=16, vocab_size=8192 (repeatable)")
     q.add_argument("--lr", type=float, help="peak learning rate, at most 1 (default 1e-3)")
-    q.add_argument("--batch-size", type=int, help="training batch (default 32)")
-    q.add_argument("--device", help="auto (default), cpu or cuda")
-    p.add_argument("--top", type=int, help="probe (and print) the K best by the analytic ranking (default: "
-                   "probe all, print 20)")
-    p.add_argument("--seed", type=parse_seed, default=0)
+    q.add_argument("--batch-size", type=int, metavar="B", help="training batch (default 32)")
+    q.add_argument("--device", help="auto (default: cuda where present, else cpu), cpu, cuda or cuda:N")
+    p.add_argument("--top", type=int, metavar="K", help="probe (and print) the K best by the analytic ranking "
+                   "(default: probe all, print 20)")
+    p.add_argument("--seed", type=parse_seed, default=0,
+                   help="seed of the probes' weights and data (0..2^63-1; default 0)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (nor their plain lines where stderr is not a terminal)")
 
@@ -171,8 +178,12 @@ def explore_command(args) -> None:
             make_task(task, **task_args)  # bad task arguments before any work
         except ArchDSLError as e:
             raise ArchDSLError(f"{where}: {e.message}", hint=e.hint) from None
-    elif args.steps is not None:
-        raise ArchDSLError("--steps needs --probe (e.g. --probe mqar)")
+    else:  # the probe's settings without a probe would be ignored in silence: refused, each named
+        for flag, given in (("--steps", args.steps is not None), ("--probe-d-model", args.probe_d_model is not None),
+                            ("--probe-arg", bool(args.probe_arg)), ("--lr", args.lr is not None),
+                            ("--batch-size", args.batch_size is not None), ("--device", args.device is not None)):
+            if given:
+                raise ArchDSLError(f"{flag} needs --probe (e.g. --probe mqar)")
     objectives = (args.objective or "params,cache").split(",")
     try:
         run(space, constraints, objectives, outdir, probe=probe, top=args.top, seed=args.seed, context=context,
