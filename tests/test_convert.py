@@ -622,7 +622,7 @@ def test_a_name_given_is_kept_whole():
     # a plain Mamba exported as falcon_mamba: transformers built a FalconMamba (norms on dt, B, C), logits off by 0.2
     ("2×mamba", "falcon_mamba", "exports as 'mamba', not 'falcon_mamba'"),
     ("2×mamba(inner_norms=unweighted)", "mamba", "exports as 'falcon_mamba', not 'mamba'"),
-    ("2×mamba", "llama", "not a Llama"),
+    ("2×mamba", "llama", "model_type 'llama': not a Llama"),
 ])
 def test_export_refuses_a_model_type_that_is_not_the_spec(tmp_path, layout, named, message):
     import archdsl

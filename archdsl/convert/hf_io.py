@@ -195,8 +195,11 @@ def hf_model_type(spec, model_type: str | None = None) -> str:
         fam = family(model_type)
         got = fam.accepts(spec)
         if got is None:
-            fam.hf_config(spec)  # raises, saying what the spec lacks
-            raise ArchDSLError(f"spec {spec.name!r} does not export as {model_type!r}")
+            try:
+                fam.hf_config(spec)  # raises, saying what the spec lacks
+            except ArchDSLError as e:  # named as the option it answers (the CLI's --model-type)
+                raise ArchDSLError(f"model_type {model_type!r}: {e.message}", hint=e.hint) from None
+            raise ArchDSLError(f"model_type {model_type!r}: spec {spec.name!r} does not export as one")
         if got != model_type:  # falcon_mamba named for a plain Mamba: transformers would build another model
             raise ArchDSLError(f"spec {spec.name!r} exports as {got!r}, not {model_type!r}: a config saying "
                                f"{model_type!r} would make transformers build a model that computes something "
