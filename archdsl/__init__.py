@@ -16,21 +16,29 @@ __all__ = ["ArchDSLError", "Spec", "parse", "load_spec", "analyze", "analyze_len
 
 
 def compile(spec, **kwargs):  # noqa: A001 - the verb the field uses
-    """Build the PyTorch model of a spec: see archdsl.model.compile."""
+    """Build the PyTorch model (ArchModel, in eval mode) of a spec: a Spec, YAML file or layout string.
+
+    compile(spec, device="cpu", dtype=torch.float32, seed=0, cuda_graph=False, fuse=True, ssm_state_dtype=None);
+    see archdsl.model.compile."""
     from .model import compile as _compile
 
     return _compile(spec, **kwargs)
 
 
 def load(path, **kwargs):
-    """Load a model saved with ArchModel.save(dir)."""
+    """Load a model saved with ArchModel.save(dir), with its weights and dtype: an ArchModel in eval mode.
+
+    load(path, device="cpu", dtype=None, cuda_graph=False, **compile's other keywords); see archdsl.model.load."""
     from .model import load as _load
 
     return _load(check_path("load", path, "directory's path"), **kwargs)
 
 
 def from_hf(path, **kwargs):
-    """Open a local Hugging Face model directory as a spec (and weights)."""
+    """A local Hugging Face model directory (its config.json) as a Spec; with weights=True, (spec, model)
+    holding its checkpoint's weights.
+
+    from_hf(path, weights=False, device="cpu", dtype=None, name=None); see archdsl.convert.hf.from_hf."""
     from .convert.hf import from_hf as _from_hf
 
     return _from_hf(check_path("from_hf", path, "directory's path"), **kwargs)

@@ -88,7 +88,12 @@ def dtype_bytes(dtype, what: str = "dtype") -> int:
 
 def analyze(spec, seq_len: int = 2048, batch: int = 1, dtype: str = "bfloat16",
             ssm_state_dtype: str | None = None) -> Report:
-    """Parameters, active parameters, FLOPs per token and cache bytes, per layer and in total."""
+    """Parameters, active parameters, FLOPs per token and cache bytes, per layer and in total: a Report.
+
+    spec: what compile takes (a Spec, YAML file, saved-model directory or layout string); seq_len, batch: the
+    context and batch the FLOPs and cache are counted at; dtype: the cache's (KV, conv windows), a name or a torch
+    dtype (float8 too, as an estimate); ssm_state_dtype: the Mamba / Mamba-2 SSM states' (None: float32, float64
+    for dtype float64)."""
     return analyze_lengths(spec, [seq_len], batch, dtype, ssm_state_dtype)[0]
 
 

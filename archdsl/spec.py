@@ -142,7 +142,10 @@ EXAMPLES = {"d_model": "1024", "vocab_size": "32000", "tie_embeddings": "true", 
 
 
 def parse(text: str, **sizes) -> Spec:
-    """A Spec from a bare layout string, with default sizes (override with keywords)."""
+    """A Spec from a bare layout string, with default sizes (override with keywords: name, d_model, vocab_size,
+    tie_embeddings, norm, norm_eps, embed_norm, residual_fp32, ffn, and blocks: block kind or alias → its
+    arguments). The syntax and these keywords are checked here (ArchDSLError); block names and arguments when
+    the graph is first built (spec.graph, analyze, compile)."""
     if not isinstance(text, str):
         raise ArchDSLError(f"a layout must be a string, not {type(text).__name__}")
     source = Source(text)

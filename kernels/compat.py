@@ -35,11 +35,11 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
                               seq_idx=None, cu_seqlens=None, dt_softplus=False, dt_limit=(0.0, float("inf")),
                               return_final_states=False, return_varlen_states=False):
     """mamba_ssm's `mamba_chunk_scan_combined` (ops/triton/ssd_combined.py) on ssd_scan: x [B, L, H, P], dt
-    [B, L, H], A [H], B, C [B, L, G, N]. Returns y, then the final state [B, H, P, N] float32 with
-    return_final_states, then with return_varlen_states each sequence's last state [sequences, H, P, N] in C's
-    dtype. As there, return_varlen_states needs cu_seqlens, which must say the sequences seq_idx says: mamba_ssm,
-    given no seq_idx, scans across the sequences and returns the running state at each one's end, which this
-    refuses rather than answer otherwise."""
+    [B, L, H], A [H], B, C [B, L, G, N]. Returns y [B, L, H, P] in x's dtype, then the final state [B, H, P, N]
+    float32 (float64 for float64 x) with return_final_states, then with return_varlen_states each sequence's last
+    state [sequences, H, P, N] in C's dtype. As there, return_varlen_states needs cu_seqlens, which must say the
+    sequences seq_idx says: mamba_ssm, given no seq_idx, scans across the sequences and returns the running state
+    at each one's end, which this refuses rather than answer otherwise."""
     if not return_varlen_states:
         cu_seqlens = None  # as mamba_ssm: read for the varlen states only
     elif cu_seqlens is None:

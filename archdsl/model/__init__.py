@@ -57,25 +57,30 @@ def check_device(device, dtype: torch.dtype) -> torch.device:
 
 def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: bool = False,  # noqa: A001
             fuse: Fuse = True, ssm_state_dtype=None) -> ArchModel:
-    """Build the model of `spec` (a Spec, YAML file, saved-model directory or layout string).
+    """Build the model of `spec` (a Spec, YAML file, saved-model directory or layout string; a saved
+    model's directory gives its spec only, with fresh weights: load(path) reads its weights).
 
     Parameters are initialised on the CPU from `seed` (the same weights on every device), then
-    moved to `device` in `dtype`; device="meta" allocates nothing. `fuse` picks the fusions:
-    True (the default) all, False none, or a set of names from FUSIONS, exactly those —
+    moved to `device` in `dtype` (a torch dtype or its name: "bf16", "float32", ...); device="meta"
+    allocates nothing. `fuse` picks the fusions: True (the default) all, False none, or a set of
+    names from FUSIONS (or one string of them, "qkv,step"), exactly those —
     "add_norm" (residual add + RMSNorm in one Triton kernel), "qkv" (one q/k/v GEMM at inference),
     "epilogue" (D skip and silu gate inside the Mamba scan kernels), "step" (the fused Mamba /
     Mamba-2 decode-step kernels), "norm_gemv" (Mamba-2 decode: the RMSNorms inside the
-    projections' GEMVs), "pdl" (Mamba-2 decode: its kernels under programmatic dependent launch);
+    projections' GEMVs), "pdl" (Mamba-2 decode: its kernels under programmatic dependent launch),
+    "recompute" (Mamba / Mamba-2 training: activations rebuilt in the backward, not kept);
     an unknown name raises ArchDSLError. Each is the same function
-    on or off; model.set_fuse(...) switches them later. `cuda_graph` makes generate() replay the
-    decode step from a CUDA graph. `ssm_state_dtype` is the dtype of the Mamba / Mamba-2 SSM states
-    in decode caches (None: float32; see ArchModel.set_ssm_state_dtype).
+    on or off; model.set_fuse(...) switches them later. `cuda_graph` (True or False) makes generate()
+    replay the decode step from a CUDA graph. `ssm_state_dtype` is the dtype of the Mamba / Mamba-2 SSM
+    states in decode caches (None: float32; see ArchModel.set_ssm_state_dtype).
+    Returns the ArchModel in eval mode (model.train() for training).
     """
     from ..spec import load_spec
 
     fuse = resolve_fuse(fuse)  # a bad name first, before anything is built (an iterator is read once, here)
     resolve_ssm_dtype(ssm_state_dtype)
     check_seed("compile", seed)
+    _check_flag("compile", "cuda_graph", cuda_graph)
     spec = load_spec(spec)
     dtype = resolve_dtype(dtype)
     dev = check_device(device, dtype)
@@ -98,10 +103,12 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
 
 
 def load(path, device="cpu", dtype=None, cuda_graph: bool = False, **kwargs) -> ArchModel:
-    """A model saved with ArchModel.save(path): its spec, weights and (unless given) dtype. The other
-    arguments are compile's; the model is built on the CPU, then moved to `device`."""
+    """A model saved with ArchModel.save(path) (a str or os.PathLike): its spec, weights and (unless given)
+    dtype, in eval mode. The other arguments are compile's (fuse, ssm_state_dtype; a seed is overwritten by the
+    weights); the model is built on the CPU, then moved to `device`."""
     from safetensors import safe_open
 
+    _check_flag("load", "cuda_graph", cuda_graph)
     path = os.fspath(path)
     weights = os.path.join(path, "model.safetensors")
     if not os.path.isfile(os.path.join(path, "spec.yaml")) or not os.path.isfile(weights):
@@ -121,6 +128,12 @@ def load(path, device="cpu", dtype=None, cuda_graph: bool = False, **kwargs) -> 
         model = model.to(dev)
     model.cuda_graph = bool(cuda_graph)
     return model
+
+
+def _check_flag(where: str, name: str, value) -> None:
+    """ArchDSLError unless value is True or False (a string such as "no" would read as True)."""
+    if not isinstance(value, bool):
+        raise ArchDSLError(f"{where}: {name} must be True or False, got {value!r}")
 
 
 def load_weights(model: ArchModel, tensors: dict, source: str = "checkpoint") -> None:

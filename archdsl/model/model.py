@@ -107,6 +107,7 @@ class ArchModel(nn.Module):
 
     # --- info ----------------------------------------------------------------------------
     def num_params(self) -> int:
+        """Parameters, a tied or shared tensor counted once (analyze's `params`)."""
         return sum(p.numel() for p in self.parameters())
 
     @property
@@ -191,7 +192,9 @@ class ArchModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
                 logits_mask: torch.Tensor | None = None, seq_idx: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids [B, L] → logits [B, L, V]; sets self.aux_loss (sum of MoE balancing losses).
+        """input_ids [B, L] (int64 or int32) → logits [B, L, V] in the model's dtype; sets self.aux_loss (sum of MoE
+        balancing losses). cache (init_cache(B)): takes the L tokens' states and advances by L, for step or another
+        forward to continue from (prefill).
         logits_mask [B, L] bool: only the logits of the True positions, [n, V] in row-major order
         (a loss that scores a few positions skips the head's [B, L, V] product and its memory).
         seq_idx [B, L] integers: packed sequences, a new one wherever the value changes (mamba_ssm's
@@ -306,10 +309,13 @@ class ArchModel(nn.Module):
                  seed: int | None = None, attention_mask: torch.Tensor | None = None, top_p: float | None = None,
                  eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
                  repetition_penalty: float | None = None):
-        """Prefill through the parallel path, then decode step by step. temperature 0 = greedy; else sampling
+        """Prefill input_ids [B, L] (int64 or int32) through the parallel path, then decode step by step, under
+        torch.no_grad(). temperature 0 = greedy; else sampling
         from softmax(logits / temperature), cut to the top_k likeliest tokens and then to the nucleus of top_p
         (the fewest likeliest tokens whose probability reaches top_p), as transformers' generate does.
-        Returns [B, L + max_new_tokens]. With compile(cuda_graph=True) on CUDA the step is replayed
+        seed (an int): the draws come from a generator of that seed, the same tokens for the same seed; None: from
+        torch's global generator. Returns [B, L + max_new_tokens], the prompt then the new tokens, in input_ids'
+        dtype. With compile(cuda_graph=True) on CUDA the step is replayed
         from a captured CUDA graph. attention_mask [B, L] (bool or 0/1, HF's): prompts of different
         lengths, left-padded (the pads first); each row continues as its prompt alone would (forward).
         eos_token_id (one id or a list, as transformers'): a row that has produced one goes on with pad_token_id
@@ -445,8 +451,9 @@ class ArchModel(nn.Module):
 
     # --- saving ----------------------------------------------------------------------------
     def save(self, path) -> None:
-        """Write spec.yaml + model.safetensors into `path`: first into a temporary directory
-        beside it, then renamed into place, so a failed save never replaces a good one."""
+        """Write spec.yaml + model.safetensors into the directory `path` (a str or os.PathLike; made if need be):
+        first into a temporary directory beside it, then renamed into place, so a failed save never replaces a good
+        one. A directory there holding anything but an earlier save's files is refused (ArchDSLError)."""
         from safetensors.torch import save_file
 
         path = check_path("save", path, "directory's path")

@@ -84,7 +84,7 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
 
 @on_input_device
 def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None):
-    """One decode token of ssd_scan: state [B, H, P, N] is updated in place; returns y [B, H, P].
+    """One decode token of ssd_scan: state [B, H, P, N] is updated in place; returns y [B, H, P] in x's dtype.
 
     x [B, H, P], dt [B, H], A [H], B, C [B, G, N], D [H] or [H, P], z [B, H, P], dt_bias [H],
     dt_limit (lo, hi) or None, as ssd_scan's.

@@ -26,7 +26,8 @@ def wkv4(w, u, k, v, state=None, seq_idx=None):
     state restarts fresh wherever seq_idx changes, the incoming state belongs to seq_idx 0, and the state
     returned is the last sequence's.
 
-    Returns (wkv `[B, T, C]` in k's dtype, (num, den, max) after the last token). Stable in
+    Returns (wkv `[B, T, C]` in k's dtype, (num, den, max) after the last token, `[B, C]` each in float32,
+    float64 for float64 k). Stable in
     bf16/fp16 for any length (running max). Differentiable in w, u, k, v and the state;
     the outgoing state's gradient is taken as acting on num·e^max and den·e^max (true
     whenever it feeds another wkv4 call).

@@ -253,3 +253,14 @@ def test_numpy_integers_are_ints_everywhere():
     assert with_sizes(spec, blocks={"mamba": {"d_state": 8}}).blocks["mamba"]["d_state"] == 8
     with pytest.raises(ArchDSLError, match="with_sizes: expected a Spec, got str"):
         with_sizes("mamba", d_model=8)
+
+
+def test_cuda_graph_must_be_a_bool(model, tmp_path):
+    """compile's and load's cuda_graph is True or False: "no" read as True (a CUDA graph where none was asked for;
+    on the CPU, the error said cuda_graph=True)."""
+    with pytest.raises(ArchDSLError, match="compile: cuda_graph must be True or False, got 'no'"):
+        archdsl.compile(model.spec, cuda_graph="no")
+    model.save(tmp_path / "m")
+    with pytest.raises(ArchDSLError, match="load: cuda_graph must be True or False, got 1"):
+        archdsl.load(tmp_path / "m", cuda_graph=1)
+    assert archdsl.load(tmp_path / "m", cuda_graph=False).cuda_graph is False
