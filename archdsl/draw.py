@@ -75,10 +75,19 @@ def plain_text():
         yield
 
 
+def _flag(value, where: str) -> bool:
+    """every_layer as a bool (numpy's too); a string ('no') or a number is ArchDSLError, not a silent yes."""
+    if not isinstance(value, bool) and getattr(getattr(value, "dtype", None), "kind", None) != "b":
+        raise ArchDSLError(f"{where}: every_layer must be True or False, got {errors.shown(value)}")
+    return bool(value)
+
+
 def draw(spec, path: str, every_layer: bool = False) -> None:
-    """Write the picture of `spec` to `path`; the suffix picks the format. Missing parent directories
-    are created; the file appears whole or not at all. every_layer: nothing folded, each layer drawn."""
+    """Write the picture of `spec` (a Spec, spec file, saved-model directory or layout string) to `path`; the
+    suffix picks the format (.svg .png .pdf, .dot, .mmd). Missing parent directories are created; the file
+    appears whole or not at all. every_layer: nothing folded, each layer drawn."""
     ext = check_path(path)
+    every_layer = _flag(every_layer, "draw")
     spec = load_spec(spec)
     if ext == ".dot":
         _write_text(path, to_dot(spec, every_layer))
@@ -153,9 +162,12 @@ def _short(name: str) -> str:
 
 
 def strip_figure(spec, every_layer: bool = False):
+    """The strip of `spec` as a matplotlib Figure, for save_figure (which closes it); ArchDSLError past MAX_ROWS
+    rows."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
+    every_layer = _flag(every_layer, "strip_figure")
     spec = load_spec(spec)
     rows = layers(spec.graph)
     n = len(rows)
@@ -282,23 +294,26 @@ def fit_fonts(fig) -> None:
 
 
 def save_figure(fig, path: str, dpi=150, bbox_inches="tight") -> None:
-    """Render into memory, then write it with atomic.write_atomic (beside `path` under a temporary name, renamed
-    into place), so a failed or interrupted render leaves nothing half-written; missing parent directories are
-    created. The figure is closed. Texts fall back to installed fonts for characters the default font lacks
-    (fit_fonts)."""
+    """Render a matplotlib Figure into memory, then write it with atomic.write_atomic (beside `path` under a
+    temporary name, renamed into place), so a failed or interrupted render leaves nothing half-written; missing
+    parent directories are created. The suffix of `path` picks the format (.svg, .png or .pdf). The figure is
+    closed, on error too. Texts fall back to installed fonts for characters the default font lacks (fit_fonts)."""
     import io
 
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from .atomic import write_atomic
 
-    ext = os.path.splitext(path)[1]
+    if not isinstance(fig, Figure):
+        raise ArchDSLError(f"save_figure: fig must be a matplotlib Figure, got {errors.shown(fig)}")
     buf = io.BytesIO()
     try:
+        ext = check_path(path, PLOT_FORMATS, "save_figure")
         fit_fonts(fig)
         with warnings.catch_warnings():  # said once by fit_fonts, not a glyph at a time
             warnings.filterwarnings("ignore", r"Glyph \d+ .* missing from", UserWarning)
-            fig.savefig(buf, format=ext[1:].lower() or None, dpi=dpi, bbox_inches=bbox_inches)
+            fig.savefig(buf, format=ext[1:], dpi=dpi, bbox_inches=bbox_inches)
     except OSError as e:  # a backend's own files (fonts, a renderer's scratch space)
         raise ArchDSLError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
@@ -363,7 +378,8 @@ class _Chart:
     """What the DOT and Mermaid writers share: the folded items, for each layer the layer drawn for it, and the
     links (residual chain, embedding reads, shared groups) between drawn nodes, each once."""
 
-    def __init__(self, spec, every_layer: bool):
+    def __init__(self, spec, every_layer: bool, where: str):
+        every_layer = _flag(every_layer, where)
         self.spec = spec = load_spec(spec)
         g = spec.graph
         self.rows = layers(g)
@@ -412,7 +428,7 @@ class _Chart:
 
 def to_dot(spec, every_layer: bool = False) -> str:
     """The layer graph as a DOT digraph, folded as the module says (every_layer: each layer a node)."""
-    chart = _Chart(spec, every_layer)
+    chart = _Chart(spec, every_layer, "to_dot")
     spec = chart.spec
     out = [f'digraph "{_dot(spec.name)}" {{', "  rankdir=LR;",
            '  node [shape=box, style="rounded,filled", fontname=Helvetica];',
@@ -452,7 +468,7 @@ def to_mermaid(spec, every_layer: bool = False) -> str:
     """The layer graph as a Mermaid flowchart, folded as the module says (every_layer: each layer a node);
     ArchDSLError past what Mermaid draws by default (maxEdges, maxTextSize: beyond them it shows an error box,
     as GitHub does), about 500 layers drawn."""
-    chart = _Chart(spec, every_layer)
+    chart = _Chart(spec, every_layer, "to_mermaid")
     spec = chart.spec
     out = ["flowchart LR", '  embed["embedding"]']
     classes: dict[str, list[str]] = {}
@@ -491,8 +507,10 @@ def to_mermaid(spec, every_layer: bool = False) -> str:
 
 
 def plot_memory(lens: list[int], data: dict[str, list[int]], path: str, batch: int = 1, dtype: str = "bfloat16") -> None:
-    """Cache bytes against context length, log-log, one line per spec. The ticks are the lengths as the
-    table writes them and bytes as 512 MiB (plain text: no mathtext); a spec without a cache says so."""
+    """Cache bytes against context length, log-log, one line per spec, written to `path` (.svg .png .pdf) as
+    save_figure writes. lens: context lengths (ints >= 1); data: spec name -> one byte count (int >= 0) a length;
+    batch and dtype only label the y axis. The ticks are the lengths as the table writes them and bytes as
+    512 MiB (plain text: no mathtext); a spec without a cache says so."""
     check_path(path, PLOT_FORMATS, "plot_memory")
     lens, data = _memory_series(lens, data)
     with plain_text():

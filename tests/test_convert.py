@@ -633,3 +633,9 @@ def test_export_refuses_a_model_type_that_is_not_the_spec(tmp_path, layout, name
         export_hf(model, tmp_path / "hf", model_type=named)
     assert not (tmp_path / "hf").exists()
     export_hf(model, tmp_path / "ok")  # the type it is exports
+
+
+@pytest.mark.parametrize("pattern", [None, 3, ["M"]])
+def test_a_pattern_that_is_not_a_string_is_named(pattern):  # each was an AttributeError: no attribute 'strip'
+    with pytest.raises(ArchDSLError, match="a hybrid pattern is a string such as 'M-M-\\*-', got"):
+        pattern_to_layout(pattern)

@@ -425,3 +425,31 @@ def test_a_picture_is_written_through_the_atomic_writer(tmp_path):
     save_figure(fig, str(tmp_path / "sub" / ".." / "p.png"))
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".p.png.tmp-00000000-999999999-x", "p.png"]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda p: draw("2×mamba2", str(p / "a.dot"), every_layer="no"), "draw: every_layer must be True or False"),
+    (lambda p: to_dot("2×mamba2", every_layer=1), "to_dot: every_layer must be True or False, got 1"),
+    (lambda p: to_mermaid("2×mamba2", every_layer=None), "to_mermaid: every_layer must be True or False, got None"),
+])
+def test_every_layer_is_a_bool(tmp_path, call, message):  # 'no' was truthy: every layer drawn
+    with pytest.raises(ArchDSLError, match=message):
+        call(tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_save_figure_names_a_bad_figure_or_path_and_closes_the_figure(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from archdsl.draw import save_figure
+
+    with pytest.raises(ArchDSLError, match="save_figure: fig must be a matplotlib Figure, got 3"):  # AttributeError
+        save_figure(3, str(tmp_path / "a.png"))
+    for path, message in ((tmp_path / "a.xyz", "use one of .svg, .png, .pdf"),  # a ValueError from matplotlib
+                          (tmp_path / "a", "use one of .svg, .png, .pdf"),  # written as a PNG named `a`
+                          (5, "save_figure: expected a file's path")):  # TypeError
+        fig = plt.figure()
+        with pytest.raises(ArchDSLError, match=message):
+            save_figure(fig, path if isinstance(path, int) else str(path))
+        assert not plt.fignum_exists(fig.number)
+    assert not list(tmp_path.iterdir())

@@ -1060,3 +1060,15 @@ def test_a_diverged_probe_stops_and_is_written_as_strict_json(tmp_path):
     row = (tmp_path / "results.csv").read_text().splitlines()[1].split(",")
     assert "nan" not in (tmp_path / "results.csv").read_text().lower() and row
     assert "(diverged)" in table_text([cand], None, 4096, probed=True)
+
+
+def test_bad_train_probe_arguments_are_named():  # each was an AttributeError or a TypeError, the last mid-run
+    from archdsl.explore.train import TrainConfig, train_probe
+
+    task, cfg = make_task("mqar", vocab_size=32, seq_len=16, num_kv_pairs=2), TrainConfig(steps=1, eval_size=4)
+    for args, message in ((("2×mamba2", "mqar", cfg), "train_probe: task must be a Task (make_task('mqar', ...))"),
+                          (("2×mamba2", task, {"steps": 1}), "train_probe: cfg must be a TrainConfig, got"),
+                          (("2×mamba2", task, cfg, 1), "train_probe: progress must be None or a function")):
+        with pytest.raises(ArchDSLError) as e:
+            train_probe(*args)
+        assert message in str(e.value)

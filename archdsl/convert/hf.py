@@ -507,7 +507,9 @@ def model_type_of(config: dict):
 
 
 def hf_config_to_spec(config: dict, source_name: str | None = None) -> dict:
-    """A spec dict (ready for spec.dump_yaml) describing the model of an HF config.json."""
+    """A spec dict (ready for spec.dump_yaml) describing the model of an HF config.json (read as a dict). Its name:
+    source_name, else the last part of the config's _name_or_path, else the model_type. Unsupported fields are
+    ArchDSLError naming the field; the dict is not checked to the graph (convert_config does that)."""
     if not isinstance(config, dict):
         raise ArchDSLError(f"hf_config_to_spec: config must be a dict (a config.json read), got {shown(config)}")
     check_name(source_name, "hf_config_to_spec: source_name")
@@ -581,8 +583,10 @@ def convert_config(path: str | os.PathLike, name: str | None = None) -> tuple[st
 
 
 def from_hf(path: str | os.PathLike, weights: bool = False, device="cpu", dtype=None, name: str | None = None):
-    """The Spec of a local Hugging Face model directory (its config.json); with weights=True,
-    (spec, model) holding the checkpoint's weights (see archdsl.convert.hf_io)."""
+    """The Spec of a local Hugging Face model directory (its config.json; or the config.json's own path); with
+    weights=True (a directory only), (spec, model) holding the checkpoint's weights, the model on `device` in
+    `dtype` (default: the checkpoint's floating dtype); device and dtype are unused without weights. name: the
+    spec's name (see convert_config). See archdsl.convert.hf_io."""
     if not isinstance(weights, bool):
         raise ArchDSLError(f"from_hf: weights must be True or False, got {shown(weights)}")
     path = check_path("from_hf", path, "directory's path")

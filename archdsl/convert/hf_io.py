@@ -155,7 +155,7 @@ def family(model_type: str):
 def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | None = None):
     """A local HF model directory → its Spec, or with weights=True → (spec, model) with its weights.
 
-    dtype: the model's dtype (default: the checkpoint's floating dtype)."""
+    device: where the model goes; dtype: the model's dtype (default: the checkpoint's floating dtype)."""
     import torch
     from . import hf
     from ..model import check_device, compile as compile_model, load_weights, resolve_dtype
@@ -216,7 +216,9 @@ def hf_model_type(spec, model_type: str | None = None) -> str:
 
 
 def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
-    """Write config.json + model.safetensors for transformers into out_dir (atomically); → out_dir."""
+    """Write config.json + model.safetensors for transformers into out_dir (atomically; an existing out_dir is
+    replaced only if it holds nothing else); → out_dir as an absolute path. model_or_dir: an ArchModel with
+    weights, or a saved model's directory; model_type: the HF family (default: the first that accepts the spec)."""
     from safetensors.torch import save_file
     from ..model import ArchModel, load
     from ..model.model import check_has_weights

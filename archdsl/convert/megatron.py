@@ -7,13 +7,15 @@ M = Mamba-2 mixer, * = attention, - = MLP, E = MoE. A classic transformer layer 
 """
 from __future__ import annotations
 
-from ..errors import ArchDSLError, Source
+from ..errors import ArchDSLError, Source, shown
 
 SYMBOLS = {"M": "mamba2", "*": "attn", "-": "mlp", "E": "moe"}
 
 
 def pattern_layers(pattern: str) -> list[str]:
     """One block kind per character; a bad character is an ArchDSLError pointing at it."""
+    if not isinstance(pattern, str):
+        raise ArchDSLError(f"a hybrid pattern is a string such as 'M-M-*-', got {shown(pattern)}")
     src = Source(pattern, file="<pattern>")
     if not pattern.strip():
         raise ArchDSLError("empty hybrid pattern", source=src, start=0,

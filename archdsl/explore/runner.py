@@ -1,7 +1,8 @@
 """An exploration on disk: enumerate and cost, write every candidate's spec, probe the best
 K, keep results.json / results.csv current after each candidate, plot at the end.
 
-    res = run(space, constraints, ("params", "cache"), "out/", probe=ProbeSpec("mqar", steps=200), top=8)
+    res = run(space, constraints, ("params", "cache"), "out/", top=8,
+              probe=ProbeSpec(task="mqar", train={"steps": 200}))
 
 `resume=True` reads OUTDIR/results.json, refuses if it was made with other settings, and
 probes only what is missing; with the same seed the final results equal an uninterrupted
@@ -25,7 +26,8 @@ from .space import Space, check_probe
 
 @dataclass(frozen=True, kw_only=True)
 class ProbeSpec:
-    """Which task, at which width, trained how. d_model None: each candidate's own width."""
+    """Which task, at which width, trained how (keywords only): task a make_task name, task_args its arguments,
+    train TrainConfig settings but seed (run's seed). d_model None: each candidate's own width. Checked by run."""
 
     task: str = "mqar"
     task_args: dict = field(default_factory=dict)
@@ -50,8 +52,10 @@ def run(space: Space, constraints: list[Constraint], objectives, outdir: str, pr
         top: int | None = None, seed: int = 0, context: int = 4096, batch: int = 1, dtype: str = "bfloat16",
         resume: bool = False, progress: bool | str = True, log=print):
     """Explore, write the spec files, probe the `top` best by the analytic ranking (all when None),
-    re-rank with accuracy, write results and plots. Returns the Exploration. progress: True a tqdm bar on
-    stderr, "lines" a plain line there every 30 s of enumeration and after each probe (for logs), False none."""
+    re-rank with accuracy, write results and plots. Returns the Exploration. The arguments are explore's, checked
+    before anything is written; resume: continue OUTDIR/results.json (same settings only). progress: True a tqdm
+    bar on stderr, "lines" a plain line there every 30 s of enumeration and after each probe (for logs), False
+    none. log: takes the table and the summary lines (print)."""
     constraints, objectives, context, batch = check_args(space, constraints, objectives, context, batch, dtype)
     outdir = check_path("outdir", outdir, "directory")
     if probe is not None and not isinstance(probe, ProbeSpec):

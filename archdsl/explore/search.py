@@ -133,8 +133,9 @@ class Constraint:
 
 
 def parse_constraint(metric: str, text: str, bound: str = "max") -> Constraint:
-    """'2GiB@64k' (cache at context 64k), '2GiB@64kx8' (batch 8), '1.5B' → a Constraint. FLOPs a token take a
-    context ('1G@64k') but no batch; parameters neither."""
+    """'2GiB@64k' (cache at context 64k), '2GiB@64kx8' (batch 8), '1.5B' or a number → a Constraint. FLOPs a token
+    take a context ('1G@64k') but no batch; parameters neither. metric: params, active_params, flops_per_token,
+    cache_bytes or active, flops, cache; bound: 'max' (value ≤ amount) or 'min' (≥), both inclusive."""
     key = constraint_metric(metric)
     if bound not in ("max", "min"):
         raise ArchDSLError(f"bound must be 'max' or 'min', got {shown(bound)}")
@@ -180,6 +181,8 @@ class Candidate:
 
 @dataclass
 class Exploration:
+    """explore's result: survivors ranked (front first), the front, and how many were enumerated and removed."""
+
     candidates: list[Candidate]  # survivors, ranked
     front: list[Candidate]
     enumerated: int
@@ -456,7 +459,8 @@ def explore(space: Space, constraints: Sequence[Constraint | str] | None = (),
             objectives: str | Sequence[str] = ("params", "cache_bytes"), context: int | str = 4096,
             batch: int | str = 1, dtype: str = "bfloat16", progress=None) -> Exploration:
     """Enumerate `space`, keep what meets every constraint, rank on the Pareto front of `objectives`
-    (analytic ones: params, active_params, flops_per_token, cache_bytes, depth, attn_fraction).
+    (analytic ones: params, active_params, flops_per_token, cache_bytes, depth, attn_fraction; accuracy, loss and
+    wall_time are kept in .objectives but rank nothing until probed (runner.run); with none analytic, params ranks).
     constraints: Constraints or texts ('params<=1.5B'); objectives: names or 'params,cache'; context and batch:
     ints or counts ('64k'). Bad arguments are named before anything is enumerated; an empty result
     raises ArchDSLError naming the constraint that removed everything."""

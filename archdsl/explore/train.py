@@ -206,7 +206,15 @@ def evaluate(model, data, device, autocast) -> float:
 
 def train_probe(model, task: Task, cfg: TrainConfig = TrainConfig(), progress=None) -> ProbeResult:
     """Train `model` on `task` and report accuracy, loss curve and wall time. `progress`, if
-    given, is called as progress(step, loss, accuracy_or_None) after each step."""
+    given, is called as progress(step, loss_or_None, accuracy_or_None) after each step (both set
+    at an evaluation step, both None otherwise)."""
+    if not isinstance(task, Task):
+        raise ArchDSLError(f"train_probe: task must be a Task (make_task('mqar', ...)), got {shown(task)}")
+    if not isinstance(cfg, TrainConfig):
+        raise ArchDSLError(f"train_probe: cfg must be a TrainConfig, got {shown(cfg)}")
+    if progress is not None and not callable(progress):
+        raise ArchDSLError(f"train_probe: progress must be None or a function (step, loss, accuracy), "
+                           f"got {shown(progress)}")
     device = pick_device(cfg.device)
     threads = torch.get_num_threads()
     if device.type == "cpu" and cfg.cpu_threads:
