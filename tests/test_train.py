@@ -826,3 +826,35 @@ def test_a_meta_json_of_the_wrong_shape_is_damage(tmp_path, meta, why):
     with open(meta_file, "w") as f:
         f.write(meta)
     assert damage(path).startswith(f"{meta_file}: {why}"), damage(path)
+
+
+def test_a_failed_new_run_removes_only_what_it_made(tmp_path, monkeypatch):
+    """A new run failing before its first step removes the missing parents of RUNDIR it made (a/b/c left a/b
+    behind), and keeps an empty checkpoints/ that was there before it (it was removed)."""
+    import archdsl.train.loop as loop
+
+    def no_memory(*a, **k):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(loop, "_accumulate", no_memory)
+    (tmp_path / "kept" / "checkpoints").mkdir(parents=True)
+    for run in (tmp_path / "a" / "b" / "c", tmp_path / "kept"):
+        with pytest.raises(RuntimeError, match="allocate"):
+            train(TrainConfig(**TINY, steps=1, rundir=run))
+    assert sorted(os.listdir(tmp_path)) == ["kept"] and os.listdir(tmp_path / "kept") == ["checkpoints"]
+
+
+def test_parse_data_refuses_arguments_of_the_wrong_type(tmp_path):
+    """parse_data names a wrong-typed argument (an int text was an AttributeError, vocab_size "64" a TypeError) and
+    takes an os.PathLike text."""
+    from archdsl.train.data import parse_data
+
+    for args, message in (((5, 64), "parse_data: text must be a str or os.PathLike, got 5 (int)"),
+                          (("mqar:seq=16,pairs=2", "64"), "parse_data: vocab_size must be a positive int, got '64'"),
+                          (("mqar:seq=16,pairs=2", 0), "parse_data: vocab_size must be a positive int, got 0"),
+                          (("mqar:pairs=2", 64, 16.0), "parse_data: seq_len must be an int of at least 2 or None")):
+        with pytest.raises(archdsl.ArchDSLError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            parse_data(*args)
+    f = tmp_path / "t.bin"
+    (np.arange(40) % 64).astype(np.uint16).tofile(f)
+    assert parse_data(f, np.int64(64), 16).seq_len == 16

@@ -227,7 +227,8 @@ def _state(model, opt, step: int, gen: torch.Generator):
 
 
 def save_checkpoint(rundir: str, step: int, model, opt, gen: torch.Generator, meta: dict, rank: int) -> str:
-    """Every rank calls this; returns the checkpoint's path."""
+    """Every rank calls this, in the process group (parallel.init_distributed); returns the checkpoint's path,
+    RUNDIR/checkpoints/step_NNNNNNNN, written under a temporary name and renamed when complete."""
     import torch.distributed.checkpoint as dcp
 
     root = os.path.join(rundir, CKPT_DIR)
@@ -315,7 +316,9 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
 
     Without `step`, a damaged checkpoint (files cut short or missing, or a load that fails) is passed over for the
     newest earlier one that loads, as `train --resume` does; each one passed over is added to `skipped` ('FILE:
-    what'). With `step`, that checkpoint or an ArchDSLError."""
+    what'). With `step`, that checkpoint or an ArchDSLError. `dtype` of the saved weights: float32, bfloat16, float16,
+    float64 (or an alias: bf16, fp16, ...; or a torch.dtype). `out` is written as `ArchModel.save` writes (whole or
+    not at all); a directory holding anything else is refused."""
     import numbers
 
     from ..atomic import check_output_dir

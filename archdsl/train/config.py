@@ -52,13 +52,14 @@ FIELDS = {"spec": "path", "settings": "strs", "data": "path", "steps": "int", "r
 class TrainConfig:
     spec: str  # a YAML spec file, a layout string, or a saved model directory (its weights are the start)
     settings: tuple[str, ...] = ()  # --set KEY=VALUE: model-level keys of the spec changed (not of a saved model)
-    data: str  # "mqar:seq=256,pairs=16" or "path/train.bin[:uint16|uint32]"
+    data: str  # "mqar:seq=256,pairs=16" or "path/train.bin[:uint16|uint32][,eos=ID]" (archdsl/train/data.py)
     steps: int
     rundir: str
     batch: int = 32  # global batch (sequences per optimizer step, over all processes)
     micro_batch: int | None = None  # sequences per forward on each process, their gradients accumulated
     #                                 (None: the process's whole share, batch / processes)
-    seq_len: int | None = None  # token files: sequence length (default 1024); tasks: their own seq
+    seq_len: int | None = None  # token files: sequence length (default 1024); tasks: their own seq, or this
+    #                             where given (a seq= in data must then agree)
     lr: float = 1e-3
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
@@ -73,7 +74,8 @@ class TrainConfig:
     stop_after: int | None = None  # stop (with a checkpoint) after this step, as if interrupted; the
     #                                schedule is still that of `steps`
     seed: int = 0
-    device: str = "auto"  # auto: CUDA when present (one GPU per process: LOCAL_RANK), else CPU
+    device: str = "auto"  # auto, cpu, cuda or cuda:N; auto: CUDA when present (one GPU per process:
+    #                       LOCAL_RANK), else CPU
     peak_tflops: float | None = None  # per device, for MFU; None: known GPUs (H100/H200 bf16 dense 989)
     progress: bool = True
     cpu_threads: int | None = None  # torch threads per process on CPU (None: leave as is)
@@ -131,9 +133,11 @@ class TrainConfig:
                                hint="give at most --steps warmup steps, or a share of the run below 1 (e.g. 0.1)")
 
     def warmup_steps(self) -> int:
+        """The warmup in steps: a share below 1 of `steps` (rounded down), else `warmup` steps (rounded down)."""
         return int(self.warmup * self.steps) if self.warmup < 1 else int(self.warmup)
 
     def to_dict(self) -> dict:
+        """The fields as JSON-ready values (as run.json's "config" keeps them)."""
         d = asdict(self)
         d["betas"] = list(self.betas)
         return d

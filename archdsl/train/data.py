@@ -197,9 +197,24 @@ def data_key(text: str) -> str:
 
 
 def parse_data(text: str, vocab_size: int, seq_len: int | None = None):
-    """A data source for DATA text (see the module docstring); ArchDSLError for anything wrong."""
+    """A data source for DATA text (a str or os.PathLike; see the module docstring) and a model of `vocab_size`
+    tokens: a TaskData or a TokenFile, whose `batch(n, gen)` gives (inputs, labels, seq_idx or None). `seq_len`:
+    a token file's length (None: 1024), a task's (None: its own seq). ArchDSLError for anything wrong."""
+    from ..errors import shown
     from ..explore.probes import ALIASES, TASKS
+    from .config import _integer
 
+    if isinstance(text, os.PathLike):
+        text = os.fspath(text)
+    if not isinstance(text, str):
+        raise ArchDSLError(f"parse_data: text must be a str or os.PathLike, got {shown(text)} ({type(text).__name__})")
+    if not (_integer(vocab_size) and vocab_size >= 1):
+        raise ArchDSLError(f"parse_data: vocab_size must be a positive int, got {shown(vocab_size)} "
+                           f"({type(vocab_size).__name__})")
+    if seq_len is not None and not (_integer(seq_len) and seq_len >= 2):
+        raise ArchDSLError(f"parse_data: seq_len must be an int of at least 2 or None, got {shown(seq_len)} "
+                           f"({type(seq_len).__name__})")
+    vocab_size, seq_len = int(vocab_size), None if seq_len is None else int(seq_len)
     name = text.partition(":")[0]
     if ALIASES.get(name, name) in TASKS and not os.path.exists(text):
         return _task(text, seq_len, vocab_size)

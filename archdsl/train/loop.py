@@ -42,8 +42,9 @@ PEAK_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0}  # dense bf16 tensor
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate of 0-based step `step`: linear warmup up to lr at step warm - 1, then cosine down to
-    lr · min_lr_ratio at the last step (torchtitan's count: the decay's first step is already below the peak)."""
+    """Learning rate of 0-based step `step` (0..steps - 1): linear warmup up to lr at step warm - 1, then cosine
+    down to lr · min_lr_ratio at the last step (torchtitan's count: the decay's first step is already below the
+    peak)."""
     warm = cfg.warmup_steps()
     if step < warm:
         return cfg.lr * (step + 1) / warm
@@ -185,7 +186,9 @@ def make_optimizer(cfg: TrainConfig, model, device):
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Run (or continue) a training run; returns rank 0's summary (losses per step, timings)."""
+    """Run (or continue, `resume`) a training run; bad input is refused (ArchDSLError) before anything is written.
+    Returns a summary: {"losses": {step: loss} of the steps this call ran, "start": the step it resumed from (0 for a
+    new run), "steps", "world_size", "wall_s", "params" (the model's parameter count), "rundir"}."""
     if not isinstance(cfg, TrainConfig):  # its fields are checked when it is built, before anything is written
         raise ArchDSLError(f"train: expected a TrainConfig, got {type(cfg).__name__}",
                            hint="build one with archdsl.train.TrainConfig(spec=..., data=..., steps=..., rundir=...)")
@@ -193,23 +196,33 @@ def train(cfg: TrainConfig) -> dict:
     threads = torch.get_num_threads()
     if cfg.cpu_threads and device.type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)
-    created = not os.path.exists(cfg.rundir)
+    made = _outermost_missing(cfg.rundir)  # what os.makedirs will create: RUNDIR and missing parents
+    had_ckpt = os.path.isdir(os.path.join(cfg.rundir, CKPT_DIR))
     dist = init_distributed(env, device)
     try:
         return _run(cfg, spec, spec_yaml, data, dist, resume_from)
     except BaseException:
         if dist.is_main and not resume_from:
-            _remove_unstarted(cfg.rundir, created)
+            _remove_unstarted(cfg.rundir, made, had_ckpt)
         raise
     finally:
         shutdown()
         torch.set_num_threads(threads)
 
 
-def _remove_unstarted(rundir: str, created: bool) -> None:
+def _outermost_missing(path: str) -> str | None:
+    """The outermost directory of `path` (absolute) that does not exist yet; None when `path` exists."""
+    path, top = os.path.abspath(path), None
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path, top = os.path.dirname(path), path
+    return top
+
+
+def _remove_unstarted(rundir: str, made: str | None, had_ckpt: bool) -> None:
     """A new run that failed before its first step was recorded (out of memory, a batch with nothing to score,
-    Ctrl-C): its run.json and empty metrics.jsonl removed, and RUNDIR if this run created it and it is now empty,
-    so that the same command can be run again (prepare refuses a RUNDIR holding an earlier run's files)."""
+    Ctrl-C): its run.json and empty metrics.jsonl removed, an empty checkpoints/ that was not there before, and the
+    directories this run created (RUNDIR up to `made`) where they are now empty, so that the same command can be run
+    again (prepare refuses a RUNDIR holding an earlier run's files) and nothing it made is left behind."""
     metrics, ckpt = os.path.join(rundir, "metrics.jsonl"), os.path.join(rundir, CKPT_DIR)
     try:
         if (os.path.isfile(metrics) and os.path.getsize(metrics)) or (os.path.isdir(ckpt) and os.listdir(ckpt)):
@@ -217,10 +230,12 @@ def _remove_unstarted(rundir: str, created: bool) -> None:
         for name in ("run.json", "metrics.jsonl"):
             if os.path.isfile(path := os.path.join(rundir, name)):
                 os.remove(path)
-        if os.path.isdir(ckpt):
+        if os.path.isdir(ckpt) and not had_ckpt:
             os.rmdir(ckpt)
-        if created and os.path.isdir(rundir) and not os.listdir(rundir):
-            os.rmdir(rundir)
+        d = os.path.abspath(rundir)
+        while made is not None and (d + os.sep).startswith(made + os.sep) and os.path.isdir(d) and not os.listdir(d):
+            os.rmdir(d)
+            d = os.path.dirname(d)
     except OSError:  # the failure that brought us here is the one to tell
         pass
 
