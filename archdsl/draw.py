@@ -75,19 +75,12 @@ def plain_text():
         yield
 
 
-def _flag(value, where: str) -> bool:
-    """every_layer as a bool (numpy's too); a string ('no') or a number is ArchDSLError, not a silent yes."""
-    if not isinstance(value, bool) and getattr(getattr(value, "dtype", None), "kind", None) != "b":
-        raise ArchDSLError(f"{where}: every_layer must be True or False, got {errors.shown(value)}")
-    return bool(value)
-
-
 def draw(spec, path: str, every_layer: bool = False) -> None:
     """Write the picture of `spec` (a Spec, spec file, saved-model directory or layout string) to `path`; the
     suffix picks the format (.svg .png .pdf, .dot, .mmd). Missing parent directories are created; the file
     appears whole or not at all. every_layer: nothing folded, each layer drawn."""
     ext = check_path(path)
-    every_layer = _flag(every_layer, "draw")
+    every_layer = errors.check_flag("draw", "every_layer", every_layer)
     spec = load_spec(spec)
     if ext == ".dot":
         _write_text(path, to_dot(spec, every_layer))
@@ -167,7 +160,7 @@ def strip_figure(spec, every_layer: bool = False):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
-    every_layer = _flag(every_layer, "strip_figure")
+    every_layer = errors.check_flag("strip_figure", "every_layer", every_layer)
     spec = load_spec(spec)
     rows = layers(spec.graph)
     n = len(rows)
@@ -379,7 +372,7 @@ class _Chart:
     links (residual chain, embedding reads, shared groups) between drawn nodes, each once."""
 
     def __init__(self, spec, every_layer: bool, where: str):
-        every_layer = _flag(every_layer, where)
+        every_layer = errors.check_flag(where, "every_layer", every_layer)
         self.spec = spec = load_spec(spec)
         g = spec.graph
         self.rows = layers(g)

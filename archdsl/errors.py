@@ -138,6 +138,14 @@ def out_of_memory(e: BaseException) -> bool:
             or "can't allocate memory" in str(e))
 
 
+def check_flag(where: str, name: str, value) -> bool:
+    """`value` as a bool: True or False (numpy's too); anything else ("no", 1, None) ArchDSLError naming it, not a
+    silent truthy yes."""
+    if not isinstance(value, bool) and getattr(getattr(value, "dtype", None), "kind", None) != "b":
+        raise ArchDSLError(f"{where}: {name} must be True or False, got {shown(value)}")
+    return bool(value)
+
+
 def check_path(where: str, path, what: str = "path") -> str:
     """`path` (a str or an os.PathLike of one) as a str; else ArchDSLError "where: expected a what ...", an empty
     one too (which would mean the current directory)."""

@@ -11,6 +11,11 @@ from .errors import ArchDSLError
 
 MAX_COUNT = 2**40  # the largest count any option takes: a trillion tokens is past every machine
 MAX_SEED = 2**63 - 1  # seeds are signed 64-bit integers (seed + 1, seed + 2 seed more generators)
+# The highest peak learning rate (train and explore's probes): AdamW moves each weight by up to about lr a step, so
+# past 1 a run only diverges; and torch refuses a step of lr / (1 - beta1) past float32's 3.4e38 (lr 1e300 was a
+# RuntimeError at the first step). At most 1, that step stays below 1e16 for any beta1 below 1.
+MAX_LR = 1.0
+MAX_LR_WHY = "AdamW moves each weight by up to about lr a step: more only diverges"
 
 
 def parse_count(text: str, flag: str = "", minimum: int = 1) -> int:

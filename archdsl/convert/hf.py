@@ -15,7 +15,7 @@ import os
 import sys
 import unicodedata
 
-from ..errors import TOO_DEEP, ArchDSLError, check_path, did_you_mean, shown
+from ..errors import TOO_DEEP, ArchDSLError, check_flag, check_path, did_you_mean, shown
 from .megatron import _text
 
 # HF's "gelu" is the exact (erf) GELU, as ours; its tanh approximations (gelu_pytorch_tanh, gelu_new) are not
@@ -522,9 +522,9 @@ def hf_config_to_spec(config: dict, source_name: str | None = None) -> dict:
     if not source_name and given and not isinstance(given, str):
         raise _refuse("_name_or_path", given, "expected a string (the model's hub id or directory)")
     part = "" if source_name or not given else _last_part(given)
-    if part and (not part.strip() or any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in part)):
-        raise _refuse("_name_or_path", given, "its last part names the spec, and a name is one line of text, not "
-                                              "blank, without control characters (give one with --name or name=)")
+    if part and name_problem(part):
+        raise _refuse("_name_or_path", given, f"its last part names the spec, and cannot: {name_problem(part)} "
+                                              f"(give a name with --name or name=)")
     name = source_name or part or model_type  # a name given is kept whole ('org/model'), as --from megatron does
     try:
         return FAMILIES[model_type](_Cfg(config), name)
@@ -587,8 +587,7 @@ def from_hf(path: str | os.PathLike, weights: bool = False, device="cpu", dtype=
     weights=True (a directory only), (spec, model) holding the checkpoint's weights, the model on `device` in
     `dtype` (default: the checkpoint's floating dtype); device and dtype are unused without weights. name: the
     spec's name (see convert_config). See archdsl.convert.hf_io."""
-    if not isinstance(weights, bool):
-        raise ArchDSLError(f"from_hf: weights must be True or False, got {shown(weights)}")
+    weights = check_flag("from_hf", "weights", weights)
     path = check_path("from_hf", path, "directory's path")
     check_name(name, "from_hf: name")
     if weights:

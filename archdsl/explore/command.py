@@ -6,7 +6,7 @@ import os
 import sys
 
 from ..errors import ArchDSLError
-from ..units import MAX_SEED, parse_count, parse_seed
+from ..units import MAX_LR, MAX_LR_WHY, MAX_SEED, parse_count, parse_seed
 
 
 def add_arguments(p) -> None:
@@ -74,12 +74,8 @@ def check_flags(args) -> None:
         raise ArchDSLError(f"--top: must be at most 2^63-1 (leave it out to probe all), got {args.top}")
     if args.lr is not None and not 0 < args.lr < math.inf:
         raise ArchDSLError(f"--lr: must be a positive number, got {args.lr}")
-    if args.lr is not None:
-        from .train import MAX_LR
-
-        if args.lr > MAX_LR:
-            raise ArchDSLError(f"--lr: must be at most {MAX_LR:g} (AdamW moves each weight by up to about lr a "
-                               f"step: more only diverges), got {args.lr:g}")
+    if args.lr is not None and args.lr > MAX_LR:
+        raise ArchDSLError(f"--lr: must be at most {MAX_LR:g} ({MAX_LR_WHY}), got {args.lr:g}")
     if args.device is not None and args.device != "auto":
         import torch
 

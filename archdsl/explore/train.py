@@ -25,14 +25,11 @@ import torch.nn.functional as F
 from ..errors import ArchDSLError, shown
 from ..model import check_device, resolve_dtype
 from ..model.modules.moe import balance_experts
+from ..units import MAX_LR, MAX_LR_WHY
 from .probes import IGNORE, Task, accuracy
 
 
 _FLOAT_MAX = int(sys.float_info.max)
-# The highest peak learning rate: AdamW moves each weight by up to about lr a step, so past 1 a probe only
-# diverges; and torch refuses a step of lr / (1 - beta1) past float32's 3.4e38 (lr 1e300 was a RuntimeError
-# mid-run, after results.json was written). At most 1, that step stays below 1e16 for any beta1 below 1.
-MAX_LR = 1.0
 
 
 def _integer(v) -> bool:
@@ -111,8 +108,7 @@ class TrainConfig:
                 raise ArchDSLError(f"train: {f.name} must be {what}, got {shown(value)}")
         object.__setattr__(self, "betas", tuple(self.betas))
         if self.lr > MAX_LR:
-            raise ArchDSLError(f"train: lr must be at most {MAX_LR:g} (AdamW moves each weight by up to about lr a "
-                               f"step: more only diverges), got {self.lr:g}")
+            raise ArchDSLError(f"train: lr must be at most {MAX_LR:g} ({MAX_LR_WHY}), got {self.lr:g}")
         if self.warmup > max(1, self.steps):
             raise ArchDSLError(f"train: warmup must be a share of the steps below 1 or at most steps "
                                f"({self.steps}) steps, got {self.warmup:g}")

@@ -12,7 +12,7 @@ import os
 import torch
 
 from ..analysis import ALIASES, MODEL_DTYPES
-from ..errors import ArchDSLError
+from ..errors import ArchDSLError, check_flag
 from .fusions import FUSIONS, Fuse, resolve_fuse
 from .model import ArchModel, Cache, check_seed, resolve_ssm_dtype
 
@@ -80,7 +80,7 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
     fuse = resolve_fuse(fuse)  # a bad name first, before anything is built (an iterator is read once, here)
     resolve_ssm_dtype(ssm_state_dtype)
     check_seed("compile", seed)
-    _check_flag("compile", "cuda_graph", cuda_graph)
+    cuda_graph = check_flag("compile", "cuda_graph", cuda_graph)
     spec = load_spec(spec)
     dtype = resolve_dtype(dtype)
     dev = check_device(device, dtype)
@@ -108,7 +108,7 @@ def load(path, device="cpu", dtype=None, cuda_graph: bool = False, **kwargs) -> 
     weights); the model is built on the CPU, then moved to `device`."""
     from safetensors import safe_open
 
-    _check_flag("load", "cuda_graph", cuda_graph)
+    cuda_graph = check_flag("load", "cuda_graph", cuda_graph)
     path = os.fspath(path)
     weights = os.path.join(path, "model.safetensors")
     if not os.path.isfile(os.path.join(path, "spec.yaml")) or not os.path.isfile(weights):
@@ -128,12 +128,6 @@ def load(path, device="cpu", dtype=None, cuda_graph: bool = False, **kwargs) -> 
         model = model.to(dev)
     model.cuda_graph = bool(cuda_graph)
     return model
-
-
-def _check_flag(where: str, name: str, value) -> None:
-    """ArchDSLError unless value is True or False (a string such as "no" would read as True)."""
-    if not isinstance(value, bool):
-        raise ArchDSLError(f"{where}: {name} must be True or False, got {value!r}")
 
 
 def load_weights(model: ArchModel, tensors: dict, source: str = "checkpoint") -> None:

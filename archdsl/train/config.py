@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import ArchDSLError, shown
-from ..units import MAX_COUNT, MAX_SEED, to_float
+from ..units import MAX_COUNT, MAX_LR, MAX_LR_WHY, MAX_SEED, to_float
 
 
 def _integer(v) -> bool:
@@ -105,9 +105,8 @@ class TrainConfig:
             raise ArchDSLError(f"train: --seq-len must be at least 2, got {self.seq_len}")
         if not 0 < self.lr < math.inf:
             raise ArchDSLError(f"train: --lr must be a positive number, got {self.lr}")
-        if self.lr > 1:  # 1e300 passed and was a RuntimeError at the first step (torch's float32 step overflows)
-            raise ArchDSLError(f"train: --lr must be at most 1 (AdamW moves each weight by up to about lr a step: "
-                               f"more only diverges), got {self.lr:g}")
+        if self.lr > MAX_LR:
+            raise ArchDSLError(f"train: --lr must be at most {MAX_LR:g} ({MAX_LR_WHY}), got {self.lr:g}")
         if not 0 <= self.weight_decay < math.inf:
             raise ArchDSLError(f"train: --weight-decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.grad_clip < math.inf:
