@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import ArchDSLError, did_you_mean
+from ..errors import ArchDSLError, did_you_mean, shown
 
 IGNORE = -100  # labels not scored (F.cross_entropy's ignore_index)
 SHORT = {"seq": "seq_len", "pairs": "num_kv_pairs", "vocab": "vocab_size", "tokens": "num_tokens_to_copy",
@@ -200,7 +200,6 @@ def parse_data(text: str, vocab_size: int, seq_len: int | None = None):
     """A data source for DATA text (a str or os.PathLike; see the module docstring) and a model of `vocab_size`
     tokens: a TaskData or a TokenFile, whose `batch(n, gen)` gives (inputs, labels, seq_idx or None). `seq_len`:
     a token file's length (None: 1024), a task's (None: its own seq). ArchDSLError for anything wrong."""
-    from ..errors import shown
     from ..explore.probes import ALIASES, TASKS
     from .config import _integer
 
