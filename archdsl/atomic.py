@@ -33,7 +33,9 @@ from .errors import ArchDSLError
 def write_atomic(path: str, data: str | bytes, replace: bool = True) -> None:
     """Write `data` (text as UTF-8) to `path`, replacing it whole or not at all; with `replace=False` a file
     there (one made while this wrote, too) is ArchDSLError and stays as it was. Temporaries of `path` that a
-    killed writer left are removed first (see the module's docstring)."""
+    killed writer left are removed first (see the module's docstring). A path holding a control character is
+    ArchDSLError (see check_control)."""
+    check_control(os.fspath(path), "write_atomic: path")
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         raise ArchDSLError(f"cannot write {path}: it is a directory")
@@ -68,9 +70,7 @@ def check_output(path: str, flag: str = "-o", directory: bool = False, replace: 
     creates them."""
     if not path:
         raise ArchDSLError(f"{flag}: give a path")
-    bad = next((c for c in path if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
-    if bad is not None:  # a line break or an escape: each message naming the path would print it as it acts
-        raise ArchDSLError(f"{flag}: the path {path!r} holds the control character {bad!r}; give one without")
+    check_control(path, flag)
     if os.path.isdir(path) and not directory:
         raise ArchDSLError(f"{flag} {path}: is a directory; give a file name")
     if not replace:
@@ -86,6 +86,16 @@ def check_output(path: str, flag: str = "-o", directory: bool = False, replace: 
         raise ArchDSLError(f"{flag} {path}: cannot write in {parent}: it is not writable")
 
 
+def check_control(path, flag: str) -> None:
+    """ArchDSLError `flag: the path ... holds the control character ...` where `path` (a str, or bytes as the file
+    system's) holds one, a line break or an escape: each message naming the path would print it as it acts. The
+    one check of every path archdsl writes: the CLI's -o (flag "-o"), the Python API's (flag "FUNCTION: ARGUMENT")."""
+    path = os.fsdecode(path)
+    bad = next((c for c in path if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        raise ArchDSLError(f"{flag}: the path {path!r} holds the control character {bad!r}; give one without")
+
+
 def check_output_dir(path: str, names: frozenset[str], flag: str = "-o") -> None:
     """Before any work: ArchDSLError unless atomic_dir(path, names) may write there (see check_output)."""
     check_output(path, flag, directory=True)
@@ -99,7 +109,8 @@ def atomic_dir(path: str, names: frozenset[str]) -> Iterator[str]:
     existing `path` is replaced (moved aside, then removed) only when it is a directory of such files or of
     none; anything else there (another file, a subdirectory, the current directory or one above it) is
     ArchDSLError before anything is written. Temporaries of `path` that a killed writer left are removed first
-    (see the module's docstring)."""
+    (see the module's docstring). A path holding a control character is ArchDSLError (see check_control)."""
+    check_control(os.fspath(path), "atomic_dir: path")
     path = os.path.abspath(os.fspath(path))
     _check_replaceable(path, names)
     parent = os.path.dirname(path)

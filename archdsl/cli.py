@@ -19,9 +19,9 @@ import sys
 import unicodedata
 import warnings
 
-from .atomic import check_output, check_output_dir
+from .atomic import check_control, check_output, check_output_dir
 from .errors import TOO_DEEP, ArchDSLError, ArchDSLWarning, out_of_memory
-from .units import count_text, human, parse_count, parse_seed, plural
+from .units import count, count_text, human, parse_count, parse_seed, plural
 
 COMMANDS = {}
 
@@ -34,11 +34,6 @@ def command(name: str, help: str):
 
 
 # --- small helpers ---------------------------------------------------------------------
-def count(flag: str, minimum: int = 1):
-    """An argparse type: parse_count, its errors naming the option `flag`."""
-    return lambda text: parse_count(text, flag, minimum)
-
-
 def table(rows: list[list], header: list[str], names: int = 0) -> str:
     """Columns padded to their widths: numbers to the right, text and the first `names` columns to the left."""
     cells = [header] + [[str(c) for c in r] for r in rows]
@@ -663,6 +658,7 @@ def cmd_train(args):
     from .train import TrainConfig, train
 
     _device(args.device, auto=True)
+    check_control(args.output, "-o")  # as -o, not as TrainConfig's rundir
     cfg = TrainConfig(spec=args.spec, settings=tuple(args.set), data=args.data, steps=args.steps, rundir=args.output,
                       batch=args.batch, micro_batch=args.micro_batch, seq_len=args.seq_len, lr=args.lr,
                       warmup=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip, bf16=args.bf16,
@@ -681,11 +677,12 @@ def _add_train(p):
     _add_set(p, saved=True)
     p.add_argument("--data", required=True, help="a probe task (mqar:seq=256,pairs=16, selective_copying:..., "
                    "noisy_recall:..., fuzzy_recall:...) or a token file PATH.bin[:uint16|uint32][,eos=N] (eos: documents packed)")
-    p.add_argument("--steps", type=int, required=True, help="optimizer steps in all (a resumed run continues)")
+    p.add_argument("--steps", type=count("--steps"), required=True, metavar="N",
+                   help="optimizer steps in all (a resumed run continues; 10k ok)")
     p.add_argument("-o", "--output", required=True, metavar="RUNDIR",
                    help="run directory: run.json, metrics.jsonl, checkpoints/ (one holding checkpoints needs --resume)")
-    p.add_argument("--batch", type=int, default=32,
-                   help="global batch in sequences, split over the processes (default 32)")
+    p.add_argument("--batch", type=count("--batch"), default=32, metavar="B",
+                   help="global batch in sequences, split over the processes (default 32; 1k ok)")
     p.add_argument("--micro-batch", type=count("--micro-batch"), default=None, metavar="M",
                    help="sequences per forward on each process, the gradients accumulated to one step of --batch; "
                         "must divide the process's share (default: the whole share)")
@@ -703,20 +700,20 @@ def _add_train(p):
     p.add_argument("--bf16", action="store_true", help="bf16 compute (FSDP2 mixed precision), fp32 master weights")
     p.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing per layer")
     p.add_argument("--compile", action="store_true", help="torch.compile each layer")
-    p.add_argument("--save-every", type=int, default=0, metavar="K",
-                   help="checkpoint every K steps, and at the end (default 0: only at the end)")
+    p.add_argument("--save-every", type=count("--save-every", minimum=0), default=0, metavar="K",
+                   help="checkpoint every K steps, and at the end (default 0: only at the end; 1k ok)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in RUNDIR that loads (a damaged one is passed over "
                         "with a warning)")
-    p.add_argument("--stop-after", type=int, default=None, metavar="K",
-                   help="stop after step K with a checkpoint (the schedule stays that of --steps)")
+    p.add_argument("--stop-after", type=count("--stop-after"), default=None, metavar="K",
+                   help="stop after step K with a checkpoint (the schedule stays that of --steps; 1k ok)")
     p.add_argument("--seed", type=parse_seed, default=0,
                    help="seed of the random weights (of a spec) and of the data (0..2^63-1; default 0)")
     p.add_argument("--device", default="auto",
                    help="auto (default: cuda where present, else cpu), cpu, cuda or cuda:N (one GPU per process)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="per-device peak TFLOP/s for MFU (default: 989 on H100/H200, 312 on A100; no MFU elsewhere)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=count("--threads"), default=None, metavar="N",
                    help="torch CPU threads per process, on the CPU only (default: torch's)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (nor its plain line every 30 s where stderr is not a terminal)")
@@ -730,6 +727,7 @@ def cmd_export_checkpoint(args):
 
     skipped: list[str] = []
     _dtype(args.dtype)  # named as the option's, before the checkpoint is read
+    check_control(args.output, "-o")  # as -o, not as export_checkpoint's out
     model, step = export_checkpoint(args.rundir, args.output, step=args.step, dtype=args.dtype, skipped=skipped)
     if skipped:
         print(f"warning: skipped {plural(len(skipped), 'damaged checkpoint')} (" + "; ".join(skipped)

@@ -53,9 +53,10 @@ PLOT_FORMATS = (".svg", ".png", ".pdf")  # what matplotlib writes
 def check_path(path: str, formats=FORMATS, where: str = "draw") -> str:
     """The suffix of `path` if it is one of `formats` and `path` can become that file (not a directory, no file
     where a folder goes), else ArchDSLError."""
-    from .atomic import check_output
+    from .atomic import check_control, check_output
 
     path = errors.check_path(where, path, "file's path")
+    check_control(path, f"{where}: path")
     ext = os.path.splitext(path)[1].lower()
     if ext not in formats:
         raise ArchDSLError(f"cannot write {path!r}: use one of {', '.join(formats)}")

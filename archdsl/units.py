@@ -51,6 +51,11 @@ def parse_count(text: str, flag: str = "", minimum: int = 1) -> int:
     return value
 
 
+def count(flag: str, minimum: int = 1):
+    """An argparse type: parse_count, its errors naming the option `flag`."""
+    return lambda text: parse_count(text, flag, minimum)
+
+
 def parse_seed(text: str) -> int:
     """--seed: an integer in 0..2^63-1."""
     try:

@@ -146,3 +146,22 @@ def test_a_failed_write_is_an_archdsl_error_and_leaves_nothing(tmp_path, monkeyp
     with pytest.raises(ArchDSLError, match="cannot write .*out.json: No space left on device"):
         write_atomic(str(target), "new")
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+@pytest.mark.parametrize("char", ["\n", "\r", "\x00", "\x1b", "\t", "\u2028"])
+def test_a_path_with_a_control_character_is_refused_naming_the_argument(tmp_path, char):
+    """The CLI refused `-o $'out\\n.png'`; write_atomic and atomic_dir wrote it (and each message naming it then
+    printed on two lines). They refuse it now, by the CLI's own check, naming the argument, and write nothing."""
+    target = str(tmp_path / f"out{char}x")
+    with pytest.raises(ArchDSLError) as e:
+        write_atomic(target, "x")
+    assert str(e.value) == f"write_atomic: path: the path {target!r} holds the control character {char!r}; give one " \
+                           f"without"
+    with pytest.raises(ArchDSLError) as e:
+        with atomic_dir(target, frozenset({"a"})):
+            raise AssertionError("atomic_dir went on")
+    assert str(e.value).startswith(f"atomic_dir: path: the path {target!r} holds the control character {char!r}")
+    with pytest.raises(ArchDSLError) as e:
+        atomic.check_output(target)  # the CLI's -o: the one check, its message alike
+    assert str(e.value).startswith(f"-o: the path {target!r} holds the control character {char!r}")
+    assert list(tmp_path.iterdir()) == []

@@ -1004,3 +1004,24 @@ def _number(text):
         return float(text)
     except ValueError:
         return None
+
+
+def test_train_counts_are_read_as_seq_len_is(tmp_path, capsys):
+    """--steps and --batch (and --save-every, --stop-after, --threads) took plain integers only, where --seq-len and
+    --micro-batch took 4k: `--steps 10k` was argparse's "invalid int value" and its usage text."""
+    from archdsl.cli import build_parser
+
+    base = ["train", "mamba2", "--data", "mqar:seq=32,pairs=2", "-o", str(tmp_path / "r")]
+    args = build_parser().parse_args(base + ["--steps", "10k", "--batch", "1k", "--save-every", "0", "--stop-after",
+                                             "1.5k", "--threads", "2"])
+    assert (args.steps, args.batch, args.save_every, args.stop_after, args.threads) == (10240, 1024, 0, 1536, 2)
+    for flags, message in ((["--steps", "1.3k"], "--steps: '1.3k' is 1,331.2, not a whole count"),
+                           (["--steps", "0"], "--steps: must be a positive count, got '0'"),
+                           (["--steps", "1", "--batch", "32x"], "--batch: not a count: '32x' (write 4096, 8k or 1m)"),
+                           (["--steps", "1", "--batch", "2048g"], "--batch: '2048g' is too large (at most 2^40"),
+                           (["--steps", "1", "--save-every=-1"], "--save-every: must be at least 0, got '-1'"),
+                           (["--steps", "1", "--stop-after", "1e3"], "--stop-after: not a count: '1e3'"),
+                           (["--steps", "1", "--threads", "two"], "--threads: not a count: 'two'")):
+        code, out, err = run(*base, *flags, capsys=capsys)
+        assert code == 2 and out == "" and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()

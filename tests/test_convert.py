@@ -639,3 +639,68 @@ def test_export_refuses_a_model_type_that_is_not_the_spec(tmp_path, layout, name
 def test_a_pattern_that_is_not_a_string_is_named(pattern):  # each was an AttributeError: no attribute 'strip'
     with pytest.raises(ArchDSLError, match="a hybrid pattern is a string such as 'M-M-\\*-', got"):
         pattern_to_layout(pattern)
+
+
+def test_from_hf_checks_its_arguments_before_reading_a_file(tmp_path, monkeypatch):
+    """from_hf(..., weights=True, device="tpu") read every safetensors file and built the model before it refused
+    the device (and a bad dtype only after reading them too). Now the device, the dtype, the name and a path that
+    is no directory are refused before any file is read, each with the error it gave after."""
+    import torch
+
+    import archdsl
+    from archdsl.convert import hf, hf_io
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.model import check_device, resolve_dtype
+
+    d = tmp_path / "m"
+    export_hf(archdsl.compile(archdsl.parse("attn+mlp", d_model=32, vocab_size=64), dtype=torch.bfloat16), d)
+
+    def said(call):
+        with pytest.raises(ArchDSLError) as e:
+            call()
+        return str(e.value)
+
+    late = said(lambda: check_device("tpu", torch.float32))  # what the check after loading said
+    assert late.startswith("unknown device 'tpu'")
+
+    def unread(*a, **k):
+        raise AssertionError("a file was read before the arguments were checked")
+
+    monkeypatch.setattr(hf, "read_hf_config", unread)
+    monkeypatch.setattr(hf_io, "read_safetensors", unread)
+    cases = [(dict(device="tpu"), late), (dict(dtype="int7"), said(lambda: resolve_dtype("int7"))),
+             (dict(dtype=torch.int8), "a model computes in float32, float64, bfloat16 or float16, not torch.int8"),
+             (dict(name="a\nb"), "from_hf: name 'a\\nb' cannot name a spec"),
+             (dict(weights="yes"), "from_hf: weights must be True or False, got 'yes'")]
+    if not torch.cuda.is_available():
+        cases.append((dict(device="cuda"), "device 'cuda': CUDA is not available on this machine"))
+    for call in (archdsl.from_hf, hf_io.from_hf):
+        for kw, message in cases:
+            assert said(lambda: call(d, **{"weights": True, **kw})).startswith(message)
+        config = str(d / "config.json")  # weights need the directory: a config file's path is said so, unread
+        assert said(lambda: call(config, weights=True)) == f"{config}: not a directory: expected a Hugging Face " \
+                                                           f"model directory"
+    monkeypatch.undo()
+    spec, model = archdsl.from_hf(d, weights=True, device="cpu")  # the checkpoint's dtype, checked after reading
+    assert model.dtype == torch.bfloat16 and spec.d_model == 32
+    assert archdsl.from_hf(d, weights=True, dtype="float32")[1].dtype == torch.float32
+
+
+def test_export_refuses_an_out_dir_with_a_control_character(tmp_path, monkeypatch):
+    """export_hf(model, "hf\\ndir") wrote the directory (the CLI's -o refused it): now refused before any work,
+    naming the argument; a relative path stays fine under a working directory whose own name would not be."""
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+
+    model = archdsl.compile(archdsl.parse("attn+mlp", d_model=32, vocab_size=64))
+    monkeypatch.chdir(tmp_path)
+    for char in ("\n", "\x1b", "\u2028"):
+        with pytest.raises(ArchDSLError) as e:
+            export_hf(model, f"hf{char}dir")
+        assert str(e.value) == f"export: out_dir: the path {'hf' + char + 'dir'!r} holds the control character " \
+                               f"{char!r}; give one without"
+    assert list(tmp_path.iterdir()) == []
+    odd = tmp_path / "a\nb"
+    odd.mkdir()
+    monkeypatch.chdir(odd)
+    assert export_hf(model, "hf") == str(odd / "hf") and (odd / "hf" / "model.safetensors").is_file()

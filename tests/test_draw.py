@@ -453,3 +453,20 @@ def test_save_figure_names_a_bad_figure_or_path_and_closes_the_figure(tmp_path):
             save_figure(fig, path if isinstance(path, int) else str(path))
         assert not plt.fignum_exists(fig.number)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("char", ["\n", "\x1b", "\u2028"])
+def test_a_figure_path_with_a_control_character_is_refused_naming_the_argument(tmp_path, char):
+    import matplotlib.pyplot as plt
+
+    from archdsl.draw import plot_memory, save_figure
+
+    path = str(tmp_path / f"out{char}.png")
+    fig = plt.figure()
+    for call, where in ((lambda: save_figure(fig, path), "save_figure"), (lambda: draw("2×mamba2", path), "draw"),
+                        (lambda: plot_memory([1024], {"a": [1]}, path), "plot_memory")):
+        with pytest.raises(ArchDSLError) as e:
+            call()
+        assert str(e.value) == f"{where}: path: the path {path!r} holds the control character {char!r}; give one " \
+                               f"without"
+    assert not plt.fignum_exists(fig.number) and list(tmp_path.iterdir()) == []

@@ -359,10 +359,12 @@ def test_unsatisfiable_budget_counts_per_constraint():
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--top", "-1"], "--top: must be at least 1, got -1"),
-    (["--top", "0"], "--top: must be at least 1, got 0"),
-    (["--probe", "--probe-d-model", "0"], "--probe-d-model: must be at least 1"),
-    (["--probe", "--steps", "0"], "--steps: must be at least 1"),
+    (["--top", "-1"], "--top: must be a positive count, got '-1'"),
+    (["--top", "0"], "--top: must be a positive count, got '0'"),
+    (["--probe", "--probe-d-model", "0"], "--probe-d-model: must be a positive count"),
+    (["--probe", "--steps", "0"], "--steps: must be a positive count"),
+    (["--probe", "--steps", "1.3k"], "--steps: '1.3k' is 1,331.2, not a whole count"),
+    (["--probe", "--batch-size", "x"], "--batch-size: not a count: 'x' (write 4096, 8k or 1m)"),
     (["--objective", ""], "--objective: an empty name"),
     (["--objective", "params,,cache"], "--objective: an empty name"),
     (["--probe", "--steps", "1", "--lr", "nan"], "--lr: must be a positive number, got nan"),
@@ -917,6 +919,8 @@ def test_odd_api_arguments_are_named(call, message):
     ({"seed": None}, "seed must be an integer in 0..2^63-1, got None"),
     ({"outdir": b"o"}, "outdir: expected a directory (str or os.PathLike), got bytes"),  # TypeError, an empty dir left
     ({"outdir": "o\0x"}, "holds a NUL byte"),
+    ({"outdir": "o\nx"}, "outdir: the path 'o\\nx' holds the control character '\\n'; give one without"),  # was written
+    ({"outdir": "o\x1bx"}, "outdir: the path 'o\\x1bx' holds the control character '\\x1b'"),
     ({"probe": "mqar"}, "probe must be a ProbeSpec or None, got 'mqar'"),  # AttributeError
 ])
 def test_bad_run_arguments_write_nothing(tmp_path, monkeypatch, kw, message):
@@ -956,8 +960,9 @@ def test_a_malformed_results_file_is_not_resumed(tmp_path, capsys, doc):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--top", "99999999999999999999999"], "--top: must be at most 2^63-1"),
-    (["--probe", "--batch-size", "99999999999999999999"], "batch_size must be a positive integer below 2^31"),  # torch
+    (["--top", "99999999999999999999999"], "--top: '99999999999999999999999' is too large (at most 2^40"),
+    (["--probe", "--batch-size", "99999999999999999999"], "--batch-size: '99999999999999999999' is too large"),
+    (["--probe", "--batch-size", "4g"], "batch_size must be a positive integer below 2^31"),  # torch's limit
 ])
 def test_huge_flags_are_refused_and_nothing_is_written(tmp_path, capsys, flags, message):
     space = tmp_path / "space.yaml"
@@ -1072,3 +1077,34 @@ def test_bad_train_probe_arguments_are_named():  # each was an AttributeError or
         with pytest.raises(ArchDSLError) as e:
             train_probe(*args)
         assert message in str(e.value)
+
+
+def test_make_task_takes_numpy_integers_not_bools_or_floats():
+    """make_task refused numpy.int64(64) ("seq_len must be an integer below 2^31") where 64 was taken: values read
+    through numpy (np.arange over a sweep) are integers. They are kept as Python ints, so to_dict stays JSON."""
+    import numpy as np
+
+    task = make_task("mqar", seq_len=np.int64(64), num_kv_pairs=np.int32(4), vocab_size=np.uint16(128),
+                     power_a=np.int64(1))
+    values = (task.seq_len, task.num_kv_pairs, task.vocab_size, task.power_a)
+    assert values == (64, 4, 128, 1) and all(type(v) is int for v in values)
+    assert json.loads(json.dumps(task.to_dict()))["seq_len"] == 64
+    x, y = task.batch(2, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (2, 64)
+    for value in (True, np.True_, 64.0, np.float64(64), np.int64(2**31), "64"):
+        with pytest.raises(ArchDSLError, match=r"^mqar: seq_len must be an integer below 2\^31, got "):
+            make_task("mqar", seq_len=value)
+    with pytest.raises(ArchDSLError, match=r"^mqar: power_a must be a number, got np.True_"):
+        make_task("mqar", power_a=np.True_)
+    with pytest.raises(ArchDSLError, match=r"^mqar: random_non_queries must be true or false, got np.int64\(1\)"):
+        make_task("mqar", random_non_queries=np.int64(1))
+
+
+def test_explore_counts_take_what_context_and_batch_take():
+    """--steps, --batch-size, --probe-d-model and --top took plain integers (`--steps 2k` was argparse's "invalid
+    int value") where --context and --batch took 64k."""
+    from archdsl.cli import build_parser
+
+    args = build_parser().parse_args(["explore", "s.yaml", "-o", "o", "--probe", "--steps", "2k", "--batch-size",
+                                      "0.5k", "--probe-d-model", "1k", "--top", "1_000"])
+    assert (args.steps, args.batch_size, args.probe_d_model, args.top) == (2048, 512, 1024, 1000)

@@ -320,7 +320,8 @@ def test_compiled_layers_of_a_hybrid_stay_compiled():
 @pytest.mark.parametrize("flags, message", [
     (["--grad-clip", "-1"], "--grad-clip must be >= 0"),
     (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
-    (["--threads", "0"], "--threads must be at least 1"),
+    (["--threads", "0"], "--threads: must be a positive count, got '0'"),
+    (["--threads", "4g"], "--threads must be at least 1 (and below 2^31), got 4294967296"),
     (["--peak-tflops", "-1"], "--peak-tflops must be a positive number"),
     (["--lr", "nan"], "--lr must be a positive number"),
     (["--lr", "inf"], "--lr must be a positive number"),
@@ -858,3 +859,27 @@ def test_parse_data_refuses_arguments_of_the_wrong_type(tmp_path):
     f = tmp_path / "t.bin"
     (np.arange(40) % 64).astype(np.uint16).tofile(f)
     assert parse_data(f, np.int64(64), 16).seq_len == 16
+
+
+def test_a_run_or_export_directory_with_a_control_character_is_refused(tmp_path, capsys):
+    """TrainConfig(rundir="run\\x00dir") was refused only inside train() and as "-o" (the CLI's name, not the
+    argument's); export_checkpoint(run, "o\\nut") likewise. Now each names its argument, before anything is read or
+    written, and the CLI still says -o."""
+    from archdsl.train import export_checkpoint
+
+    for char in ("\x00", "\n", "\x1b"):
+        rundir = str(tmp_path / f"run{char}dir")
+        with pytest.raises(archdsl.ArchDSLError) as e:
+            TrainConfig(**{**TINY, "steps": 1, "rundir": rundir})
+        assert str(e.value) == f"train: rundir: the path {rundir!r} holds the control character {char!r}; give one " \
+                               f"without"
+        out = str(tmp_path / f"o{char}ut")
+        with pytest.raises(archdsl.ArchDSLError) as e:
+            export_checkpoint(tmp_path / "missing", out)  # said before the run directory is read
+        assert str(e.value).startswith(f"export_checkpoint: out: the path {out!r} holds the control character"
+                                       if char != "\x00" else f"export_checkpoint: out: the directory to write "
+                                                               f"{out!r} holds a NUL byte")  # as any path given
+    out = str(tmp_path / "o\nut")
+    assert main(["export-checkpoint", str(tmp_path / "missing"), "-o", out]) == 2
+    assert capsys.readouterr().err.startswith(f"error: -o: the path {out!r} holds the control character '\\n'")
+    assert list(tmp_path.iterdir()) == []

@@ -16,8 +16,8 @@ import os
 import struct
 import sys
 
-from ..atomic import atomic_dir
-from ..errors import ArchDSLError, check_path, did_you_mean, shown
+from ..atomic import atomic_dir, check_control
+from ..errors import ArchDSLError, check_flag, check_path, did_you_mean, shown
 
 SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                       "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
@@ -161,15 +161,21 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
     from ..model import check_device, compile as compile_model, load_weights, resolve_dtype
 
     path = check_path("from_hf", path, "directory's path")
+    if not check_flag("from_hf", "weights", weights):
+        return hf.from_hf(path, name=name)
+    # every argument before any file is read: a bad device was said only once the weights were loaded
+    hf.check_name(name, "from_hf: name")
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ArchDSLError("not a directory: expected a Hugging Face model directory", file=path)
+    if dtype is not None:
+        dtype = resolve_dtype(dtype)
+    check_device(device, dtype if dtype is not None else torch.float32)  # again below in the checkpoint's dtype, when none is given
     spec = hf.from_hf(path, name=name)
-    if not weights:
-        return spec
     config = hf.read_hf_config(path)
     fam = family(hf.model_type_of(config))
     tensors = read_safetensors(path)
     if dtype is None:
-        dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
-    dtype = resolve_dtype(dtype)
+        dtype = resolve_dtype(next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32))
     model = compile_model(spec, device="cpu", dtype=dtype)
     try:
         state = fam.to_archdsl(tensors, spec, model)
@@ -224,6 +230,7 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
     from ..model.model import check_has_weights
 
     out_dir = check_path("export", out_dir, "directory's path")
+    check_control(out_dir, "export: out_dir")  # before the model is loaded
     model = (model_or_dir if isinstance(model_or_dir, ArchModel)
              else load(check_path("export", model_or_dir, "model or saved model's directory")))
     check_has_weights(model, "export")
@@ -241,10 +248,10 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
         if key in seen:
             hf_state[k] = v.clone()
         seen[key] = k
-    out_dir = os.path.abspath(out_dir)
-    with atomic_dir(out_dir, frozenset({"config.json", "model.safetensors"})) as tmp:
+    written = os.path.abspath(out_dir)
+    with atomic_dir(out_dir, frozenset({"config.json", "model.safetensors"})) as tmp:  # as given, as it was checked
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
             f.write("\n")
         save_file(hf_state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-    return out_dir
+    return written

@@ -6,7 +6,7 @@ import os
 import sys
 
 from ..errors import ArchDSLError
-from ..units import MAX_LR, MAX_LR_WHY, MAX_SEED, parse_count, parse_seed
+from ..units import MAX_LR, MAX_LR_WHY, count, parse_count, parse_seed
 
 
 def add_arguments(p) -> None:
@@ -36,16 +36,17 @@ def add_arguments(p) -> None:
     q.add_argument("--probe", nargs="?", const="", metavar="TASK",
                    help="train candidates on a probe: mqar, selective_copying, noisy_recall, fuzzy_recall "
                         "(bare --probe: the space file's probe: section)")
-    q.add_argument("--steps", type=int, metavar="N", help="training steps per candidate (default 300)")
-    q.add_argument("--probe-d-model", type=int, metavar="D",
-                   help="train at this width instead of each candidate's own")
+    q.add_argument("--steps", type=count("--steps"), metavar="N",
+                   help="training steps per candidate (default 300; 1k ok)")
+    q.add_argument("--probe-d-model", type=count("--probe-d-model"), metavar="D",
+                   help="train at this width instead of each candidate's own (1k ok)")
     q.add_argument("--probe-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a task argument, e.g. seq_len=256, num_kv_pairs=16, vocab_size=8192 (repeatable)")
     q.add_argument("--lr", type=float, help="peak learning rate, at most 1 (default 1e-3)")
-    q.add_argument("--batch-size", type=int, metavar="B", help="training batch (default 32)")
+    q.add_argument("--batch-size", type=count("--batch-size"), metavar="B", help="training batch (default 32; 1k ok)")
     q.add_argument("--device", help="auto (default: cuda where present, else cpu), cpu, cuda or cuda:N")
-    p.add_argument("--top", type=int, metavar="K", help="probe (and print) the K best by the analytic ranking "
-                   "(default: probe all, print 20)")
+    p.add_argument("--top", type=count("--top"), metavar="K", help="probe (and print) the K best by the analytic "
+                   "ranking (default: probe all, print 20)")
     p.add_argument("--seed", type=parse_seed, default=0,
                    help="seed of the probes' weights and data (0..2^63-1; default 0)")
     p.add_argument("--no-progress", action="store_true",
@@ -65,13 +66,8 @@ def _value(text: str):
 
 
 def check_flags(args) -> None:
-    """The numeric and device options, each named in its error; before anything is read or written."""
-    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size),
-                        ("--probe-d-model", args.probe_d_model), ("--top", args.top)):
-        if value is not None and value < 1:
-            raise ArchDSLError(f"{flag}: must be at least 1, got {value}")
-    if args.top is not None and args.top > MAX_SEED:  # run() takes at most 2^63-1: more would be all of them anyway
-        raise ArchDSLError(f"--top: must be at most 2^63-1 (leave it out to probe all), got {args.top}")
+    """The numeric and device options, each named in its error; before anything is read or written (the counts,
+    --steps, --batch-size, --probe-d-model and --top, are checked as argparse reads them)."""
     if args.lr is not None and not 0 < args.lr < math.inf:
         raise ArchDSLError(f"--lr: must be a positive number, got {args.lr}")
     if args.lr is not None and args.lr > MAX_LR:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
@@ -264,17 +265,31 @@ def make_task(name: str, **kwargs) -> Task:
         raise ArchDSLError(f"unknown probe {shown(name)}", hint=did_you_mean(str(name), TASKS))
     cls = TASKS[key]
     kinds = {f.name: f.type for f in dataclasses.fields(cls)}  # "int", "float" or "bool" (annotation text)
+    args = {}
     for k, v in kwargs.items():
         if k not in kinds:
             raise ArchDSLError(f"{key}: unknown argument {k!r}", hint=did_you_mean(k, kinds))
-        integer = isinstance(v, int) and not isinstance(v, bool)
+        integer = _integer(v)
         if kinds[k] == "bool" and not isinstance(v, bool):
             raise ArchDSLError(f"{key}: {k} must be true or false, got {shown(v)}")
-        if kinds[k] == "int" and not (integer and abs(v) < 2**31):
+        if kinds[k] == "int" and not (integer is not None and abs(integer) < 2**31):
             raise ArchDSLError(f"{key}: {k} must be an integer below 2^31, got {shown(v)}")
-        if kinds[k] == "float" and not (integer and abs(v) < 2**31 or isinstance(v, float) and math.isfinite(v)):
+        if kinds[k] == "float" and not (integer is not None and abs(integer) < 2**31
+                                        or isinstance(v, float) and math.isfinite(v)):
             raise ArchDSLError(f"{key}: {k} must be a number, got {shown(v)}")
-    return cls(**kwargs)
+        args[k] = integer if integer is not None else v  # numpy's integers as ints: the task's to_dict is JSON
+    return cls(**args)
+
+
+def _integer(v) -> int | None:
+    """`v` as an int when it is an integral number (an int, numpy's integers: whatever has __index__) and not a
+    bool (numpy's neither); else None."""
+    if isinstance(v, bool) or getattr(getattr(v, "dtype", None), "kind", None) == "b":
+        return None
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:

@@ -16,7 +16,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from ..errors import ArchDSLError, check_path, did_you_mean, shown
-from ..atomic import write_atomic
+from ..atomic import check_control, write_atomic
 from ..progress import progress_bar
 from ..units import MAX_SEED
 from .report import table_text, write_plots, write_results
@@ -58,6 +58,7 @@ def run(space: Space, constraints: list[Constraint], objectives, outdir: str, pr
     none. log: takes the table and the summary lines (print)."""
     constraints, objectives, context, batch = check_args(space, constraints, objectives, context, batch, dtype)
     outdir = check_path("outdir", outdir, "directory")
+    check_control(outdir, "outdir")
     if probe is not None and not isinstance(probe, ProbeSpec):
         raise ArchDSLError(f"probe must be a ProbeSpec or None, got {shown(probe)}")
     top, seed = _integer("top", top, 1, True), _integer("seed", seed, 0)

@@ -17,7 +17,7 @@ import re
 import torch
 import torch.nn as nn
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, check_control
 from ..blocks.base import INJECT
 from ..errors import ArchDSLError, check_path, out_of_memory
 from ..graph import layers as graph_layers
@@ -457,6 +457,7 @@ class ArchModel(nn.Module):
         from safetensors.torch import save_file
 
         path = check_path("save", path, "directory's path")
+        check_control(path, "save: path")
         check_has_weights(self, "save")
         with atomic_dir(path, SAVE_FILES) as tmp:
             with open(os.path.join(tmp, "spec.yaml"), "w", encoding="utf-8") as f:

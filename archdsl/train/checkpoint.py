@@ -321,7 +321,7 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
     not at all); a directory holding anything else is refused."""
     import numbers
 
-    from ..atomic import check_output_dir
+    from ..atomic import check_control, check_output_dir
     from ..errors import check_path, shown
     from ..model import compile as build
     from ..model import resolve_dtype
@@ -331,6 +331,7 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
     rundir = check_path("export_checkpoint: rundir", rundir, "run directory")
     if out != "":  # an empty one is check_output_dir's to refuse, as -o's
         out = check_path("export_checkpoint: out", out, "directory to write")
+        check_control(out, "export_checkpoint: out")
     if step is not None and (not isinstance(step, numbers.Integral) or isinstance(step, bool)):
         raise ArchDSLError(f"export_checkpoint: step must be an int or None (the newest that loads), got {shown(step)} "
                            f"({type(step).__name__})")

@@ -13,6 +13,7 @@ import numbers
 import os
 from dataclasses import asdict, dataclass, fields
 
+from ..atomic import check_control
 from ..errors import ArchDSLError, shown
 from ..units import MAX_COUNT, MAX_LR, MAX_LR_WHY, MAX_SEED, to_float
 
@@ -91,6 +92,7 @@ class TrainConfig:
                 raise ArchDSLError(f"train: {f.name} must be {what}{' or None' if f.default is None else ''}, "
                                    f"got {shown(value)} ({type(value).__name__})")
             object.__setattr__(self, f.name, kept(value))
+        check_control(self.rundir, "train: rundir")  # the CLI's -o is checked as -o before the config is built
         for flag, value in (("--steps", self.steps), ("--batch", self.batch), ("--micro-batch", self.micro_batch),
                             ("--seq-len", self.seq_len), ("--save-every", self.save_every)):
             if value is not None and value > MAX_COUNT:  # 10^30 steps trained at lr 1e-32 until stopped

@@ -225,6 +225,17 @@ def test_save_takes_nothing_it_did_not_write(tmp_path, monkeypatch):
     assert (tmp_path / "m" / "model.safetensors").stat().st_mode & 0o777 == 0o644
 
 
+def test_save_refuses_a_path_with_a_control_character(tmp_path):
+    """model.save("m\x1bdir") wrote it where the CLI's -o refused it: refused now, naming the argument."""
+    model = archdsl.compile(archdsl.parse("mamba", d_model=16, vocab_size=37, blocks=SMALL))
+    for char in ("\n", "\x1b", "\u2028"):
+        target = str(tmp_path / f"m{char}dir")
+        with pytest.raises(ArchDSLError) as e:
+            model.save(target)
+        assert str(e.value) == f"save: path: the path {target!r} holds the control character {char!r}; give one without"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_load_rejects_a_damaged_weights_file(tmp_path):
     archdsl.compile(archdsl.parse("mamba", d_model=16, vocab_size=37, blocks=SMALL)).save(tmp_path / "m")
     path = tmp_path / "m" / "model.safetensors"
