@@ -141,7 +141,7 @@ def iter_scan_rows(Ls, peer_Ls):
             yield dict(op="selective_scan", shape=f"B={BATCH} L={L} D={DIM} N={N} fwd=auto", mode="fwd",
                        ours_ms=bench_or_nan(_scan_call(selective_scan, t, False)), peer="mamba_ssm CUDA",
                        peer_ms=bench_or_nan(theirs_call), floor_ms=floor, floor_note=note, rel_diff=diff)
-        del t
+        t = None  # freed before the next length
         torch.cuda.empty_cache()
         cuda_bwd = _mamba_cuda_bwd() if cuda is not None else None
         for variant in ("gluon", "groups", "threads"):
@@ -160,7 +160,7 @@ def iter_scan_rows(Ls, peer_Ls):
                     du_ours = torch.autograd.grad(y, t["u"], dy)[0].float()
                 row.update(peer="mamba_ssm CUDA", peer_ms=bench_or_nan(theirs_call),
                            rel_diff=((du_ours - du_theirs).norm() / du_theirs.norm()).item())
-            del t
+            t = None
             torch.cuda.empty_cache()
             yield row
 

@@ -141,7 +141,7 @@ def decode(name, contexts, steps=64, fuses=(True,)):
             eager_ms = median_ms(lambda: model.step(tok, eager_cache), min(steps, 32))
             rows.append(dict(model=name, ctx=ctx, fuse=fuse, graph_ms=graph_ms, eager_ms=eager_ms,
                              cache_mib=archdsl.analyze(spec, seq_len=ctx).cache_bytes / 2**20))
-            del eager_cache
+            eager_cache = None  # freed before the next setting
             if cuda:
                 torch.cuda.empty_cache()
     return rows
