@@ -64,7 +64,9 @@ def selective_state_update_naive(state, x, dt, A, B, C, D=None, z=None, dt_bias=
         dt = dt + dt_bias.to(wd)
     if dt_softplus:
         dt = F.softplus(dt)
-    Bf, Cf = (M.to(wd) if M.dim() == 2 else M.to(wd).repeat_interleave(dim // M.shape[1], dim=1) for M in (B, C))
+    # one group ([B, N] or [B, 1, N]) broadcasts over the channels: no [B, D, N] copy of B and C
+    Bf, Cf = (M.to(wd) if M.dim() == 2 or M.shape[1] == 1 else M.to(wd).repeat_interleave(dim // M.shape[1], dim=1)
+              for M in (B, C))
     if Bf.dim() == 2:
         Bf, Cf = Bf[:, None], Cf[:, None]
     # a copy of the state where autograd records: the product keeps it for the backward, and it is written next

@@ -152,6 +152,31 @@ def test_grouped_gemms_match_the_expert_loop(E, k, T, hidden, extra, seed):
     assert ((step - outs[1][0]).abs().max() / outs[1][0].abs().max().clamp_min(1e-30)).item() < 1e-5
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 4), st.sampled_from([4, 8, 12, 16]),
+       st.sampled_from([{}, {"act": "relu2", "bias": True}, {"act": "geglu", "bias": True}, {"bias": True},
+                        {"shared_hidden": 8}]), st.integers(0, 2**31))
+def test_one_token_step_gives_the_grouped_gemms_bits(E, k, hidden, extra, seed):
+    """A float32 decode step of one token on the CPU runs its experts one by one (Experts.one_token): the bits of
+    the grouped GEMMs, which it stands in for (gelu rounds differently row by row: its rows go through together)."""
+    k = min(k, E)
+    m = build("moe", {"experts": E, "top_k": k, "hidden": hidden, **extra}).float()
+    gen = torch.Generator().manual_seed(seed)
+    if m.experts.up_bias is not None:
+        with torch.no_grad():
+            m.experts.up_bias.copy_(torch.randn(m.experts.up_bias.shape, generator=gen))
+            m.experts.down_bias.copy_(torch.randn(m.experts.down_bias.shape, generator=gen))
+    x = torch.randn(1, 16, generator=gen)
+    with torch.no_grad():
+        _, w, idx = m.route(x)
+        grouped = m.experts.grouped(x, idx, w)
+        with patch.object(moe.Experts, "grouped", lambda *a: pytest.fail("the step took the grouped GEMMs")):
+            step = m.step(x)
+    assert torch.equal(m.experts.one_token(x, idx, w), grouped)
+    shared = m.shared_expert(x) if m.shared_expert is not None else 0
+    assert torch.equal(step, grouped + shared)
+
+
 def test_grouped_only_where_grouped_mm_takes_the_rows():
     """float64, rows that are not multiples of 16 bytes, or no tokens: the experts one by one."""
     m = build("moe", {"experts": 4, "top_k": 2, "hidden": 12})

@@ -215,7 +215,7 @@ class Mamba(nn.Module, Fusable, FoldsNorm):
     # --- recurrent ---------------------------------------------------------------------
     def step(self, x, state, **ctx):
         """x [B, d] → [B, d]; updates state in place."""
-        from archdsl.kernels import selective_state_update
+        from archdsl.kernels.selective_scan.op import state_update  # selective_state_update, less its checks
 
         if fused_step_ok(self, x):
             return self._step_fused(x, state)
@@ -223,8 +223,8 @@ class Mamba(nn.Module, Fusable, FoldsNorm):
         u = conv_step(u, self.conv1d.weight[:, 0], self.conv1d.bias, state["conv"])
         dt, B, C = self._ssm_params(u)
         epi = "epilogue" in self.fused
-        y = selective_state_update(state["ssm"], u, dt, self._A(), B, C, D=self._f(self.D) if epi else None,
-                                   z=z if epi else None, dt_bias=self._f(self.dt_proj.bias), dt_softplus=True)
+        y = state_update(state["ssm"], u, dt, self._A(), B, C, D=self._f(self.D) if epi else None,
+                         z=z if epi else None, dt_bias=self._f(self.dt_proj.bias), dt_softplus=True)
         if not epi:
             y = skip_gate(y, u, self._f(self.D), z)
         return self.out_proj(y)

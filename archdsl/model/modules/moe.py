@@ -122,6 +122,22 @@ class Experts(nn.Module):
         """Bytes of the expert weights `gathered` copies for routing idx [T, k]."""
         return idx.numel() * (self.first[0].numel() + self.down_proj[0].numel()) * self.first.element_size()
 
+    def one_token(self, x, idx, w):
+        """x [1, d], idx, w [1, k] → [1, d], float32 on the CPU (a decode step at batch 1): the k chosen experts'
+        GEMMs one by one, the experts read off the host, where `grouped` spent ~50 µs a layer sorting and grouping
+        its k rows. The bits of `grouped`: a float32 grouped GEMM of one row per expert is that GEMM (the CPU runs
+        one per group), and the elementwise steps run on the k rows together as there (an activation row by row
+        can round otherwise), in slot order rather than by expert, which elementwise ops do not mind."""
+        experts = idx[0].tolist()
+        h = torch.cat([F.linear(x, self.first[e]) for e in experts])  # [k, 2I|I]
+        if self.up_bias is not None:
+            h = _add_rows(h, self.up_bias, idx[0])
+        h = self._hidden(h)
+        y = torch.cat([F.linear(h[s:s + 1], self.down_proj[e]) for s, e in enumerate(experts)])  # [k, d]
+        if self.down_bias is not None:
+            y = _add_rows(y, self.down_bias, idx[0])
+        return (y.view(1, len(experts), -1) * w[..., None]).sum(1)
+
     def grouped(self, x, idx, w):
         """x [T, d], idx, w [T, k] → [T, d] by two grouped GEMMs (torch._grouped_mm) over the T·k token-expert
         assignments sorted by expert: each chosen expert's weights are read once, and nothing waits on the host
@@ -310,11 +326,14 @@ class Moe(nn.Module):
     def step(self, x, state=None, **ctx):
         """x [B, d] → [B, d]: forward's experts (`_mix`: it reads only the chosen experts' weights), without the
         balancing loss. While a CUDA graph is being captured, the gathered static-shape form where the grouped
-        GEMMs do not apply or where its copy of the chosen experts is small (GATHER_BYTES)."""
+        GEMMs do not apply or where its copy of the chosen experts is small (GATHER_BYTES); one float32 token on the
+        CPU, its experts one by one (Experts.one_token), with the grouped GEMMs' bits."""
         probs, w, idx = self.route(x)
         if x.is_cuda and torch.cuda.is_current_stream_capturing() and (
                 not grouped_ok(x, self.experts) or self.experts.gathered_bytes(idx) <= GATHER_BYTES):
             out = self.experts.gathered(x, idx, w)
+        elif x.shape[0] == 1 and x.dtype == torch.float32 and x.device.type == "cpu" and grouped_ok(x, self.experts):
+            out = self.experts.one_token(x, idx, w)
         else:
             out = self._mix(x, w, idx)
         if self.shared_expert is not None:
