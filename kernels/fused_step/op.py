@@ -15,10 +15,12 @@ from .naive import conv_step_naive, mamba2_step_naive, mamba_ssm_step_naive
 _GATES = (None, "silu", "norm", "pre_norm")
 
 
-def _triton(args, x, *sized):
+def _triton(args, x, *sized, chosen=None):
     """Whether the Triton kernels take a step of these args: not for float64, nor where autograd records and a
-    tensor among args requires grad (they have no backward)."""
-    return backend_for(x, *sized) == "triton" and x.dtype != torch.float64 and not needs_grad(*args)
+    tensor among args requires grad (they have no backward). chosen: backend_for(x, *sized) == "triton" where
+    the caller has asked it, else None to ask here."""
+    return ((backend_for(x, *sized) == "triton" if chosen is None else chosen) and x.dtype != torch.float64
+            and not needs_grad(*args))
 
 
 @on_input_device
@@ -64,9 +66,20 @@ def mamba2_step_fused(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_l
     norm_eps = expect_number("norm_eps", norm_eps, positive=True)
     dt_floor = expect_number("dt_floor", dt_floor)
     expect_flag(pdl=pdl)
+    return mamba2_step_unchecked(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias,
+                                 norm_weight, gate, norm_eps, dt_floor, pdl)
+
+
+@on_input_device
+def mamba2_step_unchecked(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight,
+                          gate, norm_eps, dt_floor, pdl, triton=None):
+    """mamba2_step_fused without its argument checks, for a caller that made the arguments itself: the Mamba-2
+    decode step, where the checks (~20 shapes, dtypes, devices, in-place states) took more host time than the
+    launches' own arguments. The same paths, the same results. triton: whether backend_for(zxbcdt, ssm_state) is
+    "triton", where the caller has just asked it (the decode step, once a layer), else None to ask here."""
     args = (zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias,
             norm_weight if gate in ("norm", "pre_norm") else None, gate, norm_eps, dt_floor)
-    if _triton(args, zxbcdt, ssm_state):
+    if _triton(args, zxbcdt, ssm_state, chosen=triton):
         from .triton_fused_step import mamba2_step_triton
         return mamba2_step_triton(*args, pdl=pdl)
     return mamba2_step_naive(*args)

@@ -57,8 +57,20 @@ def rms_linear(x, weight, norm_weight, eps=1e-5, *, residual=None, groups=1, bia
     expect_flag(pdl=pdl)
     expect_float(x=x, weight=weight, norm_weight=norm_weight, residual=residual, bias=bias)
     expect_same_device(x=x, weight=weight, norm_weight=norm_weight, residual=residual, bias=bias)
-    if (backend_for(x) == "triton" and x.dtype != torch.float64 and weight.dtype != torch.float64
-            and batch <= MAX_ROWS and not needs_grad(x, weight, norm_weight, residual, bias)):
+    return rms_linear_unchecked(x, weight, norm_weight, eps, residual, groups, bias, pdl)
+
+
+@on_input_device
+def rms_linear_unchecked(x, weight, norm_weight, eps, residual, groups, bias, pdl, triton=None):
+    """rms_linear without its argument checks, for a caller that made the arguments itself: the Mamba /
+    Mamba-2 decode step (in_proj with the layer's norm, out_proj with the gated norm), where the checks cost
+    more host time than the launch's own arguments. The same paths, the same results. triton: whether
+    backend_for(x) is "triton", where the caller has just asked it (the decode step, once a layer: each ask
+    reads the environment), else None to ask here."""
+    if triton is None:
+        triton = backend_for(x) == "triton"
+    if (triton and x.dtype != torch.float64 and weight.dtype != torch.float64
+            and x.shape[0] <= MAX_ROWS and not needs_grad(x, weight, norm_weight, residual, bias)):
         from .triton_norm_gemv import rms_linear_triton
         with torch.no_grad():
             return rms_linear_triton(x, weight, norm_weight, eps, residual, groups, bias, pdl=pdl)
@@ -93,7 +105,17 @@ def gemv(x, weight, bias=None, *, pdl=False):
     expect_flag(pdl=pdl)
     expect_float(x=x, weight=weight, bias=bias)
     expect_same_device(x=x, weight=weight, bias=bias)
-    triton = backend_for(x) == "triton" and x.dtype != torch.float64 and not needs_grad(x, weight, bias)
+    return gemv_unchecked(x, weight, bias, pdl)
+
+
+@on_input_device
+def gemv_unchecked(x, weight, bias, pdl, triton=None):
+    """gemv without its argument checks, for a caller that made the arguments itself (the Mamba-2 decode step's
+    out_proj where the gated norm is not folded in); triton as in rms_linear_unchecked."""
+    batch, K = x.shape
+    if triton is None:
+        triton = backend_for(x) == "triton"
+    triton = triton and x.dtype != torch.float64 and not needs_grad(x, weight, bias)
     splitk = (triton and weight.dtype in (torch.bfloat16, torch.float16) and batch <= SPLITK_ROWS
               and weight.shape[0] <= SPLITK_MAX_N and K <= SPLITK_MAX_K)
     if triton and weight.dtype != torch.float64 and batch <= GEMV_ROWS:

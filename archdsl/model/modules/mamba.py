@@ -103,11 +103,13 @@ class FoldsNorm:
 
     def step_with_norm(self, h, delta, norm, state):
         """One decode token from the residual stream: h, delta [B, d] → (h + delta, mixer output
-        [B, d]), norm(h + delta) computed inside in_proj's GEMV (one kernel for add, norm, GEMV)."""
-        from archdsl.kernels import rms_linear
+        [B, d]), norm(h + delta) computed inside in_proj's GEMV (one kernel for add, norm, GEMV). Called where
+        folds_norm said so, so Triton is chosen for h (fused_step_ok) and the GEMV is not asked it again."""
+        from archdsl.kernels.norm_gemv.op import rms_linear_unchecked
 
-        proj, h = rms_linear(h, self.in_proj.weight, norm.weight, norm.eps, residual=delta,
-                             bias=self.in_proj.bias, pdl="pdl" in self.fused)
+        proj = self.in_proj
+        proj, h = rms_linear_unchecked(h, proj.weight, norm.weight, norm.eps, delta, 1, proj.bias, "pdl" in self.fused,
+                                       triton=True)
         return h, self._step_fused(h, state, proj)
 
 

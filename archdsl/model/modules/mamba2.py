@@ -164,23 +164,25 @@ class Mamba2(nn.Module, Fusable, FoldsNorm):
 
     def _step_fused(self, x, state, zxbcdt=None):
         """in_proj → the fused step (conv update and silu; SSD step, D, gate; gated norm) → out_proj. With
-        "norm_gemv" the gated norm runs inside out_proj's GEMV; zxbcdt: in_proj's output, given."""
-        from archdsl.kernels.fused_step import mamba2_step_fused
+        "norm_gemv" the gated norm runs inside out_proj's GEMV; zxbcdt: in_proj's output, given. The kernels'
+        unchecked entry points: this step made their arguments (the public ops' checks cost more host time a
+        layer than the launches' own arguments), and its callers chose Triton for x (fused_step_ok), which they
+        are not asked again (each ask reads the environment)."""
+        from archdsl.kernels.fused_step.op import mamba2_step_unchecked
+        from archdsl.kernels.norm_gemv.op import gemv_unchecked, rms_linear_unchecked
 
-        norm = self.norm
+        norm, cfg, out_proj, conv = self.norm, self.cfg, self.out_proj, self.conv1d
+        pdl = "pdl" in self.fused
         fold = norm is not None and "norm_gemv" in self.fused and x.shape[0] <= gemv_rows()
-        y = mamba2_step_fused(self.in_proj(x) if zxbcdt is None else zxbcdt, state["conv"],
-                              self.conv1d.weight[:, 0], self.conv1d.bias,
-                              state["ssm"], self.A_log, D=self.D, dt_bias=self.dt_bias,
-                              norm_weight=None if norm is None else norm.weight,
-                              gate="silu" if norm is None else "pre_norm" if fold else "norm",
-                              norm_eps=self.cfg.norm_eps, dt_floor=self.cfg.dt_floor, pdl="pdl" in self.fused)
+        y = mamba2_step_unchecked(self.in_proj(x) if zxbcdt is None else zxbcdt, state["conv"], conv.weight[:, 0],
+                                  conv.bias, state["ssm"], self.A_log, self.D, self.dt_bias,
+                                  None if norm is None else norm.weight,
+                                  "silu" if norm is None else "pre_norm" if fold else "norm",
+                                  cfg.norm_eps, cfg.dt_floor, pdl, triton=True)
         if fold:
-            from archdsl.kernels import rms_linear
-            return rms_linear(y, self.out_proj.weight, norm.weight, norm.eps, groups=self.G,
-                              bias=self.out_proj.bias, pdl="pdl" in self.fused)[0]
-        from archdsl.kernels.norm_gemv import gemv
-        return gemv(y, self.out_proj.weight, self.out_proj.bias, pdl="pdl" in self.fused)
+            return rms_linear_unchecked(y, out_proj.weight, norm.weight, norm.eps, None, self.G, out_proj.bias, pdl,
+                                        triton=True)[0]
+        return gemv_unchecked(y, out_proj.weight, out_proj.bias, pdl, triton=True)
 
     def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
         return {"conv": torch.zeros(batch, self.conv_dim, self.K - 1, device=device, dtype=dtype),
