@@ -102,6 +102,17 @@ def test_bad_routing_options_are_named():
         make_config("moe", {"norm_topk": 1}, 16)
 
 
+def _float_moe(E, k, hidden, extra, seed):
+    """A float32 MoE of E experts (top min(k, E)), its biases (if any) random, and the generator that drew them."""
+    m = build("moe", {"experts": E, "top_k": min(k, E), "hidden": hidden, **extra}).float()
+    gen = torch.Generator().manual_seed(seed)
+    if m.experts.up_bias is not None:
+        with torch.no_grad():
+            m.experts.up_bias.copy_(torch.randn(m.experts.up_bias.shape, generator=gen))
+            m.experts.down_bias.copy_(torch.randn(m.experts.down_bias.shape, generator=gen))
+    return m, gen
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 9), st.integers(1, 4), st.integers(1, 40), st.integers(0, 2**31))
 def test_grouped_experts_give_the_traced_loops_bits(E, k, T, seed):
@@ -128,13 +139,7 @@ def test_grouped_gemms_match_the_expert_loop(E, k, T, hidden, extra, seed):
     """In float32 on the CPU the experts run as two grouped GEMMs (Experts.grouped): the same values and gradients
     (x, the routing weights, every expert parameter) as one expert at a time, to float32's rounding, with experts
     that take no token among them; a decode step takes the same path."""
-    k = min(k, E)
-    m = build("moe", {"experts": E, "top_k": k, "hidden": hidden, **extra}).float()
-    gen = torch.Generator().manual_seed(seed)
-    if m.experts.up_bias is not None:
-        with torch.no_grad():
-            m.experts.up_bias.copy_(torch.randn(m.experts.up_bias.shape, generator=gen))
-            m.experts.down_bias.copy_(torch.randn(m.experts.down_bias.shape, generator=gen))
+    m, gen = _float_moe(E, k, hidden, extra, seed)
     x = torch.randn(T, 16, generator=gen, requires_grad=True)
     assert moe.grouped_ok(x, m.experts)
     _, w, idx = m.route(x)
@@ -147,7 +152,7 @@ def test_grouped_gemms_match_the_expert_loop(E, k, T, hidden, extra, seed):
             outs.append((y, *torch.autograd.grad(y.square().sum(), leaves)))
     for a, b in zip(*outs):
         assert ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() < 1e-5
-    with torch.no_grad():  # a decode step takes the same grouped path
+    with torch.no_grad():  # a decode step: the same values (one token: Experts.one_token, the grouped bits)
         step = m.step(x)
     assert ((step - outs[1][0]).abs().max() / outs[1][0].abs().max().clamp_min(1e-30)).item() < 1e-5
 
@@ -159,13 +164,7 @@ def test_grouped_gemms_match_the_expert_loop(E, k, T, hidden, extra, seed):
 def test_one_token_step_gives_the_grouped_gemms_bits(E, k, hidden, extra, seed):
     """A float32 decode step of one token on the CPU runs its experts one by one (Experts.one_token): the bits of
     the grouped GEMMs, which it stands in for (gelu rounds differently row by row: its rows go through together)."""
-    k = min(k, E)
-    m = build("moe", {"experts": E, "top_k": k, "hidden": hidden, **extra}).float()
-    gen = torch.Generator().manual_seed(seed)
-    if m.experts.up_bias is not None:
-        with torch.no_grad():
-            m.experts.up_bias.copy_(torch.randn(m.experts.up_bias.shape, generator=gen))
-            m.experts.down_bias.copy_(torch.randn(m.experts.down_bias.shape, generator=gen))
+    m, gen = _float_moe(E, k, hidden, extra, seed)
     x = torch.randn(1, 16, generator=gen)
     with torch.no_grad():
         _, w, idx = m.route(x)
