@@ -120,11 +120,12 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
                        state_batch_indices=state_batch_indices)
     expect_in_place(state=state)
     expect_flag(dt_softplus=dt_softplus)
-    return state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
+    return selective_state_update_unchecked(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
 
 
 @on_input_device
-def state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, state_batch_indices=None):
+def selective_state_update_unchecked(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                                     state_batch_indices=None):
     """selective_state_update of a state `[B, D, N]` without its argument checks, for a caller that made the
     arguments itself: the Mamba mixer's decode step, where on the CPU the checks took ~40 µs a layer, more than
     the torch step's arithmetic. The same paths, the same results."""

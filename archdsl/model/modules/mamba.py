@@ -217,7 +217,7 @@ class Mamba(nn.Module, Fusable, FoldsNorm):
     # --- recurrent ---------------------------------------------------------------------
     def step(self, x, state, **ctx):
         """x [B, d] → [B, d]; updates state in place."""
-        from archdsl.kernels.selective_scan.op import state_update  # selective_state_update, less its checks
+        from archdsl.kernels.selective_scan.op import selective_state_update_unchecked as state_update
 
         if fused_step_ok(self, x):
             return self._step_fused(x, state)
