@@ -107,8 +107,8 @@ class FoldsNorm:
         folds_norm said so, so Triton is chosen for h (fused_step_ok) and the GEMV is not asked it again."""
         from archdsl.kernels.norm_gemv.op import rms_linear_unchecked
 
-        proj = self.in_proj
-        proj, h = rms_linear_unchecked(h, proj.weight, norm.weight, norm.eps, delta, 1, proj.bias, "pdl" in self.fused,
+        lin = self.in_proj
+        proj, h = rms_linear_unchecked(h, lin.weight, norm.weight, norm.eps, delta, 1, lin.bias, "pdl" in self.fused,
                                        triton=True)
         return h, self._step_fused(h, state, proj)
 
