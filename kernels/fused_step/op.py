@@ -102,7 +102,14 @@ def mamba_conv_step(x, conv_state, weight, bias=None, pdl=False):
     expect_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias)
     expect_in_place(conv_state=conv_state)
     expect_flag(pdl=pdl)
-    if _triton((x, conv_state, weight, bias), x):
+    return mamba_conv_step_unchecked(x, conv_state, weight, bias, pdl)
+
+
+@on_input_device
+def mamba_conv_step_unchecked(x, conv_state, weight, bias, pdl, triton=None):
+    """mamba_conv_step without its argument checks, for the Mamba decode step (as mamba2_step_unchecked);
+    triton as there, for backend_for(x)."""
+    if _triton((x, conv_state, weight, bias), x, chosen=triton):
         from .triton_fused_step import conv_step_triton
         return conv_step_triton(x, conv_state, weight, bias, pdl=pdl)
     return conv_step_naive(x, conv_state, weight, bias)
@@ -142,9 +149,19 @@ def mamba_ssm_step_fused(state, u, x_dbl, dt_proj_weight, A_log, dt_bias=None, D
     expect_in_place(state=state)
     inner_norm_eps = expect_number("inner_norm_eps", inner_norm_eps, positive=True)
     expect_flag(pdl=pdl)
+    return mamba_ssm_step_unchecked(state, u, x_dbl, dt_proj_weight, A_log, dt_bias, D, z, inner_norms,
+                                    dt_norm_weight, b_norm_weight, c_norm_weight, inner_norm_eps, pdl)
+
+
+@on_input_device
+def mamba_ssm_step_unchecked(state, u, x_dbl, dt_proj_weight, A_log, dt_bias, D, z, inner_norms, dt_norm_weight,
+                             b_norm_weight, c_norm_weight, inner_norm_eps, pdl, triton=None):
+    """mamba_ssm_step_fused without its argument checks, for the Mamba decode step (as mamba2_step_unchecked);
+    triton as there, for backend_for(u, state)."""
+    w = inner_norms == "weighted"
     norms = (dt_norm_weight, b_norm_weight, c_norm_weight) if w else (None, None, None)
     args = (state, u, x_dbl, dt_proj_weight, A_log, dt_bias, D, z, inner_norms, *norms, inner_norm_eps)
-    if _triton(args, u, state):
+    if _triton(args, u, state, chosen=triton):
         from .triton_fused_step import mamba_ssm_step_triton
         return mamba_ssm_step_triton(*args, pdl=pdl)
     return mamba_ssm_step_naive(*args)

@@ -111,7 +111,8 @@ def gemv(x, weight, bias=None, *, pdl=False):
 @on_input_device
 def gemv_unchecked(x, weight, bias, pdl, triton=None):
     """gemv without its argument checks, for a caller that made the arguments itself (the Mamba-2 decode step's
-    out_proj where the gated norm is not folded in); triton as in rms_linear_unchecked."""
+    out_proj where the gated norm is not folded in, the Mamba step's x_proj and out_proj); triton as in
+    rms_linear_unchecked."""
     batch, K = x.shape
     if triton is None:
         triton = backend_for(x) == "triton"

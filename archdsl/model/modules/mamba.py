@@ -235,22 +235,21 @@ class Mamba(nn.Module, Fusable, FoldsNorm):
         """in_proj → conv update + silu (one kernel) → x_proj → inner norms, dt_proj, softplus,
         state update, D, gate (one kernel) → out_proj; x_proj and out_proj by a Triton GEMV at one row, by a
         split-K GEMM at a few (kernels/norm_gemv).
-        xz: in_proj's output, given ("norm_gemv"); "pdl": the Triton kernels launched with PDL."""
-        from archdsl.kernels.fused_step import mamba_conv_step, mamba_ssm_step_fused
-        from archdsl.kernels.norm_gemv import gemv
+        xz: in_proj's output, given ("norm_gemv"); "pdl": the Triton kernels launched with PDL. The kernels'
+        unchecked entry points, as Mamba2._step_fused: this step made their arguments, and its callers chose
+        Triton for x (fused_step_ok)."""
+        from archdsl.kernels.fused_step.op import mamba_conv_step_unchecked, mamba_ssm_step_unchecked
+        from archdsl.kernels.norm_gemv.op import gemv_unchecked
 
-        pdl = "pdl" in self.fused
+        pdl, cfg, conv = "pdl" in self.fused, self.cfg, self.conv1d
         u, z = (self.in_proj(x) if xz is None else xz).chunk(2, dim=-1)
-        u = mamba_conv_step(u, state["conv"], self.conv1d.weight[:, 0], self.conv1d.bias, pdl=pdl)
-        w = self.cfg.inner_norms == "weighted"
-        y = mamba_ssm_step_fused(state["ssm"], u, gemv(u, self.x_proj.weight, pdl=pdl), self.dt_proj.weight,
-                                 self.A_log,
-                                 dt_bias=self.dt_proj.bias, D=self.D, z=z, inner_norms=self.cfg.inner_norms,
-                                 dt_norm_weight=self.dt_layernorm if w else None,
-                                 b_norm_weight=self.b_layernorm if w else None,
-                                 c_norm_weight=self.c_layernorm if w else None,
-                                 inner_norm_eps=self.cfg.inner_norm_eps, pdl=pdl)
-        return gemv(y, self.out_proj.weight, self.out_proj.bias, pdl=pdl)
+        u = mamba_conv_step_unchecked(u, state["conv"], conv.weight[:, 0], conv.bias, pdl, triton=True)
+        w = cfg.inner_norms == "weighted"
+        y = mamba_ssm_step_unchecked(state["ssm"], u, gemv_unchecked(u, self.x_proj.weight, None, pdl, triton=True),
+                                     self.dt_proj.weight, self.A_log, self.dt_proj.bias, self.D, z, cfg.inner_norms,
+                                     self.dt_layernorm if w else None, self.b_layernorm if w else None,
+                                     self.c_layernorm if w else None, cfg.inner_norm_eps, pdl, triton=True)
+        return gemv_unchecked(y, self.out_proj.weight, self.out_proj.bias, pdl, triton=True)
 
     def init_state(self, batch, device, dtype, max_len=None, static=False, ssm_dtype=None):
         return {"conv": torch.zeros(batch, self.E, self.K - 1, device=device, dtype=dtype),
