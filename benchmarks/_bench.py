@@ -1,6 +1,7 @@
-"""Helpers shared by the benchmark scripts: timing, and the check for a CUDA GPU."""
+"""Helpers shared by the benchmark scripts: timing, the check for a CUDA GPU, and the JSON of results."""
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -14,6 +15,13 @@ def needs_cuda(why: str = "torch sees none, and this script has no CPU mode") ->
     if not torch.cuda.is_available():
         print(f"{os.path.basename(sys.argv[0])}: needs a CUDA GPU ({why})", file=sys.stderr)
         sys.exit(2)
+
+
+def save_json(path: str, obj, indent: int = 1) -> None:
+    """Write obj as JSON to path, whole or not at all (a run killed mid-write leaves the last rows written):
+    the scripts call it after every row."""
+    from archdsl.atomic import write_atomic
+    write_atomic(path, json.dumps(obj, indent=indent))
 
 
 def bench_ms(fn) -> float:

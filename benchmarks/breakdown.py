@@ -20,7 +20,6 @@ wkv6: the forward, then the forward+backward, of wkv6 at B4 T H32 K=V=64 bf16 pe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -33,6 +32,7 @@ try:
 except ImportError:  # run from a checkout that is not installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import archdsl
+from _bench import save_json  # noqa: E402
 
 
 def _profile(fn, device, steps: int):
@@ -177,8 +177,7 @@ def main() -> int:
         args.L = 4096 if args.what == "wkv6" else 16384
     result = {"decode": decode, "ssd": ssd, "wkv6": wkv6}[args.what](args)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        save_json(args.json, result)
     return 0
 
 

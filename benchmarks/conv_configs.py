@@ -17,14 +17,13 @@ and of each gradient against F.conv1d in fp32, and the medians of the forward an
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import bench_or_nan, needs_cuda  # noqa: E402
+from _bench import bench_or_nan, needs_cuda, save_json  # noqa: E402
 
 try:
     import archdsl  # noqa: F401
@@ -102,8 +101,7 @@ def main() -> int:
     for layout in _layouts():
         out["rows"] += rows_for(*layout)
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(out, f, indent=1)
+            save_json(args.json, out)
     return 0
 
 

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 import sys
 import time
@@ -57,7 +56,7 @@ import traceback
 from collections.abc import Callable
 
 import torch
-from _bench import bench_ms, kernel_ms, wall_ms
+from _bench import bench_ms, kernel_ms, save_json, wall_ms
 
 import archdsl
 from archdsl.model.fusions import FUSIONS
@@ -324,8 +323,7 @@ def main() -> None:
         print(line(r), flush=True)
         out["rows"].append(r)
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(out, f, indent=1)
+            save_json(args.json, out)
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import needs_cuda  # noqa: E402
+from _bench import needs_cuda, save_json  # noqa: E402
 
 OPS = ["kernels_ssd", "kernels_wkv6", "kernels_selective_scan", "kernels_norm_gemv"]
 
@@ -62,8 +61,7 @@ def main_of(op: str, doc: str, quick: str) -> None:
 def _dump(path, rows):
     """After every row, so a run cut short keeps what it measured."""
     if path:
-        with open(path, "w") as f:
-            json.dump(rows, f, indent=1)
+        save_json(path, rows)
 
 
 def _line(r: dict) -> str:

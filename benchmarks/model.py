@@ -16,13 +16,12 @@ from a CUDA graph (and eager, for comparison).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import textwrap
 import time
 
 import torch
-from _bench import needs_cuda, wall_ms
+from _bench import needs_cuda, save_json, wall_ms
 
 import archdsl
 
@@ -208,8 +207,7 @@ def main():
                 print(f"fusion gain {r['model']:<12} ctx {r['ctx']:>6}: graph {plain['graph_ms'] / r['graph_ms']:.2f}×  "
                       f"eager {plain['eager_ms'] / r['eager_ms']:.2f}×")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        save_json(args.json, out)
 
 
 if __name__ == "__main__":

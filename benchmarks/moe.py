@@ -13,12 +13,11 @@ grouped GEMMs, the same code as eager wherever that copy would pass moe.GATHER_B
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from unittest.mock import patch
 
 import torch
-from _bench import bench_ms, graphed, needs_cuda
+from _bench import bench_ms, graphed, needs_cuda, save_json
 
 from archdsl.blocks import make_config
 from archdsl.model.modules import MODULES, moe
@@ -109,7 +108,7 @@ def main():
               f"{r['grouped_ms'] / r['loop_ms']:6.2f} {r['floor_ms']:9.3f} {100 * r['floor_ms'] / r['grouped_ms']:7.1f}% "
               f"{r['rel_diff']:9.2e}", flush=True)
         if args.json:
-            json.dump(out, open(args.json, "w"), indent=1)
+            save_json(args.json, out)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ logits' copy. Reported: median ms a step, and each side's logits against the fir
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -51,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import needs_cuda, wall_ms  # noqa: E402
+from _bench import needs_cuda, save_json, wall_ms  # noqa: E402
 
 import archdsl  # noqa: E402
 from archdsl.convert.hf_io import family, hf_model_type  # noqa: E402
@@ -363,8 +362,7 @@ def main() -> None:
             rows += run_decode(name.strip(), decode, args.layers, args.gen,
                                [d.strip() for d in args.ssm_state_dtype.split(",") if d.strip()])
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        save_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ compare: the forward's bit for bit, the backward's as the largest difference of 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import torch
-from _bench import needs_cuda
+from _bench import needs_cuda, save_json
 from triton.testing import do_bench
 
 try:
@@ -92,8 +91,7 @@ def main() -> None:
         print(f"{r['L']:>6} {r['D']:>6} {r['N']:>3} {r['load']:>8} {r['one_a_chain_ms']:>15.4f} "
               f"{r['persistent_ms']:>14.4f} {r['rule_picks']:>12} {r['agree']}", flush=True)
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        save_json(a.json, rows)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ triton.testing.do_bench; nothing is changed on disk.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import bench_or_nan, needs_cuda  # noqa: E402
+from _bench import bench_or_nan, needs_cuda, save_json  # noqa: E402
 from kernels_selective_scan import _scan_floor, _scan_inputs  # noqa: E402
 
 try:
@@ -65,8 +64,7 @@ def main() -> int:
     for L in (int(x) for x in args.L.split(",")):
         result["rows"] += rows_for(L)
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=1)
+            save_json(args.json, result)
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import json
 import os
 import re
 import sys
@@ -28,7 +27,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import bench_ms, graphed, needs_cuda  # noqa: E402
+from _bench import bench_ms, graphed, needs_cuda, save_json  # noqa: E402
 from kernels_ssd import _inputs, _peer, _rel_diff, _scan_fn, _y  # noqa: E402
 
 from archdsl.kernels.ssd import ssd_scan  # noqa: E402
@@ -144,8 +143,7 @@ def main() -> int:
                       f"{[round(x, 4) for x in v[p]['rounds']]}  y vs first {v['vs_first']:.1e}  vs peer "
                       f"{v['vs_peer'] if v['vs_peer'] is None else format(v['vs_peer'], '.1e')}", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        save_json(args.json, out)
     return 0
 
 

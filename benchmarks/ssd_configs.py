@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import bench_ms, needs_cuda  # noqa: E402
+from _bench import bench_ms, needs_cuda, save_json  # noqa: E402
 from kernels_ssd import _inputs  # noqa: E402
 
 try:
@@ -219,8 +218,7 @@ def main() -> int:
         if args.only in (None, "fused"):
             out["fused_rows"], out["fused"] = sweep_fused(args.L)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        save_json(args.json, out)
     return 0
 
 

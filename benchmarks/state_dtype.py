@@ -18,12 +18,12 @@ The float32 steps are first checked against the parallel forward.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _bench import save_json
 
 import archdsl
 from archdsl.errors import ArchDSLError
@@ -119,9 +119,9 @@ def main(argv=None):
         print(f"{r['tokens']:>11} {r['rel_diff']:19.2e} {r['greedy_agree']:13.4f} {r['acc_f32']:8.4f} "
               f"{r['acc_bf16']:7.4f} {r['ce_f32']:7.4f} {r['ce_bf16']:7.4f} {r['scored']:7d}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(model=model.spec.name, params=model.num_params(), device=args.device, streams=args.streams,
-                           length=args.length, source=source, f32_steps_vs_parallel=check, rows=rows), f, indent=1)
+        save_json(args.json, dict(model=model.spec.name, params=model.num_params(), device=args.device,
+                                  streams=args.streams, length=args.length, source=source,
+                                  f32_steps_vs_parallel=check, rows=rows))
 
 
 if __name__ == "__main__":

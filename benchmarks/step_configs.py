@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fusions as F  # noqa: E402
-from _bench import needs_cuda  # noqa: E402
+from _bench import needs_cuda, save_json  # noqa: E402
 
 from archdsl.kernels.fused_step import triton_fused_step as step_kernel  # noqa: E402
 from archdsl.kernels.norm_gemv import triton_norm_gemv as gemv_kernel  # noqa: E402
@@ -55,8 +54,7 @@ def main() -> int:
         print(row, flush=True)
         rows.append(row)
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1)
+            save_json(args.json, rows)
 
     for fuse in (every, every - {"pdl"}) * 2:
         add(kernel="default", pdl="pdl" in fuse, ms=step_ms(fuse))

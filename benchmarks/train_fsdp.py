@@ -19,6 +19,8 @@ import statistics
 import sys
 import time
 
+from _bench import save_json
+
 GiB = 1024**3
 
 
@@ -82,8 +84,7 @@ def jamba(args):
             result.update(oom=str(e).splitlines()[0])
     if dist.is_main:
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "jamba.json"), "w") as f:
-            json.dump(result, f, indent=2)
+        save_json(os.path.join(args.out, "jamba.json"), result, indent=2)
         print(json.dumps(result, indent=2))
     tdist.destroy_process_group()
 
@@ -143,8 +144,7 @@ def report(args):
         else:
             lines.append("- no step run: " + j.get("oom", "the arithmetic does not fit the card"))
     print("\n".join(lines))
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(res, f, indent=2)
+    save_json(os.path.join(out, "report.json"), res, indent=2)
     bad = [k for k, v in {**res["loss_match"], **res["resume"]}.items() if v >= 1e-3]
     return 1 if bad else 0
 

@@ -18,14 +18,13 @@ against the faster one.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import bench_or_nan, needs_cuda, with_env  # noqa: E402
+from _bench import bench_or_nan, needs_cuda, save_json, with_env  # noqa: E402
 from kernels_wkv6 import _fwd_bwd, _wkv6_inputs  # noqa: E402
 
 try:
@@ -111,8 +110,7 @@ def main() -> int:
         Ts = [int(t) for t in (args.T or "1024,2048,4096,16384").split(",")]
         out = {"card": torch.cuda.get_device_name(), "layouts": layout_rows(Ts)}
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(out, f, indent=1)
+            save_json(args.json, out)
         return 0
     peer = None
     if not args.no_peer:
@@ -124,8 +122,7 @@ def main() -> int:
     for T in (int(t) for t in (args.T or "4096,16384").split(",")):
         out["rows"] += rows_for(T, peer)
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(out, f, indent=1)
+            save_json(args.json, out)
     return 0
 
 

@@ -24,7 +24,6 @@ Prints the table and writes JSON (--out). Steps and everything else are flags.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -37,6 +36,8 @@ try:
 except ImportError:  # run from a checkout that is not installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import archdsl
+from _bench import save_json  # noqa: E402
+
 from archdsl.explore.probes import make_task  # noqa: E402
 from archdsl.explore.train import TrainConfig, train_probe  # noqa: E402
 
@@ -169,8 +170,7 @@ def main(argv=None) -> int:
             print(f"{d:>7}  {L:>6}  " + "  ".join(out))
     doc = {"benchmark": "zoology_mqar", "date": time.strftime("%Y-%m-%d"), "device": card, "settings": vars(args),
            "total_seconds": total, "runs": rows}
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
+    save_json(args.out, doc)
     print(f"wrote {args.out}")
     return 0
 

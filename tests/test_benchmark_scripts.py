@@ -4,6 +4,7 @@ torch sees no GPU, says so in one line on stderr and exits 2 before any work, ne
 from __future__ import annotations
 
 import ast
+import json
 import glob
 import os
 import subprocess
@@ -58,3 +59,23 @@ def test_needs_cuda(script, tmp_path):
     assert "Traceback" not in p.stderr and p.stdout == ""
     [line] = p.stderr.splitlines()
     assert line.startswith(f"{script}: needs a CUDA GPU (") and line.endswith(")")
+
+
+def test_results_json_written_whole(tmp_path):
+    """Every script writes its --json results through _bench.save_json (after each row: a run cut short keeps
+    what it measured), which replaces the file whole: JSON that reads back, no temporary left beside it."""
+    for script in SCRIPTS:
+        with open(os.path.join(BENCHMARKS, script), encoding="utf-8") as f:
+            text = f.read()
+        assert "json.dump(" not in text, f"{script}: write results with _bench.save_json"
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        from _bench import save_json
+    finally:
+        sys.path.remove(BENCHMARKS)
+    path = tmp_path / "out" / "rows.json"
+    save_json(str(path), {"rows": [1]})
+    save_json(str(path), {"rows": [1, 2.5, float("nan")]})
+    text = path.read_text()
+    assert text.startswith('{\n "rows"') and os.listdir(tmp_path / "out") == ["rows.json"]
+    assert json.loads(text)["rows"][:2] == [1, 2.5]
