@@ -19,18 +19,21 @@ def transformers():
     return pytest.importorskip("transformers")
 
 
-def hf_count(config_cls: str, model_cls: str, meta: bool = True, **kwargs) -> int:
-    """Parameters of an HF model (tied weights once), built on the meta device by default."""
+def hf_model(config_cls: str, model_cls: str, meta: bool = True, **kwargs):
+    """(config, model) of transformers' config_cls(**kwargs) and model_cls, built on the meta device by default."""
+    import contextlib
+
     import torch
 
     tf = transformers()
     config = getattr(tf, config_cls)(**kwargs)
-    if meta:
-        with torch.device("meta"):
-            model = getattr(tf, model_cls)(config)
-    else:
-        model = getattr(tf, model_cls)(config)
-    return sum(p.numel() for p in model.parameters())
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        return config, getattr(tf, model_cls)(config)
+
+
+def hf_count(config_cls: str, model_cls: str, meta: bool = True, **kwargs) -> int:
+    """Parameters of an HF model (tied weights once), built on the meta device by default."""
+    return sum(p.numel() for p in hf_model(config_cls, model_cls, meta, **kwargs)[1].parameters())
 
 
 def spec_params(spec) -> int:

@@ -13,7 +13,7 @@ import pytest
 from archdsl.convert.hf import hf_config_to_spec
 from archdsl.convert.megatron import pattern_layers, pattern_to_layout
 from archdsl.errors import ArchDSLError
-from hf_util import hf_count, spec_params, transformers
+from hf_util import hf_count, hf_model, spec_params, transformers
 from test_reference_counts import NEMOTRON_PATTERN, REFERENCES
 
 TINY = {
@@ -61,15 +61,7 @@ TINY = {
 
 
 def _hf(config_cls, model_cls, kwargs, meta):
-    import torch
-
-    tf = transformers()
-    config = getattr(tf, config_cls)(**kwargs)
-    if meta:
-        with torch.device("meta"):
-            model = getattr(tf, model_cls)(config)
-    else:
-        model = getattr(tf, model_cls)(config)
+    config, model = hf_model(config_cls, model_cls, meta, **kwargs)
     return config.to_dict(), sum(p.numel() for p in model.parameters())
 
 
