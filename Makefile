@@ -3,7 +3,7 @@
 #   make test    set up .venv, then run the test suite (CPU; GPU tests are skipped without CUDA) and
 #                compile every Triton kernel it ran in the interpreter for sm_90
 #   make sm90-check  the kernel tests alone, each launch then compiled for sm_90 (no GPU needed)
-#   make wheel   build the wheel and check it from a fresh venv
+#   make wheel   build the wheel and check it from a fresh venv (the grammar, and a Triton kernel interpreted)
 PY ?= python3
 # --no-cache-dir: downloaded wheels go into the venv only, not also into pip's cache (CI disks are small)
 VENV ?= .venv
@@ -56,6 +56,12 @@ wheel: setup
 	$(CURDIR)/.venv-wheel/bin/pip install -q --no-cache-dir dist/archdsl-*.whl
 	cd dist && $(CURDIR)/.venv-wheel/bin/archdsl show "4×(7×mamba2, attn(shared)), moe every 2" | tail -5
 	cd dist && $(CURDIR)/.venv-wheel/bin/python -m archdsl check "7×mamba2, 1×attn(shared), moe every 2"
+	cd dist && TRITON_INTERPRET=1 ARCHDSL_KERNELS=triton $(CURDIR)/.venv-wheel/bin/python -c "import torch, \
+	archdsl.kernels as K; from archdsl.kernels.ssd.naive import ssd_scan_naive as ref; \
+	t = [torch.randn(1, 20, 2, 4), torch.rand(1, 20, 2), -torch.rand(2), torch.randn(1, 20, 1, 8), \
+	torch.randn(1, 20, 1, 8)]; err = (K.ssd_scan(*t, chunk_size=8) - ref(*t)).abs().max().item(); \
+	print('ssd_scan from the wheel, its Triton kernels interpreted, against its naive twin: max error', err); \
+	assert err < 1e-4"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info out
