@@ -748,7 +748,7 @@ def test_memory_plot_ticks_are_plain_text(tmp_path, monkeypatch):
 
 def test_human_rounds_up_into_the_next_prefix():
     """999,999 FLOPs read '1000.00K' and 1,048,575 bytes '1024.00 KiB'."""
-    from archdsl.cli import human
+    from archdsl.units import human
 
     figures = (999, 999.6, 999_994, 999_999, 1_234_567)
     assert [human(n) for n in figures] == ["999", "1.00K", "999.99K", "1.00M", "1.23M"]

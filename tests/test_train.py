@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import archdsl
-from archdsl.cli import main, plural
+from archdsl.cli import main
 from archdsl.train import TrainConfig, train
+from archdsl.units import plural
 
 ZAMBA = """name: tiny-zamba
 d_model: 32

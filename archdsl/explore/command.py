@@ -1,4 +1,4 @@
-"""`archdsl explore SPACE.yaml`: the command line of the explorer (wired in archdsl/cli.py)."""
+"""`archdsl explore SPACE.yaml`: the command line of the explorer (wired in archdsl/cli/train_commands.py)."""
 from __future__ import annotations
 
 import math

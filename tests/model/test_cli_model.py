@@ -156,12 +156,12 @@ def test_an_empty_dtype_is_refused_not_taken_for_the_default(command, tmp_path, 
 
 def test_bench_refuses_an_unknown_case_by_its_option_before_the_model_is_built(monkeypatch, capsys):
     """`bench --cases decode,fwd` built (or loaded) the whole model, then said `bench: unknown case 'fwd'`."""
-    import archdsl.cli
+    from archdsl.cli import model_commands
 
     def no_model(args):
         raise AssertionError("the model was built")
 
-    monkeypatch.setattr(archdsl.cli, "_model", no_model)
+    monkeypatch.setattr(model_commands, "_model", no_model)
     assert main(["bench", LAYOUT, "--cases", "decode,fwd"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("error: --cases: unknown case 'fwd'; did you mean 'forward'?"), err

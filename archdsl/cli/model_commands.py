@@ -1,0 +1,256 @@
+"""The commands that build a model and run it: compile (random weights, saved), run (prefill and decode timed)
+and bench (forward, training step and decode step timed)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..atomic import check_output_dir
+from ..errors import ArchDSLError
+from ..units import count, human, parse_seed, plural
+from .common import (ARGS, add_set, add_spec, add_ssm_state_dtype, command, device_arg, model_dtype, read_spec,
+                     table)
+
+
+@command("compile", "build a spec's model and save it (spec.yaml + model.safetensors)")
+def cmd_compile(args):
+    """Build the PyTorch model of SPEC with random weights from --seed and save it to -o DIR."""
+    from ..model import compile as build
+    from ..model.model import SAVE_FILES
+
+    dtype = model_dtype(args.dtype)
+    if device_arg(args.device).type == "meta":
+        raise ArchDSLError(f"--device {args.device}: a compiled model is saved with its weights, and the meta "
+                           f"device holds none (give cpu or cuda)")
+    check_output_dir(args.output, SAVE_FILES)  # before the model is built: a big one takes minutes
+    model = build(read_spec(args.spec, args.set), device=args.device, dtype=dtype, seed=args.seed)
+    model.save(args.output)
+    print(f"wrote {args.output}: {model.spec.name}, {plural(model.num_params(), 'parameter')}, "
+          f"{str(model.dtype).replace('torch.', '')}")
+
+
+def _add_compile(p):
+    add_spec(p)
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="directory to write: spec.yaml + model.safetensors (replaced atomically)")
+    p.add_argument("--dtype", default="float32", help="the weights' dtype: float32 (default), bfloat16, float16 or "
+                                                      "float64")
+    p.add_argument("--device", default="cpu", help="where the weights are made: cpu (default), cuda or cuda:N")
+    p.add_argument("--seed", type=parse_seed, default=0, help="seed of the random weights (0..2^63-1; default 0)")
+
+
+@command("run", "time prefill and decoding of a spec or a saved model on random tokens")
+def cmd_run(args):
+    """Prefill --prompt-len random tokens, decode --gen more one at a time; print tokens/s and cache bytes."""
+    import time
+
+    import torch
+
+    from ..model.model import sample
+
+    model = _model(args)
+    dev = model.device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    ids = torch.randint(0, model.spec.vocab_size, (args.batch, args.prompt_len), generator=gen).to(dev)
+    with torch.no_grad():
+        graphed = args.cuda_graph and args.gen > 0  # _model allows --cuda-graph on CUDA alone; no steps, no graph
+        if graphed:  # capture once (outside the timings), then replay per token
+            runner = model._graph_runner(args.batch, args.prompt_len + args.gen)
+            cache = runner.cache
+            cache.reset()
+        else:
+            cache = model.init_cache(args.batch, max_len=args.prompt_len + args.gen)
+        if args.warmup:  # the first calls compile the Triton kernels and fill the allocator: not timed
+            spare = model.init_cache(args.batch, max_len=args.prompt_len + 2)
+            model.step(sample(model(ids, spare)[:, -1], 0), spare)
+            del spare
+        sync()
+        t0 = time.perf_counter()
+        logits = model(ids, cache)[:, -1]
+        sync()
+        t_prefill = time.perf_counter() - t0
+        steps = range(args.gen)
+        if args.gen >= 64 and not args.json and sys.stderr.isatty():  # elsewhere (a log) the timings say it all
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc="decode", unit="tok", leave=False)
+        t0 = time.perf_counter()
+        generated = []
+        for _ in steps:
+            tok = sample(logits, 0)
+            generated.append(tok)
+            logits = runner(tok) if graphed else model.step(tok, cache)
+        sync()
+        t_decode = time.perf_counter() - t0
+    first = [int(t[0]) for t in generated]
+    result = {"name": model.spec.name, "device": str(dev), "dtype": str(model.dtype).replace("torch.", ""),
+              "batch": args.batch, "prompt_len": args.prompt_len, "gen": args.gen, "warmup": args.warmup,
+              "prefill_tokens_per_s": args.batch * args.prompt_len / t_prefill,
+              "decode_tokens_per_s": args.batch * args.gen / t_decode if args.gen else None,
+              "cache_bytes": cache.nbytes(), "ssm_state_dtype": str(model.ssm_state_dtype).replace("torch.", ""),
+              "params": model.num_params(), "fusions": sorted(model.fusions),
+              "cuda_graph": graphed, "generated": first}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{result['name']}: {plural(result['params'], 'parameter')} on {result['device']} ({result['dtype']}), "
+          f"batch {args.batch}{', decode from a CUDA graph' if graphed else ''}")
+    tokens = lambda n: f"{n:>8,} {'token' if n == 1 else 'tokens':<6}"  # noqa: E731 - the columns stay aligned
+    print(f"  prefill  {tokens(args.prompt_len)}   {result['prefill_tokens_per_s']:>14,.1f} tokens/s")
+    if args.gen:
+        print(f"  decode   {tokens(args.gen)}   {result['decode_tokens_per_s']:>14,.1f} tokens/s")
+        shown = " ".join(map(str, first[:16])) + (" …" if len(first) > 16 else "")
+        print(f"  greedy continuation of sequence 0: {shown}")
+    states = f", SSM states {result['ssm_state_dtype']}" if args.ssm_state_dtype else ""
+    print(f"  cache    {cache.nbytes():>18,} bytes ({human(cache.nbytes(), 'B')}) at "
+          f"{plural(args.prompt_len + args.gen, 'token')}{states}")
+
+
+@command("bench", "time a model's forward pass, training step and decode step (medians, with FLOP/s and GB/s)")
+def cmd_bench(args):
+    """Time --cases of a spec or saved model at --batch × --seq-len random tokens: the forward pass and the
+    training step (forward + backward of the cross entropy; no optimizer) as medians of do_bench on CUDA
+    (wall clock on the CPU), beside the analyzer's FLOPs; decoding as the median of --gen single steps after a
+    --seq-len prompt (replayed from a CUDA graph on CUDA unless --no-cuda-graph), beside the bytes a step must read
+    (weights and cache)."""
+    from ..bench import CASES, bench, format_rows
+
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if not cases:
+        raise ArchDSLError(f"--cases: name at least one of forward, train, decode, got {args.cases!r}")
+    for c in cases:  # before the model is built: a big one takes minutes
+        if c not in CASES:
+            from ..errors import did_you_mean
+
+            raise ArchDSLError(f"--cases: unknown case {c!r}", hint=did_you_mean(c, CASES))
+    model = _model(args)
+    rows = bench(model, batch=args.batch, seq_len=args.seq_len, gen=args.gen, cases=cases,
+                 cuda_graph=args.cuda_graph, seed=args.seed)
+    head = {"name": model.spec.name, "params": model.num_params(), "device": str(model.device),
+            "dtype": str(model.dtype).replace("torch.", ""),
+            "ssm_state_dtype": str(model.ssm_state_dtype).replace("torch.", ""), "batch": args.batch,
+            "seq_len": args.seq_len, "cuda_graph": args.cuda_graph}
+    if args.json:
+        print(json.dumps({**head, "rows": [r.to_dict() for r in rows]}, indent=2))
+        return
+    print(f"{head['name']}: {plural(head['params'], 'parameter')} on {head['device']} ({head['dtype']}), "
+          f"batch {args.batch}, {plural(args.seq_len, 'token')}"
+          f"{', decode from a CUDA graph' if args.cuda_graph else ''}"
+          f"{', SSM states ' + head['ssm_state_dtype'] if args.ssm_state_dtype else ''}")
+    print(table(format_rows(rows), ["case", "tokens", "ms", "tokens/s", "work", "achieved"]))
+
+
+def _add_bench(p):
+    p.add_argument("spec", help="a YAML spec file, a layout string, or a saved model directory")
+    p.add_argument("--batch", type=count("--batch"), default=1, metavar="B",
+                   help="sequences a call takes (default 1)")
+    p.add_argument("--seq-len", type=count("--seq-len"), default=2048, metavar="N",
+                   help="tokens a forward / training call takes, and the decode prompt (default 2048; 4k ok)")
+    p.add_argument("--gen", type=count("--gen"), default=64, metavar="N",
+                   help="decode steps timed (default 64; at least 1)")
+    p.add_argument("--cases", default="forward,train,decode",
+                   help="some of forward, train, decode, comma-separated (default: all three)")
+    _add_model_args(p, seed_of="the random tokens")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_model_args(p, seed_of: str):
+    """The options _model reads: --set, --device, --dtype, --seed, --cuda-graph, --ssm-state-dtype, --fuse / --no-fuse
+    (run, bench)."""
+    add_set(p, saved=True)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--dtype", default=None, help="float32 (default; a saved model keeps its own), bfloat16, float16 "
+                                                  "or float64")
+    p.add_argument("--seed", type=parse_seed, default=0,
+                   help=f"seed of {seed_of} and, for a spec, of the random weights (a saved model keeps its own; "
+                        f"0..2^63-1, default 0)")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode steps replayed from a CUDA graph, CUDA only (default: on for --device cuda; "
+                        "--no-cuda-graph steps eagerly, a kernel launch at a time from Python)")
+    add_ssm_state_dtype(p)
+    p.add_argument("--fuse", default=None, metavar="NAMES",
+                   help="only these fusions, comma-separated (add_norm, qkv, epilogue, step, norm_gemv, pdl, "
+                        "recompute; default: all; not with --no-fuse)")
+    p.add_argument("--no-fuse", action="store_true", help="switch every fusion off (not with --fuse)")
+
+
+def _model(args):
+    """The model run and bench time: a saved model directory loaded, or a spec compiled (--seed its weights),
+    with --device, --dtype, --fuse / --no-fuse and --cuda-graph."""
+    from ..model import compile as build
+    from ..model import load as load_model
+    from ..model import resolve_dtype
+    from ..spec import saved_model
+
+    fuse = _fuse(args)
+    if args.dtype is not None and not args.dtype.strip():  # not the default: a saved model would keep its own
+        raise ArchDSLError("--dtype: give a dtype (it is empty): float32, bfloat16, float16 or float64")
+    dtype = None if args.dtype is None else model_dtype(args.dtype)
+    if device_arg(args.device).type == "meta":  # shapes without data: nothing to time, no tokens to decode
+        raise ArchDSLError(f"--device {args.device}: run and bench compute on real tokens; the meta device holds "
+                           f"no data (give cpu or cuda)")
+    if args.cuda_graph is None:
+        args.cuda_graph = str(args.device).startswith("cuda")
+    if args.cuda_graph and not str(args.device).startswith("cuda"):
+        raise ArchDSLError(f"--cuda-graph needs a CUDA device (--device cuda), got --device {args.device}")
+    if saved_model(args.spec, args.command):
+        if args.set:
+            raise ArchDSLError(f"--set: {args.spec} is a saved model, whose weights fix its sizes; give its "
+                               f"spec.yaml for fresh random weights at other sizes")
+        model = load_model(args.spec, device=args.device, dtype=dtype, fuse=fuse,
+                           ssm_state_dtype=args.ssm_state_dtype)
+        model.cuda_graph = args.cuda_graph
+        _warn_not_finite(model, args.spec)
+        return model
+    return build(read_spec(args.spec, args.set), device=args.device, dtype=dtype or resolve_dtype("float32"),
+                 seed=args.seed, cuda_graph=args.cuda_graph, fuse=fuse, ssm_state_dtype=args.ssm_state_dtype)
+
+
+def _warn_not_finite(model, path: str) -> None:
+    """A warning on stderr when the weights loaded from `path` hold NaN or inf: so would the outputs, shown as
+    tokens (argmax of NaN logits is 0) with nothing else amiss."""
+    import torch
+
+    bad = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
+           if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
+    if bad:
+        verb = "holds" if len(bad) == 1 else "hold"
+        print(f"warning: {path}: {plural(len(bad), 'weight tensor')} {verb} NaN or inf (the first: {bad[0]}); so "
+              f"will what the model computes", file=sys.stderr)
+
+
+def _fuse(args):
+    """--fuse NAMES / --no-fuse as compile(fuse=) takes it: True (the default), False, or a set of names."""
+    from ..errors import did_you_mean
+    from ..model import FUSIONS
+
+    if args.fuse is None:
+        return not args.no_fuse
+    if args.no_fuse:
+        raise ArchDSLError("--fuse and --no-fuse contradict each other: give one of them")
+    names = [n.strip() for n in args.fuse.split(",") if n.strip()]
+    if not names:
+        raise ArchDSLError(f"--fuse: no fusion named; give some of {', '.join(FUSIONS)}, or --no-fuse for none")
+    for n in names:
+        if n not in FUSIONS:
+            raise ArchDSLError(f"--fuse: unknown fusion {n!r}", hint=did_you_mean(n, FUSIONS))
+    return set(names)
+
+
+def _add_run(p):
+    p.add_argument("spec", help="a YAML spec file, a layout string, or a saved model directory")
+    p.add_argument("--prompt-len", type=count("--prompt-len"), default=128, metavar="N",
+                   help="random prompt tokens to prefill (default 128; 1k ok)")
+    p.add_argument("--gen", type=count("--gen", minimum=0), default=128, metavar="N",
+                   help="tokens to decode after the prompt (default 128; 0: none)")
+    p.add_argument("--batch", type=count("--batch"), default=1, metavar="B",
+                   help="sequences run together (default 1)")
+    _add_model_args(p, seed_of="the random prompt")
+    p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help="run one untimed prefill and decode step first (kernel compilation, allocator); default on")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+ARGS.update({"compile": _add_compile, "run": _add_run, "bench": _add_bench})
