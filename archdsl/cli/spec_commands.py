@@ -193,7 +193,8 @@ def cmd_convert(args):
         return
     if args.source == "megatron":
         from ..convert.megatron import pattern_to_layout
-        from ..spec import dump_yaml, spec_from_yaml
+        from ..spec import spec_from_yaml
+        from ..yamlio import dump_yaml
 
         data = {"name": args.name or "megatron-hybrid", "layout": pattern_to_layout(args.input)}
         text = dump_yaml(data)

@@ -27,7 +27,7 @@ def read_hf_config(path: str | os.PathLike) -> dict:
     path = check_path("from_hf", path, "config.json's or model directory's path")
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
-    from ..spec import read_text
+    from ..yamlio import read_text
 
     try:
         data = json.loads(read_text(path))
@@ -552,7 +552,8 @@ def convert_config(path: str | os.PathLike, name: str | None = None) -> tuple[st
     one without a last part: '/', '.') the directory's.
     Every refusal names the config file: an unsupported field by its name, a converted spec that will not build
     (a block's check) with its message and the converted line it stands on."""
-    from ..spec import dump_yaml, spec_from_yaml
+    from ..spec import spec_from_yaml
+    from ..yamlio import dump_yaml
 
     check_name(name, "name")
     file = config_file(check_path("convert_config", path, "config file's or directory's path"))

@@ -57,7 +57,7 @@ def _value(text: str):
     """A --probe-arg value read as the space file reads it (YAML 1.2 floats: 1e-2 is a number)."""
     import yaml
 
-    from ..spec import YamlLoader
+    from ..yamlio import YamlLoader
 
     try:
         return yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a safe loader)

@@ -37,7 +37,8 @@ from ..blocks import BLOCKS, MIXER
 from ..errors import ArchDSLError, Source, did_you_mean, shown
 from ..graph import MAX_LAYERS
 from ..language import parse_layout
-from ..spec import Spec, _positions, dump_yaml, load_spec, read_text, read_yaml, spec_from_yaml
+from ..spec import Spec, load_spec, spec_from_yaml
+from ..yamlio import dump_yaml, key_positions, read_text, read_yaml
 from ..units import MAX_COUNT
 
 PLACEMENTS = ("even", "every", "front", "back", "sandwich")
@@ -389,7 +390,7 @@ def space_from_yaml(text: str, file: str = "<space>") -> Space:
     if not isinstance(data, dict):
         raise ArchDSLError("a space file must be a mapping (mixers, attn_fraction, placements, depth, ...)",
                            file=file, line=1, col=1)
-    positions = _positions(root)
+    positions = key_positions(root)
     try:
         return space_from_dict(data, here=os.path.dirname(os.path.abspath(file)) if os.path.isfile(file) else None)
     except ArchDSLError as e:
