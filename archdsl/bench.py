@@ -50,7 +50,8 @@ def bench(model, batch: int = 1, seq_len: int = 2048, gen: int = 64, cases=CASES
           cuda_graph: bool = False, seed: int = 0) -> list[BenchRow]:
     """Time `cases` of `model` at batch × seq_len random tokens (decode: `gen` steps after a prompt of
     seq_len); see the module docstring for what each row counts."""
-    from .model.model import ArchModel, check_seed
+    from .model.decoding import check_seed
+    from .model.model import ArchModel
 
     if not isinstance(model, ArchModel):
         raise ArchDSLError(f"bench: model must be an ArchModel, got {type(model).__name__}",
@@ -144,7 +145,7 @@ def _median_ms(fn, device, reps: int = 5) -> float:
 @torch.no_grad()
 def _decode_ms(model, ids, gen: int, cuda_graph: bool) -> float:
     """Median ms of one decode step over `gen` steps after prefilling `ids` (one untimed step first)."""
-    from .model.model import sample
+    from .model.decoding import sample
 
     batch, length = ids.shape
     cuda = model.device.type == "cuda"

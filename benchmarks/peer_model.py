@@ -238,7 +238,7 @@ def peer_stepper(peer, ids, gen: int):
 def our_stepper(model, ids, gen: int):
     """Our graphed decode step (what generate() replays with cuda_graph=True), over a cache of the model's
     SSM state dtype as set now: the prompt's last logits and step(tokens [B]) -> logits [B, V]."""
-    from archdsl.model.model import GraphedStep
+    from archdsl.model.decoding import GraphedStep
 
     runner = GraphedStep(model, ids.shape[0], ids.shape[1] + gen + 1)  # one a state dtype, side by side
     runner.cache.reset()

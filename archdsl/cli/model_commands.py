@@ -47,7 +47,7 @@ def cmd_run(args):
 
     import torch
 
-    from ..model.model import sample
+    from ..model.decoding import sample
 
     model = _model(args)
     dev = model.device

@@ -13,8 +13,9 @@ import torch
 
 from ..analysis import ALIASES, MODEL_DTYPES
 from ..errors import ArchDSLError, check_flag
+from .decoding import check_seed
 from .fusions import FUSIONS, Fuse, resolve_fuse
-from .model import ArchModel, Cache, check_seed, resolve_ssm_dtype
+from .model import ArchModel, Cache, resolve_ssm_dtype
 
 __all__ = ["compile", "load", "ArchModel", "Cache", "FUSIONS", "resolve_dtype", "check_device"]
 

@@ -358,7 +358,7 @@ def _nucleus(probs: list[float], top_p: float) -> set[int]:
 def test_top_p_draws_only_from_the_nucleus(seed, top_p, temperature, vocab):
     """Nucleus sampling (transformers' top_p): every draw lies in the fewest likeliest tokens whose probability
     reaches top_p (after the temperature), and the draws reach beyond the likeliest token when the nucleus does."""
-    from archdsl.model.model import sample
+    from archdsl.model.decoding import sample
 
     gen = torch.Generator().manual_seed(seed)
     logits = torch.randn(3, vocab, generator=gen) * 3

@@ -1,0 +1,180 @@
+"""Decoding beyond the one step: ArchModel.generate's loop (prefill, then sampling with temperature, top-k,
+top-p, a repetition penalty and stop ids) and the decode step replayed from a CUDA graph."""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from ..errors import ArchDSLError
+
+
+def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attention_mask, top_p, eos_token_id,
+             pad_token_id, repetition_penalty):
+    """ArchModel.generate (its docstring says what each argument does): prefill, then sample step by step."""
+    model._check_tokens("generate", "input_ids", input_ids, 2)
+    model._padded("generate", attention_mask, input_ids, None)  # refused before any cache is made
+    if input_ids.is_cuda:  # once a call: the prompt's ids checked on the card too (one wait for it)
+        model._check_range("generate", "input_ids", input_ids)
+    check_sampling(max_new_tokens, temperature, top_k, seed, top_p, repetition_penalty)
+    eos = stop_ids(model.embeddings.num_embeddings, eos_token_id, pad_token_id)
+    B, L = input_ids.shape
+    if max_new_tokens == 0:  # a new tensor, as for any other count: writing to it leaves the prompt alone
+        return input_ids.clone()
+    gen = None
+    if seed is not None and not input_ids.is_meta:  # meta: shapes only, nothing is drawn
+        gen = torch.Generator(device=input_ids.device).manual_seed(int(seed))  # a numpy integer passes check_seed
+    graphed = model.cuda_graph and input_ids.is_cuda
+    if graphed:
+        runner = model._graph_runner(B, L + max_new_tokens)
+        cache = runner.cache
+        cache.reset()
+    else:
+        cache = model._new_cache("generate", B, L + max_new_tokens, False)
+    logits = model(input_ids, cache, attention_mask=attention_mask)[:, -1]
+    out = [input_ids]
+    seen = None
+    if repetition_penalty is not None and repetition_penalty != 1:
+        real = (torch.ones_like(input_ids, dtype=torch.long) if attention_mask is None
+                else (attention_mask != 0).long())
+        seen = torch.zeros(B, logits.shape[-1], dtype=torch.long, device=logits.device).scatter_add_(
+            1, input_ids.long(), real) > 0  # [B, V]: the tokens each row holds
+    if eos is not None:
+        eos_ids = torch.tensor(eos[0], device=input_ids.device)
+        pad = torch.tensor(eos[1], device=input_ids.device)
+        done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    for i in range(max_new_tokens):
+        if seen is not None:
+            logits = penalize(logits, seen, repetition_penalty)
+        tok = sample(logits, temperature, top_k, gen, top_p)
+        if seen is not None:
+            seen.scatter_(1, tok[:, None], True)
+        if eos is not None:
+            tok = torch.where(done, pad, tok)
+            done |= torch.isin(tok, eos_ids)
+        out.append(tok[:, None].to(input_ids.dtype))  # the prompt's dtype, as with max_new_tokens=0
+        if eos is not None and not done.is_meta and bool(done.all()):
+            break
+        if i + 1 < max_new_tokens:
+            logits = runner(tok) if graphed else model.step(tok, cache)
+    return torch.cat(out, dim=1)
+
+
+def stop_ids(vocab: int, eos_token_id, pad_token_id) -> tuple[list[int], int] | None:
+    """generate's (eos ids, pad id), or None without eos_token_id; ids are ints in [0, vocab), eos_token_id also an
+    integer tensor of them (transformers takes one). A pad_token_id without eos ids pads nothing (as transformers',
+    which passes tokenizer.pad_token_id along whatever the eos): checked, then unused."""
+    is_id = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v < vocab  # noqa: E731
+    if pad_token_id is not None and not is_id(pad_token_id):
+        raise ArchDSLError(f"generate: pad_token_id must be a token id in [0, {vocab}), got {pad_token_id!r}")
+    if eos_token_id is None:
+        return None
+    if isinstance(eos_token_id, torch.Tensor) and eos_token_id.dim() <= 1 and not eos_token_id.is_floating_point() \
+            and not eos_token_id.is_complex() and eos_token_id.dtype != torch.bool:
+        eos_token_id = eos_token_id.tolist()
+    ids = [eos_token_id] if isinstance(eos_token_id, numbers.Integral) else eos_token_id
+    if not isinstance(ids, (list, tuple)) or not ids or not all(is_id(v) for v in ids):
+        raise ArchDSLError(f"generate: eos_token_id must be a token id or a non-empty list of them, each in "
+                           f"[0, {vocab}), got {eos_token_id!r}")
+    return [int(v) for v in ids], int(ids[0] if pad_token_id is None else pad_token_id)
+
+
+def check_sampling(max_new_tokens, temperature, top_k, seed, top_p=None, repetition_penalty=None) -> None:
+    """generate's options: max_new_tokens an int >= 0, temperature a finite number >= 0 (0: greedy), top_k None
+    or an int >= 1, seed None or an int, top_p None or a number in (0, 1], repetition_penalty None or a finite
+    number > 0."""
+    count = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if not count(max_new_tokens) or max_new_tokens < 0:
+        raise ArchDSLError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 <= temperature < math.inf:
+        raise ArchDSLError(f"generate: temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+    if top_k is not None and (not count(top_k) or top_k < 1):
+        raise ArchDSLError(f"generate: top_k must be None or an int >= 1, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1):
+        raise ArchDSLError(f"generate: top_p must be None or a number in (0, 1], got {top_p!r}")
+    if repetition_penalty is not None and (isinstance(repetition_penalty, bool)
+                                           or not isinstance(repetition_penalty, numbers.Real)
+                                           or not 0 < repetition_penalty < math.inf):
+        raise ArchDSLError(f"generate: repetition_penalty must be None or a finite number > 0 (1: off), "
+                           f"got {repetition_penalty!r}")
+    check_seed("generate", seed, none_ok=True)
+
+
+def penalize(logits, seen, penalty: float):
+    """logits [B, V] with those of the tokens `seen` [B, V] (bool) made less likely: divided by `penalty` where
+    positive, multiplied where negative (CTRL; transformers' RepetitionPenaltyLogitsProcessor). Computed in float64
+    (a penalty past float32's range, 1e-300, stays a number), returned in float32, clamped to its finite range (so
+    that sample's subtraction of the max never meets inf - inf)."""
+    logits, big = logits.double(), torch.finfo(torch.float32).max
+    out = torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+    return out.clamp(-big, big).float()
+
+
+def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None):
+    """logits [B, V] → tokens [B]: greedy at temperature 0, else softmax sampling, optionally from the top_k
+    likeliest tokens, then from the nucleus: the likeliest tokens, in order, until their probability reaches
+    top_p (a token is kept when the ones before it hold less than top_p; the likeliest always is)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    # float64 below float32's smallest normal temperature, where float32 would take it for 0 (and give 0/0)
+    logits = logits.float() if temperature >= torch.finfo(torch.float32).tiny else logits.double()
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature  # <= 0: a tiny temperature gives -inf, never nan
+    if top_k is not None:
+        v, _ = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
+        logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1:
+        p, order = probs.sort(dim=-1, descending=True)
+        drop = (p.cumsum(-1) - p) >= top_p  # the mass before each token already reaches top_p
+        drop[:, 0] = False  # the likeliest, also where top_p rounds to 0 in float32 (1e-46)
+        probs = probs.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), 0.0)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+SEEDS = (-2**63, 2**64)  # what torch's generators take: an int64 or a uint64
+
+
+def check_seed(where: str, seed, none_ok: bool = False) -> None:
+    """ArchDSLError unless seed is an int in SEEDS (or, none_ok, None)."""
+    if seed is None and none_ok:
+        return
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise ArchDSLError(f"{where}: seed must be {'None or ' if none_ok else ''}an int, got {seed!r}")
+    if not SEEDS[0] <= seed < SEEDS[1]:
+        raise ArchDSLError(f"{where}: seed {seed} is outside what torch's generators take, [-2**63, 2**64)")
+
+
+class GraphedStep:
+    """The decode step captured in a CUDA graph over a static cache (fixed buffers, position in
+    tensors); each call copies the tokens in, replays, and returns the logits."""
+
+    def __init__(self, model, batch: int, max_len: int):
+        with torch.cuda.device(model.device):  # the capture stream on the model's card, not the current one
+            self._capture(model, batch, max_len)
+
+    def _capture(self, model, batch: int, max_len: int):
+        self.model = model
+        self.cache = model.init_cache(batch, max_len=max_len, static=True)
+        self.tokens = torch.zeros(batch, dtype=torch.long, device=model.device)
+        snapshot = [t.clone() for t in self.cache.tensors()]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.no_grad():
+            for _ in range(2):  # warm up: allocator pools, fused weights, Triton autotuning
+                model._step(self.tokens, self.cache)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        # captured on the warm-up's stream, on the model's card: torch.cuda.graph's default capture stream is one a
+        # process, made on the card current at its first capture (a second card's capture then went to the first's)
+        with torch.cuda.graph(self.graph, stream=stream), torch.no_grad():
+            self.logits = model._step(self.tokens, self.cache)
+        for t, s in zip(self.cache.tensors(), snapshot):
+            t.copy_(s)
+
+    def __call__(self, tokens):
+        self.tokens.copy_(tokens)
+        with torch.cuda.device(self.model.device):
+            self.graph.replay()
+        self.cache.pos += 1
+        return self.logits.clone()
