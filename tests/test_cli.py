@@ -1025,3 +1025,15 @@ def test_train_counts_are_read_as_seq_len_is(tmp_path, capsys):
         code, out, err = run(*base, *flags, capsys=capsys)
         assert code == 2 and out == "" and err.startswith(f"error: {message}") and err.count("\n") == 1, err
     assert not (tmp_path / "r").exists()
+
+
+def test_commands_listed_in_their_order():
+    """`archdsl --help` lists the commands from the spec's to the model's to training's (the modules of archdsl/cli
+    register them as they are imported)."""
+    import argparse
+
+    from archdsl.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == ["check", "show", "fmt", "graph", "memory", "convert", "export", "compile", "run",
+                                 "bench", "generate", "explore", "train", "export-checkpoint"]

@@ -18,7 +18,11 @@ import sys
 import warnings
 
 from ..errors import TOO_DEEP, ArchDSLError, ArchDSLWarning, out_of_memory
-from . import model_commands, spec_commands, train_commands  # noqa: F401 - each registers its commands
+# each module registers its commands; --help lists them in this order
+from . import spec_commands  # noqa: F401, I001
+from . import model_commands  # noqa: F401, I001
+from . import generate_command  # noqa: F401, I001
+from . import train_commands  # noqa: F401, I001
 from .common import ARGS, COMMANDS
 
 

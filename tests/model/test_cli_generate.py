@@ -1,0 +1,126 @@
+"""`archdsl generate MODEL PROMPT`: text through a saved model or a Hugging Face directory and its tokenizer.json,
+the same tokens as ArchModel.generate; every bad input refused naming it, before the weights are read."""
+import json
+
+import pytest
+import torch
+
+import archdsl
+from archdsl.cli import main
+
+tokenizers = pytest.importorskip("tokenizers")
+
+WORDS = ["[UNK]", "<eos>"] + "the cat sat on a mat and dog ran to its home in sun".split()
+
+
+def _tokenizer(path):
+    """A word-level tokenizer.json of WORDS (ids 0..15), split at whitespace."""
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.decoder = tokenizers.decoders.WordPiece()
+    tok.save(str(path))
+    return tok
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A saved 2×mamba model of vocabulary 16 (the tokenizer's) with its tokenizer.json, and its HF export."""
+    root = tmp_path_factory.mktemp("generate")
+    model = root / "m"
+    assert main(["compile", "2×mamba", "--set", "d_model=32", "--set", "vocab_size=16", "-o", str(model),
+                 "--seed", "2"]) == 0
+    _tokenizer(model / "tokenizer.json")
+    hf = root / "hf"
+    assert main(["export", str(model), "--to", "hf", "-o", str(hf)]) == 0
+    _tokenizer(hf / "tokenizer.json")
+    return model, hf
+
+
+def _run(capsys, *argv):
+    capsys.readouterr()
+    rc = main(["generate", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_greedy_text_is_model_generate_decoded(saved, capsys):
+    model_dir, _ = saved
+    rc, out, err = _run(capsys, model_dir, "the cat sat", "--max-new-tokens", 6, "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    tok = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    ids = tok.encode("the cat sat").ids
+    expected = archdsl.load(model_dir).generate(torch.tensor([ids]), 6, temperature=0)[0, 3:].tolist()
+    assert doc["prompt_ids"] == ids == [2, 3, 4] and doc["new_ids"] == expected and len(expected) == 6
+    assert doc["text"] == tok.decode(ids + expected) and doc["continuation"] == tok.decode(expected)
+    assert not doc["stopped_at_eos"]
+    rc, out, _ = _run(capsys, model_dir, "the cat sat", "--max-new-tokens", 6)
+    assert rc == 0 and out == doc["text"] + "\n"
+
+
+def test_sampling_is_seeded(saved, capsys):
+    model_dir, _ = saved
+    args = (model_dir, "the dog", "--max-new-tokens", 8, "--temperature", 1.5, "--top-p", 0.95, "--top-k", 10,
+            "--repetition-penalty", 1.2, "--json")
+    first = json.loads(_run(capsys, *args, "--seed", 7)[1])
+    assert first == json.loads(_run(capsys, *args, "--seed", 7)[1])
+    ids = torch.tensor([first["prompt_ids"]])
+    expected = archdsl.load(model_dir).generate(ids, 8, temperature=1.5, top_k=10, top_p=0.95, seed=7,
+                                                repetition_penalty=1.2)[0, 2:].tolist()
+    assert first["new_ids"] == expected
+
+
+def test_a_hugging_face_directory_and_its_eos(saved, capsys):
+    """The HF export gives the same tokens as the save it came from; its generation_config.json's eos_token_id
+    stops the text (config.json's when there is none), --eos overrides it, --eos none drops it."""
+    model_dir, hf = saved
+    plain = json.loads(_run(capsys, model_dir, "a mat", "--max-new-tokens", 10, "--json")[1])["new_ids"]
+    assert json.loads(_run(capsys, hf, "a mat", "--max-new-tokens", 10, "--json")[1])["new_ids"] == plain
+    stop = plain[3]
+    first = plain.index(stop)
+    (hf / "generation_config.json").write_text(json.dumps({"eos_token_id": [15, stop]}))
+    doc = json.loads(_run(capsys, hf, "a mat", "--max-new-tokens", 10, "--json")[1])
+    assert doc["new_ids"] == plain[:first + 1] and doc["stopped_at_eos"]
+    assert json.loads(_run(capsys, hf, "a mat", "--max-new-tokens", 10, "--json", "--eos", "none")[1])[
+        "new_ids"] == plain
+    doc = json.loads(_run(capsys, model_dir, "a mat", "--max-new-tokens", 10, "--json", "--eos", f"14,{stop}")[1])
+    assert doc["new_ids"] == plain[:first + 1]
+    (hf / "generation_config.json").unlink()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--temperature", "-1"], "error: --temperature: must be a finite number >= 0"),
+    (["--top-p", "1.5"], "error: --top-p: must be None or a number in (0, 1]"),
+    (["--top-k", "0"], "error: --top-k: must be None or an int >= 1"),
+    (["--repetition-penalty", "0"], "error: --repetition-penalty: must be None or a finite number > 0"),
+    (["--eos", "1,x"], "error: --eos: expected token ids separated by commas, or none, got '1,x'"),
+    (["--eos", "99"], "error: --eos: id 99 is past the model's vocabulary of 16"),
+    (["--tokenizer", "nowhere"], "error: --tokenizer: no tokenizer.json in nowhere"),
+    (["--device", "meta"], "error: --device meta: generate computes on real tokens"),
+    (["--dtype", "float7"], "error: --dtype: unknown dtype 'float7'"),
+])
+def test_bad_options_are_named(saved, capsys, argv, message):
+    rc, out, err = _run(capsys, saved[0], "the cat", *argv)
+    assert rc == 2 and out == "" and err.startswith(message), err
+
+
+def test_bad_models_prompts_and_tokenizers(saved, tmp_path, capsys):
+    model_dir, _ = saved
+    rc, _, err = _run(capsys, tmp_path, "the cat")
+    assert rc == 2 and err.startswith(f"error: MODEL: {tmp_path} is neither a saved model"), err
+    rc, _, err = _run(capsys, model_dir, "")
+    assert rc == 2 and err.startswith("error: PROMPT: the tokenizer makes no token of ''"), err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    rc, _, err = _run(capsys, model_dir, "the", "--tokenizer", bad)
+    assert rc == 2 and err.startswith(f"error: --tokenizer: {bad} is not a tokenizer.json"), err
+    wide = tmp_path / "wide.json"  # ids past the model's vocabulary of 16
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({"[UNK]": 0, "big": 40}, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(wide))
+    rc, _, err = _run(capsys, model_dir, "big", "--tokenizer", wide)
+    assert rc == 2 and err.startswith("error: PROMPT: the tokenizer gives id 40, past the model's vocabulary of 16")
+    no_tok = tmp_path / "bare"
+    assert main(["compile", "mamba", "--set", "d_model=16", "--set", "vocab_size=16", "-o", str(no_tok)]) == 0
+    rc, _, err = _run(capsys, no_tok, "the")
+    assert rc == 2 and err.startswith(f"error: MODEL: no tokenizer.json in {no_tok} (give --tokenizer"), err
