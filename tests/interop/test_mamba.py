@@ -12,3 +12,28 @@ def test_mamba_untied_biased(tmp_path):
                  state_size=4, conv_kernel=3, expand=2, use_bias=True, tie_word_embeddings=False,
                  layer_norm_epsilon=1e-6)
     check_family(tmp_path, hf, 100)
+
+
+def test_generate_command_matches_transformers(tmp_path, capsys):
+    """`archdsl generate` on a transformers save (its tokenizer.json beside it): transformers' greedy tokens."""
+    import json
+
+    import pytest
+    import torch
+
+    from archdsl.cli import main
+    from interop.common import hf_greedy
+
+    tokenizers = pytest.importorskip("tokenizers")
+    hf = make_hf("MambaConfig", "MambaForCausalLM", hidden_size=32, num_hidden_layers=2, vocab_size=64, state_size=8)
+    hf.save_pretrained(tmp_path / "hf")
+    words = ["[UNK]"] + "the cat sat on a mat".split()
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "hf" / "tokenizer.json"))
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "hf"), "the cat sat", "--max-new-tokens", "12", "--eos", "none",
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    expected = hf_greedy(hf, torch.tensor([[1, 2, 3]]), 12)[0, 3:].tolist()
+    assert doc["prompt_ids"] == [1, 2, 3] and doc["new_ids"] == expected
