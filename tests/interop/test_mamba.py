@@ -1,4 +1,10 @@
-from interop.common import check_family, make_hf
+import json
+
+import pytest
+import torch
+
+from archdsl.cli import main
+from interop.common import check_family, hf_greedy, make_hf
 
 
 def test_mamba(tmp_path):
@@ -16,14 +22,6 @@ def test_mamba_untied_biased(tmp_path):
 
 def test_generate_command_matches_transformers(tmp_path, capsys):
     """`archdsl generate` on a transformers save (its tokenizer.json beside it): transformers' greedy tokens."""
-    import json
-
-    import pytest
-    import torch
-
-    from archdsl.cli import main
-    from interop.common import hf_greedy
-
     tokenizers = pytest.importorskip("tokenizers")
     hf = make_hf("MambaConfig", "MambaForCausalLM", hidden_size=32, num_hidden_layers=2, vocab_size=64, state_size=8)
     hf.save_pretrained(tmp_path / "hf")
