@@ -15,6 +15,8 @@ def expect_shape(name: str, t: torch.Tensor | None, shape: tuple, *, optional: b
         raise ValueError(f"{name}: expected a tensor of shape {_fmt(shape)}, got None")
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor of shape {_fmt(shape)}, got {type(t).__name__}")
+    if t.layout != torch.strided:  # sparse, or another layout no path reads by strides
+        raise ValueError(f"{name}: expected a dense (strided) tensor of shape {_fmt(shape)}, got layout {t.layout}")
     got = t.shape
     if len(got) != len(shape):
         raise ValueError(f"{name}: expected shape {_fmt(shape)}, got {list(got)}")
@@ -108,7 +110,7 @@ def shares_memory(shape, strides) -> bool:
 
 def expect_number(name: str, value, *, positive: bool = False) -> float:
     """`value` as a float: a finite real number (a one-element tensor too), > 0 if `positive`."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex() and not value.is_meta:
         value = value.item()
     # -inf < value < inf (NaN fails it too) rather than math.isfinite: torch.compile(dynamic=True) traces a float
     # argument as a symbol, which math.isfinite cannot take and a comparison can (a guard)

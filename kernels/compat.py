@@ -116,18 +116,23 @@ def fused_recurrent_rwkv6(r, k, v, w, u, scale=None, initial_state=None, output_
     if not reverse:
         return wkv6(r, k, v, w, u, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
                     cu_seqlens=cu_seqlens)
-    flip = [t.flip(1) if isinstance(t, torch.Tensor) and t.dim() >= 2 else t for t in (r, k, v, w)]
+    flip = [t.flip(1) if _flippable(t, 2) else t for t in (r, k, v, w)]  # anything else: wkv6 names it
     if cu_seqlens is not None:
         expect_shape("r", r, (None, None, None, None))
         packing(None, cu_seqlens, r, runs=False)  # checked as given, before the flip
         cu_seqlens = (cu_seqlens[-1] - cu_seqlens).flip(0)
-        if isinstance(initial_state, torch.Tensor) and initial_state.dim() >= 1:
+        if _flippable(initial_state, 1):
             initial_state = initial_state.flip(0)
     o, final = wkv6(*flip, u, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
                     cu_seqlens=cu_seqlens)
     if final is not None and cu_seqlens is not None:
         final = final.flip(0)
     return o.flip(1), final
+
+
+def _flippable(t, dims: int) -> bool:
+    """Whether t is a dense tensor of at least `dims` dims, which reverse flips (wkv6 checks what it then gets)."""
+    return isinstance(t, torch.Tensor) and t.dim() >= dims and t.layout == torch.strided
 
 
 def _fla_keywords(kwargs: dict, where: str, known: tuple[str, ...]) -> None:

@@ -71,7 +71,8 @@ def stop_ids(vocab: int, eos_token_id, pad_token_id) -> tuple[list[int], int] | 
     if eos_token_id is None:
         return None
     if isinstance(eos_token_id, torch.Tensor) and eos_token_id.dim() <= 1 and not eos_token_id.is_floating_point() \
-            and not eos_token_id.is_complex() and eos_token_id.dtype != torch.bool:
+            and not eos_token_id.is_complex() and eos_token_id.dtype != torch.bool and not eos_token_id.is_meta \
+            and eos_token_id.layout == torch.strided:  # a meta or sparse one: no values to read, refused below
         eos_token_id = eos_token_id.tolist()
     ids = [eos_token_id] if isinstance(eos_token_id, numbers.Integral) else eos_token_id
     if not isinstance(ids, (list, tuple)) or not ids or not all(is_id(v) for v in ids):

@@ -340,6 +340,8 @@ class ArchModel(nn.Module):
                    else type(ids).__name__)
             shape = "[batch, length]" if ndim == 2 else "[batch]"
             raise ArchDSLError(f"{where}: {name} must be an int64 or int32 tensor {shape} of token ids, got {got}")
+        if ids.layout != torch.strided:  # sparse: no path reads it
+            raise ArchDSLError(f"{where}: {name} must be a dense tensor of token ids, got layout {ids.layout}")
         if ids.numel() == 0:
             raise ArchDSLError(f"{where}: {name} holds no token (shape {list(ids.shape)})")
         if ids.device != self.device:
@@ -439,6 +441,8 @@ def _check_per_token(where: str, name: str, kind: str, t, input_ids, bool_ok: bo
         got = f"{str(t.dtype).replace('torch.', '')} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
         raise ArchDSLError(f"{where}: {name} must be {kind} tensor of the shape of input_ids {list(input_ids.shape)}, "
                            f"got {got}")
+    if t.layout != torch.strided:  # sparse: no path reads it
+        raise ArchDSLError(f"{where}: {name} must be a dense tensor, got layout {t.layout}")
     if t.device != input_ids.device:
         raise ArchDSLError(f"{where}: {name} is on {t.device}, input_ids on {input_ids.device}")
 

@@ -45,6 +45,8 @@ def mamba2_step_fused(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_l
     expect_shape("conv_state", conv_state, (batch, None, None))
     conv_dim, K1 = conv_state.shape[1:]
     G2N = conv_dim - E
+    if N < 1:  # no states: no group count G makes conv_dim = E + 2·G·N
+        raise ValueError(f"ssm_state: expected N >= 1 states, got {list(ssm_state.shape)}")
     if G2N <= 0 or G2N % (2 * N) or H % (G2N // (2 * N)):
         raise ValueError(f"conv_state: expected [{batch}, {E} + 2·G·{N}, K-1] with G dividing {H}, "
                          f"got {list(conv_state.shape)}")

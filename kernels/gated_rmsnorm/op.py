@@ -11,8 +11,8 @@ from .naive import gated_rmsnorm_naive
 
 def _check(x, z, weight, eps, groups, weight_name="weight"):
     """eps as a float; weight_name: the norm weight's argument (gated_rmsnorm_linear's is norm_weight)."""
-    if not isinstance(x, torch.Tensor) or x.dim() < 1:
-        raise ValueError("x: expected a tensor [..., N]")
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.layout != torch.strided:
+        raise ValueError("x: expected a dense tensor [..., N]")
     N = x.shape[-1]
     expect_shape("z", z, tuple(x.shape))
     expect_shape(weight_name, weight, (N,))

@@ -19,8 +19,8 @@ def add_rmsnorm(x, residual, weight, eps=1e-5, out_dtype=None):
     stream x with a bf16 residual and weight: h float32, out bf16). One Triton kernel on CUDA (and
     under TRITON_INTERPRET=1), plain torch on the CPU.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() < 1:
-        raise ValueError("x: expected a tensor [..., N]")
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.layout != torch.strided:
+        raise ValueError("x: expected a dense tensor [..., N]")
     N = x.shape[-1]
     expect_shape("weight", weight, (N,))
     if residual is not None:

@@ -260,3 +260,5 @@ def _check_D(D, H, P):
     if D is not None and not (isinstance(D, torch.Tensor) and tuple(D.shape) in ((H,), (H, P))):
         got = list(D.shape) if isinstance(D, torch.Tensor) else type(D).__name__
         raise ValueError(f"D: expected shape [{H}] or [{H}, {P}], got {got}")
+    if D is not None:
+        expect_shape("D", D, (H, P)[:D.dim()])  # its layout (dense)

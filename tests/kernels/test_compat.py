@@ -115,6 +115,16 @@ def test_the_fla_entry_points():
         K.chunk_rwkv6(r, k, v, w, u, chunksize=16)
     with pytest.raises(ValueError, match="reverse: expected True or False, got int"):
         K.fused_recurrent_rwkv6(r, k, v, w, u, reverse=1)
+    # reverse flips them before wkv6 checks them: a sparse one was torch's NotImplementedError from flip
+    cu = torch.tensor([0, 7, r.shape[1]])
+    for name in ("r", "k", "v", "w"):
+        args = dict(r=r[:1], k=k[:1], v=v[:1], w=w[:1])
+        args[name] = args[name].to_sparse()
+        with pytest.raises(ValueError, match=f"^{name}: expected a dense"):
+            K.fused_recurrent_rwkv6(**args, u=u, reverse=True, cu_seqlens=cu)
+    with pytest.raises(ValueError, match="^initial_state: expected a dense"):
+        K.fused_recurrent_rwkv6(r[:1], k[:1], v[:1], w[:1], u, initial_state=h0.to_sparse(), reverse=True,
+                                cu_seqlens=cu)
 
 
 def _reverse_rwkv6(r, k, v, w, u, scale, h, cu):

@@ -283,7 +283,8 @@ def _garbage(v):
         yield from (("a short tuple", v[:2]), ("a tuple of wrong shapes", tuple(t[None] for t in v)))
         return
     yield from (("a numpy array", v.cpu().numpy()), ("complex", v.to(torch.complex64)), ("int64", v.long()),
-                ("bool", v > 0), ("one more dim", v[None]), ("on the meta device", v.to("meta")))
+                ("bool", v > 0), ("one more dim", v[None]), ("on the meta device", v.to("meta")),
+                ("sparse", v.to_sparse()))  # was torch's NotImplementedError or RuntimeError from inside every op
     if v.dim():
         yield "one dim less", v[0]
         for d in (0, -1):
@@ -317,7 +318,8 @@ def test_garbage_in_any_argument_is_a_value_error(op, backend, monkeypatch):
 
 INF, NAN = float("inf"), float("nan")
 BAD_OPTIONS = [("ssd_scan", "chunk_size", v) for v in (0, -1, 2.5, "8", None, True)] + [
-    (op, "scale", v) for op in ("wkv6", "wkv6_step") for v in ("0.5", torch.ones(2), float("nan"), True)] + [
+    (op, "scale", v) for op in ("wkv6", "wkv6_step") for v in (
+        "0.5", torch.ones(2), float("nan"), True, torch.tensor(0.5, device="meta"))] + [  # meta: was .item()'s error
     (op, "activation", v) for op in ("causal_conv1d", "causal_conv1d_update") for v in ("relu", 3)] + [
     (op, "eps", v) for op in ("add_rmsnorm", "rms_linear") for v in (0, -1e-5, "1e-5", None, float("inf"))] + [
     ("rms_linear", "groups", v) for v in (0, 3, 2.0, True)] + [
@@ -394,6 +396,20 @@ def test_a_state_updated_in_place_that_cannot_be_written_is_a_value_error(op, ar
         fn(**{**inputs, arg: state.clone().requires_grad_()})
     with torch.no_grad():  # where autograd lets it be written
         fn(**{**inputs, arg: state.clone().requires_grad_()})
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_mamba2_step_fused_names_an_ssm_state_of_no_states(backend, monkeypatch):
+    """ssm_state with N = 0 beside a conv_state with B and C columns: conv_dim = E + 2·G·N held for no G, and the
+    check of G divided by 2·N, a ZeroDivisionError; the conv state is left as it was."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", backend)
+    fn, make = ARGS["mamba2_step_fused"]
+    inputs = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**SIZES)).items()}
+    conv_state = inputs["conv_state"].clone()
+    ssm_state = inputs["ssm_state"][..., :0]
+    with pytest.raises(ValueError, match=re.escape(f"ssm_state: expected N >= 1 states, got {list(ssm_state.shape)}")):
+        fn(**{**inputs, "ssm_state": ssm_state})
+    assert torch.equal(inputs["conv_state"], conv_state)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])

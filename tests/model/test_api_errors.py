@@ -264,3 +264,24 @@ def test_cuda_graph_must_be_a_bool(model, tmp_path):
     with pytest.raises(ArchDSLError, match="load: cuda_graph must be True or False, got 1"):
         archdsl.load(tmp_path / "m", cuda_graph=1)
     assert archdsl.load(tmp_path / "m", cuda_graph=False).cuda_graph is False
+
+
+def test_sparse_token_tensors_and_a_meta_eos_are_named(model):
+    """A sparse input_ids, tokens, seq_idx, attention_mask or logits_mask was torch's NotImplementedError from inside
+    (aminmax, as_strided, ne, index), and an eos_token_id tensor on the meta device that of .tolist()."""
+    ids = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(0))
+    sparse = "must be a dense tensor.*got layout torch.sparse_coo"
+    with pytest.raises(ArchDSLError, match=f"forward: input_ids {sparse}"):
+        model(ids.to_sparse())
+    with pytest.raises(ArchDSLError, match=f"generate: input_ids {sparse}"):
+        model.generate(ids.to_sparse(), 2)
+    with pytest.raises(ArchDSLError, match=f"step: tokens {sparse}"):
+        model.step(ids[:, 0].to_sparse(), model.init_cache(2))
+    for name, value in (("seq_idx", torch.zeros_like(ids)), ("attention_mask", torch.ones_like(ids)),
+                        ("logits_mask", torch.ones_like(ids, dtype=torch.bool))):
+        with pytest.raises(ArchDSLError, match=f"forward: {name} {sparse}"):
+            model(ids, **{name: value.to_sparse()})
+    with pytest.raises(ArchDSLError, match=f"generate: attention_mask {sparse}"):
+        model.generate(ids, 2, attention_mask=torch.ones_like(ids).to_sparse())
+    with pytest.raises(ArchDSLError, match="generate: eos_token_id must be a token id or a non-empty list"):
+        model.generate(ids, 2, eos_token_id=torch.tensor(1, device="meta"))
