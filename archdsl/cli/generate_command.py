@@ -2,6 +2,7 @@
 Hugging Face model directory) and its tokenizer.json, read by the `tokenizers` library."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -33,6 +34,9 @@ def cmd_generate(args):
     if device.type == "meta":
         raise ArchDSLError(f"--device {args.device}: generate computes on real tokens; the meta device holds no data "
                            f"(give cpu or cuda)")
+    graphed = device.type == "cuda" if args.cuda_graph is None else args.cuda_graph
+    if graphed and device.type != "cuda":
+        raise ArchDSLError(f"--cuda-graph needs a CUDA device (--device cuda), got --device {args.device}")
     hf = _is_hf_dir(args.model)
     if not hf and not saved_model(args.model, "generate"):
         raise ArchDSLError(f"MODEL: {args.model} is neither a saved model (spec.yaml + model.safetensors) nor a "
@@ -53,6 +57,7 @@ def cmd_generate(args):
     import torch
 
     model = _load(args.model, hf, device, dtype)
+    model.cuda_graph = graphed
     prompt = torch.tensor([ids], dtype=torch.long, device=model.device)
     out = model.generate(prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, eos_token_id=eos)
@@ -166,6 +171,8 @@ def _add_generate(p):
                         "or config.json eos_token_id)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or float64 (default: as saved)")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode steps replayed from a CUDA graph, CUDA only (default: on for --device cuda)")
     p.add_argument("--json", action="store_true", help="print one JSON object: ids, continuation, text")
 
 

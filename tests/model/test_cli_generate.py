@@ -98,6 +98,7 @@ def test_a_hugging_face_directory_and_its_eos(saved, capsys):
     (["--tokenizer", "nowhere"], "error: --tokenizer: no tokenizer.json in nowhere"),
     (["--device", "meta"], "error: --device meta: generate computes on real tokens"),
     (["--dtype", "float7"], "error: --dtype: unknown dtype 'float7'"),
+    (["--cuda-graph"], "error: --cuda-graph needs a CUDA device (--device cuda), got --device cpu"),
 ])
 def test_bad_options_are_named(saved, capsys, argv, message):
     rc, out, err = _run(capsys, saved[0], "the cat", *argv)
