@@ -158,14 +158,15 @@ def _add_generate(p):
                    help="a tokenizer.json file or a directory holding one (default: MODEL's)")
     p.add_argument("--max-new-tokens", type=count("--max-new-tokens", minimum=0), default=64, metavar="N",
                    help="tokens to generate at most (default 64)")
-    p.add_argument("--temperature", type=float, default=0.0,
-                   help="0 (default): greedy; above 0: sampling from softmax(logits / temperature)")
-    p.add_argument("--top-k", type=int, default=None, help="sample from the K likeliest tokens only")
-    p.add_argument("--top-p", type=float, default=None,
+    p.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                   help="0 (default): greedy; above 0: sampling from softmax(logits / T)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample from the K likeliest tokens only")
+    p.add_argument("--top-p", type=float, default=None, metavar="P",
                    help="sample from the likeliest tokens whose probability reaches P (nucleus)")
-    p.add_argument("--repetition-penalty", type=float, default=None,
-                   help="divide (multiply, where negative) the logits of tokens already in the text by this (1: off)")
-    p.add_argument("--seed", type=parse_seed, default=None, help="seed of the draws when sampling (0..2^63-1)")
+    p.add_argument("--repetition-penalty", type=float, default=None, metavar="THETA",
+                   help="divide (multiply, where negative) the logits of tokens already in the text by THETA (1: off)")
+    p.add_argument("--seed", type=parse_seed, default=None, metavar="S",
+                   help="seed of the draws when sampling (0..2^63-1)")
     p.add_argument("--eos", default=None, metavar="IDS",
                    help="end-of-text token ids, comma-separated, or none (default: MODEL's generation_config.json "
                         "or config.json eos_token_id)")
