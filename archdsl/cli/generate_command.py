@@ -27,8 +27,8 @@ def cmd_generate(args):
         check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.seed, args.top_p,
                        args.repetition_penalty)
     except ArchDSLError as e:
-        raise ArchDSLError(re.sub(r"^generate: (\w+)", lambda m: "--" + m.group(1).replace("_", "-") + ":",
-                                  e.message)) from None
+        option = re.sub(r"^generate: (\w+)", lambda m: "--" + m.group(1).replace("_", "-") + ":", e.message)
+        raise ArchDSLError(option.replace("must be None or ", "must be ")) from None  # an option left out is None
     dtype = None if args.dtype is None else model_dtype(args.dtype)
     device = device_arg(args.device)
     if device.type == "meta":

@@ -90,9 +90,9 @@ def test_a_hugging_face_directory_and_its_eos(saved, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--temperature", "-1"], "error: --temperature: must be a finite number >= 0"),
-    (["--top-p", "1.5"], "error: --top-p: must be None or a number in (0, 1]"),
-    (["--top-k", "0"], "error: --top-k: must be None or an int >= 1"),
-    (["--repetition-penalty", "0"], "error: --repetition-penalty: must be None or a finite number > 0"),
+    (["--top-p", "1.5"], "error: --top-p: must be a number in (0, 1]"),
+    (["--top-k", "0"], "error: --top-k: must be an int >= 1"),
+    (["--repetition-penalty", "0"], "error: --repetition-penalty: must be a finite number > 0"),
     (["--eos", "1,x"], "error: --eos: expected token ids separated by commas, or none, got '1,x'"),
     (["--eos", "99"], "error: --eos: id 99 is past the model's vocabulary of 16"),
     (["--tokenizer", "nowhere"], "error: --tokenizer: no tokenizer.json in nowhere"),
