@@ -132,12 +132,12 @@ def _eos(text: str | None, model: str) -> list[int] | None:
         if not ids or min(ids) < 0:
             raise ArchDSLError(f"--eos: expected token ids >= 0 separated by commas, or none, got {text!r}")
         return ids
+    from ..yamlio import read_text
+
     for name in ("generation_config.json", "config.json"):
         file = os.path.join(model, name)
         if not os.path.isfile(file):
             continue
-        from ..yamlio import read_text
-
         try:
             value = json.loads(read_text(file)).get("eos_token_id")
         except (ValueError, AttributeError):  # not JSON, or not an object: no eos read from it
