@@ -125,3 +125,22 @@ def test_bad_models_prompts_and_tokenizers(saved, tmp_path, capsys):
     assert main(["compile", "mamba", "--set", "d_model=16", "--set", "vocab_size=16", "-o", str(no_tok)]) == 0
     rc, _, err = _run(capsys, no_tok, "the")
     assert rc == 2 and err.startswith(f"error: MODEL: no tokenizer.json in {no_tok} (give --tokenizer"), err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_generate_replays_a_cuda_graph_with_the_eager_tokens(saved, capsys):
+    """On CUDA generate replays its decode steps from a CUDA graph unless --no-cuda-graph; greedy float32 tokens
+    are the eager steps' and model.generate's on the card; bf16 runs and gives ids of the vocabulary."""
+    model_dir, hf = saved
+    docs = [json.loads(_run(capsys, path, "the cat sat", "--max-new-tokens", 12, "--json", "--device", "cuda",
+                            "--dtype", "float32", *flags)[1]) for path in (model_dir, hf)
+            for flags in ([], ["--no-cuda-graph"])]
+    ids = torch.tensor([docs[0]["prompt_ids"]], device="cuda")
+    expected = archdsl.load(model_dir).to("cuda").generate(ids, 12, temperature=0)[0, 3:].tolist()
+    assert all(d["new_ids"] == expected for d in docs) and len(expected) == 12
+    rc, out, err = _run(capsys, model_dir, "a dog", "--max-new-tokens", 8, "--json", "--device", "cuda",
+                        "--dtype", "bfloat16", "--temperature", "0.8", "--seed", "3")
+    doc = json.loads(out)
+    assert rc == 0, err
+    assert len(doc["new_ids"]) == 8 and all(0 <= i < 16 for i in doc["new_ids"])
