@@ -9,7 +9,8 @@ Probes (probes.py) and the trainer (train.py) import torch; this package's impor
 """
 from .search import (Candidate, Constraint, Exploration, dominates, explore, norm_objectives, pareto_ranks,
                      parse_amount, parse_constraint, rank)
-from .space import PLACEMENTS, Space, load_space, space_from_dict, space_from_yaml
+from .space import PLACEMENTS, Space
+from .space_file import load_space, space_from_dict, space_from_yaml
 
 __all__ = ["Space", "load_space", "space_from_dict", "space_from_yaml", "PLACEMENTS", "Constraint", "Candidate",
            "Exploration", "explore", "parse_constraint", "parse_amount", "pareto_ranks", "dominates", "rank",

@@ -103,7 +103,7 @@ def explore_command(args) -> None:
     from ..atomic import check_output
     from .runner import ProbeSpec, run
     from .search import parse_constraint
-    from .space import load_space
+    from .space_file import load_space
 
     outdir = args.resume or args.output
     if not outdir:

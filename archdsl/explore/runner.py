@@ -21,7 +21,8 @@ from ..progress import progress_bar
 from ..units import MAX_SEED
 from .report import table_text, write_plots, write_results
 from .search import ANALYTIC, Constraint, check_args, explore, rank
-from .space import Space, check_probe
+from .space import Space
+from .space_check import check_probe
 
 
 @dataclass(frozen=True, kw_only=True)

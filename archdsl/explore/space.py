@@ -1,16 +1,5 @@
-"""A design space of hybrid layouts, from YAML or Python, and its candidates as real Specs.
-
-    name: recall-hybrids
-    base: {vocab_size: 32000, ffn: mlp, blocks: {attn: {heads: 8}}}   # or a spec file path
-    mixers: [mamba2, mamba]           # the non-attention mixer of the stack
-    attention: attn                   # the attention block (a kind or an alias in base.blocks)
-    attn_fraction: [0, 0.25]          # or attn_count: [0, 4] (or one number)
-    placements: [even, every, front, back, sandwich]
-    every: {periods: [4, 8], offsets: [last]}    # for the `every` placement
-    shared: [false, true]             # one parameter set for all attention layers
-    moe: {every: [0, 2], experts: [8], top_k: [2], hidden: [0]}   # every 0 = no MoE
-    d_model: [512, 1024]
-    depth: [16, 24]
+"""A design space of hybrid layouts (a Space, built in Python or read from YAML by space_file.py) and its
+candidates as real Specs.
 
 A candidate is one point of the product: its layout is written in the layout language
 (`3×(3×mamba2, attn), moe(experts=8) every 2`) and wrapped in a Spec with the base's fixed
@@ -25,11 +14,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import numbers
-import os
 import unicodedata
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
@@ -37,16 +23,13 @@ from ..blocks import BLOCKS, MIXER
 from ..errors import ArchDSLError, Source, did_you_mean, shown
 from ..graph import MAX_LAYERS
 from ..language import parse_layout
-from ..spec import Spec, load_spec, spec_from_yaml
-from ..yamlio import dump_yaml, key_positions, read_text, read_yaml
+from ..spec import Spec, spec_from_yaml
+from ..yamlio import dump_yaml
 from ..units import MAX_COUNT
+from .space_check import check_probe, field_key, finite_number, keyed_error, plain_value
 
 PLACEMENTS = ("even", "every", "front", "back", "sandwich")
 OFFSET_NAMES = ("first", "mid", "last")
-BASE_KEYS = ("name", "vocab_size", "tie_embeddings", "norm", "norm_eps", "embed_norm", "residual_fp32", "ffn", "blocks",
-             "d_model")
-SPACE_KEYS = ("name", "base", "mixers", "attention", "attn_count", "attn_fraction", "placements", "every",
-              "shared", "moe", "d_model", "depth", "probe")
 # the largest value of each integer knob, and why: checked first, so that no huge number reaches a message or a loop
 _LAYERS = f"the {MAX_LAYERS} layers a layout may expand to"
 LIMITS = {"attn_count": (MAX_LAYERS, _LAYERS), "depth": (MAX_LAYERS, _LAYERS), "every_periods": (MAX_LAYERS, _LAYERS),
@@ -85,47 +68,47 @@ class Space:
             value = getattr(self, name)
             if isinstance(value, (str, dict)) or not hasattr(value, "__iter__"):  # one value (None too), not a list
                 value = (value,)
-            object.__setattr__(self, name, tuple(map(_plain, value)))
+            object.__setattr__(self, name, tuple(map(plain_value, value)))
         for name in ("attn_count", "attn_fraction"):
             value = getattr(self, name)
-            if _finite(value):
+            if finite_number(value):
                 value = (value, value)
             elif hasattr(value, "tolist") and not isinstance(value, numbers.Number):  # a numpy array
                 value = value.tolist()
             if isinstance(value, (list, tuple)):
-                value = tuple(map(_plain, value))
+                value = tuple(map(plain_value, value))
             object.__setattr__(self, name, value)
         if isinstance(self.name, numbers.Real) and not isinstance(self.name, bool) and abs(self.name) < 10**15:
-            object.__setattr__(self, "name", str(_plain(self.name)))  # YAML's `name: 2024`
+            object.__setattr__(self, "name", str(plain_value(self.name)))  # YAML's `name: 2024`
         self.check()
 
     # --- validation ---------------------------------------------------------------------
     def check(self) -> None:
         if self.base is not None and not isinstance(self.base, Spec):
-            raise _keyed(f"base must be a Spec (archdsl.parse, archdsl.load_spec) or None, got {shown(self.base)}",
-                         ("base",))
+            raise keyed_error(f"base must be a Spec (archdsl.parse, archdsl.load_spec) or None, got {shown(self.base)}",
+                              ("base",))
         base = self.base_spec
         for name in ("mixers", "placements", "shared", "moe_every", "moe_experts", "moe_top_k", "moe_hidden", "depth"):
             if not getattr(self, name):
-                raise _keyed(f"the space is empty: `{name}` lists no values", _key(name))
+                raise keyed_error(f"the space is empty: `{name}` lists no values", field_key(name))
         if not isinstance(self.name, str):
-            raise _keyed(f"name must be a string, got {shown(self.name)}", ("name",))
+            raise keyed_error(f"name must be a string, got {shown(self.name)}", ("name",))
         if any(unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs") for c in self.name):  # as a spec's name
-            raise _keyed(f"name must be one line of text without control characters, got {self.name!r}", ("name",))
+            raise keyed_error(f"name must be one line of text without control characters, got {self.name!r}", ("name",))
         for name, (top, why) in LIMITS.items():
             values = getattr(self, name)
             for v in values if isinstance(values, tuple) else ():
                 if isinstance(v, int) and v > top:
-                    raise _keyed(f"{name} {shown(v)} is past {why}", _key(name))
+                    raise keyed_error(f"{name} {shown(v)} is past {why}", field_key(name))
         for kind in self.mixers + (self.attention,):
             if not isinstance(kind, str):
                 where = "mixers" if kind in self.mixers else "attention"
-                raise _keyed(f"{where} takes block kinds or aliases of base.blocks, got {shown(kind)}", (where,))
+                raise keyed_error(f"{where} takes block kinds or aliases of base.blocks, got {shown(kind)}", (where,))
         for kind in self.mixers + (self.attention,):
             try:
                 resolved = resolve_kind(base, kind)
             except ArchDSLError as e:
-                raise _keyed(e.message, ("mixers" if kind in self.mixers else "attention",), e.hint) from None
+                raise keyed_error(e.message, ("mixers" if kind in self.mixers else "attention",), e.hint) from None
             if BLOCKS[resolved].role != MIXER:
                 raise ArchDSLError(f"{kind!r} is a {BLOCKS[resolved].role} block, not a mixer",
                                    hint="mixers and attention take mixer kinds: "
@@ -135,49 +118,50 @@ class Space:
         _check_base(base)
         for p in self.placements:
             if not isinstance(p, str) or p not in PLACEMENTS:
-                raise _keyed(f"unknown placement {shown(p)}", ("placements",), did_you_mean(shown(p), PLACEMENTS))
+                raise keyed_error(f"unknown placement {shown(p)}", ("placements",), did_you_mean(shown(p), PLACEMENTS))
         if self.attn_count is not None and self.attn_fraction is not None:
             raise ArchDSLError("give attn_count or attn_fraction, not both")
         for name, rng, top in (("attn_count", self.attn_count, None), ("attn_fraction", self.attn_fraction, 1)):
             if rng is None:
                 continue
-            if not (isinstance(rng, tuple) and len(rng) == 2 and all(_finite(v) for v in rng)):
+            if not (isinstance(rng, tuple) and len(rng) == 2 and all(finite_number(v) for v in rng)):
                 got = list(rng) if isinstance(rng, tuple) else rng
-                raise _keyed(f"{name} must be a number or a [min, max] pair of numbers, got {shown(got)}", _key(name))
+                raise keyed_error(f"{name} must be a number or a [min, max] pair of numbers, got {shown(got)}",
+                                  field_key(name))
             lo, hi = rng
             if name == "attn_count" and not all(isinstance(v, int) for v in rng):
-                raise _keyed(f"attn_count counts layers: give integers, got {list(rng)}", _key(name))
+                raise keyed_error(f"attn_count counts layers: give integers, got {list(rng)}", field_key(name))
             if lo < 0 or (top is not None and hi > top):
-                raise _keyed(f"{name} [{shown(lo)}, {shown(hi)}] is out of range" + (" [0, 1]" if top else " (>= 0)"),
-                             _key(name))
+                raise keyed_error(f"{name} [{shown(lo)}, {shown(hi)}] is out of range"
+                                  + (" [0, 1]" if top else " (>= 0)"), field_key(name))
             if lo > hi:
-                raise _keyed(f"contradictory {name}: min {lo} > max {hi}", (name,))
+                raise keyed_error(f"contradictory {name}: min {lo} > max {hi}", (name,))
         for name in ("depth", "moe_experts", "moe_top_k") + (("d_model",) if self.d_model else ()):
             for v in getattr(self, name):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                    raise _keyed(f"{name} values must be positive integers, got {shown(v)}", _key(name))
+                    raise keyed_error(f"{name} values must be positive integers, got {shown(v)}", field_key(name))
         for name in ("moe_every", "moe_hidden"):
             for v in getattr(self, name):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                    raise _keyed(f"{name} values must be integers >= 0, got {shown(v)}", _key(name))
+                    raise keyed_error(f"{name} values must be integers >= 0, got {shown(v)}", field_key(name))
         for v in self.every_periods:  # `attn every 1` is all layers, and a period 0 selects none
             if isinstance(v, bool) or not isinstance(v, int) or v < 2:
-                raise _keyed(f"every periods must be integers >= 2, got {shown(v)}", _key("every_periods"))
+                raise keyed_error(f"every periods must be integers >= 2, got {shown(v)}", field_key("every_periods"))
         if not self.every_offsets:
-            raise _keyed("the space is empty: `every.offsets` lists no values", _key("every_offsets"))
+            raise keyed_error("the space is empty: `every.offsets` lists no values", field_key("every_offsets"))
         for v in self.every_offsets:
             if not (v in OFFSET_NAMES or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)):
-                raise _keyed(f"every offset must be an integer >= 0 or one of {', '.join(OFFSET_NAMES)}; "
-                             f"got {shown(v)}", _key("every_offsets"))
+                raise keyed_error(f"every offset must be an integer >= 0 or one of {', '.join(OFFSET_NAMES)}; "
+                                  f"got {shown(v)}", field_key("every_offsets"))
         if any(not isinstance(v, bool) for v in self.shared):
-            raise _keyed(f"shared takes true / false, got {shown(list(self.shared))}", ("shared",))
+            raise keyed_error(f"shared takes true / false, got {shown(list(self.shared))}", ("shared",))
         if max(self.moe_every) > 0 and not any(k <= e for k in self.moe_top_k for e in self.moe_experts):
             raise ArchDSLError(f"contradictory moe: every top_k {list(self.moe_top_k)} exceeds every expert "
                                f"count {list(self.moe_experts)}")
         if 0 not in self.moe_every and min(self.moe_every) > max(self.depth):  # else a misleading "space is empty"
-            raise _keyed(f"the space is empty: moe every {list(self.moe_every)} selects no layer at depth "
-                         f"{', '.join(map(str, self.depth))} (add 0 for no MoE, or a period up to the depth)",
-                         ("moe", "every"))
+            raise keyed_error(f"the space is empty: moe every {list(self.moe_every)} selects no layer at depth "
+                              f"{', '.join(map(str, self.depth))} (add 0 for no MoE, or a period up to the depth)",
+                              ("moe", "every"))
         check_probe(self.probe)
 
     @property
@@ -327,7 +311,7 @@ def _check_base(base: Spec) -> None:
         if e.line is not None and e.col is not None:  # the deepest key at the error's offset in the base's YAML
             offset = sum(len(line) + 1 for line in text.split("\n")[:e.line - 1]) + e.col - 1
             key = max((k for k, v in base.positions.items() if v == offset), key=len, default=())
-        raise _keyed(f"base: {e.message}", ("base",) + key, e.hint) from None
+        raise keyed_error(f"base: {e.message}", ("base",) + key, e.hint) from None
 
 
 @functools.lru_cache(maxsize=16)
@@ -356,170 +340,3 @@ def _compress(kinds: list[str]) -> str:
     if period == D:
         return body
     return f"{D // period}×{body}" if len(runs) == 1 else f"{D // period}×({body})"
-
-
-# --- YAML -------------------------------------------------------------------------------
-def load_space(path_or_text: str | os.PathLike | dict) -> Space:
-    """A Space from a YAML file, YAML text, or a mapping (the keys of the module docstring)."""
-    if isinstance(path_or_text, Space):
-        return path_or_text
-    if isinstance(path_or_text, Mapping):
-        return space_from_dict(path_or_text)
-    if not isinstance(path_or_text, (str, os.PathLike)):
-        raise ArchDSLError(f"a space is a Space, a mapping, a YAML file or YAML text, got {shown(path_or_text)}")
-    text = os.fsdecode(path_or_text)
-    if not text.strip():
-        raise ArchDSLError("a space is a YAML file or YAML text, got an empty string")
-    if os.path.isfile(text):
-        return space_from_yaml(read_text(text), file=text)
-    if os.path.isdir(text):
-        raise ArchDSLError(f"{text} is a directory, not a space file")
-    if os.path.exists(text):  # /dev/zero, a FIFO: never read (it may not end)
-        raise ArchDSLError(f"{text} is not a regular file (a device, FIFO or socket); a space is a YAML file")
-    if text.endswith((".yaml", ".yml")) or ("\n" not in text and ":" not in text):  # a space's YAML is a mapping
-        raise ArchDSLError(f"no such space file: {text}")
-    return space_from_yaml(text)
-
-
-def space_from_yaml(text: str, file: str = "<space>") -> Space:
-    for name, value in (("text", text), ("file", file)):
-        if not isinstance(value, str):
-            raise ArchDSLError(f"space_from_yaml: {name} must be a string, got {shown(value)}")
-    whole = Source(text, file, file_text=text)
-    root, data = read_yaml(text, file)
-    if not isinstance(data, dict):
-        raise ArchDSLError("a space file must be a mapping (mixers, attn_fraction, placements, depth, ...)",
-                           file=file, line=1, col=1)
-    positions = key_positions(root)
-    try:
-        return space_from_dict(data, here=os.path.dirname(os.path.abspath(file)) if os.path.isfile(file) else None)
-    except ArchDSLError as e:
-        key = getattr(e, "space_key", None)
-        if key is not None and key in positions and e.line is None:
-            raise ArchDSLError(e.message, source=whole, start=positions[key], hint=e.hint) from None
-        raise
-
-
-def _key(field_name: str) -> tuple:
-    """The key path in a space file of a Space field: moe_top_k is (moe, top_k), every_offsets (every, offsets)."""
-    group, _, rest = field_name.partition("_")
-    return (group, rest) if group in ("moe", "every") and rest else (field_name,)
-
-
-PROBE_KEYS = ("task", "args", "d_model", "train")
-
-
-def _keyed(message: str, key: tuple, hint: str = "") -> ArchDSLError:
-    e = ArchDSLError(message, hint=hint)
-    e.space_key = key
-    return e
-
-
-def space_from_dict(data: dict, here: str | None = None) -> Space:
-    """A Space from plain data (YAML's shape); `here` resolves a relative base path."""
-    if not isinstance(data, Mapping):
-        raise ArchDSLError(f"a space must be a mapping (mixers, attn_fraction, placements, depth, ...), "
-                           f"got {shown(data)}")
-    if here is not None and not isinstance(here, (str, os.PathLike)):
-        raise ArchDSLError(f"here must be a directory path or None, got {shown(here)}")
-    for key in data:
-        if key not in SPACE_KEYS:
-            raise _keyed(f"unknown space key {key!r}", (str(key), "<key>"), did_you_mean(str(key), SPACE_KEYS))
-    kw: dict[str, Any] = {}
-    base = data.get("base")
-    if isinstance(base, str) and not base.strip():
-        raise _keyed("base must be a spec file path or a mapping of spec keys, got an empty string", ("base",))
-    if isinstance(base, str):
-        path = base if os.path.isabs(base) or here is None else os.path.join(here, base)
-        kw["base"] = load_spec(path if os.path.exists(path) else base)
-    elif isinstance(base, dict):
-        for key in base:
-            if key not in BASE_KEYS:
-                raise _keyed(f"unknown base key {key!r}", ("base", str(key), "<key>"), did_you_mean(str(key), BASE_KEYS))
-        kw["base"] = spec_from_yaml(dump_yaml({**base, "layout": "mamba2"}), file="<base>")
-    elif base is not None:
-        raise _keyed("base must be a spec file path or a mapping of spec keys", ("base",))
-    for key in ("name", "attention", "mixers", "placements", "shared", "d_model", "depth", "attn_count",
-                "attn_fraction", "probe"):
-        if key in data:
-            kw[key] = data[key]
-    every = data.get("every") or {}
-    if not isinstance(every, dict):
-        raise _keyed("every must be a mapping {periods: [...], offsets: [...]}", ("every",))
-    for k in every:
-        if k not in ("periods", "offsets"):
-            raise _keyed(f"unknown every key {k!r}", ("every", str(k), "<key>"), did_you_mean(str(k), ("periods", "offsets")))
-    if "periods" in every:
-        kw["every_periods"] = _listed(every["periods"])
-    if "offsets" in every:
-        kw["every_offsets"] = _listed(every["offsets"])
-    moe = data.get("moe") or {}
-    if not isinstance(moe, dict):
-        raise _keyed("moe must be a mapping {every: [...], experts: [...], top_k: [...], hidden: [...]}", ("moe",))
-    for k, v in moe.items():
-        if k not in ("every", "experts", "top_k", "hidden"):
-            raise _keyed(f"unknown moe key {k!r}", ("moe", str(k), "<key>"), did_you_mean(str(k), ("every", "experts", "top_k", "hidden")))
-        kw[f"moe_{k}"] = _listed(v)
-    for key in ("mixers", "d_model", "depth", "shared", "placements"):
-        if key in kw:
-            kw[key] = _listed(kw[key])
-    if kw.get("d_model") == []:  # Space's empty d_model is the base's width: in a file, leave the key out for that
-        raise _keyed("the space is empty: `d_model` lists no values (leave it out for the base's width)",
-                     ("d_model",))
-    try:
-        return Space(**kw)
-    except TypeError as e:
-        raise ArchDSLError(f"bad space: {e}") from None
-
-
-def _listed(v) -> list:
-    return list(v) if isinstance(v, (list, tuple)) else [v]
-
-
-def _finite(v) -> bool:
-    """An int or a finite float (numpy's too; not a bool, nan or inf)."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        return False
-    return isinstance(v, numbers.Integral) or math.isfinite(v)
-
-
-def _plain(v):
-    """numpy's integers as ints, its floats as floats, its bools as bools (a YAML dump takes no numpy scalar);
-    anything else as it is."""
-    if getattr(getattr(v, "dtype", None), "kind", None) == "b" and getattr(v, "ndim", None) == 0:
-        return bool(v)
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        return v
-    return int(v) if isinstance(v, numbers.Integral) else float(v)
-
-
-def check_probe(probe) -> None:
-    """The shape of a space's probe: section (or a ProbeSpec's parts), each error keyed to its place: known keys, a
-    task name, mappings of named arguments and settings, a positive d_model. Checked as the space is read, whether or
-    not --probe runs it; the values themselves are checked by make_task and TrainConfig, before anything is written."""
-    if not isinstance(probe, dict):
-        raise _keyed("probe must be a mapping (task, args, d_model, train)", ("probe",))
-    for k in probe:
-        if k not in PROBE_KEYS:
-            raise _keyed(f"unknown probe key {k!r} (steps, lr, batch_size go under train:)", ("probe", str(k), "<key>"),
-                         did_you_mean(str(k), PROBE_KEYS))
-    task = probe.get("task")
-    if task is not None and not isinstance(task, str):
-        raise _keyed(f"probe: task must be a task name (mqar, selective_copying, noisy_recall, fuzzy_recall), "
-                     f"got {shown(task)}", ("probe", "task"))
-    for key, example in (("args", "{seq_len: 256, num_kv_pairs: 16}"), ("train", "{steps: 1000, lr: 1.0e-3}")):
-        value = probe.get(key)
-        if value is not None and not isinstance(value, dict):
-            raise _keyed(f"probe: {key} must be a mapping such as {example}, got {shown(value)}", ("probe", key))
-        for k in value or {}:
-            if not isinstance(k, str):
-                raise _keyed(f"probe: {key} keys must be names, got {shown(k)}", ("probe", key, shown(k), "<key>"))
-    if "seed" in (probe.get("train") or {}):
-        raise _keyed("probe: train: seed is the run's seed (--seed), not a training setting",
-                     ("probe", "train", "seed", "<key>"))
-    d_model = probe.get("d_model")
-    if d_model is not None and (isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1):
-        raise _keyed(f"probe: d_model must be a positive integer, got {shown(d_model)}", ("probe", "d_model"))
-    if d_model is not None and d_model > 10**6:
-        raise _keyed(f"probe: d_model must be at most 10^6 (the widest a spec may be), got {shown(d_model)}",
-                     ("probe", "d_model"))
