@@ -48,17 +48,18 @@ def _compress(items: list[str]) -> list[tuple[int, tuple[str, ...]]]:
     return out
 
 
-def _text(items: list[str]) -> list[str]:
+def compressed_layout(items: list[str]) -> list[str]:
+    """The layout's parts for a list of layer kinds, repeated runs compressed with `N×` (nested where it pays)."""
     parts = []
     for count, unit in _compress(items):
         if count == 1:
             parts.extend(unit)
         else:
-            inner = _text(list(unit))
+            inner = compressed_layout(list(unit))
             parts.append(f"{count}×" + (inner[0] if len(inner) == 1 else "(" + ", ".join(inner) + ")"))
     return parts
 
 
 def pattern_to_layout(pattern: str) -> str:
     """A layout string with one layer per character, runs compressed with `N×`."""
-    return ", ".join(_text(pattern_layers(pattern)))
+    return ", ".join(compressed_layout(pattern_layers(pattern)))
