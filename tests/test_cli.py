@@ -731,13 +731,14 @@ def test_memory_plot_ticks_are_plain_text(tmp_path, monkeypatch):
     import archdsl.draw
 
     figs = []
-    real = archdsl.draw.save_figure
-    monkeypatch.setattr(archdsl.draw, "save_figure", lambda fig, path, **k: (fig.canvas.draw(), figs.append(fig)))
+    real = archdsl.draw.memory.save_figure
+    monkeypatch.setattr(archdsl.draw.memory, "save_figure",  # where plot_memory looks it up
+                        lambda fig, path, **k: (fig.canvas.draw(), figs.append(fig)))
     archdsl.draw.plot_memory([1024, 8192, 1000], {"a": [2**20, 2**23, 10**6], "b": [0, 0, 0]}, str(tmp_path / "m.png"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         archdsl.draw.plot_memory([1024], {"mlp": [0]}, str(tmp_path / "z.png"))
-    monkeypatch.setattr(archdsl.draw, "save_figure", real)
+    monkeypatch.setattr(archdsl.draw.memory, "save_figure", real)
     ax = figs[0].axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1000", "1k", "8k"]
     ys = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
