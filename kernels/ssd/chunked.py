@@ -67,10 +67,11 @@ def ssd_scan_chunked(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=Non
     in_mask = seqc[:, :, None] == seq_prev[:, :, None, None]                           # [b c 1 t]
     scale = torch.where(in_mask, torch.exp(s), torch.zeros_like(s))                    # [b c h t]
     y = y + torch.einsum("bcthn,bchpn,bcht->bcthp", Ch, h_in, scale)
-    y = finish(y.reshape(batch, nc * Q, H, P)[:, :L], x, D, z).to(out_dtype)
+    # copies, not views: a view of the padded buffers keeps them alive (and is not contiguous past batch 1)
+    y = finish(y.reshape(batch, nc * Q, H, P)[:, :L], x, D, z).to(out_dtype).contiguous()
     if return_final_states:
         fdt = torch.promote_types(out_dtype, torch.float32)
-        return y, h.to(fdt)
+        return y, h.to(fdt, copy=True, memory_format=torch.contiguous_format)
     return y
 
 

@@ -12,6 +12,8 @@ from .._host import packing, seq_runs
 from .chunked import ssd_scan_chunked
 from .naive import DtRule, ssd_scan_naive, ssd_step_naive
 
+A_FLOOR = 1e30  # ssd_scan takes A as at least -A_FLOOR
+
 
 @on_input_device
 def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
@@ -51,6 +53,10 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     _check_limit(dt_limit)
     expect_flag(dt_softplus=dt_softplus, return_final_states=return_final_states, keep_states=keep_states,
                 return_varlen_states=return_varlen_states)
+    # A = -inf (A_log = inf) is a decay of 0, but the chunked forms take decays as exp of differences of
+    # cumulative sums, -inf - (-inf) = NaN; -1e30 decays to 0 as well for any dt above 1e-28 and keeps
+    # those sums finite for dt below 1e6 (the clamp's gradient there is 0, as the decay's is)
+    A = A.to(torch.promote_types(A.dtype, torch.float32)).clamp(min=-A_FLOOR)  # -1e30 is -inf in float16
     seq_idx, offsets = packing(seq_idx, cu_seqlens, x)
     count = None if offsets is None else len(offsets) - 1
     if return_varlen_states:

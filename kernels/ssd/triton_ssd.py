@@ -164,7 +164,7 @@ def _ssd_fwd_kernel(
         xf = x.to(tl.float32)
         _finish_y(y, xf, Dv, z_ptr, y_ptr, ypre_ptr, xo, mask_tp, HAS_D, HAS_Z, STORE_YPRE)
 
-        sT = tl.sum(dt * A, axis=0)
+        sT = tl.sum(tl.where(offs_q == Q - 1, s, 0.0), axis=0)  # s's last entry: exp(sT - s) is 1 there exactly
         w_out = tl.where(m_out, tl.exp(sT - s) * dt, 0.0)
         Bw = (Bm.to(tl.float32) * w_out[:, None]).to(x.dtype)
         state = state * tl.where(carry, tl.exp(sT), 0.0) + tl.dot(tl.trans(x), Bw, input_precision=PREC)
@@ -259,7 +259,7 @@ def _ssd_bwd_kernel(
         dC += e_in[:, None] * tl.dot(g_lo, state_lo, input_precision=PREC)
 
         # the chunk's contribution to the state it hands on
-        sT = tl.sum(dt * A, axis=0)
+        sT = tl.sum(tl.where(is_last, s, 0.0), axis=0)  # s's last entry, as in the forward
         w_out = tl.where(m_out, tl.exp(sT - s), 0.0)
         dstate_lo = dstate.to(x.dtype)
         dHB = tl.dot(Bm, tl.trans(dstate_lo), input_precision=PREC)

@@ -1003,3 +1003,42 @@ def test_interpreted_bf16_gives_the_float32_result(impl, monkeypatch):
     got = ssd_scan(*(t.bfloat16() for t in (x, dt)), A, B.bfloat16(), C.bfloat16())
     assert got.dtype == torch.bfloat16
     assert ((got.float() - want).norm() / want.norm()).item() < 2e-2
+
+
+@pytest.mark.parametrize("impl", ("torch",) + IMPLS)
+def test_a_of_minus_infinity_is_a_decay_of_zero(impl):
+    """A = -inf (A_log = inf) resets the state at every token, as the float64 loop says: y_t = C_t·(dt_t x_t ⊗ B_t) + D x_t.
+    The chunked forms took it as exp(-inf - (-inf)) = NaN; A is now clamped to -1e30, which decays to 0 as well.
+    The gradients are finite too (the loop's dt and A gradients are -inf·0 = NaN), A's 0 at the clamped head."""
+    t = make(2, 7, 2, 3, 1, 4, D=1, h0=True, bias=True)
+    t["A"] = torch.tensor([float("-inf"), -0.5])
+    for dtype in (torch.float32, torch.float16):
+        t16 = {**t, "A": t["A"].to(dtype)}
+        y, h, *grads = run(scan_of(impl), t16)
+        want = run(ssd_scan_naive, {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                                    for k, v in t16.items()}, grads=False)
+        assert_close([y, h], want, 2e-5)
+        assert all(torch.isfinite(g).all() for g in grads) and grads[NAMES.index("A")][0] == 0
+    x, dt, B, C = t["x"][:, :, :1], t["dt"][:, :, :1].abs() + 0.01, t["B"], t["C"]
+    y = scan_of(impl)(x, dt, t["A"][:1], B, C)
+    assert_close([y], [torch.einsum("blgn,blgn->bl", C, B)[..., None, None] * dt[..., None] * x], 2e-5)
+
+
+def test_torch_path_returns_contiguous_copies():
+    """The torch path's y and final state are their own contiguous tensors, not views of its chunk-padded
+    buffers (a kept final state would keep every chunk's state alive; y.view failed past batch 1)."""
+    t = make(2, 5, 2, 3, 1, 4)
+    y, h = scan_of("torch")(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size=4, return_final_states=True)
+    for out in (y, h):
+        assert out.is_contiguous() and out.untyped_storage().nbytes() == out.numel() * out.element_size()
+
+
+def test_fused_final_state_under_decay_past_float32_digits():
+    """A chunk whose dt·A sums to ~-3e4: the fused kernel's chunk total is the cumsum's last entry, so the last
+    token reaches the final state with weight exp(0) = 1 exactly (a separate tl.sum left it 0.4% off)."""
+    g = torch.Generator().manual_seed(0)
+    x, B, C = (torch.ones(1, 20, 1, 1) for _ in range(3))
+    dt = torch.rand(1, 20, 1, generator=g) * 3 + 0.1
+    for impl in IMPLS:
+        _, h = scan_of(impl)(x, dt, torch.tensor([-1000.0]), B, C, return_final_states=True)
+        torch.testing.assert_close(h.flatten(), dt[0, -1], rtol=1e-6, atol=0)
