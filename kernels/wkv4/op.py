@@ -28,9 +28,8 @@ def wkv4(w, u, k, v, state=None, seq_idx=None):
 
     Returns (wkv `[B, T, C]` in k's dtype, (num, den, max) after the last token, `[B, C]` each in float32,
     float64 for float64 k). Stable in
-    bf16/fp16 for any length (running max). Differentiable in w, u, k, v and the state;
-    the outgoing state's gradient is taken as acting on num·e^max and den·e^max (true
-    whenever it feeds another wkv4 call).
+    bf16/fp16 for any length (running max). Differentiable in w, u, k, v and the state, the
+    outgoing state's num, den and max each as the function it is (max moves with the winning logit).
     """
     state = _check(w, u, k, v, state, seq_idx)
     backend = backend_for(k)

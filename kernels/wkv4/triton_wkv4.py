@@ -450,7 +450,39 @@ class WKV4Function(torch.autograd.Function):
         g_in = torch.empty_like(s_in) if s_in is not None else None
         _bwd_rev_sweep[grid](u, w, k, v, gy, s_in, s_out, g_s, y32, lnd, gk, gv, gu, g_in, restart, back,
                              T, C, LP, BC, *has, num_warps=4)
-        return gw.sum((0, 1)).to(w.dtype), gu.sum((0, 1)).to(u.dtype), gk, gv, g_in, None
+        gw = gw.sum((0, 1))
+        if g_s is not None and T:
+            gw += _through_max(w, k, s_in, s_out, g_s, restart, gk, g_in)
+        return gw.to(w.dtype), gu.sum((0, 1)).to(u.dtype), gk, gv, g_in, None
+
+
+def _through_max(w, k, s_in, s_out, g_s, restart, gk, g_in):
+    """What the sweeps leave out of a gradient that reaches the outgoing state: they take it as acting on
+    num·e^max and den·e^max, exact where the state feeds another wkv4; a loss that reads num, den or max
+    themselves also moves them through max. With num·e^max and den·e^max held, dL/dmax is
+    c = g_max - g_num·num - g_den·den, and max is the largest logit of the last sequence's history:
+    k_j + (T-1-j)·w' for its winning token j, or m0 + T·w' for the incoming state. Adds c to gk at j (or to the
+    incoming max's gradient in g_in) and returns the part of dL/dw `[C]` (d/dw of n·w' is n·w')."""
+    B, T, C = k.shape
+    num, den, top = s_out.unbind(1)
+    g_num, g_den, g_max = g_s.unbind(1)
+    c = g_max - g_num * num - g_den * den                                         # [B, C]
+    wd = -torch.exp(w.float())
+    age = torch.arange(T - 1, -1, -1, device=k.device, dtype=torch.float32)      # T-1-j
+    logits = age[:, None] * wd + k.float()                                        # [B, T, C]
+    state_in = torch.ones(B, 1, dtype=torch.bool, device=k.device)
+    if restart is not None:  # the last sequence's tokens: those with no restart after them
+        r = restart.long()
+        later = r.flip(1).cumsum(1).flip(1) - r
+        logits = logits.masked_fill((later > 0)[..., None], float("-inf"))
+        state_in = r.sum(1, keepdim=True) == 0
+    best, j = logits.max(1)                                                       # [B, C]
+    from_state = torch.full_like(best, float("-inf")) if s_in is None else s_in[:, 2] + T * wd
+    wins = state_in & (from_state > best)                                         # the incoming state's logit
+    gk.scatter_add_(1, j[:, None], torch.where(wins, 0.0, c)[:, None].to(gk.dtype))
+    if g_in is not None:
+        g_in[:, 2] += torch.where(wins, c, 0.0)
+    return (c * wd * torch.where(wins, float(T), (T - 1 - j).float())).sum(0)
 
 
 def wkv4_triton(w, u, k, v, state=None, seq_idx=None):
