@@ -81,6 +81,11 @@ def _chunk_dt(dt_ptr, bias_ptr, rows, h, H, mask_t, A, dt_lo, dt_hi,
         raw += tl.load(bias_ptr + h).to(tl.float32)
     dt = tl.where(mask_t, dt_eff(raw, dt_lo, dt_hi, SOFTPLUS, LIMIT), 0.0)
     s = tl.cumsum(dt * A, axis=0)
+    # past the end, s is the last token's exactly: the compiled cumsum is a tree, whose padded entries may round
+    # apart from it (an ulp of s, 1e24 at A = -1e30), and the chunk's end must give the last token a weight of 1
+    valid = mask_t.to(tl.int32)
+    at_last = mask_t & (tl.cumsum(valid, axis=0) == tl.sum(valid, axis=0))
+    s = tl.where(mask_t, s, tl.sum(tl.where(at_last, s, 0.0), axis=0))
     return dt, raw, s
 
 

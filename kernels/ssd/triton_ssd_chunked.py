@@ -299,6 +299,9 @@ def _chunk_cumsum(dt_ptr, A_ptr, bias_ptr, dtc_ptr, s_ptr, w_ptr, b, c, hb, L, H
     dt = tl.where(m, dt_eff(raw, dt_lo, dt_hi, SOFTPLUS, LIMIT), 0.0)
     A = tl.load(A_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
     s = tl.cumsum(dt * A[None, :], axis=0)
+    # past the end, s is the last token's exactly (the compiled cumsum is a tree, whose padded entries may round
+    # apart from it): s at the chunk's end Q - 1, which the state pass reads, then gives the last token a weight of 1
+    s = tl.where((t < L)[:, None], s, tl.sum(tl.where((t == L - 1)[:, None], s, 0.0), axis=0)[None, :])
     out = ((b * H + offs_h).to(tl.int64) * NC + c)[None, :] * Q + offs_q[:, None]
     keep = mask_h[None, :] & (offs_q[:, None] < Q)
     tl.store(dtc_ptr + out, dt, mask=keep)
