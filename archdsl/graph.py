@@ -24,7 +24,7 @@ import networkx as nx
 
 from .blocks import BLOCKS, arg_names, make_config, type_hints
 from .blocks.base import FFN, INJECT, MIXER, BlockConfig, ConfigError
-from .errors import ArchDSLError, did_you_mean
+from .errors import ArchDSLError, did_you_mean, shown
 from .language.ast import NOSPAN, Block, Group, Layer, Repeat, Span
 from .language.fmt import format_layout
 from .spec import MAX_PARAMS
@@ -243,24 +243,32 @@ def _finite(value) -> bool:
 
 
 def _resolve_kind(spec, block: Block, key: tuple | None = None) -> tuple[str, str]:
-    """(kind, role) of a block name, following aliases. An unknown name is reported where it is
-    written: at `key` in the file, at the block in the layout, or at the `kind:` of the alias naming it."""
-    name, seen = block.name, []
+    """(kind, role) of a block name, following aliases (spec.kind_of knows each name's kind: a chain of n aliases
+    is followed once, not once per name). An unknown name is reported where it is written: at `key` in the file,
+    at the block in the layout, or at the `kind:` of the alias naming it."""
+    name = spec.kind_of(block.name)
+    if name is not None:
+        return name, BLOCKS[name].role
+    name, seen = block.name, {}  # the aliases followed, in order (a dict: `in` at once)
     while name not in BLOCKS:
         alias = spec.blocks.get(name)
         if alias is None or "kind" not in alias or name in seen:
             valid = set(BLOCKS) | {a for a, v in spec.blocks.items() if "kind" in v}
             hint = "" if name in seen else did_you_mean(name, valid)
             if seen:  # the `kind:` of the alias seen last names it
-                msg = (f"alias cycle {' → '.join(seen + [name])}" if name in seen
-                       else f"unknown block {name!r}, the kind of alias {seen[-1]!r}")
-                raise spec.error(msg, ("blocks", seen[-1], "kind"), hint)
+                last = next(reversed(seen))
+                msg = (f"alias cycle {' → '.join([*seen, name])}" if name in seen
+                       else f"unknown block {name!r}, the kind of alias {last!r}")
+                raise spec.error(msg, ("blocks", last, "kind"), hint)
             if key is not None:
                 raise spec.error(f"unknown block {name!r}", key, hint)
             raise ArchDSLError(f"unknown block {name!r}", source=spec.source, start=block.span.start,
                                end=block.span.end, hint=hint)
-        seen.append(name)
-        name = str(alias["kind"])
+        seen[name] = None
+        if not isinstance(alias["kind"], str):  # `kind: 3` named the alias "3" here, and nothing in _config
+            raise spec.error(f"blocks: {name}: kind is the name of a block or an alias, got {shown(alias['kind'])}",
+                             ("blocks", name, "kind"))
+        name = alias["kind"]
     return name, BLOCKS[name].role
 
 

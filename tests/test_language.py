@@ -11,8 +11,8 @@ import archdsl
 from archdsl.errors import ArchDSLError, Source
 from archdsl.graph import canonical_text
 from archdsl.graph import layers as graph_layers
-from archdsl.language import (MAX_NESTING, Arg, Block, Group, Layer, Layout, Modifier, Repeat, format_block,
-                              format_layout, format_modifier, format_node, parse_layout)
+from archdsl.language import (MAX_NESTING, Arg, Block, Group, Layer, Layout, Modifier, Repeat, check_layout,
+                              format_block, format_layout, format_modifier, format_node, parse_layout)
 from archdsl.spec import spec_from_yaml
 
 PROPERTY = settings(max_examples=100, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
@@ -321,7 +321,7 @@ def test_shared_is_true_false_or_a_group_name(value):
         assert parse_layout(f"attn({ok})").items[0].blocks[0].shared == group
 
 
-@given(st.characters(blacklist_characters="\n"))
+@given(st.characters(blacklist_characters="\n\r"))  # a line break, CR too: no string goes on past it
 def test_a_string_escape_is_known_or_refused(char):
     """`"\\x41"` was read as "x41": a backslash before a letter it does not escape is an error at the backslash."""
     text = f'mamba2, attn(shared="a\\{char}b")'
@@ -660,3 +660,87 @@ def test_a_1000_layer_layout_round_trips():
     layout = parse_layout(text)
     assert len(expand(layout)) == 1000
     assert format_layout(parse_layout(format_layout(layout))) == format_layout(layout)
+
+
+# --- a lone CR ------------------------------------------------------------------------------
+def test_a_lone_cr_is_a_line_break_as_in_yaml():
+    """A YAML file's lone CR (a classic Mac line end) was a line break there and whitespace in archdsl.parse:
+    `mamba\rattn` was 'unexpected name'. Both read it as a line break, and errors count lines alike."""
+    assert parse_layout("mamba\rattn") == parse_layout("mamba\r\nattn") == parse_layout("mamba, attn")
+    assert parse_layout("mamba # a comment\rattn") == parse_layout("mamba, attn")
+    assert spec_from_yaml("layout: |\n  mamba\r  attn\n").layout == archdsl.parse("mamba\r  attn").layout
+    assert error("mamba\r\r  4×").startswith("<layout>:3:5: unexpected end of the layout")
+    with pytest.raises(ArchDSLError) as info:
+        archdsl.parse("mamba\r\rattnn").graph  # the graph's errors too
+    assert str(info.value).startswith("<layout>:3:1: unknown block 'attnn'")
+    assert str(info.value).split("\n")[1:] == ["  attnn", "  ^~~~~"]
+
+
+# --- a tree made by hand ------------------------------------------------------------------------
+M = Layer((Block("mamba"),))
+
+
+def _nested(depth: int):
+    node = M
+    for _ in range(depth):
+        node = Group((node,))
+    return node
+
+
+HAND_MADE = [  # trees parse_layout never builds: Spec refused none of them, or failed with another exception
+    (Layout((M,), (Modifier(Block("moe"), every=0),)), "'every' needs a period of at least 1, not 0, in 'moe every 0'"),
+    (Layout((M,), (Modifier(Block("moe"), every=2, offset=2),)), "offset 2 is out of range for 'every 2'"),
+    (Layout((M,), (Modifier(Block("moe"), at=()),)), "'at' needs one layer index or more, in the modifier moe"),
+    (Layout((M,), (Modifier(Block("moe"), at=(-1,)),)), "cannot be negative: -1, in 'moe at -1'"),
+    (Layout((M, M), (Modifier(Block("moe"), at=(1, 1)),)), "index 1 is listed twice after 'at', in 'moe at 1 1'"),
+    (Layout((M,), (Modifier(Block("moe")),)), "the modifier moe takes either 'every N' or 'at i j ...'"),
+    (Layout((M,), (Modifier(Block("moe"), every=2, at=(1,)),)), "takes either 'every N' or 'at i j ...'"),
+    (Layout((M,), (Modifier(Block("moe"), at=(0,), offset=0),)), "'offset' goes with 'every', not with 'at'"),
+    (Layout((Layer(()),)), "a layer holds one block or more"),
+    (Layout(()), "empty layout"),
+    (Layout((Group(()),)), "empty group '()'"),
+    (Layout((_nested(3000),)), f"more than {MAX_NESTING} deep"),
+    (Layout((_nested(MAX_NESTING + 1),)), f"more than {MAX_NESTING} deep"),
+    (Layout((Repeat(-1, M), M)), "repeat count must be at least 1, not -1, in '-1×mamba'"),
+    (Layout((Repeat(True, M),)), "a repeat count must be an int, got True"),
+    (Layout((Repeat(10**30, M),)), "a repeat count is too large"),
+    (Layout((Layer((Block("attn", (Arg("shared", 3),)),)),)), "'shared' is true, false or the name of a group, not 3"),
+    (Layout((Layer((Block("attn", (Arg("shared", " "),)),)),)), "'shared' is true, false or the name of a group"),
+    (Layout((Layer((Block("attn", (Arg("heads", 2), Arg("heads", 4))),)),)),
+     "argument 'heads' given twice to 'attn', in 'attn(heads=2, heads=4)'"),
+    (Layout((Layer((Block("attn", (Arg("rope_theta", float("inf")),)),)),)), "number out of range: inf"),
+    (Layout((Layer((Block("attn", (Arg("heads", 10**40),)),)),)), "number too large"),
+    (Layout((Layer((Block("mlp", (Arg("act", "\udcff"),)),)),)), "is not text"),
+    (Layout((Layer((Block("mlp", (Arg("act", ["gelu"]),)),)),)), "a value is an int, float, bool, str or None, not"),
+    (Layout((Layer((Block("every"),)),)), "'every' is not a block name"),
+    (Layout((Layer((Block("mamba 2"),)),)), "'mamba 2' is not a block name"),
+    (Layout((Layer((Block("attn", (Arg("a b", 1),)),)),)), "'a b' is not an argument name"),
+    (Layout([M]), "Layout.items must be a tuple of Layer or Repeat or Group"),
+    (Layout((Block("mamba"),)), "Layout.items must be a tuple of Layer or Repeat or Group"),
+    (Layout((Repeat(2, "mamba"),)), "expected a Layer or Repeat or Group"),
+]
+
+
+@pytest.mark.parametrize("layout, message", HAND_MADE, ids=range(len(HAND_MADE)))
+def test_a_hand_made_tree_is_checked_by_the_parsers_rules(layout, message):
+    """`Spec(layout=Layout(...))` was checked by no rule of the parser: `every=0` was a ZeroDivisionError, 3000
+    nested groups a RecursionError, `Repeat(-1, ...)` dropped, `shared=3` written as text that does not parse. Each
+    is an ArchDSLError naming the node, from Spec(...) and dataclasses.replace alike."""
+    from dataclasses import replace
+
+    for make in (check_layout, lambda t: archdsl.Spec(layout=t), lambda t: replace(archdsl.parse("mamba"), layout=t)):
+        with pytest.raises(ArchDSLError) as info:
+            make(layout)
+        assert str(info.value).startswith("layout: ") and message in str(info.value), str(info.value)
+
+
+def test_a_hand_made_tree_is_made_canonical():
+    """`at` unsorted and an offset that is the default were written as text that reads back as another tree."""
+    made = Layout((Repeat(8, M),), (Modifier(Block("moe"), at=(5, 1)), Modifier(Block("mlp"), every=4, offset=3)))
+    spec = archdsl.Spec(layout=made)
+    assert spec.layout == parse_layout("8×mamba, moe at 1 5, mlp every 4") == parse_layout(spec.layout_text)
+    assert spec == archdsl.parse(spec.layout_text)
+    ok = parse_layout("4×(7×mamba2, attn(shared)), moe every 2")
+    assert check_layout(ok) is ok  # a parsed tree is its own canonical form
+    deepest = Layout((_nested(MAX_NESTING),))
+    assert parse_layout(format_layout(check_layout(deepest))) == deepest

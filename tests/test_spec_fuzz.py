@@ -4,15 +4,16 @@ from __future__ import annotations
 import glob
 import os
 
+import numpy as np
 import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import archdsl
-from archdsl.language import parse_layout
+from archdsl.language import MAX_NESTING, Arg, Block, Group, Layer, Layout, Modifier, Repeat, parse_layout
 from archdsl.spec import spec_from_yaml
-from strategies import layouts, small_layouts
+from strategies import layouts, small_layouts, values
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = [open(p, encoding="utf-8").read() for p in sorted(glob.glob(os.path.join(ROOT, "specs", "*.yaml")))]
@@ -321,3 +322,120 @@ def test_none_in_the_layout_and_the_blocks_loads_back_the_same(layout, blocks):
     except archdsl.ArchDSLError:
         return  # a modifier past the last layer
     assert archdsl.analyze(again, seq_len=256).cache_bytes == cache
+
+
+# --- a tree made by hand (archdsl.language's classes) -----------------------------------------------------
+BAD_INTS = st.integers(-2, 0) | st.sampled_from([10**30, -(10**31), True, 2.0, None, np.int64(2)])
+BAD_VALUES = st.sampled_from([float("inf"), float("nan"), 10**30, "\udcff", [1], np.int64(2), np.str_("gelu")])
+
+
+def _sometimes(draw, good, bad):
+    """`good`, and `bad` one time in eight or so: a tree with a defect or two, not one broken everywhere."""
+    return draw(bad if draw(st.integers(0, 7)) == 3 else good)  # hypothesis draws the ends of a range most often
+
+
+@st.composite
+def hand_made_blocks(draw):
+    name = _sometimes(draw, st.sampled_from(["mamba", "attn", "moe", "mlp", "x"]),
+                      st.sampled_from(["every", "2x", "a b", "", None]))
+    args = []
+    for _ in range(draw(st.integers(0, 2))):
+        arg = _sometimes(draw, st.sampled_from(["shared", "heads", "window", "at"]), st.sampled_from(["bad name", 3]))
+        value = _sometimes(draw, st.booleans() | st.sampled_from(["a", "b"]) if arg == "shared" else values(),
+                           BAD_VALUES | st.sampled_from([3, "", " ", None]))
+        args.append(Arg(arg, value))
+    return Block(name, _sometimes(draw, st.just(tuple(args)), st.just(args)))
+
+
+@st.composite
+def hand_made_nodes(draw, depth: int = 3):
+    kind = _sometimes(draw, st.sampled_from(["layer", "layer", "repeat", "group"] if depth else ["layer"]),
+                      st.sampled_from(["deep", "junk"]))
+    if kind == "layer":
+        return Layer(tuple(draw(st.lists(hand_made_blocks(), min_size=_sometimes(draw, st.just(1), st.just(0)),
+                                         max_size=2))))
+    if kind == "repeat":
+        return Repeat(_sometimes(draw, st.integers(1, 4), BAD_INTS), draw(hand_made_nodes(depth - 1)))
+    if kind == "group":
+        return Group(tuple(draw(st.lists(hand_made_nodes(depth - 1), min_size=_sometimes(draw, st.just(1), st.just(0)),
+                                         max_size=2))))
+    if kind == "deep":  # at the limit of nesting, or one past it
+        node = draw(hand_made_nodes(0))
+        for _ in range(draw(st.integers(MAX_NESTING - 1, MAX_NESTING + 1))):
+            node = Group((node,)) if draw(st.booleans()) else Repeat(1, node)
+        return node
+    return draw(st.sampled_from(["mamba", None, Block("mamba")]))
+
+
+@st.composite
+def hand_made_modifiers(draw):
+    block = draw(hand_made_blocks())
+    if draw(st.booleans()):
+        every = _sometimes(draw, st.integers(1, 4), BAD_INTS)
+        offset = _sometimes(draw, st.none() | st.integers(0, max(0, every - 1)) if type(every) is int else st.none(),
+                            BAD_INTS | st.integers(-1, 5))
+        at = _sometimes(draw, st.none(), st.just((0,)))
+    else:
+        at = _sometimes(draw, st.lists(st.integers(0, 8), min_size=1, max_size=3, unique=True).map(tuple),
+                        st.lists(BAD_INTS | st.integers(0, 2), max_size=3).map(tuple) | st.none())
+        every, offset = _sometimes(draw, st.just((None, None)), st.tuples(st.none() | st.just(2), st.just(0)))
+    return Modifier(block, every=every, offset=offset, at=at)
+
+
+@st.composite
+def hand_made_layouts(draw):
+    items = tuple(draw(st.lists(hand_made_nodes(), min_size=_sometimes(draw, st.just(1), st.just(0)), max_size=3)))
+    return Layout(_sometimes(draw, st.just(items), st.just(list(items))),
+                  tuple(draw(st.lists(hand_made_modifiers(), max_size=2))))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hand_made_layouts())
+def test_a_hand_made_layout_is_refused_or_reads_back_from_its_text(layout):
+    """Spec(layout=...) of a tree made of archdsl.language's classes: ArchDSLError naming the layout, or a spec
+    whose layout_text parses back to its layout (and to the same spec), whose graph builds or says why."""
+    try:
+        spec = archdsl.Spec(layout=layout, d_model=16)
+    except archdsl.ArchDSLError as e:
+        assert str(e).startswith("layout: ")
+        return
+    assert parse_layout(spec.layout_text) == spec.layout
+    assert archdsl.parse(spec.layout_text, d_model=16) == spec
+    try:
+        spec.graph
+    except archdsl.ArchDSLError as e:
+        assert str(e)
+
+
+# --- numpy's values: a sweep over np.arange or an array of names ----------------------------------
+def test_numpy_values_are_python_values_in_a_spec():
+    """A numpy string in `blocks` (or as the name) made to_yaml / ArchModel.save raise yaml's RepresenterError, and a
+    numpy int was 'heads must be int' in `blocks` though taken as d_model: each is its Python value now."""
+    plain = archdsl.parse("mlp, attn", name="x", d_model=16, vocab_size=10,
+                          blocks={"mlp": {"act": "gelu", "hidden": 32}, "attn": {"heads": 2, "rope_theta": 0.5}})
+    made = archdsl.parse("mlp, attn", name=np.str_("x"), d_model=np.int64(16), vocab_size=np.uint8(10),
+                         blocks={np.str_("mlp"): {np.str_("act"): np.str_("gelu"), "hidden": np.int32(32)},
+                                 "attn": {"heads": np.int64(2), "rope_theta": np.float16(0.5)}})
+    assert made == plain and made.to_yaml() == plain.to_yaml()
+    assert type(made.name) is str and [type(v) for v in made.blocks["attn"].values()] == [int, float]
+    assert spec_from_yaml(made.to_yaml()) == made and archdsl.analyze(made).params == archdsl.analyze(plain).params
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["heads", "rope", "rope_theta", "window", "kind"]),
+       st.sampled_from([np.int64(2), np.int8(-1), np.uint64(4), np.float16(0.5), np.float64("inf"), np.str_("none"),
+                        np.str_("mlp"), np.bool_(True), np.array(2), np.array("gelu"), np.array([2]), [2], {"a": 1},
+                        (1, 2), b"\x00", object()]) | ANY)
+def test_a_blocks_value_of_any_type_writes_as_yaml_or_is_refused(arg, value):
+    """Whatever the value in `blocks` (numpy's scalars and arrays among them): ArchDSLError, or a spec that to_yaml
+    writes (never a yaml exception) and that reads back the same."""
+    try:
+        spec = archdsl.parse("attn", d_model=16, blocks={"attn": {arg: value}, "mine": {"kind": "attn", arg: value}})
+    except archdsl.ArchDSLError as e:
+        assert str(e)
+        return
+    assert spec_from_yaml(spec.to_yaml()) == spec
+    try:
+        spec.graph
+    except archdsl.ArchDSLError as e:
+        assert str(e)

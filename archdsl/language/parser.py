@@ -10,9 +10,11 @@ logic. This module adds what a context-free grammar cannot say:
   ',' or '(' or before ')' is plain whitespace) — a post-lexer filter decides;
 - nesting is bounded (MAX_NESTING) so deep input is refused, never a RecursionError;
 - values: `true` / `false` are booleans, `none` / `null` is None (an argument unset), other names strings;
-- semantic checks: counts >= 1, `every N` with N >= 1 and 0 <= offset < N, no repeated
-  argument, `shared` true, false or a group name, no unknown string escape, no empty group
-  or layout, modifiers after all layers, `at` indices >= 0 and distinct;
+- semantic checks (their rules in check.py, which check_layout applies to a tree made by hand):
+  counts >= 1, `every N` with N >= 1 and 0 <= offset < N, no repeated argument, `shared` true,
+  false or a group name, no empty group or layout, `at` indices >= 0 and distinct; and here
+  no unknown string escape, modifiers after all layers;
+- CRLF and a lone CR are line breaks, as in a YAML file (line_breaks);
 - lark's exceptions become messages in plain words with the position and a caret.
 
 The parse is LALR(1) with the AST built by callbacks during the parse (no parse tree,
@@ -31,11 +33,10 @@ from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, Unex
 
 from ..errors import ArchDSLError, Source
 from .ast import Arg, Block, Group, Layer, Layout, Modifier, Repeat, Span
+from .check import (EMPTY_GROUP, EMPTY_LAYOUT, MAX_DIGITS, MAX_NESTING, TOO_DEEP, args_error, count_error,
+                    index_error, offset_error, period_error)
 
-__all__ = ["parse_layout", "MAX_NESTING"]
-
-MAX_NESTING = 64  # groups and repeats inside one another
-MAX_DIGITS = 30   # longest number accepted
+__all__ = ["parse_layout", "line_breaks", "MAX_NESTING"]
 
 # tokens that can end an entry / begin one: a newline between them is a separator
 _ENDS = frozenset({"NAME", "RPAR", "INT", "FLOAT", "STRING"})
@@ -82,8 +83,7 @@ class _Newlines:
             if kind == "REPEAT":
                 chain += 1
                 if base + chain > MAX_NESTING:
-                    raise _Semantic(f"the layout nests repeats and groups more than {MAX_NESTING} deep",
-                                    tok.start_pos, tok.end_pos)
+                    raise _Semantic(TOO_DEEP, tok.start_pos, tok.end_pos)
             elif kind == "LPAR":
                 if prev is not None and prev.type == "NAME":  # an argument list
                     stack.append(base)
@@ -91,8 +91,7 @@ class _Newlines:
                     stack.append(base)
                     base += chain + 1
                     if base > MAX_NESTING:
-                        raise _Semantic(f"the layout nests repeats and groups more than {MAX_NESTING} deep",
-                                        tok.start_pos, tok.end_pos)
+                        raise _Semantic(TOO_DEEP, tok.start_pos, tok.end_pos)
                 chain = 0
             elif kind == "RPAR":
                 base = stack.pop() if stack else 0
@@ -166,7 +165,7 @@ class _Build(Transformer):
                 m = modifiers[0]
                 raise _Semantic("the layout has a modifier but no layers to apply it to; "
                                 "write the layers first, as in 8×mamba2, moe every 2", m.span.start, m.span.end)
-            raise _Semantic("empty layout: expected at least one layer, as in 4×mamba2", 0, 0)
+            raise _Semantic(EMPTY_LAYOUT, 0, 0)
         nodes = [c for c in children if not isinstance(c, Token)]
         return Layout(tuple(items), tuple(modifiers), _span(nodes))
 
@@ -177,29 +176,25 @@ class _Build(Transformer):
     def group(self, children):
         items = tuple(c for c in children if not isinstance(c, Token))
         if not items:
-            raise _Semantic("empty group '()': a group needs at least one layer", _start(children[0]),
-                            _end(children[-1]))
+            raise _Semantic(EMPTY_GROUP, _start(children[0]), _end(children[-1]))
         return Group(items, _span(children))
 
     def repeat(self, children):
         tok, body = children
         count = _int(tok)
-        if count < 1:
-            raise _Semantic(f"repeat count must be at least 1, not {count}", tok.start_pos, tok.end_pos)
+        message = count_error(count)
+        if message:
+            raise _Semantic(message, tok.start_pos, tok.end_pos)
         return Repeat(count, body, _span(children))
 
     def block(self, children):
         name = children[0]
-        args = [c for c in children[1:] if isinstance(c, Arg)]
-        seen = set()
-        for a in args:
-            if a.name in seen:
-                raise _Semantic(f"argument '{a.name}' given twice to '{name.value}'", a.span.start, a.span.end)
-            if a.name == "shared" and not isinstance(a.value, bool) and not (isinstance(a.value, str) and a.value.strip()):
-                raise _Semantic(f"'shared' is true, false or the name of a group, not {_value_text(a.value)}",
-                                a.span.start, a.span.end)
-            seen.add(a.name)
-        return Block(name.value, tuple(args), _span(children))
+        args = tuple(c for c in children[1:] if isinstance(c, Arg))
+        found = args_error(name.value, args)
+        if found:
+            message, a = found
+            raise _Semantic(message, a.span.start, a.span.end)
+        return Block(name.value, args, _span(children))
 
     def arg(self, children):
         name = children[0].value
@@ -235,27 +230,24 @@ class _Build(Transformer):
         numbers = [c for c in children[2:] if c.type == "INT"]
         if keyword.type == "EVERY":
             period = _int(numbers[0])
-            if period < 1:
-                raise _Semantic(f"'every' needs a period of at least 1, not {period}", numbers[0].start_pos,
-                                numbers[0].end_pos)
+            message = period_error(period)
+            if message:
+                raise _Semantic(message, numbers[0].start_pos, numbers[0].end_pos)
             offset = None
             if len(numbers) == 2:
                 offset = _int(numbers[1])
-                if not 0 <= offset < period:
-                    allowed = "0" if period == 1 else f"between 0 and {period - 1}"
-                    raise _Semantic(f"offset {offset} is out of range for 'every {period}': it must be {allowed} "
-                                    "(layers are counted from 0)", numbers[1].start_pos, numbers[1].end_pos)
+                message = offset_error(period, offset)
+                if message:
+                    raise _Semantic(message, numbers[1].start_pos, numbers[1].end_pos)
                 if offset == period - 1:  # the default, written out
                     offset = None
             return Modifier(block, every=period, offset=offset, span=_span(children))
         seen = {}
         for tok in numbers:
             i = _int(tok)
-            if i < 0:
-                raise _Semantic(f"'at' takes 0-based layer indices, which cannot be negative: {i}",
-                                tok.start_pos, tok.end_pos)
-            if i in seen:
-                raise _Semantic(f"index {i} is listed twice after 'at'", tok.start_pos, tok.end_pos)
+            message = index_error(i, seen)
+            if message:
+                raise _Semantic(message, tok.start_pos, tok.end_pos)
             seen[i] = tok
         return Modifier(block, at=tuple(sorted(seen)), span=_span(children))
 
@@ -263,11 +255,6 @@ class _Build(Transformer):
 def _text_of(mod: Modifier) -> str:
     from .fmt import format_modifier
     return format_modifier(mod)
-
-
-def _value_text(value) -> str:
-    from .fmt import format_value
-    return format_value(value)
 
 
 @functools.lru_cache(maxsize=1)
@@ -283,12 +270,23 @@ def _lexer_only() -> Lark:
 
 
 # --- the entry point ---------------------------------------------------------------
+_LONE_CR = re.compile(r"\r(?!\n)")
+
+
+def line_breaks(text: str) -> str:
+    """`text` with each lone "\\r" (a classic Mac line end) a "\\n", as YAML reads it; "\\r\\n" is a line break
+    already (its "\\r" is whitespace). Of the same length, so that offsets into `text` hold."""
+    return _LONE_CR.sub("\n", text) if "\r" in text else text
+
+
 def parse_layout(text: str, source: Source | None = None) -> Layout:
     """Parse layout text into a Layout. `source` places the text inside a file (a layout
-    string inside a YAML spec) so errors point there. Raises ArchDSLError, only."""
+    string inside a YAML spec) so errors point there; its text has its line breaks as line_breaks gives
+    them. Raises ArchDSLError, only."""
     if not isinstance(text, str):
         raise ArchDSLError(f"a layout must be text, not {type(text).__name__}",
                            source=source, start=0 if source is not None else None)
+    text = line_breaks(text)
     if source is None:
         source = Source(text)
     bad = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
