@@ -7,7 +7,10 @@
 from __future__ import annotations
 
 import difflib
+import math
 import reprlib
+import sys
+import unicodedata
 from dataclasses import dataclass
 
 
@@ -43,6 +46,13 @@ class Source:
         return "\n" * self.line0 + " " * self.col0 + self.text
 
 
+def _visible(c: str) -> str:
+    """A character of an excerpt as it is printed: a control character or a line or paragraph separator (U+2028,
+    which YAML reads as a line break) as one replacement character, so that it neither acts on the terminal nor
+    moves the caret's line."""
+    return "\ufffd" if c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp") else c
+
+
 def _line_col(text: str, offset: int) -> tuple[int, int]:
     """1-based (line, col) of character `offset` of `text`."""
     line_start = text.rfind("\n", 0, offset) + 1
@@ -70,7 +80,7 @@ class ArchDSLError(Exception):
             self.line, self.col = source.locate(start)
             end_line, end_col = source.locate(end if end is not None else start + 1)
             width = max(1, end_col - self.col) if end_line == self.line else 1
-            text = source.line_text(self.line)
+            text = "".join(_visible(c) for c in source.line_text(self.line))
             pad = "".join(c if c == "\t" else " " for c in text[:self.col - 1])  # tabs kept, so the caret lines up
             self.excerpt = f"  {text}\n  {pad}^{'~' * (width - 1)}"
         super().__init__(self.render())
@@ -120,6 +130,31 @@ def shown(value) -> str:
     300-byte file that stands for 10^8 strings), whose whole repr would not end."""
     text = _SHOWN.repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def finite(o):
+    """`o` with every float that is inf or NaN replaced by None, in dicts, lists and tuples too: JSON has no such
+    numbers, and the `NaN` json.dumps writes is refused by jq, JavaScript and pandas' strict readers."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [finite(v) for v in o]
+    return o
+
+
+def warn_not_finite(model, path: str) -> None:
+    """A warning on stderr when the weights loaded from `path` hold NaN or inf: so would the outputs, shown as
+    tokens (argmax of NaN logits is 0) or as a loss of nan, with nothing else amiss."""
+    from .units import plural
+
+    bad = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
+           if (t.is_floating_point() or t.is_complex()) and not bool(t.isfinite().all())]
+    if bad:
+        verb = "holds" if len(bad) == 1 else "hold"
+        print(f"warning: {path}: {plural(len(bad), 'weight tensor')} {verb} NaN or inf (the first: {bad[0]}); so "
+              f"will what the model computes", file=sys.stderr)
 
 
 def did_you_mean(name: str, valid) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import unicodedata
 
 import yaml
 
@@ -85,6 +86,11 @@ def dump_yaml(data) -> str:
     return yaml.dump(data, Dumper=YamlDumper, sort_keys=False, allow_unicode=True)
 
 
+# what PyYAML (YAML 1.1) reads as a line break beside \n and \r, where an editor and every error's line:col see
+# none: a YAML error after one may stem from it
+YAML_BREAKS = "\x85\u2028\u2029"
+
+
 def read_yaml(text: str, file: str):
     """(composed node tree, plain data) of YAML text, safely; a syntax error points into the file."""
     try:
@@ -93,13 +99,23 @@ def read_yaml(text: str, file: str):
         data = yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a safe loader)
         _flatten_merges(root)
         return root, data
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow (a control character, U+FFFF)
+        what = (f"the control character U+{e.character:04X} (YAML text holds none but tab and line breaks)"
+                if unicodedata.category(chr(e.character)) == "Cc" else
+                f"U+{e.character:04X} is not a character YAML text may hold")
+        raise ArchDSLError(f"invalid YAML: {what}", source=Source(text, file, file_text=text),
+                           start=e.position) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or str(e)
         if mark is None:
             raise ArchDSLError(f"invalid YAML: {problem}", file=file) from None
-        raise ArchDSLError(f"invalid YAML: {problem}", source=Source(text, file, file_text=text),
-                           start=mark.index) from None
+        source = Source(text, file, file_text=text)
+        at = len(text.rstrip()) if mark.index >= len(text) else mark.index  # at the end: where the last line ends
+        brk = re.search(f"[{YAML_BREAKS}]", text[:at])
+        hint = "" if brk is None else (f"U+{ord(brk.group()):04X} at {':'.join(map(str, source.locate(brk.start())))}"
+                                       f" is a line break to YAML, though an editor may show none")
+        raise ArchDSLError(f"invalid YAML: {problem}", source=source, start=at, hint=hint) from None
     except RecursionError:  # [[[[...]]]] some thousand deep: past the parser's stack
         raise ArchDSLError(TOO_DEEP, file=file) from None
 
@@ -135,10 +151,11 @@ def _unique_keys(node, text: str, file: str, within: tuple = (), done: set | Non
         for key_node, _ in node.value:
             key = (key_node.tag, key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
             if key is not None and key_node.tag != "tag:yaml.org,2002:merge":
-                if key in seen:
-                    raise ArchDSLError(f"key {key_node.value!r} is written twice (first at line {seen[key] + 1})",
-                                       source=Source(text, file, file_text=text), start=key_node.start_mark.index)
-                seen[key] = key_node.start_mark.line
+                if key in seen:  # its line as every error counts lines (PyYAML's mark counts U+2028 as a break)
+                    whole = Source(text, file, file_text=text)
+                    raise ArchDSLError(f"key {key_node.value!r} is written twice (first at line "
+                                       f"{whole.locate(seen[key])[0]})", source=whole, start=key_node.start_mark.index)
+                seen[key] = key_node.start_mark.index
     for child in node.value if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) else ():
         for sub in child if isinstance(child, tuple) else (child,):
             _unique_keys(sub, text, file, within, done)

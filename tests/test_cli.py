@@ -272,6 +272,39 @@ def test_yaml_errors_point_into_the_file(tmp_path, capsys):
     assert run("check", str(f), capsys=capsys)[0] == 2
 
 
+@pytest.mark.parametrize("char", ["\x07", "\x00", "\x1b", "\x7f", "\x9b", "\ufffe", "\uffff"])
+def test_a_character_yaml_refuses_is_pointed_at(tmp_path, capsys, char):
+    """A control character or U+FFFF in a spec file: file:line:col, the line with the character shown as one
+    replacement character (not sent to the terminal), and a caret under it; it was PyYAML's `unacceptable character
+    ... in "<unicode string>", position 34` with no place."""
+    f = tmp_path / "t.yaml"
+    f.write_text(f"name: x\r\nd_model: 64\r\nlayout: mamba2{char}, attn\r\n", encoding="utf-8")
+    code, _, err = run("check", str(f), capsys=capsys)
+    assert code == 2 and err.startswith(f"error: {f}:3:15: invalid YAML: ") and f"U+{ord(char):04X}" in err, err
+    assert err.endswith("\n  layout: mamba2\ufffd, attn\n                ^\n" if char < "\ufffe"
+                        else f"\n  layout: mamba2{char}, attn\n                ^\n"), err
+    assert "<unicode string>" not in err and "\x1b" not in err and "\x00" not in err
+
+
+def test_yaml_positions_count_the_lines_an_editor_shows(tmp_path, capsys):
+    """Lines are counted at \\n, \\r\\n and \\r, as an editor shows them; U+2028, U+2029 and NEL, which PyYAML also
+    reads as line breaks, are named in a hint and shown as one character in the excerpt. An error at the end of the
+    file points at the end of its last line (it pointed at the empty line after it)."""
+    f = tmp_path / "t.yaml"
+    f.write_text("name: x\nd_model: 64\nlayout: mamba2,\u2028atn\n", encoding="utf-8")
+    code, _, err = run("check", str(f), capsys=capsys)
+    assert code == 2 and err == (f"error: {f}:3:20: invalid YAML: could not find expected ':'; U+2028 at 3:16 is a "
+                                 f"line break to YAML, though an editor may show none\n"
+                                 f"  layout: mamba2,\ufffdatn\n                     ^\n"), err
+    f.write_text("name: x\nlayout: [mamba2\n\n  \n", encoding="utf-8")
+    code, _, err = run("check", str(f), capsys=capsys)
+    assert code == 2 and err.startswith(f"error: {f}:2:16: invalid YAML: expected ',' or ']'") and err.endswith(
+        "\n  layout: [mamba2\n                 ^\n"), err
+    f.write_text("name: x\u2029\nd_model: 64\x85\nd_model: 32\nlayout: mamba2\n", encoding="utf-8")
+    code, _, err = run("check", str(f), capsys=capsys)
+    assert code == 2 and f"{f}:3:1: key 'd_model' is written twice (first at line 2)" in err, err
+
+
 def test_python_dash_m_and_help():
     r = subprocess.run([sys.executable, "-m", "archdsl", "--help"], capture_output=True, text=True)
     assert r.returncode == 0

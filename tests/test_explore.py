@@ -527,6 +527,12 @@ def test_output_directory_is_checked(tmp_path, capsys):
     code, _, err = _run(["explore", str(space), "-o", str(out), "--no-progress", "--max-params", "1"], capsys)
     assert code == 2 and f"pass --resume {out}" in err and "another -o" in err
     assert (out / "results.json").read_text() == before
+    # a directory of other files: no --resume offered (it then failed: results.json does not exist)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "other"), "--no-progress"], capsys)
+    assert code == 2 and "already holds files, and no exploration (no results.json)" in err, err
+    assert "--resume" not in err and [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
 
 
 def test_probe_width_checked_first_and_a_failed_probe_says_so(tmp_path, capsys, monkeypatch):
@@ -626,6 +632,20 @@ def test_pareto_plot_ticks_are_plain_figures(tmp_path, monkeypatch):
     labels = [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text()]
     assert labels and not any("$" in t or "mathdefault" in t for t in labels), labels
     assert any(t.endswith("K") or t.endswith("M") for t in labels) and any(t.endswith("B") for t in labels), labels
+
+
+def test_space_file_errors_count_lines_as_an_editor_does():
+    """A space file's lines end at \\n, \\r\\n or a lone \\r, as a spec file's do (a classic Mac file was one line), and
+    a character YAML refuses is pointed at (it was PyYAML's `position 9` with no line)."""
+    for text in ("name: t\rmixers: [mamba2\r", "name: t\r\nmixers: [mamba2\r\n"):
+        with pytest.raises(ArchDSLError) as e:
+            space_from_yaml(text, "s.yaml")
+        assert str(e.value).startswith("s.yaml:2:16: invalid YAML: expected ',' or ']'") and (
+            str(e.value).endswith("\n  mixers: [mamba2\n                 ^")), str(e.value)
+    with pytest.raises(ArchDSLError) as e:
+        space_from_yaml("name: t\x1b\nmixers: [mamba2]\n", "s.yaml")
+    assert str(e.value) == ("s.yaml:1:8: invalid YAML: the control character U+001B (YAML text holds none but tab and "
+                            "line breaks)\n  name: t\ufffd\n         ^")
 
 
 def test_a_base_named_like_a_number_round_trips(capsys):

@@ -475,6 +475,52 @@ def test_run_directory_must_be_a_directory(tmp_path, capsys):
     assert (tmp_path / "afile").read_text() == "x"
 
 
+def test_run_directory_is_neither_the_current_directory_nor_a_saved_model(tmp_path, capsys, monkeypatch):
+    """-o . and -o on a saved model's or a Hugging Face model's directory are refused, as compile's -o refuses them
+    (the run's files went in among the others'); a run directory is resumed into as before."""
+    base = ["train", "mamba2(d_state=8, headdim=8)", "--data", "mqar:seq=32,pairs=2", "--steps", "1", "--batch", "2",
+            "--no-progress", "--threads", "1"]
+    saved, hf = tmp_path / "saved", tmp_path / "hf"
+    assert main(["compile", "mamba2(d_state=8, headdim=8)", "--set", "d_model=16", "-o", str(saved)]) == 0
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    for out, message in ((".", "-o .: is the current directory or holds it"),
+                         (str(tmp_path), "is the current directory or holds it"),
+                         (str(saved), f"-o {saved}: holds a saved model (model.safetensors, spec.yaml)"),
+                         (str(hf), f"-o {hf}: holds a saved model (config.json)")):
+        err = refused(capsys, [*base, "-o", out], message)
+        assert "Traceback" not in err and err.count("\n") == 1, err
+    assert os.listdir(tmp_path / "sub") == [] and sorted(os.listdir(saved)) == ["model.safetensors", "spec.yaml"]
+    run = str(tmp_path / "run")
+    assert main([*base, "-o", run]) == 0
+    assert main([*base, "--steps", "2", "-o", run, "--resume"]) == 0
+    assert sorted(losses(run)) == [1, 2]
+
+
+def test_a_nan_loss_is_null_in_the_metrics_and_nan_weights_are_warned_of(tmp_path, capsys):
+    """A saved model whose weights hold NaN: train warns of them before step 1 (as run and bench do; it said only
+    `the loss is nan`), and metrics.jsonl stays strict JSON (it held a bare NaN, which strict readers refuse)."""
+    saved, run = str(tmp_path / "m"), str(tmp_path / "run")
+    assert main(["compile", "mamba2(d_state=8, headdim=8)", "--set", "d_model=16", "--set", "vocab_size=64",
+                 "-o", saved]) == 0
+    model = archdsl.load(saved)
+    with torch.no_grad():
+        model.embeddings.weight.fill_(float("nan"))
+    model.save(saved)
+    err = refused(capsys, ["train", saved, "--data", "mqar:seq=32,pairs=2", "--steps", "2", "--batch", "2",
+                           "--no-progress", "--threads", "1", "-o", run], "step 1: the loss is nan")
+    assert err.startswith(f"warning: {saved}: 1 weight tensor holds NaN or inf (the first: embeddings.weight)"), err
+
+    def refuse(constant):
+        raise AssertionError(f"metrics.jsonl holds {constant}, which is not JSON")
+
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        records = [json.loads(line, parse_constant=refuse) for line in f]
+    assert [(r["step"], r["loss"], r["grad_norm"]) for r in records] == [(1, None, None)]
+
+
 def test_packed_documents(tmp_path, capsys, monkeypatch):
     """--data FILE,eos=ID packs the documents of every window: seq_idx counts the eos tokens before each token
     in its row and the token after an eos is not scored; a hybrid of Mamba-2 and attention and a Jamba (Mamba-1,

@@ -6,9 +6,10 @@ import argparse
 import json
 import os
 import re
+import sys
 
-from ..errors import ArchDSLError
-from ..units import count, parse_seed
+from ..errors import ArchDSLError, warn_not_finite
+from ..units import count, parse_seed, plural
 from .common import ARGS, command, device_arg, model_dtype
 
 
@@ -41,7 +42,8 @@ def cmd_generate(args):
     if not hf and not saved_model(args.model, "generate"):
         raise ArchDSLError(f"MODEL: {args.model} is neither a saved model (spec.yaml + model.safetensors) nor a "
                            f"Hugging Face model directory (config.json + safetensors): text needs trained weights")
-    tokenizer = _tokenizer(args.model if args.tokenizer is None else args.tokenizer, args.tokenizer is None)
+    tokenizer, tokenizer_file = _tokenizer(args.model if args.tokenizer is None else args.tokenizer,
+                                           args.tokenizer is None)
     eos = _eos(args.eos, args.model)
     ids = tokenizer.encode(args.prompt).ids
     if not ids:
@@ -54,21 +56,32 @@ def cmd_generate(args):
         raise ArchDSLError(f"--eos: id {max(eos)} is past the model's vocabulary of {vocab:,}" +
                            ("" if args.eos is not None else " (read from MODEL's generation_config.json or "
                                                             "config.json; --eos none for no end-of-text id)"))
+    known = tokenizer.get_vocab_size()  # its added tokens too
+    if known < vocab - vocab // 64:  # a model's vocabulary padded a little past its tokenizer's (Qwen2's 151,936 for
+        # 151,665 ids, Pythia's 50,304 for 50,277) is common, and a trained model never emits those ids
+        print(f"warning: {tokenizer_file}: the tokenizer has {known:,} ids, the model's vocabulary {vocab:,} (a "
+              f"tokenizer of another model?): a generated id the tokenizer lacks has no text", file=sys.stderr)
     import torch
 
     model = _load(args.model, hf, device, dtype)
+    warn_not_finite(model, args.model)
     model.cuda_graph = graphed
     prompt = torch.tensor([ids], dtype=torch.long, device=model.device)
     out = model.generate(prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, eos_token_id=eos)
     new = out[0, len(ids):].tolist()
     stopped = bool(eos) and bool(new) and new[-1] in eos
+    undecoded = sorted({i for i in new if tokenizer.id_to_token(i) is None})  # decode() leaves them out silently
     if args.json:
         print(json.dumps({"model": model.spec.name, "prompt": args.prompt, "prompt_ids": ids, "new_ids": new,
                           "continuation": tokenizer.decode(new), "text": tokenizer.decode(ids + new),
-                          "stopped_at_eos": stopped}, indent=2))
+                          "stopped_at_eos": stopped, "undecoded_ids": undecoded}, indent=2))
         return
     print(tokenizer.decode(ids + new))
+    if undecoded:
+        shown = ", ".join(map(str, undecoded[:10])) + (", ..." if len(undecoded) > 10 else "")
+        print(f"warning: {plural(len(undecoded), 'generated id')} the tokenizer lacks, left out of the text: {shown}",
+              file=sys.stderr)
 
 
 def _is_hf_dir(path: str) -> bool:
@@ -101,7 +114,7 @@ def _load(path: str, hf: bool, device, dtype):
 
 
 def _tokenizer(path: str, beside_model: bool):
-    """The tokenizers.Tokenizer of a tokenizer.json file, or of the one in directory `path`."""
+    """(the tokenizers.Tokenizer, its file) of a tokenizer.json file, or of the one in directory `path`."""
     where = "MODEL" if beside_model else "--tokenizer"
     file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
@@ -113,7 +126,7 @@ def _tokenizer(path: str, beside_model: bool):
         raise ArchDSLError("generate reads tokenizer.json with the tokenizers library, which is not installed: "
                            "pip install tokenizers") from None
     try:
-        return Tokenizer.from_file(file)
+        return Tokenizer.from_file(file), file
     except Exception as e:  # the library's own error type (a Rust panic's message) for a file it cannot read
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ArchDSLError(f"{where}: {file} is not a tokenizer.json the tokenizers library reads ({first})") from None

@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..atomic import check_output_dir
-from ..errors import ArchDSLError
+from ..errors import ArchDSLError, warn_not_finite
 from ..units import count, human, parse_seed, plural
 from .common import (ARGS, add_set, add_spec, add_ssm_state_dtype, command, device_arg, model_dtype, read_spec,
                      table)
@@ -202,23 +202,10 @@ def _model(args):
         model = load_model(args.spec, device=args.device, dtype=dtype, fuse=fuse,
                            ssm_state_dtype=args.ssm_state_dtype)
         model.cuda_graph = args.cuda_graph
-        _warn_not_finite(model, args.spec)
+        warn_not_finite(model, args.spec)
         return model
     return build(read_spec(args.spec, args.set), device=args.device, dtype=dtype or resolve_dtype("float32"),
                  seed=args.seed, cuda_graph=args.cuda_graph, fuse=fuse, ssm_state_dtype=args.ssm_state_dtype)
-
-
-def _warn_not_finite(model, path: str) -> None:
-    """A warning on stderr when the weights loaded from `path` hold NaN or inf: so would the outputs, shown as
-    tokens (argmax of NaN logits is 0) with nothing else amiss."""
-    import torch
-
-    bad = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
-           if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
-    if bad:
-        verb = "holds" if len(bad) == 1 else "hold"
-        print(f"warning: {path}: {plural(len(bad), 'weight tensor')} {verb} NaN or inf (the first: {bad[0]}); so "
-              f"will what the model computes", file=sys.stderr)
 
 
 def _fuse(args):

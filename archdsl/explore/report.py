@@ -8,11 +8,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 
 from ..atomic import write_atomic
 from ..draw import save_figure
+from ..errors import finite
 from ..units import human, plural
 from .search import Candidate
 
@@ -34,26 +34,14 @@ def write_results(outdir: str, config: dict, cands: list[Candidate], status: str
     """results.json (config, summary, every candidate) and results.csv (one row each). Both are strict: a loss
     that is inf or NaN (a diverged probe, marked `diverged`) is written as null, as an empty CSV cell."""
     doc = {"status": status, "config": config, "summary": summary, "candidates": [c.to_dict() for c in cands]}
-    text = json.dumps(_finite(doc), indent=1, default=_plain, allow_nan=False)
+    text = json.dumps(finite(doc), indent=1, default=_plain, allow_nan=False)
     write_atomic(os.path.join(outdir, "results.json"), text + "\n")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
     w.writeheader()
     for c in cands:
-        w.writerow(_finite(csv_row(c)))
+        w.writerow(finite(csv_row(c)))
     write_atomic(os.path.join(outdir, "results.csv"), buf.getvalue())
-
-
-def _finite(o):
-    """`o` with every float that is inf or NaN replaced by None (JSON has no such numbers: json.dumps writes
-    `NaN`, which jq, JavaScript and pandas' strict readers refuse)."""
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
 
 
 def _plain(o):

@@ -59,6 +59,7 @@ def space_from_yaml(text: str, file: str = "<space>") -> Space:
     for name, value in (("text", text), ("file", file)):
         if not isinstance(value, str):
             raise ArchDSLError(f"space_from_yaml: {name} must be a string, got {shown(value)}")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # errors count lines as YAML and editors do (spec files too)
     whole = Source(text, file, file_text=text)
     root, data = read_yaml(text, file)
     if not isinstance(data, dict):

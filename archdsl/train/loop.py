@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import check_output, write_atomic
-from ..errors import ArchDSLError
+from ..errors import ArchDSLError, finite, warn_not_finite
 from ..model.modules.moe import balance_experts
 from ..model.packed import refusal, unpacked_blocks
 from .checkpoint import (CKPT_DIR, check_settings, check_spec, checkpoints, load_checkpoint, remove_partial,
@@ -145,8 +145,21 @@ def _resume(cfg: TrainConfig, spec_yaml: str, first: tuple[int, str, list[str]],
 
 
 def check_rundir(rundir: str) -> None:
-    """ArchDSLError when what train writes in RUNDIR cannot go there: checkpoints/ not a directory, run.json or
-    metrics.jsonl not a file."""
+    """ArchDSLError when what train writes in RUNDIR cannot go there, or should not: the current directory (or one
+    holding it) and a saved model's or Hugging Face model's directory, which compile's and export's -o refuse too
+    (the run's files would be mixed in with theirs); checkpoints/ not a directory, run.json or metrics.jsonl not a
+    file."""
+    from ..model.model import SAVE_FILES
+
+    cwd, path = os.path.abspath(os.getcwd()), os.path.abspath(rundir)
+    if cwd == path or cwd.startswith(path.rstrip(os.sep) + os.sep):
+        raise ArchDSLError(f"-o {rundir}: is the current directory or holds it; a run writes run.json, metrics.jsonl "
+                           f"and checkpoints/ into a directory of its own", hint="give one, e.g. -o runs/NAME")
+    model = sorted(f for f in SAVE_FILES | {"config.json"} if os.path.exists(os.path.join(rundir, f)))
+    if model:
+        raise ArchDSLError(f"-o {rundir}: holds a saved model ({', '.join(model)}); a run writes run.json, "
+                           f"metrics.jsonl and checkpoints/ into a directory of its own",
+                           hint="give another -o RUNDIR (the model to train from is SPEC)")
     for name, want_dir in ((CKPT_DIR, True), ("run.json", False), ("metrics.jsonl", False)):
         path = os.path.join(rundir, name)
         if os.path.exists(path) and os.path.isdir(path) != want_dir:
@@ -160,7 +173,12 @@ def build(cfg: TrainConfig, spec, dist):
     from ..model import compile as compile_model
     from ..model import load as load_model
 
-    model = load_model(cfg.spec, dtype="float32") if _saved(cfg.spec) else compile_model(spec, device="cpu", seed=cfg.seed)
+    if not _saved(cfg.spec):
+        model = compile_model(spec, device="cpu", seed=cfg.seed)
+    else:
+        model = load_model(cfg.spec, dtype="float32")
+        if dist.is_main and not cfg.resume:  # the start of a new run (a resumed one loads its checkpoint)
+            warn_not_finite(model, cfg.spec)
     model.train()
     return shard_model(model, dist, bf16=cfg.bf16, grad_ckpt=cfg.grad_ckpt, compile=cfg.compile)
 
@@ -361,7 +379,7 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
                 rec["aux_loss"] = aux_sum / dist.world
             losses[step] = rec["loss"]
             if metrics is not None:
-                metrics.write(json.dumps(rec) + "\n")
+                metrics.write(json.dumps(finite(rec), allow_nan=False) + "\n")  # a NaN loss as null
                 metrics.flush()
             if bar is not None:
                 post = {"loss": f"{rec['loss']:.4f}", "tok/s": f"{tok_s:,.0f}"}

@@ -127,6 +127,40 @@ def test_bad_models_prompts_and_tokenizers(saved, tmp_path, capsys):
     assert rc == 2 and err.startswith(f"error: MODEL: no tokenizer.json in {no_tok} (give --tokenizer"), err
 
 
+def test_ids_the_tokenizer_lacks_are_warned_of_and_listed(saved, tmp_path, capsys):
+    """A tokenizer smaller than the model's vocabulary is warned of before the weights are read, and the generated ids
+    it has no token for are listed (--json: undecoded_ids; else on stderr): its decode() left them out silently,
+    and the text showed nothing. A tokenizer that matches gives no warning and an empty list."""
+    model_dir, _ = saved
+    rc, out, err = _run(capsys, model_dir, "the cat", "--max-new-tokens", 4, "--json")
+    assert rc == 0 and err == "" and json.loads(out)["undecoded_ids"] == [], err
+    wide = tmp_path / "wide"  # vocabulary 64 for the 16 words of the tokenizer
+    assert main(["compile", "2×mamba", "--set", "d_model=32", "--set", "vocab_size=64", "-o", str(wide)]) == 0
+    tok_file = model_dir / "tokenizer.json"
+    rc, out, err = _run(capsys, wide, "the cat", "--max-new-tokens", 8, "--json", "--tokenizer", tok_file)
+    doc = json.loads(out)
+    lacking = sorted({i for i in doc["new_ids"] if i >= 16})
+    assert rc == 0 and lacking and doc["undecoded_ids"] == lacking, (doc, err)
+    assert err == (f"warning: {tok_file}: the tokenizer has 16 ids, the model's vocabulary 64 (a tokenizer of "
+                   f"another model?): a generated id the tokenizer lacks has no text\n"), err
+    rc, out, err = _run(capsys, wide, "the cat", "--max-new-tokens", 8, "--tokenizer", tok_file)
+    assert rc == 0 and out == doc["text"] + "\n"
+    assert err.endswith(f"\nwarning: {len(lacking)} generated ids the tokenizer lacks, left out of the text: "
+                        f"{', '.join(map(str, lacking))}\n"), err
+
+
+def test_weights_that_are_not_finite_are_warned_of(saved, tmp_path, capsys):
+    """NaN weights made `0 0 0` (argmax of NaN logits) with no word, where run and bench warn."""
+    nan = tmp_path / "nan"
+    model = archdsl.load(saved[0])
+    with torch.no_grad():
+        model.embeddings.weight[3, 0] = float("nan")
+    model.save(nan)
+    rc, _, err = _run(capsys, nan, "the cat", "--max-new-tokens", 2, "--tokenizer", saved[0])
+    assert rc == 0 and err == (f"warning: {nan}: 1 weight tensor holds NaN or inf (the first: embeddings.weight); so "
+                               f"will what the model computes\n"), err
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_generate_replays_a_cuda_graph_with_the_eager_tokens(saved, capsys):
