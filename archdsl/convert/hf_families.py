@@ -25,7 +25,7 @@ def refusal(field: str, value, why: str) -> ArchDSLError:
     return ArchDSLError(f"unsupported value {shown(value)} of config field '{field}': {why}", file="<hf config>")
 
 
-# count and size fields: given, each is >= 1 (an offset may be 0, and a shared expert of width 0 is none); the int
+# count and size fields: given, each is >= 1 (an offset may be 0; a shared expert of width 0 is NemotronH's intermediate_size); the int
 # default of a field read with one marks it, these two are read without
 _SIZES, _ZERO_OK = {"head_dim", "num_key_value_heads"}, {"moe_shared_expert_intermediate_size", "num_mem_blocks"}
 
@@ -91,20 +91,21 @@ def _spec(c: HFConfig, name, d_model, vocab, tie, layout, blocks, *, norm="rmsno
 
 
 def _ropes(c: HFConfig) -> list[HFConfig]:
-    """The RoPE settings under either name, rope_parameters (transformers 5) first, then rope_scaling (before):
-    transformers takes a scaling from either, so both are read."""
+    """The RoPE settings transformers uses, as a list of none or one: rope_scaling (the old name) when it is
+    given and not empty, else rope_parameters (transformers 5: `rope_parameters = rope_scaling or
+    rope_parameters`; the other is then ignored whole). Both are checked to be objects."""
     out = []
-    for field in ("rope_parameters", "rope_scaling"):
+    for field in ("rope_scaling", "rope_parameters"):
         rp = c(field)
         if rp is not None and not isinstance(rp, dict):
             raise refusal(field, rp, 'expected an object of RoPE settings, like {"rope_type": "default"}')
         if rp:
             out.append(HFConfig(rp, f"{field}."))
-    return out
+    return out[:1]
 
 
 def _rope(c: HFConfig) -> HFConfig:
-    """The RoPE settings that give the values (rope_theta, partial_rotary_factor): the first of _ropes."""
+    """The RoPE settings that give the values (rope_theta, partial_rotary_factor): those of _ropes."""
     return (_ropes(c) or [HFConfig({})])[0]
 
 
@@ -120,6 +121,21 @@ def _conv_act(c: HFConfig) -> None:
     """HF's Mamba mixers apply hidden_act after their conv (and Bamba's MLP too); ours is SiLU."""
     if c("hidden_act", "silu") not in ("silu", "swish"):
         raise refusal("hidden_act", c("hidden_act"), "supported: 'silu' (the mamba conv activation)")
+
+
+def _d_conv(c: HFConfig, key: str) -> int:
+    """The conv kernel width of the mamba / mamba2 mixers, under the config's name for it; archdsl's causal conv
+    kernels take 2..4."""
+    k = c(key, 4)
+    if not 2 <= k <= 4:
+        raise refusal(key, k, "archdsl supports 2..4")
+    return k
+
+
+def _alias(c: HFConfig, key: str, other: str) -> str:
+    """The field to read of a setting transformers takes under two names, `key` and `other`: `other` when the
+    config gives it (an attribute_map name, or an old name __post_init__ renames: it wins over `key`), else `key`."""
+    return other if c.c.get(other) is not None else key
 
 
 def _kv_heads(c: HFConfig, heads: int, default: int = 8) -> int:
@@ -148,7 +164,7 @@ def _mamba(c: HFConfig, name: str, falcon: bool) -> dict:
     rank = c("time_step_rank", "auto")
     if rank == "auto" or rank == math.ceil(d / 16):
         rank = "auto"
-    mamba = {"d_state": c("state_size", 16), "d_conv": c("conv_kernel", 4), "expand": expand, "dt_rank": rank,
+    mamba = {"d_state": c("state_size", 16), "d_conv": _d_conv(c, "conv_kernel"), "expand": expand, "dt_rank": rank,
              "conv_bias": bool(c("use_conv_bias", True)), "bias": bool(c("use_bias", False)),
              "dt_min": float(c("time_step_min", 0.001)), "dt_max": float(c("time_step_max", 0.1))}
     if falcon:
@@ -160,9 +176,10 @@ def _mamba(c: HFConfig, name: str, falcon: bool) -> dict:
 
 
 def _mamba2_block(c: HFConfig, d, *, d_state, d_conv, expand, heads, headdim, ngroups, chunk, conv_bias, bias,
-                  field="num_heads", norm_eps=None, dt_floor=None) -> dict:
+                  field="num_heads", norm_eps=None, dt_floor=None, expand_field="expand") -> dict:
     if heads * headdim != expand * d:
-        raise refusal(field, heads, f"heads·head_dim = {heads * headdim} must equal expand·hidden_size = {expand * d}")
+        raise refusal(field, heads, f"heads·head_dim = {heads * headdim} must equal {expand_field}·hidden_size = "
+                                    f"{expand * d}")
     out = {"d_state": d_state, "d_conv": d_conv, "expand": expand, "heads": heads, "headdim": headdim,
            "ngroups": ngroups, "chunk_size": chunk, "conv_bias": bool(conv_bias), "bias": bool(bias)}
     if norm_eps is not None and float(norm_eps) != 1e-5:
@@ -172,17 +189,17 @@ def _mamba2_block(c: HFConfig, d, *, d_state, d_conv, expand, heads, headdim, ng
     return out
 
 
-def _dt_limit(c: HFConfig) -> float:
-    """The lower dt clamp of HF's time_step_limit (lo, hi); an upper bound is not supported."""
-    lim = c("time_step_limit", (0.0, float("inf")))
+def _dt_limit(c: HFConfig, field: str = "time_step_limit") -> float:
+    """The lower dt clamp of HF's time_step_limit (lo, hi), read from `field`; an upper bound is not supported."""
+    lim = c(field, (0.0, float("inf")))
     try:  # transformers writes infinity as {"__float__": "Infinity"}
         if not isinstance(lim, (list, tuple)):
             raise TypeError
         lo, hi = (float(v["__float__"]) if isinstance(v, dict) else float(v) for v in lim)
     except (TypeError, ValueError, KeyError):
-        raise refusal("time_step_limit", lim, "expected [lo, hi]") from None
+        raise refusal(field, lim, "expected [lo, hi]") from None
     if hi != float("inf") or lo < 0:
-        raise refusal("time_step_limit", lim, "only (lo, inf) with lo >= 0 is supported")
+        raise refusal(field, lim, "only (lo, inf) with lo >= 0 is supported")
     return lo
 
 
@@ -191,7 +208,7 @@ def _mamba2(c: HFConfig, name: str) -> dict:
     _conv_act(c)
     if not c("rmsnorm", True):
         raise refusal("rmsnorm", False, "the gated RMSNorm is always present")
-    m = _mamba2_block(c, d, d_state=c("state_size", 128), d_conv=c("conv_kernel", 4), expand=c("expand", 2),
+    m = _mamba2_block(c, d, d_state=c("state_size", 128), d_conv=_d_conv(c, "conv_kernel"), expand=c("expand", 2),
                       heads=c("num_heads", 128), headdim=c("head_dim", 64), ngroups=c("n_groups", 8),
                       chunk=c("chunk_size", 256), conv_bias=c("use_conv_bias", True), bias=c("use_bias", False),
                       norm_eps=c("layer_norm_epsilon", 1e-5), dt_floor=_dt_limit(c))
@@ -204,7 +221,7 @@ def _jamba(c: HFConfig, name: str) -> dict:
     d, L = c("hidden_size", 4096), c("num_hidden_layers", 32)
     rank = c("mamba_dt_rank", "auto")
     heads = c("num_attention_heads", 32)
-    experts = c("num_experts", 16)
+    experts = c(_alias(c, "num_experts", "num_local_experts"), 16)
     act = _gated_act(c, "hidden_act", "silu")
     if act != "swiglu":  # HF uses hidden_act for the mamba conv too; ours is SiLU
         raise refusal("hidden_act", c("hidden_act"), "supported: 'silu' (it is also the mamba conv activation)")
@@ -218,7 +235,8 @@ def _jamba(c: HFConfig, name: str) -> dict:
     if moe:
         layout += f", moe every {ep} offset {eo}"
     blocks = {
-        "mamba": {"d_state": c("mamba_d_state", 16), "d_conv": c("mamba_d_conv", 4), "expand": c("mamba_expand", 2),
+        "mamba": {"d_state": c("mamba_d_state", 16), "d_conv": _d_conv(c, "mamba_d_conv"),
+                  "expand": c("mamba_expand", 2),
                   "dt_rank": "auto" if rank in ("auto", math.ceil(d / 16)) else rank, "inner_norms": "weighted",
                   "inner_norm_eps": float(c("rms_norm_eps", 1e-6)), "conv_bias": bool(c("mamba_conv_bias", True)),
                   "bias": bool(c("mamba_proj_bias", False))},
@@ -262,6 +280,10 @@ def _zamba2(c: HFConfig, name: str) -> dict:
     if other:
         raise refusal(field, sorted(other)[0], "supported: 'mamba', 'hybrid'")
     heads, n_heads = c("num_attention_heads", 32), c("n_mamba_heads", 8)
+    hd = _alias(c, "head_dim", "attention_head_dim")  # transformers reads either, attention_head_dim first
+    if hybrid and c(hd) is not None and c(hd) != 2 * d // heads:
+        raise refusal(hd, c(hd), f"Zamba2's shared attention here has head_dim 2·hidden_size / num_attention_heads = "
+                      f"{2 * d // heads}, and archdsl's zamba block no other")
     expand = c("mamba_expand", 2)
     if (expand * d) % n_heads:
         raise refusal("n_mamba_heads", n_heads, f"must divide mamba_expand·hidden_size = {expand * d}")
@@ -286,7 +308,7 @@ def _zamba2(c: HFConfig, name: str) -> dict:
         zamba["kv_heads"] = c("num_key_value_heads")
     if zamba["rope"]:
         zamba["rope_theta"] = _rope_theta(c)
-    blocks = {"mamba2": _mamba2_block(c, d, d_state=c("mamba_d_state", 64), d_conv=c("mamba_d_conv", 4),
+    blocks = {"mamba2": _mamba2_block(c, d, d_state=c("mamba_d_state", 64), d_conv=_d_conv(c, "mamba_d_conv"),
                                       expand=expand, heads=n_heads, headdim=expand * d // n_heads,
                                       ngroups=c("mamba_ngroups", 1), chunk=c("chunk_size", 256),
                                       conv_bias=True, bias=False, field="n_mamba_heads",  # HF: conv bias always
@@ -308,11 +330,12 @@ def _bamba(c: HFConfig, name: str) -> dict:
         raise refusal("attn_layer_indices", attn_ids, "expected a list of layer indices (integers)")
     attn_ids = sorted(attn_ids)
     layout = f"{L}×mamba2" + (", attn at " + " ".join(map(str, attn_ids)) if attn_ids else "")
-    rope_frac = _rope(c)("partial_rotary_factor", c("partial_rotary_factor", 0.5))
+    c("partial_rotary_factor", 0.5)  # checked, not read: BambaConfig sets the top-level one to 0.5 whatever it says
+    rope_frac = _rope(c)("partial_rotary_factor", 0.5)
     ab = bool(c("attention_bias", False))
     blocks = {
-        "mamba2": _mamba2_block(c, d, d_state=c("mamba_d_state", 256), d_conv=c("mamba_d_conv", 4), expand=expand,
-                                heads=heads, headdim=headdim, ngroups=c("mamba_n_groups", 1),
+        "mamba2": _mamba2_block(c, d, d_state=c("mamba_d_state", 256), d_conv=_d_conv(c, "mamba_d_conv"),
+                                expand=expand, heads=heads, headdim=headdim, ngroups=c("mamba_n_groups", 1),
                                 chunk=c("mamba_chunk_size", 256), conv_bias=c("mamba_conv_bias", True),
                                 bias=c("mamba_proj_bias", False), field="mamba_n_heads",
                                 norm_eps=c("rms_norm_eps", 1e-5), dt_floor=_dt_limit(c)),
@@ -361,19 +384,32 @@ def _nemotron_h(c: HFConfig, name: str) -> dict:
     if act not in ("relu2", "relu", "gelu", "silu"):
         raise refusal("mlp_hidden_act", act, "supported: relu2, relu, gelu, silu")
     heads = c("num_attention_heads", 32)
+    legacy = {"conv_kernel": "mamba_d_conv", "expand": "mamba_expand", "n_groups": "mamba_n_groups",
+              "chunk_size": "mamba_chunk_size", "use_conv_bias": "mamba_conv_bias",
+              "time_step_limit": "mamba_dt_limit"}
+
+    def old(key):  # NemotronHConfig.__post_init__ takes the old (mamba_*) name of a field over the new
+        return _alias(c, key, legacy[key])
+
+    c("attention_bias", False)  # checked, not read: transformers' NemotronH attention has no biases whatever it says
+    if "moe" in types and c("mlp_bias", False):
+        raise refusal("mlp_bias", True, "it gives transformers' MoE shared experts biases too, which archdsl's moe "
+                      "block has not (its bias would give the routed experts biases as well)")
     blocks = {
-        "mamba2": _mamba2_block(c, d, d_state=c("ssm_state_size", 128), d_conv=c("conv_kernel", 4),
-                                expand=c("expand", 2), heads=c("mamba_num_heads", 128),
-                                headdim=c("mamba_head_dim", 64), ngroups=c("n_groups", 8),
-                                chunk=c("chunk_size", 128), conv_bias=c("use_conv_bias", True),
-                                bias=c("use_bias", False), field="mamba_num_heads",
-                                norm_eps=c("layer_norm_epsilon", 1e-5), dt_floor=_dt_limit(c)),
+        "mamba2": _mamba2_block(c, d, d_state=c("ssm_state_size", 128), d_conv=_d_conv(c, old("conv_kernel")),
+                                expand=c(old("expand"), 2), heads=c("mamba_num_heads", 128),
+                                headdim=c("mamba_head_dim", 64), ngroups=c(old("n_groups"), 8),
+                                chunk=c(old("chunk_size"), 128), conv_bias=c(old("use_conv_bias"), True),
+                                bias=c("use_bias", False), field="mamba_num_heads", expand_field=old("expand"),
+                                norm_eps=c("layer_norm_epsilon", 1e-5), dt_floor=_dt_limit(c, old("time_step_limit"))),
         "attn": {"heads": heads, "kv_heads": _kv_heads(c, heads), "head_dim": c("head_dim", 128),  # not d / heads
-                 "rope": False, "bias": bool(c("attention_bias", False)), "out_bias": bool(c("attention_bias", False))},
+                 "rope": False},
         "mlp": {"act": act, "hidden": c("intermediate_size", 21504), "bias": bool(c("mlp_bias", False))},
-        "moe": {"experts": c("n_routed_experts", c("num_local_experts", 8)), "top_k": c("num_experts_per_tok", 2),
+        "moe": {"experts": c(_alias(c, "n_routed_experts", "num_local_experts"), 8),
+                "top_k": c("num_experts_per_tok", 2),
                 "hidden": c("moe_intermediate_size", 7688), "act": act, "router": "sigmoid", "score_bias": True,
-                "shared_hidden": c("moe_shared_expert_intermediate_size", 7688),
+                # NemotronHMLP(intermediate_size=...) takes `that or intermediate_size`: 0 is intermediate_size
+                "shared_hidden": c("moe_shared_expert_intermediate_size", 7688) or c("intermediate_size", 21504),
                 **({} if c("norm_topk_prob", True) else {"norm_topk": False}),
                 **({"routed_scale": float(c("routed_scaling_factor", 1.0))}
                    if float(c("routed_scaling_factor", 1.0)) != 1.0 else {})},

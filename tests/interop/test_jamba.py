@@ -62,3 +62,20 @@ def test_jamba_export_of_a_native_spec(tmp_path):
     with torch.no_grad():
         assert rel(back(ids).logits, model(ids)) <= 1e-5
     assert model.num_params() == sum(p.numel() for p in back.parameters())
+
+
+def test_jamba_num_local_experts_is_read():
+    """num_local_experts (JambaConfig's attribute_map name of num_experts; it wins over num_experts) sets the
+    experts: read, not the default 16."""
+    from archdsl.convert.hf import hf_config_to_spec
+    from hf_util import spec_params
+    from interop.common import transformers
+
+    for extra in ({}, {"num_experts": 3}):
+        config = dict(model_type="jamba", vocab_size=64, num_local_experts=4, **extra, **SMALL)
+        cfg = transformers().JambaConfig.from_dict(config)
+        assert cfg.num_experts == 4
+        hf = transformers().JambaForCausalLM(cfg)
+        spec = hf_config_to_spec(config)
+        assert spec["blocks"]["moe"]["experts"] == 4
+        assert spec_params(spec) == sum(p.numel() for p in hf.parameters())

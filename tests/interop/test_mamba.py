@@ -35,3 +35,18 @@ def test_generate_command_matches_transformers(tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     expected = hf_greedy(hf, torch.tensor([[1, 2, 3]]), 12)[0, 3:].tolist()
     assert doc["prompt_ids"] == [1, 2, 3] and doc["new_ids"] == expected
+
+
+@pytest.mark.parametrize("config", [{"model_type": "mamba", "conv_kernel": 5},
+                                    {"model_type": "falcon_mamba", "conv_kernel": 5},
+                                    {"model_type": "mamba2", "conv_kernel": 6},
+                                    {"model_type": "bamba", "mamba_d_conv": 5},
+                                    {"model_type": "jamba", "mamba_d_conv": 1}])
+def test_conv_kernel_out_of_range_is_refused_by_its_config_key(config):
+    """archdsl's conv kernels take widths 2..4; another is refused naming the config's key, not the spec's d_conv."""
+    from archdsl.convert.hf import hf_config_to_spec
+    from archdsl.errors import ArchDSLError
+
+    key = next(k for k in config if k != "model_type")
+    with pytest.raises(ArchDSLError, match=f"unsupported value {config[key]} of config field '{key}'"):
+        hf_config_to_spec(config)

@@ -1,6 +1,9 @@
+import json
+
+import pytest
 import torch
 
-from interop.common import check_family, make_hf
+from interop.common import TOL, check_family, hf_logits, make_hf, rel, transformers
 
 
 def _router_bias(model):
@@ -53,3 +56,124 @@ def test_nemotron_h_time_step_min_is_init_only(tmp_path):
     time_step_min must pass unclamped."""
     hf = _tiny(time_step_min=0.01)
     check_family(tmp_path, hf, 100, hf_cache=False)  # HF's generate needs an attention layer in its cache
+
+
+def _config_dict(**kwargs) -> dict:
+    """config.json of a tiny NemotronH, as transformers writes it (to_dict): every field under its new name."""
+    base = dict(hidden_size=32, vocab_size=100, hybrid_override_pattern="M*-", ssm_state_size=8, mamba_num_heads=4,
+                mamba_head_dim=16, n_groups=2, chunk_size=8, num_attention_heads=4, num_key_value_heads=2,
+                head_dim=8, intermediate_size=48)
+    return transformers().NemotronHConfig(**{**base, **kwargs}).to_dict()
+
+
+def _counts_agree(config: dict, cfg=None):
+    """archdsl's count of the converted spec against transformers' model of the same config.json (cfg: as
+    transformers read it, default from_dict)."""
+    from archdsl.convert.hf import hf_config_to_spec
+    from hf_util import spec_params
+
+    cfg = cfg or transformers().NemotronHConfig.from_dict(config)
+    with torch.device("meta"):
+        hf = transformers().NemotronHForCausalLM(cfg)
+    assert spec_params(hf_config_to_spec(config, "x")) == sum(p.numel() for p in hf.parameters())
+
+
+def test_nemotron_h_attention_bias_is_never_built(tmp_path):
+    """transformers' NemotronH attention has no biases whatever attention_bias says: import builds none (the
+    weights load, the counts and logits agree) and export writes attention_bias false."""
+    hf = make_hf("NemotronHConfig", "NemotronHForCausalLM", hidden_size=32, vocab_size=100,
+                 hybrid_override_pattern="M*-", ssm_state_size=8, mamba_num_heads=4, mamba_head_dim=16, n_groups=2,
+                 chunk_size=8, num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=48,
+                 attention_bias=True)
+    assert hf.config.attention_bias
+    check_family(tmp_path, hf, 100)
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["attention_bias"] is False
+
+
+def test_nemotron_h_export_refuses_attention_biases(tmp_path):
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.errors import ArchDSLError
+    from archdsl.spec import spec_from_yaml
+
+    spec = spec_from_yaml("d_model: 32\nvocab_size: 64\nlayout: mamba2, attn\nblocks:\n  mamba2: {d_state: 8, "
+                          "heads: 4, headdim: 16, ngroups: 1, chunk_size: 8}\n  attn: {heads: 4, kv_heads: 2, "
+                          "rope: false, bias: true, out_bias: true}\n")
+    with pytest.raises(ArchDSLError, match="NemotronH: attn with biases"):
+        export_hf(archdsl.compile(spec), tmp_path / "x", model_type="nemotron_h")
+    with pytest.raises(ArchDSLError, match="NemotronH: attn with biases"):
+        export_hf(archdsl.compile(spec), tmp_path / "x")  # found as NemotronH, and refused as one
+
+
+LEGACY = {"conv_kernel": "mamba_d_conv", "n_groups": "mamba_n_groups", "use_conv_bias": "mamba_conv_bias",
+          "chunk_size": "mamba_chunk_size", "time_step_limit": "mamba_dt_limit", "expand": "mamba_expand"}
+
+
+def test_nemotron_h_old_mamba_names_are_read_as_transformers_reads_them(tmp_path):
+    """NemotronHConfig takes mamba_d_conv, mamba_n_groups, mamba_conv_bias, mamba_chunk_size, mamba_dt_limit and
+    mamba_expand (old names) over the new ones: a checkpoint whose config.json says them loads to the same logits,
+    though the new names beside them say otherwise."""
+    import archdsl
+
+    hf = make_hf("NemotronHConfig", "NemotronHForCausalLM", init=_small_dt, hidden_size=32, vocab_size=100,
+                 hybrid_override_pattern="MM-", ssm_state_size=8, mamba_num_heads=4, mamba_head_dim=16,
+                 intermediate_size=48, conv_kernel=2, n_groups=4, use_conv_bias=False, chunk_size=8,
+                 time_step_limit=(0.01, float("inf")))
+    hf.save_pretrained(tmp_path / "hf")
+    path = tmp_path / "hf" / "config.json"
+    config = json.loads(path.read_text())
+    wrong = {"conv_kernel": 4, "n_groups": 1, "use_conv_bias": True, "chunk_size": 16, "time_step_limit": [0.0, 1.0],
+             "expand": 3}
+    for new, old in LEGACY.items():
+        config[old] = config[new]
+        config[new] = wrong[new]
+    path.write_text(json.dumps(config))
+    back = transformers().AutoConfig.from_pretrained(tmp_path / "hf")
+    assert (back.conv_kernel, back.n_groups, back.use_conv_bias, back.expand) == (2, 4, False, 2)
+    _counts_agree(config, back)
+    spec, model = archdsl.from_hf(tmp_path / "hf", weights=True)
+    ids = torch.randint(0, 100, (2, 19), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert rel(model(ids), hf_logits(hf, ids)) <= TOL
+
+
+def test_nemotron_h_old_names_are_refused_by_name():
+    from archdsl.convert.hf import hf_config_to_spec
+    from archdsl.errors import ArchDSLError
+
+    config = _config_dict()
+    with pytest.raises(ArchDSLError, match="'mamba_dt_limit'"):
+        hf_config_to_spec({**config, "mamba_dt_limit": [0.01, 1e30]})
+    with pytest.raises(ArchDSLError, match="'mamba_d_conv'"):
+        hf_config_to_spec({**config, "mamba_d_conv": 5})
+    with pytest.raises(ArchDSLError, match="mamba_expand·hidden_size"):  # heads·head_dim ≠ the old expand's
+        hf_config_to_spec({**config, "mamba_expand": 1})
+
+
+def test_nemotron_h_moe_with_mlp_bias_is_refused():
+    """mlp_bias gives transformers' shared experts biases too, which archdsl's moe has not: refused by name."""
+    from archdsl.convert.hf import hf_config_to_spec
+    from archdsl.errors import ArchDSLError
+
+    with pytest.raises(ArchDSLError, match="'mlp_bias'"):
+        hf_config_to_spec(_config_dict(hybrid_override_pattern="ME*-E", n_routed_experts=4, mlp_bias=True,
+                                       moe_intermediate_size=12, moe_shared_expert_intermediate_size=24))
+    hf_config_to_spec(_config_dict(mlp_bias=True))  # without MoE layers, mlp_bias is the mlp's biases
+
+
+def test_nemotron_h_shared_expert_width_0_is_intermediate_size(tmp_path):
+    """moe_shared_expert_intermediate_size 0: transformers' shared expert takes intermediate_size (`0 or ...`)."""
+    hf = make_hf("NemotronHConfig", "NemotronHForCausalLM", init=_router_bias, hidden_size=32, vocab_size=100,
+                 hybrid_override_pattern="ME-E", ssm_state_size=8, mamba_num_heads=4, mamba_head_dim=16, n_groups=2,
+                 chunk_size=8, intermediate_size=40, n_routed_experts=4, num_experts_per_tok=2,
+                 moe_intermediate_size=12, moe_shared_expert_intermediate_size=0)
+    check_family(tmp_path, hf, 100, hf_cache=False)  # HF's generate needs an attention layer in its cache
+
+
+def test_nemotron_h_num_local_experts_wins():
+    """num_local_experts (NemotronHConfig's attribute_map name of n_routed_experts) wins when both are given."""
+    config = _config_dict(hybrid_override_pattern="ME", n_routed_experts=4, moe_intermediate_size=12,
+                          moe_shared_expert_intermediate_size=24)
+    config["num_local_experts"] = 6
+    assert transformers().NemotronHConfig.from_dict(config).n_routed_experts == 6
+    _counts_agree(config)

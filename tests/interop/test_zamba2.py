@@ -131,3 +131,22 @@ def test_zamba2_export_of_a_native_spec(tmp_path):
     with torch.no_grad():
         assert rel(hf_logits(back, ids), model(ids)) <= 1e-5
     assert model.num_params() == sum(p.numel() for p in back.parameters())
+
+
+@pytest.mark.parametrize("key", ["attention_head_dim", "head_dim"])
+def test_zamba2_head_dim_other_than_twice_d_over_heads_is_refused_by_name(key):
+    """transformers reads attention_head_dim (or head_dim, its attribute_map name) when given; archdsl's zamba block
+    has head_dim 2·d/heads only: another value is refused naming the key, 2·d/heads converts."""
+    from archdsl.convert.hf import hf_config_to_spec
+    from archdsl.errors import ArchDSLError
+    from hf_util import spec_params
+    from interop.common import transformers
+
+    config = dict(model_type="zamba2", vocab_size=64, num_hidden_layers=2, layers_block_type=["mamba", "hybrid"],
+                  **SMALL)
+    assert transformers().Zamba2Config.from_dict({**config, key: 8}).attention_head_dim == 8
+    with pytest.raises(ArchDSLError, match=f"'{key}'"):
+        hf_config_to_spec({**config, key: 8})
+    same = {**config, key: 16}
+    hf = transformers().Zamba2ForCausalLM(transformers().Zamba2Config.from_dict(same))
+    assert spec_params(hf_config_to_spec(same)) == sum(p.numel() for p in hf.parameters())

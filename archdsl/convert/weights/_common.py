@@ -5,6 +5,8 @@ Most families are a renaming: `pairs(spec)` lists (HF name, archdsl name) for ev
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ...blocks.base import FFN, INJECT, MIXER
 from ...errors import ArchDSLError, did_you_mean
 from ...graph import layers as graph_layers
@@ -38,6 +40,29 @@ def first_config(spec, kind: str):
             if s.kind == kind:
                 return s.config
     return None
+
+
+def one_config(spec, kind: str, family: str):
+    """The one config of every `kind` block in the spec (None when there is none), for a family whose
+    config.json has one set of fields for all of them: a layer whose `kind` differs from the first's is an
+    ArchDSLError naming both layers and the first setting that differs (exported as the first's, transformers
+    would build a model that computes something else)."""
+    first = None
+    for i, layer in enumerate(layer_kinds(spec)):
+        for s in layer.values():
+            if s.kind != kind:
+                continue
+            if first is None:
+                first, at = s.config, i
+            elif s.config != first:
+                name = next((f.name for f in dataclasses.fields(first)
+                             if getattr(first, f.name) != getattr(s.config, f.name)), None)
+                what = (f"{name} {getattr(s.config, name)!r}, layer {at}'s is {getattr(first, name)!r}"
+                        if name else f"other settings than layer {at}'s")
+                raise ArchDSLError(f"cannot export to Hugging Face {family}: layer {i}'s {kind} has {what}: its "
+                                   f"config.json has one {kind} setting for every layer",
+                                   hint=f"give every {kind} block the same settings")
+    return first
 
 
 def kinds_used(spec) -> set[str]:
@@ -108,5 +133,5 @@ def check_zero(hf_state: dict, name: str, why: str) -> None:
         raise ArchDSLError(f"tensor {name!r} is not zero: {why}")
 
 
-__all__ = ["FFN", "INJECT", "MIXER", "PARAMS", "layer_kinds", "block_params", "first_config", "kinds_used",
-           "rename", "unrename", "check_zero"]
+__all__ = ["FFN", "INJECT", "MIXER", "PARAMS", "layer_kinds", "block_params", "first_config", "one_config",
+           "kinds_used", "rename", "unrename", "check_zero"]

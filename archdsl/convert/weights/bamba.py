@@ -12,7 +12,7 @@ every layer.
 from __future__ import annotations
 
 from ...errors import ArchDSLError
-from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds
+from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds, one_config
 
 MODEL_TYPES = ("bamba",)
 ACTS = {"swiglu": "silu"}  # hidden_act drives the mamba conv as well as the MLP: silu only (geglu would be gelu there)
@@ -52,7 +52,7 @@ def hf_config(spec) -> dict:
         raise ArchDSLError("not a Bamba model: every layer must be a mamba2 or attn (RoPE, no window) mixer with "
                            "an mlp FFN, rmsnorm, no embed_norm")
     layers = layer_kinds(spec)
-    m, mlp = first_config(spec, "mamba2"), first_config(spec, "mlp")
+    m, mlp = one_config(spec, "mamba2", "Bamba"), one_config(spec, "mlp", "Bamba")
     if mlp.act not in ACTS:
         raise ArchDSLError(f"Bamba's MLP is swiglu (its hidden_act also drives the mamba conv, which is SiLU), "
                            f"not {mlp.act!r}")
@@ -68,7 +68,7 @@ def hf_config(spec) -> dict:
            "mamba_chunk_size": m.chunk_size, "mamba_conv_bias": m.conv_bias, "mamba_proj_bias": m.bias,
            "time_step_limit": [m.dt_floor, {"__float__": "Infinity"}], "rms_norm_eps": spec.norm_eps,
            "tie_word_embeddings": spec.tie_embeddings}
-    a = first_config(spec, "attn")
+    a = one_config(spec, "attn", "Bamba")
     if a is not None:
         if a.hdim != spec.d_model // a.heads:
             raise ArchDSLError(f"Bamba's head_dim is hidden_size / heads = {spec.d_model // a.heads}, not {a.hdim}")

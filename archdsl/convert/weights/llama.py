@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from ...errors import ArchDSLError
-from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds
+from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds, one_config
 
 MODEL_TYPES = ("llama",)
 ACTS = {"swiglu": "silu", "geglu": "gelu"}
@@ -46,7 +46,7 @@ def hf_config(spec) -> dict:
     if not accepts(spec):
         raise ArchDSLError("not a Llama model: every layer must be attn (full RoPE, no window) with an mlp, "
                            "rmsnorm, no embed_norm")
-    a, mlp = first_config(spec, "attn"), first_config(spec, "mlp")
+    a, mlp = one_config(spec, "attn", "Llama"), one_config(spec, "mlp", "Llama")
     if mlp.act not in ACTS:
         raise ArchDSLError(f"Llama's MLP is gated (swiglu or geglu), not {mlp.act!r}")
     return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": spec.d_model,

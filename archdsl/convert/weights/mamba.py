@@ -11,10 +11,11 @@ Falcon Mamba is Mamba with weightless RMSNorms on dt, B and C (inner_norms: unwe
 from __future__ import annotations
 
 from ...errors import ArchDSLError
-from ._common import backbone_pairs, first_config, kinds_used, layer_kinds
+from ._common import backbone_pairs, first_config, kinds_used, layer_kinds, one_config
 
 MODEL_TYPES = ("mamba", "falcon_mamba")
 ARCHITECTURES = {"mamba": "MambaForCausalLM", "falcon_mamba": "FalconMambaForCausalLM"}
+NAMES = {"mamba": "Mamba", "falcon_mamba": "Falcon Mamba"}
 
 
 def accepts(spec) -> str | None:
@@ -34,7 +35,7 @@ def hf_config(spec) -> dict:
     if model_type is None:
         raise ArchDSLError("not a Mamba / Falcon Mamba model: every layer must be a mamba mixer without FFN "
                            "(inner_norms none or unweighted), rmsnorm, no embed_norm")
-    m = first_config(spec, "mamba")
+    m = one_config(spec, "mamba", NAMES[model_type])
     cfg = {"model_type": model_type, "architectures": [ARCHITECTURES[model_type]],
            "hidden_size": spec.d_model, "vocab_size": spec.vocab_size,
            "num_hidden_layers": len(layer_kinds(spec)), "state_size": m.d_state, "conv_kernel": m.d_conv,

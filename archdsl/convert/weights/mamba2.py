@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from ...errors import ArchDSLError
-from ._common import backbone_pairs, first_config, kinds_used, layer_kinds
+from ._common import backbone_pairs, first_config, kinds_used, layer_kinds, one_config
 
 MODEL_TYPES = ("mamba2",)
 
@@ -28,7 +28,7 @@ def hf_config(spec) -> dict:
     if not accepts(spec):
         raise ArchDSLError("not a Mamba-2 model: every layer must be a mamba2 mixer (gated_norm) without FFN, "
                            "rmsnorm, no embed_norm")
-    m = first_config(spec, "mamba2")
+    m = one_config(spec, "mamba2", "Mamba-2")
     if m.norm_eps != spec.norm_eps:
         raise ArchDSLError(f"Mamba-2 has one epsilon (layer_norm_epsilon): mamba2 norm_eps {m.norm_eps} differs "
                            f"from norm_eps {spec.norm_eps}")

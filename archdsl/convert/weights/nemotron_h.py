@@ -21,7 +21,7 @@ import re
 import torch
 
 from ...errors import ArchDSLError
-from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds, rename, unrename
+from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds, one_config, rename, unrename
 
 MODEL_TYPES = ("nemotron_h",)
 SYMBOL = {"mamba2": "M", "attn": "*", "mlp": "-", "moe": "E"}
@@ -43,7 +43,7 @@ def accepts(spec) -> str | None:
     if spec.norm != "rmsnorm" or spec.embed_norm or any(_kind(l, None) is None for l in layers):
         return None
     a, moe = first_config(spec, "attn"), first_config(spec, "moe")
-    if a is not None and (a.rope or a.window is not None or a.bias != a.out_bias):
+    if a is not None and (a.rope or a.window is not None):  # biases: hf_config refuses them by name
         return None
     if moe is not None and (moe.router != "sigmoid" or not moe.shared_hidden or moe.router_bias or moe.bias):
         return None
@@ -125,7 +125,7 @@ def hf_config(spec) -> dict:
            "vocab_size": spec.vocab_size, "num_hidden_layers": len(layers), "hybrid_override_pattern": pattern,
            "layer_norm_epsilon": spec.norm_eps, "tie_word_embeddings": False,
            "num_nextn_predict_layers": 0, "mtp_layers_block_type": []}
-    m = first_config(spec, "mamba2")
+    m = one_config(spec, "mamba2", "NemotronH")
     if m is not None:
         if m.norm_eps != spec.norm_eps:
             raise ArchDSLError(f"NemotronH has one epsilon (layer_norm_epsilon): mamba2 norm_eps {m.norm_eps} "
@@ -135,18 +135,23 @@ def hf_config(spec) -> dict:
                     "chunk_size": m.chunk_size, "use_conv_bias": m.conv_bias, "use_bias": m.bias,
                     "mamba_hidden_act": "silu", "time_step_min": m.dt_min, "time_step_max": m.dt_max,
                     "time_step_limit": [m.dt_floor, {"__float__": "Infinity"}]})
-    a = first_config(spec, "attn")
+    a = one_config(spec, "attn", "NemotronH")
     if a is not None:
+        if a.bias or a.out_bias:
+            raise ArchDSLError("cannot export to Hugging Face NemotronH: attn with biases: transformers' NemotronH "
+                               "attention has none, whatever its config's attention_bias says")
         cfg.update({"num_attention_heads": a.heads, "num_key_value_heads": a.kv, "head_dim": a.hdim,
-                    "attention_bias": a.bias})
-    acts = {c.act for c in (first_config(spec, "mlp"), first_config(spec, "moe")) if c is not None}
+                    "attention_bias": False})
+    mlp, moe = one_config(spec, "mlp", "NemotronH"), one_config(spec, "moe", "NemotronH")
+    acts = {c.act for c in (mlp, moe) if c is not None}
     if len(acts) > 1 or not acts <= set(ACTS):
         raise ArchDSLError(f"NemotronH has one activation (mlp_hidden_act) of {', '.join(ACTS)}; got {sorted(acts)}")
     cfg["mlp_hidden_act"] = acts.pop() if acts else "relu2"
-    mlp = first_config(spec, "mlp")
     if mlp is not None:
+        if mlp.bias and moe is not None:  # mlp_bias gives transformers' shared experts biases too; ours have none
+            raise ArchDSLError("cannot export to Hugging Face NemotronH: mlp with biases next to moe layers: "
+                               "mlp_bias would give the moe shared experts biases as well, which these have not")
         cfg.update({"intermediate_size": mlp.width, "mlp_bias": mlp.bias})
-    moe = first_config(spec, "moe")
     if moe is not None:
         cfg.update({"n_routed_experts": moe.experts, "num_experts_per_tok": moe.top_k,
                     "moe_intermediate_size": moe.width, "moe_shared_expert_intermediate_size": moe.shared_hidden,

@@ -1,0 +1,52 @@
+"""Export refuses, naming the layer and the setting, a spec whose layers differ where the family's config.json
+has one field for all of them: written from the first layer, transformers loaded another model (wrong logits,
+no error)."""
+import pytest
+
+H = "name: t\nd_model: 32\nvocab_size: 64\n"
+ATTN = "ffn: mlp\nblocks:\n  attn: {heads: 4, kv_heads: 2}\n  mlp: {act: swiglu, hidden: 40}\n"
+M2 = "  mamba2: {d_state: 8, heads: 4, headdim: 16, ngroups: 1, chunk_size: 8}\n"
+
+DIFFERING = {  # family: (spec, the setting named)
+    "llama window": (H + "layout: attn, attn(window=4)\n" + ATTN, "layer 1's attn has window 4"),
+    "llama rope_theta": (H + "layout: attn, attn(rope_theta=10.0)\n" + ATTN, "layer 1's attn has rope_theta 10.0"),
+    "llama act": (H + "layout: attn, attn+mlp(act=geglu)\n" + ATTN, "layer 1's mlp has act 'geglu'"),
+    "llama bias": (H + "layout: attn, attn(bias=true, out_bias=true)\n" + ATTN, "layer 1's attn has bias True"),
+    "llama mlp bias": (H + "layout: attn, attn+mlp(bias=true)\n" + ATTN, "layer 1's mlp has bias True"),
+    "mamba inner_norms": (H + "layout: mamba, mamba(inner_norms=unweighted)\nblocks:\n  mamba: {d_state: 8}\n",
+                          "layer 1's mamba has inner_norms 'unweighted'"),
+    "mamba2 norm_eps": (H + "layout: mamba2, mamba2(norm_eps=0.1)\nblocks:\n" + M2, "layer 1's mamba2 has norm_eps"),
+    "mamba2 dt_floor": (H + "layout: mamba2, mamba2(dt_floor=0.5)\nblocks:\n" + M2, "layer 1's mamba2 has dt_floor"),
+    "bamba rope_theta": (H + "ffn: mlp\nlayout: mamba2, attn, attn(rope_theta=5.0)\nblocks:\n" + M2
+                         + "  attn: {heads: 4, kv_heads: 2, rope_fraction: 0.5}\n  mlp: {act: swiglu, hidden: 40}\n",
+                         "layer 2's attn has rope_theta 5.0"),
+    "nemotron_h act": (H + "layout: mamba2, mlp, mlp(act=relu)\nblocks:\n" + M2 + "  mlp: {act: relu2, hidden: 40}\n",
+                       "layer 2's mlp has act 'relu'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DIFFERING))
+def test_export_refuses_layers_that_differ(case, tmp_path):
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.errors import ArchDSLError
+    from archdsl.spec import spec_from_yaml
+
+    text, message = DIFFERING[case]
+    model = archdsl.compile(spec_from_yaml(text))
+    with pytest.raises(ArchDSLError, match=f"cannot export to Hugging Face .*{message}") as e:
+        export_hf(model, tmp_path / "x")
+    assert "layer 0's is" in str(e.value) or "layer 1's is" in str(e.value)
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_of_layers_alike_still_works(tmp_path):
+    """The same setting given per layer (an alias, an item argument equal to the default) is one config."""
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.spec import spec_from_yaml
+    from interop.common import transformers
+
+    model = archdsl.compile(spec_from_yaml(H + "layout: attn, attn(kv_heads=2)\n" + ATTN))
+    back = transformers().AutoModelForCausalLM.from_pretrained(export_hf(model, tmp_path / "x"))
+    assert type(back).__name__ == "LlamaForCausalLM"
