@@ -53,7 +53,11 @@ def gated_rmsnorm_linear(x, z, norm_weight, weight, bias=None, eps=1e-5, groups=
     expect_same_device(x=x, weight=weight, bias=bias)
     # operands of mixed dtypes, which F.linear refuses (the fused backward too, under autocast): the two ops in turn
     mixed = weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)
-    if backend_for(x) == "triton" and x.dtype != torch.float64 and not mixed:
+    # under autocast, too: the fused Function's F.linear would run in autocast's dtype and its backward, which
+    # autograd runs outside autocast, in the operands' own
+    dev = x.device.type
+    autocast = torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)
+    if backend_for(x) == "triton" and x.dtype != torch.float64 and not mixed and not autocast:
         from .triton_gated_rmsnorm import GatedRMSNormLinearFn
         return apply(GatedRMSNormLinearFn, x, z, norm_weight, float(eps), groups, weight, bias)
     if not mixed:

@@ -114,6 +114,21 @@ def test_linear_keeps_no_norm_output(rows, ng, groups, R, bias, two_pass):
         del os.environ["ARCHDSL_KERNELS"]
 
 
+
+def test_linear_under_autocast_is_the_two_ops(monkeypatch):
+    """Under autocast the fused Function's F.linear would run in autocast's dtype and its backward (outside
+    autocast) in the operands' own, mixed: the two ops in turn instead, as autocast runs them, with gradients in
+    each input's dtype (a float32 x, z and weight; bfloat16 the autocast dtype on both devices)."""
+    _needs_triton(monkeypatch)
+    x, z, w = (t.requires_grad_() for t in _inputs((3,), 16, torch.float32, False))
+    W = torch.randn(5, 16).to(DEV).requires_grad_()
+    with torch.autocast(DEV, dtype=torch.bfloat16):
+        got = gated_rmsnorm_linear(x, z, w, W, None, 1e-6, 1)
+        want = torch.nn.functional.linear(gated_rmsnorm(x, z, w, 1e-6, 1), W)
+    assert got.dtype == want.dtype == torch.bfloat16 and torch.equal(got, want)
+    grads = torch.autograd.grad(got.float().sum(), (x, z, w, W))
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
 def test_linear_on_the_cpu_is_the_two_ops():
     x, z, w = _inputs((2, 3), 12, torch.float64, True)
     W, b = torch.randn(5, 12, dtype=torch.float64).to(DEV), torch.randn(5, dtype=torch.float64).to(DEV)

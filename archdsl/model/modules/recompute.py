@@ -12,13 +12,15 @@ graph keeps anyway: Mamba's conv output from the conv's input (saved by the conv
 input (saved by dt_proj), as mamba_ssm's `checkpoint_lvl=1` does; Mamba-2's conv output from in_proj's
 output. Modules may also spend time for memory in their own ops where `active` says the block recomputes
 (Mamba-2: ssd_scan's keep_states=False, gated_rmsnorm_linear). The recipe must give the same bits
-as the forward (the same deterministic kernels on the same inputs), so the gradients are unchanged.
+as the forward (the same deterministic kernels on the same inputs), so the gradients are unchanged; it runs
+under the autocast the block ran under (on the kept tensor's device), as torch.utils.checkpoint does.
 A kept tensor must own its storage (a fresh output); a saved tensor on that storage (itself, or a view:
 F.linear saves its 3-d input as a [B·L, F] view) is packed as the recipe and its place in the result.
 The block holds the kept tensors, so no other tensor takes their memory while it runs.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -27,14 +29,17 @@ import torch
 class _Lazy:
     """A kept tensor's recipe and, once run, its value (shared by every node that saved it or a view)."""
 
-    __slots__ = ("fn", "value", "shape", "dtype")
+    __slots__ = ("fn", "value", "shape", "dtype", "autocast")
 
     def __init__(self, fn: Callable[[], torch.Tensor], like: torch.Tensor):
         self.fn, self.value, self.shape, self.dtype = fn, None, like.shape, like.dtype
+        dev = like.device.type  # the forward's autocast, which the backward (where the recipe runs) is not under
+        on = torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)
+        self.autocast = (dev, torch.get_autocast_dtype(dev)) if on else None
 
     def get(self) -> torch.Tensor:
         if self.value is None:
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(*self.autocast) if self.autocast else contextlib.nullcontext():
                 value = self.fn()
             if value.shape != self.shape or value.dtype != self.dtype or not value.is_contiguous():
                 raise RuntimeError(f"recompute: a recipe gave {value.dtype} {tuple(value.shape)}, the forward "

@@ -17,6 +17,11 @@ batched GEMM (cuBLAS reads a transposed or batch-broadcast operand in place):
 
 g is the output's gradient as [B, N, L] (a view of [B, L, N] with tokens=True).
 
+Under torch.autocast the products run in autocast's dtype for t's device (bf16 or fp16; float64 operands are
+left alone, as autocast leaves them), t and W cast to it as bmm's autocast would; the backward, which autograd
+runs outside autocast, computes in that same dtype from what the forward saved and returns each input's gradient
+in that input's own dtype.
+
 dW has two forms, picked by which moves fewer bytes:
 - bmm over batch chunks (≤ 256 MiB each), the [B, N, K] products summed in fp32: B·N·K elements written
   and read back;
@@ -71,11 +76,28 @@ def _weight_grad(g: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.T
     return out.copy_(acc)
 
 
+def _autocast_dtype(*xs: torch.Tensor | None) -> torch.dtype | None:
+    """The dtype autocast would run bmm in for these operands (its lower-precision dtype for their device), or
+    None: no autocast there (none at all on the meta device), or an operand in float64, which autocast leaves
+    alone."""
+    dev = xs[0].device.type
+    if not torch.amp.is_autocast_available(dev) or not torch.is_autocast_enabled(dev):
+        return None
+    if any(x is not None and x.dtype == torch.float64 for x in xs):
+        return None
+    return torch.get_autocast_dtype(dev)
+
+
 class _StepsLinear(torch.autograd.Function):
     """W's rows in `parts` equal blocks W_p, each its own output: out_p = W_p · t[b] (+ b_p)."""
 
     @staticmethod
     def forward(ctx, t, weight, bias, tokens, parts):
+        ctx.dtypes = t.dtype, weight.dtype, None if bias is None else bias.dtype
+        ct = _autocast_dtype(t, weight, bias)
+        if ct is not None:  # under autocast: the products in its dtype, as bmm's own would be, and the backward too
+            t, weight = t.to(ct), weight.to(ct)
+            bias = None if bias is None else bias.to(ct)
         t = _unit_pair(t)
         B = t.shape[0]
         outs = []
@@ -92,10 +114,11 @@ class _StepsLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        t, weight = ctx.saved_tensors
-        gs = [_unit_pair(g.mT if ctx.tokens else g) for g in grads]  # each [B, N_p, L]
+        t, weight = ctx.saved_tensors  # in the forward's compute dtype (autocast's, where it ran under autocast)
+        gs = [_unit_pair((g.mT if ctx.tokens else g).to(t.dtype)) for g in grads]  # each [B, N_p, L]
         ws = weight.chunk(ctx.parts)
         B, n = t.shape[0], ws[0].shape[0]
+        t_dtype, w_dtype, b_dtype = ctx.dtypes  # each input's gradient in its own dtype
         dt = dW = db = None
         if ctx.needs_input_grad[0]:
             for w, g in zip(ws, gs):
@@ -105,14 +128,15 @@ class _StepsLinear(torch.autograd.Function):
                 else:  # t = x.mT of a token-major x: (Σ_p g_p[b]ᵀ · W_p)ᵀ, so dx comes out [B, L, K] contiguous
                     we = w.expand(B, *w.shape)
                     dt = torch.bmm(g.mT, we) if dt is None else torch.baddbmm(dt, g.mT, we)
-            dt = dt if t.stride(-1) == 1 else dt.mT
+            dt = (dt if t.stride(-1) == 1 else dt.mT).to(t_dtype)
         if ctx.needs_input_grad[1]:
             dW = torch.empty_like(weight)
             for p, g in enumerate(gs):
                 _weight_grad(g, t, dW[p * n:(p + 1) * n])
+            dW = dW.to(w_dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
-            db = torch.cat([g.sum((0, 2), dtype=acc) for g in gs]).to(weight.dtype)
+            db = torch.cat([g.sum((0, 2), dtype=acc) for g in gs]).to(b_dtype)
         return dt, dW, db, None, None
 
 
