@@ -16,8 +16,8 @@ that pack need only that the conv states they leave hold zeros, not pads (Mamba-
 pads), and attention keeps each row's pad count in its cache (state["start"]), so that decode steps skip those
 keys and count RoPE positions from the prompt. From a zero state a zero input leaves S4D and Mamba-1 at zero:
 they zero their inputs at the pads (S4D's u; Mamba-1's conv and scan inputs, which keeps its scan on the Gluon
-kernels), which keeps every prompt token's output and the final state exact. RWKV-4 sets k = -inf at the pads:
-exp(k) = 0 adds nothing to its WKV sums. A class that takes left padding says so with PADS = True.
+kernels), which keeps every prompt token's output and the final state exact. RWKV-4 restarts its WKV at the prompt
+(wkv4's seq_idx, as when packed) and zeroes the pads' outputs. A class that takes left padding says so with PADS = True.
 """
 from __future__ import annotations
 

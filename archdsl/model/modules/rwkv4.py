@@ -59,7 +59,7 @@ def _wkv_state(state: dict) -> tuple:
 class Rwkv4TimeMix(nn.Module):
     """RWKV-4 time-mix; parameter names and shapes of transformers' RwkvSelfAttention."""
     PACKS = True  # packed sequences (model/packed.py): the shift and the WKV restart at each sequence
-    PADS = True  # left padding: k = -inf at the pads (exp(k) = 0), which from a zero state leaves it zero
+    PADS = True  # left padding: the pads and the prompt as two packed sequences (the WKV restarts at the prompt)
 
     def __init__(self, cfg):
         super().__init__()
@@ -104,20 +104,19 @@ class Rwkv4TimeMix(nn.Module):
     def forward(self, x, state=None, **ctx):
         """x [B, L, d] → [B, L, d]; with `state`, continues from it and leaves the final state. ctx "packed"
         (model/packed.py): the token shift reads zeros at each sequence's start and the WKV restarts fresh at each
-        sequence's first token (wkv4's seq_idx). Left padding (a fresh
-        state): k is -inf at the pads, so exp(k) adds nothing to the WKV sums, which stay zero until the prompt
-        (the running maximum only falls); the pads' own outputs (0/0) are set to zero."""
+        sequence's first token (wkv4's seq_idx). Left padding (a fresh state) is that too, the pads and the
+        prompt two sequences of a row: the WKV restarts fresh at the prompt's first token, so the prompt's outputs
+        and the state left are those of the prompt alone; the pads' own outputs (finite: the pads' k, v are real
+        numbers) are set to zero, and so get no gradient. (k = -inf at the pads, which this replaces, gave the
+        same forward but 0/0 at the pads, whose NaN the backward carried into every parameter.)"""
         from archdsl.kernels import wkv4
 
         packed = ctx.get("packed")
         r, k, v = self._rkv(x, token_shift(x, state, packed))
-        if packed is not None and packed.keep is None:
-            wkv = wkv4(self.time_decay, self.time_first, k, v, seq_idx=packed.runs)[0]
-            return self.output(r * wkv.to(r.dtype))
-        if packed is not None:
-            k = k.masked_fill(~packed.keep[..., None], float("-inf"))
-        wkv, new = wkv4(self.time_decay, self.time_first, k, v, _wkv_state(state) if state is not None else None)
-        if packed is not None:
+        runs = None if packed is None else packed.runs
+        wkv, new = wkv4(self.time_decay, self.time_first, k, v, _wkv_state(state) if state is not None else None,
+                        seq_idx=runs)
+        if packed is not None and packed.keep is not None:
             wkv = torch.where(packed.keep[..., None], wkv, 0.0)
         if state is not None:
             writable(state, self, x, "num", "den", "max")
