@@ -73,7 +73,7 @@ def dt_back(ddt, raw, dt_lo, dt_hi, SOFTPLUS: tl.constexpr, LIMIT: tl.constexpr)
 
 
 @triton.jit
-def _chunk_dt(dt_ptr, bias_ptr, rows, h, H, mask_t, A, dt_lo, dt_hi,
+def _chunk_dt(dt_ptr, bias_ptr, rows, t, L, h, H, mask_t, A, dt_lo, dt_hi,
               HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, LIMIT: tl.constexpr):
     """Effective dt of a chunk ([Q], 0 past the end), the raw value dt + dt_bias, cumsum of dt A."""
     raw = tl.load(dt_ptr + rows * H + h, mask=mask_t, other=0.0).to(tl.float32)
@@ -81,11 +81,9 @@ def _chunk_dt(dt_ptr, bias_ptr, rows, h, H, mask_t, A, dt_lo, dt_hi,
         raw += tl.load(bias_ptr + h).to(tl.float32)
     dt = tl.where(mask_t, dt_eff(raw, dt_lo, dt_hi, SOFTPLUS, LIMIT), 0.0)
     s = tl.cumsum(dt * A, axis=0)
-    # past the end, s is the last token's exactly: the compiled cumsum is a tree, whose padded entries may round
-    # apart from it (an ulp of s, 1e24 at A = -1e30), and the chunk's end must give the last token a weight of 1
-    valid = mask_t.to(tl.int32)
-    at_last = mask_t & (tl.cumsum(valid, axis=0) == tl.sum(valid, axis=0))
-    s = tl.where(mask_t, s, tl.sum(tl.where(at_last, s, 0.0), axis=0))
+    # past the end (t ≥ L), s is the last token's exactly: the compiled cumsum is a tree, whose padded entries may
+    # round apart from it (an ulp of s, 1e24 at A = -1e30), and the chunk's end must give the last token a weight of 1
+    s = tl.where(mask_t, s, tl.sum(tl.where(t == L - 1, s, 0.0), axis=0))
     return dt, raw, s
 
 
@@ -147,7 +145,7 @@ def _ssd_fwd_kernel(
         t = c * Q + offs_q
         mask_t = t < L
         rows = row0 + t
-        dt, raw, s = _chunk_dt(dt_ptr, bias_ptr, rows, h, H, mask_t, A, dt_lo, dt_hi, HAS_BIAS, SOFTPLUS, LIMIT)
+        dt, raw, s = _chunk_dt(dt_ptr, bias_ptr, rows, t, L, h, H, mask_t, A, dt_lo, dt_hi, HAS_BIAS, SOFTPLUS, LIMIT)
         m_in, m_out, same, carry, seq_last = _seq_masks(seq_ptr, rows, row0, c, Q, L, mask_t, seq_prev, HAS_SEQ)
         xo = (rows * H + h)[:, None] * P + offs_p[None, :]
         mask_tp = mask_t[:, None] & mask_p[None, :]
@@ -218,7 +216,7 @@ def _ssd_bwd_kernel(
         t = c * Q + offs_q
         mask_t = t < L
         rows = row0 + t
-        dt, raw, s = _chunk_dt(dt_ptr, bias_ptr, rows, h, H, mask_t, A, dt_lo, dt_hi, HAS_BIAS, SOFTPLUS, LIMIT)
+        dt, raw, s = _chunk_dt(dt_ptr, bias_ptr, rows, t, L, h, H, mask_t, A, dt_lo, dt_hi, HAS_BIAS, SOFTPLUS, LIMIT)
         seq_prev = 0
         if HAS_SEQ:
             seq_prev = tl.load(seq_ptr + tl.maximum(row0 + c * Q - 1, row0)) * (c > 0)
