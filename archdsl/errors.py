@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import math
 import reprlib
-import sys
 import unicodedata
 from dataclasses import dataclass
 
@@ -142,19 +141,6 @@ def finite(o):
     if isinstance(o, (list, tuple)):
         return [finite(v) for v in o]
     return o
-
-
-def warn_not_finite(model, path: str) -> None:
-    """A warning on stderr when the weights loaded from `path` hold NaN or inf: so would the outputs, shown as
-    tokens (argmax of NaN logits is 0) or as a loss of nan, with nothing else amiss."""
-    from .units import plural
-
-    bad = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
-           if (t.is_floating_point() or t.is_complex()) and not bool(t.isfinite().all())]
-    if bad:
-        verb = "holds" if len(bad) == 1 else "hold"
-        print(f"warning: {path}: {plural(len(bad), 'weight tensor')} {verb} NaN or inf (the first: {bad[0]}); so "
-              f"will what the model computes", file=sys.stderr)
 
 
 def did_you_mean(name: str, valid) -> str:

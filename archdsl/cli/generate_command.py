@@ -8,7 +8,7 @@ import os
 import re
 import sys
 
-from ..errors import ArchDSLError, warn_not_finite
+from ..errors import ArchDSLError
 from ..units import count, parse_seed, plural
 from .common import ARGS, command, device_arg, model_dtype
 
@@ -62,6 +62,8 @@ def cmd_generate(args):
         print(f"warning: {tokenizer_file}: the tokenizer has {known:,} ids, the model's vocabulary {vocab:,} (a "
               f"tokenizer of another model?): a generated id the tokenizer lacks has no text", file=sys.stderr)
     import torch
+
+    from ..model import warn_not_finite
 
     model = _load(args.model, hf, device, dtype)
     warn_not_finite(model, args.model)

@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..atomic import check_output_dir
-from ..errors import ArchDSLError, warn_not_finite
+from ..errors import ArchDSLError
 from ..units import count, human, parse_seed, plural
 from .common import (ARGS, add_set, add_spec, add_ssm_state_dtype, command, device_arg, model_dtype, read_spec,
                      table)
@@ -181,7 +181,7 @@ def _model(args):
     with --device, --dtype, --fuse / --no-fuse and --cuda-graph."""
     from ..model import compile as build
     from ..model import load as load_model
-    from ..model import resolve_dtype
+    from ..model import resolve_dtype, warn_not_finite
     from ..spec import saved_model
 
     fuse = _fuse(args)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -165,6 +166,19 @@ def load_weights(model: ArchModel, tensors: dict, source: str = "checkpoint") ->
     with torch.no_grad():
         for name, t in tensors.items():
             expected[name].copy_(t.to(expected[name].dtype))
+
+
+def warn_not_finite(model: ArchModel, path: str) -> None:
+    """A warning on stderr when the weights loaded from `path` hold NaN or inf: so would the outputs, shown as
+    tokens (argmax of NaN logits is 0) or as a loss of nan, with nothing else amiss (run, bench, generate, train)."""
+    from ..units import plural
+
+    bad = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
+           if (t.is_floating_point() or t.is_complex()) and not bool(t.isfinite().all())]
+    if bad:
+        verb = "holds" if len(bad) == 1 else "hold"
+        print(f"warning: {path}: {plural(len(bad), 'weight tensor')} {verb} NaN or inf (the first: {bad[0]}); so "
+              f"will what the model computes", file=sys.stderr)
 
 
 def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:

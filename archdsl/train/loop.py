@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import check_output, write_atomic
-from ..errors import ArchDSLError, finite, warn_not_finite
+from ..errors import ArchDSLError, finite
 from ..model.modules.moe import balance_experts
 from ..model.packed import refusal, unpacked_blocks
 from .checkpoint import (CKPT_DIR, check_settings, check_spec, checkpoints, load_checkpoint, remove_partial,
@@ -172,6 +172,7 @@ def build(cfg: TrainConfig, spec, dist):
     """The model (CPU, fp32, from the seed or from a saved model's weights), sharded."""
     from ..model import compile as compile_model
     from ..model import load as load_model
+    from ..model import warn_not_finite
 
     if not _saved(cfg.spec):
         model = compile_model(spec, device="cpu", seed=cfg.seed)
