@@ -31,6 +31,14 @@ def backend_for(x: torch.Tensor, *sized: torch.Tensor | None) -> str:
     return forced
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype torch.autocast runs in on `device_type`, or None where it is off (or, as on the meta device,
+    does not exist). torch.compile traces it (torch.amp.is_autocast_available it cannot: a graph break)."""
+    if device_type == "meta" or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
 def on_input_device(op):
     """`op` run with its inputs' CUDA device current: the public ops' wrapper.
 

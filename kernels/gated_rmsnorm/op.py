@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_float, expect_number, expect_same_device, expect_shape
-from .._dispatch import apply, backend_for, on_input_device
+from .._dispatch import apply, autocast_dtype, backend_for, on_input_device
 from .naive import gated_rmsnorm_naive
 
 
@@ -55,9 +55,7 @@ def gated_rmsnorm_linear(x, z, norm_weight, weight, bias=None, eps=1e-5, groups=
     mixed = weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)
     # under autocast, too: the fused Function's F.linear would run in autocast's dtype and its backward, which
     # autograd runs outside autocast, in the operands' own
-    dev = x.device.type
-    autocast = torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)
-    if backend_for(x) == "triton" and x.dtype != torch.float64 and not mixed and not autocast:
+    if backend_for(x) == "triton" and x.dtype != torch.float64 and not mixed and autocast_dtype(x.device.type) is None:
         from .triton_gated_rmsnorm import GatedRMSNormLinearFn
         return apply(GatedRMSNormLinearFn, x, z, norm_weight, float(eps), groups, weight, bias)
     if not mixed:

@@ -34,8 +34,10 @@ class _Lazy:
     def __init__(self, fn: Callable[[], torch.Tensor], like: torch.Tensor):
         self.fn, self.value, self.shape, self.dtype = fn, None, like.shape, like.dtype
         dev = like.device.type  # the forward's autocast, which the backward (where the recipe runs) is not under
-        on = torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)
-        self.autocast = (dev, torch.get_autocast_dtype(dev)) if on else None
+        from archdsl.kernels._dispatch import autocast_dtype  # here: archdsl.kernels imports torch._dynamo
+
+        dtype = autocast_dtype(dev)
+        self.autocast = (dev, dtype) if dtype is not None else None
 
     def get(self) -> torch.Tensor:
         if self.value is None:

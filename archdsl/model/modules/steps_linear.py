@@ -80,12 +80,11 @@ def _autocast_dtype(*xs: torch.Tensor | None) -> torch.dtype | None:
     """The dtype autocast would run bmm in for these operands (its lower-precision dtype for their device), or
     None: no autocast there (none at all on the meta device), or an operand in float64, which autocast leaves
     alone."""
-    dev = xs[0].device.type
-    if not torch.amp.is_autocast_available(dev) or not torch.is_autocast_enabled(dev):
-        return None
+    from archdsl.kernels._dispatch import autocast_dtype  # here: archdsl.kernels imports torch._dynamo
+
     if any(x is not None and x.dtype == torch.float64 for x in xs):
         return None
-    return torch.get_autocast_dtype(dev)
+    return autocast_dtype(xs[0].device.type)
 
 
 class _StepsLinear(torch.autograd.Function):
