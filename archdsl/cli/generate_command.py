@@ -16,7 +16,7 @@ from .common import ARGS, command, device_arg, model_dtype
 @command("generate", "continue a text prompt with a saved model or a Hugging Face model directory (its tokenizer)")
 def cmd_generate(args):
     """Tokenize PROMPT with the model's tokenizer.json (or --tokenizer's), generate up to --max-new-tokens tokens
-    (greedy by default; --temperature, --top-k, --top-p and --repetition-penalty sample, --seed fixes the draws),
+    (greedy by default; --temperature, --top-k or --top-p samples, --seed fixes the draws),
     stop at an end-of-text id (--eos; by default the model directory's generation_config.json or config.json
     eos_token_id), and print the prompt with its continuation. MODEL: a directory that `archdsl compile`,
     `convert --weights` or `export-checkpoint` wrote, or a Hugging Face model directory (config.json +
@@ -173,8 +173,9 @@ def _add_generate(p):
                    help="a tokenizer.json file or a directory holding one (default: MODEL's)")
     p.add_argument("--max-new-tokens", type=count("--max-new-tokens", minimum=0), default=64, metavar="N",
                    help="tokens to generate at most (default 64)")
-    p.add_argument("--temperature", type=float, default=0.0, metavar="T",
-                   help="0 (default): greedy; above 0: sampling from softmax(logits / T)")
+    p.add_argument("--temperature", type=float, default=None, metavar="T",
+                   help="0: greedy; above 0: sampling from softmax(logits / T) (default: greedy, or 1 with --top-k "
+                        "or --top-p)")
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample from the K likeliest tokens only")
     p.add_argument("--top-p", type=float, default=None, metavar="P",
                    help="sample from the likeliest tokens whose probability reaches P (nucleus)")

@@ -18,6 +18,8 @@ def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attenti
     if input_ids.is_cuda:  # once a call: the prompt's ids checked on the card too (one wait for it)
         model._check_range("generate", "input_ids", input_ids)
     check_sampling(max_new_tokens, temperature, top_k, seed, top_p, repetition_penalty)
+    if temperature is None:  # greedy unless a sampling cut is asked for
+        temperature = 1.0 if top_k is not None or top_p is not None else 0.0
     eos = stop_ids(model.embeddings.num_embeddings, eos_token_id, pad_token_id)
     B, L = input_ids.shape
     if max_new_tokens == 0:  # a new tensor, as for any other count: writing to it leaves the prompt alone
@@ -82,14 +84,16 @@ def stop_ids(vocab: int, eos_token_id, pad_token_id) -> tuple[list[int], int] | 
 
 
 def check_sampling(max_new_tokens, temperature, top_k, seed, top_p=None, repetition_penalty=None) -> None:
-    """generate's options: max_new_tokens an int >= 0, temperature a finite number >= 0 (0: greedy), top_k None
+    """generate's options: max_new_tokens an int >= 0, temperature None or a finite number >= 0 (0: greedy), top_k None
     or an int >= 1, seed None or an int, top_p None or a number in (0, 1], repetition_penalty None or a finite
     number > 0."""
     count = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
     if not count(max_new_tokens) or max_new_tokens < 0:
         raise ArchDSLError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 <= temperature < math.inf:
-        raise ArchDSLError(f"generate: temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+                                    or not 0 <= temperature < math.inf):
+        raise ArchDSLError(f"generate: temperature must be None or a finite number >= 0 (0: greedy), "
+                           f"got {temperature!r}")
     if top_k is not None and (not count(top_k) or top_k < 1):
         raise ArchDSLError(f"generate: top_k must be None or an int >= 1, got {top_k!r}")
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1):

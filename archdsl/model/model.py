@@ -3,7 +3,7 @@
     model(input_ids [B, L], cache=None) → logits [B, L, V]     (a fresh cache is filled: prefill)
     model.init_cache(batch) → Cache ; model.step(tokens [B], cache) → logits [B, V]
     model.set_ssm_state_dtype(torch.bfloat16)   (the SSM states of later caches; float32 by default)
-    model.generate(input_ids, max_new_tokens, temperature, top_k, seed, attention_mask=None)
+    model.generate(input_ids, max_new_tokens, temperature=None, top_k=None, seed=None, ...)   (greedy by default)
     model(input_ids, cache, attention_mask=mask [B, L])   (left-padded prompts: pads first; model/packed.py)
     model.save(dir) → spec.yaml + model.safetensors (written aside, then renamed into place)
 """
@@ -305,14 +305,15 @@ class ArchModel(nn.Module):
         return out
 
     @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+    def generate(self, input_ids, max_new_tokens: int, temperature: float | None = None, top_k: int | None = None,
                  seed: int | None = None, attention_mask: torch.Tensor | None = None, top_p: float | None = None,
                  eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
                  repetition_penalty: float | None = None):
         """Prefill input_ids [B, L] (int64 or int32) through the parallel path, then decode step by step, under
-        torch.no_grad(). temperature 0 = greedy; else sampling
-        from softmax(logits / temperature), cut to the top_k likeliest tokens and then to the nucleus of top_p
-        (the fewest likeliest tokens whose probability reaches top_p), as transformers' generate does.
+        torch.no_grad(). temperature 0 = greedy; above 0, sampling from softmax(logits / temperature), cut to the
+        top_k likeliest tokens and then to the nucleus of top_p (the fewest likeliest tokens whose probability
+        reaches top_p), as transformers' generate does. temperature None (the default): greedy, as transformers'
+        and mamba_ssm's generate are by default, unless top_k or top_p is given, which then samples at 1.
         seed (an int): the draws come from a generator of that seed, the same tokens for the same seed; None: from
         torch's global generator. Returns [B, L + max_new_tokens], the prompt then the new tokens, in input_ids'
         dtype. With compile(cuda_graph=True) on CUDA the step is replayed

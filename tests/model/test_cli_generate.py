@@ -70,6 +70,17 @@ def test_sampling_is_seeded(saved, capsys):
     assert first["new_ids"] == expected
 
 
+def test_top_k_alone_samples_at_temperature_1(saved, capsys):
+    """--top-k (or --top-p) without --temperature samples at temperature 1, as model.generate does; greedy
+    needs neither."""
+    model_dir, _ = saved
+    got = json.loads(_run(capsys, model_dir, "the dog", "--max-new-tokens", 8, "--top-k", 12, "--seed", 5,
+                          "--json")[1])
+    ids = torch.tensor([got["prompt_ids"]])
+    model = archdsl.load(model_dir)
+    assert got["new_ids"] == model.generate(ids, 8, temperature=1.0, top_k=12, seed=5)[0, 2:].tolist()
+
+
 def test_a_hugging_face_directory_and_its_eos(saved, capsys):
     """The HF export gives the same tokens as the save it came from; its generation_config.json's eos_token_id
     stops the text (config.json's when there is none), --eos overrides it, --eos none drops it."""

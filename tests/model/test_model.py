@@ -379,9 +379,24 @@ def test_top_p_in_generate():
     ids = torch.randint(0, 37, (2, 4), generator=torch.Generator().manual_seed(0))
     greedy = model.generate(ids, 6, temperature=0)
     assert torch.equal(model.generate(ids, 6, temperature=1.5, top_p=1e-6, seed=3), greedy)
-    assert torch.equal(model.generate(ids, 6, top_p=1.0, seed=4), model.generate(ids, 6, seed=4))
+    assert torch.equal(model.generate(ids, 6, top_p=1.0, seed=4), model.generate(ids, 6, temperature=1.0, seed=4))
     a = model.generate(ids, 6, temperature=0.9, top_k=10, top_p=0.8, seed=5)
     assert torch.equal(a, model.generate(ids, 6, temperature=0.9, top_k=10, top_p=0.8, seed=5))
+
+
+def test_generate_is_greedy_by_default_and_samples_with_a_cut():
+    """As transformers' and mamba_ssm's generate: no temperature is greedy; top_k or top_p alone samples at
+    temperature 1 (the same draws as asking for it); an explicit temperature 0 stays greedy with them."""
+    model = _token_model()
+    ids = torch.randint(0, 37, (2, 4), generator=torch.Generator().manual_seed(0))
+    greedy = model.generate(ids, 6, temperature=0)
+    assert torch.equal(model.generate(ids, 6), greedy)
+    assert torch.equal(model.generate(ids, 6, seed=1), greedy)
+    for cut in (dict(top_k=37), dict(top_p=1.0)):
+        assert torch.equal(model.generate(ids, 6, seed=2, **cut), model.generate(ids, 6, temperature=1.0, seed=2))
+        assert torch.equal(model.generate(ids, 6, temperature=0, seed=2, **cut), greedy)
+    draws = {tuple(model.generate(ids, 6, top_k=37, seed=s)[0].tolist()) for s in range(8)}
+    assert len(draws) > 1  # it samples
 
 
 _TOKEN_MODEL = {}
@@ -400,17 +415,17 @@ def test_eos_pads_finished_rows_and_stops_when_all_are(seed, at, pad):
     tokens are pad_token_id, and the result ends at the step where the last row ends (or at max_new_tokens)."""
     m = _token_model()
     ids = torch.randint(0, 37, (3, 4), generator=torch.Generator().manual_seed(seed))
-    full = m.generate(ids, 10, seed=seed)
+    full = m.generate(ids, 10, temperature=1.0, seed=seed)
     new = full[:, 4:]
     eos = sorted({new[r, a].item() for r, a in enumerate(at)})  # each row meets one of them at or before `at`
-    out = m.generate(ids, 10, seed=seed, eos_token_id=eos, pad_token_id=pad)
+    out = m.generate(ids, 10, temperature=1.0, seed=seed, eos_token_id=eos, pad_token_id=pad)
     ends = [next(j for j in range(10) if new[r, j].item() in eos) for r in range(3)]
     assert out.shape == (3, 4 + max(ends) + 1)
     for r, end in enumerate(ends):
         assert torch.equal(out[r, :5 + end], full[r, :5 + end])
         assert (out[r, 5 + end:] == pad).all()
     never = next(t for t in range(37) if t not in new)  # 30 tokens drawn, 37 in the vocabulary
-    assert torch.equal(m.generate(ids, 10, seed=seed, eos_token_id=never), full)
+    assert torch.equal(m.generate(ids, 10, temperature=1.0, seed=seed, eos_token_id=never), full)
 
 
 def test_generate_takes_transformers_forms_of_eos_and_pad():
@@ -418,11 +433,11 @@ def test_generate_takes_transformers_forms_of_eos_and_pad():
     along from a tokenizer), which pads nothing. max_new_tokens=0 gives a new tensor, not the prompt itself."""
     m = _token_model()
     ids = torch.randint(0, 37, (2, 4), generator=torch.Generator().manual_seed(0))
-    full = m.generate(ids, 6, seed=3)
-    assert torch.equal(m.generate(ids, 6, seed=3, pad_token_id=5), full)
+    full = m.generate(ids, 6, temperature=1.0, seed=3)
+    assert torch.equal(m.generate(ids, 6, temperature=1.0, seed=3, pad_token_id=5), full)
     eos = full[0, 6].item()
     for form in (torch.tensor(eos), torch.tensor([eos]), torch.tensor([eos], dtype=torch.int32)):
-        assert torch.equal(m.generate(ids, 6, seed=3, eos_token_id=form), m.generate(ids, 6, seed=3, eos_token_id=eos))
+        assert torch.equal(m.generate(ids, 6, temperature=1.0, seed=3, eos_token_id=form), m.generate(ids, 6, temperature=1.0, seed=3, eos_token_id=eos))
     same = m.generate(ids, 0)
     assert torch.equal(same, ids) and same.data_ptr() != ids.data_ptr()
 
