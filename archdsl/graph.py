@@ -405,8 +405,14 @@ PASSES = (expand_repeats, apply_modifiers, resolve_blocks, resolve_sharing)
 
 
 def build_graph(spec, until: str | None = None) -> nx.DiGraph:
-    """Run the passes (up to and including `until`), each followed by verify: a broken invariant is caught at the
-    pass that broke it."""
+    """Run the passes (up to and including `until`, a pass's name; None: all), each followed by verify: a broken
+    invariant is caught at the pass that broke it. An `until` that names no pass is an ArchDSLError, not all of
+    them run."""
+    names = [p.__name__ for p in PASSES]
+    if until is not None and (not isinstance(until, str) or until not in names):
+        hint = did_you_mean(until, names) if isinstance(until, str) else ""
+        raise ArchDSLError(f"build_graph: until={shown(until)} is not a pass; the passes, in order: {', '.join(names)}",
+                           hint=hint if hint.startswith("did you mean") else "")
     g = None
     for p in PASSES:
         g = verify(p(spec) if g is None else p(g))

@@ -744,3 +744,23 @@ def test_a_hand_made_tree_is_made_canonical():
     assert check_layout(ok) is ok  # a parsed tree is its own canonical form
     deepest = Layout((_nested(MAX_NESTING),))
     assert parse_layout(format_layout(check_layout(deepest))) == deepest
+
+
+@pytest.mark.parametrize("text, number, col", [
+    ("1__0×mamba2", "1__0", 1), ("1_×mamba2", "1_", 1), ("2__xmamba2", "2__", 1), ("mamba2, -2_×attn", "-2_", 9),
+    ("attn(heads=1_)", "1_", 12), ("mamba2(heads=1__0)", "1__0", 14), ("attn(norm_eps=1_e-5)", "1_e-5", 15),
+    ("attn(rope_theta=1.5_)", "1.5_", 17), ("4×mamba2, moe every 2_", "2_", 21),
+    ("4×mamba2, attn at 1 2__", "2__", 21)])
+def test_a_malformed_number_is_named(text, number, col):
+    """A number with an underscore other than between two digits was lexed as a number and a name, and the message
+    blamed something else (`1__0×mamba2`: "a count needs a repetition sign after it, as in 1×mamba2")."""
+    assert error(text) == (f"<layout>:1:{col}: malformed number '{number}': an underscore goes between two digits, "
+                           f"as in 1_000\n  {text}\n  {' ' * (col - 1)}^{'~' * (len(number) - 1)}")
+
+
+@pytest.mark.parametrize("text", ["7_mamba2", "mamba2, 2 attn", "1٦×mamba2"])
+def test_a_count_without_its_sign_is_still_said_so(text):
+    """A number that runs into a name (`7_mamba2`) or stands alone is a count without its repetition sign."""
+    assert "a count needs a repetition sign after it" in error(text)
+    assert parse_layout("1_000×mamba2, attn(heads=1_6, rope_theta=1_0.0_5)") == \
+        parse_layout("1000×mamba2, attn(heads=16, rope_theta=10.05)")

@@ -428,13 +428,14 @@ def test_numpy_values_are_python_values_in_a_spec():
                         (1, 2), b"\x00", object()]) | ANY)
 def test_a_blocks_value_of_any_type_writes_as_yaml_or_is_refused(arg, value):
     """Whatever the value in `blocks` (numpy's scalars and arrays among them): ArchDSLError, or a spec that to_yaml
-    writes (never a yaml exception) and that reads back the same."""
+    writes (never a yaml exception) and that reads back the same (a NaN, equal to nothing, as the same text)."""
     try:
         spec = archdsl.parse("attn", d_model=16, blocks={"attn": {arg: value}, "mine": {"kind": "attn", arg: value}})
     except archdsl.ArchDSLError as e:
         assert str(e)
         return
-    assert spec_from_yaml(spec.to_yaml()) == spec
+    back = spec_from_yaml(spec.to_yaml())
+    assert back == spec or (".nan" in spec.to_yaml() and back.to_yaml() == spec.to_yaml())
     try:
         spec.graph
     except archdsl.ArchDSLError as e:

@@ -20,6 +20,7 @@ import warnings
 from ..errors import TOO_DEEP, ArchDSLError, ArchDSLWarning, out_of_memory
 # each module registers its commands; --help lists them in this order
 from . import spec_commands  # noqa: F401, I001
+from . import dump_command  # noqa: F401, I001
 from . import model_commands  # noqa: F401, I001
 from . import generate_command  # noqa: F401, I001
 from . import train_commands  # noqa: F401, I001

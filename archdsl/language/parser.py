@@ -425,6 +425,11 @@ def _explain(text: str, e: UnexpectedInput) -> tuple[str, int, int]:
         message = f"unexpected {_describe_token(tok)}"
         if tok.type == "NAME" and prev is not None and prev.type == "NAME" and prev.value in ("x", "X"):
             return (f"'{prev.value}' needs a count before it, as in 4×{tok.value}", prev.start_pos, prev.end_pos)
+        number = tok if tok.type in ("INT", "FLOAT") else prev if tok.type == "NAME" and tok.value[:1] == "_" \
+            and prev is not None and prev.type in ("INT", "FLOAT") and prev.end_pos == tok.start_pos else None
+        malformed = _malformed_number(text, number.start_pos) if number is not None else None
+        if malformed:
+            return malformed
         if tok.type == "INT" and "REPEAT" in expected_set:
             n = tok.value.strip()
             return (f"a count needs a repetition sign after it, as in {n}×mamba2", pos, tok.end_pos)
@@ -438,6 +443,26 @@ def _explain(text: str, e: UnexpectedInput) -> tuple[str, int, int]:
         expected = _describe_expected(set(e.expected or ()), prev)
         return (f"unexpected end of the layout; expected {expected}{_after(prev)}", len(text), len(text))
     return (f"cannot parse the layout: {e}", 0, 1)
+
+
+# a number as far as its digits, underscores, point and exponent go (`1__0`, `1.5_`); _NUMBER: a well-formed one,
+# as the grammar's INT and FLOAT read it
+_NUMBER_RUN = re.compile(r"[+-]?[0-9][0-9_]*(?:\.[0-9_]+)?(?:[eE][+-]?[0-9_]+)?")
+_NUMBER = re.compile(r"[+-]?[0-9]+(_[0-9]+)*((\.[0-9]+(_[0-9]+)*)?([eE][+-]?[0-9]+)?)?\Z")
+
+
+def _malformed_number(text: str, start: int) -> tuple[str, int, int] | None:
+    """(message, start, end) where the number at `start` has an underscore other than between two digits (`1__0`,
+    `1_`, `1_.5`): the lexer reads it as a number and a name, which the parser's message would put down to something
+    else (a count without its repetition sign). None for a number that ends where a name goes on (`7_mamba2`)."""
+    m = _NUMBER_RUN.match(text, start)
+    if m is None:
+        return None
+    run = m.group(0)
+    after = text[start + len(run):start + len(run) + 1]
+    if "_" not in run or _NUMBER.match(run) or (after.isalnum() or after == "_") and after not in "xX":
+        return None
+    return (f"malformed number {run!r}: an underscore goes between two digits, as in 1_000", start, start + len(run))
 
 
 def _unclosed(tokens: list[Token]) -> list[Token]:
