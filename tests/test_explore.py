@@ -290,7 +290,7 @@ def test_bad_input_says_what(tmp_path, capsys, text, flags, message):
     ("shared: [maybe]", 3, 9),
     ("mixers: []", 3, 9),
     ("attention: [attn]", 3, 12),  # wrong types were 'bad space: unhashable type' with no place
-    ("mixers: [5]", 3, 9),
+    ("mixers: [5]", 3, 10),  # the entry, not the list: `mixers: [mamba2, 5]` points at the 5
     ("name: [a]", 3, 7),
     ("every: {periods: [1]}", 3, 18),  # periods below 2 and no offsets gave no `every` candidate, silently
     ("every: {offsets: []}", 3, 18),
@@ -1128,3 +1128,178 @@ def test_explore_counts_take_what_context_and_batch_take():
     args = build_parser().parse_args(["explore", "s.yaml", "-o", "o", "--probe", "--steps", "2k", "--batch-size",
                                       "0.5k", "--probe-d-model", "1k", "--top", "1_000"])
     assert (args.steps, args.batch_size, args.probe_d_model, args.top) == (2048, 512, 1024, 1000)
+
+
+PROBE_ONE = ["--probe", "--steps", "1", "--top", "1"]
+
+
+@pytest.mark.parametrize("stop, flags", [("specs", []), ("plots", []), ("specs", PROBE_ONE), ("plots", PROBE_ONE)])
+def test_a_stop_while_writing_specs_or_plots_leaves_interrupted(tmp_path, capsys, monkeypatch, stop, flags):
+    """results.json said `complete` (or `running`) before the spec files and the plots were written: a Ctrl-C there
+    left a run that claimed to be done, and no word of --resume. It is `interrupted` until they all are."""
+    import archdsl.explore.runner as runner
+
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY)
+    out = tmp_path / "out"
+    real_write, real_plots, specs = runner.write_atomic, runner.write_plots, []
+
+    def write(path, data, **kw):
+        if "specs" in str(path):
+            specs.append(path)
+            if stop == "specs" and len(specs) == 2:
+                raise KeyboardInterrupt
+        return real_write(path, data, **kw)
+
+    def plots(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "write_atomic", write)
+    if stop == "plots":
+        monkeypatch.setattr(runner, "write_plots", plots)
+    code, stdout, _ = _run(["explore", str(space), "-o", str(out), "--no-progress"] + flags, capsys)
+    assert code == 130
+    assert json.loads((out / "results.json").read_text())["status"] == "interrupted"
+    stage = "spec files" if stop == "specs" else "plots"
+    assert f"interrupted while writing the {stage}" in stdout and f"continue with --resume {out}" in stdout, stdout
+    monkeypatch.setattr(runner, "write_atomic", real_write)
+    monkeypatch.setattr(runner, "write_plots", real_plots)
+    assert _run(["explore", str(space), "--resume", str(out), "--no-progress"] + flags, capsys)[0] == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["status"] == "complete" and (out / "pareto.png").exists() and (out / "cache_vs_context.png").exists()
+    assert sorted(p.name for p in (out / "specs").iterdir()) == sorted(f"{c['id']}.yaml" for c in doc["candidates"])
+
+
+@pytest.mark.parametrize("text, line, col, message", [
+    ("mixers: [mamba2, attn]", 1, 18, "mixers: 'attn' is the attention block; mixers lists the other mixers"),
+    ("mixers:\n  - mamba2\n  - full", 3, 5, "mixers: 'full' is the attention block (the same block as 'attn')"),
+    ("mixers: attn", 1, 9, "mixers: 'attn' is the attention block"),
+])
+def test_the_attention_block_as_a_mixer_is_refused_at_its_entry(tmp_path, capsys, text, line, col, message):
+    """The attention block among the mixers gave the same model several times (`3×attn` as attn_count 0, 1 by even,
+    1 by front), each with wrong knobs, and probed each again: attn_count places the attention block. Another
+    attention block (a sliding-window alias) is a mixer like any other: local layers with global ones placed."""
+    space = tmp_path / "space.yaml"
+    rest = ("base: {vocab_size: 256, blocks: {attn: {heads: 2}, full: {kind: attn}, swa: {kind: attn, window: 4}}}\n"
+            "attn_count: [0, 1]\nplacements: [even, front]\nd_model: [32]\ndepth: [3]\n")
+    space.write_text(f"{text}\n{rest}")
+    code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"], capsys)
+    assert code == 2 and f"space.yaml:{line}:{col}: {message}" in err and "attn_count" in err, err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ArchDSLError, match="mixers: 'attn' is the attention block"):
+        Space(mixers=("mamba2", "attn"))
+    space.write_text(f"mixers: [swa]\n{rest}")
+    assert _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"], capsys)[0] == 0
+    layouts = [c["layout"] for c in json.loads((tmp_path / "o" / "results.json").read_text())["candidates"]]
+    assert sorted(layouts) == ["3×swa", "attn, 2×swa", "swa, attn, swa"], layouts
+
+
+def test_the_same_model_is_one_candidate():
+    """The dedupe was by (frame, attention indices): two frames that make one layout both stayed."""
+    space = small_space({"attn_count": (0, 1), "placements": ("even", "front"), "d_model": (32, 64), "depth": (3,)})
+    object.__setattr__(space, "mixers", ("mamba2", "attn"))  # past the check, as a space of such frames would be
+    res = explore(space, objectives=("params",))
+    models = [(c.knobs["d_model"], c.layout) for c in res.candidates]
+    assert len(models) == len(set(models)) and (32, "3×attn") in models and res.enumerated == len(models), models
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-cache", "600KiB@4k", "--max-cache", "1MiB"], "--max-cache given 2 times (600KiB@4k, 1MiB): give each "
+                                                          "budget flag once"),
+    (["--min-params", "1k", "--max-params", "1M", "--min-params", "2k"], "--min-params given 2 times (1k, 2k)"),
+])
+def test_a_budget_flag_given_twice_is_refused(tmp_path, capsys, flags, message):
+    """argparse kept the last: the first budget was dropped without a word."""
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY)
+    code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"] + flags, capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_refuses_probe_results_it_could_not_rank_or_write_again(tmp_path, capsys):
+    """An accuracy of 10**400 was an OverflowError in the ranking; NaN or Infinity was taken, then written as null,
+    and the file written refused on the next resume. What the writer writes resumes: a diverged loss (null) too."""
+    import copy
+
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY.replace("attn_count: [0, 1]", "attn_count: [0, 0]"))  # one candidate
+    out, flags = tmp_path / "o", ["--probe", "--steps", "1", "--objective", "params,loss", "--no-progress"]
+    assert _run(["explore", str(space), "-o", str(out)] + flags, capsys)[0] == 0
+    doc = json.loads((out / "results.json").read_text())
+    for key, value in [("accuracy", 10**400), ("accuracy", float("nan")), ("accuracy", float("inf")),
+                       ("accuracy", -0.5), ("accuracy", 1.5), ("accuracy", "0.5"), ("accuracy", True),
+                       ("accuracy", None), ("final_loss", 10**400), ("final_loss", float("inf")),
+                       ("final_loss", "1.0"), ("wall_time", float("nan")), ("wall_time", -1)]:
+        bad = copy.deepcopy(doc)
+        bad["candidates"][0]["probe"][key] = value
+        text = json.dumps(bad)
+        (out / "results.json").write_text(text)
+        code, _, err = _run(["explore", str(space), "--resume", str(out)] + flags, capsys)
+        assert code == 2 and "is not an exploration's results" in err and "candidate 0 is not" in err, (key, err)
+        assert (out / "results.json").read_text() == text
+    doc["candidates"][0]["probe"]["final_loss"] = None  # a diverged probe, as the writer writes it
+    (out / "results.json").write_text(json.dumps(doc))
+    for _ in range(2):  # the file it wrote resumes too
+        code, _, err = _run(["explore", str(space), "--resume", str(out)] + flags, capsys)
+        assert code == 0, err
+    assert json.loads((out / "results.json").read_text())["candidates"][0]["probe"]["final_loss"] is None
+
+
+def test_a_resume_counts_the_probe_results_it_holds(tmp_path, capsys, monkeypatch):
+    """summary.probed said 0 while results.json held the earlier probe results, until a new one was done."""
+    import archdsl.explore.train as train
+
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY)
+    out, flags = tmp_path / "o", ["--probe", "--steps", "1", "--no-progress"]
+    real, seen = train.train_probe, []
+
+    def first_only(*a, **k):
+        if seen:
+            raise KeyboardInterrupt
+        seen.append(None)
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "train_probe", first_only)
+    assert _run(["explore", str(space), "-o", str(out)] + flags, capsys)[0] == 130
+
+    def watched(*a, **k):
+        seen.append(json.loads((out / "results.json").read_text())["summary"]["probed"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "train_probe", watched)
+    assert _run(["explore", str(space), "--resume", str(out)] + flags, capsys)[0] == 0
+    assert seen == [None, 1]
+    assert json.loads((out / "results.json").read_text())["summary"]["probed"] == 2
+
+
+def test_an_every_offset_no_period_admits_is_refused_by_name(tmp_path, capsys):
+    """`every: {periods: [4], offsets: [7]}` made no `every` candidate, in silence, and the error blamed attn_count."""
+    space = tmp_path / "space.yaml"
+    space.write_text(f"base: {json.dumps(BASE)}\nd_model: [32]\ndepth: [8]\nattn_count: [1, 2]\n"
+                     "placements: [every]\nevery: {periods: [4], offsets: [mid, 7]}\n")
+    code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"], capsys)
+    assert code == 2 and "space.yaml:6:38: every offset 7 is at or past every period listed (4)" in err, err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ArchDSLError, match=r"every offset 8 is at or past every period up to the depth \(8\)"):
+        small_space({"placements": ("every",), "every_offsets": (8,), "d_model": (32,), "depth": (8,)})
+    res = explore(small_space({"attn_count": (2, 2), "placements": ("every",), "every_periods": (2, 4),
+                               "every_offsets": (3,), "d_model": (32,), "depth": (8,)}))  # admitted by 4, not 2
+    assert [c.knobs["placement"] for c in res.candidates] == ["every 4 offset 3"]
+
+
+@pytest.mark.parametrize("text, line, col, message", [
+    ("attention: mamba2", 3, 12, "attention 'mamba2' is not an attention block (kind attn)"),
+    ("mixers: [mamba2, mlp]", 3, 18, "'mlp' is a ffn block, not a mixer"),
+    ("attention: mlp", 3, 12, "'mlp' is a ffn block, not a mixer"),
+    ("moe: {every: [2], experts: [2], top_k: [4]}", 3, 40, "contradictory moe: every top_k [4] exceeds every expert"),
+    ("attn_count: [0, 1]\nattn_fraction: [0, 0.5]", 4, 16, "give attn_count or attn_fraction, not both"),
+])
+def test_kind_and_moe_errors_point_into_the_space_file(tmp_path, capsys, text, line, col, message):
+    """These were plain errors with no line and column, where their neighbours had them."""
+    space = tmp_path / "space.yaml"
+    space.write_text(f"base: {json.dumps(BASE)}\nd_model: [32]\n{text}\n")
+    code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"], capsys)
+    assert code == 2 and f"space.yaml:{line}:{col}: {message}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()

@@ -20,8 +20,9 @@ def add_arguments(p) -> None:
                              "cache at a batch too, AMOUNT@CONTEXTxBATCH: 1G@64k, 2GiB@64k, 8GiB@128kx4)")
     for name, help in (("params", "total parameters"), ("active", "active parameters per token (MoE)"),
                        ("flops", "forward FLOPs per token"), ("cache", "decode cache bytes (KV + states)")):
-        g.add_argument(f"--max-{name}", metavar="AMOUNT", help=f"at most this many {help}")
-        g.add_argument(f"--min-{name}", metavar="AMOUNT", help=f"at least this many {help}")
+        # appended, so that a flag given twice is refused by name rather than the first budget dropped in silence
+        g.add_argument(f"--max-{name}", metavar="AMOUNT", action="append", help=f"at most this many {help} (once)")
+        g.add_argument(f"--min-{name}", metavar="AMOUNT", action="append", help=f"at least this many {help} (once)")
     p.add_argument("--objective", default=None, metavar="NAMES",
                    help="comma-separated, minimised (accuracy maximised): params, active, flops, cache, depth, "
                         "attn_fraction, and with --probe accuracy, loss, wall_time (default params,cache; accuracy "
@@ -66,8 +67,16 @@ def _value(text: str):
 
 
 def check_flags(args) -> None:
-    """The numeric and device options, each named in its error; before anything is read or written (the counts,
-    --steps, --batch-size, --probe-d-model and --top, are checked as argparse reads them)."""
+    """Each budget flag given once, and the numeric and device options, each named in its error; before anything is
+    read or written (the counts, --steps, --batch-size, --probe-d-model and --top, are checked as argparse reads
+    them)."""
+    for name in ("params", "active", "flops", "cache"):
+        for bound in ("min", "max"):
+            texts = getattr(args, f"{bound}_{name}") or []
+            if len(texts) > 1:
+                raise ArchDSLError(f"--{bound}-{name} given {len(texts)} times ({', '.join(texts)}): give each budget "
+                                   f"flag once", hint="for budgets of one metric at several contexts, use the Python "
+                                   "API: explore(space, ['cache<=600KiB@4k', 'cache<=1MiB@64k'])")
     if args.lr is not None and not 0 < args.lr < math.inf:
         raise ArchDSLError(f"--lr: must be a positive number, got {args.lr}")
     if args.lr is not None and args.lr > MAX_LR:
@@ -123,8 +132,7 @@ def explore_command(args) -> None:
     constraints = []
     for name in ("params", "active", "flops", "cache"):
         for bound in ("min", "max"):
-            text = getattr(args, f"{bound}_{name}")
-            if text is not None:
+            for text in getattr(args, f"{bound}_{name}") or []:
                 try:
                     constraints.append(parse_constraint(name, text, bound))
                 except ArchDSLError as e:

@@ -32,16 +32,17 @@ def csv_row(c: Candidate) -> dict:
 
 def write_results(outdir: str, config: dict, cands: list[Candidate], status: str, summary: dict) -> None:
     """results.json (config, summary, every candidate) and results.csv (one row each). Both are strict: a loss
-    that is inf or NaN (a diverged probe, marked `diverged`) is written as null, as an empty CSV cell."""
+    that is inf or NaN (a diverged probe, marked `diverged`) is written as null, as an empty CSV cell. results.json is
+    written last, so that its status never speaks for a CSV not yet written."""
     doc = {"status": status, "config": config, "summary": summary, "candidates": [c.to_dict() for c in cands]}
     text = json.dumps(finite(doc), indent=1, default=_plain, allow_nan=False)
-    write_atomic(os.path.join(outdir, "results.json"), text + "\n")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
     w.writeheader()
     for c in cands:
         w.writerow(finite(csv_row(c)))
     write_atomic(os.path.join(outdir, "results.csv"), buf.getvalue())
+    write_atomic(os.path.join(outdir, "results.json"), text + "\n")  # last: its status holds for the CSV too
 
 
 def _plain(o):

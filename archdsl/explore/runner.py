@@ -6,13 +6,17 @@ K, keep results.json / results.csv current after each candidate, plot at the end
 
 `resume=True` reads OUTDIR/results.json, refuses if it was made with other settings, and
 probes only what is missing; with the same seed the final results equal an uninterrupted
-run's (wall times aside). Ctrl-C writes what is done, then re-raises.
+run's (wall times aside). results.json says `running` until every spec file and plot is written, then
+`complete`; Ctrl-C at any point after it is first written marks it `interrupted` (what is done kept), says how to
+continue (--resume OUTDIR), and re-raises; any other error marks it `failed`.
 """
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 
 from ..errors import ArchDSLError, check_path, did_you_mean, shown
@@ -23,6 +27,8 @@ from .report import table_text, write_plots, write_results
 from .search import ANALYTIC, Constraint, check_args, explore, rank
 from .space import Space
 from .space_check import check_probe
+
+MAX_FLOAT = sys.float_info.max  # an integer past it overflows float()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,25 +99,36 @@ def run(space: Space, constraints: list[Constraint], objectives, outdir: str, pr
         os.makedirs(outdir, exist_ok=True)
     except OSError as e:
         raise ArchDSLError(f"cannot create the output directory {outdir}: {e.strerror or e}") from None
-    summary = {"enumerated": res.enumerated, "survivors": len(cands), "removed": res.removed,
-               "violated": res.violated, "probed": 0}
     for c in chosen:
         if c.id in done and done[c.id]["layout"] == c.layout:
             c.probe = done[c.id]["probe"]
-    status = "running" if any(c.probe is None for c in chosen) else "complete"
-    write_results(outdir, config, cands, status, summary)  # first: a run stopped from here on can be resumed
-    for c in cands:
-        path = os.path.join(outdir, "specs", f"{c.id}.yaml")
-        text = c.spec.to_yaml()
-        if not (os.path.exists(path) and open(path, encoding="utf-8").read() == text):
-            write_atomic(path, text)
-    if chosen and status == "running":
-        _probe_all(chosen, cands, probe, trainer, config, outdir, summary, progress, log)
-    if probe is not None:
-        cands = rank(cands, objectives, eligible=lambda c: c.probe is not None)
-    summary["probed"] = sum(c.probe is not None for c in cands)
-    write_results(outdir, config, cands, "complete", summary)
-    plots = write_plots(outdir, cands, objectives, batch, dtype, probe.task if probe else None)
+    summary = {"enumerated": res.enumerated, "survivors": len(cands), "removed": res.removed,
+               "violated": res.violated, "probed": sum(c.probe is not None for c in cands)}
+    stage = "writing the spec files"
+    try:  # results.json first: a run stopped from here on can be resumed; `complete` last, once all is written
+        write_results(outdir, config, cands, "running", summary)
+        for c in cands:
+            path = os.path.join(outdir, "specs", f"{c.id}.yaml")
+            text = c.spec.to_yaml()
+            if not (os.path.exists(path) and open(path, encoding="utf-8").read() == text):
+                write_atomic(path, text)
+        if any(c.probe is None for c in chosen):
+            stage = "probing"
+            _probe_all(chosen, cands, probe, trainer, config, outdir, summary, progress)
+        if probe is not None:
+            cands = rank(cands, objectives, eligible=lambda c: c.probe is not None)
+        stage = "writing the plots"
+        plots = write_plots(outdir, cands, objectives, batch, dtype, probe.task if probe else None)
+        write_results(outdir, config, cands, "complete", summary)
+    except KeyboardInterrupt:
+        _mark(outdir, config, cands, "interrupted", summary)
+        done_now = f" ({summary['probed']} of {len(chosen)} probed)" if chosen else ""
+        log(f"interrupted while {stage}{done_now}; what is done is in {outdir}; continue with --resume {outdir} "
+            "(the same space and flags)")
+        raise
+    except BaseException:  # results.json must not say "running" once nothing runs
+        _mark(outdir, config, cands, "failed", summary)
+        raise
     res.candidates, res.front = cands, [c for c in cands if c.on_front]
     res.objectives = objectives
     log(table_text(cands, top or 20, context, probe is not None))
@@ -161,7 +178,8 @@ def _probe_spec(c, probe: ProbeSpec):
     return c.spec if probe.d_model is None else with_sizes(c.spec, d_model=probe.d_model)
 
 
-def _probe_all(chosen, cands, probe, trainer, config, outdir, summary, progress, log):
+def _probe_all(chosen, cands, probe, trainer, config, outdir, summary, progress):
+    """Probe the chosen candidates not yet probed, rewriting results.json after each (run marks it when stopped)."""
     from .train import train_probe
 
     task, cfg = trainer
@@ -179,19 +197,19 @@ def _probe_all(chosen, cands, probe, trainer, config, outdir, summary, progress,
             write_results(outdir, config, cands, "running", summary)
             if bar is not None:
                 bar.update(1)
-    except KeyboardInterrupt:
-        summary["probed"] = sum(x.probe is not None for x in cands)
-        write_results(outdir, config, cands, "interrupted", summary)
-        log(f"interrupted: {summary['probed']} of {len(chosen)} probed; results so far in {outdir}; "
-            f"continue with --resume {outdir}")
-        raise
-    except Exception:  # results.json must not say "running" once nothing runs
-        summary["probed"] = sum(x.probe is not None for x in cands)
-        write_results(outdir, config, cands, "failed", summary)
-        raise
     finally:
         if bar is not None:
             bar.close()
+
+
+def _mark(outdir, config, cands, status: str, summary: dict) -> None:
+    """results.json says how the run ended (interrupted, failed), with what is done; a write that fails here leaves
+    the error that stopped the run to be reported, not this one."""
+    summary["probed"] = sum(c.probe is not None for c in cands)
+    try:
+        write_results(outdir, config, cands, status, summary)
+    except (Exception, KeyboardInterrupt):
+        pass
 
 
 def _resumed(outdir: str, config: dict) -> dict:
@@ -204,10 +222,13 @@ def _resumed(outdir: str, config: dict) -> dict:
     except (OSError, ValueError, RecursionError) as e:
         raise ArchDSLError(f"--resume: cannot read {path}: {e}") from None
     cands = doc.get("candidates", []) if isinstance(doc, dict) else None
-    if not (isinstance(doc, dict) and isinstance(doc.get("config"), dict) and isinstance(cands, list)
-            and all(map(_resumable, cands))):
+    bad = (next((i for i, c in enumerate(cands) if not _resumable(c)), None) if isinstance(cands, list) else None)
+    if not (isinstance(doc, dict) and isinstance(doc.get("config"), dict) and isinstance(cands, list)) \
+            or bad is not None:
         raise ArchDSLError(f"--resume: {path} is not an exploration's results (a mapping with config and a list of "
-                           f"candidates, each with an id, a layout and a probe result or null)")
+                           f"candidates, each with an id, a layout and a probe result or null: an accuracy in [0, 1], "
+                           f"a final_loss finite or null, a finite wall_time)"
+                           + (f"; candidate {bad} is not" if bad is not None else ""))
     old = _norm(doc.get("config"))
     new = _norm(config)
     if old != new:
@@ -219,12 +240,24 @@ def _resumed(outdir: str, config: dict) -> dict:
 
 
 def _resumable(c) -> bool:
-    """A candidate of results.json as the runner wrote it: an id, a layout, and a probe result with an accuracy or
-    none."""
-    probe = c.get("probe") if isinstance(c, dict) else None
-    accuracy = probe.get("accuracy") if isinstance(probe, dict) else None
-    return (isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("layout"), str)
-            and (not probe or isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool)))
+    """A candidate of results.json as the runner writes it: an id, a layout, and a probe result or null. A probe
+    result holds what ranks and tables read: an accuracy in [0, 1], a final loss that is a finite number or null (a
+    diverged probe, written as null), a wall time of finite seconds >= 0; never a value that only breaks later."""
+    if not (isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("layout"), str)):
+        return False
+    probe = c.get("probe")
+    if probe is None or probe == {}:  # {}: no result either, as `done` reads it
+        return True
+    return (isinstance(probe, dict) and _number(probe.get("accuracy"), 0, 1)
+            and (probe.get("final_loss") is None or _number(probe["final_loss"]))
+            and _number(probe.get("wall_time"), 0))
+
+
+def _number(v, least: float = -math.inf, most: float = math.inf) -> bool:
+    """A finite number (not a bool) in [least, most]; compared as it is, so that no huge integer is made a float."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return (isinstance(v, int) or math.isfinite(v)) and least <= v <= most and -MAX_FLOAT <= v <= MAX_FLOAT
 
 
 def _bar(enabled: bool | str, desc: str, total):

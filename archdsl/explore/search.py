@@ -306,7 +306,7 @@ def enumerate_space(space: Space, constraints: Sequence[Constraint] = (), contex
     constraints = [replace(c, batch=c.batch or batch) if c.seq_len and c.metric == "cache_bytes" else c
                    for c in constraints]
     check_constraints(constraints)
-    seen: set[tuple] = set()
+    seen: set[tuple] = set()  # (frame, attention indices) and (width, layout): each model once
     survivors: list[Candidate] = []
     removed: dict[str, int] = {}
     violated: dict[str, int] = {}
@@ -320,8 +320,11 @@ def enumerate_space(space: Space, constraints: Sequence[Constraint] = (), contex
             key = (tuple(sorted(frame.items())), idx)  # the same layers by two placements: keep the first
             if key in seen:
                 continue
-            seen.add(key)
-            placements.append((pname, idx, space.layout_text(frame, pname, idx)))
+            layout = space.layout_text(frame, pname, idx)
+            if (frame["d_model"], layout) in seen:  # the same model from two frames: the layout is the model
+                continue
+            seen.update((key, (frame["d_model"], layout)))
+            placements.append((pname, idx, layout))
         if not placements:
             continue
         n0 = n

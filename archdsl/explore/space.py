@@ -100,27 +100,13 @@ class Space:
             for v in values if isinstance(values, tuple) else ():
                 if isinstance(v, int) and v > top:
                     raise keyed_error(f"{name} {shown(v)} is past {why}", field_key(name))
-        for kind in self.mixers + (self.attention,):
-            if not isinstance(kind, str):
-                where = "mixers" if kind in self.mixers else "attention"
-                raise keyed_error(f"{where} takes block kinds or aliases of base.blocks, got {shown(kind)}", (where,))
-        for kind in self.mixers + (self.attention,):
-            try:
-                resolved = resolve_kind(base, kind)
-            except ArchDSLError as e:
-                raise keyed_error(e.message, ("mixers" if kind in self.mixers else "attention",), e.hint) from None
-            if BLOCKS[resolved].role != MIXER:
-                raise ArchDSLError(f"{kind!r} is a {BLOCKS[resolved].role} block, not a mixer",
-                                   hint="mixers and attention take mixer kinds: "
-                                        + ", ".join(k for k, c in BLOCKS.items() if c.role == MIXER))
-        if resolve_kind(base, self.attention) != "attn":
-            raise ArchDSLError(f"attention {self.attention!r} is not an attention block (kind attn)")
+        self._check_kinds(base)
         _check_base(base)
         for p in self.placements:
             if not isinstance(p, str) or p not in PLACEMENTS:
                 raise keyed_error(f"unknown placement {shown(p)}", ("placements",), did_you_mean(shown(p), PLACEMENTS))
         if self.attn_count is not None and self.attn_fraction is not None:
-            raise ArchDSLError("give attn_count or attn_fraction, not both")
+            raise keyed_error("give attn_count or attn_fraction, not both", ("attn_fraction",))
         for name, rng, top in (("attn_count", self.attn_count, None), ("attn_fraction", self.attn_fraction, 1)):
             if rng is None:
                 continue
@@ -153,16 +139,54 @@ class Space:
             if not (v in OFFSET_NAMES or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)):
                 raise keyed_error(f"every offset must be an integer >= 0 or one of {', '.join(OFFSET_NAMES)}; "
                                   f"got {shown(v)}", field_key("every_offsets"))
+        self._check_offsets()
         if any(not isinstance(v, bool) for v in self.shared):
             raise keyed_error(f"shared takes true / false, got {shown(list(self.shared))}", ("shared",))
         if max(self.moe_every) > 0 and not any(k <= e for k in self.moe_top_k for e in self.moe_experts):
-            raise ArchDSLError(f"contradictory moe: every top_k {list(self.moe_top_k)} exceeds every expert "
-                               f"count {list(self.moe_experts)}")
+            raise keyed_error(f"contradictory moe: every top_k {list(self.moe_top_k)} exceeds every expert "
+                              f"count {list(self.moe_experts)}", ("moe", "top_k"))
         if 0 not in self.moe_every and min(self.moe_every) > max(self.depth):  # else a misleading "space is empty"
             raise keyed_error(f"the space is empty: moe every {list(self.moe_every)} selects no layer at depth "
                               f"{', '.join(map(str, self.depth))} (add 0 for no MoE, or a period up to the depth)",
                               ("moe", "every"))
         check_probe(self.probe)
+
+    def _check_kinds(self, base: Spec) -> None:
+        """mixers: mixer kinds other than attention; attention: a block of kind attn. Each error keyed to its entry."""
+        entries = [(("mixers", i), kind) for i, kind in enumerate(self.mixers)] + [(("attention",), self.attention)]
+        for key, kind in entries:
+            if not isinstance(kind, str):
+                raise keyed_error(f"{key[0]} takes block kinds or aliases of base.blocks, got {shown(kind)}", key)
+        for key, kind in entries:
+            try:
+                resolved = resolve_kind(base, kind)
+            except ArchDSLError as e:
+                raise keyed_error(e.message, key, e.hint) from None
+            if BLOCKS[resolved].role != MIXER:
+                raise keyed_error(f"{kind!r} is a {BLOCKS[resolved].role} block, not a mixer", key,
+                                  "mixers and attention take mixer kinds: "
+                                  + ", ".join(k for k, c in BLOCKS.items() if c.role == MIXER))
+            if key[0] == "mixers" and resolved == "attn" and _definition(base, kind) == _definition(base,
+                                                                                                 self.attention):
+                # its layers would be the attention layers the knobs count and place: the same model under other knobs
+                same = "" if kind == self.attention else f" (the same block as {self.attention!r})"
+                raise keyed_error(f"mixers: {kind!r} is the attention block{same}; mixers lists the other mixers of "
+                                  f"the stack", key, "attention layers are the `attention` block, counted by "
+                                  "attn_count (or attn_fraction) and placed by placements; another attention "
+                                  "block (a sliding-window alias) may be a mixer")
+        if resolve_kind(base, self.attention) != "attn":
+            raise keyed_error(f"attention {self.attention!r} is not an attention block (kind attn)", ("attention",))
+
+    def _check_offsets(self) -> None:
+        """Every integer `every` offset K is below some period N (`every N offset K` needs K < N): else no placement
+        ever uses it, in silence. Without periods, they are 2..depth."""
+        periods = self.every_periods or (max(self.depth),)
+        for i, K in enumerate(self.every_offsets):
+            if isinstance(K, int) and not isinstance(K, bool) and K >= max(periods):
+                which = (f"every period listed ({', '.join(map(str, self.every_periods))})" if self.every_periods
+                         else f"every period up to the depth ({max(self.depth)})")
+                raise keyed_error(f"every offset {K} is at or past {which}: `every N offset K` needs K < N",
+                                  ("every", "offsets", i), "give an offset below a period, or first / mid / last")
 
     @property
     def base_spec(self) -> Spec:
@@ -273,6 +297,18 @@ class Space:
 
 
 _EMPTY_LAYOUT = parse_layout("mamba2", Source("mamba2"))  # a one-layer layout: the base's is never used
+
+
+def _definition(base: Spec, name: str) -> tuple[str, dict]:
+    """(kind, arguments) of a kind or an alias of the base's `blocks:` (resolve_kind has checked it): an alias's
+    own arguments over those of what it names, down to the kind's entry in `blocks:`."""
+    args: dict = {}
+    while True:
+        entry = base.blocks.get(name, {})
+        args = {**{k: v for k, v in entry.items() if k != "kind"}, **args}
+        if name in BLOCKS:
+            return name, args
+        name = entry["kind"]
 
 
 def resolve_kind(base: Spec, name: str) -> str:

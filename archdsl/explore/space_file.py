@@ -21,6 +21,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import yaml
+
 from ..errors import ArchDSLError, Source, did_you_mean, shown
 from ..spec import load_spec, spec_from_yaml
 from ..yamlio import dump_yaml, key_positions, read_text, read_yaml
@@ -65,14 +67,31 @@ def space_from_yaml(text: str, file: str = "<space>") -> Space:
     if not isinstance(data, dict):
         raise ArchDSLError("a space file must be a mapping (mixers, attn_fraction, placements, depth, ...)",
                            file=file, line=1, col=1)
-    positions = key_positions(root)
+    positions = {**key_positions(root), **_entry_positions(root)}
     try:
         return space_from_dict(data, here=os.path.dirname(os.path.abspath(file)) if os.path.isfile(file) else None)
     except ArchDSLError as e:
         key = getattr(e, "space_key", None)
-        if key is not None and key in positions and e.line is None:
+        while key and key not in positions:  # an entry of a value written as one item (`mixers: attn`): the value
+            key = key[:-1]
+        if key and e.line is None:
             raise ArchDSLError(e.message, source=whole, start=positions[key], hint=e.hint) from None
         raise
+
+
+def _entry_positions(node, path: tuple = ()) -> dict[tuple, int]:
+    """Offsets of the entries of every list in the composed YAML tree, by key path and index: ('mixers', 1) is the
+    second mixer."""
+    out: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                out.update(_entry_positions(value_node, path + (str(key_node.value),)))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[path + (i,)] = item.start_mark.index
+            out.update(_entry_positions(item, path + (i,)))
+    return out
 
 
 def space_from_dict(data: dict, here: str | None = None) -> Space:
