@@ -2,7 +2,9 @@
 earlier output: the data goes to a temporary name beside the target and is renamed onto it only once it is
 complete; a directory in the way is replaced only when it holds nothing but what this write puts there
 (an earlier save of the same kind) or nothing at all. What lands gets the usual permissions (the umask's),
-not the private ones of a temporary file.
+not the private ones of a temporary file. A file written through a symbolic link is written where the link
+points (its target, a link to a link followed to the end, made when it is missing), as `>` in a shell and
+matplotlib do: the link stays a link (renamed onto, it became a plain file and its target kept the old data).
 
 The temporary name of a target NAME is `.NAME.tmp-HOST-PID-RANDOM` (HOST: 8 hex digits of a hash of the
 machine's name, PID: the writing process's id; a NAME too long for that is cut, with a hash of it appended).
@@ -32,15 +34,17 @@ from .errors import ArchDSLError
 
 def write_atomic(path: str, data: str | bytes, replace: bool = True) -> None:
     """Write `data` (text as UTF-8) to `path`, replacing it whole or not at all; with `replace=False` a file
-    there (one made while this wrote, too) is ArchDSLError and stays as it was. Temporaries of `path` that a
-    killed writer left are removed first (see the module's docstring). A path holding a control character is
-    ArchDSLError (see check_control)."""
+    there (one made while this wrote, too; a link, even to nothing) is ArchDSLError and stays as it was. A
+    symbolic link is written through: its target is replaced, beside which the temporary goes, and the link
+    stays (see the module's docstring). Temporaries of the target that a killed writer left are removed first. A
+    path holding a control character is ArchDSLError (see check_control)."""
     check_control(os.fspath(path), "write_atomic: path")
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         raise ArchDSLError(f"cannot write {path}: it is a directory")
     if not replace:
         _check_absent(path)
+    path = os.path.realpath(path)  # through links: a rename onto a link replaces the link, not its target
     d = os.path.dirname(path)
     try:
         os.makedirs(d, exist_ok=True)
@@ -77,7 +81,8 @@ def check_output(path: str, flag: str = "-o", directory: bool = False, replace: 
         _check_absent(path, flag)
     if os.path.exists(path) and directory and not os.path.isdir(path):
         raise ArchDSLError(f"{flag} {path}: exists and is not a directory")
-    parent = os.path.dirname(os.path.abspath(path))
+    # where the file lands: through a link, beside its target (atomic_dir refuses a link, and names its parent)
+    parent = os.path.dirname(os.path.abspath(path) if directory else os.path.realpath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):

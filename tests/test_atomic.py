@@ -165,3 +165,41 @@ def test_a_path_with_a_control_character_is_refused_naming_the_argument(tmp_path
         atomic.check_output(target)  # the CLI's -o: the one check, its message alike
     assert str(e.value).startswith(f"-o: the path {target!r} holds the control character {char!r}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_link_is_written_through_and_stays_a_link(tmp_path):
+    """`-o link.svg` replaced the link with a plain file and left its target's old data: now the target is
+    written (a link to a link followed to the end, a missing target made), beside it the temporary, and the link
+    stays; replace=False still refuses a link, one to nothing too."""
+    from archdsl.atomic import check_output
+
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "target.svg"
+    target.write_text("old")
+    (tmp_path / "mid.svg").symlink_to(target)
+    link = tmp_path / "link.svg"
+    link.symlink_to("mid.svg")
+    check_output(str(link))
+    write_atomic(str(link), "new")
+    assert link.is_symlink() and os.readlink(link) == "mid.svg" and target.read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["link.svg", "mid.svg", "real"] and os.listdir(tmp_path / "real") == [
+        "target.svg"]
+    dangling = tmp_path / "dangling.dot"
+    dangling.symlink_to(tmp_path / "new" / "t.dot")
+    write_atomic(str(dangling), "made")
+    assert dangling.is_symlink() and (tmp_path / "new" / "t.dot").read_text() == "made"
+    for path in (link, dangling):
+        with pytest.raises(ArchDSLError, match="exists; archdsl will not replace it"):
+            write_atomic(str(path), "x", replace=False)
+    assert target.read_text() == "new"
+
+
+def test_check_output_looks_where_a_link_points(tmp_path):
+    """check_output judges the directory a link's target lands in, not the link's: a link to a path under a file
+    is refused before any work, as that path itself is."""
+    from archdsl.atomic import check_output
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "l.png").symlink_to(tmp_path / "afile" / "t.png")
+    with pytest.raises(ArchDSLError, match="afile is a file, not a directory"):
+        check_output(str(tmp_path / "l.png"))

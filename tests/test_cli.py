@@ -182,6 +182,51 @@ def test_memory_gives_each_argument_its_row(tmp_path, capsys):
     assert list(seen) == ["4×mamba2", "4×attn"]
 
 
+def test_memory_names_dtypes_as_show_does(tmp_path, capsys, monkeypatch):
+    """memory echoed --dtype fp8 --ssm-state-dtype BF16 as typed, where show says float8 and bfloat16: the JSON and
+    the plot (which had no word of the SSM states' dtype) take the canonical names."""
+    import archdsl.draw
+
+    spec = os.path.join(ROOT, "specs/demo-jamba.yaml")
+    argv = ["--dtype", "fp8", "--ssm-state-dtype", "BF16", "--seq-lens", "1k"]
+    _, out, _ = run("memory", spec, *argv, "--json", capsys=capsys)
+    _, shown, _ = run("show", spec, *argv[:4], "--json", capsys=capsys)
+    memory, show = json.loads(out), json.loads(shown)
+    assert (memory["dtype"], memory["ssm_state_dtype"]) == (show["dtype"], show["ssm_state_dtype"]) == ("float8",
+                                                                                                       "bfloat16")
+    assert json.loads(run("memory", spec, "--seq-lens", "1k", "--json", capsys=capsys)[1])["ssm_state_dtype"] is None
+    seen = {}
+    monkeypatch.setattr(archdsl.draw, "plot_memory", lambda lens, data, path, **kw: seen.update(kw))
+    assert run("memory", spec, *argv, "--dtype", "half", "-o", str(tmp_path / "m.png"), capsys=capsys)[0] == 0
+    assert seen == {"batch": 1, "dtype": "float16", "ssm_state_dtype": "bfloat16"}
+
+
+@pytest.mark.parametrize("name", ["_baseline", "n" * 200])
+def test_memory_plot_prints_no_python_warning(tmp_path, capsys, name):
+    """A name starting with `_` (matplotlib's "no artists with labels") or of 200 characters ("Tight layout not
+    applied") put matplotlib's UserWarning, with a source line, on stderr."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")  # as a user's first run shows them
+        code, out, err = run("memory", "mamba2", "--set", f"name={name}", "-o", str(tmp_path / "m.png"), capsys=capsys)
+    assert [str(w.message) for w in seen] == []
+    assert code == 0 and err == "" and out.endswith(f"wrote {tmp_path / 'm.png'}\n")
+
+
+def test_graph_help_says_what_each_format_folds(capsys):
+    """The help said every format draws alike blocks of layers once; the pictures fold only alike rows (`40×(mamba2,
+    attn)` is drawn whole, with --every-layer or without), the charts alike blocks."""
+    with pytest.raises(SystemExit):
+        main(["graph", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ".dot and .mmd draw three or more alike blocks of layers in a row once, × k" in text
+    assert ".svg, .png and .pdf wrap the layers in rows of up to 32" in text
+    assert "draw three or more alike rows in a row once, × k" in text
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert ".dot/.mmd draw 3+ alike blocks once × k, pictures 3+ alike rows of ≤ 32 layers" in readme
+
+
 def test_memory_headers_are_the_lengths_as_written(capsys):
     code, out, _ = run("memory", "mamba2", "--seq-lens", "1k,8k,64k,512k,1m,1000", capsys=capsys)
     assert code == 0 and out.splitlines()[0].split() == ["spec", "1k", "8k", "64k", "512k", "1m", "1000"]
@@ -194,6 +239,9 @@ def test_memory_headers_are_the_lengths_as_written(capsys):
     (["show", "mamba2", "--batch", "-1"], "--batch: must be a positive count"),
     (["memory", "mamba2", "--seq-lens", "1k,64q"], "error: --seq-lens: not a count: '64q'"),
     (["memory", "mamba2", "--seq-lens", "1k,2g,99999999g"], "--seq-lens: '99999999g' is too large"),
+    (["memory", "mamba2", "--seq-lens", "1k,,2k"], "error: --seq-lens: an empty length in '1k,,2k'"),  # was dropped
+    (["memory", "mamba2", "--seq-lens", "1k, "], "error: --seq-lens: an empty length in '1k, '"),
+    (["memory", "mamba2", "--seq-lens", " "], "error: --seq-lens: give at least one length"),
     (["convert", "--from", "megatron", "M-M", "--name", " "], "--name: give a name"),
     (["convert", "--from", "megatron", "M-M", "--dtype", "bfloat16"], "--dtype needs --weights"),
     (["show", "mamba2", "--seq-len", "\uff11\uff10"], "--seq-len: not a count: '\uff11\uff10'"),  # fullwidth digits
@@ -1069,5 +1117,5 @@ def test_commands_listed_in_their_order():
     from archdsl.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert list(sub.choices) == ["check", "show", "fmt", "graph", "memory", "convert", "export", "compile", "run",
+    assert list(sub.choices) == ["check", "show", "fmt", "graph", "memory", "convert", "export", "dump", "compile", "run",
                                  "bench", "generate", "explore", "train", "export-checkpoint"]

@@ -12,7 +12,8 @@ matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 
 import archdsl  # noqa: E402
-from archdsl.draw import (GROUP_COLORS, KIND_COLORS, MAX_ROWS, Fold, draw, fold_layers, font_with,  # noqa: E402
+from archdsl.draw import (GROUP_COLORS, HATCHES, KIND_COLORS, MAX_ROWS, MAX_SERIES, Fold, draw,  # noqa: E402
+                          fold_layers, font_with, group_marks, memory_figure, plot_memory, series_styles,
                           strip_figure, strip_rows, to_dot, to_mermaid)
 from archdsl.errors import ArchDSLError  # noqa: E402
 from archdsl.graph import layers  # noqa: E402
@@ -204,7 +205,7 @@ def check_dot(text):
 
 _MMD_LABEL = r'"[^"<>`#;]*(?:#\d+;[^"<>`#;]*)*"'  # quoted; anything odd as an entity code
 _MMD_ID = r"(?:embed|norm|head|L\d+)"  # none a Mermaid keyword (`end`, `graph`, ...)
-_MMD_LINE = re.compile(rf"(?:{_MMD_ID}\[{_MMD_LABEL}\]|{_MMD_ID} (?:-->|-\.->) {_MMD_ID}"
+_MMD_LINE = re.compile(rf"(?:{_MMD_ID}\[{_MMD_LABEL}\]|{_MMD_ID} (?:-->|-\.->|-->\|{_MMD_LABEL}\|) {_MMD_ID}"
                        rf"|L\d+ -\.-\|{_MMD_LABEL}\| L\d+|classDef [a-z0-9]+ fill:#[0-9A-F]{{6}},color:#(?:000000|FFFFFF)"
                        rf"|class L\d+(?:,L\d+)* [a-z0-9]+|direction LR)")
 _MMD_BOX = re.compile(rf"subgraph F\d+_\d+\[{_MMD_LABEL}\]")
@@ -470,3 +471,260 @@ def test_a_figure_path_with_a_control_character_is_refused_naming_the_argument(t
         assert str(e.value) == f"{where}: path: the path {path!r} holds the control character {char!r}; give one " \
                                f"without"
     assert not plt.fignum_exists(fig.number) and list(tmp_path.iterdir()) == []
+
+
+# --- the review of the drawing commands ----------------------------------------------------------------
+@pytest.fixture
+def memfig():
+    """memory_figure's figures, closed after the test; each drawn (its texts laid out) before it is returned."""
+    import matplotlib.pyplot as plt
+
+    figs = []
+
+    def make(*args, **kwargs):
+        figs.append(memory_figure(*args, **kwargs))
+        figs[-1].canvas.draw()
+        return figs[-1]
+
+    yield make
+    for f in figs:
+        plt.close(f)
+
+
+def legend_texts(fig):
+    return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def test_memory_lines_run_left_to_right(memfig):
+    """--seq-lens 512k,1,64k,8k joined the points in that order: each line zig-zagged over the log axis. Each
+    line is drawn over the lengths sorted, its counts with them."""
+    lens = [512 * 1024, 1, 64 * 1024, 8 * 1024]
+    fig = memfig(lens, {"a": [40, 10, 30, 20], "b": [5, 6, 7, 8]})
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 2
+    for line, ys in zip(lines, ([10, 20, 30, 40], [6, 8, 7, 5])):
+        assert list(line.get_xdata()) == sorted(lens) and list(line.get_ydata()) == ys
+
+
+def overlap(a, b):
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_memory_series_are_told_apart_and_the_legend_hides_nothing(memfig):
+    """21 specs (specs/*.yaml): matplotlib's cycle of ten colours, one marker, gave three lines one blue; the legend
+    sat on the data and the 512k tick. Each series has its own (colour, marker, line style), up to MAX_SERIES; the
+    legend lies beside the axes, clear of the data and the ticks."""
+    styles = series_styles(MAX_SERIES)
+    assert len(set(styles)) == MAX_SERIES
+    lens = [1024, 8192, 65536, 524288]
+    data = {f"spec-{i}": [(i + 1) * n for n in lens] for i in range(21)}
+    fig = memfig(lens, data)
+    ax = fig.axes[0]
+    drawn = [(line.get_color(), line.get_marker(), line.get_linestyle()) for line in ax.get_lines()]
+    assert len(drawn) == 21 and len(set(drawn)) == 21
+    legend = ax.get_legend()
+    assert legend_texts(fig) == list(data)
+    box = legend.get_window_extent()
+    renderer = fig.canvas.get_renderer()
+    assert not overlap(box, ax.get_window_extent())
+    for tick in ax.get_xticklabels() + ax.get_yticklabels():
+        assert not overlap(box, tick.get_window_extent(renderer)), tick.get_text()
+    assert [(h.get_color(), h.get_marker(), h.get_linestyle()) for h in legend.legend_handles] == drawn
+    with pytest.raises(ArchDSLError, match=f"at most {MAX_SERIES}"):
+        memory_figure([1], {str(i): [1] for i in range(MAX_SERIES + 1)})
+
+
+def png_size(path):
+    head = open(path, "rb").read(24)
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+@pytest.mark.parametrize("name", ["_baseline", "my-very-long-experiment-name-" * 5, "n" * 200, "x" * 3000])
+def test_memory_names_as_given_and_no_warning(tmp_path, name):
+    """A name starting with `_` left the legend empty (matplotlib ignores such labels) with its UserWarning on
+    stderr; a long one squeezed the axes to a sliver (from 200 characters, tight_layout's warning; at 3000 a PNG
+    30 000 pixels wide). The name is shown as given, a long one wrapped onto two lines and cut in the middle;
+    no warning of any kind."""
+    import warnings
+
+    out = tmp_path / "m.png"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fig = memory_figure([1024, 8192], {name: [1, 2]})
+        fig.canvas.draw()
+        (label,) = legend_texts(fig)
+        plot_memory([1024, 8192], {name: [1, 2]}, str(out))
+    assert [str(w.message) for w in seen] == []
+    if len(name) <= 32:
+        assert label == name
+    else:
+        rows = label.split("\n")
+        assert len(rows) == 2 and all(len(r) <= 32 for r in rows)
+        start, end = "".join(rows).split("…") if len(name) > 64 else ("".join(rows), "")
+        assert name.startswith(start) and name.endswith(end) and len(start) > 10
+    width, height = png_size(out)
+    assert width < 1600 and height < 800, (width, height)
+
+
+def test_memory_legend_keeps_names_apart_when_cut(memfig):
+    """Two long names alike but in their middles cut to one text: each gets its place, [k]."""
+    a, b = "a" * 50 + "1" + "z" * 50, "a" * 50 + "2" + "z" * 50
+    assert legend_texts(memfig([1], {a: [1], b: [1], "short": [0]})) == [
+        f"{'a' * 32}\n{'a' * 10}…{'z' * 21} [1]", f"{'a' * 32}\n{'a' * 10}…{'z' * 21} [2]", "short (no cache)"]
+
+
+def test_memory_label_names_the_dtypes(memfig):
+    """The y label named the dtype as typed (`half`) and never the SSM states', whose bytes double from bfloat16 to
+    float32: canonical names, and the SSM states' where they are not the cache's dtype."""
+    label = lambda **kw: memfig([1024], {"a": [1]}, **kw).axes[0].get_ylabel()  # noqa: E731
+    assert label(dtype="half") == "inference cache\n(batch 1, float16, SSM states float32)"
+    assert label(dtype="BF16", ssm_state_dtype="bf16") == "inference cache\n(batch 1, bfloat16)"
+    assert label(batch=3, dtype="fp32") == "inference cache\n(batch 3, float32)"
+    assert label(dtype="float64") == "inference cache\n(batch 1, float64)"
+    assert label(dtype="fp8", ssm_state_dtype="float16") == "inference cache\n(batch 1, float8, SSM states float16)"
+
+
+@pytest.mark.parametrize("kwargs, why", [
+    ({"data": {1: [1], "1": [2]}}, r"two of data's keys are '1' as str\(\) writes them"),
+    ({"data": {"a": [10**400]}}, r"data\['a'\] holds a count past what a plot can draw"),
+    ({"batch": -5}, "batch must be an int >= 1, got -5"),
+    ({"batch": True}, "batch must be an int >= 1, got True"),
+    ({"dtype": "whatever"}, "plot_memory: unknown dtype 'whatever'"),
+    ({"ssm_state_dtype": "float8"}, "plot_memory: unknown ssm_state_dtype 'float8'"),
+])
+def test_plot_memory_refuses_what_it_cannot_draw(tmp_path, kwargs, why):
+    """Keys one name as str() writes them drew one line (the second overwrote the first); 10^400 bytes was
+    OverflowError; a bad batch or dtype only labelled the axis. Each an ArchDSLError, nothing written."""
+    args = {"lens": [1024], "data": {"a": [1]}, "path": str(tmp_path / "m.svg")} | kwargs
+    with pytest.raises(ArchDSLError, match=why):
+        plot_memory(**args)
+    assert os.listdir(tmp_path) == []
+    plot_memory([1024], {"a": [2**70]}, str(tmp_path / "m.svg"))  # past 2^63 but a float: drawn
+
+
+def test_a_long_name_keeps_the_strip_narrow(tmp_path, figure):
+    """A 3000-character name made the strip's title, and the PNG, 33 108 pixels wide."""
+    fig = figure(archdsl.parse("4×mamba2", name="x" * 3000, d_model=64, vocab_size=100))
+    assert fig.axes[0].get_title().endswith(": 4 layers") and len(fig.axes[0].get_title()) < 140
+    draw(archdsl.parse("4×mamba2", name="x" * 3000, d_model=64, vocab_size=100), str(tmp_path / "s.png"))
+    assert png_size(tmp_path / "s.png")[0] < 1500
+
+
+SIX_GROUPS = ", ".join(f"attn(shared=layer_group_{i}), attn(shared=layer_group_{i})" for i in range(1, 7))
+
+
+@pytest.mark.parametrize("layout, groups", [
+    (SIX_GROUPS, 6),
+    (", ".join(f"mamba2(shared=g{i:02d}), mamba2(shared=g{i:02d})" for i in range(20)), 20),
+])
+def test_each_shared_group_has_its_own_outline_and_mark(figure, layout, groups):
+    """From the sixth group on, GROUP_COLORS repeated: layer_group_1 and layer_group_6 both black, both `layer…`,
+    two alike legend swatches. Each group's boxes share one (colour, line style) and one mark, no two groups alike,
+    up to 20 groups; the legend names each group with its own swatch."""
+    fig = figure(archdsl.parse(layout, d_model=64, vocab_size=100))
+    shared = [p for p in rectangles(fig) if p.get_linewidth() > 1]
+    assert len(shared) == 2 * groups
+    # by dash pattern: a legend's copy of a patch keeps its dashes, not the name of its line style
+    outlines = [(tuple(p.get_edgecolor()), p._unscaled_dash_pattern) for p in shared]
+    assert outlines[0::2] == outlines[1::2] and len(set(outlines)) == groups  # layers 2i, 2i + 1: one group
+    marks = [t.get_text() for t in fig.axes[0].texts if not t.get_text().isdigit()]
+    assert marks[0::2] == marks[1::2] and len(set(marks)) == groups and all(len(m) <= 6 for m in marks)
+    legend = fig.axes[0].get_legend()
+    swatches = [(tuple(h.get_edgecolor()), h._unscaled_dash_pattern)
+                for h, t in zip(legend.legend_handles, legend.get_texts()) if t.get_text().startswith("shared: ")]
+    assert len(swatches) == groups and set(swatches) == set(outlines)
+
+
+def test_group_marks_are_short_and_unique():
+    assert group_marks(["a very long group name"]) == {"a very long group name": "a ver…"}
+    assert group_marks(["layer_group_1", "layer_group_6", "x"]) == {"layer_group_1": "la…p_1",
+                                                                    "layer_group_6": "la…p_6", "x": "x"}
+    names = ["blockAmiddle_1", "blockBmiddle_1", "blocks"]  # cut alike twice: every group numbered
+    assert group_marks(names) == {"blockAmiddle_1": "g1", "blockBmiddle_1": "g2", "blocks": "g3"}
+    names = [f"n{i}" * 4 for i in range(100)]
+    assert len(set(group_marks(names).values())) == 100
+
+
+def test_group_names_with_an_underscore_are_shown(figure):
+    fig = figure(archdsl.parse("attn(shared=_g), attn(shared=_g)", d_model=64, vocab_size=100))
+    assert "shared: _g" in texts(fig) and "_g" in texts(fig)
+
+
+def test_each_config_of_a_kind_has_its_own_hatch(figure):
+    """From the sixth config of a kind, HATCHES repeated: attn(window=1) and attn(window=6) were drawn alike,
+    columns and legend. Up to len(HATCHES) + 1 configs of one kind each look their own; one more is refused."""
+    n = len(HATCHES)
+    layout = ", ".join(["attn"] + [f"attn(window={w})" for w in range(1, n + 1)] + ["mamba2(d_state=8), mamba2"])
+    fig = figure(archdsl.parse(layout, d_model=64, vocab_size=100))
+    cols = [(tuple(p.get_facecolor()), p.get_hatch()) for p in rectangles(fig)]
+    assert len(set(cols)) == len(cols) == n + 3
+    legend = fig.axes[0].get_legend()
+    assert len({(tuple(h.get_facecolor()), h.get_hatch()) for h in legend.legend_handles}) == n + 3
+    too_many = ", ".join(["attn"] + [f"attn(window={w})" for w in range(1, n + 2)])
+    with pytest.raises(ArchDSLError, match=f"{n + 2} configs of attn, and the picture tells at most {n + 1}"):
+        strip_figure(archdsl.parse(too_many, d_model=64, vocab_size=100))
+
+
+def test_mermaid_shows_the_embedding_read_at_layer_0_like_dot():
+    """DOT drew `embed -> L0 [label="+ embedding"]` where layer 0's shared Zamba block reads the embedding;
+    Mermaid a plain `embed --> L0`, as if it read nothing."""
+    for layout in ("4×mamba2, zamba(shared) at 0 2", "9×mamba2, zamba(shared) at 0 3 6"):
+        spec = archdsl.parse(layout)
+        mmd, dot = to_mermaid(spec), to_dot(spec)
+        check_mermaid(mmd)
+        assert '  embed -> L0 [label="+ embedding"];' in dot.splitlines()
+        assert '  embed -->|"+ embedding"| L0' in mmd.splitlines() and "  embed --> L0" not in mmd.splitlines()
+    assert "  embed --> L0" in to_mermaid(archdsl.parse("4×mamba2")).splitlines()
+
+
+def test_strip_rows_compares_each_row_once(monkeypatch):
+    """`graph 100000×mamba2 --every-layer` took 27 s to refuse: with fold n + 1, each row compared every alike row
+    after it (quadratic). Counted here in comparisons, not seconds."""
+    import archdsl.draw.strip as strip
+
+    calls = [0]
+
+    class Sig:  # alike, never the same object: a list's == compares them
+        def __eq__(self, other):
+            calls[0] += 1
+            return True
+
+        __hash__ = None
+
+    monkeypatch.setattr(strip, "layer_signature", lambda subs: Sig())
+    n = 32 * 200
+    width, drawn = strip_rows(list(range(n)), n + 1)
+    assert width == 32 and drawn == [(32 * r, 1) for r in range(200)]
+    assert calls[0] < 4 * n, calls[0]
+    calls[0] = 0
+    assert strip_rows(list(range(n)))[1] == [(0, 200)]
+    assert calls[0] < 4 * n
+
+
+@pytest.mark.parametrize("ext", [".svg", ".pdf", ".png"])
+def test_a_picture_is_the_same_bytes_every_time(tmp_path, monkeypatch, ext):
+    """An SVG carried the time (`<dc:date>`) and random clip-path ids, a PDF its creation date: each run gave new
+    bytes, though these pictures are committed to docs."""
+    import time
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)  # matplotlib's own way to a fixed date: not relied on
+    spec = spec_file("demo-zamba")
+    draw(spec, str(tmp_path / f"a{ext}"))
+    plot_memory([1024, 8192], {"a": [1, 2], "b": [3, 4]}, str(tmp_path / f"m{ext}"))
+    if ext == ".pdf":  # its date has whole seconds
+        time.sleep(1.1)
+    draw(spec, str(tmp_path / f"b{ext}"))
+    plot_memory([1024, 8192], {"a": [1, 2], "b": [3, 4]}, str(tmp_path / f"n{ext}"))
+    assert (tmp_path / f"a{ext}").read_bytes() == (tmp_path / f"b{ext}").read_bytes()
+    assert (tmp_path / f"m{ext}").read_bytes() == (tmp_path / f"n{ext}").read_bytes()
+    assert b"<dc:date>" not in (tmp_path / f"a{ext}").read_bytes() and b"CreationDate" not in (
+        tmp_path / f"a{ext}").read_bytes()
+
+
+def test_a_picture_written_through_a_link_keeps_the_link(tmp_path):
+    (tmp_path / "target.svg").write_text("old")
+    (tmp_path / "link.svg").symlink_to("target.svg")
+    draw("mamba2", str(tmp_path / "link.svg"))
+    draw("mamba2", str(tmp_path / "link.dot"))  # a new name: a file
+    assert (tmp_path / "link.svg").is_symlink() and (tmp_path / "target.svg").read_text().startswith("<?xml")
+    assert sorted(os.listdir(tmp_path)) == ["link.dot", "link.svg", "target.svg"]

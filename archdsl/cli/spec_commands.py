@@ -99,7 +99,9 @@ def _add_graph(p):
     p.add_argument("-o", "--output", required=True,
                    help="output file: .svg, .png, .pdf, .dot or .mmd (missing directories are created)")
     p.add_argument("--every-layer", action="store_true",
-                   help="draw each layer (default: three or more alike blocks of layers in a row are drawn once, × k)")
+                   help="draw each layer (default: .dot and .mmd draw three or more alike blocks of layers in a row "
+                        "once, × k; .svg, .png and .pdf wrap the layers in rows of up to 32 (a whole number of the "
+                        "layout's periods) and draw three or more alike rows in a row once, × k)")
 
 
 @command("memory", "inference cache bytes against context length")
@@ -112,25 +114,40 @@ def cmd_memory(args):
         check_output(args.output)
         check_path(args.output, PLOT_FORMATS)
     cache_dtype_arg(args.dtype)
+    from ..analysis import dtype_name
+
+    # by their canonical names, as show gives them: fp8 is float8, in the JSON and on the plot
+    dtype = dtype_name(args.dtype)
+    states = None if args.ssm_state_dtype is None else dtype_name(args.ssm_state_dtype, "ssm_state_dtype")
     specs = [read_spec(s, args.set) for s in args.specs]
-    lens = [parse_count(x, "--seq-lens") for x in args.seq_lens.split(",") if x.strip()]
-    if not lens:
-        raise ArchDSLError("--seq-lens: give at least one length, e.g. 1k,8k,64k")
-    data = {label: [r.cache_bytes for r in analyze_lengths(s, lens, batch=args.batch, dtype=args.dtype,
-                                                           ssm_state_dtype=args.ssm_state_dtype)]
+    lens = _seq_lens(args.seq_lens)
+    data = {label: [r.cache_bytes for r in analyze_lengths(s, lens, batch=args.batch, dtype=dtype,
+                                                           ssm_state_dtype=states)]
             for label, s in zip(_labels(args.specs, specs), specs)}
     if args.output:  # first: a plot that cannot be written is the error alone, no table printed before it
         from ..draw import plot_memory
 
-        plot_memory(lens, data, args.output, batch=args.batch, dtype=args.dtype)
+        plot_memory(lens, data, args.output, batch=args.batch, dtype=dtype, ssm_state_dtype=states)
     if args.json:
-        print(json.dumps({"seq_lens": lens, "batch": args.batch, "dtype": args.dtype,
-                          "ssm_state_dtype": args.ssm_state_dtype, "cache_bytes": data}, indent=2))
+        print(json.dumps({"seq_lens": lens, "batch": args.batch, "dtype": dtype, "ssm_state_dtype": states,
+                          "cache_bytes": data}, indent=2))
     else:
         rows = [[name] + [human(b, "B") for b in values] for name, values in data.items()]
         print(table(rows, ["spec"] + [count_text(n) for n in lens], names=1))
     if args.output:
         print(f"wrote {args.output}", file=sys.stderr if args.json else sys.stdout)
+
+
+def _seq_lens(text: str) -> list[int]:
+    """--seq-lens as lengths, in the order given; an empty entry (`1k,,2k`, a trailing comma) is refused, as
+    explore's --objective refuses one: it is a length left out by mistake, not one to skip."""
+    if not text.strip():
+        raise ArchDSLError("--seq-lens: give at least one length, e.g. 1k,8k,64k")
+    parts = text.split(",")
+    if any(not x.strip() for x in parts):
+        raise ArchDSLError(f"--seq-lens: an empty length in {text!r}; give lengths between the commas, e.g. "
+                           f"1k,8k,64k")
+    return [parse_count(x, "--seq-lens") for x in parts]
 
 
 def _labels(texts: list[str], specs: list) -> list[str]:

@@ -2,10 +2,10 @@
 Mermaid flowchart; and the cache-versus-context plot. `draw` writes a layout's picture in the format its path's
 suffix names.
 
-The parts: common (colours, folding constants, formats, check_path), strip (the strip figure and its rows),
-figure (matplotlib's side: plain text, font fallback, save_figure), charts (to_dot, to_mermaid and their
-folding), memory (plot_memory). matplotlib is imported only inside the functions that draw, so importing this
-package does not import it.
+The parts: common (colours, folding constants, formats, check_path, fit_text), strip (the strip figure and its
+rows), figure (matplotlib's side: plain text, font fallback, save_figure), charts (to_dot, to_mermaid and their
+folding), memory (memory_figure, plot_memory). matplotlib is imported only inside the functions that draw, so
+importing this package does not import it.
 """
 from __future__ import annotations
 
@@ -13,16 +13,17 @@ from .. import errors
 from ..errors import ArchDSLError
 from ..spec import load_spec
 from .charts import MERMAID_MAX_EDGES, MERMAID_MAX_TEXT, Fold, fold_layers, to_dot, to_mermaid
-from .common import FOLD, FORMATS, GROUP_COLORS, KIND_COLORS, PER_ROW, PLOT_FORMATS, check_path, group_colors
+from .common import (FOLD, FORMATS, GROUP_COLORS, KIND_COLORS, PER_ROW, PLOT_FORMATS, check_path, fit_text,
+                     group_colors, group_styles)
 from .figure import fit_fonts, font_with, plain_text, save_figure
-from .memory import plot_memory
-from .strip import HATCHES, MAX_ROWS, MIN_COLS, strip_figure, strip_rows
+from .memory import MAX_SERIES, memory_figure, plot_memory, series_styles
+from .strip import HATCHES, MAX_ROWS, MIN_COLS, group_marks, strip_figure, strip_rows
 
 __all__ = [
     "draw", "check_path", "FORMATS", "PLOT_FORMATS", "KIND_COLORS", "GROUP_COLORS", "HATCHES", "PER_ROW", "FOLD",
     "MAX_ROWS", "MIN_COLS", "MERMAID_MAX_EDGES", "MERMAID_MAX_TEXT", "group_colors", "strip_rows", "strip_figure",
     "plain_text", "fit_fonts", "font_with", "save_figure", "Fold", "fold_layers", "to_dot", "to_mermaid",
-    "plot_memory",
+    "plot_memory", "memory_figure", "series_styles", "MAX_SERIES", "group_styles", "group_marks", "fit_text",
 ]
 
 

@@ -188,8 +188,9 @@ def to_mermaid(spec, every_layer: bool = False) -> str:
 
     emit(chart.items, 1)
     out += ['  norm["final norm"]', f'  head["LM head{" (tied)" if spec.tie_embeddings else ""}"]']
-    for (u, v), flow in chart.edges.items():
-        out.append(f"  {u} -.-> {v}" if flow == "embedding" else f"  {u} --> {v}")
+    for (u, v), flow in chart.edges.items():  # as DOT draws them: a residual link that reads the embedding says so
+        out.append({"residual": f"  {u} --> {v}", "embedding": f"  {u} -.-> {v}",
+                    "residual+embedding": f'  {u} -->|"+ embedding"| {v}'}[flow])
     for (a, b), group in chart.group_links.items():
         out.append(f'  L{a} -.-|"{_mmd(group)}"| L{b}')
     for kind, ids in classes.items():

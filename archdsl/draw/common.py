@@ -1,8 +1,10 @@
 """What every picture of a layout shares: the kinds' and shared groups' colours, the folding constants, the
-formats and the check of an output path, and how a layer's blocks read (their signature, as written)."""
+formats and the check of an output path, how a layer's blocks read (their signature, as written), and a name
+fitted to a legend or title (fit_text)."""
 from __future__ import annotations
 
 import os
+import textwrap
 from dataclasses import replace
 
 from .. import errors
@@ -15,6 +17,8 @@ KIND_COLORS = {
 }
 # Outlines of shared groups: far from every kind's fill, so a shared zamba (red) or attn (orange) shows its outline.
 GROUP_COLORS = ["#000000", "#FFD700", "#FF00FF", "#00E5E5", "#7FFF00"]
+# ... and past five groups, the same colours dashed, dotted, dash-dotted: 20 outlines drawn differently.
+GROUP_LINESTYLES = ["solid", "dashed", "dotted", "dashdot"]
 PER_ROW = 32
 FOLD = 3  # this many alike rows or more are drawn once
 FORMATS = (".svg", ".png", ".pdf", ".dot", ".mmd")
@@ -61,5 +65,33 @@ def written_block(s) -> str:
 
 
 def group_colors(spec) -> dict[str, str]:
-    """Each shared group's outline colour, the same in the picture and the DOT graph."""
-    return {g: GROUP_COLORS[i % len(GROUP_COLORS)] for i, g in enumerate(sorted(spec.graph.graph["groups"]))}
+    """Each shared group's outline colour, the same in the picture and the DOT graph (whose links also carry the
+    group's name: past five groups the colours repeat)."""
+    return {g: color for g, (color, _) in group_styles(spec).items()}
+
+
+def group_styles(spec) -> dict[str, tuple[str, str]]:
+    """Each shared group's outline in the strip, (colour, matplotlib line style): every colour solid, then every
+    colour dashed, ...: distinct for up to 20 groups. Past that outlines repeat, and the group's name in each box
+    (strip.group_marks, unique) tells them apart."""
+    n = len(GROUP_COLORS)
+    return {g: (GROUP_COLORS[i % n], GROUP_LINESTYLES[i // n % len(GROUP_LINESTYLES)])
+            for i, g in enumerate(sorted(spec.graph.graph["groups"]))}
+
+
+def fit_text(text, width: int = 32, lines: int = 2) -> str:
+    """`text` for a legend entry or a title, as written when it fits `width` characters; else wrapped onto at most
+    `lines` lines (at spaces and hyphens where it can), and a text longer than those lines hold cut in the middle
+    with "…", its start and end kept (`name#2` keeps its #2). A 3000-character name made a legend 30 000 pixels
+    wide."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    room = width * lines
+    if len(text) > room:
+        head = (room - 1) * 2 // 3
+        text = text[:head] + "…" + text[len(text) - (room - 1 - head):]
+    wrapped = textwrap.wrap(text, width, drop_whitespace=False)
+    if len(wrapped) > lines or "".join(wrapped) != text:  # ragged breaks took a line more: cut at the width
+        wrapped = [text[i:i + width] for i in range(0, len(text), width)]
+    return "\n".join(wrapped)

@@ -78,13 +78,19 @@ def fit_fonts(fig) -> None:
                       ArchDSLWarning, stacklevel=4)
 
 
+_NO_DATE = {".svg": {"Date": None}, ".pdf": {"CreationDate": None, "ModDate": None}}  # PNG has none
+
+
 def save_figure(fig, path: str, dpi=150, bbox_inches="tight") -> None:
     """Render a matplotlib Figure into memory, then write it with atomic.write_atomic (beside `path` under a
     temporary name, renamed into place), so a failed or interrupted render leaves nothing half-written; missing
     parent directories are created. The suffix of `path` picks the format (.svg, .png or .pdf). The figure is
-    closed, on error too. Texts fall back to installed fonts for characters the default font lacks (fit_fonts)."""
+    closed, on error too. Texts fall back to installed fonts for characters the default font lacks (fit_fonts).
+    One figure gives the same bytes on every run: no date in an SVG's or PDF's metadata, and the SVG's ids drawn
+    from a fixed salt, not at random (pictures are committed to docs: a diff shows what changed)."""
     import io
 
+    import matplotlib
     import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
 
@@ -98,7 +104,8 @@ def save_figure(fig, path: str, dpi=150, bbox_inches="tight") -> None:
         fit_fonts(fig)
         with warnings.catch_warnings():  # said once by fit_fonts, not a glyph at a time
             warnings.filterwarnings("ignore", r"Glyph \d+ .* missing from", UserWarning)
-            fig.savefig(buf, format=ext[1:], dpi=dpi, bbox_inches=bbox_inches)
+            with matplotlib.rc_context({"svg.hashsalt": "archdsl"}):
+                fig.savefig(buf, format=ext[1:], dpi=dpi, bbox_inches=bbox_inches, metadata=_NO_DATE.get(ext))
     except OSError as e:  # a backend's own files (fonts, a renderer's scratch space)
         raise ArchDSLError(f"cannot write {path}: {e.strerror or e}") from None
     finally:

@@ -7,10 +7,13 @@ once, marked × k; `every_layer` draws each). Each layer is a column: its mixer 
 (Zamba's shared block) as a band above the mixer. The legend names each block as written; where
 a kind comes in two or more configs (an alias, inline arguments: `attn(window=512)` beside
 `attn`), each but the plain kind is its kind's colour, hatched. A
-shared group is drawn with a thick outline of the group's colour and its name, so one can
-see at a glance which layers hold the same weights.
+shared group is drawn with a thick outline of the group's colour and line style and its name (cut
+to six characters, no two groups alike: group_marks), so one can see at a glance which layers
+hold the same weights.
 """
 from __future__ import annotations
+
+from collections import Counter
 
 from .. import errors
 from ..blocks.base import FFN, INJECT, MIXER
@@ -18,9 +21,12 @@ from ..errors import ArchDSLError
 from ..graph import layers, role_of
 from ..spec import load_spec
 from ..units import plural
-from .common import FOLD, PER_ROW, group_colors, ink, kind_color, layer_signature, written_block
+from .common import FOLD, PER_ROW, fit_text, group_styles, ink, kind_color, layer_signature, written_block
 
-HATCHES = ["//", "..", "xx", "\\\\", "oo"]
+# The configs of one kind are told apart by hatch: lines, dots, then a line and a dot pattern together, 30 in all.
+HATCHES = ["//", "..", "xx", "\\\\", "oo", "||", "--", "++", "**", "OO",
+           *(line * 2 + dot * 2 for line in ("/", "\\", "|", "-") for dot in (".", "o", "O", "*")),
+           "xx..", "xxoo", "++..", "++oo"]
 MAX_ROWS = 48  # rows the picture draws, after folding
 MIN_COLS = 11
 
@@ -46,20 +52,31 @@ def strip_rows(rows: list, fold: int = FOLD) -> tuple[int, list[tuple[int, int]]
         row = sigs[start:start + width]
         while start + (k + 1) * width <= n and sigs[start + k * width:start + (k + 1) * width] == row:
             k += 1
-        if k < fold:
-            k = 1
-        drawn.append((start, k))
+        # k alike rows too few to fold: each drawn, and none of them starts a run long enough either (the next
+        # has k - 1 alike after it), so they are not compared again (that made every_layer quadratic)
+        drawn += [(start, k)] if k >= fold else [(start + j * width, 1) for j in range(k)]
         start += k * width
     return width, drawn
 
 
-def _short(name: str) -> str:
-    return name if len(name) <= 6 else name[:5] + "…"
+def group_marks(groups) -> dict[str, str]:
+    """What each shared group's boxes say, at most 6 characters, no two alike: the name; a longer one cut,
+    `layer…`; where two cut alike, start and end, `l…p_1`; where those still meet, every group numbered, `g1`,
+    `g2` (in sorted order)."""
+    groups = sorted(groups)
+    cuts = (lambda g: g if len(g) <= 6 else g[:5] + "…", lambda g: g if len(g) <= 6 else g[:2] + "…" + g[-3:])
+    marks = {g: cuts[0](g) for g in groups}
+    for cut in cuts[1:]:
+        seen = Counter(marks.values())
+        marks.update({g: cut(g) for g in groups if seen[marks[g]] > 1})
+    if len(set(marks.values())) < len(marks):
+        marks = {g: f"g{i}" for i, g in enumerate(groups, 1)}
+    return marks
 
 
 def strip_figure(spec, every_layer: bool = False):
     """The strip of `spec` as a matplotlib Figure, for save_figure (which closes it); ArchDSLError past MAX_ROWS
-    rows."""
+    rows, or past len(HATCHES) + 1 configs of one kind (two would be drawn alike)."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
@@ -80,7 +97,7 @@ def strip_figure(spec, every_layer: bool = False):
     fig = plt.figure(figsize=(0.42 * (cols + 0.4), 1.55 * nrows - 0.1 - base))
     ax = fig.add_axes((0, 0, 1, 1))
     groups = sorted(spec.graph.graph["groups"])
-    gcolor = group_colors(spec)
+    gstyle, marks = group_styles(spec), group_marks(groups)
     # Each config of a block is named as the shortest of its layers writes it (`attn(heads=8)` where that is the
     # default is `attn`, as a plain `attn` layer with the same config writes it). Where a kind comes in two or
     # more (an alias, inline arguments: `attn(window=512)` beside `attn`), each but the plain kind is hatched.
@@ -89,7 +106,14 @@ def strip_figure(spec, every_layer: bool = False):
         key, written = (s.name, repr(s.config)), written_block(s)
         variants[key] = min(variants.get(key, written), written, key=lambda w: (len(w), w))
     drawn_as = {(s.kind, variants[s.name, repr(s.config)]) for subs in rows for s in subs}  # (kind, name)
-    hatches: dict[str, str] = {}
+    # Hatches are counted by fill: configs of one colour must differ in hatch, those of two colours already differ.
+    hatched = Counter(kind_color(kind) for kind, written in sorted(drawn_as) if written != kind
+                      and sum(k == kind for k, _ in drawn_as) > 1)
+    if hatched and max(hatched.values()) > len(HATCHES):
+        kind = next(k for k, _ in sorted(drawn_as) if hatched[kind_color(k)] == max(hatched.values()))
+        raise ArchDSLError(f"the layout has {max(hatched.values()) + 1} configs of {kind}, and the picture tells at "
+                           f"most {len(HATCHES) + 1} of one kind apart: write .dot")
+    hatches: dict[tuple[str, str], str] = {}  # (fill, name) -> its hatch
     seen: dict[str, Patch] = {}  # legend entries by label
     for r, (start, repeats) in enumerate(drawn):
         y = -r * 1.55
@@ -101,29 +125,43 @@ def strip_figure(spec, every_layer: bool = False):
                     continue
                 written = variants[s.name, repr(s.config)]
                 plain = written == s.kind or sum(kind == s.kind for kind, _ in drawn_as) == 1
-                hatch = None if plain else hatches.setdefault(written, HATCHES[len(hatches) % len(HATCHES)])
+                fill = kind_color(s.kind)
+                if plain:
+                    hatch = None
+                else:
+                    same = sum(f == fill for f, _ in hatches)
+                    hatch = hatches.setdefault((fill, written), HATCHES[same])
                 label = written if s.name == s.kind else f"{written} ({s.kind})"
-                seen.setdefault(label, Patch(facecolor=kind_color(s.kind), hatch=hatch, edgecolor="white", label=label))
-                edge = gcolor.get(s.group, "white")
-                ax.add_patch(Rectangle((x + 0.05, y + y0), 0.9, h, facecolor=kind_color(s.kind), hatch=hatch,
-                                       edgecolor=edge, linewidth=2.5 if s.group else 0.5))
+                seen.setdefault(label, Patch(facecolor=fill, hatch=hatch, edgecolor="white", label=label))
+                edge, ls = gstyle.get(s.group, ("white", "solid"))
+                ax.add_patch(Rectangle((x + 0.05, y + y0), 0.9, h, facecolor=fill, hatch=hatch, edgecolor=edge,
+                                       linestyle=ls, linewidth=2.5 if s.group else 0.5))
                 if s.group:
-                    ax.text(x + 0.5, y + y0 + h / 2, _short(s.group), ha="center", va="center", fontsize=6,
-                            color=ink(kind_color(s.kind)))
+                    ax.text(x + 0.5, y + y0 + h / 2, marks[s.group], ha="center", va="center", fontsize=6,
+                            color=ink(fill))
             if (i - start) % 4 == 0 or width <= 16:
                 ax.text(x + 0.5, y + base - 0.12, str(i), ha="center", va="top", fontsize=7, color="#444")
         if repeats > 1:
             last = start + repeats * width - 1
             ax.text(width + 0.3, y + 0.5, f"× {repeats}\nlayers {start}–{last}", ha="left", va="center", fontsize=8)
     handles = list(seen.values())
-    handles += [Patch(facecolor="white", edgecolor=gcolor[g], linewidth=2.5, label=f"shared: {g}") for g in groups]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=min(6, len(handles)),
-              fontsize=8, frameon=False)
+    handles += [Patch(facecolor="white", edgecolor=gstyle[g][0], linestyle=gstyle[g][1], linewidth=2.5,
+                      label=_group_label(g, marks[g])) for g in groups]
+    # handles with their labels given, so a name starting with "_" is shown as matplotlib would not
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.02),
+              ncol=min(6, len(handles)), fontsize=8, frameon=False)
     ax.set_xlim(-0.2 - pad, width + 0.2 + pad)
     ax.set_ylim(-(nrows - 1) * 1.55 - 0.35 + base, 1.1)
     ax.set_axis_off()
     bands = [f"{where}: {what}" for role, where, what in ((INJECT, "top", "inject"), (MIXER, "middle", "mixer"),
                                                           (FFN, "bottom", "FFN")) if any(role_of(r, role) for r in rows)]
     key = f"  ({' · '.join(bands)})" if len(bands) > 1 else ""  # which band is which, where there are two or three
-    ax.set_title(f"{spec.name}: {plural(n, 'layer')}{key}", fontsize=9)
+    ax.set_title(f"{fit_text(spec.name, 60)}: {plural(n, 'layer')}{key}", fontsize=9)
     return fig
+
+
+def _group_label(group: str, mark: str) -> str:
+    """A shared group's legend entry: `shared: NAME`, fitted (fit_text), and the mark its boxes say where that is
+    not plainly the name's start."""
+    plain = mark == group or (mark.endswith("…") and group.startswith(mark[:-1]))
+    return f"shared: {fit_text(group)}" + ("" if plain else f" ({mark})")
