@@ -1,11 +1,96 @@
-"""Helpers shared by the benchmark scripts: timing, the check for a CUDA GPU, and the JSON of results."""
+"""Helpers shared by the benchmark scripts: timing, the check for a CUDA GPU, the floor's rates, the checks of
+argument values, and the JSON of results."""
 from __future__ import annotations
 
+import argparse
+import functools
 import json
 import os
 import statistics
 import sys
 import time
+from typing import NamedTuple, NoReturn
+
+# The floor's rates (DESIGN.md): bytes at 87.5% of the card's HBM peak and FLOPs at ~680 TFLOP/s of dense bf16
+# on the tensor cores. The H200: 0.875 × 4.8 TB/s = 4.2 TB/s. An H100 SXM: the same fractions of its own peaks,
+# 0.875 × 3.35 TB/s = 2.93 TB/s, and 680 TFLOP/s (its bf16 peak is the H200's).
+H200_RATES = (0.875 * 4.8e12, 680e12)
+H100_SXM_RATES = (0.875 * 3.35e12, 680e12)
+
+
+class Rates(NamedTuple):
+    """The rates a floor is counted at: card (what torch calls it), basis (whose rates they are), bytes/s, and
+    dense bf16 FLOP/s; TF32's dense rate is half of bf16's."""
+    card: str
+    basis: str
+    bw: float
+    flops: float
+
+    @property
+    def tf32(self) -> float:
+        return self.flops / 2
+
+
+def rates_for(card: str | None) -> Rates:
+    """The floor's rates for a card named `card` (torch.cuda.get_device_name(); None where there is no CUDA GPU):
+    an H100 SXM's own (a name with "H100" and neither "PCIe" nor "NVL"), else the H200's."""
+    if card and "H100" in card and not any(s in card for s in ("PCIe", "NVL")):
+        return Rates(card, "the H100 SXM's rates", *H100_SXM_RATES)
+    if card and "H200" in card:
+        return Rates(card, "the H200's rates", *H200_RATES)
+    return Rates(card or "no CUDA GPU", "the H200's rates, none for this card", *H200_RATES)
+
+
+@functools.lru_cache(maxsize=None)
+def floor_rates() -> Rates:
+    """rates_for the card torch sees; asked at the first floor, never at import (the scripts are imported where
+    there is no GPU)."""
+    import torch
+    return rates_for(torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+
+
+def floor_ms(nbytes: float, flops: float = 0.0, flop_rate: float | None = None) -> float:
+    """The floor in ms: max(nbytes / bandwidth, flops / flop_rate) at floor_rates() (flop_rate: bf16's unless
+    given)."""
+    r = floor_rates()
+    return max(nbytes / r.bw, flops / (flop_rate or r.flops)) * 1e3
+
+
+def rates_line() -> str:
+    """One line naming the card and the rates its floors are counted at, printed above a table with a floor."""
+    r = floor_rates()
+    return (f"floor: {r.bw / 1e12:.3g} TB/s, {r.flops / 1e12:.0f} TFLOP/s bf16 ({r.tf32 / 1e12:.0f} TF32): "
+            f"{r.basis}; card {r.card}")
+
+
+def fail(message: str) -> NoReturn:
+    """Exit 2 with one line on stderr naming the script: a bad argument value, found before any work."""
+    print(f"{os.path.basename(sys.argv[0])}: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def at_least(low: int):
+    """An argparse type: an integer ≥ low, else argparse's error (exit 2) before any work."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = None
+        if n is None or n < low:
+            raise argparse.ArgumentTypeError(f"expected an integer ≥ {low}, got {text!r}")
+        return n
+    return parse
+
+
+positive = at_least(1)
+
+
+def positive_list(text: str) -> list[int]:
+    """An argparse type: comma-separated integers ≥ 1 ("4096,16384")."""
+    try:
+        return [positive(t.strip()) for t in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers ≥ 1, got {text!r}") from None
 
 
 def needs_cuda(why: str = "torch sees none, and this script has no CPU mode") -> None:

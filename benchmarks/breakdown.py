@@ -32,7 +32,7 @@ try:
 except ImportError:  # run from a checkout that is not installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import archdsl
-from _bench import save_json  # noqa: E402
+from _bench import positive, save_json  # noqa: E402
 
 
 def _profile(fn, device, steps: int):
@@ -166,9 +166,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["decode", "ssd", "wkv6"])
     ap.add_argument("--model", default="llama-1.3b", help="a model of benchmarks/model.py")
-    ap.add_argument("--ctx", type=int, default=16384)
-    ap.add_argument("--L", type=int, default=None, help="sequence length (ssd: 16384, wkv6: 4096)")
-    ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--ctx", type=positive, default=16384)
+    ap.add_argument("--L", type=positive, default=None, help="sequence length (ssd: 16384, wkv6: 4096)")
+    ap.add_argument("--top", type=positive, default=15)
     ap.add_argument("--impl", default="fused,chunked", help="ssd: the implementations to profile (ARCHDSL_SSD_IMPL)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json")

@@ -8,11 +8,12 @@ x [B, D, L] in bf16, width 4, bias and SiLU, in three layouts:
   (mamba2-2.7b's), read in place: the step walks;
 - channels contiguous and dense, B4 D5120 L4096: the step walks.
 
-For each: the bytes floor (forward: x read and y written once; backward: x and dy read, dx written, at
-4.2 TB/s), torch's grouped F.conv1d + SiLU (the CPU path, here on the card) forward and backward, then
-every (BLOCK_D, BLOCK_L or STEPS, num_warps) of that layout's kernels: the largest relative error of y
-and of each gradient against F.conv1d in fp32, and the medians of the forward and backward launches
-(no autograd). Each row is the median of triton.testing.do_bench; nothing is changed on disk.
+For each: the bytes floor (forward: x read and y written once; backward: x and dy read, dx written, at the card's
+bandwidth: benchmarks/_bench.py, the H200's 4.2 TB/s, an H100's 2.93), torch's grouped F.conv1d + SiLU (the CPU
+path, here on the card) forward and backward, then every (BLOCK_D, BLOCK_L or STEPS, num_warps) of that layout's
+kernels: the largest relative error of y and of each gradient against F.conv1d in fp32, and the medians of the
+forward and backward launches (no autograd). Each row is the median of triton.testing.do_bench; nothing is
+changed on disk.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import bench_or_nan, needs_cuda, save_json  # noqa: E402
+from _bench import bench_or_nan, floor_ms, floor_rates, needs_cuda, rates_line, save_json  # noqa: E402
 
 try:
     import archdsl  # noqa: F401
@@ -33,7 +34,6 @@ except ImportError:  # run from a checkout that is not installed
 from archdsl.kernels.conv1d import triton_conv1d as tc  # noqa: E402
 from archdsl.kernels.conv1d.chunked import causal_conv1d_torch  # noqa: E402
 
-TB_PER_S = 4.2e12
 TILES = [(16, 256, 4), (16, 128, 4), (32, 64, 4), (8, 256, 4), (16, 64, 4), (8, 128, 4), (4, 256, 4), (16, 128, 8),
          (8, 512, 4), (8, 64, 4), (4, 128, 4), (8, 32, 2)]
 WALKS = [(256, 64, 4), (128, 64, 4), (512, 64, 4), (256, 32, 4), (128, 32, 4), (256, 128, 8), (256, 64, 8),
@@ -61,7 +61,7 @@ def rows_for(name, x, attr, configs):
     leaves = [x.detach().float().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()]
     want = causal_conv1d_torch(*leaves, "silu")
     want = [want.detach()] + list(torch.autograd.grad(want, leaves, dy.float()))
-    floor = 2 * x.numel() * x.element_size() / TB_PER_S * 1e3
+    floor = floor_ms(2 * x.numel() * x.element_size())
     rows = []
 
     def row(what, fwd_ms, bwd_ms, err=float("nan")):
@@ -97,7 +97,8 @@ def main() -> int:
     args = ap.parse_args()
     needs_cuda()
     torch.manual_seed(0)
-    out = {"card": torch.cuda.get_device_name(), "rows": []}
+    print(rates_line(), flush=True)
+    out = {"card": torch.cuda.get_device_name(), "floor_rates": floor_rates()._asdict(), "rows": []}
     for layout in _layouts():
         out["rows"] += rows_for(*layout)
         if args.json:

@@ -10,7 +10,9 @@ triton.testing.do_bench (median); decode steps (many small kernels, launch-bound
 the median of CUDA-event times with the GPU synchronised around each call, so launches count.
 Every row fails soft: an error is printed and the next row runs.
 
-Rows, shapes and floors (H200: 4.2 TB/s, ~680 TFLOP/s bf16):
+Rows, shapes and floors (bytes at the card's rate, benchmarks/_bench.py: the µs below are at the H200's 4.2 TB/s,
+1.43× those at an H100's 2.93). Forward+backward rows clear the .grad of their inputs and weights before each call,
+as a model's activations and a training step's zeroed gradients (nothing summed across calls):
   epilogue       a Mamba-1 mixer layer as mamba-2.8b (d 2560, E 5120, N 16, dt_rank 160) and a
                  Mamba-2 layer without gated norm (d 2560, E 5120, H 80, P 64, N 128), B=4, L=2048,
                  forward and forward+backward. Off, D and the gate run after the scan: at least one
@@ -50,19 +52,17 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import sys
 import time
 import traceback
 from collections.abc import Callable
 
 import torch
-from _bench import bench_ms, kernel_ms, save_json, wall_ms
+from _bench import bench_ms, floor_ms, floor_rates, kernel_ms, needs_cuda, rates_line, save_json, wall_ms
 
 import archdsl
 from archdsl.model.fusions import FUSIONS
 from archdsl.model.layer import Norm
 
-BW = 4.2e12
 ALL = frozenset(FUSIONS)
 DEVICE = "cuda"
 GPU_SIZES = dict(d_mamba=2560, batch=4, seq=2048, headdim=64, d_state2=128, tokens=8192, d_norm=2048, d_attn=2048,
@@ -139,9 +139,14 @@ def epilogue(kind: str, bwd: bool) -> dict:
     B, L, d = S["batch"], S["seq"], S["d_mamba"]
     x, dy = _x(B, L, d, grad=bwd), _x(B, L, d)
 
+    def train():
+        x.grad = None
+        mixer.zero_grad(set_to_none=True)
+        mixer(x).backward(dy)
+
     def run(_):
         if bwd:
-            return time_pass(lambda: mixer(x).backward(dy))
+            return time_pass(train)
         with torch.no_grad():
             return time_pass(lambda: mixer(x))
 
@@ -150,7 +155,7 @@ def epilogue(kind: str, bwd: bool) -> dict:
     nbytes = 4 * B * L * E * 2
     name = "Mamba-1" if kind == "mamba" else "Mamba-2 (no gated norm)"
     return dict(timed=f"{name} layer {'fwd+bwd' if bwd else 'fwd'}", shape=f"B={B} L={L} d={d} E={E}",
-                off_ms=off, on_ms=on, saved_floor_ms=None if bwd else nbytes / BW * 1e3)
+                off_ms=off, on_ms=on, saved_floor_ms=None if bwd else floor_ms(nbytes))
 
 
 def add_norm(bwd: bool) -> dict:
@@ -159,10 +164,15 @@ def add_norm(bwd: bool) -> dict:
     h, delta = _x(T, d, grad=bwd), _x(T, d, grad=bwd)
     gh, gout = _x(T, d), _x(T, d)
 
+    def train():
+        h.grad = delta.grad = None
+        norm.zero_grad(set_to_none=True)
+        torch.autograd.backward(norm.add_norm(h, delta), (gh, gout))
+
     def run(fuse, timer=time_pass):
         norm.fuse = fuse
         if bwd:
-            return timer(lambda: torch.autograd.backward(norm.add_norm(h, delta), (gh, gout)))
+            return timer(train)
         with torch.no_grad():
             return timer(lambda: norm.add_norm(h, delta))
 
@@ -173,7 +183,7 @@ def add_norm(bwd: bool) -> dict:
         off, on = run(False, kernel_ms), run(True, kernel_ms)
         note = f"kernel time (torch.profiler); do_bench's wall time {wall[0]:.3f} / {wall[1]:.3f} ms"
     return dict(timed=f"residual add + RMSNorm {'fwd+bwd' if bwd else 'fwd'}", shape=f"[{T}, {d}]", off_ms=off,
-                on_ms=on, floor_ms=None if bwd else 4 * T * d * 2 / BW * 1e3, note=note)
+                on_ms=on, floor_ms=None if bwd else floor_ms(4 * T * d * 2), note=note)
 
 
 @torch.no_grad()
@@ -187,7 +197,7 @@ def qkv_step() -> dict:
     off, on = _on_off(model, "qkv", lambda _: time_step(lambda: attn.step(x, state)))
     nbytes = 4 * d * d * 2 + 2 * ctx * d * 2
     return dict(timed="attention decode step (eager)", shape=f"batch 1, cache {ctx}, d={d} H={S['heads']}",
-                off_ms=off, on_ms=on, floor_ms=nbytes / BW * 1e3)
+                off_ms=off, on_ms=on, floor_ms=floor_ms(nbytes))
 
 
 @torch.no_grad()
@@ -240,7 +250,7 @@ def _step_shape(layers: int | None = None):
 def _step_floor(model) -> float:
     state = sum(t.numel() * t.element_size() for t in model.init_cache(1).tensors())
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return (weights + 2 * state) / BW * 1e3
+    return floor_ms(weights + 2 * state)
 
 
 @torch.no_grad()
@@ -304,14 +314,14 @@ def main() -> None:
     args = ap.parse_args()
     global DEVICE, S
     DEVICE = args.device
-    if DEVICE == "cuda" and not torch.cuda.is_available():
-        sys.exit("no CUDA device here (--device cpu runs the smoke test)")
+    if DEVICE == "cuda":
+        needs_cuda("give --device cpu for the smoke test")
     S = GPU_SIZES if DEVICE == "cuda" else CPU_SIZES
     only = set(args.only.split(",")) if args.only else None
     out = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__,
-           "rows": []}
+           "floor_rates": floor_rates()._asdict(), "rows": []}
     head = f"{'fusion':<13} {'what is timed':<40} {'shape':<34} {'off ms':>9} {'on ms':>9} {'gain':>7}"
-    print(f"{out['device']}, torch {torch.__version__}\n{head}\n{'-' * len(head)}", flush=True)
+    print(f"{out['device']}, torch {torch.__version__}\n{rates_line()}\n{head}\n{'-' * len(head)}", flush=True)
     for name, row in ROWS:
         if only is not None and name not in only:
             continue

@@ -22,6 +22,9 @@ import torch  # noqa: E402
 
 import archdsl.kernels as K  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _bench import fail  # noqa: E402
+
 
 class _NoLaunch:
     """A Triton kernel whose launch `kernel[grid](...)` does nothing."""
@@ -75,8 +78,14 @@ def main(argv: list[str]) -> None:
     argv = ap.parse_args(argv).args
     rounds = int(next((a for a in argv if a.isdigit()), 5))
     only = [a for a in argv if not a.isdigit()]
+    calls = cases()
+    if rounds < 1:
+        fail(f"ROUNDS {rounds}: expected at least 1")
+    for op in only:
+        if op not in calls:
+            fail(f"unknown op {op!r} (ops: {', '.join(calls)})")
     _stub_launches()
-    calls = {op: fn for op, fn in cases().items() if not only or op in only}
+    calls = {op: fn for op, fn in calls.items() if not only or op in only}
     times = {op: [] for op in calls}
     for _ in range(rounds):  # the ops alternate, so a slow spell of the machine hits them all
         for op, fn in calls.items():

@@ -1,4 +1,4 @@
-"""Time every archdsl kernel against its peer in one run (H200, bf16) and print one table.
+"""Time every archdsl kernel against its peer in one run (bf16, one GPU) and print one table.
 
     python benchmarks/kernels.py [--quick] [--json out.json]
     python benchmarks/kernels.py --only kernels_ssd_float32   # float32 SSD under each matmul precision (not in the default run)
@@ -6,7 +6,9 @@
 Each op's script (benchmarks/kernels_<op>.py) measures ours and the peer with
 triton.testing.do_bench (median) in the same process and gives rows
 {op, shape, mode, ours_ms, peer, peer_ms, floor_ms, floor_note}. Ratios are ours/peer:
-below 1 is faster than the peer.
+below 1 is faster than the peer. The floor is max(bytes / bandwidth, FLOPs / tensor-core rate) at the card's rates
+(benchmarks/_bench.py: the H200's 4.2 TB/s and ~680 TFLOP/s bf16, an H100 SXM's 2.93 TB/s and the same FLOP/s,
+the H200's on any other card), each tensor moved once; the line above the table names the card and the rates.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import sys
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import needs_cuda, save_json  # noqa: E402
+from _bench import fail, needs_cuda, rates_line, save_json  # noqa: E402
 
 OPS = ["kernels_ssd", "kernels_wkv6", "kernels_selective_scan", "kernels_norm_gemv"]
 
@@ -28,14 +30,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", help="comma-separated op scripts, e.g. kernels_ssd")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
+    names = args.only.split(",") if args.only else OPS
+    for name in names:
+        if not (name.startswith("kernels_") and os.path.isfile(os.path.join(os.path.dirname(__file__), name + ".py"))):
+            fail(f"--only {name!r}: not an op script (benchmarks/kernels_*.py, e.g. {', '.join(OPS)})")
     needs_cuda()
     import torch
 
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    print(rates_line())
     head = f"{'op':<22} {'shape':<34} {'mode':<8} {'ours ms':>9} {'peer':<22} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} {'%floor':>7}"
     print(head + "\n" + "-" * len(head), flush=True)
     rows = []
-    for name in (args.only.split(",") if args.only else OPS):
+    for name in names:
         try:
             for r in importlib.import_module(name).rows(quick=args.quick):  # rows print as they are measured
                 print(_line(r), flush=True)

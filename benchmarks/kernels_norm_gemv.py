@@ -4,8 +4,8 @@ Shapes of mamba2-1.3b's decode step: in_proj after the layer's add + RMSNorm (K 
 residual) and out_proj after the gated RMSNorm (K 4096 → R 2048, the gated output in float32).
 The peer is what runs with the fusion off: add_rmsnorm (our kernel) or the torch gated norm, then
 F.linear (cuBLAS). "F.linear alone" is cuBLAS's GEMV without any norm, for context.
-Floor: the weight read once, R·K·2 bytes (17.4 MB → 4.1 µs, 16.8 MB → 4.0 µs at 4.2 TB/s); the
-vectors are a few KB.
+Floor: the weight read once, R·K·2 bytes, at the card's rate (benchmarks/_bench.py): 17.4 MB → 4.1 µs and
+16.8 MB → 4.0 µs at the H200's 4.2 TB/s, 5.9 and 5.7 µs at an H100's 2.93 TB/s; the vectors are a few KB.
 First a sweep of (rows per program, K block, warps) per shape; the rows use the best for each shape.
 Then the plain `gemv` at 2, 4 and 16 rows, where it runs the split-K GEMM (triton_rows.py) with its default
 launch, against F.linear (cuBLAS) on Mamba's x_proj and out_proj widths, each a chain of calls on copies of
@@ -19,9 +19,7 @@ import itertools
 
 import torch
 import torch.nn.functional as F
-from _bench import bench_ms, chain_ms
-
-BW = 4.2e12
+from _bench import bench_ms, chain_ms, floor_ms
 SHAPES = [("in_proj", 2048, 8512, True), ("out_proj", 4096, 2048, False)]
 CHOICES = list(itertools.product((1, 2, 4, 8, 16), (512, 1024, 2048, 4096), (2, 4, 8)))
 ROWS_SHAPES = [("mamba-2.8b out_proj", 5120, 2560), ("mamba-2.8b x_proj", 5120, 192),
@@ -67,7 +65,7 @@ def rows(quick=False):
         ref = _unfused(a)
         got = tg.rms_linear_triton(*args, block_r=br, block_k=bk, num_warps=w)[0]
         rel = ((got.float() - ref.float()).norm() / ref.float().norm()).item()
-        floor = R * K * 2 / BW * 1e3
+        floor = floor_ms(R * K * 2)
         shape = f"{name} K{K}→R{R} B1"
         out.append(dict(op="rms_linear", shape=shape, mode=f"BR{br} BK{bk} w{w}", ours_ms=ours,
                         peer="norm + F.linear", peer_ms=bench_ms(lambda: _unfused(a)), floor_ms=floor,
@@ -93,7 +91,7 @@ def split_k_rows(quick=False):
             out.append(dict(op="gemv (split-K)", shape=f"{name} K{K}→N{N} B{M}", mode="chain",
                             ours_ms=chain_ms([lambda w=w: gemv(x, w, pdl=True) for w in ws]),
                             peer="F.linear (cuBLAS)", peer_ms=chain_ms([lambda w=w: F.linear(x, w) for w in ws]),
-                            floor_ms=N * K * 2 / BW * 1e3, floor_note=f"{N * K * 2 / 1e6:.1f} MB of weight",
+                            floor_ms=floor_ms(N * K * 2), floor_note=f"{N * K * 2 / 1e6:.1f} MB of weight",
                             rel_diff=((ours - peer).norm() / peer.norm()).item()))
         del ws
     return out

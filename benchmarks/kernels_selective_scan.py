@@ -1,14 +1,16 @@
 """Mamba-1 selective scan and causal conv1d: ours against mamba_ssm's CUDA kernels (where they build on the card),
 the chunked torch path and F.conv1d, bf16, one GPU.
 
-Floor (H200: 4.2 TB/s, ~680 TFLOP/s bf16). Selective scan, a Mamba-1 layer of mamba-2.8b:
+Floor at the card's rates (benchmarks/_bench.py: the H200's 4.2 TB/s and ~680 TFLOP/s bf16, an H100 SXM's
+2.93 TB/s), each tensor moved once: the inputs and the output, and for fwd+bwd the output's gradient and the inputs'
+gradients (a backward that re-reads its inputs is beyond the floor). Selective scan, a Mamba-1 layer of mamba-2.8b:
 B=4, D=5120, N=16, G=1, per L tokens:
   forward bytes  = u, delta, z read + y written (4·B·D·L·2) + B, C (2·B·N·L·2)       ≈ 164 KB/token
   forward FLOPs  ≈ 8·B·D·N·L (scan, output contraction)                              ≈ 2.6 MFLOP/token (≪ bytes)
-  fwd+bwd bytes  = forward + u, delta, z, dy read + du, ddelta, dz written + B, C, dB, dC ≈ 451 KB/token
-At L=4096: forward floor 0.16 ms, fwd+bwd 0.44 ms. The forward rows are timed once per forward
-(ARCHDSL_SCAN_FWD=serial|segments|gluon|auto; `shape … fwd=…`): the segmented one reads u, delta and B
-twice and moves its fp32 segment states ([B, S, D, N], S ≈ 13 at L=4096: ≈ 3×21 MB) besides the
+  fwd+bwd bytes  = forward + dy read, du, ddelta, dz, dB, dC written (8·B·D·L·2 + 4·B·N·L·2) ≈ 328 KB/token
+At L=4096: forward floor 0.16 ms, fwd+bwd 0.32 ms on the H200 (0.23 and 0.46 ms on an H100). The forward rows are
+timed once per forward (ARCHDSL_SCAN_FWD=serial|segments|gluon|auto; `shape … fwd=…`): the segmented one reads u,
+delta and B twice and moves its fp32 segment states ([B, S, D, N], S ≈ 13 at L=4096: ≈ 3×21 MB) besides the
 floor's bytes, ≈ 1.1 GB in all, and computes the scan twice (two exps per element). The fwd+bwd rows are timed once per backward
 variant (ARCHDSL_SCAN_BWD=gluon|groups|threads), the default one against mamba_ssm's CUDA forward+backward
 where both build (benchmarks/mamba_cuda.py); beyond the floor's bytes ours read the fp32 checkpoints
@@ -16,9 +18,10 @@ where both build (benchmarks/mamba_cuda.py); beyond the floor's bytes ours read 
 element), and the groups and gluon ones keep a per-program scratch of sub-tile states that stays near L2.
 Not in the floor, but binding in practice:
 one exp per (b, d, n, t) element (two in the backward), B·D·N·L = 1.34e9 at L=4096; the H200's
-special-function units do ~4.2e12 exp/s, so 0.32 ms forward is an exp-throughput bound (50% of the floor).
+special-function units do ~4.2e12 exp/s, so 0.32 ms forward is an exp-throughput bound (the H200's forward floor is
+50% of it).
 Causal conv1d (B=4, D=5120, W=4, silu): forward bytes = x read + y written (2·B·D·L·2);
-fwd+bwd = forward + x, dy read, dx written (5·B·D·L·2). FLOPs negligible.
+fwd+bwd = forward + dy read, dx written (4·B·D·L·2). FLOPs negligible.
 Decode step: the [B, D, N] fp32 state read and written, 2·4·B·D·N bytes.
 """
 from __future__ import annotations
@@ -29,9 +32,8 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from _bench import bench_or_nan, graph_ms, needs_cuda, with_env
+from _bench import bench_or_nan, floor_ms, graph_ms, needs_cuda, rates_line, with_env
 
-BW, FLOPS = 4.2e12, 680e12
 BATCH, DIM, N = 4, 5120, 16
 
 
@@ -98,9 +100,15 @@ def _mamba_fwd_bwd(fwd, bwd, t):
 
 def _scan_floor(L, bwd):
     big, small = BATCH * DIM * L * 2, BATCH * N * L * 2
-    nbytes = 11 * big + 6 * small if bwd else 4 * big + 2 * small
+    nbytes = 8 * big + 4 * small if bwd else 4 * big + 2 * small
     flops = 8 * BATCH * DIM * N * L * (3 if bwd else 1)
-    return max(nbytes / BW, flops / FLOPS) * 1e3, f"{nbytes / 1e6:.0f} MB, {flops / 1e9:.0f} GFLOP"
+    return floor_ms(nbytes, flops), f"{nbytes / 1e6:.0f} MB, {flops / 1e9:.0f} GFLOP"
+
+
+def _conv_floor(L, bwd):
+    """Causal conv1d at B=BATCH, D=DIM, bf16: x read and y written; forward+backward adds dy read and dx written."""
+    nbytes = (4 if bwd else 2) * BATCH * DIM * L * 2
+    return floor_ms(nbytes), f"{nbytes / 1e6:.0f} MB"
 
 
 @contextmanager
@@ -189,10 +197,10 @@ def conv_rows(Ls):
                     if bwd:
                         y.backward(dy)
                 return go
-            nbytes = (5 if bwd else 2) * BATCH * DIM * L * 2
+            floor, note = _conv_floor(L, bwd)
             out.append(dict(op="causal_conv1d", shape=f"B={BATCH} L={L} D={DIM} W=4", mode="fwd+bwd" if bwd else "fwd",
                             ours_ms=_time(call(causal_conv1d)), peer="torch F.conv1d", peer_ms=_time(call(ref)),
-                            floor_ms=nbytes / BW * 1e3, floor_note=f"{nbytes / 1e6:.0f} MB"))
+                            floor_ms=floor, floor_note=note))
     return out
 
 
@@ -218,7 +226,7 @@ def step_rows():
     for how, time in (("", _time), (" graph", graph_ms)):
         yield dict(op="selective_state_update" + how, shape=f"B={BATCH} D={DIM} N={N}", mode="fwd",
                    ours_ms=time(ours), peer="mamba_ssm selective_state_update",
-                   peer_ms=time(theirs) if theirs else None, floor_ms=nbytes / BW * 1e3,
+                   peer_ms=time(theirs) if theirs else None, floor_ms=floor_ms(nbytes),
                    floor_note=f"{nbytes / 1e6:.1f} MB state read+write")
 
 
@@ -235,6 +243,7 @@ if __name__ == "__main__":
 
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     needs_cuda()
+    print(rates_line())
     print(f"{'op':22} {'mode':8} {'shape':36} {'ours ms':>9} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} {'% floor':>8}")
     # printed stage by stage so that a run cut short still reports what it measured
     stages = [lambda: iter_scan_rows([4096], [4096]), lambda: conv_rows([4096]), step_rows,

@@ -6,20 +6,24 @@ is timed twice: called from Python, as do_bench runs it, and replayed from a CUD
 rows), both sides alike. At L 4K the GPU's work is ~0.2 ms, near what the host takes to launch it, so
 the plain figure moves with the host; the graph figure is the GPU's time.
 
-Floor (H200: 4.2 TB/s, ~680 TFLOP/s bf16), shape B=4, H=32, P=64, N=128, G=1, per L tokens:
+Floor at the card's rates (benchmarks/_bench.py: the H200's 4.2 TB/s and ~680 TFLOP/s bf16, an H100 SXM's
+2.93 TB/s and the same FLOP/s), each tensor moved once: the inputs and the output, and for fwd+bwd the output's
+gradient and the inputs' gradients (a backward that re-reads its inputs is beyond the floor).
+Shape B=4, H=32, P=64, N=128, G=1, per L tokens:
   forward bytes  = x + y (2·B·L·H·P·2) + dt (B·L·H·2) + B, C (2·B·L·G·N·2)        ≈ 35 KB/token
   forward FLOPs  ≈ B·L·H·(2·Q·P + 4·P·N) with Q = 64 (intra-chunk + state in/out) ≈ 5.2 MFLOP/token
-  fwd+bwd bytes  = forward + dy, dx read/written, ddt, dB, dC                       ≈ 70 KB/token
-  fwd+bwd FLOPs  ≈ 3.5 × forward                                                   ≈ 18 MFLOP/token
-At L=4096 that is ~34 µs forward (bytes-bound, FLOPs ≈ 32 µs) and ~110 µs fwd+bwd (FLOPs-bound).
+  fwd+bwd bytes  = 2 × forward: the forward's, dy read, dx, ddt, dB, dC written      ≈ 70 KB/token
+  fwd+bwd FLOPs  = 3 × forward: each forward product takes two of its size backward ≈ 15.7 MFLOP/token
+Q = 64 is the smallest chunk whose products fill the tensor cores, so the FLOPs term is a lower bound: ours and the
+peer run chunk 256, whose intra-chunk term is 4× larger.
+At L=4096: on the H200 34 µs forward (bytes-bound; FLOPs 32 µs) and 95 µs fwd+bwd (FLOPs-bound; bytes 68 µs); on an
+H100 49 µs and 98 µs (both bytes-bound). At L=16384 four times those.
 The decode step reads and writes the [B, H, P, N] fp32 state: 2·4·B·H·P·N bytes.
 """
 from __future__ import annotations
 
 import torch
-from _bench import bench_ms, bench_or_nan, graph_ms, graphed, needs_cuda, with_env
-
-BW, FLOPS = 4.2e12, 680e12
+from _bench import bench_ms, bench_or_nan, floor_ms, floor_rates, graph_ms, graphed, needs_cuda, rates_line, with_env
 
 
 def _inputs(batch, L, H=32, P=64, N=128, G=1, grad=False, z=False, dtype=torch.bfloat16):
@@ -37,12 +41,14 @@ def _inputs(batch, L, H=32, P=64, N=128, G=1, grad=False, z=False, dtype=torch.b
     return t
 
 
-def _floor(batch, L, H=32, P=64, N=128, G=1, Q=64, bwd=False, z=False):
-    nbytes = (3 if z else 2) * batch * L * H * P * 2 + batch * L * H * 2 + 2 * batch * L * G * N * 2
-    flops = batch * L * H * (2 * Q * P + 4 * P * N)
+def _floor(batch, L, H=32, P=64, N=128, G=1, Q=64, bwd=False, z=False, size=2, tf32=0):
+    """(floor ms, note) of ssd_scan with elements of `size` bytes; tf32 > 0: the products run as that many TF32
+    products each, at TF32's rate."""
+    nbytes = ((3 if z else 2) * batch * L * H * P + batch * L * H + 2 * batch * L * G * N) * size
+    flops = batch * L * H * (2 * Q * P + 4 * P * N) * (tf32 or 1)
     if bwd:
-        nbytes, flops = 2 * nbytes, 3.5 * flops
-    ms = max(nbytes / BW, flops / FLOPS) * 1e3
+        nbytes, flops = 2 * nbytes, 3 * flops
+    ms = floor_ms(nbytes, flops, floor_rates().tf32 if tf32 else None)
     return ms, f"{nbytes / 1e6:.0f} MB, {flops / 1e9:.1f} GFLOP"
 
 
@@ -131,7 +137,7 @@ def _step_rows():
     for how, wrap in (("", lambda f: f), (" graph", graphed)):
         yield dict(op="ssd_step" + how, shape=f"B={batch} H={H} P={P} N={N}", mode="fwd",
                    ours_ms=bench_ms(wrap(ours)), peer="mamba_ssm selective_state_update",
-                   peer_ms=bench_ms(wrap(theirs)) if theirs else None, floor_ms=nbytes / BW * 1e3,
+                   peer_ms=bench_ms(wrap(theirs)) if theirs else None, floor_ms=floor_ms(nbytes),
                    floor_note=f"{nbytes / 1e6:.1f} MB state read+write")
 
 
@@ -142,6 +148,7 @@ if __name__ == "__main__":
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     needs_cuda()
     sys.stdout.reconfigure(line_buffering=True)
+    print(rates_line())
     print(f"{'op':16} {'mode':8} {'shape':34} {'ours ms':>9} {'peer ms':>9} {'ratio':>6} {'floor ms':>9} "
           f"{'% floor':>8}")
     for r in rows():

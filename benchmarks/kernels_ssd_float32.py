@@ -5,22 +5,20 @@
 Float32 inputs, the chunked layout. mamba_ssm's tl.dot products are one TF32 product whatever torch's
 precision says. Ours follow torch.get_float32_matmul_precision(): "highest" (the default) takes three
 TF32 products for float32's digits, "high" one, as mamba_ssm does. So each case is timed under both, and
-the "high" rows are the like-for-like comparison. Shapes as kernels_ssd.py's (B=4, H=32, P=64, N=128, G=1),
-float32 bytes in the floor.
+the "high" rows are the like-for-like comparison. Shapes as kernels_ssd.py's (B=4, H=32, P=64, N=128, G=1).
+
+The floor is kernels_ssd.py's with float32 bytes (4 an element) and the FLOPs at the dense TF32 rate (half of
+bf16's: 340 TFLOP/s on the H200 and an H100), counted three times under "highest" (three TF32 products a product).
+At L=4096, forward / fwd+bwd: under "high" 0.068 / 0.189 ms on the H200 and 0.098 / 0.196 ms on an H100; under
+"highest" 0.189 / 0.568 ms on both (FLOPs-bound).
 """
 from __future__ import annotations
 
 import torch
 from _bench import bench_or_nan, with_env
-from kernels_ssd import FLOPS, BW, _inputs, _peer, _rel_diff, _scan_fn, _y
+from kernels_ssd import _floor, _inputs, _peer, _rel_diff, _scan_fn, _y
 
-
-def _floor(batch, L, H=32, P=64, N=128, G=1, Q=64, bwd=False):
-    nbytes = 2 * batch * L * H * P * 4 + batch * L * H * 4 + 2 * batch * L * G * N * 4
-    flops = batch * L * H * (2 * Q * P + 4 * P * N)
-    if bwd:
-        nbytes, flops = 2 * nbytes, 3.5 * flops
-    return max(nbytes / BW, flops / FLOPS) * 1e3, f"{nbytes / 1e6:.0f} MB, {flops / 1e9:.1f} GFLOP"
+PRODUCTS = {"highest": 3, "high": 1}  # TF32 products a float32 product takes under each matmul precision
 
 
 def rows(quick: bool = False):
@@ -33,10 +31,10 @@ def rows(quick: bool = False):
         for L in [4096] if quick else [4096, 16384]:
             for bwd in (False, True):
                 t = _inputs(4, L, grad=bwd, dtype=torch.float32)
-                floor, note = _floor(4, L, bwd=bwd)
                 theirs = bench_or_nan(_scan_fn(peer, t, bwd)) if peer else None
                 for precision in ("highest", "high"):
                     torch.set_float32_matmul_precision(precision)
+                    floor, note = _floor(4, L, bwd=bwd, size=4, tf32=PRODUCTS[precision])
                     row = dict(op=f"ssd_scan f32 {precision}", shape=f"B=4 L={L} H=32 P=64 N=128 G=1",
                                mode="fwd+bwd" if bwd else "fwd",
                                ours_ms=bench_or_nan(with_env("ARCHDSL_SSD_IMPL", "chunked", _scan_fn(ours_fn, t, bwd))),

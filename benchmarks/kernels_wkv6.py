@@ -1,26 +1,35 @@
 """Benchmark: wkv6 (ours, Triton) vs fla's chunk_rwkv6, wkv6_step vs the torch step and fla's fused_recurrent_rwkv6
 over one token, and wkv4 (ours, Triton) vs the torch time loop.
 
-Floor (H200: 4.2 TB/s, ~680 TFLOP/s bf16), per (batch, head, token), K = V = 64, bf16:
-  wkv6 fwd      bytes: read r, k, w (3·K) + v (V), write o (V)          = 2·(3K + 2V)  = 640 B
+Floor at the card's rates (benchmarks/_bench.py: the H200's 4.2 TB/s and ~680 TFLOP/s bf16, an H100 SXM's
+2.93 TB/s), each tensor moved once: the inputs and the output, and for fwd+bwd the output's gradient and the inputs'
+gradients (a backward that re-reads its inputs is beyond the floor). Per (batch, head, token), K = V = 64, bf16:
+  wkv6 fwd      bytes: read r, k, w (3K) + v (V), write o (V)                = (3K + 2V) · 2 B = 640 B
                 FLOPs: state read r·S and write k⊗v (2·2·K·V) + the 16-token
-                       in-chunk pairs (2·16·(K + V))                       ≈ 20.5 kFLOP
-  wkv6 fwd+bwd  bytes: forward + read r, k, v, w, do + write dr, dk, dv, dw = 2·(3K+2V) + 2·(7K+3V) ≈ 2.2 kB
+                       in-chunk pairs (2·16·(K + V))                          ≈ 20.5 kFLOP
+  wkv6 fwd+bwd  bytes: forward's + read do (V), write dr, dk, dw (3K), dv (V) = (6K + 4V) · 2 B = 1280 B
                 FLOPs: ≈ 3× forward
-  B=4, T=4096, H=32 → 524k (b, h, t): fwd ≥ 80 µs (memory), fwd+bwd ≥ 280 µs; compute ≤ 50 µs.
-  wkv4 fwd      bytes: read k, v, write y = 6 B per (b, t, c); fwd+bwd ≈ 3× (reads k, v, gy twice,
-                writes gk, gv, and an fp32 y and log-denominator between the sweeps: 30 B).
+  B=4, T=4096, H=32 → 524k (b, h, t): H200 fwd ≥ 80 µs, fwd+bwd ≥ 160 µs (bytes; FLOPs ≤ 47 µs);
+  H100 114 µs and 229 µs.
+  wkv4 (bf16 k, v; fp32 w, u per channel), per (b, t, c): fwd reads k, v and writes y, 6 B; fwd+bwd adds gy read
+  and gk, gv written, 12 B (our backward's fp32 y and log-denominator between its sweeps are beyond the floor).
 """
 from __future__ import annotations
 
 import torch
-from _bench import bench_ms, bench_or_nan, needs_cuda, with_env
-
-HBM, PEAK = 4.2e12, 680e12
+from _bench import bench_ms, bench_or_nan, floor_ms, needs_cuda, rates_line, with_env
 
 
-def _floor_ms(bytes_, flops):
-    return 1e3 * max(bytes_ / HBM, flops / PEAK)
+def _wkv6_floor(n, K, V, bwd):
+    """Floor ms of wkv6 over n (batch, head, token) in bf16 (the docstring's counts)."""
+    nbytes = (6 * K + 4 * V if bwd else 3 * K + 2 * V) * 2
+    flops = (2 * 2 * K * V + 2 * 16 * (K + V)) * (3 if bwd else 1)
+    return floor_ms(n * nbytes, n * flops)
+
+
+def _wkv4_floor(n, bwd):
+    """Floor ms of wkv4 over n (batch, token, channel) with bf16 k, v: 6 bytes each forward, 12 forward+backward."""
+    return floor_ms((12 if bwd else 6) * n)
 
 
 def _wkv6_inputs(B, T, H, K, dtype=torch.bfloat16):
@@ -55,7 +64,7 @@ def _wkv6_rows(quick):
     for T in ([4096] if quick else [4096, 16384]):
         xs = _wkv6_inputs(B, T, H, K)
         n = B * T * H
-        for mode, nbytes, flops in (("fwd", 640, 20.5e3), ("fwd+bwd", 2240, 61.5e3)):
+        for mode in ("fwd", "fwd+bwd"):
             peer_ms = None
             if chunk_rwkv6 is not None:
                 peer_ms = bench_or_nan((lambda: chunk_rwkv6(*xs)) if mode == "fwd" else _fwd_bwd(chunk_rwkv6, xs))
@@ -63,7 +72,7 @@ def _wkv6_rows(quick):
                 ours = with_env("ARCHDSL_WKV6_IMPL", impl, (lambda: wkv6(*xs)) if mode == "fwd" else _fwd_bwd(wkv6, xs))
                 yield dict(op=f"wkv6 {impl}", shape=f"B={B} T={T} H={H} K=V={K}", mode=mode,
                            ours_ms=bench_or_nan(ours), peer="fla chunk_rwkv6", peer_ms=peer_ms,
-                           floor_ms=_floor_ms(n * nbytes, n * flops), floor_note="HBM bytes")
+                           floor_ms=_wkv6_floor(n, K, K, mode == "fwd+bwd"), floor_note="HBM bytes")
 
 
 def wkv6_chunked_breakdown_rows():
@@ -76,7 +85,7 @@ def wkv6_chunked_breakdown_rows():
     state_bytes = B * H * (T // CHUNK + 1) * K * K * 4  # fp32 boundary states written
     ms = bench_or_nan(lambda: segment_states(k, v, w, None, False, CHUNK))
     yield dict(op="wkv6 chunked: states", shape=f"B={B} T={T} H={H} K=V={K}", mode="fwd part",
-               ours_ms=ms, peer=None, peer_ms=None, floor_ms=_floor_ms(n * 3 * K * 2 + state_bytes, 0),
+               ours_ms=ms, peer=None, peer_ms=None, floor_ms=floor_ms(n * 3 * K * 2 + state_bytes, 0),
                floor_note="k, v, w read + fp32 boundary states written")
 
 
@@ -97,7 +106,7 @@ def wkv6_step_rows(quick=False):
         state = torch.zeros(B, H, K, K, device="cuda")
         row = dict(op="wkv6_step", shape=f"B={B} H={H} K=V={K}", mode="step",
                    ours_ms=bench_ms(lambda: wkv6_step(state, r, k, v, w, u, 1.0)),
-                   floor_ms=_floor_ms(B * H * K * K * 4 * 2, 0), floor_note="fp32 state read and written")
+                   floor_ms=floor_ms(B * H * K * K * 4 * 2, 0), floor_note="fp32 state read and written")
         yield dict(row, peer="torch step", peer_ms=bench_ms(lambda: wkv6_step_naive(state, r, k, v, w, u, 1.0)))
         if fused_recurrent_rwkv6 is not None:
             xs = [t[:, None] for t in (r, k, v, w)]  # [B, 1, H, K]: one token
@@ -114,10 +123,10 @@ def wkv4_rows(quick=False):
     n = B * T * C
     rows = [dict(op="wkv4", shape=f"B={B} T={T} C={C}", mode="fwd", ours_ms=bench_ms(lambda: wkv4(w, u, k, v)),
                  peer="torch time loop", peer_ms=bench_ms(lambda: wkv4_torch(w, u, k, v)),
-                 floor_ms=_floor_ms(6 * n, 0), floor_note="HBM bytes")]
+                 floor_ms=_wkv4_floor(n, False), floor_note="HBM bytes")]
     rows.append(dict(op="wkv4", shape=rows[0]["shape"], mode="fwd+bwd",
                      ours_ms=bench_ms(_fwd_bwd(lambda *a: wkv4(*a), [w, u, k, v])), peer="torch time loop",
-                     peer_ms=None, floor_ms=_floor_ms(30 * n, 0), floor_note="HBM bytes"))
+                     peer_ms=None, floor_ms=_wkv4_floor(n, True), floor_note="HBM bytes"))
     from archdsl.kernels.wkv4 import wkv4_step
     from archdsl.kernels.wkv4.naive import wkv4_step_naive
     for B in (1, 64):  # the decode step: its Triton kernel against the torch step
@@ -127,7 +136,7 @@ def wkv4_rows(quick=False):
         rows.append(dict(op="wkv4_step", shape=f"B={B} C={C}", mode="step",
                          ours_ms=bench_ms(lambda: wkv4_step(w, u, kt, vt, state)), peer="torch step",
                          peer_ms=bench_ms(lambda: wkv4_step_naive(w, u, kt, vt, state)),
-                         floor_ms=_floor_ms(B * C * (2 * 2 + 3 * 4 * 2 + 2), 0), floor_note="HBM bytes"))
+                         floor_ms=floor_ms(B * C * (2 * 2 + 3 * 4 * 2 + 2), 0), floor_note="HBM bytes"))
     return rows
 
 
@@ -149,6 +158,7 @@ if __name__ == "__main__":
     quick = ap.parse_args().quick
     needs_cuda()
     sys.stdout.reconfigure(line_buffering=True)
+    print(rates_line())
     print(f"{'op':13} {'shape':28} {'mode':8} {'ours ms':>9} {'peer ms':>9} {'ours/peer':>9} {'floor ms':>9} {'%floor':>7}  peer")
     for r in itertools.chain(_wkv6_rows(quick), wkv6_step_rows(quick), wkv4_rows(quick)):
         ratio = f"{r['ours_ms'] / r['peer_ms']:.2f}" if r["peer_ms"] else "-"

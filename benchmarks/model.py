@@ -9,7 +9,8 @@ Models (bf16, built from layout strings here so the figures name exactly what ra
 Training: AdamW (lr 3e-4, 5 warm-up steps) on bf16 weights, a synthetic induction task (a random
 block of BLOCK Zipf-distributed tokens repeated: the unigram statistics are learnt within a few
 steps, the copy of each later block takes an induction mechanism), batch × seq tokens per step; MFU = 3 × forward FLOPs/token (our analyzer, attention
-included) × tokens/s over the H200's dense bf16 peak (989 TFLOP/s datasheet).
+included) × tokens/s over the H200's dense bf16 peak (989 TFLOP/s datasheet, the H100 SXM's too); peak GiB is each
+model's own (the peak statistics reset before it trains).
 Decode: batch 1, prefill `ctx` random tokens, then the median per-token time of steps replayed
 from a CUDA graph (and eager, for comparison).
 """
@@ -80,6 +81,8 @@ def median_ms(fn, iters):
 def train(name, batch, seq, steps):
     spec = build_spec(name)
     rep = archdsl.analyze(spec, seq_len=seq)
+    if DEVICE == "cuda":  # one process trains every model: the peak is this one's
+        torch.cuda.reset_peak_memory_stats()
     dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
     model = archdsl.compile(spec, device=DEVICE, dtype=dtype, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.0)

@@ -7,8 +7,9 @@ Rows: the forward and forward+backward over T tokens (do_bench median, called pl
 calls it), and one decode step of 1, 4 and 16 tokens eager and replayed from a CUDA graph. With the loop, a
 graph captures the gathered form (each token's k expert matrices copied, then two batched products); with the
 grouped GEMMs, the same code as eager wherever that copy would pass moe.GATHER_BYTES (every row here). Each row gives the floor: the FLOPs of T·k assignments
-(3 · 2 · d · width each) at ~680 TFLOP/s, or for decode the bytes of the chosen experts' weights at 4.2 TB/s
-(whichever is larger), and how far the two paths' outputs lie apart (|a - b| / |b| over the whole output).
+(3 · 2 · d · width each; 3× for forward+backward) at ~680 TFLOP/s, or for decode the bytes of the chosen experts'
+weights at the card's bandwidth (benchmarks/_bench.py: the H200's 4.2 TB/s, an H100's 2.93) where that is larger,
+and how far the two paths' outputs lie apart (|a - b| / |b| over the whole output).
 """
 from __future__ import annotations
 
@@ -17,12 +18,11 @@ import sys
 from unittest.mock import patch
 
 import torch
-from _bench import bench_ms, graphed, needs_cuda, save_json
+from _bench import bench_ms, floor_ms, graphed, needs_cuda, rates_line, save_json
 
 from archdsl.blocks import make_config
 from archdsl.model.modules import MODULES, moe
 
-BW, FLOPS = 4.2e12, 680e12
 D, JAMBA = 4096, dict(experts=16, top_k=2, hidden=14336)
 
 
@@ -80,7 +80,7 @@ def rows(quick=False):
             times = {name: layer_ms(m, x, grouped, bwd) for name, grouped in PATHS.items()}
             flops = T * k * per * (3 if bwd else 1)
             yield dict(case=f"T={T}", mode="fwd+bwd" if bwd else "fwd", loop_ms=times["loop"],
-                       grouped_ms=times["grouped"], floor_ms=flops / FLOPS * 1e3,
+                       grouped_ms=times["grouped"], floor_ms=floor_ms(0, flops),
                        rel_diff=rel(outs["grouped"], outs["loop"]))
     for T in (1, 4, 16):
         xs = torch.randn(T, d, device="cuda", dtype=torch.bfloat16)
@@ -89,7 +89,7 @@ def rows(quick=False):
         for graph in (False, True):
             yield dict(case=f"step T={T}" + (" graph" if graph else ""), mode="decode",
                        loop_ms=step_ms(m, xs, False, graph), grouped_ms=step_ms(m, xs, True, graph),
-                       floor_ms=max(chosen * expert_bytes / BW, T * k * per / FLOPS) * 1e3,
+                       floor_ms=floor_ms(chosen * expert_bytes, T * k * per),
                        rel_diff=float("nan"))
 
 
@@ -100,6 +100,7 @@ def main():
     args = ap.parse_args()
     needs_cuda()
     out = []
+    print(rates_line())
     print(f"{'case':18} {'mode':8} {'loop ms':>9} {'grouped ms':>11} {'ratio':>6} {'floor ms':>9} {'% floor':>8} "
           f"{'rel diff':>9}")
     for r in rows(args.quick):

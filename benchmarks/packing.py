@@ -35,10 +35,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import torch
-from _bench import needs_cuda
+from _bench import fail, needs_cuda
 from triton.testing import do_bench
 
 from archdsl.kernels import causal_conv1d, ssd_scan, wkv6
@@ -295,7 +294,7 @@ if __name__ == "__main__":
     names = ap.parse_args().parts
     unknown = [a for a in names if a not in parts]
     if unknown:
-        sys.exit(f"packing.py: unknown part {unknown[0]!r} (parts: {', '.join(parts)})")
+        fail(f"unknown part {unknown[0]!r} (parts: {', '.join(parts)})")
     needs_cuda()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     torch.manual_seed(0)

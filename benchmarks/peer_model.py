@@ -50,11 +50,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import needs_cuda, save_json, wall_ms  # noqa: E402
+from _bench import at_least, fail, needs_cuda, positive, save_json, wall_ms  # noqa: E402
 
 import archdsl  # noqa: E402
+from archdsl.errors import ArchDSLError  # noqa: E402
 from archdsl.convert.hf_io import family, hf_model_type  # noqa: E402
 from archdsl.convert.weights._common import first_config, kinds_used, layer_kinds  # noqa: E402
+from archdsl.model.model import resolve_ssm_dtype  # noqa: E402
 from archdsl.spec import spec_from_yaml  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -331,36 +333,71 @@ def print_row(r: dict) -> None:
           f"{r.get('peer_train_gib', float('nan')):.1f} GiB", flush=True)
 
 
+def parse_shapes(flag: str, text: str) -> list[tuple[int, int]]:
+    """'4x2048,16x512' -> [(4, 2048), (16, 512)] ('' or 'none': none); else exit 2 naming the flag."""
+    out = []
+    for part in text.split(","):
+        if part.strip() in ("", "none"):
+            continue
+        try:
+            b, n = (int(x) for x in part.lower().split("x"))
+        except ValueError:
+            b = n = 0
+        if b < 1 or n < 1:
+            fail(f"{flag} {part!r}: expected BATCHxTOKENS, two integers ≥ 1 (e.g. 4x2048)")
+        out.append((b, n))
+    return out
+
+
+def check_models(names: list[str]) -> None:
+    """Exit 2 for a name with no spec of specs/ whose every mixer is Mamba or Mamba-2, before any GPU work."""
+    for name in names:
+        try:
+            spec = load_spec(name, None)
+        except FileNotFoundError:
+            fail(f"--models {name!r}: no specs/{name}.yaml")
+        except ArchDSLError as e:
+            fail(f"--models {name!r}: {e.message}")
+        if kinds_used(spec) not in ({"mamba"}, {"mamba2"}):
+            fail(f"--models {name!r}: mamba_ssm's language model holds Mamba or Mamba-2 mixers alone, not "
+                 f"{', '.join(sorted(kinds_used(spec)))}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="mamba-2.8b,mamba2-2.7b")
     ap.add_argument("--shapes", default="4x2048,16x512", help="batch×tokens, comma-separated ('none': no rows)")
     ap.add_argument("--decode", default="", help="batch×prompt tokens for decode rows, comma-separated")
-    ap.add_argument("--gen", type=int, default=128, help="decode steps timed a row")
+    ap.add_argument("--gen", type=at_least(2), default=128,
+                    help="decode steps a row (at least 2: the first, the first replay after capture, is not timed)")
     ap.add_argument("--ssm-state-dtype", default="float32",
                     help="decode rows: ours with the SSM states in each of these dtypes, comma-separated (the first "
                          "sets the tokens and is the others' reference); the peer keeps the model's dtype, bf16")
-    ap.add_argument("--layers", type=int, default=None)
-    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--layers", type=positive, default=None)
+    ap.add_argument("--iters", type=positive, default=10)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    models = [name.strip() for name in args.models.split(",")]
+    check_models(models)
+    shapes, decode = parse_shapes("--shapes", args.shapes), parse_shapes("--decode", args.decode)
+    state_dtypes = [d.strip() for d in args.ssm_state_dtype.split(",") if d.strip()]
+    for d in state_dtypes:
+        try:
+            resolve_ssm_dtype(d)
+        except ArchDSLError as e:
+            fail(f"--ssm-state-dtype: {e.message}")
     needs_cuda("it times CUDA models")
     from mamba_cuda import install_peers
     missing = install_peers()
     if missing:
         print(f"# missing peers: {', '.join(missing)}", flush=True)
-    def parse(text):
-        return [tuple(int(x) for x in s.lower().split("x")) for s in text.split(",") if s and s != "none"]
-
-    shapes, decode = parse(args.shapes), parse(args.decode)
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16", flush=True)
     rows = []
-    for name in args.models.split(","):
+    for name in models:
         if shapes:
-            rows += run_model(name.strip(), shapes, args.layers, args.iters)
+            rows += run_model(name, shapes, args.layers, args.iters)
         if decode:
-            rows += run_decode(name.strip(), decode, args.layers, args.gen,
-                               [d.strip() for d in args.ssm_state_dtype.split(",") if d.strip()])
+            rows += run_decode(name, decode, args.layers, args.gen, state_dtypes)
     if args.json:
         save_json(args.json, rows)
 

@@ -20,7 +20,7 @@ import os
 import sys
 
 import torch
-from _bench import needs_cuda, save_json
+from _bench import needs_cuda, positive, positive_list, save_json
 from triton.testing import do_bench
 
 try:
@@ -74,9 +74,9 @@ def row_for(L: int, dim: int, which: str, N: int = 16) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pass", dest="which", choices=("fwd", "bwd"), default="fwd")
-    ap.add_argument("--L", type=int, default=4096)
-    ap.add_argument("--N", type=int, default=16, help="states a channel")
-    ap.add_argument("--dims", default="1024,2560,3168,4608,5120,6336,7168")
+    ap.add_argument("--L", type=positive, default=4096)
+    ap.add_argument("--N", type=positive, default=16, help="states a channel")
+    ap.add_argument("--dims", type=positive_list, default=[1024, 2560, 3168, 4608, 5120, 6336, 7168])
     ap.add_argument("--json", help="also write the rows to this file")
     a = ap.parse_args()
     needs_cuda("it times the Gluon kernels")
@@ -85,7 +85,7 @@ def main() -> None:
     load = "a sched" if a.which == "fwd" else "waves"
     print(f"{'L':>6} {'D':>6} {'N':>3} {load:>8} {'one a chain ms':>15} {'persistent ms':>14} {'rule picks':>12} agree")
     rows = []
-    for dim in (int(d) for d in a.dims.split(",")):
+    for dim in a.dims:
         r = row_for(a.L, dim, a.which, a.N)
         rows.append(r)
         print(f"{r['L']:>6} {r['D']:>6} {r['N']:>3} {r['load']:>8} {r['one_a_chain_ms']:>15.4f} "

@@ -5,8 +5,8 @@
 Shape and inputs of benchmarks/kernels_selective_scan.py (B=4, D=5120, N=16, bf16, D, z,
 delta_bias, softplus). For each tile of triton_selective_scan._FWD_CONFIGS: the forward without
 checkpoints (inference) and with them (what training runs), the largest difference of its
-output from the first tile's, and % of the bytes floor. Each row is the median of
-triton.testing.do_bench; nothing is changed on disk.
+output from the first tile's, and % of the bytes floor (kernels_selective_scan.py's, at the card's
+rates). Each row is the median of triton.testing.do_bench; nothing is changed on disk.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import bench_or_nan, needs_cuda, save_json  # noqa: E402
+from _bench import bench_or_nan, floor_rates, needs_cuda, positive_list, rates_line, save_json  # noqa: E402
 from kernels_selective_scan import _scan_floor, _scan_inputs  # noqa: E402
 
 try:
@@ -56,12 +56,13 @@ def rows_for(L: int):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--L", default="4096", help="comma-separated sequence lengths")
+    ap.add_argument("--L", type=positive_list, default=[4096], help="comma-separated sequence lengths")
     ap.add_argument("--json")
     args = ap.parse_args()
     needs_cuda()
-    result = {"card": torch.cuda.get_device_name(), "rows": []}
-    for L in (int(x) for x in args.L.split(",")):
+    print(rates_line(), flush=True)
+    result = {"card": torch.cuda.get_device_name(), "floor_rates": floor_rates()._asdict(), "rows": []}
+    for L in args.L:
         result["rows"] += rows_for(L)
         if args.json:
             save_json(args.json, result)

@@ -27,7 +27,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import bench_ms, graphed, needs_cuda, save_json  # noqa: E402
+from _bench import bench_ms, fail, graphed, needs_cuda, positive, positive_list, save_json  # noqa: E402
 from kernels_ssd import _inputs, _peer, _rel_diff, _scan_fn, _y  # noqa: E402
 
 from archdsl.kernels.ssd import ssd_scan  # noqa: E402
@@ -37,14 +37,17 @@ _ASSIGN = re.compile(r"\s*(\w+)\s*(?:\[(.+)\])?\s*=(.+)")
 
 
 def parse(variant: str) -> list[tuple[str, object, object]]:
-    """'A=1; B[k]=(2, 3)' -> [(A, None, 1), (B, k, (2, 3))], each name checked to be a module constant."""
+    """'A=1; B[k]=(2, 3)' -> [(A, None, 1), (B, k, (2, 3))], each name checked to be a module constant; else
+    exit 2."""
     out = []
     for part in filter(str.strip, variant.split(";")):
         m = _ASSIGN.fullmatch(part)
-        if not m or not hasattr(chunked, m[1]):
-            raise SystemExit(f"{part!r}: expected NAME=LITERAL or NAME[KEY]=LITERAL, NAME a constant of "
-                             f"triton_ssd_chunked")
-        out.append((m[1], ast.literal_eval(m[2]) if m[2] else None, ast.literal_eval(m[3].strip())))
+        try:
+            if not m or not hasattr(chunked, m[1]):
+                raise ValueError
+            out.append((m[1], ast.literal_eval(m[2]) if m[2] else None, ast.literal_eval(m[3].strip())))
+        except (ValueError, TypeError, SyntaxError):
+            fail(f"{part!r}: expected NAME=LITERAL or NAME[KEY]=LITERAL, NAME a constant of triton_ssd_chunked")
     return out
 
 
@@ -117,9 +120,9 @@ def ab(variants: list[str], L: int, rounds: int, bwd: bool, plain: bool, head: d
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("variants", nargs="+", help="NAME=LITERAL[; NAME[KEY]=LITERAL ...], one argument a variant")
-    ap.add_argument("--L", default="4096,16384")
+    ap.add_argument("--L", type=positive_list, default=[4096, 16384], help="comma-separated sequence lengths")
     ap.add_argument("--head", default="32,64,128,1", help="H,P,N,G")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=positive, default=3)
     ap.add_argument("--bwd", action="store_true", help="also time forward+backward")
     ap.add_argument("--plain", action="store_true", help="also time the forward called plainly (with its launches) "
                     "and the host's time a call at B1 L256 H8")
@@ -128,13 +131,13 @@ def main() -> int:
     for v in args.variants:
         parse(v)
     try:
-        H, P, N, G = map(int, args.head.split(","))
-    except ValueError:
-        raise SystemExit(f"--head {args.head!r}: expected four integers H,P,N,G") from None
+        H, P, N, G = map(positive, args.head.split(","))
+    except (ValueError, argparse.ArgumentTypeError):
+        fail(f"--head {args.head!r}: expected four integers ≥ 1, H,P,N,G")
     needs_cuda()
     head = dict(H=H, P=P, N=N, G=G)
     out = {}
-    for L in map(int, args.L.split(",")):
+    for L in args.L:
         out[L] = r = ab(args.variants, L, args.rounds, args.bwd, args.plain, head)
         for p, pr in r["peer"].items():
             print(f"L {L} {p}: mamba_ssm {pr['ms']:.4f} ms (rounds {[round(x, 4) for x in pr['rounds']]})", flush=True)

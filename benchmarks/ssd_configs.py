@@ -29,7 +29,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import bench_ms, needs_cuda, save_json  # noqa: E402
+from _bench import bench_ms, needs_cuda, positive, positive_list, save_json  # noqa: E402
 from kernels_ssd import _inputs  # noqa: E402
 
 try:
@@ -188,11 +188,12 @@ def sweep_fused(L):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--L", type=int, default=16384)
+    ap.add_argument("--L", type=positive, default=16384)
     ap.add_argument("--only", choices=["chunked", "fused"])
     ap.add_argument("--kernels", help=f"comma-separated chunk kernels to sweep (state_pass, dstate_pass, {', '.join(CHUNKED_CHOICES)}); "
                     "default all")
-    ap.add_argument("--chunks", help="comma-separated chunk lengths: time only those (chunked layout)")
+    ap.add_argument("--chunks", type=positive_list,
+                    help="comma-separated chunk lengths: time only those (chunked layout)")
     ap.add_argument("--float32", action="store_true", help="float32 inputs: sweep the chunked layout's _32 choices")
     ap.add_argument("--tf32", action="store_true", help="with --float32: under one TF32 product (precision \"high\")")
     ap.add_argument("--json")
@@ -211,7 +212,7 @@ def main() -> int:
     out = {"L": args.L, "card": torch.cuda.get_device_name(), "dtype": "float32" if WIDE else "bfloat16",
            "float32_matmul_precision": torch.get_float32_matmul_precision()}
     if args.chunks:
-        out["chunk_rows"] = sweep_chunk_length(args.L, [int(q) for q in args.chunks.split(",")])
+        out["chunk_rows"] = sweep_chunk_length(args.L, args.chunks)
     else:
         if args.only in (None, "chunked"):
             out["chunked_rows"], out["chunked"] = sweep_chunked(args.L, args.kernels.split(",") if args.kernels else None)

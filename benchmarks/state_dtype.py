@@ -23,7 +23,7 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _bench import save_json
+from _bench import fail, positive, save_json
 
 import archdsl
 from archdsl.errors import ArchDSLError
@@ -42,10 +42,10 @@ def file_streams(path, streams, length):
     """(inputs, labels) [streams, length]: windows of a uint16 token file at evenly spaced offsets, each label the
     next token."""
     if not os.path.isfile(path):
-        raise SystemExit(f"--tokens {path}: no such file")
+        fail(f"--tokens {path}: no such file")
     data = np.fromfile(path, dtype=np.uint16)
     if len(data) < streams * (length + 1):
-        raise SystemExit(f"{path}: {len(data):,} tokens, fewer than {streams} streams of {length + 1}")
+        fail(f"--tokens {path}: {len(data):,} tokens, fewer than {streams} streams of {length + 1}")
     step = (len(data) - length - 1) // max(streams - 1, 1)
     rows = torch.from_numpy(np.stack([data[i * step:i * step + length + 1] for i in range(streams)]).astype(np.int64))
     return rows[:, :-1], rows[:, 1:]
@@ -57,11 +57,11 @@ def mqar_streams(spec, streams, length, vocab_size, seed):
     try:
         seq, pairs = (int(v) for v in spec.split(","))
     except ValueError:
-        raise SystemExit(f"--mqar {spec!r}: expected SEQ,PAIRS, e.g. 128,8") from None
+        fail(f"--mqar {spec!r}: expected SEQ,PAIRS, e.g. 128,8")
     try:
         task = make_task("mqar", seq_len=seq, num_kv_pairs=pairs, vocab_size=min(vocab_size, 8192))
     except ArchDSLError as e:
-        raise SystemExit(f"--mqar {spec!r}: {e.message}") from None
+        fail(f"--mqar {spec!r}: {e.message}")
     gen = torch.Generator().manual_seed(seed)
     parts = [task.batch(streams, gen) for _ in range(-(-length // seq))]
     return (torch.cat([x for x, _ in parts], dim=1)[:, :length], torch.cat([y for _, y in parts], dim=1)[:, :length])
@@ -73,15 +73,19 @@ def main(argv=None):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--tokens", help="a uint16 token file (held out from training)")
     src.add_argument("--mqar", help="SEQ,PAIRS: MQAR sequences back to back, as the model was trained on")
-    p.add_argument("--length", type=int, default=4096, help="tokens a stream (default 4096)")
-    p.add_argument("--streams", type=int, default=8, help="streams decoded side by side (default 8)")
-    p.add_argument("--parts", type=int, default=8, help="stretches of the streams reported (default 8)")
+    p.add_argument("--length", type=positive, default=4096, help="tokens a stream (default 4096)")
+    p.add_argument("--streams", type=positive, default=8, help="streams decoded side by side (default 8)")
+    p.add_argument("--parts", type=positive, default=8, help="stretches of the streams reported (default 8)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-
-    model = archdsl.load(args.model, device=args.device)
+    if args.parts > args.length:
+        fail(f"--parts {args.parts}: more stretches than the {args.length} tokens of a stream")
+    try:
+        model = archdsl.load(args.model, device=args.device)
+    except ArchDSLError as e:
+        fail(f"{args.model}: {e.message}" if args.model not in e.message else e.message)
     model.eval()
     if args.tokens:
         inputs, labels = file_streams(args.tokens, args.streams, args.length)

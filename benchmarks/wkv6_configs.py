@@ -24,7 +24,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import bench_or_nan, needs_cuda, save_json, with_env  # noqa: E402
+from _bench import bench_or_nan, needs_cuda, positive_list, save_json, with_env  # noqa: E402
 from kernels_wkv6 import _fwd_bwd, _wkv6_inputs  # noqa: E402
 
 try:
@@ -100,14 +100,15 @@ def layout_rows(Ts):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--T", help="comma-separated sequence lengths (4096,16384; --layouts: 1024,2048,4096,16384)")
+    ap.add_argument("--T", type=positive_list,
+                    help="comma-separated sequence lengths (4096,16384; --layouts: 1024,2048,4096,16384)")
     ap.add_argument("--no-peer", action="store_true", help="leave fla out (its autotuning takes minutes)")
     ap.add_argument("--layouts", action="store_true", help="check the default layout rule (see above)")
     ap.add_argument("--json")
     args = ap.parse_args()
     needs_cuda()
     if args.layouts:
-        Ts = [int(t) for t in (args.T or "1024,2048,4096,16384").split(",")]
+        Ts = args.T or [1024, 2048, 4096, 16384]
         out = {"card": torch.cuda.get_device_name(), "layouts": layout_rows(Ts)}
         if args.json:
             save_json(args.json, out)
@@ -119,7 +120,7 @@ def main() -> int:
         except ImportError:
             print("fla is not installed: its rows are left out")
     out = {"card": torch.cuda.get_device_name(), "rows": []}
-    for T in (int(t) for t in (args.T or "4096,16384").split(",")):
+    for T in args.T or [4096, 16384]:
         out["rows"] += rows_for(T, peer)
         if args.json:
             save_json(args.json, out)

@@ -36,7 +36,7 @@ try:
 except ImportError:  # run from a checkout that is not installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import archdsl
-from _bench import save_json  # noqa: E402
+from _bench import positive_list, save_json  # noqa: E402
 
 from archdsl.explore.probes import make_task  # noqa: E402
 from archdsl.explore.train import TrainConfig, train_probe  # noqa: E402
@@ -102,8 +102,8 @@ def run_one(job):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--archs", default=",".join(ARCHS))
-    p.add_argument("--d-models", default="64,128")
-    p.add_argument("--layers", default="2,4")
+    p.add_argument("--d-models", type=positive_list, default=[64, 128])
+    p.add_argument("--layers", type=positive_list, default=[2, 4])
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--pairs", type=int, default=16)
     p.add_argument("--vocab", type=int, default=8192)
@@ -132,8 +132,7 @@ def main(argv=None) -> int:
             p.error(f"unknown architecture {a!r}; valid: {', '.join(ARCHS)}")
     if args.jobs < 1:
         p.error("--jobs must be at least 1")
-    widths = [int(x) for x in args.d_models.split(",")]
-    depths = [int(x) for x in args.layers.split(",")]
+    widths, depths = args.d_models, args.layers
     n_lrs = len(args.lrs.split(","))
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
     card = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
