@@ -818,9 +818,9 @@ def test_interrupted_checkpoint_save_leaves_nothing_half_written(tmp_path, monke
 
 
 def test_a_checkpoint_save_that_fails_is_said_not_a_traceback(tmp_path, capsys, monkeypatch):
-    """A full disk or Ctrl-C while DCP writes a checkpoint: exit 1 naming the checkpoint, or 130 'interrupted', and
-    no temporary directory left. DCP wraps every rank's exception in its CheckpointException (a BaseException),
-    which escaped the CLI as a traceback."""
+    """A full disk or Ctrl-C while DCP writes a checkpoint: exit 2 naming the checkpoint and the cause, or 130
+    'interrupted', and no temporary directory left. DCP wraps every rank's exception in its CheckpointException (a
+    BaseException), which escaped the CLI as a traceback."""
     import errno
 
     def fsync(exc):
@@ -830,8 +830,9 @@ def test_a_checkpoint_save_that_fails_is_said_not_a_traceback(tmp_path, capsys, 
 
     args = ["train", "mamba2(d_state=8, headdim=8)", "--data", DATA, "--steps", "1", "--batch", "2", "--no-progress",
             "--threads", "1"]
-    full = f"error: No space left on device ({tmp_path / 'r0' / 'checkpoints' / 'step_00000001'})"
-    for exc, rc, message in ((OSError(errno.ENOSPC, "No space left on device"), 1, full),
+    full = f"error: {tmp_path / 'r0' / 'checkpoints' / 'step_00000001'}: cannot write the checkpoint (No space left " \
+           f"on device)"
+    for exc, rc, message in ((OSError(errno.ENOSPC, "No space left on device"), 2, full),
                              (KeyboardInterrupt(), 130, "interrupted")):
         rundir = tmp_path / f"r{rc // 130}"
         monkeypatch.setattr(os, "fsync", fsync(exc))  # DCP syncs each file it writes
@@ -930,3 +931,204 @@ def test_a_run_or_export_directory_with_a_control_character_is_refused(tmp_path,
     assert main(["export-checkpoint", str(tmp_path / "missing"), "-o", out]) == 2
     assert capsys.readouterr().err.startswith(f"error: -o: the path {out!r} holds the control character '\\n'")
     assert list(tmp_path.iterdir()) == []
+
+
+TINY_ARGS = ["train", TINY["spec"], "--data", TINY["data"], "--batch", "2", "--no-progress", "--threads", "1"]
+
+
+def test_a_full_disk_inside_torch_save_is_an_error_naming_the_checkpoint(tmp_path, capsys, monkeypatch):
+    """On a full disk torch.save's zip writer raises a RuntimeError ('unexpected pos'), not an OSError: DCP's
+    CheckpointException escaped as a 40-line traceback (exit 1). Any failure of the save is now an error naming the
+    checkpoint and the cause (exit 2), and the half-written temporary directory is removed."""
+    import io
+
+    save = torch.save
+
+    def short_write(obj, f, *args, **kw):  # half the bytes reach the file, then the zip writer finds its position off
+        if isinstance(f, io.BytesIO):
+            return save(obj, f, *args, **kw)
+        buf = io.BytesIO()
+        save(obj, buf, *args, **kw)
+        f.write(buf.getvalue()[:len(buf.getvalue()) // 2])
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    rundir = tmp_path / "r"
+    ckpt = rundir / "checkpoints" / "step_00000001"
+    err = refused(capsys, [*TINY_ARGS, "--steps", "1", "-o", str(rundir)],
+                  f"error: {ckpt}: cannot write the checkpoint (RuntimeError: ", "unexpected pos 704 vs 598")
+    assert "Traceback" not in err and os.listdir(rundir / "checkpoints") == []
+
+
+def test_a_run_json_or_meta_json_of_the_wrong_shape(tmp_path, capsys):
+    """JSON that parses but has the wrong shape: a meta.json whose spec_sha256 or step has the wrong type was a
+    TypeError traceback (resume, export); now that checkpoint is passed over as damaged, with the warning. A run.json
+    that is not an object, whose config is not one (or holds a setting of the wrong type), or without spec_yaml was a
+    TypeError, AttributeError or KeyError traceback in check_settings and export_checkpoint; now exit 2 naming the
+    file and what is wrong. A metrics.jsonl line whose step is not a number is dropped on resume (a TypeError)."""
+    run = tmp_path / "run"
+    assert main([*TINY_ARGS, "--steps", "2", "--save-every", "1", "-o", str(run)]) == 0
+    for meta in ('{"step": 2, "spec_sha256": 5}', '{"step": "2", "spec_sha256": "ab"}'):
+        bad = tmp_path / "meta"
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(run, bad)
+        meta_file = bad / "checkpoints" / "step_00000002" / "meta.json"
+        meta_file.write_text(meta)
+        warned = f"warning: skipped 1 damaged checkpoint ({meta_file}: does not read (ValueError: "
+        capsys.readouterr()
+        assert main(["export-checkpoint", str(bad), "-o", str(tmp_path / "e")]) == 0
+        out = capsys.readouterr()
+        assert out.err.startswith(warned) and "exported step 1" in out.err and "at step 1," in out.out, out
+        shutil.rmtree(tmp_path / "e")
+        with open(bad / "metrics.jsonl", "a") as f:
+            f.write('{"step": "x"}\n{"step": true}\n')
+        assert main([*TINY_ARGS, "--steps", "3", "-o", str(bad), "--resume"]) == 0
+        assert capsys.readouterr().err.startswith(warned)
+        assert sorted(losses(bad)) == [1, 2, 3]
+    original = (run / "run.json").read_text()
+    spec_yaml = json.loads(original)["spec_yaml"]
+    run_json = str(run / "run.json")
+    for text, why in (("[1, 2]", "a JSON list, not an object"),
+                      ("null", "a JSON null, not an object"),
+                      ('{"config": 5}', '"spec_yaml" is missing'),
+                      (json.dumps({"spec_yaml": 5}), '"spec_yaml" must be a str, got 5 (int)'),
+                      (json.dumps({"spec_yaml": spec_yaml, "config": 5}), '"config" must be an object, got 5 (int)'),
+                      (json.dumps({"spec_yaml": spec_yaml, "config": [1]}), '"config" must be an object, got [1]'),
+                      (json.dumps({"spec_yaml": spec_yaml, "config": {"batch": "2"}}),
+                       "config.batch must be an int, got '2' (str)"),
+                      (json.dumps({"spec_yaml": spec_yaml, "config": {"data": 5}}),
+                       "config.data must be a str, got 5 (int)")):
+        (run / "run.json").write_text(text)
+        for argv in ([*TINY_ARGS, "--steps", "3", "-o", str(run), "--resume"],
+                     ["export-checkpoint", str(run), "-o", str(tmp_path / "e")]):
+            err = refused(capsys, argv, f"error: {run_json}: {why}")
+            assert "Traceback" not in err
+    (run / "run.json").write_text(original)
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0: the number of processes must be at least 1"),  # ZeroDivisionError
+    ({"WORLD_SIZE": "-2"}, "WORLD_SIZE=-2: the number of processes must be at least 1"),
+    ({"WORLD_SIZE": "2", "RANK": "5", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"},
+     "RANK=5: must be in 0..1 (WORLD_SIZE=2)"),  # accepted, failed at the rendezvous
+    ({"RANK": "1"}, "RANK=1: must be in 0..0 (WORLD_SIZE unset: 1)"),
+    ({"WORLD_SIZE": "2", "RANK": "-1", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"},
+     "RANK=-1: must be in 0..1 (WORLD_SIZE=2)"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"},
+     "LOCAL_RANK=2: must be in 0..1 (WORLD_SIZE=2)"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR is not set"),  # ValueError traceback at the rendezvous
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "localhost"}, "MASTER_PORT is not set"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "localhost", "MASTER_PORT": "http"},
+     "MASTER_PORT=http: must be a port number in 1..65535"),
+    ({"WORLD_SIZE": "x"}, "WORLD_SIZE=x: must be an integer"),
+])
+def test_a_bad_torchrun_environment_is_refused_before_any_work(tmp_path, capsys, monkeypatch, env, message):
+    """WORLD_SIZE below 1, a RANK or LOCAL_RANK outside 0..WORLD_SIZE-1, and MASTER_ADDR / MASTER_PORT missing or
+    bad where WORLD_SIZE > 1 (a stray environment, a launcher other than torchrun) are refused naming the variable,
+    exit 2, before the process group and before anything is written; they were a ZeroDivisionError, a rendezvous
+    ValueError traceback, or accepted."""
+    from archdsl.train.parallel import world_from_env
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(archdsl.ArchDSLError) as e:
+        world_from_env()
+    assert str(e.value).startswith(f"bad torchrun environment: {message}"), str(e.value)
+    err = refused(capsys, [*TINY_ARGS, "--steps", "1", "-o", str(tmp_path / "r")],
+                  f"error: bad torchrun environment: {message}")
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
+
+
+def test_a_torchrun_environment_that_is_whole_is_taken(monkeypatch):
+    from archdsl.train.parallel import WorldEnv, world_from_env
+
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "localhost"), ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert world_from_env() == WorldEnv(1, 2, 1, True)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):  # one process needs no rendezvous
+        monkeypatch.delenv(name)
+    assert world_from_env() == WorldEnv(0, 1, 0, True)
+
+
+def test_train_leaves_a_process_group_it_did_not_create(tmp_path):
+    """A caller's process group (a script that calls init_process_group, then train, then a collective) was destroyed
+    by train's cleanup; now only the group train itself made is destroyed."""
+    import torch.distributed as tdist
+
+    assert not tdist.is_initialized()
+    tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)
+    try:
+        train(TrainConfig(**TINY, steps=1, rundir=str(tmp_path / "r")))
+        assert tdist.is_initialized()
+        t = torch.ones(2)
+        tdist.all_reduce(t)  # the caller's group still works
+        assert t.tolist() == [1.0, 1.0]
+    finally:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+    train(TrainConfig(**TINY, steps=1, rundir=str(tmp_path / "r2")))
+    assert not tdist.is_initialized()  # the group train made is gone
+
+
+def test_a_full_disk_while_writing_metrics_names_the_file_and_cuts_no_line(tmp_path, capsys, monkeypatch):
+    """A full disk while a step's line is appended to metrics.jsonl: the error named stdout ('writing the output',
+    exit 1) and left the line cut mid-object. Now exit 2 naming metrics.jsonl, and the file holds whole lines only
+    (the part written is cut back)."""
+    import errno
+
+    write, full = os.write, []
+
+    def filling(fd, data):  # step 2's line: half of it fits, then the disk is full
+        try:
+            name = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            name = ""
+        if name.endswith("metrics.jsonl") and (full or b'"step": 2,' in bytes(data)):
+            if full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            full.append(True)
+            return write(fd, bytes(data)[:len(data) // 2])
+        return write(fd, data)
+
+    monkeypatch.setattr(os, "write", filling)
+    rundir = tmp_path / "r"
+    metrics = rundir / "metrics.jsonl"
+    err = refused(capsys, [*TINY_ARGS, "--steps", "3", "-o", str(rundir)],
+                  f"error: {metrics}: cannot write the metrics of step 2 (No space left on device)")
+    assert "writing the output" not in err and "Traceback" not in err and full
+    text = metrics.read_text()
+    assert text.endswith("\n") and [json.loads(ln)["step"] for ln in text.splitlines()] == [1]
+
+
+def test_resume_compares_the_settings_as_they_resolve(tmp_path, capsys):
+    """--resume with settings the run resolved the same way is taken: --seq-len 1024 against a token file's run
+    without one (the default 1024), a task written otherwise (seq= or --seq-len, short or long names, a default spelt
+    out), a --warmup share or a number of steps that make the same warmup. They were refused ('--seq-len 1024 (the
+    run's: unset)'). A setting that truly differs is still refused, naming it."""
+    tokens = tmp_path / "train.bin"
+    np.random.default_rng(0).integers(0, 64, 1100, dtype=np.uint16).tofile(tokens)
+    base = ["train", TINY["spec"], "--batch", "2", "--no-progress", "--threads", "1"]
+    files, task = str(tmp_path / "files"), str(tmp_path / "task")
+    assert main([*base, "--data", str(tokens), "--steps", "2", "--stop-after", "1", "-o", files]) == 0
+    assert main([*base, "--data", "mqar:seq=32,pairs=2", "--steps", "10", "--stop-after", "1", "-o", task]) == 0
+    past = "already at step 1, and --steps 1 asks for no step after it"  # past the settings' check
+    for run, argv in ((files, ["--data", str(tokens), "--seq-len", "1024"]),
+                      (files, ["--data", str(tokens), "--seq-len", "1k", "--warmup", "0"]),
+                      (task, ["--data", "mqar:pairs=2", "--seq-len", "32"]),
+                      (task, ["--data", "mqar:num_kv_pairs=2,seq_len=32"]),
+                      (task, ["--data", "mqar:seq=32,pairs=2,power_a=0.01", "--warmup", "1"])):
+        refused(capsys, [*base, *argv, "--steps", "1", "-o", run, "--resume"], past)
+    for run, argv, named in (
+            (files, ["--data", str(tokens), "--seq-len", "512"], "--seq-len 512 (the run's: 1024)"),
+            (task, ["--data", "mqar:pairs=2"], "--seq-len 256 (the run's: 32)"),
+            (task, ["--data", "mqar:seq=32,pairs=3"], "--data 'mqar:seq=32,pairs=3' (the run's: 'mqar:seq=32,pairs=2')"),
+            (task, ["--data", "mqar:seq=32,pairs=2", "--warmup", "2"], "--warmup 2.0 (the run's: 0.1)")):
+        refused(capsys, [*base, *argv, "--steps", "10", "-o", run, "--resume"], "--resume with other settings", named)
+    assert main([*base, "--data", str(tokens), "--seq-len", "1024", "--steps", "2", "-o", files, "--resume"]) == 0
+    assert sorted(losses(files)) == [1, 2]

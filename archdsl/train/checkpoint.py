@@ -1,6 +1,6 @@
 """Sharded checkpoints with torch.distributed.checkpoint (DCP), and export to an archdsl save.
 
-    RUNDIR/run.json                       the spec (YAML text and its sha256), data, settings
+    RUNDIR/run.json                       the spec (YAML text and its sha256), data, settings (runfile.py)
     RUNDIR/metrics.jsonl                  one JSON object per step
     RUNDIR/checkpoints/step_00000100/     a DCP checkpoint: model + optimizer (each rank its shards),
                                           step and the data generator's state, + meta.json (with the
@@ -23,7 +23,8 @@ import shutil
 import torch
 import torch.distributed as tdist
 
-from ..errors import ArchDSLError
+from ..errors import ArchDSLError, shown
+from .runfile import json_kind, read_run
 
 try:
     from torch.distributed.checkpoint.api import CheckpointException
@@ -74,11 +75,16 @@ def read_meta(path: str) -> dict:
 
 
 def _meta(path: str) -> dict:
+    """meta.json of the checkpoint at `path`: an object with spec_sha256 a str and step an int (KeyError, ValueError:
+    the checkpoint is damaged)."""
     with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
     if not isinstance(meta, dict):
-        raise ValueError(f"a JSON {type(meta).__name__}, not an object")
-    meta["spec_sha256"], meta["step"]  # noqa: B018 - present or KeyError
+        raise ValueError(f"a JSON {json_kind(meta)}, not an object")
+    for key, ok, what in (("spec_sha256", lambda v: isinstance(v, str), "a str"),
+                          ("step", lambda v: isinstance(v, int) and not isinstance(v, bool), "an int")):
+        if not ok(meta[key]):  # garbled into valid JSON: check_spec and the resume would fail on it as a TypeError
+            raise ValueError(f"{key} must be {what}, got {shown(meta[key])} ({json_kind(meta[key])})")
     return meta
 
 
@@ -194,30 +200,6 @@ def check_spec(meta: dict, spec_yaml: str, path: str) -> None:
                            hint="resume with the spec the run was started with, or start a new RUNDIR")
 
 
-# the settings that fix a run's data stream and its optimisation: a resumed run keeps them (--steps may change;
-# so may --save-every, --stop-after, --device, --grad-ckpt, --compile, --threads, the number of processes)
-FIXED = {"data": "--data", "batch": "--batch", "seq_len": "--seq-len", "lr": "--lr", "warmup": "--warmup",
-         "weight_decay": "--weight-decay", "grad_clip": "--grad-clip", "bf16": "--bf16", "seed": "--seed",
-         "betas": "betas", "min_lr_ratio": "min_lr_ratio"}
-
-
-def check_settings(rundir: str, settings: dict) -> None:
-    """ArchDSLError naming every setting of FIXED that differs from those in RUNDIR/run.json."""
-    old = read_run(rundir).get("config") or {}
-    shown = lambda v: ("unset" if v is None else repr(v) if isinstance(v, str)  # noqa: E731
-                       else ("on" if v else "off") if isinstance(v, bool) else str(v))
-    from .data import data_key
-
-    same = lambda key: (data_key(old[key]) == data_key(settings[key]) if key == "data"  # noqa: E731
-                        else old[key] == settings[key])
-    changed = [f"{flag} {shown(settings[key])} (the run's: {shown(old[key])})" for key, flag in FIXED.items()
-               if key in old and not same(key)]
-    if changed:
-        raise ArchDSLError(f"{rundir}: --resume with other settings than the run was started with: "
-                           + "; ".join(changed),
-                           hint="resume with the run's settings (its run.json, \"config\"), or start a new RUNDIR")
-
-
 def _state(model, opt, step: int, gen: torch.Generator):
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -239,15 +221,7 @@ def save_checkpoint(rundir: str, step: int, model, opt, gen: torch.Generator, me
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         tdist.barrier()
-        try:
-            dcp.save(_state(model, opt, step, gen), checkpoint_id=tmp)
-        except CheckpointException as e:  # a BaseException that wraps each rank's own: a full disk is an OSError,
-            cause = _cause(e)             # Ctrl-C a KeyboardInterrupt, as anywhere else (not a traceback)
-            if isinstance(cause, OSError):
-                raise OSError(cause.errno, cause.strerror or str(cause), final) from None
-            if isinstance(cause, KeyboardInterrupt):
-                raise KeyboardInterrupt from None
-            raise
+        dcp.save(_state(model, opt, step, gen), checkpoint_id=tmp)
         tdist.barrier()
         world = tdist.get_world_size()
         with open(os.path.join(tmp, f".sha256.{rank}.json"), "w", encoding="utf-8") as f:  # this rank's share
@@ -265,11 +239,31 @@ def save_checkpoint(rundir: str, step: int, model, opt, gen: torch.Generator, me
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
         tdist.barrier()
-    except BaseException:  # Ctrl-C (or a failure) mid-save: no half-written checkpoint stays behind
+    except BaseException as e:  # Ctrl-C (or a failure) mid-save: no half-written checkpoint stays behind
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
+        # DCP's CheckpointException is a BaseException wrapping each rank's own: Ctrl-C stays a KeyboardInterrupt,
+        # any other failure of the save (a full disk: OSError, or torch.save's zip writer's RuntimeError "unexpected
+        # pos") is said naming the checkpoint, not as DCP's traceback
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        if isinstance(_cause(e), KeyboardInterrupt):  # SIGTERM's subclass too
+            raise _cause(e) from None
+        if isinstance(e, (OSError, CheckpointException)):
+            raise ArchDSLError(f"{final}: cannot write the checkpoint ({_save_reason(e)})",
+                               hint="a full disk? make room, then run again with --resume (it continues from the "
+                                    "last complete checkpoint)") from None
         raise
     return final
+
+
+def _save_reason(e: BaseException) -> str:
+    """Why a save failed, for its message: an OSError's own words (No space left on device), else the exception."""
+    cause = _cause(e)
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    why = _reason(cause)
+    return why + ": a short write, as on a full disk" if "unexpected pos" in why else why
 
 
 def remove_partial(rundir: str) -> None:
@@ -302,14 +296,6 @@ def load_checkpoint(path: str, model, opt, gen: torch.Generator) -> int:
     return int(state["extra"]["step"])
 
 
-def read_run(rundir: str) -> dict:
-    try:
-        with open(os.path.join(rundir, "run.json"), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError, RecursionError) as e:
-        raise ArchDSLError(f"{rundir}: not an archdsl train run directory (run.json: {e})") from None
-
-
 def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str = "float32",
                       skipped: list[str] | None = None):
     """A run's checkpoint (newest, or at `step`) → an ordinary archdsl save in `out`; returns (model, step).
@@ -322,7 +308,7 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
     import numbers
 
     from ..atomic import check_control, check_output_dir
-    from ..errors import check_path, shown
+    from ..errors import check_path
     from ..model import compile as build
     from ..model import resolve_dtype
     from ..model.model import SAVE_FILES

@@ -135,10 +135,15 @@ class TrainConfig:
 
     def warmup_steps(self) -> int:
         """The warmup in steps: a share below 1 of `steps` (rounded down), else `warmup` steps (rounded down)."""
-        return int(self.warmup * self.steps) if self.warmup < 1 else int(self.warmup)
+        return warmup_steps(self.warmup, self.steps)
 
     def to_dict(self) -> dict:
         """The fields as JSON-ready values (as run.json's "config" keeps them)."""
         d = asdict(self)
         d["betas"] = list(self.betas)
         return d
+
+
+def warmup_steps(warmup: float, steps: int) -> int:
+    """A warmup (a share below 1 of `steps`, else a number of steps) in steps, rounded down."""
+    return int(warmup * steps) if warmup < 1 else int(warmup)

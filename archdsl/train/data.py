@@ -196,6 +196,27 @@ def data_key(text: str) -> str:
             + (f",eos={eos}" if eos is not None else ""))
 
 
+def resolved(text: str, seq_len: int | None, vocab_size: int) -> tuple[str, int]:
+    """(DATA as a resumed run compares it, the sequence length it gives) for DATA `text` with --seq-len `seq_len` and a
+    spec of `vocab_size` tokens, as parse_data resolves them without reading a file: a token file by data_key and its
+    length (None: 1024); a task by its name and every argument but the length, defaults spelt out, and its length (its
+    seq=, or `seq_len`, or its default), so that `mqar:seq=32,pairs=4`, `mqar:pairs=4` with --seq-len 32 and
+    `mqar:num_kv_pairs=4,seq_len=32` are one. ArchDSLError where a task's text does not parse."""
+    if not _is_task(text):
+        return data_key(text), seq_len or DEFAULT_SEQ_LEN
+    task = _task(text, seq_len, vocab_size).task
+    args = {k: v for k, v in task.to_dict().items() if k not in ("task", "seq_len")}
+    return f"{task.name}:" + ",".join(f"{k}={v!r}" for k, v in sorted(args.items())), task.seq_len
+
+
+def _is_task(text: str) -> bool:
+    """Whether DATA `text` names a probe task (a file of that name is a file)."""
+    from ..explore.probes import ALIASES, TASKS
+
+    name = text.partition(":")[0]
+    return ALIASES.get(name, name) in TASKS and not os.path.exists(text)
+
+
 def parse_data(text: str, vocab_size: int, seq_len: int | None = None):
     """A data source for DATA text (a str or os.PathLike; see the module docstring) and a model of `vocab_size`
     tokens: a TaskData or a TokenFile, whose `batch(n, gen)` gives (inputs, labels, seq_idx or None). `seq_len`:
@@ -215,7 +236,7 @@ def parse_data(text: str, vocab_size: int, seq_len: int | None = None):
                            f"({type(seq_len).__name__})")
     vocab_size, seq_len = int(vocab_size), None if seq_len is None else int(seq_len)
     name = text.partition(":")[0]
-    if ALIASES.get(name, name) in TASKS and not os.path.exists(text):
+    if _is_task(text):
         return _task(text, seq_len, vocab_size)
     path = _parts(text)[0]
     looks_like_file = os.path.exists(text) or os.path.exists(path) or "/" in text or "." in name or os.sep in text

@@ -19,6 +19,7 @@ balancing counts the loads of all of them.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -32,11 +33,12 @@ from ..atomic import check_output, write_atomic
 from ..errors import ArchDSLError, finite
 from ..model.modules.moe import balance_experts
 from ..model.packed import refusal, unpacked_blocks
-from .checkpoint import (CKPT_DIR, check_settings, check_spec, checkpoints, load_checkpoint, remove_partial,
-                         resume_point, save_checkpoint, spec_sha)
+from .checkpoint import (CKPT_DIR, check_spec, checkpoints, load_checkpoint, remove_partial, resume_point,
+                         save_checkpoint, spec_sha)
 from .config import TrainConfig
 from .data import IGNORE, data_key, parse_data
 from .parallel import all_reduce_sum, init_distributed, pick_device, shard_model, shutdown, world_from_env
+from .runfile import check_settings
 
 PEAK_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0}  # dense bf16 tensor-core peaks per GPU
 
@@ -103,7 +105,7 @@ def prepare(cfg: TrainConfig):
         damaged: list[str] = []
         s, path, meta = resume_point(cfg.rundir, damaged)
         check_spec(meta, spec_yaml, path)
-        check_settings(cfg.rundir, cfg.to_dict())
+        check_settings(cfg.rundir, cfg.to_dict(), spec.vocab_size)
         if s >= (cfg.stop_after or cfg.steps):
             if cfg.stop_after is not None and cfg.stop_after < cfg.steps:  # --steps would go on: the stop is the limit
                 limit, hint = f"--stop-after {cfg.stop_after}", f"give a --stop-after past {s}, or leave it out"
@@ -207,7 +209,8 @@ def make_optimizer(cfg: TrainConfig, model, device):
 def train(cfg: TrainConfig) -> dict:
     """Run (or continue, `resume`) a training run; bad input is refused (ArchDSLError) before anything is written.
     Returns a summary: {"losses": {step: loss} of the steps this call ran, "start": the step it resumed from (0 for a
-    new run), "steps", "world_size", "wall_s", "params" (the model's parameter count), "rundir"}."""
+    new run), "steps", "world_size", "wall_s", "params" (the model's parameter count), "rundir"}. A process group the
+    caller made before is used and left as it is; one train makes is destroyed when it returns."""
     if not isinstance(cfg, TrainConfig):  # its fields are checked when it is built, before anything is written
         raise ArchDSLError(f"train: expected a TrainConfig, got {type(cfg).__name__}",
                            hint="build one with archdsl.train.TrainConfig(spec=..., data=..., steps=..., rundir=...)")
@@ -225,7 +228,7 @@ def train(cfg: TrainConfig) -> dict:
             _remove_unstarted(cfg.rundir, made, had_ckpt)
         raise
     finally:
-        shutdown()
+        shutdown(dist)  # the group it made: one the caller made is theirs
         torch.set_num_threads(threads)
 
 
@@ -276,10 +279,46 @@ def _metrics_file(cfg, start: int):
                     rec = json.loads(ln)
                 except (ValueError, RecursionError):  # a line cut short when the run was stopped, or garbage
                     continue
-                if isinstance(rec, dict) and rec.get("step", 0) <= start:
+                step = rec.get("step") if isinstance(rec, dict) else None
+                if isinstance(step, int) and not isinstance(step, bool) and step <= start:  # else garbage
                     kept.append(ln if ln.endswith("\n") else ln + "\n")
     write_atomic(path, "".join(kept))  # the history is replaced whole: a kill now loses none of it
-    return open(path, "a", encoding="utf-8")
+    return MetricsLog(path)
+
+
+class MetricsLog:
+    """RUNDIR/metrics.jsonl, appended a whole line at a time. A write that fails (a full disk) is cut back to the end
+    of the line before it and said naming the file: it left a line cut mid-object, and the CLI blamed stdout."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            self.size = os.fstat(self.fd).st_size
+        except OSError as e:
+            raise ArchDSLError(f"{path}: cannot open the metrics file ({e.strerror or e})") from None
+
+    def write(self, rec: dict) -> None:
+        line = (json.dumps(finite(rec), allow_nan=False) + "\n").encode("utf-8")  # a NaN loss as null
+        try:
+            done = 0
+            while done < len(line):  # a short write (the disk filling) goes on to the error of the next one
+                n = os.write(self.fd, line[done:])
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                done += n
+        except OSError as e:
+            try:
+                os.ftruncate(self.fd, self.size)
+            except OSError:
+                pass
+            raise ArchDSLError(f"{self.path}: cannot write the metrics of step {rec['step']} ({e.strerror or e})",
+                               hint="a full disk? make room, then run again with --resume (it continues from the "
+                                    "last complete checkpoint)") from None
+        self.size += len(line)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def _accumulate(model, x, y, seq, count: int, world: int, micro: int, V: int):
@@ -380,8 +419,7 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
                 rec["aux_loss"] = aux_sum / dist.world
             losses[step] = rec["loss"]
             if metrics is not None:
-                metrics.write(json.dumps(finite(rec), allow_nan=False) + "\n")  # a NaN loss as null
-                metrics.flush()
+                metrics.write(rec)
             if bar is not None:
                 post = {"loss": f"{rec['loss']:.4f}", "tok/s": f"{tok_s:,.0f}"}
                 if rec["mfu"] is not None:

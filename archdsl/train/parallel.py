@@ -4,8 +4,9 @@
     dist = init_distributed(env, "auto")   # nccl on CUDA (one GPU per process), gloo on CPU
     model = shard_model(model, dist, bf16=True, grad_ckpt=True, compile=False)
 
-Alone (no torchrun) the process still makes a process group of one (a HashStore, no network), so
-that one code path — FSDP2 and DCP — serves 1 and N processes, and checkpoints move between them.
+Alone (no torchrun, or a torchrun of one) the process still makes a process group of one (a HashStore,
+no network), so that one code path — FSDP2 and DCP — serves 1 and N processes, and checkpoints move
+between them. A group the caller made before is used, and left for the caller to destroy.
 
 Units: every Layer is one `fully_shard` unit; a shared module (Zamba's shared block, `attn(shared)`:
 one object in several layers) is its own unit, sharded once before the layers, so the layers skip
@@ -30,17 +31,41 @@ class WorldEnv:
     rank: int
     world: int
     local_rank: int
-    launched: bool  # under torchrun (or another launcher that sets RANK / WORLD_SIZE)
+    launched: bool  # WORLD_SIZE set: under torchrun (or another launcher)
 
 
 def world_from_env() -> WorldEnv:
-    try:
-        rank = int(os.environ.get("RANK", 0))
-        world = int(os.environ.get("WORLD_SIZE", 1))
-        local = int(os.environ.get("LOCAL_RANK", rank))
-    except ValueError as e:
-        raise ArchDSLError(f"bad torchrun environment: {e}") from None
-    return WorldEnv(rank, world, local, "WORLD_SIZE" in os.environ)
+    """This process's place from torchrun's environment, checked before any work: WORLD_SIZE an int of at least 1
+    (unset: 1), RANK and LOCAL_RANK (unset: RANK) in 0..WORLD_SIZE-1, and where WORLD_SIZE > 1 MASTER_ADDR and
+    MASTER_PORT (a port number), which the env:// rendezvous needs. ArchDSLError naming the variable: a stray
+    environment or another launcher failed as a ZeroDivisionError or at the rendezvous, as a traceback."""
+    env = os.environ
+
+    def integer(name: str, default: int) -> int:
+        try:
+            return int(env[name]) if name in env else default
+        except ValueError:
+            raise ArchDSLError(f"bad torchrun environment: {name}={env[name]}: must be an integer") from None
+
+    world = integer("WORLD_SIZE", 1)
+    if world < 1:
+        raise ArchDSLError(f"bad torchrun environment: WORLD_SIZE={world}: the number of processes must be at least 1")
+    rank = integer("RANK", 0)
+    local = integer("LOCAL_RANK", rank)
+    size = f"WORLD_SIZE={world}" if "WORLD_SIZE" in env else "WORLD_SIZE unset: 1"
+    for name, value in (("RANK", rank), ("LOCAL_RANK", local)):
+        if not 0 <= value < world:
+            raise ArchDSLError(f"bad torchrun environment: {name}={value}: must be in 0..{world - 1} ({size})")
+    if world > 1:
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if not env.get(name):
+                raise ArchDSLError(f"bad torchrun environment: {name} is not set ({size}: the processes meet at "
+                                   f"MASTER_ADDR:MASTER_PORT, the env:// rendezvous)",
+                                   hint="launch with torchrun, which sets them (or set both)")
+        port = env["MASTER_PORT"]
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ArchDSLError(f"bad torchrun environment: MASTER_PORT={port}: must be a port number in 1..65535")
+    return WorldEnv(rank, world, local, "WORLD_SIZE" in env)
 
 
 @dataclass
@@ -49,6 +74,7 @@ class Dist:
     world: int
     device: torch.device
     mesh: object
+    owns_group: bool = True  # made by init_distributed (shutdown destroys it), not found initialised by the caller
 
     @property
     def is_main(self) -> bool:
@@ -76,25 +102,40 @@ def pick_device(env: WorldEnv, device: str = "auto") -> torch.device:
 
 
 def init_distributed(env: WorldEnv, device: torch.device) -> Dist:
+    """The process group (made unless the caller made one: then it is used, and `shutdown` leaves it) and a 1-D
+    device mesh over it. More than one process meets through torchrun's env:// rendezvous; one alone needs none
+    (a HashStore)."""
     from torch.distributed.device_mesh import init_device_mesh
 
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if not tdist.is_initialized():
+    owns = not tdist.is_initialized()
+    if owns:
         # NCCL bound to the process's GPU from the start: without device_id it guesses the GPU from the rank,
         # and warns so at the first barrier, also alone
         bound = dict(device_id=device) if device.type == "cuda" else {}
-        if env.launched:
-            tdist.init_process_group(backend, **bound)
+        if env.world > 1:
+            try:
+                tdist.init_process_group(backend, **bound)
+            except (ValueError, tdist.DistError) as e:  # the rendezvous: torchrun's variables checked, not reached
+                raise ArchDSLError(f"cannot join the process group at {os.environ.get('MASTER_ADDR')}:"
+                                   f"{os.environ.get('MASTER_PORT')} (rank {env.rank} of {env.world}): "
+                                   f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
         else:
             tdist.init_process_group(backend, store=tdist.HashStore(), rank=0, world_size=1, **bound)
-    mesh = init_device_mesh(device.type, (env.world,), mesh_dim_names=("dp",))
-    return Dist(env.rank, env.world, device, mesh)
+    try:
+        mesh = init_device_mesh(device.type, (env.world,), mesh_dim_names=("dp",))
+    except BaseException:
+        if owns:
+            tdist.destroy_process_group()
+        raise
+    return Dist(env.rank, env.world, device, mesh, owns)
 
 
-def shutdown() -> None:
-    if tdist.is_initialized():
+def shutdown(dist: Dist | None = None) -> None:
+    """Destroy the process group `dist` made (None: whatever group there is); one the caller made stays."""
+    if tdist.is_initialized() and (dist is None or dist.owns_group):
         tdist.destroy_process_group()
 
 

@@ -1,0 +1,112 @@
+"""RUNDIR/run.json: the spec and the settings a run was started with, written by the loop and read back by
+`--resume` (whose settings must resolve as the run's did: check_settings) and `export_checkpoint` (the spec).
+
+    {"spec_yaml": ..., "spec_sha256": ..., "spec_name": ..., "data": ..., "config": TrainConfig.to_dict(),
+     "world_size": ...}
+
+Read, its shape is checked (read_run): JSON of the wrong shape is an ArchDSLError naming the file, not a
+TypeError in a reader.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from ..errors import ArchDSLError, shown
+
+
+# the settings that fix a run's data stream and its optimisation: a resumed run keeps them (--steps may change;
+# so may --save-every, --stop-after, --device, --grad-ckpt, --compile, --threads, the number of processes)
+FIXED = {"data": "--data", "batch": "--batch", "seq_len": "--seq-len", "lr": "--lr", "warmup": "--warmup",
+         "weight_decay": "--weight-decay", "grad_clip": "--grad-clip", "bf16": "--bf16", "seed": "--seed",
+         "betas": "betas", "min_lr_ratio": "min_lr_ratio"}
+
+
+def check_settings(rundir: str, settings: dict, vocab_size: int | None = None) -> None:
+    """ArchDSLError naming every setting of FIXED that differs from those in RUNDIR/run.json, as each resolves rather
+    than as it was written: DATA and the sequence length as the data source takes them (data.resolved: a token file
+    however named and its default length, a task's arguments however spelt), the warmup also by its steps. A task's
+    defaults depend on the spec's `vocab_size` (None: DATA compared by data_key, the length as given)."""
+    from .config import warmup_steps
+    from .data import data_key, resolved
+
+    old, new = read_run(rundir).get("config", {}), settings
+
+    def resolve(config: dict) -> tuple[str, int | None]:
+        if vocab_size is not None:
+            try:
+                return resolved(config["data"], config.get("seq_len"), vocab_size)
+            except ArchDSLError:  # an old run's task that no longer parses: compared as written
+                pass
+        return data_key(config["data"]), config.get("seq_len")
+
+    # (the run's, this run's) as they resolve, where that differs from what was written
+    res = dict(zip(("data", "seq_len"), zip(resolve(old), resolve(new)))) if "data" in old else {}
+
+    def same(key: str) -> bool:
+        if key in res:
+            return res[key][0] == res[key][1]
+        if key == "warmup" and "steps" in old:  # a share or a number of steps that make the same warmup
+            return old[key] == new[key] or warmup_steps(old[key], old["steps"]) == warmup_steps(new[key], new["steps"])
+        return old[key] == new[key]
+
+    told = lambda v: ("unset" if v is None else repr(v) if isinstance(v, str)  # noqa: E731
+                      else ("on" if v else "off") if isinstance(v, bool) else str(v))
+    # DATA is shown as written, the sequence length as it resolves (an unset one as the default it takes)
+    said = lambda key: res[key] if key == "seq_len" and key in res else (old.get(key), new[key])  # noqa: E731
+    changed = [f"{flag} {told(said(key)[1])} (the run's: {told(said(key)[0])})" for key, flag in FIXED.items()
+               if (key in old or key in res) and not same(key)]
+    if changed:
+        raise ArchDSLError(f"{rundir}: --resume with other settings than the run was started with: "
+                           + "; ".join(changed),
+                           hint="resume with the run's settings (its run.json, \"config\"), or start a new RUNDIR")
+
+
+def read_run(rundir: str) -> dict:
+    """RUNDIR/run.json: an object holding the spec's YAML text ("spec_yaml") and the run's settings ("config", an
+    object whose settings of FIXED have TrainConfig's types); ArchDSLError naming the file and what is wrong."""
+    path = os.path.join(rundir, "run.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            run = json.load(f)
+    except (OSError, ValueError, RecursionError) as e:
+        raise ArchDSLError(f"{rundir}: not an archdsl train run directory (run.json: {e})") from None
+    what = _run_damage(run)
+    if what is not None:  # valid JSON of the wrong shape: a TypeError, KeyError or AttributeError in its readers
+        raise ArchDSLError(f"{path}: {what}", hint="the run's run.json is damaged: restore it (archdsl train wrote "
+                                                   "it), or train into another -o RUNDIR")
+    return run
+
+
+def _run_damage(run) -> str | None:
+    """What is wrong with the shape of run.json's content `run` (None: nothing its readers need)."""
+    from dataclasses import fields
+
+    from .config import FIELDS, KINDS, TrainConfig
+
+    if not isinstance(run, dict):
+        return f"a JSON {json_kind(run)}, not an object"
+    if "spec_yaml" not in run:
+        return '"spec_yaml" is missing (the YAML text of the spec the run trains)'
+    if not isinstance(run["spec_yaml"], str):
+        return f'"spec_yaml" must be a str, got {shown(run["spec_yaml"])} ({json_kind(run["spec_yaml"])})'
+    config = run.get("config", {})
+    if not isinstance(config, dict):
+        return f'"config" must be an object, got {shown(config)} ({json_kind(config)})'
+    optional = {f.name for f in fields(TrainConfig) if f.default is None}
+    for key in [*FIXED, "steps"]:  # those a resume compares (steps: a warmup's share of them)
+        kind = "str" if FIELDS[key] == "path" else FIELDS[key]  # a path is a str in JSON
+        ok, what, _ = KINDS[kind]
+        value = config.get(key)
+        if key in config and not (value is None and key in optional) and not ok(value):
+            return f"config.{key} must be {what}{' or null' if key in optional else ''}, got {shown(value)} " \
+                   f"({json_kind(value)})"
+        if kind == "number" and value is not None and not math.isfinite(value):  # json reads Infinity and NaN
+            return f"config.{key} must be a finite number, got {value}"
+    return None
+
+
+def json_kind(v) -> str:
+    """A JSON value's kind as a message names it: null, not NoneType."""
+    return "null" if v is None else type(v).__name__
