@@ -235,10 +235,10 @@ def test_fusions_backward_rows_clear_grads(row, scripts, monkeypatch):
         fn()
         first = _grads()
         fn()
-        second = _grads()
-        assert first.keys() == second.keys()
+        again = _grads()
+        assert first.keys() == again.keys()
         for k in first:
-            torch.testing.assert_close(second[k], first[k])
+            torch.testing.assert_close(again[k], first[k])
         checked.append(len(first))
         return 1.0
 
