@@ -177,6 +177,16 @@ def test_tiny_probe_run_writes_everything(tmp_path, capsys):
     assert "accuracy" in stdout and "2×mamba2" in stdout
 
 
+def test_json_prints_the_results_document_and_keeps_stdout_clean(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY)
+    out = tmp_path / "out"
+    code, stdout, err = _run(["explore", str(space), "-o", str(out), "--json", "--no-progress"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout) == json.loads((out / "results.json").read_text())  # stdout is the document alone
+    assert json.loads(stdout)["status"] == "complete" and "2×mamba2" in err and "on the Pareto front" in err
+
+
 def test_progress_is_plain_lines_where_stderr_is_not_a_terminal(tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text(TINY)

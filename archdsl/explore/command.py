@@ -50,6 +50,8 @@ def add_arguments(p) -> None:
                    "ranking (default: probe all, print 20)")
     p.add_argument("--seed", type=parse_seed, default=0,
                    help="seed of the probes' weights and data (0..2^63-1; default 0)")
+    p.add_argument("--json", action="store_true", help="print results.json's document (config, summary, every "
+                   "candidate) on stdout once the run is complete; the table and summary go to stderr")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (nor their plain lines where stderr is not a terminal)")
 
@@ -188,9 +190,13 @@ def explore_command(args) -> None:
             if given:
                 raise ArchDSLError(f"{flag} needs --probe (e.g. --probe mqar)")
     objectives = (args.objective or "params,cache").split(",")
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     try:
         run(space, constraints, objectives, outdir, probe=probe, top=args.top, seed=args.seed, context=context,
             batch=parse_count(args.batch, "--batch"), dtype=args.dtype, resume=bool(args.resume),
-            progress=False if args.no_progress else (True if sys.stderr.isatty() else "lines"))
+            progress=False if args.no_progress else (True if sys.stderr.isatty() else "lines"), log=log)
     except KeyboardInterrupt:
         raise
+    if args.json:  # the document just written, as written: one source for the file and stdout
+        with open(os.path.join(outdir, "results.json"), encoding="utf-8") as f:
+            sys.stdout.write(f.read())
