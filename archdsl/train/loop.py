@@ -19,7 +19,6 @@ balancing counts the loads of all of them.
 """
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import check_output, write_atomic
-from ..errors import ArchDSLError, finite
+from ..errors import ArchDSLError
 from ..model.modules.moe import balance_experts
 from ..model.packed import refusal, unpacked_blocks
 from .checkpoint import (CKPT_DIR, check_spec, checkpoints, load_checkpoint, remove_partial, resume_point,
@@ -38,6 +37,7 @@ from .checkpoint import (CKPT_DIR, check_spec, checkpoints, load_checkpoint, rem
 from .config import TrainConfig
 from .data import IGNORE, data_key, parse_data
 from .parallel import all_reduce_sum, init_distributed, pick_device, shard_model, shutdown, world_from_env
+from .rundir import check_rundir, open_metrics, outermost_missing, remove_unstarted
 from .runfile import check_settings
 
 PEAK_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0}  # dense bf16 tensor-core peaks per GPU
@@ -146,30 +146,6 @@ def _resume(cfg: TrainConfig, spec_yaml: str, first: tuple[int, str, list[str]],
         return start
 
 
-def check_rundir(rundir: str) -> None:
-    """ArchDSLError when what train writes in RUNDIR cannot go there, or should not: the current directory (or one
-    holding it) and a saved model's or Hugging Face model's directory, which compile's and export's -o refuse too
-    (the run's files would be mixed in with theirs); checkpoints/ not a directory, run.json or metrics.jsonl not a
-    file."""
-    from ..model.model import SAVE_FILES
-
-    cwd, path = os.path.abspath(os.getcwd()), os.path.abspath(rundir)
-    if cwd == path or cwd.startswith(path.rstrip(os.sep) + os.sep):
-        raise ArchDSLError(f"-o {rundir}: is the current directory or holds it; a run writes run.json, metrics.jsonl "
-                           f"and checkpoints/ into a directory of its own", hint="give one, e.g. -o runs/NAME")
-    model = sorted(f for f in SAVE_FILES | {"config.json"} if os.path.exists(os.path.join(rundir, f)))
-    if model:
-        raise ArchDSLError(f"-o {rundir}: holds a saved model ({', '.join(model)}); a run writes run.json, "
-                           f"metrics.jsonl and checkpoints/ into a directory of its own",
-                           hint="give another -o RUNDIR (the model to train from is SPEC)")
-    for name, want_dir in ((CKPT_DIR, True), ("run.json", False), ("metrics.jsonl", False)):
-        path = os.path.join(rundir, name)
-        if os.path.exists(path) and os.path.isdir(path) != want_dir:
-            kind = "a directory" if want_dir else "a file"
-            raise ArchDSLError(f"-o {rundir}: {path} is not {kind}, and train writes its {name} there",
-                               hint="remove it, or write to another -o RUNDIR")
-
-
 def build(cfg: TrainConfig, spec, dist):
     """The model (CPU, fp32, from the seed or from a saved model's weights), sharded."""
     from ..model import compile as compile_model
@@ -218,48 +194,18 @@ def train(cfg: TrainConfig) -> dict:
     threads = torch.get_num_threads()
     if cfg.cpu_threads and device.type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)
-    made = _outermost_missing(cfg.rundir)  # what os.makedirs will create: RUNDIR and missing parents
+    made = outermost_missing(cfg.rundir)  # what os.makedirs will create: RUNDIR and missing parents
     had_ckpt = os.path.isdir(os.path.join(cfg.rundir, CKPT_DIR))
     dist = init_distributed(env, device)
     try:
         return _run(cfg, spec, spec_yaml, data, dist, resume_from)
     except BaseException:
         if dist.is_main and not resume_from:
-            _remove_unstarted(cfg.rundir, made, had_ckpt)
+            remove_unstarted(cfg.rundir, made, had_ckpt)
         raise
     finally:
         shutdown(dist)  # the group it made: one the caller made is theirs
         torch.set_num_threads(threads)
-
-
-def _outermost_missing(path: str) -> str | None:
-    """The outermost directory of `path` (absolute) that does not exist yet; None when `path` exists."""
-    path, top = os.path.abspath(path), None
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        path, top = os.path.dirname(path), path
-    return top
-
-
-def _remove_unstarted(rundir: str, made: str | None, had_ckpt: bool) -> None:
-    """A new run that failed before its first step was recorded (out of memory, a batch with nothing to score,
-    Ctrl-C): its run.json and empty metrics.jsonl removed, an empty checkpoints/ that was not there before, and the
-    directories this run created (RUNDIR up to `made`) where they are now empty, so that the same command can be run
-    again (prepare refuses a RUNDIR holding an earlier run's files) and nothing it made is left behind."""
-    metrics, ckpt = os.path.join(rundir, "metrics.jsonl"), os.path.join(rundir, CKPT_DIR)
-    try:
-        if (os.path.isfile(metrics) and os.path.getsize(metrics)) or (os.path.isdir(ckpt) and os.listdir(ckpt)):
-            return  # a step or a checkpoint: a run to keep
-        for name in ("run.json", "metrics.jsonl"):
-            if os.path.isfile(path := os.path.join(rundir, name)):
-                os.remove(path)
-        if os.path.isdir(ckpt) and not had_ckpt:
-            os.rmdir(ckpt)
-        d = os.path.abspath(rundir)
-        while made is not None and (d + os.sep).startswith(made + os.sep) and os.path.isdir(d) and not os.listdir(d):
-            os.rmdir(d)
-            d = os.path.dirname(d)
-    except OSError:  # the failure that brought us here is the one to tell
-        pass
 
 
 def _grad_norm(params, clip: float) -> float:
@@ -267,58 +213,6 @@ def _grad_norm(params, clip: float) -> float:
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
     return float(norm)
-
-
-def _metrics_file(cfg, start: int):
-    path = os.path.join(cfg.rundir, "metrics.jsonl")
-    kept = []
-    if start and os.path.isfile(path):  # a resumed run drops what came after its checkpoint
-        with open(path, encoding="utf-8") as f:
-            for ln in f:
-                try:
-                    rec = json.loads(ln)
-                except (ValueError, RecursionError):  # a line cut short when the run was stopped, or garbage
-                    continue
-                step = rec.get("step") if isinstance(rec, dict) else None
-                if isinstance(step, int) and not isinstance(step, bool) and step <= start:  # else garbage
-                    kept.append(ln if ln.endswith("\n") else ln + "\n")
-    write_atomic(path, "".join(kept))  # the history is replaced whole: a kill now loses none of it
-    return MetricsLog(path)
-
-
-class MetricsLog:
-    """RUNDIR/metrics.jsonl, appended a whole line at a time. A write that fails (a full disk) is cut back to the end
-    of the line before it and said naming the file: it left a line cut mid-object, and the CLI blamed stdout."""
-
-    def __init__(self, path: str):
-        self.path = path
-        try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-            self.size = os.fstat(self.fd).st_size
-        except OSError as e:
-            raise ArchDSLError(f"{path}: cannot open the metrics file ({e.strerror or e})") from None
-
-    def write(self, rec: dict) -> None:
-        line = (json.dumps(finite(rec), allow_nan=False) + "\n").encode("utf-8")  # a NaN loss as null
-        try:
-            done = 0
-            while done < len(line):  # a short write (the disk filling) goes on to the error of the next one
-                n = os.write(self.fd, line[done:])
-                if n <= 0:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                done += n
-        except OSError as e:
-            try:
-                os.ftruncate(self.fd, self.size)
-            except OSError:
-                pass
-            raise ArchDSLError(f"{self.path}: cannot write the metrics of step {rec['step']} ({e.strerror or e})",
-                               hint="a full disk? make room, then run again with --resume (it continues from the "
-                                    "last complete checkpoint)") from None
-        self.size += len(line)
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 def _accumulate(model, x, y, seq, count: int, world: int, micro: int, V: int):
@@ -375,7 +269,7 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
                 {"spec_yaml": spec_yaml, "spec_sha256": meta["spec_sha256"], "spec_name": spec.name,
                  "data": data.describe(), "config": config, "world_size": dist.world}, indent=2))
         remove_partial(cfg.rundir)
-        metrics = _metrics_file(cfg, start)
+        metrics = open_metrics(cfg.rundir, start)
     per_rank = cfg.batch // dist.world
     lo = dist.rank * per_rank
     micro = cfg.micro_batch or per_rank
