@@ -130,6 +130,57 @@ def test_unsupported_family_and_field():
     assert "rwkv'" not in str(e.value) and "weights of: " in str(e.value)
 
 
+def test_a_quantized_checkpoint_is_refused_up_front(tmp_path, capsys):
+    """quantization_config was never read: an FP8 checkpoint's scales were 'unexpected tensors', and without them its
+    weights loaded upcast, unscaled. Refused by name, before any tensor is read; config-only convert too."""
+    from archdsl.cli import main
+    from archdsl.convert.hf import from_hf
+
+    config = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1, "vocab_size": 64,
+              "num_attention_heads": 4, "intermediate_size": 64, "quantization_config": {"quant_method": "fp8"}}
+    with pytest.raises(ArchDSLError, match="config field 'quantization_config': quantized checkpoints are not "
+                                           "supported; dequantize first"):
+        hf_config_to_spec(config)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes(b"not read")
+    with pytest.raises(ArchDSLError, match="quantization_config") as e:
+        from_hf(tmp_path, weights=True)
+    assert e.value.file == str(tmp_path / "config.json")
+    assert main(["convert", "--from", "hf", str(tmp_path)]) == 2
+    assert "dequantize first" in capsys.readouterr().err
+    hf_config_to_spec({**config, "quantization_config": None})  # null: not quantized
+
+
+def test_a_config_without_model_type_says_so():
+    """It was 'unsupported model_type None'; a mamba_ssm config (the state-spaces/mamba* releases) is named as one."""
+    with pytest.raises(ArchDSLError, match=r"^<hf config>: no model_type \(and no architectures\); model types "
+                                           r"archdsl reads: mamba, "):
+        hf_config_to_spec({"hidden_size": 64})
+    with pytest.raises(ArchDSLError, match="knows none of its architectures \\['GPT2LMHeadModel'\\]"):
+        hf_config_to_spec({"architectures": ["GPT2LMHeadModel"]})
+    with pytest.raises(ArchDSLError) as e:
+        hf_config_to_spec({"d_model": 768, "n_layer": 24, "vocab_size": 50277, "ssm_cfg": {"layer": "Mamba2"}})
+    assert "looks like a mamba_ssm checkpoint" in str(e.value) and "transformers format first" in str(e.value)
+    assert "conversion script" in e.value.hint
+
+
+@pytest.mark.parametrize("config_cls, kw", [
+    ("Mamba2Config", dict(hidden_size=64, num_heads=8, head_dim=16)),
+    ("Zamba2Config", dict(hidden_size=64, n_mamba_heads=4, num_hidden_layers=1, layers_block_type=["mamba"])),
+    ("NemotronHConfig", dict(hidden_size=64, mamba_num_heads=8, mamba_head_dim=16, hybrid_override_pattern="M")),
+])
+def test_mamba2_dt_init_range_is_read(config_cls, kw):
+    """time_step_min / time_step_max set the mamba2 dt init range (dt_min, dt_max); they were left at 0.001 / 0.1
+    (Zamba2's time_step_min is its dt clamp too, dt_floor). A range transformers' init cannot take is refused."""
+    config = getattr(transformers(), config_cls)(time_step_min=0.002, time_step_max=0.2, **kw).to_dict()
+    block = hf_config_to_spec(config, "x")["blocks"]["mamba2"]
+    assert (block["dt_min"], block["dt_max"]) == (0.002, 0.2)
+    block = hf_config_to_spec({**config, "time_step_min": 0.001, "time_step_max": 0.1}, "x")["blocks"]["mamba2"]
+    assert "dt_min" not in block and "dt_max" not in block  # the block's defaults, left out
+    with pytest.raises(ArchDSLError, match="config field 'time_step_max'.*0 < time_step_min <= time_step_max"):
+        hf_config_to_spec({**config, "time_step_max": 0.001}, "x")
+
+
 def test_refusals_name_the_config_file(tmp_path):
     """From a file, every refusal names it: an unsupported field by its name, a config whose converted spec will not
     build (a block's check) with the converted line; the CLI says the same and writes nothing."""

@@ -78,6 +78,20 @@ def model_type_of(config: dict):
     return next((ARCHITECTURES[a] for a in archs if a in ARCHITECTURES), None)
 
 
+def no_model_type(config: dict) -> ArchDSLError:
+    """The error for a config with no model_type and no architectures archdsl knows; a mamba_ssm config
+    (ssm_cfg, n_layer: the state-spaces/mamba* releases) is named as one."""
+    archs = config.get("architectures")
+    message = "no model_type" + (f", and archdsl knows none of its architectures {shown(archs)}" if archs
+                                 else " (and no architectures)")
+    if "ssm_cfg" in config or "n_layer" in config:
+        return ArchDSLError(message + ": this looks like a mamba_ssm checkpoint (ssm_cfg / n_layer), which needs "
+                            "converting to transformers format first", file="<hf config>",
+                            hint="convert it with transformers' Mamba / Mamba-2 conversion script (under "
+                                 "models/mamba and models/mamba2 in its source), then read that directory")
+    return ArchDSLError(message, file="<hf config>", hint=f"model types archdsl reads: {', '.join(FAMILIES)}")
+
+
 def hf_config_to_spec(config: dict, source_name: str | None = None) -> dict:
     """A spec dict (ready for spec.dump_yaml) describing the model of an HF config.json (read as a dict). Its name:
     source_name, else the last part of the config's _name_or_path, else the model_type. Unsupported fields are
@@ -86,10 +100,15 @@ def hf_config_to_spec(config: dict, source_name: str | None = None) -> dict:
         raise ArchDSLError(f"hf_config_to_spec: config must be a dict (a config.json read), got {shown(config)}")
     check_name(source_name, "hf_config_to_spec: source_name")
     model_type = model_type_of(config)
+    if model_type is None:
+        raise no_model_type(config)
     if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise ArchDSLError(f"unsupported model_type {shown(model_type)} of config field 'model_type'",
                            file="<hf config>", hint=did_you_mean(model_type if isinstance(model_type, str)
                                                                  else shown(model_type), FAMILIES))
+    if config.get("quantization_config") is not None:  # its weights are not the model's: read as they are, wrong
+        raise refusal("quantization_config", config["quantization_config"],
+                      "quantized checkpoints are not supported; dequantize first")
     given = config.get("_name_or_path")
     if not source_name and given and not isinstance(given, str):
         raise refusal("_name_or_path", given, "expected a string (the model's hub id or directory)")

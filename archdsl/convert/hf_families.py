@@ -12,8 +12,9 @@ family and names the spec.
 from __future__ import annotations
 
 import math
+import warnings
 
-from ..errors import ArchDSLError, shown
+from ..errors import ArchDSLError, ArchDSLWarning, shown
 from .megatron import compressed_layout
 
 # HF's "gelu" is the exact (erf) GELU, as ours; its tanh approximations (gelu_pytorch_tanh, gelu_new) are not
@@ -176,7 +177,10 @@ def _mamba(c: HFConfig, name: str, falcon: bool) -> dict:
 
 
 def _mamba2_block(c: HFConfig, d, *, d_state, d_conv, expand, heads, headdim, ngroups, chunk, conv_bias, bias,
-                  field="num_heads", norm_eps=None, dt_floor=None, expand_field="expand") -> dict:
+                  field="num_heads", norm_eps=None, dt_floor=None, expand_field="expand",
+                  dt_fields=("time_step_min", "time_step_max")) -> dict:
+    """The mamba2 block dict; dt_min / dt_max (the dt init range, written when not the block's defaults) are read
+    from `dt_fields`, HF's time_step_min / time_step_max under the names the family reads them by."""
     if heads * headdim != expand * d:
         raise refusal(field, heads, f"heads·head_dim = {heads * headdim} must equal {expand_field}·hidden_size = "
                                     f"{expand * d}")
@@ -186,6 +190,14 @@ def _mamba2_block(c: HFConfig, d, *, d_state, d_conv, expand, heads, headdim, ng
         out["norm_eps"] = float(norm_eps)
     if dt_floor:
         out["dt_floor"] = float(dt_floor)
+    lo, hi = (float(c(f, default)) for f, default in zip(dt_fields, (0.001, 0.1)))
+    if not 0 < lo <= hi:  # transformers' dt init takes the log of both
+        raise refusal(dt_fields[0] if not 0 < lo else dt_fields[1], lo if not 0 < lo else hi,
+                      f"the dt init range needs 0 < {dt_fields[0]} <= {dt_fields[1]} (got {lo}, {hi})")
+    if lo != 0.001:
+        out["dt_min"] = lo
+    if hi != 0.1:
+        out["dt_max"] = hi
     return out
 
 
@@ -328,7 +340,12 @@ def _bamba(c: HFConfig, name: str) -> dict:
     attn_ids = c("attn_layer_indices") or []
     if not isinstance(attn_ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in attn_ids):
         raise refusal("attn_layer_indices", attn_ids, "expected a list of layer indices (integers)")
-    attn_ids = sorted(attn_ids)
+    # transformers asks `i in attn_layer_indices` of each layer i: a repeat counts once, an index of no layer never
+    dropped = sorted({i for i in attn_ids if not 0 <= i < L})
+    if dropped:
+        warnings.warn(f"config field 'attn_layer_indices': {shown(dropped)} name no layer of the {L}-layer model; "
+                      "ignored, as transformers does", ArchDSLWarning, stacklevel=2)
+    attn_ids = sorted({i for i in attn_ids if 0 <= i < L})
     layout = f"{L}×mamba2" + (", attn at " + " ".join(map(str, attn_ids)) if attn_ids else "")
     c("partial_rotary_factor", 0.5)  # checked, not read: BambaConfig sets the top-level one to 0.5 whatever it says
     rope_frac = _rope(c)("partial_rotary_factor", 0.5)
@@ -386,7 +403,7 @@ def _nemotron_h(c: HFConfig, name: str) -> dict:
     heads = c("num_attention_heads", 32)
     legacy = {"conv_kernel": "mamba_d_conv", "expand": "mamba_expand", "n_groups": "mamba_n_groups",
               "chunk_size": "mamba_chunk_size", "use_conv_bias": "mamba_conv_bias",
-              "time_step_limit": "mamba_dt_limit"}
+              "time_step_limit": "mamba_dt_limit", "time_step_min": "mamba_dt_min", "time_step_max": "mamba_dt_max"}
 
     def old(key):  # NemotronHConfig.__post_init__ takes the old (mamba_*) name of a field over the new
         return _alias(c, key, legacy[key])
@@ -401,7 +418,8 @@ def _nemotron_h(c: HFConfig, name: str) -> dict:
                                 headdim=c("mamba_head_dim", 64), ngroups=c(old("n_groups"), 8),
                                 chunk=c(old("chunk_size"), 128), conv_bias=c(old("use_conv_bias"), True),
                                 bias=c("use_bias", False), field="mamba_num_heads", expand_field=old("expand"),
-                                norm_eps=c("layer_norm_epsilon", 1e-5), dt_floor=_dt_limit(c, old("time_step_limit"))),
+                                norm_eps=c("layer_norm_epsilon", 1e-5), dt_floor=_dt_limit(c, old("time_step_limit")),
+                                dt_fields=(old("time_step_min"), old("time_step_max"))),
         "attn": {"heads": heads, "kv_heads": _kv_heads(c, heads), "head_dim": c("head_dim", 128),  # not d / heads
                  "rope": False},
         "mlp": {"act": act, "hidden": c("intermediate_size", 21504), "bias": bool(c("mlp_bias", False))},

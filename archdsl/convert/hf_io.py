@@ -15,9 +15,10 @@ import json
 import os
 import struct
 import sys
+import warnings
 
 from ..atomic import atomic_dir, check_control
-from ..errors import ArchDSLError, check_flag, check_path, did_you_mean, shown
+from ..errors import ArchDSLError, ArchDSLWarning, check_flag, check_path, did_you_mean, shown
 
 SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                       "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
@@ -152,13 +153,104 @@ def family(model_type: str):
     return FAMILIES[model_type]
 
 
+def ignored(fam, tensors: dict) -> dict:
+    """`tensors` less those the family's transformers model ignores on load (fam.IGNORED, regular expressions:
+    NemotronH's multi-token-prediction layers, an old checkpoint's RoPE inv_freq buffers), with a warning for
+    each pattern that matched, saying how many and the first; every other tensor is kept, to be checked."""
+    import re
+
+    out = dict(tensors)
+    for pattern in getattr(fam, "IGNORED", ()):
+        hits = [n for n in out if re.search(pattern, n)]
+        if hits:
+            for n in hits:
+                del out[n]
+            warnings.warn(f"dropped {len(hits)} checkpoint tensor{'s' * (len(hits) > 1)} matching {pattern!r} "
+                          f"(e.g. {hits[0]!r}), as transformers does: not part of the model",
+                          ArchDSLWarning, stacklevel=3)
+    return out
+
+
+def tied_head(spec, fam, tensors: dict):
+    """(spec, tensors) as transformers reads a config that ties the LM head to the embeddings (fam.HEAD: the two
+    HF names): no head in the checkpoint, or one equal to the embeddings, keeps the tie (the copy is dropped); a
+    head of other values is not tied: a warning names both tensors, and the spec says tie_embeddings: false."""
+    import torch
+
+    head, emb = fam.HEAD
+    if not spec.tie_embeddings or head not in tensors:
+        return spec, tensors
+    h, e = tensors[head], tensors.get(emb)
+    if e is not None and h.shape == e.shape and h.dtype == e.dtype and torch.equal(h, e):
+        return spec, {n: t for n, t in tensors.items() if n != head}
+    from ..spec import with_sizes
+
+    warnings.warn(f"config.json ties the LM head to the embeddings (tie_word_embeddings), but the checkpoint's "
+                  f"{head!r} differs from {emb!r}: imported untied (tie_embeddings: false) with the checkpoint's "
+                  "head, as transformers does", ArchDSLWarning, stacklevel=3)
+    return with_sizes(spec, tie_embeddings=False), tensors
+
+
+def checkpoint_dtype(config: dict, tensors: dict):
+    """The dtype a checkpoint is imported in by default: config.json's `dtype` (transformers 5) or `torch_dtype`
+    (4.x) when given, else the floating dtype holding the most elements (a bfloat16 checkpoint with a few float32
+    tensors, as transformers keeps NemotronH's router, is bfloat16)."""
+    import torch
+    from ..model import resolve_dtype
+    from .hf_families import refusal
+
+    field = "dtype" if config.get("dtype") is not None else "torch_dtype"
+    given = config.get(field)
+    if given is not None:
+        try:
+            return resolve_dtype(str(given))
+        except ArchDSLError:
+            raise refusal(field, given, "a model computes in float32, float64, bfloat16 or float16; give the "
+                          "dtype to import in (dtype=, --dtype)") from None
+    counts = {}
+    for t in tensors.values():
+        if t.is_floating_point():
+            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
+    return resolve_dtype(max(counts, key=counts.get) if counts else torch.float32)
+
+
+def empty_model(spec, dtype):
+    """The model of `spec` on the CPU, its tensors allocated but not initialised: built on the meta device (no
+    random init, which took minutes at 7B), then given storage. That gives every parameter a tensor of its own,
+    so the ties (the LM head's) are made again, and the plain tensors an ArchModel holds outside its state (aux_loss,
+    zeros that forward replaces) are made as zeros on the CPU. Every parameter and buffer must then be loaded:
+    load_weights refuses a model it leaves a tensor of."""
+    import torch
+    from ..model import compile as compile_model
+
+    model = compile_model(spec, device="meta", dtype=dtype)
+    ties = {}  # id of a parameter → its names
+    for name, p in model.named_parameters(remove_duplicate=False):
+        ties.setdefault(id(p), []).append(name)
+    # to_empty(device="cpu"), but each tensor made by torch.empty: to_empty's empty_like of a meta tensor imports
+    # sympy (a second, more than the random init of a 130M model)
+    model = model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype))
+    for first, *others in ties.values():
+        for name in others:
+            owner, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(owner), leaf, model.get_parameter(first))
+    for m in model.modules():
+        for key, value in list(vars(m).items()):
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                setattr(m, key, torch.zeros(value.shape, dtype=value.dtype))
+    return model
+
+
 def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | None = None):
     """A local HF model directory → its Spec, or with weights=True → (spec, model) with its weights.
 
-    device: where the model goes; dtype: the model's dtype (default: the checkpoint's floating dtype)."""
+    device: where the model goes; dtype: the model's dtype (default: config.json's dtype, else the checkpoint's
+    most common floating dtype). The stages: config → spec; read the safetensors; drop the tensors transformers
+    ignores; read the head's tie as transformers does; build the model without initialising it; map the names
+    (the family's to_archdsl, which checks them and the shapes); load."""
     import torch
     from . import hf
-    from ..model import check_device, compile as compile_model, load_weights, resolve_dtype
+    from ..model import check_device, load_weights, resolve_dtype
 
     path = check_path("from_hf", path, "directory's path")
     if not check_flag("from_hf", "weights", weights):
@@ -173,10 +265,14 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
     spec = hf.from_hf(path, name=name)
     config = hf.read_hf_config(path)
     fam = family(hf.model_type_of(config))
-    tensors = read_safetensors(path)
+    tensors = ignored(fam, read_safetensors(path))
+    spec, tensors = tied_head(spec, fam, tensors)
     if dtype is None:
-        dtype = resolve_dtype(next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32))
-    model = compile_model(spec, device="cpu", dtype=dtype)
+        try:
+            dtype = checkpoint_dtype(config, tensors)
+        except ArchDSLError as e:
+            raise ArchDSLError(e.message, file=hf.config_file(path), hint=e.hint) from None
+    model = empty_model(spec, dtype)
     try:
         state = fam.to_archdsl(tensors, spec, model)
     except ArchDSLError as e:  # the family names the tensor; say which checkpoint it is in

@@ -50,3 +50,22 @@ def test_export_of_layers_alike_still_works(tmp_path):
     model = archdsl.compile(spec_from_yaml(H + "layout: attn, attn(kv_heads=2)\n" + ATTN))
     back = transformers().AutoModelForCausalLM.from_pretrained(export_hf(model, tmp_path / "x"))
     assert type(back).__name__ == "LlamaForCausalLM"
+
+
+@pytest.mark.parametrize("family, layout", [("bamba", "2×mamba2"), ("nemotron_h", "mamba2, mlp, mamba2")])
+def test_export_refuses_a_mamba2_without_its_gated_norm(family, layout, tmp_path):
+    """Bamba's and NemotronH's mamba2 always have the gated RMSNorm: a spec with gated_norm false was written as
+    one, and transformers loaded it with a fresh norm (reported as a missing tensor only): logits 1.15 off."""
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.errors import ArchDSLError
+
+    ffn = {"ffn": "mlp", "blocks": {"mlp": {"act": "swiglu", "hidden": 48}}} if family == "bamba" else \
+        {"blocks": {"mlp": {"act": "relu2", "hidden": 48}}}
+    ffn["blocks"]["mamba2"] = {"d_state": 8, "headdim": 8, "chunk_size": 8, "gated_norm": False}
+    model = archdsl.compile(archdsl.parse(layout, d_model=32, vocab_size=64, **ffn))
+    with pytest.raises(ArchDSLError, match=f"model_type '{family}': cannot export .*gated_norm false"):
+        export_hf(model, tmp_path / "x", model_type=family)
+    with pytest.raises(ArchDSLError, match="not one of the Hugging Face families"):  # no family takes it
+        export_hf(model, tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -177,3 +177,47 @@ def test_nemotron_h_num_local_experts_wins():
     config["num_local_experts"] = 6
     assert transformers().NemotronHConfig.from_dict(config).n_routed_experts == 6
     _counts_agree(config)
+
+
+def test_nemotron_h_export_of_a_sigmoid_moe_without_score_bias(tmp_path):
+    """A sigmoid router without score_bias is transformers' NemotronH router with e_score_correction_bias zero:
+    export writes that (float32) tensor; it was a KeyError traceback."""
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+    from safetensors.torch import load_file
+
+    spec = archdsl.parse("mamba2, moe", d_model=32, vocab_size=64, blocks={
+        "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8},
+        "moe": {"experts": 4, "top_k": 2, "hidden": 16, "act": "relu2", "router": "sigmoid", "shared_hidden": 16}})
+    model = archdsl.compile(spec)
+    export_hf(model, tmp_path / "x")
+    bias = load_file(tmp_path / "x" / "model.safetensors")["backbone.layers.1.mixer.gate.e_score_correction_bias"]
+    assert bias.dtype == torch.float32 and torch.equal(bias, torch.zeros(4))
+    hf = transformers().AutoModelForCausalLM.from_pretrained(tmp_path / "x").float().eval()
+    ids = torch.randint(0, 64, (2, 13), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert rel(hf_logits(hf, ids), model(ids)) <= TOL
+
+
+def test_nemotron_h_dt_init_range_is_read_and_written(tmp_path):
+    """time_step_min / time_step_max (the dt init range; mamba_dt_min / mamba_dt_max, the old names, win) are the
+    mamba2 dt_min / dt_max, and export writes them back: a round trip kept 0.001 / 0.1 whatever they were."""
+    import archdsl
+    from archdsl.convert.hf import hf_config_to_spec
+    from archdsl.convert.hf_io import export_hf
+
+    config = _config_dict(time_step_min=0.002, time_step_max=0.2)
+    assert {k: hf_config_to_spec(config)["blocks"]["mamba2"][k] for k in ("dt_min", "dt_max")} == \
+        {"dt_min": 0.002, "dt_max": 0.2}
+    old = hf_config_to_spec({**config, "mamba_dt_min": 0.003, "mamba_dt_max": 0.3})["blocks"]["mamba2"]
+    assert (old["dt_min"], old["dt_max"]) == (0.003, 0.3)
+    back = transformers().NemotronHConfig.from_dict({**config, "mamba_dt_min": 0.003, "mamba_dt_max": 0.3})
+    assert (back.time_step_min, back.time_step_max) == (0.003, 0.3)
+    hf = make_hf("NemotronHConfig", "NemotronHForCausalLM", hidden_size=32, vocab_size=100,
+                 hybrid_override_pattern="M-", ssm_state_size=8, mamba_num_heads=4, mamba_head_dim=16, n_groups=2,
+                 chunk_size=8, intermediate_size=48, time_step_min=0.002, time_step_max=0.2)
+    hf.save_pretrained(tmp_path / "hf")
+    spec, model = archdsl.from_hf(tmp_path / "hf", weights=True)
+    export_hf(model, tmp_path / "x")
+    m = archdsl.from_hf(tmp_path / "x").blocks["mamba2"]
+    assert (m["dt_min"], m["dt_max"]) == (0.002, 0.2)

@@ -6,6 +6,9 @@ Each family module defines
     to_archdsl(hf_state, spec, model) -> dict[str, Tensor]  # HF tensor names → model.state_dict() names
     to_hf(state, spec, hf_config) -> dict[str, Tensor]      # the inverse
     hf_config(spec) -> dict                                 # config.json for export
+    HEAD = ("lm_head.weight", "model.embed_tokens.weight")  # the HF names of the LM head and the embeddings
+    IGNORED = (regular expression, ...)                     # optional: checkpoint tensors dropped on import,
+                                                            # as transformers ignores them (NemotronH's mtp.*)
 
 A family whose mapping is a pure renaming defines `pairs(spec, names) -> [(hf, ours), ...]`
 instead of the two functions, and `renaming()` derives them.
@@ -25,7 +28,7 @@ def renaming(module: ModuleType) -> None:
     from ._common import rename, unrename
 
     def to_archdsl(hf_state, spec, model):
-        return rename(hf_state, module.pairs(spec, set(model.state_dict())), model, spec.tie_embeddings)
+        return rename(hf_state, module.pairs(spec, set(model.state_dict())), model)
 
     def to_hf(state, spec, hf_config):
         return unrename(state, module.pairs(spec, set(state)), spec.tie_embeddings)

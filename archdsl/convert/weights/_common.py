@@ -85,12 +85,11 @@ def backbone_pairs(spec, names, kind: str, family: str) -> list[tuple[str, str]]
     return out
 
 
-def rename(hf_state: dict, pairs: list[tuple[str, str]], model, tied: bool, lm_head: str = "lm_head.weight",
-           optional: tuple[str, ...] = ()) -> dict:
+def rename(hf_state: dict, pairs: list[tuple[str, str]], model, optional: tuple[str, ...] = ()) -> dict:
     """HF state → archdsl state by `pairs` [(hf, ours)], checking names and shapes against `model`.
 
     Missing HF tensors, HF tensors no pair names and shape mismatches raise ArchDSLError naming the
-    HF tensor. With tied embeddings an lm_head tensor in the checkpoint is accepted and dropped.
+    HF tensor (a tied head equal to the embeddings was dropped before: hf_io.tied_head).
     `optional` HF names (buffers such as a zero routing bias) may be absent.
     """
     ours = {n: tuple(t.shape) for n, t in model.state_dict(keep_vars=True).items()}
@@ -98,8 +97,6 @@ def rename(hf_state: dict, pairs: list[tuple[str, str]], model, tied: bool, lm_h
     out = {}
     for name, t in hf_state.items():
         if name not in want:
-            if tied and name == lm_head:
-                continue
             raise ArchDSLError(f"unexpected tensor {name!r} in the checkpoint: the model of its config has no such "
                                "tensor", hint=did_you_mean(name, want))
         target = want[name]

@@ -15,6 +15,8 @@ from ...errors import ArchDSLError
 from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds, one_config
 
 MODEL_TYPES = ("bamba",)
+HEAD = ("lm_head.weight", "model.embed_tokens.weight")
+IGNORED = (r"rotary_emb\.inv_freq$",)  # RoPE's inv_freq, a buffer (transformers ignores it in old checkpoints)
 ACTS = {"swiglu": "silu"}  # hidden_act drives the mamba conv as well as the MLP: silu only (geglu would be gelu there)
 
 
@@ -22,7 +24,7 @@ def accepts(spec) -> str | None:
     layers = layer_kinds(spec)
     ok = (kinds_used(spec) <= {"mamba2", "attn", "mlp"} and spec.norm == "rmsnorm" and not spec.embed_norm
           and all(set(l) == {MIXER, FFN} and l[FFN].kind == "mlp" for l in layers)
-          and "mamba2" in kinds_used(spec))
+          and "mamba2" in kinds_used(spec) and first_config(spec, "mamba2").gated_norm)
     if ok and "attn" in kinds_used(spec):
         a = first_config(spec, "attn")
         ok = a.rope and a.window is None and a.bias == a.out_bias
@@ -48,9 +50,13 @@ def pairs(spec, names) -> list[tuple[str, str]]:
 
 
 def hf_config(spec) -> dict:
+    m = first_config(spec, "mamba2")
+    if m is not None and not m.gated_norm:
+        raise ArchDSLError("cannot export to Hugging Face Bamba: mamba2 gated_norm false: transformers' Bamba mamba2 "
+                           "always has the gated RMSNorm", hint="give mamba2 gated_norm: true")
     if not accepts(spec):
-        raise ArchDSLError("not a Bamba model: every layer must be a mamba2 or attn (RoPE, no window) mixer with "
-                           "an mlp FFN, rmsnorm, no embed_norm")
+        raise ArchDSLError("not a Bamba model: every layer must be a mamba2 (gated_norm) or attn (RoPE, no window) "
+                           "mixer with an mlp FFN, rmsnorm, no embed_norm")
     layers = layer_kinds(spec)
     m, mlp = one_config(spec, "mamba2", "Bamba"), one_config(spec, "mlp", "Bamba")
     if mlp.act not in ACTS:
@@ -67,6 +73,7 @@ def hf_config(spec) -> dict:
            "mamba_d_state": m.d_state, "mamba_d_conv": m.d_conv, "mamba_expand": m.expand,
            "mamba_chunk_size": m.chunk_size, "mamba_conv_bias": m.conv_bias, "mamba_proj_bias": m.bias,
            "time_step_limit": [m.dt_floor, {"__float__": "Infinity"}], "rms_norm_eps": spec.norm_eps,
+           "time_step_min": m.dt_min, "time_step_max": m.dt_max,  # not BambaConfig's: kept, and read back
            "tie_word_embeddings": spec.tie_embeddings}
     a = one_config(spec, "attn", "Bamba")
     if a is not None:

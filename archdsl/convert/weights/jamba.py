@@ -29,6 +29,7 @@ from ...errors import ArchDSLError
 from ...graph import layers as graph_layers
 
 MODEL_TYPES = ("jamba",)
+HEAD = ("lm_head.weight", "model.embed_tokens.weight")
 ARCHITECTURE = "JambaForCausalLM"
 
 MAMBA = ("in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight",
@@ -124,9 +125,7 @@ def to_archdsl(hf_state: dict, spec, model) -> dict:
                 src.origin[q + "ffn.experts.gate_up_proj"] = e.format("*") + "{gate,up}_proj.weight (stacked)"
                 src.origin[q + "ffn.experts.down_proj"] = e.format("*") + "down_proj.weight (stacked)"
     src.put(out, "norm_f.weight", "model.final_layernorm.weight")
-    if spec.tie_embeddings:
-        if "lm_head.weight" in src:
-            src.take("lm_head.weight")
+    if spec.tie_embeddings:  # a head equal to the embeddings was dropped before (hf_io.tied_head)
         out["lm_head.weight"] = out["embeddings.weight"]
     else:
         src.put(out, "lm_head.weight", "lm_head.weight")

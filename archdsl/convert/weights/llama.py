@@ -14,6 +14,8 @@ from ...errors import ArchDSLError
 from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds, one_config
 
 MODEL_TYPES = ("llama",)
+HEAD = ("lm_head.weight", "model.embed_tokens.weight")
+IGNORED = (r"rotary_emb\.inv_freq$",)  # a buffer older transformers saved per layer; it computes RoPE's inv_freq
 ACTS = {"swiglu": "silu", "geglu": "gelu"}
 
 

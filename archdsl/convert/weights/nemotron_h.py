@@ -24,6 +24,8 @@ from ...errors import ArchDSLError
 from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds, one_config, rename, unrename
 
 MODEL_TYPES = ("nemotron_h",)
+HEAD = ("lm_head.weight", "backbone.embeddings.weight")  # never tied (transformers' NemotronH ties nothing)
+IGNORED = (r"^mtp\.",)  # the multi-token-prediction layers (transformers: _keys_to_ignore_on_load_unexpected)
 SYMBOL = {"mamba2": "M", "attn": "*", "mlp": "-", "moe": "E"}
 ACTS = ("relu2", "relu", "gelu", "silu")
 
@@ -42,8 +44,10 @@ def accepts(spec) -> str | None:
     layers = layer_kinds(spec)
     if spec.norm != "rmsnorm" or spec.embed_norm or any(_kind(l, None) is None for l in layers):
         return None
-    a, moe = first_config(spec, "attn"), first_config(spec, "moe")
+    a, moe, m = first_config(spec, "attn"), first_config(spec, "moe"), first_config(spec, "mamba2")
     if a is not None and (a.rope or a.window is not None):  # biases: hf_config refuses them by name
+        return None
+    if m is not None and not m.gated_norm:  # transformers' NemotronH mamba2 always has the gated RMSNorm
         return None
     if moe is not None and (moe.router != "sigmoid" or not moe.shared_hidden or moe.router_bias or moe.bias):
         return None
@@ -102,10 +106,15 @@ def _stack_experts(hf_state: dict, spec) -> dict:
 
 def to_archdsl(hf_state, spec, model):
     names = set(model.state_dict())
-    return rename(_stack_experts(hf_state, spec), pairs(spec, names), model, False)
+    return rename(_stack_experts(hf_state, spec), pairs(spec, names), model)
 
 
 def to_hf(state, spec, hf_config):
+    state = dict(state)
+    for i, layer in enumerate(layer_kinds(spec)):
+        bias = f"layers.{i}.ffn.router.e_score_correction_bias"
+        if _kind(layer, i) == "moe" and bias not in state:  # a sigmoid router without score_bias: HF's, bias zero
+            state[bias] = torch.zeros(layer[FFN].config.experts, dtype=torch.float32)
     out = unrename(state, pairs(spec, set(state)), False)
     for name in [n for n in out if n.endswith((".experts.up_proj", ".experts.down_proj"))]:
         t = out.pop(name)
@@ -116,9 +125,13 @@ def to_hf(state, spec, hf_config):
 
 
 def hf_config(spec) -> dict:
+    m = first_config(spec, "mamba2")
+    if m is not None and not m.gated_norm:
+        raise ArchDSLError("cannot export to Hugging Face NemotronH: mamba2 gated_norm false: transformers' NemotronH "
+                           "mamba2 always has the gated RMSNorm", hint="give mamba2 gated_norm: true")
     if not accepts(spec):
-        raise ArchDSLError("not a NemotronH model: one block per layer (mamba2; attn without RoPE; plain mlp; "
-                           "sigmoid moe with a shared expert), rmsnorm, no embed_norm")
+        raise ArchDSLError("not a NemotronH model: one block per layer (mamba2 with gated_norm; attn without RoPE; "
+                           "plain mlp; sigmoid moe with a shared expert), rmsnorm, no embed_norm")
     layers = layer_kinds(spec)
     pattern = "".join(SYMBOL[_kind(l, i)] for i, l in enumerate(layers))
     cfg = {"model_type": "nemotron_h", "architectures": ["NemotronHForCausalLM"], "hidden_size": spec.d_model,

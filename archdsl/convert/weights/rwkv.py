@@ -24,6 +24,7 @@ from ...graph import layers as graph_layers
 from .jamba import Source
 
 MODEL_TYPES = ("rwkv",)
+HEAD = ("head.weight", "rwkv.embeddings.weight")
 ARCHITECTURE = "RwkvForCausalLM"
 
 TIME_MIX = ("time_decay", "time_first", "time_mix_key", "time_mix_value", "time_mix_receptance", "key.weight",
@@ -55,9 +56,7 @@ def to_archdsl(hf_state: dict, spec, model) -> dict:
     out = {}
     for theirs, ours in _pairs(len(model.layers)):
         src.put(out, ours, theirs)
-    if spec.tie_embeddings:
-        if "head.weight" in src:
-            src.take("head.weight")
+    if spec.tie_embeddings:  # a head equal to the embeddings was dropped before (hf_io.tied_head)
         out["lm_head.weight"] = out["embeddings.weight"]
     else:
         src.put(out, "lm_head.weight", "head.weight")

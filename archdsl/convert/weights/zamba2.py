@@ -31,6 +31,8 @@ from ...graph import layers as graph_layers
 from .jamba import Source
 
 MODEL_TYPES = ("zamba2",)
+HEAD = ("lm_head.weight", "model.embed_tokens.weight")
+IGNORED = (r"rotary_emb\.inv_freq$",)  # RoPE's inv_freq (use_mem_rope), a buffer transformers ignores
 ARCHITECTURE = "Zamba2ForCausalLM"
 
 MAMBA2 = ("in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "dt_bias", "A_log", "D", "norm.weight",
@@ -91,9 +93,7 @@ def to_archdsl(hf_state: dict, spec, model) -> dict:
                     _put_any(src, out, q + f"inject_use.{ours}.{k}.weight",
                              [o + f"{theirs}.{j}.{k}.weight" for o in owners])
     src.put(out, "norm_f.weight", "model.final_layernorm.weight")
-    if spec.tie_embeddings:
-        if "lm_head.weight" in src:
-            src.take("lm_head.weight")
+    if spec.tie_embeddings:  # a head equal to the embeddings was dropped before (hf_io.tied_head)
         out["lm_head.weight"] = out["embeddings.weight"]
     else:
         src.put(out, "lm_head.weight", "lm_head.weight")
@@ -191,7 +191,7 @@ def hf_config(spec) -> dict:
            "chunk_size": m.chunk_size, "use_conv_bias": True, "add_bias_linear": False,
            # HF clamps dt at time_step_min; 0 (no clamp) would crash its dt init (log 0), and a floor of
            # 1e-9 only touches softplus inputs below -20.7, where dt·A and dt·B·x vanish in float32
-           "time_step_min": m.dt_floor or 1e-9}
+           "time_step_min": m.dt_floor or 1e-9, "time_step_max": max(m.dt_max, m.dt_floor or 1e-9)}  # init only
     uses = _uses(spec)
     if not uses:
         cfg.update(num_mem_blocks=1, num_attention_heads=max(1, 2 * d // 64))
