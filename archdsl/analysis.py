@@ -5,8 +5,11 @@
     reps = analyze_lengths(spec, [1024, 65536], batch=1)  # one Report a context, the graph read once
 
 Parameters count a shared group once (its per-use adapters at every use) and tied
-embeddings once. FLOPs are forward FLOPs per token (2 per multiply-add) averaged over a
-sequence of `seq_len` tokens, LM head included, in two parts:
+embeddings once. Active parameters are those one token touches (an MoE's router and top_k
+experts); a shared group's are counted once as well, as what a token touches over all its
+uses: a shared MoE used u times counts its router and min(experts, u·top_k) experts, an upper
+bound (the router may pick other experts at each use). FLOPs are forward FLOPs per token (2
+per multiply-add) averaged over a sequence of `seq_len` tokens, LM head included, in two parts:
 - the weights' products (projections, convs, the top_k experts a token goes to, a shared block at
   each use): exactly what the compiled model's matrix products and convolutions compute (torch's
   FlopCounterMode, tests/test_analysis_flops.py); bias adds, norms and activations are not counted;
@@ -41,13 +44,19 @@ MODEL_DTYPES = ("float32", "bfloat16", "float16", "float64")  # what a model com
 
 @dataclass(frozen=True)
 class LayerReport:
+    """One layer's figures. `params` and `active_params` count a shared group's set at its first use only (its
+    per-use parts at every use), so that the layers' figures with the embedding and the norms add up to the
+    Report's. A shared group's active parameters are what one token touches over all its uses: a shared MoE used
+    u times counts its router, shared expert and min(experts, u·top_k) experts, an upper bound. FLOPs and cache
+    bytes count a shared block at every use."""
+
     index: int
     mixer: str
     ffn: str
     inject: str
     shared: str
     params: int  # parameters this layer adds (a shared group's set counted at its first use)
-    active_params: int
+    active_params: int  # of those, the ones a token touches (an MoE's router and top_k experts)
     flops_per_token: int
     cache_bytes: int
 
@@ -118,15 +127,14 @@ def analyze_lengths(spec, seq_lens, batch: int = 1, dtype: str = "bfloat16",
     ssm_state_dtype = None if ssm_state_dtype is None else dtype_name(ssm_state_dtype, "ssm_state_dtype")
     nbytes, ssm_bytes = DTYPE_BYTES[dtype], None if ssm_state_dtype is None else DTYPE_BYTES[ssm_state_dtype]
     graph_layers = layers(spec.graph)
-    rows, surplus = _layer_params(spec, graph_layers)
+    rows = _layer_params(spec, graph_layers)
     # Costed before the size check, as ever: of a context too large to count and an absurd size, the first is said.
     per_length = [_layer_costs(graph_layers, n, batch, nbytes, ssm_bytes) for n in seq_lens]
     d = spec.d_model
     embedding = spec.vocab_size * d * (1 if spec.tie_embeddings else 2)
     outer = embedding + norm_params(spec.norm, d) * (2 if spec.embed_norm else 1)
     total = outer + sum(row[-2] for row in rows)
-    # The active count adds a shared block at each use: compute reads it every time; its set is one set of weights.
-    active_total = outer + sum(row[-1] for row in rows) - surplus
+    active_total = outer + sum(row[-1] for row in rows)
     if total > MAX_PARAMS:
         raise spec.error(f"absurd size: the spec has {sci(total)} parameters (over 10^13)", ("d_model",))
     head_flops = 2 * d * spec.vocab_size
@@ -139,13 +147,20 @@ def analyze_lengths(spec, seq_lens, batch: int = 1, dtype: str = "bfloat16",
     return reports
 
 
-def _layer_params(spec, graph_layers: list[tuple]) -> tuple[list[tuple], int]:
-    """Each layer's LayerReport fields but its FLOPs and cache, and the active parameters of a shared group's
-    uses after its first (counted in each layer's active parameters, subtracted from the total)."""
+def _layer_params(spec, graph_layers: list[tuple]) -> list[tuple]:
+    """Each layer's LayerReport fields but its FLOPs and cache. A shared group's set is counted at its first use, in
+    params and in active params alike (so that the layers' figures add up to the totals), its active parameters
+    those one token touches over all its uses (BlockConfig.shared_active_params: a shared MoE's router may pick
+    other experts at each use); the per-use parts at every use."""
     d, norm = spec.d_model, spec.norm
     counts: dict[int, tuple[int, int, int]] = {}  # by id of a config: a 1000-layer layout has a handful
+    uses: dict[str, int] = {}
+    for subs in graph_layers:
+        for s in subs:
+            if s.group is not None:
+                uses[s.group] = uses.get(s.group, 0) + 1
     seen: set[str] = set()
-    rows, surplus = [], 0
+    rows = []
     for i, subs in enumerate(graph_layers):
         params = active = 0
         for s in subs:
@@ -154,7 +169,9 @@ def _layer_params(spec, graph_layers: list[tuple]) -> tuple[list[tuple], int]:
             own, per_use, own_active = counts[id(s.config)]
             if s.group is not None:
                 if s.group in seen:
-                    own, surplus = 0, surplus + own_active
+                    own = own_active = 0
+                else:
+                    own_active = s.config.shared_active_params(uses[s.group])
                 seen.add(s.group)
             pre_norm = norm_params(norm, d) if s.role in (MIXER, FFN) else 0
             params += own + per_use + pre_norm
@@ -162,7 +179,7 @@ def _layer_params(spec, graph_layers: list[tuple]) -> tuple[list[tuple], int]:
         name = {s.role: s.name for s in subs}
         rows.append((i, name.get(MIXER, ""), name.get(FFN, ""), name.get(INJECT, ""),
                      ",".join(sorted({s.group for s in subs if s.group})), params, active))
-    return rows, surplus
+    return rows
 
 
 def _layer_costs(graph_layers: list[tuple], seq_len: int, batch: int, nbytes: int,

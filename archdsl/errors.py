@@ -52,6 +52,21 @@ def _visible(c: str) -> str:
     return "\ufffd" if c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp") else c
 
 
+EXCERPT = 100  # columns of a source line that an error shows
+
+
+def _window(text: str, at: int, width: int) -> tuple[str, int, int]:
+    """(the part of line `text` an excerpt shows, the caret's 0-based column in it, the underline's width): a line
+    of more than EXCERPT columns is cut to EXCERPT of them around column `at`, with '…' where it is cut, and the
+    underline stops where the part shown does (a 140 KB line made a 280 KB message)."""
+    if len(text) <= EXCERPT:
+        return text, at, width
+    start = max(0, min(at - EXCERPT // 3, len(text) - EXCERPT))
+    end = start + EXCERPT
+    shown_text = ("…" if start else "") + text[start:end] + ("…" if end < len(text) else "")
+    return shown_text, at - start + (1 if start else 0), max(1, min(width, end - at))
+
+
 def _line_col(text: str, offset: int) -> tuple[int, int]:
     """1-based (line, col) of character `offset` of `text`."""
     line_start = text.rfind("\n", 0, offset) + 1
@@ -79,8 +94,8 @@ class ArchDSLError(Exception):
             self.line, self.col = source.locate(start)
             end_line, end_col = source.locate(end if end is not None else start + 1)
             width = max(1, end_col - self.col) if end_line == self.line else 1
-            text = "".join(_visible(c) for c in source.line_text(self.line))
-            pad = "".join(c if c == "\t" else " " for c in text[:self.col - 1])  # tabs kept, so the caret lines up
+            text, at, width = _window("".join(_visible(c) for c in source.line_text(self.line)), self.col - 1, width)
+            pad = "".join(c if c == "\t" else " " for c in text[:at])  # tabs kept, so the caret lines up
             self.excerpt = f"  {text}\n  {pad}^{'~' * (width - 1)}"
         super().__init__(self.render())
 
@@ -131,6 +146,12 @@ def shown(value) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+def clipped(text: str, limit: int = 60) -> str:
+    """`text` (a name, a part of a layout) as a message quotes it, cut to `limit` characters: as shown() cuts a
+    value's repr."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def finite(o):
     """`o` with every float that is inf or NaN replaced by None, in dicts, lists and tuples too: JSON has no such
     numbers, and the `NaN` json.dumps writes is refused by jq, JavaScript and pandas' strict readers."""
@@ -146,9 +167,12 @@ def finite(o):
 def did_you_mean(name: str, valid) -> str:
     """'did you mean 'a', 'b'?' for the closest valid names, else the list of valid names."""
     valid = sorted(set(valid))
-    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    by_case: dict[str, list[str]] = {}  # ranked without case: `Mamba` is closest to 'mamba', then 'mamba2'
+    for v in valid:
+        by_case.setdefault(v.lower(), []).append(v)
+    close = [v for c in difflib.get_close_matches(name.lower(), list(by_case), n=3, cutoff=0.5) for v in by_case[c]]
     if close:
-        return "did you mean " + ", ".join(repr(c) for c in close) + "?"
+        return "did you mean " + ", ".join(repr(c) for c in close[:3]) + "?"
     return "valid names: " + ", ".join(valid)
 
 

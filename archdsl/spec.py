@@ -28,7 +28,8 @@ import yaml
 
 from .blocks import BLOCKS, arg_names, type_hints
 from .errors import ArchDSLError, Source, did_you_mean, shown
-from .language import Block, Group, Layer, Layout, Repeat, check_layout, format_layout, line_breaks, parse_layout
+from .language import (NOSPAN, Block, Group, Layer, Layout, Repeat, Span, check_layout, format_layout, line_breaks,
+                       node_text, parse_layout)
 from .yamlio import YamlLoader, dump_yaml, key_positions, read_text, read_yaml, scalar_source
 
 NORMS = ("rmsnorm", "layernorm")
@@ -53,16 +54,28 @@ class Spec:
     source: Source = field(default=Source(""), compare=False, repr=False)
     # where each YAML key stood: ("blocks", "attn", "heads") -> offset into source.file_text
     positions: Mapping[tuple, int] = field(default_factory=dict, compare=False, repr=False)
+    # (layout, source) as this spec was made: dataclasses.replace carries it, so that a layout swapped in without
+    # its source (whose spans are offsets into another text) is told from the spec's own
+    _made: tuple | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         """Checked however it is made (a file, parse, Spec(...), dataclasses.replace): the layout by the parser's
         rules (check_layout: a tree made by hand too), the types, then the model-level values; the blocks' values
         are plain here, their kinds and arguments checked when the graph is built. Block arguments given as none
-        are read as their blocks take them (_none_word)."""
+        are read as their blocks take them (_none_word).
+
+        A layout given by dataclasses.replace without a new source is not the text of the old one: the spec's
+        source becomes the layout's canonical text (its errors point there, as archdsl.parse of that text would
+        have them), and the YAML positions are dropped (they were of another file's layout)."""
         if not isinstance(self.layout, Layout):
             raise ArchDSLError(f"a Spec's layout must be a parsed Layout, not {type(self.layout).__name__} "
                                "(archdsl.parse(text, d_model=...) makes a Spec of layout text)")
         layout = check_layout(self.layout)
+        if self._made is not None and self.source is self._made[1] and self.layout is not self._made[0]:
+            source = Source(format_layout(layout))
+            layout = parse_layout(source.text, source)  # the same tree (parse(format(t)) == t), spanned in its text
+            object.__setattr__(self, "source", source)
+            object.__setattr__(self, "positions", {})
         for key in SIZE_TYPES:
             object.__setattr__(self, key, _typed(key, getattr(self, key), self.error))
         blocks = _blocks(self.blocks, self.error)
@@ -71,6 +84,7 @@ class Spec:
         object.__setattr__(self, "blocks", MappingProxyType({k: MappingProxyType(v) for k, v in blocks.items()}))
         object.__setattr__(self, "_kinds", MappingProxyType(kinds))
         object.__setattr__(self, "layout", _map_blocks(layout, lambda b: _none_words(b, kinds)))
+        object.__setattr__(self, "_made", (self.layout, self.source))
         _checked(self)
 
     def __reduce__(self):
@@ -79,6 +93,7 @@ class Spec:
         fields_ = {f.name: getattr(self, f.name) for f in fields(self)}
         fields_["blocks"] = {k: dict(v) for k, v in self.blocks.items()}
         fields_["positions"] = dict(self.positions)
+        del fields_["_made"]  # its layout and source, made again
         return _spec_of, (fields_,)
 
     def __hash__(self) -> int:
@@ -115,6 +130,17 @@ class Spec:
         whole = Source(self.source.file_text, self.source.file, file_text=self.source.file_text)
         return ArchDSLError(message, source=whole, start=offset, hint=hint)
 
+    def layout_error(self, message: str, node, span: Span | None = None, layer: int | None = None,
+                     hint: str = "") -> ArchDSLError:
+        """An ArchDSLError at `node` of the layout (a Block, Layer, Repeat or Modifier; `span` a part of it, as an
+        argument), with its place and a caret. A tree made by hand has no text to point into (its spans are NOSPAN,
+        or the spec has no source): the error names the node, and `layer` its layer's index, instead of a place."""
+        span = node.span if span is None else span
+        if self.source.text and span != NOSPAN:
+            return ArchDSLError(message, source=self.source, start=span.start, end=span.end, hint=hint)
+        where = f"layer {layer}: " if layer is not None else ""
+        return ArchDSLError(f"{message} (in {where}{node_text(node)})", file=self.source.file, hint=hint)
+
     def to_dict(self) -> dict:
         """Plain data for yaml.safe_dump: the spec written back as a file."""
         out: dict[str, Any] = {"name": self.name, "d_model": self.d_model, "vocab_size": self.vocab_size,
@@ -140,7 +166,7 @@ def _spec_of(fields_: dict) -> Spec:
     return Spec(**fields_)
 
 
-SPEC_KEYS = {f.name for f in fields(Spec)} - {"source", "positions"}
+SPEC_KEYS = {f.name for f in fields(Spec)} - {"source", "positions", "_made"}
 
 
 # the model-level keys and their types, for YAML files and parse()'s keywords alike
@@ -171,7 +197,7 @@ def _sizes(sizes: dict) -> dict:
     """Model-level keywords (parse, with_sizes) checked as a file's keys are."""
     for key in sizes:
         if key not in SIZE_TYPES:
-            raise ArchDSLError(f"unknown spec key {key!r}", hint=did_you_mean(key, [*SIZE_TYPES, "blocks"]))
+            raise ArchDSLError(f"unknown spec key {shown(key)}", hint=did_you_mean(key, [*SIZE_TYPES, "blocks"]))
     return {key: _typed(key, value, _plain_error) for key, value in sizes.items()}
 
 
@@ -324,7 +350,7 @@ def _check_nones(spec: Spec) -> None:
         for a in block.args:
             message = _none_refused(spec.kind_of(block.name), a.name, a.value)
             if message:
-                raise ArchDSLError(message, source=spec.source, start=a.span.start, end=a.span.end)
+                raise spec.layout_error(message, block, span=a.span)
         return block
 
     _map_blocks(spec.layout, check)
@@ -339,13 +365,22 @@ _FILE_LIKE = re.compile(r"[^\s\"'#(),]*\.[A-Za-z][A-Za-z0-9]*\Z")
 
 
 def load_spec(spec: str | os.PathLike) -> Spec:
-    """A Spec from a YAML file, a saved-model directory (its spec.yaml), or a layout string."""
+    """A Spec from a YAML file, a saved-model directory (its spec.yaml), or a layout string.
+
+    An os.PathLike, or a text with a '/' (outside a layout's strings and comments) or ending .yaml / .yml, is a path.
+    Any other text that names something here and reads as a layout as well (a file `attn`, a saved model in
+    `mamba2/`) is refused as ambiguous, never silently read as the one or the other; a directory without a
+    spec.yaml (a `mamba2/` checkout) is no spec, and such a text is its layout."""
     if isinstance(spec, Spec):
         return spec
     if not isinstance(spec, (str, os.PathLike)):
         raise ArchDSLError(f"a spec is a Spec, a YAML file, a saved-model directory or a layout string, "
                            f"not {type(spec).__name__}")
     text = os.fspath(spec)
+    if isinstance(spec, str) and _both(text):
+        if os.path.isdir(text) and not os.path.isfile(os.path.join(text, "spec.yaml")):
+            return parse(text)
+        raise _ambiguous(text)
     if os.path.isdir(text):
         if not os.path.isfile(os.path.join(text, "spec.yaml")):
             raise ArchDSLError(f"{text} is a directory without a spec.yaml file (not a saved archdsl model)")
@@ -363,10 +398,51 @@ def load_spec(spec: str | os.PathLike) -> Spec:
     return parse(text)
 
 
-def saved_model(path, command: str) -> bool:
+def _both(text: str) -> bool:
+    """Whether `text` names something here (with no '/' and no .yaml / .yml suffix, which make it a path) and reads
+    as a layout as well: one that parses and names block kinds only (a layout string has no `blocks:` to give
+    aliases, so a name like `out` or `model` is a path's and no layout's)."""
+    if _PATH_LIKE.match(text) or text.lower().endswith((".yaml", ".yml")) or not os.path.exists(text):
+        return False
+    try:
+        layout = parse_layout(line_breaks(text))
+    except ArchDSLError:
+        return False
+    return all(name in BLOCKS for name in _block_names(layout))
+
+
+def _block_names(layout: Layout):
+    """The name of every block of `layout`, its modifiers' too (of each Layer once: a repeat lists its body once)."""
+    stack = list(layout.items)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Layer):
+            yield from (b.name for b in node.blocks)
+        elif isinstance(node, Repeat):
+            stack.append(node.body)
+        else:
+            stack.extend(node.items)
+    yield from (m.block.name for m in layout.modifiers)
+
+
+def _ambiguous(text: str) -> ArchDSLError:
+    """The error of a text that is both a path here and a layout (_both)."""
+    what = "a saved model's directory" if os.path.isdir(text) else "a file"
+    where = "directory" if os.path.isdir(text) else "file"
+    return ArchDSLError(f"{shown(text)} is both {what} here and a layout: write ./{text} for the {where} (a path with "
+                        f"a '/', or a name ending .yaml, is always a path), or rename the {where} to read "
+                        f"{shown(text)} as a layout")
+
+
+def saved_model(path, command: str, layout: bool = True) -> bool:
     """Whether `path` is a saved model's directory (spec.yaml + model.safetensors), whose weights `command` (run,
     bench, train) starts from. A directory with a spec.yaml and no model.safetensors is refused: read as a spec it
-    would give fresh weights where saved ones were meant."""
+    would give fresh weights where saved ones were meant. Where `path` may be a layout string too (`layout`; not
+    generate's MODEL), a text that is both (a saved model in `mamba2/`) is refused as load_spec refuses it."""
+    if layout and isinstance(path, str) and _both(path):
+        if os.path.isfile(os.path.join(path, "spec.yaml")):
+            raise _ambiguous(path)
+        return False  # a file (load_spec refuses it), or a directory that is no spec: the text is its layout
     path = os.fspath(path)
     if not os.path.isdir(path):
         return False
@@ -397,7 +473,7 @@ def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
 
     for key in data:
         if key not in SPEC_KEYS:
-            raise err(f"unknown spec key {key!r}", (str(key), "<key>"), did_you_mean(str(key), SPEC_KEYS))
+            raise err(f"unknown spec key {shown(key)}", (str(key), "<key>"), did_you_mean(str(key), SPEC_KEYS))
     if "layout" not in data:
         raise ArchDSLError("the spec has no 'layout' key", file=file, line=1, col=1)
     layout_text = data["layout"]
@@ -417,15 +493,15 @@ def _checked(spec: Spec) -> Spec:
     if not spec.name.strip():
         raise spec.error("name must not be empty (it names the model in tables, saves and exports)", ("name",))
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in spec.name):  # a line break or escape breaks tables
-        raise spec.error(f"name must be one line without control characters, got {spec.name!r}", ("name",))
+        raise spec.error(f"name must be one line without control characters, got {shown(spec.name)}", ("name",))
     if any(unicodedata.category(c) == "Cs" for c in spec.name):  # an argument's bytes that were not UTF-8
-        raise spec.error(f"name must be text, got {spec.name!r} (bytes that are not UTF-8 in it)", ("name",))
+        raise spec.error(f"name must be text, got {shown(spec.name)} (bytes that are not UTF-8 in it)", ("name",))
     if spec.d_model <= 0:
         raise spec.error(f"d_model must be positive, got {spec.d_model}", ("d_model",))
     if spec.vocab_size <= 0:
         raise spec.error(f"vocab_size must be positive, got {spec.vocab_size}", ("vocab_size",))
     if spec.norm not in NORMS:
-        raise spec.error(f"unknown norm {spec.norm!r}", ("norm",), did_you_mean(spec.norm, NORMS))
+        raise spec.error(f"unknown norm {shown(spec.norm)}", ("norm",), did_you_mean(spec.norm, NORMS))
     if not 0 < spec.norm_eps < 1:
         raise spec.error(f"norm_eps must be in (0, 1), got {spec.norm_eps}", ("norm_eps",))
     if spec.d_model > 10**6 or spec.vocab_size > 10**8:

@@ -463,6 +463,46 @@ def test_missing_paths_are_named_as_paths_not_parsed_as_layouts(tmp_path, capsys
     assert code == 2 and "<layout>:1:" in err and "act" in err
 
 
+def test_a_text_that_is_a_file_here_and_a_layout_is_refused_as_ambiguous(tmp_path, monkeypatch, capsys):
+    """`archdsl show attn` beside a file named `attn` gave the figures of the file's 4×mamba, with no word; a
+    `mamba2/` directory made the layout `mamba2` an error. A text that names something here and reads as a layout is
+    refused, by load_spec, analyze, compile and every command; `./NAME`, a '/' or a .yaml name is a path, and a
+    directory without spec.yaml (no spec) leaves the text a layout."""
+    import archdsl
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "attn").write_text("layout: 4×mamba\n")
+    message = "'attn' is both a file here and a layout: write ./attn for the file"
+    for call in (archdsl.load_spec, archdsl.analyze, lambda t: archdsl.compile(t, device="meta")):
+        with pytest.raises(archdsl.ArchDSLError) as e:
+            call("attn")
+        assert str(e.value).startswith(message) and "or rename the file" in str(e.value), str(e.value)
+    for argv in (["show", "attn"], ["check", "attn"], ["run", "attn", "--gen", "1"]):
+        code, out, err = run(*argv, capsys=capsys)
+        assert code == 2 and out == "" and err.startswith(f"error: {message}"), (argv, err)
+    for path in ("./attn", str(tmp_path / "attn")):
+        assert len(archdsl.analyze(path).layers) == 4
+    assert len(archdsl.analyze(tmp_path / "attn").layers) == 4  # an os.PathLike is a path
+    (tmp_path / "mamba2").mkdir()  # a checkout, say: no spec, so `mamba2` is the layout
+    assert [r.mixer for r in archdsl.analyze("mamba2").layers] == ["mamba2"]
+    assert run("check", "mamba2", capsys=capsys)[1] == "ok: model: 1 layer\n"
+    code, _, err = run("check", "./mamba2", capsys=capsys)
+    assert code == 2 and "./mamba2 is a directory without a spec.yaml file" in err
+    (tmp_path / "mamba2" / "spec.yaml").write_text("layout: 2×attn\n")
+    (tmp_path / "mamba2" / "model.safetensors").write_text("")  # a saved model: run and bench would load it
+    for argv in (["check", "mamba2"], ["run", "mamba2", "--gen", "1"], ["bench", "mamba2", "--gen", "1"]):
+        code, _, err = run(*argv, capsys=capsys)
+        assert code == 2 and err.startswith("error: 'mamba2' is both a saved model's directory here and a layout: "
+                                            "write ./mamba2 for the directory"), (argv, err)
+    assert archdsl.load_spec("./mamba2").layout_text == archdsl.load_spec("mamba2/").layout_text == "2×attn"
+    (tmp_path / "out").mkdir()  # a name no layout has (a layout string names block kinds only): a path
+    (tmp_path / "out" / "spec.yaml").write_text("layout: 3×mamba\n")
+    (tmp_path / "4×attn.yaml").write_text("layout: mamba\n")  # a .yaml name is a file's
+    assert archdsl.load_spec("out").layout_text == "3×mamba"
+    assert archdsl.load_spec("4×attn.yaml").layout_text == "mamba"
+    assert archdsl.load_spec("4×attn").layout_text == "4×attn"
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc, where nothing can be created")
 def test_unwritable_places_exit_2(capsys):
     for argv in (["graph", "mamba2", "-o", "/proc/archdsl-test/g.svg"],

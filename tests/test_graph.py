@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 import archdsl
 from archdsl.blocks.base import FFN, INJECT, MIXER
 from archdsl.graph import PASSES, build_graph, layers, role_of
+from archdsl.language import Block, format_block
 
 from strategies import small_layouts
 
@@ -121,6 +122,12 @@ def test_random_layouts_give_verified_graphs_or_clean_errors(layout):
     ("mamba, zamba(rope_theta=0) at 0", "zamba: rope_theta must be positive"),
     ("4×attn(head=8)", "unknown argument 'head'"),
     ("100000×(mamba2, mamba2)", "more than 100000 layers"),
+    ("2×mamba, moe every 3 offset 2", "`moe every 3 offset 2` selects no layer: it picks layer 2 first"),  # no offset
+    ("2×mamba, moe every 3\n  offset 2", "`moe every 3 offset 2` selects no layer"),  # on one line
+    ("2×mamba, moe(top_k=1)\n  every 4  # past the end\n  offset 2", "`moe(top_k=1) every 4 offset 2` selects no"),
+    ("4×Mamba", "unknown block 'Mamba'; did you mean 'mamba', 'mamba2', 'zamba'?"),  # zamba came first
+    ("2×Attn", "unknown block 'Attn'; did you mean 'attn'?"),
+    ("mamba, attn(Heads=4)", "attn: unknown argument 'Heads'; did you mean 'heads'"),
 ])
 def test_semantic_errors(text, message):
     with pytest.raises(archdsl.ArchDSLError, match=None) as e:
@@ -169,8 +176,17 @@ BLOCKS_ERRORS = {
     "layout: mamba\nblocks:\n  attn: {d_model: 8}\n": ("3:10", "attn: unknown argument 'd_model'"),
     "layout: mamba\nblocks:\n  big: {kind: attn, heads: 0}\n": ("3:28", "attn: heads must be positive, got 0"),
     "layout: mamba\nblocks:\n  attn: {window: -3}\n": ("3:18", "attn: window must be positive, got -3"),
-    "layout: mamba\nblocks:\n  '3': {kind: attn}\n  a: {kind: 3}\n":  # was a KeyError: `3` read as '3', then not
-        ("4:13", "blocks: a: kind is the name of a block or an alias, got 3"),
+    "layout: mamba\nblocks:\n  a: {kind: 3}\n  '3': {kind: attn}\n":  # was a KeyError: `3` read as '3', then not
+        ("3:13", "blocks: a: kind is the name of a block or an alias, got 3"),
+    # an alias the layout cannot name: it passed check, and failed as a syntax error where it was used
+    "layout: mamba\nblocks:\n  '3': {kind: attn}\n": ("3:3", "blocks: the alias '3' cannot be written in a layout"),
+    "layout: mamba\nblocks:\n  my-attn: {kind: attn}\n": ("3:3", "blocks: the alias 'my-attn' cannot be written in"),
+    "layout: mamba\nblocks:\n  every: {kind: attn}\n": ("3:3", "blocks: the alias 'every' cannot be written in a"),
+    # sharing is the layout's: it was "unknown argument 'shared'; did you mean 'heads'?"
+    "layout: mamba\nblocks:\n  attn: {shared: true}\n":
+        ("3:10", "attn: sharing is written in the layout, as in attn(shared) or attn(shared=a), not in blocks:"),
+    "layout: mamba\nblocks:\n  g: {kind: mlp, shared: g}\n": ("3:18", "mlp: sharing is written in the layout, as "
+                                                                      "in g(shared)"),
 }
 
 
@@ -280,6 +296,115 @@ def test_at_selects_its_layers_in_linear_time(case):
     finally:
         Modifier.selects = original
     assert calls == []
+
+
+def _modifiers_one_by_one(spec) -> list[list[str]]:
+    """The layers' sublayer names after the modifiers, each modifier applied in turn to every layer it selects
+    (what apply_modifiers computes in one pass)."""
+    from archdsl.graph import _resolve_kind
+
+    out = [[s.name for s in subs] for subs in layers(build_graph(spec, until="expand_repeats"))]
+    role = lambda name: _resolve_kind(spec, Block(name))[1]  # noqa: E731
+    for mod in spec.layout.modifiers:
+        for i, names in enumerate(out):
+            if mod.selects(i):
+                out[i] = [x for x in names if role(x) != role(mod.block.name)] + [mod.block.name]
+    return out
+
+
+MODIFIER = st.tuples(st.sampled_from(["moe", "mlp", "attn", "mamba2", "zamba"]),
+                     st.integers(1, 5).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n - 1))),
+                     st.lists(st.integers(0, 5), min_size=1, max_size=3, unique=True), st.booleans())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(["mamba", "attn+mlp", "mlp", "zamba+mamba2", "mamba+moe"]), min_size=6, max_size=12),
+       st.lists(MODIFIER, max_size=6))
+def test_modifiers_apply_as_if_one_after_another(items, mods):
+    """apply_modifiers works out each layer's sublayers in one pass; the layers are those of applying the modifiers
+    in order, a later one replacing an earlier one's sublayer of its role, the sublayers in the same order."""
+    text = ", ".join(items) + "".join(f", {kind} every {n} offset {k}" if every else
+                                      f", {kind} at {' '.join(map(str, at))}" for kind, (n, k), at, every in mods)
+    spec = archdsl.parse(text)
+    g = build_graph(spec, until="apply_modifiers")
+    assert [[s.name for s in subs] for subs in layers(g)] == _modifiers_one_by_one(spec)
+
+
+def test_many_modifiers_on_many_layers_apply_in_linear_time():
+    """Every modifier asked every layer whether it selects it: 20 000 layers and 1000 modifiers (a 13 KB layout)
+    took a minute, 4000 of them several. Each selection is now read once, from the last modifier of a role."""
+    n = 20_000
+    mods = [f"moe(experts={2 + k % 7}) every {1 + k % 3}" for k in range(3999)] + ["mlp every 5 offset 1"]
+    g = build_graph(archdsl.parse(f"{n}×mamba, " + ", ".join(mods), d_model=64), until="apply_modifiers")
+    ffns = [subs[-1].block for subs in layers(g)]
+    # the last moe of each period is k = 3996, 3997, 3998 (periods 1, 2, 3; experts 2 + k % 7 = 8, 2, 3), each
+    # winning where it selects the layer over those before it, and the mlp (the last modifier) at i % 5 == 1
+    assert [format_block(b) for b in ffns[:7]] == [
+        "moe(experts=8)", "mlp", "moe(experts=3)", "moe(experts=2)", "moe(experts=8)", "moe(experts=3)", "mlp"]
+    assert sum(b.name == "mlp" for b in ffns) == n // 5 and all(len(subs) == 2 for subs in layers(g))
+
+
+def test_shared_blocks_that_mean_the_same_join_one_group():
+    """Sharing compared configurations as written: kv_heads 8 (= heads) was not kv_heads 0, a default written out
+    not the default, and the error printed the second use as a bare `attn`, nothing visible differing. Configurations
+    are compared as the blocks use them; where they differ, the message names the values that do."""
+    for text in ("attn(shared=g, kv_heads=8), mamba, attn(shared=g)",
+                 "mlp(shared=g, hidden=3072), mamba, mlp(shared=g)",
+                 "mamba(shared=g, dt_rank=48), mamba, mamba(shared=g)",
+                 "attn(shared=g), mamba, attn(shared=g, head_dim=96)",
+                 "moe(shared=g, norm_topk=false), mamba, moe(shared=g)",
+                 "mamba2(shared=g, heads=24), mamba2(shared=g)"):
+        spec = archdsl.parse(text)
+        assert spec.graph.graph["groups"] == {"g": [0, 2] if "mamba," in text else [0, 1]}, text
+        one = archdsl.parse(text.replace("shared=g", "shared=false"))
+        alone = archdsl.analyze(one).layers[0].params - 768  # less its norm
+        assert archdsl.analyze(one).params - archdsl.analyze(spec).params == alone, text  # one set of weights
+    for text, why in (
+            ("attn(shared=g, heads=4), attn(shared=g)", "attn(heads=4) and attn differ in heads (4 and 8), kv_heads (4 "
+                                                        "and 8), head_dim (192 and 96)"),
+            ("attn(shared=g), attn(shared=g, kv_heads=4)", "attn and attn(kv_heads=4) differ in kv_heads (8 and 4)"),
+            ("mamba(shared=g, dt_rank=8), mamba(shared=g)", "mamba(dt_rank=8) and mamba differ in dt_rank (8 and 48)"),
+            ("attn(shared=g), mlp(shared=g)", "attn and mlp are different kinds of block")):
+        with pytest.raises(archdsl.ArchDSLError) as e:
+            _ = archdsl.parse(text).graph
+        assert str(e.value).startswith(f"<layout>:1:{text.index('), ') + 4}: shared group 'g' joins blocks of "
+                                       f"different configurations: {why}\n"), str(e.value)
+
+
+def test_the_layers_active_parameters_add_up_to_the_total():
+    """Each use of a shared block added its active parameters to its layer's row, and the total took the surplus
+    off: the rows of zamba2-2.7b summed to 3.85 B active of 2.48 B. A shared group's are counted at its first use,
+    as its parameters are."""
+    for spec in (archdsl.load_spec("specs/zamba2-2.7b.yaml"), archdsl.load_spec("specs/jamba-v0.1.yaml"),
+                 archdsl.parse("4×(7×mamba2, attn(shared)), moe every 2"),
+                 archdsl.parse("3×(mamba2, zamba(shared=a)+mamba2, mamba2+moe(shared=e, experts=8, top_k=2), "
+                               "attn(shared=b))", d_model=64)):
+        r = archdsl.analyze(spec)
+        outer = r.params - sum(x.params for x in r.layers)  # the embedding and the final norm
+        assert r.active_params == outer + sum(x.active_params for x in r.layers), spec.name
+    zamba2 = archdsl.analyze("specs/zamba2-2.7b.yaml")
+    assert zamba2.params == zamba2.active_params == 2_481_848_336  # no MoE: every parameter is active
+    assert archdsl.analyze("specs/jamba-v0.1.yaml").active_params == 12_110_311_296  # nothing shared: as it was
+    r = archdsl.analyze("4×(7×mamba2, attn(shared)), moe every 2")  # attn's 4·768² at layer 7 only, in both figures
+    for figure in ("params", "active_params"):
+        assert [getattr(r.layers[i], figure) - getattr(r.layers[7], figure) for i in (15, 23, 31)] == [-4 * 768**2] * 3
+
+
+@pytest.mark.parametrize("uses, experts, top_k", [(1, 8, 2), (2, 8, 2), (3, 8, 2), (4, 8, 2), (9, 8, 2), (4, 4, 2),
+                                                  (3, 16, 3)])
+def test_a_shared_moe_counts_the_experts_a_token_can_reach(uses, experts, top_k):
+    """A shared MoE counted top_k experts once, whatever the uses: a token passes it at each use and may be routed to
+    other experts each time. Its active parameters are the router and min(experts, uses·top_k) experts."""
+    from archdsl.blocks.mlp import ffn_params
+
+    d, hidden = 32, 8
+    moe = f"moe(shared, experts={experts}, top_k={top_k}, hidden={hidden})"
+    shared, alone = (archdsl.analyze(archdsl.parse(f"{uses}×attn(heads=2)+{m}", d_model=d, vocab_size=64))
+                     for m in (moe, moe.replace("shared, ", "")))
+    per_use = alone.layers[0].active_params - (d * experts + top_k * ffn_params(d, hidden, "swiglu", False))
+    want = d * experts + min(experts, uses * top_k) * ffn_params(d, hidden, "swiglu", False)
+    assert shared.active_params - shared.embedding_params - d == uses * per_use + want
+    assert shared.active_params <= shared.params and shared.layers[0].active_params == per_use + want
 
 
 def test_dtype_names_read_as_the_model_reads_them():

@@ -468,6 +468,14 @@ GOLDEN = {
         "<layout>:1:20: 'every' needs a period of at least 1, not 0\n"
         "  8×mamba, moe every 0\n"
         "                     ^",
+    "4×mamba, attn at 1, 2":  # was "a count needs a repetition sign after it, as in 2×mamba2"
+        "<layout>:1:19: 'at' indices are separated by spaces, not commas: attn at 1 2\n"
+        "  4×mamba, attn at 1, 2\n"
+        "  " + " " * 18 + "^",
+    "8×mamba, zamba(shared, lora=8) at 1 3,5, 7":
+        "<layout>:1:38: 'at' indices are separated by spaces, not commas: zamba at 1 3 5\n"
+        "  8×mamba, zamba(shared, lora=8) at 1 3,5, 7\n"
+        "  " + " " * 37 + "^",
     "32×mamba, attn every 8 offset 8":
         "<layout>:1:31: offset 8 is out of range for 'every 8': it must be between 0 and 7 "
         "(layers are counted from 0)\n"
@@ -560,10 +568,10 @@ GOLDEN = {
         "<layout>:1:10: unterminated string: a quoted string must end on the same line\n"
         "  attn(act='swiglu)\n"
         "           ^",
-    "(" * 70 + "a" + ")" * 70:
+    "(" * 70 + "a" + ")" * 70:  # a line past 100 columns is shown 100 of them around the caret, cut with …
         f"<layout>:1:{MAX_NESTING + 1}: the layout nests repeats and groups more than {MAX_NESTING} deep\n"
-        "  " + "(" * 70 + "a" + ")" * 70 + "\n"
-        "  " + " " * MAX_NESTING + "^",
+        "  …" + "(" * 39 + "a" + ")" * 60 + "…\n"
+        "  " + " " * (MAX_NESTING - 30) + "^",
 }
 
 
@@ -744,6 +752,111 @@ def test_a_hand_made_tree_is_made_canonical():
     assert check_layout(ok) is ok  # a parsed tree is its own canonical form
     deepest = Layout((_nested(MAX_NESTING),))
     assert parse_layout(format_layout(check_layout(deepest))) == deepest
+
+
+HAND_MADE_ERRORS = [  # trees the rules pass, whose graphs cannot be built: errors at <layout>:1:1 under a blank line
+    (Layout((Repeat(2, Layer((Block("attn", (Arg("heads", 5),)),))),)),
+     "attn: heads 5 must divide d_model 768 (in layer 0: attn(heads=5))"),
+    (Layout((M, Layer((Block("mamab"),)))),
+     "unknown block 'mamab' (in layer 1: mamab); did you mean 'mamba'"),
+    (Layout((M,), (Modifier(Block("moe"), at=(3,)),)),
+     "`at 3`: the layout has only 1 layer (indices 0..0) (in moe at 3)"),
+    (Layout((M,), (Modifier(Block("moe"), every=4),)),
+     "`moe every 4` selects no layer: it picks layer 3 first, and the layout has only 1 layer (indices 0..0) (in moe "
+     "every 4)"),
+    (Layout((Layer((Block("mlp", (Arg("hidden", 10**12),)),)),)),
+     "absurd size: mlp has 2.304e+15 parameters (over 10^13) (in layer 0: mlp(hidden=1000000000000))"),
+    (Layout((M, Layer((Block("mamba"), Block("attn"))))),
+     "a layer can hold one mixer block, this one has 2 (in layer 1: attn)"),
+    (Layout((M, Layer((Block("zamba"),)))),
+     "'zamba' feeds a mixer and cannot stand alone in a layer (layer 1) (in zamba)"),
+    (Layout((Layer((Block("attn", (Arg("shared", "g"),)),)),
+             Layer((Block("attn", (Arg("shared", "g"), Arg("heads", 4))),)))),
+     "shared group 'g' joins blocks of different configurations: attn and attn(heads=4) differ in heads (8 and 4)"),
+    (Layout((Layer((Block("attn", (Arg("heads", None),)),)),)),
+     "attn: heads cannot be none; it must be int (in attn(heads=none))"),
+    (Layout((Repeat(100_001, M),)),
+     "the layout expands to more than 100000 layers (in 100001×mamba)"),
+]
+
+
+@pytest.mark.parametrize("layout, message", HAND_MADE_ERRORS, ids=range(len(HAND_MADE_ERRORS)))
+def test_a_hand_made_tree_s_errors_name_the_node(layout, message):
+    """A tree made by hand has no text: its errors said `<layout>:1:1` with a caret under an empty line, and not
+    which layer or block. They name the node (its layer's index, the block as the layout writes it), with no
+    place, whether the spec has a source or not."""
+    for spec in (archdsl.Spec(layout=layout), archdsl.Spec(layout=layout, source=Source("mamba, mamba"))):
+        with pytest.raises(ArchDSLError) as info:
+            _ = spec.graph
+        assert str(info.value).startswith("<layout>: ") and message in str(info.value), str(info.value)
+        assert info.value.line is None and info.value.excerpt == "" and "\n" not in str(info.value)
+
+
+def test_a_layout_swapped_in_by_replace_is_pointed_at_in_its_own_text():
+    """dataclasses.replace(spec, layout=...) kept the old source: errors gave the old file's line and column, under
+    text that does not hold the error. The spec's source becomes the new layout's canonical text, its errors point
+    there (as archdsl.parse of that text would), and the file's key positions are dropped with it; a replace that
+    keeps the layout, or gives a source with it, keeps the positions."""
+    import os
+    from dataclasses import replace
+
+    spec = archdsl.parse("2×mamba2, attn(heads=4), moe every 2")
+    new = replace(spec, layout=parse_layout("mamba,  attn(heads=5)"))
+    with pytest.raises(ArchDSLError) as info:
+        _ = new.graph
+    assert str(info.value) == ("<layout>:1:13: attn: heads 5 must divide d_model 768\n"
+                               "  mamba, attn(heads=5)\n"
+                               "              ^~~~~~~")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    jamba = archdsl.load_spec(os.path.join(root, "specs", "jamba-v0.1.yaml"))
+    new = replace(jamba, layout=Layout((Repeat(4, M), Layer((Block("mamab"),)))))
+    with pytest.raises(ArchDSLError) as info:
+        _ = new.graph
+    assert str(info.value).split("\n") == ["<layout>:1:10: unknown block 'mamab'; did you mean 'mamba', 'mamba2', "
+                                           "'zamba'?", "  4×mamba, mamab", "           ^~~~~"]
+    assert new.positions == {} and new.layout == parse_layout("4×mamba, mamab") and new.d_model == jamba.d_model
+    assert replace(new, d_model=8192).source is new.source  # its own layout: kept as it is
+    assert replace(jamba, name="j").positions == jamba.positions
+    with pytest.raises(ArchDSLError, match=r"jamba-v0.1.yaml:\d+:\d+: attn: heads 32 must divide d_model 100"):
+        _ = replace(jamba, name="j", d_model=100).graph
+    source = Source("4×mamba, mamab", file="<mine>")
+    new = replace(jamba, layout=parse_layout(source.text, source), source=source)  # a layout with its source
+    with pytest.raises(ArchDSLError, match=r"^<mine>:1:10: unknown block 'mamab'"):
+        _ = new.graph
+
+
+def test_a_long_at_list_is_checked_in_linear_time():
+    """check_layout (every Spec runs it) looked for each `at` index among a slice of those before it: 100 000
+    indices, a valid layout at the layer limit, took two minutes."""
+    n = 100_000
+    made = Layout((Repeat(n, M),), (Modifier(Block("moe"), at=tuple(range(n - 1, -1, -1))),))
+    assert check_layout(made).modifiers[0].at == tuple(range(n))
+    with pytest.raises(ArchDSLError, match=f"index {n - 1} is listed twice after 'at'"):
+        check_layout(Layout((Repeat(n, M),), (Modifier(Block("moe"), at=tuple(range(n)) + (n - 1,)),)))
+
+
+@pytest.mark.parametrize("text, at, underline", [
+    ("mamba, " * 2000 + "mamab", 14000, 5),  # a line of 140 KB made a message of 280 KB
+    ("m" * 200000, 0, 200000),  # a name of 200 000 characters: 600 KB, in the message twice and the line once
+    ("mamba(" + "d" * 200000 + "=1)", 6, 200002),
+    ("mamba(d_state=1, d_state='" + "a" * 5000 + "')", 17, 5010),  # the underline was the argument's length
+    ("2×mamba, moe" + "e" * 2000 + " every 2", 9, 2003),
+])
+def test_an_error_in_a_long_line_shows_a_window_of_it(text, at, underline):
+    """An excerpt is at most EXCERPT columns of its line, cut with … around the place, the caret under the place
+    and its underline no longer than what is shown; a long name is cut in the message."""
+    from archdsl.errors import EXCERPT
+
+    with pytest.raises(ArchDSLError) as info:
+        _ = archdsl.parse(text).graph
+    message, line, caret = str(info.value).split("\n")
+    assert info.value.col == at + 1 and len(str(info.value)) < 600, str(info.value)[:400]
+    assert len(line) <= 2 + EXCERPT + 2 and len(caret) <= len(line) and caret.strip().startswith("^")
+    shown, k = line[2:], caret.index("^") - 2
+    start = at - k + (1 if shown.startswith("…") else 0)  # where the part shown starts in the text
+    assert shown.strip("…") == text[start:start + len(shown.strip("…"))]
+    assert shown.startswith("…") == (start > 0) and shown.endswith("…") == (start + EXCERPT < len(text))
+    assert len(caret.strip()) == min(underline, len(shown.rstrip("…")) - k)
 
 
 @pytest.mark.parametrize("text, number, col", [

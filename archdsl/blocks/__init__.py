@@ -48,7 +48,7 @@ def norm_params(norm: str, d_model: int) -> int:
         return d_model
     if norm == "layernorm":
         return 2 * d_model
-    raise ConfigError("norm", f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+    raise ConfigError("norm", f"unknown norm {shown(norm)}; valid: {', '.join(NORMS)}")
 
 
 def arg_names(kind: str) -> list[str]:
@@ -92,7 +92,7 @@ def type_hints(kind: str) -> dict:
 def make_config(kind: str, args: dict, d_model: int) -> BlockConfig:
     """Build and validate the config of block `kind` from `args`; raises ConfigError(field, msg)."""
     if kind not in BLOCKS:
-        raise ConfigError("kind", f"unknown block {kind!r}; {did_you_mean(kind, BLOCKS)}")
+        raise ConfigError("kind", f"unknown block {shown(kind)}; {did_you_mean(kind, BLOCKS)}")
     cls = BLOCKS[kind]
     hints = type_hints(kind)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "d_model"}
@@ -100,7 +100,7 @@ def make_config(kind: str, args: dict, d_model: int) -> BlockConfig:
     values = {}
     for name, value in args.items():
         if name not in fields:
-            raise ConfigError(name, f"{kind}: unknown argument {name!r}; {did_you_mean(name, fields)}")
+            raise ConfigError(name, f"{kind}: unknown argument {shown(name)}; {did_you_mean(name, fields)}")
         tp = hints[name]
         if not _accepts(tp, value):
             raise ConfigError(name, f"{kind}: {name} must be {_type_name(tp)}, got {shown(value)}")

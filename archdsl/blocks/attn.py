@@ -24,6 +24,7 @@ def mean_context(n: int, window: int | None) -> float:
 class AttnConfig(BlockConfig):
     kind: ClassVar[str] = "attn"
     role: ClassVar[str] = MIXER
+    derived: ClassVar[dict[str, str]] = {"kv_heads": "kv", "head_dim": "hdim"}
     zero_ok: ClassVar[tuple[str, ...]] = ("kv_heads", "head_dim")
 
     heads: int = 8

@@ -45,6 +45,9 @@ class BlockConfig:
     d_model: int
 
     zero_ok: ClassVar[tuple[str, ...]] = ()  # int fields that may be 0
+    # fields whose written value may stand for a size worked out from the others (kv_heads 0 for heads, dt_rank
+    # "auto"): field → the property that gives the value the block uses
+    derived: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -75,6 +78,11 @@ class BlockConfig:
         """Parameters touched by one token (MoE: router + top-k experts)."""
         return self.params()
 
+    def shared_active_params(self, uses: int) -> int:
+        """Parameters of a shared set that one token touches over its `uses` uses in the model: the same weights each
+        time, the block's active parameters (an MoE's router may send the token to other experts at each use)."""
+        return self.active_params()
+
     def flops_per_token(self, n: int) -> int:
         """Forward FLOPs (2 per multiply-add) for one token, averaged over a sequence of length n."""
         raise NotImplementedError
@@ -85,9 +93,18 @@ class BlockConfig:
         state (None: float32's 4, a float64 model's 8; ArchModel.set_ssm_state_dtype)."""
         return 0
 
+    def resolved(self) -> dict:
+        """Every field (d_model too) with the value the block uses: a derived one (`derived`) worked out, so that
+        attn's kv_heads 0 reads as its heads and mamba's dt_rank "auto" as ceil(d_model / 16)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out.update((name, getattr(self, prop)) for name, prop in self.derived.items())
+        return out
+
     def shape_key(self) -> tuple:
-        """Two configs can share parameters only when these are equal."""
-        return dataclasses.astuple(self)
+        """Two configs can share parameters only when these are equal: the same kind with the same resolved values
+        (kv_heads 8 is kv_heads 0 when heads is 8, a default written out is the default), the same parameters
+        computing the same function."""
+        return (self.kind, *self.resolved().values())
 
     def to_args(self) -> dict:
         """Fields that differ from the defaults, for writing the config back as text/YAML."""

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..errors import shown
 from .base import BlockConfig, ConfigError, MIXER, check_steps
 
 
@@ -21,6 +22,7 @@ from .base import BlockConfig, ConfigError, MIXER, check_steps
 class MambaConfig(BlockConfig):
     kind: ClassVar[str] = "mamba"
     role: ClassVar[str] = MIXER
+    derived: ClassVar[dict[str, str]] = {"dt_rank": "rank"}
     choices: ClassVar[dict] = {"inner_norms": ("none", "weighted", "unweighted")}
 
     d_state: int = 16
@@ -36,7 +38,7 @@ class MambaConfig(BlockConfig):
 
     def check(self) -> None:
         if self.dt_rank != "auto" and not (isinstance(self.dt_rank, int) and not isinstance(self.dt_rank, bool) and self.dt_rank > 0):
-            raise ConfigError("dt_rank", f"mamba: dt_rank must be 'auto' or a positive int, got {self.dt_rank!r}")
+            raise ConfigError("dt_rank", f"mamba: dt_rank must be 'auto' or a positive int, got {shown(self.dt_rank)}")
         if not 2 <= self.d_conv <= 4:
             raise ConfigError("d_conv", f"mamba: d_conv must be in 2..4, got {self.d_conv}")
         if self.inner_norms not in self.choices["inner_norms"]:

@@ -20,6 +20,7 @@ from .base import BlockConfig, ConfigError, MIXER, check_steps
 class Mamba2Config(BlockConfig):
     kind: ClassVar[str] = "mamba2"
     role: ClassVar[str] = MIXER
+    derived: ClassVar[dict[str, str]] = {"heads": "nheads"}
     zero_ok: ClassVar[tuple[str, ...]] = ("heads",)
 
     d_state: int = 128

@@ -27,6 +27,7 @@ def ffn_params(d: int, hidden: int, act: str, bias: bool) -> int:
 class MlpConfig(BlockConfig):
     kind: ClassVar[str] = "mlp"
     role: ClassVar[str] = FFN
+    derived: ClassVar[dict[str, str]] = {"hidden": "width"}
     zero_ok: ClassVar[tuple[str, ...]] = ("hidden",)
     choices: ClassVar[dict] = {"act": ACTS}
 

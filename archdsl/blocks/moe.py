@@ -19,6 +19,7 @@ from .mlp import ACTS, ffn_params
 class MoeConfig(BlockConfig):
     kind: ClassVar[str] = "moe"
     role: ClassVar[str] = FFN
+    derived: ClassVar[dict[str, str]] = {"hidden": "width", "norm_topk": "renormalises"}
     zero_ok: ClassVar[tuple[str, ...]] = ("hidden", "shared_hidden")
     choices: ClassVar[dict] = {"act": ACTS, "router": ("softmax", "sigmoid")}
 
@@ -77,6 +78,11 @@ class MoeConfig(BlockConfig):
 
     def active_params(self) -> int:
         return self._router() + self.top_k * self._expert() + self._shared()
+
+    def shared_active_params(self, uses: int) -> int:
+        """Shared by `uses` layers, a token is routed at each use and may reach other top_k experts each time: at
+        most min(experts, uses·top_k) of them (an upper bound: the ones it does reach depend on the token)."""
+        return self._router() + min(self.experts, uses * self.top_k) * self._expert() + self._shared()
 
     def flops_per_token(self, n: int) -> int:
         """Router + top_k experts + shared expert, 2 FLOPs per multiply-add (biases ignored): the work per

@@ -26,6 +26,7 @@ from .base import FFN, MIXER, BlockConfig, ConfigError
 class Rwkv4Config(BlockConfig):
     kind: ClassVar[str] = "rwkv4"
     role: ClassVar[str] = MIXER
+    derived: ClassVar[dict[str, str]] = {"attn_dim": "adim"}
     zero_ok: ClassVar[tuple[str, ...]] = ("attn_dim",)
 
     attn_dim: int = 0  # 0 = d_model
@@ -53,6 +54,7 @@ class Rwkv4Config(BlockConfig):
 class Rwkv6Config(BlockConfig):
     kind: ClassVar[str] = "rwkv6"
     role: ClassVar[str] = MIXER
+    derived: ClassVar[dict[str, str]] = {"attn_dim": "adim"}
     zero_ok: ClassVar[tuple[str, ...]] = ("attn_dim",)
 
     head_size: int = 64
@@ -97,6 +99,7 @@ class Rwkv6Config(BlockConfig):
 class CmixConfig(BlockConfig):
     kind: ClassVar[str] = "cmix"
     role: ClassVar[str] = FFN
+    derived: ClassVar[dict[str, str]] = {"hidden": "width"}
     zero_ok: ClassVar[tuple[str, ...]] = ("hidden",)
     choices: ClassVar[dict] = {"version": (4, 6)}
 

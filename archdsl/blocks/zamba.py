@@ -26,6 +26,7 @@ from .base import INJECT, BlockConfig, ConfigError
 class ZambaConfig(BlockConfig):
     kind: ClassVar[str] = "zamba"
     role: ClassVar[str] = INJECT
+    derived: ClassVar[dict[str, str]] = {"kv_heads": "kv", "head_dim": "hdim", "hidden": "width"}
     zero_ok: ClassVar[tuple[str, ...]] = ("kv_heads", "head_dim", "hidden", "lora")
     choices: ClassVar[dict] = {"act": ("gelu", "silu")}
 

@@ -39,7 +39,7 @@ def cmd_generate(args):
     if graphed and device.type != "cuda":
         raise ArchDSLError(f"--cuda-graph needs a CUDA device (--device cuda), got --device {args.device}")
     hf = _is_hf_dir(args.model)
-    if not hf and not saved_model(args.model, "generate"):
+    if not hf and not saved_model(args.model, "generate", layout=False):
         raise ArchDSLError(f"MODEL: {args.model} is neither a saved model (spec.yaml + model.safetensors) nor a "
                            f"Hugging Face model directory (config.json + safetensors): text needs trained weights")
     tokenizer, tokenizer_file = _tokenizer(args.model if args.tokenizer is None else args.tokenizer,
@@ -100,7 +100,7 @@ def _spec(path: str, hf: bool):
         return from_hf(path)
     from ..spec import load_spec
 
-    return load_spec(path)
+    return load_spec(os.path.join(path, "spec.yaml"))  # a directory (named `mamba2`, say), never a layout
 
 
 def _load(path: str, hf: bool, device, dtype):

@@ -14,11 +14,11 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from ..errors import ArchDSLError, shown
+from ..errors import ArchDSLError, clipped, shown
 from .ast import Arg, Block, Group, Layer, Layout, Modifier, Repeat, Span
 from .fmt import _KEYWORDS, _NAME, format_block, format_modifier, format_node, format_value
 
-__all__ = ["check_layout", "MAX_NESTING", "MAX_DIGITS"]
+__all__ = ["check_layout", "node_text", "MAX_NESTING", "MAX_DIGITS"]
 
 MAX_NESTING = 64  # groups and repeats inside one another
 MAX_DIGITS = 30   # longest number accepted
@@ -59,7 +59,7 @@ def args_error(name: str, args: tuple[Arg, ...]) -> tuple[str, Arg] | None:
     seen = set()
     for a in args:
         if a.name in seen:
-            return f"argument '{a.name}' given twice to '{name}'", a
+            return f"argument {shown(a.name)} given twice to {shown(name)}", a
         if a.name == "shared" and not isinstance(a.value, bool) and not (isinstance(a.value, str) and a.value.strip()):
             return f"'shared' is true, false or the name of a group, not {format_value(a.value)}", a
         seen.add(a.name)
@@ -111,14 +111,14 @@ def _block(block: Block) -> None:
     if not isinstance(block.name, str) or not _NAME.match(block.name) or block.name in _KEYWORDS:  # the grammar's
         raise ArchDSLError(f"layout: {shown(block.name)} is not a block name (a letter or '_', then letters, digits "
                            "or '_'; not every, offset or at)")
-    _tuple(block.args, f"the arguments of {block.name}", (Arg,))
+    _tuple(block.args, f"the arguments of {clipped(block.name)}", (Arg,))
     for a in block.args:
         _spanned(a, (Arg,))
         if not isinstance(a.name, str) or not _NAME.match(a.name):  # every, offset and at too
-            raise ArchDSLError(f"layout: {shown(a.name)} is not an argument name, in {block.name}(...)")
+            raise ArchDSLError(f"layout: {shown(a.name)} is not an argument name, in {clipped(block.name)}(...)")
         message = _value_error(a.value)
         if message:
-            raise ArchDSLError(f"layout: {message}, in {block.name}({a.name}=...)")
+            raise ArchDSLError(f"layout: {message}, in {clipped(block.name)}({clipped(a.name)}=...)")
     found = args_error(block.name, block.args)
     _rule(found and found[0], block)
 
@@ -142,7 +142,7 @@ def _modifier(mod: Modifier) -> Modifier:
     if not isinstance(mod.block, Block):
         raise ArchDSLError(f"layout: a modifier's block must be a Block, got {shown(mod.block)}")
     _block(mod.block)
-    head = format_block(mod.block)
+    head = node_text(mod.block)
     if (mod.every is None) == (mod.at is None):
         raise ArchDSLError(f"layout: the modifier {head} takes either 'every N' or 'at i j ...', "
                            f"got every={shown(mod.every)} and at={shown(mod.at)}")
@@ -152,9 +152,11 @@ def _modifier(mod: Modifier) -> Modifier:
         _tuple(mod.at, f"the indices after '{head} at'", (int,))
         if not mod.at:
             raise ArchDSLError(f"layout: 'at' needs one layer index or more, in the modifier {head}")
-        for k, i in enumerate(mod.at):
+        seen: set[int] = set()  # the indices before this one (a slice of them for each was n² in the list)
+        for i in mod.at:
             _int(i, f"an index after '{head} at'")
-            _rule(index_error(i, mod.at[:k]), mod)
+            _rule(index_error(i, seen), mod)
+            seen.add(i)
         at = tuple(sorted(mod.at))
         return mod if at == mod.at else replace(mod, at=at)
     _int(mod.every, f"the period of '{head} every'")
@@ -185,10 +187,16 @@ def _int(value, what: str) -> None:
         raise ArchDSLError(f"layout: {what} is too large: {shown(value)} (more than {MAX_DIGITS} digits)")
 
 
+def node_text(node, limit: int = 60) -> str:
+    """A node of a checked tree (a Block, a Modifier, a Layer, Repeat or Group) as the layout writes it, cut to
+    `limit` characters: what an error names where the tree has no text to point into."""
+    text = format_block(node) if isinstance(node, Block) else \
+        format_modifier(node) if isinstance(node, Modifier) else format_node(node)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _rule(message: str | None, node) -> None:
     """An error naming `node` (whose parts are checked already, so that it formats) if a rule is broken."""
     if not message:
         return
-    text = format_block(node) if isinstance(node, Block) else \
-        format_modifier(node) if isinstance(node, Modifier) else format_node(node)
-    raise ArchDSLError(f"layout: {message}, in '{text if len(text) <= 60 else text[:57] + '...'}'")
+    raise ArchDSLError(f"layout: {message}, in '{node_text(node)}'")

@@ -31,7 +31,7 @@ from pathlib import Path
 from lark import Lark, Token, Transformer
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from ..errors import ArchDSLError, Source
+from ..errors import ArchDSLError, Source, clipped, shown
 from .ast import Arg, Block, Group, Layer, Layout, Modifier, Repeat, Span
 from .check import (EMPTY_GROUP, EMPTY_LAYOUT, MAX_DIGITS, MAX_NESTING, TOO_DEEP, args_error, count_error,
                     index_error, offset_error, period_error)
@@ -118,7 +118,7 @@ def _span(children) -> Span:
 def _int(tok: Token) -> int:
     digits = re.sub(r"[^0-9]", "", tok.value)
     if len(digits) > MAX_DIGITS:
-        raise _Semantic(f"number too large: {tok.value.strip()}", tok.start_pos, tok.end_pos)
+        raise _Semantic(f"number too large: {clipped(tok.value.strip())}", tok.start_pos, tok.end_pos)
     text = re.match(r"[+-]?[0-9_]+", tok.value.strip()).group(0)
     return int(text)
 
@@ -213,7 +213,7 @@ class _Build(Transformer):
         if kind == "FLOAT":
             value = float(tok.value.replace("_", ""))
             if not math.isfinite(value):
-                raise _Semantic(f"number out of range: {tok.value}", tok.start_pos, tok.end_pos)
+                raise _Semantic(f"number out of range: {clipped(tok.value)}", tok.start_pos, tok.end_pos)
             return value
         if kind == "STRING":
             return _unquote(tok)
@@ -370,13 +370,13 @@ def _describe_token(tok: Token) -> str:
     if kind == "NL":
         return "line break"
     if kind == "NAME":
-        return f"name '{tok.value}'"
+        return f"name '{clipped(tok.value)}'"
     if kind in ("INT", "FLOAT"):
-        return f"number {tok.value}"
+        return f"number {clipped(tok.value)}"
     if kind == "STRING":
-        return f"string {tok.value}"
+        return f"string {clipped(tok.value)}"
     if kind == "REPEAT":
-        return f"repetition '{tok.value}'"
+        return f"repetition '{clipped(tok.value)}'"
     return f"'{tok.value}'"
 
 
@@ -385,7 +385,7 @@ def _after(prev: Token | None) -> str:
         return ""
     if prev.type == "NL":
         return " after the line break"
-    return f" after '{prev.value.strip()}'"
+    return f" after '{clipped(prev.value.strip())}'"
 
 
 def _explain(text: str, e: UnexpectedInput) -> tuple[str, int, int]:
@@ -398,8 +398,7 @@ def _explain(text: str, e: UnexpectedInput) -> tuple[str, int, int]:
         if char in "×*" and (prev is None or prev.type in ("COMMA", "NL", "LPAR", "PLUS")):
             return (f"'{char}' needs a count before it, as in 4{char}mamba2", pos, pos + 1)
         expected = _describe_expected(_accepts(prefix), prev)
-        shown = repr(char) if char.isprintable() and char not in "'\\" else repr(char)
-        message = f"unexpected character {shown}"
+        message = f"unexpected character {char!r}"
         if char == '"' or char == "'":
             message = "unterminated string: a quoted string must end on the same line"
         elif expected:
@@ -424,14 +423,22 @@ def _explain(text: str, e: UnexpectedInput) -> tuple[str, int, int]:
             return (f"unexpected end of the layout; expected {expected}{_after(prev)}", pos, pos)
         message = f"unexpected {_describe_token(tok)}"
         if tok.type == "NAME" and prev is not None and prev.type == "NAME" and prev.value in ("x", "X"):
-            return (f"'{prev.value}' needs a count before it, as in 4×{tok.value}", prev.start_pos, prev.end_pos)
+            return (f"'{prev.value}' needs a count before it, as in 4×{clipped(tok.value)}", prev.start_pos,
+                    prev.end_pos)
         number = tok if tok.type in ("INT", "FLOAT") else prev if tok.type == "NAME" and tok.value[:1] == "_" \
             and prev is not None and prev.type in ("INT", "FLOAT") and prev.end_pos == tok.start_pos else None
         malformed = _malformed_number(text, number.start_pos) if number is not None else None
         if malformed:
             return malformed
         if tok.type == "INT" and "REPEAT" in expected_set:
-            n = tok.value.strip()
+            at = _at_list_before(prefix)
+            if at is not None:  # `attn at 1, 2`: the comma ends the modifier, and `2` starts nothing
+                indices = [t.value.strip() for t in prefix[prefix.index(at) + 1:-1]] + [tok.value.strip()]
+                listed = " ".join(indices[:6]) + (" ..." if len(indices) > 6 else "")
+                block = prefix[_entry_start(prefix, prefix.index(at))].value
+                return (f"'at' indices are separated by spaces, not commas: {clipped(block)} at {listed}",
+                        prev.start_pos, prev.end_pos)
+            n = clipped(tok.value.strip())
             return (f"a count needs a repetition sign after it, as in {n}×mamba2", pos, tok.end_pos)
         if expected:
             message += f"; expected {expected}{_after(prev)}"
@@ -462,7 +469,30 @@ def _malformed_number(text: str, start: int) -> tuple[str, int, int] | None:
     after = text[start + len(run):start + len(run) + 1]
     if "_" not in run or _NUMBER.match(run) or (after.isalnum() or after == "_") and after not in "xX":
         return None
-    return (f"malformed number {run!r}: an underscore goes between two digits, as in 1_000", start, start + len(run))
+    return (f"malformed number {shown(run)}: an underscore goes between two digits, as in 1_000", start, start + len(run))
+
+
+def _at_list_before(prefix: list[Token]) -> Token | None:
+    """The `at` of a modifier whose indices the comma ending `prefix` follows (`attn at 1,`), else None."""
+    k = len(prefix) - 2
+    if k < 1 or prefix[-1].type != "COMMA" or prefix[k].type != "INT":
+        return None
+    while k >= 0 and prefix[k].type == "INT":
+        k -= 1
+    return prefix[k] if k >= 0 and prefix[k].type == "AT" else None
+
+
+def _entry_start(tokens: list[Token], k: int) -> int:
+    """The index of the first token of the entry that tokens[k] is in: after the separator before it outside
+    parentheses."""
+    depth = 0
+    while k > 0:
+        kind = tokens[k - 1].type
+        if depth == 0 and kind in ("COMMA", "NL", "LPAR"):
+            break
+        depth += (kind == "RPAR") - (kind == "LPAR")
+        k -= 1
+    return k
 
 
 def _unclosed(tokens: list[Token]) -> list[Token]:
