@@ -13,9 +13,15 @@ analyzer counts, so that the figure can be read against the card:
                                 when untied) + the cache at L tokens, each once            → GB/s
 
 The decode bytes are a floor: a step reads at least them. No optimizer step is timed.
+
+bench leaves the model as it found it: each module's train / eval mode, the parameters' .grad (the train
+case's backward runs with them set aside), and what a forward records on the model (MoE's balancing loads
+since the last `balance()`, the aux losses) are put back, so that timing a model mid-training changes
+nothing of the training.
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
 import statistics
 import time
@@ -76,13 +82,47 @@ def bench(model, batch: int = 1, seq_len: int = 2048, gen: int = 64, cases=CASES
     if cuda_graph and model.device.type != "cuda":
         raise ArchDSLError(f"bench: cuda_graph needs a CUDA model, this one is on {model.device}")
     try:
-        return _bench(model, batch, seq_len, gen, cases, cuda_graph, seed)
+        with _kept(model):
+            return _bench(model, batch, seq_len, gen, cases, cuda_graph, seed)
     except (MemoryError, RuntimeError) as e:
         if not out_of_memory(e):
             raise
         raise ArchDSLError(f"bench: batch {batch} × {seq_len:,} tokens does not fit in the memory of "
                            f"{model.device} ({str(e).strip().splitlines()[0][:200]})",
                            hint="a smaller --batch or --seq-len") from None
+
+
+RECORDS = ("load", "aux_loss")  # what a forward leaves on a module (Moe.load, the aux losses), put back after
+
+
+@contextlib.contextmanager
+def _modes_kept(model):
+    """Puts back each module's training flag after the block (model.train(was) would set them all alike)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextlib.contextmanager
+def _kept(model):
+    """Runs the block with every parameter's .grad set aside (None), then puts back each module's training flag,
+    each parameter's .grad and each module's RECORDS as they were (the same tensors, unchanged: the block
+    replaces a record, it does not write into it)."""
+    records = [(m, name, m.__dict__[name]) for m in model.modules() for name in RECORDS if name in m.__dict__]
+    grads = [(p, p.grad) for p in model.parameters()]
+    for p, _ in grads:
+        p.grad = None
+    try:
+        with _modes_kept(model):
+            yield
+    finally:
+        for m, name, value in records:
+            m.__dict__[name] = value
+        for p, g in grads:
+            p.grad = g
 
 
 def _bench(model, batch, seq_len, gen, cases, cuda_graph, seed) -> list[BenchRow]:
@@ -100,17 +140,13 @@ def _bench(model, batch, seq_len, gen, cases, cuda_graph, seed) -> list[BenchRow
         ms = _median_ms(forward, model.device)
         rows.append(_row("forward", batch * seq_len, ms, flops=fwd_flops))
     if "train" in cases:
-        was = model.training
-        model.train()
-
         def step():
             logits = model(ids)
             F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten()).backward()
             model.zero_grad(set_to_none=True)
-        try:
+        with _modes_kept(model):  # the grads set aside by _kept, and put back there
+            model.train()
             ms = _median_ms(step, model.device)
-        finally:
-            model.train(was)
         rows.append(_row("train", batch * seq_len, ms, flops=3 * fwd_flops))
     if "decode" in cases:
         ms = _decode_ms(model, ids, gen, cuda_graph)

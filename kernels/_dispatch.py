@@ -14,17 +14,30 @@ import torch
 BACKENDS = ("triton", "torch", "naive")
 
 
-def backend_for(x: torch.Tensor, *sized: torch.Tensor | None) -> str:
-    """The backend an op should use for tensor `x`. Work with no elements (x or any of `sized`
-    empty: a zero batch, head, state or channel count) never goes to Triton: it takes the torch path,
-    whose result is then the op's."""
+class KernelsEnvError(ValueError):
+    """ARCHDSL_KERNELS set to a value no op can run with: not a backend's name, or triton for a tensor off CUDA
+    without TRITON_INTERPRET. A ValueError, as the ops' other refusals; the CLI says it as an error (exit 2)."""
+
+
+def forced_backend(device_type: str | None = None) -> str:
+    """The backend ARCHDSL_KERNELS forces ('' where it is unset or blank), else KernelsEnvError: a value that names
+    no backend, or (for a tensor on `device_type`; None: not asked) triton off CUDA without the interpreter."""
     forced = os.environ.get("ARCHDSL_KERNELS", "").strip().lower()
     if forced:
         if forced not in BACKENDS:
-            raise ValueError(f"ARCHDSL_KERNELS={forced!r}: expected one of {', '.join(BACKENDS)}")
-        if forced == "triton" and x.device.type != "cuda" and not interpreting():
-            raise ValueError("ARCHDSL_KERNELS=triton on a CPU tensor needs TRITON_INTERPRET=1")
-    else:
+            raise KernelsEnvError(f"ARCHDSL_KERNELS={forced!r}: expected one of {', '.join(BACKENDS)}")
+        if forced == "triton" and device_type not in (None, "cuda") and not interpreting():
+            where = "CPU" if device_type == "cpu" else device_type
+            raise KernelsEnvError(f"ARCHDSL_KERNELS=triton on a {where} tensor needs TRITON_INTERPRET=1")
+    return forced
+
+
+def backend_for(x: torch.Tensor, *sized: torch.Tensor | None) -> str:
+    """The backend an op should use for tensor `x`. Work with no elements (x or any of `sized`
+    empty: a zero batch, head, state or channel count) never goes to Triton: it takes the torch path,
+    whose result is then the op's. A bad ARCHDSL_KERNELS is KernelsEnvError (forced_backend)."""
+    forced = forced_backend(x.device.type)
+    if not forced:
         forced = "triton" if x.device.type == "cuda" else "torch"
     if forced == "triton" and (x.numel() == 0 or any(t is not None and t.numel() == 0 for t in sized)):
         return "torch"

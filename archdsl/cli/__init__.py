@@ -61,6 +61,34 @@ OOM_HINTS = {"run": "a smaller --batch or --prompt-len + --gen, or a smaller mod
              "graph": "fewer layers, or a .dot file (text: no image to hold)"}
 
 
+# the commands that run the kernels (explore's probes, train), whose ARCHDSL_KERNELS is checked before they start
+KERNEL_COMMANDS = ("compile", "run", "bench", "generate", "explore", "train")
+
+
+def _check_kernels_env(args) -> None:
+    """ArchDSLError for an ARCHDSL_KERNELS no op can run with, before a command of KERNEL_COMMANDS reads anything:
+    a value that names no backend, or triton for its --device off CUDA without TRITON_INTERPRET (a --device torch
+    cannot read, or auto, is the command's own to say or pick; the ops refuse the rest, caught in _run)."""
+    if args.command not in KERNEL_COMMANDS or not os.environ.get("ARCHDSL_KERNELS", "").strip():
+        return
+    import torch
+
+    from ..model import check_kernels_env
+
+    device = getattr(args, "device", None)
+    try:
+        kind = torch.device(device).type if isinstance(device, str) and device != "auto" else None
+    except (RuntimeError, TypeError, ValueError):
+        kind = None
+    check_kernels_env(None, kind)  # the environment's error, not the command's
+
+
+def _kernels_env_error(e: ValueError) -> bool:
+    """Whether e is the kernels' refusal of ARCHDSL_KERNELS (loaded only where an op ran)."""
+    dispatch = sys.modules.get("archdsl.kernels._dispatch")
+    return dispatch is not None and isinstance(e, dispatch.KernelsEnvError)
+
+
 class _ClosedStdout(io.TextIOBase):
     """sys.stdout of a process started with it closed (`>&-`), where Python leaves None: a write fails as
     one to a bad descriptor does, and is said as an error, not an AttributeError's traceback."""
@@ -116,6 +144,7 @@ def _run(parser, argv) -> int:
                 signal.signal(signal.SIGTERM, _terminate)
             except ValueError:  # not the main thread: signals are the main thread's alone
                 pass
+        _check_kernels_env(args)
         args.fn(args)
         sys.stdout.flush()  # a failed write to stdout shows here, not as a traceback at exit
         return 0
@@ -124,6 +153,11 @@ def _run(parser, argv) -> int:
         return 2
     except RecursionError:  # input nested past the stack where no reader names its file (each that can does)
         print(f"error: input {TOO_DEEP}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # ARCHDSL_KERNELS refused by an op (a device _check_kernels_env could not know)
+        if not _kernels_env_error(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:
         if not out_of_memory(e):

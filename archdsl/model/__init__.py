@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -18,7 +19,7 @@ from .decoding import check_seed
 from .fusions import FUSIONS, Fuse, resolve_fuse
 from .model import ArchModel, Cache, resolve_ssm_dtype
 
-__all__ = ["compile", "load", "ArchModel", "Cache", "FUSIONS", "resolve_dtype", "check_device"]
+__all__ = ["compile", "load", "ArchModel", "Cache", "FUSIONS", "resolve_dtype", "check_device", "check_kernels_env"]
 
 # the dtypes a model computes in, by name and by the aliases analyze reads too (analysis.ALIASES: one table)
 DTYPES = {name: getattr(torch, canonical) for name, canonical in
@@ -57,12 +58,28 @@ def check_device(device, dtype: torch.dtype) -> torch.device:
     return dev
 
 
+def check_kernels_env(where: str | None, device_type: str | None = None) -> None:
+    """ArchDSLError "where: ..." (without "where: " for None) for an ARCHDSL_KERNELS that no op can run with: a
+    value that names no backend, or (asked for a device type) triton off CUDA without TRITON_INTERPRET. The ops
+    refuse it too, at their first call, with kernels' KernelsEnvError (a ValueError); this says it before anything
+    is built."""
+    if not os.environ.get("ARCHDSL_KERNELS", "").strip():
+        return  # unset: nothing to check, and archdsl.kernels (which imports torch._dynamo) is not imported for it
+    from archdsl.kernels._dispatch import KernelsEnvError, forced_backend
+
+    try:
+        forced_backend(device_type)
+    except KernelsEnvError as e:
+        raise ArchDSLError(f"{where}: {e}" if where else str(e)) from None
+
+
 def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: bool = False,  # noqa: A001
             fuse: Fuse = True, ssm_state_dtype=None) -> ArchModel:
     """Build the model of `spec` (a Spec, YAML file, saved-model directory or layout string; a saved
     model's directory gives its spec only, with fresh weights: load(path) reads its weights).
 
-    Parameters are initialised on the CPU from `seed` (the same weights on every device), then
+    Parameters are initialised on the CPU in float32 from `seed` (the same weights on every device, whatever
+    torch's default device and dtype, which are left as they were), then
     moved to `device` in `dtype` (a torch dtype or its name: "bf16", "float32", ...); device="meta"
     allocates nothing. `fuse` picks the fusions: True (the default) all, False none, or a set of
     names from FUSIONS (or one string of them, "qkv,step"), exactly those —
@@ -75,11 +92,13 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
     on or off; model.set_fuse(...) switches them later. `cuda_graph` (True or False) makes generate()
     replay the decode step from a CUDA graph. `ssm_state_dtype` is the dtype of the Mamba / Mamba-2 SSM
     states in decode caches (None: float32; see ArchModel.set_ssm_state_dtype).
-    Returns the ArchModel in eval mode (model.train() for training).
+    Returns the ArchModel in eval mode (model.train() for training). An ARCHDSL_KERNELS that names no backend
+    is ArchDSLError here, before anything is built.
     """
     from ..spec import load_spec
 
     fuse = resolve_fuse(fuse)  # a bad name first, before anything is built (an iterator is read once, here)
+    check_kernels_env("compile")  # its value; the device's case at the first op (load builds on the CPU for any)
     resolve_ssm_dtype(ssm_state_dtype)
     check_seed("compile", seed)
     cuda_graph = check_flag("compile", "cuda_graph", cuda_graph)
@@ -90,11 +109,11 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
     if cuda_graph and dev.type != "cuda":
         raise ArchDSLError(f"cuda_graph=True needs a CUDA device, got {dev}")
     if dev.type == "meta":
-        with torch.device("meta"):
+        with torch.device("meta"), _float32_default():
             model = ArchModel(spec)
         model = model.to(dtype)
-    else:
-        with torch.random.fork_rng(devices=[]):
+    else:  # on the CPU in float32, whatever torch's default device and dtype: the same weights from a seed
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"), _float32_default():
             torch.manual_seed(seed)
             model = ArchModel(spec)
         model = model.to(device=dev, dtype=dtype)
@@ -102,6 +121,18 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
     model.set_ssm_state_dtype(ssm_state_dtype)
     model.cuda_graph = bool(cuda_graph)
     return model.eval()
+
+
+@contextlib.contextmanager
+def _float32_default():
+    """torch's default dtype float32 inside the block (what the modules' parameters and their init draw in), the
+    caller's again after it."""
+    was = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(was)
 
 
 def load(path, device="cpu", dtype=None, cuda_graph: bool = False, **kwargs) -> ArchModel:

@@ -49,7 +49,7 @@ def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attenti
     for i in range(max_new_tokens):
         if seen is not None:
             logits = penalize(logits, seen, repetition_penalty)
-        tok = sample(logits, temperature, top_k, gen, top_p)
+        tok = sample(logits, temperature, top_k, gen, top_p, where=f"generate: step {i} (new token {i + 1})")
         if seen is not None:
             seen.scatter_(1, tok[:, None], True)
         if eos is not None:
@@ -116,12 +116,16 @@ def penalize(logits, seen, penalty: float):
     return out.clamp(-big, big).float()
 
 
-def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None):
+def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None, where="sample"):
     """logits [B, V] → tokens [B]: greedy at temperature 0, else softmax sampling, optionally from the top_k
     likeliest tokens, then from the nucleus: the likeliest tokens, in order, until their probability reaches
-    top_p (a token is kept when the ones before it hold less than top_p; the likeliest always is)."""
+    top_p (a token is kept when the ones before it hold less than top_p; the likeliest always is).
+    Sampling needs every row's largest logit finite (a -inf logit is a token never drawn): a row with a NaN or
+    +inf logit, or with -inf logits only, is ArchDSLError "`where`: ... row r ..." (one wait for the device a
+    call). Greedy takes the argmax as it is (+inf wins; NaN, which torch ranks above every number, too)."""
     if temperature == 0:
         return logits.argmax(-1)
+    check_finite(logits, where)
     # float64 below float32's smallest normal temperature, where float32 would take it for 0 (and give 0/0)
     logits = logits.float() if temperature >= torch.finfo(torch.float32).tiny else logits.double()
     logits = (logits - logits.amax(-1, keepdim=True)) / temperature  # <= 0: a tiny temperature gives -inf, never nan
@@ -135,6 +139,21 @@ def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None):
         drop[:, 0] = False  # the likeliest, also where top_p rounds to 0 in float32 (1e-46)
         probs = probs.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), 0.0)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def check_finite(logits, where: str) -> None:
+    """ArchDSLError naming the first row of logits [B, V] whose largest logit is not finite: it holds NaN or +inf
+    (NaN weights, or a 16-bit model's overflow), or nothing but -inf; softmax has no distribution there."""
+    if logits.is_meta:  # shapes only
+        return
+    top = logits.amax(-1)  # NaN where a row holds one, +inf where it holds one, -inf where all are
+    bad = ~torch.isfinite(top)
+    if not bool(bad.any()):
+        return
+    row = int(bad.nonzero()[0, 0])
+    holds = ("NaN" if bool(logits[row].isnan().any()) else "+inf" if bool(top[row] > 0) else "-inf only")
+    raise ArchDSLError(f"{where}: the logits of row {row} hold {holds}: sampling needs finite logits (NaN or inf "
+                       f"weights, or a float16 model's overflow, which float32 or bfloat16 may not have)")
 
 
 SEEDS = (-2**63, 2**64)  # what torch's generators take: an int64 or a uint64

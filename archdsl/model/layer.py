@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..blocks.base import FFN, INJECT, MIXER
 from .fusions import Fusable
+from .plain import plain
 
 
 class Norm(nn.Module, Fusable):
@@ -48,9 +49,11 @@ class Norm(nn.Module, Fusable):
     def add_norm(self, h, delta):
         """(h + delta, norm(h + delta)), h, delta [..., d] (delta may be None); with the "add_norm" fusion,
         RMSNorm and the add run as one Triton kernel forward and one backward (on CUDA, or the CPU under the
-        interpreter with ARCHDSL_KERNELS=triton). Unfused, the torch ops run: on the H200 their training
-        step at [8192, 2560] bf16 took ~7x the kernels' time (docs/benchmarks.md)."""
-        if "add_norm" in self.fused and self.kind == "rmsnorm" and h.dtype != torch.float64 and _triton(h):
+        interpreter with ARCHDSL_KERNELS=triton), where the norm is plain (model/plain.py: no hook or wrapper that
+        a call would run). Unfused, the torch ops run: on the H200 their training step at [8192, 2560] bf16 took
+        ~7x the kernels' time (docs/benchmarks.md)."""
+        if ("add_norm" in self.fused and self.kind == "rmsnorm" and h.dtype != torch.float64 and plain(self, Norm)
+                and _triton(h)):
             from archdsl.kernels import add_rmsnorm
 
             out, h = add_rmsnorm(h, delta, self.weight, self.eps, self.out_dtype(h))  # h keeps the stream's dtype
@@ -105,7 +108,8 @@ class Layer(nn.Module):
                     h, delta = h + delta, None
                 inj = call(self.inject, h.to(emb.dtype), states.get(INJECT), emb=emb, use=self.inject_use)
                 delta = call(self.mixer, self.norm(h + inj), states.get(MIXER), emb=emb)
-            elif step and hasattr(self.mixer, "folds_norm") and self.mixer.folds_norm(self.norm, h):
+            elif (step and hasattr(self.mixer, "folds_norm") and plain(self.norm, Norm)
+                  and self.mixer.folds_norm(self.norm, h)):
                 h, delta = self.mixer.step_with_norm(h, delta, self.norm, states[MIXER])  # "norm_gemv"
             else:
                 h, x = self.norm.add_norm(h, delta)

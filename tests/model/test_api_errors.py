@@ -285,3 +285,27 @@ def test_sparse_token_tensors_and_a_meta_eos_are_named(model):
         model.generate(ids, 2, attention_mask=torch.ones_like(ids).to_sparse())
     with pytest.raises(ArchDSLError, match="generate: eos_token_id must be a token id or a non-empty list"):
         model.generate(ids, 2, eos_token_id=torch.tensor(1, device="meta"))
+
+
+def test_sampling_logits_that_are_not_finite_is_named():
+    """A NaN or +inf logit (NaN weights, a float16 overflow), or a row of -inf only, made multinomial's RuntimeError
+    ("probability tensor contains either inf, nan or element < 0"): an ArchDSLError naming the row, and in generate
+    the step. -inf beside finite logits is a token never drawn; greedy takes the argmax as it is."""
+    from archdsl.model.decoding import sample
+
+    inf, nan = float("inf"), float("nan")
+    for row, holds in [([inf, 0.0], r"\+inf"), ([nan, 0.0], "NaN"), ([-inf, -inf], "-inf only")]:
+        logits = torch.tensor([[0.0, 1.0], row])
+        for kw in ({}, dict(top_k=1), dict(top_p=0.5)):
+            with pytest.raises(ArchDSLError, match=rf"^sample: the logits of row 1 hold {holds}: sampling needs"):
+                sample(logits, 1.0, **kw)
+        assert sample(logits, 0).shape == (2,)
+    assert sample(torch.tensor([[-inf, 0.0, -inf]]), 1.0).tolist() == [1]
+    spec = archdsl.parse("mamba, attn+mlp", d_model=16, vocab_size=37, blocks=SMALL)
+    bad = archdsl.compile(spec, seed=0)
+    ids = torch.randint(0, 37, (2, 3), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        bad.lm_head.weight[5, 0] = nan  # NaN weights: the logit of token 5 NaN in every row
+    with pytest.raises(ArchDSLError, match=r"^generate: step 0 \(new token 1\): the logits of row 0 hold NaN"):
+        bad.generate(ids, 3, temperature=1.0, seed=0)
+    assert bad.generate(ids, 3).shape == (2, 6)  # greedy

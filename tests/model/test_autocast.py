@@ -94,3 +94,29 @@ def test_recipes_run_under_the_forwards_autocast():
         outs[on] = torch.autograd.grad(loss, (x, W))
     for a, w in zip(outs[True], outs[False]):
         assert a.dtype == torch.float32 and (a - w).norm() / w.norm() < 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["attn(window=3)", "attn", "mamba2, zamba(shared) at 0", "mamba, rwkv6+cmix, s4d"])
+def test_caches_fill_under_autocast(layout, dtype):
+    """Decoding under autocast: autocast's k, v go into a float32 KV cache (index_copy_ does not cast: the window's
+    ring, and every static cache, attention's and zamba's, raised "expected the same dtype"), and the SSM states
+    are written in theirs. generate, and a static cache's prefill then steps, give the dynamic cache's logits to
+    autocast's rounding; the caches keep the model's dtype."""
+    model = archdsl.compile(archdsl.parse(layout, d_model=32, vocab_size=64, blocks=BLOCKS), seed=0)
+    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        assert model.generate(ids, 3).shape == (2, 9)
+        logits = {}
+        for static in (False, True):
+            cache = model.init_cache(2, max_len=8, static=static)
+            pre = model(ids[:, :4], cache)
+            steps = [model.step(ids[:, t], cache)[:, None] for t in range(4, 6)]
+            logits[static] = torch.cat([pre] + steps, dim=1).float()
+            made = model.init_cache(2, max_len=8, static=static)
+            assert [t.dtype for t in cache.tensors()] == [t.dtype for t in made.tensors()]
+    with torch.no_grad():
+        want = model(ids)
+    for got in logits.values():
+        assert torch.isfinite(got).all()
+        assert (got - want).norm() / want.norm() < 0.05

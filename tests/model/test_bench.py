@@ -57,6 +57,29 @@ def test_one_case_may_be_named_by_a_string():
     assert [r.case for r in bench(archdsl.compile(SPEC), batch=1, seq_len=4, cases="forward")] == ["forward"]
 
 
+
+def test_bench_leaves_the_model_as_it_found_it():
+    """The caller's gradients (zero_grad wiped them), MoE's balancing loads (bench's random tokens were added to
+    them, for the next balance() to act on), the aux losses and each module's mode (a submodule in eval inside a
+    model in train) come back as they were."""
+    spec = archdsl.parse("mamba2(d_state=8, headdim=8)+moe", d_model=16, vocab_size=37,
+                         blocks={"moe": {"experts": 4, "router": "sigmoid", "score_bias": True,
+                                         "balance_rate": 0.001}})
+    model = archdsl.compile(spec, seed=0).train()
+    model(torch.randint(0, 37, (1, 8), generator=torch.Generator().manual_seed(0))).sum().backward()
+    model.layers[0].mixer.eval()
+    moe = model.layers[0].ffn
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    values = {n: g.clone() for n, g in grads.items() if g is not None}
+    load, aux, model_aux = moe.load.clone(), moe.aux_loss, model.aux_loss
+    modes = [m.training for m in model.modules()]
+    assert values and load is not None
+    bench(model, batch=1, seq_len=8, gen=2)
+    assert all(p.grad is grads[n] for n, p in model.named_parameters())
+    assert all(torch.equal(grads[n], v) for n, v in values.items())
+    assert torch.equal(moe.load, load) and moe.aux_loss is aux and model.aux_loss is model_aux
+    assert [m.training for m in model.modules()] == modes
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_bench_with_and_without_the_cuda_graph():

@@ -172,6 +172,21 @@ def test_weights_that_are_not_finite_are_warned_of(saved, tmp_path, capsys):
                                f"will what the model computes\n"), err
 
 
+
+def test_sampling_from_logits_that_are_not_finite_exits_2(saved, tmp_path, capsys):
+    """NaN weights with --temperature: the warning, then an error naming the step and row, exit 2 (multinomial's
+    RuntimeError and a traceback before)."""
+    nan = tmp_path / "nan"
+    model = archdsl.load(saved[0])
+    with torch.no_grad():
+        model.lm_head.weight[5, 0] = float("nan")
+    model.save(nan)
+    rc, out, err = _run(capsys, nan, "the cat", "--max-new-tokens", 2, "--tokenizer", saved[0], "--temperature", 1,
+                        "--seed", 0)
+    assert rc == 2 and out == "" and "Traceback" not in err, err
+    assert err.splitlines()[1].startswith("error: generate: step 0 (new token 1): the logits of row 0 hold NaN: "
+                                          "sampling needs finite logits"), err
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_generate_replays_a_cuda_graph_with_the_eager_tokens(saved, capsys):

@@ -246,3 +246,42 @@ def test_run_warns_of_weights_that_are_not_finite(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err == (f"warning: {out}: 2 weight tensors hold NaN or inf (the first: {names[0]}); so will what the "
                        f"model computes\n"), err
+
+
+def test_a_bad_archdsl_kernels_exits_2_before_the_model_is_built(tmp_path, monkeypatch, capsys):
+    """ARCHDSL_KERNELS naming no backend, or triton on the CPU without the interpreter, was the first op's
+    ValueError: a traceback, exit 1, in every model command. Now said before anything is read; an op's refusal
+    where the CLI could not know the device is said too (exit 2); compile() refuses a bad value as ArchDSLError,
+    while the ops keep their ValueError."""
+    from archdsl import cli
+    from archdsl.kernels._dispatch import KernelsEnvError
+
+    (tmp_path / "tiny.yaml").write_text(YAML)
+    assert main(["compile", str(tmp_path / "tiny.yaml"), "-o", str(tmp_path / "m")]) == 0
+    (tmp_path / "m" / "tokenizer.json").write_text("{}")  # not read: refused before
+    monkeypatch.setenv("ARCHDSL_KERNELS", "bogus")
+    bogus = "error: ARCHDSL_KERNELS='bogus': expected one of triton, torch, naive\n"
+    for argv in (["run", str(tmp_path / "m"), "--gen", "1", "--prompt-len", "2"],
+                 ["bench", LAYOUT, "--gen", "1", "--seq-len", "2"], ["compile", LAYOUT, "-o", str(tmp_path / "x")],
+                 ["generate", str(tmp_path / "m"), "w"]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert out == "" and err == bogus, (argv, err)
+    assert not (tmp_path / "x").exists()
+    assert main(["check", LAYOUT]) == 0  # a command that runs no kernel does not read it
+    with pytest.raises(archdsl.ArchDSLError, match="^compile: ARCHDSL_KERNELS='bogus': expected one of"):
+        archdsl.compile(LAYOUT)
+    monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    capsys.readouterr()
+    assert main(["run", LAYOUT, "--gen", "1", "--prompt-len", "2"]) == 2
+    assert capsys.readouterr().err == "error: ARCHDSL_KERNELS=triton on a CPU tensor needs TRITON_INTERPRET=1\n"
+    monkeypatch.setattr(cli, "_check_kernels_env", lambda args: None)  # as for a device only the op knows
+    assert main(["run", LAYOUT, "--gen", "1", "--prompt-len", "2"]) == 2
+    out, err = capsys.readouterr()
+    assert err == "error: ARCHDSL_KERNELS=triton on a CPU tensor needs TRITON_INTERPRET=1\n", err
+    model = archdsl.compile(LAYOUT)  # the device's case is the ops' (load builds on the CPU for any device)
+    with pytest.raises(KernelsEnvError, match="needs TRITON_INTERPRET=1"), torch.no_grad():
+        model(torch.zeros(1, 2, dtype=torch.long))
+    assert issubclass(KernelsEnvError, ValueError)

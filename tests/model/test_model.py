@@ -145,6 +145,25 @@ def test_models_deep_copy_and_pickle(tmp_path):
     assert str(back.error("x", ("blocks", "attn"))) == str(spec.error("x", ("blocks", "attn")))
 
 
+
+def test_seeded_weights_do_not_depend_on_torchs_default_dtype_or_device():
+    """compile(seed=) under torch.set_default_dtype(float64) (or float16) and set_default_device('meta') gives the
+    weights it gives under torch's defaults (11 of this model's tensors differed: built in the default dtype, then
+    cast), and leaves the caller's defaults as they were."""
+    spec = archdsl.parse("mamba2, attn+moe, mamba, rwkv6, s4d", d_model=32, vocab_size=37, blocks=SMALL)
+    want = archdsl.compile(spec, seed=3).state_dict()
+    for dtype, device in [(torch.float64, None), (torch.float16, "meta")]:
+        try:
+            torch.set_default_dtype(dtype)
+            if device is not None:
+                torch.set_default_device(device)
+            got = archdsl.compile(spec, seed=3).state_dict()
+            assert torch.get_default_dtype() == dtype and torch.empty(0).device.type == (device or "cpu")
+        finally:
+            torch.set_default_dtype(torch.float32)
+            torch.set_default_device(None)
+        assert [n for n in want if not torch.equal(got[n], want[n])] == [], (dtype, device)
+
 def test_moe_aux_loss_is_returned():
     spec = archdsl.parse("mamba, attn, moe every 1", d_model=16, vocab_size=37, blocks=SMALL)
     model = archdsl.compile(spec, dtype=torch.float64)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..fusions import Fusable
+from ..plain import all_plain
 from .state import writable
 
 
@@ -142,7 +143,11 @@ class Attention(nn.Module, Fusable):
     @torch.no_grad()
     def _pack(self):
         """Lay the q, k, v weights (and biases) back to back in one storage, so that one GEMM
-        can read them through a view (`_packed`). The Parameters stay the same objects."""
+        can read them through a view (`_packed`). The Parameters stay the same objects. Left alone where a
+        projection is not a plain nn.Linear (model/plain.py: a LoRA layer, a quantized Linear), which the
+        fused GEMM does not take."""
+        if not all_plain(self, "q_proj", "k_proj", "v_proj"):
+            return
         for name in ("weight", "bias"):
             ps = [getattr(m, name) for m in (self.q_proj, self.k_proj, self.v_proj)]
             if ps[0] is None or type(ps[0].data) is not torch.Tensor:  # FSDP's DTensors: left alone
@@ -178,8 +183,9 @@ class Attention(nn.Module, Fusable):
 
     def _qkv(self, x):
         """q [..., H·hd], k, v [..., Hkv·hd]; at inference one GEMM over the packed weights
-        (the "qkv" fusion on, no autograd); training uses the three Linears."""
-        if "qkv" in self.fused and not torch.is_grad_enabled():
+        (the "qkv" fusion on, no autograd, the three projections plain nn.Linears: model/plain.py); training,
+        and a wrapped or hooked projection (a LoRA layer, a forward hook), the three modules."""
+        if "qkv" in self.fused and not torch.is_grad_enabled() and all_plain(self, "q_proj", "k_proj", "v_proj"):
             w = self._packed("weight")
             bias = self._packed("bias") if self.cfg.bias else None
             if w is not None and (bias is not None or not self.cfg.bias):
@@ -270,8 +276,9 @@ class Attention(nn.Module, Fusable):
             keep = min(L, w)
             self._ensure(state, keep)  # a dynamic ring grows up to the window (a static one has room: ArchModel)
             slots = torch.arange(L - keep, L, device=k.device) % state["k"].shape[2]
-            state["k"].index_copy_(2, slots, k[:, :, L - keep:])
-            state["v"].index_copy_(2, slots, v[:, :, L - keep:])
+            # in the cache's dtype: under torch.autocast k, v come in its dtype, and index_copy_ does not cast
+            state["k"].index_copy_(2, slots, k[:, :, L - keep:].to(state["k"].dtype))
+            state["v"].index_copy_(2, slots, v[:, :, L - keep:].to(state["v"].dtype))
         state["n"] = L
         state["pos"].fill_(L)
 
@@ -292,8 +299,8 @@ class Attention(nn.Module, Fusable):
         if state["static"]:
             cap = state["k"].shape[2]
             slot = (pos % cap).view(1)
-            state["k"].index_copy_(2, slot, k)
-            state["v"].index_copy_(2, slot, v)
+            state["k"].index_copy_(2, slot, k.to(state["k"].dtype))  # autocast's k, v: index_copy_ does not cast
+            state["v"].index_copy_(2, slot, v.to(state["v"].dtype))
             keys, vals, mask = state["k"], state["v"], key_mask(start, pos, cap, cap)
         else:
             n = state["n"]

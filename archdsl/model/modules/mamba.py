@@ -9,9 +9,11 @@
 
 The parallel forward lays the inner tensors out [B, E, L], the steps contiguous, as the conv and the scan
 read them (mamba_ssm's layout): in_proj, x_proj, dt_proj and out_proj are batched GEMMs on that layout
-(steps_linear), with no transposing copy forward or backward. The weights are read directly, so hooks on
-the four Linear modules do not run there. The decode step calls them as modules, but for its fused path:
-x_proj and out_proj by a Triton GEMV at one row, in_proj with the norm folded in ("norm_gemv").
+(steps_linear), with no transposing copy forward or backward. Those read the weights, and so do the decode
+step's fused path (x_proj and out_proj by a Triton GEMV at one row, dt_proj inside the step kernel, in_proj
+with the norm folded in: "norm_gemv"); each is taken only for a plain nn.Linear (model/plain.py). A wrapped
+or hooked one (a LoRA layer, a forward hook, a quantized Linear) is called as a module, on the token-major
+layout, and the step is the unfused one: the same function, its wrapper honoured on every path.
 
 The "recompute" fusion (training, eager): the conv's output u and delta are kept for the backward as
 recipes, not tensors (modules/recompute.py), and rebuilt from the conv's input and dt_proj's input, which
@@ -29,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..fusions import Fusable
+from ..plain import all_plain, plain
 from .conv import conv_forward, conv_step
 from .recompute import Keep, recompute_block
 from .state import writable
@@ -67,9 +70,10 @@ def skip_gate(y: torch.Tensor, x: torch.Tensor, D: torch.Tensor, z: torch.Tensor
 
 def fused_step_ok(mod, x):
     """Whether a Mamba mixer's decode step takes its fused Triton path: the "step" fusion on, no
-    autograd wanted, not float64, and the Triton backend chosen for x (CUDA, or the interpreter when
-    forced). set_fuse / compile(fuse=) without "step" gives the unfused step."""
-    if "step" not in mod.fused or x.dtype == torch.float64:
+    autograd wanted, not float64, the sublayers whose weights it reads plain (mod.fused_reads_plain(),
+    model/plain.py), and the Triton backend chosen for x (CUDA, or the interpreter when forced).
+    set_fuse / compile(fuse=) without "step" gives the unfused step."""
+    if "step" not in mod.fused or x.dtype == torch.float64 or not mod.fused_reads_plain():
         return False
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in mod.parameters())):
         return False
@@ -97,9 +101,10 @@ class FoldsNorm:
 
     def folds_norm(self, norm, h) -> bool:
         """Whether a decode step of residual stream h [B, d] can fold the layer's `norm` into in_proj:
-        "norm_gemv" and the fused step on, an RMSNorm, a few rows."""
+        "norm_gemv" and the fused step on, an RMSNorm, a few rows, in_proj a plain nn.Linear (the Layer asks
+        whether its norm is plain)."""
         return ("norm_gemv" in self.fused and norm.kind == "rmsnorm" and h.shape[0] <= gemv_rows()
-                and fused_step_ok(self, h))
+                and plain(self.in_proj) and fused_step_ok(self, h))
 
     def step_with_norm(self, h, delta, norm, state):
         """One decode token from the residual stream: h, delta [B, d] → (h + delta, mixer output
@@ -151,12 +156,27 @@ class Mamba(nn.Module, Fusable, FoldsNorm):
             self.D.fill_(1.0)
 
     # --- shared pieces -----------------------------------------------------------------
+    def fused_reads_plain(self) -> bool:
+        """Whether the Linears whose weights the fused decode step reads are plain (model/plain.py)."""
+        return all_plain(self, "x_proj", "dt_proj", "out_proj")
+
+    @staticmethod
+    def _steps(lin, t, parts=1):
+        """lin on t [B, K, L] (steps contiguous) → [B, N, L] contiguous (or `parts` of them, as steps_linear):
+        steps_linear over its weights where lin is a plain nn.Linear, else a call of lin on the token-major
+        t.mT, so that a wrapper or hook runs (model/plain.py)."""
+        if plain(lin):
+            return steps_linear(t, lin.weight, lin.bias, parts=parts)
+        out = lin(t.mT).mT
+        return tuple(p.contiguous() for p in out.chunk(parts, dim=1)) if parts > 1 else out.contiguous()
+
     def _ssm_params(self, xc, dim=-1, rc=Keep()):
-        """xc's E features along `dim` → dt (E of them, before bias / softplus), B, C (N each) along the same dim.
-        xc [..., E] (decode) goes through the Linear modules; xc [B, E, L] with dim=1 (the parallel forward)
-        through steps_linear, so that dt, B, C have the steps contiguous, as the scan reads them; `rc` keeps
-        dt as a recipe."""
-        lin = (lambda m, t: m(t)) if dim == -1 else (lambda m, t: steps_linear(t, m.weight))
+        """xc's E features along `dim` → dt (E of them, before softplus), B, C (N each) along the same dim, and
+        the dt bias the scan adds (None where dt holds it). xc [..., E] (decode) goes through the Linear modules;
+        xc [B, E, L] with dim=1 (the parallel forward) through steps_linear, so that dt, B, C have the steps
+        contiguous, as the scan reads them; `rc` keeps dt as a recipe. dt_proj's bias goes to the scan, but
+        where dt_proj is not a plain nn.Linear: that is called, its bias and all."""
+        lin = (lambda m, t: m(t)) if dim == -1 else self._steps
         dt, B, C = lin(self.x_proj, xc).split([self.R, self.N, self.N], dim=dim)
         mode, eps = self.cfg.inner_norms, self.cfg.inner_norm_eps
         if mode != "none":
@@ -164,10 +184,13 @@ class Mamba(nn.Module, Fusable, FoldsNorm):
                 w = getattr(self, name) if mode == "weighted" else None
                 return rms(t, w if w is None or dim == -1 else w[:, None], eps, dim)
             dt, B, C = norm(dt, "dt_layernorm"), norm(B, "b_layernorm"), norm(C, "c_layernorm")
+        if not plain(self.dt_proj):
+            return lin(self.dt_proj, dt), B, C, None
+        bias = self._f(self.dt_proj.bias)
         if dim == -1:
-            return F.linear(dt, self.dt_proj.weight), B, C
+            return F.linear(dt, self.dt_proj.weight), B, C, bias
         low, w = dt.detach(), self.dt_proj.weight.detach()
-        return rc.keep(steps_linear(dt, self.dt_proj.weight), lambda: steps_linear(low, w)), B, C
+        return rc.keep(steps_linear(dt, self.dt_proj.weight), lambda: steps_linear(low, w)), B, C, bias
 
     def _A(self):
         A_log = self.A_log if self.A_log.dtype == torch.float64 else self.A_log.float()
@@ -182,7 +205,7 @@ class Mamba(nn.Module, Fusable, FoldsNorm):
         (model/packed.py): packed sequences restart the conv and the scan at every sequence's first token (their
         seq_idx); left padding zeroes the conv's and the scan's inputs at the pads instead, which from a zero
         state is exact and keeps the scan on its fastest kernels (the Gluon ones take no restarts)."""
-        xi, z = steps_linear(x.mT, self.in_proj.weight, self.in_proj.bias, parts=2)  # [B, E, L] each, dense
+        xi, z = self._steps(self.in_proj, x.mT, parts=2)  # [B, E, L] each, dense
         w, b = self.conv1d.weight[:, 0], self.conv1d.bias
         packed = ctx.get("packed")
         if packed is not None:
@@ -200,10 +223,10 @@ class Mamba(nn.Module, Fusable, FoldsNorm):
                     lambda: conv_forward(xd, wd, bd, seq_idx=seq))
         if packed is not None:
             u = packed.zero_pads(u)  # left padding: from a zero state, a zero input leaves it zero
-        dt, B, C = self._ssm_params(u, dim=1, rc=rc)
+        dt, B, C, dt_bias = self._ssm_params(u, dim=1, rc=rc)
         epi = "epilogue" in self.fused
         kw = dict(D=self._f(self.D) if epi else None, z=z if epi else None,
-                  delta_bias=self._f(self.dt_proj.bias), delta_softplus=True, seq_idx=seq)
+                  delta_bias=dt_bias, delta_softplus=True, seq_idx=seq)
         if state is None:
             y = selective_scan(u, dt, self._A(), B, C, **kw)
         else:
@@ -212,6 +235,8 @@ class Mamba(nn.Module, Fusable, FoldsNorm):
             state["ssm"].copy_(last)
         if not epi:
             y = skip_gate(y, u, self._f(self.D)[:, None], z)
+        if not plain(self.out_proj):
+            return self.out_proj(y.mT)
         return steps_linear(y, self.out_proj.weight, self.out_proj.bias, tokens=True)
 
     # --- recurrent ---------------------------------------------------------------------
@@ -223,10 +248,10 @@ class Mamba(nn.Module, Fusable, FoldsNorm):
             return self._step_fused(x, state)
         u, z = self.in_proj(x).chunk(2, dim=-1)
         u = conv_step(u, self.conv1d.weight[:, 0], self.conv1d.bias, state["conv"])
-        dt, B, C = self._ssm_params(u)
+        dt, B, C, dt_bias = self._ssm_params(u)
         epi = "epilogue" in self.fused
         y = state_update(state["ssm"], u, dt, self._A(), B, C, D=self._f(self.D) if epi else None,
-                         z=z if epi else None, dt_bias=self._f(self.dt_proj.bias), dt_softplus=True)
+                         z=z if epi else None, dt_bias=dt_bias, dt_softplus=True)
         if not epi:
             y = skip_gate(y, u, self._f(self.D), z)
         return self.out_proj(y)

@@ -12,6 +12,10 @@ The "recompute" fusion (training, eager): the conv's output is kept for the back
 scan keeps no chunk buffers and out_proj not the gated norm's output (_inner): mamba_ssm's split-conv
 path recomputes all three.
 
+The fast paths that read out_proj's weight (the recompute fusion's gated_rmsnorm_linear, the fused decode
+step) are taken only for a plain nn.Linear out_proj and a plain gated norm (model/plain.py): a wrapped or
+hooked one (a LoRA layer, a forward hook, a quantized Linear) is called as a module, its wrapper honoured.
+
 The decode state: conv window [B, conv_dim, K-1] (model dtype), SSM state [B, H, P, N] (float32 for
 16-bit models, else the model dtype).
 """
@@ -21,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..fusions import Fusable
+from ..plain import plain
 from .conv import conv_forward, conv_step
 from .mamba import FoldsNorm, fused_step_ok, gemv_rows, init_dt_bias, skip_gate, state_dtype
 from .recompute import recompute_block
@@ -77,6 +82,11 @@ class Mamba2(nn.Module, Fusable, FoldsNorm):
     def _split(self, zxbcdt):
         return zxbcdt.split([self.E, self.conv_dim, self.H], dim=-1)
 
+    def fused_reads_plain(self) -> bool:
+        """Whether the modules whose weights the fused decode step reads are plain: out_proj and the gated norm
+        (model/plain.py)."""
+        return plain(self.out_proj) and (self.norm is None or plain(self.norm, GatedRMSNorm))
+
     def _dt_limit(self):
         """The scan's dt_limit: dt' = max(softplus(dt + dt_bias), dt_floor) inside the kernels (HF's
         time_step_limit / NemotronH's time_step_min), None without a floor."""
@@ -84,8 +94,8 @@ class Mamba2(nn.Module, Fusable, FoldsNorm):
 
     def _out(self, y, z, lean=False):
         """The gated norm (or none) and out_proj; lean: without keeping the norm's output for the backward
-        (gated_rmsnorm_linear writes it again there)."""
-        if self.norm is not None and lean:
+        (gated_rmsnorm_linear writes it again there), where the norm and out_proj are plain (model/plain.py)."""
+        if self.norm is not None and lean and self.fused_reads_plain():
             from archdsl.kernels import gated_rmsnorm_linear
             n = self.norm
             return gated_rmsnorm_linear(y, z, n.weight, self.out_proj.weight, self.out_proj.bias, n.eps, n.groups)

@@ -181,8 +181,8 @@ class Zamba(nn.Module):
         q, k = self._rope(q, k, (pos - start).view(-1, 1))  # from each row's prompt (start 0 without padding)
         writable(state, self, q, "k", "v")  # the earlier steps' attention saved the buffers
         slot = pos.view(1).clone()  # index_copy_'s backward reads its index; pos moves on below
-        state["k"].index_copy_(2, slot, k)
-        state["v"].index_copy_(2, slot, v)
+        state["k"].index_copy_(2, slot, k.to(state["k"].dtype))  # autocast's k, v: index_copy_ does not cast
+        state["v"].index_copy_(2, slot, v.to(state["v"].dtype))
         cap = state["k"].shape[2]
         valid = key_mask(start, pos, cap, cap)
         pos.add_(1)
