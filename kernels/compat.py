@@ -5,7 +5,7 @@ meaning, on our ops: code written for mamba_ssm, causal-conv1d or fla switches b
     causal-conv1d  causal_conv1d_fn                                 (causal_conv1d_update: the op's own name)
     fla            chunk_rwkv6, fused_recurrent_rwkv6
 
-Our own ops keep DESIGN.md's signatures, which differ from these in four places, all handled here:
+Our own ops keep DESIGN.md's signatures, which differ from these as follows, all handled here:
   * mamba_chunk_scan_combined takes initial_states, seq_idx and cu_seqlens before dt_softplus; its dt_limit
     defaults to (0, inf), which clamps a negative dt to 0 (ssd_scan's None clamps nothing); it reads cu_seqlens only
     for return_varlen_states (the scan restarts where seq_idx says, never where cu_seqlens does, while ssd_scan's
@@ -13,7 +13,9 @@ Our own ops keep DESIGN.md's signatures, which differ from these in four places,
   * causal_conv1d_fn takes seq_idx, initial_states, return_final_states and final_states_out before activation,
     and writes the final states into final_states_out when given;
   * chunk_rwkv6 takes a chunk_size keyword (a power of 2; our kernels pick their own chunks);
-  * fused_recurrent_rwkv6 takes reverse (each sequence scanned from its last token back), built on wkv6 by flips.
+  * fused_recurrent_rwkv6 takes reverse (each sequence scanned from its last token back), built on wkv6 by flips;
+  * chunk_rwkv6 and fused_recurrent_rwkv6 take head_first=False and refuse head_first=True with fla's
+    DeprecationWarning (HeadFirstError, a ValueError too).
 """
 from __future__ import annotations
 
@@ -94,9 +96,10 @@ def _check_final_states_out(out, x, weight) -> None:
 def chunk_rwkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
                 cu_seqlens_cpu=None, **kwargs):
     """fla's `chunk_rwkv6` (fla/ops/rwkv6/chunk.py) on wkv6: r, k, w [B, T, H, K] (w the log decay), v
-    [B, T, H, V], u [H, K]; returns (o, final state or None). chunk_size, fla's one keyword, is checked as fla
-    checks it (a power of 2) and otherwise unused: the kernels pick their own chunks, the result is the same
-    function. head_first is refused, as fla refuses it."""
+    [B, T, H, V], u [H, K]; returns (o, final state or None), o in r's dtype (fla's: v's). chunk_size, fla's one
+    keyword, is checked as fla checks it (a power of 2) and otherwise unused: the kernels pick their own chunks, the
+    result is the same function. head_first=False (fla 0.2-0.4's keyword for this layout) is taken and changes
+    nothing; head_first=True raises what fla raises, a DeprecationWarning (a ValueError too: `HeadFirstError`)."""
     _fla_keywords(kwargs, "chunk_rwkv6", ("chunk_size",))
     return wkv6(r, k, v, w, u, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
                 cu_seqlens=cu_seqlens, cu_seqlens_cpu=cu_seqlens_cpu)
@@ -104,13 +107,15 @@ def chunk_rwkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_stat
 
 @on_input_device
 def fused_recurrent_rwkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, reverse=False,
-                          cu_seqlens=None):
-    """fla's `fused_recurrent_rwkv6` (fla/ops/rwkv6/fused_recurrent.py) on wkv6: the same function as chunk_rwkv6.
-    reverse=True runs each sequence's scan from its last token back to its first, as fla's REVERSE: the initial
-    state enters at the last token and the final state is the one after the first. It is wkv6 on the inputs
-    flipped along T (a packed row flips whole, so its sequences come in reverse order, their offsets T - cu_seqlens
-    reversed, and the initial and final states reversed with them), its output flipped back: exact, and
-    differentiable through the flips."""
+                          cu_seqlens=None, **kwargs):
+    """fla's `fused_recurrent_rwkv6` (fla/ops/rwkv6/fused_recurrent.py) on wkv6: the same function as chunk_rwkv6,
+    head_first taken as there (False: nothing changes; True: `HeadFirstError`, fla's DeprecationWarning), any other
+    keyword a TypeError. reverse=True runs each sequence's scan from its last token back to its first, as fla's
+    REVERSE: the initial state enters at the last token and the final state is the one after the first. It is wkv6
+    on the inputs flipped along T (a packed row flips whole, so its sequences come in reverse order, their offsets
+    T - cu_seqlens reversed, and the initial and final states reversed with them), its output flipped back: exact,
+    and differentiable through the flips."""
+    _fla_keywords(kwargs, "fused_recurrent_rwkv6", ())
     if not isinstance(reverse, bool):
         raise ValueError(f"reverse: expected True or False, got {type(reverse).__name__}")
     if not reverse:
@@ -135,11 +140,18 @@ def _flippable(t, dims: int) -> bool:
     return isinstance(t, torch.Tensor) and t.dim() >= dims and t.layout == torch.strided
 
 
+class HeadFirstError(ValueError, DeprecationWarning):
+    """head_first=True given to chunk_rwkv6 or fused_recurrent_rwkv6: fla raises DeprecationWarning for it (since
+    0.2.1; since 0.5 for any head_first), so code written for fla catches it as that, and ours as a ValueError."""
+
+
 def _fla_keywords(kwargs: dict, where: str, known: tuple[str, ...]) -> None:
-    """fla's extra keywords: head_first refused (fla removed it), chunk_size a power of 2, anything else a
-    TypeError (fla would drop it unread)."""
-    if "head_first" in kwargs:
-        raise ValueError(f"{where}: head_first was removed from fla; pass [B, T, H, ...] inputs")
+    """fla's extra keywords: head_first=False taken (the [B, T, H, ...] layout, fla 0.2-0.4's keyword for it; fla
+    0.5 raises for any head_first, so code written for it passes none), any other head_first refused as fla refuses
+    it; chunk_size a power of 2; anything else a TypeError (fla would drop it unread)."""
+    if "head_first" in kwargs and kwargs["head_first"] is not False:
+        raise HeadFirstError(f"head_first: {where} takes [B, T, H, ...] inputs only (head_first=False), as fla, "
+                             f"which removed head_first=True; got {kwargs['head_first']!r}")
     chunk = kwargs.get("chunk_size")
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1
                               or chunk & (chunk - 1)):

@@ -46,30 +46,41 @@ def final_window(last, runs):
 def causal_conv1d_update_circular_naive(x, conv_state, weight, bias, activation, cache_seqlens):
     """Decode step(s) with conv_state `[B, D, S]` a circular buffer (causal-conv1d's cache_seqlens `[B]`): token t
     of row b is written at (cache_seqlens[b] + t) mod S, and its window is the W-1 entries before that position,
-    then the token itself. The other entries are left as they are; cache_seqlens is not advanced."""
+    then the token itself. The other entries are left as they are; cache_seqlens is not advanced.
+
+    The steps read and write a copy of the state (in its dtype, so that each reads what the state would hold),
+    written back once at the end: a read's gather keeps its input for the backward, which writing the state
+    itself in place between the steps would change under it (autograd's error, for a state in the graph or
+    x of several tokens that needs a gradient)."""
     squeeze = x.dim() == 2
     xs = x[:, :, None] if squeeze else x
-    wd = torch.float64 if conv_state.dtype == torch.float64 else torch.float32
+    wd = step_dtype(conv_state, x)
     (B, D, S), W = conv_state.shape, weight.shape[1]
     back = torch.arange(-(W - 1), 0, device=x.device)
+    buf = conv_state.clone()
     outs = []
     for t in range(xs.shape[-1]):
         at = cache_seqlens.long() + t  # [B]
-        window = conv_state.gather(2, torch.remainder(at[:, None] + back, S)[:, None, :].expand(B, D, W - 1))
+        window = buf.gather(2, torch.remainder(at[:, None] + back, S)[:, None, :].expand(B, D, W - 1))
         full = torch.cat([window.to(wd), xs[:, :, t:t + 1].to(wd)], dim=-1)
         y = (full * weight.to(wd)).sum(-1)
         outs.append(_act(y + bias.to(wd) if bias is not None else y, activation))
-        conv_state.scatter_(2, torch.remainder(at, S)[:, None, None].expand(B, D, 1),
-                            xs[:, :, t:t + 1].to(conv_state.dtype))
+        buf = buf.scatter(2, torch.remainder(at, S)[:, None, None].expand(B, D, 1), xs[:, :, t:t + 1].to(buf.dtype))
+    conv_state.copy_(buf)
     out = torch.stack(outs, dim=-1).to(x.dtype)
     return out[:, :, 0] if squeeze else out
+
+
+def step_dtype(conv_state, x):
+    """The decode steps' working dtype: float64 where the state or x is float64 (exact), else float32."""
+    return torch.float64 if torch.float64 in (conv_state.dtype, x.dtype) else torch.float32
 
 
 def causal_conv1d_update_naive(x, conv_state, weight, bias=None, activation=None):
     """Decode step(s): x `[B, D]` or `[B, D, T]`; conv_state `[B, D, S]` (S >= W-1) shifted in place."""
     squeeze = x.dim() == 2
     xs = x[:, :, None] if squeeze else x
-    wd = torch.float64 if conv_state.dtype == torch.float64 else torch.float32
+    wd = step_dtype(conv_state, x)
     W, S = weight.shape[1], conv_state.shape[-1]
     outs = []
     for t in range(xs.shape[-1]):

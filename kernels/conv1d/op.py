@@ -24,11 +24,11 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, re
     another read as 0 (as ssd_scan's seq_idx, the initial states belong to seq_idx 0).
     Returns y `[B, D, L]` in x's dtype, and with return_final_states also the last W-1 inputs
     `[B, D, W-1]` (the initial_states of a continuation of the last sequence; model prefill keeps them).
+    L = 0 gives an empty y and, as the final states, a copy of initial_states (zeros without them), on every
+    path without a kernel.
     """
     expect_shape("x", x, (None, None, None))
     batch, dim, seqlen = x.shape
-    if seqlen < 1:
-        raise ValueError(f"x: expected at least one time step, got shape {list(x.shape)}")
     _check_weight(weight, bias, dim, activation)
     W = weight.shape[1]
     expect_shape("initial_states", initial_states, (batch, dim, W - 1), optional=True)
@@ -37,6 +37,11 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, re
     expect_integer(seq_idx=seq_idx)
     expect_float(x=x, weight=weight, bias=bias, initial_states=initial_states)
     expect_same_device(x=x, weight=weight, bias=bias, initial_states=initial_states, seq_idx=seq_idx)
+    if seqlen == 0:  # nothing to convolve: y empty (in x's graph), the window as it came
+        if not return_final_states:
+            return x * 0
+        final = x.new_zeros(batch, dim, W - 1) if initial_states is None else initial_states.to(x.dtype, copy=True)
+        return x * 0, final
     runs = None if seq_idx is None else seq_runs(seq_idx)
     backend = backend_for(x)
     if backend == "triton":
@@ -66,6 +71,8 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
     `[P, D, S]` and row b shifts conv_state[conv_state_indices[b]]; a negative index is a pad row (its y is 0 and
     no state is touched), as selective_state_update's state_batch_indices, and as there no two rows may name one
     state nor any index be past the pool (checked on the CPU, trusted on a GPU).
+    The Triton step computes in float32: a float64 conv_state or x, or a gradient wanted, takes the torch step
+    (float64 exact; it steps a copy of the state, written back once, so autograd differentiates it).
     """
     expect_shape("conv_state", conv_state, (None, None, None))
     pool, dim, S = conv_state.shape
@@ -89,8 +96,11 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
     expect_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias, cache_seqlens=cache_seqlens,
                        conv_state_indices=conv_state_indices)
     expect_in_place(conv_state=conv_state)
-    # the Triton step has no backward: with a gradient wanted, the torch step, which autograd differentiates
-    if backend_for(x) == "triton" and conv_state.stride(2) == 1 and not needs_grad(x, conv_state, weight, bias):
+    # the Triton step computes in float32 and has no backward: float64 (the state or x), or a gradient wanted,
+    # take the torch step, exact in float64 and differentiated by autograd
+    wide = torch.promote_types(conv_state.dtype, x.dtype) == torch.float64
+    if (backend_for(x) == "triton" and conv_state.stride(2) == 1 and not wide
+            and not needs_grad(x, conv_state, weight, bias)):
         from .triton_conv1d import causal_conv1d_update_triton
         step = lambda x_t, t: causal_conv1d_update_triton(x_t.contiguous(), conv_state, weight, bias, activation,
                                                           conv_state_indices, cache_seqlens, t)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .._host import seq_starts
+from .naive import selective_scan_naive
 
 
 def _grouped_bc(M: torch.Tensor, dim: int) -> torch.Tensor:
@@ -40,9 +41,10 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     """Same contract as `archdsl.kernels.selective_scan`; works in float32 (float64 for float64 input)."""
     wd = torch.float64 if u.dtype == torch.float64 else torch.float32
     batch, dim, seqlen = u.shape
-    if dim == 0:  # no channels, so no groups to share them (B or C constant in time is [0, N])
-        y = u.new_zeros(batch, 0, seqlen)
-        return (y, u.new_zeros(batch, 0, A.shape[1], dtype=wd)) if return_last_state else y
+    if dim == 0:  # no channels, so no groups to share them (B or C constant in time is [0, N]): the reference's
+        # loop over the empty tensors, whose outputs autograd records as the naive path's (the Triton path's too)
+        return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                    initial_state, seq_idx)
     Bg, Cg = _grouped_bc(B.to(wd), dim), _grouped_bc(C.to(wd), dim)
     G, N = Bg.shape[1], A.shape[1]  # the state is grouped as B is; C may group the channels otherwise
     H, GC = dim // G, Cg.shape[1]

@@ -56,8 +56,9 @@ def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
 
 
 def selective_state_update_naive(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
-    """One decode step: `state [B, D, N]` updated in place, returns y `[B, D]` in x's dtype."""
-    wd = _work_dtype(state)
+    """One decode step: `state [B, D, N]` updated in place, returns y `[B, D]` in x's dtype; computed in float64
+    where the state or x is float64."""
+    wd = torch.promote_types(_work_dtype(state), _work_dtype(x))
     dim = x.shape[1]
     dt = dt.to(wd)
     if dt_bias is not None:

@@ -26,7 +26,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     changes; initial_state belongs to seq_idx 0 and the last state is the row's last sequence's; an
     extension: mamba_ssm's selective_scan_fn has no seq_idx).
     Returns out `[B, D, L]` in u's dtype, and with return_last_state also the last state
-    `[B, D, N]` (float32, float64 for float64 u).
+    `[B, D, N]` (float32, float64 for float64 u). L = 0 gives an empty out and a copy of initial_state (zeros
+    without one) on every path, without a kernel.
 
     On CUDA the forward is a Gluon kernel with hand-set layouts where it takes the case (G = 1 or a
     multiple of 16 channels a group, N <= 32; 0.53 ms at B4 L4096 D5120 N16 bf16 on the H200, mamba_ssm's
@@ -40,6 +41,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """
     batch, dim, seqlen, N = _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx)
     expect_flag(delta_softplus=delta_softplus, return_last_state=return_last_state)
+    if seqlen == 0:  # no steps: out empty (in u's graph), the state as it came (fresh: zeros); no kernel runs
+        if not return_last_state:
+            return u * 0
+        wd = torch.float64 if u.dtype == torch.float64 else torch.float32
+        last = u.new_zeros(batch, dim, N, dtype=wd) if initial_state is None else initial_state.to(wd, copy=True)
+        return u * 0, last
     backend = backend_for(u, A)
     if backend == "triton":
         from .triton_selective_scan import selective_scan_triton
@@ -130,8 +137,10 @@ def selective_state_update_unchecked(state, x, dt, A, B, C, D=None, z=None, dt_b
     arguments itself: the Mamba mixer's decode step, where on the CPU the checks took ~40 µs a layer, more than
     the torch step's arithmetic. The same paths, the same results."""
     B3, C3 = (t if t.dim() == 3 else t[:, None] for t in (B, C))
-    # the Triton step has no backward: with a gradient wanted, the torch step, which autograd differentiates
-    if (backend_for(state, x) == "triton" and state.stride(2) == 1
+    # the Triton step computes in float32 and has no backward: float64 (the state or x), or a gradient wanted,
+    # take the torch step, exact in float64 and differentiated by autograd
+    wide = torch.promote_types(state.dtype, x.dtype) == torch.float64
+    if (backend_for(state, x) == "triton" and state.stride(2) == 1 and not wide
             and not needs_grad(state, x, dt, A, B, C, D, z, dt_bias)):
         from .triton_selective_scan import selective_state_update_triton
         return selective_state_update_triton(state, unit_last(x), unit_last(dt), A, B3, C3, D, unit_last(z), dt_bias,
@@ -191,8 +200,6 @@ def _as_groups(M, batch, dim, seqlen):
 def _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx):
     expect_shape("u", u, (None, None, None))
     batch, dim, seqlen = u.shape
-    if seqlen < 1:
-        raise ValueError(f"u: expected at least one time step, got shape {list(u.shape)}")
     expect_shape("delta", delta, (batch, dim, seqlen))
     expect_shape("A", A, (dim, None))
     N = A.shape[1]

@@ -48,6 +48,8 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     for float64 x), the sequences row after row, each row's first token starting one; it comes last, after
     the final state. It is computed after the scan: by the kernels of kernels/ssd/triton_varlen.py on the Triton
     path where no input needs a gradient, else by their torch twin (varlen.py), which autograd differentiates.
+    L = 0 gives an empty y, a copy of initial_states (zeros without them) as the final state and no varlen state,
+    on every path, without a kernel (cu_seqlens, which has no empty sequence, cannot say L = 0).
     """
     _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx)
     _check_limit(dt_limit)
@@ -58,11 +60,12 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     # those sums finite for dt below 1e6 (the clamp's gradient there is 0, as the decay's is)
     A = A.to(torch.promote_types(A.dtype, torch.float32)).clamp(min=-A_FLOOR)  # -1e30 is -inf in float16
     seq_idx, offsets = packing(seq_idx, cu_seqlens, x)
+    if return_varlen_states and seq_idx is None:
+        raise ValueError("return_varlen_states: needs seq_idx or cu_seqlens (the sequences whose states it returns)")
+    if x.shape[1] == 0:
+        return _no_tokens(x, B, initial_states, return_final_states, return_varlen_states)
     count = None if offsets is None else len(offsets) - 1
     if return_varlen_states:
-        if seq_idx is None:
-            raise ValueError("return_varlen_states: needs seq_idx or cu_seqlens (the sequences whose states it "
-                             "returns)")
         out = ssd_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states, seq_idx,
                        return_final_states, keep_states, dt_limit)
         rule = DtRule.of(dt_softplus, dt_limit)
@@ -88,22 +91,40 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
                         return_final_states, keep_states)
 
 
+def _no_tokens(x, B, initial_states, return_final_states, return_varlen_states):
+    """ssd_scan of L = 0 tokens, on every path, no kernel launched: y empty (in x's graph), the final state a copy of
+    initial_states (zeros without them), and no sequence's state ([0, H, P, N]: no row has a first token)."""
+    batch, _, H, P = x.shape
+    wd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y = x * 0
+    if return_final_states:
+        final = (x.new_zeros(batch, H, P, B.shape[-1], dtype=wd) if initial_states is None
+                 else initial_states.to(wd, copy=True))
+        y = (y, final)
+    if not return_varlen_states:
+        return y
+    states = x.new_zeros(0, H, P, B.shape[-1], dtype=wd)
+    return (*y, states) if return_final_states else (y, states)
+
+
 @on_input_device
 def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None):
     """One decode token of ssd_scan: state [B, H, P, N] is updated in place; returns y [B, H, P] in x's dtype.
 
     x [B, H, P], dt [B, H], A [H], B, C [B, G, N], D [H] or [H, P], z [B, H, P], dt_bias [H],
-    dt_limit (lo, hi) or None, as ssd_scan's.
+    dt_limit (lo, hi) or None, as ssd_scan's. The Triton step computes in float32: a float64 state or x, or a
+    gradient wanted, takes the torch step (float64 exact).
     """
     _check_step(state, x, dt, A, B, C, D, z, dt_bias)
     expect_flag(dt_softplus=dt_softplus)
     _check_limit(dt_limit)
-    # the Triton step has no backward: with a gradient wanted, the torch step, which autograd differentiates
-    if backend_for(x, B) == "triton" and not needs_grad(state, x, dt, A, B, C, D, z, dt_bias):
-        from .triton_ssd import ssd_step_triton
-        if x.dtype != torch.float64:
-            return ssd_step_triton(state, x, dt, A, B, C, D, z, dt_bias, DtRule.of(dt_softplus, dt_limit))
+    # the Triton step computes in float32 and has no backward: float64 (the state or x), or a gradient wanted,
+    # take the torch step, exact in float64 and differentiated by autograd
     ct = torch.float64 if state.dtype == torch.float64 or x.dtype == torch.float64 else torch.float32
+    if (backend_for(x, B) == "triton" and ct != torch.float64
+            and not needs_grad(state, x, dt, A, B, C, D, z, dt_bias)):
+        from .triton_ssd import ssd_step_triton
+        return ssd_step_triton(state, x, dt, A, B, C, D, z, dt_bias, DtRule.of(dt_softplus, dt_limit))
     # a copy of the state where autograd records: the step keeps it for the backward, and it is written next
     s = state.to(ct, copy=needs_grad(state, x, dt, A, B, C, D, z, dt_bias))
     y, new = ssd_step_naive(s, x.to(ct), dt.to(ct), A.to(ct), B.to(ct), C.to(ct),
@@ -200,8 +221,6 @@ def _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_i
     G, N = B.shape[2:]
     if G == 0 or H % G:
         raise ValueError(f"B: the group count G={G} must divide the head count H={H}")
-    if L == 0:
-        raise ValueError("x: expected a sequence of at least one token, got L=0")
     expect_shape("dt", dt, (batch, L, H))
     expect_shape("A", A, (H,))
     expect_shape("C", C, (batch, L, G, N))

@@ -109,8 +109,6 @@ def test_the_fla_entry_points():
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     with pytest.raises(ValueError, match="chunk_size: must be a power of 2, got 12"):
         K.chunk_rwkv6(r, k, v, w, u, chunk_size=12)
-    with pytest.raises(ValueError, match="head_first was removed"):
-        K.chunk_rwkv6(r, k, v, w, u, head_first=False)
     with pytest.raises(TypeError, match="unexpected keyword argument 'chunksize'"):
         K.chunk_rwkv6(r, k, v, w, u, chunksize=16)
     with pytest.raises(ValueError, match="reverse: expected True or False, got int"):
@@ -125,6 +123,28 @@ def test_the_fla_entry_points():
     with pytest.raises(ValueError, match="^initial_state: expected a dense"):
         K.fused_recurrent_rwkv6(r[:1], k[:1], v[:1], w[:1], u, initial_state=h0.to_sparse(), reverse=True,
                                 cu_seqlens=cu)
+
+
+@pytest.mark.parametrize("name", ["chunk_rwkv6", "fused_recurrent_rwkv6"])
+def test_fla_head_first(name):
+    """Both fla entry points alike: head_first=False (fla 0.2-0.4's keyword for the [B, T, H, ...] layout, which
+    fused_recurrent_rwkv6 declared) is taken and changes nothing; head_first=True raises what fla raises, a
+    DeprecationWarning, which is our ValueError too (fused_recurrent_rwkv6 took no head_first at all, a TypeError;
+    chunk_rwkv6 refused head_first=False with a ValueError alone)."""
+    g = torch.Generator().manual_seed(3)
+    r, k, v = (torch.randn(1, 5, 2, 4, generator=g) for _ in range(3))
+    w, u = -torch.rand(1, 5, 2, 4, generator=g), torch.randn(2, 4, generator=g)
+    fn = getattr(K, name)
+    want = fn(r, k, v, w, u, output_final_state=True)
+    got = fn(r, k, v, w, u, output_final_state=True, head_first=False)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    for bad in (True, None):
+        with pytest.raises(DeprecationWarning, match=f"head_first: {name} takes"):
+            fn(r, k, v, w, u, head_first=bad)
+        with pytest.raises(ValueError, match=f"got {bad}"):
+            fn(r, k, v, w, u, head_first=bad)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'headfirst'"):
+        fn(r, k, v, w, u, headfirst=False)
 
 
 def _reverse_rwkv6(r, k, v, w, u, scale, h, cu):

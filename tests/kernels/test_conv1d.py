@@ -258,6 +258,76 @@ def test_update_with_cache_seqlens_and_a_pool(name):
     assert_close([got, pool], [want, want_pool], 1e-6)
 
 
+@pytest.mark.parametrize("name", ["naive", "torch", "triton"])
+@pytest.mark.parametrize("pool", [False, True])
+def test_update_with_cache_seqlens_has_gradients(name, pool):
+    """A circular conv_state stepped by x of two tokens that needs a gradient, the state itself out of a
+    differentiable step: the gradients of x, the state before, weight and bias are the shifted window's (the steps
+    wrote the state in place between reads that autograd kept: its in-place error, on every path)."""
+    t = as64(make(2, 3, 2, 4, seed=3))
+    linear = torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    pos, idx = torch.tensor([1, 5]), torch.tensor([2, 0])
+    g = torch.Generator().manual_seed(5)
+    wy, wstate = torch.randn(2, 3, 2, generator=g, dtype=torch.float64), torch.randn(2, 3, 3, generator=g,
+                                                                                     dtype=torch.float64)
+
+    def grads(circular_form):
+        x, s0, w, b = (v.detach().clone().requires_grad_() for v in (t["x"], linear, t["weight"], t["bias"]))
+        state = s0 * 1  # a state in the graph, as a differentiable prefill leaves it
+        if not circular_form:
+            y = causal_conv1d_update(x, state, w, b, "silu")
+            after = circular(state, pos + 2)  # the buffer that holds the shifted window
+        else:
+            state = circular(state, pos)
+            if pool:  # rows 2 and 0 of a pool of 3
+                state = torch.cat([state[1:], torch.randn(1, 3, 3, dtype=torch.float64), state[:1]])
+            y = causal_conv1d_update(x, state, w, b, "silu", pos, idx if pool else None)
+            after = state[idx] if pool else state
+        loss = (y * wy).sum() + (after * wstate).sum()
+        return [y] + list(torch.autograd.grad(loss, [x, s0, w, b]))
+
+    with backend(name):
+        got = grads(True)
+    with backend("naive"):
+        want = grads(False)
+    assert_close(got, want, 1e-12)
+
+
+@pytest.mark.parametrize("circular_form", [False, True])
+def test_update_of_a_float64_state_is_exact(circular_form):
+    """A float64 conv_state (with float64 or float32 x) takes the torch step on the Triton backend too, as
+    wkv6_step's does: outputs and the shifted state equal the torch path's to the bit (the Triton step rounded the
+    window through float32 and wrote it back so)."""
+    t = as64(make(2, 3, 3, 4, seed=6))
+    pos = torch.tensor([2, -1]) if circular_form else None
+    for x in (t["x"], t["x"].float()):
+        state0 = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        out = {}
+        for name in ("torch", "triton"):
+            state = state0.clone()
+            with backend(name):
+                out[name] = (causal_conv1d_update(x, state, t["weight"], t["bias"], "silu", pos), state)
+        assert torch.equal(out["triton"][0], out["torch"][0]) and torch.equal(out["triton"][1], out["torch"][1])
+
+
+@pytest.mark.parametrize("name", ["naive", "torch", "triton"])
+@pytest.mark.parametrize("init", [False, True])
+def test_no_tokens(name, init):
+    """L = 0, as wkv6 and wkv4 take T = 0: an empty y in x's dtype, in x's graph, and the initial states as the
+    final ones (a copy; zeros without them), with seq_idx too; no kernel launched."""
+    t = make(2, 3, 0, 4, init=init, seq=True)
+    x = t["x"].requires_grad_()
+    h0 = t["initial_states"].requires_grad_() if init else None
+    with backend(name):
+        y, fin = causal_conv1d(x, t["weight"], t["bias"], "silu", h0, True, t["seq_idx"])
+        assert causal_conv1d(x, t["weight"]).shape == (2, 3, 0)
+    assert y.shape == (2, 3, 0) and y.dtype == x.dtype and fin.shape == (2, 3, 3)
+    assert torch.equal(fin, h0 if init else torch.zeros(2, 3, 3)) and (not init or fin.data_ptr() != h0.data_ptr())
+    wf = torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(1))
+    dx, *dh0 = torch.autograd.grad(y.sum() + (fin * wf).sum(), [x] + ([h0] if init else []), allow_unused=True)
+    assert torch.equal(dx, torch.zeros(2, 3, 0)) and (not init or torch.equal(dh0[0], wf))
+
+
 def test_bad_input():
     x, w = torch.randn(2, 3, 5), torch.randn(3, 4)
     with pytest.raises(ValueError, match="weight"):

@@ -414,9 +414,9 @@ def test_mamba2_step_fused_names_an_ssm_state_of_no_states(backend, monkeypatch)
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_a_step_of_no_token_or_no_window_is_a_value_error(backend, monkeypatch):
-    """causal_conv1d_update of T = 0 steps (was torch.stack's RuntimeError on both paths; causal_conv1d refuses
-    L = 0 too) and mamba_conv_step with a conv state of no column (width K = 1: the Triton kernel wrote
-    before the state's row, a crash under the interpreter) are ValueErrors."""
+    """causal_conv1d_update of T = 0 steps (was torch.stack's RuntimeError on both paths; a step takes a token or
+    more, where causal_conv1d takes L = 0) and mamba_conv_step with a conv state of no column (width K = 1: the
+    Triton kernel wrote before the state's row, a crash under the interpreter) are ValueErrors."""
     monkeypatch.setenv("ARCHDSL_KERNELS", backend)
     fn, make = ARGS["causal_conv1d_update"]
     inputs = {k: _cast(v, torch.float32) for k, v in make(SimpleNamespace(**SIZES)).items()}

@@ -294,8 +294,6 @@ def test_bad_input():
         selective_scan(u, dl, A, torch.randn(2, 3, 3, 5), C)
     with pytest.raises(ValueError, match="initial_state"):
         selective_scan(u, dl, A, B, C, initial_state=torch.randn(2, 4, 2))
-    with pytest.raises(ValueError, match="u"):
-        selective_scan(u[:, :, :0], dl[:, :, :0], A, B[..., :0], C[..., :0])
     with pytest.raises(ValueError, match="C"):
         selective_state_update(torch.zeros(2, 4, 3), u[..., 0], dl[..., 0], A, B[..., 0], C[:, :2, 0])
     with pytest.raises(ValueError, match="x"):
@@ -312,6 +310,60 @@ def test_no_channels_with_b_and_c_constant_in_time():
     for got, want in zip(selective_scan(*args, return_last_state=True),
                          selective_scan_naive(*args, return_last_state=True)):
         assert got.shape == want.shape and got.dtype == want.dtype
+
+
+@pytest.mark.parametrize("name", ["torch", "triton"])
+@pytest.mark.parametrize("G", [-1, 0, 2])
+def test_no_channels_outputs_are_in_the_graph(name, G):
+    """D = 0 (the Triton path hands empty work to torch): out and the last state are in autograd's graph, as the
+    naive loop's, so a loss of them has its backward, and every input's gradient is the loop's (out was a fresh
+    tensor, cut off from the inputs: autograd refused its backward)."""
+    t = make(2, 0, 3, 5, G=G, z=True, Dskip=True, bias=True, h0=True)
+    with backend(name):
+        got = run(selective_scan, t)
+    assert_close(got, run(selective_scan_naive, t), 1e-12)
+
+
+@pytest.mark.parametrize("name", ["naive", "torch", "triton"])
+@pytest.mark.parametrize("h0", [False, True])
+def test_no_steps(name, h0):
+    """L = 0, as wkv6 and wkv4 take T = 0: an empty out in u's dtype, in u's graph, and the initial state as the last
+    one (a copy, float32; zeros without one), with seq_idx too; no kernel launched."""
+    t = make(2, 3, 4, 0, z=True, Dskip=True, bias=True, h0=h0)
+    u = t["u"].requires_grad_()
+    h = t["initial_state"].requires_grad_() if h0 else None
+    with backend(name):
+        y, last = selective_scan(u, t["delta"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"],
+                                 delta_bias=t["delta_bias"], delta_softplus=True, return_last_state=True,
+                                 initial_state=h, seq_idx=torch.zeros(2, 0, dtype=torch.int32))
+        assert selective_scan(u, t["delta"], t["A"], t["B"], t["C"]).shape == (2, 3, 0)
+    assert y.shape == (2, 3, 0) and y.dtype == u.dtype and last.shape == (2, 3, 4) and last.dtype == torch.float32
+    assert torch.equal(last, h if h0 else torch.zeros(2, 3, 4)) and (not h0 or last.data_ptr() != h.data_ptr())
+    wl = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1))
+    du, *dh = torch.autograd.grad(y.sum() + (last * wl).sum(), [u] + ([h] if h0 else []))
+    assert torch.equal(du, torch.zeros(2, 3, 0)) and (not h0 or torch.equal(dh[0], wl))
+
+
+@pytest.mark.parametrize("heads", [False, True])
+def test_step_of_a_float64_state_is_exact(heads):
+    """A float64 state (with float64 or float32 x) takes the torch step on the Triton backend too, as wkv6_step's
+    does: y and the new state equal the torch path's to the bit (the Triton step computed in float32 and wrote the
+    rounded state back), in the head form as well."""
+    t = make(2, 6, 3, 1, z=True, Dskip=True, bias=True, h0=True, dtype=torch.float64)
+    args = [t["u"][..., 0], t["delta"][..., 0], t["A"], t["B"][..., 0], t["C"][..., 0], t["D"], t["z"][..., 0],
+            t["delta_bias"]]
+    state0 = t["initial_state"]
+    if heads:  # 2 heads of 3 channels, one group
+        args = [a.view(2, 2, 3) for a in args[:2]] + [args[2].view(2, 3, 3), args[3][:, None], args[4][:, None],
+                                                      args[5].view(2, 3), args[6].view(2, 2, 3), args[7].view(2, 3)]
+        state0 = state0.view(2, 2, 3, 3)
+    for x in (args[0], args[0].float()):
+        out = {}
+        for name in ("torch", "triton"):
+            state = state0.clone()
+            with backend(name):
+                out[name] = (selective_state_update(state, x, *args[1:], dt_softplus=True), state)
+        assert torch.equal(out["triton"][0], out["torch"][0]) and torch.equal(out["triton"][1], out["torch"][1])
 
 
 # ------------------------------------------------------------------ seq_idx: packed sequences

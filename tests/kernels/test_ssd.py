@@ -494,6 +494,47 @@ def test_step_matches_scan(impl, monkeypatch):
     assert_close([torch.stack(ys, 1), state], [y, h], 1e-5)
 
 
+@pytest.mark.parametrize("impl", ["naive", "torch", "fused", "chunked"])
+@pytest.mark.parametrize("h0", [False, True])
+def test_no_tokens(impl, h0, monkeypatch):
+    """L = 0, as wkv6 and wkv4 take T = 0: an empty y in x's dtype, in x's graph, the initial states as the final
+    ones (a copy, float32; zeros without them) and no sequence's state for return_varlen_states; no kernel launched.
+    cu_seqlens (no empty sequence) cannot say L = 0."""
+    if impl == "naive":
+        monkeypatch.setenv("ARCHDSL_KERNELS", "naive")
+    scan = ssd_scan if impl == "naive" else scan_of(impl)
+    t = make(2, 0, 4, 3, 2, 5, D=1, z=True, bias=True, h0=h0, seq=True)
+    x = t["x"].requires_grad_()
+    h = t["initial_states"].requires_grad_() if h0 else None
+    y, final, states = scan(x, t["dt"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"], dt_bias=t["dt_bias"],
+                            dt_softplus=True, initial_states=h, seq_idx=t["seq_idx"], return_final_states=True,
+                            return_varlen_states=True)
+    assert scan(x, t["dt"], t["A"], t["B"], t["C"]).shape == (2, 0, 4, 3)
+    with pytest.raises(ValueError, match="cu_seqlens: expected 0, then increasing offsets, then L=0"):
+        scan(x[:1], t["dt"][:1], t["A"], t["B"][:1], t["C"][:1], cu_seqlens=torch.tensor([0, 0]))
+    assert y.shape == (2, 0, 4, 3) and y.dtype == x.dtype and states.shape == (0, 4, 3, 5)
+    assert final.shape == (2, 4, 3, 5) and final.dtype == torch.float32
+    assert torch.equal(final, h if h0 else torch.zeros(2, 4, 3, 5)) and (not h0 or final.data_ptr() != h.data_ptr())
+    wf = torch.randn(2, 4, 3, 5, generator=torch.Generator().manual_seed(1))
+    dx, *dh = torch.autograd.grad(y.sum() + (final * wf).sum(), [x] + ([h] if h0 else []))
+    assert torch.equal(dx, torch.zeros(2, 0, 4, 3)) and (not h0 or torch.equal(dh[0], wf))
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float64, torch.float32])
+def test_step_of_a_float64_state_is_exact(x_dtype, monkeypatch):
+    """A float64 state takes the torch step on the Triton backend, with float32 x too (only x's dtype was read: the
+    Triton step computed that in float32 and wrote the rounded state back), as wkv6_step's does: y and the new state
+    equal the torch path's to the bit."""
+    t = make(2, 1, 4, 3, 2, 5, D=2, z=True, bias=True, h0=True, dtype=torch.float64)
+    args = [t["x"][:, 0].to(x_dtype), t["dt"][:, 0], t["A"], t["B"][:, 0], t["C"][:, 0]]
+    out = {}
+    for name in ("torch", "triton"):
+        monkeypatch.setenv("ARCHDSL_KERNELS", name)
+        state = t["initial_states"].clone()
+        out[name] = (ssd_step(state, *args, D=t["D"], z=t["z"][:, 0], dt_bias=t["dt_bias"], dt_softplus=True), state)
+    assert torch.equal(out["triton"][0], out["torch"][0]) and torch.equal(out["triton"][1], out["torch"][1])
+
+
 @pytest.mark.parametrize("impl", ["torch", "fused", "chunked"])
 def test_seq_idx_isolates_sequences(impl):
     scan = scan_of(impl)
