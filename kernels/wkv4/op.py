@@ -8,7 +8,7 @@ from .._dispatch import backend_for, needs_grad, on_input_device
 from .._host import seq_runs
 from .._opaque import PATHS, torch_path
 from .chunked import wkv4_torch
-from .naive import wkv4_naive, wkv4_step_naive
+from .naive import _initial, wkv4_naive, wkv4_step_naive
 
 
 @on_input_device
@@ -32,6 +32,10 @@ def wkv4(w, u, k, v, state=None, seq_idx=None):
     outgoing state's num, den and max each as the function it is (max moves with the winning logit).
     """
     state = _check(w, u, k, v, state, seq_idx)
+    if k.shape[1] == 0:  # no token, no kernel: an empty wkv in k's and v's graph, the state a copy
+        B, _, C = k.shape
+        ct = torch.float64 if k.dtype == torch.float64 else torch.float32
+        return k * 0 + (v * 0).to(k.dtype), tuple(s.to(ct, copy=True) for s in _initial(state, B, C, ct, k.device))
     backend = backend_for(k)
     if backend == "triton":
         from .triton_wkv4 import wkv4_triton

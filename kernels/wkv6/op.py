@@ -50,6 +50,13 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
     seq_idx, offsets = packing(seq_idx, cu_seqlens, r, cu_seqlens_cpu, runs=not varlen)
     _check(r, k, v, w, u, initial_state, seq_idx, states=None if offsets is None else len(offsets) - 1)
     scale = r.shape[-1] ** -0.5 if scale is None else expect_number("scale", scale)
+    if r.shape[1] == 0:  # no token, no kernel: an empty o in v's graph, the final state a copy of the initial one
+        ct = torch.float64 if r.dtype == torch.float64 else torch.float32
+        B, _, H, K = r.shape
+        state = None if not output_final_state else (
+            initial_state.to(ct, copy=True) if initial_state is not None
+            else r.new_zeros(B, H, K, v.shape[-1], dtype=ct))
+        return (v * 0).to(r.dtype), state
     backend = backend_for(r)
     if varlen and backend != "triton":
         rows = [side_by_side(t, offsets) for t in (r, k, v, w)]

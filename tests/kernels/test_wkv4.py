@@ -352,6 +352,26 @@ def test_gpu_packed_full_size_vs_float64(dtype, tol):
     close(run(lambda *a: triton_wkv4(*a, seq), xs, state), want, tol, f"packed {dtype}")
 
 
+@pytest.mark.parametrize("backend", ["naive", "torch", "triton"])
+def test_no_tokens(backend, monkeypatch):
+    """T = 0, as ssd_scan, selective_scan and causal_conv1d take L = 0: an empty wkv in k's dtype and graph, the state
+    a copy of the one given (it was the caller's own tensors on the torch and Triton paths), or a fresh one, and its
+    gradient passed through; no kernel launched."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", backend)
+    g = torch.Generator().manual_seed(0)
+    w, u = torch.randn(5, generator=g), torch.randn(5, generator=g)
+    k, v = (torch.randn(2, 0, 5, generator=g).requires_grad_() for _ in range(2))
+    state = tuple(torch.randn(2, 5, generator=g).requires_grad_() for _ in range(3))
+    out, new = wkv4(w, u, k, v, state)
+    assert out.shape == (2, 0, 5) and out.dtype == k.dtype and out.requires_grad
+    assert all(torch.equal(a, b) and a.data_ptr() != b.data_ptr() for a, b in zip(new, state))
+    grads = torch.autograd.grad(out.sum() + sum((s * (i + 1)).sum() for i, s in enumerate(new)), [k, *state])
+    assert grads[0].shape == (2, 0, 5) and all(torch.equal(gs, torch.full((2, 5), i + 1.0))
+                                               for i, gs in enumerate(grads[1:]))
+    _, fresh = wkv4(w, u, k, v)
+    assert [float(s[0, 0]) for s in fresh] == [0.0, 0.0, float(torch.tensor(-1e38))]
+
+
 @pytest.mark.big_memory
 @cuda
 @pytest.mark.gpu

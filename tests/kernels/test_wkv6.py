@@ -582,3 +582,24 @@ def test_gpu_choice_is_timed_once_and_cached(monkeypatch):
     (choice,) = _dispatch._CHOICE.values()
     o2, _ = wkv6(r, k, v, w, u, initial_state=h0)
     assert choice in ("serial", "chunked") and len(_dispatch._CHOICE) == 1 and torch.equal(o1, o2)
+
+
+@pytest.mark.parametrize("backend", ["naive", "torch", "triton"])
+@pytest.mark.parametrize("h0", [False, True])
+def test_no_tokens(backend, h0, monkeypatch):
+    """T = 0: an empty o in r's dtype and v's graph, the final state a copy of initial_state (zeros without one) with
+    its gradient passed through; no kernel launched (the output was outside autograd's graph)."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", backend)
+    g = torch.Generator().manual_seed(0)
+    r, k, v, w = (torch.randn(2, 0, 3, 4, generator=g).requires_grad_() for _ in range(4))
+    u = torch.randn(3, 4, generator=g)
+    h = torch.randn(2, 3, 4, 4, generator=g).requires_grad_() if h0 else None
+    o, final = wkv6(r, k, v, w, u, initial_state=h, output_final_state=True)
+    assert o.shape == (2, 0, 3, 4) and o.dtype == r.dtype and o.requires_grad
+    assert final.dtype == torch.float32 and torch.equal(final, h if h0 else torch.zeros(2, 3, 4, 4))
+    assert wkv6(r, k, v, w, u, initial_state=h)[1] is None
+    if h0:
+        assert final.data_ptr() != h.data_ptr()
+        wf = torch.randn(2, 3, 4, 4, generator=g)
+        dv, dh = torch.autograd.grad(o.sum() + (final * wf).sum(), [v, h])
+        assert dv.shape == (2, 0, 3, 4) and torch.equal(dh, wf)
