@@ -191,12 +191,9 @@ def explore_command(args) -> None:
                 raise ArchDSLError(f"{flag} needs --probe (e.g. --probe mqar)")
     objectives = (args.objective or "params,cache").split(",")
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
-    try:
-        run(space, constraints, objectives, outdir, probe=probe, top=args.top, seed=args.seed, context=context,
-            batch=parse_count(args.batch, "--batch"), dtype=args.dtype, resume=bool(args.resume),
-            progress=False if args.no_progress else (True if sys.stderr.isatty() else "lines"), log=log)
-    except KeyboardInterrupt:
-        raise
+    run(space, constraints, objectives, outdir, probe=probe, top=args.top, seed=args.seed, context=context,
+        batch=parse_count(args.batch, "--batch"), dtype=args.dtype, resume=bool(args.resume),
+        progress=False if args.no_progress else (True if sys.stderr.isatty() else "lines"), log=log)
     if args.json:  # the document just written, as written: one source for the file and stdout
         with open(os.path.join(outdir, "results.json"), encoding="utf-8") as f:
             sys.stdout.write(f.read())
