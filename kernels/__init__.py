@@ -5,9 +5,12 @@ PyTorch path (the CPU path) and Triton forward + backward kernels (the CUDA path
 all with one signature; see _dispatch for how one is chosen.
 """
 # The folder sits at the repository's top level; with the repository root on sys.path
-# (`python -m ...` run there) it is also importable as a bare `kernels`, the name of the
-# Hugging Face hub package that transformers probes for. Only as archdsl.kernels does it
-# load anything, so such a probe finds an empty module with no version and moves on.
+# (`python -m ...` run there, or Python started in the root) it is also importable as a bare
+# `kernels`, the name of the Hugging Face hub package that transformers (5.25 and later)
+# imports as it loads. Only as archdsl.kernels does this file load anything, so the bare
+# import shadows the hub package with an empty module and transformers fails with "cannot
+# import name 'CUDAProperties' from 'kernels'" (docs/interop.md): tests/conftest.py imports
+# the hub package first; scripts run from another directory or with `python -P`.
 if __name__ == "archdsl.kernels":
     from ._dispatch import interpreting
     if interpreting():

@@ -1,4 +1,5 @@
-"""Which implementation of an op runs: Triton on CUDA, chunked torch on the CPU.
+"""Which implementation of an op runs: Triton on CUDA, chunked torch on the CPU (and on CUDA for a parallel
+scan's float64 inputs, which the Triton scans would compute in float32: choose_backend).
 
 `ARCHDSL_KERNELS=triton|torch|naive` overrides the choice for every op; with
 `TRITON_INTERPRET=1` set, `triton` also runs on CPU tensors (through Triton's interpreter),
@@ -32,14 +33,31 @@ def forced_backend(device_type: str | None = None) -> str:
     return forced
 
 
-def backend_for(x: torch.Tensor, *sized: torch.Tensor | None) -> str:
+def backend_for(x: torch.Tensor, *sized: torch.Tensor | None, exact: tuple = ()) -> str:
     """The backend an op should use for tensor `x`. Work with no elements (x or any of `sized`
     empty: a zero batch, head, state or channel count) never goes to Triton: it takes the torch path,
-    whose result is then the op's. A bad ARCHDSL_KERNELS is KernelsEnvError (forced_backend)."""
-    forced = forced_backend(x.device.type)
+    whose result is then the op's. `exact`: the op's floating inputs (None skipped), where the op computes
+    in float32 on Triton (the parallel scans pass theirs): where one is float64 the automatic choice is the torch
+    path, float64-exact on CUDA as on the CPU. A bad ARCHDSL_KERNELS is KernelsEnvError (forced_backend).
+    The choice itself is choose_backend's."""
+    empty = x.numel() == 0 or any(t is not None and t.numel() == 0 for t in sized)
+    float64 = any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in exact)
+    return choose_backend(x.device.type, forced_backend(x.device.type), empty=empty, float64=float64)
+
+
+def choose_backend(device_type: str, forced: str = "", *, empty: bool = False, float64: bool = False) -> str:
+    """backend_for's choice, from what it reads: the device type of the op's tensors, `forced` (forced_backend's
+    answer: a backend's name, '' where ARCHDSL_KERNELS is unset), whether the work is `empty` (no elements) and
+    whether it is `float64` work of an op whose Triton kernels compute in float32 (the parallel scans).
+
+    Unforced: Triton on CUDA, torch elsewhere; float64 work takes torch on CUDA too (the Triton scans would
+    return float64 computed in float32, ~1e-7 off, where the torch path is float64-exact, as the decode steps
+    are on every backend). Forced: the backend named, float64 work included (ARCHDSL_KERNELS=triton runs the
+    Triton kernels on float64 inputs, in float32 arithmetic, the result returned in float64: the interpreted
+    tests hold the kernels to the float64 reference that way). Empty work never takes Triton: torch instead."""
     if not forced:
-        forced = "triton" if x.device.type == "cuda" else "torch"
-    if forced == "triton" and (x.numel() == 0 or any(t is not None and t.numel() == 0 for t in sized)):
+        forced = "triton" if device_type == "cuda" and not float64 else "torch"
+    if forced == "triton" and empty:
         return "torch"
     return forced
 

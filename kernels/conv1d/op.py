@@ -43,7 +43,8 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, re
         final = x.new_zeros(batch, dim, W - 1) if initial_states is None else initial_states.to(x.dtype, copy=True)
         return x * 0, final
     runs = None if seq_idx is None else seq_runs(seq_idx)
-    backend = backend_for(x)
+    # a float64 input takes the torch path unless ARCHDSL_KERNELS forces one (_dispatch.choose_backend)
+    backend = backend_for(x, exact=(x, weight, bias, initial_states))
     if backend == "triton":
         from .triton_conv1d import causal_conv1d_triton
         y = causal_conv1d_triton(x, weight, bias, activation, initial_states, runs)

@@ -47,7 +47,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         wd = torch.float64 if u.dtype == torch.float64 else torch.float32
         last = u.new_zeros(batch, dim, N, dtype=wd) if initial_state is None else initial_state.to(wd, copy=True)
         return u * 0, last
-    backend = backend_for(u, A)
+    # a float64 input takes the torch path unless ARCHDSL_KERNELS forces one (_dispatch.choose_backend)
+    backend = backend_for(u, A, exact=(u, delta, A, B, C, D, z, delta_bias, initial_state))
     if backend == "triton":
         from .triton_selective_scan import selective_scan_triton
         B4, C4 = (_as_groups(M, batch, dim, seqlen) for M in (B, C))

@@ -728,6 +728,19 @@ def _bwd_impl(u, A, B4, starts=None):
     return lambda *a: impl(*a, starts=starts)
 
 
+SCAN_FWD = ("gluon", "serial", "segments", "auto")  # ARCHDSL_SCAN_FWD's values (unset: the default, see _fwd_impl)
+
+
+def _fwd_choice() -> str:
+    """ARCHDSL_SCAN_FWD as set ('' when unset); a ValueError naming every value it takes for any other (pick_impl
+    would list only the forwards this call can run: not gluon off CUDA, nor segments with seq_idx)."""
+    want = os.environ.get("ARCHDSL_SCAN_FWD", "").strip().lower()
+    if want and want not in SCAN_FWD:
+        raise ValueError(f"ARCHDSL_SCAN_FWD={want!r}: expected one of gluon (CUDA only), serial, segments, auto "
+                         "(or unset)")
+    return want
+
+
 def _fwd_impl(args, starts=None):
     """`ARCHDSL_SCAN_FWD=gluon|serial|segments|auto`: the forward with hand-set layouts (`ss_fwd_gluon`: a
     channel's states in two threads, B and C from shared memory; CUDA only, since Gluon is compiled, never
@@ -737,14 +750,15 @@ def _fwd_impl(args, starts=None):
     multiple of 16 channels a group, N <= 32), else the serial one. All store the same checkpoints. `starts`
     (packed sequences) go to the serial or the Gluon one."""
     from .triton_selective_scan_segments import ss_fwd_segments
+    want = _fwd_choice()
     impls = {"serial": lambda *a: ss_fwd(*a, starts=starts)}
     if starts is None:  # the segmented forward takes no sequence starts
         impls["segments"] = ss_fwd_segments
-    elif os.environ.get("ARCHDSL_SCAN_FWD", "").strip().lower() == "segments":
+    elif want == "segments":
         raise ValueError("ARCHDSL_SCAN_FWD='segments': with seq_idx the forward is serial, gluon or auto (the "
                          "segmented forward takes no sequence starts)")
     default = "serial"
-    wants_gluon = os.environ.get("ARCHDSL_SCAN_FWD", "").strip().lower() == "gluon"
+    wants_gluon = want == "gluon"
     u, A, B4, h0, store_ck = args[0], args[2], args[3], args[8], args[10]
     if u.is_cuda or wants_gluon:  # Gluon's import (~75 ms) only where it may run
         from .gluon_selective_scan import HAVE_GLUON, fits, ss_fwd_gluon

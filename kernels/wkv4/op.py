@@ -36,7 +36,8 @@ def wkv4(w, u, k, v, state=None, seq_idx=None):
         B, _, C = k.shape
         ct = torch.float64 if k.dtype == torch.float64 else torch.float32
         return k * 0 + (v * 0).to(k.dtype), tuple(s.to(ct, copy=True) for s in _initial(state, B, C, ct, k.device))
-    backend = backend_for(k)
+    # a float64 input takes the torch path unless ARCHDSL_KERNELS forces one (_dispatch.choose_backend)
+    backend = backend_for(k, exact=(w, u, k, v, *(state or ())))
     if backend == "triton":
         from .triton_wkv4 import wkv4_triton
         return wkv4_triton(w, u, k, v, state, seq_idx)

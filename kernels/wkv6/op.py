@@ -38,7 +38,9 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
 
     Returns (o `[B, T, H, V]` in r's dtype, final state `[B, H, K, V]` in float32 (float64
     for float64 r) when output_final_state, else None). Differentiable in r, k, v,
-    w, u and initial_state.
+    w, u and initial_state. A key size K of 0 with a scale given is empty work, as the other zero counts: o is 0, in
+    autograd's graph, and the (empty) state passes through, on every path; without a scale it is a ValueError (the
+    default K^-0.5 needs K >= 1).
     """
     expect_shape("r", r, (None, None, None, None))  # before packing reads its length and seq_idx
     expect_shape("seq_idx", seq_idx, tuple(r.shape[:2]), optional=True)
@@ -48,7 +50,7 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
     # cu_seqlens with states: the offsets alone are read (no seq_idx made on the device)
     varlen = cu_seqlens is not None and (initial_state is not None or output_final_state)
     seq_idx, offsets = packing(seq_idx, cu_seqlens, r, cu_seqlens_cpu, runs=not varlen)
-    _check(r, k, v, w, u, initial_state, seq_idx, states=None if offsets is None else len(offsets) - 1)
+    _check(r, k, v, w, u, initial_state, scale, seq_idx, states=None if offsets is None else len(offsets) - 1)
     scale = r.shape[-1] ** -0.5 if scale is None else expect_number("scale", scale)
     if r.shape[1] == 0:  # no token, no kernel: an empty o in v's graph, the final state a copy of the initial one
         ct = torch.float64 if r.dtype == torch.float64 else torch.float32
@@ -57,7 +59,8 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
             initial_state.to(ct, copy=True) if initial_state is not None
             else r.new_zeros(B, H, K, v.shape[-1], dtype=ct))
         return (v * 0).to(r.dtype), state
-    backend = backend_for(r)
+    # a float64 input takes the torch path unless ARCHDSL_KERNELS forces one (_dispatch.choose_backend)
+    backend = backend_for(r, exact=(r, k, v, w, u, initial_state))
     if varlen and backend != "triton":
         rows = [side_by_side(t, offsets) for t in (r, k, v, w)]
         o, state = wkv6(*rows, u, scale, initial_state, output_final_state)
@@ -112,7 +115,7 @@ def wkv6_step(state, r, k, v, w, u, scale=None):
 
     r, k, w `[B, H, K]`, v `[B, H, V]`, u `[H, K]`. Returns o `[B, H, V]` in r's dtype. On the Triton backend one
     kernel reads and writes the state once (kernels/wkv6/triton_wkv6_step.py), in float32; float64, or a gradient
-    wanted, takes the torch step.
+    wanted, takes the torch step. K = 0 as in wkv6: o is 0 where scale is given, else a ValueError.
     """
     expect_shape("state", state, (None, None, None, None))
     B, H, K, V = state.shape
@@ -120,7 +123,7 @@ def wkv6_step(state, r, k, v, w, u, scale=None):
         expect_shape(name, t, (B, H, K))
     expect_shape("v", v, (B, H, V))
     expect_shape("u", u, (H, K))
-    _check_K(K)
+    _check_K(K, scale)
     expect_float(state=state, r=r, k=k, v=v, w=w, u=u)
     expect_same_device(state=state, r=r, k=k, v=v, w=w, u=u)
     expect_in_place(state=state)
@@ -226,7 +229,7 @@ def _time(impl, xs, scale, output_final_state, grad, **packing) -> float:
     return time_or_inf(go)
 
 
-def _check(r, k, v, w, u, initial_state, seq_idx=None, states=None):
+def _check(r, k, v, w, u, initial_state, scale, seq_idx=None, states=None):
     """states: the initial states' count where it is not the batch's (cu_seqlens: one a sequence)."""
     expect_shape("r", r, (None, None, None, None))
     B, T, H, K = r.shape
@@ -234,7 +237,7 @@ def _check(r, k, v, w, u, initial_state, seq_idx=None, states=None):
     expect_shape("w", w, (B, T, H, K))
     expect_shape("v", v, (B, T, H, None))
     expect_shape("u", u, (H, K))
-    _check_K(K)
+    _check_K(K, scale)
     expect_shape("initial_state", initial_state, (B if states is None else states, H, K, v.shape[-1]), optional=True)
     expect_shape("seq_idx", seq_idx, (B, T), optional=True)
     expect_integer(seq_idx=seq_idx)
@@ -242,6 +245,9 @@ def _check(r, k, v, w, u, initial_state, seq_idx=None, states=None):
     expect_same_device(r=r, k=k, v=v, w=w, u=u, initial_state=initial_state, seq_idx=seq_idx)
 
 
-def _check_K(K):
-    if K == 0:
-        raise ValueError("r: expected a key size K of at least 1 (the scale is K^-0.5), got K=0")
+def _check_K(K, scale):
+    """A key size K of 0 is empty work (o = 0, the state passes through) where scale is given; the default scale,
+    K^-0.5, needs K >= 1."""
+    if K == 0 and scale is None:
+        raise ValueError("scale: the default, K^-0.5, needs a key size K (r's last dim) of at least 1, got K=0; "
+                         "pass a scale for K = 0 (empty work: o is 0)")

@@ -574,3 +574,57 @@ def test_cu_seqlens_on_the_meta_device_is_named(op):
         call = lambda cu: wkv6(r, k, v, w, torch.zeros(2, 4, **meta), cu_seqlens=cu)  # noqa: E731
     with pytest.raises(ValueError, match="cu_seqlens: on the meta device it holds no offsets"):
         call(torch.tensor([0, 3, 8], **meta))
+
+
+SCANS = ("ssd_scan", "selective_scan", "wkv6", "wkv4", "causal_conv1d")  # Triton kernels in float32, no float64 escape
+
+
+def _as_if_on_cuda(monkeypatch):
+    """The backend each op asks for, as _dispatch.choose_backend would choose it for CUDA tensors (ARCHDSL_KERNELS
+    unset), recorded; the torch path runs (the CPU has no card), so the recorded choice is what is checked."""
+    from archdsl.kernels import _dispatch
+
+    real, chosen = _dispatch.choose_backend, []
+    monkeypatch.delenv("ARCHDSL_KERNELS", raising=False)
+    monkeypatch.setattr(_dispatch, "choose_backend",
+                        lambda device_type, forced="", **kw: chosen.append(real("cuda", forced, **kw)) or "torch")
+    return chosen
+
+
+@pytest.mark.parametrize("op, arg", [(op, arg) for op, arg in CASES if op in SCANS] + [(op, None) for op in SCANS])
+def test_a_float64_input_to_a_scan_takes_the_torch_path_on_cuda(op, arg, monkeypatch):
+    """Unforced on CUDA, a parallel scan (or the conv) with any floating input in float64 takes the torch path,
+    float64-exact as on the CPU; all float32, the Triton one. The Triton scans computed float64 in float32 and
+    returned float64 results ~1e-7 off (a float64 model's parallel forward 1.5e-7 off its decode on CUDA)."""
+    chosen = _as_if_on_cuda(monkeypatch)
+    fn, make = ARGS[op]
+    torch.manual_seed(0)
+    inputs = {k: _cast(v, torch.float64 if k == arg else torch.float32)
+              for k, v in make(SimpleNamespace(**SIZES)).items()}
+    fn(**inputs)
+    want = "triton" if arg is None else "torch"
+    assert chosen and set(chosen) == {want}, f"{op} with {arg or 'nothing'} in float64: {chosen}"
+
+
+@pytest.mark.parametrize("op", ["mamba_chunk_scan_combined", "selective_scan_fn", "causal_conv1d_fn", "chunk_rwkv6",
+                                "fused_recurrent_rwkv6"])
+def test_the_peer_entry_points_take_float64_to_the_torch_path_on_cuda(op, monkeypatch):
+    """The compat wrappers dispatch through the ops: float64 inputs take the torch path unforced on CUDA, and give
+    the float64 naive loop's result to float64 rounding (fused_recurrent_rwkv6 reversed too)."""
+    import archdsl.kernels as K
+
+    base = {"mamba_chunk_scan_combined": "ssd_scan", "selective_scan_fn": "selective_scan",
+            "causal_conv1d_fn": "causal_conv1d"}.get(op, "wkv6")
+    fn, make = getattr(K, op), ARGS[base][1]
+    torch.manual_seed(0)
+    inputs = {k: _cast(v, torch.float64) for k, v in make(SimpleNamespace(**SIZES)).items()}
+    extra = dict(chunk_size=8) if op == "mamba_chunk_scan_combined" else {}
+    for more in ([{}, dict(reverse=True)] if op == "fused_recurrent_rwkv6" else [{}]):
+        monkeypatch.setenv("ARCHDSL_KERNELS", "naive")
+        want = _flat(fn(**inputs, **extra, **more))
+        chosen = _as_if_on_cuda(monkeypatch)
+        got = _flat(fn(**inputs, **extra, **more))
+        assert chosen and set(chosen) == {"torch"}, f"{op} {more}: {chosen}"
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == w.dtype
+            torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)

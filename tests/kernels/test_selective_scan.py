@@ -440,6 +440,19 @@ def test_an_unknown_backward_choice_is_refused():
             selective_scan(*args)
 
 
+@pytest.mark.parametrize("seq", [False, True])
+def test_an_unknown_forward_choice_names_every_forward(seq):
+    """ARCHDSL_SCAN_FWD other than gluon, serial, segments or auto is a ValueError listing all four, gluon with its
+    need for CUDA, off CUDA and with seq_idx too (it listed only the forwards the call could run: serial, segments,
+    auto on the CPU)."""
+    t = make(2, 4, 3, 5)
+    args = [t[k].float() for k in ("u", "delta", "A", "B", "C")]
+    seq_idx = torch.zeros(2, 5, dtype=torch.long) if seq else None
+    with backend("triton"), env("ARCHDSL_SCAN_FWD", "bogus"), pytest.raises(
+            ValueError, match=r"ARCHDSL_SCAN_FWD='bogus': expected one of gluon \(CUDA only\), serial, segments, auto"):
+        selective_scan(*args, seq_idx=seq_idx)
+
+
 @pytest.mark.parametrize("L", [1, 31, 32, 33, 100])
 def test_start_words_hold_one_bit_a_step(L):
     """The Gluon kernels read sequence starts as bits: bit t % 32 of word t // 32, one spare word a row."""

@@ -603,3 +603,34 @@ def test_no_tokens(backend, h0, monkeypatch):
         wf = torch.randn(2, 3, 4, 4, generator=g)
         dv, dh = torch.autograd.grad(o.sum() + (final * wf).sum(), [v, h])
         assert dv.shape == (2, 0, 3, 4) and torch.equal(dh, wf)
+
+
+@pytest.mark.parametrize("backend", ["naive", "torch", "triton"])
+@pytest.mark.parametrize("varlen", [False, True])
+def test_no_key_channels_with_a_scale_is_empty_work(backend, varlen, monkeypatch):
+    """K = 0 with a scale given, as the other zero counts: o is 0 in r's dtype and in autograd's graph (v's gradient
+    0), the final state `[B, H, 0, V]` as the initial one, on every path and with fla's cu_seqlens; wkv6_step alike.
+    Without a scale it is a ValueError naming scale (the default K^-0.5 needs K >= 1): it was refused either way,
+    the message blaming the default."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", backend)
+    B, T, H, V = (1, 6, 2, 3) if varlen else (2, 5, 2, 3)
+    g = torch.Generator().manual_seed(0)
+    r, k, w = (torch.randn(B, T, H, 0, generator=g).requires_grad_() for _ in range(3))
+    v = torch.randn(B, T, H, V, generator=g).requires_grad_()
+    u = torch.randn(H, 0, generator=g)
+    n = 2 if varlen else B
+    h0 = torch.randn(n, H, 0, V, generator=g).requires_grad_()
+    packing = dict(cu_seqlens=torch.tensor([0, 2, T])) if varlen else {}
+    o, final = wkv6(r, k, v, w, u, 0.5, h0, True, **packing)
+    assert o.shape == (B, T, H, V) and o.dtype == r.dtype and o.requires_grad and not o.any()
+    assert final.shape == (n, H, 0, V) and final.dtype == torch.float32
+    (dv,) = torch.autograd.grad(o.sum(), [v])
+    assert torch.equal(dv, torch.zeros_like(v))
+    with pytest.raises(ValueError, match=r"scale: the default, K\^-0.5, needs a key size K .* got K=0"):
+        wkv6(r, k, v, w, u, initial_state=h0, output_final_state=True, **packing)
+    state = torch.zeros(B, H, 0, V)
+    step = [t[:, 0].detach() for t in (r, k, v, w)]
+    o1 = wkv6_step(state, *step, u, scale=0.5)
+    assert o1.shape == (B, H, V) and o1.dtype == r.dtype and not o1.any()
+    with pytest.raises(ValueError, match=r"scale: the default, K\^-0.5, needs a key size K .* got K=0"):
+        wkv6_step(state, *step, u)
