@@ -63,6 +63,10 @@ class LayerReport:
 
 @dataclass(frozen=True)
 class Report:
+    """A spec's figures at one (seq_len, batch, dtype): totals and `layers`. `embedding_params` is what lies outside
+    the layers but the final norm(s): the vocab_size × d_model table, and where tie_embeddings is false the LM head's
+    as many again (twice the table)."""
+
     name: str
     seq_len: int
     batch: int

@@ -1,7 +1,8 @@
 """Writes that never leave a half-written file or directory behind, and never take anything but their own
 earlier output: the data goes to a temporary name beside the target and is renamed onto it only once it is
-complete; a directory in the way is replaced only when it holds nothing but what this write puts there
-(an earlier save of the same kind) or nothing at all. What lands gets the usual permissions (the umask's),
+complete; a directory in the way is replaced only when it holds exactly the files this write puts there
+(an earlier save of the same kind: all of them, not one alone, which may be a user's own spec.yaml or
+config.json) or nothing at all. What lands gets the usual permissions (the umask's),
 not the private ones of a temporary file. A file written through a symbolic link is written where the link
 points (its target, a link to a link followed to the end, made when it is missing), as `>` in a shell and
 matplotlib do: the link stays a link (renamed onto, it became a plain file and its target kept the old data).
@@ -63,8 +64,19 @@ def write_atomic(path: str, data: str | bytes, replace: bool = True) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError):  # a full disk, a quota: said as every other write error is
-            raise ArchDSLError(f"cannot write {path}: {e.strerror or e}") from None
+            raise cannot_write(path, e) from None
         raise
+
+
+def cannot_write(path, e: Exception) -> ArchDSLError:
+    """`cannot write PATH: REASON` for a write that failed (a full disk, a file too large, a quota): an OSError's
+    strerror, or the text of a writer library's own exception (safetensors' SafetensorError is no OSError) less
+    its wrapping, `Error while serializing: I/O error: File too large (os error 27)` → `File too large`."""
+    if isinstance(e, OSError):
+        return ArchDSLError(f"cannot write {path}: {e.strerror or e}")
+    reason = re.sub(r"\s*\(os error \d+\)$", "", str(e).strip())
+    reason = reason.rsplit("I/O error:", 1)[-1].strip() or type(e).__name__
+    return ArchDSLError(f"cannot write {path}: {reason}")
 
 
 def check_output(path: str, flag: str = "-o", directory: bool = False, replace: bool = True) -> None:
@@ -111,9 +123,10 @@ def check_output_dir(path: str, names: frozenset[str], flag: str = "-o") -> None
 def atomic_dir(path: str, names: frozenset[str]) -> Iterator[str]:
     """Yield a fresh temporary directory beside `path` to fill with files of the given `names`; when the block
     ends without an error it takes the place of `path`, else it is removed and `path` stays as it was. An
-    existing `path` is replaced (moved aside, then removed) only when it is a directory of such files or of
-    none; anything else there (another file, a subdirectory, the current directory or one above it) is
-    ArchDSLError before anything is written. Temporaries of `path` that a killed writer left are removed first
+    existing `path` is replaced (moved aside, then removed) only when it is an empty directory or one holding
+    all of `names` as plain files and nothing else (an earlier save); anything else there (another file, a
+    subdirectory, some of `names` without the rest, the current directory or one above it) is ArchDSLError
+    before anything is written. Temporaries of `path` that a killed writer left are removed first
     (see the module's docstring). A path holding a control character is ArchDSLError (see check_control)."""
     check_control(os.fspath(path), "atomic_dir: path")
     path = os.path.abspath(os.fspath(path))
@@ -242,7 +255,9 @@ def remove_stale_temporaries(path: str, fresh: bool = True) -> list[str]:
 
 
 def _check_replaceable(path: str, names: frozenset[str]) -> None:
-    """ArchDSLError unless `path` is absent or a directory whose entries are all plain files in `names`."""
+    """ArchDSLError unless `path` is absent, an empty directory, or a directory holding every one of `names` as a
+    plain file and nothing else: an earlier save. Some of them alone (a spec.yaml, a config.json) are a user's
+    own files, not a save to replace."""
     cwd = os.path.abspath(os.getcwd())
     if cwd == path or cwd.startswith(path.rstrip(os.sep) + os.sep):
         raise ArchDSLError(f"will not replace {path}: it is the current directory or holds it")
@@ -252,12 +267,17 @@ def _check_replaceable(path: str, names: frozenset[str]) -> None:
         raise ArchDSLError(f"will not replace {path}: it exists and is not a directory")
     if not os.access(path, os.W_OK | os.X_OK):  # a copy moved aside could not be emptied; root may
         raise ArchDSLError(f"will not replace {path}: it is read-only", hint="make it writable or pick another output")
-    foreign = sorted(e for e in os.listdir(path) if e not in names or os.path.islink(os.path.join(path, e))
+    held = set(os.listdir(path))
+    foreign = sorted(e for e in held if e not in names or os.path.islink(os.path.join(path, e))
                      or not os.path.isfile(os.path.join(path, e)))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise ArchDSLError(f"will not replace {path}: it holds what archdsl does not write there ({shown});"
                            " pick another output or remove it")
+    if held and held != names:
+        raise ArchDSLError(f"will not replace {path}: it holds {', '.join(sorted(held))} but not "
+                           f"{', '.join(sorted(names - held))}: not the whole of an earlier output of archdsl's; "
+                           f"pick another output or remove it")
 
 
 def _check_absent(path: str, flag: str = "") -> None:

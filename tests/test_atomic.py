@@ -203,3 +203,28 @@ def test_check_output_looks_where_a_link_points(tmp_path):
     (tmp_path / "l.png").symlink_to(tmp_path / "afile" / "t.png")
     with pytest.raises(ArchDSLError, match="afile is a file, not a directory"):
         check_output(str(tmp_path / "l.png"))
+
+
+def test_a_directory_holding_part_of_a_save_is_not_replaced(tmp_path):
+    """A directory holding a lone spec.yaml (a user's hand-written spec) or config.json counted as an earlier save
+    and was replaced: only the whole set of the writer's files is one. An empty directory and a whole save are."""
+    names = frozenset({"spec.yaml", "model.safetensors"})
+
+    def save(target):
+        with atomic_dir(str(target), names) as tmp:
+            for n in names:
+                with open(os.path.join(tmp, n), "w") as f:
+                    f.write("new")
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "spec.yaml").write_text("# my notes\n")
+    with pytest.raises(ArchDSLError, match=r"mine: it holds spec.yaml but not model.safetensors: not the whole of an "
+                                           r"earlier output of archdsl's; pick another output or remove it"):
+        save(tmp_path / "mine")
+    assert os.listdir(tmp_path / "mine") == ["spec.yaml"]
+    assert (tmp_path / "mine" / "spec.yaml").read_text() == "# my notes\n"
+    (tmp_path / "empty").mkdir()
+    save(tmp_path / "empty")
+    save(tmp_path / "empty")  # now a whole earlier save: replaced
+    assert sorted(os.listdir(tmp_path / "empty")) == sorted(names)
+    assert sorted(os.listdir(tmp_path)) == ["empty", "mine"]

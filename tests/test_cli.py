@@ -198,7 +198,7 @@ def test_memory_names_dtypes_as_show_does(tmp_path, capsys, monkeypatch):
     seen = {}
     monkeypatch.setattr(archdsl.draw, "plot_memory", lambda lens, data, path, **kw: seen.update(kw))
     assert run("memory", spec, *argv, "--dtype", "half", "-o", str(tmp_path / "m.png"), capsys=capsys)[0] == 0
-    assert seen == {"batch": 1, "dtype": "float16", "ssm_state_dtype": "bfloat16"}
+    assert seen == {"batch": 1, "dtype": "float16", "ssm_state_dtype": "bfloat16", "ssm_states": True}
 
 
 @pytest.mark.parametrize("name", ["_baseline", "n" * 200])
@@ -1159,3 +1159,122 @@ def test_commands_listed_in_their_order():
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert list(sub.choices) == ["check", "show", "fmt", "graph", "memory", "convert", "export", "dump", "compile", "run",
                                  "bench", "generate", "explore", "train", "export-checkpoint"]
+
+
+# --- the review of the CLI (F1-F6) ---------------------------------------------------------------------
+def test_a_command_refuses_to_write_over_its_own_input(tmp_path, capsys, monkeypatch):
+    """`compile DIR -o DIR` replaced a saved model's weights with random ones, `compile d/spec.yaml -o d` a
+    hand-written spec with its canonical dump, and `export` a directory holding a user's lone config.json: each
+    exited 0. Now a command whose input is -o or lies inside it, and a directory holding part of a save, are
+    refused (exit 2, nothing touched); an earlier whole save is still replaced."""
+    monkeypatch.chdir(tmp_path)
+    small = ["--set", "d_model=64", "--set", "vocab_size=100"]
+    assert run("compile", "2×mamba2", *small, "-o", "m", capsys=capsys)[0] == 0
+    weights = (tmp_path / "m" / "model.safetensors").read_bytes()
+    for argv, message in [
+        (["compile", "m", "-o", "m", "--seed", "5"], "-o m: is SPEC itself (m); compile would replace its own input "
+                                                     "with what it writes; give another -o"),
+        (["compile", "m/", "-o", "./m/."], "-o ./m/.: is SPEC itself (m/); compile"),
+        (["compile", "m/spec.yaml", "-o", "m"], "-o m: holds SPEC (m/spec.yaml); compile would replace"),
+        (["export", "m", "--to", "hf", "-o", "m"], "-o m: is DIR itself (m); export would replace"),
+        (["convert", "--from", "hf", "m", "--weights", "-o", "m"], "-o m: is INPUT itself (m); convert --weights "
+                                                                   "would replace"),
+    ]:
+        code, out, err = run(*argv, capsys=capsys)
+        assert code == 2 and out == "" and err.startswith(f"error: {message}"), (argv, err)
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == weights
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    hand = "# my hand-tuned hybrid\nname: mine\nd_model: 64\nvocab_size: 100\nlayout: |\n  2×mamba2  # note\n"
+    (mine / "spec.yaml").write_text(hand)
+    code, _, err = run("compile", "mine/spec.yaml", "-o", "mine", capsys=capsys)
+    assert code == 2 and err.startswith("error: -o mine: holds SPEC (mine/spec.yaml)"), err
+    code, _, err = run("compile", "2×mamba2", *small, "-o", "mine", capsys=capsys)  # not SPEC, still the user's
+    assert code == 2 and "it holds spec.yaml but not model.safetensors" in err, err
+    assert (mine / "spec.yaml").read_text() == hand and os.listdir(mine) == ["spec.yaml"]
+    (tmp_path / "hfmine").mkdir()
+    (tmp_path / "hfmine" / "config.json").write_text('{"note": "my edited config"}')
+    code, _, err = run("export", "m", "--to", "hf", "-o", "hfmine", capsys=capsys)
+    assert code == 2 and "it holds config.json but not model.safetensors" in err, err
+    assert (tmp_path / "hfmine" / "config.json").read_text() == '{"note": "my edited config"}'
+    assert run("compile", "m", "-o", "m2", capsys=capsys)[0] == 0
+    assert run("compile", "m", "-o", "m2", "--seed", "3", capsys=capsys)[0] == 0  # an earlier whole save: replaced
+
+
+@pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE is POSIX's")
+def test_a_save_that_fails_to_write_is_an_error_naming_the_directory(tmp_path, capsys, monkeypatch):
+    """A file too large (ulimit -f; a full disk alike) while saving safetensors was safetensors' SafetensorError
+    traceback, exit 1, in compile and export; a spec.yaml that failed to write was `error: File too large`, exit 1,
+    with no path. Now `cannot write DIR: File too large`, exit 2, as every other writer says it; nothing is left."""
+    import resource
+
+    monkeypatch.chdir(tmp_path)
+    small = ["--set", "d_model=64", "--set", "vocab_size=100"]
+    assert run("compile", "2×mamba2", *small, "-o", "m", capsys=capsys)[0] == 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    results = []
+    try:
+        for limit, argv in [(8192, ["compile", "mamba2", *small, "-o", "cm"]),
+                            (8192, ["export", "m", "--to", "hf", "-o", "hf"]),
+                            (1024, ["compile", "mamba2", *small, "--set", f"name={'n' * 3000}", "-o", "cm"])]:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+            try:
+                results.append(run(*argv, capsys=capsys))
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert results == [(2, "", "error: cannot write cm: File too large\n"),
+                       (2, "", "error: cannot write hf: File too large\n"),
+                       (2, "", "error: cannot write cm: File too large\n")]
+    assert sorted(os.listdir(tmp_path)) == ["m"]
+
+
+def test_memory_refuses_an_empty_output(capsys):
+    """`memory SPEC -o ""` (an unset variable in a script) printed the table and wrote no plot, exit 0; every other
+    command says `-o: give a path`."""
+    assert run("memory", "mamba2", "-o", "", capsys=capsys) == (2, "", "error: -o: give a path\n")
+
+
+def test_show_labels_the_untied_head_and_the_ssm_states(capsys):
+    """show's `embedding` counted an untied LM head with the table (the JSON's embedding_params still does, and
+    lm_head_params tells the head's share); its cache line left out the SSM states' dtype (float32) of a spec with
+    Mamba layers, and named it for one without."""
+    layout = "2×(mamba2, attn)"
+    small = ["--set", "d_model=64", "--set", "vocab_size=100"]
+    _, untied, _ = run("show", layout, *small, "--set", "tie_embeddings=false", capsys=capsys)
+    assert "\n  embedding                    6,400\n  LM head                      6,400  (untied)\n" in untied
+    _, tied, _ = run("show", layout, *small, capsys=capsys)
+    assert "\n  embedding                    6,400  (tied: the LM head too)\n" in tied and "\n  LM head" not in tied
+    assert tied.rstrip().endswith("bfloat16, SSM states float32)")
+    data = json.loads(run("show", layout, *small, "--set", "tie_embeddings=false", "--json", capsys=capsys)[1])
+    assert (data["embedding_params"], data["lm_head_params"]) == (12_800, 6_400)
+    data = json.loads(run("show", layout, *small, "--json", capsys=capsys)[1])
+    assert (data["embedding_params"], data["lm_head_params"]) == (6_400, 0)
+    _, out, _ = run("show", "4×attn", "--ssm-state-dtype", "float16", capsys=capsys)
+    assert out.rstrip().endswith("context 2,048, bfloat16)")
+    _, out, _ = run("show", "mamba2", "--dtype", "float64", capsys=capsys)
+    assert out.rstrip().endswith("float64, SSM states float64)")
+
+
+def test_memory_plot_names_ssm_states_only_when_a_spec_has_them(tmp_path, capsys, monkeypatch):
+    """`memory "4×mlp" "2×attn" -o z.png` labelled its plot "SSM states float32": no plotted spec had an SSM."""
+    import archdsl.draw
+
+    seen = []
+    monkeypatch.setattr(archdsl.draw, "plot_memory", lambda lens, data, path, **kw: seen.append(kw["ssm_states"]))
+    for specs in (["4×mlp", "2×attn"], ["4×mlp", "2×mamba"]):
+        assert run("memory", *specs, "-o", str(tmp_path / "z.png"), capsys=capsys)[0] == 0
+    assert seen == [False, True]
+
+
+@pytest.mark.parametrize("path, why", [
+    (".svg", "'.svg' is a suffix alone; give a name before it, as in 'layout.svg'"),
+    ("zz.svg/", "the trailing '/' makes it a directory's name; give a file's, as in 'zz.svg'"),
+])
+def test_graph_and_memory_tell_a_suffix_alone_or_a_trailing_slash(tmp_path, capsys, monkeypatch, path, why):
+    """`-o .svg` / `-o zz.svg/` were told `use one of .svg, .png, ...`."""
+    monkeypatch.chdir(tmp_path)
+    for command in ("graph", "memory"):
+        assert run(command, "mamba2", "-o", path, capsys=capsys) == (2, "", f"error: cannot write {path!r}: {why}\n")
+    assert list(tmp_path.iterdir()) == []

@@ -584,6 +584,32 @@ def test_memory_label_names_the_dtypes(memfig):
     assert label(dtype="fp8", ssm_state_dtype="float16") == "inference cache\n(batch 1, float8, SSM states float16)"
 
 
+def test_memory_label_names_no_ssm_states_without_them(memfig):
+    """`memory "4×mlp" "2×attn" -o z.png` labelled its y axis "SSM states float32", though no spec had an SSM."""
+    label = lambda **kw: memfig([1024], {"a": [1]}, **kw).axes[0].get_ylabel()  # noqa: E731
+    assert label(ssm_states=False) == "inference cache\n(batch 1, bfloat16)"
+    assert label(ssm_state_dtype="float16", ssm_states=False) == "inference cache\n(batch 1, bfloat16)"
+    assert label(ssm_states=True) == "inference cache\n(batch 1, bfloat16, SSM states float32)"
+
+
+@pytest.mark.parametrize("path, why", [
+    (".svg", "cannot write '.svg': '.svg' is a suffix alone; give a name before it, as in 'layout.svg'"),
+    ("d/.PNG", "cannot write 'd/.PNG': '.PNG' is a suffix alone; give a name before it, as in 'd/layout.PNG'"),
+    ("zz.svg/", "cannot write 'zz.svg/': the trailing '/' makes it a directory's name; give a file's, as in 'zz.svg'"),
+    ("new/", "cannot write 'new/': the trailing '/' makes it a directory's name; give a file's, as in "
+             "'new/layout.svg'"),
+])
+def test_a_suffix_alone_or_a_trailing_slash_is_told_as_such(tmp_path, monkeypatch, path, why):
+    """`-o .svg` and `-o zz.svg/` were told "use one of .svg, .png, ...": the suffix they already had."""
+    from archdsl.draw import check_path
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ArchDSLError) as e:
+        check_path(path)
+    assert str(e.value) == why
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("kwargs, why", [
     ({"data": {1: [1], "1": [2]}}, r"two of data's keys are '1' as str\(\) writes them"),
     ({"data": {"a": [10**400]}}, r"data\['a'\] holds a count past what a plot can draw"),

@@ -464,6 +464,10 @@ GOLDEN = {
         "<layout>:1:1: 'x' needs a count before it, as in 4×mamba2\n"
         "  x mamba2\n"
         "  ^",
+    "attn(act=x gelu)":  # was "'x' needs a count before it, as in 4×gelu": an argument's value is no repetition
+        "<layout>:1:12: unexpected name 'gelu'; expected ',' or ')' after 'x'\n"
+        "  attn(act=x gelu)\n"
+        "             ^~~~",
     "8×mamba, moe every 0":
         "<layout>:1:20: 'every' needs a period of at least 1, not 0\n"
         "  8×mamba, moe every 0\n"

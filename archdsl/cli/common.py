@@ -2,6 +2,7 @@
 values (each error names the option, before any work)."""
 from __future__ import annotations
 
+import os
 import unicodedata
 
 from ..errors import ArchDSLError
@@ -36,6 +37,29 @@ def read_spec(text: str, settings: list[str] | None = None):
             raise ArchDSLError(f"--set: must be one line without control characters, got {setting!r}")
     spec = load_spec(text)
     return with_settings(spec, settings) if settings else spec
+
+
+def check_apart(output: str, source: str, what: str, command: str) -> None:
+    """ArchDSLError when `source`, a path a command reads (its SPEC, DIR or INPUT: `what`), is -o `output` or lies
+    inside it (a directory): writing -o replaces what is there, and the input with it (compile DIR -o DIR wrote
+    random weights over the saved ones). Both are compared as the file system resolves them (links, `..`); a
+    `source` that is no path (a layout string) is fine. `command` names who writes, in the message."""
+    if not output or not os.path.exists(source):
+        return
+    out, src = os.path.realpath(output), os.path.realpath(source)
+    if os.path.commonpath([out, src]) != out:
+        return
+    where = f"is {what} itself ({source})" if src == out else f"holds {what} ({source})"
+    raise ArchDSLError(f"-o {output}: {where}; {command} would replace its own input with what it writes; give "
+                       f"another -o")
+
+
+def has_ssm_states(spec) -> bool:
+    """Whether `spec` has a Mamba or Mamba-2 layer: the blocks whose SSM states --ssm-state-dtype sets (float32 by
+    default, float64 in a float64 cache)."""
+    from ..graph import layers
+
+    return any(s.config.kind in ("mamba", "mamba2") for subs in layers(spec.graph) for s in subs)
 
 
 def model_dtype(text: str):

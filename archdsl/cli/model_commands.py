@@ -9,8 +9,8 @@ import sys
 from ..atomic import check_output_dir
 from ..errors import ArchDSLError
 from ..units import count, human, parse_seed, plural
-from .common import (ARGS, add_set, add_spec, add_ssm_state_dtype, command, device_arg, model_dtype, read_spec,
-                     table)
+from .common import (ARGS, add_set, add_spec, add_ssm_state_dtype, check_apart, command, device_arg, model_dtype,
+                     read_spec, table)
 
 
 @command("compile", "build a spec's model and save it (spec.yaml + model.safetensors)")
@@ -23,6 +23,7 @@ def cmd_compile(args):
     if device_arg(args.device).type == "meta":
         raise ArchDSLError(f"--device {args.device}: a compiled model is saved with its weights, and the meta "
                            f"device holds none (give cpu or cuda)")
+    check_apart(args.output, args.spec, "SPEC", "compile")  # a saved model's weights lost to random ones
     check_output_dir(args.output, SAVE_FILES)  # before the model is built: a big one takes minutes
     model = build(read_spec(args.spec, args.set), device=args.device, dtype=dtype, seed=args.seed)
     model.save(args.output)
@@ -33,7 +34,8 @@ def cmd_compile(args):
 def _add_compile(p):
     add_spec(p)
     p.add_argument("-o", "--output", required=True, metavar="DIR",
-                   help="directory to write: spec.yaml + model.safetensors (replaced atomically)")
+                   help="directory to write: spec.yaml + model.safetensors (an earlier save there is replaced "
+                        "atomically; SPEC's own directory, or one holding SPEC, is refused)")
     p.add_argument("--dtype", default="float32", help="the weights' dtype: float32 (default), bfloat16, float16 or "
                                                       "float64")
     p.add_argument("--device", default="cpu", help="where the weights are made: cpu (default), cuda or cuda:N")

@@ -10,8 +10,8 @@ import unicodedata
 from ..atomic import check_output, check_output_dir
 from ..errors import ArchDSLError
 from ..units import count, count_text, human, parse_count, plural
-from .common import (ARGS, add_set, add_spec, add_ssm_state_dtype, cache_dtype_arg, command, model_dtype, read_spec,
-                     table)
+from .common import (ARGS, add_set, add_spec, add_ssm_state_dtype, cache_dtype_arg, check_apart, command,
+                     has_ssm_states, model_dtype, read_spec, table)
 
 
 @command("check", "validate a spec file or layout string")
@@ -32,8 +32,9 @@ def cmd_show(args):
     from ..analysis import analyze
 
     cache_dtype_arg(args.dtype)
-    rep = analyze(read_spec(args.spec, args.set), seq_len=args.seq_len, batch=args.batch, dtype=args.dtype,
-                  ssm_state_dtype=args.ssm_state_dtype)
+    spec = read_spec(args.spec, args.set)
+    rep = analyze(spec, seq_len=args.seq_len, batch=args.batch, dtype=args.dtype, ssm_state_dtype=args.ssm_state_dtype)
+    head = 0 if spec.tie_embeddings else spec.vocab_size * spec.d_model  # an untied LM head, in embedding_params
     if args.json:
         layers = [{"index": r.index, "mixer": r.mixer or None, "ffn": r.ffn or None, "inject": r.inject or None,
                    "shared": r.shared or None, "params": r.params, "active_params": r.active_params,
@@ -41,7 +42,8 @@ def cmd_show(args):
         print(json.dumps({"name": rep.name, "seq_len": rep.seq_len, "batch": rep.batch, "dtype": rep.dtype,
                           "ssm_state_dtype": rep.ssm_state_dtype, "layers": layers, "params": rep.params,
                           "active_params": rep.active_params, "embedding_params": rep.embedding_params,
-                          "flops_per_token": rep.flops_per_token, "cache_bytes": rep.cache_bytes}, indent=2))
+                          "lm_head_params": head, "flops_per_token": rep.flops_per_token,
+                          "cache_bytes": rep.cache_bytes}, indent=2))
         return
     rows = [[r.index, (r.inject + " → " if r.inject else "") + (r.mixer or "-"), r.ffn or "-", r.shared or "-",
              f"{r.params:,}", human(r.flops_per_token), human(r.cache_bytes, "B")] for r in rep.layers]
@@ -50,11 +52,21 @@ def cmd_show(args):
     print(f"{rep.name}: {plural(len(rep.layers), 'layer')}")
     print(f"  params          {rep.params:>18,}  ({human(rep.params)})")
     print(f"  active params   {rep.active_params:>18,}  ({human(rep.active_params)})")
-    print(f"  embedding       {rep.embedding_params:>18,}")
+    if head:  # untied: the table and the LM head, each vocab_size × d_model
+        print(f"  embedding       {rep.embedding_params - head:>18,}")
+        print(f"  LM head         {head:>18,}  (untied)")
+    else:
+        print(f"  embedding       {rep.embedding_params:>18,}  (tied: the LM head too)")
     print(f"  FLOPs/token     {rep.flops_per_token:>18,}  ({human(rep.flops_per_token)}, at context {rep.seq_len:,})")
-    states = f", SSM states {rep.ssm_state_dtype}" if rep.ssm_state_dtype else ""
+    states = f", SSM states {_states_dtype(rep.dtype, rep.ssm_state_dtype)}" if has_ssm_states(spec) else ""
     print(f"  cache           {rep.cache_bytes:>18,}  ({human(rep.cache_bytes, 'B')} at batch {rep.batch}, "
           f"context {rep.seq_len:,}, {rep.dtype}{states})")
+
+
+def _states_dtype(dtype: str, ssm_state_dtype: str | None) -> str:
+    """The dtype Mamba's and Mamba-2's SSM states are counted in: --ssm-state-dtype's, else analyze's default
+    (float32; float64 in a float64 cache)."""
+    return ssm_state_dtype or ("float64" if dtype == "float64" else "float32")
 
 
 def _add_show(p):
@@ -89,6 +101,7 @@ def cmd_graph(args):
 
     check_output(args.output)
     check_path(args.output)
+    check_apart(args.output, args.spec, "SPEC", "graph")
     spec = read_spec(args.spec, args.set)
     draw(spec, args.output, every_layer=args.every_layer)
     print(f"wrote {args.output}")
@@ -110,9 +123,11 @@ def cmd_memory(args):
     from ..analysis import analyze_lengths
     from ..draw import PLOT_FORMATS, check_path
 
-    if args.output:
+    if args.output is not None:  # an empty one too: "-o: give a path", not a plot silently left out
         check_output(args.output)
         check_path(args.output, PLOT_FORMATS)
+        for spec in args.specs:
+            check_apart(args.output, spec, "SPEC", "memory")
     cache_dtype_arg(args.dtype)
     from ..analysis import dtype_name
 
@@ -127,7 +142,8 @@ def cmd_memory(args):
     if args.output:  # first: a plot that cannot be written is the error alone, no table printed before it
         from ..draw import plot_memory
 
-        plot_memory(lens, data, args.output, batch=args.batch, dtype=dtype, ssm_state_dtype=states)
+        plot_memory(lens, data, args.output, batch=args.batch, dtype=dtype, ssm_state_dtype=states,
+                    ssm_states=any(has_ssm_states(s) for s in specs))
     if args.json:
         print(json.dumps({"seq_lens": lens, "batch": args.batch, "dtype": dtype, "ssm_state_dtype": states,
                           "cache_bytes": data}, indent=2))
@@ -203,6 +219,7 @@ def cmd_convert(args):
         from ..model.model import SAVE_FILES
 
         dtype = None if args.dtype is None else model_dtype(args.dtype)
+        check_apart(args.output, args.input, "INPUT", "convert --weights")
         check_output_dir(args.output, SAVE_FILES)  # before the weights are read
         _, model = from_hf(args.input, weights=True, dtype=dtype, name=args.name)
         model.save(args.output)
@@ -255,6 +272,7 @@ def cmd_export(args):
     loads with its own class (Mamba, FalconMamba, Mamba2, Bamba, NemotronH, Llama, ...)."""
     from ..convert.hf_io import export_hf
 
+    check_apart(args.output, args.input, "DIR", "export")
     check_output_dir(args.output, HF_FILES)  # before the model is loaded
     if args.model_type is not None:
         from ..convert.weights import FAMILIES
@@ -276,7 +294,8 @@ def _add_export(p):
     p.add_argument("--to", dest="target", required=True, choices=["hf"],
                    help="the format to write: hf, a Hugging Face model directory")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="the directory to write (config.json + model.safetensors; replaced atomically)")
+                   help="the directory to write (config.json + model.safetensors; an earlier export there is "
+                        "replaced atomically; DIR itself, or one holding it, is refused)")
     p.add_argument("--model-type", default=None,
                    help="the HF model_type: mamba, falcon_mamba, mamba2, bamba, nemotron_h, llama, jamba, zamba2 or "
                         "rwkv; it must be the family the spec is (default: inferred from the spec)")

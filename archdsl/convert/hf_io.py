@@ -17,7 +17,7 @@ import struct
 import sys
 import warnings
 
-from ..atomic import atomic_dir, check_control
+from ..atomic import atomic_dir, cannot_write, check_control
 from ..errors import ArchDSLError, ArchDSLWarning, check_flag, check_path, did_you_mean, shown
 
 SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -319,8 +319,10 @@ def hf_model_type(spec, model_type: str | None = None) -> str:
 
 def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
     """Write config.json + model.safetensors for transformers into out_dir (atomically; an existing out_dir is
-    replaced only if it holds nothing else); → out_dir as an absolute path. model_or_dir: an ArchModel with
+    replaced only if it holds these two alone, an earlier export; a failed write, a full disk say, is ArchDSLError
+    `cannot write OUT_DIR: reason`); → out_dir as an absolute path. model_or_dir: an ArchModel with
     weights, or a saved model's directory; model_type: the HF family (default: the first that accepts the spec)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
     from ..model import ArchModel, load
     from ..model.model import check_has_weights
@@ -345,9 +347,12 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
             hf_state[k] = v.clone()
         seen[key] = k
     written = os.path.abspath(out_dir)
-    with atomic_dir(out_dir, frozenset({"config.json", "model.safetensors"})) as tmp:  # as given, as it was checked
-        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2)
-            f.write("\n")
-        save_file(hf_state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    try:
+        with atomic_dir(out_dir, frozenset({"config.json", "model.safetensors"})) as tmp:  # as given, as checked
+            with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+                json.dump(config, f, indent=2)
+                f.write("\n")
+            save_file(hf_state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    except (OSError, SafetensorError) as e:  # a full disk, a file too large; atomic_dir removed the temporary
+        raise cannot_write(out_dir, e) from None
     return written

@@ -27,12 +27,23 @@ PLOT_FORMATS = (".svg", ".png", ".pdf")  # what matplotlib writes
 
 def check_path(path: str, formats=FORMATS, where: str = "draw") -> str:
     """The suffix of `path` if it is one of `formats` and `path` can become that file (not a directory, no file
-    where a folder goes), else ArchDSLError."""
+    where a folder goes), else ArchDSLError; a name ending in a slash (`zz.svg/`) or a suffix alone (`.svg`, a
+    hidden file without one) is told as such, not as a wrong suffix."""
     from ..atomic import check_control, check_output
 
     path = errors.check_path(where, path, "file's path")
     check_control(path, f"{where}: path")
     ext = os.path.splitext(path)[1].lower()
+    name = os.path.basename(path)
+    if not name:  # `zz.svg/`: a directory's name, whatever it ends in
+        stripped = path.rstrip("/" + os.sep)
+        like = stripped if os.path.splitext(stripped)[1].lower() in formats else os.path.join(stripped, "layout"
+                                                                                               + formats[0])
+        raise ArchDSLError(f"cannot write {path!r}: the trailing {path[-1]!r} makes it a directory's name; give a "
+                           f"file's, as in {like!r}")
+    if not ext and name.lower() in formats:  # `.svg`: a hidden file without a suffix
+        raise ArchDSLError(f"cannot write {path!r}: {name!r} is a suffix alone; give a name before it, as in "
+                           f"{os.path.join(os.path.dirname(path), 'layout' + name)!r}")
     if ext not in formats:
         raise ArchDSLError(f"cannot write {path!r}: use one of {', '.join(formats)}")
     if os.path.isdir(path):

@@ -35,17 +35,17 @@ def series_styles(n: int) -> list[tuple[str, str, str]]:
 
 
 def plot_memory(lens: list[int], data: dict[str, list[int]], path: str, batch: int = 1, dtype: str = "bfloat16",
-                ssm_state_dtype: str | None = None) -> None:
+                ssm_state_dtype: str | None = None, ssm_states: bool = True) -> None:
     """Cache bytes against context length (memory_figure) written to `path` (.svg .png .pdf) as save_figure
     writes; ArchDSLError for a bad argument, before anything is written."""
     check_path(path, PLOT_FORMATS, "plot_memory")
-    fig = memory_figure(lens, data, batch, dtype, ssm_state_dtype)
+    fig = memory_figure(lens, data, batch, dtype, ssm_state_dtype, ssm_states)
     with plain_text():
         save_figure(fig, path)
 
 
 def memory_figure(lens: list[int], data: dict[str, list[int]], batch: int = 1, dtype: str = "bfloat16",
-                  ssm_state_dtype: str | None = None):
+                  ssm_state_dtype: str | None = None, ssm_states: bool = True):
     """Cache bytes against context length as a matplotlib Figure (for save_figure, which closes it): log-log, one
     line per spec, drawn over the lengths in ascending order whatever their order in `lens`, each in its own
     (colour, marker, line style); the legend beside the axes, names as given (a leading `_` too), a long one
@@ -54,10 +54,12 @@ def memory_figure(lens: list[int], data: dict[str, list[int]], batch: int = 1, d
     lens: context lengths (ints >= 1); data: spec name -> one byte count (int >= 0) a length, names distinct as
     str() writes them; at most MAX_SERIES of them. batch (an int >= 1), dtype and ssm_state_dtype (names or
     aliases, as analyze takes them; None: the default SSM-state dtype) only label the y axis, which names the
-    SSM states' dtype where it is not `dtype`. The ticks are the lengths as the table writes them and bytes as
-    512 MiB (plain text: no mathtext); a spec without a cache says so. Else ArchDSLError naming what is wrong."""
+    SSM states' dtype where it is not `dtype` and `ssm_states` says some plotted spec has them (a Mamba or
+    Mamba-2 layer; False: none has, and the label names no SSM state). The ticks are the lengths as the table writes
+    them and bytes as 512 MiB (plain text: no mathtext); a spec without a cache says so. Else ArchDSLError naming
+    what is wrong."""
     lens, data = _memory_series(lens, data)
-    ylabel = _cache_label(batch, dtype, ssm_state_dtype)
+    ylabel = _cache_label(batch, dtype, ssm_state_dtype, ssm_states)
     order = sorted(range(len(lens)), key=lambda i: lens[i])  # a line joins its points left to right
     xs = [lens[i] for i in order]
     with plain_text():
@@ -102,9 +104,9 @@ def _legend_labels(data) -> list[str]:
     return [f"{label} [{k}]" if labels.count(label) > 1 else label for k, label in enumerate(labels, 1)]
 
 
-def _cache_label(batch, dtype, ssm_state_dtype) -> str:
+def _cache_label(batch, dtype, ssm_state_dtype, ssm_states: bool = True) -> str:
     """The y axis's label: `inference cache` and what the counts assume, batch and dtypes by their canonical
-    names (`half` is float16); else ArchDSLError."""
+    names (`half` is float16), the SSM states' only where `ssm_states` (some spec has them); else ArchDSLError."""
     from ..analysis import dtype_name
 
     if not isinstance(batch, numbers.Integral) or isinstance(batch, bool) or batch < 1:
@@ -115,7 +117,8 @@ def _cache_label(batch, dtype, ssm_state_dtype) -> str:
     except ArchDSLError as e:
         raise ArchDSLError(f"plot_memory: {e.message}", hint=e.hint) from None
     states = states or ("float64" if dtype == "float64" else "float32")  # analyze's default
-    return f"inference cache\n(batch {int(batch):,}, {dtype}" + (f", SSM states {states})" if states != dtype else ")")
+    named = ssm_states and states != dtype
+    return f"inference cache\n(batch {int(batch):,}, {dtype}" + (f", SSM states {states})" if named else ")")
 
 
 def _memory_series(lens, data) -> tuple[list[int], dict[str, list[float]]]:

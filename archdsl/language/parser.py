@@ -422,7 +422,10 @@ def _explain(text: str, e: UnexpectedInput) -> tuple[str, int, int]:
                 return ("empty layout: expected at least one layer, as in 4×mamba2", 0, 0)
             return (f"unexpected end of the layout; expected {expected}{_after(prev)}", pos, pos)
         message = f"unexpected {_describe_token(tok)}"
-        if tok.type == "NAME" and prev is not None and prev.type == "NAME" and prev.value in ("x", "X"):
+        # `x NAME` reads as a repetition sign without its count, but not where the x is an argument's value
+        # (`attn(act=x gelu)`: a comma or quotes left out), where no repetition can stand
+        if tok.type == "NAME" and prev is not None and prev.type == "NAME" and prev.value in ("x", "X") \
+                and not (len(prefix) > 1 and prefix[-2].type == "EQUAL"):
             return (f"'{prev.value}' needs a count before it, as in 4×{clipped(tok.value)}", prev.start_pos,
                     prev.end_pos)
         number = tok if tok.type in ("INT", "FLOAT") else prev if tok.type == "NAME" and tok.value[:1] == "_" \

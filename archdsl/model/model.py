@@ -16,7 +16,7 @@ import re
 import torch
 import torch.nn as nn
 
-from ..atomic import atomic_dir, check_control
+from ..atomic import atomic_dir, cannot_write, check_control
 from ..blocks.base import INJECT
 from ..errors import ArchDSLError, check_path, out_of_memory
 from ..graph import layers as graph_layers
@@ -395,17 +395,22 @@ class ArchModel(nn.Module):
     def save(self, path) -> None:
         """Write spec.yaml + model.safetensors into the directory `path` (a str or os.PathLike; made if need be):
         first into a temporary directory beside it, then renamed into place, so a failed save never replaces a good
-        one. A directory there holding anything but an earlier save's files is refused (ArchDSLError)."""
+        one. A directory there holding anything but an earlier save's files is refused (ArchDSLError); a write that
+        fails (a full disk, a file too large) is ArchDSLError `cannot write PATH: reason`, nothing left behind."""
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
         path = check_path("save", path, "directory's path")
         check_control(path, "save: path")
         check_has_weights(self, "save")
-        with atomic_dir(path, SAVE_FILES) as tmp:
-            with open(os.path.join(tmp, "spec.yaml"), "w", encoding="utf-8") as f:
-                f.write(self.spec.to_yaml())
-            save_file(self._tensors_to_save(), os.path.join(tmp, "model.safetensors"),
-                      metadata={"format": "pt", "dtype": str(self.dtype).replace("torch.", "")})
+        try:
+            with atomic_dir(path, SAVE_FILES) as tmp:
+                with open(os.path.join(tmp, "spec.yaml"), "w", encoding="utf-8") as f:
+                    f.write(self.spec.to_yaml())
+                save_file(self._tensors_to_save(), os.path.join(tmp, "model.safetensors"),
+                          metadata={"format": "pt", "dtype": str(self.dtype).replace("torch.", "")})
+        except (OSError, SafetensorError) as e:  # atomic_dir removed the temporary directory
+            raise cannot_write(path, e) from None
 
     def _tensors_to_save(self) -> dict:
         """name → tensor, each parameter once (a tied or shared one under its first name, as
