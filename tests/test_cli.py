@@ -1179,6 +1179,7 @@ def test_a_command_refuses_to_write_over_its_own_input(tmp_path, capsys, monkeyp
         (["export", "m", "--to", "hf", "-o", "m"], "-o m: is DIR itself (m); export would replace"),
         (["convert", "--from", "hf", "m", "--weights", "-o", "m"], "-o m: is INPUT itself (m); convert --weights "
                                                                    "would replace"),
+        (["export-checkpoint", "m", "-o", "m"], "-o m: is RUNDIR itself (m); export-checkpoint would replace"),
     ]:
         code, out, err = run(*argv, capsys=capsys)
         assert code == 2 and out == "" and err.startswith(f"error: {message}"), (argv, err)

@@ -244,7 +244,7 @@ def test_token_file_and_bad_inputs(tmp_path, capsys):
     bad(run(str(short)), "fewer than one sequence")
     bad(run("mqar:seq=32,pears=4"), "unknown argument 'pears'")
     bad(run("mqra:seq=32"), "mqar")
-    bad(run(DATA + ",vocab=128"), "exceeds the model's vocab_size")
+    bad(run("mqar:seq=32,pairs=4,vocab=128"), "exceeds the model's vocab_size")
     # a checkpoint of another spec; an existing run without --resume
     other = write(tmp_path, "o.yaml", ZAMBA.replace("lora=4", "lora=8"))
     bad(["train", other, "--data", str(good), *args, "-o", str(tmp_path / "ok"), "--resume"], "another spec")
@@ -1128,7 +1128,7 @@ def test_resume_compares_the_settings_as_they_resolve(tmp_path, capsys):
             (files, ["--data", str(tokens), "--seq-len", "512"], "--seq-len 512 (the run's: 1024)"),
             (task, ["--data", "mqar:pairs=2"], "--seq-len 256 (the run's: 32)"),
             (task, ["--data", "mqar:seq=32,pairs=3"], "--data 'mqar:seq=32,pairs=3' (the run's: 'mqar:seq=32,pairs=2')"),
-            (task, ["--data", "mqar:seq=32,pairs=2", "--warmup", "2"], "--warmup 2.0 (the run's: 0.1)")):
+            (task, ["--data", "mqar:seq=32,pairs=2", "--warmup", "2"], "--warmup 2.0, 2 steps (the run's: 0.1, 1 step)")):
         refused(capsys, [*base, *argv, "--steps", "10", "-o", run, "--resume"], "--resume with other settings", named)
     assert main([*base, "--data", str(tokens), "--seq-len", "1024", "--steps", "2", "-o", files, "--resume"]) == 0
     assert sorted(losses(files)) == [1, 2]

@@ -7,7 +7,7 @@ import sys
 
 from ..atomic import check_control
 from ..units import count, parse_seed, plural
-from .common import ARGS, add_set, command, device_arg, model_dtype
+from .common import ARGS, add_set, check_apart, command, device_arg, model_dtype
 
 
 @command("explore", "enumerate hybrid layouts under budgets: Pareto front, recall probes, plots")
@@ -106,6 +106,7 @@ def cmd_export_checkpoint(args):
     skipped: list[str] = []
     model_dtype(args.dtype)  # named as the option's, before the checkpoint is read
     check_control(args.output, "-o")  # as -o, not as export_checkpoint's out
+    check_apart(args.output, args.rundir, "RUNDIR", "export-checkpoint")
     model, step = export_checkpoint(args.rundir, args.output, step=args.step, dtype=args.dtype, skipped=skipped)
     if skipped:
         print(f"warning: skipped {plural(len(skipped), 'damaged checkpoint')} (" + "; ".join(skipped)

@@ -251,10 +251,22 @@ def save_checkpoint(rundir: str, step: int, model, opt, gen: torch.Generator, me
             raise _cause(e) from None
         if isinstance(e, (OSError, CheckpointException)):
             raise ArchDSLError(f"{final}: cannot write the checkpoint ({_save_reason(e)})",
-                               hint="a full disk? make room, then run again with --resume (it continues from the "
-                                    "last complete checkpoint)") from None
+                               hint=retry_hint(rundir)) from None
         raise
     return final
+
+
+def retry_hint(rundir: str) -> str:
+    """What to do after a write into RUNDIR failed (a full disk): --resume where a complete checkpoint is there to
+    continue from; else the run cannot be resumed, and a plain rerun is refused while its run.json and metrics.jsonl
+    are there (prepare), so: remove them, or train into another RUNDIR."""
+    found = checkpoints(rundir)
+    if found:
+        return (f"a full disk? make room, then run again with --resume (it continues from step {found[-1][0]}, the "
+                f"last complete checkpoint)")
+    return (f"a full disk? make room, then run again into another -o RUNDIR, or into this one once "
+            f"{os.path.join(rundir, 'run.json')} and metrics.jsonl are removed (no checkpoint was written: there is "
+            f"nothing to --resume)")
 
 
 def _save_reason(e: BaseException) -> str:

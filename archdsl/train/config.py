@@ -12,6 +12,7 @@ import math
 import numbers
 import os
 from dataclasses import asdict, dataclass, fields
+from fractions import Fraction
 
 from ..atomic import check_control
 from ..errors import ArchDSLError, shown
@@ -134,7 +135,8 @@ class TrainConfig:
                                hint="give at most --steps warmup steps, or a share of the run below 1 (e.g. 0.1)")
 
     def warmup_steps(self) -> int:
-        """The warmup in steps: a share below 1 of `steps` (rounded down), else `warmup` steps (rounded down)."""
+        """The warmup in steps of a new run: a share below 1 of `steps` (rounded down), else `warmup` steps (rounded
+        down). A resumed run keeps the warmup steps it resolved to when it started (runfile.run_warmup)."""
         return warmup_steps(self.warmup, self.steps)
 
     def to_dict(self) -> dict:
@@ -145,5 +147,7 @@ class TrainConfig:
 
 
 def warmup_steps(warmup: float, steps: int) -> int:
-    """A warmup (a share below 1 of `steps`, else a number of steps) in steps, rounded down."""
-    return int(warmup * steps) if warmup < 1 else int(warmup)
+    """A warmup (a share below 1 of `steps`, else a number of steps) in steps, rounded down. The share is taken as
+    its shortest decimal (0.29 as 29/100), so 0.29 of 100 steps is 29: the float product 28.999999999999996 was
+    floored to 28."""
+    return int(Fraction(repr(float(warmup))) * steps) if warmup < 1 else int(warmup)

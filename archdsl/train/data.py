@@ -14,6 +14,7 @@ the model's vocabulary) before any work starts.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -101,12 +102,16 @@ def _task(text: str, seq_len: int | None, vocab_size: int):
     from ..explore.probes import ALIASES, TASKS, make_task
 
     name, _, rest = text.partition(":")
-    kwargs = {}
+    kwargs, written = {}, {}  # field → value, and → the KEY=VALUE that gave it
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, val = item.partition("=")
         if not eq:
             raise ArchDSLError(f"--data {text!r}: expected KEY=VALUE, got {item!r}")
-        kwargs[SHORT.get(key.strip(), key.strip())] = _value(val.strip())
+        field = SHORT.get(key.strip(), key.strip())
+        if field in written:  # pairs=4,pairs=8 or seq=32,seq_len=64: the last one was taken without a word
+            raise ArchDSLError(f"--data {text!r}: {field} given twice ({written[field]}, {item})",
+                               hint=f"give {field} once")
+        kwargs[field], written[field] = _value(val.strip()), item
     if seq_len is not None:
         if "seq_len" in kwargs and kwargs["seq_len"] != seq_len:
             raise ArchDSLError(f"--data {text!r} has seq={kwargs['seq_len']} but --seq-len is {seq_len}")
@@ -205,7 +210,10 @@ def resolved(text: str, seq_len: int | None, vocab_size: int) -> tuple[str, int]
     if not _is_task(text):
         return data_key(text), seq_len or DEFAULT_SEQ_LEN
     task = _task(text, seq_len, vocab_size).task
-    args = {k: v for k, v in task.to_dict().items() if k not in ("task", "seq_len")}
+    floats = {f.name for f in dataclasses.fields(task) if f.type in (float, "float")}
+    # make_task keeps a float field written as an integer (power_a=1) an int: as a float, 1 and 1.0 are one argument
+    # (their batches are the same)
+    args = {k: float(v) if k in floats else v for k, v in task.to_dict().items() if k not in ("task", "seq_len")}
     return f"{task.name}:" + ",".join(f"{k}={v!r}" for k, v in sorted(args.items())), task.seq_len
 
 

@@ -38,16 +38,17 @@ from .config import TrainConfig
 from .data import IGNORE, data_key, parse_data
 from .parallel import all_reduce_sum, init_distributed, pick_device, shard_model, shutdown, world_from_env
 from .rundir import check_rundir, open_metrics, outermost_missing, remove_unstarted
-from .runfile import check_settings
+from .runfile import check_settings, run_warmup
 
 PEAK_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0}  # dense bf16 tensor-core peaks per GPU
 
 
-def lr_at(cfg: TrainConfig, step: int) -> float:
+def lr_at(cfg: TrainConfig, step: int, warm: int | None = None) -> float:
     """Learning rate of 0-based step `step` (0..steps - 1): linear warmup up to lr at step warm - 1, then cosine
     down to lr · min_lr_ratio at the last step (torchtitan's count: the decay's first step is already below the
-    peak)."""
-    warm = cfg.warmup_steps()
+    peak). `warm`: the warmup in steps (None: the config's, cfg.warmup_steps(); a resumed run keeps the run's,
+    runfile.run_warmup, whatever its --steps)."""
+    warm = cfg.warmup_steps() if warm is None else warm
     if step < warm:
         return cfg.lr * (step + 1) / warm
     t = (step - warm + 1) / max(1, cfg.steps - warm)
@@ -73,7 +74,9 @@ def _saved(spec: str) -> bool:
 
 
 def prepare(cfg: TrainConfig):
-    """Every check that can fail on bad input, with no side effects; the same answer on every rank."""
+    """Every check that can fail on bad input, with no side effects; the same answer on every rank. Returns (env,
+    spec, its YAML, the data source, device, (step, path, damaged ones passed over) of the checkpoint to resume
+    from or None, the warmup in steps: a resumed run's as the run resolved it when it started)."""
     from ..spec import load_spec, with_settings
 
     check_output(cfg.rundir, "-o", directory=True)
@@ -100,12 +103,13 @@ def prepare(cfg: TrainConfig):
                            f"process{'es' if env.world > 1 else ''})",
                            hint=f"give a --micro-batch that divides {share}")
     spec_yaml = spec.to_yaml()
-    resume_from = None
+    resume_from, warm = None, cfg.warmup_steps()
     if cfg.resume:
         damaged: list[str] = []
         s, path, meta = resume_point(cfg.rundir, damaged)
         check_spec(meta, spec_yaml, path)
         check_settings(cfg.rundir, cfg.to_dict(), spec.vocab_size)
+        warm = run_warmup(cfg.rundir, cfg.to_dict())
         if s >= (cfg.stop_after or cfg.steps):
             if cfg.stop_after is not None and cfg.stop_after < cfg.steps:  # --steps would go on: the stop is the limit
                 limit, hint = f"--stop-after {cfg.stop_after}", f"give a --stop-after past {s}, or leave it out"
@@ -123,7 +127,7 @@ def prepare(cfg: TrainConfig):
     device = pick_device(env, cfg.device)
     if cfg.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ArchDSLError(f"--bf16: {torch.cuda.get_device_name(device)} has no bfloat16")
-    return env, spec, spec_yaml, data, device, resume_from
+    return env, spec, spec_yaml, data, device, resume_from, warm
 
 
 def _resume(cfg: TrainConfig, spec_yaml: str, first: tuple[int, str, list[str]], model, opt, gen,
@@ -158,6 +162,11 @@ def build(cfg: TrainConfig, spec, dist):
         model = load_model(cfg.spec, dtype="float32")
         if dist.is_main and not cfg.resume:  # the start of a new run (a resumed one loads its checkpoint)
             warn_not_finite(model, cfg.spec)
+            # the data stream is seeded by --seed alone (seed + 1): an export of a run trained again with its seed
+            # replays that run's batches; told, not changed, so that a run is its settings' (and resumes bit-exact)
+            print(f"note: the batches are drawn from --seed {cfg.seed} alone: if {cfg.spec} was trained on this "
+                  f"--data with --seed {cfg.seed} (an export of such a run), this run draws the batches it was "
+                  f"trained on, and acc is not on fresh samples; another --seed draws new ones", file=sys.stderr)
     model.train()
     return shard_model(model, dist, bf16=cfg.bf16, grad_ckpt=cfg.grad_ckpt, compile=cfg.compile)
 
@@ -190,7 +199,7 @@ def train(cfg: TrainConfig) -> dict:
     if not isinstance(cfg, TrainConfig):  # its fields are checked when it is built, before anything is written
         raise ArchDSLError(f"train: expected a TrainConfig, got {type(cfg).__name__}",
                            hint="build one with archdsl.train.TrainConfig(spec=..., data=..., steps=..., rundir=...)")
-    env, spec, spec_yaml, data, device, resume_from = prepare(cfg)
+    env, spec, spec_yaml, data, device, resume_from, warm = prepare(cfg)
     threads = torch.get_num_threads()
     if cfg.cpu_threads and device.type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)
@@ -198,7 +207,7 @@ def train(cfg: TrainConfig) -> dict:
     had_ckpt = os.path.isdir(os.path.join(cfg.rundir, CKPT_DIR))
     dist = init_distributed(env, device)
     try:
-        return _run(cfg, spec, spec_yaml, data, dist, resume_from)
+        return _run(cfg, spec, spec_yaml, data, dist, resume_from, warm)
     except BaseException:
         if dist.is_main and not resume_from:
             remove_unstarted(cfg.rundir, made, had_ckpt)
@@ -213,6 +222,24 @@ def _grad_norm(params, clip: float) -> float:
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
     return float(norm)
+
+
+def _not_finite(cfg: TrainConfig, step: int, loss: float, gnorm: float) -> ArchDSLError:
+    """The error of a step whose loss or gradient norm is not finite, raised before its update: the weights, and
+    so every checkpoint, stay those of the step before. Its hint is one the user can follow: --resume keeps --lr
+    and the other settings of the run, and replays the same batches."""
+    what = f"the loss is {loss}" if not math.isfinite(loss) else \
+        f"the gradient norm is {gnorm} (with a finite loss, {loss:.4f}: the backward pass gave inf or NaN)"
+    found = checkpoints(cfg.rundir)
+    kept = f"the last checkpoint (step {found[-1][0]}) is as it was" if found else "no checkpoint was written"
+    ways = ["a lower --lr", "a smaller --grad-clip" if cfg.grad_clip else "a --grad-clip (e.g. 1)"]
+    ways += ["without --bf16"] if cfg.bf16 else []
+    keep = (f"; to keep its progress, start that run from the checkpoint's weights: archdsl export-checkpoint "
+            f"{cfg.rundir} -o DIR, then train DIR with another --seed (the same one draws the batches those weights "
+            f"were trained on)" if found else "")
+    return ArchDSLError(f"step {step}: {what}; the update was not applied, {kept}",
+                        hint=f"train again into a new -o RUNDIR with {', '.join(ways[:-1])} or {ways[-1]} (--resume "
+                             f"keeps the run's --lr and replays the same batches){keep}")
 
 
 def _accumulate(model, x, y, seq, count: int, world: int, micro: int, V: int):
@@ -240,7 +267,7 @@ def _accumulate(model, x, y, seq, count: int, world: int, micro: int, V: int):
     return ce_sum, correct, None if aux_sum is None else aux_sum / len(parts)
 
 
-def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
+def _run(cfg, spec, spec_yaml, data, dist, resume_from, warm: int) -> dict:
     from ..analysis import analyze
 
     import warnings
@@ -286,7 +313,7 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
         last = cfg.stop_after or cfg.steps
         for step in range(start + 1, last + 1):
             t0 = time.perf_counter()
-            lr = lr_at(cfg, step - 1)
+            lr = lr_at(cfg, step - 1, warm)
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y, seq = data.batch(cfg.batch, gen)
@@ -296,12 +323,16 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
             x, y = x[lo:lo + per_rank].to(dist.device), y[lo:lo + per_rank].to(dist.device)
             seq = None if seq is None else seq[lo:lo + per_rank].to(dist.device)
             ce, correct, aux = _accumulate(model, x, y, seq, count, dist.world, micro, V)
-            gnorm = _grad_norm(model.parameters(), cfg.grad_clip)
-            opt.step()
-            balance_experts(model)
-            opt.zero_grad(set_to_none=True)
+            gnorm = _grad_norm(model.parameters(), cfg.grad_clip)  # the global norm (a float: the step's sync)
             # the balancing loss of each rank's rows, the experts' loads global: their mean is the whole batch's
             ce_sum, n_correct, aux_sum = all_reduce_sum([ce, correct, aux or 0.0], dist)
+            # the same on every rank (global sums): a non-finite loss or gradient norm is not applied (a NaN norm
+            # makes clip_grad_norm_ scale every gradient by NaN), so no NaN reaches the weights or a checkpoint
+            bad = not (math.isfinite(ce_sum) and math.isfinite(gnorm))
+            if not bad:
+                opt.step()
+                balance_experts(model)
+            opt.zero_grad(set_to_none=True)
             sync()
             dt = time.perf_counter() - t0
             tok_s = cfg.batch * L / dt
@@ -320,8 +351,8 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from) -> dict:
                     post["MFU"] = f"{100 * rec['mfu']:.1f}%"
                 bar.set_postfix(post, refresh=False)
                 bar.update(1)
-            if not math.isfinite(rec["loss"]):
-                raise ArchDSLError(f"step {step}: the loss is {rec['loss']} (lower --lr, or --grad-clip)")
+            if bad:
+                raise _not_finite(cfg, step, rec["loss"], gnorm)
             if (cfg.save_every and step % cfg.save_every == 0) or step == last:
                 save_checkpoint(cfg.rundir, step, model, opt, gen, meta, dist.rank)
     finally:

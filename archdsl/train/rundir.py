@@ -9,7 +9,7 @@ import os
 
 from ..atomic import write_atomic
 from ..errors import ArchDSLError, finite
-from .checkpoint import CKPT_DIR
+from .checkpoint import CKPT_DIR, retry_hint
 
 
 def check_rundir(rundir: str) -> None:
@@ -111,8 +111,7 @@ class MetricsLog:
             except OSError:
                 pass
             raise ArchDSLError(f"{self.path}: cannot write the metrics of step {rec['step']} ({e.strerror or e})",
-                               hint="a full disk? make room, then run again with --resume (it continues from the "
-                                    "last complete checkpoint)") from None
+                               hint=retry_hint(os.path.dirname(self.path))) from None
         self.size += len(line)
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ import math
 import os
 
 from ..errors import ArchDSLError, shown
+from ..units import plural
 
 
 # the settings that fix a run's data stream and its optimisation: a resumed run keeps them (--steps may change;
@@ -26,12 +27,15 @@ FIXED = {"data": "--data", "batch": "--batch", "seq_len": "--seq-len", "lr": "--
 def check_settings(rundir: str, settings: dict, vocab_size: int | None = None) -> None:
     """ArchDSLError naming every setting of FIXED that differs from those in RUNDIR/run.json, as each resolves rather
     than as it was written: DATA and the sequence length as the data source takes them (data.resolved: a token file
-    however named and its default length, a task's arguments however spelt), the warmup also by its steps. A task's
-    defaults depend on the spec's `vocab_size` (None: DATA compared by data_key, the length as given)."""
+    however named and its default length, a task's arguments however spelt), the warmup as written or by its steps
+    (those of this run's --steps against the run's warmup steps: run_warmup, which a resumed run keeps). A task's
+    defaults depend on the spec's `vocab_size` (None: DATA compared by data_key, the length as given). Also an
+    ArchDSLError when this run's --steps would end inside the run's warmup."""
     from .config import warmup_steps
     from .data import data_key, resolved
 
     old, new = read_run(rundir).get("config", {}), settings
+    warm = _warmup(old)
 
     def resolve(config: dict) -> tuple[str, int | None]:
         if vocab_size is not None:
@@ -47,20 +51,52 @@ def check_settings(rundir: str, settings: dict, vocab_size: int | None = None) -
     def same(key: str) -> bool:
         if key in res:
             return res[key][0] == res[key][1]
-        if key == "warmup" and "steps" in old:  # a share or a number of steps that make the same warmup
-            return old[key] == new[key] or warmup_steps(old[key], old["steps"]) == warmup_steps(new[key], new["steps"])
+        if key == "warmup" and warm is not None:  # as written (it keeps the run's steps), or making those steps
+            return old[key] == new[key] or warmup_steps(new[key], new["steps"]) == warm
         return old[key] == new[key]
 
     told = lambda v: ("unset" if v is None else repr(v) if isinstance(v, str)  # noqa: E731
                       else ("on" if v else "off") if isinstance(v, bool) else str(v))
-    # DATA is shown as written, the sequence length as it resolves (an unset one as the default it takes)
-    said = lambda key: res[key] if key == "seq_len" and key in res else (old.get(key), new[key])  # noqa: E731
-    changed = [f"{flag} {told(said(key)[1])} (the run's: {told(said(key)[0])})" for key, flag in FIXED.items()
+
+    def said(key: str, mine: bool) -> str:
+        """This run's (mine) or the run's value of `key` as the message tells it: DATA as written, the sequence
+        length as it resolves (an unset one as the default it takes), the warmup with the steps it makes (this
+        run's of its --steps, the run's of its first --steps)."""
+        if key == "seq_len" and key in res:
+            return told(res[key][1 if mine else 0])
+        if key == "warmup" and warm is not None:
+            return f"{told(new[key])}, {plural(warmup_steps(new[key], new['steps']), 'step')}" if mine \
+                else f"{told(old[key])}, {plural(warm, 'step')}"
+        return told(new[key] if mine else old.get(key))
+
+    changed = [f"{flag} {said(key, True)} (the run's: {said(key, False)})" for key, flag in FIXED.items()
                if (key in old or key in res) and not same(key)]
     if changed:
         raise ArchDSLError(f"{rundir}: --resume with other settings than the run was started with: "
                            + "; ".join(changed),
                            hint="resume with the run's settings (its run.json, \"config\"), or start a new RUNDIR")
+    if warm is not None and warm > new["steps"]:  # as a new run's --warmup longer than --steps is refused
+        raise ArchDSLError(f"{rundir}: --steps {new['steps']} ends inside the run's warmup of {plural(warm, 'step')} "
+                           f"(--warmup {told(old['warmup'])} of its first --steps {old['steps']}), before the "
+                           f"learning rate reaches --lr", hint=f"ask for at least {warm} --steps")
+
+
+def _warmup(config: dict) -> int | None:
+    """The warmup in steps that run.json's `config` resolved to when the run started (its --warmup of its first
+    --steps); None where it holds neither."""
+    from .config import warmup_steps
+
+    return warmup_steps(config["warmup"], config["steps"]) if "warmup" in config and "steps" in config else None
+
+
+def run_warmup(rundir: str, settings: dict) -> int:
+    """The warmup in steps of a resumed run: the run's, as it resolved when it started, whatever this run's --steps
+    (a share of a changed --steps would re-enter the warmup after its peak, or end it early); `settings`' own where
+    run.json holds no warmup. check_settings has taken this run's --warmup as the same."""
+    from .config import warmup_steps
+
+    warm = _warmup(read_run(rundir).get("config", {}))
+    return warmup_steps(settings["warmup"], settings["steps"]) if warm is None else warm
 
 
 def read_run(rundir: str) -> dict:
