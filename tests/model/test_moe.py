@@ -37,6 +37,29 @@ def test_matches_dense_reference_and_gathered():
         assert torch.allclose(m.experts.gathered(x, idx, w), ref)
 
 
+def test_sigmoid_router_logits_are_float32_in_a_bf16_model_and_under_autocast():
+    """DeepSeek-V3's and NemotronH's routers compute their logits in float32 (in bf16 they round enough to change ~1%
+    of tokens' experts): a bf16 sigmoid MoE routes as the float32 product of its bf16 weights, and a float32 one under
+    bf16 autocast as without it; the softmax router keeps x's dtype (Mixtral's, Jamba's)."""
+    m = build("moe", {"experts": 64, "top_k": 6, "hidden": 8, "router": "sigmoid", "score_bias": True}, d_model=256)
+    m.router.e_score_correction_bias.normal_(0, 0.01, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(512, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = m.route(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under = m.route(x)
+        half = m.to(torch.bfloat16)
+        xb = x.to(torch.bfloat16)
+        got = half.route(xb)
+        ref = F.linear(xb.float(), half.router.weight.float()).sigmoid()
+        _, ref_idx = (ref + half.router.e_score_correction_bias).topk(6, dim=-1)
+    assert torch.equal(under[2], want[2]) and torch.equal(under[0], want[0])
+    assert torch.equal(got[2], ref_idx) and got[0].dtype == torch.float32
+    assert torch.equal(got[0], ref / ref.sum(-1, keepdim=True))
+    soft = build("moe", {"experts": 4, "top_k": 2, "hidden": 8}).to(torch.bfloat16)
+    assert soft.router(torch.randn(3, 16, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("router, norm_topk, scale", [("softmax", True, 1.0), ("softmax", None, 2.5),
                                                       ("sigmoid", False, 1.0), ("sigmoid", None, 2.5)])
 def test_norm_topk_and_routed_scale_as_transformers(router, norm_topk, scale):
@@ -213,7 +236,7 @@ def test_gpu_bf16_under_inductor_matches_eager_where_the_routing_is_clear(args):
         m.router.e_score_correction_bias.normal_(0, 0.01)
     x = torch.randn(4, 256, 256, device="cuda", dtype=torch.bfloat16, generator=torch.Generator("cuda").manual_seed(0))
     with torch.no_grad():
-        logits = m.router(x.view(-1, 256)).float()
+        logits = m.router(x.view(-1, 256), torch.float32 if args.get("router") == "sigmoid" else None).float()
         score = logits.sigmoid() + m.router.e_score_correction_bias if args.get("score_bias") else logits
         top = score.topk(args["top_k"] + 1, dim=-1).values
         clear = (top[:, -2] - top[:, -1]) >= 1e-3

@@ -4,8 +4,9 @@
     experts.gate_up_proj [E, 2·I, d] (gated acts; [E, I, d] named up_proj otherwise), experts.down_proj [E, d, I]
     shared_expert: an Mlp (gate_proj, up_proj, down_proj) when shared_hidden > 0
 
-Routing (Jamba): p = softmax(router(x)) in float32, the top_k experts by p, each weighted by its
-p (not renormalised). With router="sigmoid": s = σ(router(x)), top_k, weights renormalised to sum 1.
+Routing (Jamba): p = softmax(router(x)) in float32 (the logits in x's dtype, as Mixtral's and Jamba's), the top_k
+experts by p, each weighted by its p (not renormalised). With router="sigmoid": s = σ(router(x)), the logits
+computed in float32 (DeepSeek-V3's and NemotronH's), top_k, weights renormalised to sum 1.
 norm_topk sets the renormalisation either way (Mixtral: softmax with it); routed_scale then multiplies
 the weights (DeepSeek-V3 / NemotronH's routed_scaling_factor). Balancing without a loss (DeepSeek-V3), with
 balance_rate γ > 0: the training loops call `balance` after each optimizer step, which moves the score bias of
@@ -226,8 +227,19 @@ class Router(nn.Module):
             self._buffers["e_score_correction_bias"] = bias.to(new.device, torch.float32)
         return self
 
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+    def forward(self, x, dtype: torch.dtype | None = None):
+        """x [..., d] → logits [..., E]: in x's dtype, or computed in `dtype` where given, autocast or not (the
+        sigmoid router's float32, as DeepSeek-V3's and NemotronH's: in bf16 the logits round enough to change
+        ~1% of tokens' choice of experts, which the float32 score bias cannot then tell apart)."""
+        dev = x.device.type
+        autocast = dev != "meta" and torch.is_autocast_enabled(dev)  # traced by torch.compile
+        if dtype is None or (x.dtype == self.weight.dtype == dtype and not autocast):
+            return F.linear(x, self.weight, self.bias)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        if not autocast:
+            return F.linear(x.to(dtype), self.weight.to(dtype), bias)
+        with torch.autocast(dev, enabled=False):
+            return F.linear(x.to(dtype), self.weight.to(dtype), bias)
 
 
 class Moe(nn.Module):
@@ -249,8 +261,8 @@ class Moe(nn.Module):
 
     def route(self, x):
         """x [T, d] → (probs [T, E] float, top_k weights [T, k] in x's dtype, indices [T, k])."""
-        logits = self.router(x)
         wd = torch.float64 if x.dtype == torch.float64 else torch.float32
+        logits = self.router(x, wd if self.cfg.router == "sigmoid" else None)  # softmax: x's dtype, as Mixtral's
         if self.cfg.router == "softmax":
             probs = F.softmax(logits, dim=-1, dtype=wd)
             w, idx = probs.topk(self.cfg.top_k, dim=-1)
