@@ -36,7 +36,7 @@ class Mamba2Config(BlockConfig):
     chunk_size: int = 256
     dt_min: float = 0.001
     dt_max: float = 0.1
-    dt_floor: float = 0.0  # dt = max(softplus(dt + dt_bias), dt_floor) (HF time_step_limit; NemotronH: time_step_min)
+    dt_floor: float = 0.0  # dt = max(softplus(dt + dt_bias), dt_floor) (HF time_step_limit[0]; Zamba2: time_step_min)
 
     def check(self) -> None:
         if not 2 <= self.d_conv <= 4:

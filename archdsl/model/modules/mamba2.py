@@ -89,7 +89,7 @@ class Mamba2(nn.Module, Fusable, FoldsNorm):
 
     def _dt_limit(self):
         """The scan's dt_limit: dt' = max(softplus(dt + dt_bias), dt_floor) inside the kernels (HF's
-        time_step_limit / NemotronH's time_step_min), None without a floor."""
+        time_step_limit[0]; Zamba2's time_step_min), None without a floor."""
         return (self.cfg.dt_floor, float("inf")) if self.cfg.dt_floor else None
 
     def _out(self, y, z, lean=False):

@@ -12,9 +12,10 @@ Initialisation — S4D-LegS (the paper's §4 / Table 4; state-spaces `hippo.nplr
 diagonal of the normal part of HiPPO-LegS. HiPPO-LegS (Gu et al. 2020) has
     A_nk = -√(2n+1)·√(2k+1) (n > k),  -(n+1) (n = k),  0 (n < k);   B_n = √(2n+1)
 and A + PPᵀ with P_n = √(n + 1/2) is -½·I + S, S skew-symmetric. So its eigenvalues are
--½ + iλ; we keep the N/2 with λ > 0 (the others are their conjugates) and project B onto the
-eigenvectors, B̃ = V*·B (imaginary part clipped to ±2, as state-spaces does). This block has
-no separate B (s4d.py fixes B = 1), so B̃ is folded into C's init: C = 𝒩_ℂ(0, 1)·B̃.
+-½ + iλ; we keep the N/2 with λ > 0 (the others are their conjugates) and project the halved B onto
+the eigenvectors, B̃ = V*·(B/2), as state-spaces' S4D-LegS does (`dplr(B_init="legs")`: nplr's V*·B, then
+`B *= 0.5`; its `legsd` transition halves B the same way). This block has no separate B (s4d.py fixes
+B = 1), so B̃ is folded into C's init: C = 𝒩_ℂ(0, 1)·B̃.
 S4D-Lin (A_n = -½ + iπn, C = 𝒩_ℂ(0, 1), the s4d.py default and an approximation of S4D-LegS)
 is `init="lin"`; S4D-Inv (A_n = -½ + i·(N/π)(N/(2n+1) - 1)) `init="inv"` and S4D-Real (A_n = -(n+1))
 `init="real"`, as state-spaces' dplr init, with C = 𝒩_ℂ(0, 1).
@@ -72,14 +73,14 @@ def hippo_legs(N: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def s4d_legs(N: int) -> tuple[torch.Tensor, torch.Tensor]:
     """S4D-LegS: the N/2 eigenvalues -½ + iλ (λ > 0, ascending) of the normal part of HiPPO-LegS
-    and B projected on their eigenvectors, both complex128 [N/2] (B unclipped)."""
+    and B/2 projected on their eigenvectors, both complex128 [N/2]."""
     A, B = hippo_legs(N)
     P = torch.sqrt(torch.arange(N, dtype=torch.float64) + 0.5)
     S = A + P[:, None] * P[None, :] + 0.5 * torch.eye(N, dtype=torch.float64)  # skew-symmetric
     lam, V = torch.linalg.eigh(-1j * S.to(torch.complex128))  # -iS is Hermitian: S = V·diag(iλ)·V*
     keep = lam > 0
     lam, V = lam[keep], V[:, keep]
-    Bt = V.conj().T @ B.to(torch.complex128)
+    Bt = V.conj().T @ (B / 2).to(torch.complex128)
     return torch.complex(torch.full_like(lam, -0.5), lam), Bt
 
 
@@ -136,7 +137,7 @@ class S4D(nn.Module):
         C = torch.randn(d, N // 2, dtype=torch.complex128)
         if self.init == "legs":
             A, Bt = s4d_legs(N)
-            C = C * torch.complex(Bt.real, Bt.imag.clamp(-2.0, 2.0))
+            C = C * Bt
         else:
             A = INITS[self.init](N)
         self.log_A_real.copy_(torch.log(-A.real).expand(d, -1))
