@@ -118,6 +118,22 @@ def _rope_theta(c: HFConfig, default=10000.0) -> float:
     return _rope(c)("rope_theta", c("rope_theta", default))
 
 
+def _even_rotary(c: HFConfig, head_dim: int, fraction: float) -> None:
+    """transformers' partial RoPE (Bamba) rotates `dim = int(head_dim · partial_rotary_factor)` channels with
+    inv_freq = base^(-arange(0, dim, 2) / dim): for an odd dim that is ceil(dim/2) frequencies over dim + 1
+    channels; archdsl's rope_fraction rotates int(head_dim · rope_fraction) rounded down to pairs, with frequencies
+    over that even width. The two agree only where the width is even."""
+    width = int(head_dim * fraction)
+    if width % 2:
+        rp = _rope(c)
+        default = "" if rp("partial_rotary_factor") is not None else "(not given: the default BambaConfig sets) "
+        raise refusal((rp.prefix or "rope_parameters.") + "partial_rotary_factor", fraction,
+                      f"{default}with head_dim {head_dim} the rotated width int({head_dim}·{fraction:g}) = {width} "
+                      f"would be odd: transformers then rotates {width + 1} channels with frequencies "
+                      f"base^(-2i/{width}), archdsl {width // 2 * 2} (whole pairs) with frequencies over that width, "
+                      "another function")
+
+
 def _conv_act(c: HFConfig) -> None:
     """HF's Mamba mixers apply hidden_act after their conv (and Bamba's MLP too); ours is SiLU."""
     if c("hidden_act", "silu") not in ("silu", "swish"):
@@ -239,6 +255,10 @@ def _jamba(c: HFConfig, name: str) -> dict:
         raise refusal("hidden_act", c("hidden_act"), "supported: 'silu' (it is also the mamba conv activation)")
     ap, ao = c("attn_layer_period", 8), c("attn_layer_offset", 4)
     ep, eo = c("expert_layer_period", 2), c("expert_layer_offset", 1)
+    for what, (period, offset) in (("attn", (ap, ao)), ("expert", (ep, eo))):
+        if offset >= period:  # JambaConfig refuses it, whatever num_experts says
+            raise refusal(f"{what}_layer_offset", offset, f"must be smaller than {what}_layer_period ({period}), "
+                          "as transformers requires")
     # HF's layer i has attention when i % period == offset, and may have none (offset past the last layer), which
     # the layout says by leaving the modifier out (an `every` that selects no layer is an error)
     attn = not ap > ao >= L
@@ -349,6 +369,8 @@ def _bamba(c: HFConfig, name: str) -> dict:
     layout = f"{L}×mamba2" + (", attn at " + " ".join(map(str, attn_ids)) if attn_ids else "")
     c("partial_rotary_factor", 0.5)  # checked, not read: BambaConfig sets the top-level one to 0.5 whatever it says
     rope_frac = _rope(c)("partial_rotary_factor", 0.5)
+    if attn_ids:
+        _even_rotary(c, c("head_dim") or d // c("num_attention_heads", 32), rope_frac)
     ab = bool(c("attention_bias", False))
     blocks = {
         "mamba2": _mamba2_block(c, d, d_state=c("mamba_d_state", 256), d_conv=_d_conv(c, "mamba_d_conv"),

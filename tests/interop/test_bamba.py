@@ -70,3 +70,94 @@ def test_bamba_dt_init_range_round_trips(tmp_path):
     assert transformers().AutoConfig.from_pretrained(tmp_path / "x").time_step_min == 0.002
     m = archdsl.from_hf(tmp_path / "x").blocks["mamba2"]
     assert (m["dt_min"], m["dt_max"]) == (0.002, 0.05)
+
+
+def test_bamba_head_dim_round_trips(tmp_path):
+    """transformers' Bamba reads head_dim (its q/k/v/o widths and its RoPE); archdsl imported it but export
+    refused it ("Bamba's head_dim is hidden_size / heads"): now written back, as Jamba's and Llama's export do."""
+    hf = make_hf("BambaConfig", "BambaForCausalLM", hidden_size=32, num_hidden_layers=2, vocab_size=90,
+                 intermediate_size=40, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                 attn_layer_indices=[1], mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8, mamba_chunk_size=8)
+    assert hf.model.layers[1].self_attn.q_proj.out_features == 4 * 16
+    check_family(tmp_path, hf, 90)
+
+
+@pytest.mark.parametrize("head_dim, fraction, field", [
+    (8, 0.375, "rope_parameters.partial_rotary_factor"),
+    (12, 0.25, "rope_parameters.partial_rotary_factor"),
+    (6, None, "rope_parameters.partial_rotary_factor"),  # not given: BambaConfig's 0.5, int(6·0.5) = 3
+    (8, 0.375, "rope_scaling.partial_rotary_factor"),  # transformers takes rope_scaling whole where given
+])
+def test_bamba_import_refuses_an_odd_rotated_width(head_dim, fraction, field):
+    """transformers rotates int(head_dim·partial_rotary_factor) channels, an odd count taken as the next even one
+    with frequencies over the odd count; archdsl's rope_fraction rotates whole pairs: another function (logits up
+    to 0.4 off), imported without a word. Refused, naming the field and the head_dim."""
+    import torch
+
+    from archdsl.convert.hf import hf_config_to_spec
+    from archdsl.errors import ArchDSLError
+
+    rope = {"rope_type": "default", "rope_theta": 1e4}
+    if fraction is not None:
+        rope["partial_rotary_factor"] = fraction
+    key = field.split(".")[0]
+    config = dict(model_type="bamba", hidden_size=32, num_hidden_layers=2, vocab_size=64, mamba_n_heads=4,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim, intermediate_size=48,
+                  attn_layer_indices=[1], **{key: rope})
+    width = int(head_dim * (fraction or 0.5))
+    hf = transformers().BambaForCausalLM(transformers().BambaConfig.from_dict(config))
+    inv_freq = hf.model.rotary_emb.inv_freq  # what transformers computes: (width + 1) / 2 frequencies over width
+    assert torch.allclose(inv_freq, 1e4 ** -(torch.arange(0, width, 2, dtype=torch.float) / width))
+    with pytest.raises(ArchDSLError, match=f"'{field}': .*head_dim {head_dim} the rotated width "
+                                           rf"int\({head_dim}·[0-9.]+\) = {width} would be odd: transformers then "
+                                           f"rotates {width + 1} channels"):
+        hf_config_to_spec(config)
+    config["attn_layer_indices"] = []  # no attention layer, no RoPE: nothing to refuse
+    assert hf_config_to_spec(config)["layout"] == "2×mamba2"
+
+
+def test_bamba_import_keeps_even_rotated_widths():
+    from archdsl.convert.hf import hf_config_to_spec
+
+    for head_dim, fraction in ((8, 0.5), (12, 0.5), (8, 0.25), (16, 0.375), (8, 1.0)):
+        config = dict(model_type="bamba", hidden_size=32, num_hidden_layers=2, vocab_size=64, mamba_n_heads=4,
+                      num_attention_heads=4, head_dim=head_dim, intermediate_size=48, attn_layer_indices=[1],
+                      rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": fraction})
+        assert hf_config_to_spec(config)["blocks"]["attn"]["rope_fraction"] == fraction
+
+
+def test_bamba_export_refuses_an_odd_rotated_width(tmp_path):
+    """A native spec whose attn rope_fraction·head_dim is odd (0.375·8 = 3: archdsl rotates 2 channels) was
+    exported as partial_rotary_factor 0.375, which transformers reads as 4 rotated channels (logits 0.37 off).
+    Refused, naming rope_fraction and the attn block; the same archdsl model with rope_fraction 0.25 exports."""
+    import archdsl
+    import torch
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.errors import ArchDSLError
+    from interop.common import hf_logits, rel
+
+    def native(fraction):
+        spec = archdsl.parse("mamba2, attn", d_model=32, vocab_size=64, ffn="mlp", blocks={
+            "mamba2": {"d_state": 8, "headdim": 16, "chunk_size": 8},
+            "attn": {"heads": 4, "kv_heads": 2, "rope_fraction": fraction, "rope_theta": 50.0},
+            "mlp": {"act": "swiglu", "hidden": 48}})
+        torch.manual_seed(0)
+        model = archdsl.compile(spec).eval()
+        with torch.no_grad():  # attention large enough for RoPE to show in the logits
+            for p in model.parameters():
+                if p.ndim == 2:
+                    p.mul_(4)
+        return model
+
+    odd = native(0.375)
+    with pytest.raises(ArchDSLError, match=r"cannot export to Hugging Face Bamba: attn rope_fraction 0.375 of "
+                                           r"head_dim 8: the rotated width int\(8·0.375\) = 3 is odd.*"
+                                           r"rope_fraction 0.25 \(2/8\) is the same archdsl model"):
+        export_hf(odd, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    even = native(0.25)
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(odd(ids), even(ids))
+        back = transformers().AutoModelForCausalLM.from_pretrained(export_hf(even, tmp_path / "y")).float().eval()
+        assert rel(hf_logits(back, ids), even(ids)) <= 1e-5

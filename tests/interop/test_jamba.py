@@ -79,3 +79,22 @@ def test_jamba_num_local_experts_is_read():
         spec = hf_config_to_spec(config)
         assert spec["blocks"]["moe"]["experts"] == 4
         assert spec_params(spec) == sum(p.numel() for p in hf.parameters())
+
+
+@pytest.mark.parametrize("field, period", [("attn_layer_offset", "attn_layer_period"),
+                                           ("expert_layer_offset", "expert_layer_period")])
+def test_jamba_refuses_an_offset_not_below_its_period(field, period):
+    """JambaConfig refuses an offset >= its period; archdsl refused it by the converted spec's layout line
+    ("offset 3 is out of range for 'every 2'"), or not at all (an expert offset with num_experts 1): now by
+    the config fields, as transformers does."""
+    from archdsl.convert.hf import hf_config_to_spec
+    from archdsl.errors import ArchDSLError
+    from interop.common import transformers
+
+    for experts in (4, 1):
+        config = dict(model_type="jamba", vocab_size=64, num_experts=experts, **{field: 3, period: 2}, **SMALL)
+        with pytest.raises(Exception, match="must be smaller than"):  # a StrictDataclassClassValidationError
+            transformers().JambaConfig.from_dict(config)
+        with pytest.raises(ArchDSLError, match=f"unsupported value 3 of config field '{field}': must be smaller "
+                                               rf"than {period} \(2\), as transformers requires"):
+            hf_config_to_spec(config)

@@ -77,8 +77,18 @@ def hf_config(spec) -> dict:
            "tie_word_embeddings": spec.tie_embeddings}
     a = one_config(spec, "attn", "Bamba")
     if a is not None:
-        if a.hdim != spec.d_model // a.heads:
-            raise ArchDSLError(f"Bamba's head_dim is hidden_size / heads = {spec.d_model // a.heads}, not {a.hdim}")
+        width = int(a.hdim * a.rope_fraction)
+        if width % 2:  # transformers rotates width + 1 channels, frequencies over width; archdsl whole pairs
+            even = width // 2 * 2 / a.hdim
+            hint = (f"rope_fraction {even:g} ({width - 1}/{a.hdim}) is the same archdsl model and exports exactly"
+                    if width > 1 and int(a.hdim * even) == width - 1 else "")
+            raise ArchDSLError(f"cannot export to Hugging Face Bamba: attn rope_fraction {a.rope_fraction:g} of "
+                               f"head_dim {a.hdim}: the rotated width int({a.hdim}·{a.rope_fraction:g}) = {width} is "
+                               f"odd; transformers' Bamba (partial_rotary_factor) then rotates {width + 1} channels "
+                               f"with frequencies base^(-2i/{width}), archdsl {width - 1} (whole pairs): another "
+                               "function", hint=hint)
+        if a.hdim != spec.d_model // a.heads:  # transformers' Bamba reads it, as Jamba's and Llama's
+            cfg["head_dim"] = a.hdim
         cfg.update({"num_attention_heads": a.heads, "num_key_value_heads": a.kv, "attention_bias": a.bias,
                     "rope_parameters": {"rope_type": "default", "rope_theta": a.rope_theta,
                                         "partial_rotary_factor": a.rope_fraction},
