@@ -275,7 +275,7 @@ def _jamba(c: HFConfig, name: str) -> dict:
         "attn": {"heads": heads, "kv_heads": _kv_heads(c, heads), "rope": False} if attn else None,
         "mlp": {"act": act, "hidden": c("intermediate_size", 14336)},
         "moe": {"experts": experts, "top_k": c("num_experts_per_tok", 2), "hidden": c("intermediate_size", 14336),
-                "act": act} if moe else None,
+                "act": act, "aux_loss_coef": c("router_aux_loss_coef", 0.001)} if moe else None,  # a training setting
     }
     if attn and c("head_dim") not in (None, d // heads):
         blocks["attn"]["head_dim"] = c("head_dim")

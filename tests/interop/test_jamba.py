@@ -98,3 +98,21 @@ def test_jamba_refuses_an_offset_not_below_its_period(field, period):
         with pytest.raises(ArchDSLError, match=f"unsupported value 3 of config field '{field}': must be smaller "
                                                rf"than {period} \(2\), as transformers requires"):
             hf_config_to_spec(config)
+
+
+def test_jamba_router_aux_loss_coef_round_trips(tmp_path):
+    """router_aux_loss_coef is the moe block's aux_loss_coef, read (JambaConfig's 0.001 when absent, not archdsl's
+    0.01: a Jamba trained with it weighed its balancing loss 10× over) and written back on export."""
+    import archdsl
+    from archdsl.convert.hf import hf_config_to_spec
+    from archdsl.convert.hf_io import export_hf
+    from interop.common import transformers
+
+    base = dict(model_type="jamba", vocab_size=64, num_experts=4, **SMALL)
+    assert hf_config_to_spec(base)["blocks"]["moe"]["aux_loss_coef"] == 0.001
+    assert hf_config_to_spec({**base, "router_aux_loss_coef": 0.02})["blocks"]["moe"]["aux_loss_coef"] == 0.02
+    make_hf("JambaConfig", "JambaForCausalLM", vocab_size=64, num_experts=4, router_aux_loss_coef=0.005,
+            **SMALL).save_pretrained(tmp_path / "hf")
+    model = archdsl.compile(archdsl.from_hf(tmp_path / "hf"))
+    back = transformers().AutoConfig.from_pretrained(export_hf(model, tmp_path / "x"))
+    assert back.router_aux_loss_coef == 0.005

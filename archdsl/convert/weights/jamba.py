@@ -248,7 +248,7 @@ def hf_config(spec) -> dict:
         if hidden is not None and c.width != hidden:
             raise _refuse(f"moe hidden {c.width} vs mlp hidden {hidden}", "Jamba has one intermediate_size")
         hidden = c.width
-        cfg.update(num_experts=c.experts, num_experts_per_tok=c.top_k)
+        cfg.update(num_experts=c.experts, num_experts_per_tok=c.top_k, router_aux_loss_coef=c.aux_loss_coef)
     else:
         cfg.update(num_experts=1, num_experts_per_tok=1)
     cfg["intermediate_size"] = hidden
