@@ -11,7 +11,7 @@ import sys
 import time
 from typing import NamedTuple, NoReturn
 
-# The floor's rates (DESIGN.md): bytes at 87.5% of the card's HBM peak and FLOPs at ~680 TFLOP/s of dense bf16
+# The floor's rates (the project's benchmark method): bytes at 87.5% of the card's HBM peak and FLOPs at ~680 TFLOP/s of dense bf16
 # on the tensor cores. The H200: 0.875 × 4.8 TB/s = 4.2 TB/s. An H100 SXM: the same fractions of its own peaks,
 # 0.875 × 3.35 TB/s = 2.93 TB/s, and 680 TFLOP/s (its bf16 peak is the H200's).
 H200_RATES = (0.875 * 4.8e12, 680e12)

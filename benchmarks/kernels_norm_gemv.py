@@ -4,8 +4,8 @@ Shapes of mamba2-1.3b's decode step: in_proj after the layer's add + RMSNorm (K 
 residual) and out_proj after the gated RMSNorm (K 4096 → R 2048, the gated output in float32).
 The peer is what runs with the fusion off: add_rmsnorm (our kernel) or the torch gated norm, then
 F.linear (cuBLAS). "F.linear alone" is cuBLAS's GEMV without any norm, for context.
-Floor: the weight read once, R·K·2 bytes, at the card's rate (benchmarks/_bench.py): 17.4 MB → 4.1 µs and
-16.8 MB → 4.0 µs at the H200's 4.2 TB/s, 5.9 and 5.7 µs at an H100's 2.93 TB/s; the vectors are a few KB.
+Floor: the weight read once, R·K·2 bytes, at the card's rate (benchmarks/_bench.py): 34.9 MB → 8.3 µs and
+16.8 MB → 4.0 µs at the H200's 4.2 TB/s, 11.9 and 5.7 µs at an H100's 2.93 TB/s; the vectors are a few KB.
 First a sweep of (rows per program, K block, warps) per shape; the rows use the best for each shape.
 Then the plain `gemv` at 2, 4 and 16 rows, where it runs the split-K GEMM (triton_rows.py) with its default
 launch, against F.linear (cuBLAS) on Mamba's x_proj and out_proj widths, each a chain of calls on copies of

@@ -10,7 +10,7 @@ B=4, D=5120, N=16, G=1, per L tokens:
   fwd+bwd bytes  = forward + dy read, du, ddelta, dz, dB, dC written (8·B·D·L·2 + 4·B·N·L·2) ≈ 328 KB/token
 At L=4096: forward floor 0.16 ms, fwd+bwd 0.32 ms on the H200 (0.23 and 0.46 ms on an H100). The forward rows are
 timed once per forward (ARCHDSL_SCAN_FWD=serial|segments|gluon|auto; `shape … fwd=…`): the segmented one reads u,
-delta and B twice and moves its fp32 segment states ([B, S, D, N], S ≈ 13 at L=4096: ≈ 3×21 MB) besides the
+delta and B twice and moves its fp32 segment states ([B, S, D, N], S ≈ 13 at L=4096: ≈ 3×17 MB) besides the
 floor's bytes, ≈ 1.1 GB in all, and computes the scan twice (two exps per element). The fwd+bwd rows are timed once per backward
 variant (ARCHDSL_SCAN_BWD=gluon|groups|threads), the default one against mamba_ssm's CUDA forward+backward
 where both build (benchmarks/mamba_cuda.py); beyond the floor's bytes ours read the fp32 checkpoints
@@ -222,12 +222,13 @@ def step_rows():
         theirs = lambda: theirs_fn(*args, **kw)
     except Exception:  # the peer is optional
         theirs = None
-    nbytes = 2 * 4 * BATCH * DIM * N
+    # the float32 state read and written, A [D, N], D and dt_bias in float32; x, z, dt in and y out, B and C, bf16
+    nbytes = 2 * 4 * BATCH * DIM * N + 4 * DIM * (N + 2) + 2 * (4 * BATCH * DIM + 2 * BATCH * N)
     for how, time in (("", _time), (" graph", graph_ms)):
         yield dict(op="selective_state_update" + how, shape=f"B={BATCH} D={DIM} N={N}", mode="fwd",
                    ours_ms=time(ours), peer="mamba_ssm selective_state_update",
                    peer_ms=time(theirs) if theirs else None, floor_ms=floor_ms(nbytes),
-                   floor_note=f"{nbytes / 1e6:.1f} MB state read+write")
+                   floor_note=f"{nbytes / 1e6:.2f} MB: the state read+write, A, the vectors")
 
 
 def rows(quick: bool = False):

@@ -136,7 +136,7 @@ def wkv4_rows(quick=False):
         rows.append(dict(op="wkv4_step", shape=f"B={B} C={C}", mode="step",
                          ours_ms=bench_ms(lambda: wkv4_step(w, u, kt, vt, state)), peer="torch step",
                          peer_ms=bench_ms(lambda: wkv4_step_naive(w, u, kt, vt, state)),
-                         floor_ms=floor_ms(B * C * (2 * 2 + 3 * 4 * 2 + 2), 0), floor_note="HBM bytes"))
+                         floor_ms=floor_ms(B * C * (2 * 2 + 3 * 4 * 2 + 2) + 2 * 4 * C, 0), floor_note="HBM bytes"))
     return rows
 
 
