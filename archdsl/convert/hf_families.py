@@ -448,6 +448,7 @@ def _nemotron_h(c: HFConfig, name: str) -> dict:
         "moe": {"experts": c(_alias(c, "n_routed_experts", "num_local_experts"), 8),
                 "top_k": c("num_experts_per_tok", 2),
                 "hidden": c("moe_intermediate_size", 7688), "act": act, "router": "sigmoid", "score_bias": True,
+                "aux_loss_coef": 0.0,  # transformers' NemotronH adds no balancing loss (a training setting)
                 # NemotronHMLP(intermediate_size=...) takes `that or intermediate_size`: 0 is intermediate_size
                 "shared_hidden": c("moe_shared_expert_intermediate_size", 7688) or c("intermediate_size", 21504),
                 **({} if c("norm_topk_prob", True) else {"norm_topk": False}),

@@ -221,3 +221,22 @@ def test_nemotron_h_dt_init_range_is_read_and_written(tmp_path):
     export_hf(model, tmp_path / "x")
     m = archdsl.from_hf(tmp_path / "x").blocks["mamba2"]
     assert (m["dt_min"], m["dt_max"]) == (0.002, 0.2)
+
+
+def test_nemotron_h_moe_adds_no_balancing_loss():
+    """transformers' NemotronH computes no load-balancing loss (its routing is balanced by the score bias): the
+    imported moe has aux_loss_coef 0, so training it adds none (archdsl's default, 0.01, was taken)."""
+    import archdsl
+    import yaml
+    from archdsl.convert.hf import hf_config_to_spec
+    from archdsl.spec import spec_from_yaml
+
+    spec = hf_config_to_spec(dict(model_type="nemotron_h", hidden_size=32, vocab_size=64, hybrid_override_pattern="ME",
+                                  ssm_state_size=8, mamba_num_heads=8, mamba_head_dim=8, n_groups=2, chunk_size=8,
+                                  n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                                  moe_shared_expert_intermediate_size=24))
+    assert spec["blocks"]["moe"]["aux_loss_coef"] == 0.0
+    model = archdsl.compile(spec_from_yaml(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))).train()
+    model(torch.randint(0, 64, (2, 8)))
+    moe = [m for m in model.modules() if type(m).__name__ == "Moe"]
+    assert moe and all(float(m.aux_loss) == 0.0 for m in moe)
