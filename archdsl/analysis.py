@@ -83,6 +83,12 @@ class Report:
         return asdict(self)
 
 
+def ssm_states_dtype(dtype: str, ssm_state_dtype: str | None = None) -> str:
+    """The dtype Mamba's and Mamba-2's SSM states are counted in, by canonical names: `ssm_state_dtype` where given,
+    else the default, float32 (float64 in a float64 cache), as the blocks' cache_bytes count them."""
+    return ssm_state_dtype or ("float64" if dtype == "float64" else "float32")
+
+
 def dtype_name(dtype, what: str = "dtype") -> str:
     """'bf16', 'BF16', torch.bfloat16 → 'bfloat16'; a cache may be float8 (an estimate: no model computes in it),
     an SSM state only what set_ssm_state_dtype takes."""

@@ -29,7 +29,7 @@ def cmd_check(args):
 @command("show", "per-layer table and totals: params, active params, FLOPs/token, cache bytes")
 def cmd_show(args):
     """Print each layer (index, mixer, ffn, sharing group, params, FLOPs/token, cache bytes) and the totals."""
-    from ..analysis import analyze
+    from ..analysis import analyze, ssm_states_dtype
 
     cache_dtype_arg(args.dtype)
     spec = read_spec(args.spec, args.set)
@@ -58,15 +58,9 @@ def cmd_show(args):
     else:
         print(f"  embedding       {rep.embedding_params:>18,}  (tied: the LM head too)")
     print(f"  FLOPs/token     {rep.flops_per_token:>18,}  ({human(rep.flops_per_token)}, at context {rep.seq_len:,})")
-    states = f", SSM states {_states_dtype(rep.dtype, rep.ssm_state_dtype)}" if has_ssm_states(spec) else ""
+    states = f", SSM states {ssm_states_dtype(rep.dtype, rep.ssm_state_dtype)}" if has_ssm_states(spec) else ""
     print(f"  cache           {rep.cache_bytes:>18,}  ({human(rep.cache_bytes, 'B')} at batch {rep.batch}, "
           f"context {rep.seq_len:,}, {rep.dtype}{states})")
-
-
-def _states_dtype(dtype: str, ssm_state_dtype: str | None) -> str:
-    """The dtype Mamba's and Mamba-2's SSM states are counted in: --ssm-state-dtype's, else analyze's default
-    (float32; float64 in a float64 cache)."""
-    return ssm_state_dtype or ("float64" if dtype == "float64" else "float32")
 
 
 def _add_show(p):

@@ -107,7 +107,7 @@ def _legend_labels(data) -> list[str]:
 def _cache_label(batch, dtype, ssm_state_dtype, ssm_states: bool = True) -> str:
     """The y axis's label: `inference cache` and what the counts assume, batch and dtypes by their canonical
     names (`half` is float16), the SSM states' only where `ssm_states` (some spec has them); else ArchDSLError."""
-    from ..analysis import dtype_name
+    from ..analysis import dtype_name, ssm_states_dtype
 
     if not isinstance(batch, numbers.Integral) or isinstance(batch, bool) or batch < 1:
         raise ArchDSLError(f"plot_memory: batch must be an int >= 1, got {errors.shown(batch)}")
@@ -116,7 +116,7 @@ def _cache_label(batch, dtype, ssm_state_dtype, ssm_states: bool = True) -> str:
         states = None if ssm_state_dtype is None else dtype_name(ssm_state_dtype, "ssm_state_dtype")
     except ArchDSLError as e:
         raise ArchDSLError(f"plot_memory: {e.message}", hint=e.hint) from None
-    states = states or ("float64" if dtype == "float64" else "float32")  # analyze's default
+    states = ssm_states_dtype(dtype, states)
     named = ssm_states and states != dtype
     return f"inference cache\n(batch {int(batch):,}, {dtype}" + (f", SSM states {states})" if named else ")")
 

@@ -136,7 +136,7 @@ class TrainConfig:
 
     def warmup_steps(self) -> int:
         """The warmup in steps of a new run: a share below 1 of `steps` (rounded down), else `warmup` steps (rounded
-        down). A resumed run keeps the warmup steps it resolved to when it started (runfile.run_warmup)."""
+        down). A resumed run keeps the warmup steps it resolved to when it started (runfile.check_settings)."""
         return warmup_steps(self.warmup, self.steps)
 
     def to_dict(self) -> dict:

@@ -38,7 +38,7 @@ from .config import TrainConfig
 from .data import IGNORE, data_key, parse_data
 from .parallel import all_reduce_sum, init_distributed, pick_device, shard_model, shutdown, world_from_env
 from .rundir import check_rundir, open_metrics, outermost_missing, remove_unstarted
-from .runfile import check_settings, run_warmup
+from .runfile import check_settings
 
 PEAK_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0}  # dense bf16 tensor-core peaks per GPU
 
@@ -47,7 +47,7 @@ def lr_at(cfg: TrainConfig, step: int, warm: int | None = None) -> float:
     """Learning rate of 0-based step `step` (0..steps - 1): linear warmup up to lr at step warm - 1, then cosine
     down to lr · min_lr_ratio at the last step (torchtitan's count: the decay's first step is already below the
     peak). `warm`: the warmup in steps (None: the config's, cfg.warmup_steps(); a resumed run keeps the run's,
-    runfile.run_warmup, whatever its --steps)."""
+    runfile.check_settings, whatever its --steps)."""
     warm = cfg.warmup_steps() if warm is None else warm
     if step < warm:
         return cfg.lr * (step + 1) / warm
@@ -108,8 +108,7 @@ def prepare(cfg: TrainConfig):
         damaged: list[str] = []
         s, path, meta = resume_point(cfg.rundir, damaged)
         check_spec(meta, spec_yaml, path)
-        check_settings(cfg.rundir, cfg.to_dict(), spec.vocab_size)
-        warm = run_warmup(cfg.rundir, cfg.to_dict())
+        warm = check_settings(cfg.rundir, cfg.to_dict(), spec.vocab_size)
         if s >= (cfg.stop_after or cfg.steps):
             if cfg.stop_after is not None and cfg.stop_after < cfg.steps:  # --steps would go on: the stop is the limit
                 limit, hint = f"--stop-after {cfg.stop_after}", f"give a --stop-after past {s}, or leave it out"

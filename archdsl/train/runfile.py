@@ -24,13 +24,15 @@ FIXED = {"data": "--data", "batch": "--batch", "seq_len": "--seq-len", "lr": "--
          "betas": "betas", "min_lr_ratio": "min_lr_ratio"}
 
 
-def check_settings(rundir: str, settings: dict, vocab_size: int | None = None) -> None:
+def check_settings(rundir: str, settings: dict, vocab_size: int | None = None) -> int:
     """ArchDSLError naming every setting of FIXED that differs from those in RUNDIR/run.json, as each resolves rather
     than as it was written: DATA and the sequence length as the data source takes them (data.resolved: a token file
     however named and its default length, a task's arguments however spelt), the warmup as written or by its steps
-    (those of this run's --steps against the run's warmup steps: run_warmup, which a resumed run keeps). A task's
+    (those of this run's --steps against the run's warmup steps, which a resumed run keeps). A task's
     defaults depend on the spec's `vocab_size` (None: DATA compared by data_key, the length as given). Also an
-    ArchDSLError when this run's --steps would end inside the run's warmup."""
+    ArchDSLError when this run's --steps would end inside the run's warmup. Returns the warmup in steps the resumed
+    run keeps: the run's, as it resolved when it started, whatever this run's --steps (a share of a changed --steps
+    would re-enter the warmup after its peak, or end it early); this run's own where run.json holds no warmup."""
     from .config import warmup_steps
     from .data import data_key, resolved
 
@@ -79,6 +81,7 @@ def check_settings(rundir: str, settings: dict, vocab_size: int | None = None) -
         raise ArchDSLError(f"{rundir}: --steps {new['steps']} ends inside the run's warmup of {plural(warm, 'step')} "
                            f"(--warmup {told(old['warmup'])} of its first --steps {old['steps']}), before the "
                            f"learning rate reaches --lr", hint=f"ask for at least {warm} --steps")
+    return warmup_steps(new["warmup"], new["steps"]) if warm is None else warm
 
 
 def _warmup(config: dict) -> int | None:
@@ -87,16 +90,6 @@ def _warmup(config: dict) -> int | None:
     from .config import warmup_steps
 
     return warmup_steps(config["warmup"], config["steps"]) if "warmup" in config and "steps" in config else None
-
-
-def run_warmup(rundir: str, settings: dict) -> int:
-    """The warmup in steps of a resumed run: the run's, as it resolved when it started, whatever this run's --steps
-    (a share of a changed --steps would re-enter the warmup after its peak, or end it early); `settings`' own where
-    run.json holds no warmup. check_settings has taken this run's --warmup as the same."""
-    from .config import warmup_steps
-
-    warm = _warmup(read_run(rundir).get("config", {}))
-    return warmup_steps(settings["warmup"], settings["steps"]) if warm is None else warm
 
 
 def read_run(rundir: str) -> dict:

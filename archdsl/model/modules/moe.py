@@ -23,6 +23,7 @@ instead (Experts.gathered) where that copy is small (GATHER_BYTES) or the groupe
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -236,9 +237,7 @@ class Router(nn.Module):
         if dtype is None or (x.dtype == self.weight.dtype == dtype and not autocast):
             return F.linear(x, self.weight, self.bias)
         bias = None if self.bias is None else self.bias.to(dtype)
-        if not autocast:
-            return F.linear(x.to(dtype), self.weight.to(dtype), bias)
-        with torch.autocast(dev, enabled=False):
+        with torch.autocast(dev, enabled=False) if autocast else contextlib.nullcontext():
             return F.linear(x.to(dtype), self.weight.to(dtype), bias)
 
 
