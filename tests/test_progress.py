@@ -28,8 +28,8 @@ def test_a_run_shorter_than_the_interval_prints_nothing(capsys):
 def test_train_and_run_write_no_carriage_returns_into_a_log(tmp_path, capsys):
     """tqdm drew its bar into a log too (stderr not a terminal), a carriage return an update."""
     run = str(tmp_path / "run")
-    assert main(["train", "mamba2(d_state=8, headdim=8)", "--data", "mqar:seq=16,pairs=2", "--steps", "2",
-                 "--batch", "2", "-o", run]) == 0
+    assert main(["train", "mamba2(d_state=8, headdim=8)", "--set", "d_model=32", "--set", "vocab_size=64", "--data",
+                 "mqar:seq=16,pairs=2", "--steps", "2", "--batch", "2", "-o", run]) == 0
     assert "\r" not in capsys.readouterr().err
     assert main(["run", "mamba2(d_state=8, headdim=8)", "--set", "d_model=32", "--set", "vocab_size=64",
                  "--prompt-len", "4", "--gen", "64"]) == 0

@@ -348,7 +348,12 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, flags, messa
     assert not (tmp_path / "run").exists()
 
 
-TINY = dict(spec="mamba2(d_state=8, headdim=8)", data="mqar:seq=32,pairs=2", batch=2, progress=False, cpu_threads=1)
+# A model this small trains a step in milliseconds and saves a checkpoint of kilobytes (the default d_model 768 and
+# vocabulary of 50280 saved 650 MB a run: the suite wrote 12 GB).
+SMALL = ("d_model=32", "vocab_size=512")
+SET_SMALL = ["--set", SMALL[0], "--set", SMALL[1]]
+TINY = dict(spec="mamba2(d_state=8, headdim=8)", settings=SMALL, data="mqar:seq=32,pairs=2", batch=2, progress=False,
+            cpu_threads=1)
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -478,8 +483,8 @@ def test_run_directory_must_be_a_directory(tmp_path, capsys):
 def test_run_directory_is_neither_the_current_directory_nor_a_saved_model(tmp_path, capsys, monkeypatch):
     """-o . and -o on a saved model's or a Hugging Face model's directory are refused, as compile's -o refuses them
     (the run's files went in among the others'); a run directory is resumed into as before."""
-    base = ["train", "mamba2(d_state=8, headdim=8)", "--data", "mqar:seq=32,pairs=2", "--steps", "1", "--batch", "2",
-            "--no-progress", "--threads", "1"]
+    base = ["train", "mamba2(d_state=8, headdim=8)", *SET_SMALL, "--data", "mqar:seq=32,pairs=2", "--steps", "1",
+            "--batch", "2", "--no-progress", "--threads", "1"]
     saved, hf = tmp_path / "saved", tmp_path / "hf"
     assert main(["compile", "mamba2(d_state=8, headdim=8)", "--set", "d_model=16", "-o", str(saved)]) == 0
     hf.mkdir()
@@ -741,8 +746,8 @@ def test_run_directory_contents_are_checked_before_any_work(tmp_path, capsys):
     refused as 'fewer than one sequence of 32 + 1'."""
     tokens = tmp_path / "train.bin"
     np.arange(33, dtype=np.uint16).tofile(tokens)
-    base = ["train", "mamba2(d_state=8, headdim=8)", "--data", str(tokens), "--seq-len", "32", "--steps", "1",
-            "--batch", "2", "--no-progress", "--threads", "1"]
+    base = ["train", "mamba2(d_state=8, headdim=8)", *SET_SMALL, "--data", str(tokens), "--seq-len", "32",
+            "--steps", "1", "--batch", "2", "--no-progress", "--threads", "1"]
     assert main([*base, "-o", str(tmp_path / "one")]) == 0
     for name, make, message in (("checkpoints", lambda p: p.write_text("x"), "checkpoints is not a directory"),
                                 ("metrics.jsonl", lambda p: p.mkdir(), "metrics.jsonl is not a file"),
@@ -828,8 +833,8 @@ def test_a_checkpoint_save_that_fails_is_said_not_a_traceback(tmp_path, capsys, 
             raise exc
         return f
 
-    args = ["train", "mamba2(d_state=8, headdim=8)", "--data", DATA, "--steps", "1", "--batch", "2", "--no-progress",
-            "--threads", "1"]
+    args = ["train", "mamba2(d_state=8, headdim=8)", *SET_SMALL, "--data", DATA, "--steps", "1", "--batch", "2",
+            "--no-progress", "--threads", "1"]
     full = f"error: {tmp_path / 'r0' / 'checkpoints' / 'step_00000001'}: cannot write the checkpoint (No space left " \
            f"on device)"
     for exc, rc, message in ((OSError(errno.ENOSPC, "No space left on device"), 2, full),
@@ -933,7 +938,8 @@ def test_a_run_or_export_directory_with_a_control_character_is_refused(tmp_path,
     assert list(tmp_path.iterdir()) == []
 
 
-TINY_ARGS = ["train", TINY["spec"], "--data", TINY["data"], "--batch", "2", "--no-progress", "--threads", "1"]
+TINY_ARGS = ["train", TINY["spec"], *SET_SMALL, "--data", TINY["data"], "--batch", "2", "--no-progress", "--threads",
+             "1"]
 
 
 def test_a_full_disk_inside_torch_save_is_an_error_naming_the_checkpoint(tmp_path, capsys, monkeypatch):
@@ -1113,7 +1119,7 @@ def test_resume_compares_the_settings_as_they_resolve(tmp_path, capsys):
     run's: unset)'). A setting that truly differs is still refused, naming it."""
     tokens = tmp_path / "train.bin"
     np.random.default_rng(0).integers(0, 64, 1100, dtype=np.uint16).tofile(tokens)
-    base = ["train", TINY["spec"], "--batch", "2", "--no-progress", "--threads", "1"]
+    base = ["train", TINY["spec"], *SET_SMALL, "--batch", "2", "--no-progress", "--threads", "1"]
     files, task = str(tmp_path / "files"), str(tmp_path / "task")
     assert main([*base, "--data", str(tokens), "--steps", "2", "--stop-after", "1", "-o", files]) == 0
     assert main([*base, "--data", "mqar:seq=32,pairs=2", "--steps", "10", "--stop-after", "1", "-o", task]) == 0
