@@ -45,8 +45,8 @@ sm90-check: setup
 	ARCHDSL_RECORD_LAUNCHES=$(CURDIR)/out/launches.jsonl $(BIN)/python -m pytest -q -m "not gpu" -n 2 tests/kernels
 	$(BIN)/python tests/kernels/sm90.py out/launches.jsonl --regs
 
-bench:
-	$(PY) benchmarks/kernels.py
+bench: setup
+	$(BIN)/python benchmarks/kernels.py
 
 wheel: setup
 	rm -rf dist build $(CURDIR)/.venv-wheel
@@ -54,7 +54,8 @@ wheel: setup
 	$(PY) -m venv $(CURDIR)/.venv-wheel
 	$(CURDIR)/.venv-wheel/bin/pip install -q --no-cache-dir "$(TORCH)"
 	$(CURDIR)/.venv-wheel/bin/pip install -q --no-cache-dir dist/archdsl-*.whl
-	cd dist && $(CURDIR)/.venv-wheel/bin/archdsl show "4×(7×mamba2, attn(shared)), moe every 2" | tail -5
+	cd dist && $(CURDIR)/.venv-wheel/bin/archdsl show "4×(7×mamba2, attn(shared)), moe every 2" > show.txt
+	tail -5 dist/show.txt
 	cd dist && $(CURDIR)/.venv-wheel/bin/python -m archdsl check "7×mamba2, 1×attn(shared), moe every 2"
 	cd dist && TRITON_INTERPRET=1 ARCHDSL_KERNELS=triton $(CURDIR)/.venv-wheel/bin/python -c "import torch, \
 	archdsl.kernels as K; from archdsl.kernels.ssd.naive import ssd_scan_naive as ref; \
@@ -64,4 +65,4 @@ wheel: setup
 	assert err < 1e-4"
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info out
+	rm -rf $(VENV) $(CURDIR)/.venv-wheel build dist *.egg-info out

@@ -7,9 +7,21 @@
 
 The core import is light: torch is imported only by compile / load / from_hf.
 """
-from .errors import ArchDSLError, check_path
-from .spec import Spec, load_spec, parse
-from .analysis import analyze, analyze_lengths
+import os as _os
+
+# In a source checkout, grammar/ and kernels/ sit beside archdsl/, and an install maps them to archdsl.grammar and
+# archdsl.kernels (setup.py). When this checkout's archdsl/ is the one imported (python -m archdsl from the checkout
+# root shadows an installed copy; PYTHONPATH=.), the checkout's top directory is searched for subpackages too.
+_top = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and \
+        _os.path.isfile(_os.path.join(_top, "kernels", "__init__.py")) and \
+        _os.path.isfile(_os.path.join(_top, "grammar", "layout.lark")):
+    __path__.append(_top)
+del _top
+
+from .errors import ArchDSLError, check_path  # noqa: E402
+from .spec import Spec, load_spec, parse  # noqa: E402
+from .analysis import analyze, analyze_lengths  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["ArchDSLError", "Spec", "parse", "load_spec", "analyze", "analyze_lengths", "compile", "load", "from_hf", "__version__"]

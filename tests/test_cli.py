@@ -1279,3 +1279,18 @@ def test_graph_and_memory_tell_a_suffix_alone_or_a_trailing_slash(tmp_path, caps
     for command in ("graph", "memory"):
         assert run(command, "mamba2", "-o", path, capsys=capsys) == (2, "", f"error: cannot write {path!r}: {why}\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_checkout_runs_without_an_install_mapping_its_subpackages():
+    """The checkout's archdsl/ imported without the install's mapping of kernels/ and grammar/ (python -m archdsl
+    from the checkout root over a non-editable install; PYTHONPATH=.): compile worked, then the first forward died
+    with 'No module named archdsl.kernels'. The checkout's kernels/ and grammar/ are found beside archdsl/."""
+    code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'ditable' not in repr(f)]\n"
+            "import torch, archdsl, archdsl.kernels\n"
+            "m = archdsl.compile(archdsl.parse('mamba2(d_state=8, headdim=8)'), seed=0)\n"
+            "print(archdsl.kernels.__file__); print(*m(torch.zeros(1, 3, dtype=torch.long)).shape, sep=',')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.returncode == 0, r.stderr
+    where, shape = r.stdout.split()
+    assert where == os.path.join(ROOT, "kernels", "__init__.py") and shape == "1,3,50280", r.stdout

@@ -26,7 +26,6 @@ import functools
 import math
 import re
 from importlib import resources
-from pathlib import Path
 
 from lark import Lark, Token, Transformer
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -53,11 +52,8 @@ class _Semantic(Exception):
 
 # --- loading the grammar ------------------------------------------------------------
 def _grammar_text() -> str:
-    try:
-        return resources.files("archdsl.grammar").joinpath("layout.lark").read_text(encoding="utf-8")
-    except (ModuleNotFoundError, FileNotFoundError):
-        # running from a source checkout that is not installed: grammar/ sits at the top
-        return (Path(__file__).resolve().parents[2] / "grammar" / "layout.lark").read_text(encoding="utf-8")
+    """grammar/layout.lark: archdsl.grammar, installed or in a checkout (archdsl/__init__.py finds it there)."""
+    return resources.files("archdsl.grammar").joinpath("layout.lark").read_text(encoding="utf-8")
 
 
 class _Newlines:
