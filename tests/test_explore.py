@@ -1,7 +1,10 @@
 """The explorer: budgets hold, the Pareto front is right, probes run and resume exactly, bad input is named."""
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import sys
 
 import pytest
 import torch
@@ -429,6 +432,9 @@ def test_bad_flags_are_named_and_nothing_is_written(tmp_path, capsys, flags, mes
     ("device: 3", "train: device must be a device name (auto, cpu, cuda, cuda:1), got 3"),
     ("device: meta", "train: device 'meta': the probes train on real tokens"),
     ("dtype: int7", "train: dtype: unknown dtype 'int7'"),
+    # every probe diverged at step 2 on the CPU (AdamW's eps is 0 in float16), and ran in float32 on CUDA
+    ("dtype: float16", "train: dtype 'float16': pure float16 weights do not train: AdamW's eps (1e-8) underflows"),
+    ("dtype: half", "give bfloat16 (float32's range in 16 bits; on CUDA it autocasts over float32 weights)"),
     ("seed: abc", "space.yaml:16:11: probe: train: seed is the run's seed (--seed), not a training setting"),  # ignored
 ])
 def test_bad_space_probe_settings_write_nothing(tmp_path, capsys, train, message):
@@ -510,7 +516,7 @@ def test_bad_python_spaces_are_archdsl_errors(kw, message):
     ({"train": {"time_limit": 10**5000}}, "train: time_limit must be a positive number of seconds, or null"),
     ({"train": {"lr": 10**400}}, "train: lr must be a positive number, got about 10"),
     ({"train": {"cpu_threads": 10**12}}, r"train: cpu_threads must be a positive integer below 2\^31"),
-    ({"train": {"dtype": torch.float32}}, r"probe: train: dtype must be a dtype name \(float32, bfloat16, ...\), got"),
+    ({"train": {"dtype": torch.float32}}, r"probe: train: dtype must be a dtype name \(float32, float64 or bfloat16\), got"),
 ])
 def test_a_bad_probe_spec_is_refused_before_anything_is_written(tmp_path, probe, message):
     from archdsl.explore.runner import ProbeSpec, run
@@ -764,8 +770,9 @@ def test_probe_named_by_an_alias_keeps_the_space_settings(tmp_path, capsys):
     code, _, err = _run(["explore", str(space), "--probe", "selective_copying", "--steps", "1", "-o",
                          str(tmp_path / "o"), "--no-progress"], capsys)
     assert code == 0, err
-    probe = json.loads((tmp_path / "o" / "results.json").read_text())["config"]["probe"]
-    assert probe["task_args"] == {"seq_len": 24, "num_tokens_to_copy": 3} and probe["train"]["batch_size"] == 8
+    probe = json.loads((tmp_path / "o" / "results.json").read_text())["config"]["probe"]  # as the settings resolve
+    assert probe["task"] == "selective_copying" and probe["train"]["batch_size"] == 8
+    assert probe["task_args"] == {"vocab_size": 16, "seq_len": 24, "num_tokens_to_copy": 3}  # vocab_size's default
 
 
 def test_a_deep_space_enumerates_every_placement_once(monkeypatch):
@@ -1313,3 +1320,221 @@ def test_kind_and_moe_errors_point_into_the_space_file(tmp_path, capsys, text, l
     code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"], capsys)
     assert code == 2 and f"space.yaml:{line}:{col}: {message}" in err and "Traceback" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """TimeoutError where the block runs past `seconds`: a test of a loop that once never ended fails, not hangs."""
+    def expired(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("blocks, mixers, attention, col, message", [
+    ("{attn: {heads: 2}}", "[attn]", "swa", 12, "unknown block kind 'swa'"),  # was KeyError: 'kind'
+    ("{attn: {heads: 2}, swa: {kind: attn, window: 4}, a: {kind: b}, b: {kind: a}}", "[swa]", "a", 12,
+     "block alias 'a' goes round in a circle: a → b → a"),  # was an endless loop in _definition
+    ("{attn: {heads: 2}, swa: {kind: attn, window: 4}, a: {kind: 3}}", "[swa]", "a", 12,
+     "block alias 'a': kind must be a block kind's name, got 3"),
+])
+def test_an_attention_block_that_does_not_resolve_is_keyed_beside_an_attention_mixer(tmp_path, capsys, blocks,
+                                                                                      mixers, attention, col, message):
+    """A mixer of kind attn is compared with the `attention` block, which was read before it had resolved: an undefined
+    attention alias was a KeyError, a circle of aliases hung at 100% CPU. Each is the keyed error any other entry
+    gets, at `attention:`."""
+    from archdsl.spec import spec_from_yaml
+
+    space = tmp_path / "space.yaml"
+    space.write_text(f"base: {{vocab_size: 64, blocks: {blocks}}}\nmixers: {mixers}\nattention: {attention}\n"
+                     "d_model: [16]\ndepth: [4]\n")
+    with deadline(30):
+        code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"], capsys)
+    with deadline(30), pytest.raises(ArchDSLError) as e:  # a Space built in Python alike
+        Space(base=spec_from_yaml(f"layout: mamba2\nvocab_size: 64\nblocks: {blocks}"),
+              mixers=(mixers.strip("[]"),), attention=attention)
+    assert message in e.value.message, e.value.message
+    assert code == 2 and f"space.yaml:3:{col}: {message}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_block_definition_never_walks_a_name_that_does_not_resolve():
+    """_definition (an alias's arguments down to its kind) is called with names nothing had checked: a missing kind
+    was a KeyError, a circle an endless walk. Each is resolve_kind's ArchDSLError now; a name that resolves walks."""
+    from archdsl.explore.space import _definition
+    from archdsl.spec import spec_from_yaml
+
+    base = spec_from_yaml("layout: mamba2\nblocks: {attn: {heads: 2}, swa: {kind: attn, window: 4}, "
+                          "local: {kind: swa, heads: 4}, a: {kind: b}, b: {kind: a}, c: {kind: 3}, d: {window: 2}}")
+    assert _definition(base, "local") == ("attn", {"heads": 4, "window": 4})
+    for name, message in (("a", "block alias 'a' goes round in a circle"), ("c", "kind must be a block kind's name"),
+                          ("d", "unknown block kind 'd'"), ("nope", "unknown block kind 'nope'"),
+                          (["attn"], "a block kind must be a name")):
+        with deadline(30), pytest.raises(ArchDSLError) as e:
+            _definition(base, name)
+        assert message in str(e.value), (name, str(e.value))
+
+
+@pytest.mark.parametrize("power_a", [5e-324, 1e-300, 0.01, 1, 151.0, 300, 1e6, 2**31 - 1, 1e300, sys.float_info.max])
+def test_mqar_draws_its_gaps_at_any_positive_power_a(power_a):
+    """x^(power_a - 1) overflowed float64 past power_a ≈ 150 (213 at seq_len 64): NaN probabilities, and
+    torch.multinomial's RuntimeError mid-run, after make_task had taken the value. The weights are drawn in log space
+    now: a batch at every positive finite power_a, every query a key of its sequence, answered by its value; the
+    largest put every query at the longest gaps, the last positions."""
+    task = make_task("mqar", power_a=power_a, seq_len=64, vocab_size=128, num_kv_pairs=4)
+    x, y = task.batch(16, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (16, 64)
+    scored = y != -100
+    assert (scored.sum(1) == 4).all()
+    for row in range(16):
+        kv = dict(zip(x[row, :8:2].tolist(), x[row, 1:8:2].tolist()))
+        queries = x[row][scored[row]].tolist()
+        assert [kv[q] for q in queries] == y[row][scored[row]].tolist()
+    if power_a >= 300:
+        assert scored[:, -8::2].all()
+
+
+def test_mqar_gaps_in_log_space_are_the_gaps_torch_multinomial_drew():
+    """The draws of the log-space gaps are those of torch.multinomial over the weights, from the same generator, so
+    that a seed makes the data it made before (results and --resume agree across the change)."""
+    from archdsl.explore.probes import MQAR
+
+    for power_a in (0.01, 1.0, 3.0):
+        task = MQAR(power_a=power_a, seq_len=64, vocab_size=128, num_kv_pairs=4)
+        space = (64 - 8) // 2
+        mine, theirs = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        p = power_a * torch.arange(1, space + 1, dtype=torch.float64) ** (power_a - 1)
+        expected = torch.multinomial((p / p.sum()).expand(32, space), 4, replacement=False, generator=theirs)
+        assert torch.equal(task._gaps(32, space, 4, mine), expected)
+        assert torch.equal(torch.rand(4, generator=mine), torch.rand(4, generator=theirs))  # as many draws taken
+
+
+def test_each_probe_dtype_is_the_one_asked_for_or_refused():
+    """float16 trained pure float16 weights on the CPU (AdamW's eps is 0 in float16: NaN at the first step, every
+    probe 'diverged') and float32 ones on any other device, as float64 did; results.json kept the name as if used.
+    float16 is refused by name now; float64 and bfloat16 weights are what is asked for on a device that does not
+    autocast (the meta device takes the non-CPU branch as CUDA did), bfloat16 on CUDA autocasts over float32
+    weights; the names resolve to one each."""
+    from archdsl.explore.train import TrainConfig, autocasts, build_model
+
+    for name in ("float16", "fp16", "half", torch.float16):
+        with pytest.raises(ArchDSLError, match="pure float16 weights do not train: AdamW's eps .* give bfloat16"):
+            TrainConfig(dtype=name)
+    task = make_task("mqar", vocab_size=64, seq_len=32, num_kv_pairs=4)
+    for device in ("cpu", "meta"):
+        for name, dtype in (("float64", torch.float64), ("double", torch.float64), ("bf16", torch.bfloat16),
+                            ("float32", torch.float32)):
+            model = build_model("mamba2, attn", task, TrainConfig(dtype=name), torch.device(device))
+            assert {p.dtype for p in model.parameters()} == {dtype}, (device, name)
+    assert TrainConfig(dtype="bf16").dtype == TrainConfig(dtype=torch.bfloat16).dtype == "bfloat16"
+    assert autocasts(TrainConfig(dtype="bfloat16"), torch.device("cuda"))
+    assert not any(autocasts(TrainConfig(dtype=d), torch.device(dev)) for d, dev in
+                   (("bfloat16", "cpu"), ("float64", "cuda"), ("float32", "cuda")))
+
+
+def test_results_record_the_dtype_each_probe_ran_in(tmp_path, capsys):
+    """results.json kept `dtype: float16` for what ran in float32 (on CUDA); now the config holds the dtype by its one
+    name and each probe result the dtype its arithmetic ran in, and its weights'."""
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY.replace("attn_count: [0, 1]", "attn_count: [0, 0]")
+                     .replace("train: {", "train: {dtype: double, "))
+    code, _, err = _run(["explore", str(space), "--probe", "--steps", "2", "-o", str(tmp_path / "o"), "--no-progress"],
+                        capsys)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert doc["config"]["probe"]["train"]["dtype"] == "float64"
+    (c,) = doc["candidates"]
+    assert (c["probe"]["dtype"], c["probe"]["weights_dtype"]) == ("float64", "float64")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_each_probe_dtype_runs_as_said_on_cuda():
+    """On CUDA float64 was float32 in silence; it is float64 now (the scans take their float64-exact torch path), and
+    bfloat16 autocasts over float32 weights."""
+    from archdsl.explore.train import TrainConfig, train_probe
+
+    task = make_task("mqar", vocab_size=64, seq_len=32, num_kv_pairs=4)
+    for name, ran in (("float64", ("float64", "float64")), ("bfloat16", ("bfloat16", "float32")),
+                      ("float32", ("float32", "float32"))):
+        r = train_probe("mamba2, attn", task, TrainConfig(steps=3, batch_size=4, eval_size=8, dtype=name,
+                                                          device="cuda"))
+        assert (r.dtype, r.weights_dtype) == ran and r.device.startswith("cuda") and r.steps == 3, (name, r)
+
+
+def test_run_refuses_an_outdir_that_holds_files_unless_it_resumes(tmp_path):
+    """The refusal was the command line's alone: run() wrote a second exploration into the first's directory, whose
+    spec files (and plots) stayed beside its own. Now run() refuses it, before anything is written, as the CLI did."""
+    from archdsl.explore.runner import run
+
+    out, quiet = tmp_path / "o", dict(progress=False, log=lambda *a: None)
+    run(small_space({"attn_count": (0, 2), "d_model": (16,), "depth": (4,)}), [], ("params",), str(out), **quiet)
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    small = small_space({"attn_count": (0, 0), "d_model": (16,), "depth": (2,)})
+    with pytest.raises(ArchDSLError) as e:
+        run(small, [], ("params",), str(out), **quiet)
+    assert f"-o {out}: the directory holds an earlier exploration (results.json)" in str(e.value)
+    assert f"pass --resume {out} to continue it" in str(e.value)
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(ArchDSLError, match="the directory already holds files, and no exploration"):
+        run(small, [], ("params",), str(tmp_path / "mine"), **quiet)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    (tmp_path / "empty").mkdir()
+    run(small, [], ("params",), str(tmp_path / "empty"), **quiet)  # new or empty: taken
+    run(small, [], ("params",), str(tmp_path / "empty"), resume=True, **quiet)  # and resumed
+
+
+def test_resume_compares_the_probe_settings_as_they_resolve(tmp_path, capsys):
+    """--resume compared the probe's settings as they were typed: `--lr 1e-3 --device auto` (the defaults) or a task
+    argument at its default was refused ('probe differs'), while `auto` on a laptop and on a GPU box compared equal,
+    mixing CPU and CUDA results. The settings compare as they resolve now, the device as its type, each difference
+    named."""
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY)
+    out = tmp_path / "o"
+    flags = ["--probe", "--steps", "2", "--no-progress"]
+    assert _run(["explore", str(space), "-o", str(out)] + flags, capsys)[0] == 0
+    for extra in (["--lr", "1e-3", "--device", "auto"], ["--device", "cpu", "--probe-arg", "power_a=0.01"],
+                  ["--batch-size", "8", "--probe-arg", "random_non_queries=true"]):
+        code, _, err = _run(["explore", str(space), "--resume", str(out)] + flags + extra, capsys)
+        assert code == 0, (extra, err)
+    for extra, named in ((["--lr", "2e-3"], "probe.train.lr 0.002 (the run's: 0.001)"),
+                         (["--probe-arg", "power_a=0.5"], "probe.task_args.power_a 0.5 (the run's: 0.01)"),
+                         (["--steps", "3"], "probe.train.steps 3 (the run's: 2)")):
+        code, _, err = _run(["explore", str(space), "--resume", str(out)] + flags + extra, capsys)
+        assert code == 2 and "was made with other settings: " + named in err, (extra, err)
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["config"]["probe"]["train"]["device"] == "cpu"  # `auto`, as it resolved here
+    doc["config"]["probe"]["train"]["device"] = "cuda"  # as if made on a GPU box
+    (out / "results.json").write_text(json.dumps(doc))
+    code, _, err = _run(["explore", str(space), "--resume", str(out)] + flags, capsys)
+    assert code == 2 and "other settings: probe.train.device 'cpu' (the run's: 'cuda')" in err, err
+
+
+def test_a_two_sided_constraint_reports_the_value_closest_to_its_interval():
+    """A constraint with a max kept the smallest value seen as its 'best seen', even where the min was what every
+    candidate broke: min=1M, max=2M said 'best seen: 4.24K' (the smallest) where the largest, 5.35K, came closest, as
+    the same bounds given as two constraints said."""
+    from archdsl.units import human
+
+    space = small_space({"attn_count": (0, 2), "d_model": (16,), "depth": (2, 4)})
+    params = sorted(c.figures["params"] for c in explore(space).candidates)
+    for bounds, best in (({"min": 1e6, "max": 2e6}, params[-1]), ({"min": 1, "max": params[0] / 2}, params[0])):
+        with pytest.raises(ArchDSLError) as e:
+            explore(space, [search.Constraint("params", **bounds)])
+        assert f"(best seen: {human(best)})" in str(e.value), str(e.value)
+    with pytest.raises(ArchDSLError) as e:
+        explore(space, ["params>=1M", "params<=2M"])
+    assert f"params ≥ 1.00M: removed {len(params)}, violated by {len(params)} (best seen: {human(params[-1])})" \
+        in str(e.value)
+    c = search.Constraint("params", min=10, max=20)
+    assert [c.miss(v) for v in (4, 10, 12, 15, 20, 26)] == [6, 0, -2, -5, 0, 6]
+    assert search.Constraint("params", max=20).miss(5) == -15 and search.Constraint("params", min=20).miss(5) == 15

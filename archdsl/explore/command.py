@@ -122,13 +122,7 @@ def explore_command(args) -> None:
     if args.resume and args.output and args.output != args.resume:
         raise ArchDSLError("explore: --resume OUTDIR and -o name different directories")
     flag = "--resume" if args.resume else "-o"
-    check_output(outdir, flag, directory=True)
-    if not args.resume and os.path.isdir(outdir) and os.listdir(outdir):
-        if os.path.isfile(os.path.join(outdir, "results.json")):
-            raise ArchDSLError(f"-o {outdir}: the directory holds an earlier exploration (results.json)",
-                               hint=f"pass --resume {outdir} to continue it, or pick another -o")
-        raise ArchDSLError(f"-o {outdir}: the directory already holds files, and no exploration (no results.json)",
-                           hint="pick another -o, new or empty")
+    check_output(outdir, flag, directory=True)  # an -o that holds files is refused by run, for the API alike
     check_flags(args)
     space = load_space(args.space)
     constraints = []

@@ -8,7 +8,8 @@ the generator's device (CUDA generators work); the MAD tasks on the CPU.
 
 - MQAR (Arora, Eyuboglu et al., Zoology 2023): `num_kv_pairs` key-value pairs (keys from
   1..V/2-1, values from V/2..V-1, distinct within a sequence), then the keys asked again at
-  power-law distributed gaps (power_a = 0.01); the answer is scored at the query position,
+  power-law distributed gaps (power_a = 0.01; any positive finite power_a, the larger the later
+  the queries); the answer is scored at the query position,
   everything else (random tokens) is not. Vocabulary 8192; sequence 64–512; 4–64 pairs.
   Train and test labels are the same: the loss is on answer positions only.
 - Selective copying (MAD, Poli et al. 2024): `num_tokens_to_copy` tokens at random positions
@@ -70,6 +71,8 @@ class MQAR(Task):
                                f"at seq_len {self.seq_len}")
         if not self.power_a > 0:  # the gaps' density power_a·x^(power_a-1) is all zeros at 0
             raise ArchDSLError(f"mqar: power_a must be positive, got {self.power_a}")
+        if not math.isfinite(self.power_a):  # any positive finite one draws (in log space: _gaps)
+            raise ArchDSLError(f"mqar: power_a must be a finite number, got {self.power_a}")
 
     def batch(self, n, gen, train=True):
         V, L, k = self.vocab_size, self.seq_len, self.num_kv_pairs
@@ -80,9 +83,7 @@ class MQAR(Task):
         keys = torch.rand(n, key_vocab - 1, generator=gen, device=dev).topk(k, dim=1).indices + 1
         values = torch.rand(n, V - key_vocab, generator=gen, device=dev).topk(k, dim=1).indices + key_vocab
         kvs = torch.stack([keys, values], dim=2).reshape(n, C)
-        space = (L - C) // 2
-        p = self.power_a * torch.arange(1, space + 1, dtype=torch.float64, device=dev) ** (self.power_a - 1)
-        gaps = torch.multinomial((p / p.sum()).expand(n, space), k, replacement=False, generator=gen)
+        gaps = self._gaps(n, (L - C) // 2, k, gen)
         queries = torch.zeros(n, L - C + 1, dtype=torch.long, device=dev)
         queries.scatter_(1, gaps * 2, keys)
         examples = torch.cat([kvs, queries], dim=1)
@@ -93,6 +94,21 @@ class MQAR(Task):
             fill = torch.randint(V, inputs.shape, generator=gen, device=dev)
             inputs = torch.where(inputs == 0, fill, inputs)
         return inputs, labels
+
+    def _gaps(self, n: int, space: int, k: int, gen: torch.Generator) -> torch.Tensor:
+        """[n, k]: each row k distinct gaps of 0..space-1, drawn without replacement with Zoology's power-law weights
+        x^(power_a - 1) at x = gap + 1 (its factor power_a cancels), first drawn first.
+
+        Drawn in log space, by the exponential trick torch.multinomial uses: the k largest of log w - log E, E ~ Exp(1)
+        (the same gaps from the same generator, and as many draws taken from it). The weights themselves leave
+        float64's range past power_a ≈ 150 at seq_len 256 (x^(power_a - 1) overflows: NaN probabilities); their logs
+        do not, for any positive finite power_a. The exponent is capped at 1e300, where the log weights of neighbouring
+        gaps are already further apart than any draw of log E moves them (the k largest gaps, largest first, as for
+        any larger power_a), and where (power_a - 1)·log x cannot overflow."""
+        x = torch.arange(1, space + 1, dtype=torch.float64, device=gen.device)
+        log_w = min(self.power_a - 1, 1e300) * torch.log(x)
+        draws = torch.empty(n, space, dtype=torch.float64, device=gen.device).exponential_(1, generator=gen)
+        return (log_w - torch.log(draws)).topk(k, dim=1).indices
 
 
 @dataclass(frozen=True, kw_only=True)

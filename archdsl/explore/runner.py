@@ -4,9 +4,12 @@ K, keep results.json / results.csv current after each candidate, plot at the end
     res = run(space, constraints, ("params", "cache"), "out/", top=8,
               probe=ProbeSpec(task="mqar", train={"steps": 200}))
 
-`resume=True` reads OUTDIR/results.json, refuses if it was made with other settings, and
-probes only what is missing; with the same seed the final results equal an uninterrupted
-run's (wall times aside). results.json says `running` until every spec file and plot is written, then
+Without `resume`, OUTDIR must be new or empty (an exploration written over another would leave the
+other's spec files and plots beside its own). `resume=True` reads OUTDIR/results.json, refuses if it
+was made with other settings (the probe's as they resolve: every task argument and training setting,
+defaults filled in, and the type of the device the probes ran on), and probes only what is missing;
+with the same seed the final results equal an uninterrupted run's (wall times aside). results.json
+says `running` until every spec file and plot is written, then
 `complete`; Ctrl-C at any point after it is first written marks it `interrupted` (what is done kept), says how to
 continue (--resume OUTDIR), and re-raises; any other error marks it `failed`.
 """
@@ -45,10 +48,10 @@ class ProbeSpec:
         return asdict(self)
 
 
-def _config(space, constraints, objectives, probe, top, seed, context, batch, dtype) -> dict:
+def _config(space, constraints, objectives, probe: dict | None, top, seed, context, batch, dtype) -> dict:
+    """results.json's `config`: the run's settings, which --resume compares. probe: _settings' (resolved)."""
     return {"space": space.to_dict(), "constraints": [asdict(c) for c in constraints], "objectives": list(objectives),
-            "probe": probe.to_dict() if probe else None, "top": top, "seed": seed, "context": context,
-            "batch": batch, "dtype": dtype}
+            "probe": probe, "top": top, "seed": seed, "context": context, "batch": batch, "dtype": dtype}
 
 
 def _norm(x):
@@ -60,7 +63,8 @@ def run(space: Space, constraints: list[Constraint], objectives, outdir: str, pr
         resume: bool = False, progress: bool | str = True, log=print):
     """Explore, write the spec files, probe the `top` best by the analytic ranking (all when None),
     re-rank with accuracy, write results and plots. Returns the Exploration. The arguments are explore's, checked
-    before anything is written; resume: continue OUTDIR/results.json (same settings only). progress: True a tqdm
+    before anything is written. outdir: new or empty, unless resume: continue OUTDIR/results.json (same settings
+    only; the errors name the command line's -o and --resume, which are outdir and resume=True). progress: True a tqdm
     bar on stderr, "lines" a plain line there every 30 s of enumeration and after each probe (for logs), False
     none. log: takes the table and the summary lines (print)."""
     constraints, objectives, context, batch = check_args(space, constraints, objectives, context, batch, dtype)
@@ -75,9 +79,14 @@ def run(space: Space, constraints: list[Constraint], objectives, outdir: str, pr
     if probe is None and measured:
         raise ArchDSLError(f"objective {', '.join(measured)} needs a probe "
                            "(--probe mqar --steps N)")
-    config = _config(space, constraints, objectives, probe, top, seed, context, batch, dtype)
     trainer = _trainer(probe, seed) if probe is not None else None  # bad settings before anything is written
-    done = _resumed(outdir, config) if resume else {}
+    settings = _settings(probe, *trainer) if probe is not None else None
+    config = _config(space, constraints, objectives, settings, top, seed, context, batch, dtype)
+    if resume:
+        done = _resumed(outdir, config)
+    else:
+        _check_new(outdir)
+        done = {}
     if os.path.exists(outdir) and not os.path.isdir(outdir):
         raise ArchDSLError(f"{outdir}: exists and is not a directory")
 
@@ -152,8 +161,8 @@ def _integer(name: str, value, least: int, none: bool = False) -> int | None:
 
 
 def _trainer(probe: ProbeSpec, seed: int):
-    """(task, TrainConfig) of the probe, checked: its parts' shape, the task's arguments, the training settings,
-    the device."""
+    """(task, TrainConfig, device) of the probe, checked: its parts' shape, the task's arguments, the training
+    settings, the device (`auto` resolved)."""
     from .probes import make_task
     from .train import SETTINGS, TrainConfig, pick_device
 
@@ -164,11 +173,21 @@ def _trainer(probe: ProbeSpec, seed: int):
         if key not in SETTINGS:
             raise ArchDSLError(f"probe: unknown training setting {key!r}", hint=did_you_mean(key, SETTINGS))
     cfg = TrainConfig(**{**train, "seed": seed})
-    if not isinstance(train.get("dtype", ""), str):  # results.json keeps the settings as given
-        raise ArchDSLError(f"probe: train: dtype must be a dtype name (float32, bfloat16, ...), got "
+    if not isinstance(train.get("dtype", ""), str):  # by name, as the space file gives it
+        raise ArchDSLError(f"probe: train: dtype must be a dtype name (float32, float64 or bfloat16), got "
                            f"{shown(train['dtype'])}")
-    pick_device(cfg.device)
-    return task, cfg
+    return task, cfg, pick_device(cfg.device)
+
+
+def _settings(probe: ProbeSpec, task, cfg, device) -> dict:
+    """The probe's settings as they resolve, as results.json keeps them and --resume compares them: the task by its
+    name (an alias resolved) with every argument (defaults filled in), the probe width, every training setting
+    (TrainConfig's, defaults filled in; the seed aside, which is the run's) with the device as the type it resolved
+    to (cpu, cuda): `auto` is cpu on a laptop and cuda on a GPU box, two settings whose results do not mix."""
+    train = {k: v for k, v in cfg.to_dict().items() if k != "seed"}
+    train["device"] = device.type
+    task_args = {k: v for k, v in task.to_dict().items() if k != "task"}
+    return {"task": task.name, "task_args": task_args, "d_model": probe.d_model, "train": train}
 
 
 def _probe_spec(c, probe: ProbeSpec):
@@ -182,7 +201,7 @@ def _probe_all(chosen, cands, probe, trainer, config, outdir, summary, progress)
     """Probe the chosen candidates not yet probed, rewriting results.json after each (run marks it when stopped)."""
     from .train import train_probe
 
-    task, cfg = trainer
+    task, cfg, _ = trainer
     todo = [c for c in chosen if c.probe is None]
     bar = _bar(progress, f"probe {task.name}", len(chosen))
     if bar is not None:
@@ -212,6 +231,22 @@ def _mark(outdir, config, cands, status: str, summary: dict) -> None:
         pass
 
 
+def _check_new(outdir: str) -> None:
+    """ArchDSLError where OUTDIR (without resume) already holds files: the exploration would be written among them,
+    an earlier one's spec files and plots kept beside its own. An earlier exploration is offered --resume."""
+    try:
+        held = os.path.isdir(outdir) and bool(os.listdir(outdir))
+    except OSError as e:
+        raise ArchDSLError(f"-o {outdir}: cannot read the directory: {e.strerror or e}") from None
+    if not held:
+        return
+    if os.path.isfile(os.path.join(outdir, "results.json")):
+        raise ArchDSLError(f"-o {outdir}: the directory holds an earlier exploration (results.json)",
+                           hint=f"pass --resume {outdir} to continue it, or pick another -o")
+    raise ArchDSLError(f"-o {outdir}: the directory already holds files, and no exploration (no results.json)",
+                       hint="pick another -o, new or empty")
+
+
 def _resumed(outdir: str, config: dict) -> dict:
     path = os.path.join(outdir, "results.json")
     if not os.path.isfile(path):
@@ -229,14 +264,36 @@ def _resumed(outdir: str, config: dict) -> dict:
                            f"candidates, each with an id, a layout and a probe result or null: an accuracy in [0, 1], "
                            f"a final_loss finite or null, a finite wall_time)"
                            + (f"; candidate {bad} is not" if bad is not None else ""))
-    old = _norm(doc.get("config"))
-    new = _norm(config)
-    if old != new:
-        diff = sorted(k for k in set(old or {}) | set(new) if (old or {}).get(k) != new.get(k))
-        verb = "differs" if len(diff) == 1 else "differ"
-        raise ArchDSLError(f"--resume: {outdir} was made with other settings ({', '.join(diff)} {verb}); "
-                           "give the same space, constraints, objectives, probe, --top and --seed")
+    diff = _differences(_norm(doc["config"]), _norm(config))
+    if diff:
+        told = [f"{key} {_told(new)} (the run's: {_told(old)})" if max(len(_told(new)), len(_told(old))) <= 40
+                else f"{key} differs" for key, old, new in diff[:MAX_TOLD]]
+        more = f", and {len(diff) - MAX_TOLD} more" if len(diff) > MAX_TOLD else ""
+        raise ArchDSLError(f"--resume: {outdir} was made with other settings: {', '.join(told)}{more}",
+                           hint="give the same space, constraints, objectives, probe (its task arguments, training "
+                                "settings and device type), --top and --seed")
     return {c["id"]: c for c in cands if c.get("probe")}
+
+
+MAX_TOLD = 6  # the differing settings a refused --resume names (then how many more), with their values where short
+_UNSET = object()
+
+
+def _differences(old, new, key: str = "") -> list[tuple[str, object, object]]:
+    """(key, the run's value, this run's) of each setting that differs between two configs, keys dotted down through
+    mappings (probe.train.lr, space.depth), in this run's order; _UNSET where one of them lacks the key."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [(key, old, new)]
+    out = []
+    for k in list(new) + [k for k in old if k not in new]:
+        name = f"{key}.{k}" if key else str(k)
+        a, b = old.get(k, _UNSET), new.get(k, _UNSET)
+        out += _differences(a, b, name) if a is not _UNSET and b is not _UNSET else [(name, a, b)]
+    return out
+
+
+def _told(value) -> str:
+    return "unset" if value is _UNSET else shown(value)
 
 
 def _resumable(c) -> bool:

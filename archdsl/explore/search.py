@@ -131,6 +131,13 @@ class Constraint:
     def check(self, value: float) -> bool:
         return (self.max is None or value <= self.max) and (self.min is None or value >= self.min)
 
+    def miss(self, value: float) -> float:
+        """How far `value` lies outside [min, max]: its distance to the bound it breaks, or minus its distance to
+        the nearer bound where it keeps both (the smaller, the closer to the budget: for a max alone the smallest
+        value, for a min alone the largest)."""
+        return max(-math.inf if self.min is None else self.min - value,
+                   -math.inf if self.max is None else value - self.max)
+
 
 def parse_constraint(metric: str, text: str, bound: str = "max") -> Constraint:
     """'2GiB@64k' (cache at context 64k), '2GiB@64kx8' (batch 8), '1.5B' or a number → a Constraint. FLOPs a token
@@ -300,8 +307,9 @@ def failing(figs: dict, constraints: Sequence[Constraint]) -> list[Constraint]:
 
 def enumerate_space(space: Space, constraints: Sequence[Constraint] = (), context: int = 4096, batch: int = 1,
                     dtype: str = "bfloat16", progress=None):
-    """Generate, prune and analyse. Returns (survivors, enumerated, removed, violated, best):
-    best[label] is the smallest (largest, for min bounds) value seen, for error messages."""
+    """Generate, prune and analyse. Returns (survivors, enumerated, removed, violated, best, invalid):
+    best[label] is the value seen closest to that constraint's interval (Constraint.miss: the smallest for a max
+    alone, the largest for a min alone), for error messages."""
     # a cache budget at a context (2GiB@64k) without a batch is checked at the run's batch: its label says which
     constraints = [replace(c, batch=c.batch or batch) if c.seq_len and c.metric == "cache_bytes" else c
                    for c in constraints]
@@ -344,10 +352,8 @@ def enumerate_space(space: Space, constraints: Sequence[Constraint] = (), contex
             continue
         for c in constraints:
             v = figs["at"][c.label]
-            if c.max is not None:
-                best[c.label] = min(best.get(c.label, v), v)
-            elif c.min is not None:
-                best[c.label] = max(best.get(c.label, v), v)
+            if c.label not in best or c.miss(v) < c.miss(best[c.label]):
+                best[c.label] = v
         bad = failing(figs, constraints)
         if bad:
             removed[bad[0].label] = removed.get(bad[0].label, 0) + len(placements)

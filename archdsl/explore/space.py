@@ -152,30 +152,35 @@ class Space:
         check_probe(self.probe)
 
     def _check_kinds(self, base: Spec) -> None:
-        """mixers: mixer kinds other than attention; attention: a block of kind attn. Each error keyed to its entry."""
+        """mixers: mixer kinds other than attention; attention: a block of kind attn. Each error keyed to its entry.
+        Every entry resolves (a kind, or an alias that ends at one) before any is compared with another: a mixer of
+        kind attn is compared with the `attention` block, which must resolve first."""
         entries = [(("mixers", i), kind) for i, kind in enumerate(self.mixers)] + [(("attention",), self.attention)]
         for key, kind in entries:
             if not isinstance(kind, str):
                 raise keyed_error(f"{key[0]} takes block kinds or aliases of base.blocks, got {shown(kind)}", key)
+        resolved = {}
         for key, kind in entries:
             try:
-                resolved = resolve_kind(base, kind)
+                resolved[key] = resolve_kind(base, kind)
             except ArchDSLError as e:
                 raise keyed_error(e.message, key, e.hint) from None
-            if BLOCKS[resolved].role != MIXER:
-                raise keyed_error(f"{kind!r} is a {BLOCKS[resolved].role} block, not a mixer", key,
+        for key, kind in entries:
+            if BLOCKS[resolved[key]].role != MIXER:
+                raise keyed_error(f"{kind!r} is a {BLOCKS[resolved[key]].role} block, not a mixer", key,
                                   "mixers and attention take mixer kinds: "
                                   + ", ".join(k for k, c in BLOCKS.items() if c.role == MIXER))
-            if key[0] == "mixers" and resolved == "attn" and _definition(base, kind) == _definition(base,
-                                                                                                 self.attention):
+        if resolved[("attention",)] != "attn":
+            raise keyed_error(f"attention {self.attention!r} is not an attention block (kind attn)", ("attention",))
+        attention = _definition(base, self.attention)
+        for key, kind in entries[:-1]:
+            if resolved[key] == "attn" and _definition(base, kind) == attention:
                 # its layers would be the attention layers the knobs count and place: the same model under other knobs
                 same = "" if kind == self.attention else f" (the same block as {self.attention!r})"
                 raise keyed_error(f"mixers: {kind!r} is the attention block{same}; mixers lists the other mixers of "
                                   f"the stack", key, "attention layers are the `attention` block, counted by "
                                   "attn_count (or attn_fraction) and placed by placements; another attention "
                                   "block (a sliding-window alias) may be a mixer")
-        if resolve_kind(base, self.attention) != "attn":
-            raise keyed_error(f"attention {self.attention!r} is not an attention block (kind attn)", ("attention",))
 
     def _check_offsets(self) -> None:
         """Every integer `every` offset K is below some period N (`every N offset K` needs K < N): else no placement
@@ -300,8 +305,10 @@ _EMPTY_LAYOUT = parse_layout("mamba2", Source("mamba2"))  # a one-layer layout: 
 
 
 def _definition(base: Spec, name: str) -> tuple[str, dict]:
-    """(kind, arguments) of a kind or an alias of the base's `blocks:` (resolve_kind has checked it): an alias's
-    own arguments over those of what it names, down to the kind's entry in `blocks:`."""
+    """(kind, arguments) of a kind or an alias of the base's `blocks:`: an alias's own arguments over those of what it
+    names, down to the kind's entry in `blocks:`. A name that does not resolve (unknown, an alias whose kind is
+    missing or not a name, a circle of aliases) is resolve_kind's ArchDSLError, never a KeyError or an endless walk."""
+    resolve_kind(base, name)  # from here on, every step of the walk is a known alias and the walk ends at a kind
     args: dict = {}
     while True:
         entry = base.blocks.get(name, {})
@@ -313,6 +320,8 @@ def _definition(base: Spec, name: str) -> tuple[str, dict]:
 
 def resolve_kind(base: Spec, name: str) -> str:
     """A block kind from a kind or an alias of the base's `blocks:`; ArchDSLError if unknown."""
+    if not isinstance(name, str):
+        raise ArchDSLError(f"a block kind must be a name (a kind or an alias of base.blocks), got {shown(name)}")
     seen = []
     kind = name
     while kind not in BLOCKS:

@@ -11,6 +11,17 @@ vocabulary set to the task's) or any nn.Module with forward(input_ids [B, L]) �
 Seeds: the weights from `seed`, the training stream from `seed + 1`, the fixed evaluation
 set from `seed + 2` (every model of a comparison sees the same data). CPU runs are
 bit-reproducible, which is what makes `explore --resume` give the uninterrupted result.
+
+`dtype`, on each device (a compiled spec; a module keeps its own weights' dtype, and autocasts as below):
+  float32   float32 weights and arithmetic (the default), on every device.
+  float64   float64 weights and arithmetic, on every device (on CUDA the scans take their torch path, which is
+            float64-exact, not the Triton kernels, which compute in float32).
+  bfloat16  CUDA: float32 weights, the forward and backward under bfloat16 autocast (AdamW updates the float32
+            weights). Any other device (the CPU): the weights themselves in bfloat16, updated in bfloat16.
+  float16   refused: AdamW's eps (1e-8) underflows to 0 in float16, so pure float16 weights turn NaN at the first
+            step where a gradient is 0 (the embedding row of a token absent from the batch), and ±inf where it is
+            small; bfloat16 has float32's range in the same 16 bits.
+ProbeResult records what ran: `dtype` (the arithmetic's) and `weights_dtype`.
 """
 from __future__ import annotations
 
@@ -55,6 +66,11 @@ def _share(v) -> bool:
     return _number(v) and 0 <= v <= 1
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 → 'bfloat16'."""
+    return str(dtype).replace("torch.", "")
+
+
 # each TrainConfig field: (the test its value passes, what the error says it must be)
 SETTINGS = {
     "steps": (_count, "a positive integer below 2^63"),
@@ -71,7 +87,7 @@ SETTINGS = {
     "target_accuracy": (lambda v: v is None or _share(v), "a number in [0, 1], or null (no early stop)"),
     "seed": (lambda v: _integer(v) and 0 <= v < 2**63, "an integer in 0..2^63-1"),
     "device": (lambda v: isinstance(v, str), "a device name (auto, cpu, cuda, cuda:1)"),
-    "dtype": (lambda v: isinstance(v, (str, torch.dtype)), "a dtype name (float32, bfloat16, ...)"),
+    "dtype": (lambda v: isinstance(v, (str, torch.dtype)), "a dtype name (float32, float64 or bfloat16)"),
     "curve_points": (_count, "a positive integer below 2^63"),
     "time_limit": (lambda v: v is None or _number(v) and v > 0, "a positive number of seconds, or null"),
     "cpu_threads": (lambda v: v is None or _size(v), "a positive integer below 2^31, or null (torch's own thread "
@@ -94,7 +110,7 @@ class TrainConfig:
     target_accuracy: float | None = 0.99  # early stop at this evaluation accuracy; None: never
     seed: int = 0
     device: str = "auto"  # auto: CUDA when present, else CPU
-    dtype: str = "float32"  # compute dtype of the weights; on CUDA "bfloat16" autocasts instead
+    dtype: str = "float32"  # float32, float64 or bfloat16 (on CUDA: autocast over float32 weights); see the module
     curve_points: int = 200  # the loss curve is kept at most this long (means over windows)
     time_limit: float | None = None  # seconds: stop (after an evaluation) once training has run this long
     cpu_threads: int | None = 1  # tiny models run several times faster on one thread than on a shared pool
@@ -113,9 +129,16 @@ class TrainConfig:
             raise ArchDSLError(f"train: warmup must be a share of the steps below 1 or at most steps "
                                f"({self.steps}) steps, got {self.warmup:g}")
         try:
-            resolve_dtype(self.dtype)
+            dtype = resolve_dtype(self.dtype)
         except ArchDSLError as e:
             raise ArchDSLError(f"train: dtype: {e.message}", hint=e.hint) from None
+        if dtype == torch.float16:
+            raise ArchDSLError(f"train: dtype {shown(self.dtype)}: pure float16 weights do not train: AdamW's eps "
+                               f"(1e-8) underflows to 0 in float16, so a weight whose gradient is 0 turns NaN at the "
+                               f"first step (and a small one ±inf)",
+                               hint="give bfloat16 (float32's range in 16 bits; on CUDA it autocasts over float32 "
+                                    "weights) or float32")
+        object.__setattr__(self, "dtype", dtype_name(dtype))  # one name for each: bf16 and bfloat16 are one setting
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -137,6 +160,8 @@ class ProbeResult:
     loss_curve: list = field(default_factory=list)  # [step, mean loss since the previous point]
     eval_curve: list = field(default_factory=list)  # [step, accuracy]
     diverged: bool = False  # the loss became inf or NaN: training stopped there, after one last evaluation
+    dtype: str = ""  # the arithmetic's dtype: bfloat16 under autocast, else the weights'
+    weights_dtype: str = ""  # the dtype the weights were held (and updated) in
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -165,16 +190,27 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
+def autocasts(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether training runs under bfloat16 autocast: bfloat16 on CUDA (over float32 weights)."""
+    return device.type == "cuda" and cfg.dtype == "bfloat16"
+
+
 def build_model(model, task: Task, cfg: TrainConfig, device: torch.device):
-    """A compiled ArchModel for a spec (vocabulary = the task's), or the module itself."""
+    """A compiled ArchModel for a spec (vocabulary = the task's) with its weights in cfg.dtype (float32 where it
+    autocasts: bfloat16 on CUDA), or the module itself, moved to the device in its own dtype."""
     if isinstance(model, torch.nn.Module):
         return model.to(device)
     import archdsl
     from ..spec import load_spec, with_sizes
 
     spec = with_sizes(load_spec(model), vocab_size=task.vocab_size)
-    dtype = cfg.dtype if device.type == "cpu" else "float32"
+    dtype = "float32" if autocasts(cfg, device) else cfg.dtype
     return archdsl.compile(spec, device=device, dtype=dtype, seed=cfg.seed)
+
+
+def _wide(logits: torch.Tensor) -> torch.Tensor:
+    """Logits as the loss and the accuracy read them: bfloat16 in float32; float32 and float64 as they are."""
+    return logits if logits.dtype == torch.float64 else logits.float()
 
 
 def scored_logits(model, x, y):
@@ -194,7 +230,7 @@ def evaluate(model, data, device, autocast) -> float:
     with torch.no_grad(), autocast():
         for x, y in data:
             logits, labels = scored_logits(model, x.to(device), y.to(device))
-            c, t = accuracy(logits.float(), labels)
+            c, t = accuracy(_wide(logits), labels)
             correct, total = correct + c, total + t
     model.train()
     return correct / max(1, total)
@@ -224,7 +260,7 @@ def train_probe(model, task: Task, cfg: TrainConfig = TrainConfig(), progress=No
 def _train(model, task, cfg, device, progress) -> ProbeResult:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ArchDSLError("train: CUDA is not available on this machine")
-    use_bf16 = device.type == "cuda" and cfg.dtype in ("bfloat16", "bf16")
+    use_bf16 = autocasts(cfg, device)
 
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else torch.autocast("cpu", enabled=False)
@@ -240,6 +276,9 @@ def _train(model, task, cfg, device, progress) -> ProbeResult:
         eval_data = [task.batch(min(chunk, cfg.eval_size - i), eval_gen, train=False)
                      for i in range(0, cfg.eval_size, chunk)]
         params = sum(p.numel() for p in net.parameters())
+        weights = next((p.dtype for p in net.parameters() if p.is_floating_point()), None)
+        weights_dtype = dtype_name(weights) if weights is not None else ""
+        dtype = "bfloat16" if use_bf16 else weights_dtype
         from ..train.loop import decays  # archdsl train's rule: weight matrices, not the dynamics (A_log, time_*)
 
         decay = [p for n, p in net.named_parameters() if decays(n, p)]
@@ -261,7 +300,7 @@ def _train(model, task, cfg, device, progress) -> ProbeResult:
             x, y = x.to(device), y.to(device)
             with autocast():
                 logits, labels = scored_logits(net, x, y)
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                loss = F.cross_entropy(_wide(logits).reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                        ignore_index=IGNORE)
                 aux = getattr(net, "aux_loss", None)
                 total = loss + aux if isinstance(aux, torch.Tensor) and aux.requires_grad else loss
@@ -298,4 +337,4 @@ def _train(model, task, cfg, device, progress) -> ProbeResult:
         wall = time.perf_counter() - t0
     final_loss = curve[-1][1] if curve else float("nan")
     return ProbeResult(task.name, acc, best, final_loss, step, stopped, wall, params, str(device), curve, evals,
-                       diverged=diverged)
+                       diverged=diverged, dtype=dtype, weights_dtype=weights_dtype)
