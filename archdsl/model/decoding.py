@@ -7,7 +7,7 @@ import numbers
 
 import torch
 
-from ..errors import ArchDSLError
+from ..errors import ArchDSLError, out_of_memory
 
 
 def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attention_mask, top_p, eos_token_id,
@@ -28,12 +28,28 @@ def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attenti
     if seed is not None and not input_ids.is_meta:  # meta: shapes only, nothing is drawn
         gen = torch.Generator(device=input_ids.device).manual_seed(int(seed))  # a numpy integer passes check_seed
     graphed = model.cuda_graph and input_ids.is_cuda
-    if graphed:
-        runner = model._graph_runner(B, L + max_new_tokens)
-        cache = runner.cache
-        cache.reset()
-    else:
-        cache = model._new_cache("generate", B, L + max_new_tokens, False)
+    try:
+        if graphed:  # a static cache, all L + max_new_tokens positions at once
+            runner = graph_runner(model, B, L + max_new_tokens)
+            cache = runner.cache
+            cache.reset()
+        elif eos is None:  # every step runs: the whole cache at once (doubling would copy it and overshoot)
+            cache = model._new_cache("generate", B, L + max_new_tokens, False)
+        else:  # an eos may stop it any time: the KV buffers grow by doubling as the tokens come, up to the last
+            cache = model._new_cache("generate", B, None, False)
+            cache.bound(L + max_new_tokens)
+    except ArchDSLError as e:  # _new_cache's, or init_cache's under GraphedStep
+        if "does not fit in memory" not in e.message:
+            raise
+        if not graphed:
+            why = ("no eos_token_id stops it: ask for fewer new tokens, or give an eos_token_id, with which the cache "
+                   "grows as the tokens come")
+        else:
+            why = "a CUDA graph replays a static cache: ask for fewer new tokens" + (
+                ", or decode eagerly (model.cuda_graph = False), where the cache grows as the tokens come"
+                if eos is not None else "")
+        raise ArchDSLError(f"generate: {e.message.split(': ', 1)[-1]}: it holds the prompt's {L:,} tokens and "
+                           f"max_new_tokens {max_new_tokens:,} ({why})") from None
     logits = model(input_ids, cache, attention_mask=attention_mask)[:, -1]
     out = [input_ids]
     seen = None
@@ -59,8 +75,26 @@ def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attenti
         if eos is not None and not done.is_meta and bool(done.all()):
             break
         if i + 1 < max_new_tokens:
-            logits = runner(tok) if graphed else model.step(tok, cache)
+            try:
+                logits = runner(tok) if graphed else model.step(tok, cache)
+            except (RuntimeError, MemoryError) as e:  # a KV buffer that could not grow
+                if not out_of_memory(e):
+                    raise
+                raise ArchDSLError(f"generate: out of memory on {input_ids.device} after {i + 1:,} new tokens of "
+                                   f"max_new_tokens {max_new_tokens:,} (batch {B}, the decode cache growing to "
+                                   f"{L + i + 1:,} positions): ask for fewer new tokens") from None
     return torch.cat(out, dim=1)
+
+
+def graph_runner(model, batch: int, max_len: int) -> "GraphedStep":
+    """The model's captured decode step for `batch` rows and `max_len` positions, captured again where its cache
+    holds inference tensors (captured under torch.inference_mode()) and this call runs outside the mode: the
+    copies Cache._writable would make for it are not the buffers the graph replays on."""
+    runner = model._graph_runner(batch, max_len)
+    if runner.cache.inference and not torch.is_inference_mode_enabled():
+        model._graphs = {}
+        runner = model._graph_runner(batch, max_len)
+    return runner
 
 
 def stop_ids(vocab: int, eos_token_id, pad_token_id) -> tuple[list[int], int] | None:

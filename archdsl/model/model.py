@@ -37,6 +37,37 @@ class Cache:
         self.states, self.batch, self.static, self.max_len = states, batch, static, max_len
         self.made_for = made_for  # (spec, dtype, device) of the model that made it: only that model takes it
         self.pos = 0
+        # some of its tensors may be inference tensors (made or written under torch.inference_mode()): _writable
+        self.inference = torch.is_inference_mode_enabled()
+
+    def bound(self, positions: int) -> None:
+        """This cache will never hold more than `positions` tokens (generate's prompt + max_new_tokens): the KV
+        buffers that grow by doubling stop there rather than double past it."""
+        for layer in self.states:
+            for s in layer.values():
+                if s and "limit" in s:
+                    s["limit"] = positions
+
+    def _writable(self) -> None:
+        """Before a call that writes the states in place (forward, step, reset). Under torch.inference_mode() the
+        states may become inference tensors, which torch then refuses to write in place outside the mode ("Inplace
+        update to inference tensor outside InferenceMode"): a call outside it first replaces each of those by a
+        normal copy, once (a cache filled under inference_mode, then stepped under no_grad, as transformers'
+        caches allow)."""
+        if torch.compiler.is_compiling():
+            return
+        if torch.is_inference_mode_enabled():
+            self.inference = True
+            return
+        if not self.inference:
+            return
+        with torch.no_grad():
+            for layer in self.states:
+                for s in layer.values():
+                    for name, t in (s or {}).items():
+                        if isinstance(t, torch.Tensor) and t.is_inference():
+                            s[name] = t.clone()
+        self.inference = False
 
     def tensors(self):
         for layer in self.states:
@@ -50,7 +81,9 @@ class Cache:
         return sum(t.numel() * t.element_size() for t in self.tensors() if t.is_floating_point() or t.is_complex())
 
     def reset(self):
-        """Back to position 0 in place (static buffers keep their addresses)."""
+        """Back to position 0 in place (static buffers keep their addresses, unless they were made under
+        torch.inference_mode() and the reset runs outside it: _writable)."""
+        self._writable()
         for t in self.tensors():
             t.zero_()
         for layer in self.states:
@@ -156,7 +189,8 @@ class ArchModel(nn.Module):
     def init_cache(self, batch: int, max_len: int | None = None, static: bool = False) -> Cache:
         """Empty decode state for `batch` sequences. `max_len` preallocates the attention KV
         buffers (else they grow by doubling); `static` fixes every buffer for CUDA graphs. The SSM
-        states are in `ssm_state_dtype`."""
+        states are in `ssm_state_dtype`. A cache filled under torch.inference_mode() may be used outside it: its
+        inference tensors are copied once at the first such call (Cache._writable)."""
         _check_count("init_cache", "batch", batch)
         if max_len is not None:
             _check_count("init_cache", "max_len", max_len)
@@ -194,7 +228,8 @@ class ArchModel(nn.Module):
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [B, L] (int64 or int32) → logits [B, L, V] in the model's dtype; sets self.aux_loss (sum of MoE
         balancing losses). cache (init_cache(B)): takes the L tokens' states and advances by L, for step or another
-        forward to continue from (prefill).
+        forward to continue from (prefill); a cache that already holds tokens is continued in parallel, the chunk
+        attending over the cached keys and its own in one call (a static cache's zamba block steps through it).
         logits_mask [B, L] bool: only the logits of the True positions, [n, V] in row-major order
         (a loss that scores a few positions skips the head's [B, L, V] product and its memory).
         seq_idx [B, L] integers: packed sequences, a new one wherever the value changes (mamba_ssm's
@@ -206,6 +241,7 @@ class ArchModel(nn.Module):
         self._check_tokens("forward", "input_ids", input_ids, 2, cache)
         if cache is not None:
             self._check_room("forward", cache, input_ids.shape[1])
+            cache._writable()
         if logits_mask is not None:
             _check_per_token("forward", "logits_mask", "a bool", logits_mask, input_ids, bool_ok=True)
             if logits_mask.dtype != torch.bool:  # an integer mask would index rows, not pick them
@@ -300,6 +336,7 @@ class ArchModel(nn.Module):
             raise ArchDSLError(f"step: cache must be a Cache (model.init_cache(batch)), got {type(cache).__name__}")
         self._check_tokens("step", "tokens", tokens, 1, cache)
         self._check_room("step", cache, 1)
+        cache._writable()
         out = self._step(tokens, cache)
         cache.pos += 1
         return out
@@ -322,6 +359,11 @@ class ArchModel(nn.Module):
         eos_token_id (one id or a list, as transformers'): a row that has produced one goes on with pad_token_id
         (default: the first eos id), and generation stops once every row has, so the result may be shorter,
         [B, L + n] with n <= max_new_tokens (one wait for the device a step).
+        The decode cache: with eos_token_id its attention KV buffers grow by doubling as the tokens come, never
+        past L + max_new_tokens positions, so a large max_new_tokens costs no memory until it is used; without
+        one every step runs, and the cache is allocated for L + max_new_tokens positions at once, as is the
+        static cache the CUDA graph replays on. A cache that does not fit, then or while growing, is ArchDSLError
+        naming max_new_tokens.
         repetition_penalty θ (CTRL's, as transformers' RepetitionPenaltyLogitsProcessor; None or 1: off): before
         the temperature, the logit of every token already in the row is divided by θ where positive, multiplied
         where negative; the pads of attention_mask do not count as in the row."""

@@ -100,8 +100,9 @@ def test_generate_keeps_the_prompts_dtype(model, dtype, new):
 
 @pytest.mark.parametrize("call, match", [
     (lambda m, ids: m.generate(ids, 10**12), r"generate: the decode cache \(batch 2, 1,000,000,000,005 positions\) "
-                                             r"does not fit in memory on cpu"),
-    (lambda m, ids: m.generate(ids, 2**63), r"generate: the decode cache .* does not fit in memory"),
+                                             r"does not fit in memory on cpu .*: it holds the prompt's 5 tokens and "
+                                             r"max_new_tokens 1,000,000,000,000 \(no eos_token_id stops it"),
+    (lambda m, ids: m.generate(ids, 2**63), r"generate: the decode cache .* does not fit in memory.* max_new_tokens"),
     (lambda m, ids: m.init_cache(1, max_len=10**30), r"init_cache: the decode cache .* does not fit in memory"),
     (lambda m, ids: m.init_cache(10**13), r"init_cache: the decode cache \(batch 10,000,000,000,000\) does not fit"),
 ])
@@ -110,6 +111,56 @@ def test_a_cache_too_big_to_allocate_is_named(model, call, match):
     ids = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(0))
     with pytest.raises(ArchDSLError, match=match):
         call(model, ids)
+
+
+def _spy_caches(model, monkeypatch) -> list:
+    """The caches model._new_cache makes from now on, as it makes them."""
+    made, new = [], model._new_cache
+    monkeypatch.setattr(model, "_new_cache", lambda *a: made.append(new(*a)) or made[-1])
+    return made
+
+
+@pytest.mark.parametrize("layout", ["mamba, attn+mlp", "attn(window=4), mamba, zamba(shared) at 0 1"])
+def test_generate_with_an_eos_grows_the_cache_as_the_tokens_come(layout, monkeypatch):
+    """With eos_token_id, generate's KV buffers grow by doubling as tokens come, never past L + max_new_tokens: a
+    max_new_tokens no machine could hold runs when the eos comes at once (it reserved L + max_new_tokens positions
+    before the first token, and refused 10**10 as a cache that does not fit)."""
+    blocks = {**SMALL, "zamba": {"heads": 4, "lora": 4, "hidden": 24}}
+    model = archdsl.compile(archdsl.parse(layout, d_model=16, vocab_size=37, blocks=blocks), dtype=torch.float64)
+    ids = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(0))
+    greedy = model.generate(ids, 7)
+    made = _spy_caches(model, monkeypatch)
+    first = sorted(set(greedy[:, 5].tolist()))  # every row's first new token
+    out = model.generate(ids, 10**10, eos_token_id=first)
+    assert torch.equal(out, greedy[:, :6])
+    assert made[-1].nbytes() < 2**20 and made[-1].max_len is None
+    unused = [t for t in range(37) if t not in greedy[:, 5:].flatten().tolist()][0]
+    assert torch.equal(model.generate(ids, 7, eos_token_id=unused), greedy)  # the eos never comes: the same tokens
+    held = [s["k"].shape[2] for layer in made[-1].states for s in layer.values() if s and "limit" in s]
+    assert held and all(h <= 5 + 7 for h in held)  # grown to at most L + max_new_tokens (16 by doubling alone)
+
+
+def test_generate_out_of_memory_while_the_cache_grows_names_max_new_tokens(model, monkeypatch):
+    """The allocator failing as a growing KV buffer doubles: an ArchDSLError naming max_new_tokens and how far it
+    got, not the allocator's RuntimeError from inside a block."""
+    from archdsl.model.modules.attn import Attention
+
+    ensure = Attention._ensure
+
+    def short(self, state, need):  # as the CPU allocator says it
+        if need > 7:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)")
+        ensure(self, state, need)
+
+    monkeypatch.setattr(Attention, "_ensure", short)
+    ids = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(0))
+    greedy = model.generate(ids, 3)  # 7 positions: room enough
+    unused = [t for t in range(37) if t not in greedy[:, 5:].flatten().tolist()][0]
+    with pytest.raises(ArchDSLError, match=r"generate: out of memory on cpu after 3 new tokens of max_new_tokens "
+                                           r"1,000,000 \(batch 2, the decode cache growing to 8 positions\): ask for "
+                                           r"fewer new tokens"):
+        model.generate(ids, 10**6, eos_token_id=unused)
 
 
 @pytest.mark.parametrize("temperature", [1e-46, 5e-324, 1e-40])

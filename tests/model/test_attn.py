@@ -1,6 +1,8 @@
 """Attention: parallel (SDPA) == decoding with the KV cache, RoPE as HF Llama, sliding windows."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blockcheck import build, check_block
 from archdsl.model.modules.attn import apply_rope, rope_cos_sin
@@ -75,3 +77,76 @@ def test_window_ring_outgrows_a_small_max_len(max_len, split):
         out = [m(x[:, :split], s)] + [m.step(x[:, t], s)[:, None] for t in range(split, 11)]
     torch.testing.assert_close(torch.cat(out, 1), full, rtol=1e-9, atol=1e-12)
     assert s["k"].shape[2] == 5
+
+
+def _chunks_then_steps(m, x, state, sizes, ctx0):
+    """Prefill sizes[0] tokens of x [B, T, d] into `state` (ctx0: its ctx, the padding), then each later size's
+    tokens as one forward over the cache → the outputs [B, T, d]."""
+    outs, t = [m(x[:, :sizes[0]], state, **ctx0)], sizes[0]
+    for size in sizes[1:]:
+        outs.append(m(x[:, t:t + size], state))
+        t += size
+    return torch.cat(outs, 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(window=st.sampled_from([None, 1, 2, 3, 5, 8, 40]), kv=st.sampled_from([4, 2, 1]),
+       rope=st.sampled_from(["full", "partial", "off"]), cache=st.sampled_from(["dynamic", "hint", "static"]),
+       sizes=st.lists(st.integers(1, 9), min_size=2, max_size=5), pads=st.lists(st.integers(0, 8), min_size=2,
+                                                                                  max_size=2),
+       seed=st.integers(0, 2**16))
+def test_a_chunk_after_the_cache_equals_its_steps(window, kv, rope, cache, sizes, pads, seed):
+    """forward over a cache that holds tokens (a chunked prefill, a chat's next turn) attends a chunk in one call:
+    the outputs and the cache it leaves equal those of stepping its tokens one by one (float64), for windows
+    narrower than a chunk and wider than the cache, GQA, partial RoPE, left padding, any chunk schedule, and
+    dynamic (grown from nothing or from a small max_len) and static caches."""
+    from archdsl.model.packed import Packed
+
+    args = {"heads": 4, "kv_heads": kv, "window": window, "head_dim": 6}
+    args.update({"full": {}, "partial": {"rope_fraction": 0.5}, "off": {"rope": False}}[rope])
+    m = build("attn", args, d_model=12, seed=seed % 7)
+    B, T, P = 2, sum(sizes), sizes[0]
+    pads = [min(p, P - 1) for p in pads]  # each row's prompt ends in a token
+    x = torch.randn(B, T, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    mask = torch.arange(P)[None] >= torch.tensor(pads)[:, None]
+    ctx0 = {"packed": Packed.padding(mask)} if any(pads) else {}
+    max_len = {"dynamic": None, "hint": 3, "static": T}[cache]
+    dev = torch.device("cpu")
+    with torch.no_grad():
+        s1 = m.init_state(B, dev, torch.float64, max_len=max_len, static=cache == "static")
+        s2 = m.init_state(B, dev, torch.float64, max_len=max_len, static=cache == "static")
+        got = _chunks_then_steps(m, x, s1, sizes, ctx0)
+        want = torch.cat([m(x[:, :P], s2, **ctx0)] + [m.step(x[:, t], s2)[:, None] for t in range(P, T)], 1)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        for b in range(B):  # and each row as its prompt alone, in one pass
+            torch.testing.assert_close(got[b, pads[b]:], m(x[b:b + 1, pads[b]:])[0], rtol=1e-11, atol=1e-12)
+    assert int(s1["pos"]) == int(s2["pos"]) == T
+    held = s1["k"].shape[2] if cache == "static" else min(T, window or T)
+    for name in ("k", "v"):
+        assert s1[name].shape[2] >= held and s2[name].shape[2] >= held
+        torch.testing.assert_close(s1[name][:, :, :held], s2[name][:, :, :held], rtol=1e-12, atol=1e-12)
+    if window is not None:
+        assert s1["k"].shape[2] <= window
+
+
+@pytest.mark.parametrize("window", [None, 2, 6])
+@pytest.mark.parametrize("static", [False, True])
+def test_gradients_through_a_continued_chunk(window, static):
+    """With autograd on, a chunk after the cache gives the gradients of its steps (the cache's buffers that an
+    earlier call's attention saved are copied before the chunk writes them: state.writable)."""
+    m = build("attn", {"heads": 4, "kv_heads": 2, "window": window})
+    x = torch.randn(2, 9, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    w = torch.randn(2, 9, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    grads = []
+    for chunked in (True, False):
+        m.zero_grad()
+        xg = x.clone().requires_grad_(True)
+        s = m.init_state(2, x.device, x.dtype, max_len=9 if static else None, static=static)
+        if chunked:
+            out = torch.cat([m(xg[:, :2], s), m.step(xg[:, 2], s)[:, None], m(xg[:, 3:7], s), m(xg[:, 7:], s)], 1)
+        else:
+            out = torch.cat([m(xg[:, :2], s)] + [m.step(xg[:, t], s)[:, None] for t in range(2, 9)], 1)
+        (out * w).sum().backward()
+        grads.append([xg.grad] + [p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

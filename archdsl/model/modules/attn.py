@@ -12,6 +12,9 @@ attention over a set of keys does not care about their order once RoPE is applie
 and a step attends over the whole buffer with a mask, so no shape depends on the position.
 A left-padded prefill (model/packed.py) leaves each row's pad count in state["start"]: the steps
 after it mask those keys and count RoPE positions from the prompt's first token.
+A forward over a cache that already holds tokens (a chunked prefill, a chat's next turn), dynamic or static,
+is one SDPA call of the chunk over the cached keys and its own, masked by position (causal, the pads, the
+window), with the outputs of stepping its tokens one by one (_continue). CUDA graphs capture the step only.
 """
 from __future__ import annotations
 
@@ -56,6 +59,13 @@ def key_mask(start: torch.Tensor, n, slots: int, ring: int) -> torch.Tensor:
     s = torch.arange(slots, device=start.device)
     at = n - torch.remainder(n - s, ring)  # the position slot s holds; negative: not yet written
     return (at[None, :] >= start[:, None]).view(-1, 1, 1, slots)
+
+
+def grown(cap: int, need: int, limit: int | None) -> int:
+    """The new capacity of a KV buffer of `cap` positions that must hold `need`: doubled (at least 16), but no more
+    than `limit` (None: no bound), the most it will ever hold, unless `need` is more."""
+    cap = max(need, 2 * cap, 16)
+    return cap if limit is None else min(cap, max(need, limit))
 
 
 def pad_state(state: dict, packed) -> None:
@@ -217,17 +227,19 @@ class Attention(nn.Module, Fusable):
         shape = (batch, self.kv_heads, cap, self.head_dim)
         return {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype),
                 "pos": torch.zeros((), device=device, dtype=torch.long), "n": 0, "static": static,
-                "start": torch.zeros(batch, device=device, dtype=torch.long), "padded": False}
+                "start": torch.zeros(batch, device=device, dtype=torch.long), "padded": False, "limit": None}
 
     def _ensure(self, state, need):
-        """Grow a dynamic cache to hold `need` positions, doubling; a window's ring up to its `window` slots (position
-        p in slot p % window: below the window, the slots a smaller ring (max_len) has filled stay in place)."""
+        """Grow a dynamic cache to hold `need` positions, doubling, never past state["limit"] (the most positions
+        it will hold, where known: Cache.bound) unless `need` is more; a window's ring up to its `window` slots
+        (position p in slot p % window: below the window, the slots a smaller ring (max_len) has filled stay in
+        place)."""
         k = state["k"]
         if k.shape[2] >= need:
             return
         if state["static"]:
             raise RuntimeError(f"attention cache full: capacity {k.shape[2]}, position {need - 1}")
-        cap = max(need, 2 * k.shape[2], 16)
+        cap = grown(k.shape[2], need, state.get("limit"))
         if self.cfg.window is not None:
             cap = min(cap, self.cfg.window)
         for name in ("k", "v"):
@@ -237,18 +249,25 @@ class Attention(nn.Module, Fusable):
             state[name] = new
 
     # --- parallel ----------------------------------------------------------------------
+    def _project(self, x):
+        """x [B, L, d] → q [B, H, L, hd], k, v [B, Hkv, L, hd] (before RoPE)."""
+        Bsz, L, _ = x.shape
+        q, k, v = self._qkv(x)
+        return (q.view(Bsz, L, self.heads, self.head_dim).transpose(1, 2),
+                k.view(Bsz, L, self.kv_heads, self.head_dim).transpose(1, 2),
+                v.view(Bsz, L, self.kv_heads, self.head_dim).transpose(1, 2))
+
     def forward(self, x, state=None, **ctx):
         """x [B, L, d] → [B, L, d]; with a fresh `state`, leaves the keys and values in it. ctx "packed"
         (model/packed.py): each token attends within its own sequence, RoPE from its start; with left padding
-        and a fresh state, the pad counts are kept for the steps (state["start"])."""
+        and a fresh state, the pad counts are kept for the steps (state["start"]). With a state already holding
+        tokens (a chunked prefill, a chat's next turn), one attention call over the cached keys and the chunk's
+        own (_continue)."""
         packed = ctx.get("packed")
-        if state is not None and state["n"] > 0:  # continuing a cache: token by token
-            return torch.stack([self.step(x[:, t], state) for t in range(x.shape[1])], dim=1)
+        if state is not None and state["n"] > 0:
+            return self._continue(x, state)
         Bsz, L, _ = x.shape
-        q, k, v = self._qkv(x)
-        q = q.view(Bsz, L, self.heads, self.head_dim).transpose(1, 2)
-        k = k.view(Bsz, L, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(Bsz, L, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self._project(x)
         q, k = self._rope(q, k, torch.arange(L, device=x.device) if packed is None else packed.pos)
         w = self.cfg.window
         gqa = self.heads != self.kv_heads
@@ -264,6 +283,62 @@ class Attention(nn.Module, Fusable):
         if state is not None:
             self._store_prefill(state, k, v, L)
             pad_state(state, packed)
+        return self.o_proj(o.transpose(1, 2).reshape(Bsz, L, -1))
+
+    def _continue(self, x, state):
+        """x [B, L, d] → [B, L, d] after a cache that holds tokens: the L tokens at the cache's next positions,
+        in one attention call, as L steps would give them; appends their keys and values.
+
+        Queries at positions p0 + i (i < L; p0 = state["n"], or the position tensor state["pos"] of a static
+        cache, so that no shape depends on it). A key at position j is seen by the query at p when
+          j <= p (causal),   j >= start[b] (not one of row b's pads),   j > p - window (with a window).
+        Keys: a dynamic cache without a window takes the chunk's into its buffer first (grown by doubling) and
+        attends over its first n + L slots. A ring (a window's, or a static cache's max_len slots) is read
+        before it is written, the chunk's own keys after its slots ([B, Hkv, slots + L, hd]: its first keys may
+        still see ones the chunk's last will overwrite); the chunk's last min(L, ring) keys are then stored at
+        their slots, position p in slot p % ring. Slot s of a ring whose latest position is m holds position
+        m - ((m - s) mod ring); one never written comes out negative, below every start."""
+        Bsz, L, _ = x.shape
+        dev, w, static = x.device, self.cfg.window, state["static"]
+        q, k, v = self._project(x)
+        n, start = state["n"], state["start"]
+        p0 = state["pos"] if static else n
+        at_q = p0 + torch.arange(L, device=dev)  # [L] the chunk's positions
+        padded = static or state["padded"]  # as step: a static cache counts from each row's start (0 unpadded)
+        q, k = self._rope(q, k, at_q - start[:, None] if padded else at_q)
+        writable(state, self, x, "k", "v")  # the earlier calls' attention saved the buffers
+        k, v = k.to(state["k"].dtype), v.to(state["v"].dtype)  # as a step reads them back (autocast's k, v)
+        ring = None
+        if not static and w is None:
+            self._ensure(state, n + L)
+            state["k"][:, :, n:n + L] = k
+            state["v"][:, :, n:n + L] = v
+            keys, vals = state["k"][:, :, :n + L], state["v"][:, :, :n + L]
+            at_k = torch.arange(n + L, device=dev)
+        else:
+            ring = state["k"].shape[2] if static else w
+            old = ring if static else min(n, w)  # the slots written (a static ring's all, masked by position)
+            s = torch.arange(old, device=dev)
+            at_old = (p0 - 1) - torch.remainder(p0 - 1 - s, ring)
+            keys = torch.cat([state["k"][:, :, :old], k], dim=2)
+            vals = torch.cat([state["v"][:, :, :old], v], dim=2)
+            at_k = torch.cat([at_old, at_q])
+        mask = at_k[None, :] <= at_q[:, None]  # [L, S]
+        if w is not None:
+            mask = mask & (at_k[None, :] > at_q[:, None] - w)
+        if padded:
+            mask = mask & (at_k[None, None, :] >= start[:, None, None])  # [B, L, S]
+            mask = mask[:, None]  # [B, 1, L, S]
+        o = sdpa(q, keys, vals, mask=mask, gqa=self.heads != self.kv_heads, fixed_shape=torch.is_grad_enabled())
+        if ring is not None:
+            keep = min(L, ring)
+            if not static:
+                self._ensure(state, min(n + L, w))  # a dynamic ring grows up to the window
+            slots = torch.remainder(at_q[L - keep:], ring)
+            state["k"].index_copy_(2, slots, k[:, :, L - keep:])
+            state["v"].index_copy_(2, slots, v[:, :, L - keep:])
+        state["n"] = n + L
+        state["pos"].add_(L)
         return self.o_proj(o.transpose(1, 2).reshape(Bsz, L, -1))
 
     def _store_prefill(self, state, k, v, L):

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attn import apply_rope, key_mask, packed_sdpa, pad_state, rope_cos_sin, sdpa
+from .attn import apply_rope, grown, key_mask, packed_sdpa, pad_state, rope_cos_sin, sdpa
 from .state import writable
 
 ACTS = {"gelu": F.gelu, "silu": F.silu}
@@ -198,13 +198,14 @@ class Zamba(nn.Module):
 
     @staticmethod
     def _append(state, k, v):
-        """Write k, v [B, kv, L, hd] after the cache's n tokens, growing its capacity by doubling
-        (a static cache only fills, and refuses to outgrow its max_len)."""
+        """Write k, v [B, kv, L, hd] after the cache's n tokens, growing its capacity by doubling, never past
+        state["limit"] unless n + L is more (attention's `grown`; a static cache only fills, and refuses to outgrow
+        its max_len)."""
         n, L = state["n"], k.shape[2]
         if state["k"].shape[2] < n + L:
             if state["static"]:
                 raise RuntimeError(f"zamba cache full: capacity {state['k'].shape[2]}, need {n + L}")
-            cap = max(n + L, 2 * state["k"].shape[2], 16)
+            cap = grown(state["k"].shape[2], n + L, state.get("limit"))
             for name in ("k", "v"):
                 old = state[name]
                 new = old.new_zeros(old.shape[0], old.shape[1], cap, old.shape[3])
@@ -231,4 +232,4 @@ class Zamba(nn.Module):
         shape = (batch, at.kv_heads, max_len or 0, at.head_dim)
         return {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype),
                 "pos": torch.zeros((), device=device, dtype=torch.long), "n": 0, "static": static,
-                "start": torch.zeros(batch, device=device, dtype=torch.long), "padded": False}
+                "start": torch.zeros(batch, device=device, dtype=torch.long), "padded": False, "limit": None}
