@@ -245,6 +245,18 @@ def _mamba2(c: HFConfig, name: str) -> dict:
                  residual_fp32=bool(c("residual_in_fp32", True)))
 
 
+def _jamba_aux_coef(c: HFConfig, n_moe: int) -> float:
+    """The moe block's aux_loss_coef (a training setting) for router_aux_loss_coef (JambaConfig's 0.001 when
+    absent): transformers' Jamba weighs the balancing loss averaged over its MoE layers (load_balancing_loss_func
+    pools every layer's router logits), archdsl's model sums the per-layer losses (as Megatron-Core), so each
+    layer gets router_aux_loss_coef / (the number of MoE layers). output_router_logits, HF's switch for computing
+    that loss at all (a forward argument too), is not read: archdsl adds the loss whenever aux_loss_coef > 0."""
+    coef = c("router_aux_loss_coef", 0.001)
+    if coef < 0:
+        raise refusal("router_aux_loss_coef", coef, "expected a number >= 0")
+    return coef / n_moe
+
+
 def _jamba(c: HFConfig, name: str) -> dict:
     d, L = c("hidden_size", 4096), c("num_hidden_layers", 32)
     rank = c("mamba_dt_rank", "auto")
@@ -275,7 +287,7 @@ def _jamba(c: HFConfig, name: str) -> dict:
         "attn": {"heads": heads, "kv_heads": _kv_heads(c, heads), "rope": False} if attn else None,
         "mlp": {"act": act, "hidden": c("intermediate_size", 14336)},
         "moe": {"experts": experts, "top_k": c("num_experts_per_tok", 2), "hidden": c("intermediate_size", 14336),
-                "act": act, "aux_loss_coef": c("router_aux_loss_coef", 0.001)} if moe else None,  # a training setting
+                "act": act, "aux_loss_coef": _jamba_aux_coef(c, len(range(eo, L, ep)))} if moe else None,
     }
     if attn and c("head_dim") not in (None, d // heads):
         blocks["attn"]["head_dim"] = c("head_dim")

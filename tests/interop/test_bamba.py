@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 
 from interop.common import check_family, make_hf, transformers
@@ -20,18 +22,30 @@ def test_bamba_mamba_only_tied(tmp_path):
 
 
 def test_bamba_top_level_partial_rotary_factor_is_not_read():
-    """BambaConfig sets the top-level partial_rotary_factor to 0.5 whatever it says: only rope_parameters' counts."""
+    """BambaConfig sets the top-level partial_rotary_factor to 0.5 whatever it says: only rope_parameters' counts.
+    (BambaConfig.from_dict writes the 0.5 into the dict it is given: each call gets a copy, or the default would
+    never be read.)"""
     from archdsl.convert.hf import hf_config_to_spec
     from interop.common import transformers
 
     config = dict(model_type="bamba", hidden_size=32, num_hidden_layers=2, vocab_size=64, mamba_n_heads=4,
                   num_attention_heads=4, intermediate_size=64, attn_layer_indices=[1], partial_rotary_factor=1.0,
                   rope_parameters={"rope_type": "default", "rope_theta": 1e4})
-    assert transformers().BambaConfig.from_dict(config).rope_parameters["partial_rotary_factor"] == 0.5
+    assert transformers().BambaConfig.from_dict(copy.deepcopy(config)).rope_parameters["partial_rotary_factor"] == 0.5
     assert hf_config_to_spec(config)["blocks"]["attn"]["rope_fraction"] == 0.5
     config["rope_parameters"]["partial_rotary_factor"] = 1.0
-    assert transformers().BambaConfig.from_dict(config).rope_parameters["partial_rotary_factor"] == 1.0
+    assert transformers().BambaConfig.from_dict(copy.deepcopy(config)).rope_parameters["partial_rotary_factor"] == 1.0
     assert hf_config_to_spec(config)["blocks"]["attn"]["rope_fraction"] == 1.0
+
+
+def test_bamba_without_rope_parameters_rotates_half_of_each_head():
+    """A config of transformers 4 (rope_theta at the top, no rope_parameters) rotates half of each head, as
+    BambaConfig's default: 1.0 would import full RoPE where transformers rotates half."""
+    from archdsl.convert.hf import hf_config_to_spec
+
+    config = dict(model_type="bamba", hidden_size=32, num_hidden_layers=2, vocab_size=64, mamba_n_heads=4,
+                  num_attention_heads=4, head_dim=8, intermediate_size=48, attn_layer_indices=[1], rope_theta=1e4)
+    assert hf_config_to_spec(copy.deepcopy(config))["blocks"]["attn"]["rope_fraction"] == 0.5
 
 
 @pytest.mark.parametrize("indices, attn", [([1, 1], [1]), ([3, 1, 3], [1, 3]), ([5], []), ([-1, 2], [2])])
@@ -105,7 +119,7 @@ def test_bamba_import_refuses_an_odd_rotated_width(head_dim, fraction, field):
                   num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim, intermediate_size=48,
                   attn_layer_indices=[1], **{key: rope})
     width = int(head_dim * (fraction or 0.5))
-    hf = transformers().BambaForCausalLM(transformers().BambaConfig.from_dict(config))
+    hf = transformers().BambaForCausalLM(transformers().BambaConfig.from_dict(copy.deepcopy(config)))
     inv_freq = hf.model.rotary_emb.inv_freq  # what transformers computes: (width + 1) / 2 frequencies over width
     assert torch.allclose(inv_freq, 1e4 ** -(torch.arange(0, width, 2, dtype=torch.float) / width))
     with pytest.raises(ArchDSLError, match=f"'{field}': .*head_dim {head_dim} the rotated width "

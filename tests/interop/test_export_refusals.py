@@ -69,3 +69,46 @@ def test_export_refuses_a_mamba2_without_its_gated_norm(family, layout, tmp_path
     with pytest.raises(ArchDSLError, match="not one of the Hugging Face families"):  # no family takes it
         export_hf(model, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("family, layout, rope", [("llama", "2×attn", ""),
+                                                  ("bamba", "mamba2, attn", ", rope_fraction: 0.5")])
+def test_export_names_a_qwen2_style_attention_bias(family, layout, rope, tmp_path):
+    """q/k/v biases without an output bias (Qwen2's attention): the Llama and Bamba refusals listed conditions that
+    all held ("every layer must be attn (full RoPE, no window) with an mlp, rmsnorm, no embed_norm"), not the one
+    that failed: one attention_bias flag for all four projections. Now they name it, with the spec's values."""
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.errors import ArchDSLError
+    from archdsl.spec import spec_from_yaml
+
+    text = (H + f"ffn: mlp\nlayout: {layout}\nblocks:\n" + M2
+            + f"  attn: {{heads: 4, kv_heads: 2, bias: true{rope}}}\n  mlp: {{act: swiglu, hidden: 40}}\n")
+    model = archdsl.compile(spec_from_yaml(text))
+    name = {"llama": "Llama", "bamba": "Bamba"}[family]
+    with pytest.raises(ArchDSLError, match=f"model_type '{family}': not a {name} model: attn bias true with out_bias "
+                                           rf"false \(q/k/v projections with biases, the output projection without\): "
+                                           f"transformers' {name} has one flag, attention_bias, for all four") as e:
+        export_hf(model, tmp_path / "x", model_type=family)
+    assert "every layer must" not in str(e.value)
+    assert not (tmp_path / "x").exists()
+    with_out = archdsl.compile(spec_from_yaml(text.replace("bias: true", "bias: true, out_bias: true")))
+    export_hf(with_out, tmp_path / "ok", model_type=family)  # both biases: one flag, exported
+
+
+@pytest.mark.parametrize("family, layout, message", [
+    ("llama", "2×mamba", "it has mamba blocks: every Llama layer is attn with an mlp"),
+    ("llama", "2×attn(window=4)", "attn window 4: Llama's attention is full"),
+    ("llama", "2×attn(rope=false)", "attn rope false: Llama's attention has RoPE"),
+    ("bamba", "2×attn", "no mamba2 layer: Bamba is a Mamba-2 model"),
+    ("bamba", "mamba2, attn(window=4)", "attn window 4: Bamba's attention is full"),
+])
+def test_llama_and_bamba_refusals_name_what_fails(family, layout, message, tmp_path):
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.errors import ArchDSLError
+    from archdsl.spec import spec_from_yaml
+
+    model = archdsl.compile(spec_from_yaml(H + f"layout: {layout}\n" + ATTN + M2))
+    with pytest.raises(ArchDSLError, match=f"model_type '{family}': not a .* model: {message}"):
+        export_hf(model, tmp_path / "x", model_type=family)

@@ -101,18 +101,108 @@ def test_jamba_refuses_an_offset_not_below_its_period(field, period):
 
 
 def test_jamba_router_aux_loss_coef_round_trips(tmp_path):
-    """router_aux_loss_coef is the moe block's aux_loss_coef, read (JambaConfig's 0.001 when absent, not archdsl's
-    0.01: a Jamba trained with it weighed its balancing loss 10× over) and written back on export."""
+    """router_aux_loss_coef weighs HF's balancing loss averaged over the MoE layers; archdsl sums the per-layer
+    losses, so the moe block's aux_loss_coef is router_aux_loss_coef / (MoE layers) (JambaConfig's 0.001 when
+    absent, not archdsl's 0.01), and export multiplies back, to the number it came from (0.01 / 3 · 3 is 0.01, not
+    0.009999999999999998), with output_router_logits true (HF computes the loss only then)."""
     import archdsl
     from archdsl.convert.hf import hf_config_to_spec
     from archdsl.convert.hf_io import export_hf
+    from archdsl.spec import spec_from_yaml
     from interop.common import transformers
 
-    base = dict(model_type="jamba", vocab_size=64, num_experts=4, **SMALL)
-    assert hf_config_to_spec(base)["blocks"]["moe"]["aux_loss_coef"] == 0.001
-    assert hf_config_to_spec({**base, "router_aux_loss_coef": 0.02})["blocks"]["moe"]["aux_loss_coef"] == 0.02
-    make_hf("JambaConfig", "JambaForCausalLM", vocab_size=64, num_experts=4, router_aux_loss_coef=0.005,
-            **SMALL).save_pretrained(tmp_path / "hf")
-    model = archdsl.compile(archdsl.from_hf(tmp_path / "hf"))
-    back = transformers().AutoConfig.from_pretrained(export_hf(model, tmp_path / "x"))
-    assert back.router_aux_loss_coef == 0.005
+    base = dict(model_type="jamba", vocab_size=64, num_experts=4, **SMALL)  # 4 layers, MoE at 1 and 3
+    assert hf_config_to_spec(base)["blocks"]["moe"]["aux_loss_coef"] == 0.001 / 2
+    assert hf_config_to_spec({**base, "router_aux_loss_coef": 0.02})["blocks"]["moe"]["aux_loss_coef"] == 0.01
+    for layers, coef in ((4, 0.005), (6, 0.01), (6, 0.007), (32, 0.001), (4, 0.0)):
+        (tmp_path / "hf").mkdir(exist_ok=True)
+        make_hf("JambaConfig", "JambaForCausalLM", vocab_size=64, num_experts=4, router_aux_loss_coef=coef,
+                **{**SMALL, "num_hidden_layers": layers, "hidden_size": 16}).save_pretrained(tmp_path / "hf")
+        spec = archdsl.from_hf(tmp_path / "hf")
+        ours = spec.blocks["moe"]["aux_loss_coef"]
+        assert ours == coef / (layers // 2)
+        back = transformers().AutoConfig.from_pretrained(export_hf(archdsl.compile(spec), tmp_path / "x"))
+        assert back.router_aux_loss_coef == coef and back.output_router_logits == (coef > 0)
+        # and again: archdsl → HF → archdsl gives the spec's own number
+        assert hf_config_to_spec(back.to_dict())["blocks"]["moe"]["aux_loss_coef"] == ours
+    # a spec's own coefficient, written by hand, comes back exactly
+    text = ("d_model: 16\nvocab_size: 64\nnorm_eps: 1.0e-6\nffn: mlp\nlayout: 6×mamba(inner_norms=weighted), moe "
+            "every 2 offset 1\nblocks:\n  mlp: {hidden: 32}\n"
+            "  moe: {experts: 4, top_k: 2, hidden: 32, aux_loss_coef: 0.0123}\n")
+    cfg = transformers().AutoConfig.from_pretrained(export_hf(archdsl.compile(spec_from_yaml(text)), tmp_path / "y"))
+    assert cfg.router_aux_loss_coef == 0.0369 and cfg.output_router_logits
+    assert hf_config_to_spec(cfg.to_dict())["blocks"]["moe"]["aux_loss_coef"] == 0.0123
+
+
+def test_jamba_v01_spec_has_the_imported_balancing_weight():
+    """specs/jamba-v0.1.yaml's aux_loss_coef is what importing Jamba-v0.1's config gives: router_aux_loss_coef
+    0.001 (JambaConfig's default too) over its 16 MoE layers."""
+    import os
+
+    import archdsl
+    from archdsl.convert.hf import hf_config_to_spec
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "specs", "jamba-v0.1.yaml")
+    imported = hf_config_to_spec({"model_type": "jamba", "router_aux_loss_coef": 0.001, "output_router_logits": True})
+    assert archdsl.load_spec(path).blocks["moe"]["aux_loss_coef"] == imported["blocks"]["moe"]["aux_loss_coef"] == 6.25e-5
+
+
+def test_jamba_router_aux_loss_coef_is_refused_below_zero():
+    from archdsl.convert.hf import hf_config_to_spec
+    from archdsl.errors import ArchDSLError
+
+    with pytest.raises(ArchDSLError, match="router_aux_loss_coef'.*expected a number >= 0"):
+        hf_config_to_spec(dict(model_type="jamba", vocab_size=64, num_experts=4, router_aux_loss_coef=-0.1, **SMALL))
+
+
+@pytest.mark.parametrize("layers", [4, 6])
+def test_jamba_imported_balancing_loss_is_hfs(tmp_path, layers):
+    """An imported Jamba trains with the balancing loss transformers' would add: HF's router_aux_loss_coef · aux
+    on the same batch (2 and 3 MoE layers), not (MoE layers)× it, as the 1:1 copy of the coefficient gave.
+    transformers pools the layers' router statistics (mean f_e times mean P_e over the layers), archdsl averages the
+    per-layer products, so the two agree to well under 1 % on a real batch, and exactly with HF's loss taken layer by
+    layer."""
+    import archdsl
+    import torch
+    from transformers.models.jamba.modeling_jamba import load_balancing_loss_func
+
+    coef, moe_layers = 0.01, layers // 2
+    hf = make_hf("JambaConfig", "JambaForCausalLM", vocab_size=64, num_experts=4, num_experts_per_tok=2,
+                 router_aux_loss_coef=coef, output_router_logits=True, attn_layer_period=layers, attn_layer_offset=2,
+                 **{**SMALL, "num_hidden_layers": layers})
+    hf.save_pretrained(tmp_path / "hf")
+    spec, model = archdsl.from_hf(tmp_path / "hf", weights=True)
+    assert spec.blocks["moe"]["aux_loss_coef"] == coef / moe_layers
+    ids = torch.randint(0, 64, (3, 16), generator=torch.Generator().manual_seed(0))
+    hf.train()
+    model.train()
+    with torch.no_grad():
+        out = hf(ids, labels=ids)
+        model(ids)
+    assert len(out.router_logits) == moe_layers
+    ours, theirs = model.aux_loss.item(), coef * out.aux_loss.item()
+    assert ours == pytest.approx(theirs, rel=1e-2)
+    per_layer = torch.stack([load_balancing_loss_func((r,), 4, 2) for r in out.router_logits]).mean()
+    assert ours == pytest.approx(coef * per_layer.item(), rel=1e-5)
+
+
+def test_jamba_demo_spec_names_the_epsilon_that_differs(tmp_path):
+    """specs/demo-jamba.yaml (norm_eps 1e-5, the mamba's inner_norm_eps 1e-6, both defaults) is no Jamba: the
+    refusal said "mamba inner_norms 'weighted' (eps 1e-06)", not which epsilon differs from which or what to do."""
+    import os
+
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.errors import ArchDSLError
+    from archdsl.spec import with_sizes
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    spec = archdsl.load_spec(os.path.join(root, "specs", "demo-jamba.yaml"))
+    model = archdsl.compile(with_sizes(spec, d_model=32, vocab_size=64))
+    with pytest.raises(ArchDSLError) as e:
+        export_hf(model, tmp_path / "x", model_type="jamba")
+    text = str(e.value)
+    assert ("model_type 'jamba': cannot export to Hugging Face Jamba: mamba inner_norm_eps 1e-06 differs from the "
+            "model's norm_eps 1e-05" in text), text
+    assert "transformers would use 1e-05 in both" in text
+    assert "give the spec norm_eps: 1e-06 or the mamba block inner_norm_eps: 1e-05" in e.value.hint

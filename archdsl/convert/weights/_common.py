@@ -65,6 +65,16 @@ def one_config(spec, kind: str, family: str):
     return first
 
 
+def attn_bias_mismatch(a, family: str) -> str | None:
+    """Why an attn config `a` cannot be stated by a family whose config.json has one attention_bias flag for the
+    q/k/v and o projections alike (Llama, Bamba), or None when it can: bias (q/k/v) and out_bias (o) differ."""
+    if a.bias == a.out_bias:
+        return None
+    return (f"attn bias {str(a.bias).lower()} with out_bias {str(a.out_bias).lower()} (q/k/v projections "
+            f"{'with' if a.bias else 'without'} biases, the output projection {'with' if a.out_bias else 'without'}"
+            f"): transformers' {family} has one flag, attention_bias, for all four projections")
+
+
 def kinds_used(spec) -> set[str]:
     return {s.kind for layer in layer_kinds(spec) for s in layer.values()}
 

@@ -12,7 +12,8 @@ every layer.
 from __future__ import annotations
 
 from ...errors import ArchDSLError
-from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds, one_config
+from ._common import (FFN, MIXER, attn_bias_mismatch, block_params, first_config, kinds_used, layer_kinds,
+                      one_config)
 
 MODEL_TYPES = ("bamba",)
 HEAD = ("lm_head.weight", "model.embed_tokens.weight")
@@ -20,15 +21,36 @@ IGNORED = (r"rotary_emb\.inv_freq$",)  # RoPE's inv_freq, a buffer (transformers
 ACTS = {"swiglu": "silu"}  # hidden_act drives the mamba conv as well as the MLP: silu only (geglu would be gelu there)
 
 
-def accepts(spec) -> str | None:
-    layers = layer_kinds(spec)
-    ok = (kinds_used(spec) <= {"mamba2", "attn", "mlp"} and spec.norm == "rmsnorm" and not spec.embed_norm
-          and all(set(l) == {MIXER, FFN} and l[FFN].kind == "mlp" for l in layers)
-          and "mamba2" in kinds_used(spec) and first_config(spec, "mamba2").gated_norm)
-    if ok and "attn" in kinds_used(spec):
+def why_not(spec) -> str | None:
+    """The first thing that keeps the spec from being a Bamba model (with the spec's values), or None."""
+    kinds = kinds_used(spec)
+    if not kinds <= {"mamba2", "attn", "mlp"}:
+        return (f"it has {', '.join(sorted(kinds - {'mamba2', 'attn', 'mlp'}))} blocks: every Bamba layer is a "
+                "mamba2 or attn mixer with an mlp FFN")
+    if spec.norm != "rmsnorm":
+        return f"norm {spec.norm!r}: Bamba uses RMSNorm"
+    if spec.embed_norm:
+        return "embed_norm: Bamba has no norm after the embedding"
+    for i, l in enumerate(layer_kinds(spec)):
+        if not (set(l) == {MIXER, FFN} and l[FFN].kind == "mlp"):
+            return (f"layer {i} is {' + '.join(s.kind for s in l.values())}: every Bamba layer is a mamba2 or "
+                    "attn mixer with an mlp FFN")
+    if "mamba2" not in kinds:
+        return "no mamba2 layer: Bamba is a Mamba-2 model (attention-only specs export as Llama)"
+    if not first_config(spec, "mamba2").gated_norm:
+        return "mamba2 gated_norm false: transformers' Bamba mamba2 always has the gated RMSNorm"
+    if "attn" in kinds:
         a = first_config(spec, "attn")
-        ok = a.rope and a.window is None and a.bias == a.out_bias
-    return "bamba" if ok else None
+        if not a.rope:
+            return "attn rope false: Bamba's attention has RoPE"
+        if a.window is not None:
+            return f"attn window {a.window}: Bamba's attention is full, without a window"
+        return attn_bias_mismatch(a, "Bamba")
+    return None
+
+
+def accepts(spec) -> str | None:
+    return "bamba" if why_not(spec) is None else None
 
 
 def pairs(spec, names) -> list[tuple[str, str]]:
@@ -54,9 +76,9 @@ def hf_config(spec) -> dict:
     if m is not None and not m.gated_norm:
         raise ArchDSLError("cannot export to Hugging Face Bamba: mamba2 gated_norm false: transformers' Bamba mamba2 "
                            "always has the gated RMSNorm", hint="give mamba2 gated_norm: true")
-    if not accepts(spec):
-        raise ArchDSLError("not a Bamba model: every layer must be a mamba2 (gated_norm) or attn (RoPE, no window) "
-                           "mixer with an mlp FFN, rmsnorm, no embed_norm")
+    why = why_not(spec)
+    if why is not None:
+        raise ArchDSLError(f"not a Bamba model: {why}")
     layers = layer_kinds(spec)
     m, mlp = one_config(spec, "mamba2", "Bamba"), one_config(spec, "mlp", "Bamba")
     if mlp.act not in ACTS:

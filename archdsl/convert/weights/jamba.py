@@ -169,8 +169,8 @@ def to_hf(state: dict, spec, hf_config: dict) -> dict:
 
 # --- config.json ---------------------------------------------------------------------------
 
-def _refuse(what: str, why: str) -> ArchDSLError:
-    return ArchDSLError(f"cannot export to Hugging Face Jamba: {what}: {why}")
+def _refuse(what: str, why: str, hint: str = "") -> ArchDSLError:
+    return ArchDSLError(f"cannot export to Hugging Face Jamba: {what}: {why}", hint=hint)
 
 
 def _periodic(ids: list[int], n: int, what: str) -> tuple[int, int]:
@@ -183,6 +183,19 @@ def _periodic(ids: list[int], n: int, what: str) -> tuple[int, int]:
         if {i for i in range(n) if i % period == offset} == want:
             return period, offset
     raise _refuse(f"{what} at layers {ids}", "Jamba places them every `period` layers from `offset`")
+
+
+def router_aux_loss_coef(aux_loss_coef: float, n_moe: int) -> float:
+    """HF's router_aux_loss_coef for the moe block's aux_loss_coef: archdsl sums the balancing loss over the
+    `n_moe` MoE layers, transformers' Jamba averages it, so HF's coefficient is n_moe times ours (import divides,
+    hf_families._jamba_aux_coef). The shortest decimal that imports back to exactly `aux_loss_coef`, so that
+    0.01 / 3 comes back as 0.01 and not 0.009999999999999998."""
+    exact = aux_loss_coef * n_moe
+    for digits in range(1, 18):
+        short = float(f"{exact:.{digits}g}")
+        if short / n_moe == aux_loss_coef:
+            return short
+    return exact
 
 
 def _one(configs: list, what: str):
@@ -248,15 +261,23 @@ def hf_config(spec) -> dict:
         if hidden is not None and c.width != hidden:
             raise _refuse(f"moe hidden {c.width} vs mlp hidden {hidden}", "Jamba has one intermediate_size")
         hidden = c.width
-        cfg.update(num_experts=c.experts, num_experts_per_tok=c.top_k, router_aux_loss_coef=c.aux_loss_coef)
+        cfg.update(num_experts=c.experts, num_experts_per_tok=c.top_k,
+                   router_aux_loss_coef=router_aux_loss_coef(c.aux_loss_coef, len(moe_ids)),
+                   output_router_logits=c.aux_loss_coef > 0)
     else:
         cfg.update(num_experts=1, num_experts_per_tok=1)
     cfg["intermediate_size"] = hidden
     if mamba:
         c = _one(mamba, "mamba blocks")
-        if c.inner_norms != "weighted" or not math.isclose(c.inner_norm_eps, spec.norm_eps):
-            raise _refuse(f"mamba inner_norms {c.inner_norms!r} (eps {c.inner_norm_eps})",
-                          "Jamba's mamba has weighted dt/B/C RMSNorms with the model's rms_norm_eps")
+        if c.inner_norms != "weighted":
+            raise _refuse(f"mamba inner_norms {c.inner_norms!r}", "Jamba's mamba has weighted dt/B/C RMSNorms",
+                          hint="give the mamba block inner_norms: weighted")
+        if not math.isclose(c.inner_norm_eps, spec.norm_eps):
+            raise _refuse(f"mamba inner_norm_eps {c.inner_norm_eps} differs from the model's norm_eps "
+                          f"{spec.norm_eps}", "Jamba has one epsilon, rms_norm_eps, for its layer norms and its "
+                          f"mamba's dt/B/C norms alike: transformers would use {spec.norm_eps} in both",
+                          hint=f"give the spec norm_eps: {c.inner_norm_eps} or the mamba block inner_norm_eps: "
+                               f"{spec.norm_eps} (the same value in both; Jamba's default is 1e-6 for both)")
         cfg.update(mamba_d_state=c.d_state, mamba_d_conv=c.d_conv, mamba_expand=c.expand, mamba_dt_rank=c.rank,
                    mamba_conv_bias=c.conv_bias, mamba_proj_bias=c.bias)
     if attn:

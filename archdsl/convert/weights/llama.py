@@ -11,7 +11,8 @@
 from __future__ import annotations
 
 from ...errors import ArchDSLError
-from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds, one_config
+from ._common import (FFN, MIXER, attn_bias_mismatch, block_params, first_config, kinds_used, layer_kinds,
+                      one_config)
 
 MODEL_TYPES = ("llama",)
 HEAD = ("lm_head.weight", "model.embed_tokens.weight")
@@ -19,13 +20,33 @@ IGNORED = (r"rotary_emb\.inv_freq$",)  # a buffer older transformers saved per l
 ACTS = {"swiglu": "silu", "geglu": "gelu"}
 
 
-def accepts(spec) -> str | None:
-    if kinds_used(spec) != {"attn", "mlp"} or spec.norm != "rmsnorm" or spec.embed_norm:
-        return None
-    if not all(set(l) == {MIXER, FFN} and l[MIXER].kind == "attn" for l in layer_kinds(spec)):
-        return None
+def why_not(spec) -> str | None:
+    """The first thing that keeps the spec from being a Llama model (with the spec's values), or None."""
+    kinds = kinds_used(spec)
+    if kinds != {"attn", "mlp"}:
+        has = (f"it has {', '.join(sorted(kinds - {'attn', 'mlp'}))} blocks" if kinds - {"attn", "mlp"}
+               else f"it has no {' or '.join(sorted({'attn', 'mlp'} - kinds))} block")
+        return f"{has}: every Llama layer is attn with an mlp"
+    if spec.norm != "rmsnorm":
+        return f"norm {spec.norm!r}: Llama uses RMSNorm"
+    if spec.embed_norm:
+        return "embed_norm: Llama has no norm after the embedding"
+    for i, l in enumerate(layer_kinds(spec)):
+        if not (set(l) == {MIXER, FFN} and l[MIXER].kind == "attn"):
+            return (f"layer {i} is {' + '.join(s.kind for s in l.values())}: every Llama layer is attn with "
+                    "an mlp")
     a = first_config(spec, "attn")
-    return "llama" if a.rope and a.rope_fraction == 1.0 and a.window is None and a.bias == a.out_bias else None
+    if not a.rope:
+        return "attn rope false: Llama's attention has RoPE"
+    if a.rope_fraction != 1.0:
+        return f"attn rope_fraction {a.rope_fraction:g}: Llama rotates the whole head (rope_fraction 1)"
+    if a.window is not None:
+        return f"attn window {a.window}: Llama's attention is full, without a window"
+    return attn_bias_mismatch(a, "Llama")
+
+
+def accepts(spec) -> str | None:
+    return "llama" if why_not(spec) is None else None
 
 
 def pairs(spec, names) -> list[tuple[str, str]]:
@@ -45,9 +66,9 @@ def pairs(spec, names) -> list[tuple[str, str]]:
 
 
 def hf_config(spec) -> dict:
-    if not accepts(spec):
-        raise ArchDSLError("not a Llama model: every layer must be attn (full RoPE, no window) with an mlp, "
-                           "rmsnorm, no embed_norm")
+    why = why_not(spec)
+    if why is not None:
+        raise ArchDSLError(f"not a Llama model: {why}")
     a, mlp = one_config(spec, "attn", "Llama"), one_config(spec, "mlp", "Llama")
     if mlp.act not in ACTS:
         raise ArchDSLError(f"Llama's MLP is gated (swiglu or geglu), not {mlp.act!r}")
