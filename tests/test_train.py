@@ -1138,3 +1138,96 @@ def test_resume_compares_the_settings_as_they_resolve(tmp_path, capsys):
         refused(capsys, [*base, *argv, "--steps", "10", "-o", run, "--resume"], "--resume with other settings", named)
     assert main([*base, "--data", str(tokens), "--seq-len", "1024", "--steps", "2", "-o", files, "--resume"]) == 0
     assert sorted(losses(files)) == [1, 2]
+
+
+def _tiny_tokens(path, n: int, seed: int = 0) -> str:
+    np.random.default_rng(seed).integers(1, 500, n, dtype=np.uint16).tofile(path)
+    return str(path)
+
+
+def test_resume_refuses_a_token_file_whose_size_changed(tmp_path, capsys):
+    """run.json records the token file's count ("data_tokens"); a resume on the same path holding another count
+    carried on silently, drawing its windows from other tokens. Now refused, naming both counts and sizes; a
+    run.json from before the count was kept is checked by its "data" description."""
+    tokens = _tiny_tokens(tmp_path / "train.bin", 512)
+    run = str(tmp_path / "run")
+    base = ["train", TINY["spec"], *SET_SMALL, "--data", f"{tokens},eos=0", "--seq-len", "16", "--steps", "3",
+            "--batch", "2", "--no-progress", "--threads", "1", "-o", run]
+    assert main([*base, "--stop-after", "1"]) == 0
+    with open(os.path.join(run, "run.json")) as f:
+        saved = json.load(f)
+    assert saved["data_tokens"] == 512 and "512 uint16 tokens" in saved["data"]
+    a = np.fromfile(tokens, dtype=np.uint16)
+    np.concatenate([a[::-1], a]).tofile(tokens)
+    err = refused(capsys, [*base, "--resume"], "a token file that changed since the run started",
+                  "holds 1,024 uint16 tokens (2,048 bytes), the run's held 512 (1,024 bytes)")
+    assert "Traceback" not in err
+    del saved["data_tokens"]  # an older run.json: its description says the count
+    with open(os.path.join(run, "run.json"), "w") as f:
+        json.dump(saved, f)
+    refused(capsys, [*base, "--resume"], "the run's held 512 (1,024 bytes)")
+    a.tofile(tokens)  # the file as it was: the run resumes
+    assert main([*base, "--resume"]) == 0
+
+
+def test_token_file_options_are_named(tmp_path, capsys):
+    """`--data train.bin,foo=1` said 'no such data file: train.bin,foo=1' and `train.bin,eos=0,eos=1` 'no such data
+    file: train.bin,eos=0', the file being there: the option is named now."""
+    tokens = _tiny_tokens(tmp_path / "train.bin", 256)
+    base = ["train", TINY["spec"], *SET_SMALL, "--seq-len", "16", "--steps", "1", "--batch", "2", "--no-progress",
+            "--threads", "1", "-o", str(tmp_path / "run"), "--data"]
+    for data, message in ((f"{tokens},foo=1", f"unknown option 'foo' of the token file {tokens}"),
+                          (f"{tokens}:uint16,eos=0,bar=2", "unknown option 'bar'"),
+                          (f"{tokens},eos=0,eos=1", "eos given twice (eos=0, eos=1)"),
+                          (f"{tokens},eos", "expected an option KEY=VALUE")):
+        err = refused(capsys, [*base, data], message)
+        assert "no such data file" not in err, err
+    refused(capsys, [*base, str(tmp_path / "nope.bin") + ",foo=1"], "no such data file")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_without_the_runs_set_names_it(tmp_path, capsys):
+    """A run started with --set, resumed without it: 'the checkpoint is of another spec' alone; now the run's --set
+    settings and this run's are named."""
+    run = str(tmp_path / "run")
+    base = ["train", TINY["spec"], *SET_SMALL, "--data", TINY["data"], "--steps", "2", "--batch", "2",
+            "--no-progress", "--threads", "1", "-o", run]
+    assert main([*base, "--set", "tie_embeddings=false", "--stop-after", "1"]) == 0
+    refused(capsys, [*base, "--resume"], "the checkpoint is of another spec",
+            "the run was started with --set d_model=32 --set vocab_size=512 --set tie_embeddings=false, this run has "
+            "--set d_model=32 --set vocab_size=512")
+
+
+def test_export_checkpoint_of_a_missing_step_lists_the_steps(tmp_path, capsys):
+    """`export-checkpoint --step K` with no checkpoint at K said 'no checkpoint at step K' alone."""
+    run = str(tmp_path / "run")
+    assert main(["train", TINY["spec"], *SET_SMALL, "--data", TINY["data"], "--steps", "4", "--batch", "2",
+                 "--save-every", "2", "--no-progress", "--threads", "1", "-o", run]) == 0
+    refused(capsys, ["export-checkpoint", run, "--step", "3", "-o", str(tmp_path / "m")],
+            "no checkpoint at step 3; its checkpoints are at steps 2, 4", "give one of those to --step")
+    assert not (tmp_path / "m").exists()
+
+
+def test_training_forwards_each_micro_batch_with_its_documents(tmp_path):
+    """A packed token file's batches (--data FILE,eos=ID) carry seq_idx, the document of each token: the training
+    forward must get it, each micro-batch its own rows, or every document attends to (and carries the SSM and conv
+    state of) the ones before it in the window, the loss still falling. The summed cross entropy _accumulate
+    returns is that of model(x, seq_idx=seq), not of model(x)."""
+    import torch.nn.functional as F
+
+    from archdsl.train.loop import _accumulate
+
+    torch.manual_seed(0)
+    from archdsl.spec import with_settings
+
+    model = archdsl.compile(with_settings(archdsl.parse("mamba2(d_state=8, headdim=8), attn(heads=2)"), list(SMALL)),
+                            seed=0).train()
+    V = 512
+    x = torch.randint(0, V, (3, 12))
+    y = torch.randint(0, V, (3, 12))
+    seq = torch.tensor([[0] * 5 + [1] * 7, [0] * 9 + [1] * 3, [0] * 12])
+    ce, _, _ = _accumulate(model, x, y, seq, count=36, world=1, micro=2, V=V)
+    with torch.no_grad():
+        want = F.cross_entropy(model(x, seq_idx=seq).reshape(-1, V), y.reshape(-1), reduction="sum").item()
+        plain = F.cross_entropy(model(x).reshape(-1, V), y.reshape(-1), reduction="sum").item()
+    assert ce == pytest.approx(want, rel=1e-5) and abs(want - plain) > 1e-3 * abs(plain), (ce, want, plain)

@@ -13,9 +13,12 @@ from .common import (ARGS, add_set, add_spec, add_ssm_state_dtype, check_apart, 
                      read_spec, table)
 
 
-@command("compile", "build a spec's model and save it (spec.yaml + model.safetensors)")
+@command("compile", "build a spec's model with random weights and save it (spec.yaml + model.safetensors)")
 def cmd_compile(args):
-    """Build the PyTorch model of SPEC with random weights from --seed and save it to -o DIR."""
+    """Build the PyTorch model of SPEC with random weights from --seed and save it to -o DIR. SPEC may be a saved
+    model directory: only its spec is read, and its weights are NOT used (a note on stderr says so); to cast or copy
+    a trained model's weights use `archdsl export-checkpoint RUNDIR --dtype ...` (a training run's checkpoint) or,
+    for a saved model, archdsl.load(DIR, dtype=...).save(OUT) in Python."""
     from ..model import compile as build
     from ..model.model import SAVE_FILES
 
@@ -25,10 +28,23 @@ def cmd_compile(args):
                            f"device holds none (give cpu or cuda)")
     check_apart(args.output, args.spec, "SPEC", "compile")  # a saved model's weights lost to random ones
     check_output_dir(args.output, SAVE_FILES)  # before the model is built: a big one takes minutes
-    model = build(read_spec(args.spec, args.set), device=args.device, dtype=dtype, seed=args.seed)
+    spec = read_spec(args.spec, args.set)
+    if _saved_dir(args.spec):  # the same name and parameter count as the trained model: told, lest it pass for it
+        print(f"note: SPEC {args.spec} is a saved model: compile builds its spec with random weights from --seed "
+              f"{args.seed}; its weights are not used. To cast or copy them, use `archdsl export-checkpoint RUNDIR "
+              f"--dtype ...` on the training run that wrote them, or archdsl.load({args.spec!r}, dtype=...)"
+              f".save(OUT) in Python", file=sys.stderr)
+    model = build(spec, device=args.device, dtype=dtype, seed=args.seed)
     model.save(args.output)
     print(f"wrote {args.output}: {model.spec.name}, {plural(model.num_params(), 'parameter')}, "
           f"{str(model.dtype).replace('torch.', '')}")
+
+
+def _saved_dir(path: str) -> bool:
+    """Whether `path` is a saved model's directory (spec.yaml + model.safetensors)."""
+    import os
+
+    return os.path.isfile(os.path.join(path, "spec.yaml")) and os.path.isfile(os.path.join(path, "model.safetensors"))
 
 
 def _add_compile(p):

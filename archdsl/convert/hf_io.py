@@ -325,12 +325,13 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
     from safetensors import SafetensorError
     from safetensors.torch import save_file
     from ..model import ArchModel, load
-    from ..model.model import check_has_weights
+    from ..model.model import check_has_weights, check_spec_layout
 
     out_dir = check_path("export", out_dir, "directory's path")
     check_control(out_dir, "export: out_dir")  # before the model is loaded
     model = (model_or_dir if isinstance(model_or_dir, ArchModel)
              else load(check_path("export", model_or_dir, "model or saved model's directory")))
+    check_spec_layout(model, "export")
     check_has_weights(model, "export")
     spec = model.spec
     mt = hf_model_type(spec, model_type)

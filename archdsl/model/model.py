@@ -444,6 +444,7 @@ class ArchModel(nn.Module):
 
         path = check_path("save", path, "directory's path")
         check_control(path, "save: path")
+        check_spec_layout(self, "save")
         check_has_weights(self, "save")
         try:
             with atomic_dir(path, SAVE_FILES) as tmp:
@@ -502,10 +503,49 @@ def _check_count(where: str, name: str, value) -> None:
 
 
 def check_has_weights(model: nn.Module, where: str) -> None:
-    """ArchDSLError for a model on the meta device (compile(device="meta")): it has no weights to write."""
-    if any(t.is_meta for t in model.state_dict().values()):
+    """ArchDSLError for a model on the meta device (compile(device="meta")): it has no weights to write. Entries of
+    the state_dict that are not tensors (a quantized Linear's dtype and packed parameters) are passed over:
+    check_spec_layout says what is wrong with those."""
+    if any(isinstance(t, torch.Tensor) and t.is_meta for t in model.state_dict().values()):
         raise ArchDSLError(f"{where}: the model is on the meta device and has no weights to write (compile it on "
                            f"a real device, or load weights into it first)")
+
+
+def check_spec_layout(model: "ArchModel", where: str) -> None:
+    """ArchDSLError, before anything is written, unless `model`'s state_dict holds the tensors of its spec's model
+    under their names: a sublayer wrapped (PEFT's LoRA: base_layer, lora_A, lora_B) or replaced (torch.ao's
+    quantize_dynamic, a parametrization) changes them, and what save or export would write then is no model that
+    load or transformers read. Names the first such module (where the model and a fresh one of its spec, built on
+    the meta device, hold modules of other types), else the first tensor missing or unexpected. Forward hooks,
+    which change no tensor, pass."""
+    with torch.device("meta"):
+        fresh = ArchModel(model.spec)
+    have, want = model.state_dict(keep_vars=True), fresh.state_dict(keep_vars=True)
+    if have.keys() == want.keys():
+        return
+    module = None
+    built = dict(fresh.named_modules())
+    for name, mod in model.named_modules():
+        if name in built and type(mod) is not type(built[name]):
+            module = (name, mod, built[name])
+            break
+    if module is not None:
+        name, mod, base = module
+        cls = type(mod)
+        what = (f"{name} is a {cls.__module__}.{cls.__qualname__}, not the {type(base).__name__} the spec's model has "
+                f"there")
+    else:
+        extra, missing = [k for k in have if k not in want], [k for k in want if k not in have]
+        what = (f"tensor {extra[0]!r} is not in the model of this spec" if extra
+                else f"tensor {missing[0]!r} of the spec's model is missing")
+    quantized = any("_packed_params" in k for k in have) or module is not None and "quantized" in cls.__module__
+    raise ArchDSLError(
+        f"{where}: the model's sublayers are wrapped or replaced ({what}); its weights are not laid out as its "
+        f"spec's, and no archdsl or Hugging Face loader would read what would be written",
+        hint=("dequantize it first (save or export the model from before quantize_dynamic, and quantize after "
+              "loading)" if quantized else
+              "merge the adapter into the base weights first (PEFT: model = peft_model.merge_and_unload()), or save "
+              "the base model without the adapter"))
 
 
 def _build(cls, cfg, index):

@@ -182,9 +182,15 @@ def resume_point(rundir: str, damaged: list[str], older_than: int | None = None,
 
 def latest(rundir: str, step: int | None = None) -> tuple[int, str, dict]:
     """The newest checkpoint (or the one at `step`) with its meta; ArchDSLError when there is none."""
-    found = checkpoints(rundir)
+    found = present = checkpoints(rundir)
     if step is not None:
         found = [c for c in found if c[0] == step]
+    if not found and step is not None and present:  # the steps there: no look into the directory needed
+        steps = [str(c[0]) for c in present]
+        shown_steps = ", ".join(steps if len(steps) <= 12 else steps[:3] + ["…"] + steps[-8:])
+        raise ArchDSLError(f"{rundir}: no checkpoint at step {step}; its checkpoints are at "
+                           f"step{'s' if len(steps) > 1 else ''} {shown_steps}",
+                           hint="give one of those to --step, or leave it out for the newest that loads")
     if not found:
         what = f"at step {step}" if step is not None else "at all"
         raise ArchDSLError(f"{rundir}: no checkpoint {what} (expected {CKPT_DIR}/step_NNNNNNNN/ from archdsl train)")
@@ -192,12 +198,26 @@ def latest(rundir: str, step: int | None = None) -> tuple[int, str, dict]:
     return s, path, read_meta(path)
 
 
-def check_spec(meta: dict, spec_yaml: str, path: str) -> None:
+def check_spec(meta: dict, spec_yaml: str, path: str, rundir: str | None = None,
+               settings: tuple[str, ...] | list[str] | None = None) -> None:
+    """ArchDSLError unless the checkpoint at `path` (its `meta`) is of the spec `spec_yaml`. With `rundir` and this
+    run's --set `settings`, the message names the run's --set where they differ (a resume that left one out)."""
     if meta["spec_sha256"] != spec_sha(spec_yaml):
         old = meta.get("spec_name", "?")
+        why = ""
+        if rundir is not None:
+            try:
+                was = read_run(rundir).get("config", {}).get("settings") or []
+            except ArchDSLError:
+                was = None
+            now = list(settings or [])
+            if isinstance(was, list) and was != now:
+                said = lambda s: " ".join(f"--set {x}" for x in s) if s else "no --set"  # noqa: E731
+                why = f"; the run was started with {said(was)}, this run has {said(now)}"
         raise ArchDSLError(f"{path}: the checkpoint is of another spec ({old!r}, sha256 "
-                           f"{meta['spec_sha256'][:12]}…) than this run's (sha256 {spec_sha(spec_yaml)[:12]}…)",
-                           hint="resume with the spec the run was started with, or start a new RUNDIR")
+                           f"{meta['spec_sha256'][:12]}…) than this run's (sha256 {spec_sha(spec_yaml)[:12]}…){why}",
+                           hint="resume with the spec and the --set the run was started with (its run.json: "
+                                "\"config\"), or start a new RUNDIR")
 
 
 def _state(model, opt, step: int, gen: torch.Generator):

@@ -139,8 +139,39 @@ def _parts(text: str) -> tuple[str, str | None, str | None]:
     return path, None, eos if has_eos else None
 
 
+def _check_options(text: str, path: str, eos: str | None) -> None:
+    """ArchDSLError for options after a token file that are not `,eos=ID` once: `train.bin,foo=1` was 'no such data
+    file: train.bin,foo=1' and `train.bin,eos=0,eos=1` 'no such data file: train.bin,eos=0', the file being there.
+    The file is the text before the first comma whose head (less a :DTYPE) is an existing file; a file whose own
+    name holds commas, given whole, is taken as it stands."""
+    if os.path.isfile(path) and (eos is None or "," not in eos):
+        return
+    for i, c in enumerate(text):
+        if c != ",":
+            continue
+        head = text[:i]
+        base, has_dtype, dtype = head.rpartition(":")
+        if not (os.path.isfile(head) or (has_dtype and dtype in TOKEN_DTYPES and os.path.isfile(base))):
+            continue
+        seen = {}
+        for item in text[i + 1:].split(","):
+            key, eq, _ = item.partition("=")
+            key = key.strip()
+            if not eq:
+                raise ArchDSLError(f"--data {text!r}: expected an option KEY=VALUE after the token file {head}, got "
+                                   f"{item!r}", hint="a token file takes PATH[:uint16|uint32][,eos=ID]")
+            if key != "eos":
+                raise ArchDSLError(f"--data {text!r}: unknown option {key!r} of the token file {head}",
+                                   hint="a token file takes one option, eos=ID (PATH[:uint16|uint32][,eos=ID])")
+            if key in seen:
+                raise ArchDSLError(f"--data {text!r}: {key} given twice ({seen[key]}, {item})", hint=f"give {key} once")
+            seen[key] = item
+        return
+
+
 def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
     path, dtype, eos = _parts(text)
+    _check_options(text, path, eos)
     eos = _eos(text, eos, vocab_size)
     if dtype is None:
         dtype = "uint16"

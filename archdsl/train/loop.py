@@ -107,8 +107,8 @@ def prepare(cfg: TrainConfig):
     if cfg.resume:
         damaged: list[str] = []
         s, path, meta = resume_point(cfg.rundir, damaged)
-        check_spec(meta, spec_yaml, path)
-        warm = check_settings(cfg.rundir, cfg.to_dict(), spec.vocab_size)
+        check_spec(meta, spec_yaml, path, cfg.rundir, cfg.settings)
+        warm = check_settings(cfg.rundir, cfg.to_dict(), spec.vocab_size, data)
         if s >= (cfg.stop_after or cfg.steps):
             if cfg.stop_after is not None and cfg.stop_after < cfg.steps:  # --steps would go on: the stop is the limit
                 limit, hint = f"--stop-after {cfg.stop_after}", f"give a --stop-after past {s}, or leave it out"
@@ -141,7 +141,7 @@ def _resume(cfg: TrainConfig, spec_yaml: str, first: tuple[int, str, list[str]],
         except ArchDSLError as e:
             damaged.append(e.message)
             s, path, meta = resume_point(cfg.rundir, damaged, older_than=s)
-            check_spec(meta, spec_yaml, path)
+            check_spec(meta, spec_yaml, path, cfg.rundir, cfg.settings)
             continue
         if damaged and is_main:
             print(f"warning: skipped {len(damaged)} damaged checkpoint{'s' if len(damaged) > 1 else ''} ("
@@ -293,7 +293,9 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from, warm: int) -> dict:
             config = cfg.to_dict() | {"data": data_key(cfg.data)}
             write_atomic(os.path.join(cfg.rundir, "run.json"), json.dumps(
                 {"spec_yaml": spec_yaml, "spec_sha256": meta["spec_sha256"], "spec_name": spec.name,
-                 "data": data.describe(), "config": config, "world_size": dist.world}, indent=2))
+                 "data": data.describe(),
+                 "data_tokens": len(data.tokens) if getattr(data, "tokens", None) is not None else None,
+                 "config": config, "world_size": dist.world}, indent=2))
         remove_partial(cfg.rundir)
         metrics = open_metrics(cfg.rundir, start)
     per_rank = cfg.batch // dist.world

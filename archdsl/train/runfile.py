@@ -1,8 +1,8 @@
 """RUNDIR/run.json: the spec and the settings a run was started with, written by the loop and read back by
 `--resume` (whose settings must resolve as the run's did: check_settings) and `export_checkpoint` (the spec).
 
-    {"spec_yaml": ..., "spec_sha256": ..., "spec_name": ..., "data": ..., "config": TrainConfig.to_dict(),
-     "world_size": ...}
+    {"spec_yaml": ..., "spec_sha256": ..., "spec_name": ..., "data": ..., "data_tokens": ... (a token file's count,
+     else null), "config": TrainConfig.to_dict(), "world_size": ...}
 
 Read, its shape is checked (read_run): JSON of the wrong shape is an ArchDSLError naming the file, not a
 TypeError in a reader.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 
 from ..errors import ArchDSLError, shown
 from ..units import plural
@@ -24,7 +25,7 @@ FIXED = {"data": "--data", "batch": "--batch", "seq_len": "--seq-len", "lr": "--
          "betas": "betas", "min_lr_ratio": "min_lr_ratio"}
 
 
-def check_settings(rundir: str, settings: dict, vocab_size: int | None = None) -> int:
+def check_settings(rundir: str, settings: dict, vocab_size: int | None = None, data=None) -> int:
     """ArchDSLError naming every setting of FIXED that differs from those in RUNDIR/run.json, as each resolves rather
     than as it was written: DATA and the sequence length as the data source takes them (data.resolved: a token file
     however named and its default length, a task's arguments however spelt), the warmup as written or by its steps
@@ -32,11 +33,14 @@ def check_settings(rundir: str, settings: dict, vocab_size: int | None = None) -
     defaults depend on the spec's `vocab_size` (None: DATA compared by data_key, the length as given). Also an
     ArchDSLError when this run's --steps would end inside the run's warmup. Returns the warmup in steps the resumed
     run keeps: the run's, as it resolved when it started, whatever this run's --steps (a share of a changed --steps
-    would re-enter the warmup after its peak, or end it early); this run's own where run.json holds no warmup."""
+    would re-enter the warmup after its peak, or end it early); this run's own where run.json holds no warmup.
+    `data`: this run's data source (parse_data's); a token file (the same, by data_key) that holds another number of
+    tokens than run.json says the run started with is refused too: the windows would be drawn from other tokens."""
     from .config import warmup_steps
     from .data import data_key, resolved
 
-    old, new = read_run(rundir).get("config", {}), settings
+    run = read_run(rundir)
+    old, new = run.get("config", {}), settings
     warm = _warmup(old)
 
     def resolve(config: dict) -> tuple[str, int | None]:
@@ -77,11 +81,31 @@ def check_settings(rundir: str, settings: dict, vocab_size: int | None = None) -
         raise ArchDSLError(f"{rundir}: --resume with other settings than the run was started with: "
                            + "; ".join(changed),
                            hint="resume with the run's settings (its run.json, \"config\"), or start a new RUNDIR")
+    was = _data_tokens(run)
+    if was is not None and getattr(data, "tokens", None) is not None and len(data.tokens) != was:
+        width = data.tokens.dtype.itemsize
+        raise ArchDSLError(f"{rundir}: --resume with a token file that changed since the run started: --data "
+                           f"{data.path} holds {len(data.tokens):,} {data.dtype} tokens ({len(data.tokens) * width:,} "
+                           f"bytes), the run's held {was:,} ({was * width:,} bytes); the resumed run would draw its "
+                           f"windows from other tokens",
+                           hint="restore the token file the run was started with, or start a new RUNDIR")
     if warm is not None and warm > new["steps"]:  # as a new run's --warmup longer than --steps is refused
         raise ArchDSLError(f"{rundir}: --steps {new['steps']} ends inside the run's warmup of {plural(warm, 'step')} "
                            f"(--warmup {told(old['warmup'])} of its first --steps {old['steps']}), before the "
                            f"learning rate reaches --lr", hint=f"ask for at least {warm} --steps")
     return warmup_steps(new["warmup"], new["steps"]) if warm is None else warm
+
+
+def _data_tokens(run: dict) -> int | None:
+    """The number of tokens in the run's token file when it started: run.json's "data_tokens", or (a run.json
+    written before it was kept) the count its "data" description gives ('PATH: 7,168 uint16 tokens, ...'); None
+    for a task, or where neither says."""
+    n = run.get("data_tokens")
+    if isinstance(n, int) and not isinstance(n, bool):
+        return n
+    found = re.search(r": ([\d,]+) uint(?:16|32) tokens, max \d+", run.get("data") or "") \
+        if isinstance(run.get("data"), str) else None
+    return int(found.group(1).replace(",", "")) if found else None
 
 
 def _warmup(config: dict) -> int | None:
@@ -120,6 +144,9 @@ def _run_damage(run) -> str | None:
         return '"spec_yaml" is missing (the YAML text of the spec the run trains)'
     if not isinstance(run["spec_yaml"], str):
         return f'"spec_yaml" must be a str, got {shown(run["spec_yaml"])} ({json_kind(run["spec_yaml"])})'
+    n = run.get("data_tokens")
+    if n is not None and not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
+        return f'"data_tokens" must be a non-negative int or null, got {shown(n)} ({json_kind(n)})'
     config = run.get("config", {})
     if not isinstance(config, dict):
         return f'"config" must be an object, got {shown(config)} ({json_kind(config)})'

@@ -285,3 +285,19 @@ def test_a_bad_archdsl_kernels_exits_2_before_the_model_is_built(tmp_path, monke
     with pytest.raises(KernelsEnvError, match="needs TRITON_INTERPRET=1"), torch.no_grad():
         model(torch.zeros(1, 2, dtype=torch.long))
     assert issubclass(KernelsEnvError, ValueError)
+
+
+def test_compile_of_a_saved_model_says_its_weights_are_not_used(tmp_path, capsys):
+    """`compile SAVED_DIR` wrote random weights under the trained model's name and parameter count without a word;
+    a note on stderr now says its weights are not used and names what casts or copies them. A spec file: no note."""
+    (tmp_path / "tiny.yaml").write_text(YAML)
+    saved = str(tmp_path / "saved")
+    assert main(["compile", str(tmp_path / "tiny.yaml"), "-o", saved, "--seed", "3"]) == 0
+    assert "note" not in capsys.readouterr().err
+    assert main(["compile", saved, "-o", str(tmp_path / "re"), "--seed", "5"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: SPEC {saved} is a saved model" in err and "random weights from --seed 5" in err, err
+    assert "weights are not used" in err and "export-checkpoint" in err and "archdsl.load(" in err, err
+    with pytest.raises(SystemExit):
+        main(["compile", "--help"])
+    assert "weights are NOT used" in " ".join(capsys.readouterr().out.split())

@@ -244,3 +244,56 @@ def test_torch_compile_traces_the_check():
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
         assert rel(compiled(ids), model(ids)) < 1e-5
+
+
+def _refused(fn, *words):
+    """fn() raises an ArchDSLError whose text holds each of `words`."""
+    with pytest.raises(archdsl.ArchDSLError) as e:
+        fn()
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_save_and_export_refuse_a_lora_model_before_writing(tmp_path):
+    """A LoRA-wrapped model: save wrote a directory load refused (layers.N.mixer.q_proj.base_layer.weight is not in
+    the model), export_hf raised a bare KeyError. Both now refuse before writing, naming the module and the merge."""
+    from archdsl.convert.hf_io import export_hf
+
+    model = _model(torch.float32, "mamba, attn+mlp")
+    model.layers[1].mixer.q_proj = LoRA(model.layers[1].mixer.q_proj, 2, 0)
+    _refused(lambda: model.save(tmp_path / "w"), "save:", "layers.1.mixer.q_proj", "LoRA", "merge_and_unload")
+    _refused(lambda: export_hf(model, tmp_path / "h"), "export:", "layers.1.mixer.q_proj", "merge_and_unload")
+    assert not any(tmp_path.iterdir())  # nothing written, not even a temporary directory
+
+
+def test_save_after_merge_and_hooked_model_load_back(tmp_path):
+    """What the refusal says to do works: the merged model (the base Linear put back) saves and loads with its merged
+    weights; a forward hook changes no tensor, so a hooked model saves as it is."""
+    model = _model(torch.float32, "mamba, attn+mlp")
+    lora = LoRA(model.layers[1].mixer.q_proj, 2, 0)
+    model.layers[1].mixer.q_proj = lora
+    with torch.no_grad():  # the merge, as PEFT's merge_and_unload does it
+        lora.base_layer.weight += lora.delta()
+    model.layers[1].mixer.q_proj = lora.base_layer
+    model.layers[0].mixer.in_proj.register_forward_hook(lambda mod, args, out: None)
+    model.save(tmp_path / "m")
+    back = archdsl.load(tmp_path / "m")
+    assert torch.equal(back.layers[1].mixer.q_proj.weight, lora.base_layer.weight)
+
+
+def test_save_and_export_refuse_a_quantized_model(tmp_path):
+    """After quantize_dynamic both raised AttributeError ('torch.dtype' object has no attribute 'is_meta') in
+    check_has_weights; now an ArchDSLError naming the first quantized Linear and saying to dequantize."""
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.model.model import check_has_weights
+
+    quantize = getattr(getattr(getattr(torch, "ao", None), "quantization", None), "quantize_dynamic", None)
+    if quantize is None:
+        pytest.skip("torch without torch.ao.quantization.quantize_dynamic")
+    with warnings.catch_warnings():  # its deprecation
+        warnings.simplefilter("ignore")
+        q = quantize(_model(torch.float32, "mamba, attn+mlp"), {nn.Linear}, dtype=torch.qint8)
+    check_has_weights(q, "save")  # its dtype and packed-params entries passed over: no AttributeError
+    _refused(lambda: q.save(tmp_path / "w"), "save:", "layers.0.mixer.in_proj", "quantized", "dequantize")
+    _refused(lambda: export_hf(q, tmp_path / "h"), "export:", "layers.0.mixer.in_proj", "dequantize")
+    assert not any(tmp_path.iterdir())
