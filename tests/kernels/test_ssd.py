@@ -479,11 +479,14 @@ def test_split_scan_equals_whole(impl, monkeypatch):
     assert_close([torch.cat([y1, y2], 1), h2], [y, h], 1e-5)
 
 
+@pytest.mark.parametrize("D", [1, 2])
 @pytest.mark.parametrize("impl", ["torch", "triton", "triton-chunked"])
-def test_step_matches_scan(impl, monkeypatch):
+def test_step_matches_scan(impl, D, monkeypatch):
+    """ssd_step token by token equals the scan; D per head [H] and per channel [H, P] (mamba_ssm's D_has_hdim:
+    each head reads its own row)."""
     monkeypatch.setenv("ARCHDSL_KERNELS", impl.split("-")[0])
     monkeypatch.setenv("ARCHDSL_SSD_IMPL", "chunked" if impl.endswith("chunked") else "fused")
-    t = make(2, 19, 4, 5, 2, 6, D=1, z=True, bias=True, h0=True, limit=True)
+    t = make(2, 19, 4, 5, 2, 6, D=D, z=True, bias=True, h0=True, limit=True)
     y, h = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"], dt_bias=t["dt_bias"],
                     dt_softplus=True, initial_states=t["initial_states"], return_final_states=True,
                     dt_limit=t["dt_limit"])

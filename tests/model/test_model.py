@@ -392,6 +392,50 @@ def test_top_p_draws_only_from_the_nucleus(seed, top_p, temperature, vocab):
             assert len(set(draws[:, row].tolist())) > 1
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), vocab=st.integers(2, 12), data=st.data(), temperature=st.floats(0.5, 2.0),
+       ties=st.booleans())
+def test_top_k_draws_from_exactly_the_k_likeliest(seed, vocab, data, temperature, ties):
+    """top_k (transformers' and mamba_ssm's): every draw lies in the k likeliest tokens, or those tied with the
+    k-th; and the draws reach every one of them when each has a fair chance."""
+    from archdsl.model.decoding import sample
+
+    k = data.draw(st.integers(1, vocab), label="k")
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randint(-2, 3, (3, vocab), generator=gen).float() if ties  # ties at the k-th value
+              else torch.randn(3, vocab, generator=gen) * 1.5)
+    n = 400
+    draws = sample(logits.repeat(n, 1), temperature, k, gen).view(n, 3)
+    for row in range(3):
+        kth = logits[row].topk(k).values[-1]
+        kept = set(torch.nonzero(logits[row] >= kth)[:, 0].tolist())
+        assert len(kept) == k or ties, (k, logits[row])
+        got = set(draws[:, row].tolist())
+        assert got <= kept, (k, logits[row], got)
+        probs = torch.softmax(logits[row, sorted(kept)].double() / temperature, -1)
+        if probs.min() > 0.03:  # each kept token missed in 400 draws: < 1e-5
+            assert got == kept, (k, logits[row], got)
+
+
+@pytest.mark.parametrize("penalty", [1.7, 0.6])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_repetition_penalty_matches_transformers_on_both_signs(penalty, seed):
+    """penalize as transformers' RepetitionPenaltyLogitsProcessor (CTRL): a seen token's positive logit is divided
+    by the penalty, its negative one multiplied (both made less likely for a penalty > 1); unseen ones kept."""
+    transformers = pytest.importorskip("transformers")
+    from archdsl.model.decoding import penalize
+
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 11, generator=gen) * 3
+    logits[0, :3] = torch.tensor([-2.5, 0.0, 2.5])
+    ids = torch.randint(0, 11, (3, 5), generator=gen)
+    ids[0, :3] = torch.tensor([0, 1, 2])
+    seen = torch.zeros(3, 11, dtype=torch.bool).scatter(1, ids, True)
+    assert (logits[seen] < 0).any() and (logits[seen] > 0).any()
+    want = transformers.RepetitionPenaltyLogitsProcessor(penalty)(ids, logits.clone())
+    torch.testing.assert_close(penalize(logits, seen, penalty), want)
+
+
 def test_top_p_in_generate():
     """top_p 1 is plain sampling, a tiny top_p is greedy, and a seed repeats the tokens."""
     model = _token_model()

@@ -60,6 +60,41 @@ def test_sigmoid_router_logits_are_float32_in_a_bf16_model_and_under_autocast():
     assert soft.router(torch.randn(3, 16, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
+def test_sigmoid_router_bias_counts_in_a_bf16_model_and_under_autocast():
+    """The sigmoid router's own bias (router_bias) takes part in its float32 logits in a bf16 model and under bf16
+    autocast, as in float32: it changes the experts chosen, and every parameter, the bias too, gets a gradient."""
+    args = {"experts": 8, "top_k": 2, "hidden": 8, "router": "sigmoid", "router_bias": True}
+    m = build("moe", args).float()
+    with torch.no_grad():
+        m.router.bias.copy_(torch.randn(8, generator=torch.Generator().manual_seed(1)) * 2)
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(0))
+    W, b = m.router.weight, m.router.bias
+    with torch.no_grad():
+        want = m.route(x)
+        ref = F.linear(x, W, b).sigmoid()
+        assert torch.allclose(want[0], ref / ref.sum(-1, keepdim=True))
+        assert not torch.equal(want[2], F.linear(x, W).sigmoid().topk(2, -1).indices)  # the bias matters here
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under = m.route(x)
+        half = build("moe", args).to(torch.bfloat16)
+        half.load_state_dict(m.state_dict())
+        xb = x.to(torch.bfloat16)
+        got = half.route(xb)
+        ref = F.linear(xb.float(), half.router.weight.float(), half.router.bias.float()).sigmoid()
+    torch.testing.assert_close(under[0], want[0])
+    assert torch.equal(under[2], want[2])
+    torch.testing.assert_close(got[0], ref / ref.sum(-1, keepdim=True))
+    assert torch.equal(got[2], ref.topk(2, -1).indices)
+    for model, inp, ac in ((half, xb, False), (m, x, True)):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=ac):
+            out = model(inp[None])
+            loss = (out.float() ** 2).sum() + model.aux_loss
+        loss.backward()
+        for name, p in model.named_parameters():
+            assert p.grad is not None and p.grad.any(), (name, ac)
+
+
 @pytest.mark.parametrize("router, norm_topk, scale", [("softmax", True, 1.0), ("softmax", None, 2.5),
                                                       ("sigmoid", False, 1.0), ("sigmoid", None, 2.5)])
 def test_norm_topk_and_routed_scale_as_transformers(router, norm_topk, scale):

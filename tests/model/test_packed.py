@@ -17,7 +17,7 @@ SMALL = {
     "swa": {"kind": "attn", "heads": 2, "window": 3, "rope": False},
     "mlp": {"hidden": 24},
     "moe": {"experts": 3, "top_k": 2, "hidden": 8},
-    "zamba": {"heads": 4, "lora": 4, "hidden": 24},
+    "zamba": {"heads": 4, "lora": 4, "hidden": 24, "rope": True},  # RoPE: positions from each prompt
     "rwkv6": {"head_size": 8, "mix_lora": 4, "decay_lora": 4},
     "cmix": {"hidden": 24, "version": 6},
     "mamba": {"d_state": 5, "dt_rank": 3},

@@ -20,7 +20,7 @@ SMALL = {
     "swa": {"kind": "attn", "heads": 2, "window": 3},
     "mlp": {"hidden": 24},
     "moe": {"experts": 3, "top_k": 2, "hidden": 8},
-    "zamba": {"heads": 4, "lora": 4, "hidden": 24},
+    "zamba": {"heads": 4, "lora": 4, "hidden": 24, "rope": True},  # RoPE: positions from each prompt
     "rwkv6": {"head_size": 8, "mix_lora": 4, "decay_lora": 4},
     "cmix": {"hidden": 24, "version": 6},
     "rwkv4": {},
@@ -75,6 +75,15 @@ def test_padded_rows_equal_each_prompt_alone(lengths, layout, static):
     """Any prompt lengths (one token, shorter than the conv window or the attention window, no pad in a row):
     the torch kernels, float64; a growing or a static (CUDA-graph) cache."""
     check_rows(model_of(layout), lengths, 1e-10, static)
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("rope", [False, True])
+def test_padded_zamba_rows_equal_each_prompt_alone(rope, static):
+    """A zamba inject with and without RoPE, a growing and a static (CUDA-graph) cache: each padded row's queries
+    and keys rotate at positions counted from its prompt's first token, in the prefill and in the steps."""
+    model = model_of(f"mamba2, mamba2, zamba(shared, rope={str(rope).lower()}) at 1")
+    check_rows(model, [2, 7, 4], 1e-10, static)
 
 
 def test_padded_rows_on_triton_kernels(monkeypatch):
