@@ -312,9 +312,38 @@ def hf_model_type(spec, model_type: str | None = None) -> str:
         got = accepts(spec) if accepts else None
         if got:
             return got if isinstance(got, str) else mt
-    raise ArchDSLError(f"spec {spec.name!r} is not one of the Hugging Face families archdsl exports "
-                       f"({', '.join(sorted(FAMILIES))}); name the one you mean (model_type, the CLI's "
-                       f"--model-type) to see what it lacks")
+    raise not_exportable(spec)
+
+
+def not_exportable(spec) -> ArchDSLError:
+    """Why no family exports `spec`: the reason of each family whose blocks are the spec's kinds (its nearest),
+    or the kinds no family holds."""
+    from .weights import FAMILIES
+    from .weights._common import kinds_used
+
+    kinds = kinds_used(spec)
+    near = {}  # one model type per module (mamba and falcon_mamba share one)
+    for mt, fam in FAMILIES.items():
+        if kinds <= fam.KINDS and fam not in near.values():
+            near[mt] = fam
+    start = f"spec {spec.name!r} does not export to Hugging Face"
+    if not near:
+        held = set().union(*(fam.KINDS for fam in FAMILIES.values()))
+        what = (f"no family archdsl exports has {', '.join(sorted(kinds - held))} blocks" if kinds - held
+                else f"no family archdsl exports has all of {', '.join(sorted(kinds))} in one model")
+        return ArchDSLError(f"{start}: {what}", hint=f"the families: {', '.join(sorted(FAMILIES))}")
+    reasons = {}
+    for mt, fam in near.items():
+        try:
+            fam.hf_config(spec)
+            reasons[mt] = (f"spec {spec.name!r} does not export as one", None)
+        except ArchDSLError as e:
+            reasons[mt] = (e.message, e.hint)
+    if len(reasons) == 1:
+        (mt, (why, hint)), = reasons.items()
+        return ArchDSLError(f"{start}: its nearest family, {mt} (the same kinds of block): {why}", hint=hint)
+    return ArchDSLError(f"{start}; the families with its kinds of block refuse it: "
+                        + "; ".join(f"{mt}: {why}" for mt, (why, _) in reasons.items()))
 
 
 def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:

@@ -66,7 +66,29 @@ def test_export_refuses_a_mamba2_without_its_gated_norm(family, layout, tmp_path
     model = archdsl.compile(archdsl.parse(layout, d_model=32, vocab_size=64, **ffn))
     with pytest.raises(ArchDSLError, match=f"model_type '{family}': cannot export .*gated_norm false"):
         export_hf(model, tmp_path / "x", model_type=family)
-    with pytest.raises(ArchDSLError, match="not one of the Hugging Face families"):  # no family takes it
+    with pytest.raises(ArchDSLError, match="does not export to Hugging Face; the families with its kinds of "
+                                           f"block refuse it: .*{family}: .*gated_norm"):  # and says why
+        export_hf(model, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("layout, blocks, message", [
+    ("2×s4d", {"s4d": {"d_state": 8}}, "no family archdsl exports has s4d blocks"),
+    ("mamba, mamba2", {"mamba": {"d_state": 8}, "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8}},
+     "no family archdsl exports has all of mamba, mamba2 in one model"),
+    ("2×rwkv4", {"cmix": {"version": 4}},
+     "its nearest family, rwkv \\(the same kinds of block\\): cannot export to Hugging Face RWKV: norm_eps 1e-06"),
+])
+def test_export_without_a_model_type_says_why_no_family_takes_the_spec(layout, blocks, message, tmp_path):
+    """Without a model_type the refusal named no reason ("name the one you mean to see what it lacks"): now it gives
+    the reason of the family whose blocks are the spec's, or the blocks no family has."""
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.errors import ArchDSLError
+
+    extra = {"norm": "layernorm", "embed_norm": True, "ffn": "cmix", "norm_eps": 1e-6} if "cmix" in blocks else {}
+    model = archdsl.compile(archdsl.parse(layout, d_model=32, vocab_size=64, blocks=blocks, **extra))
+    with pytest.raises(ArchDSLError, match=message):
         export_hf(model, tmp_path / "x")
     assert not (tmp_path / "x").exists()
 

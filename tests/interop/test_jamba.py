@@ -186,9 +186,10 @@ def test_jamba_imported_balancing_loss_is_hfs(tmp_path, layers):
     assert ours == pytest.approx(coef * per_layer.item(), rel=1e-5)
 
 
-def test_jamba_demo_spec_names_the_epsilon_that_differs(tmp_path):
-    """specs/demo-jamba.yaml (norm_eps 1e-5, the mamba's inner_norm_eps 1e-6, both defaults) is no Jamba: the
-    refusal said "mamba inner_norms 'weighted' (eps 1e-06)", not which epsilon differs from which or what to do."""
+def test_jamba_refusal_names_the_epsilon_that_differs(tmp_path):
+    """specs/demo-jamba.yaml with the default norm_eps 1e-5 (the mamba's inner_norm_eps default is 1e-6) is no
+    Jamba: the refusal said "mamba inner_norms 'weighted' (eps 1e-06)", not which epsilon differs from which or
+    what to do. Without --model-type the refusal names Jamba as the nearest family and gives the same reason."""
     import os
 
     import archdsl
@@ -198,7 +199,11 @@ def test_jamba_demo_spec_names_the_epsilon_that_differs(tmp_path):
 
     root = os.path.join(os.path.dirname(__file__), "..", "..")
     spec = archdsl.load_spec(os.path.join(root, "specs", "demo-jamba.yaml"))
-    model = archdsl.compile(with_sizes(spec, d_model=32, vocab_size=64))
+    model = archdsl.compile(with_sizes(spec, d_model=32, vocab_size=64, norm_eps=1e-5))
+    with pytest.raises(ArchDSLError) as nearest:
+        export_hf(model, tmp_path / "x")
+    assert "nearest family, jamba (the same kinds of block): cannot export to Hugging Face Jamba: mamba " \
+           "inner_norm_eps 1e-06 differs" in str(nearest.value), str(nearest.value)
     with pytest.raises(ArchDSLError) as e:
         export_hf(model, tmp_path / "x", model_type="jamba")
     text = str(e.value)
@@ -206,3 +211,15 @@ def test_jamba_demo_spec_names_the_epsilon_that_differs(tmp_path):
             "model's norm_eps 1e-05" in text), text
     assert "transformers would use 1e-05 in both" in text
     assert "give the spec norm_eps: 1e-06 or the mamba block inner_norm_eps: 1e-05" in e.value.hint
+    assert not (tmp_path / "x").exists()
+
+
+def test_jamba_demo_spec_exports_as_jamba():
+    """specs/demo-jamba.yaml sets norm_eps 1e-6, Jamba's, so that it exports as the family it demonstrates."""
+    import os
+
+    import archdsl
+    from archdsl.convert.hf_io import hf_model_type
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    assert hf_model_type(archdsl.load_spec(os.path.join(root, "specs", "demo-jamba.yaml"))) == "jamba"

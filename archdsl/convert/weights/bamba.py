@@ -16,6 +16,7 @@ from ._common import (FFN, MIXER, attn_bias_mismatch, block_params, first_config
                       one_config)
 
 MODEL_TYPES = ("bamba",)
+KINDS = frozenset({"mamba2", "attn", "mlp"})  # the blocks its layers hold
 HEAD = ("lm_head.weight", "model.embed_tokens.weight")
 IGNORED = (r"rotary_emb\.inv_freq$",)  # RoPE's inv_freq, a buffer (transformers ignores it in old checkpoints)
 ACTS = {"swiglu": "silu"}  # hidden_act drives the mamba conv as well as the MLP: silu only (geglu would be gelu there)

@@ -29,6 +29,7 @@ from ...errors import ArchDSLError
 from ...graph import layers as graph_layers
 
 MODEL_TYPES = ("jamba",)
+KINDS = frozenset({"mamba", "attn", "mlp", "moe"})  # the blocks its layers hold
 HEAD = ("lm_head.weight", "model.embed_tokens.weight")
 ARCHITECTURE = "JambaForCausalLM"
 

@@ -15,6 +15,7 @@ from ._common import (FFN, MIXER, attn_bias_mismatch, block_params, first_config
                       one_config)
 
 MODEL_TYPES = ("llama",)
+KINDS = frozenset({"attn", "mlp"})  # the blocks its layers hold
 HEAD = ("lm_head.weight", "model.embed_tokens.weight")
 IGNORED = (r"rotary_emb\.inv_freq$",)  # a buffer older transformers saved per layer; it computes RoPE's inv_freq
 ACTS = {"swiglu": "silu", "geglu": "gelu"}

@@ -14,6 +14,7 @@ from ...errors import ArchDSLError
 from ._common import backbone_pairs, first_config, kinds_used, layer_kinds, one_config
 
 MODEL_TYPES = ("mamba", "falcon_mamba")
+KINDS = frozenset({"mamba"})  # the blocks its layers hold
 HEAD = ("lm_head.weight", "backbone.embeddings.weight")
 ARCHITECTURES = {"mamba": "MambaForCausalLM", "falcon_mamba": "FalconMambaForCausalLM"}
 NAMES = {"mamba": "Mamba", "falcon_mamba": "Falcon Mamba"}

@@ -12,6 +12,7 @@ from ...errors import ArchDSLError
 from ._common import backbone_pairs, first_config, kinds_used, layer_kinds, one_config
 
 MODEL_TYPES = ("mamba2",)
+KINDS = frozenset({"mamba2"})  # the blocks its layers hold
 HEAD = ("lm_head.weight", "backbone.embeddings.weight")
 
 

@@ -24,6 +24,7 @@ from ...errors import ArchDSLError
 from ._common import FFN, MIXER, block_params, first_config, kinds_used, layer_kinds, one_config, rename, unrename
 
 MODEL_TYPES = ("nemotron_h",)
+KINDS = frozenset({"mamba2", "attn", "mlp", "moe"})  # the blocks its layers hold
 HEAD = ("lm_head.weight", "backbone.embeddings.weight")  # never tied (transformers' NemotronH ties nothing)
 IGNORED = (r"^mtp\.",)  # the multi-token-prediction layers (transformers: _keys_to_ignore_on_load_unexpected)
 SYMBOL = {"mamba2": "M", "attn": "*", "mlp": "-", "moe": "E"}

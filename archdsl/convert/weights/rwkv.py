@@ -24,6 +24,7 @@ from ...graph import layers as graph_layers
 from .jamba import Source
 
 MODEL_TYPES = ("rwkv",)
+KINDS = frozenset({"rwkv4", "cmix"})  # the blocks its layers hold
 HEAD = ("head.weight", "rwkv.embeddings.weight")
 ARCHITECTURE = "RwkvForCausalLM"
 

@@ -31,6 +31,7 @@ from ...graph import layers as graph_layers
 from .jamba import Source
 
 MODEL_TYPES = ("zamba2",)
+KINDS = frozenset({"mamba2", "zamba"})  # the blocks its layers hold
 HEAD = ("lm_head.weight", "model.embed_tokens.weight")
 IGNORED = (r"rotary_emb\.inv_freq$",)  # RoPE's inv_freq (use_mem_rope), a buffer transformers ignores
 ARCHITECTURE = "Zamba2ForCausalLM"
