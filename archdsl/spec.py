@@ -383,7 +383,8 @@ def load_spec(spec: str | os.PathLike) -> Spec:
         raise _ambiguous(text)
     if os.path.isdir(text):
         if not os.path.isfile(os.path.join(text, "spec.yaml")):
-            raise ArchDSLError(f"{text} is a directory without a spec.yaml file (not a saved archdsl model)")
+            raise ArchDSLError(f"{text} is a directory without a spec.yaml file (not a saved archdsl model)",
+                               hint=hf_dir_hint(text))
         text = os.path.join(text, "spec.yaml")
     if os.path.isfile(text):
         return spec_from_yaml(read_text(text), file=text)
@@ -432,6 +433,20 @@ def _ambiguous(text: str) -> ArchDSLError:
     return ArchDSLError(f"{shown(text)} is both {what} here and a layout: write ./{text} for the {where} (a path with "
                         f"a '/', or a name ending .yaml, is always a path), or rename the {where} to read "
                         f"{shown(text)} as a layout")
+
+
+def hf_dir_hint(path) -> str:
+    """What to do with a Hugging Face model directory (a config.json, no spec.yaml) given where an archdsl spec or
+    save is read; '' for any other path."""
+    path = os.fspath(path)
+    if not os.path.isfile(os.path.join(path, "config.json")) or os.path.exists(os.path.join(path, "spec.yaml")):
+        return ""
+    import shlex
+
+    q = shlex.quote(path)
+    return (f"it holds a config.json, a Hugging Face model's: `archdsl convert --from hf {q} -o SPEC.yaml` "
+            f"writes its spec, `archdsl convert --from hf {q} -o DIR --weights` a saved model with its weights "
+            f"(archdsl.from_hf in Python); `archdsl generate` reads it as it is")
 
 
 def saved_model(path, command: str, layout: bool = True) -> bool:

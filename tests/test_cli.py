@@ -1294,3 +1294,26 @@ def test_the_checkout_runs_without_an_install_mapping_its_subpackages():
     assert r.returncode == 0, r.stderr
     where, shape = r.stdout.split()
     assert where == os.path.join(ROOT, "kernels", "__init__.py") and shape == "1,3,50280", r.stdout
+
+
+@pytest.mark.parametrize("command", ["show", "compile", "run", "bench", "export"])
+def test_a_hugging_face_directory_is_refused_with_the_command_that_converts_it(command, tmp_path, capsys):
+    """show, run, export, ... of a Hugging Face model directory said only "not a saved archdsl model"; generate reads
+    one, and convert makes a spec or a saved model of it: the refusal names both, and the spec command it gives
+    works."""
+    import shlex
+
+    hf = tmp_path / "my model"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "mamba", "hidden_size": 32, "num_hidden_layers": 2,
+                                                "vocab_size": 64, "state_size": 8}))
+    (hf / "model.safetensors").write_bytes(b"")
+    extra = {"compile": ["-o", str(tmp_path / "c")], "export": ["--to", "hf", "-o", str(tmp_path / "e")]}
+    code, _, err = run(command, str(hf), *extra.get(command, []), capsys=capsys)
+    assert code == 2 and "it holds a config.json, a Hugging Face model's" in err, err
+    assert "`archdsl generate` reads it as it is" in err
+    suggested = re.search(r"`archdsl (convert --from hf .*? -o SPEC\.yaml)`", err).group(1)
+    argv = shlex.split(suggested.replace("SPEC.yaml", str(tmp_path / "spec.yaml")))
+    assert run(*argv, capsys=capsys)[0] == 0
+    assert run("show", str(tmp_path / "spec.yaml"), capsys=capsys)[0] == 0
+    assert not (tmp_path / "c").exists() and not (tmp_path / "e").exists()

@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 
 import torch
 
 from ..analysis import ALIASES, MODEL_DTYPES
-from ..errors import ArchDSLError, check_flag
+from ..errors import ArchDSLError, ArchDSLWarning, check_flag
 from .decoding import check_seed
 from .fusions import FUSIONS, Fuse, resolve_fuse
 from .model import ArchModel, Cache, resolve_ssm_dtype
@@ -76,7 +77,8 @@ def check_kernels_env(where: str | None, device_type: str | None = None) -> None
 def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: bool = False,  # noqa: A001
             fuse: Fuse = True, ssm_state_dtype=None) -> ArchModel:
     """Build the model of `spec` (a Spec, YAML file, saved-model directory or layout string; a saved
-    model's directory gives its spec only, with fresh weights: load(path) reads its weights).
+    model's directory gives its spec only, with fresh weights and an ArchDSLWarning saying so: load(path) reads
+    its weights).
 
     Parameters are initialised on the CPU in float32 from `seed` (the same weights on every device, whatever
     torch's default device and dtype, which are left as they were), then
@@ -102,7 +104,12 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
     resolve_ssm_dtype(ssm_state_dtype)
     check_seed("compile", seed)
     cuda_graph = check_flag("compile", "cuda_graph", cuda_graph)
-    spec = load_spec(spec)
+    given, spec = spec, load_spec(spec)
+    if isinstance(given, (str, os.PathLike)) and os.path.isfile(os.path.join(given, "model.safetensors")):
+        # the same name and parameter count as the trained model: told, lest the fresh one pass for it
+        warnings.warn(f"compile({os.fspath(given)!r}) builds the saved model's spec with fresh weights from seed "
+                      f"{seed}; its saved weights are not used (archdsl.load reads them)", ArchDSLWarning,
+                      stacklevel=3)  # the caller of archdsl.compile
     dtype = resolve_dtype(dtype)
     dev = check_device(device, dtype)
     _ = spec.graph  # spec errors first, as ArchDSLError
@@ -145,7 +152,10 @@ def load(path, device="cpu", dtype=None, cuda_graph: bool = False, **kwargs) -> 
     path = os.fspath(path)
     weights = os.path.join(path, "model.safetensors")
     if not os.path.isfile(os.path.join(path, "spec.yaml")) or not os.path.isfile(weights):
-        raise ArchDSLError(f"{path}: not a saved model (expected spec.yaml and model.safetensors)")
+        from ..spec import hf_dir_hint
+
+        raise ArchDSLError(f"{path}: not a saved model (expected spec.yaml and model.safetensors)",
+                           hint=hf_dir_hint(path))
     from ..convert.hf_io import check_safetensors
 
     check_safetensors(weights)  # a damaged file is ArchDSLError, not safetensors' own

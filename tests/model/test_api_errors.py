@@ -360,3 +360,22 @@ def test_sampling_logits_that_are_not_finite_is_named():
     with pytest.raises(ArchDSLError, match=r"^generate: step 0 \(new token 1\): the logits of row 0 hold NaN"):
         bad.generate(ids, 3, temperature=1.0, seed=0)
     assert bad.generate(ids, 3).shape == (2, 6)  # greedy
+
+
+def test_compile_of_a_saved_directory_warns_that_its_weights_are_not_used(tmp_path):
+    """archdsl.compile(SAVED_DIR) gave a model of the saved one's name and size with fresh weights, without a word
+    (the CLI's compile says so): now an ArchDSLWarning names load; load itself warns of nothing."""
+    import warnings
+
+    import archdsl
+    from archdsl.errors import ArchDSLWarning
+
+    archdsl.compile(archdsl.parse("2×mamba2", d_model=32, vocab_size=64), seed=1).save(tmp_path / "m")
+    with pytest.warns(ArchDSLWarning, match=r"fresh weights from seed 0; its saved weights are not used "
+                                            r"\(archdsl.load reads them\)") as record:
+        archdsl.compile(tmp_path / "m")
+    assert record[0].filename == __file__  # said at the user's call
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        archdsl.load(tmp_path / "m")
+        archdsl.compile(tmp_path / "m" / "spec.yaml")  # the spec file: asked for its spec alone
