@@ -346,6 +346,29 @@ def not_exportable(spec) -> ArchDSLError:
                         + "; ".join(f"{mt}: {why}" for mt, (why, _) in reasons.items()))
 
 
+def warn_copies(spec, model_type: str, fam) -> None:
+    """An ArchDSLWarning for blocks the spec shares between layers (a group) where the family has its own in each
+    layer: the export computes the same function, with a copy of the shared weights in every layer using them,
+    which training in transformers then updates apart. Blocks the family itself shares (fam.SHARES: Zamba2's
+    hybrid blocks) are not copies."""
+    from ..graph import layers as graph_layers
+
+    uses = {}
+    for i, layer in enumerate(graph_layers(spec.graph)):
+        for s in layer:
+            if s.group is not None and s.kind not in getattr(fam, "SHARES", ()):
+                uses.setdefault((s.group, s.kind), []).append(i)
+    shared = {k: v for k, v in uses.items() if len(v) > 1}
+    if not shared:
+        return
+    said = "; ".join(f"layers {', '.join(map(str, v))} share one {kind} (group {group!r})"
+                     for (group, kind), v in shared.items())
+    warnings.warn(f"export as {model_type}: {said}; a {model_type} checkpoint has its own block in every layer, so "
+                  f"each of these layers gets a copy of the shared weights ({sum(len(v) - 1 for v in shared.values())}"
+                  f" extra); the model computes the same, but training it in transformers updates the copies apart",
+                  ArchDSLWarning, stacklevel=3)
+
+
 def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
     """Write config.json + model.safetensors for transformers into out_dir (atomically; an existing out_dir is
     replaced only if it holds these two alone, an earlier export; a failed write, a full disk say, is ArchDSLError
@@ -367,6 +390,7 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
     fam = family(mt)
     config = dict(fam.hf_config(spec))
     config["model_type"] = mt
+    warn_copies(spec, mt, fam)
     config["dtype"] = str(model.dtype).replace("torch.", "")
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     hf_state = {k: v.contiguous() for k, v in fam.to_hf(state, spec, config).items()}

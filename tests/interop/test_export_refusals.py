@@ -134,3 +134,40 @@ def test_llama_and_bamba_refusals_name_what_fails(family, layout, message, tmp_p
     model = archdsl.compile(spec_from_yaml(H + f"layout: {layout}\n" + ATTN + M2))
     with pytest.raises(ArchDSLError, match=f"model_type '{family}': not a .* model: {message}"):
         export_hf(model, tmp_path / "x", model_type=family)
+
+
+def test_export_of_shared_blocks_warns_that_each_layer_gets_a_copy(tmp_path, capsys):
+    """A block shared between layers (attn(shared)) was exported as a copy per layer without a word: the export
+    computes the same (checked against transformers), but a model trained from it in transformers unties them.
+    Now an ArchDSLWarning names the layers, the group and the copies, in Python and on the CLI; Zamba2's own shared
+    blocks, tied in its checkpoint, are no copies and warn of nothing."""
+    import os
+    import warnings
+
+    import torch
+
+    import archdsl
+    from archdsl.cli import main
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.errors import ArchDSLWarning
+    from archdsl.spec import spec_from_yaml
+    from interop.common import hf_logits, rel, transformers
+
+    model = archdsl.compile(spec_from_yaml(H + "layout: attn(shared), attn, attn(shared)\n" + ATTN), seed=3)
+    with pytest.warns(ArchDSLWarning, match=r"export as llama: layers 0, 2 share one attn \(group 'attn'\); a llama "
+                                            r"checkpoint has its own block in every layer, .* \(1 extra\)"):
+        out = export_hf(model, tmp_path / "x")
+    back = transformers().AutoModelForCausalLM.from_pretrained(out).float().eval()
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert rel(hf_logits(back, ids), model(ids)) < 1e-5
+    model.save(tmp_path / "saved")
+    assert main(["export", str(tmp_path / "saved"), "--to", "hf", "-o", str(tmp_path / "y")]) == 0
+    assert "warning: export as llama: layers 0, 2 share one attn" in capsys.readouterr().err
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    zamba = archdsl.compile(archdsl.spec.with_sizes(archdsl.load_spec(os.path.join(root, "specs", "demo-zamba.yaml")),
+                                                    d_model=64, vocab_size=64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export_hf(zamba, tmp_path / "z")

@@ -4,6 +4,7 @@ Each family module defines
 
     MODEL_TYPES = ("mamba", ...)                          # HF config.json model_type values it handles
     KINDS = frozenset({"mamba"})                          # the block kinds its layers hold
+    SHARES = frozenset({"zamba"})                         # optional: the blocks it shares between layers itself
     to_archdsl(hf_state, spec, model) -> dict[str, Tensor]  # HF tensor names → model.state_dict() names
     to_hf(state, spec, hf_config) -> dict[str, Tensor]      # the inverse
     hf_config(spec) -> dict                                 # config.json for export

@@ -32,6 +32,7 @@ from .jamba import Source
 
 MODEL_TYPES = ("zamba2",)
 KINDS = frozenset({"mamba2", "zamba"})  # the blocks its layers hold
+SHARES = frozenset({"zamba"})  # the blocks it shares between layers itself (tied in its checkpoint)
 HEAD = ("lm_head.weight", "model.embed_tokens.weight")
 IGNORED = (r"rotary_emb\.inv_freq$",)  # RoPE's inv_freq (use_mem_rope), a buffer transformers ignores
 ARCHITECTURE = "Zamba2ForCausalLM"
