@@ -1231,3 +1231,26 @@ def test_training_forwards_each_micro_batch_with_its_documents(tmp_path):
         want = F.cross_entropy(model(x, seq_idx=seq).reshape(-1, V), y.reshape(-1), reduction="sum").item()
         plain = F.cross_entropy(model(x).reshape(-1, V), y.reshape(-1), reduction="sum").item()
     assert ce == pytest.approx(want, rel=1e-5) and abs(want - plain) > 1e-3 * abs(plain), (ce, want, plain)
+
+
+def test_export_checkpoint_keeps_the_dtype_of_the_saved_model_the_run_started_from(tmp_path, capsys):
+    """A bfloat16 model fine-tuned (fp32 master weights) was exported as float32 by default, twice the bytes of the
+    checkpoint it started from: the default is now the dtype the start was saved in (run.json's start_dtype); a run
+    from random weights exports float32, and --dtype still decides."""
+    from archdsl.model import saved_dtype
+
+    start = tmp_path / "start"
+    spec = archdsl.spec.with_settings(archdsl.load_spec(TINY["spec"]), list(SMALL))
+    archdsl.compile(spec, dtype="bfloat16").save(start)
+    for name, source in (("tuned", str(start)), ("fresh", TINY["spec"])):
+        extra = [] if name == "tuned" else list(SET_SMALL)
+        assert main(["train", source, *extra, "--data", TINY["data"], "--steps", "2", "--batch", "2",
+                     "--save-every", "2", "--no-progress", "--threads", "1", "-o", str(tmp_path / name)]) == 0
+    assert json.loads((tmp_path / "tuned" / "run.json").read_text())["start_dtype"] == "bfloat16"
+    capsys.readouterr()
+    cases = (("tuned", [], "bfloat16"), ("fresh", [], "float32"), ("tuned", ["--dtype", "fp32"], "float32"))
+    for run, flags, want in cases:
+        out = tmp_path / f"out-{run}-{len(flags)}"
+        assert main(["export-checkpoint", str(tmp_path / run), "-o", str(out), *flags]) == 0
+        assert saved_dtype(out) == want and archdsl.load(out).dtype == getattr(torch, want)
+        assert capsys.readouterr().out.rstrip().endswith(f", {want}")

@@ -104,14 +104,16 @@ def cmd_export_checkpoint(args):
     from ..train import export_checkpoint
 
     skipped: list[str] = []
-    model_dtype(args.dtype)  # named as the option's, before the checkpoint is read
+    if args.dtype is not None:
+        model_dtype(args.dtype)  # named as the option's, before the checkpoint is read
     check_control(args.output, "-o")  # as -o, not as export_checkpoint's out
     check_apart(args.output, args.rundir, "RUNDIR", "export-checkpoint")
     model, step = export_checkpoint(args.rundir, args.output, step=args.step, dtype=args.dtype, skipped=skipped)
     if skipped:
         print(f"warning: skipped {plural(len(skipped), 'damaged checkpoint')} (" + "; ".join(skipped)
               + f"); exported step {step}", file=sys.stderr)
-    print(f"wrote {args.output}: {model.spec.name} at step {step}, {plural(model.num_params(), 'parameter')}")
+    print(f"wrote {args.output}: {model.spec.name} at step {step}, {plural(model.num_params(), 'parameter')}, "
+          f"{str(model.dtype).replace('torch.', '')}")
 
 
 def _add_export_checkpoint(p):
@@ -120,8 +122,9 @@ def _add_export_checkpoint(p):
                    help="directory to write: spec.yaml + model.safetensors (replaced atomically)")
     p.add_argument("--step", type=int, default=None, metavar="K",
                    help="the checkpoint at this step (default: the newest that loads)")
-    p.add_argument("--dtype", default="float32", help="dtype of the saved weights: float32 (default), bfloat16, "
-                                                      "float16 or float64")
+    p.add_argument("--dtype", default=None, help="dtype of the saved weights: float32, bfloat16, float16 or float64 "
+                                                 "(default: that of the saved model the run started from, else "
+                                                 "float32)")
 
 
 ARGS.update({"explore": _add_explore, "train": _add_train, "export-checkpoint": _add_export_checkpoint})

@@ -160,9 +160,9 @@ def load(path, device="cpu", dtype=None, cuda_graph: bool = False, **kwargs) -> 
 
     check_safetensors(weights)  # a damaged file is ArchDSLError, not safetensors' own
     with safe_open(weights, framework="pt") as f:
-        saved_dtype = (f.metadata() or {}).get("dtype", "float32")
         tensors = {n: f.get_tensor(n) for n in f.keys()}
-    model = compile(os.path.join(path, "spec.yaml"), device="cpu", dtype=resolve_dtype(dtype or saved_dtype), **kwargs)
+    model = compile(os.path.join(path, "spec.yaml"), device="cpu", dtype=resolve_dtype(dtype or saved_dtype(path)),
+                    **kwargs)
     load_weights(model, tensors, source=weights)
     dev = check_device(device, model.dtype)
     if cuda_graph and dev.type != "cuda":  # checked here: compile builds on the CPU, where it would always refuse
@@ -171,6 +171,14 @@ def load(path, device="cpu", dtype=None, cuda_graph: bool = False, **kwargs) -> 
         model = model.to(dev)
     model.cuda_graph = bool(cuda_graph)
     return model
+
+
+def saved_dtype(path) -> str:
+    """The dtype a saved model's weights were written in ("bfloat16", ...), as its model.safetensors records it."""
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(os.fspath(path), "model.safetensors"), framework="pt") as f:
+        return (f.metadata() or {}).get("dtype", "float32")
 
 
 def load_weights(model: ArchModel, tensors: dict, source: str = "checkpoint") -> None:

@@ -328,14 +328,16 @@ def load_checkpoint(path: str, model, opt, gen: torch.Generator) -> int:
     return int(state["extra"]["step"])
 
 
-def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str = "float32",
+def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str | None = None,
                       skipped: list[str] | None = None):
     """A run's checkpoint (newest, or at `step`) → an ordinary archdsl save in `out`; returns (model, step).
 
     Without `step`, a damaged checkpoint (files cut short or missing, or a load that fails) is passed over for the
     newest earlier one that loads, as `train --resume` does; each one passed over is added to `skipped` ('FILE:
     what'). With `step`, that checkpoint or an ArchDSLError. `dtype` of the saved weights: float32, bfloat16, float16,
-    float64 (or an alias: bf16, fp16, ...; or a torch.dtype). `out` is written as `ArchModel.save` writes (whole or
+    float64 (or an alias: bf16, fp16, ...; or a torch.dtype); None (the default): the dtype of the saved model the
+    run started from (a bfloat16 checkpoint fine-tuned stays bfloat16), else float32 (the run's master weights').
+    `out` is written as `ArchModel.save` writes (whole or
     not at all); a directory holding anything else is refused."""
     import numbers
 
@@ -355,7 +357,8 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
                            f"({type(step).__name__})")
     step = None if step is None else int(step)
     try:  # an unknown dtype told before the checkpoint is read
-        resolve_dtype(dtype)
+        if dtype is not None:
+            resolve_dtype(dtype)
     except ArchDSLError as e:
         raise ArchDSLError(f"export_checkpoint: dtype: {e.message}", hint=e.hint) from None
     if skipped is not None and not isinstance(skipped, list):
@@ -384,10 +387,9 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
                 raise
             damaged.append(e.message)
             s, path, meta = resume_point(rundir, damaged, older_than=s, doing="export", prefix="model.")
-    if dtype != "float32":
-        from ..model import resolve_dtype
-
-        model = model.to(resolve_dtype(dtype))
+    dtype = resolve_dtype(dtype if dtype is not None else run.get("start_dtype") or "float32")
+    if dtype != model.dtype:
+        model = model.to(dtype)
     model.save(out)
     return model, s
 

@@ -147,6 +147,9 @@ def _run_damage(run) -> str | None:
     n = run.get("data_tokens")
     if n is not None and not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
         return f'"data_tokens" must be a non-negative int or null, got {shown(n)} ({json_kind(n)})'
+    start = run.get("start_dtype")
+    if start is not None and start not in ("float32", "bfloat16", "float16", "float64"):
+        return f'"start_dtype" must be float32, bfloat16, float16, float64 or null, got {shown(start)}'
     config = run.get("config", {})
     if not isinstance(config, dict):
         return f'"config" must be an object, got {shown(config)} ({json_kind(config)})'
