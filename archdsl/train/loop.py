@@ -296,6 +296,7 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from, warm: int) -> dict:
                 {"spec_yaml": spec_yaml, "spec_sha256": meta["spec_sha256"], "spec_name": spec.name,
                  "data": data.describe(),
                  "data_tokens": len(data.tokens) if getattr(data, "tokens", None) is not None else None,
+                 "data_digest": data.digest() if getattr(data, "tokens", None) is not None else None,
                  "start_dtype": saved_dtype(cfg.spec) if _saved(cfg.spec) else None,  # export-checkpoint's default
                  "config": config, "world_size": dist.world}, indent=2))
         remove_partial(cfg.rundir)

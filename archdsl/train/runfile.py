@@ -2,7 +2,8 @@
 `--resume` (whose settings must resolve as the run's did: check_settings) and `export_checkpoint` (the spec).
 
     {"spec_yaml": ..., "spec_sha256": ..., "spec_name": ..., "data": ..., "data_tokens": ... (a token file's count,
-     else null), "config": TrainConfig.to_dict(), "world_size": ...}
+     else null), "data_digest": ... (TokenFile.digest, else null), "start_dtype": ... (the dtype of the saved model
+     the run started from, else null), "config": TrainConfig.to_dict(), "world_size": ...}
 
 Read, its shape is checked (read_run): JSON of the wrong shape is an ArchDSLError naming the file, not a
 TypeError in a reader.
@@ -89,6 +90,13 @@ def check_settings(rundir: str, settings: dict, vocab_size: int | None = None, d
                            f"bytes), the run's held {was:,} ({was * width:,} bytes); the resumed run would draw its "
                            f"windows from other tokens",
                            hint="restore the token file the run was started with, or start a new RUNDIR")
+    digest = run.get("data_digest")
+    if digest is not None and getattr(data, "tokens", None) is not None and data.digest() != digest:
+        raise ArchDSLError(f"{rundir}: --resume with a token file that changed since the run started: --data "
+                           f"{data.path} holds as many tokens as the run's ({len(data.tokens):,}), but other ones "
+                           f"(run.json's data_digest, a sha256 of 64 runs of 4,096 tokens, differs); the resumed run "
+                           f"would draw its windows from other tokens",
+                           hint="restore the token file the run was started with, or start a new RUNDIR")
     if warm is not None and warm > new["steps"]:  # as a new run's --warmup longer than --steps is refused
         raise ArchDSLError(f"{rundir}: --steps {new['steps']} ends inside the run's warmup of {plural(warm, 'step')} "
                            f"(--warmup {told(old['warmup'])} of its first --steps {old['steps']}), before the "
@@ -147,6 +155,9 @@ def _run_damage(run) -> str | None:
     n = run.get("data_tokens")
     if n is not None and not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
         return f'"data_tokens" must be a non-negative int or null, got {shown(n)} ({json_kind(n)})'
+    digest = run.get("data_digest")
+    if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        return f'"data_digest" must be a sha256 in hex (64 digits) or null, got {shown(digest)}'
     start = run.get("start_dtype")
     if start is not None and start not in ("float32", "bfloat16", "float16", "float64"):
         return f'"start_dtype" must be float32, bfloat16, float16, float64 or null, got {shown(start)}'
