@@ -113,24 +113,26 @@ def check_control(path, flag: str) -> None:
         raise ArchDSLError(f"{flag}: the path {path!r} holds the control character {bad!r}; give one without")
 
 
-def check_output_dir(path: str, names: frozenset[str], flag: str = "-o") -> None:
-    """Before any work: ArchDSLError unless atomic_dir(path, names) may write there (see check_output)."""
+def check_output_dir(path: str, names: frozenset[str], flag: str = "-o",
+                     optional: frozenset[str] = frozenset()) -> None:
+    """Before any work: ArchDSLError unless atomic_dir(path, names, optional) may write there (see check_output)."""
     check_output(path, flag, directory=True)
-    _check_replaceable(os.path.abspath(path), names)
+    _check_replaceable(os.path.abspath(path), names, optional)
 
 
 @contextmanager
-def atomic_dir(path: str, names: frozenset[str]) -> Iterator[str]:
-    """Yield a fresh temporary directory beside `path` to fill with files of the given `names`; when the block
-    ends without an error it takes the place of `path`, else it is removed and `path` stays as it was. An
-    existing `path` is replaced (moved aside, then removed) only when it is an empty directory or one holding
-    all of `names` as plain files and nothing else (an earlier save); anything else there (another file, a
+def atomic_dir(path: str, names: frozenset[str], optional: frozenset[str] = frozenset()) -> Iterator[str]:
+    """Yield a fresh temporary directory beside `path` to fill with files of the given `names` (and any of
+    `optional`); when the block ends without an error it takes the place of `path`, else it is removed and `path`
+    stays as it was. An existing `path` is replaced (moved aside, then removed) only when it is an empty directory
+    or one holding all of `names` as plain files, any of `optional`, and nothing else (an earlier save); anything
+    else there (another file, a
     subdirectory, some of `names` without the rest, the current directory or one above it) is ArchDSLError
     before anything is written. Temporaries of `path` that a killed writer left are removed first
     (see the module's docstring). A path holding a control character is ArchDSLError (see check_control)."""
     check_control(os.fspath(path), "atomic_dir: path")
     path = os.path.abspath(os.fspath(path))
-    _check_replaceable(path, names)
+    _check_replaceable(path, names, optional)
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -142,13 +144,13 @@ def atomic_dir(path: str, names: frozenset[str]) -> Iterator[str]:
     try:
         yield tmp
         written = os.listdir(tmp)
-        assert set(written) <= names, f"atomic_dir: wrote {written}, declared {sorted(names)}"
+        assert set(written) <= names | optional, f"atomic_dir: wrote {written}, declared {sorted(names | optional)}"
         mask = _umask()
         for name in written:
             os.chmod(os.path.join(tmp, name), 0o666 & ~mask)
         os.chmod(tmp, 0o777 & ~mask)
         if os.path.exists(path):
-            _check_replaceable(path, names)  # again: it may have changed while we wrote
+            _check_replaceable(path, names, optional)  # again: it may have changed while we wrote
             old = tempfile.mkdtemp(dir=parent, prefix=f".{_tag(path)}.old-")
             os.rmdir(old)
             os.rename(path, old)
@@ -254,10 +256,10 @@ def remove_stale_temporaries(path: str, fresh: bool = True) -> list[str]:
     return removed
 
 
-def _check_replaceable(path: str, names: frozenset[str]) -> None:
+def _check_replaceable(path: str, names: frozenset[str], optional: frozenset[str] = frozenset()) -> None:
     """ArchDSLError unless `path` is absent, an empty directory, or a directory holding every one of `names` as a
-    plain file and nothing else: an earlier save. Some of them alone (a spec.yaml, a config.json) are a user's
-    own files, not a save to replace."""
+    plain file, any of `optional`, and nothing else: an earlier save. Some of them alone (a spec.yaml, a
+    config.json, a tokenizer.json) are a user's own files, not a save to replace."""
     cwd = os.path.abspath(os.getcwd())
     if cwd == path or cwd.startswith(path.rstrip(os.sep) + os.sep):
         raise ArchDSLError(f"will not replace {path}: it is the current directory or holds it")
@@ -268,13 +270,13 @@ def _check_replaceable(path: str, names: frozenset[str]) -> None:
     if not os.access(path, os.W_OK | os.X_OK):  # a copy moved aside could not be emptied; root may
         raise ArchDSLError(f"will not replace {path}: it is read-only", hint="make it writable or pick another output")
     held = set(os.listdir(path))
-    foreign = sorted(e for e in held if e not in names or os.path.islink(os.path.join(path, e))
+    foreign = sorted(e for e in held if e not in names | optional or os.path.islink(os.path.join(path, e))
                      or not os.path.isfile(os.path.join(path, e)))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise ArchDSLError(f"will not replace {path}: it holds what archdsl does not write there ({shown});"
                            " pick another output or remove it")
-    if held and held != names:
+    if held and not names <= held:
         raise ArchDSLError(f"will not replace {path}: it holds {', '.join(sorted(held))} but not "
                            f"{', '.join(sorted(names - held))}: not the whole of an earlier output of archdsl's; "
                            f"pick another output or remove it")

@@ -228,3 +228,28 @@ def test_a_directory_holding_part_of_a_save_is_not_replaced(tmp_path):
     save(tmp_path / "empty")  # now a whole earlier save: replaced
     assert sorted(os.listdir(tmp_path / "empty")) == sorted(names)
     assert sorted(os.listdir(tmp_path)) == ["empty", "mine"]
+
+
+def test_optional_files_are_replaced_with_an_earlier_save_but_are_no_save_alone(tmp_path):
+    """A save with its tokenizer (optional names) is an earlier save to replace; the optional files alone (a
+    tokenizer.json of the user's) are not, nor is anything else beside them."""
+    names, optional = frozenset({"spec.yaml", "model.safetensors"}), frozenset({"tokenizer.json"})
+    out = tmp_path / "m"
+    out.mkdir()
+    for name in ("spec.yaml", "model.safetensors", "tokenizer.json"):
+        (out / name).write_text("old")
+    with atomic_dir(str(out), names, optional) as tmp:
+        for name in names:
+            open(os.path.join(tmp, name), "w").close()
+    assert sorted(os.listdir(out)) == ["model.safetensors", "spec.yaml"]
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "tokenizer.json").write_text("mine")
+    with pytest.raises(ArchDSLError, match="not the whole of an earlier output"):
+        with atomic_dir(str(own), names, optional):
+            pass
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ArchDSLError, match=r"holds what archdsl does not write there \(notes.txt\)"):
+        with atomic_dir(str(out), names, optional):
+            pass
+    assert (own / "tokenizer.json").read_text() == "mine" and (out / "notes.txt").exists()

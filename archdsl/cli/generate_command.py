@@ -77,7 +77,7 @@ def cmd_generate(args):
     if args.json:
         print(json.dumps({"model": model.spec.name, "prompt": args.prompt, "prompt_ids": ids, "new_ids": new,
                           "continuation": tokenizer.decode(new), "text": tokenizer.decode(ids + new),
-                          "stopped_at_eos": stopped, "undecoded_ids": undecoded}, indent=2))
+                          "eos": eos, "stopped_at_eos": stopped, "undecoded_ids": undecoded}, indent=2))
         return
     print(tokenizer.decode(ids + new))
     if undecoded:

@@ -247,10 +247,12 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
     device: where the model goes; dtype: the model's dtype (default: config.json's dtype, else the checkpoint's
     most common floating dtype). The stages: config → spec; read the safetensors; drop the tensors transformers
     ignores; read the head's tie as transformers does; build the model without initialising it; map the names
-    (the family's to_archdsl, which checks them and the shapes); load."""
+    (the family's to_archdsl, which checks them and the shapes); load; keep its tokenizer and generation files
+    (model.companions)."""
     import torch
     from . import hf
     from ..model import check_device, load_weights, resolve_dtype
+    from ..model.model import read_companions
 
     path = check_path("from_hf", path, "directory's path")
     if not check_flag("from_hf", "weights", weights):
@@ -280,6 +282,7 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
             raise
         raise ArchDSLError(e.message, file=path, hint=e.hint) from None
     load_weights(model, state, source=path)
+    model.companions = read_companions(path)  # its tokenizer and generation files, carried into saves and exports
     dev = check_device(device, dtype)
     return spec, (model.to(dev) if dev.type != "cpu" else model)
 
@@ -370,14 +373,15 @@ def warn_copies(spec, model_type: str, fam) -> None:
 
 
 def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
-    """Write config.json + model.safetensors for transformers into out_dir (atomically; an existing out_dir is
-    replaced only if it holds these two alone, an earlier export; a failed write, a full disk say, is ArchDSLError
+    """Write config.json + model.safetensors for transformers into out_dir, with the tokenizer and generation files
+    the model carries (model.companions: those of the HF directory it was imported from, kept through saves),
+    atomically; an existing out_dir is replaced only if it holds an earlier export alone; a failed write, a full disk say, is ArchDSLError
     `cannot write OUT_DIR: reason`); → out_dir as an absolute path. model_or_dir: an ArchModel with
     weights, or a saved model's directory; model_type: the HF family (default: the first that accepts the spec)."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
     from ..model import ArchModel, load
-    from ..model.model import check_has_weights, check_spec_layout
+    from ..model.model import COMPANIONS, check_has_weights, check_spec_layout, write_companions
 
     out_dir = check_path("export", out_dir, "directory's path")
     check_control(out_dir, "export: out_dir")  # before the model is loaded
@@ -402,10 +406,11 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
         seen[key] = k
     written = os.path.abspath(out_dir)
     try:
-        with atomic_dir(out_dir, frozenset({"config.json", "model.safetensors"})) as tmp:  # as given, as checked
+        with atomic_dir(out_dir, frozenset({"config.json", "model.safetensors"}), COMPANIONS) as tmp:  # as given
             with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
                 json.dump(config, f, indent=2)
                 f.write("\n")
+            write_companions(model.companions, tmp)
             save_file(hf_state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
     except (OSError, SafetensorError) as e:  # a full disk, a file too large; atomic_dir removed the temporary
         raise cannot_write(out_dir, e) from None

@@ -18,7 +18,7 @@ from ..analysis import ALIASES, MODEL_DTYPES
 from ..errors import ArchDSLError, ArchDSLWarning, check_flag
 from .decoding import check_seed
 from .fusions import FUSIONS, Fuse, resolve_fuse
-from .model import ArchModel, Cache, resolve_ssm_dtype
+from .model import ArchModel, Cache, read_companions, resolve_ssm_dtype
 
 __all__ = ["compile", "load", "ArchModel", "Cache", "FUSIONS", "resolve_dtype", "check_device", "check_kernels_env"]
 
@@ -144,7 +144,7 @@ def _float32_default():
 
 def load(path, device="cpu", dtype=None, cuda_graph: bool = False, **kwargs) -> ArchModel:
     """A model saved with ArchModel.save(path) (a str or os.PathLike): its spec, weights and (unless given)
-    dtype, in eval mode. The other arguments are compile's (fuse, ssm_state_dtype; a seed is overwritten by the
+    dtype, in eval mode, with the tokenizer and generation files saved beside them (model.companions). The other arguments are compile's (fuse, ssm_state_dtype; a seed is overwritten by the
     weights); the model is built on the CPU, then moved to `device`."""
     from safetensors import safe_open
 
@@ -164,6 +164,7 @@ def load(path, device="cpu", dtype=None, cuda_graph: bool = False, **kwargs) -> 
     model = compile(os.path.join(path, "spec.yaml"), device="cpu", dtype=resolve_dtype(dtype or saved_dtype(path)),
                     **kwargs)
     load_weights(model, tensors, source=weights)
+    model.companions = read_companions(path)
     dev = check_device(device, model.dtype)
     if cuda_graph and dev.type != "cuda":  # checked here: compile builds on the CPU, where it would always refuse
         raise ArchDSLError(f"cuda_graph=True needs a CUDA device, got {dev}")

@@ -27,6 +27,32 @@ from .decoding import GraphedStep
 from .packed import Packed, refusal, unpacked_blocks
 
 SAVE_FILES = frozenset({"spec.yaml", "model.safetensors"})  # what save() writes, all of it
+# a Hugging Face model's own files besides its config and weights: its tokenizer and generation settings. A model
+# read from an HF directory or a save carries them (ArchModel.companions) into its saves and exports, as they were
+COMPANIONS = frozenset({"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                        "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja",
+                        "generation_config.json"})
+
+
+def read_companions(directory) -> dict[str, bytes]:
+    """The COMPANIONS files in `directory` (plain files; a link is followed), name → their bytes."""
+    out = {}
+    for name in sorted(COMPANIONS):
+        path = os.path.join(os.fspath(directory), name)
+        if os.path.isfile(path):
+            try:
+                with open(path, "rb") as f:
+                    out[name] = f.read()
+            except OSError as e:
+                raise ArchDSLError(f"cannot read {path}: {e.strerror or e}") from None
+    return out
+
+
+def write_companions(companions: dict[str, bytes], directory: str) -> None:
+    """Write `companions` (name → bytes, names of COMPANIONS) into `directory`."""
+    for name, data in companions.items():
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(data)
 
 
 class Cache:
@@ -99,6 +125,7 @@ class ArchModel(nn.Module):
         from .modules import MODULES
 
         self.spec = spec
+        self.companions: dict[str, bytes] = {}  # COMPANIONS files read with the weights, written with them
         d = spec.d_model
         # its own init is skipped (_weight): the one below replaces it, and on the meta device torch's
         # normal_ imports torch._dynamo (1.5 s, most of a meta build of jamba-v0.1)
@@ -435,10 +462,12 @@ class ArchModel(nn.Module):
 
     # --- saving ----------------------------------------------------------------------------
     def save(self, path) -> None:
-        """Write spec.yaml + model.safetensors into the directory `path` (a str or os.PathLike; made if need be):
-        first into a temporary directory beside it, then renamed into place, so a failed save never replaces a good
-        one. A directory there holding anything but an earlier save's files is refused (ArchDSLError); a write that
-        fails (a full disk, a file too large) is ArchDSLError `cannot write PATH: reason`, nothing left behind."""
+        """Write spec.yaml + model.safetensors into the directory `path` (a str or os.PathLike; made if need be),
+        and the Hugging Face tokenizer and generation files the model carries (self.companions: read by load or
+        from_hf): first into a temporary directory beside it, then renamed into place, so a failed save never
+        replaces a good one. A directory there holding anything but an earlier save's files is refused
+        (ArchDSLError); a write that fails (a full disk, a file too large) is ArchDSLError `cannot write PATH:
+        reason`, nothing left behind."""
         from safetensors import SafetensorError
         from safetensors.torch import save_file
 
@@ -447,9 +476,10 @@ class ArchModel(nn.Module):
         check_spec_layout(self, "save")
         check_has_weights(self, "save")
         try:
-            with atomic_dir(path, SAVE_FILES) as tmp:
+            with atomic_dir(path, SAVE_FILES, COMPANIONS) as tmp:
                 with open(os.path.join(tmp, "spec.yaml"), "w", encoding="utf-8") as f:
                     f.write(self.spec.to_yaml())
+                write_companions(self.companions, tmp)
                 save_file(self._tensors_to_save(), os.path.join(tmp, "model.safetensors"),
                           metadata={"format": "pt", "dtype": str(self.dtype).replace("torch.", "")})
         except (OSError, SafetensorError) as e:  # atomic_dir removed the temporary directory

@@ -32,6 +32,7 @@ except ImportError:  # pragma: no cover - older torch
     CheckpointException = RuntimeError
 
 CKPT_DIR = "checkpoints"
+HF_DIR = "hf"  # the tokenizer and generation files of the saved model a run started from (COMPANIONS)
 STEP_RE = re.compile(r"^step_([0-9]{8})$")
 
 
@@ -337,6 +338,7 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
     what'). With `step`, that checkpoint or an ArchDSLError. `dtype` of the saved weights: float32, bfloat16, float16,
     float64 (or an alias: bf16, fp16, ...; or a torch.dtype); None (the default): the dtype of the saved model the
     run started from (a bfloat16 checkpoint fine-tuned stays bfloat16), else float32 (the run's master weights').
+    The tokenizer and generation files of the saved model the run started from (RUNDIR/hf) go with the weights.
     `out` is written as `ArchModel.save` writes (whole or
     not at all); a directory holding anything else is refused."""
     import numbers
@@ -345,7 +347,7 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
     from ..errors import check_path
     from ..model import compile as build
     from ..model import resolve_dtype
-    from ..model.model import SAVE_FILES
+    from ..model.model import COMPANIONS, SAVE_FILES, read_companions
     from ..spec import spec_from_yaml
 
     rundir = check_path("export_checkpoint: rundir", rundir, "run directory")
@@ -364,7 +366,8 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
     if skipped is not None and not isinstance(skipped, list):
         raise ArchDSLError(f"export_checkpoint: skipped must be a list (the damaged checkpoints passed over are "
                            f"added to it) or None, got {type(skipped).__name__}")
-    check_output_dir(out, SAVE_FILES)  # before anything is read: where the save goes is the user's to fix first
+    # before anything is read: where the save goes is the user's to fix first
+    check_output_dir(out, SAVE_FILES, optional=COMPANIONS)
     run = read_run(rundir)
     damaged = [] if skipped is None else skipped
     if step is None:
@@ -390,6 +393,7 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
     dtype = resolve_dtype(dtype if dtype is not None else run.get("start_dtype") or "float32")
     if dtype != model.dtype:
         model = model.to(dtype)
+    model.companions = read_companions(os.path.join(rundir, HF_DIR))
     model.save(out)
     return model, s
 

@@ -28,12 +28,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..atomic import check_output, write_atomic
+from ..atomic import atomic_dir, check_output, write_atomic
 from ..errors import ArchDSLError
 from ..model import saved_dtype
+from ..model.model import COMPANIONS, read_companions, write_companions
 from ..model.modules.moe import balance_experts
 from ..model.packed import refusal, unpacked_blocks
-from .checkpoint import (CKPT_DIR, check_spec, checkpoints, load_checkpoint, remove_partial, resume_point,
+from .checkpoint import (CKPT_DIR, HF_DIR, check_spec, checkpoints, load_checkpoint, remove_partial, resume_point,
                          save_checkpoint, spec_sha)
 from .config import TrainConfig
 from .data import IGNORE, data_key, parse_data
@@ -299,6 +300,10 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from, warm: int) -> dict:
                  "data_digest": data.digest() if getattr(data, "tokens", None) is not None else None,
                  "start_dtype": saved_dtype(cfg.spec) if _saved(cfg.spec) else None,  # export-checkpoint's default
                  "config": config, "world_size": dist.world}, indent=2))
+            start_files = read_companions(cfg.spec) if _saved(cfg.spec) else {}
+            if start_files:  # the start's tokenizer and generation files, for export-checkpoint to carry on
+                with atomic_dir(os.path.join(cfg.rundir, HF_DIR), frozenset(), COMPANIONS) as tmp:
+                    write_companions(start_files, tmp)
         remove_partial(cfg.rundir)
         metrics = open_metrics(cfg.rundir, start)
     per_rank = cfg.batch // dist.world

@@ -1,4 +1,5 @@
-"""RUNDIR as a run lays it out: run.json (archdsl/train/runfile.py), metrics.jsonl, checkpoints/. Checked before a
+"""RUNDIR as a run lays it out: run.json (archdsl/train/runfile.py), metrics.jsonl, checkpoints/, and hf/ (the
+tokenizer and generation files of the saved model the run started from, where it has them). Checked before a
 run writes there (check_rundir), the metrics appended a whole line at a time (MetricsLog), and what a run that failed
 before its first step made, removed (remove_unstarted)."""
 from __future__ import annotations
@@ -6,10 +7,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 
 from ..atomic import write_atomic
 from ..errors import ArchDSLError, finite
-from .checkpoint import CKPT_DIR, retry_hint
+from .checkpoint import CKPT_DIR, HF_DIR, retry_hint
 
 
 def check_rundir(rundir: str) -> None:
@@ -28,7 +30,7 @@ def check_rundir(rundir: str) -> None:
         raise ArchDSLError(f"-o {rundir}: holds a saved model ({', '.join(model)}); a run writes run.json, "
                            f"metrics.jsonl and checkpoints/ into a directory of its own",
                            hint="give another -o RUNDIR (the model to train from is SPEC)")
-    for name, want_dir in ((CKPT_DIR, True), ("run.json", False), ("metrics.jsonl", False)):
+    for name, want_dir in ((CKPT_DIR, True), (HF_DIR, True), ("run.json", False), ("metrics.jsonl", False)):
         path = os.path.join(rundir, name)
         if os.path.exists(path) and os.path.isdir(path) != want_dir:
             kind = "a directory" if want_dir else "a file"
@@ -56,6 +58,7 @@ def remove_unstarted(rundir: str, made: str | None, had_ckpt: bool) -> None:
         for name in ("run.json", "metrics.jsonl"):
             if os.path.isfile(path := os.path.join(rundir, name)):
                 os.remove(path)
+        shutil.rmtree(os.path.join(rundir, HF_DIR), ignore_errors=True)
         if os.path.isdir(ckpt) and not had_ckpt:
             os.rmdir(ckpt)
         d = os.path.abspath(rundir)

@@ -143,12 +143,14 @@ def test_cli_nothing_half_written(good, tmp_path, capsys):
     assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".out")]
     assert NAME in capsys.readouterr().err
     assert main(["convert", "--from", "hf", str(good), "-o", str(out), "--weights"]) == 0
-    assert sorted(os.listdir(out)) == ["model.safetensors", "spec.yaml"]
+    # the HF save's generation_config.json travels with the model
+    assert sorted(os.listdir(out)) == ["generation_config.json", "model.safetensors", "spec.yaml"]
     hf_out = tmp_path / "hf_out"
     assert main(["export", str(out), "--to", "hf", "-o", str(hf_out)]) == 0
-    assert sorted(os.listdir(hf_out)) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(hf_out)) == ["config.json", "generation_config.json", "model.safetensors"]
     # a spec no HF family holds: refused, nothing written
     model = archdsl.compile(archdsl.parse("2×mamba, attn", d_model=16, vocab_size=50))
-    with pytest.raises(ArchDSLError, match="not one of the Hugging Face families"):
+    with pytest.raises(ArchDSLError, match="does not export to Hugging Face: its nearest family, jamba .*every "
+                                           "Jamba layer is a mamba or attn mixer followed by an mlp or moe FFN"):
         export_hf(model, tmp_path / "nothing")
     assert not (tmp_path / "nothing").exists()

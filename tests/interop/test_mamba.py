@@ -50,3 +50,42 @@ def test_conv_kernel_out_of_range_is_refused_by_its_config_key(config):
     key = next(k for k in config if k != "model_type")
     with pytest.raises(ArchDSLError, match=f"unsupported value {config[key]} of config field '{key}'"):
         hf_config_to_spec(config)
+
+
+def test_tokenizer_and_generation_config_survive_a_round_trip_through_training(tmp_path, capsys):
+    """HF → convert --weights → train → export-checkpoint → export --to hf dropped the tokenizer and
+    generation_config.json at the first step: the export could not be used as the model it came from (no
+    tokenizer; transformers' default generation settings, another eos). Now every step carries them, byte for
+    byte, and generate of the saved model reads both (the eos from its generation_config.json)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from interop.common import transformers
+
+    hf = make_hf("MambaConfig", "MambaForCausalLM", hidden_size=32, num_hidden_layers=2, vocab_size=64, state_size=8)
+    hf.generation_config.eos_token_id = 5
+    hf.save_pretrained(tmp_path / "hf")
+    words = ["[UNK]"] + "the cat sat on a mat".split()
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "hf" / "tokenizer.json"))
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
+                                                                       "unk_token": "[UNK]"}))
+    carried = {n: (tmp_path / "hf" / n).read_bytes()
+               for n in ("tokenizer.json", "tokenizer_config.json", "generation_config.json")}
+
+    def held(d):
+        return {n: (d / n).read_bytes() for n in carried if (d / n).exists()}
+
+    assert main(["convert", "--from", "hf", str(tmp_path / "hf"), "-o", str(tmp_path / "saved"), "--weights"]) == 0
+    assert held(tmp_path / "saved") == carried
+    assert main(["train", str(tmp_path / "saved"), "--data", "mqar:seq=16,pairs=2", "--steps", "2", "--batch", "2",
+                 "--save-every", "2", "--no-progress", "--threads", "1", "-o", str(tmp_path / "run")]) == 0
+    assert main(["export-checkpoint", str(tmp_path / "run"), "-o", str(tmp_path / "tuned")]) == 0
+    assert held(tmp_path / "tuned") == carried
+    assert main(["export", str(tmp_path / "tuned"), "--to", "hf", "-o", str(tmp_path / "back")]) == 0
+    assert held(tmp_path / "back") == carried
+    back = transformers().AutoTokenizer.from_pretrained(tmp_path / "back")
+    assert back("the cat sat")["input_ids"] == [1, 2, 3]
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "tuned"), "the cat sat", "--max-new-tokens", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["eos"] == [5]
+    assert main(["export", str(tmp_path / "tuned"), "--to", "hf", "-o", str(tmp_path / "back")]) == 0  # replaced
