@@ -10,6 +10,11 @@ import torch
 from ..errors import ArchDSLError, out_of_memory
 
 
+class CacheTooBig(ArchDSLError):
+    """A decode cache that does not fit in memory (ArchModel._new_cache): generate says which of its arguments
+    made it so."""
+
+
 def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attention_mask, top_p, eos_token_id,
              pad_token_id, repetition_penalty):
     """ArchModel.generate (its docstring says what each argument does): prefill, then sample step by step."""
@@ -38,9 +43,7 @@ def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attenti
         else:  # an eos may stop it any time: the KV buffers grow by doubling as the tokens come, up to the last
             cache = model._new_cache("generate", B, None, False)
             cache.bound(L + max_new_tokens)
-    except ArchDSLError as e:  # _new_cache's, or init_cache's under GraphedStep
-        if "does not fit in memory" not in e.message:
-            raise
+    except CacheTooBig as e:  # _new_cache's, or init_cache's under GraphedStep
         if not graphed:
             why = ("no eos_token_id stops it: ask for fewer new tokens, or give an eos_token_id, with which the cache "
                    "grows as the tokens come")

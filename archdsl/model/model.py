@@ -23,7 +23,7 @@ from ..graph import layers as graph_layers
 from ..units import human
 from .fusions import Fusable, Fuse, resolve_fuse
 from .layer import Layer, Norm
-from .decoding import GraphedStep
+from .decoding import CacheTooBig, GraphedStep
 from .packed import Packed, refusal, unpacked_blocks
 
 SAVE_FILES = frozenset({"spec.yaml", "model.safetensors"})  # what save() writes, all of it
@@ -241,7 +241,7 @@ class ArchModel(nn.Module):
             held = f"batch {batch:,}" + (f", {max_len:,} positions" if max_len is not None else "")
             asked = re.search(r"allocate (\d+) bytes", str(e))  # the CPU allocator's; CUDA's gives GiB itself
             asked = human(int(asked[1]), "B") if asked else re.search(r"allocate ([\d.]+ [KMGTP]?i?B)", str(e))
-            raise ArchDSLError(f"{where}: the decode cache ({held}) does not fit in memory on {self.device}"
+            raise CacheTooBig(f"{where}: the decode cache ({held}) does not fit in memory on {self.device}"
                                + (f" (one buffer alone asks for {asked if isinstance(asked, str) else asked[1]})"
                                   if asked else "")) from None
         return Cache(states, batch, static, max_len, made_for=self._cache_for())
