@@ -269,3 +269,28 @@ def test_gpu_padded_generate(layout):
         p = prompt(ids, lengths, b)
         torch.testing.assert_close(logits[b, L - n:], eager(p)[0], rtol=1e-4, atol=1e-4)
         assert torch.equal(a[b, L:], eager.generate(p, 12, temperature=0)[0, n:])
+
+
+@settings(max_examples=12, deadline=None)
+@given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=3), chunks=st.lists(st.integers(1, 5), min_size=1,
+       max_size=3), rope=st.booleans(), seed=st.integers(0, 2**16))
+def test_a_chunk_on_a_static_zamba_cache_equals_its_steps(lengths, chunks, rope, seed):
+    """A chunk of tokens after a static cache's first ones (a chunked prefill, a chat's next turn on the CUDA-graph
+    cache) went through the zamba block a token at a time; now it is one attention call over the buffer: the
+    same logits as the steps, and the same cache after (the steps that follow agree), left padding included,
+    float64."""
+    model = model_of(f"mamba2, mamba2, zamba(shared, rope={str(rope).lower()}) at 1", seed=seed % 7)
+    ids, mask = left_padded(lengths, seed=seed)
+    B, L = ids.shape
+    more = torch.randint(0, 37, (B, sum(chunks) + 1), generator=torch.Generator().manual_seed(seed + 1))
+    caches = [model.init_cache(B, max_len=L + sum(chunks) + 1, static=True) for _ in range(2)]
+    for cache in caches:
+        model(ids, cache, attention_mask=mask)
+    at = 0
+    for n in chunks:
+        got = model(more[:, at:at + n], caches[0])
+        want = torch.stack([model.step(more[:, t], caches[1]) for t in range(at, at + n)], dim=1)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+        at += n
+    torch.testing.assert_close(model.step(more[:, at], caches[0]), model.step(more[:, at], caches[1]),
+                               rtol=1e-10, atol=1e-10)

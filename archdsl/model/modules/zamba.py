@@ -133,8 +133,6 @@ class Zamba(nn.Module):
         """x [B, L, d], ctx emb [B, L, d] and use → [B, L, d]; with `state`, attends over its
         cache too and appends this chunk's keys and values."""
         emb, use = self._ctx(ctx)
-        if state is not None and state["static"] and state["n"] > 0 and x.shape[1] > 1:
-            return torch.stack([self.step(x[:, t], state, emb=emb[:, t], use=use) for t in range(x.shape[1])], dim=1)
         at = self.self_attn
         Bsz, L, _ = x.shape
         z = self.input_layernorm(torch.cat([x, emb.to(x.dtype)], dim=-1))
@@ -144,6 +142,8 @@ class Zamba(nn.Module):
         v = v.view(Bsz, L, at.kv_heads, at.head_dim).transpose(1, 2)
         if state is not None and state["static"] and L == 1:  # one decode token, fixed buffers
             return self._ffn(at.o_proj(self._static_step(q, k, v, state).reshape(Bsz, -1))[:, None], use)
+        if state is not None and state["static"] and state["n"] > 0:  # a chunk after the cache's tokens
+            return self._ffn(at.o_proj(self._static_chunk(q, k, v, state).transpose(1, 2).reshape(Bsz, L, -1)), use)
         n0 = state["n"] if state is not None else 0
         packed = ctx.get("packed")  # model/packed.py: attention within each sequence
         padded = state is not None and state["padded"]  # after a left-padded prefill: positions from the prompt
@@ -188,6 +188,27 @@ class Zamba(nn.Module):
         pos.add_(1)
         state["n"] += 1
         return sdpa(q, state["k"], state["v"], mask=valid, scale=(at.head_dim / 2) ** -0.5,
+                    gqa=at.heads != at.kv_heads)
+
+    def _static_chunk(self, q, k, v, state):
+        """q, k, v [B, heads|kv, L, hd] of L tokens after a static cache's first ones → [B, heads, L, hd], in one
+        attention call, as L steps give it: the chunk's keys written at their positions' slots, the query at
+        position p seeing the slots j <= p at or after its row's start (its pad count)."""
+        at = self.self_attn
+        L, cap, n = q.shape[2], state["k"].shape[2], state["n"]
+        if n + L > cap:
+            raise RuntimeError(f"zamba cache full: capacity {cap}, need {n + L}")
+        pos, start = state["pos"], state["start"]
+        at_q = pos + torch.arange(L, device=q.device)  # [L]
+        q, k = self._rope(q, k, at_q[None, :] - start[:, None])  # from each row's prompt (start 0 unpadded)
+        writable(state, self, q, "k", "v")
+        state["k"].index_copy_(2, at_q, k.to(state["k"].dtype))
+        state["v"].index_copy_(2, at_q, v.to(state["v"].dtype))
+        j = torch.arange(cap, device=q.device)
+        mask = (j[None, None, :] <= at_q[None, :, None]) & (j[None, None, :] >= start[:, None, None])  # [B, L, cap]
+        pos.add_(L)
+        state["n"] = n + L
+        return sdpa(q, state["k"], state["v"], mask=mask[:, None], scale=(at.head_dim / 2) ** -0.5,
                     gqa=at.heads != at.kv_heads)
 
     def _rope(self, q, k, pos):
