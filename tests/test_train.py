@@ -1184,7 +1184,7 @@ def test_resume_refuses_a_token_file_rewritten_with_as_many_tokens(tmp_path, cap
     a = np.fromfile(tokens, dtype=np.uint16)
     a[::-1].copy().tofile(tokens)
     err = refused(capsys, [*base, "--resume"], "a token file that changed since the run started",
-                  "holds as many tokens as the run's (512), but other ones (run.json's data_digest")
+                  "holds as many tokens as the run's (512), but other ones (their digest differs")
     assert "Traceback" not in err
     a.tofile(tokens)  # the file as it was: the run resumes
     assert main([*base, "--resume"]) == 0
@@ -1281,3 +1281,28 @@ def test_export_checkpoint_keeps_the_dtype_of_the_saved_model_the_run_started_fr
         assert main(["export-checkpoint", str(tmp_path / run), "-o", str(out), *flags]) == 0
         assert saved_dtype(out) == want and archdsl.load(out).dtype == getattr(torch, want)
         assert capsys.readouterr().out.rstrip().endswith(f", {want}")
+
+
+def test_a_new_run_refuses_an_hf_directory_it_did_not_write(tmp_path, capsys):
+    """RUNDIR/hf keeps the start model's tokenizer for export-checkpoint. A new run wrote into, or (failing) deleted,
+    an hf/ already there, and export-checkpoint then carried a stale tokenizer into another model: refused now,
+    the directory left as it was."""
+    run = tmp_path / "run"
+    (run / "hf").mkdir(parents=True)
+    (run / "hf" / "tokenizer.json").write_text("mine")
+    refused(capsys, [*TINY_ARGS, "--steps", "2", "-o", str(run)], "holds an earlier run (hf)")
+    assert (run / "hf" / "tokenizer.json").read_text() == "mine"
+
+
+def test_a_saved_dtype_alias_is_read_by_its_name(tmp_path):
+    """A save whose metadata says dtype "bf16" loads as bfloat16; saved_dtype gave "bf16", which run.json's check
+    then refused as damaged on every resume and export."""
+    from safetensors.torch import load_file, save_file
+
+    from archdsl.model import saved_dtype
+
+    archdsl.compile(archdsl.parse("mamba2(d_state=8, headdim=8)", d_model=32, vocab_size=64),
+                    dtype="bfloat16").save(tmp_path / "m")
+    weights = str(tmp_path / "m" / "model.safetensors")
+    save_file(load_file(weights), weights, metadata={"format": "pt", "dtype": "bf16"})
+    assert saved_dtype(tmp_path / "m") == "bfloat16"

@@ -20,14 +20,14 @@ def cmd_compile(args):
     a trained model's weights use `archdsl export-checkpoint RUNDIR --dtype ...` (a training run's checkpoint) or,
     for a saved model, archdsl.load(DIR, dtype=...).save(OUT) in Python."""
     from ..model import compile as build
-    from ..model.model import COMPANIONS, SAVE_FILES
+    from ..model.model import SAVE_FILES
 
     dtype = model_dtype(args.dtype)
     if device_arg(args.device).type == "meta":
         raise ArchDSLError(f"--device {args.device}: a compiled model is saved with its weights, and the meta "
                            f"device holds none (give cpu or cuda)")
     check_apart(args.output, args.spec, "SPEC", "compile")  # a saved model's weights lost to random ones
-    check_output_dir(args.output, SAVE_FILES, optional=COMPANIONS)  # before the model is built (minutes, if big)
+    check_output_dir(args.output, SAVE_FILES)  # before the model is built: a big one takes minutes
     spec = read_spec(args.spec, args.set)
     if _saved_dir(args.spec):  # the same name and parameter count as the trained model: told, lest it pass for it
         print(f"note: SPEC {args.spec} is a saved model: compile builds its spec with random weights from --seed "

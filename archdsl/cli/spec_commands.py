@@ -210,11 +210,14 @@ def cmd_convert(args):
         if args.output is None:
             raise ArchDSLError("--weights needs -o DIR: where to save the archdsl model")
         from ..convert.hf_io import from_hf
-        from ..model.model import COMPANIONS, SAVE_FILES
+        from ..model.model import SAVE_FILES, companion_names
 
         dtype = None if args.dtype is None else model_dtype(args.dtype)
         check_apart(args.output, args.input, "INPUT", "convert --weights")
-        check_output_dir(args.output, SAVE_FILES, optional=COMPANIONS)  # before the weights are read
+        # before the weights are read; the model carries the HF directory's tokenizer and generation files (a
+        # generation_config.json made of config.json's token ids where it has none)
+        check_output_dir(args.output, SAVE_FILES,
+                         optional=companion_names(args.input) | {"generation_config.json"})
         _, model = from_hf(args.input, weights=True, dtype=dtype, name=args.name)
         model.save(args.output)
         print(f"wrote {args.output} ({plural(model.num_params(), 'parameter')})", file=sys.stderr)
@@ -265,10 +268,11 @@ def cmd_export(args):
     """Write DIR's model (spec.yaml + model.safetensors) to -o OUT as a Hugging Face checkpoint that transformers
     loads with its own class (Mamba, FalconMamba, Mamba2, Bamba, NemotronH, Llama, ...)."""
     from ..convert.hf_io import export_hf
-    from ..model.model import COMPANIONS
+    from ..model.model import companion_names
 
     check_apart(args.output, args.input, "DIR", "export")
-    check_output_dir(args.output, HF_FILES, optional=COMPANIONS)  # before the model is loaded
+    # before the model is loaded, with the tokenizer and generation files it carries
+    check_output_dir(args.output, HF_FILES, optional=companion_names(args.input))
     if args.model_type is not None:
         from ..convert.weights import FAMILIES
         from ..errors import did_you_mean

@@ -283,6 +283,10 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
         raise ArchDSLError(e.message, file=path, hint=e.hint) from None
     load_weights(model, state, source=path)
     model.companions = read_companions(path)  # its tokenizer and generation files, carried into saves and exports
+    if "generation_config.json" not in model.companions:  # its token ids in config.json alone: as transformers
+        ids = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
+        if ids:  # makes a GenerationConfig of them (from_model_config), so that the eos is not lost on export
+            model.companions["generation_config.json"] = (json.dumps(ids, indent=2) + "\n").encode()
     dev = check_device(device, dtype)
     return spec, (model.to(dev) if dev.type != "cpu" else model)
 
@@ -381,7 +385,7 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
     from safetensors import SafetensorError
     from safetensors.torch import save_file
     from ..model import ArchModel, load
-    from ..model.model import COMPANIONS, check_has_weights, check_spec_layout, write_companions
+    from ..model.model import check_has_weights, check_spec_layout, write_companions
 
     out_dir = check_path("export", out_dir, "directory's path")
     check_control(out_dir, "export: out_dir")  # before the model is loaded
@@ -406,7 +410,7 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
         seen[key] = k
     written = os.path.abspath(out_dir)
     try:
-        with atomic_dir(out_dir, frozenset({"config.json", "model.safetensors"}), COMPANIONS) as tmp:  # as given
+        with atomic_dir(out_dir, frozenset({"config.json", "model.safetensors"}), frozenset(model.companions)) as tmp:
             with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
                 json.dump(config, f, indent=2)
                 f.write("\n")

@@ -175,11 +175,13 @@ def load(path, device="cpu", dtype=None, cuda_graph: bool = False, **kwargs) -> 
 
 
 def saved_dtype(path) -> str:
-    """The dtype a saved model's weights were written in ("bfloat16", ...), as its model.safetensors records it."""
+    """The dtype a saved model's weights were written in, by its canonical name ("bfloat16", ...), as its
+    model.safetensors records it (an alias there, "bf16", read as load reads it)."""
     from safetensors import safe_open
 
     with safe_open(os.path.join(os.fspath(path), "model.safetensors"), framework="pt") as f:
-        return (f.metadata() or {}).get("dtype", "float32")
+        given = (f.metadata() or {}).get("dtype", "float32")
+    return str(resolve_dtype(given)).replace("torch.", "")
 
 
 def load_weights(model: ArchModel, tensors: dict, source: str = "checkpoint") -> None:

@@ -35,7 +35,12 @@ COMPANIONS = frozenset({"tokenizer.json", "tokenizer_config.json", "special_toke
 
 
 def read_companions(directory) -> dict[str, bytes]:
-    """The COMPANIONS files in `directory` (plain files; a link is followed), name → their bytes."""
+    """The COMPANIONS files in `directory` (plain files; a link is followed), name → their bytes. One that cannot be
+    read is left out with an ArchDSLWarning: the weights do not need it."""
+    import warnings
+
+    from ..errors import ArchDSLWarning
+
     out = {}
     for name in sorted(COMPANIONS):
         path = os.path.join(os.fspath(directory), name)
@@ -44,8 +49,14 @@ def read_companions(directory) -> dict[str, bytes]:
                 with open(path, "rb") as f:
                     out[name] = f.read()
             except OSError as e:
-                raise ArchDSLError(f"cannot read {path}: {e.strerror or e}") from None
+                warnings.warn(f"cannot read {path}: {e.strerror or e}; the model goes on without it",
+                              ArchDSLWarning, stacklevel=3)
     return out
+
+
+def companion_names(directory) -> frozenset[str]:
+    """The names of the COMPANIONS files in `directory` (what a model read from it writes again)."""
+    return frozenset(n for n in COMPANIONS if os.path.isfile(os.path.join(os.fspath(directory), n)))
 
 
 def write_companions(companions: dict[str, bytes], directory: str) -> None:
@@ -476,7 +487,7 @@ class ArchModel(nn.Module):
         check_spec_layout(self, "save")
         check_has_weights(self, "save")
         try:
-            with atomic_dir(path, SAVE_FILES, COMPANIONS) as tmp:
+            with atomic_dir(path, SAVE_FILES, frozenset(self.companions)) as tmp:  # a tokenizer it lacks: refused
                 with open(os.path.join(tmp, "spec.yaml"), "w", encoding="utf-8") as f:
                     f.write(self.spec.to_yaml())
                 write_companions(self.companions, tmp)

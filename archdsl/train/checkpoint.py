@@ -347,7 +347,7 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
     from ..errors import check_path
     from ..model import compile as build
     from ..model import resolve_dtype
-    from ..model.model import COMPANIONS, SAVE_FILES, read_companions
+    from ..model.model import SAVE_FILES, companion_names, read_companions
     from ..spec import spec_from_yaml
 
     rundir = check_path("export_checkpoint: rundir", rundir, "run directory")
@@ -367,7 +367,7 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
         raise ArchDSLError(f"export_checkpoint: skipped must be a list (the damaged checkpoints passed over are "
                            f"added to it) or None, got {type(skipped).__name__}")
     # before anything is read: where the save goes is the user's to fix first
-    check_output_dir(out, SAVE_FILES, optional=COMPANIONS)
+    check_output_dir(out, SAVE_FILES, optional=companion_names(os.path.join(rundir, HF_DIR)))
     run = read_run(rundir)
     damaged = [] if skipped is None else skipped
     if step is None:

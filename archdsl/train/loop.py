@@ -28,10 +28,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..atomic import atomic_dir, check_output, write_atomic
+from ..atomic import atomic_dir, cannot_write, check_output, write_atomic
 from ..errors import ArchDSLError
 from ..model import saved_dtype
-from ..model.model import COMPANIONS, read_companions, write_companions
+from ..model.model import read_companions, write_companions
 from ..model.modules.moe import balance_experts
 from ..model.packed import refusal, unpacked_blocks
 from .checkpoint import (CKPT_DIR, HF_DIR, check_spec, checkpoints, load_checkpoint, remove_partial, resume_point,
@@ -122,7 +122,7 @@ def prepare(cfg: TrainConfig):
     elif checkpoints(cfg.rundir):
         raise ArchDSLError(f"{cfg.rundir}: holds checkpoints of an earlier run",
                            hint="pass --resume to continue it, or write to another -o RUNDIR")
-    elif found := [f for f in ("run.json", "metrics.jsonl") if os.path.exists(os.path.join(cfg.rundir, f))]:
+    elif found := [f for f in ("run.json", "metrics.jsonl", HF_DIR) if os.path.exists(os.path.join(cfg.rundir, f))]:
         raise ArchDSLError(f"{cfg.rundir}: holds an earlier run ({', '.join(found)}) that wrote no checkpoint",
                            hint="write to another -o RUNDIR, or remove that one")
     device = pick_device(env, cfg.device)
@@ -301,9 +301,13 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from, warm: int) -> dict:
                  "start_dtype": saved_dtype(cfg.spec) if _saved(cfg.spec) else None,  # export-checkpoint's default
                  "config": config, "world_size": dist.world}, indent=2))
             start_files = read_companions(cfg.spec) if _saved(cfg.spec) else {}
-            if start_files:  # the start's tokenizer and generation files, for export-checkpoint to carry on
-                with atomic_dir(os.path.join(cfg.rundir, HF_DIR), frozenset(), COMPANIONS) as tmp:
-                    write_companions(start_files, tmp)
+            if start_files:  # the start's tokenizer and generation files, for export-checkpoint to carry on (prepare
+                hf = os.path.join(cfg.rundir, HF_DIR)  # refused an hf/ there before: this one is the run's own)
+                try:
+                    with atomic_dir(hf, frozenset(start_files)) as tmp:
+                        write_companions(start_files, tmp)
+                except OSError as e:
+                    raise cannot_write(hf, e) from None
         remove_partial(cfg.rundir)
         metrics = open_metrics(cfg.rundir, start)
     per_rank = cfg.batch // dist.world

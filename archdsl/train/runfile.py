@@ -94,7 +94,7 @@ def check_settings(rundir: str, settings: dict, vocab_size: int | None = None, d
     if digest is not None and getattr(data, "tokens", None) is not None and data.digest() != digest:
         raise ArchDSLError(f"{rundir}: --resume with a token file that changed since the run started: --data "
                            f"{data.path} holds as many tokens as the run's ({len(data.tokens):,}), but other ones "
-                           f"(run.json's data_digest, a sha256 of 64 runs of 4,096 tokens, differs); the resumed run "
+                           f"(their digest differs from run.json's data_digest); the resumed run "
                            f"would draw its windows from other tokens",
                            hint="restore the token file the run was started with, or start a new RUNDIR")
     if warm is not None and warm > new["steps"]:  # as a new run's --warmup longer than --steps is refused

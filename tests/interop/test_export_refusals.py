@@ -171,3 +171,17 @@ def test_export_of_shared_blocks_warns_that_each_layer_gets_a_copy(tmp_path, cap
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         export_hf(zamba, tmp_path / "z")
+
+
+def test_nemotron_h_refusal_names_the_condition_that_fails(tmp_path):
+    """attn, mlp, attn, mlp (no RoPE, relu2, rmsnorm) meets every condition the NemotronH refusal listed, and was
+    refused with that list: it lacks a mamba2 or moe block, which is what the refusal now says."""
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.errors import ArchDSLError
+
+    blocks = {"attn": {"heads": 4, "rope": False}, "mlp": {"act": "relu2", "hidden": 48}}
+    model = archdsl.compile(archdsl.parse("attn, mlp, attn, mlp", d_model=32, vocab_size=64, blocks=blocks))
+    with pytest.raises(ArchDSLError, match="nemotron_h: cannot export to Hugging Face NemotronH: no mamba2 or moe "
+                                           "block"):
+        export_hf(model, tmp_path / "x")

@@ -89,3 +89,43 @@ def test_tokenizer_and_generation_config_survive_a_round_trip_through_training(t
     assert main(["generate", str(tmp_path / "tuned"), "the cat sat", "--max-new-tokens", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["eos"] == [5]
     assert main(["export", str(tmp_path / "tuned"), "--to", "hf", "-o", str(tmp_path / "back")]) == 0  # replaced
+
+
+def test_companions_never_replace_a_tokenizer_the_new_output_lacks(tmp_path, capsys):
+    """A Hugging Face directory or a save holding a tokenizer is replaced only by an output that writes that
+    tokenizer again: an export of a model without one into a user's HF directory used to be refused (it holds
+    files archdsl does not write there), and must stay so, nothing lost."""
+    import archdsl
+
+    hf = make_hf("MambaConfig", "MambaForCausalLM", hidden_size=32, num_hidden_layers=2, vocab_size=64, state_size=8)
+    hf.save_pretrained(tmp_path / "user")
+    (tmp_path / "user" / "tokenizer.json").write_text("{}")
+    before = sorted(p.name for p in (tmp_path / "user").iterdir())
+    archdsl.compile(archdsl.parse("2×mamba", d_model=32, vocab_size=64)).save(tmp_path / "plain")
+    assert main(["export", str(tmp_path / "plain"), "--to", "hf", "-o", str(tmp_path / "user")]) == 2
+    assert "holds what archdsl does not write there (generation_config.json, tokenizer.json)" in \
+        capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "user").iterdir()) == before
+    (tmp_path / "plain" / "tokenizer.json").write_text("{}")  # a tokenizer put beside a save by hand
+    assert main(["compile", "2×mamba", "--set", "d_model=32", "--set", "vocab_size=64", "-o",
+                 str(tmp_path / "plain")]) == 2
+    assert (tmp_path / "plain" / "tokenizer.json").read_text() == "{}"
+    model = archdsl.load(tmp_path / "plain")  # carries it: its own save replaces the directory, tokenizer and all
+    model.save(tmp_path / "plain")
+    assert (tmp_path / "plain" / "tokenizer.json").read_text() == "{}"
+
+
+def test_an_eos_in_config_json_alone_is_kept_as_a_generation_config(tmp_path, capsys):
+    """A Hugging Face directory without generation_config.json keeps its eos in config.json, which archdsl does not
+    carry (export writes its own): the eos was lost on convert --weights, and generate of the save never stopped.
+    Now a generation_config.json of config.json's token ids goes with the model, as transformers makes one."""
+    hf = make_hf("MambaConfig", "MambaForCausalLM", hidden_size=32, num_hidden_layers=2, vocab_size=64, state_size=8,
+                 eos_token_id=5, bos_token_id=1)
+    hf.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "generation_config.json").unlink()
+    assert main(["convert", "--from", "hf", str(tmp_path / "hf"), "-o", str(tmp_path / "saved"), "--weights"]) == 0
+    written = json.loads((tmp_path / "saved" / "generation_config.json").read_text())
+    assert written["eos_token_id"] == 5 and written["bos_token_id"] == 1
+    from archdsl.cli.generate_command import _eos
+
+    assert _eos(None, str(tmp_path / "saved")) == [5]

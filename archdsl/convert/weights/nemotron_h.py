@@ -41,20 +41,38 @@ def _kind(layer, i):
     raise ArchDSLError(f"layer {i}: a NemotronH layer is one block: a mamba2 or attn mixer, or an mlp or moe alone")
 
 
-def accepts(spec) -> str | None:
-    layers = layer_kinds(spec)
-    if spec.norm != "rmsnorm" or spec.embed_norm or any(_kind(l, None) is None for l in layers):
-        return None
+def why_not(spec) -> str | None:
+    """The first thing that keeps the spec from being a NemotronH model (with the spec's values), or None."""
+    if spec.norm != "rmsnorm":
+        return f"norm {spec.norm!r}: NemotronH uses RMSNorm"
+    if spec.embed_norm:
+        return "embed_norm: NemotronH has no norm after the embedding"
+    for i, layer in enumerate(layer_kinds(spec)):
+        if _kind(layer, None) is None:
+            return (f"layer {i} is {' + '.join(s.kind for s in layer.values())}: a NemotronH layer is one block, a "
+                    "mamba2 or attn mixer, or an mlp or moe alone")
     a, moe, m = first_config(spec, "attn"), first_config(spec, "moe"), first_config(spec, "mamba2")
-    if a is not None and (a.rope or a.window is not None):  # biases: hf_config refuses them by name
-        return None
+    if a is not None and a.rope:  # biases: hf_config refuses them by name
+        return "attn rope true: NemotronH's attention has no RoPE"
+    if a is not None and a.window is not None:
+        return f"attn window {a.window}: NemotronH's attention is full, without a window"
     if m is not None and not m.gated_norm:  # transformers' NemotronH mamba2 always has the gated RMSNorm
-        return None
-    if moe is not None and (moe.router != "sigmoid" or not moe.shared_hidden or moe.router_bias or moe.bias):
-        return None
+        return "mamba2 gated_norm false: transformers' NemotronH mamba2 always has the gated RMSNorm"
+    if moe is not None and moe.router != "sigmoid":
+        return f"moe router {moe.router!r}: NemotronH's router is a sigmoid"
+    if moe is not None and not moe.shared_hidden:
+        return "moe without a shared expert (shared_hidden): NemotronH's MoE has one"
+    if moe is not None and (moe.router_bias or moe.bias):
+        return "moe router_bias or bias: NemotronH's experts and router have no bias"
     if first_config(spec, "mlp") is not None and first_config(spec, "mlp").gated:
-        return None
-    return "nemotron_h" if kinds_used(spec) & {"mamba2", "moe"} else None
+        return f"mlp act {first_config(spec, 'mlp').act!r} (gated): NemotronH's MLP is plain (relu2)"
+    if not kinds_used(spec) & {"mamba2", "moe"}:
+        return "no mamba2 or moe block: NemotronH is a hybrid (attention and MLP alone export as Llama)"
+    return None
+
+
+def accepts(spec) -> str | None:
+    return "nemotron_h" if why_not(spec) is None else None
 
 
 def pairs(spec, names) -> list[tuple[str, str]]:
@@ -130,9 +148,9 @@ def hf_config(spec) -> dict:
     if m is not None and not m.gated_norm:
         raise ArchDSLError("cannot export to Hugging Face NemotronH: mamba2 gated_norm false: transformers' NemotronH "
                            "mamba2 always has the gated RMSNorm", hint="give mamba2 gated_norm: true")
-    if not accepts(spec):
-        raise ArchDSLError("not a NemotronH model: one block per layer (mamba2 with gated_norm; attn without RoPE; "
-                           "plain mlp; sigmoid moe with a shared expert), rmsnorm, no embed_norm")
+    why = why_not(spec)
+    if why is not None:
+        raise ArchDSLError(f"cannot export to Hugging Face NemotronH: {why}")
     layers = layer_kinds(spec)
     pattern = "".join(SYMBOL[_kind(l, i)] for i, l in enumerate(layers))
     cfg = {"model_type": "nemotron_h", "architectures": ["NemotronHForCausalLM"], "hidden_size": spec.d_model,
