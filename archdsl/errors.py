@@ -78,6 +78,20 @@ class ArchDSLWarning(UserWarning):
     says it as `warning: ...` on stderr."""
 
 
+def warn(message: str) -> None:
+    """An ArchDSLWarning said at the user's line: the first frame outside the archdsl package, whichever of its
+    functions (the public wrapper or the one it calls) the user called."""
+    import os
+    import sys
+    import warnings
+
+    inside = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, ArchDSLWarning, stacklevel=level)
+
+
 class ArchDSLError(Exception):
     """A bad layout, spec, argument or checkpoint: says where and what.
 

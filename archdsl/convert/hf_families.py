@@ -12,9 +12,8 @@ family and names the spec.
 from __future__ import annotations
 
 import math
-import warnings
 
-from ..errors import ArchDSLError, ArchDSLWarning, shown
+from ..errors import ArchDSLError, shown, warn
 from .megatron import compressed_layout
 
 # HF's "gelu" is the exact (erf) GELU, as ours; its tanh approximations (gelu_pytorch_tanh, gelu_new) are not
@@ -375,8 +374,8 @@ def _bamba(c: HFConfig, name: str) -> dict:
     # transformers asks `i in attn_layer_indices` of each layer i: a repeat counts once, an index of no layer never
     dropped = sorted({i for i in attn_ids if not 0 <= i < L})
     if dropped:
-        warnings.warn(f"config field 'attn_layer_indices': {shown(dropped)} name no layer of the {L}-layer model; "
-                      "ignored, as transformers does", ArchDSLWarning, stacklevel=2)
+        warn(f"config field 'attn_layer_indices': {shown(dropped)} name no layer of the {L}-layer model; "
+                      "ignored, as transformers does")
     attn_ids = sorted({i for i in attn_ids if 0 <= i < L})
     layout = f"{L}×mamba2" + (", attn at " + " ".join(map(str, attn_ids)) if attn_ids else "")
     c("partial_rotary_factor", 0.5)  # checked, not read: BambaConfig sets the top-level one to 0.5 whatever it says

@@ -15,10 +15,9 @@ import json
 import os
 import struct
 import sys
-import warnings
 
 from ..atomic import atomic_dir, cannot_write, check_control
-from ..errors import ArchDSLError, ArchDSLWarning, check_flag, check_path, did_you_mean, shown
+from ..errors import ArchDSLError, check_flag, check_path, did_you_mean, shown, warn
 
 SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                       "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
@@ -165,9 +164,8 @@ def ignored(fam, tensors: dict) -> dict:
         if hits:
             for n in hits:
                 del out[n]
-            warnings.warn(f"dropped {len(hits)} checkpoint tensor{'s' * (len(hits) > 1)} matching {pattern!r} "
-                          f"(e.g. {hits[0]!r}), as transformers does: not part of the model",
-                          ArchDSLWarning, stacklevel=3)
+            warn(f"dropped {len(hits)} checkpoint tensor{'s' * (len(hits) > 1)} matching {pattern!r} "
+                          f"(e.g. {hits[0]!r}), as transformers does: not part of the model")
     return out
 
 
@@ -185,9 +183,9 @@ def tied_head(spec, fam, tensors: dict):
         return spec, {n: t for n, t in tensors.items() if n != head}
     from ..spec import with_sizes
 
-    warnings.warn(f"config.json ties the LM head to the embeddings (tie_word_embeddings), but the checkpoint's "
+    warn(f"config.json ties the LM head to the embeddings (tie_word_embeddings), but the checkpoint's "
                   f"{head!r} differs from {emb!r}: imported untied (tie_embeddings: false) with the checkpoint's "
-                  "head, as transformers does", ArchDSLWarning, stacklevel=3)
+                  "head, as transformers does")
     return with_sizes(spec, tie_embeddings=False), tensors
 
 
@@ -370,10 +368,9 @@ def warn_copies(spec, model_type: str, fam) -> None:
         return
     said = "; ".join(f"layers {', '.join(map(str, v))} share one {kind} (group {group!r})"
                      for (group, kind), v in shared.items())
-    warnings.warn(f"export as {model_type}: {said}; a {model_type} checkpoint has its own block in every layer, so "
+    warn(f"export as {model_type}: {said}; a {model_type} checkpoint has its own block in every layer, so "
                   f"each of these layers gets a copy of the shared weights ({sum(len(v) - 1 for v in shared.values())}"
-                  f" extra); the model computes the same, but training it in transformers updates the copies apart",
-                  ArchDSLWarning, stacklevel=3)
+                  f" extra); the model computes the same, but training it in transformers updates the copies apart")
 
 
 def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 from .. import errors
-from ..errors import ArchDSLError, ArchDSLWarning
+from ..errors import ArchDSLError, warn
 from ..units import plural
 from .common import PLOT_FORMATS, check_path
 
@@ -72,10 +72,9 @@ def fit_fonts(fig) -> None:
             t.set_fontfamily(family)
     if left:
         chars = "".join(sorted(map(chr, left)))
-        warnings.warn(f"no installed font has {plural(len(left), 'character')} of the picture's names ("
+        warn(f"no installed font has {plural(len(left), 'character')} of the picture's names ("
                       f"{chars[:20]}{'…' if len(chars) > 20 else ''}): they are drawn as boxes; install a font "
-                      f"that has them (Noto Sans CJK for Chinese, Japanese, Korean), or write .dot or .mmd",
-                      ArchDSLWarning, stacklevel=4)
+                      f"that has them (Noto Sans CJK for Chinese, Japanese, Korean), or write .dot or .mmd")
 
 
 _NO_DATE = {".svg": {"Date": None}, ".pdf": {"CreationDate": None, "ModDate": None}}  # PNG has none

@@ -10,12 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import warnings
 
 import torch
 
 from ..analysis import ALIASES, MODEL_DTYPES
-from ..errors import ArchDSLError, ArchDSLWarning, check_flag
+from ..errors import ArchDSLError, check_flag, warn
 from .decoding import check_seed
 from .fusions import FUSIONS, Fuse, resolve_fuse
 from .model import ArchModel, Cache, read_companions, resolve_ssm_dtype
@@ -107,9 +106,8 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
     given, spec = spec, load_spec(spec)
     if isinstance(given, (str, os.PathLike)) and os.path.isfile(os.path.join(given, "model.safetensors")):
         # the same name and parameter count as the trained model: told, lest the fresh one pass for it
-        warnings.warn(f"compile({os.fspath(given)!r}) builds the saved model's spec with fresh weights from seed "
-                      f"{seed}; its saved weights are not used (archdsl.load reads them)", ArchDSLWarning,
-                      stacklevel=3)  # the caller of archdsl.compile
+        warn(f"compile({os.fspath(given)!r}) builds the saved model's spec with fresh weights from seed "
+                      f"{seed}; its saved weights are not used (archdsl.load reads them)")
     dtype = resolve_dtype(dtype)
     dev = check_device(device, dtype)
     _ = spec.graph  # spec errors first, as ArchDSLError

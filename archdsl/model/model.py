@@ -37,9 +37,7 @@ COMPANIONS = frozenset({"tokenizer.json", "tokenizer_config.json", "special_toke
 def read_companions(directory) -> dict[str, bytes]:
     """The COMPANIONS files in `directory` (plain files; a link is followed), name → their bytes. One that cannot be
     read is left out with an ArchDSLWarning: the weights do not need it."""
-    import warnings
-
-    from ..errors import ArchDSLWarning
+    from ..errors import warn
 
     out = {}
     for name in sorted(COMPANIONS):
@@ -49,8 +47,7 @@ def read_companions(directory) -> dict[str, bytes]:
                 with open(path, "rb") as f:
                     out[name] = f.read()
             except OSError as e:
-                warnings.warn(f"cannot read {path}: {e.strerror or e}; the model goes on without it",
-                              ArchDSLWarning, stacklevel=3)
+                warn(f"cannot read {path}: {e.strerror or e}; the model goes on without it")
     return out
 
 

@@ -375,6 +375,11 @@ def test_compile_of_a_saved_directory_warns_that_its_weights_are_not_used(tmp_pa
                                             r"\(archdsl.load reads them\)") as record:
         archdsl.compile(tmp_path / "m")
     assert record[0].filename == __file__  # said at the user's call
+    from archdsl.model import compile as compile_directly
+
+    with pytest.warns(ArchDSLWarning, match="its saved weights are not used") as record:
+        compile_directly(tmp_path / "m")
+    assert record[0].filename == __file__  # through whichever of archdsl's functions
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         archdsl.load(tmp_path / "m")
