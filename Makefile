@@ -1,6 +1,6 @@
 # archdsl — one entry point for setting up, the demo job, the tests and the benchmarks.
-#   make demo    set up .venv, then compile a demo spec, show its table, run a forward pass and a generation (CPU)
-#   make test    set up .venv, then run the test suite (CPU; GPU tests are skipped without CUDA) and
+#   make demo    set up .venv, then show a demo spec's table, compile it, run a forward pass and a generation (CPU)
+#   make test    set up .venv, then run the test suite on the CPU (gpu-marked tests excluded: make gpu-test) and
 #                compile every Triton kernel it ran in the interpreter for sm_90
 #   make sm90-check  the kernel tests alone, each launch then compiled for sm_90 (no GPU needed)
 #   make wheel   build the wheel and check it from a fresh venv (the grammar, and a Triton kernel interpreted)

@@ -5,7 +5,7 @@ meaning, on our ops: code written for mamba_ssm, causal-conv1d or fla switches b
     causal-conv1d  causal_conv1d_fn                                 (causal_conv1d_update: the op's own name)
     fla            chunk_rwkv6, fused_recurrent_rwkv6
 
-Our own ops keep DESIGN.md's signatures, which differ from these as follows, all handled here:
+Our own ops keep the project's signatures (docs/kernels.md), which differ from these as follows, all handled here:
   * mamba_chunk_scan_combined takes initial_states, seq_idx and cu_seqlens before dt_softplus; its dt_limit
     defaults to (0, inf), which clamps a negative dt to 0 (ssd_scan's None clamps nothing); it reads cu_seqlens only
     for return_varlen_states (the scan restarts where seq_idx says, never where cu_seqlens does, while ssd_scan's

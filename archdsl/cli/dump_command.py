@@ -1,4 +1,4 @@
-"""dump: one stage of the pipeline's output, by the stage's name (DESIGN.md: "the CLI can dump any stage's output").
+"""dump: one stage of the pipeline's output, by the stage's name (the CLI can dump any stage's output).
 
     parse_layout ─▶ expand_repeats ─▶ apply_modifiers ─▶ resolve_blocks ─▶ resolve_sharing ─▶ analyze
 
