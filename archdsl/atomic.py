@@ -126,9 +126,8 @@ def atomic_dir(path: str, names: frozenset[str], optional: frozenset[str] = froz
     `optional`); when the block ends without an error it takes the place of `path`, else it is removed and `path`
     stays as it was. An existing `path` is replaced (moved aside, then removed) only when it is an empty directory
     or one holding all of `names` as plain files, any of `optional`, and nothing else (an earlier save); anything
-    else there (another file, a
-    subdirectory, some of `names` without the rest, the current directory or one above it) is ArchDSLError
-    before anything is written. Temporaries of `path` that a killed writer left are removed first
+    else there (another file, a subdirectory, some of `names` without the rest, the current directory or one above
+    it) is ArchDSLError before anything is written. Temporaries of `path` that a killed writer left are removed first
     (see the module's docstring). A path holding a control character is ArchDSLError (see check_control)."""
     check_control(os.fspath(path), "atomic_dir: path")
     path = os.path.abspath(os.fspath(path))

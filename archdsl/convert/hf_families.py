@@ -375,7 +375,7 @@ def _bamba(c: HFConfig, name: str) -> dict:
     dropped = sorted({i for i in attn_ids if not 0 <= i < L})
     if dropped:
         warn(f"config field 'attn_layer_indices': {shown(dropped)} name no layer of the {L}-layer model; "
-                      "ignored, as transformers does")
+             "ignored, as transformers does")
     attn_ids = sorted({i for i in attn_ids if 0 <= i < L})
     layout = f"{L}×mamba2" + (", attn at " + " ".join(map(str, attn_ids)) if attn_ids else "")
     c("partial_rotary_factor", 0.5)  # checked, not read: BambaConfig sets the top-level one to 0.5 whatever it says

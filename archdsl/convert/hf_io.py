@@ -165,7 +165,7 @@ def ignored(fam, tensors: dict) -> dict:
             for n in hits:
                 del out[n]
             warn(f"dropped {len(hits)} checkpoint tensor{'s' * (len(hits) > 1)} matching {pattern!r} "
-                          f"(e.g. {hits[0]!r}), as transformers does: not part of the model")
+                 f"(e.g. {hits[0]!r}), as transformers does: not part of the model")
     return out
 
 
@@ -184,8 +184,8 @@ def tied_head(spec, fam, tensors: dict):
     from ..spec import with_sizes
 
     warn(f"config.json ties the LM head to the embeddings (tie_word_embeddings), but the checkpoint's "
-                  f"{head!r} differs from {emb!r}: imported untied (tie_embeddings: false) with the checkpoint's "
-                  "head, as transformers does")
+         f"{head!r} differs from {emb!r}: imported untied (tie_embeddings: false) with the checkpoint's "
+         "head, as transformers does")
     return with_sizes(spec, tie_embeddings=False), tensors
 
 
@@ -369,16 +369,17 @@ def warn_copies(spec, model_type: str, fam) -> None:
     said = "; ".join(f"layers {', '.join(map(str, v))} share one {kind} (group {group!r})"
                      for (group, kind), v in shared.items())
     warn(f"export as {model_type}: {said}; a {model_type} checkpoint has its own block in every layer, so "
-                  f"each of these layers gets a copy of the shared weights ({sum(len(v) - 1 for v in shared.values())}"
-                  f" extra); the model computes the same, but training it in transformers updates the copies apart")
+         f"each of these layers gets a copy of the shared weights ({sum(len(v) - 1 for v in shared.values())}"
+         f" extra); the model computes the same, but training it in transformers updates the copies apart")
 
 
 def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
     """Write config.json + model.safetensors for transformers into out_dir, with the tokenizer and generation files
     the model carries (model.companions: those of the HF directory it was imported from, kept through saves),
-    atomically; an existing out_dir is replaced only if it holds an earlier export alone; a failed write, a full disk say, is ArchDSLError
-    `cannot write OUT_DIR: reason`); → out_dir as an absolute path. model_or_dir: an ArchModel with
-    weights, or a saved model's directory; model_type: the HF family (default: the first that accepts the spec)."""
+    atomically: an existing out_dir is replaced only if it holds an earlier export alone (with no file this one
+    does not write again); a failed write, a full disk say, is ArchDSLError `cannot write OUT_DIR: reason`.
+    → out_dir as an absolute path. model_or_dir: an ArchModel with weights, or a saved model's directory;
+    model_type: the HF family (default: the first that accepts the spec)."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
     from ..model import ArchModel, load

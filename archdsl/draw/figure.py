@@ -73,8 +73,8 @@ def fit_fonts(fig) -> None:
     if left:
         chars = "".join(sorted(map(chr, left)))
         warn(f"no installed font has {plural(len(left), 'character')} of the picture's names ("
-                      f"{chars[:20]}{'…' if len(chars) > 20 else ''}): they are drawn as boxes; install a font "
-                      f"that has them (Noto Sans CJK for Chinese, Japanese, Korean), or write .dot or .mmd")
+             f"{chars[:20]}{'…' if len(chars) > 20 else ''}): they are drawn as boxes; install a font "
+             f"that has them (Noto Sans CJK for Chinese, Japanese, Korean), or write .dot or .mmd")
 
 
 _NO_DATE = {".svg": {"Date": None}, ".pdf": {"CreationDate": None, "ModDate": None}}  # PNG has none

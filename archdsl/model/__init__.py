@@ -107,7 +107,7 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
     if isinstance(given, (str, os.PathLike)) and os.path.isfile(os.path.join(given, "model.safetensors")):
         # the same name and parameter count as the trained model: told, lest the fresh one pass for it
         warn(f"compile({os.fspath(given)!r}) builds the saved model's spec with fresh weights from seed "
-                      f"{seed}; its saved weights are not used (archdsl.load reads them)")
+             f"{seed}; its saved weights are not used (archdsl.load reads them)")
     dtype = resolve_dtype(dtype)
     dev = check_device(device, dtype)
     _ = spec.graph  # spec errors first, as ArchDSLError

@@ -250,8 +250,8 @@ class ArchModel(nn.Module):
             asked = re.search(r"allocate (\d+) bytes", str(e))  # the CPU allocator's; CUDA's gives GiB itself
             asked = human(int(asked[1]), "B") if asked else re.search(r"allocate ([\d.]+ [KMGTP]?i?B)", str(e))
             raise CacheTooBig(f"{where}: the decode cache ({held}) does not fit in memory on {self.device}"
-                               + (f" (one buffer alone asks for {asked if isinstance(asked, str) else asked[1]})"
-                                  if asked else "")) from None
+                              + (f" (one buffer alone asks for {asked if isinstance(asked, str) else asked[1]})"
+                                 if asked else "")) from None
         return Cache(states, batch, static, max_len, made_for=self._cache_for())
 
     def _cache_for(self) -> tuple:
