@@ -1306,3 +1306,40 @@ def test_a_saved_dtype_alias_is_read_by_its_name(tmp_path):
     weights = str(tmp_path / "m" / "model.safetensors")
     save_file(load_file(weights), weights, metadata={"format": "pt", "dtype": "bf16"})
     assert saved_dtype(tmp_path / "m") == "bfloat16"
+
+
+def test_the_digest_of_a_small_token_file_covers_every_token(tmp_path):
+    """A file of fewer than 64 × 4,096 tokens is hashed whole: a change at token 9,000 of 10,000 is seen."""
+    from archdsl.train.data import parse_data
+
+    a = np.random.default_rng(0).integers(0, 500, 10000, dtype=np.uint16)
+    a.tofile(tmp_path / "t.bin")
+    digest = parse_data(str(tmp_path / "t.bin"), 512, 16).digest()
+    a[9000] += 1
+    a.tofile(tmp_path / "t.bin")
+    assert parse_data(str(tmp_path / "t.bin"), 512, 16).digest() != digest
+
+
+@pytest.mark.parametrize("key, bad", [("data_digest", "xyz"), ("start_dtype", "int8")])
+def test_run_json_with_a_bad_digest_or_start_dtype_is_damaged(key, bad):
+    from archdsl.train.runfile import _run_damage
+
+    assert key in _run_damage({"spec_yaml": "x", key: bad})
+
+
+def test_a_failed_run_from_a_saved_model_removes_the_hf_directory_it_wrote(tmp_path, monkeypatch):
+    """A run from a save with a tokenizer writes RUNDIR/hf first; failing before its first step, it removes it with
+    the rest, so that the same command can run again."""
+    import archdsl.train.loop as loop
+
+    archdsl.compile(archdsl.parse("mamba2(d_state=8, headdim=8)", d_model=32, vocab_size=512)).save(tmp_path / "s")
+    (tmp_path / "s" / "tokenizer.json").write_text("{}")
+
+    def no_memory(*a, **k):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(loop, "_accumulate", no_memory)
+    with pytest.raises(RuntimeError, match="allocate"):
+        train(TrainConfig(spec=str(tmp_path / "s"), data="mqar:seq=32,pairs=2", batch=2, progress=False, steps=1,
+                          rundir=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()

@@ -185,3 +185,52 @@ def test_nemotron_h_refusal_names_the_condition_that_fails(tmp_path):
     with pytest.raises(ArchDSLError, match="nemotron_h: cannot export to Hugging Face NemotronH: no mamba2 or moe "
                                            "block"):
         export_hf(model, tmp_path / "x")
+
+
+M2_NEM = {"d_state": 8, "heads": 4, "headdim": 16, "ngroups": 1, "chunk_size": 8}
+MOE_NEM = {"experts": 4, "top_k": 2, "hidden": 16, "act": "relu2", "shared_hidden": 16}
+
+
+@pytest.mark.parametrize("layout, blocks, extra, match", [
+    ("mamba2, attn(window=4)", {"mamba2": M2_NEM, "attn": {"heads": 4, "rope": False}}, {}, "attn window 4"),
+    ("mamba2, moe", {"mamba2": M2_NEM, "moe": {**MOE_NEM, "router": "softmax"}}, {}, "moe router 'softmax'"),
+    ("mamba2, moe", {"mamba2": M2_NEM, "moe": {**MOE_NEM, "router": "sigmoid", "router_bias": True}}, {},
+     "moe router_bias or bias"),
+    ("2×mamba2", {"mamba2": M2_NEM}, {"embed_norm": True}, "embed_norm"),
+])
+def test_nemotron_h_refusals_name_each_condition(layout, blocks, extra, match, tmp_path):
+    """Each of NemotronH's conditions refused by its own words (mutants dropping one check each went unseen)."""
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.errors import ArchDSLError
+
+    model = archdsl.compile(archdsl.parse(layout, d_model=32, vocab_size=64, blocks=blocks, **extra))
+    with pytest.raises(ArchDSLError, match=f"NemotronH: {match}"):
+        export_hf(model, tmp_path / "x", model_type="nemotron_h")
+
+
+def test_the_nearest_families_are_each_named_once(tmp_path):
+    """mamba and falcon_mamba are one module: its reason is given once, under the first model type."""
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.errors import ArchDSLError
+
+    model = archdsl.compile(archdsl.parse("2×mamba", d_model=32, vocab_size=64, blocks={"mamba": {"d_state": 8}},
+                                          norm="layernorm"))
+    with pytest.raises(ArchDSLError, match="refuse it: mamba: ") as e:
+        export_hf(model, tmp_path / "x")
+    assert "falcon_mamba" not in str(e.value)
+
+
+def test_a_group_used_by_one_layer_is_no_copy(tmp_path):
+    """attn(shared) used once: nothing is copied, nothing said."""
+    import warnings
+
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.spec import spec_from_yaml
+
+    model = archdsl.compile(spec_from_yaml(H + "layout: attn(shared), attn\n" + ATTN))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export_hf(model, tmp_path / "x")

@@ -129,3 +129,21 @@ def test_an_eos_in_config_json_alone_is_kept_as_a_generation_config(tmp_path, ca
     from archdsl.cli.generate_command import _eos
 
     assert _eos(None, str(tmp_path / "saved")) == [5]
+
+
+def test_converting_and_exporting_again_into_the_same_directory(tmp_path):
+    """convert --weights twice into one -o (its generation_config.json made of config.json's ids, pad included),
+    export-checkpoint twice into one -o (the run's tokenizer): each replaces its own earlier output."""
+    hf = make_hf("MambaConfig", "MambaForCausalLM", hidden_size=32, num_hidden_layers=2, vocab_size=64, state_size=8,
+                 eos_token_id=5, bos_token_id=1, pad_token_id=3)
+    hf.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "generation_config.json").unlink()
+    (tmp_path / "hf" / "tokenizer.json").write_text("{}")
+    for _ in range(2):
+        assert main(["convert", "--from", "hf", str(tmp_path / "hf"), "-o", str(tmp_path / "saved"), "--weights"]) == 0
+    assert json.loads((tmp_path / "saved" / "generation_config.json").read_text())["pad_token_id"] == 3
+    assert main(["train", str(tmp_path / "saved"), "--data", "mqar:seq=16,pairs=2", "--steps", "1", "--batch", "2",
+                 "--no-progress", "--threads", "1", "-o", str(tmp_path / "run")]) == 0
+    for _ in range(2):
+        assert main(["export-checkpoint", str(tmp_path / "run"), "-o", str(tmp_path / "tuned")]) == 0
+    assert (tmp_path / "tuned" / "tokenizer.json").read_text() == "{}"

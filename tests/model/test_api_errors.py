@@ -384,3 +384,22 @@ def test_compile_of_a_saved_directory_warns_that_its_weights_are_not_used(tmp_pa
         warnings.simplefilter("error")
         archdsl.load(tmp_path / "m")
         archdsl.compile(tmp_path / "m" / "spec.yaml")  # the spec file: asked for its spec alone
+
+
+def test_compile_of_a_spec_directory_and_the_hint_of_a_save_say_nothing(tmp_path):
+    """A directory holding a spec.yaml and no weights is a spec: compile warns of no weights it leaves unused; a
+    directory with a spec.yaml beside a config.json is an archdsl save, given no Hugging Face hint."""
+    import warnings
+
+    import archdsl
+    from archdsl.spec import hf_dir_hint
+
+    archdsl.compile(archdsl.parse("2×mamba2", d_model=32, vocab_size=64)).save(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        archdsl.compile(str(tmp_path / "m"))
+    (tmp_path / "m" / "config.json").write_text("{}")
+    assert hf_dir_hint(tmp_path / "m") == ""
+    (tmp_path / "m" / "spec.yaml").unlink()
+    assert hf_dir_hint(tmp_path / "m") != ""

@@ -294,3 +294,19 @@ def test_a_chunk_on_a_static_zamba_cache_equals_its_steps(lengths, chunks, rope,
         at += n
     torch.testing.assert_close(model.step(more[:, at], caches[0]), model.step(more[:, at], caches[1]),
                                rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("L, n, extra", [(3, 4, 0), (1, 3, 1)])
+def test_a_static_zamba_chunk_may_fill_the_cache_and_not_past_it(L, n, extra):
+    """A chunk that exactly fills a static zamba cache is taken (the steps' logits); one more token is refused."""
+    model = model_of("mamba2, mamba2, zamba(shared) at 1")
+    ids = torch.randint(0, 37, (2, L), generator=torch.Generator().manual_seed(0))
+    more = torch.randint(0, 37, (2, n), generator=torch.Generator().manual_seed(1))
+    caches = [model.init_cache(2, max_len=L + n + extra, static=True) for _ in range(2)]
+    for c in caches:
+        model(ids, c)
+    got = model(more, caches[0])
+    want = torch.stack([model.step(more[:, t], caches[1]) for t in range(n)], dim=1)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    with pytest.raises((ArchDSLError, RuntimeError), match="full|past|max_len"):
+        model(more[:, :extra + 1], caches[0])
