@@ -1,0 +1,122 @@
+"""The runtime's CUDA-only choices, on a card: float64 scans routed to torch (float64-exact), a chunk after a cache
+that holds tokens (attention's one call, zamba's static chunk) under inference_mode and outside it, an eager KV cache
+that grows as an eos-stopped generate goes, a CUDA graph captured under inference_mode and replayed outside it, and
+the sigmoid router's float32 logits in a bf16 model and under CUDA autocast. Each is held to the CPU's float64 answer
+of the same weights, or to its eager twin on the card."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import archdsl
+from blockcheck import build
+from test_inference_mode import LAYOUTS, SMALL, run
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def _pair(layout, dtype=torch.float32):
+    """The CPU float64 model of `layout` and the same weights on the card in `dtype`."""
+    spec = archdsl.parse(layout, d_model=16, vocab_size=37, blocks=SMALL)
+    cpu = archdsl.compile(spec, dtype=torch.float64, seed=0)
+    return cpu, archdsl.compile(spec, dtype=torch.float64, seed=0).to("cuda", dtype)
+
+
+def test_gpu_a_float64_model_is_exact_on_cuda():
+    """A float64 hybrid of every scan on CUDA, ARCHDSL_KERNELS unset: its scans take the torch path (the Triton ones
+    compute in float32), so forward and decode equal the CPU's float64 to rounding."""
+    spec = archdsl.parse("mamba(d_state=4), mamba2(d_state=8, headdim=16), rwkv6(head_size=16, mix_lora=4, "
+                         "decay_lora=4), rwkv4", d_model=32, vocab_size=64)
+    cpu = archdsl.compile(spec, dtype=torch.float64, seed=0)
+    gpu = archdsl.compile(spec, dtype=torch.float64, seed=0, device="cuda")
+    ids = torch.randint(0, 64, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = cpu(ids)
+        got = gpu(ids.cuda())
+        cache = gpu.init_cache(batch=2)
+        steps = torch.stack([gpu.step(ids[:, t].cuda(), cache) for t in range(ids.shape[1])], 1)
+    assert got.dtype == torch.float64
+    scale = want.abs().max()
+    assert (got.cpu() - want).abs().max() / scale < 1e-12
+    assert (steps.cpu() - want).abs().max() / scale < 1e-12
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gpu_a_chunk_after_the_cache_across_inference_mode(layout, static):
+    """Prefill, a step, a chunk over the cache, two steps, the calls switching between inference_mode and no_grad,
+    on the card in float32: the CPU's float64 logits of the same calls, the cache left with no inference tensors."""
+    cpu, gpu = _pair(layout)
+    ids = torch.randint(0, 37, (2, 10), generator=torch.Generator().manual_seed(0))
+    want = run(cpu, ids, cpu.init_cache(2, max_len=10 if static else None, static=static), [torch.no_grad] * 5)
+    inf, ng = torch.inference_mode, torch.no_grad
+    with inf():
+        cache = gpu.init_cache(2, max_len=10 if static else None, static=static)
+    got = run(gpu, ids.cuda(), cache, [inf, ng, inf, ng, ng])
+    torch.testing.assert_close(got.cpu().double(), want, rtol=1e-4, atol=1e-4)
+    assert not any(t.is_inference() for t in cache.tensors())
+
+
+@pytest.mark.parametrize("layout", ["attn+mlp, mamba2", "swa, mamba", "mamba2, attn, zamba(shared) at 0 1"])
+def test_gpu_generate_with_an_eos_grows_its_cache_as_the_static_one_decodes(layout):
+    """Greedy generate on the card: with an eos the eager KV buffers grow as the tokens come; its tokens are those of
+    the whole-cache decode (no eos) up to the first eos, then the pad, and the CUDA graph's the same."""
+    _, gpu = _pair(layout)
+    ids = torch.randint(0, 37, (3, 7), generator=torch.Generator().manual_seed(1)).cuda()
+    full = gpu.generate(ids, 60)
+    eos = int(full[0, 7 + 40])  # one row meets it late, after the buffers have doubled a few times
+    grown = gpu.generate(ids, 60, eos_token_id=eos, pad_token_id=0)
+    for b in range(3):
+        row, new = grown[b], full[b, 7:grown.shape[1]]
+        hit = (new == eos).nonzero()
+        end = 7 + int(hit[0]) + 1 if len(hit) else grown.shape[1]
+        assert torch.equal(row[:end], full[b, :end])
+        assert bool((row[end:] == 0).all())
+    gpu.cuda_graph = True
+    try:
+        assert torch.equal(gpu.generate(ids, 60, eos_token_id=eos, pad_token_id=0), grown)
+    finally:
+        gpu.cuda_graph = False
+
+
+def test_gpu_a_graph_captured_under_inference_mode_replays_outside_it():
+    """generate with the CUDA graph under inference_mode, then outside it, then under it again: each gives the eager
+    decode's tokens (outside the mode the graph is captured again over a normal cache)."""
+    _, gpu = _pair("mamba2, attn+mlp, rwkv6+cmix")
+    ids = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(2)).cuda()
+    want = gpu.generate(ids, 12)
+    gpu.cuda_graph = True
+    try:
+        with torch.inference_mode():
+            assert torch.equal(gpu.generate(ids, 12), want)
+        assert torch.equal(gpu.generate(ids, 12), want)
+        with torch.inference_mode():
+            assert torch.equal(gpu.generate(ids, 12), want)
+    finally:
+        gpu.cuda_graph = False
+
+
+def test_gpu_sigmoid_router_logits_are_float32_in_bf16_and_under_autocast():
+    """On the card: a bf16 sigmoid MoE routes as the float32 product of its bf16 weights, and a float32 one under
+    CUDA bf16 autocast as without it."""
+    m = build("moe", {"experts": 64, "top_k": 6, "hidden": 8, "router": "sigmoid", "score_bias": True},
+              d_model=256).cuda()
+    with torch.no_grad():
+        m.router.e_score_correction_bias.normal_(0, 0.01)
+    x = torch.randn(4096, 256, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    with torch.no_grad():
+        want = m.route(x)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            under = m.route(x)
+        half = m.to(torch.bfloat16)
+        xb = x.to(torch.bfloat16)
+        got = half.route(xb)
+        ref = F.linear(xb.float(), half.router.weight.float()).sigmoid()
+        _, ref_idx = (ref + half.router.e_score_correction_bias).topk(6, dim=-1)
+    assert torch.equal(under[2], want[2])
+    torch.testing.assert_close(under[0], want[0], rtol=1e-6, atol=1e-7)  # cuBLAS may order its float32 sums apart
+    assert got[0].dtype == torch.float32
+    same = (got[2] == ref_idx).all(-1).float().mean()
+    assert same > 0.999  # float32 cuBLAS vs the reference's: near-ties may break either way
