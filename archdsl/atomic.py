@@ -269,8 +269,12 @@ def _check_replaceable(path: str, names: frozenset[str], optional: frozenset[str
     if not os.access(path, os.W_OK | os.X_OK):  # a copy moved aside could not be emptied; root may
         raise ArchDSLError(f"will not replace {path}: it is read-only", hint="make it writable or pick another output")
     held = set(os.listdir(path))
-    foreign = sorted(e for e in held if e not in names | optional or os.path.islink(os.path.join(path, e))
-                     or not os.path.isfile(os.path.join(path, e)))
+    links = sorted(e for e in held if e in names | optional and os.path.islink(os.path.join(path, e)))
+    if links:  # replacing the directory would drop the link, and leave what it points to as it was
+        raise ArchDSLError(f"will not replace {path}: {', '.join(links)} {'is a' if len(links) == 1 else 'are'} "
+                           f"symbolic link{'s' if len(links) > 1 else ''}, and archdsl writes plain files there",
+                           hint="pick another output, or replace the link with a copy of its file")
+    foreign = sorted(e for e in held if e not in names | optional or not os.path.isfile(os.path.join(path, e)))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise ArchDSLError(f"will not replace {path}: it holds what archdsl does not write there ({shown});"

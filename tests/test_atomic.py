@@ -253,3 +253,19 @@ def test_optional_files_are_replaced_with_an_earlier_save_but_are_no_save_alone(
         with atomic_dir(str(out), names, optional):
             pass
     assert (own / "tokenizer.json").read_text() == "mine" and (out / "notes.txt").exists()
+
+
+def test_a_link_among_the_names_is_refused_as_a_link(tmp_path):
+    """A save whose tokenizer.json is a symbolic link (to a tokenizer shared by several saves): replacing the directory
+    would drop the link, so it is refused, saying so (it was 'holds what archdsl does not write there')."""
+    names, optional = frozenset({"spec.yaml", "model.safetensors"}), frozenset({"tokenizer.json"})
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in names:
+        (out / name).write_text("old")
+    (tmp_path / "shared.json").write_text("{}")
+    (out / "tokenizer.json").symlink_to(tmp_path / "shared.json")
+    with pytest.raises(ArchDSLError, match=r"tokenizer.json is a symbolic link, and archdsl writes plain files there"):
+        with atomic_dir(str(out), names, optional):
+            pass
+    assert (out / "tokenizer.json").is_symlink() and (tmp_path / "shared.json").read_text() == "{}"

@@ -146,6 +146,20 @@ def add_ssm_state_dtype(p):
                    help="Mamba / Mamba-2 SSM states' dtype in the cache: float32, bfloat16, float16 or float64 "
                         "(default float32, float64 in a float64 model or cache; bfloat16 halves them)")
 
+def add_tokenizer(p, default: str):
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="the tokenizer saved with the model: a directory holding its files (tokenizer.json, "
+                        "tokenizer_config.json, generation_config.json, ...: a Hugging Face model directory or a "
+                        f"save) or a tokenizer.json file; checked against the vocabulary (default: {default})")
+
+
+def tokenizer_note(model, given: str | None) -> str:
+    """The tail of a 'wrote' line: the tokenizer and generation files saved with the model, and where from."""
+    if not model.companions:
+        return ""
+    return f", with {', '.join(sorted(model.companions))}" + (f" from {given}" if given is not None else "")
+
+
 def add_spec(p):
     p.add_argument("spec", help="a YAML spec file, a saved model directory, or a layout string")
     add_set(p)

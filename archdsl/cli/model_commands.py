@@ -9,8 +9,8 @@ import sys
 from ..atomic import check_output_dir
 from ..errors import ArchDSLError
 from ..units import count, human, parse_seed, plural
-from .common import (ARGS, add_set, add_spec, add_ssm_state_dtype, check_apart, command, device_arg, model_dtype,
-                     read_spec, table)
+from .common import (ARGS, add_set, add_spec, add_ssm_state_dtype, add_tokenizer, check_apart, command, device_arg,
+                     model_dtype, read_spec, table, tokenizer_note)
 
 
 @command("compile", "build a spec's model with random weights and save it (spec.yaml + model.safetensors)")
@@ -27,17 +27,40 @@ def cmd_compile(args):
         raise ArchDSLError(f"--device {args.device}: a compiled model is saved with its weights, and the meta "
                            f"device holds none (give cpu or cuda)")
     check_apart(args.output, args.spec, "SPEC", "compile")  # a saved model's weights lost to random ones
-    check_output_dir(args.output, SAVE_FILES)  # before the model is built: a big one takes minutes
     spec = read_spec(args.spec, args.set)
+    companions = _companions(args, spec.vocab_size)
+    check_output_dir(args.output, SAVE_FILES, optional=frozenset(companions))  # before the model is built
     if _saved_dir(args.spec):  # the same name and parameter count as the trained model: told, lest it pass for it
         print(f"note: SPEC {args.spec} is a saved model: compile builds its spec with random weights from --seed "
               f"{args.seed}; its weights are not used. To cast or copy them, use `archdsl export-checkpoint RUNDIR "
               f"--dtype ...` on the training run that wrote them, or archdsl.load({args.spec!r}, dtype=...)"
               f".save(OUT) in Python", file=sys.stderr)
     model = build(spec, device=args.device, dtype=dtype, seed=args.seed)
+    model.companions = companions
     model.save(args.output)
     print(f"wrote {args.output}: {model.spec.name}, {plural(model.num_params(), 'parameter')}, "
-          f"{str(model.dtype).replace('torch.', '')}")
+          f"{str(model.dtype).replace('torch.', '')}{tokenizer_note(model, args.tokenizer)}")
+
+
+def _companions(args, vocab_size: int) -> dict[str, bytes]:
+    """The tokenizer and generation files compile saves: --tokenizer's, else those of a saved model given as SPEC
+    (its vocabulary is the new model's), else none. A saved model's that no longer fit (--set vocab_size smaller) are
+    left behind, with a note."""
+    import os
+
+    from ..model.companions import check_vocab, read_companions, tokenizer_companions
+
+    if args.tokenizer is not None:
+        return tokenizer_companions(args.tokenizer, vocab_size)
+    if not _saved_dir(args.spec):
+        return {}
+    companions = read_companions(args.spec)
+    try:
+        check_vocab(companions, vocab_size, os.path.join(args.spec, "tokenizer.json"), "SPEC")
+    except ArchDSLError as e:
+        print(f"note: {e.message}: its tokenizer and generation files are not saved with the model", file=sys.stderr)
+        return {}
+    return companions
 
 
 def _saved_dir(path: str) -> bool:
@@ -56,6 +79,7 @@ def _add_compile(p):
                                                       "float64")
     p.add_argument("--device", default="cpu", help="where the weights are made: cpu (default), cuda or cuda:N")
     p.add_argument("--seed", type=parse_seed, default=0, help="seed of the random weights (0..2^63-1; default 0)")
+    add_tokenizer(p, "a saved model's, when SPEC is one; else none")
 
 
 @command("run", "time prefill and decoding of a spec or a saved model on random tokens")

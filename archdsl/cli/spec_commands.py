@@ -210,7 +210,8 @@ def cmd_convert(args):
         if args.output is None:
             raise ArchDSLError("--weights needs -o DIR: where to save the archdsl model")
         from ..convert.hf_io import from_hf
-        from ..model.model import SAVE_FILES, companion_names
+        from ..model.companions import companion_names
+        from ..model.model import SAVE_FILES
 
         dtype = None if args.dtype is None else model_dtype(args.dtype)
         check_apart(args.output, args.input, "INPUT", "convert --weights")
@@ -268,7 +269,7 @@ def cmd_export(args):
     """Write DIR's model (spec.yaml + model.safetensors) to -o OUT as a Hugging Face checkpoint that transformers
     loads with its own class (Mamba, FalconMamba, Mamba2, Bamba, NemotronH, Llama, ...)."""
     from ..convert.hf_io import export_hf
-    from ..model.model import companion_names
+    from ..model.companions import companion_names
 
     check_apart(args.output, args.input, "DIR", "export")
     # before the model is loaded, with the tokenizer and generation files it carries

@@ -6,8 +6,9 @@ import os
 import sys
 
 from ..atomic import check_control
+from ..errors import ArchDSLError
 from ..units import count, parse_seed, plural
-from .common import ARGS, add_set, check_apart, command, device_arg, model_dtype
+from .common import ARGS, add_set, add_tokenizer, check_apart, command, device_arg, model_dtype, tokenizer_note
 
 
 @command("explore", "enumerate hybrid layouts under budgets: Pareto front, recall probes, plots")
@@ -108,12 +109,18 @@ def cmd_export_checkpoint(args):
         model_dtype(args.dtype)  # named as the option's, before the checkpoint is read
     check_control(args.output, "-o")  # as -o, not as export_checkpoint's out
     check_apart(args.output, args.rundir, "RUNDIR", "export-checkpoint")
-    model, step = export_checkpoint(args.rundir, args.output, step=args.step, dtype=args.dtype, skipped=skipped)
+    try:
+        model, step = export_checkpoint(args.rundir, args.output, step=args.step, dtype=args.dtype, skipped=skipped,
+                                        tokenizer=args.tokenizer)
+    except ArchDSLError as e:  # said as the option's, not as the function's argument
+        if e.message.startswith("export_checkpoint: tokenizer"):
+            raise ArchDSLError("--tokenizer" + e.message[len("export_checkpoint: tokenizer"):], hint=e.hint) from None
+        raise
     if skipped:
         print(f"warning: skipped {plural(len(skipped), 'damaged checkpoint')} (" + "; ".join(skipped)
               + f"); exported step {step}", file=sys.stderr)
     print(f"wrote {args.output}: {model.spec.name} at step {step}, {plural(model.num_params(), 'parameter')}, "
-          f"{str(model.dtype).replace('torch.', '')}")
+          f"{str(model.dtype).replace('torch.', '')}{tokenizer_note(model, args.tokenizer)}")
 
 
 def _add_export_checkpoint(p):
@@ -125,6 +132,7 @@ def _add_export_checkpoint(p):
     p.add_argument("--dtype", default=None, help="dtype of the saved weights: float32, bfloat16, float16 or float64 "
                                                  "(default: that of the saved model the run started from, else "
                                                  "float32)")
+    add_tokenizer(p, "the tokenizer and generation files of the saved model the run started from, if any")
 
 
 ARGS.update({"explore": _add_explore, "train": _add_train, "export-checkpoint": _add_export_checkpoint})

@@ -250,7 +250,7 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
     import torch
     from . import hf
     from ..model import check_device, load_weights, resolve_dtype
-    from ..model.model import read_companions
+    from ..model.companions import eos_companion, read_companions
 
     path = check_path("from_hf", path, "directory's path")
     if not check_flag("from_hf", "weights", weights):
@@ -281,10 +281,8 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
         raise ArchDSLError(e.message, file=path, hint=e.hint) from None
     load_weights(model, state, source=path)
     model.companions = read_companions(path)  # its tokenizer and generation files, carried into saves and exports
-    if "generation_config.json" not in model.companions:  # its token ids in config.json alone: as transformers
-        ids = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
-        if ids:  # makes a GenerationConfig of them (from_model_config), so that the eos is not lost on export
-            model.companions["generation_config.json"] = (json.dumps(ids, indent=2) + "\n").encode()
+    if "generation_config.json" not in model.companions and eos_companion(config) is not None:
+        model.companions["generation_config.json"] = eos_companion(config)  # its ids in config.json alone
     dev = check_device(device, dtype)
     return spec, (model.to(dev) if dev.type != "cpu" else model)
 
@@ -383,7 +381,8 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
     from safetensors import SafetensorError
     from safetensors.torch import save_file
     from ..model import ArchModel, load
-    from ..model.model import check_has_weights, check_spec_layout, write_companions
+    from ..model.companions import write_companions
+    from ..model.model import check_has_weights, check_spec_layout
 
     out_dir = check_path("export", out_dir, "directory's path")
     check_control(out_dir, "export: out_dir")  # before the model is loaded

@@ -17,7 +17,8 @@ from ..analysis import ALIASES, MODEL_DTYPES
 from ..errors import ArchDSLError, check_flag, warn
 from .decoding import check_seed
 from .fusions import FUSIONS, Fuse, resolve_fuse
-from .model import ArchModel, Cache, read_companions, resolve_ssm_dtype
+from .companions import read_companions
+from .model import ArchModel, Cache, resolve_ssm_dtype
 
 __all__ = ["compile", "load", "ArchModel", "Cache", "FUSIONS", "resolve_dtype", "check_device", "check_kernels_env"]
 

@@ -21,48 +21,13 @@ from ..blocks.base import INJECT
 from ..errors import ArchDSLError, check_path, out_of_memory
 from ..graph import layers as graph_layers
 from ..units import human
+from .companions import write_companions
 from .fusions import Fusable, Fuse, resolve_fuse
 from .layer import Layer, Norm
 from .decoding import CacheTooBig, GraphedStep
 from .packed import Packed, refusal, unpacked_blocks
 
 SAVE_FILES = frozenset({"spec.yaml", "model.safetensors"})  # what save() writes, all of it
-# a Hugging Face model's own files besides its config and weights: its tokenizer and generation settings. A model
-# read from an HF directory or a save carries them (ArchModel.companions) into its saves and exports, as they were
-COMPANIONS = frozenset({"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                        "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja",
-                        "generation_config.json"})
-
-
-def read_companions(directory) -> dict[str, bytes]:
-    """The COMPANIONS files in `directory` (plain files; a link is followed), name → their bytes. One that cannot be
-    read is left out with an ArchDSLWarning: the weights do not need it."""
-    from ..errors import warn
-
-    out = {}
-    for name in sorted(COMPANIONS):
-        path = os.path.join(os.fspath(directory), name)
-        if os.path.isfile(path):
-            try:
-                with open(path, "rb") as f:
-                    out[name] = f.read()
-            except OSError as e:
-                warn(f"cannot read {path}: {e.strerror or e}; the model goes on without it")
-    return out
-
-
-def companion_names(directory) -> frozenset[str]:
-    """The names of the COMPANIONS files in `directory` (what a model read from it writes again)."""
-    return frozenset(n for n in COMPANIONS if os.path.isfile(os.path.join(os.fspath(directory), n)))
-
-
-def write_companions(companions: dict[str, bytes], directory: str) -> None:
-    """Write `companions` (name → bytes, names of COMPANIONS) into `directory`."""
-    for name, data in companions.items():
-        with open(os.path.join(directory, name), "wb") as f:
-            f.write(data)
-
-
 class Cache:
     """Every layer's decode state (states[i][role] = the block's state dict) and the position."""
 

@@ -330,7 +330,7 @@ def load_checkpoint(path: str, model, opt, gen: torch.Generator) -> int:
 
 
 def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str | None = None,
-                      skipped: list[str] | None = None):
+                      skipped: list[str] | None = None, tokenizer: str | None = None):
     """A run's checkpoint (newest, or at `step`) → an ordinary archdsl save in `out`; returns (model, step).
 
     Without `step`, a damaged checkpoint (files cut short or missing, or a load that fails) is passed over for the
@@ -338,16 +338,18 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
     what'). With `step`, that checkpoint or an ArchDSLError. `dtype` of the saved weights: float32, bfloat16, float16,
     float64 (or an alias: bf16, fp16, ...; or a torch.dtype); None (the default): the dtype of the saved model the
     run started from (a bfloat16 checkpoint fine-tuned stays bfloat16), else float32 (the run's master weights').
-    The tokenizer and generation files of the saved model the run started from (RUNDIR/hf) go with the weights.
-    `out` is written as `ArchModel.save` writes (whole or
-    not at all); a directory holding anything else is refused."""
+    The tokenizer and generation files of the saved model the run started from (RUNDIR/hf) go with the weights;
+    `tokenizer` (a directory holding them, or a tokenizer.json file; see tokenizer_companions) gives others in their
+    place, as for a run started from random weights. `out` is written as `ArchModel.save` writes (whole or not at
+    all); a directory holding anything else is refused."""
     import numbers
 
     from ..atomic import check_control, check_output_dir
     from ..errors import check_path
     from ..model import compile as build
     from ..model import resolve_dtype
-    from ..model.model import SAVE_FILES, companion_names, read_companions
+    from ..model.companions import companion_names, read_companions, tokenizer_companions
+    from ..model.model import SAVE_FILES
     from ..spec import spec_from_yaml
 
     rundir = check_path("export_checkpoint: rundir", rundir, "run directory")
@@ -366,9 +368,16 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
     if skipped is not None and not isinstance(skipped, list):
         raise ArchDSLError(f"export_checkpoint: skipped must be a list (the damaged checkpoints passed over are "
                            f"added to it) or None, got {type(skipped).__name__}")
-    # before anything is read: where the save goes is the user's to fix first
-    check_output_dir(out, SAVE_FILES, optional=companion_names(os.path.join(rundir, HF_DIR)))
-    run = read_run(rundir)
+    if tokenizer is None:  # before anything is read: where the save goes is the user's to fix first
+        check_output_dir(out, SAVE_FILES, optional=companion_names(os.path.join(rundir, HF_DIR)))
+        run = read_run(rundir)
+        companions = None
+    else:  # the tokenizer checked against the run's vocabulary, then where the save goes
+        tokenizer = check_path("export_checkpoint: tokenizer", tokenizer, "tokenizer's path")
+        run = read_run(rundir)
+        vocab = spec_from_yaml(run["spec_yaml"], file=os.path.join(rundir, "run.json")).vocab_size
+        companions = tokenizer_companions(tokenizer, vocab, "export_checkpoint: tokenizer")
+        check_output_dir(out, SAVE_FILES, optional=frozenset(companions))
     damaged = [] if skipped is None else skipped
     if step is None:
         s, path, meta = resume_point(rundir, damaged, doing="export", prefix="model.")
@@ -393,7 +402,7 @@ def export_checkpoint(rundir: str, out: str, step: int | None = None, dtype: str
     dtype = resolve_dtype(dtype if dtype is not None else run.get("start_dtype") or "float32")
     if dtype != model.dtype:
         model = model.to(dtype)
-    model.companions = read_companions(os.path.join(rundir, HF_DIR))
+    model.companions = read_companions(os.path.join(rundir, HF_DIR)) if companions is None else companions
     model.save(out)
     return model, s
 

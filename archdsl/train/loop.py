@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ..atomic import atomic_dir, cannot_write, check_output, write_atomic
 from ..errors import ArchDSLError
 from ..model import saved_dtype
-from ..model.model import read_companions, write_companions
+from ..model.companions import read_companions, write_companions
 from ..model.modules.moe import balance_experts
 from ..model.packed import refusal, unpacked_blocks
 from .checkpoint import (CKPT_DIR, HF_DIR, check_spec, checkpoints, load_checkpoint, remove_partial, resume_point,
