@@ -35,7 +35,7 @@ def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attenti
     graphed = model.cuda_graph and input_ids.is_cuda
     try:
         if graphed:  # a static cache, all L + max_new_tokens positions at once
-            runner = graph_runner(model, B, L + max_new_tokens)
+            runner = model._graph_runner(B, L + max_new_tokens)
             cache = runner.cache
             cache.reset()
         elif eos is None:  # every step runs: the whole cache at once (doubling would copy it and overshoot)
@@ -87,17 +87,6 @@ def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attenti
                                    f"max_new_tokens {max_new_tokens:,} (batch {B}, the decode cache growing to "
                                    f"{L + i + 1:,} positions): ask for fewer new tokens") from None
     return torch.cat(out, dim=1)
-
-
-def graph_runner(model, batch: int, max_len: int) -> "GraphedStep":
-    """The model's captured decode step for `batch` rows and `max_len` positions, captured again where its cache
-    holds inference tensors (captured under torch.inference_mode()) and this call runs outside the mode: the
-    copies Cache._writable would make for it are not the buffers the graph replays on."""
-    runner = model._graph_runner(batch, max_len)
-    if runner.cache.inference and not torch.is_inference_mode_enabled():
-        model._graphs = {}
-        runner = model._graph_runner(batch, max_len)
-    return runner
 
 
 def stop_ids(vocab: int, eos_token_id, pad_token_id) -> tuple[list[int], int] | None:
@@ -211,7 +200,10 @@ class GraphedStep:
     tensors); each call copies the tokens in, replays, and returns the logits."""
 
     def __init__(self, model, batch: int, max_len: int):
-        with torch.cuda.device(model.device):  # the capture stream on the model's card, not the current one
+        # the capture stream on the model's card, not the current one; and outside torch.inference_mode(), so that
+        # the buffers the graph replays on are normal tensors, which a generate under the mode and one outside it
+        # both write in place (an inference tensor would be copied outside the mode, off the graph's buffers)
+        with torch.cuda.device(model.device), torch.inference_mode(False):
             self._capture(model, batch, max_len)
 
     def _capture(self, model, batch: int, max_len: int):
