@@ -65,10 +65,17 @@ def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attenti
         eos_ids = torch.tensor(eos[0], device=input_ids.device)
         pad = torch.tensor(eos[1], device=input_ids.device)
         done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    # sampling on a card: the logits' finite check waits for the device every CHECK_EVERY steps, not each token
+    deferred = Deferred(B, input_ids.device) if defers(input_ids, temperature, eos) else None
     for i in range(max_new_tokens):
         if seen is not None:
             logits = penalize(logits, seen, repetition_penalty)
-        tok = sample(logits, temperature, top_k, gen, top_p, where=f"generate: step {i} (new token {i + 1})")
+        if deferred is not None:
+            logits = deferred.note(logits, i)
+            if i % CHECK_EVERY == CHECK_EVERY - 1 or i + 1 == max_new_tokens:
+                deferred.check()
+        tok = sample(logits, temperature, top_k, gen, top_p, where=f"generate: step {i} (new token {i + 1})",
+                     checked=deferred is None)
         if seen is not None:
             seen.scatter_(1, tok[:, None], True)
         if eos is not None:
@@ -142,16 +149,18 @@ def penalize(logits, seen, penalty: float):
     return out.clamp(-big, big).float()
 
 
-def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None, where="sample"):
+def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None, where="sample", checked=True):
     """logits [B, V] → tokens [B]: greedy at temperature 0, else softmax sampling, optionally from the top_k
     likeliest tokens, then from the nucleus: the likeliest tokens, in order, until their probability reaches
     top_p (a token is kept when the ones before it hold less than top_p; the likeliest always is).
     Sampling needs every row's largest logit finite (a -inf logit is a token never drawn): a row with a NaN or
     +inf logit, or with -inf logits only, is ArchDSLError "`where`: ... row r ..." (one wait for the device a
-    call). Greedy takes the argmax as it is (+inf wins; NaN, which torch ranks above every number, too)."""
+    call; checked=False: the caller checks, as generate's Deferred). Greedy takes the argmax as it is (+inf wins;
+    NaN, which torch ranks above every number, too)."""
     if temperature == 0:
         return logits.argmax(-1)
-    check_finite(logits, where)
+    if checked:
+        check_finite(logits, where)
     # float64 below float32's smallest normal temperature, where float32 would take it for 0 (and give 0/0)
     logits = logits.float() if temperature >= torch.finfo(torch.float32).tiny else logits.double()
     logits = (logits - logits.amax(-1, keepdim=True)) / temperature  # <= 0: a tiny temperature gives -inf, never nan
@@ -167,6 +176,48 @@ def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None, wher
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+CHECK_EVERY = 32  # generate's steps between two waits for the device to read the deferred finite check
+
+
+def defers(input_ids, temperature, eos) -> bool:
+    """Whether generate defers the logits' finite check (Deferred): sampling (not greedy, which needs none) on a
+    card, without an eos (whose stop test waits for the device each step anyway)."""
+    return input_ids.is_cuda and temperature != 0 and eos is None
+
+
+class Deferred:
+    """check_finite without a wait for the device each step: note() records, on the device, each row's first step
+    whose logits are not finite (and its largest logit, which tells NaN, +inf or -inf only), and gives the logits
+    with those rows made 0, which sampling takes (NaN in multinomial is a device-side assert, fatal to the process);
+    check() reads the record and raises check_finite's ArchDSLError for the earliest step, naming it."""
+
+    def __init__(self, batch: int, device):
+        self.first = torch.full((batch,), -1, dtype=torch.long, device=device)  # [B]: the step, -1 while finite
+        self.top = torch.zeros(batch, device=device)  # [B]: the largest logit at that step
+
+    def note(self, logits, step: int):
+        top = logits.amax(-1)
+        new = ~torch.isfinite(top) & (self.first < 0)
+        self.first.masked_fill_(new, step)
+        self.top = torch.where(new, top.float(), self.top)
+        return logits.masked_fill(~torch.isfinite(top)[:, None], 0.0)
+
+    def check(self) -> None:
+        first = self.first.tolist()  # the one wait
+        steps = [s for s in first if s >= 0]
+        if steps:
+            step = min(steps)
+            row = first.index(step)
+            top = float(self.top[row])
+            holds = "NaN" if top != top else "+inf" if top > 0 else "-inf only"
+            raise ArchDSLError(f"generate: step {step} (new token {step + 1}): {_no_distribution(row, holds)}")
+
+
+def _no_distribution(row: int, holds: str) -> str:
+    return (f"the logits of row {row} hold {holds}: sampling needs finite logits (NaN or inf weights, or a float16 "
+            f"model's overflow, which float32 or bfloat16 may not have)")
+
+
 def check_finite(logits, where: str) -> None:
     """ArchDSLError naming the first row of logits [B, V] whose largest logit is not finite: it holds NaN or +inf
     (NaN weights, or a 16-bit model's overflow), or nothing but -inf; softmax has no distribution there."""
@@ -178,8 +229,7 @@ def check_finite(logits, where: str) -> None:
         return
     row = int(bad.nonzero()[0, 0])
     holds = ("NaN" if bool(logits[row].isnan().any()) else "+inf" if bool(top[row] > 0) else "-inf only")
-    raise ArchDSLError(f"{where}: the logits of row {row} hold {holds}: sampling needs finite logits (NaN or inf "
-                       f"weights, or a float16 model's overflow, which float32 or bfloat16 may not have)")
+    raise ArchDSLError(f"{where}: {_no_distribution(row, holds)}")
 
 
 SEEDS = (-2**63, 2**64)  # what torch's generators take: an int64 or a uint64

@@ -403,3 +403,35 @@ def test_compile_of_a_spec_directory_and_the_hint_of_a_save_say_nothing(tmp_path
     assert hf_dir_hint(tmp_path / "m") == ""
     (tmp_path / "m" / "spec.yaml").unlink()
     assert hf_dir_hint(tmp_path / "m") != ""
+
+
+def test_the_deferred_finite_check_says_what_the_immediate_one_says(monkeypatch):
+    """On a card, sampling generate reads its finite check every CHECK_EVERY steps (Deferred), not each token: run
+    here on the CPU, it draws the same tokens as the check of every step, and raises the same ArchDSLError for the
+    earliest step and row that were not finite, however many steps later it reads it."""
+    from archdsl.model import decoding
+
+    spec = archdsl.parse("mamba, attn+mlp", d_model=16, vocab_size=37, blocks=SMALL)
+    model = archdsl.compile(spec, seed=0)
+    ids = torch.randint(0, 37, (3, 4), generator=torch.Generator().manual_seed(0))
+    want = model.generate(ids, 40, temperature=0.8, top_k=9, seed=3)
+    monkeypatch.setattr(decoding, "defers", lambda *a: True)
+    assert torch.equal(model.generate(ids, 40, temperature=0.8, top_k=9, seed=3), want)
+    with torch.no_grad():
+        model.lm_head.weight[5, 0] = float("nan")
+    for n in (1, 3, 32, 33, 40):  # a check at the last step, at step 31, and after it
+        with pytest.raises(ArchDSLError, match=r"^generate: step 0 \(new token 1\): the logits of row 0 hold NaN: "):
+            model.generate(ids, n, temperature=1.0, seed=0)
+    deferred = decoding.Deferred(3, "cpu")
+    inf = float("inf")
+    ok = torch.zeros(3, 4)
+    assert torch.equal(deferred.note(ok, 0), ok)
+    deferred.check()  # all finite: nothing to say
+    late = ok.clone()
+    late[2] = -inf  # row 2 at step 1: -inf only
+    assert torch.equal(deferred.note(late, 1)[2], torch.zeros(4))  # sampled as a uniform row, never multinomial's NaN
+    later = ok.clone()
+    later[0, 1] = inf  # row 0 at step 2: +inf; row 2 finite again
+    deferred.note(later, 2)
+    with pytest.raises(ArchDSLError, match=r"^generate: step 1 \(new token 2\): the logits of row 2 hold -inf only"):
+        deferred.check()

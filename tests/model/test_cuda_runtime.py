@@ -123,3 +123,27 @@ def test_gpu_sigmoid_router_logits_are_float32_in_bf16_and_under_autocast():
     assert got[0].dtype == torch.float32
     same = (got[2] == ref_idx).all(-1).float().mean()
     assert same > 0.999  # float32 cuBLAS vs the reference's: near-ties may break either way
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_gpu_sampling_checks_its_logits_without_a_wait_each_token(graph, monkeypatch):
+    """Sampling generate on the card reads its finite check every CHECK_EVERY steps: the same tokens as the check
+    of every step, and NaN weights still an ArchDSLError naming step 0, with the process's CUDA context alive (NaN
+    reaching multinomial is a device-side assert)."""
+    from archdsl.model import decoding
+
+    _, gpu = _pair("mamba2, attn+mlp")
+    gpu.cuda_graph = graph
+    ids = torch.randint(0, 37, (3, 5), generator=torch.Generator().manual_seed(4)).cuda()
+    want = gpu.generate(ids, 70, temperature=0.9, top_p=0.9, seed=1)
+    with monkeypatch.context() as m:
+        m.setattr(decoding, "defers", lambda *a: False)
+        assert torch.equal(gpu.generate(ids, 70, temperature=0.9, top_p=0.9, seed=1), want)
+    with torch.no_grad():
+        gpu.lm_head.weight[5, 0] = float("nan")
+    for n in (3, 40):
+        with pytest.raises(archdsl.ArchDSLError, match=r"^generate: step 0 \(new token 1\): the logits of row 0 "
+                                                        r"hold NaN"):
+            gpu.generate(ids, n, temperature=1.0, seed=0)
+    torch.cuda.synchronize()
+    assert float(torch.ones(2, device="cuda").sum()) == 2.0
