@@ -273,11 +273,11 @@ def _check_replaceable(path: str, names: frozenset[str], optional: frozenset[str
     if links:  # replacing the directory would drop the link, and leave what it points to as it was
         raise ArchDSLError(f"will not replace {path}: {', '.join(links)} {'is a' if len(links) == 1 else 'are'} "
                            f"symbolic link{'s' if len(links) > 1 else ''}, and archdsl writes plain files there",
-                           hint="pick another output, or replace the link with a copy of its file")
+                           hint="pick another output or remove it")
     foreign = sorted(e for e in held if e not in names | optional or not os.path.isfile(os.path.join(path, e)))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise ArchDSLError(f"will not replace {path}: it holds what archdsl does not write there ({shown});"
+        raise ArchDSLError(f"will not replace {path}: it holds what this output does not write ({shown});"
                            " pick another output or remove it")
     if held and not names <= held:
         raise ArchDSLError(f"will not replace {path}: it holds {', '.join(sorted(held))} but not "

@@ -249,7 +249,7 @@ def test_optional_files_are_replaced_with_an_earlier_save_but_are_no_save_alone(
         with atomic_dir(str(own), names, optional):
             pass
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(ArchDSLError, match=r"holds what archdsl does not write there \(notes.txt\)"):
+    with pytest.raises(ArchDSLError, match=r"holds what this output does not write \(notes.txt\)"):
         with atomic_dir(str(out), names, optional):
             pass
     assert (own / "tokenizer.json").read_text() == "mine" and (out / "notes.txt").exists()

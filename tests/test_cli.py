@@ -660,7 +660,7 @@ def test_a_bad_output_directory_is_refused_before_any_work(tmp_path, capsys, mon
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("mine")
     for out, message in (("afile", "-o afile: exists and is not a directory"), ("", "-o: give a path"),
-                         ("full", "holds what archdsl does not write there (notes.txt)"),
+                         ("full", "holds what this output does not write (notes.txt)"),
                          ("afile/x", "is a file, not a directory"), (".", "it is the current directory")):
         if argv[-1] == "--weights" and not out:
             continue  # convert --weights with an empty -o: "--weights needs -o DIR"

@@ -16,9 +16,9 @@ from .common import (ARGS, add_set, add_spec, add_ssm_state_dtype, add_tokenizer
 @command("compile", "build a spec's model with random weights and save it (spec.yaml + model.safetensors)")
 def cmd_compile(args):
     """Build the PyTorch model of SPEC with random weights from --seed and save it to -o DIR. SPEC may be a saved
-    model directory: only its spec is read, and its weights are NOT used (a note on stderr says so); to cast or copy
-    a trained model's weights use `archdsl export-checkpoint RUNDIR --dtype ...` (a training run's checkpoint) or,
-    for a saved model, archdsl.load(DIR, dtype=...).save(OUT) in Python."""
+    model directory: its spec is read and its tokenizer files kept, but its weights are NOT used (a note on stderr
+    says so); to cast or copy a trained model's weights use `archdsl export-checkpoint RUNDIR --dtype ...` (a
+    training run's checkpoint) or, for a saved model, archdsl.load(DIR, dtype=...).save(OUT) in Python."""
     from ..model import compile as build
     from ..model.model import SAVE_FILES
 
@@ -46,8 +46,6 @@ def _companions(args, vocab_size: int) -> dict[str, bytes]:
     """The tokenizer and generation files compile saves: --tokenizer's, else those of a saved model given as SPEC
     (its vocabulary is the new model's), else none. A saved model's that no longer fit (--set vocab_size smaller) are
     left behind, with a note."""
-    import os
-
     from ..model.companions import check_vocab, read_companions, tokenizer_companions
 
     if args.tokenizer is not None:
@@ -56,8 +54,8 @@ def _companions(args, vocab_size: int) -> dict[str, bytes]:
         return {}
     companions = read_companions(args.spec)
     try:
-        check_vocab(companions, vocab_size, os.path.join(args.spec, "tokenizer.json"), "SPEC")
-    except ArchDSLError as e:
+        check_vocab(companions, vocab_size, args.spec, "SPEC")
+    except ArchDSLError as e:  # a vocabulary --set made smaller, or a file of the save's that is not what it says
         print(f"note: {e.message}: its tokenizer and generation files are not saved with the model", file=sys.stderr)
         return {}
     return companions

@@ -20,9 +20,10 @@ COMPANIONS = frozenset({"tokenizer.json", "tokenizer_config.json", "special_toke
                         "generation_config.json"})
 
 
-def read_companions(directory) -> dict[str, bytes]:
+def read_companions(directory, strict: bool = False) -> dict[str, bytes]:
     """The COMPANIONS files in `directory` (plain files; a link is followed), name → their bytes. One that cannot be
-    read is left out with an ArchDSLWarning: the weights do not need it."""
+    read is left out with an ArchDSLWarning (the weights do not need it); strict: ArchDSLError instead (a directory
+    the user named for its tokenizer)."""
     from ..errors import warn
 
     out = {}
@@ -33,6 +34,8 @@ def read_companions(directory) -> dict[str, bytes]:
                 with open(path, "rb") as f:
                     out[name] = f.read()
             except OSError as e:
+                if strict:
+                    raise ArchDSLError(f"cannot read {path}: {e.strerror or e}") from None
                 warn(f"cannot read {path}: {e.strerror or e}; the model goes on without it")
     return out
 
@@ -57,60 +60,121 @@ def eos_companion(config: dict) -> bytes | None:
     return (json.dumps(ids, indent=2) + "\n").encode() if ids else None
 
 
+MAX_BYTES = 1 << 30  # a tokenizer file past this is some other file named by mistake (the largest are ~30 MB)
+IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")  # generation settings' token ids
+
+
 def tokenizer_companions(path, vocab_size: int, where: str = "--tokenizer") -> dict[str, bytes]:
     """The companions a model of `vocab_size` ids takes from `path`: a directory (a save, an HF model directory, a
     tokenizer's own; its COMPANIONS, and a generation_config.json of its config.json's ids where it has none) or a
-    tokenizer.json file. ArchDSLError, naming `where`, for a path that is neither, a directory holding no tokenizer,
-    or a tokenizer.json that is not one or that gives an id past the vocabulary (a tokenizer of another model)."""
-    from ..yamlio import read_text
-
+    tokenizer.json file. ArchDSLError, naming `where`, for a path that is neither, a file that cannot be read, a
+    directory holding no tokenizer, or files that give an id past the vocabulary (check_vocab)."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        out = read_companions(path)
+        try:
+            out = read_companions(path, strict=True)
+        except ArchDSLError as e:
+            raise ArchDSLError(f"{where}: {e.message}") from None
         if not out.keys() & (COMPANIONS - {"generation_config.json"}):
             raise ArchDSLError(f"{where}: {path} holds no tokenizer (none of "
                                f"{', '.join(sorted(COMPANIONS - {'generation_config.json'}))})")
-        config = os.path.join(path, "config.json")
-        if "generation_config.json" not in out and os.path.isfile(config):
-            try:
-                data = json.loads(read_text(config))
-            except ValueError:
-                data = None  # not the HF config we look for: its ids are not read
-            made = eos_companion(data) if isinstance(data, dict) else None
+        if "generation_config.json" not in out:
+            made = eos_companion(_config(os.path.join(path, "config.json")))
             if made is not None:
                 out["generation_config.json"] = made
     elif os.path.isfile(path):  # saved as tokenizer.json, whatever its name
-        with open(path, "rb") as f:
-            out = {"tokenizer.json": f.read()}
+        out = {"tokenizer.json": _read(path, where)}
+    elif os.path.exists(path):
+        raise ArchDSLError(f"{where}: {path} is not a regular file or a directory (a device, FIFO or socket)")
     else:
         raise ArchDSLError(f"{where}: {path}: no such file or directory (give a tokenizer.json or a directory "
                            f"holding one)")
-    check_vocab(out, vocab_size, os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path, where)
+    check_vocab(out, vocab_size, path, where, " (a tokenizer of another model?)")
     return out
 
 
-def check_vocab(companions: dict[str, bytes], vocab_size: int, file: str, where: str) -> None:
-    """ArchDSLError, naming `where` and `file`, where the companions' tokenizer.json is not one or gives an id past a
-    vocabulary of `vocab_size` (a tokenizer of another model); nothing to check without one."""
-    if "tokenizer.json" not in companions:
-        return
-    top = _top_id(companions["tokenizer.json"], f"{where}: {file}")
-    if top >= vocab_size:
-        raise ArchDSLError(f"{where}: {file}: the tokenizer gives ids up to {top:,}, past the model's vocabulary of "
-                           f"{vocab_size:,} (a tokenizer of another model?)")
-
-
-def _top_id(data: bytes, file: str) -> int:
-    """The largest id a tokenizer.json gives: its model's vocabulary (BPE's and WordLevel's {token: id}, Unigram's
-    [[piece, score], ...]) and its added tokens; -1 when it gives none."""
+def _read(path: str, where: str) -> bytes:
     try:
-        tok = json.loads(data)
-        model = tok.get("model") or {}
-        vocab = model.get("vocab") or {}
-        ids = list(vocab.values()) if isinstance(vocab, dict) else [len(vocab) - 1] if vocab else []
-        ids += [t["id"] for t in tok.get("added_tokens") or []]
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise TypeError("an id that is not an integer")
-    except (ValueError, TypeError, AttributeError, KeyError) as e:
-        raise ArchDSLError(f"{file}: not a tokenizer.json ({e})") from None
-    return max(ids, default=-1)
+        if os.path.getsize(path) > MAX_BYTES:
+            raise ArchDSLError(f"{where}: {path}: {os.path.getsize(path):,} bytes, too large for a tokenizer.json "
+                               f"(another file?)")
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ArchDSLError(f"{where}: cannot read {path}: {e.strerror or e}") from None
+
+
+def _config(path: str) -> dict:
+    """An HF config.json's object, for its token ids; {} where there is none, or it is no JSON object (its ids are
+    a convenience: the tokenizer comes without them)."""
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def check_vocab(companions: dict[str, bytes], vocab_size: int, where_from: str, where: str, why: str = "") -> None:
+    """ArchDSLError, naming `where` and the file, where a companion gives a token id past a vocabulary of
+    `vocab_size` (a tokenizer of another model, or a vocabulary made smaller), or is not what its name says:
+    tokenizer.json's model vocabulary and added tokens, vocab.json's and added_tokens.json's {token: id}, and the
+    token ids of generation_config.json. tokenizer.model (SentencePiece's binary) is not read. `where_from`: the
+    directory they came from, or the tokenizer.json file; `why`: what the message adds where an id is past."""
+    for name, read in (("tokenizer.json", _tokenizer_ids), ("vocab.json", _map_ids), ("added_tokens.json", _map_ids),
+                       ("generation_config.json", _generation_ids)):
+        if name not in companions:
+            continue
+        file = where_from if name == "tokenizer.json" and not os.path.isdir(where_from) else \
+            os.path.join(where_from, name)
+        try:
+            ids = read(json.loads(companions[name]))
+        except (ValueError, RecursionError) as e:
+            what = "not JSON" if not isinstance(e, _Shape) else str(e)
+            raise ArchDSLError(f"{where}: {file}: not a {name} ({what})") from None
+        if ids and max(ids) >= vocab_size:
+            top = max(ids)
+            said = f"a token id of {top:,}" if name == "generation_config.json" else f"ids up to {top:,}"
+            raise ArchDSLError(f"{where}: {file} gives {said}, past the model's vocabulary of {vocab_size:,}{why}")
+
+
+class _Shape(ValueError):
+    """A companion whose JSON is not shaped as its name says."""
+
+
+def _is_id(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _tokenizer_ids(tok) -> list[int]:
+    """A tokenizer.json's ids: its model's vocabulary (BPE's, WordLevel's and WordPiece's {token: id}, Unigram's
+    [[piece, score], ...], whose ids are the positions) and its added tokens."""
+    model = tok.get("model") if isinstance(tok, dict) else None
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if not isinstance(vocab, (dict, list)):
+        raise _Shape("expected an object whose model holds a vocab, as the tokenizers library saves one")
+    ids = _map_ids(vocab) if isinstance(vocab, dict) else list(range(len(vocab)))
+    added = tok.get("added_tokens") or []
+    if not isinstance(added, list) or not all(isinstance(t, dict) and _is_id(t.get("id")) for t in added):
+        raise _Shape("its added_tokens must be a list of objects, each with an id >= 0")
+    return ids + [t["id"] for t in added]
+
+
+def _map_ids(vocab) -> list[int]:
+    if not isinstance(vocab, dict) or not all(_is_id(v) for v in vocab.values()):
+        raise _Shape("expected an object of token → id >= 0")
+    return list(vocab.values())
+
+
+def _generation_ids(config) -> list[int]:
+    """The token ids of a generation_config.json (each an id or a list of them; null where unset)."""
+    if not isinstance(config, dict):
+        raise _Shape("expected an object")
+    ids = []
+    for key in IDS:
+        value = config.get(key)
+        values = [] if value is None else value if isinstance(value, list) else [value]
+        if not all(_is_id(v) for v in values):
+            raise _Shape(f"its {key} must be a token id >= 0 or a list of them, got {value!r}"[:200])
+        ids += values
+    return ids

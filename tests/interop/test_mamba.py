@@ -103,7 +103,7 @@ def test_companions_never_replace_a_tokenizer_the_new_output_lacks(tmp_path, cap
     before = sorted(p.name for p in (tmp_path / "user").iterdir())
     archdsl.compile(archdsl.parse("2×mamba", d_model=32, vocab_size=64)).save(tmp_path / "plain")
     assert main(["export", str(tmp_path / "plain"), "--to", "hf", "-o", str(tmp_path / "user")]) == 2
-    assert "holds what archdsl does not write there (generation_config.json, tokenizer.json)" in \
+    assert "holds what this output does not write (generation_config.json, tokenizer.json)" in \
         capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "user").iterdir()) == before
     (tmp_path / "plain" / "tokenizer.json").write_text("{}")  # a tokenizer put beside a save by hand

@@ -36,7 +36,6 @@ def _check(fn, full, part, grad_names, pick):
     cot = _rand(*y.shape, seed=7)
     y.backward(cot)
     y, grads = pick(y.detach()), {k: pick(leaves[k].grad) for k in grad_names}
-    del leaves
     part_leaves = {k: v.detach().requires_grad_(k in grad_names) if isinstance(v, torch.Tensor) else v
                    for k, v in part.items()}
     y_part = fn(**part_leaves)

@@ -225,7 +225,7 @@ def test_save_takes_nothing_it_did_not_write(tmp_path, monkeypatch):
     (tmp_path / "user" / "notes.txt").write_text("precious")
     (tmp_path / "sub" / "dir").mkdir(parents=True)
     (tmp_path / "afile").write_text("precious")
-    for target, why in [("user", r"holds what archdsl does not write there \(notes.txt\)"), ("sub", r"\(dir\)"),
+    for target, why in [("user", r"holds what this output does not write \(notes.txt\)"), ("sub", r"\(dir\)"),
                         ("afile", "is not a directory")]:
         with pytest.raises(ArchDSLError, match=why):
             model.save(tmp_path / target)

@@ -61,34 +61,95 @@ def test_compile_of_a_saved_model_keeps_its_tokenizer(tmp_path, capsys):
     capsys.readouterr()
     assert main(["compile", str(tmp_path / "a"), "--set", "vocab_size=4", "-o", str(tmp_path / "c")]) == 0
     err = capsys.readouterr().err
-    assert "the tokenizer gives ids up to 6, past the model's vocabulary of 4" in err
+    assert f"note: SPEC: {tmp_path / 'a' / 'tokenizer.json'} gives ids up to 6, past the model's vocabulary of 4" in err
     assert "its tokenizer and generation files are not saved with the model" in err
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["model.safetensors", "spec.yaml"]
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "--tokenizer: {p}: no such file or directory"),
-    ("empty_dir", "--tokenizer: {p} holds no tokenizer (none of added_tokens.json, chat_template.jinja"),
-    ("past_vocab", "--tokenizer: {p}/tokenizer.json: the tokenizer gives ids up to 69, past the model's vocabulary "
-                   "of 64 (a tokenizer of another model?)"),
-    ("not_json", "--tokenizer: {p}: not a tokenizer.json ("),
-    ("bad_ids", "--tokenizer: {p}: not a tokenizer.json (an id that is not an integer)"),
-], ids=["missing", "empty_dir", "past_vocab", "not_json", "bad_ids"])
-def test_a_bad_tokenizer_is_refused_before_anything_is_written(tmp_path, capsys, case, message):
+CASES = {  # a bad --tokenizer: how it is made, what the error says ({p}: its path)
+    "missing": (None, "--tokenizer: {p}: no such file or directory"),
+    "empty_dir": ({"generation_config.json": "{}"},  # generation settings alone are no tokenizer
+                  "--tokenizer: {p} holds no tokenizer (none of added_tokens.json, chat_template.jinja"),
+    "past_vocab": ("big", "--tokenizer: {p}/tokenizer.json gives ids up to 69, past the model's vocabulary of 64 (a "
+                          "tokenizer of another model?)"),
+    "not_json": ("not json", "--tokenizer: {p}: not a tokenizer.json (not JSON)"),
+    "not_a_tokenizer": ('{"model_type": "mamba"}', "--tokenizer: {p}: not a tokenizer.json (expected an object whose "
+                                                   "model holds a vocab"),
+    "empty_object": ("{}", "--tokenizer: {p}: not a tokenizer.json (expected an object whose model holds a vocab"),
+    "string_id": ('{"model": {"vocab": {"a": "0"}}}', "not a tokenizer.json (expected an object of token → id >= 0)"),
+    "negative_id": ('{"model": {"vocab": {"a": -1}}}', "not a tokenizer.json (expected an object of token → id >= 0)"),
+    "bad_added": ('{"model": {"vocab": {"a": 0}}, "added_tokens": [{"content": "x"}]}',
+                  "not a tokenizer.json (its added_tokens must be a list of objects, each with an id >= 0)"),
+    "list": ("[1, 2]", "not a tokenizer.json (expected an object whose model holds a vocab"),
+    "vocab_json": ({"vocab.json": json.dumps({"a": 0, "world": 99999}), "merges.txt": "#version: 0.2\n"},
+                   "--tokenizer: {p}/vocab.json gives ids up to 99,999, past the model's vocabulary of 64"),
+    "added_json": ({"tokenizer.model": "x", "added_tokens.json": json.dumps({"<x>": 64})},
+                   "--tokenizer: {p}/added_tokens.json gives ids up to 64, past the model's vocabulary of 64"),
+    "eos_in_config": ("config", "--tokenizer: {p}/generation_config.json gives a token id of 50,000, past the "
+                                "model's vocabulary of 64"),
+    "eos_in_generation": ({"tokenizer.model": "x", "generation_config.json": '{"eos_token_id": [2, 70]}'},
+                          "--tokenizer: {p}/generation_config.json gives a token id of 70, past"),
+    "bad_generation": ({"tokenizer.model": "x", "generation_config.json": '{"eos_token_id": "2"}'},
+                       "not a generation_config.json (its eos_token_id must be a token id >= 0 or a list of them, "
+                       "got '2')"),
+    "device": ("/dev/null", "--tokenizer: /dev/null is not a regular file or a directory"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_bad_tokenizer_is_refused_before_anything_is_written(tmp_path, capsys, case):
+    made, message = CASES[case]
     p = tmp_path / "tok"
-    if case == "empty_dir":
+    if isinstance(made, dict):
         p.mkdir()
-        (p / "generation_config.json").write_text("{}")  # generation settings alone are no tokenizer
-    elif case == "past_vocab":
+        for name, text in made.items():
+            (p / name).write_text(text)
+    elif made == "big":
         tokenizer_dir(p, WORDS + [f"w{i}" for i in range(63)])
-    elif case == "not_json":
-        p.write_text("not json")
-    elif case == "bad_ids":
-        p.write_text(json.dumps({"model": {"vocab": {"a": "0"}}}))
+    elif made == "config":
+        tokenizer_dir(p)
+        (p / "config.json").write_text(json.dumps({"eos_token_id": 50000}))
+    elif made == "/dev/null":
+        p = made
+    elif made is not None:
+        p.write_text(made)
     capsys.readouterr()
     assert main(["compile", *SPEC, "-o", str(tmp_path / "m"), "--tokenizer", str(p)]) == 2
-    assert message.format(p=p) in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message.format(p=p) in err and "Traceback" not in err
     assert not (tmp_path / "m").exists()
+
+
+def test_an_unreadable_tokenizer_is_an_error_not_a_warning(tmp_path, capsys, monkeypatch):
+    """A directory named for its tokenizer whose tokenizer.json cannot be read: exit 2 naming it (a save read for its
+    weights only warns and goes on without it); and a file given as --tokenizer likewise."""
+    import builtins
+
+    src = tokenizer_dir(tmp_path / "tok")
+    real = builtins.open
+
+    def refusing(file, *a, **kw):
+        if str(file).endswith("tokenizer.json"):
+            raise PermissionError(13, "Permission denied")
+        return real(file, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", refusing)
+    for given in (src, src / "tokenizer.json"):
+        capsys.readouterr()
+        assert main(["compile", *SPEC, "-o", str(tmp_path / "m"), "--tokenizer", str(given)]) == 2
+        assert f"error: --tokenizer: cannot read {src / 'tokenizer.json'}: Permission denied" in capsys.readouterr().err
+        assert not (tmp_path / "m").exists()
+
+
+def test_a_config_json_that_is_no_json_object_gives_no_ids(tmp_path, capsys):
+    """The eos of a config.json is a convenience: one that is not JSON, not an object, or not UTF-8 is passed over,
+    and the tokenizer goes with the model without a generation_config.json."""
+    for i, data in enumerate((b"not json", b"[1, 2]", b"\xff\xfe")):
+        src = tokenizer_dir(tmp_path / f"tok{i}")
+        (src / "config.json").write_bytes(data)
+        assert main(["compile", *SPEC, "-o", str(tmp_path / f"m{i}"), "--tokenizer", str(src)]) == 0
+        assert sorted(p.name for p in (tmp_path / f"m{i}").iterdir()) == [
+            "model.safetensors", "spec.yaml", "tokenizer.json", "tokenizer_config.json"]
 
 
 def test_export_checkpoint_of_a_run_from_random_weights_with_a_tokenizer(tmp_path, capsys):
@@ -113,6 +174,5 @@ def test_export_checkpoint_of_a_run_from_random_weights_with_a_tokenizer(tmp_pat
     capsys.readouterr()
     assert main(["export-checkpoint", str(tmp_path / "run"), "-o", str(tmp_path / "other"), "--tokenizer",
                  str(big)]) == 2
-    assert "--tokenizer: " + str(big / "tokenizer.json") + ": the tokenizer gives ids up to 69" in \
-        capsys.readouterr().err
+    assert "--tokenizer: " + str(big / "tokenizer.json") + " gives ids up to 69" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
