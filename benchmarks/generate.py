@@ -21,10 +21,13 @@ from _bench import fail, needs_cuda, positive, positive_list, save_json, wall_ms
 import archdsl
 from archdsl.model import decoding
 
+SPECS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "specs")
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--specs", default="specs/mamba-130m.yaml,specs/demo-jamba.yaml", help="comma-separated specs")
+    p.add_argument("--specs", default=",".join(os.path.join(SPECS, n) for n in ("mamba-130m.yaml", "demo-jamba.yaml")),
+                   help="comma-separated spec files (default: the repository's mamba-130m and demo-jamba)")
     p.add_argument("--batch", type=positive_list, default=[1, 8], help="comma-separated batch sizes")
     p.add_argument("--prompt", type=positive, default=128, help="prompt tokens")
     p.add_argument("--gen", type=positive, default=256, help="new tokens")
