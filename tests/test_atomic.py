@@ -269,3 +269,30 @@ def test_a_link_among_the_names_is_refused_as_a_link(tmp_path):
         with atomic_dir(str(out), names, optional):
             pass
     assert (out / "tokenizer.json").is_symlink() and (tmp_path / "shared.json").read_text() == "{}"
+
+
+def test_a_link_among_the_required_names_is_refused_too(tmp_path):
+    names = frozenset({"spec.yaml", "model.safetensors"})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.safetensors").write_text("old")
+    (tmp_path / "shared.yaml").write_text("mine")
+    (out / "spec.yaml").symlink_to(tmp_path / "shared.yaml")
+    with pytest.raises(ArchDSLError, match=r"spec.yaml is a symbolic link, and archdsl writes plain files there"):
+        with atomic_dir(str(out), names):
+            pass
+    assert (out / "spec.yaml").is_symlink() and (tmp_path / "shared.yaml").read_text() == "mine"
+
+
+def test_a_directory_under_a_name_of_the_output_is_refused(tmp_path):
+    names, optional = frozenset({"spec.yaml", "model.safetensors"}), frozenset({"tokenizer.json"})
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in names:
+        (out / name).write_text("old")
+    (out / "tokenizer.json").mkdir()
+    (out / "tokenizer.json" / "keep.txt").write_text("mine")
+    with pytest.raises(ArchDSLError, match=r"holds what this output does not write \(tokenizer.json\)"):
+        with atomic_dir(str(out), names, optional):
+            pass
+    assert (out / "tokenizer.json" / "keep.txt").read_text() == "mine"

@@ -435,3 +435,43 @@ def test_the_deferred_finite_check_says_what_the_immediate_one_says(monkeypatch)
     deferred.note(later, 2)
     with pytest.raises(ArchDSLError, match=r"^generate: step 1 \(new token 2\): the logits of row 2 hold -inf only"):
         deferred.check()
+
+
+def test_which_generate_defers_its_finite_check():
+    """On a card, for sampling without an eos only: greedy takes the argmax as it is (never a zeroed row)."""
+    from types import SimpleNamespace
+
+    from archdsl.model.decoding import defers
+
+    card, cpu = SimpleNamespace(is_cuda=True), torch.zeros(1, 1, dtype=torch.long)
+    assert defers(card, 1.0, None)
+    assert not defers(card, 0, None)  # greedy
+    assert not defers(card, 1.0, ([2], 0))  # an eos
+    assert not defers(cpu, 1.0, None)
+
+
+def test_the_deferred_check_waits_every_check_every_steps(monkeypatch):
+    from archdsl.model import decoding
+
+    spec = archdsl.parse("mamba, attn+mlp", d_model=16, vocab_size=37, blocks=SMALL)
+    model = archdsl.compile(spec, seed=0)
+    ids = torch.randint(0, 37, (2, 3), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(decoding, "defers", lambda *a: True)
+    checks, immediate = [], []
+    real = decoding.Deferred.check
+    monkeypatch.setattr(decoding.Deferred, "check", lambda self: (checks.append(1), real(self))[1])
+    monkeypatch.setattr(decoding, "check_finite", lambda *a: immediate.append(1))
+    model.generate(ids, 70, temperature=1.0, seed=0)
+    assert len(checks) == 3 and not immediate  # after steps 31, 63 and 69; sample checks nothing itself
+
+
+def test_the_deferred_check_tells_what_the_first_bad_step_held():
+    from archdsl.model import decoding
+
+    deferred = decoding.Deferred(2, "cpu")
+    nan, inf = torch.zeros(2, 4), torch.zeros(2, 4)
+    nan[0, 1], inf[0, 2] = float("nan"), float("inf")
+    deferred.note(nan, 0)
+    deferred.note(inf, 1)
+    with pytest.raises(ArchDSLError, match=r"^generate: step 0 \(new token 1\): the logits of row 0 hold NaN"):
+        deferred.check()

@@ -176,3 +176,83 @@ def test_export_checkpoint_of_a_run_from_random_weights_with_a_tokenizer(tmp_pat
                  str(big)]) == 2
     assert "--tokenizer: " + str(big / "tokenizer.json") + " gives ids up to 69" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+MORE_CASES = {  # a bad --tokenizer the CASES above leave out ({p}: its path)
+    "deep_json": ("[" * 100000, "--tokenizer: {p}: not a tokenizer.json (not JSON)"),
+    "unigram_past": (json.dumps({"model": {"type": "Unigram", "vocab": [[f"w{i}", 0.0] for i in range(70)]}}),
+                     "--tokenizer: {p} gives ids up to 69, past the model's vocabulary of 64"),
+    "added_past": ('{"model": {"vocab": {"a": 0}}, "added_tokens": [{"id": 64, "content": "<x>"}]}',
+                   "--tokenizer: {p} gives ids up to 64, past the model's vocabulary of 64"),
+    "vocab_json_list": ({"vocab.json": "[1, 2]"},
+                        "--tokenizer: {p}/vocab.json: not a vocab.json (expected an object of token → id >= 0)"),
+    "generation_list": ({"tokenizer.model": "x", "generation_config.json": "[1]"},
+                        "--tokenizer: {p}/generation_config.json: not a generation_config.json (expected an object)"),
+    "bool_eos": ({"tokenizer.model": "x", "generation_config.json": '{"eos_token_id": true}'},
+                 "not a generation_config.json (its eos_token_id must be a token id >= 0 or a list of them, got True)"),
+    "decoder_start": ({"tokenizer.model": "x", "generation_config.json": '{"decoder_start_token_id": 64}'},
+                      "--tokenizer: {p}/generation_config.json gives a token id of 64, past"),
+}
+
+
+@pytest.mark.parametrize("case", MORE_CASES)
+def test_more_bad_tokenizers_are_refused(tmp_path, capsys, case):
+    made, message = MORE_CASES[case]
+    p = tmp_path / "tok"
+    if isinstance(made, dict):
+        p.mkdir()
+        for name, text in made.items():
+            (p / name).write_text(text)
+    else:
+        p.write_text(made)
+    assert main(["compile", *SPEC, "-o", str(tmp_path / "m"), "--tokenizer", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert message.format(p=p) in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_tokenizer_file_past_the_size_limit_is_refused(tmp_path, capsys, monkeypatch):
+    from archdsl.model import companions
+
+    src = tokenizer_dir(tmp_path / "tok")
+    monkeypatch.setattr(companions, "MAX_BYTES", 100)  # a stand-in for 1 GiB
+    assert main(["compile", *SPEC, "-o", str(tmp_path / "m"), "--tokenizer", str(src / "tokenizer.json")]) == 2
+    assert "bytes, too large for a tokenizer.json (another file?)" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_generation_config_without_token_ids_is_kept(tmp_path, capsys):
+    """generation_config.json holding settings but no token id (max_length, ...) gives no id to check."""
+    src = tokenizer_dir(tmp_path / "tok", eos_in_config=False)
+    (src / "generation_config.json").write_text('{"max_length": 20}')
+    assert main(["compile", *SPEC, "-o", str(tmp_path / "m"), "--tokenizer", str(src)]) == 0
+    assert (tmp_path / "m" / "generation_config.json").read_bytes() == (src / "generation_config.json").read_bytes()
+
+
+def test_the_ids_of_a_config_json_leave_out_nulls(tmp_path, capsys):
+    src = tokenizer_dir(tmp_path / "tok")
+    (src / "config.json").write_text(json.dumps({"bos_token_id": None, "eos_token_id": 5, "pad_token_id": 0}))
+    assert main(["compile", *SPEC, "-o", str(tmp_path / "m"), "--tokenizer", str(src)]) == 0
+    assert json.loads((tmp_path / "m" / "generation_config.json").read_text()) == {"eos_token_id": 5,
+                                                                                     "pad_token_id": 0}
+    (src / "config.json").write_text(json.dumps({"bos_token_id": None, "eos_token_id": None}))
+    assert main(["compile", *SPEC, "-o", str(tmp_path / "n"), "--tokenizer", str(src)]) == 0
+    assert not (tmp_path / "n" / "generation_config.json").exists()
+
+
+def test_compile_without_a_tokenizer_says_nothing_of_one(tmp_path, capsys):
+    assert main(["compile", *SPEC, "-o", str(tmp_path / "m")]) == 0
+    assert capsys.readouterr().out.endswith(", float32\n")  # not ", float32, with "
+
+
+def test_export_checkpoint_refuses_an_id_equal_to_the_vocabulary(tmp_path, capsys):
+    assert main(["train", *SPEC, "--data", "mqar:seq=16,pairs=2", "--steps", "2", "--batch", "2", "--save-every",
+                 "2", "--no-progress", "--threads", "1", "-o", str(tmp_path / "run")]) == 0
+    src = tokenizer_dir(tmp_path / "tok")
+    (src / "added_tokens.json").write_text(json.dumps({"<x>": 64}))
+    capsys.readouterr()
+    assert main(["export-checkpoint", str(tmp_path / "run"), "-o", str(tmp_path / "out"), "--tokenizer",
+                 str(src)]) == 2
+    assert f"--tokenizer: {src / 'added_tokens.json'} gives ids up to 64, past the model's vocabulary of 64" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
