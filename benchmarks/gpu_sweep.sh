@@ -5,7 +5,7 @@
 #   SWEEP=2 bash benchmarks/gpu_sweep.sh WHEELS OUTDIR    # kernels | models, WKV6, fusions (~9 min)
 # Each part fits one 10-minute call on a 2-GPU machine (the two lanes side by side); on one GPU
 # the lanes run one after the other. LANE_KERNELS / LANE_MODELS name the stages to run instead
-# (gpu_tests odd_inputs build_mamba_cuda bench_ssd bench_scan bench_wkv6 bench_model bench_fusions bench_gemv step_configs profile ssd_configs wkv6_configs scan_configs zoology; a lane
+# (gpu_tests odd_inputs build_mamba_cuda bench_ssd bench_scan bench_wkv6 bench_model bench_fusions bench_generate bench_gemv step_configs profile ssd_configs wkv6_configs scan_configs zoology; a lane
 # set to "-" runs nothing).
 # WHEELS holds the peers as files (the fla-core wheel and the mamba-ssm sdist, whose Triton
 # code runs without its CUDA extensions). Each stage has its own time limit, and every
@@ -40,6 +40,7 @@ bench_scan() { stage bench_scan "${T_SCAN:-90}" python3 benchmarks/kernels.py --
 bench_wkv6() { stage bench_wkv6 "${T_WKV:-200}" python3 benchmarks/kernels.py --only kernels_wkv6 --json "$OUTDIR/wkv6.json"; }
 bench_model() { stage bench_model "${T_MODEL:-190}" python3 benchmarks/model.py --quick --json "$OUTDIR/model.json" $MODEL_ARGS; }
 bench_fusions() { stage bench_fusions "${T_FUSIONS:-150}" python3 benchmarks/fusions.py --json "$OUTDIR/fusions.json"; }
+bench_generate() { stage bench_generate "${T_GENERATE:-240}" python3 benchmarks/generate.py --iters 3 --json "$OUTDIR/generate.json"; }
 profile() { for m in ${PROFILE_MODELS:-llama-1.3b}; do
                 stage "profile_decode_$m" "${T_PROFILE:-150}" python3 benchmarks/breakdown.py decode --model "$m" \
                     --json "$OUTDIR/profile_decode_$m.json"; done
