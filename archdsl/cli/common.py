@@ -146,6 +146,7 @@ def add_ssm_state_dtype(p):
                    help="Mamba / Mamba-2 SSM states' dtype in the cache: float32, bfloat16, float16 or float64 "
                         "(default float32, float64 in a float64 model or cache; bfloat16 halves them)")
 
+
 def add_tokenizer(p, default: str):
     p.add_argument("--tokenizer", default=None, metavar="PATH",
                    help="the tokenizer saved with the model: a directory holding its files (tokenizer.json, "

@@ -95,9 +95,9 @@ def tokenizer_companions(path, vocab_size: int, where: str = "--tokenizer") -> d
 
 def _read(path: str, where: str) -> bytes:
     try:
-        if os.path.getsize(path) > MAX_BYTES:
-            raise ArchDSLError(f"{where}: {path}: {os.path.getsize(path):,} bytes, too large for a tokenizer.json "
-                               f"(another file?)")
+        size = os.path.getsize(path)
+        if size > MAX_BYTES:
+            raise ArchDSLError(f"{where}: {path}: {size:,} bytes, too large for a tokenizer.json (another file?)")
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
