@@ -30,7 +30,7 @@ __all__ = ["ArchDSLError", "Spec", "parse", "load_spec", "analyze", "analyze_len
 def compile(spec, **kwargs):  # noqa: A001 - the verb the field uses
     """Build the PyTorch model (ArchModel, in eval mode) of a spec: a Spec, YAML file or layout string.
 
-    compile(spec, device="cpu", dtype=torch.float32, seed=0, cuda_graph=False, fuse=True, ssm_state_dtype=None);
+    compile(spec, device="cpu", dtype=torch.float32, seed=0, cuda_graph=None, fuse=True, ssm_state_dtype=None);
     see archdsl.model.compile."""
     from .model import compile as _compile
 
@@ -40,7 +40,7 @@ def compile(spec, **kwargs):  # noqa: A001 - the verb the field uses
 def load(path, **kwargs):
     """Load a model saved with ArchModel.save(dir), with its weights and dtype: an ArchModel in eval mode.
 
-    load(path, device="cpu", dtype=None, cuda_graph=False, **compile's other keywords); see archdsl.model.load."""
+    load(path, device="cpu", dtype=None, cuda_graph=None, **compile's other keywords); see archdsl.model.load."""
     from .model import load as _load
 
     return _load(check_path("load", path, "directory's path"), **kwargs)

@@ -197,11 +197,13 @@ def out_of_memory(e: BaseException) -> bool:
             or "can't allocate memory" in str(e))
 
 
-def check_flag(where: str, name: str, value) -> bool:
-    """`value` as a bool: True or False (numpy's too); anything else ("no", 1, None) ArchDSLError naming it, not a
-    silent truthy yes."""
+def check_flag(where: str, name: str, value, none_ok: bool = False) -> bool | None:
+    """`value` as a bool: True or False (numpy's too), or None where none_ok (an "auto" setting); anything else
+    ("no", 1) ArchDSLError naming it, not a silent truthy yes."""
+    if none_ok and value is None:
+        return None
     if not isinstance(value, bool) and getattr(getattr(value, "dtype", None), "kind", None) != "b":
-        raise ArchDSLError(f"{where}: {name} must be True or False, got {shown(value)}")
+        raise ArchDSLError(f"{where}: {name} must be {'None, ' if none_ok else ''}True or False, got {shown(value)}")
     return bool(value)
 
 

@@ -35,8 +35,7 @@ def cmd_generate(args):
     if device.type == "meta":
         raise ArchDSLError(f"--device {args.device}: generate computes on real tokens; the meta device holds no data "
                            f"(give cpu or cuda)")
-    graphed = device.type == "cuda" if args.cuda_graph is None else args.cuda_graph
-    if graphed and device.type != "cuda":
+    if args.cuda_graph and device.type != "cuda":
         raise ArchDSLError(f"--cuda-graph needs a CUDA device (--device cuda), got --device {args.device}")
     hf = _is_hf_dir(args.model)
     if not hf and not saved_model(args.model, "generate", layout=False):
@@ -67,7 +66,7 @@ def cmd_generate(args):
 
     model = _load(args.model, hf, device, dtype)
     warn_not_finite(model, args.model)
-    model.cuda_graph = graphed
+    model.cuda_graph = args.cuda_graph  # None: a CUDA graph on a card, eager steps where it does not capture
     prompt = torch.tensor([ids], dtype=torch.long, device=model.device)
     out = model.generate(prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, eos_token_id=eos)

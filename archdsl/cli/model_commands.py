@@ -87,7 +87,7 @@ def cmd_run(args):
 
     import torch
 
-    from ..model.decoding import sample
+    from ..model.decoding import graph_runner, sample
 
     model = _model(args)
     dev = model.device
@@ -95,9 +95,12 @@ def cmd_run(args):
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     ids = torch.randint(0, model.spec.vocab_size, (args.batch, args.prompt_len), generator=gen).to(dev)
     with torch.no_grad():
-        graphed = args.cuda_graph and args.gen > 0  # _model allows --cuda-graph on CUDA alone; no steps, no graph
-        if graphed:  # capture once (outside the timings), then replay per token
-            runner = model._graph_runner(args.batch, args.prompt_len + args.gen)
+        # captured once (outside the timings), then replayed per token; on CUDA unless --no-cuda-graph (_model
+        # refuses --cuda-graph elsewhere), eagerly where the default's capture fails (a warning); no steps, no graph
+        graphed = dev.type == "cuda" and model.cuda_graph is not False and args.gen > 0
+        runner = graph_runner(model, args.batch, args.prompt_len + args.gen) if graphed else None
+        graphed = runner is not None
+        if graphed:
             cache = runner.cache
             cache.reset()
         else:
@@ -166,18 +169,19 @@ def cmd_bench(args):
 
             raise ArchDSLError(f"--cases: unknown case {c!r}", hint=did_you_mean(c, CASES))
     model = _model(args)
-    rows = bench(model, batch=args.batch, seq_len=args.seq_len, gen=args.gen, cases=cases,
-                 cuda_graph=args.cuda_graph, seed=args.seed)
+    graphed = model.device.type == "cuda" if args.cuda_graph is None else args.cuda_graph
+    rows = bench(model, batch=args.batch, seq_len=args.seq_len, gen=args.gen, cases=cases, cuda_graph=graphed,
+                 seed=args.seed)
     head = {"name": model.spec.name, "params": model.num_params(), "device": str(model.device),
             "dtype": str(model.dtype).replace("torch.", ""),
             "ssm_state_dtype": str(model.ssm_state_dtype).replace("torch.", ""), "batch": args.batch,
-            "seq_len": args.seq_len, "cuda_graph": args.cuda_graph}
+            "seq_len": args.seq_len, "cuda_graph": graphed}
     if args.json:
         print(json.dumps({**head, "rows": [r.to_dict() for r in rows]}, indent=2))
         return
     print(f"{head['name']}: {plural(head['params'], 'parameter')} on {head['device']} ({head['dtype']}), "
           f"batch {args.batch}, {plural(args.seq_len, 'token')}"
-          f"{', decode from a CUDA graph' if args.cuda_graph else ''}"
+          f"{', decode from a CUDA graph' if graphed else ''}"
           f"{', SSM states ' + head['ssm_state_dtype'] if args.ssm_state_dtype else ''}")
     print(table(format_rows(rows), ["case", "tokens", "ms", "tokens/s", "work", "achieved"]))
 
@@ -231,8 +235,6 @@ def _model(args):
     if device_arg(args.device).type == "meta":  # shapes without data: nothing to time, no tokens to decode
         raise ArchDSLError(f"--device {args.device}: run and bench compute on real tokens; the meta device holds "
                            f"no data (give cpu or cuda)")
-    if args.cuda_graph is None:
-        args.cuda_graph = str(args.device).startswith("cuda")
     if args.cuda_graph and not str(args.device).startswith("cuda"):
         raise ArchDSLError(f"--cuda-graph needs a CUDA device (--device cuda), got --device {args.device}")
     if saved_model(args.spec, args.command):

@@ -1,6 +1,6 @@
 """Lowering: a spec's layer graph → ArchModel (nn.Module), and saved models back.
 
-    model = compile(spec, device="cuda", dtype=torch.bfloat16, seed=0, cuda_graph=False, fuse=True)
+    model = compile(spec, device="cuda", dtype=torch.bfloat16, seed=0, cuda_graph=None, fuse=True)
     model.save("out/"); model = load("out/")
 
 `fuse` takes True (every fusion), False (none) or a set of names from FUSIONS (fusions.py).
@@ -74,7 +74,7 @@ def check_kernels_env(where: str | None, device_type: str | None = None) -> None
         raise ArchDSLError(f"{where}: {e}" if where else str(e)) from None
 
 
-def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: bool = False,  # noqa: A001
+def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: bool | None = None,  # noqa: A001
             fuse: Fuse = True, ssm_state_dtype=None) -> ArchModel:
     """Build the model of `spec` (a Spec, YAML file, saved-model directory or layout string; a saved
     model's directory gives its spec only, with fresh weights and an ArchDSLWarning saying so: load(path) reads
@@ -91,9 +91,11 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
     projections' GEMVs), "pdl" (Mamba-2 decode: its kernels under programmatic dependent launch),
     "recompute" (Mamba / Mamba-2 training: activations rebuilt in the backward, not kept);
     an unknown name raises ArchDSLError. Each is the same function
-    on or off; model.set_fuse(...) switches them later. `cuda_graph` (True or False) makes generate()
-    replay the decode step from a CUDA graph. `ssm_state_dtype` is the dtype of the Mamba / Mamba-2 SSM
-    states in decode caches (None: float32; see ArchModel.set_ssm_state_dtype).
+    on or off; model.set_fuse(...) switches them later. `cuda_graph`: how generate() steps on a CUDA
+    device: None (the default) replays the decode step from a CUDA graph, and steps eagerly where the capture
+    fails (a warning says why); True replays it (a failed capture raises); False steps eagerly.
+    `ssm_state_dtype` is the dtype of the Mamba / Mamba-2 SSM states in decode caches (None: float32; see
+    ArchModel.set_ssm_state_dtype).
     Returns the ArchModel in eval mode (model.train() for training). An ARCHDSL_KERNELS that names no backend
     is ArchDSLError here, before anything is built.
     """
@@ -103,7 +105,7 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
     check_kernels_env("compile")  # its value; the device's case at the first op (load builds on the CPU for any)
     resolve_ssm_dtype(ssm_state_dtype)
     check_seed("compile", seed)
-    cuda_graph = check_flag("compile", "cuda_graph", cuda_graph)
+    cuda_graph = check_flag("compile", "cuda_graph", cuda_graph, none_ok=True)
     given, spec = spec, load_spec(spec)
     if isinstance(given, (str, os.PathLike)) and os.path.isfile(os.path.join(given, "model.safetensors")):
         # the same name and parameter count as the trained model: told, lest the fresh one pass for it
@@ -125,7 +127,7 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
         model = model.to(device=dev, dtype=dtype)
     model.set_fuse(fuse)
     model.set_ssm_state_dtype(ssm_state_dtype)
-    model.cuda_graph = bool(cuda_graph)
+    model.cuda_graph = cuda_graph
     return model.eval()
 
 
@@ -141,13 +143,13 @@ def _float32_default():
         torch.set_default_dtype(was)
 
 
-def load(path, device="cpu", dtype=None, cuda_graph: bool = False, **kwargs) -> ArchModel:
+def load(path, device="cpu", dtype=None, cuda_graph: bool | None = None, **kwargs) -> ArchModel:
     """A model saved with ArchModel.save(path) (a str or os.PathLike): its spec, weights and (unless given)
     dtype, in eval mode, with the tokenizer and generation files saved beside them (model.companions). The other arguments are compile's (fuse, ssm_state_dtype; a seed is overwritten by the
     weights); the model is built on the CPU, then moved to `device`."""
     from safetensors import safe_open
 
-    cuda_graph = check_flag("load", "cuda_graph", cuda_graph)
+    cuda_graph = check_flag("load", "cuda_graph", cuda_graph, none_ok=True)
     path = os.fspath(path)
     weights = os.path.join(path, "model.safetensors")
     if not os.path.isfile(os.path.join(path, "spec.yaml")) or not os.path.isfile(weights):
@@ -169,7 +171,7 @@ def load(path, device="cpu", dtype=None, cuda_graph: bool = False, **kwargs) -> 
         raise ArchDSLError(f"cuda_graph=True needs a CUDA device, got {dev}")
     if dev != model.device:
         model = model.to(dev)
-    model.cuda_graph = bool(cuda_graph)
+    model.cuda_graph = cuda_graph
     return model
 
 

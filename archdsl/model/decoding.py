@@ -7,7 +7,7 @@ import numbers
 
 import torch
 
-from ..errors import ArchDSLError, out_of_memory
+from ..errors import ArchDSLError, out_of_memory, warn
 
 
 class CacheTooBig(ArchDSLError):
@@ -32,10 +32,12 @@ def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attenti
     gen = None
     if seed is not None and not input_ids.is_meta:  # meta: shapes only, nothing is drawn
         gen = torch.Generator(device=input_ids.device).manual_seed(int(seed))  # a numpy integer passes check_seed
-    graphed = model.cuda_graph and input_ids.is_cuda
+    graphed = input_ids.is_cuda and (model.cuda_graph or model.cuda_graph is None and model._graph_failed is None)
     try:
-        if graphed:  # a static cache, all L + max_new_tokens positions at once
-            runner = model._graph_runner(B, L + max_new_tokens)
+        if graphed:  # a static cache, all L + max_new_tokens positions at once (and up to a quarter more)
+            runner = graph_runner(model, B, L + max_new_tokens)
+            graphed = runner is not None
+        if graphed:
             cache = runner.cache
             cache.reset()
         elif eos is None:  # every step runs: the whole cache at once (doubling would copy it and overshoot)
@@ -243,6 +245,39 @@ def check_seed(where: str, seed, none_ok: bool = False) -> None:
         raise ArchDSLError(f"{where}: seed must be {'None or ' if none_ok else ''}an int, got {seed!r}")
     if not SEEDS[0] <= seed < SEEDS[1]:
         raise ArchDSLError(f"{where}: seed {seed} is outside what torch's generators take, [-2**63, 2**64)")
+
+
+def graph_runner(model, batch: int, need: int):
+    """model._graph_runner(batch, need), or None where model.cuda_graph is None (auto) and the capture fails:
+    generate then steps eagerly, and so does every later generate of this model, since the same step would fail
+    the same way (an ArchDSLWarning says why, once); after running out of memory, this generate only. A cache too
+    big for the card is CacheTooBig in either mode: generate's message then says which argument made it so."""
+    try:
+        return model._graph_runner(batch, need)
+    except CacheTooBig:
+        raise
+    except RuntimeError as e:  # CUDA's and torch's: a wait for the device in a step, an unsupported op, memory
+        if model.cuda_graph is not None:
+            raise
+        model._graphs = {}
+        why = " ".join(str(e).split())[:300]
+        if out_of_memory(e):
+            warn(f"generate: the decode step's CUDA graph ran out of memory ({why}); this generate decodes eagerly")
+            return None
+        model._graph_failed = why
+        warn(f"generate: the decode step could not be captured in a CUDA graph ({why}); this model decodes eagerly "
+             f"from now on, which on a card is many times slower (model.cuda_graph = False skips the attempt, True "
+             f"raises instead)")
+        return None
+
+
+def graph_len(n: int) -> int:
+    """The static cache's length for a graph of n positions: n rounded up to one of eight lengths an octave (at
+    most a quarter more), at least 256, so that generates of nearby lengths replay one graph."""
+    if n <= 256:
+        return 256
+    step = 1 << ((n - 1).bit_length() - 3)
+    return -(-n // step) * step
 
 
 class GraphedStep:

@@ -7,8 +7,8 @@
 
 Every fusion computes the same function on or off (tests/model/test_fusions.py);
 benchmarks/fusions.py times each on against off. Two more speed-ups are whole-model switches
-outside `fuse`: compile(..., cuda_graph=True) replays the decode step from a CUDA graph, and the
-model runs under torch.compile(model).
+outside `fuse`: generate replays the decode step from a CUDA graph on a card (compile's cuda_graph, on
+by default), and the model runs under torch.compile(model).
 """
 from __future__ import annotations
 

@@ -18,13 +18,13 @@ import torch.nn as nn
 
 from ..atomic import atomic_dir, cannot_write, check_control
 from ..blocks.base import INJECT
-from ..errors import ArchDSLError, check_path, out_of_memory
+from ..errors import ArchDSLError, check_flag, check_path, out_of_memory
 from ..graph import layers as graph_layers
 from ..units import human
 from .companions import write_companions
 from .fusions import Fusable, Fuse, resolve_fuse
 from .layer import Layer, Norm
-from .decoding import CacheTooBig, GraphedStep
+from .decoding import CacheTooBig, GraphedStep, graph_len
 from .packed import Packed, refusal, unpacked_blocks
 
 SAVE_FILES = frozenset({"spec.yaml", "model.safetensors"})  # what save() writes, all of it
@@ -132,8 +132,8 @@ class ArchModel(nn.Module):
             if not spec.tie_embeddings:
                 nn.init.normal_(self.lm_head.weight, std=0.02)
         self.aux_loss = torch.zeros(())
-        self.cuda_graph = False
         self._graphs = {}
+        self.cuda_graph = None
         self._ssm_dtype = None  # set_ssm_state_dtype
         self._unpacked = unpacked_blocks(spec)  # forward refuses seq_idx where these are (model/packed.py)
         self._unpadded = unpacked_blocks(spec, "PADS")  # and attention_mask with pads where these are
@@ -172,6 +172,20 @@ class ArchModel(nn.Module):
         self._ssm_dtype = resolve_ssm_dtype(dtype)
         self._graphs = {}
         return self
+
+    @property
+    def cuda_graph(self) -> bool | None:
+        """How generate steps on CUDA: None (the default) replays a CUDA graph, and steps eagerly where a capture
+        fails (a warning says why); True replays one (a failed capture raises); False steps eagerly. Setting it
+        tries a capture again, and False drops the graph held, with its cache."""
+        return self._cuda_graph
+
+    @cuda_graph.setter
+    def cuda_graph(self, value) -> None:
+        self._cuda_graph = check_flag("model", "cuda_graph", value, none_ok=True)
+        self._graph_failed = None  # why a capture under None failed: generate then steps eagerly
+        if value is False:
+            self._graphs = {}
 
     @property
     def ssm_state_dtype(self) -> torch.dtype:
@@ -353,8 +367,10 @@ class ArchModel(nn.Module):
         and mamba_ssm's generate are by default, unless top_k or top_p is given, which then samples at 1.
         seed (an int): the draws come from a generator of that seed, the same tokens for the same seed; None: from
         torch's global generator. Returns [B, L + max_new_tokens], the prompt then the new tokens, in input_ids'
-        dtype. With compile(cuda_graph=True) on CUDA the step is replayed
-        from a captured CUDA graph. attention_mask [B, L] (bool or 0/1, HF's): prompts of different
+        dtype. On CUDA the decode steps are replayed from a CUDA graph (model.cuda_graph: None, the default, or
+        True; False steps eagerly), captured for each batch size and cache length, the length rounded up to one of
+        eight an octave (at least 256) so that generates of nearby lengths replay one graph; where a capture fails
+        under None, an ArchDSLWarning says why and this model steps eagerly from then on. attention_mask [B, L] (bool or 0/1, HF's): prompts of different
         lengths, left-padded (the pads first); each row continues as its prompt alone would (forward).
         eos_token_id (one id or a list, as transformers'): a row that has produced one goes on with pad_token_id
         (default: the first eos id), and generation stops once every row has, so the result may be shorter,
@@ -362,7 +378,7 @@ class ArchModel(nn.Module):
         The decode cache: with eos_token_id its attention KV buffers grow by doubling as the tokens come, never
         past L + max_new_tokens positions, so a large max_new_tokens costs no memory until it is used; without
         one every step runs, and the cache is allocated for L + max_new_tokens positions at once, as is the
-        static cache the CUDA graph replays on. A cache that does not fit, then or while growing, is ArchDSLError
+        static cache the CUDA graph replays on (rounded up; exactly that where the rounded one does not fit). A cache that does not fit, then or while growing, is ArchDSLError
         naming max_new_tokens.
         repetition_penalty θ (CTRL's, as transformers' RepetitionPenaltyLogitsProcessor; None or 1: off): before
         the temperature, the logit of every token already in the row is divided by θ where positive, multiplied
@@ -427,11 +443,24 @@ class ArchModel(nn.Module):
         if lo < 0 or hi >= vocab:
             raise ArchDSLError(f"{where}: {name}: token id {lo if lo < 0 else hi} is outside the vocabulary [0, {vocab})")
 
-    def _graph_runner(self, batch, max_len):
-        key = (batch, max_len, self.dtype, self.device)  # a model moved or cast since holds new parameters
-        if key not in self._graphs:
-            self._graphs = {key: GraphedStep(self, batch, max_len)}  # one at a time: buffers are big
-        return self._graphs[key]
+    def _graph_runner(self, batch: int, need: int) -> GraphedStep:
+        """The decode step captured for `batch` rows over a static cache of graph_len(need) positions, or of `need`
+        where that does not fit (CacheTooBig); the one held if it is either. One is held at a time: its buffers
+        are big."""
+        sizes = list(dict.fromkeys((graph_len(need), need)))
+        keys = [(batch, n, self.dtype, self.device) for n in sizes]  # a model moved or cast since: new parameters
+        for key in keys:
+            if key in self._graphs:
+                return self._graphs[key]
+        for n, key in zip(sizes, keys):
+            self._graphs = {}  # the old graph's buffers go before the new ones are made
+            try:
+                self._graphs = {key: GraphedStep(self, batch, n)}
+            except CacheTooBig:
+                if n == need:
+                    raise
+                continue
+            return self._graphs[key]
 
     # --- saving ----------------------------------------------------------------------------
     def save(self, path) -> None:

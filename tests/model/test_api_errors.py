@@ -306,15 +306,27 @@ def test_numpy_integers_are_ints_everywhere():
         with_sizes("mamba", d_model=8)
 
 
-def test_cuda_graph_must_be_a_bool(model, tmp_path):
-    """compile's and load's cuda_graph is True or False: "no" read as True (a CUDA graph where none was asked for;
-    on the CPU, the error said cuda_graph=True)."""
-    with pytest.raises(ArchDSLError, match="compile: cuda_graph must be True or False, got 'no'"):
+def test_cuda_graph_must_be_a_bool_or_none(model, tmp_path):
+    """compile's and load's cuda_graph is None (the default: a graph where one captures), True or False: "no" read
+    as True (a CUDA graph where none was asked for; on the CPU, the error said cuda_graph=True)."""
+    with pytest.raises(ArchDSLError, match="compile: cuda_graph must be None, True or False, got 'no'"):
         archdsl.compile(model.spec, cuda_graph="no")
     model.save(tmp_path / "m")
-    with pytest.raises(ArchDSLError, match="load: cuda_graph must be True or False, got 1"):
+    with pytest.raises(ArchDSLError, match="load: cuda_graph must be None, True or False, got 1"):
         archdsl.load(tmp_path / "m", cuda_graph=1)
     assert archdsl.load(tmp_path / "m", cuda_graph=False).cuda_graph is False
+    assert archdsl.load(tmp_path / "m").cuda_graph is None and archdsl.compile(model.spec).cuda_graph is None
+    with pytest.raises(ArchDSLError, match="model: cuda_graph must be None, True or False, got 'yes'"):
+        model.cuda_graph = "yes"
+    assert model.cuda_graph is None
+
+
+def test_setting_cuda_graph_tries_again_and_false_drops_the_graph(model):
+    model._graphs, model._graph_failed = {"key": "a graph"}, "a capture failed"
+    model.cuda_graph = None  # tried again
+    assert model._graph_failed is None and model._graphs == {"key": "a graph"}
+    model.cuda_graph = False  # its buffers go
+    assert model._graphs == {} and model.cuda_graph is False
 
 
 def test_sparse_token_tensors_and_a_meta_eos_are_named(model):

@@ -2,7 +2,8 @@
 that holds tokens (attention's one call, zamba's static chunk) under inference_mode and outside it, an eager KV cache
 that grows as an eos-stopped generate goes, one CUDA graph replayed under inference_mode and outside it, and
 the sigmoid router's float32 logits in a bf16 model and under CUDA autocast. Each is held to the CPU's float64 answer
-of the same weights, or to its eager twin on the card."""
+of the same weights, or to its eager twin on the card. And generate's CUDA graph by default: one for nearby lengths,
+eager steps with a warning where a step cannot be captured."""
 from __future__ import annotations
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import archdsl
+from archdsl.errors import ArchDSLWarning
 from blockcheck import build
 from test_inference_mode import LAYOUTS, SMALL, run
 
@@ -18,10 +20,13 @@ pytestmark = [pytest.mark.gpu,
 
 
 def _pair(layout, dtype=torch.float32):
-    """The CPU float64 model of `layout` and the same weights on the card in `dtype`."""
+    """The CPU float64 model of `layout` and the same weights on the card in `dtype`, generating eagerly (the tests
+    switch its CUDA graph on)."""
     spec = archdsl.parse(layout, d_model=16, vocab_size=37, blocks=SMALL)
     cpu = archdsl.compile(spec, dtype=torch.float64, seed=0)
-    return cpu, archdsl.compile(spec, dtype=torch.float64, seed=0).to("cuda", dtype)
+    gpu = archdsl.compile(spec, dtype=torch.float64, seed=0).to("cuda", dtype)
+    gpu.cuda_graph = False
+    return cpu, gpu
 
 
 def test_gpu_a_float64_model_is_exact_on_cuda():
@@ -148,3 +153,51 @@ def test_gpu_sampling_checks_its_logits_without_a_wait_each_token(graph, monkeyp
             gpu.generate(ids, n, temperature=1.0, seed=0)
     torch.cuda.synchronize()
     assert float(torch.ones(2, device="cuda").sum()) == 2.0
+
+
+def test_gpu_generate_replays_a_graph_by_default_one_for_nearby_lengths():
+    """compile's default (cuda_graph None) on a card: generate replays its steps from a CUDA graph, the eager steps'
+    tokens; lengths within one rounded cache length replay one graph, a longer one captures another."""
+    spec = archdsl.parse("mamba2, attn+mlp, swa", d_model=16, vocab_size=37, blocks=SMALL)
+    model = archdsl.compile(spec, device="cuda", seed=0)
+    eager = archdsl.compile(spec, device="cuda", seed=0, cuda_graph=False)
+    assert model.cuda_graph is None
+    ids = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(5)).cuda()
+    runners = []
+    for new in (20, 200, 251, 300):
+        assert torch.equal(model.generate(ids, new), eager.generate(ids, new))
+        runners += list(model._graphs.values())
+    assert not eager._graphs and len(runners) == 4
+    assert runners[0] is runners[1] is runners[2] and runners[0].cache.max_len == 256
+    assert runners[3] is not runners[0] and runners[3].cache.max_len == 320
+
+
+def test_gpu_a_step_that_cannot_be_captured_decodes_eagerly_under_the_default():
+    """A decode step that waits for the device (a hook's .item(), say) cannot be captured: under cuda_graph True
+    generate raises; under the default it warns once and decodes eagerly, the eager tokens, from then on. The card
+    is left able to capture: another model's graph then replays its tokens."""
+    import warnings
+
+    _, gpu = _pair("mamba2, attn+mlp")
+    ids = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(6)).cuda()
+    want = gpu.generate(ids, 12)
+    step = gpu._step
+
+    def waits(tokens, cache):
+        float(tokens.sum())  # a copy to the host: no capture takes it
+        return step(tokens, cache)
+
+    gpu._step = waits
+    gpu.cuda_graph = True
+    with pytest.raises(RuntimeError):
+        gpu.generate(ids, 12)
+    gpu.cuda_graph = None
+    with pytest.warns(ArchDSLWarning, match="could not be captured in a CUDA graph"):
+        assert torch.equal(gpu.generate(ids, 12), want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(gpu.generate(ids, 12), want)  # eager again, without a second warning
+    assert not gpu._graphs
+    _, other = _pair("mamba2, attn+mlp")
+    other.cuda_graph = None
+    assert torch.equal(other.generate(ids, 12), want) and len(other._graphs) == 1

@@ -205,7 +205,7 @@ def test_load_takes_cuda_graph_for_the_device_it_moves_to(tmp_path, monkeypatch)
     archdsl.compile(archdsl.parse("mamba", d_model=16, vocab_size=37, blocks=SMALL)).save(tmp_path / "m")
     with pytest.raises(ArchDSLError, match="cuda_graph=True needs a CUDA device"):
         archdsl.load(tmp_path / "m", cuda_graph=True)
-    assert not archdsl.load(tmp_path / "m").cuda_graph
+    assert archdsl.load(tmp_path / "m").cuda_graph is None  # the default: a graph on CUDA where one captures
     moved = []
     monkeypatch.setattr(lowering, "check_device", lambda device, dtype: torch.device("cuda"))
     monkeypatch.setattr(lowering.ArchModel, "to", lambda self, *a, **kw: moved.append(a or kw) or self)
@@ -581,10 +581,10 @@ def test_a_cast_model_captures_its_decode_graph_again(monkeypatch):
 
     monkeypatch.setattr(mm, "GraphedStep", lambda model, batch, max_len: (model.dtype, batch, max_len))
     model = archdsl.compile(archdsl.parse("mamba2", d_model=16, vocab_size=37, blocks=SMALL))
-    assert model._graph_runner(1, 8) == (torch.float32, 1, 8)
+    assert model._graph_runner(1, 8) == (torch.float32, 1, 256)  # the length rounded up (graph_len)
     assert model._graph_runner(1, 8) is model._graph_runner(1, 8)
     model.double()
-    assert model._graph_runner(1, 8) == (torch.float64, 1, 8)
+    assert model._graph_runner(1, 8) == (torch.float64, 1, 256)
 
 
 @settings(max_examples=40, deadline=None)
@@ -744,12 +744,94 @@ def test_cuda_graph_generate_matches_eager(layout):
     spec = archdsl.parse(layout, d_model=64, vocab_size=101,
                          blocks={**SMALL, "mamba2": {"d_state": 16, "headdim": 16}})
     ids = torch.randint(0, 101, (2, 5), device="cuda")
-    eager = archdsl.compile(spec, device="cuda", dtype=torch.float32)
+    eager = archdsl.compile(spec, device="cuda", dtype=torch.float32, cuda_graph=False)
     graphed = archdsl.compile(spec, device="cuda", dtype=torch.float32, cuda_graph=True)
     a = eager.generate(ids, 12, temperature=0)
     b = graphed.generate(ids, 12, temperature=0)
     assert torch.equal(a, b)
     assert torch.equal(graphed.generate(ids, 12, temperature=0), b)  # the captured graph is reused
+
+
+@given(st.integers(1, 2**40))
+def test_a_graph_cache_is_rounded_up_to_one_of_eight_lengths_an_octave(n):
+    """generate's CUDA graph is captured for graph_len(n) positions: at least n, at most a quarter more (256 at
+    least), one of eight lengths between consecutive powers of two, so generates of nearby lengths share a graph."""
+    from archdsl.model.decoding import graph_len
+
+    size = graph_len(n)
+    assert n <= size and (size == 256 if n <= 256 else size <= n * 5 / 4)
+    assert size % (1 << max(size.bit_length() - 4, 0)) == 0  # 8 steps an octave: 8..15 × a power of two
+    assert graph_len(size) == size
+
+
+def test_the_graph_runner_reuses_a_graph_within_its_length_and_fits_the_card(monkeypatch):
+    """ArchModel._graph_runner captures for the rounded length, replays it for every need it holds, and captures for
+    the exact need where the rounded cache does not fit (CacheTooBig), which it raises where that does not fit
+    either; one graph is held at a time. Checked with a stand-in for the capture."""
+    from archdsl.model import model as model_module
+    from archdsl.model.decoding import CacheTooBig
+
+    made = []
+
+    class Capture:
+        def __init__(self, model, batch, n):
+            if n > 1000:
+                raise CacheTooBig(f"init_cache: the decode cache (batch {batch}, {n:,} positions) does not fit")
+            made.append((batch, n))
+
+    monkeypatch.setattr(model_module, "GraphedStep", Capture)
+    model = archdsl.compile(archdsl.parse("mamba", d_model=16, vocab_size=37, blocks=SMALL))
+    a = model._graph_runner(2, 300)
+    assert made == [(2, 320)] and model._graph_runner(2, 320) is a and model._graph_runner(2, 257) is a
+    b = model._graph_runner(2, 900)  # 1024 does not fit: 900 does
+    assert made[1:] == [(2, 900)] and model._graph_runner(2, 900) is b and list(model._graphs.values()) == [b]
+    assert model._graph_runner(1, 300) is not a and made[2:] == [(1, 320)]
+    with pytest.raises(CacheTooBig, match="1,001 positions"):
+        model._graph_runner(2, 1001)
+
+
+def test_a_failed_capture_decodes_eagerly_under_the_default_and_raises_when_asked_for(monkeypatch):
+    """decoding.graph_runner: under cuda_graph None (the default) a capture that raises (CUDA refuses a wait for the
+    device while capturing) is an ArchDSLWarning saying why, and the model steps eagerly from then on; under True
+    it raises; a cache too big for the card is CacheTooBig under both, which generate words itself."""
+    from archdsl.errors import ArchDSLWarning
+    from archdsl.model import decoding
+
+    model = archdsl.compile(archdsl.parse("mamba", d_model=16, vocab_size=37, blocks=SMALL))
+    assert model.cuda_graph is None and model._graph_failed is None
+
+    def refuse(batch, need):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nCUDA kernel errors ...")
+
+    monkeypatch.setattr(model, "_graph_runner", refuse)
+    model.cuda_graph = True
+    with pytest.raises(RuntimeError, match="operation not permitted"):
+        decoding.graph_runner(model, 1, 10)
+    assert model._graph_failed is None
+    model.cuda_graph = None
+    with pytest.warns(ArchDSLWarning, match=r"^generate: the decode step could not be captured in a CUDA graph "
+                                            r"\(CUDA error: operation not permitted when stream is capturing CUDA "
+                                            r"kernel errors \.\.\.\); this model decodes eagerly from now on"):
+        assert decoding.graph_runner(model, 1, 10) is None
+    assert model._graph_failed.startswith("CUDA error")
+
+    def short(batch, need):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    model.cuda_graph = None  # tried again: memory is this generate's trouble only
+    monkeypatch.setattr(model, "_graph_runner", short)
+    with pytest.warns(ArchDSLWarning, match=r"CUDA graph ran out of memory \(CUDA out of memory.*this generate"):
+        assert decoding.graph_runner(model, 1, 10) is None
+    assert model._graph_failed is None
+
+    def too_big(batch, need):
+        raise decoding.CacheTooBig("init_cache: the decode cache (batch 1, 10 positions) does not fit")
+
+    monkeypatch.setattr(model, "_graph_runner", too_big)
+    for mode in (None, True):
+        model.cuda_graph = mode
+        with pytest.raises(decoding.CacheTooBig):
+            decoding.graph_runner(model, 1, 10)
 
 
 @pytest.mark.gpu
