@@ -32,7 +32,8 @@ def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attenti
     gen = None
     if seed is not None and not input_ids.is_meta:  # meta: shapes only, nothing is drawn
         gen = torch.Generator(device=input_ids.device).manual_seed(int(seed))  # a numpy integer passes check_seed
-    graphed = input_ids.is_cuda and (model.cuda_graph or model.cuda_graph is None and model._graph_failed is None)
+    graphed = input_ids.is_cuda and (model.cuda_graph or model.cuda_graph is None and model._graph_failed is None
+                                     and max_new_tokens >= GRAPH_MIN_TOKENS)
     try:
         if graphed:  # a static cache, all L + max_new_tokens positions at once (and up to a quarter more)
             runner = graph_runner(model, B, L + max_new_tokens)
@@ -247,15 +248,23 @@ def check_seed(where: str, seed, none_ok: bool = False) -> None:
         raise ArchDSLError(f"{where}: seed {seed} is outside what torch's generators take, [-2**63, 2**64)")
 
 
+GRAPH_MIN_TOKENS = 8  # under cuda_graph None, a generate of fewer new tokens steps eagerly: a capture costs ~3 steps
+
+
 def graph_runner(model, batch: int, need: int):
     """model._graph_runner(batch, need), or None where model.cuda_graph is None (auto) and the capture fails:
     generate then steps eagerly, and so does every later generate of this model, since the same step would fail
-    the same way (an ArchDSLWarning says why, once); after running out of memory, this generate only. A cache too
-    big for the card is CacheTooBig in either mode: generate's message then says which argument made it so."""
+    the same way (an ArchDSLWarning says why, once); where memory is short (the static cache, or the capture),
+    this generate only, whose eager cache may grow as the tokens come. Under True a failed capture raises, and a
+    static cache too big for the card is CacheTooBig, which generate words itself."""
     try:
         return model._graph_runner(batch, need)
-    except CacheTooBig:
-        raise
+    except CacheTooBig as e:
+        if model.cuda_graph is not None:
+            raise
+        warn(f"generate: the CUDA graph's static cache does not fit ({e.message.split(': ', 1)[-1]}); this generate "
+             f"decodes eagerly")
+        return None
     except RuntimeError as e:  # CUDA's and torch's: a wait for the device in a step, an unsupported op, memory
         if model.cuda_graph is not None:
             raise

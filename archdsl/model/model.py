@@ -367,10 +367,11 @@ class ArchModel(nn.Module):
         and mamba_ssm's generate are by default, unless top_k or top_p is given, which then samples at 1.
         seed (an int): the draws come from a generator of that seed, the same tokens for the same seed; None: from
         torch's global generator. Returns [B, L + max_new_tokens], the prompt then the new tokens, in input_ids'
-        dtype. On CUDA the decode steps are replayed from a CUDA graph (model.cuda_graph: None, the default, or
-        True; False steps eagerly), captured for each batch size and cache length, the length rounded up to one of
-        eight an octave (at least 256) so that generates of nearby lengths replay one graph; where a capture fails
-        under None, an ArchDSLWarning says why and this model steps eagerly from then on. attention_mask [B, L] (bool or 0/1, HF's): prompts of different
+        dtype. On CUDA the decode steps are replayed from a CUDA graph (model.cuda_graph: None, the default, from 8
+        new tokens on, or True; False steps eagerly), captured for each batch size and cache length, the length
+        rounded up to one of eight an octave (at least 256) so that generates of nearby lengths replay one graph;
+        where a capture fails under None, an ArchDSLWarning says why and this model steps eagerly from then on (where
+        the static cache does not fit, this generate only). attention_mask [B, L] (bool or 0/1, HF's): prompts of different
         lengths, left-padded (the pads first); each row continues as its prompt alone would (forward).
         eos_token_id (one id or a list, as transformers'): a row that has produced one goes on with pad_token_id
         (default: the first eos id), and generation stops once every row has, so the result may be shorter,

@@ -792,8 +792,8 @@ def test_the_graph_runner_reuses_a_graph_within_its_length_and_fits_the_card(mon
 
 def test_a_failed_capture_decodes_eagerly_under_the_default_and_raises_when_asked_for(monkeypatch):
     """decoding.graph_runner: under cuda_graph None (the default) a capture that raises (CUDA refuses a wait for the
-    device while capturing) is an ArchDSLWarning saying why, and the model steps eagerly from then on; under True
-    it raises; a cache too big for the card is CacheTooBig under both, which generate words itself."""
+    device while capturing) is an ArchDSLWarning saying why, and the model steps eagerly from then on; memory that
+    runs short warns and steps eagerly this once; under True each raises (CacheTooBig, which generate words)."""
     from archdsl.errors import ArchDSLWarning
     from archdsl.model import decoding
 
@@ -825,13 +825,16 @@ def test_a_failed_capture_decodes_eagerly_under_the_default_and_raises_when_aske
     assert model._graph_failed is None
 
     def too_big(batch, need):
-        raise decoding.CacheTooBig("init_cache: the decode cache (batch 1, 10 positions) does not fit")
+        raise decoding.CacheTooBig("init_cache: the decode cache (batch 1, 10 positions) does not fit in memory")
 
     monkeypatch.setattr(model, "_graph_runner", too_big)
-    for mode in (None, True):
-        model.cuda_graph = mode
-        with pytest.raises(decoding.CacheTooBig):
-            decoding.graph_runner(model, 1, 10)
+    with pytest.warns(ArchDSLWarning, match=r"^generate: the CUDA graph's static cache does not fit \(the decode "
+                                            r"cache \(batch 1, 10 positions\) does not fit in memory\); this generate"):
+        assert decoding.graph_runner(model, 1, 10) is None  # eagerly, its cache growing with an eos
+    assert model._graph_failed is None
+    model.cuda_graph = True
+    with pytest.raises(decoding.CacheTooBig):
+        decoding.graph_runner(model, 1, 10)
 
 
 @pytest.mark.gpu
