@@ -186,7 +186,7 @@ def _decode_ms(model, ids, gen: int, cuda_graph: bool) -> float:
     batch, length = ids.shape
     cuda = model.device.type == "cuda"
     if cuda_graph:
-        runner = model._graph_runner(batch, length + gen + 1)
+        runner = model._graph_runner(batch, length + gen + 1, exact=True)
         cache, step = runner.cache, runner
         cache.reset()
     else:

@@ -98,7 +98,7 @@ def cmd_run(args):
         # captured once (outside the timings), then replayed per token; on CUDA unless --no-cuda-graph (_model
         # refuses --cuda-graph elsewhere), eagerly where the default's capture fails (a warning); no steps, no graph
         graphed = dev.type == "cuda" and model.cuda_graph is not False and args.gen > 0
-        runner = graph_runner(model, args.batch, args.prompt_len + args.gen) if graphed else None
+        runner = graph_runner(model, args.batch, args.prompt_len + args.gen, "run", exact=True) if graphed else None
         graphed = runner is not None
         if graphed:
             cache = runner.cache

@@ -32,8 +32,8 @@ def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attenti
     gen = None
     if seed is not None and not input_ids.is_meta:  # meta: shapes only, nothing is drawn
         gen = torch.Generator(device=input_ids.device).manual_seed(int(seed))  # a numpy integer passes check_seed
-    graphed = input_ids.is_cuda and (model.cuda_graph or model.cuda_graph is None and model._graph_failed is None
-                                     and max_new_tokens >= GRAPH_MIN_TOKENS)
+    graphed = (input_ids.is_cuda and model.cuda_graph is not False
+               and graph_fits(model, "generate", B, L + max_new_tokens, max_new_tokens))
     try:
         if graphed:  # a static cache, all L + max_new_tokens positions at once (and up to a quarter more)
             runner = graph_runner(model, B, L + max_new_tokens)
@@ -251,40 +251,62 @@ def check_seed(where: str, seed, none_ok: bool = False) -> None:
 GRAPH_MIN_TOKENS = 8  # under cuda_graph None, a generate of fewer new tokens steps eagerly: a capture costs ~3 steps
 
 
-def graph_runner(model, batch: int, need: int):
-    """model._graph_runner(batch, need), or None where model.cuda_graph is None (auto) and the capture fails:
-    generate then steps eagerly, and so does every later generate of this model, since the same step would fail
-    the same way (an ArchDSLWarning says why, once); where memory is short (the static cache, or the capture),
-    this generate only, whose eager cache may grow as the tokens come. Under True a failed capture raises, and a
-    static cache too big for the card is CacheTooBig, which generate words itself."""
+def graph_fits(model, where: str, batch: int, need: int, new_tokens: int) -> bool:
+    """Whether generate replays its steps from a CUDA graph (model.cuda_graph True or None; the input on CUDA).
+    Under None not for fewer than GRAPH_MIN_TOKENS new tokens, nor after a capture failed, nor for a cache as big
+    as one that did not fit, nor where a replay would differ from the eager steps: under torch.autocast (the
+    capture would keep its cast weights, freed when the autocast block ends) or with forward hooks (a replay does
+    not call them). Under True autocast is ArchDSLError; hooks run once, at the capture."""
+    autocast = torch.is_autocast_enabled("cuda")
+    if model.cuda_graph:
+        if autocast:
+            raise ArchDSLError(f"{where}: model.cuda_graph is True, but this call runs under torch.autocast, whose "
+                               f"cast weights a CUDA graph cannot keep: call it outside autocast (a bf16 model decodes "
+                               f"in bf16 without it), or set model.cuda_graph = None or False")
+        return True
+    too_big = model._graph_too_big
+    return (new_tokens >= GRAPH_MIN_TOKENS and model._graph_failed is None and not autocast
+            and (too_big is None or batch * need < too_big[0] * too_big[1]) and not hooked(model))
+
+
+def hooked(model) -> bool:
+    """Whether a forward hook (or pre-hook) would run in the decode step: on a module of the model, or global."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def graph_runner(model, batch: int, need: int, where: str = "generate", exact: bool = False):
+    """model._graph_runner(batch, need, exact), or None where model.cuda_graph is None (the default) and it fails:
+    the caller then steps eagerly. A capture that raises makes this model step eagerly from then on, since the same
+    step would fail the same way; memory too short for the cache and its graph, every call whose cache is as big
+    or bigger (the eager cache is smaller, and with an eos grows as the tokens come). An ArchDSLWarning says why,
+    once. Under True each raises (CacheTooBig, which generate words)."""
     try:
-        return model._graph_runner(batch, need)
+        return model._graph_runner(batch, need, exact)
     except CacheTooBig as e:
         if model.cuda_graph is not None:
             raise
-        warn(f"generate: the CUDA graph's static cache does not fit ({e.message.split(': ', 1)[-1]}); this generate "
-             f"decodes eagerly")
+        model._graph_too_big = (batch, need)
+        warn(f"{where}: {e.message.split(': ', 1)[-1]}; this call, and any whose cache is as big, decodes eagerly")
         return None
-    except RuntimeError as e:  # CUDA's and torch's: a wait for the device in a step, an unsupported op, memory
+    except RuntimeError as e:  # CUDA's and torch's: a wait for the device in a step, an op a graph cannot hold
         if model.cuda_graph is not None:
             raise
-        model._graphs = {}
-        why = " ".join(str(e).split())[:300]
-        if out_of_memory(e):
-            warn(f"generate: the decode step's CUDA graph ran out of memory ({why}); this generate decodes eagerly")
-            return None
-        model._graph_failed = why
-        warn(f"generate: the decode step could not be captured in a CUDA graph ({why}); this model decodes eagerly "
-             f"from now on, which on a card is many times slower (model.cuda_graph = False skips the attempt, True "
-             f"raises instead)")
+        model._graph_failed = " ".join(str(e).split())[:300]
+        warn(f"{where}: the decode step could not be captured in a CUDA graph ({model._graph_failed}); this model "
+             f"decodes eagerly from now on, which on a card is many times slower (model.cuda_graph = False skips "
+             f"the attempt, True raises instead)")
         return None
 
 
 def graph_len(n: int) -> int:
-    """The static cache's length for a graph of n positions: n rounded up to one of eight lengths an octave (at
-    most a quarter more), at least 256, so that generates of nearby lengths replay one graph."""
-    if n <= 256:
-        return 256
+    """The static cache's length for a graph of n positions: n rounded up to one of four lengths an octave (5, 6,
+    7 or 8 × 2^k, at most a quarter more), at least 64, so that generates of nearby lengths replay one graph."""
+    if n <= 64:
+        return 64
     step = 1 << ((n - 1).bit_length() - 3)
     return -(-n // step) * step
 

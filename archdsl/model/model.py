@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import itertools
 import numbers
 import os
 import re
@@ -133,7 +134,7 @@ class ArchModel(nn.Module):
                 nn.init.normal_(self.lm_head.weight, std=0.02)
         self.aux_loss = torch.zeros(())
         self._graphs = {}
-        self.cuda_graph = None
+        self.cuda_graph = None  # generate on CUDA: a graph where one captures (the property below)
         self._ssm_dtype = None  # set_ssm_state_dtype
         self._unpacked = unpacked_blocks(spec)  # forward refuses seq_idx where these are (model/packed.py)
         self._unpadded = unpacked_blocks(spec, "PADS")  # and attention_mask with pads where these are
@@ -159,7 +160,7 @@ class ArchModel(nn.Module):
         for m in self.modules():
             if isinstance(m, Fusable):
                 m.fused = names & frozenset(m.FUSES)
-        self._graphs = {}
+        self._drop_graphs()
         return self
 
     def set_ssm_state_dtype(self, dtype=None) -> "ArchModel":
@@ -170,7 +171,7 @@ class ArchModel(nn.Module):
         what they store, but a state rounded every token keeps less of the distant past. Drops a captured
         decode graph, whose cache holds the old dtype. Returns the model."""
         self._ssm_dtype = resolve_ssm_dtype(dtype)
-        self._graphs = {}
+        self._drop_graphs()
         return self
 
     @property
@@ -183,9 +184,29 @@ class ArchModel(nn.Module):
     @cuda_graph.setter
     def cuda_graph(self, value) -> None:
         self._cuda_graph = check_flag("model", "cuda_graph", value, none_ok=True)
-        self._graph_failed = None  # why a capture under None failed: generate then steps eagerly
-        if value is False:
-            self._graphs = {}
+        graphs = self._graphs
+        self._drop_graphs()
+        if self._cuda_graph is not False:
+            self._graphs = graphs
+
+    _cuda_graph = None  # a model pickled before cuda_graph was a property: the default
+    _graph_failed = None  # why a capture under cuda_graph None failed: generate then steps eagerly
+    _graph_too_big = None  # (batch, positions) whose static cache did not fit under None: no bigger one is tried
+
+    def _drop_graphs(self) -> None:
+        """Forget the captured decode graph, with its cache, and what a capture that failed said: the step changed
+        (fusions, state dtype, a move or cast), or the user asks again."""
+        self._graphs, self._graph_failed, self._graph_too_big = {}, None, None
+
+    def _apply(self, fn, recurse=True):
+        """.to(), .cuda(), .half() and the like: the parameters' storage changes (attention re-packs its q/k/v even
+        for a move to where it is), so a graph captured over the old storage would replay on freed memory."""
+        self._drop_graphs()
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        """Pickled and deep-copied without the captured graph (a CUDA graph and its cache are not copied)."""
+        return {**super().__getstate__(), "_graphs": {}, "_graph_failed": None, "_graph_too_big": None}
 
     @property
     def ssm_state_dtype(self) -> torch.dtype:
@@ -369,9 +390,9 @@ class ArchModel(nn.Module):
         torch's global generator. Returns [B, L + max_new_tokens], the prompt then the new tokens, in input_ids'
         dtype. On CUDA the decode steps are replayed from a CUDA graph (model.cuda_graph: None, the default, from 8
         new tokens on, or True; False steps eagerly), captured for each batch size and cache length, the length
-        rounded up to one of eight an octave (at least 256) so that generates of nearby lengths replay one graph;
-        where a capture fails under None, an ArchDSLWarning says why and this model steps eagerly from then on (where
-        the static cache does not fit, this generate only). attention_mask [B, L] (bool or 0/1, HF's): prompts of different
+        rounded up to one of four an octave (at least 64) so that generates of nearby lengths replay one graph;
+        docs/kernels.md says where None steps eagerly instead (autocast, forward hooks, a capture that failed, with
+        an ArchDSLWarning saying why). attention_mask [B, L] (bool or 0/1, HF's): prompts of different
         lengths, left-padded (the pads first); each row continues as its prompt alone would (forward).
         eos_token_id (one id or a list, as transformers'): a row that has produced one goes on with pad_token_id
         (default: the first eos id), and generation stops once every row has, so the result may be shorter,
@@ -379,8 +400,8 @@ class ArchModel(nn.Module):
         The decode cache: with eos_token_id its attention KV buffers grow by doubling as the tokens come, never
         past L + max_new_tokens positions, so a large max_new_tokens costs no memory until it is used; without
         one every step runs, and the cache is allocated for L + max_new_tokens positions at once, as is the
-        static cache the CUDA graph replays on (rounded up; exactly that where the rounded one does not fit). A cache that does not fit, then or while growing, is ArchDSLError
-        naming max_new_tokens.
+        static cache the CUDA graph replays on (rounded up; exactly that where the rounded one does not fit). A
+        cache that does not fit, then or while growing, is ArchDSLError naming max_new_tokens.
         repetition_penalty θ (CTRL's, as transformers' RepetitionPenaltyLogitsProcessor; None or 1: off): before
         the temperature, the logit of every token already in the row is divided by θ where positive, multiplied
         where negative; the pads of attention_mask do not count as in the row."""
@@ -444,12 +465,14 @@ class ArchModel(nn.Module):
         if lo < 0 or hi >= vocab:
             raise ArchDSLError(f"{where}: {name}: token id {lo if lo < 0 else hi} is outside the vocabulary [0, {vocab})")
 
-    def _graph_runner(self, batch: int, need: int) -> GraphedStep:
-        """The decode step captured for `batch` rows over a static cache of graph_len(need) positions, or of `need`
-        where that does not fit (CacheTooBig); the one held if it is either. One is held at a time: its buffers
-        are big."""
-        sizes = list(dict.fromkeys((graph_len(need), need)))
-        keys = [(batch, n, self.dtype, self.device) for n in sizes]  # a model moved or cast since: new parameters
+    def _graph_runner(self, batch: int, need: int, exact: bool = False) -> GraphedStep:
+        """The decode step captured for `batch` rows over a static cache of graph_len(need) positions (`exact`:
+        need, as the timings take it), or of `need` where that does not fit; the one held if it is either and the
+        parameters and buffers are where they were at its capture. One is held at a time: its buffers are big.
+        Memory too short for the exact one is CacheTooBig."""
+        sizes = [need] if exact else list(dict.fromkeys((graph_len(need), need)))
+        where = tuple(t.data_ptr() for t in itertools.chain(self.parameters(), self.buffers()))  # replaced weights
+        keys = [(batch, n, self.dtype, self.device, where) for n in sizes]
         for key in keys:
             if key in self._graphs:
                 return self._graphs[key]
@@ -457,9 +480,15 @@ class ArchModel(nn.Module):
             self._graphs = {}  # the old graph's buffers go before the new ones are made
             try:
                 self._graphs = {key: GraphedStep(self, batch, n)}
-            except CacheTooBig:
-                if n == need:
+            except (CacheTooBig, RuntimeError) as e:  # init_cache's, or memory short in the capture
+                self._graphs = {}
+                if not isinstance(e, CacheTooBig) and not out_of_memory(e):
                     raise
+                if n == need:
+                    if isinstance(e, CacheTooBig):
+                        raise
+                    raise CacheTooBig(f"init_cache: the decode cache and its CUDA graph (batch {batch:,}, {n:,} "
+                                      f"positions) do not fit in memory on {self.device}") from None
                 continue
             return self._graphs[key]
 

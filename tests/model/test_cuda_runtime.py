@@ -164,12 +164,13 @@ def test_gpu_generate_replays_a_graph_by_default_one_for_nearby_lengths():
     assert model.cuda_graph is None
     ids = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(5)).cuda()
     runners = []
-    for new in (20, 200, 251, 300):
+    for new in (255, 295, 315, 395):  # 260, 300 and 320 positions: 320 (5 × 64); 400: 448
         assert torch.equal(model.generate(ids, new), eager.generate(ids, new))
         runners += list(model._graphs.values())
     assert not eager._graphs and len(runners) == 4
-    assert runners[0] is runners[1] is runners[2] and runners[0].cache.max_len == 256
-    assert runners[3] is not runners[0] and runners[3].cache.max_len == 320
+    assert runners[0] is runners[1] is runners[2] and runners[0].cache.max_len == 320
+    assert runners[3] is not runners[0] and runners[3].cache.max_len == 448
+    assert torch.equal(model.generate(ids, 7), eager.generate(ids, 7)) and model._graphs  # fewer than 8: eager
 
 
 def test_gpu_a_step_that_cannot_be_captured_decodes_eagerly_under_the_default():

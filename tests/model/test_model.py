@@ -581,10 +581,10 @@ def test_a_cast_model_captures_its_decode_graph_again(monkeypatch):
 
     monkeypatch.setattr(mm, "GraphedStep", lambda model, batch, max_len: (model.dtype, batch, max_len))
     model = archdsl.compile(archdsl.parse("mamba2", d_model=16, vocab_size=37, blocks=SMALL))
-    assert model._graph_runner(1, 8) == (torch.float32, 1, 256)  # the length rounded up (graph_len)
+    assert model._graph_runner(1, 8) == (torch.float32, 1, 64)  # the length rounded up (graph_len)
     assert model._graph_runner(1, 8) is model._graph_runner(1, 8)
     model.double()
-    assert model._graph_runner(1, 8) == (torch.float64, 1, 256)
+    assert model._graph_runner(1, 8) == (torch.float64, 1, 64)
 
 
 @settings(max_examples=40, deadline=None)
@@ -753,21 +753,24 @@ def test_cuda_graph_generate_matches_eager(layout):
 
 
 @given(st.integers(1, 2**40))
-def test_a_graph_cache_is_rounded_up_to_one_of_eight_lengths_an_octave(n):
-    """generate's CUDA graph is captured for graph_len(n) positions: at least n, at most a quarter more (256 at
-    least), one of eight lengths between consecutive powers of two, so generates of nearby lengths share a graph."""
+def test_a_graph_cache_is_rounded_up_to_one_of_four_lengths_an_octave(n):
+    """generate's CUDA graph is captured for graph_len(n) positions: at least n, at most a quarter more (64 at
+    least), one of four lengths an octave (5, 6, 7 or 8 × a power of two), so generates of nearby lengths share a
+    graph."""
     from archdsl.model.decoding import graph_len
 
     size = graph_len(n)
-    assert n <= size and (size == 256 if n <= 256 else size <= n * 5 / 4)
-    assert size % (1 << max(size.bit_length() - 4, 0)) == 0  # 8 steps an octave: 8..15 × a power of two
+    assert n <= size and (size == 64 if n <= 64 else size <= n * 5 / 4)
+    unit = 1 << (size.bit_length() - 3)
+    assert size % unit == 0 and size // unit in (4, 5, 6, 7)  # 4 × 2^k is 8 × 2^(k-1)
     assert graph_len(size) == size
 
 
 def test_the_graph_runner_reuses_a_graph_within_its_length_and_fits_the_card(monkeypatch):
-    """ArchModel._graph_runner captures for the rounded length, replays it for every need it holds, and captures for
-    the exact need where the rounded cache does not fit (CacheTooBig), which it raises where that does not fit
-    either; one graph is held at a time. Checked with a stand-in for the capture."""
+    """ArchModel._graph_runner captures for the rounded length, replays it for every need it holds while the weights
+    stay where they were, and captures for the exact need where the rounded cache does not fit (CacheTooBig, or
+    memory short in the capture), which it raises as CacheTooBig where that does not fit either; one graph is held
+    at a time; `exact` (the timings) captures the need itself. Checked with a stand-in for the capture."""
     from archdsl.model import model as model_module
     from archdsl.model.decoding import CacheTooBig
 
@@ -775,6 +778,8 @@ def test_the_graph_runner_reuses_a_graph_within_its_length_and_fits_the_card(mon
 
     class Capture:
         def __init__(self, model, batch, n):
+            if n > 2000:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             if n > 1000:
                 raise CacheTooBig(f"init_cache: the decode cache (batch {batch}, {n:,} positions) does not fit")
             made.append((batch, n))
@@ -786,21 +791,33 @@ def test_the_graph_runner_reuses_a_graph_within_its_length_and_fits_the_card(mon
     b = model._graph_runner(2, 900)  # 1024 does not fit: 900 does
     assert made[1:] == [(2, 900)] and model._graph_runner(2, 900) is b and list(model._graphs.values()) == [b]
     assert model._graph_runner(1, 300) is not a and made[2:] == [(1, 320)]
+    assert model._graph_runner(1, 300, exact=True) is not a and made[3:] == [(1, 300)]
     with pytest.raises(CacheTooBig, match="1,001 positions"):
         model._graph_runner(2, 1001)
+    with pytest.raises(CacheTooBig, match=r"^init_cache: the decode cache and its CUDA graph \(batch 2, 2,001 "
+                                          r"positions\) do not fit in memory on cpu"):
+        model._graph_runner(2, 2001)
+    c = model._graph_runner(2, 40)
+    with torch.no_grad():
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.clone())  # replaced: the graph read the old
+    assert model._graph_runner(2, 40) is not c and made[-2:] == [(2, 64), (2, 64)]
+    model.float()  # a cast or move (even to where it is): new storage for some parameters, the graph dropped
+    assert model._graphs == {}
 
 
 def test_a_failed_capture_decodes_eagerly_under_the_default_and_raises_when_asked_for(monkeypatch):
     """decoding.graph_runner: under cuda_graph None (the default) a capture that raises (CUDA refuses a wait for the
-    device while capturing) is an ArchDSLWarning saying why, and the model steps eagerly from then on; memory that
-    runs short warns and steps eagerly this once; under True each raises (CacheTooBig, which generate words)."""
+    device while capturing) is an ArchDSLWarning saying why, and the model steps eagerly from then on; a cache and
+    graph too big for memory warn, and calls as big step eagerly; under True each raises (CacheTooBig, which
+    generate words)."""
     from archdsl.errors import ArchDSLWarning
     from archdsl.model import decoding
 
     model = archdsl.compile(archdsl.parse("mamba", d_model=16, vocab_size=37, blocks=SMALL))
     assert model.cuda_graph is None and model._graph_failed is None
+    assert decoding.graph_fits(model, "generate", 1, 10, 8) and not decoding.graph_fits(model, "generate", 1, 10, 7)
 
-    def refuse(batch, need):
+    def refuse(batch, need, exact):
         raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nCUDA kernel errors ...")
 
     monkeypatch.setattr(model, "_graph_runner", refuse)
@@ -813,28 +830,72 @@ def test_a_failed_capture_decodes_eagerly_under_the_default_and_raises_when_aske
                                             r"\(CUDA error: operation not permitted when stream is capturing CUDA "
                                             r"kernel errors \.\.\.\); this model decodes eagerly from now on"):
         assert decoding.graph_runner(model, 1, 10) is None
-    assert model._graph_failed.startswith("CUDA error")
+    assert model._graph_failed.startswith("CUDA error") and not decoding.graph_fits(model, "generate", 1, 10, 50)
+    model.set_fuse(True)  # the step changed: tried again
+    assert model._graph_failed is None and decoding.graph_fits(model, "generate", 1, 10, 50)
 
-    def short(batch, need):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    model.cuda_graph = None  # tried again: memory is this generate's trouble only
-    monkeypatch.setattr(model, "_graph_runner", short)
-    with pytest.warns(ArchDSLWarning, match=r"CUDA graph ran out of memory \(CUDA out of memory.*this generate"):
-        assert decoding.graph_runner(model, 1, 10) is None
-    assert model._graph_failed is None
-
-    def too_big(batch, need):
-        raise decoding.CacheTooBig("init_cache: the decode cache (batch 1, 10 positions) does not fit in memory")
+    def too_big(batch, need, exact):
+        raise decoding.CacheTooBig(f"init_cache: the decode cache (batch {batch}, {need} positions) does not fit")
 
     monkeypatch.setattr(model, "_graph_runner", too_big)
-    with pytest.warns(ArchDSLWarning, match=r"^generate: the CUDA graph's static cache does not fit \(the decode "
-                                            r"cache \(batch 1, 10 positions\) does not fit in memory\); this generate"):
-        assert decoding.graph_runner(model, 1, 10) is None  # eagerly, its cache growing with an eos
-    assert model._graph_failed is None
+    with pytest.warns(ArchDSLWarning, match=r"^run: the decode cache \(batch 2, 10 positions\) does not fit; this "
+                                            r"call, and any whose cache is as big, decodes eagerly"):
+        assert decoding.graph_runner(model, 2, 10, "run") is None
+    assert model._graph_failed is None and model._graph_too_big == (2, 10)
+    assert decoding.graph_fits(model, "generate", 2, 9, 8) and decoding.graph_fits(model, "generate", 1, 19, 8)
+    assert not decoding.graph_fits(model, "generate", 1, 20, 8) and not decoding.graph_fits(model, "generate", 4, 6, 8)
     model.cuda_graph = True
+    assert decoding.graph_fits(model, "generate", 4, 6, 8)
     with pytest.raises(decoding.CacheTooBig):
         decoding.graph_runner(model, 1, 10)
+
+
+def test_no_default_graph_under_autocast_or_hooks(monkeypatch):
+    """Under cuda_graph None generate steps eagerly under torch.autocast (a capture would keep autocast's cast
+    weights, freed when its block ends) and where a forward hook would run (a replay does not call it); under True
+    autocast is ArchDSLError, and hooks run at the capture alone."""
+    from archdsl.model import decoding
+
+    model = archdsl.compile(archdsl.parse("mamba", d_model=16, vocab_size=37, blocks=SMALL))
+    handle = model.layers[0].register_forward_hook(lambda *a: None)
+    assert not decoding.graph_fits(model, "generate", 1, 10, 8)
+    model.cuda_graph = True
+    assert decoding.graph_fits(model, "generate", 1, 10, 8)
+    handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda *a: None)
+    try:
+        model.cuda_graph = None
+        assert not decoding.graph_fits(model, "generate", 1, 10, 8)
+    finally:
+        handle.remove()
+    assert decoding.graph_fits(model, "generate", 1, 10, 8)
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda *a: True)
+    assert not decoding.graph_fits(model, "generate", 1, 10, 8)
+    model.cuda_graph = True
+    with pytest.raises(ArchDSLError, match=r"^generate: model.cuda_graph is True, but this call runs under "
+                                           r"torch.autocast"):
+        decoding.graph_fits(model, "generate", 1, 10, 8)
+
+
+def test_a_copied_or_pickled_model_leaves_its_graph_behind():
+    """deepcopy and pickle take the model without its captured graph (a CUDA graph and its cache are not copied);
+    a model pickled before cuda_graph was a property reads the default."""
+    import copy
+    import pickle
+
+    import numpy as np
+
+    model = archdsl.compile(archdsl.parse("mamba", d_model=16, vocab_size=37, blocks=SMALL))
+    model._graphs, model._graph_failed = {"key": "a graph"}, "a capture failed"
+    assert copy.deepcopy(model)._graphs == {} and pickle.loads(pickle.dumps(model))._graphs == {}
+    assert model._graphs == {"key": "a graph"}
+    state = model.__getstate__()
+    del state["_cuda_graph"], state["_graph_failed"]
+    old = archdsl.model.ArchModel.__new__(archdsl.model.ArchModel)
+    old.__setstate__(state)
+    assert old.cuda_graph is None and old._graph_failed is None
+    model.cuda_graph = np.False_  # numpy's False drops the graph too
+    assert model._graphs == {} and model.cuda_graph is False
 
 
 @pytest.mark.gpu
