@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 
 import torch
 
@@ -34,6 +35,26 @@ def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attenti
         gen = torch.Generator(device=input_ids.device).manual_seed(int(seed))  # a numpy integer passes check_seed
     graphed = (input_ids.is_cuda and model.cuda_graph is not False
                and graph_fits(model, "generate", B, L + max_new_tokens, max_new_tokens))
+    lock = graph_lock(model) if graphed else None
+    if lock is not None and not lock.acquire(blocking=False):  # another thread replays this model's graph, whose
+        graphed, lock = False, None  # buffers it writes: this call steps eagerly (under True too)
+    try:
+        return _decode(model, input_ids, max_new_tokens, temperature, top_k, gen, attention_mask, top_p, eos,
+                       repetition_penalty, graphed)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def graph_lock(model) -> threading.Lock:
+    """The lock a generate holds while it replays the model's graph (made at the first, kept out of copies)."""
+    return model.__dict__.setdefault("_graph_lock", threading.Lock())  # dict.setdefault: one lock, even if raced
+
+
+def _decode(model, input_ids, max_new_tokens, temperature, top_k, gen, attention_mask, top_p, eos, repetition_penalty,
+            graphed):
+    """generate after its checks: prefill, then sample step by step, replaying the graph where `graphed`."""
+    B, L = input_ids.shape
     try:
         if graphed:  # a static cache, all L + max_new_tokens positions at once (and up to a quarter more)
             runner = graph_runner(model, B, L + max_new_tokens)
@@ -335,8 +356,9 @@ class GraphedStep:
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         # captured on the warm-up's stream, on the model's card: torch.cuda.graph's default capture stream is one a
-        # process, made on the card current at its first capture (a second card's capture then went to the first's)
-        with torch.cuda.graph(self.graph, stream=stream), torch.no_grad():
+        # process, made on the card current at its first capture (a second card's capture then went to the first's);
+        # thread_local: CUDA calls of the process's other threads meanwhile are not refused (global mode's)
+        with torch.cuda.graph(self.graph, stream=stream, capture_error_mode="thread_local"), torch.no_grad():
             self.logits = model._step(self.tokens, self.cache)
         for t, s in zip(self.cache.tensors(), snapshot):
             t.copy_(s)

@@ -206,7 +206,9 @@ class ArchModel(nn.Module):
 
     def __getstate__(self):
         """Pickled and deep-copied without the captured graph (a CUDA graph and its cache are not copied)."""
-        return {**super().__getstate__(), "_graphs": {}, "_graph_failed": None, "_graph_too_big": None}
+        state = {**super().__getstate__(), "_graphs": {}, "_graph_failed": None, "_graph_too_big": None}
+        state.pop("_graph_lock", None)  # decoding.graph_lock's: a lock is not copied; the copy makes its own
+        return state
 
     @property
     def ssm_state_dtype(self) -> torch.dtype:

@@ -202,3 +202,30 @@ def test_gpu_a_step_that_cannot_be_captured_decodes_eagerly_under_the_default():
     _, other = _pair("mamba2, attn+mlp")
     other.cuda_graph = None
     assert torch.equal(other.generate(ids, 12), want) and len(other._graphs) == 1
+
+
+def test_gpu_threads_generating_on_one_model_each_get_its_tokens():
+    """Four threads generate on one model at once under the default: one replays the graph (a lock), the others
+    step eagerly meanwhile, and a capture does not refuse their CUDA calls (thread_local); every thread gets the
+    eager tokens."""
+    import threading
+
+    _, gpu = _pair("mamba2, attn+mlp")
+    ids = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(7)).cuda()
+    want = gpu.generate(ids, 40)
+    gpu.cuda_graph = None
+    got, errors = [None] * 4, []
+
+    def work(i):
+        try:
+            got[i] = gpu.generate(ids, 40)
+        except Exception as e:  # noqa: BLE001 - reported below, whatever it is
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and all(torch.equal(g, want) for g in got)
+    assert torch.equal(gpu.generate(ids, 40), want) and gpu._graphs

@@ -886,8 +886,12 @@ def test_a_copied_or_pickled_model_leaves_its_graph_behind():
     import numpy as np
 
     model = archdsl.compile(archdsl.parse("mamba", d_model=16, vocab_size=37, blocks=SMALL))
+    from archdsl.model.decoding import graph_lock
+
     model._graphs, model._graph_failed = {"key": "a graph"}, "a capture failed"
+    lock = graph_lock(model)  # a generate's, while it replays: the copies make their own
     assert copy.deepcopy(model)._graphs == {} and pickle.loads(pickle.dumps(model))._graphs == {}
+    assert graph_lock(copy.deepcopy(model)) is not lock and graph_lock(model) is lock
     assert model._graphs == {"key": "a graph"}
     state = model.__getstate__()
     del state["_cuda_graph"], state["_graph_failed"]
