@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import archdsl
 from archdsl.errors import ArchDSLWarning
-from blockcheck import build
 from test_inference_mode import LAYOUTS, SMALL, run
+from test_moe import sigmoid_routes
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -110,20 +109,8 @@ def test_gpu_a_graph_captured_under_inference_mode_replays_outside_it():
 def test_gpu_sigmoid_router_logits_are_float32_in_bf16_and_under_autocast():
     """On the card: a bf16 sigmoid MoE routes as the float32 product of its bf16 weights, and a float32 one under
     CUDA bf16 autocast as without it."""
-    m = build("moe", {"experts": 64, "top_k": 6, "hidden": 8, "router": "sigmoid", "score_bias": True},
-              d_model=256).cuda()
-    with torch.no_grad():
-        m.router.e_score_correction_bias.normal_(0, 0.01)
     x = torch.randn(4096, 256, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
-    with torch.no_grad():
-        want = m.route(x)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            under = m.route(x)
-        half = m.to(torch.bfloat16)
-        xb = x.to(torch.bfloat16)
-        got = half.route(xb)
-        ref = F.linear(xb.float(), half.router.weight.float()).sigmoid()
-        _, ref_idx = (ref + half.router.e_score_correction_bias).topk(6, dim=-1)
+    want, under, got, _, ref_idx = sigmoid_routes(x)
     assert torch.equal(under[2], want[2])
     torch.testing.assert_close(under[0], want[0], rtol=1e-6, atol=1e-7)  # cuBLAS may order its float32 sums apart
     assert got[0].dtype == torch.float32

@@ -37,22 +37,30 @@ def test_matches_dense_reference_and_gathered():
         assert torch.allclose(m.experts.gathered(x, idx, w), ref)
 
 
-def test_sigmoid_router_logits_are_float32_in_a_bf16_model_and_under_autocast():
-    """DeepSeek-V3's and NemotronH's routers compute their logits in float32 (in bf16 they round enough to change ~1%
-    of tokens' experts): a bf16 sigmoid MoE routes as the float32 product of its bf16 weights, and a float32 one under
-    bf16 autocast as without it; the softmax router keeps x's dtype (Mixtral's, Jamba's)."""
-    m = build("moe", {"experts": 64, "top_k": 6, "hidden": 8, "router": "sigmoid", "score_bias": True}, d_model=256)
-    m.router.e_score_correction_bias.normal_(0, 0.01, generator=torch.Generator().manual_seed(1))
-    x = torch.randn(512, 256, generator=torch.Generator().manual_seed(0))
+def sigmoid_routes(x):
+    """A float32 sigmoid MoE (64 experts, top 6, d_model 256) on x's device routing x [T, 256]: (its routes, its routes
+    under bf16 autocast, the routes of the model cast to bf16 on x in bf16, that cast's float32 reference scores
+    [T, 64] and top-6 ids)."""
+    m = build("moe", {"experts": 64, "top_k": 6, "hidden": 8, "router": "sigmoid", "score_bias": True},
+              d_model=256).to(x.device)
     with torch.no_grad():
+        m.router.e_score_correction_bias.copy_(torch.randn(64, generator=torch.Generator().manual_seed(1)) * 0.01)
         want = m.route(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
             under = m.route(x)
         half = m.to(torch.bfloat16)
         xb = x.to(torch.bfloat16)
         got = half.route(xb)
         ref = F.linear(xb.float(), half.router.weight.float()).sigmoid()
         _, ref_idx = (ref + half.router.e_score_correction_bias).topk(6, dim=-1)
+    return want, under, got, ref, ref_idx
+
+
+def test_sigmoid_router_logits_are_float32_in_a_bf16_model_and_under_autocast():
+    """DeepSeek-V3's and NemotronH's routers compute their logits in float32 (in bf16 they round enough to change ~1%
+    of tokens' experts): a bf16 sigmoid MoE routes as the float32 product of its bf16 weights, and a float32 one under
+    bf16 autocast as without it; the softmax router keeps x's dtype (Mixtral's, Jamba's)."""
+    want, under, got, ref, ref_idx = sigmoid_routes(torch.randn(512, 256, generator=torch.Generator().manual_seed(0)))
     assert torch.equal(under[2], want[2]) and torch.equal(under[0], want[0])
     assert torch.equal(got[2], ref_idx) and got[0].dtype == torch.float32
     assert torch.equal(got[0], ref / ref.sum(-1, keepdim=True))
