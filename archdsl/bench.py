@@ -186,7 +186,14 @@ def _decode_ms(model, ids, gen: int, cuda_graph: bool) -> float:
     batch, length = ids.shape
     cuda = model.device.type == "cuda"
     if cuda_graph:
-        runner = model._graph_runner(batch, length + gen + 1, exact=True)
+        try:
+            runner = model._graph_runner(batch, length + gen + 1, exact=True)
+        except RuntimeError as e:  # memory is the caller's to word (CacheTooBig is an ArchDSLError)
+            if out_of_memory(e):
+                raise
+            why = " ".join(str(e).split())[:300]
+            raise ArchDSLError(f"bench: the decode step could not be captured in a CUDA graph ({why})",
+                               hint="time it eagerly: cuda_graph=False (archdsl bench --no-cuda-graph)") from None
         cache, step = runner.cache, runner
         cache.reset()
     else:

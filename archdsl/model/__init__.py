@@ -92,8 +92,9 @@ def compile(spec, device="cpu", dtype=torch.float32, seed: int = 0, cuda_graph: 
     "recompute" (Mamba / Mamba-2 training: activations rebuilt in the backward, not kept);
     an unknown name raises ArchDSLError. Each is the same function
     on or off; model.set_fuse(...) switches them later. `cuda_graph`: how generate() steps on a CUDA
-    device: None (the default) replays the decode step from a CUDA graph, and steps eagerly where the capture
-    fails (a warning says why); True replays it (a failed capture raises); False steps eagerly.
+    device: None (the default) replays the decode step from a CUDA graph from 8 new tokens on, and steps eagerly
+    under torch.autocast, with forward hooks, or where the capture fails (a warning says why); True replays it (a
+    failed capture raises); False steps eagerly (docs/kernels.md, Fusions).
     `ssm_state_dtype` is the dtype of the Mamba / Mamba-2 SSM states in decode caches (None: float32; see
     ArchModel.set_ssm_state_dtype).
     Returns the ArchModel in eval mode (model.train() for training). An ARCHDSL_KERNELS that names no backend

@@ -38,17 +38,27 @@ def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attenti
     lock = graph_lock(model) if graphed else None
     if lock is not None and not lock.acquire(blocking=False):  # another thread replays this model's graph, whose
         graphed, lock = False, None  # buffers it writes: this call steps eagerly (under True too)
+    if lock is not None:
+        done = model.__dict__.get("_graph_done")
+        if done is not None:  # the last holder's work on the graph's buffers, queued on its stream, comes first
+            torch.cuda.current_stream(input_ids.device).wait_event(done)
     try:
         return _decode(model, input_ids, max_new_tokens, temperature, top_k, gen, attention_mask, top_p, eos,
                        repetition_penalty, graphed)
     finally:
         if lock is not None:
+            model._graph_done = torch.cuda.Event()
+            model._graph_done.record(torch.cuda.current_stream(input_ids.device))
             lock.release()
 
 
 def graph_lock(model) -> threading.Lock:
-    """The lock a generate holds while it replays the model's graph (made at the first, kept out of copies)."""
+    """The lock a generate holds while it replays the model's graph (made at the first, kept out of copies, with the
+    event its last holder recorded, _graph_done)."""
     return model.__dict__.setdefault("_graph_lock", threading.Lock())  # dict.setdefault: one lock, even if raced
+
+
+CAPTURING = threading.Lock()  # one capture at a time in the process: torch.cuda.graph syncs the device as it starts
 
 
 def _decode(model, input_ids, max_new_tokens, temperature, top_k, gen, attention_mask, top_p, eos, repetition_penalty,
@@ -277,7 +287,8 @@ def graph_fits(model, where: str, batch: int, need: int, new_tokens: int) -> boo
     Under None not for fewer than GRAPH_MIN_TOKENS new tokens, nor after a capture failed, nor for a cache as big
     as one that did not fit, nor where a replay would differ from the eager steps: under torch.autocast (the
     capture would keep its cast weights, freed when the autocast block ends) or with forward hooks (a replay does
-    not call them). Under True autocast is ArchDSLError; hooks run once, at the capture."""
+    not call them). Under True autocast is ArchDSLError; hooks run at the capture alone (its warm-up steps and the
+    captured one)."""
     autocast = torch.is_autocast_enabled("cuda")
     if model.cuda_graph:
         if autocast:
@@ -287,16 +298,17 @@ def graph_fits(model, where: str, batch: int, need: int, new_tokens: int) -> boo
         return True
     too_big = model._graph_too_big
     return (new_tokens >= GRAPH_MIN_TOKENS and model._graph_failed is None and not autocast
-            and (too_big is None or batch * need < too_big[0] * too_big[1]) and not hooked(model))
+            and (too_big is None or batch < too_big[0] or need < too_big[1]) and not hooked(model))
 
 
 def hooked(model) -> bool:
-    """Whether a forward hook (or pre-hook) would run in the decode step: on a module of the model, or global."""
+    """Whether a forward hook (or pre-hook) would run in the decode step: on a module of the model below it (the
+    step does not call the model itself), or global."""
     from torch.nn.modules import module as torch_module
 
     if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules() if m is not model)
 
 
 def graph_runner(model, batch: int, need: int, where: str = "generate", exact: bool = False):
@@ -340,7 +352,7 @@ class GraphedStep:
         # the capture stream on the model's card, not the current one; and outside torch.inference_mode(), so that
         # the buffers the graph replays on are normal tensors, which a generate under the mode and one outside it
         # both write in place (an inference tensor would be copied outside the mode, off the graph's buffers)
-        with torch.cuda.device(model.device), torch.inference_mode(False):
+        with CAPTURING, torch.cuda.device(model.device), torch.inference_mode(False):
             self._capture(model, batch, max_len)
 
     def _capture(self, model, batch: int, max_len: int):

@@ -204,10 +204,16 @@ class ArchModel(nn.Module):
         self._drop_graphs()
         return super()._apply(fn, recurse)
 
+    def __setstate__(self, state):
+        if "cuda_graph" in state:  # pickled when cuda_graph was a plain attribute: the property's value now
+            state["_cuda_graph"] = state.pop("cuda_graph")
+        super().__setstate__(state)
+
     def __getstate__(self):
         """Pickled and deep-copied without the captured graph (a CUDA graph and its cache are not copied)."""
         state = {**super().__getstate__(), "_graphs": {}, "_graph_failed": None, "_graph_too_big": None}
         state.pop("_graph_lock", None)  # decoding.graph_lock's: a lock is not copied; the copy makes its own
+        state.pop("_graph_done", None)
         return state
 
     @property

@@ -157,13 +157,15 @@ def test_gpu_generate_replays_a_graph_by_default_one_for_nearby_lengths():
     assert not eager._graphs and len(runners) == 4
     assert runners[0] is runners[1] is runners[2] and runners[0].cache.max_len == 320
     assert runners[3] is not runners[0] and runners[3].cache.max_len == 448
-    assert torch.equal(model.generate(ids, 7), eager.generate(ids, 7)) and model._graphs  # fewer than 8: eager
+    assert torch.equal(model.generate(ids, 7), eager.generate(ids, 7))  # fewer than 8: eager, no capture for 12
+    assert list(model._graphs.values()) == [runners[3]]
 
 
 def test_gpu_a_step_that_cannot_be_captured_decodes_eagerly_under_the_default():
-    """A decode step that waits for the device (a hook's .item(), say) cannot be captured: under cuda_graph True
-    generate raises; under the default it warns once and decodes eagerly, the eager tokens, from then on. The card
-    is left able to capture: another model's graph then replays its tokens."""
+    """A decode step that waits for the device (an .item() in a wrapped module, say) cannot be captured: under
+    cuda_graph True generate raises, and bench names it; under the default generate warns once and decodes eagerly,
+    the eager tokens, from then on. The card is left able to capture: another model's graph then replays its
+    tokens."""
     import warnings
 
     _, gpu = _pair("mamba2, attn+mlp")
@@ -179,6 +181,10 @@ def test_gpu_a_step_that_cannot_be_captured_decodes_eagerly_under_the_default():
     gpu.cuda_graph = True
     with pytest.raises(RuntimeError):
         gpu.generate(ids, 12)
+    from archdsl.bench import bench
+
+    with pytest.raises(archdsl.ArchDSLError, match="^bench: the decode step could not be captured in a CUDA graph"):
+        bench(gpu, batch=2, seq_len=5, gen=4, cases=["decode"], cuda_graph=True)
     gpu.cuda_graph = None
     with pytest.warns(ArchDSLWarning, match="could not be captured in a CUDA graph"):
         assert torch.equal(gpu.generate(ids, 12), want)
