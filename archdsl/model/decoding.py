@@ -38,18 +38,20 @@ def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attenti
     lock = graph_lock(model) if graphed else None
     if lock is not None and not lock.acquire(blocking=False):  # another thread replays this model's graph, whose
         graphed, lock = False, None  # buffers it writes: this call steps eagerly (under True too)
-    if lock is not None:
-        done = model.__dict__.get("_graph_done")
+    try:
+        done = model.__dict__.get("_graph_done") if lock is not None else None
         if done is not None:  # the last holder's work on the graph's buffers, queued on its stream, comes first
             torch.cuda.current_stream(input_ids.device).wait_event(done)
-    try:
         return _decode(model, input_ids, max_new_tokens, temperature, top_k, gen, attention_mask, top_p, eos,
                        repetition_penalty, graphed)
     finally:
         if lock is not None:
-            model._graph_done = torch.cuda.Event()
-            model._graph_done.record(torch.cuda.current_stream(input_ids.device))
-            lock.release()
+            try:
+                done = torch.cuda.Event()
+                done.record(torch.cuda.current_stream(input_ids.device))
+                model._graph_done = done
+            finally:
+                lock.release()
 
 
 def graph_lock(model) -> threading.Lock:
