@@ -1165,7 +1165,7 @@ def test_commands_listed_in_their_order():
 def test_a_command_refuses_to_write_over_its_own_input(tmp_path, capsys, monkeypatch):
     """`compile DIR -o DIR` replaced a saved model's weights with random ones, `compile d/spec.yaml -o d` a
     hand-written spec with its canonical dump, and `export` a directory holding a user's lone config.json: each
-    exited 0. Now a command whose input is -o or lies inside it, and a directory holding part of a save, are
+    exited 0 (as did `compile SPEC -o DIR --tokenizer DIR`, random weights over the save its tokenizer came from). Now a command whose input is -o or lies inside it, and a directory holding part of a save, are
     refused (exit 2, nothing touched); an earlier whole save is still replaced."""
     monkeypatch.chdir(tmp_path)
     small = ["--set", "d_model=64", "--set", "vocab_size=100"]
@@ -1180,6 +1180,8 @@ def test_a_command_refuses_to_write_over_its_own_input(tmp_path, capsys, monkeyp
         (["convert", "--from", "hf", "m", "--weights", "-o", "m"], "-o m: is INPUT itself (m); convert --weights "
                                                                    "would replace"),
         (["export-checkpoint", "m", "-o", "m"], "-o m: is RUNDIR itself (m); export-checkpoint would replace"),
+        (["compile", "2×mamba2", *small, "-o", "m", "--tokenizer", "m"], "-o m: is --tokenizer itself (m); compile "
+                                                                         "would replace"),
     ]:
         code, out, err = run(*argv, capsys=capsys)
         assert code == 2 and out == "" and err.startswith(f"error: {message}"), (argv, err)

@@ -27,6 +27,8 @@ def cmd_compile(args):
         raise ArchDSLError(f"--device {args.device}: a compiled model is saved with its weights, and the meta "
                            f"device holds none (give cpu or cuda)")
     check_apart(args.output, args.spec, "SPEC", "compile")  # a saved model's weights lost to random ones
+    if args.tokenizer is not None:  # its tokenizer taken, its trained weights replaced by random ones
+        check_apart(args.output, args.tokenizer, "--tokenizer", "compile")
     spec = read_spec(args.spec, args.set)
     companions = _companions(args, spec.vocab_size)
     check_output_dir(args.output, SAVE_FILES, optional=frozenset(companions))  # before the model is built
