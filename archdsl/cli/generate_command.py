@@ -188,7 +188,8 @@ def _add_generate(p):
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or float64 (default: as saved)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                   help="decode steps replayed from a CUDA graph, CUDA only (default: on for --device cuda)")
+                   help="decode steps replayed from a CUDA graph, CUDA only (default: on for --device cuda from 8 "
+                        "new tokens, eager with a warning where a step cannot be captured)")
     p.add_argument("--json", action="store_true", help="print one JSON object: ids, continuation, text")
 
 

@@ -213,8 +213,9 @@ def _add_model_args(p, seed_of: str):
                    help=f"seed of {seed_of} and, for a spec, of the random weights (a saved model keeps its own; "
                         f"0..2^63-1, default 0)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                   help="decode steps replayed from a CUDA graph, CUDA only (default: on for --device cuda; "
-                        "--no-cuda-graph steps eagerly, a kernel launch at a time from Python)")
+                   help="decode steps replayed from a CUDA graph, CUDA only (default: on for --device cuda, eager "
+                        "with a warning where a step cannot be captured; --no-cuda-graph steps eagerly, a kernel "
+                        "launch at a time from Python)")
     add_ssm_state_dtype(p)
     p.add_argument("--fuse", default=None, metavar="NAMES",
                    help="only these fusions, comma-separated (add_norm, qkv, epilogue, step, norm_gemv, pdl, "
