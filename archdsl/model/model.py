@@ -184,10 +184,9 @@ class ArchModel(nn.Module):
     @cuda_graph.setter
     def cuda_graph(self, value) -> None:
         self._cuda_graph = check_flag("model", "cuda_graph", value, none_ok=True)
-        graphs = self._graphs
-        self._drop_graphs()
-        if self._cuda_graph is not False:
-            self._graphs = graphs
+        self._graph_failed = self._graph_too_big = None  # asked again
+        if self._cuda_graph is False:
+            self._graphs = {}
 
     _cuda_graph = None  # a model pickled before cuda_graph was a property: the default
     _graph_failed = None  # why a capture under cuda_graph None failed: generate then steps eagerly
@@ -479,8 +478,9 @@ class ArchModel(nn.Module):
         parameters and buffers are where they were at its capture. One is held at a time: its buffers are big.
         Memory too short for the exact one is CacheTooBig."""
         sizes = [need] if exact else list(dict.fromkeys((graph_len(need), need)))
-        where = tuple(t.data_ptr() for t in itertools.chain(self.parameters(), self.buffers()))  # replaced weights
-        keys = [(batch, n, self.dtype, self.device, where) for n in sizes]
+        # where the weights are: a replaced parameter (a move or cast drops the graph itself: _apply)
+        where = tuple(t.data_ptr() for t in itertools.chain(self.parameters(), self.buffers()))
+        keys = [(batch, n, where) for n in sizes]
         for key in keys:
             if key in self._graphs:
                 return self._graphs[key]
@@ -488,17 +488,17 @@ class ArchModel(nn.Module):
             self._graphs = {}  # the old graph's buffers go before the new ones are made
             try:
                 self._graphs = {key: GraphedStep(self, batch, n)}
-            except (CacheTooBig, RuntimeError) as e:  # init_cache's, or memory short in the capture
-                self._graphs = {}
-                if not isinstance(e, CacheTooBig) and not out_of_memory(e):
+            except CacheTooBig:  # init_cache's
+                if n == need:
+                    raise
+            except RuntimeError as e:  # memory short in the capture
+                if not out_of_memory(e):
                     raise
                 if n == need:
-                    if isinstance(e, CacheTooBig):
-                        raise
                     raise CacheTooBig(f"init_cache: the decode cache and its CUDA graph (batch {batch:,}, {n:,} "
                                       f"positions) do not fit in memory on {self.device}") from None
-                continue
-            return self._graphs[key]
+            else:
+                return self._graphs[key]
 
     # --- saving ----------------------------------------------------------------------------
     def save(self, path) -> None:
