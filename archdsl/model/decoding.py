@@ -188,7 +188,7 @@ def penalize(logits, seen, penalty: float):
 def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None, where="sample", checked=True):
     """logits [B, V] → tokens [B]: greedy at temperature 0, else softmax sampling, optionally from the top_k
     likeliest tokens, then from the nucleus: the likeliest tokens, in order, until their probability reaches
-    top_p (a token is kept when the ones before it hold less than top_p; the likeliest always is).
+    top_p (`nucleus`, as transformers computes it, so that tokens tied at its edge fall alike: bf16 logits tie).
     Sampling needs every row's largest logit finite (a -inf logit is a token never drawn): a row with a NaN or
     +inf logit, or with -inf logits only, is ArchDSLError "`where`: ... row r ..." (one wait for the device a
     call; checked=False: the caller checks, as generate's Deferred). Greedy takes the argmax as it is (+inf wins;
@@ -203,13 +203,20 @@ def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None, wher
     if top_k is not None:
         v, _ = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
         logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
     if top_p is not None and top_p < 1:
-        p, order = probs.sort(dim=-1, descending=True)
-        drop = (p.cumsum(-1) - p) >= top_p  # the mass before each token already reaches top_p
-        drop[:, 0] = False  # the likeliest, also where top_p rounds to 0 in float32 (1e-46)
-        probs = probs.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), 0.0)
+        logits = nucleus(logits, top_p)
+    probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def nucleus(logits, top_p: float):
+    """logits [B, V] with -inf outside each row's nucleus for top_p, as transformers' TopPLogitsWarper: sorted
+    ascending (ties fall where its sort puts them), the least likely tokens dropped while their probability sums
+    to at most 1 - top_p; the likeliest is always kept, also where 1 - top_p rounds to 1 (top_p 1e-46)."""
+    s, order = logits.sort(dim=-1)
+    drop = s.softmax(-1).cumsum(-1) <= 1 - top_p
+    drop[:, -1] = False
+    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
 
 
 CHECK_EVERY = 32  # generate's steps between two waits for the device to read the deferred finite check

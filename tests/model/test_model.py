@@ -417,6 +417,28 @@ def test_top_k_draws_from_exactly_the_k_likeliest(seed, vocab, data, temperature
             assert got == kept, (k, logits[row], got)
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), vocab=st.integers(1, 12), top_p=st.floats(0.01, 0.99), ties=st.booleans())
+def test_nucleus_keeps_the_tokens_transformers_keeps(seed, vocab, top_p, ties):
+    """top_p keeps exactly the tokens transformers' TopPLogitsWarper keeps, also where logits tie at the nucleus'
+    edge (rounded logits, as bf16's, tie often; a sort from the likeliest down had kept the other tied tokens)."""
+    transformers = pytest.importorskip("transformers")
+    from archdsl.model.decoding import nucleus
+
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randint(-2, 3, (3, vocab), generator=gen).float() if ties
+              else torch.randn(3, vocab, generator=gen) * 3)
+    want = transformers.TopPLogitsWarper(top_p)(torch.zeros(3, 1, dtype=torch.long), logits.clone())
+    assert torch.equal(nucleus(logits, top_p).isinf(), want.isinf()), (top_p, logits)
+
+
+def test_nucleus_of_tied_logits_as_transformers():
+    """Four equal logits, top_p 0.5: two tokens kept, the two transformers keeps."""
+    from archdsl.model.decoding import nucleus
+
+    assert nucleus(torch.zeros(1, 4), 0.5).isfinite().tolist() == [[False, False, True, True]]
+
+
 @pytest.mark.parametrize("penalty", [1.7, 0.6])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_repetition_penalty_matches_transformers_on_both_signs(penalty, seed):
