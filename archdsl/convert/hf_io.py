@@ -304,7 +304,13 @@ def hf_model_type(spec, model_type: str | None = None) -> str:
                 fam.hf_config(spec)  # raises, saying what the spec lacks
             except ArchDSLError as e:  # named as the option it answers (the CLI's --model-type)
                 raise ArchDSLError(f"model_type {model_type!r}: {e.message}", hint=e.hint) from None
-            raise ArchDSLError(f"model_type {model_type!r}: spec {spec.name!r} does not export as one")
+            try:  # a family whose fields could hold it leaves it to another (Zamba2's to Mamba-2 without zamba)
+                other = hf_model_type(spec)
+            except ArchDSLError:
+                raise ArchDSLError(f"model_type {model_type!r}: spec {spec.name!r} does not export as one") from None
+            raise ArchDSLError(f"model_type {model_type!r}: spec {spec.name!r} exports as {other!r}, not as "
+                               f"{model_type!r}", hint=f"give --model-type {other} (model_type={other!r}), "
+                               f"or leave it out")
         if got != model_type:  # falcon_mamba named for a plain Mamba: transformers would build another model
             raise ArchDSLError(f"spec {spec.name!r} exports as {got!r}, not {model_type!r}: a config saying "
                                f"{model_type!r} would make transformers build a model that computes something "
@@ -396,6 +402,10 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
     config = dict(fam.hf_config(spec))
     config["model_type"] = mt
     warn_copies(spec, mt, fam)
+    if spec.residual_fp32 and "residual_in_fp32" not in config:
+        warn(f"export as {mt}: the spec's residual_fp32 has no field in a {mt} config: transformers keeps the "
+             f"residual stream in the model's dtype, so a 16-bit export rounds it where this model does not "
+             f"(the same function in float32)")
     config["dtype"] = str(model.dtype).replace("torch.", "")
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     hf_state = {k: v.contiguous() for k, v in fam.to_hf(state, spec, config).items()}

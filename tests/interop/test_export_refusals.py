@@ -234,3 +234,57 @@ def test_a_group_used_by_one_layer_is_no_copy(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         export_hf(model, tmp_path / "x")
+
+
+def test_jamba_export_refuses_a_moe_of_one_expert(tmp_path):
+    """num_experts 1 is transformers' switch for Jamba's dense MLP: a moe of one expert was written with it, and
+    transformers loaded fresh MLPs in its place (the expert's tensors unexpected; logits 0.27 off) or crashed in its
+    balancing loss (output_router_logits true, no MoE layer)."""
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.errors import ArchDSLError
+    from archdsl.spec import spec_from_yaml
+
+    text = (H + "norm_eps: 1.0e-6\nffn: mlp\nlayout: 4×mamba, attn every 2 offset 1, moe every 2 offset 0\nblocks:\n"
+            "  mamba: {d_state: 4, inner_norms: weighted}\n  attn: {heads: 2, rope: false}\n"
+            "  mlp: {act: swiglu, hidden: 24}\n  moe: {experts: 1, top_k: 1, hidden: 24}\n")
+    model = archdsl.compile(spec_from_yaml(text))
+    with pytest.raises(ArchDSLError, match="cannot export to Hugging Face Jamba: moe of one expert: transformers' "
+                                           "Jamba builds a dense MLP") as e:
+        export_hf(model, tmp_path / "x", model_type="jamba")
+    assert "write it as an mlp" in e.value.hint
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_warns_that_residual_fp32_has_no_field(tmp_path):
+    """A family without residual_in_fp32 (Llama) dropped the spec's residual_fp32 without a word; Mamba's config
+    states it, and warns of nothing."""
+    import warnings
+
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.errors import ArchDSLWarning
+    from archdsl.spec import spec_from_yaml
+
+    model = archdsl.compile(spec_from_yaml(H + "residual_fp32: true\nlayout: 2×attn\n" + ATTN))
+    with pytest.warns(ArchDSLWarning, match="export as llama: the spec's residual_fp32 has no field in a llama "
+                                            "config"):
+        export_hf(model, tmp_path / "x")
+    mamba = archdsl.compile(spec_from_yaml(H + "residual_fp32: true\nlayout: 2×mamba\nblocks:\n  mamba: {d_state: 8}\n"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export_hf(mamba, tmp_path / "m")
+
+
+def test_a_model_type_that_leaves_the_spec_to_another_names_it(tmp_path):
+    """zamba2 named for mamba2 layers alone (Zamba2's config could hold them, but such a spec exports as Mamba-2)
+    said only 'does not export as one'; now it names the family the spec is."""
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+    from archdsl.errors import ArchDSLError
+    from archdsl.spec import spec_from_yaml
+
+    model = archdsl.compile(spec_from_yaml(H + "layout: 2×mamba2\nblocks:\n" + M2))
+    with pytest.raises(ArchDSLError, match="model_type 'zamba2': spec 't' exports as 'mamba2', not as 'zamba2'") as e:
+        export_hf(model, tmp_path / "x", model_type="zamba2")
+    assert "give --model-type mamba2" in e.value.hint

@@ -261,6 +261,10 @@ def hf_config(spec) -> dict:
                           "renormalised nor scaled), no shared expert")
         if hidden is not None and c.width != hidden:
             raise _refuse(f"moe hidden {c.width} vs mlp hidden {hidden}", "Jamba has one intermediate_size")
+        if c.experts == 1:  # num_experts 1 is transformers' switch for dense MLPs
+            raise _refuse("moe of one expert", "transformers' Jamba builds a dense MLP where num_experts is 1, "
+                          "and would not read the expert's weights", hint="write it as an mlp of the same hidden "
+                          "width: the one expert's weight is always 1, so it is the same function")
         hidden = c.width
         cfg.update(num_experts=c.experts, num_experts_per_tok=c.top_k,
                    router_aux_loss_coef=router_aux_loss_coef(c.aux_loss_coef, len(moe_ids)),
