@@ -11,7 +11,8 @@ Our own ops keep the project's signatures (docs/kernels.md), which differ from t
     for return_varlen_states (the scan restarts where seq_idx says, never where cu_seqlens does, while ssd_scan's
     cu_seqlens packs the row), and returns the varlen states in C's dtype (ssd_scan's are float32);
   * causal_conv1d_fn takes seq_idx, initial_states, return_final_states and final_states_out before activation,
-    and writes the final states into final_states_out when given;
+    and writes the final states into final_states_out when given with return_final_states; a negative seq_idx is
+    a padding token, its output 0 (causal-conv1d >= 1.5.3);
   * chunk_rwkv6 takes a chunk_size keyword (a power of 2; our kernels pick their own chunks);
   * fused_recurrent_rwkv6 takes reverse (each sequence scanned from its last token back), built on wkv6 by flips;
   * chunk_rwkv6 and fused_recurrent_rwkv6 take head_first=False and refuse head_first=True with fla's
@@ -64,16 +65,19 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
     """causal-conv1d's `causal_conv1d_fn` (causal_conv1d_interface.py) on causal_conv1d: x [B, D, L], weight
     [D, W], bias [D], seq_idx [B, L], initial_states [B, D, W - 1], activation None, "silu" or "swish". Returns y,
     and with return_final_states also the last W - 1 inputs [B, D, W - 1], written into final_states_out where
-    given (and that tensor returned)."""
-    if final_states_out is not None and not return_final_states:
-        raise ValueError("final_states_out: given without return_final_states=True")
+    given (and that tensor returned; without return_final_states it is left alone, as there). A token whose seq_idx is negative is padding, as causal-conv1d >= 1.5.3's:
+    its output is 0 (no bias, no activation), and no other token's tap reads it (its id differs)."""
+    if not return_final_states:  # as causal-conv1d: final_states_out is then not written, nor checked
+        final_states_out = None
     if final_states_out is not None:
         _check_final_states_out(final_states_out, x, weight)
     out = causal_conv1d(x, weight, bias, activation=activation, initial_states=initial_states,
                         return_final_states=return_final_states, seq_idx=seq_idx)
+    y, final = out if return_final_states else (out, None)
+    if seq_idx is not None:  # checked by causal_conv1d: [B, L] integers
+        y = y.masked_fill(seq_idx[:, None, :] < 0, 0)  # keeps y's layout
     if not return_final_states:
-        return out
-    y, final = out
+        return y
     if final_states_out is None:
         return y, final
     final_states_out.copy_(final)

@@ -5,6 +5,7 @@ import inspect
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import archdsl.kernels as K
 
@@ -88,14 +89,37 @@ def test_causal_conv1d_fn_takes_causal_conv1ds_order_and_final_states_out():
     assert final is out and torch.equal(out, final2) and torch.equal(y, y2)
     with pytest.raises(ValueError, match=r"final_states_out: expected shape \[2, 6, 3\], got \[2, 6, 2\]"):
         K.causal_conv1d_fn(x, w, b, return_final_states=True, final_states_out=torch.empty(2, 6, 2))
-    with pytest.raises(ValueError, match="final_states_out: given without return_final_states=True"):
-        K.causal_conv1d_fn(x, w, b, final_states_out=out)
+    kept = out.clone()  # without return_final_states, causal-conv1d leaves final_states_out alone
+    assert torch.equal(K.causal_conv1d_fn(x, w, b, final_states_out=out), K.causal_conv1d(x, w, b))
+    assert torch.equal(out, kept)
     for bad, msg in ((torch.zeros(1, 6, 3).expand(2, 6, 3), "final_states_out: updated in place, so its elements"),
                      (torch.zeros(2, 6, 3, requires_grad=True), "final_states_out: updated in place, so it cannot"),
                      (torch.zeros(2, 6, 3, dtype=torch.long), "final_states_out: expected x's dtype torch.float32"),
                      (torch.zeros(2, 6, 3, device="meta"), "x on cpu, final_states_out on meta")):
         with pytest.raises(ValueError, match=msg):
             K.causal_conv1d_fn(x, w, b, return_final_states=True, final_states_out=bad)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_causal_conv1d_fn_zeroes_padding_tokens(backend, monkeypatch):
+    """causal-conv1d >= 1.5.3: a token with seq_idx < 0 is padding, its output 0 (no bias, no activation), and a
+    tap reads only tokens of its own sequence; here against that rule in float64, with its gradients (pads' 0)."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", backend)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 10, 5, dtype=torch.float64, generator=g).mT.requires_grad_()  # channels-last [B, D, L]
+    w, b = torch.randn(5, 4, dtype=torch.float64, generator=g), torch.randn(5, dtype=torch.float64, generator=g)
+    seq = torch.tensor([[0, 0, 0, 1, 1, -1, -1, -1, -1, -1], [-1, -1, 0, 0, 0, 0, 1, 1, 1, 1]], dtype=torch.int32)
+    want = torch.zeros(2, 5, 10, dtype=torch.float64)
+    for r in range(2):
+        for t in range(10):
+            if seq[r, t] >= 0:
+                taps = [k for k in range(4) if t - 3 + k >= 0 and seq[r, t - 3 + k] == seq[r, t]]
+                want[r, :, t] = F.silu(b + sum(w[:, k] * x[r, :, t - 3 + k] for k in taps))
+    y = K.causal_conv1d_fn(x, w, b, seq, activation="silu")
+    tol = 1e-12 if backend == "torch" else 1e-5  # the kernel accumulates in float32
+    torch.testing.assert_close(y, want, rtol=tol, atol=tol)
+    (dx,) = torch.autograd.grad(y.sum(), x)
+    assert not dx[0, :, 5:].any() and not dx[1, :, :2].any() and dx[0, :, :5].all()
 
 
 def test_the_fla_entry_points():
