@@ -146,6 +146,23 @@ class S4D(nn.Module):
         self.D.copy_(torch.randn(d, dtype=torch.float64))
         self.output_linear[0].reset_parameters()
 
+    FLOAT32 = ("log_dt", "C", "log_A_real", "A_imag", "D")  # the SSM's own parameters
+
+    def _apply(self, fn, recurse=True):
+        """.to() / .half() cast every floating tensor; the SSM's own parameters (FLOAT32) stay float32 in a 16-bit
+        model, with their values, as state-spaces' S4 keeps them under AMP: bf16 rounds dt and the frequencies
+        A_imag (S4D-LegS's reach ~N²/π, off by up to 4 at 1283) enough that the kernel's phases drift with l
+        (logits 7% off a float64 model at L 300, against 0.7% for the same weights kept and bf16 compute)."""
+        was = {k: self._parameters[k].data for k in self.FLOAT32}
+        super()._apply(fn, recurse)
+        for k, old in was.items():
+            p = self._parameters[k]
+            if p.dtype in (torch.bfloat16, torch.float16):
+                p.data = old.to(p.device, torch.float32)
+                if p.grad is not None:
+                    p.grad = p.grad.float()
+        return self
+
     # --- discretisation ------------------------------------------------------------------
     def _discrete(self, dtype):
         """Ā, B̄·C folded, C [d, N/2] complex (dt·A too), in the working precision for `dtype`."""
