@@ -8,6 +8,7 @@ import errno
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -171,20 +172,15 @@ def _fail_save_at(monkeypatch, at: int) -> None:
 
 
 def test_the_hint_after_a_failed_save_says_what_works(tmp_path, spec, capsys, monkeypatch):
-    """A full disk at the first save said 'run again with --resume', which fails (no checkpoint at all), as a plain
-    rerun does (an earlier run that wrote no checkpoint). Now the hint says so, and what it says works; where a
-    checkpoint exists it names the step --resume continues from."""
+    """A full disk at the first save: the hint says what works, --resume, which starts the run again from step 0
+    where no checkpoint was written; where a checkpoint exists it names the step --resume continues from."""
     run = tmp_path / "run"
     _fail_save_at(monkeypatch, 1)
-    err = refused(capsys, args(spec, run, "--steps", "2", "--save-every", "1"),
-                  f"{run / 'checkpoints' / 'step_00000001'}: cannot write the checkpoint (No space left on device)",
-                  f"make room, then run again into another -o RUNDIR, or into this one once {run / 'run.json'} and "
-                  f"metrics.jsonl are removed (no checkpoint was written: there is nothing to --resume)")
-    assert "with --resume" not in err
+    refused(capsys, args(spec, run, "--steps", "2", "--save-every", "1"),
+            f"{run / 'checkpoints' / 'step_00000001'}: cannot write the checkpoint (No space left on device)",
+            "make room, then run again with --resume (no checkpoint was written: it starts the run again from step 0)")
     monkeypatch.undo()
-    os.remove(run / "run.json")
-    os.remove(run / "metrics.jsonl")
-    assert main(args(spec, run, "--steps", "2", "--save-every", "1")) == 0
+    assert main(args(spec, run, "--steps", "2", "--save-every", "1", "--resume")) == 0
 
     other = tmp_path / "other"
     _fail_save_at(monkeypatch, 2)
@@ -205,9 +201,9 @@ def test_the_hint_after_a_failed_metrics_write_says_what_works(tmp_path, monkeyp
     run.mkdir()
     log = open_metrics(str(run), 0)
     monkeypatch.setattr(os, "write", full)
-    with pytest.raises(ArchDSLError, match="there is nothing to --resume") as e:
+    with pytest.raises(ArchDSLError, match=r"run again with --resume \(no checkpoint was written: it starts the run "
+                                           r"again from step 0\)"):
         log.write({"step": 1, "loss": 1.0})
-    assert "with --resume" not in str(e.value)
     done = run / "checkpoints" / "step_00000003"
     done.mkdir(parents=True)
     (done / "meta.json").write_text("{}")
@@ -266,3 +262,32 @@ def test_a_run_from_a_saved_model_is_told_its_batches_come_from_the_seed(tmp_pat
     err = capsys.readouterr().err
     assert f"note: the batches are drawn from --seed 0 alone: if {saved} was trained on this --data with --seed 0" \
            in err and "another --seed draws new ones" in err, err
+
+
+def test_resume_with_no_checkpoint_starts_the_run_again(tmp_path, spec, capsys):
+    """A run stopped before its first checkpoint (Ctrl-C, a SIGTERM, a preemption: --save-every 0 saves at the end
+    only) left run.json and metrics.jsonl: a rerun was refused (an earlier run) and --resume too (no checkpoint at
+    all), a dead end for a job that requeues itself with --resume. --resume now starts it again from step 0, with a
+    warning, replacing those files, and gives the losses of a run that was never stopped; --resume into a new RUNDIR
+    starts one; a run.json of another spec or other settings is still refused, naming it."""
+    import json
+
+    whole = tmp_path / "whole"
+    assert main(args(spec, whole, "--steps", "3")) == 0
+    want = [json.loads(ln)["loss"] for ln in (whole / "metrics.jsonl").read_text().splitlines()]
+    run = tmp_path / "run"
+    assert main(args(spec, run, "--steps", "3", "--stop-after", "1", "--save-every", "0")) == 0
+    for ck in (run / "checkpoints").iterdir():  # as if stopped before the checkpoint: run.json and one metrics line
+        shutil.rmtree(ck)
+    refused(capsys, args(spec, run, "--steps", "3"), "wrote no checkpoint", "pass --resume to start it again")
+    refused(capsys, args(spec, run, "--steps", "3", "--resume", "--lr", "0.5"), "--lr")
+    other = tmp_path / "other.yaml"
+    other.write_text(TINY_SPEC.replace("d_model: 32", "d_model: 16"))
+    refused(capsys, args(str(other), run, "--steps", "3", "--resume"), "run.json: the run is of another spec")
+    capsys.readouterr()
+    assert main(args(spec, run, "--steps", "3", "--resume")) == 0
+    assert "no checkpoint to resume from: the run starts from step 0 (replacing the run.json, metrics.jsonl" \
+        in capsys.readouterr().err
+    assert [json.loads(ln)["loss"] for ln in (run / "metrics.jsonl").read_text().splitlines()] == want
+    assert main(args(spec, tmp_path / "new", "--steps", "1", "--resume")) == 0
+    assert "new: no checkpoint to resume from: the run starts from step 0\n" in capsys.readouterr().err

@@ -200,9 +200,10 @@ def latest(rundir: str, step: int | None = None) -> tuple[int, str, dict]:
 
 
 def check_spec(meta: dict, spec_yaml: str, path: str, rundir: str | None = None,
-               settings: tuple[str, ...] | list[str] | None = None) -> None:
-    """ArchDSLError unless the checkpoint at `path` (its `meta`) is of the spec `spec_yaml`. With `rundir` and this
-    run's --set `settings`, the message names the run's --set where they differ (a resume that left one out)."""
+               settings: tuple[str, ...] | list[str] | None = None, what: str = "the checkpoint") -> None:
+    """ArchDSLError unless the checkpoint at `path` (its `meta`; `what` it is, as the message says) is of the spec
+    `spec_yaml`. With `rundir` and this run's --set `settings`, the message names the run's --set where they differ
+    (a resume that left one out)."""
     if meta["spec_sha256"] != spec_sha(spec_yaml):
         old = meta.get("spec_name", "?")
         why = ""
@@ -215,7 +216,7 @@ def check_spec(meta: dict, spec_yaml: str, path: str, rundir: str | None = None,
             if isinstance(was, list) and was != now:
                 said = lambda s: " ".join(f"--set {x}" for x in s) if s else "no --set"  # noqa: E731
                 why = f"; the run was started with {said(was)}, this run has {said(now)}"
-        raise ArchDSLError(f"{path}: the checkpoint is of another spec ({old!r}, sha256 "
+        raise ArchDSLError(f"{path}: {what} is of another spec ({old!r}, sha256 "
                            f"{meta['spec_sha256'][:12]}…) than this run's (sha256 {spec_sha(spec_yaml)[:12]}…){why}",
                            hint="resume with the spec and the --set the run was started with (its run.json: "
                                 "\"config\"), or start a new RUNDIR")
@@ -279,15 +280,14 @@ def save_checkpoint(rundir: str, step: int, model, opt, gen: torch.Generator, me
 
 def retry_hint(rundir: str) -> str:
     """What to do after a write into RUNDIR failed (a full disk): --resume where a complete checkpoint is there to
-    continue from; else the run cannot be resumed, and a plain rerun is refused while its run.json and metrics.jsonl
-    are there (prepare), so: remove them, or train into another RUNDIR."""
+    continue from; else --resume starts the run again from step 0 (a plain rerun is refused while its run.json and
+    metrics.jsonl are there: prepare)."""
     found = checkpoints(rundir)
     if found:
         return (f"a full disk? make room, then run again with --resume (it continues from step {found[-1][0]}, the "
                 f"last complete checkpoint)")
-    return (f"a full disk? make room, then run again into another -o RUNDIR, or into this one once "
-            f"{os.path.join(rundir, 'run.json')} and metrics.jsonl are removed (no checkpoint was written: there is "
-            f"nothing to --resume)")
+    return ("a full disk? make room, then run again with --resume (no checkpoint was written: it starts the run "
+            "again from step 0)")
 
 
 def _save_reason(e: BaseException) -> str:

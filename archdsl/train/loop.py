@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import atomic_dir, cannot_write, check_output, write_atomic
-from ..errors import ArchDSLError
+from ..errors import ArchDSLError, warn
 from ..model import saved_dtype
 from ..model.companions import read_companions, write_companions
 from ..model.modules.moe import balance_experts
@@ -39,8 +39,8 @@ from .checkpoint import (CKPT_DIR, HF_DIR, check_spec, checkpoints, load_checkpo
 from .config import TrainConfig
 from .data import IGNORE, data_key, parse_data
 from .parallel import all_reduce_sum, init_distributed, pick_device, shard_model, shutdown, world_from_env
-from .rundir import check_rundir, open_metrics, outermost_missing, remove_unstarted
-from .runfile import check_settings
+from .rundir import check_rundir, clear_start, open_metrics, outermost_missing, remove_unstarted
+from .runfile import check_settings, read_run
 
 PEAK_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0}  # dense bf16 tensor-core peaks per GPU
 
@@ -106,7 +106,17 @@ def prepare(cfg: TrainConfig):
                            hint=f"give a --micro-batch that divides {share}")
     spec_yaml = spec.to_yaml()
     resume_from, warm = None, cfg.warmup_steps()
-    if cfg.resume:
+    found = [f for f in ("run.json", "metrics.jsonl", HF_DIR) if os.path.exists(os.path.join(cfg.rundir, f))]
+    if cfg.resume and not checkpoints(cfg.rundir):  # nothing to continue: the run starts from step 0
+        if found and os.path.exists(os.path.join(cfg.rundir, "run.json")):  # the same run: its spec and settings
+            run = read_run(cfg.rundir)
+            check_spec({"spec_sha256": spec_sha(run["spec_yaml"]), "spec_name": run.get("spec_name", "?")}, spec_yaml,
+                       os.path.join(cfg.rundir, "run.json"), cfg.rundir, cfg.settings, what="the run")
+            warm = check_settings(cfg.rundir, cfg.to_dict(), spec.vocab_size, data)
+        if env.rank == 0:
+            warn(f"{cfg.rundir}: no checkpoint to resume from: the run starts from step 0"
+                 + (f" (replacing the {', '.join(found)} of its start, which wrote none)" if found else ""))
+    elif cfg.resume:
         damaged: list[str] = []
         s, path, meta = resume_point(cfg.rundir, damaged)
         check_spec(meta, spec_yaml, path, cfg.rundir, cfg.settings)
@@ -122,9 +132,10 @@ def prepare(cfg: TrainConfig):
     elif checkpoints(cfg.rundir):
         raise ArchDSLError(f"{cfg.rundir}: holds checkpoints of an earlier run",
                            hint="pass --resume to continue it, or write to another -o RUNDIR")
-    elif found := [f for f in ("run.json", "metrics.jsonl", HF_DIR) if os.path.exists(os.path.join(cfg.rundir, f))]:
+    elif found:
         raise ArchDSLError(f"{cfg.rundir}: holds an earlier run ({', '.join(found)}) that wrote no checkpoint",
-                           hint="write to another -o RUNDIR, or remove that one")
+                           hint="pass --resume to start it again from step 0 (its files replaced), or write to "
+                                "another -o RUNDIR")
     device = pick_device(env, cfg.device)
     if cfg.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ArchDSLError(f"--bf16: {torch.cuda.get_device_name(device)} has no bfloat16")
@@ -207,6 +218,8 @@ def train(cfg: TrainConfig) -> dict:
     made = outermost_missing(cfg.rundir)  # what os.makedirs will create: RUNDIR and missing parents
     had_ckpt = os.path.isdir(os.path.join(cfg.rundir, CKPT_DIR))
     dist = init_distributed(env, device)
+    if cfg.resume and not resume_from and dist.is_main:  # started again: its start's files, which no checkpoint needs
+        clear_start(cfg.rundir)
     try:
         return _run(cfg, spec, spec_yaml, data, dist, resume_from, warm)
     except BaseException:

@@ -69,6 +69,15 @@ def remove_unstarted(rundir: str, made: str | None, had_ckpt: bool) -> None:
         pass
 
 
+def clear_start(rundir: str) -> None:
+    """A run started again from step 0 (--resume where no checkpoint was written): the run.json, metrics.jsonl and
+    hf/ of its first start removed, so that it writes its own (an hf/ of another start model is not carried on)."""
+    for name in ("run.json", "metrics.jsonl"):
+        if os.path.isfile(path := os.path.join(rundir, name)):
+            os.remove(path)
+    shutil.rmtree(os.path.join(rundir, HF_DIR), ignore_errors=True)
+
+
 def open_metrics(rundir: str, start: int) -> "MetricsLog":
     """RUNDIR/metrics.jsonl opened for appending; a resumed run (start > 0) keeps the records up to its step."""
     path = os.path.join(rundir, "metrics.jsonl")
