@@ -235,6 +235,11 @@ def test_token_file_and_bad_inputs(tmp_path, capsys):
     wide = tmp_path / "wide.bin"
     rng.integers(0, 64, 4096, dtype=np.uint32).tofile(wide)
     assert main(["train", spec, "--data", f"{wide}:uint32", *args, "-o", str(tmp_path / "ok32")]) == 0
+    bad(run(str(wide)), "every second uint16 token of the first 8,192 is 0", f"give {wide}:uint32")  # read as pairs
+    for name, text in (("ascii.txt", "the state space model " * 400), ("utf8.md", "état d'espace — 状態 " * 400)):
+        (tmp_path / name).write_text(text, encoding="utf-8")  # trained as byte pairs, loss 10.8, where in vocab
+        bad(run(str(tmp_path / name)), f"--data {tmp_path / name}: reads as text, not as uint16 token ids",
+            "tokenize it first")
     big = tmp_path / "big.bin"
     np.full(4096, 100, dtype=np.uint16).tofile(big)
     bad(run(str(big)), "token 100 is outside the model's vocabulary (64)")

@@ -186,6 +186,7 @@ def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
     path, dtype, eos = _parts(text)
     _check_options(text, path, eos)
     eos = _eos(text, eos, vocab_size)
+    given = dtype is not None
     if dtype is None:
         dtype = "uint16"
         _, sep, tail = path.rpartition(":")
@@ -206,7 +207,15 @@ def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
     n = size // width
     if n < L + 1:  # one window is L inputs and their L labels: L + 1 tokens
         raise ArchDSLError(f"--data {path}: {n:,} token{'s' if n != 1 else ''}, fewer than one sequence of {L} + 1")
+    if _reads_as_text(path):
+        raise ArchDSLError(f"--data {path}: reads as text, not as {dtype} token ids",
+                           hint="tokenize it first: a token file holds the ids in binary, as numpy's tofile writes "
+                                "them (nanoGPT's prepare.py)")
     tokens = np.memmap(path, dtype=TOKEN_DTYPES[dtype], mode="r")
+    head = np.asarray(tokens[:1 << 16])
+    if not given and len(head) >= 64 and not head[1::2].any() and head[0::2].any():
+        raise ArchDSLError(f"--data {path}: every second uint16 token of the first {len(head):,} is 0, as in uint32 "
+                           f"ids read two halves at a time", hint=f"give {path}:uint32 if it holds uint32 ids")
     top, scored = 0, eos is None
     for i in range(0, n, 1 << 26):  # chunked: a file of many GB is scanned without loading it
         part = tokens[i:i + (1 << 26)]
@@ -219,6 +228,20 @@ def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
                            hint="wrong dtype (uint16 vs uint32)?" if dtype == "uint32" or top > 65535
                            else "a larger vocab_size in the spec")
     return TokenFile(path, dtype, L, tokens, top, text, eos)
+
+
+def _reads_as_text(path: str) -> bool:
+    """Whether the file's first 64 KiB read as text: UTF-8 of printable characters and whitespace. Token ids do not:
+    a small vocabulary's high bytes are 0 (NUL, not printable), a large one's make byte runs UTF-8 refuses."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not a character cut at the 64 KiB mark
+            return False
+        text = head[:e.start].decode("utf-8")
+    return bool(text) and all(c.isprintable() or c in "\n\r\t" for c in text)
 
 
 def _eos(text: str, eos: str | None, vocab_size: int) -> int | None:
