@@ -291,3 +291,23 @@ def test_resume_with_no_checkpoint_starts_the_run_again(tmp_path, spec, capsys):
     assert [json.loads(ln)["loss"] for ln in (run / "metrics.jsonl").read_text().splitlines()] == want
     assert main(args(spec, tmp_path / "new", "--steps", "1", "--resume")) == 0
     assert "new: no checkpoint to resume from: the run starts from step 0\n" in capsys.readouterr().err
+
+
+def test_a_second_run_into_a_rundir_in_use_is_refused(tmp_path, spec, capsys):
+    """Two runs into one RUNDIR at once removed each other's temporary checkpoints, and the loser blamed a full disk.
+    The first holds RUNDIR/.lock while it runs: a second is refused before it touches anything; the lock's file goes
+    with the run, and a failed new run still leaves no RUNDIR behind."""
+    from archdsl.train.rundir import lock_rundir, unlock_rundir
+
+    run = tmp_path / "run"
+    held = lock_rundir(str(run))
+    try:
+        refused(capsys, args(spec, run, "--steps", "1"), f"{run}: another archdsl train is writing into it",
+                "write to another -o RUNDIR")
+        assert os.listdir(run) == [".lock"]
+    finally:
+        unlock_rundir(held)
+    assert main(args(spec, run, "--steps", "1")) == 0
+    assert ".lock" not in os.listdir(run)
+    refused(capsys, args(spec, tmp_path / "x", "--steps", "1", "--lr", "nan"), "--lr")
+    assert not (tmp_path / "x").exists()

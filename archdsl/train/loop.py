@@ -39,7 +39,8 @@ from .checkpoint import (CKPT_DIR, HF_DIR, check_spec, checkpoints, load_checkpo
 from .config import TrainConfig
 from .data import IGNORE, data_key, parse_data
 from .parallel import all_reduce_sum, init_distributed, pick_device, shard_model, shutdown, world_from_env
-from .rundir import check_rundir, clear_start, open_metrics, outermost_missing, remove_unstarted
+from .rundir import (check_rundir, clear_start, lock_rundir, open_metrics, outermost_missing, remove_unstarted,
+                     unlock_rundir)
 from .runfile import check_settings, read_run
 
 PEAK_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0}  # dense bf16 tensor-core peaks per GPU
@@ -218,15 +219,24 @@ def train(cfg: TrainConfig) -> dict:
     made = outermost_missing(cfg.rundir)  # what os.makedirs will create: RUNDIR and missing parents
     had_ckpt = os.path.isdir(os.path.join(cfg.rundir, CKPT_DIR))
     dist = init_distributed(env, device)
-    if cfg.resume and not resume_from and dist.is_main:  # started again: its start's files, which no checkpoint needs
-        clear_start(cfg.rundir)
+    held = None
     try:
+        held = lock_rundir(cfg.rundir) if dist.is_main else None  # another run's: refused before anything is touched
+    except BaseException:
+        shutdown(dist)
+        raise
+    try:
+        if cfg.resume and not resume_from and dist.is_main:  # started again: its start's files, no checkpoint's
+            clear_start(cfg.rundir)
         return _run(cfg, spec, spec_yaml, data, dist, resume_from, warm)
     except BaseException:
+        unlock_rundir(held)
+        held = None
         if dist.is_main and not resume_from:
             remove_unstarted(cfg.rundir, made, had_ckpt)
         raise
     finally:
+        unlock_rundir(held)
         shutdown(dist)  # the group it made: one the caller made is theirs
         torch.set_num_threads(threads)
 

@@ -69,6 +69,47 @@ def remove_unstarted(rundir: str, made: str | None, had_ckpt: bool) -> None:
         pass
 
 
+LOCK = ".lock"  # held by a run's first process while it writes RUNDIR (lock_rundir)
+
+
+def lock_rundir(rundir: str):
+    """RUNDIR created where missing, and RUNDIR/.lock held (flock) for the run: a second run into it is an
+    ArchDSLError before it writes anything (two runs removed each other's temporary checkpoints, and the loser blamed
+    a full disk). Returns what unlock_rundir takes; None where the system or the filesystem has no locks."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    path = os.path.join(rundir, LOCK)
+    try:
+        os.makedirs(rundir, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ArchDSLError(f"-o {rundir}: cannot create the run directory: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ArchDSLError(f"{rundir}: another archdsl train is writing into it ({path} is held)",
+                           hint="wait for it to end, or write to another -o RUNDIR") from None
+    except OSError:  # a filesystem without locks (some network ones): as before, unlocked
+        os.close(fd)
+        return None
+    return fd, path
+
+
+def unlock_rundir(held) -> None:
+    """The lock of lock_rundir released, its file removed (a failed run's RUNDIR can then be removed when empty)."""
+    if held is None:
+        return
+    fd, path = held
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    os.close(fd)
+
+
 def clear_start(rundir: str) -> None:
     """A run started again from step 0 (--resume where no checkpoint was written): the run.json, metrics.jsonl and
     hf/ of its first start removed, so that it writes its own (an hf/ of another start model is not carried on)."""
