@@ -19,6 +19,7 @@ balancing counts the loads of all of them.
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -74,6 +75,9 @@ def _saved(spec: str) -> bool:
     from ..spec import saved_model
 
     return saved_model(spec, "train")
+
+
+RECENT = 50  # steps whose mean speed the progress line shows (metrics.jsonl has each step's)
 
 
 def prepare(cfg: TrainConfig):
@@ -344,6 +348,7 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from, warm: int) -> dict:
         bar = progress_bar(f"train {spec.name} ×{dist.world}", cfg.steps, "step", every=30.0, initial=start)
     sync = (lambda: torch.cuda.synchronize(dist.device)) if dist.device.type == "cuda" else (lambda: None)
     losses = {}
+    recent = collections.deque(maxlen=RECENT)  # the last steps' times, for the progress line's speed
     t_run = time.perf_counter()
     try:
         last = cfg.stop_after or cfg.steps
@@ -381,10 +386,12 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from, warm: int) -> dict:
             losses[step] = rec["loss"]
             if metrics is not None:
                 metrics.write(rec)
-            if bar is not None:
-                post = {"loss": f"{rec['loss']:.4f}", "tok/s": f"{tok_s:,.0f}"}
+            if bar is not None:  # speed over the last steps (one step's swings, ×20 on a loaded host, misled)
+                recent.append(dt)
+                mean_tok_s = cfg.batch * L * len(recent) / sum(recent)
+                post = {"loss": f"{rec['loss']:.4f}", "tok/s": f"{mean_tok_s:,.0f}"}
                 if rec["mfu"] is not None:
-                    post["MFU"] = f"{100 * rec['mfu']:.1f}%"
+                    post["MFU"] = f"{100 * rec['mfu'] * mean_tok_s / tok_s:.1f}%"
                 bar.set_postfix(post, refresh=False)
                 bar.update(1)
             if bad:
