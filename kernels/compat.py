@@ -48,9 +48,10 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     elif cu_seqlens is None:
         raise ValueError("cu_seqlens: return_varlen_states needs it (mamba_ssm asserts the same)")
     elif seq_idx is None:
-        raise ValueError("seq_idx: return_varlen_states with cu_seqlens alone is mamba_ssm's running state at each "
-                         "sequence's end, the scan unbroken between them; pass seq_idx (the sequences of cu_seqlens) "
-                         "for each sequence's own last state")
+        raise ValueError("seq_idx: return_varlen_states with cu_seqlens alone gives, in mamba_ssm, neither each "
+                         "sequence's own last state nor the unbroken scan's (the state carried into the chunk where a "
+                         "sequence ends is added unless the sequence starts in that chunk); pass seq_idx (the "
+                         "sequences of cu_seqlens) for each sequence's own last state")
     out = ssd_scan(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
                    initial_states=initial_states, seq_idx=seq_idx, return_final_states=return_final_states,
                    dt_limit=dt_limit, cu_seqlens=cu_seqlens, return_varlen_states=return_varlen_states)
