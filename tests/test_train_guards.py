@@ -311,3 +311,32 @@ def test_a_second_run_into_a_rundir_in_use_is_refused(tmp_path, spec, capsys):
     assert ".lock" not in os.listdir(run)
     refused(capsys, args(spec, tmp_path / "x", "--steps", "1", "--lr", "nan"), "--lr")
     assert not (tmp_path / "x").exists()
+
+
+def test_resume_takes_a_copy_of_the_runs_token_file(tmp_path, spec, capsys):
+    """A token file copied elsewhere (a node's own disk, another machine) was refused on --resume as 'other --data'
+    (compared by resolved path), though its tokens are the run's. The same count and data_digest resume it, with a
+    warning naming both files, and the losses go on as the uninterrupted run's; another eos, or other tokens, are
+    still refused."""
+    import numpy as np
+
+    tokens = tmp_path / "train.bin"
+    np.random.default_rng(0).integers(0, 64, 4096, dtype=np.uint16).tofile(tokens)
+    copy = tmp_path / "scratch" / "train.bin"
+    copy.parent.mkdir()
+    shutil.copy(tokens, copy)
+    run = ["train", spec, "--batch", "4", "--seq-len", "32", "--no-progress", "--threads", "1"]
+    assert main([*run, "--data", str(tokens), "--steps", "3", "-o", str(tmp_path / "whole")]) == 0
+    assert main([*run, "--data", str(tokens), "--steps", "3", "--stop-after", "1", "-o", str(tmp_path / "cut")]) == 0
+    refused(capsys, [*run, "--data", f"{copy},eos=5", "--steps", "3", "-o", str(tmp_path / "cut"), "--resume"],
+            "--resume with other settings")
+    other = tmp_path / "other.bin"
+    np.random.default_rng(1).integers(0, 64, 4096, dtype=np.uint16).tofile(other)
+    refused(capsys, [*run, "--data", str(other), "--steps", "3", "-o", str(tmp_path / "cut"), "--resume"],
+            "--resume with other settings")
+    capsys.readouterr()
+    assert main([*run, "--data", str(copy), "--steps", "3", "-o", str(tmp_path / "cut"), "--resume"]) == 0
+    assert f"--data {copy} is not the run's token file ({tokens}) but holds the same tokens" in capsys.readouterr().err
+    losses = [[json.loads(ln)["loss"] for ln in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+              for d in ("whole", "cut")]
+    assert losses[0] == losses[1]

@@ -15,7 +15,7 @@ import math
 import os
 import re
 
-from ..errors import ArchDSLError, shown
+from ..errors import ArchDSLError, shown, warn
 from ..units import plural
 
 
@@ -55,7 +55,12 @@ def check_settings(rundir: str, settings: dict, vocab_size: int | None = None, d
     # (the run's, this run's) as they resolve, where that differs from what was written
     res = dict(zip(("data", "seq_len"), zip(resolve(old), resolve(new)))) if "data" in old else {}
 
+    moved = []  # the run's token file, where this run's is a copy of it elsewhere
+
     def same(key: str) -> bool:
+        if key == "data" and key in res and res[key][0] != res[key][1] and _copied(run, res[key][0], data):
+            moved.append(res[key][0])
+            return True
         if key in res:
             return res[key][0] == res[key][1]
         if key == "warmup" and warm is not None:  # as written (it keeps the run's steps), or making those steps
@@ -82,6 +87,9 @@ def check_settings(rundir: str, settings: dict, vocab_size: int | None = None, d
         raise ArchDSLError(f"{rundir}: --resume with other settings than the run was started with: "
                            + "; ".join(changed),
                            hint="resume with the run's settings (its run.json, \"config\"), or start a new RUNDIR")
+    if moved:
+        warn(f"{rundir}: --data {data.path} is not the run's token file ({moved[0]}) but holds the same tokens (their "
+             f"count and run.json's data_digest): the run goes on with it")
     was = _data_tokens(run)
     if was is not None and getattr(data, "tokens", None) is not None and len(data.tokens) != was:
         width = data.tokens.dtype.itemsize
@@ -102,6 +110,20 @@ def check_settings(rundir: str, settings: dict, vocab_size: int | None = None, d
                            f"(--warmup {told(old['warmup'])} of its first --steps {old['steps']}), before the "
                            f"learning rate reaches --lr", hint=f"ask for at least {warm} --steps")
     return warmup_steps(new["warmup"], new["steps"]) if warm is None else warm
+
+
+def _copied(run: dict, was: str, data) -> bool:
+    """Whether this run's token file `data` is the run's, `was` (its data_key), moved or copied: the same dtype and
+    eos, as many tokens as run.json's data_tokens and its data_digest (a copy on a node's own disk, a resume on
+    another machine: the resolved paths differ)."""
+    from .data import _parts
+
+    if getattr(data, "tokens", None) is None or not run.get("data_digest"):
+        return False
+    _, dtype, eos = _parts(was)
+    if (dtype or "uint16") != data.dtype or (None if eos is None else int(eos)) != data.eos:
+        return False
+    return _data_tokens(run) == len(data.tokens) and run["data_digest"] == data.digest()
 
 
 def _data_tokens(run: dict) -> int | None:
