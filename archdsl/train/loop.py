@@ -117,7 +117,7 @@ def prepare(cfg: TrainConfig):
             run = read_run(cfg.rundir)
             check_spec({"spec_sha256": spec_sha(run["spec_yaml"]), "spec_name": run.get("spec_name", "?")}, spec_yaml,
                        os.path.join(cfg.rundir, "run.json"), cfg.rundir, cfg.settings, what="the run")
-            warm = check_settings(cfg.rundir, cfg.to_dict(), spec.vocab_size, data)
+            warm = check_settings(cfg.rundir, cfg.to_dict(), spec.vocab_size, data, say=env.rank == 0)
         if env.rank == 0:
             warn(f"{cfg.rundir}: no checkpoint to resume from: the run starts from step 0"
                  + (f" (replacing the {', '.join(found)} of its start, which wrote none)" if found else ""))
@@ -125,7 +125,7 @@ def prepare(cfg: TrainConfig):
         damaged: list[str] = []
         s, path, meta = resume_point(cfg.rundir, damaged)
         check_spec(meta, spec_yaml, path, cfg.rundir, cfg.settings)
-        warm = check_settings(cfg.rundir, cfg.to_dict(), spec.vocab_size, data)
+        warm = check_settings(cfg.rundir, cfg.to_dict(), spec.vocab_size, data, say=env.rank == 0)
         if s >= (cfg.stop_after or cfg.steps):
             if cfg.stop_after is not None and cfg.stop_after < cfg.steps:  # --steps would go on: the stop is the limit
                 limit, hint = f"--stop-after {cfg.stop_after}", f"give a --stop-after past {s}, or leave it out"

@@ -26,7 +26,7 @@ FIXED = {"data": "--data", "batch": "--batch", "seq_len": "--seq-len", "lr": "--
          "betas": "betas", "min_lr_ratio": "min_lr_ratio"}
 
 
-def check_settings(rundir: str, settings: dict, vocab_size: int | None = None, data=None) -> int:
+def check_settings(rundir: str, settings: dict, vocab_size: int | None = None, data=None, say: bool = True) -> int:
     """ArchDSLError naming every setting of FIXED that differs from those in RUNDIR/run.json, as each resolves rather
     than as it was written: DATA and the sequence length as the data source takes them (data.resolved: a token file
     however named and its default length, a task's arguments however spelt), the warmup as written or by its steps
@@ -36,7 +36,8 @@ def check_settings(rundir: str, settings: dict, vocab_size: int | None = None, d
     run keeps: the run's, as it resolved when it started, whatever this run's --steps (a share of a changed --steps
     would re-enter the warmup after its peak, or end it early); this run's own where run.json holds no warmup.
     `data`: this run's data source (parse_data's); a token file (the same, by data_key) that holds another number of
-    tokens than run.json says the run started with is refused too: the windows would be drawn from other tokens."""
+    tokens than run.json says the run started with is refused too: the windows would be drawn from other tokens; a
+    copy of it elsewhere (_copied) is the same DATA, with a warning where `say` (one process of several)."""
     from .config import warmup_steps
     from .data import data_key, resolved
 
@@ -87,7 +88,7 @@ def check_settings(rundir: str, settings: dict, vocab_size: int | None = None, d
         raise ArchDSLError(f"{rundir}: --resume with other settings than the run was started with: "
                            + "; ".join(changed),
                            hint="resume with the run's settings (its run.json, \"config\"), or start a new RUNDIR")
-    if moved:
+    if moved and say:
         warn(f"{rundir}: --data {data.path} is not the run's token file ({moved[0]}) but holds the same tokens (their "
              f"count and run.json's data_digest): the run goes on with it")
     was = _data_tokens(run)
@@ -121,7 +122,7 @@ def _copied(run: dict, was: str, data) -> bool:
     if getattr(data, "tokens", None) is None or not run.get("data_digest"):
         return False
     _, dtype, eos = _parts(was)
-    if (dtype or "uint16") != data.dtype or (None if eos is None else int(eos)) != data.eos:
+    if (dtype or "uint16") != data.dtype or eos != (None if data.eos is None else str(data.eos)):
         return False
     return _data_tokens(run) == len(data.tokens) and run["data_digest"] == data.digest()
 
