@@ -340,3 +340,15 @@ def test_resume_takes_a_copy_of_the_runs_token_file(tmp_path, spec, capsys):
     losses = [[json.loads(ln)["loss"] for ln in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
               for d in ("whole", "cut")]
     assert losses[0] == losses[1]
+
+
+def test_a_tasks_vocabulary_taken_from_the_model_is_said_so():
+    """'mqar: vocab_size 64 must exceed seq_len 256' on a model of vocab_size 64 did not say where the 64 came from:
+    no vocab= was given, so the task took the model's."""
+    from archdsl.train.data import parse_data
+
+    with pytest.raises(ArchDSLError, match=r"vocab_size 64 must exceed seq_len 256 \(the task's vocab_size 64 is "
+                                           r"the model's\)"):
+        parse_data("mqar", 64)
+    with pytest.raises(ArchDSLError, match=r"must exceed seq_len 256$"):
+        parse_data("mqar:vocab=64", 128)

@@ -130,11 +130,15 @@ def _task(text: str, seq_len: int | None, vocab_size: int):
             raise ArchDSLError(f"--data {text!r} has seq={kwargs['seq_len']} but --seq-len is {seq_len}")
         kwargs["seq_len"] = seq_len
     cls = TASKS[ALIASES.get(name, name)]
+    from_model = "vocab_size" not in kwargs  # the task's vocabulary is then the model's (up to the task's default)
     kwargs.setdefault("vocab_size", min(vocab_size, cls.vocab_size) if name != "mqar" else min(vocab_size, 8192))
     try:
         task = make_task(name, **kwargs)
     except ArchDSLError as e:
-        raise ArchDSLError(f"--data {text!r}: {e.message}", hint=e.hint) from None
+        said = (f" (the task's vocab_size {kwargs['vocab_size']} is the model's)"
+                if from_model and kwargs["vocab_size"] == vocab_size and f"vocab_size {vocab_size}" in e.message
+                else "")
+        raise ArchDSLError(f"--data {text!r}: {e.message}{said}", hint=e.hint) from None
     if task.vocab_size > vocab_size:
         raise ArchDSLError(f"--data {text!r}: the task's vocabulary ({task.vocab_size}) exceeds the model's "
                            f"vocab_size ({vocab_size})", hint="give vocab=N in the task or a larger vocab_size")
