@@ -24,8 +24,8 @@ if __name__ == "archdsl.kernels":
     from .rmsnorm import add_rmsnorm
     from .gated_rmsnorm import gated_rmsnorm, gated_rmsnorm_linear
     from .norm_gemv import gemv, rms_linear
-    from .compat import (causal_conv1d_fn, chunk_rwkv6, fused_recurrent_rwkv6, mamba_chunk_scan_combined,
-                         selective_scan_fn)
+    from .compat import (causal_conv1d_fn, causal_conv1d_varlen_states, chunk_rwkv6, fused_recurrent_rwkv6,
+                         mamba_chunk_scan_combined, selective_scan_fn)
 
 __all__ = [
     "causal_conv1d", "causal_conv1d_update",
@@ -35,5 +35,6 @@ __all__ = [
     "wkv6", "wkv6_step",
     "add_rmsnorm", "gated_rmsnorm", "gated_rmsnorm_linear", "rms_linear", "gemv",
     # the peers' names, orders and defaults (compat.py)
-    "selective_scan_fn", "mamba_chunk_scan_combined", "causal_conv1d_fn", "chunk_rwkv6", "fused_recurrent_rwkv6",
+    "selective_scan_fn", "mamba_chunk_scan_combined", "causal_conv1d_fn", "causal_conv1d_varlen_states",
+    "chunk_rwkv6", "fused_recurrent_rwkv6",
 ]

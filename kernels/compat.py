@@ -13,6 +13,7 @@ Our own ops keep the project's signatures (docs/kernels.md), which differ from t
   * causal_conv1d_fn takes seq_idx, initial_states, return_final_states and final_states_out before activation,
     and writes the final states into final_states_out when given with return_final_states; a negative seq_idx is
     a padding token, its output 0 (causal-conv1d >= 1.5.3);
+  * causal_conv1d_varlen_states (causal-conv1d's) gathers packed sequences' conv states;
   * chunk_rwkv6 takes a chunk_size keyword (a power of 2; our kernels pick their own chunks);
   * fused_recurrent_rwkv6 takes reverse (each sequence scanned from its last token back), built on wkv6 by flips;
   * chunk_rwkv6 and fused_recurrent_rwkv6 take head_first=False and refuse head_first=True with fla's
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import expect_in_place, expect_same_device, expect_shape
+from ._checks import expect_in_place, expect_integer, expect_same_device, expect_shape
 from ._dispatch import on_input_device
 from ._host import packing
 from .conv1d import causal_conv1d
@@ -41,8 +42,8 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     [B, L, H], A [H], B, C [B, L, G, N]. Returns y [B, L, H, P] in x's dtype, then the final state [B, H, P, N]
     float32 (float64 for float64 x) with return_final_states, then with return_varlen_states each sequence's last
     state [sequences, H, P, N] in C's dtype. As there, return_varlen_states needs cu_seqlens, which must say the
-    sequences seq_idx says: mamba_ssm, given no seq_idx, scans across the sequences and returns the running state
-    at each one's end, which this refuses rather than answer otherwise."""
+    sequences seq_idx says: mamba_ssm, given no seq_idx, returns states that are neither each sequence's own nor
+    the unbroken scan's, which this refuses rather than answer otherwise."""
     if not return_varlen_states:
         cu_seqlens = None  # as mamba_ssm: read for the varlen states only
     elif cu_seqlens is None:
@@ -83,6 +84,35 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
         return y, final
     final_states_out.copy_(final)
     return y, final_states_out
+
+
+@on_input_device
+def causal_conv1d_varlen_states(x, cu_seqlens, state_len):
+    """causal-conv1d's `causal_conv1d_varlen_states` (causal_conv1d_varlen.py): the conv states of packed
+    sequences, to decode each from. x [total, D], cu_seqlens [n + 1] (0, then each sequence's end, non-decreasing),
+    state_len ≥ 0 → states [n, D, state_len] in x's dtype, stored as causal-conv1d stores them ([n, state_len, D]
+    transposed): sequence i's last state_len tokens, right-aligned, zeros before its first token where it is
+    shorter. A gather, no wait for the device (on the CPU the offsets are checked); differentiable (the peer's
+    has no backward)."""
+    expect_shape("x", x, (None, None))
+    expect_shape("cu_seqlens", cu_seqlens, (None,))
+    expect_integer(cu_seqlens=cu_seqlens)
+    expect_same_device(x=x, cu_seqlens=cu_seqlens)
+    if isinstance(state_len, bool) or not isinstance(state_len, int) or state_len < 0:
+        raise ValueError(f"state_len: expected an int >= 0, got {state_len!r}")
+    if cu_seqlens.numel() < 1:
+        raise ValueError("cu_seqlens: expected [n + 1] offsets (0, then each sequence's end), got none")
+    if cu_seqlens.device.type == "cpu":
+        cu = cu_seqlens.tolist()
+        if cu[0] != 0 or any(b < a for a, b in zip(cu, cu[1:])) or cu[-1] > x.shape[0]:
+            raise ValueError(f"cu_seqlens: expected 0, then non-decreasing offsets up to x's {x.shape[0]} tokens, "
+                             f"got {cu if len(cu) <= 8 else cu[:4] + ['...'] + cu[-2:]}")
+    if x.shape[0] == 0:  # no token to gather: every state zero
+        return x.new_zeros(cu_seqlens.numel() - 1, state_len, x.shape[1]).transpose(1, 2)
+    ends, starts = cu_seqlens[1:].long(), cu_seqlens[:-1].long()
+    at = ends[:, None] - state_len + torch.arange(state_len, device=x.device)  # [n, state_len]: the tokens read
+    rows = x[at.clamp(min=0)]                                                  # [n, state_len, D]
+    return rows.masked_fill((at < starts[:, None])[..., None], 0).transpose(1, 2)
 
 
 def _check_final_states_out(out, x, weight) -> None:

@@ -6,6 +6,8 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import archdsl.kernels as K
 
@@ -22,6 +24,7 @@ PEERS = {
                                ("dt_bias", None), ("dt_softplus", False)],
     "causal_conv1d_fn": [("x",), ("weight",), ("bias", None), ("seq_idx", None), ("initial_states", None),
                          ("return_final_states", False), ("final_states_out", None), ("activation", None)],
+    "causal_conv1d_varlen_states": [("x",), ("cu_seqlens",), ("state_len",)],
     "causal_conv1d_update": [("x",), ("conv_state",), ("weight",), ("bias", None), ("activation", None),
                              ("cache_seqlens", None), ("conv_state_indices", None)],
     "chunk_rwkv6": [("r",), ("k",), ("v",), ("w",), ("u",), ("scale", None), ("initial_state", None),
@@ -120,6 +123,38 @@ def test_causal_conv1d_fn_zeroes_padding_tokens(backend, monkeypatch):
     torch.testing.assert_close(y, want, rtol=tol, atol=tol)
     (dx,) = torch.autograd.grad(y.sum(), x)
     assert not dx[0, :, 5:].any() and not dx[1, :, :2].any() and dx[0, :, :5].all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(lengths=st.lists(st.integers(0, 9), min_size=1, max_size=5), state_len=st.integers(0, 6),
+       spare=st.integers(0, 3), dim=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_causal_conv1d_varlen_states_is_causal_conv1ds(lengths, state_len, spare, dim, seed):
+    """causal-conv1d's varlen states: each sequence's last state_len tokens [n, D, state_len], right-aligned,
+    zeros before its first token (empty sequences, ones shorter than state_len, tokens past the last sequence), stored
+    [n, state_len, D] transposed, as its own; against its reference's loop."""
+    x = torch.randn(sum(lengths) + spare, dim, generator=torch.Generator().manual_seed(seed))
+    cu = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)
+    got = K.causal_conv1d_varlen_states(x, cu, state_len)
+    want = torch.zeros(len(lengths), dim, state_len)
+    for i, (a, b) in enumerate(zip(cu.tolist(), cu[1:].tolist())):
+        take = min(b - a, state_len)
+        if take:
+            want[i, :, state_len - take:] = x[b - take:b].T
+    assert torch.equal(got, want) and (got.stride() == (state_len * dim, 1, dim) or not got.numel())
+
+
+def test_causal_conv1d_varlen_states_refuses_bad_input():
+    x = torch.zeros(6, 3)
+    for args, msg in (((x[0], torch.tensor([0, 6]), 2), r"x: expected shape \[\*, \*\], got \[3\]"),
+                      ((x, torch.tensor([0.0, 6.0]), 2), "cu_seqlens: expected an integer tensor"),
+                      ((x, torch.tensor([0, 4, 2]), 2), "cu_seqlens: expected 0, then non-decreasing offsets"),
+                      ((x, torch.tensor([0, 7]), 2), "up to x's 6 tokens"),
+                      ((x, torch.tensor([1, 6]), 2), "expected 0, then"),
+                      ((x, torch.tensor([], dtype=torch.long), 2), "cu_seqlens: expected \\[n \\+ 1\\] offsets"),
+                      ((x, torch.tensor([0, 6]), -1), "state_len: expected an int >= 0, got -1"),
+                      ((x, torch.tensor([0, 6]), True), "state_len: expected an int >= 0, got True")):
+        with pytest.raises(ValueError, match=msg):
+            K.causal_conv1d_varlen_states(*args)
 
 
 def test_the_fla_entry_points():
