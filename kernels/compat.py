@@ -67,8 +67,9 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
     """causal-conv1d's `causal_conv1d_fn` (causal_conv1d_interface.py) on causal_conv1d: x [B, D, L], weight
     [D, W], bias [D], seq_idx [B, L], initial_states [B, D, W - 1], activation None, "silu" or "swish". Returns y,
     and with return_final_states also the last W - 1 inputs [B, D, W - 1], written into final_states_out where
-    given (and that tensor returned; without return_final_states it is left alone, as there). A token whose seq_idx is negative is padding, as causal-conv1d >= 1.5.3's:
-    its output is 0 (no bias, no activation), and no other token's tap reads it (its id differs)."""
+    given (and that tensor returned; without return_final_states it is left alone, as there). A token whose seq_idx
+    is negative is padding, as causal-conv1d >= 1.5.3's: its output is 0 (no bias, no activation), and no other
+    token's tap reads it (its id differs)."""
     if not return_final_states:  # as causal-conv1d: final_states_out is then not written, nor checked
         final_states_out = None
     if final_states_out is not None:
@@ -111,7 +112,7 @@ def causal_conv1d_varlen_states(x, cu_seqlens, state_len):
         return x.new_zeros(cu_seqlens.numel() - 1, state_len, x.shape[1]).transpose(1, 2)
     ends, starts = cu_seqlens[1:].long(), cu_seqlens[:-1].long()
     at = ends[:, None] - state_len + torch.arange(state_len, device=x.device)  # [n, state_len]: the tokens read
-    rows = x[at.clamp(min=0)]                                                  # [n, state_len, D]
+    rows = x[at.clamp(0, x.shape[0] - 1)]  # [n, state_len, D]; clamped: bad offsets on a card are no device assert
     return rows.masked_fill((at < starts[:, None])[..., None], 0).transpose(1, 2)
 
 

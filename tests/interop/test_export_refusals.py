@@ -270,7 +270,8 @@ def test_export_warns_that_residual_fp32_has_no_field(tmp_path):
     with pytest.warns(ArchDSLWarning, match="export as llama: the spec's residual_fp32 has no field in a llama "
                                             "config"):
         export_hf(model, tmp_path / "x")
-    mamba = archdsl.compile(spec_from_yaml(H + "residual_fp32: true\nlayout: 2×mamba\nblocks:\n  mamba: {d_state: 8}\n"))
+    text = H + "residual_fp32: true\nlayout: 2×mamba\nblocks:\n  mamba: {d_state: 8}\n"
+    mamba = archdsl.compile(spec_from_yaml(text))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         export_hf(mamba, tmp_path / "m")
