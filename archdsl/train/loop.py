@@ -112,7 +112,8 @@ def prepare(cfg: TrainConfig):
     spec_yaml = spec.to_yaml()
     resume_from, warm = None, cfg.warmup_steps()
     found = [f for f in ("run.json", "metrics.jsonl", HF_DIR) if os.path.exists(os.path.join(cfg.rundir, f))]
-    if cfg.resume and not checkpoints(cfg.rundir):  # nothing to continue: the run starts from step 0
+    saved = checkpoints(cfg.rundir)
+    if cfg.resume and not saved:  # nothing to continue: the run starts from step 0
         if found and os.path.exists(os.path.join(cfg.rundir, "run.json")):  # the same run: its spec and settings
             run = read_run(cfg.rundir)
             check_spec({"spec_sha256": spec_sha(run["spec_yaml"]), "spec_name": run.get("spec_name", "?")}, spec_yaml,
@@ -134,7 +135,7 @@ def prepare(cfg: TrainConfig):
             raise ArchDSLError(f"{path}: the run is already at step {s}, and {limit} asks for no step after it",
                                hint=hint)
         resume_from = (s, path, damaged)  # those passed over are told once the run has loaded one
-    elif checkpoints(cfg.rundir):
+    elif saved:
         raise ArchDSLError(f"{cfg.rundir}: holds checkpoints of an earlier run",
                            hint="pass --resume to continue it, or write to another -o RUNDIR")
     elif found:
@@ -223,7 +224,6 @@ def train(cfg: TrainConfig) -> dict:
     made = outermost_missing(cfg.rundir)  # what os.makedirs will create: RUNDIR and missing parents
     had_ckpt = os.path.isdir(os.path.join(cfg.rundir, CKPT_DIR))
     dist = init_distributed(env, device)
-    held = None
     try:
         held = lock_rundir(cfg.rundir) if dist.is_main else None  # another run's: refused before anything is touched
     except BaseException:
@@ -390,8 +390,8 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from, warm: int) -> dict:
                 recent.append(dt)
                 mean_tok_s = cfg.batch * L * len(recent) / sum(recent)
                 post = {"loss": f"{rec['loss']:.4f}", "tok/s": f"{mean_tok_s:,.0f}"}
-                if rec["mfu"] is not None:
-                    post["MFU"] = f"{100 * rec['mfu'] * mean_tok_s / tok_s:.1f}%"
+                if peak:
+                    post["MFU"] = f"{100 * flops_tok * mean_tok_s / dist.world / peak:.1f}%"
                 bar.set_postfix(post, refresh=False)
                 bar.update(1)
             if bad:
