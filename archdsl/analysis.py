@@ -89,6 +89,12 @@ def ssm_states_dtype(dtype: str, ssm_state_dtype: str | None = None) -> str:
     return ssm_state_dtype or ("float64" if dtype == "float64" else "float32")
 
 
+def has_ssm_states(spec) -> bool:
+    """Whether `spec` has a Mamba or Mamba-2 layer: the blocks whose SSM states ssm_state_dtype sets (float32 by
+    default, float64 in a float64 cache)."""
+    return any(s.config.kind in ("mamba", "mamba2") for subs in layers(spec.graph) for s in subs)
+
+
 def dtype_name(dtype, what: str = "dtype") -> str:
     """'bf16', 'BF16', torch.bfloat16 → 'bfloat16'; a cache may be float8 (an estimate: no model computes in it),
     an SSM state only what set_ssm_state_dtype takes."""
@@ -97,7 +103,7 @@ def dtype_name(dtype, what: str = "dtype") -> str:
     valid = MODEL_DTYPES if what == "ssm_state_dtype" else DTYPE_BYTES
     if key not in valid:
         raise ArchDSLError(f"unknown {what} {dtype!r} (one of {', '.join(valid)})",
-                           hint=did_you_mean(key, [*valid, *(a for a, k in ALIASES.items() if k in valid)]))
+                           hint=did_you_mean(key, valid, ALIASES))
     return key
 
 

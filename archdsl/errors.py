@@ -178,16 +178,19 @@ def finite(o):
     return o
 
 
-def did_you_mean(name: str, valid) -> str:
-    """'did you mean 'a', 'b'?' for the closest valid names, else the list of valid names."""
-    valid = sorted(set(valid))
+def did_you_mean(name: str, valid, aliases: dict[str, str] | None = None) -> str:
+    """'did you mean 'a', 'b'?' for the closest valid names, else the list of valid names. aliases: other names
+    matched too, each suggested as the name it stands for (`float` as 'float32'), once."""
+    aliases = {a: v for a, v in (aliases or {}).items() if v in set(valid)}
+    valid = sorted(set(valid) | set(aliases))
     by_case: dict[str, list[str]] = {}  # ranked without case: `Mamba` is closest to 'mamba', then 'mamba2'
     for v in valid:
         by_case.setdefault(v.lower(), []).append(v)
     close = [v for c in difflib.get_close_matches(name.lower(), list(by_case), n=3, cutoff=0.5) for v in by_case[c]]
+    close = list(dict.fromkeys(aliases.get(c, c) for c in close))
     if close:
         return "did you mean " + ", ".join(repr(c) for c in close[:3]) + "?"
-    return "valid names: " + ", ".join(valid)
+    return "valid names: " + ", ".join(v for v in valid if v not in aliases)
 
 
 def out_of_memory(e: BaseException) -> bool:

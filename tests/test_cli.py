@@ -168,8 +168,11 @@ def test_memory_gives_each_argument_its_row(tmp_path, capsys):
     code, out, _ = run("memory", "4×attn", "4×attn", "mamba2", "--seq-lens", "1k", capsys=capsys)
     rows = out.splitlines()[2:]
     assert code == 0 and [r.split("  ")[0].strip() for r in rows] == ["4×attn", "4×attn#2", "mamba2"]
-    code, out, _ = run("memory", "mamba2", "--seq-lens", "1k", capsys=capsys)
-    assert out.splitlines()[2].startswith("model ")  # alone, a layout string keeps its spec's name
+    # alone or beside a named spec, a layout string goes by its text (it was `model`); named, by its name
+    code, out, _ = run("memory", spec, "mamba2", "--seq-lens", "1k", capsys=capsys)
+    assert [r.split("  ")[0].strip() for r in out.splitlines()[2:]] == ["mamba2-2.7b", "mamba2"]
+    code, out, _ = run("memory", "mamba2", "--set", "name=m", "--seq-lens", "1k", capsys=capsys)
+    assert out.splitlines()[2].startswith("m ")
     import archdsl.draw
 
     seen = {}
@@ -861,7 +864,7 @@ def test_memory_plot_ticks_are_plain_text(tmp_path, monkeypatch):
         archdsl.draw.plot_memory([1024], {"mlp": [0]}, str(tmp_path / "z.png"))
     monkeypatch.setattr(archdsl.draw.memory, "save_figure", real)
     ax = figs[0].axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["1000", "1k", "8k"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1000", "", "8k"]  # 1k's would lie on 1000's
     ys = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
     assert ys and all("$" not in y and y.endswith("B") for y in ys), ys
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b (no cache)"]
@@ -1087,8 +1090,40 @@ def test_a_bad_ssm_state_dtype_is_refused_by_its_option(argv, capsys):
     building the model: neither named the option. Now it is refused as it is read, named."""
     code, out, err = run(*argv, "--ssm-state-dtype", "float8", capsys=capsys)
     assert code == 2 and out == "" and "Traceback" not in err, err
-    assert err.startswith("error: --ssm-state-dtype: ssm_state_dtype must be float32, bfloat16, float16 or float64, "
+    assert err.startswith("error: --ssm-state-dtype: must be float32, bfloat16, float16 or float64, "
                           "got 'float8'"), err
+
+
+def test_a_dtype_is_suggested_by_its_name_not_its_aliases(capsys):
+    """`--ssm-state-dtype fp8` suggested 'float', 'float64', 'float32': an alias beside the name it stands for."""
+    code, _, err = run("show", "mamba2", "--ssm-state-dtype", "fp8", capsys=capsys)
+    assert code == 2 and err.strip().endswith("got 'fp8'; did you mean 'float32', 'float64'?"), err
+    code, _, err = run("show", "mamba2", "--dtype", "xyz", capsys=capsys)
+    assert code == 2 and err.strip().endswith("valid names: bfloat16, float16, float32, float64, float8"), err
+
+
+@pytest.mark.parametrize("argv, option", [(["memory", "mamba2", "--seq-lens", "-1k"], "--seq-lens"),
+                                          (["memory", "mamba2", "--seq-lens", "-1k,2k"], "--seq-lens"),
+                                          (["show", "mamba2", "--seq-len", "-1.5k"], "--seq-len"),
+                                          (["show", "mamba2", "--batch", "-3"], "--batch")])
+def test_a_negative_count_gets_the_counts_own_error(argv, option, capsys):
+    """`--seq-lens -1k` got argparse's 'expected one argument' and its usage (Python before 3.13 takes -1k for an
+    option); now the count's own error, as `--seq-len -5` had."""
+    code, out, err = run(*argv, capsys=capsys)
+    assert code == 2 and out == "" and err.startswith(f"error: {option}: must be a positive count, got '-"), err
+
+
+def test_show_groups_the_batchs_digits(capsys):
+    code, out, _ = run("show", "mamba2", "--batch", "1234567", capsys=capsys)
+    assert code == 0 and "at batch 1,234,567, context 2,048" in out
+
+
+def test_graph_every_layer_refusal_says_to_drop_it(tmp_path, capsys):
+    """Too many rows with --every-layer said only 'write .dot', where the same picture folded draws fine."""
+    code, _, err = run("graph", "1000×(mamba2, attn)", "-o", str(tmp_path / "x.png"), "--every-layer", capsys=capsys)
+    assert code == 2 and err.strip().endswith("draws at most 48: drop --every-layer or write .dot"), err
+    assert not (tmp_path / "x.png").exists()
+    assert run("graph", "1000×(mamba2, attn)", "-o", str(tmp_path / "x.png"), capsys=capsys)[0] == 0
 
 
 @pytest.mark.parametrize("flags", [["--steps", "3"], ["--probe-d-model", "8"], ["--probe-arg", "seq_len=16"],

@@ -74,9 +74,24 @@ def test_shared_outline_stands_out_from_every_fill(figure):
             assert distance(g, c) > 100, (g, kind)
     fig = figure(spec_file("demo-zamba"))  # a shared zamba block: red fill
     shared = [p for p in rectangles(fig) if p.get_linewidth() > 1]
+    fills = {p.get_xy(): p for p in rectangles(fig) if p.get_fill()}
     assert len(shared) == 3
-    for p in shared:
-        assert distance(p.get_edgecolor(), p.get_facecolor()) > 100
+    for p in shared:  # the outline, over the fill of its box
+        assert not p.get_fill() and distance(p.get_edgecolor(), fills[p.get_xy()].get_facecolor()) > 100
+
+
+def test_a_hatch_is_white_whatever_group_outlines_its_box(figure):
+    """matplotlib draws a hatch in its patch's edge colour: group a's boxes were hatched black, b's yellow, over
+    their marks, where the legend showed white. Each box is its fill with a white hatch, under its group's outline."""
+    fig = figure(archdsl.parse("4×(mamba2, attn(shared=a, window=512), attn(shared=b, kv_heads=2), attn)",
+                               d_model=64, vocab_size=100))
+    fills = [p for p in rectangles(fig) if p.get_fill()]
+    hatched = [p for p in fills if p.get_hatch()]
+    assert len(fills) == 16 and len(hatched) == 8
+    assert all(distance(p.get_edgecolor(), "white") == 0 for p in fills)
+    outlines = [p for p in rectangles(fig) if not p.get_fill()]
+    assert sorted(p.get_xy() for p in outlines) == sorted(p.get_xy() for p in hatched)
+    assert {distance(p.get_edgecolor(), "white") > 100 for p in outlines} == {True}
 
 
 def test_shared_group_names_readable(figure):
@@ -508,6 +523,40 @@ def test_memory_lines_run_left_to_right(memfig):
 
 def overlap(a, b):
     return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_memory_within_an_octave_labels_both_ends(memfig):
+    """Counts of 39.3 and 47.3 MiB lie between two powers of 2, where the ticks are: the y axis had no label."""
+    mib = 2**20
+    for counts in ([39.31 * mib, 47.31 * mib], [30 * mib, 40 * mib], [40 * mib] * 2):
+        fig = memfig([1536, 2048], {"a": [int(c) for c in counts]})
+        ax = fig.axes[0]
+        lo, hi = ax.get_ylim()
+        shown = [t.get_text() for t, v in zip(ax.get_yticklabels(), ax.get_yticks()) if lo <= v <= hi]
+        assert len(shown) == len(set(counts)) and all(shown), shown
+    ax = memfig([1024, 2**20], {"a": [mib, 1024 * mib]}).axes[0]  # octaves apart: powers of 2, as before
+    assert {v for v in ax.get_yticks() if ax.get_ylim()[0] <= v <= ax.get_ylim()[1]} <= {2.0 ** k for k in range(64)}
+
+
+@pytest.mark.parametrize("lens", [
+    [1024 * k for k in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 16)] + [100000, 100001],
+    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+    [10**9, 10**9 + 1, 10**9 + 2],
+    [1024, 524288],
+])
+def test_memory_length_labels_never_overlap(memfig, lens):
+    """Every length had its label: 6k7k8k9k10k12k ran together, and 100000 over 100001 read 1000001. Labels that
+    would touch are left blank (their ticks stay); the first and the last are always shown."""
+    fig = memfig(lens, {"a": [n * 1000 for n in lens]})
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in ax.get_xticklabels() if t.get_text()]
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert all(not overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    texts = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(texts) == len(set(lens)) and texts[0] and texts[-1]
+    if len(lens) == 2:
+        assert all(texts)
 
 
 def test_memory_series_are_told_apart_and_the_legend_hides_nothing(memfig):

@@ -13,6 +13,7 @@ import argparse
 import errno
 import io
 import os
+import re
 import signal
 import sys
 import warnings
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=doc)
         ARGS.get(name, lambda p: None)(p)
         p.set_defaults(fn=fn)
+        # a value starting -<digit> is a value (`--seq-lens -1k`: the count's own error, not argparse's 'expected
+        # one argument'), as Python 3.13's argparse reads it; no option of ours starts so
+        p._negative_number_matcher = re.compile(r"-\.?\d")
     return parser
 
 

@@ -54,14 +54,6 @@ def check_apart(output: str, source: str, what: str, command: str) -> None:
                        f"another -o")
 
 
-def has_ssm_states(spec) -> bool:
-    """Whether `spec` has a Mamba or Mamba-2 layer: the blocks whose SSM states --ssm-state-dtype sets (float32 by
-    default, float64 in a float64 cache)."""
-    from ..graph import layers
-
-    return any(s.config.kind in ("mamba", "mamba2") for subs in layers(spec.graph) for s in subs)
-
-
 def model_dtype(text: str):
     """--dtype of a model (compile, run, bench, convert --weights, export-checkpoint) as torch's dtype; else
     ArchDSLError naming the option and the dtypes a model computes in, before any work."""
@@ -136,7 +128,7 @@ def _ssm_state_dtype(text: str) -> str:
     try:
         dtype_name(text, "ssm_state_dtype")
     except ArchDSLError as e:
-        raise ArchDSLError(f"--ssm-state-dtype: ssm_state_dtype must be {', '.join(MODEL_DTYPES[:-1])} or "
+        raise ArchDSLError(f"--ssm-state-dtype: must be {', '.join(MODEL_DTYPES[:-1])} or "
                            f"{MODEL_DTYPES[-1]}, got {text!r}", hint=e.hint) from None
     return text
 

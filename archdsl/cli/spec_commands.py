@@ -9,9 +9,10 @@ import unicodedata
 
 from ..atomic import check_output, check_output_dir
 from ..errors import ArchDSLError
+from ..spec import Spec
 from ..units import count, count_text, human, parse_count, plural
 from .common import (ARGS, add_set, add_spec, add_ssm_state_dtype, cache_dtype_arg, check_apart, command,
-                     has_ssm_states, model_dtype, read_spec, table)
+                     model_dtype, read_spec, table)
 
 
 @command("check", "validate a spec file or layout string")
@@ -29,7 +30,7 @@ def cmd_check(args):
 @command("show", "per-layer table and totals: params, active params, FLOPs/token, cache bytes")
 def cmd_show(args):
     """Print each layer (index, mixer, ffn, sharing group, params, FLOPs/token, cache bytes) and the totals."""
-    from ..analysis import analyze, ssm_states_dtype
+    from ..analysis import analyze, has_ssm_states, ssm_states_dtype
 
     cache_dtype_arg(args.dtype)
     spec = read_spec(args.spec, args.set)
@@ -59,7 +60,7 @@ def cmd_show(args):
         print(f"  embedding       {rep.embedding_params:>18,}  (tied: the LM head too)")
     print(f"  FLOPs/token     {rep.flops_per_token:>18,}  ({human(rep.flops_per_token)}, at context {rep.seq_len:,})")
     states = f", SSM states {ssm_states_dtype(rep.dtype, rep.ssm_state_dtype)}" if has_ssm_states(spec) else ""
-    print(f"  cache           {rep.cache_bytes:>18,}  ({human(rep.cache_bytes, 'B')} at batch {rep.batch}, "
+    print(f"  cache           {rep.cache_bytes:>18,}  ({human(rep.cache_bytes, 'B')} at batch {rep.batch:,}, "
           f"context {rep.seq_len:,}, {rep.dtype}{states})")
 
 
@@ -123,7 +124,7 @@ def cmd_memory(args):
         for spec in args.specs:
             check_apart(args.output, spec, "SPEC", "memory")
     cache_dtype_arg(args.dtype)
-    from ..analysis import dtype_name
+    from ..analysis import dtype_name, has_ssm_states
 
     # by their canonical names, as show gives them: fp8 is float8, in the JSON and on the plot
     dtype = dtype_name(args.dtype)
@@ -161,11 +162,12 @@ def _seq_lens(text: str) -> list[int]:
 
 
 def _labels(texts: list[str], specs: list) -> list[str]:
-    """A distinct row name for each argument: the spec's name; where several share one, a layout string
-    goes by its layout text, and what still repeats (a file given twice) gets #2, #3, ..."""
+    """A distinct row name for each argument: the spec's name; a layout string goes by its layout text where it
+    has no name of its own (`--set name=...`) or shares one, and what still repeats (a file given twice) gets
+    #2, #3, ..."""
     names = [s.name for s in specs]
-    labels = [s.layout_text if names.count(s.name) > 1 and not os.path.exists(t) else s.name
-              for t, s in zip(texts, specs)]
+    labels = [s.layout_text if (names.count(s.name) > 1 or s.name == Spec.name) and not os.path.exists(t)
+              else s.name for t, s in zip(texts, specs)]
     out: list[str] = []
     for label in labels:
         unique, k = label, 1

@@ -20,6 +20,8 @@ SERIES_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 SERIES_LINESTYLES = ["-", "--", ":", "-."]
 MAX_SERIES = len(SERIES_COLORS) * len(SERIES_MARKERS) * len(SERIES_LINESTYLES)
 LEGEND_ROWS = 20  # entries a legend column holds before another column starts
+AXES_WIDTH = 5.4  # inches
+TICK_CHAR = 10 * 0.58 / 72  # inches a tick label's character takes at matplotlib's 10-point default, about
 
 
 def series_styles(n: int) -> list[tuple[str, str, str]]:
@@ -68,7 +70,7 @@ def memory_figure(lens: list[int], data: dict[str, list[int]], batch: int = 1, d
 
         # The axes are a fixed size in inches and the figure is cut to what is drawn (save_figure's tight bbox),
         # so a wide legend widens the image instead of squeezing the axes (tight_layout could not, and warned).
-        fig = plt.figure(figsize=(5.4, 3.4))
+        fig = plt.figure(figsize=(AXES_WIDTH, 3.4))
         ax = fig.add_axes((0, 0, 1, 1))
         handles, labels = [], []
         for (name, values), (color, marker, ls), label in zip(data.items(), series_styles(len(data)),
@@ -78,11 +80,15 @@ def memory_figure(lens: list[int], data: dict[str, list[int]], batch: int = 1, d
             handles.append(line)
             labels.append(label)
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted(set(lens)), [count_text(n) for n in sorted(set(lens))])
+        at = sorted(set(lens))
+        ax.set_xticks(at, _spaced_labels(at, [count_text(n) for n in at], AXES_WIDTH))
         ax.xaxis.set_minor_locator(NullLocator())
-        if any(v > 0 for values in data.values() for v in values):  # a log axis of zeros alone has no scale
+        if positive := [v for values in data.values() for v in values if v > 0]:  # zeros alone have no log scale
             ax.set_yscale("log", base=2)
             ax.yaxis.set_minor_locator(NullLocator())
+            lo, hi = min(positive), max(positive)
+            if sum(lo <= 2 ** k <= hi for k in range(math.floor(math.log2(lo)), math.ceil(math.log2(hi)) + 1)) < 2:
+                ax.set_yticks(sorted({lo, hi}))  # within an octave: the ends labelled, not one power of 2 or none
         else:
             ax.set_yticks([0])
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human(v, "B").replace(".00", "")))
@@ -95,6 +101,26 @@ def memory_figure(lens: list[int], data: dict[str, list[int]], batch: int = 1, d
                   ncol=math.ceil(len(handles) / LEGEND_ROWS))
         ax.set_title("cache bytes against context length")
     return fig
+
+
+def _spaced_labels(at: list[int], labels: list[str], width: float) -> list[str]:
+    """The x axis's tick labels with those that would overlap on a log axis `width` inches wide left blank (their
+    ticks stay): from the left, each label is kept where it clears the last kept one; the last label is always
+    kept, in place of the kept one before it where those two would touch. at: ascending lengths."""
+    if len(at) < 2:
+        return labels
+    span = math.log2(at[-1] / at[0]) * 1.1  # matplotlib's margins: 5% each side
+    x = [width * (0.05 * span + math.log2(n / at[0])) / span for n in at]  # each tick's place, inches
+    half = [len(label) * TICK_CHAR / 2 + 0.02 for label in labels]  # half a label's width, and a gap
+    kept = [0]
+    for i in range(1, len(at)):
+        if x[i] - half[i] >= x[kept[-1]] + half[kept[-1]]:
+            kept.append(i)
+    if kept[-1] != len(at) - 1:
+        if len(kept) > 1 and x[-1] - half[-1] < x[kept[-1]] + half[kept[-1]]:
+            kept.pop()
+        kept.append(len(at) - 1)
+    return [label if i in kept else "" for i, label in enumerate(labels)]
 
 
 def _legend_labels(data) -> list[str]:

@@ -87,7 +87,8 @@ def strip_figure(spec, every_layer: bool = False):
     width, drawn = strip_rows(rows, n + 1 if every_layer else FOLD)
     if len(drawn) > MAX_ROWS:
         raise ArchDSLError(f"the layout's {n:,} layers make {len(drawn)} {'' if every_layer else 'different '}rows "
-                           f"of {width}, and the picture draws at most {MAX_ROWS}: write .dot")
+                           f"of {width}, and the picture draws at most {MAX_ROWS}: "
+                           f"{'drop --every-layer or ' if every_layer else ''}write .dot")
     nrows = len(drawn)
     cols = max(width, MIN_COLS)  # a layer keeps its shape however few there are
     pad = (cols - width) / 2
@@ -133,10 +134,14 @@ def strip_figure(spec, every_layer: bool = False):
                     hatch = hatches.setdefault((fill, written), HATCHES[same])
                 label = written if s.name == s.kind else f"{written} ({s.kind})"
                 seen.setdefault(label, Patch(facecolor=fill, hatch=hatch, edgecolor="white", label=label))
-                edge, ls = gstyle.get(s.group, ("white", "solid"))
-                ax.add_patch(Rectangle((x + 0.05, y + y0), 0.9, h, facecolor=fill, hatch=hatch, edgecolor=edge,
-                                       linestyle=ls, linewidth=2.5 if s.group else 0.5))
+                # matplotlib draws a hatch in its patch's edge colour: the fill and its white hatch in one patch,
+                # a shared group's outline in another (a group's black outline had hatched the box black)
+                ax.add_patch(Rectangle((x + 0.05, y + y0), 0.9, h, facecolor=fill, hatch=hatch, edgecolor="white",
+                                       linewidth=0.5))
                 if s.group:
+                    edge, ls = gstyle[s.group]
+                    ax.add_patch(Rectangle((x + 0.05, y + y0), 0.9, h, fill=False, edgecolor=edge, linestyle=ls,
+                                           linewidth=2.5))
                     ax.text(x + 0.5, y + y0 + h / 2, marks[s.group], ha="center", va="center", fontsize=6,
                             color=ink(fill))
             if (i - start) % 4 == 0 or width <= 16:

@@ -147,10 +147,11 @@ def _plain_ticks(axis, objective: str) -> None:
 
 
 def plot_cache(cands: list[Candidate], path: str, batch: int = 1, dtype: str = "bfloat16", most: int = 8) -> None:
-    """Cache bytes against context length (1k … 1M) for the front (at most `most` lines)."""
-    from ..analysis import analyze_lengths
+    """Cache bytes against context length (1k … 1M) for the front (at most `most` lines), drawn as `archdsl memory`
+    draws them (draw.memory_figure: its axis names the SSM states' dtype where it is not the cache's)."""
+    from ..analysis import analyze_lengths, has_ssm_states
+    from ..draw.memory import memory_figure
 
-    plt = _plt()
     lens = [2**k for k in range(10, 21)]
 
     pool = [c for c in cands if c.on_front] or cands
@@ -161,22 +162,12 @@ def plot_cache(cands: list[Candidate], path: str, batch: int = 1, dtype: str = "
     pool = sorted(distinct.values(), key=lambda c: c.figures["cache_bytes"])
     step = max(1, len(pool) / most)
     chosen = [pool[int(i * step)] for i in range(min(most, len(pool)))]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
-    for c in chosen:
-        ys = [r.cache_bytes for r in analyze_lengths(c.spec, lens, batch=batch, dtype=dtype)]
-        ax.plot(lens, ys, marker=".", lw=1.2, label=f"{c.id}: {_short(c.layout, 40)}")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log", base=2)
-    from matplotlib.ticker import FuncFormatter
-
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _ctx(int(v)) if v >= 1 else ""))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human(v, "B").replace(".00", "")))
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel(f"cache bytes (batch {batch}, {dtype})")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6.5, loc="upper left")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=None, bbox_inches=None)
+    data = {f"{c.id}: {_short(c.layout, 40)}": [r.cache_bytes for r in analyze_lengths(c.spec, lens, batch=batch,
+                                                                                      dtype=dtype)]
+            for c in chosen}
+    fig = memory_figure(lens, data, batch, dtype, ssm_states=any(has_ssm_states(c.spec) for c in chosen))
+    fig.axes[0].set_title("cache bytes of the front against context length")
+    save_figure(fig, path)
 
 
 def plot_accuracy(cands: list[Candidate], path: str, task: str = "probe") -> None:
