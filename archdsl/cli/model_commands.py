@@ -109,11 +109,11 @@ def cmd_run(args):
             cache = model.init_cache(args.batch, max_len=args.prompt_len + args.gen)
         if args.warmup:  # the first calls compile the Triton kernels and fill the allocator: not timed
             spare = model.init_cache(args.batch, max_len=args.prompt_len + 2)
-            model.step(sample(model(ids, spare)[:, -1], 0), spare)
+            model.step(sample(model(ids, spare, logits_to_keep=1)[:, -1], 0), spare)
             del spare
         sync()
         t0 = time.perf_counter()
-        logits = model(ids, cache)[:, -1]
+        logits = model(ids, cache, logits_to_keep=1)[:, -1]
         sync()
         t_prefill = time.perf_counter() - t0
         steps = range(args.gen)

@@ -89,7 +89,7 @@ def _decode(model, input_ids, max_new_tokens, temperature, top_k, gen, attention
                 if eos is not None else "")
         raise ArchDSLError(f"generate: {e.message.split(': ', 1)[-1]}: it holds the prompt's {L:,} tokens and "
                            f"max_new_tokens {max_new_tokens:,} ({why})") from None
-    logits = model(input_ids, cache, attention_mask=attention_mask)[:, -1]
+    logits = model(input_ids, cache, attention_mask=attention_mask, logits_to_keep=1)[:, -1]
     out = [input_ids]
     seen = None
     if repetition_penalty is not None and repetition_penalty != 1:

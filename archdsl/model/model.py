@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from ..atomic import atomic_dir, cannot_write, check_control
 from ..blocks.base import INJECT
-from ..errors import ArchDSLError, check_flag, check_path, out_of_memory
+from ..errors import ArchDSLError, check_flag, check_path, out_of_memory, shown
 from ..graph import layers as graph_layers
 from ..units import human
 from .companions import write_companions
@@ -267,13 +267,15 @@ class ArchModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
                 logits_mask: torch.Tensor | None = None, seq_idx: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
         """input_ids [B, L] (int64 or int32) → logits [B, L, V] in the model's dtype; sets self.aux_loss (sum of MoE
         balancing losses). cache (init_cache(B)): takes the L tokens' states and advances by L, for step or another
         forward to continue from (prefill); a cache that already holds tokens is continued in parallel, the chunk
         attending over the cached keys and its own in one call (a static cache's zamba block steps through it).
         logits_mask [B, L] bool: only the logits of the True positions, [n, V] in row-major order
         (a loss that scores a few positions skips the head's [B, L, V] product and its memory).
+        logits_to_keep (transformers' argument): 0 for every position's logits, else only the last N positions',
+        [B, min(N, L), V] (a prefill that samples from its last token: [B, 1, V] with 1, not [B, L, V]).
         seq_idx [B, L] integers: packed sequences, a new one wherever the value changes (mamba_ssm's
         convention); every token gets the logits it would have alone (model/packed.py; no cache).
         attention_mask [B, L] bool or 0/1 (HF's): left-padded rows, 0 at the pads, all before the row's tokens;
@@ -292,6 +294,11 @@ class ArchModel(nn.Module):
             if logits_mask.is_meta:
                 raise ArchDSLError("forward: logits_mask on the meta device: the rows it picks are in its values, "
                                    "which a meta tensor does not hold")
+        if not isinstance(logits_to_keep, numbers.Integral) or isinstance(logits_to_keep, bool) or logits_to_keep < 0:
+            raise ArchDSLError(f"forward: logits_to_keep must be an int >= 0 (0: every position's logits), got "
+                               f"{shown(logits_to_keep)}")
+        if logits_to_keep and logits_mask is not None:
+            raise ArchDSLError("forward: logits_mask and logits_to_keep each pick the positions to score; give one")
         packed = self._padded("forward", attention_mask, input_ids, cache, seq_idx)
         if packed is None:
             packed = self._packed(seq_idx, input_ids, cache)
@@ -309,6 +316,8 @@ class ArchModel(nn.Module):
             cache.pos += input_ids.shape[1]
         if logits_mask is not None:
             x = x[logits_mask]
+        elif logits_to_keep:
+            x = x[:, -logits_to_keep:]
         return self.lm_head(x)
 
     def _packed(self, seq_idx, input_ids, cache):

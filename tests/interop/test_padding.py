@@ -34,7 +34,7 @@ FAMILIES = {
                         mamba_num_heads=8, mamba_head_dim=8, n_groups=2, chunk_size=8, num_attention_heads=4,
                         num_key_value_heads=2, head_dim=8, intermediate_size=64, n_routed_experts=4,
                         num_experts_per_tok=2, moe_intermediate_size=16, moe_shared_expert_intermediate_size=24)),
-}  # RWKV (v4) is left out: transformers' RWKV ignores attention_mask (archdsl pads RWKV-4 with k = -inf)
+}  # RWKV (v4) is left out: transformers' RWKV ignores attention_mask (archdsl's RWKV-4 restarts its WKV at the prompt)
 
 
 def hf_generate(model, ids, mask, n):

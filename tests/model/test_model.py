@@ -183,6 +183,34 @@ def test_logits_mask_gives_the_masked_rows():
             m(x, logits_mask=bad)
 
 
+def test_logits_to_keep_scores_the_last_positions_and_generate_its_last_alone():
+    """generate's prefill ran the head at every prompt position, [B, L, V] (781 MiB at vocab 50k, 2 × 2048 tokens,
+    float32) to read the last; transformers' logits_to_keep scores the last N, and generate keeps 1."""
+    m = archdsl.compile(archdsl.parse("mamba, attn, moe every 1", d_model=16, vocab_size=64, blocks=SMALL),
+                        dtype=torch.float64, seed=0)
+    x = torch.randint(64, (3, 11))
+    full = m(x)
+    for n in (1, 4, 11, 40):
+        torch.testing.assert_close(m(x, logits_to_keep=n), full[:, -n:], rtol=1e-12, atol=1e-12)
+    assert torch.equal(m(x, logits_to_keep=0), full)
+    for bad in (-1, 1.0, True, "1", None):
+        with pytest.raises(ArchDSLError, match="forward: logits_to_keep must be an int >= 0"):
+            m(x, logits_to_keep=bad)
+    with pytest.raises(ArchDSLError, match="logits_mask and logits_to_keep each pick"):
+        m(x, logits_mask=torch.ones_like(x, dtype=torch.bool), logits_to_keep=1)
+    heads = []
+    handle = m.lm_head.register_forward_hook(lambda mod, args, out: heads.append(tuple(out.shape)))
+    try:
+        mask = torch.ones_like(x)
+        mask[0, :3] = 0
+        out = m.generate(x, 3, attention_mask=mask)
+    finally:
+        handle.remove()
+    assert heads[0] == (3, 1, 64) and len(heads) == 3, heads  # the prefill's last position, then 2 steps
+    alone = m.generate(x[1:], 3)
+    assert torch.equal(out[1:], alone)
+
+
 def test_save_load_bitwise(tmp_path):
     spec = archdsl.parse("mamba2, attn(shared)+moe, mamba, attn(shared)", d_model=16, vocab_size=37, blocks=SMALL)
     model = archdsl.compile(spec, dtype=torch.float32, seed=3)

@@ -148,7 +148,7 @@ class ChannelMix(nn.Module):
     """RWKV channel-mix. Version 4: transformers' RwkvFeedForward (time_mix_key,
     time_mix_receptance); version 6: the Finch RWKV6FeedForward (time_maa_k, time_maa_r)."""
     PACKS = True  # packed sequences (model/packed.py): the token shift reads zeros at every sequence's start
-    PADS = True  # left padding too (RWKV-4's time-mix does not take it: no input leaves its WKV state unchanged)
+    PADS = True  # left padding too: the token shift reads zeros at the prompt's first token
 
     def __init__(self, cfg):
         super().__init__()
