@@ -307,6 +307,12 @@ def test_convert_output_paths(tmp_path, capsys):
 def test_convert_megatron(capsys):
     code, out, _ = run("convert", "--from", "megatron", "M-M*-", capsys=capsys)
     assert code == 0 and "layout:" in out
+    assert out.startswith("# From a Megatron-Core hybrid pattern") and "--hidden-size: d_model" in out
+    # a pattern starting with '-' (an MLP) is the pattern, not an option (argparse had 'required: input')
+    code, out, err = run("convert", "--from", "megatron", "-M-M", capsys=capsys)
+    assert code == 0 and "layout: 2×(mlp, mamba2)" in out, err
+    code, out, err = run("convert", "--from", "megatron", "--M", "--name", "n", capsys=capsys)
+    assert code == 0 and "layout: 2×mlp, mamba2" in out and "name: n" in out, err
     code, _, err = run("convert", "--from", "megatron", "M-Q", capsys=capsys)
     assert code == 2 and "Q" in err
 
@@ -917,7 +923,7 @@ def test_convert_puts_a_bad_name_down_to_name(tmp_path, capsys):
         assert code == 2 and out == ""
         assert err == "error: --name: must be one line without control characters, got 'a\\nb'\n"
     code, out, _ = run("convert", "--from", "megatron", "M-", "--name", "é 名前", capsys=capsys)
-    assert code == 0 and out.startswith("name: é 名前\n")
+    assert code == 0 and "\nname: é 名前\n" in out
 
 
 def test_a_setting_with_a_line_break_is_refused_on_one_line(capsys):

@@ -6,15 +6,19 @@ that tiny model (built for real on the CPU); the reference configs likewise on t
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
 
+import archdsl
 from archdsl.convert.hf import hf_config_to_spec
 from archdsl.convert.megatron import pattern_layers, pattern_to_layout
 from archdsl.errors import ArchDSLError
 from hf_util import hf_count, hf_model, spec_params, transformers
 from test_reference_counts import NEMOTRON_PATTERN, REFERENCES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = {
     "mamba": ("MambaConfig", "MambaForCausalLM",
@@ -263,7 +267,6 @@ def test_convert_never_replaces_a_file(tmp_path, capsys, monkeypatch):
 def test_every_path_names_the_spec_alike(tmp_path, capsys):
     """`convert --from hf DIR` named the spec by model_type, from_hf(DIR) by the directory: now both by the
     config's _name_or_path (its last part), else the directory; --name / name= first."""
-    import archdsl
     from archdsl.cli import main
 
     d = tmp_path / "my-mamba"
@@ -282,7 +285,6 @@ def test_every_path_names_the_spec_alike(tmp_path, capsys):
 @pytest.mark.parametrize("given", ["/", "//", ".", "./", "models/.."])
 def test_a_name_or_path_without_a_last_part_names_the_spec_by_its_directory(tmp_path, capsys, given):
     """As documented: "/" named the spec after its model_type ("mamba"), "." and ".." were names themselves."""
-    import archdsl
     from archdsl.cli import main
 
     d = tmp_path / "my-mamba"
@@ -340,8 +342,46 @@ def test_megatron_bad_character():
         pattern_to_layout("MM-x*")
     assert "position 3" in str(e.value) and "valid characters" in str(e.value)
     assert e.value.col == 4
-    with pytest.raises(ArchDSLError):
-        pattern_to_layout("")
+    for empty, why in (("", "empty hybrid pattern"), ("||", "has no layer"), ("|/MM", "has no layer before its '/'")):
+        with pytest.raises(ArchDSLError, match=why):
+            pattern_to_layout(empty)
+
+
+def test_megatron_pipeline_marks_and_mtp_layers():
+    """Megatron's `|` (a pipeline stage's end) and `/` (the multi-token-prediction layers follow) were 'bad
+    characters'; `|` adds no layer, the MTP part is left out with a warning."""
+    import warnings
+
+    from archdsl.errors import ArchDSLWarning
+
+    assert pattern_to_layout("M-M-|M-M*-") == pattern_to_layout("M-M-M-M*-")
+    with pytest.warns(ArchDSLWarning, match=r"multi-token-prediction layers after its first '/' \('MM/MM'\)"):
+        assert pattern_layers("M*|M*/MM/MM") == ["mamba2", "attn", "mamba2", "attn"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pattern_layers("M-|M-")
+
+
+@pytest.mark.parametrize("ch, name", [("G", "Gated DeltaNet"), ("D", "DeepSeek sparse attention"),
+                                      ("+", "multi-latent attention")])
+def test_megatron_layers_archdsl_lacks_are_named(ch, name):
+    with pytest.raises(ArchDSLError, match=f"is Megatron's {name}") as e:
+        pattern_to_layout(f"MM{ch}-")
+    assert e.value.col == 3
+
+
+def test_megatron_spec_takes_megatrons_hybrid_defaults():
+    """The converted spec had archdsl's defaults where Megatron's hybrid model differs: one Mamba group, not 8;
+    RoPE, where its attention has no positional encoding. Only the kinds the pattern has get an entry."""
+    from archdsl.convert.megatron import pattern_to_spec
+
+    assert pattern_to_spec("M*-", "x") == {"name": "x", "layout": "mamba2, attn, mlp", "blocks": {
+        "mamba2": {"ngroups": 8, "chunk_size": 128}, "attn": {"rope": False}}}
+    assert pattern_to_spec("-E") == {"name": "megatron-hybrid", "layout": "mlp, moe"}
+    spec = archdsl.load_spec(os.path.join(ROOT, "specs", "nemotron-h-8b.yaml"))  # Nemotron-H keeps them
+    ours = pattern_to_spec(NEMOTRON_PATTERN)
+    assert ours["layout"] == spec.layout_text
+    assert all(spec.blocks[kind][k] == v for kind, args in ours["blocks"].items() for k, v in args.items())
 
 
 def test_garbage_config_fields_only_raise_archdsl_error():

@@ -25,7 +25,7 @@ from . import dump_command  # noqa: F401, I001
 from . import model_commands  # noqa: F401, I001
 from . import generate_command  # noqa: F401, I001
 from . import train_commands  # noqa: F401, I001
-from .common import ARGS, COMMANDS
+from .common import ARGS, COMMANDS, NEGATIVE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (fn, help, doc) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=doc)
+        # a value starting -<digit> is a value (`--seq-lens -1k`: the count's own error, not argparse's 'expected
+        # one argument'), as Python 3.13's argparse reads it; no option of ours starts so (a command may widen it)
+        p._negative_number_matcher = re.compile(NEGATIVE)
         ARGS.get(name, lambda p: None)(p)
         p.set_defaults(fn=fn)
-        # a value starting -<digit> is a value (`--seq-lens -1k`: the count's own error, not argparse's 'expected
-        # one argument'), as Python 3.13's argparse reads it; no option of ours starts so
-        p._negative_number_matcher = re.compile(r"-\.?\d")
     return parser
 
 

@@ -10,6 +10,7 @@ from ..units import plural
 
 COMMANDS = {}  # name → (function, one-line help, description)
 ARGS = {}  # name → the function that adds the command's arguments to its parser
+NEGATIVE = r"-\.?\d"  # what argparse takes for a value though it starts with '-' (build_parser sets it)
 
 
 def command(name: str, help: str):

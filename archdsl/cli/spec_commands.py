@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import unicodedata
 
@@ -11,7 +12,7 @@ from ..atomic import check_output, check_output_dir
 from ..errors import ArchDSLError
 from ..spec import Spec
 from ..units import count, count_text, human, parse_count, plural
-from .common import (ARGS, add_set, add_spec, add_ssm_state_dtype, cache_dtype_arg, check_apart, command,
+from .common import (ARGS, NEGATIVE, add_set, add_spec, add_ssm_state_dtype, cache_dtype_arg, check_apart, command,
                      model_dtype, read_spec, table)
 
 
@@ -226,12 +227,11 @@ def cmd_convert(args):
         print(f"wrote {args.output} ({plural(model.num_params(), 'parameter')})", file=sys.stderr)
         return
     if args.source == "megatron":
-        from ..convert.megatron import pattern_to_layout
+        from ..convert.megatron import NOTE, pattern_to_spec
         from ..spec import spec_from_yaml
         from ..yamlio import dump_yaml
 
-        data = {"name": args.name or "megatron-hybrid", "layout": pattern_to_layout(args.input)}
-        text = dump_yaml(data)
+        text = NOTE + dump_yaml(pattern_to_spec(args.input, args.name or "megatron-hybrid"))
         spec_from_yaml(text, file="<converted>").graph  # refuse to write what would not load
     else:
         from ..convert.hf import convert_config
@@ -250,10 +250,15 @@ def cmd_convert(args):
 
 
 def _add_convert(p):
+    # a Megatron pattern starting with '-' (an MLP layer) is INPUT, not an option: no option has its characters
+    p._negative_number_matcher = re.compile(NEGATIVE + r"|-[-M*E|/GD+]*[M*E|/GD+]")
     p.add_argument("--from", dest="source", required=True, choices=["megatron", "hf"],
-                   help="what INPUT is: megatron, a Megatron-LM hybrid override pattern (M mamba2, * attn, - mlp, "
-                        "E moe); hf, a Hugging Face config.json or model directory")
-    p.add_argument("input", help="the Megatron pattern (e.g. 'M-M*-') or a config.json / model directory")
+                   help="what INPUT is: megatron, a Megatron-Core hybrid layer pattern (--hybrid-layer-pattern, "
+                        "formerly --hybrid-override-pattern: M mamba2, * attn, - mlp, E moe, | a pipeline stage's "
+                        "end; the MTP layers after / are left out), its layout with Megatron's hybrid defaults and "
+                        "archdsl's sizes; hf, a Hugging Face config.json or model directory")
+    p.add_argument("input", help="the Megatron pattern (e.g. 'M-M*-'; one starting with '-' too) or a config.json / "
+                                 "model directory")
     p.add_argument("--name", help="the spec's name (default: megatron-hybrid; for hf, the last part of the "
                                   "config's _name_or_path, else the directory's name)")
     p.add_argument("-o", "--output",
