@@ -67,6 +67,15 @@ def _window(text: str, at: int, width: int) -> tuple[str, int, int]:
     return shown_text, at - start + (1 if start else 0), max(1, min(width, end - at))
 
 
+def _cells(c: str) -> int:
+    """The terminal columns character `c` takes: 2 for a wide one (CJK), 0 for a combining mark or a zero-width
+    format character, else 1 (an unassigned one too: Unicode calls U+FFFE wide)."""
+    category = unicodedata.category(c)
+    if unicodedata.combining(c) or category in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if category != "Cn" and unicodedata.east_asian_width(c) in ("W", "F") else 1
+
+
 def _line_col(text: str, offset: int) -> tuple[int, int]:
     """1-based (line, col) of character `offset` of `text`."""
     line_start = text.rfind("\n", 0, offset) + 1
@@ -109,7 +118,8 @@ class ArchDSLError(Exception):
             end_line, end_col = source.locate(end if end is not None else start + 1)
             width = max(1, end_col - self.col) if end_line == self.line else 1
             text, at, width = _window("".join(_visible(c) for c in source.line_text(self.line)), self.col - 1, width)
-            pad = "".join(c if c == "\t" else " " for c in text[:at])  # tabs kept, so the caret lines up
+            pad = "".join(c if c == "\t" else " " * _cells(c) for c in text[:at])  # tabs kept: the caret lines up
+            width = max(1, sum(_cells(c) for c in text[at:at + width]))
             self.excerpt = f"  {text}\n  {pad}^{'~' * (width - 1)}"
         super().__init__(self.render())
 

@@ -26,7 +26,7 @@ from .blocks import BLOCKS, arg_names, make_config, type_hints
 from .blocks.base import FFN, INJECT, MIXER, BlockConfig, ConfigError
 from .errors import ArchDSLError, clipped, did_you_mean, shown
 from .language.ast import NOSPAN, Block, Group, Layer, Repeat, Span
-from .language.fmt import _KEYWORDS, _NAME, format_layout, format_modifier
+from .language.fmt import _KEYWORDS, _NAME, format_layout, format_modifier, format_value
 from .spec import MAX_PARAMS
 from .units import sci
 
@@ -113,9 +113,12 @@ def apply_modifiers(g: nx.DiGraph) -> nx.DiGraph:
     roles = []
     for mod in mods:  # the errors, in the order the modifiers are written
         if mod.at is not None and max(mod.at) >= n:
-            raise spec.layout_error(f"`at {max(mod.at)}`: the layout has only {n} layer{'s' if n > 1 else ''} "
+            past = " ".join(str(i) for i in mod.at if i >= n)
+            raise spec.layout_error(f"`at {clipped(past)}`: the layout has only {n} layer{'s' if n > 1 else ''} "
                                     f"(indices 0..{n - 1})", mod)
-        roles.append(_resolve_kind(spec, mod.block)[1])
+        kind, role = _resolve_kind(spec, mod.block)
+        _config(spec, mod.block, kind)  # checked here: a later modifier may overrule it on every layer it selects
+        roles.append(role)
         if mod.every is not None and _first(mod) >= n:
             raise spec.layout_error(f"`{_written(spec, mod)}` selects no layer: it picks layer {_first(mod)} first, "
                                     f"and the layout has only {n} layer{'s' if n > 1 else ''} (indices 0..{n - 1})",
@@ -135,8 +138,8 @@ def apply_modifiers(g: nx.DiGraph) -> nx.DiGraph:
         node = g.nodes[layer_id(i)]
         picks = sorted(by_role.values())  # in the order the modifiers apply
         key = (tuple(map(id, node["sublayers"])), tuple(picks))
-        if key not in done:
-            kept = [s for s in node["sublayers"] if _resolve_kind(spec, s.block, layer=i)[1] not in by_role]
+        if key not in done:  # the layer as written is checked first: what a modifier replaces must be right too
+            kept = [s for s, r in zip(node["sublayers"], _resolved(spec, node["sublayers"], i)) if r.role not in by_role]
             done[key] = tuple(kept + [new[k] for k in picks])
         node["sublayers"] = done[key]
     g.graph["stage"] = "apply_modifiers"
@@ -175,7 +178,9 @@ def resolve_blocks(g: nx.DiGraph) -> nx.DiGraph:
     return g
 
 
-def _resolve_layer(spec, sublayers: tuple[Sublayer, ...], default_ffn: Block | None, i: int) -> tuple[Sublayer, ...]:
+def _resolved(spec, sublayers: tuple[Sublayer, ...], i: int) -> list[Sublayer]:
+    """Layer i's sublayers with their kinds, roles and configs, in their order; ArchDSLError for a bad block or
+    argument, or two blocks of one role."""
     subs = []
     for s in sublayers:
         kind, role = _resolve_kind(spec, s.block, layer=i)
@@ -186,6 +191,12 @@ def _resolve_layer(spec, sublayers: tuple[Sublayer, ...], default_ffn: Block | N
             s = [x for x in subs if x.role == role][1]
             raise spec.layout_error(f"a layer can hold one {role} block, this one has {roles.count(role)}", s.block,
                                     layer=i)
+    return subs
+
+
+def _resolve_layer(spec, sublayers: tuple[Sublayer, ...], default_ffn: Block | None, i: int) -> tuple[Sublayer, ...]:
+    subs = _resolved(spec, sublayers, i)
+    roles = [s.role for s in subs]
     if default_ffn is not None and MIXER in roles and FFN not in roles:
         kind, _ = _resolve_kind(spec, default_ffn)
         subs.append(Sublayer(name=spec.ffn, block=default_ffn, kind=kind, role=FFN,
@@ -394,12 +405,17 @@ def _join(spec, s: Sublayer, first: dict[str, Sublayer], layer: int) -> Sublayer
         f = first[group]
         a, b = f.config.resolved(), s.config.resolved()
         why = "are different kinds of block" if f.kind != s.kind else \
-            "differ in " + ", ".join(f"{k} ({shown(a[k])} and {shown(b[k])})" for k in a if a[k] != b[k])
+            "differ in " + ", ".join(f"{k} ({_as_written(a[k])} and {_as_written(b[k])})" for k in a if a[k] != b[k])
         raise spec.layout_error(
             f"shared group {shown(group)} joins blocks of different configurations: "
             f"{clipped(f.kind + _args(f.config))} and {clipped(s.kind + _args(s.config))} {why}", s.block, layer=layer)
     first.setdefault(group, s)
     return replace(s, group=group)
+
+
+def _as_written(value) -> str:
+    """An argument's value as a layout writes it where it has a word for it (`none`, `true`), else shown."""
+    return format_value(value) if value is None or isinstance(value, bool) else shown(value)
 
 
 def _args(config: BlockConfig) -> str:

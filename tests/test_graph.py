@@ -330,6 +330,23 @@ def test_modifiers_apply_as_if_one_after_another(items, mods):
     assert [[s.name for s in subs] for subs in layers(g)] == _modifiers_one_by_one(spec)
 
 
+@pytest.mark.parametrize("layout, error", [
+    ("mamba2(bogus=1), attn every 1", r"1:8: mamba2: unknown argument 'bogus'"),
+    ("mamba2(d_state=0), attn every 1", r"1:8: mamba2: d_state must be positive, got 0"),
+    ("2×mamba2+mlp(act=nope), moe every 1", r"1:14: mlp: act must be one of"),
+    ("mamba2+attn, mamba every 1", r"1:8: a layer can hold one mixer block, this one has 2"),
+    ("mlp+moe, cmix every 1", r"1:5: a layer can hold one ffn block, this one has 2"),
+    ("4×mamba2, attn(bogus=1) every 2, mamba every 1", r"1:16: attn: unknown argument 'bogus'"),
+    ("4×mamba2, attn(heads=0) at 1, mamba every 1", r"1:16: attn: heads must be positive, got 0"),
+])
+def test_what_a_modifier_replaces_is_checked_as_written(layout, error):
+    """A modifier dropped the sublayers of its role before any was checked: `mamba2(bogus=1), attn every 1` passed
+    check and fmt, and so did a layer of two mixers that a mixer modifier covered, and a modifier that a later one
+    overrules on every layer it selects."""
+    with pytest.raises(archdsl.ArchDSLError, match=r"^<layout>:" + error):
+        archdsl.parse(layout).graph
+
+
 def test_many_modifiers_on_many_layers_apply_in_linear_time():
     """Every modifier asked every layer whether it selects it: 20 000 layers and 1000 modifiers (a 13 KB layout)
     took a minute, 4000 of them several. Each selection is now read once, from the last modifier of a role."""

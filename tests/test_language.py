@@ -549,7 +549,7 @@ GOLDEN = {
         "  mamba2+\n"
         "         ^",
     "8×mamba, moe every":
-        "<layout>:1:19: unexpected end of the layout; expected a number after 'every'\n"
+        "<layout>:1:19: unexpected end of the layout; expected a whole number after 'every'\n"
         "  8×mamba, moe every\n"
         "                    ^",
     "8×mamba, moe every 2 3":
@@ -881,3 +881,42 @@ def test_a_count_without_its_sign_is_still_said_so(text):
     assert "a count needs a repetition sign after it" in error(text)
     assert parse_layout("1_000×mamba2, attn(heads=1_6, rope_theta=1_0.0_5)") == \
         parse_layout("1000×mamba2, attn(heads=16, rope_theta=10.05)")
+
+
+@pytest.mark.parametrize("layout", ["(mamba2, moe every 2)", "4×mamba2, 2×moe every 2", "moe+mlp every 2",
+                                    "(mamba2, attn at 1)"])
+def test_a_modifier_inside_a_group_says_where_modifiers_go(layout):
+    """`(mamba2, moe every 2)` said only "unexpected 'every'; expected '(', '+', ',' or ')' after 'moe'"."""
+    with pytest.raises(ArchDSLError, match=r"a modifier \(`moe every 2`, `attn at 3 7`\) is an entry of its own after "
+                                           r"the layers: one block, outside parentheses and repeats"):
+        archdsl.parse(layout)
+
+
+def test_a_selection_takes_whole_numbers():
+    for layout, col in (("4×mamba2, moe every 2.0", 21), ("4×mamba2, moe at 1.0", 18),
+                        ("4×mamba2, moe every 2 offset 1.0", 30)):
+        with pytest.raises(ArchDSLError, match="; expected a whole number after") as e:
+            archdsl.parse(layout)
+        assert e.value.col == col, layout
+
+
+def test_at_past_the_layers_names_each_index_past_them():
+    with pytest.raises(ArchDSLError, match=r"`at 7 9`: the layout has only 4 layers \(indices 0..3\)"):
+        archdsl.parse("4×mamba2, moe at 1 2 7 9").graph
+
+
+@pytest.mark.parametrize("before, cells", [('"注意力"', 8), ('"e\u0301"', 3), ('"é"', 3), ('"a\u200bb"', 4)])
+def test_the_caret_counts_terminal_columns(before, cells):
+    """The caret's line had one space a character: after CJK (two columns each) it stood left of the token, after a
+    combining mark right of it. line:col still count characters."""
+    layout = f"2×mamba2(shared={before}), mamab2"
+    with pytest.raises(ArchDSLError) as e:
+        archdsl.parse(layout).graph
+    text, caret = e.value.excerpt.split("\n")
+    assert caret == "  " + " " * (len("2×mamba2(shared=") + cells + len("), ")) + "^~~~~~", (text, caret)
+    assert e.value.col == layout.index("mamab2") + 1
+
+
+def test_a_shared_groups_conflict_writes_none_as_the_layout_does():
+    with pytest.raises(ArchDSLError, match=r"differ in window \(512 and none\)\n"):
+        archdsl.parse("attn(shared, window=512), attn(shared)").graph

@@ -13,6 +13,7 @@ import dataclasses
 import json
 
 from ..errors import ArchDSLError, did_you_mean, finite
+from ..units import plural
 from .common import ARGS, COMMANDS, add_spec, command, read_spec
 
 # the help names them before any module of the pipeline is asked; test_dump checks these against graph.PASSES
@@ -127,8 +128,9 @@ def graph_lines(g) -> list[str]:
     from ..graph import num_layers
 
     groups = "; ".join(f"{k}: layers {' '.join(map(str, v))}" for k, v in g.graph["groups"].items())
-    lines = [f"# {g.graph['spec'].name} after {g.graph['stage']}: {g.number_of_nodes()} nodes ({num_layers(g)} "
-             f"layers), {g.number_of_edges()} edges" + (f"; sharing groups {groups}" if groups else "")]
+    lines = [f"# {g.graph['spec'].name} after {g.graph['stage']}: {g.number_of_nodes()} nodes "
+             f"({plural(num_layers(g), 'layer')}), {g.number_of_edges()} edges"
+             + (f"; sharing groups {groups}" if groups else "")]
     rows = []
     for n, attrs in g.nodes(data=True):
         body = ""

@@ -344,7 +344,7 @@ def _describe_expected(expected: set[str], prev: Token | None) -> str:
             words.append("a block name" if block_context else "an argument name")
         elif kind in ("REPEAT", "INT"):
             if "a number" not in words:
-                words.append("a number")
+                words.append("a number" if "REPEAT" in expected else "a whole number")
         elif kind == "$END":
             words.append("the end of the layout")
         elif kind in ("EVERY", "AT", "OFFSET") and "NAME" in expected and "REPEAT" not in expected \
@@ -441,6 +441,9 @@ def _explain(text: str, e: UnexpectedInput) -> tuple[str, int, int]:
             return (f"a count needs a repetition sign after it, as in {n}×mamba2", pos, tok.end_pos)
         if expected:
             message += f"; expected {expected}{_after(prev)}"
+        if tok.type in ("EVERY", "AT") and "NAME" not in expected_set:  # `(mamba2, moe every 2)`, `2×moe every 2`
+            message += ("; a modifier (`moe every 2`, `attn at 3 7`) is an entry of its own after the layers: one "
+                        "block, outside parentheses and repeats")
         end = tok.end_pos if tok.end_pos is not None else pos + 1
         return message, pos, max(end, pos + 1)
     if isinstance(e, UnexpectedEOF):
