@@ -40,7 +40,8 @@ def compile(spec, **kwargs):  # noqa: A001 - the verb the field uses
 def load(path, **kwargs):
     """Load a model saved with ArchModel.save(dir), with its weights and dtype: an ArchModel in eval mode.
 
-    load(path, device="cpu", dtype=None, cuda_graph=None, **compile's other keywords); see archdsl.model.load."""
+    load(path, device="cpu", dtype=None, cuda_graph=None, fuse=True, ssm_state_dtype=None, seed=0): the last three
+    are compile's; see archdsl.model.load."""
     from .model import load as _load
 
     return _load(check_path("load", path, "directory's path"), **kwargs)

@@ -396,7 +396,18 @@ def load_spec(spec: str | os.PathLike) -> Spec:
     if _PATH_LIKE.match(text):
         raise ArchDSLError(f"no such spec file or saved-model directory: {text} (nor a layout: '/' and '\\' "
                            f"stand in no layout outside its strings)")
+    if _NAME_LIKE.match(text):  # `mamba2-2.7b`: a spec's name, which no layout reads as (a '-' or '.' outside `()`)
+        try:
+            return parse(text)
+        except ArchDSLError:
+            published = os.path.join("specs", text + ".yaml")
+            raise ArchDSLError(f"no such spec file, saved-model directory or layout: {text}",
+                               hint=f"the spec file is {published}" if os.path.isfile(published) else
+                               "a spec file is given by its path, e.g. specs/NAME.yaml") from None
     return parse(text)
+
+
+_NAME_LIKE = re.compile(r"[A-Za-z_][\w+]*(?:[-.][\w+]+)+\Z")  # a file's name: `jamba-v0.1`, `mamba2-2.7b`
 
 
 def _both(text: str) -> bool:

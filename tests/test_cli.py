@@ -1360,3 +1360,25 @@ def test_a_hugging_face_directory_is_refused_with_the_command_that_converts_it(c
     assert run(*argv, capsys=capsys)[0] == 0
     assert run("show", str(tmp_path / "spec.yaml"), capsys=capsys)[0] == 0
     assert not (tmp_path / "c").exists() and not (tmp_path / "e").exists()
+
+
+def test_a_specs_bare_name_points_at_its_file(capsys, monkeypatch, tmp_path):
+    """`archdsl show mamba2-2.7b` (the name the docs' tables give) said `unexpected number -2.7; expected '(' ...`."""
+    monkeypatch.chdir(ROOT)
+    for name in ("mamba2-2.7b", "jamba-v0.1"):
+        code, out, err = run("show", name, capsys=capsys)
+        assert code == 2 and out == ""
+        assert err == (f"error: no such spec file, saved-model directory or layout: {name}; the spec file is "
+                       f"specs/{name}.yaml\n"), err
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run("show", "my-model", capsys=capsys)
+    assert code == 2 and err.endswith("layout: my-model; a spec file is given by its path, e.g. specs/NAME.yaml\n")
+    assert run("show", "mamba2", capsys=capsys)[0] == 0
+
+
+def test_export_says_the_output_as_given(capsys, monkeypatch, tmp_path):
+    """export printed `wrote /abs/path/out`, where compile, convert and graph print -o as it was given."""
+    monkeypatch.chdir(tmp_path)
+    assert run("compile", "mamba2", "--set", "d_model=32", "--set", "vocab_size=64", "-o", "m", capsys=capsys)[0] == 0
+    code, _, err = run("export", "m", "--to", "hf", "-o", "hf", capsys=capsys)
+    assert code == 0 and err.splitlines()[-1] == "wrote hf", err

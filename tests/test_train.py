@@ -1214,8 +1214,23 @@ def test_token_file_options_are_named(tmp_path, capsys):
                           (f"{tokens},eos", "expected an option KEY=VALUE")):
         err = refused(capsys, [*base, data], message)
         assert "no such data file" not in err, err
-    refused(capsys, [*base, str(tmp_path / "nope.bin") + ",foo=1"], "no such data file")
+    # the file named alone where it is missing (it was 'no such data file: nope.bin,foo=1')
+    err = refused(capsys, [*base, str(tmp_path / "nope.bin") + ",foo=1"], f"no such data file: {tmp_path / 'nope.bin'}")
+    assert "nope.bin,foo=1': no such" in err and "file: " + str(tmp_path / "nope.bin,") not in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_tasks_unknown_argument_suggests_the_short_keys_too():
+    """`mqar:sq=32` listed only the long names (num_kv_pairs, ..., seq_len), never `seq`, which the docs use."""
+    from archdsl.train.data import parse_data
+
+    with pytest.raises(archdsl.ArchDSLError, match=r"unknown argument 'sq' of mqar; did you mean 'seq'"):
+        parse_data("mqar:sq=32", 1000)
+    with pytest.raises(archdsl.ArchDSLError, match=r"unknown argument 'bogus' of mqar; valid names: num_kv_pairs, "
+                                                   r"pairs, "):
+        parse_data("mqar:pairs=4,bogus=1", 1000)
+    with pytest.raises(archdsl.ArchDSLError, match=r"unknown argument 'noise' of selective_copying"):  # noisy_recall's
+        parse_data("selective_copying:noise=0.1", 1000)
 
 
 def test_resume_without_the_runs_set_names_it(tmp_path, capsys):

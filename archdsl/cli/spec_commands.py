@@ -288,8 +288,8 @@ def cmd_export(args):
         if args.model_type not in FAMILIES:
             raise ArchDSLError(f"--model-type: archdsl exports no model_type {args.model_type!r}",
                                hint=did_you_mean(args.model_type, FAMILIES))
-    out = export_hf(args.input, args.output, model_type=args.model_type)
-    print(f"wrote {out}", file=sys.stderr)
+    export_hf(args.input, args.output, model_type=args.model_type)
+    print(f"wrote {args.output}", file=sys.stderr)  # as given, as compile's and convert's lines say it
 
 
 HF_FILES = frozenset({"config.json", "model.safetensors"})  # what export_hf writes

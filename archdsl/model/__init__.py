@@ -144,10 +144,12 @@ def _float32_default():
         torch.set_default_dtype(was)
 
 
-def load(path, device="cpu", dtype=None, cuda_graph: bool | None = None, **kwargs) -> ArchModel:
+def load(path, device="cpu", dtype=None, cuda_graph: bool | None = None, fuse: Fuse = True,
+         ssm_state_dtype=None, seed: int = 0) -> ArchModel:
     """A model saved with ArchModel.save(path) (a str or os.PathLike): its spec, weights and (unless given)
-    dtype, in eval mode, with the tokenizer and generation files saved beside them (model.companions). The other arguments are compile's (fuse, ssm_state_dtype; a seed is overwritten by the
-    weights); the model is built on the CPU, then moved to `device`."""
+    dtype, in eval mode, with the tokenizer and generation files saved beside them (model.companions). fuse and
+    ssm_state_dtype are compile's (a seed is too, and the weights overwrite what it draws); the model is built on
+    the CPU, then moved to `device`."""
     from safetensors import safe_open
 
     cuda_graph = check_flag("load", "cuda_graph", cuda_graph, none_ok=True)
@@ -164,7 +166,7 @@ def load(path, device="cpu", dtype=None, cuda_graph: bool | None = None, **kwarg
     with safe_open(weights, framework="pt") as f:
         tensors = {n: f.get_tensor(n) for n in f.keys()}
     model = compile(os.path.join(path, "spec.yaml"), device="cpu", dtype=resolve_dtype(dtype or saved_dtype(path)),
-                    **kwargs)
+                    seed=seed, fuse=fuse, ssm_state_dtype=ssm_state_dtype)
     load_weights(model, tensors, source=weights)
     model.companions = read_companions(path)
     dev = check_device(device, model.dtype)

@@ -130,6 +130,12 @@ def _task(text: str, seq_len: int | None, vocab_size: int):
             raise ArchDSLError(f"--data {text!r} has seq={kwargs['seq_len']} but --seq-len is {seq_len}")
         kwargs["seq_len"] = seq_len
     cls = TASKS[ALIASES.get(name, name)]
+    fields = [f.name for f in dataclasses.fields(cls)]
+    for field, item in written.items():  # named as given, with the short names beside the task's own
+        if field not in fields:
+            key = item.partition("=")[0].strip()
+            raise ArchDSLError(f"--data {text!r}: unknown argument {key!r} of {name}",
+                               hint=did_you_mean(key, [*(k for k, f in SHORT.items() if f in fields), *fields]))
     from_model = "vocab_size" not in kwargs  # the task's vocabulary is then the model's (up to the task's default)
     kwargs.setdefault("vocab_size", min(vocab_size, cls.vocab_size) if name != "mqar" else min(vocab_size, 8192))
     try:
@@ -201,6 +207,10 @@ def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
     if os.path.exists(path) and not os.path.isfile(path):
         raise ArchDSLError(f"--data: {path} is not a regular file (a device, FIFO or socket)")
     if not os.path.isfile(path):
+        head = path.partition(",")[0]  # `train.bin,foo=1` names train.bin, not the whole text
+        if head != path and not os.path.exists(head):
+            raise ArchDSLError(f"--data {text!r}: no such data file: {head}",
+                               hint="a token file takes PATH[:uint16|uint32][,eos=ID]")
         raise ArchDSLError(f"--data: no such data file: {path}")
     width = np.dtype(TOKEN_DTYPES[dtype]).itemsize
     size = os.path.getsize(path)

@@ -487,3 +487,11 @@ def test_the_deferred_check_tells_what_the_first_bad_step_held():
     deferred.note(inf, 1)
     with pytest.raises(ArchDSLError, match=r"^generate: step 0 \(new token 1\): the logits of row 0 hold NaN"):
         deferred.check()
+
+
+def test_load_names_itself_for_an_unknown_keyword(tmp_path):
+    """`archdsl.load(dir, fooo=1)` said `compile() got an unexpected keyword argument 'fooo'`."""
+    archdsl.compile("mamba2", dtype=torch.float32).save(tmp_path / "m")
+    with pytest.raises(TypeError, match=r"^load\(\) got an unexpected keyword argument 'fooo'"):
+        archdsl.load(tmp_path / "m", fooo=1)
+    assert archdsl.load(tmp_path / "m", fuse=False, ssm_state_dtype="bf16", seed=3).ssm_state_dtype == torch.bfloat16
