@@ -77,7 +77,7 @@ def _line(r: dict) -> str:
     pct = f"{100 * floor / ours:.0f}%" if ours and floor else "-"
     return (f"{r['op']:<22} {str(r['shape']):<34} {r['mode']:<8} {_ms(ours)} {str(r.get('peer') or '-'):<22} "
             f"{_ms(peer)} {ratio:>6} {_ms(floor)} {pct:>7}"
-            + (f"  Δ vs peer {r['rel_diff']:.1e}" if "rel_diff" in r else ""))
+            + (f"  Δ vs peer {r['rel_diff']:.1e} ({r.get('rel_diff_of', '‖Δ‖/‖peer‖')})" if "rel_diff" in r else ""))
 
 
 def _ms(x) -> str:

@@ -14,8 +14,9 @@ Shape B=4, H=32, P=64, N=128, G=1, per L tokens:
   forward FLOPs  ≈ B·L·H·(2·Q·P + 4·P·N) with Q = 64 (intra-chunk + state in/out) ≈ 5.2 MFLOP/token
   fwd+bwd bytes  = 2 × forward: the forward's, dy read, dx, ddt, dB, dC written      ≈ 70 KB/token
   fwd+bwd FLOPs  = 3 × forward: each forward product takes two of its size backward ≈ 15.7 MFLOP/token
-Q = 64 is the smallest chunk whose products fill the tensor cores, so the FLOPs term is a lower bound: ours and the
-peer run chunk 256, whose intra-chunk term is 4× larger.
+Q = 64 is the smallest chunk whose products fill the tensor cores, so the FLOPs term is a lower bound: the peer runs
+chunk 256 (an intra-chunk term 4× the floor's), ours chunks of 128 in its chunked layout (2×) and of 32 in its fused
+one (whatever chunk_size says: the Triton path picks its own).
 At L=4096: on the H200 34 µs forward (bytes-bound; FLOPs 32 µs) and 95 µs fwd+bwd (FLOPs-bound; bytes 68 µs); on an
 H100 49 µs and 98 µs (both bytes-bound). At L=16384 four times those.
 The decode step reads and writes the [B, H, P, N] fp32 state: 2·4·B·H·P·N bytes.
@@ -106,6 +107,7 @@ def rows(quick: bool = False):
             if peer and not bwd:  # the timed outputs agree with the peer's (bf16 rounding apart)
                 row["rel_diff"] = _rel_diff(with_env("ARCHDSL_SSD_IMPL", impl, lambda: _y(ssd_scan, t))(),
                                             _y(peer, t))
+                row["rel_diff_of"] = "max|Δy|/max|y|"
             yield row
             if not bwd:  # the GPU's time alone: at 4K the plain call also times the host's launching
                 yield dict(row, op=row["op"] + " graph", ours_ms=graph_ms(with_env("ARCHDSL_SSD_IMPL", impl, scan)),

@@ -41,6 +41,7 @@ def rows(quick: bool = False):
                                peer="mamba_ssm (TF32)", peer_ms=theirs, floor_ms=floor, floor_note=note)
                     if peer and not bwd:
                         row["rel_diff"] = _rel_diff(with_env("ARCHDSL_SSD_IMPL", "chunked", lambda: _y(ours_fn, t))(), _y(peer, t))
+                        row["rel_diff_of"] = "max|Δy|/max|y|"
                     yield row
     finally:
         torch.set_float32_matmul_precision(before)

@@ -40,13 +40,32 @@ def _wkv6_inputs(B, T, H, K, dtype=torch.bfloat16):
 
 def _fwd_bwd(fn, xs):
     xs = [x.detach().requires_grad_() for x in xs]
+    do = []  # the output's gradient, made at the first call (outside the timings: do_bench's first call is not timed)
 
     def go():
         for x in xs:  # activations in a model: their gradients are not summed into .grad across calls
             x.grad = None
         o = fn(*xs)[0]
-        o.backward(torch.ones_like(o))
+        if not do:
+            do.append(torch.ones_like(o))
+        o.backward(do[0])
     return go
+
+
+def _against_fla(wkv6, chunk_rwkv6, xs, bwd):
+    """(‖ours − fla‖ / ‖fla‖ at its worst: the output, or with bwd every input's gradient too; what it is of)."""
+    def run(fn):
+        ins = [x.detach().requires_grad_(bwd) for x in xs]
+        o = fn(*ins)[0]
+        if not bwd:
+            return {"o": o.detach().float()}
+        grads = torch.autograd.grad(o, ins, torch.ones_like(o))
+        return dict(o=o.detach().float(), **{f"d{n}": g.float() for n, g in zip("rkvwu", grads)})
+
+    ours, theirs = run(wkv6), run(chunk_rwkv6)
+    diffs = {n: ((ours[n] - theirs[n]).norm() / theirs[n].norm()).item() for n in theirs}
+    name = max(diffs, key=diffs.get)
+    return diffs[name], f"worst ‖Δ‖/‖fla‖ of {', '.join(diffs)}: {name}" if bwd else "‖Δo‖/‖o‖"
 
 
 def wkv6_rows(quick=False):
@@ -70,9 +89,14 @@ def _wkv6_rows(quick):
                 peer_ms = bench_or_nan((lambda: chunk_rwkv6(*xs)) if mode == "fwd" else _fwd_bwd(chunk_rwkv6, xs))
             for impl in ("serial", "chunked"):
                 ours = with_env("ARCHDSL_WKV6_IMPL", impl, (lambda: wkv6(*xs)) if mode == "fwd" else _fwd_bwd(wkv6, xs))
-                yield dict(op=f"wkv6 {impl}", shape=f"B={B} T={T} H={H} K=V={K}", mode=mode,
+                row = dict(op=f"wkv6 {impl}", shape=f"B={B} T={T} H={H} K=V={K}", mode=mode,
                            ours_ms=bench_or_nan(ours), peer="fla chunk_rwkv6", peer_ms=peer_ms,
                            floor_ms=_wkv6_floor(n, K, K, mode == "fwd+bwd"), floor_note="HBM bytes")
+                if chunk_rwkv6 is not None:  # the same values, checked once (outside the timings)
+                    diff, of = with_env("ARCHDSL_WKV6_IMPL", impl,
+                                        lambda: _against_fla(wkv6, chunk_rwkv6, xs, mode == "fwd+bwd"))()
+                    row.update(rel_diff=diff, rel_diff_of=of)
+                yield row
 
 
 def wkv6_chunked_breakdown_rows():
