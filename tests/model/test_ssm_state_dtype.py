@@ -126,7 +126,7 @@ def test_the_cli_takes_it():
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["ssm_state_dtype"] == "bfloat16"
     bad = cli("run", "mamba2", "--gen", "1", "--ssm-state-dtype", "int8")
-    assert bad.returncode == 2 and "ssm_state_dtype must be" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "--ssm-state-dtype: must be float32" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.gpu
