@@ -42,6 +42,13 @@ from .._dispatch import apply, interpreting
 from .._host import cdiv, fp32_dot, next_pow2, on_device
 
 BT = 16
+# The serial backward's dw is a reverse sum over the whole segment of terms far larger than itself (rounded by the
+# backward's TF32 dots for 16-bit inputs), so its error grew with T: 2.3e-2 of its norm at T 4096 and 4.5e-2 at 16384
+# against float64 (H100, B1 H8 K=V=64 bf16; fla 1.8e-3, the chunked layout's 64-token segments 3.8e-3). Sweep 1
+# stores the state every CKPT tokens (B·H·T/CKPT·K·V float32, a quarter of dr's float32 buffer: 64 MB at B4 H32
+# T16384) and sweep 2 restarts the sum there from its exact value, Σ_V(S ⊙ dS), as a segment starts it from its exit
+# state. Under the interpreter a smaller CKPT, so that the tests cross several.
+CKPT, INTERPRET_CKPT = 256, 32
 LOG2E = 1.4426950408889634
 # Largest base-2 decay one sub-chunk may span in every column and still take the factored path:
 # its factors then lie in [2^-80, 2^80] times the inputs, far inside float32's (and tf32's) range.
@@ -228,12 +235,14 @@ def _fwd_kernel(r, k, v, w, u, s_in, o, s_out, seq, cu, scale, T, seg, s_in_stri
 
 
 @triton.jit
-def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, seq, cu, scale, T, seg, s_in_stride, H: tl.constexpr, K: tl.constexpr,
-                   V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, HAS_S_IN: tl.constexpr,
-                   HAS_SEQ: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, PREC_IN: tl.constexpr):
+def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, ckpt, seq, cu, scale, T, seg, s_in_stride, n_ckpt, H: tl.constexpr,
+                   K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+                   HAS_S_IN: tl.constexpr, HAS_SEQ: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
+                   PREC_IN: tl.constexpr, CKPT: tl.constexpr):
     """dr (float32) for one segment's tokens and one block of K, from the state entering the segment.
     PREC (_prec_bwd) for the dots, but PREC_IN (the inputs' own, _prec) for do·vᵀ, whose operands are
-    inputs: exact in bfloat16 too."""
+    inputs: exact in bfloat16 too. CKPT > 0: the state entering token t_start + j·CKPT (0 < j ≤ n_ckpt) stored
+    at ckpt[(segment's entry) · n_ckpt + j - 1] for sweep 2's dw."""
     scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
     i_n, i_bh, i_k, nseg = _ids(cu, VARLEN)
     i_b, i_h = i_bh // H, i_bh % H
@@ -251,6 +260,11 @@ def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, seq, cu, scale, T, seg, s_in_stride
     n_k, n_v, n_do, n_w = _tile(k, rows, mt, ok, mk, K), _tile(v, rows, mt, ov, mv, V), \
         _tile(do, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
     for t0 in range(t_start, t_end, BT):
+        if CKPT > 0:
+            j = (t0 - t_start) // CKPT
+            if (t0 > t_start) & ((t0 - t_start) % CKPT == 0):
+                p_c = (_entry(i_bh, i_n, nseg, H, VARLEN) * n_ckpt + j - 1) * K * V + ok[:, None] * V + ov[None, :]
+                tl.store(ckpt + p_c, S, mask=mk[:, None] & mv[None, :])
         b_k, b_v, b_do, b_w = n_k.to(tl.float32), n_v.to(tl.float32), n_do.to(tl.float32), n_w
         p_k, m_k = rows[:, None] * K + ok[None, :], mt[:, None] & mk[None, :]
         rows, mt = _rows(i_b, i_h, t0 + BT, t_end, T, H, BT)
@@ -272,14 +286,16 @@ def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, seq, cu, scale, T, seg, s_in_stride
 
 
 @triton.jit
-def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, seq, cu, scale, T, seg,
-                    s_exit_stride, ds_in_stride, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
-                    BV: tl.constexpr, BT: tl.constexpr, HAS_DS_IN: tl.constexpr, STORE_DH0: tl.constexpr,
-                    HAS_SEQ: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, PREC_IN: tl.constexpr):
+def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, ckpt, seq, cu, scale, T, seg,
+                    s_exit_stride, ds_in_stride, n_ckpt, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                    BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, HAS_DS_IN: tl.constexpr,
+                    STORE_DH0: tl.constexpr, HAS_SEQ: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
+                    PREC_IN: tl.constexpr, CKPT: tl.constexpr):
     """dk, dv, dw and a du partial for one segment, walking it backward from the gradient leaving it.
 
     ds_in[_entry(bh, n, ds_in_stride)] is d loss / d(state leaving segment n), s_exit[...] that state;
-    dh0[_entry(bh, n, 1)] receives the gradient of the state entering it.
+    dh0[_entry(bh, n, 1)] receives the gradient of the state entering it. CKPT > 0: dw's sum over the later
+    tokens restarts from Σ_V(S ⊙ dS) at every state sweep 1 stored (`_bwd_dr_kernel`).
     """
     scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
     i_n, i_bh, i_k, nseg = _ids(cu, VARLEN)
@@ -317,6 +333,11 @@ def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, s
         n_r, n_k, n_v, n_do = _tile(r, rows, mt, ok, mk, K), _tile(k, rows, mt, ok, mk, K), \
             _tile(v, rows, mt, ov, mv, V), _tile(do, rows, mt, ov, mv, V)
         n_dr, n_w = _tile(dr, rows, mt, ok, mk, K), _tile(w, rows, mt, ok, mk, K)
+        if CKPT > 0:  # the state leaving this sub-chunk was stored: the later tokens' sum, exactly
+            t1 = t0 + BT - t_start
+            if (t0 + BT < t_end) & (t1 % CKPT == 0):
+                p_c = (_entry(i_bh, i_n, nseg, H, VARLEN) * n_ckpt + t1 // CKPT - 1) * K * V + p_s
+                carry = tl.sum(dS * tl.load(ckpt + p_c, mask=m_s, other=0.0), axis=1)
         bc, e, last = _chunk_decays(b_w)
         ee = tl.exp2(e)
         e_in, to_end, decay, pm = ee, tl.exp2(last[None, :] - bc), tl.exp2(last), strict
@@ -405,17 +426,23 @@ def segments_bwd(r, k, v, w, u, scale, do, s_in, s_in_stride, s_exit, ds_in, exi
     BK = min(BKF, 32)
     nseg = _count(T, seg, cu)
     dr32 = torch.empty(B, T, H, K, dtype=torch.float32, device=r.device)
-    _bwd_dr_kernel[_grid(nseg, B * H, cdiv(K, BK), cu)](k, v, w, u, s_in, do, dr32, seq, cu, scale, T, seg, s_in_stride, H,
-                                                      K, V, BK, BVF, BT, s_in is not None, seq is not None,
-                                                      cu is not None, _prec_bwd(r), _prec(r),
+    # dw's restarts (CKPT): segments longer than it, of a batch of rows (a varlen sequence's length is on the device)
+    every = INTERPRET_CKPT if interpreting() else CKPT
+    n_ckpt = (min(seg, T) - 1) // every if cu is None else 0
+    ckpt = torch.empty(B * H * nseg * n_ckpt, K, V, dtype=torch.float32, device=r.device) if n_ckpt else None
+    every = every if n_ckpt else 0
+    _bwd_dr_kernel[_grid(nseg, B * H, cdiv(K, BK), cu)](k, v, w, u, s_in, do, dr32, ckpt, seq, cu, scale, T, seg,
+                                                      s_in_stride, n_ckpt, H, K, V, BK, BVF, BT, s_in is not None,
+                                                      seq is not None, cu is not None, _prec_bwd(r), _prec(r), every,
                                                       num_warps=_num_warps(BK, BVF))
     dk, dw, dv = torch.empty_like(k), torch.empty_like(w), torch.empty_like(v)
     du = torch.empty(B, H, nseg, K, dtype=torch.float32, device=r.device)
     states = B if cu is None else nseg
     dh0 = torch.empty(states, H, K, V, dtype=torch.float32, device=r.device) if store_dh0 else None
-    _bwd_rev_kernel[_grid(nseg, B * H, 1, cu)](r, k, v, w, u, do, dr32, s_exit, ds_in, dk, dv, dw, du, dh0, seq, cu, scale, T,
-                                   seg, *exit_strides, H, K, V, BKF, BVF, BT, ds_in is not None, store_dh0,
-                                   seq is not None, cu is not None, _prec_bwd(r), _prec(r), num_warps=rev_warps)
+    _bwd_rev_kernel[_grid(nseg, B * H, 1, cu)](r, k, v, w, u, do, dr32, s_exit, ds_in, dk, dv, dw, du, dh0, ckpt, seq,
+                                               cu, scale, T, seg, *exit_strides, n_ckpt, H, K, V, BKF, BVF, BT,
+                                               ds_in is not None, store_dh0, seq is not None, cu is not None,
+                                               _prec_bwd(r), _prec(r), every, num_warps=rev_warps)
     return dr32.to(r.dtype), dk, dv, dw, du.sum((0, 2)).to(u.dtype), dh0
 
 
