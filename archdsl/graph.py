@@ -139,7 +139,8 @@ def apply_modifiers(g: nx.DiGraph) -> nx.DiGraph:
         picks = sorted(by_role.values())  # in the order the modifiers apply
         key = (tuple(map(id, node["sublayers"])), tuple(picks))
         if key not in done:  # the layer as written is checked first: what a modifier replaces must be right too
-            kept = [s for s, r in zip(node["sublayers"], _resolved(spec, node["sublayers"], i)) if r.role not in by_role]
+            written = _resolved(spec, node["sublayers"], i)
+            kept = [s for s, r in zip(node["sublayers"], written) if r.role not in by_role]
             done[key] = tuple(kept + [new[k] for k in picks])
         node["sublayers"] = done[key]
     g.graph["stage"] = "apply_modifiers"
