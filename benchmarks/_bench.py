@@ -33,10 +33,11 @@ class Rates(NamedTuple):
 
 def rates_for(card: str | None) -> Rates:
     """The floor's rates for a card named `card` (torch.cuda.get_device_name(); None where there is no CUDA GPU):
-    an H100 SXM's own (a name with "H100" and neither "PCIe" nor "NVL"), else the H200's."""
+    an H100 SXM's own (a name with "H100" and neither "PCIe" nor "NVL"), else the H200's (a GH200, whose memory
+    differs by model, is said to have none of its own)."""
     if card and "H100" in card and not any(s in card for s in ("PCIe", "NVL")):
         return Rates(card, "the H100 SXM's rates", *H100_SXM_RATES)
-    if card and "H200" in card:
+    if card and "H200" in card and "GH200" not in card:
         return Rates(card, "the H200's rates", *H200_RATES)
     return Rates(card or "no CUDA GPU", "the H200's rates, none for this card", *H200_RATES)
 

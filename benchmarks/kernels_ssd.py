@@ -139,7 +139,7 @@ def _step_rows():
     for how, wrap in (("", lambda f: f), (" graph", graphed)):
         yield dict(op="ssd_step" + how, shape=f"B={batch} H={H} P={P} N={N}", mode="fwd",
                    ours_ms=bench_ms(wrap(ours)), peer="mamba_ssm selective_state_update",
-                   peer_ms=bench_ms(wrap(theirs)) if theirs else None, floor_ms=floor_ms(nbytes),
+                   peer_ms=bench_or_nan(wrap(theirs)) if theirs else None, floor_ms=floor_ms(nbytes),
                    floor_note=f"{nbytes / 1e6:.1f} MB state read+write")
 
 

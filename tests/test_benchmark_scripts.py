@@ -165,7 +165,7 @@ def test_floor_rates(card):
     assert card(H200)[1:] == ("the H200's rates", 4.2e12, 680e12)
     assert card(H100)[1:] == ("the H100 SXM's rates", 0.875 * 3.35e12, 680e12)
     assert card(H100).tf32 == 340e12
-    for other in ("NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA A100-SXM4-80GB", None):
+    for other in ("NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA A100-SXM4-80GB", "NVIDIA GH200 480GB", None):
         r = card(other)
         assert r.bw == 4.2e12 and r.flops == 680e12 and "none for this card" in r.basis
     from _bench import rates_line
