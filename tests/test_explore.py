@@ -1102,6 +1102,8 @@ def test_a_diverged_probe_stops_and_is_written_as_strict_json(tmp_path):
     row = (tmp_path / "results.csv").read_text().splitlines()[1].split(",")
     assert "nan" not in (tmp_path / "results.csv").read_text().lower() and row
     assert "(diverged)" in table_text([cand], None, 4096, probed=True)
+    # the FLOPs, as the cache, at the table's context (its header named the cache's alone)
+    assert table_text([cand], None, 65536, probed=False).split("\n")[0].split()[-2:] == ["FLOPs/tok@64k", "cache@64k"]
 
 
 def test_bad_train_probe_arguments_are_named():  # each was an AttributeError or a TypeError, the last mid-run

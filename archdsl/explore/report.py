@@ -61,7 +61,7 @@ def table_text(cands: list[Candidate], top: int | None, context: int, probed: bo
             row.append("-" if not c.probe else f"{c.probe['accuracy']:.3f}"
                        + (" (diverged)" if c.probe.get("diverged") else ""))
         rows.append(row)
-    head = ["", "rank", "id", "layout", "params", "active", "FLOPs/tok", f"cache@{_ctx(context)}"]
+    head = ["", "rank", "id", "layout", "params", "active", f"FLOPs/tok@{_ctx(context)}", f"cache@{_ctx(context)}"]
     if probed:
         head.append("accuracy")
     return _table(rows, head, left={0, 3})
