@@ -428,7 +428,7 @@ def segments_bwd(r, k, v, w, u, scale, do, s_in, s_in_stride, s_exit, ds_in, exi
     dr32 = torch.empty(B, T, H, K, dtype=torch.float32, device=r.device)
     # dw's restarts (CKPT): segments longer than it, of a batch of rows (a varlen sequence's length is on the device)
     every = INTERPRET_CKPT if interpreting() else CKPT
-    n_ckpt = (min(seg, T) - 1) // every if cu is None else 0
+    n_ckpt = max(0, (min(seg, T) - 1) // every) if cu is None else 0
     ckpt = torch.empty(B * H * nseg * n_ckpt, K, V, dtype=torch.float32, device=r.device) if n_ckpt else None
     every = every if n_ckpt else 0
     _bwd_dr_kernel[_grid(nseg, B * H, cdiv(K, BK), cu)](k, v, w, u, s_in, do, dr32, ckpt, seq, cu, scale, T, seg,
