@@ -260,11 +260,10 @@ def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, ckpt, seq, cu, scale, T, seg, s_in_
     n_k, n_v, n_do, n_w = _tile(k, rows, mt, ok, mk, K), _tile(v, rows, mt, ov, mv, V), \
         _tile(do, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
     for t0 in range(t_start, t_end, BT):
-        if CKPT > 0:
-            j = (t0 - t_start) // CKPT
+        if CKPT > 0:  # (rows of a batch only: segments_bwd asks none of VARLEN)
             if (t0 > t_start) & ((t0 - t_start) % CKPT == 0):
-                p_c = (_entry(i_bh, i_n, nseg, H, VARLEN) * n_ckpt + j - 1) * K * V + ok[:, None] * V + ov[None, :]
-                tl.store(ckpt + p_c, S, mask=mk[:, None] & mv[None, :])
+                c = (i_bh * nseg + i_n) * n_ckpt + (t0 - t_start) // CKPT - 1
+                tl.store(ckpt + c * K * V + ok[:, None] * V + ov[None, :], S, mask=mk[:, None] & mv[None, :])
         b_k, b_v, b_do, b_w = n_k.to(tl.float32), n_v.to(tl.float32), n_do.to(tl.float32), n_w
         p_k, m_k = rows[:, None] * K + ok[None, :], mt[:, None] & mk[None, :]
         rows, mt = _rows(i_b, i_h, t0 + BT, t_end, T, H, BT)
@@ -336,8 +335,8 @@ def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, c
         if CKPT > 0:  # the state leaving this sub-chunk was stored: the later tokens' sum, exactly
             t1 = t0 + BT - t_start
             if (t0 + BT < t_end) & (t1 % CKPT == 0):
-                p_c = (_entry(i_bh, i_n, nseg, H, VARLEN) * n_ckpt + t1 // CKPT - 1) * K * V + p_s
-                carry = tl.sum(dS * tl.load(ckpt + p_c, mask=m_s, other=0.0), axis=1)
+                c = (i_bh * nseg + i_n) * n_ckpt + t1 // CKPT - 1
+                carry = tl.sum(dS * tl.load(ckpt + c * K * V + p_s, mask=m_s, other=0.0), axis=1)
         bc, e, last = _chunk_decays(b_w)
         ee = tl.exp2(e)
         e_in, to_end, decay, pm = ee, tl.exp2(last[None, :] - bc), tl.exp2(last), strict
@@ -430,7 +429,7 @@ def segments_bwd(r, k, v, w, u, scale, do, s_in, s_in_stride, s_exit, ds_in, exi
     every = INTERPRET_CKPT if interpreting() else CKPT
     n_ckpt = max(0, (min(seg, T) - 1) // every) if cu is None else 0
     ckpt = torch.empty(B * H * nseg * n_ckpt, K, V, dtype=torch.float32, device=r.device) if n_ckpt else None
-    every = every if n_ckpt else 0
+    every = every if n_ckpt else 0  # 0: no restarts compiled in
     _bwd_dr_kernel[_grid(nseg, B * H, cdiv(K, BK), cu)](k, v, w, u, s_in, do, dr32, ckpt, seq, cu, scale, T, seg,
                                                       s_in_stride, n_ckpt, H, K, V, BK, BVF, BT, s_in is not None,
                                                       seq is not None, cu is not None, _prec_bwd(r), _prec(r), every,
