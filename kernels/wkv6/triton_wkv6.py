@@ -48,6 +48,9 @@ BT = 16
 # stores the state every CKPT tokens (B·H·T/CKPT·K·V float32, a quarter of dr's float32 buffer: 64 MB at B4 H32
 # T16384) and sweep 2 restarts the sum there from its exact value, Σ_V(S ⊙ dS), as a segment starts it from its exit
 # state. Under the interpreter a smaller CKPT, so that the tests cross several.
+# fla's varlen form (cu_seqlens, its lengths on the device) keeps T // CKPT + n slots a head: sequence i's j-th state
+# at slot ⌊cu[i] / CKPT⌋ + i + j - 1 (`_ckpt_slot`), which no other sequence's reaches, as ⌊cu[i] / CKPT⌋ + its count
+# ≤ ⌊cu[i + 1] / CKPT⌋.
 CKPT, INTERPRET_CKPT = 256, 32
 LOG2E = 1.4426950408889634
 # Largest base-2 decay one sub-chunk may span in every column and still take the factored path:
@@ -189,6 +192,15 @@ def _entry(i_bh, i_n, stride, H: tl.constexpr, VARLEN: tl.constexpr):
 
 
 @triton.jit
+def _ckpt_slot(i_bh, i_n, nseg, n_ckpt, t_start, j, CKPT: tl.constexpr, VARLEN: tl.constexpr):
+    """Where the j-th state (j ≥ 1) stored in segment i_n of (batch, head) i_bh lies in ckpt: n_ckpt slots a
+    segment, or (VARLEN: a head's n_ckpt = T // CKPT + n slots) sequence i_n's from ⌊t_start / CKPT⌋ + i_n."""
+    if VARLEN:
+        return i_bh * n_ckpt + t_start // CKPT + i_n + j - 1
+    return (i_bh * nseg + i_n) * n_ckpt + j - 1
+
+
+@triton.jit
 def _fwd_kernel(r, k, v, w, u, s_in, o, s_out, seq, cu, scale, T, seg, s_in_stride, H: tl.constexpr, K: tl.constexpr,
                 V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
                 HAS_S_IN: tl.constexpr, STORE_S_OUT: tl.constexpr, HAS_SEQ: tl.constexpr, VARLEN: tl.constexpr,
@@ -241,8 +253,8 @@ def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, ckpt, seq, cu, scale, T, seg, s_in_
                    PREC_IN: tl.constexpr, CKPT: tl.constexpr):
     """dr (float32) for one segment's tokens and one block of K, from the state entering the segment.
     PREC (_prec_bwd) for the dots, but PREC_IN (the inputs' own, _prec) for do·vᵀ, whose operands are
-    inputs: exact in bfloat16 too. CKPT > 0: the state entering token t_start + j·CKPT (0 < j ≤ n_ckpt) stored
-    at ckpt[(segment's entry) · n_ckpt + j - 1] for sweep 2's dw."""
+    inputs: exact in bfloat16 too. CKPT > 0: the state entering token t_start + j·CKPT (j ≥ 1) stored at
+    ckpt[`_ckpt_slot`] for sweep 2's dw."""
     scale = tl.cast(scale, tl.float32)  # torch.compile's Inductor passes a float as float64
     i_n, i_bh, i_k, nseg = _ids(cu, VARLEN)
     i_b, i_h = i_bh // H, i_bh % H
@@ -260,9 +272,9 @@ def _bwd_dr_kernel(k, v, w, u, s_in, do, dr, ckpt, seq, cu, scale, T, seg, s_in_
     n_k, n_v, n_do, n_w = _tile(k, rows, mt, ok, mk, K), _tile(v, rows, mt, ov, mv, V), \
         _tile(do, rows, mt, ov, mv, V), _tile(w, rows, mt, ok, mk, K)
     for t0 in range(t_start, t_end, BT):
-        if CKPT > 0:  # (rows of a batch only: segments_bwd asks none of VARLEN)
+        if CKPT > 0:
             if (t0 > t_start) & ((t0 - t_start) % CKPT == 0):
-                c = (i_bh * nseg + i_n) * n_ckpt + (t0 - t_start) // CKPT - 1
+                c = _ckpt_slot(i_bh, i_n, nseg, n_ckpt, t_start, (t0 - t_start) // CKPT, CKPT, VARLEN)
                 tl.store(ckpt + c * K * V + ok[:, None] * V + ov[None, :], S, mask=mk[:, None] & mv[None, :])
         b_k, b_v, b_do, b_w = n_k.to(tl.float32), n_v.to(tl.float32), n_do.to(tl.float32), n_w
         p_k, m_k = rows[:, None] * K + ok[None, :], mt[:, None] & mk[None, :]
@@ -335,7 +347,7 @@ def _bwd_rev_kernel(r, k, v, w, u, do, dr, s_exit, ds_in, dk, dv, dw, du, dh0, c
         if CKPT > 0:  # the state leaving this sub-chunk was stored: the later tokens' sum, exactly
             t1 = t0 + BT - t_start
             if (t0 + BT < t_end) & (t1 % CKPT == 0):
-                c = (i_bh * nseg + i_n) * n_ckpt + t1 // CKPT - 1
+                c = _ckpt_slot(i_bh, i_n, nseg, n_ckpt, t_start, t1 // CKPT, CKPT, VARLEN)
                 carry = tl.sum(dS * tl.load(ckpt + c * K * V + p_s, mask=m_s, other=0.0), axis=1)
         bc, e, last = _chunk_decays(b_w)
         ee = tl.exp2(e)
@@ -412,12 +424,13 @@ def segments_fwd(r, k, v, w, u, scale, s_in, s_in_stride, seg, s_out=None, bv=No
 
 
 def segments_bwd(r, k, v, w, u, scale, do, s_in, s_in_stride, s_exit, ds_in, exit_strides, seg, store_dh0,
-                 rev_warps=8, seq=None, cu=None):
+                 rev_warps=8, seq=None, cu=None, restarts=True):
     """dr, dk, dv, dw, du and (one segment, store_dh0) dh0 over segments of `seg` tokens.
 
     s_in as for segments_fwd; ds_in (None: zeros) is d loss / d(state leaving each segment) and s_exit
     that state, at entries bh·stride + n with exit_strides = (s_exit's stride, ds_in's stride). cu as for
-    segments_fwd: the states, their gradients and dh0 are then `[n, H, K, V]`, one a sequence.
+    segments_fwd: the states, their gradients and dh0 are then `[n, H, K, V]`, one a sequence. restarts=False:
+    no dw restarts (CKPT) for cu's segments, which the caller knows to be short.
     """
     B, T, H, K = r.shape
     V = v.shape[-1]
@@ -425,10 +438,13 @@ def segments_bwd(r, k, v, w, u, scale, do, s_in, s_in_stride, s_exit, ds_in, exi
     BK = min(BKF, 32)
     nseg = _count(T, seg, cu)
     dr32 = torch.empty(B, T, H, K, dtype=torch.float32, device=r.device)
-    # dw's restarts (CKPT): segments longer than it, of a batch of rows (a varlen sequence's length is on the device)
+    # dw's restarts (CKPT): slots for the segments longer than it, or (cu) for sequences of any length up to T
     every = INTERPRET_CKPT if interpreting() else CKPT
-    n_ckpt = max(0, (min(seg, T) - 1) // every) if cu is None else 0
-    ckpt = torch.empty(B * H * nseg * n_ckpt, K, V, dtype=torch.float32, device=r.device) if n_ckpt else None
+    if cu is None:
+        n_ckpt, slots = max(0, (min(seg, T) - 1) // every), B * H * nseg
+    else:
+        n_ckpt, slots = (T // every + nseg if restarts and T > every else 0), H
+    ckpt = torch.empty(slots * n_ckpt, K, V, dtype=torch.float32, device=r.device) if n_ckpt else None
     every = every if n_ckpt else 0  # 0: no restarts compiled in
     _bwd_dr_kernel[_grid(nseg, B * H, cdiv(K, BK), cu)](k, v, w, u, s_in, do, dr32, ckpt, seq, cu, scale, T, seg,
                                                       s_in_stride, n_ckpt, H, K, V, BK, BVF, BT, s_in is not None,

@@ -287,7 +287,7 @@ class WKV6VarlenChunkedFunction(torch.autograd.Function):
                                                               K, V, BK, BV, dht is not None, h0 is not None,
                                                               _prec_bwd(r), num_warps=4)
         dr, dk, dv, dw, du, _ = segments_bwd(r, k, v, w, u, ctx.scale, do, hs, 1, hx, gs, (1, 1), max(T, 1), False,
-                                             rev_warps=4, cu=pieces)
+                                             rev_warps=4, cu=pieces, restarts=False)  # pieces of ≤ CHUNK tokens
         if dh0 is not None:
             dh0 = dh0.to(h0.dtype)
         return dr, dk, dv, dw, du, None, dh0, None, None, None

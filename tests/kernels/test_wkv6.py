@@ -486,16 +486,21 @@ def test_bad_inputs_raise_value_error():
         wkv6(r, k, v, w, u, seq_idx=torch.zeros(1, 5))
 
 
-def _dw_error(fn, T, dtype, device, H=1):
-    """‖dw − dw in float64‖ / ‖dw in float64‖ for the sum of the outputs, over T tokens of unit inputs."""
+def _dw_error(fn, T, dtype, device, H=1, cu=None):
+    """‖dw − dw in float64‖ / ‖dw in float64‖ for the sum of the outputs, over T tokens of unit inputs; cu: fla's
+    varlen offsets, fn then called with them and zero initial states, the float64 dw each sequence's alone."""
     xs = [x.to(dtype) for x in make(1, T, H, 64, 64, 5, device=device)[:5]]
 
-    def dw(f, inputs):
+    def dw(f, inputs, **kw):
         inputs = [x.detach().requires_grad_() for x in inputs]
-        return torch.autograd.grad(f(*inputs, 1.0)[0].sum(), inputs[3])[0].double()
+        return torch.autograd.grad(f(*inputs, 1.0, **kw)[0].sum(), inputs[3])[0].double()
 
-    want = dw(wkv6_chunked, [x.double() for x in xs])
-    return ((dw(fn, xs) - want).norm() / want.norm()).item()
+    cu = cu or [0, T]
+    want = torch.cat([dw(wkv6_chunked, [x.double()[:, a:b] for x in xs[:4]] + [xs[4].double()])
+                      for a, b in zip(cu, cu[1:])], 1)
+    kw = dict(initial_state=torch.zeros(len(cu) - 1, H, 64, 64, device=device),
+              cu_seqlens=torch.tensor(cu, device=device)) if len(cu) > 2 else {}
+    return ((dw(fn, xs, **kw) - want).norm() / want.norm()).item()
 
 
 def test_serial_dw_does_not_grow_with_the_sequence():
@@ -505,6 +510,13 @@ def test_serial_dw_does_not_grow_with_the_sequence():
     assert _dw_error(triton_wkv6, 2048, torch.float32, "cpu") < 2.5e-6
 
 
+def test_serial_dw_does_not_grow_with_a_varlen_sequence():
+    """The same restarts in fla's varlen form, whose sequences' lengths are on the device: a slot for every stored
+    state of every sequence in T // CKPT + n a head (three sequences, the long one not starting on a multiple of
+    CKPT; before: 5.4e-6)."""
+    assert _dw_error(triton_wkv6, 2048, torch.float32, "cpu", cu=[0, 37, 1500, 2048]) < 2.5e-6
+
+
 # ---------------------------------------------------------------- GPU, full size
 def gpu_case(B, T, H, K, V, dtype, seed=0):
     return make(B, T, H, K, V, seed, dtype=dtype, device="cuda")
@@ -512,11 +524,12 @@ def gpu_case(B, T, H, K, V, dtype, seed=0):
 
 @cuda
 @pytest.mark.gpu
-@pytest.mark.parametrize("impl", ["triton", "triton_chunked"])
+@pytest.mark.parametrize("impl", ["triton", "triton_chunked", "triton_varlen"])
 def test_gpu_dw_over_long_sequences_in_bf16(impl):
     """bf16 dw against float64 at T 16384 (H100, before the restarts: the serial layout's 4.5e-2, the chunked 3.8e-3,
-    fla 1.8e-3)."""
-    assert _dw_error(IMPLS[impl], 16384, torch.bfloat16, "cuda", H=8) < 1e-2
+    fla 1.8e-3); triton_varlen: the serial layout's varlen form, three sequences of fla's cu_seqlens."""
+    cu = [0, 1000, 9001, 16384] if impl == "triton_varlen" else None
+    assert _dw_error(IMPLS[impl.removesuffix("_varlen")], 16384, torch.bfloat16, "cuda", H=8, cu=cu) < 1e-2
 
 
 @cuda
