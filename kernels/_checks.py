@@ -32,10 +32,13 @@ def expect_same_device(**tensors: torch.Tensor | None) -> None:
         raise ValueError(f"inputs must be on one device: {listing}")
 
 
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # what every path computes in (not float8)
+
+
 def expect_float(**tensors: torch.Tensor | None) -> None:
     for n, t in tensors.items():
-        if t is not None and not t.is_floating_point():
-            raise ValueError(f"{n}: expected a floating-point tensor, got {t.dtype}")
+        if t is not None and t.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"{n}: expected a float16, bfloat16, float32 or float64 tensor, got {t.dtype}")
 
 
 INDEX_DTYPES = (torch.int32, torch.int64)  # mamba_ssm's int32 (what its kernels and causal-conv1d's read), and int64
@@ -53,7 +56,10 @@ def expect_slots(name: str, idx: torch.Tensor | None, pool: int) -> None:
     """Indices into a pool of `pool` states (continuous batching; negative: a pad row): none past the pool, and no
     state named twice (two rows would write it). Checked where reading them costs no wait for a device (CPU
     tensors); on a GPU they are trusted, and the kernels leave a row whose index is past the pool alone, as a pad,
-    rather than write outside it."""
+    rather than write outside it. Meta indices hold none to read: which rows step which state depends on them."""
+    if idx is not None and idx.is_meta:
+        raise ValueError(f"{name}: on the meta device it holds no indices to read (which rows step which state "
+                         f"depends on them)")
     if idx is None or idx.device.type != "cpu" or idx.numel() == 0:
         return
     live = idx[idx >= 0]
@@ -106,6 +112,13 @@ def shares_memory(shape, strides) -> bool:
         if stride <= reach:
             return True
     return False
+
+
+def expect_count(name: str, value, *, minimum: int = 1, what: str = "int") -> int:
+    """`value` as an int ≥ minimum: any integer (numpy's too, as the peers take), not a bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
+    return int(value)
 
 
 def expect_number(name: str, value, *, positive: bool = False) -> float:

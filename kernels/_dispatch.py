@@ -27,7 +27,7 @@ def forced_backend(device_type: str | None = None) -> str:
     if forced:
         if forced not in BACKENDS:
             raise KernelsEnvError(f"ARCHDSL_KERNELS={forced!r}: expected one of {', '.join(BACKENDS)}")
-        if forced == "triton" and device_type not in (None, "cuda") and not interpreting():
+        if forced == "triton" and device_type not in (None, "cuda", "meta") and not interpreting():
             where = "CPU" if device_type == "cpu" else device_type
             raise KernelsEnvError(f"ARCHDSL_KERNELS=triton on a {where} tensor needs TRITON_INTERPRET=1")
     return forced
@@ -54,10 +54,11 @@ def choose_backend(device_type: str, forced: str = "", *, empty: bool = False, f
     return float64 computed in float32, ~1e-7 off, where the torch path is float64-exact, as the decode steps
     are on every backend). Forced: the backend named, float64 work included (ARCHDSL_KERNELS=triton runs the
     Triton kernels on float64 inputs, in float32 arithmetic, the result returned in float64: the interpreted
-    tests hold the kernels to the float64 reference that way). Empty work never takes Triton: torch instead."""
+    tests hold the kernels to the float64 reference that way). Empty work and meta tensors (shapes without data,
+    which no kernel can read) never take Triton: torch instead."""
     if not forced:
         forced = "triton" if device_type == "cuda" and not float64 else "torch"
-    if forced == "triton" and empty:
+    if forced == "triton" and (empty or device_type == "meta"):
         return "torch"
     return forced
 

@@ -95,7 +95,7 @@ def packing(seq_idx, cu_seqlens, x, cu_seqlens_cpu=None, runs=True):
     sequence's first token, L; a batch of 1) is checked (0 first, L last, increasing: no empty sequence) and
     stands for seq_idx [1, L] (0, 1, 2, ... a sequence); a seq_idx given too must say the same packing. Its
     offsets come back as a list, read from cu_seqlens_cpu where given (fla's host copy, trusted to hold the
-    same offsets: comparing them would wait for the device), else from cu_seqlens (one wait for the device).
+    same offsets where cu_seqlens is on a GPU: comparing them would wait for it), else from cu_seqlens (one wait for the device).
     runs=False: the caller reads the offsets only, so seq_idx comes back as given (None) where it is not given
     (no ops on the device for it). Without cu_seqlens: (seq_idx as given, None)."""
     if cu_seqlens is None:
@@ -113,6 +113,9 @@ def packing(seq_idx, cu_seqlens, x, cu_seqlens_cpu=None, runs=True):
         raise ValueError("cu_seqlens: on the meta device it holds no offsets to read (the sequences' lengths "
                          "decide the work)")
     cu = (cu_seqlens if cu_seqlens_cpu is None else cu_seqlens_cpu).tolist()
+    if cu_seqlens_cpu is not None and cu_seqlens.device.type == "cpu" and cu != cu_seqlens.tolist():  # (no wait)
+        raise ValueError(f"cu_seqlens_cpu: expected cu_seqlens' offsets {cu_seqlens.tolist()[:8]}"
+                         f"{' ...' if len(cu) > 8 else ''}, got {cu[:8]}{' ...' if len(cu) > 8 else ''}")
     if batch != 1 or len(cu) < 2 or cu[0] != 0 or cu[-1] != L or any(b <= a for a, b in zip(cu, cu[1:])):
         raise ValueError(f"cu_seqlens: expected 0, then increasing offsets, then L={L}, for a batch of 1 "
                          f"(the input has batch {batch}); got {cu[:8]}{' ...' if len(cu) > 8 else ''}")

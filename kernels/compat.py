@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import expect_in_place, expect_integer, expect_same_device, expect_shape
+from ._checks import expect_count, expect_in_place, expect_integer, expect_same_device, expect_shape
 from ._dispatch import on_input_device
 from ._host import packing
 from .conv1d import causal_conv1d
@@ -99,8 +99,7 @@ def causal_conv1d_varlen_states(x, cu_seqlens, state_len):
     expect_shape("cu_seqlens", cu_seqlens, (None,))
     expect_integer(cu_seqlens=cu_seqlens)
     expect_same_device(x=x, cu_seqlens=cu_seqlens)
-    if isinstance(state_len, bool) or not isinstance(state_len, int) or state_len < 0:
-        raise ValueError(f"state_len: expected an int >= 0, got {state_len!r}")
+    state_len = expect_count("state_len", state_len, minimum=0, what="an int >= 0")
     if cu_seqlens.numel() < 1:
         raise ValueError("cu_seqlens: expected [n + 1] offsets (0, then each sequence's end), got none")
     if cu_seqlens.device.type == "cpu":
@@ -189,9 +188,8 @@ def _fla_keywords(kwargs: dict, where: str, known: tuple[str, ...]) -> None:
         raise HeadFirstError(f"head_first: {where} takes [B, T, H, ...] inputs only (head_first=False), as fla, "
                              f"which removed head_first=True; got {kwargs['head_first']!r}")
     chunk = kwargs.get("chunk_size")
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1
-                              or chunk & (chunk - 1)):
-        raise ValueError(f"chunk_size: must be a power of 2, got {chunk!r}")
+    if chunk is not None and expect_count("chunk_size", chunk, what="a power of 2") & (int(chunk) - 1):
+        raise ValueError(f"chunk_size: expected a power of 2, got {chunk!r}")
     unknown = sorted(set(kwargs) - set(known) - {"head_first"})
     if unknown:
         raise TypeError(f"{where}() got an unexpected keyword argument {unknown[0]!r}")

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_float, expect_number, expect_same_device, expect_shape
+from .._checks import expect_count, expect_float, expect_number, expect_same_device, expect_shape
 from .._dispatch import apply, autocast_dtype, backend_for, on_input_device
 from .naive import gated_rmsnorm_naive
 
 
 def _check(x, z, weight, eps, groups, weight_name="weight"):
-    """eps as a float; weight_name: the norm weight's argument (gated_rmsnorm_linear's is norm_weight)."""
+    """(eps as a float, groups as an int); weight_name: the norm weight's argument (gated_rmsnorm_linear's is norm_weight)."""
     if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.layout != torch.strided:
         raise ValueError("x: expected a dense tensor [..., N]")
     N = x.shape[-1]
     expect_shape("z", z, tuple(x.shape))
     expect_shape(weight_name, weight, (N,))
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 or N % groups:
-        raise ValueError(f"groups: expected a positive int dividing N={N}, got {groups!r}")
+    what = f"a positive int dividing N={N}"
+    groups = expect_count("groups", groups, what=what)
+    if N % groups:
+        raise ValueError(f"groups: expected {what}, got {groups!r}")
     expect_float(**{"x": x, "z": z, weight_name: weight})
     expect_same_device(**{"x": x, "z": z, weight_name: weight})
-    return expect_number("eps", eps, positive=True)
+    return expect_number("eps", eps, positive=True), groups
 
 
 @on_input_device
@@ -31,7 +33,7 @@ def gated_rmsnorm(x, z, weight, eps=1e-5, groups=1):
     returns `[..., N]` in x's dtype. Triton on CUDA (and under TRITON_INTERPRET=1), forward and backward;
     plain torch on the CPU.
     """
-    eps = _check(x, z, weight, eps, groups)
+    eps, groups = _check(x, z, weight, eps, groups)
     if backend_for(x) == "triton" and x.dtype != torch.float64:
         from .triton_gated_rmsnorm import GatedRMSNormFn
         return apply(GatedRMSNormFn, x, z, weight, float(eps), groups)
@@ -46,7 +48,7 @@ def gated_rmsnorm_linear(x, z, norm_weight, weight, bias=None, eps=1e-5, groups=
     kernel writes it again (N values a row less; the same gradients); elsewhere the two ops in turn.
     Returns x's dtype; a weight or bias of another dtype meets the norm's output in the widest of them (the two
     ops in turn)."""
-    eps = _check(x, z, norm_weight, eps, groups, "norm_weight")
+    eps, groups = _check(x, z, norm_weight, eps, groups, "norm_weight")
     expect_shape("weight", weight, (None, x.shape[-1]))
     expect_shape("bias", bias, (weight.shape[0],), optional=True)
     expect_float(weight=weight, bias=bias)

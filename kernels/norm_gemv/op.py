@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import expect_flag, expect_float, expect_number, expect_same_device, expect_shape
+from .._checks import expect_count, expect_flag, expect_float, expect_number, expect_same_device, expect_shape
 from .._dispatch import backend_for, needs_grad, on_input_device
 from .._host import dense
 from .naive import rms_linear_naive
@@ -51,8 +51,10 @@ def rms_linear(x, weight, norm_weight, eps=1e-5, *, residual=None, groups=1, bia
     expect_shape("norm_weight", norm_weight, (K,))
     expect_shape("residual", residual, (batch, K), optional=True)
     expect_shape("bias", bias, (weight.shape[0],), optional=True)
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 or K % groups:
-        raise ValueError(f"groups: expected a positive int dividing K = {K}, got {groups!r}")
+    what = f"a positive int dividing K = {K}"
+    groups = expect_count("groups", groups, what=what)
+    if K % groups:
+        raise ValueError(f"groups: expected {what}, got {groups!r}")
     eps = expect_number("eps", eps, positive=True)
     expect_flag(pdl=pdl)
     expect_float(x=x, weight=weight, norm_weight=norm_weight, residual=residual, bias=bias)

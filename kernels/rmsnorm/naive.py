@@ -11,6 +11,5 @@ def add_rmsnorm_naive(x, residual, weight, eps=1e-5, out_dtype=None):
     wd = torch.float64 if h.dtype == torch.float64 else torch.float32
     hf = h.to(wd)
     n = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)
-    if out_dtype is None:
-        return weight * n.to(h.dtype), h
+    out_dtype = out_dtype or torch.promote_types(h.dtype, weight.dtype)  # (n had been rounded to h's: not the kernel)
     return (weight.to(out_dtype) * n.to(out_dtype)).to(out_dtype), h

@@ -15,9 +15,10 @@ def add_rmsnorm(x, residual, weight, eps=1e-5, out_dtype=None):
 
     x, residual: `[..., N]` (residual may be None: plain RMSNorm); weight: `[N]`. Statistics in
     float32 (float64 for float64 inputs); h in x's dtype; out in `out_dtype` (default: x's and weight's
-    promoted), the normalised h rounded to it before the weight, as HF's RMSNorm (a float32 residual
-    stream x with a bf16 residual and weight: h float32, out bf16). One Triton kernel on CUDA (and
-    under TRITON_INTERPRET=1), plain torch on the CPU.
+    promoted), the normalised h rounded to it before the weight, as the model's Norm does (HF's RMSNorm rounds
+    to its input's dtype: the same unless weight is wider than x). The model passes out_dtype: a float32 residual
+    stream x with bf16 weights gives h float32, out bf16. One Triton kernel on CUDA (and under
+    TRITON_INTERPRET=1), plain torch on the CPU.
     """
     if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.layout != torch.strided:
         raise ValueError("x: expected a dense tensor [..., N]")

@@ -6,7 +6,8 @@ import sys
 
 import torch
 
-from .._checks import expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape
+from .._checks import (expect_count, expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device,
+                       expect_shape)
 from .._dispatch import apply, backend_for, needs_grad, on_input_device, pick_impl, time_or_inf
 from .._host import packing, seq_runs
 from .chunked import ssd_scan_chunked
@@ -51,7 +52,7 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     L = 0 gives an empty y, a copy of initial_states (zeros without them) as the final state and no varlen state,
     on every path, without a kernel (cu_seqlens, which has no empty sequence, cannot say L = 0).
     """
-    _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx)
+    chunk_size = _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx)
     _check_limit(dt_limit)
     expect_flag(dt_softplus=dt_softplus, return_final_states=return_final_states, keep_states=keep_states,
                 return_varlen_states=return_varlen_states)
@@ -219,6 +220,7 @@ def _time(fn, args, grad) -> float:
 
 
 def _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx):
+    """The scan's arguments checked; returns chunk_size as an int."""
     expect_shape("x", x, (None, None, None, None))
     batch, L, H, P = x.shape
     expect_shape("B", B, (batch, L, None, None))
@@ -234,11 +236,11 @@ def _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_i
     expect_shape("initial_states", initial_states, (batch, H, P, N), optional=True)
     expect_shape("seq_idx", seq_idx, (batch, L), optional=True)
     expect_integer(seq_idx=seq_idx)
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    chunk_size = expect_count("chunk_size", chunk_size, what="a positive int")
     expect_float(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
     expect_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
                        initial_states=initial_states, seq_idx=seq_idx)
+    return chunk_size
 
 
 def _check_step(state, x, dt, A, B, C, D, z, dt_bias):

@@ -29,7 +29,8 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
     cu_seqlens `[n + 1]` int32 or int64 (fla's varlen form, batch 1: 0, each later sequence's first token, T)
     packs n sequences as fla's `chunk_rwkv6` does (and in its place among the arguments): each has its own state,
     initial_state `[n, H, K, V]` and the final state `[n, H, K, V]`. cu_seqlens_cpu, fla's host copy of it,
-    spares the one wait for the device that reading the offsets costs (trusted to hold the same offsets).
+    spares the one wait for the device that reading the offsets costs (trusted to hold the same offsets; compared
+    where both are on the CPU).
     Without states it runs as the packed row of seq_idx; with them, on the Triton backend, one program walks each
     sequence from its own state (the serial layout: the work is the tokens), or (ARCHDSL_WKV6_IMPL=chunked) each
     sequence is cut into pieces of 64 tokens, a boundary pass a sequence gives the state entering each piece and

@@ -166,7 +166,7 @@ def test_the_fla_entry_points():
     for got in (K.chunk_rwkv6(r, k, v, w, u, None, h0, True, chunk_size=16),
                 K.fused_recurrent_rwkv6(r, k, v, w, u, None, h0, True, False)):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    with pytest.raises(ValueError, match="chunk_size: must be a power of 2, got 12"):
+    with pytest.raises(ValueError, match="chunk_size: expected a power of 2, got 12"):
         K.chunk_rwkv6(r, k, v, w, u, chunk_size=12)
     with pytest.raises(TypeError, match="unexpected keyword argument 'chunksize'"):
         K.chunk_rwkv6(r, k, v, w, u, chunksize=16)

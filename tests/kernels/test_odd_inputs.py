@@ -209,6 +209,23 @@ def test_the_naive_backend_gives_what_the_torch_one_gives(op, dtype, monkeypatch
     _same(_call(op, "naive", monkeypatch, dtypes), _call(op, "torch", monkeypatch, dtypes), f"{op} in {dtype}, naive")
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("op", list(ARGS))
+def test_meta_tensors_give_the_shapes_and_dtypes(op, backend, monkeypatch):
+    """Every input on the meta device (shapes without data, as a model is traced or sized there): the outputs'
+    shapes and dtypes that real inputs give, on either backend (forced Triton took them to its kernels, which
+    cannot read them: torch's "Cannot copy out of meta tensor" from the interpreter)."""
+    want = _call(op, "torch", monkeypatch)
+    fn, make = ARGS[op]
+    monkeypatch.setenv("ARCHDSL_KERNELS", backend)
+    inputs = {k: tuple(t.to("meta", torch.float32) for t in v) if isinstance(v, tuple) else
+              v.to("meta", torch.float32) if isinstance(v, torch.Tensor) else v
+              for k, v in make(SimpleNamespace(**SIZES)).items()}
+    got = _results(fn(**inputs), inputs)
+    assert [(t.shape, t.dtype) for t in got] == [(t.shape, t.dtype) for t in want]
+    assert all(t.is_meta for t in got)
+
+
 @pytest.mark.parametrize("size", ["b", "L"])
 @pytest.mark.parametrize("op", ["ssd_scan", "selective_scan", "wkv6", "causal_conv1d"])
 def test_packed_sequences_of_a_size_of_zero(op, size, monkeypatch):
@@ -284,7 +301,8 @@ def _garbage(v):
         return
     yield from (("a numpy array", v.cpu().numpy()), ("complex", v.to(torch.complex64)), ("int64", v.long()),
                 ("bool", v > 0), ("one more dim", v[None]), ("on the meta device", v.to("meta")),
-                ("sparse", v.to_sparse()))  # was torch's NotImplementedError or RuntimeError from inside every op
+                ("sparse", v.to_sparse()),  # was torch's NotImplementedError or RuntimeError from inside every op
+                ("float8", v.to(torch.float8_e4m3fn)))  # was torch's or Triton's error deep inside, or a result
     if v.dim():
         yield "one dim less", v[0]
         for d in (0, -1):
@@ -296,8 +314,8 @@ def _garbage(v):
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("op", list(ARGS))
 def test_garbage_in_any_argument_is_a_value_error(op, backend, monkeypatch):
-    """Each argument alone replaced by garbage (None, a float, a list, a numpy array, complex or int64, a
-    wrong rank or size, the meta device): a ValueError that names an argument of the op, or the op runs
+    """Each argument alone replaced by garbage (None, a float, a list, a numpy array, complex, int64 or float8,
+    a wrong rank or size, the meta device): a ValueError that names an argument of the op, or the op runs
     where the value is usable (None for an optional argument)."""
     monkeypatch.setenv("ARCHDSL_KERNELS", backend)
     fn, make = ARGS[op]

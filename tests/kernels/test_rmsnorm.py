@@ -130,6 +130,19 @@ def test_float32_stream_with_half_residual_and_output(half, monkeypatch):
         torch.testing.assert_close(a.grad.float(), b.grad.float(), rtol=2e-2, atol=2e-2)
 
 
+def test_a_weight_wider_than_x_rounds_as_the_kernel(monkeypatch):
+    """x bf16 with a float32 residual and weight, no out_dtype: out float32 (the promoted dtype), the normalised h
+    not rounded to bf16 on either path (the torch path had rounded it to h's dtype: 6.5e-3 apart)."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+    dev = _triton_device(torch.bfloat16)
+    x, r, w = (t.to(dev) for t in _inputs((2, 3, 40), torch.float32))
+    out, h = add_rmsnorm(x.bfloat16(), r, w)
+    ref_out, ref_h = add_rmsnorm_naive(x.bfloat16(), r, w)
+    assert out.dtype == ref_out.dtype == torch.float32 and h.dtype == torch.bfloat16
+    torch.testing.assert_close(h, ref_h, rtol=0, atol=0)
+    torch.testing.assert_close(out, ref_out, rtol=1e-6, atol=1e-6)
+
+
 def test_bad_out_dtype_is_refused():
     x, r, w = _inputs((2, 8), torch.float32)
     with pytest.raises(ValueError, match="out_dtype"):

@@ -702,6 +702,18 @@ def test_dt_limit_of_numpy_numbers():
                                                dt_softplus=True, dt_limit=(float(lo), float("inf"))))
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_chunk_size_of_a_numpy_integer(backend, monkeypatch):
+    """numpy's integers are ints too, as mamba_ssm takes them: they were refused as not an int."""
+    import numpy as np
+    monkeypatch.setenv("ARCHDSL_KERNELS", backend)
+    t = make(1, 9, 2, 3, 1, 4)
+    args = t["x"].float(), t["dt"].float(), t["A"].float(), t["B"].float(), t["C"].float()
+    torch.testing.assert_close(ssd_scan(*args, chunk_size=np.int64(4)), ssd_scan(*args, chunk_size=4))
+    with pytest.raises(ValueError, match="chunk_size: expected a positive int, got"):
+        ssd_scan(*args, chunk_size=np.int64(0))
+
+
 def test_step_traces_with_dt_limit_symbols():
     """torch.compile(dynamic=True) traces dt_limit's floats as symbols: the check passes (lo, hi) in one graph
     (fullgraph; its message was built first, and Dynamo cannot repr a symbol), and (inf, inf) still raises."""

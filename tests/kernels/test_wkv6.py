@@ -356,6 +356,9 @@ def test_cu_seqlens_without_states_is_the_packed_row():
     (dict(cu_seqlens=torch.tensor([[0, 8]])), r"cu_seqlens: expected shape \[\*\], got \[1, 2\]"),
     (dict(cu_seqlens=torch.tensor([0, 3, 8]), cu_seqlens_cpu=torch.tensor([0, 8])), "cu_seqlens_cpu: expected shape"),
     (dict(cu_seqlens_cpu=torch.tensor([0, 3, 8])), "cu_seqlens_cpu: given without cu_seqlens"),
+    # both on the CPU: compared (it had been read in place of cu_seqlens, or not, as output_final_state said)
+    (dict(cu_seqlens=torch.tensor([0, 2, 8]), cu_seqlens_cpu=torch.tensor([0, 3, 8])),
+     r"cu_seqlens_cpu: expected cu_seqlens' offsets \[0, 2, 8\], got \[0, 3, 8\]"),
     (dict(cu_seqlens=torch.tensor([0, 3, 8]), seq_idx=torch.zeros(1, 8, dtype=torch.long)), "not seq_idx's"),
     (dict(cu_seqlens=torch.tensor([0, 3, 8]), seq_idx=torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])),
      r"seq_idx: expected shape \[1, 8\], got \[8\]"),  # seq_idx checked before cu_seqlens reads it
