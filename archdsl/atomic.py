@@ -22,6 +22,7 @@ import functools
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import socket
 import tempfile
@@ -50,10 +51,11 @@ def write_atomic(path: str, data: str | bytes, replace: bool = True) -> None:
     try:
         os.makedirs(d, exist_ok=True)
         remove_stale_temporaries(path, fresh=False)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=_tmp_prefix(path))
     except OSError as e:
         raise ArchDSLError(f"cannot write {path}: {e.strerror}") from None
+    tmp = _tmp_name(path)  # named before it exists, so that an interrupt at any point after finds it to remove
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.chmod(tmp, 0o666 & ~_umask())
@@ -61,7 +63,7 @@ def write_atomic(path: str, data: str | bytes, replace: bool = True) -> None:
             _check_absent(path)  # again: it may have appeared while we wrote
         os.replace(tmp, path)
     except BaseException as e:
-        if os.path.exists(tmp):
+        if not isinstance(e, FileExistsError) and os.path.exists(tmp):  # (FileExistsError: not ours, from open)
             os.unlink(tmp)
         if isinstance(e, OSError):  # a full disk, a quota: said as every other write error is
             raise cannot_write(path, e) from None
@@ -136,9 +138,18 @@ def atomic_dir(path: str, names: frozenset[str], optional: frozenset[str] = froz
     try:
         os.makedirs(parent, exist_ok=True)
         remove_stale_temporaries(path, fresh=False)
-        tmp = tempfile.mkdtemp(dir=parent, prefix=_tmp_prefix(path))
     except OSError as e:
         raise ArchDSLError(f"cannot write {path}: {e.strerror}") from None
+    tmp = _tmp_name(path)  # named before it exists, as write_atomic's
+    try:
+        os.mkdir(tmp, 0o700)
+    except FileExistsError as e:  # not ours
+        raise ArchDSLError(f"cannot write {path}: {e.strerror}") from None
+    except BaseException as e:  # an interrupt may land after the mkdir
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise ArchDSLError(f"cannot write {path}: {e.strerror}") from None
+        raise
     old = None
     try:
         yield tmp
@@ -177,9 +188,9 @@ def _host() -> str:
     return hashlib.sha1(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
 
-def _tmp_prefix(path: str) -> str:
-    """`.NAME.tmp-HOST-PID-`: tempfile adds the random part."""
-    return f".{_tag(path)}.tmp-{_host()}-{os.getpid()}-"
+def _tmp_name(path: str) -> str:
+    """`.NAME.tmp-HOST-PID-RANDOM` beside `path` (see the module's docstring), not yet made."""
+    return os.path.join(os.path.dirname(path), f".{_tag(path)}.tmp-{_host()}-{os.getpid()}-{secrets.token_hex(6)}")
 
 
 def _alive(pid: int) -> bool:

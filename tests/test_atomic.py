@@ -148,6 +148,27 @@ def test_a_failed_write_is_an_archdsl_error_and_leaves_nothing(tmp_path, monkeyp
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 
+@pytest.mark.parametrize("make", ["open", "mkdir"])
+def test_an_interrupt_just_after_the_temporary_is_made_leaves_nothing(tmp_path, monkeypatch, make):
+    """Ctrl-C landing right after the temporary file (or directory) exists, before the writer holds its name: it was
+    made by tempfile, outside the cleanup, and stayed (explore's specs/ kept an empty `.cNNNN.yaml.tmp-...`)."""
+    real = getattr(os, make)
+
+    def then_interrupt(*a, **kw):
+        real(*a, **kw)
+        raise KeyboardInterrupt
+
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr(os, make, then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        if make == "open":
+            write_atomic(str(tmp_path / "out" / "a.yaml"), "x")
+        else:
+            with atomic_dir(str(tmp_path / "out" / "run"), {"a"}):
+                pass
+    assert os.listdir(tmp_path / "out") == []
+
+
 @pytest.mark.parametrize("char", ["\n", "\r", "\x00", "\x1b", "\t", "\u2028"])
 def test_a_path_with_a_control_character_is_refused_naming_the_argument(tmp_path, char):
     """The CLI refused `-o $'out\\n.png'`; write_atomic and atomic_dir wrote it (and each message naming it then
