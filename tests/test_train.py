@@ -158,6 +158,19 @@ def test_moe_two_processes_match_one(tmp_path, text):
         assert torch.equal(b1, b2) and b1.abs().max() > 0 and b1.abs().max() <= 0.1 + 1e-6
 
 
+def test_moe_micro_batches_balance_the_same_rows_on_any_number_of_processes(tmp_path):
+    """With --micro-batch the balancing loss is each micro-batch's own, over its M rows: 2 processes of 2 micro-batches
+    of 2 rows balance the groups 1 process of 4 micro-batches does (the loads had been all-reduced across the
+    processes, so a group was M × processes rows: 1.3e-3 apart, the first step's aux_loss 0.40885 against 0.40615)."""
+    spec = write(tmp_path, "j.yaml", JAMBA)
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    assert main(["train", spec, *COMMON, "-o", one, "--micro-batch", "2"]) == 0
+    torchrun([spec, *COMMON, "-o", two, "--micro-batch", "2"])
+    assert rel(losses(one), losses(two)) < 1e-5
+    aux = [losses(run, "aux_loss") for run in (one, two)]
+    assert rel(*aux) < 1e-5, aux
+
+
 @pytest.mark.parametrize("text", [HYBRID, BALANCED], ids=["hybrid", "balance_rate"])
 def test_micro_batches_take_the_same_steps(tmp_path, text):
     """--micro-batch 2 (4 forwards and backwards a step, the gradients accumulated) gives the losses of the whole

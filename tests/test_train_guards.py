@@ -352,3 +352,14 @@ def test_a_tasks_vocabulary_taken_from_the_model_is_said_so():
         parse_data("mqar", 64)
     with pytest.raises(ArchDSLError, match=r"must exceed seq_len 256$"):
         parse_data("mqar:vocab=64", 128)
+
+
+def test_checkpoints_past_ten_to_the_eighth_steps_are_found(tmp_path):
+    """step_{:08d} writes nine digits from step 10^8: they were not read back (`--resume` started again from step 0,
+    replacing metrics.jsonl)."""
+    from archdsl.train.checkpoint import CKPT_DIR, checkpoints
+
+    for name in ("step_00000012", "step_100000000", "step_12"):
+        (tmp_path / CKPT_DIR / name).mkdir(parents=True)
+        (tmp_path / CKPT_DIR / name / "meta.json").write_text("{}")
+    assert [s for s, _ in checkpoints(str(tmp_path))] == [12, 100000000]

@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - older torch
 
 CKPT_DIR = "checkpoints"
 HF_DIR = "hf"  # the tokenizer and generation files of the saved model a run started from (COMPANIONS)
-STEP_RE = re.compile(r"^step_([0-9]{8})$")
+STEP_RE = re.compile(r"^step_([0-9]{8,})$")  # step_{:08d}: past 10^8 steps, more digits
 
 
 def _cause(e: BaseException) -> BaseException:

@@ -14,8 +14,9 @@ assignments over the global batch too (archdsl/model/modules/moe.py), so it matc
 With --micro-batch M each rank runs its rows M at a time, a forward and a backward each, and the gradients
 accumulate before the one optimizer step: the cross entropy still sums over the rows and divides by the global
 count, so the step is the same one (up to the order of the sums) at a fraction of the activations' memory.
-The MoE balancing loss is then the mean of the micro-batches' (as Megatron-Core's), and DeepSeek-V3's
-balancing counts the loads of all of them.
+The MoE balancing loss is then the mean of the micro-batches', each over its own M rows alone (as Megatron-Core's
+per-micro-batch loss: the same groups of rows, so the same loss, on any number of processes), and DeepSeek-V3's
+balancing counts the loads of all of them, on every rank.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from ..atomic import atomic_dir, cannot_write, check_output, write_atomic
 from ..errors import ArchDSLError, warn
 from ..model import saved_dtype
 from ..model.companions import read_companions, write_companions
-from ..model.modules.moe import balance_experts
+from ..model.modules.moe import Moe, balance_experts
 from ..model.packed import refusal, unpacked_blocks
 from .checkpoint import (CKPT_DIR, HF_DIR, check_spec, checkpoints, load_checkpoint, remove_partial, resume_point,
                          save_checkpoint, spec_sha)
@@ -340,6 +341,10 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from, warm: int) -> dict:
     per_rank = cfg.batch // dist.world
     lo = dist.rank * per_rank
     micro = cfg.micro_batch or per_rank
+    if cfg.micro_batch is not None:  # each micro-batch balances its own rows: the same groups on any number of ranks
+        for m in model.modules():
+            if isinstance(m, Moe):
+                m.balance_over_ranks = False
     V = spec.vocab_size
     bar = None
     if dist.is_main and cfg.progress:  # a bar on a terminal, else a line every 30 s (a log, a batch job)

@@ -257,6 +257,9 @@ class Moe(nn.Module):
             self.shared_expert = Mlp(MlpConfig(d_model=cfg.d_model, act=cfg.act, hidden=cfg.shared_hidden, bias=cfg.bias))
         self.aux_loss = torch.zeros(())
         self.load = None  # [E]: fractions of assignments summed over the training passes since `balance`
+        # whether the balancing loss's f counts the assignments of every data-parallel rank (`_global`); the
+        # training loop turns it off under --micro-batch, where each micro-batch balances its own rows
+        self.balance_over_ranks = True
 
     def route(self, x):
         """x [T, d] → (probs [T, E] float, top_k weights [T, k] in x's dtype, indices [T, k])."""
@@ -294,9 +297,10 @@ class Moe(nn.Module):
         ones = torch.ones_like(idx, dtype=probs.dtype) if keep is None else keep.expand_as(idx)
         counts = torch.zeros(E, dtype=probs.dtype, device=x.device).scatter_add_(0, idx.reshape(-1), ones.reshape(-1))
         tokens = x.shape[0] if keep is None else keep.sum()
-        f = self._global(counts, tokens)
+        f = self._global(counts, tokens) if self.balance_over_ranks else counts / tokens
         if self.cfg.balance_rate and self.training and torch.is_grad_enabled():
-            self.load = f.detach() if self.load is None else self.load + f.detach()
+            g = f if self.balance_over_ranks else self._global(counts, tokens)  # one bias on every rank: all loads
+            self.load = g.detach() if self.load is None else self.load + g.detach()
         mean = probs.mean(0) if keep is None else (probs * keep).sum(0) / tokens
         self.aux_loss = self.cfg.aux_loss_coef * E * (f * mean).sum()
         return out.view(shape)
