@@ -96,11 +96,14 @@ def check_front(cands, objectives):
             assert any(dominates(keys[f.id], keys[c.id]) for f in front)
 
 
-@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5), st.floats(0, 1)), min_size=1, max_size=30))
-def test_pareto_ranks_on_random_points(points):
-    cands = [Candidate(f"c{i}", {}, "", None, {"params": a, "cache_bytes": b}, probe={"accuracy": acc})
-             for i, (a, b, acc) in enumerate(points)]
-    objectives = ("params", "cache_bytes", "accuracy")
+@pytest.mark.parametrize("objectives", [("params",), ("params", "cache_bytes"), ("cache_bytes", "accuracy"),
+                                        ("params", "cache_bytes", "accuracy")])
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5), st.floats(0, 1) | st.none()), min_size=1, max_size=30))
+def test_pareto_ranks_on_random_points(objectives, points):
+    """Against peeling fronts, over ties and unprobed (None: the worst) accuracies: one and two objectives by the
+    O(n log n) sweep, three by each point against those before it."""
+    cands = [Candidate(f"c{i}", {}, "", None, {"params": a, "cache_bytes": b},
+                       probe=None if acc is None else {"accuracy": acc}) for i, (a, b, acc) in enumerate(points)]
     ranks = pareto_ranks(cands, objectives)
     for c, r in zip(cands, ranks):
         c.on_front = r == 0

@@ -15,6 +15,7 @@ finds the same figures). The cost is one analysis per frame and a layout parse p
 """
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
 import re
@@ -438,13 +439,40 @@ def pareto_ranks(cands: Sequence[Candidate], objectives: Sequence[str]) -> list[
 
 
 def _pareto_ranks(cands: list[Candidate], objectives: tuple[str, ...]) -> list[int]:
-    """pareto_ranks of arguments already checked."""
+    """pareto_ranks of arguments already checked. A point's rank is the longest chain of points dominating one
+    another above it (peeling fronts gives the same), over the distinct points in ascending order, where whatever
+    dominates a point comes before it."""
     keys = [_key(c, objectives) for c in cands]
     points = sorted(set(keys))
-    ranks: dict[tuple, int] = {}
-    for i, p in enumerate(points):
-        ranks[p] = max((ranks[q] + 1 for q in points[:i] if _dominates(q, p)), default=0)
+    ranks = dict(zip(points, (_chains_2d if len(objectives) <= 2 else _chains)(points)))
     return [ranks[k] for k in keys]
+
+
+def _chains_2d(points: list[tuple]) -> list[int]:
+    """_pareto_ranks' chains for one or two objectives in O(n log n): taken in order, an earlier point dominates a
+    later one exactly where its last objective is no larger, so with least[r] the least last objective among the
+    points of rank r so far (non-decreasing in r), a point's rank is the count of ranks whose least is ≤ its own.
+    (A pair loop took 167 s over 13,800 points.)"""
+    least: list[float] = []
+    out = []
+    for p in points:
+        r = bisect.bisect_right(least, p[-1])
+        least[r:r + 1] = [p[-1]]
+        out.append(r)
+    return out
+
+
+def _chains(points: list[tuple]) -> list[int]:
+    """_pareto_ranks' chains for three objectives or more: each point against all the points before it at once."""
+    import torch
+
+    pts = torch.tensor(points, dtype=torch.float64)
+    ranks = torch.zeros(len(points), dtype=torch.long)
+    for i in range(1, len(points)):
+        above = (pts[:i] <= pts[i]).all(1)  # (distinct points: no worse everywhere is better somewhere)
+        if above.any():
+            ranks[i] = ranks[:i][above].max() + 1
+    return ranks.tolist()
 
 
 def rank(cands: list[Candidate], objectives: Sequence[str], eligible: Callable | None = None) -> list[Candidate]:
