@@ -1524,6 +1524,24 @@ def test_resume_compares_the_probe_settings_as_they_resolve(tmp_path, capsys):
     assert code == 2 and "other settings: probe.train.device 'cpu' (the run's: 'cuda')" in err, err
 
 
+def test_resume_compares_the_dtype_by_what_it_names(tmp_path, capsys):
+    """--dtype bf16 was stored as typed, and a resume without it (bfloat16, the default) or with `--dtype bfloat16`
+    was refused: the dtype is stored and compared by its name now, a results.json that holds `bf16` too."""
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY)
+    out = tmp_path / "o"
+    assert _run(["explore", str(space), "-o", str(out), "--dtype", "bf16", "--no-progress"], capsys)[0] == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["config"]["dtype"] == "bfloat16"
+    for extra in ([], ["--dtype", "BF16"]):
+        assert _run(["explore", str(space), "--resume", str(out), "--no-progress"] + extra, capsys)[0] == 0
+    doc["config"]["dtype"] = "bf16"  # as the runs before wrote it
+    (out / "results.json").write_text(json.dumps(doc))
+    assert _run(["explore", str(space), "--resume", str(out), "--no-progress"], capsys)[0] == 0
+    code, _, err = _run(["explore", str(space), "--resume", str(out), "--dtype", "fp32", "--no-progress"], capsys)
+    assert code == 2 and "other settings: dtype 'float32' (the run's: 'bfloat16')" in err, err
+
+
 def test_a_two_sided_constraint_reports_the_value_closest_to_its_interval():
     """A constraint with a max kept the smallest value seen as its 'best seen', even where the min was what every
     candidate broke: min=1M, max=2M said 'best seen: 4.24K' (the smallest) where the largest, 5.35K, came closest, as

@@ -22,6 +22,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 
+from ..analysis import dtype_name
 from ..errors import ArchDSLError, check_path, did_you_mean, shown
 from ..atomic import check_control, write_atomic
 from ..progress import progress_bar
@@ -68,6 +69,7 @@ def run(space: Space, constraints: list[Constraint], objectives, outdir: str, pr
     bar on stderr, "lines" a plain line there every 30 s of enumeration and after each probe (for logs), False
     none. log: takes the table and the summary lines (print)."""
     constraints, objectives, context, batch = check_args(space, constraints, objectives, context, batch, dtype)
+    dtype = dtype_name(dtype)  # bf16 is bfloat16: results.json and --resume say it one way
     outdir = check_path("outdir", outdir, "directory")
     check_control(outdir, "outdir")
     if probe is not None and not isinstance(probe, ProbeSpec):
@@ -264,7 +266,12 @@ def _resumed(outdir: str, config: dict) -> dict:
                            f"candidates, each with an id, a layout and a probe result or null: an accuracy in [0, 1], "
                            f"a final_loss finite or null, a finite wall_time)"
                            + (f"; candidate {bad} is not" if bad is not None else ""))
-    diff = _differences(_norm(doc["config"]), _norm(config))
+    old = dict(doc["config"])
+    try:  # a run that wrote the dtype as given (bf16)
+        old["dtype"] = dtype_name(old.get("dtype"))
+    except ArchDSLError:
+        pass  # not a dtype: told as a difference
+    diff = _differences(_norm(old), _norm(config))
     if diff:
         told = [f"{key} {_told(new)} (the run's: {_told(old)})" if max(len(_told(new)), len(_told(old))) <= 40
                 else f"{key} differs" for key, old, new in diff[:MAX_TOLD]]
