@@ -126,9 +126,9 @@ class Spec:
         """An ArchDSLError pointing at YAML key `key` (or at the file when unknown)."""
         offset = self.positions.get(key)
         if offset is None or self.source.file_text is None:
-            return ArchDSLError(message, file=self.source.file, hint=hint)
+            return _keyed(ArchDSLError(message, file=self.source.file, hint=hint), key)
         whole = Source(self.source.file_text, self.source.file, file_text=self.source.file_text)
-        return ArchDSLError(message, source=whole, start=offset, hint=hint)
+        return _keyed(ArchDSLError(message, source=whole, start=offset, hint=hint), key)
 
     def layout_error(self, message: str, node, span: Span | None = None, layer: int | None = None,
                      hint: str = "") -> ArchDSLError:
@@ -479,6 +479,13 @@ def saved_model(path, command: str, layout: bool = True) -> bool:
                            f"both); give {os.path.join(path, 'spec.yaml')} itself for fresh random weights")
     return False
 
+def _keyed(e: ArchDSLError, key: tuple) -> ArchDSLError:
+    """e with the YAML key path it is about (`spec_key`: ('norm',), ('blocks', 'attn', 'heads'), (key, '<key>') for
+    a key itself), for a caller that holds the same keys in another file (a space file's `base:` mapping)."""
+    e.spec_key = key
+    return e
+
+
 def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
     # A byte-order mark YAML skips, and a lone CR (a classic Mac file) it reads as a line break: the positions of
     # errors count lines and columns as YAML does.
@@ -495,7 +502,7 @@ def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
 
     def err(message, key, hint=""):
         start = positions.get(key, 0)
-        return ArchDSLError(message, source=whole, start=start, hint=hint)
+        return _keyed(ArchDSLError(message, source=whole, start=start, hint=hint), key)
 
     for key in data:
         if key not in SPEC_KEYS:

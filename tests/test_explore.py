@@ -343,6 +343,20 @@ def test_bad_base_blocks_point_into_the_space_file(tmp_path, capsys, blocks, col
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("base, where", [  # each was at `<base>:LINE:COL`, a copy of the mapping made to read it
+    ("\n  vocab_size: 256\n  norm: rmsnrom", "space.yaml:3:9: unknown norm 'rmsnrom'"),
+    (" {vocab_size: 0}", "space.yaml:1:20: vocab_size must be positive, got 0"),
+    (" {d_model: 64, norm_eps: 2}", "space.yaml:1:31: norm_eps must be in (0, 1), got 2.0"),
+    (" nosuch.yaml", "space.yaml:1:7: base: no such spec file 'nosuch.yaml' (beside the space file: "),
+])
+def test_a_bad_base_spec_points_into_the_space_file(tmp_path, capsys, base, where):
+    space = tmp_path / "space.yaml"
+    space.write_text(f"base:{base}\nmixers: [mamba2]\nd_model: [16]\ndepth: [2]\n")
+    code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"], capsys)
+    assert code == 2 and where in err and "<base>" not in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_base_blocks_of_a_python_space_are_named():
     with pytest.raises(ArchDSLError, match="base: mamba2: unknown argument 'foo'"):
         load_space({"base": {"blocks": {"mamba2": {"foo": 1}}}})
@@ -356,8 +370,10 @@ def test_amounts_group_thousands_with_commas():
 
 @pytest.mark.parametrize("text", ["512B", "1.5b@4k", "2 B"])
 def test_a_cache_budget_in_b_is_ambiguous(text):
-    """B is billions (1.5B parameters); on a cache budget it reads as bytes too, so it is refused there."""
-    with pytest.raises(ArchDSLError, match="ambiguous: B is billions"):
+    """B is billions (1.5B parameters); on a cache budget it reads as bytes too, so it is refused there, the hint
+    giving the billions of bytes it most likely means (it said `write bytes as 1.5`: 1.5 bytes)."""
+    num = text.partition("@")[0][:-1].strip()
+    with pytest.raises(ArchDSLError, match=f"ambiguous: B is billions .* write {num}GB or {num}GiB for {num} billion"):
         parse_constraint("cache", text)
     assert parse_constraint("params", text.partition("@")[0]).max == float(text.partition("@")[0][:-1]) * 1e9
     assert parse_constraint("cache", "2GB").max == 2e9

@@ -154,8 +154,9 @@ def parse_constraint(metric: str, text: str, bound: str = "max") -> Constraint:
         seq_len = parse_context(ctx)
         batch = parse_context(b) if x else None
     if key == "cache_bytes" and isinstance(amount, str) and re.fullmatch(r"[0-9.,_e+-]+\s*b", amount.strip().lower()):
-        raise ArchDSLError(f"{metric}: {amount.strip()!r} is ambiguous: B is billions (as in 1.5B parameters); "
-                           f"write bytes as {amount.strip()[:-1].strip()}, or with a unit (GB, GiB, MB)")
+        num = amount.strip()[:-1].strip()
+        raise ArchDSLError(f"{metric}: {amount.strip()!r} is ambiguous: B is billions (as in 1.5B parameters), not "
+                           f"bytes; write {num}GB or {num}GiB for {num} billion bytes, or a count of bytes with no unit")
     value = parse_amount(amount)
     if value < 0:
         raise ArchDSLError(f"{metric}: a budget cannot be negative: {text!r}")

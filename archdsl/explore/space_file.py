@@ -110,13 +110,21 @@ def space_from_dict(data: dict, here: str | None = None) -> Space:
         raise keyed_error("base must be a spec file path or a mapping of spec keys, got an empty string", ("base",))
     if isinstance(base, str):
         path = base if os.path.isabs(base) or here is None else os.path.join(here, base)
+        if not os.path.exists(path) and not os.path.exists(base):
+            where = f" (beside the space file: {path})" if path != base else ""
+            raise keyed_error(f"base: no such spec file {base!r}{where}", ("base",))
         kw["base"] = load_spec(path if os.path.exists(path) else base)
     elif isinstance(base, dict):
         for key in base:
             if key not in BASE_KEYS:
                 raise keyed_error(f"unknown base key {key!r}", ("base", str(key), "<key>"),
                                   did_you_mean(str(key), BASE_KEYS))
-        kw["base"] = spec_from_yaml(dump_yaml({**base, "layout": "mamba2"}), file="<base>")
+        try:
+            kw["base"] = spec_from_yaml(dump_yaml({**base, "layout": "mamba2"}), file="<base>")
+        except ArchDSLError as e:  # located at its key under base: in the space file, not in this copy of them
+            if getattr(e, "spec_key", None) is None:
+                raise
+            raise keyed_error(e.message, ("base", *e.spec_key), e.hint) from None
     elif base is not None:
         raise keyed_error("base must be a spec file path or a mapping of spec keys", ("base",))
     for key in ("name", "attention", "mixers", "placements", "shared", "d_model", "depth", "attn_count",
