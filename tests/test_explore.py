@@ -1577,3 +1577,18 @@ def test_a_two_sided_constraint_reports_the_value_closest_to_its_interval():
     c = search.Constraint("params", min=10, max=20)
     assert [c.miss(v) for v in (4, 10, 12, 15, 20, 26)] == [6, 0, -2, -5, 0, 6]
     assert search.Constraint("params", max=20).miss(5) == -15 and search.Constraint("params", min=20).miss(5) == 15
+
+
+def test_one_model_under_two_names_is_enumerated_once():
+    """A mixer and its alias with no arguments of its own, and MoE's hidden 0 beside the value 0 resolves to, gave
+    each model twice (the front inflated, probes spent twice): the second frame is left out now."""
+    base = {"vocab_size": 256, "blocks": {"m2": {"kind": "mamba2"}, "mamba2": {"d_state": 16, "headdim": 16},
+                                          "attn": {"heads": 2}}}
+    alias = explore(space_from_dict({"base": base, "mixers": ["mamba2", "m2"], "attn_count": [0, 1],
+                                     "d_model": [32], "depth": [4]}))
+    assert alias.enumerated == 2 and {c.layout for c in alias.candidates} == {"4×mamba2", "2×mamba2, attn, mamba2"}
+    moe = explore(space_from_dict({"base": base, "mixers": ["mamba2"], "attn_count": 0,
+                                   "moe": {"every": [2], "experts": [4], "top_k": [2], "hidden": [0, 128, 64]},
+                                   "d_model": [32], "depth": [4]}))
+    assert [c.layout for c in moe.candidates] == ["4×mamba2, moe(experts=4, top_k=2, hidden=64) every 2",
+                                                  "4×mamba2, moe(experts=4, top_k=2) every 2"]

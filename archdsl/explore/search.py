@@ -337,21 +337,26 @@ def enumerate_space(space: Space, constraints: Sequence[Constraint] = (), contex
             placements.append((pname, idx, layout))
         if not placements:
             continue
-        n0 = n
-        n += len(placements)
         if progress is not None:
             progress.update(len(placements))
         # one analysis for the frame: placement moves no parameter, FLOP or cache byte
         first = placements[0]
         try:
-            frame_spec = space.spec(frame, first[2], f"{space.name}-c{n0:04d}", like=read.get(frame["d_model"]))
+            frame_spec = space.spec(frame, first[2], f"{space.name}-c{n:04d}", like=read.get(frame["d_model"]))
             read.setdefault(frame["d_model"], frame_spec)
             figs = figures_of(frame_spec, constraints, context, batch, dtype)
         except ArchDSLError as e:
+            n += len(placements)
             label = "invalid block configuration"
             removed[label] = removed.get(label, 0) + len(placements)
             invalid.append(f"{first[2]} at d_model {frame['d_model']}: {e.message}")
             continue
+        models = _models(frame, frame_spec)
+        if models in seen:  # an earlier frame's models under other names: a mixer's alias, MoE hidden at its default
+            continue
+        seen.add(models)
+        n0 = n
+        n += len(placements)
         for c in constraints:
             v = figs["at"][c.label]
             if c.label not in best or c.miss(v) < c.miss(best[c.label]):
@@ -370,6 +375,16 @@ def enumerate_space(space: Space, constraints: Sequence[Constraint] = (), contex
             knobs = dict(frame, placement=pname, attn_layers=list(idx))
             survivors.append(Candidate(cid, knobs, spec.layout_text, spec, dict(figs, at=dict(figs["at"]))))
     return survivors, n, removed, violated, best, invalid
+
+
+def _models(frame: dict, spec) -> tuple:
+    """What a frame's models are, whatever their blocks are called: its counts, and the resolved configuration
+    (shape_key: a default written out is the default) of every block of every layer of its first placement's model (`spec`; the other placements move the attention
+    layers alone). Two frames alike in it give the same models at the same placements."""
+    from ..analysis import layers
+
+    blocks = tuple(tuple(repr(s.config.shape_key()) for s in subs) for subs in layers(spec.graph))
+    return "models", frame["d_model"], frame["depth"], frame["attn_count"], frame["shared"], blocks
 
 
 def empty_error(space: Space, n: int, removed: dict, violated: dict, best: dict, invalid: list) -> ArchDSLError:
