@@ -10,7 +10,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 SPEC ?= specs/demo-jamba.yaml
-PYTEST_ARGS ?= -q -m "not gpu" -n 2 --durations=15
+# not ?=: a PYTEST_ARGS in the environment must not change what CI runs (a subset: make test PYTEST_ARGS='-q -k ...')
+PYTEST_ARGS = -q -m "not gpu" -n 2 --durations=15
 
 .PHONY: setup demo test gpu-test sm90-check bench wheel clean
 
@@ -54,8 +55,9 @@ wheel: setup
 	$(PY) -m venv $(CURDIR)/.venv-wheel
 	$(CURDIR)/.venv-wheel/bin/pip install -q --no-cache-dir "$(TORCH)"
 	$(CURDIR)/.venv-wheel/bin/pip install -q --no-cache-dir dist/archdsl-*.whl
-	cd dist && $(CURDIR)/.venv-wheel/bin/archdsl show "4×(7×mamba2, attn(shared)), moe every 2" > show.txt
-	tail -5 dist/show.txt
+	mkdir -p out  # (not dist/: what is there gets uploaded)
+	cd dist && $(CURDIR)/.venv-wheel/bin/archdsl show "4×(7×mamba2, attn(shared)), moe every 2" > ../out/wheel-show.txt
+	tail -5 out/wheel-show.txt
 	cd dist && $(CURDIR)/.venv-wheel/bin/python -m archdsl check "7×mamba2, 1×attn(shared), moe every 2"
 	cd dist && TRITON_INTERPRET=1 ARCHDSL_KERNELS=triton $(CURDIR)/.venv-wheel/bin/python -c "import torch, \
 	archdsl.kernels as K; from archdsl.kernels.ssd.naive import ssd_scan_naive as ref; \

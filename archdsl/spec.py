@@ -400,11 +400,26 @@ def load_spec(spec: str | os.PathLike) -> Spec:
         try:
             return parse(text)
         except ArchDSLError:
-            published = os.path.join("specs", text + ".yaml")
-            raise ArchDSLError(f"no such spec file, saved-model directory or layout: {text}",
-                               hint=f"the spec file is {published}" if os.path.isfile(published) else
-                               "a spec file is given by its path, e.g. specs/NAME.yaml") from None
+            names = published_specs()
+            if text in names:
+                return spec_from_yaml(names[text].read_text(encoding="utf-8"), file=f"specs/{text}.yaml")
+            close = did_you_mean(text, list(names))
+            raise ArchDSLError(f"no such spec file, saved-model directory, layout or published spec: {text}",
+                               hint=close if close.startswith("did you mean") else f"a spec file is given by its "
+                               f"path, a published spec by its name ({', '.join(names)})") from None
     return parse(text)
+
+
+def published_specs() -> dict:
+    """The specs the package ships (the repository's specs/, installed as archdsl.specs), by name: `archdsl show
+    mamba2-2.7b` reads specs/mamba2-2.7b.yaml from a wheel too. name → its importlib.resources file."""
+    from importlib import resources
+
+    try:
+        files = resources.files("archdsl.specs").iterdir()
+    except (ModuleNotFoundError, FileNotFoundError):
+        return {}
+    return {f.name[:-5]: f for f in sorted(files, key=lambda f: f.name) if f.name.endswith(".yaml")}
 
 
 _NAME_LIKE = re.compile(r"[A-Za-z_][\w+]*(?:[-.][\w+]+)+\Z")  # a file's name: `jamba-v0.1`, `mamba2-2.7b`

@@ -7,8 +7,11 @@ import numbers
 import torch
 
 
-def expect_shape(name: str, t: torch.Tensor | None, shape: tuple, *, optional: bool = False) -> None:
-    """Raise unless `t` has exactly `shape` (None entries match any size)."""
+def expect_shape(name: str, t: torch.Tensor | None, shape: tuple, *, optional: bool = False,
+                 by: torch.Tensor | tuple[str, torch.Tensor] | None = None) -> None:
+    """Raise unless `t` has exactly `shape` (None entries match any size). by: (a name, its tensor), or several
+    such pairs, whose sizes the expected shape takes: shown beside it where they disagree, as those may be the wrong
+    ones."""
     if t is None:
         if optional:
             return
@@ -19,10 +22,18 @@ def expect_shape(name: str, t: torch.Tensor | None, shape: tuple, *, optional: b
         raise ValueError(f"{name}: expected a dense (strided) tensor of shape {_fmt(shape)}, got layout {t.layout}")
     got = t.shape
     if len(got) != len(shape):
-        raise ValueError(f"{name}: expected shape {_fmt(shape)}, got {list(got)}")
+        raise ValueError(f"{name}: expected shape {_fmt(shape)}{_by(by)}, got {list(got)}")
     for s, d in zip(shape, got):  # a loop, not any(...): every op call checks ~10 shapes
         if s is not None and s != d:
-            raise ValueError(f"{name}: expected shape {_fmt(shape)}, got {list(got)}")
+            raise ValueError(f"{name}: expected shape {_fmt(shape)}{_by(by)}, got {list(got)}")
+
+
+def _by(by) -> str:
+    """' (sizes from x [2, 5, 8, 3])' for by = ("x", x), or from each of several such pairs."""
+    if by is None:
+        return ""
+    pairs = [by] if isinstance(by[0], str) else by
+    return f" (sizes from {' and '.join(f'{n} {list(t.shape)}' for n, t in pairs)})"
 
 
 def expect_same_device(**tensors: torch.Tensor | None) -> None:

@@ -1362,17 +1362,19 @@ def test_a_hugging_face_directory_is_refused_with_the_command_that_converts_it(c
     assert not (tmp_path / "c").exists() and not (tmp_path / "e").exists()
 
 
-def test_a_specs_bare_name_points_at_its_file(capsys, monkeypatch, tmp_path):
-    """`archdsl show mamba2-2.7b` (the name the docs' tables give) said `unexpected number -2.7; expected '(' ...`."""
-    monkeypatch.chdir(ROOT)
+def test_a_published_spec_loads_by_its_name(capsys, monkeypatch, tmp_path):
+    """`archdsl show mamba2-2.7b` (the name the docs' tables give) said `unexpected number -2.7; expected '(' ...`,
+    then pointed at specs/mamba2-2.7b.yaml, which a wheel's user does not have: the published specs ship as
+    archdsl.specs and a bare name loads one, from any directory."""
+    monkeypatch.chdir(tmp_path)
     for name in ("mamba2-2.7b", "jamba-v0.1"):
         code, out, err = run("show", name, capsys=capsys)
-        assert code == 2 and out == ""
-        assert err == (f"error: no such spec file, saved-model directory or layout: {name}; the spec file is "
-                       f"specs/{name}.yaml\n"), err
-    monkeypatch.chdir(tmp_path)
+        _, want, _ = run("show", os.path.join(ROOT, "specs", name + ".yaml"), capsys=capsys)
+        assert code == 0 and out == want and err == "", err
+    code, _, err = run("show", "mamba2-2.8b", capsys=capsys)
+    assert code == 2 and "published spec: mamba2-2.8b; did you mean 'mamba-2.8b', 'mamba2-2.7b'" in err, err
     code, _, err = run("show", "my-model", capsys=capsys)
-    assert code == 2 and err.endswith("layout: my-model; a spec file is given by its path, e.g. specs/NAME.yaml\n")
+    assert code == 2 and "a spec file is given by its path, a published spec by its name (bamba-9b-released," in err
     assert run("show", "mamba2", capsys=capsys)[0] == 0
 
 

@@ -29,11 +29,12 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, re
     """
     expect_shape("x", x, (None, None, None))
     batch, dim, seqlen = x.shape
-    _check_weight(weight, bias, dim, activation)
+    _check_weight(weight, bias, dim, activation, by=("x", x))
     W = weight.shape[1]
-    expect_shape("initial_states", initial_states, (batch, dim, W - 1), optional=True)
+    expect_shape("initial_states", initial_states, (batch, dim, W - 1), optional=True,
+                 by=(("x", x), ("weight", weight)))
     expect_flag(return_final_states=return_final_states)
-    expect_shape("seq_idx", seq_idx, (batch, seqlen), optional=True)
+    expect_shape("seq_idx", seq_idx, (batch, seqlen), optional=True, by=("x", x))
     expect_integer(seq_idx=seq_idx)
     expect_float(x=x, weight=weight, bias=bias, initial_states=initial_states)
     expect_same_device(x=x, weight=weight, bias=bias, initial_states=initial_states, seq_idx=seq_idx)
@@ -124,10 +125,11 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
     return y
 
 
-def _check_weight(weight, bias, dim, activation):
-    expect_shape("weight", weight, (dim, None))
+def _check_weight(weight, bias, dim, activation, by=None):
+    """by: as expect_shape's, the tensor the channel count `dim` comes from."""
+    expect_shape("weight", weight, (dim, None), by=by)
     if not 2 <= weight.shape[1] <= 4:
         raise ValueError(f"weight: expected width W in 2..4, got shape {list(weight.shape)}")
-    expect_shape("bias", bias, (dim,), optional=True)
+    expect_shape("bias", bias, (dim,), optional=True, by=by)
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation: expected one of None, 'silu', 'swish', got {activation!r}")

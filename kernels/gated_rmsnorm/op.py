@@ -10,7 +10,8 @@ from .naive import gated_rmsnorm_naive
 
 
 def _check(x, z, weight, eps, groups, weight_name="weight"):
-    """(eps as a float, groups as an int); weight_name: the norm weight's argument (gated_rmsnorm_linear's is norm_weight)."""
+    """(eps as a float, groups as an int); weight_name: the norm weight's argument (gated_rmsnorm_linear's is
+    norm_weight)."""
     if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.layout != torch.strided:
         raise ValueError("x: expected a dense tensor [..., N]")
     N = x.shape[-1]

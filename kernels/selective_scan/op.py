@@ -201,8 +201,8 @@ def _as_groups(M, batch, dim, seqlen):
 def _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx):
     expect_shape("u", u, (None, None, None))
     batch, dim, seqlen = u.shape
-    expect_shape("delta", delta, (batch, dim, seqlen))
-    expect_shape("A", A, (dim, None))
+    expect_shape("delta", delta, (batch, dim, seqlen), by=("u", u))
+    expect_shape("A", A, (dim, None), by=("u", u))
     N = A.shape[1]
     if A.is_complex():
         raise ValueError("A: complex A is not supported; expected a real [D, N] tensor")
@@ -211,14 +211,14 @@ def _check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx):
             raise ValueError(f"{name}: expected shape [{batch}, {N}, {seqlen}], [{batch}, G, {N}, {seqlen}] "
                              f"or [{dim}, {N}], got {list(M.shape) if isinstance(M, torch.Tensor) else M!r}")
         shape = {2: (dim, N), 3: (batch, N, seqlen), 4: (batch, None, N, seqlen)}[M.dim()]
-        expect_shape(name, M, shape)
+        expect_shape(name, M, shape, by=(("u", u), ("A", A)))
         if M.dim() == 4 and (M.shape[1] == 0 or dim % M.shape[1]):
             raise ValueError(f"{name}: groups G={M.shape[1]} must divide D={dim}")
-    expect_shape("D", D, (dim,), optional=True)
-    expect_shape("z", z, (batch, dim, seqlen), optional=True)
-    expect_shape("delta_bias", delta_bias, (dim,), optional=True)
-    expect_shape("initial_state", initial_state, (batch, dim, N), optional=True)
-    expect_shape("seq_idx", seq_idx, (batch, seqlen), optional=True)
+    expect_shape("D", D, (dim,), optional=True, by=("u", u))
+    expect_shape("z", z, (batch, dim, seqlen), optional=True, by=("u", u))
+    expect_shape("delta_bias", delta_bias, (dim,), optional=True, by=("u", u))
+    expect_shape("initial_state", initial_state, (batch, dim, N), optional=True, by=("u", u))
+    expect_shape("seq_idx", seq_idx, (batch, seqlen), optional=True, by=("u", u))
     expect_float(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state)
     expect_integer(seq_idx=seq_idx)
     expect_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,

@@ -223,18 +223,18 @@ def _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_i
     """The scan's arguments checked; returns chunk_size as an int."""
     expect_shape("x", x, (None, None, None, None))
     batch, L, H, P = x.shape
-    expect_shape("B", B, (batch, L, None, None))
+    expect_shape("B", B, (batch, L, None, None), by=("x", x))
     G, N = B.shape[2:]
     if G == 0 or H % G:
         raise ValueError(f"B: the group count G={G} must divide the head count H={H}")
-    expect_shape("dt", dt, (batch, L, H))
-    expect_shape("A", A, (H,))
-    expect_shape("C", C, (batch, L, G, N))
+    expect_shape("dt", dt, (batch, L, H), by=("x", x))
+    expect_shape("A", A, (H,), by=("x", x))
+    expect_shape("C", C, (batch, L, G, N), by=("B", B))
     _check_D(D, H, P)
-    expect_shape("z", z, (batch, L, H, P), optional=True)
-    expect_shape("dt_bias", dt_bias, (H,), optional=True)
-    expect_shape("initial_states", initial_states, (batch, H, P, N), optional=True)
-    expect_shape("seq_idx", seq_idx, (batch, L), optional=True)
+    expect_shape("z", z, (batch, L, H, P), optional=True, by=("x", x))
+    expect_shape("dt_bias", dt_bias, (H,), optional=True, by=("x", x))
+    expect_shape("initial_states", initial_states, (batch, H, P, N), optional=True, by=("x", x))
+    expect_shape("seq_idx", seq_idx, (batch, L), optional=True, by=("x", x))
     expect_integer(seq_idx=seq_idx)
     chunk_size = expect_count("chunk_size", chunk_size, what="a positive int")
     expect_float(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)

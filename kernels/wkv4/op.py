@@ -91,8 +91,8 @@ def _check(w, u, k, v, state, seq_idx=None):
     """wkv4's inputs (k, v `[B, T, C]`); returns the state as a tuple, or None."""
     expect_shape("k", k, (None, None, None))
     B, T, C = k.shape
-    expect_shape("v", v, (B, T, C))
-    expect_shape("seq_idx", seq_idx, (B, T), optional=True)
+    expect_shape("v", v, (B, T, C), by=("k", k))
+    expect_shape("seq_idx", seq_idx, (B, T), optional=True, by=("k", k))
     expect_integer(seq_idx=seq_idx)
     return _check_rest(w, u, k, v, state, B, C, seq_idx=seq_idx)
 
@@ -100,18 +100,18 @@ def _check(w, u, k, v, state, seq_idx=None):
 def _check_rest(w, u, k, v, state, B, C, **more):
     """What wkv4 and wkv4_step check alike: w, u `[C]`, the state (num, den, max) `[B, C]` each or `[B, C, 3]`,
     float dtypes, one device (with `more`'s tensors). Returns the state as a tuple, or None."""
-    expect_shape("w", w, (C,))
-    expect_shape("u", u, (C,))
+    expect_shape("w", w, (C,), by=("k", k))
+    expect_shape("u", u, (C,), by=("k", k))
     expect_float(w=w, u=u, k=k, v=v)
     if state is not None:
         if isinstance(state, torch.Tensor):
-            expect_shape("state", state, (B, C, 3))
+            expect_shape("state", state, (B, C, 3), by=("k", k))
             state = state.unbind(-1)
         if not isinstance(state, (tuple, list)) or len(state) != 3:
             raise ValueError("state: expected (num, den, max), each of shape [B, C]")
         named = dict(zip(("state[0] (num)", "state[1] (den)", "state[2] (max)"), state))
         for name, s in named.items():
-            expect_shape(name, s, (B, C))
+            expect_shape(name, s, (B, C), by=("k", k))
         expect_float(**named)
         more.update(named)
     expect_same_device(w=w, u=u, k=k, v=v, **more)

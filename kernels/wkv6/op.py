@@ -234,13 +234,14 @@ def _check(r, k, v, w, u, initial_state, scale, seq_idx=None, states=None):
     """states: the initial states' count where it is not the batch's (cu_seqlens: one a sequence)."""
     expect_shape("r", r, (None, None, None, None))
     B, T, H, K = r.shape
-    expect_shape("k", k, (B, T, H, K))
-    expect_shape("w", w, (B, T, H, K))
-    expect_shape("v", v, (B, T, H, None))
-    expect_shape("u", u, (H, K))
+    expect_shape("k", k, (B, T, H, K), by=("r", r))
+    expect_shape("w", w, (B, T, H, K), by=("r", r))
+    expect_shape("v", v, (B, T, H, None), by=("r", r))
+    expect_shape("u", u, (H, K), by=("r", r))
     _check_K(K, scale)
-    expect_shape("initial_state", initial_state, (B if states is None else states, H, K, v.shape[-1]), optional=True)
-    expect_shape("seq_idx", seq_idx, (B, T), optional=True)
+    expect_shape("initial_state", initial_state, (B if states is None else states, H, K, v.shape[-1]), optional=True,
+                 by=(("r", r), ("v", v)))
+    expect_shape("seq_idx", seq_idx, (B, T), optional=True, by=("r", r))
     expect_integer(seq_idx=seq_idx)
     expect_float(r=r, k=k, v=v, w=w, u=u, initial_state=initial_state)
     expect_same_device(r=r, k=k, v=v, w=w, u=u, initial_state=initial_state, seq_idx=seq_idx)
