@@ -363,3 +363,23 @@ def test_checkpoints_past_ten_to_the_eighth_steps_are_found(tmp_path):
         (tmp_path / CKPT_DIR / name).mkdir(parents=True)
         (tmp_path / CKPT_DIR / name / "meta.json").write_text("{}")
     assert [s for s, _ in checkpoints(str(tmp_path))] == [12, 100000000]
+
+
+def test_keep_last_keeps_the_newest_checkpoints_and_resumes(tmp_path):
+    """--keep-last N (transformers' save_total_limit): after each save only the N newest checkpoints stay; a resume
+    continues from the newest and takes the same steps as a run that kept them all."""
+    from archdsl.train.checkpoint import checkpoints
+
+    common = ["train", "mamba2(headdim=8)", "--set", "d_model=16", "--set", "vocab_size=32", "--data",
+              "mqar:seq=16,pairs=2,vocab=32", "--batch", "4", "--steps", "6", "--save-every", "1", "--no-progress",
+              "--threads", "1"]
+    kept, full = str(tmp_path / "kept"), str(tmp_path / "full")
+    assert main([*common, "-o", kept, "--keep-last", "2", "--stop-after", "4"]) == 0
+    assert [s for s, _ in checkpoints(kept)] == [3, 4]
+    assert sorted(os.listdir(os.path.join(kept, "checkpoints"))) == ["step_00000003", "step_00000004"]
+    assert main([*common, "-o", kept, "--keep-last", "1", "--resume"]) == 0
+    assert [s for s, _ in checkpoints(kept)] == [6]
+    assert main([*common, "-o", full]) == 0
+    assert len(checkpoints(full)) == 6
+    lines = [open(os.path.join(d, "metrics.jsonl")).read().splitlines() for d in (kept, full)]
+    assert [json.loads(x)["loss"] for x in lines[0]] == [json.loads(x)["loss"] for x in lines[1]]

@@ -41,7 +41,7 @@ def cmd_train(args):
     cfg = TrainConfig(spec=args.spec, settings=tuple(args.set), data=args.data, steps=args.steps, rundir=args.output,
                       batch=args.batch, micro_batch=args.micro_batch, seq_len=args.seq_len, lr=args.lr,
                       warmup=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip, bf16=args.bf16,
-                      grad_ckpt=args.grad_ckpt, compile=args.compile, save_every=args.save_every, resume=args.resume,
+                      grad_ckpt=args.grad_ckpt, compile=args.compile, save_every=args.save_every, keep_last=args.keep_last, resume=args.resume,
                       stop_after=args.stop_after, seed=args.seed, device=args.device, peak_tflops=args.peak_tflops,
                       progress=not args.no_progress, cpu_threads=args.threads)
     out = train(cfg)
@@ -81,6 +81,9 @@ def _add_train(p):
     p.add_argument("--compile", action="store_true", help="torch.compile each layer")
     p.add_argument("--save-every", type=count("--save-every", minimum=0), default=0, metavar="K",
                    help="checkpoint every K steps, and at the end (default 0: only at the end; 1k ok)")
+    p.add_argument("--keep-last", type=count("--keep-last"), default=None, metavar="N",
+                   help="keep the N newest checkpoints, removing each older one once a newer save is complete "
+                        "(transformers' save_total_limit; default: keep all)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in RUNDIR that loads (a damaged one is passed over "
                         "with a warning)")

@@ -299,6 +299,19 @@ def _save_reason(e: BaseException) -> str:
     return why + ": a short write, as on a full disk" if "unexpected pos" in why else why
 
 
+def prune_checkpoints(rundir: str, keep: int) -> list[int]:
+    """Remove all but the `keep` newest complete checkpoints of rundir (rank 0, after a save is complete): each is
+    first renamed to a temporary name, which remove_partial clears should the removal be cut short, so a checkpoint
+    is whole or gone. Returns the steps removed."""
+    removed = []
+    for step, path in checkpoints(rundir)[:-keep]:
+        gone = os.path.join(os.path.dirname(path), f".tmp_step_{step:08d}")
+        os.replace(path, gone)
+        shutil.rmtree(gone, ignore_errors=True)
+        removed.append(step)
+    return removed
+
+
 def remove_partial(rundir: str) -> None:
     """Remove the temporary checkpoint directories of saves cut short by a signal that left no time to clean up
     (SIGTERM, SIGKILL). Rank 0, before the first step: no save of this run is under way."""

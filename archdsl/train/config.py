@@ -46,7 +46,7 @@ KINDS = {
 FIELDS = {"spec": "path", "settings": "strs", "data": "path", "steps": "int", "rundir": "path", "batch": "int",
           "micro_batch": "int", "seq_len": "int", "lr": "number", "weight_decay": "number", "betas": "pair",
           "warmup": "number", "min_lr_ratio": "number", "grad_clip": "number", "bf16": "bool", "grad_ckpt": "bool",
-          "compile": "bool", "save_every": "int", "resume": "bool", "stop_after": "int", "seed": "int",
+          "compile": "bool", "save_every": "int", "keep_last": "int", "resume": "bool", "stop_after": "int", "seed": "int",
           "device": "str", "peak_tflops": "number", "progress": "bool", "cpu_threads": "int"}
 
 
@@ -72,6 +72,7 @@ class TrainConfig:
     grad_ckpt: bool = False  # activation checkpointing per layer
     compile: bool = False  # torch.compile each layer
     save_every: int = 0  # DCP checkpoint every K steps (0: only at the end)
+    keep_last: int | None = None  # keep the N newest checkpoints, removing older ones after each save (None: all)
     resume: bool = False  # continue from the newest checkpoint in rundir
     stop_after: int | None = None  # stop (with a checkpoint) after this step, as if interrupted; the
     #                                schedule is still that of `steps`
@@ -120,6 +121,9 @@ class TrainConfig:
             raise ArchDSLError(f"train: --threads must be at least 1 (and below 2^31), got {self.cpu_threads}")
         if self.save_every < 0:
             raise ArchDSLError(f"train: --save-every must be >= 0, got {self.save_every}")
+        if self.keep_last is not None and self.keep_last < 1:
+            raise ArchDSLError(f"train: --keep-last must be >= 1 (the newest checkpoint is what --resume continues "
+                               f"from), got {self.keep_last}")
         if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
             raise ArchDSLError(f"train: --stop-after must be in 1..--steps, got {self.stop_after}")
         if not 0 <= self.seed <= MAX_SEED:  # seed + 1 seeds the data's generator

@@ -36,8 +36,8 @@ from ..model import saved_dtype
 from ..model.companions import read_companions, write_companions
 from ..model.modules.moe import Moe, balance_experts
 from ..model.packed import refusal, unpacked_blocks
-from .checkpoint import (CKPT_DIR, HF_DIR, check_spec, checkpoints, load_checkpoint, remove_partial, resume_point,
-                         save_checkpoint, spec_sha)
+from .checkpoint import (CKPT_DIR, HF_DIR, check_spec, checkpoints, load_checkpoint, prune_checkpoints, remove_partial,
+                         resume_point, save_checkpoint, spec_sha)
 from .config import TrainConfig
 from .data import IGNORE, data_key, parse_data
 from .parallel import all_reduce_sum, init_distributed, pick_device, shard_model, shutdown, world_from_env
@@ -403,6 +403,8 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from, warm: int) -> dict:
                 raise _not_finite(cfg, step, rec["loss"], gnorm)
             if (cfg.save_every and step % cfg.save_every == 0) or step == last:
                 save_checkpoint(cfg.rundir, step, model, opt, gen, meta, dist.rank)
+                if cfg.keep_last is not None and dist.is_main:
+                    prune_checkpoints(cfg.rundir, cfg.keep_last)
     finally:
         if bar is not None:
             bar.close()

@@ -20,7 +20,7 @@ from ..units import plural
 
 
 # the settings that fix a run's data stream and its optimisation: a resumed run keeps them (--steps may change;
-# so may --save-every, --stop-after, --device, --grad-ckpt, --compile, --threads, the number of processes)
+# so may --save-every, --keep-last, --stop-after, --device, --grad-ckpt, --compile, --threads, the number of processes)
 FIXED = {"data": "--data", "batch": "--batch", "seq_len": "--seq-len", "lr": "--lr", "warmup": "--warmup",
          "weight_decay": "--weight-decay", "grad_clip": "--grad-clip", "bf16": "--bf16", "seed": "--seed",
          "betas": "betas", "min_lr_ratio": "min_lr_ratio"}
