@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+import unicodedata
 
 from ..errors import ArchDSLError
 from ..units import count, parse_seed, plural
@@ -44,6 +45,8 @@ def cmd_generate(args):
     tokenizer, tokenizer_file = _tokenizer(args.model if args.tokenizer is None else args.tokenizer,
                                            args.tokenizer is None)
     eos = _eos(args.eos, args.model)
+    if any(unicodedata.category(c) == "Cs" for c in args.prompt):  # bytes that were not UTF-8 (Latin-1 text, say)
+        raise ArchDSLError(f"PROMPT: not UTF-8 text: {args.prompt.encode('utf-8', 'surrogateescape')[:40]!r}")
     ids = tokenizer.encode(args.prompt).ids
     if not ids:
         raise ArchDSLError(f"PROMPT: the tokenizer makes no token of {args.prompt!r}: give some text")
@@ -175,7 +178,7 @@ def _add_generate(p):
     p.add_argument("--temperature", type=float, default=None, metavar="T",
                    help="0: greedy; above 0: sampling from softmax(logits / T) (default: greedy, or 1 with --top-k "
                         "or --top-p)")
-    p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample from the K likeliest tokens only")
+    p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample from the K likeliest tokens only (0: no cut, as transformers')")
     p.add_argument("--top-p", type=float, default=None, metavar="P",
                    help="sample from the likeliest tokens whose probability reaches P (nucleus)")
     p.add_argument("--repetition-penalty", type=float, default=None, metavar="THETA",

@@ -24,6 +24,7 @@ def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attenti
     if input_ids.is_cuda:  # once a call: the prompt's ids checked on the card too (one wait for it)
         model._check_range("generate", "input_ids", input_ids)
     check_sampling(max_new_tokens, temperature, top_k, seed, top_p, repetition_penalty)
+    top_k = top_k or None  # 0: no top-k cut, as transformers' (and no sampling asked for)
     if temperature is None:  # greedy unless a sampling cut is asked for
         temperature = 1.0 if top_k is not None or top_p is not None else 0.0
     eos = stop_ids(model.embeddings.num_embeddings, eos_token_id, pad_token_id)
@@ -154,7 +155,7 @@ def stop_ids(vocab: int, eos_token_id, pad_token_id) -> tuple[list[int], int] | 
 
 def check_sampling(max_new_tokens, temperature, top_k, seed, top_p=None, repetition_penalty=None) -> None:
     """generate's options: max_new_tokens an int >= 0, temperature None or a finite number >= 0 (0: greedy), top_k None
-    or an int >= 1, seed None or an int, top_p None or a number in (0, 1], repetition_penalty None or a finite
+    or an int >= 0 (0: none, as transformers'), seed None or an int, top_p None or a number in (0, 1], repetition_penalty None or a finite
     number > 0."""
     count = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
     if not count(max_new_tokens) or max_new_tokens < 0:
@@ -163,8 +164,8 @@ def check_sampling(max_new_tokens, temperature, top_k, seed, top_p=None, repetit
                                     or not 0 <= temperature < math.inf):
         raise ArchDSLError(f"generate: temperature must be None or a finite number >= 0 (0: greedy), "
                            f"got {temperature!r}")
-    if top_k is not None and (not count(top_k) or top_k < 1):
-        raise ArchDSLError(f"generate: top_k must be None or an int >= 1, got {top_k!r}")
+    if top_k is not None and (not count(top_k) or top_k < 0):
+        raise ArchDSLError(f"generate: top_k must be None or an int >= 0 (0: no top-k cut), got {top_k!r}")
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1):
         raise ArchDSLError(f"generate: top_p must be None or a number in (0, 1], got {top_p!r}")
     if repetition_penalty is not None and (isinstance(repetition_penalty, bool)
@@ -200,7 +201,7 @@ def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None, wher
     # float64 below float32's smallest normal temperature, where float32 would take it for 0 (and give 0/0)
     logits = logits.float() if temperature >= torch.finfo(torch.float32).tiny else logits.double()
     logits = (logits - logits.amax(-1, keepdim=True)) / temperature  # <= 0: a tiny temperature gives -inf, never nan
-    if top_k is not None:
+    if top_k:  # (0: none, as transformers')
         v, _ = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
         logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))
     if top_p is not None and top_p < 1:

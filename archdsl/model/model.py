@@ -401,7 +401,8 @@ class ArchModel(nn.Module):
         torch.no_grad(). temperature 0 = greedy; above 0, sampling from softmax(logits / temperature), cut to the
         top_k likeliest tokens and then to the nucleus of top_p (the fewest likeliest tokens whose probability
         reaches top_p), as transformers' generate does. temperature None (the default): greedy, as transformers'
-        and mamba_ssm's generate are by default, unless top_k or top_p is given, which then samples at 1.
+        and mamba_ssm's generate are by default, unless top_k or top_p is given, which then samples at 1 (top_k 0
+        is no cut, as transformers', and asks for no sampling).
         seed (an int): the draws come from a generator of that seed, the same tokens for the same seed; None: from
         torch's global generator. Returns [B, L + max_new_tokens], the prompt then the new tokens, in input_ids'
         dtype. On CUDA the decode steps are replayed from a CUDA graph (model.cuda_graph: None, the default, from 8

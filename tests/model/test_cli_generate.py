@@ -102,7 +102,7 @@ def test_a_hugging_face_directory_and_its_eos(saved, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--temperature", "-1"], "error: --temperature: must be a finite number >= 0"),
     (["--top-p", "1.5"], "error: --top-p: must be a number in (0, 1]"),
-    (["--top-k", "0"], "error: --top-k: must be an int >= 1"),
+    (["--top-k", "-1"], "error: --top-k: must be an int >= 0"),
     (["--repetition-penalty", "0"], "error: --repetition-penalty: must be a finite number > 0"),
     (["--eos", "1,x"], "error: --eos: expected token ids separated by commas, or none, got '1,x'"),
     (["--eos", "99"], "error: --eos: id 99 is past the model's vocabulary of 16"),
@@ -122,6 +122,8 @@ def test_bad_models_prompts_and_tokenizers(saved, tmp_path, capsys):
     assert rc == 2 and err.startswith(f"error: MODEL: {tmp_path} is neither a saved model"), err
     rc, _, err = _run(capsys, model_dir, "")
     assert rc == 2 and err.startswith("error: PROMPT: the tokenizer makes no token of ''"), err
+    rc, _, err = _run(capsys, model_dir, b"caf\xe9".decode("utf-8", "surrogateescape"))  # a Latin-1 argument
+    assert rc == 2 and err.startswith("error: PROMPT: not UTF-8 text: b'caf\\xe9'"), err  # was tokenizers' TypeError
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     rc, _, err = _run(capsys, model_dir, "the", "--tokenizer", bad)

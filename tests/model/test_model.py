@@ -510,6 +510,10 @@ def test_generate_is_greedy_by_default_and_samples_with_a_cut():
         assert torch.equal(model.generate(ids, 6, temperature=0, seed=2, **cut), greedy)
     draws = {tuple(model.generate(ids, 6, top_k=37, seed=s)[0].tolist()) for s in range(8)}
     assert len(draws) > 1  # it samples
+    # top_k 0 is no cut, as transformers' (it was refused): greedy alone, the uncut draws with a temperature
+    assert torch.equal(model.generate(ids, 6, top_k=0), greedy)
+    assert torch.equal(model.generate(ids, 6, temperature=0.7, top_k=0, seed=3),
+                       model.generate(ids, 6, temperature=0.7, seed=3))
 
 
 _TOKEN_MODEL = {}
@@ -584,7 +588,7 @@ def test_generate_takes_transformers_forms_of_eos_and_pad():
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), -1), r"max_new_tokens must be an int >= 0, got -1"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, temperature=-0.5), r"temperature must be"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, temperature=float("nan")), r"temperature must be"),
-    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, top_k=0), r"top_k must be None or an int >= 1"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, top_k=-1), r"top_k must be None or an int >= 0"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, seed=1.5), r"seed must be None or an int"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, top_p=0), r"top_p must be None or a number in \(0, 1\]"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, top_p=1.5), r"top_p must be .* got 1.5"),
