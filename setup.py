@@ -6,4 +6,5 @@ packages = find_packages(include=["archdsl", "archdsl.*"])
 packages += ["archdsl.kernels"] + [f"archdsl.kernels.{p}" for p in find_packages("kernels")]
 packages += ["archdsl.grammar", "archdsl.specs"]
 
-setup(packages=packages, package_dir={"archdsl.kernels": "kernels", "archdsl.grammar": "grammar", "archdsl.specs": "specs"})
+setup(packages=packages,
+      package_dir={"archdsl.kernels": "kernels", "archdsl.grammar": "grammar", "archdsl.specs": "specs"})

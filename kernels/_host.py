@@ -95,7 +95,8 @@ def packing(seq_idx, cu_seqlens, x, cu_seqlens_cpu=None, runs=True):
     sequence's first token, L; a batch of 1) is checked (0 first, L last, increasing: no empty sequence) and
     stands for seq_idx [1, L] (0, 1, 2, ... a sequence); a seq_idx given too must say the same packing. Its
     offsets come back as a list, read from cu_seqlens_cpu where given (fla's host copy, trusted to hold the
-    same offsets where cu_seqlens is on a GPU: comparing them would wait for it), else from cu_seqlens (one wait for the device).
+    same offsets where cu_seqlens is on a GPU: comparing them would wait for it), else from cu_seqlens (one wait for
+    the device).
     runs=False: the caller reads the offsets only, so seq_idx comes back as given (None) where it is not given
     (no ops on the device for it). Without cu_seqlens: (seq_idx as given, None)."""
     if cu_seqlens is None:

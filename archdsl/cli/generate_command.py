@@ -178,7 +178,8 @@ def _add_generate(p):
     p.add_argument("--temperature", type=float, default=None, metavar="T",
                    help="0: greedy; above 0: sampling from softmax(logits / T) (default: greedy, or 1 with --top-k "
                         "or --top-p)")
-    p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample from the K likeliest tokens only (0: no cut, as transformers')")
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="sample from the K likeliest tokens only (0: no cut, as transformers')")
     p.add_argument("--top-p", type=float, default=None, metavar="P",
                    help="sample from the likeliest tokens whose probability reaches P (nucleus)")
     p.add_argument("--repetition-penalty", type=float, default=None, metavar="THETA",

@@ -41,7 +41,8 @@ def cmd_train(args):
     cfg = TrainConfig(spec=args.spec, settings=tuple(args.set), data=args.data, steps=args.steps, rundir=args.output,
                       batch=args.batch, micro_batch=args.micro_batch, seq_len=args.seq_len, lr=args.lr,
                       warmup=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip, bf16=args.bf16,
-                      grad_ckpt=args.grad_ckpt, compile=args.compile, save_every=args.save_every, keep_last=args.keep_last, resume=args.resume,
+                      grad_ckpt=args.grad_ckpt, compile=args.compile, save_every=args.save_every,
+                      keep_last=args.keep_last, resume=args.resume,
                       stop_after=args.stop_after, seed=args.seed, device=args.device, peak_tflops=args.peak_tflops,
                       progress=not args.no_progress, cpu_threads=args.threads)
     out = train(cfg)

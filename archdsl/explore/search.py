@@ -156,7 +156,8 @@ def parse_constraint(metric: str, text: str, bound: str = "max") -> Constraint:
     if key == "cache_bytes" and isinstance(amount, str) and re.fullmatch(r"[0-9.,_e+-]+\s*b", amount.strip().lower()):
         num = amount.strip()[:-1].strip()
         raise ArchDSLError(f"{metric}: {amount.strip()!r} is ambiguous: B is billions (as in 1.5B parameters), not "
-                           f"bytes; write {num}GB or {num}GiB for {num} billion bytes, or a count of bytes with no unit")
+                           f"bytes; write {num}GB or {num}GiB for {num} billion bytes, or a count of bytes with no "
+                           f"unit")
     value = parse_amount(amount)
     if value < 0:
         raise ArchDSLError(f"{metric}: a budget cannot be negative: {text!r}")
@@ -379,8 +380,9 @@ def enumerate_space(space: Space, constraints: Sequence[Constraint] = (), contex
 
 def _models(frame: dict, spec) -> tuple:
     """What a frame's models are, whatever their blocks are called: its counts, and the resolved configuration
-    (shape_key: a default written out is the default) of every block of every layer of its first placement's model (`spec`; the other placements move the attention
-    layers alone). Two frames alike in it give the same models at the same placements."""
+    (shape_key: a default written out is the default) of every block of every layer of its first placement's model
+    (`spec`; the other placements move the attention layers alone). Two frames alike in it give the same models at
+    the same placements."""
     from ..analysis import layers
 
     blocks = tuple(tuple(repr(s.config.shape_key()) for s in subs) for subs in layers(spec.graph))

@@ -155,8 +155,8 @@ def stop_ids(vocab: int, eos_token_id, pad_token_id) -> tuple[list[int], int] | 
 
 def check_sampling(max_new_tokens, temperature, top_k, seed, top_p=None, repetition_penalty=None) -> None:
     """generate's options: max_new_tokens an int >= 0, temperature None or a finite number >= 0 (0: greedy), top_k None
-    or an int >= 0 (0: none, as transformers'), seed None or an int, top_p None or a number in (0, 1], repetition_penalty None or a finite
-    number > 0."""
+    or an int >= 0 (0: none, as transformers'), seed None or an int, top_p None or a number in (0, 1],
+    repetition_penalty None or a finite number > 0."""
     count = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
     if not count(max_new_tokens) or max_new_tokens < 0:
         raise ArchDSLError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")

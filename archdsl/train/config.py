@@ -46,7 +46,8 @@ KINDS = {
 FIELDS = {"spec": "path", "settings": "strs", "data": "path", "steps": "int", "rundir": "path", "batch": "int",
           "micro_batch": "int", "seq_len": "int", "lr": "number", "weight_decay": "number", "betas": "pair",
           "warmup": "number", "min_lr_ratio": "number", "grad_clip": "number", "bf16": "bool", "grad_ckpt": "bool",
-          "compile": "bool", "save_every": "int", "keep_last": "int", "resume": "bool", "stop_after": "int", "seed": "int",
+          "compile": "bool", "save_every": "int", "keep_last": "int", "resume": "bool", "stop_after": "int",
+          "seed": "int",
           "device": "str", "peak_tflops": "number", "progress": "bool", "cpu_threads": "int"}
 
 
