@@ -1592,3 +1592,17 @@ def test_one_model_under_two_names_is_enumerated_once():
                                    "d_model": [32], "depth": [4]}))
     assert [c.layout for c in moe.candidates] == ["4×mamba2, moe(experts=4, top_k=2, hidden=64) every 2",
                                                   "4×mamba2, moe(experts=4, top_k=2) every 2"]
+
+
+@pytest.mark.parametrize("train, where", [  # each was said with no place, and only once --probe ran
+    ("{stepz: 3}", "space.yaml:3:17: probe: unknown training setting 'stepz'; did you mean 'steps'?"),
+    ("{steps: 10, lr: 5}", "space.yaml:3:32: probe: train: lr must be at most 1"),
+    ("{steps: 10, warmup: 50}", "space.yaml:3:36: probe: train: warmup must be a share of the steps"),
+])
+def test_a_bad_probe_training_setting_points_into_the_space_file(tmp_path, capsys, train, where):
+    space = tmp_path / "space.yaml"
+    space.write_text(f"mixers: [mamba2]\nd_model: [16]\nprobe: {{train: {train}}}\ndepth: [2]\n")
+    for probe in ([], ["--probe"]):
+        code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress", *probe], capsys)
+        assert code == 2 and where in err and "Traceback" not in err, err
+        assert not (tmp_path / "o").exists()

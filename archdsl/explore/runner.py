@@ -23,7 +23,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 from ..analysis import dtype_name
-from ..errors import ArchDSLError, check_path, did_you_mean, shown
+from ..errors import ArchDSLError, check_path, shown
 from ..atomic import check_control, write_atomic
 from ..progress import progress_bar
 from ..units import MAX_SEED
@@ -166,14 +166,11 @@ def _trainer(probe: ProbeSpec, seed: int):
     """(task, TrainConfig, device) of the probe, checked: its parts' shape, the task's arguments, the training
     settings, the device (`auto` resolved)."""
     from .probes import make_task
-    from .train import SETTINGS, TrainConfig, pick_device
+    from .train import TrainConfig, pick_device
 
     check_probe({"task": probe.task, "args": probe.task_args, "d_model": probe.d_model, "train": probe.train})
     task = make_task(probe.task, **(probe.task_args or {}))
-    train = probe.train or {}
-    for key in train:
-        if key not in SETTINGS:
-            raise ArchDSLError(f"probe: unknown training setting {key!r}", hint=did_you_mean(key, SETTINGS))
+    train = probe.train or {}  # (its names and values checked by check_probe)
     cfg = TrainConfig(**{**train, "seed": seed})
     if not isinstance(train.get("dtype", ""), str):  # by name, as the space file gives it
         raise ArchDSLError(f"probe: train: dtype must be a dtype name (float32, float64 or bfloat16), got "

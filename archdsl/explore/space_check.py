@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 
 from ..errors import ArchDSLError, did_you_mean, shown
 
@@ -45,7 +46,8 @@ PROBE_KEYS = ("task", "args", "d_model", "train")
 def check_probe(probe) -> None:
     """The shape of a space's probe: section (or a ProbeSpec's parts), each error keyed to its place: known keys, a
     task name, mappings of named arguments and settings, a positive d_model. Checked as the space is read, whether or
-    not --probe runs it; the values themselves are checked by make_task and TrainConfig, before anything is written."""
+    not --probe runs it, and the training settings' values by TrainConfig (`_check_train`); the task's arguments are
+    make_task's to check, before anything is written."""
     if not isinstance(probe, dict):
         raise keyed_error("probe must be a mapping (task, args, d_model, train)", ("probe",))
     for k in probe:
@@ -72,3 +74,22 @@ def check_probe(probe) -> None:
     if d_model is not None and d_model > 10**6:
         raise keyed_error(f"probe: d_model must be at most 10^6 (the widest a spec may be), got {shown(d_model)}",
                           ("probe", "d_model"))
+    if probe.get("train"):
+        _check_train(probe["train"])
+
+
+def _check_train(train: dict) -> None:
+    """The probe's training settings, each error at its key: known names, then TrainConfig's own checks (whose
+    messages start `train: NAME`)."""
+    from .train import SETTINGS, TrainConfig
+
+    for k in train:
+        if k not in SETTINGS:
+            raise keyed_error(f"probe: unknown training setting {k!r}", ("probe", "train", k, "<key>"),
+                              did_you_mean(k, SETTINGS))
+    try:
+        TrainConfig(**train)
+    except ArchDSLError as e:
+        m = re.match(r"train: (\w+)", e.message)
+        key = ("probe", "train", m.group(1)) if m and m.group(1) in train else ("probe", "train")
+        raise keyed_error(f"probe: {e.message}", key, e.hint) from None
