@@ -77,9 +77,12 @@ def check_safetensors(path: str) -> dict:
 
 
 def checkpoint_files(path: str) -> list[str]:
-    """The safetensors files of an HF model directory (an index's shards, or model.safetensors)."""
+    """The safetensors files of an HF model directory: model.safetensors, else an index's shards (transformers'
+    order: where both are there, it loads model.safetensors, and so does this)."""
     index = os.path.join(path, "model.safetensors.index.json")
     single = os.path.join(path, "model.safetensors")
+    if os.path.isfile(single):
+        return [single]
     if os.path.isfile(index):
         try:
             with open(index, encoding="utf-8") as f:
@@ -97,8 +100,6 @@ def checkpoint_files(path: str) -> list[str]:
                 raise ArchDSLError(f"missing shard {s!r} named by the index", file=index)
             files.append(f)
         return files
-    if os.path.isfile(single):
-        return [single]
     others = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
     if others:
         return [os.path.join(path, f) for f in others]
