@@ -139,7 +139,6 @@ class Mamba(nn.Module, Fusable, FoldsNorm):
             self.dt_layernorm = nn.Parameter(torch.ones(R))
             self.b_layernorm = nn.Parameter(torch.ones(N))
             self.c_layernorm = nn.Parameter(torch.ones(N))
-        self.dt_proj._keep_init = True
         self.fuse = True  # "epilogue"; "step": two Triton kernels around the x_proj GEMM (set_fuse)
         self.reset_parameters()
 

@@ -16,8 +16,8 @@ and A + PPᵀ with P_n = √(n + 1/2) is -½·I + S, S skew-symmetric. So its ei
 the eigenvectors, B̃ = V*·(B/2), as state-spaces' S4D-LegS does (`dplr(B_init="legs")`: nplr's V*·B, then
 `B *= 0.5`; its `legsd` transition halves B the same way). This block has no separate B (s4d.py fixes
 B = 1), so B̃ is folded into C's init: C = 𝒩_ℂ(0, 1)·B̃.
-S4D-Lin (A_n = -½ + iπn, C = 𝒩_ℂ(0, 1), the s4d.py default and an approximation of S4D-LegS)
-is `init="lin"`; S4D-Inv (A_n = -½ + i·(N/π)(N/(2n+1) - 1)) `init="inv"` and S4D-Real (A_n = -(n+1))
+S4D-Lin (A_n = -½ + iπn, C = 𝒩_ℂ(0, 1), the s4d.py default) is `init="lin"`; S4D-Inv
+(A_n = -½ + i·(N/π)(N/(2n+1) - 1), the approximation of S4D-LegS's eigenvalues) `init="inv"` and S4D-Real (A_n = -(n+1))
 `init="real"`, as state-spaces' dplr init, with C = 𝒩_ℂ(0, 1).
 Decode state: "s" [B, d, N/2] complex64 (complex128 for float64 models).
 """
