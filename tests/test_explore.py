@@ -343,18 +343,24 @@ def test_bad_base_blocks_point_into_the_space_file(tmp_path, capsys, blocks, col
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("base, where", [  # each was at `<base>:LINE:COL`, a copy of the mapping made to read it
-    ("\n  vocab_size: 256\n  norm: rmsnrom", "space.yaml:3:9: unknown norm 'rmsnrom'"),
-    (" {vocab_size: 0}", "space.yaml:1:20: vocab_size must be positive, got 0"),
-    (" {d_model: 64, norm_eps: 2}", "space.yaml:1:31: norm_eps must be in (0, 1), got 2.0"),
-    (" nosuch.yaml", "space.yaml:1:7: base: no such spec file 'nosuch.yaml' (beside the space file: "),
+@pytest.mark.parametrize("section, where", [
+    # a base: mapping's were at `<base>:LINE:COL`, a copy of the mapping made to read it
+    ("base:\n  vocab_size: 256\n  norm: rmsnrom", "space.yaml:3:9: unknown norm 'rmsnrom'"),
+    ("base: {vocab_size: 0}", "space.yaml:1:20: vocab_size must be positive, got 0"),
+    ("base: {d_model: 64, norm_eps: 2}", "space.yaml:1:31: norm_eps must be in (0, 1), got 2.0"),
+    ("base: nosuch.yaml", "space.yaml:1:7: base: no such spec file 'nosuch.yaml' (beside the space file: "),
+    # probe.train's were said with no place, and only once --probe ran
+    ("probe: {train: {stepz: 3}}", "space.yaml:1:17: probe: unknown training setting 'stepz'; did you mean 'steps'?"),
+    ("probe: {train: {steps: 10, lr: 5}}", "space.yaml:1:32: probe: train: lr must be at most 1"),
+    ("probe: {train: {steps: 10, warmup: 50}}", "space.yaml:1:36: probe: train: warmup must be a share of the steps"),
 ])
-def test_a_bad_base_spec_points_into_the_space_file(tmp_path, capsys, base, where):
+def test_a_bad_base_or_probe_setting_points_into_the_space_file(tmp_path, capsys, section, where):
     space = tmp_path / "space.yaml"
-    space.write_text(f"base:{base}\nmixers: [mamba2]\nd_model: [16]\ndepth: [2]\n")
-    code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress"], capsys)
-    assert code == 2 and where in err and "<base>" not in err and "Traceback" not in err, err
-    assert not (tmp_path / "o").exists()
+    space.write_text(f"{section}\nmixers: [mamba2]\nd_model: [16]\ndepth: [2]\n")
+    for probe in ([], ["--probe"]):
+        code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress", *probe], capsys)
+        assert code == 2 and where in err and "<base>" not in err and "Traceback" not in err, err
+        assert not (tmp_path / "o").exists()
 
 
 def test_bad_base_blocks_of_a_python_space_are_named():
@@ -1592,17 +1598,3 @@ def test_one_model_under_two_names_is_enumerated_once():
                                    "d_model": [32], "depth": [4]}))
     assert [c.layout for c in moe.candidates] == ["4×mamba2, moe(experts=4, top_k=2, hidden=64) every 2",
                                                   "4×mamba2, moe(experts=4, top_k=2) every 2"]
-
-
-@pytest.mark.parametrize("train, where", [  # each was said with no place, and only once --probe ran
-    ("{stepz: 3}", "space.yaml:3:17: probe: unknown training setting 'stepz'; did you mean 'steps'?"),
-    ("{steps: 10, lr: 5}", "space.yaml:3:32: probe: train: lr must be at most 1"),
-    ("{steps: 10, warmup: 50}", "space.yaml:3:36: probe: train: warmup must be a share of the steps"),
-])
-def test_a_bad_probe_training_setting_points_into_the_space_file(tmp_path, capsys, train, where):
-    space = tmp_path / "space.yaml"
-    space.write_text(f"mixers: [mamba2]\nd_model: [16]\nprobe: {{train: {train}}}\ndepth: [2]\n")
-    for probe in ([], ["--probe"]):
-        code, _, err = _run(["explore", str(space), "-o", str(tmp_path / "o"), "--no-progress", *probe], capsys)
-        assert code == 2 and where in err and "Traceback" not in err, err
-        assert not (tmp_path / "o").exists()
