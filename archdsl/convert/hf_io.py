@@ -213,16 +213,22 @@ def checkpoint_dtype(config: dict, tensors: dict):
     return resolve_dtype(max(counts, key=counts.get) if counts else torch.float32)
 
 
-def empty_model(spec, dtype):
-    """The model of `spec` on the CPU, its tensors allocated but not initialised: built on the meta device (no
-    random init, which took minutes at 7B), then given storage. That gives every parameter a tensor of its own,
-    so the ties (the LM head's) are made again, and the plain tensors an ArchModel holds outside its state (aux_loss,
-    zeros that forward replaces) are made as zeros on the CPU. Every parameter and buffer must then be loaded:
-    load_weights refuses a model it leaves a tensor of."""
-    import torch
+def meta_model(spec, dtype):
+    """The model of `spec` on the meta device: its names and shapes, no storage and no random init (which took
+    minutes at 7B). The checkpoint's names and shapes are checked against it before anything is allocated: a
+    wrong checkpoint is an error, not an allocation of the size its config claims."""
     from ..model import compile as compile_model
 
-    model = compile_model(spec, device="meta", dtype=dtype)
+    return compile_model(spec, device="meta", dtype=dtype)
+
+
+def materialize(model):
+    """A meta model given storage on the CPU, allocated but not initialised. That gives every parameter a tensor
+    of its own, so the ties (the LM head's) are made again, and the plain tensors an ArchModel holds outside its
+    state (aux_loss, zeros that forward replaces) are made as zeros on the CPU. Every parameter and buffer must then
+    be loaded: load_weights refuses a model it leaves a tensor of."""
+    import torch
+
     ties = {}  # id of a parameter → its names
     for name, p in model.named_parameters(remove_duplicate=False):
         ties.setdefault(id(p), []).append(name)
@@ -245,8 +251,8 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
 
     device: where the model goes; dtype: the model's dtype (default: config.json's dtype, else the checkpoint's
     most common floating dtype). The stages: config → spec; read the safetensors; drop the tensors transformers
-    ignores; read the head's tie as transformers does; build the model without initialising it; map the names
-    (the family's to_archdsl, which checks them and the shapes); load; keep its tokenizer and generation files
+    ignores; read the head's tie as transformers does; build the model on the meta device; map the names (the family's
+    to_archdsl, which checks them and the shapes); allocate the model, without initialising it; load; keep its tokenizer and generation files
     (model.companions)."""
     import torch
     from . import hf
@@ -273,13 +279,14 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
             dtype = checkpoint_dtype(config, tensors)
         except ArchDSLError as e:
             raise ArchDSLError(e.message, file=hf.config_file(path), hint=e.hint) from None
-    model = empty_model(spec, dtype)
+    model = meta_model(spec, dtype)
     try:
         state = fam.to_archdsl(tensors, spec, model)
     except ArchDSLError as e:  # the family names the tensor; say which checkpoint it is in
         if e.file:
             raise
         raise ArchDSLError(e.message, file=path, hint=e.hint) from None
+    model = materialize(model)
     load_weights(model, state, source=path)
     model.companions = read_companions(path)  # its tokenizer and generation files, carried into saves and exports
     if "generation_config.json" not in model.companions and eos_companion(config) is not None:

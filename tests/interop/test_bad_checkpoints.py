@@ -159,3 +159,17 @@ def test_cli_nothing_half_written(good, tmp_path, capsys):
                                            "Jamba layer is a mamba or attn mixer followed by an mlp or moe FFN"):
         export_hf(model, tmp_path / "nothing")
     assert not (tmp_path / "nothing").exists()
+
+
+def test_a_config_far_larger_than_its_checkpoint_is_refused_before_anything_is_allocated(good, tmp_path,
+                                                                                         monkeypatch):
+    # 10^8 × 16 float32 embeddings and head would be 12.8 GB: the names and shapes are checked on the meta device,
+    # and the model is given storage only once they match
+    import archdsl.convert.hf_io as hf_io
+
+    def no_storage(model):
+        raise AssertionError("the model was allocated before the checkpoint's shapes were checked")
+    monkeypatch.setattr(hf_io, "materialize", no_storage)
+    d = copy(good, tmp_path / "v", config={"vocab_size": 10**8, "pad_vocab_size_multiple": 1,
+                                           "tie_word_embeddings": False})
+    refused(d, "backbone.embeddings.weight", "[50, 16]", "[100000000, 16]")
