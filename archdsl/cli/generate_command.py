@@ -17,7 +17,7 @@ from .common import ARGS, command, device_arg, model_dtype
 @command("generate", "continue a text prompt with a saved model or a Hugging Face model directory (its tokenizer)")
 def cmd_generate(args):
     """Tokenize PROMPT with the model's tokenizer.json (or --tokenizer's), generate up to --max-new-tokens tokens
-    (greedy by default; --temperature, --top-k or --top-p samples, --seed fixes the draws),
+    (greedy by default; --temperature, --top-k, --top-p or --min-p samples, --seed fixes the draws),
     stop at an end-of-text id (--eos; by default the model directory's generation_config.json or config.json
     eos_token_id), and print the prompt with its continuation. MODEL: a directory that `archdsl compile`,
     `convert --weights` or `export-checkpoint` wrote, or a Hugging Face model directory (config.json +
@@ -27,7 +27,7 @@ def cmd_generate(args):
 
     try:  # before anything is read: the sampling options, named as options
         check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.seed, args.top_p,
-                       args.repetition_penalty)
+                       args.repetition_penalty, args.min_p, args.min_new_tokens)
     except ArchDSLError as e:
         option = re.sub(r"^generate: (\w+)", lambda m: "--" + m.group(1).replace("_", "-") + ":", e.message)
         raise ArchDSLError(option.replace("must be None or ", "must be ")) from None  # an option left out is None
@@ -45,6 +45,10 @@ def cmd_generate(args):
     tokenizer, tokenizer_file = _tokenizer(args.model if args.tokenizer is None else args.tokenizer,
                                            args.tokenizer is None)
     eos = _eos(args.eos, args.model)
+    if args.min_new_tokens and not eos:
+        raise ArchDSLError(f"--min-new-tokens {args.min_new_tokens} holds back the end-of-text ids, and there are none "
+                           f"(" + ("--eos none" if args.eos is not None else "MODEL names no eos_token_id") +
+                           "): give --eos IDS, or leave --min-new-tokens out")
     if any(unicodedata.category(c) == "Cs" for c in args.prompt):  # bytes that were not UTF-8 (Latin-1 text, say)
         raise ArchDSLError(f"PROMPT: not UTF-8 text: {args.prompt.encode('utf-8', 'surrogateescape')[:40]!r}")
     ids = tokenizer.encode(args.prompt).ids
@@ -72,7 +76,8 @@ def cmd_generate(args):
     model.cuda_graph = args.cuda_graph  # None: a CUDA graph on a card, eager steps where it does not capture
     prompt = torch.tensor([ids], dtype=torch.long, device=model.device)
     out = model.generate(prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                         top_p=args.top_p, repetition_penalty=args.repetition_penalty, eos_token_id=eos)
+                         top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                         eos_token_id=eos, min_new_tokens=args.min_new_tokens)
     new = out[0, len(ids):].tolist()
     stopped = bool(eos) and bool(new) and new[-1] in eos
     undecoded = sorted({i for i in new if tokenizer.id_to_token(i) is None})  # decode() leaves them out silently
@@ -175,13 +180,17 @@ def _add_generate(p):
                    help="a tokenizer.json file or a directory holding one (default: MODEL's)")
     p.add_argument("--max-new-tokens", type=count("--max-new-tokens", minimum=0), default=64, metavar="N",
                    help="tokens to generate at most (default 64)")
+    p.add_argument("--min-new-tokens", type=count("--min-new-tokens", minimum=0), default=None, metavar="N",
+                   help="no end-of-text id before N new tokens (needs an eos id)")
     p.add_argument("--temperature", type=float, default=None, metavar="T",
-                   help="0: greedy; above 0: sampling from softmax(logits / T) (default: greedy, or 1 with --top-k "
-                        "or --top-p)")
+                   help="0: greedy; above 0: sampling from softmax(logits / T) (default: greedy, or 1 with --top-k, "
+                        "--top-p or --min-p)")
     p.add_argument("--top-k", type=int, default=None, metavar="K",
                    help="sample from the K likeliest tokens only (0: no cut, as transformers')")
     p.add_argument("--top-p", type=float, default=None, metavar="P",
                    help="sample from the likeliest tokens whose probability reaches P (nucleus)")
+    p.add_argument("--min-p", type=float, default=None, metavar="P",
+                   help="sample from the tokens at least P times as likely as the likeliest (min-p; 0: no cut)")
     p.add_argument("--repetition-penalty", type=float, default=None, metavar="THETA",
                    help="divide (multiply, where negative) the logits of tokens already in the text by THETA (1: off)")
     p.add_argument("--seed", type=parse_seed, default=None, metavar="S",

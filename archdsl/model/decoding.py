@@ -1,10 +1,11 @@
 """Decoding beyond the one step: ArchModel.generate's loop (prefill, then sampling with temperature, top-k,
-top-p, a repetition penalty and stop ids) and the decode step replayed from a CUDA graph."""
+top-p, min-p, a repetition penalty, stop ids and a least count of new tokens) and the decode step replayed from a CUDA graph."""
 from __future__ import annotations
 
 import math
 import numbers
 import threading
+from dataclasses import dataclass
 
 import torch
 
@@ -17,17 +18,22 @@ class CacheTooBig(ArchDSLError):
 
 
 def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attention_mask, top_p, eos_token_id,
-             pad_token_id, repetition_penalty):
+             pad_token_id, repetition_penalty, min_p=None, min_new_tokens=None):
     """ArchModel.generate (its docstring says what each argument does): prefill, then sample step by step."""
     model._check_tokens("generate", "input_ids", input_ids, 2)
     model._padded("generate", attention_mask, input_ids, None)  # refused before any cache is made
     if input_ids.is_cuda:  # once a call: the prompt's ids checked on the card too (one wait for it)
         model._check_range("generate", "input_ids", input_ids)
-    check_sampling(max_new_tokens, temperature, top_k, seed, top_p, repetition_penalty)
+    check_sampling(max_new_tokens, temperature, top_k, seed, top_p, repetition_penalty, min_p, min_new_tokens)
     top_k = top_k or None  # 0: no top-k cut, as transformers' (and no sampling asked for)
+    min_p = min_p or None  # 0: no cut, as transformers'
     if temperature is None:  # greedy unless a sampling cut is asked for
-        temperature = 1.0 if top_k is not None or top_p is not None else 0.0
+        temperature = 1.0 if top_k is not None or top_p is not None or min_p is not None else 0.0
     eos = stop_ids(model.embeddings.num_embeddings, eos_token_id, pad_token_id)
+    if min_new_tokens and eos is None:
+        raise ArchDSLError(f"generate: min_new_tokens {min_new_tokens} holds back the eos ids, and no eos_token_id "
+                           f"is given: give one, or leave min_new_tokens out (every step runs without one)")
+    min_new_tokens = min_new_tokens or 0
     B, L = input_ids.shape
     if max_new_tokens == 0:  # a new tensor, as for any other count: writing to it leaves the prompt alone
         return input_ids.clone()
@@ -43,8 +49,8 @@ def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attenti
         done = model.__dict__.get("_graph_done") if lock is not None else None
         if done is not None:  # the last holder's work on the graph's buffers, queued on its stream, comes first
             torch.cuda.current_stream(input_ids.device).wait_event(done)
-        return _decode(model, input_ids, max_new_tokens, temperature, top_k, gen, attention_mask, top_p, eos,
-                       repetition_penalty, graphed)
+        how = Sampling(temperature, top_k, top_p, min_p, repetition_penalty)
+        return _decode(model, input_ids, max_new_tokens, how, gen, attention_mask, eos, min_new_tokens, graphed)
     finally:
         if lock is not None:
             try:
@@ -64,9 +70,20 @@ def graph_lock(model) -> threading.Lock:
 CAPTURING = threading.Lock()  # one capture at a time in the process: torch.cuda.graph syncs the device as it starts
 
 
-def _decode(model, input_ids, max_new_tokens, temperature, top_k, gen, attention_mask, top_p, eos, repetition_penalty,
-            graphed):
-    """generate after its checks: prefill, then sample step by step, replaying the graph where `graphed`."""
+@dataclass(frozen=True)
+class Sampling:
+    """generate's draw of each token, checked (check_sampling) and resolved: temperature 0 is greedy; top_k and min_p
+    None where off; repetition_penalty None or 1 where off."""
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    min_p: float | None
+    repetition_penalty: float | None
+
+
+def _decode(model, input_ids, max_new_tokens, how: Sampling, gen, attention_mask, eos, min_new_tokens, graphed):
+    """generate after its checks: prefill, then sample step by step, replaying the graph where `graphed`. The eos
+    ids are held back (-inf, as transformers' MinNewTokensLengthLogitsProcessor) for the first min_new_tokens."""
     B, L = input_ids.shape
     try:
         if graphed:  # a static cache, all L + max_new_tokens positions at once (and up to a quarter more)
@@ -93,6 +110,7 @@ def _decode(model, input_ids, max_new_tokens, temperature, top_k, gen, attention
     logits = model(input_ids, cache, attention_mask=attention_mask, logits_to_keep=1)[:, -1]
     out = [input_ids]
     seen = None
+    repetition_penalty = how.repetition_penalty
     if repetition_penalty is not None and repetition_penalty != 1:
         real = (torch.ones_like(input_ids, dtype=torch.long) if attention_mask is None
                 else (attention_mask != 0).long())
@@ -103,16 +121,18 @@ def _decode(model, input_ids, max_new_tokens, temperature, top_k, gen, attention
         pad = torch.tensor(eos[1], device=input_ids.device)
         done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     # sampling on a card: the logits' finite check waits for the device every CHECK_EVERY steps, not each token
-    deferred = Deferred(B, input_ids.device) if defers(input_ids, temperature, eos) else None
+    deferred = Deferred(B, input_ids.device) if defers(input_ids, how.temperature, eos) else None
     for i in range(max_new_tokens):
+        if i < min_new_tokens:  # before the penalty, as transformers' order: -inf stays -inf under it
+            logits = logits.index_fill(-1, eos_ids, float("-inf"))
         if seen is not None:
             logits = penalize(logits, seen, repetition_penalty)
         if deferred is not None:
             logits = deferred.note(logits, i)
             if i % CHECK_EVERY == CHECK_EVERY - 1 or i + 1 == max_new_tokens:
                 deferred.check()
-        tok = sample(logits, temperature, top_k, gen, top_p, where=f"generate: step {i} (new token {i + 1})",
-                     checked=deferred is None)
+        tok = sample(logits, how.temperature, how.top_k, gen, how.top_p, checked=deferred is None, min_p=how.min_p,
+                     where=f"generate: step {i} (new token {i + 1})")
         if seen is not None:
             seen.scatter_(1, tok[:, None], True)
         if eos is not None:
@@ -153,10 +173,12 @@ def stop_ids(vocab: int, eos_token_id, pad_token_id) -> tuple[list[int], int] | 
     return [int(v) for v in ids], int(ids[0] if pad_token_id is None else pad_token_id)
 
 
-def check_sampling(max_new_tokens, temperature, top_k, seed, top_p=None, repetition_penalty=None) -> None:
+def check_sampling(max_new_tokens, temperature, top_k, seed, top_p=None, repetition_penalty=None, min_p=None,
+                   min_new_tokens=None) -> None:
     """generate's options: max_new_tokens an int >= 0, temperature None or a finite number >= 0 (0: greedy), top_k None
     or an int >= 0 (0: none, as transformers'), seed None or an int, top_p None or a number in (0, 1],
-    repetition_penalty None or a finite number > 0."""
+    repetition_penalty None or a finite number > 0, min_p None or a number in [0, 1] (0: none), min_new_tokens None
+    or an int >= 0."""
     count = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
     if not count(max_new_tokens) or max_new_tokens < 0:
         raise ArchDSLError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
@@ -173,6 +195,10 @@ def check_sampling(max_new_tokens, temperature, top_k, seed, top_p=None, repetit
                                            or not 0 < repetition_penalty < math.inf):
         raise ArchDSLError(f"generate: repetition_penalty must be None or a finite number > 0 (1: off), "
                            f"got {repetition_penalty!r}")
+    if min_p is not None and (isinstance(min_p, bool) or not isinstance(min_p, numbers.Real) or not 0 <= min_p <= 1):
+        raise ArchDSLError(f"generate: min_p must be None or a number in [0, 1] (0: no cut), got {min_p!r}")
+    if min_new_tokens is not None and (not count(min_new_tokens) or min_new_tokens < 0):
+        raise ArchDSLError(f"generate: min_new_tokens must be None or an int >= 0, got {min_new_tokens!r}")
     check_seed("generate", seed, none_ok=True)
 
 
@@ -186,19 +212,27 @@ def penalize(logits, seen, penalty: float):
     return out.clamp(-big, big).float()
 
 
-def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None, where="sample", checked=True):
-    """logits [B, V] → tokens [B]: greedy at temperature 0, else softmax sampling, optionally from the top_k
-    likeliest tokens, then from the nucleus: the likeliest tokens, in order, until their probability reaches
-    top_p (`nucleus`, as transformers computes it, so that tokens tied at its edge fall alike: bf16 logits tie).
-    Sampling needs every row's largest logit finite (a -inf logit is a token never drawn): a row with a NaN or
-    +inf logit, or with -inf logits only, is ArchDSLError "`where`: ... row r ..." (one wait for the device a
-    call; checked=False: the caller checks, as generate's Deferred). Greedy takes the argmax as it is (+inf wins;
-    NaN, which torch ranks above every number, too)."""
+def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None, where="sample", checked=True, min_p=None):
+    """logits [B, V] → tokens [B]: greedy at temperature 0, else softmax sampling from `warp`'s logits (the
+    temperature, then top_k, top_p and min_p's cuts). Sampling needs every row's largest logit finite (a -inf logit
+    is a token never drawn): a row with a NaN or +inf logit, or with -inf logits only, is ArchDSLError "`where`:
+    ... row r ..." (one wait for the device a call; checked=False: the caller checks, as generate's Deferred).
+    Greedy takes the argmax as it is (+inf wins; NaN, which torch ranks above every number, too)."""
     if temperature == 0:
         return logits.argmax(-1)
     if checked:
         check_finite(logits, where)
-    # float64 below float32's smallest normal temperature, where float32 would take it for 0 (and give 0/0)
+    probs = torch.softmax(warp(logits, temperature, top_k, top_p, min_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def warp(logits, temperature: float, top_k=None, top_p=None, min_p=None):
+    """Finite logits [B, V] → those sampling draws from, in transformers' order: divided by temperature (> 0), cut
+    to the top_k likeliest tokens (and those tied with the k-th), then to the nucleus of top_p (the likeliest
+    tokens, in order, until their probability reaches it: `nucleus`, as transformers computes it, so that tokens
+    tied at its edge fall alike: bf16 logits tie), then to the tokens at least min_p times as likely as the
+    likeliest (min-p sampling); -inf where cut. The likeliest token is never cut. float32, or float64 where the
+    temperature is below float32's smallest normal number (where float32 would take it for 0 and give 0/0)."""
     logits = logits.float() if temperature >= torch.finfo(torch.float32).tiny else logits.double()
     logits = (logits - logits.amax(-1, keepdim=True)) / temperature  # <= 0: a tiny temperature gives -inf, never nan
     if top_k:  # (0: none, as transformers')
@@ -206,8 +240,9 @@ def sample(logits, temperature=1.0, top_k=None, generator=None, top_p=None, wher
         logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))
     if top_p is not None and top_p < 1:
         logits = nucleus(logits, top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    if min_p:  # the likeliest at 0, so p / p_max = exp(logit): kept where >= min_p (0: none, as transformers')
+        logits = logits.masked_fill(logits < math.log(min_p), float("-inf"))
+    return logits
 
 
 def nucleus(logits, top_p: float):

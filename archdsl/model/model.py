@@ -396,13 +396,15 @@ class ArchModel(nn.Module):
     def generate(self, input_ids, max_new_tokens: int, temperature: float | None = None, top_k: int | None = None,
                  seed: int | None = None, attention_mask: torch.Tensor | None = None, top_p: float | None = None,
                  eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
-                 repetition_penalty: float | None = None):
+                 repetition_penalty: float | None = None, min_p: float | None = None,
+                 min_new_tokens: int | None = None):
         """Prefill input_ids [B, L] (int64 or int32) through the parallel path, then decode step by step, under
         torch.no_grad(). temperature 0 = greedy; above 0, sampling from softmax(logits / temperature), cut to the
-        top_k likeliest tokens and then to the nucleus of top_p (the fewest likeliest tokens whose probability
-        reaches top_p), as transformers' generate does. temperature None (the default): greedy, as transformers'
-        and mamba_ssm's generate are by default, unless top_k or top_p is given, which then samples at 1 (top_k 0
-        is no cut, as transformers', and asks for no sampling).
+        top_k likeliest tokens, then to the nucleus of top_p (the fewest likeliest tokens whose probability
+        reaches top_p), then to the tokens at least min_p times as likely as the likeliest, as transformers'
+        generate does. temperature None (the default): greedy, as transformers' and mamba_ssm's generate are by
+        default, unless top_k, top_p or min_p is given, which then samples at 1 (top_k 0 and min_p 0 are no cut,
+        as transformers', and ask for no sampling).
         seed (an int): the draws come from a generator of that seed, the same tokens for the same seed; None: from
         torch's global generator. Returns [B, L + max_new_tokens], the prompt then the new tokens, in input_ids'
         dtype. On CUDA the decode steps are replayed from a CUDA graph (model.cuda_graph: None, the default, from 8
@@ -413,7 +415,8 @@ class ArchModel(nn.Module):
         lengths, left-padded (the pads first); each row continues as its prompt alone would (forward).
         eos_token_id (one id or a list, as transformers'): a row that has produced one goes on with pad_token_id
         (default: the first eos id), and generation stops once every row has, so the result may be shorter,
-        [B, L + n] with n <= max_new_tokens (one wait for the device a step).
+        [B, L + n] with n <= max_new_tokens (one wait for the device a step). min_new_tokens: the eos ids are not
+        drawn before that many new tokens (their logits -inf, as transformers'); it needs eos_token_id.
         The decode cache: with eos_token_id its attention KV buffers grow by doubling as the tokens come, never
         past L + max_new_tokens positions, so a large max_new_tokens costs no memory until it is used; without
         one every step runs, and the cache is allocated for L + max_new_tokens positions at once, as is the
@@ -425,7 +428,7 @@ class ArchModel(nn.Module):
         from .decoding import generate
 
         return generate(self, input_ids, max_new_tokens, temperature, top_k, seed, attention_mask, top_p,
-                        eos_token_id, pad_token_id, repetition_penalty)
+                        eos_token_id, pad_token_id, repetition_penalty, min_p, min_new_tokens)
 
     def _check_tokens(self, where: str, name: str, ids, ndim: int, cache: Cache | None = None) -> None:
         """Token ids as `where` takes them, else ArchDSLError: an int64 or int32 tensor, [batch, length] (ndim 2)

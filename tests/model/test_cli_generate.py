@@ -70,6 +70,19 @@ def test_sampling_is_seeded(saved, capsys):
     assert first["new_ids"] == expected
 
 
+def test_min_p_and_min_new_tokens_are_model_generate_s(saved, capsys):
+    """--min-p samples (at temperature 1 alone) and --min-new-tokens holds --eos back, as model.generate does."""
+    model_dir, _ = saved
+    plain = json.loads(_run(capsys, model_dir, "a mat", "--max-new-tokens", 6, "--json")[1])
+    stop = plain["new_ids"][0]
+    got = json.loads(_run(capsys, model_dir, "a mat", "--max-new-tokens", 6, "--min-p", 0.05, "--seed", 3,
+                          "--eos", stop, "--min-new-tokens", 2, "--json")[1])
+    ids = torch.tensor([got["prompt_ids"]])
+    want = archdsl.load(model_dir).generate(ids, 6, temperature=1.0, min_p=0.05, seed=3, eos_token_id=stop,
+                                            min_new_tokens=2)
+    assert got["new_ids"] == want[0, ids.shape[1]:].tolist() and stop not in got["new_ids"][:2]
+
+
 def test_top_k_alone_samples_at_temperature_1(saved, capsys):
     """--top-k (or --top-p) without --temperature samples at temperature 1, as model.generate does; greedy
     needs neither."""
@@ -103,6 +116,9 @@ def test_a_hugging_face_directory_and_its_eos(saved, capsys):
     (["--temperature", "-1"], "error: --temperature: must be a finite number >= 0"),
     (["--top-p", "1.5"], "error: --top-p: must be a number in (0, 1]"),
     (["--top-k", "-1"], "error: --top-k: must be an int >= 0"),
+    (["--min-p", "-0.1"], "error: --min-p: must be a number in [0, 1] (0: no cut), got -0.1"),
+    (["--min-new-tokens", "4", "--eos", "none"], "error: --min-new-tokens 4 holds back the end-of-text ids, and "
+                                                 "there are none (--eos none)"),
     (["--repetition-penalty", "0"], "error: --repetition-penalty: must be a finite number > 0"),
     (["--eos", "1,x"], "error: --eos: expected token ids separated by commas, or none, got '1,x'"),
     (["--eos", "99"], "error: --eos: id 99 is past the model's vocabulary of 16"),

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import archdsl
@@ -460,6 +460,47 @@ def test_nucleus_keeps_the_tokens_transformers_keeps(seed, vocab, top_p, ties):
     assert torch.equal(nucleus(logits, top_p).isinf(), want.isinf()), (top_p, logits)
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), vocab=st.integers(1, 12), temperature=st.floats(0.3, 2.0),
+       top_k=st.none() | st.integers(0, 12), top_p=st.none() | st.floats(0.05, 1.0),
+       min_p=st.none() | st.floats(0.0, 1.0))
+def test_warp_keeps_the_tokens_transformers_keeps(seed, vocab, temperature, top_k, top_p, min_p):
+    """The temperature, top_k, top_p and min_p together cut exactly the tokens transformers' warpers cut, in
+    their order (TemperatureLogitsWarper, TopK, TopP, then MinP), and the kept logits differ by a constant."""
+    transformers = pytest.importorskip("transformers")
+    from archdsl.model.decoding import warp
+
+    logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(seed)) * 3
+    warpers = [transformers.TemperatureLogitsWarper(temperature)]
+    warpers += [transformers.TopKLogitsWarper(top_k)] if top_k else []
+    warpers += [transformers.TopPLogitsWarper(top_p)] if top_p is not None and top_p < 1 else []
+    warpers += [transformers.MinPLogitsWarper(min_p)] if min_p is not None else []
+    ids = torch.zeros(3, 1, dtype=torch.long)
+    want = transformers.LogitsProcessorList(warpers)(ids, logits.clone())
+    # where a line falls within rounding of a token's edge, either may keep it
+    scaled = torch.softmax(logits.double() / temperature, -1)
+    assume(min_p is None or ((scaled / scaled.amax(-1, keepdim=True) - min_p).abs() > 1e-5).all())
+    cut = transformers.LogitsProcessorList(warpers[:1 + bool(top_k)])(ids, logits.double())  # before top_p
+    mass = torch.softmax(cut, -1).sort(descending=True).values.cumsum(-1)
+    assume(top_p is None or ((mass - top_p).abs() > 1e-5).all())
+    got = warp(logits, temperature, top_k, top_p, min_p)
+    assert torch.equal(got.isinf(), want.isinf()), (logits, got, want)
+    for row in range(3):  # the kept logits: transformers' less the row's largest over the temperature
+        kept = got[row].isfinite()
+        assert torch.allclose(got[row, kept], want[row, kept] - want[row].max(), atol=1e-5), (got[row], want[row])
+
+
+def test_min_p_cuts_after_the_nucleus_as_transformers():
+    """Logits where the order matters: min_p 0.1 before top_p 0.9 would keep a fifth token transformers cuts."""
+    transformers = pytest.importorskip("transformers")
+    from archdsl.model.decoding import warp
+
+    logits = torch.tensor([[1.9841, 0.8008, 0.1850, 1.8640, -1.3557, -0.4984]])
+    want = transformers.LogitsProcessorList([transformers.TopPLogitsWarper(0.9), transformers.MinPLogitsWarper(0.1)])(
+        torch.zeros(1, 1, dtype=torch.long), logits.clone())
+    assert torch.equal(warp(logits, 1.0, top_p=0.9, min_p=0.1).isinf(), want.isinf())
+
+
 def test_nucleus_of_tied_logits_as_transformers():
     """Four equal logits, top_p 0.5: two tokens kept, the two transformers keeps."""
     from archdsl.model.decoding import nucleus
@@ -545,6 +586,28 @@ def test_eos_pads_finished_rows_and_stops_when_all_are(seed, at, pad):
     assert torch.equal(m.generate(ids, 10, temperature=1.0, seed=seed, eos_token_id=never), full)
 
 
+@pytest.mark.parametrize("least", [0, 1, 3, 12])
+def test_min_new_tokens_holds_the_eos_ids_back(least):
+    """min_new_tokens (transformers' MinNewTokensLengthLogitsProcessor): greedy decoding with the eos ids' logits
+    -inf for the first `least` new tokens, as a full forward over each prefix gives them; then it stops at an eos."""
+    m = _token_model()
+    ids = torch.randint(0, 37, (2, 4), generator=torch.Generator().manual_seed(1))
+    eos = sorted(set(m.generate(ids, 1)[:, 4].tolist()))  # what each row says first
+    out = m.generate(ids, 8, eos_token_id=eos, pad_token_id=0, min_new_tokens=least)
+    want, done = ids, torch.zeros(2, dtype=torch.bool)
+    for i in range(8):
+        logits = m(want)[:, -1]
+        if i < least:
+            logits[:, eos] = float("-inf")
+        tok = torch.where(done, 0, logits.argmax(-1))
+        done |= torch.isin(tok, torch.tensor(eos))
+        want = torch.cat([want, tok[:, None]], 1)
+        if done.all():
+            break
+    assert torch.equal(out, want), (out, want)
+    assert out.shape[1] >= 4 + min(least + 1, 8) and not torch.isin(out[:, 4:4 + least], torch.tensor(eos)).any()
+
+
 def test_generate_takes_transformers_forms_of_eos_and_pad():
     """As transformers' generate: eos_token_id as an integer tensor, and a pad_token_id without eos ids (passed
     along from a tokenizer), which pads nothing. max_new_tokens=0 gives a new tensor, not the prompt itself."""
@@ -571,6 +634,12 @@ def test_generate_takes_transformers_forms_of_eos_and_pad():
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, eos_token_id=torch.ones(1, 1, dtype=torch.long)),
      r"eos_token_id must be"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, eos_token_id=torch.tensor([2, 40])), r"eos_token_id"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, min_p=1.5),
+     r"min_p must be None or a number in \[0, 1\] \(0: no cut\), got 1.5"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, min_new_tokens=-1),
+     r"min_new_tokens must be None or an int >= 0, got -1"),
+    (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, min_new_tokens=2),
+     r"min_new_tokens 2 holds back the eos ids, and no eos_token_id is given"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, repetition_penalty=0),
      r"repetition_penalty must be None or a finite number > 0 \(1: off\), got 0"),
     (lambda m: m.generate(torch.ones(1, 2, dtype=torch.long), 2, repetition_penalty=float("inf")), r"repetition_pen"),
