@@ -56,6 +56,7 @@ def layer_id(i: int) -> str:
 def expand_repeats(spec) -> nx.DiGraph:
     """Unroll repeats and groups into a chain of layer nodes."""
     layers: list[Layer] = []
+    sizes: dict[int, int] = {}  # by id of a Repeat: its layers, counted once (a walk meets it count × outer counts times)
 
     def walk(node, depth=0):
         if isinstance(node, Layer):
@@ -66,7 +67,9 @@ def expand_repeats(spec) -> nx.DiGraph:
             for item in node.items:
                 walk(item, depth)
         elif isinstance(node, Repeat):
-            if node.count * _size(node.body) + len(layers) > MAX_LAYERS:
+            if id(node) not in sizes:
+                sizes[id(node)] = _size(node)
+            if sizes[id(node)] + len(layers) > MAX_LAYERS:
                 raise spec.layout_error(f"the layout expands to more than {MAX_LAYERS} layers", node)
             for _ in range(node.count):
                 walk(node.body, depth)

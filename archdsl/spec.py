@@ -173,7 +173,7 @@ SPEC_KEYS = {f.name for f in fields(Spec)} - {"source", "positions", "_made"}
 SIZE_TYPES = {"name": str, "d_model": int, "vocab_size": int, "tie_embeddings": bool, "norm": str,
               "norm_eps": float, "embed_norm": bool, "residual_fp32": bool, "ffn": str}
 EXAMPLES = {"d_model": "1024", "vocab_size": "32000", "tie_embeddings": "true", "norm_eps": "1e-5",
-            "embed_norm": "true", "residual_fp32": "true"}  # a value of each key that is not text, for --set's errors
+            "embed_norm": "true", "residual_fp32": "true", "norm": "rmsnorm"}  # for --set's errors
 
 
 def parse(text: str, **sizes) -> Spec:
@@ -185,7 +185,7 @@ def parse(text: str, **sizes) -> Spec:
         raise ArchDSLError(f"a layout must be a string, not {type(text).__name__}")
     source = Source(line_breaks(text))  # a lone CR a line break, as parse_layout reads it
     layout = parse_layout(source.text, source)
-    blocks = _blocks(sizes.pop("blocks", None) or {}, _plain_error)
+    blocks = _blocks(_or_empty(sizes.pop("blocks", None)), _plain_error)
     return Spec(layout=layout, source=source, blocks=blocks, **_sizes(sizes))
 
 
@@ -221,6 +221,11 @@ def _typed(key: str, value, err):
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise err(f"{key} must be {typ.__name__}, got {shown(value)}", (key,))
     return value
+
+
+def _or_empty(blocks):
+    """A blocks mapping as given, {} for None (`blocks:` with nothing after it); false, 0 or [] stay, refused."""
+    return {} if blocks is None else blocks
 
 
 def _blocks(blocks, err) -> dict:
@@ -532,7 +537,7 @@ def spec_from_yaml(text: str, file: str = "<spec>") -> Spec:
     layout = parse_layout(layout_text, layout_source)
 
     values = {key: _typed(key, data[key], err) for key in SIZE_TYPES if key in data}
-    blocks = _blocks(data.get("blocks") or {}, err)
+    blocks = _blocks(_or_empty(data.get("blocks")), err)
     return Spec(layout=layout, blocks=blocks, source=layout_source, positions=positions, **values)
 
 
@@ -564,7 +569,7 @@ def with_sizes(spec: Spec, **changes) -> Spec:
     if not isinstance(spec, Spec):
         raise ArchDSLError(f"with_sizes: expected a Spec, got {type(spec).__name__}")
     if "blocks" in changes:
-        changes["blocks"] = _blocks(changes["blocks"] or {}, _plain_error)
+        changes["blocks"] = _blocks(_or_empty(changes["blocks"]), _plain_error)
         return replace(spec, blocks=changes.pop("blocks"), **_sizes(changes))
     return replace(spec, **_sizes(changes))
 
@@ -587,13 +592,15 @@ def with_settings(spec: Spec, settings: list[str], flag: str = "--set") -> Spec:
             hint = did_you_mean(key, list(SIZE_TYPES))  # a close name, else the list the message already gives
             raise ArchDSLError(f"{flag} {text}: {key!r} is not a model-level key ({', '.join(SIZE_TYPES)})",
                                hint=hint if hint.startswith("did you mean") else "")
-        if not value and SIZE_TYPES[key] is not str:
+        if not value and key not in ("name", "ffn"):  # (ffn= is no default FFN, as `ffn:` in a file)
             raise ArchDSLError(f"{flag} {text}: no value after '=' (say {key}={EXAMPLES[key]})")
-        if SIZE_TYPES[key] is not str:
+        if key != "name":  # read as in a file: ffn=null is no default FFN, norm="rmsnorm" the name
             try:
                 value = yaml.load(value, Loader=YamlLoader)
-            except (yaml.YAMLError, RecursionError):
-                raise ArchDSLError(f"{flag} {text}: {shown(value)} is not a value") from None
+            except (yaml.YAMLError, RecursionError) as e:
+                why = getattr(e, "problem", None)
+                raise ArchDSLError(f"{flag} {text}: {shown(value)} is not a value" + (f" ({why})" if why else "")
+                                   ) from None
         changes[key] = _typed(key, value, lambda message, _: ArchDSLError(f"{flag} {text}: {message}"))
         given[key] = text  # a key set twice: the last one counts, and is the one named
     base = replace(spec, positions={k: v for k, v in spec.positions.items() if k[0] not in changes})

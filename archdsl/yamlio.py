@@ -31,9 +31,10 @@ def read_text(path: str) -> str:
 
 
 class YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, with YAML 1.2's floats: `1e-6` (no dot) is a number, not a string. A scalar that
-    Python refuses to make (an integer past its digit limit, a date such as 2024-02-30) is a YAML error at its
-    place, not a ValueError."""
+    """PyYAML's safe loader, with YAML 1.2's numbers: `1e-6` (no dot) is a number, not a string, and `12:48` is
+    text, not YAML 1.1's base 60 (768). An integer with a leading 0 (`01024`: 532 in YAML 1.1, octal; 1024 in YAML
+    1.2) is refused, as is a scalar that Python refuses to make (an integer past its digit limit, a date such as
+    2024-02-30): each a YAML error at its place, not a ValueError or a silent other number."""
 
     def _checked(self, node, make):
         try:
@@ -57,9 +58,19 @@ def _text(self, node):
     return value
 
 
+def _int(self, node):
+    """An int, refused where YAML 1.1 and 1.2 read it as two numbers: a leading 0 (octal in 1.1)."""
+    digits = self.construct_scalar(node).lstrip("+-").replace("_", "")
+    if len(digits) > 1 and digits[0] == "0" and digits[1].isdigit():
+        value = self.construct_scalar(node)
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{shown(value)}: a leading 0 reads as octal in YAML 1.1 ({int(digits, 8)}) and as "
+            f"{int(digits)} in YAML 1.2: write the number without it", node.start_mark)
+    return yaml.SafeLoader.construct_yaml_int(self, node)
+
+
 YamlLoader.add_constructor("tag:yaml.org,2002:str", _text)
-for _tag, _make in (("int", yaml.SafeLoader.construct_yaml_int),
-                    ("timestamp", yaml.SafeLoader.construct_yaml_timestamp)):
+for _tag, _make in (("int", _int), ("timestamp", yaml.SafeLoader.construct_yaml_timestamp)):
     YamlLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", lambda self, node, make=_make: self._checked(node, make))
 
 
@@ -79,6 +90,14 @@ class YamlDumper(yaml.SafeDumper):
 _FLOAT12 = re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$")
 YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT12, list("-+0123456789"))
 YamlDumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT12, list("-+0123456789"))
+
+# YAML 1.1's base-60 numbers (12:48 = 768, 1:30.5 = 90.5) read as text, as in YAML 1.2: the int and float patterns
+# without their base-60 branch (a `[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+` line)
+_BASE60 = re.compile(r"\n\s*\|[^|\n]*\(\?::\[0-5\]\?\[0-9\]\)\+[^|\n]*(?=\)\$|\n)")
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, re.compile(_BASE60.sub("", rx.pattern), rx.flags) if tag.endswith((":int", ":float")) else rx)
+            for tag, rx in resolvers]
+    for first, resolvers in YamlLoader.yaml_implicit_resolvers.items()}
 
 
 def dump_yaml(data) -> str:

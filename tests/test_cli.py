@@ -313,6 +313,8 @@ def test_convert_megatron(capsys):
     assert code == 0 and "layout: 2×(mlp, mamba2)" in out, err
     code, out, err = run("convert", "--from", "megatron", "--M", "--name", "n", capsys=capsys)
     assert code == 0 and "layout: 2×mlp, mamba2" in out and "name: n" in out, err
+    code, out, err = run("convert", "--from", "megatron", "---", capsys=capsys)  # all MLPs ('--' ends the options)
+    assert code == 0 and "layout: 3×mlp" in out, err
     code, _, err = run("convert", "--from", "megatron", "M-Q", capsys=capsys)
     assert code == 2 and "Q" in err
 
@@ -567,10 +569,27 @@ def test_set_changes_model_level_keys(tmp_path, capsys):
     ("name=a\tb", "--set name=a\tb: name must be one line without control characters"),
     ("ffn=attn", "--set ffn=attn: ffn: 'attn' is not a channel block"),
     ("ffn=mpl", "--set ffn=mpl: unknown block 'mpl'; did you mean 'mlp'?"),
+    ("norm=", "--set norm=: no value after '=' (say norm=rmsnorm)"),
+    ("d_model=010", "--set d_model=010: '010' is not a value ('010': a leading 0 reads as octal in YAML 1.1 (8) "
+                    "and as 10 in YAML 1.2"),
+    ("d_model=12:48", "--set d_model=12:48: d_model must be int, got '12:48'"),  # YAML 1.1's base 60: 768
 ])
 def test_bad_set_names_the_setting(setting, message, capsys):
     code, _, err = run("show", "2×mamba2", "--set", setting, capsys=capsys)
     assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_set_reads_text_keys_as_a_file_does(capsys):
+    """--set's values are read as YAML for every key but name, as the docs say: ffn=null is a spec without a
+    default FFN and norm="layernorm" the norm, as `ffn: null` and `norm: "layernorm"` in a file are."""
+    import archdsl
+    from archdsl.spec import with_settings
+
+    spec = archdsl.parse("2×attn", ffn="mlp")
+    assert with_settings(spec, ["ffn=null"]).ffn is None and with_settings(spec, ["ffn=~"]).ffn is None
+    assert with_settings(spec, ["ffn="]).ffn is None
+    assert with_settings(spec, ['norm="layernorm"']).norm == "layernorm"
+    assert with_settings(spec, ["name=012"]).name == "012"  # a name as written
 
 
 def test_an_unknown_setting_lists_the_keys_once(capsys):
@@ -687,15 +706,23 @@ def test_check_refuses_what_show_refuses(layout, capsys):
         assert code == 2 and "absurd size" in err and "<layout>:1:" in err and "^" in err, (cmd, err)
 
 
-def test_a_block_past_a_floats_range_is_absurd_not_an_overflow(capsys):
+@pytest.mark.parametrize("kind, arg", [("mamba", "d_state"), ("attn", "head_dim"), ("mlp", "hidden")])
+def test_a_block_past_a_floats_range_is_absurd_not_an_overflow(kind, arg):
+    """An int argument past 10^15 is absurd, whatever it feeds (attn's head_dim × rope_fraction, a float, had been
+    an OverflowError); a float argument given as an int is the float's business."""
     import archdsl
-    with pytest.raises(archdsl.ArchDSLError, match=r"absurd size: mamba has about 10\^40\d parameters"):
-        archdsl.parse("mamba", blocks={"mamba": {"d_state": 10**400}}).graph
+    with pytest.raises(archdsl.ArchDSLError, match=rf"{kind}: {arg}: absurd size about 10\^400 \(over 10\^15\)"):
+        archdsl.parse(kind, blocks={kind: {arg: 10**400}}).graph
+    assert archdsl.parse("attn", blocks={"attn": {"rope_theta": 10**16}}).graph
 
 
 @pytest.mark.parametrize("text,message", [
     ("layout: mamba2\nd_model: 1" + "0" * 5000 + "\n", "2:10: invalid YAML: cannot read '1000"),
     ("layout: mamba2\nname: 2024-02-30\n", "2:7: invalid YAML: cannot read '2024-02-30' as timestamp: day is out"),
+    # YAML 1.1's octal and base 60, which YAML 1.2 reads otherwise: 532 and 768 had been taken silently
+    ("layout: mamba2\nd_model: 01024\n", "2:10: invalid YAML: '01024': a leading 0 reads as octal in YAML 1.1 (532) "
+                                          "and as 1024 in YAML 1.2: write the number without it"),
+    ("layout: mamba2\nd_model: 12:48\n", "2:10: d_model must be int, got '12:48'"),
     ('layout: mamba2\nname: "\\ud83d"\n', "2:7: invalid YAML: \\ud83d is half of a UTF-16 surrogate pair"),
     ('layout: "2×attn(shared=\\"\\ud83d\\")"\n', "1:9: invalid YAML: \\ud83d is half"),
     ("layout: mamba2(dt_floor=1e308)\n", "mamba2: dt_floor must be at most 3.4e38"),

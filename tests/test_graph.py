@@ -156,6 +156,10 @@ def test_absurd_sizes_refused():
 
 # Every `blocks:` entry is checked, used or not; the error points at the key or value in the file.
 BLOCKS_ERRORS = {
+    # false-y values that are no mapping had been read as no blocks
+    "layout: mamba\nblocks: 0\n": ("2:9", "blocks must map a block kind or alias to a mapping of arguments"),
+    "layout: mamba\nblocks: []\n": ("2:9", "blocks must map a block kind or alias to a mapping of arguments"),
+    "layout: mamba\nblocks: false\n": ("2:9", "blocks must map a block kind or alias to a mapping of arguments"),
     "layout: mamba\nblocks:\n  attn: {heads: 7, bogus: 1}\n":
         ("3:20", "attn: unknown argument 'bogus'; valid names: bias, head_dim, heads, kv_heads, out_bias, rope,"),
     "layout: mamba\nblocks:\n  foo: {kind: nope}\n":

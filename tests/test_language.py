@@ -568,6 +568,16 @@ GOLDEN = {
         "<layout>:1:9: a count needs a repetition sign after it, as in 2×mamba2\n"
         "  mamba2, 2 attn\n"
         "          ^",
+    "2\u00a0×mamba":  # the sign is there: the no-break space before it is what is wrong
+        "<layout>:1:2: unexpected character '\\xa0' (no-break space) after the count 2: write a plain space or none "
+        "before its repetition sign\n"
+        "  2\u00a0×mamba\n"
+        "   ^",
+    "mamba2+2×mlp":  # had listed '+' among what was expected
+        "<layout>:1:7: '+' joins the blocks of one layer and takes no count ('+2×'): to repeat a layer, put the count "
+        "before it, as in 2×(mamba2+mlp)\n"
+        "  mamba2+2×mlp\n"
+        "        ^~~",
     "attn(act='swiglu)":
         "<layout>:1:10: unterminated string: a quoted string must end on the same line\n"
         "  attn(act='swiglu)\n"

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..units import sci
+
 MIXER, FFN, INJECT = "mixer", "ffn", "inject"
 
 
@@ -23,6 +25,7 @@ class ConfigError(ValueError):
 
 
 FLOAT32_MAX = 3.4028234663852886e38
+MAX_INT = 10**15  # of an int argument: sizes past it are typos (the whole spec is refused past 10^13 parameters)
 
 
 def check_steps(cfg, *names: str) -> None:
@@ -37,7 +40,7 @@ def check_steps(cfg, *names: str) -> None:
 class BlockConfig:
     """Base of every block config. Subclasses set `kind`, `role` and their own fields,
     and check them in `check()` (called from __post_init__). Checked here for every block: ints
-    are positive (>= 0 where listed in `zero_ok`), floats finite, and every `*eps` in (0, 1)."""
+    are positive (>= 0 where listed in `zero_ok`) and at most 10^15, floats finite, and every `*eps` in (0, 1)."""
 
     kind: ClassVar[str] = ""
     role: ClassVar[str] = MIXER
@@ -56,6 +59,9 @@ class BlockConfig:
                 floor = 0 if f.name in self.zero_ok else 1
                 if value < floor:
                     raise ConfigError(f.name, f"{self.kind}: {f.name} must be {'>= 0' if floor == 0 else 'positive'}, got {value}")
+                takes_int = "int" in str(f.type).replace(" ", "").split("|")  # not a float field given an int
+                if value > MAX_INT and takes_int:  # YAML and Python give ints of any size; float(int) overflows
+                    raise ConfigError(f.name, f"{self.kind}: {f.name}: absurd size {sci(value)} (over 10^15)")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f.name, f"{self.kind}: {f.name} must be a finite number, got {value}")
             if f.name.endswith("eps") and not 0 < value < 1:

@@ -250,8 +250,9 @@ def cmd_convert(args):
 
 
 def _add_convert(p):
-    # a Megatron pattern starting with '-' (an MLP layer) is INPUT, not an option: no option has its characters
-    p._negative_number_matcher = re.compile(NEGATIVE + r"|-[-M*E|/GD+]*[M*E|/GD+]")
+    # a Megatron pattern starting with '-' (an MLP layer) is INPUT, not an option: no option has its characters;
+    # all '-' from three on ('--' alone ends the options, as in every command line)
+    p._negative_number_matcher = re.compile(NEGATIVE + r"|-[-M*E|/GD+]*[M*E|/GD+]|---+$")
     p.add_argument("--from", dest="source", required=True, choices=["megatron", "hf"],
                    help="what INPUT is: megatron, a Megatron-Core hybrid layer pattern (--hybrid-layer-pattern, "
                         "formerly --hybrid-override-pattern: M mamba2, * attn, - mlp, E moe, | a pipeline stage's "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import unicodedata
 from importlib import resources
 
 from lark import Lark, Token, Transformer
@@ -418,6 +419,9 @@ def _explain(text: str, e: UnexpectedInput) -> tuple[str, int, int]:
                 return ("empty layout: expected at least one layer, as in 4×mamba2", 0, 0)
             return (f"unexpected end of the layout; expected {expected}{_after(prev)}", pos, pos)
         message = f"unexpected {_describe_token(tok)}"
+        if tok.type == "REPEAT" and tok.value.startswith("+") and prev is not None and prev.type in ("NAME", "RPAR"):
+            return (f"'+' joins the blocks of one layer and takes no count ('{clipped(tok.value)}'): to repeat a "
+                    f"layer, put the count before it, as in 2×(mamba2+mlp)", pos, tok.end_pos)
         # `x NAME` reads as a repetition sign without its count, but not where the x is an argument's value
         # (`attn(act=x gelu)`: a comma or quotes left out), where no repetition can stand
         if tok.type == "NAME" and prev is not None and prev.type == "NAME" and prev.value in ("x", "X") \
@@ -438,6 +442,11 @@ def _explain(text: str, e: UnexpectedInput) -> tuple[str, int, int]:
                 return (f"'at' indices are separated by spaces, not commas: {clipped(block)} at {listed}",
                         prev.start_pos, prev.end_pos)
             n = clipped(tok.value.strip())
+            gap = tok.end_pos + len(text[tok.end_pos:]) - len(text[tok.end_pos:].lstrip(" \t"))
+            odd = text[gap:gap + 1]
+            if odd and (odd.isspace() or unicodedata.category(odd) in ("Zs", "Cf")):  # a no-break space, say
+                return (f"unexpected character {odd!r} ({unicodedata.name(odd, 'a space').lower()}) after the count "
+                        f"{n}: write a plain space or none before its repetition sign", gap, gap + 1)
             return (f"a count needs a repetition sign after it, as in {n}×mamba2", pos, tok.end_pos)
         if expected:
             message += f"; expected {expected}{_after(prev)}"
