@@ -3,6 +3,8 @@ that a renderer accepts. Behaviour only: the figure's texts, patches and size, n
 import math
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -803,3 +805,24 @@ def test_a_picture_written_through_a_link_keeps_the_link(tmp_path):
     draw("mamba2", str(tmp_path / "link.dot"))  # a new name: a file
     assert (tmp_path / "link.svg").is_symlink() and (tmp_path / "target.svg").read_text().startswith("<?xml")
     assert sorted(os.listdir(tmp_path)) == ["link.dot", "link.svg", "target.svg"]
+
+
+def test_drawing_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+    """A notebook's inline backend stayed Agg after one draw (matplotlib.use("Agg") at each picture): the figures
+    are matplotlib's Figure, drawn without pyplot, which is never imported."""
+    code = f"""
+import sys, matplotlib
+matplotlib.use("svg")
+import archdsl
+from archdsl.draw import draw, plot_memory
+from archdsl.explore.report import plot_accuracy, plot_pareto
+draw("2×(mamba2, attn)", {str(tmp_path / "s.png")!r})
+plot_memory([1024, 2048], {{"a": [1, 2]}}, path={str(tmp_path / "m.svg")!r})
+plot_pareto([], ["params"], {str(tmp_path / "p.png")!r})
+plot_accuracy([], {str(tmp_path / "a.png")!r})
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["svg", "False"]
+    assert all((tmp_path / f).stat().st_size > 0 for f in ("s.png", "m.svg", "p.png", "a.png"))

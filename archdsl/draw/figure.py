@@ -15,12 +15,22 @@ from .common import PLOT_FORMATS, check_path
 
 @contextmanager
 def plain_text():
-    """matplotlib (Agg) with every text drawn as written: no mathtext, so a '$' in a name is a '$'."""
+    """matplotlib with every text drawn as written: no mathtext, so a '$' in a name is a '$'."""
     import matplotlib
 
-    matplotlib.use("Agg")
     with matplotlib.rc_context({"text.parse_math": False}):
         yield
+
+
+def new_figure(**kwargs):
+    """A matplotlib Figure(**kwargs) on an Agg canvas of its own, not pyplot's: drawing it (canvas.draw,
+    get_renderer) works as on pyplot's, and the caller's backend (a notebook's inline one) is left alone."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 @lru_cache(maxsize=None)
@@ -89,8 +99,9 @@ def save_figure(fig, path: str, dpi=150, bbox_inches="tight") -> None:
     from a fixed salt, not at random (pictures are committed to docs: a diff shows what changed)."""
     import io
 
+    import sys
+
     import matplotlib
-    import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
 
     from ..atomic import write_atomic
@@ -108,5 +119,6 @@ def save_figure(fig, path: str, dpi=150, bbox_inches="tight") -> None:
     except OSError as e:  # a backend's own files (fonts, a renderer's scratch space)
         raise ArchDSLError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
-        plt.close(fig)
+        if "matplotlib.pyplot" in sys.modules:  # a figure pyplot made (a caller's): closed, as ours need not be
+            sys.modules["matplotlib.pyplot"].close(fig)
     write_atomic(path, buf.getvalue())

@@ -10,7 +10,7 @@ from .. import errors
 from ..errors import ArchDSLError
 from ..units import count_text, human, plural
 from .common import PLOT_FORMATS, check_path, fit_text
-from .figure import plain_text, save_figure
+from .figure import new_figure, plain_text, save_figure
 
 # Each series' (colour, marker, line style): the colour changes every series, marker and line style every ten, so
 # 400 series are all drawn differently (see series_styles). matplotlib's own cycle repeats after ten.
@@ -65,12 +65,11 @@ def memory_figure(lens: list[int], data: dict[str, list[int]], batch: int = 1, d
     order = sorted(range(len(lens)), key=lambda i: lens[i])  # a line joins its points left to right
     xs = [lens[i] for i in order]
     with plain_text():
-        import matplotlib.pyplot as plt
         from matplotlib.ticker import FuncFormatter, NullLocator
 
         # The axes are a fixed size in inches and the figure is cut to what is drawn (save_figure's tight bbox),
         # so a wide legend widens the image instead of squeezing the axes (tight_layout could not, and warned).
-        fig = plt.figure(figsize=(AXES_WIDTH, 3.4))
+        fig = new_figure(figsize=(AXES_WIDTH, 3.4))
         ax = fig.add_axes((0, 0, 1, 1))
         handles, labels = [], []
         for (name, values), (color, marker, ls), label in zip(data.items(), series_styles(len(data)),

@@ -22,6 +22,7 @@ from ..graph import layers, role_of
 from ..spec import load_spec
 from ..units import plural
 from .common import FOLD, PER_ROW, fit_text, group_styles, ink, kind_color, layer_signature, written_block
+from .figure import new_figure
 
 # The configs of one kind are told apart by hatch: lines, dots, then a line and a dot pattern together, 30 in all.
 HATCHES = ["//", "..", "xx", "\\\\", "oo", "||", "--", "++", "**", "OO",
@@ -77,7 +78,6 @@ def group_marks(groups) -> dict[str, str]:
 def strip_figure(spec, every_layer: bool = False):
     """The strip of `spec` as a matplotlib Figure, for save_figure (which closes it); ArchDSLError past MAX_ROWS
     rows, or past len(HATCHES) + 1 configs of one kind (two would be drawn alike)."""
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
     every_layer = errors.check_flag("strip_figure", "every_layer", every_layer)
@@ -95,7 +95,7 @@ def strip_figure(spec, every_layer: bool = False):
     base = 0.0 if any(role_of(subs, FFN) for subs in rows) else 0.28  # the numbers sit under the lowest band
     # The axes fill the figure and the figure is sized in layers, so a column is 0.42 in wide whatever the
     # title and legend are; those lie outside and the saved image grows to take them (bbox_inches="tight").
-    fig = plt.figure(figsize=(0.42 * (cols + 0.4), 1.55 * nrows - 0.1 - base))
+    fig = new_figure(figsize=(0.42 * (cols + 0.4), 1.55 * nrows - 0.1 - base))
     ax = fig.add_axes((0, 0, 1, 1))
     groups = sorted(spec.graph.graph["groups"])
     gstyle, marks = group_styles(spec), group_marks(groups)

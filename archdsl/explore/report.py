@@ -11,7 +11,7 @@ import json
 import os
 
 from ..atomic import write_atomic
-from ..draw import save_figure
+from ..draw.figure import new_figure, save_figure
 from ..errors import finite
 from ..units import human, plural
 from .search import Candidate
@@ -80,13 +80,10 @@ def _short(text: str, n: int) -> str:
 
 
 # --- plots -------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def _figure():
+    """A figure and its axes (new_figure's: the caller's matplotlib backend is left alone)."""
+    fig = new_figure(figsize=(6.4, 4.4), dpi=100)
+    return fig, fig.subplots()
 
 
 LABELS = {"params": "parameters", "active_params": "active parameters", "flops_per_token": "FLOPs / token",
@@ -96,11 +93,10 @@ LABELS = {"params": "parameters", "active_params": "active parameters", "flops_p
 
 def plot_pareto(cands: list[Candidate], objectives, path: str, title: str = "") -> None:
     """The first two objectives (or the first against params): every candidate, the front joined."""
-    plt = _plt()
     xo = objectives[0]
     yo = objectives[1] if len(objectives) > 1 else ("params" if xo != "params" else "cache_bytes")
     pts = [(c.value(xo), c.value(yo), c) for c in cands if c.value(xo) is not None and c.value(yo) is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    fig, ax = _figure()
     ax.scatter([p[0] for p in pts if not p[2].on_front], [p[1] for p in pts if not p[2].on_front],
                s=14, c="#9aa5b1", label="candidates", zorder=2)
     front = sorted([p for p in pts if p[2].on_front], key=lambda p: (p[0], p[1]))
@@ -172,9 +168,8 @@ def plot_cache(cands: list[Candidate], path: str, batch: int = 1, dtype: str = "
 
 def plot_accuracy(cands: list[Candidate], path: str, task: str = "probe") -> None:
     """Probe accuracy against attention fraction, one colour per placement."""
-    plt = _plt()
     probed = [c for c in cands if c.probe]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    fig, ax = _figure()
     groups: dict[str, list] = {}
     for c in probed:
         p = c.knobs.get("placement", "")
