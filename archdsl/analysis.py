@@ -39,6 +39,7 @@ from .units import sci
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1, "float64": 8}
 ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
            "fp8": "float8", "fp64": "float64", "double": "float64"}  # read by analyze and compile (model.DTYPES)
+TORCH_FLOAT8 = ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz")  # torch's, as a cache's float8
 MODEL_DTYPES = ("float32", "bfloat16", "float16", "float64")  # what a model computes in and holds SSM states in
 
 
@@ -99,7 +100,7 @@ def dtype_name(dtype, what: str = "dtype") -> str:
     """'bf16', 'BF16', torch.bfloat16 → 'bfloat16'; a cache may be float8 (an estimate: no model computes in it),
     an SSM state only what set_ssm_state_dtype takes."""
     key = str(dtype).replace("torch.", "").lower()
-    key = ALIASES.get(key, key)
+    key = "float8" if key in TORCH_FLOAT8 and what != "ssm_state_dtype" else ALIASES.get(key, key)
     valid = MODEL_DTYPES if what == "ssm_state_dtype" else DTYPE_BYTES
     if key not in valid:
         raise ArchDSLError(f"unknown {what} {dtype!r} (one of {', '.join(valid)})",
@@ -132,12 +133,11 @@ def analyze_lengths(spec, seq_lens, batch: int = 1, dtype: str = "bfloat16",
     if isinstance(seq_lens, (str, bytes)) or not hasattr(seq_lens, "__iter__"):
         raise ArchDSLError(f"seq_lens must be a list of context lengths, got {shown(seq_lens)}")
     seq_lens = list(seq_lens)
-    for seq_len in seq_lens:
-        for key, value in (("seq_len", seq_len), ("batch", batch)):
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool):  # numpy's integers too
-                raise ArchDSLError(f"{key} must be an int, got {shown(value)}")
-        if seq_len <= 0 or batch <= 0:
-            raise ArchDSLError(f"seq_len and batch must be positive, got seq_len={seq_len}, batch={batch}")
+    for key, value in [("batch", batch)] + [("seq_len", n) for n in seq_lens]:  # batch also with no lengths
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):  # numpy's integers too
+            raise ArchDSLError(f"{key} must be an int, got {shown(value)}")
+        if value <= 0:
+            raise ArchDSLError(f"{key} must be positive, got {value}")
     seq_lens, batch = [int(n) for n in seq_lens], int(batch)
     dtype = dtype_name(dtype)
     ssm_state_dtype = None if ssm_state_dtype is None else dtype_name(ssm_state_dtype, "ssm_state_dtype")

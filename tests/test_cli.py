@@ -165,6 +165,8 @@ def test_memory_gives_each_argument_its_row(tmp_path, capsys):
     code, out, _ = run("memory", "4×mamba2", "4×attn", spec, spec, "--seq-lens", "1k", "--json", capsys=capsys)
     assert code == 0
     assert list(json.loads(out)["cache_bytes"]) == ["4×mamba2", "4×attn", "mamba2-2.7b", "mamba2-2.7b#2"]
+    code, out, _ = run("memory", "mamba2-2.7b", "mamba2-2.7b", "--seq-lens", "1k", "--json", capsys=capsys)
+    assert list(json.loads(out)["cache_bytes"]) == ["mamba2-2.7b", "mamba2-2.7b#2"]  # published: had been 64×mamba2
     code, out, _ = run("memory", "4×attn", "4×attn", "mamba2", "--seq-lens", "1k", capsys=capsys)
     rows = out.splitlines()[2:]
     assert code == 0 and [r.split("  ")[0].strip() for r in rows] == ["4×attn", "4×attn#2", "mamba2"]

@@ -1,6 +1,8 @@
 """The layer graph and the analyses: pass by pass, against hand counts and the design card."""
 from __future__ import annotations
 
+import re
+
 import networkx as nx
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -440,6 +442,22 @@ def test_dtype_names_read_as_the_model_reads_them():
         archdsl.analyze(spec, ssm_state_dtype="fp8")
     with pytest.raises(archdsl.ArchDSLError, match="unknown dtype 'int8'"):
         archdsl.analyze(spec, dtype="int8")
+    import torch  # torch's own float8 dtypes, as the docstring promises (they were unknown)
+    for f8 in (torch.float8_e4m3fn, torch.float8_e5m2):
+        assert archdsl.analyze(spec, dtype=f8).cache_bytes == archdsl.analyze(spec, dtype="fp8").cache_bytes
+    with pytest.raises(archdsl.ArchDSLError, match="unknown ssm_state_dtype"):
+        archdsl.analyze(spec, ssm_state_dtype=torch.float8_e4m3fn)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(seq_lens=[], batch="x"), "batch must be an int, got 'x'"),  # a ValueError of int() with no lengths
+    (dict(seq_lens=[], batch=-5), "batch must be positive, got -5"),  # no lengths: nothing checked at all
+    (dict(seq_lens=[1024], batch=2.5), "batch must be an int, got 2.5"),
+    (dict(seq_lens=[1024, 0]), "seq_len must be positive, got 0"),
+])
+def test_analyze_lengths_checks_batch_with_or_without_lengths(kwargs, message):
+    with pytest.raises(archdsl.ArchDSLError, match=re.escape(message)):
+        archdsl.analyze_lengths("2×attn", **kwargs)
 
 
 def test_a_deep_graph_is_its_layout_written_out():

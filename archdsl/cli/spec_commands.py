@@ -3,13 +3,12 @@ Hugging Face config, a saved model from its weights) and export (a saved model t
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import unicodedata
 
 from ..atomic import check_output, check_output_dir
-from ..errors import ArchDSLError
+from ..errors import ArchDSLError, Source
 from ..spec import Spec
 from ..units import count, count_text, human, parse_count, plural
 from .common import (ARGS, NEGATIVE, add_set, add_spec, add_ssm_state_dtype, cache_dtype_arg, check_apart, command,
@@ -134,7 +133,7 @@ def cmd_memory(args):
     lens = _seq_lens(args.seq_lens)
     data = {label: [r.cache_bytes for r in analyze_lengths(s, lens, batch=args.batch, dtype=dtype,
                                                            ssm_state_dtype=states)]
-            for label, s in zip(_labels(args.specs, specs), specs)}
+            for label, s in zip(_labels(specs), specs)}
     if args.output:  # first: a plot that cannot be written is the error alone, no table printed before it
         from ..draw import plot_memory
 
@@ -162,13 +161,13 @@ def _seq_lens(text: str) -> list[int]:
     return [parse_count(x, "--seq-lens") for x in parts]
 
 
-def _labels(texts: list[str], specs: list) -> list[str]:
+def _labels(specs: list) -> list[str]:
     """A distinct row name for each argument: the spec's name; a layout string goes by its layout text where it
     has no name of its own (`--set name=...`) or shares one, and what still repeats (a file given twice) gets
     #2, #3, ..."""
     names = [s.name for s in specs]
-    labels = [s.layout_text if (names.count(s.name) > 1 or s.name == Spec.name) and not os.path.exists(t)
-              else s.name for t, s in zip(texts, specs)]
+    labels = [s.layout_text if (names.count(s.name) > 1 or s.name == Spec.name) and s.source.file == Source.file
+              else s.name for s in specs]  # (a file's, a saved model's or a published spec's keeps its name)
     out: list[str] = []
     for label in labels:
         unique, k = label, 1
