@@ -4,7 +4,8 @@
 
 Every row is a median: on CUDA of `triton.testing.do_bench` (forward, training step; as benchmarks/
 time), on the CPU of wall-clock calls, and for decoding of the single steps of one generation (CUDA
-events each, or from the model's CUDA graph with cuda_graph=True). Beside each time stands the work the
+events each, or replayed from the model's CUDA graph: cuda_graph True, or None where it can be captured, else
+eager steps with an ArchDSLWarning; the decode row's cuda_graph says which). Beside each time stands the work the
 analyzer counts, so that the figure can be read against the card:
 
     forward   B·L tokens        FLOPs = analyzer's forward FLOPs/token (at L) · B·L       → TFLOP/s
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .analysis import analyze
-from .errors import ArchDSLError, out_of_memory
+from .errors import ArchDSLError, out_of_memory, warn
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class BenchRow:
     flops: float  # analyzer FLOPs a call (forward, train); 0 for decode
     bytes: float  # the bytes floor a call (decode); 0 otherwise
     rate: float  # TFLOP/s (forward, train) or GB/s (decode) achieved
+    cuda_graph: bool = False  # decode: the steps were replayed from a CUDA graph
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,9 +55,11 @@ CASES = ("forward", "train", "decode")  # what bench times, in this order
 
 
 def bench(model, batch: int = 1, seq_len: int = 2048, gen: int = 64, cases=CASES,
-          cuda_graph: bool = False, seed: int = 0) -> list[BenchRow]:
+          cuda_graph: bool | None = False, seed: int = 0) -> list[BenchRow]:
     """Time `cases` of `model` at batch × seq_len random tokens (decode: `gen` steps after a prompt of
-    seq_len); see the module docstring for what each row counts."""
+    seq_len); see the module docstring for what each row counts. cuda_graph (decode, CUDA): True replays the steps
+    from a CUDA graph, or raises where one cannot be captured; None, the same where it can, else eager steps
+    with an ArchDSLWarning; False, eager steps."""
     from .model.decoding import check_seed
     from .model.model import ArchModel
 
@@ -76,6 +80,11 @@ def bench(model, batch: int = 1, seq_len: int = 2048, gen: int = 64, cases=CASES
     if model.device.type == "meta":
         raise ArchDSLError("bench: the model is on the meta device, which computes nothing to time",
                            hint="compile it on a real device")
+    if "train" in cases and seq_len < 2:  # the loss predicts tokens 1.. from 0..: no target, a NaN loss, no grad
+        raise ArchDSLError(f"bench: the train case needs seq_len >= 2 (a next-token loss has seq_len - 1 targets), "
+                           f"got {seq_len}")
+    if cuda_graph not in (None, True, False):
+        raise ArchDSLError(f"bench: cuda_graph must be True, False or None, got {cuda_graph!r}")
     if "train" in cases and not any(p.requires_grad for p in model.parameters()):
         raise ArchDSLError("bench: the train case needs parameters that take gradients; every one of this "
                            "model's is frozen (requires_grad False)")
@@ -149,17 +158,17 @@ def _bench(model, batch, seq_len, gen, cases, cuda_graph, seed) -> list[BenchRow
             ms = _median_ms(step, model.device)
         rows.append(_row("train", batch * seq_len, ms, flops=3 * fwd_flops))
     if "decode" in cases:
-        ms = _decode_ms(model, ids, gen, cuda_graph)
+        ms, graphed = _decode_ms(model, ids, gen, cuda_graph)
         nbytes = torch.finfo(model.dtype).bits // 8
         untied_table = 0 if model.spec.tie_embeddings else model.spec.vocab_size * model.spec.d_model
         read = (rep.active_params - untied_table) * nbytes + rep.cache_bytes
-        rows.append(_row("decode", batch, ms, nbytes=float(read)))
+        rows.append(_row("decode", batch, ms, nbytes=float(read), cuda_graph=graphed))
     return rows
 
 
-def _row(case, tokens, ms, flops=0.0, nbytes=0.0) -> BenchRow:
+def _row(case, tokens, ms, flops=0.0, nbytes=0.0, cuda_graph=False) -> BenchRow:
     rate = flops / (ms * 1e-3) / 1e12 if flops else nbytes / (ms * 1e-3) / 1e9
-    return BenchRow(case, tokens, ms, tokens / (ms * 1e-3), flops, nbytes, rate)
+    return BenchRow(case, tokens, ms, tokens / (ms * 1e-3), flops, nbytes, rate, cuda_graph)
 
 
 def _median_ms(fn, device, reps: int = 5) -> float:
@@ -179,21 +188,26 @@ def _median_ms(fn, device, reps: int = 5) -> float:
 
 
 @torch.no_grad()
-def _decode_ms(model, ids, gen: int, cuda_graph: bool) -> float:
-    """Median ms of one decode step over `gen` steps after prefilling `ids` (one untimed step first)."""
+def _decode_ms(model, ids, gen: int, cuda_graph: bool | None) -> tuple[float, bool]:
+    """(median ms of one decode step over `gen` steps after prefilling `ids` (one untimed step first), whether the
+    steps were replayed from a CUDA graph)."""
     from .model.decoding import sample
 
     batch, length = ids.shape
     cuda = model.device.type == "cuda"
-    if cuda_graph:
+    runner = None
+    if cuda and cuda_graph is not False:
         try:
             runner = model._graph_runner(batch, length + gen + 1, exact=True)
         except RuntimeError as e:  # memory is the caller's to word (CacheTooBig is an ArchDSLError)
             if out_of_memory(e):
                 raise
             why = " ".join(str(e).split())[:300]
-            raise ArchDSLError(f"bench: the decode step could not be captured in a CUDA graph ({why})",
-                               hint="time it eagerly: cuda_graph=False (archdsl bench --no-cuda-graph)") from None
+            if cuda_graph:
+                raise ArchDSLError(f"bench: the decode step could not be captured in a CUDA graph ({why})",
+                                   hint="time it eagerly: cuda_graph=False (archdsl bench --no-cuda-graph)") from None
+            warn(f"bench: the decode step could not be captured in a CUDA graph ({why}); the eager steps are timed")
+    if runner is not None:
         cache, step = runner.cache, runner
         cache.reset()
     else:
@@ -216,7 +230,7 @@ def _decode_ms(model, ids, gen: int, cuda_graph: bool) -> float:
             logits = step(tok)
             times.append((time.perf_counter() - t0) * 1e3)
         tok = sample(logits, 0)
-    return statistics.median(times)
+    return statistics.median(times), runner is not None
 
 
 def format_rows(rows: list[BenchRow]) -> list[list[str]]:

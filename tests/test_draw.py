@@ -729,7 +729,8 @@ def test_group_names_with_an_underscore_are_shown(figure):
 
 def test_each_config_of_a_kind_has_its_own_hatch(figure):
     """From the sixth config of a kind, HATCHES repeated: attn(window=1) and attn(window=6) were drawn alike,
-    columns and legend. Up to len(HATCHES) + 1 configs of one kind each look their own; one more is refused."""
+    columns and legend. Up to len(HATCHES) hatched configs of one kind and its plain one each look their own; one
+    more is refused, and the message counts what is there."""
     n = len(HATCHES)
     layout = ", ".join(["attn"] + [f"attn(window={w})" for w in range(1, n + 1)] + ["mamba2(d_state=8), mamba2"])
     fig = figure(archdsl.parse(layout, d_model=64, vocab_size=100))
@@ -738,8 +739,12 @@ def test_each_config_of_a_kind_has_its_own_hatch(figure):
     legend = fig.axes[0].get_legend()
     assert len({(tuple(h.get_facecolor()), h.get_hatch()) for h in legend.legend_handles}) == n + 3
     too_many = ", ".join(["attn"] + [f"attn(window={w})" for w in range(1, n + 2)])
-    with pytest.raises(ArchDSLError, match=f"{n + 2} configs of attn, and the picture tells at most {n + 1}"):
+    message = f"{n + 1} configs of attn other than a plain attn, and the picture tells at most {n} of one colour apart"
+    with pytest.raises(ArchDSLError, match=re.escape(message)):
         strip_figure(archdsl.parse(too_many, d_model=64, vocab_size=100))
+    no_plain = ", ".join(f"attn(window={w})" for w in range(1, n + 2))  # had said n + 2 configs, and n + 1 refused
+    with pytest.raises(ArchDSLError, match=re.escape(message)):
+        strip_figure(archdsl.parse(no_plain, d_model=64, vocab_size=100))
 
 
 def test_mermaid_shows_the_embedding_read_at_layer_0_like_dot():

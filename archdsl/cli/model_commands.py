@@ -160,6 +160,7 @@ def cmd_bench(args):
     (wall clock on the CPU), beside the analyzer's FLOPs; decoding as the median of --gen single steps after a
     --seq-len prompt (replayed from a CUDA graph on CUDA unless --no-cuda-graph), beside the bytes a step must read
     (weights and cache)."""
+    from ..analysis import has_ssm_states
     from ..bench import CASES, bench, format_rows
 
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -171,20 +172,21 @@ def cmd_bench(args):
 
             raise ArchDSLError(f"--cases: unknown case {c!r}", hint=did_you_mean(c, CASES))
     model = _model(args)
-    graphed = model.device.type == "cuda" if args.cuda_graph is None else args.cuda_graph
-    rows = bench(model, batch=args.batch, seq_len=args.seq_len, gen=args.gen, cases=cases, cuda_graph=graphed,
-                 seed=args.seed)
+    rows = bench(model, batch=args.batch, seq_len=args.seq_len, gen=args.gen, cases=cases,
+                 cuda_graph=args.cuda_graph, seed=args.seed)
+    graphed = any(r.cuda_graph for r in rows)  # what the decode row did: no decode row, or eager steps, is False
+    states = has_ssm_states(model.spec)
     head = {"name": model.spec.name, "params": model.num_params(), "device": str(model.device),
             "dtype": str(model.dtype).replace("torch.", ""),
-            "ssm_state_dtype": str(model.ssm_state_dtype).replace("torch.", ""), "batch": args.batch,
-            "seq_len": args.seq_len, "cuda_graph": graphed}
+            "ssm_state_dtype": str(model.ssm_state_dtype).replace("torch.", "") if states else None,
+            "batch": args.batch, "seq_len": args.seq_len, "cuda_graph": graphed}
     if args.json:
         print(json.dumps({**head, "rows": [r.to_dict() for r in rows]}, indent=2))
         return
     print(f"{head['name']}: {plural(head['params'], 'parameter')} on {head['device']} ({head['dtype']}), "
           f"batch {args.batch}, {plural(args.seq_len, 'token')}"
           f"{', decode from a CUDA graph' if graphed else ''}"
-          f"{', SSM states ' + head['ssm_state_dtype'] if args.ssm_state_dtype else ''}")
+          f"{', SSM states ' + head['ssm_state_dtype'] if args.ssm_state_dtype and states else ''}")
     print(table(format_rows(rows), ["case", "tokens", "ms", "tokens/s", "work", "achieved"]))
 
 

@@ -77,7 +77,7 @@ def group_marks(groups) -> dict[str, str]:
 
 def strip_figure(spec, every_layer: bool = False):
     """The strip of `spec` as a matplotlib Figure, for save_figure (which closes it); ArchDSLError past MAX_ROWS
-    rows, or past len(HATCHES) + 1 configs of one kind (two would be drawn alike)."""
+    rows, or past len(HATCHES) hatched configs of one colour (two would be drawn alike; the plain kind is unhatched)."""
     from matplotlib.patches import Patch, Rectangle
 
     every_layer = errors.check_flag("strip_figure", "every_layer", every_layer)
@@ -112,8 +112,8 @@ def strip_figure(spec, every_layer: bool = False):
                       and sum(k == kind for k, _ in drawn_as) > 1)
     if hatched and max(hatched.values()) > len(HATCHES):
         kind = next(k for k, _ in sorted(drawn_as) if hatched[kind_color(k)] == max(hatched.values()))
-        raise ArchDSLError(f"the layout has {max(hatched.values()) + 1} configs of {kind}, and the picture tells at "
-                           f"most {len(HATCHES) + 1} of one kind apart: write .dot")
+        raise ArchDSLError(f"the layout has {max(hatched.values())} configs of {kind} other than a plain {kind}, and "
+                           f"the picture tells at most {len(HATCHES)} of one colour apart, by hatch: write .dot")
     hatches: dict[tuple[str, str], str] = {}  # (fill, name) -> its hatch
     seen: dict[str, Patch] = {}  # legend entries by label
     for r, (start, repeats) in enumerate(drawn):

@@ -45,6 +45,9 @@ def test_bad_arguments_are_archdsl_errors():
     (lambda m: bench(m, seed="0"), "bench: seed must be an int, got '0'"),
     (lambda m: bench(archdsl.compile(SPEC, device="meta")), "bench: the model is on the meta device"),
     (lambda m: bench(m.requires_grad_(False), cases="train"), "bench: the train case needs parameters that take"),
+    # a next-token loss over no target: NaN, zero gradients, and the row reported as a training step
+    (lambda m: bench(m, seq_len=1, cases="train"), r"bench: the train case needs seq_len >= 2 \(a next-token loss"),
+    (lambda m: bench(m, cuda_graph="yes"), "bench: cuda_graph must be True, False or None, got 'yes'"),
 ])
 def test_bad_python_arguments_are_named(call, match):
     """Each was a raw TypeError, a bincount on meta or a backward without a graph; a str of cases was read as
@@ -55,6 +58,13 @@ def test_bad_python_arguments_are_named(call, match):
 
 def test_one_case_may_be_named_by_a_string():
     assert [r.case for r in bench(archdsl.compile(SPEC), batch=1, seq_len=4, cases="forward")] == ["forward"]
+
+
+def test_one_token_times_forward_and_decode_and_the_cpu_steps_eagerly():
+    """seq_len 1 is a forward and a decode prompt (only the train case needs two tokens); cuda_graph None on the
+    CPU steps eagerly, and the decode row says so."""
+    rows = bench(archdsl.compile(SPEC), batch=1, seq_len=1, gen=2, cases=("forward", "decode"), cuda_graph=None)
+    assert [(r.case, r.cuda_graph) for r in rows] == [("forward", False), ("decode", False)]
 
 
 

@@ -127,6 +127,13 @@ def test_bench_prints_its_table_and_json(tmp_path, capsys):
     assert main(["bench", str(tmp_path / "m"), "--seq-len", "8", "--cases", "decode", "--gen", "2", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert [r["case"] for r in rep["rows"]] == ["decode"] and rep["rows"][0]["bytes"] > 0
+    # no SSM, no SSM states in the header; a CUDA graph only where a decode row replayed one
+    assert main(["bench", "2×attn", "--seq-len", "8", "--cases", "forward", "--ssm-state-dtype", "bf16"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert "SSM states" not in head and "CUDA graph" not in head, head
+    assert main(["bench", "2×attn", "--seq-len", "8", "--cases", "forward", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["ssm_state_dtype"] is None and rep["cuda_graph"] is False
     for argv, what in [(["--cases", "fwd"], "unknown case 'fwd'"), (["--gen", "0"], "--gen"),
                        (["--seq-len", "8q"], "--seq-len: not a count")]:
         assert main(["bench", spec, *argv]) == 2

@@ -185,6 +185,8 @@ def test_gpu_a_step_that_cannot_be_captured_decodes_eagerly_under_the_default():
 
     with pytest.raises(archdsl.ArchDSLError, match="^bench: the decode step could not be captured in a CUDA graph"):
         bench(gpu, batch=2, seq_len=5, gen=4, cases=["decode"], cuda_graph=True)
+    with pytest.warns(ArchDSLWarning, match="^bench: the decode step could not be captured.*the eager steps are timed"):
+        assert not bench(gpu, batch=2, seq_len=5, gen=4, cases=["decode"], cuda_graph=None)[0].cuda_graph
     gpu.cuda_graph = None
     with pytest.warns(ArchDSLWarning, match="could not be captured in a CUDA graph"):
         assert torch.equal(gpu.generate(ids, 12), want)
