@@ -353,6 +353,10 @@ def test_bad_base_blocks_point_into_the_space_file(tmp_path, capsys, blocks, col
     ("probe: {train: {stepz: 3}}", "space.yaml:1:17: probe: unknown training setting 'stepz'; did you mean 'steps'?"),
     ("probe: {train: {steps: 10, lr: 5}}", "space.yaml:1:32: probe: train: lr must be at most 1"),
     ("probe: {train: {steps: 10, warmup: 50}}", "space.yaml:1:36: probe: train: warmup must be a share of the steps"),
+    # the task and its arguments, each alone, had been said only once --probe ran, with no place
+    ("probe: {task: mqr}", "space.yaml:1:15: probe: unknown probe 'mqr'; did you mean 'mqar'?"),
+    ("probe: {task: mqar, args: {seq_lne: 64}}", "space.yaml:1:28: probe: mqar: unknown argument 'seq_lne'"),
+    ("probe: {args: {seq_len: abc}}", "space.yaml:1:25: probe: mqar: seq_len must be an integer below 2^31, got 'abc'"),
 ])
 def test_a_bad_base_or_probe_setting_points_into_the_space_file(tmp_path, capsys, section, where):
     space = tmp_path / "space.yaml"

@@ -275,7 +275,15 @@ ALIASES = {"selective_copy": "selective_copying", "copy": "selective_copying", "
 
 
 def make_task(name: str, **kwargs) -> Task:
-    """A task by name with its arguments; ArchDSLError for unknown names or arguments."""
+    """A task by name with its arguments; ArchDSLError for unknown names or arguments, an argument of the wrong
+    type, and arguments that do not go together (the task's own checks)."""
+    cls, args = task_args(name, kwargs)
+    return cls(**args)
+
+
+def task_args(name: str, kwargs: dict) -> tuple[type[Task], dict]:
+    """(the task class of `name`, its arguments typed), each argument checked alone: a known name of the task, of
+    its type (an integer below 2^31, a finite number, a bool); ArchDSLError "TASK: NAME ..." else."""
     key = ALIASES.get(name, name) if isinstance(name, str) else None
     if key not in TASKS:
         raise ArchDSLError(f"unknown probe {shown(name)}", hint=did_you_mean(str(name), TASKS))
@@ -294,7 +302,7 @@ def make_task(name: str, **kwargs) -> Task:
                                         or isinstance(v, float) and math.isfinite(v)):
             raise ArchDSLError(f"{key}: {k} must be a number, got {shown(v)}")
         args[k] = integer if integer is not None else v  # numpy's integers as ints: the task's to_dict is JSON
-    return cls(**args)
+    return cls, args
 
 
 def _integer(v) -> int | None:

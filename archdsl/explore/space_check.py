@@ -76,6 +76,23 @@ def check_probe(probe) -> None:
                           ("probe", "d_model"))
     if probe.get("train"):
         _check_train(probe["train"])
+    if task is not None or probe.get("args"):
+        _check_task(task or "mqar", probe.get("args") or {})
+
+
+def _check_task(task: str, args: dict) -> None:
+    """The probe's task name and each argument alone (name, type), each error at its key. Whether the arguments go
+    together is the task's to say when --probe makes it: --probe-arg may change them."""
+    from .probes import task_args
+
+    try:
+        task_args(task, args)
+    except ArchDSLError as e:
+        m = re.match(r"\w+: (?:unknown argument )?'?(\w+)", e.message)
+        if m is None:
+            raise keyed_error(f"probe: {e.message}", ("probe", "task"), e.hint) from None
+        key = ("probe", "args", m.group(1)) + (("<key>",) if "unknown argument" in e.message else ())
+        raise keyed_error(f"probe: {e.message}", key if m.group(1) in args else ("probe", "args"), e.hint) from None
 
 
 def _check_train(train: dict) -> None:
