@@ -74,7 +74,8 @@ def _add_compile(p):
     add_spec(p)
     p.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="directory to write: spec.yaml + model.safetensors (an earlier save there is replaced "
-                        "atomically; SPEC's own directory, or one holding SPEC, is refused)")
+                        "atomically, unless it holds files this one would drop, such as its tokenizer.json: give "
+                        "--tokenizer DIR again; SPEC's own directory, or one holding SPEC, is refused)")
     p.add_argument("--dtype", default="float32", help="the weights' dtype: float32 (default), bfloat16, float16 or "
                                                       "float64")
     p.add_argument("--device", default="cpu", help="where the weights are made: cpu (default), cuda or cuda:N")
@@ -89,9 +90,11 @@ def cmd_run(args):
 
     import torch
 
+    from ..analysis import has_ssm_states
     from ..model.decoding import graph_runner, sample
 
     model = _model(args)
+    states = has_ssm_states(model.spec)  # (--ssm-state-dtype changes nothing of a model without them)
     dev = model.device
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
@@ -134,7 +137,8 @@ def cmd_run(args):
               "batch": args.batch, "prompt_len": args.prompt_len, "gen": args.gen, "warmup": args.warmup,
               "prefill_tokens_per_s": args.batch * args.prompt_len / t_prefill,
               "decode_tokens_per_s": args.batch * args.gen / t_decode if args.gen else None,
-              "cache_bytes": cache.nbytes(), "ssm_state_dtype": str(model.ssm_state_dtype).replace("torch.", ""),
+              "cache_bytes": cache.nbytes(),
+              "ssm_state_dtype": str(model.ssm_state_dtype).replace("torch.", "") if states else None,
               "params": model.num_params(), "fusions": sorted(model.fusions),
               "cuda_graph": graphed, "generated": first}
     if args.json:
@@ -148,7 +152,7 @@ def cmd_run(args):
         print(f"  decode   {tokens(args.gen)}   {result['decode_tokens_per_s']:>14,.1f} tokens/s")
         shown = " ".join(map(str, first[:16])) + (" …" if len(first) > 16 else "")
         print(f"  greedy continuation of sequence 0: {shown}")
-    states = f", SSM states {result['ssm_state_dtype']}" if args.ssm_state_dtype else ""
+    states = f", SSM states {result['ssm_state_dtype']}" if args.ssm_state_dtype and states else ""
     print(f"  cache    {cache.nbytes():>18,} bytes ({human(cache.nbytes(), 'B')}) at "
           f"{plural(args.prompt_len + args.gen, 'token')}{states}")
 

@@ -26,7 +26,9 @@ SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 
 # --- reading -------------------------------------------------------------------------------
 
 def check_safetensors(path: str) -> dict:
-    """Validate a safetensors file's header against its size; → {name: (dtype, shape)}."""
+    """Validate a safetensors file's header against its size, as safetensors itself reads it (its metadata text
+    to text; the tensors' bytes one after another from the data's start to the file's end, no gap, no overlap);
+    → {name: (dtype, shape)}."""
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -48,7 +50,10 @@ def check_safetensors(path: str) -> dict:
     if not isinstance(header, dict):
         raise ArchDSLError("malformed safetensors file: its header is not a JSON object", file=path)
     data = size - 8 - n
-    out = {}
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ArchDSLError("malformed safetensors file: its __metadata__ is not a mapping of text to text", file=path)
+    out, spans = {}, []
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -73,6 +78,16 @@ def check_safetensors(path: str) -> dict:
                                f"shape {shown(shape)} and dtype {dtype} need {'at least ' * (want > data)}{want}",
                                file=path)
         out[name] = (dtype, shape)
+        spans.append((start, end, name))
+    at, last = 0, None  # the data's bytes, tensor by tensor in the order of their offsets
+    for start, end, name in sorted(spans):
+        if start != at:
+            what = (f"overlaps {last!r}" if start < at else f"starts at byte {start}, after a gap from byte {at}")
+            raise ArchDSLError(f"malformed safetensors file: tensor {name!r} {what}", file=path)
+        at, last = end, name
+    if at != data:
+        raise ArchDSLError(f"malformed safetensors file: its tensors take {at} bytes of data, the file holds {data} "
+                           f"(bytes after the last tensor)", file=path)
     return out
 
 
@@ -395,8 +410,8 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
     from safetensors import SafetensorError
     from safetensors.torch import save_file
     from ..model import ArchModel, load
-    from ..model.companions import write_companions
-    from ..model.model import check_has_weights, check_spec_layout
+    from ..model.companions import check_companions, write_companions
+    from ..model.model import check_has_weights, check_saved_dtypes, check_spec_layout
 
     out_dir = check_path("export", out_dir, "directory's path")
     check_control(out_dir, "export: out_dir")  # before the model is loaded
@@ -404,6 +419,8 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
              else load(check_path("export", model_or_dir, "model or saved model's directory")))
     check_spec_layout(model, "export")
     check_has_weights(model, "export")
+    check_companions(model.companions, "export")
+    check_saved_dtypes(model, "export")
     spec = model.spec
     mt = hf_model_type(spec, model_type)
     fam = family(mt)

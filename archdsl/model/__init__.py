@@ -14,7 +14,7 @@ import sys
 import torch
 
 from ..analysis import ALIASES, MODEL_DTYPES
-from ..errors import ArchDSLError, check_flag, warn
+from ..errors import ArchDSLError, check_flag, check_path, warn
 from .decoding import check_seed
 from .fusions import FUSIONS, Fuse, resolve_fuse
 from .companions import read_companions
@@ -150,10 +150,10 @@ def load(path, device="cpu", dtype=None, cuda_graph: bool | None = None, fuse: F
     dtype, in eval mode, with the tokenizer and generation files saved beside them (model.companions). fuse and
     ssm_state_dtype are compile's (a seed is too, and the weights overwrite what it draws); the model is built on
     the CPU, then moved to `device`."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     cuda_graph = check_flag("load", "cuda_graph", cuda_graph, none_ok=True)
-    path = os.fspath(path)
+    path = check_path("load", path, "directory's path")
     weights = os.path.join(path, "model.safetensors")
     if not os.path.isfile(os.path.join(path, "spec.yaml")) or not os.path.isfile(weights):
         from ..spec import hf_dir_hint
@@ -163,8 +163,11 @@ def load(path, device="cpu", dtype=None, cuda_graph: bool | None = None, fuse: F
     from ..convert.hf_io import check_safetensors
 
     check_safetensors(weights)  # a damaged file is ArchDSLError, not safetensors' own
-    with safe_open(weights, framework="pt") as f:
-        tensors = {n: f.get_tensor(n) for n in f.keys()}
+    try:
+        with safe_open(weights, framework="pt") as f:
+            tensors = {n: f.get_tensor(n) for n in f.keys()}
+    except SafetensorError as e:  # what check_safetensors does not foresee
+        raise ArchDSLError(f"cannot read the weights: {e}", file=weights) from None
     model = compile(os.path.join(path, "spec.yaml"), device="cpu", dtype=resolve_dtype(dtype or saved_dtype(path)),
                     seed=seed, fuse=fuse, ssm_state_dtype=ssm_state_dtype)
     load_weights(model, tensors, source=weights)
@@ -183,9 +186,14 @@ def saved_dtype(path) -> str:
     model.safetensors records it (an alias there, "bf16", read as load reads it)."""
     from safetensors import safe_open
 
-    with safe_open(os.path.join(os.fspath(path), "model.safetensors"), framework="pt") as f:
+    weights = os.path.join(os.fspath(path), "model.safetensors")
+    with safe_open(weights, framework="pt") as f:
         given = (f.metadata() or {}).get("dtype", "float32")
-    return str(resolve_dtype(given)).replace("torch.", "")
+    try:
+        return str(resolve_dtype(given)).replace("torch.", "")
+    except ArchDSLError as e:
+        raise ArchDSLError(f"its metadata records the weights' dtype as {given!r}: {e.message}", file=weights,
+                           hint="give the dtype to load in (load(dtype=...), --dtype)") from None
 
 
 def load_weights(model: ArchModel, tensors: dict, source: str = "checkpoint") -> None:

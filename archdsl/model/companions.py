@@ -4,7 +4,8 @@ A model read from an HF directory or a save carries them (ArchModel.companions, 
 exports, byte for byte; `--tokenizer PATH` gives them to a model that has none (compile, export-checkpoint).
 
     read_companions(dir) → {name: bytes}        companion_names(dir) → the names there
-    write_companions(companions, dir)           tokenizer_companions(path, vocab_size) → {name: bytes}, checked
+    check_companions(companions, where)         write_companions(companions, dir)
+    tokenizer_companions(path, vocab_size) → {name: bytes}, checked
     check_vocab(companions, vocab_size, file, where)   a tokenizer.json's ids within the vocabulary
     eos_companion(config) → a generation_config.json's bytes of config.json's token ids, or None
 """
@@ -45,8 +46,23 @@ def companion_names(directory) -> frozenset[str]:
     return frozenset(n for n in COMPANIONS if os.path.isfile(os.path.join(os.fspath(directory), n)))
 
 
+def check_companions(companions, where: str) -> None:
+    """A model's companions as a save or an export writes them, else ArchDSLError naming `where`: a dict of
+    COMPANIONS names (a name such as spec.yaml or ../x would overwrite the save's own files or write outside it)
+    to bytes."""
+    if not isinstance(companions, dict):
+        raise ArchDSLError(f"{where}: model.companions must be a dict of file name → bytes, got "
+                           f"{type(companions).__name__}")
+    for name, data in companions.items():
+        if name not in COMPANIONS:
+            raise ArchDSLError(f"{where}: model.companions holds {name!r}, which is no tokenizer or generation file "
+                               f"(one of {', '.join(sorted(COMPANIONS))})")
+        if not isinstance(data, (bytes, bytearray)):
+            raise ArchDSLError(f"{where}: model.companions[{name!r}] must be bytes, got {type(data).__name__}")
+
+
 def write_companions(companions: dict[str, bytes], directory: str) -> None:
-    """Write `companions` (name → bytes, names of COMPANIONS) into `directory`."""
+    """Write `companions` (name → bytes, names of COMPANIONS: check_companions) into `directory`."""
     for name, data in companions.items():
         with open(os.path.join(directory, name), "wb") as f:
             f.write(data)

@@ -22,7 +22,7 @@ from ..blocks.base import INJECT
 from ..errors import ArchDSLError, check_flag, check_path, out_of_memory, shown
 from ..graph import layers as graph_layers
 from ..units import human
-from .companions import write_companions
+from .companions import check_companions, write_companions
 from .fusions import Fusable, Fuse, resolve_fuse
 from .layer import Layer, Norm
 from .decoding import CacheTooBig, GraphedStep, graph_len
@@ -519,7 +519,7 @@ class ArchModel(nn.Module):
         and the Hugging Face tokenizer and generation files the model carries (self.companions: read by load or
         from_hf): first into a temporary directory beside it, then renamed into place, so a failed save never
         replaces a good one. A directory there holding anything but an earlier save's files is refused
-        (ArchDSLError); a write that fails (a full disk, a file too large) is ArchDSLError `cannot write PATH:
+        (ArchDSLError), as is an earlier save with companion files this save would drop (its tokenizer.json); a write that fails (a full disk, a file too large) is ArchDSLError `cannot write PATH:
         reason`, nothing left behind."""
         from safetensors import SafetensorError
         from safetensors.torch import save_file
@@ -528,6 +528,8 @@ class ArchModel(nn.Module):
         check_control(path, "save: path")
         check_spec_layout(self, "save")
         check_has_weights(self, "save")
+        check_companions(self.companions, "save")
+        check_saved_dtypes(self, "save")
         try:
             with atomic_dir(path, SAVE_FILES, frozenset(self.companions)) as tmp:  # a tokenizer it lacks: refused
                 with open(os.path.join(tmp, "spec.yaml"), "w", encoding="utf-8") as f:
@@ -592,6 +594,19 @@ def check_has_weights(model: nn.Module, where: str) -> None:
     if any(isinstance(t, torch.Tensor) and t.is_meta for t in model.state_dict().values()):
         raise ArchDSLError(f"{where}: the model is on the meta device and has no weights to write (compile it on "
                            f"a real device, or load weights into it first)")
+
+
+SAVED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)  # what compile builds and load reads
+
+
+def check_saved_dtypes(model: nn.Module, where: str) -> None:
+    """ArchDSLError, before anything is written, for a floating or complex tensor of the state_dict in a dtype no
+    model computes in (model.to(torch.float8_e4m3fn), .to(torch.complex64)): load and transformers would refuse
+    what was written. Names the first such tensor."""
+    for name, t in model.state_dict().items():
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()) and t.dtype not in SAVED_DTYPES:
+            raise ArchDSLError(f"{where}: {name} is {str(t.dtype).replace('torch.', '')}; a saved model's tensors "
+                               f"are float32, float64, bfloat16 or float16 (model.to(torch.bfloat16), say)")
 
 
 def check_spec_layout(model: "ArchModel", where: str) -> None:

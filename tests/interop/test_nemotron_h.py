@@ -240,3 +240,37 @@ def test_nemotron_h_moe_adds_no_balancing_loss():
     model(torch.randint(0, 64, (2, 8)))
     moe = [m for m in model.modules() if type(m).__name__ == "Moe"]
     assert moe and all(float(m.aux_loss.detach()) == 0.0 for m in moe)
+
+
+def test_nemotron_h_bf16_keeps_its_float32_router_as_transformers(tmp_path):
+    """transformers keeps NemotronH's gate.weight float32 in a bf16 model (_keep_in_fp32_modules_strict), and its
+    bf16 save stores it so: the import keeps those values and float32 (rounded to bf16 they chose other experts for
+    ~1% of tokens), routes as transformers does, and the export writes it float32 again."""
+    from safetensors import safe_open
+
+    import archdsl
+
+    hf = make_hf("NemotronHConfig", "NemotronHForCausalLM", init=_router_bias, hidden_size=64, vocab_size=64,
+                 hybrid_override_pattern="E", n_routed_experts=32, num_experts_per_tok=4, moe_intermediate_size=16,
+                 moe_shared_expert_intermediate_size=16, mamba_num_heads=8, mamba_head_dim=16, num_attention_heads=4,
+                 head_dim=16)
+    with torch.no_grad():
+        hf.model.layers[0].mixer.gate.weight.normal_(0, 0.05)
+    hf.save_pretrained(tmp_path / "fp32")
+    half = transformers().AutoModelForCausalLM.from_pretrained(tmp_path / "fp32", dtype=torch.bfloat16)
+    half.save_pretrained(tmp_path / "bf16")
+    gate = half.model.layers[0].mixer.gate
+    assert gate.weight.dtype == torch.float32
+    spec, ours = archdsl.from_hf(tmp_path / "bf16", weights=True)
+    router = ours.layers[0].ffn.router
+    assert ours.dtype == torch.bfloat16 and router.weight.dtype == torch.float32
+    assert torch.equal(router.weight, gate.weight)
+    x = torch.randn(2048, 64, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    with torch.no_grad():
+        want, got = gate(x)[2].sort(-1).values, ours.layers[0].ffn.route(x)[2].sort(-1).values
+    assert torch.equal(want, got)
+    from archdsl.convert.hf_io import export_hf
+
+    export_hf(ours, tmp_path / "out")
+    with safe_open(tmp_path / "out" / "model.safetensors", framework="pt") as f:
+        assert f.get_tensor("backbone.layers.0.mixer.gate.weight").dtype == torch.float32

@@ -4,6 +4,7 @@ written."""
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -176,6 +177,44 @@ def test_a_temperature_float32_cannot_hold_is_still_sampled(model, temperature):
 def test_save_names_a_path_that_is_not_one(model, path, match):
     with pytest.raises(ArchDSLError, match=f"save: expected a directory's path.*{match}"):
         model.save(path)
+
+
+@pytest.mark.parametrize("path, match", [(None, "got NoneType"), (b"m", "got bytes")])
+def test_load_names_a_path_that_is_not_one(path, match):
+    with pytest.raises(ArchDSLError, match=f"load: expected a directory's path.*{match}"):
+        archdsl.load(path)
+
+
+@pytest.mark.parametrize("companions, match", [
+    ({"spec.yaml": b"layout: attn\n"}, "save: model.companions holds 'spec.yaml', which is no tokenizer"),
+    ({"../escaped.txt": b"x"}, "save: model.companions holds '../escaped.txt'"),
+    ({"notes.txt": b"x"}, "save: model.companions holds 'notes.txt'"),
+    ({"tokenizer.json": "{}"}, r"save: model.companions\['tokenizer.json'\] must be bytes, got str"),
+    ([("tokenizer.json", b"{}")], "save: model.companions must be a dict"),
+])
+def test_save_writes_only_companion_files(model, tmp_path, companions, match):
+    """A companion named spec.yaml overwrote the save's spec (load then failed on every tensor's shape), ../x was
+    written outside the directory: each is refused before anything is written."""
+    model.companions = companions
+    try:
+        with pytest.raises(ArchDSLError, match=match):
+            model.save(tmp_path / "m")
+    finally:
+        model.companions = {}
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.complex64])
+def test_save_refuses_a_dtype_load_cannot_read(tmp_path, dtype):
+    """model.to(float8 or complex64).save() wrote what load then refused (unknown dtype 'float8_e4m3fn'; a
+    malformed safetensors header for complex64)."""
+    m = archdsl.compile(archdsl.parse("mamba", d_model=16, vocab_size=37, blocks=SMALL))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's "complex modules are a new feature"
+        m = m.to(dtype)
+    with pytest.raises(ArchDSLError, match=f"save: embeddings.weight is {str(dtype)[6:]}; a saved model's tensors"):
+        m.save(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
 
 
 def test_fuse_takes_an_iterator_once_and_refuses_bytes():

@@ -291,6 +291,43 @@ def test_load_rejects_a_damaged_weights_file(tmp_path):
         archdsl.load(tmp_path / "m")
 
 
+def _rewrite(path, edit):
+    """model.safetensors at `path` with its header edited by `edit(header)` and 8 bytes per element of padding."""
+    import json
+    import struct
+
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n:])
+
+
+def _overlap(header):
+    a, b = [k for k in header if k != "__metadata__"][:2]
+    start = header[a]["data_offsets"][0]
+    header[b]["data_offsets"] = [start, start + header[b]["data_offsets"][1] - header[b]["data_offsets"][0]]
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda p: p.write_bytes(p.read_bytes() + b"xxxxxxxx"), "its tensors take .* bytes of data, the file holds"),
+    (lambda p: _rewrite(p, lambda h: h["__metadata__"].update(dtype=5)), "its __metadata__ is not a mapping of text"),
+    (lambda p: _rewrite(p, _overlap), "tensor '.*' overlaps '.*'"),
+    (lambda p: _rewrite(p, lambda h: h["__metadata__"].update(dtype="int8")),
+     "its metadata records the weights' dtype as 'int8': unknown dtype 'int8'"),
+])
+def test_load_names_the_file_of_every_damage_safetensors_refuses(tmp_path, damage, match):
+    """Bytes after the last tensor, metadata that is not text, overlapping tensors: safetensors' own
+    SafetensorError tracebacks; a dtype the metadata records that no model has: an error naming no file."""
+    archdsl.compile(archdsl.parse("mamba", d_model=16, vocab_size=37, blocks=SMALL)).save(tmp_path / "m")
+    damage(tmp_path / "m" / "model.safetensors")
+    with pytest.raises(ArchDSLError, match=match) as e:
+        archdsl.load(tmp_path / "m")
+    assert e.value.file == str(tmp_path / "m" / "model.safetensors")
+
+
 def test_load_rejects_mismatched_checkpoint(tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -360,6 +360,14 @@ def test_gpu_grouped_gemms_match_the_expert_loop(args):
         assert calls == [True]  # captured, not in the warm-up
 
 
+def test_a_softmax_routers_weight_takes_the_models_dtype():
+    """Only the sigmoid router (DeepSeek-V3's, NemotronH's) keeps its weight float32, as transformers does."""
+    import archdsl
+
+    spec = archdsl.parse("mlp, moe every 1", d_model=16, vocab_size=37, blocks={"moe": {"experts": 4, "top_k": 1}})
+    assert archdsl.compile(spec, dtype=torch.bfloat16).layers[0].ffn.router.weight.dtype == torch.bfloat16
+
+
 def test_score_bias_stays_float32_in_a_16_bit_model(tmp_path):
     """The sigmoid router's score bias (HF's e_score_correction_bias, kept in float32 by transformers) survives
     compile(dtype=bf16), .half(), .to() and a bf16 save → load with its float32 values: a bias of 1.003 against
@@ -376,7 +384,7 @@ def test_score_bias_stays_float32_in_a_16_bit_model(tmp_path):
     back = archdsl.load(tmp_path / "m")
     for m in (model, model.half(), model.to(torch.bfloat16), back, archdsl.compile(spec).to(torch.float16)):
         b = m.layers[0].ffn.router.e_score_correction_bias
-        assert b.dtype == torch.float32
+        assert b.dtype == m.layers[0].ffn.router.weight.dtype == torch.float32  # the sigmoid router's weight too
         assert torch.equal(b, bias) or m.dtype == torch.float16 and not b.any()  # the fresh one holds zeros
     with torch.no_grad():
         router.weight.zero_()  # every score 1/2: the bias alone chooses

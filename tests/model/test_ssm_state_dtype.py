@@ -125,6 +125,8 @@ def test_the_cli_takes_it():
     run = cli("run", "mamba2", "--prompt-len", "4", "--gen", "2", "--ssm-state-dtype", "bfloat16", "--json")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["ssm_state_dtype"] == "bfloat16"
+    run = cli("run", "2×attn", "--prompt-len", "4", "--gen", "2", "--ssm-state-dtype", "bfloat16", "--json")
+    assert json.loads(run.stdout)["ssm_state_dtype"] is None  # no SSM states: it had said bfloat16
     bad = cli("run", "mamba2", "--gen", "1", "--ssm-state-dtype", "int8")
     assert bad.returncode == 2 and "--ssm-state-dtype: must be float32" in bad.stderr and "Traceback" not in bad.stderr
 
