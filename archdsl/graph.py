@@ -56,7 +56,7 @@ def layer_id(i: int) -> str:
 def expand_repeats(spec) -> nx.DiGraph:
     """Unroll repeats and groups into a chain of layer nodes."""
     layers: list[Layer] = []
-    sizes: dict[int, int] = {}  # by id of a Repeat: its layers, counted once (a walk meets it count × outer counts times)
+    sizes: dict[int, int] = {}  # by id of a Repeat: its layers, counted once (a walk meets it at every outer count)
 
     def walk(node, depth=0):
         if isinstance(node, Layer):

@@ -266,9 +266,9 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
 
     device: where the model goes; dtype: the model's dtype (default: config.json's dtype, else the checkpoint's
     most common floating dtype). The stages: config → spec; read the safetensors; drop the tensors transformers
-    ignores; read the head's tie as transformers does; build the model on the meta device; map the names (the family's
-    to_archdsl, which checks them and the shapes); allocate the model, without initialising it; load; keep its tokenizer and generation files
-    (model.companions)."""
+    ignores; read the head's tie as transformers does; build the model on the meta device; map the names (the
+    family's to_archdsl, which checks them and the shapes); allocate the model, without initialising it; load;
+    keep its tokenizer and generation files (model.companions)."""
     import torch
     from . import hf
     from ..model import check_device, load_weights, resolve_dtype

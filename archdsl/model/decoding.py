@@ -1,5 +1,6 @@
 """Decoding beyond the one step: ArchModel.generate's loop (prefill, then sampling with temperature, top-k,
-top-p, min-p, a repetition penalty, stop ids and a least count of new tokens) and the decode step replayed from a CUDA graph."""
+top-p, min-p, a repetition penalty, stop ids and a least count of new tokens) and the decode step replayed from a
+CUDA graph."""
 from __future__ import annotations
 
 import math

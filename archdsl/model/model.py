@@ -519,8 +519,10 @@ class ArchModel(nn.Module):
         and the Hugging Face tokenizer and generation files the model carries (self.companions: read by load or
         from_hf): first into a temporary directory beside it, then renamed into place, so a failed save never
         replaces a good one. A directory there holding anything but an earlier save's files is refused
-        (ArchDSLError), as is an earlier save with companion files this save would drop (its tokenizer.json); a write that fails (a full disk, a file too large) is ArchDSLError `cannot write PATH:
-        reason`, nothing left behind."""
+        (ArchDSLError), as is an earlier save with companion files this save would drop (its tokenizer.json); a
+        write that fails (a full disk, a file too large) is ArchDSLError `cannot write PATH: reason`, nothing left
+        behind. Before anything is written, the companions are checked (names of COMPANIONS, bytes), and the
+        tensors' dtypes (float32, float64, bfloat16, float16: what load reads)."""
         from safetensors import SafetensorError
         from safetensors.torch import save_file
 
