@@ -129,6 +129,28 @@ def test_a_chunk_after_the_cache_equals_its_steps(window, kv, rope, cache, sizes
         assert s1["k"].shape[2] <= window
 
 
+@pytest.mark.parametrize("layout", ["attn", "attn(window=3)", "mamba2, attn", "zamba_layout"])
+@pytest.mark.parametrize("static", [False, True])
+def test_steps_then_a_chunk_then_steps_equal_one_forward(layout, static):
+    """A cache that starts with steps, then takes a chunk: a static attention cache counted only its position
+    tensor in a step, so the chunk took itself for a fresh prefill, overwrote the first slots and reset the
+    positions (logits 0.05-0.34 off from then on)."""
+    import archdsl
+
+    small = {"mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 4}, "attn": {"heads": 4, "kv_heads": 2}}
+    spec = (archdsl.parse("3×mamba2, zamba(shared) at 0 2", d_model=16, vocab_size=37,
+                          blocks={**small, "zamba": {"heads": 2}}) if layout == "zamba_layout"
+            else archdsl.parse(layout, d_model=16, vocab_size=37, blocks=small))
+    m = archdsl.compile(spec, dtype=torch.float64, seed=0)
+    ids = torch.randint(0, 37, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = m(ids)
+        c = m.init_cache(2, max_len=9, static=static)
+        out = torch.cat([m.step(ids[:, 0], c)[:, None], m.step(ids[:, 1], c)[:, None], m(ids[:, 2:6], c),
+                         *(m.step(ids[:, i], c)[:, None] for i in range(6, 9))], 1)
+    torch.testing.assert_close(out, full, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("window", [None, 2, 6])
 @pytest.mark.parametrize("static", [False, True])
 def test_gradients_through_a_continued_chunk(window, static):
