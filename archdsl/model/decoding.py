@@ -19,7 +19,7 @@ class CacheTooBig(ArchDSLError):
 
 
 def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attention_mask, top_p, eos_token_id,
-             pad_token_id, repetition_penalty, min_p=None, min_new_tokens=None):
+             pad_token_id, repetition_penalty, min_p=None, min_new_tokens=None, num_return_sequences=1):
     """ArchModel.generate (its docstring says what each argument does): prefill, then sample step by step."""
     model._check_tokens("generate", "input_ids", input_ids, 2)
     model._padded("generate", attention_mask, input_ids, None)  # refused before any cache is made
@@ -35,6 +35,16 @@ def generate(model, input_ids, max_new_tokens, temperature, top_k, seed, attenti
         raise ArchDSLError(f"generate: min_new_tokens {min_new_tokens} holds back the eos ids, and no eos_token_id "
                            f"is given: give one, or leave min_new_tokens out (every step runs without one)")
     min_new_tokens = min_new_tokens or 0
+    n = num_return_sequences
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ArchDSLError(f"generate: num_return_sequences must be an int >= 1, got {n!r}")
+    if n > 1:  # each prompt's row n times, one after another (transformers' order), each drawing its own tokens
+        if temperature == 0:
+            raise ArchDSLError(f"generate: num_return_sequences {n} asks for {n} continuations of each prompt, and "
+                               f"greedy decoding gives one (as transformers refuses it): sample (temperature, "
+                               f"top_k, top_p or min_p)")
+        input_ids = input_ids.repeat_interleave(int(n), 0)
+        attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(int(n), 0)
     B, L = input_ids.shape
     if max_new_tokens == 0:  # a new tensor, as for any other count: writing to it leaves the prompt alone
         return input_ids.clone()

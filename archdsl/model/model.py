@@ -397,7 +397,7 @@ class ArchModel(nn.Module):
                  seed: int | None = None, attention_mask: torch.Tensor | None = None, top_p: float | None = None,
                  eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
                  repetition_penalty: float | None = None, min_p: float | None = None,
-                 min_new_tokens: int | None = None):
+                 min_new_tokens: int | None = None, num_return_sequences: int = 1):
         """Prefill input_ids [B, L] (int64 or int32) through the parallel path, then decode step by step, under
         torch.no_grad(). temperature 0 = greedy; above 0, sampling from softmax(logits / temperature), cut to the
         top_k likeliest tokens, then to the nucleus of top_p (the fewest likeliest tokens whose probability
@@ -417,6 +417,8 @@ class ArchModel(nn.Module):
         (default: the first eos id), and generation stops once every row has, so the result may be shorter,
         [B, L + n] with n <= max_new_tokens (one wait for the device a step). min_new_tokens: the eos ids are not
         drawn before that many new tokens (their logits -inf, as transformers'); it needs eos_token_id.
+        num_return_sequences n (sampling only, as transformers'): n continuations of each prompt, rows
+        [B·n, ...] with prompt b's at b·n .. b·n + n - 1, each drawn on its own.
         The decode cache: with eos_token_id its attention KV buffers grow by doubling as the tokens come, never
         past L + max_new_tokens positions, so a large max_new_tokens costs no memory until it is used; without
         one every step runs, and the cache is allocated for L + max_new_tokens positions at once, as is the
@@ -428,7 +430,7 @@ class ArchModel(nn.Module):
         from .decoding import generate
 
         return generate(self, input_ids, max_new_tokens, temperature, top_k, seed, attention_mask, top_p,
-                        eos_token_id, pad_token_id, repetition_penalty, min_p, min_new_tokens)
+                        eos_token_id, pad_token_id, repetition_penalty, min_p, min_new_tokens, num_return_sequences)
 
     def _check_tokens(self, where: str, name: str, ids, ndim: int, cache: Cache | None = None) -> None:
         """Token ids as `where` takes them, else ArchDSLError: an int64 or int32 tensor, [batch, length] (ndim 2)

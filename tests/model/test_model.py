@@ -645,6 +645,25 @@ def test_min_new_tokens_holds_the_eos_ids_back(least):
     assert out.shape[1] >= 4 + min(least + 1, 8) and not torch.isin(out[:, 4:4 + least], torch.tensor(eos)).any()
 
 
+def test_num_return_sequences_samples_each_prompt_n_times():
+    """transformers' num_return_sequences: prompt b's n rows at b·n .., as generating the prompts repeated does
+    (one generator, the same draws), left padding repeated with them; greedy refuses it, as transformers does."""
+    m = _token_model()
+    ids = torch.randint(0, 37, (2, 4), generator=torch.Generator().manual_seed(2))
+    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    out = m.generate(ids, 6, temperature=1.0, seed=4, attention_mask=mask, num_return_sequences=3)
+    want = m.generate(ids.repeat_interleave(3, 0), 6, temperature=1.0, seed=4,
+                      attention_mask=mask.repeat_interleave(3, 0))
+    assert out.shape == (6, 10) and torch.equal(out, want)
+    assert torch.equal(out[:3, :4], ids[:1].expand(3, 4)) and len({tuple(r) for r in out[:3, 4:].tolist()}) > 1
+    with pytest.raises(ArchDSLError, match="num_return_sequences 2 asks for 2 continuations of each prompt, and "
+                                           "greedy decoding gives one"):
+        m.generate(ids, 2, num_return_sequences=2)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ArchDSLError, match="num_return_sequences must be an int >= 1"):
+            m.generate(ids, 2, temperature=1.0, num_return_sequences=bad)
+
+
 def test_generate_takes_transformers_forms_of_eos_and_pad():
     """As transformers' generate: eos_token_id as an integer tensor, and a pad_token_id without eos ids (passed
     along from a tokenizer), which pads nothing. max_new_tokens=0 gives a new tensor, not the prompt itself."""
