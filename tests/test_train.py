@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -249,7 +250,9 @@ def test_token_file_and_bad_inputs(tmp_path, capsys):
     rng.integers(0, 64, 4096, dtype=np.uint32).tofile(wide)
     assert main(["train", spec, "--data", f"{wide}:uint32", *args, "-o", str(tmp_path / "ok32")]) == 0
     bad(run(str(wide)), "every second uint16 token of the first 8,192 is 0", f"give {wide}:uint32")  # read as pairs
-    for name, text in (("ascii.txt", "the state space model " * 400), ("utf8.md", "état d'espace — 状態 " * 400)):
+    for name, text in (("ascii.txt", "the state space model " * 400), ("utf8.md", "état d'espace — 状態 " * 400),
+                       ("bom.txt", "\ufeff" + "the state space model " * 400),  # a BOM, a form feed: taken as ids
+                       ("ff.txt", "the state \x0cspace model " * 400)):
         (tmp_path / name).write_text(text, encoding="utf-8")  # trained as byte pairs, loss 10.8, where in vocab
         bad(run(str(tmp_path / name)), f"--data {tmp_path / name}: reads as text, not as uint16 token ids",
             "tokenize it first")
@@ -277,7 +280,36 @@ def test_token_file_and_bad_inputs(tmp_path, capsys):
         "__0_0.distcp: missing")
     bad(["export-checkpoint", str(dmg), "--step", "3", "-o", str(tmp_path / "e")],
         "cannot export step 3, its checkpoint is damaged", "__0_0.distcp: missing")
+    # a vocabulary past uint16 with no dtype given: uint32 ids had been read as their 16-bit halves
+    llama = write(tmp_path, "l.yaml", ZAMBA.replace("vocab_size: 64", "vocab_size: 128256"))
+    assert "vocab_size: 128256" in open(llama).read()
+    bad(["train", llama, "--data", str(wide), *args, "-o", str(tmp_path / "x")],
+        "the model's vocabulary of 128,256 ids does not fit uint16 tokens", f"{wide}:uint32")
+    assert main(["train", spec, "--data", f"{good}, eos=5", *args, "-o", str(tmp_path / "spaced")]) == 0  # a space
     assert not os.path.exists(tmp_path / "x")  # nothing was written by the failed runs
+
+
+def test_a_batch_of_eos_alone_is_a_skipped_step(tmp_path, capsys):
+    """A token file padded with a run of eos: a batch whose every label is eos stopped the run ('the batch has no
+    scored tokens'), and --resume drew the same batch again. It is a step skipped with a warning and a metrics line,
+    checkpointed as any step, and a resume goes on past it."""
+    spec = write(tmp_path, "z.yaml", ZAMBA)
+    docs = np.concatenate([np.tile(np.array([3, 4, 5, 0], dtype=np.uint16), 40), np.zeros(2000, dtype=np.uint16),
+                           np.tile(np.array([6, 7, 0], dtype=np.uint16), 40)])
+    data = tmp_path / "padded.bin"
+    docs.tofile(data)
+    argv = ["train", spec, "--data", f"{data},eos=0", "--steps", "6", "--batch", "1", "--seq-len", "8",
+            "--save-every", "2", "--no-progress", "--threads", "1", "-o", str(tmp_path / "r")]
+    assert main([*argv, "--stop-after", "4"]) == 0
+    assert re.search("warning: train: step [1-4]: the batch has no scored tokens .* the step is skipped, no update",
+                     capsys.readouterr().err)
+    with open(tmp_path / "r" / "metrics.jsonl") as f:
+        lines = [json.loads(line) for line in f]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4] and any(r.get("skipped") for r in lines)
+    assert all(("loss" in r) != ("skipped" in r) for r in lines)
+    assert main([*argv, "--resume"]) == 0
+    with open(tmp_path / "r" / "metrics.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4, 5, 6]
 
 
 def test_set_changes_the_spec_trained_and_a_resume_must_repeat_it(tmp_path, capsys):

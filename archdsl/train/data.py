@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,7 +155,9 @@ def _task(text: str, seq_len: int | None, vocab_size: int):
 def _parts(text: str) -> tuple[str, str | None, str | None]:
     """'PATH[:DTYPE][,eos=ID]' → (PATH, DTYPE or None, ID's text or None); a ':' not followed by a token dtype
     stays in PATH."""
-    head, has_eos, eos = text.rpartition(",eos=")
+    m = re.search(r",\s*eos\s*=(?!.*,\s*eos\s*=)", text)  # the last `,eos=`, spaces allowed: 't.bin, eos=5'
+    has_eos = m is not None
+    head, eos = (text[:m.start()], text[m.end():].strip()) if has_eos else (text, "")
     path = head if has_eos else text
     head, has_dtype, dtype = path.rpartition(":")
     if has_dtype and dtype in TOKEN_DTYPES:
@@ -198,6 +201,10 @@ def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
     eos = _eos(text, eos, vocab_size)
     given = dtype is not None
     if dtype is None:
+        if vocab_size > 1 << 16 and os.path.isfile(path):  # uint16 cannot hold its ids: uint32 read as halves
+            raise ArchDSLError(f"--data {text!r}: the model's vocabulary of {vocab_size:,} ids does not fit uint16 "
+                               f"tokens, the default: say which the file holds",
+                               hint=f"{path}:uint32 (Llama 3's, Qwen's ids), or {path}:uint16 for ids below 65,536")
         dtype = "uint16"
         _, sep, tail = path.rpartition(":")
         if sep and tail and not os.path.exists(path) and "/" not in tail and "." not in tail:
@@ -212,6 +219,10 @@ def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
             raise ArchDSLError(f"--data {text!r}: no such data file: {head}",
                                hint="a token file takes PATH[:uint16|uint32][,eos=ID]")
         raise ArchDSLError(f"--data: no such data file: {path}")
+    if _reads_as_text(path):
+        raise ArchDSLError(f"--data {path}: reads as text, not as {dtype} token ids",
+                           hint="tokenize it first: a token file holds the ids in binary, as numpy's tofile writes "
+                                "them (nanoGPT's prepare.py)")
     width = np.dtype(TOKEN_DTYPES[dtype]).itemsize
     size = os.path.getsize(path)
     if size % width:
@@ -221,10 +232,6 @@ def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
     n = size // width
     if n < L + 1:  # one window is L inputs and their L labels: L + 1 tokens
         raise ArchDSLError(f"--data {path}: {n:,} token{'s' if n != 1 else ''}, fewer than one sequence of {L} + 1")
-    if _reads_as_text(path):
-        raise ArchDSLError(f"--data {path}: reads as text, not as {dtype} token ids",
-                           hint="tokenize it first: a token file holds the ids in binary, as numpy's tofile writes "
-                                "them (nanoGPT's prepare.py)")
     tokens = np.memmap(path, dtype=TOKEN_DTYPES[dtype], mode="r")
     head = np.asarray(tokens[:1 << 16])
     if not given and len(head) >= 64 and not head[1::2].any() and head[0::2].any():
@@ -245,8 +252,9 @@ def _file(text: str, seq_len: int | None, vocab_size: int) -> TokenFile:
 
 
 def _reads_as_text(path: str) -> bool:
-    """Whether the file's first 64 KiB read as text: UTF-8 of printable characters and whitespace. Token ids do not:
-    a small vocabulary's high bytes are 0 (NUL, not printable), a large one's make byte runs UTF-8 refuses."""
+    """Whether the file's first 64 KiB read as text: UTF-8 (a byte-order mark first, or not) of printable characters,
+    whitespace and text's control characters (form feed, escape) with no NUL. Token ids do not: a small
+    vocabulary's high bytes are 0 (NUL), a large one's make byte runs UTF-8 refuses."""
     with open(path, "rb") as f:
         head = f.read(1 << 16)
     try:
@@ -255,7 +263,8 @@ def _reads_as_text(path: str) -> bool:
         if e.start < len(head) - 3:  # not a character cut at the 64 KiB mark
             return False
         text = head[:e.start].decode("utf-8")
-    return bool(text) and all(c.isprintable() or c in "\n\r\t" for c in text)
+    text = text.removeprefix("\ufeff")
+    return bool(text) and "\0" not in text and sum(not (c.isprintable() or c.isspace()) for c in text) <= len(text) // 100
 
 
 def _eos(text: str, eos: str | None, vocab_size: int) -> int | None:

@@ -253,6 +253,24 @@ def _grad_norm(params, clip: float) -> float:
     return float(norm)
 
 
+def _save(cfg, step, model, opt, gen, meta, dist) -> None:
+    save_checkpoint(cfg.rundir, step, model, opt, gen, meta, dist.rank)
+    if cfg.keep_last is not None and dist.is_main:
+        prune_checkpoints(cfg.rundir, cfg.keep_last)
+
+
+def _skip(cfg, step, lr, dist, metrics, bar) -> None:
+    """A step whose batch has no scored token (every label an eos: a token file padded with runs of eos): no
+    update, an ArchDSLWarning and a metrics.jsonl line {"step", "lr", "skipped"}; a checkpoint as any step's."""
+    if dist.is_main:
+        warn(f"train: step {step}: the batch has no scored tokens (every label is the data's eos): the step is "
+             f"skipped, no update")
+    if metrics is not None:
+        metrics.write({"step": step, "lr": lr, "skipped": "no scored tokens", "world_size": dist.world})
+    if bar is not None:
+        bar.update(1)
+
+
 def _not_finite(cfg: TrainConfig, step: int, loss: float, gnorm: float) -> ArchDSLError:
     """The error of a step whose loss or gradient norm is not finite, raised before its update: the weights, and
     so every checkpoint, stay those of the step before. Its hint is one the user can follow: --resume keeps --lr
@@ -364,8 +382,11 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from, warm: int) -> dict:
                 g["lr"] = lr
             x, y, seq = data.batch(cfg.batch, gen)
             count = int((y != IGNORE).sum())
-            if count == 0:
-                raise ArchDSLError(f"step {step}: the batch has no scored tokens")
+            if count == 0:  # every label an eos (a file padded with eos): nothing to learn, and the same on resume
+                _skip(cfg, step, lr, dist, metrics, bar)
+                if (cfg.save_every and step % cfg.save_every == 0) or step == last:
+                    _save(cfg, step, model, opt, gen, meta, dist)
+                continue
             x, y = x[lo:lo + per_rank].to(dist.device), y[lo:lo + per_rank].to(dist.device)
             seq = None if seq is None else seq[lo:lo + per_rank].to(dist.device)
             ce, correct, aux = _accumulate(model, x, y, seq, count, dist.world, micro, V)
@@ -402,9 +423,7 @@ def _run(cfg, spec, spec_yaml, data, dist, resume_from, warm: int) -> dict:
             if bad:
                 raise _not_finite(cfg, step, rec["loss"], gnorm)
             if (cfg.save_every and step % cfg.save_every == 0) or step == last:
-                save_checkpoint(cfg.rundir, step, model, opt, gen, meta, dist.rank)
-                if cfg.keep_last is not None and dist.is_main:
-                    prune_checkpoints(cfg.rundir, cfg.keep_last)
+                _save(cfg, step, model, opt, gen, meta, dist)
     finally:
         if bar is not None:
             bar.close()
