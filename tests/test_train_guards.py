@@ -305,6 +305,14 @@ def test_a_second_run_into_a_rundir_in_use_is_refused(tmp_path, spec, capsys):
         refused(capsys, args(spec, run, "--steps", "1"), f"{run}: another archdsl train is writing into it",
                 "write to another -o RUNDIR")
         assert os.listdir(run) == [".lock"]
+        # a run under way that has written its files: the lock is said, not "an earlier run ... pass --resume"
+        (run / "run.json").write_text("{}")
+        (run / "metrics.jsonl").write_text("")
+        for more in ([], ["--resume"]):
+            err = refused(capsys, args(spec, run, "--steps", "1", *more), f"{run}: another archdsl train is writing")
+            assert "--resume" not in err and "no checkpoint to resume from" not in err, err
+        os.remove(run / "run.json")
+        os.remove(run / "metrics.jsonl")
     finally:
         unlock_rundir(held)
     assert main(args(spec, run, "--steps", "1")) == 0

@@ -41,8 +41,8 @@ from .checkpoint import (CKPT_DIR, HF_DIR, check_spec, checkpoints, load_checkpo
 from .config import TrainConfig
 from .data import IGNORE, data_key, parse_data
 from .parallel import all_reduce_sum, init_distributed, pick_device, shard_model, shutdown, world_from_env
-from .rundir import (check_rundir, clear_start, lock_rundir, open_metrics, outermost_missing, remove_unstarted,
-                     unlock_rundir)
+from .rundir import (check_rundir, check_unlocked, clear_start, lock_rundir, open_metrics, outermost_missing,
+                     remove_unstarted, unlock_rundir)
 from .runfile import check_settings, read_run
 
 PEAK_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0}  # dense bf16 tensor-core peaks per GPU
@@ -112,6 +112,7 @@ def prepare(cfg: TrainConfig):
                            hint=f"give a --micro-batch that divides {share}")
     spec_yaml = spec.to_yaml()
     resume_from, warm = None, cfg.warmup_steps()
+    check_unlocked(cfg.rundir)  # a run writing there now: said first, not as an earlier run to --resume
     found = [f for f in ("run.json", "metrics.jsonl", HF_DIR) if os.path.exists(os.path.join(cfg.rundir, f))]
     saved = checkpoints(cfg.rundir)
     if cfg.resume and not saved:  # nothing to continue: the run starts from step 0

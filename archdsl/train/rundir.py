@@ -72,6 +72,31 @@ def remove_unstarted(rundir: str, made: str | None, had_ckpt: bool) -> None:
 LOCK = ".lock"  # held by a run's first process while it writes RUNDIR (lock_rundir)
 
 
+def check_unlocked(rundir: str) -> None:
+    """ArchDSLError where another archdsl train holds RUNDIR/.lock now: said before the checks of what the directory
+    holds, whose advice (--resume) is for a run that has ended. A probe, let go at once: every process of a run
+    probes before their rendezvous, and the lock is taken after it (lock_rundir)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return
+    path = os.path.join(rundir, LOCK)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:  # none there (a new RUNDIR), or not readable: lock_rundir says what is wrong
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        raise ArchDSLError(f"{rundir}: another archdsl train is writing into it ({path} is held)",
+                           hint="wait for it to end, or write to another -o RUNDIR") from None
+    except OSError:  # a filesystem without locks
+        pass
+    finally:
+        os.close(fd)
+
+
 def lock_rundir(rundir: str):
     """RUNDIR created where missing, and RUNDIR/.lock held (flock) for the run: a second run into it is an
     ArchDSLError before it writes anything (two runs removed each other's temporary checkpoints, and the loser blamed
