@@ -72,6 +72,11 @@ def remove_unstarted(rundir: str, made: str | None, had_ckpt: bool) -> None:
 LOCK = ".lock"  # held by a run's first process while it writes RUNDIR (lock_rundir)
 
 
+def _busy(rundir: str, path: str) -> ArchDSLError:
+    return ArchDSLError(f"{rundir}: another archdsl train is writing into it ({path} is held)",
+                        hint="wait for it to end, or write to another -o RUNDIR")
+
+
 def check_unlocked(rundir: str) -> None:
     """ArchDSLError where another archdsl train holds RUNDIR/.lock now: said before the checks of what the directory
     holds, whose advice (--resume) is for a run that has ended. A probe, let go at once: every process of a run
@@ -89,8 +94,7 @@ def check_unlocked(rundir: str) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         fcntl.flock(fd, fcntl.LOCK_UN)
     except BlockingIOError:
-        raise ArchDSLError(f"{rundir}: another archdsl train is writing into it ({path} is held)",
-                           hint="wait for it to end, or write to another -o RUNDIR") from None
+        raise _busy(rundir, path) from None
     except OSError:  # a filesystem without locks
         pass
     finally:
@@ -115,8 +119,7 @@ def lock_rundir(rundir: str):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise ArchDSLError(f"{rundir}: another archdsl train is writing into it ({path} is held)",
-                           hint="wait for it to end, or write to another -o RUNDIR") from None
+        raise _busy(rundir, path) from None
     except OSError:  # a filesystem without locks (some network ones): as before, unlocked
         os.close(fd)
         return None
