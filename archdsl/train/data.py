@@ -264,7 +264,8 @@ def _reads_as_text(path: str) -> bool:
             return False
         text = head[:e.start].decode("utf-8")
     text = text.removeprefix("\ufeff")
-    return bool(text) and "\0" not in text and sum(not (c.isprintable() or c.isspace()) for c in text) <= len(text) // 100
+    odd = sum(not (c.isprintable() or c.isspace()) for c in text)  # text's own controls: a form feed, an escape
+    return bool(text) and "\0" not in text and odd <= len(text) // 100
 
 
 def _eos(text: str, eos: str | None, vocab_size: int) -> int | None:
