@@ -87,17 +87,22 @@ class YamlDumper(yaml.SafeDumper):
         return analysis
 
 
-_FLOAT12 = re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$")
+# YAML 1.1's int and float patterns (PyYAML's) without their base-60 branch: 12:48 (768) and 1:30.5 (90.5) read
+# as text, as in YAML 1.2
+_NUMBERS = {
+    "tag:yaml.org,2002:int": re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)"
+                                        r"|[-+]?0x[0-9a-fA-F_]+)$"),
+    "tag:yaml.org,2002:float": re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?"
+                                          r"|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
+                                          r"|\.(?:nan|NaN|NAN))$"),
+}
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, _NUMBERS.get(tag, rx)) for tag, rx in resolvers]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+_FLOAT12 = re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$")  # YAML 1.2's `1e-6`, without a dot
 YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT12, list("-+0123456789"))
 YamlDumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT12, list("-+0123456789"))
-
-# YAML 1.1's base-60 numbers (12:48 = 768, 1:30.5 = 90.5) read as text, as in YAML 1.2: the int and float patterns
-# without their base-60 branch (a `[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+` line)
-_BASE60 = re.compile(r"\n\s*\|[^|\n]*\(\?::\[0-5\]\?\[0-9\]\)\+[^|\n]*(?=\)\$|\n)")
-YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, re.compile(_BASE60.sub("", rx.pattern), rx.flags) if tag.endswith((":int", ":float")) else rx)
-            for tag, rx in resolvers]
-    for first, resolvers in YamlLoader.yaml_implicit_resolvers.items()}
 
 
 def dump_yaml(data) -> str:

@@ -228,15 +228,6 @@ def checkpoint_dtype(config: dict, tensors: dict):
     return resolve_dtype(max(counts, key=counts.get) if counts else torch.float32)
 
 
-def meta_model(spec, dtype):
-    """The model of `spec` on the meta device: its names and shapes, no storage and no random init (which took
-    minutes at 7B). The checkpoint's names and shapes are checked against it before anything is allocated: a
-    wrong checkpoint is an error, not an allocation of the size its config claims."""
-    from ..model import compile as compile_model
-
-    return compile_model(spec, device="meta", dtype=dtype)
-
-
 def materialize(model):
     """A meta model given storage on the CPU, allocated but not initialised. That gives every parameter a tensor
     of its own, so the ties (the LM head's) are made again, and the plain tensors an ArchModel holds outside its
@@ -294,7 +285,11 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
             dtype = checkpoint_dtype(config, tensors)
         except ArchDSLError as e:
             raise ArchDSLError(e.message, file=hf.config_file(path), hint=e.hint) from None
-    model = meta_model(spec, dtype)
+    from ..model import compile as compile_model
+
+    # names and shapes on the meta device (no storage, no random init: minutes at 7B), checked against the
+    # checkpoint's before anything is allocated; a wrong checkpoint is an error, not an allocation of its config's size
+    model = compile_model(spec, device="meta", dtype=dtype)
     try:
         state = fam.to_archdsl(tensors, spec, model)
     except ArchDSLError as e:  # the family names the tensor; say which checkpoint it is in

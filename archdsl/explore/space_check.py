@@ -81,18 +81,16 @@ def check_probe(probe) -> None:
 
 
 def _check_task(task: str, args: dict) -> None:
-    """The probe's task name and each argument alone (name, type), each error at its key. Whether the arguments go
+    """The probe's task name, then each argument alone (name, type), each error at its key. Whether the arguments go
     together is the task's to say when --probe makes it: --probe-arg may change them."""
     from .probes import task_args
 
-    try:
-        task_args(task, args)
-    except ArchDSLError as e:
-        m = re.match(r"\w+: (?:unknown argument )?'?(\w+)", e.message)
-        if m is None:
-            raise keyed_error(f"probe: {e.message}", ("probe", "task"), e.hint) from None
-        key = ("probe", "args", m.group(1)) + (("<key>",) if "unknown argument" in e.message else ())
-        raise keyed_error(f"probe: {e.message}", key if m.group(1) in args else ("probe", "args"), e.hint) from None
+    for key, one in [(("probe", "task"), {})] + [(("probe", "args", k), {k: v}) for k, v in args.items()]:
+        try:
+            task_args(task, one)
+        except ArchDSLError as e:
+            where = key + (("<key>",) if "unknown argument" in e.message else ())
+            raise keyed_error(f"probe: {e.message}", where, e.hint) from None
 
 
 def _check_train(train: dict) -> None:

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .mlp import ACT_FNS, Mlp
+from .precision import keep_float32
 
 
 class Experts(nn.Module):
@@ -224,16 +225,12 @@ class Router(nn.Module):
         their values: in 16 bits they round away the small differences between scores that pick the experts (a
         bf16 weight changed 1.2% of tokens' choice of experts against transformers' NemotronH)."""
         bias = self._buffers.get("e_score_correction_bias")
-        weight = self._parameters["weight"].data
+        was = {"weight": self._parameters["weight"].data} if self.keeps_float32 else {}
         super()._apply(fn, recurse)
         new = self._buffers.get("e_score_correction_bias")
         if bias is not None and new.dtype not in (torch.float32, torch.float64):
             self._buffers["e_score_correction_bias"] = bias.to(new.device, torch.float32)
-        p = self._parameters["weight"]
-        if self.keeps_float32 and p.dtype in (torch.bfloat16, torch.float16):
-            p.data = weight.to(p.device, torch.float32)
-            if p.grad is not None:
-                p.grad = p.grad.float()
+        keep_float32(self, was)
         return self
 
     def forward(self, x, dtype: torch.dtype | None = None):

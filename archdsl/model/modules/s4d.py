@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .precision import keep_float32
 from .state import writable
 
 
@@ -156,12 +157,7 @@ class S4D(nn.Module):
         relative L2, against 1.1% with these kept float32 and the rest bf16)."""
         was = {k: self._parameters[k].data for k in self.FLOAT32}
         super()._apply(fn, recurse)
-        for k, old in was.items():
-            p = self._parameters[k]
-            if p.dtype in (torch.bfloat16, torch.float16):
-                p.data = old.to(p.device, torch.float32)
-                if p.grad is not None:
-                    p.grad = p.grad.float()
+        keep_float32(self, was)
         return self
 
     # --- discretisation ------------------------------------------------------------------
