@@ -430,10 +430,12 @@ class GraphedStep:
             self.logits = model._step(self.tokens, self.cache)
         for t, s in zip(self.cache.tensors(), snapshot):
             t.copy_(s)
+        for s in self.cache.counts():  # the warm-up's and the capture's eager counts
+            s["n"] = 0
 
     def __call__(self, tokens):
         self.tokens.copy_(tokens)
         with torch.cuda.device(self.model.device):
             self.graph.replay()
-        self.cache.pos += 1
+        self.cache.advance()
         return self.logits.clone()

@@ -80,16 +80,27 @@ class Cache:
         integer position counters left out)."""
         return sum(t.numel() * t.element_size() for t in self.tensors() if t.is_floating_point() or t.is_complex())
 
+    def counts(self) -> list[dict]:
+        """The layer states that count their tokens in Python (state["n"], attention's and zamba's): a chunked
+        forward continues such a cache when its count is above 0, and takes the chunk for a fresh prefill
+        otherwise."""
+        return [s for layer in self.states for s in layer.values() if s and "n" in s]
+
+    def advance(self, n: int = 1) -> None:
+        """Count n tokens that a CUDA graph's replay wrote: the graph advances the position tensors, but not the
+        Python counts, which only the eager calls advance."""
+        self.pos += n
+        for s in self.counts():
+            s["n"] += n
+
     def reset(self):
         """Back to position 0 in place (static buffers keep their addresses, unless they were made under
         torch.inference_mode() and the reset runs outside it: _writable)."""
         self._writable()
         for t in self.tensors():
             t.zero_()
-        for layer in self.states:
-            for s in layer.values():
-                if s and "n" in s:
-                    s["n"] = 0
+        for s in self.counts():
+            s["n"] = 0
         self.pos = 0
 
 

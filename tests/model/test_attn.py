@@ -151,6 +151,34 @@ def test_steps_then_a_chunk_then_steps_equal_one_forward(layout, static):
     torch.testing.assert_close(out, full, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("layout", ["attn", "attn(window=3)", "mamba2, attn", "zamba_layout"])
+@pytest.mark.parametrize("prefill", [False, True])
+def test_graph_replayed_steps_then_a_chunk_equal_one_forward(layout, prefill):
+    """The steps of a CUDA graph over a static cache, then a chunk, then more steps: the replays advance the layers'
+    Python counts too (Cache.advance), so the chunk continues the cache rather than taking itself for a fresh
+    prefill when no eager call came before it."""
+    import archdsl
+
+    small = {"mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 4}, "attn": {"heads": 4, "kv_heads": 2}}
+    spec = (archdsl.parse("3×mamba2, zamba(shared) at 0 2", d_model=16, vocab_size=37,
+                          blocks={**small, "zamba": {"heads": 2}}) if layout == "zamba_layout"
+            else archdsl.parse(layout, d_model=16, vocab_size=37, blocks=small))
+    m = archdsl.compile(spec, dtype=torch.float32, seed=0, device="cuda", cuda_graph=True)
+    ids = torch.randint(0, 37, (2, 11), generator=torch.Generator().manual_seed(0)).cuda()
+    with torch.no_grad():
+        full = m(ids)
+        runner = m._graph_runner(2, 11)
+        c = runner.cache
+        c.reset()
+        head = [m(ids[:, :2], c)] if prefill else [runner(ids[:, i])[:, None] for i in range(2)]
+        out = torch.cat([*head, *(runner(ids[:, i])[:, None] for i in range(2, 4)), m(ids[:, 4:8], c),
+                         *(runner(ids[:, i])[:, None] for i in range(8, 11))], 1)
+    assert c.pos == 11 and all(s["n"] == 11 for s in c.counts())
+    torch.testing.assert_close(out, full, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("window", [None, 2, 6])
 @pytest.mark.parametrize("static", [False, True])
 def test_gradients_through_a_continued_chunk(window, static):

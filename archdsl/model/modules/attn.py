@@ -377,7 +377,7 @@ class Attention(nn.Module, Fusable):
             state["k"].index_copy_(2, slot, k.to(state["k"].dtype))  # autocast's k, v: index_copy_ does not cast
             state["v"].index_copy_(2, slot, v.to(state["v"].dtype))
             keys, vals, mask = state["k"], state["v"], key_mask(start, pos, cap, cap)
-            state["n"] += 1  # eager steps: a chunk after them continues the cache (a graph's replays count in pos)
+            state["n"] += 1  # eager steps: a chunk after them continues the cache (a graph's replays: Cache.advance)
         else:
             n = state["n"]
             if w is None:
