@@ -83,14 +83,35 @@ def on_input_device(op):
 
     @functools.wraps(op)
     def run(*args, **kwargs):
-        x = args[0] if args else None
-        if not isinstance(x, torch.Tensor):
-            x = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
+        x = _first_tensor(args, kwargs)
         if (x is not None and x.is_cuda and not torch.compiler.is_compiling() and _several_devices()
                 and x.get_device() != torch.cuda.current_device()):
             with torch.cuda.device(x.device):
                 return op(*args, **kwargs)
         return op(*args, **kwargs)
+    return run
+
+
+def _first_tensor(args, kwargs) -> torch.Tensor | None:
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor):
+        x = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
+    return x
+
+
+def without_autocast(op):
+    """`op` run with torch.autocast off on its inputs' device: a scan computes in its own precision (float32, or
+    float64 for float64 inputs) on every path. The Triton kernels never see autocast; under it the torch paths'
+    einsums and F.conv1d had run in its 16-bit dtype (about 3e-3 off, where the kernels are 1e-7), and conv's y
+    had come back in that dtype. Autograd runs the backward in the forward's dtypes, so it is exact too."""
+
+    @functools.wraps(op)
+    def run(*args, **kwargs):
+        x = _first_tensor(args, kwargs)
+        if x is None or autocast_dtype(x.device.type) is None:
+            return op(*args, **kwargs)
+        with torch.autocast(x.device.type, enabled=False):
+            return op(*args, **kwargs)
     return run
 
 

@@ -28,7 +28,7 @@ def causal_conv1d_naive(x, weight, bias=None, activation=None, initial_states=No
             window = torch.where((runs[:, t:t + W] == runs[:, t + W - 1:t + W])[:, None, :], window, 0.0)
         y = (window * w).sum(-1)
         ys.append(y + bias.to(wd) if bias is not None else y)
-    out = _act(torch.stack(ys, dim=-1), activation).to(x.dtype)
+    out = _act(torch.stack(ys, dim=-1) if ys else xe[:, :, :0], activation).to(x.dtype)  # L = 0: empty
     if not return_final_states:
         return out
     return out, final_window(xe[:, :, -(W - 1):], runs).to(x.dtype)
@@ -36,9 +36,11 @@ def causal_conv1d_naive(x, weight, bias=None, activation=None, initial_states=No
 
 def final_window(last, runs):
     """The last W-1 inputs `last` [B, D, W-1] as a continuation of the last token's run reads them: 0 where
-    another run's (runs [B, W-1 + L] of every position, initial states first; None: all kept)."""
+    another run's (runs [B, W-1 + L] of every position, initial states first; None: all kept). A tensor of its
+    own: `last` is a view of the padded input, which autograd keeps for the backward (a decode step writing the
+    state in place would spoil it) and which is the prompt's size."""
     if runs is None:
-        return last
+        return last.clone(memory_format=torch.contiguous_format)
     W1 = last.shape[-1]  # >= 1: W is 2..4
     return torch.where((runs[:, -W1:] == runs[:, -1:])[:, None, :], last, 0.0)
 

@@ -5,7 +5,7 @@ import torch
 
 from .._checks import (expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape,
                       expect_slots)
-from .._dispatch import backend_for, needs_grad, on_input_device
+from .._dispatch import backend_for, needs_grad, on_input_device, without_autocast
 from .._host import pool_rows, seq_runs
 from .chunked import causal_conv1d_torch
 from .naive import causal_conv1d_naive, causal_conv1d_update_circular_naive, causal_conv1d_update_naive, final_window
@@ -14,6 +14,7 @@ _ACTIVATIONS = (None, "silu", "swish")
 
 
 @on_input_device
+@without_autocast
 def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, return_final_states=False,
                   seq_idx=None):
     """Depthwise causal convolution: y[b, d, t] = act(bias[d] + sum_k weight[d, k] * x[b, d, t - W + 1 + k]).
@@ -59,6 +60,7 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_states=None, re
 
 
 @on_input_device
+@without_autocast
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None,
                          conv_state_indices=None):
     """Decode step (causal-conv1d's `causal_conv1d_update`, its arguments in its order): conv_state is shifted left

@@ -5,7 +5,7 @@ import torch
 
 from .._checks import (expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device, expect_shape,
                       expect_slots)
-from .._dispatch import backend_for, needs_grad, on_input_device
+from .._dispatch import backend_for, needs_grad, on_input_device, without_autocast
 from .._host import pool_rows, seq_runs, seq_starts, unit_last
 from .._opaque import PATHS, torch_path
 from .chunked import selective_scan_chunked
@@ -13,6 +13,7 @@ from .naive import selective_scan_naive, selective_state_update_naive
 
 
 @on_input_device
+@without_autocast
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, initial_state=None, seq_idx=None):
     """Mamba-1 selective scan, the semantics of mamba_ssm's `selective_scan_fn`.
@@ -84,6 +85,7 @@ PATHS["selective_scan"] = (_run, _fake)
 
 
 @on_input_device
+@without_autocast
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
                            state_batch_indices=None):
     """One decode step of the selective scan (mamba_ssm's `selective_state_update`).
@@ -132,6 +134,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
 
 
 @on_input_device
+@without_autocast
 def selective_state_update_unchecked(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
                                      state_batch_indices=None):
     """selective_state_update of a state `[B, D, N]` without its argument checks, for a caller that made the

@@ -50,9 +50,10 @@ def finish(y, x, D, z):
     return y
 
 
-def ssd_scan_naive(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+def ssd_scan_naive(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
                    initial_states=None, seq_idx=None, return_final_states=False, dt_limit=None, dtype=torch.float64):
-    """x [B, L, H, P], dt [B, L, H], A [H], B, C [B, L, G, N] -> y [B, L, H, P] (, final [B, H, P, N])."""
+    """x [B, L, H, P], dt [B, L, H], A [H], B, C [B, L, G, N] -> y [B, L, H, P] (, final [B, H, P, N]).
+    ssd_scan's signature (chunk_size is taken and not used: one token at a time), computed in `dtype`."""
     f = lambda t: None if t is None else t.to(dtype)
     x, dt, A, B, C, D, z, dt_bias = map(f, (x, dt, A, B, C, D, z, dt_bias))
     batch, L, H, P = x.shape
@@ -68,7 +69,7 @@ def ssd_scan_naive(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=Fal
             prev = seq_idx[:, t].long()
         h = h * decay[..., None, None] + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None, :]
         ys.append(torch.einsum("bhpn,bhn->bhp", h, Ch[:, t]))
-    y = finish(torch.stack(ys, 1), x, D, z)
+    y = finish(torch.stack(ys, 1) if ys else x[:, :0].clone(), x, D, z)  # L = 0: empty, as the op's
     return (y, h) if return_final_states else y
 
 

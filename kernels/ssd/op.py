@@ -8,7 +8,7 @@ import torch
 
 from .._checks import (expect_count, expect_flag, expect_float, expect_in_place, expect_integer, expect_same_device,
                        expect_shape)
-from .._dispatch import apply, backend_for, needs_grad, on_input_device, pick_impl, time_or_inf
+from .._dispatch import apply, backend_for, needs_grad, on_input_device, pick_impl, time_or_inf, without_autocast
 from .._host import packing, seq_runs
 from .chunked import ssd_scan_chunked
 from .naive import DtRule, ssd_scan_naive, ssd_step_naive
@@ -17,6 +17,7 @@ A_FLOOR = 1e30  # ssd_scan takes A as at least -A_FLOOR
 
 
 @on_input_device
+@without_autocast
 def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
              initial_states=None, seq_idx=None, return_final_states=False, keep_states=True, dt_limit=None,
              cu_seqlens=None, return_varlen_states=False):
@@ -111,6 +112,7 @@ def _no_tokens(x, B, initial_states, return_final_states, return_varlen_states):
 
 
 @on_input_device
+@without_autocast
 def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None):
     """One decode token of ssd_scan: state [B, H, P, N] is updated in place; returns y [B, H, P] in x's dtype.
 
@@ -130,7 +132,8 @@ def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=Fa
         return ssd_step_triton(state, x, dt, A, B, C, D, z, dt_bias, DtRule.of(dt_softplus, dt_limit))
     # a copy of the state where autograd records: the step keeps it for the backward, and it is written next
     s = state.to(ct, copy=needs_grad(state, x, dt, A, B, C, D, z, dt_bias))
-    y, new = ssd_step_naive(s, x.to(ct), dt.to(ct), A.to(ct), B.to(ct), C.to(ct),
+    # A floored as ssd_scan floors it: A = -inf with dt' = 0 (dt_limit's lower bound) is 0 · -inf = NaN in the decay
+    y, new = ssd_step_naive(s, x.to(ct), dt.to(ct), A.to(ct).clamp(min=-A_FLOOR), B.to(ct), C.to(ct),
                             *(None if t is None else t.to(ct) for t in (D, z, dt_bias)), dt_softplus, dt_limit)
     state.copy_(new)
     return y.to(x.dtype)

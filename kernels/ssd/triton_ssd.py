@@ -315,7 +315,7 @@ def _ssd_step_kernel(
     if HAS_BIAS:
         dt += tl.load(bias_ptr + h).to(tl.float32)
     dt = dt_eff(dt, dt_lo, dt_hi, SOFTPLUS, LIMIT)
-    decay = tl.exp(dt * tl.load(A_ptr + h).to(tl.float32))
+    decay = tl.exp(dt * tl.maximum(tl.load(A_ptr + h).to(tl.float32), -1e30))  # A floored as the scan's (A_FLOOR)
     so = b.to(tl.int64) * s_b + h * s_h + offs_p[:, None] * s_p + offs_n[None, :] * s_n
     st = tl.load(state_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + pid_bh * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)

@@ -24,7 +24,7 @@ def wkv4_naive(w, u, k, v, state=None, seq_idx=None):
     B, T, C = k.shape
     out_dtype = k.dtype  # k is cast to ct below
     ct = torch.float64 if k.dtype == torch.float64 else torch.float32
-    wd = -torch.exp(w.to(ct))
+    wd = (-torch.exp(w.to(ct))).clamp_min(-torch.finfo(ct).max)  # finite: 0 · w' must be 0, not NaN
     u, k, v = u.to(ct), k.to(ct), v.to(ct)
     n0, d0, m0 = _initial(state, B, C, ct, k.device)
     out = torch.empty(B, T, C, dtype=ct, device=k.device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_float, expect_integer, expect_same_device, expect_shape
-from .._dispatch import backend_for, needs_grad, on_input_device
+from .._dispatch import backend_for, needs_grad, on_input_device, without_autocast
 from .._host import seq_runs
 from .._opaque import PATHS, torch_path
 from .chunked import wkv4_torch
@@ -12,6 +12,7 @@ from .naive import _initial, wkv4_naive, wkv4_step_naive
 
 
 @on_input_device
+@without_autocast
 def wkv4(w, u, k, v, state=None, seq_idx=None):
     """RWKV-4's WKV, transformers' `rwkv_linear_attention_cpu` formula for formula.
 
@@ -68,6 +69,7 @@ PATHS["wkv4"] = (_run, _fake)
 
 
 @on_input_device
+@without_autocast
 def wkv4_step(w, u, k, v, state):
     """One token: k, v `[B, C]`, state (num, den, max) `[B, C]` each (or `[B, C, 3]`).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import expect_flag, expect_float, expect_in_place, expect_integer, expect_number, expect_same_device, expect_shape
-from .._dispatch import backend_for, needs_grad, on_input_device, pick_impl, time_or_inf
+from .._dispatch import backend_for, needs_grad, on_input_device, pick_impl, time_or_inf, without_autocast
 from .._host import cdiv, packing, seq_runs, sm_count
 from .._opaque import PATHS, torch_path
 from .chunked import wkv6_chunked
@@ -13,6 +13,7 @@ from .varlen import packed, side_by_side
 
 
 @on_input_device
+@without_autocast
 def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None, cu_seqlens_cpu=None,
          seq_idx=None):
     """RWKV-6's WKV over a sequence, fla's `chunk_rwkv6` convention.
@@ -111,6 +112,7 @@ PATHS["wkv6"] = (_run, _fake)
 
 
 @on_input_device
+@without_autocast
 def wkv6_step(state, r, k, v, w, u, scale=None):
     """One decoding step: state `[B, H, K, V]` is updated in place (keep it float32).
 

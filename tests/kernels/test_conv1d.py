@@ -191,6 +191,32 @@ def test_split_continues_from_final_states(name):
     assert_close([torch.cat([y1, y2], -1), f2], [y, fin], 1e-6)
 
 
+@pytest.mark.parametrize("name", ["triton", "torch", "naive"])
+def test_final_states_are_a_tensor_of_their_own(name):
+    """The final states returned are not a view of the padded input autograd keeps for the backward: a decode step
+    writes them in place (that had spoilt the prefill's backward), and a view held the prompt's whole copy."""
+    x = torch.randn(2, 3, 40, requires_grad=True)
+    w = torch.randn(3, 4, requires_grad=True)
+    with backend(name):
+        y, state = causal_conv1d(x, w, activation="silu", return_final_states=True)
+        y2 = causal_conv1d_update(torch.randn(2, 3), state, w, activation="silu")
+    (y.sum() + y2.sum()).backward()
+    assert x.grad is not None and state.untyped_storage().nbytes() == state.numel() * state.element_size()
+
+
+@pytest.mark.parametrize("name", ["triton", "torch", "naive"])
+def test_16_bit_input_is_computed_in_float32_on_every_path(name):
+    """bf16 x: every path accumulates in float32 (the torch path had convolved in bf16, twice the error)."""
+    t = make(2, 16, 37, 4, init=True, dtype=torch.bfloat16)
+    with backend(name):
+        got = causal_conv1d(t["x"], t["weight"], t["bias"], "silu", t["initial_states"])
+    t64 = as64(t)
+    want = causal_conv1d_naive(t64["x"], t64["weight"], t64["bias"], "silu", t64["initial_states"])
+    assert got.dtype == torch.bfloat16
+    # the exact result rounded once, but for a rare tie of float32's rounding (bf16 sums: most elements off)
+    assert (got != want.to(torch.bfloat16)).float().mean() < 0.01
+
+
 @pytest.mark.parametrize("name", ["triton", "torch"])
 @pytest.mark.parametrize("W,extra", [(2, 0), (4, 0), (4, 1), (3, 2)])
 def test_update_matches_parallel(name, W, extra):

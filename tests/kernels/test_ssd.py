@@ -497,6 +497,32 @@ def test_step_matches_scan(impl, D, monkeypatch):
     assert_close([torch.stack(ys, 1), state], [y, h], 1e-5)
 
 
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_step_takes_a_decay_of_zero_as_the_scan(impl, monkeypatch):
+    """A = -inf (A_log = inf) with dt' = 0 (dt_limit's lower bound): the scan floors A at -1e30 (decay exp(0) = 1),
+    and so does the step, whose decay was 0 · -inf = NaN, for good in the state."""
+    monkeypatch.setenv("ARCHDSL_KERNELS", impl)
+    x, dt = torch.randn(1, 2, 1, 1), torch.tensor([[[-1.0], [0.5]]])
+    A, B, h0, limit = torch.tensor([-float("inf")]), torch.ones(1, 2, 1, 1), torch.ones(1, 1, 1, 1), (0.0, float("inf"))
+    C = B.clone()
+    y, h = ssd_scan(x, dt, A, B, C, initial_states=h0, dt_limit=limit, return_final_states=True)
+    state = h0.clone()
+    ys = [ssd_step(state, x[:, i], dt[:, i], A, B[:, i], C[:, i], dt_limit=limit) for i in range(2)]
+    assert torch.isfinite(y).all()
+    assert_close([torch.stack(ys, 1), state], [y, h], 1e-6)
+
+
+def test_the_naive_twin_takes_the_op_s_arguments():
+    """ssd_scan_naive has ssd_scan's signature, chunk_size included (positional D after it had been taken for D),
+    and takes L = 0 as the op does."""
+    t = make(2, 7, 4, 3, 2, 5, D=1)
+    want = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], 4, t["D"])
+    assert_close([ssd_scan_naive(t["x"], t["dt"], t["A"], t["B"], t["C"], 4, t["D"])], [want], 1e-5)
+    y, h = ssd_scan_naive(t["x"][:, :0], t["dt"][:, :0], t["A"], t["B"][:, :0], t["C"][:, :0],
+                          return_final_states=True)
+    assert y.shape == (2, 0, 4, 3) and torch.equal(h, torch.zeros(2, 4, 3, 5, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("impl", ["naive", "torch", "fused", "chunked"])
 @pytest.mark.parametrize("h0", [False, True])
 def test_no_tokens(impl, h0, monkeypatch):

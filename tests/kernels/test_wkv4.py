@@ -87,6 +87,8 @@ def test_torch_chunks_take_any_decay():
     got, got_s = wkv4_torch(w, u, k, v, state, chunk=4)
     assert torch.isfinite(got).all()
     close([got, *canonical(got_s)], [want, *canonical(want_s)], 1e-5, "huge decay")
+    ref, ref_s = wkv4_naive(w, u, k, v, state)  # the reference too: 0 · w' at t = 0 was NaN
+    close([ref, *canonical(ref_s)], [want, *canonical(want_s)], 1e-5, "huge decay, naive")
 
 
 @contextlib.contextmanager
