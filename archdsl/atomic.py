@@ -89,6 +89,9 @@ def check_output(path: str, flag: str = "-o", directory: bool = False, replace: 
     if not path:
         raise ArchDSLError(f"{flag}: give a path")
     check_control(path, flag)
+    if path == "-" and flag.startswith("-"):  # a command-line option: '-' reads as standard output there
+        raise ArchDSLError(f"{flag} -: archdsl writes no standard output through {flag} (a command that prints does "
+                           f"so without it); give ./- for a file of that name")
     if os.path.isdir(path) and not directory:
         raise ArchDSLError(f"{flag} {path}: is a directory; give a file name")
     if not replace:
@@ -116,24 +119,28 @@ def check_control(path, flag: str) -> None:
 
 
 def check_output_dir(path: str, names: frozenset[str], flag: str = "-o",
-                     optional: frozenset[str] = frozenset()) -> None:
-    """Before any work: ArchDSLError unless atomic_dir(path, names, optional) may write there (see check_output)."""
+                     optional: frozenset[str] = frozenset(), ours=None) -> None:
+    """Before any work: ArchDSLError unless atomic_dir(path, names, optional, ours) may write there (see
+    check_output)."""
     check_output(path, flag, directory=True)
-    _check_replaceable(os.path.abspath(path), names, optional)
+    _check_replaceable(os.path.abspath(path), names, optional, ours)
 
 
 @contextmanager
-def atomic_dir(path: str, names: frozenset[str], optional: frozenset[str] = frozenset()) -> Iterator[str]:
+def atomic_dir(path: str, names: frozenset[str], optional: frozenset[str] = frozenset(),
+               ours=None) -> Iterator[str]:
     """Yield a fresh temporary directory beside `path` to fill with files of the given `names` (and any of
     `optional`); when the block ends without an error it takes the place of `path`, else it is removed and `path`
     stays as it was. An existing `path` is replaced (moved aside, then removed) only when it is an empty directory
     or one holding all of `names` as plain files, any of `optional`, and nothing else (an earlier save); anything
     else there (another file, a subdirectory, some of `names` without the rest, the current directory or one above
-    it) is ArchDSLError before anything is written. Temporaries of `path` that a killed writer left are removed first
+    it) is ArchDSLError before anything is written. `ours` (path → None, or why the files there are not an earlier
+    output of this writer's) tells an earlier output from another program's files of the same names (export's
+    config.json + model.safetensors are also a transformers checkpoint's). Temporaries of `path` that a killed writer left are removed first
     (see the module's docstring). A path holding a control character is ArchDSLError (see check_control)."""
     check_control(os.fspath(path), "atomic_dir: path")
     path = os.path.abspath(os.fspath(path))
-    _check_replaceable(path, names, optional)
+    _check_replaceable(path, names, optional, ours)
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -160,7 +167,7 @@ def atomic_dir(path: str, names: frozenset[str], optional: frozenset[str] = froz
             os.chmod(os.path.join(tmp, name), 0o666 & ~mask)
         os.chmod(tmp, 0o777 & ~mask)
         if os.path.exists(path):
-            _check_replaceable(path, names, optional)  # again: it may have changed while we wrote
+            _check_replaceable(path, names, optional, ours)  # again: it may have changed while we wrote
             old = tempfile.mkdtemp(dir=parent, prefix=f".{_tag(path)}.old-")
             os.rmdir(old)
             os.rename(path, old)
@@ -266,10 +273,11 @@ def remove_stale_temporaries(path: str, fresh: bool = True) -> list[str]:
     return removed
 
 
-def _check_replaceable(path: str, names: frozenset[str], optional: frozenset[str] = frozenset()) -> None:
+def _check_replaceable(path: str, names: frozenset[str], optional: frozenset[str] = frozenset(), ours=None) -> None:
     """ArchDSLError unless `path` is absent, an empty directory, or a directory holding every one of `names` as a
-    plain file, any of `optional`, and nothing else: an earlier save. Some of them alone (a spec.yaml, a
-    config.json, a tokenizer.json) are a user's own files, not a save to replace."""
+    plain file, any of `optional`, and nothing else, which `ours` (if given) takes for its own: an earlier save.
+    Some of them alone (a spec.yaml, a config.json, a tokenizer.json) are a user's own files, not a save to
+    replace."""
     cwd = os.path.abspath(os.getcwd())
     if cwd == path or cwd.startswith(path.rstrip(os.sep) + os.sep):
         raise ArchDSLError(f"will not replace {path}: it is the current directory or holds it")
@@ -294,6 +302,9 @@ def _check_replaceable(path: str, names: frozenset[str], optional: frozenset[str
         raise ArchDSLError(f"will not replace {path}: it holds {', '.join(sorted(held))} but not "
                            f"{', '.join(sorted(names - held))}: not the whole of an earlier output of archdsl's; "
                            f"pick another output or remove it")
+    why = ours(path) if held and ours is not None else None
+    if why:
+        raise ArchDSLError(f"will not replace {path}: {why}", hint="pick another output or remove it")
 
 
 def _check_absent(path: str, flag: str = "") -> None:

@@ -306,6 +306,34 @@ def test_convert_output_paths(tmp_path, capsys):
     assert "layout:" in (tmp_path / "nod" / "x.yaml").read_text()
 
 
+def test_dash_as_an_output_is_refused_not_written(tmp_path, capsys, monkeypatch):
+    """-o - had written a file named '-' ('wrote -'); '-' is standard output by convention, which -o never is."""
+    monkeypatch.chdir(tmp_path)
+    for argv in (["convert", "--from", "megatron", "M-M"], ["compile", "mamba2"]):
+        code, _, err = run(*argv, "-o", "-", capsys=capsys)
+        assert code == 2 and "-o -: archdsl writes no standard output through -o" in err
+    assert list(tmp_path.iterdir()) == []
+    assert run("convert", "--from", "megatron", "M-M", "-o", "./-", capsys=capsys)[0] == 0  # a file of that name
+
+
+def test_convert_from_hf_of_an_archdsl_save_says_what_it_is(tmp_path, capsys):
+    assert run("compile", "mamba2", "--set", "d_model=32", "-o", str(tmp_path / "m"), capsys=capsys)[0] == 0
+    code, _, err = run("convert", "--from", "hf", str(tmp_path / "m"), capsys=capsys)
+    assert code == 2 and "an archdsl model directory (spec.yaml), not a Hugging Face one (config.json)" in err
+
+
+def test_a_warning_made_an_error_is_an_error_line(capsys):
+    """Under -W error (PYTHONWARNINGS=error) an ArchDSLWarning is raised: it exits 2 with its message, as the
+    CLI's other errors, not as a traceback."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code, _, err = run("convert", "--from", "megatron", "M/M", capsys=capsys)
+    assert code == 2 and err.startswith("error: the hybrid pattern's multi-token-prediction layers") \
+        and "Traceback" not in err
+
+
 def test_convert_megatron(capsys):
     code, out, _ = run("convert", "--from", "megatron", "M-M*-", capsys=capsys)
     assert code == 0 and "layout:" in out

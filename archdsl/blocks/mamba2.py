@@ -5,8 +5,10 @@ lay out their parameters.
     xBC ─conv1d─silu─▶ x [B, L, H, P], B, C [B, L, G, N]
     y = ssd_scan(x, dt + dt_bias, A=-exp(A_log) [H], B, C, D [H]) ─RMSNormGated(·, z)─▶ out_proj
 
-E = expand·d_model = heads·headdim; heads defaults to E / headdim. The gated RMSNorm
-normalises per group of E / ngroups channels (mamba_ssm, HF) and has E weights.
+E, the inner width, is heads·headdim where heads is given (Megatron's mamba_num_heads, transformers' NemotronH:
+NVIDIA's Nemotron-H-4B and Nano-9B-v2 have E = 96·80 = 7680 at d_model 3136 and 128·80 = 10240 at 4480), else
+expand·d_model (2 by default), heads then E / headdim; where both are given, E = expand·d_model = heads·headdim. The
+gated RMSNorm normalises per group of E / ngroups channels (mamba_ssm, HF) and has E weights.
 """
 from __future__ import annotations
 
@@ -20,14 +22,14 @@ from .base import BlockConfig, ConfigError, MIXER, check_steps
 class Mamba2Config(BlockConfig):
     kind: ClassVar[str] = "mamba2"
     role: ClassVar[str] = MIXER
-    derived: ClassVar[dict[str, str]] = {"heads": "nheads"}
+    derived: ClassVar[dict[str, str]] = {"heads": "nheads", "expand": "expansion"}
     zero_ok: ClassVar[tuple[str, ...]] = ("heads",)
 
     d_state: int = 128
     d_conv: int = 4
-    expand: int = 2
+    expand: int | None = None  # None: 2, or E / d_model where heads is given (E = heads·headdim)
     headdim: int = 64
-    heads: int = 0  # 0 = expand·d_model / headdim
+    heads: int = 0  # 0 = E / headdim
     ngroups: int = 1
     conv_bias: bool = True
     bias: bool = False  # in_proj / out_proj bias
@@ -44,8 +46,10 @@ class Mamba2Config(BlockConfig):
         E = self.inner
         if self.heads == 0 and E % self.headdim:
             raise ConfigError("headdim", f"mamba2: headdim {self.headdim} must divide expand·d_model = {E}")
-        if self.heads and self.heads * self.headdim != E:
-            raise ConfigError("heads", f"mamba2: heads·headdim = {self.heads}·{self.headdim} must equal expand·d_model = {E}")
+        if self.heads and self.expand is not None and self.heads * self.headdim != self.expand * self.d_model:
+            raise ConfigError("heads", f"mamba2: heads·headdim = {self.heads}·{self.headdim} must equal expand·d_model "
+                                       f"= {self.expand * self.d_model} (leave expand out for an inner width of "
+                                       f"heads·headdim = {E})")
         if self.nheads % self.ngroups:
             raise ConfigError("ngroups", f"mamba2: ngroups {self.ngroups} must divide heads {self.nheads}")
         if self.dt_floor < 0:
@@ -56,7 +60,13 @@ class Mamba2Config(BlockConfig):
 
     @property
     def inner(self) -> int:
-        return self.expand * self.d_model
+        """E: heads·headdim where heads is given, else expand·d_model."""
+        return self.heads * self.headdim if self.heads else (2 if self.expand is None else self.expand) * self.d_model
+
+    @property
+    def expansion(self) -> int | float:
+        """E / d_model, the expand the block uses: an int where d_model divides E (always where expand is given)."""
+        return self.inner // self.d_model if self.inner % self.d_model == 0 else self.inner / self.d_model
 
     @property
     def nheads(self) -> int:

@@ -155,6 +155,9 @@ def _run(parser, argv) -> int:
     except ArchDSLError as e:  # an argument's non-UTF-8 byte (a lone surrogate) shown as its escape, on any stream
         print(f"error: {e}".encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
         return 2
+    except ArchDSLWarning as e:  # raised where Python's warning filter makes warnings errors (-W error)
+        print(f"error: {e}".encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+        return 2
     except RecursionError:  # input nested past the stack where no reader names its file (each that can does)
         print(f"error: input {TOO_DEEP}", file=sys.stderr)
         return 2

@@ -275,12 +275,12 @@ def _add_convert(p):
 def cmd_export(args):
     """Write DIR's model (spec.yaml + model.safetensors) to -o OUT as a Hugging Face checkpoint that transformers
     loads with its own class (Mamba, FalconMamba, Mamba2, Bamba, NemotronH, Llama, ...)."""
-    from ..convert.hf_io import export_hf
+    from ..convert.hf_io import HF_FILES, export_hf, not_an_export
     from ..model.companions import companion_names
 
     check_apart(args.output, args.input, "DIR", "export")
     # before the model is loaded, with the tokenizer and generation files it carries
-    check_output_dir(args.output, HF_FILES, optional=companion_names(args.input))
+    check_output_dir(args.output, HF_FILES, optional=companion_names(args.input), ours=not_an_export)
     if args.model_type is not None:
         from ..convert.weights import FAMILIES
         from ..errors import did_you_mean
@@ -290,9 +290,6 @@ def cmd_export(args):
                                hint=did_you_mean(args.model_type, FAMILIES))
     export_hf(args.input, args.output, model_type=args.model_type)
     print(f"wrote {args.output}", file=sys.stderr)  # as given, as compile's and convert's lines say it
-
-
-HF_FILES = frozenset({"config.json", "model.safetensors"})  # what export_hf writes
 
 
 def _add_export(p):

@@ -21,8 +21,7 @@ from .hf_families import FAMILIES, HFConfig, refusal
 def read_hf_config(path: str | os.PathLike) -> dict:
     """A config.json (or the directory holding one) as a dict."""
     path = check_path("from_hf", path, "config.json's or model directory's path")
-    if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
+    path = config_file(path)
     from ..yamlio import read_text
 
     try:
@@ -132,9 +131,15 @@ def _last_part(name_or_path: str) -> str:
 
 
 def config_file(path: str | os.PathLike) -> str:
-    """The config.json of a model directory, or `path` itself."""
+    """The config.json of a model directory, or `path` itself. An archdsl save in its place is ArchDSLError
+    saying so (rather than that config.json is missing)."""
     path = os.fspath(path)
-    return os.path.join(path, "config.json") if os.path.isdir(path) else path
+    if not os.path.isdir(path):
+        return path
+    if not os.path.exists(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "spec.yaml")):
+        raise ArchDSLError(f"{path}: an archdsl model directory (spec.yaml), not a Hugging Face one (config.json)",
+                           hint="it needs no conversion: give it to compile, run, generate, train or export as it is")
+    return os.path.join(path, "config.json")
 
 
 def convert_config(path: str | os.PathLike, name: str | None = None) -> tuple[str, object]:

@@ -193,14 +193,18 @@ def _mamba(c: HFConfig, name: str, falcon: bool) -> dict:
 
 def _mamba2_block(c: HFConfig, d, *, d_state, d_conv, expand, heads, headdim, ngroups, chunk, conv_bias, bias,
                   field="num_heads", norm_eps=None, dt_floor=None, expand_field="expand",
-                  dt_fields=("time_step_min", "time_step_max")) -> dict:
+                  dt_fields=("time_step_min", "time_step_max"), width_of_heads=False) -> dict:
     """The mamba2 block dict; dt_min / dt_max (the dt init range, written when not the block's defaults) are read
-    from `dt_fields`, HF's time_step_min / time_step_max under the names the family reads them by."""
-    if heads * headdim != expand * d:
-        raise refusal(field, heads, f"heads·head_dim = {heads * headdim} must equal {expand_field}·hidden_size = "
-                                    f"{expand * d}")
+    from `dt_fields`, HF's time_step_min / time_step_max under the names the family reads them by.
+    `width_of_heads`: the family's mixer is heads·head_dim wide whatever expand says (NemotronH's), else
+    expand·hidden_size must be that width."""
     out = {"d_state": d_state, "d_conv": d_conv, "expand": expand, "heads": heads, "headdim": headdim,
            "ngroups": ngroups, "chunk_size": chunk, "conv_bias": bool(conv_bias), "bias": bool(bias)}
+    if heads * headdim != expand * d:
+        if not width_of_heads:
+            raise refusal(field, heads, f"heads·head_dim = {heads * headdim} must equal {expand_field}·hidden_size = "
+                                        f"{expand * d}")
+        del out["expand"]  # the block's width is then heads·headdim
     if norm_eps is not None and float(norm_eps) != 1e-5:
         out["norm_eps"] = float(norm_eps)
     if dt_floor:
@@ -357,6 +361,12 @@ def _zamba2(c: HFConfig, name: str) -> dict:
                                       conv_bias=True, bias=False, field="n_mamba_heads",  # HF: conv bias always
                                       dt_floor=c("time_step_min", 0.001)),  # HF: time_step_limit[0]
               "zamba": zamba}
+    blocks_used = min(mem, len(hybrid))
+    if not c("tie_word_embeddings", True) and len(hybrid) > blocks_used:
+        warn(f"config field 'tie_word_embeddings': false unties Zamba2's shared blocks too: transformers builds a copy "
+             f"of a shared block for each of the {len(hybrid)} hybrid layers, where this spec (the model the config "
+             f"means) holds {blocks_used}, so its parameter count is below transformers' (a checkpoint's copies import as "
+             f"one where they are equal, and are refused where they differ)")
     return _spec(c, name, d, c("vocab_size", 32000), c("tie_word_embeddings", True), layout, blocks,
                  eps=c("rms_norm_eps", 1e-5))
 
@@ -452,7 +462,7 @@ def _nemotron_h(c: HFConfig, name: str) -> dict:
                                 chunk=c(old("chunk_size"), 128), conv_bias=c(old("use_conv_bias"), True),
                                 bias=c("use_bias", False), field="mamba_num_heads", expand_field=old("expand"),
                                 norm_eps=c("layer_norm_epsilon", 1e-5), dt_floor=_dt_limit(c, old("time_step_limit")),
-                                dt_fields=(old("time_step_min"), old("time_step_max"))),
+                                dt_fields=(old("time_step_min"), old("time_step_max")), width_of_heads=True),
         "attn": {"heads": heads, "kv_heads": _kv_heads(c, heads), "head_dim": c("head_dim", 128),  # not d / heads
                  "rope": False},
         "mlp": {"act": act, "hidden": c("intermediate_size", 21504), "bias": bool(c("mlp_bias", False))},

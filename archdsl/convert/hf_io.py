@@ -395,11 +395,30 @@ def warn_copies(spec, model_type: str, fam) -> None:
          f" extra); the model computes the same, but training it in transformers updates the copies apart")
 
 
+HF_FILES = frozenset({"config.json", "model.safetensors"})  # what export_hf writes (and the companions)
+EXPORT_MARK = {"format": "pt", "archdsl": "export"}  # model.safetensors' metadata: what tells an export of ours
+
+
+def not_an_export(directory: str) -> str | None:
+    """None where `directory`'s model.safetensors carries EXPORT_MARK (an earlier export, which export may replace),
+    else why not: a transformers checkpoint has the same file names, and may be the one the model came from."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(os.path.join(directory, "model.safetensors"), "pt") as f:
+            if (f.metadata() or {}).get("archdsl") == EXPORT_MARK["archdsl"]:
+                return None
+    except (OSError, SafetensorError):
+        pass
+    return ("its model.safetensors was not written by archdsl's export (a Hugging Face checkpoint's, maybe the one "
+            "the model was imported from)")
+
+
 def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
     """Write config.json + model.safetensors for transformers into out_dir, with the tokenizer and generation files
     the model carries (model.companions: those of the HF directory it was imported from, kept through saves),
     atomically: an existing out_dir is replaced only if it holds an earlier export alone (with no file this one
-    does not write again); a failed write, a full disk say, is ArchDSLError `cannot write OUT_DIR: reason`.
+    does not write again, its model.safetensors marked as an export's: EXPORT_MARK); a failed write, a full disk say, is ArchDSLError `cannot write OUT_DIR: reason`.
     → out_dir as an absolute path. model_or_dir: an ArchModel with weights, or a saved model's directory;
     model_type: the HF family (default: the first that accepts the spec)."""
     from safetensors import SafetensorError
@@ -437,12 +456,12 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
         seen[key] = k
     written = os.path.abspath(out_dir)
     try:
-        with atomic_dir(out_dir, frozenset({"config.json", "model.safetensors"}), frozenset(model.companions)) as tmp:
+        with atomic_dir(out_dir, HF_FILES, frozenset(model.companions), ours=not_an_export) as tmp:
             with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
                 json.dump(config, f, indent=2)
                 f.write("\n")
             write_companions(model.companions, tmp)
-            save_file(hf_state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+            save_file(hf_state, os.path.join(tmp, "model.safetensors"), metadata=EXPORT_MARK)
     except (OSError, SafetensorError) as e:  # a full disk, a file too large; atomic_dir removed the temporary
         raise cannot_write(out_dir, e) from None
     return written

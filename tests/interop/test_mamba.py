@@ -115,6 +115,33 @@ def test_companions_never_replace_a_tokenizer_the_new_output_lacks(tmp_path, cap
     assert (tmp_path / "plain" / "tokenizer.json").read_text() == "{}"
 
 
+def test_export_never_replaces_the_checkpoint_the_model_came_from(tmp_path, capsys):
+    """A transformers checkpoint holds the very files export writes (config.json, model.safetensors, generation and
+    tokenizer files), so it had been taken for an earlier export and replaced: `export m --to hf -o HF` of a model
+    converted from HF lost its original weights. An export's model.safetensors is marked as one (its metadata);
+    only such a directory is replaced, by the CLI and by export_hf alike."""
+    import hashlib
+
+    import archdsl
+    from archdsl.convert.hf_io import export_hf
+
+    hf = make_hf("MambaConfig", "MambaForCausalLM", hidden_size=32, num_hidden_layers=2, vocab_size=64, state_size=8)
+    hf.save_pretrained(tmp_path / "hf")
+    digest = lambda d: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
+    before = digest(tmp_path / "hf")
+    assert main(["convert", "--from", "hf", str(tmp_path / "hf"), "--weights", "--dtype", "bfloat16",
+                 "-o", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "m"), "--to", "hf", "-o", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert "will not replace" in err and "model.safetensors was not written by archdsl's export" in err
+    with pytest.raises(archdsl.ArchDSLError, match="was not written by archdsl's export"):
+        export_hf(str(tmp_path / "m"), tmp_path / "hf")
+    assert digest(tmp_path / "hf") == before
+    assert main(["export", str(tmp_path / "m"), "--to", "hf", "-o", str(tmp_path / "out")]) == 0
+    assert main(["export", str(tmp_path / "m"), "--to", "hf", "-o", str(tmp_path / "out")]) == 0  # its own: replaced
+
+
 def test_an_eos_in_config_json_alone_is_kept_as_a_generation_config(tmp_path, capsys):
     """A Hugging Face directory without generation_config.json keeps its eos in config.json, which archdsl does not
     carry (export writes its own): the eos was lost on convert --weights, and generate of the save never stopped.

@@ -45,6 +45,27 @@ def _tiny(**kwargs):
                    n_groups=1, chunk_size=16, intermediate_size=48, tie_word_embeddings=True, **kwargs)
 
 
+def test_nemotron_h_inner_width_is_heads_times_head_dim(tmp_path):
+    """transformers' NemotronH mixer is mamba_num_heads·mamba_head_dim wide whatever expand says: NVIDIA's
+    Nemotron-Nano-9B-v2 has 128·80 = 10240 at hidden 4480, no whole expand. It had been refused as a bad config;
+    the mamba2 block takes its width from heads·headdim where expand is left out."""
+    import archdsl
+
+    hf = make_hf("NemotronHConfig", "NemotronHForCausalLM", init=_small_dt, hidden_size=28, vocab_size=100,
+                 hybrid_override_pattern="M*M-", ssm_state_size=8, mamba_num_heads=4, mamba_head_dim=16,
+                 n_groups=2, chunk_size=8, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                 intermediate_size=40)
+    from archdsl.convert.hf_io import export_hf
+
+    check_family(tmp_path, hf, 100)  # the parameters, logits, greedy tokens, and the export transformers loads
+    spec = archdsl.from_hf(tmp_path / "hf")
+    assert "expand" not in spec.blocks["mamba2"] and archdsl.analyze(spec).params == hf.num_parameters()
+    model = archdsl.compile(archdsl.parse("mamba2(heads=4, headdim=16)", d_model=28, vocab_size=100))
+    with pytest.raises(archdsl.ArchDSLError, match=r"Mamba-2: its mamba mixer's inner width is expand·hidden_size, "
+                                                   r"and the mamba2 blocks' heads·headdim = 64 is not a whole"):
+        export_hf(model, tmp_path / "m2", model_type="mamba2")
+
+
 def test_nemotron_h_dt_floor(tmp_path):
     """time_step_limit[0] clamps dt in HF's chunked path: large negative dt_bias makes it bite."""
     hf = _tiny(time_step_limit=(0.01, float("inf")))
@@ -146,8 +167,8 @@ def test_nemotron_h_old_names_are_refused_by_name():
         hf_config_to_spec({**config, "mamba_dt_limit": [0.01, 1e30]})
     with pytest.raises(ArchDSLError, match="'mamba_d_conv'"):
         hf_config_to_spec({**config, "mamba_d_conv": 5})
-    with pytest.raises(ArchDSLError, match="mamba_expand·hidden_size"):  # heads·head_dim ≠ the old expand's
-        hf_config_to_spec({**config, "mamba_expand": 1})
+    spec = hf_config_to_spec({**config, "mamba_expand": 1})  # ignored, as transformers' mixer ignores it
+    assert "expand" not in spec["blocks"]["mamba2"] and spec["blocks"]["mamba2"]["heads"] == config["mamba_num_heads"]
 
 
 def test_nemotron_h_moe_with_mlp_bias_is_refused():

@@ -42,6 +42,17 @@ def first_config(spec, kind: str):
     return None
 
 
+def whole_expand(m, family: str, field: str) -> int:
+    """The expand of mamba2 config `m` for a family whose transformers mixer takes its inner width as
+    `field`·hidden_size (Mamba-2, Bamba, Zamba2): ArchDSLError where d_model does not divide E = heads·headdim."""
+    if isinstance(m.expansion, int):
+        return m.expansion
+    raise ArchDSLError(f"cannot export to Hugging Face {family}: its mamba mixer's inner width is {field}·hidden_size, "
+                       f"and the mamba2 blocks' heads·headdim = {m.inner} is not a whole multiple of d_model "
+                       f"{m.d_model}", hint="of the families archdsl exports, NemotronH alone takes an inner width "
+                                            "of mamba_num_heads·mamba_head_dim")
+
+
 def one_config(spec, kind: str, family: str):
     """The one config of every `kind` block in the spec (None when there is none), for a family whose
     config.json has one set of fields for all of them: a layer whose `kind` differs from the first's is an
