@@ -263,7 +263,7 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
     import torch
     from . import hf
     from ..model import check_device, load_weights, resolve_dtype
-    from ..model.companions import eos_companion, read_companions
+    from ..model.companions import eos_companion, fitting, read_companions
 
     path = check_path("from_hf", path, "directory's path")
     if not check_flag("from_hf", "weights", weights):
@@ -298,9 +298,11 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
         raise ArchDSLError(e.message, file=path, hint=e.hint) from None
     model = materialize(model)
     load_weights(model, state, source=path)
-    model.companions = read_companions(path)  # its tokenizer and generation files, carried into saves and exports
+    # its tokenizer and generation files, carried into saves and exports: each that reads and fits the vocabulary
+    model.companions = fitting(read_companions(path), spec.vocab_size, os.fspath(path), "from_hf")
     if "generation_config.json" not in model.companions and eos_companion(config) is not None:
-        model.companions["generation_config.json"] = eos_companion(config)  # its ids in config.json alone
+        model.companions |= fitting({"generation_config.json": eos_companion(config)}, spec.vocab_size,
+                                    os.fspath(path), "from_hf")  # its ids in config.json alone
     dev = check_device(device, dtype)
     return spec, (model.to(dev) if dev.type != "cpu" else model)
 

@@ -154,6 +154,23 @@ def check_vocab(companions: dict[str, bytes], vocab_size: int, where_from: str, 
             raise ArchDSLError(f"{where}: {file} gives {said}, past the model's vocabulary of {vocab_size:,}{why}")
 
 
+def fitting(companions: dict[str, bytes], vocab_size: int, where_from: str, where: str) -> dict[str, bytes]:
+    """The companions that check_vocab passes one by one; each other is left out with a warning naming it (a
+    generation_config.json whose eos is past the vocabulary, a tokenizer.json that is not JSON), so that one bad file
+    costs the model only itself."""
+    from ..errors import warn
+
+    kept = {}
+    for name, data in companions.items():
+        try:
+            check_vocab({name: data}, vocab_size, where_from, where)
+        except ArchDSLError as e:
+            warn(f"{e.message}: it is not carried with the model")
+            continue
+        kept[name] = data
+    return kept
+
+
 class _Shape(ValueError):
     """A companion whose JSON is not shaped as its name says."""
 

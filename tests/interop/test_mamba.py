@@ -142,6 +142,27 @@ def test_export_never_replaces_the_checkpoint_the_model_came_from(tmp_path, caps
     assert main(["export", str(tmp_path / "m"), "--to", "hf", "-o", str(tmp_path / "out")]) == 0  # its own: replaced
 
 
+def test_a_companion_that_does_not_fit_is_left_out_alone(tmp_path):
+    """An HF directory whose generation_config.json gives an eos past the vocabulary (or whose tokenizer.json is not
+    JSON) had been carried through convert --weights and export silently, while compile dropped it: the import now
+    leaves that file out with a warning naming it, and keeps the others."""
+    import archdsl
+    from archdsl.errors import ArchDSLWarning
+
+    hf = make_hf("MambaConfig", "MambaForCausalLM", hidden_size=32, num_hidden_layers=2, vocab_size=64, state_size=8)
+    hf.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "generation_config.json").write_text(json.dumps({"eos_token_id": 5000}))
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps({"unk_token": "[UNK]"}))
+    (tmp_path / "hf" / "tokenizer.json").write_text("{not json")
+    with pytest.warns(ArchDSLWarning) as seen:
+        _, model = archdsl.from_hf(tmp_path / "hf", weights=True)
+    said = " | ".join(str(w.message) for w in seen)
+    assert "generation_config.json gives a token id of 5,000, past the model's vocabulary of 64" in said
+    assert "tokenizer.json: not a tokenizer.json (not JSON): it is not carried with the model" in said
+    assert set(model.companions) == {"tokenizer_config.json", "generation_config.json"}  # the latter of config.json
+    assert json.loads(model.companions["generation_config.json"])["eos_token_id"] == hf.config.eos_token_id
+
+
 def test_an_eos_in_config_json_alone_is_kept_as_a_generation_config(tmp_path, capsys):
     """A Hugging Face directory without generation_config.json keeps its eos in config.json, which archdsl does not
     carry (export writes its own): the eos was lost on convert --weights, and generate of the save never stopped.
@@ -165,7 +186,8 @@ def test_converting_and_exporting_again_into_the_same_directory(tmp_path):
                  eos_token_id=5, bos_token_id=1, pad_token_id=3)
     hf.save_pretrained(tmp_path / "hf")
     (tmp_path / "hf" / "generation_config.json").unlink()
-    (tmp_path / "hf" / "tokenizer.json").write_text("{}")
+    tokenizer = json.dumps({"model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "a": 1}, "unk_token": "[UNK]"}})
+    (tmp_path / "hf" / "tokenizer.json").write_text(tokenizer)
     for _ in range(2):
         assert main(["convert", "--from", "hf", str(tmp_path / "hf"), "-o", str(tmp_path / "saved"), "--weights"]) == 0
     assert json.loads((tmp_path / "saved" / "generation_config.json").read_text())["pad_token_id"] == 3
@@ -173,4 +195,4 @@ def test_converting_and_exporting_again_into_the_same_directory(tmp_path):
                  "--no-progress", "--threads", "1", "-o", str(tmp_path / "run")]) == 0
     for _ in range(2):
         assert main(["export-checkpoint", str(tmp_path / "run"), "-o", str(tmp_path / "tuned")]) == 0
-    assert (tmp_path / "tuned" / "tokenizer.json").read_text() == "{}"
+    assert (tmp_path / "tuned" / "tokenizer.json").read_text() == tokenizer
