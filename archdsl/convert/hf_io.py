@@ -303,6 +303,11 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
     if "generation_config.json" not in model.companions and eos_companion(config) is not None:
         model.companions |= fitting({"generation_config.json": eos_companion(config)}, spec.vocab_size,
                                     os.fspath(path), "from_hf")  # its ids in config.json alone
+    if dtype == torch.float16 and hf.model_type_of(config) == "rwkv" and (config.get("rescale_every") or 0) > 0:
+        warn(f"{hf.config_file(path)}: transformers halves this RWKV-4's residual stream every rescale_every = "
+             f"{config['rescale_every']} layers at inference so that float16 holds it; archdsl computes the same "
+             f"function unscaled, whose float16 residual stream may overflow (inf, then NaN logits) in a deep or "
+             f"large-weighted model: import it in bfloat16 or float32, or set residual_fp32: true in its spec")
     dev = check_device(device, dtype)
     return spec, (model.to(dev) if dev.type != "cpu" else model)
 

@@ -64,6 +64,23 @@ def test_rwkv_rescale_every_is_the_same_function(tmp_path):
         assert rel(model(ids), hf_logits(hf, ids)) < 1e-3
 
 
+def test_rwkv_float16_import_of_a_rescaled_config_warns(tmp_path):
+    """Unscaled, a float16 RWKV-4 residual stream can overflow where transformers' (halved every rescale_every
+    layers) does not: the float16 import says so and names the ways out; bfloat16 and rescale_every 0 do not."""
+    import archdsl
+    from archdsl.errors import ArchDSLWarning
+
+    hf = make_hf("RwkvConfig", "RwkvForCausalLM", vocab_size=64, num_hidden_layers=2, rescale_every=6, **SMALL)
+    hf.save_pretrained(tmp_path / "hf")
+    with pytest.warns(ArchDSLWarning, match=r"halves this RWKV-4's residual stream every rescale_every = 6 layers .*"
+                                            r"import it in bfloat16 or float32, or set residual_fp32: true"):
+        archdsl.from_hf(tmp_path / "hf", weights=True, dtype=torch.float16)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ArchDSLWarning)
+        archdsl.from_hf(tmp_path / "hf", weights=True, dtype=torch.bfloat16)
+
+
 def test_rwkv_export_refuses_other_specs():
     import archdsl
     from archdsl.convert.weights import rwkv

@@ -126,6 +126,29 @@ def test_gradients_through_the_cache_equal_the_parallel_pass(spec, split, static
         assert rel(p.grad, full[name]) < RTOL if full[name].abs().max() > 0 else p.grad.abs().max() == 0, name
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_gradients_through_a_cache_on_the_triton_kernels(device, monkeypatch):
+    """Two prefills with a cache, on the Triton kernels (interpreted on the CPU): the parallel pass's gradients. The
+    Triton conv, SSD scan and WKV6 keep their initial states for the backward, which the blocks then overwrote in
+    place with the final ones (a RuntimeError at backward on CUDA: the torch paths keep no state)."""
+    if device == "cpu":
+        if not os.environ.get("TRITON_INTERPRET"):
+            pytest.skip("needs TRITON_INTERPRET=1 (tests/conftest.py sets it)")
+        monkeypatch.setenv("ARCHDSL_KERNELS", "triton")
+    spec = archdsl.parse("mamba, mamba2, rwkv6", d_model=32, vocab_size=37, ffn=None, blocks=SMALL)
+    model = archdsl.compile(spec, dtype=torch.float32, seed=0, device=device)
+    ids = torch.randint(0, 37, (2, 9), generator=torch.Generator().manual_seed(0)).to(device)
+    weights = torch.randn(2, 9, 37, generator=torch.Generator().manual_seed(1)).to(device)
+    (model(ids) * weights).sum().backward()
+    full = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    cache = model.init_cache(2)
+    (torch.cat([model(ids[:, :5], cache), model(ids[:, 5:], cache)], 1) * weights).sum().backward()
+    for name, p in model.named_parameters():
+        assert rel(p.grad, full[name]) < 1e-4, name
+
+
 def test_models_deep_copy_and_pickle(tmp_path):
     """copy.deepcopy of a model (EMA weights) and torch.save of a whole one: the same logits. Both failed on the
     spec's blocks (a mappingproxy does not pickle). A pickled spec read from a file still points its errors there."""

@@ -17,7 +17,10 @@ def conv_forward(x, weight, bias, state=None, seq_idx=None):
 
     if state is None:
         return causal_conv1d(x, weight, bias, activation="silu", seq_idx=seq_idx)
-    y, last = causal_conv1d(x, weight, bias, activation="silu", initial_states=state.to(x.dtype),
+    # where autograd records, the conv reads a copy: the Triton conv keeps its initial states for the backward,
+    # and the state is written in place below
+    records = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, state))
+    y, last = causal_conv1d(x, weight, bias, activation="silu", initial_states=state.to(x.dtype, copy=records),
                             return_final_states=True)
     state.copy_(last)
     return y

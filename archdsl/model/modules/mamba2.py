@@ -29,6 +29,7 @@ from ..plain import plain
 from .conv import conv_forward, conv_step
 from .mamba import FoldsNorm, fused_step_ok, gemv_rows, init_dt_bias, skip_gate, state_dtype
 from .recompute import recompute_block
+from .state import writable
 
 
 class GatedRMSNorm(nn.Module):
@@ -147,6 +148,7 @@ class Mamba2(nn.Module, Fusable, FoldsNorm):
                        return_final_states=state is not None, keep_states=not rc.active)
         if state is not None:
             out, final = out
+            writable(state, self, dt, "ssm")  # the Triton scan keeps the initial states for its backward
             state["ssm"].copy_(final)
         if not epi:
             out = skip_gate(out, u, self._f(self.D)[:, None], gate)

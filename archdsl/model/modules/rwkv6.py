@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .rwkv4 import RATIO_0_TO_1, RATIO_1_TO_ALMOST0, ChannelMix, channel_ramp, state_dtype, token_shift
+from .state import writable
 
 __all__ = ["Rwkv6TimeMix", "ChannelMix"]
 
@@ -118,6 +119,7 @@ class Rwkv6TimeMix(nn.Module):
                     initial_state=state["wkv"] if state is not None else None,
                     output_final_state=state is not None, seq_idx=None if packed is None else packed.runs)
         if state is not None:
+            writable(state, self, x, "wkv")  # the Triton op keeps the initial state for its backward
             state["wkv"].copy_(S)
         return self._out(o.reshape(B * L, -1), g.reshape(B * L, -1)).view(B, L, -1)
 
