@@ -136,8 +136,9 @@ def atomic_dir(path: str, names: frozenset[str], optional: frozenset[str] = froz
     else there (another file, a subdirectory, some of `names` without the rest, the current directory or one above
     it) is ArchDSLError before anything is written. `ours` (path → None, or why the files there are not an earlier
     output of this writer's) tells an earlier output from another program's files of the same names (export's
-    config.json + model.safetensors are also a transformers checkpoint's). Temporaries of `path` that a killed writer left are removed first
-    (see the module's docstring). A path holding a control character is ArchDSLError (see check_control)."""
+    config.json + model.safetensors are also a transformers checkpoint's). Temporaries of `path` that a killed
+    writer left are removed first (see the module's docstring). A path holding a control character is ArchDSLError
+    (see check_control)."""
     check_control(os.fspath(path), "atomic_dir: path")
     path = os.path.abspath(os.fspath(path))
     _check_replaceable(path, names, optional, ours)

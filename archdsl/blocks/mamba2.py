@@ -47,9 +47,9 @@ class Mamba2Config(BlockConfig):
         if self.heads == 0 and E % self.headdim:
             raise ConfigError("headdim", f"mamba2: headdim {self.headdim} must divide expand·d_model = {E}")
         if self.heads and self.expand is not None and self.heads * self.headdim != self.expand * self.d_model:
-            raise ConfigError("heads", f"mamba2: heads·headdim = {self.heads}·{self.headdim} must equal expand·d_model "
-                                       f"= {self.expand * self.d_model} (leave expand out for an inner width of "
-                                       f"heads·headdim = {E})")
+            raise ConfigError("heads", f"mamba2: heads·headdim = {self.heads}·{self.headdim} must equal "
+                                       f"expand·d_model = {self.expand * self.d_model} (leave expand out for an "
+                                       f"inner width of heads·headdim = {E})")
         if self.nheads % self.ngroups:
             raise ConfigError("ngroups", f"mamba2: ngroups {self.ngroups} must divide heads {self.nheads}")
         if self.dt_floor < 0:

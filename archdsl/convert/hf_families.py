@@ -363,10 +363,10 @@ def _zamba2(c: HFConfig, name: str) -> dict:
               "zamba": zamba}
     blocks_used = min(mem, len(hybrid))
     if not c("tie_word_embeddings", True) and len(hybrid) > blocks_used:
-        warn(f"config field 'tie_word_embeddings': false unties Zamba2's shared blocks too: transformers builds a copy "
-             f"of a shared block for each of the {len(hybrid)} hybrid layers, where this spec (the model the config "
-             f"means) holds {blocks_used}, so its parameter count is below transformers' (a checkpoint's copies import as "
-             f"one where they are equal, and are refused where they differ)")
+        warn(f"config field 'tie_word_embeddings': false unties Zamba2's shared blocks too: transformers builds a "
+             f"copy of a shared block for each of the {len(hybrid)} hybrid layers, where this spec (the model the "
+             f"config means) holds {blocks_used}, so its parameter count is below transformers' (a checkpoint's "
+             f"copies import as one where they are equal, and are refused where they differ)")
     return _spec(c, name, d, c("vocab_size", 32000), c("tie_word_embeddings", True), layout, blocks,
                  eps=c("rms_norm_eps", 1e-5))
 

@@ -425,7 +425,8 @@ def export_hf(model_or_dir, out_dir, model_type: str | None = None) -> str:
     """Write config.json + model.safetensors for transformers into out_dir, with the tokenizer and generation files
     the model carries (model.companions: those of the HF directory it was imported from, kept through saves),
     atomically: an existing out_dir is replaced only if it holds an earlier export alone (with no file this one
-    does not write again, its model.safetensors marked as an export's: EXPORT_MARK); a failed write, a full disk say, is ArchDSLError `cannot write OUT_DIR: reason`.
+    does not write again, its model.safetensors marked as an export's: EXPORT_MARK); a failed write, a full disk
+    say, is ArchDSLError `cannot write OUT_DIR: reason`.
     → out_dir as an absolute path. model_or_dir: an ArchModel with weights, or a saved model's directory;
     model_type: the HF family (default: the first that accepts the spec)."""
     from safetensors import SafetensorError

@@ -47,10 +47,11 @@ def whole_expand(m, family: str, field: str) -> int:
     `field`·hidden_size (Mamba-2, Bamba, Zamba2): ArchDSLError where d_model does not divide E = heads·headdim."""
     if isinstance(m.expansion, int):
         return m.expansion
-    raise ArchDSLError(f"cannot export to Hugging Face {family}: its mamba mixer's inner width is {field}·hidden_size, "
-                       f"and the mamba2 blocks' heads·headdim = {m.inner} is not a whole multiple of d_model "
-                       f"{m.d_model}", hint="of the families archdsl exports, NemotronH alone takes an inner width "
-                                            "of mamba_num_heads·mamba_head_dim")
+    raise ArchDSLError(f"cannot export to Hugging Face {family}: its mamba mixer's inner width is "
+                       f"{field}·hidden_size, and the mamba2 blocks' heads·headdim = {m.inner} is not a whole multiple "
+                       f"of d_model {m.d_model}",
+                       hint="of the families archdsl exports, NemotronH alone takes an inner width of "
+                            "mamba_num_heads·mamba_head_dim")
 
 
 def one_config(spec, kind: str, family: str):

@@ -93,7 +93,8 @@ def hf_config(spec) -> dict:
            "attn_layer_indices": [i for i, l in enumerate(layers) if l[MIXER].kind == "attn"],
            "intermediate_size": mlp.width, "hidden_act": ACTS[mlp.act], "mlp_bias": mlp.bias,
            "mamba_n_heads": m.nheads, "mamba_d_head": m.inner // m.nheads, "mamba_n_groups": m.ngroups,
-           "mamba_d_state": m.d_state, "mamba_d_conv": m.d_conv, "mamba_expand": whole_expand(m, "Bamba", "mamba_expand"),
+           "mamba_d_state": m.d_state, "mamba_d_conv": m.d_conv,
+           "mamba_expand": whole_expand(m, "Bamba", "mamba_expand"),
            "mamba_chunk_size": m.chunk_size, "mamba_conv_bias": m.conv_bias, "mamba_proj_bias": m.bias,
            "time_step_limit": [m.dt_floor, {"__float__": "Infinity"}], "rms_norm_eps": spec.norm_eps,
            "time_step_min": m.dt_min, "time_step_max": m.dt_max,  # not BambaConfig's: kept, and read back

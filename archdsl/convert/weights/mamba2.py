@@ -36,7 +36,8 @@ def hf_config(spec) -> dict:
                            f"from norm_eps {spec.norm_eps}")
     return {"model_type": "mamba2", "architectures": ["Mamba2ForCausalLM"], "hidden_size": spec.d_model,
             "vocab_size": spec.vocab_size, "num_hidden_layers": len(layer_kinds(spec)),
-            "state_size": m.d_state, "conv_kernel": m.d_conv, "expand": whole_expand(m, "Mamba-2", "expand"), "num_heads": m.nheads,
+            "state_size": m.d_state, "conv_kernel": m.d_conv, "expand": whole_expand(m, "Mamba-2", "expand"),
+            "num_heads": m.nheads,
             "head_dim": m.inner // m.nheads, "n_groups": m.ngroups, "chunk_size": m.chunk_size,
             "use_conv_bias": m.conv_bias, "use_bias": m.bias, "layer_norm_epsilon": spec.norm_eps,
             "tie_word_embeddings": spec.tie_embeddings, "time_step_min": m.dt_min, "time_step_max": m.dt_max,

@@ -164,8 +164,9 @@ def hf_config(spec) -> dict:
                                f"differs from norm_eps {spec.norm_eps}")
         if isinstance(m.expansion, int):  # else left out: transformers' mixer takes its width as heads·head_dim
             cfg["expand"] = m.expansion
-        cfg.update({"ssm_state_size": m.d_state, "conv_kernel": m.d_conv, "mamba_num_heads": m.nheads, "mamba_head_dim": m.inner // m.nheads, "n_groups": m.ngroups,
-                    "chunk_size": m.chunk_size, "use_conv_bias": m.conv_bias, "use_bias": m.bias,
+        cfg.update({"ssm_state_size": m.d_state, "conv_kernel": m.d_conv, "mamba_num_heads": m.nheads,
+                    "mamba_head_dim": m.inner // m.nheads, "n_groups": m.ngroups, "chunk_size": m.chunk_size,
+                    "use_conv_bias": m.conv_bias, "use_bias": m.bias,
                     "mamba_hidden_act": "silu", "time_step_min": m.dt_min, "time_step_max": m.dt_max,
                     "time_step_limit": [m.dt_floor, {"__float__": "Infinity"}]})
     a = one_config(spec, "attn", "NemotronH")

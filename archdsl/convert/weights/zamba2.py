@@ -190,7 +190,8 @@ def hf_config(spec) -> dict:
     cfg = {"model_type": "zamba2", "architectures": [ARCHITECTURE], "vocab_size": spec.vocab_size, "hidden_size": d,
            "num_hidden_layers": len(subs), "layers_block_type": types, "rms_norm_eps": spec.norm_eps,
            "tie_word_embeddings": spec.tie_embeddings, "mamba_d_state": m.d_state, "mamba_d_conv": m.d_conv,
-           "mamba_expand": whole_expand(m, "Zamba2", "mamba_expand"), "mamba_ngroups": m.ngroups, "n_mamba_heads": m.nheads,
+           "mamba_expand": whole_expand(m, "Zamba2", "mamba_expand"), "mamba_ngroups": m.ngroups,
+           "n_mamba_heads": m.nheads,
            "chunk_size": m.chunk_size, "use_conv_bias": True, "add_bias_linear": False,
            # HF clamps dt at time_step_min; 0 (no clamp) would crash its dt init (log 0), and a floor of
            # 1e-9 only touches softplus inputs below -20.7, where dt·A and dt·B·x vanish in float32
