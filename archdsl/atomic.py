@@ -89,9 +89,6 @@ def check_output(path: str, flag: str = "-o", directory: bool = False, replace: 
     if not path:
         raise ArchDSLError(f"{flag}: give a path")
     check_control(path, flag)
-    if path == "-" and flag.startswith("-"):  # a command-line option: '-' reads as standard output there
-        raise ArchDSLError(f"{flag} -: archdsl writes no standard output through {flag} (a command that prints does "
-                           f"so without it); give ./- for a file of that name")
     if os.path.isdir(path) and not directory:
         raise ArchDSLError(f"{flag} {path}: is a directory; give a file name")
     if not replace:

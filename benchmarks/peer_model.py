@@ -82,7 +82,10 @@ def peer_config(spec) -> dict:
         ssm = {"layer": "Mamba1", "d_state": m.d_state, "d_conv": m.d_conv, "expand": m.expand,
                "dt_rank": m.rank, "conv_bias": m.conv_bias, "bias": m.bias, "use_fast_path": True}
     elif kind == "mamba2":
-        ssm = {"layer": "Mamba2", "d_state": m.d_state, "d_conv": m.d_conv, "expand": m.expand,
+        if not isinstance(m.expansion, int):  # mamba_ssm's Mamba2 is expand·d_model wide
+            raise SystemExit(f"{spec.name}: mamba_ssm's Mamba2 needs a width of a whole expand·d_model, not "
+                             f"heads·headdim = {m.inner} at d_model {m.d_model}")
+        ssm = {"layer": "Mamba2", "d_state": m.d_state, "d_conv": m.d_conv, "expand": m.expansion,
                "headdim": m.headdim, "ngroups": m.ngroups, "chunk_size": m.chunk_size,
                "conv_bias": m.conv_bias, "bias": m.bias, "rmsnorm": True, "norm_before_gate": False,
                "dt_limit": (m.dt_floor, float("inf")), "use_mem_eff_path": True}

@@ -113,7 +113,9 @@ class BlockConfig:
         return (self.kind, *self.resolved().values())
 
     def to_args(self) -> dict:
-        """Fields that differ from the defaults, for writing the config back as text/YAML."""
+        """Fields that differ from the defaults, for writing the config back as text/YAML; one whose default gives
+        the block it gives (a derived value written out: mamba2's expand 2 where heads is not given, attn's kv_heads
+        equal to its heads) is left out."""
         out = {}
         for f in dataclasses.fields(self):
             if f.name == "d_model":
@@ -121,6 +123,13 @@ class BlockConfig:
             value = getattr(self, f.name)
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-            if value != default:
+            if value != default and not (f.name in self.derived and self._same_with(f.name, default)):
                 out[f.name] = value
         return out
+
+    def _same_with(self, name: str, value) -> bool:
+        """Whether this config with `name` set to `value` is the same block (the same resolved values)."""
+        try:
+            return dataclasses.replace(self, **{name: value}).resolved() == self.resolved()
+        except ValueError:  # ConfigError: that value does not make a block with the others
+            return False

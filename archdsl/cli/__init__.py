@@ -149,6 +149,9 @@ def _run(parser, argv) -> int:
             except ValueError:  # not the main thread: signals are the main thread's alone
                 pass
         _check_kernels_env(args)
+        if getattr(args, "output", None) == "-":  # '-' reads as standard output on a command line
+            raise ArchDSLError("-o -: archdsl writes no standard output through -o (a command that prints does so "
+                               "without it); give ./- for a file of that name")
         args.fn(args)
         sys.stdout.flush()  # a failed write to stdout shows here, not as a traceback at exit
         return 0

@@ -302,7 +302,7 @@ def from_hf(path, weights: bool = False, device="cpu", dtype=None, name: str | N
     model.companions = fitting(read_companions(path), spec.vocab_size, os.fspath(path), "from_hf")
     if "generation_config.json" not in model.companions and eos_companion(config) is not None:
         model.companions |= fitting({"generation_config.json": eos_companion(config)}, spec.vocab_size,
-                                    os.fspath(path), "from_hf")  # its ids in config.json alone
+                                    hf.config_file(path), "from_hf")  # its ids in config.json alone
     if dtype == torch.float16 and hf.model_type_of(config) == "rwkv" and (config.get("rescale_every") or 0) > 0:
         warn(f"{hf.config_file(path)}: transformers halves this RWKV-4's residual stream every rescale_every = "
              f"{config['rescale_every']} layers at inference so that float16 holds it; archdsl computes the same "
@@ -409,13 +409,15 @@ EXPORT_MARK = {"format": "pt", "archdsl": "export"}  # model.safetensors' metada
 def not_an_export(directory: str) -> str | None:
     """None where `directory`'s model.safetensors carries EXPORT_MARK (an earlier export, which export may replace),
     else why not: a transformers checkpoint has the same file names, and may be the one the model came from."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(os.path.join(directory, "model.safetensors"), "pt") as f:
-            if (f.metadata() or {}).get("archdsl") == EXPORT_MARK["archdsl"]:
-                return None
-    except (OSError, SafetensorError):
+    path = os.path.join(directory, "model.safetensors")
+    try:  # the header alone (a mapping of the whole file, as safe_open makes, may not fit the memory)
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n).decode("utf-8")) if n <= min(os.path.getsize(path) - 8, 1 << 27) else {}
+        meta = header.get("__metadata__") if isinstance(header, dict) else None
+        if isinstance(meta, dict) and meta.get("archdsl") == EXPORT_MARK["archdsl"]:
+            return None
+    except (OSError, struct.error, ValueError, RecursionError):  # short, not UTF-8, not JSON: not ours
         pass
     return ("its model.safetensors was not written by archdsl's export (a Hugging Face checkpoint's, maybe the one "
             "the model was imported from)")

@@ -40,7 +40,7 @@ def mamba2_step_naive(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_l
     dt = F.softplus(dt)
     if dt_floor:
         dt = dt.clamp(min=dt_floor)
-    decay = torch.exp(dt * -torch.exp(A_log.to(ct)))
+    decay = torch.exp(dt * -torch.exp(A_log.to(ct)).clamp(max=1e30))  # A floored as ssd_scan's (A_FLOOR)
     # a copy of the state where autograd records: the product keeps it for the backward, and it is written next
     s = ssm_state.to(ct, copy=needs_grad(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias,
                                              norm_weight))

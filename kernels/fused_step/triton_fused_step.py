@@ -92,7 +92,7 @@ def _mamba2_step_kernel(
     so = b64 * s_b + h * s_h + offs_p[:, None] * s_p + offs_n[None, :] * s_n
     mask_pn = mask_p[:, None] & mask_n[None, :]
     st = tl.load(st_ptr + so, mask=mask_pn, other=0.0).to(tl.float32)
-    A = tl.exp(tl.load(alog_ptr + h).to(tl.float32))
+    A = tl.minimum(tl.exp(tl.load(alog_ptr + h).to(tl.float32)), 1e30)  # floored as ssd_scan's -A (A_FLOOR)
     if PDL:
         gdc_wait()  # the conv kernel's output (xc) is written, and so in_proj's (zx), which it waited for
     xcrow = xc_ptr + b64 * CONV

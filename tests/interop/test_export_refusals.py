@@ -50,6 +50,11 @@ def test_export_of_layers_alike_still_works(tmp_path):
     model = archdsl.compile(spec_from_yaml(H + "layout: attn, attn(kv_heads=2)\n" + ATTN))
     back = transformers().AutoModelForCausalLM.from_pretrained(export_hf(model, tmp_path / "x"))
     assert type(back).__name__ == "LlamaForCausalLM"
+    # mamba2's expand 2 written out on one layer only (its default, None, is 2 where heads is not given)
+    model = archdsl.compile(archdsl.parse("mamba2(d_state=8, headdim=8, expand=2), mamba2(d_state=8, headdim=8)",
+                                          d_model=32, vocab_size=64))
+    back = transformers().AutoModelForCausalLM.from_pretrained(export_hf(model, tmp_path / "m2"))
+    assert type(back).__name__ == "Mamba2ForCausalLM"
 
 
 @pytest.mark.parametrize("family, layout", [("bamba", "2×mamba2"), ("nemotron_h", "mamba2, mlp, mamba2")])

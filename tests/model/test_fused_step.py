@@ -141,6 +141,25 @@ def test_module_fused_step_equals_unfused(kind, args):
                 _close(states[0][k], states[1][k])
 
 
+def test_mamba2_fused_step_takes_a_decay_of_zero_as_the_scan():
+    """A_log = inf (A = -inf) with dt' = 0: the scan and ssd_step floor A at -1e30, and so do the fused step's kernel
+    and its twin (0 · inf had made the state NaN for good)."""
+    m = build("mamba2", {"d_state": 8, "headdim": 6, "dt_floor": 0.0}, d_model=12).float().to(DEV)
+    with torch.no_grad():
+        m.A_log[0] = float("inf")
+        m.dt_bias[0] = -1e4  # softplus: dt' = 0
+    x = torch.randn(2, 3, 12, generator=torch.Generator().manual_seed(1)).to(DEV)
+    with torch.no_grad():
+        assert fused_step_ok(m, x[:, 0])
+        want = m(x)
+        for fuse in (True, False):
+            m.fuse = fuse
+            state = m.init_state(2, DEV, torch.float32)
+            got = torch.stack([m.step(x[:, t], state) for t in range(3)], 1)
+            assert torch.isfinite(got).all() and torch.isfinite(state["ssm"]).all()
+            _close(got, want)
+
+
 @pytest.mark.parametrize("kind,args", [("mamba", {"d_state": 5}), ("mamba2", {"d_state": 8, "headdim": 6})])
 def test_module_bf16_rows_fused_equals_unfused(kind, args):
     """bf16 at 3 rows: x_proj (Mamba) and out_proj by the split-K GEMM; the same as the unfused step up to

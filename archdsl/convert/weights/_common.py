@@ -5,7 +5,6 @@ Most families are a renaming: `pairs(spec)` lists (HF name, archdsl name) for ev
 """
 from __future__ import annotations
 
-import dataclasses
 
 from ...blocks.base import FFN, INJECT, MIXER
 from ...errors import ArchDSLError, did_you_mean
@@ -66,10 +65,10 @@ def one_config(spec, kind: str, family: str):
                 continue
             if first is None:
                 first, at = s.config, i
-            elif s.config != first:
-                name = next((f.name for f in dataclasses.fields(first)
-                             if getattr(first, f.name) != getattr(s.config, f.name)), None)
-                what = (f"{name} {getattr(s.config, name)!r}, layer {at}'s is {getattr(first, name)!r}"
+            elif s.config.resolved() != first.resolved():  # a default written out is the default
+                mine, theirs = s.config.resolved(), first.resolved()
+                name = next((k for k in theirs if theirs[k] != mine[k]), None)
+                what = (f"{name} {mine[name]!r}, layer {at}'s is {theirs[name]!r}"
                         if name else f"other settings than layer {at}'s")
                 raise ArchDSLError(f"cannot export to Hugging Face {family}: layer {i}'s {kind} has {what}: its "
                                    f"config.json has one {kind} setting for every layer",

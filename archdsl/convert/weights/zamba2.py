@@ -183,7 +183,7 @@ def hf_config(spec) -> dict:
         mixers.append(m.config)
         types.append("hybrid" if len(kinds) == 2 else "mamba")
     m = mixers[0]
-    if any(c != m for c in mixers[1:]):
+    if any(c.resolved() != m.resolved() for c in mixers[1:]):  # a default written out is the default
         raise _refuse("mamba2 blocks", "all of them must have the same settings")
     if m.bias or not m.conv_bias or not m.gated_norm or not math.isclose(m.norm_eps, 1e-5):
         raise _refuse("mamba2", "Zamba2's mamba2 has no in/out biases, a conv bias, and the gated RMSNorm (eps 1e-5)")
