@@ -136,7 +136,8 @@ def check_vocab(companions: dict[str, bytes], vocab_size: int, where_from: str, 
     `vocab_size` (a tokenizer of another model, or a vocabulary made smaller), or is not what its name says:
     tokenizer.json's model vocabulary and added tokens, vocab.json's and added_tokens.json's {token: id}, and the
     token ids of generation_config.json. tokenizer.model (SentencePiece's binary) is not read. `where_from`: the
-    directory they came from, or the one file they were read or made from (a tokenizer.json, a config.json); `why`: what the message adds where an id is past."""
+    directory they came from, or the one file they were read or made from (a tokenizer.json, a config.json);
+    `why`: what the message adds where an id is past."""
     for name, read in (("tokenizer.json", _tokenizer_ids), ("vocab.json", _map_ids), ("added_tokens.json", _map_ids),
                        ("generation_config.json", _generation_ids)):
         if name not in companions:

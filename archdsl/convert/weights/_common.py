@@ -65,8 +65,9 @@ def one_config(spec, kind: str, family: str):
                 continue
             if first is None:
                 first, at = s.config, i
-            elif s.config.resolved() != first.resolved():  # a default written out is the default
-                mine, theirs = s.config.resolved(), first.resolved()
+                continue
+            mine, theirs = s.config.resolved(), first.resolved()  # a default written out is the default
+            if mine != theirs:
                 name = next((k for k in theirs if theirs[k] != mine[k]), None)
                 what = (f"{name} {mine[name]!r}, layer {at}'s is {theirs[name]!r}"
                         if name else f"other settings than layer {at}'s")
