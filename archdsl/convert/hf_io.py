@@ -25,10 +25,9 @@ SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 
 
 # --- reading -------------------------------------------------------------------------------
 
-def check_safetensors(path: str) -> dict:
-    """Validate a safetensors file's header against its size, as safetensors itself reads it (its metadata text
-    to text; the tensors' bytes one after another from the data's start to the file's end, no gap, no overlap);
-    → {name: (dtype, shape)}."""
+def read_header(path: str) -> tuple[dict, int]:
+    """A safetensors file's header (a JSON object) and the bytes of data after it, read without mapping the file;
+    ArchDSLError naming the file where it is short, unreadable or not JSON."""
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -49,7 +48,14 @@ def check_safetensors(path: str) -> dict:
                            f"{sys.get_int_max_str_digits()} digits", file=path) from None
     if not isinstance(header, dict):
         raise ArchDSLError("malformed safetensors file: its header is not a JSON object", file=path)
-    data = size - 8 - n
+    return header, size - 8 - n
+
+
+def check_safetensors(path: str) -> dict:
+    """Validate a safetensors file's header against its size, as safetensors itself reads it (its metadata text
+    to text; the tensors' bytes one after another from the data's start to the file's end, no gap, no overlap);
+    → {name: (dtype, shape)}."""
+    header, data = read_header(path)
     meta = header.get("__metadata__", {})
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise ArchDSLError("malformed safetensors file: its __metadata__ is not a mapping of text to text", file=path)
@@ -409,16 +415,12 @@ EXPORT_MARK = {"format": "pt", "archdsl": "export"}  # model.safetensors' metada
 def not_an_export(directory: str) -> str | None:
     """None where `directory`'s model.safetensors carries EXPORT_MARK (an earlier export, which export may replace),
     else why not: a transformers checkpoint has the same file names, and may be the one the model came from."""
-    path = os.path.join(directory, "model.safetensors")
-    try:  # the header alone (a mapping of the whole file, as safe_open makes, may not fit the memory)
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n).decode("utf-8")) if n <= min(os.path.getsize(path) - 8, 1 << 27) else {}
-        meta = header.get("__metadata__") if isinstance(header, dict) else None
-        if isinstance(meta, dict) and meta.get("archdsl") == EXPORT_MARK["archdsl"]:
-            return None
-    except (OSError, struct.error, ValueError, RecursionError):  # short, not UTF-8, not JSON: not ours
-        pass
+    try:  # the header alone (safe_open maps the whole file, which may not fit the memory)
+        meta = read_header(os.path.join(directory, "model.safetensors"))[0].get("__metadata__")
+    except ArchDSLError:  # short, unreadable, not JSON: not ours
+        meta = None
+    if isinstance(meta, dict) and meta.get("archdsl") == EXPORT_MARK["archdsl"]:
+        return None
     return ("its model.safetensors was not written by archdsl's export (a Hugging Face checkpoint's, maybe the one "
             "the model was imported from)")
 
